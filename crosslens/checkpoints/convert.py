@@ -1,0 +1,298 @@
+"""Turning Hugging Face checkpoints into HookedTransformers, and fingerprinting the result.
+
+Two loading paths, both ending in a HookedTransformer processed with TransformerLens's
+defaults (``fold_ln``, ``center_writing_weights``, ``center_unembed``):
+
+* `load_pythia_checkpoint`: TransformerLens's own checkpoint support,
+  ``HookedTransformer.from_pretrained(name, checkpoint_value=step)``.
+* `hf_to_hooked`: any already-loaded ``PreTrainedModel`` (an OLMo or BLOOM revision, a
+  local folder). The TransformerLens config is derived from the model's *own* HF config
+  rather than from TransformerLens's table of official names, because that table does not
+  know the intermediate-checkpoint repos (``bigscience/bloom-560m-intermediate``) and
+  hard-codes OLMo's sizes by name. For architectures TransformerLens converts by
+  architecture (GPT-NeoX, BLOOM, Llama, GPT-2, ...) the HF config is written to a scratch
+  folder and handed to TransformerLens's own converter; OLMo (v1), which TransformerLens
+  only recognises by repo name, gets the same config dict built from the HF config fields.
+  The weights then go through TransformerLens's weight converter for the architecture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformer_lens.loading_from_pretrained as tl_loading
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.utilities.activation_functions import softcap_enabled
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from crosslens.errors import UnsupportedArchitectureError
+
+ARCHITECTURE_FIELDS = (
+    "original_architecture",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "d_head",
+    "d_mlp",
+    "d_vocab",
+    "n_ctx",
+    "act_fn",
+    "normalization_type",
+    "positional_embedding_type",
+    "rotary_dim",
+    "n_key_value_heads",
+    "gated_mlp",
+    "parallel_attn_mlp",
+)
+"""HookedTransformerConfig fields that every snapshot of one suite must share."""
+
+# Messages TransformerLens emits on every load that tell a crosslens user nothing.
+_NOISE_LOG_PREFIXES = ("Pythia models on HF were updated",)
+_NOISE_WARNINGS = (r"HookedTransformer(\.from_pretrained)? is deprecated",)
+# TransformerLens builds an (unused) positional-embedding matrix for ALiBi models such as
+# BLOOM, then warns on every load that the checkpoint has none.
+_ALIBI_POS_EMBED_NOTICE = "Missing key for a weight matrix in pretrained, filled in with an empty tensor: pos_embed."
+
+
+class _DropLogLines(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def _drop_root_log_lines(*prefixes: str) -> Iterator[None]:
+    """Drop records starting with `prefixes` that TransformerLens logs on the root logger."""
+    line_filter = _DropLogLines(prefixes)
+    root_logger = logging.getLogger()
+    root_logger.addFilter(line_filter)
+    try:
+        yield
+    finally:
+        root_logger.removeFilter(line_filter)
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence TransformerLens's per-load print, its deprecation notices and the
+    Pythia-v0 reminder, and transformers' weight-loading progress bars.
+
+    Real warnings (anything else logged or warned) still get through.
+    """
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with (
+            _drop_root_log_lines(*_NOISE_LOG_PREFIXES),
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
+            for pattern in _NOISE_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern, category=DeprecationWarning)
+            yield
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the sorted state-dict keys and each tensor's float32 bytes.
+
+    Identical weights give identical hashes whatever the family; taken on the
+    HookedTransformer after loading, so the same raw checkpoint always hashes the same.
+    """
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        values = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        digest.update(values.numpy().data)
+    return digest.hexdigest()
+
+
+def architecture_signature(cfg: HookedTransformerConfig) -> dict[str, Any]:
+    """The `ARCHITECTURE_FIELDS` of `cfg`, for comparing snapshots."""
+    return {field: getattr(cfg, field, None) for field in ARCHITECTURE_FIELDS}
+
+
+def _olmo_cfg_dict(hf_config: PretrainedConfig) -> dict[str, Any]:
+    """TransformerLens's OLMo-1B-hf/7B-hf config, with the sizes read from `hf_config`."""
+    n_heads = hf_config.num_attention_heads
+    n_kv_heads = getattr(hf_config, "num_key_value_heads", None) or n_heads
+    if n_kv_heads != n_heads or getattr(hf_config, "attention_bias", False):
+        raise UnsupportedArchitectureError(
+            "TransformerLens's OLMo weight converter handles only full multi-head attention "
+            f"without biases; this config has {n_kv_heads} key/value heads for {n_heads} heads "
+            f"and attention_bias={getattr(hf_config, 'attention_bias', False)}. "
+            "Use an allenai/OLMo-*-hf (v1) checkpoint."
+        )
+    return {
+        "d_model": hf_config.hidden_size,
+        "d_head": hf_config.hidden_size // n_heads,
+        "n_heads": n_heads,
+        "d_mlp": hf_config.intermediate_size,
+        "n_layers": hf_config.num_hidden_layers,
+        "n_ctx": hf_config.max_position_embeddings,
+        # OLMo v1's LayerNorm has no parameters and a fixed eps.
+        "eps": 1e-05,
+        "d_vocab": hf_config.vocab_size,
+        "act_fn": hf_config.hidden_act,
+        "initializer_range": hf_config.initializer_range,
+        "normalization_type": "LN",
+        "rotary_base": tl_loading._get_rope_theta(hf_config),
+        "attn_types": ["global"] * hf_config.num_hidden_layers,
+        "positional_embedding_type": "rotary",
+        "gated_mlp": True,
+        "clip_qkv": getattr(hf_config, "clip_qkv", None),
+        "original_architecture": "OlmoForCausalLM",
+        "quantization_method": None,
+    }
+
+
+_OWN_CONFIG_BUILDERS = {"OlmoForCausalLM": _olmo_cfg_dict}
+
+
+def _finish_cfg_dict(
+    cfg_dict: dict[str, Any], *, model_id: str, device: str | torch.device | None, dtype: torch.dtype
+) -> HookedTransformerConfig:
+    """The processing `get_pretrained_model_config` applies to a converted dict, for
+    `fold_ln=True` (the crosslens default), with no checkpoint bookkeeping."""
+    cfg_dict = dict(cfg_dict)
+    if cfg_dict["normalization_type"] in ("LN", "LNPre"):
+        cfg_dict["normalization_type"] = "LNPre"
+    elif cfg_dict["normalization_type"] in ("RMS", "RMSPre"):
+        cfg_dict["normalization_type"] = "RMSPre"
+    cfg_dict.update(
+        model_name=model_id.split("/")[-1],
+        tokenizer_name=model_id,
+        init_weights=False,
+        from_checkpoint=False,
+        device=device,
+        n_devices=1,
+        dtype=dtype,
+    )
+    cfg_dict.setdefault("default_prepend_bos", True)
+    return HookedTransformerConfig.from_dict(cfg_dict)
+
+
+@contextlib.contextmanager
+def _config_folder(hf_config: PretrainedConfig) -> Iterator[str]:
+    """A scratch folder holding only `hf_config` as config.json, for TransformerLens's
+    path-based converters (a path makes them read the architecture from the config)."""
+    with tempfile.TemporaryDirectory(prefix="crosslens-config-") as scratch:
+        folder = Path(scratch) / "config"
+        hf_config.save_pretrained(folder)
+        yield str(folder)
+
+
+def _architecture(hf_config: PretrainedConfig) -> str:
+    architectures = getattr(hf_config, "architectures", None) or []
+    if not architectures:
+        raise UnsupportedArchitectureError(
+            f"the checkpoint's config.json has no 'architectures' entry (model_type="
+            f"{getattr(hf_config, 'model_type', None)!r}); add e.g. "
+            '"architectures": ["GPTNeoXForCausalLM"] to it'
+        )
+    return architectures[0]
+
+
+def hooked_config_from_hf(
+    hf_config: PretrainedConfig,
+    *,
+    model_id: str,
+    device: str | torch.device | None = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> HookedTransformerConfig:
+    """The HookedTransformerConfig (with ``fold_ln=True``) for a checkpoint with `hf_config`."""
+    architecture = _architecture(hf_config)
+    if architecture in _OWN_CONFIG_BUILDERS:
+        cfg_dict = _OWN_CONFIG_BUILDERS[architecture](hf_config)
+        return _finish_cfg_dict(cfg_dict, model_id=model_id, device=device, dtype=dtype)
+    with _config_folder(hf_config) as folder:
+        try:
+            cfg = tl_loading.get_pretrained_model_config(
+                folder, hf_cfg=hf_config.to_dict(), fold_ln=True, device=device, dtype=dtype
+            )
+        except NotImplementedError as error:
+            raise UnsupportedArchitectureError(
+                f"TransformerLens cannot convert {architecture} checkpoints ({error}); "
+                "crosslens supports what TransformerLens converts by architecture "
+                "(e.g. GPTNeoXForCausalLM, BloomForCausalLM, LlamaForCausalLM) plus OlmoForCausalLM"
+            ) from error
+    cfg.model_name = model_id.split("/")[-1]
+    cfg.tokenizer_name = model_id
+    return cfg
+
+
+def _processing_flags(cfg: HookedTransformerConfig) -> dict[str, bool]:
+    """TransformerLens's defaults, minus what `from_pretrained` turns off for this model."""
+    shortformer = cfg.positional_embedding_type == "shortformer"
+    post_norm = cfg.original_architecture in POST_NORM_ARCHITECTURES
+    return {
+        "fold_ln": not (shortformer or post_norm),
+        "center_writing_weights": not (shortformer or post_norm),
+        "center_unembed": not (shortformer or softcap_enabled(cfg.output_logits_soft_cap)),
+    }
+
+
+def hf_to_hooked(
+    hf_model: PreTrainedModel,
+    *,
+    model_id: str,
+    tokenizer: PreTrainedTokenizerBase | None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> HookedTransformer:
+    """Convert a loaded HF causal LM into a processed HookedTransformer on `device`."""
+    cfg = hooked_config_from_hf(hf_model.config, model_id=model_id, device=device, dtype=dtype)
+    with _config_folder(hf_model.config) as folder:
+        # Given a path and `hf_model`, TransformerLens converts the weights in hand by
+        # cfg.original_architecture and downloads nothing.
+        state_dict = tl_loading.get_pretrained_state_dict(folder, cfg, hf_model, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NOISE_WARNINGS[0], category=DeprecationWarning)
+        model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    alibi_notice = (_ALIBI_POS_EMBED_NOTICE,) if cfg.positional_embedding_type == "alibi" else ()
+    with _drop_root_log_lines(*alibi_notice):
+        model.load_and_process_state_dict(state_dict, **_processing_flags(cfg))
+    model.move_model_modules_to_device()
+    return model.eval()
+
+
+def load_pythia_checkpoint(
+    model_id: str,
+    step: int,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> HookedTransformer:
+    """Pythia at `step` through TransformerLens's own checkpoint support.
+
+    TransformerLens reads the architecture from the repo's ``main`` config and the weights
+    from the ``step{N}`` branch, so both must be reachable (online or in the HF cache).
+    """
+    model = HookedTransformer.from_pretrained(
+        model_id,
+        checkpoint_value=step,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype,
+        fold_ln=True,
+        center_writing_weights=True,
+        center_unembed=True,
+    )
+    return model.eval()

@@ -1,0 +1,75 @@
+"""Which revisions a Hugging Face repo has: asked of the hub when online, read from the
+local HF cache (or, for Pythia, crosslens's table of published steps) when offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import huggingface_hub
+from huggingface_hub import constants as hub_constants
+
+from crosslens.checkpoints.schedules import PYTHIA_STEPS, PYTHIA_V0_STEPS
+from crosslens.checkpoints.snapshot import parse_step, pythia_revision
+from crosslens.errors import CrosslensError
+
+
+def hub_offline() -> bool:
+    """Whether huggingface_hub is in offline mode (``HF_HUB_OFFLINE=1``)."""
+    return bool(hub_constants.HF_HUB_OFFLINE)
+
+
+def is_pythia(model_id: str) -> bool:
+    return model_id.lower().startswith("eleutherai/pythia")
+
+
+def pythia_steps_for(model_id: str) -> tuple[int, ...]:
+    """The published steps of a Pythia repo (the ``-v0`` repos lack the early log steps)."""
+    return PYTHIA_V0_STEPS if model_id.lower().endswith("-v0") or "-v0-" in model_id.lower() else PYTHIA_STEPS
+
+
+def sort_by_step(revisions: list[str]) -> list[str]:
+    """Revisions ordered by training step; names without a step (``main``) are dropped."""
+    with_steps = [(parse_step(r), r) for r in revisions]
+    return [r for step, r in sorted((s, r) for s, r in with_steps if s is not None)]
+
+
+def cached_revisions(model_id: str) -> list[str]:
+    """Revisions of `model_id` present in the local HF cache, ordered by step."""
+    refs = Path(hub_constants.HF_HUB_CACHE) / ("models--" + model_id.replace("/", "--")) / "refs"
+    if not refs.is_dir():
+        return []
+    return sort_by_step([p.name for p in refs.iterdir() if p.is_file()])
+
+
+def hub_revisions(model_id: str) -> list[str]:
+    """Branches of `model_id` on the hub (one request), ordered by step."""
+    refs = huggingface_hub.list_repo_refs(model_id)
+    return sort_by_step([branch.name for branch in refs.branches])
+
+
+def list_revisions(model_id: str | os.PathLike) -> list[str]:
+    """The checkpoint revisions of a hub repo or local suite, ordered by training step.
+
+    * a local folder: the snapshots of ``CheckpointSuite.local(path)``;
+    * online: the repo's branches on the hub (``huggingface_hub.list_repo_refs``);
+    * offline: crosslens's table for Pythia (``step0`` ... ``step143000``), else the
+      revisions already in the local HF cache.
+    """
+    if Path(model_id).is_dir():
+        from crosslens.checkpoints.local import scan_local_suite
+
+        return [ref.revision for ref in scan_local_suite(Path(model_id)).snapshots]
+    model_id = str(model_id)
+    if not hub_offline():
+        return hub_revisions(model_id)
+    if is_pythia(model_id):
+        return [pythia_revision(step) for step in pythia_steps_for(model_id)]
+    cached = cached_revisions(model_id)
+    if not cached:
+        raise CrosslensError(
+            f"offline (HF_HUB_OFFLINE=1) and no revisions of {model_id} are in the Hugging Face "
+            f"cache at {hub_constants.HF_HUB_CACHE}; go online once (unset HF_HUB_OFFLINE) to "
+            "download them, or point HF_HOME at a cache that holds them"
+        )
+    return cached

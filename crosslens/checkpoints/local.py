@@ -1,0 +1,112 @@
+"""Local suites: which folder holds which snapshot.
+
+Three layouts are understood, tried in this order:
+
+1. ``<root>/suite.json`` (the format in docs/DESIGN.md) naming the snapshots, each in
+   ``<root>/<revision>/`` (or in the folder a snapshot's optional ``"path"`` gives,
+   relative to the root);
+2. a Hugging Face cache repo folder (``models--ORG--NAME`` with ``refs/`` and
+   ``snapshots/``): every ref except ``main`` is a snapshot;
+3. sub-folders holding a ``config.json`` whose names carry the step (``step1000``,
+   ``global_step1000``, ``step1000-tokens4B``, ``checkpoint-500``), sorted by step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from crosslens.checkpoints.snapshot import SnapshotRef, parse_step, ref_from_revision
+
+SUITE_FILE = "suite.json"
+
+
+@dataclass(frozen=True)
+class LocalLayout:
+    """Where a local suite's snapshots live."""
+
+    model_id: str
+    """The suite's name: suite.json's ``model_id``, ``ORG/NAME`` for a cache repo, else the folder name."""
+    snapshots: tuple[SnapshotRef, ...]
+    """Snapshots ordered by step."""
+    folders: dict[str, Path]
+    """Revision -> folder holding that snapshot's HF checkpoint."""
+
+
+def scan_local_suite(root: str | Path) -> LocalLayout:
+    """Read the layout of the local suite at `root` (see the module docstring)."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"local suite folder {root} does not exist; pass the folder holding the snapshots")
+    if (root / SUITE_FILE).is_file():
+        layout = _from_suite_file(root)
+    elif (root / "refs").is_dir() and (root / "snapshots").is_dir():
+        layout = _from_cache_repo(root)
+    else:
+        layout = _from_step_folders(root)
+    for revision, folder in layout.folders.items():
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"snapshot {revision!r} of the local suite at {root} has no config.json in {folder}; "
+                "each snapshot folder must be a complete Hugging Face checkpoint (save_pretrained)"
+            )
+    return layout
+
+
+def _ordered(refs: list[SnapshotRef], root: Path) -> tuple[SnapshotRef, ...]:
+    refs = sorted(refs, key=lambda ref: ref.step)
+    for earlier, later in zip(refs, refs[1:]):
+        if earlier.step == later.step:
+            raise ValueError(
+                f"local suite {root} has two snapshots at step {later.step} ({earlier.revision!r} and "
+                f"{later.revision!r}); keep one of them"
+            )
+    return tuple(
+        SnapshotRef(index=i, revision=r.revision, step=r.step, tokens_seen=r.tokens_seen) for i, r in enumerate(refs)
+    )
+
+
+def _from_suite_file(root: Path) -> LocalLayout:
+    spec = json.loads((root / SUITE_FILE).read_text())
+    entries = spec.get("snapshots")
+    if not entries:
+        raise ValueError(f"{root / SUITE_FILE} lists no snapshots; add a 'snapshots' list of {{'revision', 'step'}} entries")
+    refs, folders = [], {}
+    for entry in entries:
+        if "revision" not in entry:
+            raise ValueError(f"{root / SUITE_FILE}: snapshot entry {entry} has no 'revision'; add the folder name")
+        revision = str(entry["revision"])
+        step = entry.get("step", parse_step(revision))
+        if step is None:
+            raise ValueError(f"{root / SUITE_FILE}: snapshot {revision!r} has no 'step' and none is in its name; add one")
+        refs.append(SnapshotRef(index=0, revision=revision, step=int(step), tokens_seen=entry.get("tokens_seen")))
+        folders[revision] = root / entry.get("path", revision)
+    return LocalLayout(model_id=str(spec.get("model_id", root.name)), snapshots=_ordered(refs, root), folders=folders)
+
+
+def _from_cache_repo(root: Path) -> LocalLayout:
+    model_id = root.name.removeprefix("models--").replace("--", "/")
+    refs, folders = [], {}
+    for ref_file in sorted((root / "refs").iterdir()):
+        if not ref_file.is_file() or parse_step(ref_file.name) is None:
+            continue
+        refs.append(ref_from_revision(0, ref_file.name, family="local"))
+        folders[ref_file.name] = root / "snapshots" / ref_file.read_text().strip()
+    if not refs:
+        raise ValueError(f"the cached repo {root} has no refs named by step (like 'step1000'); nothing to load")
+    return LocalLayout(model_id=model_id, snapshots=_ordered(refs, root), folders=folders)
+
+
+def _from_step_folders(root: Path) -> LocalLayout:
+    refs, folders = [], {}
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir() and (folder / "config.json").is_file() and parse_step(folder.name) is not None:
+            refs.append(ref_from_revision(0, folder.name, family="local"))
+            folders[folder.name] = folder
+    if not refs:
+        raise ValueError(
+            f"found no snapshots in {root}: expected a {SUITE_FILE}, or sub-folders named by step "
+            "(step0/, step1000/, ...) each holding a Hugging Face checkpoint"
+        )
+    return LocalLayout(model_id=root.name, snapshots=_ordered(refs, root), folders=folders)

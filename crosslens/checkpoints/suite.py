@@ -1,0 +1,520 @@
+"""`CheckpointSuite`: a model family's training snapshots, loaded one at a time."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformer_lens.loading_from_pretrained as tl_loading
+from huggingface_hub.errors import RevisionNotFoundError
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from crosslens.checkpoints.convert import (
+    architecture_signature,
+    hf_to_hooked,
+    hooked_config_from_hf,
+    load_pythia_checkpoint,
+    quiet_loading,
+    weights_sha256,
+)
+from crosslens.checkpoints.hub import hub_offline, is_pythia, list_revisions, pythia_steps_for
+from crosslens.checkpoints.local import scan_local_suite
+from crosslens.checkpoints.schedules import Spacing, nearest_steps, spaced_steps
+from crosslens.checkpoints.snapshot import (
+    SnapshotInfo,
+    SnapshotRef,
+    bloom_revision,
+    parse_step,
+    pythia_revision,
+    pythia_tokens_seen,
+    ref_from_revision,
+)
+from crosslens.errors import (
+    CrosslensError,
+    DuplicateSnapshotError,
+    SnapshotMismatchError,
+    TokenizerMismatchError,
+    UnknownRevisionError,
+)
+
+FAMILIES = ("pythia", "olmo", "bloom", "local")
+# TransformerLens gives these models their tokenizer as is, not re-loaded to prepend BOS.
+_NO_BOS_ARCHITECTURES = ("OlmoForCausalLM", "OlmoeForCausalLM", "Olmo2ForCausalLM")
+
+
+class CheckpointSuite:
+    """A model family and an ordered list of its training snapshots.
+
+    Models are loaded one at a time as HookedTransformers (`load`, `iter_models`), each
+    carrying its provenance in ``model.crosslens_snapshot`` (a `SnapshotInfo`). Build one
+    with `pythia`, `olmo`, `bloom` or `local`, then narrow it with `select`:
+
+    >>> suite = CheckpointSuite.pythia("EleutherAI/pythia-160m").select(n=32)  # doctest: +SKIP
+    >>> for info, model in suite.iter_models():                                # doctest: +SKIP
+    ...     print(info.step, info.weights_sha256[:8])
+    """
+
+    def __init__(
+        self,
+        family: str,
+        model_id: str,
+        snapshots: Sequence[SnapshotRef],
+        *,
+        folders: dict[str, Path] | None = None,
+        root: Path | None = None,
+    ):
+        if family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        if not snapshots:
+            raise ValueError(f"a checkpoint suite needs at least one snapshot; {model_id} has none selected")
+        revisions = [ref.revision for ref in snapshots]
+        if len(set(revisions)) != len(revisions):
+            repeated = sorted({r for r in revisions if revisions.count(r) > 1})
+            raise ValueError(f"revisions {repeated} appear more than once in the suite; list each once")
+        for earlier, later in zip(snapshots, snapshots[1:]):
+            if later.step <= earlier.step:
+                raise ValueError(
+                    f"snapshots must be in increasing step order, but {later.revision!r} (step {later.step}) "
+                    f"follows {earlier.revision!r} (step {earlier.step}); sort them by step"
+                )
+        if family == "local":
+            missing = [r for r in revisions if folders is None or r not in folders]
+            if missing:
+                raise ValueError(f"local suite has no folder for revisions {missing}; build it with CheckpointSuite.local")
+        self.family = family
+        self.model_id = model_id
+        self.snapshots: tuple[SnapshotRef, ...] = tuple(
+            SnapshotRef(index=i, revision=r.revision, step=r.step, tokens_seen=r.tokens_seen)
+            for i, r in enumerate(snapshots)
+        )
+        self.root = root
+        self._folders = dict(folders or {})
+        self._hashes: dict[str, str] = {}
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._tokenizer_source: tuple[str, dict[str, str]] = ("", {})
+        self._bos_tokenizer: PreTrainedTokenizerBase | None = None
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def pythia(cls, name: str, steps: Sequence[int] | None = None) -> CheckpointSuite:
+        """Pythia (``EleutherAI/pythia-*``) at `steps` (default: all 154 published steps).
+
+        Loads go through TransformerLens's checkpoint support; ``tokens_seen`` is
+        ``step * 2,097,152`` (1024 sequences of 2048 tokens per step).
+        """
+        model_id = _pythia_model_id(name)
+        available = pythia_steps_for(model_id)
+        chosen = available if steps is None else _checked_steps(steps, available, model_id, pythia_revision)
+        refs = [
+            SnapshotRef(index=i, revision=pythia_revision(s), step=s, tokens_seen=pythia_tokens_seen(s))
+            for i, s in enumerate(chosen)
+        ]
+        return cls("pythia", model_id, refs)
+
+    @classmethod
+    def olmo(
+        cls, name: str, revisions: Sequence[str] | None = None, *, steps: Sequence[int] | None = None
+    ) -> CheckpointSuite:
+        """OLMo (``allenai/OLMo-*-hf``) at `revisions` like ``step1000-tokens4B``, or at `steps`.
+
+        Without either, takes every revision the hub (or, offline, the HF cache) lists.
+        ``tokens_seen`` is read from the revision name (``tokens4B`` -> 4 * 10**9).
+        """
+        if revisions is not None and steps is not None:
+            raise ValueError("pass revisions or steps, not both")
+        if revisions is None:
+            available = list_revisions(name)
+            revisions = available if steps is None else _revisions_at_steps(steps, available, name)
+        else:
+            _check_revisions(revisions, name)
+        refs = sorted((ref_from_revision(0, r, family="olmo") for r in revisions), key=lambda r: r.step)
+        return cls("olmo", name, refs)
+
+    @classmethod
+    def bloom(cls, name: str, steps: Sequence[int] | None = None) -> CheckpointSuite:
+        """BLOOM intermediate checkpoints (``bigscience/bloom-*-intermediate``, revisions
+        ``global_step{N}``) at `steps` (default: every revision listed). Tokens seen are
+        not published per revision, so ``tokens_seen`` is None."""
+        if steps is None:
+            revisions = [r for r in list_revisions(name) if r.startswith("global_step")]
+            if not revisions:
+                raise UnknownRevisionError(
+                    f"{name} lists no global_step{{N}} revisions; is it a bigscience/bloom-*-intermediate repo?"
+                )
+        else:
+            revisions = [bloom_revision(int(s)) for s in sorted(steps)]
+            _check_revisions(revisions, name)
+        refs = sorted((ref_from_revision(0, r, family="bloom") for r in revisions), key=lambda r: r.step)
+        return cls("bloom", name, refs)
+
+    @classmethod
+    def local(cls, path: str | os.PathLike) -> CheckpointSuite:
+        """A folder of Hugging Face checkpoints, one per snapshot (layouts: see
+        `crosslens.checkpoints.local`)."""
+        layout = scan_local_suite(path)
+        return cls("local", layout.model_id, layout.snapshots, folders=layout.folders, root=Path(path).resolve())
+
+    # ------------------------------------------------------------------ views
+    def __len__(self) -> int:
+        return len(self.snapshots)
+
+    def __repr__(self) -> str:
+        first, last = self.snapshots[0].revision, self.snapshots[-1].revision
+        span = first if len(self) == 1 else f"{first} .. {last}"
+        return f"CheckpointSuite({self.family}, {self.model_id!r}, {len(self)} snapshots: {span})"
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        return tuple(ref.step for ref in self.snapshots)
+
+    @property
+    def revisions(self) -> tuple[str, ...]:
+        return tuple(ref.revision for ref in self.snapshots)
+
+    def select(
+        self,
+        *,
+        steps: Sequence[int] | None = None,
+        indices: Sequence[int] | None = None,
+        n: int | None = None,
+        spacing: Spacing = "log",
+    ) -> CheckpointSuite:
+        """A suite of some of these snapshots: by training `steps`, by `indices` into this
+        suite, or `n` spread out by `spaced_steps` (``"log"``: dense early, sparse late;
+        first and last always kept). Snapshots are re-indexed from 0."""
+        if sum(x is not None for x in (steps, indices, n)) != 1:
+            raise ValueError("select takes exactly one of steps=, indices= or n=")
+        if n is not None:
+            steps = spaced_steps(self.steps, n, spacing)
+        if steps is not None:
+            chosen_steps = _checked_steps(
+                steps, self.steps, self.model_id, self._revision_at_step, in_suite=True
+            )
+            by_step = {ref.step: ref for ref in self.snapshots}
+            chosen = [by_step[s] for s in chosen_steps]
+        else:
+            assert indices is not None
+            positions = set()
+            for i in indices:
+                if not -len(self) <= i < len(self):
+                    raise IndexError(f"snapshot index {i} is out of range for a suite of {len(self)} snapshots")
+                positions.add(i % len(self))
+            chosen = [self.snapshots[i] for i in sorted(positions)]
+        suite = CheckpointSuite(self.family, self.model_id, chosen, folders=self._folders, root=self.root)
+        suite._hashes = {r.revision: self._hashes[r.revision] for r in chosen if r.revision in self._hashes}
+        suite._tokenizer, suite._tokenizer_source = self._tokenizer, self._tokenizer_source
+        suite._bos_tokenizer = self._bos_tokenizer
+        return suite
+
+    def provenance(self) -> dict[str, Any]:
+        """JSON-able description: family, model_id, and each snapshot's revision, step,
+        tokens seen and (once loaded) weights sha256. A local suite also records its root."""
+        snapshots = []
+        for ref in self.snapshots:
+            entry = ref.to_dict()
+            if ref.revision in self._hashes:
+                entry["weights_sha256"] = self._hashes[ref.revision]
+            snapshots.append(entry)
+        record: dict[str, Any] = {"family": self.family, "model_id": self.model_id, "snapshots": snapshots}
+        if self.root is not None:
+            record["root"] = str(self.root)
+        return record
+
+    # ------------------------------------------------------------------ loading
+    def load(
+        self, snapshot: int | SnapshotRef, *, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32
+    ) -> HookedTransformer:
+        """Load one snapshot as a HookedTransformer (``fold_ln``, ``center_writing_weights``,
+        ``center_unembed``), with ``model.crosslens_snapshot`` set to its `SnapshotInfo`."""
+        ref = self._ref(snapshot)
+        dtype = _as_dtype(dtype)
+        with quiet_loading():
+            if self.family == "pythia":
+                tokenizer = self._tokenizer_for_models("GPTNeoXForCausalLM")
+                model = self._with_revision_errors(
+                    ref, load_pythia_checkpoint, self.model_id, ref.step, tokenizer=tokenizer, device=device, dtype=dtype
+                )
+            else:
+                source, location = self._hf_source(ref)
+                hf_model = self._with_revision_errors(
+                    ref, AutoModelForCausalLM.from_pretrained, source, dtype=dtype, **location
+                )
+                tokenizer = self._tokenizer_for_models((hf_model.config.architectures or [""])[0])
+                model = hf_to_hooked(hf_model, model_id=self.model_id, tokenizer=tokenizer, device=device, dtype=dtype)
+                del hf_model
+        info = SnapshotInfo.from_ref(ref, model_id=self.model_id, weights_sha256=weights_sha256(model))
+        self._hashes[ref.revision] = info.weights_sha256
+        model.crosslens_snapshot = info
+        return model
+
+    def iter_models(
+        self,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+        progress: bool = True,
+    ) -> Iterator[tuple[SnapshotInfo, HookedTransformer]]:
+        """Yield ``(info, model)`` for each snapshot in order, with one model resident.
+
+        When the iterator moves on, the model it last yielded is emptied (its tensors move
+        to the ``meta`` device) before the next one loads, so keep only what you computed
+        from it; use `load` to hold on to a particular snapshot. Before loading anything,
+        every snapshot's config is checked against the first
+        (`SnapshotMismatchError` names the odd one); as snapshots load, two with identical
+        weights are refused (`DuplicateSnapshotError`).
+        """
+        self.check_architectures()
+        first_revision_with: dict[str, str] = {}
+        bar = tqdm(self.snapshots, desc=f"loading {self.model_id}", unit="snapshot", disable=not progress)
+        for ref in bar:
+            bar.set_postfix_str(ref.revision)
+            model = self.load(ref, device=device, dtype=dtype)
+            info: SnapshotInfo = model.crosslens_snapshot
+            earlier = first_revision_with.get(info.weights_sha256)
+            if earlier is not None:
+                release_model(model)
+                raise DuplicateSnapshotError(
+                    f"snapshots {earlier!r} and {ref.revision!r} of {self.model_id} have identical weights "
+                    f"(sha256 {info.weights_sha256[:16]}...), so a crosscoder would see no change between "
+                    f"them; drop one, e.g. suite.select(steps=[...]) without step {ref.step}",
+                    revisions=(earlier, ref.revision),
+                    sha256=info.weights_sha256,
+                )
+            first_revision_with[info.weights_sha256] = ref.revision
+            yield info, model
+            release_model(model)
+            del model, info
+
+    def check_architectures(self) -> dict[str, Any]:
+        """Check from the snapshots' configs alone (no weights) that all share the first
+        one's architecture; raise `SnapshotMismatchError` naming the odd snapshot and the
+        differing fields. Returns the shared signature (``d_model``, ``n_layers``, ...)."""
+        reference: dict[str, Any] | None = None
+        for ref in self.snapshots:
+            source, location = self._hf_source(ref)
+            hf_config = self._with_revision_errors(ref, AutoConfig.from_pretrained, source, **location)
+            signature = architecture_signature(hooked_config_from_hf(hf_config, model_id=self.model_id))
+            if reference is None:
+                reference = signature
+                continue
+            differences = {k: (reference[k], signature[k]) for k in reference if reference[k] != signature[k]}
+            if differences:
+                listed = ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differences.items())
+                raise SnapshotMismatchError(
+                    f"snapshot {ref.revision!r} of {self.model_id} differs in architecture from the first "
+                    f"snapshot {self.snapshots[0].revision!r} ({listed}); a crosscoder needs one shape for "
+                    "all snapshots, so drop it with suite.select(...)",
+                    revision=ref.revision,
+                    differences=differences,
+                )
+        assert reference is not None
+        return reference
+
+    # ------------------------------------------------------------------ tokenizer
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer shared by all snapshots: the first snapshot's, else the repo's
+        ``main`` (for a BLOOM intermediate repo, then the released model's, which the
+        checkpoints share)."""
+        if self._tokenizer is None:
+            errors = []
+            for source, location in self._tokenizer_sources():
+                try:
+                    self._tokenizer = AutoTokenizer.from_pretrained(source, **location)
+                    self._tokenizer_source = (source, location)
+                    break
+                except OSError as error:
+                    errors.append(f"{source}@{location.get('revision', 'main')}: {error}")
+            else:
+                raise CrosslensError(
+                    f"found no tokenizer for {self.model_id} ({'; '.join(errors)}); save one next to the "
+                    "checkpoint (tokenizer.save_pretrained) or make the repo's files reachable"
+                )
+        return self._tokenizer
+
+    def _tokenizer_for_models(self, architecture: str) -> PreTrainedTokenizerBase:
+        """`tokenizer()` as TransformerLens sets one on a model: loaded with
+        ``add_bos_token=True`` except for OLMo. Loading it here, from the revision the suite's
+        tokenizer came from, stops TransformerLens re-fetching it from the repo's ``main``."""
+        tokenizer = self.tokenizer()
+        if architecture in _NO_BOS_ARCHITECTURES or tokenizer.bos_token is None:
+            return tokenizer
+        if self._bos_tokenizer is None:
+            source, location = self._tokenizer_source
+            self._bos_tokenizer = AutoTokenizer.from_pretrained(source, add_bos_token=True, **location)
+        return self._bos_tokenizer
+
+    def check_same_tokenizer(self) -> tuple[str, ...]:
+        """Check each snapshot's tokenizer has the same vocabulary as `tokenizer()`; raise
+        `TokenizerMismatchError` naming the first that differs. Snapshots that ship no
+        tokenizer are skipped; returns the revisions compared. For hub suites this fetches
+        each revision's tokenizer files."""
+        reference = self.tokenizer().get_vocab()
+        checked = []
+        for ref in self.snapshots:
+            try:
+                vocab = self._tokenizer_at(ref).get_vocab()
+            except OSError:
+                continue
+            if vocab != reference:
+                only_here = sorted(set(vocab) - set(reference))[:5]
+                only_there = sorted(set(reference) - set(vocab))[:5]
+                moved = sum(1 for t in set(vocab) & set(reference) if vocab[t] != reference[t])
+                raise TokenizerMismatchError(
+                    f"snapshot {ref.revision!r} of {self.model_id} has a different tokenizer "
+                    f"({len(vocab)} vs {len(reference)} tokens; new {only_here}, missing {only_there}, "
+                    f"{moved} with other ids); activations from different tokenizers cannot share "
+                    "token positions, so drop it with suite.select(...)",
+                    revision=ref.revision,
+                    differences={"vocab_size": (len(reference), len(vocab))},
+                )
+            checked.append(ref.revision)
+        return tuple(checked)
+
+    # ------------------------------------------------------------------ internals
+    def _ref(self, snapshot: int | SnapshotRef) -> SnapshotRef:
+        if isinstance(snapshot, SnapshotRef):
+            for ref in self.snapshots:
+                if ref.revision == snapshot.revision:
+                    return ref
+            raise unknown_revision_error(
+                self.model_id, snapshot.revision, snapshot.step, self.revisions, in_suite=True
+            )
+        if isinstance(snapshot, bool) or not isinstance(snapshot, int):
+            raise TypeError(f"snapshot must be an index or a SnapshotRef, got {type(snapshot).__name__}")
+        if not -len(self) <= snapshot < len(self):
+            raise IndexError(f"snapshot index {snapshot} is out of range for a suite of {len(self)} snapshots")
+        return self.snapshots[snapshot]
+
+    def _revision_at_step(self, step: int) -> str:
+        for ref in self.snapshots:
+            if ref.step == step:
+                return ref.revision
+        return f"step{step}"
+
+    def _hf_source(self, ref: SnapshotRef | None) -> tuple[str, dict[str, str]]:
+        """Where `from_pretrained` finds `ref` (None: the repo's main branch)."""
+        if self.family == "local":
+            assert ref is not None
+            return str(self._folders[ref.revision]), {}
+        return self.model_id, ({} if ref is None else {"revision": ref.revision})
+
+    def _tokenizer_sources(self) -> list[tuple[str, dict[str, str]]]:
+        sources = [self._hf_source(self.snapshots[0])]
+        if self.family != "local":
+            sources.append(self._hf_source(None))
+        if self.family == "bloom" and self.model_id.endswith("-intermediate"):
+            sources.append((self.model_id.removesuffix("-intermediate"), {}))
+        return sources
+
+    def _tokenizer_at(self, ref: SnapshotRef | None) -> PreTrainedTokenizerBase:
+        source, location = self._hf_source(ref)
+        return AutoTokenizer.from_pretrained(source, **location)
+
+    def _with_revision_errors(self, ref: SnapshotRef, load, *args, **kwargs):
+        """Run `load`, turning "no such revision on the hub" into `UnknownRevisionError`."""
+        try:
+            return load(*args, **kwargs)
+        except (RevisionNotFoundError, OSError) as error:
+            cause = error if isinstance(error, RevisionNotFoundError) else error.__cause__
+            if not isinstance(cause, RevisionNotFoundError) and "not a valid git identifier" not in str(error):
+                raise
+            try:
+                available = list_revisions(self.model_id)
+            except Exception:  # listing is a courtesy here; the error stands without it
+                available = []
+            raise unknown_revision_error(self.model_id, ref.revision, ref.step, available) from error
+
+
+def unknown_revision_error(
+    model_id: str, revision: str, step: int | None, available: Sequence[str], *, in_suite: bool = False
+) -> UnknownRevisionError:
+    """An `UnknownRevisionError` for `revision`, listing the available revisions nearest
+    by training step (`in_suite`: available are a suite's snapshots, not the repo's)."""
+    steps = {parse_step(r): r for r in available if parse_step(r) is not None}
+    if step is not None and steps:
+        nearest = tuple(steps[s] for s in nearest_steps(step, list(steps)))
+    else:
+        nearest = tuple(available[:4])
+    if in_suite:
+        message = f"{revision!r} is not among this suite's {len(available)} snapshots of {model_id}"
+        message += f"; nearest: {', '.join(nearest)}. The suite's revisions are in suite.revisions"
+        return UnknownRevisionError(message, requested=revision, nearest=nearest)
+    message = f"{revision!r} is not a checkpoint of {model_id}"
+    message += f"; nearest: {', '.join(nearest)}" if nearest else "; it lists none"
+    where = "the local Hugging Face cache" if hub_offline() and not is_pythia(model_id) else model_id
+    message += f". See all {len(available)} in {where} with crosslens.checkpoints.list_revisions({model_id!r})"
+    if hub_offline() and not is_pythia(model_id):
+        message += " (offline: only cached revisions count; unset HF_HUB_OFFLINE to ask the hub)"
+    return UnknownRevisionError(message, requested=revision, nearest=nearest)
+
+
+def release_model(model: torch.nn.Module) -> None:
+    """Free a model's tensors even while callers still hold the model, by moving its
+    parameters and buffers to the ``meta`` device."""
+    torch.nn.Module.to(model, device="meta")
+
+
+def _pythia_model_id(name: str) -> str:
+    model_id = name if "/" in name else f"EleutherAI/{name}"
+    if not is_pythia(model_id):
+        raise ValueError(f"{name!r} is not a Pythia model; pass e.g. 'EleutherAI/pythia-160m'")
+    try:
+        return tl_loading.get_official_model_name(model_id)
+    except ValueError:
+        known = sorted(n for n in tl_loading.OFFICIAL_MODEL_NAMES if is_pythia(n))
+        raise ValueError(
+            f"TransformerLens has no checkpoint support for {model_id}; use one of {known}"
+        ) from None
+
+
+def _checked_steps(
+    steps: Sequence[int], available: Sequence[int], model_id: str, revision_of, *, in_suite: bool = False
+) -> list[int]:
+    """`steps` sorted, each checked to be in `available` (the repo's, or the suite's)."""
+    chosen = sorted(int(s) for s in steps)
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"steps {sorted(s for s in set(chosen) if chosen.count(s) > 1)} are listed twice; list each once")
+    known = set(available)
+    for step in chosen:
+        if step not in known:
+            raise unknown_revision_error(
+                model_id, revision_of(step), step, [revision_of(s) for s in available], in_suite=in_suite
+            )
+    if not chosen:
+        raise ValueError("steps is empty; pass at least one step")
+    return chosen
+
+
+def _revisions_at_steps(steps: Sequence[int], available: Sequence[str], model_id: str) -> list[str]:
+    by_step = {parse_step(r): r for r in available}
+    missing = [s for s in steps if s not in by_step]
+    if missing:
+        raise unknown_revision_error(model_id, f"step{missing[0]}", missing[0], available)
+    return [by_step[s] for s in sorted(set(steps))]
+
+
+def _check_revisions(revisions: Sequence[str], model_id: str) -> None:
+    """Check `revisions` against the repo's list when it can be had; a repo that cannot be
+    listed (no network, nothing cached) is left for `load` to report."""
+    try:
+        available = list_revisions(model_id)
+    except Exception:  # best effort: loading reports a missing revision anyway
+        return
+    known = set(available)
+    for revision in revisions:
+        if revision not in known:
+            raise unknown_revision_error(model_id, revision, parse_step(revision), available)
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; pass e.g. torch.float32 or 'bfloat16'")
+    return resolved

@@ -1,0 +1,82 @@
+"""Shared fixtures. Every test runs offline: nothing may reach the Hugging Face hub."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import huggingface_hub.constants as _hub_constants  # noqa: E402  (after the env is set)
+
+_hub_constants.HF_HUB_OFFLINE = True
+
+from hf_cache import (  # noqa: E402
+    activate_offline_hf_home,
+    make_word_tokenizer,
+    tiny_bloom,
+    tiny_neox,
+    tiny_olmo,
+    write_fake_hub_repo,
+)
+
+PYTHIA_REPO = "EleutherAI/pythia-14m"
+PYTHIA_DUPLICATED_REPO = "EleutherAI/pythia-70m"
+OLMO_REPO = "allenai/OLMo-1B-hf"
+BLOOM_REPO = "bigscience/bloom-560m-intermediate"
+
+
+@dataclass
+class FakeHub:
+    """Tiny stand-ins for real checkpoint repos, cached under `hf_home`."""
+
+    hf_home: Path
+    tokenizer: object
+    models: dict[str, dict] = field(default_factory=dict)
+    """repo id -> revision -> the HF model written there (for comparing logits)."""
+
+
+@pytest.fixture(scope="session")
+def _fake_hub_files(tmp_path_factory: pytest.TempPathFactory) -> FakeHub:
+    hf_home = tmp_path_factory.mktemp("hf_home")
+    hub = FakeHub(hf_home=hf_home, tokenizer=make_word_tokenizer())
+    repos = {
+        # As on the hub, `main` holds Pythia's final step.
+        PYTHIA_REPO: ({f"step{s}": tiny_neox(seed=s) for s in (0, 1, 1000, 2000, 143000)}, "step143000"),
+        # step3000 and step4000 serve the same weights, as some public Pythia branches do.
+        PYTHIA_DUPLICATED_REPO: (
+            {"step2000": tiny_neox(seed=7), "step3000": tiny_neox(seed=8), "step4000": tiny_neox(seed=8)},
+            "step4000",
+        ),
+        OLMO_REPO: (
+            {
+                f"step{s}-tokens{4 * s // 1000}B": tiny_olmo(seed=s)
+                for s in (1000, 2000, 3000)
+            },
+            "step3000-tokens12B",
+        ),
+        BLOOM_REPO: ({f"global_step{s}": tiny_bloom(seed=s) for s in (1000, 10000)}, None),
+    }
+    for repo_id, (revisions, main) in repos.items():
+        write_fake_hub_repo(hf_home, repo_id, revisions, hub.tokenizer, main=main)
+        hub.models[repo_id] = revisions
+    return hub
+
+
+@pytest.fixture
+def fake_hub(_fake_hub_files: FakeHub, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
+    """Offline HF cache holding tiny Pythia (pythia-14m, pythia-70m), OLMo (OLMo-1B-hf)
+    and BLOOM (bloom-560m-intermediate) checkpoint repos under their real names."""
+    activate_offline_hf_home(monkeypatch, _fake_hub_files.hf_home)
+    return _fake_hub_files
+
+
+@pytest.fixture
+def offline_hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty, offline HF cache for this test; write repos into it with
+    `hf_cache.write_fake_hub_repo`."""
+    return activate_offline_hf_home(monkeypatch, tmp_path / "hf_home")

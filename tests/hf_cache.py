@@ -1,0 +1,193 @@
+"""Offline stand-ins for Hugging Face hub repos, for tests.
+
+`write_fake_hub_repo` lays tiny models out exactly as `huggingface_hub` caches real
+downloads (``hub/models--ORG--NAME/refs/<revision>`` holds a commit hash,
+``snapshots/<hash>/`` holds the files), so with ``HF_HUB_OFFLINE=1`` the real loading
+code (``AutoModelForCausalLM.from_pretrained("EleutherAI/pythia-14m", revision="step1000")``,
+TransformerLens's checkpoint loader, ...) resolves them as if they had been downloaded.
+
+`activate_offline_hf_home` points the running process at such a cache. huggingface_hub
+copies its environment variables into module constants at import time, so setting the
+environment alone is not enough inside one pytest process: the constants are patched too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    BloomConfig,
+    BloomForCausalLM,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    OlmoConfig,
+    OlmoForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+FAKE_WORDS = (
+    "the a cat cats dog dogs sees see runs run near park tree old young big small "
+    "is are was were and but with on in under over red blue green bird birds man men "
+    "woman women child children house houses eats eat walks walk quickly slowly here there"
+).split()
+SPECIAL_TOKENS = ("<|endoftext|>", "<unk>", "<pad>")
+FAKE_VOCAB_SIZE = 64  # model vocab; the tokenizer uses the first len(SPECIAL_TOKENS + FAKE_WORDS)
+
+
+def make_word_tokenizer() -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over `FAKE_WORDS` (ids 0-2 are special tokens)."""
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(FAKE_WORDS))}
+    assert len(vocab) <= FAKE_VOCAB_SIZE
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
+
+
+def tiny_neox(seed: int, **overrides) -> GPTNeoXForCausalLM:
+    """A randomly initialised 2-layer GPT-NeoX (Pythia's architecture), d_model 32."""
+    torch.manual_seed(seed)
+    settings = dict(
+        vocab_size=FAKE_VOCAB_SIZE,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        rotary_pct=0.25,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=False,
+    )
+    settings.update(overrides)
+    config = GPTNeoXConfig(**settings)
+    config.architectures = ["GPTNeoXForCausalLM"]
+    return GPTNeoXForCausalLM(config).eval()
+
+
+def tiny_olmo(seed: int, **overrides) -> OlmoForCausalLM:
+    """A randomly initialised 2-layer OLMo (v1, as in ``allenai/OLMo-1B-hf``), d_model 32."""
+    torch.manual_seed(seed)
+    settings = dict(
+        vocab_size=FAKE_VOCAB_SIZE,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=2,
+        bos_token_id=None,
+        eos_token_id=0,
+        tie_word_embeddings=True,
+    )
+    settings.update(overrides)
+    config = OlmoConfig(**settings)
+    config.architectures = ["OlmoForCausalLM"]
+    return OlmoForCausalLM(config).eval()
+
+
+def tiny_bloom(seed: int, **overrides) -> BloomForCausalLM:
+    """A randomly initialised 2-layer BLOOM, d_model 32."""
+    torch.manual_seed(seed)
+    settings = dict(
+        vocab_size=FAKE_VOCAB_SIZE,
+        hidden_size=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=2,
+    )
+    settings.update(overrides)
+    config = BloomConfig(**settings)
+    config.architectures = ["BloomForCausalLM"]
+    return BloomForCausalLM(config).eval()
+
+
+def repo_folder(hf_home: str | os.PathLike, repo_id: str) -> Path:
+    """Where huggingface_hub caches `repo_id` under `hf_home`."""
+    return Path(hf_home) / "hub" / ("models--" + repo_id.replace("/", "--"))
+
+
+def write_fake_hub_repo(
+    hf_home: str | os.PathLike,
+    repo_id: str,
+    revisions: Mapping[str, PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    main: str | None = None,
+) -> Path:
+    """Write `revisions` (revision name -> model) into the hub cache under `hf_home`.
+
+    Each revision gets its own commit hash and snapshot folder holding the model
+    (``config.json``, ``model.safetensors``) and the tokenizer files. `main`, when given,
+    names the revision that the ``main`` branch points at (as the hub's ``main`` holds
+    Pythia's final step). Returns the repo's cache folder.
+    """
+    folder = repo_folder(hf_home, repo_id)
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    commits: dict[str, str] = {}
+    for revision, model in revisions.items():
+        commit = hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+        commits[revision] = commit
+        snapshot = folder / "snapshots" / commit
+        model.save_pretrained(snapshot)
+        tokenizer.save_pretrained(snapshot)
+        (folder / "refs" / revision).write_text(commit)
+    if main is not None:
+        (folder / "refs" / "main").write_text(commits[main])
+    return folder
+
+
+def activate_offline_hf_home(monkeypatch: pytest.MonkeyPatch, hf_home: str | os.PathLike) -> Path:
+    """Point huggingface_hub (and so transformers) at `hf_home`, offline, until the test ends."""
+    import huggingface_hub.constants as hub_constants
+
+    hf_home = Path(hf_home)
+    hub_cache = hf_home / "hub"
+    hub_cache.mkdir(parents=True, exist_ok=True)
+    for name, value in {
+        "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": str(hub_cache),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(hub_constants, "HF_HOME", str(hf_home))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setattr(hub_constants, "HUGGINGFACE_HUB_CACHE", str(hub_cache))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    return hf_home
+
+
+def write_local_suite(
+    root: str | os.PathLike,
+    snapshots: Mapping[str, PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    suite_json: dict | None = None,
+) -> Path:
+    """Write one Hugging Face checkpoint folder per snapshot (``<root>/<name>/``), plus
+    ``suite.json`` when given. Returns `root`."""
+    import json
+
+    root = Path(root)
+    for name, model in snapshots.items():
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    if suite_json is not None:
+        (root / "suite.json").write_text(json.dumps(suite_json, indent=2))
+    return root

@@ -1,0 +1,368 @@
+"""crosslens.checkpoints, offline: each family through the loading path a user hits with
+the real repo names, served from a fake Hugging Face cache of tiny random models."""
+
+from __future__ import annotations
+
+import json
+import weakref
+
+import pytest
+import torch
+import transformer_lens.loading_from_pretrained as tl_loading
+from conftest import BLOOM_REPO, OLMO_REPO, PYTHIA_DUPLICATED_REPO, PYTHIA_REPO
+from hf_cache import make_word_tokenizer, repo_folder, tiny_neox, write_local_suite
+from transformers import PreTrainedTokenizerFast
+
+from crosslens.checkpoints import (
+    PYTHIA_STEPS,
+    CheckpointSuite,
+    SnapshotInfo,
+    SnapshotRef,
+    list_revisions,
+    parse_step,
+    parse_tokens,
+    spaced_steps,
+    weights_sha256,
+)
+from crosslens.errors import (
+    CrosslensError,
+    DuplicateSnapshotError,
+    SnapshotMismatchError,
+    TokenizerMismatchError,
+    UnknownRevisionError,
+)
+
+TOKENS = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10, 11], [20, 21, 3, 30, 31, 40, 41, 50, 12]])
+
+
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    # center_unembed shifts each position's logits by a constant; log-softmax ignores it.
+    return logits.log_softmax(dim=-1)
+
+
+def assert_matches_hf(model, hf_model, other_hf_model=None) -> None:
+    with torch.no_grad():
+        ours = log_probs(model(TOKENS))
+        theirs = log_probs(hf_model(TOKENS).logits)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    if other_hf_model is not None:  # the right revision, not just any of them
+        with torch.no_grad():
+            other = log_probs(other_hf_model(TOKENS).logits)
+        assert (ours - other).abs().max() > 1e-2
+
+
+# ---------------------------------------------------------------- each family, real path
+def test_pythia_loads_through_transformer_lens_checkpoints(fake_hub, capsys):
+    suite = CheckpointSuite.pythia(PYTHIA_REPO, steps=[0, 1000, 143000])
+    fakes = fake_hub.models[PYTHIA_REPO]
+    seen = []
+    for info, model in suite.iter_models(progress=False):
+        # TransformerLens's own checkpoint loader set these.
+        assert model.cfg.from_checkpoint and model.cfg.checkpoint_value == info.step
+        assert model.cfg.original_architecture == "GPTNeoXForCausalLM" and model.cfg.d_model == 32
+        assert_matches_hf(model, fakes[info.revision], fakes["step2000"])
+        seen.append((info.index, info.revision, info.step, info.tokens_seen))
+    assert seen == [
+        (0, "step0", 0, 0),
+        (1, "step1000", 1000, 1000 * 2_097_152),
+        (2, "step143000", 143000, 143000 * 2_097_152),
+    ]
+    assert "Loaded pretrained model" not in capsys.readouterr().out
+
+
+def test_pythia_accepts_short_name_and_defaults_to_all_steps(fake_hub):
+    suite = CheckpointSuite.pythia("pythia-14m")
+    assert suite.model_id == PYTHIA_REPO
+    assert suite.steps == PYTHIA_STEPS and len(suite) == 154
+    with pytest.raises(ValueError, match="pythia-160m"):
+        CheckpointSuite.pythia("EleutherAI/pythia-13m")
+
+
+def test_olmo_loads_hf_revision_into_hooked_transformer(fake_hub):
+    suite = CheckpointSuite.olmo(OLMO_REPO, ["step1000-tokens4B", "step3000-tokens12B"])
+    fakes = fake_hub.models[OLMO_REPO]
+    infos = []
+    for info, model in suite.iter_models(progress=False):
+        assert model.cfg.original_architecture == "OlmoForCausalLM"
+        # Sizes come from the checkpoint, not from TransformerLens's OLMo-1B table.
+        assert (model.cfg.d_model, model.cfg.n_layers, model.cfg.d_vocab) == (32, 2, 64)
+        assert_matches_hf(model, fakes[info.revision], fakes["step2000-tokens8B"])
+        infos.append(info)
+    assert [(i.step, i.tokens_seen) for i in infos] == [(1000, 4 * 10**9), (3000, 12 * 10**9)]
+    assert CheckpointSuite.olmo(OLMO_REPO, steps=[2000]).revisions == ("step2000-tokens8B",)
+    assert CheckpointSuite.olmo(OLMO_REPO).revisions == tuple(fakes)  # offline: the cached ones
+
+
+def test_bloom_intermediate_repo_loads_without_main(fake_hub):
+    suite = CheckpointSuite.bloom(BLOOM_REPO)
+    fakes = fake_hub.models[BLOOM_REPO]
+    assert suite.revisions == ("global_step1000", "global_step10000")
+    for info, model in suite.iter_models(progress=False):
+        assert model.cfg.original_architecture == "BloomForCausalLM"
+        assert info.tokens_seen is None
+        other = fakes["global_step10000" if info.step == 1000 else "global_step1000"]
+        assert_matches_hf(model, fakes[info.revision], other)
+    # The repo has no `main`: the tokenizer comes from the first snapshot.
+    assert suite.tokenizer().get_vocab() == fake_hub.tokenizer.get_vocab()
+
+
+# ---------------------------------------------------------------- local suites
+def test_local_step_folders(tmp_path):
+    models = {"step0": tiny_neox(seed=10), "step100": tiny_neox(seed=11), "step20": tiny_neox(seed=12)}
+    write_local_suite(tmp_path / "run", models, make_word_tokenizer())
+    (tmp_path / "run" / "notes").mkdir()  # not a checkpoint: ignored
+    suite = CheckpointSuite.local(tmp_path / "run")
+    assert (suite.family, suite.model_id) == ("local", "run")
+    assert suite.revisions == ("step0", "step20", "step100") and suite.steps == (0, 20, 100)
+    model = suite.load(-1)
+    assert model.crosslens_snapshot.revision == "step100" and model.crosslens_snapshot.tokens_seen is None
+    assert_matches_hf(model, models["step100"], models["step20"])
+    assert list_revisions(tmp_path / "run") == ["step0", "step20", "step100"]
+
+
+def test_local_suite_json(tmp_path):
+    models = {"step0": tiny_neox(seed=20), "step8": tiny_neox(seed=21)}
+    spec = {
+        "family": "local",
+        "model_id": "crosslens/pico",
+        "snapshots": [{"revision": "step8", "step": 8, "tokens_seen": 8192}, {"revision": "step0", "step": 0, "tokens_seen": 0}],
+    }
+    write_local_suite(tmp_path, models, make_word_tokenizer(), suite_json=spec)
+    suite = CheckpointSuite.local(tmp_path)
+    assert suite.model_id == "crosslens/pico"
+    assert suite.snapshots == (SnapshotRef(0, "step0", 0, 0), SnapshotRef(1, "step8", 8, 8192))
+    assert_matches_hf(suite.load(1), models["step8"], models["step0"])
+
+
+def test_local_hf_cache_repo_with_revisions(fake_hub):
+    suite = CheckpointSuite.local(repo_folder(fake_hub.hf_home, OLMO_REPO))
+    assert suite.model_id == OLMO_REPO
+    assert suite.steps == (1000, 2000, 3000)
+    assert [r.tokens_seen for r in suite.snapshots] == [4 * 10**9, 8 * 10**9, 12 * 10**9]
+    assert_matches_hf(suite.load(1), fake_hub.models[OLMO_REPO]["step2000-tokens8B"])
+
+
+def test_local_suite_without_snapshots_says_how_to_lay_them_out(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="suite.json"):
+        CheckpointSuite.local(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- one model resident
+def test_iter_models_frees_each_model_before_loading_the_next(fake_hub, monkeypatch):
+    suite = CheckpointSuite.pythia(PYTHIA_REPO, steps=[0, 1, 1000])
+    weight_refs: list[weakref.ref] = []
+    alive_at_load: list[list[bool]] = []
+    real_load = suite.load
+
+    def recording_load(*args, **kwargs):
+        alive_at_load.append([ref() is not None for ref in weight_refs])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(suite, "load", recording_load)
+    held = []
+    for info, model in suite.iter_models(progress=False):
+        weight_refs.append(weakref.ref(model.embed.W_E))
+        held.append(model)  # even a caller that keeps the model does not keep its weights
+    assert alive_at_load == [[], [False], [False, False]]
+    assert all(ref() is None for ref in weight_refs)
+    assert all(m.embed.W_E.device.type == "meta" for m in held)
+
+
+def test_load_keeps_the_model(fake_hub):
+    suite = CheckpointSuite.pythia(PYTHIA_REPO, steps=[1, 1000])
+    first, second = suite.load(0), suite.load(1)
+    assert first.embed.W_E.device.type == "cpu" and second.embed.W_E.device.type == "cpu"
+
+
+# ---------------------------------------------------------------- provenance
+def test_provenance_and_weights_hash(fake_hub):
+    suite = CheckpointSuite.pythia(PYTHIA_REPO, steps=[0, 1000])
+    assert suite.provenance() == {
+        "family": "pythia",
+        "model_id": PYTHIA_REPO,
+        "snapshots": [
+            {"index": 0, "revision": "step0", "step": 0, "tokens_seen": 0},
+            {"index": 1, "revision": "step1000", "step": 1000, "tokens_seen": 2_097_152_000},
+        ],
+    }
+    model = suite.load(1)
+    info = model.crosslens_snapshot
+    assert isinstance(info, SnapshotInfo)
+    assert (info.model_id, info.revision, info.index) == (PYTHIA_REPO, "step1000", 1)
+    assert info.weights_sha256 == weights_sha256(model) and len(info.weights_sha256) == 64
+    assert suite.load(1).crosslens_snapshot.weights_sha256 == info.weights_sha256  # stable
+    assert suite.load(0).crosslens_snapshot.weights_sha256 != info.weights_sha256
+    record = json.loads(json.dumps(suite.provenance()))
+    assert record["snapshots"][1]["weights_sha256"] == info.weights_sha256
+    # The hash follows the weights: change one number and it changes.
+    with torch.no_grad():
+        model.embed.W_E[0, 0] += 1.0
+    assert weights_sha256(model) != info.weights_sha256
+
+
+# ---------------------------------------------------------------- refusals
+def test_identical_weights_are_refused(fake_hub):
+    suite = CheckpointSuite.pythia(PYTHIA_DUPLICATED_REPO, steps=[2000, 3000, 4000])
+    yielded = []
+    with pytest.raises(DuplicateSnapshotError) as caught:
+        for info, _ in suite.iter_models(progress=False):
+            yielded.append(info.revision)
+    assert yielded == ["step2000", "step3000"]
+    assert caught.value.revisions == ("step3000", "step4000")
+    message = str(caught.value)
+    assert "'step3000'" in message and "'step4000'" in message and "select" in message
+
+
+def test_architecture_mismatch_is_refused_before_loading(tmp_path, monkeypatch):
+    models = {"step0": tiny_neox(seed=1), "step1": tiny_neox(seed=2), "step2": tiny_neox(seed=3, intermediate_size=96)}
+    suite = CheckpointSuite.local(write_local_suite(tmp_path, models, make_word_tokenizer()))
+    monkeypatch.setattr(suite, "load", lambda *a, **k: pytest.fail("loaded weights before checking configs"))
+    with pytest.raises(SnapshotMismatchError) as caught:
+        next(suite.iter_models(progress=False))
+    assert caught.value.revision == "step2"
+    assert caught.value.differences == {"d_mlp": (64, 96)}
+    assert "'step2'" in str(caught.value) and "d_mlp" in str(caught.value)
+    assert CheckpointSuite.local(tmp_path).select(indices=[0, 1]).check_architectures()["d_model"] == 32
+
+
+def test_unknown_pythia_step_lists_nearest(fake_hub):
+    with pytest.raises(UnknownRevisionError) as caught:
+        CheckpointSuite.pythia(PYTHIA_REPO, steps=[0, 1500])
+    assert caught.value.nearest == ("step512", "step1000", "step2000", "step3000")
+    assert "step1000, step2000" in str(caught.value) and "list_revisions" in str(caught.value)
+
+
+def test_unknown_olmo_revision_lists_nearest_cached(fake_hub):
+    with pytest.raises(UnknownRevisionError) as caught:
+        CheckpointSuite.olmo(OLMO_REPO, ["step2500-tokens10B"])
+    assert caught.value.nearest == ("step1000-tokens4B", "step2000-tokens8B", "step3000-tokens12B")
+    assert "offline" in str(caught.value)
+    with pytest.raises(UnknownRevisionError, match="global_step10000"):
+        CheckpointSuite.bloom(BLOOM_REPO, steps=[9000])
+
+
+def test_different_tokenizer_is_refused(tmp_path):
+    models = {f"step{s}": tiny_neox(seed=s) for s in (0, 1, 2)}
+    write_local_suite(tmp_path, models, make_word_tokenizer())
+    assert CheckpointSuite.local(tmp_path).check_same_tokenizer() == ("step0", "step1", "step2")
+    odd = make_word_tokenizer()
+    odd.add_tokens(["zebra"])
+    odd.save_pretrained(tmp_path / "step1")
+    with pytest.raises(TokenizerMismatchError) as caught:
+        CheckpointSuite.local(tmp_path).check_same_tokenizer()
+    assert caught.value.revision == "step1" and "zebra" in str(caught.value)
+
+
+# ---------------------------------------------------------------- schedules and selection
+def test_pythia_steps_table():
+    assert len(PYTHIA_STEPS) == 154
+    assert PYTHIA_STEPS[:12] == (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
+    assert PYTHIA_STEPS[-1] == 143000 and list(PYTHIA_STEPS) == tl_loading.PYTHIA_CHECKPOINTS
+
+
+def test_spaced_steps():
+    log32 = spaced_steps(PYTHIA_STEPS, 32)
+    assert len(log32) == len(set(log32)) == 32 and log32 == sorted(log32)
+    assert log32[0] == 0 and log32[-1] == 143000
+    assert set(log32) <= set(PYTHIA_STEPS)
+    assert log32[:11] == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]  # dense early
+    assert log32[-2] < 120000  # sparse late
+    assert spaced_steps(range(101), 5, "linear") == [0, 25, 50, 75, 100]
+    assert spaced_steps([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000], 4) == [0, 8, 128, 1000]
+    assert spaced_steps([30, 10, 20], 10) == [10, 20, 30]
+    assert spaced_steps([0, 5, 9], 1) == [9]
+    with pytest.raises(ValueError, match="at least 1"):
+        spaced_steps(PYTHIA_STEPS, 0)
+    with pytest.raises(ValueError, match="spacing"):
+        spaced_steps(PYTHIA_STEPS, 4, spacing="cubic")
+
+
+def test_select_by_steps_indices_and_n(fake_hub):
+    suite = CheckpointSuite.pythia(PYTHIA_REPO)
+    by_steps = suite.select(steps=[143000, 1000, 0])
+    assert by_steps.steps == (0, 1000, 143000)
+    assert [r.index for r in by_steps.snapshots] == [0, 1, 2]
+    assert suite.select(indices=[0, -1]).revisions == ("step0", "step143000")
+    spread = suite.select(n=8)
+    assert spread.steps == tuple(spaced_steps(PYTHIA_STEPS, 8)) and spread.family == "pythia"
+    assert suite.select(n=8, spacing="linear").steps == tuple(spaced_steps(PYTHIA_STEPS, 8, "linear"))
+    with pytest.raises(UnknownRevisionError, match="this suite's 3 snapshots") as caught:
+        by_steps.select(steps=[1500])
+    assert caught.value.nearest == ("step0", "step1000", "step143000")
+    with pytest.raises(IndexError):
+        by_steps.select(indices=[3])
+    with pytest.raises(ValueError, match="exactly one"):
+        suite.select(steps=[0], n=2)
+
+
+def test_list_revisions_offline(fake_hub):
+    pythia = list_revisions(PYTHIA_REPO)
+    assert len(pythia) == 154 and pythia[0] == "step0" and pythia[-1] == "step143000"
+    assert list_revisions(OLMO_REPO) == ["step1000-tokens4B", "step2000-tokens8B", "step3000-tokens12B"]
+    assert list_revisions(BLOOM_REPO) == ["global_step1000", "global_step10000"]
+    with pytest.raises(CrosslensError, match="HF_HUB_OFFLINE"):
+        list_revisions("allenai/OLMo-7B-hf")
+
+
+def test_revision_parsers():
+    assert parse_step("step1000") == parse_step("global_step1000") == 1000
+    assert parse_step("stage1-step1000-tokens4B") == 1000 and parse_step("checkpoint-500") == 500
+    assert parse_step("main") is None
+    assert parse_tokens("step1000-tokens4B") == 4_000_000_000
+    assert parse_tokens("step5-tokens21M") == 21_000_000 and parse_tokens("step1000") is None
+
+
+def test_suite_tokenizer_is_the_repo_tokenizer(fake_hub):
+    tokenizer = CheckpointSuite.pythia(PYTHIA_REPO, steps=[1000]).tokenizer()
+    assert isinstance(tokenizer, PreTrainedTokenizerFast)
+    assert tokenizer("the cat sees")["input_ids"] == fake_hub.tokenizer("the cat sees")["input_ids"]
+
+
+def test_list_revisions_online_asks_the_hub(fake_hub, monkeypatch):
+    import huggingface_hub
+    from types import SimpleNamespace
+
+    import crosslens.checkpoints.hub as hub
+
+    branches = ["main", "step20", "step3", "step100-tokens1B", "pr-notes"]
+    asked = []
+
+    def fake_list_repo_refs(repo_id):
+        asked.append(repo_id)
+        return SimpleNamespace(branches=[SimpleNamespace(name=b) for b in branches])
+
+    monkeypatch.setattr(hub, "hub_offline", lambda: False)
+    monkeypatch.setattr(huggingface_hub, "list_repo_refs", fake_list_repo_refs)
+    assert list_revisions("org/model") == ["step3", "step20", "step100-tokens1B"]
+    assert asked == ["org/model"]
+
+
+def _fake_request():
+    import importlib
+
+    import huggingface_hub.errors as hub_errors
+
+    # huggingface_hub's HTTP client module (httpx or its successor), whichever it uses.
+    client = importlib.import_module(hub_errors.Response.__module__.split(".")[0])
+    return client.Request("GET", "https://huggingface.co/api/models/x/revision/y")
+
+
+def test_missing_hub_revision_at_load_becomes_unknown_revision(fake_hub, monkeypatch):
+    import huggingface_hub.errors as hub_errors
+
+    import crosslens.checkpoints.suite as suite_module
+
+    suite = CheckpointSuite.olmo(OLMO_REPO, ["step2000-tokens8B"])
+
+    def from_pretrained(*args, revision=None, **kwargs):
+        # What transformers raises when the hub has no such branch.
+        response = hub_errors.Response(404, request=_fake_request())
+        missing = hub_errors.RevisionNotFoundError("no branch", response=response)
+        raise OSError(f"{revision} is not a valid git identifier") from missing
+
+    monkeypatch.setattr(suite_module.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    with pytest.raises(UnknownRevisionError) as caught:
+        suite.load(0)
+    assert caught.value.requested == "step2000-tokens8B"
+    assert "step1000-tokens4B" in caught.value.nearest
