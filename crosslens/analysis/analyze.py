@@ -1,0 +1,115 @@
+"""One call from a trained crosscoder (and optionally its activation store) to the report.
+
+This is what ``crosslens analyze`` and the demo's last stage run.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crosslens.analysis.contexts import top_activating_contexts
+from crosslens.analysis.evolution import (
+    EvolutionAnalysis,
+    EvolutionConfig,
+    _metadata_dict,
+    _snapshots_from_metadata,
+)
+from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation, resolve_hook
+from crosslens.analysis.report import Report, evolution_report, representative_features
+
+
+def analyze_crosscoder(
+    crosscoder: Any,
+    *,
+    store: Any = None,
+    hook: str | None = None,
+    tokenizer: Any = None,
+    steps: Sequence[int] | None = None,
+    tokens_seen: Sequence[int | None] | None = None,
+    config: EvolutionConfig | None = None,
+    n_frequency_tokens: int = 16384,
+    n_probe_features: int = 32,
+    n_probe_tokens: int = 8192,
+    n_context_features: int = 12,
+    max_context_tokens: int | None = 200_000,
+    title: str = "crosslens: feature evolution",
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> tuple[EvolutionAnalysis, Report]:
+    """Analyse ``crosscoder`` and build the feature-evolution report.
+
+    Without a store, the report covers what the decoder alone tells (norm timelines,
+    classes, drift, dimensionality). With an activation store it adds firing frequencies
+    (never-firing latents become ``dead``), the probe validation and top-activating
+    contexts (decoded with ``tokenizer`` when given). Steps come from ``steps``, else the
+    crosscoder's provenance metadata, else the store's snapshot list.
+
+    ``device`` is where the feature dimensionality (quadratic in ``d_sae``) is computed.
+    Returns the analysis and the report; ``report.write(path)`` saves it.
+    """
+    frequency = None
+    if store is not None:
+        hook = resolve_hook(store, hook or _metadata_hook(crosscoder, store))
+        frequency = firing_frequency(store, crosscoder, hook=hook, n_tokens=n_frequency_tokens)
+        if steps is None and not _has_provenance_steps(crosscoder):
+            snapshots = list(getattr(store, "snapshots", []) or [])
+            if snapshots and all("step" in s for s in snapshots):
+                steps = [int(s["step"]) for s in snapshots]
+                tokens_seen = tokens_seen or [s.get("tokens_seen") for s in snapshots]
+    analysis = EvolutionAnalysis.from_crosscoder(crosscoder, steps, tokens_seen, config, frequency=frequency)
+
+    probes: ProbeValidation | None = None
+    contexts = None
+    if store is not None:
+        try:
+            probes = probe_validation(
+                store, crosscoder, hook=hook, n_tokens=n_probe_tokens, n_features=n_probe_features
+            )
+        except ValueError as err:  # e.g. too few tokens for any feature to fire often enough
+            warnings.warn(f"probe validation skipped: {err}", stacklevel=2)
+        features = _context_features(analysis, n_context_features)
+        contexts = top_activating_contexts(
+            store,
+            crosscoder,
+            features,
+            hook=hook,
+            tokenizer=tokenizer,
+            max_tokens=max_context_tokens,
+            progress=progress,
+        )
+    report = evolution_report(analysis, title=title, probes=probes, contexts=contexts, device=device)
+    return analysis, report
+
+
+def write_evolution_report(crosscoder: Any, out: str | Path, **kwargs: Any) -> Path:
+    """:func:`analyze_crosscoder`, then write the report to ``out``; returns the path."""
+    _, report = analyze_crosscoder(crosscoder, **kwargs)
+    return report.write(out)
+
+
+def _context_features(analysis: EvolutionAnalysis, n: int) -> list[int]:
+    """Representatives of every live class first, then the strongest remaining features."""
+    chosen = representative_features(analysis, per_class=max(1, n // 3))
+    peak_F = analysis.norms.amax(dim=1)
+    live = [i for i in torch.argsort(peak_F, descending=True).tolist() if analysis.classes[i] != "dead"]
+    for i in live:
+        if len(chosen) >= n:
+            break
+        if i not in chosen:
+            chosen.append(i)
+    return chosen[:n]
+
+
+def _metadata_hook(crosscoder: Any, store: Any) -> str | None:
+    metadata = getattr(getattr(crosscoder, "cfg", None), "metadata", None)
+    hook = metadata.get("hook_name") if metadata is not None and hasattr(metadata, "get") else None
+    return hook if hook in list(getattr(store, "hooks", [])) else None
+
+
+def _has_provenance_steps(crosscoder: Any) -> bool:
+    return bool(_snapshots_from_metadata(_metadata_dict(crosscoder)))

@@ -1,0 +1,505 @@
+"""When does each crosscoder feature exist? Emergence, peak, fade and a class per feature.
+
+A multi-snapshot crosscoder keeps one decoder row per snapshot, ``W_dec[i, s]``. The
+sparsity penalty weights each feature by its decoder norms, so a snapshot whose
+activations do not contain feature ``i`` gets ``||W_dec[i, s]|| ~ 0``. The norm table
+``[d_sae, n_snapshots]`` is therefore a timeline of every feature (Ge et al. 2025).
+
+Everything here is a pure function of that table, plus :class:`EvolutionAnalysis`, which
+bundles the table with the snapshots' training steps and the per-feature results.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+
+from crosslens.analysis.geometry import direction_drift, feature_dimensionality, rel_dec
+
+FEATURE_CLASSES: tuple[str, ...] = ("initialization", "persistent", "transient", "dead")
+"""The classes :func:`classify_features` assigns, in the order reports list them.
+
+- ``initialization``: present from snapshot 0 (step 0, when the suite starts there).
+  Origin wins over fate: an initialization feature that later fades keeps this class and
+  gets a fade step.
+- ``persistent``: emerges after snapshot 0 and is still present at the last snapshot.
+- ``transient``: emerges after snapshot 0, then fades and stays faded to the end.
+- ``dead``: never carries weight at any snapshot (``EvolutionConfig.dead_threshold``), was
+  never trained (every snapshot still has the same initial norm,
+  ``EvolutionConfig.untouched_rtol``), or, when firing frequencies are given, (almost)
+  never fires (``EvolutionConfig.dead_frequency``). Latents that stop firing early in
+  training keep whatever decoder they had by then, so only the firing test catches them:
+  pass frequencies whenever activations are at hand.
+
+``persistent`` and ``transient`` together are the *emergent* features.
+"""
+
+NO_STEP = -1
+"""Index used in the emergence/fade index tensors for "never" (no emergence, no fade)."""
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    """Thresholds that turn a feature's decoder-norm timeline into emergence/fade/class.
+
+    Thresholds act on the *normalised* timeline: each feature's norms divided by its own
+    maximum over snapshots, so 1.0 is the feature's peak.
+    """
+
+    emergence_threshold: float = 0.3
+    """A feature is present at a snapshot once its normalised norm reaches this. Its
+    emergence snapshot is the first one from which it stays present (never dropping below
+    ``fade_threshold``) until it fades or training ends. 0.3 of the peak separates the
+    near-zero norms the sparsity penalty leaves on absent snapshots from a real but still
+    growing feature."""
+
+    fade_threshold: float = 0.2
+    """A feature has faded at the first snapshot after which its normalised norm stays
+    below this value to the end. Must be <= ``emergence_threshold``: the gap between the two
+    is a hysteresis band, so a present feature wobbling just under the emergence line is
+    not called faded."""
+
+    dead_threshold: float = 0.05
+    """A feature is ``dead`` when its largest raw decoder norm over snapshots is below this
+    fraction of the median (over features) largest norm. Dead features get no emergence,
+    peak or fade and are left out of emergence statistics."""
+
+    untouched_rtol: float = 1e-4
+    """A feature whose decoder norms agree at every snapshot to this relative tolerance is
+    ``dead``: crosscoders start every row at the same norm, and only a latent that never
+    fired (never got a gradient) keeps them equal. 0 disables this test; it needs at
+    least 2 snapshots."""
+    dead_frequency: float = 0.0
+    """When firing frequencies are given, features firing on at most this fraction of the
+    sampled tokens are ``dead`` too (0: dead means never fired on the sample)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.emergence_threshold <= 1.0:
+            raise ValueError(
+                f"emergence_threshold={self.emergence_threshold} is a fraction of each "
+                "feature's peak norm: pick a value in (0, 1], e.g. 0.3."
+            )
+        if not 0.0 < self.fade_threshold <= self.emergence_threshold:
+            raise ValueError(
+                f"fade_threshold={self.fade_threshold} must be in (0, emergence_threshold="
+                f"{self.emergence_threshold}]; lower it, or raise emergence_threshold."
+            )
+        if not 0.0 <= self.dead_threshold < 1.0:
+            raise ValueError(
+                f"dead_threshold={self.dead_threshold} is a fraction of the median peak "
+                "norm: pick a value in [0, 1), e.g. 0.05 (0 disables the norm test)."
+            )
+        if self.untouched_rtol < 0:
+            raise ValueError(f"untouched_rtol={self.untouched_rtol} must be >= 0 (0 disables the test).")
+        if not 0.0 <= self.dead_frequency < 1.0:
+            raise ValueError(
+                f"dead_frequency={self.dead_frequency} is a fraction of tokens: pick a value in [0, 1), e.g. 0."
+            )
+
+
+# ---------------------------------------------------------------------------
+# Pure tensor functions
+# ---------------------------------------------------------------------------
+def decoder_norm_table(
+    W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+    """``||W_dec[i, s]||`` for every feature and snapshot."""
+    if W_dec.ndim != 3:
+        raise ValueError(
+            f"W_dec has shape {tuple(W_dec.shape)}; expected [d_sae, n_snapshots, d_in] "
+            "(the crosscoder parameter layout). Pass crosscoder.W_dec."
+        )
+    return W_dec.detach().float().norm(dim=-1)
+
+
+def normalize_norms(
+    norms: Float[torch.Tensor, "d_sae n_snapshots"],
+) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+    """Divide each feature's norms by its maximum over snapshots (all-zero rows stay 0)."""
+    _check_norms(norms)
+    peak_F1 = norms.amax(dim=1, keepdim=True)
+    return torch.where(peak_F1 > 0, norms / peak_F1.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
+
+
+def dead_features(
+    norms: Float[torch.Tensor, "d_sae n_snapshots"],
+    dead_threshold: float = EvolutionConfig.dead_threshold,
+    untouched_rtol: float = EvolutionConfig.untouched_rtol,
+) -> torch.Tensor:
+    """Boolean ``[d_sae]``: features whose peak norm is below ``dead_threshold`` x median peak,
+    or whose norms are equal at every snapshot to ``untouched_rtol`` (never trained)."""
+    _check_norms(norms)
+    peak_F = norms.amax(dim=1)
+    floor = dead_threshold * peak_F.median()
+    dead_F = (peak_F < floor) | (peak_F <= 0)
+    if untouched_rtol > 0 and norms.shape[1] > 1:
+        dead_F |= (peak_F - norms.amin(dim=1)) <= untouched_rtol * peak_F
+    return dead_F
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """Per-feature snapshot indices (``NO_STEP`` = never) from :func:`feature_lifetimes`."""
+
+    emergence: Int[torch.Tensor, " d_sae"]
+    """First snapshot of the final stretch in which the feature is present."""
+    peak: Int[torch.Tensor, " d_sae"]
+    """Snapshot of the largest decoder norm (first one on ties)."""
+    fade: Int[torch.Tensor, " d_sae"]
+    """First snapshot of the faded tail (normalised norm below the fade threshold from there
+    to the end); ``NO_STEP`` when the feature is still present at the last snapshot."""
+    dead: torch.Tensor
+    """Boolean: dead features (all three indices are ``NO_STEP`` for them)."""
+
+
+def feature_lifetimes(
+    norms: Float[torch.Tensor, "d_sae n_snapshots"],
+    config: EvolutionConfig | None = None,
+    frequency: Float[torch.Tensor, " d_sae"] | None = None,
+) -> Lifetimes:
+    """Emergence, peak and fade snapshot of every feature, as snapshot indices.
+
+    With ``n`` the normalised timeline of one feature:
+
+    - fade ``f``: one past the last snapshot with ``n >= fade_threshold`` (none if that is
+      the last snapshot);
+    - emergence ``e``: the first snapshot with ``n >= emergence_threshold`` after the last
+      dip below ``fade_threshold`` that happens before ``f``. So a feature that appears,
+      vanishes and comes back "emerges" when it comes back for good.
+
+    ``frequency`` (optional, ``[d_sae]``): fraction of sampled tokens on which each feature
+    fires; features at or below ``config.dead_frequency`` count as dead.
+    """
+    config = config or EvolutionConfig()
+    _check_norms(norms)
+    n_snapshots = norms.shape[1]
+    normalized_FS = normalize_norms(norms)
+    dead_F = dead_features(norms, config.dead_threshold, config.untouched_rtol)
+    if frequency is not None:
+        frequency = torch.as_tensor(frequency, device=norms.device).flatten()
+        if frequency.shape[0] != norms.shape[0]:
+            raise ValueError(
+                f"frequency has {frequency.shape[0]} entries for {norms.shape[0]} features; pass "
+                "one firing frequency per feature (crosslens.analysis.firing_frequency)."
+            )
+        dead_F = dead_F | (frequency <= config.dead_frequency)
+    snapshot_idx_1S = torch.arange(n_snapshots, device=norms.device)[None, :]
+
+    above_fade_FS = normalized_FS >= config.fade_threshold
+    present_FS = normalized_FS >= config.emergence_threshold
+    # Non-dead features reach 1.0 at their peak, so at least one snapshot is above fade.
+    last_above_F = torch.where(above_fade_FS, snapshot_idx_1S, -1).amax(dim=1)
+    fade_F = last_above_F + 1
+    dip_FS = ~above_fade_FS & (snapshot_idx_1S < fade_F[:, None])
+    last_dip_F = torch.where(dip_FS, snapshot_idx_1S, -1).amax(dim=1)
+    candidates_FS = present_FS & (snapshot_idx_1S > last_dip_F[:, None])
+    emergence_F = torch.where(candidates_FS, snapshot_idx_1S, n_snapshots).amin(dim=1)
+    # First snapshot at the maximum, with a float tolerance so equal norms tie.
+    at_peak_FS = normalized_FS >= 1.0 - 1e-5
+    peak_F = torch.where(at_peak_FS, snapshot_idx_1S, n_snapshots).amin(dim=1)
+
+    fade_F = torch.where(fade_F >= n_snapshots, NO_STEP, fade_F)
+    never = torch.full_like(emergence_F, NO_STEP)
+    return Lifetimes(
+        emergence=torch.where(dead_F, never, emergence_F),
+        peak=torch.where(dead_F, never, peak_F),
+        fade=torch.where(dead_F, never, fade_F),
+        dead=dead_F,
+    )
+
+
+def classify_features(lifetimes: Lifetimes) -> list[str]:
+    """One of :data:`FEATURE_CLASSES` per feature (see there for the definitions)."""
+    classes = []
+    for emergence, fade, dead in zip(lifetimes.emergence.tolist(), lifetimes.fade.tolist(), lifetimes.dead.tolist()):
+        if dead:
+            classes.append("dead")
+        elif emergence == 0:
+            classes.append("initialization")
+        elif fade == NO_STEP:
+            classes.append("persistent")
+        else:
+            classes.append("transient")
+    return classes
+
+
+def _check_norms(norms: torch.Tensor) -> None:
+    if norms.ndim != 2:
+        raise ValueError(
+            f"norms has shape {tuple(norms.shape)}; expected [d_sae, n_snapshots]. "
+            "Build it with decoder_norm_table(W_dec) or crosscoder.decoder_norms()."
+        )
+    if norms.shape[0] == 0 or norms.shape[1] == 0:
+        raise ValueError(f"norms has shape {tuple(norms.shape)}; it needs at least one feature and one snapshot.")
+
+
+# ---------------------------------------------------------------------------
+# The bundle a researcher works with
+# ---------------------------------------------------------------------------
+@dataclass
+class EvolutionAnalysis:
+    """Decoder-norm timeline of every feature, with emergence/peak/fade and a class.
+
+    Build with :meth:`from_decoder` (a ``W_dec`` tensor) or :meth:`from_crosscoder`. Indices
+    are snapshot indices; the ``*_step`` helpers translate them to training steps.
+    """
+
+    W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"] = field(repr=False)
+    """Decoder weights, detached, float32, on CPU."""
+    steps: list[int]
+    """Training step of each snapshot (x axis)."""
+    tokens_seen: list[int | None]
+    """Training tokens seen at each snapshot, ``None`` where the family does not say."""
+    config: EvolutionConfig = field(default_factory=EvolutionConfig)
+    """Thresholds used for emergence/fade/classes."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Provenance carried from the crosscoder (suite, hook, ...), for the report."""
+    frequency: Float[torch.Tensor, " d_sae"] | None = field(default=None, repr=False)
+    """Optional firing frequency of each feature on sampled tokens; never-firing features are
+    then classed ``dead`` (see :func:`~crosslens.analysis.probes.firing_frequency`)."""
+    norms: Float[torch.Tensor, "d_sae n_snapshots"] = field(init=False, repr=False)
+    """Raw decoder norms."""
+    normalized: Float[torch.Tensor, "d_sae n_snapshots"] = field(init=False, repr=False)
+    """Norms divided by each feature's peak."""
+    lifetimes: Lifetimes = field(init=False, repr=False)
+    """Emergence/peak/fade snapshot indices and the dead mask."""
+    classes: list[str] = field(init=False, repr=False)
+    """One of :data:`FEATURE_CLASSES` per feature."""
+
+    def __post_init__(self) -> None:
+        self.W_dec = self.W_dec.detach().float().cpu()
+        self.norms = decoder_norm_table(self.W_dec)
+        n_snapshots = self.norms.shape[1]
+        self.steps = [int(s) for s in self.steps]
+        if len(self.steps) != n_snapshots:
+            raise ValueError(
+                f"steps has {len(self.steps)} entries but W_dec has {n_snapshots} snapshots; "
+                "pass one training step per snapshot, in the crosscoder's snapshot order."
+            )
+        if any(b < a for a, b in zip(self.steps, self.steps[1:])):
+            raise ValueError(f"steps {self.steps} are not sorted; snapshots must be in training order.")
+        self.tokens_seen = list(self.tokens_seen) if self.tokens_seen else [None] * n_snapshots
+        if len(self.tokens_seen) != n_snapshots:
+            raise ValueError(
+                f"tokens_seen has {len(self.tokens_seen)} entries for {n_snapshots} snapshots; "
+                "pass one per snapshot (None where unknown) or leave it empty."
+            )
+        self.normalized = normalize_norms(self.norms)
+        if self.frequency is not None:
+            self.frequency = torch.as_tensor(self.frequency).detach().float().cpu().flatten()
+        self.lifetimes = feature_lifetimes(self.norms, self.config, self.frequency)
+        self.classes = classify_features(self.lifetimes)
+
+    # -- constructors -------------------------------------------------------
+    @classmethod
+    def from_decoder(
+        cls,
+        W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+        steps: Sequence[int] | None = None,
+        tokens_seen: Sequence[int | None] | None = None,
+        config: EvolutionConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        frequency: Float[torch.Tensor, " d_sae"] | None = None,
+    ) -> EvolutionAnalysis:
+        """Analyse a raw decoder tensor; ``steps`` defaults to the snapshot indices."""
+        if W_dec.ndim != 3:
+            raise ValueError(f"W_dec has shape {tuple(W_dec.shape)}; expected [d_sae, n_snapshots, d_in].")
+        steps = list(steps) if steps is not None else list(range(W_dec.shape[1]))
+        return cls(
+            W_dec=W_dec,
+            steps=steps,
+            tokens_seen=list(tokens_seen) if tokens_seen is not None else [],
+            config=config or EvolutionConfig(),
+            metadata=dict(metadata or {}),
+            frequency=frequency,
+        )
+
+    @classmethod
+    def from_crosscoder(
+        cls,
+        crosscoder: Any,
+        steps: Sequence[int] | None = None,
+        tokens_seen: Sequence[int | None] | None = None,
+        config: EvolutionConfig | None = None,
+        frequency: Float[torch.Tensor, " d_sae"] | None = None,
+    ) -> EvolutionAnalysis:
+        """Analyse a trained crosscoder (anything with ``W_dec [F, S, D]``).
+
+        Decoder rows are multiplied by the crosscoder's ``folded_norm_factors`` when it has
+        them, so norms match ``crosscoder.decoder_norms()`` (the training space).
+
+        Steps and tokens default to the suite provenance in ``crosscoder.cfg.metadata``
+        (``{"suite": {"snapshots": [{"step": ..., "tokens_seen": ...}, ...]}}`` or a top-level
+        ``"snapshots"`` list); without either, snapshot indices are used as steps.
+        """
+        W_dec = getattr(crosscoder, "W_dec", None)
+        if W_dec is None:
+            raise ValueError(
+                f"{type(crosscoder).__name__} has no W_dec; pass a crosslens crosscoder or use "
+                "EvolutionAnalysis.from_decoder(W_dec, steps)."
+            )
+        # Norms are compared in the normalised space the crosscoder was trained in: once
+        # per-snapshot normalisation factors are folded into W_dec, its raw norms carry
+        # each snapshot's activation scale, which would distort every feature's timeline.
+        folded_S = getattr(crosscoder, "folded_norm_factors", None)
+        W_dec = W_dec.detach()
+        if isinstance(folded_S, torch.Tensor) and folded_S.numel() == W_dec.shape[1]:
+            W_dec = W_dec * folded_S.detach().to(W_dec)[None, :, None]
+        metadata = _metadata_dict(crosscoder)
+        snapshots = _snapshots_from_metadata(metadata)
+        if steps is None and snapshots:
+            steps = [int(s["step"]) for s in snapshots]
+        if tokens_seen is None and snapshots:
+            tokens_seen = [s.get("tokens_seen") for s in snapshots]
+        return cls.from_decoder(W_dec, steps, tokens_seen, config, metadata, frequency)
+
+    # -- shape --------------------------------------------------------------
+    @property
+    def d_sae(self) -> int:
+        return self.norms.shape[0]
+
+    @property
+    def n_snapshots(self) -> int:
+        return self.norms.shape[1]
+
+    # -- per-feature results as steps ----------------------------------------
+    def _index_to_step(self, index: int) -> int | None:
+        return None if index == NO_STEP else self.steps[index]
+
+    def emergence_step(self, feature: int) -> int | None:
+        return self._index_to_step(int(self.lifetimes.emergence[feature]))
+
+    def peak_step(self, feature: int) -> int | None:
+        return self._index_to_step(int(self.lifetimes.peak[feature]))
+
+    def fade_step(self, feature: int) -> int | None:
+        return self._index_to_step(int(self.lifetimes.fade[feature]))
+
+    @property
+    def emergence_steps(self) -> list[int]:
+        """Emergence step of every live (non-dead) feature, for histograms."""
+        return [self.steps[e] for e in self.lifetimes.emergence.tolist() if e != NO_STEP]
+
+    @property
+    def present(self) -> torch.Tensor:
+        """Boolean ``[d_sae, n_snapshots]``: live feature with normalised norm at or above
+        the emergence threshold."""
+        return (self.normalized >= self.config.emergence_threshold) & ~self.lifetimes.dead[:, None]
+
+    def drift(
+        self,
+    ) -> tuple[Float[torch.Tensor, "d_sae n_snapshots_minus_1"], Float[torch.Tensor, "d_sae n_snapshots"]]:
+        """:func:`~crosslens.analysis.geometry.direction_drift`, NaN wherever the feature is
+        absent at either snapshot of the pair (an absent feature's direction is noise)."""
+        adjacent_FS, to_final_FS = direction_drift(self.W_dec)
+        present_FS = self.present
+        adjacent_FS = adjacent_FS.masked_fill(~(present_FS[:, :-1] & present_FS[:, 1:]), torch.nan)
+        to_final_FS = to_final_FS.masked_fill(~(present_FS & present_FS[:, -1:]), torch.nan)
+        return adjacent_FS, to_final_FS
+
+    def rel_dec(self) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+        """One-vs-all RelDec, see :func:`~crosslens.analysis.geometry.rel_dec`."""
+        return rel_dec(self.W_dec)
+
+    def dimensionality(
+        self,
+        include_dead: bool = False,
+        chunk_size: int = 4096,
+        device: str | torch.device | None = None,
+        progress: bool = False,
+    ) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+        """Per-snapshot feature dimensionality (see
+        :func:`~crosslens.analysis.geometry.feature_dimensionality`). Dead features are
+        zeroed first unless ``include_dead``: untrained latents are random directions and
+        would count as interference. ``device="cuda"`` speeds up wide dictionaries."""
+        W_FSD = self.W_dec if include_dead else self.W_dec * ~self.lifetimes.dead[:, None, None]
+        if device is not None:
+            W_FSD = W_FSD.to(device)
+        return feature_dimensionality(W_FSD, chunk_size=chunk_size, progress=progress).cpu()
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(self.classes)
+        return {name: counts.get(name, 0) for name in FEATURE_CLASSES}
+
+    def features_of_class(self, name: str) -> list[int]:
+        if name not in FEATURE_CLASSES:
+            raise ValueError(f"unknown class {name!r}; choose one of {FEATURE_CLASSES}.")
+        return [i for i, c in enumerate(self.classes) if c == name]
+
+    def emergence_order(self) -> list[int]:
+        """Live features sorted by emergence, then peak, then fade (never-fading last);
+        dead features at the end. The row order of the evolution heatmap."""
+        live = [i for i in range(self.d_sae) if not self.lifetimes.dead[i]]
+        dead = [i for i in range(self.d_sae) if self.lifetimes.dead[i]]
+        lt = self.lifetimes
+
+        def key(i: int) -> tuple[int, int, int]:
+            fade = int(lt.fade[i])
+            return (int(lt.emergence[i]), int(lt.peak[i]), self.n_snapshots if fade == NO_STEP else fade)
+
+        return sorted(live, key=key) + dead
+
+    def feature_table(self, features: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """One row per feature: class, emergence/peak/fade steps, peak norm."""
+        features = range(self.d_sae) if features is None else features
+        peak_norm_F = self.norms.amax(dim=1)
+        return [
+            {
+                "feature": int(i),
+                "class": self.classes[i],
+                "emergence_step": self.emergence_step(i),
+                "peak_step": self.peak_step(i),
+                "fade_step": self.fade_step(i),
+                "peak_norm": round(float(peak_norm_F[i]), 4),
+                **({"frequency": float(self.frequency[i])} if self.frequency is not None else {}),
+            }
+            for i in features
+        ]
+
+    def snapshot_table(self) -> list[dict[str, Any]]:
+        """One row per snapshot: step, tokens, how many features are present / emerge / fade."""
+        present_S = ((self.normalized >= self.config.emergence_threshold) & ~self.lifetimes.dead[:, None]).sum(0)
+        rows = []
+        for s in range(self.n_snapshots):
+            rows.append(
+                {
+                    "snapshot": s,
+                    "step": self.steps[s],
+                    "tokens_seen": self.tokens_seen[s],
+                    "present": int(present_S[s]),
+                    "emerging": int((self.lifetimes.emergence == s).sum()),
+                    "fading": int((self.lifetimes.fade == s).sum()),
+                }
+            )
+        return rows
+
+
+def _metadata_dict(crosscoder: Any) -> dict[str, Any]:
+    cfg = getattr(crosscoder, "cfg", None)
+    metadata = getattr(cfg, "metadata", None)
+    if metadata is None:
+        return {}
+    if isinstance(metadata, dict):
+        return dict(metadata)
+    for attr in ("to_dict", "model_dump"):
+        if hasattr(metadata, attr):
+            try:
+                return dict(getattr(metadata, attr)())
+            except TypeError:
+                pass
+    return {k: v for k, v in vars(metadata).items() if not k.startswith("_")}
+
+
+def _snapshots_from_metadata(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """Find the snapshot list in the provenance, wherever the crosscoder keeps it."""
+    for holder in (metadata, metadata.get("suite"), metadata.get("provenance"), metadata.get("suite_provenance")):
+        if isinstance(holder, dict) and isinstance(holder.get("snapshots"), list):
+            snapshots = holder["snapshots"]
+            if all(isinstance(s, dict) and "step" in s for s in snapshots):
+                return snapshots
+    return []

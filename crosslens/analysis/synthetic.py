@@ -1,0 +1,337 @@
+"""Planted multi-snapshot data: activations whose feature timeline is known exactly.
+
+Each true feature ``i`` has a unit direction per snapshot ``d[i, s]`` (drifting a little
+between snapshots), a magnitude per snapshot ``m[i, s]`` (zero where the feature does not
+exist yet or any more) and a firing probability. A token "has" a feature at every snapshot
+with the same coefficient, as a token's meaning does not depend on the checkpoint, so the
+activation of snapshot ``s`` is ``sum_i c_i m[i, s] d[i, s] + noise``.
+
+A crosscoder trained on these batches should find one latent per true feature whose
+decoder norm is ~0 exactly where ``m[i, s] = 0``. :func:`match_planted` and
+:func:`planted_recovery` check that, which is how the analysis is validated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+
+from crosslens.analysis.evolution import NO_STEP, EvolutionAnalysis
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class PlantedConfig:
+    """Shape of a planted multi-snapshot data set. Feature counts per schedule must add up
+    to at most ``n_features``; the remaining features are ``persistent``."""
+
+    n_snapshots: int = 6
+    """Number of snapshots S."""
+    d_in: int = 32
+    """Width of each snapshot's activations."""
+    n_features: int = 32
+    """Number of true features."""
+    n_initialization: int = 8
+    """Features present from snapshot 0 to the end."""
+    n_initialization_fading: int = 2
+    """Features present from snapshot 0 that fade later (class ``initialization``, with a
+    fade step)."""
+    n_transient: int = 8
+    """Features that emerge after snapshot 0 and fade before the last snapshot."""
+    firing_prob_min: float = 0.03
+    """Smallest per-token firing probability (drawn uniformly per feature)."""
+    firing_prob_max: float = 0.1
+    """Largest per-token firing probability."""
+    coefficient_min: float = 0.5
+    """Per-token coefficients ``c_i`` are uniform in [coefficient_min, coefficient_max]."""
+    coefficient_max: float = 1.5
+    """See ``coefficient_min``."""
+    magnitude_min: float = 0.8
+    """Magnitudes ``m[i, s]`` where a feature is present are uniform in
+    [magnitude_min, magnitude_max]: step functions in time, so the planted emergence snapshot
+    is unambiguous."""
+    magnitude_max: float = 1.2
+    """See ``magnitude_min``."""
+    adjacent_cosine: float = 0.95
+    """Cosine between a feature's directions at adjacent snapshots (direction drift)."""
+    noise_std: float = 0.02
+    """Standard deviation of isotropic Gaussian noise added to every activation entry."""
+    steps: tuple[int, ...] | None = None
+    """Training step attached to each snapshot; default ``0, 1, 2, 4, ...`` (log-spaced)."""
+    seed: int = 0
+    """Seed for directions, schedules, magnitudes and firing probabilities."""
+
+    def __post_init__(self) -> None:
+        if self.n_snapshots < 3:
+            raise ValueError(
+                f"n_snapshots={self.n_snapshots}: transient features need at least 3 snapshots "
+                "(absent, present, faded); use n_snapshots >= 3."
+            )
+        scheduled = self.n_initialization + self.n_initialization_fading + self.n_transient
+        if min(self.n_initialization, self.n_initialization_fading, self.n_transient) < 0:
+            raise ValueError("feature counts per schedule must be >= 0.")
+        if scheduled > self.n_features:
+            raise ValueError(
+                f"n_initialization + n_initialization_fading + n_transient = {scheduled} exceeds "
+                f"n_features={self.n_features}; raise n_features or plant fewer of each kind."
+            )
+        if not 0.0 < self.firing_prob_min < self.firing_prob_max <= 1.0:
+            raise ValueError("need 0 < firing_prob_min < firing_prob_max <= 1.")
+        if not 0.0 < self.coefficient_min <= self.coefficient_max:
+            raise ValueError("need 0 < coefficient_min <= coefficient_max.")
+        if not 0.0 < self.magnitude_min <= self.magnitude_max:
+            raise ValueError("need 0 < magnitude_min <= magnitude_max.")
+        if not -1.0 <= self.adjacent_cosine <= 1.0:
+            raise ValueError(f"adjacent_cosine={self.adjacent_cosine} is a cosine; use a value in [-1, 1].")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std={self.noise_std} must be >= 0.")
+        if self.steps is not None and len(self.steps) != self.n_snapshots:
+            raise ValueError(
+                f"steps has {len(self.steps)} entries for n_snapshots={self.n_snapshots}; "
+                "give one step per snapshot or leave steps=None."
+            )
+
+
+@dataclass
+class PlantedEvolution:
+    """A planted data set: ground-truth timeline plus a sampler. Build with :meth:`build`."""
+
+    config: PlantedConfig
+    """The configuration it was built from."""
+    directions: Float[torch.Tensor, "n_features n_snapshots d_in"]
+    """Unit direction of every true feature at every snapshot."""
+    magnitudes: Float[torch.Tensor, "n_features n_snapshots"]
+    """Scale of each feature at each snapshot; 0 where it is absent."""
+    firing_probs: Float[torch.Tensor, " n_features"]
+    """Per-token firing probability of each feature."""
+    emergence: Int[torch.Tensor, " n_features"]
+    """Planted emergence snapshot (0 = from initialization)."""
+    fade: Int[torch.Tensor, " n_features"]
+    """Planted fade snapshot, ``NO_STEP`` when the feature never fades."""
+    steps: list[int] = field(default_factory=list)
+    """Training step of each snapshot."""
+
+    @classmethod
+    def build(cls, config: PlantedConfig | None = None) -> PlantedEvolution:
+        config = config or PlantedConfig()
+        gen = torch.Generator().manual_seed(config.seed)
+        n_feat, n_snap = config.n_features, config.n_snapshots
+        emergence, fade = _plant_schedules(config, gen)
+
+        start_FD = _spread_directions(n_feat, config.d_in, gen)
+        directions_FSD = _drift(start_FD, n_snap, config.adjacent_cosine, gen)
+
+        snapshot_1S = torch.arange(n_snap)[None, :]
+        present_FS = (snapshot_1S >= emergence[:, None]) & ((fade[:, None] == NO_STEP) | (snapshot_1S < fade[:, None]))
+        scale_FS = config.magnitude_min + (config.magnitude_max - config.magnitude_min) * torch.rand(
+            n_feat, n_snap, generator=gen
+        )
+        firing = config.firing_prob_min + (config.firing_prob_max - config.firing_prob_min) * torch.rand(
+            n_feat, generator=gen
+        )
+        steps = list(config.steps) if config.steps is not None else [0] + [2**k for k in range(n_snap - 1)]
+        return cls(
+            config=config,
+            directions=directions_FSD,
+            magnitudes=scale_FS * present_FS,
+            firing_probs=firing,
+            emergence=emergence,
+            fade=fade,
+            steps=steps,
+        )
+
+    # -- ground truth ----------------------------------------------------------
+    @property
+    def present(self) -> torch.Tensor:
+        """Boolean ``[n_features, n_snapshots]``: where each feature exists."""
+        return self.magnitudes > 0
+
+    @property
+    def classes(self) -> list[str]:
+        """Planted class per feature, with the same definitions as the analysis."""
+        out = []
+        for e, f in zip(self.emergence.tolist(), self.fade.tolist()):
+            out.append("initialization" if e == 0 else ("persistent" if f == NO_STEP else "transient"))
+        return out
+
+    @property
+    def decoder(self) -> Float[torch.Tensor, "n_features n_snapshots d_in"]:
+        """The ideal crosscoder decoder: direction times magnitude at every snapshot."""
+        return self.directions * self.magnitudes[..., None]
+
+    # -- sampling ------------------------------------------------------------------
+    def sample(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Float[torch.Tensor, "n n_snapshots d_in"], Float[torch.Tensor, "n n_features"]]:
+        """``n`` tokens: activations at every snapshot and the true feature coefficients."""
+        cfg = self.config
+        fires_NF = torch.rand(n, cfg.n_features, generator=generator) < self.firing_probs
+        coeff_NF = cfg.coefficient_min + (cfg.coefficient_max - cfg.coefficient_min) * torch.rand(
+            n, cfg.n_features, generator=generator
+        )
+        coeff_NF = coeff_NF * fires_NF
+        acts_NSD = torch.einsum("nf,fsd->nsd", coeff_NF, self.decoder)
+        if cfg.noise_std > 0:
+            acts_NSD = acts_NSD + cfg.noise_std * torch.randn(acts_NSD.shape, generator=generator)
+        return acts_NSD, coeff_NF
+
+    def batches(self, batch_size: int, seed: int = 0) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
+        """Endless iterator of activation batches ``[batch, n_snapshots, d_in]`` for a trainer."""
+        gen = torch.Generator().manual_seed(seed)
+        while True:
+            yield self.sample(batch_size, gen)[0]
+
+
+def _plant_schedules(config: PlantedConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Emergence and fade snapshot of every feature, spread evenly over the snapshots."""
+    n_snap = config.n_snapshots
+    n_persistent = config.n_features - config.n_initialization - config.n_initialization_fading - config.n_transient
+    emergence: list[int] = []
+    fade: list[int] = []
+    emergence += [0] * config.n_initialization
+    fade += [NO_STEP] * config.n_initialization
+    for k in range(config.n_initialization_fading):
+        emergence.append(0)
+        fade.append(1 + k % (n_snap - 1))
+    # Transient windows [e, f) with 1 <= e < f <= n_snap - 1, cycled so every snapshot is used.
+    windows = [(e, f) for e in range(1, n_snap - 1) for f in range(e + 1, n_snap)]
+    order = torch.randperm(len(windows), generator=gen).tolist()
+    for k in range(config.n_transient):
+        e, f = windows[order[k % len(windows)]]
+        emergence.append(e)
+        fade.append(f)
+    for k in range(n_persistent):
+        emergence.append(1 + k % (n_snap - 1))
+        fade.append(NO_STEP)
+    perm = torch.randperm(config.n_features, generator=gen)
+    return torch.tensor(emergence)[perm], torch.tensor(fade)[perm]
+
+
+def _spread_directions(n: int, d: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` unit vectors in ``d`` dims: orthonormal when ``n <= d``, otherwise spread apart
+    with SAELens's synthetic-data orthogonaliser (superposition)."""
+    if n <= d:
+        q_DN, _ = torch.linalg.qr(torch.randn(d, n, generator=gen))
+        return q_DN.T.contiguous()
+    from sae_lens.synthetic import orthogonalize_embeddings
+
+    return orthogonalize_embeddings(torch.randn(n, d, generator=gen), num_steps=100)
+
+
+def _drift(start_FD: torch.Tensor, n_snapshots: int, cosine: float, gen: torch.Generator) -> torch.Tensor:
+    """Random walk on the sphere with a fixed cosine between consecutive steps."""
+    sine = math.sqrt(max(0.0, 1.0 - cosine**2))
+    current_FD = start_FD / start_FD.norm(dim=-1, keepdim=True)
+    out = [current_FD]
+    for _ in range(n_snapshots - 1):
+        step_FD = torch.randn(current_FD.shape, generator=gen)
+        step_FD = step_FD - (step_FD * current_FD).sum(-1, keepdim=True) * current_FD
+        step_FD = step_FD / step_FD.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+        current_FD = cosine * current_FD + sine * step_FD
+        out.append(current_FD)
+    return torch.stack(out, dim=1)
+
+
+# ---------------------------------------------------------------------------
+# Comparing a learned decoder with the planted truth
+# ---------------------------------------------------------------------------
+def _cosines_per_snapshot(learned_FSD: torch.Tensor, planted_PSD: torch.Tensor) -> torch.Tensor:
+    """``[S, F_learned, F_planted]`` cosines; zero-norm rows give 0."""
+    learned_unit = learned_FSD / learned_FSD.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+    planted_unit = planted_PSD / planted_PSD.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+    return torch.einsum("fsd,psd->sfp", learned_unit, planted_unit)
+
+
+def planted_mmcs(
+    W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    planted: PlantedEvolution,
+) -> Float[torch.Tensor, " n_snapshots"]:
+    """Mean max-cosine per snapshot: for each planted feature present at ``s``, the best
+    cosine with any learned decoder row at ``s``, averaged over those features."""
+    cos_SFP = _cosines_per_snapshot(W_dec.detach().float(), planted.directions)
+    best_SP = cos_SFP.amax(dim=1)
+    present_SP = planted.present.T
+    return (best_SP * present_SP).sum(1) / present_SP.sum(1).clamp_min(1)
+
+
+@dataclass(frozen=True)
+class PlantedMatch:
+    """One-to-one matching of learned features to planted ones."""
+
+    learned: list[int]
+    """Learned feature index of each matched pair."""
+    planted: list[int]
+    """Planted feature index of each matched pair."""
+    cosine: list[float]
+    """Mean cosine over the planted feature's present snapshots."""
+    min_cosine: float
+    """Pairs at or above this cosine count as recovered."""
+
+    @property
+    def recovered(self) -> list[tuple[int, int]]:
+        """(learned, planted) pairs with cosine >= ``min_cosine``."""
+        return [(j, i) for j, i, c in zip(self.learned, self.planted, self.cosine) if c >= self.min_cosine]
+
+
+def match_planted(
+    W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    planted: PlantedEvolution,
+    min_cosine: float = 0.9,
+) -> PlantedMatch:
+    """Hungarian matching on the mean cosine between learned and planted directions,
+    averaged over the snapshots where the planted feature is present."""
+    from scipy.optimize import linear_sum_assignment
+
+    cos_SFP = _cosines_per_snapshot(W_dec.detach().float(), planted.directions)
+    present_SP = planted.present.T.float()
+    score_FP = (cos_SFP * present_SP[:, None, :]).sum(0) / present_SP.sum(0).clamp_min(1)[None, :]
+    rows, cols = linear_sum_assignment(score_FP.numpy(), maximize=True)
+    return PlantedMatch(
+        learned=[int(r) for r in rows],
+        planted=[int(c) for c in cols],
+        cosine=[float(score_FP[r, c]) for r, c in zip(rows, cols)],
+        min_cosine=min_cosine,
+    )
+
+
+def planted_recovery(analysis: EvolutionAnalysis, planted: PlantedEvolution, min_cosine: float = 0.9) -> dict[str, Any]:
+    """How well an analysis of a learned decoder recovers the planted timeline.
+
+    Returns mean max-cosine per snapshot, the number of recovered features, and over those
+    the fraction whose emergence snapshot, fade snapshot and class match exactly.
+    """
+    match = match_planted(analysis.W_dec, planted, min_cosine)
+    pairs = match.recovered
+    planted_classes = planted.classes
+    lt = analysis.lifetimes
+
+    def frac(hits: list[bool]) -> float:
+        return sum(hits) / len(hits) if hits else 0.0
+
+    return {
+        "mmcs_per_snapshot": planted_mmcs(analysis.W_dec, planted).tolist(),
+        "n_planted": planted.config.n_features,
+        "n_recovered": len(pairs),
+        "emergence_accuracy": frac([int(lt.emergence[j]) == int(planted.emergence[i]) for j, i in pairs]),
+        "fade_accuracy": frac([int(lt.fade[j]) == int(planted.fade[i]) for j, i in pairs]),
+        "class_accuracy": frac([analysis.classes[j] == planted_classes[i] for j, i in pairs]),
+        "mismatches": [
+            {
+                "learned": j,
+                "planted": i,
+                "learned_emergence": int(lt.emergence[j]),
+                "planted_emergence": int(planted.emergence[i]),
+                "learned_class": analysis.classes[j],
+                "planted_class": planted_classes[i],
+                "normalized_norms": [round(x, 3) for x in analysis.normalized[j].tolist()],
+            }
+            for j, i in pairs
+            if int(lt.emergence[j]) != int(planted.emergence[i]) or analysis.classes[j] != planted_classes[i]
+        ],
+    }

@@ -1,0 +1,98 @@
+"""The training runner: activation store in, trained crosscoder with provenance out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from sae_lens import SAE
+
+from crosslens.activations import harvest_activations
+from crosslens.checkpoints import CheckpointSuite
+from crosslens.training.runner import (
+    CrosscoderRunnerConfig,
+    CrosscoderTrainingRunner,
+    evaluate_crosscoder,
+)
+from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
+
+HOOK = "blocks.0.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite")
+    write_local_suite(root, {f"step{s}": tiny_neox(seed=s) for s in (0, 10, 100)}, make_word_tokenizer())
+    suite = CheckpointSuite.local(root)
+    tokens = torch.randint(3, FAKE_VOCAB_SIZE, (48, 16), generator=torch.Generator().manual_seed(0))
+    out = tmp_path_factory.mktemp("store")
+    harvest_activations(suite, HOOK, tokens, out, progress=False)
+    return out
+
+
+def _config(store_path, out_dir, **overrides):
+    settings = dict(
+        store_path=str(store_path),
+        out_dir=str(out_dir),
+        architecture="crosscoder",
+        d_sae=64,
+        n_steps=60,
+        batch_size=128,
+        lr=3e-3,
+        sparsity_coefficient=0.01,
+        checkpoint_every=30,
+        progress=False,
+    )
+    settings.update(overrides)
+    return CrosscoderRunnerConfig(**settings)
+
+
+def test_runner_trains_saves_and_records_provenance(store_path, tmp_path):
+    runner = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run"))
+    before = evaluate_crosscoder(runner._new_crosscoder(), runner.store, HOOK)
+    crosscoder = runner.run()
+
+    loaded = SAE.load_from_disk(str(runner.final_path))
+    assert loaded.cfg.architecture() == "crosscoder"
+    assert loaded.W_dec.shape == (64, 3, 32)
+    meta = loaded.cfg.metadata
+    assert meta.hook_name == HOOK
+    assert [s["step"] for s in meta.suite["snapshots"]] == [0, 10, 100]
+    torch.testing.assert_close(
+        torch.tensor(meta.activation_norm_factors), runner.store.norm_factors(HOOK), rtol=1e-6, atol=0
+    )
+    x = runner.store.read(HOOK, torch.arange(8), normalize=True)
+    torch.testing.assert_close(loaded(x), crosscoder(x))
+
+    after = evaluate_crosscoder(loaded, runner.store, HOOK)
+    assert len(after["explained_variance"]) == 3
+    # training must improve reconstruction on every snapshot
+    for ev_before, ev_after in zip(before["explained_variance"], after["explained_variance"]):
+        assert ev_after > ev_before + 0.2
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["architecture"] == "crosscoder"
+
+
+def test_runner_resume_matches_uninterrupted_run(store_path, tmp_path):
+    runner = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run"))
+    straight = runner.run()
+    # Pretend the run died just after its step-30 checkpoint: drop everything later.
+    import shutil
+
+    shutil.rmtree(runner.checkpoint_dir / "step_00000060")
+    shutil.rmtree(runner.final_path)
+    resumed = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run")).run(resume=True)
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        assert torch.equal(getattr(straight, name), getattr(resumed, name)), name
+
+
+def test_resume_with_other_settings_is_refused(store_path, tmp_path):
+    CrosscoderTrainingRunner(_config(store_path, tmp_path / "run", n_steps=30)).run()
+    changed = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run", n_steps=30, d_sae=32))
+    with pytest.raises(ValueError, match="another configuration"):
+        changed.run(resume=True)
+
+
+def test_unknown_architecture_names_the_choices(store_path, tmp_path):
+    with pytest.raises(ValueError, match="jumprelu_crosscoder"):
+        _config(store_path, tmp_path, architecture="relu")
