@@ -1,0 +1,471 @@
+"""Integrated-gradient attribution of crosscoder features (and the error node) for a task.
+
+For snapshot s, the activation at the hook is written as ``a = a_hat_s(f) + e``
+(see :mod:`crosslens.causal.splice`). The task metric, by default
+``m = logit[wrong] - logit[correct]`` at the prompt's last position, is a function
+of (f, e) through the rest of the model. Integrated gradients
+(:func:`crosslens.causal.ig.integrated_gradients`) split ``m(patch) - m(clean)``
+over every feature at every position and over the error term, where the patch
+point comes from the corrupted prompt when the task has one and is zero otherwise.
+All path points of a batch run as one forward/backward pass along the batch axis.
+
+Per-token effects are optionally thresholded (``|IE| <= threshold`` set to zero,
+Bayazit et al. use 0.1), then averaged over each prompt's positions and over
+examples, giving one IE per (feature, snapshot): an :class:`IETable`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from crosslens.causal.ig import integrated_gradients
+from crosslens.causal.relie import relie, select_top_features
+from crosslens.causal.splice import (
+    SnapshotCodec,
+    activations_at,
+    collect_activations,
+    default_hook,
+    exact_codes,
+    final_residual_from_hook,
+    iter_snapshot_models,
+    unembed,
+)
+from crosslens.tasks.base import TaskDataset, TokenizedTask, resolve_tokenizer
+
+# metric(last-position logits [B, V], correct ids [B], wrong ids [B]) -> [B]
+Metric = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def logit_diff(
+    logits: Float[torch.Tensor, "batch d_vocab"],
+    correct_ids: Int[torch.Tensor, " batch"],
+    wrong_ids: Int[torch.Tensor, " batch"],
+) -> Float[torch.Tensor, " batch"]:
+    """``logit[wrong] - logit[correct]``: negative when the model gets the pair right."""
+    picked = logits.gather(-1, torch.stack([wrong_ids, correct_ids], dim=-1).to(logits.device))
+    return picked[..., 0] - picked[..., 1]
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """How attribution is computed and reduced."""
+
+    n_steps: int = 10
+    """Integrated-gradient path points ``alpha_k = k/n``; 1 is attribution patching."""
+    mode: Literal["exact", "per_snapshot"] = "exact"
+    """Shared code from all snapshots' activations ("exact") or from snapshot s alone (see splice)."""
+    batch_size: int = 16
+    """Examples per forward/backward pass (each runs ``steps_per_pass`` path points)."""
+    steps_per_pass: int | None = None
+    """Path points batched into one pass; None runs all ``n_steps`` at once, 1 loops."""
+    threshold: float | None = None
+    """Zero per-token |IE| at or below this before averaging (Bayazit et al.: 0.1); None keeps all."""
+    reduce_positions: Literal["mean", "sum"] = "mean"
+    """Average (or sum) per-token effects over each prompt's positions, then average over examples."""
+    include_bos: bool = False
+    """Attribute features at the BOS position too (crosscoders are usually trained without it)."""
+
+    def __post_init__(self) -> None:
+        if self.n_steps < 1:
+            raise ValueError(f"n_steps must be at least 1, got {self.n_steps}")
+        if self.mode not in ("exact", "per_snapshot"):
+            raise ValueError(f"mode must be 'exact' or 'per_snapshot', got {self.mode!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.steps_per_pass is not None and self.steps_per_pass < 1:
+            raise ValueError(f"steps_per_pass must be None or at least 1, got {self.steps_per_pass}")
+        if self.threshold is not None and self.threshold < 0:
+            raise ValueError(f"threshold must be None or >= 0, got {self.threshold}")
+        if self.reduce_positions not in ("mean", "sum"):
+            raise ValueError(f"reduce_positions must be 'mean' or 'sum', got {self.reduce_positions!r}")
+
+
+@dataclass
+class SnapshotAttribution:
+    """One snapshot's attribution for one task."""
+
+    snapshot: int
+    ie: Float[torch.Tensor, " d_sae"]
+    """Reduced IE of each feature (see :class:`AttributionConfig`)."""
+    error_ie: float
+    """Reduced IE of the error node (summed over d_in), never thresholded."""
+    metric_clean: Float[torch.Tensor, " n_examples"]
+    metric_patch: Float[torch.Tensor, " n_examples"]
+    total_ie: Float[torch.Tensor, " n_examples"]
+    """Sum of all unthresholded attributions per example; approximates metric_patch - metric_clean."""
+    per_token: Float[torch.Tensor, "n_examples seq d_sae"] | None = None
+    """Unreduced feature IE (only with ``keep_per_token=True``)."""
+    per_token_error: Float[torch.Tensor, "n_examples seq"] | None = None
+
+    def completeness_gap(self) -> Float[torch.Tensor, " n_examples"]:
+        """``total_ie - (metric_patch - metric_clean)`` per example; shrinks as n_steps grows."""
+        return self.total_ie - (self.metric_patch - self.metric_clean)
+
+
+def ig_endpoints(
+    codec: SnapshotCodec,
+    acts_clean: torch.Tensor,
+    codes_clean: torch.Tensor,
+    acts_patch: torch.Tensor | None,
+    codes_patch: torch.Tensor | None,
+    positions: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(f_clean, e_clean, f_patch, e_patch) with features only at ``positions``.
+
+    Elsewhere the code is zero at both ends and the error carries the clean
+    activation, so those positions stay clean along the whole path.
+    """
+    keep = positions[..., None].to(codes_clean.dtype)
+    f_clean = codes_clean * keep
+    e_clean = acts_clean - codec.decode(f_clean)
+    if acts_patch is None:
+        f_patch = torch.zeros_like(f_clean)
+        e_patch = torch.where(positions[..., None], torch.zeros_like(e_clean), e_clean)
+    else:
+        f_patch = codes_patch * keep  # type: ignore[operator]
+        e_patch = torch.where(positions[..., None], acts_patch - codec.decode(f_patch), e_clean)
+    return f_clean, e_clean, f_patch, e_patch
+
+
+def attribute_snapshot(
+    model: HookedTransformer,
+    crosscoder: Any,
+    task: TokenizedTask,
+    *,
+    snapshot: int,
+    hook: str | None = None,
+    acts_clean: Float[torch.Tensor, "n seq d_in"] | None = None,
+    acts_patch: Float[torch.Tensor, "n seq d_in"] | None = None,
+    codes_clean: Float[torch.Tensor, "n seq d_sae"] | None = None,
+    codes_patch: Float[torch.Tensor, "n seq d_sae"] | None = None,
+    config: AttributionConfig = AttributionConfig(),
+    metric: Metric = logit_diff,
+    norm_factors: Sequence[float] | torch.Tensor | None = None,
+    keep_per_token: bool = False,
+    progress: bool = False,
+) -> SnapshotAttribution:
+    """Attribute ``metric`` on ``task`` to snapshot ``snapshot``'s crosscoder features.
+
+    Activations default to the model's own; codes default to per-snapshot encoding.
+    For exact mode pass codes from :func:`exact_codes` (``attribute`` does this).
+    """
+    hook = default_hook(crosscoder, hook)
+    codec = SnapshotCodec(crosscoder, snapshot, norm_factors)
+    dtype, device = codec.dtype, codec.device
+    attention_mask = task.mask.long()
+    if acts_clean is None:
+        acts_clean = activations_at(model, hook, task.clean_tokens, attention_mask)
+    has_patch = task.corrupted_tokens is not None
+    if has_patch and acts_patch is None:
+        acts_patch = activations_at(model, hook, task.corrupted_tokens, attention_mask)  # type: ignore[arg-type]
+    with torch.no_grad():
+        if codes_clean is None:
+            codes_clean = codec.encode_single(acts_clean).cpu()
+        if has_patch and codes_patch is None:
+            codes_patch = codec.encode_single(acts_patch).cpu()  # type: ignore[arg-type]
+    positions_all = task.feature_mask(include_bos=config.include_bos)
+    n_examples, seq = task.clean_tokens.shape
+    steps_per_pass = config.steps_per_pass or config.n_steps
+
+    ie_sum = torch.zeros(codec.d_sae, dtype=torch.float64)
+    error_sum = 0.0
+    metric_clean, metric_patch, total_ie = [], [], []
+    per_token, per_token_error = [], []
+    batches = range(0, n_examples, config.batch_size)
+    for start in tqdm(batches, desc=f"IG snapshot {snapshot}", disable=not progress):
+        rows = slice(start, start + config.batch_size)
+        tokens = task.clean_tokens[rows].to(device)
+        mask = attention_mask[rows].to(device)
+        last_pos, correct, wrong = task.last_pos[rows], task.correct_ids[rows], task.wrong_ids[rows]
+        positions = positions_all[rows].to(device)
+        with torch.no_grad():
+            f_clean, e_clean, f_patch, e_patch = ig_endpoints(
+                codec,
+                acts_clean[rows].to(device, dtype),
+                codes_clean[rows].to(device, dtype),
+                None if acts_patch is None else acts_patch[rows].to(device, dtype),
+                None if codes_patch is None else codes_patch[rows].to(device, dtype),  # type: ignore[index]
+                positions,
+            )
+        batch = tokens.shape[0]
+
+        def path_metric(acts_K: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
+            n_points = acts_K.shape[0]
+            resid = final_residual_from_hook(
+                model,
+                hook,
+                acts_K.reshape(n_points * batch, seq, -1),
+                tokens.repeat(n_points, 1),
+                mask.repeat(n_points, 1),
+            )
+            rows_K = torch.arange(n_points * batch, device=resid.device)
+            last = resid[rows_K, last_pos.repeat(n_points).to(resid.device)]
+            logits = unembed(model, last[:, None, :])[:, 0]
+            return metric(logits, correct.repeat(n_points), wrong.repeat(n_points)).reshape(n_points, batch)
+
+        # a = a_hat_s(f) + e is affine in (f, e), so interpolating (f, e) together is
+        # interpolating the activation, and dm/df = dm/da W_dec[:, s]^T / c_s. One path
+        # of gradients at the hook gives every feature's and the error's IE without
+        # pushing [steps, batch, seq, d_sae] codes through the decoder at every step.
+        with torch.no_grad():
+            acts_start = codec.decode(f_clean) + e_clean
+            acts_end = codec.decode(f_patch) + e_patch
+        path = integrated_gradients(
+            path_metric, acts_start, acts_end, n_steps=config.n_steps, batched=steps_per_pass
+        )
+        with torch.no_grad():
+            end_metric = path_metric(acts_end[None])[0]
+            grad_acts = path.mean_grad_features  # dm/da averaged over the path, [B, L, D]
+            ie_tok = (f_patch - f_clean) * codec.decode_grad(grad_acts)  # [B, L, F]
+            err_tok = ((e_patch - e_clean) * grad_acts).sum(-1)  # [B, L]
+        total_ie.append((ie_tok.sum((1, 2)) + err_tok.sum(1)).detach().cpu())
+        metric_clean.append(path.metric_path[0].cpu())
+        metric_patch.append(end_metric.cpu())
+        if keep_per_token:
+            per_token.append(ie_tok.detach().cpu())
+            per_token_error.append(err_tok.detach().cpu())
+        if config.threshold is not None:
+            ie_tok = torch.where(ie_tok.abs() > config.threshold, ie_tok, torch.zeros_like(ie_tok))
+        if config.reduce_positions == "mean":
+            n_positions = positions.sum(1).clamp(min=1).to(ie_tok.dtype)
+            ie_sum += (ie_tok.sum(1) / n_positions[:, None]).sum(0).double().cpu()
+            error_sum += float((err_tok.sum(1) / n_positions).sum())
+        else:
+            ie_sum += ie_tok.sum((0, 1)).double().cpu()
+            error_sum += float(err_tok.sum())
+
+    return SnapshotAttribution(
+        snapshot=snapshot,
+        ie=(ie_sum / n_examples).float(),
+        error_ie=error_sum / n_examples,
+        metric_clean=torch.cat(metric_clean),
+        metric_patch=torch.cat(metric_patch),
+        total_ie=torch.cat(total_ie),
+        per_token=torch.cat(per_token) if keep_per_token else None,
+        per_token_error=torch.cat(per_token_error) if keep_per_token else None,
+    )
+
+
+# ---------------------------------------------------------------------------- the table
+@dataclass
+class IETable:
+    """IE of every feature at every attributed snapshot for one task (dense ``[d_sae, n]``)."""
+
+    task: str
+    snapshots: list[int]
+    """Crosscoder snapshot index of each column."""
+    ie: Float[torch.Tensor, "d_sae n_snapshots"]
+    error_ie: Float[torch.Tensor, " n_snapshots"]
+    metric_clean: Float[torch.Tensor, " n_snapshots"]
+    """Mean clean metric per snapshot."""
+    metric_patch: Float[torch.Tensor, " n_snapshots"]
+    """Mean metric at the patch point (corrupted prompt, or all features and error zeroed)."""
+    snapshot_labels: list[str] = field(default_factory=list)
+    """Human-readable name per column (revision), defaults to ``s{index}``."""
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ie.ndim != 2 or self.ie.shape[1] != len(self.snapshots):
+            raise ValueError(
+                f"ie must be [d_sae, {len(self.snapshots)}] (one column per snapshot), got {tuple(self.ie.shape)}"
+            )
+        if not self.snapshot_labels:
+            self.snapshot_labels = [f"s{index}" for index in self.snapshots]
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.ie.shape[0])
+
+    def rows(self, features: Sequence[int] | torch.Tensor | None = None, *, include_zero: bool = False) -> list[dict]:
+        """Tidy rows ``{feature, snapshot, label, task, ie}`` (zero IE skipped unless asked)."""
+        chosen = torch.arange(self.d_sae) if features is None else torch.as_tensor(features, dtype=torch.long)
+        values = self.ie[chosen]
+        keep = torch.ones_like(values, dtype=torch.bool) if include_zero else values != 0
+        out = []
+        for row, column in torch.nonzero(keep).tolist():
+            out.append(
+                {
+                    "feature": int(chosen[row]),
+                    "snapshot": self.snapshots[column],
+                    "label": self.snapshot_labels[column],
+                    "task": self.task,
+                    "ie": float(values[row, column]),
+                }
+            )
+        return out
+
+    def relie(self) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+        """One-vs-all RelIE over this table's snapshots."""
+        return relie(self.ie)
+
+    def top_features(self, k: int) -> Int[torch.Tensor, " n_selected"]:
+        """Union over snapshots of each snapshot's top-k features by |IE|."""
+        return select_top_features(self.ie, k)
+
+    def save(self, path: str | Path) -> Path:
+        """JSON: metadata plus tidy rows of every non-zero IE."""
+        path = Path(path)
+        payload = {
+            "task": self.task,
+            "snapshots": self.snapshots,
+            "snapshot_labels": self.snapshot_labels,
+            "d_sae": self.d_sae,
+            "error_ie": self.error_ie.tolist(),
+            "metric_clean": self.metric_clean.tolist(),
+            "metric_patch": self.metric_patch.tolist(),
+            "config": self.config,
+            "rows": [{"feature": r["feature"], "snapshot": r["snapshot"], "ie": r["ie"]} for r in self.rows()],
+        }
+        path.write_text(json.dumps(payload))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "IETable":
+        payload = json.loads(Path(path).read_text())
+        column = {snapshot: i for i, snapshot in enumerate(payload["snapshots"])}
+        ie = torch.zeros(payload["d_sae"], len(payload["snapshots"]))
+        for row in payload["rows"]:
+            ie[row["feature"], column[row["snapshot"]]] = row["ie"]
+        return cls(
+            task=payload["task"],
+            snapshots=list(payload["snapshots"]),
+            ie=ie,
+            error_ie=torch.tensor(payload["error_ie"]),
+            metric_clean=torch.tensor(payload["metric_clean"]),
+            metric_patch=torch.tensor(payload["metric_patch"]),
+            snapshot_labels=list(payload["snapshot_labels"]),
+            config=payload.get("config", {}),
+        )
+
+
+# ---------------------------------------------------------------------------- across snapshots
+def _tokenizer_of(models: Any) -> Any:
+    if hasattr(models, "tokenizer") and callable(models.tokenizer):
+        return models.tokenizer()
+    first = models[0]
+    if getattr(first, "tokenizer", None) is None:
+        raise ValueError("the models carry no tokenizer; pass tokenizer= (or already tokenized inputs)")
+    return first.tokenizer
+
+
+def snapshot_labels(models: Any, n: int) -> list[str]:
+    """Revision names from a CheckpointSuite, else ``s{index}``."""
+    refs = getattr(models, "snapshots", None)
+    if refs is not None and len(refs) == n:
+        return [str(getattr(ref, "revision", f"s{i}")) for i, ref in enumerate(refs)]
+    return [f"s{i}" for i in range(n)]
+
+
+def _check_models_match(models: Any, crosscoder: Any) -> int:
+    n_models = len(models)
+    if n_models != crosscoder.cfg.n_snapshots:
+        raise ValueError(
+            f"the crosscoder reads {crosscoder.cfg.n_snapshots} snapshots but {n_models} models were given; "
+            "pass the same suite (and snapshot selection) the crosscoder was trained on"
+        )
+    return n_models
+
+
+def collect_task_activations(
+    models: Any, hook: str, task: TokenizedTask, *, progress: bool = False
+) -> tuple[Float[torch.Tensor, "n seq n_snapshots d_in"], Float[torch.Tensor, "n seq n_snapshots d_in"] | None]:
+    """Every snapshot's activations at ``hook`` for the clean and corrupted prompts, loading each model once."""
+    tokens = task.clean_tokens
+    if task.corrupted_tokens is not None:
+        tokens = torch.cat([task.clean_tokens, task.corrupted_tokens])
+    mask = task.mask.long().repeat(tokens.shape[0] // len(task), 1)
+    acts = collect_activations(models, hook, tokens, mask, progress=progress)
+    if task.corrupted_tokens is None:
+        return acts, None
+    return acts[: len(task)], acts[len(task) :]
+
+
+def tokenize_task(task: TaskDataset | TokenizedTask, models: Any, tokenizer: Any = None) -> tuple[str, TokenizedTask]:
+    if isinstance(task, TokenizedTask):
+        return "task", task
+    tokenizer = resolve_tokenizer(tokenizer if tokenizer is not None else _tokenizer_of(models))
+    return task.name, task.tokenize(tokenizer)
+
+
+def attribute(
+    models: Any,
+    crosscoder: Any,
+    task: TaskDataset | TokenizedTask,
+    *,
+    hook: str | None = None,
+    snapshots: Sequence[int] | None = None,
+    config: AttributionConfig = AttributionConfig(),
+    metric: Metric = logit_diff,
+    tokenizer: Any = None,
+    norm_factors: Sequence[float] | torch.Tensor | None = None,
+    activations: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    progress: bool = True,
+) -> IETable:
+    """IE of every crosscoder feature at each snapshot, for one task.
+
+    Args:
+        models: the CheckpointSuite the crosscoder was trained on (one model resident at a
+            time), or a sequence of HookedTransformers in snapshot order.
+        crosscoder: the trained crosscoder.
+        task: a :class:`TaskDataset` (tokenized with the suite's tokenizer) or a TokenizedTask.
+        hook: hook name (default: the crosscoder's metadata).
+        snapshots: which snapshots to attribute (default: all).
+        config: steps, mode, batching, thresholding, reduction.
+        activations: exact mode's (clean, corrupted) activations from
+            :func:`collect_task_activations`, to reuse them across calls.
+    """
+    hook = default_hook(crosscoder, hook)
+    n_models = _check_models_match(models, crosscoder)
+    name, tokenized = tokenize_task(task, models, tokenizer)
+    chosen = list(range(n_models)) if snapshots is None else [int(s) for s in snapshots]
+    mask = tokenized.mask.long()
+
+    acts_clean_all = acts_patch_all = None
+    if config.mode == "exact":
+        if activations is None:
+            activations = collect_task_activations(models, hook, tokenized, progress=progress)
+        acts_clean_all, acts_patch_all = activations
+
+    results = []
+    for index, model in iter_snapshot_models(models, chosen):
+        kwargs: dict[str, Any] = {}
+        if acts_clean_all is not None:
+            kwargs["acts_clean"] = acts_clean_all[:, :, index]
+            kwargs["codes_clean"] = exact_codes(crosscoder, acts_clean_all, index, norm_factors=norm_factors)
+            if acts_patch_all is not None:
+                kwargs["acts_patch"] = acts_patch_all[:, :, index]
+                kwargs["codes_patch"] = exact_codes(crosscoder, acts_patch_all, index, norm_factors=norm_factors)
+        results.append(
+            attribute_snapshot(
+                model,
+                crosscoder,
+                tokenized,
+                snapshot=index,
+                hook=hook,
+                config=config,
+                metric=metric,
+                norm_factors=norm_factors,
+                progress=progress,
+                **kwargs,
+            )
+        )
+    labels = snapshot_labels(models, n_models)
+    return IETable(
+        task=name,
+        snapshots=chosen,
+        ie=torch.stack([r.ie for r in results], dim=1),
+        error_ie=torch.tensor([r.error_ie for r in results]),
+        metric_clean=torch.stack([r.metric_clean.mean() for r in results]),
+        metric_patch=torch.stack([r.metric_patch.mean() for r in results]),
+        snapshot_labels=[labels[i] for i in chosen],
+        config={**asdict(config), "hook": hook, "n_examples": len(tokenized)},
+    )

@@ -1,0 +1,58 @@
+"""The causal stage as the demo and ``crosslens attribute`` run it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from crosslens.causal.attribution import AttributionConfig
+from crosslens.causal.stage import load_crosscoder, run_causal_stage
+from crosslens.tasks import task_for_tokenizer
+
+
+def causal_out_dir(out: str | Path | None, task: str) -> Path:
+    """Where the causal files go: ``out`` itself if a folder, ``<stem>_causal/`` beside a ``.json`` path."""
+    if out is None:
+        from crosslens.pico import crosslens_home
+
+        return crosslens_home() / "causal" / task
+    out = Path(out)
+    if out.suffix == ".json":
+        return out.with_name(f"{out.stem}_causal")
+    return out / f"causal-{task}"
+
+
+def attribution_sections(
+    suite: Any,
+    crosscoder: Any,
+    *,
+    task: str = "agreement_pp",
+    n_examples: int = 64,
+    out: str | Path | None = None,
+    seed: int = 0,
+    n_steps: int = 10,
+    top_k: int = 10,
+    ks: Sequence[int] = (1, 2, 5, 10, 20, 50),
+    progress: bool = True,
+) -> list:
+    """Run :func:`run_causal_stage` for one named task; return its report as a section list.
+
+    ``suite`` is the (selected) suite the crosscoder was trained on; ``crosscoder`` an
+    object or a saved folder. When ``out`` ends in ``.json`` the IE table is also
+    written there (the ``crosslens attribute --out`` convention).
+    """
+    crosscoder = load_crosscoder(crosscoder)
+    dataset = task_for_tokenizer(task, suite.tokenizer(), n=n_examples, seed=seed)
+    out_dir = causal_out_dir(out, dataset.name)
+    result = run_causal_stage(
+        suite, crosscoder, dataset, out_dir, config=AttributionConfig(n_steps=n_steps), top_k=top_k, ks=ks,
+        progress=progress,
+    )  # fmt: skip
+    if out is not None and Path(out).suffix == ".json":
+        result["table"].save(out)
+    summary = result["summary"]
+    print(f"causal stage ({dataset.name}, {summary['n_examples']} examples): files in {out_dir}")
+    for label, clean, specific in zip(summary["snapshots"], summary["metric_clean"], summary["specific_per_snapshot"]):
+        print(f"  {label:>12s}  metric {clean:+.3f}  snapshot-specific features {specific}")
+    return [result["report"]]

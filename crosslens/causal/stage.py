@@ -1,0 +1,195 @@
+"""The causal stage end to end: IE table, RelIE, ablation curves, figures, on disk.
+
+:func:`run_causal_stage` is what ``crosslens attribute`` and the demo call: one task,
+one crosscoder, the suite it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crosslens.causal.ablation import ablation_curves
+from crosslens.causal.attribution import (
+    AttributionConfig,
+    IETable,
+    attribute,
+    collect_task_activations,
+    tokenize_task,
+)
+from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
+from crosslens.causal.relie import RelIEThresholds, class_counts, classify_relie, reldec, relie
+from crosslens.causal.splice import default_hook
+from crosslens.tasks.base import TaskDataset
+
+
+def load_crosscoder(crosscoder: Any, device: str = "cpu") -> Any:
+    """A crosscoder object, or one loaded from a folder saved in SAELens's layout."""
+    if not isinstance(crosscoder, (str, Path)):
+        return crosscoder
+    import crosslens.crosscoders  # noqa: F401  (registers the architectures with SAELens)
+    from sae_lens import SAE
+
+    path = Path(crosscoder)
+    if not (path / "cfg.json").is_file():
+        raise FileNotFoundError(f"{path} holds no cfg.json; pass the folder a crosscoder was saved to")
+    return SAE.load_from_disk(str(path), device=device)
+
+
+def _spread(n: int, at_most: int) -> list[int]:
+    """Up to ``at_most`` column indices spread evenly over ``n`` (always the first and last)."""
+    if n <= at_most:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (at_most - 1)) for i in range(at_most)})
+
+
+def run_causal_stage(
+    models: Any,
+    crosscoder: Any,
+    task: TaskDataset,
+    out_dir: str | Path,
+    *,
+    hook: str | None = None,
+    snapshots: Sequence[int] | None = None,
+    config: AttributionConfig = AttributionConfig(),
+    top_k: int = 10,
+    ks: Sequence[int] = (1, 2, 5, 10, 20, 50),
+    n_random: int = 3,
+    thresholds: RelIEThresholds = RelIEThresholds(),
+    tokenizer: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Attribute ``task`` at every snapshot, then RelIE and ablation curves; write everything.
+
+    Files in ``out_dir``: ``ie_table.json`` (:class:`IETable`), ``relie.json`` (the selected
+    features' RelIE, RelDec and classes), ``ablation_curves.json`` (tidy rows), and
+    ``causal_report.html`` (the figures, plotly.js embedded: it opens offline).
+    Features are selected as the union of each snapshot's top ``top_k`` by |IE|.
+    Returns the paths, a short summary, the :class:`IETable` and the report (a
+    ``crosslens.analysis.report.Report``, to extend a larger report with).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    crosscoder = load_crosscoder(crosscoder)
+    hook = default_hook(crosscoder, hook)
+    _, tokenized = tokenize_task(task, models, tokenizer)
+    clean_acts, corrupted_acts = collect_task_activations(models, hook, tokenized, progress=progress)
+    table = attribute(
+        models,
+        crosscoder,
+        task,
+        hook=hook,
+        snapshots=snapshots,
+        config=config,
+        tokenizer=tokenizer,
+        activations=(clean_acts, corrupted_acts) if config.mode == "exact" else None,
+        progress=progress,
+    )
+    paths: dict[str, Path] = {"ie_table": table.save(out / "ie_table.json")}
+
+    selected = table.top_features(top_k)
+    relie_sel = relie(table.ie[selected]) if len(table.snapshots) > 1 else torch.ones(len(selected), 1)
+    norms = crosscoder.decoder_norms()[:, table.snapshots]
+    reldec_sel = reldec(norms[selected]) if len(table.snapshots) > 1 else torch.ones(len(selected), 1)
+    labels = classify_relie(relie_sel, thresholds)
+    counts = class_counts(labels)
+    paths["relie"] = out / "relie.json"
+    paths["relie"].write_text(
+        json.dumps(
+            {
+                "task": table.task,
+                "features": selected.tolist(),
+                "snapshots": table.snapshots,
+                "snapshot_labels": table.snapshot_labels,
+                "relie": relie_sel.tolist(),
+                "reldec": reldec_sel.tolist(),
+                "classes": labels.tolist(),
+                "thresholds": asdict(thresholds),
+                "class_counts": {name: values.tolist() for name, values in counts.items()},
+            }
+        )
+    )
+
+    rows = ablation_curves(
+        models,
+        crosscoder,
+        tokenized,
+        table,
+        ks=ks,
+        hook=hook,
+        n_random=n_random,
+        exact=config.mode == "exact",
+        activations=clean_acts,
+        progress=progress,
+    )
+    for row in rows:
+        row["task"] = table.task
+    paths["ablation_curves"] = out / "ablation_curves.json"
+    paths["ablation_curves"].write_text(json.dumps(rows))
+
+    report = causal_report(table, selected, relie_sel, reldec_sel, rows, thresholds)
+    paths["report"] = report.write(out / "causal_report.html")
+
+    summary = {
+        "task": table.task,
+        "n_examples": len(tokenized),
+        "snapshots": table.snapshot_labels,
+        "metric_clean": table.metric_clean.tolist(),
+        "metric_patch": table.metric_patch.tolist(),
+        "n_selected_features": len(selected),
+        "specific_per_snapshot": counts["specific"].tolist(),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    paths["summary"] = out / "summary.json"
+    return {"paths": paths, "summary": summary, "table": table, "report": report}
+
+
+def causal_report(
+    table: IETable,
+    selected: torch.Tensor,
+    relie_sel: torch.Tensor,
+    reldec_sel: torch.Tensor,
+    rows: Sequence[dict[str, Any]],
+    thresholds: RelIEThresholds = RelIEThresholds(),
+):
+    """An HTML report (``crosslens.analysis.report.Report``) of one task's causal results."""
+    from crosslens.analysis.report import Report
+
+    subtitle = f"{len(table.snapshots)} snapshots, hook {table.config.get('hook', '?')}"
+    report = Report(f"Causal analysis: {table.task}", subtitle=subtitle)
+    report.add_heading("Task metric per snapshot")
+    report.add_table(
+        [
+            {"snapshot": label, "metric (clean)": clean, "metric (patched)": patched, "error-node IE": error}
+            for label, clean, patched, error in zip(
+                table.snapshot_labels, table.metric_clean.tolist(), table.metric_patch.tolist(), table.error_ie.tolist()
+            )
+        ]
+    )
+    report.add_text("metric = logit[wrong] - logit[correct] at the last position: negative means the model is right.")
+    report.add_heading("RelIE")
+    report.add_figure(
+        relie_heatmap(relie_sel, feature_ids=selected.tolist(), snapshot_labels=table.snapshot_labels),
+        caption=f"{len(selected)} features: the union of each snapshot's top features by |IE|.",
+    )
+    for column in _spread(len(table.snapshots), 4):
+        label = table.snapshot_labels[column]
+        report.add_figure(
+            relie_vs_reldec(
+                relie_sel[:, column], reldec_sel[:, column], feature_ids=selected.tolist(), snapshot_label=label,
+                thresholds=thresholds,
+            )  # fmt: skip
+        )
+    report.add_heading("Ablation curves")
+    report.add_figure(ablation_curves_figure(rows), caption="dashed: random features active on the task (mean)")
+    return report
+
+
+def load_ie_table(path: str | Path) -> IETable:
+    """Read an ``ie_table.json`` written by :func:`run_causal_stage` or :meth:`IETable.save`."""
+    return IETable.load(path)

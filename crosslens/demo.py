@@ -1,0 +1,277 @@
+"""``crosslens demo``: every stage on the embedded pico suite, each one cached and resumable.
+
+Stages (outputs under ``out_dir``, default ``$CROSSLENS_HOME/demo``):
+
+1. suite      build (or reuse) the pico suite; print its per-checkpoint learning table
+2. harvest    activations at the middle residual stream for every chosen snapshot
+              (a training store and a held-out store)
+3. train      a multi-snapshot crosscoder; quality table vs per-snapshot SAELens SAEs
+4. analyze    feature evolution from decoder norms -> report.html
+5. attribute  integrated-gradient attribution, RelIE and ablation curves for agreement
+              across an attractor, appended to report.html
+
+A second run reuses every finished stage; ``--force`` recomputes them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class DemoConfig:
+    """Settings of the demo; ``DemoConfig.fast()`` is the quick variant (and what tests use)."""
+
+    hook: str = "blocks.0.hook_resid_post"
+    """Hook harvested and crosscoded: the middle of the pico model's residual stream."""
+    snapshot_steps: tuple[int, ...] | None = None
+    """Checkpoint steps to use; None picks ``n_snapshots`` spread over training."""
+    n_snapshots: int = 12
+    """How many snapshots the crosscoder reads (when snapshot_steps is None)."""
+    seq_len: int = 64
+    """Tokens per harvested row."""
+    n_train_seqs: int = 1024
+    """Rows harvested for training (about seq_len - 1 tokens each after dropping BOS)."""
+    n_eval_seqs: int = 64
+    """Held-out rows for the quality table."""
+    architecture: str = "jumprelu_crosscoder"
+    """Crosscoder architecture (SAELens registry name)."""
+    d_sae: int = 1024
+    """Shared features."""
+    n_steps: int = 2500
+    """Crosscoder training steps."""
+    batch_size: int = 512
+    """Tokens per training batch."""
+    sparsity_coefficient: float | None = None
+    """lambda; None takes the runner's per-architecture default."""
+    baseline_snapshots: int = 3
+    """Snapshots (spread over training) that get per-snapshot SAELens SAEs for comparison; 0 skips."""
+    baseline_steps: int = 1500
+    """Training steps of each baseline SAE."""
+    n_task_examples: int = 64
+    """Minimal pairs used for attribution and ablation."""
+    seed: int = 0
+    """Seed of every stage."""
+
+    @classmethod
+    def fast(cls) -> "DemoConfig":
+        return cls(
+            n_snapshots=8, n_train_seqs=192, n_eval_seqs=32, d_sae=256, n_steps=300, batch_size=256,
+            baseline_snapshots=1, baseline_steps=200, n_task_examples=16,
+        )  # fmt: skip
+
+
+def _banner(text: str) -> None:
+    print(f"\n=== {text} " + "=" * max(0, 74 - len(text)), flush=True)
+
+
+def _choose_steps(available: list[int], n: int) -> list[int]:
+    """``n`` steps: half log-spaced (early learning is fast), half evenly over training."""
+    from crosslens.checkpoints import spaced_steps
+
+    if n >= len(available):
+        return list(available)
+    n_log = n // 2
+    chosen = set(spaced_steps(available, n_log, spacing="log"))
+    for step in spaced_steps(available, n, spacing="linear"):
+        if len(chosen) >= n:
+            break
+        chosen.add(step)
+    for step in spaced_steps(available, n, spacing="log"):  # top up if linear picks repeated
+        if len(chosen) >= n:
+            break
+        chosen.add(step)
+    return sorted(chosen)
+
+
+def suite_stage(*, force: bool = False, small: bool = False):
+    """Build (or reuse) the pico suite and print its learning table."""
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.pico import PicoConfig, build_pico_suite, format_eval_table, format_targets
+
+    config = PicoConfig.small() if small else PicoConfig()
+    root = build_pico_suite(config, force=force, progress=True)
+    manifest = json.loads((Path(root) / "suite.json").read_text())
+    print(format_eval_table(manifest["evals"]))
+    if manifest.get("targets"):
+        print(format_targets(manifest["targets"]))
+    print(f"pico suite: {root}")
+    return CheckpointSuite.local(root), manifest
+
+
+def harvest_stage(
+    suite,
+    *,
+    hooks,
+    n_tokens: int | None = None,
+    n_seqs: int | None = None,
+    seq_len: int = 64,
+    out_dir,
+    dtype: str = "float32",
+    dataset: str | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+):
+    """Tokens from the pico grammar (or ``dataset`` = NAME:COLUMN), harvested at ``hooks``."""
+    from crosslens.activations import harvest_activations, tokens_from_dataset, tokens_from_pico
+
+    if n_seqs is None:
+        n_seqs = max(1, (n_tokens or 200_000) // seq_len)
+    tokenizer = suite.tokenizer()
+    if dataset:
+        name, _, column = dataset.partition(":")
+        tokens = tokens_from_dataset(name, tokenizer, seq_len, n_seqs, column=column or "text")
+    else:
+        tokens = tokens_from_pico(tokenizer, seq_len, n_seqs, seed=seed)
+    return harvest_activations(suite, hooks, tokens, out_dir, dtype=dtype, overwrite=overwrite)
+
+
+def train_stage(store_path, out_dir, config: DemoConfig, *, force: bool = False):
+    """Train (or resume, or reuse) the demo's crosscoder."""
+    from sae_lens import SAE
+
+    from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
+
+    out_dir = Path(out_dir)
+    if force and out_dir.exists():
+        shutil.rmtree(out_dir)
+    runner_config = CrosscoderRunnerConfig(
+        store_path=str(store_path),
+        out_dir=str(out_dir),
+        hook=config.hook,
+        architecture=config.architecture,
+        d_sae=config.d_sae,
+        sparsity_coefficient=config.sparsity_coefficient,
+        n_steps=config.n_steps,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        checkpoint_every=max(50, config.n_steps // 5),
+    )
+    runner = CrosscoderTrainingRunner(runner_config)
+    if (runner.final_path / "cfg.json").exists() and (out_dir / "run.json").exists():
+        if json.loads((out_dir / "run.json").read_text()) == json.loads(json.dumps(asdict(runner_config))):
+            print(f"reusing trained crosscoder {runner.final_path}")
+            return SAE.load_from_disk(str(runner.final_path))
+    return runner.run(resume=True)
+
+
+def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, steps: list[int]) -> list[dict]:
+    """Held-out explained variance per snapshot, and per-snapshot SAELens SAEs to compare."""
+    from crosslens.training.runner import evaluate_crosscoder
+
+    cc_eval = evaluate_crosscoder(crosscoder, eval_store, config.hook)
+    try:
+        from crosslens.training.baselines import compare_with_saes, format_quality_table
+    except ImportError:  # baselines are optional for the demo's flow
+        compare_with_saes = None
+    if compare_with_saes is not None and config.baseline_snapshots > 0:
+        S = len(steps)
+        picks = sorted({round(i * (S - 1) / max(1, config.baseline_snapshots - 1)) for i in range(config.baseline_snapshots)})
+        if config.baseline_snapshots == 1:
+            picks = [S - 1]
+        rows = compare_with_saes(
+            train_store,
+            config.hook,
+            crosscoder,
+            snapshots=picks,
+            d_sae=config.d_sae,
+            target_l0=cc_eval["l0"],
+            n_steps=config.baseline_steps,
+            eval_store=eval_store,
+            crosscoder_eval=cc_eval,
+            steps=steps,
+        )
+        print(format_quality_table(rows))
+        return rows
+    rows = [
+        {"step": step, "crosscoder_ev": ev} for step, ev in zip(steps, cc_eval["explained_variance"])
+    ]
+    for row in rows:
+        print(f"step {row['step']:>6}  explained variance {row['crosscoder_ev']:.3f}")
+    print(f"mean L0 {cc_eval['l0']:.1f}   d_sae {crosscoder.cfg.d_sae}")
+    return rows
+
+
+def analyze_stage(crosscoder, *, store=None, store_path=None, out, tokenizer=None, extra_sections=None):
+    """Feature-evolution analysis of a crosscoder (object or folder) -> HTML report path."""
+    from sae_lens import SAE
+
+    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
+    from crosslens.activations import ActivationStore
+    from crosslens.analysis import analyze_crosscoder
+
+    if isinstance(crosscoder, (str, Path)):
+        crosscoder = SAE.load_from_disk(str(crosscoder))
+    if store is None and store_path is not None:
+        store = ActivationStore.open(store_path)
+    analysis, report = analyze_crosscoder(crosscoder, store=store, tokenizer=tokenizer)
+    for section in extra_sections or []:
+        report.extend(section)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report.write(path)
+    return path, analysis, report
+
+
+def attribute_stage(suite, crosscoder, *, task: str = "agreement_pp", n_examples: int = 64, out=None, seed: int = 0):
+    """IG attribution per snapshot, RelIE classes and ablation curves; returns report sections."""
+    from crosslens.causal.demo import attribution_sections
+
+    return attribution_sections(suite, crosscoder, task=task, n_examples=n_examples, out=out, seed=seed)
+
+
+def run_demo(out_dir=None, *, fast: bool = False, force: bool = False, config: DemoConfig | None = None) -> Path:
+    """Run every stage; return the report path."""
+    from crosslens.activations import ActivationStore
+    from crosslens.pico import crosslens_home
+
+    config = config or (DemoConfig.fast() if fast else DemoConfig())
+    out_dir = Path(out_dir) if out_dir is not None else crosslens_home() / ("demo-fast" if fast else "demo")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+
+    _banner("1/5 pico suite: a tiny Pythia-architecture model trained from scratch")
+    suite, _ = suite_stage(force=force)
+    steps = list(config.snapshot_steps) if config.snapshot_steps else _choose_steps(suite.steps, config.n_snapshots)
+    suite = suite.select(steps=steps)
+    print(f"crosscoding {len(steps)} snapshots: steps {steps}")
+
+    _banner(f"2/5 harvest {config.hook} across snapshots (one model resident at a time)")
+    train_store = harvest_stage(
+        suite, hooks=[config.hook], n_seqs=config.n_train_seqs, seq_len=config.seq_len,
+        out_dir=out_dir / "acts-train", overwrite=force, seed=config.seed,
+    )  # fmt: skip
+    eval_store = harvest_stage(
+        suite, hooks=[config.hook], n_seqs=config.n_eval_seqs, seq_len=config.seq_len,
+        out_dir=out_dir / "acts-eval", overwrite=force, seed=config.seed + 1,
+    )  # fmt: skip
+    print(f"train store: {train_store.n_tokens} tokens x {train_store.n_snapshots} snapshots x d_in {train_store.d_in}")
+
+    _banner(f"3/5 train a {config.architecture} (d_sae {config.d_sae})")
+    crosscoder = train_stage(train_store.path, out_dir / "crosscoder", config, force=force)
+    quality_stage(crosscoder, train_store, eval_store, config, steps)
+
+    _banner("4/5 feature evolution from per-snapshot decoder norms")
+    _banner("5/5 causal role: IG attribution, RelIE and ablations on agreement across an attractor")
+    sections = attribute_stage(suite, crosscoder, n_examples=config.n_task_examples, out=out_dir, seed=config.seed)
+    report_path, analysis, _ = analyze_stage(
+        crosscoder, store=ActivationStore.open(train_store.path), out=out_dir / "report.html",
+        tokenizer=suite.tokenizer(), extra_sections=sections,
+    )  # fmt: skip
+    print(_class_summary(analysis))
+    print(f"\nreport: {report_path}")
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    return report_path
+
+
+def _class_summary(analysis: Any) -> str:
+    counts = analysis.class_counts()
+    return "feature classes: " + ", ".join(f"{name} {count}" for name, count in counts.items())

@@ -1,0 +1,237 @@
+"""Bring-your-own minimal pairs: BLiMP-format JSONL, CLAMS-style text files, crosslens JSONL.
+
+BLiMP, CLAMS and MultiBLiMP give whole sentence pairs (grammatical, ungrammatical).
+Attribution needs a prompt and two one-token continuations, so a sentence pair is
+turned into a minimal pair by its longest common word prefix: the prefix is the
+prompt and the first words that differ are the continuations::
+
+    good: "The keys to the cabinet are on the table."
+    bad:  "The keys to the cabinet is on the table."
+    ->    clean="The keys to the cabinet", correct=" are", wrong=" is"
+
+Words are runs of letters/digits (with inner apostrophes or hyphens) or single
+punctuation marks; the prompt and continuations keep the original spacing.
+Pairs with no such difference (identical sentences, or one a prefix of the other)
+are rejected with the file and line that hold them. Whether each continuation is
+one token depends on the tokenizer: pass ``tokenizer=`` to check while loading.
+
+Formats:
+
+- **BLiMP JSONL**: one JSON object per line with ``sentence_good`` and
+  ``sentence_bad`` (other fields, e.g. ``UID`` and ``pairID``, go to ``meta``).
+  Other pair datasets load through the same function with ``good_key``/``bad_key``
+  naming their two sentence fields.
+- **CLAMS**: plain text, one ``LABEL<TAB>sentence`` per line, LABEL ``True`` for the
+  grammatical sentence and ``False`` for an ungrammatical one. Each ``True`` line
+  starts a group and every ``False`` line after it pairs with it (CLAMS ships one
+  ``False`` per ``True``). Blank lines and ``#`` comments are skipped. This is the
+  layout of the CLAMS release's ``*.txt`` files as we understand it; files that
+  differ can be converted to BLiMP JSONL.
+- **crosslens JSONL**: one :meth:`MinimalPair.to_dict` per line (``clean``,
+  ``correct``, ``wrong``, optional ``corrupted`` and ``meta``), as written by
+  :meth:`TaskDataset.to_jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from crosslens.tasks.base import MinimalPair, TaskDataset, TaskTokenizationError, resolve_tokenizer
+
+_WORD = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")
+
+OnInvalid = Literal["raise", "skip"]
+
+
+class MinimalPairFormatError(ValueError):
+    """A sentence pair cannot be turned into a prompt plus one-word continuations."""
+
+
+def pair_from_sentences(good: str, bad: str, meta: dict[str, Any] | None = None) -> MinimalPair:
+    """The minimal pair at the first word where ``good`` and ``bad`` differ (see module docstring)."""
+    good_words = list(_WORD.finditer(good))
+    bad_words = list(_WORD.finditer(bad))
+    split = 0
+    while (
+        split < min(len(good_words), len(bad_words))
+        and good_words[split].group() == bad_words[split].group()
+    ):
+        split += 1
+    if split == len(good_words) and split == len(bad_words):
+        raise MinimalPairFormatError(f"the sentences have the same words ({good!r}); nothing to compare")
+    if split == len(good_words) or split == len(bad_words):
+        raise MinimalPairFormatError(
+            f"one sentence is a word prefix of the other ({good!r} vs {bad!r}); the pair must differ "
+            "in a word both sentences have at the same place"
+        )
+    # Prompt: everything before the differing word, trailing space moved onto the continuation.
+    prompt_end = good_words[split - 1].end() if split else 0
+    correct = good[prompt_end : good_words[split].end()]
+    wrong = bad[prompt_end : bad_words[split].end()]
+    suffix_identical = [m.group() for m in good_words[split + 1 :]] == [m.group() for m in bad_words[split + 1 :]]
+    return MinimalPair(
+        clean=good[:prompt_end],
+        correct=correct,
+        wrong=wrong,
+        meta={**(meta or {}), "sentence_good": good, "sentence_bad": bad, "suffix_identical": suffix_identical},
+    )
+
+
+def _finish(
+    name: str,
+    candidates: list[tuple[str, int, str, str, dict[str, Any]]],
+    tokenizer: Any,
+    on_invalid: OnInvalid,
+    description: str,
+) -> TaskDataset:
+    if on_invalid not in ("raise", "skip"):
+        raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
+    pairs: list[MinimalPair] = []
+    skipped = 0
+    for path, line, good, bad, meta in candidates:
+        try:
+            pair = pair_from_sentences(good, bad, {**meta, "source": path, "line": line})
+            if tokenizer is not None:
+                TaskDataset(name=name, pairs=(pair,)).check_tokenizer(tokenizer)
+        except (MinimalPairFormatError, TaskTokenizationError) as error:
+            if on_invalid == "skip":
+                skipped += 1
+                continue
+            raise type(error)(f"{path}, line {line}: {error} (pass on_invalid='skip' to drop such pairs)") from None
+        pairs.append(pair)
+    if not pairs:
+        raise MinimalPairFormatError(
+            f"{name}: none of the {len(candidates)} sentence pairs gives a usable minimal pair"
+            + (" with this tokenizer" if tokenizer is not None else "")
+        )
+    if skipped:
+        warnings.warn(f"{name}: skipped {skipped} of {len(candidates)} sentence pairs that give no usable minimal pair")
+    return TaskDataset(name=name, pairs=tuple(pairs), description=description)
+
+
+def load_blimp_jsonl(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    tokenizer: Any = None,
+    on_invalid: OnInvalid = "raise",
+    limit: int | None = None,
+    good_key: str = "sentence_good",
+    bad_key: str = "sentence_bad",
+) -> TaskDataset:
+    """Minimal pairs from a BLiMP-format JSONL file (one sentence pair per line).
+
+    Args:
+        path: the ``.jsonl`` file.
+        name: task name (default: the file's stem, e.g. ``"regular_plural_subject_verb_agreement_1"``).
+        tokenizer: if given, also require one-token continuations (HF tokenizer or HookedTransformer).
+        on_invalid: ``"raise"`` on the first unusable pair (naming its line) or ``"skip"`` it.
+        limit: keep at most this many usable pairs.
+        good_key, bad_key: the fields holding the grammatical and ungrammatical sentence.
+    """
+    path = Path(path)
+    tokenizer = resolve_tokenizer(tokenizer) if tokenizer is not None else None
+    candidates = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise MinimalPairFormatError(f"{path}, line {line_no}: not valid JSON ({error.msg})") from None
+        if good_key not in record or bad_key not in record:
+            raise MinimalPairFormatError(
+                f"{path}, line {line_no}: needs fields {good_key!r} and {bad_key!r}, found {sorted(record)}; "
+                "pass good_key=/bad_key= to name the sentence fields"
+            )
+        good, bad = record.pop(good_key), record.pop(bad_key)
+        candidates.append((str(path), line_no, good, bad, record))
+    candidates = _limit_after_parsing(candidates, limit, tokenizer, on_invalid)
+    return _finish(name or path.stem, candidates, tokenizer, on_invalid, f"minimal pairs from {path.name}")
+
+
+def load_clams(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    tokenizer: Any = None,
+    on_invalid: OnInvalid = "raise",
+    limit: int | None = None,
+) -> TaskDataset:
+    """Minimal pairs from a CLAMS-style ``LABEL<TAB>sentence`` file (see module docstring)."""
+    path = Path(path)
+    tokenizer = resolve_tokenizer(tokenizer) if tokenizer is not None else None
+    candidates = []
+    good: tuple[int, str] | None = None
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        label, tab, sentence = line.partition("\t")
+        label = label.strip().lower()
+        if not tab or label not in ("true", "false"):
+            raise MinimalPairFormatError(
+                f"{path}, line {line_no}: expected 'True<TAB>sentence' or 'False<TAB>sentence', got {line!r}"
+            )
+        if label == "true":
+            good = (line_no, sentence.strip())
+        elif good is None:
+            raise MinimalPairFormatError(
+                f"{path}, line {line_no}: an ungrammatical (False) sentence before any grammatical (True) one; "
+                "each False line must follow the True line it pairs with"
+            )
+        else:
+            candidates.append((str(path), line_no, good[1], sentence.strip(), {"good_line": good[0]}))
+    candidates = _limit_after_parsing(candidates, limit, tokenizer, on_invalid)
+    return _finish(name or path.stem, candidates, tokenizer, on_invalid, f"CLAMS pairs from {path.name}")
+
+
+def _limit_after_parsing(candidates: list, limit: int | None, tokenizer: Any, on_invalid: OnInvalid) -> list:
+    """Keep the first ``limit`` pairs that will survive ``_finish`` (all when ``limit`` is None)."""
+    if limit is None:
+        return candidates
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    if on_invalid == "raise":
+        return candidates[:limit]
+    kept = []
+    for candidate in candidates:
+        path, line, good, bad, meta = candidate
+        try:
+            pair = pair_from_sentences(good, bad)
+            if tokenizer is not None:
+                TaskDataset(name="limit", pairs=(pair,)).check_tokenizer(tokenizer)
+        except (MinimalPairFormatError, TaskTokenizationError):
+            continue
+        kept.append(candidate)
+        if len(kept) == limit:
+            break
+    return kept
+
+
+def load_pairs_jsonl(path: str | Path, *, name: str | None = None) -> TaskDataset:
+    """A task written by :meth:`TaskDataset.to_jsonl` (or by hand in that format)."""
+    path = Path(path)
+    pairs = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        missing = {"clean", "correct", "wrong"} - set(record)
+        if missing:
+            raise MinimalPairFormatError(
+                f"{path}, line {line_no}: missing field(s) {sorted(missing)}; each line needs clean, correct, wrong"
+            )
+        pairs.append(
+            MinimalPair(
+                clean=record["clean"],
+                correct=record["correct"],
+                wrong=record["wrong"],
+                corrupted=record.get("corrupted"),
+                meta=record.get("meta", {}),
+            )
+        )
+    return TaskDataset(name=name or path.stem, pairs=tuple(pairs), description=f"minimal pairs from {path.name}")

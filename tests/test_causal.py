@@ -1,0 +1,525 @@
+"""crosslens.causal: splicing, integrated gradients (vs Captum), completeness, ablation, RelIE."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import IntegratedGradients
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformers import PreTrainedTokenizerFast
+
+import crosslens.crosscoders as crosscoders
+from crosslens.causal import (
+    AttributionConfig,
+    IETable,
+    RelIEThresholds,
+    SnapshotCodec,
+    ablate,
+    ablation_curve,
+    ablation_curves,
+    ablation_edit,
+    attribute,
+    attribute_snapshot,
+    attribution_patching,
+    class_counts,
+    classify_relie,
+    collect_activations,
+    exact_codes,
+    integrated_gradients,
+    logit_diff,
+    reldec,
+    relie,
+    relie_pairwise,
+    run_from_hook,
+    select_top_features,
+    splice,
+    task_metric,
+)
+from crosslens.causal.attribution import ig_endpoints
+from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
+from crosslens.tasks import MinimalPair, TaskDataset, agreement_pairs
+from crosslens.tasks import agreement as lexicon
+
+HOOK = "blocks.0.hook_resid_post"
+N_SNAPSHOTS, D_MODEL, D_SAE = 3, 32, 64
+FACTORS = [2.0, 0.5, 1.5]
+ARCHITECTURES = ["crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"]
+
+
+# ---------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny matmuls gain nothing from threads, and on a shared 2-core machine the thread
+    pool's synchronisation makes them tens of times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    words = ["<bos>", "<pad>", "<unk>", "The", "the", "that"]
+    for pair in lexicon.SUBJECT_NOUNS + lexicon.PLACE_NOUNS + lexicon.AGREEING_VERBS:
+        words += list(pair)
+    words += [*lexicon.ADJECTIVES, *lexicon.PREPOSITIONS, *lexicon.CLAUSE_VERBS]
+    inner = Tokenizer(models.WordLevel({w: i for i, w in enumerate(dict.fromkeys(words))}, unk_token="<unk>"))
+    inner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=inner, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def snapshots(tokenizer) -> list[HookedTransformer]:
+    """Three tiny random 'snapshots' of one architecture."""
+    out = []
+    for seed in range(N_SNAPSHOTS):
+        cfg = HookedTransformerConfig(
+            n_layers=2, d_model=D_MODEL, n_ctx=24, d_head=8, n_heads=4, d_vocab=len(tokenizer),
+            act_fn="gelu", normalization_type="LN", seed=seed,
+        )  # fmt: skip
+        model = HookedTransformer(cfg)
+        model.eval()
+        out.append(model)
+    return out
+
+
+def make_crosscoder(arch: str, n_snapshots: int = N_SNAPSHOTS, seed: int = 0):
+    sae_cls, cfg_cls = crosscoders.ARCHITECTURES[arch][:2]
+    extra = {"k": 8} if arch == "topk_crosscoder" else {}
+    crosscoder = sae_cls(cfg_cls(d_in=D_MODEL, d_sae=D_SAE, n_snapshots=n_snapshots, **extra))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in crosscoder.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+        if hasattr(crosscoder, "threshold"):
+            crosscoder.threshold.fill_(0.4)
+    crosscoder.cfg.metadata.hook_name = HOOK
+    crosscoder.cfg.metadata.activation_norm_factors = FACTORS[:n_snapshots]
+    return crosscoder
+
+
+@pytest.fixture(scope="module")
+def task(tokenizer):
+    return agreement_pairs("pp", n=6, seed=0).tokenize(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def acts_all(snapshots, task):
+    return collect_activations(snapshots, HOOK, task.clean_tokens, task.mask.long())
+
+
+def logits(model, task):
+    with torch.no_grad():
+        return model(task.clean_tokens, attention_mask=task.mask.long())
+
+
+# ---------------------------------------------------------------------------- splicing
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_codec_reconstructs_like_the_crosscoder(arch, acts_all):
+    crosscoder = make_crosscoder(arch)
+    factors = torch.tensor(FACTORS)
+    x_NSD = acts_all.reshape(-1, N_SNAPSHOTS, D_MODEL) * factors[:, None]
+    with torch.no_grad():
+        reference = crosscoder.decode(crosscoder.encode(x_NSD))
+        for s in range(N_SNAPSHOTS):
+            codec = SnapshotCodec(crosscoder, s)
+            mine = codec.decode(codec.encode(acts_all.reshape(-1, N_SNAPSHOTS, D_MODEL)))
+            torch.testing.assert_close(mine, reference[:, s] / factors[s], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_splice_with_error_kept_leaves_logits_unchanged(arch, snapshots, task, acts_all):
+    crosscoder = make_crosscoder(arch)
+    model = snapshots[1]
+    clean = logits(model, task)
+    codes = exact_codes(crosscoder, acts_all, 1)
+    for kwargs in ({}, {"codes": codes}, {"codes": codes, "error": "detach"}):
+        with splice(model, crosscoder, snapshot=1, **kwargs) as state:
+            spliced = logits(model, task)
+        assert state.n_calls == 1
+        assert float(state.codes.abs().sum()) > 0  # the crosscoder really is in the loop
+        torch.testing.assert_close(spliced, clean, rtol=0, atol=1e-5)
+    with splice(model, crosscoder, snapshot=1, codes=codes, error="drop"):
+        dropped = logits(model, task)
+    assert float((dropped - clean).abs().max()) > 1e-3
+
+
+def test_splice_removes_hooks_even_when_the_block_raises(snapshots, task):
+    crosscoder = make_crosscoder("crosscoder")
+    model = snapshots[0]
+    clean = logits(model, task)
+    with pytest.raises(RuntimeError, match="boom"):
+        with splice(model, crosscoder, snapshot=0, error="drop"):
+            assert len(model.hook_dict[HOOK].fwd_hooks) == 1
+            raise RuntimeError("boom")
+    assert model.hook_dict[HOOK].fwd_hooks == []
+    wrong_codes = torch.zeros(1, 2, D_SAE)
+    with pytest.raises(ValueError, match="do not match the activation"):
+        with splice(model, crosscoder, snapshot=0, codes=wrong_codes):
+            logits(model, task)
+    assert all(not hook.fwd_hooks for hook in model.hook_dict.values())
+    torch.testing.assert_close(logits(model, task), clean, rtol=0, atol=0)
+
+
+def test_dropping_error_and_all_features_leaves_b_dec(snapshots, task):
+    crosscoder = make_crosscoder("jumprelu_crosscoder")
+    s = 2
+    model = snapshots[s]
+    b_dec = crosscoder.b_dec[s].detach() / FACTORS[s]
+    torch.testing.assert_close(SnapshotCodec(crosscoder, s).bias(), b_dec)
+    with torch.no_grad():
+        expected = model.run_with_hooks(
+            task.clean_tokens,
+            attention_mask=task.mask.long(),
+            fwd_hooks=[(HOOK, lambda act, hook: b_dec.expand_as(act).clone())],
+        )
+    with ablate(model, crosscoder, snapshot=s, features=range(D_SAE), error="drop"):
+        ablated = logits(model, task)
+    torch.testing.assert_close(ablated, expected, rtol=0, atol=1e-5)
+
+
+def test_folded_and_unfolded_crosscoders_splice_identically(snapshots, task, acts_all):
+    """The normalisation factor is applied around an unfolded crosscoder and skipped once folded."""
+    unfolded = make_crosscoder("crosscoder")
+    folded = copy.deepcopy(unfolded)
+    folded.fold_activation_norm_scaling_factors(FACTORS)
+    model = snapshots[1]
+    outputs = []
+    for crosscoder in (unfolded, folded):
+        with splice(model, crosscoder, snapshot=1, codes=exact_codes(crosscoder, acts_all, 1), error="drop") as state:
+            outputs.append((logits(model, task), state.error))
+    torch.testing.assert_close(outputs[0][0], outputs[1][0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs[0][1], outputs[1][1], rtol=1e-4, atol=1e-4)
+
+
+def test_spliced_model_sees_the_reconstruction_on_its_own_scale(snapshots, task, acts_all):
+    """With the error dropped the hook carries ``crosscoder(c * a)[s] / c_s``: inputs normalised, output rescaled."""
+    crosscoder = make_crosscoder("crosscoder")
+    model = snapshots[2]
+    factors = torch.tensor(FACTORS)
+    with torch.no_grad():
+        expected = crosscoder(acts_all * factors[:, None])[:, :, 2] / factors[2]
+    seen = {}
+
+    def capture(activation, hook):
+        seen["acts"] = activation.detach()
+
+    with splice(model, crosscoder, snapshot=2, codes=exact_codes(crosscoder, acts_all, 2), error="drop"):
+        with model.hooks(fwd_hooks=[(HOOK, capture)]):  # runs after the splice hook
+            logits(model, task)
+    torch.testing.assert_close(seen["acts"], expected, rtol=1e-5, atol=1e-5)
+    # with the factors ignored the model would see a different activation
+    with splice(model, crosscoder, snapshot=2, codes=exact_codes(crosscoder, acts_all, 2), error="drop", norm_factors=[1.0] * 3):
+        with model.hooks(fwd_hooks=[(HOOK, capture)]):
+            logits(model, task)
+    assert float((seen["acts"] - expected).abs().max()) > 1e-2
+
+
+def test_per_snapshot_codes_use_only_that_snapshots_encoder(acts_all):
+    crosscoder = make_crosscoder("crosscoder")
+    codec = SnapshotCodec(crosscoder, 1)
+    a_ND = acts_all[:, :, 1].reshape(-1, D_MODEL)
+    with torch.no_grad():
+        expected = torch.relu(a_ND * FACTORS[1] @ crosscoder.W_enc[1] + crosscoder.b_enc)
+        torch.testing.assert_close(codec.encode_single(a_ND), expected, rtol=1e-5, atol=1e-5)
+        exact = codec.encode(acts_all.reshape(-1, N_SNAPSHOTS, D_MODEL))
+    assert float((exact - expected).abs().max()) > 1e-2  # the modes differ with several snapshots
+    single = make_crosscoder("crosscoder", n_snapshots=1)
+    codec_1 = SnapshotCodec(single, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(codec_1.encode_single(a_ND), codec_1.encode(a_ND[:, None]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("hook", ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.hook_mlp_out"])
+@pytest.mark.parametrize("positions", ["standard", "rotary"])
+def test_run_from_hook_matches_a_full_forward_pass(hook, positions, snapshots, task):
+    model = snapshots[0]
+    if positions == "rotary":  # GPT-NeoX / Pythia style: positions enter inside every attention layer
+        cfg = HookedTransformerConfig(
+            n_layers=2, d_model=D_MODEL, n_ctx=24, d_head=8, n_heads=4, d_vocab=model.cfg.d_vocab, act_fn="gelu",
+            normalization_type="LN", positional_embedding_type="rotary", rotary_dim=4, parallel_attn_mlp=True, seed=5,
+        )  # fmt: skip
+        model = HookedTransformer(cfg).eval()
+    with torch.no_grad():
+        full, cache = model.run_with_cache(task.clean_tokens, attention_mask=task.mask.long(), names_filter=[hook])
+        resumed = run_from_hook(model, hook, cache[hook], task.clean_tokens, task.mask.long())
+    torch.testing.assert_close(resumed, full, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- integrated gradients
+def _toy_metric_net():
+    generator = torch.Generator().manual_seed(1)
+    W_f = torch.randn(6, 5, generator=generator)
+    W_e = torch.randn(4, 5, generator=generator)
+    v = torch.randn(5, generator=generator)
+
+    def metric(f, e):  # any leading axes; per-example scalar
+        return torch.tanh(f @ W_f + e @ W_e) @ v + (f**2).sum(-1) * 0.1
+
+    return metric
+
+
+def test_integrated_gradients_matches_captum():
+    metric = _toy_metric_net()
+    generator = torch.Generator().manual_seed(2)
+    f_clean, f_patch = torch.randn(3, 6, generator=generator), torch.randn(3, 6, generator=generator)
+    e_clean, e_patch = torch.randn(3, 4, generator=generator), torch.randn(3, 4, generator=generator)
+    captum = IntegratedGradients(lambda f, e: metric(f, e))
+    ref_f, ref_e = captum.attribute(
+        (f_patch, e_patch), baselines=(f_clean, e_clean), n_steps=10, method="riemann_left"
+    )
+    for batched in (True, 3, False):
+        ours = integrated_gradients(metric, f_clean, f_patch, e_clean, e_patch, n_steps=10, batched=batched)
+        torch.testing.assert_close(ours.features, ref_f, rtol=0, atol=1e-4)
+        torch.testing.assert_close(ours.error, ref_e, rtol=0, atol=1e-4)
+        torch.testing.assert_close(ours.metric_path[0], metric(f_clean, e_clean), rtol=0, atol=1e-6)
+    patching = attribution_patching(metric, f_clean, f_patch, e_clean, e_patch)
+    f0 = f_clean.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(metric(f0, e_clean).sum(), f0)
+    torch.testing.assert_close(patching.features, (f_patch - f_clean) * grad, rtol=0, atol=1e-6)
+
+
+def test_integrated_gradients_completeness_improves_like_one_over_n():
+    metric = _toy_metric_net()
+    generator = torch.Generator().manual_seed(3)
+    f_clean, f_patch = torch.randn(4, 6, generator=generator), torch.randn(4, 6, generator=generator)
+    e_clean, e_patch = torch.randn(4, 4, generator=generator), torch.randn(4, 4, generator=generator)
+    target = metric(f_patch, e_patch) - metric(f_clean, e_clean)
+    gaps = {}
+    for n in (10, 100, 1000):
+        result = integrated_gradients(metric, f_clean, f_patch, e_clean, e_patch, n_steps=n)
+        total = result.features.sum(-1) + result.error.sum(-1)
+        gaps[n] = float((total - target).abs().max())
+    assert gaps[100] < gaps[10] / 5 and gaps[1000] < gaps[100] / 5
+    # stated tolerance: at n = 1000 the sum is within 0.5% of the largest metric change
+    assert gaps[1000] < 5e-3 * float(target.abs().max())
+
+
+def test_integrated_gradients_rejects_bad_inputs():
+    metric = _toy_metric_net()
+    f = torch.zeros(2, 6)
+    with pytest.raises(ValueError, match="both err_clean and err_patch"):
+        integrated_gradients(metric, f, f, torch.zeros(2, 4), None)
+    with pytest.raises(ValueError, match="path points along its first axis"):
+        integrated_gradients(lambda f, e: f.sum(), f, f, n_steps=3)
+
+
+@pytest.fixture(scope="module")
+def jumprelu():
+    return make_crosscoder("jumprelu_crosscoder")
+
+
+def test_model_attribution_matches_captum(snapshots, task, acts_all, jumprelu):
+    """IG through the model equals Captum's IntegratedGradients on the same function of (f, e)."""
+    s, model = 1, snapshots[1]
+    codes_clean = exact_codes(jumprelu, acts_all, s)
+    acts_patch_all = collect_activations(snapshots, HOOK, task.corrupted_tokens, task.mask.long())
+    codes_patch = exact_codes(jumprelu, acts_patch_all, s)
+    ours = attribute_snapshot(
+        model, jumprelu, task, snapshot=s, acts_clean=acts_all[:, :, s], acts_patch=acts_patch_all[:, :, s],
+        codes_clean=codes_clean, codes_patch=codes_patch, config=AttributionConfig(n_steps=10, batch_size=4),
+        keep_per_token=True,
+    )  # fmt: skip
+
+    codec = SnapshotCodec(jumprelu, s)
+    positions = task.feature_mask()
+    with torch.no_grad():
+        f_clean, e_clean, f_patch, e_patch = ig_endpoints(
+            codec, acts_all[:, :, s], codes_clean, acts_patch_all[:, :, s], codes_patch, positions
+        )
+
+    def forward(f, e):
+        repeats = f.shape[0] // len(task)
+        out = run_from_hook(model, HOOK, codec.decode(f) + e, task.clean_tokens.repeat(repeats, 1), task.mask.long().repeat(repeats, 1))
+        last = out[torch.arange(out.shape[0]), task.last_pos.repeat(repeats)]
+        return logit_diff(last, task.correct_ids.repeat(repeats), task.wrong_ids.repeat(repeats))
+
+    ref_f, ref_e = IntegratedGradients(forward).attribute(
+        (f_patch, e_patch), baselines=(f_clean, e_clean), n_steps=10, method="riemann_left"
+    )
+    torch.testing.assert_close(ours.per_token, ref_f, rtol=0, atol=1e-4)
+    torch.testing.assert_close(ours.per_token_error, ref_e.sum(-1), rtol=0, atol=1e-4)
+    # the patch end is the corrupted run itself (error kept, exact codes)
+    with torch.no_grad():
+        out = model(task.corrupted_tokens, attention_mask=task.mask.long())
+    expected_patch = logit_diff(out[torch.arange(len(task)), task.last_pos], task.correct_ids, task.wrong_ids)
+    torch.testing.assert_close(ours.metric_patch, expected_patch, rtol=0, atol=1e-4)
+    torch.testing.assert_close(ours.metric_clean, task_metric(model, task), rtol=0, atol=1e-4)
+
+
+def test_model_attribution_completeness_and_batching(snapshots, task, jumprelu):
+    model = snapshots[2]
+    gaps = {}
+    for n in (4, 40):
+        result = attribute_snapshot(model, jumprelu, task, snapshot=2, config=AttributionConfig(n_steps=n))
+        gaps[n] = float(result.completeness_gap().abs().max())
+        change = float((result.metric_patch - result.metric_clean).abs().max())
+    assert change > 0.05  # the corrupted prompt really moves the metric
+    assert gaps[40] < gaps[4] / 5
+    assert gaps[40] < 0.03 * change  # stated tolerance: within 3% of the metric change at n = 40
+    looped = attribute_snapshot(model, jumprelu, task, snapshot=2, config=AttributionConfig(n_steps=5, steps_per_pass=1, batch_size=2))
+    batched = attribute_snapshot(model, jumprelu, task, snapshot=2, config=AttributionConfig(n_steps=5))
+    torch.testing.assert_close(looped.ie, batched.ie, rtol=0, atol=1e-5)
+    assert looped.error_ie == pytest.approx(batched.error_ie, abs=1e-5)
+
+
+def test_zero_patch_task_and_per_token_threshold(snapshots, tokenizer, jumprelu):
+    """BLiMP-style tasks (no corrupted prompt) patch to f = 0, e = 0 at feature positions."""
+    pairs = [MinimalPair(p.clean, p.correct, p.wrong) for p in agreement_pairs("simple", n=5, seed=1)]
+    plain = TaskDataset(name="plain", pairs=tuple(pairs)).tokenize(tokenizer)
+    model = snapshots[0]
+    result = attribute_snapshot(model, jumprelu, plain, snapshot=0, config=AttributionConfig(n_steps=8), keep_per_token=True)
+    b_dec = jumprelu.b_dec[0].detach() / FACTORS[0]
+    positions = plain.feature_mask()
+
+    def to_bias(act, hook):
+        return torch.where(positions[..., None], b_dec.expand_as(act), act)
+
+    with model.hooks(fwd_hooks=[(HOOK, to_bias)]):
+        expected = task_metric(model, plain)
+    torch.testing.assert_close(result.metric_patch, expected, rtol=0, atol=1e-4)
+    assert bool((result.per_token[:, 0] == 0).all())  # BOS is never attributed
+
+    threshold = float(result.per_token.abs().flatten().quantile(0.9))
+    thresholded = attribute_snapshot(
+        model, jumprelu, plain, snapshot=0, config=AttributionConfig(n_steps=8, threshold=threshold)
+    )
+    kept = torch.where(result.per_token.abs() > threshold, result.per_token, 0.0)
+    manual = (kept.sum(1) / positions.sum(1, keepdim=True)).mean(0)
+    torch.testing.assert_close(thresholded.ie, manual, rtol=0, atol=1e-6)
+    summed = attribute_snapshot(model, jumprelu, plain, snapshot=0, config=AttributionConfig(n_steps=8, reduce_positions="sum"))
+    torch.testing.assert_close(summed.ie, result.per_token.sum(1).mean(0), rtol=0, atol=1e-6)
+
+
+def test_attribute_across_snapshots_gives_a_tidy_table(snapshots, tokenizer, tmp_path):
+    crosscoder = make_crosscoder("topk_crosscoder")
+    task = agreement_pairs("rc", n=4, seed=2)
+    table = attribute(snapshots, crosscoder, task, tokenizer=tokenizer, config=AttributionConfig(n_steps=3), progress=False)
+    assert table.ie.shape == (D_SAE, N_SNAPSHOTS) and table.snapshots == [0, 1, 2] and table.task == "agreement_rc"
+    assert bool((table.ie != 0).any(dim=0).all())
+    per_snapshot = attribute(
+        snapshots, crosscoder, task, tokenizer=tokenizer, snapshots=[1],
+        config=AttributionConfig(n_steps=3, mode="per_snapshot"), progress=False,
+    )  # fmt: skip
+    assert per_snapshot.ie.shape == (D_SAE, 1) and per_snapshot.snapshot_labels == ["s1"]
+    assert not torch.allclose(per_snapshot.ie[:, 0], table.ie[:, 1])
+    rows = table.rows()
+    assert {"feature", "snapshot", "label", "task", "ie"} <= set(rows[0])
+    assert len(rows) == int((table.ie != 0).sum())
+    loaded = IETable.load(table.save(tmp_path / "ie.json"))
+    torch.testing.assert_close(loaded.ie, table.ie)
+    assert loaded.config["n_steps"] == 3 and loaded.snapshot_labels == table.snapshot_labels
+    with pytest.raises(ValueError, match="reads 3 snapshots but 2 models"):
+        attribute(snapshots[:2], crosscoder, task, tokenizer=tokenizer, progress=False)
+
+
+def test_causal_stage_writes_tables_and_report(snapshots, tokenizer, tmp_path, jumprelu):
+    import json
+
+    from crosslens.causal import run_causal_stage
+
+    task = agreement_pairs("pp", n=4, seed=7)
+    result = run_causal_stage(
+        snapshots, jumprelu, task, tmp_path, tokenizer=tokenizer, config=AttributionConfig(n_steps=2),
+        top_k=3, ks=(1, 3), n_random=1, progress=False,
+    )  # fmt: skip
+    paths = result["paths"]
+    assert {"ie_table", "relie", "ablation_curves", "report", "summary"} <= set(paths)
+    relie_file = json.loads(paths["relie"].read_text())
+    selected = relie_file["features"]
+    assert selected == result["table"].top_features(3).tolist() and 3 <= len(selected) <= 9
+    assert np.allclose(np.asarray(relie_file["relie"]).sum(1), 1.0, atol=1e-5)
+    assert IETable.load(paths["ie_table"]).ie.shape == (D_SAE, N_SNAPSHOTS)
+    html = paths["report"].read_text()
+    assert "RelIE" in html and "Ablation curves" in html and html.count("plotly-graph-div") >= 4
+
+
+# ---------------------------------------------------------------------------- ablation
+def test_ablation_edits_only_the_chosen_features():
+    codes = torch.arange(1.0, 13.0).reshape(2, 6)
+    zero = ablation_edit([1, 4], 6)(codes)
+    assert zero[:, [1, 4]].abs().sum() == 0 and torch.equal(zero[:, [0, 2, 3, 5]], codes[:, [0, 2, 3, 5]])
+    keep = ablation_edit([1, 4], 6, keep_only=True)(codes)
+    assert torch.equal(keep[:, [1, 4]], codes[:, [1, 4]]) and keep[:, [0, 2, 3, 5]].abs().sum() == 0
+    means = torch.full((6,), -1.0)
+    mean = ablation_edit([2], 6, mode="mean", mean_codes=means)(codes)
+    assert bool((mean[:, 2] == -1).all())
+    with pytest.raises(ValueError, match="mean_codes"):
+        ablation_edit([2], 6, mode="mean")
+    with pytest.raises(ValueError, match=r"in \[0, 6\)"):
+        ablation_edit([7], 6)
+
+
+def test_ablation_curve_end_points(snapshots, task, acts_all, jumprelu):
+    model = snapshots[1]
+    codes = exact_codes(jumprelu, acts_all, 1)
+    ie = attribute_snapshot(model, jumprelu, task, snapshot=1, codes_clean=codes, config=AttributionConfig(n_steps=4)).ie
+    clean = float(task_metric(model, task).mean())
+    ablate_rows = ablation_curve(model, jumprelu, task, ie, snapshot=1, ks=[0, 3, D_SAE], codes=codes, n_random=2)
+    keep_rows = ablation_curve(model, jumprelu, task, ie, snapshot=1, ks=[0, D_SAE], codes=codes, keep_only=True, n_random=1)
+    by = {(r["selection"], r["k"]): r["metric"] for r in ablate_rows}
+    assert by[("none", 0)] == pytest.approx(clean, abs=1e-5)
+    assert by[("top", 0)] == pytest.approx(clean, abs=1e-5)  # ablating nothing
+    kept = {(r["selection"], r["k"]): r["metric"] for r in keep_rows}
+    assert kept[("top", D_SAE)] == pytest.approx(clean, abs=1e-5)  # keeping everything
+    assert kept[("top", 0)] == pytest.approx(by[("top", D_SAE)], abs=1e-5)  # keep none == ablate all
+    assert len([r for r in ablate_rows if r["selection"] == "random" and r["k"] == 3]) == 2
+    chunked = ablation_curve(model, jumprelu, task, ie, snapshot=1, ks=[0, 3, D_SAE], codes=codes, n_random=2, batch_size=4)
+    assert [r["metric"] for r in chunked] == pytest.approx([r["metric"] for r in ablate_rows], abs=1e-5)
+    assert by[("top", 3)] != pytest.approx(clean, abs=1e-4)
+
+
+def test_ablation_curves_across_snapshots(snapshots, tokenizer, jumprelu):
+    task = agreement_pairs("simple", n=4, seed=5)
+    table = attribute(snapshots, jumprelu, task, tokenizer=tokenizer, snapshots=[0, 2], config=AttributionConfig(n_steps=2), progress=False)
+    rows = ablation_curves(snapshots, jumprelu, task, table, ks=[1, 4], n_random=1, tokenizer=tokenizer, progress=False)
+    assert {r["snapshot"] for r in rows} == {0, 2} and {r["keep_only"] for r in rows} == {False, True}
+    assert {r["label"] for r in rows} == {"s0", "s2"}
+    figure = ablation_curves_figure(rows)
+    assert len(figure.data) == 2 * 2 * 2  # snapshots x (ablate, keep) x (top, random)
+
+
+# ---------------------------------------------------------------------------- RelIE
+def test_relie_one_vs_all_and_pairwise_on_a_hand_made_table():
+    ie = torch.tensor([[3.0, -1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, -2.0], [0.0, 0.0, -5.0]])
+    expected = torch.tensor([[0.75, 0.25, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.25, 0.25, 0.5], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(relie(ie), expected)
+    torch.testing.assert_close(relie(ie).sum(-1), torch.ones(4))
+    pairwise = relie_pairwise(torch.tensor([1.0, 0.0, -3.0, 0.0]), torch.tensor([3.0, 0.0, 1.0, 2.0]))
+    torch.testing.assert_close(pairwise, torch.tensor([0.75, 0.5, 0.25, 1.0]))
+    torch.testing.assert_close(relie(torch.zeros(2, 2)), torch.full((2, 2), 0.5))
+    with pytest.raises(ValueError, match="at least 2 snapshots"):
+        relie(torch.ones(3, 1))
+
+
+def test_relie_classes_and_thresholds():
+    values = torch.tensor([[0.75, 0.25], [0.5, 0.5], [0.3, 0.7], [0.71, 0.29]])
+    labels = classify_relie(values)
+    assert labels.tolist() == [["specific", "other"], ["shared", "shared"], ["shared", "shared"], ["specific", "other"]]
+    stricter = classify_relie(values, RelIEThresholds(specific=0.74, other=0.26))
+    assert stricter[3].tolist() == ["shared", "shared"] and stricter[0].tolist() == ["specific", "other"]
+    counts = class_counts(labels)
+    assert counts["specific"].tolist() == [2, 0] and counts["shared"].tolist() == [2, 2]
+    with pytest.raises(ValueError, match="0 <= other < specific <= 1"):
+        RelIEThresholds(specific=0.3, other=0.7)
+
+
+def test_select_top_features_is_the_union_of_per_snapshot_top_k():
+    ie = torch.tensor([[5.0, 0.0], [-4.0, 0.1], [0.0, -3.0], [1.0, 2.0], [0.0, 0.0]])
+    assert select_top_features(ie, 1).tolist() == [0, 2]
+    assert select_top_features(ie, 2).tolist() == [0, 1, 2, 3]
+    assert select_top_features(ie, 10).tolist() == [0, 1, 2, 3]  # zero IE is never selected
+
+
+def test_relie_plots_build():
+    relie_values = relie(torch.tensor([[3.0, 1.0], [0.0, 2.0], [1.0, 1.0]]))
+    norms = reldec(torch.tensor([[1.0, 0.5], [0.1, 1.0], [1.0, 1.0]]))
+    scatter = relie_vs_reldec(relie_values[:, 1], norms[:, 1], feature_ids=[10, 11, 12], snapshot_label="step100")
+    names = {trace.name: len(trace.x) for trace in scatter.data}
+    assert names == {"specific": 1, "shared": 1, "other": 1}
+    heatmap = relie_heatmap(relie_values, feature_ids=[10, 11, 12], snapshot_labels=["a", "b"])
+    assert np.asarray(heatmap.data[0].z).shape == (3, 2) and list(heatmap.data[0].x) == ["a", "b"]
