@@ -149,8 +149,14 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     from crosslens.demo import attribute_stage
 
     suite = resolve_suite(args.suite, args.steps, args.n_snapshots)
-    table = attribute_stage(suite, args.crosscoder, task=args.task, n_examples=args.n_examples, out=args.out)
-    print(f"attribution table: {table}")
+    from crosslens.causal.demo import causal_out_dir
+
+    sections = attribute_stage(suite, args.crosscoder, task=args.task, n_examples=args.n_examples, out=args.out)
+    report = Path(args.out).with_suffix(".html")
+    sections[0].write(report)
+    print(f"IE table: {args.out}")
+    print(f"plots and tables: {causal_out_dir(args.out, args.task)}")
+    print(f"report: {report}")
     return 0
 
 

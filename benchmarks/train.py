@@ -1,0 +1,177 @@
+"""Training throughput of the crosscoder architectures, measured against baselines taken
+in the same run on the same machine.
+
+1. Tokens/s of one ``CrosscoderTrainer.step`` per architecture, against a plain dense
+   einsum ReLU crosscoder with the same shapes, loss, Adam and gradient clipping.
+   Goal: the dense path (ReLU crosscoder) >= 0.9x the reference.
+2. Achieved FLOP/s of each training step (10 * B * S * D * F FLOPs for a dense step:
+   encode forward and weight gradient, decode forward, input and weight gradients) as a
+   fraction of a plain ``[B, S*D] @ [S*D, F]`` matmul's FLOP/s.
+3. TopK decode of only the active features (embedding_bag gather) against the dense
+   decode, forward + backward, and the whole TopK/BatchTopK step both ways.
+   Goal: sparse decode >= 2x at d_sae >= 8192, k <= 64.
+
+Timings alternate between the compared variants and report medians, so a noisy shared
+machine biases neither side.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py            # d_in 128, S 8, F 8192, B 512
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py --quick    # small shapes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import crosslens.crosscoders as cc
+from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
+
+
+class ReferenceCrosscoder(nn.Module):
+    """The ReLU crosscoder written plainly with einsums: the baseline."""
+
+    def __init__(self, S: int, D: int, F_: int, l1: float):
+        super().__init__()
+        W_dec = torch.randn(F_, S, D)
+        W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True) * 0.08
+        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc = nn.Parameter(W_dec.permute(1, 2, 0).contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(F_))
+        self.b_dec = nn.Parameter(torch.zeros(S, D))
+        self.l1 = l1
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(torch.einsum("bsd,sdf->bf", x, self.W_enc) + self.b_enc)
+        x_hat = torch.einsum("bf,fsd->bsd", f, self.W_dec) + self.b_dec
+        mse = (x_hat - x).pow(2).sum(dim=(1, 2)).mean()
+        return mse + self.l1 * (f * self.W_dec.norm(dim=-1).sum(dim=1)).sum(dim=1).mean()
+
+
+def reference_step_fn(S: int, D: int, F_: int) -> Callable[[torch.Tensor], None]:
+    model = ReferenceCrosscoder(S, D, F_, l1=2.0)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-5)
+
+    def step(x: torch.Tensor) -> None:
+        model.loss(x).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def crosslens_step_fn(
+    arch: str, S: int, D: int, F_: int, k: int, **kw: object
+) -> Callable[[torch.Tensor], None]:
+    _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
+    extra = {"k": k} if "topk" in arch else {}
+    sae = train_cls(train_cfg_cls(d_in=D, d_sae=F_, n_snapshots=S, **extra, **kw))
+    trainer = CrosscoderTrainer(sae, CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5))
+    return lambda x: trainer.step(x)
+
+
+def time_alternating(
+    fns: dict[str, Callable[[], None]], rounds: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved round by round."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def matmul_flops_per_s(B: int, K: int, N: int, rounds: int) -> float:
+    a, b = torch.randn(B, K), torch.randn(K, N)
+    t = time_alternating({"mm": lambda: a @ b}, rounds=rounds, warmup=2)["mm"]
+    return 2 * B * K * N / t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--d-in", type=int, default=128)
+    parser.add_argument("--n-snapshots", type=int, default=8)
+    parser.add_argument("--d-sae", type=int, default=8192)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="d_in 32, S 4, d_sae 2048, batch 256")
+    args = parser.parse_args()
+    if args.quick:
+        args.d_in, args.n_snapshots, args.d_sae, args.batch = 32, 4, 2048, 256
+    S, D, F_, B, k = args.n_snapshots, args.d_in, args.d_sae, args.batch, args.k
+    torch.manual_seed(0)
+    x = torch.randn(B, S, D)
+    print(f"shapes: batch {B}, n_snapshots {S}, d_in {D}, d_sae {F_}, k {k}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    # 1 + 2: tokens/s against the reference, FLOP/s against a plain matmul
+    dense_flops = 10 * B * S * D * F_
+    mm_rate = matmul_flops_per_s(B, S * D, F_, args.rounds)
+    print(f"\nplain matmul [{B}, {S * D}] @ [{S * D}, {F_}]: {mm_rate / 1e9:.1f} GFLOP/s")
+    header = ("architecture", "tokens/s", "ref tokens/s", "ratio", "GFLOP/s", "of matmul")
+    print("\n{:<34}{:>10}{:>14}{:>8}{:>10}{:>11}".format(*header))
+    variants = {
+        "crosscoder": {},
+        "jumprelu_crosscoder": {},
+        "topk_crosscoder (dense decode)": {"sparse_decode": False},
+        "topk_crosscoder (sparse decode)": {"sparse_decode": True},
+        "batchtopk_crosscoder (dense)": {"sparse_decode": False},
+        "batchtopk_crosscoder (sparse)": {"sparse_decode": True},
+    }
+    for label, kw in variants.items():
+        arch = label.split()[0]
+        times = time_alternating(
+            {
+                "ref": lambda step=reference_step_fn(S, D, F_): step(x),
+                "ours": lambda step=crosslens_step_fn(arch, S, D, F_, k, **kw): step(x),
+            },
+            rounds=args.rounds,
+            warmup=1,
+        )
+        rate = dense_flops / times["ours"]  # dense-equivalent FLOPs, so sparse shows its gain
+        print(f"{label:<34}{B / times['ours']:>10.0f}{B / times['ref']:>14.0f}"
+              f"{times['ref'] / times['ours']:>8.2f}{rate / 1e9:>10.1f}{rate / mm_rate:>11.2f}")
+
+    # 3: decode only, forward + backward
+    W_dec = torch.randn(F_, S * D, requires_grad=True)
+    h = torch.randn(B, F_).relu()
+    idx = h.topk(k, dim=-1).indices.sort(dim=-1).values
+    vals = h.gather(-1, idx).requires_grad_(True)
+    f_dense = torch.zeros(B, F_).scatter(-1, idx, vals.detach()).requires_grad_(True)
+    upstream = torch.randn(B, S * D)
+
+    def dense_decode() -> None:
+        (f_dense @ W_dec * upstream).sum().backward()
+        W_dec.grad = f_dense.grad = None
+
+    def sparse_decode() -> None:
+        out = F.embedding_bag(idx, W_dec, mode="sum", per_sample_weights=vals)
+        (out * upstream).sum().backward()
+        W_dec.grad = vals.grad = None
+
+    times = time_alternating(
+        {"dense": dense_decode, "sparse": sparse_decode}, rounds=args.rounds, warmup=2
+    )
+    print(
+        f"\ndecode forward+backward, k {k} of {F_}: dense {times['dense'] * 1e3:.1f} ms, "
+        f"sparse {times['sparse'] * 1e3:.1f} ms, "
+        f"speed-up {times['dense'] / times['sparse']:.1f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()

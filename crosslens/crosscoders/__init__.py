@@ -1,0 +1,116 @@
+"""Multi-snapshot crosscoders as SAELens architectures.
+
+Importing this package registers four architectures with SAELens, so
+``SAE.from_dict``, ``SAE.load_from_disk``, ``TrainingSAE.load_from_disk`` and
+SAELens's ``SAETrainer`` accept them:
+
+- ``crosscoder``: ReLU, decoder-norm-weighted L1 (Anthropic; Bayazit et al.)
+- ``jumprelu_crosscoder``: per-snapshot JumpReLU gate, tanh sparsity loss (Ge et al.)
+- ``topk_crosscoder``: top-k of ReLU(h) * sum_s ||W_dec[i, s]||, auxiliary-k loss
+- ``batchtopk_crosscoder``: batch top-k in training, a fixed threshold for inference
+"""
+
+from sae_lens.registry import (
+    SAE_CLASS_REGISTRY,
+    SAE_TRAINING_CLASS_REGISTRY,
+    register_sae_class,
+    register_sae_training_class,
+)
+
+from crosslens.crosscoders.base import (
+    DEFAULT_DECODER_INIT_NORM,
+    CrosscoderMixin,
+    CrosscoderPass,
+    CrosscoderTrainingMixin,
+    set_crosscoder_metadata,
+)
+from crosslens.crosscoders.batchtopk_crosscoder import (
+    BatchTopKCrosscoder,
+    BatchTopKCrosscoderConfig,
+    BatchTopKTrainingCrosscoder,
+    BatchTopKTrainingCrosscoderConfig,
+)
+from crosslens.crosscoders.crosscoder import (
+    ReLUCrosscoder,
+    ReLUCrosscoderConfig,
+    ReLUTrainingCrosscoder,
+    ReLUTrainingCrosscoderConfig,
+)
+from crosslens.crosscoders.jumprelu_crosscoder import (
+    JumpReLUCrosscoder,
+    JumpReLUCrosscoderConfig,
+    JumpReLUTrainingCrosscoder,
+    JumpReLUTrainingCrosscoderConfig,
+)
+from crosslens.crosscoders.topk_crosscoder import (
+    TopKCrosscoder,
+    TopKCrosscoderConfig,
+    TopKTrainingCrosscoder,
+    TopKTrainingCrosscoderConfig,
+)
+
+# architecture -> (inference class, inference config, training class, training config)
+ARCHITECTURES = {
+    "crosscoder": (
+        ReLUCrosscoder,
+        ReLUCrosscoderConfig,
+        ReLUTrainingCrosscoder,
+        ReLUTrainingCrosscoderConfig,
+    ),
+    "jumprelu_crosscoder": (
+        JumpReLUCrosscoder,
+        JumpReLUCrosscoderConfig,
+        JumpReLUTrainingCrosscoder,
+        JumpReLUTrainingCrosscoderConfig,
+    ),
+    "topk_crosscoder": (
+        TopKCrosscoder,
+        TopKCrosscoderConfig,
+        TopKTrainingCrosscoder,
+        TopKTrainingCrosscoderConfig,
+    ),
+    "batchtopk_crosscoder": (
+        BatchTopKCrosscoder,
+        BatchTopKCrosscoderConfig,
+        BatchTopKTrainingCrosscoder,
+        BatchTopKTrainingCrosscoderConfig,
+    ),
+}
+
+
+def _register() -> None:
+    # idempotent, so re-importing (or importlib.reload) does not trip SAELens's
+    # "already registered" error
+    for arch, (sae_cls, cfg_cls, train_cls, train_cfg_cls) in ARCHITECTURES.items():
+        if arch not in SAE_CLASS_REGISTRY:
+            register_sae_class(arch, sae_cls, cfg_cls)
+        if arch not in SAE_TRAINING_CLASS_REGISTRY:
+            register_sae_training_class(arch, train_cls, train_cfg_cls)
+
+
+_register()
+
+__all__ = [
+    "ARCHITECTURES",
+    "DEFAULT_DECODER_INIT_NORM",
+    "BatchTopKCrosscoder",
+    "BatchTopKCrosscoderConfig",
+    "BatchTopKTrainingCrosscoder",
+    "BatchTopKTrainingCrosscoderConfig",
+    "CrosscoderMixin",
+    "CrosscoderPass",
+    "CrosscoderTrainingMixin",
+    "JumpReLUCrosscoder",
+    "JumpReLUCrosscoderConfig",
+    "JumpReLUTrainingCrosscoder",
+    "JumpReLUTrainingCrosscoderConfig",
+    "ReLUCrosscoder",
+    "ReLUCrosscoderConfig",
+    "ReLUTrainingCrosscoder",
+    "ReLUTrainingCrosscoderConfig",
+    "TopKCrosscoder",
+    "TopKCrosscoderConfig",
+    "TopKTrainingCrosscoder",
+    "TopKTrainingCrosscoderConfig",
+    "set_crosscoder_metadata",
+]

@@ -1,0 +1,419 @@
+"""Shared math for multi-snapshot crosscoders built as SAELens architectures.
+
+A crosscoder reads the activations of one token at every training snapshot,
+``x[..., s, :]`` for ``s < n_snapshots``, encodes them into one shared sparse code
+and decodes with one decoder per snapshot:
+
+    h = sum_s x_s @ W_enc[s] + b_enc              W_enc [S, D, F], b_enc [F]
+    x_hat_s = f @ W_dec[:, s] + b_dec[s]           W_dec [F, S, D], b_dec [S, D]
+
+``||W_dec[i, s]||`` is the strength of feature ``i`` at snapshot ``s``. Encoding and
+dense decoding are each one matmul on the flattened ``[S * D]`` axis, because
+``W_enc [S, D, F]`` is contiguous as ``[S * D, F]`` and ``W_dec [F, S, D]`` as
+``[F, S * D]``.
+
+Activation normalisation is handled outside SAELens (``normalize_activations`` must
+stay ``"none"``): the activation store multiplies snapshot ``s`` by ``factor_s``, and
+``fold_activation_norm_scaling_factors(factors_S)`` moves those factors into the
+weights so the crosscoder reads raw activations. The folded factors are remembered in
+the ``folded_norm_factors`` buffer, and :meth:`CrosscoderMixin.decoder_norms` reports
+norms in the normalised space the model was trained in (raw norm times the folded
+factor). Every gate, top-k score and sparsity penalty reads those norms, so folding
+changes no feature activation, only the scale of the reconstruction.
+
+Decoder initialisation: every ``(feature, snapshot)`` row ``W_dec[i, s]`` starts with
+norm ``decoder_init_norm`` (0.08, Bayazit et al.), so all snapshots start with equal
+strength; ``W_enc[s] = W_dec[:, s].T``; biases start at zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from torch import nn
+
+DEFAULT_DECODER_INIT_NORM = 0.08
+
+
+@dataclass(kw_only=True)
+class CrosscoderConfigFields:
+    """Fields every crosscoder config adds to SAELens's ``SAEConfig``.
+
+    ``d_in`` (from SAEConfig) is the width of one snapshot's activation.
+    """
+
+    if TYPE_CHECKING:  # SAEConfig's fields, for the checks below
+        d_in: int
+        d_sae: int
+        normalize_activations: str
+        reshape_activations: str
+
+    n_snapshots: int
+    """Number of training snapshots S read per token; inputs are [..., S, d_in]."""
+    apply_b_dec_to_input: bool = False
+    """Subtract b_dec from the input before encoding (off, as in Anthropic's crosscoders)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_snapshots, int) or self.n_snapshots < 1:
+            raise ValueError(
+                f"n_snapshots must be a positive int, got {self.n_snapshots!r}; "
+                "set it to the number of snapshots stacked in each batch."
+            )
+        if self.d_in < 1 or self.d_sae < 1:
+            raise ValueError(
+                f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}."
+            )
+        if self.normalize_activations != "none":
+            raise ValueError(
+                "crosscoders need normalize_activations='none', got "
+                f"{self.normalize_activations!r}: normalise each snapshot in the "
+                "activation store and fold the factors afterwards with "
+                "fold_activation_norm_scaling_factors(factors_S)."
+            )
+        if self.reshape_activations != "none":
+            raise ValueError(
+                "crosscoders need reshape_activations='none', got "
+                f"{self.reshape_activations!r}: flatten hook_z heads before stacking "
+                "snapshots."
+            )
+        super().__post_init__()  # type: ignore[misc]
+
+
+@dataclass(kw_only=True)
+class CrosscoderTrainingConfigFields(CrosscoderConfigFields):
+    """Fields every crosscoder training config adds to SAELens's ``TrainingSAEConfig``."""
+
+    decoder_init_norm: float = DEFAULT_DECODER_INIT_NORM  # type: ignore[assignment]
+    """Initial norm of every (feature, snapshot) decoder row W_dec[i, s]."""
+
+    def __post_init__(self) -> None:
+        if self.decoder_init_norm is None or not self.decoder_init_norm > 0:
+            raise ValueError(
+                f"decoder_init_norm must be > 0, got {self.decoder_init_norm}; "
+                "Bayazit et al. use 0.08."
+            )
+        super().__post_init__()
+
+
+@dataclass
+class CrosscoderPass:
+    """Intermediate tensors of one training forward pass (leading axes flattened to N)."""
+
+    x_NSD: torch.Tensor
+    hidden_pre_NF: torch.Tensor
+    feature_acts_NF: torch.Tensor
+    recon_NSD: torch.Tensor = None  # type: ignore[assignment]  # set by training_pass
+    extras: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class CrosscoderMixin:
+    """Weights, encode/decode plumbing, decoder norms and folding shared by every
+    crosscoder class. Put it before ``SAE``/``TrainingSAE`` in the bases so its
+    overrides of SAELens's 2-D assumptions win."""
+
+    cfg: Any
+    dtype: torch.dtype
+    device: torch.device
+    W_enc: nn.Parameter
+    b_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+    folded_norm_factors: torch.Tensor
+
+    @property
+    def n_snapshots(self) -> int:
+        return self.cfg.n_snapshots
+
+    # ------------------------------------------------------------------ weights
+    def initialize_weights(self) -> None:
+        S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
+        # inference configs have no decoder_init_norm; their weights get loaded anyway
+        init_norm = getattr(self.cfg, "decoder_init_norm", DEFAULT_DECODER_INIT_NORM)
+        W_dec_FSD = torch.randn(F_, S, D, dtype=self.dtype, device=self.device)
+        W_dec_FSD = W_dec_FSD / W_dec_FSD.norm(dim=-1, keepdim=True) * init_norm
+        self.W_dec = nn.Parameter(W_dec_FSD)
+        self.W_enc = nn.Parameter(W_dec_FSD.permute(1, 2, 0).contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(F_, dtype=self.dtype, device=self.device))
+        self.b_dec = nn.Parameter(torch.zeros(S, D, dtype=self.dtype, device=self.device))
+        self.register_buffer(  # type: ignore[attr-defined]
+            "folded_norm_factors", torch.ones(S, dtype=self.dtype, device=self.device)
+        )
+
+    # ----------------------------------------------------------- encode/decode
+    def check_input_shape(self, x: torch.Tensor) -> None:
+        S, D = self.cfg.n_snapshots, self.cfg.d_in
+        if x.ndim < 2 or tuple(x.shape[-2:]) != (S, D):
+            raise ValueError(
+                f"crosscoder expects activations shaped [..., n_snapshots={S}, "
+                f"d_in={D}], got {tuple(x.shape)}; stack the snapshots' "
+                "activations on the second-to-last axis (ActivationProvider yields "
+                "[batch, n_snapshots, d_in])."
+            )
+
+    def process_sae_in(
+        self, sae_in: Float[torch.Tensor, "... n_snapshots d_in"]
+    ) -> Float[torch.Tensor, "... n_snapshots d_in"]:
+        self.check_input_shape(sae_in)
+        x = self.hook_sae_input(sae_in.to(self.dtype))  # type: ignore[attr-defined]
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x
+
+    def hidden_pre(
+        self, x: Float[torch.Tensor, "... n_snapshots d_in"]
+    ) -> Float[torch.Tensor, "... d_sae"]:
+        """Shared pre-activation ``h = sum_s x_s W_enc[s] + b_enc`` (hooked)."""
+        x = self.process_sae_in(x)
+        lead = x.shape[:-2]
+        S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
+        h_NF = torch.addmm(self.b_enc, x.reshape(-1, S * D), self.W_enc.reshape(S * D, F_))
+        return self.hook_sae_acts_pre(h_NF.reshape(*lead, F_))  # type: ignore[attr-defined]
+
+    def decode_dense(
+        self, feature_acts: Float[torch.Tensor, "... d_sae"]
+    ) -> Float[torch.Tensor, "... n_snapshots d_in"]:
+        """Linear decode ``x_hat_s = f W_dec[:, s] + b_dec[s]`` without hooks."""
+        S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
+        lead = feature_acts.shape[:-1]
+        out_N = torch.addmm(
+            self.b_dec.reshape(S * D),
+            feature_acts.to(self.dtype).reshape(-1, F_),
+            self.W_dec.reshape(F_, S * D),
+        )
+        return out_N.reshape(*lead, S, D)
+
+    def decode_active(
+        self,
+        indices: Int[torch.Tensor, "n k"],
+        values: Float[torch.Tensor, "n k"],
+        *,
+        offsets: Int[torch.Tensor, " n"] | None = None,
+        add_bias: bool = True,
+    ) -> Float[torch.Tensor, "n n_snapshots d_in"]:
+        """Decode only the active features (sparse gather) instead of a dense matmul.
+
+        ``indices``/``values`` are either ``[n, k]`` (k features per row) or flat with
+        ``offsets [n]`` giving where each row's features start (BatchTopK).
+        """
+        S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
+        out = F.embedding_bag(
+            indices,
+            self.W_dec.reshape(F_, S * D),
+            offsets=offsets,
+            mode="sum",
+            per_sample_weights=values.to(self.W_dec.dtype),
+        )
+        if add_bias:
+            out = out + self.b_dec.reshape(S * D)
+        return out.reshape(-1, S, D)
+
+    def _finish_decode(self, recon: torch.Tensor) -> torch.Tensor:
+        recon = self.hook_sae_recons(recon)  # type: ignore[attr-defined]
+        return self.run_time_activation_norm_fn_out(recon)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------ decoder norms
+    def snapshot_norms(self) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+        """Differentiable decoder norms in the normalised (training) space."""
+        return self.W_dec.norm(dim=-1) * self.folded_norm_factors
+
+    @torch.no_grad()
+    def decoder_norms(self) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+        """Strength of feature i at snapshot s, ``||W_dec[i, s]||``, measured in the
+        normalised space the crosscoder was trained in, so folding the normalisation
+        factors into the weights does not change it. See :meth:`raw_decoder_norms`."""
+        return self.snapshot_norms().detach().clone()
+
+    @torch.no_grad()
+    def raw_decoder_norms(self) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+        """``||W_dec[i, s]||`` of the stored weights (raw activation units once folded)."""
+        return self.W_dec.norm(dim=-1).detach().clone()
+
+    # ------------------------------------------------------------------ folding
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factors(
+        self, factors_S: Sequence[float] | torch.Tensor | None = None
+    ) -> None:
+        """Fold per-snapshot normalisation factors into the weights.
+
+        The crosscoder was trained on ``factor_s * a_s``. Afterwards it reads raw
+        ``a_s`` and returns raw-scale reconstructions: ``W_enc[s] *= factor_s``,
+        ``W_dec[:, s] /= factor_s``, ``b_dec[s] /= factor_s``. Codes are unchanged.
+        Without ``factors_S``, ``cfg.metadata.activation_norm_factors`` is used.
+        """
+        if factors_S is None:
+            factors_S = self.cfg.metadata.get("activation_norm_factors")
+            if factors_S is None:
+                raise ValueError(
+                    "no factors given and cfg.metadata has no activation_norm_factors; "
+                    "pass factors_S=store.norm_factors(hook)."
+                )
+            if not bool(torch.all(self.folded_norm_factors == 1)):
+                raise ValueError(
+                    "the metadata's activation_norm_factors are already folded into "
+                    "this crosscoder (folded_norm_factors is not all ones); pass "
+                    "factors_S explicitly to fold further factors."
+                )
+        factors = torch.as_tensor(factors_S, dtype=torch.float64).flatten()
+        if factors.shape != (self.cfg.n_snapshots,):
+            raise ValueError(
+                f"need one factor per snapshot ({self.cfg.n_snapshots}), got shape "
+                f"{tuple(factors.shape)}."
+            )
+        if not bool(torch.all(torch.isfinite(factors) & (factors > 0))):
+            raise ValueError(
+                f"normalisation factors must be finite and > 0, got {factors.tolist()}."
+            )
+        factors = factors.to(self.device, self.dtype)
+        self.W_enc.data.mul_(factors[:, None, None])
+        self.W_dec.data.div_(factors[None, :, None])
+        self.b_dec.data.div_(factors[:, None])
+        self.folded_norm_factors.mul_(factors)
+        self.cfg.metadata.activation_norm_factors_folded = True
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        """SAELens's scalar version: the same factor for every snapshot."""
+        self.fold_activation_norm_scaling_factors([float(scaling_factor)] * self.cfg.n_snapshots)
+
+    def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "crosscoders do not support covariance whitening; normalise each snapshot "
+            "by a scalar and use fold_activation_norm_scaling_factors."
+        )
+
+    @torch.no_grad()
+    def get_W_dec_norm(self) -> Float[torch.Tensor, " d_sae"]:
+        """Norm of each feature's decoder concatenated over snapshots."""
+        S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
+        return self.W_dec.reshape(F_, S * D).norm(dim=-1).clamp(min=1e-8)
+
+    @torch.no_grad()
+    def fold_and_get_W_dec_norm(self) -> torch.Tensor:
+        """Scale each feature so its concatenated decoder row has unit norm.
+
+        ``h_i`` grows by ``c_i`` while every ``||W_dec[i, s]||`` shrinks by it, so
+        gates, top-k scores and reconstructions are unchanged; the code f_i scales by c_i.
+        """
+        norms_F = self.get_W_dec_norm()
+        self.W_dec.data.div_(norms_F[:, None, None])
+        self.W_enc.data.mul_(norms_F[None, None, :])
+        self.b_enc.data.mul_(norms_F)
+        return norms_F
+
+    def fold_W_dec_norm(self) -> None:
+        self.fold_and_get_W_dec_norm()
+
+    # ------------------------------------------------------------------ logging
+    @torch.no_grad()
+    def log_histograms(self) -> dict[str, np.ndarray]:
+        norms_FS = self.decoder_norms().float().cpu().numpy()
+        return {
+            f"weights/decoder_norms/snapshot_{s}": norms_FS[:, s]
+            for s in range(norms_FS.shape[1])
+        }
+
+
+class CrosscoderTrainingMixin(CrosscoderMixin):
+    """Training loss plumbing. Each architecture implements ``_training_encode``
+    (fills a :class:`CrosscoderPass` up to the code), ``_training_decode`` and
+    ``_sparsity_losses``; the reconstruction loss is shared:
+    ``mse_loss = mean over batch of sum_s ||x_hat_s - x_s||^2``."""
+
+    def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
+        raise NotImplementedError
+
+    def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
+        return self.decode_dense(fwd.feature_acts_NF)
+
+    def _sparsity_losses(
+        self, step_input: TrainStepInput, fwd: CrosscoderPass
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _after_training_pass(self, fwd: CrosscoderPass) -> None:
+        """Hook for state updated once per step (BatchTopK's running threshold)."""
+
+    def optimizer_param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Adam param groups; JumpReLU gives its threshold a smaller learning rate."""
+        params = [p for p in self.parameters() if p.requires_grad]  # type: ignore[attr-defined]
+        return [{"params": params, "lr": lr}]
+
+    def training_pass(self, sae_in: Float[torch.Tensor, "... n_snapshots d_in"]) -> CrosscoderPass:
+        self.check_input_shape(sae_in)
+        x_NSD = sae_in.reshape(-1, self.cfg.n_snapshots, self.cfg.d_in)
+        fwd = self._training_encode(x_NSD)
+        fwd.recon_NSD = self._finish_decode(self._training_decode(fwd))
+        return fwd
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        fwd = self.training_pass(step_input.sae_in)
+        target_NSD = fwd.x_NSD.to(fwd.recon_NSD.dtype)
+        mse_loss = (fwd.recon_NSD - target_NSD).pow(2).sum(dim=(-2, -1)).mean()
+        losses = {"mse_loss": mse_loss, **self._sparsity_losses(step_input, fwd)}
+        loss = torch.stack(list(losses.values())).sum()
+        self._after_training_pass(fwd)
+        return TrainStepOutput(
+            sae_in=fwd.x_NSD,
+            sae_out=fwd.recon_NSD,
+            feature_acts=fwd.feature_acts_NF,
+            hidden_pre=fwd.hidden_pre_NF,
+            loss=loss,
+            losses=losses,
+            metrics=fwd.metrics,
+        )
+
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_input_shape(x)
+        lead = x.shape[:-2]
+        fwd = self._training_encode(x.reshape(-1, self.cfg.n_snapshots, self.cfg.d_in))
+        F_ = self.cfg.d_sae
+        return fwd.feature_acts_NF.reshape(*lead, F_), fwd.hidden_pre_NF.reshape(*lead, F_)
+
+    def calculate_aux_loss(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(
+            "crosscoders compute all loss terms in training_forward_pass; call that instead."
+        )
+
+
+def set_crosscoder_metadata(
+    cfg: Any,
+    *,
+    provenance: Mapping[str, Any] | None = None,
+    hook_name: str | None = None,
+    activation_norm_factors: Sequence[float] | torch.Tensor | None = None,
+) -> None:
+    """Record where the training activations came from in ``cfg.metadata`` (saved in cfg.json).
+
+    ``provenance`` is ``CheckpointSuite.provenance()`` (family, model_id, snapshots with
+    revision, step, tokens_seen, weights_sha256); ``activation_norm_factors`` are the
+    per-snapshot factors the activations were multiplied by (``store.norm_factors(hook)``).
+    """
+    S = cfg.n_snapshots
+    if provenance is not None:
+        snapshots = provenance.get("snapshots")
+        if snapshots is not None and len(snapshots) != S:
+            raise ValueError(
+                f"provenance lists {len(snapshots)} snapshots but the crosscoder has "
+                f"n_snapshots={S}; pass the provenance of the suite the activations came from."
+            )
+        cfg.metadata.suite = dict(provenance)
+        if provenance.get("model_id") is not None:
+            cfg.metadata.model_name = provenance["model_id"]
+    if hook_name is not None:
+        cfg.metadata.hook_name = hook_name
+    if activation_norm_factors is not None:
+        factors = [float(v) for v in torch.as_tensor(activation_norm_factors).flatten().tolist()]
+        if len(factors) != S or not all(math.isfinite(v) and v > 0 for v in factors):
+            raise ValueError(
+                f"activation_norm_factors must be {S} finite positive numbers, got {factors}."
+            )
+        cfg.metadata.activation_norm_factors = factors

@@ -1,0 +1,165 @@
+"""BatchTopK crosscoder (architecture ``"batchtopk_crosscoder"``).
+
+Training keeps the ``k * batch`` largest scores ``ReLU(h_i) * sum_s ||W_dec[i, s]||``
+over the whole batch (k features per token on average) and tracks a running threshold:
+an exponential moving average (rate ``topk_threshold_lr``) of the smallest positive
+score that was kept. Loss and auxiliary-k loss are those of the TopK crosscoder.
+
+For inference the running threshold becomes a fixed one, so a token's code no longer
+depends on its batch: ``f_i = ReLU(h_i) * [ReLU(h_i) * sum_s ||W_dec[i, s]|| > t]``.
+``save_inference_model`` writes it as the per-feature ``threshold`` of the inference
+class :class:`BatchTopKCrosscoder` (same architecture name, SAELens layout).
+
+With n_snapshots = 1 this matches SAELens's ``batchtopk`` SAE with
+``rescale_acts_by_decoder_norm=True`` (which saves as a JumpReLU SAE): same selection,
+threshold, reconstruction and losses; our code is ``ReLU(h)``, SAELens's is
+``ReLU(h) * ||W_dec||``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from sae_lens.saes.sae import SAE, SAEConfig
+from torch import nn
+
+from crosslens.crosscoders.base import CrosscoderConfigFields, CrosscoderMixin, CrosscoderPass
+from crosslens.crosscoders.topk_crosscoder import (
+    TopKTrainingCrosscoder,
+    TopKTrainingCrosscoderConfig,
+)
+
+ARCHITECTURE = "batchtopk_crosscoder"
+
+
+@dataclass(kw_only=True)
+class BatchTopKCrosscoderConfig(CrosscoderConfigFields, SAEConfig):
+    """Inference config of the BatchTopK crosscoder (fixed threshold)."""
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+@dataclass(kw_only=True)
+class BatchTopKTrainingCrosscoderConfig(TopKTrainingCrosscoderConfig):
+    """Training config of the BatchTopK crosscoder."""
+
+    k: float = 32  # type: ignore[assignment]
+    """Features kept per token on average over the batch."""
+    topk_threshold_lr: float = 0.01
+    """Rate of the moving average that turns the batch top-k cut-off into a fixed threshold."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.topk_threshold_lr <= 1:
+            raise ValueError(f"topk_threshold_lr must be in (0, 1], got {self.topk_threshold_lr}.")
+        super().__post_init__()
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+class BatchTopKCrosscoder(CrosscoderMixin, SAE[BatchTopKCrosscoderConfig]):
+    """Inference BatchTopK crosscoder with a fixed threshold per feature."""
+
+    threshold: nn.Parameter
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        self.threshold = nn.Parameter(
+            torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device)
+        )
+
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        # a training checkpoint (save_model of the training class) carries the
+        # running threshold instead; read it as the fixed one
+        if "topk_threshold" in state_dict and "threshold" not in state_dict:
+            threshold = state_dict.pop("topk_threshold").item()
+            state_dict["threshold"] = torch.full_like(state_dict["b_enc"], threshold)
+
+    def encode(
+        self, x: Float[torch.Tensor, "... n_snapshots d_in"]
+    ) -> Float[torch.Tensor, "... d_sae"]:
+        relu_h = self.hidden_pre(x).relu()
+        keep = relu_h * self.snapshot_norms().sum(dim=1) > self.threshold
+        return self.hook_sae_acts_post(relu_h * keep)  # type: ignore[attr-defined]
+
+    def decode(
+        self, feature_acts: Float[torch.Tensor, "... d_sae"]
+    ) -> Float[torch.Tensor, "... n_snapshots d_in"]:
+        return self._finish_decode(self.decode_dense(feature_acts))
+
+
+class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
+    """Training BatchTopK crosscoder; saves for inference as :class:`BatchTopKCrosscoder`."""
+
+    cfg: BatchTopKTrainingCrosscoderConfig  # type: ignore[assignment]
+    topk_threshold: torch.Tensor
+
+    def __init__(self, cfg: BatchTopKTrainingCrosscoderConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+        # float64: the moving average takes many tiny steps
+        self.register_buffer(
+            "topk_threshold", torch.zeros((), dtype=torch.float64, device=self.device)
+        )
+
+    def _apply(self, *args: Any, **kwargs: Any) -> Any:
+        out = super()._apply(*args, **kwargs)
+        # .to(dtype) casts every float buffer (the load paths call it); keep float64
+        threshold = self._buffers.get("topk_threshold")
+        if threshold is not None and threshold.dtype != torch.float64:
+            self._buffers["topk_threshold"] = threshold.double()
+        return out
+
+    def encode(
+        self, x: Float[torch.Tensor, "... n_snapshots d_in"]
+    ) -> Float[torch.Tensor, "... d_sae"]:
+        """Batch top-k code (depends on the batch, as in training)."""
+        lead = x.shape[:-2]
+        fwd = self._training_encode(x.reshape(-1, self.cfg.n_snapshots, self.cfg.d_in))
+        return fwd.feature_acts_NF.reshape(*lead, self.cfg.d_sae)
+
+    def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
+        h_NF = self.hidden_pre(x_NSD)
+        relu_h_NF = h_NF.relu()
+        scores_NF = self.selection_scores(h_NF)
+        n_keep = min(int(self.cfg.k * h_NF.shape[0]), scores_NF.numel())
+        # sorted flat indices run row by row, as embedding_bag's offsets need
+        flat_idx = scores_NF.flatten().topk(n_keep, sorted=False).indices.sort().values
+        rows, cols = flat_idx // self.cfg.d_sae, flat_idx % self.cfg.d_sae
+        vals = relu_h_NF.flatten()[flat_idx]
+        kept_scores = scores_NF.flatten()[flat_idx]
+        f_NF = torch.zeros_like(relu_h_NF).flatten().index_put((flat_idx,), vals).view_as(h_NF)
+        return CrosscoderPass(
+            x_NSD=x_NSD,
+            hidden_pre_NF=h_NF,
+            feature_acts_NF=self.hook_sae_acts_post(f_NF),
+            extras={"rows": rows, "cols": cols, "vals": vals, "kept_scores": kept_scores},
+        )
+
+    def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
+        if not self.uses_sparse_decode:
+            return self.decode_dense(fwd.feature_acts_NF)
+        rows = fwd.extras["rows"]
+        counts_N = torch.bincount(rows, minlength=fwd.hidden_pre_NF.shape[0])
+        offsets_N = counts_N.cumsum(0) - counts_N
+        return self.decode_active(fwd.extras["cols"], fwd.extras["vals"], offsets=offsets_N)
+
+    @torch.no_grad()
+    def _after_training_pass(self, fwd: CrosscoderPass) -> None:
+        kept = fwd.extras["kept_scores"]
+        positive = kept[kept > 0]
+        if positive.numel():
+            lr = self.cfg.topk_threshold_lr
+            smallest = positive.min().to(torch.float64)
+            self.topk_threshold.copy_((1 - lr) * self.topk_threshold + lr * smallest)
+        fwd.metrics["topk_threshold"] = self.topk_threshold.detach().clone()
+
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving_inference(state_dict)
+        threshold = state_dict.pop("topk_threshold").item()
+        state_dict["threshold"] = torch.full_like(state_dict["b_enc"], threshold)

@@ -1,0 +1,108 @@
+"""ReLU crosscoder (architecture ``"crosscoder"``): Anthropic's crosscoder, as used by
+Bayazit et al.
+
+    f = ReLU(h)
+    loss = mean_batch sum_s ||x_hat_s - x_s||^2
+         + lambda * mean_batch sum_i f_i * sum_s ||W_dec[i, s]||
+
+lambda is the ``"l1"`` coefficient, warmed up linearly over ``l1_warm_up_steps``.
+With n_snapshots = 1 this is SAELens's ``standard`` SAE with ``apply_b_dec_to_input=False``
+(its L1 term is weighted by the decoder norm in the same way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from sae_lens.saes.sae import (
+    SAE,
+    SAEConfig,
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+)
+
+from crosslens.crosscoders.base import (
+    CrosscoderConfigFields,
+    CrosscoderMixin,
+    CrosscoderPass,
+    CrosscoderTrainingConfigFields,
+    CrosscoderTrainingMixin,
+)
+
+ARCHITECTURE = "crosscoder"
+
+
+@dataclass(kw_only=True)
+class ReLUCrosscoderConfig(CrosscoderConfigFields, SAEConfig):
+    """Inference config of the ReLU crosscoder."""
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+@dataclass(kw_only=True)
+class ReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingSAEConfig):
+    """Training config of the ReLU crosscoder."""
+
+    l1_coefficient: float = 2.0
+    """lambda, weight of the decoder-norm-weighted L1 penalty (Bayazit et al.: 2)."""
+    l1_warm_up_steps: int = 0
+    """Steps over which lambda rises linearly from 0 (Bayazit et al.: 5% of training)."""
+
+    def __post_init__(self) -> None:
+        if self.l1_coefficient < 0 or self.l1_warm_up_steps < 0:
+            raise ValueError(
+                f"l1_coefficient and l1_warm_up_steps must be >= 0, got "
+                f"{self.l1_coefficient} and {self.l1_warm_up_steps}."
+            )
+        super().__post_init__()
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+class _ReLUCrosscoderMath(CrosscoderMixin):
+    def encode(
+        self, x: Float[torch.Tensor, "... n_snapshots d_in"]
+    ) -> Float[torch.Tensor, "... d_sae"]:
+        return self.hook_sae_acts_post(self.hidden_pre(x).relu())  # type: ignore[attr-defined]
+
+    def decode(
+        self, feature_acts: Float[torch.Tensor, "... d_sae"]
+    ) -> Float[torch.Tensor, "... n_snapshots d_in"]:
+        return self._finish_decode(self.decode_dense(feature_acts))
+
+
+class ReLUCrosscoder(_ReLUCrosscoderMath, SAE[ReLUCrosscoderConfig]):
+    """Inference ReLU crosscoder: ``forward(x [..., S, D]) -> x_hat [..., S, D]``."""
+
+
+class ReLUTrainingCrosscoder(
+    _ReLUCrosscoderMath, CrosscoderTrainingMixin, TrainingSAE[ReLUTrainingCrosscoderConfig]
+):
+    """Training ReLU crosscoder."""
+
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {
+            "l1": TrainCoefficientConfig(
+                value=self.cfg.l1_coefficient, warm_up_steps=self.cfg.l1_warm_up_steps
+            )
+        }
+
+    def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
+        h_NF = self.hidden_pre(x_NSD)
+        f_NF = self.hook_sae_acts_post(h_NF.relu())
+        return CrosscoderPass(x_NSD=x_NSD, hidden_pre_NF=h_NF, feature_acts_NF=f_NF)
+
+    def _sparsity_losses(
+        self, step_input: TrainStepInput, fwd: CrosscoderPass
+    ) -> dict[str, torch.Tensor]:
+        norm_sum_F = self.snapshot_norms().sum(dim=1)
+        per_token_N = fwd.feature_acts_NF @ norm_sum_F
+        return {"l1_loss": step_input.coefficients["l1"] * per_token_N.mean()}

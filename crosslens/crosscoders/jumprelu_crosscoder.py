@@ -1,0 +1,282 @@
+"""JumpReLU crosscoder (architecture ``"jumprelu_crosscoder"``), after Ge et al. 2025.
+
+One learned threshold ``t_i`` per feature, shared by all snapshots (kept in float32).
+The gate of feature i at snapshot s compares the feature's contribution there with it:
+
+    gate_{i,s} = [h_i * ||W_dec[i, s]|| > t_i]
+
+so a feature can be on at one snapshot and off at another. The code feeding snapshot
+s's reconstruction is ``h_i * gate_{i,s}`` (Ge et al.'s per-snapshot activation).
+
+The shared code and how decode reads it. ``encode`` returns the shared code
+``f_i = h_i * any_s gate_{i,s}``: the pre-activation where the feature is on at any
+snapshot, else 0. ``decode(f)`` re-applies the per-snapshot gate to the code it is
+given, ``f_i * [f_i * ||W_dec[i, s]|| > t_i]``. For a code from ``encode`` this
+recovers every gate exactly, so ``decode(encode(x)) == forward(x)``. Decoding an edited
+code (scaled, interpolated, patched) re-gates it: a feature pushed below a snapshot's
+threshold stops contributing there, as it would inside the model. Use
+``encode_per_snapshot``/``decode_per_snapshot`` for the ``[..., S, F]`` code with no
+re-gating. Training reconstructs from the per-snapshot code computed from ``h``
+(``hook_sae_acts_post`` there sees the shared code but cannot edit the reconstruction).
+The per-snapshot code costs O(batch * S * d_sae) elementwise work per step, which the
+other architectures do not do; ``benchmarks/train.py`` measures it.
+
+Straight-through estimator: the gate passes gradient to ``h`` where open and, through a
+rectangle kernel of width ``jumprelu_bandwidth`` around the threshold, to ``t_i``:
+``d/dt_i = -(t_i / (||W_dec[i, s]|| * eps)) * [|h_i ||W_dec[i,s]|| - t_i| < eps/2]``
+times the upstream gradient, summed over tokens and snapshots. This is the JumpReLU
+estimator applied to ``h * ||W_dec[i, s]||`` and divided back by the norm, so with one
+snapshot and unit decoder norms it equals SAELens's JumpReLU gradient.
+
+Sparsity loss (Ge et al.):
+
+    score_{i,s} = tanh(c * f_{i,s} * ||W_dec[i, s]||)
+    p_i = mean over tokens and snapshots of score_{i,s}
+    L_s = lambda * sum_i p_i * (1 + p_i / q)        (c = 4, q = 0.01 by default)
+
+With ``sparsity_target=None`` the quadratic term is dropped and, for n_snapshots = 1,
+this equals SAELens's JumpReLU ``tanh`` sparsity loss. The threshold trains at
+``threshold_lr_scale`` (0.1) times the learning rate, through its own param group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from sae_lens.saes.sae import (
+    SAE,
+    SAEConfig,
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+from torch import nn
+
+from crosslens.crosscoders.base import (
+    CrosscoderConfigFields,
+    CrosscoderMixin,
+    CrosscoderPass,
+    CrosscoderTrainingConfigFields,
+    CrosscoderTrainingMixin,
+)
+
+ARCHITECTURE = "jumprelu_crosscoder"
+
+
+class SnapshotJumpReLU(torch.autograd.Function):
+    """``f[s, n, i] = h[n, i] * [h[n, i] * norms[i, s] > t[i]]`` with a rectangle-kernel
+    straight-through gradient to the threshold (none to the norms).
+
+    Snapshot-major output, so decoding is one batched matmul per snapshot with no
+    transpose of the [S, N, F] code. Masks apply through ``torch.where``: multiplying by
+    a broadcast bool tensor takes PyTorch's slow type-promotion path."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        h_NF: torch.Tensor,
+        norms_FS: torch.Tensor,
+        threshold_F: torch.Tensor,
+        bandwidth: float,
+    ) -> torch.Tensor:
+        norms_S1F = norms_FS.T.contiguous()[:, None, :]
+        ctx.save_for_backward(h_NF, norms_S1F, threshold_F)
+        ctx.bandwidth = bandwidth
+        return torch.where(h_NF * norms_S1F > threshold_F, h_NF, 0.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad_SNF: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        h_NF, norms_S1F, threshold_F = ctx.saved_tensors
+        bandwidth = ctx.bandwidth
+        distance_SNF = h_NF * norms_S1F - threshold_F
+        grad_h = torch.where(distance_SNF > 0, grad_SNF, 0.0).sum(dim=0)
+        in_window_SNF = distance_SNF.abs_() < bandwidth / 2
+        window_grad_SF = torch.where(in_window_SNF, grad_SNF, 0.0).sum(dim=1)
+        kernel_SF = threshold_F / (norms_S1F[:, 0].clamp(min=1e-8) * bandwidth)
+        grad_t = -(window_grad_SF * kernel_SF).sum(dim=0)
+        return grad_h, None, grad_t, None
+
+
+@dataclass(kw_only=True)
+class JumpReLUCrosscoderConfig(CrosscoderConfigFields, SAEConfig):
+    """Inference config of the JumpReLU crosscoder."""
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+@dataclass(kw_only=True)
+class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingSAEConfig):
+    """Training config of the JumpReLU crosscoder (Ge et al.)."""
+
+    jumprelu_init_threshold: float = 0.01
+    """Initial threshold t_i of every feature (compared with h_i * ||W_dec[i, s]||)."""
+    jumprelu_bandwidth: float = 0.05
+    """Width eps of the rectangle kernel in the threshold's straight-through gradient."""
+    l0_coefficient: float = 1.0
+    """lambda, weight of the tanh sparsity loss."""
+    l0_warm_up_steps: int = 0
+    """Steps over which lambda rises linearly from 0 (Ge et al.: 10% of training)."""
+    tanh_scale: float = 4.0
+    """c in tanh(c * f * ||W_dec||)."""
+    sparsity_target: float | None = 0.01
+    """q in sum_i p_i (1 + p_i / q); None drops the quadratic term (SAELens's tanh loss)."""
+    threshold_lr_scale: float = 0.1
+    """The threshold's learning rate as a fraction of the main learning rate."""
+
+    def __post_init__(self) -> None:
+        for name in ("jumprelu_bandwidth", "tanh_scale", "threshold_lr_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
+        if self.jumprelu_init_threshold < 0:
+            raise ValueError(
+                f"jumprelu_init_threshold must be >= 0, got {self.jumprelu_init_threshold}."
+            )
+        if self.sparsity_target is not None and not self.sparsity_target > 0:
+            raise ValueError(
+                f"sparsity_target must be > 0 or None, got {self.sparsity_target}; "
+                "Ge et al. use 0.01."
+            )
+        if self.l0_coefficient < 0 or self.l0_warm_up_steps < 0:
+            raise ValueError(
+                f"l0_coefficient and l0_warm_up_steps must be >= 0, got "
+                f"{self.l0_coefficient} and {self.l0_warm_up_steps}."
+            )
+        super().__post_init__()
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+class _JumpReLUCrosscoderMath(CrosscoderMixin):
+    threshold: nn.Parameter
+
+    def _add_threshold(self, init: float) -> None:
+        # float32 whatever the weights' dtype: Adam's small steps on the threshold
+        # would round away in bfloat16.
+        self.threshold = nn.Parameter(
+            torch.full((self.cfg.d_sae,), float(init), dtype=torch.float32, device=self.device)
+        )
+
+    def _apply(self, *args: Any, **kwargs: Any) -> Any:
+        out = super()._apply(*args, **kwargs)  # type: ignore[misc]
+        threshold = self._parameters.get("threshold")  # type: ignore[attr-defined]
+        if threshold is not None and threshold.dtype != torch.float32:
+            threshold.data = threshold.data.float()
+        return out
+
+    def _gates(self, code: torch.Tensor) -> torch.Tensor:
+        """Per-snapshot gates [..., S, F] of a pre-activation or shared code."""
+        contribution = code[..., None, :] * self.snapshot_norms().T.contiguous()
+        return contribution > self.threshold.to(code.dtype)
+
+    def encode_per_snapshot(
+        self, x: Float[torch.Tensor, "... n_snapshots d_in"]
+    ) -> Float[torch.Tensor, "... n_snapshots d_sae"]:
+        """Per-snapshot code ``h_i * gate_{i,s}``."""
+        h = self.hidden_pre(x)
+        return torch.where(self._gates(h), h[..., None, :], 0.0)
+
+    def encode(
+        self, x: Float[torch.Tensor, "... n_snapshots d_in"]
+    ) -> Float[torch.Tensor, "... d_sae"]:
+        """Shared code ``h_i * any_s gate_{i,s}``."""
+        h = self.hidden_pre(x)
+        f = torch.where(self._gates(h).any(dim=-2), h, 0.0)
+        return self.hook_sae_acts_post(f)  # type: ignore[attr-defined]
+
+    def decode_per_snapshot(
+        self, feature_acts: Float[torch.Tensor, "... n_snapshots d_sae"]
+    ) -> Float[torch.Tensor, "... n_snapshots d_in"]:
+        """Linear decode of a per-snapshot code: ``x_hat_s = f_s W_dec[:, s] + b_dec[s]``."""
+        f = feature_acts.to(self.dtype)
+        recon = torch.einsum("...sf,fsd->...sd", f, self.W_dec) + self.b_dec
+        return self._finish_decode(recon)
+
+    def decode(
+        self, feature_acts: Float[torch.Tensor, "... d_sae"]
+    ) -> Float[torch.Tensor, "... n_snapshots d_in"]:
+        """Decode a shared code, re-applying each snapshot's gate to it."""
+        f = feature_acts.to(self.dtype)
+        return self.decode_per_snapshot(torch.where(self._gates(f), f[..., None, :], 0.0))
+
+
+class JumpReLUCrosscoder(_JumpReLUCrosscoderMath, SAE[JumpReLUCrosscoderConfig]):
+    """Inference JumpReLU crosscoder."""
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        self._add_threshold(0.0)
+
+
+class JumpReLUTrainingCrosscoder(
+    _JumpReLUCrosscoderMath,
+    CrosscoderTrainingMixin,
+    TrainingSAE[JumpReLUTrainingCrosscoderConfig],
+):
+    """Training JumpReLU crosscoder."""
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        self._add_threshold(self.cfg.jumprelu_init_threshold)
+
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {
+            "l0": TrainCoefficientConfig(
+                value=self.cfg.l0_coefficient, warm_up_steps=self.cfg.l0_warm_up_steps
+            )
+        }
+
+    def optimizer_param_groups(self, lr: float) -> list[dict[str, Any]]:
+        others = [
+            p for name, p in self.named_parameters() if name != "threshold" and p.requires_grad
+        ]
+        return [
+            {"params": others, "lr": lr},
+            {"params": [self.threshold], "lr": lr * self.cfg.threshold_lr_scale},
+        ]
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        # A negative threshold would open the gate for negative contributions;
+        # project rather than clamp in the graph so the gradient still flows at 0.
+        with torch.no_grad():
+            self.threshold.data.clamp_(min=0.0)
+        return super().training_forward_pass(step_input)
+
+    def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
+        h_NF = self.hidden_pre(x_NSD)
+        norms_FS = self.snapshot_norms()
+        f_SNF = SnapshotJumpReLU.apply(
+            h_NF, norms_FS, self.threshold.to(h_NF.dtype), self.cfg.jumprelu_bandwidth
+        )
+        with torch.no_grad():
+            f_NF = torch.where((f_SNF != 0).any(dim=0), h_NF, 0.0)
+        f_NF = self.hook_sae_acts_post(f_NF)
+        return CrosscoderPass(
+            x_NSD=x_NSD,
+            hidden_pre_NF=h_NF,
+            feature_acts_NF=f_NF,
+            extras={"f_SNF": f_SNF, "norms_FS": norms_FS},
+        )
+
+    def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
+        recon_SND = torch.bmm(fwd.extras["f_SNF"], self.W_dec.transpose(0, 1))
+        return recon_SND.transpose(0, 1) + self.b_dec
+
+    def _sparsity_losses(
+        self, step_input: TrainStepInput, fwd: CrosscoderPass
+    ) -> dict[str, torch.Tensor]:
+        f_SNF, norms_FS = fwd.extras["f_SNF"], fwd.extras["norms_FS"]
+        scale_S1F = (self.cfg.tanh_scale * norms_FS.T).contiguous()[:, None, :]
+        score_SNF = torch.tanh(f_SNF * scale_S1F)
+        p_F = score_SNF.mean(dim=(0, 1))
+        q = self.cfg.sparsity_target
+        per_feature_F = p_F if q is None else p_F * (1 + p_F / q)
+        return {"l0_loss": step_input.coefficients["l0"] * per_feature_F.sum()}

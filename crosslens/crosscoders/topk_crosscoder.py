@@ -1,0 +1,180 @@
+"""TopK crosscoder (architecture ``"topk_crosscoder"``).
+
+Each token keeps the k features with the largest ``ReLU(h_i) * sum_s ||W_dec[i, s]||``
+(the feature's total contribution across snapshots); the code keeps ``ReLU(h_i)`` for
+them. Loss: ``mean_batch sum_s ||x_hat_s - x_s||^2`` plus the auxiliary-k loss on dead
+features: the ``aux_k`` dead features with the largest ``h_i * sum_s ||W_dec[i, s]||``
+reconstruct the residual ``x - x_hat`` (detached, no decoder bias), scaled by
+``aux_loss_coefficient * min(n_dead / aux_k, 1)``. ``aux_k`` defaults to half the input
+width, ``n_snapshots * d_in // 2`` (the TopK SAE papers' heuristic).
+
+With k much smaller than d_sae, training decodes only the active features (a gather of
+their decoder rows through ``embedding_bag``) instead of a dense ``[N, F] @ [F, S*D]``
+matmul; see ``benchmarks/train.py`` for the speed-up.
+
+With n_snapshots = 1 this is SAELens's ``topk`` SAE with
+``rescale_acts_by_decoder_norm=True``: same selection, reconstruction and losses; our
+code is ``ReLU(h)`` where SAELens's is ``ReLU(h) * ||W_dec||``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from sae_lens.saes.sae import (
+    SAE,
+    SAEConfig,
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+)
+
+from crosslens.crosscoders.base import (
+    CrosscoderConfigFields,
+    CrosscoderMixin,
+    CrosscoderPass,
+    CrosscoderTrainingConfigFields,
+    CrosscoderTrainingMixin,
+)
+
+ARCHITECTURE = "topk_crosscoder"
+
+SPARSE_DECODE_MAX_DENSITY = 1 / 16
+"""Auto mode decodes sparsely when k / d_sae is at most this."""
+
+
+@dataclass(kw_only=True)
+class TopKCrosscoderConfig(CrosscoderConfigFields, SAEConfig):
+    """Inference config of the TopK crosscoder."""
+
+    k: int = 32
+    """Number of features kept per token."""
+
+    def __post_init__(self) -> None:
+        _check_k(self.k, self.d_sae)
+        super().__post_init__()
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+@dataclass(kw_only=True)
+class TopKTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingSAEConfig):
+    """Training config of the TopK crosscoder."""
+
+    k: int = 32
+    """Number of features kept per token."""
+    aux_loss_coefficient: float = 1.0
+    """Weight of the auxiliary-k loss on dead features (SAELens's default; OpenAI used 1/32)."""
+    aux_k: int | None = None
+    """Dead features used by the auxiliary loss; None means n_snapshots * d_in // 2."""
+    sparse_decode: bool | None = None
+    """Decode only the active features in training; None decides by k / d_sae <= 1/16."""
+
+    def __post_init__(self) -> None:
+        _check_k(self.k, self.d_sae)
+        if self.aux_loss_coefficient < 0:
+            raise ValueError(f"aux_loss_coefficient must be >= 0, got {self.aux_loss_coefficient}.")
+        if self.aux_k is not None and self.aux_k < 1:
+            raise ValueError(f"aux_k must be >= 1 or None, got {self.aux_k}.")
+        super().__post_init__()
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+def _check_k(k: float, d_sae: int) -> None:
+    if not 0 < k <= d_sae:
+        raise ValueError(f"k must be in (0, d_sae={d_sae}], got {k}; lower k or raise d_sae.")
+
+
+class _TopKCrosscoderMath(CrosscoderMixin):
+    def selection_scores(self, h: torch.Tensor) -> torch.Tensor:
+        """``ReLU(h_i) * sum_s ||W_dec[i, s]||``, the quantity top-k ranks (no gradient)."""
+        with torch.no_grad():
+            return h.relu() * self.snapshot_norms().sum(dim=1)
+
+    def encode(
+        self, x: Float[torch.Tensor, "... n_snapshots d_in"]
+    ) -> Float[torch.Tensor, "... d_sae"]:
+        h = self.hidden_pre(x)
+        idx = self.selection_scores(h).topk(self.cfg.k, dim=-1, sorted=False).indices
+        f = torch.zeros_like(h).scatter(-1, idx, h.relu().gather(-1, idx))
+        return self.hook_sae_acts_post(f)  # type: ignore[attr-defined]
+
+    def decode(
+        self, feature_acts: Float[torch.Tensor, "... d_sae"]
+    ) -> Float[torch.Tensor, "... n_snapshots d_in"]:
+        return self._finish_decode(self.decode_dense(feature_acts))
+
+
+class TopKCrosscoder(_TopKCrosscoderMath, SAE[TopKCrosscoderConfig]):
+    """Inference TopK crosscoder."""
+
+
+class TopKTrainingCrosscoder(
+    _TopKCrosscoderMath, CrosscoderTrainingMixin, TrainingSAE[TopKTrainingCrosscoderConfig]
+):
+    """Training TopK crosscoder."""
+
+    @property
+    def uses_sparse_decode(self) -> bool:
+        if self.cfg.sparse_decode is None:
+            return self.cfg.k <= self.cfg.d_sae * SPARSE_DECODE_MAX_DENSITY
+        return bool(self.cfg.sparse_decode)
+
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {}
+
+    def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
+        h_NF = self.hidden_pre(x_NSD)
+        idx_NK = self.selection_scores(h_NF).topk(self.cfg.k, dim=-1, sorted=False).indices
+        idx_NK = idx_NK.sort(dim=-1).values  # canonical order for the sparse decode's sum
+        vals_NK = h_NF.relu().gather(-1, idx_NK)
+        if self.uses_sparse_decode:
+            with torch.no_grad():
+                f_NF = torch.zeros_like(h_NF).scatter(-1, idx_NK, vals_NK)
+        else:
+            f_NF = torch.zeros_like(h_NF).scatter(-1, idx_NK, vals_NK)
+        return CrosscoderPass(
+            x_NSD=x_NSD,
+            hidden_pre_NF=h_NF,
+            feature_acts_NF=self.hook_sae_acts_post(f_NF),
+            extras={"idx_NK": idx_NK, "vals_NK": vals_NK},
+        )
+
+    def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
+        if self.uses_sparse_decode:
+            return self.decode_active(fwd.extras["idx_NK"], fwd.extras["vals_NK"])
+        return self.decode_dense(fwd.feature_acts_NF)
+
+    def _sparsity_losses(
+        self, step_input: TrainStepInput, fwd: CrosscoderPass
+    ) -> dict[str, torch.Tensor]:
+        return {"auxiliary_reconstruction_loss": self.aux_k_loss(fwd, step_input.dead_neuron_mask)}
+
+    def aux_k_loss(
+        self, fwd: CrosscoderPass, dead_mask_F: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Auxiliary-k loss: the top dead features reconstruct the live features' residual."""
+        if dead_mask_F is None or (n_dead := int(dead_mask_F.sum())) == 0:
+            return fwd.recon_NSD.new_zeros(())
+        aux_k = self.cfg.aux_k or self.cfg.n_snapshots * self.cfg.d_in // 2
+        scale = min(n_dead / aux_k, 1.0)
+        aux_k = min(aux_k, n_dead)
+        residual_NSD = (fwd.x_NSD.to(fwd.recon_NSD.dtype) - fwd.recon_NSD).detach()
+        h_NF = fwd.hidden_pre_NF
+        with torch.no_grad():
+            scores_NF = h_NF * self.snapshot_norms().sum(dim=1)
+            scores_NF = scores_NF.masked_fill(~dead_mask_F.to(torch.bool)[None], -torch.inf)
+            # ascending feature order: the gathered sum is then the same whatever order
+            # topk returned, which keeps training bit-reproducible across resumes
+            idx_NK = scores_NF.topk(aux_k, dim=-1, sorted=False).indices.sort(dim=-1).values
+        aux_recon_NSD = self.decode_active(idx_NK, h_NF.gather(-1, idx_NK), add_bias=False)
+        aux_loss = (aux_recon_NSD - residual_NSD).pow(2).sum(dim=(-2, -1)).mean()
+        return self.cfg.aux_loss_coefficient * scale * aux_loss

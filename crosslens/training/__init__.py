@@ -1,0 +1,18 @@
+"""Model-agnostic crosscoder training: ``[batch, n_snapshots, d_in]`` batches in,
+trained crosscoder out."""
+
+from crosslens.training.config import CrosscoderTrainerConfig
+from crosslens.training.trainer import (
+    BatchSource,
+    CrosscoderTrainer,
+    crosscoder_metrics,
+    latest_checkpoint,
+)
+
+__all__ = [
+    "BatchSource",
+    "CrosscoderTrainer",
+    "CrosscoderTrainerConfig",
+    "crosscoder_metrics",
+    "latest_checkpoint",
+]

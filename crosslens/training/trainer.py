@@ -1,0 +1,379 @@
+"""A model-agnostic crosscoder trainer: batches of ``[batch, n_snapshots, d_in]`` in,
+trained crosscoder out.
+
+Why not SAELens's ``SAETrainer`` itself? It does train these crosscoders (the
+architectures are registered, and its step only needs ``training_forward_pass``), but
+several of its parts assume one activation vector per token or do not fit this
+project: a single Adam param group (the JumpReLU threshold needs 0.1x the learning
+rate), checkpoints by sample count without RNG or data position (no exact resume),
+dead features counted in steps, a hard-coded gradient clip, explained variance pooled
+over snapshots, and W&B set up by its runner. So this is a lean trainer that reuses
+SAELens's pieces where they fit: ``get_lr_scheduler`` (warm-up, main schedule, linear
+decay), ``CoefficientScheduler`` (sparsity-coefficient warm-up from the crosscoder's
+``get_coefficients()``), ``TrainStepInput``/``TrainStepOutput`` and the crosscoder's
+``training_forward_pass``, and SAELens's save layout for checkpoints.
+
+Data contract. ``fit(batches)`` takes either an iterable of batches or a factory
+``make_batches(start_step) -> Iterator`` that yields the batches from step
+``start_step`` on. Resuming from step k calls the factory with k; a plain iterable is
+read from its start and its first k batches are skipped. Either way a resumed run sees
+the same batches as an uninterrupted one, and, with optimizer, schedulers, RNG states
+and feature statistics restored from the checkpoint, ends at the same weights.
+
+Checkpoint layout (``checkpoint_dir/step_00000100/``): ``cfg.json`` and
+``sae_weights.safetensors`` of the training crosscoder (SAELens's ``save_model``) plus
+``trainer_state.pt``. ``checkpoint_dir/final/`` holds the inference crosscoder
+(``save_inference_model``), loadable with ``SAE.load_from_disk``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from sae_lens.constants import SAE_CFG_FILENAME
+from sae_lens.registry import get_sae_training_class
+from sae_lens.saes.sae import (
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
+from tqdm.auto import tqdm
+
+from crosslens.crosscoders.base import CrosscoderTrainingMixin
+from crosslens.training.config import CrosscoderTrainerConfig
+
+TRAINER_STATE_FILENAME = "trainer_state.pt"
+CHECKPOINT_PREFIX = "step_"
+FINAL_DIRNAME = "final"
+
+Batch = Float[torch.Tensor, "batch n_snapshots d_in"]
+BatchSource = Union[Iterable[Batch], Callable[[int], Iterator[Batch]]]
+
+
+@torch.no_grad()
+def crosscoder_metrics(
+    x: Float[torch.Tensor, "batch n_snapshots d_in"],
+    x_hat: Float[torch.Tensor, "batch n_snapshots d_in"],
+    feature_acts: Float[torch.Tensor, "batch d_sae"],
+) -> dict[str, float]:
+    """Reconstruction and sparsity metrics of one batch.
+
+    Per snapshot s: ``explained_variance = 1 - sum_b ||x_hat_s - x_s||^2 /
+    sum_b ||x_s - mean_b x_s||^2`` and ``mse = mean_b ||x_hat_s - x_s||^2`` (summed over
+    d_in, so the snapshots' MSEs add up to the loss's reconstruction term);
+    ``l0`` = mean number of non-zero features per token.
+    """
+    x = x.float()
+    sq_err_BS = (x_hat.float() - x).pow(2).sum(dim=-1)
+    var_BS = (x - x.mean(dim=0)).pow(2).sum(dim=-1)
+    ev_S = 1 - sq_err_BS.sum(dim=0) / var_BS.sum(dim=0)
+    mse_S = sq_err_BS.mean(dim=0)
+    out = {
+        "metrics/explained_variance": (1 - sq_err_BS.sum() / var_BS.sum()).item(),
+        "metrics/l0": (feature_acts != 0).sum(dim=-1).float().mean().item(),
+    }
+    for s, (ev, mse) in enumerate(zip(ev_S.tolist(), mse_S.tolist())):
+        out[f"metrics/explained_variance/snapshot_{s}"] = ev
+        out[f"metrics/mse/snapshot_{s}"] = mse
+    return out
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The resumable checkpoint with the highest step under ``checkpoint_dir``, if any."""
+    root = Path(checkpoint_dir)
+    found = [
+        p
+        for p in root.glob(f"{CHECKPOINT_PREFIX}*")
+        if (p / TRAINER_STATE_FILENAME).exists() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+    ]
+    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), default=None)
+
+
+class CrosscoderTrainer:
+    """Trains any registered crosscoder training class on ``[batch, S, d_in]`` batches."""
+
+    def __init__(self, sae: TrainingSAE[Any], cfg: CrosscoderTrainerConfig):
+        if not isinstance(sae, CrosscoderTrainingMixin):
+            raise TypeError(
+                f"CrosscoderTrainer trains crosscoder training classes, got "
+                f"{type(sae).__name__}; build one from crosslens.crosscoders (e.g. "
+                "ReLUTrainingCrosscoder) or use SAELens's SAETrainer for plain SAEs."
+            )
+        self.sae = sae.to(cfg.device)
+        self.cfg = cfg
+        self.n_steps = 0
+        self.n_tokens = 0
+        self.wandb_run_id: str | None = None
+        d_sae = sae.cfg.d_sae
+        self.tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=cfg.device)
+        self.window_fire_counts = torch.zeros(d_sae, dtype=torch.long, device=cfg.device)
+        self.window_tokens = 0
+
+        self.optimizer = torch.optim.Adam(
+            sae.optimizer_param_groups(cfg.lr), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2)
+        )
+        assert cfg.lr_end is not None  # set in __post_init__
+        self.lr_scheduler = get_lr_scheduler(
+            cfg.lr_scheduler_name,
+            optimizer=self.optimizer,
+            training_steps=cfg.total_steps,
+            lr=cfg.lr,
+            warm_up_steps=cfg.lr_warm_up_steps,
+            decay_steps=cfg.lr_decay_steps,
+            lr_end=cfg.lr_end,
+            num_cycles=cfg.n_restart_cycles,
+        )
+        self.coefficient_schedulers: dict[str, CoefficientScheduler] = {}
+        for name, coeff in sae.get_coefficients().items():
+            if not isinstance(coeff, TrainCoefficientConfig):
+                coeff = TrainCoefficientConfig(value=coeff, warm_up_steps=0)
+            self.coefficient_schedulers[name] = CoefficientScheduler(
+                warm_up_steps=coeff.warm_up_steps, final_value=coeff.value
+            )
+
+    # ---------------------------------------------------------------- stepping
+    @property
+    def coefficients(self) -> dict[str, float]:
+        return {name: s.value for name, s in self.coefficient_schedulers.items()}
+
+    @property
+    def dead_features(self) -> torch.Tensor:
+        return self.tokens_since_fired > self.cfg.dead_feature_window_tokens
+
+    def step(self, batch: Batch) -> TrainStepOutput:
+        """One optimizer step on one batch; advances the step and token counters."""
+        x_BSD = batch.to(self.cfg.device)
+        self.sae.train()
+        output = self.sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=x_BSD,
+                coefficients=self.coefficients,
+                dead_neuron_mask=self.dead_features,
+                n_training_steps=self.n_steps,
+                is_logging_step=self._is_log_step(self.n_steps + 1),
+            )
+        )
+        output.loss.backward()
+        if self.cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()
+        for scheduler in self.coefficient_schedulers.values():
+            scheduler.step()
+
+        with torch.no_grad():
+            n_batch = output.feature_acts.shape[0]
+            fired_BF = output.feature_acts != 0
+            self.tokens_since_fired += n_batch
+            self.tokens_since_fired[fired_BF.any(dim=0)] = 0
+            self.window_fire_counts += fired_BF.sum(dim=0)
+            self.window_tokens += n_batch
+        self.n_steps += 1
+        self.n_tokens += n_batch
+        return output
+
+    def fit(
+        self, batches: BatchSource, *, resume_from: str | Path | None = None
+    ) -> TrainingSAE[Any]:
+        """Train until ``cfg.total_steps``; with ``resume_from``, continue that checkpoint."""
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        elif self.n_steps == 0:
+            _seed_everything(self.cfg.seed)
+        batch_iter = _open_batches(batches, self.n_steps)
+        wandb_run, owns_run = self._start_wandb() if self.cfg.log_to_wandb else (None, False)
+        pbar = tqdm(total=self.cfg.total_steps, initial=self.n_steps, desc="Training crosscoder")
+        last_log_time, last_log_tokens = time.perf_counter(), self.n_tokens
+        try:
+            while self.n_steps < self.cfg.total_steps:
+                batch = next(batch_iter, None)
+                if batch is None:
+                    raise ValueError(
+                        f"the batches ran out after {self.n_steps} of {self.cfg.total_steps} "
+                        "steps; provide more batches or lower total_steps."
+                    )
+                output = self.step(batch)
+                pbar.update(1)
+                if wandb_run is not None and self._is_log_step(self.n_steps):
+                    now = time.perf_counter()
+                    elapsed = max(now - last_log_time, 1e-9)
+                    tokens_per_s = (self.n_tokens - last_log_tokens) / elapsed
+                    log = self.log_dict(output, tokens_per_s=tokens_per_s)
+                    if self.cfg.histogram_every and self.n_steps % self.cfg.histogram_every == 0:
+                        log.update(self.histogram_dict())
+                    wandb_run.log(log, step=self.n_steps)
+                    pbar.set_postfix(loss=f"{output.loss.item():.4g}")
+                    last_log_time, last_log_tokens = time.perf_counter(), self.n_tokens
+                if self.cfg.checkpoint_every and self.n_steps % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+            if self.cfg.checkpoint_dir is not None and self.cfg.save_final:
+                self.sae.save_inference_model(Path(self.cfg.checkpoint_dir) / FINAL_DIRNAME)
+        finally:
+            pbar.close()
+            if owns_run and wandb_run is not None:
+                wandb_run.finish()
+        return self.sae
+
+    def _is_log_step(self, step: int) -> bool:
+        return self.cfg.log_to_wandb and step % self.cfg.log_every == 0
+
+    # ----------------------------------------------------------------- logging
+    @torch.no_grad()
+    def log_dict(
+        self, output: TrainStepOutput, *, tokens_per_s: float | None = None
+    ) -> dict[str, Any]:
+        """Scalar metrics of the latest step; resets the dense-feature window."""
+        log: dict[str, Any] = {"losses/overall_loss": output.loss.item()}
+        for name, value in output.losses.items():
+            log[f"losses/{name}"] = float(value)
+        log.update(crosscoder_metrics(output.sae_in, output.sae_out, output.feature_acts))
+        for name, value in output.metrics.items():
+            log[f"metrics/{name}"] = float(value() if callable(value) else value)
+        frequency_F = self.window_fire_counts.float() / max(self.window_tokens, 1)
+        log["sparsity/dead_features"] = int(self.dead_features.sum())
+        log["sparsity/dense_features"] = int((frequency_F > self.cfg.dense_feature_threshold).sum())
+        log["details/current_learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        log["details/n_tokens"] = self.n_tokens
+        for name, value in self.coefficients.items():
+            log[f"details/{name}_coefficient"] = value
+        if tokens_per_s is not None:
+            log["performance/tokens_per_second"] = tokens_per_s
+        self.window_fire_counts.zero_()
+        self.window_tokens = 0
+        return log
+
+    @torch.no_grad()
+    def histogram_dict(self) -> dict[str, Any]:
+        import wandb
+
+        return {name: wandb.Histogram(values) for name, values in self.sae.log_histograms().items()}
+
+    def _start_wandb(self) -> tuple[Any, bool]:
+        import wandb
+
+        if wandb.run is not None:  # the caller's run: log into it, leave it open
+            return wandb.run, False
+        if self.cfg.wandb_dir is not None:
+            os.makedirs(self.cfg.wandb_dir, exist_ok=True)
+        run = wandb.init(
+            project=self.cfg.wandb_project,
+            name=self.cfg.wandb_run_name,
+            dir=self.cfg.wandb_dir,
+            mode=self.cfg.wandb_mode,  # type: ignore[arg-type]
+            id=self.wandb_run_id,
+            resume="allow" if self.wandb_run_id else None,
+            config={"trainer": asdict(self.cfg), "crosscoder": self.sae.cfg.to_dict()},
+        )
+        self.wandb_run_id = run.id
+        return run, True
+
+    # ------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Save everything a resume needs; default path ``checkpoint_dir/step_XXXXXXXX``."""
+        if path is None:
+            if self.cfg.checkpoint_dir is None:
+                raise ValueError("no path given and cfg.checkpoint_dir is None; pass a path.")
+            path = Path(self.cfg.checkpoint_dir) / f"{CHECKPOINT_PREFIX}{self.n_steps:08d}"
+        path = Path(path)
+        self.sae.save_model(path)
+        rng: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(
+            {
+                "trainer_cfg": asdict(self.cfg),
+                "n_steps": self.n_steps,
+                "n_tokens": self.n_tokens,
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "coefficient_schedulers": {
+                    name: s.state_dict() for name, s in self.coefficient_schedulers.items()
+                },
+                "tokens_since_fired": self.tokens_since_fired.cpu(),
+                "window_fire_counts": self.window_fire_counts.cpu(),
+                "window_tokens": self.window_tokens,
+                "rng": rng,
+                "wandb_run_id": self.wandb_run_id,
+            },
+            path / TRAINER_STATE_FILENAME,
+        )
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore weights and trainer state saved by :meth:`save_checkpoint`."""
+        path = Path(path)
+        state_file = path / TRAINER_STATE_FILENAME
+        if not state_file.exists():
+            raise FileNotFoundError(
+                f"{state_file} not found; pass a folder written by save_checkpoint "
+                "(checkpoint_dir/step_XXXXXXXX), e.g. latest_checkpoint(checkpoint_dir)."
+            )
+        self.sae.load_weights_from_checkpoint(path)
+        # numpy's RNG state is not a tensor, so this file needs the full unpickler
+        state = torch.load(state_file, map_location=self.cfg.device, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        for name, s_state in state["coefficient_schedulers"].items():
+            self.coefficient_schedulers[name].load_state_dict(s_state)
+        self.n_steps = state["n_steps"]
+        self.n_tokens = state["n_tokens"]
+        self.tokens_since_fired = state["tokens_since_fired"].to(self.cfg.device)
+        self.window_fire_counts = state["window_fire_counts"].to(self.cfg.device)
+        self.window_tokens = state["window_tokens"]
+        self.wandb_run_id = state["wandb_run_id"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, cfg: CrosscoderTrainerConfig | None = None
+    ) -> "CrosscoderTrainer":
+        """Rebuild crosscoder and trainer from a checkpoint (config from it unless given)."""
+        path = Path(path)
+        state = torch.load(path / TRAINER_STATE_FILENAME, map_location="cpu", weights_only=False)
+        cfg = cfg or CrosscoderTrainerConfig(**state["trainer_cfg"])
+        with open(path / SAE_CFG_FILENAME) as f:
+            sae_cfg_dict = {**json.load(f), "device": cfg.device}
+        sae_cfg = TrainingSAEConfig.from_dict(sae_cfg_dict)
+        # Build fresh tensors and copy the weights in (load_checkpoint) rather than
+        # SAE.load_from_disk, whose tensors sit where safetensors put them: CPU kernels
+        # round differently on differently aligned memory, and resume must be exact.
+        sae = get_sae_training_class(sae_cfg.architecture())[0](sae_cfg)
+        trainer = cls(sae, cfg)
+        trainer.load_checkpoint(path)
+        return trainer
+
+
+def _open_batches(batches: BatchSource, start_step: int) -> Iterator[Batch]:
+    if callable(batches) and not isinstance(batches, Iterable):
+        return iter(batches(start_step))
+    return itertools.islice(iter(batches), start_step, None)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
