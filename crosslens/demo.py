@@ -53,7 +53,7 @@ class DemoConfig:
     """lambda; None takes the runner's per-architecture default."""
     baseline_snapshots: int = 3
     """Snapshots (spread over training) that get per-snapshot SAELens SAEs for comparison; 0 skips."""
-    baseline_steps: int = 1500
+    baseline_steps: int = 1000
     """Training steps of each baseline SAE."""
     n_task_examples: int = 64
     """Minimal pairs used for attribution and ablation."""
@@ -163,39 +163,22 @@ def train_stage(store_path, out_dir, config: DemoConfig, *, force: bool = False)
 
 
 def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, steps: list[int]) -> list[dict]:
-    """Held-out explained variance per snapshot, and per-snapshot SAELens SAEs to compare."""
+    """Held-out explained variance per snapshot, beside per-snapshot SAELens SAEs of the same
+    width and L0 trained on a few snapshots."""
+    from crosslens.training.baselines import compare_with_saes, format_quality_table, quality_table
     from crosslens.training.runner import evaluate_crosscoder
 
-    cc_eval = evaluate_crosscoder(crosscoder, eval_store, config.hook)
-    try:
-        from crosslens.training.baselines import compare_with_saes, format_quality_table
-    except ImportError:  # baselines are optional for the demo's flow
-        compare_with_saes = None
-    if compare_with_saes is not None and config.baseline_snapshots > 0:
+    if config.baseline_snapshots > 0:
         S = len(steps)
-        picks = sorted({round(i * (S - 1) / max(1, config.baseline_snapshots - 1)) for i in range(config.baseline_snapshots)})
-        if config.baseline_snapshots == 1:
-            picks = [S - 1]
+        n = min(config.baseline_snapshots, S)
+        picks = [S - 1] if n == 1 else sorted({round(i * (S - 1) / (n - 1)) for i in range(n)})
         rows = compare_with_saes(
-            train_store,
-            config.hook,
-            crosscoder,
-            snapshots=picks,
-            d_sae=config.d_sae,
-            target_l0=cc_eval["l0"],
-            n_steps=config.baseline_steps,
-            eval_store=eval_store,
-            crosscoder_eval=cc_eval,
-            steps=steps,
-        )
-        print(format_quality_table(rows))
-        return rows
-    rows = [
-        {"step": step, "crosscoder_ev": ev} for step, ev in zip(steps, cc_eval["explained_variance"])
-    ]
-    for row in rows:
-        print(f"step {row['step']:>6}  explained variance {row['crosscoder_ev']:.3f}")
-    print(f"mean L0 {cc_eval['l0']:.1f}   d_sae {crosscoder.cfg.d_sae}")
+            train_store, config.hook, crosscoder, snapshots=picks, n_steps=config.baseline_steps,
+            batch_size=config.batch_size, seed=config.seed, eval_store=eval_store, calibrate="once",
+        )  # fmt: skip
+    else:
+        rows = quality_table(evaluate_crosscoder(crosscoder, eval_store, config.hook), {}, steps, d_sae=config.d_sae)
+    print(format_quality_table(rows))
     return rows
 
 

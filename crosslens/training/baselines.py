@@ -1,0 +1,640 @@
+"""Per-snapshot SAELens SAEs as the crosscoder's baseline, and the quality table.
+
+A crosscoder earns its shared code only if it reconstructs every snapshot about as well
+as a plain SAE trained on that snapshot alone, at the same width and sparsity (Ge et al.
+report the two comparable). This module trains those SAEs with SAELens's own training
+classes (``StandardTrainingSAE``, ``JumpReLUTrainingSAE``, ``TopKTrainingSAE``) and its
+``SAETrainer``, on one snapshot's activations from an :class:`ActivationStore`,
+normalised exactly as the crosscoder's are (mean norm ``sqrt(d_in)``), and evaluates
+them with the definitions of :func:`evaluate_crosscoder`:
+
+    explained_variance = 1 - sum_b ||x_hat_b - x_b||^2 / sum_b ||x_b - mean_b x||^2
+    mse = mean_b ||x_hat_b - x_b||^2;   l0 = mean number of non-zero features per token
+
+Matching sparsity. ``topk`` keeps ``k = round(target_l0)`` features per token.
+``jumprelu`` uses SAELens's ``quadratic`` sparsity loss (Gemma Scope 2), which pulls
+each token's L0 towards ``target_l0`` by itself (with the straight-through gradient
+passed to the pre-activations, so it gets there in a short run). ``standard`` (ReLU +
+L1) has no such knob, so :func:`calibrate_sparsity_coefficient` searches the L1
+coefficient with a few full-length runs. The achieved L0 of every baseline goes into
+the table, so a comparison at mismatched sparsity shows as such.
+
+Like the crosscoders, the baselines keep reading normalised activations: the
+normalisation factor of their snapshot is recorded in ``cfg.metadata`` and not folded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from sae_lens.config import SAETrainerConfig
+from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+from sae_lens.saes.sae import SAE, TrainingSAE
+from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+from sae_lens.training.sae_trainer import SAETrainer
+from tqdm.auto import tqdm
+
+from crosslens.activations import ActivationProvider, ActivationStore
+from crosslens.training.runner import DEFAULT_LR, evaluate_crosscoder
+from crosslens.training.trainer import crosscoder_metrics
+
+# architecture -> (SAELens training class, its config)
+BASELINE_ARCHITECTURES: dict[str, tuple[type[TrainingSAE[Any]], type[Any]]] = {
+    "standard": (StandardTrainingSAE, StandardTrainingSAEConfig),
+    "jumprelu": (JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig),
+    "topk": (TopKTrainingSAE, TopKTrainingSAEConfig),
+}
+# On activations normalised to mean norm sqrt(d_in): where the L1 search of ``standard``
+# starts (on the pico suite, L0 ~ 32 at d_sae 512 needs 13-18), and the weight of
+# ``jumprelu``'s quadratic target-L0 loss (1 lands within 5% of the target on pico).
+DEFAULT_SPARSITY_COEFFICIENT = {"standard": 5.0, "jumprelu": 1.0}
+# warm-up of the sparsity coefficient as a fraction of training, as for the crosscoders
+DEFAULT_SPARSITY_WARM_UP = {"standard": 0.05, "jumprelu": 0.1}
+# a feature silent for this many tokens is dead (TopK's aux loss revives those); the
+# crosscoder trainer uses the same window
+DEAD_FEATURE_WINDOW_TOKENS = 1_000_000
+TABLE_COLUMNS = ("crosscoder", *BASELINE_ARCHITECTURES)
+
+
+def _open_store(store: ActivationStore | str | os.PathLike) -> ActivationStore:
+    return store if isinstance(store, ActivationStore) else ActivationStore.open(store)
+
+
+def _resolve_hook(store: ActivationStore, hook: str | None) -> str:
+    if hook is None:
+        if len(store.hooks) != 1:
+            raise ValueError(f"the store holds hooks {store.hooks}; say which one to use (hook=...).")
+        return store.hooks[0]
+    if hook not in store.hooks:
+        raise ValueError(f"hook {hook!r} is not in the store; it has {store.hooks}.")
+    return hook
+
+
+def _check_snapshot(store: ActivationStore, snapshot: int) -> int:
+    if not 0 <= snapshot < store.n_snapshots:
+        raise ValueError(
+            f"snapshot {snapshot} is out of range: the store holds snapshots 0..{store.n_snapshots - 1} "
+            "(indices, not training steps; store.snapshots lists their steps)."
+        )
+    return int(snapshot)
+
+
+def _check_architecture(architecture: str) -> str:
+    if architecture not in BASELINE_ARCHITECTURES:
+        raise ValueError(
+            f"unknown baseline architecture {architecture!r}; choose one of {sorted(BASELINE_ARCHITECTURES)}."
+        )
+    return architecture
+
+
+def snapshot_batches(
+    store: ActivationStore,
+    hook: str,
+    snapshot: int,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> Iterator[Float[torch.Tensor, "batch d_in"]]:
+    """Endless shuffled ``[batch, d_in]`` batches of one snapshot's normalised activations.
+
+    The same token order as the crosscoder's :class:`ActivationProvider` with this seed,
+    so a baseline and a crosscoder trained with one seed see the tokens in the same order.
+    """
+    if batch_size > store.n_tokens:
+        raise ValueError(
+            f"batch_size={batch_size} exceeds the store's {store.n_tokens} tokens; lower batch_size "
+            "or harvest more tokens."
+        )
+    batches = ActivationProvider(store, hook, batch_size, seed=seed, drop_last=True, device=device).batches()
+    try:
+        for batch_BSD in batches:
+            yield batch_BSD[:, snapshot].contiguous()
+    finally:
+        batches.close()  # stops the provider's prefetch thread
+
+
+def build_training_sae(
+    architecture: str,
+    *,
+    d_in: int,
+    d_sae: int,
+    k: int | None = None,
+    sparsity_coefficient: float | None = None,
+    target_l0: float | None = None,
+    sparsity_warm_up_steps: int = 0,
+    device: str = "cpu",
+    **config_overrides: Any,
+) -> TrainingSAE[Any]:
+    """A freshly initialised SAELens training SAE of ``architecture`` (standard, jumprelu, topk).
+
+    ``topk`` keeps ``k`` features per token (default ``round(target_l0)``). ``jumprelu``
+    uses the ``quadratic`` sparsity loss around ``target_l0`` when one is given, else the
+    ``tanh`` loss; ``sparsity_coefficient`` weighs it (and the L1 term of ``standard``).
+    With a target, the JumpReLU straight-through gradient also reaches the pre-activations
+    (``jumprelu_ste_to_input=True``, Anthropic's setting), which is what lets L0 reach the
+    target in a short run.
+    ``config_overrides`` go to the SAELens config as they are (e.g. ``apply_b_dec_to_input``).
+    """
+    train_cls, cfg_cls = BASELINE_ARCHITECTURES[_check_architecture(architecture)]
+    kwargs: dict[str, Any] = dict(d_in=d_in, d_sae=d_sae, device=device)
+    if architecture == "topk":
+        if k is None:
+            if target_l0 is None:
+                raise ValueError("a topk SAE needs k (or target_l0, rounded to k); pass k=...")
+            k = max(1, round(target_l0))
+        if not 1 <= k <= d_sae:
+            raise ValueError(f"k must be in [1, d_sae={d_sae}], got {k}; lower k or raise d_sae.")
+        kwargs.update(k=int(k))
+    else:
+        coefficient = (
+            DEFAULT_SPARSITY_COEFFICIENT[architecture] if sparsity_coefficient is None else sparsity_coefficient
+        )
+        if not coefficient >= 0:
+            raise ValueError(f"sparsity_coefficient must be >= 0, got {coefficient}.")
+        if architecture == "standard":
+            kwargs.update(l1_coefficient=float(coefficient), l1_warm_up_steps=sparsity_warm_up_steps)
+        else:
+            kwargs.update(l0_coefficient=float(coefficient), l0_warm_up_steps=sparsity_warm_up_steps)
+            if target_l0 is not None:
+                if not 0 < target_l0 <= d_sae:
+                    raise ValueError(f"target_l0 must be in (0, d_sae={d_sae}], got {target_l0}.")
+                # Anthropic's straight-through gradient to the pre-activations: with the
+                # threshold-only (DeepMind) gradient L0 hardly moves in a few thousand steps
+                kwargs.update(
+                    jumprelu_sparsity_loss_mode="quadratic", target_l0=float(target_l0), jumprelu_ste_to_input=True
+                )
+            else:
+                kwargs.update(jumprelu_sparsity_loss_mode="tanh")
+    kwargs.update(config_overrides)
+    return train_cls(cfg_cls(**kwargs))
+
+
+def inference_sae(training_sae: TrainingSAE[Any]) -> SAE[Any]:
+    """The inference SAE of a training SAE, through SAELens's own save/load path
+    (``save_inference_model`` then ``SAE.load_from_disk``), so TopK's decoder-norm folding
+    and every other save-time conversion happen as in a SAELens training run."""
+    with tempfile.TemporaryDirectory(prefix="crosslens-sae-") as tmp:
+        training_sae.save_inference_model(tmp)
+        return SAE.load_from_disk(tmp, device=str(training_sae.device))
+
+
+def _snapshot_metadata(store: ActivationStore, hook: str, snapshot: int) -> dict[str, Any]:
+    suite = store.manifest.get("spec", {}).get("suite", {})
+    return {
+        "hook_name": hook,
+        "model_name": suite.get("model_id"),
+        "snapshot": dict(store.snapshots[snapshot], index=snapshot),
+        "activation_norm_factor": float(store.norm_factors(hook)[snapshot]),
+        "store_fingerprint": store.fingerprint,
+    }
+
+
+def train_snapshot_sae(
+    store: ActivationStore | str | os.PathLike,
+    hook: str | None,
+    snapshot: int,
+    architecture: str,
+    d_sae: int,
+    *,
+    k: int | None = None,
+    sparsity_coefficient: float | None = None,
+    target_l0: float | None = None,
+    n_steps: int = 2000,
+    batch_size: int = 1024,
+    lr: float | None = None,
+    lr_decay_fraction: float = 0.2,
+    sparsity_warm_up_fraction: float | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    **config_overrides: Any,
+) -> SAE[Any]:
+    """Train a SAELens SAE on snapshot ``snapshot``'s normalised activations; return the inference SAE.
+
+    Training runs through SAELens's ``SAETrainer`` (Adam, gradient clipping at 1, its
+    coefficient warm-up and dead-feature tracking) with the crosscoder runner's schedule:
+    learning rate ``lr`` (default 1e-3) decaying linearly to 0 over the last
+    ``lr_decay_fraction`` of ``n_steps``, sparsity coefficient warmed up over
+    ``sparsity_warm_up_fraction`` (5% standard, 10% jumprelu). See :func:`build_training_sae`
+    for ``k``, ``sparsity_coefficient``, ``target_l0`` and ``config_overrides``.
+    ``cfg.metadata`` records the hook, the snapshot and its normalisation factor.
+    """
+    store = _open_store(store)
+    hook = _resolve_hook(store, hook)
+    snapshot = _check_snapshot(store, snapshot)
+    _check_architecture(architecture)
+    if n_steps < 1 or batch_size < 1 or d_sae < 1:
+        raise ValueError(f"n_steps, batch_size and d_sae must be >= 1, got {n_steps}, {batch_size}, {d_sae}.")
+    if not 0 <= lr_decay_fraction < 1:
+        raise ValueError(f"lr_decay_fraction must be in [0, 1), got {lr_decay_fraction}.")
+    lr = DEFAULT_LR if lr is None else lr
+    if sparsity_warm_up_fraction is None:
+        sparsity_warm_up_fraction = DEFAULT_SPARSITY_WARM_UP.get(architecture, 0.0)
+
+    torch.manual_seed(seed)
+    training_sae = build_training_sae(
+        architecture,
+        d_in=store.d_in_of(hook),
+        d_sae=d_sae,
+        k=k,
+        sparsity_coefficient=sparsity_coefficient,
+        target_l0=target_l0,
+        sparsity_warm_up_steps=int(n_steps * sparsity_warm_up_fraction),
+        device=device,
+        **config_overrides,
+    )
+    for key, value in _snapshot_metadata(store, hook, snapshot).items():
+        training_sae.cfg.metadata[key] = value
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=n_steps * batch_size,
+        train_batch_size_samples=batch_size,
+        lr=lr,
+        lr_end=lr,  # only read by cosine schedules; the constant one decays from lr
+        lr_decay_steps=int(n_steps * lr_decay_fraction),
+        device=device,
+        dead_feature_window=max(1, math.ceil(DEAD_FEATURE_WINDOW_TOKENS / batch_size)),
+        feature_sampling_window=n_steps,  # one window: metadata.l0 covers the whole run
+    )
+    batches = snapshot_batches(store, hook, snapshot, batch_size, seed=seed, device=device)
+    try:
+        trained = SAETrainer(cfg=trainer_cfg, sae=training_sae, data_provider=batches).fit()
+    finally:
+        batches.close()
+    return inference_sae(trained)
+
+
+@torch.no_grad()
+def evaluate_sae(
+    sae: SAE[Any],
+    store: ActivationStore | str | os.PathLike,
+    hook: str | None,
+    snapshot: int,
+    *,
+    n_tokens: int = 8192,
+    batch_size: int = 2048,
+) -> dict[str, Any]:
+    """Explained variance, MSE, mean L0 and dead features of ``sae`` on one snapshot.
+
+    The first ``n_tokens`` tokens of ``store``, normalised as in training, scored with
+    the same function as :func:`evaluate_crosscoder` so the numbers compare directly.
+    Use a store harvested from tokens the SAE was not trained on.
+    """
+    store = _open_store(store)
+    hook = _resolve_hook(store, hook)
+    snapshot = _check_snapshot(store, snapshot)
+    if sae.cfg.d_in != store.d_in_of(hook):
+        raise ValueError(
+            f"the SAE reads d_in={sae.cfg.d_in} but {hook!r} in the store has width "
+            f"{store.d_in_of(hook)}; evaluate it on the hook it was trained on."
+        )
+    n = min(n_tokens, store.n_tokens)
+    xs, xhats, fs = [], [], []
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n))
+        x_BD = store.read(hook, idx, normalize=True)[:, snapshot].to(sae.device)
+        f_BF = sae.encode(x_BD)
+        xs.append(x_BD)
+        xhats.append(sae.decode(f_BF))
+        fs.append(f_BF)
+    f_NF = torch.cat(fs)
+    metrics = crosscoder_metrics(torch.cat(xs)[:, None], torch.cat(xhats)[:, None], f_NF)
+    return {
+        "explained_variance": metrics["metrics/explained_variance/snapshot_0"],
+        "mse": metrics["metrics/mse/snapshot_0"],
+        "l0": metrics["metrics/l0"],
+        "dead_features": int((f_NF == 0).all(dim=0).sum().item()),
+        "n_tokens": n,
+        "d_sae": int(sae.cfg.d_sae),
+    }
+
+
+@dataclass
+class Calibration:
+    """Outcome of :func:`calibrate_sparsity_coefficient`."""
+
+    coefficient: float
+    """The coefficient whose run came closest to the target L0."""
+    l0: float
+    """Mean L0 that run reached on the evaluation tokens."""
+    history: list[tuple[float, float]] = field(default_factory=list)
+    """Every (coefficient, L0) tried, in order."""
+    sae: SAE[Any] | None = None
+    """The SAE trained with ``coefficient`` (a calibration run, ``n_steps`` long)."""
+
+
+def calibrate_sparsity_coefficient(
+    store: ActivationStore | str | os.PathLike,
+    hook: str | None,
+    snapshot: int,
+    architecture: str,
+    d_sae: int,
+    target_l0: float,
+    *,
+    n_steps: int = 2000,
+    initial: float | None = None,
+    max_runs: int = 5,
+    rel_tolerance: float = 0.1,
+    eval_store: ActivationStore | str | os.PathLike | None = None,
+    n_eval_tokens: int = 4096,
+    **train_kwargs: Any,
+) -> Calibration:
+    """Search the sparsity coefficient that gives mean L0 near ``target_l0``.
+
+    Each run trains ``n_steps`` on ``snapshot`` and measures L0 with :func:`evaluate_sae`
+    (on ``eval_store``, default ``store``). Train the calibration runs as long as the real
+    one: an L1 SAE's L0 keeps falling through training (on the pico suite, from 39 after
+    250 steps to 28 after 1000 at the same coefficient). The search stops once L0 is
+    within ``rel_tolerance`` of the target or after ``max_runs`` runs and returns the
+    closest run, SAE included; see :func:`_next_coefficient` for the steps. Meant for
+    ``standard``; ``jumprelu`` reaches a target L0 by itself through its quadratic loss.
+    """
+    _check_architecture(architecture)
+    if architecture == "topk":
+        raise ValueError("topk needs no calibration: its L0 is k; pass k=round(target_l0).")
+    if not target_l0 > 0 or max_runs < 1:
+        raise ValueError(f"target_l0 must be > 0 and max_runs >= 1, got {target_l0} and {max_runs}.")
+    store = _open_store(store)
+    hook = _resolve_hook(store, hook)
+    eval_store = store if eval_store is None else _open_store(eval_store)
+    coefficient = DEFAULT_SPARSITY_COEFFICIENT[architecture] if initial is None else float(initial)
+
+    def miss(l0: float) -> float:
+        return abs(math.log(max(l0, 1e-3) / target_l0))
+
+    history: list[tuple[float, float]] = []
+    best: Calibration | None = None
+    for _ in range(max_runs):
+        sae = train_snapshot_sae(
+            store, hook, snapshot, architecture, d_sae,
+            sparsity_coefficient=coefficient, n_steps=n_steps, **train_kwargs,
+        )
+        l0 = evaluate_sae(sae, eval_store, hook, snapshot, n_tokens=n_eval_tokens)["l0"]
+        history.append((coefficient, l0))
+        if best is None or miss(l0) < miss(best.l0):
+            best = Calibration(coefficient=coefficient, l0=l0, sae=sae)
+        if miss(l0) <= math.log1p(rel_tolerance):
+            break
+        coefficient = _next_coefficient(history, target_l0)
+    assert best is not None
+    best.history = history
+    return best
+
+
+def _next_coefficient(history: Sequence[tuple[float, float]], target_l0: float) -> float:
+    """Next coefficient to try, working in log coefficient and log L0 (L0 falls as the
+    coefficient grows, roughly as a power of it until features start dying wholesale).
+
+    Once runs bracket the target (one too dense, one too sparse), interpolate linearly in
+    L0 against log coefficient between the tightest pair (L0 runs down to 0 when features
+    die wholesale, where log L0 would blow up), kept to the middle 60% of the bracket.
+    Before that, step along the log-log secant of the last two runs (slope -1 from a
+    single run; slopes clamped to [-3, -0.2]), by at most a factor e^2 per run.
+    """
+    log_target = math.log(target_l0)
+    too_dense = [(math.log(c), l0) for c, l0 in history if l0 > target_l0]
+    too_sparse = [(math.log(c), l0) for c, l0 in history if l0 < target_l0]
+    if too_dense and too_sparse:
+        lo = max(too_dense)  # the largest coefficient that is still too dense
+        hi = min(too_sparse)  # the smallest one that is already too sparse
+        if hi[0] > lo[0]:
+            fraction = (lo[1] - target_l0) / (lo[1] - hi[1])
+            return math.exp(lo[0] + min(max(fraction, 0.2), 0.8) * (hi[0] - lo[0]))
+        return math.exp((lo[0] + hi[0]) / 2)  # non-monotone runs: bisect
+    points = [(math.log(c), math.log(max(l0, 0.5))) for c, l0 in history]
+    log_c, log_l0 = points[-1]
+    slope = -1.0
+    if len(points) >= 2 and abs(log_c - points[-2][0]) > 1e-9:
+        slope = (log_l0 - points[-2][1]) / (log_c - points[-2][0])
+    slope = min(max(slope, -3.0), -0.2)
+    step = min(max((log_target - log_l0) / slope, -2.0), 2.0)
+    return math.exp(log_c + step)
+
+
+def quality_table(
+    crosscoder_eval: Mapping[str, Any],
+    baselines: Mapping[tuple[str, int], Mapping[str, Any]],
+    steps: Sequence[int],
+    *,
+    d_sae: int | None = None,
+    sparsity: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows comparing a crosscoder with per-snapshot SAEs.
+
+    ``crosscoder_eval`` is :func:`evaluate_crosscoder`'s result, ``baselines`` maps
+    ``(architecture, snapshot)`` to :func:`evaluate_sae`'s result, ``steps`` gives each
+    snapshot's training step. Rows, each with ``kind``, ``label``, ``snapshot``, ``step``
+    and one value per column (``crosscoder`` then the baseline architectures; None where
+    not trained):
+
+    - ``kind="ev"``: one per snapshot, explained variance; also ``<column>_l0`` per column.
+    - ``kind="l0"``: mean L0 of each column over its snapshots.
+    - ``kind="d_sae"``: width of each column (the crosscoder's from ``d_sae``).
+    - ``kind="sparsity"``: how each column's sparsity was set, when ``sparsity`` is given.
+    """
+    ev_S = list(crosscoder_eval["explained_variance"])
+    if len(steps) != len(ev_S):
+        raise ValueError(
+            f"got {len(steps)} steps for {len(ev_S)} snapshots; pass one step per snapshot "
+            "(e.g. [s['step'] for s in store.snapshots])."
+        )
+    for arch, snapshot in baselines:
+        _check_architecture(arch)
+        if not 0 <= snapshot < len(ev_S):
+            raise ValueError(f"baseline ({arch!r}, {snapshot}) names a snapshot outside 0..{len(ev_S) - 1}.")
+    columns = ["crosscoder", *[a for a in BASELINE_ARCHITECTURES if any(b == a for b, _ in baselines)]]
+
+    rows: list[dict[str, Any]] = []
+    for s, step in enumerate(steps):
+        row: dict[str, Any] = {"kind": "ev", "label": f"step {step}", "snapshot": s, "step": int(step)}
+        row["crosscoder"], row["crosscoder_l0"] = ev_S[s], crosscoder_eval.get("l0")
+        for arch in columns[1:]:
+            metrics = baselines.get((arch, s))
+            row[arch] = None if metrics is None else metrics["explained_variance"]
+            row[f"{arch}_l0"] = None if metrics is None else metrics["l0"]
+        rows.append(row)
+
+    def summary(kind: str, label: str) -> dict[str, Any]:
+        return {"kind": kind, "label": label, "snapshot": None, "step": None}
+
+    l0_row, width_row = summary("l0", "mean L0"), summary("d_sae", "d_sae")
+    l0_row["crosscoder"], width_row["crosscoder"] = crosscoder_eval.get("l0"), d_sae
+    for arch in columns[1:]:
+        evals = [m for (a, _), m in sorted(baselines.items()) if a == arch]
+        l0_row[arch] = sum(m["l0"] for m in evals) / len(evals)
+        widths = {m.get("d_sae") for m in evals} - {None}
+        width_row[arch] = widths.pop() if len(widths) == 1 else None
+    rows += [l0_row, width_row]
+    if sparsity:
+        sparsity_row = summary("sparsity", "sparsity")
+        sparsity_row.update({col: sparsity.get(col) for col in columns})
+        rows.append(sparsity_row)
+    return rows
+
+
+def _table_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    present = {key for row in rows for key in row}
+    return [col for col in TABLE_COLUMNS if col in present]
+
+
+def _cell(kind: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if kind == "ev":
+        return f"{100 * value:.1f}%"
+    if kind == "l0":
+        return f"{value:.1f}"
+    return str(value)
+
+
+def format_quality_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Render :func:`quality_table` rows for a terminal: one line per snapshot with each
+    column's explained variance, then mean L0, d_sae (and sparsity settings) below a rule.
+    Blank cells are baselines not trained at that snapshot."""
+    columns = _table_columns(rows)
+    header = ["", *[f"{col} EV" for col in columns]]
+    body = [[str(row["label"]), *[_cell(row["kind"], row.get(col)) for col in columns]] for row in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def render(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        return "  ".join([first, *[c.rjust(w) for c, w in zip(cells[1:], widths[1:])]]).rstrip()
+
+    rule = "-" * len(render(["-" * w for w in widths]))
+    lines = [render(header), rule]
+    ruled_summary = False
+    for row, cells in zip(rows, body):
+        if row["kind"] != "ev" and not ruled_summary:
+            lines.append(rule)
+            ruled_summary = True
+        lines.append(render(cells))
+    return "\n".join(lines)
+
+
+def compare_with_saes(
+    store: ActivationStore | str | os.PathLike,
+    hook: str | None,
+    crosscoder: SAE[Any],
+    *,
+    snapshots: Sequence[int],
+    architectures: Sequence[str] = ("standard", "jumprelu", "topk"),
+    d_sae: int | None = None,
+    target_l0: float | None = None,
+    n_steps: int = 2000,
+    batch_size: int = 1024,
+    lr: float | None = None,
+    seed: int = 0,
+    eval_store: ActivationStore | str | os.PathLike | None = None,
+    n_eval_tokens: int = 8192,
+    sparsity_coefficients: Mapping[str, float] | None = None,
+    calibrate: str = "per_snapshot",
+    calibration_snapshot: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train per-snapshot SAEs on ``snapshots`` and tabulate them against ``crosscoder``.
+
+    Every baseline gets the crosscoder's width (``d_sae``, default the crosscoder's) and
+    aims at its L0 (``target_l0``, default the crosscoder's mean L0 on ``eval_store``):
+    ``topk`` with ``k = round(target_l0)``, ``jumprelu`` through its quadratic target-L0
+    loss, ``standard`` with an L1 coefficient from :func:`calibrate_sparsity_coefficient`
+    (full-length runs): ``calibrate="per_snapshot"`` searches it at every snapshot (each
+    search starts from the previous snapshot's coefficient, and its closest run is the
+    baseline, so nothing trains twice); ``"once"`` searches at ``calibration_snapshot``
+    (default: the middle of ``snapshots``) and reuses that coefficient everywhere, which
+    is cheaper but lets L0 drift between snapshots. A coefficient in
+    ``sparsity_coefficients`` skips the search (for ``jumprelu`` it weighs the target-L0 loss).
+
+    Everything is evaluated on ``eval_store`` (default ``store``; pass a store of held-out
+    tokens for an honest comparison). Returns :func:`quality_table` rows, with each
+    baseline's achieved L0 and a ``sparsity`` row saying how each column's sparsity was
+    set; print them with :func:`format_quality_table`.
+    """
+    store = _open_store(store)
+    hook = _resolve_hook(store, hook)
+    eval_store = store if eval_store is None else _open_store(eval_store)
+    for arch in architectures:
+        _check_architecture(arch)
+    if calibrate not in ("per_snapshot", "once"):
+        raise ValueError(f"calibrate must be 'per_snapshot' or 'once', got {calibrate!r}.")
+    snapshots = [_check_snapshot(store, s) for s in snapshots]
+    if not snapshots:
+        raise ValueError("snapshots is empty; name the snapshot indices to train baselines on.")
+    steps = [int(entry["step"]) for entry in store.snapshots]
+    if [int(entry["step"]) for entry in eval_store.snapshots] != steps:
+        raise ValueError(
+            "eval_store holds other snapshots than store; harvest the held-out tokens from the same suite."
+        )
+    crosscoder_eval = evaluate_crosscoder(crosscoder, eval_store, hook, n_tokens=n_eval_tokens)
+    d_sae = int(crosscoder.cfg.d_sae) if d_sae is None else d_sae
+    target_l0 = float(crosscoder_eval["l0"]) if target_l0 is None else float(target_l0)
+    coefficients = dict(sparsity_coefficients or {})
+    train_kwargs: dict[str, Any] = dict(batch_size=batch_size, lr=lr, seed=seed, device=str(crosscoder.device))
+    calibration_kwargs = dict(n_steps=n_steps, eval_store=eval_store, n_eval_tokens=n_eval_tokens, **train_kwargs)
+
+    # standard: (coefficient, SAE already trained with it) per snapshot
+    standard: dict[int, tuple[float, SAE[Any] | None]] = {}
+    if "standard" in architectures and "standard" in coefficients:
+        standard = {s: (coefficients["standard"], None) for s in snapshots}
+    elif "standard" in architectures and calibrate == "once":
+        at = snapshots[len(snapshots) // 2] if calibration_snapshot is None else calibration_snapshot
+        found = calibrate_sparsity_coefficient(store, hook, at, "standard", d_sae, target_l0, **calibration_kwargs)
+        standard = {s: (found.coefficient, found.sae if s == at else None) for s in snapshots}
+
+    baselines: dict[tuple[str, int], dict[str, Any]] = {}
+    used: dict[str, set[str]] = {arch: set() for arch in architectures}
+    jobs = [(s, arch) for s in snapshots for arch in architectures]
+    for s, arch in tqdm(jobs, desc="baseline SAEs", disable=not progress):
+        sae: SAE[Any] | None = None
+        if arch == "topk":
+            k = max(1, round(target_l0))
+            sae = train_snapshot_sae(store, hook, s, arch, d_sae, k=k, n_steps=n_steps, **train_kwargs)
+            used[arch].add(f"k={k}")
+        elif arch == "jumprelu":
+            sae = train_snapshot_sae(
+                store, hook, s, arch, d_sae, target_l0=target_l0, sparsity_coefficient=coefficients.get(arch),
+                n_steps=n_steps, **train_kwargs,
+            )
+            used[arch].add(f"L0->{target_l0:.1f}")
+        else:
+            if s not in standard:  # per-snapshot search, warm-started from the last one
+                previous = [c for c, _ in standard.values()]
+                found = calibrate_sparsity_coefficient(
+                    store, hook, s, arch, d_sae, target_l0, initial=previous[-1] if previous else None,
+                    **calibration_kwargs,
+                )
+                standard[s] = (found.coefficient, found.sae)
+            coefficient, sae = standard[s]
+            if sae is None:
+                sae = train_snapshot_sae(
+                    store, hook, s, arch, d_sae, sparsity_coefficient=coefficient, n_steps=n_steps, **train_kwargs
+                )
+            used[arch].add(f"{coefficient:.3g}")
+        baselines[(arch, s)] = evaluate_sae(sae, eval_store, hook, s, n_tokens=n_eval_tokens)
+
+    sparsity = {"crosscoder": _crosscoder_sparsity(crosscoder)}
+    for arch, settings in used.items():
+        if arch == "standard":
+            values = sorted(settings, key=float)
+            sparsity[arch] = "l1=" + (values[0] if len(values) == 1 else f"{values[0]}..{values[-1]}")
+        else:
+            sparsity[arch] = ",".join(sorted(settings))
+    return quality_table(crosscoder_eval, baselines, steps, d_sae=int(crosscoder.cfg.d_sae), sparsity=sparsity)
+
+
+def _crosscoder_sparsity(crosscoder: SAE[Any]) -> str | None:
+    """How a crosscoder's sparsity was set, read from its config (k) or training metadata."""
+    k = getattr(crosscoder.cfg, "k", None)
+    if k is not None:
+        return f"k={k}"
+    details = crosscoder.cfg.metadata.get("training_architecture_details") or {}
+    for name, label in (("l1_coefficient", "l1"), ("l0_coefficient", "l0")):
+        if details.get(name) is not None:
+            return f"{label}={details[name]:.3g}"
+    return None
