@@ -127,7 +127,7 @@ def harvest_stage(
     tokenizer = suite.tokenizer()
     if dataset:
         name, _, column = dataset.partition(":")
-        tokens = tokens_from_dataset(name, tokenizer, seq_len, n_seqs, column=column or "text")
+        tokens = tokens_from_dataset(tokenizer, name, seq_len, n_seqs, column=column or "text")
     else:
         tokens = tokens_from_pico(tokenizer, seq_len, n_seqs, seed=seed)
     return harvest_activations(suite, hooks, tokens, out_dir, dtype=dtype, overwrite=overwrite)

@@ -537,3 +537,18 @@ def test_evolution_report_sections(case_analysis, tmp_path):
             js.write_text(script)
             done = subprocess.run(["node", "--check", str(js)], capture_output=True, text=True)
             assert done.returncode == 0, done.stderr[:500]
+
+
+def test_feature_that_dips_and_wanders_between_thresholds_has_faded():
+    # [0.41, 1.0, 0.19, 0.22]: on at 0, off at the dip (2); 0.22 never reaches the
+    # emergence threshold again, so the feature faded at snapshot 2.
+    from crosslens.analysis import EvolutionAnalysis
+
+    W_dec = torch.zeros(2, 4, 8)
+    W_dec[:, :, 0] = torch.tensor([[0.41, 1.0, 0.19, 0.22], [0.1, 1.0, 0.25, 0.5]])
+    analysis = EvolutionAnalysis.from_decoder(W_dec, steps=[0, 10, 20, 30])
+    assert analysis.lifetimes.emergence.tolist() == [0, 1]
+    assert analysis.lifetimes.fade.tolist() == [2, -1]
+    assert analysis.classes == ["initialization", "persistent"]
+    rows = analysis.feature_table()  # used to raise IndexError on the first feature
+    assert len(rows) == 2

@@ -164,13 +164,13 @@ def feature_lifetimes(
 ) -> Lifetimes:
     """Emergence, peak and fade snapshot of every feature, as snapshot indices.
 
-    With ``n`` the normalised timeline of one feature:
-
-    - fade ``f``: one past the last snapshot with ``n >= fade_threshold`` (none if that is
-      the last snapshot);
-    - emergence ``e``: the first snapshot with ``n >= emergence_threshold`` after the last
-      dip below ``fade_threshold`` that happens before ``f``. So a feature that appears,
-      vanishes and comes back "emerges" when it comes back for good.
+    A feature's normalised timeline ``n`` is read with hysteresis: it turns *on* at a
+    snapshot with ``n >= emergence_threshold`` and *off* at a snapshot with
+    ``n < fade_threshold``. Its emergence is where its last on-period starts, so a
+    feature that appears, vanishes and comes back "emerges" when it comes back for good;
+    its fade is where that last on-period ends (none if it lasts to the final snapshot).
+    A feature that dips off and wanders back only between the two thresholds has faded
+    at the dip.
 
     ``frequency`` (optional, ``[d_sae]``): fraction of sampled tokens on which each feature
     fires; features at or below ``config.dead_frequency`` count as dead.
@@ -190,15 +190,18 @@ def feature_lifetimes(
         dead_F = dead_F | (frequency <= config.dead_frequency)
     snapshot_idx_1S = torch.arange(n_snapshots, device=norms.device)[None, :]
 
-    above_fade_FS = normalized_FS >= config.fade_threshold
-    present_FS = normalized_FS >= config.emergence_threshold
-    # Non-dead features reach 1.0 at their peak, so at least one snapshot is above fade.
-    last_above_F = torch.where(above_fade_FS, snapshot_idx_1S, -1).amax(dim=1)
-    fade_F = last_above_F + 1
-    dip_FS = ~above_fade_FS & (snapshot_idx_1S < fade_F[:, None])
-    last_dip_F = torch.where(dip_FS, snapshot_idx_1S, -1).amax(dim=1)
-    candidates_FS = present_FS & (snapshot_idx_1S > last_dip_F[:, None])
-    emergence_F = torch.where(candidates_FS, snapshot_idx_1S, n_snapshots).amin(dim=1)
+    # Walk the snapshots once, all features at a time (S is small, d_sae may be large).
+    d_sae = norms.shape[0]
+    on_F = torch.zeros(d_sae, dtype=torch.bool, device=norms.device)
+    emergence_F = torch.full((d_sae,), n_snapshots, dtype=torch.long, device=norms.device)
+    fade_F = torch.full((d_sae,), n_snapshots, dtype=torch.long, device=norms.device)
+    for s in range(n_snapshots):
+        n_F = normalized_FS[:, s]
+        turns_on_F = ~on_F & (n_F >= config.emergence_threshold)
+        turns_off_F = on_F & (n_F < config.fade_threshold)
+        emergence_F = torch.where(turns_on_F, s, emergence_F)
+        fade_F = torch.where(turns_on_F, n_snapshots, torch.where(turns_off_F, s, fade_F))
+        on_F = (on_F | turns_on_F) & ~turns_off_F
     # First snapshot at the maximum, with a float tolerance so equal norms tie.
     at_peak_FS = normalized_FS >= 1.0 - 1e-5
     peak_F = torch.where(at_peak_FS, snapshot_idx_1S, n_snapshots).amin(dim=1)
