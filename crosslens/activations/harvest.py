@@ -1,0 +1,464 @@
+"""Harvest activations at hooks for one token set across every snapshot of a suite.
+
+Harvesting is snapshot-major: a snapshot is loaded, runs over all tokens with
+``run_with_cache(names_filter=hooks, stop_at_layer=...)`` (nothing computed past the
+deepest hooked block, nothing cached but the hooks), writes its shards, and is freed
+before the next one loads. Memory therefore holds one model and one shard, whatever
+the number of snapshots.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from difflib import get_close_matches
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float, Int
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from crosslens.activations.store import (
+    ACTS_DIR,
+    MANIFEST_NAME,
+    STORE_FORMAT,
+    TOKENS_NAME,
+    ActivationStore,
+    StoreMismatchError,
+    check_storage_dtype,
+    file_problem,
+    file_sha256,
+    from_storage,
+    norm_factors_from_manifest,
+    read_manifest,
+    shard_relpath,
+    to_storage,
+    write_manifest,
+    write_npy_atomic,
+)
+from crosslens.activations.tokens import (
+    check_same_tokenizer,
+    default_excluded_ids,
+    keep_mask,
+    tokens_sha256,
+)
+from crosslens.errors import DuplicateSnapshotError, SnapshotMismatchError
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from crosslens.checkpoints import CheckpointSuite
+
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
+_EMBED_HOOKS = {"hook_embed", "hook_pos_embed", "hook_tokens"}
+
+
+def as_hook_list(hooks: str | Sequence[str]) -> list[str]:
+    """One hook name or several -> a duplicate-free list in the given order."""
+    names = [hooks] if isinstance(hooks, str) else list(hooks)
+    if not names:
+        raise ValueError("no hooks given; pass a hook name such as 'blocks.1.hook_resid_post'.")
+    return list(dict.fromkeys(names))
+
+
+def stop_layer_for(hooks: Sequence[str]) -> int | None:
+    """The ``stop_at_layer`` that still reaches every hook (None: the whole model is needed)."""
+    stops = []
+    for hook in hooks:
+        match = _BLOCK_HOOK.match(hook)
+        if match:
+            stops.append(int(match.group(1)) + 1)
+        elif hook in _EMBED_HOOKS:
+            stops.append(0)
+        else:  # ln_final, unembed: past the last block
+            return None
+    return max(stops)
+
+
+def check_hooks(model: HookedTransformer, hooks: Sequence[str]) -> None:
+    """Refuse hook names the model does not have, suggesting near matches."""
+    for hook in hooks:
+        if hook not in model.hook_dict:
+            near = get_close_matches(hook, list(model.hook_dict), n=3)
+            raise ValueError(
+                f"the model has no hook {hook!r}"
+                + (f"; did you mean {near}?" if near else "")
+                + f" It has {model.cfg.n_layers} blocks; list names with `model.hook_dict.keys()`."
+            )
+
+
+@torch.inference_mode()
+def harvest_rows(
+    model: HookedTransformer,
+    token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"],
+    keep_NL: Bool[torch.Tensor, "n_seqs seq_len"],
+    hooks: Sequence[str],
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    on_batch: Callable[[int], Any] | None = None,
+) -> dict[str, Float[torch.Tensor, "n_kept d_in"]]:
+    """Run ``model`` on the sequences and return each hook's activations at kept tokens.
+
+    Rows come in (sequence, position) order; trailing dims of a hook (e.g. heads) are
+    flattened into ``d_in``. ``on_batch(n_kept)`` is called after each forward pass.
+    """
+    hooks = list(hooks)
+    check_hooks(model, hooks)
+    stop_at_layer = stop_layer_for(hooks)
+    if device is None:
+        device = model.cfg.device
+    pieces: dict[str, list[torch.Tensor]] = {hook: [] for hook in hooks}
+    for start in range(0, token_ids_NL.shape[0], batch_size):
+        tokens_BL = token_ids_NL[start : start + batch_size]
+        keep_BL = keep_NL[start : start + batch_size]
+        _, cache = model.run_with_cache(
+            tokens_BL.to(device),
+            names_filter=hooks,
+            stop_at_layer=stop_at_layer,
+            return_cache_object=False,
+        )
+        keep_on_device = keep_BL.to(device)
+        for hook in hooks:
+            if tuple(cache[hook].shape[:2]) != tuple(tokens_BL.shape):
+                raise ValueError(
+                    f"hook {hook!r} gives shape {tuple(cache[hook].shape)}, not one vector per token "
+                    "[batch, pos, ...]; harvest a per-token hook such as hook_resid_post, hook_mlp_out or attn.hook_z."
+                )
+            acts_BLD = cache[hook].reshape(*tokens_BL.shape, -1)
+            pieces[hook].append(acts_BLD[keep_on_device].to("cpu", torch.float32))
+        del cache
+        if on_batch is not None:
+            on_batch(int(keep_BL.sum()))
+    return {hook: torch.cat(rows) for hook, rows in pieces.items()}
+
+
+def check_suite(suite: CheckpointSuite) -> bool:
+    """Run the suite's own config-level checks (architectures, tokenizers) before any model
+    loads. Returns True when the suite has no tokenizer check, so each loaded model's
+    tokenizer must be compared instead."""
+    if hasattr(suite, "check_architectures"):
+        suite.check_architectures()
+    if hasattr(suite, "check_same_tokenizer"):
+        suite.check_same_tokenizer()
+        return False
+    return True
+
+
+def load_snapshot(
+    suite: CheckpointSuite,
+    ref: Any,
+    *,
+    device: str | torch.device = "cpu",
+    reference_tokenizer: Any = None,
+) -> tuple[dict, HookedTransformer]:
+    """Load one snapshot as float32 and return (its provenance dict, the model).
+
+    Refuses a snapshot whose tokenizer differs from ``reference_tokenizer``.
+    """
+    model = suite.load(ref, device=device, dtype=torch.float32)
+    info = getattr(model, "crosslens_snapshot", None)
+    record = info.to_dict() if info is not None else ref.to_dict()
+    record.setdefault("weights_sha256", None)
+    if reference_tokenizer is not None:
+        check_same_tokenizer(reference_tokenizer, getattr(model, "tokenizer", None), revision=ref.revision)
+    return record, model
+
+
+def free_model(model: Any) -> None:
+    """Free a model's tensors now, even if something still references the module."""
+    try:
+        from crosslens.checkpoints import release_model
+    except ImportError:  # pragma: no cover - a suite from elsewhere: fall back on the collector
+        gc.collect()
+    else:
+        release_model(model)  # moves tensors to "meta"; far cheaper than a full gc pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _plan_shards(kept_per_seq_N: Int[torch.Tensor, " n_seqs"], seqs_per_shard: int) -> list[dict]:
+    offsets = np.concatenate([[0], np.cumsum(kept_per_seq_N.numpy())]).astype(np.int64)
+    n_seqs = kept_per_seq_N.shape[0]
+    return [
+        {
+            "seq_start": a,
+            "seq_stop": min(a + seqs_per_shard, n_seqs),
+            "token_start": int(offsets[a]),
+            "token_stop": int(offsets[min(a + seqs_per_shard, n_seqs)]),
+        }
+        for a in range(0, n_seqs, seqs_per_shard)
+    ]
+
+
+def _spec_differences(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [key for key in keys if old.get(key) != new.get(key)]
+
+
+def _clear_store_files(root: Path) -> None:
+    for name in (MANIFEST_NAME, MANIFEST_NAME + ".tmp", TOKENS_NAME, TOKENS_NAME + ".tmp"):
+        (root / name).unlink(missing_ok=True)
+    shutil.rmtree(root / ACTS_DIR, ignore_errors=True)
+
+
+def _write_tokens(root: Path, tables: dict[str, torch.Tensor]) -> dict:
+    tmp = root / (TOKENS_NAME + ".tmp")
+    save_file({name: t.contiguous() for name, t in tables.items()}, str(tmp))
+    os.replace(tmp, root / TOKENS_NAME)
+    path = root / TOKENS_NAME
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def harvest_activations(
+    suite: CheckpointSuite,
+    hooks: str | Sequence[str],
+    token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"],
+    out_dir: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    exclude_bos: bool = True,
+    exclude_token_ids: Sequence[int] | None = None,
+    batch_size: int = 32,
+    shard_tokens: int = 1 << 16,
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    verify_hashes: bool = True,
+    progress: bool = True,
+) -> ActivationStore:
+    """Harvest ``hooks`` for ``token_ids_NL`` at every snapshot of ``suite`` into ``out_dir``.
+
+    Args:
+        suite: the snapshots; loaded one at a time with ``suite.load``.
+        hooks: hook name(s), e.g. ``"blocks.1.hook_resid_post"``.
+        token_ids_NL: the token table every snapshot runs on (see ``crosslens.activations.tokens``).
+        out_dir: store folder. Re-running with the same inputs resumes: finished shards are
+            kept (checked by size and, with ``verify_hashes``, sha256), damaged ones rebuilt.
+        dtype: storage dtype, "float32", "bfloat16" or "float16".
+        exclude_bos: drop position 0 of every row from the training tokens.
+        exclude_token_ids: token ids dropped wherever they occur; None means the tokenizer's
+            pad, BOS and EOS ids; ``()`` keeps everything.
+        batch_size: sequences per forward pass.
+        shard_tokens: about how many tokens (before exclusions) one shard file holds.
+        device: where the models run.
+        overwrite: replace a store in ``out_dir`` that was built for other inputs.
+        verify_hashes: on resume, re-hash finished shards (else sizes only).
+        progress: show a tqdm bar over snapshots x tokens.
+    """
+    check_storage_dtype(dtype)
+    hooks = as_hook_list(hooks)
+    if token_ids_NL.ndim != 2:
+        raise ValueError(
+            f"token_ids_NL must be [n_seqs, seq_len], got shape {tuple(token_ids_NL.shape)}; "
+            "build it with crosslens.activations.tokenize_texts()."
+        )
+    if batch_size < 1 or shard_tokens < 1:
+        raise ValueError(f"batch_size={batch_size} and shard_tokens={shard_tokens} must both be >= 1.")
+    token_ids_NL = token_ids_NL.detach().cpu().long().contiguous()
+    tokenizer = suite.tokenizer()
+    if exclude_token_ids is None:
+        exclude_token_ids = default_excluded_ids(tokenizer)
+    exclude_token_ids = sorted({int(i) for i in exclude_token_ids})
+    keep_NL = keep_mask(token_ids_NL, exclude_bos=exclude_bos, exclude_token_ids=exclude_token_ids)
+    if not keep_NL.any():
+        raise ValueError("every token is excluded; pass more text, exclude_bos=False or fewer exclude_token_ids.")
+    provenance = suite.provenance()
+    spec = {
+        "suite": _provenance_without_hashes(provenance),
+        "hooks": hooks,
+        "dtype": dtype,
+        "exclude_bos": exclude_bos,
+        "exclude_token_ids": exclude_token_ids,
+        "token_ids_sha256": tokens_sha256(token_ids_NL),
+        "n_seqs": token_ids_NL.shape[0],
+        "seq_len": token_ids_NL.shape[1],
+        "seqs_per_shard": max(1, shard_tokens // token_ids_NL.shape[1]),
+    }
+    per_model_tokenizer = check_suite(suite)
+
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = _start_or_resume(root, spec, overwrite=overwrite, verify_hashes=verify_hashes)
+    if manifest is None:
+        manifest = _new_manifest(spec, keep_NL, suite.snapshots)
+    for s, entry in enumerate(provenance.get("snapshots", [])):  # hashes of snapshots loaded earlier, if any
+        _check_known_weights(manifest, s, entry.get("weights_sha256"), entry.get("revision"))
+    if TOKENS_NAME not in manifest["files"]:
+        manifest["files"][TOKENS_NAME] = _write_tokens(
+            root,
+            {"sequences": token_ids_NL, "token_ids": token_ids_NL[keep_NL], "positions": keep_NL.nonzero()},
+        )
+        write_manifest(root, manifest)
+
+    shards, files = manifest["shards"], manifest["files"]
+    n_tokens, n_snapshots = manifest["n_tokens"], manifest["n_snapshots"]
+    bar = tqdm(
+        total=n_snapshots * n_tokens,
+        unit="tok",
+        unit_scale=True,
+        desc=f"harvest {n_snapshots} snapshots x {n_tokens} tokens",
+        disable=not progress,
+    )
+    try:
+        for s, ref in enumerate(suite.snapshots):
+            todo = [k for k in range(len(shards)) if any(shard_relpath(h, s, k) not in files for h in hooks)]
+            bar.update(sum(sh["token_stop"] - sh["token_start"] for k, sh in enumerate(shards) if k not in todo))
+            if not todo:  # finished earlier: not even loaded
+                continue
+            bar.set_postfix_str(f"snapshot {ref.revision}")
+            record, model = load_snapshot(
+                suite, ref, device=device, reference_tokenizer=tokenizer if per_model_tokenizer else None
+            )
+            try:
+                _check_snapshot(manifest, s, record, model, token_ids_NL)
+                for k in todo:
+                    a, b = shards[k]["seq_start"], shards[k]["seq_stop"]
+                    rows = harvest_rows(
+                        model, token_ids_NL[a:b], keep_NL[a:b], hooks, batch_size=batch_size, device=device, on_batch=bar.update
+                    )
+                    _write_shard(root, manifest, rows, s, k, revision=ref.revision)
+            finally:
+                free_model(model)
+    finally:
+        bar.close()
+
+    manifest["norm_factors"] = {hook: norm_factors_from_manifest(manifest, hook) for hook in hooks}
+    manifest["mean_norms"] = {
+        hook: [math.sqrt(manifest["d_in"][hook]) / f for f in manifest["norm_factors"][hook]] for hook in hooks
+    }
+    manifest["complete"] = True
+    write_manifest(root, manifest)
+    return ActivationStore.open(root, verify="none")
+
+
+def _provenance_without_hashes(provenance: dict) -> dict:
+    # Weights hashes enter a suite's provenance as its snapshots get loaded; they are
+    # checked per snapshot instead, so the fingerprint must not depend on what ran before.
+    snapshots = [{k: v for k, v in entry.items() if k != "weights_sha256"} for entry in provenance.get("snapshots", [])]
+    return {**provenance, "snapshots": snapshots}
+
+
+def _fingerprint(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _new_manifest(spec: dict, keep_NL: torch.Tensor, snapshots: Sequence[Any]) -> dict:
+    return {
+        "format": STORE_FORMAT,
+        "fingerprint": _fingerprint(spec),
+        "spec": spec,
+        "n_tokens": int(keep_NL.sum()),
+        "n_snapshots": len(snapshots),
+        "d_in": {},
+        "shards": _plan_shards(keep_NL.sum(dim=1), spec["seqs_per_shard"]),
+        "snapshots": [dict(ref.to_dict(), weights_sha256=None) for ref in snapshots],
+        "files": {},
+        "complete": False,
+    }
+
+
+def _write_shard(
+    root: Path, manifest: dict, rows: dict[str, torch.Tensor], s: int, k: int, *, revision: str
+) -> None:
+    """Write shard ``k`` of snapshot ``s`` for each hook, then record it in the manifest."""
+    dtype, files = manifest["spec"]["dtype"], manifest["files"]
+    for hook, acts_ND in rows.items():
+        _check_width(manifest, hook, acts_ND.shape[1], revision)
+        rel = shard_relpath(hook, s, k)
+        if rel in files:  # only a sibling hook's file was damaged; this one is intact
+            continue
+        stored = to_storage(acts_ND, dtype)
+        # Norms of the values as stored, so normalised reads hit sqrt(d_in) exactly.
+        norm_sum = torch.linalg.vector_norm(from_storage(stored, dtype), dim=1, dtype=torch.float64).sum()
+        n_bytes, sha = write_npy_atomic(root / rel, stored)
+        files[rel] = {"bytes": n_bytes, "sha256": sha, "rows": int(acts_ND.shape[0]), "norm_sum": float(norm_sum)}
+    write_manifest(root, manifest)
+
+
+def _start_or_resume(root: Path, spec: dict, *, overwrite: bool, verify_hashes: bool) -> dict | None:
+    """The manifest to resume from, or None to start afresh (after clearing when allowed)."""
+    for tmp in root.glob(f"{ACTS_DIR}/*/*.tmp"):  # leftovers of a write that was killed
+        tmp.unlink()
+    if not (root / MANIFEST_NAME).is_file():
+        ours = {ACTS_DIR, TOKENS_NAME, TOKENS_NAME + ".tmp", MANIFEST_NAME + ".tmp"}  # a run killed at its start
+        leftovers = [p.name for p in root.iterdir() if p.name not in ours]
+        if leftovers and not overwrite:
+            raise StoreMismatchError(
+                f"{root} is not empty ({leftovers[:3]}...) and holds no activation store; "
+                "choose an empty out_dir or pass overwrite=True."
+            )
+        _clear_store_files(root)
+        return None
+    try:
+        manifest = read_manifest(root)
+    except ValueError:  # a manifest cut short: nothing in the folder can be trusted
+        manifest = {}
+    if manifest.get("fingerprint") != _fingerprint(spec) or manifest.get("format") != STORE_FORMAT:
+        if overwrite:
+            _clear_store_files(root)
+            return None
+        differs = _spec_differences(manifest.get("spec", {}), spec) or ["format"]
+        raise StoreMismatchError(
+            f"{root} holds an activation store built for other inputs (differs in: {', '.join(differs)}); "
+            "use a new out_dir, or pass overwrite=True to replace it."
+        )
+    files = manifest["files"]
+    for rel in list(files):
+        if file_problem(root, rel, files[rel], full=verify_hashes) is not None:
+            (root / rel).unlink(missing_ok=True)
+            del files[rel]
+            manifest["complete"] = False
+    return manifest
+
+
+def _check_known_weights(manifest: dict | None, s: int, sha: str | None, revision: str | None) -> None:
+    recorded = None if manifest is None else manifest["snapshots"][s].get("weights_sha256")
+    if sha is not None and recorded is not None and recorded != sha:
+        raise StoreMismatchError(
+            f"snapshot {revision!r} has other weights (sha256 {sha[:12]}...) than the store was built from "
+            f"({recorded[:12]}...); use a new out_dir, or pass overwrite=True to replace the store."
+        )
+
+
+def _check_snapshot(
+    manifest: dict, s: int, record: dict, model: HookedTransformer, token_ids_NL: torch.Tensor
+) -> None:
+    """Refuse changed weights (vs. a previous run), duplicate weights and too-small vocabularies."""
+    recorded = manifest["snapshots"][s]
+    sha = record.get("weights_sha256")
+    _check_known_weights(manifest, s, sha, record["revision"])
+    for other in manifest["snapshots"]:
+        if sha is not None and other is not recorded and other.get("weights_sha256") == sha:
+            raise DuplicateSnapshotError(
+                f"snapshots {other['revision']!r} and {record['revision']!r} hold identical weights "
+                f"(sha256 {sha[:12]}...); drop one with suite.select(...).",
+                revisions=(other["revision"], record["revision"]),
+                sha256=sha,
+            )
+    if int(token_ids_NL.max()) >= model.cfg.d_vocab:
+        raise SnapshotMismatchError(
+            f"token id {int(token_ids_NL.max())} is outside snapshot {record['revision']!r}'s vocabulary "
+            f"of {model.cfg.d_vocab}; build the tokens with this suite's tokenizer.",
+            revision=record["revision"],
+        )
+    manifest["snapshots"][s] = record
+
+
+def _check_width(manifest: dict, hook: str, d_in: int, revision: str) -> None:
+    known = manifest["d_in"].setdefault(hook, d_in)
+    if known != d_in:
+        raise SnapshotMismatchError(
+            f"snapshot {revision!r} has width {d_in} at {hook}, other snapshots {known}; "
+            "every snapshot of a crosscoder must share one architecture.",
+            revision=revision,
+            differences={"d_in": (known, d_in)},
+        )

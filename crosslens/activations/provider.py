@@ -1,0 +1,307 @@
+"""Shuffled ``[batch, n_snapshots, d_in]`` training batches, from disk or harvested on the fly.
+
+Both providers see an epoch as a stream: a seeded permutation of all training tokens,
+cut into batches. Only a bounded window of that stream (the mixing buffer) is in memory
+at a time, yet the shuffle is uniform over the whole epoch because the permutation is
+global. The same seed gives the same batches, every token appears exactly once per
+epoch, and ``start_batch=k`` resumes at batch k without reading batches 0..k-1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+
+from crosslens.activations.harvest import check_suite, free_model, harvest_rows, load_snapshot
+from crosslens.activations.store import ActivationStore
+from crosslens.activations.tokens import default_excluded_ids, keep_mask
+
+if TYPE_CHECKING:
+    from crosslens.checkpoints import CheckpointSuite
+
+
+def epoch_rng(seed: int, epoch: int, *extra: int) -> np.random.Generator:
+    """Independent, reproducible random stream for (seed, epoch, ...)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, *extra]))
+
+
+def _check_batching(batch_size: int, n_epochs: int | None, start_batch: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1.")
+    if n_epochs is not None and n_epochs < 1:
+        raise ValueError(f"n_epochs={n_epochs} must be >= 1, or None to repeat forever.")
+    if start_batch < 0:
+        raise ValueError(f"start_batch={start_batch} must be >= 0.")
+
+
+class ActivationProvider:
+    """Shuffled batches from an :class:`ActivationStore`.
+
+    Each epoch draws a permutation of all stored tokens from ``(seed, epoch)`` and reads
+    it ``buffer_tokens`` rows at a time (random access across shards), so memory stays at
+    about ``buffer_tokens * n_snapshots * d_in`` floats (twice that with ``prefetch``)
+    plus 8 bytes per token for the permutation.
+
+    Args:
+        store: the activation store.
+        hook: which stored hook; None for the store's only hook.
+        batch_size: tokens per batch.
+        seed: shuffling seed; same seed, same batches.
+        buffer_tokens: rows read per gather (rounded to whole batches).
+        normalize: scale each snapshot to mean norm sqrt(d_in) (``store.norm_factors``).
+        drop_last: drop each epoch's final partial batch (else it is served, smaller).
+        n_epochs: epochs to serve; None repeats forever.
+        start_batch: index of the first batch to serve (to resume training at batch k).
+        device: where batches are put.
+        prefetch: read the next buffer in a background thread while batches are consumed.
+    """
+
+    def __init__(
+        self,
+        store: ActivationStore,
+        hook: str | None = None,
+        batch_size: int = 1024,
+        *,
+        seed: int = 0,
+        buffer_tokens: int = 1 << 15,
+        normalize: bool = True,
+        drop_last: bool = False,
+        n_epochs: int | None = None,
+        start_batch: int = 0,
+        device: str | torch.device = "cpu",
+        prefetch: bool = True,
+    ) -> None:
+        _check_batching(batch_size, n_epochs, start_batch)
+        if hook is None:
+            if len(store.hooks) != 1:
+                raise ValueError(f"the store holds several hooks {store.hooks}; pass hook=.")
+            hook = store.hooks[0]
+        store.d_in_of(hook)  # refuses unknown hooks
+        if drop_last and store.n_tokens < batch_size:
+            raise ValueError(
+                f"the store holds {store.n_tokens} tokens, fewer than one batch of {batch_size}, "
+                "and drop_last=True would serve nothing; use a smaller batch_size or drop_last=False."
+            )
+        self.store = store
+        self.hook = hook
+        self.batch_size = batch_size
+        self.seed = seed
+        self.buffer_rows = max(1, buffer_tokens // batch_size) * batch_size
+        self.normalize = normalize
+        self.drop_last = drop_last
+        self.n_epochs = n_epochs
+        self.start_batch = start_batch
+        self.device = torch.device(device)
+        self.prefetch = prefetch
+
+    @property
+    def n_snapshots(self) -> int:
+        return self.store.n_snapshots
+
+    @property
+    def d_in(self) -> int:
+        return self.store.d_in_of(self.hook)
+
+    @property
+    def norm_factors(self) -> Float[torch.Tensor, " n_snapshots"]:
+        """Factors applied when ``normalize`` (fold them into a crosscoder with its folding method)."""
+        return self.store.norm_factors(self.hook)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        n = self.store.n_tokens
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def epoch_order(self, epoch: int) -> Int[np.ndarray, " n_tokens"]:
+        """Store indices of all tokens in the order epoch ``epoch`` serves them."""
+        return epoch_rng(self.seed, epoch).permutation(self.store.n_tokens)
+
+    def __iter__(self) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
+        return self.batches(self.start_batch)
+
+    def batches(self, start: int = 0) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
+        """Batches from batch index ``start`` on (counting from the first batch of epoch 0)."""
+        epoch, first = divmod(start, self.batches_per_epoch)
+        executor = ThreadPoolExecutor(max_workers=1) if self.prefetch else None
+        try:
+            while self.n_epochs is None or epoch < self.n_epochs:
+                order = self.epoch_order(epoch)
+                served = self.batches_per_epoch * self.batch_size if self.drop_last else order.size
+                windows = [
+                    order[lo : min(lo + self.buffer_rows, served)]
+                    for lo in range(first * self.batch_size, served, self.buffer_rows)
+                ]
+                pending = self._submit(executor, windows[0]) if windows else None
+                for i in range(len(windows)):
+                    buffer_BSD = pending.result() if executor else pending
+                    pending = self._submit(executor, windows[i + 1]) if i + 1 < len(windows) else None
+                    for lo in range(0, buffer_BSD.shape[0], self.batch_size):
+                        yield buffer_BSD[lo : lo + self.batch_size].to(self.device)
+                epoch, first = epoch + 1, 0
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, executor: ThreadPoolExecutor | None, window: np.ndarray) -> Any:
+        if executor is None:
+            return self.store.read(self.hook, window, normalize=self.normalize)
+        return executor.submit(self.store.read, self.hook, window, normalize=self.normalize)
+
+
+class OnTheFlyProvider:
+    """Shuffled batches harvested into memory as they are needed, nothing written to disk.
+
+    Each epoch permutes the sequences (seeded), takes them ``chunk_seqs`` at a time,
+    harvests a chunk at every snapshot (one model resident at a time), shuffles the
+    chunk's tokens and serves them. Every snapshot is therefore reloaded once per chunk:
+    this pays off only for small suites, or when there is no disk for a store. The shuffle
+    mixes tokens within a chunk only (sequences are shuffled across the epoch).
+
+    Normalisation factors are measured on the first chunk of epoch 0 unless given.
+    Arguments as :class:`ActivationProvider`, plus the suite, hook and token table, the
+    exclusions of :func:`harvest_activations`, and ``harvest_batch_size`` (sequences per
+    forward pass).
+    """
+
+    def __init__(
+        self,
+        suite: CheckpointSuite,
+        hook: str,
+        token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"],
+        batch_size: int = 1024,
+        *,
+        seed: int = 0,
+        chunk_seqs: int = 256,
+        exclude_bos: bool = True,
+        exclude_token_ids: Sequence[int] | None = None,
+        normalize: bool = True,
+        norm_factors: Sequence[float] | torch.Tensor | None = None,
+        drop_last: bool = False,
+        n_epochs: int | None = None,
+        start_batch: int = 0,
+        device: str | torch.device = "cpu",
+        model_device: str | torch.device = "cpu",
+        harvest_batch_size: int = 32,
+    ) -> None:
+        _check_batching(batch_size, n_epochs, start_batch)
+        if chunk_seqs < 1:
+            raise ValueError(f"chunk_seqs={chunk_seqs} must be >= 1.")
+        if token_ids_NL.ndim != 2:
+            raise ValueError(f"token_ids_NL must be [n_seqs, seq_len], got shape {tuple(token_ids_NL.shape)}.")
+        self.suite = suite
+        self.hook = hook
+        self.token_ids_NL = token_ids_NL.detach().cpu().long()
+        self._tokenizer = suite.tokenizer()
+        self._per_model_tokenizer = check_suite(suite)
+        if exclude_token_ids is None:
+            exclude_token_ids = default_excluded_ids(self._tokenizer)
+        self.keep_NL = keep_mask(self.token_ids_NL, exclude_bos=exclude_bos, exclude_token_ids=exclude_token_ids)
+        self.n_tokens = int(self.keep_NL.sum())
+        if self.n_tokens == 0:
+            raise ValueError("every token is excluded; pass more text, exclude_bos=False or fewer exclude_token_ids.")
+        if drop_last and self.n_tokens < batch_size:
+            raise ValueError(
+                f"only {self.n_tokens} training tokens, fewer than one batch of {batch_size}; "
+                "use a smaller batch_size or drop_last=False."
+            )
+        self.batch_size = batch_size
+        self.seed = seed
+        self.chunk_seqs = chunk_seqs
+        self.normalize = normalize
+        self.drop_last = drop_last
+        self.n_epochs = n_epochs
+        self.start_batch = start_batch
+        self.device = torch.device(device)
+        self.model_device = model_device
+        self.harvest_batch_size = harvest_batch_size
+        self._norm_factors = None if norm_factors is None else torch.as_tensor(norm_factors, dtype=torch.float32)
+        self._cached_chunk: tuple[tuple[int, int], torch.Tensor] | None = None
+        self._d_in: int | None = None
+
+    @property
+    def n_snapshots(self) -> int:
+        return len(self.suite)
+
+    @property
+    def d_in(self) -> int:
+        """Width of the hook's activations (harvests the first chunk if nothing ran yet)."""
+        if self._d_in is None:
+            self._d_in = int(self._chunk(0, 0).shape[-1])
+        return self._d_in
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n_tokens // self.batch_size if self.drop_last else math.ceil(self.n_tokens / self.batch_size)
+
+    @property
+    def norm_factors(self) -> Float[torch.Tensor, " n_snapshots"]:
+        """sqrt(d_in) / mean norm per snapshot, measured on the first chunk of epoch 0 unless given."""
+        if self._norm_factors is None:
+            acts_NSD = self._chunk(0, 0)
+            mean_norms_S = torch.linalg.vector_norm(acts_NSD, dim=-1, dtype=torch.float64).mean(0)
+            self._norm_factors = (math.sqrt(acts_NSD.shape[-1]) / mean_norms_S).float()
+        return self._norm_factors
+
+    def _chunks(self, epoch: int) -> list[np.ndarray]:
+        seq_order = epoch_rng(self.seed, epoch).permutation(self.token_ids_NL.shape[0])
+        return [seq_order[lo : lo + self.chunk_seqs] for lo in range(0, seq_order.size, self.chunk_seqs)]
+
+    def _chunk(self, epoch: int, index: int) -> Float[torch.Tensor, "n n_snapshots d_in"]:
+        """Raw (unnormalised) activations of chunk ``index`` of ``epoch``, in serving order."""
+        if self._cached_chunk is not None and self._cached_chunk[0] == (epoch, index):
+            return self._cached_chunk[1]
+        seqs = torch.from_numpy(self._chunks(epoch)[index])
+        tokens, keep = self.token_ids_NL[seqs], self.keep_NL[seqs]
+        per_snapshot = []
+        for ref in self.suite.snapshots:
+            reference = self._tokenizer if self._per_model_tokenizer else None
+            _, model = load_snapshot(self.suite, ref, device=self.model_device, reference_tokenizer=reference)
+            try:
+                rows = harvest_rows(model, tokens, keep, [self.hook], batch_size=self.harvest_batch_size)
+            finally:
+                free_model(model)
+            per_snapshot.append(rows[self.hook])
+        acts_NSD = torch.stack(per_snapshot, dim=1)
+        self._d_in = int(acts_NSD.shape[-1])
+        shuffle = epoch_rng(self.seed, epoch, index + 1).permutation(acts_NSD.shape[0])
+        acts_NSD = acts_NSD[torch.from_numpy(shuffle)]
+        self._cached_chunk = ((epoch, index), acts_NSD)
+        return acts_NSD
+
+    def __iter__(self) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
+        return self.batches(self.start_batch)
+
+    def batches(self, start: int = 0) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
+        """Batches from batch index ``start`` on; chunks before it are never harvested."""
+        factors = self.norm_factors[None, :, None] if self.normalize else None
+        kept_per_seq = self.keep_NL.sum(dim=1).numpy()
+        epoch, first = divmod(start, self.batches_per_epoch)
+        while self.n_epochs is None or epoch < self.n_epochs:
+            chunks = self._chunks(epoch)
+            chunk_ends = np.cumsum([kept_per_seq[c].sum() for c in chunks])
+            served = self.batches_per_epoch * self.batch_size if self.drop_last else self.n_tokens
+            position = first * self.batch_size  # in the epoch's token stream
+            carry: torch.Tensor | None = None
+            for index in range(int(np.searchsorted(chunk_ends, position, side="right")), len(chunks)):
+                if position >= served:
+                    break
+                chunk_start = int(chunk_ends[index - 1]) if index else 0
+                acts_NSD = self._chunk(epoch, index)[position - chunk_start : served - chunk_start]
+                position += acts_NSD.shape[0]
+                if factors is not None:
+                    acts_NSD = acts_NSD * factors
+                if carry is not None:
+                    acts_NSD = torch.cat([carry, acts_NSD])
+                n_full = acts_NSD.shape[0] // self.batch_size * self.batch_size
+                for lo in range(0, n_full, self.batch_size):
+                    yield acts_NSD[lo : lo + self.batch_size].to(self.device)
+                carry = acts_NSD[n_full:] if n_full < acts_NSD.shape[0] else None
+            if carry is not None:  # only when not drop_last: the epoch's last, smaller batch
+                yield carry.to(self.device)
+            epoch, first = epoch + 1, 0

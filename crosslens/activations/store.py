@@ -1,0 +1,357 @@
+"""The on-disk activation store: shards, manifest, and random-access reads.
+
+Layout of a store folder::
+
+    manifest.json                              everything needed to trust and read the store
+    tokens.safetensors                         token table [n_seqs, seq_len], kept token ids [N],
+                                               their (seq, pos) [N, 2]
+    acts/<hook>/snap{s:03d}_shard{k:04d}.npy   activations [rows_k, d_in] of snapshot s, shard k
+
+Why ``.npy`` shards: harvesting is snapshot-major (one model resident at a time) while
+training reads token-major ``[batch, n_snapshots, d_in]`` in random order. A ``.npy``
+file opened with ``numpy.load(mmap_mode="r")`` turns a random gather of rows into page
+reads of just those rows, with no deserialisation and nothing held in memory beyond the
+OS page cache, and the header makes each file self-describing. safetensors would need
+a full tensor load (or contiguous slices only) per gather; Arrow tables via ``datasets``
+store row-major records, so a snapshot-major writer would have to transpose everything.
+bfloat16 has no numpy dtype, so it is stored as its raw 16 bits (``uint16``).
+
+Shards group whole sequences, so each sequence runs through a model exactly once, and
+a shard is the unit of resume: a shard file is written under a temporary name, renamed
+into place, and only then recorded in the manifest with its size and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from safetensors.torch import load_file
+
+from crosslens.errors import CrosslensError
+
+MANIFEST_NAME = "manifest.json"
+TOKENS_NAME = "tokens.safetensors"
+ACTS_DIR = "acts"
+STORE_FORMAT = "crosslens.activations/1"
+
+# Storage dtype -> numpy dtype of the shard files.
+STORAGE_DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(np.uint16),
+}
+
+
+class StoreMismatchError(CrosslensError):
+    """A store folder was built for other inputs (suite, hooks, tokens, dtype, ...)."""
+
+
+class CorruptShardError(CrosslensError):
+    """Store files are missing, truncated or altered."""
+
+
+class IncompleteStoreError(CrosslensError):
+    """The store's harvest has not finished."""
+
+
+def check_storage_dtype(dtype: str) -> str:
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(STORAGE_DTYPES)}.")
+    return dtype
+
+
+def to_storage(acts_ND: Float[torch.Tensor, "n d_in"], dtype: str) -> np.ndarray:
+    """float activations -> the numpy array written to a shard."""
+    acts_ND = acts_ND.detach().to("cpu").contiguous()
+    if dtype == "float32":
+        return acts_ND.float().numpy()
+    if dtype == "float16":
+        return acts_ND.half().numpy()
+    return acts_ND.bfloat16().view(torch.int16).numpy().view(np.uint16)
+
+
+def from_storage(rows: np.ndarray, dtype: str) -> Float[torch.Tensor, "n d_in"]:
+    """Shard rows -> float32 tensor (bit-exact inverse of :func:`to_storage` up to its rounding)."""
+    rows = np.ascontiguousarray(rows)
+    if dtype == "bfloat16":
+        return torch.from_numpy(rows.view(np.int16)).view(torch.bfloat16).float()
+    return torch.from_numpy(rows).float()
+
+
+class _HashingWriter:
+    """File wrapper that hashes and counts every byte written through it."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.sha256 = hashlib.sha256()
+        self.n_bytes = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.sha256.update(data)
+        self.n_bytes += len(data)
+        return self.handle.write(data)
+
+
+def write_npy_atomic(path: Path, array: np.ndarray) -> tuple[int, str]:
+    """Write ``array`` as ``.npy`` via a temporary file and rename; return (bytes, sha256)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        writer = _HashingWriter(handle)
+        np.lib.format.write_array(writer, np.ascontiguousarray(array), allow_pickle=False)
+    # No fsync: a shard lost to a crash after the rename fails the size/sha256 check on
+    # resume and is rebuilt, so durability costs nothing here but disk stalls.
+    os.replace(tmp, path)
+    return writer.n_bytes, writer.sha256.hexdigest()
+
+
+def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_problem(root: Path, rel: str, record: dict, *, full: bool) -> str | None:
+    """Why the file ``rel`` does not match its manifest record, or None when it does."""
+    path = root / rel
+    if not path.is_file():
+        return f"{rel}: missing"
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        return f"{rel}: {size} bytes, expected {record['bytes']}"
+    if full and file_sha256(path) != record["sha256"]:
+        return f"{rel}: sha256 differs from the manifest"
+    return None
+
+
+def shard_relpath(hook: str, snapshot: int, shard: int) -> str:
+    return f"{ACTS_DIR}/{hook}/snap{snapshot:03d}_shard{shard:04d}.npy"
+
+
+def read_manifest(root: Path) -> dict:
+    return json.loads((root / MANIFEST_NAME).read_text())
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    tmp = root / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, root / MANIFEST_NAME)
+
+
+def norm_factors_from_manifest(manifest: dict, hook: str) -> list[float]:
+    """sqrt(d_in) / mean ||a_s|| per snapshot, from the per-shard norm sums."""
+    d_in = manifest["d_in"][hook]
+    n_tokens = manifest["n_tokens"]
+    factors = []
+    for s in range(manifest["n_snapshots"]):
+        total = math.fsum(
+            manifest["files"][shard_relpath(hook, s, k)]["norm_sum"] for k in range(len(manifest["shards"]))
+        )
+        mean_norm = total / n_tokens
+        if mean_norm <= 0:
+            raise ValueError(
+                f"snapshot {s} has zero activations at {hook}, so no normalisation factor exists; "
+                "drop that snapshot or read with normalize=False."
+            )
+        factors.append(math.sqrt(d_in) / mean_norm)
+    return factors
+
+
+class ActivationStore:
+    """A finished activation store, opened read-only.
+
+    ``read(hook, token_idx)`` returns ``[n, n_snapshots, d_in]`` float32 rows gathered
+    from memory-mapped shards; ``normalize=True`` scales snapshot ``s`` by
+    ``norm_factors(hook)[s]`` so its mean activation norm is ``sqrt(d_in)``.
+    """
+
+    #: memory maps kept open at once (each holds a file descriptor)
+    max_open_shards = 256
+
+    def __init__(self, path: str | os.PathLike, manifest: dict) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self._token_starts = np.array([sh["token_start"] for sh in manifest["shards"]], dtype=np.int64)
+        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._tokens: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, verify: str = "size") -> ActivationStore:
+        """Open a finished store; ``verify`` is "size" (cheap), "full" (sha256) or "none"."""
+        root = Path(path)
+        if not (root / MANIFEST_NAME).is_file():
+            raise FileNotFoundError(f"{root} holds no {MANIFEST_NAME}; build a store there with harvest_activations().")
+        manifest = read_manifest(root)
+        if manifest.get("format") != STORE_FORMAT:
+            raise ValueError(
+                f"{root} is a store of format {manifest.get('format')!r}, this crosslens reads {STORE_FORMAT!r}; "
+                "harvest it again with this version."
+            )
+        if not manifest.get("complete"):
+            raise IncompleteStoreError(
+                f"the harvest into {root} has not finished; run harvest_activations() again with the same "
+                "arguments to complete it (finished shards are kept)."
+            )
+        store = cls(root, manifest)
+        if verify != "none":
+            store.verify(full=verify == "full")
+        return store
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.manifest["spec"]["hooks"])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.manifest["n_tokens"])
+
+    @property
+    def n_snapshots(self) -> int:
+        return int(self.manifest["n_snapshots"])
+
+    @property
+    def dtype(self) -> str:
+        return self.manifest["spec"]["dtype"]
+
+    @property
+    def d_in(self) -> int:
+        """Width of the stored activations (the same at every hook; else use ``d_in_of``)."""
+        widths = set(self.manifest["d_in"].values())
+        if len(widths) != 1:
+            raise ValueError(f"hooks have different widths {self.manifest['d_in']}; use store.d_in_of(hook).")
+        return widths.pop()
+
+    def d_in_of(self, hook: str) -> int:
+        return int(self.manifest["d_in"][self._check_hook(hook)])
+
+    @property
+    def snapshots(self) -> list[dict]:
+        """Per snapshot: revision, step, tokens_seen, model_id, weights_sha256."""
+        return list(self.manifest["snapshots"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    def norm_factors(self, hook: str) -> Float[torch.Tensor, " n_snapshots"]:
+        """sqrt(d_in) / mean_t ||a_{t,s}|| per snapshot: multiply to give mean norm sqrt(d_in)."""
+        return torch.tensor(self.manifest["norm_factors"][self._check_hook(hook)], dtype=torch.float32)
+
+    def mean_norms(self, hook: str) -> Float[torch.Tensor, " n_snapshots"]:
+        """Mean activation norm per snapshot, before normalisation."""
+        return torch.tensor(self.manifest["mean_norms"][self._check_hook(hook)], dtype=torch.float32)
+
+    def _load_tokens(self) -> dict[str, torch.Tensor]:
+        if self._tokens is None:
+            self._tokens = load_file(self.path / TOKENS_NAME)
+        return self._tokens
+
+    @property
+    def token_ids(self) -> Int[torch.Tensor, " n_tokens"]:
+        """Id of each stored token, in store order."""
+        return self._load_tokens()["token_ids"]
+
+    @property
+    def positions(self) -> Int[torch.Tensor, "n_tokens 2"]:
+        """(sequence, position) of each stored token in :attr:`sequences`."""
+        return self._load_tokens()["positions"]
+
+    @property
+    def sequences(self) -> Int[torch.Tensor, "n_seqs seq_len"]:
+        """The full token table the models ran on (excluded tokens included)."""
+        return self._load_tokens()["sequences"]
+
+    def nbytes(self) -> int:
+        """Bytes of activation shards on disk."""
+        return sum(rec["bytes"] for rel, rec in self.manifest["files"].items() if rel.startswith(ACTS_DIR))
+
+    def verify(self, *, full: bool = True) -> None:
+        """Check every file against the manifest (sizes; sha256 too when ``full``)."""
+        problems = [
+            problem
+            for rel, record in sorted(self.manifest["files"].items())
+            if (problem := file_problem(self.path, rel, record, full=full)) is not None
+        ]
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise CorruptShardError(
+                f"store {self.path} has {len(problems)} damaged file(s): {shown}. Run harvest_activations() "
+                "again with the same arguments: it rebuilds exactly the damaged shards."
+            )
+
+    # ------------------------------------------------------------------ reads
+    def _check_hook(self, hook: str) -> str:
+        if hook not in self.manifest["d_in"]:
+            raise KeyError(f"hook {hook!r} is not in this store; it holds {self.hooks}.")
+        return hook
+
+    def _shard_map(self, hook: str, snapshot: int, shard: int) -> np.ndarray:
+        rel = shard_relpath(hook, snapshot, shard)
+        mapped = self._maps.get(rel)
+        if mapped is None:
+            mapped = np.load(self.path / rel, mmap_mode="r")
+            self._maps[rel] = mapped
+            if len(self._maps) > self.max_open_shards:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(rel)
+        return mapped
+
+    def read(
+        self,
+        hook: str,
+        token_idx: Sequence[int] | np.ndarray | torch.Tensor | slice,
+        *,
+        normalize: bool = True,
+    ) -> Float[torch.Tensor, "n n_snapshots d_in"]:
+        """Activations of the given stored tokens at every snapshot, as float32."""
+        d_in = self.d_in_of(hook)
+        if isinstance(token_idx, slice):
+            idx = np.arange(self.n_tokens, dtype=np.int64)[token_idx]
+        elif isinstance(token_idx, torch.Tensor):
+            idx = token_idx.detach().cpu().numpy().astype(np.int64).reshape(-1)
+        else:
+            idx = np.asarray(token_idx, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_tokens):
+            raise IndexError(f"token indices must lie in [0, {self.n_tokens}); got {idx.min()}..{idx.max()}.")
+
+        out_NSD = torch.empty(idx.size, self.n_snapshots, d_in, dtype=torch.float32)
+        # Gather shard by shard, rows in file order, then scatter back to the asked order.
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        shard_of = np.searchsorted(self._token_starts, sorted_idx, side="right") - 1
+        bounds = np.flatnonzero(np.diff(shard_of)) + 1
+        for group in np.split(np.arange(idx.size), bounds):
+            if group.size == 0:
+                continue
+            shard = int(shard_of[group[0]])
+            local = sorted_idx[group] - self._token_starts[shard]
+            dest = torch.from_numpy(order[group])
+            for s in range(self.n_snapshots):
+                rows = self._shard_map(hook, s, shard)[local]
+                out_NSD[dest, s] = from_storage(rows, self.dtype)
+        if normalize:
+            out_NSD *= self.norm_factors(hook)[None, :, None]
+        return out_NSD
+
+    def close(self) -> None:
+        self._maps.clear()
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivationStore({str(self.path)!r}, hooks={self.hooks}, n_tokens={self.n_tokens}, "
+            f"n_snapshots={self.n_snapshots}, dtype={self.dtype})"
+        )

@@ -1,0 +1,249 @@
+"""Token sets shared by every snapshot of a suite.
+
+A crosscoder example is one token seen by all snapshots, so the token ids are fixed
+once, before any model runs: texts are tokenized a single time with the suite's
+tokenizer, documents are joined with EOS and packed into rows of ``seq_len`` tokens,
+each row starting with BOS (the position most models use as an attention sink, and
+which harvesting drops by default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Int
+
+from crosslens.errors import TokenizerMismatchError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+def pack_documents(
+    documents: Iterable[Sequence[int]],
+    seq_len: int,
+    *,
+    n_seqs: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+) -> Int[torch.Tensor, "n_seqs seq_len"]:
+    """Concatenate tokenized documents (EOS between them) into rows of ``seq_len``.
+
+    Each row starts with ``bos_token_id`` when given, followed by ``seq_len - 1`` tokens
+    of the running stream; a final partial row is dropped. ``documents`` may be a lazy
+    iterable: packing stops as soon as ``n_seqs`` rows are full.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len={seq_len} is too short; use seq_len >= 2.")
+    if n_seqs is not None and n_seqs < 1:
+        raise ValueError(f"n_seqs={n_seqs} must be >= 1 (or None for all documents).")
+    body_len = seq_len - (1 if bos_token_id is not None else 0)
+    prefix = [bos_token_id] if bos_token_id is not None else []
+    rows: list[list[int]] = []
+    stream: list[int] = []
+    for doc in documents:
+        stream.extend(int(t) for t in doc)
+        if eos_token_id is not None:
+            stream.append(int(eos_token_id))
+        start = 0  # walk an offset rather than re-slicing the stream: long documents stay linear
+        while len(stream) - start >= body_len and (n_seqs is None or len(rows) < n_seqs):
+            rows.append(prefix + stream[start : start + body_len])
+            start += body_len
+        del stream[:start]
+        if n_seqs is not None and len(rows) >= n_seqs:
+            break
+    if not rows:
+        raise ValueError(
+            f"the documents hold fewer than {body_len} tokens, not enough for one row of "
+            f"seq_len={seq_len}; give more text or a shorter seq_len."
+        )
+    if n_seqs is not None and len(rows) < n_seqs:
+        raise ValueError(
+            f"the documents fill only {len(rows)} rows of seq_len={seq_len}, but n_seqs={n_seqs} "
+            "were asked for; give more text or ask for fewer tokens."
+        )
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int | None, int | None]:
+    bos = tokenizer.bos_token_id
+    eos = tokenizer.eos_token_id
+    # GPT-NeoX style tokenizers have no distinct BOS; EOS doubles as the row start.
+    return (bos if bos is not None else eos), eos
+
+
+def tokenize_texts(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Iterable[str],
+    seq_len: int,
+    *,
+    n_seqs: int | None = None,
+    prepend_bos: bool = True,
+) -> Int[torch.Tensor, "n_seqs seq_len"]:
+    """Tokenize ``texts`` once (no special tokens added) and pack them into rows."""
+    bos, eos = _special_ids(tokenizer)
+    if prepend_bos and bos is None:
+        raise ValueError(
+            "the tokenizer defines neither a BOS nor an EOS token to start rows with; "
+            "pass prepend_bos=False."
+        )
+    docs = (tokenizer.encode(text, add_special_tokens=False) for text in texts)
+    return pack_documents(
+        docs, seq_len, n_seqs=n_seqs, bos_token_id=bos if prepend_bos else None, eos_token_id=eos
+    )
+
+
+def n_seqs_for_budget(n_tokens: int, seq_len: int) -> int:
+    """Rows of ``seq_len`` needed to hold at least ``n_tokens`` tokens (before exclusions)."""
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens={n_tokens} must be >= 1.")
+    return -(-n_tokens // seq_len)
+
+
+def tokens_from_dataset(
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Any,
+    seq_len: int,
+    n_seqs: int,
+    *,
+    column: str = "text",
+    split: str = "train",
+    config_name: str | None = None,
+    streaming: bool = True,
+    prepend_bos: bool = True,
+) -> Int[torch.Tensor, "n_seqs seq_len"]:
+    """Rows of token ids from a ``datasets`` dataset (an object, or a hub/local name).
+
+    A name is opened with ``datasets.load_dataset(name, config_name, split=split,
+    streaming=streaming)``, so only as many documents as the rows need are read.
+    """
+    if isinstance(dataset, str):
+        import datasets
+
+        dataset = datasets.load_dataset(dataset, config_name, split=split, streaming=streaming)
+    elif hasattr(dataset, "keys") and split in dataset:  # a DatasetDict
+        dataset = dataset[split]
+    column_names = getattr(dataset, "column_names", None)
+    if column_names is not None and column not in column_names:
+        raise ValueError(f"the dataset has no column {column!r}; its columns are {column_names}. Pass column=.")
+
+    def texts() -> Iterator[str]:
+        for row in dataset:
+            yield row[column]
+
+    return tokenize_texts(tokenizer, texts(), seq_len, n_seqs=n_seqs, prepend_bos=prepend_bos)
+
+
+def tokens_from_pico(
+    tokenizer: PreTrainedTokenizerBase,
+    seq_len: int,
+    n_seqs: int,
+    *,
+    seed: int = 0,
+    grammar: Any = None,
+    prepend_bos: bool = True,
+) -> Int[torch.Tensor, "n_seqs seq_len"]:
+    """Rows of token ids from the pico corpus: documents sampled from its grammar.
+
+    ``grammar`` defaults to ``crosslens.pico.grammar.PicoGrammar()`` (imported lazily). The
+    documents come from a generator of their own, seeded by ``seed``, so the same call
+    always gives the same rows and they differ from the pico training batches.
+    """
+    if grammar is None:
+        from crosslens.pico.grammar import PicoGrammar  # lazy: only this source needs pico
+
+        grammar = PicoGrammar()
+    rng = random.Random(f"crosslens-harvest-{seed}")
+
+    def documents() -> Iterator[list[int]]:
+        while True:  # one tokenizer call per 64 documents
+            texts = [grammar.sample_document(rng) for _ in range(64)]
+            yield from tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    bos, eos = _special_ids(tokenizer)
+    return pack_documents(
+        documents(), seq_len, n_seqs=n_seqs, bos_token_id=bos if prepend_bos else None, eos_token_id=eos
+    )
+
+
+def default_excluded_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """The pad, BOS and EOS ids of ``tokenizer`` (the tokens kept out of training by default)."""
+    ids = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
+    return tuple(sorted(int(i) for i in ids if i is not None))
+
+
+def keep_mask(
+    token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"],
+    *,
+    exclude_bos: bool = True,
+    exclude_token_ids: Sequence[int] = (),
+) -> Bool[torch.Tensor, "n_seqs seq_len"]:
+    """Which (sequence, position) pairs become training tokens."""
+    keep_NL = torch.ones_like(token_ids_NL, dtype=torch.bool)
+    if exclude_bos:
+        keep_NL[:, 0] = False
+    if len(exclude_token_ids):
+        keep_NL &= ~torch.isin(token_ids_NL, torch.tensor(list(exclude_token_ids), dtype=token_ids_NL.dtype))
+    return keep_NL
+
+
+def tokens_sha256(token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"]) -> str:
+    """A content hash of a token table (shape and int64 values)."""
+    array = np.ascontiguousarray(token_ids_NL.detach().cpu().numpy().astype(np.int64))
+    digest = hashlib.sha256(repr(array.shape).encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def vocab_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of the tokenizer's vocabulary and special ids: equal iff they tokenize alike."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    specials = [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]
+    return hashlib.sha256(repr((vocab, specials)).encode()).hexdigest()
+
+
+def check_same_tokenizer(
+    reference: PreTrainedTokenizerBase, other: PreTrainedTokenizerBase | None, *, revision: str
+) -> None:
+    """Refuse snapshot ``revision``'s tokenizer ``other`` when it differs from ``reference``."""
+    if other is None or other is reference:
+        return
+    if vocab_fingerprint(other) != vocab_fingerprint(reference):
+        ref_vocab, other_vocab = reference.get_vocab(), other.get_vocab()
+        diff = sorted(set(ref_vocab.items()) ^ set(other_vocab.items()))[:5]
+        raise TokenizerMismatchError(
+            f"snapshot {revision!r} tokenizes differently from the suite's tokenizer "
+            f"(vocab sizes {len(ref_vocab)} vs {len(other_vocab)}; first differences {diff}). "
+            "Crosscoders need the same tokens at every snapshot: drop that snapshot from the suite "
+            "(suite.select(...)) or use a suite whose snapshots share one tokenizer.",
+            revision=revision,
+            differences={"vocab_size": (len(ref_vocab), len(other_vocab))},
+        )
+
+
+def build_token_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    n_tokens: int,
+    seq_len: int,
+    *,
+    dataset: Any = None,
+    column: str = "text",
+    split: str = "train",
+    seed: int = 0,
+) -> Int[torch.Tensor, "n_seqs seq_len"]:
+    """The token table for a budget of ``n_tokens`` (rounded up to whole rows).
+
+    ``dataset`` is None for the pico corpus, a ``datasets`` dataset, or a string
+    ``"NAME"`` / ``"NAME:COLUMN"`` opened with streaming ``datasets.load_dataset``.
+    """
+    n_seqs = n_seqs_for_budget(n_tokens, seq_len)
+    if dataset is None:
+        return tokens_from_pico(tokenizer, seq_len, n_seqs, seed=seed)
+    if isinstance(dataset, str) and ":" in dataset:
+        dataset, column = dataset.rsplit(":", 1)
+    return tokens_from_dataset(tokenizer, dataset, seq_len, n_seqs, column=column, split=split)

@@ -1,0 +1,45 @@
+"""The pico suite: a tiny Pythia-architecture model trained offline on a generated grammar.
+
+``build_pico_suite`` trains it from scratch and saves log-spaced checkpoints as local
+Hugging Face models; ``pico_suite`` returns them as a ``CheckpointSuite``. The grammar
+(``crosslens.pico.grammar``) also makes the minimal pairs that probe what it learned.
+"""
+
+from crosslens.pico.build import build_pico_suite, crosslens_home, default_root, is_built, pico_suite
+from crosslens.pico.evals import (
+    check_targets,
+    evaluate_pairs,
+    format_eval_table,
+    format_targets,
+    heldout_loss,
+    pair_logit_diffs,
+)
+from crosslens.pico.grammar import Lexicon, PicoGrammar
+from crosslens.pico.tokenizer import train_tokenizer, word_level_tokenizer
+from crosslens.pico.train import PicoConfig
+
+
+def sample_documents(n: int, seed: int = 0) -> list[str]:
+    """``n`` documents of the default grammar (the pico training distribution), reproducible by ``seed``."""
+    return PicoGrammar().sample_documents(n, seed)
+
+
+__all__ = [
+    "Lexicon",
+    "PicoConfig",
+    "PicoGrammar",
+    "build_pico_suite",
+    "check_targets",
+    "crosslens_home",
+    "default_root",
+    "evaluate_pairs",
+    "format_eval_table",
+    "format_targets",
+    "heldout_loss",
+    "is_built",
+    "pair_logit_diffs",
+    "pico_suite",
+    "sample_documents",
+    "train_tokenizer",
+    "word_level_tokenizer",
+]

@@ -1,0 +1,301 @@
+"""Build (train, evaluate, save) the pico suite, cached on disk and resumable.
+
+Layout (docs/DESIGN.md): ``<root>/step{N}/`` full Hugging Face checkpoints (weights and
+tokenizer), then ``<root>/suite.json``. ``suite.json`` is written last and atomically, so
+its presence is the completion marker. While building, ``<root>/_build/state.pt`` holds
+the weights, optimizer state and eval rows of the last saved checkpoint; an interrupted
+build restarts from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
+
+from crosslens.pico.corpus import GrammarCorpus, TextCorpus, read_user_corpus
+from crosslens.pico.evals import PicoEvaluator, check_targets, format_eval_table, format_targets
+from crosslens.pico.grammar import PicoGrammar
+from crosslens.pico.tokenizer import END_OF_TEXT, train_tokenizer, word_level_tokenizer
+from crosslens.pico.train import FORMAT_VERSION, PicoConfig, make_model, make_optimizer, train
+
+if TYPE_CHECKING:
+    from crosslens.checkpoints import CheckpointSuite
+
+SUITE_FILE = "suite.json"
+STATE_DIR = "_build"
+MODEL_ID = "crosslens/pico"
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def crosslens_home() -> Path:
+    """``$CROSSLENS_HOME``, by default ``~/.cache/crosslens``."""
+    return Path(os.environ.get("CROSSLENS_HOME", "~/.cache/crosslens")).expanduser()
+
+
+def default_root(config: PicoConfig) -> Path:
+    """Where a config's suite lives by default: ``$CROSSLENS_HOME/suites/pico-<config hash>``."""
+    return crosslens_home() / "suites" / f"pico-{config.config_hash()}"
+
+
+def is_built(root: str | Path, config: PicoConfig | None = None) -> bool:
+    """Whether ``root`` holds a complete pico suite (built from ``config``, when given)."""
+    root = Path(root)
+    try:
+        manifest = json.loads((root / SUITE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if config is not None and manifest.get("build", {}).get("config_hash") != config.config_hash():
+        return False
+    return all(
+        (root / snapshot["revision"] / name).is_file() for snapshot in manifest["snapshots"] for name in CHECKPOINT_FILES
+    )
+
+
+def _check_root(root: Path, config: PicoConfig, force: bool) -> None:
+    if not root.exists() or not any(root.iterdir()):
+        return
+    ours = (root / SUITE_FILE).exists() or (root / STATE_DIR).exists()
+    if not ours:
+        raise ValueError(
+            f"{root} is a non-empty folder that holds no pico suite; refusing to write (or delete) there. "
+            "Pass an empty or new folder as root"
+        )
+    if force:
+        shutil.rmtree(root)
+        return
+    if (root / SUITE_FILE).exists():
+        built = json.loads((root / SUITE_FILE).read_text()).get("build", {}).get("config_hash")
+        if built != config.config_hash():
+            raise ValueError(
+                f"{root} holds a pico suite built from another config (hash {built}, this one "
+                f"{config.config_hash()}); pass force=True to rebuild it there, or choose another root"
+            )
+
+
+def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    tokenizer.save_pretrained(folder)
+    # Older transformers (4.x) know the fast tokenizer by this name and read the special tokens map.
+    config_path = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(tokenizer_config, indent=2))
+    special = {"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "pad_token": END_OF_TEXT}
+    if tokenizer.unk_token is not None:
+        special["unk_token"] = tokenizer.unk_token
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+
+
+@contextmanager
+def _transformers_bars_off() -> Iterator[None]:
+    """Silence transformers' own per-save progress bars (ours already shows progress)."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _save_checkpoint(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with _transformers_bars_off():
+        model.save_pretrained(partial)
+    _save_tokenizer(tokenizer, partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+
+
+def _write_json_atomically(path: Path, payload: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(payload, indent=2))
+    os.replace(partial, path)
+
+
+def _prepare_data(config: PicoConfig) -> tuple[Any, GrammarCorpus | TextCorpus]:
+    if config.corpus is None:
+        grammar = PicoGrammar()
+        tokenizer = word_level_tokenizer(grammar.vocabulary())
+        corpus = GrammarCorpus(
+            grammar, tokenizer, seq_len=config.seq_len, batch_size=config.batch_size, seed=config.seed
+        )
+        return tokenizer, corpus
+    documents = read_user_corpus(config.corpus)
+    tokenizer = train_tokenizer(documents, config.bpe_vocab_size)
+    corpus = TextCorpus(
+        documents,
+        tokenizer,
+        seq_len=config.seq_len,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        n_heldout_rows=config.n_eval_sequences,
+    )
+    return tokenizer, corpus
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def build_pico_suite(
+    config: PicoConfig = PicoConfig(),
+    root: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+    *,
+    threads: int = 1,
+) -> Path:
+    """Train the pico suite from scratch and save its checkpoints; return its folder.
+
+    Returns at once when ``root`` already holds a complete build of ``config``;
+    ``force=True`` deletes it and rebuilds. An interrupted build resumes from its last
+    saved checkpoint. With ``progress``, prints a progress bar, one eval row per
+    checkpoint and whether the learning targets were met.
+
+    ``threads`` is torch's CPU thread count during the build. One is the default: the
+    model is so small that a step is mostly overhead, a second thread gains little when
+    the machine is idle and costs up to 10x when other processes share the cores, and a
+    fixed count keeps the weights bitwise reproducible across machines.
+    """
+    root = Path(root) if root is not None else default_root(config)
+    if not force and is_built(root, config):
+        return root
+    if threads < 1:
+        raise ValueError(f"threads={threads} must be >= 1")
+    with _exclusive(root, progress):
+        if not force and is_built(root, config):
+            return root  # another process built it while we waited
+        _check_root(root, config, force)
+        root.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # torch owns the cores
+        with _torch_threads(threads):
+            _build(config, root, progress)
+    return root
+
+
+@contextmanager
+def _exclusive(root: Path, progress: bool) -> Iterator[None]:
+    """Hold a lock beside ``root`` so concurrent builds of one suite wait for each other.
+
+    The OS drops the lock when its holder exits, so a crashed build never blocks the next.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock
+        yield
+        return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                tqdm.write(f"pico: another process is building {root}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build(config: PicoConfig, root: Path, progress: bool) -> None:
+    started = time.perf_counter()
+
+    tokenizer, corpus = _prepare_data(config)
+    evaluator = PicoEvaluator(
+        tokenizer, corpus.heldout(config.n_eval_sequences), n_pairs=config.n_eval_pairs, seed=config.seed
+    )
+    model = make_model(config, vocab_size=len(tokenizer))
+    optimizer = make_optimizer(config, model)
+    rows: list[dict[str, Any]] = []
+    state_path = root / STATE_DIR / "state.pt"
+    start_step = 0
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        if state["config_hash"] == config.config_hash():
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            rows, start_step = state["rows"], state["step"]
+    if progress:
+        for note in evaluator.notes:
+            tqdm.write(f"pico: {note}")
+        tqdm.write(f"pico: building {root} ({len(config.checkpoint_steps)} checkpoints)")
+        if start_step:
+            tqdm.write(f"pico: resuming at step {start_step}")
+        tqdm.write(format_eval_table(rows))
+
+    def on_checkpoint(step: int) -> None:
+        if rows and rows[-1]["step"] >= step:
+            return  # saved before the interruption we resume from
+        rows.append(evaluator(model, step, step * config.tokens_per_step))
+        if progress:
+            tqdm.write(format_eval_table(rows[-1:]).splitlines()[-1])
+        _save_checkpoint(model, tokenizer, root / f"step{step}")
+        state_path.parent.mkdir(exist_ok=True)
+        partial = state_path.with_name("state.pt.partial")
+        state = {"config_hash": config.config_hash(), "step": step, "rows": rows}
+        torch.save({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, partial)
+        os.replace(partial, state_path)
+
+    train(config, model, optimizer, corpus.batch, on_checkpoint, start_step=start_step, progress=progress)
+
+    targets = check_targets(rows) if config.corpus is None else None
+    manifest = {
+        "family": "local",
+        "model_id": MODEL_ID,
+        "snapshots": [
+            {"revision": f"step{row['step']}", "step": row["step"], "tokens_seen": row["tokens_seen"]} for row in rows
+        ],
+        "build": {
+            "config": config.to_dict(),
+            "config_hash": config.config_hash(),
+            "format_version": FORMAT_VERSION,
+            "vocab_size": len(tokenizer),
+            "wall_time_s": round(time.perf_counter() - started, 1),
+            "resumed_from_step": start_step,
+            "torch_threads": torch.get_num_threads(),
+            "notes": evaluator.notes,
+        },
+        "evals": rows,
+        "targets": targets,
+    }
+    _write_json_atomically(root / SUITE_FILE, manifest)
+    shutil.rmtree(root / STATE_DIR, ignore_errors=True)
+    if progress:
+        if targets is not None:
+            tqdm.write(format_targets(targets))
+        tqdm.write(f"pico: built {root} in {manifest['build']['wall_time_s']} s")
+
+
+def pico_suite(
+    config: PicoConfig = PicoConfig(), root: str | Path | None = None, build_if_missing: bool = True
+) -> "CheckpointSuite":
+    """The pico suite as a :class:`crosslens.checkpoints.CheckpointSuite` (built first if needed)."""
+    root = Path(root) if root is not None else default_root(config)
+    if not is_built(root, config):
+        if not build_if_missing:
+            raise FileNotFoundError(
+                f"no complete pico suite for this config at {root}; run `crosslens suite build` "
+                "or pass build_if_missing=True"
+            )
+        build_pico_suite(config, root)
+    from crosslens.checkpoints import CheckpointSuite  # lazy: the checkpoints stage imports heavier modules
+
+    return CheckpointSuite.local(root)

@@ -1,0 +1,225 @@
+"""What the pico build measures at every checkpoint, and the table it prints.
+
+Minimal-pair accuracy compares the logits of the correct and the wrong next token at
+the prompt's last position (chance is 50%). Works on a Hugging Face causal LM or a
+TransformerLens ``HookedTransformer`` alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+
+from crosslens.pico.grammar import AGREEMENT_KINDS, PicoGrammar
+from crosslens.tasks.base import MinimalPair, TaskDataset, TaskTokenizationError, TokenizedTask
+
+TASK_COLUMNS = ("simple", "pp", "rc", "ioi")
+"""Minimal-pair tasks in an eval row: agreement (simple, across a PP, across a relative clause), IOI."""
+TARGET_ACCURACY = 0.95
+"""What "learned" means in the build's target summary."""
+
+
+def _logits(model: Any, tokens_BL: Int[torch.Tensor, "batch seq"]) -> Float[torch.Tensor, "batch seq vocab"]:
+    output = model(tokens_BL)
+    return output.logits if hasattr(output, "logits") else output  # HF output object, or a plain tensor
+
+
+@torch.no_grad()
+def pair_logit_diffs(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[MinimalPair] | TokenizedTask,
+    *,
+    batch_size: int = 256,
+) -> Float[torch.Tensor, " n_pairs"]:
+    """``logit[correct] - logit[wrong]`` at each prompt's last position (BOS prepended).
+
+    ``pairs`` may be pre-tokenized (:meth:`TaskDataset.tokenize`) to skip tokenizing again.
+    """
+    task = pairs if isinstance(pairs, TokenizedTask) else TaskDataset("pairs", tuple(pairs)).tokenize(tokenizer)
+    device = next(model.parameters()).device
+    diffs = []
+    for start in range(0, len(task), batch_size):
+        chunk = task[start : start + batch_size].to(device)
+        rows = torch.arange(len(chunk), device=device)
+        last_BV = _logits(model, chunk.clean_tokens)[rows, chunk.last_pos]
+        diffs.append((last_BV[rows, chunk.correct_ids] - last_BV[rows, chunk.wrong_ids]).float().cpu())
+    return torch.cat(diffs)
+
+
+def evaluate_pairs(
+    model: Any, tokenizer: Any, pairs: Sequence[MinimalPair] | TokenizedTask, *, batch_size: int = 256
+) -> float:
+    """Fraction of pairs whose correct continuation gets the higher logit (ties count as wrong)."""
+    return float((pair_logit_diffs(model, tokenizer, pairs, batch_size=batch_size) > 0).float().mean())
+
+
+@torch.no_grad()
+def heldout_loss(model: Any, tokens_NL: Int[torch.Tensor, "n_rows seq"], *, batch_size: int = 64) -> float:
+    """Mean next-token cross-entropy (nats) over held-out rows."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(tokens_NL), batch_size):
+        ids_BL = tokens_NL[start : start + batch_size].to(device)
+        logits_BLV = _logits(model, ids_BL)[:, :-1]
+        total += float(F.cross_entropy(logits_BLV.flatten(0, 1).float(), ids_BL[:, 1:].flatten(), reduction="sum"))
+        count += ids_BL[:, 1:].numel()
+    return total / count
+
+
+def heldout_pairs(n_pairs: int, seed: int, grammar: PicoGrammar | None = None) -> dict[str, list[MinimalPair]]:
+    """The build's probe sets for a config seed: agreement (simple, pp, rc) and IOI.
+
+    Their generators are seeded apart from every training batch and from the held-out
+    text, so no probe is drawn from the training stream.
+    """
+    grammar = grammar or PicoGrammar()
+    eval_seed = 7_919 + 1_000 * seed
+    pairs: dict[str, list[MinimalPair]] = {
+        kind: grammar.agreement_pairs(kind, n_pairs, eval_seed) for kind in AGREEMENT_KINDS
+    }
+    pairs["ioi"] = grammar.ioi_pairs(n_pairs, eval_seed)
+    return pairs
+
+
+class PicoEvaluator:
+    """Tokenizes the held-out pairs once; each call evaluates one checkpoint into a table row.
+
+    Pairs come from seeds no training text uses. A task whose words are not single
+    tokens of ``tokenizer`` (a user corpus's BPE) is skipped, with the reason in ``notes``.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        heldout_tokens: Int[torch.Tensor, "n_rows seq"],
+        *,
+        n_pairs: int,
+        seed: int,
+        grammar: PicoGrammar | None = None,
+    ) -> None:
+        self.heldout_tokens = heldout_tokens
+        self.notes: list[str] = []
+        kept: dict[str, list[MinimalPair]] = {}
+        for name, pairs in heldout_pairs(n_pairs, seed, grammar).items():
+            try:
+                tokens = TaskDataset(name, tuple(pairs)).tokenize(tokenizer).clean_tokens
+                if tokenizer.unk_token_id is not None and bool((tokens == tokenizer.unk_token_id).any()):
+                    raise TaskTokenizationError("some prompts contain words outside the vocabulary")
+                kept[name] = pairs
+            except TaskTokenizationError as error:
+                self.notes.append(f"{name}: skipped, the pairs do not tokenize cleanly ({error})")
+        # All tasks in one padded table: a few large forward passes instead of one per task.
+        all_pairs = tuple(pair for pairs in kept.values() for pair in pairs)
+        self.pairs = TaskDataset("pico", all_pairs).tokenize(tokenizer) if all_pairs else None
+        self.task_rows: dict[str, slice] = {}
+        start = 0
+        for name, pairs in kept.items():
+            self.task_rows[name] = slice(start, start + len(pairs))
+            start += len(pairs)
+
+    def __call__(self, model: Any, step: int, tokens_seen: int) -> dict[str, Any]:
+        row: dict[str, Any] = {"step": step, "tokens_seen": tokens_seen}
+        row["loss"] = heldout_loss(model, self.heldout_tokens)
+        all_diffs = pair_logit_diffs(model, None, self.pairs) if self.pairs is not None else None
+        diffs = {name: all_diffs[rows] for name, rows in self.task_rows.items()}  # type: ignore[index]
+        for name in TASK_COLUMNS:
+            row[name] = float((diffs[name] > 0).float().mean()) if name in diffs else None
+        attractor = [diffs[name] for name in ("pp", "rc") if name in diffs]
+        # Every attractor has the subject's other number: preferring the wrong form = agreeing with it.
+        row["nearest_noun"] = float((torch.cat(attractor) < 0).float().mean()) if attractor else None
+        return row
+
+
+def in_nearest_noun_phase(row: dict[str, Any]) -> bool:
+    """The model knows agreement (simple >= 80%) but across attractors mostly agrees with the wrong noun."""
+    near, simple = row.get("nearest_noun"), row.get("simple")
+    return near is not None and simple is not None and near > 0.5 and simple >= 0.8
+
+
+def _percent(value: float | None) -> str:
+    return "   -" if value is None else f"{100 * value:4.0f}"
+
+
+def format_eval_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The build's per-checkpoint table: held-out loss and minimal-pair accuracies in percent.
+
+    ``near`` is how often the model agrees with the attractor (the nearest noun) instead
+    of the subject; rows of that phase (:func:`in_nearest_noun_phase`) are flagged.
+    """
+    header = f"{'step':>6} {'tokens':>9} {'loss':>6} {'simple':>6} {'pp':>4} {'rc':>4} {'near':>4} {'ioi':>4}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        line = (
+            f"{row['step']:>6} {_tokens(row['tokens_seen']):>9} {row['loss']:6.3f} {_percent(row['simple']):>6} "
+            f"{_percent(row['pp']):>4} {_percent(row['rc']):>4} {_percent(row['nearest_noun']):>4} "
+            f"{_percent(row['ioi']):>4}"
+        )
+        if in_nearest_noun_phase(row):
+            line += "  <- agrees with the nearest noun"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _tokens(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f}M"
+    return f"{n / 1e3:.1f}k" if n >= 1_000 else str(n)
+
+
+def first_step_reaching(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], threshold: float = TARGET_ACCURACY
+) -> int | None:
+    """The first checkpoint step at which every one of ``columns`` is >= ``threshold``."""
+    for row in rows:
+        if all(row.get(column) is not None and row[column] >= threshold for column in columns):
+            return row["step"]
+    return None
+
+
+def check_targets(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The suite's learning targets, measured on its eval rows.
+
+    Targets: every task near chance (35-65%) at step 0; simple agreement reaches 95% at
+    an earlier checkpoint than attractor agreement (pp and rc both) does; simple, pp and
+    rc all >= 95% at the last checkpoint.
+    """
+    first, last = rows[0], rows[-1]
+    chance = all(0.35 <= first[name] <= 0.65 for name in TASK_COLUMNS if first.get(name) is not None)
+    simple_at = first_step_reaching(rows, ("simple",))
+    attractor_at = first_step_reaching(rows, ("pp", "rc"))
+    ordered = simple_at is not None and (attractor_at is None or simple_at < attractor_at)
+    final = all((last.get(name) or 0) >= TARGET_ACCURACY for name in ("simple", "pp", "rc"))
+    return {
+        "chance_at_step0": chance,
+        "simple_learned_at": simple_at,
+        "attractor_learned_at": attractor_at,
+        "simple_before_attractor": ordered,
+        "final_agreement_learned": final,
+        "nearest_noun_phase_steps": [row["step"] for row in rows if in_nearest_noun_phase(row)],
+        "met": chance and ordered and final,
+    }
+
+
+def format_targets(targets: dict[str, Any]) -> str:
+    """One line per target, for the build's printout."""
+
+    def mark(ok: bool) -> str:
+        return "ok  " if ok else "MISS"
+
+    phase = targets["nearest_noun_phase_steps"]
+    return "\n".join(
+        [
+            f"[{mark(targets['chance_at_step0'])}] step 0: every task near chance (35-65%)",
+            f"[{mark(targets['simple_before_attractor'])}] simple agreement reaches 95% at step "
+            f"{targets['simple_learned_at']}, attractor agreement (pp and rc) at step "
+            f"{targets['attractor_learned_at']}",
+            f"[{mark(targets['final_agreement_learned'])}] last checkpoint: simple, pp and rc >= 95%",
+            "      nearest-noun phase (simple >= 80% but attractor wins > 50%) at steps: " + (", ".join(map(str, phase)) or "none"),
+        ]
+    )
+

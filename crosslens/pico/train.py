@@ -1,0 +1,238 @@
+"""Configuration, model and training loop of the pico suite (a tiny Pythia-architecture model)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Int
+from tqdm.auto import tqdm
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+FORMAT_VERSION = 1
+"""Bump when the grammar, tokenizer or training code changes what a config builds (old caches go stale)."""
+
+
+def pythia_like_schedule(n_steps: int, log_until: int, every: int) -> tuple[int, ...]:
+    """Checkpoint steps: 0, then powers of two up to ``log_until``, then every ``every`` steps, then ``n_steps``.
+
+    Pythia's own schedule has the same shape (0, 1, 2, 4, ..., 512, then every 1000).
+    """
+    steps = {0, n_steps}
+    power = 1
+    while power <= min(log_until, n_steps):
+        steps.add(power)
+        power *= 2
+    steps.update(step for step in range(every, n_steps, every) if step > log_until)
+    return tuple(sorted(steps))
+
+
+@dataclass(frozen=True)
+class PicoConfig:
+    """Everything that determines a pico suite (the build is deterministic given this)."""
+
+    seed: int = 0
+    """Seeds the weights' initialisation and every text sample."""
+    corpus: tuple[str, ...] | str | None = None
+    """None: crosslens's grammar. A list of local text files (their bytes enter the config hash), or
+    "dataset:NAME:COLUMN" (only the name does: pass force=True after changing the dataset)."""
+    n_layers: int = 2
+    """Transformer blocks."""
+    d_model: int = 128
+    """Residual stream width."""
+    n_heads: int = 4
+    """Attention heads per block."""
+    d_mlp: int = 512
+    """MLP hidden width."""
+    rotary_pct: float = 0.25
+    """Fraction of each head's dimensions that get rotary position embeddings (Pythia: 0.25)."""
+    seq_len: int = 64
+    """Tokens per training row, BOS included."""
+    batch_size: int = 32
+    """Rows per optimizer step."""
+    n_steps: int = 640
+    """Optimizer steps."""
+    lr: float = 1e-2
+    """Peak learning rate (AdamW)."""
+    warmup_steps: int = 32
+    """Linear warm-up from 0 to ``lr``; then cosine decay to ``lr * min_lr_ratio``."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak (Pythia: 0.1)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on matrices (not on biases or layer norms)."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    log_checkpoints_until: int = 64
+    """Checkpoints at 0, 1, 2, 4, ... up to this step ..."""
+    checkpoint_every: int = 48
+    """... then every this many steps, and at the last step."""
+    n_eval_pairs: int = 200
+    """Minimal pairs per task evaluated at every checkpoint."""
+    n_eval_sequences: int = 64
+    """Held-out rows of ``seq_len`` for the held-out loss."""
+    bpe_vocab_size: int = 4096
+    """Vocabulary of the BPE tokenizer trained on a user corpus (the grammar uses one token per word)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.corpus, list):
+            object.__setattr__(self, "corpus", tuple(str(path) for path in self.corpus))
+        if isinstance(self.corpus, tuple) and not self.corpus:
+            raise ValueError("PicoConfig.corpus is an empty list; pass None for the grammar or some text files")
+        positive = (
+            "n_layers", "d_model", "n_heads", "d_mlp", "batch_size", "n_steps", "log_checkpoints_until",
+            "checkpoint_every", "n_eval_pairs", "n_eval_sequences",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"PicoConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"PicoConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.seq_len < 8:
+            raise ValueError(f"PicoConfig.seq_len={self.seq_len} is too short for a sentence; use >= 8")
+        if not 0 < self.rotary_pct <= 1:
+            raise ValueError(f"PicoConfig.rotary_pct={self.rotary_pct} must be in (0, 1]")
+        if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("PicoConfig needs lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
+        if len(self.checkpoint_steps) < 16:
+            raise ValueError(
+                f"PicoConfig gives only {len(self.checkpoint_steps)} checkpoints ({self.checkpoint_steps}); "
+                "a suite needs >= 16: raise n_steps or lower checkpoint_every"
+            )
+
+    @property
+    def checkpoint_steps(self) -> tuple[int, ...]:
+        """The steps saved as snapshots (log-spaced early, then linear)."""
+        return pythia_like_schedule(self.n_steps, self.log_checkpoints_until, self.checkpoint_every)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @classmethod
+    def small(cls, **overrides) -> "PicoConfig":
+        """A smaller, faster configuration (tests; about 10 s on one core).
+
+        It learns simple agreement, goes through the nearest-noun phase, and is most of the
+        way out of it (attractor agreement around 90%) by its last step.
+        """
+        settings = dict(
+            d_model=64, d_mlp=256, batch_size=16, n_steps=480, warmup_steps=24, log_checkpoints_until=32,
+            checkpoint_every=32, n_eval_pairs=64, n_eval_sequences=8,
+        )  # fmt: skip
+        return cls(**{**settings, **overrides})
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        if isinstance(self.corpus, tuple):
+            out["corpus"] = list(self.corpus)
+        return out
+
+    def config_hash(self) -> str:
+        """A short content hash of the config, the format version and any corpus files' bytes."""
+        digest = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, **self.to_dict()}, sort_keys=True).encode())
+        if isinstance(self.corpus, tuple):
+            for path in self.corpus:
+                if Path(path).is_file():
+                    digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+        return digest.hexdigest()[:12]
+
+
+def make_model(config: PicoConfig, vocab_size: int) -> GPTNeoXForCausalLM:
+    """A freshly initialised GPT-NeoX (Pythia's architecture: rotary, parallel residual, untied)."""
+    hf_config = GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=config.d_model,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        intermediate_size=config.d_mlp,
+        hidden_act="gelu",
+        max_position_embeddings=max(2048, config.seq_len),
+        rotary_pct=config.rotary_pct,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": config.rotary_pct},
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+        initializer_range=0.02,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        architectures=["GPTNeoXForCausalLM"],
+    )
+    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        return GPTNeoXForCausalLM(hf_config)
+
+
+def make_optimizer(config: PicoConfig, model: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW with Pythia's betas; no weight decay on biases and layer norms."""
+    matrices = [p for p in model.parameters() if p.ndim >= 2]
+    others = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": matrices, "weight_decay": config.weight_decay}, {"params": others, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def learning_rate(config: PicoConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.n_steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def train(
+    config: PicoConfig,
+    model: GPTNeoXForCausalLM,
+    optimizer: torch.optim.Optimizer,
+    batches: Callable[[int], Int[torch.Tensor, "batch seq_len"]],
+    on_checkpoint: Callable[[int], None],
+    *,
+    start_step: int = 0,
+    progress: bool = True,
+) -> None:
+    """Run steps ``start_step .. n_steps``; ``on_checkpoint(step)`` sees the weights after ``step`` updates.
+
+    ``on_checkpoint`` is called for every checkpoint step >= ``start_step`` (so a resumed
+    run re-saves the checkpoint it resumed from only if it was never saved).
+    """
+    checkpoints = set(config.checkpoint_steps)
+    bar = tqdm(
+        total=config.n_steps, initial=start_step, desc="pico: training", unit="step", disable=not progress,
+        dynamic_ncols=True,
+    )  # fmt: skip
+    try:
+        for step in range(start_step, config.n_steps + 1):
+            if step in checkpoints:
+                model.eval()
+                on_checkpoint(step)
+                model.train()
+            if step == config.n_steps:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step)
+            ids_BL = batches(step)
+            loss = model(input_ids=ids_BL, labels=ids_BL).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    finally:
+        bar.close()
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over sorted state-dict keys and each tensor's float32 bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()

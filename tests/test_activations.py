@@ -1,0 +1,377 @@
+"""crosslens.activations: exact harvesting, the disk store, resume, and shuffled providers.
+
+Every test runs on a local suite of three tiny random GPT-NeoX checkpoints (d_model 32,
+2 layers) with a word-level tokenizer, written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crosslens.activations import (
+    ActivationProvider,
+    ActivationStore,
+    CorruptShardError,
+    IncompleteStoreError,
+    OnTheFlyProvider,
+    StoreMismatchError,
+    harvest_activations,
+    keep_mask,
+    pack_documents,
+    stop_layer_for,
+    tokenize_texts,
+    tokens_from_dataset,
+    tokens_from_pico,
+)
+from crosslens.activations import harvest as harvest_module
+from crosslens.activations.store import shard_relpath
+from crosslens.errors import DuplicateSnapshotError, TokenizerMismatchError
+
+WORDS = "the a cat cats dog dogs runs run sees see big small red blue near over".split()
+HOOK = "blocks.0.hook_resid_post"
+HOOKS = [HOOK, "blocks.1.hook_mlp_out"]
+SEQ_LEN = 16
+N_SEQS = 24
+SHARD_TOKENS = 80  # 5 sequences per shard -> 5 shards
+
+
+def _tokenizer(words: list[str]):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "<unk>": 1} | {w: i + 2 for i, w in enumerate(words)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+    )
+
+
+def _write_suite(root: Path, seeds: list[int], tokenizers: list | None = None) -> Path:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    for i, seed in enumerate(seeds):
+        torch.manual_seed(seed)
+        config = GPTNeoXConfig(
+            vocab_size=len(WORDS) + 2,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            rotary_pct=0.25,
+        )
+        folder = root / f"step{10 * i}"
+        GPTNeoXForCausalLM(config).save_pretrained(folder)
+        (tokenizers[i] if tokenizers else _tokenizer(WORDS)).save_pretrained(folder)
+    return root
+
+
+def _open_suite(root: Path):
+    from crosslens.checkpoints import CheckpointSuite
+
+    return CheckpointSuite.local(root)
+
+
+def _texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def suite_root(tmp_path_factory) -> Path:
+    return _write_suite(tmp_path_factory.mktemp("suite"), seeds=[0, 1, 2])
+
+
+@pytest.fixture(scope="module")
+def suite(suite_root):
+    return _open_suite(suite_root)
+
+
+@pytest.fixture(scope="module")
+def token_ids(suite) -> torch.Tensor:
+    return tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
+
+
+@pytest.fixture(scope="module")
+def store(suite, token_ids, tmp_path_factory) -> ActivationStore:
+    out = tmp_path_factory.mktemp("store")
+    return harvest_activations(
+        suite, HOOKS, token_ids, out, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False
+    )
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- tokens
+def test_pack_documents_starts_rows_with_bos_and_joins_documents_with_eos():
+    rows = pack_documents([[5, 6, 7], [8, 9], [10, 11, 12, 13]], 4, bos_token_id=1, eos_token_id=0)
+    # stream: 5 6 7 0 8 9 0 10 11 12 13 0 -> rows of 3 after BOS, last partial row dropped
+    assert rows.tolist() == [[1, 5, 6, 7], [1, 0, 8, 9], [1, 0, 10, 11], [1, 12, 13, 0]]
+    with pytest.raises(ValueError, match="n_seqs=9"):
+        pack_documents([[5, 6, 7]], 4, n_seqs=9, bos_token_id=1, eos_token_id=0)
+
+
+def test_keep_mask_drops_position_zero_and_special_ids():
+    ids = torch.tensor([[0, 4, 5, 0], [0, 6, 1, 7]])
+    assert keep_mask(ids, exclude_bos=True, exclude_token_ids=[0, 1]).tolist() == [
+        [False, True, True, False],
+        [False, True, False, True],
+    ]
+    assert keep_mask(ids, exclude_bos=False, exclude_token_ids=()).all()
+
+
+def test_tokens_from_local_dataset_match_tokenizing_the_texts(suite):
+    import datasets
+
+    texts = _texts(60, seed=3)
+    dataset = datasets.Dataset.from_dict({"body": texts})
+    from_dataset = tokens_from_dataset(suite.tokenizer(), dataset, SEQ_LEN, 10, column="body")
+    assert torch.equal(from_dataset, tokenize_texts(suite.tokenizer(), texts, SEQ_LEN, n_seqs=10))
+    assert (from_dataset[:, 0] == 0).all()  # BOS (= <|endoftext|>) opens each row
+    with pytest.raises(ValueError, match="column"):
+        tokens_from_dataset(suite.tokenizer(), dataset, SEQ_LEN, 10, column="text")
+
+
+def test_stop_layer_reaches_the_deepest_hook_only():
+    assert stop_layer_for(["blocks.0.hook_resid_post"]) == 1
+    assert stop_layer_for(["blocks.0.hook_resid_post", "blocks.3.attn.hook_z"]) == 4
+    assert stop_layer_for(["hook_embed"]) == 0
+    assert stop_layer_for(["blocks.0.hook_resid_post", "ln_final.hook_normalized"]) is None
+
+
+# --------------------------------------------------------------------------- harvest
+def test_harvest_equals_each_snapshots_hooked_transformer_exactly(suite, token_ids, store):
+    keep = keep_mask(token_ids, exclude_bos=True, exclude_token_ids=[0])
+    assert store.n_tokens == int(keep.sum()) and store.n_snapshots == 3
+    assert store.d_in == 32 and store.hooks == HOOKS
+    assert torch.equal(store.positions, keep.nonzero())
+    assert torch.equal(store.token_ids, token_ids[keep])
+    seqs, pos = store.positions[:, 0], store.positions[:, 1]
+    for s in range(len(suite)):
+        model = suite.load(s)
+        assert store.snapshots[s]["weights_sha256"] == model.crosslens_snapshot.weights_sha256
+        _, cache = model.run_with_cache(token_ids)
+        for hook in HOOKS:
+            harvested = store.read(hook, slice(None), normalize=False)[:, s]
+            assert harvested.dtype == torch.float32
+            assert torch.equal(harvested, cache[hook][seqs, pos])
+
+
+def test_normalisation_factor_gives_mean_norm_sqrt_d_in(store):
+    for hook in HOOKS:
+        raw = store.read(hook, slice(None), normalize=False)
+        expected = math.sqrt(32) / raw.double().norm(dim=-1).mean(0)
+        torch.testing.assert_close(store.norm_factors(hook).double(), expected, rtol=1e-6, atol=0)
+        mean_norms = store.read(hook, slice(None)).double().norm(dim=-1).mean(0)
+        torch.testing.assert_close(mean_norms, torch.full((3,), math.sqrt(32), dtype=torch.double), rtol=1e-5, atol=0)
+
+
+def test_read_returns_rows_in_the_asked_order(store):
+    idx = [17, 3, 250, 3, 0]
+    rows = store.read(HOOK, idx, normalize=False)
+    everything = store.read(HOOK, slice(None), normalize=False)
+    assert torch.equal(rows, everything[idx])
+    with pytest.raises(IndexError):
+        store.read(HOOK, [store.n_tokens])
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_stores_round_and_halve_the_bytes(suite, token_ids, store, tmp_path, dtype):
+    half = harvest_activations(
+        suite, HOOK, token_ids, tmp_path, dtype=dtype, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False
+    )
+    full = store.read(HOOK, slice(None), normalize=False)
+    torch_dtype = getattr(torch, dtype)
+    assert torch.equal(half.read(HOOK, slice(None), normalize=False), full.to(torch_dtype).float())
+    data_bytes = sum(r["bytes"] for rel, r in store.manifest["files"].items() if rel.startswith(f"acts/{HOOK}/"))
+    header_bytes = 128 * 15  # one .npy header per (snapshot, shard)
+    assert half.nbytes() - header_bytes == (data_bytes - header_bytes) // 2
+    mean_norms = half.read(HOOK, slice(None)).double().norm(dim=-1).mean(0)
+    torch.testing.assert_close(mean_norms, torch.full((3,), math.sqrt(32), dtype=torch.double), rtol=1e-5, atol=0)
+
+
+def test_unknown_or_non_token_hooks_are_refused(suite, token_ids, tmp_path):
+    with pytest.raises(ValueError, match="did you mean.*blocks.0.hook_resid_post"):
+        harvest_activations(suite, "blocks.0.hook_resid_pots", token_ids, tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="not one vector per token"):
+        harvest_activations(suite, "blocks.0.attn.hook_pattern", token_ids, tmp_path / "b", progress=False)
+
+
+def test_pico_tokens_are_reproducible_rows_of_grammar_words():
+    from crosslens.pico.grammar import PicoGrammar
+    from crosslens.pico.tokenizer import word_level_tokenizer
+
+    tokenizer = word_level_tokenizer(PicoGrammar().vocabulary())
+    rows = tokens_from_pico(tokenizer, 32, 6, seed=0)
+    assert rows.shape == (6, 32) and (rows[:, 0] == tokenizer.bos_token_id).all()
+    assert torch.equal(rows, tokens_from_pico(tokenizer, 32, 6, seed=0))
+    assert not torch.equal(rows, tokens_from_pico(tokenizer, 32, 6, seed=1))
+    assert (rows != tokenizer.unk_token_id).all()  # every sampled word is in the vocabulary
+
+
+# --------------------------------------------------------------------------- resume and integrity
+def test_interrupted_harvest_resumes_to_an_identical_store(suite, token_ids, store, tmp_path, monkeypatch):
+    real_write = harvest_module.write_npy_atomic
+    calls = {"n": 0}
+
+    def dies_mid_snapshot_1(path, array):
+        # 2 hooks x 5 shards per snapshot: write 14 is shard 1's first hook at snapshot 1,
+        # so that file lands on disk but its shard is never recorded as finished.
+        if calls["n"] == 13:
+            raise KeyboardInterrupt("simulated kill")
+        calls["n"] += 1
+        return real_write(path, array)
+
+    monkeypatch.setattr(harvest_module, "write_npy_atomic", dies_mid_snapshot_1)
+    with pytest.raises(KeyboardInterrupt):
+        harvest_activations(suite, HOOKS, token_ids, tmp_path, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False)
+    with pytest.raises(IncompleteStoreError, match="same arguments"):
+        ActivationStore.open(tmp_path)
+
+    written = []
+    monkeypatch.setattr(harvest_module, "write_npy_atomic", lambda p, a: written.append(p) or real_write(p, a))
+    resumed = harvest_activations(
+        suite, HOOKS, token_ids, tmp_path, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False
+    )
+    assert len(written) == 30 - 12  # finished shards were kept, not recomputed
+    assert _files(tmp_path) == _files(store.path)
+    resumed.verify(full=True)
+
+
+def test_damaged_shards_are_detected_and_rebuilt(store, suite, token_ids, tmp_path, monkeypatch):
+    copy = tmp_path / "copy"
+    shutil.copytree(store.path, copy)
+    flipped = copy / shard_relpath(HOOK, 1, 2)
+    data = bytearray(flipped.read_bytes())
+    data[-5] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    truncated = copy / shard_relpath(HOOKS[1], 2, 0)
+    truncated.write_bytes(truncated.read_bytes()[:-64])
+
+    with pytest.raises(CorruptShardError, match="bytes, expected"):
+        ActivationStore.open(copy)
+    truncated.unlink()
+    with pytest.raises(CorruptShardError, match="missing"):
+        ActivationStore.open(copy)
+    ActivationStore.open(copy, verify="none")  # opening without checks is allowed...
+    with pytest.raises(CorruptShardError, match="sha256"):
+        ActivationStore.open(copy, verify="none").verify(full=True)  # ...but the hash check finds the flip
+
+    real_write = harvest_module.write_npy_atomic
+    written = []
+    monkeypatch.setattr(harvest_module, "write_npy_atomic", lambda p, a: written.append(p) or real_write(p, a))
+    harvest_activations(suite, HOOKS, token_ids, copy, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False)
+    assert sorted(Path(p).name for p in written) == sorted([flipped.name, truncated.name])
+    assert _files(copy) == _files(store.path)
+
+
+def test_store_built_for_other_inputs_is_never_reused(store, suite, token_ids, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(store.path, copy)
+    kwargs = dict(shard_tokens=SHARD_TOKENS, batch_size=4, progress=False)
+    with pytest.raises(StoreMismatchError, match="hooks.*overwrite=True"):
+        harvest_activations(suite, HOOK, token_ids, copy, **kwargs)
+    with pytest.raises(StoreMismatchError, match="token_ids_sha256"):
+        harvest_activations(suite, HOOKS, token_ids.flip(0), copy, **kwargs)
+    with pytest.raises(StoreMismatchError, match="dtype"):
+        harvest_activations(suite, HOOKS, token_ids, copy, dtype="float16", **kwargs)
+    with pytest.raises(StoreMismatchError, match="suite"):
+        harvest_activations(suite.select(indices=[0, 2]), HOOKS, token_ids, copy, **kwargs)
+    assert _files(copy) == _files(store.path)  # refused runs touched nothing
+    replaced = harvest_activations(suite, HOOK, token_ids[:6], copy, overwrite=True, **kwargs)
+    assert replaced.hooks == [HOOK] and replaced.manifest["spec"]["n_seqs"] == 6
+    assert not (copy / "acts" / HOOKS[1]).exists()
+
+
+def test_suite_whose_snapshots_tokenize_differently_is_refused(tmp_path, token_ids):
+    swapped = list(WORDS)
+    swapped[0], swapped[1] = swapped[1], swapped[0]  # same size, different ids
+    root = _write_suite(tmp_path / "suite", [0, 1], [_tokenizer(WORDS), _tokenizer(swapped)])
+    with pytest.raises(TokenizerMismatchError, match="step10"):
+        harvest_activations(_open_suite(root), HOOK, token_ids, tmp_path / "store", progress=False)
+
+
+def test_duplicate_snapshots_are_refused(tmp_path, token_ids):
+    root = _write_suite(tmp_path / "suite", [0, 0])
+    with pytest.raises(DuplicateSnapshotError, match="identical weights"):
+        harvest_activations(_open_suite(root), HOOK, token_ids, tmp_path / "store", progress=False)
+
+
+# --------------------------------------------------------------------------- providers
+def _rows(batches: list[torch.Tensor]) -> Counter:
+    """The multiset of served rows (tokens with equal prefixes share activations, so rows repeat)."""
+    return Counter(row.numpy().tobytes() for batch in batches for row in batch)
+
+
+def test_provider_serves_every_token_exactly_once_per_epoch(store):
+    everything = _rows([store.read(HOOK, slice(None), normalize=False)])
+    provider = ActivationProvider(store, HOOK, 64, n_epochs=2, buffer_tokens=128, normalize=False)
+    batches = list(provider)
+    per_epoch = provider.batches_per_epoch
+    assert per_epoch == math.ceil(store.n_tokens / 64) and len(batches) == 2 * per_epoch
+    assert all(b.shape == (64, 3, 32) for b in batches[: per_epoch - 1])
+    assert batches[per_epoch - 1].shape[0] == store.n_tokens - 64 * (per_epoch - 1)
+    assert _rows(batches[:per_epoch]) == everything == _rows(batches[per_epoch:])
+    assert not torch.equal(batches[0], batches[per_epoch])  # each epoch has its own order
+
+    order = provider.epoch_order(0)
+    assert sorted(order.tolist()) == list(range(store.n_tokens))
+    assert torch.equal(batches[1], store.read(HOOK, order[64:128], normalize=False))
+    # the shuffle is global: the first batch draws on every shard
+    shard_starts = np.array([sh["token_start"] for sh in store.manifest["shards"]])
+    assert len(set(np.searchsorted(shard_starts, order[:64], side="right"))) == len(shard_starts)
+
+    dropping = list(ActivationProvider(store, HOOK, 64, n_epochs=1, drop_last=True, normalize=False))
+    assert [b.shape[0] for b in dropping] == [64] * (store.n_tokens // 64)
+    assert not _rows(dropping) - everything  # a sub-multiset: nothing served twice
+
+
+def test_provider_is_reproducible_and_resumes_at_any_batch(store):
+    def batches(**kw):
+        return list(ActivationProvider(store, HOOK, 50, n_epochs=2, buffer_tokens=100, **kw))
+
+    reference = batches(seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(reference, batches(seed=0, prefetch=False)))
+    assert not torch.equal(reference[0], batches(seed=1)[0])
+    for k in (3, len(reference) // 2 + 1):  # within epoch 0, and inside epoch 1
+        resumed = batches(seed=0, start_batch=k)
+        assert len(resumed) == len(reference) - k
+        assert all(torch.equal(a, b) for a, b in zip(resumed, reference[k:]))
+    normalised = torch.cat(reference[: len(reference) // 2])
+    torch.testing.assert_close(
+        normalised.double().norm(dim=-1).mean(0), torch.full((3,), math.sqrt(32), dtype=torch.double), rtol=1e-5, atol=0
+    )
+
+
+def test_on_the_fly_provider_matches_the_store_without_writing(suite, token_ids, store):
+    everything = _rows([store.read(HOOK, slice(None), normalize=False)])
+
+    def provider(**kw):
+        return OnTheFlyProvider(suite, HOOK, token_ids, 40, chunk_seqs=10, n_epochs=1, **kw)
+
+    raw = list(provider(normalize=False))
+    assert _rows(raw) == everything
+    assert [b.shape[0] for b in raw[:-1]] == [40] * (len(raw) - 1)
+    resumed = list(provider(normalize=False, start_batch=5))
+    assert all(torch.equal(a, b) for a, b in zip(resumed, raw[5:])) and len(resumed) == len(raw) - 5
+
+    normalised = provider(normalize=True)
+    factors = normalised.norm_factors
+    assert factors.shape == (3,) and torch.all(factors > 0)
+    first = next(iter(normalised))
+    torch.testing.assert_close(first, raw[0] * factors[None, :, None])
