@@ -73,14 +73,22 @@ def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | 
 # Subcommands
 # ---------------------------------------------------------------------------
 def _cmd_suite_build(args: argparse.Namespace) -> int:
-    from crosslens.pico import PicoConfig, build_pico_suite, format_eval_table
+    from dataclasses import replace
 
-    config = PicoConfig.small() if args.small else PicoConfig()
+    from crosslens.pico import PicoConfig, build_pico_suite, default_root, format_eval_table, format_targets, is_built
+
+    config = PicoConfig.small() if args.small else PicoConfig.long() if args.long else PicoConfig()
     if args.seed is not None:
-        config = type(config)(**{**config.__dict__, "seed": args.seed})
-    root = build_pico_suite(config, root=args.root, force=args.force, progress=True)
-    manifest = json.loads((Path(root) / "suite.json").read_text())
-    print(format_eval_table(manifest["evals"]))
+        config = replace(config, seed=args.seed)
+    root = Path(args.root) if args.root else default_root(config)
+    cached = not args.force and is_built(root, config)
+    root = build_pico_suite(config, root=root, force=args.force, progress=True)
+    if cached:  # a fresh build already printed its table row by row
+        manifest = json.loads((Path(root) / "suite.json").read_text())
+        print(format_eval_table(manifest["evals"]))
+        if manifest.get("targets"):
+            print(format_targets(manifest["targets"]))
+        print("(cached build; --force rebuilds)")
     print(f"\npico suite: {root}")
     return 0
 
@@ -184,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     suite_sub = suite.add_subparsers(dest="suite_command", required=True)
     build = suite_sub.add_parser("build", help="train the embedded pico suite (cached)")
     build.add_argument("--small", action="store_true", help="the small, fast configuration used by tests")
+    build.add_argument("--long", action="store_true", help="a longer build (1536 steps) that also learns IOI")
     build.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
     build.add_argument("--seed", type=int, default=None)
     build.add_argument("--root", default=None, help="where to write the suite")
