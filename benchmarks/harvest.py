@@ -147,7 +147,7 @@ def measure_memory(args: argparse.Namespace, suite_spec: str, method: str, n_sna
     command = [
         sys.executable, __file__, "--child", method, "--suite", suite_spec, "--n-snapshots", str(n_snapshots),
         "--hook", args.hook, "--n-tokens", str(args.n_tokens), "--seq-len", str(args.seq_len),
-        "--batch-size", str(args.batch_size),
+        "--batch-size", str(args.batch_size), "--threads", str(args.threads),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -163,7 +163,10 @@ def bench_suite(args: argparse.Namespace, suite_spec: str, label: str) -> None:
     keep = keep_mask(ids, exclude_bos=True, exclude_token_ids=default_excluded_ids(suite.tokenizer()))
     n_kept = int(keep.sum())
     print(f"\n=== {label}: {suite!r}")
-    print(f"hook {args.hook}; {ids.shape[0]} x {ids.shape[1]} tokens ({n_kept} kept) x {n_snapshots} snapshots")
+    print(
+        f"hook {args.hook}; {ids.shape[0]} x {ids.shape[1]} tokens ({n_kept} kept) x {n_snapshots} snapshots; "
+        f"batch {args.batch_size} sequences; {torch.get_num_threads()} torch thread(s)"
+    )
 
     if args.skip_memory:
         print("\n2. memory: skipped (--skip-memory)")
@@ -214,10 +217,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--synthetic", type=int, default=0, metavar="D_MODEL", help="also bench a random suite this wide")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads (default 1: on a shared machine, spinning OpenMP threads make timings erratic)",
+    )  # fmt: skip
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--child", choices=["crosslens", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--n-snapshots", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     if args.child:
         child(args)

@@ -94,14 +94,16 @@ def _choose_steps(available: list[int], n: int) -> list[int]:
 def suite_stage(*, force: bool = False, small: bool = False):
     """Build (or reuse) the pico suite and print its learning table."""
     from crosslens.checkpoints import CheckpointSuite
-    from crosslens.pico import PicoConfig, build_pico_suite, format_eval_table, format_targets
+    from crosslens.pico import PicoConfig, build_pico_suite, default_root, format_eval_table, format_targets, is_built
 
     config = PicoConfig.small() if small else PicoConfig()
+    cached = not force and is_built(default_root(config), config)
     root = build_pico_suite(config, force=force, progress=True)
     manifest = json.loads((Path(root) / "suite.json").read_text())
-    print(format_eval_table(manifest["evals"]))
-    if manifest.get("targets"):
-        print(format_targets(manifest["targets"]))
+    if cached:  # a fresh build prints its table as it trains
+        print(format_eval_table(manifest["evals"]))
+        if manifest.get("targets"):
+            print(format_targets(manifest["targets"]))
     print(f"pico suite: {root}")
     return CheckpointSuite.local(root), manifest
 

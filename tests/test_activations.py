@@ -225,30 +225,35 @@ def test_pico_tokens_are_reproducible_rows_of_grammar_words():
 
 
 # --------------------------------------------------------------------------- resume and integrity
-def test_interrupted_harvest_resumes_to_an_identical_store(suite, token_ids, store, tmp_path, monkeypatch):
-    real_write = harvest_module.write_npy_atomic
+@pytest.mark.parametrize("killed_in", ["forward", "write"])
+def test_interrupted_harvest_resumes_to_an_identical_store(suite, token_ids, store, tmp_path, monkeypatch, killed_in):
+    # 3 snapshots x 5 shards x 2 hooks = 30 files. "forward": Ctrl-C while computing
+    # snapshot 1's shard 1, after 12 files were queued; "write": the 14th file write
+    # (snapshot 1, shard 1, second hook) fails after 13 succeeded.
+    name, fatal_call, kept = ("harvest_rows", 7, 12) if killed_in == "forward" else ("write_npy_atomic", 14, 13)
+    real = getattr(harvest_module, name)
     calls = {"n": 0}
 
-    def dies_mid_snapshot_1(path, array):
-        # 2 hooks x 5 shards per snapshot: write 14 is shard 1's first hook at snapshot 1,
-        # so that file lands on disk but its shard is never recorded as finished.
-        if calls["n"] == 13:
-            raise KeyboardInterrupt("simulated kill")
+    def dies(*args, **kwargs):
         calls["n"] += 1
-        return real_write(path, array)
+        if calls["n"] >= fatal_call:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(harvest_module, "write_npy_atomic", dies_mid_snapshot_1)
+    monkeypatch.setattr(harvest_module, name, dies)
     with pytest.raises(KeyboardInterrupt):
         harvest_activations(suite, HOOKS, token_ids, tmp_path, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False)
     with pytest.raises(IncompleteStoreError, match="same arguments"):
         ActivationStore.open(tmp_path)
+    monkeypatch.setattr(harvest_module, name, real)
 
+    real_write = harvest_module.write_npy_atomic
     written = []
     monkeypatch.setattr(harvest_module, "write_npy_atomic", lambda p, a: written.append(p) or real_write(p, a))
     resumed = harvest_activations(
         suite, HOOKS, token_ids, tmp_path, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False
     )
-    assert len(written) == 30 - 12  # finished shards were kept, not recomputed
+    assert len(written) == 30 - kept  # everything finished before the kill was kept
     assert _files(tmp_path) == _files(store.path)
     resumed.verify(full=True)
 
@@ -304,6 +309,16 @@ def test_suite_whose_snapshots_tokenize_differently_is_refused(tmp_path, token_i
     root = _write_suite(tmp_path / "suite", [0, 1], [_tokenizer(WORDS), _tokenizer(swapped)])
     with pytest.raises(TokenizerMismatchError, match="step10"):
         harvest_activations(_open_suite(root), HOOK, token_ids, tmp_path / "store", progress=False)
+
+
+def test_tokenizer_check_for_suites_without_their_own():
+    from crosslens.activations.tokens import check_same_tokenizer
+
+    swapped = list(WORDS)
+    swapped[2], swapped[3] = swapped[3], swapped[2]
+    check_same_tokenizer(_tokenizer(WORDS), _tokenizer(WORDS), revision="step10")  # equal vocabularies pass
+    with pytest.raises(TokenizerMismatchError, match="'step10' tokenizes differently"):
+        check_same_tokenizer(_tokenizer(WORDS), _tokenizer(swapped), revision="step10")
 
 
 def test_duplicate_snapshots_are_refused(tmp_path, token_ids):

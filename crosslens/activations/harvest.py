@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from difflib import get_close_matches
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -308,6 +309,10 @@ def harvest_activations(
         desc=f"harvest {n_snapshots} snapshots x {n_tokens} tokens",
         disable=not progress,
     )
+    # Shard k is written in the background while shard k + 1 is computed; a shard enters
+    # the manifest only once its file is on disk with a known size and hash.
+    writer = ThreadPoolExecutor(max_workers=1)
+    pending: list[tuple[str, Future, dict]] = []
     try:
         for s, ref in enumerate(suite.snapshots):
             todo = [k for k in range(len(shards)) if any(shard_relpath(h, s, k) not in files for h in hooks)]
@@ -325,11 +330,15 @@ def harvest_activations(
                     rows = harvest_rows(
                         model, token_ids_NL[a:b], keep_NL[a:b], hooks, batch_size=batch_size, device=device, on_batch=bar.update
                     )
-                    _write_shard(root, manifest, rows, s, k, revision=ref.revision)
+                    _record_written(root, manifest, pending)
+                    pending.extend(_submit_shard(writer, root, manifest, rows, s, k, revision=ref.revision))
             finally:
                 free_model(model)
+        _record_written(root, manifest, pending)
     finally:
         bar.close()
+        writer.shutdown(wait=True)
+        _record_written(root, manifest, pending, only_successful=True)  # keep what an interrupted run finished
 
     manifest["norm_factors"] = {hook: norm_factors_from_manifest(manifest, hook) for hook in hooks}
     manifest["mean_norms"] = {
@@ -366,11 +375,19 @@ def _new_manifest(spec: dict, keep_NL: torch.Tensor, snapshots: Sequence[Any]) -
     }
 
 
-def _write_shard(
-    root: Path, manifest: dict, rows: dict[str, torch.Tensor], s: int, k: int, *, revision: str
-) -> None:
-    """Write shard ``k`` of snapshot ``s`` for each hook, then record it in the manifest."""
+def _submit_shard(
+    writer: ThreadPoolExecutor,
+    root: Path,
+    manifest: dict,
+    rows: dict[str, torch.Tensor],
+    s: int,
+    k: int,
+    *,
+    revision: str,
+) -> list[tuple[str, Future, dict]]:
+    """Queue shard ``k`` of snapshot ``s`` for writing, one file per hook."""
     dtype, files = manifest["spec"]["dtype"], manifest["files"]
+    queued = []
     for hook, acts_ND in rows.items():
         _check_width(manifest, hook, acts_ND.shape[1], revision)
         rel = shard_relpath(hook, s, k)
@@ -379,9 +396,25 @@ def _write_shard(
         stored = to_storage(acts_ND, dtype)
         # Norms of the values as stored, so normalised reads hit sqrt(d_in) exactly.
         norm_sum = torch.linalg.vector_norm(from_storage(stored, dtype), dim=1, dtype=torch.float64).sum()
-        n_bytes, sha = write_npy_atomic(root / rel, stored)
-        files[rel] = {"bytes": n_bytes, "sha256": sha, "rows": int(acts_ND.shape[0]), "norm_sum": float(norm_sum)}
-    write_manifest(root, manifest)
+        record = {"rows": int(acts_ND.shape[0]), "norm_sum": float(norm_sum)}
+        queued.append((rel, writer.submit(write_npy_atomic, root / rel, stored), record))
+    return queued
+
+
+def _record_written(
+    root: Path, manifest: dict, pending: list[tuple[str, Future, dict]], *, only_successful: bool = False
+) -> None:
+    """Wait for queued shard files, enter them in the manifest and save it."""
+    recorded = False
+    for rel, future, record in pending:
+        if only_successful and (not future.done() or future.cancelled() or future.exception() is not None):
+            continue
+        n_bytes, sha = future.result()  # re-raises a failed write
+        manifest["files"][rel] = {**record, "bytes": n_bytes, "sha256": sha}
+        recorded = True
+    pending.clear()
+    if recorded:
+        write_manifest(root, manifest)
 
 
 def _start_or_resume(root: Path, spec: dict, *, overwrite: bool, verify_hashes: bool) -> dict | None:

@@ -24,13 +24,14 @@ into place, and only then recorded in the manifest with its size and sha256.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -88,31 +89,27 @@ def from_storage(rows: np.ndarray, dtype: str) -> Float[torch.Tensor, "n d_in"]:
     return torch.from_numpy(rows).float()
 
 
-class _HashingWriter:
-    """File wrapper that hashes and counts every byte written through it."""
-
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-        self.sha256 = hashlib.sha256()
-        self.n_bytes = 0
-
-    def write(self, data: bytes | memoryview) -> int:
-        self.sha256.update(data)
-        self.n_bytes += len(data)
-        return self.handle.write(data)
-
-
 def write_npy_atomic(path: Path, array: np.ndarray) -> tuple[int, str]:
-    """Write ``array`` as ``.npy`` via a temporary file and rename; return (bytes, sha256)."""
+    """Write ``array`` as ``.npy`` via a temporary file and rename; return (bytes, sha256).
+
+    The data goes out straight from the array's memory (no copies), and hashing and
+    writing release the GIL, so this can run in a background thread during harvesting.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.ascontiguousarray(array)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    data = memoryview(array).cast("B") if array.size else b""
+    digest = hashlib.sha256(header.getvalue())
+    digest.update(data)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
-        writer = _HashingWriter(handle)
-        np.lib.format.write_array(writer, np.ascontiguousarray(array), allow_pickle=False)
+        handle.write(header.getvalue())
+        handle.write(data)
     # No fsync: a shard lost to a crash after the rename fails the size/sha256 check on
-    # resume and is rebuilt, so durability costs nothing here but disk stalls.
+    # resume and is rebuilt, so durability would only buy disk stalls.
     os.replace(tmp, path)
-    return writer.n_bytes, writer.sha256.hexdigest()
+    return len(header.getvalue()) + len(data), digest.hexdigest()
 
 
 def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
@@ -185,6 +182,7 @@ class ActivationStore:
         self.manifest = manifest
         self._token_starts = np.array([sh["token_start"] for sh in manifest["shards"]], dtype=np.int64)
         self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._maps_lock = threading.Lock()  # providers read from a prefetch thread
         self._tokens: dict[str, torch.Tensor] | None = None
 
     @classmethod
@@ -300,15 +298,16 @@ class ActivationStore:
 
     def _shard_map(self, hook: str, snapshot: int, shard: int) -> np.ndarray:
         rel = shard_relpath(hook, snapshot, shard)
-        mapped = self._maps.get(rel)
-        if mapped is None:
-            mapped = np.load(self.path / rel, mmap_mode="r")
-            self._maps[rel] = mapped
-            if len(self._maps) > self.max_open_shards:
-                self._maps.popitem(last=False)
-        else:
-            self._maps.move_to_end(rel)
-        return mapped
+        with self._maps_lock:
+            mapped = self._maps.get(rel)
+            if mapped is None:
+                mapped = np.load(self.path / rel, mmap_mode="r")
+                self._maps[rel] = mapped
+                if len(self._maps) > self.max_open_shards:
+                    self._maps.popitem(last=False)  # LRU: each open map holds a file descriptor
+            else:
+                self._maps.move_to_end(rel)
+            return mapped
 
     def read(
         self,
