@@ -473,6 +473,49 @@ def test_ablation_curve_end_points(snapshots, task, acts_all, jumprelu):
     assert by[("top", 3)] != pytest.approx(clean, abs=1e-4)
 
 
+def test_keep_only_curve_reports_the_all_ablated_floor_and_restoration(snapshots, task, acts_all, jumprelu):
+    model = snapshots[1]
+    codes = exact_codes(jumprelu, acts_all, 1)
+    ie = attribute_snapshot(model, jumprelu, task, snapshot=1, codes_clean=codes, config=AttributionConfig(n_steps=4)).ie
+    for mode in ("zero", "mean"):
+        keep_rows = ablation_curve(
+            model, jumprelu, task, ie, snapshot=1, ks=[2, D_SAE], codes=codes, mode=mode, keep_only=True, n_random=0
+        )  # fmt: skip
+        ablate_rows = ablation_curve(model, jumprelu, task, ie, snapshot=1, ks=[D_SAE], codes=codes, mode=mode, n_random=0)
+        clean = next(r["metric"] for r in keep_rows if r["selection"] == "none")
+        floor = [r for r in keep_rows if r["selection"] == "all"]
+        assert len(floor) == 1 and floor[0]["ablation"] == mode
+        # The floor is the model with every feature ablated the same way.
+        ablate_all = next(r["metric"] for r in ablate_rows if r["selection"] == "top" and r["k"] == D_SAE)
+        assert floor[0]["metric"] == pytest.approx(ablate_all, abs=1e-5)
+        assert floor[0]["metric"] != pytest.approx(clean, abs=1e-3)
+        top = {r["k"]: r for r in keep_rows if r["selection"] == "top"}
+        assert top[D_SAE]["restored"] == pytest.approx(1.0, abs=1e-4)  # keeping everything restores it all
+        expected = (top[2]["metric"] - floor[0]["metric"]) / (clean - floor[0]["metric"])
+        assert top[2]["restored"] == pytest.approx(expected, rel=1e-6)
+        assert all("restored" not in r for r in ablate_rows)
+
+
+def test_causal_stage_labels_the_ablation_and_drops_ks_above_d_sae(snapshots, tokenizer, tmp_path, jumprelu):
+    import json
+
+    from crosslens.causal import run_causal_stage
+
+    task = agreement_pairs("pp", n=4, seed=7)
+    result = run_causal_stage(
+        snapshots, jumprelu, task, tmp_path, tokenizer=tokenizer, config=AttributionConfig(n_steps=2),
+        top_k=2, ks=(2, D_SAE, 10 * D_SAE), ablation="mean", n_random=0, progress=False,
+    )  # fmt: skip
+    rows = json.loads(result["paths"]["ablation_curves"].read_text())
+    assert {r["ablation"] for r in rows} == {"mean"}
+    assert {r["k"] for r in rows if r["selection"] == "top"} == {2, D_SAE}
+    summary = result["summary"]
+    assert summary["ablation"] == "mean" and set(summary["keep_only_restored_final"]) == {"2", str(D_SAE)}
+    assert summary["keep_only_restored_final"][str(D_SAE)] == pytest.approx(1.0, abs=1e-4)
+    html = result["paths"]["report"].read_text()
+    assert "mean-ablation" in html and "Keep-only restoration" in html
+
+
 def test_ablation_curves_across_snapshots(snapshots, tokenizer, jumprelu):
     task = agreement_pairs("simple", n=4, seed=5)
     table = attribute(snapshots, jumprelu, task, tokenizer=tokenizer, snapshots=[0, 2], config=AttributionConfig(n_steps=2), progress=False)

@@ -163,9 +163,11 @@ def ablation_curve(
     """Metric after ablating (or keeping only) the top-k features by |IE|, with random-k controls.
 
     Codes default to per-snapshot encoding; pass exact codes for exact mode. Each row:
-    ``{snapshot, k, selection ("top" | "random" | "none"), seed, ablation, keep_only,
+    ``{snapshot, k, selection ("top" | "random" | "none" | "all"), seed, ablation, keep_only,
     metric (mean), accuracy (share with metric < 0)}``; a ``"none"`` row holds the
-    unablated model.
+    unablated model. Keep-only curves also get an ``"all"`` row (every feature ablated,
+    the floor a kept set restores from) and, on each kept row, ``restored``: the share
+    of the clean-vs-all-ablated gap the kept set brings back.
     """
     hook = default_hook(crosscoder, hook)
     codec = SnapshotCodec(crosscoder, snapshot, norm_factors)
@@ -210,15 +212,24 @@ def ablation_curve(
             "accuracy": float((values < 0).float().mean()),
         }
 
-    rows = [row(0, "none", torch.cat([task_metric(model, part, metric) for _, part in _chunks(task, batch_size)]))]
     for k in ks:
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
+    rows = [row(0, "none", torch.cat([task_metric(model, part, metric) for _, part in _chunks(task, batch_size)]))]
+    if keep_only:
+        # Keeping nothing ablates everything: the floor that keep-only restoration is measured from.
+        rows.append(row(0, "all", measure(ranked[:0])))
+    for k in ks:
         rows.append(row(k, "top", measure(ranked[:k])))
         for draw in range(n_random):
             pool = active if active.numel() >= k else torch.arange(codec.d_sae)
             pick = pool[torch.randperm(pool.numel(), generator=generator)[:k]]
             rows.append(row(k, "random", measure(pick), draw))
+    if keep_only:
+        clean, floor = rows[0]["metric"], rows[1]["metric"]
+        gap = clean - floor
+        for r in rows[2:]:
+            r["restored"] = (r["metric"] - floor) / gap if abs(gap) > 1e-8 else None
     return rows
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from crosslens.causal.ablation import AblationMode
 from crosslens.causal.attribution import AttributionConfig
 from crosslens.causal.stage import load_crosscoder, run_causal_stage
 from crosslens.tasks import task_for_tokenizer
@@ -33,21 +34,25 @@ def attribution_sections(
     seed: int = 0,
     n_steps: int = 10,
     top_k: int = 10,
-    ks: Sequence[int] = (1, 2, 5, 10, 20, 50),
+    ks: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200),
+    ablation: AblationMode = "zero",
     progress: bool = True,
 ) -> list:
     """Run :func:`run_causal_stage` for one named task; return its report as a section list.
 
     ``suite`` is the (selected) suite the crosscoder was trained on; ``crosscoder`` an
     object or a saved folder. When ``out`` ends in ``.json`` the IE table is also
-    written there (the ``crosslens attribute --out`` convention).
+    written there (the ``crosslens attribute --out`` convention). ``ablation`` ("zero" or
+    "mean") is how the ablation curves remove features; zero is the default because, on
+    the pico demo, mean-ablating the other features restores no better than zeroing them
+    and spreads sparse features' mean codes onto positions where they never fire.
     """
     crosscoder = load_crosscoder(crosscoder)
     dataset = task_for_tokenizer(task, suite.tokenizer(), n=n_examples, seed=seed)
     out_dir = causal_out_dir(out, dataset.name)
     result = run_causal_stage(
         suite, crosscoder, dataset, out_dir, config=AttributionConfig(n_steps=n_steps), top_k=top_k, ks=ks,
-        progress=progress,
+        ablation=ablation, progress=progress,
     )  # fmt: skip
     if out is not None and Path(out).suffix == ".json":
         result["table"].save(out)
@@ -55,4 +60,8 @@ def attribution_sections(
     print(f"causal stage ({dataset.name}, {summary['n_examples']} examples): files in {out_dir}")
     for label, clean, specific in zip(summary["snapshots"], summary["metric_clean"], summary["specific_per_snapshot"]):
         print(f"  {label:>12s}  metric {clean:+.3f}  snapshot-specific features {specific}")
+    restored = ", ".join(
+        f"top-{k} {value:.0%}" for k, value in summary["keep_only_restored_final"].items() if value is not None
+    )
+    print(f"  keep-only restoration at {summary['snapshots'][-1]} ({summary['ablation']}-ablation): {restored}")
     return [result["report"]]

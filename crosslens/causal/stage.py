@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from crosslens.causal.ablation import ablation_curves
+from crosslens.causal.ablation import AblationMode, ablation_curves
 from crosslens.causal.attribution import (
     AttributionConfig,
     IETable,
@@ -58,7 +58,8 @@ def run_causal_stage(
     snapshots: Sequence[int] | None = None,
     config: AttributionConfig = AttributionConfig(),
     top_k: int = 10,
-    ks: Sequence[int] = (1, 2, 5, 10, 20, 50),
+    ks: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200),
+    ablation: AblationMode = "zero",
     n_random: int = 3,
     thresholds: RelIEThresholds = RelIEThresholds(),
     tokenizer: Any = None,
@@ -70,6 +71,8 @@ def run_causal_stage(
     features' RelIE, RelDec and classes), ``ablation_curves.json`` (tidy rows), and
     ``causal_report.html`` (the figures, plotly.js embedded: it opens offline).
     Features are selected as the union of each snapshot's top ``top_k`` by |IE|.
+    Ablation curves use ``ablation`` ("zero" or "mean") for both the ablate-top-k and
+    keep-only-top-k curves, with the error term kept; ``ks`` above ``d_sae`` are dropped.
     Returns the paths, a short summary, the :class:`IETable` and the report (a
     ``crosslens.analysis.report.Report``, to extend a larger report with).
     """
@@ -120,8 +123,9 @@ def run_causal_stage(
         crosscoder,
         tokenized,
         table,
-        ks=ks,
+        ks=[k for k in ks if k <= crosscoder.cfg.d_sae],
         hook=hook,
+        mode=ablation,
         n_random=n_random,
         exact=config.mode == "exact",
         activations=clean_acts,
@@ -143,10 +147,21 @@ def run_causal_stage(
         "metric_patch": table.metric_patch.tolist(),
         "n_selected_features": len(selected),
         "specific_per_snapshot": counts["specific"].tolist(),
+        "ablation": ablation,
+        "keep_only_restored_final": _restored_at(rows, table.snapshots[-1]),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     paths["summary"] = out / "summary.json"
     return {"paths": paths, "summary": summary, "table": table, "report": report}
+
+
+def _restored_at(rows: Sequence[dict[str, Any]], snapshot: int) -> dict[str, float | None]:
+    """Keep-only top-k restoration at one snapshot, keyed by k (as strings, for JSON)."""
+    return {
+        str(r["k"]): r.get("restored")
+        for r in rows
+        if r["snapshot"] == snapshot and r["keep_only"] and r["selection"] == "top"
+    }
 
 
 def causal_report(
@@ -186,7 +201,31 @@ def causal_report(
             )  # fmt: skip
         )
     report.add_heading("Ablation curves")
-    report.add_figure(ablation_curves_figure(rows), caption="dashed: random features active on the task (mean)")
+    mode = next((r["ablation"] for r in rows), "zero")
+    how = "set to 0" if mode == "zero" else "set to their mean code over the task's tokens"
+    report.add_figure(
+        ablation_curves_figure(rows, title=f"ablation curves ({mode}-ablation, error term kept)"),
+        caption=(
+            f"{mode}-ablation: ablated features are {how}, at every task position, with the crosscoder's error "
+            "term kept. 'ablate top-k' removes the k features with the largest |IE|; 'keep top-k' ablates "
+            "every other feature. Dashed: random features active on the task (mean)."
+        ),
+    )
+    final = table.snapshots[-1]
+    floor = next((r for r in rows if r["snapshot"] == final and r["keep_only"] and r["selection"] == "all"), None)
+    kept = [r for r in rows if r["snapshot"] == final and r["keep_only"] and r["selection"] == "top"]
+    if floor is not None and kept:
+        clean = next(r["metric"] for r in rows if r["snapshot"] == final and r["selection"] == "none")
+        report.add_text(
+            f"Keep-only restoration at {table.snapshot_labels[-1]} ({mode}-ablation): clean metric {clean:+.3f}, "
+            f"every feature ablated {floor['metric']:+.3f}; restored = (kept - all ablated) / (clean - all ablated)."
+        )
+        report.add_table(
+            [
+                {"k": r["k"], "metric (keep top-k)": r["metric"], "restored": r.get("restored")}
+                for r in sorted(kept, key=lambda r: r["k"])
+            ]
+        )
     return report
 
 
