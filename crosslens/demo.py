@@ -246,7 +246,14 @@ def run_demo(out_dir=None, *, fast: bool = False, force: bool = False, config: D
 
     _banner(f"3/5 train a {config.architecture} (d_sae {config.d_sae})")
     crosscoder = train_stage(train_store.path, out_dir / "crosscoder", config, force=force)
-    quality_stage(crosscoder, train_store, eval_store, config, steps)
+    quality_file = out_dir / "crosscoder" / "quality.json"
+    if quality_file.exists() and not force:  # written after the crosscoder it describes
+        from crosslens.training.baselines import format_quality_table
+
+        print(format_quality_table(json.loads(quality_file.read_text())))
+    else:
+        rows = quality_stage(crosscoder, train_store, eval_store, config, steps)
+        quality_file.write_text(json.dumps(rows, indent=1, default=str))
 
     _banner("4/5 feature evolution from per-snapshot decoder norms")
     _banner("5/5 causal role: IG attribution, RelIE and ablations on agreement across an attractor")
