@@ -148,17 +148,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from crosslens.demo import analyze_stage
 
-    path = analyze_stage(args.crosscoder, store_path=args.store, out=args.out)
+    path, analysis, _ = analyze_stage(args.crosscoder, store_path=args.store, out=args.out)
+    print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
     print(f"report: {path}")
     return 0
 
 
 def _cmd_attribute(args: argparse.Namespace) -> int:
+    from crosslens.causal.demo import causal_out_dir
     from crosslens.demo import attribute_stage
 
-    suite = resolve_suite(args.suite, args.steps, args.n_snapshots)
-    from crosslens.causal.demo import causal_out_dir
-
+    steps = args.steps
+    if steps is None and args.n_snapshots is None:  # the snapshots the crosscoder was trained on
+        cfg = json.loads((Path(args.crosscoder) / "cfg.json").read_text())
+        recorded = (cfg.get("metadata", {}).get("suite") or {}).get("snapshots") or []
+        steps = [int(entry["step"]) for entry in recorded] or None
+    suite = resolve_suite(args.suite, steps, args.n_snapshots)
     sections = attribute_stage(suite, args.crosscoder, task=args.task, n_examples=args.n_examples, out=args.out)
     report = Path(args.out).with_suffix(".html")
     sections[0].write(report)
