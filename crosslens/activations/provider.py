@@ -78,11 +78,7 @@ class ActivationProvider:
         prefetch: bool = True,
     ) -> None:
         _check_batching(batch_size, n_epochs, start_batch)
-        if hook is None:
-            if len(store.hooks) != 1:
-                raise ValueError(f"the store holds several hooks {store.hooks}; pass hook=.")
-            hook = store.hooks[0]
-        store.d_in_of(hook)  # refuses unknown hooks
+        hook = store.resolve_hook(hook)
         if drop_last and store.n_tokens < batch_size:
             raise ValueError(
                 f"the store holds {store.n_tokens} tokens, fewer than one batch of {batch_size}, "

@@ -68,16 +68,6 @@ def _open_store(store: ActivationStore | str | os.PathLike) -> ActivationStore:
     return store if isinstance(store, ActivationStore) else ActivationStore.open(store)
 
 
-def _resolve_hook(store: ActivationStore, hook: str | None) -> str:
-    if hook is None:
-        if len(store.hooks) != 1:
-            raise ValueError(f"the store holds hooks {store.hooks}; say which one to use (hook=...).")
-        return store.hooks[0]
-    if hook not in store.hooks:
-        raise ValueError(f"hook {hook!r} is not in the store; it has {store.hooks}.")
-    return hook
-
-
 def _check_snapshot(store: ActivationStore, snapshot: int) -> int:
     if not 0 <= snapshot < store.n_snapshots:
         raise ValueError(
@@ -228,7 +218,7 @@ def train_snapshot_sae(
     ``cfg.metadata`` records the hook, the snapshot and its normalisation factor.
     """
     store = _open_store(store)
-    hook = _resolve_hook(store, hook)
+    hook = store.resolve_hook(hook)
     snapshot = _check_snapshot(store, snapshot)
     _check_architecture(architecture)
     if n_steps < 1 or batch_size < 1 or d_sae < 1:
@@ -288,7 +278,7 @@ def evaluate_sae(
     Use a store harvested from tokens the SAE was not trained on.
     """
     store = _open_store(store)
-    hook = _resolve_hook(store, hook)
+    hook = store.resolve_hook(hook)
     snapshot = _check_snapshot(store, snapshot)
     if sae.cfg.d_in != store.d_in_of(hook):
         raise ValueError(
@@ -362,7 +352,7 @@ def calibrate_sparsity_coefficient(
     if not target_l0 > 0 or max_runs < 1:
         raise ValueError(f"target_l0 must be > 0 and max_runs >= 1, got {target_l0} and {max_runs}.")
     store = _open_store(store)
-    hook = _resolve_hook(store, hook)
+    hook = store.resolve_hook(hook)
     eval_store = store if eval_store is None else _open_store(eval_store)
     coefficient = DEFAULT_SPARSITY_COEFFICIENT[architecture] if initial is None else float(initial)
 
@@ -557,7 +547,7 @@ def compare_with_saes(
     set; print them with :func:`format_quality_table`.
     """
     store = _open_store(store)
-    hook = _resolve_hook(store, hook)
+    hook = store.resolve_hook(hook)
     eval_store = store if eval_store is None else _open_store(eval_store)
     for arch in architectures:
         _check_architecture(arch)

@@ -144,9 +144,7 @@ class CrosscoderTrainingRunner:
     def __init__(self, config: CrosscoderRunnerConfig):
         self.config = config
         self.store = ActivationStore.open(config.store_path)
-        self.hook = config.hook or _only_hook(self.store)
-        if self.hook not in self.store.hooks:
-            raise ValueError(f"hook {self.hook!r} is not in the store; it has {self.store.hooks}.")
+        self.hook = self.store.resolve_hook(config.hook)
         self.out_dir = Path(config.out_dir)
 
     @property
@@ -247,7 +245,7 @@ def evaluate_crosscoder(
     Use a store harvested from tokens the crosscoder was not trained on. Activations are
     normalised with the store's factors, as in training.
     """
-    hook = hook or _only_hook(store)
+    hook = store.resolve_hook(hook)
     n = min(n_tokens, store.n_tokens)
     fired = None
     xs, xhats, fs = [], [], []
@@ -276,12 +274,6 @@ def store_provenance(store: ActivationStore) -> dict[str, Any]:
     suite = dict(store.manifest["spec"]["suite"])
     suite["snapshots"] = [dict(entry) for entry in store.manifest["snapshots"]]
     return suite
-
-
-def _only_hook(store: ActivationStore) -> str:
-    if len(store.hooks) != 1:
-        raise ValueError(f"the store holds hooks {store.hooks}; say which one to use (--hook).")
-    return store.hooks[0]
 
 
 def _jsonable(obj: Any) -> Any:
