@@ -6,9 +6,9 @@ Stages (outputs under ``out_dir``, default ``$CROSSLENS_HOME/demo``):
 2. harvest    activations at the middle residual stream for every chosen snapshot
               (a training store and a held-out store)
 3. train      a multi-snapshot crosscoder; quality table vs per-snapshot SAELens SAEs
-4. analyze    feature evolution from decoder norms -> report.html
-5. attribute  integrated-gradient attribution, RelIE and ablation curves for agreement
-              across an attractor, appended to report.html
+4. attribute  integrated-gradient attribution, RelIE and ablation curves for agreement
+              across an attractor
+5. analyze    feature evolution from decoder norms -> report.html (with stage 4's sections)
 
 A second run reuses every finished stage; ``--force`` recomputes them.
 """
@@ -255,9 +255,9 @@ def run_demo(out_dir=None, *, fast: bool = False, force: bool = False, config: D
         rows = quality_stage(crosscoder, train_store, eval_store, config, steps)
         quality_file.write_text(json.dumps(rows, indent=1, default=str))
 
-    _banner("4/5 feature evolution from per-snapshot decoder norms")
-    _banner("5/5 causal role: IG attribution, RelIE and ablations on agreement across an attractor")
+    _banner("4/5 causal role: IG attribution, RelIE and ablations on agreement across an attractor")
     sections = attribute_stage(suite, crosscoder, n_examples=config.n_task_examples, out=out_dir, seed=config.seed)
+    _banner("5/5 feature evolution from per-snapshot decoder norms -> report.html")
     report_path, analysis, _ = analyze_stage(
         crosscoder, store=ActivationStore.open(train_store.path), out=out_dir / "report.html",
         tokenizer=suite.tokenizer(), extra_sections=sections,
