@@ -52,11 +52,11 @@ def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | 
     else:
         lowered = spec.lower()
         if "pythia" in lowered:
-            suite = CheckpointSuite.pythia(spec, steps=steps)
+            suite = CheckpointSuite.pythia(spec)
         elif "olmo" in lowered:
             suite = CheckpointSuite.olmo(spec)
         elif "bloom" in lowered:
-            suite = CheckpointSuite.bloom(spec, steps=steps)
+            suite = CheckpointSuite.bloom(spec)
         else:
             raise SystemExit(
                 f"crosslens: cannot tell which family {spec!r} is. Use 'pico', a local folder "
