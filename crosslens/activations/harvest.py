@@ -321,9 +321,9 @@ def snapshot_identities(suite: CheckpointSuite) -> list[dict | None]:
         earlier = first_with.setdefault(identity["weights_digest"], ref.revision)
         if earlier != ref.revision:
             raise DuplicateSnapshotError(
-                f"snapshots {earlier!r} and {ref.revision!r} of {suite.model_id} have identical weights (byte-identical "
-                f"{', '.join(n for n in identity['files'] if n != 'config.json')}), so a crosscoder would see no "
-                f"change between them; drop one, e.g. suite.select(steps=[...]) without step {ref.step}. "
+                f"snapshots {earlier!r} and {ref.revision!r} of {suite.model_id} have identical weights "
+                f"(byte-identical {', '.join(n for n in identity['files'] if n != 'config.json')}), so a crosscoder "
+                f"would see no change between them; drop one, e.g. suite.select(steps=[...]) without step {ref.step}. "
                 "Nothing was written.",
                 revisions=(earlier, ref.revision),
                 sha256=identity["weights_digest"],

@@ -56,7 +56,8 @@ def file_identity(path: Path) -> str:
 
 
 def is_weight_file(name: str) -> bool:
-    return name.endswith(WEIGHT_SUFFIXES) and not name.startswith(("training_args", "optimizer", "scheduler", "rng_state"))
+    trainer_files = ("training_args", "optimizer", "scheduler", "rng_state")  # Trainer state, not the model
+    return name.endswith(WEIGHT_SUFFIXES) and not name.startswith(trainer_files)
 
 
 def safetensors_problem(path: Path) -> str | None:

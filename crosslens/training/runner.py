@@ -10,11 +10,19 @@ Output folder layout::
     out_dir/step_XXXXXXXX/               resumable checkpoints
     out_dir/final/                       inference crosscoder (cfg.json + sae_weights.safetensors)
     out_dir/run.json                     the runner config
+
+Trust: the crosscoder is built from ``seed`` whatever ran before in the process, so the
+same seed and store give byte-identical weights. The store is re-hashed against its
+manifest before training (``verify_store=False`` / ``--no-verify`` checks sizes only).
+Each checkpoint folder is sealed with ``crosslens_checkpoint.json`` (file hashes, config,
+store identity; see ``crosslens.training.records``): resume starts from the newest
+checkpoint that verifies and refuses a store that changed since the run started.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +32,11 @@ from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.crosscoders import ARCHITECTURES, set_crosscoder_metadata
+from crosslens.errors import StoreChangedError
 from crosslens.training.config import CrosscoderTrainerConfig
-from crosslens.training.trainer import FINAL_DIRNAME, CrosscoderTrainer, crosscoder_metrics, latest_checkpoint
+from crosslens.training.records import read_record, record_problem, write_record
+from crosslens.training.seeding import seeded
+from crosslens.training.trainer import CHECKPOINT_PREFIX, FINAL_DIRNAME, CrosscoderTrainer, crosscoder_metrics
 
 # lambda and learning rate that train well on the pico suite's normalised activations
 # (mean norm sqrt(d_in)); on large models start from the papers' values instead.
@@ -88,14 +99,19 @@ class CrosscoderRunnerConfig:
     """Steps between W&B logs."""
     progress: bool = True
     """Show a progress bar."""
+    verify_store: bool = True
+    """Re-hash every store file against its manifest before training; False checks sizes only."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(
                 f"unknown architecture {self.architecture!r}; choose one of {sorted(ARCHITECTURES)}."
             )
-        if self.d_sae < 1 or self.n_steps < 1 or self.batch_size < 1:
-            raise ValueError("d_sae, n_steps and batch_size must all be >= 1.")
+        for name in ("d_sae", "n_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 disables checkpoints), got {self.checkpoint_every}.")
         if self.architecture.endswith("topk_crosscoder") and not 1 <= self.k <= self.d_sae:
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}.")
         if not 0 <= self.lr_decay_fraction < 1:
@@ -143,7 +159,7 @@ class CrosscoderTrainingRunner:
 
     def __init__(self, config: CrosscoderRunnerConfig):
         self.config = config
-        self.store = ActivationStore.open(config.store_path)
+        self.store = ActivationStore.open(config.store_path, verify="full" if config.verify_store else "size")
         self.hook = self.store.resolve_hook(config.hook)
         self.out_dir = Path(config.out_dir)
 
@@ -189,17 +205,18 @@ class CrosscoderTrainingRunner:
 
     def _new_crosscoder(self):
         cfg = self.config
-        crosscoder = build_training_crosscoder(
-            cfg.architecture,
-            d_in=self.store.d_in_of(self.hook),
-            n_snapshots=self.store.n_snapshots,
-            d_sae=cfg.d_sae,
-            k=cfg.k,
-            sparsity_coefficient=cfg.sparsity_coefficient,
-            sparsity_warm_up_steps=int(cfg.n_steps * float(cfg.sparsity_warm_up_fraction or 0.0)),
-            decoder_init_norm=cfg.decoder_init_norm,
-            device=cfg.device,
-        )
+        with seeded(cfg.seed, cfg.device):  # the initial weights come from the seed alone
+            crosscoder = build_training_crosscoder(
+                cfg.architecture,
+                d_in=self.store.d_in_of(self.hook),
+                n_snapshots=self.store.n_snapshots,
+                d_sae=cfg.d_sae,
+                k=cfg.k,
+                sparsity_coefficient=cfg.sparsity_coefficient,
+                sparsity_warm_up_steps=int(cfg.n_steps * float(cfg.sparsity_warm_up_fraction or 0.0)),
+                decoder_init_norm=cfg.decoder_init_norm,
+                device=cfg.device,
+            )
         set_crosscoder_metadata(
             crosscoder.cfg,
             provenance=store_provenance(self.store),
@@ -208,27 +225,110 @@ class CrosscoderTrainingRunner:
         )
         return crosscoder
 
+    def store_identity(self) -> dict[str, Any]:
+        """What this run trains on: the store's input fingerprint and content hash, and the hook."""
+        return {
+            "fingerprint": self.store.fingerprint,
+            "content_sha256": self.store.content_sha256,
+            "hook": self.hook,
+            "path": str(self.store.path),
+            "spec": self.store.manifest["spec"],
+        }
+
+    def _settings(self) -> dict[str, Any]:
+        """The configuration a resumed run must share (verification is not part of it)."""
+        settings = _jsonable(asdict(self.config))
+        settings.pop("verify_store", None)
+        return settings
+
+    def verified_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose sealed record verifies (older ones are tried in turn)."""
+        def step_of(folder: Path) -> int:
+            suffix = folder.name[len(CHECKPOINT_PREFIX) :]
+            return int(suffix) if suffix.isdigit() else -1
+
+        steps = [p for p in self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if step_of(p) >= 0]
+        for folder in sorted(steps, key=step_of, reverse=True):
+            problem = record_problem(folder)
+            if problem is None:
+                return folder
+            print(f"checkpoint {folder} cannot be trusted ({problem}); trying the one before it", file=sys.stderr)
+        return None
+
+    def _check_resumable(self, checkpoint: Path, run_file: Path) -> None:
+        """Refuse other settings or another store before a single batch is read."""
+        record = read_record(checkpoint)
+        try:
+            previous = json.loads(run_file.read_text())
+            previous.pop("verify_store", None)
+        except (OSError, ValueError):  # missing or damaged: the checkpoint's sealed record decides
+            previous = None
+        current = self._settings()
+        for settings in (record.get("settings"), previous):
+            if settings is not None and settings != current:
+                differs = sorted(k for k in set(settings) | set(current) if settings.get(k) != current.get(k))
+                raise ValueError(
+                    f"{self.out_dir} holds a run with another configuration (differs in: {', '.join(differs)}); "
+                    "resume with the same settings, or pick a new --out."
+                )
+        if previous is None:
+            print(f"{run_file} was missing or damaged; rewritten from {checkpoint.name}'s record", file=sys.stderr)
+            run_file.write_text(json.dumps(_jsonable(asdict(self.config)), indent=2))
+        started_on, now = record.get("store", {}), self.store_identity()
+        same_store = started_on.get("content_sha256") == now["content_sha256"]
+        if not same_store or started_on.get("fingerprint") != now["fingerprint"]:
+            raise StoreChangedError(_store_changed_message(started_on, now, checkpoint))
+
+    def _trainer(self, checkpoint: Path | None) -> CrosscoderTrainer:
+        if checkpoint is None:
+            trainer = _SealedTrainer(self._new_crosscoder(), self._trainer_config())
+        else:
+            trainer = _SealedTrainer.from_checkpoint(checkpoint, self._trainer_config())
+        trainer.record = {"settings": self._settings(), "store": self.store_identity()}
+        return trainer
+
     def run(self, *, resume: bool = False) -> SAE:
         """Train (or continue) and return the inference crosscoder saved in ``final_path``."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         run_file = self.out_dir / "run.json"
-        resume_from = latest_checkpoint(self.checkpoint_dir) if resume else None
+        resume_from = self.verified_checkpoint() if resume else None
         if resume and resume_from is None and run_file.exists():
-            print(f"no checkpoint under {self.checkpoint_dir}; starting from scratch")
+            print(f"no checkpoint under {self.checkpoint_dir} to resume from; starting from scratch")
         if resume_from is not None:
-            previous = json.loads(run_file.read_text()) if run_file.exists() else None
-            if previous is not None and previous != _jsonable(asdict(self.config)):
-                raise ValueError(
-                    f"{self.out_dir} holds a run with another configuration; resume with the same "
-                    "settings, or pick a new --out."
-                )
-            trainer = CrosscoderTrainer.from_checkpoint(resume_from, self._trainer_config())
+            self._check_resumable(resume_from, run_file)
+            trainer = self._trainer(resume_from)
             trainer.fit(self._batches, resume_from=resume_from)
         else:
             run_file.write_text(json.dumps(_jsonable(asdict(self.config)), indent=2))
-            trainer = CrosscoderTrainer(self._new_crosscoder(), self._trainer_config())
+            trainer = self._trainer(None)
             trainer.fit(self._batches)
+        write_record(self.final_path, **trainer.record)
         return SAE.load_from_disk(str(self.final_path), device=self.config.device)
+
+
+class _SealedTrainer(CrosscoderTrainer):
+    """A trainer whose checkpoints are sealed with a record (see ``crosslens.training.records``)."""
+
+    record: dict[str, Any] = {}
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        saved = super().save_checkpoint(path)
+        write_record(saved, **self.record)
+        return saved
+
+
+def _store_changed_message(started_on: dict[str, Any], now: dict[str, Any], checkpoint: Path) -> str:
+    if started_on.get("fingerprint") != now["fingerprint"]:
+        old, new = started_on.get("spec") or {}, now["spec"]
+        fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["fingerprint"]
+        what = f"it was harvested again for other inputs (differs in: {', '.join(fields)})"
+    else:
+        what = "it holds other activations for the same inputs (re-harvested, or snapshots changed)"
+    return (
+        f"the activation store {now['path']} is not the one this run was trained on up to {checkpoint.name}: "
+        f"{what}. Resuming would continue on other data: point --store at the original store "
+        f"({started_on.get('path')}), or start a new run in another --out."
+    )
 
 
 @torch.no_grad()
