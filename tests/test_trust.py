@@ -137,7 +137,8 @@ def test_hub_snapshots_record_commit_and_blob_hashes_and_a_moved_branch_is_refus
 
     repo = "EleutherAI/pythia-14m"
     tokenizer = make_word_tokenizer()
-    write_fake_hub_repo(offline_hf_home, repo, {"step0": tiny_neox(0), "step1000": tiny_neox(1)}, tokenizer, main="step1000")
+    revisions = {"step0": tiny_neox(0), "step1000": tiny_neox(1)}
+    write_fake_hub_repo(offline_hf_home, repo, revisions, tokenizer, main="step1000")
     folder = repo_folder(offline_hf_home, repo)
     commit = (folder / "refs" / "step1000").read_text()
     # as huggingface_hub caches downloads: the snapshot file links to blobs/<sha256>
@@ -214,7 +215,8 @@ def test_a_parameter_gone_nan_never_reaches_a_checkpoint(store_path, tmp_path, m
         train(store_path, tmp_path / "run")
     assert "step_00000010" in str(error.value)  # names the last good checkpoint
     assert sorted(p.name for p in (tmp_path / "run").glob("step_*")) == ["step_00000010"]
-    assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "run/step_00000010/sae_weights.safetensors").values())
+    kept = load_file(tmp_path / "run/step_00000010/sae_weights.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in kept.values())
 
 
 # --------------------------------------------------------------------------- duplicates, overwrite

@@ -236,10 +236,9 @@ class CrosscoderTrainingRunner:
         }
 
     def _settings(self) -> dict[str, Any]:
-        """The configuration a resumed run must share (verification is not part of it)."""
-        settings = _jsonable(asdict(self.config))
-        settings.pop("verify_store", None)
-        return settings
+        """The configuration a resumed run must share. Where the run and the store live may
+        change (folders get moved; the store is checked by content), and so may verification."""
+        return _resume_settings(_jsonable(asdict(self.config)))
 
     def verified_checkpoint(self) -> Path | None:
         """The newest checkpoint whose sealed record verifies (older ones are tried in turn)."""
@@ -258,20 +257,18 @@ class CrosscoderTrainingRunner:
     def _check_resumable(self, checkpoint: Path, run_file: Path) -> None:
         """Refuse other settings or another store before a single batch is read."""
         record = read_record(checkpoint)
+        current, sealed = self._settings(), record.get("settings")
+        if sealed != current:
+            differs = sorted(k for k in set(sealed or {}) | set(current) if (sealed or {}).get(k) != current.get(k))
+            raise ValueError(
+                f"{self.out_dir} holds a run with another configuration (differs in: {', '.join(differs)}); "
+                "resume with the same settings, or pick a new --out."
+            )
         try:
-            previous = json.loads(run_file.read_text())
-            previous.pop("verify_store", None)
-        except (OSError, ValueError):  # missing or damaged: the checkpoint's sealed record decides
+            previous = _resume_settings(json.loads(run_file.read_text()))
+        except (OSError, ValueError, AttributeError):
             previous = None
-        current = self._settings()
-        for settings in (record.get("settings"), previous):
-            if settings is not None and settings != current:
-                differs = sorted(k for k in set(settings) | set(current) if settings.get(k) != current.get(k))
-                raise ValueError(
-                    f"{self.out_dir} holds a run with another configuration (differs in: {', '.join(differs)}); "
-                    "resume with the same settings, or pick a new --out."
-                )
-        if previous is None:
+        if previous != sealed:  # run.json is missing or damaged: the sealed record is the truth
             print(f"{run_file} was missing or damaged; rewritten from {checkpoint.name}'s record", file=sys.stderr)
             run_file.write_text(json.dumps(_jsonable(asdict(self.config)), indent=2))
         started_on, now = record.get("store", {}), self.store_identity()
@@ -315,6 +312,11 @@ class _SealedTrainer(CrosscoderTrainer):
         saved = super().save_checkpoint(path)
         write_record(saved, **self.record)
         return saved
+
+
+def _resume_settings(config: dict[str, Any]) -> dict[str, Any]:
+    where = ("out_dir", "store_path", "verify_store", "progress")
+    return {key: value for key, value in config.items() if key not in where}
 
 
 def _store_changed_message(started_on: dict[str, Any], now: dict[str, Any], checkpoint: Path) -> str:
