@@ -254,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     harvest.add_argument("--out", required=True, help="store folder")
     harvest.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     harvest.add_argument("--dataset", default=None, help="NAME:COLUMN of a datasets dataset (default: pico corpus)")
-    harvest.add_argument("--overwrite", action="store_true", help="replace a store built for other inputs")
+    harvest.add_argument(
+        "--overwrite", action="store_true", help="discard whatever store --out holds and harvest afresh"
+    )
     harvest.set_defaults(func=_cmd_harvest)
 
     train = sub.add_parser("train", help="train a crosscoder on an activation store")
