@@ -257,7 +257,8 @@ class JumpReLUTrainingCrosscoder(
             h_NF, norms_FS, self.threshold.to(h_NF.dtype), self.cfg.jumprelu_bandwidth
         )
         with torch.no_grad():
-            f_NF = torch.where((f_SNF != 0).any(dim=0), h_NF, 0.0)
+            on_anywhere_NF = self.collectives.snapshot_any((f_SNF != 0).any(dim=0))
+            f_NF = torch.where(on_anywhere_NF, h_NF, 0.0)
         f_NF = self.hook_sae_acts_post(f_NF)
         return CrosscoderPass(
             x_NSD=x_NSD,
@@ -276,7 +277,8 @@ class JumpReLUTrainingCrosscoder(
         f_SNF, norms_FS = fwd.extras["f_SNF"], fwd.extras["norms_FS"]
         scale_S1F = (self.cfg.tanh_scale * norms_FS.T).contiguous()[:, None, :]
         score_SNF = torch.tanh(f_SNF * scale_S1F)
-        p_F = score_SNF.mean(dim=(0, 1))
+        p_F = self.collectives.mean_over_snapshots_and_tokens(score_SNF)
         q = self.cfg.sparsity_target
         per_feature_F = p_F if q is None else p_F * (1 + p_F / q)
-        return {"l0_loss": step_input.coefficients["l0"] * per_feature_F.sum()}
+        penalty = self.collectives.replicated_share(per_feature_F.sum())
+        return {"l0_loss": step_input.coefficients["l0"] * penalty}
