@@ -203,9 +203,9 @@ class MeshCollectives(LocalCollectives):
     def _any(mask: torch.Tensor, group: Any, size: int) -> torch.Tensor:
         if size == 1:
             return mask
-        as_int = mask.to(torch.int32)  # gloo and NCCL both reduce int32 with MAX
-        dist.all_reduce(as_int, op=dist.ReduceOp.MAX, group=group)
-        return as_int.bool()
+        as_bytes = mask.to(torch.uint8)  # a byte per flag: a quarter of int32's traffic
+        dist.all_reduce(as_bytes, op=dist.ReduceOp.MAX, group=group)
+        return as_bytes.bool()
 
 
 def _group_device() -> torch.device:
