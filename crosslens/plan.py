@@ -225,7 +225,7 @@ class PlanConfig:
     """Sustained TFLOP/s per rank; None: ``DEFAULT_TFLOPS[device kind]``."""
     link_gbps: float | None = None
     """All-reduce bandwidth per rank in GB/s; None: ``DEFAULT_LINK_GBPS[device kind]``."""
-    model_dtype: str = "bfloat16"
+    model_dtype: str = "float32"
     """dtype of resident snapshot models (streaming)."""
     context: int = 2048
     """Tokens per sequence the snapshot models run on (attention FLOPs)."""
