@@ -37,6 +37,8 @@ def attribution_sections(
     ks: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200),
     ablation: AblationMode = "zero",
     progress: bool = True,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> list:
     """Run :func:`run_causal_stage` for one named task; return its report as a section list.
 
@@ -46,8 +48,12 @@ def attribution_sections(
     "mean") is how the ablation curves remove features; zero is the default because, on
     the pico demo, mean-ablating the other features restores no better than zeroing them
     and spreads sparse features' mean codes onto positions where they never fire.
+    The snapshot models load on ``device`` in ``dtype``; a crosscoder folder loads on ``device``.
     """
-    crosscoder = load_crosscoder(crosscoder)
+    from crosslens.devices import on_device
+
+    crosscoder = load_crosscoder(crosscoder, device=str(device))
+    suite = on_device(suite, device, dtype)
     dataset = task_for_tokenizer(task, suite.tokenizer(), n=n_examples, seed=seed)
     out_dir = causal_out_dir(out, dataset.name)
     result = run_causal_stage(
