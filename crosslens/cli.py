@@ -53,8 +53,8 @@ def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | 
     else:
         spec, _, ingredient = spec.partition("@ingredient")  # OLMo-2/3: one stage-2 ingredient
         lowered = spec.lower()
-        if ingredient and "olmo" not in lowered:
-            raise SystemExit(f"crosslens: --suite ...@ingredient{ingredient} applies to OLMo-2/OLMo-3 repos only")
+        if ingredient and ("olmo" not in lowered or not ingredient.isdigit()):
+            raise SystemExit(f"crosslens: --suite {spec}@ingredient{ingredient}: pass an OLMo-2/3 repo and a number, e.g. @ingredient1")
         if "pythia" in lowered:
             suite = CheckpointSuite.pythia(spec)
         elif "olmo" in lowered:
@@ -182,6 +182,8 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     tasks: list = multilingual_tasks(args.task) if args.task_file is None else []
     if args.task_file is not None:
         tasks = list(load_multilingual_blimp(args.task_file).values())
+    if not tasks:
+        raise SystemExit("crosslens: --task names no task; pass e.g. --task agreement_pp")
     if len(tasks) > 1:  # several languages: run together, RelIE per language side by side
         from crosslens.causal.demo import language_attribution_sections
 

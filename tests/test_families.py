@@ -61,6 +61,15 @@ OLMO2_REVISIONS = (
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from threads; on a shared machine the pool slows them down."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def _family_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
     hf_home = tmp_path_factory.mktemp("families_hf_home")
@@ -378,3 +387,28 @@ def _tiny_crosscoder(*, n_snapshots: int, d_in: int, d_sae: int, hook: str):
     crosscoder.cfg.metadata.hook_name = hook
     crosscoder.cfg.metadata.activation_norm_factors = [1.0] * n_snapshots
     return crosscoder
+
+
+def test_cli_attribute_runs_a_multilingual_task_file(tmp_path, capsys):
+    from hf_cache import tiny_neox, write_local_suite
+
+    write_local_suite(tmp_path / "suite", {f"step{s}": tiny_neox(seed=40 + s) for s in (0, 1)}, make_word_tokenizer())
+    task_file = tmp_path / "agreement.jsonl"
+    rows = [  # two made-up "languages" in the fake hub's word list, 3 pairs each
+        ("xx", "the cat sees", "the cat see"), ("xx", "the dogs see", "the dogs sees"),
+        ("xx", "the man walks", "the man walk"), ("yy", "a bird eats", "a bird eat"),
+        ("yy", "the women walk", "the women walks"), ("yy", "a child runs", "a child run"),
+    ]  # fmt: skip
+    task_file.write_text("".join(json.dumps({"sentence_good": g, "sentence_bad": b, "language": l}) + "\n" for l, g, b in rows))
+    crosscoder = _tiny_crosscoder(n_snapshots=2, d_in=32, d_sae=16, hook="blocks.0.hook_resid_post")
+    crosscoder.save_model(str(tmp_path / "cc"))
+    out = tmp_path / "attr.json"
+    argv = ["attribute", "--suite", str(tmp_path / "suite"), "--crosscoder", str(tmp_path / "cc"),
+            "--task-file", str(task_file), "--n-examples", "3", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "causal stage for 2 languages" in printed and "xx" in printed and "yy" in printed
+    saved = json.loads((tmp_path / "attr_causal" / "relie_by_language.json").read_text())
+    assert saved["languages"] == ["xx", "yy"] and saved["tasks"] == {"xx": "agreement_xx", "yy": "agreement_yy"}
+    assert saved["snapshot_labels"] == ["step0", "step1"]
+    assert "RelIE per language" in out.with_suffix(".html").read_text()
