@@ -23,7 +23,8 @@ def _add_suite_args(parser: argparse.ArgumentParser) -> None:
         "--suite",
         default="pico",
         help="'pico' (the embedded suite, built if missing), a local folder of checkpoints, "
-        "or a hub model id: EleutherAI/pythia-*, allenai/OLMo-*-hf, bigscience/bloom-*-intermediate",
+        "or a hub model id: EleutherAI/pythia-*, allenai/OLMo-*-hf, allenai/OLMo-2-*, allenai/Olmo-3-*, "
+        "bigscience/bloom-*-intermediate; for OLMo-2/3 add @ingredientK to pick one stage-2 ingredient",
     )
     parser.add_argument(
         "--steps",
@@ -94,11 +95,20 @@ def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | 
     elif Path(spec).exists():
         suite = CheckpointSuite.local(spec)
     else:
+        spec, _, ingredient = spec.partition("@ingredient")  # OLMo-2/3: one stage-2 ingredient
         lowered = spec.lower()
+        if ingredient and ("olmo" not in lowered or not ingredient.isdigit()):
+            raise SystemExit(f"crosslens: --suite {spec}@ingredient{ingredient}: pass an OLMo-2/3 repo and a number, e.g. @ingredient1")
         if "pythia" in lowered:
             suite = CheckpointSuite.pythia(spec)
         elif "olmo" in lowered:
-            suite = CheckpointSuite.olmo(spec)
+            from crosslens.checkpoints import MixedIngredientsError
+
+            try:
+                suite = CheckpointSuite.olmo(spec, ingredient=int(ingredient) if ingredient else None)
+            except MixedIngredientsError as error:
+                print(f"crosslens: {error}", file=sys.stderr)
+                raise SystemExit(2) from None
         elif "bloom" in lowered:
             suite = CheckpointSuite.bloom(spec)
         else:
@@ -144,10 +154,13 @@ def _cmd_suite_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_suite_list(args: argparse.Namespace) -> int:
-    from crosslens.checkpoints import list_revisions
+    from crosslens.checkpoints import group_by_stage, list_revisions
 
-    for revision in list_revisions(args.model):
-        print(revision)
+    for heading, revisions in group_by_stage(list_revisions(args.model)):
+        if heading:  # staged runs (OLMo-2/3): one block per stage and ingredient
+            print(f"# {heading}: {len(revisions)} revisions")
+        for revision in revisions:
+            print(revision)
     return 0
 
 
@@ -372,13 +385,32 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
         recorded = (cfg.get("metadata", {}).get("suite") or {}).get("snapshots") or []
         steps = [int(entry["step"]) for entry in recorded] or None
     suite = resolve_suite(args.suite, steps, args.n_snapshots)
+    from crosslens.tasks import load_multilingual_blimp, multilingual_tasks
+
+    tasks: list = multilingual_tasks(args.task) if args.task_file is None else []
+    if args.task_file is not None:
+        tasks = list(load_multilingual_blimp(args.task_file).values())
+    if not tasks:
+        raise CLIError("--task names no task; pass e.g. --task agreement_pp")
+    if len(tasks) > 1:  # several languages: run together, RelIE per language side by side
+        from crosslens.causal.demo import language_attribution_sections
+        from crosslens.devices import on_device
+
+        sections = language_attribution_sections(
+            on_device(suite, device, dtype), args.crosscoder, tasks, n_examples=args.n_examples, out=args.out
+        )
+        report = Path(args.out).with_suffix(".html")
+        sections[0].write(report)
+        print(f"report: {report}")
+        return 0
+    task = tasks[0] if isinstance(tasks[0], str) else tasks[0].name
     sections = attribute_stage(
-        suite, args.crosscoder, task=args.task, n_examples=args.n_examples, out=args.out, device=device, dtype=dtype
+        suite, args.crosscoder, task=task, n_examples=args.n_examples, out=args.out, device=device, dtype=dtype
     )
     report = Path(args.out).with_suffix(".html")
     sections[0].write(report)
     print(f"IE table: {args.out}")
-    print(f"plots and tables: {causal_out_dir(args.out, args.task)}")
+    print(f"plots and tables: {causal_out_dir(args.out, task)}")
     print(f"report: {report}")
     return 0
 
@@ -540,7 +572,17 @@ def build_parser() -> argparse.ArgumentParser:
     attribute = sub.add_parser("attribute", help="integrated-gradient attribution of crosscoder features")
     _add_suite_args(attribute)
     attribute.add_argument("--crosscoder", required=True)
-    attribute.add_argument("--task", default="agreement_pp", help="task name (see crosslens.tasks)")
+    attribute.add_argument(
+        "--task",
+        default="agreement_pp",
+        help="task name (see crosslens.tasks); several, comma-separated, run together, one per language "
+        "(agreement_multilingual = its en, fr and es tasks), with RelIE per language side by side",
+    )
+    attribute.add_argument(
+        "--task-file",
+        default=None,
+        help="a MultiBLiMP-style JSONL file (sentence_good, sentence_bad, language): one task per language",
+    )
     attribute.add_argument("--n-examples", type=int, default=64)
     attribute.add_argument("--out", default="attribution.json")
     _add_device_args(attribute)
