@@ -16,4 +16,25 @@ __version__ = "0.1.0"
 from crosslens import crosscoders  # noqa: E402  (registers the architectures with SAELens)
 from crosslens.checkpoints import CheckpointSuite, SnapshotInfo, SnapshotRef  # noqa: E402
 
-__all__ = ["CheckpointSuite", "SnapshotInfo", "SnapshotRef", "crosscoders", "__version__"]
+_PRETRAINED_EXPORTS = ("load_pretrained", "pretrained_directory", "register_release")
+
+
+def __getattr__(name: str):
+    # the sharing API (crosslens.pretrained), imported on first use
+    if name in _PRETRAINED_EXPORTS:
+        import crosslens.pretrained
+
+        return getattr(crosslens.pretrained, name)
+    raise AttributeError(f"module 'crosslens' has no attribute {name!r}")
+
+
+__all__ = [
+    "CheckpointSuite",
+    "SnapshotInfo",
+    "SnapshotRef",
+    "crosscoders",
+    "load_pretrained",
+    "pretrained_directory",
+    "register_release",
+    "__version__",
+]
