@@ -42,7 +42,11 @@ from crosslens.crosscoders.jumprelu_crosscoder import (
     JumpReLUTrainingCrosscoder,
     JumpReLUTrainingCrosscoderConfig,
 )
-from crosslens.crosscoders.snapshot_sae import install_hooked_sae_transformer_guard, snapshot_sae
+from crosslens.crosscoders.snapshot_sae import (
+    as_hooked_sae_transformer,
+    install_hooked_sae_transformer_guard,
+    snapshot_sae,
+)
 from crosslens.crosscoders.topk_crosscoder import (
     TopKCrosscoder,
     TopKCrosscoderConfig,
@@ -110,6 +114,7 @@ install_hooked_sae_transformer_guard()
 
 __all__ = [
     "ARCHITECTURES",
+    "as_hooked_sae_transformer",
     "DEFAULT_DECODER_INIT_NORM",
     "BatchTopKCrosscoder",
     "BatchTopKCrosscoderConfig",

@@ -209,3 +209,20 @@ def install_hooked_sae_transformer_guard() -> None:
 
     add_sae._crosslens_guard = True  # type: ignore[attr-defined]
     HookedSAETransformer.add_sae = add_sae  # type: ignore[method-assign]
+
+
+def as_hooked_sae_transformer(model: Any) -> Any:
+    """A ``HookedSAETransformer`` copy of a ``HookedTransformer`` (e.g. from
+    ``CheckpointSuite.load``), so snapshot SAEs can be attached with ``add_sae`` or
+    ``run_with_cache_with_saes``. Same config, tokenizer and weights; the snapshot
+    provenance (``crosslens_snapshot``) is carried over."""
+    from sae_lens import HookedSAETransformer
+
+    copy = HookedSAETransformer(model.cfg, tokenizer=model.tokenizer, move_to_device=False)
+    copy.load_state_dict(model.state_dict(), strict=True)
+    device = next(model.parameters()).device
+    if device != next(copy.parameters()).device:
+        copy.to(device)
+    if hasattr(model, "crosslens_snapshot"):
+        copy.crosslens_snapshot = model.crosslens_snapshot
+    return copy.eval()

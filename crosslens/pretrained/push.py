@@ -267,7 +267,8 @@ def model_card(
     header = "| snapshot | revision | step | tokens seen |" + (" explained variance | L0 |" if measured else "")
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for s, snap in enumerate(snapshots):
-        row = f"| {s} | {snap.get('revision', '')} | {snap.get('step', '')} | {snap.get('tokens_seen') or ''} |"
+        tokens_seen = snap.get("tokens_seen")
+        row = f"| {s} | {snap.get('revision', '')} | {snap.get('step', '')} | {'' if tokens_seen is None else tokens_seen} |"
         if measured:
             row += f" {evaluation['variance_explained'][s]:.3f} | {evaluation['l0'][s]:.1f} |"
         lines.append(row)
