@@ -4,6 +4,7 @@ through the registry offline, registry errors, CLI, training metadata and the W&
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -211,7 +212,7 @@ def test_runner_fills_saelens_training_metadata(trained_run):
     assert meta["seqpos_slice"] == [1, None] and meta["dataset_path"] == "synthetic:random"
     assert meta["model_name"] == meta["suite"]["model_id"]
     assert 0 < meta["l0"] < 32 and isinstance(meta["num_dead_features"], int)
-    assert meta["n_training_steps"] == 30 and meta["n_training_tokens"] == 30 * 64
+    assert meta["n_training_steps"] == 30 and meta["n_training_samples"] == 30 * 64
 
 
 def test_saelens_logging_names_map_onto_the_trainer():
@@ -221,8 +222,15 @@ def test_saelens_logging_names_map_onto_the_trainer():
     assert (cfg.wandb_run_name, cfg.log_every, cfg.histogram_every) == ("r", 5, 10)
     with pytest.raises(ValueError, match="same thing"):
         CrosscoderTrainerConfig(total_steps=10, run_name="a", wandb_run_name="b")
-    runner_cfg = CrosscoderRunnerConfig(store_path="s", out_dir="o", run_name="x", wandb_log_frequency=7)
-    assert (runner_cfg.wandb_run_name, runner_cfg.log_every) == ("x", 7)
+    runner_cfg = CrosscoderRunnerConfig(
+        store_path="s", out_dir="o", run_name="x", wandb_log_frequency=7, hook_name="h",
+        training_tokens=1000, train_batch_size_tokens=100,
+    )  # fmt: skip
+    assert (runner_cfg.wandb_run_name, runner_cfg.log_every, runner_cfg.hook) == ("x", 7, "h")
+    assert (runner_cfg.n_steps, runner_cfg.batch_size, runner_cfg.training_tokens) == (10, 100, 1000)
+    assert CrosscoderRunnerConfig(**asdict(runner_cfg)) == runner_cfg  # run.json round-trips
+    with pytest.raises(ValueError, match="hook_name and hook"):
+        CrosscoderRunnerConfig(store_path="s", out_dir="o", hook="a", hook_name="b")
 
 
 def test_wandb_run_id_in_metadata_and_model_artifact_offline(trained_run, tmp_path):

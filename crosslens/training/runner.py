@@ -100,6 +100,12 @@ class CrosscoderRunnerConfig:
     """Decoder-norm histograms every this many W&B logs; None: every 500 steps."""
     dataset_path: str | None = None
     """Where the store's tokens came from (recorded in the crosscoder's metadata); None: the store's record, if any."""
+    hook_name: str | None = None
+    """SAELens's name for hook."""
+    training_tokens: int | None = None
+    """SAELens's name for the training length in tokens: n_steps = training_tokens // batch_size."""
+    train_batch_size_tokens: int | None = None
+    """SAELens's name for batch_size."""
 
     def __post_init__(self) -> None:
         if self.run_name is not None and self.wandb_run_name not in (None, self.run_name):
@@ -108,6 +114,19 @@ class CrosscoderRunnerConfig:
         if self.wandb_log_frequency is not None:
             self.log_every = self.wandb_log_frequency
         self.wandb_log_frequency = self.log_every
+        if self.hook_name is not None and self.hook not in (None, self.hook_name):
+            raise ValueError("hook_name and hook are the same setting (SAELens's and crosslens's name); set one.")
+        self.hook = self.hook_name = self.hook_name or self.hook
+        if self.train_batch_size_tokens is not None:
+            self.batch_size = self.train_batch_size_tokens
+        self.train_batch_size_tokens = self.batch_size
+        if self.training_tokens is not None:
+            if self.batch_size >= 1 and self.training_tokens < self.batch_size:
+                raise ValueError(
+                    f"training_tokens={self.training_tokens} is less than one batch ({self.batch_size}); raise it."
+                )
+            self.n_steps = self.training_tokens // max(self.batch_size, 1)
+        self.training_tokens = self.n_steps * self.batch_size
         if self.architecture not in ARCHITECTURES:
             raise ValueError(
                 f"unknown architecture {self.architecture!r}; choose one of {sorted(ARCHITECTURES)}."

@@ -247,7 +247,7 @@ class CrosscoderTrainer:
             meta.l0 = float((output.feature_acts != 0).sum(dim=-1).float().mean())
         meta.num_dead_features = int(self.dead_features.sum())
         meta.n_training_steps = self.n_steps
-        meta.n_training_tokens = self.n_tokens
+        meta.n_training_samples = self.n_tokens  # SAELens's name; one sample = one token's [S, D] stack
         if self.wandb_run_id:
             meta.wandb_run_id = self.wandb_run_id
             meta.wandb_project = getattr(wandb_run, "project", None) or self.cfg.wandb_project
