@@ -20,12 +20,25 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointSuite", "SnapshotInfo", "SnapshotRef", "crosscoders", "__version__"]
+__all__ = [
+    "CheckpointSuite",
+    "SnapshotInfo",
+    "SnapshotRef",
+    "crosscoders",
+    "load_pretrained",
+    "pretrained_directory",
+    "register_release",
+    "__version__",
+]
 
+# public names, imported on first use
 _LAZY = {
     "CheckpointSuite": "crosslens.checkpoints",
     "SnapshotInfo": "crosslens.checkpoints",
     "SnapshotRef": "crosslens.checkpoints",
+    "load_pretrained": "crosslens.pretrained",
+    "pretrained_directory": "crosslens.pretrained",
+    "register_release": "crosslens.pretrained",
 }
 
 

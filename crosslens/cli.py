@@ -281,6 +281,7 @@ def train_settings(args: argparse.Namespace, recipe=None) -> dict:
         log_to_wandb=args.wandb,
         wandb_project=args.wandb_project,
         wandb_run_name=args.wandb_run_name,
+        wandb_entity=args.wandb_entity,
         checkpoint_every=args.checkpoint_every,
     )
     return settings
@@ -364,6 +365,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from crosslens.demo import analyze_stage
 
+    args.crosscoder = _resolve_crosscoder_arg(args.crosscoder)
     device, _ = _device_and_dtype(args)
     from crosslens.devices import dtype_name
 
@@ -378,6 +380,7 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     from crosslens.causal.demo import causal_out_dir
     from crosslens.demo import attribute_stage
 
+    args.crosscoder = _resolve_crosscoder_arg(args.crosscoder)
     device, dtype = _device_and_dtype(args)
     steps = args.steps
     if steps is None and args.n_snapshots is None:  # the snapshots the crosscoder was trained on
@@ -412,6 +415,90 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     print(f"IE table: {args.out}")
     print(f"plots and tables: {causal_out_dir(args.out, task)}")
     print(f"report: {report}")
+    return 0
+
+
+def _fail(flag: str, message: str) -> None:
+    """One line naming the flag to change, exit status 2, no traceback (see main)."""
+    raise CLIError(f"{flag}: {message}")
+
+
+def _resolve_crosscoder_arg(value: str, flag: str = "--crosscoder") -> str:
+    """A crosscoder folder, or RELEASE/ID of a registered release (fetched into the HF cache)."""
+    if Path(value).exists():
+        return value
+    from crosslens.pretrained import resolve_crosscoder_path
+
+    try:
+        return resolve_crosscoder_path(value)
+    except (ValueError, OSError) as exc:  # unknown release/id, or not downloadable
+        _fail(flag, str(exc))
+    raise AssertionError("unreachable")
+
+
+def _cmd_pretrained_list(args: argparse.Namespace) -> int:
+    from crosslens.pretrained import PRETRAINED_ENV, PretrainedRegistryError, pretrained_directory
+
+    try:
+        directory = pretrained_directory()
+    except PretrainedRegistryError as exc:
+        _fail(PRETRAINED_ENV, str(exc))
+    if not directory:
+        print(f"no pretrained crosscoder releases; add YAML files with {PRETRAINED_ENV}=a.yaml:b.yaml")
+        return 0
+    width = max(len(name) for name in directory)
+    for name, release in sorted(directory.items()):
+        ids = ", ".join(release.entries)
+        print(f"{name:<{width}}  {release.repo_id}  {release.model}  {release.n_snapshots} snapshots  [{ids}]")
+    return 0
+
+
+def _cmd_pretrained_show(args: argparse.Namespace) -> int:
+    from crosslens.pretrained import get_release
+
+    try:
+        release = get_release(args.release)
+    except ValueError as exc:  # unknown release (nearest names listed) or a malformed registry
+        _fail("RELEASE", str(exc))
+    suite = release.suite
+    print(f"release   {release.release}  (from {release.source})")
+    print(f"repo_id   {release.repo_id}")
+    print(f"model     {release.model}  ({suite.get('family', '?')} suite)")
+    steps = list(suite.get("steps") or [None] * release.n_snapshots)
+    print("snapshots " + ", ".join(f"{r} (step {st})" for r, st in zip(release.revisions, steps)))
+    for entry in release.entries.values():
+        print(f"\n  {entry.id}  path={entry.path}  hook={entry.hook_name}  arch={entry.architecture}"
+              f"  normalisation folded={entry.normalization_folded}")  # fmt: skip
+        for name, values in (("variance_explained", entry.variance_explained), ("l0", entry.l0)):
+            if values is not None:
+                print(f"    {name:<18} " + " ".join(f"{v:.3g}" for v in values))
+        if entry.wandb_run:
+            print(f"    wandb              {entry.wandb_run}")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from crosslens.pretrained.push import push_to_hub
+
+    if not Path(args.run_dir).is_dir():
+        _fail("RUN_DIR", f"{args.run_dir} is not a folder; pass the --out folder of `crosslens train`.")
+    if args.repo.count("/") != 1 or not all(args.repo.split("/")):
+        _fail("--repo", f"must be ORG/NAME, got {args.repo!r}.")
+    try:
+        result = push_to_hub(
+            args.run_dir,
+            args.repo,
+            private=args.private,
+            crosscoder_id=args.id,
+            release=args.release,
+            store_path=args.store,
+            fold_normalization=not args.no_fold,
+        )
+    except FileNotFoundError as exc:
+        _fail("RUN_DIR", str(exc))
+    print(f"uploaded {result.crosscoder_id} to https://huggingface.co/{result.repo_id}")
+    print("registry entry (paste into a file named by CROSSLENS_PRETRAINED, or crosslens/data/pretrained_crosscoders.yaml):\n")
+    print(result.registry_yaml)
     return 0
 
 
@@ -555,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--wandb", action="store_true", help="log to Weights & Biases")
     train.add_argument("--wandb-project", default="crosslens")
     train.add_argument("--wandb-run-name", default=None)
+    train.add_argument("--wandb-entity", default=None, help="W&B user or team (default: yours)")
     _add_device_args(
         train,
         dtype_help="dtype of the snapshot models when a --recipe harvests (float32, bfloat16, float16); "
@@ -563,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
 
     analyze = sub.add_parser("analyze", help="feature evolution report from a trained crosscoder")
-    analyze.add_argument("--crosscoder", required=True, help="folder written by crosslens train")
+    analyze.add_argument("--crosscoder", required=True, help="folder written by crosslens train, or RELEASE/ID")
     analyze.add_argument("--store", default=None, help="activation store (for top contexts and probes)")
     analyze.add_argument("--out", default="report.html")
     _add_device_args(analyze, dtype_help="dtype the crosscoder is loaded in (default: its saved dtype)")
@@ -571,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     attribute = sub.add_parser("attribute", help="integrated-gradient attribution of crosscoder features")
     _add_suite_args(attribute)
-    attribute.add_argument("--crosscoder", required=True)
+    attribute.add_argument("--crosscoder", required=True, help="crosscoder folder, or RELEASE/ID of a pretrained release")
     attribute.add_argument(
         "--task",
         default="agreement_pp",
@@ -623,6 +711,24 @@ def build_parser() -> argparse.ArgumentParser:
         device_help="device kind the run will use: cpu, cuda, cuda:N or mps (default cuda; nothing is checked here)",
     )
     plan.set_defaults(func=_cmd_plan)
+
+    pretrained = sub.add_parser("pretrained", help="registered pretrained crosscoder releases")
+    pretrained_sub = pretrained.add_subparsers(dest="pretrained_command", required=True)
+    plist = pretrained_sub.add_parser("list", help="list the releases (packaged and CROSSLENS_PRETRAINED files)")
+    plist.set_defaults(func=_cmd_pretrained_list)
+    pshow = pretrained_sub.add_parser("show", help="one release: repo, suite revisions, crosscoders and their quality")
+    pshow.add_argument("release")
+    pshow.set_defaults(func=_cmd_pretrained_show)
+
+    push = sub.add_parser("push", help="upload a trained crosscoder to the Hugging Face hub with a model card")
+    push.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of crosslens train (or a crosscoder folder)")
+    push.add_argument("--repo", required=True, help="hub repo ORG/NAME (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--id", default=None, help="crosscoder id / folder in the repo (default: its hook name)")
+    push.add_argument("--release", default=None, help="release name for the registry entry (default: repo NAME)")
+    push.add_argument("--store", default=None, help="activation store for the card's numbers (default: the run's)")
+    push.add_argument("--no-fold", action="store_true", help="upload with normalisation unfolded (reads normalised inputs)")
+    push.set_defaults(func=_cmd_push)
     return parser
 
 

@@ -345,6 +345,15 @@ class CrosscoderMixin:
             for s in range(norms_FS.shape[1])
         }
 
+    # ---------------------------------------------------------------- sharing
+    def snapshot_sae(self, s: int, **kwargs: Any) -> Any:
+        """Snapshot ``s`` as a plain SAELens SAE on the raw activation scale, for
+        ``HookedSAETransformer.add_sae`` and any SAE tool; see
+        :func:`crosslens.crosscoders.snapshot_sae.snapshot_sae`."""
+        from crosslens.crosscoders.snapshot_sae import snapshot_sae
+
+        return snapshot_sae(self, s, **kwargs)
+
 
 class CrosscoderTrainingMixin(CrosscoderMixin):
     """Training loss plumbing. Each architecture implements ``_training_encode``

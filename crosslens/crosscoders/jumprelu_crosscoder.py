@@ -125,12 +125,17 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingS
     """Steps over which lambda rises linearly from 0 (Ge et al.: 10% of training)."""
     tanh_scale: float = 4.0
     """c in tanh(c * f * ||W_dec||)."""
+    jumprelu_tanh_scale: float | None = None
+    """SAELens's name for tanh_scale; given, it wins."""
     sparsity_target: float | None = 0.01
     """q in sum_i p_i (1 + p_i / q); None drops the quadratic term (SAELens's tanh loss)."""
     threshold_lr_scale: float = 0.1
     """The threshold's learning rate as a fraction of the main learning rate."""
 
     def __post_init__(self) -> None:
+        if self.jumprelu_tanh_scale is not None:
+            self.tanh_scale = self.jumprelu_tanh_scale
+        self.jumprelu_tanh_scale = self.tanh_scale
         for name in ("jumprelu_bandwidth", "tanh_scale", "threshold_lr_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")

@@ -88,8 +88,45 @@ class CrosscoderRunnerConfig:
     """Steps between W&B logs."""
     progress: bool = True
     """Show a progress bar."""
+    # SAELens's LoggingConfig names (see docs/API-names.md); given, they win over
+    # wandb_run_name / log_every above.
+    wandb_entity: str | None = None
+    """W&B entity (user or team); None: your default entity."""
+    run_name: str | None = None
+    """SAELens's name for wandb_run_name."""
+    wandb_log_frequency: int | None = None
+    """SAELens's name for log_every."""
+    eval_every_n_wandb_logs: int | None = None
+    """Decoder-norm histograms every this many W&B logs; None: every 500 steps."""
+    dataset_path: str | None = None
+    """Where the store's tokens came from (recorded in the crosscoder's metadata); None: the store's record, if any."""
+    hook_name: str | None = None
+    """SAELens's name for hook."""
+    training_tokens: int | None = None
+    """SAELens's name for the training length in tokens: n_steps = training_tokens // batch_size."""
+    train_batch_size_tokens: int | None = None
+    """SAELens's name for batch_size."""
 
     def __post_init__(self) -> None:
+        if self.run_name is not None and self.wandb_run_name not in (None, self.run_name):
+            raise ValueError("run_name and wandb_run_name are the same setting (SAELens's and crosslens's name); set one.")
+        self.run_name = self.wandb_run_name = self.run_name or self.wandb_run_name
+        if self.wandb_log_frequency is not None:
+            self.log_every = self.wandb_log_frequency
+        self.wandb_log_frequency = self.log_every
+        if self.hook_name is not None and self.hook not in (None, self.hook_name):
+            raise ValueError("hook_name and hook are the same setting (SAELens's and crosslens's name); set one.")
+        self.hook = self.hook_name = self.hook_name or self.hook
+        if self.train_batch_size_tokens is not None:
+            self.batch_size = self.train_batch_size_tokens
+        self.train_batch_size_tokens = self.batch_size
+        if self.training_tokens is not None:
+            if self.batch_size >= 1 and self.training_tokens < self.batch_size:
+                raise ValueError(
+                    f"training_tokens={self.training_tokens} is less than one batch ({self.batch_size}); raise it."
+                )
+            self.n_steps = self.training_tokens // max(self.batch_size, 1)
+        self.training_tokens = self.n_steps * self.batch_size
         if self.architecture not in ARCHITECTURES:
             raise ValueError(
                 f"unknown architecture {self.architecture!r}; choose one of {sorted(ARCHITECTURES)}."
@@ -185,6 +222,8 @@ class CrosscoderTrainingRunner:
             wandb_run_name=cfg.wandb_run_name,
             wandb_dir=str(self.out_dir),
             log_every=cfg.log_every,
+            wandb_entity=cfg.wandb_entity,
+            eval_every_n_wandb_logs=cfg.eval_every_n_wandb_logs,
         )
 
     def _new_crosscoder(self):
@@ -206,6 +245,8 @@ class CrosscoderTrainingRunner:
             hook_name=self.hook,
             activation_norm_factors=self.store.norm_factors(self.hook),
         )
+        for key, value in training_data_metadata(self.store, self.config.dataset_path).items():
+            crosscoder.cfg.metadata[key] = value
         return crosscoder
 
     def run(self, *, resume: bool = False) -> SAE:
@@ -267,6 +308,27 @@ def evaluate_crosscoder(
         "n_tokens": n,
     }
     return result
+
+
+def training_data_metadata(store: ActivationStore, dataset_path: str | None = None) -> dict[str, Any]:
+    """What SAELens's trainer records about the training data, read from the store:
+    ``model_name``, ``model_class_name``, ``context_size``, ``prepend_bos``,
+    ``exclude_special_tokens`` (the excluded token ids), ``seqpos_slice`` (position 0 dropped
+    or not) and ``dataset_path`` (None when the store does not record it)."""
+    spec = store.manifest["spec"]
+    excluded = [int(i) for i in spec.get("exclude_token_ids", [])]
+    first_tokens = store.sequences[:, 0]
+    # BOS was prepended when every row starts with the same special token
+    prepend_bos = bool(len(first_tokens)) and bool((first_tokens == first_tokens[0]).all()) and int(first_tokens[0]) in excluded
+    return {
+        "model_name": spec["suite"].get("model_id"),
+        "model_class_name": "HookedTransformer",
+        "context_size": int(spec["seq_len"]),
+        "prepend_bos": prepend_bos,
+        "exclude_special_tokens": excluded,
+        "seqpos_slice": [1, None] if spec.get("exclude_bos") else [None],
+        "dataset_path": dataset_path or spec.get("dataset_path") or spec.get("dataset"),
+    }
 
 
 def store_provenance(store: ActivationStore) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import itertools
 import json
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
@@ -241,6 +242,8 @@ class CrosscoderTrainer:
         batch_iter = _open_batches(batches, self.n_steps)
         log_here = self.cfg.log_to_wandb and self.is_main
         wandb_run, owns_run = self._start_wandb() if log_here else (None, False)
+        if wandb_run is not None:  # also the caller's run: the crosscoder's metadata names it
+            self.wandb_run_id = self.wandb_run_id or wandb_run.id
         pbar = tqdm(
             total=self.cfg.total_steps,
             initial=self.n_steps,
@@ -248,6 +251,7 @@ class CrosscoderTrainer:
             disable=not self.is_main,
         )
         last_log_time, last_log_tokens = time.perf_counter(), self.n_tokens
+        output = None
         try:
             while self.n_steps < self.cfg.total_steps:
                 batch = next(batch_iter, None)
@@ -275,16 +279,47 @@ class CrosscoderTrainer:
                     last_log_time, last_log_tokens = time.perf_counter(), self.n_tokens
                 if self.cfg.checkpoint_every and self.n_steps % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint()
+            self.set_final_sae_metadata(output, wandb_run)
             if self.cfg.checkpoint_dir is not None and self.cfg.save_final:
+                final_dir = Path(self.cfg.checkpoint_dir) / FINAL_DIRNAME
                 final = self.full_crosscoder()
                 if self.is_main:
-                    final.save_inference_model(Path(self.cfg.checkpoint_dir) / FINAL_DIRNAME)
+                    final.save_inference_model(final_dir)
+                    if wandb_run is not None and self.cfg.log_model_artifact:
+                        self.log_model_artifact(wandb_run, final_dir)
                 self._barrier()
         finally:
             pbar.close()
             if owns_run and wandb_run is not None:
                 wandb_run.finish()
         return self.sae
+
+    @torch.no_grad()
+    def set_final_sae_metadata(self, output: TrainStepOutput | None, wandb_run: Any = None) -> None:
+        """End-of-training facts in the crosscoder's metadata, under SAELens's names where it
+        has them: ``l0`` (mean active features per token on the last batch; SAELens averages
+        over its sparsity window), ``num_dead_features``, and the W&B run."""
+        meta = self.sae.cfg.metadata
+        if output is not None:
+            meta.l0 = float((output.feature_acts != 0).sum(dim=-1).float().mean())
+        meta.num_dead_features = int(self.dead_features.sum())
+        meta.n_training_steps = self.n_steps
+        meta.n_training_samples = self.n_tokens  # SAELens's name; one sample = one token's [S, D] stack
+        if self.wandb_run_id:
+            meta.wandb_run_id = self.wandb_run_id
+            meta.wandb_project = getattr(wandb_run, "project", None) or self.cfg.wandb_project
+            meta.wandb_entity = getattr(wandb_run, "entity", None) or self.cfg.wandb_entity
+
+    def log_model_artifact(self, wandb_run: Any, folder: Path) -> None:
+        """The saved crosscoder folder as a W&B ``model`` artifact, named as SAELens names its
+        SAE artifacts (``sae.get_name()`` with "/" replaced)."""
+        import wandb
+
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", self.sae.get_name().replace("/", "__"))
+        artifact = wandb.Artifact(name, type="model", metadata={"n_steps": self.n_steps, "n_tokens": self.n_tokens})
+        for file in sorted(folder.iterdir()):
+            artifact.add_file(str(file))
+        wandb_run.log_artifact(artifact, aliases=["final"])
 
     def _is_log_step(self, step: int) -> bool:
         return self.cfg.log_to_wandb and step % self.cfg.log_every == 0
@@ -330,6 +365,7 @@ class CrosscoderTrainer:
         run = wandb.init(
             project=self.cfg.wandb_project,
             name=self.cfg.wandb_run_name,
+            entity=self.cfg.wandb_entity,
             dir=self.cfg.wandb_dir,
             mode=self.cfg.wandb_mode,  # type: ignore[arg-type]
             id=self.wandb_run_id,
