@@ -189,9 +189,10 @@ def test_cli_pretrained_list_show_and_release_id_folders(pushed, capsys):
     folder = Path(_resolve_crosscoder_arg(f"{RELEASE}/{HOOK}"))
     assert (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file()
     with pytest.raises(SystemExit) as exit_info:
-        _resolve_crosscoder_arg("tiny-crosscoderz/blocks.0.hook_resid_post")
+        main(["analyze", "--crosscoder", "tiny-crosscoderz/blocks.0.hook_resid_post"])
     assert exit_info.value.code == 2
-    assert "--crosscoder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--crosscoder" in err and "nearest releases: tiny-crosscoders" in err and len(err.splitlines()) == 1
 
 
 def test_cli_push_prints_the_registry_entry(trained_run, stubbed_hub, capsys):
