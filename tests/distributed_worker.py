@@ -46,8 +46,9 @@ def global_batches(start: int = 0):
         step += 1
 
 
-def trainer_config(out: Path, steps: int) -> CrosscoderTrainerConfig:
+def trainer_config(out: Path, steps: int, device: str = "cpu") -> CrosscoderTrainerConfig:
     return CrosscoderTrainerConfig(
+        device=device,
         total_steps=steps,
         lr=1e-3,
         lr_decay_steps=2,
@@ -72,14 +73,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--interrupt-at", type=int, default=None)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cuda runs the mesh on NCCL, one GPU per process")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    layout, collectives, device = init_mesh(S, snapshot_parallel=args.snapshot_parallel)
+    layout, collectives, device = init_mesh(S, snapshot_parallel=args.snapshot_parallel, device=args.device)
     mesh = (layout, collectives)
     try:
         for arch in ARCHS:
             out = args.out / arch
-            cfg = trainer_config(out, args.steps)
+            cfg = trainer_config(out, args.steps, str(device))
             if args.resume:
                 checkpoint = latest_checkpoint(out)
                 trainer = CrosscoderTrainer.from_checkpoint(checkpoint, cfg, mesh=mesh)
