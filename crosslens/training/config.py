@@ -72,8 +72,16 @@ class CrosscoderTrainerConfig:
     """Heavier logging (decoder-norm histograms) every this many scalar logs: histogram_every = wandb_log_frequency * this."""
     log_model_artifact: bool = True
     """With W&B on, log the final crosscoder folder as a W&B model artifact."""
+    autocast_dtype: str | None = None
+    """Run the crosscoder's forward and backward under torch.autocast in this dtype
+    ("bfloat16"); parameters, gradients and Adam stay float32. None: float32 throughout."""
 
     def __post_init__(self) -> None:
+        if self.autocast_dtype not in (None, "bfloat16"):
+            raise ValueError(
+                f"autocast_dtype must be None or 'bfloat16', got {self.autocast_dtype!r}; float16 "
+                "would need loss scaling, which this trainer does not do."
+            )
         self._resolve_saelens_logging_names()
         if self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}.")

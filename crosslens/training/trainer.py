@@ -201,15 +201,21 @@ class CrosscoderTrainer:
                 "crosslens.distributed.shard_batches."
             )
         self.sae.train()
-        output = self.sae.training_forward_pass(
-            TrainStepInput(
-                sae_in=x_BSD,
-                coefficients=self.coefficients,
-                dead_neuron_mask=self.dead_features,
-                n_training_steps=self.n_steps,
-                is_logging_step=self._is_log_step(self.n_steps + 1),
-            )
+        autocast = torch.autocast(
+            device_type=x_BSD.device.type,
+            dtype=torch.bfloat16,
+            enabled=self.cfg.autocast_dtype == "bfloat16",
         )
+        with autocast:
+            output = self.sae.training_forward_pass(
+                TrainStepInput(
+                    sae_in=x_BSD,
+                    coefficients=self.coefficients,
+                    dead_neuron_mask=self.dead_features,
+                    n_training_steps=self.n_steps,
+                    is_logging_step=self._is_log_step(self.n_steps + 1),
+                )
+            )
         output.loss.backward()
         reduce_gradients(self.sae, self.collectives)
         if self.cfg.max_grad_norm is not None:
