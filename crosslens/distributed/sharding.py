@@ -166,7 +166,7 @@ def reduce_gradients(module: nn.Module, collectives: LocalCollectives) -> None:
     over the whole mesh. Gradients are packed into one flat buffer per group so each
     group costs one all-reduce.
     """
-    if not isinstance(collectives, MeshCollectives):
+    if not isinstance(collectives, MeshCollectives) or collectives.world_size == 1:
         return
     sharded, replicated = [], []
     for name, p in module.named_parameters():
