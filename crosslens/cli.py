@@ -16,6 +16,43 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 # ---------------------------------------------------------------------------
+# Argument checking: every size is checked where it is parsed, so a bad value is
+# reported in one line naming its flag (exit status 2) instead of failing later.
+# ---------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are two lines: what is wrong, and where help is."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the options)\n")
+
+
+def _number_at_least(minimum: float, kind: type = int, *, strictly: bool = False):
+    """An argparse ``type`` accepting numbers of ``kind`` >= ``minimum`` (> with ``strictly``)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value < minimum or (strictly and value == minimum) or value != value:  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"must be {'>' if strictly else '>='} {minimum}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _step_list(text: str) -> list[int]:
+    try:
+        steps = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated steps such as 0,1000,2000, got {text!r}") from None
+    if not steps or min(steps) < 0:
+        raise argparse.ArgumentTypeError(f"expected one or more steps >= 0, got {text!r}")
+    return steps
+
+
+# ---------------------------------------------------------------------------
 # Suite specifications shared by several subcommands
 # ---------------------------------------------------------------------------
 def _add_suite_args(parser: argparse.ArgumentParser) -> None:
@@ -28,13 +65,13 @@ def _add_suite_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--steps",
-        type=lambda s: [int(x) for x in s.split(",") if x],
+        type=_step_list,
         default=None,
         help="comma-separated training steps to use (default: all, or --n-snapshots spaced)",
     )
     parser.add_argument(
         "--n-snapshots",
-        type=int,
+        type=_number_at_least(1),
         default=None,
         help="pick this many snapshots, dense early and sparse late (log spacing)",
     )
@@ -283,6 +320,7 @@ def train_settings(args: argparse.Namespace, recipe=None) -> dict:
         wandb_run_name=args.wandb_run_name,
         wandb_entity=args.wandb_entity,
         checkpoint_every=args.checkpoint_every,
+        verify_store=not args.no_verify,
     )
     return settings
 
@@ -569,7 +607,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="crosslens",
         description="Multi-snapshot crosscoders: how features form, change and die during pre-training.",
     )
@@ -602,8 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     harvest.add_argument("--recipe", default=None, help="a shipped recipe (crosslens plan --list-recipes): its suite, "
                          "hook, token budget, context and dataset become the defaults")  # fmt: skip
     harvest.add_argument("--hook", action="append", default=None, help="hook name; repeat for several")
-    harvest.add_argument("--n-tokens", type=int, default=None, help="token budget (before exclusions; default 200000)")
-    harvest.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 64)")
+    harvest.add_argument("--n-tokens", type=_number_at_least(1), default=None, help="token budget (before exclusions; default 200000)")
+    harvest.add_argument("--seq-len", type=_number_at_least(2), default=None, help="tokens per sequence (default 64)")
     harvest.add_argument("--out", required=True, help="store folder")
     _add_device_args(harvest)
     harvest.add_argument(
@@ -629,16 +667,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"],
         help="default jumprelu_crosscoder",
     )
-    train.add_argument("--d-sae", type=int, default=None, help="default 1024")
-    train.add_argument("--k", type=int, default=None, help="k for (batch)top-k (default 32)")
-    train.add_argument("--sparsity", type=float, default=None, help="sparsity coefficient lambda")
-    train.add_argument("--n-steps", type=int, default=None, help="default 3000, or a recipe's tokens / batch size")
-    train.add_argument("--batch-size", type=int, default=None, help="default 1024")
-    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--d-sae", type=_number_at_least(1), default=None, help="default 1024")
+    train.add_argument("--k", type=_number_at_least(1), default=None, help="k for (batch)top-k (default 32)")
+    train.add_argument("--sparsity", type=_number_at_least(0, float), default=None, help="sparsity coefficient lambda")
+    train.add_argument("--n-steps", type=_number_at_least(1), default=None, help="default 3000, or a recipe's tokens / batch size")
+    train.add_argument("--batch-size", type=_number_at_least(1), default=None, help="default 1024")
+    train.add_argument("--lr", type=_number_at_least(0, float, strictly=True), default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True)
-    train.add_argument("--checkpoint-every", type=int, default=500)
+    train.add_argument(
+        "--checkpoint-every", type=_number_at_least(0), default=500, help="steps between checkpoints (0: none)"
+    )
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip re-hashing the store's files against its manifest (sizes are still checked)",
+    )
     train.add_argument("--wandb", action="store_true", help="log to Weights & Biases")
     train.add_argument("--wandb-project", default="crosslens")
     train.add_argument("--wandb-run-name", default=None)
@@ -671,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a MultiBLiMP-style JSONL file (sentence_good, sentence_bad, language): one task per language",
     )
-    attribute.add_argument("--n-examples", type=int, default=64)
+    attribute.add_argument("--n-examples", type=_number_at_least(1), default=64)
     attribute.add_argument("--out", default="attribution.json")
     _add_device_args(attribute)
     attribute.set_defaults(func=_cmd_attribute)
@@ -732,14 +777,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_together(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks that involve two flags."""
+    if (
+        getattr(args, "command", None) == "train"
+        and (args.arch or "").endswith("topk_crosscoder")
+        and None not in (args.k, args.d_sae)
+        and args.k > args.d_sae
+    ):
+        parser.error(f"--k {args.k} exceeds --d-sae {args.d_sae}; a top-k crosscoder keeps at most d_sae features")
+
+
 def main(argv: list[str] | None = None) -> int:
-    from crosslens.errors import CrosslensError
+    from crosslens.errors import CrosslensError  # a ValueError; named for the reader
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_together(parser, args)
     try:
         return int(args.func(args) or 0)
-    except (CLIError, CrosslensError) as err:  # bad input: one line, exit status 2, no traceback
+    except (CLIError, CrosslensError, ValueError, FileNotFoundError) as err:  # bad input: its message names the fix
         message = " ".join(str(err).split())
         print(f"crosslens {args.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None

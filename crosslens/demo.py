@@ -128,8 +128,14 @@ def harvest_stage(
     ``dtype`` is the store's; ``model_dtype`` what the snapshot models run in, on ``device``."""
     from crosslens.activations import harvest_activations, tokens_from_dataset, tokens_from_pico
 
+    if seq_len < 2:
+        raise ValueError(f"seq_len={seq_len} is too short; use seq_len >= 2.")
     if n_seqs is None:
-        n_seqs = max(1, (n_tokens or 200_000) // seq_len)
+        if n_tokens is None:
+            n_tokens = 200_000
+        if n_tokens < 1:
+            raise ValueError(f"n_tokens={n_tokens} must be >= 1.")
+        n_seqs = max(1, n_tokens // seq_len)
     tokenizer = suite.tokenizer()
     if dataset:
         name, _, column = dataset.partition(":")
@@ -141,10 +147,23 @@ def harvest_stage(
     )
 
 
+def _harvest_or_reuse(suite, *, out_dir, force: bool, **settings):
+    """The store in ``out_dir`` when it was built from exactly these inputs, else a fresh harvest."""
+    from crosslens.activations import StoreMismatchError
+    from crosslens.errors import DamagedManifestError
+
+    try:
+        return harvest_stage(suite, out_dir=out_dir, overwrite=force, **settings)
+    except (StoreMismatchError, DamagedManifestError) as reason:
+        print(f"re-harvesting {out_dir}: {reason}")
+        return harvest_stage(suite, out_dir=out_dir, overwrite=True, **settings)
+
+
 def train_stage(store_path, out_dir, config: DemoConfig, *, force: bool = False, device: str = "cpu"):
     """Train (or resume, or reuse) the demo's crosscoder."""
     from sae_lens import SAE
 
+    from crosslens.training.records import record_problem
     from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
 
     out_dir = Path(out_dir)
@@ -166,13 +185,28 @@ def train_stage(store_path, out_dir, config: DemoConfig, *, force: bool = False,
     runner = CrosscoderTrainingRunner(runner_config)
     run_file = out_dir / "run.json"
     if run_file.exists():
-        if json.loads(run_file.read_text()) != json.loads(json.dumps(asdict(runner_config))):
-            print(f"demo settings changed: retraining the crosscoder in {out_dir}")
+        try:
+            settings_changed = json.loads(run_file.read_text()) != json.loads(json.dumps(asdict(runner_config)))
+        except ValueError:
+            settings_changed = True
+        trained_on = _store_trained_on(runner)
+        if settings_changed or trained_on not in (None, runner.store.content_sha256):
+            print(f"demo settings or activations changed: retraining the crosscoder in {out_dir}")
             shutil.rmtree(out_dir)
-        elif (runner.final_path / "cfg.json").exists():
+        elif record_problem(runner.final_path) is None:
             print(f"reusing trained crosscoder {runner.final_path}")
             return SAE.load_from_disk(str(runner.final_path), device=device)
     return runner.run(resume=True)  # continues from the last checkpoint of an interrupted run
+
+
+def _store_trained_on(runner) -> str | None:
+    """Content hash of the store the run in ``runner.out_dir`` trained on (None: nothing verifiable)."""
+    from crosslens.training.records import read_record, record_problem
+
+    for folder in (runner.final_path, runner.verified_checkpoint()):
+        if folder is not None and record_problem(folder) is None:
+            return read_record(folder).get("store", {}).get("content_sha256")
+    return None
 
 
 def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, steps: list[int]) -> list[dict]:
@@ -255,13 +289,13 @@ def run_demo(
     print(f"crosscoding {len(steps)} snapshots: steps {steps}")
 
     _banner(f"2/5 harvest {config.hook} across snapshots (one model resident at a time)")
-    train_store = harvest_stage(
+    train_store = _harvest_or_reuse(
         suite, hooks=[config.hook], n_seqs=config.n_train_seqs, seq_len=config.seq_len,
-        out_dir=out_dir / "acts-train", overwrite=True, seed=config.seed, device=device, model_dtype=dtype,
+        out_dir=out_dir / "acts-train", seed=config.seed, force=force, device=device, model_dtype=dtype,
     )  # fmt: skip
-    eval_store = harvest_stage(
+    eval_store = _harvest_or_reuse(
         suite, hooks=[config.hook], n_seqs=config.n_eval_seqs, seq_len=config.seq_len,
-        out_dir=out_dir / "acts-eval", overwrite=True, seed=config.seed + 1, device=device, model_dtype=dtype,
+        out_dir=out_dir / "acts-eval", seed=config.seed + 1, force=force, device=device, model_dtype=dtype,
     )  # fmt: skip
     print(f"train store: {train_store.n_tokens} tokens x {train_store.n_snapshots} snapshots x d_in {train_store.d_in}")
 

@@ -43,3 +43,27 @@ class TokenizerMismatchError(SnapshotMismatchError):
 
 class UnsupportedArchitectureError(CrosslensError):
     """A checkpoint's architecture cannot be converted to a HookedTransformer."""
+
+
+class UncachedRevisionError(CrosslensError, LookupError):
+    """A published revision is not in the local Hugging Face cache and the hub is offline."""
+
+
+class CorruptCheckpointError(CrosslensError):
+    """A snapshot's weights file is truncated or unreadable."""
+
+
+class DamagedManifestError(CrosslensError):
+    """A store's or run's JSON record is unreadable or fails its own checksum."""
+
+
+class StoreLockedError(CrosslensError):
+    """Another process is writing the activation store."""
+
+
+class StoreChangedError(CrosslensError):
+    """The activation store differs from the one a run (or a resumed harvest) started on."""
+
+
+class NonFiniteTrainingError(CrosslensError, FloatingPointError):
+    """Training produced a non-finite loss or parameter."""

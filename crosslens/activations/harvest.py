@@ -5,6 +5,11 @@ Harvesting is snapshot-major: a snapshot is loaded, runs over all tokens with
 deepest hooked block, nothing cached but the hooks), writes its shards, and is freed
 before the next one loads. Memory therefore holds one model and one shard, whatever
 the number of snapshots.
+
+Before anything is written, every snapshot's identity is read from its files (no model
+loads): duplicates are refused, damaged weight files and revisions missing from an
+offline cache are reported, and a store being resumed is checked against the snapshots
+it was built from. One process at a time writes a store (a lock in the folder).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from tqdm.auto import tqdm
 
 from crosslens.activations.store import (
     ACTS_DIR,
+    LOCK_NAME,
     MANIFEST_NAME,
     STORE_FORMAT,
     TOKENS_NAME,
@@ -52,7 +58,8 @@ from crosslens.activations.tokens import (
     keep_mask,
     tokens_sha256,
 )
-from crosslens.errors import DuplicateSnapshotError, SnapshotMismatchError
+from crosslens.errors import DuplicateSnapshotError, SnapshotMismatchError, StoreLockedError
+from crosslens.locks import exclusive_lock
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -255,7 +262,7 @@ def harvest_activations(
         device: where the models run.
         model_dtype: what the models run in ("float32", "bfloat16", "float16"); a store
             harvested in another dtype than float32 records it, so resuming it in another refuses.
-        overwrite: replace a store in ``out_dir`` that was built for other inputs.
+        overwrite: discard whatever store ``out_dir`` holds and harvest from scratch.
         verify_hashes: on resume, re-hash finished shards (else sizes only).
         progress: show a tqdm bar over snapshots x tokens.
     """
@@ -292,12 +299,78 @@ def harvest_activations(
     if model_dtype != "float32":  # float32 stores keep their old fingerprint
         spec["model_dtype"] = model_dtype
     per_model_tokenizer = check_suite(suite)
+    identities = snapshot_identities(suite)  # before writing: refuses damaged, uncached and duplicate snapshots
 
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(root / LOCK_NAME, on_busy=_refuse_concurrent_harvest(root)):
+        _harvest_locked(
+            suite, hooks, token_ids_NL, keep_NL, root, spec, provenance, identities,
+            tokenizer=tokenizer if per_model_tokenizer else None, batch_size=batch_size, device=device,
+            model_dtype=model_dtype, overwrite=overwrite, verify_hashes=verify_hashes, progress=progress,
+        )  # fmt: skip
+    return ActivationStore.open(root, verify="none")
+
+
+def snapshot_identities(suite: CheckpointSuite) -> list[dict | None]:
+    """Each snapshot's identity from its files (``crosslens.checkpoints.identity``), read
+    before any model loads; refuses two snapshots with byte-identical weights."""
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.checkpoints.identity import snapshot_identity
+
+    if not isinstance(suite, CheckpointSuite):  # a suite from elsewhere: checked by weights hash as it loads
+        return [None] * len(suite.snapshots)
+    identities = [snapshot_identity(suite, ref) for ref in suite.snapshots]
+    first_with: dict[str, str] = {}
+    for ref, identity in zip(suite.snapshots, identities):
+        if identity is None:
+            continue
+        earlier = first_with.setdefault(identity["weights_digest"], ref.revision)
+        if earlier != ref.revision:
+            raise DuplicateSnapshotError(
+                f"snapshots {earlier!r} and {ref.revision!r} of {suite.model_id} have identical weights "
+                f"(byte-identical {', '.join(n for n in identity['files'] if n != 'config.json')}), so a crosscoder "
+                f"would see no change between them; drop one, e.g. suite.select(steps=[...]) without step {ref.step}. "
+                "Nothing was written.",
+                revisions=(earlier, ref.revision),
+                sha256=identity["weights_digest"],
+            )
+    return identities
+
+
+def _refuse_concurrent_harvest(root: Path):
+    def refuse(holder: str) -> None:
+        raise StoreLockedError(
+            f"another harvest ({holder}) is writing the store {root}; wait for it to finish "
+            "(a second run then reuses what it wrote), or harvest into another folder."
+        )
+
+    return refuse
+
+
+def _harvest_locked(
+    suite: CheckpointSuite,
+    hooks: list[str],
+    token_ids_NL: torch.Tensor,
+    keep_NL: torch.Tensor,
+    root: Path,
+    spec: dict,
+    provenance: dict,
+    identities: list[dict | None],
+    *,
+    tokenizer: Any,
+    batch_size: int,
+    device: str | torch.device,
+    model_dtype: str,
+    overwrite: bool,
+    verify_hashes: bool,
+    progress: bool,
+) -> None:
     manifest = _start_or_resume(root, spec, overwrite=overwrite, verify_hashes=verify_hashes)
     if manifest is None:
-        manifest = _new_manifest(spec, keep_NL, suite.snapshots)
+        manifest = _new_manifest(spec, keep_NL, suite.snapshots, identities)
+    else:
+        _check_identities(root, manifest, identities)
     for s, entry in enumerate(provenance.get("snapshots", [])):  # hashes of snapshots loaded earlier, if any
         _check_known_weights(manifest, s, entry.get("weights_sha256"), entry.get("revision"))
     if TOKENS_NAME not in manifest["files"]:
@@ -324,12 +397,12 @@ def harvest_activations(
         for s, ref in enumerate(suite.snapshots):
             todo = [k for k in range(len(shards)) if any(shard_relpath(h, s, k) not in files for h in hooks)]
             bar.update(sum(sh["token_stop"] - sh["token_start"] for k, sh in enumerate(shards) if k not in todo))
-            if not todo:  # finished earlier: not even loaded
-                continue
+            if not todo and manifest["snapshots"][s].get("source") is not None:
+                continue  # finished from these very files (checked above): not even loaded
+            # (with no file identity, loading it checks its weights hash against the recorded one)
             bar.set_postfix_str(f"snapshot {ref.revision}")
             record, model = load_snapshot(
-                suite, ref, device=device, reference_tokenizer=tokenizer if per_model_tokenizer else None,
-                model_dtype=model_dtype,
+                suite, ref, device=device, reference_tokenizer=tokenizer, model_dtype=model_dtype
             )
             try:
                 _check_snapshot(manifest, s, record, model, token_ids_NL)
@@ -354,7 +427,6 @@ def harvest_activations(
     }
     manifest["complete"] = True
     write_manifest(root, manifest)
-    return ActivationStore.open(root, verify="none")
 
 
 def _provenance_without_hashes(provenance: dict) -> dict:
@@ -368,7 +440,9 @@ def _fingerprint(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def _new_manifest(spec: dict, keep_NL: torch.Tensor, snapshots: Sequence[Any]) -> dict:
+def _new_manifest(
+    spec: dict, keep_NL: torch.Tensor, snapshots: Sequence[Any], identities: Sequence[dict | None]
+) -> dict:
     return {
         "format": STORE_FORMAT,
         "fingerprint": _fingerprint(spec),
@@ -377,7 +451,9 @@ def _new_manifest(spec: dict, keep_NL: torch.Tensor, snapshots: Sequence[Any]) -
         "n_snapshots": len(snapshots),
         "d_in": {},
         "shards": _plan_shards(keep_NL.sum(dim=1), spec["seqs_per_shard"]),
-        "snapshots": [dict(ref.to_dict(), weights_sha256=None) for ref in snapshots],
+        "snapshots": [
+            dict(ref.to_dict(), weights_sha256=None, source=identity) for ref, identity in zip(snapshots, identities)
+        ],
         "files": {},
         "complete": False,
     }
@@ -430,7 +506,8 @@ def _start_or_resume(root: Path, spec: dict, *, overwrite: bool, verify_hashes: 
     for tmp in root.glob(f"{ACTS_DIR}/*/*.tmp"):  # leftovers of a write that was killed
         tmp.unlink()
     if not (root / MANIFEST_NAME).is_file():
-        ours = {ACTS_DIR, TOKENS_NAME, TOKENS_NAME + ".tmp", MANIFEST_NAME + ".tmp"}  # a run killed at its start
+        # what a run killed at its start leaves
+        ours = {ACTS_DIR, TOKENS_NAME, TOKENS_NAME + ".tmp", MANIFEST_NAME + ".tmp", LOCK_NAME}
         leftovers = [p.name for p in root.iterdir() if p.name not in ours]
         if leftovers and not overwrite:
             raise StoreMismatchError(
@@ -439,14 +516,16 @@ def _start_or_resume(root: Path, spec: dict, *, overwrite: bool, verify_hashes: 
             )
         _clear_store_files(root)
         return None
-    try:
-        manifest = read_manifest(root)
-    except ValueError:  # a manifest cut short: nothing in the folder can be trusted
-        manifest = {}
-    if manifest.get("fingerprint") != _fingerprint(spec) or manifest.get("format") != STORE_FORMAT:
-        if overwrite:
-            _clear_store_files(root)
-            return None
+    if overwrite:  # whatever is there goes, finished snapshots included: they get re-checked as they load
+        _clear_store_files(root)
+        return None
+    manifest = read_manifest(root)  # a damaged one raises, naming the file and how to rebuild
+    if manifest.get("format") != STORE_FORMAT:
+        raise StoreMismatchError(
+            f"{root} holds an activation store of format {manifest.get('format')!r}, written by another "
+            f"crosslens version (this one writes {STORE_FORMAT!r}); pass overwrite=True to harvest it again."
+        )
+    if manifest.get("fingerprint") != _fingerprint(spec):
         differs = _spec_differences(manifest.get("spec", {}), spec) or ["format"]
         raise StoreMismatchError(
             f"{root} holds an activation store built for other inputs (differs in: {', '.join(differs)}); "
@@ -459,6 +538,33 @@ def _start_or_resume(root: Path, spec: dict, *, overwrite: bool, verify_hashes: 
             del files[rel]
             manifest["complete"] = False
     return manifest
+
+
+def _check_identities(root: Path, manifest: dict, identities: Sequence[dict | None]) -> None:
+    """Refuse to resume a store whose snapshots' files changed since they were harvested
+    (a snapshot with no shards yet just takes its new identity)."""
+    hooks, n_shards = manifest["spec"]["hooks"], len(manifest["shards"])
+    for s, (entry, now) in enumerate(zip(manifest["snapshots"], identities)):
+        recorded = entry.get("source")
+        if now is None or (recorded is not None and recorded["digest"] == now["digest"]):
+            continue
+        if not any(shard_relpath(h, s, k) in manifest["files"] for h in hooks for k in range(n_shards)):
+            entry.update(source=now, weights_sha256=None)
+            continue
+        if recorded is None:
+            continue  # harvested without a file identity: loading it checks the weights hash instead
+        changed = [
+            f"{name} {recorded['files'].get(name, 'absent')[:12]}... -> {now['files'].get(name, 'absent')[:12]}..."
+            for name in sorted(set(recorded["files"]) | set(now["files"]))
+            if recorded["files"].get(name) != now["files"].get(name)
+        ]
+        if recorded.get("commit") != now.get("commit"):
+            changed.insert(0, f"commit {str(recorded.get('commit'))[:12]} -> {str(now.get('commit'))[:12]}")
+        raise StoreMismatchError(
+            f"snapshot {entry['revision']!r} has changed since the store {root} was harvested "
+            f"({'; '.join(changed)}), so its stored activations are stale; pass overwrite=True "
+            "(`--overwrite`) to harvest afresh, or use a new out_dir."
+        )
 
 
 def _check_known_weights(manifest: dict | None, s: int, sha: str | None, revision: str | None) -> None:
@@ -491,7 +597,7 @@ def _check_snapshot(
             f"of {model.cfg.d_vocab}; build the tokens with this suite's tokenizer.",
             revision=record["revision"],
         )
-    manifest["snapshots"][s] = record
+    manifest["snapshots"][s] = {**record, "source": recorded.get("source")}
 
 
 def _check_width(manifest: dict, hook: str, d_in: int, revision: str) -> None:

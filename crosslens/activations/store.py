@@ -2,7 +2,9 @@
 
 Layout of a store folder::
 
-    manifest.json                              everything needed to trust and read the store
+    manifest.json                              everything needed to trust and read the store,
+                                               sealed by its own sha256 ("manifest_sha256")
+    harvest.lock                               held (flock) by the process writing the store
     tokens.safetensors                         token table [n_seqs, seq_len], kept token ids [N],
                                                their (seq, pos) [N, 2]
     acts/<hook>/snap{s:03d}_shard{k:04d}.npy   activations [rows_k, d_in] of snapshot s, shard k
@@ -19,6 +21,12 @@ bfloat16 has no numpy dtype, so it is stored as its raw 16 bits (``uint16``).
 Shards group whole sequences, so each sequence runs through a model exactly once, and
 a shard is the unit of resume: a shard file is written under a temporary name, renamed
 into place, and only then recorded in the manifest with its size and sha256.
+
+Trust: the manifest records every file's sha256 and each snapshot's identity (the hashes
+of its weight files, and for hub snapshots the commit its revision resolved to; see
+``crosslens.checkpoints.identity``). ``ActivationStore.open`` re-hashes every file by
+default, so a shard altered in place is refused rather than trained on; a manifest that
+does not parse or fails its own checksum is reported as damaged, naming how to rebuild.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,12 +47,19 @@ import torch
 from jaxtyping import Float, Int
 from safetensors.torch import load_file
 
-from crosslens.errors import CrosslensError
+from crosslens.errors import CrosslensError, DamagedManifestError, StoreLockedError
+from crosslens.locks import lock_holder
 
 MANIFEST_NAME = "manifest.json"
 TOKENS_NAME = "tokens.safetensors"
+LOCK_NAME = "harvest.lock"
 ACTS_DIR = "acts"
-STORE_FORMAT = "crosslens.activations/1"
+STORE_FORMAT = "crosslens.activations/2"
+MANIFEST_CHECKSUM = "manifest_sha256"
+REBUILD_HINT = (
+    "rebuild the store: run the same harvest again with overwrite=True "
+    "(`crosslens harvest ... --overwrite`), or harvest into a new folder"
+)
 
 # Storage dtype -> numpy dtype of the shard files.
 STORAGE_DTYPES: dict[str, np.dtype] = {
@@ -137,14 +153,53 @@ def shard_relpath(hook: str, snapshot: int, shard: int) -> str:
     return f"{ACTS_DIR}/{hook}/snap{snapshot:03d}_shard{shard:04d}.npy"
 
 
+def _manifest_checksum(manifest: dict) -> str:
+    body = {key: value for key, value in manifest.items() if key != MANIFEST_CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def read_manifest(root: Path) -> dict:
-    return json.loads((root / MANIFEST_NAME).read_text())
+    """The store's manifest; `DamagedManifestError` (naming the file) when it does not parse
+    or fails its own checksum. A manifest of another format is returned unchecked."""
+    path = root / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError(f"holds a JSON {type(manifest).__name__}, not an object")
+    except (UnicodeDecodeError, ValueError) as error:
+        raise DamagedManifestError(f"{path} is damaged (not valid JSON: {error}); {REBUILD_HINT}.") from None
+    if manifest.get("format") == STORE_FORMAT and manifest.get(MANIFEST_CHECKSUM) != _manifest_checksum(manifest):
+        raise DamagedManifestError(
+            f"{path} is damaged (its contents do not match the checksum it was written with); {REBUILD_HINT}."
+        )
+    return manifest
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
+    manifest[MANIFEST_CHECKSUM] = _manifest_checksum(manifest)
     tmp = root / (MANIFEST_NAME + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     os.replace(tmp, root / MANIFEST_NAME)
+
+
+def check_not_being_written(root: Path) -> None:
+    """Refuse to read a store that another process is harvesting into right now."""
+    holder = lock_holder(root / LOCK_NAME)
+    if holder is not None:
+        raise StoreLockedError(
+            f"{root} is being written by {holder}; wait for that harvest to finish, or use another store."
+        )
+
+
+def store_content_sha256(manifest: dict) -> str:
+    """One hash for everything a store serves: its inputs (fingerprint), each snapshot's
+    identity and every file's sha256. Equal hashes mean the same activations."""
+    content = {
+        "fingerprint": manifest.get("fingerprint"),
+        "snapshots": [entry.get("source") for entry in manifest.get("snapshots", [])],
+        "files": {rel: record.get("sha256") for rel, record in sorted(manifest.get("files", {}).items())},
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def norm_factors_from_manifest(manifest: dict, hook: str) -> list[float]:
@@ -186,9 +241,17 @@ class ActivationStore:
         self._tokens: dict[str, torch.Tensor] | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, verify: str = "size") -> ActivationStore:
-        """Open a finished store; ``verify`` is "size" (cheap), "full" (sha256) or "none"."""
+    def open(cls, path: str | os.PathLike, *, verify: str | bool = "full") -> ActivationStore:
+        """Open a finished store, checking every file against the manifest.
+
+        ``verify`` is "full" (sizes and sha256, the default; ``True``), "size" (sizes only,
+        cheap but blind to bytes altered in place) or "none" (``False``).
+        """
+        verify = {True: "full", False: "none"}.get(verify, verify)  # type: ignore[arg-type]
+        if verify not in ("full", "size", "none"):
+            raise ValueError(f"verify must be 'full', 'size' or 'none' (or True/False), got {verify!r}.")
         root = Path(path)
+        check_not_being_written(root)
         if not (root / MANIFEST_NAME).is_file():
             raise FileNotFoundError(f"{root} holds no {MANIFEST_NAME}; build a store there with harvest_activations().")
         manifest = read_manifest(root)
@@ -242,7 +305,13 @@ class ActivationStore:
 
     @property
     def fingerprint(self) -> str:
+        """Hash of the inputs the store was built for (suite, hooks, tokens, dtype, ...)."""
         return self.manifest["fingerprint"]
+
+    @property
+    def content_sha256(self) -> str:
+        """Hash of everything the store serves (see :func:`store_content_sha256`)."""
+        return store_content_sha256(self.manifest)
 
     def norm_factors(self, hook: str) -> Float[torch.Tensor, " n_snapshots"]:
         """sqrt(d_in) / mean_t ||a_{t,s}|| per snapshot: multiply to give mean norm sqrt(d_in)."""
@@ -278,11 +347,11 @@ class ActivationStore:
 
     def verify(self, *, full: bool = True) -> None:
         """Check every file against the manifest (sizes; sha256 too when ``full``)."""
-        problems = [
-            problem
-            for rel, record in sorted(self.manifest["files"].items())
-            if (problem := file_problem(self.path, rel, record, full=full)) is not None
-        ]
+        records = sorted(self.manifest["files"].items())
+        # hashlib releases the GIL on large buffers, so a few threads hash files in parallel
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            found = pool.map(lambda item: file_problem(self.path, item[0], item[1], full=full), records)
+            problems = [problem for problem in found if problem is not None]
         if problems:
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise CorruptShardError(

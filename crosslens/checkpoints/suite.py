@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 import transformer_lens.loading_from_pretrained as tl_loading
 from huggingface_hub.errors import RevisionNotFoundError
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -26,6 +28,14 @@ from crosslens.checkpoints.convert import (
     weights_sha256,
 )
 from crosslens.checkpoints.hub import hub_offline, is_pythia, list_revisions, pythia_steps_for
+from crosslens.checkpoints.identity import (
+    cached_snapshot,
+    corrupt_checkpoint_error,
+    is_weight_file,
+    safetensors_problem,
+    uncached_revision_error,
+    weight_files,
+)
 from crosslens.checkpoints.local import scan_local_suite
 from crosslens.checkpoints.schedules import Spacing, nearest_steps, spaced_steps
 from crosslens.checkpoints.snapshot import (
@@ -309,7 +319,7 @@ class CheckpointSuite:
         ``center_unembed``), with ``model.crosslens_snapshot`` set to its `SnapshotInfo`."""
         ref = self._ref(snapshot)
         dtype = _as_dtype(dtype)
-        with quiet_loading():
+        with quiet_loading(), self._weight_file_errors(ref):
             if self.family == "pythia":
                 tokenizer = self._tokenizer_for_models("GPTNeoXForCausalLM")
                 model = self._with_revision_errors(
@@ -502,6 +512,24 @@ class CheckpointSuite:
         source, location = self._hf_source(ref)
         return AutoTokenizer.from_pretrained(source, **location)
 
+    @contextlib.contextmanager
+    def _weight_file_errors(self, ref: SnapshotRef) -> Iterator[None]:
+        """Turn a damaged weights file's raw loader error into one naming revision and file."""
+        try:
+            yield
+        except (SafetensorError, OSError, RuntimeError, EOFError) as error:
+            folder = _snapshot_folder(self, ref)
+            if folder is None:
+                raise
+            for path in weight_files(folder):
+                problem = safetensors_problem(path) if path.name.endswith(".safetensors") else None
+                if problem is not None or (path.name.endswith(".safetensors") and isinstance(error, SafetensorError)):
+                    raise corrupt_checkpoint_error(self.model_id, ref.revision, path, problem or str(error)) from error
+            if isinstance(error, SafetensorError) or "weights" in str(error).lower():
+                names = ", ".join(p.name for p in weight_files(folder)) or "no weights file"
+                raise corrupt_checkpoint_error(self.model_id, ref.revision, folder, f"{names}: {error}") from error
+            raise
+
     def _with_revision_errors(self, ref: SnapshotRef, load, *args, **kwargs):
         """Run `load`, turning "no such revision on the hub" into `UnknownRevisionError`."""
         try:
@@ -509,6 +537,8 @@ class CheckpointSuite:
         except (RevisionNotFoundError, OSError) as error:
             cause = error if isinstance(error, RevisionNotFoundError) else error.__cause__
             if not isinstance(cause, RevisionNotFoundError) and "not a valid git identifier" not in str(error):
+                if self.family != "local" and hub_offline() and not _fully_cached(self.model_id, ref.revision):
+                    raise uncached_revision_error(self.model_id, ref.revision) from error
                 raise
             try:
                 available = list_revisions(self.model_id)
@@ -538,6 +568,19 @@ def unknown_revision_error(
     if hub_offline() and not is_pythia(model_id):
         message += " (offline: only cached revisions count; unset HF_HUB_OFFLINE to ask the hub)"
     return UnknownRevisionError(message, requested=revision, nearest=nearest)
+
+
+def _fully_cached(model_id: str, revision: str) -> bool:
+    cached = cached_snapshot(model_id, revision)
+    return cached is not None and any(is_weight_file(p.name) for p in cached[1].iterdir())
+
+
+def _snapshot_folder(suite: CheckpointSuite, ref: SnapshotRef) -> Path | None:
+    """The folder holding ``ref``'s files on this machine, if any."""
+    if suite.family == "local":
+        return Path(suite._hf_source(ref)[0])
+    cached = cached_snapshot(suite.model_id, ref.revision)
+    return None if cached is None else cached[1]
 
 
 def release_model(model: torch.nn.Module) -> None:

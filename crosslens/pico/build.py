@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
+from crosslens.locks import exclusive_lock
 from crosslens.pico.corpus import GrammarCorpus, TextCorpus, read_user_corpus
 from crosslens.pico.evals import PicoEvaluator, check_targets, format_eval_table, format_targets
 from crosslens.pico.grammar import PicoGrammar
@@ -196,23 +197,13 @@ def _exclusive(root: Path, progress: bool) -> Iterator[None]:
 
     The OS drops the lock when its holder exits, so a crashed build never blocks the next.
     """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock
+
+    def on_busy(holder: str) -> None:
+        if progress:
+            tqdm.write(f"pico: {holder} is building {root}; waiting for it")
+
+    with exclusive_lock(root.parent / f".{root.name}.lock", on_busy=on_busy):
         yield
-        return
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if progress:
-                tqdm.write(f"pico: another process is building {root}; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _build(config: PicoConfig, root: Path, progress: bool) -> None:

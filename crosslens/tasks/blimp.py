@@ -84,17 +84,24 @@ def pair_from_sentences(good: str, bad: str, meta: dict[str, Any] | None = None)
     )
 
 
+def _check_on_invalid(on_invalid: str) -> None:
+    if on_invalid not in ("raise", "skip"):
+        raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
+
+
 def _finish(
     name: str,
     candidates: list[tuple[str, int, str, str, dict[str, Any]]],
     tokenizer: Any,
     on_invalid: OnInvalid,
     description: str,
+    *,
+    malformed: int = 0,
 ) -> TaskDataset:
-    if on_invalid not in ("raise", "skip"):
-        raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
+    """``malformed``: lines already skipped while parsing (``on_invalid="skip"``)."""
+    _check_on_invalid(on_invalid)
     pairs: list[MinimalPair] = []
-    skipped = 0
+    skipped = malformed
     for path, line, good, bad, meta in candidates:
         try:
             pair = pair_from_sentences(good, bad, {**meta, "source": path, "line": line})
@@ -106,13 +113,17 @@ def _finish(
                 continue
             raise type(error)(f"{path}, line {line}: {error} (pass on_invalid='skip' to drop such pairs)") from None
         pairs.append(pair)
+    total = len(candidates) + malformed
     if not pairs:
         raise MinimalPairFormatError(
-            f"{name}: none of the {len(candidates)} sentence pairs gives a usable minimal pair"
+            f"{name}: none of the {total} sentence pairs gives a usable minimal pair"
             + (" with this tokenizer" if tokenizer is not None else "")
         )
     if skipped:
-        warnings.warn(f"{name}: skipped {skipped} of {len(candidates)} sentence pairs that give no usable minimal pair")
+        warnings.warn(
+            f"{name}: skipped {skipped} of {total} sentence pairs that give no usable minimal pair"
+            + (f" ({malformed} malformed lines)" if malformed else "")
+        )
     return TaskDataset(name=name, pairs=tuple(pairs), description=description)
 
 
@@ -142,33 +153,55 @@ def load_blimp_jsonl(
             :func:`load_multilingual_blimp` for one task per language.
         language_key: the field naming each line's language.
     """
+    _check_on_invalid(on_invalid)
     path = Path(path)
     if language is not None:
         name = name or f"{path.stem}_{language}"
     tokenizer = resolve_tokenizer(tokenizer) if tokenizer is not None else None
     candidates = []
+    malformed = 0
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise MinimalPairFormatError(f"{path}, line {line_no}: not valid JSON ({error.msg})") from None
-        if language is not None and _language_of(record, language_key, path, line_no) != language:
+            candidate = _blimp_candidate(path, line_no, line, good_key, bad_key)
+        except MinimalPairFormatError:
+            if on_invalid == "raise":
+                raise
+            malformed += 1
             continue
-        if good_key not in record or bad_key not in record:
-            raise MinimalPairFormatError(
-                f"{path}, line {line_no}: needs fields {good_key!r} and {bad_key!r}, found {sorted(record)}; "
-                "pass good_key=/bad_key= to name the sentence fields"
-            )
-        good, bad = record.pop(good_key), record.pop(bad_key)
-        candidates.append((str(path), line_no, good, bad, record))
+        if language is not None and _language_of(candidate[4], language_key, path, line_no) != language:
+            continue
+        candidates.append(candidate)
     if language is not None and not candidates:
         present = sorted(languages_in(path, language_key=language_key))
         raise MinimalPairFormatError(f"{path}: no line has {language_key}={language!r}; the languages here are {present}")
     candidates = _limit_after_parsing(candidates, limit, tokenizer, on_invalid)
     description = f"minimal pairs from {path.name}" + (f" ({language})" if language is not None else "")
-    return _finish(name or path.stem, candidates, tokenizer, on_invalid, description)
+    return _finish(name or path.stem, candidates, tokenizer, on_invalid, description, malformed=malformed)
+
+def _blimp_candidate(path: Path, line_no: int, line: str, good_key: str, bad_key: str) -> tuple:
+    """One JSONL line -> (path, line, good, bad, meta); `MinimalPairFormatError` naming the line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise MinimalPairFormatError(
+            f"{path}, line {line_no}: not valid JSON ({error.msg}) (pass on_invalid='skip' to drop such lines)"
+        ) from None
+    if not isinstance(record, dict) or good_key not in record or bad_key not in record:
+        found = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise MinimalPairFormatError(
+            f"{path}, line {line_no}: needs fields {good_key!r} and {bad_key!r}, found {found}; "
+            "pass good_key=/bad_key= to name the sentence fields (or on_invalid='skip' to drop such lines)"
+        )
+    good, bad = record.pop(good_key), record.pop(bad_key)
+    for key, value in ((good_key, good), (bad_key, bad)):
+        if not isinstance(value, str) or not value.strip():
+            raise MinimalPairFormatError(
+                f"{path}, line {line_no}: {key!r} is {value!r}, not a sentence; fix the line "
+                "(or pass on_invalid='skip' to drop such lines)"
+            )
+    return (str(path), line_no, good, bad, record)
 
 
 def _language_of(record: dict[str, Any], language_key: str, path: Path, line_no: int) -> str:
@@ -245,9 +278,11 @@ def load_clams(
     limit: int | None = None,
 ) -> TaskDataset:
     """Minimal pairs from a CLAMS-style ``LABEL<TAB>sentence`` file (see module docstring)."""
+    _check_on_invalid(on_invalid)
     path = Path(path)
     tokenizer = resolve_tokenizer(tokenizer) if tokenizer is not None else None
     candidates = []
+    malformed = 0
     good: tuple[int, str] | None = None
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -255,20 +290,26 @@ def load_clams(
         label, tab, sentence = line.partition("\t")
         label = label.strip().lower()
         if not tab or label not in ("true", "false"):
-            raise MinimalPairFormatError(
-                f"{path}, line {line_no}: expected 'True<TAB>sentence' or 'False<TAB>sentence', got {line!r}"
-            )
-        if label == "true":
-            good = (line_no, sentence.strip())
-        elif good is None:
-            raise MinimalPairFormatError(
-                f"{path}, line {line_no}: an ungrammatical (False) sentence before any grammatical (True) one; "
+            problem = f"expected 'True<TAB>sentence' or 'False<TAB>sentence', got {line!r}"
+        elif label == "false" and good is None:
+            problem = (
+                "an ungrammatical (False) sentence before any grammatical (True) one; "
                 "each False line must follow the True line it pairs with"
             )
         else:
+            problem = None
+        if problem is not None:
+            if on_invalid == "raise":
+                raise MinimalPairFormatError(f"{path}, line {line_no}: {problem}")
+            malformed += 1
+        elif label == "true":
+            good = (line_no, sentence.strip())
+        else:
+            assert good is not None
             candidates.append((str(path), line_no, good[1], sentence.strip(), {"good_line": good[0]}))
     candidates = _limit_after_parsing(candidates, limit, tokenizer, on_invalid)
-    return _finish(name or path.stem, candidates, tokenizer, on_invalid, f"CLAMS pairs from {path.name}")
+    description = f"CLAMS pairs from {path.name}"
+    return _finish(name or path.stem, candidates, tokenizer, on_invalid, description, malformed=malformed)
 
 
 def _limit_after_parsing(candidates: list, limit: int | None, tokenizer: Any, on_invalid: OnInvalid) -> list:

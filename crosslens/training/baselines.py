@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.training.runner import DEFAULT_LR, evaluate_crosscoder
+from crosslens.training.seeding import seeded
 from crosslens.training.trainer import crosscoder_metrics
 
 # architecture -> (SAELens training class, its config)
@@ -229,36 +230,36 @@ def train_snapshot_sae(
     if sparsity_warm_up_fraction is None:
         sparsity_warm_up_fraction = DEFAULT_SPARSITY_WARM_UP.get(architecture, 0.0)
 
-    torch.manual_seed(seed)
-    training_sae = build_training_sae(
-        architecture,
-        d_in=store.d_in_of(hook),
-        d_sae=d_sae,
-        k=k,
-        sparsity_coefficient=sparsity_coefficient,
-        target_l0=target_l0,
-        sparsity_warm_up_steps=int(n_steps * sparsity_warm_up_fraction),
-        device=device,
-        **config_overrides,
-    )
-    for key, value in _snapshot_metadata(store, hook, snapshot).items():
-        training_sae.cfg.metadata[key] = value
-    trainer_cfg = SAETrainerConfig(
-        total_training_samples=n_steps * batch_size,
-        train_batch_size_samples=batch_size,
-        lr=lr,
-        lr_end=lr,  # only read by cosine schedules; the constant one decays from lr
-        lr_decay_steps=int(n_steps * lr_decay_fraction),
-        device=device,
-        dead_feature_window=max(1, math.ceil(DEAD_FEATURE_WINDOW_TOKENS / batch_size)),
-        feature_sampling_window=n_steps,  # one window: metadata.l0 covers the whole run
-    )
-    batches = snapshot_batches(store, hook, snapshot, batch_size, seed=seed, device=device)
-    try:
-        trained = SAETrainer(cfg=trainer_cfg, sae=training_sae, data_provider=batches).fit()
-    finally:
-        batches.close()
-    return inference_sae(trained)
+    with seeded(seed, device):  # initial weights and any sampling come from the seed alone
+        training_sae = build_training_sae(
+            architecture,
+            d_in=store.d_in_of(hook),
+            d_sae=d_sae,
+            k=k,
+            sparsity_coefficient=sparsity_coefficient,
+            target_l0=target_l0,
+            sparsity_warm_up_steps=int(n_steps * sparsity_warm_up_fraction),
+            device=device,
+            **config_overrides,
+        )
+        for key, value in _snapshot_metadata(store, hook, snapshot).items():
+            training_sae.cfg.metadata[key] = value
+        trainer_cfg = SAETrainerConfig(
+            total_training_samples=n_steps * batch_size,
+            train_batch_size_samples=batch_size,
+            lr=lr,
+            lr_end=lr,  # only read by cosine schedules; the constant one decays from lr
+            lr_decay_steps=int(n_steps * lr_decay_fraction),
+            device=device,
+            dead_feature_window=max(1, math.ceil(DEAD_FEATURE_WINDOW_TOKENS / batch_size)),
+            feature_sampling_window=n_steps,  # one window: metadata.l0 covers the whole run
+        )
+        batches = snapshot_batches(store, hook, snapshot, batch_size, seed=seed, device=device)
+        try:
+            trained = SAETrainer(cfg=trainer_cfg, sae=training_sae, data_provider=batches).fit()
+        finally:
+            batches.close()
+        return inference_sae(trained)
 
 
 @torch.no_grad()

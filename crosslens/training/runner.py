@@ -10,11 +10,19 @@ Output folder layout::
     out_dir/step_XXXXXXXX/               resumable checkpoints
     out_dir/final/                       inference crosscoder (cfg.json + sae_weights.safetensors)
     out_dir/run.json                     the runner config
+
+Trust: the crosscoder is built from ``seed`` whatever ran before in the process, so the
+same seed and store give byte-identical weights. The store is re-hashed against its
+manifest before training (``verify_store=False`` / ``--no-verify`` checks sizes only).
+Each checkpoint folder is sealed with ``crosslens_checkpoint.json`` (file hashes, config,
+store identity; see ``crosslens.training.records``): resume starts from the newest
+checkpoint that verifies and refuses a store that changed since the run started.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +32,12 @@ from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.crosscoders import ARCHITECTURES, set_crosscoder_metadata
+from crosslens.distributed import init_mesh, launched_by_torchrun, shard_batches
+from crosslens.errors import StoreChangedError
 from crosslens.training.config import CrosscoderTrainerConfig
-from crosslens.training.trainer import FINAL_DIRNAME, CrosscoderTrainer, crosscoder_metrics, latest_checkpoint
+from crosslens.training.records import read_record, record_problem, write_record
+from crosslens.training.seeding import seeded
+from crosslens.training.trainer import CHECKPOINT_PREFIX, FINAL_DIRNAME, CrosscoderTrainer, crosscoder_metrics
 
 # lambda and learning rate that train well on the pico suite's normalised activations
 # (mean norm sqrt(d_in)); on large models start from the papers' values instead.
@@ -77,7 +89,12 @@ class CrosscoderRunnerConfig:
     checkpoint_every: int = 500
     """Steps between resumable checkpoints; 0 disables them."""
     device: str = "cpu"
-    """Where training runs."""
+    """Where training runs (under torchrun, cuda means this rank's cuda:LOCAL_RANK)."""
+    snapshot_parallel: int = 1
+    """Under torchrun: ranks on the mesh's snapshot axis (each holds a block of snapshots);
+    the rest of the world is the data axis. See docs/DISTRIBUTED.md."""
+    autocast_dtype: str | None = None
+    """"bfloat16" runs the crosscoder step under autocast (parameters stay float32)."""
     log_to_wandb: bool = False
     """Log to Weights & Biases (WANDB_MODE=offline works)."""
     wandb_project: str = "crosslens"
@@ -106,6 +123,8 @@ class CrosscoderRunnerConfig:
     """SAELens's name for the training length in tokens: n_steps = training_tokens // batch_size."""
     train_batch_size_tokens: int | None = None
     """SAELens's name for batch_size."""
+    verify_store: bool = True
+    """Re-hash every store file against its manifest before training; False checks sizes only."""
 
     def __post_init__(self) -> None:
         if self.run_name is not None and self.wandb_run_name not in (None, self.run_name):
@@ -127,12 +146,17 @@ class CrosscoderRunnerConfig:
                 )
             self.n_steps = self.training_tokens // max(self.batch_size, 1)
         self.training_tokens = self.n_steps * self.batch_size
+        if self.snapshot_parallel < 1:
+            raise ValueError(f"snapshot_parallel must be >= 1, got {self.snapshot_parallel}.")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(
                 f"unknown architecture {self.architecture!r}; choose one of {sorted(ARCHITECTURES)}."
             )
-        if self.d_sae < 1 or self.n_steps < 1 or self.batch_size < 1:
-            raise ValueError("d_sae, n_steps and batch_size must all be >= 1.")
+        for name in ("d_sae", "n_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 disables checkpoints), got {self.checkpoint_every}.")
         if self.architecture.endswith("topk_crosscoder") and not 1 <= self.k <= self.d_sae:
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}.")
         if not 0 <= self.lr_decay_fraction < 1:
@@ -180,9 +204,33 @@ class CrosscoderTrainingRunner:
 
     def __init__(self, config: CrosscoderRunnerConfig):
         self.config = config
-        self.store = ActivationStore.open(config.store_path)
+        self.store = ActivationStore.open(config.store_path, verify="full" if config.verify_store else "size")
         self.hook = self.store.resolve_hook(config.hook)
         self.out_dir = Path(config.out_dir)
+        self.device = config.device
+        self.mesh = None
+        """(layout, collectives) once :meth:`run` joins a torchrun job; None in a plain process."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.mesh is None or self.mesh[0].is_main
+
+    def join_mesh(self) -> None:
+        """Under torchrun, join the job's (data, snapshot) mesh; this rank's device follows."""
+        if self.mesh is not None:
+            return
+        if not launched_by_torchrun():
+            if self.config.snapshot_parallel > 1:
+                raise ValueError(
+                    f"snapshot_parallel={self.config.snapshot_parallel} needs several processes: launch with "
+                    "torchrun --nproc_per_node=N -m crosslens train ... --snapshot-parallel P."
+                )
+            return
+        layout, collectives, device = init_mesh(
+            self.store.n_snapshots, snapshot_parallel=self.config.snapshot_parallel, device=self.config.device
+        )
+        layout.batch_rows(self.config.batch_size)  # refuses a batch that does not split evenly
+        self.mesh, self.device = (layout, collectives), str(device)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -194,7 +242,7 @@ class CrosscoderTrainingRunner:
 
     def _batches(self, start_step: int):
         cfg = self.config
-        return iter(
+        batches = iter(
             ActivationProvider(
                 self.store,
                 self.hook,
@@ -202,9 +250,10 @@ class CrosscoderTrainingRunner:
                 seed=cfg.seed,
                 drop_last=True,
                 start_batch=start_step,
-                device=cfg.device,
+                device=self.device,
             )
         )
+        return batches if self.mesh is None else shard_batches(batches, self.mesh[0])
 
     def _trainer_config(self) -> CrosscoderTrainerConfig:
         cfg = self.config
@@ -213,7 +262,7 @@ class CrosscoderTrainingRunner:
             lr=float(cfg.lr),
             lr_warm_up_steps=cfg.lr_warm_up_steps,
             lr_decay_steps=int(cfg.n_steps * cfg.lr_decay_fraction),
-            device=cfg.device,
+            device=self.device,
             seed=cfg.seed,
             checkpoint_dir=str(self.checkpoint_dir),
             checkpoint_every=cfg.checkpoint_every,
@@ -224,21 +273,23 @@ class CrosscoderTrainingRunner:
             log_every=cfg.log_every,
             wandb_entity=cfg.wandb_entity,
             eval_every_n_wandb_logs=cfg.eval_every_n_wandb_logs,
+            autocast_dtype=cfg.autocast_dtype,
         )
 
     def _new_crosscoder(self):
         cfg = self.config
-        crosscoder = build_training_crosscoder(
-            cfg.architecture,
-            d_in=self.store.d_in_of(self.hook),
-            n_snapshots=self.store.n_snapshots,
-            d_sae=cfg.d_sae,
-            k=cfg.k,
-            sparsity_coefficient=cfg.sparsity_coefficient,
-            sparsity_warm_up_steps=int(cfg.n_steps * float(cfg.sparsity_warm_up_fraction or 0.0)),
-            decoder_init_norm=cfg.decoder_init_norm,
-            device=cfg.device,
-        )
+        with seeded(cfg.seed, cfg.device):  # the initial weights come from the seed alone
+            crosscoder = build_training_crosscoder(
+                cfg.architecture,
+                d_in=self.store.d_in_of(self.hook),
+                n_snapshots=self.store.n_snapshots,
+                d_sae=cfg.d_sae,
+                k=cfg.k,
+                sparsity_coefficient=cfg.sparsity_coefficient,
+                sparsity_warm_up_steps=int(cfg.n_steps * float(cfg.sparsity_warm_up_fraction or 0.0)),
+                decoder_init_norm=cfg.decoder_init_norm,
+                device=cfg.device,
+            )
         set_crosscoder_metadata(
             crosscoder.cfg,
             provenance=store_provenance(self.store),
@@ -249,27 +300,122 @@ class CrosscoderTrainingRunner:
             crosscoder.cfg.metadata[key] = value
         return crosscoder
 
+    def store_identity(self) -> dict[str, Any]:
+        """What this run trains on: the store's input fingerprint and content hash, and the hook."""
+        return {
+            "fingerprint": self.store.fingerprint,
+            "content_sha256": self.store.content_sha256,
+            "hook": self.hook,
+            "path": str(self.store.path),
+            "spec": self.store.manifest["spec"],
+        }
+
+    def _settings(self) -> dict[str, Any]:
+        """The configuration a resumed run must share. Where the run and the store live may
+        change (folders get moved; the store is checked by content), and so may verification."""
+        return _resume_settings(_jsonable(asdict(self.config)))
+
+    def verified_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose sealed record verifies (older ones are tried in turn)."""
+        def step_of(folder: Path) -> int:
+            suffix = folder.name[len(CHECKPOINT_PREFIX) :]
+            return int(suffix) if suffix.isdigit() else -1
+
+        steps = [p for p in self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if step_of(p) >= 0]
+        for folder in sorted(steps, key=step_of, reverse=True):
+            problem = record_problem(folder)
+            if problem is None:
+                return folder
+            print(f"checkpoint {folder} cannot be trusted ({problem}); trying the one before it", file=sys.stderr)
+        return None
+
+    def _check_resumable(self, checkpoint: Path, run_file: Path) -> None:
+        """Refuse other settings or another store before a single batch is read."""
+        record = read_record(checkpoint)
+        current, sealed = self._settings(), record.get("settings")
+        if sealed != current:
+            differs = sorted(k for k in set(sealed or {}) | set(current) if (sealed or {}).get(k) != current.get(k))
+            raise ValueError(
+                f"{self.out_dir} holds a run with another configuration (differs in: {', '.join(differs)}); "
+                "resume with the same settings, or pick a new --out."
+            )
+        try:
+            previous = _resume_settings(json.loads(run_file.read_text()))
+        except (OSError, ValueError, AttributeError):
+            previous = None
+        if previous != sealed and self.is_main:  # run.json missing or damaged: the sealed record is the truth
+            print(f"{run_file} was missing or damaged; rewritten from {checkpoint.name}'s record", file=sys.stderr)
+            run_file.write_text(json.dumps(_jsonable(asdict(self.config)), indent=2))
+        started_on, now = record.get("store", {}), self.store_identity()
+        same_store = started_on.get("content_sha256") == now["content_sha256"]
+        if not same_store or started_on.get("fingerprint") != now["fingerprint"]:
+            raise StoreChangedError(_store_changed_message(started_on, now, checkpoint))
+
+    def _trainer(self, checkpoint: Path | None) -> CrosscoderTrainer:
+        if checkpoint is None:
+            trainer = _SealedTrainer(self._new_crosscoder(), self._trainer_config(), mesh=self.mesh)
+        else:
+            trainer = _SealedTrainer.from_checkpoint(checkpoint, self._trainer_config(), mesh=self.mesh)
+        trainer.record = {"settings": self._settings(), "store": self.store_identity()}
+        return trainer
+
     def run(self, *, resume: bool = False) -> SAE:
-        """Train (or continue) and return the inference crosscoder saved in ``final_path``."""
+        """Train (or continue) and return the inference crosscoder saved in ``final_path``.
+
+        Under torchrun every rank calls this; rank 0 writes the files."""
+        self.join_mesh()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         run_file = self.out_dir / "run.json"
-        resume_from = latest_checkpoint(self.checkpoint_dir) if resume else None
+        resume_from = self.verified_checkpoint() if resume else None
         if resume and resume_from is None and run_file.exists():
-            print(f"no checkpoint under {self.checkpoint_dir}; starting from scratch")
+            print(f"no checkpoint under {self.checkpoint_dir} to resume from; starting from scratch")
         if resume_from is not None:
-            previous = json.loads(run_file.read_text()) if run_file.exists() else None
-            if previous is not None and previous != _jsonable(asdict(self.config)):
-                raise ValueError(
-                    f"{self.out_dir} holds a run with another configuration; resume with the same "
-                    "settings, or pick a new --out."
-                )
-            trainer = CrosscoderTrainer.from_checkpoint(resume_from, self._trainer_config())
+            self._check_resumable(resume_from, run_file)
+            trainer = self._trainer(resume_from)
             trainer.fit(self._batches, resume_from=resume_from)
         else:
-            run_file.write_text(json.dumps(_jsonable(asdict(self.config)), indent=2))
-            trainer = CrosscoderTrainer(self._new_crosscoder(), self._trainer_config())
+            if self.is_main:
+                run_file.write_text(json.dumps(_jsonable(asdict(self.config)), indent=2))
+            trainer = self._trainer(None)
             trainer.fit(self._batches)
-        return SAE.load_from_disk(str(self.final_path), device=self.config.device)
+        if self.is_main:
+            write_record(self.final_path, **trainer.record)
+        trainer._barrier()
+        return SAE.load_from_disk(str(self.final_path), device=self.device)
+
+
+class _SealedTrainer(CrosscoderTrainer):
+    """A trainer whose checkpoints are sealed with a record (see ``crosslens.training.records``)."""
+
+    record: dict[str, Any] = {}
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        saved = super().save_checkpoint(path)
+        if self.is_main:
+            write_record(saved, **self.record)
+        self._barrier()
+        return saved
+
+
+def _resume_settings(config: dict[str, Any]) -> dict[str, Any]:
+    # where things live, how they are checked, and on what hardware: a run may resume
+    # elsewhere, on another device or on another mesh
+    where = ("out_dir", "store_path", "verify_store", "progress", "device", "snapshot_parallel")
+    return {key: value for key, value in config.items() if key not in where}
+
+
+def _store_changed_message(started_on: dict[str, Any], now: dict[str, Any], checkpoint: Path) -> str:
+    if started_on.get("fingerprint") != now["fingerprint"]:
+        old, new = started_on.get("spec") or {}, now["spec"]
+        fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["fingerprint"]
+        what = f"it was harvested again for other inputs (differs in: {', '.join(fields)})"
+    else:
+        what = "it holds other activations for the same inputs (re-harvested, or snapshots changed)"
+    return (
+        f"the activation store {now['path']} is not the one this run was trained on up to {checkpoint.name}: "
+        f"{what}. Resuming would continue on other data: point --store at the original store "
+        f"({started_on.get('path')}), or start a new run in another --out."
+    )
 
 
 @torch.no_grad()

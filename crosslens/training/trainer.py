@@ -235,6 +235,10 @@ class CrosscoderTrainer:
             self.window_tokens += n_batch
         self.n_steps += 1
         self.n_tokens += n_batch
+        # Stop at a non-finite loss, and before any checkpoint of non-finite weights.
+        from crosslens.training.guard import check_finite_step
+
+        check_finite_step(self, output.loss)
         return output
 
     def fit(

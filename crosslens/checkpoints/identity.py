@@ -1,0 +1,191 @@
+"""What a snapshot's weights *are*, read from its files before any model loads.
+
+A snapshot's identity is the hash of each file that decides its activations (weights,
+their index, ``config.json``) and, for hub snapshots, the commit its revision resolves
+to. The Hugging Face cache gives the hashes for free: a cached file is a link to
+``blobs/<hash>`` (the sha256 of an LFS file such as ``model.safetensors``, the git blob
+id of a small one). Files that are not such links (local suites, copied caches) are
+hashed. Activation stores record identities so that a re-pushed branch or an edited
+folder is never mistaken for the snapshot the store was built from, and compare them
+across snapshots so duplicates are refused before anything is written.
+
+Weight files are also checked for truncation here (a safetensors header names every
+tensor's byte range, so a short file shows without reading the data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import constants as hub_constants
+
+from crosslens.errors import CorruptCheckpointError, UncachedRevisionError
+
+if TYPE_CHECKING:
+    from crosslens.checkpoints.snapshot import SnapshotRef
+    from crosslens.checkpoints.suite import CheckpointSuite
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
+"""Files holding (or indexing) a checkpoint's weights."""
+IDENTITY_FILES = ("config.json",)
+"""Other files that change what a snapshot computes."""
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_identity(path: Path) -> str:
+    """The cache's blob hash when ``path`` links into a Hugging Face ``blobs/`` folder,
+    else the sha256 of its bytes."""
+    if path.is_symlink():
+        target = Path(path.readlink())
+        if target.parent.name == "blobs":
+            return target.name
+    return _sha256_file(path)
+
+
+def is_weight_file(name: str) -> bool:
+    trainer_files = ("training_args", "optimizer", "scheduler", "rng_state")  # Trainer state, not the model
+    return name.endswith(WEIGHT_SUFFIXES) and not name.startswith(trainer_files)
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (None when its size matches its header)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                return f"{size} bytes, too short for a safetensors header"
+            (header_bytes,) = struct.unpack("<Q", prefix)
+            if header_bytes > size - 8:
+                return f"header claims {header_bytes} bytes but the file holds {size}"
+            header = json.loads(handle.read(header_bytes))
+    except (OSError, ValueError) as error:
+        return f"unreadable header ({error})"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    expected = 8 + header_bytes + max(ends, default=0)
+    if size != expected:
+        return f"{size} bytes where its header needs {expected} (truncated or padded)"
+    return None
+
+
+def weight_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_weight_file(p.name))
+
+
+def check_weight_files(folder: Path, *, revision: str, model_id: str) -> None:
+    """Refuse a snapshot whose safetensors files are cut short, naming revision and file."""
+    for path in weight_files(folder):
+        if path.name.endswith(".safetensors"):
+            problem = safetensors_problem(path)
+            if problem is not None:
+                raise corrupt_checkpoint_error(model_id, revision, path, problem)
+
+
+def corrupt_checkpoint_error(model_id: str, revision: str, path: Path | str, problem: str) -> CorruptCheckpointError:
+    path = Path(path)
+    hub_file = "blobs" in path.resolve().parts or "snapshots" in path.parts
+    fix = (
+        f"delete the cached file and download it again (`huggingface-cli download {model_id} "
+        f"--revision {revision} {path.name} --force-download`)"
+        if hub_file
+        else "restore or re-save that checkpoint folder (save_pretrained), or drop the snapshot with suite.select(...)"
+    )
+    return CorruptCheckpointError(
+        f"snapshot {revision!r} of {model_id}: weights file {path} is damaged ({problem}); {fix}"
+    )
+
+
+def cached_snapshot(model_id: str, revision: str) -> tuple[str, Path] | None:
+    """(commit, snapshot folder) of ``model_id@revision`` in the local Hugging Face cache."""
+    repo = Path(hub_constants.HF_HUB_CACHE) / ("models--" + model_id.replace("/", "--"))
+    ref = repo / "refs" / revision
+    if ref.is_file():
+        commit = ref.read_text().strip()
+    elif _COMMIT.match(revision):
+        commit = revision
+    else:
+        return None
+    folder = repo / "snapshots" / commit
+    return (commit, folder) if folder.is_dir() else None
+
+
+def uncached_revision_error(model_id: str, revision: str) -> UncachedRevisionError:
+    return UncachedRevisionError(
+        f"{revision!r} is a published checkpoint of {model_id} but it is not (completely) in the local "
+        f"Hugging Face cache ({hub_constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE=1 forbids downloading it. "
+        f"Fetch it once with network access (`huggingface-cli download {model_id} --revision {revision}`), "
+        "or unset HF_HUB_OFFLINE so crosslens downloads it."
+    )
+
+
+def _digest(pairs: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(sorted(pairs.items())).encode()).hexdigest()
+
+
+def identity_from_files(files: dict[str, str], commit: str | None) -> dict[str, Any]:
+    """The identity record of a snapshot whose files hash to ``files`` (name -> hash)."""
+    weights = {name: sha for name, sha in files.items() if is_weight_file(name)}
+    return {
+        "commit": commit,
+        "files": dict(sorted(files.items())),
+        "weights_digest": _digest(weights),
+        "digest": _digest({**files, "@commit": commit or ""}),
+    }
+
+
+def _folder_identity(folder: Path, *, revision: str, model_id: str, commit: str | None) -> dict[str, Any]:
+    check_weight_files(folder, revision=revision, model_id=model_id)
+    paths = weight_files(folder) + [folder / name for name in IDENTITY_FILES if (folder / name).is_file()]
+    if not any(is_weight_file(p.name) for p in paths):
+        raise CorruptCheckpointError(
+            f"snapshot {revision!r} of {model_id}: {folder} holds no weights file (model.safetensors, "
+            "pytorch_model.bin, ...); restore it or drop the snapshot with suite.select(...)"
+        )
+    return identity_from_files({p.name: file_identity(p) for p in paths}, commit)
+
+
+def _hub_identity(model_id: str, revision: str) -> dict[str, Any] | None:
+    """Identity from the hub's file metadata (online, for a revision not yet cached)."""
+    try:
+        from huggingface_hub import HfApi
+
+        info = HfApi().model_info(model_id, revision=revision, files_metadata=True)
+    except Exception:  # no network or no such revision: loading will say which
+        return None
+    files = {}
+    for sibling in info.siblings or []:
+        name = sibling.rfilename
+        if "/" in name or not (is_weight_file(name) or name in IDENTITY_FILES):
+            continue
+        lfs = getattr(sibling, "lfs", None)
+        files[name] = (lfs.sha256 if lfs is not None else None) or sibling.blob_id
+    return identity_from_files(files, info.sha) if files else None
+
+
+def snapshot_identity(suite: CheckpointSuite, ref: SnapshotRef) -> dict[str, Any] | None:
+    """The identity of ``ref``'s files: ``commit``, ``files`` (name -> hash), ``weights_digest``
+    (equal for byte-identical weights) and ``digest`` (everything). None when it cannot be
+    known before loading (online, revision not cached, hub metadata unreachable)."""
+    if suite.family == "local":
+        folder = Path(suite._hf_source(ref)[0])
+        return _folder_identity(folder, revision=ref.revision, model_id=suite.model_id, commit=None)
+    cached = cached_snapshot(suite.model_id, ref.revision)
+    if cached is not None and any(is_weight_file(p.name) for p in cached[1].iterdir()):
+        commit, folder = cached
+        return _folder_identity(folder, revision=ref.revision, model_id=suite.model_id, commit=commit)
+    if hub_constants.HF_HUB_OFFLINE:
+        raise uncached_revision_error(suite.model_id, ref.revision)
+    return _hub_identity(suite.model_id, ref.revision)
