@@ -60,7 +60,8 @@ def _add_suite_args(parser: argparse.ArgumentParser) -> None:
         "--suite",
         default="pico",
         help="'pico' (the embedded suite, built if missing), a local folder of checkpoints, "
-        "or a hub model id: EleutherAI/pythia-*, allenai/OLMo-*-hf, bigscience/bloom-*-intermediate",
+        "or a hub model id: EleutherAI/pythia-*, allenai/OLMo-*-hf, allenai/OLMo-2-*, allenai/Olmo-3-*, "
+        "bigscience/bloom-*-intermediate; for OLMo-2/3 add @ingredientK to pick one stage-2 ingredient",
     )
     parser.add_argument(
         "--steps",
@@ -76,6 +77,50 @@ def _add_suite_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class CLIError(Exception):
+    """Bad command-line input: printed as one line, exit status 2, no traceback."""
+
+
+def _add_device_args(
+    parser: argparse.ArgumentParser, *, dtype_help: str | None = None, device_help: str | None = None
+) -> None:
+    """``--device`` and ``--dtype``, shared by every subcommand that computes (both default
+    to None: the command resolves them, so ``--help`` never imports torch)."""
+    parser.add_argument(
+        "--device",
+        default=None,
+        help=device_help or "cpu, cuda, cuda:N or mps (default: cuda if available, else mps, else cpu)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help=dtype_help
+        or "dtype of the snapshot models: float32/fp32 (default), bfloat16/bf16, float16/fp16; "
+        "crosscoder parameters stay float32",
+    )
+
+
+def _device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
+    """The checked ``(device, dtype)`` strings of ``--device``/``--dtype`` (e.g. ``("cuda:0", "bfloat16")``)."""
+    from crosslens.devices import dtype_name, resolve_device
+
+    return str(resolve_device(args.device)), dtype_name(args.dtype or "float32")
+
+
+def _print_peak_memory(device: str) -> None:
+    from crosslens.devices import peak_memory_line
+
+    line = peak_memory_line(device)
+    if line is not None:
+        print(line)
+
+
+def _reset_peak_memory(device: str) -> None:
+    from crosslens.devices import reset_peak_memory
+
+    reset_peak_memory(device)
+
+
 def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | None = None):
     """Turn a ``--suite`` string into a :class:`CheckpointSuite`, then select snapshots."""
     from crosslens.checkpoints import CheckpointSuite
@@ -87,11 +132,20 @@ def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | 
     elif Path(spec).exists():
         suite = CheckpointSuite.local(spec)
     else:
+        spec, _, ingredient = spec.partition("@ingredient")  # OLMo-2/3: one stage-2 ingredient
         lowered = spec.lower()
+        if ingredient and ("olmo" not in lowered or not ingredient.isdigit()):
+            raise SystemExit(f"crosslens: --suite {spec}@ingredient{ingredient}: pass an OLMo-2/3 repo and a number, e.g. @ingredient1")
         if "pythia" in lowered:
             suite = CheckpointSuite.pythia(spec)
         elif "olmo" in lowered:
-            suite = CheckpointSuite.olmo(spec)
+            from crosslens.checkpoints import MixedIngredientsError
+
+            try:
+                suite = CheckpointSuite.olmo(spec, ingredient=int(ingredient) if ingredient else None)
+            except MixedIngredientsError as error:
+                print(f"crosslens: {error}", file=sys.stderr)
+                raise SystemExit(2) from None
         elif "bloom" in lowered:
             suite = CheckpointSuite.bloom(spec)
         else:
@@ -112,6 +166,12 @@ def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | 
 def _cmd_suite_build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    if args.device not in (None, "cpu") or (args.dtype or "float32").lower() not in ("float32", "fp32"):
+        raise CLIError(
+            "the pico suite trains on the CPU in float32, so its checkpoints are bitwise reproducible; "
+            "drop --device/--dtype (or pass --device cpu --dtype float32)"
+        )
+
     from crosslens.pico import PicoConfig, build_pico_suite, default_root, format_eval_table, format_targets, is_built
 
     config = PicoConfig.small() if args.small else PicoConfig.long() if args.long else PicoConfig()
@@ -131,62 +191,224 @@ def _cmd_suite_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_suite_list(args: argparse.Namespace) -> int:
-    from crosslens.checkpoints import list_revisions
+    from crosslens.checkpoints import group_by_stage, list_revisions
 
-    for revision in list_revisions(args.model):
-        print(revision)
+    for heading, revisions in group_by_stage(list_revisions(args.model)):
+        if heading:  # staged runs (OLMo-2/3): one block per stage and ingredient
+            print(f"# {heading}: {len(revisions)} revisions")
+        for revision in revisions:
+            print(revision)
     return 0
 
 
 def _cmd_harvest(args: argparse.Namespace) -> int:
     from crosslens.demo import harvest_stage
+    from crosslens.devices import dtype_name
 
-    suite = resolve_suite(args.suite, args.steps, args.n_snapshots)
+    device, model_dtype = _device_and_dtype(args)
+    recipe = _load_recipe(args.recipe) if args.recipe else None
+    if recipe is not None and args.suite is None:
+        suite = _recipe_suite(recipe)
+        if args.steps is not None or args.n_snapshots is not None:
+            suite = suite.select(steps=args.steps) if args.steps is not None else suite.select(n=args.n_snapshots)
+    else:
+        suite = resolve_suite(args.suite or "pico", args.steps, args.n_snapshots)
+    hooks = args.hook or ([recipe.hook] if recipe is not None else None)
+    if not hooks:
+        raise CLIError("harvest needs --hook NAME (or a --recipe)")
+    dataset = args.dataset or (recipe.dataset if recipe is not None else None)
+    if recipe is not None and not dataset:
+        raise CLIError(f"recipe {recipe.name} records no dataset; pass --dataset NAME:COLUMN")
+    _reset_peak_memory(device)
     store = harvest_stage(
         suite,
-        hooks=args.hook,
-        n_tokens=args.n_tokens,
-        seq_len=args.seq_len,
+        hooks=hooks,
+        n_tokens=args.n_tokens or (recipe.n_tokens if recipe is not None else 200_000),
+        seq_len=args.seq_len or (recipe.context if recipe is not None else 64),
         out_dir=args.out,
-        dtype=args.dtype,
-        dataset=args.dataset,
+        dtype=dtype_name(args.store_dtype or (recipe.store_dtype if recipe is not None else model_dtype)),
+        dataset=dataset,
         overwrite=args.overwrite,
+        device=device,
+        model_dtype=model_dtype,
     )
     print(f"activation store: {store.path} ({store.n_tokens} tokens x {store.n_snapshots} snapshots)")
+    _print_peak_memory(device)
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
+# ---------------------------------------------------------------------------
+# Recipes
+# ---------------------------------------------------------------------------
+def _load_recipe(name: str):
+    from crosslens.recipes import load_recipe
 
-    config = CrosscoderRunnerConfig(
-        store_path=args.store,
-        hook=args.hook,
-        architecture=args.arch,
-        d_sae=args.d_sae,
-        k=args.k,
-        sparsity_coefficient=args.sparsity,
-        n_steps=args.n_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
+    return load_recipe(name)
+
+
+def _recipe_suite(recipe):
+    """The recipe's suite, after checking (offline) that its weights are in the HF cache."""
+    missing = _missing_weights(recipe)
+    if missing:
+        raise CLIError(missing)
+    return recipe.suite()
+
+
+def _missing_weights(recipe) -> str | None:
+    """One line naming the recipe's snapshots whose weights cannot be reached, or None.
+
+    Online, the hub is assumed reachable (loading reports its own errors). Offline
+    (``HF_HUB_OFFLINE=1``), each revision's config.json must be in the Hugging Face cache.
+    """
+    from crosslens.checkpoints.hub import hub_offline
+
+    if not hub_offline():
+        return None
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    labels = [label for label in recipe.snapshot_labels() if label != "main"]
+    if recipe.family == "pythia":
+        labels = [f"step{s}" for s in recipe.steps]
+    absent = [r for r in labels if not isinstance(try_to_load_from_cache(recipe.model, "config.json", revision=r), str)]
+    if not absent:
+        return None
+    more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+    return (
+        f"recipe {recipe.name} needs the weights of {recipe.model} at {absent[0]}{more}, which are not in the "
+        f"Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids downloading them; "
+        "go online, or pass --store with activations harvested elsewhere"
+    )
+
+
+# train flag -> (CrosscoderRunnerConfig field, default without a recipe)
+TRAIN_FLAGS = {
+    "hook": ("hook", None),
+    "arch": ("architecture", "jumprelu_crosscoder"),
+    "d_sae": ("d_sae", 1024),
+    "k": ("k", 32),
+    "sparsity": ("sparsity_coefficient", None),
+    "n_steps": ("n_steps", 3000),
+    "batch_size": ("batch_size", 1024),
+    "lr": ("lr", None),
+}
+
+
+def train_settings(args: argparse.Namespace, recipe=None) -> dict:
+    """``CrosscoderRunnerConfig`` keyword arguments from the train flags: an explicit flag
+    wins, then the recipe's value, then the built-in default. ``store_path`` is left to
+    the caller; ``device`` is the resolved ``--device``."""
+    from_recipe: dict = {}
+    if recipe is not None:
+        from_recipe = {
+            "hook": recipe.hook, "architecture": recipe.architecture, "d_sae": recipe.d_sae, "k": recipe.k,
+            "sparsity_coefficient": recipe.sparsity, "batch_size": recipe.batch_size, "lr": recipe.lr,
+            "sparsity_warm_up_fraction": recipe.sparsity_warm_up_fraction,
+            "lr_decay_fraction": recipe.lr_decay_fraction, "decoder_init_norm": recipe.decoder_init_norm,
+        }  # fmt: skip
+    settings = {field: default for field, default in TRAIN_FLAGS.values()}
+    settings.update({k: v for k, v in from_recipe.items() if v is not None})
+    for flag, (field, _) in TRAIN_FLAGS.items():
+        if getattr(args, flag) is not None:
+            settings[field] = getattr(args, flag)
+    if recipe is not None and args.n_steps is None:  # the recipe's token budget at this batch size
+        settings["n_steps"] = max(1, recipe.n_tokens // settings["batch_size"])
+    settings.update(
         out_dir=args.out,
         seed=args.seed,
         log_to_wandb=args.wandb,
         wandb_project=args.wandb_project,
         wandb_run_name=args.wandb_run_name,
+        wandb_entity=args.wandb_entity,
         checkpoint_every=args.checkpoint_every,
         verify_store=not args.no_verify,
     )
+    return settings
+
+
+def _check_store_matches_recipe(store_path: str, recipe) -> None:
+    from crosslens.activations import ActivationStore
+
+    store = ActivationStore.open(store_path, verify="none")
+    model = str(store.manifest["spec"]["suite"].get("model_id", ""))
+    revisions = [str(entry.get("revision")) for entry in store.manifest["snapshots"]]
+    wanted = recipe.snapshot_labels()
+    same = model.lower() == recipe.model.lower() and len(revisions) == len(wanted) and all(
+        w == "main" or w == r for w, r in zip(wanted, revisions)
+    )
+    if not same:
+        raise CLIError(
+            f"the store {store_path} holds {model} at {len(revisions)} snapshots, not recipe {recipe.name}'s "
+            f"{recipe.model} at {len(wanted)}; harvest it with `crosslens harvest --recipe {recipe.name}` or drop --recipe"
+        )
+
+
+def _harvest_for_recipe(args: argparse.Namespace, recipe, settings: dict, device: str, model_dtype: str) -> str:
+    """Harvest the recipe's activations into ``<out>/activations`` (resumable) and return
+    the store path, after checking weights, dataset and disk space."""
+    import shutil
+
+    from crosslens.demo import harvest_stage
+    from crosslens.devices import DTYPE_BYTES, dtype_name, format_bytes
+    from crosslens.plan import hook_width, known_model, model_spec_for
+
+    problems = [p for p in [_missing_weights(recipe)] if p]
+    dataset = args.dataset or recipe.dataset
+    if not dataset:
+        problems.append(f"recipe {recipe.name} records no dataset: pass --dataset NAME:COLUMN")
+    if problems:
+        raise CLIError("; ".join(problems))
+    store_dtype = dtype_name(recipe.store_dtype)
+    n_tokens = settings["n_steps"] * settings["batch_size"]
+    spec = known_model(recipe.model) or model_spec_for(recipe.model)
+    need = n_tokens * recipe.n_snapshots * hook_width(spec, settings["hook"]) * DTYPE_BYTES[store_dtype]
+    out = Path(args.out) / "activations"
+    probe = next(p for p in [out, *out.parents] if p.exists())
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise CLIError(
+            f"recipe {recipe.name}'s activation store needs {format_bytes(need)} ({n_tokens} tokens x "
+            f"{recipe.n_snapshots} snapshots, {store_dtype}) but {probe} has {format_bytes(free)} free; "
+            "lower --n-steps, or pass --store DIR on a larger disk (see `crosslens plan --recipe NAME`)"
+        )
+    store = harvest_stage(
+        _recipe_suite(recipe), hooks=[settings["hook"]], n_tokens=n_tokens, seq_len=recipe.context,
+        out_dir=out, dtype=store_dtype, dataset=dataset, device=device, model_dtype=model_dtype,
+    )  # fmt: skip
+    return str(store.path)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
+
+    device, model_dtype = _device_and_dtype(args)
+    recipe = _load_recipe(args.recipe) if args.recipe else None
+    if args.store is None and recipe is None:
+        raise CLIError("train needs --store DIR (an activation store) or --recipe NAME")
+    settings = train_settings(args, recipe)
+    _reset_peak_memory(device)
+    if args.store is not None:
+        if recipe is not None:
+            _check_store_matches_recipe(args.store, recipe)
+        store_path = args.store
+    else:
+        store_path = _harvest_for_recipe(args, recipe, settings, device, model_dtype)
+    config = CrosscoderRunnerConfig(store_path=store_path, device=device, **settings)
     runner = CrosscoderTrainingRunner(config)
     runner.run(resume=args.resume)
     print(f"crosscoder saved to {runner.final_path}")
+    _print_peak_memory(device)
     return 0
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from crosslens.demo import analyze_stage
 
-    path, analysis, _ = analyze_stage(args.crosscoder, store_path=args.store, out=args.out)
+    args.crosscoder = _resolve_crosscoder_arg(args.crosscoder)
+    device, _ = _device_and_dtype(args)
+    from crosslens.devices import dtype_name
+
+    dtype = dtype_name(args.dtype) if args.dtype else None
+    path, analysis, _ = analyze_stage(args.crosscoder, store_path=args.store, out=args.out, device=device, dtype=dtype)
     print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
     print(f"report: {path}")
     return 0
@@ -196,25 +418,191 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     from crosslens.causal.demo import causal_out_dir
     from crosslens.demo import attribute_stage
 
+    args.crosscoder = _resolve_crosscoder_arg(args.crosscoder)
+    device, dtype = _device_and_dtype(args)
     steps = args.steps
     if steps is None and args.n_snapshots is None:  # the snapshots the crosscoder was trained on
         cfg = json.loads((Path(args.crosscoder) / "cfg.json").read_text())
         recorded = (cfg.get("metadata", {}).get("suite") or {}).get("snapshots") or []
         steps = [int(entry["step"]) for entry in recorded] or None
     suite = resolve_suite(args.suite, steps, args.n_snapshots)
-    sections = attribute_stage(suite, args.crosscoder, task=args.task, n_examples=args.n_examples, out=args.out)
+    from crosslens.tasks import load_multilingual_blimp, multilingual_tasks
+
+    tasks: list = multilingual_tasks(args.task) if args.task_file is None else []
+    if args.task_file is not None:
+        tasks = list(load_multilingual_blimp(args.task_file).values())
+    if not tasks:
+        raise CLIError("--task names no task; pass e.g. --task agreement_pp")
+    if len(tasks) > 1:  # several languages: run together, RelIE per language side by side
+        from crosslens.causal.demo import language_attribution_sections
+        from crosslens.devices import on_device
+
+        sections = language_attribution_sections(
+            on_device(suite, device, dtype), args.crosscoder, tasks, n_examples=args.n_examples, out=args.out
+        )
+        report = Path(args.out).with_suffix(".html")
+        sections[0].write(report)
+        print(f"report: {report}")
+        return 0
+    task = tasks[0] if isinstance(tasks[0], str) else tasks[0].name
+    sections = attribute_stage(
+        suite, args.crosscoder, task=task, n_examples=args.n_examples, out=args.out, device=device, dtype=dtype
+    )
     report = Path(args.out).with_suffix(".html")
     sections[0].write(report)
     print(f"IE table: {args.out}")
-    print(f"plots and tables: {causal_out_dir(args.out, args.task)}")
+    print(f"plots and tables: {causal_out_dir(args.out, task)}")
     print(f"report: {report}")
+    return 0
+
+
+def _fail(flag: str, message: str) -> None:
+    """One line naming the flag to change, exit status 2, no traceback (see main)."""
+    raise CLIError(f"{flag}: {message}")
+
+
+def _resolve_crosscoder_arg(value: str, flag: str = "--crosscoder") -> str:
+    """A crosscoder folder, or RELEASE/ID of a registered release (fetched into the HF cache)."""
+    if Path(value).exists():
+        return value
+    from crosslens.pretrained import resolve_crosscoder_path
+
+    try:
+        return resolve_crosscoder_path(value)
+    except (ValueError, OSError) as exc:  # unknown release/id, or not downloadable
+        _fail(flag, str(exc))
+    raise AssertionError("unreachable")
+
+
+def _cmd_pretrained_list(args: argparse.Namespace) -> int:
+    from crosslens.pretrained import PRETRAINED_ENV, PretrainedRegistryError, pretrained_directory
+
+    try:
+        directory = pretrained_directory()
+    except PretrainedRegistryError as exc:
+        _fail(PRETRAINED_ENV, str(exc))
+    if not directory:
+        print(f"no pretrained crosscoder releases; add YAML files with {PRETRAINED_ENV}=a.yaml:b.yaml")
+        return 0
+    width = max(len(name) for name in directory)
+    for name, release in sorted(directory.items()):
+        ids = ", ".join(release.entries)
+        print(f"{name:<{width}}  {release.repo_id}  {release.model}  {release.n_snapshots} snapshots  [{ids}]")
+    return 0
+
+
+def _cmd_pretrained_show(args: argparse.Namespace) -> int:
+    from crosslens.pretrained import get_release
+
+    try:
+        release = get_release(args.release)
+    except ValueError as exc:  # unknown release (nearest names listed) or a malformed registry
+        _fail("RELEASE", str(exc))
+    suite = release.suite
+    print(f"release   {release.release}  (from {release.source})")
+    print(f"repo_id   {release.repo_id}")
+    print(f"model     {release.model}  ({suite.get('family', '?')} suite)")
+    steps = list(suite.get("steps") or [None] * release.n_snapshots)
+    print("snapshots " + ", ".join(f"{r} (step {st})" for r, st in zip(release.revisions, steps)))
+    for entry in release.entries.values():
+        print(f"\n  {entry.id}  path={entry.path}  hook={entry.hook_name}  arch={entry.architecture}"
+              f"  normalisation folded={entry.normalization_folded}")  # fmt: skip
+        for name, values in (("variance_explained", entry.variance_explained), ("l0", entry.l0)):
+            if values is not None:
+                print(f"    {name:<18} " + " ".join(f"{v:.3g}" for v in values))
+        if entry.wandb_run:
+            print(f"    wandb              {entry.wandb_run}")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from crosslens.pretrained.push import push_to_hub
+
+    if not Path(args.run_dir).is_dir():
+        _fail("RUN_DIR", f"{args.run_dir} is not a folder; pass the --out folder of `crosslens train`.")
+    if args.repo.count("/") != 1 or not all(args.repo.split("/")):
+        _fail("--repo", f"must be ORG/NAME, got {args.repo!r}.")
+    try:
+        result = push_to_hub(
+            args.run_dir,
+            args.repo,
+            private=args.private,
+            crosscoder_id=args.id,
+            release=args.release,
+            store_path=args.store,
+            fold_normalization=not args.no_fold,
+        )
+    except FileNotFoundError as exc:
+        _fail("RUN_DIR", str(exc))
+    print(f"uploaded {result.crosscoder_id} to https://huggingface.co/{result.repo_id}")
+    print("registry entry (paste into a file named by CROSSLENS_PRETRAINED, or crosslens/data/pretrained_crosscoders.yaml):\n")
+    print(result.registry_yaml)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from crosslens.demo import run_demo
 
-    run_demo(out_dir=args.out, fast=args.fast, force=args.force)
+    device, dtype = _device_and_dtype(args)
+    run_demo(out_dir=args.out, fast=args.fast, force=args.force, device=device, dtype=dtype)
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from crosslens.plan import PlanConfig, default_mesh, format_plan, known_models, make_plan, model_spec_for
+    from crosslens.plan import plan_config_from_recipe, plan_to_json
+
+    if args.list_recipes:
+        from crosslens.recipes import list_recipes, load_recipe
+
+        for name in list_recipes():
+            print(f"{name:28s} {load_recipe(name).title}")
+        return 0
+    if args.list_models:
+        print("\n".join(known_models()))
+        return 0
+    from crosslens.devices import dtype_name
+
+    device = args.device or "cuda"
+    model_dtype = dtype_name(args.dtype or "float32")
+    recipe = _load_recipe(args.recipe) if args.recipe else None
+    n_snapshots = len(args.steps) if args.steps else args.n_snapshots
+    if n_snapshots is None and recipe is not None:
+        n_snapshots = recipe.n_snapshots
+    if n_snapshots is None:
+        raise CLIError("plan needs the snapshot count: --n-snapshots N, --steps A,B,... or --recipe NAME")
+    world = args.world_size
+    if args.mesh:
+        try:
+            data, snap = (int(x) for x in args.mesh.lower().split("x"))
+        except ValueError:
+            raise CLIError(f"--mesh {args.mesh!r} is not DATAxSNAPSHOT, e.g. --mesh 2x4") from None
+        if world is not None and world != data * snap:
+            raise CLIError(f"--mesh {args.mesh} has {data * snap} ranks but --world-size is {world}; drop one")
+    else:
+        data, snap = default_mesh(world or 1, n_snapshots)
+    common = dict(
+        n_snapshots=n_snapshots, data_parallel=data, snapshot_parallel=snap, device=device, tflops=args.tflops,
+        link_gbps=args.link_gbps, model_dtype=model_dtype,
+    )  # fmt: skip
+    if recipe is not None:
+        overrides = dict(
+            hook=args.hook, n_tokens=args.n_tokens, d_sae=args.d_sae, architecture=args.arch, k=args.k,
+            batch_size=args.batch_size, context=args.context,
+        )  # fmt: skip
+        if args.suite is not None:
+            overrides["model"] = model_spec_for(args.suite)
+        cfg = plan_config_from_recipe(recipe, **common, **overrides)
+    else:
+        if args.hook is None:
+            raise CLIError("plan needs --hook NAME (or --recipe NAME)")
+        cfg = PlanConfig(
+            model=model_spec_for(args.suite or "pico"), hook=args.hook, n_tokens=args.n_tokens or 100_000_000,
+            d_sae=args.d_sae or 16384, architecture=args.arch or "jumprelu_crosscoder", k=args.k or 32,
+            batch_size=args.batch_size or 4096, context=args.context or 2048, name=args.suite or "pico", **common,
+        )  # fmt: skip
+    plan = make_plan(cfg)
+    print(plan_to_json(plan) if args.json else format_plan(plan))
     return 0
 
 
@@ -229,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=None, help="output folder (default: $CROSSLENS_HOME/demo)")
     demo.add_argument("--fast", action="store_true", help="small settings, for a quick look")
     demo.add_argument("--force", action="store_true", help="recompute every stage")
+    _add_device_args(demo)
     demo.set_defaults(func=_cmd_demo)
 
     suite = sub.add_parser("suite", help="model suites with training checkpoints")
@@ -239,6 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
     build.add_argument("--seed", type=int, default=None)
     build.add_argument("--root", default=None, help="where to write the suite")
+    _add_device_args(build, dtype_help="float32 only: pico trains on the CPU in float32 (bitwise reproducible)")
     build.set_defaults(func=_cmd_suite_build)
     lst = suite_sub.add_parser("list", help="list the revisions of a model (hub id or local folder)")
     lst.add_argument("model")
@@ -246,13 +636,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     harvest = sub.add_parser("harvest", help="harvest activations at hooks across snapshots, to disk")
     _add_suite_args(harvest)
-    harvest.add_argument("--hook", action="append", required=True, help="hook name; repeat for several")
-    harvest.add_argument(
-        "--n-tokens", type=_number_at_least(1), default=200_000, help="token budget (before exclusions)"
-    )
-    harvest.add_argument("--seq-len", type=_number_at_least(2), default=64, help="tokens per row, BOS included")
+    harvest.set_defaults(suite=None)  # 'pico' unless --recipe names one
+    harvest.add_argument("--recipe", default=None, help="a shipped recipe (crosslens plan --list-recipes): its suite, "
+                         "hook, token budget, context and dataset become the defaults")  # fmt: skip
+    harvest.add_argument("--hook", action="append", default=None, help="hook name; repeat for several")
+    harvest.add_argument("--n-tokens", type=_number_at_least(1), default=None, help="token budget (before exclusions; default 200000)")
+    harvest.add_argument("--seq-len", type=_number_at_least(2), default=None, help="tokens per sequence (default 64)")
     harvest.add_argument("--out", required=True, help="store folder")
-    harvest.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _add_device_args(harvest)
+    harvest.add_argument(
+        "--store-dtype", default=None, help="dtype the store is written in (default: --dtype, or the recipe's)"
+    )
     harvest.add_argument("--dataset", default=None, help="NAME:COLUMN of a datasets dataset (default: pico corpus)")
     harvest.add_argument(
         "--overwrite", action="store_true", help="discard whatever store --out holds and harvest afresh"
@@ -260,18 +654,26 @@ def build_parser() -> argparse.ArgumentParser:
     harvest.set_defaults(func=_cmd_harvest)
 
     train = sub.add_parser("train", help="train a crosscoder on an activation store")
-    train.add_argument("--store", required=True)
+    train.add_argument("--store", default=None, help="activation store (required unless --recipe harvests one)")
+    train.add_argument(
+        "--recipe",
+        default=None,
+        help="a shipped recipe (crosslens plan --list-recipes): its settings are the defaults, explicit flags "
+        "win; without --store its activations are harvested into OUT/activations first",
+    )
+    train.add_argument("--dataset", default=None, help="NAME:COLUMN of the tokens a --recipe harvests")
     train.add_argument("--hook", default=None, help="hook in the store (default: its only hook)")
     train.add_argument(
         "--arch",
-        default="jumprelu_crosscoder",
+        default=None,
         choices=["crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"],
+        help="default jumprelu_crosscoder",
     )
-    train.add_argument("--d-sae", type=_number_at_least(1), default=1024)
-    train.add_argument("--k", type=_number_at_least(1), default=32, help="k for (batch)top-k")
+    train.add_argument("--d-sae", type=_number_at_least(1), default=None, help="default 1024")
+    train.add_argument("--k", type=_number_at_least(1), default=None, help="k for (batch)top-k (default 32)")
     train.add_argument("--sparsity", type=_number_at_least(0, float), default=None, help="sparsity coefficient lambda")
-    train.add_argument("--n-steps", type=_number_at_least(1), default=3000)
-    train.add_argument("--batch-size", type=_number_at_least(1), default=1024)
+    train.add_argument("--n-steps", type=_number_at_least(1), default=None, help="default 3000, or a recipe's tokens / batch size")
+    train.add_argument("--batch-size", type=_number_at_least(1), default=None, help="default 1024")
     train.add_argument("--lr", type=_number_at_least(0, float, strictly=True), default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True)
@@ -287,27 +689,104 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--wandb", action="store_true", help="log to Weights & Biases")
     train.add_argument("--wandb-project", default="crosslens")
     train.add_argument("--wandb-run-name", default=None)
+    train.add_argument("--wandb-entity", default=None, help="W&B user or team (default: yours)")
+    _add_device_args(
+        train,
+        dtype_help="dtype of the snapshot models when a --recipe harvests (float32, bfloat16, float16); "
+        "crosscoder parameters stay float32",
+    )
     train.set_defaults(func=_cmd_train)
 
     analyze = sub.add_parser("analyze", help="feature evolution report from a trained crosscoder")
-    analyze.add_argument("--crosscoder", required=True, help="folder written by crosslens train")
+    analyze.add_argument("--crosscoder", required=True, help="folder written by crosslens train, or RELEASE/ID")
     analyze.add_argument("--store", default=None, help="activation store (for top contexts and probes)")
     analyze.add_argument("--out", default="report.html")
+    _add_device_args(analyze, dtype_help="dtype the crosscoder is loaded in (default: its saved dtype)")
     analyze.set_defaults(func=_cmd_analyze)
 
     attribute = sub.add_parser("attribute", help="integrated-gradient attribution of crosscoder features")
     _add_suite_args(attribute)
-    attribute.add_argument("--crosscoder", required=True)
-    attribute.add_argument("--task", default="agreement_pp", help="task name (see crosslens.tasks)")
+    attribute.add_argument("--crosscoder", required=True, help="crosscoder folder, or RELEASE/ID of a pretrained release")
+    attribute.add_argument(
+        "--task",
+        default="agreement_pp",
+        help="task name (see crosslens.tasks); several, comma-separated, run together, one per language "
+        "(agreement_multilingual = its en, fr and es tasks), with RelIE per language side by side",
+    )
+    attribute.add_argument(
+        "--task-file",
+        default=None,
+        help="a MultiBLiMP-style JSONL file (sentence_good, sentence_bad, language): one task per language",
+    )
     attribute.add_argument("--n-examples", type=_number_at_least(1), default=64)
     attribute.add_argument("--out", default="attribution.json")
+    _add_device_args(attribute)
     attribute.set_defaults(func=_cmd_attribute)
+
+    plan = sub.add_parser(
+        "plan",
+        help="memory, disk, FLOPs, communication and time of a crosscoder run, before running it",
+        description="Size a crosscoder run offline: per-rank parameter, optimizer and activation memory, "
+        "resident snapshot models, store disk, FLOPs per token, communication per step, wall time.",
+    )
+    plan.add_argument("--recipe", default=None, help="a shipped recipe; other flags override its values")
+    plan.add_argument("--list-recipes", action="store_true", help="list the shipped recipes and exit")
+    plan.add_argument("--list-models", action="store_true", help="list the models whose sizes crosslens knows")
+    plan.add_argument("--suite", default=None, help="'pico', a local suite folder or a hub model id")
+    plan.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",") if x], default=None,
+                      help="comma-separated steps (their count is the snapshot count)")  # fmt: skip
+    plan.add_argument("--n-snapshots", type=int, default=None)
+    plan.add_argument("--hook", default=None)
+    plan.add_argument("--n-tokens", type=int, default=None, help="training tokens (default 1e8)")
+    plan.add_argument("--d-sae", type=int, default=None, help="default 16384")
+    plan.add_argument("--arch", default=None,
+                      choices=["crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"])  # fmt: skip
+    plan.add_argument("--k", type=int, default=None, help="k of (batch)top-k (default 32)")
+    plan.add_argument("--batch-size", type=int, default=None, help="global tokens per step (default 4096)")
+    plan.add_argument("--context", type=int, default=None, help="tokens per sequence of the snapshot models (default 2048)")
+    plan.add_argument("--world-size", type=int, default=None, help="ranks (default 1)")
+    plan.add_argument("--mesh", default=None, help="DATAxSNAPSHOT mesh, e.g. 2x4 (default: the largest snapshot "
+                      "axis dividing both the world size and the snapshot count)")  # fmt: skip
+    plan.add_argument("--tflops", type=float, default=None,
+                      help="sustained TFLOP/s per rank (default: cuda 100, mps 5, cpu 0.5)")  # fmt: skip
+    plan.add_argument("--link-gbps", type=float, default=None,
+                      help="all-reduce bandwidth per rank, GB/s (default: cuda 50, mps 10, cpu 1)")  # fmt: skip
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _add_device_args(
+        plan,
+        dtype_help="dtype of resident snapshot models (default float32)",
+        device_help="device kind the run will use: cpu, cuda, cuda:N or mps (default cuda; nothing is checked here)",
+    )
+    plan.set_defaults(func=_cmd_plan)
+
+    pretrained = sub.add_parser("pretrained", help="registered pretrained crosscoder releases")
+    pretrained_sub = pretrained.add_subparsers(dest="pretrained_command", required=True)
+    plist = pretrained_sub.add_parser("list", help="list the releases (packaged and CROSSLENS_PRETRAINED files)")
+    plist.set_defaults(func=_cmd_pretrained_list)
+    pshow = pretrained_sub.add_parser("show", help="one release: repo, suite revisions, crosscoders and their quality")
+    pshow.add_argument("release")
+    pshow.set_defaults(func=_cmd_pretrained_show)
+
+    push = sub.add_parser("push", help="upload a trained crosscoder to the Hugging Face hub with a model card")
+    push.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of crosslens train (or a crosscoder folder)")
+    push.add_argument("--repo", required=True, help="hub repo ORG/NAME (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--id", default=None, help="crosscoder id / folder in the repo (default: its hook name)")
+    push.add_argument("--release", default=None, help="release name for the registry entry (default: repo NAME)")
+    push.add_argument("--store", default=None, help="activation store for the card's numbers (default: the run's)")
+    push.add_argument("--no-fold", action="store_true", help="upload with normalisation unfolded (reads normalised inputs)")
+    push.set_defaults(func=_cmd_push)
     return parser
 
 
 def _check_together(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks that involve two flags."""
-    if getattr(args, "command", None) == "train" and args.arch.endswith("topk_crosscoder") and args.k > args.d_sae:
+    if (
+        getattr(args, "command", None) == "train"
+        and (args.arch or "").endswith("topk_crosscoder")
+        and None not in (args.k, args.d_sae)
+        and args.k > args.d_sae
+    ):
         parser.error(f"--k {args.k} exceeds --d-sae {args.d_sae}; a top-k crosscoder keeps at most d_sae features")
 
 
@@ -319,9 +798,10 @@ def main(argv: list[str] | None = None) -> int:
     _check_together(parser, args)
     try:
         return int(args.func(args) or 0)
-    except (CrosslensError, ValueError, FileNotFoundError) as error:  # bad input: its message names the fix
-        print(f"crosslens {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except (CLIError, CrosslensError, ValueError, FileNotFoundError) as err:  # bad input: its message names the fix
+        message = " ".join(str(err).split())
+        print(f"crosslens {args.command}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -120,8 +120,12 @@ def harvest_stage(
     dataset: str | None = None,
     overwrite: bool = False,
     seed: int = 0,
+    device: str = "cpu",
+    model_dtype: str = "float32",
 ):
-    """Tokens from the pico grammar (or ``dataset`` = NAME:COLUMN), harvested at ``hooks``."""
+    """Tokens from the pico grammar (or ``dataset`` = NAME:COLUMN), harvested at ``hooks``.
+
+    ``dtype`` is the store's; ``model_dtype`` what the snapshot models run in, on ``device``."""
     from crosslens.activations import harvest_activations, tokens_from_dataset, tokens_from_pico
 
     if seq_len < 2:
@@ -138,7 +142,9 @@ def harvest_stage(
         tokens = tokens_from_dataset(tokenizer, name, seq_len, n_seqs, column=column or "text")
     else:
         tokens = tokens_from_pico(tokenizer, seq_len, n_seqs, seed=seed)
-    return harvest_activations(suite, hooks, tokens, out_dir, dtype=dtype, overwrite=overwrite)
+    return harvest_activations(
+        suite, hooks, tokens, out_dir, dtype=dtype, overwrite=overwrite, device=device, model_dtype=model_dtype
+    )
 
 
 def _harvest_or_reuse(suite, *, out_dir, force: bool, **settings):
@@ -153,7 +159,7 @@ def _harvest_or_reuse(suite, *, out_dir, force: bool, **settings):
         return harvest_stage(suite, out_dir=out_dir, overwrite=True, **settings)
 
 
-def train_stage(store_path, out_dir, config: DemoConfig, *, force: bool = False):
+def train_stage(store_path, out_dir, config: DemoConfig, *, force: bool = False, device: str = "cpu"):
     """Train (or resume, or reuse) the demo's crosscoder."""
     from sae_lens import SAE
 
@@ -174,6 +180,7 @@ def train_stage(store_path, out_dir, config: DemoConfig, *, force: bool = False)
         batch_size=config.batch_size,
         seed=config.seed,
         checkpoint_every=max(50, config.n_steps // 5),
+        device=device,
     )
     runner = CrosscoderTrainingRunner(runner_config)
     run_file = out_dir / "run.json"
@@ -188,7 +195,7 @@ def train_stage(store_path, out_dir, config: DemoConfig, *, force: bool = False)
             shutil.rmtree(out_dir)
         elif record_problem(runner.final_path) is None:
             print(f"reusing trained crosscoder {runner.final_path}")
-            return SAE.load_from_disk(str(runner.final_path))
+            return SAE.load_from_disk(str(runner.final_path), device=device)
     return runner.run(resume=True)  # continues from the last checkpoint of an interrupted run
 
 
@@ -222,8 +229,12 @@ def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, steps
     return rows
 
 
-def analyze_stage(crosscoder, *, store=None, store_path=None, out, tokenizer=None, extra_sections=None):
-    """Feature-evolution analysis of a crosscoder (object or folder) -> HTML report path."""
+def analyze_stage(
+    crosscoder, *, store=None, store_path=None, out, tokenizer=None, extra_sections=None, device=None, dtype=None
+):
+    """Feature-evolution analysis of a crosscoder (object or folder) -> HTML report path.
+
+    A folder is loaded on ``device`` (default cpu) in ``dtype`` (default float32)."""
     from sae_lens import SAE
 
     import crosslens.crosscoders  # noqa: F401  (registers the architectures)
@@ -231,10 +242,10 @@ def analyze_stage(crosscoder, *, store=None, store_path=None, out, tokenizer=Non
     from crosslens.analysis import analyze_crosscoder
 
     if isinstance(crosscoder, (str, Path)):
-        crosscoder = SAE.load_from_disk(str(crosscoder))
+        crosscoder = SAE.load_from_disk(str(crosscoder), device=str(device or "cpu"), dtype=str(dtype) if dtype else None)
     if store is None and store_path is not None:
         store = ActivationStore.open(store_path)
-    analysis, report = analyze_crosscoder(crosscoder, store=store, tokenizer=tokenizer)
+    analysis, report = analyze_crosscoder(crosscoder, store=store, tokenizer=tokenizer, device=device)
     for section in extra_sections or []:
         report.extend(section)
     path = Path(out)
@@ -243,15 +254,25 @@ def analyze_stage(crosscoder, *, store=None, store_path=None, out, tokenizer=Non
     return path, analysis, report
 
 
-def attribute_stage(suite, crosscoder, *, task: str = "agreement_pp", n_examples: int = 64, out=None, seed: int = 0):
-    """IG attribution per snapshot, RelIE classes and ablation curves; returns report sections."""
+def attribute_stage(
+    suite, crosscoder, *, task: str = "agreement_pp", n_examples: int = 64, out=None, seed: int = 0,
+    device: str = "cpu", dtype: str = "float32",
+):  # fmt: skip
+    """IG attribution per snapshot, RelIE classes and ablation curves; returns report sections.
+    The snapshot models run on ``device`` in ``dtype``; the crosscoder loads on ``device``."""
     from crosslens.causal.demo import attribution_sections
 
-    return attribution_sections(suite, crosscoder, task=task, n_examples=n_examples, out=out, seed=seed)
+    return attribution_sections(
+        suite, crosscoder, task=task, n_examples=n_examples, out=out, seed=seed, device=device, dtype=dtype
+    )
 
 
-def run_demo(out_dir=None, *, fast: bool = False, force: bool = False, config: DemoConfig | None = None) -> Path:
-    """Run every stage; return the report path."""
+def run_demo(
+    out_dir=None, *, fast: bool = False, force: bool = False, config: DemoConfig | None = None,
+    device: str = "cpu", dtype: str = "float32",
+) -> Path:  # fmt: skip
+    """Run every stage; return the report path. Models and crosscoder run on ``device``;
+    ``dtype`` is the snapshot models' (harvest and attribution)."""
     from crosslens.activations import ActivationStore
     from crosslens.pico import crosslens_home
 
@@ -270,16 +291,16 @@ def run_demo(out_dir=None, *, fast: bool = False, force: bool = False, config: D
     _banner(f"2/5 harvest {config.hook} across snapshots (one model resident at a time)")
     train_store = _harvest_or_reuse(
         suite, hooks=[config.hook], n_seqs=config.n_train_seqs, seq_len=config.seq_len,
-        out_dir=out_dir / "acts-train", seed=config.seed, force=force,
+        out_dir=out_dir / "acts-train", seed=config.seed, force=force, device=device, model_dtype=dtype,
     )  # fmt: skip
     eval_store = _harvest_or_reuse(
         suite, hooks=[config.hook], n_seqs=config.n_eval_seqs, seq_len=config.seq_len,
-        out_dir=out_dir / "acts-eval", seed=config.seed + 1, force=force,
+        out_dir=out_dir / "acts-eval", seed=config.seed + 1, force=force, device=device, model_dtype=dtype,
     )  # fmt: skip
     print(f"train store: {train_store.n_tokens} tokens x {train_store.n_snapshots} snapshots x d_in {train_store.d_in}")
 
     _banner(f"3/5 train a {config.architecture} (d_sae {config.d_sae})")
-    crosscoder = train_stage(train_store.path, out_dir / "crosscoder", config, force=force)
+    crosscoder = train_stage(train_store.path, out_dir / "crosscoder", config, force=force, device=device)
     quality_file = out_dir / "crosscoder" / "quality.json"
     if quality_file.exists() and not force:  # written after the crosscoder it describes
         from crosslens.training.baselines import format_quality_table
@@ -290,11 +311,13 @@ def run_demo(out_dir=None, *, fast: bool = False, force: bool = False, config: D
         quality_file.write_text(json.dumps(rows, indent=1, default=str))
 
     _banner("4/5 causal role: IG attribution, RelIE and ablations on agreement across an attractor")
-    sections = attribute_stage(suite, crosscoder, n_examples=config.n_task_examples, out=out_dir, seed=config.seed)
+    sections = attribute_stage(
+        suite, crosscoder, n_examples=config.n_task_examples, out=out_dir, seed=config.seed, device=device, dtype=dtype
+    )
     _banner("5/5 feature evolution from per-snapshot decoder norms -> report.html")
     report_path, analysis, _ = analyze_stage(
         crosscoder, store=ActivationStore.open(train_store.path), out=out_dir / "report.html",
-        tokenizer=suite.tokenizer(), extra_sections=sections,
+        tokenizer=suite.tokenizer(), extra_sections=sections, device=device,
     )  # fmt: skip
     print(_class_summary(analysis))
     print(f"\nreport: {report_path}")

@@ -26,6 +26,10 @@ from transformers import (
     BloomForCausalLM,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    Olmo3Config,
+    Olmo3ForCausalLM,
     OlmoConfig,
     OlmoForCausalLM,
     PreTrainedModel,
@@ -99,6 +103,64 @@ def tiny_olmo(seed: int, **overrides) -> OlmoForCausalLM:
     return OlmoForCausalLM(config).eval()
 
 
+def tiny_olmo2(seed: int, **overrides) -> Olmo2ForCausalLM:
+    """A randomly initialised 2-layer OLMo-2 (as in ``allenai/OLMo-2-0425-1B``), d_model 32.
+
+    Norm gains and the QK-norm weights are randomised too (they start at 1), so a converter
+    that dropped or misplaced one would change the log-probs."""
+    torch.manual_seed(seed)
+    settings = dict(
+        vocab_size=FAKE_VOCAB_SIZE,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=2,
+        bos_token_id=None,
+        eos_token_id=0,
+        tie_word_embeddings=False,
+    )
+    settings.update(overrides)
+    config = Olmo2Config(**settings)
+    config.architectures = ["Olmo2ForCausalLM"]
+    return _randomise_norms(Olmo2ForCausalLM(config).eval())
+
+
+def tiny_olmo3(seed: int, **overrides) -> Olmo3ForCausalLM:
+    """A randomly initialised 2-layer OLMo-3 (as in ``allenai/Olmo-3-1025-7B``), d_model 32:
+    grouped-query attention (2 key/value heads for 4), one sliding-window layer (window 4)
+    and one full-attention layer, random norm gains."""
+    torch.manual_seed(seed)
+    settings = dict(
+        vocab_size=FAKE_VOCAB_SIZE,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+        pad_token_id=2,
+        bos_token_id=None,
+        eos_token_id=0,
+        tie_word_embeddings=False,
+    )
+    settings.update(overrides)
+    config = Olmo3Config(**settings)
+    config.architectures = ["Olmo3ForCausalLM"]
+    return _randomise_norms(Olmo3ForCausalLM(config).eval())
+
+
+def _randomise_norms(model: PreTrainedModel) -> PreTrainedModel:
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.uniform_(0.5, 1.5)
+    return model
+
+
 def tiny_bloom(seed: int, **overrides) -> BloomForCausalLM:
     """A randomly initialised 2-layer BLOOM, d_model 32."""
     torch.manual_seed(seed)
@@ -126,17 +188,23 @@ def write_fake_hub_repo(
     hf_home: str | os.PathLike,
     repo_id: str,
     revisions: Mapping[str, PreTrainedModel],
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: PreTrainedTokenizerBase | None,
     *,
     main: str | None = None,
+    tokenizer_files: str = "all",
 ) -> Path:
     """Write `revisions` (revision name -> model) into the hub cache under `hf_home`.
 
     Each revision gets its own commit hash and snapshot folder holding the model
     (``config.json``, ``model.safetensors``) and the tokenizer files. `main`, when given,
     names the revision that the ``main`` branch points at (as the hub's ``main`` holds
-    Pythia's final step). Returns the repo's cache folder.
+    Pythia's final step). `tokenizer_files`: ``"all"``; ``"config-only"`` keeps
+    ``tokenizer_config.json`` but drops ``tokenizer.json`` (a fast tokenizer that cannot
+    be built, as in BLOOM's intermediate repos); ``"none"`` writes no tokenizer at all.
+    Returns the repo's cache folder.
     """
+    if tokenizer_files not in ("all", "config-only", "none"):
+        raise ValueError(f"tokenizer_files must be 'all', 'config-only' or 'none', got {tokenizer_files!r}")
     folder = repo_folder(hf_home, repo_id)
     (folder / "refs").mkdir(parents=True, exist_ok=True)
     commits: dict[str, str] = {}
@@ -145,7 +213,10 @@ def write_fake_hub_repo(
         commits[revision] = commit
         snapshot = folder / "snapshots" / commit
         model.save_pretrained(snapshot)
-        tokenizer.save_pretrained(snapshot)
+        if tokenizer is not None and tokenizer_files != "none":
+            tokenizer.save_pretrained(snapshot)
+            if tokenizer_files == "config-only":
+                (snapshot / "tokenizer.json").unlink()
         (folder / "refs" / revision).write_text(commit)
     if main is not None:
         (folder / "refs" / "main").write_text(commits[main])

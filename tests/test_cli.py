@@ -14,6 +14,9 @@ SUBCOMMANDS = [
     ["train"],
     ["analyze"],
     ["attribute"],
+    ["pretrained", "list"],
+    ["pretrained", "show"],
+    ["push"],
 ]
 
 

@@ -269,3 +269,19 @@ def test_trainer_rejects_bad_input():
     trainer = CrosscoderTrainer(make_sae("crosscoder"), trainer_cfg())
     with pytest.raises(ValueError, match="n_snapshots=2, d_in=8"):
         trainer.step(torch.zeros(B, D, S))
+
+
+@pytest.mark.parametrize("arch", ["crosscoder", "jumprelu_crosscoder"])
+def test_bfloat16_autocast_trains_float32_parameters_close_to_float32(arch):
+    results = {}
+    for autocast in (None, "bfloat16"):
+        trainer = CrosscoderTrainer(make_sae(arch), trainer_cfg(total_steps=20, autocast_dtype=autocast))
+        trainer.fit(make_batches)
+        assert all(p.dtype == torch.float32 for p in trainer.sae.parameters())
+        results[autocast] = trainer.sae.W_dec.detach().clone()
+    start = make_sae(arch).W_dec.detach()
+    moved = (results[None] - start).norm()
+    # bf16 rounding changes the path a little, not the destination
+    assert (results["bfloat16"] - results[None]).norm() < 0.2 * moved
+    with pytest.raises(ValueError, match="loss scaling"):
+        trainer_cfg(autocast_dtype="float16")

@@ -179,7 +179,9 @@ def test_a_shard_altered_in_place_is_refused_before_training(store_path, tmp_pat
     assert (store / rel).stat().st_size == size
     with pytest.raises(CorruptShardError, match=rf"{rel}: sha256 differs.*rebuilds exactly the damaged shards"):
         CrosscoderTrainingRunner(run_config(store, tmp_path / "run"))
-    assert main(["train", "--store", str(store), "--out", str(tmp_path / "cli"), "--n-steps", "5"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--store", str(store), "--out", str(tmp_path / "cli"), "--n-steps", "5"])
+    assert exit_info.value.code == 2
 
 
 def test_training_stops_at_a_non_finite_loss_and_keeps_the_last_good_checkpoint(store_path, tmp_path):
@@ -366,7 +368,9 @@ def test_a_damaged_manifest_is_named_with_how_to_rebuild(store_path, suite_root,
         ActivationStore.open(store)
     with pytest.raises(DamagedManifestError, match=named):
         harvest(suite_root, store)
-    assert main(["train", "--store", str(store), "--out", str(tmp_path / "run")]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--store", str(store), "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
     harvest(suite_root, store, overwrite=True)
     assert tree_bytes(store) == tree_bytes(store_path)
 

@@ -18,7 +18,7 @@ import pytest
 from nbclient import NotebookClient
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
-NOTEBOOKS = ("01_quickstart.ipynb", "02_attribution.ipynb")
+NOTEBOOKS = ("01_quickstart.ipynb", "02_attribution.ipynb", "03_sharing.ipynb")
 KERNEL_NAME = "crosslens-tutorial-test"
 CELL_TIMEOUT_S = 600
 """Seconds per cell; the slowest, the small pico build, takes under a minute on 2 idle cores."""
@@ -160,3 +160,22 @@ def test_attribution_runs_standalone(
     assert {r["k"] for r in curves if r["selection"] == "top"} == {1, 2, 5, 10}
     report = Path(summary["report"])
     assert report.is_file() and report.stat().st_size > 50_000
+
+
+def test_sharing_pushes_loads_and_runs_a_snapshot_sae(
+    tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notebook, out = execute("03_sharing.ipynb", tmp_path, tutorial_env, monkeypatch)
+    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
+    summary = json.loads((out / "03_sharing" / "summary.json").read_text())
+    assert summary["small"] is True and summary["release"] == "pico-crosscoders"
+    assert summary["weights_max_abs_diff"] == 0.0 and summary["from_pretrained_equal"] is True
+    assert summary["sae_class"] == "JumpReLUSAE"
+    assert summary["codes_max_abs_diff"] < 1e-4 and summary["l0"] > 0
+    assert math.isfinite(summary["clean_loss"]) and math.isfinite(summary["spliced_loss"])
+    assert len(summary["variance_explained"]) == summary["n_snapshots"] == 3
+    assert "snapshot_sae(s)" in summary["refusal_message"]
+    assert "did you mean 'pico-crosscoders'" in summary["unknown_release_message"]
+    assert summary["card_starts"].startswith("---\nlibrary_name: saelens\n")
+    # the notebook pushed into its own HF cache, in the hub's cache layout
+    assert (out / "03_sharing" / "hf_home" / "hub" / "models--my-org--pico-crosscoders" / "refs" / "main").is_file()

@@ -168,12 +168,13 @@ def load_snapshot(
     *,
     device: str | torch.device = "cpu",
     reference_tokenizer: Any = None,
+    model_dtype: str | torch.dtype = torch.float32,
 ) -> tuple[dict, HookedTransformer]:
-    """Load one snapshot as float32 and return (its provenance dict, the model).
+    """Load one snapshot (in ``model_dtype``, default float32) and return (its provenance dict, the model).
 
     Refuses a snapshot whose tokenizer differs from ``reference_tokenizer``.
     """
-    model = suite.load(ref, device=device, dtype=torch.float32)
+    model = suite.load(ref, device=device, dtype=model_dtype)
     info = getattr(model, "crosslens_snapshot", None)
     record = info.to_dict() if info is not None else ref.to_dict()
     record.setdefault("weights_sha256", None)
@@ -242,6 +243,7 @@ def harvest_activations(
     overwrite: bool = False,
     verify_hashes: bool = True,
     progress: bool = True,
+    model_dtype: str | torch.dtype = "float32",
 ) -> ActivationStore:
     """Harvest ``hooks`` for ``token_ids_NL`` at every snapshot of ``suite`` into ``out_dir``.
 
@@ -258,6 +260,8 @@ def harvest_activations(
         batch_size: sequences per forward pass.
         shard_tokens: about how many tokens (before exclusions) one shard file holds.
         device: where the models run.
+        model_dtype: what the models run in ("float32", "bfloat16", "float16"); a store
+            harvested in another dtype than float32 records it, so resuming it in another refuses.
         overwrite: discard whatever store ``out_dir`` holds and harvest from scratch.
         verify_hashes: on resume, re-hash finished shards (else sizes only).
         progress: show a tqdm bar over snapshots x tokens.
@@ -291,6 +295,9 @@ def harvest_activations(
         "seq_len": token_ids_NL.shape[1],
         "seqs_per_shard": max(1, shard_tokens // token_ids_NL.shape[1]),
     }
+    model_dtype = str(model_dtype).removeprefix("torch.")
+    if model_dtype != "float32":  # float32 stores keep their old fingerprint
+        spec["model_dtype"] = model_dtype
     per_model_tokenizer = check_suite(suite)
     identities = snapshot_identities(suite)  # before writing: refuses damaged, uncached and duplicate snapshots
 
@@ -300,7 +307,7 @@ def harvest_activations(
         _harvest_locked(
             suite, hooks, token_ids_NL, keep_NL, root, spec, provenance, identities,
             tokenizer=tokenizer if per_model_tokenizer else None, batch_size=batch_size, device=device,
-            overwrite=overwrite, verify_hashes=verify_hashes, progress=progress,
+            model_dtype=model_dtype, overwrite=overwrite, verify_hashes=verify_hashes, progress=progress,
         )  # fmt: skip
     return ActivationStore.open(root, verify="none")
 
@@ -354,6 +361,7 @@ def _harvest_locked(
     tokenizer: Any,
     batch_size: int,
     device: str | torch.device,
+    model_dtype: str,
     overwrite: bool,
     verify_hashes: bool,
     progress: bool,
@@ -393,7 +401,9 @@ def _harvest_locked(
                 continue  # finished from these very files (checked above): not even loaded
             # (with no file identity, loading it checks its weights hash against the recorded one)
             bar.set_postfix_str(f"snapshot {ref.revision}")
-            record, model = load_snapshot(suite, ref, device=device, reference_tokenizer=tokenizer)
+            record, model = load_snapshot(
+                suite, ref, device=device, reference_tokenizer=tokenizer, model_dtype=model_dtype
+            )
             try:
                 _check_snapshot(manifest, s, record, model, token_ids_NL)
                 for k in todo:

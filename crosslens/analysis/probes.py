@@ -171,7 +171,18 @@ def firing_frequency(
     acts_NSD = _load_activations(
         source, hook, n_tokens, torch.Generator().manual_seed(seed), reads_normalized(crosscoder)
     )
-    return (_encode(crosscoder, acts_NSD, batch_size) > 0).float().mean(0)
+    param = next(iter(crosscoder.parameters()), None) if hasattr(crosscoder, "parameters") else None
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
+    fired_F = None
+    with torch.no_grad():  # count on the crosscoder's device: only [d_sae] comes back
+        for i in range(0, len(acts_NSD), batch_size):
+            f_BF = crosscoder.encode(acts_NSD[i : i + batch_size].to(device, dtype))
+            counts_F = (f_BF > 0).sum(0)
+            fired_F = counts_F if fired_F is None else fired_F + counts_F
+    if fired_F is None:
+        raise ValueError("no activations to count firing on; pass a non-empty source.")
+    return (fired_F.double() / len(acts_NSD)).float().cpu()
 
 
 def _probe_errors(
@@ -239,12 +250,18 @@ def resolve_hook(store: Any, hook: str | None) -> str:
 
 
 @torch.no_grad()
-def _encode(crosscoder: Any, acts_NSD: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _encode(
+    crosscoder: Any, acts_NSD: torch.Tensor, batch_size: int, columns: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Codes of ``acts_NSD`` on the CPU, computed batch by batch where the crosscoder lives;
+    ``columns`` picks features on that device first (moving ``[N, d_sae]`` off a GPU is
+    the expensive part)."""
     param = next(iter(crosscoder.parameters()), None) if hasattr(crosscoder, "parameters") else None
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
-    out = [
-        crosscoder.encode(acts_NSD[i : i + batch_size].to(device, dtype)).float().cpu()
-        for i in range(0, len(acts_NSD), batch_size)
-    ]
+    columns = None if columns is None else columns.to(device)
+    out = []
+    for i in range(0, len(acts_NSD), batch_size):
+        f_BF = crosscoder.encode(acts_NSD[i : i + batch_size].to(device, dtype))
+        out.append((f_BF if columns is None else f_BF[:, columns]).float().cpu())
     return torch.cat(out)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,8 @@ def attribution_sections(
     ks: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200),
     ablation: AblationMode = "zero",
     progress: bool = True,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> list:
     """Run :func:`run_causal_stage` for one named task; return its report as a section list.
 
@@ -46,8 +50,12 @@ def attribution_sections(
     "mean") is how the ablation curves remove features; zero is the default because, on
     the pico demo, mean-ablating the other features restores no better than zeroing them
     and spreads sparse features' mean codes onto positions where they never fire.
+    The snapshot models load on ``device`` in ``dtype``; a crosscoder folder loads on ``device``.
     """
-    crosscoder = load_crosscoder(crosscoder)
+    from crosslens.devices import on_device
+
+    crosscoder = load_crosscoder(crosscoder, device=str(device))
+    suite = on_device(suite, device, dtype)
     dataset = task_for_tokenizer(task, suite.tokenizer(), n=n_examples, seed=seed)
     out_dir = causal_out_dir(out, dataset.name)
     result = run_causal_stage(
@@ -65,3 +73,51 @@ def attribution_sections(
     )
     print(f"  keep-only restoration at {summary['snapshots'][-1]} ({summary['ablation']}-ablation): {restored}")
     return [result["report"]]
+
+
+def language_attribution_sections(
+    suite: Any,
+    crosscoder: Any,
+    tasks: Sequence[Any],
+    *,
+    n_examples: int = 64,
+    out: str | Path | None = None,
+    seed: int = 0,
+    n_steps: int = 10,
+    top_k: int = 10,
+    ks: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200),
+    ablation: AblationMode = "zero",
+    progress: bool = True,
+) -> list:
+    """The causal stage for several tasks together, one per language (task names such as
+    ``agreement_multilingual_fr``, or loaded :class:`TaskDataset` s, e.g. from
+    ``load_multilingual_blimp``), with RelIE per language side by side
+    (:func:`crosslens.causal.languages.run_language_tasks`). Returns the comparison
+    section followed by each language's own report."""
+    from crosslens.causal.languages import language_of, run_language_tasks
+
+    crosscoder = load_crosscoder(crosscoder)
+    tokenizer = suite.tokenizer()
+    datasets = []
+    for task in tasks:
+        if isinstance(task, str):
+            datasets.append(task_for_tokenizer(task, tokenizer, n=n_examples, seed=seed))
+        else:
+            fitting = task.filter_tokenizable(tokenizer)
+            if len(fitting) < len(task):
+                warnings.warn(f"task {task.name!r}: kept {len(fitting)} of {len(task)} examples that fit this tokenizer")
+            datasets.append(fitting if len(fitting) <= n_examples else replace(fitting, pairs=fitting.pairs[:n_examples]))
+    out_dir = causal_out_dir(out, "languages")
+    combined = run_language_tasks(
+        suite, crosscoder, datasets, out_dir, config=AttributionConfig(n_steps=n_steps), top_k=top_k, ks=ks,
+        ablation=ablation, progress=progress,
+    )  # fmt: skip
+    print(f"causal stage for {len(datasets)} languages: files in {out_dir}")
+    labels = next(iter(combined["results"].values()))["summary"]["snapshots"]
+    header = "".join(f"{language_of(d):>10s}" for d in datasets)
+    print(f"  {'metric':>12s}{header}")
+    for column, label in enumerate(labels):
+        values = "".join(f"{r['summary']['metric_clean'][column]:+10.3f}" for r in combined["results"].values())
+        print(f"  {label:>12s}{values}")
+    print(f"  RelIE per language: {combined['paths']['report']}")
+    return [combined["report"], *(r["report"] for r in combined["results"].values())]

@@ -17,19 +17,33 @@ from crosslens.checkpoints.snapshot import (
     parse_tokens,
 )
 from crosslens.checkpoints.suite import CheckpointSuite, release_model
+from crosslens.checkpoints.trajectory import (
+    MixedIngredientsError,
+    StageStart,
+    group_by_stage,
+    parse_ingredient,
+    parse_stage,
+    place_on_trajectory,
+)
 
 __all__ = [
     "CheckpointSuite",
+    "MixedIngredientsError",
     "PYTHIA_STEPS",
     "PYTHIA_TOKENS_PER_STEP",
     "PYTHIA_V0_STEPS",
     "SnapshotInfo",
     "SnapshotRef",
+    "StageStart",
     "architecture_signature",
     "hf_to_hooked",
+    "group_by_stage",
     "list_revisions",
+    "parse_ingredient",
+    "parse_stage",
     "parse_step",
     "parse_tokens",
+    "place_on_trajectory",
     "release_model",
     "spaced_steps",
     "weights_sha256",

@@ -12,8 +12,15 @@ defaults (``fold_ln``, ``center_writing_weights``, ``center_unembed``):
   hard-codes OLMo's sizes by name. For architectures TransformerLens converts by
   architecture (GPT-NeoX, BLOOM, Llama, GPT-2, ...) the HF config is written to a scratch
   folder and handed to TransformerLens's own converter; OLMo (v1), which TransformerLens
-  only recognises by repo name, gets the same config dict built from the HF config fields.
+  only recognises by repo name, gets the same config dict built from the HF config fields,
+  and so does OLMo-2, whose sizes TransformerLens hard-codes for two repo names only.
   The weights then go through TransformerLens's weight converter for the architecture.
+
+Post-norm architectures (OLMo-2, OLMo-3: RMSNorm on each sublayer's *output*, before the
+residual add) cannot have their norms folded into the next weights, so they load with
+``fold_ln=False`` and ``center_writing_weights=False`` (``center_unembed`` stays on). This
+is a fixed choice for those families, recorded in `CheckpointSuite.provenance` under
+``"processing"``, not a per-load warning.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any
 import torch
 import transformer_lens.loading_from_pretrained as tl_loading
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.pretrained.weight_conversions import convert_olmo3_weights
 from transformer_lens.utilities.activation_functions import softcap_enabled
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -162,16 +170,76 @@ def _olmo_cfg_dict(hf_config: PretrainedConfig) -> dict[str, Any]:
     }
 
 
-_OWN_CONFIG_BUILDERS = {"OlmoForCausalLM": _olmo_cfg_dict}
+def _olmo2_cfg_dict(hf_config: PretrainedConfig) -> dict[str, Any]:
+    """An OLMo-2 config read from `hf_config` (TransformerLens only knows two repo names'
+    sizes): RMSNorm after each sublayer, QK-norm, SwiGLU, plain RoPE, no biases."""
+    n_heads = hf_config.num_attention_heads
+    n_kv_heads = getattr(hf_config, "num_key_value_heads", None) or n_heads
+    if getattr(hf_config, "attention_bias", False):
+        raise UnsupportedArchitectureError(
+            "this Olmo2ForCausalLM config has attention_bias=True, which TransformerLens's OLMo-2 "
+            "converter does not carry over; released OLMo-2 checkpoints have no attention biases"
+        )
+    rope = _rope_parameters(hf_config)
+    if rope.get("rope_type", "default") != "default":
+        raise UnsupportedArchitectureError(
+            f"this Olmo2ForCausalLM config scales RoPE ({rope}); crosslens converts OLMo-2 with plain "
+            "RoPE only, as the released OLMo-2 checkpoints use"
+        )
+    cfg_dict: dict[str, Any] = {
+        "d_model": hf_config.hidden_size,
+        "d_head": hf_config.hidden_size // n_heads,
+        "n_heads": n_heads,
+        "d_mlp": hf_config.intermediate_size,
+        "n_layers": hf_config.num_hidden_layers,
+        "n_ctx": hf_config.max_position_embeddings,
+        "eps": hf_config.rms_norm_eps,
+        "d_vocab": hf_config.vocab_size,
+        "act_fn": hf_config.hidden_act,
+        "initializer_range": hf_config.initializer_range,
+        "normalization_type": "RMS",
+        "rotary_base": tl_loading._get_rope_theta(hf_config, default=500000.0),
+        "attn_types": ["global"] * hf_config.num_hidden_layers,
+        "positional_embedding_type": "rotary",
+        "gated_mlp": True,
+        "tie_word_embeddings": getattr(hf_config, "tie_word_embeddings", False),
+        "original_architecture": "Olmo2ForCausalLM",
+        "quantization_method": None,
+    }
+    if n_kv_heads != n_heads:  # OLMo-2 32B uses grouped-query attention
+        cfg_dict["n_key_value_heads"] = n_kv_heads
+    return cfg_dict
+
+
+def _rope_parameters(hf_config: PretrainedConfig) -> dict[str, Any]:
+    """The RoPE settings, whether transformers keeps them in ``rope_parameters`` (5.x) or
+    ``rope_scaling`` (4.x)."""
+    return dict(getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {})
+
+
+_OWN_CONFIG_BUILDERS = {"OlmoForCausalLM": _olmo_cfg_dict, "Olmo2ForCausalLM": _olmo2_cfg_dict}
+
+
+def is_post_norm(architecture: str | None) -> bool:
+    """Whether `architecture` normalises sublayer outputs (OLMo-2, OLMo-3), so that its
+    norms cannot be folded (see the module docstring)."""
+    return architecture in POST_NORM_ARCHITECTURES
+
+
+DEFAULT_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True}
+"""The TransformerLens weight processing crosslens applies unless an architecture rules it out."""
 
 
 def _finish_cfg_dict(
     cfg_dict: dict[str, Any], *, model_id: str, device: str | torch.device | None, dtype: torch.dtype
 ) -> HookedTransformerConfig:
     """The processing `get_pretrained_model_config` applies to a converted dict, for
-    `fold_ln=True` (the crosslens default), with no checkpoint bookkeeping."""
+    `fold_ln=True` (the crosslens default; off for post-norm architectures), with no
+    checkpoint bookkeeping."""
     cfg_dict = dict(cfg_dict)
-    if cfg_dict["normalization_type"] in ("LN", "LNPre"):
+    if is_post_norm(cfg_dict["original_architecture"]):
+        pass  # the norms stay in the model (fold_ln=False)
+    elif cfg_dict["normalization_type"] in ("LN", "LNPre"):
         cfg_dict["normalization_type"] = "LNPre"
     elif cfg_dict["normalization_type"] in ("RMS", "RMSPre"):
         cfg_dict["normalization_type"] = "RMSPre"
@@ -216,7 +284,8 @@ def hooked_config_from_hf(
     device: str | torch.device | None = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> HookedTransformerConfig:
-    """The HookedTransformerConfig (with ``fold_ln=True``) for a checkpoint with `hf_config`."""
+    """The HookedTransformerConfig for a checkpoint with `hf_config`, set up for
+    ``fold_ln=True`` except on post-norm architectures (see the module docstring)."""
     architecture = _architecture(hf_config)
     if architecture in _OWN_CONFIG_BUILDERS:
         cfg_dict = _OWN_CONFIG_BUILDERS[architecture](hf_config)
@@ -224,23 +293,28 @@ def hooked_config_from_hf(
     with _config_folder(hf_config) as folder:
         try:
             cfg = tl_loading.get_pretrained_model_config(
-                folder, hf_cfg=hf_config.to_dict(), fold_ln=True, device=device, dtype=dtype
+                folder,
+                hf_cfg=hf_config.to_dict(),
+                fold_ln=not is_post_norm(architecture),  # asking for it would log a warning per load
+                device=device,
+                dtype=dtype,
             )
         except NotImplementedError as error:
             raise UnsupportedArchitectureError(
                 f"TransformerLens cannot convert {architecture} checkpoints ({error}); "
                 "crosslens supports what TransformerLens converts by architecture "
-                "(e.g. GPTNeoXForCausalLM, BloomForCausalLM, LlamaForCausalLM) plus OlmoForCausalLM"
+                "(e.g. GPTNeoXForCausalLM, BloomForCausalLM, LlamaForCausalLM, Olmo3ForCausalLM) "
+                "plus OlmoForCausalLM and Olmo2ForCausalLM"
             ) from error
     cfg.model_name = model_id.split("/")[-1]
     cfg.tokenizer_name = model_id
     return cfg
 
 
-def _processing_flags(cfg: HookedTransformerConfig) -> dict[str, bool]:
+def processing_flags(cfg: HookedTransformerConfig) -> dict[str, bool]:
     """TransformerLens's defaults, minus what `from_pretrained` turns off for this model."""
     shortformer = cfg.positional_embedding_type == "shortformer"
-    post_norm = cfg.original_architecture in POST_NORM_ARCHITECTURES
+    post_norm = is_post_norm(cfg.original_architecture)
     return {
         "fold_ln": not (shortformer or post_norm),
         "center_writing_weights": not (shortformer or post_norm),
@@ -261,13 +335,18 @@ def hf_to_hooked(
     with _config_folder(hf_model.config) as folder:
         # Given a path and `hf_model`, TransformerLens converts the weights in hand by
         # cfg.original_architecture and downloads nothing.
-        state_dict = tl_loading.get_pretrained_state_dict(folder, cfg, hf_model, dtype=dtype)
+        if cfg.original_architecture == "Olmo2ForCausalLM" and cfg.n_key_value_heads is not None:
+            # TransformerLens's OLMo-2 converter assumes one key/value head per query head;
+            # its OLMo-3 converter is the same mapping with grouped-query attention.
+            state_dict = convert_olmo3_weights(hf_model, cfg)
+        else:
+            state_dict = tl_loading.get_pretrained_state_dict(folder, cfg, hf_model, dtype=dtype)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_NOISE_WARNINGS[0], category=DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     alibi_notice = (_ALIBI_POS_EMBED_NOTICE,) if cfg.positional_embedding_type == "alibi" else ()
     with _drop_root_log_lines(*alibi_notice):
-        model.load_and_process_state_dict(state_dict, **_processing_flags(cfg))
+        model.load_and_process_state_dict(state_dict, **processing_flags(cfg))
     model.move_model_modules_to_device()
     return model.eval()
 

@@ -11,6 +11,7 @@ from huggingface_hub import constants as hub_constants
 
 from crosslens.checkpoints.schedules import PYTHIA_STEPS, PYTHIA_V0_STEPS
 from crosslens.checkpoints.snapshot import parse_step, pythia_revision
+from crosslens.checkpoints.trajectory import trajectory_key
 from crosslens.errors import CrosslensError
 
 
@@ -29,9 +30,11 @@ def pythia_steps_for(model_id: str) -> tuple[int, ...]:
 
 
 def sort_by_step(revisions: list[str]) -> list[str]:
-    """Revisions ordered by training step; names without a step (``main``) are dropped."""
-    with_steps = [(parse_step(r), r) for r in revisions]
-    return [r for step, r in sorted((s, r) for s, r in with_steps if s is not None)]
+    """Revisions in training order: by step, staged names (``stage1-step...``,
+    ``stage2-ingredient1-step...``) by stage, ingredient, then step; names without a step
+    (``main``) are dropped."""
+    with_steps = [r for r in revisions if parse_step(r) is not None]
+    return sorted(with_steps, key=lambda r: (trajectory_key(r), r))
 
 
 def cached_revisions(model_id: str) -> list[str]:
@@ -49,7 +52,8 @@ def hub_revisions(model_id: str) -> list[str]:
 
 
 def list_revisions(model_id: str | os.PathLike) -> list[str]:
-    """The checkpoint revisions of a hub repo or local suite, ordered by training step.
+    """The checkpoint revisions of a hub repo or local suite, in training order (by step;
+    staged names by stage, ingredient, then step).
 
     * a local folder: the snapshots of ``CheckpointSuite.local(path)``;
     * online: the repo's branches on the hub (``huggingface_hub.list_repo_refs``);

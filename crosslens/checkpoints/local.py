@@ -9,15 +9,19 @@ Three layouts are understood, tried in this order:
    ``snapshots/``): every ref except ``main`` is a snapshot;
 3. sub-folders holding a ``config.json`` whose names carry the step (``step1000``,
    ``global_step1000``, ``step1000-tokens4B``, ``checkpoint-500``), sorted by step.
+
+Names of staged runs (``stage1-step...``, ``stage2-ingredient1-step...``) in layouts 2 and 3
+are placed on the training trajectory (`crosslens.checkpoints.trajectory`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from crosslens.checkpoints.snapshot import SnapshotRef, parse_step, ref_from_revision
+from crosslens.checkpoints.snapshot import SnapshotRef, parse_step
+from crosslens.checkpoints.trajectory import StageStart, place_on_trajectory
 
 SUITE_FILE = "suite.json"
 
@@ -32,6 +36,8 @@ class LocalLayout:
     """Snapshots ordered by step."""
     folders: dict[str, Path]
     """Revision -> folder holding that snapshot's HF checkpoint."""
+    stage_starts: dict[int, StageStart] = field(default_factory=dict)
+    """For folders named by training stage (``stage2-ingredient1-step...``): where each later stage starts."""
 
 
 def scan_local_suite(root: str | Path) -> LocalLayout:
@@ -87,26 +93,26 @@ def _from_suite_file(root: Path) -> LocalLayout:
 
 def _from_cache_repo(root: Path) -> LocalLayout:
     model_id = root.name.removeprefix("models--").replace("--", "/")
-    refs, folders = [], {}
+    folders = {}
     for ref_file in sorted((root / "refs").iterdir()):
         if not ref_file.is_file() or parse_step(ref_file.name) is None:
             continue
-        refs.append(ref_from_revision(0, ref_file.name, family="local"))
         folders[ref_file.name] = root / "snapshots" / ref_file.read_text().strip()
-    if not refs:
+    if not folders:
         raise ValueError(f"the cached repo {root} has no refs named by step (like 'step1000'); nothing to load")
-    return LocalLayout(model_id=model_id, snapshots=_ordered(refs, root), folders=folders)
+    refs, starts = place_on_trajectory(list(folders), family="local", model_id=model_id)
+    return LocalLayout(model_id=model_id, snapshots=_ordered(refs, root), folders=folders, stage_starts=starts)
 
 
 def _from_step_folders(root: Path) -> LocalLayout:
-    refs, folders = [], {}
+    folders = {}
     for folder in sorted(root.iterdir()):
         if folder.is_dir() and (folder / "config.json").is_file() and parse_step(folder.name) is not None:
-            refs.append(ref_from_revision(0, folder.name, family="local"))
             folders[folder.name] = folder
-    if not refs:
+    if not folders:
         raise ValueError(
             f"found no snapshots in {root}: expected a {SUITE_FILE}, or sub-folders named by step "
             "(step0/, step1000/, ...) each holding a Hugging Face checkpoint"
         )
-    return LocalLayout(model_id=root.name, snapshots=_ordered(refs, root), folders=folders)
+    refs, starts = place_on_trajectory(list(folders), family="local", model_id=root.name)
+    return LocalLayout(model_id=root.name, snapshots=_ordered(refs, root), folders=folders, stage_starts=starts)

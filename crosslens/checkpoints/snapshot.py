@@ -24,9 +24,11 @@ class SnapshotRef:
     revision: str
     """Hub revision (``step1000``, ``step1000-tokens4B``, ``global_step1000``) or folder name."""
     step: int
-    """Optimiser step at which the snapshot was saved."""
+    """Optimiser step at which the snapshot was saved, counted from initialisation: in a
+    staged run (``stage2-...-step1000``) the earlier stages' steps are added, so steps
+    grow along the training trajectory (see `crosslens.checkpoints.trajectory`)."""
     tokens_seen: int | None
-    """Training tokens consumed by then, where the family defines it; else None."""
+    """Training tokens consumed by then (across stages), where the family defines it; else None."""
 
     def to_dict(self) -> dict:
         return asdict(self)

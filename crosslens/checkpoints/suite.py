@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,10 +18,12 @@ from transformer_lens import HookedTransformer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from crosslens.checkpoints.convert import (
+    DEFAULT_PROCESSING,
     architecture_signature,
     hf_to_hooked,
     hooked_config_from_hf,
     load_pythia_checkpoint,
+    processing_flags,
     quiet_loading,
     weights_sha256,
 )
@@ -44,6 +47,14 @@ from crosslens.checkpoints.snapshot import (
     pythia_tokens_seen,
     ref_from_revision,
 )
+from crosslens.checkpoints.trajectory import (
+    StageStart,
+    check_one_ingredient,
+    is_staged,
+    parse_ingredient,
+    parse_stage,
+    place_on_trajectory,
+)
 from crosslens.errors import (
     CrosslensError,
     DuplicateSnapshotError,
@@ -52,7 +63,11 @@ from crosslens.errors import (
     UnknownRevisionError,
 )
 
+logger = logging.getLogger(__name__)
+
 FAMILIES = ("pythia", "olmo", "bloom", "local")
+# Repos whose tokenizer fallback was already announced in this process (say it once).
+_TOKENIZER_FALLBACK_LOGGED: set[str] = set()
 # TransformerLens gives these models their tokenizer as is, not re-loaded to prepend BOS.
 _NO_BOS_ARCHITECTURES = ("OlmoForCausalLM", "OlmoeForCausalLM", "Olmo2ForCausalLM")
 
@@ -77,6 +92,7 @@ class CheckpointSuite:
         *,
         folders: dict[str, Path] | None = None,
         root: Path | None = None,
+        stage_starts: dict[int, StageStart] | None = None,
     ):
         if family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -86,11 +102,14 @@ class CheckpointSuite:
         if len(set(revisions)) != len(revisions):
             repeated = sorted({r for r in revisions if revisions.count(r) > 1})
             raise ValueError(f"revisions {repeated} appear more than once in the suite; list each once")
+        check_one_ingredient(revisions, model_id)
         for earlier, later in zip(snapshots, snapshots[1:]):
             if later.step <= earlier.step:
+                staged = " along the training trajectory (stage, then step; see crosslens.checkpoints.trajectory)"
                 raise ValueError(
                     f"snapshots must be in increasing step order, but {later.revision!r} (step {later.step}) "
                     f"follows {earlier.revision!r} (step {earlier.step}); sort them by step"
+                    + (staged if is_staged(revisions) else "")
                 )
         if family == "local":
             missing = [r for r in revisions if folders is None or r not in folders]
@@ -103,11 +122,15 @@ class CheckpointSuite:
             for i, r in enumerate(snapshots)
         )
         self.root = root
+        present = {parse_stage(r) for r in revisions}
+        self.stage_starts: dict[int, StageStart] = {k: v for k, v in (stage_starts or {}).items() if k in present}
+        """Where each later training stage starts (see `crosslens.checkpoints.trajectory`)."""
         self._folders = dict(folders or {})
         self._hashes: dict[str, str] = {}
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._tokenizer_source: tuple[str, dict[str, str]] = ("", {})
         self._bos_tokenizer: PreTrainedTokenizerBase | None = None
+        self._processing: dict[str, bool] | None = None
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -128,22 +151,42 @@ class CheckpointSuite:
 
     @classmethod
     def olmo(
-        cls, name: str, revisions: Sequence[str] | None = None, *, steps: Sequence[int] | None = None
+        cls,
+        name: str,
+        revisions: Sequence[str] | None = None,
+        *,
+        steps: Sequence[int] | None = None,
+        ingredient: int | None = None,
     ) -> CheckpointSuite:
-        """OLMo (``allenai/OLMo-*-hf``) at `revisions` like ``step1000-tokens4B``, or at `steps`.
+        """OLMo at `revisions`, or at `steps`: OLMo-1 (``allenai/OLMo-1B-hf``, revisions like
+        ``step1000-tokens4B``), OLMo-2 and OLMo-3 (``allenai/OLMo-2-0425-1B``, revisions
+        ``stage1-step1000-tokens3B`` and ``stage2-ingredient1-step1000-tokens3B``).
 
-        Without either, takes every revision the hub (or, offline, the HF cache) lists.
-        ``tokens_seen`` is read from the revision name (``tokens4B`` -> 4 * 10**9).
+        Without `revisions`, takes every revision the hub (or, offline, the HF cache) lists,
+        or those at `steps`. Staged revisions are placed on one training trajectory (see
+        `crosslens.checkpoints.trajectory`): ``step`` and ``tokens_seen`` count on across
+        stages, and `steps` are such trajectory steps. `ingredient` keeps the stage-1
+        revisions and one stage-2 ingredient's; a suite mixing ingredients is refused.
+        ``tokens_seen`` is read from the revision names (``tokens4B`` -> 4 * 10**9).
         """
         if revisions is not None and steps is not None:
             raise ValueError("pass revisions or steps, not both")
+        try:
+            listed = list_revisions(name)
+        except Exception:  # the repo's list only places stages; the revisions are checked at load
+            if revisions is None:
+                raise
+            listed = []
         if revisions is None:
-            available = list_revisions(name)
-            revisions = available if steps is None else _revisions_at_steps(steps, available, name)
+            revisions = _of_ingredient(listed, ingredient)
         else:
-            _check_revisions(revisions, name)
-        refs = sorted((ref_from_revision(0, r, family="olmo") for r in revisions), key=lambda r: r.step)
-        return cls("olmo", name, refs)
+            if listed:
+                _check_revisions(revisions, name, listed)
+            revisions = _of_ingredient(revisions, ingredient)
+        refs, starts = place_on_trajectory(revisions, family="olmo", known=_of_ingredient(listed, ingredient), model_id=name)
+        if steps is not None:
+            refs = _refs_at_steps(steps, refs, name)
+        return cls("olmo", name, refs, stage_starts=starts)
 
     @classmethod
     def bloom(cls, name: str, steps: Sequence[int] | None = None) -> CheckpointSuite:
@@ -167,7 +210,10 @@ class CheckpointSuite:
         """A folder of Hugging Face checkpoints, one per snapshot (layouts: see
         `crosslens.checkpoints.local`)."""
         layout = scan_local_suite(path)
-        return cls("local", layout.model_id, layout.snapshots, folders=layout.folders, root=Path(path).resolve())
+        return cls(
+            "local", layout.model_id, layout.snapshots, folders=layout.folders, root=Path(path).resolve(),
+            stage_starts=layout.stage_starts,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
@@ -215,7 +261,9 @@ class CheckpointSuite:
                     raise IndexError(f"snapshot index {i} is out of range for a suite of {len(self)} snapshots")
                 positions.add(i % len(self))
             chosen = [self.snapshots[i] for i in sorted(positions)]
-        suite = CheckpointSuite(self.family, self.model_id, chosen, folders=self._folders, root=self.root)
+        suite = CheckpointSuite(
+            self.family, self.model_id, chosen, folders=self._folders, root=self.root, stage_starts=self.stage_starts
+        )
         suite._hashes = {r.revision: self._hashes[r.revision] for r in chosen if r.revision in self._hashes}
         suite._tokenizer, suite._tokenizer_source = self._tokenizer, self._tokenizer_source
         suite._bos_tokenizer = self._bos_tokenizer
@@ -223,7 +271,10 @@ class CheckpointSuite:
 
     def provenance(self) -> dict[str, Any]:
         """JSON-able description: family, model_id, and each snapshot's revision, step,
-        tokens seen and (once loaded) weights sha256. A local suite also records its root."""
+        tokens seen and (once loaded) weights sha256. A local suite also records its root;
+        a staged suite where its later stages start (``"stage_starts"``); a post-norm model
+        (OLMo-2, OLMo-3) the weight processing it loads with (``"processing"``); a BLOOM
+        intermediate repo the tokenizer it uses (``"tokenizer"``)."""
         snapshots = []
         for ref in self.snapshots:
             entry = ref.to_dict()
@@ -233,7 +284,32 @@ class CheckpointSuite:
         record: dict[str, Any] = {"family": self.family, "model_id": self.model_id, "snapshots": snapshots}
         if self.root is not None:
             record["root"] = str(self.root)
+        if self.stage_starts:
+            record["stage_starts"] = {str(k): v.to_dict() for k, v in sorted(self.stage_starts.items())}
+        processing = self.processing()
+        if processing != DEFAULT_PROCESSING:
+            record["processing"] = processing
+        if self.family == "bloom":
+            self.tokenizer()
+            source, location = self._tokenizer_source
+            record["tokenizer"] = {"model_id": source, "revision": location.get("revision", "main")}
         return record
+
+    def processing(self) -> dict[str, bool]:
+        """The TransformerLens weight processing the snapshots load with: ``fold_ln``,
+        ``center_writing_weights`` and ``center_unembed``, all on except where the
+        architecture rules them out (off for post-norm OLMo-2/OLMo-3; see
+        `crosslens.checkpoints.convert`). Read from the first snapshot's config."""
+        if self._processing is None:
+            if self.family == "pythia":
+                self._processing = dict(DEFAULT_PROCESSING)
+            else:
+                source, location = self._hf_source(self.snapshots[0])
+                hf_config = self._with_revision_errors(
+                    self.snapshots[0], AutoConfig.from_pretrained, source, **location
+                )
+                self._processing = processing_flags(hooked_config_from_hf(hf_config, model_id=self.model_id))
+        return dict(self._processing)
 
     # ------------------------------------------------------------------ loading
     def load(
@@ -328,8 +404,10 @@ class CheckpointSuite:
     # ------------------------------------------------------------------ tokenizer
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer shared by all snapshots: the first snapshot's, else the repo's
-        ``main`` (for a BLOOM intermediate repo, then the released model's, which the
-        checkpoints share)."""
+        ``main``; for a BLOOM intermediate repo whose checkpoints ship no (usable) tokenizer,
+        the released model's (``bigscience/bloom-1b1-intermediate`` -> ``bigscience/bloom-1b1``),
+        which the checkpoints were trained with. That fallback is logged once and recorded
+        in `provenance` (``"tokenizer"``)."""
         if self._tokenizer is None:
             errors = []
             for source, location in self._tokenizer_sources():
@@ -337,12 +415,21 @@ class CheckpointSuite:
                     self._tokenizer = AutoTokenizer.from_pretrained(source, **location)
                     self._tokenizer_source = (source, location)
                     break
-                except OSError as error:
+                except (OSError, ValueError) as error:  # ValueError: tokenizer_config.json without tokenizer.json
                     errors.append(f"{source}@{location.get('revision', 'main')}: {error}")
             else:
                 raise CrosslensError(
                     f"found no tokenizer for {self.model_id} ({'; '.join(errors)}); save one next to the "
                     "checkpoint (tokenizer.save_pretrained) or make the repo's files reachable"
+                )
+            source = self._tokenizer_source[0]
+            if source != self.model_id and self.family != "local" and self.model_id not in _TOKENIZER_FALLBACK_LOGGED:
+                _TOKENIZER_FALLBACK_LOGGED.add(self.model_id)
+                logger.warning(
+                    "%s ships no usable tokenizer with its checkpoints; using %s's, as the released model was "
+                    "trained with it (recorded in the suite's provenance)",
+                    self.model_id,
+                    source,
                 )
         return self._tokenizer
 
@@ -368,7 +455,7 @@ class CheckpointSuite:
         for ref in self.snapshots:
             try:
                 vocab = self._tokenizer_at(ref).get_vocab()
-            except OSError:
+            except (OSError, ValueError):  # no tokenizer files, or a config without tokenizer.json
                 continue
             if vocab != reference:
                 only_here = sorted(set(vocab) - set(reference))[:5]
@@ -533,21 +620,44 @@ def _checked_steps(
     return chosen
 
 
-def _revisions_at_steps(steps: Sequence[int], available: Sequence[str], model_id: str) -> list[str]:
-    by_step = {parse_step(r): r for r in available}
+def _refs_at_steps(steps: Sequence[int], refs: Sequence[SnapshotRef], model_id: str) -> list[SnapshotRef]:
+    """The refs at (trajectory) `steps`, naming the nearest available ones for a missing step."""
+    by_step = {ref.step: ref for ref in refs}
     missing = [s for s in steps if s not in by_step]
     if missing:
-        raise unknown_revision_error(model_id, f"step{missing[0]}", missing[0], available)
+        nearest = tuple(by_step[s].revision for s in nearest_steps(missing[0], list(by_step)))
+        raise UnknownRevisionError(
+            f"no checkpoint of {model_id} is at training step {missing[0]}; nearest: {', '.join(nearest)}. "
+            f"See them all with crosslens.checkpoints.list_revisions({model_id!r})",
+            requested=f"step{missing[0]}",
+            nearest=nearest,
+        )
     return [by_step[s] for s in sorted(set(steps))]
 
 
-def _check_revisions(revisions: Sequence[str], model_id: str) -> None:
+def _of_ingredient(revisions: Sequence[str], ingredient: int | None) -> list[str]:
+    """`revisions` without those of other ingredients than `ingredient` (all when None)."""
+    if ingredient is None:
+        return list(revisions)
+    kept = [r for r in revisions if parse_ingredient(r) in (None, ingredient)]
+    if not any(parse_ingredient(r) == ingredient for r in kept):
+        present = sorted({parse_ingredient(r) for r in revisions if parse_ingredient(r) is not None})
+        raise UnknownRevisionError(
+            f"no revision of ingredient {ingredient} is listed; the ingredients here are {present or 'none'}",
+            requested=f"ingredient{ingredient}",
+            nearest=(),
+        )
+    return kept
+
+
+def _check_revisions(revisions: Sequence[str], model_id: str, available: Sequence[str] | None = None) -> None:
     """Check `revisions` against the repo's list when it can be had; a repo that cannot be
     listed (no network, nothing cached) is left for `load` to report."""
-    try:
-        available = list_revisions(model_id)
-    except Exception:  # best effort: loading reports a missing revision anyway
-        return
+    if available is None:
+        try:
+            available = list_revisions(model_id)
+        except Exception:  # best effort: loading reports a missing revision anyway
+            return
     known = set(available)
     for revision in revisions:
         if revision not in known:

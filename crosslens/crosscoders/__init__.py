@@ -42,6 +42,11 @@ from crosslens.crosscoders.jumprelu_crosscoder import (
     JumpReLUTrainingCrosscoder,
     JumpReLUTrainingCrosscoderConfig,
 )
+from crosslens.crosscoders.snapshot_sae import (
+    as_hooked_sae_transformer,
+    install_hooked_sae_transformer_guard,
+    snapshot_sae,
+)
 from crosslens.crosscoders.topk_crosscoder import (
     TopKCrosscoder,
     TopKCrosscoderConfig,
@@ -79,19 +84,37 @@ ARCHITECTURES = {
 
 
 def _register() -> None:
-    # idempotent, so re-importing (or importlib.reload) does not trip SAELens's
-    # "already registered" error
+    # Idempotent for our own classes (re-importing, importlib.reload), but an
+    # architecture name another class already holds is refused: skipping it would
+    # leave SAE.load_from_disk building the other class from a crosscoder's cfg.json.
     for arch, (sae_cls, cfg_cls, train_cls, train_cfg_cls) in ARCHITECTURES.items():
-        if arch not in SAE_CLASS_REGISTRY:
-            register_sae_class(arch, sae_cls, cfg_cls)
-        if arch not in SAE_TRAINING_CLASS_REGISTRY:
-            register_sae_training_class(arch, train_cls, train_cfg_cls)
+        for registry, register, cls, cfg in (
+            (SAE_CLASS_REGISTRY, register_sae_class, sae_cls, cfg_cls),
+            (SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class, train_cls, train_cfg_cls),
+        ):
+            if arch not in registry:
+                register(arch, cls, cfg)
+            elif not _same_class(registry[arch][0], cls):
+                taken = registry[arch][0]
+                raise RuntimeError(
+                    f"SAELens architecture {arch!r} is already registered to "
+                    f"{taken.__module__}.{taken.__qualname__}, so crosslens cannot register "
+                    f"{cls.__qualname__} under it; remove that registration (or the package "
+                    "making it) before importing crosslens."
+                )
+
+
+def _same_class(a: type, b: type) -> bool:
+    # after importlib.reload the class objects differ but name the same class
+    return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 
 _register()
+install_hooked_sae_transformer_guard()
 
 __all__ = [
     "ARCHITECTURES",
+    "as_hooked_sae_transformer",
     "DEFAULT_DECODER_INIT_NORM",
     "BatchTopKCrosscoder",
     "BatchTopKCrosscoderConfig",
@@ -113,4 +136,5 @@ __all__ = [
     "TopKTrainingCrosscoder",
     "TopKTrainingCrosscoderConfig",
     "set_crosscoder_metadata",
+    "snapshot_sae",
 ]

@@ -40,7 +40,15 @@ from jaxtyping import Float, Int
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from torch import nn
 
+from crosslens.crosscoders.collectives import LocalCollectives
+
 DEFAULT_DECODER_INIT_NORM = 0.08
+
+SNAPSHOT_AXES = {"W_enc": 0, "W_dec": 1, "b_dec": 0, "folded_norm_factors": 0}
+"""State-dict entries with a snapshot axis, and which axis it is. A snapshot-parallel
+rank holds a contiguous block of that axis; every other entry is replicated."""
+
+_LOCAL = LocalCollectives()
 
 
 @dataclass(kw_only=True)
@@ -128,10 +136,18 @@ class CrosscoderMixin:
     W_dec: nn.Parameter
     b_dec: nn.Parameter
     folded_norm_factors: torch.Tensor
+    collectives: LocalCollectives = _LOCAL
+    """How snapshots and tokens held by other processes are reached; a plain process holds
+    them all. ``crosslens.distributed.shard_crosscoder`` sets a mesh's collectives."""
 
     @property
     def n_snapshots(self) -> int:
         return self.cfg.n_snapshots
+
+    @property
+    def total_snapshots(self) -> int:
+        """Snapshots of the whole crosscoder (``cfg.n_snapshots`` holds this rank's block)."""
+        return self.collectives.n_snapshots_total or self.cfg.n_snapshots
 
     # ------------------------------------------------------------------ weights
     def initialize_weights(self) -> None:
@@ -175,7 +191,11 @@ class CrosscoderMixin:
         x = self.process_sae_in(x)
         lead = x.shape[:-2]
         S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
-        h_NF = torch.addmm(self.b_enc, x.reshape(-1, S * D), self.W_enc.reshape(S * D, F_))
+        x_flat, W_enc_flat = x.reshape(-1, S * D), self.W_enc.reshape(S * D, F_)
+        if self.collectives.snapshot_size == 1:
+            h_NF = torch.addmm(self.b_enc, x_flat, W_enc_flat)
+        else:  # this rank's snapshots' share of h, summed over the snapshot axis
+            h_NF = self.collectives.snapshot_sum(x_flat @ W_enc_flat) + self.b_enc
         return self.hook_sae_acts_pre(h_NF.reshape(*lead, F_))  # type: ignore[attr-defined]
 
     def decode_dense(
@@ -224,6 +244,10 @@ class CrosscoderMixin:
     def snapshot_norms(self) -> Float[torch.Tensor, "d_sae n_snapshots"]:
         """Differentiable decoder norms in the normalised (training) space."""
         return self.W_dec.norm(dim=-1) * self.folded_norm_factors
+
+    def snapshot_norm_sums(self) -> Float[torch.Tensor, " d_sae"]:
+        """Differentiable ``sum_s ||W_dec[i, s]||`` over every snapshot (normalised space)."""
+        return self.collectives.snapshot_sum(self.snapshot_norms().sum(dim=1))
 
     @torch.no_grad()
     def decoder_norms(self) -> Float[torch.Tensor, "d_sae n_snapshots"]:
@@ -321,6 +345,15 @@ class CrosscoderMixin:
             for s in range(norms_FS.shape[1])
         }
 
+    # ---------------------------------------------------------------- sharing
+    def snapshot_sae(self, s: int, **kwargs: Any) -> Any:
+        """Snapshot ``s`` as a plain SAELens SAE on the raw activation scale, for
+        ``HookedSAETransformer.add_sae`` and any SAE tool; see
+        :func:`crosslens.crosscoders.snapshot_sae.snapshot_sae`."""
+        from crosslens.crosscoders.snapshot_sae import snapshot_sae
+
+        return snapshot_sae(self, s, **kwargs)
+
 
 class CrosscoderTrainingMixin(CrosscoderMixin):
     """Training loss plumbing. Each architecture implements ``_training_encode``
@@ -357,7 +390,8 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         fwd = self.training_pass(step_input.sae_in)
         target_NSD = fwd.x_NSD.to(fwd.recon_NSD.dtype)
-        mse_loss = (fwd.recon_NSD - target_NSD).pow(2).sum(dim=(-2, -1)).mean()
+        sq_err_N = (fwd.recon_NSD - target_NSD).pow(2).sum(dim=(-2, -1))
+        mse_loss = self.collectives.token_mean(sq_err_N)
         losses = {"mse_loss": mse_loss, **self._sparsity_losses(step_input, fwd)}
         loss = torch.stack(list(losses.values())).sum()
         self._after_training_pass(fwd)

@@ -127,9 +127,8 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
         h_NF = self.hidden_pre(x_NSD)
         relu_h_NF = h_NF.relu()
         scores_NF = self.selection_scores(h_NF)
-        n_keep = min(int(self.cfg.k * h_NF.shape[0]), scores_NF.numel())
         # sorted flat indices run row by row, as embedding_bag's offsets need
-        flat_idx = scores_NF.flatten().topk(n_keep, sorted=False).indices.sort().values
+        flat_idx = self._batch_top_indices(scores_NF).sort().values
         rows, cols = flat_idx // self.cfg.d_sae, flat_idx % self.cfg.d_sae
         vals = relu_h_NF.flatten()[flat_idx]
         kept_scores = scores_NF.flatten()[flat_idx]
@@ -140,6 +139,25 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
             feature_acts_NF=self.hook_sae_acts_post(f_NF),
             extras={"rows": rows, "cols": cols, "vals": vals, "kept_scores": kept_scores},
         )
+
+    @torch.no_grad()
+    def _batch_top_indices(self, scores_NF: torch.Tensor) -> torch.Tensor:
+        """Flat indices of the ``k * global batch`` largest scores of the global batch.
+
+        With the batch split over data ranks, each rank offers its own largest
+        ``n_keep`` scores (the global top ``n_keep`` are among them), all ranks find the
+        ``n_keep``-th largest of the offers, and each keeps its positive scores at or above
+        it. Zero scores, which top-k may also pick when fewer than ``n_keep`` are positive,
+        change neither the code nor the reconstruction, so they are left out.
+        """
+        c = self.collectives
+        n_keep = min(int(self.cfg.k * c.global_batch(scores_NF.shape[0])), scores_NF.numel() * c.data_size)
+        if c.data_size == 1:
+            return scores_NF.flatten().topk(n_keep, sorted=False).indices
+        offers = scores_NF.flatten().topk(min(n_keep, scores_NF.numel()), sorted=False).values
+        cutoff = c.data_gather(offers).topk(n_keep, sorted=False).values.min()
+        flat = scores_NF.flatten()
+        return torch.nonzero((flat >= cutoff) & (flat > 0)).flatten()
 
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
         if not self.uses_sparse_decode:
@@ -153,9 +171,10 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
     def _after_training_pass(self, fwd: CrosscoderPass) -> None:
         kept = fwd.extras["kept_scores"]
         positive = kept[kept > 0]
-        if positive.numel():
+        smallest = positive.min() if positive.numel() else kept.new_tensor(torch.inf)
+        smallest = self.collectives.data_min(smallest.to(torch.float64))
+        if torch.isfinite(smallest):
             lr = self.cfg.topk_threshold_lr
-            smallest = positive.min().to(torch.float64)
             self.topk_threshold.copy_((1 - lr) * self.topk_threshold + lr * smallest)
         fwd.metrics["topk_threshold"] = self.topk_threshold.detach().clone()
 

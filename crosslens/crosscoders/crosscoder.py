@@ -103,6 +103,6 @@ class ReLUTrainingCrosscoder(
     def _sparsity_losses(
         self, step_input: TrainStepInput, fwd: CrosscoderPass
     ) -> dict[str, torch.Tensor]:
-        norm_sum_F = self.snapshot_norms().sum(dim=1)
-        per_token_N = fwd.feature_acts_NF @ norm_sum_F
-        return {"l1_loss": step_input.coefficients["l1"] * per_token_N.mean()}
+        per_token_N = fwd.feature_acts_NF @ self.snapshot_norm_sums()
+        l1 = self.collectives.token_mean_replicated(per_token_N)
+        return {"l1_loss": step_input.coefficients["l1"] * l1}

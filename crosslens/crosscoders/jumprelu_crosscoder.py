@@ -125,12 +125,17 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingS
     """Steps over which lambda rises linearly from 0 (Ge et al.: 10% of training)."""
     tanh_scale: float = 4.0
     """c in tanh(c * f * ||W_dec||)."""
+    jumprelu_tanh_scale: float | None = None
+    """SAELens's name for tanh_scale; given, it wins."""
     sparsity_target: float | None = 0.01
     """q in sum_i p_i (1 + p_i / q); None drops the quadratic term (SAELens's tanh loss)."""
     threshold_lr_scale: float = 0.1
     """The threshold's learning rate as a fraction of the main learning rate."""
 
     def __post_init__(self) -> None:
+        if self.jumprelu_tanh_scale is not None:
+            self.tanh_scale = self.jumprelu_tanh_scale
+        self.jumprelu_tanh_scale = self.tanh_scale
         for name in ("jumprelu_bandwidth", "tanh_scale", "threshold_lr_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
@@ -257,7 +262,8 @@ class JumpReLUTrainingCrosscoder(
             h_NF, norms_FS, self.threshold.to(h_NF.dtype), self.cfg.jumprelu_bandwidth
         )
         with torch.no_grad():
-            f_NF = torch.where((f_SNF != 0).any(dim=0), h_NF, 0.0)
+            on_anywhere_NF = self.collectives.snapshot_any((f_SNF != 0).any(dim=0))
+            f_NF = torch.where(on_anywhere_NF, h_NF, 0.0)
         f_NF = self.hook_sae_acts_post(f_NF)
         return CrosscoderPass(
             x_NSD=x_NSD,
@@ -276,7 +282,8 @@ class JumpReLUTrainingCrosscoder(
         f_SNF, norms_FS = fwd.extras["f_SNF"], fwd.extras["norms_FS"]
         scale_S1F = (self.cfg.tanh_scale * norms_FS.T).contiguous()[:, None, :]
         score_SNF = torch.tanh(f_SNF * scale_S1F)
-        p_F = score_SNF.mean(dim=(0, 1))
+        p_F = self.collectives.mean_over_snapshots_and_tokens(score_SNF)
         q = self.cfg.sparsity_target
         per_feature_F = p_F if q is None else p_F * (1 + p_F / q)
-        return {"l0_loss": step_input.coefficients["l0"] * per_feature_F.sum()}
+        penalty = self.collectives.replicated_share(per_feature_F.sum())
+        return {"l0_loss": step_input.coefficients["l0"] * penalty}

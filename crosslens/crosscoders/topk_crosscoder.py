@@ -97,7 +97,7 @@ class _TopKCrosscoderMath(CrosscoderMixin):
     def selection_scores(self, h: torch.Tensor) -> torch.Tensor:
         """``ReLU(h_i) * sum_s ||W_dec[i, s]||``, the quantity top-k ranks (no gradient)."""
         with torch.no_grad():
-            return h.relu() * self.snapshot_norms().sum(dim=1)
+            return h.relu() * self.snapshot_norm_sums()
 
     def encode(
         self, x: Float[torch.Tensor, "... n_snapshots d_in"]
@@ -164,17 +164,17 @@ class TopKTrainingCrosscoder(
         """Auxiliary-k loss: the top dead features reconstruct the live features' residual."""
         if dead_mask_F is None or (n_dead := int(dead_mask_F.sum())) == 0:
             return fwd.recon_NSD.new_zeros(())
-        aux_k = self.cfg.aux_k or self.cfg.n_snapshots * self.cfg.d_in // 2
+        aux_k = self.cfg.aux_k or self.total_snapshots * self.cfg.d_in // 2
         scale = min(n_dead / aux_k, 1.0)
         aux_k = min(aux_k, n_dead)
         residual_NSD = (fwd.x_NSD.to(fwd.recon_NSD.dtype) - fwd.recon_NSD).detach()
         h_NF = fwd.hidden_pre_NF
         with torch.no_grad():
-            scores_NF = h_NF * self.snapshot_norms().sum(dim=1)
+            scores_NF = h_NF * self.snapshot_norm_sums()
             scores_NF = scores_NF.masked_fill(~dead_mask_F.to(torch.bool)[None], -torch.inf)
             # ascending feature order: the gathered sum is then the same whatever order
             # topk returned, which keeps training bit-reproducible across resumes
             idx_NK = scores_NF.topk(aux_k, dim=-1, sorted=False).indices.sort(dim=-1).values
         aux_recon_NSD = self.decode_active(idx_NK, h_NF.gather(-1, idx_NK), add_bias=False)
-        aux_loss = (aux_recon_NSD - residual_NSD).pow(2).sum(dim=(-2, -1)).mean()
+        aux_loss = self.collectives.token_mean((aux_recon_NSD - residual_NSD).pow(2).sum(dim=(-2, -1)))
         return self.cfg.aux_loss_coefficient * scale * aux_loss

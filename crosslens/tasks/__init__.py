@@ -11,12 +11,18 @@ Shipped generators (crosslens's own lexicon and templates):
 =====================  ====================================================
 
 Bring your own with :func:`load_blimp_jsonl` (BLiMP, or any JSONL of sentence
-pairs), :func:`load_clams` or :func:`load_pairs_jsonl`.
+pairs), :func:`load_clams` or :func:`load_pairs_jsonl`; a multilingual
+(MultiBLiMP-style) file gives one task per language with :func:`load_multilingual_blimp`.
+
+Shipped multilingual data: ``agreement_multilingual`` (:func:`multilingual_agreement`),
+30 subject-verb agreement pairs each in English, French and Spanish, written for
+crosslens; ``agreement_multilingual_en`` (``_fr``, ``_es``) name one language's task.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from crosslens.tasks.agreement import agreement_pairs
 from crosslens.tasks.base import (
@@ -29,8 +35,10 @@ from crosslens.tasks.base import (
 )
 from crosslens.tasks.blimp import (
     MinimalPairFormatError,
+    languages_in,
     load_blimp_jsonl,
     load_clams,
+    load_multilingual_blimp,
     load_pairs_jsonl,
     pair_from_sentences,
 )
@@ -46,10 +54,14 @@ __all__ = [
     "encode",
     "get_task",
     "ioi_pairs",
+    "languages_in",
     "list_tasks",
     "load_blimp_jsonl",
     "load_clams",
+    "load_multilingual_blimp",
     "load_pairs_jsonl",
+    "multilingual_agreement",
+    "multilingual_tasks",
     "pair_from_sentences",
     "pico_task",
     "resolve_tokenizer",
@@ -57,6 +69,35 @@ __all__ = [
 ]
 
 PICO_TASKS = ("pico_agreement_simple", "pico_agreement_pp", "pico_agreement_rc", "pico_ioi")
+MULTILINGUAL_AGREEMENT = "agreement_multilingual"
+MULTILINGUAL_LANGUAGES = ("en", "fr", "es")
+MULTILINGUAL_TASKS = tuple(f"{MULTILINGUAL_AGREEMENT}_{lang}" for lang in MULTILINGUAL_LANGUAGES)
+
+
+def multilingual_agreement_path():
+    """The shipped multilingual agreement file (BLiMP-format JSONL with a ``language`` field)."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent / "data" / f"{MULTILINGUAL_AGREEMENT}.jsonl"
+
+
+def multilingual_agreement(languages=None) -> dict[str, TaskDataset]:
+    """The shipped English, French and Spanish subject-verb agreement pairs, one task per
+    language (``agreement_multilingual_en``, ...): a singular or plural subject, alone or
+    followed by a phrase with a plural attractor noun, then the verb."""
+    return load_multilingual_blimp(multilingual_agreement_path(), languages=languages)
+
+
+def multilingual_tasks(spec: str) -> list[str]:
+    """Task names for ``crosslens attribute --task``: a comma-separated list in which
+    ``agreement_multilingual`` stands for every language's task."""
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        expanded = list(MULTILINGUAL_TASKS) if part == MULTILINGUAL_AGREEMENT else [part]
+        names.extend(n for n in expanded if n not in names)
+    return names
 
 
 def pico_task(name: str, n: int = 64, seed: int = 0, *, grammar=None) -> TaskDataset:
@@ -112,7 +153,7 @@ _GENERATORS: dict[str, Callable[[int, int], TaskDataset]] = {
 
 def list_tasks() -> list[str]:
     """Names accepted by :func:`get_task`."""
-    return [*_GENERATORS, *PICO_TASKS]
+    return [*_GENERATORS, *PICO_TASKS, *MULTILINGUAL_TASKS]
 
 
 def task_for_tokenizer(name: str, tokenizer, n: int = 64, seed: int = 0) -> TaskDataset:
@@ -150,6 +191,9 @@ def get_task(name: str, n: int = 64, seed: int = 0) -> TaskDataset:
         return _GENERATORS[name](n, seed)
     if name in PICO_TASKS:
         return pico_task(name, n=n, seed=seed)
+    if name in MULTILINGUAL_TASKS:  # fixed sentences: the first n, seed unused
+        task = multilingual_agreement([name.removeprefix(f"{MULTILINGUAL_AGREEMENT}_")]).popitem()[1]
+        return task if n >= len(task) else replace(task, pairs=task.pairs[:n])
     raise ValueError(
         f"unknown task {name!r}; choose one of {', '.join(list_tasks())}, "
         "or load your own with load_blimp_jsonl / load_clams / load_pairs_jsonl"

@@ -21,6 +21,9 @@ Formats:
   ``sentence_bad`` (other fields, e.g. ``UID`` and ``pairID``, go to ``meta``).
   Other pair datasets load through the same function with ``good_key``/``bad_key``
   naming their two sentence fields.
+- **Multilingual (MultiBLiMP-style) JSONL**: the same, plus a ``language`` field per
+  line (``language_key`` names another); ``load_blimp_jsonl(..., language="fr")`` keeps
+  one language and :func:`load_multilingual_blimp` gives one task per language.
 - **CLAMS**: plain text, one ``LABEL<TAB>sentence`` per line, LABEL ``True`` for the
   grammatical sentence and ``False`` for an ungrammatical one. Each ``True`` line
   starts a group and every ``False`` line after it pairs with it (CLAMS ships one
@@ -133,6 +136,8 @@ def load_blimp_jsonl(
     limit: int | None = None,
     good_key: str = "sentence_good",
     bad_key: str = "sentence_bad",
+    language: str | None = None,
+    language_key: str = "language",
 ) -> TaskDataset:
     """Minimal pairs from a BLiMP-format JSONL file (one sentence pair per line).
 
@@ -143,9 +148,15 @@ def load_blimp_jsonl(
         on_invalid: ``"raise"`` on the first unusable pair (naming its line) or ``"skip"`` it.
         limit: keep at most this many usable pairs.
         good_key, bad_key: the fields holding the grammatical and ungrammatical sentence.
+        language: keep only the lines whose `language_key` field equals this (e.g. ``"fr"``
+            in a multilingual file); the default name then ends in ``_<language>``. See
+            :func:`load_multilingual_blimp` for one task per language.
+        language_key: the field naming each line's language.
     """
     _check_on_invalid(on_invalid)
     path = Path(path)
+    if language is not None:
+        name = name or f"{path.stem}_{language}"
     tokenizer = resolve_tokenizer(tokenizer) if tokenizer is not None else None
     candidates = []
     malformed = 0
@@ -153,15 +164,21 @@ def load_blimp_jsonl(
         if not line.strip():
             continue
         try:
-            candidates.append(_blimp_candidate(path, line_no, line, good_key, bad_key))
+            candidate = _blimp_candidate(path, line_no, line, good_key, bad_key)
         except MinimalPairFormatError:
             if on_invalid == "raise":
                 raise
             malformed += 1
+            continue
+        if language is not None and _language_of(candidate[4], language_key, path, line_no) != language:
+            continue
+        candidates.append(candidate)
+    if language is not None and not candidates:
+        present = sorted(languages_in(path, language_key=language_key))
+        raise MinimalPairFormatError(f"{path}: no line has {language_key}={language!r}; the languages here are {present}")
     candidates = _limit_after_parsing(candidates, limit, tokenizer, on_invalid)
-    description = f"minimal pairs from {path.name}"
+    description = f"minimal pairs from {path.name}" + (f" ({language})" if language is not None else "")
     return _finish(name or path.stem, candidates, tokenizer, on_invalid, description, malformed=malformed)
-
 
 def _blimp_candidate(path: Path, line_no: int, line: str, good_key: str, bad_key: str) -> tuple:
     """One JSONL line -> (path, line, good, bad, meta); `MinimalPairFormatError` naming the line."""
@@ -185,6 +202,71 @@ def _blimp_candidate(path: Path, line_no: int, line: str, good_key: str, bad_key
                 "(or pass on_invalid='skip' to drop such lines)"
             )
     return (str(path), line_no, good, bad, record)
+
+
+def _language_of(record: dict[str, Any], language_key: str, path: Path, line_no: int) -> str:
+    if language_key not in record:
+        raise MinimalPairFormatError(
+            f"{path}, line {line_no}: no {language_key!r} field, found {sorted(record)}; "
+            "pass language_key= to name the field holding each line's language"
+        )
+    return str(record[language_key])
+
+
+def languages_in(path: str | Path, *, language_key: str = "language") -> list[str]:
+    """The languages a multilingual BLiMP-format JSONL file holds, in order of first appearance."""
+    path = Path(path)
+    seen: dict[str, None] = {}
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise MinimalPairFormatError(f"{path}, line {line_no}: not valid JSON ({error.msg})") from None
+        seen.setdefault(_language_of(record, language_key, path, line_no), None)
+    return list(seen)
+
+
+def load_multilingual_blimp(
+    path: str | Path,
+    *,
+    languages: list[str] | None = None,
+    name: str | None = None,
+    tokenizer: Any = None,
+    on_invalid: OnInvalid = "raise",
+    limit: int | None = None,
+    good_key: str = "sentence_good",
+    bad_key: str = "sentence_bad",
+    language_key: str = "language",
+) -> dict[str, TaskDataset]:
+    """One task per language from a MultiBLiMP-style file: BLiMP-format JSONL holding one
+    phenomenon in several languages, each line naming its language in `language_key`.
+
+    Returns ``{language: task}`` in order of first appearance (or of `languages`, which
+    picks some); each task is named ``<name or file stem>_<language>`` and loads as
+    :func:`load_blimp_jsonl` with ``language=`` would. `limit` applies per language.
+    """
+    path = Path(path)
+    present = languages_in(path, language_key=language_key)
+    chosen = present if languages is None else list(languages)
+    missing = [lang for lang in chosen if lang not in present]
+    if missing:
+        raise MinimalPairFormatError(f"{path}: no lines in language(s) {missing}; the languages here are {present}")
+    return {
+        lang: load_blimp_jsonl(
+            path,
+            name=f"{name or path.stem}_{lang}",
+            tokenizer=tokenizer,
+            on_invalid=on_invalid,
+            limit=limit,
+            good_key=good_key,
+            bad_key=bad_key,
+            language=lang,
+            language_key=language_key,
+        )
+        for lang in chosen
+    }
 
 
 def load_clams(

@@ -60,8 +60,29 @@ class CrosscoderTrainerConfig:
     """Log scalar metrics every this many steps."""
     histogram_every: int = 500
     """Log per-snapshot decoder-norm histograms every this many steps; 0 disables."""
+    # SAELens's LoggingConfig names (see docs/API-names.md); given, they win over the
+    # crosslens names above, which are then set to match.
+    wandb_entity: str | None = None
+    """W&B entity (user or team); None: your default entity."""
+    run_name: str | None = None
+    """SAELens's name for wandb_run_name."""
+    wandb_log_frequency: int | None = None
+    """SAELens's name for log_every."""
+    eval_every_n_wandb_logs: int | None = None
+    """Heavier logging (decoder-norm histograms) every this many scalar logs: histogram_every = wandb_log_frequency * this."""
+    log_model_artifact: bool = True
+    """With W&B on, log the final crosscoder folder as a W&B model artifact."""
+    autocast_dtype: str | None = None
+    """Run the crosscoder's forward and backward under torch.autocast in this dtype
+    ("bfloat16"); parameters, gradients and Adam stay float32. None: float32 throughout."""
 
     def __post_init__(self) -> None:
+        if self.autocast_dtype not in (None, "bfloat16"):
+            raise ValueError(
+                f"autocast_dtype must be None or 'bfloat16', got {self.autocast_dtype!r}; float16 "
+                "would need loss scaling, which this trainer does not do."
+            )
+        self._resolve_saelens_logging_names()
         if self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}.")
         if not self.lr > 0:
@@ -95,3 +116,18 @@ class CrosscoderTrainerConfig:
             raise ValueError(
                 f"wandb_mode must be online, offline, disabled or None, got {self.wandb_mode!r}."
             )
+
+    def _resolve_saelens_logging_names(self) -> None:
+        if self.run_name is not None and self.wandb_run_name not in (None, self.run_name):
+            raise ValueError(
+                f"run_name={self.run_name!r} and wandb_run_name={self.wandb_run_name!r} name the "
+                "same thing (SAELens's and crosslens's name); set one of them."
+            )
+        self.run_name = self.wandb_run_name = self.run_name or self.wandb_run_name
+        if self.wandb_log_frequency is not None:
+            self.log_every = self.wandb_log_frequency
+        self.wandb_log_frequency = self.log_every
+        if self.eval_every_n_wandb_logs is not None:
+            if self.eval_every_n_wandb_logs < 0:
+                raise ValueError(f"eval_every_n_wandb_logs must be >= 0, got {self.eval_every_n_wandb_logs}.")
+            self.histogram_every = self.log_every * self.eval_every_n_wandb_logs

@@ -32,6 +32,7 @@ from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.crosscoders import ARCHITECTURES, set_crosscoder_metadata
+from crosslens.distributed import init_mesh, launched_by_torchrun, shard_batches
 from crosslens.errors import StoreChangedError
 from crosslens.training.config import CrosscoderTrainerConfig
 from crosslens.training.records import read_record, record_problem, write_record
@@ -88,7 +89,12 @@ class CrosscoderRunnerConfig:
     checkpoint_every: int = 500
     """Steps between resumable checkpoints; 0 disables them."""
     device: str = "cpu"
-    """Where training runs."""
+    """Where training runs (under torchrun, cuda means this rank's cuda:LOCAL_RANK)."""
+    snapshot_parallel: int = 1
+    """Under torchrun: ranks on the mesh's snapshot axis (each holds a block of snapshots);
+    the rest of the world is the data axis. See docs/DISTRIBUTED.md."""
+    autocast_dtype: str | None = None
+    """"bfloat16" runs the crosscoder step under autocast (parameters stay float32)."""
     log_to_wandb: bool = False
     """Log to Weights & Biases (WANDB_MODE=offline works)."""
     wandb_project: str = "crosslens"
@@ -99,10 +105,49 @@ class CrosscoderRunnerConfig:
     """Steps between W&B logs."""
     progress: bool = True
     """Show a progress bar."""
+    # SAELens's LoggingConfig names (see docs/API-names.md); given, they win over
+    # wandb_run_name / log_every above.
+    wandb_entity: str | None = None
+    """W&B entity (user or team); None: your default entity."""
+    run_name: str | None = None
+    """SAELens's name for wandb_run_name."""
+    wandb_log_frequency: int | None = None
+    """SAELens's name for log_every."""
+    eval_every_n_wandb_logs: int | None = None
+    """Decoder-norm histograms every this many W&B logs; None: every 500 steps."""
+    dataset_path: str | None = None
+    """Where the store's tokens came from (recorded in the crosscoder's metadata); None: the store's record, if any."""
+    hook_name: str | None = None
+    """SAELens's name for hook."""
+    training_tokens: int | None = None
+    """SAELens's name for the training length in tokens: n_steps = training_tokens // batch_size."""
+    train_batch_size_tokens: int | None = None
+    """SAELens's name for batch_size."""
     verify_store: bool = True
     """Re-hash every store file against its manifest before training; False checks sizes only."""
 
     def __post_init__(self) -> None:
+        if self.run_name is not None and self.wandb_run_name not in (None, self.run_name):
+            raise ValueError("run_name and wandb_run_name are the same setting (SAELens's and crosslens's name); set one.")
+        self.run_name = self.wandb_run_name = self.run_name or self.wandb_run_name
+        if self.wandb_log_frequency is not None:
+            self.log_every = self.wandb_log_frequency
+        self.wandb_log_frequency = self.log_every
+        if self.hook_name is not None and self.hook not in (None, self.hook_name):
+            raise ValueError("hook_name and hook are the same setting (SAELens's and crosslens's name); set one.")
+        self.hook = self.hook_name = self.hook_name or self.hook
+        if self.train_batch_size_tokens is not None:
+            self.batch_size = self.train_batch_size_tokens
+        self.train_batch_size_tokens = self.batch_size
+        if self.training_tokens is not None:
+            if self.batch_size >= 1 and self.training_tokens < self.batch_size:
+                raise ValueError(
+                    f"training_tokens={self.training_tokens} is less than one batch ({self.batch_size}); raise it."
+                )
+            self.n_steps = self.training_tokens // max(self.batch_size, 1)
+        self.training_tokens = self.n_steps * self.batch_size
+        if self.snapshot_parallel < 1:
+            raise ValueError(f"snapshot_parallel must be >= 1, got {self.snapshot_parallel}.")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(
                 f"unknown architecture {self.architecture!r}; choose one of {sorted(ARCHITECTURES)}."
@@ -162,6 +207,30 @@ class CrosscoderTrainingRunner:
         self.store = ActivationStore.open(config.store_path, verify="full" if config.verify_store else "size")
         self.hook = self.store.resolve_hook(config.hook)
         self.out_dir = Path(config.out_dir)
+        self.device = config.device
+        self.mesh = None
+        """(layout, collectives) once :meth:`run` joins a torchrun job; None in a plain process."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.mesh is None or self.mesh[0].is_main
+
+    def join_mesh(self) -> None:
+        """Under torchrun, join the job's (data, snapshot) mesh; this rank's device follows."""
+        if self.mesh is not None:
+            return
+        if not launched_by_torchrun():
+            if self.config.snapshot_parallel > 1:
+                raise ValueError(
+                    f"snapshot_parallel={self.config.snapshot_parallel} needs several processes: launch with "
+                    "torchrun --nproc_per_node=N -m crosslens train ... --snapshot-parallel P."
+                )
+            return
+        layout, collectives, device = init_mesh(
+            self.store.n_snapshots, snapshot_parallel=self.config.snapshot_parallel, device=self.config.device
+        )
+        layout.batch_rows(self.config.batch_size)  # refuses a batch that does not split evenly
+        self.mesh, self.device = (layout, collectives), str(device)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -173,7 +242,7 @@ class CrosscoderTrainingRunner:
 
     def _batches(self, start_step: int):
         cfg = self.config
-        return iter(
+        batches = iter(
             ActivationProvider(
                 self.store,
                 self.hook,
@@ -181,9 +250,10 @@ class CrosscoderTrainingRunner:
                 seed=cfg.seed,
                 drop_last=True,
                 start_batch=start_step,
-                device=cfg.device,
+                device=self.device,
             )
         )
+        return batches if self.mesh is None else shard_batches(batches, self.mesh[0])
 
     def _trainer_config(self) -> CrosscoderTrainerConfig:
         cfg = self.config
@@ -192,7 +262,7 @@ class CrosscoderTrainingRunner:
             lr=float(cfg.lr),
             lr_warm_up_steps=cfg.lr_warm_up_steps,
             lr_decay_steps=int(cfg.n_steps * cfg.lr_decay_fraction),
-            device=cfg.device,
+            device=self.device,
             seed=cfg.seed,
             checkpoint_dir=str(self.checkpoint_dir),
             checkpoint_every=cfg.checkpoint_every,
@@ -201,6 +271,9 @@ class CrosscoderTrainingRunner:
             wandb_run_name=cfg.wandb_run_name,
             wandb_dir=str(self.out_dir),
             log_every=cfg.log_every,
+            wandb_entity=cfg.wandb_entity,
+            eval_every_n_wandb_logs=cfg.eval_every_n_wandb_logs,
+            autocast_dtype=cfg.autocast_dtype,
         )
 
     def _new_crosscoder(self):
@@ -223,6 +296,8 @@ class CrosscoderTrainingRunner:
             hook_name=self.hook,
             activation_norm_factors=self.store.norm_factors(self.hook),
         )
+        for key, value in training_data_metadata(self.store, self.config.dataset_path).items():
+            crosscoder.cfg.metadata[key] = value
         return crosscoder
 
     def store_identity(self) -> dict[str, Any]:
@@ -268,7 +343,7 @@ class CrosscoderTrainingRunner:
             previous = _resume_settings(json.loads(run_file.read_text()))
         except (OSError, ValueError, AttributeError):
             previous = None
-        if previous != sealed:  # run.json is missing or damaged: the sealed record is the truth
+        if previous != sealed and self.is_main:  # run.json missing or damaged: the sealed record is the truth
             print(f"{run_file} was missing or damaged; rewritten from {checkpoint.name}'s record", file=sys.stderr)
             run_file.write_text(json.dumps(_jsonable(asdict(self.config)), indent=2))
         started_on, now = record.get("store", {}), self.store_identity()
@@ -278,14 +353,17 @@ class CrosscoderTrainingRunner:
 
     def _trainer(self, checkpoint: Path | None) -> CrosscoderTrainer:
         if checkpoint is None:
-            trainer = _SealedTrainer(self._new_crosscoder(), self._trainer_config())
+            trainer = _SealedTrainer(self._new_crosscoder(), self._trainer_config(), mesh=self.mesh)
         else:
-            trainer = _SealedTrainer.from_checkpoint(checkpoint, self._trainer_config())
+            trainer = _SealedTrainer.from_checkpoint(checkpoint, self._trainer_config(), mesh=self.mesh)
         trainer.record = {"settings": self._settings(), "store": self.store_identity()}
         return trainer
 
     def run(self, *, resume: bool = False) -> SAE:
-        """Train (or continue) and return the inference crosscoder saved in ``final_path``."""
+        """Train (or continue) and return the inference crosscoder saved in ``final_path``.
+
+        Under torchrun every rank calls this; rank 0 writes the files."""
+        self.join_mesh()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         run_file = self.out_dir / "run.json"
         resume_from = self.verified_checkpoint() if resume else None
@@ -296,11 +374,14 @@ class CrosscoderTrainingRunner:
             trainer = self._trainer(resume_from)
             trainer.fit(self._batches, resume_from=resume_from)
         else:
-            run_file.write_text(json.dumps(_jsonable(asdict(self.config)), indent=2))
+            if self.is_main:
+                run_file.write_text(json.dumps(_jsonable(asdict(self.config)), indent=2))
             trainer = self._trainer(None)
             trainer.fit(self._batches)
-        write_record(self.final_path, **trainer.record)
-        return SAE.load_from_disk(str(self.final_path), device=self.config.device)
+        if self.is_main:
+            write_record(self.final_path, **trainer.record)
+        trainer._barrier()
+        return SAE.load_from_disk(str(self.final_path), device=self.device)
 
 
 class _SealedTrainer(CrosscoderTrainer):
@@ -310,12 +391,16 @@ class _SealedTrainer(CrosscoderTrainer):
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         saved = super().save_checkpoint(path)
-        write_record(saved, **self.record)
+        if self.is_main:
+            write_record(saved, **self.record)
+        self._barrier()
         return saved
 
 
 def _resume_settings(config: dict[str, Any]) -> dict[str, Any]:
-    where = ("out_dir", "store_path", "verify_store", "progress")
+    # where things live, how they are checked, and on what hardware: a run may resume
+    # elsewhere, on another device or on another mesh
+    where = ("out_dir", "store_path", "verify_store", "progress", "device", "snapshot_parallel")
     return {key: value for key, value in config.items() if key not in where}
 
 
@@ -369,6 +454,27 @@ def evaluate_crosscoder(
         "n_tokens": n,
     }
     return result
+
+
+def training_data_metadata(store: ActivationStore, dataset_path: str | None = None) -> dict[str, Any]:
+    """What SAELens's trainer records about the training data, read from the store:
+    ``model_name``, ``model_class_name``, ``context_size``, ``prepend_bos``,
+    ``exclude_special_tokens`` (the excluded token ids), ``seqpos_slice`` (position 0 dropped
+    or not) and ``dataset_path`` (None when the store does not record it)."""
+    spec = store.manifest["spec"]
+    excluded = [int(i) for i in spec.get("exclude_token_ids", [])]
+    first_tokens = store.sequences[:, 0]
+    # BOS was prepended when every row starts with the same special token
+    prepend_bos = bool(len(first_tokens)) and bool((first_tokens == first_tokens[0]).all()) and int(first_tokens[0]) in excluded
+    return {
+        "model_name": spec["suite"].get("model_id"),
+        "model_class_name": "HookedTransformer",
+        "context_size": int(spec["seq_len"]),
+        "prepend_bos": prepend_bos,
+        "exclude_special_tokens": excluded,
+        "seqpos_slice": [1, None] if spec.get("exclude_bos") else [None],
+        "dataset_path": dataset_path or spec.get("dataset_path") or spec.get("dataset"),
+    }
 
 
 def store_provenance(store: ActivationStore) -> dict[str, Any]:

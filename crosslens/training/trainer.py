@@ -32,6 +32,7 @@ import itertools
 import json
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
@@ -51,9 +52,23 @@ from sae_lens.saes.sae import (
     TrainStepOutput,
 )
 from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
+from safetensors.torch import load_file
+from sae_lens.constants import SAE_WEIGHTS_FILENAME
 from tqdm.auto import tqdm
 
 from crosslens.crosscoders.base import CrosscoderTrainingMixin
+from crosslens.crosscoders.collectives import LocalCollectives
+from crosslens.distributed.mesh import MeshLayout, local_layout
+from crosslens.distributed.sharding import (
+    clip_grad_norm,
+    full_crosscoder,
+    gather_optimizer_state,
+    parameter_names,
+    reduce_gradients,
+    shard_crosscoder,
+    slice_optimizer_state,
+    slice_state_dict,
+)
 from crosslens.training.config import CrosscoderTrainerConfig
 
 TRAINER_STATE_FILENAME = "trainer_state.pt"
@@ -62,6 +77,8 @@ FINAL_DIRNAME = "final"
 
 Batch = Float[torch.Tensor, "batch n_snapshots d_in"]
 BatchSource = Union[Iterable[Batch], Callable[[int], Iterator[Batch]]]
+Mesh = tuple[MeshLayout, LocalCollectives]
+"""Where a trainer sits in a ``(data, snapshot)`` mesh (``crosslens.distributed.init_mesh``)."""
 
 
 @torch.no_grad()
@@ -104,16 +121,27 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
 
 
 class CrosscoderTrainer:
-    """Trains any registered crosscoder training class on ``[batch, S, d_in]`` batches."""
+    """Trains any registered crosscoder training class on ``[batch, S, d_in]`` batches.
 
-    def __init__(self, sae: TrainingSAE[Any], cfg: CrosscoderTrainerConfig):
+    With ``mesh`` (from ``crosslens.distributed.init_mesh``, one trainer per ``torchrun``
+    process) the trainer keeps only its rank's block of snapshots of ``sae`` and trains
+    on its rank's part of each batch: ``[batch / data_size, |S_r|, d_in]`` (see
+    ``crosslens.distributed.shard_batches``). Every rank must be given the same full
+    ``sae`` (same seed); the result equals the single-process run's. Checkpoints and the
+    final crosscoder are gathered and written by rank 0 in the single-process layout.
+    """
+
+    def __init__(
+        self, sae: TrainingSAE[Any], cfg: CrosscoderTrainerConfig, *, mesh: Mesh | None = None
+    ):
         if not isinstance(sae, CrosscoderTrainingMixin):
             raise TypeError(
                 f"CrosscoderTrainer trains crosscoder training classes, got "
                 f"{type(sae).__name__}; build one from crosslens.crosscoders (e.g. "
                 "ReLUTrainingCrosscoder) or use SAELens's SAETrainer for plain SAEs."
             )
-        self.sae = sae.to(cfg.device)
+        self.layout, self.collectives = mesh or local_layout(sae.cfg.n_snapshots)
+        self.sae = shard_crosscoder(sae.to(cfg.device), self.layout, self.collectives)
         self.cfg = cfg
         self.n_steps = 0
         self.n_tokens = 0
@@ -124,7 +152,9 @@ class CrosscoderTrainer:
         self.window_tokens = 0
 
         self.optimizer = torch.optim.Adam(
-            sae.optimizer_param_groups(cfg.lr), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2)
+            self.sae.optimizer_param_groups(cfg.lr),
+            lr=cfg.lr,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
         )
         assert cfg.lr_end is not None  # set in __post_init__
         self.lr_scheduler = get_lr_scheduler(
@@ -138,7 +168,7 @@ class CrosscoderTrainer:
             num_cycles=cfg.n_restart_cycles,
         )
         self.coefficient_schedulers: dict[str, CoefficientScheduler] = {}
-        for name, coeff in sae.get_coefficients().items():
+        for name, coeff in self.sae.get_coefficients().items():
             if not isinstance(coeff, TrainCoefficientConfig):
                 coeff = TrainCoefficientConfig(value=coeff, warm_up_steps=0)
             self.coefficient_schedulers[name] = CoefficientScheduler(
@@ -154,22 +184,42 @@ class CrosscoderTrainer:
     def dead_features(self) -> torch.Tensor:
         return self.tokens_since_fired > self.cfg.dead_feature_window_tokens
 
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 of a mesh (or a plain process): the one that logs and writes files."""
+        return self.layout.is_main
+
     def step(self, batch: Batch) -> TrainStepOutput:
         """One optimizer step on one batch; advances the step and token counters."""
         x_BSD = batch.to(self.cfg.device)
-        self.sae.train()
-        output = self.sae.training_forward_pass(
-            TrainStepInput(
-                sae_in=x_BSD,
-                coefficients=self.coefficients,
-                dead_neuron_mask=self.dead_features,
-                n_training_steps=self.n_steps,
-                is_logging_step=self._is_log_step(self.n_steps + 1),
+        distributed = self.collectives.is_distributed
+        if distributed and (x_BSD.ndim != 3 or x_BSD.shape[1] != self.sae.cfg.n_snapshots):
+            raise ValueError(
+                f"rank {self.layout.rank} holds snapshots {list(self.layout.snapshots)} and "
+                f"needs batches shaped [batch, {self.sae.cfg.n_snapshots}, d_in], got "
+                f"{tuple(x_BSD.shape)}; shard global batches with "
+                "crosslens.distributed.shard_batches."
             )
+        self.sae.train()
+        autocast = torch.autocast(
+            device_type=x_BSD.device.type,
+            dtype=torch.bfloat16,
+            enabled=self.cfg.autocast_dtype == "bfloat16",
         )
+        with autocast:
+            output = self.sae.training_forward_pass(
+                TrainStepInput(
+                    sae_in=x_BSD,
+                    coefficients=self.coefficients,
+                    dead_neuron_mask=self.dead_features,
+                    n_training_steps=self.n_steps,
+                    is_logging_step=self._is_log_step(self.n_steps + 1),
+                )
+            )
         output.loss.backward()
+        reduce_gradients(self.sae, self.collectives)
         if self.cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.max_grad_norm)
+            clip_grad_norm(self.sae, self.cfg.max_grad_norm, self.collectives)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
@@ -177,11 +227,11 @@ class CrosscoderTrainer:
             scheduler.step()
 
         with torch.no_grad():
-            n_batch = output.feature_acts.shape[0]
+            n_batch = self.collectives.global_batch(output.feature_acts.shape[0])
             fired_BF = output.feature_acts != 0
             self.tokens_since_fired += n_batch
-            self.tokens_since_fired[fired_BF.any(dim=0)] = 0
-            self.window_fire_counts += fired_BF.sum(dim=0)
+            self.tokens_since_fired[self.collectives.data_any(fired_BF.any(dim=0))] = 0
+            self.window_fire_counts += self.collectives.data_sum(fired_BF.sum(dim=0))
             self.window_tokens += n_batch
         self.n_steps += 1
         self.n_tokens += n_batch
@@ -200,9 +250,18 @@ class CrosscoderTrainer:
         elif self.n_steps == 0:
             _seed_everything(self.cfg.seed)
         batch_iter = _open_batches(batches, self.n_steps)
-        wandb_run, owns_run = self._start_wandb() if self.cfg.log_to_wandb else (None, False)
-        pbar = tqdm(total=self.cfg.total_steps, initial=self.n_steps, desc="Training crosscoder")
+        log_here = self.cfg.log_to_wandb and self.is_main
+        wandb_run, owns_run = self._start_wandb() if log_here else (None, False)
+        if wandb_run is not None:  # also the caller's run: the crosscoder's metadata names it
+            self.wandb_run_id = self.wandb_run_id or wandb_run.id
+        pbar = tqdm(
+            total=self.cfg.total_steps,
+            initial=self.n_steps,
+            desc="Training crosscoder",
+            disable=not self.is_main,
+        )
         last_log_time, last_log_tokens = time.perf_counter(), self.n_tokens
+        output = None
         try:
             while self.n_steps < self.cfg.total_steps:
                 batch = next(batch_iter, None)
@@ -213,6 +272,11 @@ class CrosscoderTrainer:
                     )
                 output = self.step(batch)
                 pbar.update(1)
+                if self.collectives.is_distributed and self._is_log_step(self.n_steps):
+                    # every rank holds a share of the loss; all take part in the sum
+                    output.loss = output.loss.new_tensor(
+                        self.collectives.world_sum_scalar(output.loss.item())
+                    )
                 if wandb_run is not None and self._is_log_step(self.n_steps):
                     now = time.perf_counter()
                     elapsed = max(now - last_log_time, 1e-9)
@@ -225,13 +289,47 @@ class CrosscoderTrainer:
                     last_log_time, last_log_tokens = time.perf_counter(), self.n_tokens
                 if self.cfg.checkpoint_every and self.n_steps % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint()
+            self.set_final_sae_metadata(output, wandb_run)
             if self.cfg.checkpoint_dir is not None and self.cfg.save_final:
-                self.sae.save_inference_model(Path(self.cfg.checkpoint_dir) / FINAL_DIRNAME)
+                final_dir = Path(self.cfg.checkpoint_dir) / FINAL_DIRNAME
+                final = self.full_crosscoder()
+                if self.is_main:
+                    final.save_inference_model(final_dir)
+                    if wandb_run is not None and self.cfg.log_model_artifact:
+                        self.log_model_artifact(wandb_run, final_dir)
+                self._barrier()
         finally:
             pbar.close()
             if owns_run and wandb_run is not None:
                 wandb_run.finish()
         return self.sae
+
+    @torch.no_grad()
+    def set_final_sae_metadata(self, output: TrainStepOutput | None, wandb_run: Any = None) -> None:
+        """End-of-training facts in the crosscoder's metadata, under SAELens's names where it
+        has them: ``l0`` (mean active features per token on the last batch; SAELens averages
+        over its sparsity window), ``num_dead_features``, and the W&B run."""
+        meta = self.sae.cfg.metadata
+        if output is not None:
+            meta.l0 = float((output.feature_acts != 0).sum(dim=-1).float().mean())
+        meta.num_dead_features = int(self.dead_features.sum())
+        meta.n_training_steps = self.n_steps
+        meta.n_training_samples = self.n_tokens  # SAELens's name; one sample = one token's [S, D] stack
+        if self.wandb_run_id:
+            meta.wandb_run_id = self.wandb_run_id
+            meta.wandb_project = getattr(wandb_run, "project", None) or self.cfg.wandb_project
+            meta.wandb_entity = getattr(wandb_run, "entity", None) or self.cfg.wandb_entity
+
+    def log_model_artifact(self, wandb_run: Any, folder: Path) -> None:
+        """The saved crosscoder folder as a W&B ``model`` artifact, named as SAELens names its
+        SAE artifacts (``sae.get_name()`` with "/" replaced)."""
+        import wandb
+
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", self.sae.get_name().replace("/", "__"))
+        artifact = wandb.Artifact(name, type="model", metadata={"n_steps": self.n_steps, "n_tokens": self.n_tokens})
+        for file in sorted(folder.iterdir()):
+            artifact.add_file(str(file))
+        wandb_run.log_artifact(artifact, aliases=["final"])
 
     def _is_log_step(self, step: int) -> bool:
         return self.cfg.log_to_wandb and step % self.cfg.log_every == 0
@@ -277,6 +375,7 @@ class CrosscoderTrainer:
         run = wandb.init(
             project=self.cfg.wandb_project,
             name=self.cfg.wandb_run_name,
+            entity=self.cfg.wandb_entity,
             dir=self.cfg.wandb_dir,
             mode=self.cfg.wandb_mode,  # type: ignore[arg-type]
             id=self.wandb_run_id,
@@ -294,7 +393,14 @@ class CrosscoderTrainer:
                 raise ValueError("no path given and cfg.checkpoint_dir is None; pass a path.")
             path = Path(self.cfg.checkpoint_dir) / f"{CHECKPOINT_PREFIX}{self.n_steps:08d}"
         path = Path(path)
-        self.sae.save_model(path)
+        full = self.full_crosscoder()
+        optimizer_state = gather_optimizer_state(
+            self.optimizer, self.sae, self.layout, self.collectives
+        )
+        if not self.is_main:
+            self._barrier()
+            return path
+        full.save_model(path)
         rng: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "numpy": np.random.get_state(),
@@ -307,7 +413,7 @@ class CrosscoderTrainer:
                 "trainer_cfg": asdict(self.cfg),
                 "n_steps": self.n_steps,
                 "n_tokens": self.n_tokens,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "lr_scheduler": self.lr_scheduler.state_dict(),
                 "coefficient_schedulers": {
                     name: s.state_dict() for name, s in self.coefficient_schedulers.items()
@@ -320,7 +426,19 @@ class CrosscoderTrainer:
             },
             path / TRAINER_STATE_FILENAME,
         )
+        self._barrier()
         return path
+
+    def full_crosscoder(self) -> TrainingSAE[Any]:
+        """The whole crosscoder as one plain module (gathered from every rank on a mesh:
+        a collective, so every rank must call it)."""
+        if not self.collectives.is_distributed:
+            return self.sae
+        return full_crosscoder(self.sae, self.layout, self.collectives)
+
+    def _barrier(self) -> None:
+        if self.collectives.is_distributed:
+            torch.distributed.barrier()
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore weights and trainer state saved by :meth:`save_checkpoint`."""
@@ -331,10 +449,16 @@ class CrosscoderTrainer:
                 f"{state_file} not found; pass a folder written by save_checkpoint "
                 "(checkpoint_dir/step_XXXXXXXX), e.g. latest_checkpoint(checkpoint_dir)."
             )
-        self.sae.load_weights_from_checkpoint(path)
+        # checkpoints hold the whole crosscoder; a mesh rank keeps its block of it
+        weights = load_file(path / SAE_WEIGHTS_FILENAME)
+        self.sae.process_state_dict_for_loading(weights)
+        self.sae.load_state_dict(slice_state_dict(weights, self.layout.snapshots))
         # numpy's RNG state is not a tensor, so this file needs the full unpickler
         state = torch.load(state_file, map_location=self.cfg.device, weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        names = parameter_names(self.optimizer, self.sae)
+        self.optimizer.load_state_dict(
+            slice_optimizer_state(state["optimizer"], names, self.layout.snapshots)
+        )
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         for name, s_state in state["coefficient_schedulers"].items():
             self.coefficient_schedulers[name].load_state_dict(s_state)
@@ -353,9 +477,10 @@ class CrosscoderTrainer:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, cfg: CrosscoderTrainerConfig | None = None
+        cls, path: str | Path, cfg: CrosscoderTrainerConfig | None = None, *, mesh: Mesh | None = None
     ) -> "CrosscoderTrainer":
-        """Rebuild crosscoder and trainer from a checkpoint (config from it unless given)."""
+        """Rebuild crosscoder and trainer from a checkpoint (config from it unless given),
+        on any mesh: the checkpoint holds the whole crosscoder whatever mesh wrote it."""
         path = Path(path)
         state = torch.load(path / TRAINER_STATE_FILENAME, map_location="cpu", weights_only=False)
         cfg = cfg or CrosscoderTrainerConfig(**state["trainer_cfg"])
@@ -366,7 +491,7 @@ class CrosscoderTrainer:
         # SAE.load_from_disk, whose tensors sit where safetensors put them: CPU kernels
         # round differently on differently aligned memory, and resume must be exact.
         sae = get_sae_training_class(sae_cfg.architecture())[0](sae_cfg)
-        trainer = cls(sae, cfg)
+        trainer = cls(sae, cfg, mesh=mesh)
         trainer.load_checkpoint(path)
         return trainer
 

@@ -1,0 +1,220 @@
+"""Training batches straight from resident snapshot models: no activation store on disk.
+
+A disk store costs ``tokens x snapshots x d_in`` values (about 40 TB for Ge et al.'s
+Pythia-160M recipe in fp16). :class:`ResidentSnapshotProvider` instead keeps a block of
+snapshot models in memory for the whole run, runs each only up to the hook on the same
+token chunk, and serves shuffled ``[batch, |block|, d_in]`` batches from an in-memory
+buffer. Under a ``(data, snapshot)`` mesh each rank keeps only its snapshots' models
+(``snapshots=layout.snapshots``), every rank of a snapshot group reads the same tokens
+(the sequence order is seeded and shared), and the data axis splits each chunk's
+sequences (``data_rank``/``data_size``).
+
+It is :class:`~crosslens.activations.provider.OnTheFlyProvider` with the reloads taken
+out: the models are loaded once, checked to fit first, and never freed until
+:meth:`close`. Batches, resume (``start_batch``) and the shuffle behave the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+
+from crosslens.activations.harvest import free_model, harvest_rows, load_snapshot
+from crosslens.activations.provider import OnTheFlyProvider, epoch_rng
+
+if TYPE_CHECKING:
+    from crosslens.checkpoints import CheckpointSuite
+
+CALIBRATION_SEQS = 64
+"""Sequences (the same on every rank) that the normalisation factors are measured on."""
+
+
+class ModelsDoNotFitError(MemoryError):
+    """The resident snapshot models would not fit in the memory available for them."""
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (CUDA: free device memory; CPU: available RAM), if known."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+            return None
+    return None
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+class ResidentSnapshotProvider(OnTheFlyProvider):
+    """Shuffled ``[batch, |snapshots|, d_in]`` batches from resident snapshot models.
+
+    Args (beyond :class:`OnTheFlyProvider`'s):
+        snapshots: suite indices of the snapshots this process keeps and serves (default all).
+        data_rank, data_size: this process's share of each chunk's sequences (sequence j
+            of a chunk goes to data rank ``j % data_size``).
+        model_dtype: dtype the models run in (bfloat16/float16 halve their memory);
+            activations are served as float32.
+        memory_fraction: share of the free memory on ``model_device`` the models may take.
+    """
+
+    def __init__(
+        self,
+        suite: CheckpointSuite,
+        hook: str,
+        token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"],
+        batch_size: int = 1024,
+        *,
+        snapshots: Sequence[int] | None = None,
+        data_rank: int = 0,
+        data_size: int = 1,
+        model_dtype: torch.dtype = torch.float32,
+        memory_fraction: float = 0.9,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(suite, hook, token_ids_NL, batch_size, **kwargs)
+        n_all = len(suite)
+        self.snapshot_indices = list(range(n_all) if snapshots is None else snapshots)
+        if not self.snapshot_indices or not all(0 <= s < n_all for s in self.snapshot_indices):
+            raise ValueError(
+                f"snapshots must be indices of the suite's {n_all} snapshots, got {snapshots}."
+            )
+        if not 0 <= data_rank < data_size:
+            raise ValueError(f"data_rank={data_rank} must be in [0, data_size={data_size}).")
+        if not 0 < memory_fraction <= 1:
+            raise ValueError(f"memory_fraction must be in (0, 1], got {memory_fraction}.")
+        self.data_rank, self.data_size = data_rank, data_size
+        self.model_dtype = model_dtype
+        self.memory_fraction = memory_fraction
+        self._models: list[Any] | None = None
+        self.provenance: list[dict] = []
+        # this rank's tokens: its sequences of every chunk
+        self._mine_N = torch.zeros(self.token_ids_NL.shape[0], dtype=torch.bool)
+        self.n_tokens = self._count_rank_tokens()
+        if self.n_tokens == 0 or (self.drop_last and self.n_tokens < batch_size):
+            raise ValueError(
+                f"data rank {data_rank} of {data_size} gets {self.n_tokens} tokens, fewer than "
+                f"one batch of {batch_size}; use more text or a smaller --batch-size."
+            )
+
+    # ------------------------------------------------------------------ models
+    @property
+    def n_snapshots(self) -> int:
+        return len(self.snapshot_indices)
+
+    def models(self) -> list[Any]:
+        """The resident models, loaded on first use after checking that they fit."""
+        if self._models is None:
+            self._models = self._load_models()
+        return self._models
+
+    def _load_models(self) -> list[Any]:
+        device = torch.device(self.model_device)
+        refs = [self.suite.snapshots[s] for s in self.snapshot_indices]
+        reference = self._tokenizer if self._per_model_tokenizer else None
+        models = []
+        try:
+            for i, ref in enumerate(refs):
+                record, model = load_snapshot(
+                    self.suite, ref, device=device, reference_tokenizer=reference
+                )
+                model = model.to(self.model_dtype)
+                if i == 0:
+                    self._check_fits(model_bytes(model), len(refs), device)
+                self.provenance.append(record)
+                models.append(model)
+        except BaseException:
+            for model in models:
+                free_model(model)
+            raise
+        return models
+
+    def _check_fits(self, one_model: int, n_models: int, device: torch.device) -> None:
+        free = available_memory(device)
+        if free is None:
+            return
+        # the first model is already resident, so it counts against what is left
+        needed, budget = one_model * (n_models - 1), int((free + one_model) * self.memory_fraction)
+        if needed + one_model > budget:
+            raise ModelsDoNotFitError(
+                f"{n_models} resident snapshot models need {_gib(one_model * n_models)} on "
+                f"{device}, but about {_gib(budget)} is free for them; hold fewer snapshots "
+                "per process (--snapshot-parallel), run them in bfloat16 (--dtype bfloat16), "
+                "or harvest a disk store instead (crosslens harvest)."
+            )
+
+    def close(self) -> None:
+        """Free the resident models."""
+        for model in self._models or []:
+            free_model(model)
+        self._models = None
+
+    # ------------------------------------------------------------------ tokens
+    def _chunks(self, epoch: int) -> list[np.ndarray]:
+        # every rank draws the same sequence order; data rank d takes every d-th sequence
+        seq_order = epoch_rng(self.seed, epoch).permutation(self.token_ids_NL.shape[0])
+        chunk = self.chunk_seqs * self.data_size
+        return [
+            seq_order[lo : lo + chunk][self.data_rank :: self.data_size]
+            for lo in range(0, seq_order.size, chunk)
+        ]
+
+    def _count_rank_tokens(self) -> int:
+        seqs = np.concatenate(self._chunks(0)) if self.token_ids_NL.shape[0] else np.array([], int)
+        # the split is a fixed stride of one permutation per epoch, so the count is per epoch
+        return int(self.keep_NL[torch.from_numpy(seqs)].sum()) if seqs.size else 0
+
+    @property
+    def norm_factors(self) -> Float[torch.Tensor, " n_snapshots"]:
+        """sqrt(d_in) / mean norm per held snapshot, measured on the first
+        ``CALIBRATION_SEQS`` sequences (the same tokens on every rank)."""
+        if self._norm_factors is None:
+            seqs = torch.arange(min(CALIBRATION_SEQS, self.token_ids_NL.shape[0]))
+            acts_NSD = self._harvest(seqs)
+            mean_norms_S = torch.linalg.vector_norm(acts_NSD, dim=-1, dtype=torch.float64).mean(0)
+            self._norm_factors = (math.sqrt(acts_NSD.shape[-1]) / mean_norms_S).float()
+        return self._norm_factors
+
+    def _harvest(self, seqs: torch.Tensor) -> Float[torch.Tensor, "n n_snapshots d_in"]:
+        tokens, keep = self.token_ids_NL[seqs], self.keep_NL[seqs]
+        per_snapshot = [
+            harvest_rows(model, tokens, keep, [self.hook], batch_size=self.harvest_batch_size)[self.hook]
+            for model in self.models()
+        ]
+        acts_NSD = torch.stack(per_snapshot, dim=1)
+        self._d_in = int(acts_NSD.shape[-1])
+        return acts_NSD
+
+    def _chunk(self, epoch: int, index: int) -> Float[torch.Tensor, "n n_snapshots d_in"]:
+        """Raw activations of chunk ``index`` of ``epoch`` for this rank, in serving order."""
+        if self._cached_chunk is not None and self._cached_chunk[0] == (epoch, index):
+            return self._cached_chunk[1]
+        seqs = torch.from_numpy(self._chunks(epoch)[index])
+        acts_NSD = self._harvest(seqs)
+        shuffle = epoch_rng(self.seed, epoch, index + 1, self.data_rank).permutation(acts_NSD.shape[0])
+        acts_NSD = acts_NSD[torch.from_numpy(shuffle)]
+        self._cached_chunk = ((epoch, index), acts_NSD)
+        return acts_NSD
+
+    def chunk_positions(self, epoch: int, index: int) -> Int[torch.Tensor, "n 2"]:
+        """``(sequence, position)`` of each row of :meth:`_chunk`, in serving order
+        (matches ``ActivationStore.positions`` for the same token table)."""
+        seqs = torch.from_numpy(self._chunks(epoch)[index])
+        keep = self.keep_NL[seqs]
+        rows, cols = torch.nonzero(keep, as_tuple=True)
+        positions = torch.stack([seqs[rows], cols], dim=1)
+        shuffle = epoch_rng(self.seed, epoch, index + 1, self.data_rank).permutation(positions.shape[0])
+        return positions[torch.from_numpy(shuffle)]
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"

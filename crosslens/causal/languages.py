@@ -1,0 +1,171 @@
+"""One task per language, side by side: which features matter when, in which language.
+
+Bayazit et al. follow a multilingual model (BLOOM) across checkpoints and ask whether a
+feature's causal role on a phenomenon appears at the same time in every language.
+:func:`run_language_tasks` runs the causal stage (:func:`run_causal_stage`) for each
+language's task on the same crosscoder and snapshots, then puts their RelIE next to each
+other for one shared feature set: the union of every language's top features by |IE|.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float, Int
+from plotly.subplots import make_subplots
+
+from crosslens.causal.attribution import IETable
+from crosslens.causal.relie import RelIEThresholds, classify_relie, relie, select_top_features
+from crosslens.causal.stage import run_causal_stage
+from crosslens.tasks.base import TaskDataset
+
+
+def language_of(task: TaskDataset) -> str:
+    """A task's language: its pairs' ``language`` meta field when they agree, else its name."""
+    found = {pair.meta.get("language") for pair in task.pairs}
+    return str(found.pop()) if len(found) == 1 and None not in found else task.name
+
+
+def shared_features(tables: Mapping[str, IETable], top_k: int) -> Int[torch.Tensor, " n_selected"]:
+    """Sorted union over languages (and snapshots) of the top-``top_k`` features by |IE|."""
+    if not tables:
+        raise ValueError("no language tables to compare; run at least one task")
+    chosen = [select_top_features(table.ie, top_k) for table in tables.values()]
+    return torch.unique(torch.cat(chosen))
+
+
+def relie_by_language(
+    tables: Mapping[str, IETable], features: Int[torch.Tensor, " n_selected"]
+) -> dict[str, Float[torch.Tensor, "n_selected n_snapshots"]]:
+    """Each language's one-vs-all RelIE over snapshots for the same `features`."""
+    columns = {tuple(table.snapshots) for table in tables.values()}
+    if len(columns) != 1:
+        raise ValueError(
+            f"the language tables cover different snapshots ({sorted(columns)}); attribute every language "
+            "on the same snapshots"
+        )
+    if len(next(iter(columns))) < 2:  # one snapshot holds every effect
+        return {language: torch.ones(len(features), 1) for language in tables}
+    return {language: relie(table.ie[features]) for language, table in tables.items()}
+
+
+def relie_by_language_figure(
+    relie_values: Mapping[str, Float[torch.Tensor, "n_features n_snapshots"]],
+    *,
+    feature_ids: Sequence[int],
+    snapshot_labels: Sequence[str],
+) -> go.Figure:
+    """Side-by-side RelIE heatmaps, one panel per language, the same feature in the same row
+    (rows ordered by where the first language's RelIE peaks)."""
+    languages = list(relie_values)
+    first = relie_values[languages[0]].detach().cpu().numpy()
+    order = np.lexsort((-first.max(axis=1), first.argmax(axis=1)))
+    rows = [f"f{feature_ids[i]}" for i in order]
+    fig = make_subplots(rows=1, cols=len(languages), shared_yaxes=True, subplot_titles=languages)
+    for column, language in enumerate(languages, start=1):
+        values = relie_values[language].detach().cpu().numpy()[order]
+        fig.add_trace(
+            go.Heatmap(
+                z=values,
+                x=list(snapshot_labels),
+                y=rows,
+                zmin=0,
+                zmax=1,
+                colorscale="Viridis",
+                showscale=column == len(languages),
+                colorbar={"title": "RelIE"},
+                hovertemplate=f"{language}<br>%{{y}} at %{{x}}<br>RelIE %{{z:.2f}}<extra></extra>",
+            ),
+            row=1,
+            col=column,
+        )
+    fig.update_layout(title="RelIE per language (same features in every panel)", template="plotly_white")
+    return fig
+
+
+def language_report(
+    tables: Mapping[str, IETable],
+    features: Int[torch.Tensor, " n_selected"],
+    relie_values: Mapping[str, torch.Tensor],
+    thresholds: RelIEThresholds = RelIEThresholds(),
+):
+    """A report section (``crosslens.analysis.report.Report``) comparing the languages."""
+    from crosslens.analysis.report import Report
+
+    first = next(iter(tables.values()))
+    report = Report("Causal analysis per language", subtitle=", ".join(tables))
+    report.add_heading("RelIE per language")
+    report.add_figure(
+        relie_by_language_figure(relie_values, feature_ids=features.tolist(), snapshot_labels=first.snapshot_labels),
+        caption=(
+            f"{len(features)} features: the union of every language's top features by |IE| at each snapshot. "
+            "RelIE = |IE at a snapshot| / sum over snapshots, per language."
+        ),
+    )
+    rows = []
+    for column, label in enumerate(first.snapshot_labels):
+        row: dict[str, Any] = {"snapshot": label}
+        for language, table in tables.items():
+            labels = classify_relie(relie_values[language][:, column : column + 1], thresholds)
+            row[f"{language}: metric"] = float(table.metric_clean[column])
+            row[f"{language}: specific"] = int((labels == "specific").sum())
+        rows.append(row)
+    report.add_table(rows)
+    report.add_text(
+        "metric = logit[wrong] - logit[correct] (negative: right); specific = shared features whose RelIE "
+        f"at that snapshot is above {thresholds.specific}."
+    )
+    return report
+
+
+def run_language_tasks(
+    models: Any,
+    crosscoder: Any,
+    tasks: Sequence[TaskDataset],
+    out_dir: str | Path,
+    *,
+    top_k: int = 10,
+    thresholds: RelIEThresholds = RelIEThresholds(),
+    **stage_kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`run_causal_stage` for each task (one per language) into ``out_dir/<task name>/``,
+    then RelIE per language for a shared feature set, written to ``relie_by_language.json``
+    and ``languages_report.html``. Returns ``{"results": {language: stage result},
+    "features", "relie", "report", "paths"}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        language = language_of(task)
+        if language in results:
+            raise ValueError(f"two tasks are in language {language!r}; pass one task per language")
+        results[language] = run_causal_stage(
+            models, crosscoder, task, out / task.name, top_k=top_k, thresholds=thresholds, **stage_kwargs
+        )
+    tables = {language: result["table"] for language, result in results.items()}
+    features = shared_features(tables, top_k)
+    relie_values = relie_by_language(tables, features)
+    first = next(iter(tables.values()))
+    paths = {"relie_by_language": out / "relie_by_language.json"}
+    paths["relie_by_language"].write_text(
+        json.dumps(
+            {
+                "languages": list(tables),
+                "tasks": {language: table.task for language, table in tables.items()},
+                "features": features.tolist(),
+                "snapshots": first.snapshots,
+                "snapshot_labels": first.snapshot_labels,
+                "relie": {language: values.tolist() for language, values in relie_values.items()},
+                "metric_clean": {language: table.metric_clean.tolist() for language, table in tables.items()},
+            }
+        )
+    )
+    report = language_report(tables, features, relie_values, thresholds)
+    paths["report"] = report.write(out / "languages_report.html")
+    return {"results": results, "features": features, "relie": relie_values, "report": report, "paths": paths}

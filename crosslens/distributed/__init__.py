@@ -1,0 +1,41 @@
+"""Crosscoder training across processes: a ``(data, snapshot)`` mesh under ``torchrun``.
+
+- :func:`init_mesh` joins the job and lays out the mesh (NCCL on CUDA, gloo on CPU).
+- :func:`shard_crosscoder` / :func:`full_crosscoder` split a crosscoder over the snapshot
+  axis and put it back together; ``CrosscoderTrainer(..., mesh=...)`` does both for you.
+- :func:`shard_batches` turns global ``[batch, S, d_in]`` batches into this rank's part.
+
+See docs/DISTRIBUTED.md for the math, the communication per step and the launch lines.
+"""
+
+from crosslens.distributed.batches import shard_batches
+from crosslens.distributed.mesh import (
+    MeshLayout,
+    init_mesh,
+    launched_by_torchrun,
+    local_layout,
+    shutdown,
+    snapshot_blocks,
+)
+from crosslens.distributed.sharding import (
+    clip_grad_norm,
+    full_crosscoder,
+    gather_state_dict,
+    reduce_gradients,
+    shard_crosscoder,
+)
+
+__all__ = [
+    "MeshLayout",
+    "clip_grad_norm",
+    "full_crosscoder",
+    "gather_state_dict",
+    "init_mesh",
+    "launched_by_torchrun",
+    "local_layout",
+    "reduce_gradients",
+    "shard_batches",
+    "shard_crosscoder",
+    "shutdown",
+    "snapshot_blocks",
+]

@@ -1,0 +1,213 @@
+"""Split a crosscoder over the snapshot axis of a mesh, and put it back together.
+
+A snapshot rank holds ``W_enc[S_r]``, ``W_dec[:, S_r]``, ``b_dec[S_r]`` (and the folded
+factors ``[S_r]``) of its block ``S_r`` of snapshots, as an ordinary crosscoder module
+whose ``cfg.n_snapshots`` is ``|S_r|``; ``b_enc`` and per-feature parameters (JumpReLU's
+threshold) are replicated. Adam's moments follow their parameters. Gathering returns the
+state of the single-process crosscoder, so checkpoints are written in the ordinary
+SAELens layout and a run saved by any mesh resumes on any other.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from crosslens.crosscoders.base import SNAPSHOT_AXES, CrosscoderMixin
+from crosslens.crosscoders.collectives import LocalCollectives, MeshCollectives
+from crosslens.distributed.mesh import MeshLayout, snapshot_blocks
+
+
+def _local_config(cfg: Any, n_local: int) -> Any:
+    local = dataclasses.replace(cfg, n_snapshots=n_local)
+    local.metadata = copy.deepcopy(cfg.metadata)
+    return local
+
+
+def slice_state_dict(state: Mapping[str, torch.Tensor], block: range) -> dict[str, torch.Tensor]:
+    """The entries of a full crosscoder state dict that a rank holding ``block`` keeps."""
+    out = {}
+    for name, tensor in state.items():
+        axis = SNAPSHOT_AXES.get(name)
+        out[name] = tensor if axis is None else tensor.narrow(axis, block.start, len(block)).clone()
+    return out
+
+
+def shard_crosscoder(full: nn.Module, layout: MeshLayout, collectives: LocalCollectives) -> nn.Module:
+    """This rank's block of ``full`` (a crosscoder over every snapshot), wired to ``collectives``."""
+    if not isinstance(full, CrosscoderMixin):
+        raise TypeError(f"shard_crosscoder takes a crosscoder, got {type(full).__name__}.")
+    if full.cfg.n_snapshots != layout.n_snapshots:
+        raise ValueError(
+            f"the crosscoder has {full.cfg.n_snapshots} snapshots but the mesh was laid out "
+            f"for {layout.n_snapshots}."
+        )
+    block = layout.snapshots
+    if layout.snapshot_size == 1:
+        local = full
+    else:
+        # building the shard draws random init that is overwritten at once; keep the
+        # caller's RNG stream where it was so sharding changes no later random draw
+        with torch.random.fork_rng(devices=[]):
+            local = type(full)(_local_config(full.cfg, len(block)))
+        local.load_state_dict(slice_state_dict(full.state_dict(), block))
+        local = local.to(full.W_dec.device)
+    local.collectives = collectives
+    return local
+
+
+def _gather_snapshot_axis(
+    tensor: torch.Tensor, axis: int, layout: MeshLayout, collectives: MeshCollectives
+) -> torch.Tensor:
+    """Concatenate every snapshot rank's block of ``tensor`` along ``axis`` (uneven blocks padded)."""
+    blocks = snapshot_blocks(layout.n_snapshots, layout.snapshot_size)
+    widest = max(len(b) for b in blocks)
+    pad = widest - tensor.shape[axis]
+    if pad:
+        shape = list(tensor.shape)
+        shape[axis] = pad
+        tensor = torch.cat([tensor, tensor.new_zeros(shape)], dim=axis)
+    parts = [torch.empty_like(tensor) for _ in blocks]
+    dist.all_gather(parts, tensor.contiguous(), group=collectives.snapshot_group)
+    return torch.cat([p.narrow(axis, 0, len(b)) for p, b in zip(parts, blocks)], dim=axis)
+
+
+@torch.no_grad()
+def gather_state_dict(
+    local: nn.Module, layout: MeshLayout, collectives: LocalCollectives
+) -> dict[str, torch.Tensor]:
+    """The full crosscoder's state dict, on every rank (a collective: call it on all ranks)."""
+    state = local.state_dict()
+    if layout.snapshot_size == 1:
+        return {name: t.detach().clone() for name, t in state.items()}
+    assert isinstance(collectives, MeshCollectives)
+    return {
+        name: (
+            t.detach().clone()
+            if name not in SNAPSHOT_AXES
+            else _gather_snapshot_axis(t.detach(), SNAPSHOT_AXES[name], layout, collectives)
+        )
+        for name, t in state.items()
+    }
+
+
+def full_crosscoder(local: nn.Module, layout: MeshLayout, collectives: LocalCollectives) -> nn.Module:
+    """A plain (single-process) copy of the whole crosscoder (a collective)."""
+    state = gather_state_dict(local, layout, collectives)
+    with torch.random.fork_rng(devices=[]):
+        full = type(local)(_local_config(local.cfg, layout.n_snapshots))
+    full = full.to(local.W_dec.device)
+    full.load_state_dict(state)
+    return full
+
+
+# ----------------------------------------------------------------- optimizer state
+def parameter_names(optimizer: torch.optim.Optimizer, module: nn.Module) -> list[str]:
+    """Names of the optimizer's parameters in its state-dict index order."""
+    name_of = {id(p): name for name, p in module.named_parameters()}
+    return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+@torch.no_grad()
+def gather_optimizer_state(
+    optimizer: torch.optim.Optimizer,
+    module: nn.Module,
+    layout: MeshLayout,
+    collectives: LocalCollectives,
+) -> dict[str, Any]:
+    """The optimizer state dict the single-process crosscoder would have (a collective)."""
+    state = optimizer.state_dict()
+    if layout.snapshot_size == 1:
+        return state
+    assert isinstance(collectives, MeshCollectives)
+    names = parameter_names(optimizer, module)
+    gathered = {}
+    for index, per_param in state["state"].items():
+        axis = SNAPSHOT_AXES.get(names[index])
+        gathered[index] = {
+            key: (
+                _gather_snapshot_axis(value, axis, layout, collectives)
+                if axis is not None and torch.is_tensor(value) and value.ndim > 0
+                else value
+            )
+            for key, value in per_param.items()
+        }
+    return {"state": gathered, "param_groups": state["param_groups"]}
+
+
+def slice_optimizer_state(state: Mapping[str, Any], names: list[str], block: range) -> dict[str, Any]:
+    """This rank's part of a full optimizer state dict (Adam moments follow their parameters)."""
+    sliced = {}
+    for index, per_param in state["state"].items():
+        axis = SNAPSHOT_AXES.get(names[int(index)])
+        sliced[index] = {
+            key: (
+                value.narrow(axis, block.start, len(block)).clone()
+                if axis is not None and torch.is_tensor(value) and value.ndim > 0
+                else value
+            )
+            for key, value in per_param.items()
+        }
+    return {"state": sliced, "param_groups": copy.deepcopy(state["param_groups"])}
+
+
+# ------------------------------------------------------------------- gradients
+def reduce_gradients(module: nn.Module, collectives: LocalCollectives) -> None:
+    """Turn each rank's gradient of its loss share into the gradient of the total loss.
+
+    Snapshot shards are summed over the data axis (their other contributions already
+    arrived through the differentiable all-reduces); replicated parameters are summed
+    over the whole mesh. Gradients are packed into one flat buffer per group so each
+    group costs one all-reduce.
+    """
+    if not isinstance(collectives, MeshCollectives) or collectives.world_size == 1:
+        return
+    sharded, replicated = [], []
+    for name, p in module.named_parameters():
+        if p.grad is None:
+            continue
+        (sharded if name in SNAPSHOT_AXES else replicated).append(p.grad)
+    if collectives.data_size > 1:
+        _all_reduce_flat(sharded, collectives.data_group)
+    _all_reduce_flat(replicated, None)
+
+
+def _all_reduce_flat(grads: list[torch.Tensor], group: Any) -> None:
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def clip_grad_norm(module: nn.Module, max_norm: float, collectives: LocalCollectives) -> torch.Tensor:
+    """Clip the whole crosscoder's gradient to ``max_norm`` (its global 2-norm), like
+    ``torch.nn.utils.clip_grad_norm_`` on the single-process crosscoder."""
+    if not isinstance(collectives, MeshCollectives):
+        return torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+    grads = [(name, p.grad) for name, p in module.named_parameters() if p.grad is not None]
+    device = grads[0][1].device
+    sharded_sq = torch.zeros((), dtype=torch.float32, device=device)
+    replicated_sq = torch.zeros((), dtype=torch.float32, device=device)
+    for name, g in grads:
+        sq = torch.linalg.vector_norm(g.float()).pow(2)
+        if name in SNAPSHOT_AXES:
+            sharded_sq = sharded_sq + sq
+        else:
+            replicated_sq = replicated_sq + sq
+    if collectives.snapshot_size > 1:
+        dist.all_reduce(sharded_sq, group=collectives.snapshot_group)
+    total = (sharded_sq + replicated_sq).sqrt()
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for _, g in grads:
+        g.mul_(coef.to(g.dtype))
+    return total

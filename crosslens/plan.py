@@ -1,0 +1,560 @@
+"""``crosslens plan``: what a crosscoder run will cost, before spending anything.
+
+For a suite (model sizes), a hook, a token budget, ``d_sae``, an architecture and a
+``data x snapshot`` device mesh, :func:`make_plan` computes, per rank:
+
+- crosscoder parameters, gradients and Adam state. ``W_enc [S, D, F]``, ``W_dec [F, S, D]``
+  and ``b_dec [S, D]`` are sharded over the snapshot axis (a rank holds ``S_r`` snapshots);
+  ``b_enc [F]`` and the JumpReLU ``threshold [F]`` are replicated. All float32.
+- activation memory of one training step (estimate, see :func:`activation_bytes`);
+- the resident snapshot models a streaming rank keeps (its ``S_r`` models), whole and
+  truncated after the hooked block;
+- disk for an activation store in each dtype: ``tokens x S x d_in x bytes``;
+- FLOPs per token: the crosscoder's training step (``10 SDF``, see :func:`crosscoder_flops`) and the snapshot models'
+  forward passes up to the hook (harvest or streaming);
+- communication per step (ring all-reduce): on the snapshot axis the ``[B_local, F]``
+  float32 pre-activation, summed in the forward pass and its gradient in the backward
+  pass, plus ``[F]`` terms; on the data axis the gradient of the rank's parameter shard;
+- wall time at a stated sustained throughput (``tflops``).
+
+Nothing here loads a model: sizes come from crosslens's table of known models
+(``crosslens/data/models.json``), the pico config, a local suite's ``config.json`` or a
+cached Hugging Face config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from crosslens.errors import CrosslensError
+
+F32 = 4
+STORE_DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}
+ARCHITECTURES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
+
+DEFAULT_TFLOPS = {"cpu": 0.5, "mps": 5.0, "cuda": 100.0}
+"""Assumed *sustained* float32/TF32 throughput per rank, TFLOP/s, when ``--tflops`` is not
+given. cuda: 100 (an A100's TF32 peak is 156 and an H100 SXM's about 495 dense; large
+crosscoder matmuls sustain a fraction of that); mps: 5 (Apple M-series GPU); cpu: 0.5
+(a multi-core server CPU). State your own with ``--tflops``."""
+
+
+DEFAULT_LINK_GBPS = {"cpu": 1.0, "mps": 10.0, "cuda": 50.0}
+"""Assumed all-reduce bandwidth per rank, GB/s, when ``--link-gbps`` is not given. cuda: 50
+(400 Gb/s InfiniBand between nodes; NVLink inside one node is several times faster);
+cpu: 1 (gloo over a 10 Gb/s network or shared memory); mps: 10."""
+
+
+class PlanError(CrosslensError):
+    """A plan's inputs are incomplete or inconsistent."""
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class ModelSpec:
+    """The sizes of one model that matter for planning."""
+
+    name: str
+    """Model id or suite name."""
+    d_model: int
+    """Residual-stream width."""
+    n_layers: int
+    """Transformer blocks."""
+    d_mlp: int
+    """MLP hidden width."""
+    vocab: int
+    """Embedding rows (padded vocabulary)."""
+    n_params: int
+    """Total parameters, embeddings included."""
+    tied_embeddings: bool = False
+    """Whether unembedding shares the embedding matrix."""
+    n_heads: int = 0
+    """Attention heads (informational)."""
+    source: str = ""
+    """Where the sizes come from."""
+
+    @property
+    def embedding_params(self) -> int:
+        """Parameters of the embedding (and untied unembedding) matrices."""
+        return self.vocab * self.d_model * (1 if self.tied_embeddings else 2)
+
+    @property
+    def params_per_layer(self) -> float:
+        """Non-embedding parameters per block (final norms spread over the blocks)."""
+        return (self.n_params - self.embedding_params) / self.n_layers
+
+    def params_through_layer(self, layer: int) -> int:
+        """Parameters a model truncated after block ``layer`` keeps (input embedding + blocks 0..layer)."""
+        return int(self.vocab * self.d_model + (layer + 1) * self.params_per_layer)
+
+
+def estimate_n_params(d_model: int, n_layers: int, d_mlp: int, vocab: int, *, tied: bool, gated: bool = False) -> int:
+    """Parameters of a decoder-only transformer with biases and two LayerNorms per block
+    (GPT-NeoX/BLOOM style): ``L (4d^2 + 2 d d_mlp + 9d + d_mlp) + V d (x2 untied) + 2d``.
+    ``gated`` (SwiGLU) adds a third ``d x d_mlp`` matrix. Exact for Pythia; BLOOM adds an
+    embedding LayerNorm (2d); OLMo has no biases (an overestimate of a fraction of a percent)."""
+    n_mats = 3 if gated else 2
+    per_layer = 4 * d_model * d_model + n_mats * d_model * d_mlp + 9 * d_model + d_mlp
+    return n_layers * per_layer + vocab * d_model * (1 if tied else 2) + 2 * d_model
+
+
+def _models_table() -> dict[str, Any]:
+    return json.loads((resources.files("crosslens") / "data" / "models.json").read_text())
+
+
+def known_model(model_id: str) -> ModelSpec | None:
+    """Sizes of a model in crosslens's table (Pythia 14m..12b, OLMo-1B-0724, OLMo-2-1B,
+    BLOOM-1b1), by hub id or short alias, case-insensitively; None if absent."""
+    table = _models_table()
+    lowered = {k.lower(): k for k in table["models"]}
+    aliases = {k.lower(): v for k, v in table["aliases"].items()}
+    key = model_id.strip().lower()
+    key = aliases.get(key, lowered.get(key, key)).lower()
+    if key not in lowered:
+        return None
+    name = lowered[key]
+    row = table["models"][name]
+    return ModelSpec(
+        name=name, d_model=row["d_model"], n_layers=row["n_layers"], d_mlp=row["d_mlp"], vocab=row["vocab"],
+        n_params=row["n_params"], tied_embeddings=row["tied_embeddings"], n_heads=row["n_heads"],
+        source="crosslens table of known models",
+    )  # fmt: skip
+
+
+def _spec_from_hf_config(config: dict[str, Any], name: str, source: str) -> ModelSpec:
+    d = int(config.get("hidden_size") or config.get("n_embed") or config.get("d_model"))
+    n_layers = int(config.get("num_hidden_layers") or config.get("n_layer") or config.get("n_layers"))
+    d_mlp = int(config.get("intermediate_size") or config.get("d_mlp") or 4 * d)
+    vocab = int(config.get("vocab_size") or config.get("embedding_size"))
+    tied = bool(config.get("tie_word_embeddings", config.get("weight_tying", False)))
+    gated = str(config.get("hidden_act", config.get("activation_type", ""))).lower() in ("silu", "swiglu")
+    n_heads = int(config.get("num_attention_heads") or config.get("n_head") or 0)
+    return ModelSpec(
+        name=name, d_model=d, n_layers=n_layers, d_mlp=d_mlp, vocab=vocab, tied_embeddings=tied, n_heads=n_heads,
+        n_params=estimate_n_params(d, n_layers, d_mlp, vocab, tied=tied, gated=gated), source=source,
+    )  # fmt: skip
+
+
+def model_spec_for(suite: str) -> ModelSpec:
+    """Sizes for a ``--suite`` value: ``pico``, a local suite folder, or a hub model id
+    (crosslens's table, else a Hugging Face config already in the local cache)."""
+    if suite == "pico":
+        from crosslens.pico import PicoConfig, default_root, is_built
+
+        cfg = PicoConfig()
+        root = default_root(cfg)
+        if is_built(root, cfg):  # the built suite's own config (exact vocabulary)
+            suite = str(root)
+        else:
+            vocab = cfg.bpe_vocab_size
+            return ModelSpec(
+                name="crosslens/pico", d_model=cfg.d_model, n_layers=cfg.n_layers, d_mlp=cfg.d_mlp, vocab=vocab,
+                n_heads=cfg.n_heads, n_params=estimate_n_params(cfg.d_model, cfg.n_layers, cfg.d_mlp, vocab, tied=False),
+                source="PicoConfig defaults (suite not built; vocabulary approximate)",
+            )  # fmt: skip
+    path = Path(suite)
+    if path.is_dir():
+        configs = sorted(path.glob("config.json")) or sorted(path.glob("*/config.json"))
+        if not configs:
+            raise PlanError(f"{suite} holds no config.json (nor */config.json); point --suite at a suite folder")
+        return _spec_from_hf_config(json.loads(configs[0].read_text()), suite, f"{configs[0]}")
+    known = known_model(suite)
+    if known is not None:
+        return known
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(suite, "config.json")
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        cached = None
+    if isinstance(cached, str):
+        return _spec_from_hf_config(json.loads(Path(cached).read_text()), suite, f"cached {cached}")
+    raise PlanError(
+        f"crosslens does not know the sizes of {suite!r} and no config.json of it is cached; use a model "
+        "from `crosslens plan --list-models`, a local suite folder, or a --recipe"
+    )
+
+
+def hook_layer(hook: str) -> int | None:
+    """The block index in ``blocks.N.*``; None for hooks outside the blocks (e.g. hook_embed)."""
+    match = re.match(r"blocks\.(\d+)\.", hook)
+    return int(match.group(1)) if match else None
+
+
+def hook_width(model: ModelSpec, hook: str) -> int:
+    """``d_in`` of a per-token hook: ``d_mlp`` for ``mlp.hook_pre``/``mlp.hook_post``, else ``d_model``."""
+    if re.search(r"mlp\.hook_(pre|post)", hook):
+        return model.d_mlp
+    return model.d_model
+
+
+# ----------------------------------------------------------------------------- plan
+@dataclass
+class PlanConfig:
+    """What to plan: model, snapshots, hook, data, crosscoder, mesh, device."""
+
+    model: ModelSpec
+    """Sizes of the snapshots' model."""
+    n_snapshots: int
+    """S: snapshots the crosscoder reads."""
+    hook: str
+    """Hook the crosscoder reads."""
+    n_tokens: int
+    """Training tokens (each seen at every snapshot)."""
+    d_sae: int
+    """F: shared features."""
+    architecture: str = "jumprelu_crosscoder"
+    """Crosscoder architecture."""
+    batch_size: int = 4096
+    """Global tokens per optimizer step (split over the data axis)."""
+    k: int = 32
+    """Active features per token of (batch)top-k crosscoders."""
+    data_parallel: int = 1
+    """Size of the mesh's data axis."""
+    snapshot_parallel: int = 1
+    """Size of the mesh's snapshot axis."""
+    device: str = "cuda"
+    """Device kind of every rank (cpu, cuda, mps): picks the default throughput."""
+    tflops: float | None = None
+    """Sustained TFLOP/s per rank; None: ``DEFAULT_TFLOPS[device kind]``."""
+    link_gbps: float | None = None
+    """All-reduce bandwidth per rank in GB/s; None: ``DEFAULT_LINK_GBPS[device kind]``."""
+    model_dtype: str = "float32"
+    """dtype of resident snapshot models (streaming)."""
+    context: int = 2048
+    """Tokens per sequence the snapshot models run on (attention FLOPs)."""
+    name: str = ""
+    """Label of the plan (a recipe name, or the suite)."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise PlanError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES} (--arch)")
+        for flag, value in (("--n-snapshots", self.n_snapshots), ("--n-tokens", self.n_tokens),
+                            ("--d-sae", self.d_sae), ("--batch-size", self.batch_size), ("--context", self.context)):  # fmt: skip
+            if value < 1:
+                raise PlanError(f"{flag} must be >= 1, got {value}")
+        if self.data_parallel < 1 or self.snapshot_parallel < 1:
+            raise PlanError("mesh axes must be >= 1 (--mesh DATAxSNAPSHOT)")
+        if self.snapshot_parallel > self.n_snapshots:
+            raise PlanError(
+                f"the snapshot axis ({self.snapshot_parallel}) exceeds the {self.n_snapshots} snapshots; "
+                "put the extra ranks on the data axis (--mesh DATAxSNAPSHOT)"
+            )
+        if self.data_parallel > self.batch_size:
+            raise PlanError(f"the data axis ({self.data_parallel}) exceeds --batch-size {self.batch_size}")
+        layer = hook_layer(self.hook)
+        if layer is not None and layer >= self.model.n_layers:
+            raise PlanError(f"--hook {self.hook} names block {layer}, but {self.model.name} has {self.model.n_layers} (0..{self.model.n_layers - 1})")
+        if self.model_dtype not in STORE_DTYPES:
+            raise PlanError(f"model dtype must be one of {sorted(STORE_DTYPES)} (--dtype)")
+        kind = self.device.split(":")[0]
+        if kind not in DEFAULT_TFLOPS:
+            raise PlanError(f"unknown device {self.device!r}; use cpu, cuda, cuda:N or mps (--device)")
+        if self.tflops is not None and not self.tflops > 0:
+            raise PlanError(f"--tflops must be > 0, got {self.tflops}")
+        if self.link_gbps is not None and not self.link_gbps > 0:
+            raise PlanError(f"--link-gbps must be > 0, got {self.link_gbps}")
+
+    @property
+    def world_size(self) -> int:
+        return self.data_parallel * self.snapshot_parallel
+
+
+def default_mesh(world_size: int, n_snapshots: int) -> tuple[int, int]:
+    """``(data, snapshot)`` for ``world_size`` ranks: the largest snapshot axis that divides
+    both the world size and the snapshot count (memory shrinks with it), the rest data."""
+    best = 1
+    for s in range(1, world_size + 1):
+        if world_size % s == 0 and s <= n_snapshots and n_snapshots % s == 0:
+            best = s
+    return world_size // best, best
+
+
+def parameter_counts(S: int, D: int, F: int, architecture: str) -> dict[str, int]:
+    """Element counts of a crosscoder's parameters holding ``S`` of its snapshots."""
+    counts = {"W_enc": S * D * F, "W_dec": F * S * D, "b_dec": S * D, "b_enc": F}
+    if architecture == "jumprelu_crosscoder":
+        counts["threshold"] = F
+    return counts
+
+
+SHARDED = ("W_enc", "W_dec", "b_dec")
+
+
+def activation_bytes(B: int, S: int, D: int, F: int, architecture: str) -> dict[str, int]:
+    """Estimated float32 bytes alive at the peak of one training step on one rank
+    (``B`` local tokens, ``S`` local snapshots).
+
+    - snapshot-wide: the input ``x``, the reconstruction and its gradient: ``3 B S D``;
+    - latent: pre-activation, code and their gradients: ``4 B F``;
+    - JumpReLU only: the per-snapshot code ``[S, B, F]``, its gradient and the backward
+      pass's distance temporary: ``3 S B F``.
+    """
+    parts = {"inputs and reconstructions": 3 * B * S * D * F32, "latent codes": 4 * B * F * F32}
+    if architecture == "jumprelu_crosscoder":
+        parts["per-snapshot JumpReLU codes"] = 3 * S * B * F * F32
+    return parts
+
+
+def crosscoder_flops(S: int, D: int, F: int, *, k: int | None = None) -> int:
+    """Training FLOPs per token of a crosscoder step (multiply-adds count 2).
+
+    Dense: forward ``2SDF`` (encode) + ``2SDF`` (decode); backward ``2SDF`` for dW_enc,
+    ``2SDF`` for dW_dec and ``2SDF`` for the code's gradient, none for the input: ``10 SDF``.
+    With ``k`` (a top-k code decoded sparsely): ``4 SDF + 6 k S D``. crosslens decodes
+    densely, so the dense figure is what it spends.
+    """
+    if k is None:
+        return 10 * S * D * F
+    return 4 * S * D * F + 6 * k * S * D
+
+
+def ring_allreduce_bytes(payload: int, n: int) -> int:
+    """Bytes each rank sends in a ring all-reduce of ``payload`` bytes over ``n`` ranks."""
+    return 0 if n <= 1 else int(2 * (n - 1) * payload / n)
+
+
+def make_plan(cfg: PlanConfig) -> dict[str, Any]:
+    """Every figure of the plan, as a JSON-able dict (bytes, FLOPs, seconds)."""
+    m = cfg.model
+    S, F = cfg.n_snapshots, cfg.d_sae
+    D = hook_width(m, cfg.hook)
+    Pd, Ps = cfg.data_parallel, cfg.snapshot_parallel
+    S_r = math.ceil(S / Ps)
+    B_r = math.ceil(cfg.batch_size / Pd)
+    n_steps = max(1, cfg.n_tokens // cfg.batch_size)
+    layer = hook_layer(cfg.hook)
+    layers_run = m.n_layers if layer is None else layer + 1
+    kind = cfg.device.split(":")[0]
+    tflops = cfg.tflops if cfg.tflops is not None else DEFAULT_TFLOPS[kind]
+    link_gbps = cfg.link_gbps if cfg.link_gbps is not None else DEFAULT_LINK_GBPS[kind]
+
+    counts = parameter_counts(S_r, D, F, cfg.architecture)
+    full_counts = parameter_counts(S, D, F, cfg.architecture)
+    n_params_rank = sum(counts.values())
+    param_bytes = n_params_rank * F32
+    memory = {
+        "parameters": param_bytes,
+        "gradients": param_bytes,
+        "adam_state": 2 * param_bytes,
+    }
+    memory["training_state"] = sum(memory.values())
+    act = activation_bytes(B_r, S_r, D, F, cfg.architecture)
+    memory["activations_per_batch"] = sum(act.values())
+    memory["activations_breakdown"] = act
+    model_bytes = STORE_DTYPES[cfg.model_dtype]
+    truncated = m.params_through_layer(layer) if layer is not None else m.n_params
+    memory["resident_models_full"] = S_r * m.n_params * model_bytes
+    memory["resident_models_truncated"] = S_r * truncated * model_bytes
+    memory["total_training"] = memory["training_state"] + memory["activations_per_batch"]
+    memory["total_streaming"] = memory["total_training"] + memory["resident_models_truncated"]
+
+    store_elements = cfg.n_tokens * S * D
+    disk = {name: store_elements * nbytes for name, nbytes in STORE_DTYPES.items()}
+    disk["per_snapshot_float16"] = cfg.n_tokens * D * 2
+
+    cc_flops = crosscoder_flops(S, D, F)
+    cc_flops_sparse_decode = crosscoder_flops(S, D, F, k=cfg.k)
+    nonembed_run = layers_run * m.params_per_layer
+    model_flops = S * (2 * nonembed_run + 2 * layers_run * cfg.context * m.d_model)
+    flops = {
+        "crosscoder_train_per_token": cc_flops,
+        "snapshot_models_forward_per_token": int(model_flops),
+        "crosscoder_train_total": cc_flops * cfg.n_tokens,
+        "snapshot_models_forward_total": int(model_flops * cfg.n_tokens),
+    }
+    if cfg.architecture in ("topk_crosscoder", "batchtopk_crosscoder"):
+        flops["crosscoder_train_per_token_sparse_decode"] = cc_flops_sparse_decode
+
+    # Communication per step, per rank.
+    preact = B_r * F * F32
+    small = F * F32 * (3 if cfg.architecture == "jumprelu_crosscoder" else 2)
+    snapshot_payload = 2 * preact + small if Ps > 1 else 0
+    grad_payload = param_bytes if Pd > 1 else 0
+    comm = {
+        "snapshot_axis_payload": snapshot_payload,
+        "snapshot_axis_sent_per_rank": ring_allreduce_bytes(2 * preact + small, Ps),
+        "data_axis_payload": grad_payload,
+        "data_axis_sent_per_rank": ring_allreduce_bytes(param_bytes, Pd),
+    }
+    comm["sent_per_rank_per_step"] = comm["snapshot_axis_sent_per_rank"] + comm["data_axis_sent_per_rank"]
+    comm["sent_per_rank_total"] = comm["sent_per_rank_per_step"] * n_steps
+
+    share = (1 / Pd) * (S_r / S)  # of the work, for the rank with the most snapshots
+    rate = tflops * 1e12
+    seconds = {
+        "train_from_store": flops["crosscoder_train_total"] * share / rate,
+        "harvest": flops["snapshot_models_forward_total"] / cfg.world_size / rate,
+    }
+    seconds["train_streaming"] = seconds["train_from_store"] + flops["snapshot_models_forward_total"] * share / rate
+    seconds["communication"] = comm["sent_per_rank_total"] / (link_gbps * 1e9)
+
+    return {
+        "name": cfg.name or m.name,
+        "inputs": {
+            "model": m.name, "model_source": m.source, "d_model": m.d_model, "n_layers": m.n_layers,
+            "vocab": m.vocab, "n_params": m.n_params, "hook": cfg.hook, "d_in": D, "n_snapshots": S,
+            "n_tokens": cfg.n_tokens, "d_sae": F, "architecture": cfg.architecture, "k": cfg.k,
+            "batch_size": cfg.batch_size, "n_steps": n_steps, "context": cfg.context,
+            "model_dtype": cfg.model_dtype, "device": cfg.device, "tflops": tflops,
+            "tflops_assumed": cfg.tflops is None, "link_gbps": link_gbps, "link_gbps_assumed": cfg.link_gbps is None,
+        },  # fmt: skip
+        "mesh": {
+            "data": Pd, "snapshot": Ps, "world_size": cfg.world_size, "snapshots_per_rank": S_r,
+            "batch_per_rank": B_r,
+        },  # fmt: skip
+        "parameters": {
+            "per_rank": counts, "per_rank_total": n_params_rank, "whole_crosscoder": sum(full_counts.values()),
+            "sharded_over_snapshot_axis": list(SHARDED), "replicated": [k for k in counts if k not in SHARDED],
+        },  # fmt: skip
+        "memory_bytes": memory,
+        "disk_bytes": disk,
+        "flops": flops,
+        "communication_bytes": comm,
+        "seconds": seconds,
+    }
+
+
+# ----------------------------------------------------------------------------- output
+def _count(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def _flops(n: float) -> str:
+    return _count(n) if abs(n) < 1e15 else f"{n:.3g}".replace("e+", "e")
+
+
+def _bytes(n: float) -> str:
+    from crosslens.devices import format_bytes
+
+    return format_bytes(n)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """The plan as a readable two-column table."""
+    i, mesh, mem, disk = plan["inputs"], plan["mesh"], plan["memory_bytes"], plan["disk_bytes"]
+    flops, comm, secs, params = plan["flops"], plan["communication_bytes"], plan["seconds"], plan["parameters"]
+    rows: list[tuple[str, str]] = []
+
+    def section(title: str) -> None:
+        rows.append(("", ""))
+        rows.append((f"[{title}]", ""))
+
+    rows.append((f"plan: {plan['name']}", ""))
+    rows.append(("model", f"{i['model']}: d_model {i['d_model']}, {i['n_layers']} layers, vocab {i['vocab']}, "
+                          f"{_count(i['n_params'])} params ({i['model_source']})"))  # fmt: skip
+    rows.append(("crosscoder", f"{i['architecture']} at {i['hook']}: S={i['n_snapshots']} snapshots x d_in {i['d_in']} "
+                               f"-> d_sae {i['d_sae']} ({_count(params['whole_crosscoder'])} params)"))  # fmt: skip
+    rows.append(("data", f"{_count(i['n_tokens'])} tokens, batch {i['batch_size']} -> {i['n_steps']} steps"))
+    rows.append(("mesh", f"{mesh['data']} data x {mesh['snapshot']} snapshot = {mesh['world_size']} rank(s) on "
+                         f"{i['device']}; per rank {mesh['snapshots_per_rank']} snapshots, batch {mesh['batch_per_rank']}"))  # fmt: skip
+
+    section("memory per rank")
+    rows.append(("parameters (float32)", f"{_bytes(mem['parameters'])}  ({_count(params['per_rank_total'])}: "
+                 + ", ".join(f"{k} {_count(v)}" for k, v in params["per_rank"].items()) + ")"))  # fmt: skip
+    rows.append(("gradients", _bytes(mem["gradients"])))
+    rows.append(("Adam state (2 copies)", _bytes(mem["adam_state"])))
+    rows.append(("training state", _bytes(mem["training_state"])))
+    rows.append(("activations per batch (est.)", f"{_bytes(mem['activations_per_batch'])}  ("
+                 + ", ".join(f"{k} {_bytes(v)}" for k, v in mem["activations_breakdown"].items()) + ")"))  # fmt: skip
+    rows.append(("total, training from a store", _bytes(mem["total_training"])))
+    rows.append((f"resident models ({i['model_dtype']})", f"{_bytes(mem['resident_models_full'])} whole, "
+                 f"{_bytes(mem['resident_models_truncated'])} cut after the hooked block"))  # fmt: skip
+    rows.append(("total, streaming", _bytes(mem["total_streaming"])))
+
+    section("disk for an activation store (tokens x S x d_in)")
+    for name in STORE_DTYPES:
+        rows.append((name, _bytes(disk[name])))
+    rows.append(("float16, one snapshot", _bytes(disk["per_snapshot_float16"])))
+
+    section("FLOPs")
+    rows.append(("crosscoder step, per token", f"{_count(flops['crosscoder_train_per_token'])}  (10 S D F: fwd 4SDF, bwd 6SDF)"))
+    if "crosscoder_train_per_token_sparse_decode" in flops:
+        rows.append(("  with a sparse top-k decode", f"{_count(flops['crosscoder_train_per_token_sparse_decode'])}  (crosslens decodes densely)"))
+    rows.append(("snapshot models to the hook, per token", f"{_count(flops['snapshot_models_forward_per_token'])}  (all S snapshots)"))
+    rows.append(("crosscoder training, total", _flops(flops["crosscoder_train_total"])))
+    rows.append(("snapshot forwards, total", _flops(flops["snapshot_models_forward_total"])))
+
+    section("communication per step, per rank (ring all-reduce)")
+    rows.append(("snapshot axis", f"{_bytes(comm['snapshot_axis_sent_per_rank'])} sent "
+                 f"(payload {_bytes(comm['snapshot_axis_payload'])}: [B_rank, d_sae] float32 fwd + bwd, and [d_sae] terms)"))  # fmt: skip
+    rows.append(("data axis", f"{_bytes(comm['data_axis_sent_per_rank'])} sent "
+                 f"(payload {_bytes(comm['data_axis_payload'])}: the rank's gradient shard)"))  # fmt: skip
+    rows.append(("whole run", _bytes(comm["sent_per_rank_total"])))
+
+    assumed = " (assumed; --tflops)" if i["tflops_assumed"] else ""
+    section(f"wall time at {i['tflops']:g} TFLOP/s per rank{assumed}")
+    rows.append(("train from a store", _duration(secs["train_from_store"])))
+    rows.append(("harvest the store first", _duration(secs["harvest"])))
+    rows.append(("train streaming", _duration(secs["train_streaming"])))
+    link_assumed = " (assumed; --link-gbps)" if i["link_gbps_assumed"] else ""
+    rows.append((f"+ communication at {i['link_gbps']:g} GB/s{link_assumed}", _duration(secs["communication"])))
+    rows.append(("", "compute and communication, not overlapped; excludes disk reads and idle time"))
+
+    width = max(len(label) for label, value in rows if value and label)
+    return "\n".join(f"{label:<{width}}  {value}".rstrip() if value else label for label, value in rows)
+
+
+def plan_to_json(plan: dict[str, Any]) -> str:
+    return json.dumps(plan, indent=2, sort_keys=False)
+
+
+def known_models() -> list[str]:
+    """Model ids in crosslens's table of known sizes."""
+    return sorted(_models_table()["models"])
+
+
+def plan_config_from_recipe(recipe: Any, **overrides: Any) -> PlanConfig:
+    """A :class:`PlanConfig` for a :class:`crosslens.recipes.Recipe`; ``overrides`` win
+    (None values are ignored)."""
+    model = known_model(recipe.model) or model_spec_for(recipe.model)
+    values: dict[str, Any] = dict(
+        model=model, n_snapshots=recipe.n_snapshots, hook=recipe.hook, n_tokens=recipe.n_tokens,
+        d_sae=recipe.d_sae, architecture=recipe.architecture, batch_size=recipe.batch_size,
+        context=recipe.context, name=recipe.name,
+    )  # fmt: skip
+    if recipe.k is not None:
+        values["k"] = recipe.k
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return PlanConfig(**values)
+
+
+__all__ = [
+    "DEFAULT_TFLOPS",
+    "ModelSpec",
+    "PlanConfig",
+    "PlanError",
+    "activation_bytes",
+    "crosscoder_flops",
+    "default_mesh",
+    "estimate_n_params",
+    "format_plan",
+    "hook_layer",
+    "hook_width",
+    "known_model",
+    "known_models",
+    "make_plan",
+    "model_spec_for",
+    "parameter_counts",
+    "plan_config_from_recipe",
+    "ring_allreduce_bytes",
+]

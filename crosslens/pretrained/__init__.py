@@ -1,0 +1,55 @@
+"""Sharing trained crosscoders the way SAELens shares SAEs.
+
+- :func:`pretrained_directory`: every registered release (packaged YAML, files named by
+  ``CROSSLENS_PRETRAINED``, and :func:`register_release`), like SAELens's
+  ``get_pretrained_saes_directory``.
+- :func:`load_pretrained`: ``load_pretrained(release, crosscoder_id)`` -> the crosscoder.
+- :func:`push_to_hub`: upload a trained crosscoder in SAELens's layout with a model card,
+  and get the registry entry to paste.
+
+The registry modules import neither torch nor SAELens, so listing releases is quick.
+"""
+
+from crosslens.pretrained.registry import (
+    PRETRAINED_ENV,
+    PretrainedCrosscoderEntry,
+    PretrainedCrosscoderRelease,
+    PretrainedRegistryError,
+    UnknownPretrainedError,
+    get_release,
+    pretrained_directory,
+    register_release,
+    unregister_release,
+)
+from crosslens.pretrained.load import load_pretrained, pretrained_folder, resolve_crosscoder_path
+
+
+def __getattr__(name: str):
+    # push pulls in torch and the analysis package; load it on first use
+    if name in ("push_to_hub", "LocalHubApi", "PushResult", "model_card", "registry_entry", "registry_yaml"):
+        from crosslens.pretrained import push
+
+        return getattr(push, name)
+    raise AttributeError(f"module 'crosslens.pretrained' has no attribute {name!r}")
+
+
+__all__ = [
+    "PRETRAINED_ENV",
+    "LocalHubApi",
+    "PretrainedCrosscoderEntry",
+    "PretrainedCrosscoderRelease",
+    "PretrainedRegistryError",
+    "PushResult",
+    "UnknownPretrainedError",
+    "get_release",
+    "load_pretrained",
+    "model_card",
+    "pretrained_directory",
+    "pretrained_folder",
+    "push_to_hub",
+    "register_release",
+    "registry_entry",
+    "registry_yaml",
+    "resolve_crosscoder_path",
+    "unregister_release",
+]

@@ -1,0 +1,155 @@
+"""Load a registered crosscoder: ``load_pretrained(release, crosscoder_id)``.
+
+Loading goes through SAELens's own machinery: ``SAE.from_pretrained(repo_id, path,
+converter=...)`` with the release's ``conversion_func`` (default SAELens's loader) and its
+``config_overrides``. What comes back is checked against the registry entry (architecture,
+snapshots, hook, normalisation) and refused on any disagreement.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from crosslens.pretrained.registry import (
+    PretrainedCrosscoderEntry,
+    PretrainedCrosscoderRelease,
+    PretrainedRegistryError,
+    UnknownPretrainedError,
+    get_release,
+    pretrained_directory,
+)
+
+SAE_LENS_LOADER = "sae_lens"
+
+
+def load_pretrained(
+    release: str,
+    crosscoder_id: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+    force_download: bool = False,
+) -> Any:
+    """The crosscoder ``crosscoder_id`` of ``release``, as its SAELens ``SAE`` subclass.
+
+    ``release`` is a registered release name (see :func:`crosslens.pretrained_directory`)
+    or, as in ``SAE.from_pretrained``, a Hugging Face repo id ``ORG/NAME`` with
+    ``crosscoder_id`` the folder inside it. The crosscoder's ``cfg.metadata`` carries its
+    suite provenance, hook and normalisation, plus ``pretrained_release``/``pretrained_id``.
+    """
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS
+
+    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
+    from crosslens.crosscoders import CrosscoderMixin
+
+    lookup, entry = _lookup(release, crosscoder_id)
+    repo_id, folder = (lookup.repo_id, entry.path) if lookup else (release, crosscoder_id)
+    loader_name = (lookup.conversion_func if lookup else None) or SAE_LENS_LOADER
+    if loader_name not in NAMED_PRETRAINED_SAE_LOADERS:
+        raise PretrainedRegistryError(
+            f"release {release!r} names conversion_func {loader_name!r}, which SAELens does not have; "
+            f"use one of {sorted(NAMED_PRETRAINED_SAE_LOADERS)} or leave it out."
+        )
+    loader = NAMED_PRETRAINED_SAE_LOADERS[loader_name]
+    overrides = dict(lookup.config_overrides or {}) if lookup else {}
+
+    def converter(repo_id: str, folder_name: str, device: str, force_download: bool = False,
+                  cfg_overrides: dict[str, Any] | None = None):  # fmt: skip
+        return loader(
+            repo_id=repo_id,
+            folder_name=folder_name,
+            device=device,
+            force_download=force_download,
+            cfg_overrides={**overrides, **(cfg_overrides or {})},
+        )
+
+    crosscoder = SAE.from_pretrained(
+        repo_id, folder, device=device, dtype=dtype, force_download=force_download, converter=converter
+    )
+    if not isinstance(crosscoder, CrosscoderMixin):
+        raise PretrainedRegistryError(
+            f"{repo_id}/{folder} holds a {crosscoder.cfg.architecture()!r} SAE, not a crosscoder; "
+            "load it with sae_lens.SAE.from_pretrained."
+        )
+    if lookup is not None and entry is not None:
+        check_against_registry(crosscoder, lookup, entry)
+        crosscoder.cfg.metadata.pretrained_release = lookup.release
+        crosscoder.cfg.metadata.pretrained_id = entry.id
+    return crosscoder
+
+
+def check_against_registry(crosscoder: Any, lookup: PretrainedCrosscoderRelease, entry: PretrainedCrosscoderEntry) -> None:
+    """Refuse a crosscoder that disagrees with its registry entry; fill what the cfg lacks."""
+    meta = crosscoder.cfg.metadata
+    where = f"{lookup.release}/{entry.id} ({lookup.repo_id}/{entry.path}, registry {lookup.source})"
+    problems = []
+    if entry.architecture and entry.architecture != crosscoder.cfg.architecture():
+        problems.append(f"architecture is {crosscoder.cfg.architecture()!r}, the registry says {entry.architecture!r}")
+    if crosscoder.cfg.n_snapshots != lookup.n_snapshots:
+        problems.append(f"it has {crosscoder.cfg.n_snapshots} snapshots, the registry lists {lookup.n_snapshots} revisions")
+    recorded = [s.get("revision") for s in ((meta.get("suite") or {}).get("snapshots") or [])]
+    if recorded and recorded != lookup.revisions:
+        problems.append(f"its snapshots are {recorded}, the registry lists {lookup.revisions}")
+    if entry.hook_name and meta.get("hook_name") and meta.get("hook_name") != entry.hook_name:
+        problems.append(f"hook is {meta.get('hook_name')!r}, the registry says {entry.hook_name!r}")
+    folded = bool(meta.get("activation_norm_factors_folded"))
+    if entry.normalization_folded is not None and entry.normalization_folded != folded:
+        problems.append(f"normalisation folded is {folded}, the registry says {entry.normalization_folded}")
+    if problems:
+        raise PretrainedRegistryError(f"{where} does not match its registry entry: " + "; ".join(problems) + ".")
+    if not recorded:  # a cfg.json without provenance: the registry's suite is all we know
+        suite = dict(lookup.suite)
+        steps = list(suite.get("steps") or [None] * lookup.n_snapshots)
+        suite["snapshots"] = [
+            {"index": i, "revision": r, "step": st} for i, (r, st) in enumerate(zip(lookup.revisions, steps))
+        ]
+        meta.suite = suite
+    if entry.hook_name and not meta.get("hook_name"):
+        meta.hook_name = entry.hook_name
+
+
+def pretrained_folder(release: str, crosscoder_id: str, force_download: bool = False) -> Path:
+    """Download (or find in the cache) a registered crosscoder's folder, in SAELens's
+    layout (``cfg.json`` + ``sae_weights.safetensors``), and return its local path."""
+    from huggingface_hub import hf_hub_download
+    from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+
+    lookup, entry = _lookup(release, crosscoder_id)
+    repo_id, folder = (lookup.repo_id, entry.path) if lookup else (release, crosscoder_id)
+    if lookup is not None and (lookup.conversion_func or SAE_LENS_LOADER) != SAE_LENS_LOADER:
+        raise PretrainedRegistryError(
+            f"release {release!r} is stored in another layout (conversion_func {lookup.conversion_func!r}); "
+            "load it with crosslens.load_pretrained instead of as a folder."
+        )
+    paths = [
+        hf_hub_download(repo_id=repo_id, filename=f"{folder}/{name}", force_download=force_download)
+        for name in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME)
+    ]
+    return Path(paths[0]).parent
+
+
+def resolve_crosscoder_path(value: str) -> str:
+    """A crosscoder folder given as a local path or as ``RELEASE/ID`` (downloaded to the cache)."""
+    if Path(value).exists():
+        return value
+    release, _, crosscoder_id = value.partition("/")
+    directory = pretrained_directory()
+    if crosscoder_id and release in directory:
+        return str(pretrained_folder(release, crosscoder_id))
+    nearest = tuple(difflib.get_close_matches(release, sorted(directory), n=3, cutoff=0.3))
+    raise UnknownPretrainedError(
+        f"{value!r} is neither a folder nor RELEASE/ID of a registered release"
+        + (f" (nearest releases: {', '.join(nearest)})" if nearest else "")
+        + "; see `crosslens pretrained list`.",
+        requested=value,
+        nearest=nearest,
+    )
+
+
+def _lookup(release: str, crosscoder_id: str) -> tuple[PretrainedCrosscoderRelease | None, PretrainedCrosscoderEntry | None]:
+    if "/" in release and release not in pretrained_directory():
+        return None, None  # a hub repo id, as SAE.from_pretrained accepts
+    lookup = get_release(release)
+    return lookup, lookup.entry(crosscoder_id)

@@ -1,0 +1,447 @@
+"""Publish a trained crosscoder: SAELens layout on the Hugging Face hub, a model card, and
+the registry entry to paste into ``pretrained_crosscoders.yaml``.
+
+Hub layout (what ``SAE.from_pretrained(repo_id, crosscoder_id)`` and SAELens's
+``upload_saes_to_huggingface`` use)::
+
+    ORG/NAME/README.md                              model card
+    ORG/NAME/<crosscoder_id>/cfg.json               architecture, sizes, metadata (suite, hook, ...)
+    ORG/NAME/<crosscoder_id>/sae_weights.safetensors
+
+``crosscoder_id`` defaults to the hook name, as in SAELens releases. By default the
+activation normalisation is folded into the weights first, so the published crosscoder
+reads raw activations (SAELens's convention for published SAEs).
+
+:class:`LocalHubApi` stands in for ``huggingface_hub.HfApi`` when there is no network: it
+writes each upload into the local Hugging Face cache exactly as a download would have
+left it, so ``load_pretrained`` with ``HF_HUB_OFFLINE=1`` finds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+CARD_TAGS = ("crosslens", "crosscoder", "sae_lens", "sparse-autoencoder", "training-dynamics")
+HUB_FAMILIES = ("pythia", "olmo", "bloom")
+"""Suite families whose model_id is a hub repo (a valid ``base_model``)."""
+
+
+@dataclass
+class PushResult:
+    """What :func:`push_to_hub` uploaded."""
+
+    repo_id: str
+    crosscoder_id: str
+    release: str
+    card: str
+    """The README.md uploaded."""
+    registry_entry: dict[str, Any]
+    """``{release: {...}}`` in the registry's schema."""
+    evaluation: dict[str, Any] | None
+    """Per-snapshot explained variance and L0 measured on the run's activation store."""
+
+    @property
+    def registry_yaml(self) -> str:
+        return registry_yaml(self.registry_entry)
+
+
+def push_to_hub(
+    run_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    crosscoder_id: str | None = None,
+    release: str | None = None,
+    store_path: str | Path | None = None,
+    fold_normalization: bool = True,
+    n_eval_tokens: int = 8192,
+    revision: str = "main",
+    api: Any = None,
+) -> PushResult:
+    """Upload the final crosscoder of ``run_dir`` (a ``crosslens train`` output folder, or a
+    crosscoder folder) to ``repo_id`` with a model card; return the registry entry.
+
+    Per-snapshot explained variance and L0 are measured on ``n_eval_tokens`` tokens of the
+    activation store (``store_path``, default the run's ``run.json`` store) when it is at
+    hand; the card says which tokens. ``api`` defaults to ``huggingface_hub.HfApi()``.
+    """
+    from sae_lens import SAE
+
+    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"repo id must be ORG/NAME, got {repo_id!r}; pass --repo ORG/NAME.")
+    run_dir = Path(run_dir)
+    folder, run_config = find_final_crosscoder(run_dir)
+    crosscoder = SAE.load_from_disk(str(folder))
+    meta = crosscoder.cfg.metadata
+    crosscoder_id = crosscoder_id or meta.get("hook_name") or "crosscoder"
+    release = release or default_release_name(repo_id)
+
+    store_path = store_path or (run_config or {}).get("store_path")
+    evaluation = None
+    if store_path is not None and Path(store_path).exists():
+        from crosslens.activations import ActivationStore
+
+        evaluation = evaluate_per_snapshot(
+            crosscoder, ActivationStore.open(store_path), meta.get("hook_name"), n_tokens=n_eval_tokens
+        )
+    if fold_normalization and not meta.get("activation_norm_factors_folded") and meta.get("activation_norm_factors"):
+        crosscoder.fold_activation_norm_scaling_factors()
+    class_counts = feature_class_counts(crosscoder, evaluation)
+    card = model_card(
+        crosscoder,
+        repo_id=repo_id,
+        crosscoder_id=crosscoder_id,
+        release=release,
+        run_config=run_config,
+        evaluation=evaluation,
+        class_counts=class_counts,
+    )
+    entry = registry_entry(crosscoder, repo_id=repo_id, crosscoder_id=crosscoder_id, release=release,
+                           evaluation=evaluation)  # fmt: skip
+
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    with tempfile.TemporaryDirectory() as tmp:
+        crosscoder.save_model(tmp)
+        api.upload_folder(
+            folder_path=tmp,
+            path_in_repo=crosscoder_id,
+            repo_id=repo_id,
+            repo_type="model",
+            revision=revision,
+            commit_message=f"Upload crosscoder {crosscoder_id}",
+        )
+    api.upload_file(
+        path_or_fileobj=io.BytesIO(card.encode("utf-8")),
+        path_in_repo="README.md",
+        repo_id=repo_id,
+        repo_type="model",
+        revision=revision,
+        commit_message="Model card",
+    )
+    return PushResult(repo_id, crosscoder_id, release, card, entry, evaluation)
+
+
+def find_final_crosscoder(run_dir: Path) -> tuple[Path, dict[str, Any] | None]:
+    """``run_dir/final`` (a training run) or ``run_dir`` itself (a crosscoder folder), and
+    the run's ``run.json`` when there is one."""
+    from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+
+    for folder in (run_dir / "final", run_dir):
+        if (folder / SAE_CFG_FILENAME).is_file() and (folder / SAE_WEIGHTS_FILENAME).is_file():
+            run_file = run_dir / "run.json"
+            return folder, (json.loads(run_file.read_text()) if run_file.is_file() else None)
+    raise FileNotFoundError(
+        f"{run_dir} holds no trained crosscoder (neither final/cfg.json nor cfg.json with "
+        "sae_weights.safetensors); pass the --out folder of `crosslens train` after it finished."
+    )
+
+
+def default_release_name(repo_id: str) -> str:
+    return repo_id.split("/", 1)[1].lower()
+
+
+# --------------------------------------------------------------------------- measurements
+@torch.no_grad()
+def evaluate_per_snapshot(
+    crosscoder: Any, store: Any, hook: str | None, *, n_tokens: int = 8192, batch_size: int = 2048
+) -> dict[str, Any]:
+    """Per-snapshot explained variance and L0 of the code feeding each snapshot, plus
+    firing frequencies, on the first ``n_tokens`` tokens of ``store``.
+
+    L0 at snapshot s counts the features that reach snapshot s's reconstruction: the
+    per-snapshot gates of a JumpReLU crosscoder, the shared code otherwise.
+    """
+    from crosslens.causal.splice import resolve_norm_factors
+
+    hook = store.resolve_hook(hook)
+    n = min(n_tokens, store.n_tokens)
+    factors_S = resolve_norm_factors(crosscoder).to(crosscoder.W_dec.device, crosscoder.W_dec.dtype)
+    S, F_ = crosscoder.cfg.n_snapshots, crosscoder.cfg.d_sae
+    sq_err_S = torch.zeros(S, dtype=torch.float64)
+    sum_S = torch.zeros(S, store.d_in_of(hook), dtype=torch.float64)
+    sumsq_S = torch.zeros(S, dtype=torch.float64)
+    active_S = torch.zeros(S, dtype=torch.float64)
+    fired_F = torch.zeros(F_, dtype=torch.float64)
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n))
+        raw_BSD = store.read(hook, idx, normalize=False).to(crosscoder.W_dec.device, crosscoder.W_dec.dtype)
+        x_BSD = raw_BSD * factors_S[:, None]
+        f_BF = crosscoder.encode(x_BSD)
+        x_hat_BSD = crosscoder.decode(f_BF)
+        sq_err_S += (x_hat_BSD - x_BSD).double().pow(2).sum(dim=(0, 2)).cpu()
+        sum_S += x_BSD.double().sum(dim=0).cpu()
+        sumsq_S += x_BSD.double().pow(2).sum(dim=(0, 2)).cpu()
+        if hasattr(crosscoder, "encode_per_snapshot"):
+            active_S += (crosscoder.encode_per_snapshot(x_BSD) != 0).sum(dim=(0, 2)).double().cpu()
+        else:
+            active_S += float((f_BF != 0).sum())
+        fired_F += (f_BF != 0).sum(dim=0).double().cpu()
+    variance_S = sumsq_S - sum_S.pow(2).sum(dim=1) / n  # sum over tokens of ||x - mean||^2
+    return {
+        "variance_explained": (1 - sq_err_S / variance_S).tolist(),
+        "l0": (active_S / n).tolist(),
+        "firing_frequency": (fired_F / n).tolist(),
+        "dead_features": int((fired_F == 0).sum()),
+        "n_tokens": n,
+        "store": str(store.path),
+    }
+
+
+def feature_class_counts(crosscoder: Any, evaluation: dict[str, Any] | None) -> dict[str, int] | None:
+    """Feature classes from the decoder-norm timelines (with firing frequencies when measured)."""
+    from crosslens.analysis.evolution import EvolutionAnalysis
+
+    frequency = torch.tensor(evaluation["firing_frequency"]) if evaluation else None
+    try:
+        return EvolutionAnalysis.from_crosscoder(crosscoder, frequency=frequency).class_counts()
+    except ValueError:  # e.g. snapshots without steps in training order: no timeline to classify
+        return None
+
+
+# --------------------------------------------------------------------------- card and entry
+def model_card(
+    crosscoder: Any,
+    *,
+    repo_id: str,
+    crosscoder_id: str,
+    release: str,
+    run_config: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    class_counts: dict[str, int] | None = None,
+) -> str:
+    """The README.md of a published crosscoder (front matter + markdown)."""
+    cfg, meta = crosscoder.cfg, crosscoder.cfg.metadata
+    suite = meta.get("suite") or {}
+    model_id = suite.get("model_id") or meta.get("model_name") or "unknown model"
+    snapshots = suite.get("snapshots") or [{} for _ in range(cfg.n_snapshots)]
+    front: dict[str, Any] = {"library_name": "saelens", "tags": list(CARD_TAGS)}
+    if suite.get("family") in HUB_FAMILIES:
+        front["base_model"] = model_id
+    hook = meta.get("hook_name") or "unknown hook"
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# Multi-snapshot crosscoder: `{model_id}` at `{hook}`",
+        "",
+        f"A `{cfg.architecture()}` trained with crosslens on the "
+        f"activations of the same tokens at {cfg.n_snapshots} training checkpoints of `{model_id}`: one shared "
+        f"sparse code of {cfg.d_sae} features, one decoder per checkpoint. `||W_dec[i, s]||` is feature i's "
+        "strength at checkpoint s, so each feature's decoder norms across checkpoints are its timeline.",
+        "",
+        "## Load",
+        "",
+        "```python",
+        "import crosslens",
+        "",
+        f'crosscoder = crosslens.load_pretrained("{release}", "{crosscoder_id}")  # once the release is registered',
+        "# or with SAELens alone, after `import crosslens` registers the architectures:",
+        "from sae_lens import SAE",
+        f'crosscoder = SAE.from_pretrained("{repo_id}", "{crosscoder_id}")',
+        "sae = crosscoder.snapshot_sae(s)  # checkpoint s as a plain SAELens SAE, for HookedSAETransformer",
+        "```",
+        "",
+        "Inputs are `[..., n_snapshots, d_in]`: the activation of one token at every checkpoint below, in order.",
+        "",
+        "## Checkpoints",
+        "",
+    ]
+    measured = evaluation is not None
+    header = "| snapshot | revision | step | tokens seen |" + (" explained variance | L0 |" if measured else "")
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    for s, snap in enumerate(snapshots):
+        tokens_seen = snap.get("tokens_seen")
+        row = f"| {s} | {snap.get('revision', '')} | {snap.get('step', '')} | {'' if tokens_seen is None else tokens_seen} |"
+        if measured:
+            row += f" {evaluation['variance_explained'][s]:.3f} | {evaluation['l0'][s]:.1f} |"
+        lines.append(row)
+    lines.append("")
+    if measured:
+        lines += [
+            f"Measured on {evaluation['n_tokens']} tokens of the training activation store "
+            f"({evaluation['dead_features']} features never fired on them). L0 at a checkpoint counts the "
+            "features reaching that checkpoint's reconstruction.",
+            "",
+        ]
+    else:
+        lines += ["Explained variance and L0 were not measured (the activation store was not at hand).", ""]
+
+    settings: list[tuple[str, Any]] = [
+        ("hook", f"`{hook}`"),
+        ("architecture", f"`{cfg.architecture()}`"),
+        ("d_in (per checkpoint)", cfg.d_in),
+        ("d_sae", cfg.d_sae),
+        ("n_snapshots", cfg.n_snapshots),
+        ("normalisation folded into the weights", bool(meta.get("activation_norm_factors_folded"))),
+    ]
+    for key in ("context_size", "prepend_bos", "dataset_path", "exclude_special_tokens", "l0", "num_dead_features"):
+        if meta.get(key) is not None:
+            settings.append((key, meta.get(key)))
+    for key in ("n_steps", "batch_size", "lr", "sparsity_coefficient", "k", "seed"):
+        if run_config and run_config.get(key) is not None:
+            settings.append((key, run_config[key]))
+    if run_config and run_config.get("n_steps") and run_config.get("batch_size"):
+        settings.append(("training tokens", int(run_config["n_steps"]) * int(run_config["batch_size"])))
+    lines += ["## Training", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in settings]
+    lines.append("")
+    if class_counts:
+        lines += [
+            "## Feature classes",
+            "",
+            "From the decoder-norm timelines (crosslens's `EvolutionAnalysis`): "
+            + ", ".join(f"{name} {count}" for name, count in class_counts.items())
+            + ".",
+            "",
+        ]
+    link = wandb_link(meta)
+    if link:
+        lines += ["## Weights & Biases", "", f"Training run: {link}", ""]
+    return "\n".join(lines)
+
+
+def wandb_link(meta: Any) -> str | None:
+    """URL of the W&B run recorded in the metadata (a plain description without an entity)."""
+    run_id, project, entity = meta.get("wandb_run_id"), meta.get("wandb_project"), meta.get("wandb_entity")
+    if not run_id:
+        return None
+    if entity and project:
+        return f"https://wandb.ai/{entity}/{project}/runs/{run_id}"
+    return f"project `{project}`, run id `{run_id}`"
+
+
+def registry_entry(
+    crosscoder: Any,
+    *,
+    repo_id: str,
+    crosscoder_id: str,
+    release: str,
+    evaluation: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``{release: {...}}`` in the registry schema (see :mod:`crosslens.pretrained.registry`)."""
+    cfg, meta = crosscoder.cfg, crosscoder.cfg.metadata
+    suite = meta.get("suite") or {}
+    snapshots = suite.get("snapshots") or []
+    entry: dict[str, Any] = {
+        "id": crosscoder_id,
+        "path": crosscoder_id,
+        "hook_name": meta.get("hook_name"),
+        "architecture": cfg.architecture(),
+    }
+    if evaluation is not None:
+        entry["l0"] = [round(v, 3) for v in evaluation["l0"]]
+        entry["variance_explained"] = [round(v, 4) for v in evaluation["variance_explained"]]
+    entry["normalization_folded"] = bool(meta.get("activation_norm_factors_folded"))
+    link = wandb_link(meta)
+    if link and link.startswith("http"):
+        entry["wandb_run"] = link
+    model_id = suite.get("model_id") or meta.get("model_name") or "unknown"
+    return {
+        release: {
+            "repo_id": repo_id,
+            "model": model_id,
+            "suite": {
+                "family": suite.get("family"),
+                "model_id": model_id,
+                "revisions": [s.get("revision") for s in snapshots],
+                "steps": [s.get("step") for s in snapshots],
+            },
+            "saes": [entry],
+        }
+    }
+
+
+def registry_yaml(entry: dict[str, Any]) -> str:
+    return yaml.safe_dump(entry, sort_keys=False, default_flow_style=None, width=100)
+
+
+# --------------------------------------------------------------------------- offline hub
+class LocalHubApi:
+    """The part of ``huggingface_hub.HfApi`` that :func:`push_to_hub` uses, writing into the
+    local Hugging Face cache instead of the hub.
+
+    Each upload becomes a commit: a new ``snapshots/<hash>/`` folder holding the previous
+    commit's files plus the uploaded ones, with ``refs/<revision>`` pointing at it, which
+    is how ``huggingface_hub`` caches downloads. ``hf_hub_download`` with
+    ``HF_HUB_OFFLINE=1`` then serves the files. Commit hashes are sha1 of the previous
+    commit and the uploaded bytes, so the same uploads give the same cache.
+    """
+
+    def __init__(self, hub_cache: str | Path | None = None):
+        self._hub_cache = Path(hub_cache) if hub_cache is not None else None
+        self.private: dict[str, bool] = {}
+
+    @property
+    def hub_cache(self) -> Path:
+        if self._hub_cache is not None:
+            return self._hub_cache
+        import huggingface_hub.constants as hub_constants
+
+        return Path(hub_constants.HF_HUB_CACHE)
+
+    def repo_folder(self, repo_id: str) -> Path:
+        return self.hub_cache / ("models--" + repo_id.replace("/", "--"))
+
+    def create_repo(self, repo_id: str, *, private: bool = False, exist_ok: bool = False, **_: Any) -> str:
+        folder = self.repo_folder(repo_id)
+        if folder.exists() and not exist_ok:
+            raise FileExistsError(f"{repo_id} already exists in {self.hub_cache}; pass exist_ok=True.")
+        (folder / "refs").mkdir(parents=True, exist_ok=True)
+        self.private[repo_id] = private
+        return f"local://{folder}"
+
+    def upload_folder(self, *, folder_path: str | Path, repo_id: str, path_in_repo: str | None = None,
+                      revision: str | None = None, commit_message: str | None = None, **_: Any) -> str:  # fmt: skip
+        files = {
+            (Path(path_in_repo or "") / p.relative_to(folder_path)).as_posix(): p.read_bytes()
+            for p in sorted(Path(folder_path).rglob("*"))
+            if p.is_file()
+        }
+        return self._commit(repo_id, files, revision or "main", commit_message or "")
+
+    def upload_file(self, *, path_or_fileobj: Any, path_in_repo: str, repo_id: str,
+                    revision: str | None = None, commit_message: str | None = None, **_: Any) -> str:  # fmt: skip
+        if isinstance(path_or_fileobj, (str, Path)):
+            data = Path(path_or_fileobj).read_bytes()
+        elif isinstance(path_or_fileobj, bytes):
+            data = path_or_fileobj
+        else:
+            data = path_or_fileobj.read()
+        return self._commit(repo_id, {path_in_repo: data}, revision or "main", commit_message or "")
+
+    def _commit(self, repo_id: str, files: dict[str, bytes], revision: str, message: str) -> str:
+        folder = self.repo_folder(repo_id)
+        if not (folder / "refs").is_dir():
+            raise FileNotFoundError(f"{repo_id} does not exist in {self.hub_cache}; call create_repo first.")
+        ref = folder / "refs" / revision
+        parent = ref.read_text().strip() if ref.exists() else ""
+        digest = hashlib.sha1(parent.encode() + message.encode())
+        for name in sorted(files):
+            digest.update(name.encode() + hashlib.sha256(files[name]).digest())
+        commit = digest.hexdigest()
+        snapshot = folder / "snapshots" / commit
+        if parent:
+            shutil.copytree(folder / "snapshots" / parent, snapshot, dirs_exist_ok=True)
+        for name, data in files.items():
+            target = snapshot / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        ref.write_text(commit)
+        return commit

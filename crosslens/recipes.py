@@ -1,0 +1,181 @@
+"""Recipes: published crosscoder set-ups shipped with crosslens (``crosslens/data/recipes``).
+
+A recipe names a model suite (model id + steps or revisions), a hook, a token budget and
+the crosscoder's settings. ``crosslens plan --recipe NAME`` sizes it offline;
+``crosslens harvest/train --recipe NAME`` use its values as defaults (explicit flags win).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from crosslens.errors import CrosslensError
+
+ARCHITECTURE_NAMES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
+
+
+class RecipeError(CrosslensError):
+    """A recipe is unknown or malformed."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One crosscoder set-up: which snapshots, which hook, how much data, which crosscoder."""
+
+    name: str
+    """Short name (the file's stem), what ``--recipe`` takes."""
+    model: str
+    """Hub model id of the suite (``EleutherAI/pythia-160m``, ``allenai/OLMo-1B-0724-hf``...)."""
+    hook: str
+    """TransformerLens hook the crosscoder reads, e.g. ``blocks.6.hook_resid_post``."""
+    n_tokens: int
+    """Training tokens (each seen at every snapshot)."""
+    architecture: str
+    """SAELens architecture name of the crosscoder."""
+    d_sae: int
+    """Shared features."""
+    batch_size: int
+    """Tokens per optimizer step."""
+    title: str = ""
+    """One line saying where the set-up comes from."""
+    steps: tuple[int, ...] | None = None
+    """Training steps of the snapshots (Pythia, BLOOM); or use ``revisions``."""
+    revisions: tuple[str, ...] | None = None
+    """Revision names of the snapshots (OLMo, BLOOM); ``main`` means the last one listed."""
+    tokenizer: str | None = None
+    """Where the tokenizer comes from when not the model repo (informational)."""
+    dataset: str | None = None
+    """``NAME:COLUMN`` of a datasets dataset the tokens come from; None: not recorded."""
+    context: int = 1024
+    """Tokens per harvested sequence."""
+    k: int | None = None
+    """Active features per token for (batch)top-k crosscoders."""
+    lr: float | None = None
+    """Adam learning rate."""
+    sparsity: float | None = None
+    """Sparsity coefficient lambda."""
+    sparsity_warm_up_fraction: float | None = None
+    """Fraction of steps over which lambda warms up."""
+    lr_decay_fraction: float | None = None
+    """Final fraction of steps with linear learning-rate decay."""
+    decoder_init_norm: float | None = None
+    """Initial norm of each decoder row."""
+    store_dtype: str = "float32"
+    """dtype an activation store of this recipe is written in."""
+    notes: str = ""
+    """What the recipe assumes beyond the papers' stated values."""
+    extra: dict = field(default_factory=dict)
+    """Unrecognised keys (kept, ignored)."""
+
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.revisions is None):
+            raise RecipeError(f"recipe {self.name!r} must give exactly one of steps: or revisions:")
+        if self.architecture not in ARCHITECTURE_NAMES:
+            raise RecipeError(f"recipe {self.name!r}: architecture must be one of {ARCHITECTURE_NAMES}")
+        for name in ("n_tokens", "d_sae", "batch_size", "context"):
+            if int(getattr(self, name)) < 1:
+                raise RecipeError(f"recipe {self.name!r}: {name} must be >= 1")
+
+    @property
+    def n_snapshots(self) -> int:
+        return len(self.steps if self.steps is not None else self.revisions or ())
+
+    @property
+    def n_steps(self) -> int:
+        """Optimizer steps to see ``n_tokens`` at ``batch_size``."""
+        return max(1, self.n_tokens // self.batch_size)
+
+    @property
+    def family(self) -> str:
+        lowered = self.model.lower()
+        return "pythia" if "pythia" in lowered else "olmo" if "olmo" in lowered else "bloom" if "bloom" in lowered else "?"
+
+    def snapshot_labels(self) -> list[str]:
+        if self.steps is not None:
+            prefix = "global_step" if self.family == "bloom" else "step"
+            return [f"{prefix}{s}" for s in self.steps]
+        return list(self.revisions or ())
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        for key in ("steps", "revisions"):
+            if record[key] is not None:
+                record[key] = list(record[key])
+        return record
+
+    def suite(self):
+        """The recipe's :class:`CheckpointSuite` (lists revisions: needs the hub or the HF cache,
+        except for Pythia, whose steps crosslens knows)."""
+        from crosslens.checkpoints import CheckpointSuite, list_revisions
+
+        if self.family == "pythia":
+            return CheckpointSuite.pythia(self.model, steps=list(self.steps or ()))
+        revisions = list(self.snapshot_labels())
+        if "main" in revisions:
+            listed = list_revisions(self.model)
+            if not listed:
+                raise RecipeError(f"{self.model} lists no step revisions to stand for 'main'")
+            revisions = [listed[-1] if r == "main" else r for r in revisions]
+        if self.family == "olmo":
+            return CheckpointSuite.olmo(self.model, revisions=revisions)
+        if self.family == "bloom":
+            from crosslens.checkpoints import parse_step
+
+            return CheckpointSuite.bloom(self.model, steps=[int(parse_step(r)) for r in revisions])
+        raise RecipeError(f"recipe {self.name!r}: cannot tell the family of {self.model!r}")
+
+
+def _recipe_dir():
+    return resources.files("crosslens") / "data" / "recipes"
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with crosslens."""
+    return sorted(p.name[: -len(".yaml")] for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_from_dict(data: dict[str, Any], name: str | None = None) -> Recipe:
+    """A :class:`Recipe` from a parsed YAML mapping."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {name!r} is not a mapping of settings")
+    known = {f.name for f in fields(Recipe)} - {"extra"}
+    kwargs = {k: v for k, v in data.items() if k in known}
+    kwargs.setdefault("name", name or "recipe")
+    missing = sorted({"model", "hook", "n_tokens", "architecture", "d_sae", "batch_size"} - set(kwargs))
+    if missing:
+        raise RecipeError(f"recipe {kwargs['name']!r} lacks {', '.join(missing)}")
+    for key in ("steps", "revisions"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = tuple(int(s) if key == "steps" else str(s) for s in kwargs[key])
+    for key in ("n_tokens", "d_sae", "batch_size", "context", "k"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = int(kwargs[key])
+    for key in ("lr", "sparsity", "sparsity_warm_up_fraction", "lr_decay_fraction", "decoder_init_norm"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = float(kwargs[key])
+    return Recipe(**kwargs, extra={k: v for k, v in data.items() if k not in known})
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A shipped recipe by name (see :func:`list_recipes`), or a recipe YAML file by path."""
+    import yaml
+
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        text, name = path.read_text(), path.stem
+    else:
+        resource = _recipe_dir() / f"{name_or_path}.yaml"
+        if not resource.is_file():
+            raise RecipeError(
+                f"unknown recipe {str(name_or_path)!r}; choose one of {', '.join(list_recipes())} "
+                "(crosslens plan --list-recipes) or pass a recipe .yaml path"
+            )
+        text, name = resource.read_text(), str(name_or_path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"recipe {name!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+    return recipe_from_dict(data, name)

@@ -1,0 +1,105 @@
+"""A ``torchrun`` worker for the distributed tests: trains every architecture on a mesh.
+
+    torchrun --nproc_per_node=N tests/distributed_worker.py --out DIR --snapshot-parallel P
+        [--steps K] [--interrupt-at J] [--resume]
+
+Each architecture trains on the same seeded global batches as the single-process
+reference in ``test_distributed.py`` (:func:`train_reference` there imports the helpers
+below), and writes ``DIR/<arch>/final`` and its checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from crosslens.distributed import init_mesh, shard_batches, shutdown
+from crosslens.training.runner import build_training_crosscoder
+from crosslens.training.config import CrosscoderTrainerConfig
+from crosslens.training.trainer import CrosscoderTrainer, latest_checkpoint
+
+ARCHS = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
+S, D, F, B = 5, 8, 32, 16  # five snapshots: uneven blocks over two snapshot ranks
+
+
+class Interrupted(Exception):
+    """Raised by the batch stream to stop a run after a checkpoint, as a kill would."""
+
+
+def make_crosscoder(arch: str):
+    torch.manual_seed(1234)
+    return build_training_crosscoder(
+        arch, d_in=D, n_snapshots=S, d_sae=F, k=4, sparsity_coefficient=0.5, sparsity_warm_up_steps=2
+    )
+
+
+def global_batches(start: int = 0):
+    """Seeded global batches; batch i is the same whoever asks and from wherever."""
+    step = start
+    while True:
+        gen = torch.Generator().manual_seed(10_000 + step)
+        scales_S = torch.linspace(0.5, 2.0, S)[None, :, None]
+        yield torch.randn(B, S, D, generator=gen) * scales_S
+        step += 1
+
+
+def trainer_config(out: Path, steps: int, device: str = "cpu") -> CrosscoderTrainerConfig:
+    return CrosscoderTrainerConfig(
+        device=device,
+        total_steps=steps,
+        lr=1e-3,
+        lr_decay_steps=2,
+        checkpoint_dir=str(out),
+        checkpoint_every=3,
+        dead_feature_window_tokens=2 * B,  # features go dead within the run: aux-k is exercised
+        seed=0,
+    )
+
+
+def interrupting(batches, stop_after: int | None, start: int):
+    for i, batch in enumerate(batches, start=start):
+        if stop_after is not None and i >= stop_after:
+            raise Interrupted
+        yield batch
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--snapshot-parallel", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--interrupt-at", type=int, default=None)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cuda runs the mesh on NCCL, one GPU per process")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    layout, collectives, device = init_mesh(S, snapshot_parallel=args.snapshot_parallel, device=args.device)
+    mesh = (layout, collectives)
+    try:
+        for arch in ARCHS:
+            out = args.out / arch
+            cfg = trainer_config(out, args.steps, str(device))
+            if args.resume:
+                checkpoint = latest_checkpoint(out)
+                trainer = CrosscoderTrainer.from_checkpoint(checkpoint, cfg, mesh=mesh)
+            else:
+                trainer = CrosscoderTrainer(make_crosscoder(arch), cfg, mesh=mesh)
+
+            def batches(start: int):
+                stream = interrupting(global_batches(start), args.interrupt_at, start)
+                return shard_batches(stream, layout)
+
+            try:
+                trainer.fit(batches, resume_from=None)
+            except Interrupted:
+                pass
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,185 @@
+"""``crosslens plan``, the table of known models and the shipped recipes."""
+
+from __future__ import annotations
+
+import json
+from argparse import Namespace
+
+import pytest
+
+from crosslens.checkpoints.schedules import PYTHIA_STEPS
+from crosslens.cli import build_parser, main, train_settings
+from crosslens.plan import (
+    ModelSpec,
+    PlanConfig,
+    PlanError,
+    crosscoder_flops,
+    default_mesh,
+    estimate_n_params,
+    known_model,
+    make_plan,
+    plan_config_from_recipe,
+)
+from crosslens.recipes import list_recipes, load_recipe
+
+TINY = ModelSpec(name="tiny", d_model=8, n_layers=2, d_mlp=32, vocab=100, n_params=2000)
+
+
+def _tiny(**kw) -> PlanConfig:
+    values = dict(model=TINY, n_snapshots=4, hook="blocks.1.hook_resid_post", n_tokens=1000, d_sae=16,
+                  architecture="jumprelu_crosscoder", batch_size=8, context=16, device="cuda", tflops=1.0, link_gbps=1.0)  # fmt: skip
+    values.update(kw)
+    return PlanConfig(**values)
+
+
+def test_small_plan_matches_hand_computation():
+    plan = make_plan(_tiny())
+    # S=4, D=8, F=16, B=8: W_enc 4*8*16 + W_dec 16*4*8 + b_dec 4*8 + b_enc 16 + threshold 16
+    assert plan["parameters"]["per_rank"] == {"W_enc": 512, "W_dec": 512, "b_dec": 32, "b_enc": 16, "threshold": 16}
+    mem = plan["memory_bytes"]
+    assert mem["parameters"] == 1088 * 4 and mem["adam_state"] == 2 * 1088 * 4
+    assert mem["training_state"] == 4 * 1088 * 4
+    # 3*B*S*D + 4*B*F + 3*S*B*F floats
+    assert mem["activations_per_batch"] == 4 * (3 * 8 * 4 * 8 + 4 * 8 * 16 + 3 * 4 * 8 * 16)
+    assert plan["disk_bytes"]["float16"] == 1000 * 4 * 8 * 2 and plan["disk_bytes"]["float32"] == 1000 * 4 * 8 * 4
+    assert plan["flops"]["crosscoder_train_per_token"] == 10 * 4 * 8 * 16
+    # params per layer (2000 - 2*100*8) / 2 = 200; to block 1: 2 layers; attention 2*L*ctx*d
+    assert plan["flops"]["snapshot_models_forward_per_token"] == 4 * (2 * 2 * 200 + 2 * 2 * 16 * 8)
+    assert plan["memory_bytes"]["resident_models_full"] == 4 * 2000 * 4  # float32 models
+    assert plan["memory_bytes"]["resident_models_truncated"] == 4 * (100 * 8 + 2 * 200) * 4
+    assert plan["communication_bytes"]["sent_per_rank_per_step"] == 0  # one rank
+    assert plan["inputs"]["n_steps"] == 1000 // 8
+    assert plan["seconds"]["train_from_store"] == pytest.approx(10 * 4 * 8 * 16 * 1000 / 1e12)
+
+
+def test_small_plan_on_a_2x2_mesh():
+    plan = make_plan(_tiny(data_parallel=2, snapshot_parallel=2))
+    assert plan["mesh"] == {"data": 2, "snapshot": 2, "world_size": 4, "snapshots_per_rank": 2, "batch_per_rank": 4}
+    per_rank = plan["parameters"]["per_rank"]
+    assert per_rank == {"W_enc": 256, "W_dec": 256, "b_dec": 16, "b_enc": 16, "threshold": 16}
+    comm = plan["communication_bytes"]
+    # snapshot axis: [B_rank=4, F=16] float32 forward + backward, plus 3 [F] terms; ring over 2 ranks sends it once
+    assert comm["snapshot_axis_payload"] == 2 * 4 * 16 * 4 + 3 * 16 * 4
+    assert comm["snapshot_axis_sent_per_rank"] == comm["snapshot_axis_payload"]
+    assert comm["data_axis_sent_per_rank"] == 560 * 4
+    assert comm["sent_per_rank_total"] == (704 + 2240) * (1000 // 8)
+    assert plan["seconds"]["train_from_store"] == pytest.approx(10 * 4 * 8 * 16 * 1000 / 4 / 1e12)
+    assert plan["seconds"]["communication"] == pytest.approx((704 + 2240) * 125 / 1e9)
+
+
+def test_topk_plan_notes_the_sparse_decode():
+    plan = make_plan(_tiny(architecture="topk_crosscoder", k=2))
+    assert "threshold" not in plan["parameters"]["per_rank"]
+    assert plan["flops"]["crosscoder_train_per_token_sparse_decode"] == 4 * 4 * 8 * 16 + 6 * 2 * 4 * 8
+    assert crosscoder_flops(4, 8, 16) == 5120
+
+
+def test_parameter_formula_reproduces_published_totals():
+    for name in ("pythia-14m", "pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-2.8b", "pythia-12b"):
+        m = known_model(name)
+        assert estimate_n_params(m.d_model, m.n_layers, m.d_mlp, m.vocab, tied=False) == m.n_params, name
+    bloom = known_model("bigscience/bloom-1b1-intermediate")
+    assert estimate_n_params(1536, 24, 6144, 250880, tied=True) + 2 * 1536 == bloom.n_params == 1_065_314_304
+    assert known_model("OLMo-2-1B").vocab == 100352 and known_model("olmo-1b-0724").tied_embeddings
+    assert known_model("gpt2") is None
+
+
+def test_every_recipe_parses_and_plans():
+    names = list_recipes()
+    assert names == ["bayazit2025-bloom-1b1", "bayazit2025-olmo-1b", "bayazit2025-pythia-1b", "ge2025-pythia-160m"]
+    for name in names:
+        recipe = load_recipe(name)
+        plan = make_plan(plan_config_from_recipe(recipe))
+        assert plan["inputs"]["n_snapshots"] == recipe.n_snapshots
+        assert plan["memory_bytes"]["training_state"] > 0 and plan["seconds"]["train_from_store"] > 0
+
+
+def test_ge_recipe_has_32_pythia_steps_and_40_tb_of_fp16_store():
+    recipe = load_recipe("ge2025-pythia-160m")
+    assert recipe.n_snapshots == 32 and list(recipe.steps) == sorted(set(recipe.steps))
+    assert set(recipe.steps) <= set(PYTHIA_STEPS)
+    plan = make_plan(plan_config_from_recipe(recipe))
+    assert plan["disk_bytes"]["float16"] == 800_000_000 * 32 * 768 * 2  # 39.3 TB: "about 40 TB"
+    assert plan["inputs"]["n_steps"] == 390_625
+
+
+def test_per_rank_memory_shrinks_with_the_snapshot_axis():
+    recipe = load_recipe("ge2025-pythia-160m")
+    states = [
+        make_plan(plan_config_from_recipe(recipe, snapshot_parallel=p))["memory_bytes"]["training_state"]
+        for p in (1, 2, 4, 8, 16, 32)
+    ]
+    assert all(a > b for a, b in zip(states, states[1:]))
+    assert states[0] / states[3] == pytest.approx(8, rel=1e-3)  # only b_enc and threshold are replicated
+    data_only = make_plan(plan_config_from_recipe(recipe, data_parallel=8))["memory_bytes"]["training_state"]
+    assert data_only == states[0]  # the data axis replicates parameters
+
+
+def test_default_mesh_prefers_the_snapshot_axis():
+    assert default_mesh(1, 32) == (1, 1)
+    assert default_mesh(16, 32) == (1, 16)
+    assert default_mesh(6, 4) == (3, 2)
+    assert default_mesh(8, 5) == (8, 1)
+
+
+def test_plan_config_refuses_inconsistent_meshes():
+    with pytest.raises(PlanError, match="snapshot axis .* exceeds"):
+        _tiny(snapshot_parallel=8)
+    with pytest.raises(PlanError, match="--hook"):
+        _tiny(hook="blocks.7.hook_resid_post")
+
+
+def _one_line_exit_2(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_plan_cli_errors_are_one_line_exit_2(capsys):
+    assert "unknown recipe 'nope'" in _one_line_exit_2(["plan", "--recipe", "nope"], capsys)
+    assert "--mesh" in _one_line_exit_2(["plan", "--recipe", "ge2025-pythia-160m", "--mesh", "1x64"], capsys)
+    assert "--mesh" in _one_line_exit_2(["plan", "--recipe", "ge2025-pythia-160m", "--mesh", "2by4"], capsys)
+    assert "--n-snapshots" in _one_line_exit_2(["plan", "--suite", "EleutherAI/pythia-160m", "--hook", "x"], capsys)
+    assert "sizes of 'gpt2'" in _one_line_exit_2(["plan", "--suite", "gpt2", "--n-snapshots", "2", "--hook", "blocks.0.hook_resid_post"], capsys)
+
+
+def test_plan_cli_table_and_json(capsys):
+    assert main(["plan", "--list-recipes"]) == 0
+    assert capsys.readouterr().out.count("\n") == 4
+    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--world-size", "8", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["mesh"]["snapshot"] == 8 and plan["mesh"]["snapshots_per_rank"] == 4
+    assert plan["inputs"]["tflops"] == 100.0 and plan["inputs"]["tflops_assumed"]
+    expected = make_plan(plan_config_from_recipe(load_recipe("ge2025-pythia-160m"), snapshot_parallel=8, model_dtype="float32"))
+    assert plan == json.loads(json.dumps(expected))
+    assert main(["plan", "--suite", "pythia-70m", "--n-snapshots", "4", "--hook", "blocks.3.hook_resid_post",
+                 "--d-sae", "4096", "--tflops", "20"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "training state" in out and "wall time at 20 TFLOP/s per rank" in out
+
+
+def test_train_recipe_values_are_defaults_and_flags_win():
+    parser = build_parser()
+    recipe = load_recipe("bayazit2025-pythia-1b")
+    args = parser.parse_args(["train", "--recipe", recipe.name, "--out", "o"])
+    settings = train_settings(args, recipe)
+    assert settings["architecture"] == "crosscoder" and settings["d_sae"] == 16384 and settings["lr"] == 5e-5
+    assert settings["batch_size"] == 4096 and settings["n_steps"] == 400_000_000 // 4096
+    assert settings["sparsity_coefficient"] == 2.0 and settings["decoder_init_norm"] == 0.08
+    assert settings["hook"] == "blocks.8.hook_resid_post" and settings["lr_decay_fraction"] == 0.2
+    args = parser.parse_args(["train", "--recipe", recipe.name, "--out", "o", "--batch-size", "1024", "--d-sae", "512"])
+    settings = train_settings(args, recipe)
+    assert settings["batch_size"] == 1024 and settings["n_steps"] == 400_000_000 // 1024 and settings["d_sae"] == 512
+    plain = train_settings(parser.parse_args(["train", "--store", "s", "--out", "o"]), None)
+    assert plain["architecture"] == "jumprelu_crosscoder" and plain["n_steps"] == 3000 and plain["d_sae"] == 1024
+    assert isinstance(args, Namespace)
+
+
+def test_train_recipe_offline_names_the_missing_weights(offline_hf_home, tmp_path, capsys):
+    err = _one_line_exit_2(["train", "--recipe", "ge2025-pythia-160m", "--out", str(tmp_path), "--device", "cpu"], capsys)
+    assert "EleutherAI/pythia-160m at step0 and 31 more" in err and "HF_HUB_OFFLINE" in err
+    err = _one_line_exit_2(["train", "--out", str(tmp_path), "--device", "cpu"], capsys)
+    assert "--store" in err and "--recipe" in err

@@ -1,0 +1,286 @@
+"""Sharing: push a trained crosscoder to a (stubbed) hub with a model card, load it back
+through the registry offline, registry errors, CLI, training metadata and the W&B artifact."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import HfApi
+from safetensors.torch import load_file
+from sae_lens import SAE
+
+import crosslens
+from crosslens.activations import harvest_activations
+from crosslens.checkpoints import CheckpointSuite
+from crosslens.cli import main
+from crosslens.pretrained import (
+    LocalHubApi,
+    PretrainedRegistryError,
+    UnknownPretrainedError,
+    load_pretrained,
+    pretrained_directory,
+    register_release,
+    unregister_release,
+)
+from crosslens.pretrained.push import push_to_hub
+from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
+from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
+
+HOOK = "blocks.0.hook_resid_post"
+REPO = "crosslens-test/tiny-crosscoders"
+RELEASE = "tiny-crosscoders"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A finished `crosslens train` folder: 3 snapshots of a tiny GPT-NeoX, JumpReLU crosscoder."""
+    root = tmp_path_factory.mktemp("suite")
+    write_local_suite(root, {f"step{s}": tiny_neox(seed=s) for s in (0, 10, 100)}, make_word_tokenizer())
+    tokens = torch.randint(3, FAKE_VOCAB_SIZE, (32, 16), generator=torch.Generator().manual_seed(0))
+    store = tmp_path_factory.mktemp("store")
+    harvest_activations(CheckpointSuite.local(root), HOOK, tokens, store, progress=False)
+    run_dir = tmp_path_factory.mktemp("run")
+    config = CrosscoderRunnerConfig(
+        store_path=str(store), out_dir=str(run_dir), architecture="jumprelu_crosscoder", d_sae=32,
+        n_steps=30, batch_size=64, lr=3e-3, checkpoint_every=0, progress=False, dataset_path="synthetic:random",
+    )  # fmt: skip
+    CrosscoderTrainingRunner(config).run()
+    return run_dir
+
+
+@pytest.fixture
+def stubbed_hub(offline_hf_home, monkeypatch):
+    """HfApi's upload calls write into the offline HF cache instead of the network."""
+    local = LocalHubApi()
+    for name in ("create_repo", "upload_folder", "upload_file"):
+        monkeypatch.setattr(HfApi, name, lambda self, *args, _name=name, **kw: getattr(local, _name)(*args, **kw))
+    return local
+
+
+@pytest.fixture
+def pushed(trained_run, stubbed_hub, tmp_path, monkeypatch):
+    result = push_to_hub(trained_run, REPO)
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(result.registry_yaml)
+    monkeypatch.setenv("CROSSLENS_PRETRAINED", str(registry))
+    return result
+
+
+def local_folded(run_dir: Path) -> SAE:
+    crosscoder = SAE.load_from_disk(str(run_dir / "final"))
+    crosscoder.fold_activation_norm_scaling_factors()
+    return crosscoder
+
+
+def test_push_then_load_pretrained_offline(trained_run, pushed):
+    assert set(pretrained_directory()) == {RELEASE}
+    loaded = crosslens.load_pretrained(RELEASE, HOOK)
+    want = local_folded(trained_run)
+    assert type(loaded) is type(want)
+    for name, tensor in want.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    meta = loaded.cfg.metadata
+    assert meta.activation_norm_factors_folded is True
+    assert [s["revision"] for s in meta.suite["snapshots"]] == ["step0", "step10", "step100"]
+    assert meta.pretrained_release == RELEASE and meta.pretrained_id == HOOK
+
+    # the uploaded folder is SAELens's layout, byte-identical weights to what was saved
+    folder = LocalHubApi().repo_folder(REPO)
+    snapshot = folder / "snapshots" / (folder / "refs" / "main").read_text()
+    files = {p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()}
+    assert {f"{HOOK}/cfg.json", f"{HOOK}/sae_weights.safetensors", "README.md"} <= files
+
+
+def test_sae_from_pretrained_loads_a_crosslens_repo(trained_run, pushed):
+    crosscoder = SAE.from_pretrained(REPO, HOOK)
+    weights = load_file(str(trained_run / "final" / "sae_weights.safetensors"))
+    assert crosscoder.cfg.architecture() == "jumprelu_crosscoder"
+    torch.testing.assert_close(crosscoder.threshold, weights["threshold"])
+    torch.testing.assert_close(crosscoder.W_dec, local_folded(trained_run).W_dec, rtol=0, atol=0)
+
+
+def test_registry_entry_and_model_card(trained_run, pushed):
+    entry = yaml.safe_load(pushed.registry_yaml)[RELEASE]
+    assert entry["repo_id"] == REPO and entry["suite"]["steps"] == [0, 10, 100]
+    (sae,) = entry["saes"]
+    assert sae["id"] == sae["path"] == sae["hook_name"] == HOOK
+    assert sae["architecture"] == "jumprelu_crosscoder" and sae["normalization_folded"] is True
+    evaluation = pushed.evaluation
+    assert evaluation["n_tokens"] == 32 * 15  # every stored token (position 0 excluded)
+    assert len(sae["variance_explained"]) == len(sae["l0"]) == 3
+    assert all(0 < ev <= 1 for ev in sae["variance_explained"]), sae
+    assert all(0 < l0 < 32 for l0 in sae["l0"])
+
+    card = pushed.card
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "saelens" and "crosscoder" in front["tags"]
+    assert "base_model" not in front  # a local suite is no hub model
+    for s, revision in enumerate(["step0", "step10", "step100"]):
+        row = f"| {s} | {revision} | {[0, 10, 100][s]} |  | {evaluation['variance_explained'][s]:.3f} | {evaluation['l0'][s]:.1f} |"
+        assert row in card
+    assert "| context_size | 16 |" in card and "| dataset_path | synthetic:random |" in card
+    assert "## Feature classes" in card
+    counts = card.split("## Feature classes")[1]
+    numbers = [int(part.split()[-1].rstrip(".")) for part in counts.split(":", 1)[1].split("\n")[0].split(",")]
+    assert sum(numbers) == 32
+    folder = LocalHubApi().repo_folder(REPO)
+    assert (folder / "snapshots" / (folder / "refs" / "main").read_text() / "README.md").read_text() == card
+
+
+def test_unknown_names_list_the_nearest(pushed):
+    with pytest.raises(UnknownPretrainedError, match="did you mean 'tiny-crosscoders'") as info:
+        load_pretrained("tiny-crosscoder", HOOK)
+    assert info.value.nearest == (RELEASE,)
+    with pytest.raises(UnknownPretrainedError, match=r"did you mean 'blocks.0.hook_resid_post'"):
+        load_pretrained(RELEASE, "blocks.1.hook_resid_post")
+
+
+def test_release_collisions_are_refused(pushed, tmp_path, monkeypatch):
+    spec = yaml.safe_load(pushed.registry_yaml)[RELEASE]
+    with pytest.raises(PretrainedRegistryError, match="already defined by .*registry.yaml"):
+        register_release(RELEASE, spec)
+    second = tmp_path / "second.yaml"
+    second.write_text(pushed.registry_yaml)
+    monkeypatch.setenv("CROSSLENS_PRETRAINED", f"{tmp_path / 'registry.yaml'}:{second}")
+    with pytest.raises(PretrainedRegistryError, match="defined twice: in .*registry.yaml and in .*second.yaml"):
+        pretrained_directory()
+    monkeypatch.setenv("CROSSLENS_PRETRAINED", "")
+    try:
+        assert register_release("mine", spec).repo_id == REPO
+        assert register_release("mine", spec) is pretrained_directory()["mine"]  # same content: no-op
+        with pytest.raises(PretrainedRegistryError, match="already defined by register_release"):
+            register_release("mine", {**spec, "repo_id": "other/repo"})
+    finally:
+        unregister_release("mine")
+
+
+def test_registry_disagreement_is_refused(pushed, tmp_path, monkeypatch):
+    spec = yaml.safe_load(pushed.registry_yaml)
+    spec[RELEASE]["suite"]["revisions"] = ["step0", "step11", "step100"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("CROSSLENS_PRETRAINED", str(bad))
+    with pytest.raises(PretrainedRegistryError, match="its snapshots are .*step10.* the registry lists .*step11"):
+        load_pretrained(RELEASE, HOOK)
+    spec[RELEASE]["saes"][0]["l0"] = [1.0, 2.0]
+    bad.write_text(yaml.safe_dump(spec))
+    with pytest.raises(PretrainedRegistryError, match="l0 must be a number or 3 numbers"):
+        pretrained_directory()
+
+
+def test_cli_pretrained_list_show_and_release_id_folders(pushed, capsys):
+    assert main(["pretrained", "list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(RELEASE) and REPO in out and "3 snapshots" in out
+    assert main(["pretrained", "show", RELEASE]) == 0
+    out = capsys.readouterr().out
+    assert "step10 (step 10)" in out and "variance_explained" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrained", "show", "tiny-crosscoder"])
+    assert exit_info.value.code == 2 and "did you mean 'tiny-crosscoders'" in capsys.readouterr().err
+
+    from crosslens.cli import _resolve_crosscoder_arg
+
+    folder = Path(_resolve_crosscoder_arg(f"{RELEASE}/{HOOK}"))
+    assert (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyze", "--crosscoder", "tiny-crosscoderz/blocks.0.hook_resid_post"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--crosscoder" in err and "nearest releases: tiny-crosscoders" in err and len(err.splitlines()) == 1
+
+
+def test_cli_push_prints_the_registry_entry(trained_run, stubbed_hub, capsys):
+    assert main(["push", str(trained_run), "--repo", "someone/cc", "--id", "layer0"]) == 0
+    out = capsys.readouterr().out
+    entry = yaml.safe_load(out.split("\n\n", 1)[1])
+    assert entry["cc"]["repo_id"] == "someone/cc" and entry["cc"]["saes"][0]["path"] == "layer0"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["push", str(trained_run), "--repo", "no-org"])
+    assert exit_info.value.code == 2 and "--repo" in capsys.readouterr().err
+
+
+def test_runner_fills_saelens_training_metadata(trained_run):
+    meta = json.loads((trained_run / "final" / "cfg.json").read_text())["metadata"]
+    assert meta["context_size"] == 16 and meta["model_class_name"] == "HookedTransformer"
+    assert meta["prepend_bos"] is False  # random token rows: no BOS in front
+    assert meta["exclude_special_tokens"] == [0, 2]  # the word tokenizer's BOS = EOS (0) and pad (2)
+    assert meta["seqpos_slice"] == [1, None] and meta["dataset_path"] == "synthetic:random"
+    assert meta["model_name"] == meta["suite"]["model_id"]
+    assert 0 < meta["l0"] < 32 and isinstance(meta["num_dead_features"], int)
+    assert meta["n_training_steps"] == 30 and meta["n_training_samples"] == 30 * 64
+
+
+def test_saelens_logging_names_map_onto_the_trainer():
+    from crosslens.training import CrosscoderTrainerConfig
+
+    cfg = CrosscoderTrainerConfig(total_steps=10, run_name="r", wandb_log_frequency=5, eval_every_n_wandb_logs=2)
+    assert (cfg.wandb_run_name, cfg.log_every, cfg.histogram_every) == ("r", 5, 10)
+    with pytest.raises(ValueError, match="same thing"):
+        CrosscoderTrainerConfig(total_steps=10, run_name="a", wandb_run_name="b")
+    runner_cfg = CrosscoderRunnerConfig(
+        store_path="s", out_dir="o", run_name="x", wandb_log_frequency=7, hook_name="h",
+        training_tokens=1000, train_batch_size_tokens=100,
+    )  # fmt: skip
+    assert (runner_cfg.wandb_run_name, runner_cfg.log_every, runner_cfg.hook) == ("x", 7, "h")
+    assert (runner_cfg.n_steps, runner_cfg.batch_size, runner_cfg.training_tokens) == (10, 100, 1000)
+    assert CrosscoderRunnerConfig(**asdict(runner_cfg)) == runner_cfg  # run.json round-trips
+    with pytest.raises(ValueError, match="hook_name and hook"):
+        CrosscoderRunnerConfig(store_path="s", out_dir="o", hook="a", hook_name="b")
+
+
+def test_wandb_run_id_in_metadata_and_model_artifact_offline(trained_run, tmp_path):
+    import wandb
+
+    run_dir = tmp_path / "run"
+    store = json.loads((trained_run / "run.json").read_text())["store_path"]
+    config = CrosscoderRunnerConfig(
+        store_path=store, out_dir=str(run_dir), architecture="crosscoder", d_sae=16, n_steps=4, batch_size=32,
+        checkpoint_every=0, progress=False, log_to_wandb=True, wandb_project="crosslens-test",
+        run_name="artifact-check", wandb_log_frequency=2,
+    )  # fmt: skip
+    CrosscoderTrainingRunner(config).run()
+    wandb.teardown()  # flushes the offline run file
+    (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    meta = json.loads((run_dir / "final" / "cfg.json").read_text())["metadata"]
+    assert run_file.name == f"run-{meta['wandb_run_id']}.wandb"
+    assert meta["wandb_project"] == "crosslens-test"
+    records = _read_wandb_records(run_file)
+    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    assert len(artifacts) == 1 and artifacts[0].type == "model"
+    files = {entry.path for entry in artifacts[0].manifest.contents}
+    assert files == {"cfg.json", "sae_weights.safetensors"}
+    history = [r for r in records if r.WhichOneof("record_type") == "history"]
+    assert len(history) == 2  # steps 2 and 4, from wandb_log_frequency=2
+
+
+def _read_wandb_records(run_file: Path) -> list:
+    """Every protobuf record of an offline .wandb file (a LevelDB-style log: 32 KiB blocks of
+    fragments, each with a 7-byte header: crc32, length, kind)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    raw, block, pos = run_file.read_bytes(), 32768, 7  # after the 7-byte ":W&B" file header
+    chunks, chunk = [], b""
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # block trailer too short for a header
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        chunk += raw[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST fragment
+            chunks.append(chunk)
+            chunk = b""
+    records = []
+    for data in chunks:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        records.append(record)
+    return records

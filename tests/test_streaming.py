@@ -1,0 +1,85 @@
+"""Streaming from resident snapshot models gives the disk store's activations, with no disk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crosslens.activations import streaming
+from crosslens.activations.streaming import ModelsDoNotFitError, ResidentSnapshotProvider
+from test_activations import HOOK, store, suite, suite_root, token_ids  # noqa: F401  (fixtures)
+
+BLOCK = [0, 2]  # a snapshot rank holding the first and last snapshot
+
+
+def provider(suite, token_ids, **kw):
+    kw.setdefault("normalize", False)
+    return ResidentSnapshotProvider(suite, HOOK, token_ids, 40, chunk_seqs=5, n_epochs=1, **kw)
+
+
+def _store_rows(store) -> dict[tuple[int, int], torch.Tensor]:
+    acts_NSD = store.read(HOOK, slice(None), normalize=False)
+    return {tuple(p): acts_NSD[i] for i, p in enumerate(store.positions.tolist())}
+
+
+def _served(p: ResidentSnapshotProvider) -> list[tuple[tuple[int, int], torch.Tensor]]:
+    out = []
+    for index in range(len(p._chunks(0))):
+        positions = p.chunk_positions(0, index).tolist()
+        acts = p._chunk(0, index)
+        out += [(tuple(pos), acts[i]) for i, pos in enumerate(positions)]
+    return out
+
+
+def test_each_data_rank_streams_store_rows_of_its_snapshots(suite, token_ids, store):
+    by_position = _store_rows(store)
+    seen = []
+    for rank in range(2):
+        p = provider(suite, token_ids, snapshots=BLOCK, data_rank=rank, data_size=2)
+        served = _served(p)
+        assert len(served) == p.n_tokens
+        for position, row_SD in served:
+            assert torch.equal(row_SD, by_position[position][BLOCK]), position
+        seen += [position for position, _ in served]
+        batches = list(p)
+        assert sum(b.shape[0] for b in batches) == p.n_tokens
+        assert all(b.shape[1:] == (2, by_position[seen[0]].shape[-1]) for b in batches)
+        p.close()
+    # the two data ranks split the tokens: every stored token exactly once
+    assert sorted(seen) == sorted(by_position)
+
+
+def test_models_load_once_and_resume_serves_the_same_batches(suite, token_ids, monkeypatch):
+    loads = []
+    original = streaming.load_snapshot
+    monkeypatch.setattr(
+        streaming, "load_snapshot", lambda *a, **k: loads.append(a[1].revision) or original(*a, **k)
+    )
+    p = provider(suite, token_ids, snapshots=BLOCK)
+    batches = list(p)
+    assert len(loads) == 2 and len(batches) > 3
+    resumed = list(provider(suite, token_ids, snapshots=BLOCK, start_batch=3))
+    assert len(resumed) == len(batches) - 3
+    assert all(torch.equal(a, b) for a, b in zip(resumed, batches[3:]))
+
+
+def test_norm_factors_agree_across_data_ranks(suite, token_ids):
+    factors = [
+        provider(suite, token_ids, snapshots=BLOCK, data_rank=r, data_size=2, normalize=True).norm_factors
+        for r in range(2)
+    ]
+    assert factors[0].shape == (2,) and torch.equal(factors[0], factors[1])
+
+
+def test_models_that_do_not_fit_are_refused_with_the_fix(suite, token_ids, monkeypatch):
+    monkeypatch.setattr(streaming, "available_memory", lambda device: 1000)
+    p = provider(suite, token_ids, snapshots=[0, 1, 2])
+    with pytest.raises(ModelsDoNotFitError, match=r"need .* GiB .*--snapshot-parallel"):
+        next(iter(p))
+
+
+def test_bad_rank_arguments_are_refused(suite, token_ids):
+    with pytest.raises(ValueError, match="data_rank=2"):
+        provider(suite, token_ids, data_rank=2, data_size=2)
+    with pytest.raises(ValueError, match="indices of the suite's 3 snapshots"):
+        provider(suite, token_ids, snapshots=[3])
