@@ -215,3 +215,59 @@ def test_torchrun_crosslens_train_matches_a_plain_run(tmp_path):
     assert got.keys() == want.keys()
     for name in want:
         assert (got[name] - want[name]).abs().max() <= ATOL, name
+
+
+# ---------------------------------------------------------- streaming, no disk
+STREAM_WORKER = Path(__file__).with_name("distributed_stream_worker.py")
+
+
+def stream_setup(suite_dir):
+    from test_activations import N_SEQS, SEQ_LEN, _open_suite, _texts
+
+    from crosslens.activations import tokenize_texts
+
+    suite = _open_suite(suite_dir)
+    return suite, tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
+
+
+def stream_provider(suite, tokens, **kw):
+    from test_activations import HOOK
+
+    from crosslens.activations.streaming import ResidentSnapshotProvider
+
+    return ResidentSnapshotProvider(suite, HOOK, tokens, 32, chunk_seqs=6, drop_last=True, **kw)
+
+
+def stream_trainer_parts(provider, out_dir):
+    from crosslens.training.config import CrosscoderTrainerConfig
+
+    torch.manual_seed(7)
+    sae = worker.build_training_crosscoder(
+        "jumprelu_crosscoder", d_in=provider.d_in, n_snapshots=len(provider.suite), d_sae=48,
+        sparsity_coefficient=0.3, sparsity_warm_up_steps=2,
+    )  # fmt: skip
+    cfg = CrosscoderTrainerConfig(total_steps=5, lr=1e-3, checkpoint_dir=str(out_dir), seed=0)
+    return sae, cfg
+
+
+def test_snapshot_parallel_streaming_training_equals_one_process(tmp_path):
+    """Two ranks, each with only its snapshots' models resident and nothing on disk, train
+    the crosscoder one process trains from all the models."""
+    from test_activations import _write_suite
+
+    suite_dir = _write_suite(tmp_path / "suite", seeds=[0, 1, 2])
+    suite, tokens = stream_setup(suite_dir)
+    provider = stream_provider(suite, tokens)
+    sae, cfg = stream_trainer_parts(provider, tmp_path / "one")
+    CrosscoderTrainer(sae, cfg).fit(provider.batches)
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(STREAM_WORKER), str(suite_dir), str(tmp_path / "two"), "2"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-6000:]
+    assert not list((tmp_path / "two").rglob("*.npy"))  # no activation ever touched the disk
+    got = load_file(tmp_path / "two" / "final" / "sae_weights.safetensors")
+    want = load_file(tmp_path / "one" / "final" / "sae_weights.safetensors")
+    for name in want:
+        assert (got[name] - want[name]).abs().max() <= ATOL, name
