@@ -7,6 +7,7 @@ Every subcommand is a thin wrapper over a library function, imported lazily so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -202,9 +203,6 @@ def _cmd_suite_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_harvest(args: argparse.Namespace) -> int:
-    from crosslens.demo import harvest_stage
-    from crosslens.devices import dtype_name
-
     device, model_dtype = _device_and_dtype(args)
     recipe = _load_recipe(args.recipe) if args.recipe else None
     if recipe is not None and args.suite is None:
@@ -219,8 +217,22 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
     dataset = args.dataset or (recipe.dataset if recipe is not None else None)
     if recipe is not None and not dataset:
         raise CLIError(f"recipe {recipe.name} records no dataset; pass --dataset NAME:COLUMN")
+    device = _rank_device(device)
     _reset_peak_memory(device)
-    store = harvest_stage(
+    with _torchrun_job():
+        store = _harvest(args, suite, hooks, recipe, dataset, device, model_dtype)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"activation store: {store.path} ({store.n_tokens} tokens x {store.n_snapshots} snapshots)")
+        _print_peak_memory(device)
+    return 0
+
+
+def _harvest(args, suite, hooks, recipe, dataset, device, model_dtype):
+    """The store ``harvest`` writes: the flags win over the recipe's values."""
+    from crosslens.demo import harvest_stage
+    from crosslens.devices import dtype_name
+
+    return harvest_stage(
         suite,
         hooks=hooks,
         n_tokens=args.n_tokens or (recipe.n_tokens if recipe is not None else 200_000),
@@ -232,9 +244,6 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
         device=device,
         model_dtype=model_dtype,
     )
-    print(f"activation store: {store.path} ({store.n_tokens} tokens x {store.n_snapshots} snapshots)")
-    _print_peak_memory(device)
-    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -321,6 +330,8 @@ def train_settings(args: argparse.Namespace, recipe=None) -> dict:
         wandb_entity=args.wandb_entity,
         checkpoint_every=args.checkpoint_every,
         verify_store=not args.no_verify,
+        snapshot_parallel=args.snapshot_parallel,
+        autocast_dtype=args.autocast,
     )
     return settings
 
@@ -394,10 +405,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
         store_path = _harvest_for_recipe(args, recipe, settings, device, model_dtype)
     config = CrosscoderRunnerConfig(store_path=store_path, device=device, **settings)
     runner = CrosscoderTrainingRunner(config)
-    runner.run(resume=args.resume)
-    print(f"crosscoder saved to {runner.final_path}")
-    _print_peak_memory(device)
+    with _torchrun_job():
+        runner.run(resume=args.resume)
+        if runner.is_main:
+            print(f"crosscoder saved to {runner.final_path}")
+        _print_peak_memory(runner.device)
     return 0
+
+
+@contextlib.contextmanager
+def _torchrun_job():
+    """Under torchrun: leave the process group cleanly when the command ends (a process that
+    exits with a live mesh aborts at teardown); elsewhere nothing."""
+    try:
+        yield
+    finally:
+        from crosslens.distributed import launched_by_torchrun, shutdown
+
+        if launched_by_torchrun():
+            shutdown()
+
+
+def _rank_device(device: str) -> str:
+    """Under torchrun, each rank's own GPU (cuda:LOCAL_RANK); elsewhere ``device``."""
+    if device.startswith("cuda") and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -681,6 +714,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-every", type=_number_at_least(0), default=500, help="steps between checkpoints (0: none)"
     )
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.add_argument(
+        "--snapshot-parallel",
+        type=_number_at_least(1),
+        default=1,
+        help="under torchrun: processes that split the snapshots (the rest split each batch); "
+        "see docs/DISTRIBUTED.md",
+    )
+    train.add_argument(
+        "--autocast",
+        choices=["bfloat16"],
+        default=None,
+        help="run the crosscoder step in bfloat16 autocast (parameters and Adam stay float32)",
+    )
     train.add_argument(
         "--no-verify",
         action="store_true",

@@ -6,7 +6,8 @@ against ``crosslens plan``'s prediction.
 1. Every architecture trains 20 steps from the same initial weights on the same batches on
    CPU and on CUDA (float32, TF32 off); prints the largest weight difference.
 2. Tokens/s and peak memory of one training step at a demo-like shape and at Ge et al.'s
-   (32 snapshots, d_in 768, d_sae 24,576, batch 2048), next to the plan's memory estimate.
+   (32 snapshots, d_in 768, d_sae 24,576, batch 2048; compare with ``crosslens plan``).
+3. The Ge et al. shape again under bfloat16 autocast.
 Run it on a machine with a GPU; it exits with a message where there is none.
 """
 
@@ -53,7 +54,7 @@ def parity(steps: int) -> None:
         print(f"   {arch:22s} max |W_cpu - W_cuda| = {diff:.2e}")
 
 
-def throughput(label: str, arch: str, S: int, D: int, F: int, B: int, n: int = 10) -> None:
+def throughput(label: str, arch: str, S: int, D: int, F: int, B: int, n: int = 10, autocast: str | None = None) -> None:
     from crosslens.plan import ModelSpec, PlanConfig, make_plan  # noqa: F401
     from crosslens.training.config import CrosscoderTrainerConfig
     from crosslens.training.trainer import CrosscoderTrainer
@@ -61,7 +62,8 @@ def throughput(label: str, arch: str, S: int, D: int, F: int, B: int, n: int = 1
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     sae = build(arch, S, D, F, "cuda")
-    trainer = CrosscoderTrainer(sae, CrosscoderTrainerConfig(total_steps=n + 3, lr=1e-4, device="cuda", seed=0))
+    cfg = CrosscoderTrainerConfig(total_steps=n + 3, lr=1e-4, device="cuda", seed=0, autocast_dtype=autocast)
+    trainer = CrosscoderTrainer(sae, cfg)
     data = list(batches(2, B, S, D, "cuda"))
     for i in range(3):
         trainer.step(data[i % 2])
@@ -73,7 +75,8 @@ def throughput(label: str, arch: str, S: int, D: int, F: int, B: int, n: int = 1
     step_s = (time.perf_counter() - start) / n
     peak = torch.cuda.max_memory_allocated() / 2**30
     flops = 6 * B * S * D * F  # encoder + dense decoder, forward and backward
-    print(f"   {label:10s} {arch:22s} {B / step_s:12,.0f} tokens/s  {step_s * 1e3:8.1f} ms/step  "
+    label = f"{label}{' bf16' if autocast else ''}"
+    print(f"   {label:15s} {arch:22s} {B / step_s:12,.0f} tokens/s  {step_s * 1e3:8.1f} ms/step  "
           f"{flops / step_s / 1e12:6.1f} TFLOP/s (dense-equivalent)  peak {peak:6.2f} GiB")
     del trainer, sae, data
 
@@ -94,6 +97,9 @@ def main() -> int:
         throughput("demo-like", arch, 8, 128, 16384, 1024)
     for arch in ("jumprelu_crosscoder", "crosscoder"):
         throughput("Ge et al.", arch, 32, 768, 24576, 2048)
+    print("3. the same steps under --autocast bfloat16 (parameters and Adam stay float32)")
+    for arch in ("jumprelu_crosscoder", "crosscoder"):
+        throughput("Ge et al.", arch, 32, 768, 24576, 2048, autocast="bfloat16")
     return 0
 
 

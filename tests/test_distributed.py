@@ -128,3 +128,146 @@ def test_shard_batches_splits_rows_and_snapshots():
     assert torch.equal(part, batch[2:4, 3:5])
     with pytest.raises(ValueError, match="--batch-size divisible by 2"):
         list(shard_batches([batch[:3]], layout))
+
+
+# ------------------------------------------------------------------ parallel harvest
+HARVEST_WORKER = Path(__file__).with_name("distributed_harvest_worker.py")
+
+
+def torchrun_harvest(nproc: int, suite_dir: Path, out: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(HARVEST_WORKER), str(suite_dir), str(out)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+
+
+def _store_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "acts").rglob("*.npy"))}
+
+
+@pytest.mark.parametrize("nproc", [2, 4], ids=["2-ranks-3-snapshots", "4-ranks-split-shards"])
+def test_parallel_harvest_writes_the_single_process_store(tmp_path, nproc):
+    from test_activations import HOOKS, N_SEQS, SEQ_LEN, SHARD_TOKENS, _open_suite, _texts, _write_suite
+
+    from crosslens.activations import ActivationStore, harvest_activations, tokenize_texts
+
+    suite_dir = _write_suite(tmp_path / "suite", seeds=[0, 1, 2])
+    suite = _open_suite(suite_dir)
+    tokens = tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
+    single = harvest_activations(
+        suite, HOOKS, tokens, tmp_path / "single", shard_tokens=SHARD_TOKENS, batch_size=4, progress=False
+    )
+    torchrun_harvest(nproc, suite_dir, tmp_path / "team")
+    team = ActivationStore.open(tmp_path / "team", verify="full")  # one consistent, complete manifest
+    assert _store_files(tmp_path / "team") == _store_files(tmp_path / "single")
+    assert team.manifest["files"] == single.manifest["files"]
+    assert team.manifest["snapshots"] == single.manifest["snapshots"]
+    assert team.manifest["norm_factors"] == single.manifest["norm_factors"]
+
+
+def test_parallel_harvest_resumes_a_partial_store(tmp_path):
+    from test_activations import HOOKS, N_SEQS, SEQ_LEN, SHARD_TOKENS, _open_suite, _texts, _write_suite
+
+    from crosslens.activations import ActivationStore, harvest_activations, tokenize_texts
+    from crosslens.activations.store import read_manifest, write_manifest
+
+    suite_dir = _write_suite(tmp_path / "suite", seeds=[0, 1, 2])
+    suite = _open_suite(suite_dir)
+    tokens = tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
+    out = tmp_path / "store"
+    harvest_activations(suite, HOOKS, tokens, out, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False)
+    complete = _store_files(out)
+    # as a job killed mid-way leaves it: one snapshot's last shard never recorded
+    manifest = read_manifest(out)
+    lost = sorted(rel for rel in manifest["files"] if "snap002_shard0004" in rel)
+    for rel in lost:
+        del manifest["files"][rel]
+        (out / rel).unlink()
+    manifest["complete"] = False
+    write_manifest(out, manifest)
+    torchrun_harvest(2, suite_dir, out)
+    assert _store_files(out) == complete
+    assert ActivationStore.open(out, verify="full").manifest["complete"]
+
+
+def test_torchrun_crosslens_train_matches_a_plain_run(tmp_path):
+    """The command line under torchrun (2 snapshot ranks) ends where a plain `crosslens train` ends."""
+    from test_activations import HOOK, N_SEQS, SEQ_LEN, SHARD_TOKENS, _open_suite, _texts, _write_suite
+
+    from crosslens.activations import harvest_activations, tokenize_texts
+    from crosslens.cli import main
+
+    suite = _open_suite(_write_suite(tmp_path / "suite", seeds=[0, 1, 2]))
+    tokens = tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
+    store = harvest_activations(suite, [HOOK], tokens, tmp_path / "store", shard_tokens=SHARD_TOKENS, progress=False)
+    flags = ["--store", str(store.path), "--n-steps", "4", "--batch-size", "32", "--d-sae", "64",
+             "--arch", "jumprelu_crosscoder", "--checkpoint-every", "2", "--device", "cpu"]  # fmt: skip
+    assert main(["train", *flags, "--out", str(tmp_path / "plain")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "crosslens",
+           "train", *flags, "--out", str(tmp_path / "mesh"), "--snapshot-parallel", "2"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-6000:]
+    assert done.stdout.count("crosscoder saved to") == 1  # rank 0 speaks for the job
+    got = load_file(tmp_path / "mesh" / "final" / "sae_weights.safetensors")
+    want = load_file(tmp_path / "plain" / "final" / "sae_weights.safetensors")
+    assert got.keys() == want.keys()
+    for name in want:
+        assert (got[name] - want[name]).abs().max() <= ATOL, name
+
+
+# ---------------------------------------------------------- streaming, no disk
+STREAM_WORKER = Path(__file__).with_name("distributed_stream_worker.py")
+
+
+def stream_setup(suite_dir):
+    from test_activations import N_SEQS, SEQ_LEN, _open_suite, _texts
+
+    from crosslens.activations import tokenize_texts
+
+    suite = _open_suite(suite_dir)
+    return suite, tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
+
+
+def stream_provider(suite, tokens, **kw):
+    from test_activations import HOOK
+
+    from crosslens.activations.streaming import ResidentSnapshotProvider
+
+    return ResidentSnapshotProvider(suite, HOOK, tokens, 32, chunk_seqs=6, drop_last=True, **kw)
+
+
+def stream_trainer_parts(provider, out_dir):
+    from crosslens.training.config import CrosscoderTrainerConfig
+
+    torch.manual_seed(7)
+    sae = worker.build_training_crosscoder(
+        "jumprelu_crosscoder", d_in=provider.d_in, n_snapshots=len(provider.suite), d_sae=48,
+        sparsity_coefficient=0.3, sparsity_warm_up_steps=2,
+    )  # fmt: skip
+    cfg = CrosscoderTrainerConfig(total_steps=5, lr=1e-3, checkpoint_dir=str(out_dir), seed=0)
+    return sae, cfg
+
+
+def test_snapshot_parallel_streaming_training_equals_one_process(tmp_path):
+    """Two ranks, each with only its snapshots' models resident and nothing on disk, train
+    the crosscoder one process trains from all the models."""
+    from test_activations import _write_suite
+
+    suite_dir = _write_suite(tmp_path / "suite", seeds=[0, 1, 2])
+    suite, tokens = stream_setup(suite_dir)
+    provider = stream_provider(suite, tokens)
+    sae, cfg = stream_trainer_parts(provider, tmp_path / "one")
+    CrosscoderTrainer(sae, cfg).fit(provider.batches)
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(STREAM_WORKER), str(suite_dir), str(tmp_path / "two"), "2"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-6000:]
+    assert not list((tmp_path / "two").rglob("*.npy"))  # no activation ever touched the disk
+    got = load_file(tmp_path / "two" / "final" / "sae_weights.safetensors")
+    want = load_file(tmp_path / "one" / "final" / "sae_weights.safetensors")
+    for name in want:
+        assert (got[name] - want[name]).abs().max() <= ATOL, name

@@ -23,6 +23,7 @@ import re
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from difflib import get_close_matches
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -244,6 +245,7 @@ def harvest_activations(
     verify_hashes: bool = True,
     progress: bool = True,
     model_dtype: str | torch.dtype = "float32",
+    distributed: bool | None = None,
 ) -> ActivationStore:
     """Harvest ``hooks`` for ``token_ids_NL`` at every snapshot of ``suite`` into ``out_dir``.
 
@@ -265,6 +267,9 @@ def harvest_activations(
         overwrite: discard whatever store ``out_dir`` holds and harvest from scratch.
         verify_hashes: on resume, re-hash finished shards (else sizes only).
         progress: show a tqdm bar over snapshots x tokens.
+        distributed: split the snapshots (and, with more ranks than snapshots, their shards)
+            over the processes of a ``torchrun`` job, which write one store with one
+            manifest (see :class:`HarvestTeam`); None does so whenever run under torchrun.
     """
     check_storage_dtype(dtype)
     hooks = as_hook_list(hooks)
@@ -302,13 +307,21 @@ def harvest_activations(
     identities = snapshot_identities(suite)  # before writing: refuses damaged, uncached and duplicate snapshots
 
     root = Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(root / LOCK_NAME, on_busy=_refuse_concurrent_harvest(root)):
+    team = HarvestTeam.from_torchrun() if distributed in (None, True) else HarvestTeam()
+    if distributed and team.world_size == 1:
+        raise ValueError("distributed=True needs a torchrun job: torchrun --nproc_per_node=N -m crosslens harvest ...")
+    if team.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+    team.barrier()
+    # rank 0 holds the folder's lock for the whole team; the others write only their own shards
+    lock = exclusive_lock(root / LOCK_NAME, on_busy=_refuse_concurrent_harvest(root)) if team.is_main else nullcontext()
+    with lock:
         _harvest_locked(
             suite, hooks, token_ids_NL, keep_NL, root, spec, provenance, identities,
             tokenizer=tokenizer if per_model_tokenizer else None, batch_size=batch_size, device=device,
-            model_dtype=model_dtype, overwrite=overwrite, verify_hashes=verify_hashes, progress=progress,
+            model_dtype=model_dtype, overwrite=overwrite, verify_hashes=verify_hashes, progress=progress, team=team,
         )  # fmt: skip
+    team.barrier()  # the store is complete and unlocked for every rank
     return ActivationStore.open(root, verify="none")
 
 
@@ -365,68 +378,205 @@ def _harvest_locked(
     overwrite: bool,
     verify_hashes: bool,
     progress: bool,
+    team: HarvestTeam | None = None,
 ) -> None:
-    manifest = _start_or_resume(root, spec, overwrite=overwrite, verify_hashes=verify_hashes)
-    if manifest is None:
-        manifest = _new_manifest(spec, keep_NL, suite.snapshots, identities)
-    else:
-        _check_identities(root, manifest, identities)
-    for s, entry in enumerate(provenance.get("snapshots", [])):  # hashes of snapshots loaded earlier, if any
-        _check_known_weights(manifest, s, entry.get("weights_sha256"), entry.get("revision"))
-    if TOKENS_NAME not in manifest["files"]:
-        manifest["files"][TOKENS_NAME] = _write_tokens(
-            root,
-            {"sequences": token_ids_NL, "token_ids": token_ids_NL[keep_NL], "positions": keep_NL.nonzero()},
-        )
-        write_manifest(root, manifest)
+    team = team or HarvestTeam()
+    manifest = None
+    if team.is_main:
+        manifest = _start_or_resume(root, spec, overwrite=overwrite, verify_hashes=verify_hashes)
+        if manifest is None:
+            manifest = _new_manifest(spec, keep_NL, suite.snapshots, identities)
+        else:
+            _check_identities(root, manifest, identities)
+        for s, entry in enumerate(provenance.get("snapshots", [])):  # hashes of snapshots loaded earlier, if any
+            _check_known_weights(manifest, s, entry.get("weights_sha256"), entry.get("revision"))
+        if TOKENS_NAME not in manifest["files"]:
+            manifest["files"][TOKENS_NAME] = _write_tokens(
+                root,
+                {"sequences": token_ids_NL, "token_ids": token_ids_NL[keep_NL], "positions": keep_NL.nonzero()},
+            )
+            write_manifest(root, manifest)
+    manifest = team.share(manifest)
 
-    shards, files = manifest["shards"], manifest["files"]
-    n_tokens, n_snapshots = manifest["n_tokens"], manifest["n_snapshots"]
+    shards, n_tokens, n_snapshots = manifest["shards"], manifest["n_tokens"], manifest["n_snapshots"]
+    units = team.units(n_snapshots, len(shards))
     bar = tqdm(
-        total=n_snapshots * n_tokens,
+        total=sum(shards[k]["token_stop"] - shards[k]["token_start"] for _, ks in units for k in ks),
         unit="tok",
         unit_scale=True,
-        desc=f"harvest {n_snapshots} snapshots x {n_tokens} tokens",
-        disable=not progress,
+        desc=f"harvest {n_snapshots} snapshots x {n_tokens} tokens" + team.describe(),
+        disable=not progress or not team.is_main,
     )
     # Shard k is written in the background while shard k + 1 is computed; a shard enters
     # the manifest only once its file is on disk with a known size and hash.
     writer = ThreadPoolExecutor(max_workers=1)
     pending: list[tuple[str, Future, dict]] = []
+    save = team.world_size == 1  # on a team, rank 0 saves the merged manifest after each round
     try:
-        for s, ref in enumerate(suite.snapshots):
-            todo = [k for k in range(len(shards)) if any(shard_relpath(h, s, k) not in files for h in hooks)]
-            bar.update(sum(sh["token_stop"] - sh["token_start"] for k, sh in enumerate(shards) if k not in todo))
-            if not todo and manifest["snapshots"][s].get("source") is not None:
-                continue  # finished from these very files (checked above): not even loaded
-            # (with no file identity, loading it checks its weights hash against the recorded one)
-            bar.set_postfix_str(f"snapshot {ref.revision}")
-            record, model = load_snapshot(
-                suite, ref, device=device, reference_tokenizer=tokenizer, model_dtype=model_dtype
-            )
-            try:
-                _check_snapshot(manifest, s, record, model, token_ids_NL)
-                for k in todo:
-                    a, b = shards[k]["seq_start"], shards[k]["seq_stop"]
-                    rows = harvest_rows(
-                        model, token_ids_NL[a:b], keep_NL[a:b], hooks, batch_size=batch_size, device=device, on_batch=bar.update
-                    )
-                    _record_written(root, manifest, pending)
-                    pending.extend(_submit_shard(writer, root, manifest, rows, s, k, revision=ref.revision))
-            finally:
-                free_model(model)
-        _record_written(root, manifest, pending)
+        for round_ in range(team.n_rounds(n_snapshots, len(shards))):
+            unit = units[round_] if round_ < len(units) else None
+            if unit is not None:
+                _harvest_unit(
+                    suite, unit, manifest, root, hooks, token_ids_NL, keep_NL, bar, writer, pending, save=save,
+                    tokenizer=tokenizer, batch_size=batch_size, device=device, model_dtype=model_dtype,
+                )  # fmt: skip
+                _record_written(root, manifest, pending, save=save)
+            if not save:
+                manifest = team.merge(manifest, unit)
+                if team.is_main:
+                    write_manifest(root, manifest)
     finally:
         bar.close()
         writer.shutdown(wait=True)
-        _record_written(root, manifest, pending, only_successful=True)  # keep what an interrupted run finished
+        _record_written(root, manifest, pending, only_successful=True, save=save)  # keep what an interrupted run finished
 
-    manifest["norm_factors"] = {hook: norm_factors_from_manifest(manifest, hook) for hook in hooks}
-    manifest["mean_norms"] = {
-        hook: [math.sqrt(manifest["d_in"][hook]) / f for f in manifest["norm_factors"][hook]] for hook in hooks
-    }
-    manifest["complete"] = True
-    write_manifest(root, manifest)
+    if team.is_main:
+        manifest["norm_factors"] = {hook: norm_factors_from_manifest(manifest, hook) for hook in hooks}
+        manifest["mean_norms"] = {
+            hook: [math.sqrt(manifest["d_in"][hook]) / f for f in manifest["norm_factors"][hook]] for hook in hooks
+        }
+        manifest["complete"] = True
+        write_manifest(root, manifest)
+
+
+def _harvest_unit(
+    suite: CheckpointSuite,
+    unit: tuple[int, list[int]],
+    manifest: dict,
+    root: Path,
+    hooks: list[str],
+    token_ids_NL: torch.Tensor,
+    keep_NL: torch.Tensor,
+    bar: Any,
+    writer: ThreadPoolExecutor,
+    pending: list,
+    *,
+    save: bool,
+    tokenizer: Any,
+    batch_size: int,
+    device: str | torch.device,
+    model_dtype: str,
+) -> None:
+    """Load snapshot ``s`` once and write the missing ones among its shards ``ks``."""
+    s, ks = unit
+    ref, shards, files = suite.snapshots[s], manifest["shards"], manifest["files"]
+    todo = [k for k in ks if any(shard_relpath(h, s, k) not in files for h in hooks)]
+    bar.update(sum(shards[k]["token_stop"] - shards[k]["token_start"] for k in ks if k not in todo))
+    if not todo and manifest["snapshots"][s].get("source") is not None:
+        return  # finished from these very files (checked above): not even loaded
+    # (with no file identity, loading it checks its weights hash against the recorded one)
+    bar.set_postfix_str(f"snapshot {ref.revision}")
+    record, model = load_snapshot(suite, ref, device=device, reference_tokenizer=tokenizer, model_dtype=model_dtype)
+    try:
+        _check_snapshot(manifest, s, record, model, token_ids_NL)
+        for k in todo:
+            a, b = shards[k]["seq_start"], shards[k]["seq_stop"]
+            rows = harvest_rows(
+                model, token_ids_NL[a:b], keep_NL[a:b], hooks, batch_size=batch_size, device=device, on_batch=bar.update
+            )
+            _record_written(root, manifest, pending, save=save)
+            pending.extend(_submit_shard(writer, root, manifest, rows, s, k, revision=ref.revision))
+    finally:
+        free_model(model)
+
+
+class HarvestTeam:
+    """The processes harvesting one store together (a ``torchrun`` job), or one process.
+
+    Work comes in units ``(snapshot, shards)``, each loading its snapshot once. With fewer
+    ranks than snapshots, rank r takes snapshots r, r + W, ...; with more, the ranks that
+    share a snapshot split its shards. Units run in rounds: after each, every rank's new
+    files and snapshot records are exchanged, merged identically everywhere, and rank 0
+    alone writes the manifest, so the store has one writer and one manifest, and a killed
+    job resumes from the last merged round.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    @classmethod
+    def from_torchrun(cls) -> "HarvestTeam":
+        """The running ``torchrun`` job (joined here if needed), else a team of one."""
+        import torch.distributed as dist
+
+        if not ("WORLD_SIZE" in os.environ and "RANK" in os.environ):
+            return cls()
+        if not dist.is_initialized():
+            # the exchange is small metadata (gloo); NCCL too, for a training mesh that follows
+            dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> str:
+        return "" if self.world_size == 1 else f" (rank 0's share of {self.world_size} ranks)"
+
+    def units(self, n_snapshots: int, n_shards: int) -> list[tuple[int, list[int]]]:
+        """This rank's ``(snapshot, shards)`` units, in the order it runs them."""
+        W, r = self.world_size, self.rank
+        if W <= n_snapshots:
+            return [(s, list(range(n_shards))) for s in range(r, n_snapshots, W)]
+        s, sharing = r % n_snapshots, len(range(r % n_snapshots, W, n_snapshots))
+        mine = list(range(r // n_snapshots, n_shards, sharing))
+        return [(s, mine)] if mine else []
+
+    def n_rounds(self, n_snapshots: int, n_shards: int) -> int:
+        return max(len(HarvestTeam(r, self.world_size).units(n_snapshots, n_shards)) for r in range(self.world_size))
+
+    def share(self, manifest: dict | None) -> dict:
+        """Rank 0's manifest, on every rank."""
+        if self.world_size == 1:
+            assert manifest is not None
+            return manifest
+        import torch.distributed as dist
+
+        box = [manifest]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def merge(self, manifest: dict, unit: tuple[int, list[int]] | None) -> dict:
+        """Every rank's records of this round, merged into one manifest on every rank."""
+        import torch.distributed as dist
+
+        mine = None
+        if unit is not None:
+            s = unit[0]
+            # "acts/<hook>/snap003_shard" for every hook: this snapshot's files
+            prefixes = tuple(shard_relpath(h, s, 0).rsplit("_shard", 1)[0] + "_shard" for h in manifest["spec"]["hooks"])
+            mine = {
+                "s": s,
+                "snapshot": manifest["snapshots"][s],
+                "files": {rel: rec for rel, rec in manifest["files"].items() if rel.startswith(prefixes)},
+                "d_in": manifest["d_in"],
+            }
+        everyone: list[Any] = [None] * self.world_size
+        dist.all_gather_object(everyone, mine)
+        for part in everyone:
+            if part is None:
+                continue
+            for hook, width in part["d_in"].items():
+                _check_width(manifest, hook, width, part["snapshot"].get("revision", "?"))
+            manifest["snapshots"][part["s"]] = part["snapshot"]
+            manifest["files"].update(part["files"])
+        hashes = [e.get("weights_sha256") for e in manifest["snapshots"] if e.get("weights_sha256")]
+        if len(hashes) != len(set(hashes)):
+            first = next(h for h in hashes if hashes.count(h) > 1)
+            pair = [e["revision"] for e in manifest["snapshots"] if e.get("weights_sha256") == first][:2]
+            raise DuplicateSnapshotError(
+                f"snapshots {pair[0]!r} and {pair[1]!r} hold identical weights (sha256 {first[:12]}...); "
+                "drop one with suite.select(...).",
+                revisions=tuple(pair),
+                sha256=first,
+            )
+        return manifest
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
 
 def _provenance_without_hashes(provenance: dict) -> dict:
@@ -486,9 +636,14 @@ def _submit_shard(
 
 
 def _record_written(
-    root: Path, manifest: dict, pending: list[tuple[str, Future, dict]], *, only_successful: bool = False
+    root: Path,
+    manifest: dict,
+    pending: list[tuple[str, Future, dict]],
+    *,
+    only_successful: bool = False,
+    save: bool = True,
 ) -> None:
-    """Wait for queued shard files, enter them in the manifest and save it."""
+    """Wait for queued shard files, enter them in the manifest and (``save``) save it."""
     recorded = False
     for rel, future, record in pending:
         if only_successful and (not future.done() or future.cancelled() or future.exception() is not None):
@@ -497,7 +652,7 @@ def _record_written(
         manifest["files"][rel] = {**record, "bytes": n_bytes, "sha256": sha}
         recorded = True
     pending.clear()
-    if recorded:
+    if recorded and save:
         write_manifest(root, manifest)
 
 

@@ -104,7 +104,8 @@ def launched_by_torchrun() -> bool:
 
 
 def default_backend(device: str | torch.device) -> str:
-    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+    """NCCL for CUDA tensors, with gloo beside it for CPU tensors and Python objects."""
+    return "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
 def init_mesh(

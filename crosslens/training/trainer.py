@@ -150,6 +150,8 @@ class CrosscoderTrainer:
         self.tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=cfg.device)
         self.window_fire_counts = torch.zeros(d_sae, dtype=torch.long, device=cfg.device)
         self.window_tokens = 0
+        self.last_l0: torch.Tensor | float | None = None
+        """Mean active features per token on the latest batch (recorded as the final l0)."""
 
         self.optimizer = torch.optim.Adam(
             self.sae.optimizer_param_groups(cfg.lr),
@@ -233,6 +235,7 @@ class CrosscoderTrainer:
             self.tokens_since_fired[self.collectives.data_any(fired_BF.any(dim=0))] = 0
             self.window_fire_counts += self.collectives.data_sum(fired_BF.sum(dim=0))
             self.window_tokens += n_batch
+            self.last_l0 = fired_BF.sum(dim=-1).float().mean()  # a tensor: no device sync per step
         self.n_steps += 1
         self.n_tokens += n_batch
         # Stop at a non-finite loss, and before any checkpoint of non-finite weights.
@@ -310,8 +313,8 @@ class CrosscoderTrainer:
         has them: ``l0`` (mean active features per token on the last batch; SAELens averages
         over its sparsity window), ``num_dead_features``, and the W&B run."""
         meta = self.sae.cfg.metadata
-        if output is not None:
-            meta.l0 = float((output.feature_acts != 0).sum(dim=-1).float().mean())
+        if self.last_l0 is not None:  # also after a resume that had no step left to take
+            meta.l0 = float(self.last_l0)
         meta.num_dead_features = int(self.dead_features.sum())
         meta.n_training_steps = self.n_steps
         meta.n_training_samples = self.n_tokens  # SAELens's name; one sample = one token's [S, D] stack
@@ -421,6 +424,7 @@ class CrosscoderTrainer:
                 "tokens_since_fired": self.tokens_since_fired.cpu(),
                 "window_fire_counts": self.window_fire_counts.cpu(),
                 "window_tokens": self.window_tokens,
+                "last_l0": None if self.last_l0 is None else float(self.last_l0),
                 "rng": rng,
                 "wandb_run_id": self.wandb_run_id,
             },
@@ -467,6 +471,7 @@ class CrosscoderTrainer:
         self.tokens_since_fired = state["tokens_since_fired"].to(self.cfg.device)
         self.window_fire_counts = state["window_fire_counts"].to(self.cfg.device)
         self.window_tokens = state["window_tokens"]
+        self.last_l0 = state.get("last_l0")
         self.wandb_run_id = state["wandb_run_id"]
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())

@@ -1,0 +1,30 @@
+"""A ``torchrun`` worker for the parallel-harvest test: every rank runs the same
+``harvest_activations`` call, and the ranks write one store together.
+
+    torchrun --nproc_per_node=N tests/distributed_harvest_worker.py SUITE_DIR OUT_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from crosslens.activations import harvest_activations, tokenize_texts
+from crosslens.distributed import shutdown
+from test_activations import HOOKS, N_SEQS, SEQ_LEN, SHARD_TOKENS, _open_suite, _texts
+
+
+def main(suite_dir: str, out_dir: str) -> int:
+    torch.set_num_threads(1)
+    suite = _open_suite(suite_dir)
+    tokens = tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
+    try:
+        harvest_activations(suite, HOOKS, tokens, out_dir, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False)
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
