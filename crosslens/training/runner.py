@@ -388,18 +388,8 @@ class _SealedTrainer(CrosscoderTrainer):
     """A trainer whose checkpoints are sealed with a record (see ``crosslens.training.records``)."""
 
     record: dict[str, Any] = {}
-    _last_l0: torch.Tensor | None = None
-
-    def step(self, batch):
-        output = super().step(batch)
-        self._last_l0 = (output.feature_acts != 0).sum(dim=-1).float().mean()  # stays on the device
-        return output
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        # The final crosscoder's metadata.l0 is the last batch's L0; a checkpoint carries it,
-        # so a run resumed from its last checkpoint (no steps left) writes the same final/.
-        if self._last_l0 is not None:
-            self.sae.cfg.metadata.l0 = float(self._last_l0)
         saved = super().save_checkpoint(path)
         if self.is_main:
             write_record(saved, **self.record)
