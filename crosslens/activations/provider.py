@@ -31,6 +31,12 @@ def epoch_rng(seed: int, epoch: int, *extra: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, epoch, *extra]))
 
 
+def norm_factors_of(acts_NSD: Float[torch.Tensor, "n n_snapshots d_in"]) -> Float[torch.Tensor, " n_snapshots"]:
+    """Per-snapshot ``sqrt(d_in) / mean ||a_s||``: the factors that give each snapshot mean norm sqrt(d_in)."""
+    mean_norms_S = torch.linalg.vector_norm(acts_NSD, dim=-1, dtype=torch.float64).mean(0)
+    return (math.sqrt(acts_NSD.shape[-1]) / mean_norms_S).float()
+
+
 def _check_batching(batch_size: int, n_epochs: int | None, start_batch: int) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1.")
@@ -239,9 +245,7 @@ class OnTheFlyProvider:
     def norm_factors(self) -> Float[torch.Tensor, " n_snapshots"]:
         """sqrt(d_in) / mean norm per snapshot, measured on the first chunk of epoch 0 unless given."""
         if self._norm_factors is None:
-            acts_NSD = self._chunk(0, 0)
-            mean_norms_S = torch.linalg.vector_norm(acts_NSD, dim=-1, dtype=torch.float64).mean(0)
-            self._norm_factors = (math.sqrt(acts_NSD.shape[-1]) / mean_norms_S).float()
+            self._norm_factors = norm_factors_of(self._chunk(0, 0))
         return self._norm_factors
 
     def _chunks(self, epoch: int) -> list[np.ndarray]:

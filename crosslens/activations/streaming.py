@@ -16,7 +16,6 @@ out: the models are loaded once, checked to fit first, and never freed until
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 
 from crosslens.activations.harvest import free_model, harvest_rows, load_snapshot
-from crosslens.activations.provider import OnTheFlyProvider, epoch_rng
+from crosslens.activations.provider import OnTheFlyProvider, epoch_rng, norm_factors_of
 
 if TYPE_CHECKING:
     from crosslens.checkpoints import CheckpointSuite
@@ -179,9 +178,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         ``CALIBRATION_SEQS`` sequences (the same tokens on every rank)."""
         if self._norm_factors is None:
             seqs = torch.arange(min(CALIBRATION_SEQS, self.token_ids_NL.shape[0]))
-            acts_NSD = self._harvest(seqs)
-            mean_norms_S = torch.linalg.vector_norm(acts_NSD, dim=-1, dtype=torch.float64).mean(0)
-            self._norm_factors = (math.sqrt(acts_NSD.shape[-1]) / mean_norms_S).float()
+            self._norm_factors = norm_factors_of(self._harvest(seqs))
         return self._norm_factors
 
     def _harvest(self, seqs: torch.Tensor) -> Float[torch.Tensor, "n n_snapshots d_in"]:
