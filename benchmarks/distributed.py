@@ -39,6 +39,8 @@ def bytes_per_step(arch: str, mode: tuple[int, int], S: int, D: int, F: int, B: 
         return 0
     total = 0
     replicated_params = F * (2 if arch == "jumprelu_crosscoder" else 1)  # b_enc (+ threshold)
+    if arch == "jumprelu_crosscoder":
+        total += 2 * 4 * F  # p_i over tokens and snapshots (whole mesh): forward and backward
     if data_size > 1:
         shard = 2 * S * D * F + S * D  # W_enc, W_dec, b_dec (this rank holds all S)
         total += 4 * (shard + replicated_params)  # gradient all-reduce
@@ -54,7 +56,6 @@ def bytes_per_step(arch: str, mode: tuple[int, int], S: int, D: int, F: int, B: 
             total += 2 * 4 * F  # sum_s ||W_dec||: forward and backward
         elif arch == "jumprelu_crosscoder":
             total += b_local * F  # any-snapshot gate (uint8)
-            total += 2 * 4 * F  # p_i over tokens and snapshots: forward and backward
         else:
             total += 4 * F  # sum_s ||W_dec|| for the top-k scores (no gradient)
             total += 4 * F  # again for the aux-k scores
@@ -122,6 +123,30 @@ def worker(args: argparse.Namespace) -> None:
     shutdown()
 
 
+# ------------------------------------------------------------------ the machine
+MATMUL = (
+    "import time, torch\n"
+    "torch.set_num_threads(1)\n"
+    "a, b = torch.randn(1024, 1024), torch.randn(1024, 4096)\n"
+    "a @ b\n"
+    "t = time.perf_counter()\n"
+    "for _ in range(40): a @ b\n"
+    "print(time.perf_counter() - t)\n"
+)
+
+
+def two_process_ceiling() -> float:
+    """How much faster two single-threaded processes run a matmul loop than one: the most
+    any 2-process speed-up of a compute-bound step can reach on this machine (2.0 with two
+    free physical cores; less when the cores share execution units or are busy)."""
+    def run(n: int) -> float:
+        procs = [subprocess.Popen([sys.executable, "-c", MATMUL], stdout=subprocess.PIPE, text=True) for _ in range(n)]
+        return max(float(p.communicate()[0]) for p in procs)
+
+    one = run(1)
+    return 2 * one / run(2)
+
+
 # ---------------------------------------------------------------------- launcher
 def launch(args: argparse.Namespace, arch: str, mode: tuple[int, int], out: Path) -> dict:
     nproc, snapshot_parallel = mode
@@ -165,6 +190,8 @@ def main() -> None:
         return worker(args)
 
     S, D, F, B = args.snapshots, args.d_in, args.d_sae, args.batch
+    print(f"machine: {os.cpu_count()} CPUs; two single-threaded processes run a matmul loop "
+          f"{two_process_ceiling():.2f}x as fast as one (the ceiling for the speed-ups below)")
     print(f"shape: {S} snapshots, d_in {D}, d_sae {F}, batch {B}; 1 torch thread per process; "
           f"{args.steps} timed steps after {args.warmup} warm-up")
     with tempfile.TemporaryDirectory() as tmp:
