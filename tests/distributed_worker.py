@@ -66,6 +66,13 @@ def interrupting(batches, stop_after: int | None, start: int):
         yield batch
 
 
+def dying(batches, at: int):
+    for i, batch in enumerate(batches):
+        if i == at:
+            raise RuntimeError(f"rank died on purpose at step {at}")
+        yield batch
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -74,6 +81,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--interrupt-at", type=int, default=None)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--device", default="cpu", help="cuda runs the mesh on NCCL, one GPU per process")
+    parser.add_argument("--fail-rank", type=int, default=None, help="this rank dies at step 2 of the first run")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     layout, collectives, device = init_mesh(S, snapshot_parallel=args.snapshot_parallel, device=args.device)
@@ -90,6 +98,8 @@ def main(argv: list[str]) -> int:
 
             def batches(start: int):
                 stream = interrupting(global_batches(start), args.interrupt_at, start)
+                if args.fail_rank == layout.rank:
+                    stream = dying(stream, at=2)
                 return shard_batches(stream, layout)
 
             try:
