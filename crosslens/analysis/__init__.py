@@ -39,6 +39,7 @@ from crosslens.analysis.synthetic import (
     match_planted,
     planted_mmcs,
     planted_recovery,
+    planted_scores,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "pairwise_rel_dec",
     "planted_mmcs",
     "planted_recovery",
+    "planted_scores",
     "probe_validation",
     "rel_dec",
     "top_activating_contexts",

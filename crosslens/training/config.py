@@ -60,6 +60,9 @@ class CrosscoderTrainerConfig:
     """Log scalar metrics every this many steps."""
     histogram_every: int = 500
     """Log per-snapshot decoder-norm histograms every this many steps; 0 disables."""
+    activation_scale_check: str = "warn"
+    """What to do when the first batch's per-snapshot mean norms are far from sqrt(d_in)
+    (un-normalised activations, see crosslens.training.checks): "warn", "error" or "off"."""
 
     def __post_init__(self) -> None:
         if self.total_steps < 1:
@@ -91,6 +94,10 @@ class CrosscoderTrainerConfig:
             raise ValueError("checkpoint_every needs checkpoint_dir; set where checkpoints go.")
         if self.log_every < 1 or self.histogram_every < 0:
             raise ValueError("log_every must be >= 1 and histogram_every >= 0.")
+        if self.activation_scale_check not in ("warn", "error", "off"):
+            raise ValueError(
+                f"activation_scale_check must be warn, error or off, got {self.activation_scale_check!r}."
+            )
         if self.wandb_mode not in (None, "online", "offline", "disabled"):
             raise ValueError(
                 f"wandb_mode must be online, offline, disabled or None, got {self.wandb_mode!r}."

@@ -54,6 +54,7 @@ from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
 from tqdm.auto import tqdm
 
 from crosslens.crosscoders.base import CrosscoderTrainingMixin
+from crosslens.training.checks import check_activation_scale
 from crosslens.training.config import CrosscoderTrainerConfig
 
 TRAINER_STATE_FILENAME = "trainer_state.pt"
@@ -157,6 +158,8 @@ class CrosscoderTrainer:
     def step(self, batch: Batch) -> TrainStepOutput:
         """One optimizer step on one batch; advances the step and token counters."""
         x_BSD = batch.to(self.cfg.device)
+        if self.n_steps == 0:  # issue 11: raw activations silently break every default
+            check_activation_scale(x_BSD, self.cfg.activation_scale_check)
         self.sae.train()
         output = self.sae.training_forward_pass(
             TrainStepInput(
