@@ -445,7 +445,11 @@ def planted_recovery(analysis: EvolutionAnalysis, planted: PlantedEvolution, min
 
 
 def planted_scores(
-    analysis: EvolutionAnalysis, planted: PlantedEvolution, min_cosine: float = 0.9
+    analysis: EvolutionAnalysis,
+    planted: PlantedEvolution,
+    min_cosine: float = 0.9,
+    codes: Float[torch.Tensor, "n d_sae"] | None = None,
+    coefficients: Float[torch.Tensor, "n n_features"] | None = None,
 ) -> dict[str, Any]:
     """:func:`planted_recovery` plus the headline numbers of issue 11 and SAELens's
     synthetic-data metrics beside them.
@@ -457,7 +461,13 @@ def planted_scores(
     planted and learned decoders, each feature's snapshots concatenated),
     ``sae_lens_mcc_per_snapshot`` (the same per snapshot, over the planted features present
     there) and ``sae_lens_uniqueness`` (share of live learned latents whose best planted
-    match is their own)."""
+    match is their own). Leakage: ``absent_norm`` (mean normalised decoder norm of the
+    recovered latents at snapshots where their planted feature is absent) and
+    ``absent_above_threshold`` (share of those at or above the emergence threshold). With
+    ``codes`` (the crosscoder's ``[n, d_sae]`` codes of sampled tokens) and the tokens' true
+    ``coefficients`` (from :meth:`PlantedEvolution.sample`), also SAELens's firing
+    precision/recall/F1 of the recovered latents as detectors of their planted feature
+    (``sae_lens_precision``, ``sae_lens_recall``, ``sae_lens_f1``)."""
     from sae_lens.synthetic import feature_uniqueness, mean_correlation_coefficient
 
     result = planted_recovery(analysis, planted, min_cosine)
@@ -478,8 +488,24 @@ def planted_scores(
         per_snapshot.append(
             mean_correlation_coefficient(truth_PSD[present, s], W_FSD[:, s]) if bool(present.any()) else float("nan")
         )
+    absent = [analysis.normalized[j][~planted.present[i]] for j, i in match.recovered]
+    absent_FS = torch.cat(absent) if absent else torch.zeros(0)
+    if codes is not None and coefficients is not None and match.recovered:
+        from sae_lens.synthetic import compute_classification_metrics
+
+        learned = [j for j, _ in match.recovered]
+        metrics = compute_classification_metrics(
+            codes[:, learned].float(), coefficients.float(), W_FSD[learned].flatten(1), truth_PSD.flatten(1)
+        )
+        result.update(
+            sae_lens_precision=metrics.precision, sae_lens_recall=metrics.recall, sae_lens_f1=metrics.f1_score
+        )
     mmcs = result["mmcs_per_snapshot"]
     result.update(
+        absent_norm=float(absent_FS.mean()) if absent_FS.numel() else 0.0,
+        absent_above_threshold=float((absent_FS >= analysis.config.emergence_threshold).float().mean())
+        if absent_FS.numel()
+        else 0.0,
         recovered_fraction=result["n_recovered"] / result["n_planted"],
         min_mmcs=min(mmcs),
         timeline_accuracy=sum(exact) / len(exact) if exact else 0.0,
