@@ -40,8 +40,8 @@ from crosslens.analysis import (  # noqa: E402
 from crosslens.training.planted import train_planted  # noqa: E402
 
 ARCHITECTURES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
-K = 4
-"""Active features per token for TopK/BatchTopK: about 3x the planted set's mean L0 (1.3).
+K = 2
+"""Active features per token for TopK/BatchTopK: about 1.5x the planted set's mean L0 (1.3).
 The runner's k=32 suits a 1024-wide dictionary on a real model, not 128 latents here."""
 
 # What a user got before issue 11: Ge et al.'s decoder-norm presence and the JumpReLU

@@ -2,8 +2,9 @@
 
 The planted benchmark (``scripts/planted_benchmark.py``) and its CI variant
 (``tests/test_planted_architectures.py``) train every architecture through this one
-function, so they measure the settings a user gets: sparsity coefficient, warm-up and
-learning rate from :mod:`crosslens.training.runner`'s ``DEFAULT_*`` tables, linear decay
+function, so they measure the settings a user gets: sparsity coefficient
+(:func:`~crosslens.training.runner.default_sparsity_coefficient`), warm-up and learning
+rate from :mod:`crosslens.training.runner`'s ``DEFAULT_*`` tables, linear decay
 over the last 20% of steps, decoder rows initialised at norm 0.08.
 """
 
@@ -17,9 +18,9 @@ from crosslens.analysis.synthetic import PlantedEvolution
 from crosslens.training.config import CrosscoderTrainerConfig
 from crosslens.training.runner import (
     DEFAULT_LR,
-    DEFAULT_SPARSITY,
     DEFAULT_SPARSITY_WARM_UP,
     build_training_crosscoder,
+    default_sparsity_coefficient,
 )
 from crosslens.training.trainer import CrosscoderTrainer
 
@@ -44,7 +45,11 @@ def train_planted(
     itself is fixed by its own config seed). Anything left ``None`` takes the runner's
     per-architecture default; ``crosscoder_overrides`` go to the training config.
     """
-    coefficient = DEFAULT_SPARSITY[architecture] if sparsity_coefficient is None else sparsity_coefficient
+    coefficient = sparsity_coefficient
+    if coefficient is None:
+        coefficient = default_sparsity_coefficient(
+            architecture, n_snapshots=planted.config.n_snapshots, d_in=planted.config.d_in, d_sae=d_sae
+        )
     warm_up = int(n_steps * DEFAULT_SPARSITY_WARM_UP.get(architecture, 0.0))
     torch.manual_seed(seed)
     crosscoder = build_training_crosscoder(
