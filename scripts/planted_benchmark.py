@@ -44,11 +44,11 @@ K = 2
 """Active features per token for TopK/BatchTopK: about 1.5x the planted set's mean L0 (1.3).
 The runner's k=32 suits a 1024-wide dictionary on a real model, not 128 latents here."""
 
-# What a user got before issue 11: Ge et al.'s decoder-norm presence and the JumpReLU
-# crosscoder without the closed-gate decoder gradient (its runner defaults otherwise).
+# What a user got before issue 11: Ge et al.'s decoder-norm presence (emergence at the
+# start of the last on-period) and JumpReLU's unscaled lambda 0.3.
 BEFORE = {
     "presence": "decoder_norm",
-    "overrides": {"jumprelu_crosscoder": {"closed_gate_decoder_grad": False}},
+    "overrides": {"jumprelu_crosscoder": {"sparsity_coefficient": 0.3}},
 }
 
 
@@ -91,11 +91,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--d-sae", type=int, default=128)
     parser.add_argument("--before", action="store_true", help="the settings before issue 11")
+    parser.add_argument(
+        "--raw", action="store_true", help="un-normalised batches (the trainer warns: UnnormalizedActivationsWarning)"
+    )
     parser.add_argument("--json", help="also write every run's scores here")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("CROSSLENS_THREADS", "1")))
 
-    planted = PlantedEvolution.build(PlantedConfig.hard(seed=args.planted_seed))
+    planted = PlantedEvolution.build(PlantedConfig.hard(seed=args.planted_seed, normalize=not args.raw))
     runs: dict[str, list[dict]] = {}
     for arch in args.arch:
         for seed in args.seeds:
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
 
-    label = "before issue 11" if args.before else "after issue 11"
+    label = ("before issue 11" if args.before else "after issue 11") + (", un-normalised batches" if args.raw else "")
     print(
         f"\n{label}: {len(args.seeds)} seeds, {args.steps} steps x {args.batch_size} tokens, d_sae {args.d_sae}, "
         f"k {K} (TopK/BatchTopK); mean +/- sd over seeds\n"

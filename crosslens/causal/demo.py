@@ -37,6 +37,7 @@ def attribution_sections(
     ks: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200),
     ablation: AblationMode = "zero",
     progress: bool = True,
+    summaries: list | None = None,
 ) -> list:
     """Run :func:`run_causal_stage` for one named task; return its report as a section list.
 
@@ -46,6 +47,7 @@ def attribution_sections(
     "mean") is how the ablation curves remove features; zero is the default because, on
     the pico demo, mean-ablating the other features restores no better than zeroing them
     and spreads sparse features' mean codes onto positions where they never fire.
+    The stage's summary (with ``claims_final``) is appended to ``summaries`` when given.
     """
     crosscoder = load_crosscoder(crosscoder)
     dataset = task_for_tokenizer(task, suite.tokenizer(), n=n_examples, seed=seed)
@@ -57,6 +59,8 @@ def attribution_sections(
     if out is not None and Path(out).suffix == ".json":
         result["table"].save(out)
     summary = result["summary"]
+    if summaries is not None:
+        summaries.append(summary)
     print(f"causal stage ({dataset.name}, {summary['n_examples']} examples): files in {out_dir}")
     for label, clean, specific in zip(summary["snapshots"], summary["metric_clean"], summary["specific_per_snapshot"]):
         print(f"  {label:>12s}  metric {clean:+.3f}  snapshot-specific features {specific}")
