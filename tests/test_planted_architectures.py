@@ -35,7 +35,7 @@ SMALL = dict(
     firing_prob_min=0.01,
     firing_prob_max=0.06,
 )
-TRAINING = dict(n_steps=1000, batch_size=256, d_sae=48, k=3)
+TRAINING = dict(n_steps=1000, batch_size=256, d_sae=48, k=2)
 
 
 @pytest.fixture(autouse=True, scope="module")
