@@ -39,7 +39,8 @@ from crosslens.analysis.plots import (
 )
 
 # Normalised timelines (each row's peak is 1) with the expected (emergence, peak, fade, class)
-# under the default thresholds: emergence 0.3, fade 0.2.
+# under the default thresholds (emergence 0.3, fade 0.2) in Ge et al.'s decoder-norm mode;
+# ROBUST_CASES gives the robust mode's answer where it differs.
 CASES = [
     ([1.0, 1.0, 0.9, 1.0, 1.0, 1.0], (0, 0, NO_STEP, "initialization")),
     ([1.0, 0.9, 0.1, 0.05, 0.0, 0.0], (0, 0, 2, "initialization")),  # init feature that fades
@@ -52,6 +53,8 @@ CASES = [
     ([0.0, 0.0, 1.0, 0.0, 0.0, 0.0], (2, 2, 3, "transient")),
 ]
 STEPS = [0, 10, 100, 1000, 10_000, 100_000]
+# Robust presence: a return after a dip is not an emergence; the dip is recorded instead.
+ROBUST_CASES = {4: (0, 3, NO_STEP, "initialization")}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -90,12 +93,19 @@ def test_norm_table_and_normalisation():
         decoder_norm_table(torch.zeros(3, 4))
 
 
-def test_lifetimes_and_classes_on_hand_made_timelines():
-    analysis = EvolutionAnalysis.from_decoder(_decoder_from_norms(_case_norms()), STEPS)
+@pytest.mark.parametrize("presence", ["decoder_norm", "robust"])
+def test_lifetimes_and_classes_on_hand_made_timelines(presence):
+    config = EvolutionConfig(presence=presence)
+    analysis = EvolutionAnalysis.from_decoder(_decoder_from_norms(_case_norms()), STEPS, config=config)
     lt = analysis.lifetimes
-    for i, (_, (emergence, peak, fade, cls)) in enumerate(CASES):
+    for i, (_, expected) in enumerate(CASES):
+        if presence == "robust":
+            expected = ROBUST_CASES.get(i, expected)
         got = (int(lt.emergence[i]), int(lt.peak[i]), int(lt.fade[i]), analysis.classes[i])
-        assert got == (emergence, peak, fade, cls), f"case {i}: {CASES[i][0]}"
+        assert got == expected, f"case {i}: {CASES[i][0]}"
+    # Both modes see case 4's dip (off at 1, back at 2); 0.25 in case 5 is no dip.
+    assert analysis.dip_and_recover_features() == [4]
+    assert (analysis.dip_step(4), analysis.recovery_step(4)) == (10, 100)
     n = len(CASES)
     assert analysis.classes[n:] == ["dead", "dead"]
     assert lt.dead.tolist() == [False] * n + [True, True]
@@ -103,8 +113,12 @@ def test_lifetimes_and_classes_on_hand_made_timelines():
     # Steps, not indices, through the step helpers.
     assert analysis.emergence_step(2) == 100 and analysis.fade_step(3) == 10_000 and analysis.fade_step(0) is None
     assert analysis.emergence_step(n) is None
-    assert sorted(analysis.emergence_steps) == sorted(STEPS[e] for _, (e, *_r) in CASES)
-    assert analysis.class_counts() == {"initialization": 2, "persistent": 5, "transient": 2, "dead": 2}
+    expected_emergence = [ROBUST_CASES.get(i, c)[0] if presence == "robust" else c[0] for i, (_, c) in enumerate(CASES)]
+    assert sorted(analysis.emergence_steps) == sorted(STEPS[e] for e in expected_emergence)
+    if presence == "robust":
+        assert analysis.class_counts() == {"initialization": 3, "persistent": 4, "transient": 2, "dead": 2}
+    else:
+        assert analysis.class_counts() == {"initialization": 2, "persistent": 5, "transient": 2, "dead": 2}
 
 
 def test_thresholds_change_the_answer():
@@ -214,12 +228,17 @@ def test_emergence_order_and_tables():
         "emergence_step": 10,
         "peak_step": 100,
         "fade_step": 10_000,
+        "dip_step": None,
+        "recovery_step": None,
         "peak_norm": pytest.approx(float(analysis.norms[3].max()), abs=1e-4),
     }
+    assert analysis.feature_table([4])[0]["dip_step"] == 10
     snaps = analysis.snapshot_table()
     assert [r["step"] for r in snaps] == STEPS
     assert sum(r["emerging"] for r in snaps) == len(CASES)
     assert sum(r["fading"] for r in snaps) == 3
+    assert [r["dipping"] for r in snaps] == [0, 1, 0, 0, 0, 0]
+    assert [r["recovering"] for r in snaps] == [0, 0, 1, 0, 0, 0]
     assert snaps[0]["present"] == int(analysis.present[:, 0].sum()) == 3
 
 
@@ -431,9 +450,10 @@ def test_plots_show_the_analysis(case_analysis):
     hist = emergence_histogram(case_analysis)
     assert hist.layout.xaxis.type == "log"
     by_name = {t.name: dict(zip(t.x, t.y)) for t in hist.data}
-    assert by_name["persistent"] == {100: 2, 1000: 1, 10: 1, 100_000: 1}
+    # Robust presence (the default): case 4 dips and recovers, so it is an initialization feature.
+    assert by_name["persistent"] == {100: 1, 1000: 1, 10: 1, 100_000: 1}
     assert by_name["transient"] == {10: 1, 100: 1}
-    assert "2 initialization" in hist.layout.title.text
+    assert "3 initialization" in hist.layout.title.text
 
     traj = feature_trajectories(case_analysis, [3, 0])
     lines = [t for t in traj.data if t.mode == "lines+markers"]
@@ -509,6 +529,7 @@ def test_evolution_report_sections(case_analysis, tmp_path):
         "Decoder-norm heatmap",
         "Emergence",
         "Trajectories",
+        "Dip and recover",
         "Feature dimensionality",
         "Direction drift",
         "Features",
@@ -517,7 +538,12 @@ def test_evolution_report_sections(case_analysis, tmp_path):
         assert f">{heading}</h2>" in page, heading
     assert "Probe validation" not in page
     assert "<mark>&lt;b&gt;</mark>" in page
-    assert page.count('class="plotly-graph-div"') == 5  # heatmap, histogram, trajectories, dimensionality, drift
+    # heatmap, histogram, trajectories, dip-and-recover trajectories, dimensionality, drift
+    assert page.count('class="plotly-graph-div"') == 6
+    # Case 4 dips at step 10 and returns at 100: robust emergence 0, Ge et al.'s reading 100.
+    assert "1 of 9 live features dip below 0.2" in page
+    dip_table = page.split("strongest dip-and-recover features</caption>")[1].split("</table>")[0]
+    assert "emergence_step (decoder_norm)" in dip_table and dip_table.endswith("<td class=\"\">100</td></tr></tbody>")
     assert "blocks.0.hook_resid_post" in page
     from crosslens.analysis.probes import ProbeValidation
 
@@ -525,7 +551,7 @@ def test_evolution_report_sections(case_analysis, tmp_path):
         [0], torch.tensor([[0.5, 0.0, 0.1, 0.4, 0.5, 0.5]]), case_analysis.norms[[0]], torch.tensor([0.1]), 50
     )
     with_probes = evolution_report(case_analysis, probes=probes).render()
-    assert ">Probe validation</h2>" in with_probes and with_probes.count('class="plotly-graph-div"') == 6
+    assert ">Probe validation</h2>" in with_probes and with_probes.count('class="plotly-graph-div"') == 7
     # The report is extensible by later stages.
     report.add_heading("Attribution").add_text("added later")
     assert ">Attribution</h2>" in report.render()

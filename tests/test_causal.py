@@ -436,6 +436,16 @@ def test_causal_stage_writes_tables_and_report(snapshots, tokenizer, tmp_path, j
     assert IETable.load(paths["ie_table"]).ie.shape == (D_SAE, N_SNAPSHOTS)
     html = paths["report"].read_text()
     assert "RelIE" in html and "Ablation curves" in html and html.count("plotly-graph-div") >= 4
+    # Issue 11: bootstrap intervals around every selected IE, and the RelIE floor.
+    table = result["table"]
+    assert table.ie_per_example.shape == (4, D_SAE, N_SNAPSHOTS)
+    torch.testing.assert_close(table.ie_per_example.mean(0), table.ie, atol=1e-5, rtol=1e-4)
+    ie, low, high = (np.asarray(relie_file[k]) for k in ("ie", "ie_ci95_low", "ie_ci95_high"))
+    assert ie.shape == low.shape == (len(selected), N_SNAPSHOTS) and (low <= ie + 1e-6).all() and (ie <= high + 1e-6).all()
+    assert len(relie_file["classed"]) == len(selected) and relie_file["effect_floor"] > 0
+    below = [c for row in relie_file["classes"] for c in row if c == "below_floor"]
+    assert len(below) == N_SNAPSHOTS * relie_file["classed"].count(False)
+    assert "IE confidence intervals" in html and result["summary"]["claims_final"]["keep_k"] == 100
 
 
 # ---------------------------------------------------------------------------- ablation

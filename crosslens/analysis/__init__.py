@@ -14,6 +14,7 @@ from crosslens.analysis.contexts import Context, top_activating_contexts
 from crosslens.analysis.evolution import (
     FEATURE_CLASSES,
     NO_STEP,
+    PRESENCE_MODES,
     EvolutionAnalysis,
     EvolutionConfig,
     Lifetimes,
@@ -22,6 +23,7 @@ from crosslens.analysis.evolution import (
     decoder_norm_table,
     feature_lifetimes,
     normalize_norms,
+    presence_strength,
 )
 from crosslens.analysis.geometry import (
     direction_drift,
@@ -31,7 +33,12 @@ from crosslens.analysis.geometry import (
     total_dimensionality,
     turning_point,
 )
-from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
+from crosslens.analysis.probes import (
+    ProbeValidation,
+    firing_frequency,
+    probe_validation,
+    snapshot_firing_frequency,
+)
 from crosslens.analysis.report import Report, evolution_report
 from crosslens.analysis.synthetic import (
     PlantedConfig,
@@ -39,11 +46,13 @@ from crosslens.analysis.synthetic import (
     match_planted,
     planted_mmcs,
     planted_recovery,
+    planted_scores,
 )
 
 __all__ = [
     "FEATURE_CLASSES",
     "NO_STEP",
+    "PRESENCE_MODES",
     "Context",
     "EvolutionAnalysis",
     "EvolutionConfig",
@@ -65,9 +74,12 @@ __all__ = [
     "normalize_norms",
     "pairwise_rel_dec",
     "planted_mmcs",
+    "presence_strength",
     "planted_recovery",
+    "planted_scores",
     "probe_validation",
     "rel_dec",
+    "snapshot_firing_frequency",
     "top_activating_contexts",
     "total_dimensionality",
     "turning_point",

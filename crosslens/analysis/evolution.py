@@ -37,6 +37,30 @@ FEATURE_CLASSES: tuple[str, ...] = ("initialization", "persistent", "transient",
   pass frequencies whenever activations are at hand.
 
 ``persistent`` and ``transient`` together are the *emergent* features.
+
+Orthogonal to the class, a live feature may *dip and recover*: present, then absent for a
+stretch, then present again (see :data:`PRESENCE_MODES`, :attr:`Lifetimes.dip`).
+"""
+
+PRESENCE_MODES: tuple[str, ...] = ("robust", "decoder_norm")
+"""How :func:`feature_lifetimes` reads presence (``EvolutionConfig.presence``).
+
+- ``decoder_norm`` (Ge et al. 2025): present where the decoder norm is at least
+  ``emergence_threshold`` of the feature's peak; a feature emerges where its *last*
+  on-period starts, so a feature that dips and comes back "emerges" at the return.
+- ``robust`` (default): a return after a dip is not an emergence. A feature emerges
+  where its *first* on-period starts; a later off-stretch followed by a return is
+  recorded as a dip (:attr:`Lifetimes.dip`, :attr:`Lifetimes.recovery`), the
+  *dip-and-recover* pattern. When per-snapshot firing rates are given, presence needs
+  the decoder norm *and* firing: a snapshot where the feature fires on less than
+  ``firing_floor`` of its peak per-snapshot rate is absent whatever its norm (a JumpReLU
+  row behind a gate that never opens there carries norm but no signal).
+
+Why not normalise by each snapshot's total dictionary mass (a feature's *share*), which
+would not dip when every feature of a snapshot shrinks at once? Early snapshots hold few
+features, so a share inflates any small norm there and turns growing features into
+initialization ones; the first-on-period rule handles such whole-snapshot dips without
+that bias, and :meth:`EvolutionAnalysis.snapshot_table` reports them (``dipping``).
 """
 
 NO_STEP = -1
@@ -77,6 +101,11 @@ class EvolutionConfig:
     dead_frequency: float = 0.0
     """When firing frequencies are given, features firing on at most this fraction of the
     sampled tokens are ``dead`` too (0: dead means never fired on the sample)."""
+    presence: str = "robust"
+    """``robust`` or ``decoder_norm`` (Ge et al.); see :data:`PRESENCE_MODES`."""
+    firing_floor: float = 0.1
+    """Robust mode with per-snapshot firing: a snapshot where the feature fires on less
+    than this fraction of its peak per-snapshot firing rate counts as absent."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.emergence_threshold <= 1.0:
@@ -99,6 +128,12 @@ class EvolutionConfig:
         if not 0.0 <= self.dead_frequency < 1.0:
             raise ValueError(
                 f"dead_frequency={self.dead_frequency} is a fraction of tokens: pick a value in [0, 1), e.g. 0."
+            )
+        if self.presence not in PRESENCE_MODES:
+            raise ValueError(f"presence={self.presence!r}: choose one of {PRESENCE_MODES}.")
+        if not 0.0 <= self.firing_floor < 1.0:
+            raise ValueError(
+                f"firing_floor={self.firing_floor} is a fraction of the peak firing rate: pick a value in [0, 1)."
             )
 
 
@@ -142,6 +177,31 @@ def dead_features(
     return dead_F
 
 
+def presence_strength(
+    norms: Float[torch.Tensor, "d_sae n_snapshots"],
+    config: EvolutionConfig | None = None,
+    snapshot_frequency: Float[torch.Tensor, "d_sae n_snapshots"] | None = None,
+) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+    """The timeline presence is read from, on the scale of each feature's peak (1.0): the
+    normalised decoder norm, in ``robust`` mode zeroed where the feature's per-snapshot
+    firing rate (``snapshot_frequency``, optional) is below ``firing_floor`` of its peak
+    rate; see :data:`PRESENCE_MODES`."""
+    config = config or EvolutionConfig()
+    _check_norms(norms)
+    strength_FS = normalize_norms(norms)
+    if config.presence == "decoder_norm" or snapshot_frequency is None:
+        return strength_FS
+    snapshot_frequency = torch.as_tensor(snapshot_frequency, device=norms.device).to(norms.dtype)
+    if snapshot_frequency.shape != norms.shape:
+        raise ValueError(
+            f"snapshot_frequency has shape {tuple(snapshot_frequency.shape)} for norms of shape "
+            f"{tuple(norms.shape)}; pass one firing rate per feature and snapshot "
+            "(crosslens.analysis.snapshot_firing_frequency)."
+        )
+    firing_FS = normalize_norms(snapshot_frequency)
+    return torch.where(firing_FS >= config.firing_floor, strength_FS, 0.0)
+
+
 @dataclass(frozen=True)
 class Lifetimes:
     """Per-feature snapshot indices (``NO_STEP`` = never) from :func:`feature_lifetimes`."""
@@ -155,25 +215,40 @@ class Lifetimes:
     to the end); ``NO_STEP`` when the feature is still present at the last snapshot."""
     dead: torch.Tensor
     """Boolean: dead features (all three indices are ``NO_STEP`` for them)."""
+    dip: Int[torch.Tensor, " d_sae"] | None = None
+    """First snapshot of the first absent stretch that the feature later recovers from
+    (present before, absent from here, present again at ``recovery``); ``NO_STEP`` if none."""
+    recovery: Int[torch.Tensor, " d_sae"] | None = None
+    """Snapshot where the feature is present again after ``dip``; ``NO_STEP`` if no dip."""
+
+    @property
+    def dip_and_recover(self) -> torch.Tensor:
+        """Boolean ``[d_sae]``: features that dip and recover."""
+        assert self.dip is not None
+        return self.dip != NO_STEP
 
 
 def feature_lifetimes(
     norms: Float[torch.Tensor, "d_sae n_snapshots"],
     config: EvolutionConfig | None = None,
     frequency: Float[torch.Tensor, " d_sae"] | None = None,
+    snapshot_frequency: Float[torch.Tensor, "d_sae n_snapshots"] | None = None,
 ) -> Lifetimes:
-    """Emergence, peak and fade snapshot of every feature, as snapshot indices.
+    """Emergence, peak, fade and dip snapshot of every feature, as snapshot indices.
 
-    A feature's normalised timeline ``n`` is read with hysteresis: it turns *on* at a
-    snapshot with ``n >= emergence_threshold`` and *off* at a snapshot with
-    ``n < fade_threshold``. Its emergence is where its last on-period starts, so a
-    feature that appears, vanishes and comes back "emerges" when it comes back for good;
-    its fade is where that last on-period ends (none if it lasts to the final snapshot).
-    A feature that dips off and wanders back only between the two thresholds has faded
-    at the dip.
+    A feature's presence timeline ``n`` (:func:`presence_strength`) is read with
+    hysteresis: it turns *on* at a snapshot with ``n >= emergence_threshold`` and *off* at
+    a snapshot with ``n < fade_threshold``. Its fade is where its last on-period ends
+    (none if it lasts to the final snapshot); a feature that dips off and wanders back
+    only between the two thresholds has faded at the dip. Its emergence is where its
+    first on-period starts (``robust``) or where its last one starts (``decoder_norm``,
+    Ge et al.: a feature that appears, vanishes and comes back "emerges" when it comes back
+    for good). Either way an off-stretch between two on-periods is recorded as a dip.
 
     ``frequency`` (optional, ``[d_sae]``): fraction of sampled tokens on which each feature
     fires; features at or below ``config.dead_frequency`` count as dead.
+    ``snapshot_frequency`` (optional, ``[d_sae, n_snapshots]``): per-snapshot firing rates
+    (robust mode only, see :data:`PRESENCE_MODES`).
     """
     config = config or EvolutionConfig()
     _check_norms(norms)
@@ -188,31 +263,44 @@ def feature_lifetimes(
                 "one firing frequency per feature (crosslens.analysis.firing_frequency)."
             )
         dead_F = dead_F | (frequency <= config.dead_frequency)
+    strength_FS = presence_strength(norms, config, snapshot_frequency)
     snapshot_idx_1S = torch.arange(n_snapshots, device=norms.device)[None, :]
 
     # Walk the snapshots once, all features at a time (S is small, d_sae may be large).
     d_sae = norms.shape[0]
     on_F = torch.zeros(d_sae, dtype=torch.bool, device=norms.device)
-    emergence_F = torch.full((d_sae,), n_snapshots, dtype=torch.long, device=norms.device)
-    fade_F = torch.full((d_sae,), n_snapshots, dtype=torch.long, device=norms.device)
+    full = torch.full((d_sae,), n_snapshots, dtype=torch.long, device=norms.device)
+    first_on_F, last_on_F, fade_F, dip_F, recovery_F = full.clone(), full.clone(), full.clone(), full.clone(), full.clone()
     for s in range(n_snapshots):
-        n_F = normalized_FS[:, s]
+        n_F = strength_FS[:, s]
         turns_on_F = ~on_F & (n_F >= config.emergence_threshold)
         turns_off_F = on_F & (n_F < config.fade_threshold)
-        emergence_F = torch.where(turns_on_F, s, emergence_F)
+        # A turn-on after an earlier off ends a dip; the first such dip is kept.
+        returns_F = turns_on_F & (fade_F < n_snapshots) & (dip_F == n_snapshots)
+        dip_F = torch.where(returns_F, fade_F, dip_F)
+        recovery_F = torch.where(returns_F, s, recovery_F)
+        first_on_F = torch.where(turns_on_F & (first_on_F == n_snapshots), s, first_on_F)
+        last_on_F = torch.where(turns_on_F, s, last_on_F)
         fade_F = torch.where(turns_on_F, n_snapshots, torch.where(turns_off_F, s, fade_F))
         on_F = (on_F | turns_on_F) & ~turns_off_F
+    emergence_F = first_on_F if config.presence == "robust" else last_on_F
+    # Robust mode can leave a feature absent everywhere (it never fires where it has norm).
+    dead_F = dead_F | (first_on_F >= n_snapshots)
     # First snapshot at the maximum, with a float tolerance so equal norms tie.
     at_peak_FS = normalized_FS >= 1.0 - 1e-5
     peak_F = torch.where(at_peak_FS, snapshot_idx_1S, n_snapshots).amin(dim=1)
 
     fade_F = torch.where(fade_F >= n_snapshots, NO_STEP, fade_F)
+    dip_F = torch.where(dip_F >= n_snapshots, NO_STEP, dip_F)
+    recovery_F = torch.where(recovery_F >= n_snapshots, NO_STEP, recovery_F)
     never = torch.full_like(emergence_F, NO_STEP)
     return Lifetimes(
         emergence=torch.where(dead_F, never, emergence_F),
         peak=torch.where(dead_F, never, peak_F),
         fade=torch.where(dead_F, never, fade_F),
         dead=dead_F,
+        dip=torch.where(dead_F, never, dip_F),
+        recovery=torch.where(dead_F, never, recovery_F),
     )
 
 
@@ -265,10 +353,16 @@ class EvolutionAnalysis:
     frequency: Float[torch.Tensor, " d_sae"] | None = field(default=None, repr=False)
     """Optional firing frequency of each feature on sampled tokens; never-firing features are
     then classed ``dead`` (see :func:`~crosslens.analysis.probes.firing_frequency`)."""
+    snapshot_frequency: Float[torch.Tensor, "d_sae n_snapshots"] | None = field(default=None, repr=False)
+    """Optional per-snapshot firing rate of each feature (robust presence, see
+    :func:`~crosslens.analysis.probes.snapshot_firing_frequency`)."""
     norms: Float[torch.Tensor, "d_sae n_snapshots"] = field(init=False, repr=False)
     """Raw decoder norms."""
     normalized: Float[torch.Tensor, "d_sae n_snapshots"] = field(init=False, repr=False)
     """Norms divided by each feature's peak."""
+    strength: Float[torch.Tensor, "d_sae n_snapshots"] = field(init=False, repr=False)
+    """The timeline presence is read from (:func:`presence_strength`; equals ``normalized``
+    in ``decoder_norm`` mode)."""
     lifetimes: Lifetimes = field(init=False, repr=False)
     """Emergence/peak/fade snapshot indices and the dead mask."""
     classes: list[str] = field(init=False, repr=False)
@@ -295,7 +389,10 @@ class EvolutionAnalysis:
         self.normalized = normalize_norms(self.norms)
         if self.frequency is not None:
             self.frequency = torch.as_tensor(self.frequency).detach().float().cpu().flatten()
-        self.lifetimes = feature_lifetimes(self.norms, self.config, self.frequency)
+        if self.snapshot_frequency is not None:
+            self.snapshot_frequency = torch.as_tensor(self.snapshot_frequency).detach().float().cpu()
+        self.lifetimes = feature_lifetimes(self.norms, self.config, self.frequency, self.snapshot_frequency)
+        self.strength = presence_strength(self.norms, self.config, self.snapshot_frequency)
         self.classes = classify_features(self.lifetimes)
 
     # -- constructors -------------------------------------------------------
@@ -308,6 +405,7 @@ class EvolutionAnalysis:
         config: EvolutionConfig | None = None,
         metadata: dict[str, Any] | None = None,
         frequency: Float[torch.Tensor, " d_sae"] | None = None,
+        snapshot_frequency: Float[torch.Tensor, "d_sae n_snapshots"] | None = None,
     ) -> EvolutionAnalysis:
         """Analyse a raw decoder tensor; ``steps`` defaults to the snapshot indices."""
         if W_dec.ndim != 3:
@@ -320,6 +418,7 @@ class EvolutionAnalysis:
             config=config or EvolutionConfig(),
             metadata=dict(metadata or {}),
             frequency=frequency,
+            snapshot_frequency=snapshot_frequency,
         )
 
     @classmethod
@@ -330,6 +429,7 @@ class EvolutionAnalysis:
         tokens_seen: Sequence[int | None] | None = None,
         config: EvolutionConfig | None = None,
         frequency: Float[torch.Tensor, " d_sae"] | None = None,
+        snapshot_frequency: Float[torch.Tensor, "d_sae n_snapshots"] | None = None,
     ) -> EvolutionAnalysis:
         """Analyse a trained crosscoder (anything with ``W_dec [F, S, D]``).
 
@@ -359,7 +459,7 @@ class EvolutionAnalysis:
             steps = [int(s["step"]) for s in snapshots]
         if tokens_seen is None and snapshots:
             tokens_seen = [s.get("tokens_seen") for s in snapshots]
-        return cls.from_decoder(W_dec, steps, tokens_seen, config, metadata, frequency)
+        return cls.from_decoder(W_dec, steps, tokens_seen, config, metadata, frequency, snapshot_frequency)
 
     # -- shape --------------------------------------------------------------
     @property
@@ -390,9 +490,19 @@ class EvolutionAnalysis:
 
     @property
     def present(self) -> torch.Tensor:
-        """Boolean ``[d_sae, n_snapshots]``: live feature with normalised norm at or above
-        the emergence threshold."""
-        return (self.normalized >= self.config.emergence_threshold) & ~self.lifetimes.dead[:, None]
+        """Boolean ``[d_sae, n_snapshots]``: live feature whose presence strength
+        (:attr:`strength`) is at or above the emergence threshold."""
+        return (self.strength >= self.config.emergence_threshold) & ~self.lifetimes.dead[:, None]
+
+    def dip_step(self, feature: int) -> int | None:
+        return self._index_to_step(int(self.lifetimes.dip[feature]))
+
+    def recovery_step(self, feature: int) -> int | None:
+        return self._index_to_step(int(self.lifetimes.recovery[feature]))
+
+    def dip_and_recover_features(self) -> list[int]:
+        """Live features that are present, then absent for a stretch, then present again."""
+        return [int(i) for i in torch.nonzero(self.lifetimes.dip_and_recover).flatten()]
 
     def drift(
         self,
@@ -458,6 +568,8 @@ class EvolutionAnalysis:
                 "emergence_step": self.emergence_step(i),
                 "peak_step": self.peak_step(i),
                 "fade_step": self.fade_step(i),
+                "dip_step": self.dip_step(i),
+                "recovery_step": self.recovery_step(i),
                 "peak_norm": round(float(peak_norm_F[i]), 4),
                 **({"frequency": float(self.frequency[i])} if self.frequency is not None else {}),
             }
@@ -466,7 +578,7 @@ class EvolutionAnalysis:
 
     def snapshot_table(self) -> list[dict[str, Any]]:
         """One row per snapshot: step, tokens, how many features are present / emerge / fade."""
-        present_S = ((self.normalized >= self.config.emergence_threshold) & ~self.lifetimes.dead[:, None]).sum(0)
+        present_S = self.present.sum(0)
         rows = []
         for s in range(self.n_snapshots):
             rows.append(
@@ -477,6 +589,8 @@ class EvolutionAnalysis:
                     "present": int(present_S[s]),
                     "emerging": int((self.lifetimes.emergence == s).sum()),
                     "fading": int((self.lifetimes.fade == s).sum()),
+                    "dipping": int((self.lifetimes.dip == s).sum()),
+                    "recovering": int((self.lifetimes.recovery == s).sum()),
                 }
             )
         return rows

@@ -185,6 +185,37 @@ def firing_frequency(
     return (fired_F.double() / len(acts_NSD)).float().cpu()
 
 
+def snapshot_firing_frequency(
+    source: Any,
+    crosscoder: Any,
+    *,
+    hook: str | None = None,
+    n_tokens: int = 16384,
+    batch_size: int = 2048,
+    seed: int = 0,
+) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+    """Fraction of sampled tokens on which each feature contributes to each snapshot.
+
+    A JumpReLU crosscoder gates every snapshot separately (``encode_per_snapshot``); for
+    the other architectures the code is shared, so every snapshot gets the feature's
+    overall firing rate. Pass the result to ``EvolutionAnalysis(snapshot_frequency=...)``
+    for robust presence (a row behind a gate that never opens is not present).
+    """
+    acts_NSD = _load_activations(
+        source, hook, n_tokens, torch.Generator().manual_seed(seed), reads_normalized(crosscoder)
+    )
+    if not hasattr(crosscoder, "encode_per_snapshot"):
+        rate_F = (_encode(crosscoder, acts_NSD, batch_size) > 0).float().mean(0)
+        return rate_F[:, None].expand(-1, acts_NSD.shape[1]).clone()
+    param = next(iter(crosscoder.parameters()))
+    counts_SF = torch.zeros(acts_NSD.shape[1], crosscoder.cfg.d_sae)
+    with torch.no_grad():
+        for i in range(0, len(acts_NSD), batch_size):
+            code_NSF = crosscoder.encode_per_snapshot(acts_NSD[i : i + batch_size].to(param.device, param.dtype))
+            counts_SF += (code_NSF > 0).float().sum(0).cpu()
+    return (counts_SF / max(1, len(acts_NSD))).T.contiguous()
+
+
 def _probe_errors(
     x_ND: torch.Tensor, labels_NK: torch.Tensor, train: torch.Tensor, test: torch.Tensor, ridge: float
 ) -> torch.Tensor:

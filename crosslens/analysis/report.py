@@ -11,7 +11,7 @@ import html
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import plotly.offline
 import torch
 
 from crosslens.analysis.contexts import Context
-from crosslens.analysis.evolution import FEATURE_CLASSES, EvolutionAnalysis
+from crosslens.analysis.evolution import FEATURE_CLASSES, NO_STEP, EvolutionAnalysis, feature_lifetimes
 from crosslens.analysis.geometry import total_dimensionality, turning_point
 from crosslens.analysis.plots import (
     dimensionality_curve,
@@ -234,11 +234,26 @@ def evolution_report(
     cfg = analysis.config
 
     report.add_heading("Overview")
+    if cfg.presence == "robust":
+        presence_text = (
+            f"decoder norm is at least {cfg.emergence_threshold:g} of its peak"
+            + (
+                f" and it fires there on at least {cfg.firing_floor:g} of its peak per-snapshot rate"
+                if analysis.snapshot_frequency is not None
+                else ""
+            )
+            + "; it emerges where it is first present (robust presence: a return after a dip is not an "
+            "emergence, see Dip and recover)"
+        )
+    else:
+        presence_text = (
+            f"decoder norm is at least {cfg.emergence_threshold:g} of its peak (Ge et al.'s decoder-norm "
+            "presence); it emerges at the first snapshot from which it stays present"
+        )
     report.add_text(
         f"{analysis.d_sae} crosscoder features over {analysis.n_snapshots} snapshots "
         f"(steps {analysis.steps[0]} to {analysis.steps[-1]}). A feature is present at a snapshot when its "
-        f"decoder norm is at least {cfg.emergence_threshold:g} of its peak; it emerges at the first "
-        f"snapshot from which it stays present, and fades once it stays below {cfg.fade_threshold:g} of its "
+        f"{presence_text}, and fades once it stays below {cfg.fade_threshold:g} of its "
         f"peak to the end. Features are dead when their peak norm is below {cfg.dead_threshold:g} x the median "
         "peak, when their norms never moved from the shared initial value"
         + (
@@ -284,6 +299,8 @@ def evolution_report(
     features = list(trajectory_features) if trajectory_features is not None else representative_features(analysis)
     if features:
         report.add_figure(feature_trajectories(analysis, features))
+
+    _add_dip_section(report, analysis, n_table_features)
 
     report.add_heading("Feature dimensionality")
     total_S = total_dimensionality(analysis.dimensionality(device=device, progress=analysis.d_sae > 20_000))
@@ -333,6 +350,56 @@ def evolution_report(
                 f'<th class="text">context</th></tr></thead><tbody>{lines}</tbody></table>'
             )
     return report
+
+
+def _add_dip_section(report: Report, analysis: EvolutionAnalysis, n_table_features: int) -> None:
+    """Features that are present, vanish for a stretch and come back: their own pattern,
+    not an emergence (robust presence), with the emergence Ge et al.'s decoder-norm
+    reading would give them."""
+    report.add_heading("Dip and recover")
+    dippers = analysis.dip_and_recover_features()
+    live = sum(1 for c in analysis.classes if c != "dead")
+    report.add_text(
+        f"{len(dippers)} of {live} live features dip below {analysis.config.fade_threshold:g} of their peak "
+        "and later come back above the presence threshold. "
+        + (
+            "Under robust presence they emerge where they first appear; Ge et al.'s decoder-norm reading "
+            "would date their emergence to the return."
+            if analysis.config.presence == "robust"
+            else "Under Ge et al.'s decoder-norm reading (this report's mode) their emergence is the return; "
+            "robust presence would date it to where they first appear."
+        )
+        + " A dip shared by most features at the same snapshots (see the Snapshots table, columns dipping "
+        "and recovering) points at the snapshot, e.g. activation norms changing fast, not at the features."
+    )
+    if not dippers:
+        return
+    lt = analysis.lifetimes
+    by_dip: dict[int, int] = {}
+    for i in dippers:
+        by_dip[int(lt.dip[i])] = by_dip.get(int(lt.dip[i]), 0) + 1
+    report.add_table(
+        [
+            {"dip_step": analysis.steps[s], "features": n, "fraction_of_live": n / max(1, live)}
+            for s, n in sorted(by_dip.items())
+        ],
+        title="Where the dips start",
+    )
+    peak_F = analysis.norms.amax(dim=1)
+    strongest = sorted(dippers, key=lambda i: -float(peak_F[i]))
+    report.add_figure(
+        feature_trajectories(analysis, strongest[:6], normalized=True),
+        caption="The strongest dip-and-recover features, each normalised by its peak.",
+    )
+    rows = analysis.feature_table(strongest[:n_table_features])
+    other = "robust" if analysis.config.presence == "decoder_norm" else "decoder_norm"
+    alt = feature_lifetimes(
+        analysis.norms, replace(analysis.config, presence=other), analysis.frequency, analysis.snapshot_frequency
+    )
+    for row in rows:
+        e = int(alt.emergence[row["feature"]])
+        row[f"emergence_step ({other})"] = None if e == NO_STEP else analysis.steps[e]
+    report.add_table(rows, title=f"The {len(rows)} strongest dip-and-recover features")
 
 
 def _subtitle(analysis: EvolutionAnalysis) -> str:

@@ -8,7 +8,13 @@ activation of snapshot ``s`` is ``sum_i c_i m[i, s] d[i, s] + noise``.
 
 A crosscoder trained on these batches should find one latent per true feature whose
 decoder norm is ~0 exactly where ``m[i, s] = 0``. :func:`match_planted` and
-:func:`planted_recovery` check that, which is how the analysis is validated.
+:func:`planted_recovery` check that, which is how the analysis is validated;
+:func:`planted_scores` adds SAELens's synthetic-data metrics next to them.
+
+:meth:`PlantedConfig.hard` is the harder set of issue 11: 8 snapshots, d_in 64, 48
+features firing on 0.5-5% of tokens, per-feature scales 0.5-2 and per-snapshot scale
+changes 0.6-1.4, correlated pairs, short transients, batches normalised like an
+activation store's.
 """
 
 from __future__ import annotations
@@ -66,6 +72,22 @@ class PlantedConfig:
     """Training step attached to each snapshot; default ``0, 1, 2, 4, ...`` (log-spaced)."""
     seed: int = 0
     """Seed for directions, schedules, magnitudes and firing probabilities."""
+    feature_scale_min: float = 1.0
+    """Each feature's magnitudes are multiplied by its own scale, log-uniform in
+    [feature_scale_min, feature_scale_max] (1, 1: no per-feature scale)."""
+    feature_scale_max: float = 1.0
+    """See ``feature_scale_min``."""
+    n_correlated_pairs: int = 0
+    """Pairs of features (a, b) whose firing is correlated: b fires exactly when a does on
+    a ``pair_correlation`` share of tokens and independently otherwise. Both share a's
+    firing probability, so each keeps its marginal rate."""
+    pair_correlation: float = 0.5
+    """Share of tokens on which the second feature of a pair copies the first one's firing."""
+    transient_lengths: tuple[int, ...] | None = None
+    """Allowed numbers of snapshots a transient feature is present for; None: any window."""
+    normalize: bool = False
+    """Scale every snapshot so its mean activation norm is sqrt(d_in), as the activation
+    store does (factors measured on a fixed sample, folded into the planted decoder)."""
 
     def __post_init__(self) -> None:
         if self.n_snapshots < 3:
@@ -96,6 +118,55 @@ class PlantedConfig:
                 f"steps has {len(self.steps)} entries for n_snapshots={self.n_snapshots}; "
                 "give one step per snapshot or leave steps=None."
             )
+        if not 0.0 < self.feature_scale_min <= self.feature_scale_max:
+            raise ValueError("need 0 < feature_scale_min <= feature_scale_max.")
+        if self.n_correlated_pairs < 0 or 2 * self.n_correlated_pairs > self.n_features:
+            raise ValueError(
+                f"n_correlated_pairs={self.n_correlated_pairs} needs 2 features each out of "
+                f"n_features={self.n_features}; use 0 <= n_correlated_pairs <= n_features // 2."
+            )
+        if not 0.0 <= self.pair_correlation <= 1.0:
+            raise ValueError(f"pair_correlation={self.pair_correlation} is a share of tokens; use [0, 1].")
+        if self.transient_lengths is not None:
+            if not self.transient_lengths or not all(1 <= n <= self.n_snapshots - 2 for n in self.transient_lengths):
+                raise ValueError(
+                    f"transient_lengths={self.transient_lengths}: a transient feature is absent at "
+                    f"the first and last snapshot, so each length must be in [1, n_snapshots - 2="
+                    f"{self.n_snapshots - 2}]."
+                )
+
+    @classmethod
+    def hard(cls, seed: int = 0, **overrides: Any) -> PlantedConfig:
+        """The harder planted set of issue 11: 8 snapshots, d_in 64, 48 features (12
+        present throughout, 8 fading after snapshot j, 14 absent until snapshot k, 14
+        transient for 2-3 snapshots), firing probabilities 0.5-5%, coefficients 1 +/- 0.3,
+        per-feature scales 0.5-2, per-snapshot scale changes 0.6-1.4, 6 correlated pairs,
+        adjacent-snapshot cosine 0.95, noise 0.02, normalised batches."""
+        settings: dict[str, Any] = dict(
+            n_snapshots=8,
+            d_in=64,
+            n_features=48,
+            n_initialization=12,
+            n_initialization_fading=8,
+            n_transient=14,
+            firing_prob_min=0.005,
+            firing_prob_max=0.05,
+            coefficient_min=0.7,
+            coefficient_max=1.3,
+            magnitude_min=0.6,
+            magnitude_max=1.4,
+            feature_scale_min=0.5,
+            feature_scale_max=2.0,
+            n_correlated_pairs=6,
+            pair_correlation=0.5,
+            transient_lengths=(2, 3),
+            adjacent_cosine=0.95,
+            noise_std=0.02,
+            normalize=True,
+            seed=seed,
+        )
+        settings.update(overrides)
+        return cls(**settings)
 
 
 @dataclass
@@ -116,6 +187,10 @@ class PlantedEvolution:
     """Planted fade snapshot, ``NO_STEP`` when the feature never fades."""
     steps: list[int] = field(default_factory=list)
     """Training step of each snapshot."""
+    pairs: list[tuple[int, int]] = field(default_factory=list)
+    """Correlated pairs (a, b): b copies a's firing on ``pair_correlation`` of tokens."""
+    norm_factors: Float[torch.Tensor, " n_snapshots"] | None = None
+    """Per-snapshot factor applied to activations and noise (None: 1, no normalisation)."""
 
     @classmethod
     def build(cls, config: PlantedConfig | None = None) -> PlantedEvolution:
@@ -136,7 +211,19 @@ class PlantedEvolution:
             n_feat, generator=gen
         )
         steps = list(config.steps) if config.steps is not None else [0] + [2**k for k in range(n_snap - 1)]
-        return cls(
+        # Options beyond the original generator draw after everything above, so configs
+        # that leave them off build exactly as before.
+        if config.feature_scale_max > config.feature_scale_min:
+            log_lo, log_hi = math.log(config.feature_scale_min), math.log(config.feature_scale_max)
+            feature_scale_F = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n_feat, generator=gen))
+            scale_FS = scale_FS * feature_scale_F[:, None]
+        pairs: list[tuple[int, int]] = []
+        if config.n_correlated_pairs:
+            order = torch.randperm(n_feat, generator=gen).tolist()
+            pairs = [(order[2 * k], order[2 * k + 1]) for k in range(config.n_correlated_pairs)]
+            for a, b in pairs:
+                firing[b] = firing[a]
+        planted = cls(
             config=config,
             directions=directions_FSD,
             magnitudes=scale_FS * present_FS,
@@ -144,7 +231,13 @@ class PlantedEvolution:
             emergence=emergence,
             fade=fade,
             steps=steps,
+            pairs=pairs,
         )
+        if config.normalize:
+            # Measured on a sample from a generator of its own, so sampling later is unaffected.
+            acts_NSD, _ = planted.sample(20_000, torch.Generator().manual_seed(config.seed + 7919))
+            planted.norm_factors = math.sqrt(config.d_in) / acts_NSD.norm(dim=-1).mean(dim=0)
+        return planted
 
     # -- ground truth ----------------------------------------------------------
     @property
@@ -162,8 +255,12 @@ class PlantedEvolution:
 
     @property
     def decoder(self) -> Float[torch.Tensor, "n_features n_snapshots d_in"]:
-        """The ideal crosscoder decoder: direction times magnitude at every snapshot."""
-        return self.directions * self.magnitudes[..., None]
+        """The ideal crosscoder decoder: direction times magnitude at every snapshot (times
+        the snapshot's normalisation factor when the config normalises)."""
+        decoder_FSD = self.directions * self.magnitudes[..., None]
+        if self.norm_factors is not None:
+            decoder_FSD = decoder_FSD * self.norm_factors[None, :, None]
+        return decoder_FSD
 
     # -- sampling ------------------------------------------------------------------
     def sample(
@@ -175,10 +272,18 @@ class PlantedEvolution:
         coeff_NF = cfg.coefficient_min + (cfg.coefficient_max - cfg.coefficient_min) * torch.rand(
             n, cfg.n_features, generator=generator
         )
+        if self.pairs:
+            copy_NP = torch.rand(n, len(self.pairs), generator=generator) < cfg.pair_correlation
+            first = [a for a, _ in self.pairs]
+            second = [b for _, b in self.pairs]
+            fires_NF[:, second] = torch.where(copy_NP, fires_NF[:, first], fires_NF[:, second])
         coeff_NF = coeff_NF * fires_NF
         acts_NSD = torch.einsum("nf,fsd->nsd", coeff_NF, self.decoder)
         if cfg.noise_std > 0:
-            acts_NSD = acts_NSD + cfg.noise_std * torch.randn(acts_NSD.shape, generator=generator)
+            noise_NSD = cfg.noise_std * torch.randn(acts_NSD.shape, generator=generator)
+            if self.norm_factors is not None:
+                noise_NSD = noise_NSD * self.norm_factors[None, :, None]
+            acts_NSD = acts_NSD + noise_NSD
         return acts_NSD, coeff_NF
 
     def batches(self, batch_size: int, seed: int = 0) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
@@ -201,6 +306,8 @@ def _plant_schedules(config: PlantedConfig, gen: torch.Generator) -> tuple[torch
         fade.append(1 + k % (n_snap - 1))
     # Transient windows [e, f) with 1 <= e < f <= n_snap - 1, cycled so every snapshot is used.
     windows = [(e, f) for e in range(1, n_snap - 1) for f in range(e + 1, n_snap)]
+    if config.transient_lengths is not None:
+        windows = [(e, f) for e, f in windows if f - e in config.transient_lengths]
     order = torch.randperm(len(windows), generator=gen).tolist()
     for k in range(config.n_transient):
         e, f = windows[order[k % len(windows)]]
@@ -335,3 +442,75 @@ def planted_recovery(analysis: EvolutionAnalysis, planted: PlantedEvolution, min
             if int(lt.emergence[j]) != int(planted.emergence[i]) or analysis.classes[j] != planted_classes[i]
         ],
     }
+
+
+def planted_scores(
+    analysis: EvolutionAnalysis,
+    planted: PlantedEvolution,
+    min_cosine: float = 0.9,
+    codes: Float[torch.Tensor, "n d_sae"] | None = None,
+    coefficients: Float[torch.Tensor, "n n_features"] | None = None,
+) -> dict[str, Any]:
+    """:func:`planted_recovery` plus the headline numbers of issue 11 and SAELens's
+    synthetic-data metrics beside them.
+
+    Added keys: ``recovered_fraction`` (planted features matched one-to-one at mean cosine
+    >= ``min_cosine``), ``min_mmcs`` (worst snapshot's mean max-cosine), ``timeline_accuracy``
+    (recovered features whose emergence snapshot *and* class are exact), and from
+    ``sae_lens.synthetic``: ``sae_lens_mcc`` (mean correlation coefficient between the
+    planted and learned decoders, each feature's snapshots concatenated),
+    ``sae_lens_mcc_per_snapshot`` (the same per snapshot, over the planted features present
+    there) and ``sae_lens_uniqueness`` (share of live learned latents whose best planted
+    match is their own). Leakage: ``absent_norm`` (mean normalised decoder norm of the
+    recovered latents at snapshots where their planted feature is absent) and
+    ``absent_above_threshold`` (share of those at or above the emergence threshold). With
+    ``codes`` (the crosscoder's ``[n, d_sae]`` codes of sampled tokens) and the tokens' true
+    ``coefficients`` (from :meth:`PlantedEvolution.sample`), also SAELens's firing
+    precision/recall/F1 of the recovered latents as detectors of their planted feature
+    (``sae_lens_precision``, ``sae_lens_recall``, ``sae_lens_f1``)."""
+    from sae_lens.synthetic import feature_uniqueness, mean_correlation_coefficient
+
+    result = planted_recovery(analysis, planted, min_cosine)
+    match = match_planted(analysis.W_dec, planted, min_cosine)
+    lt, classes = analysis.lifetimes, analysis.classes
+    planted_classes = planted.classes
+    exact = [
+        int(lt.emergence[j]) == int(planted.emergence[i]) and classes[j] == planted_classes[i]
+        for j, i in match.recovered
+    ]
+    W_FSD = analysis.W_dec.float()
+    truth_PSD = planted.decoder.float()
+    live = ~lt.dead
+    flat_learned = W_FSD[live].flatten(1) if bool(live.any()) else W_FSD.flatten(1)
+    per_snapshot = []
+    for s in range(planted.config.n_snapshots):
+        present = planted.present[:, s]
+        per_snapshot.append(
+            mean_correlation_coefficient(truth_PSD[present, s], W_FSD[:, s]) if bool(present.any()) else float("nan")
+        )
+    absent = [analysis.normalized[j][~planted.present[i]] for j, i in match.recovered]
+    absent_FS = torch.cat(absent) if absent else torch.zeros(0)
+    if codes is not None and coefficients is not None and match.recovered:
+        from sae_lens.synthetic import compute_classification_metrics
+
+        learned = [j for j, _ in match.recovered]
+        metrics = compute_classification_metrics(
+            codes[:, learned].float(), coefficients.float(), W_FSD[learned].flatten(1), truth_PSD.flatten(1)
+        )
+        result.update(
+            sae_lens_precision=metrics.precision, sae_lens_recall=metrics.recall, sae_lens_f1=metrics.f1_score
+        )
+    mmcs = result["mmcs_per_snapshot"]
+    result.update(
+        absent_norm=float(absent_FS.mean()) if absent_FS.numel() else 0.0,
+        absent_above_threshold=float((absent_FS >= analysis.config.emergence_threshold).float().mean())
+        if absent_FS.numel()
+        else 0.0,
+        recovered_fraction=result["n_recovered"] / result["n_planted"],
+        min_mmcs=min(mmcs),
+        timeline_accuracy=sum(exact) / len(exact) if exact else 0.0,
+        sae_lens_mcc=mean_correlation_coefficient(truth_PSD.flatten(1), flat_learned),
+        sae_lens_mcc_per_snapshot=per_snapshot,
+        sae_lens_uniqueness=feature_uniqueness(flat_learned, truth_PSD.flatten(1)),
+    )
+    return result

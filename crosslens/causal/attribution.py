@@ -105,6 +105,9 @@ class SnapshotAttribution:
     per_token: Float[torch.Tensor, "n_examples seq d_sae"] | None = None
     """Unreduced feature IE (only with ``keep_per_token=True``)."""
     per_token_error: Float[torch.Tensor, "n_examples seq"] | None = None
+    per_example: Float[torch.Tensor, "n_examples d_sae"] | None = None
+    """Each example's reduced (thresholded, position-reduced) IE; ``ie`` is its mean. For
+    bootstrap confidence intervals over examples (:func:`~crosslens.causal.relie.bootstrap_ie_ci`)."""
 
     def completeness_gap(self) -> Float[torch.Tensor, " n_examples"]:
         """``total_ie - (metric_patch - metric_clean)`` per example; shrinks as n_steps grows."""
@@ -179,7 +182,7 @@ def attribute_snapshot(
     ie_sum = torch.zeros(codec.d_sae, dtype=torch.float64)
     error_sum = 0.0
     metric_clean, metric_patch, total_ie = [], [], []
-    per_token, per_token_error = [], []
+    per_token, per_token_error, per_example = [], [], []
     batches = range(0, n_examples, config.batch_size)
     for start in tqdm(batches, desc=f"IG snapshot {snapshot}", disable=not progress):
         rows = slice(start, start + config.batch_size)
@@ -239,9 +242,11 @@ def attribute_snapshot(
             n_positions = positions.sum(1).clamp(min=1).to(ie_tok.dtype)
             ie_sum += (ie_tok.sum(1) / n_positions[:, None]).sum(0).double().cpu()
             error_sum += float((err_tok.sum(1) / n_positions).sum())
+            per_example.append((ie_tok.sum(1) / n_positions[:, None]).detach().float().cpu())
         else:
             ie_sum += ie_tok.sum((0, 1)).double().cpu()
             error_sum += float(err_tok.sum())
+            per_example.append(ie_tok.sum(1).detach().float().cpu())
 
     return SnapshotAttribution(
         snapshot=snapshot,
@@ -252,6 +257,7 @@ def attribute_snapshot(
         total_ie=torch.cat(total_ie),
         per_token=torch.cat(per_token) if keep_per_token else None,
         per_token_error=torch.cat(per_token_error) if keep_per_token else None,
+        per_example=torch.cat(per_example),
     )
 
 
@@ -272,6 +278,9 @@ class IETable:
     snapshot_labels: list[str] = field(default_factory=list)
     """Human-readable name per column (revision), defaults to ``s{index}``."""
     config: dict[str, Any] = field(default_factory=dict)
+    ie_per_example: Float[torch.Tensor, "n_examples d_sae n_snapshots"] | None = field(default=None, repr=False)
+    """Each example's IE (``ie`` is its mean over examples); kept in memory for bootstrap
+    confidence intervals, not written by :meth:`save`."""
 
     def __post_init__(self) -> None:
         if self.ie.ndim != 2 or self.ie.shape[1] != len(self.snapshots):
@@ -468,4 +477,5 @@ def attribute(
         metric_patch=torch.stack([r.metric_patch.mean() for r in results]),
         snapshot_labels=[labels[i] for i in chosen],
         config={**asdict(config), "hook": hook, "n_examples": len(tokenized)},
+        ie_per_example=torch.stack([r.per_example for r in results], dim=2),
     )

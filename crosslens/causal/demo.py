@@ -41,6 +41,7 @@ def attribution_sections(
     progress: bool = True,
     device: str = "cpu",
     dtype: str = "float32",
+    summaries: list | None = None,
 ) -> list:
     """Run :func:`run_causal_stage` for one named task; return its report as a section list.
 
@@ -51,6 +52,7 @@ def attribution_sections(
     the pico demo, mean-ablating the other features restores no better than zeroing them
     and spreads sparse features' mean codes onto positions where they never fire.
     The snapshot models load on ``device`` in ``dtype``; a crosscoder folder loads on ``device``.
+    The stage's summary (with ``claims_final``) is appended to ``summaries`` when given.
     """
     from crosslens.devices import on_device
 
@@ -65,6 +67,8 @@ def attribution_sections(
     if out is not None and Path(out).suffix == ".json":
         result["table"].save(out)
     summary = result["summary"]
+    if summaries is not None:
+        summaries.append(summary)
     print(f"causal stage ({dataset.name}, {summary['n_examples']} examples): files in {out_dir}")
     for label, clean, specific in zip(summary["snapshots"], summary["metric_clean"], summary["specific_per_snapshot"]):
         print(f"  {label:>12s}  metric {clean:+.3f}  snapshot-specific features {specific}")

@@ -22,6 +22,9 @@ import torch
 from jaxtyping import Float, Int
 
 RELIE_CLASSES: tuple[str, str, str] = ("other", "shared", "specific")
+BELOW_FLOOR = "below_floor"
+"""Label of a (feature, snapshot) whose effect is too small to class: RelIE is a ratio,
+and the ratio of noise is noise (see :func:`classify_relie`)."""
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,75 @@ def reldec(norms: Float[torch.Tensor, "n_features n_snapshots"]) -> Float[torch.
 
 
 def classify_relie(
-    values: Float[torch.Tensor, "..."], thresholds: RelIEThresholds = RelIEThresholds()
+    values: Float[torch.Tensor, "..."],
+    thresholds: RelIEThresholds = RelIEThresholds(),
+    classed: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """An array of ``"specific"`` / ``"shared"`` / ``"other"`` with the shape of ``values``."""
+    """An array of ``"specific"`` / ``"shared"`` / ``"other"`` with the shape of ``values``;
+    entries where the boolean ``classed`` (same shape, optional) is False are
+    :data:`BELOW_FLOOR` instead (build it with :func:`relie_floor_mask`)."""
     array = values.detach().cpu().numpy()
     labels = np.full(array.shape, "shared", dtype=object)
     labels[array > thresholds.specific] = "specific"
     labels[array < thresholds.other] = "other"
+    if classed is not None:
+        if tuple(classed.shape) != tuple(values.shape):
+            raise ValueError(f"classed has shape {tuple(classed.shape)}; it must match values {tuple(values.shape)}")
+        labels[~classed.detach().cpu().numpy().astype(bool)] = BELOW_FLOOR
     return labels
+
+
+def bootstrap_ie_ci(
+    per_example: Float[torch.Tensor, "n_examples ..."],
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[Float[torch.Tensor, "..."], Float[torch.Tensor, "..."]]:
+    """Percentile bootstrap confidence interval of the mean IE over examples.
+
+    ``per_example`` holds each example's IE on its first axis (``IETable.ie_per_example``,
+    ``[n_examples, d_sae, n_snapshots]``, or a selection of its features). Examples are
+    resampled with replacement ``n_boot`` times (seeded); returns the ``(1 - level) / 2``
+    and ``(1 + level) / 2`` quantiles of the resampled means.
+    """
+    if per_example.ndim < 1 or per_example.shape[0] < 2:
+        raise ValueError(f"need at least 2 examples on the first axis, got shape {tuple(per_example.shape)}")
+    if not 0.0 < level < 1.0 or n_boot < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got level={level}, n_boot={n_boot}")
+    n = per_example.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    idx_BN = torch.randint(0, n, (n_boot, n), generator=gen)
+    values = per_example.detach().double().cpu()
+    flat = values.reshape(n, -1)
+    # counts of each example in each resample: means are one matmul, not n_boot gathers
+    counts_BN = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
+        1, idx_BN, torch.ones(n_boot, n, dtype=torch.float64)
+    )
+    means = (counts_BN @ flat) / n
+    low, high = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64), dim=0)
+    shape = values.shape[1:]
+    return low.reshape(shape).float(), high.reshape(shape).float()
+
+
+def relie_floor_mask(
+    ie: Float[torch.Tensor, "n_features n_snapshots"],
+    floor: float,
+    ci_low: Float[torch.Tensor, "n_features n_snapshots"] | None = None,
+    ci_high: Float[torch.Tensor, "n_features n_snapshots"] | None = None,
+) -> torch.Tensor:
+    """Boolean ``[n_features, n_snapshots]``: where a RelIE class means something.
+
+    A (feature, snapshot) is classed when the feature's total effect ``sum_c |IE(c)|`` (the
+    denominator of RelIE) is at least ``floor`` and, given a confidence interval, the
+    feature's effect is distinguishable from zero somewhere (some snapshot's interval
+    excludes 0). Otherwise its RelIE is a ratio of noise and gets no class.
+    """
+    total_F = ie.abs().sum(dim=-1)
+    keep_F = total_F >= floor
+    if ci_low is not None and ci_high is not None:
+        keep_F &= ((ci_low > 0) | (ci_high < 0)).any(dim=-1)
+    return keep_F[:, None].expand_as(ie).clone()
 
 
 def class_counts(labels: np.ndarray) -> dict[str, np.ndarray]:

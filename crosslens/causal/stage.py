@@ -23,7 +23,16 @@ from crosslens.causal.attribution import (
     tokenize_task,
 )
 from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
-from crosslens.causal.relie import RelIEThresholds, class_counts, classify_relie, reldec, relie
+from crosslens.causal.claims import causal_claims
+from crosslens.causal.relie import (
+    RelIEThresholds,
+    bootstrap_ie_ci,
+    class_counts,
+    classify_relie,
+    reldec,
+    relie,
+    relie_floor_mask,
+)
 from crosslens.causal.splice import default_hook
 from crosslens.tasks.base import TaskDataset
 
@@ -64,8 +73,16 @@ def run_causal_stage(
     thresholds: RelIEThresholds = RelIEThresholds(),
     tokenizer: Any = None,
     progress: bool = True,
+    effect_floor: float | None = None,
+    n_boot: int = 1000,
 ) -> dict[str, Any]:
     """Attribute ``task`` at every snapshot, then RelIE and ablation curves; write everything.
+
+    RelIE classes only features whose effect is above noise: 95% bootstrap confidence
+    intervals over examples (``n_boot`` resamples) are computed for every selected IE, and a
+    feature is classed only if its total effect ``sum_c |IE(c)|`` is at least
+    ``effect_floor`` (default: 5% of the mean clean-vs-patched metric gap over snapshots)
+    and some snapshot's interval excludes 0; other features are ``below_floor``.
 
     Files in ``out_dir``: ``ie_table.json`` (:class:`IETable`), ``relie.json`` (the selected
     features' RelIE, RelDec and classes), ``ablation_curves.json`` (tidy rows), and
@@ -99,7 +116,13 @@ def run_causal_stage(
     relie_sel = relie(table.ie[selected]) if len(table.snapshots) > 1 else torch.ones(len(selected), 1)
     norms = crosscoder.decoder_norms()[:, table.snapshots]
     reldec_sel = reldec(norms[selected]) if len(table.snapshots) > 1 else torch.ones(len(selected), 1)
-    labels = classify_relie(relie_sel, thresholds)
+    if effect_floor is None:
+        effect_floor = 0.05 * float((table.metric_clean - table.metric_patch).abs().mean())
+    ci_low = ci_high = None
+    if table.ie_per_example is not None and table.ie_per_example.shape[0] > 1:
+        ci_low, ci_high = bootstrap_ie_ci(table.ie_per_example[:, selected], n_boot=n_boot)
+    classed = relie_floor_mask(table.ie[selected], effect_floor, ci_low, ci_high)
+    labels = classify_relie(relie_sel, thresholds, classed=classed)
     counts = class_counts(labels)
     paths["relie"] = out / "relie.json"
     paths["relie"].write_text(
@@ -114,6 +137,11 @@ def run_causal_stage(
                 "classes": labels.tolist(),
                 "thresholds": asdict(thresholds),
                 "class_counts": {name: values.tolist() for name, values in counts.items()},
+                "ie": table.ie[selected].tolist(),
+                "ie_ci95_low": None if ci_low is None else ci_low.tolist(),
+                "ie_ci95_high": None if ci_high is None else ci_high.tolist(),
+                "effect_floor": effect_floor,
+                "classed": classed[:, 0].tolist() if len(selected) else [],
             }
         )
     )
@@ -137,6 +165,7 @@ def run_causal_stage(
     paths["ablation_curves"].write_text(json.dumps(rows))
 
     report = causal_report(table, selected, relie_sel, reldec_sel, rows, thresholds)
+    _add_ci_section(report, table, selected, ci_low, ci_high, classed, effect_floor)
     paths["report"] = report.write(out / "causal_report.html")
 
     summary = {
@@ -147,12 +176,48 @@ def run_causal_stage(
         "metric_patch": table.metric_patch.tolist(),
         "n_selected_features": len(selected),
         "specific_per_snapshot": counts["specific"].tolist(),
+        "below_floor_features": int((~classed[:, 0]).sum()) if len(selected) else 0,
+        "effect_floor": effect_floor,
         "ablation": ablation,
         "keep_only_restored_final": _restored_at(rows, table.snapshots[-1]),
+        "claims_final": causal_claims(rows, table.snapshots[-1]),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     paths["summary"] = out / "summary.json"
     return {"paths": paths, "summary": summary, "table": table, "report": report}
+
+
+def _add_ci_section(report, table, selected, ci_low, ci_high, classed, effect_floor) -> None:
+    """IE with its bootstrap interval at each feature's strongest snapshot, and which
+    features RelIE classes."""
+    report.add_heading("IE confidence intervals")
+    n_below = int((~classed[:, 0]).sum()) if len(selected) else 0
+    report.add_text(
+        f"95% bootstrap intervals over the task's examples. RelIE classes only features whose total effect "
+        f"sum_c |IE(c)| is at least {effect_floor:.3g} (5% of the mean clean-vs-patched gap unless set) and whose "
+        f"interval excludes 0 at some snapshot: {n_below} of {len(selected)} selected features fall below that "
+        "floor and are shown as below_floor, not as specific, shared or other."
+    )
+    if not len(selected) or ci_low is None:
+        return
+    ie_sel = table.ie[selected]
+    peak = ie_sel.abs().argmax(dim=1)
+    order = sorted(range(len(selected)), key=lambda r: -float(ie_sel.abs().sum(1)[r]))
+    report.add_table(
+        [
+            {
+                "feature": int(selected[r]),
+                "strongest snapshot": table.snapshot_labels[int(peak[r])],
+                "IE": float(ie_sel[r, peak[r]]),
+                "95% CI low": float(ci_low[r, peak[r]]),
+                "95% CI high": float(ci_high[r, peak[r]]),
+                "total |IE|": float(ie_sel[r].abs().sum()),
+                "classed": bool(classed[r, 0]),
+            }
+            for r in order[:30]
+        ],
+        title="Selected features by total |IE| (top 30)",
+    )
 
 
 def _restored_at(rows: Sequence[dict[str, Any]], snapshot: int) -> dict[str, float | None]:

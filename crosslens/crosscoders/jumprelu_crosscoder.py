@@ -131,6 +131,12 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingS
     """q in sum_i p_i (1 + p_i / q); None drops the quadratic term (SAELens's tanh loss)."""
     threshold_lr_scale: float = 0.1
     """The threshold's learning rate as a fraction of the main learning rate."""
+    closed_gate_decoder_grad: bool = False
+    """Give decoder rows behind a closed gate the reconstruction gradient they would get if
+    the gate were open (issue 11). Without it a row W_dec[i, s] whose gate closed gets no
+    gradient at all (the gate zeroes both its reconstruction and its tanh sparsity term)
+    and keeps whatever norm it had, so a feature reads as present at snapshots where it
+    never fires. The forward pass is unchanged."""
 
     def __post_init__(self) -> None:
         if self.jumprelu_tanh_scale is not None:
@@ -273,7 +279,13 @@ class JumpReLUTrainingCrosscoder(
         )
 
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
-        recon_SND = torch.bmm(fwd.extras["f_SNF"], self.W_dec.transpose(0, 1))
+        W_dec_SFD = self.W_dec.transpose(0, 1)
+        recon_SND = torch.bmm(fwd.extras["f_SNF"], W_dec_SFD)
+        if self.cfg.closed_gate_decoder_grad:
+            # Shared code where snapshot s's gate is closed; times (W - W.detach()), which is
+            # exactly 0 forward and the identity backward, so only W_dec sees it.
+            closed_SNF = (fwd.feature_acts_NF[None] - fwd.extras["f_SNF"]).detach()
+            recon_SND = recon_SND + torch.bmm(closed_SNF, W_dec_SFD - W_dec_SFD.detach())
         return recon_SND.transpose(0, 1) + self.b_dec
 
     def _sparsity_losses(

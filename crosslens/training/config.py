@@ -75,6 +75,9 @@ class CrosscoderTrainerConfig:
     autocast_dtype: str | None = None
     """Run the crosscoder's forward and backward under torch.autocast in this dtype
     ("bfloat16"); parameters, gradients and Adam stay float32. None: float32 throughout."""
+    activation_scale_check: str = "warn"
+    """What to do when the first batch's per-snapshot mean norms are far from sqrt(d_in)
+    (un-normalised activations, see crosslens.training.checks): "warn", "error" or "off"."""
 
     def __post_init__(self) -> None:
         if self.autocast_dtype not in (None, "bfloat16"):
@@ -112,6 +115,10 @@ class CrosscoderTrainerConfig:
             raise ValueError("checkpoint_every needs checkpoint_dir; set where checkpoints go.")
         if self.log_every < 1 or self.histogram_every < 0:
             raise ValueError("log_every must be >= 1 and histogram_every >= 0.")
+        if self.activation_scale_check not in ("warn", "error", "off"):
+            raise ValueError(
+                f"activation_scale_check must be warn, error or off, got {self.activation_scale_check!r}."
+            )
         if self.wandb_mode not in (None, "online", "offline", "disabled"):
             raise ValueError(
                 f"wandb_mode must be online, offline, disabled or None, got {self.wandb_mode!r}."

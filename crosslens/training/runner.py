@@ -41,12 +41,16 @@ from crosslens.training.trainer import CHECKPOINT_PREFIX, FINAL_DIRNAME, Crossco
 
 # lambda and learning rate that train well on the pico suite's normalised activations
 # (mean norm sqrt(d_in)); on large models start from the papers' values instead.
+# ReLU: Bayazit et al.'s 2. JumpReLU: 0.6 per unit of n_snapshots * d_in / d_sae (see
+# default_sparsity_coefficient; measured on the planted set of issue 11, 2x Ge et al.'s 0.3).
 DEFAULT_SPARSITY = {
     "crosscoder": 2.0,
-    "jumprelu_crosscoder": 0.3,
+    "jumprelu_crosscoder": 0.6,
     "topk_crosscoder": None,
     "batchtopk_crosscoder": None,
 }
+# Architectures whose default lambda is multiplied by n_snapshots * d_in / d_sae.
+SHAPE_SCALED_SPARSITY = ("jumprelu_crosscoder",)
 DEFAULT_LR = 1e-3
 # fraction of training over which the sparsity coefficient warms up (Bayazit 5%, Ge 10%)
 DEFAULT_SPARSITY_WARM_UP = {"crosscoder": 0.05, "jumprelu_crosscoder": 0.1}
@@ -69,7 +73,8 @@ class CrosscoderRunnerConfig:
     k: int = 32
     """Active features per token for topk/batchtopk crosscoders."""
     sparsity_coefficient: float | None = None
-    """lambda of the L1 (crosscoder) or tanh (jumprelu_crosscoder) penalty; None: per-architecture default."""
+    """lambda of the L1 (crosscoder) or tanh (jumprelu_crosscoder) penalty; None: per-architecture
+    default (:func:`default_sparsity_coefficient`)."""
     sparsity_warm_up_fraction: float | None = None
     """Fraction of steps over which lambda warms up linearly; None: 5% (ReLU), 10% (JumpReLU)."""
     n_steps: int = 3000
@@ -161,12 +166,33 @@ class CrosscoderRunnerConfig:
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}.")
         if not 0 <= self.lr_decay_fraction < 1:
             raise ValueError(f"lr_decay_fraction must be in [0, 1), got {self.lr_decay_fraction}.")
-        if self.sparsity_coefficient is None:
+        if self.sparsity_coefficient is None and self.architecture not in SHAPE_SCALED_SPARSITY:
             self.sparsity_coefficient = DEFAULT_SPARSITY[self.architecture]
         if self.sparsity_warm_up_fraction is None:
             self.sparsity_warm_up_fraction = DEFAULT_SPARSITY_WARM_UP.get(self.architecture, 0.0)
         if self.lr is None:
             self.lr = DEFAULT_LR
+
+
+def default_sparsity_coefficient(architecture: str, *, n_snapshots: int, d_in: int, d_sae: int) -> float | None:
+    """The sparsity coefficient ``crosslens train`` uses when none is given.
+
+    JumpReLU's tanh penalty counts firing features (``sum_i p_i (1 + p_i / q)``, growing
+    with d_sae) while the reconstruction term sums squared errors over snapshots and
+    dimensions (growing with ``n_snapshots * d_in`` on normalised activations), so one
+    lambda cannot fit every shape. The default is ``0.6 * n_snapshots * d_in / d_sae``.
+    Measured points, in those units: Ge et al. use 0.3 at 32 snapshots x 768 dims x 24,576
+    features (ratio 1); the pico demo's hand-tuned 0.5 (mean L0 23, held-out explained
+    variance >= 97.9%) is 0.33 at 12 x 128 / 1024; on the planted set of issue 11
+    (8 x 64 / 128, ratio 4) lambda 0.3 fired 6x as often as the planted features and
+    recovered 21-23 of 48, 1.2 recovered 36-37 and 2.5 recovered 43 (issue-11 note), so
+    0.6 per unit (2.4 there). On a new model check L0 and explained variance, and set
+    ``--sparsity`` if they are off.
+    """
+    base = DEFAULT_SPARSITY[architecture]
+    if base is None or architecture not in SHAPE_SCALED_SPARSITY:
+        return base
+    return base * n_snapshots * d_in / d_sae
 
 
 def build_training_crosscoder(
@@ -278,17 +304,23 @@ class CrosscoderTrainingRunner:
 
     def _new_crosscoder(self):
         cfg = self.config
-        with seeded(cfg.seed, cfg.device):  # the initial weights come from the seed alone
+        d_in, n_snapshots = self.store.d_in_of(self.hook), self.store.n_snapshots
+        sparsity = cfg.sparsity_coefficient
+        if sparsity is None:
+            sparsity = default_sparsity_coefficient(
+                cfg.architecture, n_snapshots=n_snapshots, d_in=d_in, d_sae=cfg.d_sae
+            )
+        with seeded(cfg.seed, self.device):  # the initial weights come from the seed alone
             crosscoder = build_training_crosscoder(
                 cfg.architecture,
-                d_in=self.store.d_in_of(self.hook),
-                n_snapshots=self.store.n_snapshots,
+                d_in=d_in,
+                n_snapshots=n_snapshots,
                 d_sae=cfg.d_sae,
                 k=cfg.k,
-                sparsity_coefficient=cfg.sparsity_coefficient,
+                sparsity_coefficient=sparsity,
                 sparsity_warm_up_steps=int(cfg.n_steps * float(cfg.sparsity_warm_up_fraction or 0.0)),
                 decoder_init_norm=cfg.decoder_init_norm,
-                device=cfg.device,
+                device=self.device,
             )
         set_crosscoder_metadata(
             crosscoder.cfg,

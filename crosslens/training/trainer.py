@@ -69,6 +69,7 @@ from crosslens.distributed.sharding import (
     slice_optimizer_state,
     slice_state_dict,
 )
+from crosslens.training.checks import check_activation_scale
 from crosslens.training.config import CrosscoderTrainerConfig
 
 TRAINER_STATE_FILENAME = "trainer_state.pt"
@@ -202,6 +203,8 @@ class CrosscoderTrainer:
                 f"{tuple(x_BSD.shape)}; shard global batches with "
                 "crosslens.distributed.shard_batches."
             )
+        if self.n_steps == 0:  # issue 11: raw activations silently break every default
+            check_activation_scale(x_BSD, self.cfg.activation_scale_check)
         self.sae.train()
         autocast = torch.autocast(
             device_type=x_BSD.device.type,
