@@ -1,19 +1,30 @@
 """Issue 11: every architecture, with the defaults a user gets, recovers a planted evolution.
 
-The CI-sized version of ``scripts/planted_benchmark.py`` (whose full-size output is in
-docs/notes/issue-11.md): a smaller planted set of the same kind (correlated pairs,
-per-feature and per-snapshot scales, short transients, normalised batches), each
-architecture trained from the runner's defaults for 3 seeds, scored against the truth.
+The planted set is the issue's (``PlantedConfig.hard()``: 8 snapshots, d_in 64, 48
+features with correlated pairs, per-feature and per-snapshot scales, 2-3 snapshot
+transients, normalised batches); every architecture trains with the runner's defaults
+through :func:`crosslens.training.planted.train_planted`.
+
+- ``test_planted_targets_over_three_seeds`` (slow, about 20 CPU-minutes): the full
+  configuration of ``scripts/planted_benchmark.py`` (6000 steps of 512 tokens) and the
+  issue's targets for each of 3 seeds: >= 90% recovered at mean cosine >= 0.9, mean
+  max-cosine >= 0.9 at every snapshot, emergence snapshot and class exact for >= 90% of the
+  recovered. The numbers are in docs/notes/issue-11.md.
+- ``test_planted_recovery_short_run`` (CI, about 80 CPU-seconds): one seed, 3000 steps of 256
+  tokens. Recovery is still climbing at that length, so the bars are 80% recovered and 85%
+  exact timelines (the old JumpReLU default recovered 52-54% even with the full run); the
+  direction bar (mean max-cosine >= 0.9 at every snapshot) is the issue's.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 from crosslens.analysis import (
     EvolutionAnalysis,
-    EvolutionConfig,
     PlantedConfig,
     PlantedEvolution,
     firing_frequency,
@@ -23,70 +34,78 @@ from crosslens.analysis import (
 from crosslens.training.planted import train_planted
 
 ARCHITECTURES = ["crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"]
-SEEDS = (0, 1, 2)
-SMALL = dict(
-    n_snapshots=6,
-    d_in=32,
-    n_features=24,
-    n_initialization=6,
-    n_initialization_fading=4,
-    n_transient=7,
-    n_correlated_pairs=3,
-    firing_prob_min=0.01,
-    firing_prob_max=0.06,
-)
-TRAINING = dict(n_steps=1000, batch_size=256, d_sae=48, k=2)
+K = 2  # about 1.5x the planted mean L0 (1.3), as in scripts/planted_benchmark.py
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
+def _quiet_one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
     yield
     torch.set_num_threads(threads)
+    if old is None:
+        os.environ.pop("TQDM_DISABLE", None)
+    else:
+        os.environ["TQDM_DISABLE"] = old
 
 
 @pytest.fixture(scope="module")
 def planted():
-    planted = PlantedEvolution.build(PlantedConfig.hard(seed=0, **SMALL))
+    planted = PlantedEvolution.build(PlantedConfig.hard(seed=0))
     acts_NSD, _ = planted.sample(8000, torch.Generator().manual_seed(5))
     return planted, acts_NSD
 
 
-def _score(planted, acts_NSD, crosscoder, presence="robust"):
+def _score(planted, acts_NSD, crosscoder):
     analysis = EvolutionAnalysis.from_crosscoder(
         crosscoder,
         steps=planted.steps,
         frequency=firing_frequency(acts_NSD, crosscoder),
         snapshot_frequency=snapshot_firing_frequency(acts_NSD, crosscoder),
-        config=EvolutionConfig(presence=presence),
     )
     return planted_scores(analysis, planted)
 
 
-def test_small_planted_set_follows_the_hard_recipe(planted):
+def _check(planted, acts_NSD, arch, seed, min_recovered, min_timeline, **training):
+    crosscoder = train_planted(planted, arch, seed=seed, k=K, d_sae=128, **training)
+    result = _score(planted, acts_NSD, crosscoder)
+    summary = {k: result[k] for k in ("n_recovered", "min_mmcs", "timeline_accuracy", "sae_lens_mcc")}
+    assert result["recovered_fraction"] >= min_recovered, (arch, seed, summary)
+    assert result["min_mmcs"] >= 0.9, (arch, seed, result["mmcs_per_snapshot"])
+    assert result["timeline_accuracy"] >= min_timeline, (arch, seed, result["mismatches"])
+    # SAELens's mean correlation coefficient agrees with the matching.
+    assert result["sae_lens_mcc"] >= min_recovered, (arch, seed, summary)
+
+
+def test_hard_planted_set_follows_the_issue(planted):
     planted, acts_NSD = planted
-    assert planted.classes.count("transient") == 7 and len(planted.pairs) == 3
-    lengths = [int(planted.fade[i] - planted.emergence[i]) for i, c in enumerate(planted.classes) if c == "transient"]
+    classes = planted.classes
+    assert planted.config.n_features == 48 and planted.config.n_snapshots == 8 and planted.config.d_in == 64
+    assert classes.count("transient") == 14 and len(planted.pairs) == 6
+    lengths = [int(planted.fade[i] - planted.emergence[i]) for i, c in enumerate(classes) if c == "transient"]
     assert set(lengths) <= {2, 3}
+    assert 0.005 <= float(planted.firing_probs.min()) and float(planted.firing_probs.max()) <= 0.05
     # Normalised like an activation store: mean norm sqrt(d_in) at every snapshot.
-    assert torch.allclose(acts_NSD.norm(dim=-1).mean(0), torch.full((6,), 32**0.5), rtol=0.05)
-    # Correlated pairs co-fire far above chance.
-    fires = planted.sample(20_000, torch.Generator().manual_seed(1))[1] > 0
+    assert torch.allclose(acts_NSD.norm(dim=-1).mean(0), torch.full((8,), 8.0), rtol=0.05)
+    # Correlated pairs co-fire far above chance, each keeping its own rate.
+    fires = planted.sample(40_000, torch.Generator().manual_seed(1))[1] > 0
     for a, b in planted.pairs:
         both = (fires[:, a] & fires[:, b]).float().mean()
         assert both > 0.3 * fires[:, a].float().mean()
+        assert float(fires[:, b].float().mean()) == pytest.approx(float(planted.firing_probs[b]), rel=0.25)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_architecture_recovers_planted_evolution_over_seeds(planted, arch):
+def test_planted_recovery_short_run(planted, arch):
     planted, acts_NSD = planted
-    for seed in SEEDS:
-        crosscoder = train_planted(planted, arch, seed=seed, **TRAINING)
-        result = _score(planted, acts_NSD, crosscoder)
-        summary = {k: result[k] for k in ("n_recovered", "min_mmcs", "timeline_accuracy", "sae_lens_mcc")}
-        assert result["recovered_fraction"] >= 0.9, (arch, seed, summary)
-        assert result["min_mmcs"] >= 0.9, (arch, seed, result["mmcs_per_snapshot"])
-        assert result["timeline_accuracy"] >= 0.9, (arch, seed, result["mismatches"])
-        # SAELens's mean correlation coefficient agrees with the matching.
-        assert result["sae_lens_mcc"] >= 0.85, (arch, seed, summary)
+    _check(planted, acts_NSD, arch, seed=0, min_recovered=0.8, min_timeline=0.85, n_steps=3000, batch_size=256)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_planted_targets_over_three_seeds(planted, arch):
+    planted, acts_NSD = planted
+    for seed in (0, 1, 2):
+        _check(planted, acts_NSD, arch, seed=seed, min_recovered=0.9, min_timeline=0.9, n_steps=6000, batch_size=512)

@@ -81,7 +81,7 @@ def run_causal_stage(
     RelIE classes only features whose effect is above noise: 95% bootstrap confidence
     intervals over examples (``n_boot`` resamples) are computed for every selected IE, and a
     feature is classed only if its total effect ``sum_c |IE(c)|`` is at least
-    ``effect_floor`` (default: 5% of the mean clean-vs-patched metric gap over snapshots)
+    ``effect_floor`` (default: 2% of the mean clean-vs-patched metric gap over snapshots)
     and some snapshot's interval excludes 0; other features are ``below_floor``.
 
     Files in ``out_dir``: ``ie_table.json`` (:class:`IETable`), ``relie.json`` (the selected
@@ -117,7 +117,7 @@ def run_causal_stage(
     norms = crosscoder.decoder_norms()[:, table.snapshots]
     reldec_sel = reldec(norms[selected]) if len(table.snapshots) > 1 else torch.ones(len(selected), 1)
     if effect_floor is None:
-        effect_floor = 0.05 * float((table.metric_clean - table.metric_patch).abs().mean())
+        effect_floor = 0.02 * float((table.metric_clean - table.metric_patch).abs().mean())
     ci_low = ci_high = None
     if table.ie_per_example is not None and table.ie_per_example.shape[0] > 1:
         ci_low, ci_high = bootstrap_ie_ci(table.ie_per_example[:, selected], n_boot=n_boot)
@@ -194,7 +194,7 @@ def _add_ci_section(report, table, selected, ci_low, ci_high, classed, effect_fl
     n_below = int((~classed[:, 0]).sum()) if len(selected) else 0
     report.add_text(
         f"95% bootstrap intervals over the task's examples. RelIE classes only features whose total effect "
-        f"sum_c |IE(c)| is at least {effect_floor:.3g} (5% of the mean clean-vs-patched gap unless set) and whose "
+        f"sum_c |IE(c)| is at least {effect_floor:.3g} (2% of the mean clean-vs-patched gap unless set) and whose "
         f"interval excludes 0 at some snapshot: {n_below} of {len(selected)} selected features fall below that "
         "floor and are shown as below_floor, not as specific, shared or other."
     )

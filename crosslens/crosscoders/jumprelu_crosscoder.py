@@ -133,10 +133,12 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingS
     """The threshold's learning rate as a fraction of the main learning rate."""
     closed_gate_decoder_grad: bool = False
     """Give decoder rows behind a closed gate the reconstruction gradient they would get if
-    the gate were open (issue 11). Without it a row W_dec[i, s] whose gate closed gets no
-    gradient at all (the gate zeroes both its reconstruction and its tanh sparsity term)
-    and keeps whatever norm it had, so a feature reads as present at snapshots where it
-    never fires. The forward pass is unchanged."""
+    the gate were open; the forward pass is unchanged. Without it a row W_dec[i, s] whose
+    gate is shut gets no gradient at all (the gate zeroes both its reconstruction and its
+    tanh sparsity term) and keeps the norm it had when the gate closed. On the planted set
+    of issue 11 this removed every zero-gradient row but did not lower the norm left at
+    absent snapshots (that follows excess firing, set by the sparsity coefficient), so it
+    is off by default; see docs/notes/issue-11.md."""
 
     def __post_init__(self) -> None:
         if self.jumprelu_tanh_scale is not None:
