@@ -171,15 +171,7 @@ def firing_frequency(
     acts_NSD = _load_activations(
         source, hook, n_tokens, torch.Generator().manual_seed(seed), reads_normalized(crosscoder)
     )
-    param = next(iter(crosscoder.parameters()), None) if hasattr(crosscoder, "parameters") else None
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None else torch.float32
-    fired_F = None
-    with torch.no_grad():  # count on the crosscoder's device: only [d_sae] comes back
-        for i in range(0, len(acts_NSD), batch_size):
-            f_BF = crosscoder.encode(acts_NSD[i : i + batch_size].to(device, dtype))
-            counts_F = (f_BF > 0).sum(0)
-            fired_F = counts_F if fired_F is None else fired_F + counts_F
+    fired_F = _firing_counts(crosscoder, crosscoder.encode, acts_NSD, batch_size)
     if fired_F is None:
         raise ValueError("no activations to count firing on; pass a non-empty source.")
     return (fired_F.double() / len(acts_NSD)).float().cpu()
@@ -207,13 +199,10 @@ def snapshot_firing_frequency(
     if not hasattr(crosscoder, "encode_per_snapshot"):
         rate_F = (_encode(crosscoder, acts_NSD, batch_size) > 0).float().mean(0)
         return rate_F[:, None].expand(-1, acts_NSD.shape[1]).clone()
-    param = next(iter(crosscoder.parameters()))
-    counts_SF = torch.zeros(acts_NSD.shape[1], crosscoder.cfg.d_sae)
-    with torch.no_grad():
-        for i in range(0, len(acts_NSD), batch_size):
-            code_NSF = crosscoder.encode_per_snapshot(acts_NSD[i : i + batch_size].to(param.device, param.dtype))
-            counts_SF += (code_NSF > 0).float().sum(0).cpu()
-    return (counts_SF / max(1, len(acts_NSD))).T.contiguous()
+    counts_SF = _firing_counts(crosscoder, crosscoder.encode_per_snapshot, acts_NSD, batch_size)
+    if counts_SF is None:
+        counts_SF = torch.zeros(acts_NSD.shape[1], crosscoder.cfg.d_sae)
+    return (counts_SF.float().cpu() / max(1, len(acts_NSD))).T.contiguous()
 
 
 def _probe_errors(
@@ -281,15 +270,33 @@ def resolve_hook(store: Any, hook: str | None) -> str:
 
 
 @torch.no_grad()
+def _device_and_dtype(crosscoder: Any) -> tuple[torch.device, torch.dtype]:
+    """Where the crosscoder's parameters live (CPU float32 for an object without any)."""
+    param = next(iter(crosscoder.parameters()), None) if hasattr(crosscoder, "parameters") else None
+    if param is None:
+        return torch.device("cpu"), torch.float32
+    return param.device, param.dtype
+
+
+@torch.no_grad()
+def _firing_counts(crosscoder: Any, encode: Any, acts_NSD: torch.Tensor, batch_size: int) -> torch.Tensor | None:
+    """Tokens on which each code entry of ``encode`` is positive, summed over ``acts_NSD``
+    batch by batch on the crosscoder's device (only the counts come back); None when empty."""
+    device, dtype = _device_and_dtype(crosscoder)
+    counts = None
+    for i in range(0, len(acts_NSD), batch_size):
+        batch_counts = (encode(acts_NSD[i : i + batch_size].to(device, dtype)) > 0).sum(0)
+        counts = batch_counts if counts is None else counts + batch_counts
+    return counts
+
+
 def _encode(
     crosscoder: Any, acts_NSD: torch.Tensor, batch_size: int, columns: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Codes of ``acts_NSD`` on the CPU, computed batch by batch where the crosscoder lives;
     ``columns`` picks features on that device first (moving ``[N, d_sae]`` off a GPU is
     the expensive part)."""
-    param = next(iter(crosscoder.parameters()), None) if hasattr(crosscoder, "parameters") else None
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None else torch.float32
+    device, dtype = _device_and_dtype(crosscoder)
     columns = None if columns is None else columns.to(device)
     out = []
     for i in range(0, len(acts_NSD), batch_size):
