@@ -100,7 +100,8 @@ def ref_from_revision(index: int, revision: str, *, family: str) -> SnapshotRef:
     if step is None:
         raise ValueError(
             f"cannot read a training step from revision {revision!r}; name snapshots like "
-            "'step1000', 'global_step1000' or 'step1000-tokens4B', or list them in suite.json"
+            "'step1000', 'global_step1000', 'step1000-tokens4B' or 'stage1-step1000-tokens4B', "
+            "or list them in suite.json"
         )
     if family == "pythia":
         tokens: int | None = pythia_tokens_seen(step)

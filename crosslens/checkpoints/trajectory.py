@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from crosslens.checkpoints.snapshot import SnapshotRef, parse_step, parse_tokens, pythia_tokens_seen
+from crosslens.checkpoints.snapshot import SnapshotRef, parse_step, parse_tokens, ref_from_revision
 from crosslens.errors import CrosslensError
 
 _STAGE_PATTERN = re.compile(r"(?:^|[^a-z])stage[_-]?(\d+)", re.IGNORECASE)
@@ -148,19 +148,8 @@ def place_on_trajectory(
     starts = stage_starts(revisions, known, model_id=model_id) if is_staged(revisions) else {}
     refs = []
     for revision in sorted(revisions, key=trajectory_key):
-        step = parse_step(revision)
-        if step is None:
-            raise ValueError(
-                f"cannot read a training step from revision {revision!r}; name snapshots like "
-                "'step1000', 'global_step1000', 'step1000-tokens4B' or 'stage1-step1000-tokens4B', "
-                "or list them in suite.json"
-            )
-        if family == "pythia":
-            tokens: int | None = pythia_tokens_seen(step)
-        elif family == "bloom":
-            tokens = None
-        else:
-            tokens = parse_tokens(revision)
+        ref = ref_from_revision(len(refs), revision, family=family)
+        step, tokens = ref.step, ref.tokens_seen
         start = starts.get(parse_stage(revision) or 0)
         if start is not None:
             step += start.step
