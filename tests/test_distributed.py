@@ -108,17 +108,14 @@ def test_resume_across_world_sizes(tmp_path, mesh_2x2_run, reference):
 
 
 def test_a_rank_that_dies_takes_the_job_down(tmp_path):
-    """No peer waits forever on a collective: the job ends, failed, naming the error."""
-    import time
-
+    """No peer waits forever on a collective: the job ends (within subprocess.run's timeout,
+    which fails the test if it hangs), failed, naming the error."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "20"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
            "--out", str(tmp_path), "--snapshot-parallel", "2", "--fail-rank", "1"]  # fmt: skip
-    started = time.monotonic()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode != 0
     assert "rank died on purpose" in done.stderr
-    assert time.monotonic() - started < 200
     assert not (tmp_path / "crosscoder" / "final").exists()
 
 
