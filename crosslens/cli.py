@@ -427,10 +427,9 @@ def _torchrun_job():
 
 
 def _rank_device(device: str) -> str:
-    """Under torchrun, each rank's own GPU (cuda:LOCAL_RANK); elsewhere ``device``."""
-    if device.startswith("cuda") and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return device
+    from crosslens.distributed.mesh import rank_device
+
+    return rank_device(device)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:

@@ -98,6 +98,14 @@ class MeshLayout:
         return slice(self.data_rank * per_rank, (self.data_rank + 1) * per_rank)
 
 
+def rank_device(device: str | torch.device) -> str:
+    """Under torchrun, CUDA means this rank's own GPU (``cuda:LOCAL_RANK``); else ``device``."""
+    device = str(device)
+    if device.startswith("cuda") and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
 def launched_by_torchrun() -> bool:
     """True inside a ``torchrun`` worker (WORLD_SIZE and RANK set by the launcher)."""
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
@@ -129,9 +137,8 @@ def init_mesh(
             f"--snapshot-parallel {snapshot_parallel} does not divide the {world_size} "
             "processes; pick a divisor of --nproc_per_node."
         )
-    device = torch.device(device)
+    device = torch.device(rank_device(device))
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if timeout_s is None:
         timeout_s = float(os.environ.get("CROSSLENS_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
