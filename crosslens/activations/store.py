@@ -47,6 +47,7 @@ import torch
 from jaxtyping import Float, Int
 from safetensors.torch import load_file
 
+from crosslens._common import resolve_hook
 from crosslens.errors import CrosslensError, DamagedManifestError, StoreLockedError
 from crosslens.locks import lock_holder
 
@@ -362,13 +363,7 @@ class ActivationStore:
     # ------------------------------------------------------------------ reads
     def resolve_hook(self, hook: str | None = None) -> str:
         """``hook`` if the store holds it; with None, the store's only hook."""
-        if hook is None:
-            if len(self.hooks) != 1:
-                raise ValueError(f"the store holds hooks {self.hooks}; say which one to use (hook=...).")
-            return self.hooks[0]
-        if hook not in self.hooks:
-            raise ValueError(f"hook {hook!r} is not in the store; it has {self.hooks}.")
-        return hook
+        return resolve_hook(self, hook)
 
     def _check_hook(self, hook: str) -> str:
         if hook not in self.manifest["d_in"]:

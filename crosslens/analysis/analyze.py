@@ -16,10 +16,11 @@ from crosslens.analysis.contexts import top_activating_contexts
 from crosslens.analysis.evolution import (
     EvolutionAnalysis,
     EvolutionConfig,
-    _metadata_dict,
-    _snapshots_from_metadata,
+    metadata_dict,
+    snapshots_from_metadata,
 )
-from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation, resolve_hook
+from crosslens._common import resolve_hook
+from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
 from crosslens.analysis.report import Report, evolution_report, representative_features
 
 
@@ -112,4 +113,4 @@ def _metadata_hook(crosscoder: Any, store: Any) -> str | None:
 
 
 def _has_provenance_steps(crosscoder: Any) -> bool:
-    return bool(_snapshots_from_metadata(_metadata_dict(crosscoder)))
+    return bool(snapshots_from_metadata(metadata_dict(crosscoder)))

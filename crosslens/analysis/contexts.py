@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from crosslens.analysis.probes import _encode, reads_normalized, resolve_hook
+from crosslens._common import resolve_hook
+from crosslens.analysis.probes import encode_in_batches, reads_normalized
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def top_activating_contexts(
     for start in tqdm(range(0, n_total, batch_size), desc="top contexts", disable=not progress):
         idx_B = torch.arange(start, min(start + batch_size, n_total))
         acts_BSD = store.read(hook, idx_B, normalize=normalize)
-        f_BF = _encode(crosscoder, acts_BSD, batch_size, columns=feature_idx)
+        f_BF = encode_in_batches(crosscoder, acts_BSD, batch_size, columns=feature_idx)
         vals = torch.cat([best_val_KF, f_BF])
         ids = torch.cat([best_idx_KF, idx_B[:, None].expand_as(f_BF)])
         top = vals.topk(min(k, len(vals)), dim=0)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
+from crosslens._common import training_space_decoder
 from crosslens.analysis.geometry import direction_drift, feature_dimensionality, rel_dec
 
 FEATURE_CLASSES: tuple[str, ...] = ("initialization", "persistent", "transient", "dead")
@@ -449,12 +450,9 @@ class EvolutionAnalysis:
         # Norms are compared in the normalised space the crosscoder was trained in: once
         # per-snapshot normalisation factors are folded into W_dec, its raw norms carry
         # each snapshot's activation scale, which would distort every feature's timeline.
-        folded_S = getattr(crosscoder, "folded_norm_factors", None)
-        W_dec = W_dec.detach()
-        if isinstance(folded_S, torch.Tensor) and folded_S.numel() == W_dec.shape[1]:
-            W_dec = W_dec * folded_S.detach().to(W_dec)[None, :, None]
-        metadata = _metadata_dict(crosscoder)
-        snapshots = _snapshots_from_metadata(metadata)
+        W_dec = training_space_decoder(crosscoder)
+        metadata = metadata_dict(crosscoder)
+        snapshots = snapshots_from_metadata(metadata)
         if steps is None and snapshots:
             steps = [int(s["step"]) for s in snapshots]
         if tokens_seen is None and snapshots:
@@ -596,7 +594,7 @@ class EvolutionAnalysis:
         return rows
 
 
-def _metadata_dict(crosscoder: Any) -> dict[str, Any]:
+def metadata_dict(crosscoder: Any) -> dict[str, Any]:
     cfg = getattr(crosscoder, "cfg", None)
     metadata = getattr(cfg, "metadata", None)
     if metadata is None:
@@ -612,7 +610,7 @@ def _metadata_dict(crosscoder: Any) -> dict[str, Any]:
     return {k: v for k, v in vars(metadata).items() if not k.startswith("_")}
 
 
-def _snapshots_from_metadata(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+def snapshots_from_metadata(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     """Find the snapshot list in the provenance, wherever the crosscoder keeps it."""
     for holder in (metadata, metadata.get("suite"), metadata.get("provenance"), metadata.get("suite_provenance")):
         if isinstance(holder, dict) and isinstance(holder.get("snapshots"), list):

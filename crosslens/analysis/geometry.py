@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
+
+from crosslens._common import one_vs_all_share, training_space_decoder
 
 _EPS = 1e-12
 
@@ -42,16 +46,19 @@ def direction_drift(
 
 
 def rel_dec(
-    W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"] | Any,
 ) -> Float[torch.Tensor, "d_sae n_snapshots"]:
     """One-vs-all relative decoder norm ``||W_dec[i,s]|| / sum_s' ||W_dec[i,s']||``.
 
+    ``W_dec`` is a decoder tensor or a crosscoder; a crosscoder's norms are taken in the
+    normalised space it was trained in (:func:`crosslens._common.training_space_decoder`),
+    so RelDec is the same before and after folding and equals
+    :func:`crosslens.causal.reldec` of ``crosscoder.decoder_norms()``.
     Rows sum to 1; a feature with all-zero decoders gets the uniform ``1 / n_snapshots``.
     """
-    norms_FS = _check_decoder(W_dec).norm(dim=-1)
-    total_F1 = norms_FS.sum(dim=1, keepdim=True)
-    uniform = torch.full_like(norms_FS, 1.0 / norms_FS.shape[1])
-    return torch.where(total_F1 > 0, norms_FS / total_F1.clamp_min(_EPS), uniform)
+    if not isinstance(W_dec, torch.Tensor):
+        W_dec = training_space_decoder(W_dec)
+    return one_vs_all_share(_check_decoder(W_dec).norm(dim=-1))
 
 
 def pairwise_rel_dec(

@@ -25,6 +25,8 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from crosslens._common import is_folded, resolve_hook
+
 
 @dataclass(frozen=True)
 class ProbeValidation:
@@ -111,7 +113,7 @@ def probe_validation(
     gen = torch.Generator().manual_seed(seed)
     acts_NSD = _load_activations(source, hook, n_tokens, gen, reads_normalized(crosscoder))
     n = acts_NSD.shape[0]
-    fires_NF = _encode(crosscoder, acts_NSD, batch_size) > 0
+    fires_NF = encode_in_batches(crosscoder, acts_NSD, batch_size) > 0
 
     counts_F = fires_NF.sum(0)
     if features is None:
@@ -197,7 +199,7 @@ def snapshot_firing_frequency(
         source, hook, n_tokens, torch.Generator().manual_seed(seed), reads_normalized(crosscoder)
     )
     if not hasattr(crosscoder, "encode_per_snapshot"):
-        rate_F = (_encode(crosscoder, acts_NSD, batch_size) > 0).float().mean(0)
+        rate_F = (encode_in_batches(crosscoder, acts_NSD, batch_size) > 0).float().mean(0)
         return rate_F[:, None].expand(-1, acts_NSD.shape[1]).clone()
     counts_SF = _firing_counts(crosscoder, crosscoder.encode_per_snapshot, acts_NSD, batch_size)
     if counts_SF is None:
@@ -234,8 +236,7 @@ def _probe_errors(
 def reads_normalized(crosscoder: Any) -> bool:
     """Whether the crosscoder expects normalised activations (``store.read(normalize=True)``):
     true until normalisation factors are folded into its weights."""
-    folded = getattr(crosscoder, "folded_norm_factors", None)
-    return not isinstance(folded, torch.Tensor) or bool(torch.all(folded == 1))
+    return not is_folded(crosscoder)
 
 
 def _load_activations(
@@ -255,18 +256,6 @@ def _load_activations(
     total = int(source.n_tokens)
     idx = torch.randperm(total, generator=gen)[: min(n_tokens, total)].sort().values
     return source.read(hook, idx, normalize=normalize).float()
-
-
-def resolve_hook(store: Any, hook: str | None) -> str:
-    """``hook`` if given, else the store's only hook."""
-    hooks = list(getattr(store, "hooks", []))
-    if hook is not None:
-        if hooks and hook not in hooks:
-            raise ValueError(f"hook {hook!r} is not in the store; it has {hooks}.")
-        return hook
-    if len(hooks) != 1:
-        raise ValueError(f"the store has hooks {hooks}; pass hook= to pick one.")
-    return hooks[0]
 
 
 @torch.no_grad()
@@ -290,7 +279,7 @@ def _firing_counts(crosscoder: Any, encode: Any, acts_NSD: torch.Tensor, batch_s
     return counts
 
 
-def _encode(
+def encode_in_batches(
     crosscoder: Any, acts_NSD: torch.Tensor, batch_size: int, columns: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Codes of ``acts_NSD`` on the CPU, computed batch by batch where the crosscoder lives;

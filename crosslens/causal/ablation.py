@@ -27,7 +27,7 @@ from transformer_lens import HookedTransformer
 from crosslens.causal.attribution import (
     IETable,
     Metric,
-    _check_models_match,
+    check_models_match,
     logit_diff,
     tokenize_task,
 )
@@ -258,7 +258,7 @@ def ablation_curves(
     (pass ``activations`` from :func:`collect_task_activations` to reuse them).
     """
     hook = default_hook(crosscoder, hook)
-    _check_models_match(models, crosscoder)
+    check_models_match(models, crosscoder)
     _, tokenized = tokenize_task(task, models, tokenizer)
     acts_all = activations
     if exact and acts_all is None:

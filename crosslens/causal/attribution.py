@@ -374,7 +374,7 @@ def snapshot_labels(models: Any, n: int) -> list[str]:
     return [f"s{i}" for i in range(n)]
 
 
-def _check_models_match(models: Any, crosscoder: Any) -> int:
+def check_models_match(models: Any, crosscoder: Any) -> int:
     n_models = len(models)
     if n_models != crosscoder.cfg.n_snapshots:
         raise ValueError(
@@ -433,7 +433,7 @@ def attribute(
             :func:`collect_task_activations`, to reuse them across calls.
     """
     hook = default_hook(crosscoder, hook)
-    n_models = _check_models_match(models, crosscoder)
+    n_models = check_models_match(models, crosscoder)
     name, tokenized = tokenize_task(task, models, tokenizer)
     chosen = list(range(n_models)) if snapshots is None else [int(s) for s in snapshots]
     mask = tokenized.mask.long()

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from crosslens._common import crosslens_home
 from crosslens.causal.ablation import AblationMode
 from crosslens.causal.attribution import AttributionConfig
 from crosslens.causal.stage import load_crosscoder, run_causal_stage
@@ -17,8 +18,6 @@ from crosslens.tasks import task_for_tokenizer
 def causal_out_dir(out: str | Path | None, task: str) -> Path:
     """Where the causal files go: ``out`` itself if a folder, ``<stem>_causal/`` beside a ``.json`` path."""
     if out is None:
-        from crosslens.pico import crosslens_home
-
         return crosslens_home() / "causal" / task
     out = Path(out)
     if out.suffix == ".json":

@@ -95,8 +95,8 @@ def language_report(
     relie_values: Mapping[str, torch.Tensor],
     thresholds: RelIEThresholds = RelIEThresholds(),
 ):
-    """A report section (``crosslens.analysis.report.Report``) comparing the languages."""
-    from crosslens.analysis.report import Report
+    """A report section (``crosslens.htmlreport.Report``) comparing the languages."""
+    from crosslens.htmlreport import Report
 
     first = next(iter(tables.values()))
     report = Report("Causal analysis per language", subtitle=", ".join(tables))

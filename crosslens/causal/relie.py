@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
+from crosslens._common import one_vs_all_share
+
 RELIE_CLASSES: tuple[str, str, str] = ("other", "shared", "specific")
 BELOW_FLOOR = "below_floor"
 """Label of a (feature, snapshot) whose effect is too small to class: RelIE is a ratio,
@@ -46,13 +48,7 @@ class RelIEThresholds:
 
 def relie(ie: Float[torch.Tensor, "n_features n_snapshots"]) -> Float[torch.Tensor, "n_features n_snapshots"]:
     """One-vs-all RelIE along the last axis; rows of all-zero IE get ``1 / n_snapshots``."""
-    if ie.ndim < 1 or ie.shape[-1] < 2:
-        raise ValueError(f"RelIE compares at least 2 snapshots along the last axis, got shape {tuple(ie.shape)}")
-    magnitude = ie.abs().to(torch.float64)
-    total = magnitude.sum(dim=-1, keepdim=True)
-    uniform = torch.full_like(magnitude, 1.0 / ie.shape[-1])
-    share = torch.where(total > 0, magnitude / total.clamp_min(torch.finfo(torch.float64).tiny), uniform)
-    return share.to(ie.dtype if ie.is_floating_point() else torch.float32)
+    return one_vs_all_share(ie)
 
 
 def relie_pairwise(
@@ -65,8 +61,12 @@ def relie_pairwise(
 
 
 def reldec(norms: Float[torch.Tensor, "n_features n_snapshots"]) -> Float[torch.Tensor, "n_features n_snapshots"]:
-    """Relative decoder norm: the one-vs-all ratio of ``||W_dec[i, s]||`` across snapshots."""
-    return relie(norms)
+    """Relative decoder norm: the one-vs-all ratio of ``||W_dec[i, s]||`` across snapshots.
+
+    Pass ``crosscoder.decoder_norms()`` (the training space, unchanged by folding);
+    :func:`crosslens.analysis.rel_dec` computes the same from a crosscoder or ``W_dec``.
+    """
+    return one_vs_all_share(norms)
 
 
 def classify_relie(

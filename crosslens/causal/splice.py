@@ -45,6 +45,8 @@ from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from crosslens._common import crosscoder_hook, resolve_norm_factors  # noqa: F401  (resolve_norm_factors re-exported)
+
 ErrorMode = Literal["keep", "detach", "drop"]
 CodeEdit = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,41 +54,8 @@ _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 _RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
 
 
-def default_hook(crosscoder: Any, hook: str | None) -> str:
-    """``hook`` or the hook recorded in the crosscoder's metadata."""
-    if hook is not None:
-        return hook
-    recorded = crosscoder.cfg.metadata.get("hook_name")
-    if not recorded:
-        raise ValueError(
-            "the crosscoder's metadata records no hook_name; pass hook=, e.g. 'blocks.1.hook_resid_post'"
-        )
-    return str(recorded)
-
-
-def resolve_norm_factors(
-    crosscoder: Any, norm_factors: Sequence[float] | torch.Tensor | None = None
-) -> Float[torch.Tensor, " n_snapshots"]:
-    """Per-snapshot factors ``c_s`` to apply around the crosscoder (ones once folded).
-
-    Explicit ``norm_factors`` win. Otherwise the metadata's ``activation_norm_factors``
-    are used unless they are already folded into the weights.
-    """
-    n_snapshots = crosscoder.cfg.n_snapshots
-    if norm_factors is None:
-        folded = getattr(crosscoder, "folded_norm_factors", None)
-        already_folded = bool(crosscoder.cfg.metadata.get("activation_norm_factors_folded")) or (
-            folded is not None and not bool(torch.all(folded == 1))
-        )
-        recorded = crosscoder.cfg.metadata.get("activation_norm_factors")
-        norm_factors = [1.0] * n_snapshots if already_folded or recorded is None else recorded
-    factors = torch.as_tensor(norm_factors, dtype=torch.float32).flatten()
-    if factors.shape != (n_snapshots,) or not bool(torch.all(torch.isfinite(factors) & (factors > 0))):
-        raise ValueError(
-            f"norm_factors must be {n_snapshots} finite positive numbers (one per snapshot), "
-            f"got {factors.tolist()}"
-        )
-    return factors
+default_hook = crosscoder_hook
+"""``hook`` or the hook recorded in the crosscoder's metadata (:func:`crosslens._common.crosscoder_hook`)."""
 
 
 class SnapshotCodec:

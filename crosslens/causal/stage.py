@@ -91,7 +91,7 @@ def run_causal_stage(
     Ablation curves use ``ablation`` ("zero" or "mean") for both the ablate-top-k and
     keep-only-top-k curves, with the error term kept; ``ks`` above ``d_sae`` are dropped.
     Returns the paths, a short summary, the :class:`IETable` and the report (a
-    ``crosslens.analysis.report.Report``, to extend a larger report with).
+    ``crosslens.htmlreport.Report``, to extend a larger report with).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -237,8 +237,8 @@ def causal_report(
     rows: Sequence[dict[str, Any]],
     thresholds: RelIEThresholds = RelIEThresholds(),
 ):
-    """An HTML report (``crosslens.analysis.report.Report``) of one task's causal results."""
-    from crosslens.analysis.report import Report
+    """An HTML report (``crosslens.htmlreport.Report``) of one task's causal results."""
+    from crosslens.htmlreport import Report
 
     subtitle = f"{len(table.snapshots)} snapshots, hook {table.config.get('hook', '?')}"
     report = Report(f"Causal analysis: {table.task}", subtitle=subtitle)

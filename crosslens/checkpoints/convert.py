@@ -26,7 +26,6 @@ is a fixed choice for those families, recorded in `CheckpointSuite.provenance` u
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import tempfile
@@ -44,6 +43,7 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from crosslens._common import weights_sha256  # re-exported: crosslens.checkpoints.weights_sha256
 from crosslens.errors import UnsupportedArchitectureError
 
 ARCHITECTURE_FIELDS = (
@@ -115,20 +115,6 @@ def quiet_loading() -> Iterator[None]:
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over the sorted state-dict keys and each tensor's float32 bytes.
-
-    Identical weights give identical hashes whatever the family; taken on the
-    HookedTransformer after loading, so the same raw checkpoint always hashes the same.
-    """
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        values = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
-        digest.update(values.numpy().data)
-    return digest.hexdigest()
 
 
 def architecture_signature(cfg: HookedTransformerConfig) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from jaxtyping import Float, Int
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from torch import nn
 
+from crosslens._common import is_folded
 from crosslens.crosscoders.collectives import LocalCollectives
 
 DEFAULT_DECODER_INIT_NORM = 0.08
@@ -280,7 +281,7 @@ class CrosscoderMixin:
                     "no factors given and cfg.metadata has no activation_norm_factors; "
                     "pass factors_S=store.norm_factors(hook)."
                 )
-            if not bool(torch.all(self.folded_norm_factors == 1)):
+            if is_folded(self):
                 raise ValueError(
                     "the metadata's activation_norm_factors are already folded into "
                     "this crosscoder (folded_norm_factors is not all ones); pass "

@@ -72,7 +72,7 @@ def snapshot_sae(
         a ``StandardSAE``, ``JumpReLUSAE`` or ``TopKSAE`` (see the module docstring) whose
         ``cfg.metadata`` names the model, hook and snapshot (revision, step).
     """
-    from crosslens.causal.splice import resolve_norm_factors
+    from crosslens._common import resolve_norm_factors
     from crosslens.crosscoders.base import CrosscoderMixin
 
     if not isinstance(crosscoder, CrosscoderMixin):

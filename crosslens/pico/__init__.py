@@ -2,7 +2,7 @@
 
 ``build_pico_suite`` trains it from scratch and saves log-spaced checkpoints as local
 Hugging Face models; ``pico_suite`` returns them as a ``CheckpointSuite``. The grammar
-(``crosslens.pico.grammar``) also makes the minimal pairs that probe what it learned.
+(``crosslens.tasks.grammar``) also makes the minimal pairs that probe what it learned.
 """
 
 from crosslens.pico.build import build_pico_suite, crosslens_home, default_root, is_built, pico_suite
@@ -14,7 +14,7 @@ from crosslens.pico.evals import (
     heldout_loss,
     pair_logit_diffs,
 )
-from crosslens.pico.grammar import Lexicon, PicoGrammar
+from crosslens.tasks.grammar import Lexicon, PicoGrammar
 from crosslens.pico.tokenizer import train_tokenizer, word_level_tokenizer
 from crosslens.pico.train import PicoConfig
 

@@ -22,10 +22,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
+from crosslens._common import crosslens_home  # re-exported: crosslens.pico.crosslens_home
 from crosslens.locks import exclusive_lock
 from crosslens.pico.corpus import GrammarCorpus, TextCorpus, read_user_corpus
 from crosslens.pico.evals import PicoEvaluator, check_targets, format_eval_table, format_targets
-from crosslens.pico.grammar import PicoGrammar
+from crosslens.tasks.grammar import PicoGrammar
 from crosslens.pico.tokenizer import END_OF_TEXT, train_tokenizer, word_level_tokenizer
 from crosslens.pico.train import FORMAT_VERSION, PicoConfig, make_model, make_optimizer, train
 
@@ -36,11 +37,6 @@ SUITE_FILE = "suite.json"
 STATE_DIR = "_build"
 MODEL_ID = "crosslens/pico"
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-
-
-def crosslens_home() -> Path:
-    """``$CROSSLENS_HOME``, by default ``~/.cache/crosslens``."""
-    return Path(os.environ.get("CROSSLENS_HOME", "~/.cache/crosslens")).expanduser()
 
 
 def default_root(config: PicoConfig) -> Path:

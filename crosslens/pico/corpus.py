@@ -16,8 +16,8 @@ import torch
 from jaxtyping import Int
 from transformers import PreTrainedTokenizerBase
 
-from crosslens.activations.tokens import pack_documents
-from crosslens.pico.grammar import PicoGrammar
+from crosslens._common import pack_documents
+from crosslens.tasks.grammar import PicoGrammar
 
 DATASET_PREFIX = "dataset:"
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
-from crosslens.pico.grammar import AGREEMENT_KINDS, PicoGrammar
+from crosslens.tasks.grammar import AGREEMENT_KINDS, PicoGrammar
 from crosslens.tasks.base import MinimalPair, TaskDataset, TaskTokenizationError, TokenizedTask
 
 TASK_COLUMNS = ("simple", "pp", "rc", "ioi")

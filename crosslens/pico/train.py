@@ -15,6 +15,8 @@ from jaxtyping import Int
 from tqdm.auto import tqdm
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from crosslens._common import weights_sha256  # noqa: F401  (re-exported for callers hashing pico checkpoints)
+
 FORMAT_VERSION = 1
 """Bump when the grammar, tokenizer or training code changes what a config builds (old caches go stale)."""
 
@@ -237,12 +239,3 @@ def train(
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     finally:
         bar.close()
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over sorted state-dict keys and each tensor's float32 bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -42,6 +42,7 @@ from crosslens.tasks.blimp import (
     load_pairs_jsonl,
     pair_from_sentences,
 )
+from crosslens.tasks.grammar import PicoGrammar
 from crosslens.tasks.ioi import ioi_pairs
 
 __all__ = [
@@ -107,8 +108,6 @@ def pico_task(name: str, n: int = 64, seed: int = 0, *, grammar=None) -> TaskDat
     ``pico_agreement_rc`` or ``pico_ioi``; ``grammar`` defaults to ``PicoGrammar()``,
     the grammar the default pico suite is trained on.
     """
-    from crosslens.pico.grammar import PicoGrammar
-
     if name not in PICO_TASKS:
         raise ValueError(f"unknown pico task {name!r}; choose one of {', '.join(PICO_TASKS)}")
     grammar = grammar if grammar is not None else PicoGrammar()

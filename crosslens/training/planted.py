@@ -10,11 +10,10 @@ over the last 20% of steps, decoder rows initialised at norm 0.08.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from crosslens.analysis.synthetic import PlantedEvolution
 from crosslens.training.config import CrosscoderTrainerConfig
 from crosslens.training.runner import (
     DEFAULT_LR,
@@ -23,6 +22,9 @@ from crosslens.training.runner import (
     default_sparsity_coefficient,
 )
 from crosslens.training.trainer import CrosscoderTrainer
+
+if TYPE_CHECKING:  # a type only: any object with .config and .batches() trains; training needs no analysis code
+    from crosslens.analysis.synthetic import PlantedEvolution
 
 
 def train_planted(

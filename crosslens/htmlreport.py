@@ -1,0 +1,183 @@
+"""A self-contained HTML report: headings, text, tables and plotly figures.
+
+:class:`Report` is a small builder that any stage can add sections to (the evolution
+analysis, the causal stage, the demo); plotly.js is embedded once in the page head, so the
+file opens offline. It sits below every stage package so that each can write a report
+without importing another stage.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import plotly.offline
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
+       padding: 0 1rem; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #444; padding-bottom: .3rem; }
+h2 { margin-top: 2.2rem; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: .8rem 0; font-size: .9rem; }
+th, td { border: 1px solid #ccc; padding: .25rem .6rem; text-align: right; }
+th { background: #f3f3f3; }
+td.text, th.text { text-align: left; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: .3rem; }
+.caption { color: #555; font-size: .9rem; }
+.context { font-family: ui-monospace, monospace; white-space: pre-wrap; font-size: .85rem; }
+mark { background: #ffd54f; }
+nav ul { columns: 2; }
+"""
+
+
+@dataclass(frozen=True)
+class _Block:
+    kind: str
+    html: str
+    anchor: str | None = None
+    title: str | None = None
+
+
+def format_cell(value: Any) -> str:
+    if value is None:
+        return "&mdash;"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+class Report:
+    """An HTML report assembled section by section.
+
+    ``Report("title").add_heading("Classes").add_table(rows).add_figure(fig).write("report.html")``
+    """
+
+    def __init__(self, title: str, subtitle: str | None = None) -> None:
+        self.title = title
+        self.subtitle = subtitle
+        self._blocks: list[_Block] = []
+        self._n_figures = 0
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def _anchor(self, text: str) -> str:
+        slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+        taken = {b.anchor for b in self._blocks}
+        anchor, k = slug, 2
+        while anchor in taken:
+            anchor, k = f"{slug}-{k}", k + 1
+        return anchor
+
+    def add_heading(self, text: str, level: int = 2) -> Report:
+        """A section heading; level-2 headings appear in the table of contents."""
+        if level not in (2, 3, 4):
+            raise ValueError(f"heading level {level}: use 2 (section), 3 or 4.")
+        anchor = self._anchor(text)
+        self._blocks.append(
+            _Block(
+                "heading" if level == 2 else "subheading",
+                f'<h{level} id="{anchor}">{html.escape(text)}</h{level}>',
+                anchor,
+                text,
+            )
+        )
+        return self
+
+    def add_text(self, text: str) -> Report:
+        """Plain text (escaped); blank lines separate paragraphs."""
+        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+        self._blocks.append(_Block("text", "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)))
+        return self
+
+    def add_html(self, fragment: str) -> Report:
+        """A trusted HTML fragment, inserted as is."""
+        self._blocks.append(_Block("html", fragment))
+        return self
+
+    def add_table(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        title: str | None = None,
+        columns: Sequence[str] | None = None,
+        max_rows: int | None = None,
+    ) -> Report:
+        """A table from a list of dicts (one per row); ``columns`` picks and orders keys."""
+        rows = list(rows)
+        if columns is None:
+            columns = list(dict.fromkeys(key for row in rows for key in row))
+        shown = rows if max_rows is None else rows[:max_rows]
+        numeric = {c: all(isinstance(r.get(c), (int, float)) or r.get(c) is None for r in shown) for c in columns}
+        head = "".join(f'<th class="{"" if numeric[c] else "text"}">{html.escape(str(c))}</th>' for c in columns)
+        body = "".join(
+            "<tr>"
+            + "".join(f'<td class="{"" if numeric[c] else "text"}">{format_cell(r.get(c))}</td>' for c in columns)
+            + "</tr>"
+            for r in shown
+        )
+        caption = f"<caption>{html.escape(title)}</caption>" if title else ""
+        more = f'<p class="caption">showing {len(shown)} of {len(rows)} rows</p>' if len(shown) < len(rows) else ""
+        self._blocks.append(
+            _Block("table", f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}")
+        )
+        return self
+
+    def add_figure(self, fig: go.Figure, caption: str | None = None) -> Report:
+        """A plotly figure (interactive; plotly.js is embedded once for the whole page)."""
+        if not isinstance(fig, go.Figure):
+            raise ValueError(f"add_figure takes a plotly go.Figure, got {type(fig).__name__}.")
+        self._n_figures += 1
+        div_id = f"figure-{self._n_figures}"
+        div = fig.to_html(
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=div_id,
+            config={"responsive": True, "displaylogo": False},
+        )
+        note = f'<p class="caption">{html.escape(caption)}</p>' if caption else ""
+        self._blocks.append(_Block("figure", f"<div>{div}{note}</div>", div_id))
+        return self
+
+    def extend(self, other: Report) -> Report:
+        """Append all sections of another report (e.g. one built by another stage)."""
+        for block in other._blocks:
+            fragment, anchor = block.html, block.anchor
+            if block.kind == "figure" and anchor is not None:
+                # Figure ids must stay unique in the merged page.
+                self._n_figures += 1
+                anchor = f"figure-{self._n_figures}"
+                fragment = fragment.replace(f'"{block.anchor}"', f'"{anchor}"')
+            elif block.kind in ("heading", "subheading") and anchor is not None:
+                anchor = self._anchor(block.title or anchor)
+                fragment = fragment.replace(f'id="{block.anchor}"', f'id="{anchor}"', 1)
+            self._blocks.append(_Block(block.kind, fragment, anchor, block.title))
+        return self
+
+    def render(self) -> str:
+        """The complete HTML page."""
+        toc = "".join(
+            f'<li><a href="#{b.anchor}">{html.escape(b.title or "")}</a></li>'
+            for b in self._blocks
+            if b.kind == "heading"
+        )
+        nav = f"<nav><ul>{toc}</ul></nav>" if toc else ""
+        plotly_js = f"<script>{plotly.offline.get_plotlyjs()}</script>" if self._n_figures else ""
+        subtitle = f'<p class="caption">{html.escape(self.subtitle)}</p>' if self.subtitle else ""
+        body = "\n".join(b.html for b in self._blocks)
+        return (
+            '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>{html.escape(self.title)}</title>\n<style>{_STYLE}</style>\n{plotly_js}\n</head>\n"
+            f"<body>\n<h1>{html.escape(self.title)}</h1>\n{subtitle}\n{nav}\n{body}\n</body>\n</html>\n"
+        )
+
+    def write(self, path: str | Path) -> Path:
+        """Write the page (creating parent folders) and return its path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.render(), encoding="utf-8")
+        return path
