@@ -305,8 +305,8 @@ def seeds_stage(
         crosscoders.append(extra)
         summaries.append(extra_summaries[0])
         labels.append(f"seed {seed} ({seed_config.n_steps} steps)")
-    claims = claims_over_seeds([s["claims_final"] for s in summaries], labels)
-    final_label = main_summary["snapshots"][-1]
+    claims = claims_over_seeds([s.claims_final for s in summaries], labels)
+    final_label = main_summary.snapshots[-1]
     print(f"causal claims over {len(summaries)} crosscoder seeds:")
     print(format_claims(claims, final_label))
     (out_dir / "claims_over_seeds.json").write_text(json.dumps(claims, indent=1, default=str))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import types
 
 import numpy as np
 import pytest
@@ -427,17 +428,18 @@ def test_causal_stage_writes_tables_and_report(snapshots, tokenizer, tmp_path, j
         snapshots, jumprelu, task, tmp_path, tokenizer=tokenizer, config=AttributionConfig(n_steps=2),
         top_k=3, ks=(1, 3), n_random=1, progress=False,
     )  # fmt: skip
-    paths = result["paths"]
-    assert {"ie_table", "relie", "ablation_curves", "report", "summary"} <= set(paths)
-    relie_file = json.loads(paths["relie"].read_text())
+    paths = result.paths
+    assert all(p.is_file() for p in (paths.ie_table, paths.relie, paths.ablation_curves, paths.report, paths.summary))
+    assert json.loads(paths.summary.read_text()) == result.summary.to_dict()
+    relie_file = json.loads(paths.relie.read_text())
     selected = relie_file["features"]
-    assert selected == result["table"].top_features(3).tolist() and 3 <= len(selected) <= 9
+    assert selected == result.table.top_features(3).tolist() and 3 <= len(selected) <= 9
     assert np.allclose(np.asarray(relie_file["relie"]).sum(1), 1.0, atol=1e-5)
-    assert IETable.load(paths["ie_table"]).ie.shape == (D_SAE, N_SNAPSHOTS)
-    html = paths["report"].read_text()
+    assert IETable.load(paths.ie_table).ie.shape == (D_SAE, N_SNAPSHOTS)
+    html = paths.report.read_text()
     assert "RelIE" in html and "Ablation curves" in html and html.count("plotly-graph-div") >= 4
     # Issue 11: bootstrap intervals around every selected IE, and the RelIE floor.
-    table = result["table"]
+    table = result.table
     assert table.ie_per_example.shape == (4, D_SAE, N_SNAPSHOTS)
     torch.testing.assert_close(table.ie_per_example.mean(0), table.ie, atol=1e-5, rtol=1e-4)
     ie, low, high = (np.asarray(relie_file[k]) for k in ("ie", "ie_ci95_low", "ie_ci95_high"))
@@ -445,7 +447,52 @@ def test_causal_stage_writes_tables_and_report(snapshots, tokenizer, tmp_path, j
     assert len(relie_file["classed"]) == len(selected) and relie_file["effect_floor"] > 0
     below = [c for row in relie_file["classes"] for c in row if c == "below_floor"]
     assert len(below) == N_SNAPSHOTS * relie_file["classed"].count(False)
-    assert "IE confidence intervals" in html and result["summary"]["claims_final"]["keep_k"] == 100
+    assert "IE confidence intervals" in html and result.summary.claims_final["keep_k"] == 100
+
+
+class _CountingSuite:
+    """A CheckpointSuite stand-in over in-memory models that counts loads per snapshot."""
+
+    def __init__(self, models):
+        self._models = models
+        self.snapshots = [types.SimpleNamespace(revision=f"step{i}") for i in range(len(models))]
+        self.loads = [0] * len(models)
+
+    def __len__(self):
+        return len(self._models)
+
+    def load(self, index):
+        self.loads[index] += 1
+        return self._models[index]
+
+
+@pytest.mark.parametrize("mode", ["exact", "per_snapshot"])
+def test_causal_stage_loads_each_snapshot_once_per_pass(snapshots, tokenizer, tmp_path, jumprelu, mode):
+    """Exact mode needs every snapshot's activations before any code, so one pass loads
+    each model for activations and a second for attribution and ablation together
+    (before: a third for the ablation curves); per-snapshot mode needs one pass."""
+    from crosslens.causal import run_causal_stage
+    from crosslens.causal.stage import CausalStageResult, CausalSummary
+
+    task = agreement_pairs("pp", n=4, seed=7)
+    options = dict(tokenizer=tokenizer, config=AttributionConfig(n_steps=2, mode=mode), top_k=2, ks=(1, 3), n_random=1)
+    suite = _CountingSuite(snapshots)
+    result = run_causal_stage(suite, jumprelu, task, tmp_path / "suite", progress=False, **options)
+    assert suite.loads == [2 if mode == "exact" else 1] * N_SNAPSHOTS
+    assert isinstance(result, CausalStageResult) and isinstance(result.summary, CausalSummary)
+    # The same numbers as the stage over plain models, and as attribute() + ablation_curves().
+    plain = run_causal_stage(snapshots, jumprelu, task, tmp_path / "plain", progress=False, **options)
+    torch.testing.assert_close(result.table.ie, plain.table.ie)
+    table = attribute(snapshots, jumprelu, task, tokenizer=tokenizer, config=options["config"], progress=False)
+    torch.testing.assert_close(plain.table.ie, table.ie)
+    rows = ablation_curves(
+        snapshots, jumprelu, task, table, ks=[1, 3], n_random=1, tokenizer=tokenizer, exact=mode == "exact", progress=False
+    )  # fmt: skip
+    assert [r["metric"] for r in plain.ablation_rows] == pytest.approx([r["metric"] for r in rows], abs=1e-6)
+    assert [(r["label"], r["k"], r["selection"]) for r in plain.ablation_rows] == [
+        (r["label"], r["k"], r["selection"]) for r in rows
+    ]
+    assert {r["label"] for r in result.ablation_rows} == {f"step{i}" for i in range(N_SNAPSHOTS)}
 
 
 # ---------------------------------------------------------------------------- ablation
@@ -516,13 +563,13 @@ def test_causal_stage_labels_the_ablation_and_drops_ks_above_d_sae(snapshots, to
         snapshots, jumprelu, task, tmp_path, tokenizer=tokenizer, config=AttributionConfig(n_steps=2),
         top_k=2, ks=(2, D_SAE, 10 * D_SAE), ablation="mean", n_random=0, progress=False,
     )  # fmt: skip
-    rows = json.loads(result["paths"]["ablation_curves"].read_text())
+    rows = json.loads(result.paths.ablation_curves.read_text())
     assert {r["ablation"] for r in rows} == {"mean"}
     assert {r["k"] for r in rows if r["selection"] == "top"} == {2, D_SAE}
-    summary = result["summary"]
-    assert summary["ablation"] == "mean" and set(summary["keep_only_restored_final"]) == {"2", str(D_SAE)}
-    assert summary["keep_only_restored_final"][str(D_SAE)] == pytest.approx(1.0, abs=1e-4)
-    html = result["paths"]["report"].read_text()
+    summary = result.summary
+    assert summary.ablation == "mean" and set(summary.keep_only_restored_final) == {"2", str(D_SAE)}
+    assert summary.keep_only_restored_final[str(D_SAE)] == pytest.approx(1.0, abs=1e-4)
+    html = result.paths.report.read_text()
     assert "mean-ablation" in html and "Keep-only restoration" in html
 
 
@@ -537,6 +584,25 @@ def test_ablation_curves_across_snapshots(snapshots, tokenizer, jumprelu):
 
 
 # ---------------------------------------------------------------------------- RelIE
+def test_reldec_is_one_mechanism_and_folding_leaves_it_alone():
+    """analysis.rel_dec (on a crosscoder or W_dec) and causal.reldec (on decoder norms) are
+    one ratio, taken in the training space, so folding the normalisation changes neither."""
+    from crosslens._common import is_folded
+    from crosslens.analysis import rel_dec
+
+    crosscoder = make_crosscoder("jumprelu_crosscoder")
+    before = reldec(crosscoder.decoder_norms())
+    torch.testing.assert_close(rel_dec(crosscoder), before)
+    torch.testing.assert_close(rel_dec(crosscoder.W_dec), before)
+    folded = copy.deepcopy(crosscoder)
+    folded.fold_activation_norm_scaling_factors([0.5 * 2.0**s for s in range(N_SNAPSHOTS)])
+    assert is_folded(folded) and not is_folded(crosscoder)
+    torch.testing.assert_close(rel_dec(folded), before)
+    torch.testing.assert_close(reldec(folded.decoder_norms()), before)
+    # The stored (raw-scale) decoder of a folded crosscoder is another quantity altogether.
+    assert not torch.allclose(rel_dec(folded.W_dec), before, atol=1e-3)
+
+
 def test_relie_one_vs_all_and_pairwise_on_a_hand_made_table():
     ie = torch.tensor([[3.0, -1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, -2.0], [0.0, 0.0, -5.0]])
     expected = torch.tensor([[0.75, 0.25, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.25, 0.25, 0.5], [0.0, 0.0, 1.0]])

@@ -364,7 +364,7 @@ def test_attribute_runs_languages_together_with_relie_side_by_side(tmp_path):
     saved = json.loads((tmp_path / "relie_by_language.json").read_text())
     assert saved["languages"] == ["en", "fr", "es"] and saved["features"] == combined["features"].tolist()
     for language, result in combined["results"].items():
-        table = result["table"]
+        table = result.table
         expected = table.relie()[combined["features"]]
         torch.testing.assert_close(combined["relie"][language], expected)
         torch.testing.assert_close(torch.tensor(saved["relie"][language]), expected)

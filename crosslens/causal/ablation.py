@@ -270,25 +270,32 @@ def ablation_curves(
     progress_bar = tqdm(pairs, total=len(table.snapshots), disable=not progress, desc="ablation curves")
     for column, (index, model) in enumerate(progress_bar):
         codes = exact_codes(crosscoder, acts_all, index, norm_factors=norm_factors) if acts_all is not None else None
-        for keep in keep_only:
-            curve = ablation_curve(
-                model,
-                crosscoder,
-                tokenized,
-                table.ie[:, column],
-                snapshot=index,
-                ks=ks,
-                hook=hook,
-                codes=codes,
-                mode=mode,
-                keep_only=keep,
-                n_random=n_random,
-                seed=seed,
-                metric=metric,
-                norm_factors=norm_factors,
-            )
-            label = table.snapshot_labels[column]
-            rows.extend({**r, "label": label, "task": table.task} for r in curve)
+        rows += snapshot_ablation_rows(
+            model, crosscoder, tokenized, table.ie[:, column], snapshot=index, label=table.snapshot_labels[column],
+            task_name=table.task, ks=ks, hook=hook, codes=codes, mode=mode, keep_only=keep_only, n_random=n_random,
+            seed=seed, metric=metric, norm_factors=norm_factors,
+        )  # fmt: skip
+    return rows
+
+
+def snapshot_ablation_rows(
+    model: Any,
+    crosscoder: Any,
+    tokenized: TokenizedTask,
+    ie: Float[torch.Tensor, " d_sae"],
+    *,
+    snapshot: int,
+    label: str,
+    task_name: str,
+    keep_only: Sequence[bool] = (False, True),
+    **curve_options: Any,
+) -> list[dict[str, Any]]:
+    """One snapshot's :func:`ablation_curve` rows (ablate-top-k, then keep-only-top-k),
+    ranked by that snapshot's ``ie`` and labelled with ``label`` and ``task_name``."""
+    rows: list[dict[str, Any]] = []
+    for keep in keep_only:
+        curve = ablation_curve(model, crosscoder, tokenized, ie, snapshot=snapshot, keep_only=keep, **curve_options)
+        rows.extend({**r, "label": label, "task": task_name} for r in curve)
     return rows
 
 

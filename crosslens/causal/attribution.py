@@ -438,21 +438,14 @@ def attribute(
     chosen = list(range(n_models)) if snapshots is None else [int(s) for s in snapshots]
     mask = tokenized.mask.long()
 
-    acts_clean_all = acts_patch_all = None
-    if config.mode == "exact":
-        if activations is None:
-            activations = collect_task_activations(models, hook, tokenized, progress=progress)
-        acts_clean_all, acts_patch_all = activations
+    if config.mode != "exact":
+        activations = None
+    elif activations is None:
+        activations = collect_task_activations(models, hook, tokenized, progress=progress)
 
     results = []
     for index, model in iter_snapshot_models(models, chosen):
-        kwargs: dict[str, Any] = {}
-        if acts_clean_all is not None:
-            kwargs["acts_clean"] = acts_clean_all[:, :, index]
-            kwargs["codes_clean"] = exact_codes(crosscoder, acts_clean_all, index, norm_factors=norm_factors)
-            if acts_patch_all is not None:
-                kwargs["acts_patch"] = acts_patch_all[:, :, index]
-                kwargs["codes_patch"] = exact_codes(crosscoder, acts_patch_all, index, norm_factors=norm_factors)
+        inputs = exact_snapshot_inputs(crosscoder, activations, index, norm_factors) if activations is not None else {}
         results.append(
             attribute_snapshot(
                 model,
@@ -464,18 +457,49 @@ def attribute(
                 metric=metric,
                 norm_factors=norm_factors,
                 progress=progress,
-                **kwargs,
+                **inputs,
             )
         )
     labels = snapshot_labels(models, n_models)
+    return table_from_snapshots(name, results, [labels[i] for i in chosen], config, hook, len(tokenized))
+
+
+def exact_snapshot_inputs(
+    crosscoder: Any,
+    activations: tuple[torch.Tensor, torch.Tensor | None],
+    index: int,
+    norm_factors: Sequence[float] | torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`attribute_snapshot`'s ``acts_*`` and ``codes_*`` at snapshot ``index`` in exact
+    mode, from every snapshot's (clean, corrupted) activations (:func:`collect_task_activations`)."""
+    acts_clean_all, acts_patch_all = activations
+    inputs = {
+        "acts_clean": acts_clean_all[:, :, index],
+        "codes_clean": exact_codes(crosscoder, acts_clean_all, index, norm_factors=norm_factors),
+    }
+    if acts_patch_all is not None:
+        inputs["acts_patch"] = acts_patch_all[:, :, index]
+        inputs["codes_patch"] = exact_codes(crosscoder, acts_patch_all, index, norm_factors=norm_factors)
+    return inputs
+
+
+def table_from_snapshots(
+    name: str,
+    results: Sequence[SnapshotAttribution],
+    labels: Sequence[str],
+    config: AttributionConfig,
+    hook: str,
+    n_examples: int,
+) -> IETable:
+    """The :class:`IETable` of per-snapshot attributions, one column per result in order."""
     return IETable(
         task=name,
-        snapshots=chosen,
+        snapshots=[r.snapshot for r in results],
         ie=torch.stack([r.ie for r in results], dim=1),
         error_ie=torch.tensor([r.error_ie for r in results]),
         metric_clean=torch.stack([r.metric_clean.mean() for r in results]),
         metric_patch=torch.stack([r.metric_patch.mean() for r in results]),
-        snapshot_labels=[labels[i] for i in chosen],
-        config={**asdict(config), "hook": hook, "n_examples": len(tokenized)},
+        snapshot_labels=list(labels),
+        config={**asdict(config), "hook": hook, "n_examples": n_examples},
         ie_per_example=torch.stack([r.per_example for r in results], dim=2),
     )

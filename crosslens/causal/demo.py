@@ -64,18 +64,18 @@ def attribution_sections(
         ablation=ablation, progress=progress,
     )  # fmt: skip
     if out is not None and Path(out).suffix == ".json":
-        result["table"].save(out)
-    summary = result["summary"]
+        result.table.save(out)
+    summary = result.summary
     if summaries is not None:
         summaries.append(summary)
-    print(f"causal stage ({dataset.name}, {summary['n_examples']} examples): files in {out_dir}")
-    for label, clean, specific in zip(summary["snapshots"], summary["metric_clean"], summary["specific_per_snapshot"]):
+    print(f"causal stage ({dataset.name}, {summary.n_examples} examples): files in {out_dir}")
+    for label, clean, specific in zip(summary.snapshots, summary.metric_clean, summary.specific_per_snapshot):
         print(f"  {label:>12s}  metric {clean:+.3f}  snapshot-specific features {specific}")
     restored = ", ".join(
-        f"top-{k} {value:.0%}" for k, value in summary["keep_only_restored_final"].items() if value is not None
+        f"top-{k} {value:.0%}" for k, value in summary.keep_only_restored_final.items() if value is not None
     )
-    print(f"  keep-only restoration at {summary['snapshots'][-1]} ({summary['ablation']}-ablation): {restored}")
-    return [result["report"]]
+    print(f"  keep-only restoration at {summary.snapshots[-1]} ({summary.ablation}-ablation): {restored}")
+    return [result.report]
 
 
 def language_attribution_sections(
@@ -116,11 +116,11 @@ def language_attribution_sections(
         ablation=ablation, progress=progress,
     )  # fmt: skip
     print(f"causal stage for {len(datasets)} languages: files in {out_dir}")
-    labels = next(iter(combined["results"].values()))["summary"]["snapshots"]
+    labels = next(iter(combined["results"].values())).summary.snapshots
     header = "".join(f"{language_of(d):>10s}" for d in datasets)
     print(f"  {'metric':>12s}{header}")
     for column, label in enumerate(labels):
-        values = "".join(f"{r['summary']['metric_clean'][column]:+10.3f}" for r in combined["results"].values())
+        values = "".join(f"{r.summary.metric_clean[column]:+10.3f}" for r in combined["results"].values())
         print(f"  {label:>12s}{values}")
     print(f"  RelIE per language: {combined['paths']['report']}")
-    return [combined["report"], *(r["report"] for r in combined["results"].values())]
+    return [combined["report"], *(r.report for r in combined["results"].values())]

@@ -22,7 +22,7 @@ from plotly.subplots import make_subplots
 
 from crosslens.causal.attribution import IETable
 from crosslens.causal.relie import RelIEThresholds, classify_relie, relie, select_top_features
-from crosslens.causal.stage import run_causal_stage
+from crosslens.causal.stage import CausalStageResult, run_causal_stage
 from crosslens.tasks.base import TaskDataset
 
 
@@ -140,7 +140,7 @@ def run_language_tasks(
     "features", "relie", "report", "paths"}``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, CausalStageResult] = {}
     for task in tasks:
         language = language_of(task)
         if language in results:
@@ -148,7 +148,7 @@ def run_language_tasks(
         results[language] = run_causal_stage(
             models, crosscoder, task, out / task.name, top_k=top_k, thresholds=thresholds, **stage_kwargs
         )
-    tables = {language: result["table"] for language, result in results.items()}
+    tables = {language: result.table for language, result in results.items()}
     features = shared_features(tables, top_k)
     relie_values = relie_by_language(tables, features)
     first = next(iter(tables.values()))

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from crosslens.causal.ablation import AblationMode, ablation_curves
+from crosslens.causal.ablation import AblationMode, snapshot_ablation_rows
 from crosslens.causal.attribution import (
     AttributionConfig,
     IETable,
-    attribute,
+    attribute_snapshot,
+    check_models_match,
     collect_task_activations,
+    exact_snapshot_inputs,
+    snapshot_labels,
+    table_from_snapshots,
     tokenize_task,
 )
 from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
@@ -33,8 +37,9 @@ from crosslens.causal.relie import (
     relie,
     relie_floor_mask,
 )
-from crosslens.causal.splice import default_hook
-from crosslens.tasks.base import TaskDataset
+from crosslens.causal.splice import default_hook, iter_snapshot_models
+from crosslens.htmlreport import Report
+from crosslens.tasks.base import TaskDataset, TokenizedTask
 
 
 def load_crosscoder(crosscoder: Any, device: str = "cpu") -> Any:
@@ -57,6 +62,71 @@ def _spread(n: int, at_most: int) -> list[int]:
     return sorted({round(i * (n - 1) / (at_most - 1)) for i in range(at_most)})
 
 
+@dataclass(frozen=True)
+class CausalStagePaths:
+    """The files :func:`run_causal_stage` writes."""
+
+    ie_table: Path
+    """``ie_table.json``: the :class:`IETable`."""
+    relie: Path
+    """``relie.json``: the selected features' RelIE, RelDec, classes and intervals."""
+    ablation_curves: Path
+    """``ablation_curves.json``: tidy rows, one per (snapshot, curve, k)."""
+    report: Path
+    """``causal_report.html``: the figures (plotly.js embedded: it opens offline)."""
+    summary: Path
+    """``summary.json``: :class:`CausalSummary` as JSON."""
+
+
+@dataclass(frozen=True)
+class CausalSummary:
+    """The headline numbers of one task's causal stage (``summary.json``)."""
+
+    task: str
+    n_examples: int
+    snapshots: list[str]
+    """Snapshot labels (revisions), in the table's order."""
+    metric_clean: list[float]
+    metric_patch: list[float]
+    n_selected_features: int
+    specific_per_snapshot: list[int]
+    below_floor_features: int
+    effect_floor: float
+    ablation: str
+    keep_only_restored_final: dict[str, float | None]
+    """Keep-only top-k restoration at the last snapshot, keyed by k (strings, as in JSON)."""
+    claims_final: dict[str, Any]
+    """:func:`crosslens.causal.claims.causal_claims` at the last snapshot."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CausalStageResult:
+    """What :func:`run_causal_stage` computed and wrote."""
+
+    table: IETable
+    summary: CausalSummary
+    paths: CausalStagePaths
+    report: Report
+    """The HTML report, to extend a larger report with."""
+    ablation_rows: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class _RelIEResult:
+    selected: torch.Tensor
+    relie: torch.Tensor
+    reldec: torch.Tensor
+    labels: Any
+    counts: dict[str, torch.Tensor]
+    ci_low: torch.Tensor | None
+    ci_high: torch.Tensor | None
+    classed: torch.Tensor
+    effect_floor: float
+
+
 def run_causal_stage(
     models: Any,
     crosscoder: Any,
@@ -75,7 +145,7 @@ def run_causal_stage(
     progress: bool = True,
     effect_floor: float | None = None,
     n_boot: int = 1000,
-) -> dict[str, Any]:
+) -> CausalStageResult:
     """Attribute ``task`` at every snapshot, then RelIE and ablation curves; write everything.
 
     RelIE classes only features whose effect is above noise: 95% bootstrap confidence
@@ -84,38 +154,91 @@ def run_causal_stage(
     ``effect_floor`` (default: 2% of the mean clean-vs-patched metric gap over snapshots)
     and some snapshot's interval excludes 0; other features are ``below_floor``.
 
-    Files in ``out_dir``: ``ie_table.json`` (:class:`IETable`), ``relie.json`` (the selected
-    features' RelIE, RelDec and classes), ``ablation_curves.json`` (tidy rows), and
-    ``causal_report.html`` (the figures, plotly.js embedded: it opens offline).
+    Files in ``out_dir``: see :class:`CausalStagePaths`.
     Features are selected as the union of each snapshot's top ``top_k`` by |IE|.
     Ablation curves use ``ablation`` ("zero" or "mean") for both the ablate-top-k and
     keep-only-top-k curves, with the error term kept; ``ks`` above ``d_sae`` are dropped.
-    Returns the paths, a short summary, the :class:`IETable` and the report (a
-    ``crosslens.htmlreport.Report``, to extend a larger report with).
+
+    Each snapshot model loads once for the activations (exact mode needs every
+    snapshot's activations before any code exists) and once more for attribution and
+    ablation together; per-snapshot mode loads each once.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     crosscoder = load_crosscoder(crosscoder)
     hook = default_hook(crosscoder, hook)
-    _, tokenized = tokenize_task(task, models, tokenizer)
-    clean_acts, corrupted_acts = collect_task_activations(models, hook, tokenized, progress=progress)
-    table = attribute(
-        models,
-        crosscoder,
-        task,
-        hook=hook,
-        snapshots=snapshots,
-        config=config,
-        tokenizer=tokenizer,
-        activations=(clean_acts, corrupted_acts) if config.mode == "exact" else None,
-        progress=progress,
+    n_models = check_models_match(models, crosscoder)
+    name, tokenized = tokenize_task(task, models, tokenizer)
+    chosen = list(range(n_models)) if snapshots is None else [int(s) for s in snapshots]
+    activations = None
+    if config.mode == "exact":
+        activations = collect_task_activations(models, hook, tokenized, progress=progress)
+    labels = snapshot_labels(models, n_models)
+    table, rows = _attribute_and_ablate(
+        models, crosscoder, tokenized, name, chosen, [labels[i] for i in chosen], activations,
+        hook=hook, config=config, ks=[k for k in ks if k <= crosscoder.cfg.d_sae], ablation=ablation,
+        n_random=n_random, progress=progress,
+    )  # fmt: skip
+    result = _relie_of(table, crosscoder, top_k, thresholds, effect_floor, n_boot)
+    report = causal_report(table, result.selected, result.relie, result.reldec, rows, thresholds)
+    _add_ci_section(report, table, result.selected, result.ci_low, result.ci_high, result.classed, result.effect_floor)
+    summary = _summary(table, result, rows, len(tokenized), ablation)
+    paths = CausalStagePaths(
+        ie_table=table.save(out / "ie_table.json"),
+        relie=_write_json(out / "relie.json", _relie_json(table, result, thresholds)),
+        ablation_curves=_write_json(out / "ablation_curves.json", rows),
+        report=report.write(out / "causal_report.html"),
+        summary=_write_json(out / "summary.json", summary.to_dict(), indent=2),
     )
-    paths: dict[str, Path] = {"ie_table": table.save(out / "ie_table.json")}
+    return CausalStageResult(table=table, summary=summary, paths=paths, report=report, ablation_rows=rows)
 
+
+def _attribute_and_ablate(
+    models: Any,
+    crosscoder: Any,
+    tokenized: TokenizedTask,
+    name: str,
+    chosen: Sequence[int],
+    labels: Sequence[str],
+    activations: tuple[torch.Tensor, torch.Tensor | None] | None,
+    *,
+    hook: str,
+    config: AttributionConfig,
+    ks: Sequence[int],
+    ablation: AblationMode,
+    n_random: int,
+    progress: bool,
+) -> tuple[IETable, list[dict[str, Any]]]:
+    """Attribution then ablation curves at each snapshot, with the snapshot's model loaded
+    once for both (the curves rank features by that snapshot's own IE)."""
+    results, rows = [], []
+    for column, (index, model) in enumerate(iter_snapshot_models(models, chosen)):
+        inputs = exact_snapshot_inputs(crosscoder, activations, index) if activations is not None else {}
+        attribution = attribute_snapshot(
+            model, crosscoder, tokenized, snapshot=index, hook=hook, config=config, progress=progress, **inputs
+        )
+        results.append(attribution)
+        rows += snapshot_ablation_rows(
+            model, crosscoder, tokenized, attribution.ie, snapshot=index, label=labels[column], task_name=name,
+            ks=ks, hook=hook, codes=inputs.get("codes_clean"), mode=ablation, n_random=n_random,
+        )  # fmt: skip
+    return table_from_snapshots(name, results, labels, config, hook, len(tokenized)), rows
+
+
+def _relie_of(
+    table: IETable,
+    crosscoder: Any,
+    top_k: int,
+    thresholds: RelIEThresholds,
+    effect_floor: float | None,
+    n_boot: int,
+) -> _RelIEResult:
+    """RelIE and RelDec of the selected features, their bootstrap intervals and classes."""
     selected = table.top_features(top_k)
-    relie_sel = relie(table.ie[selected]) if len(table.snapshots) > 1 else torch.ones(len(selected), 1)
+    several = len(table.snapshots) > 1
+    relie_sel = relie(table.ie[selected]) if several else torch.ones(len(selected), 1)
     norms = crosscoder.decoder_norms()[:, table.snapshots]
-    reldec_sel = reldec(norms[selected]) if len(table.snapshots) > 1 else torch.ones(len(selected), 1)
+    reldec_sel = reldec(norms[selected]) if several else torch.ones(len(selected), 1)
     if effect_floor is None:
         effect_floor = 0.02 * float((table.metric_clean - table.metric_patch).abs().mean())
     ci_low = ci_high = None
@@ -123,68 +246,54 @@ def run_causal_stage(
         ci_low, ci_high = bootstrap_ie_ci(table.ie_per_example[:, selected], n_boot=n_boot)
     classed = relie_floor_mask(table.ie[selected], effect_floor, ci_low, ci_high)
     labels = classify_relie(relie_sel, thresholds, classed=classed)
-    counts = class_counts(labels)
-    paths["relie"] = out / "relie.json"
-    paths["relie"].write_text(
-        json.dumps(
-            {
-                "task": table.task,
-                "features": selected.tolist(),
-                "snapshots": table.snapshots,
-                "snapshot_labels": table.snapshot_labels,
-                "relie": relie_sel.tolist(),
-                "reldec": reldec_sel.tolist(),
-                "classes": labels.tolist(),
-                "thresholds": asdict(thresholds),
-                "class_counts": {name: values.tolist() for name, values in counts.items()},
-                "ie": table.ie[selected].tolist(),
-                "ie_ci95_low": None if ci_low is None else ci_low.tolist(),
-                "ie_ci95_high": None if ci_high is None else ci_high.tolist(),
-                "effect_floor": effect_floor,
-                "classed": classed[:, 0].tolist() if len(selected) else [],
-            }
-        )
+    return _RelIEResult(
+        selected, relie_sel, reldec_sel, labels, class_counts(labels), ci_low, ci_high, classed, effect_floor
     )
 
-    rows = ablation_curves(
-        models,
-        crosscoder,
-        tokenized,
-        table,
-        ks=[k for k in ks if k <= crosscoder.cfg.d_sae],
-        hook=hook,
-        mode=ablation,
-        n_random=n_random,
-        exact=config.mode == "exact",
-        activations=clean_acts,
-        progress=progress,
-    )
-    for row in rows:
-        row["task"] = table.task
-    paths["ablation_curves"] = out / "ablation_curves.json"
-    paths["ablation_curves"].write_text(json.dumps(rows))
 
-    report = causal_report(table, selected, relie_sel, reldec_sel, rows, thresholds)
-    _add_ci_section(report, table, selected, ci_low, ci_high, classed, effect_floor)
-    paths["report"] = report.write(out / "causal_report.html")
-
-    summary = {
+def _relie_json(table: IETable, result: _RelIEResult, thresholds: RelIEThresholds) -> dict[str, Any]:
+    selected = result.selected
+    return {
         "task": table.task,
-        "n_examples": len(tokenized),
-        "snapshots": table.snapshot_labels,
-        "metric_clean": table.metric_clean.tolist(),
-        "metric_patch": table.metric_patch.tolist(),
-        "n_selected_features": len(selected),
-        "specific_per_snapshot": counts["specific"].tolist(),
-        "below_floor_features": int((~classed[:, 0]).sum()) if len(selected) else 0,
-        "effect_floor": effect_floor,
-        "ablation": ablation,
-        "keep_only_restored_final": _restored_at(rows, table.snapshots[-1]),
-        "claims_final": causal_claims(rows, table.snapshots[-1]),
+        "features": selected.tolist(),
+        "snapshots": table.snapshots,
+        "snapshot_labels": table.snapshot_labels,
+        "relie": result.relie.tolist(),
+        "reldec": result.reldec.tolist(),
+        "classes": result.labels.tolist(),
+        "thresholds": asdict(thresholds),
+        "class_counts": {name: values.tolist() for name, values in result.counts.items()},
+        "ie": table.ie[selected].tolist(),
+        "ie_ci95_low": None if result.ci_low is None else result.ci_low.tolist(),
+        "ie_ci95_high": None if result.ci_high is None else result.ci_high.tolist(),
+        "effect_floor": result.effect_floor,
+        "classed": result.classed[:, 0].tolist() if len(selected) else [],
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    paths["summary"] = out / "summary.json"
-    return {"paths": paths, "summary": summary, "table": table, "report": report}
+
+
+def _summary(
+    table: IETable, result: _RelIEResult, rows: Sequence[dict[str, Any]], n_examples: int, ablation: str
+) -> CausalSummary:
+    selected = result.selected
+    return CausalSummary(
+        task=table.task,
+        n_examples=n_examples,
+        snapshots=list(table.snapshot_labels),
+        metric_clean=table.metric_clean.tolist(),
+        metric_patch=table.metric_patch.tolist(),
+        n_selected_features=len(selected),
+        specific_per_snapshot=result.counts["specific"].tolist(),
+        below_floor_features=int((~result.classed[:, 0]).sum()) if len(selected) else 0,
+        effect_floor=result.effect_floor,
+        ablation=ablation,
+        keep_only_restored_final=_restored_at(rows, table.snapshots[-1]),
+        claims_final=causal_claims(rows, table.snapshots[-1]),
+    )
+
+
+def _write_json(path: Path, content: Any, indent: int | None = None) -> Path:
+    path.write_text(json.dumps(content, indent=indent))
+    return path
 
 
 def _add_ci_section(report, table, selected, ci_low, ci_high, classed, effect_floor) -> None:
@@ -238,8 +347,6 @@ def causal_report(
     thresholds: RelIEThresholds = RelIEThresholds(),
 ):
     """An HTML report (``crosslens.htmlreport.Report``) of one task's causal results."""
-    from crosslens.htmlreport import Report
-
     subtitle = f"{len(table.snapshots)} snapshots, hook {table.config.get('hook', '?')}"
     report = Report(f"Causal analysis: {table.task}", subtitle=subtitle)
     report.add_heading("Task metric per snapshot")
