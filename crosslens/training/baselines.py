@@ -43,6 +43,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
 from crosslens.activations import ActivationProvider, ActivationStore
+from crosslens.crosscoders.defaults import BASELINE_OF, TRAINING_DEFAULTS
 from crosslens.training.runner import DEFAULT_LR, evaluate_crosscoder
 from crosslens.training.seeding import seeded
 from crosslens.training.trainer import crosscoder_metrics
@@ -57,8 +58,9 @@ BASELINE_ARCHITECTURES: dict[str, tuple[type[TrainingSAE[Any]], type[Any]]] = {
 # starts (on the pico suite, L0 ~ 32 at d_sae 512 needs 13-18), and the weight of
 # ``jumprelu``'s quadratic target-L0 loss (1 lands within 5% of the target on pico).
 DEFAULT_SPARSITY_COEFFICIENT = {"standard": 5.0, "jumprelu": 1.0}
-# warm-up of the sparsity coefficient as a fraction of training, as for the crosscoders
-DEFAULT_SPARSITY_WARM_UP = {"standard": 0.05, "jumprelu": 0.1}
+# warm-up of the sparsity coefficient as a fraction of training: that of the crosscoder
+# each baseline is compared with (crosslens.crosscoders.defaults)
+BASELINE_SPARSITY_WARM_UP = {sae: TRAINING_DEFAULTS[cc].sparsity_warm_up for sae, cc in BASELINE_OF.items()}
 # a feature silent for this many tokens is dead (TopK's aux loss revives those); the
 # crosscoder trainer uses the same window
 DEAD_FEATURE_WINDOW_TOKENS = 1_000_000
@@ -228,7 +230,7 @@ def train_snapshot_sae(
         raise ValueError(f"lr_decay_fraction must be in [0, 1), got {lr_decay_fraction}.")
     lr = DEFAULT_LR if lr is None else lr
     if sparsity_warm_up_fraction is None:
-        sparsity_warm_up_fraction = DEFAULT_SPARSITY_WARM_UP.get(architecture, 0.0)
+        sparsity_warm_up_fraction = BASELINE_SPARSITY_WARM_UP.get(architecture, 0.0)
 
     with seeded(seed, device):  # initial weights and any sampling come from the seed alone
         training_sae = build_training_sae(

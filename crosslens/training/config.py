@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crosslens.crosscoders.defaults import DEFAULT_LR
+
 LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
 
 
@@ -14,8 +16,9 @@ class CrosscoderTrainerConfig:
 
     total_steps: int
     """Optimizer steps to train for (one batch per step)."""
-    lr: float = 5e-5
-    """Adam learning rate (Bayazit et al.: 5e-5)."""
+    lr: float = DEFAULT_LR
+    """Adam learning rate (``crosslens.crosscoders.defaults.DEFAULT_LR``, 1e-3, measured on pico;
+    Bayazit et al. and Ge et al. use 5e-5 on runs of hundreds of millions of tokens)."""
     lr_warm_up_steps: int = 0
     """Steps of linear learning-rate warm-up from lr / lr_warm_up_steps."""
     lr_decay_steps: int = 0

@@ -32,6 +32,7 @@ from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.crosscoders import ARCHITECTURES, set_crosscoder_metadata
+from crosslens.crosscoders.defaults import DEFAULT_LR, TRAINING_DEFAULTS, sparsity_coefficient_for
 from crosslens.distributed import init_mesh, launched_by_torchrun, shard_batches
 from crosslens.errors import StoreChangedError
 from crosslens.training.config import CrosscoderTrainerConfig
@@ -39,21 +40,11 @@ from crosslens.training.records import read_record, record_problem, write_record
 from crosslens.training.seeding import seeded
 from crosslens.training.trainer import CHECKPOINT_PREFIX, FINAL_DIRNAME, CrosscoderTrainer, crosscoder_metrics
 
-# lambda and learning rate that train well on the pico suite's normalised activations
-# (mean norm sqrt(d_in)); on large models start from the papers' values instead.
-# ReLU: Bayazit et al.'s 2. JumpReLU: 0.6 per unit of n_snapshots * d_in / d_sae (see
-# default_sparsity_coefficient; measured on the planted set of issue 11, 2x Ge et al.'s 0.3).
-DEFAULT_SPARSITY = {
-    "crosscoder": 2.0,
-    "jumprelu_crosscoder": 0.6,
-    "topk_crosscoder": None,
-    "batchtopk_crosscoder": None,
-}
-# Architectures whose default lambda is multiplied by n_snapshots * d_in / d_sae.
-SHAPE_SCALED_SPARSITY = ("jumprelu_crosscoder",)
-DEFAULT_LR = 1e-3
-# fraction of training over which the sparsity coefficient warms up (Bayazit 5%, Ge 10%)
-DEFAULT_SPARSITY_WARM_UP = {"crosscoder": 0.05, "jumprelu_crosscoder": 0.1}
+# Views of crosslens.crosscoders.defaults (the one table of defaults, with their sources),
+# under the names scripts and benchmarks import.
+DEFAULT_SPARSITY = {name: d.sparsity_coefficient for name, d in TRAINING_DEFAULTS.items()}
+SHAPE_SCALED_SPARSITY = tuple(name for name, d in TRAINING_DEFAULTS.items() if d.sparsity_per_shape)
+DEFAULT_SPARSITY_WARM_UP = {name: d.sparsity_warm_up for name, d in TRAINING_DEFAULTS.items() if d.sparsity_warm_up}
 
 
 @dataclass
@@ -175,24 +166,9 @@ class CrosscoderRunnerConfig:
 
 
 def default_sparsity_coefficient(architecture: str, *, n_snapshots: int, d_in: int, d_sae: int) -> float | None:
-    """The sparsity coefficient ``crosslens train`` uses when none is given.
-
-    JumpReLU's tanh penalty counts firing features (``sum_i p_i (1 + p_i / q)``, growing
-    with d_sae) while the reconstruction term sums squared errors over snapshots and
-    dimensions (growing with ``n_snapshots * d_in`` on normalised activations), so one
-    lambda cannot fit every shape. The default is ``0.6 * n_snapshots * d_in / d_sae``.
-    Measured points, in those units: Ge et al. use 0.3 at 32 snapshots x 768 dims x 24,576
-    features (ratio 1); the pico demo's hand-tuned 0.5 (mean L0 23, held-out explained
-    variance >= 97.9%) is 0.33 at 12 x 128 / 1024; on the planted set of issue 11
-    (8 x 64 / 128, ratio 4) lambda 0.3 fired 6x as often as the planted features and
-    recovered 21-23 of 48, 1.2 recovered 36-37 and 2.5 recovered 43 (issue-11 note), so
-    0.6 per unit (2.4 there). On a new model check L0 and explained variance, and set
-    ``--sparsity`` if they are off.
-    """
-    base = DEFAULT_SPARSITY[architecture]
-    if base is None or architecture not in SHAPE_SCALED_SPARSITY:
-        return base
-    return base * n_snapshots * d_in / d_sae
+    """The sparsity coefficient ``crosslens train`` uses when none is given
+    (:func:`crosslens.crosscoders.defaults.sparsity_coefficient_for`, where the numbers are explained)."""
+    return sparsity_coefficient_for(architecture, n_snapshots=n_snapshots, d_in=d_in, d_sae=d_sae)
 
 
 def build_training_crosscoder(
