@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.crosscoders.defaults import BASELINE_OF, TRAINING_DEFAULTS
+from crosslens.training.factory import build_training_model
 from crosslens.training.runner import DEFAULT_LR, evaluate_crosscoder
 from crosslens.training.seeding import seeded
 from crosslens.training.trainer import crosscoder_metrics
@@ -138,7 +139,8 @@ def build_training_sae(
     ``config_overrides`` go to the SAELens config as they are (e.g. ``apply_b_dec_to_input``).
     """
     train_cls, cfg_cls = BASELINE_ARCHITECTURES[_check_architecture(architecture)]
-    kwargs: dict[str, Any] = dict(d_in=d_in, d_sae=d_sae, device=device)
+    kwargs: dict[str, Any] = {}
+    coefficient = None
     if architecture == "topk":
         if k is None:
             if target_l0 is None:
@@ -146,17 +148,14 @@ def build_training_sae(
             k = max(1, round(target_l0))
         if not 1 <= k <= d_sae:
             raise ValueError(f"k must be in [1, d_sae={d_sae}], got {k}; lower k or raise d_sae.")
-        kwargs.update(k=int(k))
+        k = int(k)
     else:
-        coefficient = (
+        coefficient = float(
             DEFAULT_SPARSITY_COEFFICIENT[architecture] if sparsity_coefficient is None else sparsity_coefficient
         )
         if not coefficient >= 0:
             raise ValueError(f"sparsity_coefficient must be >= 0, got {coefficient}.")
-        if architecture == "standard":
-            kwargs.update(l1_coefficient=float(coefficient), l1_warm_up_steps=sparsity_warm_up_steps)
-        else:
-            kwargs.update(l0_coefficient=float(coefficient), l0_warm_up_steps=sparsity_warm_up_steps)
+        if architecture == "jumprelu":
             if target_l0 is not None:
                 if not 0 < target_l0 <= d_sae:
                     raise ValueError(f"target_l0 must be in (0, d_sae={d_sae}], got {target_l0}.")
@@ -167,8 +166,11 @@ def build_training_sae(
                 )
             else:
                 kwargs.update(jumprelu_sparsity_loss_mode="tanh")
-    kwargs.update(config_overrides)
-    return train_cls(cfg_cls(**kwargs))
+    return build_training_model(
+        train_cls, cfg_cls, architecture, sparsity_coefficient=coefficient,
+        sparsity_warm_up_steps=sparsity_warm_up_steps, k=k, d_in=d_in, d_sae=d_sae, device=device,
+        **{**kwargs, **config_overrides},
+    )  # fmt: skip
 
 
 def inference_sae(training_sae: TrainingSAE[Any]) -> SAE[Any]:

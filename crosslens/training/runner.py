@@ -36,6 +36,7 @@ from crosslens.crosscoders.defaults import DEFAULT_LR, TRAINING_DEFAULTS, sparsi
 from crosslens.distributed import init_mesh, launched_by_torchrun, shard_batches
 from crosslens.errors import StoreChangedError
 from crosslens.training.config import CrosscoderTrainerConfig
+from crosslens.training.factory import build_training_crosscoder  # noqa: F401  (re-exported)
 from crosslens.training.records import read_record, record_problem, write_record
 from crosslens.training.seeding import seeded
 from crosslens.training.trainer import CHECKPOINT_PREFIX, FINAL_DIRNAME, CrosscoderTrainer, crosscoder_metrics
@@ -169,36 +170,6 @@ def default_sparsity_coefficient(architecture: str, *, n_snapshots: int, d_in: i
     """The sparsity coefficient ``crosslens train`` uses when none is given
     (:func:`crosslens.crosscoders.defaults.sparsity_coefficient_for`, where the numbers are explained)."""
     return sparsity_coefficient_for(architecture, n_snapshots=n_snapshots, d_in=d_in, d_sae=d_sae)
-
-
-def build_training_crosscoder(
-    architecture: str,
-    *,
-    d_in: int,
-    n_snapshots: int,
-    d_sae: int,
-    k: int = 32,
-    sparsity_coefficient: float | None = None,
-    sparsity_warm_up_steps: int = 0,
-    decoder_init_norm: float = 0.08,
-    device: str = "cpu",
-    **extra: Any,
-):
-    """A freshly initialised training crosscoder of ``architecture`` (SAELens registry name)."""
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}.")
-    _, _, train_cls, train_cfg_cls = ARCHITECTURES[architecture]
-    kwargs: dict[str, Any] = dict(
-        d_in=d_in, d_sae=d_sae, n_snapshots=n_snapshots, decoder_init_norm=decoder_init_norm, device=device
-    )
-    if architecture == "crosscoder":
-        kwargs.update(l1_coefficient=sparsity_coefficient, l1_warm_up_steps=sparsity_warm_up_steps)
-    elif architecture == "jumprelu_crosscoder":
-        kwargs.update(l0_coefficient=sparsity_coefficient, l0_warm_up_steps=sparsity_warm_up_steps)
-    else:
-        kwargs.update(k=k)
-    kwargs.update(extra)
-    return train_cls(train_cfg_cls(**kwargs))
 
 
 class CrosscoderTrainingRunner:

@@ -1,0 +1,71 @@
+"""Fresh training models, crosscoders and per-snapshot SAEs alike, built one way.
+
+SAELens configs name the sparsity term after its loss (``l1_coefficient`` for ReLU/standard,
+``l0_coefficient`` for JumpReLU) and TopK-style ones take ``k`` instead; crosslens's
+callers say ``sparsity_coefficient`` and ``sparsity_warm_up_steps`` whatever the loss.
+:func:`build_training_model` does that translation for both families.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# architecture -> the config fields of its (coefficient, warm-up); absent: sparsity is set by k
+SPARSITY_FIELDS: dict[str, tuple[str, str]] = {
+    "crosscoder": ("l1_coefficient", "l1_warm_up_steps"),
+    "jumprelu_crosscoder": ("l0_coefficient", "l0_warm_up_steps"),
+    "standard": ("l1_coefficient", "l1_warm_up_steps"),
+    "jumprelu": ("l0_coefficient", "l0_warm_up_steps"),
+}
+
+
+def build_training_model(
+    train_cls: type,
+    cfg_cls: type,
+    architecture: str,
+    *,
+    sparsity_coefficient: float | None,
+    sparsity_warm_up_steps: int,
+    k: int | None,
+    **config: Any,
+) -> Any:
+    """``train_cls(cfg_cls(**config, <sparsity fields>))``: the coefficient and warm-up under
+    the architecture's own field names, or ``k`` for TopK-style architectures.
+
+    ``config`` holds the shape and anything else the config takes; it is applied last, so
+    it may also override a sparsity field by its SAELens name.
+    """
+    kwargs: dict[str, Any] = {}
+    if architecture in SPARSITY_FIELDS:
+        coefficient_field, warm_up_field = SPARSITY_FIELDS[architecture]
+        kwargs.update({coefficient_field: sparsity_coefficient, warm_up_field: sparsity_warm_up_steps})
+    else:
+        kwargs.update(k=k)
+    kwargs.update(config)
+    return train_cls(cfg_cls(**kwargs))
+
+
+def build_training_crosscoder(
+    architecture: str,
+    *,
+    d_in: int,
+    n_snapshots: int,
+    d_sae: int,
+    k: int = 32,
+    sparsity_coefficient: float | None = None,
+    sparsity_warm_up_steps: int = 0,
+    decoder_init_norm: float = 0.08,
+    device: str = "cpu",
+    **extra: Any,
+):
+    """A freshly initialised training crosscoder of ``architecture`` (SAELens registry name)."""
+    from crosslens.crosscoders import ARCHITECTURES
+
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}.")
+    _, _, train_cls, train_cfg_cls = ARCHITECTURES[architecture]
+    return build_training_model(
+        train_cls, train_cfg_cls, architecture,
+        sparsity_coefficient=sparsity_coefficient, sparsity_warm_up_steps=sparsity_warm_up_steps, k=k,
+        d_in=d_in, d_sae=d_sae, n_snapshots=n_snapshots, decoder_init_norm=decoder_init_norm, device=device, **extra,
+    )  # fmt: skip
