@@ -366,3 +366,21 @@ def test_missing_hub_revision_at_load_becomes_unknown_revision(fake_hub, monkeyp
         suite.load(0)
     assert caught.value.requested == "step2000-tokens8B"
     assert "step1000-tokens4B" in caught.value.nearest
+
+
+def test_cached_revisions_reads_the_cache_through_huggingface_hub(offline_hf_home):
+    from crosslens.checkpoints.hub import cached_revisions
+    from crosslens.errors import CrosslensError
+
+    repo = offline_hf_home / "hub" / "models--org--tiny"
+    for revision, commit in [("step10", "b" * 40), ("step0", "a" * 40), ("main", "b" * 40)]:
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / revision).write_text(commit)
+        (repo / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+    assert cached_revisions("org/tiny") == ["step0", "step10"]  # by step; `main` has none
+    assert cached_revisions("org/absent") == []
+    # a ref whose snapshot is gone: huggingface_hub skips the repo, crosslens says why
+    (repo / "refs" / "step20").write_text("c" * 40)
+    with pytest.raises(CrosslensError, match="org/tiny is damaged.*missing commit"):
+        cached_revisions("org/tiny")

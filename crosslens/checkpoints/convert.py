@@ -146,7 +146,7 @@ def _olmo_cfg_dict(hf_config: PretrainedConfig) -> dict[str, Any]:
         "act_fn": hf_config.hidden_act,
         "initializer_range": hf_config.initializer_range,
         "normalization_type": "LN",
-        "rotary_base": tl_loading._get_rope_theta(hf_config),
+        "rotary_base": rope_theta(hf_config),
         "attn_types": ["global"] * hf_config.num_hidden_layers,
         "positional_embedding_type": "rotary",
         "gated_mlp": True,
@@ -184,7 +184,7 @@ def _olmo2_cfg_dict(hf_config: PretrainedConfig) -> dict[str, Any]:
         "act_fn": hf_config.hidden_act,
         "initializer_range": hf_config.initializer_range,
         "normalization_type": "RMS",
-        "rotary_base": tl_loading._get_rope_theta(hf_config, default=500000.0),
+        "rotary_base": rope_theta(hf_config, default=500000.0),
         "attn_types": ["global"] * hf_config.num_hidden_layers,
         "positional_embedding_type": "rotary",
         "gated_mlp": True,
@@ -201,6 +201,15 @@ def _rope_parameters(hf_config: PretrainedConfig) -> dict[str, Any]:
     """The RoPE settings, whether transformers keeps them in ``rope_parameters`` (5.x) or
     ``rope_scaling`` (4.x)."""
     return dict(getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {})
+
+
+def rope_theta(hf_config: PretrainedConfig, default: float = 10000.0) -> float:
+    """RoPE's base: ``rope_theta`` at the top of the config (transformers 4.x) or inside
+    ``rope_parameters`` (5.x); ``default`` when neither holds it."""
+    top_level = getattr(hf_config, "rope_theta", None)
+    if top_level is not None:
+        return top_level
+    return _rope_parameters(hf_config).get("rope_theta", default)
 
 
 _OWN_CONFIG_BUILDERS = {"OlmoForCausalLM": _olmo_cfg_dict, "Olmo2ForCausalLM": _olmo2_cfg_dict}

@@ -38,11 +38,27 @@ def sort_by_step(revisions: list[str]) -> list[str]:
 
 
 def cached_revisions(model_id: str) -> list[str]:
-    """Revisions of `model_id` present in the local HF cache, ordered by step."""
-    refs = Path(hub_constants.HF_HUB_CACHE) / ("models--" + model_id.replace("/", "--")) / "refs"
-    if not refs.is_dir():
+    """Revisions of `model_id` present in the local HF cache, ordered by step
+    (``huggingface_hub.scan_cache_dir``: the refs whose snapshot is in the cache)."""
+    try:
+        cache = huggingface_hub.scan_cache_dir(hub_constants.HF_HUB_CACHE)
+    except huggingface_hub.CacheNotFound:
         return []
-    return sort_by_step([p.name for p in refs.iterdir() if p.is_file()])
+    folder = "models--" + model_id.replace("/", "--")
+    damaged = [str(w) for w in cache.warnings if Path(str(w).rstrip(").").rsplit("(", 1)[-1]).name == folder]
+    if damaged:  # the scan skips a repo it cannot read whole; say so rather than list nothing
+        raise CrosslensError(
+            f"the Hugging Face cache entry of {model_id} is damaged ({damaged[0]}); go online once "
+            f"(unset HF_HUB_OFFLINE) to download it again, or delete {Path(hub_constants.HF_HUB_CACHE) / folder}"
+        )
+    refs = {
+        ref
+        for repo in cache.repos
+        if repo.repo_type == "model" and repo.repo_id == model_id
+        for revision in repo.revisions
+        for ref in revision.refs
+    }
+    return sort_by_step(sorted(refs))
 
 
 def hub_revisions(model_id: str) -> list[str]:

@@ -6,13 +6,14 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
-PYTHIA_STEPS: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512) + tuple(
-    range(1000, 143_000 + 1, 1000)
-)
-"""The 154 steps with a ``step{N}`` branch on every (v1) ``EleutherAI/pythia-*`` repo."""
+from transformer_lens.loading_from_pretrained import PYTHIA_CHECKPOINTS, PYTHIA_V0_CHECKPOINTS
 
-PYTHIA_V0_STEPS: tuple[int, ...] = tuple(range(1000, 143_000 + 1, 1000))
-"""The ``-v0`` Pythia repos have only the every-1000 steps."""
+PYTHIA_STEPS: tuple[int, ...] = tuple(PYTHIA_CHECKPOINTS)
+"""The 154 steps with a ``step{N}`` branch on every (v1) ``EleutherAI/pythia-*`` repo
+(TransformerLens's table)."""
+
+PYTHIA_V0_STEPS: tuple[int, ...] = tuple(PYTHIA_V0_CHECKPOINTS)
+"""The ``-v0`` Pythia repos have only the every-1000 steps (TransformerLens's table)."""
 
 Spacing = Literal["log", "linear"]
 
