@@ -168,8 +168,9 @@ def _harvest_or_reuse(suite, *, out_dir, force: bool, **settings):
         return harvest_stage(suite, out_dir=out_dir, overwrite=True, **settings)
 
 
-def train_stage(store_path, out_dir, config: DemoConfig, *, force: bool = False, device: str = "cpu"):
-    """Train (or resume, or reuse) the demo's crosscoder."""
+def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, device: str = "cpu"):
+    """Train (or resume, or reuse) the demo's crosscoder on ``store`` (an open
+    ``ActivationStore``, reused as it is, or its path)."""
     from sae_lens import SAE
 
     from crosslens.training.records import record_problem
@@ -179,7 +180,7 @@ def train_stage(store_path, out_dir, config: DemoConfig, *, force: bool = False,
     if force and out_dir.exists():
         shutil.rmtree(out_dir)
     runner_config = CrosscoderRunnerConfig(
-        store_path=str(store_path),
+        store_path=str(getattr(store, "path", store)),
         out_dir=str(out_dir),
         hook=config.hook,
         architecture=config.architecture,
@@ -191,7 +192,7 @@ def train_stage(store_path, out_dir, config: DemoConfig, *, force: bool = False,
         checkpoint_every=max(50, config.n_steps // 5),
         device=device,
     )
-    runner = CrosscoderTrainingRunner(runner_config)
+    runner = CrosscoderTrainingRunner(runner_config, store=None if isinstance(store, (str, Path)) else store)
     run_file = out_dir / "run.json"
     if run_file.exists():
         try:
@@ -299,7 +300,7 @@ def seeds_stage(
     for seed in config.extra_seeds:
         seed_config = replace(config, seed=seed, n_steps=config.extra_seed_steps or config.n_steps)
         print(f"extra crosscoder seed {seed} ({seed_config.n_steps} steps)")
-        extra = train_stage(train_store.path, out_dir / f"crosscoder-seed{seed}", seed_config, force=force, device=device)
+        extra = train_stage(train_store, out_dir / f"crosscoder-seed{seed}", seed_config, force=force, device=device)
         extra_summaries: list = []
         attribute_stage(
             suite, extra, n_examples=config.n_task_examples, out=out_dir / f"seed{seed}", seed=config.seed,
@@ -370,7 +371,7 @@ def run_demo(
     print(f"train store: {train_store.n_tokens} tokens x {train_store.n_snapshots} snapshots x d_in {train_store.d_in}")
 
     _banner(f"3/5 train a {config.architecture} (d_sae {config.d_sae})")
-    crosscoder = train_stage(train_store.path, out_dir / "crosscoder", config, force=force, device=device)
+    crosscoder = train_stage(train_store, out_dir / "crosscoder", config, force=force, device=device)
     quality_file = out_dir / "crosscoder" / "quality.json"
     if quality_file.exists() and not force:  # written after the crosscoder it describes
         from crosslens.training.baselines import format_quality_table

@@ -96,3 +96,18 @@ def test_resume_with_other_settings_is_refused(store_path, tmp_path):
 def test_unknown_architecture_names_the_choices(store_path, tmp_path):
     with pytest.raises(ValueError, match="jumprelu_crosscoder"):
         _config(store_path, tmp_path, architecture="relu")
+
+
+def test_runner_reuses_a_store_its_caller_holds(store_path, tmp_path, monkeypatch):
+    from crosslens.activations import ActivationStore
+
+    store = ActivationStore.open(store_path)
+    opened = []
+    original = ActivationStore.open.__func__
+    monkeypatch.setattr(ActivationStore, "open", classmethod(lambda cls, *a, **k: opened.append(a) or original(cls, *a, **k)))
+    runner = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run"), store=store)
+    assert runner.store is store and opened == []
+    CrosscoderTrainingRunner(_config(store_path, tmp_path / "run"))
+    assert len(opened) == 1  # without one, the runner opens (and verifies) the store itself
+    with pytest.raises(ValueError, match="not config.store_path"):
+        CrosscoderTrainingRunner(_config(tmp_path / "elsewhere", tmp_path / "run"), store=store)

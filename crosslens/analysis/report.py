@@ -61,6 +61,21 @@ def evolution_report(
     feature dimensionality is computed.
     """
     report = report or Report(title, subtitle=_subtitle(analysis))
+    _add_overview(report, analysis)
+    _add_feature_classes(report, analysis)
+    _add_timelines(report, analysis, trajectory_features)
+    _add_dip_section(report, analysis, n_table_features)
+    _add_geometry(report, analysis, device)
+    _add_feature_table(report, analysis, n_table_features)
+    if probes is not None:
+        _add_probe_section(report, probes)
+    if contexts:
+        _add_contexts(report, analysis, contexts)
+    return report
+
+
+def _add_overview(report: Report, analysis: EvolutionAnalysis) -> None:
+    """What a present, faded and dead feature is here; the metadata; the snapshots."""
     cfg = analysis.config
 
     report.add_heading("Overview")
@@ -105,6 +120,8 @@ def evolution_report(
         )
     report.add_table(analysis.snapshot_table(), title="Snapshots")
 
+
+def _add_feature_classes(report: Report, analysis: EvolutionAnalysis) -> None:
     report.add_heading("Feature classes")
     counts = analysis.class_counts()
     report.add_table(
@@ -120,6 +137,9 @@ def evolution_report(
         "dead: never carries weight, was never trained, or never fires."
     )
 
+
+def _add_timelines(report: Report, analysis: EvolutionAnalysis, trajectory_features: Sequence[int] | None) -> None:
+    """Norm heatmap, emergence histogram, trajectories of a few features."""
     report.add_heading("Decoder-norm heatmap")
     report.add_figure(evolution_heatmap(analysis), caption="Each row is a live feature, normalised by its peak.")
     report.add_heading("Emergence")
@@ -130,8 +150,9 @@ def evolution_report(
     if features:
         report.add_figure(feature_trajectories(analysis, features))
 
-    _add_dip_section(report, analysis, n_table_features)
 
+def _add_geometry(report: Report, analysis: EvolutionAnalysis, device: str | torch.device | None) -> None:
+    """Feature dimensionality and direction drift."""
     report.add_heading("Feature dimensionality")
     total_S = total_dimensionality(analysis.dimensionality(device=device, progress=analysis.d_sae > 20_000))
     turn = turning_point(total_S)
@@ -149,6 +170,8 @@ def evolution_report(
         "final snapshot, over features present at both.",
     )
 
+
+def _add_feature_table(report: Report, analysis: EvolutionAnalysis, n_table_features: int) -> None:
     report.add_heading("Features")
     peak_F = analysis.norms.amax(dim=1)
     strongest = sorted(range(analysis.d_sae), key=lambda i: -float(peak_F[i]))[:n_table_features]
@@ -156,30 +179,31 @@ def evolution_report(
         analysis.feature_table(strongest), title=f"The {len(strongest)} features with the largest peak norm"
     )
 
-    if probes is not None:
-        report.add_heading("Probe validation")
-        report.add_text(
-            f"For {len(probes.features)} features, a linear probe per snapshot predicts from that snapshot's "
-            f"activations whether the feature fires ({probes.n_tokens} tokens, held-out balanced error). "
-            f"Pearson r between probe error and normalised decoder norm: {probes.pearson_r:.3f} "
-            "(strongly negative means the decoder norm tracks the feature)."
-        )
-        report.add_figure(probe_scatter(probes))
 
-    if contexts:
-        report.add_heading("Top-activating contexts")
-        for feature, items in contexts.items():
-            cls = analysis.classes[feature] if feature < analysis.d_sae else "?"
-            lines = "".join(
-                f'<tr><td>{c.activation:.3f}</td><td class="text context">{c.html()}</td></tr>' for c in items
-            )
-            emergence = analysis.emergence_step(feature) if feature < analysis.d_sae else None
-            report.add_html(
-                f"<table><caption>feature {feature} ({html.escape(cls)}, emerges at step "
-                f"{_format_cell(emergence)})</caption><thead><tr><th>activation</th>"
-                f'<th class="text">context</th></tr></thead><tbody>{lines}</tbody></table>'
-            )
-    return report
+def _add_probe_section(report: Report, probes: ProbeValidation) -> None:
+    report.add_heading("Probe validation")
+    report.add_text(
+        f"For {len(probes.features)} features, a linear probe per snapshot predicts from that snapshot's "
+        f"activations whether the feature fires ({probes.n_tokens} tokens, held-out balanced error). "
+        f"Pearson r between probe error and normalised decoder norm: {probes.pearson_r:.3f} "
+        "(strongly negative means the decoder norm tracks the feature)."
+    )
+    report.add_figure(probe_scatter(probes))
+
+
+def _add_contexts(report: Report, analysis: EvolutionAnalysis, contexts: Mapping[int, Sequence[Context]]) -> None:
+    report.add_heading("Top-activating contexts")
+    for feature, items in contexts.items():
+        cls = analysis.classes[feature] if feature < analysis.d_sae else "?"
+        lines = "".join(
+            f'<tr><td>{c.activation:.3f}</td><td class="text context">{c.html()}</td></tr>' for c in items
+        )
+        emergence = analysis.emergence_step(feature) if feature < analysis.d_sae else None
+        report.add_html(
+            f"<table><caption>feature {feature} ({html.escape(cls)}, emerges at step "
+            f"{_format_cell(emergence)})</caption><thead><tr><th>activation</th>"
+            f'<th class="text">context</th></tr></thead><tbody>{lines}</tbody></table>'
+        )
 
 
 def _add_dip_section(report: Report, analysis: EvolutionAnalysis, n_table_features: int) -> None:

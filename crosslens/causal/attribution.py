@@ -163,7 +163,36 @@ def attribute_snapshot(
     """
     hook = default_hook(crosscoder, hook)
     codec = SnapshotCodec(crosscoder, snapshot, norm_factors)
-    dtype, device = codec.dtype, codec.device
+    acts_clean, acts_patch, codes_clean, codes_patch = _snapshot_inputs(
+        model, hook, codec, task, acts_clean, acts_patch, codes_clean, codes_patch
+    )
+    positions_all = task.feature_mask(include_bos=config.include_bos)
+    n_examples = task.clean_tokens.shape[0]
+    totals = _IETotals(codec.d_sae, keep_per_token)
+    batches = range(0, n_examples, config.batch_size)
+    for start in tqdm(batches, desc=f"IG snapshot {snapshot}", disable=not progress):
+        rows = slice(start, start + config.batch_size)
+        ie_tok, err_tok, metric_clean, metric_patch = _attribute_batch(
+            model, hook, codec, task, rows, positions_all[rows], config, metric,
+            acts_clean[rows], codes_clean[rows],
+            None if acts_patch is None else acts_patch[rows], None if codes_patch is None else codes_patch[rows],
+        )  # fmt: skip
+        totals.add(ie_tok, err_tok, metric_clean, metric_patch, positions_all[rows].to(codec.device), config)
+    return totals.result(snapshot, n_examples)
+
+
+def _snapshot_inputs(
+    model: HookedTransformer,
+    hook: str,
+    codec: SnapshotCodec,
+    task: TokenizedTask,
+    acts_clean: torch.Tensor | None,
+    acts_patch: torch.Tensor | None,
+    codes_clean: torch.Tensor | None,
+    codes_patch: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """The clean (and corrupted) activations and codes: given, or the model's own and
+    this snapshot's per-snapshot encoding of them."""
     attention_mask = task.mask.long()
     if acts_clean is None:
         acts_clean = activations_at(model, hook, task.clean_tokens, attention_mask)
@@ -175,90 +204,129 @@ def attribute_snapshot(
             codes_clean = codec.encode_single(acts_clean).cpu()
         if has_patch and codes_patch is None:
             codes_patch = codec.encode_single(acts_patch).cpu()  # type: ignore[arg-type]
-    positions_all = task.feature_mask(include_bos=config.include_bos)
-    n_examples, seq = task.clean_tokens.shape
-    steps_per_pass = config.steps_per_pass or config.n_steps
+    return acts_clean, acts_patch, codes_clean, codes_patch
 
-    ie_sum = torch.zeros(codec.d_sae, dtype=torch.float64)
-    error_sum = 0.0
-    metric_clean, metric_patch, total_ie = [], [], []
-    per_token, per_token_error, per_example = [], [], []
-    batches = range(0, n_examples, config.batch_size)
-    for start in tqdm(batches, desc=f"IG snapshot {snapshot}", disable=not progress):
-        rows = slice(start, start + config.batch_size)
-        tokens = task.clean_tokens[rows].to(device)
-        mask = attention_mask[rows].to(device)
-        last_pos, correct, wrong = task.last_pos[rows], task.correct_ids[rows], task.wrong_ids[rows]
-        positions = positions_all[rows].to(device)
-        with torch.no_grad():
-            f_clean, e_clean, f_patch, e_patch = ig_endpoints(
-                codec,
-                acts_clean[rows].to(device, dtype),
-                codes_clean[rows].to(device, dtype),
-                None if acts_patch is None else acts_patch[rows].to(device, dtype),
-                None if codes_patch is None else codes_patch[rows].to(device, dtype),  # type: ignore[index]
-                positions,
-            )
-        batch = tokens.shape[0]
 
-        def path_metric(acts_K: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
-            n_points = acts_K.shape[0]
-            resid = final_residual_from_hook(
-                model,
-                hook,
-                acts_K.reshape(n_points * batch, seq, -1),
-                tokens.repeat(n_points, 1),
-                mask.repeat(n_points, 1),
-            )
-            rows_K = torch.arange(n_points * batch, device=resid.device)
-            last = resid[rows_K, last_pos.repeat(n_points).to(resid.device)]
-            logits = unembed(model, last[:, None, :])[:, 0]
-            return metric(logits, correct.repeat(n_points), wrong.repeat(n_points)).reshape(n_points, batch)
-
-        # a = a_hat_s(f) + e is affine in (f, e), so interpolating (f, e) together is
-        # interpolating the activation, and dm/df = dm/da W_dec[:, s]^T / c_s. One path
-        # of gradients at the hook gives every feature's and the error's IE without
-        # pushing [steps, batch, seq, d_sae] codes through the decoder at every step.
-        with torch.no_grad():
-            acts_start = codec.decode(f_clean) + e_clean
-            acts_end = codec.decode(f_patch) + e_patch
-        path = integrated_gradients(
-            path_metric, acts_start, acts_end, n_steps=config.n_steps, batched=steps_per_pass
+def _attribute_batch(
+    model: HookedTransformer,
+    hook: str,
+    codec: SnapshotCodec,
+    task: TokenizedTask,
+    rows: slice,
+    positions: torch.Tensor,
+    config: AttributionConfig,
+    metric: Metric,
+    acts_clean: torch.Tensor,
+    codes_clean: torch.Tensor,
+    acts_patch: torch.Tensor | None,
+    codes_patch: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token feature IE ``[B, L, F]`` and error IE ``[B, L]`` of one batch of examples,
+    with the metric at the clean and the patched end of the path ``[B]``."""
+    dtype, device = codec.dtype, codec.device
+    tokens = task.clean_tokens[rows].to(device)
+    mask = task.mask.long()[rows].to(device)
+    last_pos, correct, wrong = task.last_pos[rows], task.correct_ids[rows], task.wrong_ids[rows]
+    positions = positions.to(device)
+    seq = task.clean_tokens.shape[1]
+    with torch.no_grad():
+        f_clean, e_clean, f_patch, e_patch = ig_endpoints(
+            codec,
+            acts_clean.to(device, dtype),
+            codes_clean.to(device, dtype),
+            None if acts_patch is None else acts_patch.to(device, dtype),
+            None if codes_patch is None else codes_patch.to(device, dtype),
+            positions,
         )
-        with torch.no_grad():
-            end_metric = path_metric(acts_end[None])[0]
-            grad_acts = path.mean_grad_features  # dm/da averaged over the path, [B, L, D]
-            ie_tok = (f_patch - f_clean) * codec.decode_grad(grad_acts)  # [B, L, F]
-            err_tok = ((e_patch - e_clean) * grad_acts).sum(-1)  # [B, L]
-        total_ie.append((ie_tok.sum((1, 2)) + err_tok.sum(1)).detach().cpu())
-        metric_clean.append(path.metric_path[0].cpu())
-        metric_patch.append(end_metric.cpu())
-        if keep_per_token:
-            per_token.append(ie_tok.detach().cpu())
-            per_token_error.append(err_tok.detach().cpu())
+    batch = tokens.shape[0]
+
+    def path_metric(acts_K: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
+        n_points = acts_K.shape[0]
+        resid = final_residual_from_hook(
+            model,
+            hook,
+            acts_K.reshape(n_points * batch, seq, -1),
+            tokens.repeat(n_points, 1),
+            mask.repeat(n_points, 1),
+        )
+        rows_K = torch.arange(n_points * batch, device=resid.device)
+        last = resid[rows_K, last_pos.repeat(n_points).to(resid.device)]
+        logits = unembed(model, last[:, None, :])[:, 0]
+        return metric(logits, correct.repeat(n_points), wrong.repeat(n_points)).reshape(n_points, batch)
+
+    # a = a_hat_s(f) + e is affine in (f, e), so interpolating (f, e) together is
+    # interpolating the activation, and dm/df = dm/da W_dec[:, s]^T / c_s. One path
+    # of gradients at the hook gives every feature's and the error's IE without
+    # pushing [steps, batch, seq, d_sae] codes through the decoder at every step.
+    with torch.no_grad():
+        acts_start = codec.decode(f_clean) + e_clean
+        acts_end = codec.decode(f_patch) + e_patch
+    path = integrated_gradients(
+        path_metric, acts_start, acts_end, n_steps=config.n_steps, batched=config.steps_per_pass or config.n_steps
+    )
+    with torch.no_grad():
+        end_metric = path_metric(acts_end[None])[0]
+        grad_acts = path.mean_grad_features  # dm/da averaged over the path, [B, L, D]
+        ie_tok = (f_patch - f_clean) * codec.decode_grad(grad_acts)  # [B, L, F]
+        err_tok = ((e_patch - e_clean) * grad_acts).sum(-1)  # [B, L]
+    return ie_tok, err_tok, path.metric_path[0], end_metric
+
+
+class _IETotals:
+    """Running sums of one snapshot's attribution over batches of examples."""
+
+    def __init__(self, d_sae: int, keep_per_token: bool) -> None:
+        self.keep_per_token = keep_per_token
+        self.ie_sum = torch.zeros(d_sae, dtype=torch.float64)
+        self.error_sum = 0.0
+        self.metric_clean: list[torch.Tensor] = []
+        self.metric_patch: list[torch.Tensor] = []
+        self.total_ie: list[torch.Tensor] = []
+        self.per_token: list[torch.Tensor] = []
+        self.per_token_error: list[torch.Tensor] = []
+        self.per_example: list[torch.Tensor] = []
+
+    def add(
+        self,
+        ie_tok: torch.Tensor,
+        err_tok: torch.Tensor,
+        metric_clean: torch.Tensor,
+        metric_patch: torch.Tensor,
+        positions: torch.Tensor,
+        config: AttributionConfig,
+    ) -> None:
+        """One batch: totals before thresholding, then the thresholded, position-reduced IE."""
+        self.total_ie.append((ie_tok.sum((1, 2)) + err_tok.sum(1)).detach().cpu())
+        self.metric_clean.append(metric_clean.cpu())
+        self.metric_patch.append(metric_patch.cpu())
+        if self.keep_per_token:
+            self.per_token.append(ie_tok.detach().cpu())
+            self.per_token_error.append(err_tok.detach().cpu())
         if config.threshold is not None:
             ie_tok = torch.where(ie_tok.abs() > config.threshold, ie_tok, torch.zeros_like(ie_tok))
         if config.reduce_positions == "mean":
             n_positions = positions.sum(1).clamp(min=1).to(ie_tok.dtype)
-            ie_sum += (ie_tok.sum(1) / n_positions[:, None]).sum(0).double().cpu()
-            error_sum += float((err_tok.sum(1) / n_positions).sum())
-            per_example.append((ie_tok.sum(1) / n_positions[:, None]).detach().float().cpu())
+            self.ie_sum += (ie_tok.sum(1) / n_positions[:, None]).sum(0).double().cpu()
+            self.error_sum += float((err_tok.sum(1) / n_positions).sum())
+            self.per_example.append((ie_tok.sum(1) / n_positions[:, None]).detach().float().cpu())
         else:
-            ie_sum += ie_tok.sum((0, 1)).double().cpu()
-            error_sum += float(err_tok.sum())
-            per_example.append(ie_tok.sum(1).detach().float().cpu())
+            self.ie_sum += ie_tok.sum((0, 1)).double().cpu()
+            self.error_sum += float(err_tok.sum())
+            self.per_example.append(ie_tok.sum(1).detach().float().cpu())
 
-    return SnapshotAttribution(
-        snapshot=snapshot,
-        ie=(ie_sum / n_examples).float(),
-        error_ie=error_sum / n_examples,
-        metric_clean=torch.cat(metric_clean),
-        metric_patch=torch.cat(metric_patch),
-        total_ie=torch.cat(total_ie),
-        per_token=torch.cat(per_token) if keep_per_token else None,
-        per_token_error=torch.cat(per_token_error) if keep_per_token else None,
-        per_example=torch.cat(per_example),
-    )
+    def result(self, snapshot: int, n_examples: int) -> SnapshotAttribution:
+        keep = self.keep_per_token
+        return SnapshotAttribution(
+            snapshot=snapshot,
+            ie=(self.ie_sum / n_examples).float(),
+            error_ie=self.error_sum / n_examples,
+            metric_clean=torch.cat(self.metric_clean),
+            metric_patch=torch.cat(self.metric_patch),
+            total_ie=torch.cat(self.total_ie),
+            per_token=torch.cat(self.per_token) if keep else None,
+            per_token_error=torch.cat(self.per_token_error) if keep else None,
+            per_example=torch.cat(self.per_example),
+        )
 
 
 # ---------------------------------------------------------------------------- the table

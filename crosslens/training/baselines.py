@@ -554,73 +554,126 @@ def compare_with_saes(
     store = _open_store(store)
     hook = store.resolve_hook(hook)
     eval_store = store if eval_store is None else _open_store(eval_store)
+    snapshots, steps = _check_comparison(store, eval_store, architectures, snapshots, calibrate)
+    crosscoder_eval = evaluate_crosscoder(crosscoder, eval_store, hook, n_tokens=n_eval_tokens)
+    train_kwargs: dict[str, Any] = dict(batch_size=batch_size, lr=lr, seed=seed, device=str(crosscoder.device))
+    plan = _BaselinePlan(
+        store=store, hook=hook, eval_store=eval_store, n_steps=n_steps, n_eval_tokens=n_eval_tokens,
+        d_sae=int(crosscoder.cfg.d_sae) if d_sae is None else d_sae,
+        target_l0=float(crosscoder_eval["l0"]) if target_l0 is None else float(target_l0),
+        coefficients=dict(sparsity_coefficients or {}), train_kwargs=train_kwargs,
+    )  # fmt: skip
+    if "standard" in architectures:
+        plan.standard = _standard_coefficients_up_front(plan, snapshots, calibrate, calibration_snapshot)
+
+    baselines: dict[tuple[str, int], dict[str, Any]] = {}
+    used: dict[str, set[str]] = {arch: set() for arch in architectures}
+    jobs = [(s, arch) for s in snapshots for arch in architectures]
+    for s, arch in tqdm(jobs, desc="baseline SAEs", disable=not progress):
+        sae, setting = _train_baseline(plan, s, arch)
+        used[arch].add(setting)
+        baselines[(arch, s)] = evaluate_sae(sae, eval_store, hook, s, n_tokens=n_eval_tokens)
+    sparsity = {"crosscoder": _crosscoder_sparsity(crosscoder), **_sparsity_labels(used)}
+    return quality_table(crosscoder_eval, baselines, steps, d_sae=int(crosscoder.cfg.d_sae), sparsity=sparsity)
+
+
+@dataclass
+class _BaselinePlan:
+    """What every baseline of one :func:`compare_with_saes` call shares."""
+
+    store: ActivationStore
+    hook: str
+    eval_store: ActivationStore
+    n_steps: int
+    n_eval_tokens: int
+    d_sae: int
+    target_l0: float
+    coefficients: dict[str, float]
+    train_kwargs: dict[str, Any]
+    standard: dict[int, tuple[float, SAE[Any] | None]] = field(default_factory=dict)
+    """``standard``'s (L1 coefficient, SAE already trained with it or None) per snapshot."""
+
+    @property
+    def calibration_kwargs(self) -> dict[str, Any]:
+        return dict(n_steps=self.n_steps, eval_store=self.eval_store, n_eval_tokens=self.n_eval_tokens, **self.train_kwargs)
+
+
+def _check_comparison(
+    store: ActivationStore,
+    eval_store: ActivationStore,
+    architectures: Sequence[str],
+    snapshots: Sequence[int],
+    calibrate: str,
+) -> tuple[list[int], list[int]]:
+    """The checked snapshot indices and the suite's steps."""
     for arch in architectures:
         _check_architecture(arch)
     if calibrate not in ("per_snapshot", "once"):
         raise ValueError(f"calibrate must be 'per_snapshot' or 'once', got {calibrate!r}.")
-    snapshots = [_check_snapshot(store, s) for s in snapshots]
-    if not snapshots:
+    checked = [_check_snapshot(store, s) for s in snapshots]
+    if not checked:
         raise ValueError("snapshots is empty; name the snapshot indices to train baselines on.")
     steps = [int(entry["step"]) for entry in store.snapshots]
     if [int(entry["step"]) for entry in eval_store.snapshots] != steps:
         raise ValueError(
             "eval_store holds other snapshots than store; harvest the held-out tokens from the same suite."
         )
-    crosscoder_eval = evaluate_crosscoder(crosscoder, eval_store, hook, n_tokens=n_eval_tokens)
-    d_sae = int(crosscoder.cfg.d_sae) if d_sae is None else d_sae
-    target_l0 = float(crosscoder_eval["l0"]) if target_l0 is None else float(target_l0)
-    coefficients = dict(sparsity_coefficients or {})
-    train_kwargs: dict[str, Any] = dict(batch_size=batch_size, lr=lr, seed=seed, device=str(crosscoder.device))
-    calibration_kwargs = dict(n_steps=n_steps, eval_store=eval_store, n_eval_tokens=n_eval_tokens, **train_kwargs)
+    return checked, steps
 
-    # standard: (coefficient, SAE already trained with it) per snapshot
-    standard: dict[int, tuple[float, SAE[Any] | None]] = {}
-    if "standard" in architectures and "standard" in coefficients:
-        standard = {s: (coefficients["standard"], None) for s in snapshots}
-    elif "standard" in architectures and calibrate == "once":
-        at = snapshots[len(snapshots) // 2] if calibration_snapshot is None else calibration_snapshot
-        found = calibrate_sparsity_coefficient(store, hook, at, "standard", d_sae, target_l0, **calibration_kwargs)
-        standard = {s: (found.coefficient, found.sae if s == at else None) for s in snapshots}
 
-    baselines: dict[tuple[str, int], dict[str, Any]] = {}
-    used: dict[str, set[str]] = {arch: set() for arch in architectures}
-    jobs = [(s, arch) for s in snapshots for arch in architectures]
-    for s, arch in tqdm(jobs, desc="baseline SAEs", disable=not progress):
-        sae: SAE[Any] | None = None
-        if arch == "topk":
-            k = max(1, round(target_l0))
-            sae = train_snapshot_sae(store, hook, s, arch, d_sae, k=k, n_steps=n_steps, **train_kwargs)
-            used[arch].add(f"k={k}")
-        elif arch == "jumprelu":
-            sae = train_snapshot_sae(
-                store, hook, s, arch, d_sae, target_l0=target_l0, sparsity_coefficient=coefficients.get(arch),
-                n_steps=n_steps, **train_kwargs,
-            )
-            used[arch].add(f"L0->{target_l0:.1f}")
-        else:
-            if s not in standard:  # per-snapshot search, warm-started from the last one
-                previous = [c for c, _ in standard.values()]
-                found = calibrate_sparsity_coefficient(
-                    store, hook, s, arch, d_sae, target_l0, initial=previous[-1] if previous else None,
-                    **calibration_kwargs,
-                )
-                standard[s] = (found.coefficient, found.sae)
-            coefficient, sae = standard[s]
-            if sae is None:
-                sae = train_snapshot_sae(
-                    store, hook, s, arch, d_sae, sparsity_coefficient=coefficient, n_steps=n_steps, **train_kwargs
-                )
-            used[arch].add(f"{coefficient:.3g}")
-        baselines[(arch, s)] = evaluate_sae(sae, eval_store, hook, s, n_tokens=n_eval_tokens)
+def _standard_coefficients_up_front(
+    plan: _BaselinePlan, snapshots: Sequence[int], calibrate: str, calibration_snapshot: int | None
+) -> dict[int, tuple[float, SAE[Any] | None]]:
+    """``standard``'s coefficients known before training: given, or searched once at one
+    snapshot; empty for a per-snapshot search (done as each snapshot comes)."""
+    if "standard" in plan.coefficients:
+        return {s: (plan.coefficients["standard"], None) for s in snapshots}
+    if calibrate != "once":
+        return {}
+    at = snapshots[len(snapshots) // 2] if calibration_snapshot is None else calibration_snapshot
+    found = calibrate_sparsity_coefficient(
+        plan.store, plan.hook, at, "standard", plan.d_sae, plan.target_l0, **plan.calibration_kwargs
+    )
+    return {s: (found.coefficient, found.sae if s == at else None) for s in snapshots}
 
-    sparsity = {"crosscoder": _crosscoder_sparsity(crosscoder)}
+
+def _train_baseline(plan: _BaselinePlan, s: int, arch: str) -> tuple[SAE[Any], str]:
+    """One baseline SAE at snapshot ``s``, and how its sparsity was set."""
+    store, hook, d_sae, target_l0 = plan.store, plan.hook, plan.d_sae, plan.target_l0
+    if arch == "topk":
+        k = max(1, round(target_l0))
+        return train_snapshot_sae(store, hook, s, arch, d_sae, k=k, n_steps=plan.n_steps, **plan.train_kwargs), f"k={k}"
+    if arch == "jumprelu":
+        sae = train_snapshot_sae(
+            store, hook, s, arch, d_sae, target_l0=target_l0, sparsity_coefficient=plan.coefficients.get(arch),
+            n_steps=plan.n_steps, **plan.train_kwargs,
+        )  # fmt: skip
+        return sae, f"L0->{target_l0:.1f}"
+    if s not in plan.standard:  # per-snapshot search, warm-started from the last one
+        previous = [c for c, _ in plan.standard.values()]
+        found = calibrate_sparsity_coefficient(
+            store, hook, s, arch, d_sae, target_l0, initial=previous[-1] if previous else None,
+            **plan.calibration_kwargs,
+        )  # fmt: skip
+        plan.standard[s] = (found.coefficient, found.sae)
+    coefficient, sae = plan.standard[s]
+    if sae is None:
+        sae = train_snapshot_sae(
+            store, hook, s, arch, d_sae, sparsity_coefficient=coefficient, n_steps=plan.n_steps, **plan.train_kwargs
+        )
+    return sae, f"{coefficient:.3g}"
+
+
+def _sparsity_labels(used: Mapping[str, set[str]]) -> dict[str, str]:
+    """The quality table's ``sparsity`` row: how each baseline column's sparsity was set."""
+    labels = {}
     for arch, settings in used.items():
         if arch == "standard":
             values = sorted(settings, key=float)
-            sparsity[arch] = "l1=" + (values[0] if len(values) == 1 else f"{values[0]}..{values[-1]}")
+            labels[arch] = "l1=" + (values[0] if len(values) == 1 else f"{values[0]}..{values[-1]}")
         else:
-            sparsity[arch] = ",".join(sorted(settings))
-    return quality_table(crosscoder_eval, baselines, steps, d_sae=int(crosscoder.cfg.d_sae), sparsity=sparsity)
+            labels[arch] = ",".join(sorted(settings))
+    return labels
 
 
 def _crosscoder_sparsity(crosscoder: SAE[Any]) -> str | None:

@@ -175,9 +175,18 @@ def default_sparsity_coefficient(architecture: str, *, n_snapshots: int, d_in: i
 class CrosscoderTrainingRunner:
     """Trains one crosscoder from an activation store; ``run(resume=True)`` continues a run."""
 
-    def __init__(self, config: CrosscoderRunnerConfig):
+    def __init__(self, config: CrosscoderRunnerConfig, store: ActivationStore | None = None):
+        """``store``: the store at ``config.store_path`` when the caller already holds it open
+        (and verified), so it is not opened, and hashed, a second time."""
         self.config = config
-        self.store = ActivationStore.open(config.store_path, verify="full" if config.verify_store else "size")
+        if store is None:
+            store = ActivationStore.open(config.store_path, verify="full" if config.verify_store else "size")
+        elif Path(store.path).resolve() != Path(config.store_path).resolve():
+            raise ValueError(
+                f"the store given ({store.path}) is not config.store_path ({config.store_path}); "
+                "pass the store opened from that path, or none"
+            )
+        self.store = store
         self.hook = self.store.resolve_hook(config.hook)
         self.out_dir = Path(config.out_dir)
         self.device = config.device
