@@ -63,3 +63,14 @@ def test_one_builder_translates_sparsity_for_crosscoders_and_saes():
     sae = build_training_sae("jumprelu", d_in=8, d_sae=16, sparsity_coefficient=0.25, sparsity_warm_up_steps=3)
     assert (sae.cfg.l0_coefficient, sae.cfg.l0_warm_up_steps) == (0.25, 3)
     assert build_training_sae("topk", d_in=8, d_sae=16, target_l0=2.6).cfg.k == 3
+
+
+def test_decoder_init_norm_and_k_come_from_the_table():
+    import crosslens.crosscoders as crosscoders
+    from crosslens.crosscoders.defaults import DEFAULT_DECODER_INIT_NORM, DEFAULT_K
+    from crosslens.training.runner import CrosscoderRunnerConfig
+
+    config = CrosscoderRunnerConfig(store_path="unused", out_dir="unused")
+    assert (config.k, config.decoder_init_norm) == (DEFAULT_K, DEFAULT_DECODER_INIT_NORM) == (32, 0.08)
+    assert crosscoders.DEFAULT_DECODER_INIT_NORM is DEFAULT_DECODER_INIT_NORM
+    assert {d.decoder_init_norm for d in TRAINING_DEFAULTS.values()} == {DEFAULT_DECODER_INIT_NORM}

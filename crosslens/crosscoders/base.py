@@ -42,8 +42,8 @@ from torch import nn
 
 from crosslens._common import is_folded
 from crosslens.crosscoders.collectives import LocalCollectives
+from crosslens.crosscoders.defaults import DEFAULT_DECODER_INIT_NORM
 
-DEFAULT_DECODER_INIT_NORM = 0.08
 
 SNAPSHOT_AXES = {"W_enc": 0, "W_dec": 1, "b_dec": 0, "folded_norm_factors": 0}
 """State-dict entries with a snapshot axis, and which axis it is. A snapshot-parallel

@@ -41,6 +41,12 @@ class TrainingDefaults:
     """Where these numbers come from."""
 
 
+DEFAULT_DECODER_INIT_NORM = 0.08
+"""Norm of every decoder row at initialisation (Bayazit et al.)."""
+
+DEFAULT_K = 32
+"""Active features per token of the TopK-style architectures when none is given."""
+
 DEFAULT_LR = 1e-3
 """Every architecture's learning rate, and CrosscoderTrainerConfig's: measured to converge within
 the pico demo's step budget (NOTES.md); the papers' 5e-5 is for runs of hundreds of millions of tokens."""
@@ -48,12 +54,12 @@ the pico demo's step budget (NOTES.md); the papers' 5e-5 is for runs of hundreds
 TRAINING_DEFAULTS: dict[str, TrainingDefaults] = {
     "crosscoder": TrainingDefaults(
         lr=DEFAULT_LR, sparsity_coefficient=2.0, sparsity_per_shape=False, sparsity_warm_up=0.05,
-        decoder_init_norm=0.08, k=32,
+        decoder_init_norm=DEFAULT_DECODER_INIT_NORM, k=DEFAULT_K,
         source="Bayazit et al.: lambda 2 over 5% warm-up, decoder norm 0.08; lr measured on pico",
     ),
     "jumprelu_crosscoder": TrainingDefaults(
         lr=DEFAULT_LR, sparsity_coefficient=0.6, sparsity_per_shape=True, sparsity_warm_up=0.1,
-        decoder_init_norm=0.08, k=32,
+        decoder_init_norm=DEFAULT_DECODER_INIT_NORM, k=DEFAULT_K,
         source=(
             "Ge et al.: 10% warm-up; lambda 0.6 per unit of n_snapshots*d_in/d_sae measured on the "
             "planted set of issue 11 (Ge et al.'s 0.3 sits at ratio 1)"
@@ -61,11 +67,11 @@ TRAINING_DEFAULTS: dict[str, TrainingDefaults] = {
     ),
     "topk_crosscoder": TrainingDefaults(
         lr=DEFAULT_LR, sparsity_coefficient=None, sparsity_per_shape=False, sparsity_warm_up=0.0,
-        decoder_init_norm=0.08, k=32, source="k = 32 as SAELens's TopK default; lr measured on pico",
+        decoder_init_norm=DEFAULT_DECODER_INIT_NORM, k=DEFAULT_K, source="k = 32 as SAELens's TopK default; lr measured on pico",
     ),
     "batchtopk_crosscoder": TrainingDefaults(
         lr=DEFAULT_LR, sparsity_coefficient=None, sparsity_per_shape=False, sparsity_warm_up=0.0,
-        decoder_init_norm=0.08, k=32, source="as topk_crosscoder",
+        decoder_init_norm=DEFAULT_DECODER_INIT_NORM, k=DEFAULT_K, source="as topk_crosscoder",
     ),
 }  # fmt: skip
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from crosslens.crosscoders.defaults import DEFAULT_DECODER_INIT_NORM, DEFAULT_K
+
 # architecture -> the config fields of its (coefficient, warm-up); absent: sparsity is set by k
 SPARSITY_FIELDS: dict[str, tuple[str, str]] = {
     "crosscoder": ("l1_coefficient", "l1_warm_up_steps"),
@@ -51,10 +53,10 @@ def build_training_crosscoder(
     d_in: int,
     n_snapshots: int,
     d_sae: int,
-    k: int = 32,
+    k: int = DEFAULT_K,
     sparsity_coefficient: float | None = None,
     sparsity_warm_up_steps: int = 0,
-    decoder_init_norm: float = 0.08,
+    decoder_init_norm: float = DEFAULT_DECODER_INIT_NORM,
     device: str = "cpu",
     **extra: Any,
 ):

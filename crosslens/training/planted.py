@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from crosslens.crosscoders.defaults import DEFAULT_K
 from crosslens.training.config import CrosscoderTrainerConfig
 from crosslens.training.runner import (
     DEFAULT_LR,
@@ -35,7 +36,7 @@ def train_planted(
     n_steps: int = 3000,
     batch_size: int = 1024,
     d_sae: int = 128,
-    k: int = 32,
+    k: int = DEFAULT_K,
     lr: float | None = None,
     sparsity_coefficient: float | None = None,
     lr_decay_fraction: float = 0.2,

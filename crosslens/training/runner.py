@@ -32,7 +32,13 @@ from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.crosscoders import ARCHITECTURES, set_crosscoder_metadata
-from crosslens.crosscoders.defaults import DEFAULT_LR, TRAINING_DEFAULTS, sparsity_coefficient_for
+from crosslens.crosscoders.defaults import (
+    DEFAULT_DECODER_INIT_NORM,
+    DEFAULT_K,
+    DEFAULT_LR,
+    TRAINING_DEFAULTS,
+    sparsity_coefficient_for,
+)
 from crosslens.distributed import init_mesh, launched_by_torchrun, shard_batches
 from crosslens.errors import StoreChangedError
 from crosslens.training.config import CrosscoderTrainerConfig
@@ -62,7 +68,7 @@ class CrosscoderRunnerConfig:
     """One of crosscoder, jumprelu_crosscoder, topk_crosscoder, batchtopk_crosscoder."""
     d_sae: int = 1024
     """Number of shared features."""
-    k: int = 32
+    k: int = DEFAULT_K
     """Active features per token for topk/batchtopk crosscoders."""
     sparsity_coefficient: float | None = None
     """lambda of the L1 (crosscoder) or tanh (jumprelu_crosscoder) penalty; None: per-architecture
@@ -79,7 +85,7 @@ class CrosscoderRunnerConfig:
     """Linear learning-rate warm-up steps."""
     lr_decay_fraction: float = 0.2
     """Final fraction of steps with linear decay to 0 (Bayazit et al.: 20%)."""
-    decoder_init_norm: float = 0.08
+    decoder_init_norm: float = DEFAULT_DECODER_INIT_NORM
     """Initial norm of each W_dec[i, s] (Bayazit et al.: 0.08)."""
     seed: int = 0
     """Seeds initialisation and the batch order."""
