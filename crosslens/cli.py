@@ -364,7 +364,12 @@ def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
         else:
             tokens = tokens_from_pico(tokenizer, seq_len, n_seqs + n_held, seed=0)
     except ValueError as error:
-        raise CLIError(f"{' '.join(str(error).split())} (lower --n-tokens or --heldout-tokens, or give more text)") from None
+        if "rows of seq_len" not in str(error):
+            raise
+        raise CLIError(
+            f"--n-tokens {n_tokens} (+ --heldout-tokens {held_tokens}) is more than the text holds at --seq-len "
+            f"{seq_len}; lower --n-tokens, or give more text ({' '.join(str(error).split())})"
+        ) from None
     train_NL, heldout_NL = split_rows(tokens, n_held, seed=0)
     store_dtype = dtype_name(args.store_dtype or (recipe.store_dtype if recipe is not None else model_dtype))
     common = dict(dtype=store_dtype, overwrite=args.overwrite, device=device, model_dtype=model_dtype)
@@ -546,7 +551,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_quality(crosscoder_path, store_path: str, eval_store: str | None, device: str, save_to: Path | None = None) -> None:
+def _print_quality(
+    crosscoder_path, store_path: str, eval_store: str | None, device: str, save_to: Path | None = None,
+    eval_flag: str = "--eval-store",
+) -> None:
     """The quality table of a saved crosscoder: held-out explained variance per snapshot, L0, dead features."""
     from sae_lens import SAE
 
@@ -555,7 +563,7 @@ def _print_quality(crosscoder_path, store_path: str, eval_store: str | None, dev
     from crosslens.commands import format_quality, heldout_store_path, quality_rows
 
     if eval_store is not None:
-        path, where = eval_store, f"--eval-store {eval_store}"
+        path, where = eval_store, f"{eval_flag} {eval_store}"
     elif heldout_store_path(store_path).exists():
         path, where = str(heldout_store_path(store_path)), f"held-out tokens ({heldout_store_path(store_path)})"
     else:
@@ -574,7 +582,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     folder = _crosscoder_folder_arg(args.crosscoder, "CROSSCODER")
     if not Path(args.store).exists():
         raise CLIError(f"--store {args.store}: the path does not exist; pass an activation store written by `crosslens harvest`")
-    _print_quality(crosscoder_folder(folder), args.store, args.store, device)
+    _print_quality(crosscoder_folder(folder), args.store, args.store, device, eval_flag="--store")
     return 0
 
 
@@ -671,11 +679,11 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     record = crosscoder_suite_record(folder)
     if steps is None and args.n_snapshots is None:  # the snapshots the crosscoder was trained on
         steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
+    tasks = _tasks_from_args(args)  # before any model loads
     suite_spec = args.suite or record.get("root") or record.get("model_id") or "pico"
     if args.suite is None and suite_spec != "pico":
         print(f"suite: {suite_spec} (recorded with the crosscoder; --suite overrides)")
     suite = resolve_suite(suite_spec, steps, args.n_snapshots)
-    tasks = _tasks_from_args(args)
     if len(tasks) > 1:  # several languages: run together, RelIE per language side by side
         from crosslens.causal.demo import language_attribution_sections
         from crosslens.devices import on_device
@@ -1158,12 +1166,18 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         if debug or exit_.code in (None, 0) or isinstance(exit_.code, int):
             raise
-        _one_line_error(args.command, str(exit_.code).removeprefix("crosslens: "), None)
+        _one_line_error(_command_name(args), str(exit_.code).removeprefix("crosslens: "), None)
     except Exception as err:  # noqa: BLE001 - every error is one line; --debug shows the traceback
         if debug:
             raise
-        _one_line_error(args.command, str(err), err)
+        _one_line_error(_command_name(args), str(err), err)
     return 2
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """``suite list``, ``harvest``, ...: the words of the command that failed."""
+    words = [args.command, getattr(args, "suite_command", None), getattr(args, "pretrained_command", None)]
+    return " ".join(w for w in words if w)
 
 
 def _one_line_error(command: str, message: str, err: BaseException | None) -> None:
