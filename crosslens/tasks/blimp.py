@@ -395,7 +395,8 @@ def load_task_file(path: str | Path, *, tokenizer: Any = None, on_invalid: OnInv
     the file), one per language for a MultiBLiMP-style file (see :func:`task_file_format`)."""
     kind = task_file_format(path)
     if kind == "multilingual":
-        return load_multilingual_blimp(path, tokenizer=tokenizer, on_invalid=on_invalid)
+        by_language = load_multilingual_blimp(path, tokenizer=tokenizer, on_invalid=on_invalid)
+        return {task.name: task for task in by_language.values()}
     if kind == "blimp":
         task = load_blimp_jsonl(path, tokenizer=tokenizer, on_invalid=on_invalid)
     elif kind == "clams":
