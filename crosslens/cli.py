@@ -142,7 +142,13 @@ def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | 
         if "pythia" in lowered:
             suite = CheckpointSuite.pythia(spec)
         elif "olmo" in lowered:
-            suite = CheckpointSuite.olmo(spec, ingredient=int(ingredient) if ingredient else None)
+            from crosslens.checkpoints import MixedIngredientsError
+
+            try:
+                suite = CheckpointSuite.olmo(spec, ingredient=int(ingredient) if ingredient else None)
+            except MixedIngredientsError as error:  # its message names the --suite NAME@ingredientK to pass
+                print(f"crosslens: {error}", file=sys.stderr)
+                raise SystemExit(2) from None
         elif "bloom" in lowered:
             suite = CheckpointSuite.bloom(spec)
         else:
