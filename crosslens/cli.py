@@ -1164,6 +1164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_together(parser, args)
+    import warnings
+
+    formatwarning = warnings.formatwarning
+    if not debug:  # warnings as one line each, without the source line that raised them
+        warnings.formatwarning = lambda message, category, *_, **__: f"crosslens: warning: {message}\n"
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -1177,6 +1182,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         _one_line_error(_command_name(args), str(err), err)
+    finally:
+        warnings.formatwarning = formatwarning
     return 2
 
 

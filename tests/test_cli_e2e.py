@@ -79,7 +79,8 @@ def test_readme_walkthrough_runs_start_to_end(tmp_path, monkeypatch, capsys):
     assert len(manifest["snapshots"]) >= 16
     assert all(isinstance(row["extra"]["pairs"], float) for row in manifest["evals"])
     assert all(row["simple"] is not None for row in manifest["evals"])  # BPE pieces scored, not skipped
-    assert "pairs" in out["suite build"].splitlines()[-1] or "pairs" in out["suite build"]
+    assert re.search(r"^ +step +tokens +loss +simple +pp +rc +near +ioi +pairs$", out["suite build"], re.M)
+    assert "pairs columns: share of pairs whose correct continuation has the higher summed log-probability" in out["suite build"]
 
     # harvest: a store and a held-out store of other rows
     assert "held-out store" in out["harvest"]
