@@ -122,7 +122,7 @@ def _reset_peak_memory(device: str) -> None:
     reset_peak_memory(device)
 
 
-def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | None = None):
+def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | None = None, flag: str = "--suite"):
     """Turn a ``--suite`` string into a :class:`CheckpointSuite`, then select snapshots."""
     from crosslens.checkpoints import CheckpointSuite
 
@@ -130,13 +130,15 @@ def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | 
         from crosslens.pico import pico_suite
 
         suite = pico_suite()
-    elif Path(spec).exists():
-        suite = CheckpointSuite.local(spec)
+    elif Path(spec).expanduser().exists():
+        suite = CheckpointSuite.local(Path(spec).expanduser())
+    elif spec.startswith(("/", "./", "../", "~")) or spec.endswith(("/", "\\")):
+        raise CLIError(f"{flag} {spec}: the path does not exist; pass a folder of checkpoints (e.g. one `crosslens suite build --root` wrote)")
     else:
         spec, _, ingredient = spec.partition("@ingredient")  # OLMo-2/3: one stage-2 ingredient
         lowered = spec.lower()
         if ingredient and ("olmo" not in lowered or not ingredient.isdigit()):
-            raise SystemExit(f"crosslens: --suite {spec}@ingredient{ingredient}: pass an OLMo-2/3 repo and a number, e.g. @ingredient1")
+            raise CLIError(f"{flag} {spec}@ingredient{ingredient}: pass an OLMo-2/3 repo and a number, e.g. @ingredient1")
         if "pythia" in lowered:
             suite = CheckpointSuite.pythia(spec)
         elif "olmo" in lowered:
@@ -144,29 +146,107 @@ def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | 
 
             try:
                 suite = CheckpointSuite.olmo(spec, ingredient=int(ingredient) if ingredient else None)
-            except MixedIngredientsError as error:
+            except MixedIngredientsError as error:  # its message names the --suite NAME@ingredientK to pass
                 print(f"crosslens: {error}", file=sys.stderr)
                 raise SystemExit(2) from None
         elif "bloom" in lowered:
             suite = CheckpointSuite.bloom(spec)
         else:
-            raise SystemExit(
-                f"crosslens: cannot tell which family {spec!r} is. Use 'pico', a local folder "
-                "of checkpoints, or a model id naming pythia, OLMo or bloom."
+            raise CLIError(
+                f"{flag} {spec}: no such local folder, and cannot tell which family {spec!r} is; pass 'pico', "
+                "a local folder of checkpoints, or a hub id naming pythia, OLMo or bloom"
             )
-    if steps is not None:
-        suite = suite.select(steps=steps)
-    if n_snapshots is not None:
-        suite = suite.select(n=n_snapshots, spacing="log")
+    try:
+        if steps is not None:
+            suite = suite.select(steps=steps)
+        if n_snapshots is not None:
+            suite = suite.select(n=n_snapshots, spacing="log")
+    except ValueError as error:
+        raise CLIError(f"--steps/--n-snapshots: {error}") from None
     return suite
 
 
 # ---------------------------------------------------------------------------
 # Subcommands
 # ---------------------------------------------------------------------------
-def _cmd_suite_build(args: argparse.Namespace) -> int:
+# suite build flag -> PicoConfig field
+BUILD_FLAGS = {
+    "n_layers": "n_layers", "d_model": "d_model", "n_heads": "n_heads", "train_steps": "n_steps",
+    "seq_len": "seq_len", "batch_size": "batch_size", "bpe_vocab": "bpe_vocab_size", "seed": "seed",
+}  # fmt: skip
+
+
+def checkpoint_schedule(n_steps: int, n_checkpoints: int) -> tuple[int, int]:
+    """``(log_checkpoints_until, checkpoint_every)`` giving the Pythia-shaped schedule (powers of
+    two, then evenly spaced) with the checkpoint count closest to ``n_checkpoints``, more preferred."""
+    from crosslens.pico.train import pythia_like_schedule
+
+    best: tuple[int, int] | None = None
+    best_key: tuple[int, int] | None = None
+    for every in range(1, n_steps + 1):
+        count = len(pythia_like_schedule(n_steps, every, every))
+        key = (0 if count >= n_checkpoints else 1, abs(count - n_checkpoints))
+        if best_key is None or key < best_key:
+            best, best_key = (every, every), key
+    assert best is not None
+    return best
+
+
+def _build_config(args: argparse.Namespace):
+    """The PicoConfig the suite build flags describe, and whether any flag set one of its fields."""
     from dataclasses import replace
 
+    from crosslens.pico import PicoConfig
+
+    base = PicoConfig.small() if args.small else PicoConfig.long() if args.long else PicoConfig()
+    changes = {field: getattr(args, flag) for flag, field in BUILD_FLAGS.items() if getattr(args, flag) is not None}
+    if args.d_model is not None:
+        changes["d_mlp"] = 4 * args.d_model
+        if args.n_heads is None and args.d_model % base.n_heads:
+            changes["n_heads"] = next(h for h in (4, 2, 1) if args.d_model % h == 0)
+    if args.corpus:
+        changes["corpus"] = _corpus_spec(args.corpus)
+    if args.eval:
+        if not Path(args.eval).is_file():
+            raise CLIError(f"--eval {args.eval}: no such file; pass a BLiMP, crosslens JSONL or CLAMS pairs file")
+        changes["eval_pairs"] = str(Path(args.eval).resolve())
+    n_steps = changes.get("n_steps", base.n_steps)
+    if args.checkpoints is not None:
+        if args.checkpoints > n_steps + 1:
+            raise CLIError(f"--checkpoints {args.checkpoints} exceeds the {n_steps} training steps + 1; raise --train-steps")
+        log_until, every = checkpoint_schedule(n_steps, args.checkpoints)
+        changes.update(log_checkpoints_until=log_until, checkpoint_every=every)
+    elif "n_steps" in changes and changes["n_steps"] != base.n_steps:  # keep about the base's checkpoint count
+        log_until, every = checkpoint_schedule(n_steps, len(base.checkpoint_steps))
+        changes.update(log_checkpoints_until=log_until, checkpoint_every=every)
+    if "n_steps" in changes:
+        changes["warmup_steps"] = min(base.warmup_steps, max(1, changes["n_steps"] // 10))
+    try:
+        return replace(base, **changes), bool(changes) or args.small or args.long
+    except ValueError as error:  # PicoConfig's own check: name the flag instead of the field
+        message = str(error)
+        for flag, field in {**BUILD_FLAGS, "checkpoints": "checkpoint", "eval": "eval_pairs"}.items():
+            message = message.replace(f"PicoConfig.{field}", f"--{flag.replace('_', '-')}")
+        message = message.replace("raise n_steps or lower checkpoint_every", "raise --train-steps or --checkpoints")
+        raise CLIError(message) from None
+
+
+def _corpus_spec(values: list[str]):
+    """``--corpus`` values as PicoConfig.corpus: text files (folders expanded) or one dataset:NAME:COLUMN."""
+    from crosslens.pico.corpus import DATASET_PREFIX, text_files
+
+    datasets = [v for v in values if v.startswith(DATASET_PREFIX)]
+    if datasets:
+        if len(values) > 1:
+            raise CLIError("--corpus takes either text files and folders, or one dataset:NAME:COLUMN, not both")
+        return datasets[0]
+    try:
+        return tuple(str(path.resolve()) for path in text_files(values))
+    except ValueError as error:
+        raise CLIError(f"--corpus: {error}") from None
+
+
+def _cmd_suite_build(args: argparse.Namespace) -> int:
     if args.device not in (None, "cpu") or (args.dtype or "float32").lower() not in ("float32", "fp32"):
         raise CLIError(
             "the pico suite trains on the CPU in float32, so its checkpoints are bitwise reproducible; "
@@ -175,18 +255,29 @@ def _cmd_suite_build(args: argparse.Namespace) -> int:
 
     from crosslens.pico import PicoConfig, build_pico_suite, default_root, format_eval_table, format_targets, is_built
 
-    config = PicoConfig.small() if args.small else PicoConfig.long() if args.long else PicoConfig()
-    if args.seed is not None:
-        config = replace(config, seed=args.seed)
+    config, configured = _build_config(args)
     root = Path(args.root) if args.root else default_root(config)
+    if args.root and is_built(root) and not configured:  # a suite built earlier, maybe with other flags: use it
+        recorded = json.loads((root / "suite.json").read_text())["build"]["config"]
+        config = PicoConfig(**recorded)
+    if (root / "suite.json").is_file() and not is_built(root, config) and not args.force:
+        raise CLIError(
+            f"--root {root} holds a pico suite built with other settings; add --force to rebuild it there "
+            "with these flags, drop the flags to use it as it is, or choose another --root"
+        )
     cached = not args.force and is_built(root, config)
     root = build_pico_suite(config, root=root, force=args.force, progress=True)
+    manifest = json.loads((Path(root) / "suite.json").read_text())
     if cached:  # a fresh build already printed its table row by row
-        manifest = json.loads((Path(root) / "suite.json").read_text())
-        print(format_eval_table(manifest["evals"]))
+        extra = list(dict.fromkeys(n for row in manifest["evals"] for n in row.get("extra", {})))
+        print(format_eval_table(manifest["evals"], extra))
         if manifest.get("targets"):
             print(format_targets(manifest["targets"]))
         print("(cached build; --force rebuilds)")
+    for note in manifest["build"].get("notes") or []:
+        print(f"note: {note}")
+    if config.eval_pairs:
+        print("pairs columns: share of pairs whose correct continuation has the higher summed log-probability (chance 50)")
     print(f"\npico suite: {root}")
     return 0
 
@@ -203,47 +294,96 @@ def _cmd_suite_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_harvest(args: argparse.Namespace) -> int:
-    device, model_dtype = _device_and_dtype(args)
     recipe = _load_recipe(args.recipe) if args.recipe else None
+    hooks = args.hook or ([recipe.hook] if recipe is not None else None)
+    if not hooks:
+        raise CLIError("harvest needs --hook NAME (e.g. --hook blocks.0.hook_resid_post), or a --recipe")
+    device, model_dtype = _device_and_dtype(args)
     if recipe is not None and args.suite is None:
         suite = _recipe_suite(recipe)
         if args.steps is not None or args.n_snapshots is not None:
             suite = suite.select(steps=args.steps) if args.steps is not None else suite.select(n=args.n_snapshots)
     else:
         suite = resolve_suite(args.suite or "pico", args.steps, args.n_snapshots)
-    hooks = args.hook or ([recipe.hook] if recipe is not None else None)
-    if not hooks:
-        raise CLIError("harvest needs --hook NAME (or a --recipe)")
-    dataset = args.dataset or (recipe.dataset if recipe is not None else None)
-    if recipe is not None and not dataset:
-        raise CLIError(f"recipe {recipe.name} records no dataset; pass --dataset NAME:COLUMN")
+    _check_hooks(suite, hooks)  # before any model loads or anything is written
+    source = _token_source(args, recipe)
     device = _rank_device(device)
     _reset_peak_memory(device)
     with _torchrun_job():
-        store = _harvest(args, suite, hooks, recipe, dataset, device, model_dtype)
+        store, heldout = _harvest(args, suite, hooks, recipe, source, device, model_dtype)
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"activation store: {store.path} ({store.n_tokens} tokens x {store.n_snapshots} snapshots)")
+            if heldout is not None:
+                print(f"held-out store: {heldout.path} ({heldout.n_tokens} tokens; `crosslens train` reports on it)")
         _print_peak_memory(device)
     return 0
 
 
-def _harvest(args, suite, hooks, recipe, dataset, device, model_dtype):
-    """The store ``harvest`` writes: the flags win over the recipe's values."""
-    from crosslens.demo import harvest_stage
+def _check_hooks(suite, hooks: list[str]) -> None:
+    from crosslens.commands import hook_problem, suite_n_layers
+
+    n_layers = suite_n_layers(suite)
+    for hook in hooks:
+        problem = hook_problem(hook, n_layers)
+        if problem:
+            raise CLIError(f"--hook {problem}")
+
+
+def _token_source(args: argparse.Namespace, recipe) -> tuple[str, object]:
+    """Where harvest's tokens come from: ("text", [paths]), ("dataset", "NAME:COLUMN") or ("pico", None)."""
+    if args.text:
+        missing = [t for t in args.text if not Path(t).exists()]
+        if missing:
+            raise CLIError(f"--text {missing[0]}: no such file or folder")
+        return "text", list(args.text)
+    dataset = args.dataset or (recipe.dataset if recipe is not None else None)
+    if recipe is not None and not dataset:
+        raise CLIError(f"recipe {recipe.name} records no dataset; pass --dataset NAME:COLUMN or --text FILE")
+    if dataset:
+        dataset = dataset.removeprefix("dataset:")
+        if Path(dataset).is_file() or (Path(dataset).is_dir() and not (Path(dataset) / "dataset_info.json").exists()):
+            return "text", [dataset]  # a text file or a folder of .txt files given as --dataset
+        return "dataset", dataset
+    return "pico", None
+
+
+def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
+    """The store ``harvest`` writes (flags win over the recipe's values), and its held-out store."""
+    from crosslens.activations import harvest_activations, tokens_from_dataset, tokens_from_pico
+    from crosslens.activations.tokens import tokenize_texts
+    from crosslens.commands import heldout_store_path, split_rows, text_documents
     from crosslens.devices import dtype_name
 
-    return harvest_stage(
-        suite,
-        hooks=hooks,
-        n_tokens=args.n_tokens or (recipe.n_tokens if recipe is not None else 200_000),
-        seq_len=args.seq_len or (recipe.context if recipe is not None else 64),
-        out_dir=args.out,
-        dtype=dtype_name(args.store_dtype or (recipe.store_dtype if recipe is not None else model_dtype)),
-        dataset=dataset,
-        overwrite=args.overwrite,
-        device=device,
-        model_dtype=model_dtype,
-    )
+    n_tokens = args.n_tokens or (recipe.n_tokens if recipe is not None else 200_000)
+    seq_len = args.seq_len or (recipe.context if recipe is not None else 64)
+    n_seqs = max(1, n_tokens // seq_len)
+    held_tokens = args.heldout_tokens if args.heldout_tokens is not None else min(16_384, n_tokens // 10)
+    n_held = held_tokens // seq_len
+    tokenizer = suite.tokenizer()
+    kind, value = source
+    try:
+        if kind == "text":
+            tokens = tokenize_texts(tokenizer, text_documents(value), seq_len, n_seqs=n_seqs + n_held)
+        elif kind == "dataset":
+            name, _, column = str(value).partition(":")
+            tokens = tokens_from_dataset(tokenizer, name, seq_len, n_seqs + n_held, column=column or "text")
+        else:
+            tokens = tokens_from_pico(tokenizer, seq_len, n_seqs + n_held, seed=0)
+    except ValueError as error:
+        if "rows of seq_len" not in str(error):
+            raise
+        raise CLIError(
+            f"--n-tokens {n_tokens} (+ --heldout-tokens {held_tokens}) is more than the text holds at --seq-len "
+            f"{seq_len}; lower --n-tokens, or give more text ({' '.join(str(error).split())})"
+        ) from None
+    train_NL, heldout_NL = split_rows(tokens, n_held, seed=0)
+    store_dtype = dtype_name(args.store_dtype or (recipe.store_dtype if recipe is not None else model_dtype))
+    common = dict(dtype=store_dtype, overwrite=args.overwrite, device=device, model_dtype=model_dtype)
+    store = harvest_activations(suite, hooks, train_NL, args.out, **common)
+    heldout = None
+    if len(heldout_NL):
+        heldout = harvest_activations(suite, hooks, heldout_NL, heldout_store_path(args.out), **common)
+    return store, heldout
 
 
 # ---------------------------------------------------------------------------
@@ -358,7 +498,6 @@ def _harvest_for_recipe(args: argparse.Namespace, recipe, settings: dict, device
     the store path, after checking weights, dataset and disk space."""
     import shutil
 
-    from crosslens.demo import harvest_stage
     from crosslens.devices import DTYPE_BYTES, dtype_name, format_bytes
     from crosslens.plan import hook_width, known_model, model_spec_for
 
@@ -381,10 +520,14 @@ def _harvest_for_recipe(args: argparse.Namespace, recipe, settings: dict, device
             f"{recipe.n_snapshots} snapshots, {store_dtype}) but {probe} has {format_bytes(free)} free; "
             "lower --n-steps, or pass --store DIR on a larger disk (see `crosslens plan --recipe NAME`)"
         )
-    store = harvest_stage(
-        _recipe_suite(recipe), hooks=[settings["hook"]], n_tokens=n_tokens, seq_len=recipe.context,
-        out_dir=out, dtype=store_dtype, dataset=dataset, device=device, model_dtype=model_dtype,
-    )  # fmt: skip
+    from crosslens.activations import harvest_activations, tokens_from_dataset
+
+    suite = _recipe_suite(recipe)
+    name, _, column = dataset.partition(":")
+    tokens = tokens_from_dataset(suite.tokenizer(), name, recipe.context, max(1, n_tokens // recipe.context), column=column or "text")
+    store = harvest_activations(
+        suite, [settings["hook"]], tokens, out, dtype=store_dtype, device=device, model_dtype=model_dtype
+    )
     return str(store.path)
 
 
@@ -409,8 +552,58 @@ def _cmd_train(args: argparse.Namespace) -> int:
         runner.run(resume=args.resume)
         if runner.is_main:
             print(f"crosscoder saved to {runner.final_path}")
+            _print_quality(runner.final_path, store_path, args.eval_store, device, save_to=Path(args.out) / "quality.json")
         _print_peak_memory(runner.device)
     return 0
+
+
+def _print_quality(
+    crosscoder_path, store_path: str, eval_store: str | None, device: str, save_to: Path | None = None,
+    eval_flag: str = "--eval-store",
+) -> None:
+    """The quality table of a saved crosscoder: held-out explained variance per snapshot, L0, dead features."""
+    from sae_lens import SAE
+
+    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
+    from crosslens.activations import ActivationStore
+    from crosslens.commands import format_quality, heldout_store_path, quality_rows
+
+    if eval_store is not None:
+        path, where = eval_store, f"{eval_flag} {eval_store}"
+    elif heldout_store_path(store_path).exists():
+        path, where = str(heldout_store_path(store_path)), f"held-out tokens ({heldout_store_path(store_path)})"
+    else:
+        path, where = store_path, "the TRAINING tokens (no held-out store: pass --eval-store, or harvest with --heldout-tokens)"
+    crosscoder = SAE.load_from_disk(str(crosscoder_path), device=device)
+    rows, result = quality_rows(crosscoder, ActivationStore.open(path, verify="none"))
+    print(format_quality(rows, result, where))
+    if save_to is not None:
+        save_to.write_text(json.dumps({"measured_on": path, "rows": rows, "dead_features": result["dead_features"]}, indent=1))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from crosslens.commands import crosscoder_folder
+
+    device, _ = _device_and_dtype(args)
+    folder = _crosscoder_folder_arg(args.crosscoder, "CROSSCODER")
+    if not Path(args.store).exists():
+        raise CLIError(f"--store {args.store}: the path does not exist; pass an activation store written by `crosslens harvest`")
+    _print_quality(crosscoder_folder(folder), args.store, args.store, device, eval_flag="--store")
+    return 0
+
+
+def _crosscoder_folder_arg(value: str, flag: str) -> Path:
+    """A crosscoder folder from a run folder, its final/ folder, or RELEASE/ID; one-line errors naming ``flag``."""
+    from crosslens.commands import crosscoder_folder
+
+    if not Path(value).exists():
+        if value.startswith(("/", "./", "../", "~")) or value.count("/") != 1:
+            raise CLIError(f"{flag} {value}: the path does not exist; pass the --out folder of `crosslens train`")
+        value = _resolve_crosscoder_arg(value, flag)
+    try:
+        return crosscoder_folder(value)
+    except FileNotFoundError as error:
+        raise CLIError(f"{flag}: {error}") from None
 
 
 @contextlib.contextmanager
@@ -433,59 +626,134 @@ def _rank_device(device: str) -> str:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from crosslens.demo import analyze_stage
+    folder = _crosscoder_folder_arg(args.crosscoder, "--crosscoder")
+    return _write_report(folder, args.store, args.out, args)
 
-    args.crosscoder = _resolve_crosscoder_arg(args.crosscoder)
-    device, _ = _device_and_dtype(args)
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    folder = _crosscoder_folder_arg(args.run_dir, "RUN_DIR")
+    return _write_report(folder, args.store, args.out, args)
+
+
+def _write_report(folder: Path, store: str | None, out: str | None, args: argparse.Namespace) -> int:
+    """Analyse the crosscoder in ``folder`` and write report.html, with the sections other commands
+    saved in its run folder (``crosslens attribute``)."""
+    from sae_lens import SAE
+
+    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
+    from crosslens.activations import ActivationStore
+    from crosslens.analysis import analyze_crosscoder
+    from crosslens.commands import crosscoder_suite_record, run_folder, run_store, saved_sections, suite_title, suite_tokenizer
     from crosslens.devices import dtype_name
 
+    device, _ = _device_and_dtype(args)
+    run_dir = run_folder(folder)
+    if store is not None and not Path(store).exists():
+        raise CLIError(f"--store {store}: the path does not exist; pass the store `crosslens harvest --out` wrote")
+    store = store or run_store(run_dir)
+    out_path = Path(out) if out else (run_dir or Path(".")) / "report.html"
+    record = crosscoder_suite_record(folder)
     dtype = dtype_name(args.dtype) if args.dtype else None
-    path, analysis, _ = analyze_stage(args.crosscoder, store_path=args.store, out=args.out, device=device, dtype=dtype)
+    crosscoder = SAE.load_from_disk(str(folder), device=device, dtype=dtype)
+    hook = getattr(crosscoder.cfg, "metadata", None)
+    hook = getattr(hook, "hook_name", None) if hook is not None else None
+    tokenizer = suite_tokenizer(record) if store else None
+    analysis, report = analyze_crosscoder(
+        crosscoder, store=ActivationStore.open(store) if store else None, tokenizer=tokenizer,
+        title=suite_title(record, hook), device=device,
+    )  # fmt: skip
+    sections = saved_sections(run_dir)
+    for section in sections:
+        report.extend(section)
+    report.write(out_path)
     print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
-    print(f"report: {path}")
+    if store is None:
+        print("no activation store (--store): the report has no firing frequencies, probes or top contexts")
+    if sections:
+        print(f"with {len(sections)} saved section(s) from {run_dir / 'sections'}")
+    print(f"report: {out_path}")
     return 0
 
 
 def _cmd_attribute(args: argparse.Namespace) -> int:
-    from crosslens.causal.demo import causal_out_dir
-    from crosslens.demo import attribute_stage
+    from crosslens.causal.demo import attribution_sections, causal_out_dir
+    from crosslens.commands import crosscoder_suite_record, run_folder, save_section
 
-    args.crosscoder = _resolve_crosscoder_arg(args.crosscoder)
+    folder = _crosscoder_folder_arg(args.crosscoder, "--crosscoder")
     device, dtype = _device_and_dtype(args)
     steps = args.steps
+    record = crosscoder_suite_record(folder)
     if steps is None and args.n_snapshots is None:  # the snapshots the crosscoder was trained on
-        cfg = json.loads((Path(args.crosscoder) / "cfg.json").read_text())
-        recorded = (cfg.get("metadata", {}).get("suite") or {}).get("snapshots") or []
-        steps = [int(entry["step"]) for entry in recorded] or None
-    suite = resolve_suite(args.suite, steps, args.n_snapshots)
-    from crosslens.tasks import load_multilingual_blimp, multilingual_tasks
-
-    tasks: list = multilingual_tasks(args.task) if args.task_file is None else []
-    if args.task_file is not None:
-        tasks = list(load_multilingual_blimp(args.task_file).values())
-    if not tasks:
-        raise CLIError("--task names no task; pass e.g. --task agreement_pp")
+        steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
+    tasks = _tasks_from_args(args)  # before any model loads
+    suite_spec = args.suite or record.get("root") or record.get("model_id") or "pico"
+    if args.suite is None and suite_spec != "pico":
+        print(f"suite: {suite_spec} (recorded with the crosscoder; --suite overrides)")
+    suite = resolve_suite(suite_spec, steps, args.n_snapshots)
     if len(tasks) > 1:  # several languages: run together, RelIE per language side by side
         from crosslens.causal.demo import language_attribution_sections
         from crosslens.devices import on_device
 
         sections = language_attribution_sections(
-            on_device(suite, device, dtype), args.crosscoder, tasks, n_examples=args.n_examples, out=args.out
+            on_device(suite, device, dtype), str(folder), tasks, n_examples=args.n_examples, out=args.out
         )
         report = Path(args.out).with_suffix(".html")
         sections[0].write(report)
         print(f"report: {report}")
         return 0
-    task = tasks[0] if isinstance(tasks[0], str) else tasks[0].name
-    sections = attribute_stage(
-        suite, args.crosscoder, task=task, n_examples=args.n_examples, out=args.out, device=device, dtype=dtype
+    task = tasks[0]
+    print(METRIC_SIGN)
+    sections = attribution_sections(
+        suite, str(folder), task=task, n_examples=args.n_examples, out=args.out, device=device, dtype=dtype
     )
     report = Path(args.out).with_suffix(".html")
     sections[0].write(report)
+    name = task if isinstance(task, str) else task.name
     print(f"IE table: {args.out}")
-    print(f"plots and tables: {causal_out_dir(args.out, task)}")
+    print(f"plots and tables: {causal_out_dir(args.out, name)}")
     print(f"report: {report}")
+    run_dir = run_folder(folder)
+    if run_dir is not None:
+        saved = save_section(sections[0], run_dir, f"attribution-{name}")
+        print(f"section saved to {saved}; `crosslens report {run_dir}` puts it into report.html")
     return 0
+
+
+METRIC_SIGN = (
+    "metric = logit[wrong] - logit[correct] at the prompt's last position: negative means the model prefers "
+    "the correct continuation (more negative = more confident); an effect (IE) is the change in that metric"
+)
+
+
+def _tasks_from_args(args: argparse.Namespace) -> list:
+    """Task names, or tasks loaded from files: --task takes names and pairs files (BLiMP, CLAMS or
+    crosslens JSONL; a MultiBLiMP-style file gives one task per language), --task-file a file."""
+    from crosslens.tasks import multilingual_tasks
+    from crosslens.tasks.blimp import load_task_file
+
+    tasks: list = []
+    files = [args.task_file] if args.task_file else []
+    for part in ([] if args.task_file and args.task == TASK_DEFAULT else multilingual_tasks(args.task)):
+        looks_like_file = Path(part).suffix.lower() in (".jsonl", ".json", ".txt", ".tsv") or "/" in part
+        if looks_like_file or Path(part).is_file():
+            files.append(part)
+        else:
+            tasks.append(part)
+    for path in files:
+        if not Path(path).is_file():
+            raise CLIError(f"--task {path}: no such file; pass a task name (e.g. agreement_pp) or a pairs file")
+        try:
+            tasks.extend(load_task_file(path).values())
+        except ValueError as error:
+            raise CLIError(f"--task {path}: {error}") from None
+    if not tasks:
+        raise CLIError("--task names no task; pass e.g. --task agreement_pp or --task PAIRS.jsonl")
+    from crosslens.tasks import list_tasks
+
+    unknown = [t for t in tasks if isinstance(t, str) and t not in list_tasks()]
+    if unknown:
+        raise CLIError(f"--task {unknown[0]}: unknown task; choose one of {', '.join(list_tasks())}, or pass a pairs file")
+    return tasks
 
 
 def _fail(flag: str, message: str) -> None:
@@ -643,6 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="crosslens",
         description="Multi-snapshot crosscoders: how features form, change and die during pre-training.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="the whole pipeline on the embedded pico suite")
@@ -654,12 +923,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     suite = sub.add_parser("suite", help="model suites with training checkpoints")
     suite_sub = suite.add_subparsers(dest="suite_command", required=True)
-    build = suite_sub.add_parser("build", help="train the embedded pico suite (cached)")
+    build = suite_sub.add_parser(
+        "build",
+        help="train a pico suite (a tiny Pythia-architecture model, checkpoints saved) on the grammar or your text",
+    )
+    build.add_argument("--corpus", nargs="+", default=None, metavar="FILE|DIR|dataset:NAME:COLUMN",
+                       help="train on your text: text files, folders of .txt files, or dataset:NAME:COLUMN "
+                       "(a datasets dataset available offline); a BPE tokenizer is trained on it (default: "
+                       "crosslens's generated grammar)")  # fmt: skip
+    build.add_argument("--eval", default=None, metavar="PAIRS",
+                       help="minimal pairs (BLiMP or crosslens JSONL, or CLAMS text) scored at every checkpoint "
+                       "by summed log-probability of each continuation")  # fmt: skip
+    build.add_argument("--n-layers", type=_number_at_least(1), default=None, help="transformer blocks (default 2)")
+    build.add_argument("--d-model", type=_number_at_least(1), default=None,
+                       help="residual width (default 128; the MLP is 4x this)")  # fmt: skip
+    build.add_argument("--n-heads", type=_number_at_least(1), default=None, help="attention heads (default 4)")
+    build.add_argument("--train-steps", type=_number_at_least(1), default=None, help="optimizer steps (default 640)")
+    build.add_argument("--checkpoints", type=_number_at_least(16), default=None,
+                       help="about how many checkpoints to save, log-spaced early then even (>= 16; default 21)")  # fmt: skip
+    build.add_argument("--seq-len", type=_number_at_least(8), default=None, help="tokens per training row (default 64)")
+    build.add_argument("--batch-size", type=_number_at_least(1), default=None, help="rows per step (default 32)")
+    build.add_argument("--bpe-vocab", type=_number_at_least(2), default=None,
+                       help="vocabulary of the BPE tokenizer trained on --corpus (default 4096)")  # fmt: skip
     build.add_argument("--small", action="store_true", help="the small, fast configuration used by tests")
     build.add_argument("--long", action="store_true", help="a longer build (1536 steps) that also learns IOI")
-    build.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
+    build.add_argument("--force", action="store_true", help="rebuild even if a cached build exists (at --root, with these flags)")
     build.add_argument("--seed", type=int, default=None)
-    build.add_argument("--root", default=None, help="where to write the suite")
+    build.add_argument("--root", default=None, help="where to write the suite (default: $CROSSLENS_HOME/suites/pico-HASH); "
+                       "a complete suite there is used as it is unless flags or --force say otherwise")  # fmt: skip
     _add_device_args(build, dtype_help="float32 only: pico trains on the CPU in float32 (bitwise reproducible)")
     build.set_defaults(func=_cmd_suite_build)
     lst = suite_sub.add_parser("list", help="list the revisions of a model (hub id or local folder)")
@@ -679,7 +970,14 @@ def build_parser() -> argparse.ArgumentParser:
     harvest.add_argument(
         "--store-dtype", default=None, help="dtype the store is written in (default: --dtype, or the recipe's)"
     )
-    harvest.add_argument("--dataset", default=None, help="NAME:COLUMN of a datasets dataset (default: pico corpus)")
+    harvest.add_argument("--text", nargs="+", default=None, metavar="FILE|DIR",
+                         help="harvest on your text: text files or folders of .txt files (split into documents "
+                         "at blank lines, or every ~2000 characters)")  # fmt: skip
+    harvest.add_argument("--dataset", default=None,
+                         help="NAME:COLUMN of a datasets dataset (a text file or folder also works; default: the pico grammar)")  # fmt: skip
+    harvest.add_argument("--heldout-tokens", type=_number_at_least(0), default=None,
+                         help="tokens (a seeded random sample of rows) harvested into OUT-heldout instead, for "
+                         "train's held-out quality table (default: 10%% of --n-tokens, at most 16384; 0: none)")  # fmt: skip
     harvest.add_argument(
         "--overwrite", action="store_true", help="discard whatever store --out holds and harvest afresh"
     )
@@ -707,6 +1005,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-steps", type=_number_at_least(1), default=None, help="default 3000, or a recipe's tokens / batch size")
     train.add_argument("--batch-size", type=_number_at_least(1), default=None, help="default 1024")
     train.add_argument("--lr", type=_number_at_least(0, float, strictly=True), default=None)
+    train.add_argument("--eval-store", default=None,
+                       help="store for the final quality table (default: STORE-heldout written by harvest, else the training store)")  # fmt: skip
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True)
     train.add_argument(
@@ -743,20 +1043,38 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
 
     analyze = sub.add_parser("analyze", help="feature evolution report from a trained crosscoder")
-    analyze.add_argument("--crosscoder", required=True, help="folder written by crosslens train, or RELEASE/ID")
-    analyze.add_argument("--store", default=None, help="activation store (for top contexts and probes)")
-    analyze.add_argument("--out", default="report.html")
+    analyze.add_argument("--crosscoder", required=True,
+                         help="the --out folder of crosslens train (RUN_DIR or RUN_DIR/final), or RELEASE/ID")  # fmt: skip
+    analyze.add_argument("--store", default=None,
+                         help="activation store, for firing frequencies, probes and top contexts (default: the one the run trained on)")  # fmt: skip
+    analyze.add_argument("--out", default=None, help="report file (default: RUN_DIR/report.html, else report.html)")
     _add_device_args(analyze, dtype_help="dtype the crosscoder is loaded in (default: its saved dtype)")
     analyze.set_defaults(func=_cmd_analyze)
 
+    report = sub.add_parser("report", help="rebuild RUN_DIR/report.html from what is on disk (with attribute's sections)")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of crosslens train")
+    report.add_argument("--store", default=None, help="activation store (default: the one the run trained on)")
+    report.add_argument("--out", default=None, help="report file (default: RUN_DIR/report.html)")
+    _add_device_args(report, dtype_help="dtype the crosscoder is loaded in (default: its saved dtype)")
+    report.set_defaults(func=_cmd_report)
+
+    evaluate = sub.add_parser("evaluate", help="explained variance per snapshot, L0 and dead features of a crosscoder on a store")
+    evaluate.add_argument("crosscoder", metavar="CROSSCODER", help="RUN_DIR, RUN_DIR/final or RELEASE/ID")
+    evaluate.add_argument("--store", required=True, help="activation store to measure on (best: tokens it was not trained on)")
+    _add_device_args(evaluate)
+    evaluate.set_defaults(func=_cmd_evaluate)
+
     attribute = sub.add_parser("attribute", help="integrated-gradient attribution of crosscoder features")
     _add_suite_args(attribute)
-    attribute.add_argument("--crosscoder", required=True, help="crosscoder folder, or RELEASE/ID of a pretrained release")
+    attribute.add_argument("--crosscoder", required=True,
+                           help="RUN_DIR of crosslens train (its final/ folder also works), or RELEASE/ID of a pretrained release")  # fmt: skip
+    attribute.set_defaults(suite=None)  # the suite recorded with the crosscoder
     attribute.add_argument(
         "--task",
-        default="agreement_pp",
-        help="task name (see crosslens.tasks); several, comma-separated, run together, one per language "
-        "(agreement_multilingual = its en, fr and es tasks), with RelIE per language side by side",
+        default=TASK_DEFAULT,
+        help="task name (see crosslens.tasks) or a pairs file (BLiMP or crosslens JSONL, CLAMS text); several, "
+        "comma-separated, run together, one per language (agreement_multilingual = its en, fr and es tasks), "
+        "with RelIE per language side by side",
     )
     attribute.add_argument(
         "--task-file",
@@ -835,18 +1153,58 @@ def _check_together(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--k {args.k} exceeds --d-sae {args.d_sae}; a top-k crosscoder keeps at most d_sae features")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from crosslens.errors import CrosslensError  # a ValueError; named for the reader
+TASK_DEFAULT = "agreement_pp"
 
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("CROSSLENS_DEBUG") == "1"
+    if "--debug" in argv:  # accepted anywhere on the line, not only before the subcommand
+        argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_together(parser, args)
+    import warnings
+
+    formatwarning = warnings.formatwarning
+    if not debug:  # warnings as one line each, without the source line that raised them
+        warnings.formatwarning = lambda message, category, *_, **__: f"crosslens: warning: {message}\n"
     try:
         return int(args.func(args) or 0)
-    except (CLIError, CrosslensError, ValueError, FileNotFoundError) as err:  # bad input: its message names the fix
-        message = " ".join(str(err).split())
-        print(f"crosslens {args.command}: error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"crosslens {args.command}: interrupted (finished work is kept; run the same command to resume)", file=sys.stderr)
+        raise SystemExit(130) from None
+    except SystemExit as exit_:
+        if debug or exit_.code in (None, 0) or isinstance(exit_.code, int):
+            raise
+        _one_line_error(_command_name(args), str(exit_.code).removeprefix("crosslens: "), None)
+    except Exception as err:  # noqa: BLE001 - every error is one line; --debug shows the traceback
+        if debug:
+            raise
+        _one_line_error(_command_name(args), str(err), err)
+    finally:
+        warnings.formatwarning = formatwarning
+    return 2
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """``suite list``, ``harvest``, ...: the words of the command that failed."""
+    words = [args.command, getattr(args, "suite_command", None), getattr(args, "pretrained_command", None)]
+    return " ".join(w for w in words if w)
+
+
+def _one_line_error(command: str, message: str, err: BaseException | None) -> None:
+    """Print an error as one or two lines and exit with status 2 (see --debug for the traceback)."""
+    from crosslens.errors import CrosslensError  # a ValueError; named for the reader
+
+    message = " ".join(message.split()) or type(err).__name__
+    expected = err is None or isinstance(err, (CLIError, CrosslensError, ValueError, FileNotFoundError))
+    if not expected:  # not a known input error: name its type, and where to see more
+        message = f"{type(err).__name__}: {message}"
+    print(f"crosslens {command}: error: {message}", file=sys.stderr)
+    if not expected:
+        print("(run again with --debug for the traceback)", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

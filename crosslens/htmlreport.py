@@ -158,6 +158,23 @@ class Report:
             self._blocks.append(_Block(block.kind, fragment, anchor, block.title))
         return self
 
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-able data (:meth:`from_dict` restores it), to save a section on disk."""
+        return {
+            "title": self.title,
+            "subtitle": self.subtitle,
+            "blocks": [{"kind": b.kind, "html": b.html, "anchor": b.anchor, "title": b.title} for b in self._blocks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Report:
+        """The report :meth:`to_dict` saved."""
+        report = cls(str(data["title"]), data.get("subtitle"))
+        for block in data["blocks"]:
+            report._blocks.append(_Block(block["kind"], block["html"], block.get("anchor"), block.get("title")))
+            report._n_figures += block["kind"] == "figure"
+        return report
+
     def render(self) -> str:
         """The complete HTML page."""
         toc = "".join(

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from crosslens.cli import build_parser, main, resolve_suite
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from crosslens.cli import CLIError, build_parser, main, resolve_suite
 
 SUBCOMMANDS = [
     ["demo"],
@@ -13,6 +18,8 @@ SUBCOMMANDS = [
     ["harvest"],
     ["train"],
     ["analyze"],
+    ["report"],
+    ["evaluate"],
     ["attribute"],
     ["pretrained", "list"],
     ["pretrained", "show"],
@@ -40,7 +47,7 @@ def test_resolve_suite_dispatches_on_family(fake_hub):
     suite = resolve_suite("EleutherAI/pythia-14m", steps=[0, 1000])
     assert suite.family == "pythia" and list(suite.steps) == [0, 1000]
     assert resolve_suite("allenai/OLMo-1B-hf").family == "olmo"
-    with pytest.raises(SystemExit, match="cannot tell which family"):
+    with pytest.raises(CLIError, match="cannot tell which family"):
         resolve_suite("gpt2")
 
 
@@ -48,3 +55,143 @@ def test_train_rejects_an_unknown_architecture(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--store", "s", "--out", "o", "--arch", "relu"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- errors: one line, exit 2
+def one_line_error(argv, capsys, lines: int = 1) -> str:
+    """Run the CLI expecting an error: exit status 2, no traceback, ``lines`` lines on stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == lines, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_suite_list_of_an_unknown_repo_is_one_line(offline_hf_home, capsys):
+    err = one_line_error(["suite", "list", "foo/bar"], capsys)
+    assert err.startswith("crosslens suite list: error:") and "foo/bar" in err
+
+
+def test_a_suite_path_that_does_not_exist_says_so(capsys, tmp_path):
+    err = one_line_error(["harvest", "--suite", "/no/such/path", "--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path / "o")], capsys)
+    assert "--suite /no/such/path: the path does not exist" in err and "family" not in err
+    err = one_line_error(["harvest", "--suite", "someone/gpt2", "--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path / "o")], capsys)
+    assert "--suite someone/gpt2: no such local folder, and cannot tell which family" in err
+
+
+@pytest.mark.parametrize("command", [["analyze", "--crosscoder"], ["attribute", "--crosscoder"], ["evaluate"], ["report"]])
+def test_a_crosscoder_path_that_does_not_exist_says_so(command, capsys, tmp_path):
+    extra = ["--store", str(tmp_path)] if command == ["evaluate"] else []
+    err = one_line_error([*command, "/no/such/path", *extra], capsys)
+    assert "/no/such/path: the path does not exist" in err
+    assert ("--crosscoder" in err) == ("--crosscoder" in command)
+
+
+def test_a_folder_without_a_crosscoder_is_refused_naming_the_flag(capsys, tmp_path):
+    err = one_line_error(["analyze", "--crosscoder", str(tmp_path)], capsys)
+    assert "--crosscoder" in err and "no trained crosscoder" in err
+
+
+@pytest.mark.parametrize(
+    "hook, problem",
+    [("blocks.9.hook_resid_post", "names block 9, but the model has blocks 0..1"), ("blocks.0.resid", "not a TransformerLens hook")],
+)
+def test_an_unknown_hook_is_refused_before_any_model_loads(fake_hub, capsys, tmp_path, monkeypatch, hook, problem):
+    from crosslens.checkpoints import CheckpointSuite
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the hook was checked")
+
+    monkeypatch.setattr(CheckpointSuite, "load", no_loading)
+    out = tmp_path / "store"
+    err = one_line_error(["harvest", "--suite", "EleutherAI/pythia-14m", "--hook", hook, "--out", str(out)], capsys)
+    assert err.startswith("crosslens harvest: error: --hook") and problem in err
+    assert not out.exists() and not Path(str(out) + "-heldout").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["suite", "build", "--d-model", "0"], "--d-model"),
+        (["suite", "build", "--n-layers", "-1"], "--n-layers"),
+        (["suite", "build", "--train-steps", "0"], "--train-steps"),
+        (["suite", "build", "--checkpoints", "3"], "--checkpoints"),
+        (["suite", "build", "--batch-size", "0"], "--batch-size"),
+        (["harvest", "--hook", "blocks.0.hook_resid_post", "--out", "o", "--heldout-tokens", "-1"], "--heldout-tokens"),
+        (["train", "--store", "s", "--out", "o", "--d-sae", "0"], "--d-sae"),
+        (["train", "--store", "s", "--out", "o", "--n-steps", "-5"], "--n-steps"),
+    ],
+)
+def test_zero_or_negative_sizes_name_their_flag(argv, flag, capsys):
+    err = one_line_error(argv, capsys, lines=2)  # the error, then where --help is
+    assert f"argument {flag}: must be >=" in err.splitlines()[0]
+
+
+def test_suite_build_names_the_flag_when_the_sizes_clash(capsys):
+    err = one_line_error(["suite", "build", "--d-model", "30", "--n-heads", "4"], capsys)
+    assert "--d-model=30 must be divisible by n_heads=4" in err and "PicoConfig" not in err
+
+
+def test_debug_shows_the_traceback(capsys):
+    with pytest.raises(CLIError):
+        main(["--debug", "analyze", "--crosscoder", "/no/such/path"])
+    with pytest.raises(CLIError):
+        main(["analyze", "--crosscoder", "/no/such/path", "--debug"])
+
+
+def test_help_imports_neither_transformer_lens_nor_sae_lens():
+    code = (
+        "import sys\n"
+        "from crosslens.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "for sub in (['harvest', '--help'], ['suite', 'build', '--help']):\n"
+        "    try:\n        main(sub)\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in ('transformer_lens', 'sae_lens', 'torch') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------------------- suite build --root
+TINY_BUILD = ["--n-layers", "1", "--d-model", "16", "--n-heads", "2", "--train-steps", "16", "--checkpoints", "16",
+              "--seq-len", "16", "--batch-size", "2"]  # fmt: skip
+
+
+def test_suite_build_root_keeps_a_custom_suite(tmp_path, capsys, monkeypatch):
+    from crosslens.pico import default_root, is_built, pico_suite
+    from crosslens.pico.train import PicoConfig
+
+    monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path / "home"))
+    root = tmp_path / "my_suite"
+    assert main(["suite", "build", "--root", str(root), *TINY_BUILD]) == 0
+    built = json.loads((root / "suite.json").read_text())["build"]["config_hash"]
+    capsys.readouterr()
+
+    # No flags: the suite at --root is used as it is (it is not the default config).
+    assert main(["suite", "build", "--root", str(root)]) == 0
+    assert "(cached build; --force rebuilds)" in capsys.readouterr().out
+    # pico_suite(root=...) without a config takes it too.
+    assert len(pico_suite(root=root, build_if_missing=False).steps) == 17
+    # --force rebuilds it with the settings it was built with, never the default suite.
+    assert main(["suite", "build", "--root", str(root), "--force"]) == 0
+    assert json.loads((root / "suite.json").read_text())["build"]["config_hash"] == built
+    assert not is_built(default_root(PicoConfig()))
+    capsys.readouterr()
+    # Other flags without --force: one line naming --force and --root.
+    err = one_line_error(["suite", "build", "--root", str(root), "--d-model", "32"], capsys)
+    assert "--force" in err and "--root" in err and "force=True" not in err
+
+
+def test_harvest_takes_a_text_file_given_as_dataset(tmp_path):
+    from crosslens.cli import _token_source
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("One document.\n\nAnother one.\n")
+    args = build_parser().parse_args(["harvest", "--hook", "blocks.0.hook_resid_post", "--out", "o", "--dataset", str(corpus)])
+    assert _token_source(args, None) == ("text", [str(corpus)])
+    args = build_parser().parse_args(["harvest", "--hook", "blocks.0.hook_resid_post", "--out", "o", "--text", str(tmp_path)])
+    assert _token_source(args, None) == ("text", [str(tmp_path)])
+    args = build_parser().parse_args(["harvest", "--hook", "blocks.0.hook_resid_post", "--out", "o", "--dataset", "wikitext:text"])
+    assert _token_source(args, None) == ("dataset", "wikitext:text")

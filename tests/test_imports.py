@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "plan": 5,
     "pretrained": 5,
     "demo": 5,
+    "commands": 5,  # the library functions behind CLI subcommands
     # 6: entry points
     "cli": 6,
     "__main__": 7,

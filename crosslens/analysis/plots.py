@@ -92,10 +92,26 @@ def evolution_heatmap(
             colorbar={"title": "norm / peak" if normalized else "decoder norm"},
         )
     )
+    # The sort made visible: a white staircase through each row's emergence snapshot, and a
+    # tick at the first row of each emergence step.
+    emergence = [int(analysis.lifetimes.emergence[i]) for i in order]
+    if order and all(e != NO_STEP for e in emergence):
+        fig.add_trace(
+            go.Scatter(
+                x=emergence, y=list(range(len(order))), mode="lines", line={"color": "white", "width": 1.5},
+                line_shape="hv", name="emergence", hoverinfo="skip", showlegend=False,
+            )  # fmt: skip
+        )
+    starts = [row for row, e in enumerate(emergence) if e != NO_STEP and (row == 0 or e != emergence[row - 1])]
+    stride = max(1, -(-len(starts) // _MAX_TICKS))
+    shown = starts[::stride]
     fig.update_layout(
-        title=f"Decoder norm of {len(order)} features, sorted by emergence",
+        title=f"Decoder norm of {len(order)} features, sorted by emergence step (white line: where each emerges)",
         xaxis=_analysis_axis(analysis, x),
-        yaxis={"title": "features (sorted by emergence)", "autorange": "reversed", "showticklabels": False},
+        yaxis={
+            "title": "features, by emergence step", "autorange": "reversed", "tickmode": "array",
+            "tickvals": shown, "ticktext": [f"from {_format_step(analysis.steps[emergence[r]])}" for r in shown],
+        },  # fmt: skip
         height=520,
     )
     return fig
@@ -117,7 +133,14 @@ def emergence_histogram(analysis: EvolutionAnalysis) -> go.Figure:
             step = analysis.steps[int(lt.emergence[i])]
             counts[step] = counts.get(step, 0) + 1
         steps = sorted(s for s in counts if s > 0)
-        fig.add_trace(go.Bar(x=steps, y=[counts[s] for s in steps], name=name, marker_color=CLASS_COLORS[name]))
+        # Widths in step units, proportional to the step: the same visible width everywhere on
+        # the log axis (plotly's default width is a fraction of the smallest gap, invisible there).
+        fig.add_trace(
+            go.Bar(
+                x=steps, y=[counts[s] for s in steps], width=[0.3 * s for s in steps], name=name,
+                marker_color=CLASS_COLORS[name],
+            )  # fmt: skip
+        )
     fig.update_layout(
         barmode="stack",
         title=f"Emergence steps of emergent features ({n_init} initialization features emerge at step 0, not shown)",

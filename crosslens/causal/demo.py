@@ -57,7 +57,10 @@ def attribution_sections(
 
     crosscoder = load_crosscoder(crosscoder, device=str(device))
     suite = on_device(suite, device, dtype)
-    dataset = task_for_tokenizer(task, suite.tokenizer(), n=n_examples, seed=seed)
+    if isinstance(task, str):
+        dataset = task_for_tokenizer(task, suite.tokenizer(), n=n_examples, seed=seed)
+    else:  # a loaded TaskDataset (a BLiMP, CLAMS or crosslens pairs file): the pairs that fit, up to n_examples
+        dataset = _fitting(task, suite.tokenizer(), n_examples)
     out_dir = causal_out_dir(out, dataset.name)
     result = run_causal_stage(
         suite, crosscoder, dataset, out_dir, config=AttributionConfig(n_steps=n_steps), top_k=top_k, ks=ks,
@@ -69,8 +72,10 @@ def attribution_sections(
     if summaries is not None:
         summaries.append(summary)
     print(f"causal stage ({dataset.name}, {summary.n_examples} examples): files in {out_dir}")
+    print("  metric = logit[wrong] - logit[correct]: negative means the model prefers the correct continuation")
     for label, clean, specific in zip(summary.snapshots, summary.metric_clean, summary.specific_per_snapshot):
-        print(f"  {label:>12s}  metric {clean:+.3f}  snapshot-specific features {specific}")
+        side = "prefers correct" if clean < 0 else "prefers wrong"
+        print(f"  {label:>12s}  metric {clean:+.3f} ({side})  snapshot-specific features {specific}")
     restored = ", ".join(
         f"top-{k} {value:.0%}" for k, value in summary.keep_only_restored_final.items() if value is not None
     )
@@ -106,10 +111,7 @@ def language_attribution_sections(
         if isinstance(task, str):
             datasets.append(task_for_tokenizer(task, tokenizer, n=n_examples, seed=seed))
         else:
-            fitting = task.filter_tokenizable(tokenizer)
-            if len(fitting) < len(task):
-                warnings.warn(f"task {task.name!r}: kept {len(fitting)} of {len(task)} examples that fit this tokenizer")
-            datasets.append(fitting if len(fitting) <= n_examples else replace(fitting, pairs=fitting.pairs[:n_examples]))
+            datasets.append(_fitting(task, tokenizer, n_examples))
     out_dir = causal_out_dir(out, "languages")
     combined = run_language_tasks(
         suite, crosscoder, datasets, out_dir, config=AttributionConfig(n_steps=n_steps), top_k=top_k, ks=ks,
@@ -124,3 +126,11 @@ def language_attribution_sections(
         print(f"  {label:>12s}{values}")
     print(f"  RelIE per language: {combined['paths']['report']}")
     return [combined["report"], *(r.report for r in combined["results"].values())]
+
+
+def _fitting(task: Any, tokenizer: Any, n_examples: int) -> Any:
+    """The first ``n_examples`` pairs of ``task`` whose continuations are single tokens of ``tokenizer``."""
+    fitting = task.filter_tokenizable(tokenizer)
+    if len(fitting) < len(task):
+        warnings.warn(f"task {task.name!r}: kept {len(fitting)} of {len(task)} examples that fit this tokenizer")
+    return fitting if len(fitting) <= n_examples else replace(fitting, pairs=fitting.pairs[:n_examples])

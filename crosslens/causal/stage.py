@@ -352,13 +352,18 @@ def causal_report(
     report.add_heading("Task metric per snapshot")
     report.add_table(
         [
-            {"snapshot": label, "metric (clean)": clean, "metric (patched)": patched, "error-node IE": error}
+            {"snapshot": label, "metric (clean; < 0: correct preferred)": clean,
+             "model prefers": "correct" if clean < 0 else "wrong", "metric (patched)": patched, "error-node IE": error}  # fmt: skip
             for label, clean, patched, error in zip(
                 table.snapshot_labels, table.metric_clean.tolist(), table.metric_patch.tolist(), table.error_ie.tolist()
             )
         ]
     )
-    report.add_text("metric = logit[wrong] - logit[correct] at the last position: negative means the model is right.")
+    report.add_text(
+        "metric = logit[wrong] - logit[correct] at the last position: negative means the model is right "
+        "(prefers the correct continuation), and more negative means more confident. An IE is the change in "
+        "this metric when a feature is patched: a negative IE means the feature helps the correct answer."
+    )
     report.add_heading("RelIE")
     report.add_figure(
         relie_heatmap(relie_sel, feature_ids=selected.tolist(), snapshot_labels=table.snapshot_labels),
@@ -390,11 +395,12 @@ def causal_report(
         clean = next(r["metric"] for r in rows if r["snapshot"] == final and r["selection"] == "none")
         report.add_text(
             f"Keep-only restoration at {table.snapshot_labels[-1]} ({mode}-ablation): clean metric {clean:+.3f}, "
-            f"every feature ablated {floor['metric']:+.3f}; restored = (kept - all ablated) / (clean - all ablated)."
+            f"every feature ablated {floor['metric']:+.3f} (metric < 0: correct preferred); "
+            "restored = (kept - all ablated) / (clean - all ablated)."
         )
         report.add_table(
             [
-                {"k": r["k"], "metric (keep top-k)": r["metric"], "restored": r.get("restored")}
+                {"k": r["k"], "metric (keep top-k; < 0: correct preferred)": r["metric"], "restored": r.get("restored")}
                 for r in sorted(kept, key=lambda r: r["k"])
             ]
         )

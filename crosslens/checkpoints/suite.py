@@ -518,7 +518,7 @@ class CheckpointSuite:
         try:
             yield
         except (SafetensorError, OSError, RuntimeError, EOFError) as error:
-            folder = _snapshot_folder(self, ref)
+            folder = snapshot_folder(self, ref)
             if folder is None:
                 raise
             for path in weight_files(folder):
@@ -575,7 +575,7 @@ def _fully_cached(model_id: str, revision: str) -> bool:
     return cached is not None and any(is_weight_file(p.name) for p in cached[1].iterdir())
 
 
-def _snapshot_folder(suite: CheckpointSuite, ref: SnapshotRef) -> Path | None:
+def snapshot_folder(suite: CheckpointSuite, ref: SnapshotRef) -> Path | None:
     """The folder holding ``ref``'s files on this machine, if any."""
     if suite.family == "local":
         return Path(suite._hf_source(ref)[0])

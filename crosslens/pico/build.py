@@ -75,7 +75,8 @@ def _check_root(root: Path, config: PicoConfig, force: bool) -> None:
         if built != config.config_hash():
             raise ValueError(
                 f"{root} holds a pico suite built from another config (hash {built}, this one "
-                f"{config.config_hash()}); pass force=True to rebuild it there, or choose another root"
+                f"{config.config_hash()}); pass force=True (the CLI's --force) to rebuild it there, "
+                "or choose another root (--root)"
             )
 
 
@@ -202,13 +203,23 @@ def _exclusive(root: Path, progress: bool) -> Iterator[None]:
         yield
 
 
+def _eval_tasks(path: str | None) -> dict[str, Any]:
+    """The user's minimal pairs scored at every checkpoint (one task per language for MultiBLiMP-style files)."""
+    if path is None:
+        return {}
+    from crosslens.tasks.blimp import load_task_file
+
+    return load_task_file(path)
+
+
 def _build(config: PicoConfig, root: Path, progress: bool) -> None:
     started = time.perf_counter()
 
     tokenizer, corpus = _prepare_data(config)
     evaluator = PicoEvaluator(
-        tokenizer, corpus.heldout(config.n_eval_sequences), n_pairs=config.n_eval_pairs, seed=config.seed
-    )
+        tokenizer, corpus.heldout(config.n_eval_sequences), n_pairs=config.n_eval_pairs, seed=config.seed,
+        extra_tasks=_eval_tasks(config.eval_pairs),
+    )  # fmt: skip
     model = make_model(config, vocab_size=len(tokenizer))
     optimizer = make_optimizer(config, model)
     rows: list[dict[str, Any]] = []
@@ -226,14 +237,14 @@ def _build(config: PicoConfig, root: Path, progress: bool) -> None:
         tqdm.write(f"pico: building {root} ({len(config.checkpoint_steps)} checkpoints)")
         if start_step:
             tqdm.write(f"pico: resuming at step {start_step}")
-        tqdm.write(format_eval_table(rows))
+        tqdm.write(format_eval_table(rows, evaluator.extra_columns))
 
     def on_checkpoint(step: int) -> None:
         if rows and rows[-1]["step"] >= step:
             return  # saved before the interruption we resume from
         rows.append(evaluator(model, step, step * config.tokens_per_step))
         if progress:
-            tqdm.write(format_eval_table(rows[-1:]).splitlines()[-1])
+            tqdm.write(format_eval_table(rows[-1:], evaluator.extra_columns).splitlines()[-1])
         _save_checkpoint(model, tokenizer, root / f"step{step}")
         state_path.parent.mkdir(exist_ok=True)
         partial = state_path.with_name("state.pt.partial")
@@ -272,11 +283,25 @@ def _build(config: PicoConfig, root: Path, progress: bool) -> None:
 
 
 def pico_suite(
-    config: PicoConfig = PicoConfig(), root: str | Path | None = None, build_if_missing: bool = True
+    config: PicoConfig | None = None, root: str | Path | None = None, build_if_missing: bool = True
 ) -> "CheckpointSuite":
-    """The pico suite as a :class:`crosslens.checkpoints.CheckpointSuite` (built first if needed)."""
+    """The pico suite as a :class:`crosslens.checkpoints.CheckpointSuite` (built first if needed).
+
+    With ``root`` and no ``config``, any complete pico suite at ``root`` is used as it is
+    (whatever config built it); a missing one is built from the default config.
+    """
+    if config is None and root is not None and is_built(root):
+        from crosslens.checkpoints import CheckpointSuite
+
+        return CheckpointSuite.local(root)
+    config = config if config is not None else PicoConfig()
     root = Path(root) if root is not None else default_root(config)
     if not is_built(root, config):
+        if is_built(root) and not build_if_missing:
+            raise FileNotFoundError(
+                f"{root} holds a complete pico suite, but built from another config than the one passed; "
+                "call pico_suite(root=...) without a config to use it as it is"
+            )
         if not build_if_missing:
             raise FileNotFoundError(
                 f"no complete pico suite for this config at {root}; run `crosslens suite build` "

@@ -9,6 +9,7 @@ uninterrupted one would.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -59,10 +60,12 @@ class GrammarCorpus:
 
 
 class TextCorpus:
-    """A user's documents, tokenized once into one stream; the tail is held out.
+    """A user's documents, tokenized once; a seeded random sample of whole documents is held out.
 
-    Training rows start at random offsets of the head of the stream (a pure function
-    of seed and step); held-out rows tile the tail.
+    Training rows start at random offsets of the training documents' stream (a pure
+    function of seed and step); held-out rows tile the held-out documents' stream, so no
+    held-out token is ever in a training row, and the held-out text is spread over the
+    whole corpus rather than taken from its end.
     """
 
     def __init__(
@@ -79,19 +82,36 @@ class TextCorpus:
         self.batch_size = batch_size
         self.seed = seed
         self.bos = tokenizer.eos_token_id
-        stream: list[int] = []
-        for ids in tokenizer(list(documents), add_special_tokens=False)["input_ids"]:
-            stream.extend(ids)
-            stream.append(self.bos)
+        encoded = tokenizer(list(documents), add_special_tokens=False)["input_ids"]
         body = seq_len - 1
         n_heldout_tokens = n_heldout_rows * body
-        if len(stream) < n_heldout_tokens + 20 * body:
+        total = sum(len(ids) + 1 for ids in encoded)
+        if total < n_heldout_tokens + 20 * body:
             raise ValueError(
-                f"the corpus has {len(stream)} tokens, too few for {n_heldout_rows} held-out rows of "
+                f"the corpus has {total} tokens, too few for {n_heldout_rows} held-out rows of "
                 f"seq_len={seq_len} plus training; give more text, or lower seq_len / n_eval_sequences"
             )
-        self.train_stream = torch.tensor(stream[:-n_heldout_tokens], dtype=torch.long)
-        tail = torch.tensor(stream[-n_heldout_tokens:], dtype=torch.long).view(n_heldout_rows, body)
+        order = list(range(len(encoded)))
+        random.Random(f"pico-heldout-documents-{seed}").shuffle(order)
+        heldout_docs: set[int] = set()
+        n_taken = 0
+        for index in order:  # whole documents, in seeded random order, until the held-out rows are filled
+            if n_taken >= n_heldout_tokens:
+                break
+            heldout_docs.add(index)
+            n_taken += len(encoded[index]) + 1
+        train: list[int] = []
+        heldout: list[int] = []
+        for index, ids in enumerate(encoded):  # corpus order within each part
+            (heldout if index in heldout_docs else train).extend([*ids, self.bos])
+        if len(train) < 20 * body:
+            raise ValueError(
+                f"after holding out {len(heldout_docs)} of {len(encoded)} documents, {len(train)} training tokens "
+                f"remain, too few for seq_len={seq_len}; give more (or shorter) documents, or lower n_eval_sequences"
+            )
+        self.n_heldout_documents = len(heldout_docs)
+        self.train_stream = torch.tensor(train, dtype=torch.long)
+        tail = torch.tensor(heldout[:n_heldout_tokens], dtype=torch.long).view(n_heldout_rows, body)
         self._heldout = torch.cat([torch.full((n_heldout_rows, 1), self.bos), tail], dim=1)
 
     def batch(self, step: int) -> Int[torch.Tensor, "batch seq_len"]:
@@ -110,7 +130,7 @@ class TextCorpus:
 def read_user_corpus(spec: str | Sequence[str]) -> list[str]:
     """Documents of a user corpus.
 
-    ``spec`` is a list of local text files (each split into documents at blank lines) or
+    ``spec`` is a list of local text files (each split by :func:`split_documents`) or
     ``"dataset:NAME:COLUMN"`` (a ``datasets`` dataset already available offline, or a
     folder written by ``Dataset.save_to_disk``; one document per row).
     """
@@ -124,11 +144,57 @@ def read_user_corpus(spec: str | Sequence[str]) -> list[str]:
     for path in map(Path, spec):
         if not path.is_file():
             raise ValueError(f"corpus file {str(path)!r} does not exist; pass paths of local text files")
-        text = path.read_text(encoding="utf-8", errors="replace")
-        documents += [block.strip() for block in text.split("\n\n") if block.strip()]
+        documents += split_documents(path.read_text(encoding="utf-8", errors="replace"))
     if not documents:
         raise ValueError(f"the corpus files {list(map(str, spec))} hold no text")
     return documents
+
+
+DOCUMENT_CHARS = 2000
+"""About how long a document is when a text has no blank lines to split it at."""
+
+
+def split_documents(text: str, max_chars: int = DOCUMENT_CHARS) -> list[str]:
+    """Documents of a text file: its blank-line-separated blocks, with any block longer than
+    ``2 * max_chars`` (a file with no blank lines, one line per sentence or hard-wrapped)
+    cut at line ends into pieces of about ``max_chars`` characters."""
+    documents: list[str] = []
+    for block in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")):
+        block = block.strip()
+        if len(block) <= 2 * max_chars:
+            if block:
+                documents.append(block)
+            continue
+        piece: list[str] = []
+        size = 0
+        for line in block.split("\n"):
+            piece.append(line)
+            size += len(line) + 1
+            if size >= max_chars:
+                documents.append("\n".join(piece).strip())
+                piece, size = [], 0
+        if "\n".join(piece).strip():
+            documents.append("\n".join(piece).strip())
+    return documents
+
+
+def text_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The text files named by ``paths``: files as given, folders expanded to their ``*.txt``
+    files (recursively, sorted), so the same folder always gives the same order."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.txt") if p.is_file())
+            if not found:
+                raise ValueError(f"the folder {str(path)!r} holds no .txt files")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ValueError(f"{str(path)!r} does not exist; pass text files or folders of .txt files")
+    return files
 
 
 def _read_dataset(name_and_column: str) -> list[str]:

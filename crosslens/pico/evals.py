@@ -1,7 +1,8 @@
 """What the pico build measures at every checkpoint, and the table it prints.
 
 Minimal-pair accuracy compares the logits of the correct and the wrong next token at
-the prompt's last position (chance is 50%). Works on a Hugging Face causal LM or a
+the prompt's last position (chance is 50%); continuations of several tokens compare
+their summed log-probabilities. Works on a Hugging Face causal LM or a
 TransformerLens ``HookedTransformer`` alike.
 """
 
@@ -51,6 +52,42 @@ def pair_logit_diffs(
     return torch.cat(diffs)
 
 
+@torch.no_grad()
+def continuation_logprob_diffs(
+    model: Any, tokenizer: Any, pairs: Sequence[MinimalPair], *, batch_size: int = 64
+) -> Float[torch.Tensor, " n_pairs"]:
+    """``log p(correct | prompt) - log p(wrong | prompt)`` per pair, each continuation's
+    log-probability summed over its tokens (BOS prepended to the prompt).
+
+    Unlike :func:`pair_logit_diffs` this scores continuations of any length, so pairs whose
+    words a BPE tokenizer splits into several pieces are measured instead of skipped.
+    """
+    from crosslens.tasks.base import bos_id, encode
+
+    bos = bos_id(tokenizer)
+    rows: list[tuple[list[int], int]] = []  # (ids, prompt length); two rows per pair: correct, wrong
+    for pair in pairs:
+        prompt = [bos, *encode(tokenizer, pair.clean)]
+        for continuation in (pair.correct, pair.wrong):
+            ids = encode(tokenizer, continuation)
+            if not ids:
+                raise TaskTokenizationError(f"continuation {continuation!r} encodes to no tokens")
+            rows.append(([*prompt, *ids], len(prompt)))
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids_BL = torch.tensor([ids + [bos] * (width - len(ids)) for ids, _ in chunk], device=device)
+        logprobs_BLV = _logits(model, ids_BL).float().log_softmax(-1)
+        for row, (ids, n_prompt) in enumerate(chunk):  # position t predicts token t + 1
+            targets = torch.tensor(ids[n_prompt:], device=device)
+            positions = torch.arange(n_prompt - 1, len(ids) - 1, device=device)
+            scores.append(float(logprobs_BLV[row, positions, targets].sum()))
+    score_P2 = torch.tensor(scores).view(-1, 2)
+    return score_P2[:, 0] - score_P2[:, 1]
+
+
 def evaluate_pairs(
     model: Any, tokenizer: Any, pairs: Sequence[MinimalPair] | TokenizedTask, *, batch_size: int = 256
 ) -> float:
@@ -89,8 +126,11 @@ def heldout_pairs(n_pairs: int, seed: int, grammar: PicoGrammar | None = None) -
 class PicoEvaluator:
     """Tokenizes the held-out pairs once; each call evaluates one checkpoint into a table row.
 
-    Pairs come from seeds no training text uses. A task whose words are not single
-    tokens of ``tokenizer`` (a user corpus's BPE) is skipped, with the reason in ``notes``.
+    Pairs come from seeds no training text uses. A task whose continuations are not single
+    tokens of ``tokenizer`` (a user corpus's BPE) is scored by summed continuation
+    log-probability instead (:func:`continuation_logprob_diffs`); one with words outside
+    the vocabulary is skipped, with the reason in ``notes``. ``extra_tasks`` (the user's own
+    pairs) are always scored that way and reported under ``row["extra"]``.
     """
 
     def __init__(
@@ -101,18 +141,28 @@ class PicoEvaluator:
         n_pairs: int,
         seed: int,
         grammar: PicoGrammar | None = None,
+        extra_tasks: dict[str, TaskDataset] | None = None,
     ) -> None:
         self.heldout_tokens = heldout_tokens
+        self.tokenizer = tokenizer
         self.notes: list[str] = []
         kept: dict[str, list[MinimalPair]] = {}
+        # Tasks whose continuations are not single tokens (a user corpus's BPE), and the
+        # user's own pairs: scored by summed log-probability of each continuation.
+        self.multi_token: dict[str, list[MinimalPair]] = {}
         for name, pairs in heldout_pairs(n_pairs, seed, grammar).items():
+            if _has_unknown_words(tokenizer, pairs):
+                self.notes.append(f"{name}: skipped, some words are outside the vocabulary")
+                continue
             try:
-                tokens = TaskDataset(name, tuple(pairs)).tokenize(tokenizer).clean_tokens
-                if tokenizer.unk_token_id is not None and bool((tokens == tokenizer.unk_token_id).any()):
-                    raise TaskTokenizationError("some prompts contain words outside the vocabulary")
+                TaskDataset(name, tuple(pairs)).tokenize(tokenizer)
                 kept[name] = pairs
-            except TaskTokenizationError as error:
-                self.notes.append(f"{name}: skipped, the pairs do not tokenize cleanly ({error})")
+            except TaskTokenizationError:
+                self.multi_token[name] = pairs
+        self.extra_columns: list[str] = []
+        for name, task in (extra_tasks or {}).items():
+            self.multi_token[name] = list(task.pairs)
+            self.extra_columns.append(name)
         # All tasks in one padded table: a few large forward passes instead of one per task.
         all_pairs = tuple(pair for pairs in kept.values() for pair in pairs)
         self.pairs = TaskDataset("pico", all_pairs).tokenize(tokenizer) if all_pairs else None
@@ -127,12 +177,25 @@ class PicoEvaluator:
         row["loss"] = heldout_loss(model, self.heldout_tokens)
         all_diffs = pair_logit_diffs(model, None, self.pairs) if self.pairs is not None else None
         diffs = {name: all_diffs[rows] for name, rows in self.task_rows.items()}  # type: ignore[index]
+        for name, pairs in self.multi_token.items():
+            diffs[name] = continuation_logprob_diffs(model, self.tokenizer, pairs)
+        if self.extra_columns:
+            row["extra"] = {name: float((diffs[name] > 0).float().mean()) for name in self.extra_columns}
         for name in TASK_COLUMNS:
             row[name] = float((diffs[name] > 0).float().mean()) if name in diffs else None
         attractor = [diffs[name] for name in ("pp", "rc") if name in diffs]
         # Every attractor has the subject's other number: preferring the wrong form = agreeing with it.
         row["nearest_noun"] = float((torch.cat(attractor) < 0).float().mean()) if attractor else None
         return row
+
+
+def _has_unknown_words(tokenizer: Any, pairs: Sequence[MinimalPair]) -> bool:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return False
+    from crosslens.tasks.base import encode
+
+    return any(unk in encode(tokenizer, text) for p in pairs for text in (p.clean, p.correct, p.wrong))
 
 
 def in_nearest_noun_phase(row: dict[str, Any]) -> bool:
@@ -145,13 +208,16 @@ def _percent(value: float | None) -> str:
     return "   -" if value is None else f"{100 * value:4.0f}"
 
 
-def format_eval_table(rows: Sequence[dict[str, Any]]) -> str:
+def format_eval_table(rows: Sequence[dict[str, Any]], extra_columns: Sequence[str] | None = None) -> str:
     """The build's per-checkpoint table: held-out loss and minimal-pair accuracies in percent.
 
     ``near`` is how often the model agrees with the attractor (the nearest noun) instead
-    of the subject; rows of that phase (:func:`in_nearest_noun_phase`) are flagged.
+    of the subject; rows of that phase (:func:`in_nearest_noun_phase`) are flagged. Columns
+    after ``ioi`` are the accuracies of the user's own pairs (``PicoConfig.eval_pairs``).
     """
+    extra = list(extra_columns or dict.fromkeys(name for row in rows for name in row.get("extra", {})))
     header = f"{'step':>6} {'tokens':>9} {'loss':>6} {'simple':>6} {'pp':>4} {'rc':>4} {'near':>4} {'ioi':>4}"
+    header += "".join(f" {name:>{max(4, len(name))}}" for name in extra)
     lines = [header, "-" * len(header)]
     for row in rows:
         line = (
@@ -159,6 +225,7 @@ def format_eval_table(rows: Sequence[dict[str, Any]]) -> str:
             f"{_percent(row['pp']):>4} {_percent(row['rc']):>4} {_percent(row['nearest_noun']):>4} "
             f"{_percent(row['ioi']):>4}"
         )
+        line += "".join(f" {_percent(row.get('extra', {}).get(name)):>{max(4, len(name))}}" for name in extra)
         if in_nearest_noun_phase(row):
             line += "  <- agrees with the nearest noun"
         lines.append(line)

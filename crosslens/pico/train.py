@@ -80,6 +80,10 @@ class PicoConfig:
     """Held-out rows of ``seq_len`` for the held-out loss."""
     bpe_vocab_size: int = 4096
     """Vocabulary of the BPE tokenizer trained on a user corpus (the grammar uses one token per word)."""
+    eval_pairs: str | None = None
+    """A file of minimal pairs (BLiMP or crosslens JSONL, or CLAMS text) scored at every checkpoint
+    besides the built-in tasks; multi-token continuations are scored by summed log-probability.
+    Its bytes enter the config hash."""
 
     def __post_init__(self) -> None:
         if isinstance(self.corpus, list):
@@ -143,6 +147,8 @@ class PicoConfig:
         out = dataclasses.asdict(self)
         if isinstance(self.corpus, tuple):
             out["corpus"] = list(self.corpus)
+        if out["eval_pairs"] is None:  # absent, so configs from before the field keep their hash
+            del out["eval_pairs"]
         return out
 
     def config_hash(self) -> str:
@@ -152,6 +158,10 @@ class PicoConfig:
             for path in self.corpus:
                 if Path(path).is_file():
                     digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+        if self.corpus is not None:  # user corpora: documents split and held out by crosslens.pico.corpus v2
+            digest.update(b"user-corpus-v2")
+        if self.eval_pairs is not None and Path(self.eval_pairs).is_file():
+            digest.update(hashlib.sha256(Path(self.eval_pairs).read_bytes()).digest())
         return digest.hexdigest()[:12]
 
 

@@ -147,7 +147,8 @@ def _special_id(tokenizer: Any, name: str) -> int | None:
     return int(value) if value is not None else None
 
 
-def _bos_id(tokenizer: Any) -> int:
+def bos_id(tokenizer: Any) -> int:
+    """The id TransformerLens prepends as BOS for ``tokenizer``."""
     bos = _special_id(tokenizer, "bos")
     if bos is None:
         # TransformerLens uses EOS as BOS when a tokenizer has none (e.g. GPT-NeoX-style).
@@ -266,7 +267,7 @@ class TaskDataset:
         """Check, then tokenize into right-padded tensors (see :class:`TokenizedTask`)."""
         tokenizer = resolve_tokenizer(tokenizer)
         self.check_tokenizer(tokenizer)
-        prefix = [_bos_id(tokenizer)] if prepend_bos else []
+        prefix = [bos_id(tokenizer)] if prepend_bos else []
         clean = [prefix + encode(tokenizer, p.clean) for p in self.pairs]
         for index, ids in enumerate(clean):
             if not ids:

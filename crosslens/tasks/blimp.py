@@ -358,3 +358,49 @@ def load_pairs_jsonl(path: str | Path, *, name: str | None = None) -> TaskDatase
             )
         )
     return TaskDataset(name=name or path.stem, pairs=tuple(pairs), description=f"minimal pairs from {path.name}")
+
+
+def task_file_format(path: str | Path) -> str:
+    """``"blimp"``, ``"multilingual"``, ``"crosslens"`` or ``"clams"``: the format of a pairs file,
+    from its first record (JSON lines) or its layout (CLAMS ``LABEL<TAB>sentence`` text)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; pass a BLiMP, crosslens JSONL or CLAMS file")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    first = next((line for line in lines if not line.lstrip().startswith("#")), "")
+    if first.lstrip().startswith("{"):
+        try:
+            records = [json.loads(line) for line in lines[:200]]
+        except ValueError as error:
+            raise MinimalPairFormatError(f"{path}: not JSON lines ({error})") from None
+        keys = set().union(*(r.keys() for r in records if isinstance(r, dict)))
+        if {"sentence_good", "sentence_bad"} <= keys:
+            return "multilingual" if "language" in keys else "blimp"
+        if {"clean", "correct", "wrong"} <= keys:
+            return "crosslens"
+        raise MinimalPairFormatError(
+            f"{path}: JSON lines with neither sentence_good/sentence_bad (BLiMP) nor clean/correct/wrong "
+            f"(crosslens) fields; its fields are {sorted(keys)}"
+        )
+    if "\t" in first and first.split("\t", 1)[0].strip() in ("True", "False"):
+        return "clams"
+    raise MinimalPairFormatError(
+        f"{path}: not a pairs file; expected BLiMP JSONL (sentence_good, sentence_bad), crosslens JSONL "
+        "(clean, correct, wrong) or CLAMS text (True<TAB>sentence lines)"
+    )
+
+
+def load_task_file(path: str | Path, *, tokenizer: Any = None, on_invalid: OnInvalid = "raise") -> dict[str, TaskDataset]:
+    """Every task in a pairs file, by name: one for a BLiMP, CLAMS or crosslens file (named after
+    the file), one per language for a MultiBLiMP-style file (see :func:`task_file_format`)."""
+    kind = task_file_format(path)
+    if kind == "multilingual":
+        by_language = load_multilingual_blimp(path, tokenizer=tokenizer, on_invalid=on_invalid)
+        return {task.name: task for task in by_language.values()}
+    if kind == "blimp":
+        task = load_blimp_jsonl(path, tokenizer=tokenizer, on_invalid=on_invalid)
+    elif kind == "clams":
+        task = load_clams(path, tokenizer=tokenizer, on_invalid=on_invalid)
+    else:
+        task = load_pairs_jsonl(path)
+    return {task.name: task}
