@@ -20,26 +20,29 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointSuite",
-    "SnapshotInfo",
-    "SnapshotRef",
-    "crosscoders",
-    "load_pretrained",
-    "pretrained_directory",
-    "register_release",
-    "__version__",
-]
-
-# public names, imported on first use
+# the public surface of the top-level package (docs/API.md); each name is imported on first use
 _LAZY = {
     "CheckpointSuite": "crosslens.checkpoints",
-    "SnapshotInfo": "crosslens.checkpoints",
     "SnapshotRef": "crosslens.checkpoints",
+    "SnapshotInfo": "crosslens.checkpoints",
+    "PicoConfig": "crosslens.pico",
+    "pico_suite": "crosslens.pico",
+    "harvest_activations": "crosslens.activations",
+    "ActivationStore": "crosslens.activations",
+    "CrosscoderRunnerConfig": "crosslens.training.runner",
+    "CrosscoderTrainingRunner": "crosslens.training.runner",
+    "evaluate_crosscoder": "crosslens.training.runner",
+    "analyze_crosscoder": "crosslens.analysis",
+    "load_crosscoder": "crosslens.causal",
+    "run_causal_stage": "crosslens.causal",
+    "get_task": "crosslens.tasks",
     "load_pretrained": "crosslens.pretrained",
     "pretrained_directory": "crosslens.pretrained",
     "register_release": "crosslens.pretrained",
+    "push_to_hub": "crosslens.pretrained",
 }
+
+__all__ = [*_LAZY, "crosscoders", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
