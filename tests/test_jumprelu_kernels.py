@@ -118,7 +118,7 @@ def test_loss_and_every_gradient_match_the_old_implementation(monkeypatch, block
 
 
 def test_block_size_follows_the_device():
-    assert kernels.token_block(4096, 8, 8192, torch.device("cpu")) == (1 << 20) // (8 * 8192)
+    assert kernels.token_block(4096, 8, 8192, torch.device("cpu")) == kernels.CPU_BLOCK_ELEMENTS // (8 * 8192)
     assert kernels.token_block(4096, 8, 8192, torch.device("meta")) == 4096  # one block off the CPU
     assert kernels.token_block(3, 8, 8192, torch.device("cpu")) == 3
     assert kernels.token_block(100, 1 << 12, 1 << 12, torch.device("cpu")) == 1  # never zero
@@ -138,3 +138,19 @@ def test_gradient_without_the_score_matches_old_straight_through():
     assert torch.equal(f_new, f_old)
     (f_old * upstream).sum().backward()
     torch.testing.assert_close(grads_new, (h.grad, t.grad))
+
+
+@pytest.mark.slow  # torch.compile takes tens of seconds on 2 CPU cores
+def test_compiled_kernels_match_the_old_implementation():
+    kernels.use_compiled_kernels(True)
+    try:
+        new, old = _pair(3)
+        x = 3 * torch.randn(37, 4, 6, generator=torch.Generator().manual_seed(9))
+        out_new, grads_new = _run(new, x)
+        out_old, grads_old = _run(old, x)
+    finally:
+        kernels.use_compiled_kernels(False)
+    for key in ("mse_loss", "l0_loss"):
+        torch.testing.assert_close(out_new.losses[key], out_old.losses[key], rtol=1e-5, atol=1e-6)
+    for name, grad in grads_old.items():
+        torch.testing.assert_close(grads_new[name], grad, rtol=1e-5, atol=1e-6, msg=f"gradient of {name}")

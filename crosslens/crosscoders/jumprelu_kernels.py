@@ -10,7 +10,7 @@ whole-batch PyTorch ops, the same math made a dozen ``[S, N, F]`` temporaries in
 each way and ran at a third of a plain crosscoder step; a block of about a million
 elements stays in cache, so each elementwise op reads and writes cache rather than main
 memory. On an accelerator the whole batch is one block (its memory is fast and each op a
-kernel launch).
+kernel launch). :func:`use_compiled_kernels` fuses each block's ops into one loop.
 
 The math is exactly the whole-batch version's, element by element (the same
 multiplications in the same order); only the order of the sums over tokens differs, so
@@ -19,14 +19,16 @@ results agree to float rounding.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
 
-CPU_BLOCK_ELEMENTS = 1 << 20
-"""Elements of one ``[S, block, F]`` block on a CPU: 4 MiB in float32, held in cache.
-Measured on a 2-core EPYC (benchmarks/train.py): 2^18 to 2^21 all within 10%."""
+CPU_BLOCK_ELEMENTS = 1 << 22
+"""Elements of one ``[S, block, F]`` block on a CPU: 16 MiB in float32, about half of a
+32 MiB L3 cache. On a shared 2-core EPYC, 2^22 was the best of 2^20, 2^22 and the whole
+batch in one noisy run (docs/notes/issue-14-speed.md); smaller blocks pay per-op overhead."""
 
 
 def token_block(n_tokens: int, n_snapshots: int, n_features: int, device: torch.device) -> int:
@@ -77,12 +79,17 @@ _COMPILED: dict[str, Any] = {}
 def use_compiled_kernels(enabled: bool = True) -> None:
     """Run the block functions through ``torch.compile`` (one fused loop each way instead of
     a dozen elementwise ops; the first step of each shape then compiles for a while, tens
-    of seconds on a CPU). Off by default; ``benchmarks/train.py --compile`` measures both."""
+    of seconds on a CPU). Off by default, on with ``CROSSLENS_COMPILE_KERNELS=1`` in the
+    environment; ``benchmarks/train.py --compile`` measures both."""
     if not enabled:
         _COMPILED.clear()
     elif not _COMPILED:
         _COMPILED["forward"] = torch.compile(_forward_block, dynamic=False)
         _COMPILED["backward"] = torch.compile(_backward_block, dynamic=False)
+
+
+if os.environ.get("CROSSLENS_COMPILE_KERNELS") == "1":  # a switch for the CLI and scripts
+    use_compiled_kernels(True)
 
 
 class SnapshotGateAndScore(torch.autograd.Function):
