@@ -78,9 +78,10 @@ def _pair(seed: int, **cfg: Any) -> tuple[JumpReLUTrainingCrosscoder, OldJumpReL
 
 
 def _run(cc, x: torch.Tensor):
-    out = cc.training_forward_pass(
-        TrainStepInput(sae_in=x, coefficients={"l0": 0.7}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False)
+    step = TrainStepInput(
+        sae_in=x, coefficients={"l0": 0.7}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False
     )
+    out = cc.training_forward_pass(step)
     out.loss.backward()
     return out, {name: p.grad.clone() for name, p in cc.named_parameters()}
 
