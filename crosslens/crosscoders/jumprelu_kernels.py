@@ -6,11 +6,12 @@ Every gate ``[h_i * ||W_dec[i, s]|| > t_i]`` and every score ``tanh(c * f_{i,s} 
 norms ``[F, S]`` and the threshold ``[F]``, so nothing of size ``[S, N, F]`` needs to be
 kept for the backward pass except the gated code itself (which the decoder reads anyway).
 The backward pass recomputes gates and scores block by block. Written as a chain of
-whole-batch PyTorch ops, the same math made a dozen ``[S, N, F]`` temporaries in memory
-each way and ran at a third of a plain crosscoder step; a block of about a million
-elements stays in cache, so each elementwise op reads and writes cache rather than main
-memory. On an accelerator the whole batch is one block (its memory is fast and each op a
-kernel launch). :func:`use_compiled_kernels` fuses each block's ops into one loop.
+whole-batch PyTorch ops, the same math kept about a dozen ``[S, N, F]`` temporaries alive
+and ran at a third of a plain crosscoder step. On a CPU, blocks of ``CPU_BLOCK_ELEMENTS``
+keep each op's temporaries in the L3 cache; on an accelerator the whole batch is one block
+(its memory is fast and each op a kernel launch). :func:`use_compiled_kernels` fuses each
+block's ops into a few loops. Memory traffic over ``[S, N, F]`` still limits the step:
+see docs/notes/issue-14-speed.md for what this reaches and what it does not.
 
 The math is exactly the whole-batch version's, element by element (the same
 multiplications in the same order); only the order of the sums over tokens differs, so
@@ -77,9 +78,9 @@ _COMPILED: dict[str, Any] = {}
 
 
 def use_compiled_kernels(enabled: bool = True) -> None:
-    """Run the block functions through ``torch.compile`` (one fused loop each way instead of
-    a dozen elementwise ops; the first step of each shape then compiles for a while, tens
-    of seconds on a CPU). Off by default, on with ``CROSSLENS_COMPILE_KERNELS=1`` in the
+    """Run the block functions through ``torch.compile`` (a few fused loops instead of a
+    dozen elementwise ops each way; the first step of each shape then compiles, tens of
+    seconds on a CPU). Off by default, on with ``CROSSLENS_COMPILE_KERNELS=1`` in the
     environment; ``benchmarks/train.py --compile`` measures both."""
     if not enabled:
         _COMPILED.clear()
