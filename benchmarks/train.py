@@ -10,12 +10,17 @@ in the same run on the same machine.
 3. TopK decode of only the active features (embedding_bag gather) against the dense
    decode, forward + backward, and the whole TopK/BatchTopK step both ways.
    Goal: sparse decode >= 2x at d_sae >= 8192, k <= 64.
+4. With ``--compile``: the JumpReLU step with its gate/score kernels through
+   ``torch.compile`` (``jumprelu_kernels.use_compiled_kernels``), and the reference with
+   its loss through ``torch.compile``, both against the eager reference.
+   Goal (issue 14): JumpReLU >= 0.8x the reference.
 
 Timings alternate between the compared variants and report medians, so a noisy shared
 machine biases neither side.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py            # d_in 128, S 8, F 8192, B 512
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py --quick    # small shapes, seconds
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py --only jumprelu --compile
 """
 
 from __future__ import annotations
@@ -53,12 +58,13 @@ class ReferenceCrosscoder(nn.Module):
         return mse + self.l1 * (f * self.W_dec.norm(dim=-1).sum(dim=1)).sum(dim=1).mean()
 
 
-def reference_step_fn(S: int, D: int, F_: int) -> Callable[[torch.Tensor], None]:
+def reference_step_fn(S: int, D: int, F_: int, compile: bool = False) -> Callable[[torch.Tensor], None]:
     model = ReferenceCrosscoder(S, D, F_, l1=2.0)
     opt = torch.optim.Adam(model.parameters(), lr=5e-5)
+    loss_fn = torch.compile(model.loss) if compile else model.loss
 
     def step(x: torch.Tensor) -> None:
-        model.loss(x).backward()
+        loss_fn(x).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -109,6 +115,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="d_in 32, S 4, d_sae 2048, batch 256")
+    parser.add_argument("--only", default="", help="run only the architectures whose label contains this")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd variants (4.)")
     args = parser.parse_args()
     if args.quick:
         args.d_in, args.n_snapshots, args.d_sae, args.batch = 32, 4, 2048, 256
@@ -132,6 +140,7 @@ def main() -> None:
         "batchtopk_crosscoder (dense)": {"sparse_decode": False},
         "batchtopk_crosscoder (sparse)": {"sparse_decode": True},
     }
+    variants = {label: kw for label, kw in variants.items() if args.only in label}
     for label, kw in variants.items():
         arch = label.split()[0]
         times = time_alternating(
@@ -145,6 +154,11 @@ def main() -> None:
         rate = dense_flops / times["ours"]  # dense-equivalent FLOPs, so sparse shows its gain
         print(f"{label:<34}{B / times['ours']:>10.0f}{B / times['ref']:>14.0f}"
               f"{times['ref'] / times['ours']:>8.2f}{rate / 1e9:>10.1f}{rate / mm_rate:>11.2f}")
+
+    if args.compile:
+        compiled_rows(args, x)
+    if not any("topk" in label for label in variants):
+        return
 
     # 3: decode only, forward + backward
     W_dec = torch.randn(F_, S * D, requires_grad=True)
@@ -171,6 +185,42 @@ def main() -> None:
         f"sparse {times['sparse'] * 1e3:.1f} ms, "
         f"speed-up {times['dense'] / times['sparse']:.1f}x"
     )
+
+
+def compiled_rows(args: argparse.Namespace, x: torch.Tensor) -> None:
+    """4: torch.compile on and off, each against the eager reference of the same run."""
+    from crosslens.crosscoders import jumprelu_kernels
+
+    S, D, F_ = args.n_snapshots, args.d_in, args.d_sae
+    eager_step = crosslens_step_fn("jumprelu_crosscoder", S, D, F_, args.k)
+    compiled_step = crosslens_step_fn("jumprelu_crosscoder", S, D, F_, args.k)
+    compiled_ref = reference_step_fn(S, D, F_, compile=True)
+
+    def with_kernels(compiled: bool, step: Callable[[torch.Tensor], None]) -> Callable[[], None]:
+        def run() -> None:
+            jumprelu_kernels.use_compiled_kernels(compiled)
+            step(x)
+
+        return run
+
+    start = time.perf_counter()
+    with_kernels(True, compiled_step)()
+    compiled_ref(x)
+    print(f"\ntorch.compile: first steps (compiling) took {time.perf_counter() - start:.0f} s")
+    times = time_alternating(
+        {
+            "ref": lambda step=reference_step_fn(S, D, F_): step(x),
+            "ref compiled": lambda: compiled_ref(x),
+            "jumprelu eager": with_kernels(False, eager_step),
+            "jumprelu compiled kernels": with_kernels(True, compiled_step),
+        },
+        rounds=args.rounds,
+        warmup=1,
+    )
+    jumprelu_kernels.use_compiled_kernels(False)
+    print("{:<34}{:>10}{:>8}".format("variant", "tokens/s", "ratio"))
+    for name, seconds in times.items():
+        print(f"{name:<34}{args.batch / seconds:>10.0f}{times['ref'] / seconds:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from sae_lens.saes import (
 from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
-from crosslens.crosscoders.jumprelu_crosscoder import SnapshotJumpReLU
+from crosslens.crosscoders.jumprelu_kernels import snapshot_gate_and_score
 
 ARCHS = list(cc.ARCHITECTURES)
 
@@ -203,7 +203,8 @@ def test_jumprelu_straight_through_gradient_by_hand():
     h.requires_grad_(True)
     bw = 0.8
     upstream = torch.randn(2, 6, 3, generator=gen)  # snapshot-major [S, N, F]
-    (SnapshotJumpReLU.apply(h, norms, t, bw) * upstream).sum().backward()
+    f_SNF, _, _ = snapshot_gate_and_score(h, norms, t, bandwidth=bw, tanh_scale=4.0)
+    (f_SNF * upstream).sum().backward()
 
     exp_t, exp_h = [0.0] * 3, [[0.0] * 3 for _ in range(6)]
     for b in range(6):

@@ -273,43 +273,20 @@ def harvest_activations(
     """
     check_storage_dtype(dtype)
     hooks = as_hook_list(hooks)
-    if token_ids_NL.ndim != 2:
-        raise ValueError(
-            f"token_ids_NL must be [n_seqs, seq_len], got shape {tuple(token_ids_NL.shape)}; "
-            "build it with crosslens.activations.tokenize_texts()."
-        )
-    if batch_size < 1 or shard_tokens < 1:
-        raise ValueError(f"batch_size={batch_size} and shard_tokens={shard_tokens} must both be >= 1.")
-    token_ids_NL = token_ids_NL.detach().cpu().long().contiguous()
+    token_ids_NL = _checked_token_table(token_ids_NL, batch_size=batch_size, shard_tokens=shard_tokens)
     tokenizer = suite.tokenizer()
-    if exclude_token_ids is None:
-        exclude_token_ids = default_excluded_ids(tokenizer)
-    exclude_token_ids = sorted({int(i) for i in exclude_token_ids})
-    keep_NL = keep_mask(token_ids_NL, exclude_bos=exclude_bos, exclude_token_ids=exclude_token_ids)
-    if not keep_NL.any():
-        raise ValueError("every token is excluded; pass more text, exclude_bos=False or fewer exclude_token_ids.")
+    exclude_token_ids, keep_NL = _kept_tokens(tokenizer, token_ids_NL, exclude_bos, exclude_token_ids)
     provenance = suite.provenance()
-    spec = {
-        "suite": _provenance_without_hashes(provenance),
-        "hooks": hooks,
-        "dtype": dtype,
-        "exclude_bos": exclude_bos,
-        "exclude_token_ids": exclude_token_ids,
-        "token_ids_sha256": tokens_sha256(token_ids_NL),
-        "n_seqs": token_ids_NL.shape[0],
-        "seq_len": token_ids_NL.shape[1],
-        "seqs_per_shard": max(1, shard_tokens // token_ids_NL.shape[1]),
-    }
     model_dtype = str(model_dtype).removeprefix("torch.")
-    if model_dtype != "float32":  # float32 stores keep their old fingerprint
-        spec["model_dtype"] = model_dtype
+    spec = _store_spec(
+        provenance, hooks, token_ids_NL, dtype=dtype, exclude_bos=exclude_bos,
+        exclude_token_ids=exclude_token_ids, shard_tokens=shard_tokens, model_dtype=model_dtype,
+    )  # fmt: skip
     per_model_tokenizer = check_suite(suite)
     identities = snapshot_identities(suite)  # before writing: refuses damaged, uncached and duplicate snapshots
 
     root = Path(out_dir)
-    team = HarvestTeam.from_torchrun() if distributed in (None, True) else HarvestTeam()
-    if distributed and team.world_size == 1:
-        raise ValueError("distributed=True needs a torchrun job: torchrun --nproc_per_node=N -m crosslens harvest ...")
+    team = _join_team(distributed)
     if team.is_main:
         root.mkdir(parents=True, exist_ok=True)
     team.barrier()
@@ -323,6 +300,67 @@ def harvest_activations(
         )  # fmt: skip
     team.barrier()  # the store is complete and unlocked for every rank
     return ActivationStore.open(root, verify="none")
+
+
+def _checked_token_table(token_ids_NL: torch.Tensor, *, batch_size: int, shard_tokens: int) -> torch.Tensor:
+    """The token table as a contiguous CPU int64 ``[n_seqs, seq_len]``; refuses bad sizes."""
+    if token_ids_NL.ndim != 2:
+        raise ValueError(
+            f"token_ids_NL must be [n_seqs, seq_len], got shape {tuple(token_ids_NL.shape)}; "
+            "build it with crosslens.activations.tokenize_texts()."
+        )
+    if batch_size < 1 or shard_tokens < 1:
+        raise ValueError(f"batch_size={batch_size} and shard_tokens={shard_tokens} must both be >= 1.")
+    return token_ids_NL.detach().cpu().long().contiguous()
+
+
+def _kept_tokens(
+    tokenizer: Any, token_ids_NL: torch.Tensor, exclude_bos: bool, exclude_token_ids: Sequence[int] | None
+) -> tuple[list[int], torch.Tensor]:
+    """The sorted excluded ids (None: the tokenizer's pad, BOS and EOS) and the keep mask."""
+    if exclude_token_ids is None:
+        exclude_token_ids = default_excluded_ids(tokenizer)
+    excluded = sorted({int(i) for i in exclude_token_ids})
+    keep_NL = keep_mask(token_ids_NL, exclude_bos=exclude_bos, exclude_token_ids=excluded)
+    if not keep_NL.any():
+        raise ValueError("every token is excluded; pass more text, exclude_bos=False or fewer exclude_token_ids.")
+    return excluded, keep_NL
+
+
+def _store_spec(
+    provenance: dict,
+    hooks: list[str],
+    token_ids_NL: torch.Tensor,
+    *,
+    dtype: str,
+    exclude_bos: bool,
+    exclude_token_ids: list[int],
+    shard_tokens: int,
+    model_dtype: str,
+) -> dict:
+    """What a store is built from; a store is resumed only under an equal spec."""
+    spec = {
+        "suite": _provenance_without_hashes(provenance),
+        "hooks": hooks,
+        "dtype": dtype,
+        "exclude_bos": exclude_bos,
+        "exclude_token_ids": exclude_token_ids,
+        "token_ids_sha256": tokens_sha256(token_ids_NL),
+        "n_seqs": token_ids_NL.shape[0],
+        "seq_len": token_ids_NL.shape[1],
+        "seqs_per_shard": max(1, shard_tokens // token_ids_NL.shape[1]),
+    }
+    if model_dtype != "float32":  # float32 stores keep their old fingerprint
+        spec["model_dtype"] = model_dtype
+    return spec
+
+
+def _join_team(distributed: bool | None) -> HarvestTeam:
+    """The torchrun job to harvest with (``None``: whenever run under torchrun), or one process."""
+    team = HarvestTeam.from_torchrun() if distributed in (None, True) else HarvestTeam()
+    if distributed and team.world_size == 1:
+        raise ValueError("distributed=True needs a torchrun job: torchrun --nproc_per_node=N -m crosslens harvest ...")
+    return team
 
 
 def snapshot_identities(suite: CheckpointSuite) -> list[dict | None]:

@@ -125,14 +125,13 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD)
-        relu_h_NF = h_NF.relu()
         scores_NF = self.selection_scores(h_NF)
         # sorted flat indices run row by row, as embedding_bag's offsets need
         flat_idx = self._batch_top_indices(scores_NF).sort().values
         rows, cols = flat_idx // self.cfg.d_sae, flat_idx % self.cfg.d_sae
-        vals = relu_h_NF.flatten()[flat_idx]
+        vals = h_NF.flatten()[flat_idx].relu()  # relu of the kept values, not of all of h
         kept_scores = scores_NF.flatten()[flat_idx]
-        f_NF = torch.zeros_like(relu_h_NF).flatten().index_put((flat_idx,), vals).view_as(h_NF)
+        f_NF = torch.zeros_like(h_NF).flatten().index_put((flat_idx,), vals).view_as(h_NF)
         return CrosscoderPass(
             x_NSD=x_NSD,
             hidden_pre_NF=h_NF,

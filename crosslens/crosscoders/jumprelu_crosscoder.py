@@ -19,7 +19,9 @@ threshold stops contributing there, as it would inside the model. Use
 re-gating. Training reconstructs from the per-snapshot code computed from ``h``
 (``hook_sae_acts_post`` there sees the shared code but cannot edit the reconstruction).
 The per-snapshot code costs O(batch * S * d_sae) elementwise work per step, which the
-other architectures do not do; ``benchmarks/train.py`` measures it.
+other architectures do not do; :mod:`crosslens.crosscoders.jumprelu_kernels` does it in
+one autograd function, a cache-sized block of tokens at a time, and
+``benchmarks/train.py`` measures it.
 
 Straight-through estimator: the gate passes gradient to ``h`` where open and, through a
 rectangle kernel of width ``jumprelu_bandwidth`` around the threshold, to ``t_i``:
@@ -64,42 +66,9 @@ from crosslens.crosscoders.base import (
     CrosscoderTrainingConfigFields,
     CrosscoderTrainingMixin,
 )
+from crosslens.crosscoders.jumprelu_kernels import snapshot_gate_and_score
 
 ARCHITECTURE = "jumprelu_crosscoder"
-
-
-class SnapshotJumpReLU(torch.autograd.Function):
-    """``f[s, n, i] = h[n, i] * [h[n, i] * norms[i, s] > t[i]]`` with a rectangle-kernel
-    straight-through gradient to the threshold (none to the norms).
-
-    Snapshot-major output, so decoding is one batched matmul per snapshot with no
-    transpose of the [S, N, F] code. Masks apply through ``torch.where``: multiplying by
-    a broadcast bool tensor takes PyTorch's slow type-promotion path."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        h_NF: torch.Tensor,
-        norms_FS: torch.Tensor,
-        threshold_F: torch.Tensor,
-        bandwidth: float,
-    ) -> torch.Tensor:
-        norms_S1F = norms_FS.T.contiguous()[:, None, :]
-        ctx.save_for_backward(h_NF, norms_S1F, threshold_F)
-        ctx.bandwidth = bandwidth
-        return torch.where(h_NF * norms_S1F > threshold_F, h_NF, 0.0)
-
-    @staticmethod
-    def backward(ctx: Any, grad_SNF: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        h_NF, norms_S1F, threshold_F = ctx.saved_tensors
-        bandwidth = ctx.bandwidth
-        distance_SNF = h_NF * norms_S1F - threshold_F
-        grad_h = torch.where(distance_SNF > 0, grad_SNF, 0.0).sum(dim=0)
-        in_window_SNF = distance_SNF.abs_() < bandwidth / 2
-        window_grad_SF = torch.where(in_window_SNF, grad_SNF, 0.0).sum(dim=1)
-        kernel_SF = threshold_F / (norms_S1F[:, 0].clamp(min=1e-8) * bandwidth)
-        grad_t = -(window_grad_SF * kernel_SF).sum(dim=0)
-        return grad_h, None, grad_t, None
 
 
 @dataclass(kw_only=True)
@@ -266,18 +235,21 @@ class JumpReLUTrainingCrosscoder(
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD)
         norms_FS = self.snapshot_norms()
-        f_SNF = SnapshotJumpReLU.apply(
-            h_NF, norms_FS, self.threshold.to(h_NF.dtype), self.cfg.jumprelu_bandwidth
+        f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
+            h_NF,
+            norms_FS,
+            self.threshold.to(h_NF.dtype),
+            bandwidth=self.cfg.jumprelu_bandwidth,
+            tanh_scale=self.cfg.tanh_scale,
         )
         with torch.no_grad():
-            on_anywhere_NF = self.collectives.snapshot_any((f_SNF != 0).any(dim=0))
-            f_NF = torch.where(on_anywhere_NF, h_NF, 0.0)
+            f_NF = torch.where(self.collectives.snapshot_any(open_anywhere_NF), h_NF, 0.0)
         f_NF = self.hook_sae_acts_post(f_NF)
         return CrosscoderPass(
             x_NSD=x_NSD,
             hidden_pre_NF=h_NF,
             feature_acts_NF=f_NF,
-            extras={"f_SNF": f_SNF, "norms_FS": norms_FS},
+            extras={"f_SNF": f_SNF, "score_sum_F": score_sum_F},
         )
 
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
@@ -293,10 +265,9 @@ class JumpReLUTrainingCrosscoder(
     def _sparsity_losses(
         self, step_input: TrainStepInput, fwd: CrosscoderPass
     ) -> dict[str, torch.Tensor]:
-        f_SNF, norms_FS = fwd.extras["f_SNF"], fwd.extras["norms_FS"]
-        scale_S1F = (self.cfg.tanh_scale * norms_FS.T).contiguous()[:, None, :]
-        score_SNF = torch.tanh(f_SNF * scale_S1F)
-        p_F = self.collectives.mean_over_snapshots_and_tokens(score_SNF)
+        # p_i: the tanh scores' mean over every token and snapshot (of every rank)
+        n_scores = self.collectives.global_batch(fwd.x_NSD.shape[0]) * self.total_snapshots
+        p_F = self.collectives.world_sum(fwd.extras["score_sum_F"]) / n_scores
         q = self.cfg.sparsity_target
         per_feature_F = p_F if q is None else p_F * (1 + p_F / q)
         penalty = self.collectives.replicated_share(per_feature_F.sum())

@@ -135,7 +135,7 @@ class TopKTrainingCrosscoder(
         h_NF = self.hidden_pre(x_NSD)
         idx_NK = self.selection_scores(h_NF).topk(self.cfg.k, dim=-1, sorted=False).indices
         idx_NK = idx_NK.sort(dim=-1).values  # canonical order for the sparse decode's sum
-        vals_NK = h_NF.relu().gather(-1, idx_NK)
+        vals_NK = h_NF.gather(-1, idx_NK).relu()  # relu of k values, not of all d_sae
         if self.uses_sparse_decode:
             with torch.no_grad():
                 f_NF = torch.zeros_like(h_NF).scatter(-1, idx_NK, vals_NK)
