@@ -37,16 +37,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 import crosslens.crosscoders as crosscoders  # noqa: E402
-from crosslens.causal import (  # noqa: E402
-    AttributionConfig,
-    SnapshotCodec,
-    attribute_snapshot,
-    collect_activations,
-    exact_codes,
-    integrated_gradients,
-    logit_diff,
-    run_from_hook,
-)
+from crosslens.causal import AttributionConfig, SnapshotCodec, integrated_gradients
+from crosslens.causal.attribution import attribute_snapshot, logit_diff
+from crosslens.causal.splice import collect_activations, exact_codes, run_from_hook
 from crosslens.causal.attribution import ig_endpoints  # noqa: E402
 from crosslens.tasks import get_task  # noqa: E402
 

@@ -34,7 +34,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from crosslens.activations import build_token_ids, harvest_activations, keep_mask  # noqa: E402
+from crosslens.activations.tokens import build_token_ids, keep_mask
+from crosslens.activations import harvest_activations
 from crosslens.activations.tokens import default_excluded_ids  # noqa: E402
 
 

@@ -253,7 +253,9 @@ def _cmd_suite_build(args: argparse.Namespace) -> int:
             "drop --device/--dtype (or pass --device cpu --dtype float32)"
         )
 
-    from crosslens.pico import PicoConfig, build_pico_suite, default_root, format_eval_table, format_targets, is_built
+    from crosslens.pico import PicoConfig, build_pico_suite, format_eval_table
+    from crosslens.pico.build import default_root, is_built
+    from crosslens.pico.evals import format_targets
 
     config, configured = _build_config(args)
     root = Path(args.root) if args.root else default_root(config)
@@ -283,7 +285,8 @@ def _cmd_suite_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_suite_list(args: argparse.Namespace) -> int:
-    from crosslens.checkpoints import group_by_stage, list_revisions
+    from crosslens.checkpoints.trajectory import group_by_stage
+    from crosslens.checkpoints import list_revisions
 
     for heading, revisions in group_by_stage(list_revisions(args.model)):
         if heading:  # staged runs (OLMo-2/3): one block per stage and ingredient
@@ -765,7 +768,7 @@ def _resolve_crosscoder_arg(value: str, flag: str = "--crosscoder") -> str:
     """A crosscoder folder, or RELEASE/ID of a registered release (fetched into the HF cache)."""
     if Path(value).exists():
         return value
-    from crosslens.pretrained import resolve_crosscoder_path
+    from crosslens.pretrained.load import resolve_crosscoder_path
 
     try:
         return resolve_crosscoder_path(value)
@@ -792,7 +795,7 @@ def _cmd_pretrained_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrained_show(args: argparse.Namespace) -> int:
-    from crosslens.pretrained import get_release
+    from crosslens.pretrained.registry import get_release
 
     try:
         release = get_release(args.release)

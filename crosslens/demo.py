@@ -103,7 +103,9 @@ def _choose_steps(available: list[int], n: int) -> list[int]:
 def suite_stage(*, force: bool = False, small: bool = False):
     """Build (or reuse) the pico suite and print its learning table."""
     from crosslens.checkpoints import CheckpointSuite
-    from crosslens.pico import PicoConfig, build_pico_suite, default_root, format_eval_table, format_targets, is_built
+    from crosslens.pico import PicoConfig, build_pico_suite, format_eval_table
+    from crosslens.pico.build import default_root, is_built
+    from crosslens.pico.evals import format_targets
 
     config = PicoConfig.small() if small else PicoConfig()
     cached = not force and is_built(default_root(config), config)
@@ -345,7 +347,7 @@ def run_demo(
     """Run every stage; return the report path. Models and crosscoder run on ``device``;
     ``dtype`` is the snapshot models' (harvest and attribution)."""
     from crosslens.activations import ActivationStore
-    from crosslens.pico import crosslens_home
+    from crosslens.pico.build import crosslens_home
 
     config = config or (DemoConfig.fast() if fast else DemoConfig())
     out_dir = Path(out_dir) if out_dir is not None else crosslens_home() / ("demo-fast" if fast else "demo")

@@ -145,7 +145,8 @@ def model_spec_for(suite: str) -> ModelSpec:
     """Sizes for a ``--suite`` value: ``pico``, a local suite folder, or a hub model id
     (crosslens's table, else a Hugging Face config already in the local cache)."""
     if suite == "pico":
-        from crosslens.pico import PicoConfig, default_root, is_built
+        from crosslens.pico import PicoConfig
+        from crosslens.pico.build import default_root, is_built
 
         cfg = PicoConfig()
         root = default_root(cfg)

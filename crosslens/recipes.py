@@ -122,7 +122,7 @@ class Recipe:
         if self.family == "olmo":
             return CheckpointSuite.olmo(self.model, revisions=revisions)
         if self.family == "bloom":
-            from crosslens.checkpoints import parse_step
+            from crosslens.checkpoints.snapshot import parse_step
 
             return CheckpointSuite.bloom(self.model, steps=[int(parse_step(r)) for r in revisions])
         raise RecipeError(f"recipe {self.name!r}: cannot tell the family of {self.model!r}")

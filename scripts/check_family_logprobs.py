@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from hf_cache import make_word_tokenizer, tiny_bloom, tiny_neox, tiny_olmo, tiny_olmo2, tiny_olmo3  # noqa: E402
 
-from crosslens.checkpoints import hf_to_hooked  # noqa: E402
+from crosslens.checkpoints.convert import hf_to_hooked
 
 TOKENS = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10, 11], [20, 21, 3, 30, 31, 40, 41, 50, 12]])
 

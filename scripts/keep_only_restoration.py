@@ -13,7 +13,7 @@ from crosslens.causal.splice import collect_activations, default_hook, exact_cod
 from crosslens.tasks import task_for_tokenizer
 
 torch.set_grad_enabled(False)
-from crosslens.pico import crosslens_home
+from crosslens.pico.build import crosslens_home
 
 # the demo's outputs (run `make demo` first), or a demo folder given on the command line
 DEMO = sys.argv[1] if len(sys.argv) > 1 else str(crosslens_home() / "demo")

@@ -31,15 +31,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from crosslens.analysis import (  # noqa: E402
+from crosslens.analysis import (
     EvolutionAnalysis,
     EvolutionConfig,
     PlantedConfig,
     PlantedEvolution,
-    firing_frequency,
     planted_scores,
-    snapshot_firing_frequency,
 )
+from crosslens.analysis.probes import firing_frequency, snapshot_firing_frequency
 from crosslens.training.planted import train_planted  # noqa: E402
 
 ARCHITECTURES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")

@@ -11,7 +11,9 @@ per-snapshot firing relative to peak, the share of those rows whose gradient is 
 zero on a fresh batch, and the same norm figure every STEPS/6 steps of training.
 """
 import sys, time, json, torch
-from crosslens.analysis import PlantedConfig, PlantedEvolution, EvolutionAnalysis, planted_scores, firing_frequency, match_planted, snapshot_firing_frequency
+from crosslens.analysis import PlantedConfig, PlantedEvolution, EvolutionAnalysis, planted_scores
+from crosslens.analysis.probes import firing_frequency, snapshot_firing_frequency
+from crosslens.analysis.synthetic import match_planted
 from crosslens.training.runner import DEFAULT_SPARSITY_WARM_UP, DEFAULT_LR, build_training_crosscoder, default_sparsity_coefficient
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 torch.set_num_threads(1)

@@ -24,13 +24,12 @@ from crosslens.activations import (
     OnTheFlyProvider,
     StoreMismatchError,
     harvest_activations,
-    keep_mask,
-    pack_documents,
-    stop_layer_for,
     tokenize_texts,
     tokens_from_dataset,
     tokens_from_pico,
 )
+from crosslens.activations.tokens import keep_mask, pack_documents
+from crosslens.activations.harvest import stop_layer_for
 from crosslens.activations import harvest as harvest_module
 from crosslens.activations.store import shard_relpath
 from crosslens.errors import DuplicateSnapshotError, TokenizerMismatchError

@@ -12,24 +12,19 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
+from crosslens.analysis.evolution import NO_STEP, decoder_norm_table, feature_lifetimes, normalize_norms
 from crosslens.analysis import (
-    NO_STEP,
     EvolutionAnalysis,
     EvolutionConfig,
-    Report,
-    decoder_norm_table,
     direction_drift,
     evolution_report,
     feature_dimensionality,
-    feature_lifetimes,
-    normalize_norms,
-    pairwise_rel_dec,
     probe_validation,
     rel_dec,
     top_activating_contexts,
-    total_dimensionality,
-    turning_point,
 )
+from crosslens.analysis.report import Report
+from crosslens.analysis.geometry import pairwise_rel_dec, total_dimensionality, turning_point
 from crosslens.analysis.plots import (
     drift_curve,
     emergence_histogram,

@@ -20,29 +20,26 @@ from crosslens.causal import (
     RelIEThresholds,
     SnapshotCodec,
     ablate,
-    ablation_curve,
     ablation_curves,
-    ablation_edit,
     attribute,
-    attribute_snapshot,
-    attribution_patching,
     class_counts,
     classify_relie,
-    collect_activations,
-    exact_codes,
     integrated_gradients,
-    logit_diff,
     reldec,
     relie,
     relie_pairwise,
-    run_from_hook,
-    select_top_features,
     splice,
     task_metric,
 )
+from crosslens.causal.ablation import ablation_curve, ablation_edit
+from crosslens.causal.attribution import attribute_snapshot, logit_diff
+from crosslens.causal.ig import attribution_patching
+from crosslens.causal.splice import collect_activations, exact_codes, run_from_hook
+from crosslens.causal.relie import select_top_features
 from crosslens.causal.attribution import ig_endpoints
 from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
-from crosslens.tasks import MinimalPair, TaskDataset, agreement_pairs
+from crosslens.tasks import MinimalPair, TaskDataset
+from crosslens.tasks.agreement import agreement_pairs
 from crosslens.tasks import agreement as lexicon
 
 HOOK = "blocks.0.hook_resid_post"

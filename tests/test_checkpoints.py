@@ -13,17 +13,10 @@ from conftest import BLOOM_REPO, OLMO_REPO, PYTHIA_DUPLICATED_REPO, PYTHIA_REPO
 from hf_cache import make_word_tokenizer, repo_folder, tiny_neox, write_local_suite
 from transformers import PreTrainedTokenizerFast
 
-from crosslens.checkpoints import (
-    PYTHIA_STEPS,
-    CheckpointSuite,
-    SnapshotInfo,
-    SnapshotRef,
-    list_revisions,
-    parse_step,
-    parse_tokens,
-    spaced_steps,
-    weights_sha256,
-)
+from crosslens.checkpoints.schedules import PYTHIA_STEPS
+from crosslens.checkpoints import CheckpointSuite, SnapshotInfo, SnapshotRef, list_revisions, spaced_steps
+from crosslens.checkpoints.snapshot import parse_step, parse_tokens
+from crosslens.checkpoints.convert import weights_sha256
 from crosslens.errors import (
     CrosslensError,
     DuplicateSnapshotError,

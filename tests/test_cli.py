@@ -160,7 +160,8 @@ TINY_BUILD = ["--n-layers", "1", "--d-model", "16", "--n-heads", "2", "--train-s
 
 
 def test_suite_build_root_keeps_a_custom_suite(tmp_path, capsys, monkeypatch):
-    from crosslens.pico import default_root, is_built, pico_suite
+    from crosslens.pico.build import default_root, is_built
+    from crosslens.pico import pico_suite
     from crosslens.pico.train import PicoConfig
 
     monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path / "home"))

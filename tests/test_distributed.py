@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).parent))
 import distributed_worker as worker  # noqa: E402
 
-from crosslens.distributed import MeshLayout, shard_batches, snapshot_blocks  # noqa: E402
+from crosslens.distributed import MeshLayout, shard_batches
+from crosslens.distributed.mesh import snapshot_blocks
 from crosslens.training.trainer import CrosscoderTrainer, latest_checkpoint  # noqa: E402
 
 WORKER = Path(__file__).with_name("distributed_worker.py")

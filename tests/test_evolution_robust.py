@@ -11,15 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from crosslens.analysis.evolution import NO_STEP, feature_lifetimes, presence_strength
 from crosslens.analysis import (
-    NO_STEP,
     EvolutionAnalysis,
     EvolutionConfig,
     PlantedConfig,
     PlantedEvolution,
-    feature_lifetimes,
     planted_scores,
-    presence_strength,
 )
 from crosslens.analysis.report import Report
 from crosslens.analysis.stability import add_stability_section, match_features, seed_stability

@@ -23,11 +23,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 import crosslens.checkpoints.suite as suite_module
-from crosslens.checkpoints import (
-    CheckpointSuite,
-    MixedIngredientsError,
+from crosslens.checkpoints import CheckpointSuite, MixedIngredientsError, list_revisions
+from crosslens.checkpoints.trajectory import (
     group_by_stage,
-    list_revisions,
     parse_ingredient,
     parse_stage,
     place_on_trajectory,
@@ -37,12 +35,12 @@ from crosslens.errors import UnknownRevisionError
 from crosslens.tasks import (
     MinimalPairFormatError,
     get_task,
-    languages_in,
     load_blimp_jsonl,
     load_multilingual_blimp,
     multilingual_agreement,
     multilingual_tasks,
 )
+from crosslens.tasks.blimp import languages_in
 
 OLMO2_REPO = "allenai/OLMo-2-0425-1B"
 OLMO3_REPO = "allenai/Olmo-3-1025-7B"

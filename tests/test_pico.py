@@ -17,14 +17,14 @@ from crosslens.pico import (
     PicoConfig,
     PicoGrammar,
     build_pico_suite,
-    check_targets,
     evaluate_pairs,
     format_eval_table,
-    is_built,
     pico_suite,
     sample_documents,
-    word_level_tokenizer,
 )
+from crosslens.pico.evals import check_targets
+from crosslens.pico.build import is_built
+from crosslens.pico.tokenizer import word_level_tokenizer
 from crosslens.pico.corpus import GrammarCorpus
 from crosslens.pico.evals import heldout_pairs
 from crosslens.pico.train import make_model, make_optimizer, train, weights_sha256

@@ -14,19 +14,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from crosslens.analysis.evolution import NO_STEP
 from crosslens.analysis import (
-    NO_STEP,
     EvolutionAnalysis,
     PlantedConfig,
     PlantedEvolution,
     analyze_crosscoder,
-    firing_frequency,
-    match_planted,
-    planted_mmcs,
-    planted_recovery,
     probe_validation,
     top_activating_contexts,
 )
+from crosslens.analysis.probes import firing_frequency
+from crosslens.analysis.synthetic import match_planted, planted_mmcs, planted_recovery
 
 N_STEPS = 2000
 BATCH = 256

@@ -23,14 +23,8 @@ import os
 import pytest
 import torch
 
-from crosslens.analysis import (
-    EvolutionAnalysis,
-    PlantedConfig,
-    PlantedEvolution,
-    firing_frequency,
-    planted_scores,
-    snapshot_firing_frequency,
-)
+from crosslens.analysis import EvolutionAnalysis, PlantedConfig, PlantedEvolution, planted_scores
+from crosslens.analysis.probes import firing_frequency, snapshot_firing_frequency
 from crosslens.training.planted import train_planted
 
 ARCHITECTURES = ["crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"]

@@ -14,15 +14,15 @@ from crosslens.tasks import (
     MinimalPairFormatError,
     TaskDataset,
     TaskTokenizationError,
-    agreement_pairs,
     get_task,
-    ioi_pairs,
     list_tasks,
     load_blimp_jsonl,
     load_clams,
     load_pairs_jsonl,
-    pair_from_sentences,
 )
+from crosslens.tasks.agreement import agreement_pairs
+from crosslens.tasks.ioi import ioi_pairs
+from crosslens.tasks.blimp import pair_from_sentences
 from crosslens.tasks import agreement as lexicon
 from crosslens.tasks import ioi as ioi_lexicon
 

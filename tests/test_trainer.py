@@ -14,12 +14,8 @@ from sae_lens.config import SAETrainerConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
 import crosslens.crosscoders as cc
-from crosslens.training import (
-    CrosscoderTrainer,
-    CrosscoderTrainerConfig,
-    crosscoder_metrics,
-    latest_checkpoint,
-)
+from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig, latest_checkpoint
+from crosslens.training.trainer import crosscoder_metrics
 
 S, D, F, B = 2, 8, 32, 16
 ARCHS = list(cc.ARCHITECTURES)

@@ -10,7 +10,8 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from crosslens.commands import hook_problem, split_rows
-from crosslens.pico import PicoGrammar, sample_documents, train_tokenizer, word_level_tokenizer
+from crosslens.pico import PicoGrammar, sample_documents
+from crosslens.pico.tokenizer import train_tokenizer, word_level_tokenizer
 from crosslens.pico.corpus import TextCorpus, split_documents, text_files
 from crosslens.pico.evals import continuation_logprob_diffs, pair_logit_diffs
 from crosslens.tasks import MinimalPair

@@ -6,7 +6,7 @@
 - :mod:`crosslens.activations.tokens` builds the token table shared by all snapshots.
 """
 
-from crosslens.activations.harvest import harvest_activations, harvest_rows, stop_layer_for
+from crosslens.activations.harvest import harvest_activations
 from crosslens.activations.provider import ActivationProvider, OnTheFlyProvider
 from crosslens.activations.store import (
     ActivationStore,
@@ -14,14 +14,8 @@ from crosslens.activations.store import (
     IncompleteStoreError,
     StoreMismatchError,
 )
-from crosslens.activations.tokens import (
-    build_token_ids,
-    keep_mask,
-    pack_documents,
-    tokenize_texts,
-    tokens_from_dataset,
-    tokens_from_pico,
-)
+from crosslens.activations.streaming import ResidentSnapshotProvider
+from crosslens.activations.tokens import tokenize_texts, tokens_from_dataset, tokens_from_pico
 
 __all__ = [
     "ActivationProvider",
@@ -29,13 +23,9 @@ __all__ = [
     "CorruptShardError",
     "IncompleteStoreError",
     "OnTheFlyProvider",
+    "ResidentSnapshotProvider",
     "StoreMismatchError",
-    "build_token_ids",
     "harvest_activations",
-    "harvest_rows",
-    "keep_mask",
-    "pack_documents",
-    "stop_layer_for",
     "tokenize_texts",
     "tokens_from_dataset",
     "tokens_from_pico",

@@ -13,75 +13,31 @@ from crosslens.analysis.analyze import analyze_crosscoder, write_evolution_repor
 from crosslens.analysis.contexts import Context, top_activating_contexts
 from crosslens.analysis.evolution import (
     FEATURE_CLASSES,
-    NO_STEP,
-    PRESENCE_MODES,
     EvolutionAnalysis,
     EvolutionConfig,
     Lifetimes,
-    classify_features,
-    dead_features,
-    decoder_norm_table,
-    feature_lifetimes,
-    normalize_norms,
-    presence_strength,
 )
-from crosslens.analysis.geometry import (
-    direction_drift,
-    feature_dimensionality,
-    pairwise_rel_dec,
-    rel_dec,
-    total_dimensionality,
-    turning_point,
-)
-from crosslens.analysis.probes import (
-    ProbeValidation,
-    firing_frequency,
-    probe_validation,
-    snapshot_firing_frequency,
-)
-from crosslens.analysis.report import Report, evolution_report
-from crosslens.analysis.synthetic import (
-    PlantedConfig,
-    PlantedEvolution,
-    match_planted,
-    planted_mmcs,
-    planted_recovery,
-    planted_scores,
-)
+from crosslens.analysis.geometry import direction_drift, feature_dimensionality, rel_dec
+from crosslens.analysis.probes import ProbeValidation, probe_validation
+from crosslens.analysis.report import evolution_report
+from crosslens.analysis.synthetic import PlantedConfig, PlantedEvolution, planted_scores
 
 __all__ = [
-    "FEATURE_CLASSES",
-    "NO_STEP",
-    "PRESENCE_MODES",
-    "Context",
     "EvolutionAnalysis",
     "EvolutionConfig",
+    "FEATURE_CLASSES",
     "Lifetimes",
+    "Context",
     "PlantedConfig",
     "PlantedEvolution",
     "ProbeValidation",
-    "Report",
     "analyze_crosscoder",
-    "classify_features",
-    "dead_features",
-    "decoder_norm_table",
     "direction_drift",
     "evolution_report",
     "feature_dimensionality",
-    "feature_lifetimes",
-    "firing_frequency",
-    "match_planted",
-    "normalize_norms",
-    "pairwise_rel_dec",
-    "planted_mmcs",
-    "presence_strength",
-    "planted_recovery",
     "planted_scores",
     "probe_validation",
     "rel_dec",
-    "snapshot_firing_frequency",
     "top_activating_contexts",
-    "total_dimensionality",
-    "turning_point",
     "write_evolution_report",
 ]

@@ -9,25 +9,9 @@
 - :func:`run_causal_stage` does all of it for one task and writes tables and a report.
 """
 
-from crosslens.causal.ablation import (
-    ablate,
-    ablation_curve,
-    ablation_curves,
-    ablation_edit,
-    mean_feature_codes,
-    task_metric,
-    top_k_features,
-)
-from crosslens.causal.attribution import (
-    AttributionConfig,
-    IETable,
-    SnapshotAttribution,
-    attribute,
-    attribute_snapshot,
-    collect_task_activations,
-    logit_diff,
-)
-from crosslens.causal.ig import IGResult, attribution_patching, integrated_gradients
+from crosslens.causal.ablation import ablate, ablation_curves, task_metric
+from crosslens.causal.attribution import AttributionConfig, IETable, attribute
+from crosslens.causal.ig import integrated_gradients
 from crosslens.causal.relie import (
     RELIE_CLASSES,
     RelIEThresholds,
@@ -36,54 +20,29 @@ from crosslens.causal.relie import (
     reldec,
     relie,
     relie_pairwise,
-    select_top_features,
 )
-from crosslens.causal.stage import load_crosscoder, run_causal_stage
-from crosslens.causal.splice import (
-    SnapshotCodec,
-    SpliceState,
-    activations_at,
-    collect_activations,
-    exact_codes,
-    resolve_norm_factors,
-    run_from_hook,
-    splice,
-)
+from crosslens.causal.stage import CausalStageResult, causal_report, load_crosscoder, run_causal_stage
+from crosslens.causal.splice import SnapshotCodec, splice
 
 __all__ = [
-    "RELIE_CLASSES",
     "AttributionConfig",
+    "CausalStageResult",
     "IETable",
-    "IGResult",
+    "RELIE_CLASSES",
     "RelIEThresholds",
-    "SnapshotAttribution",
     "SnapshotCodec",
-    "SpliceState",
     "ablate",
-    "ablation_curve",
     "ablation_curves",
-    "ablation_edit",
-    "activations_at",
     "attribute",
-    "attribute_snapshot",
-    "attribution_patching",
+    "causal_report",
     "class_counts",
     "classify_relie",
-    "collect_activations",
-    "collect_task_activations",
-    "exact_codes",
     "integrated_gradients",
     "load_crosscoder",
-    "logit_diff",
-    "mean_feature_codes",
     "reldec",
     "relie",
     "relie_pairwise",
-    "resolve_norm_factors",
     "run_causal_stage",
-    "run_from_hook",
-    "select_top_features",
     "splice",
     "task_metric",
-    "top_k_features",
 ]

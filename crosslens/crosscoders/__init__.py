@@ -17,13 +17,7 @@ from sae_lens.registry import (
     register_sae_training_class,
 )
 
-from crosslens.crosscoders.base import (
-    DEFAULT_DECODER_INIT_NORM,
-    CrosscoderMixin,
-    CrosscoderPass,
-    CrosscoderTrainingMixin,
-    set_crosscoder_metadata,
-)
+from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderTrainingMixin
 from crosslens.crosscoders.batchtopk_crosscoder import (
     BatchTopKCrosscoder,
     BatchTopKCrosscoderConfig,
@@ -114,14 +108,11 @@ install_hooked_sae_transformer_guard()
 
 __all__ = [
     "ARCHITECTURES",
-    "as_hooked_sae_transformer",
-    "DEFAULT_DECODER_INIT_NORM",
     "BatchTopKCrosscoder",
     "BatchTopKCrosscoderConfig",
     "BatchTopKTrainingCrosscoder",
     "BatchTopKTrainingCrosscoderConfig",
     "CrosscoderMixin",
-    "CrosscoderPass",
     "CrosscoderTrainingMixin",
     "JumpReLUCrosscoder",
     "JumpReLUCrosscoderConfig",
@@ -135,6 +126,6 @@ __all__ = [
     "TopKCrosscoderConfig",
     "TopKTrainingCrosscoder",
     "TopKTrainingCrosscoderConfig",
-    "set_crosscoder_metadata",
+    "as_hooked_sae_transformer",
     "snapshot_sae",
 ]

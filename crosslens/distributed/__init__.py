@@ -9,33 +9,12 @@ See docs/DISTRIBUTED.md for the math, the communication per step and the launch 
 """
 
 from crosslens.distributed.batches import shard_batches
-from crosslens.distributed.mesh import (
-    MeshLayout,
-    init_mesh,
-    launched_by_torchrun,
-    local_layout,
-    shutdown,
-    snapshot_blocks,
-)
-from crosslens.distributed.sharding import (
-    clip_grad_norm,
-    full_crosscoder,
-    gather_state_dict,
-    reduce_gradients,
-    shard_crosscoder,
-)
+from crosslens.distributed.mesh import MeshLayout, init_mesh, launched_by_torchrun, shutdown
 
 __all__ = [
     "MeshLayout",
-    "clip_grad_norm",
-    "full_crosscoder",
-    "gather_state_dict",
     "init_mesh",
     "launched_by_torchrun",
-    "local_layout",
-    "reduce_gradients",
     "shard_batches",
-    "shard_crosscoder",
     "shutdown",
-    "snapshot_blocks",
 ]

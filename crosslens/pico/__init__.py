@@ -5,17 +5,9 @@ Hugging Face models; ``pico_suite`` returns them as a ``CheckpointSuite``. The g
 (``crosslens.tasks.grammar``) also makes the minimal pairs that probe what it learned.
 """
 
-from crosslens.pico.build import build_pico_suite, crosslens_home, default_root, is_built, pico_suite
-from crosslens.pico.evals import (
-    check_targets,
-    evaluate_pairs,
-    format_eval_table,
-    format_targets,
-    heldout_loss,
-    pair_logit_diffs,
-)
+from crosslens.pico.build import build_pico_suite, pico_suite
+from crosslens.pico.evals import evaluate_pairs, format_eval_table
 from crosslens.tasks.grammar import Lexicon, PicoGrammar
-from crosslens.pico.tokenizer import train_tokenizer, word_level_tokenizer
 from crosslens.pico.train import PicoConfig
 
 
@@ -25,21 +17,9 @@ def sample_documents(n: int, seed: int = 0) -> list[str]:
 
 
 __all__ = [
-    "Lexicon",
     "PicoConfig",
-    "PicoGrammar",
     "build_pico_suite",
-    "check_targets",
-    "crosslens_home",
-    "default_root",
     "evaluate_pairs",
     "format_eval_table",
-    "format_targets",
-    "heldout_loss",
-    "is_built",
-    "pair_logit_diffs",
     "pico_suite",
-    "sample_documents",
-    "train_tokenizer",
-    "word_level_tokenizer",
 ]

@@ -16,17 +16,16 @@ from crosslens.pretrained.registry import (
     PretrainedCrosscoderRelease,
     PretrainedRegistryError,
     UnknownPretrainedError,
-    get_release,
     pretrained_directory,
     register_release,
     unregister_release,
 )
-from crosslens.pretrained.load import load_pretrained, pretrained_folder, resolve_crosscoder_path
+from crosslens.pretrained.load import load_pretrained
 
 
 def __getattr__(name: str):
     # push pulls in torch and the analysis package; load it on first use
-    if name in ("push_to_hub", "LocalHubApi", "PushResult", "model_card", "registry_entry", "registry_yaml"):
+    if name in __all__ and name in ("push_to_hub", "LocalHubApi", "PushResult"):
         from crosslens.pretrained import push
 
         return getattr(push, name)
@@ -34,22 +33,16 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "PRETRAINED_ENV",
     "LocalHubApi",
+    "PRETRAINED_ENV",
     "PretrainedCrosscoderEntry",
     "PretrainedCrosscoderRelease",
     "PretrainedRegistryError",
     "PushResult",
     "UnknownPretrainedError",
-    "get_release",
     "load_pretrained",
-    "model_card",
     "pretrained_directory",
-    "pretrained_folder",
     "push_to_hub",
     "register_release",
-    "registry_entry",
-    "registry_yaml",
-    "resolve_crosscoder_path",
     "unregister_release",
 ]

@@ -25,22 +25,13 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from crosslens.tasks.agreement import agreement_pairs
-from crosslens.tasks.base import (
-    MinimalPair,
-    TaskDataset,
-    TaskTokenizationError,
-    TokenizedTask,
-    encode,
-    resolve_tokenizer,
-)
+from crosslens.tasks.base import MinimalPair, TaskDataset, TaskTokenizationError
 from crosslens.tasks.blimp import (
     MinimalPairFormatError,
-    languages_in,
     load_blimp_jsonl,
     load_clams,
     load_multilingual_blimp,
     load_pairs_jsonl,
-    pair_from_sentences,
 )
 from crosslens.tasks.grammar import PicoGrammar
 from crosslens.tasks.ioi import ioi_pairs
@@ -50,23 +41,12 @@ __all__ = [
     "MinimalPairFormatError",
     "TaskDataset",
     "TaskTokenizationError",
-    "TokenizedTask",
-    "agreement_pairs",
-    "encode",
     "get_task",
-    "ioi_pairs",
-    "languages_in",
     "list_tasks",
     "load_blimp_jsonl",
     "load_clams",
     "load_multilingual_blimp",
     "load_pairs_jsonl",
-    "multilingual_agreement",
-    "multilingual_tasks",
-    "pair_from_sentences",
-    "pico_task",
-    "resolve_tokenizer",
-    "task_for_tokenizer",
 ]
 
 PICO_TASKS = ("pico_agreement_simple", "pico_agreement_pp", "pico_agreement_rc", "pico_ioi")

@@ -2,17 +2,11 @@
 trained crosscoder out."""
 
 from crosslens.training.config import CrosscoderTrainerConfig
-from crosslens.training.trainer import (
-    BatchSource,
-    CrosscoderTrainer,
-    crosscoder_metrics,
-    latest_checkpoint,
-)
+from crosslens.training.trainer import BatchSource, CrosscoderTrainer, latest_checkpoint
 
 __all__ = [
     "BatchSource",
     "CrosscoderTrainer",
     "CrosscoderTrainerConfig",
-    "crosscoder_metrics",
     "latest_checkpoint",
 ]

@@ -31,7 +31,8 @@ import torch
 from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationProvider, ActivationStore
-from crosslens.crosscoders import ARCHITECTURES, set_crosscoder_metadata
+from crosslens.crosscoders import ARCHITECTURES
+from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.crosscoders.defaults import (
     DEFAULT_DECODER_INIT_NORM,
     DEFAULT_K,
