@@ -28,6 +28,7 @@ from sae_lens.saes import (
 from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
+from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.crosscoders.jumprelu_kernels import snapshot_gate_and_score
 
 ARCHS = list(cc.ARCHITECTURES)
@@ -502,7 +503,7 @@ def test_folded_on_raw_equals_unfolded_on_normalised(arch):
     recon_before = sae(normalised) / factors[:, None]
     assert 0 < int((code_before != 0).sum()) < code_before.numel()
 
-    cc.set_crosscoder_metadata(sae.cfg, activation_norm_factors=factors)
+    set_crosscoder_metadata(sae.cfg, activation_norm_factors=factors)
     sae.fold_activation_norm_scaling_factors()
     torch.testing.assert_close(sae.encode(raw), code_before)
     torch.testing.assert_close(sae(raw), recon_before)
@@ -537,7 +538,7 @@ PROVENANCE = {
 def test_save_load_round_trip(arch, tmp_path):
     training = make_training(arch, S=2, D=3, F=6)
     randomize(training, 23, threshold=0.05)
-    cc.set_crosscoder_metadata(
+    set_crosscoder_metadata(
         training.cfg,
         provenance=PROVENANCE,
         hook_name="blocks.1.hook_resid_post",
@@ -594,6 +595,6 @@ def test_save_load_round_trip(arch, tmp_path):
 def test_metadata_checks_snapshot_count():
     cfg = cc.ReLUTrainingCrosscoderConfig(d_in=3, d_sae=4, n_snapshots=3)
     with pytest.raises(ValueError, match="lists 2 snapshots"):
-        cc.set_crosscoder_metadata(cfg, provenance=PROVENANCE)
+        set_crosscoder_metadata(cfg, provenance=PROVENANCE)
     with pytest.raises(ValueError, match="3 finite positive"):
-        cc.set_crosscoder_metadata(cfg, activation_norm_factors=[1.0, 2.0])
+        set_crosscoder_metadata(cfg, activation_norm_factors=[1.0, 2.0])

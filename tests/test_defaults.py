@@ -66,11 +66,11 @@ def test_one_builder_translates_sparsity_for_crosscoders_and_saes():
 
 
 def test_decoder_init_norm_and_k_come_from_the_table():
-    import crosslens.crosscoders as crosscoders
+    from crosslens.crosscoders import base as crosscoder_base
     from crosslens.crosscoders.defaults import DEFAULT_DECODER_INIT_NORM, DEFAULT_K
     from crosslens.training.runner import CrosscoderRunnerConfig
 
     config = CrosscoderRunnerConfig(store_path="unused", out_dir="unused")
     assert (config.k, config.decoder_init_norm) == (DEFAULT_K, DEFAULT_DECODER_INIT_NORM) == (32, 0.08)
-    assert crosscoders.DEFAULT_DECODER_INIT_NORM is DEFAULT_DECODER_INIT_NORM
+    assert crosscoder_base.DEFAULT_DECODER_INIT_NORM is DEFAULT_DECODER_INIT_NORM
     assert {d.decoder_init_norm for d in TRAINING_DEFAULTS.values()} == {DEFAULT_DECODER_INIT_NORM}
