@@ -14,6 +14,12 @@ in the same run on the same machine.
    ``torch.compile`` (``jumprelu_kernels.use_compiled_kernels``), and the reference with
    its loss through ``torch.compile``, both against the eager reference.
    Goal (issue 14): JumpReLU >= 0.8x the reference.
+5. With ``--trained RUN_DIR`` (a JumpReLU run, e.g. the demo's
+   ``~/.cache/crosslens/demo/crosscoder``): the JumpReLU step at that trained crosscoder's
+   weights and shapes, on batches of its own activation store, against the reference at
+   the same shapes. Section 1 times a freshly initialised crosscoder, whose gates are open
+   for about 30% of (token, feature) pairs at every snapshot; a trained one's are sparse
+   and differ between snapshots, which is what the gated decode's cost depends on.
 
 Timings alternate between the compared variants and report medians, so a noisy shared
 machine biases neither side.
@@ -21,6 +27,7 @@ machine biases neither side.
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py            # d_in 128, S 8, F 8192, B 512
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py --quick    # small shapes, seconds
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py --only jumprelu --compile
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py --only jumprelu --trained ~/.cache/crosslens/demo/crosscoder
 """
 
 from __future__ import annotations
@@ -117,6 +124,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="d_in 32, S 4, d_sae 2048, batch 256")
     parser.add_argument("--only", default="", help="run only the architectures whose label contains this")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd variants (4.)")
+    parser.add_argument("--trained", default=None, help="a trained JumpReLU run folder to time at (5.)")
     args = parser.parse_args()
     if args.quick:
         args.d_in, args.n_snapshots, args.d_sae, args.batch = 32, 4, 2048, 256
@@ -157,6 +165,8 @@ def main() -> None:
 
     if args.compile:
         compiled_rows(args, x)
+    if args.trained:
+        trained_rows(args)
     if not any("topk" in label for label in variants):
         return
 
@@ -185,6 +195,61 @@ def main() -> None:
         f"sparse {times['sparse'] * 1e3:.1f} ms, "
         f"speed-up {times['dense'] / times['sparse']:.1f}x"
     )
+
+
+def trained_rows(args: argparse.Namespace) -> None:
+    """5: the JumpReLU step at a trained crosscoder's weights, on its own store's batches."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from crosslens.activations import ActivationStore
+    from crosslens.crosscoders import jumprelu_kernels
+
+    run = Path(args.trained).expanduser()
+    run_cfg = json.loads((run / "run.json").read_text())
+    saved_cfg = json.loads((run / "final" / "cfg.json").read_text())
+    details = saved_cfg["metadata"]["training_architecture_details"]
+    _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES["jumprelu_crosscoder"]
+    S, F_, B = saved_cfg["n_snapshots"], saved_cfg["d_sae"], args.batch
+    sae = train_cls(train_cfg_cls(d_in=saved_cfg["d_in"], d_sae=F_, n_snapshots=S, **details))
+    sae.load_state_dict(load_file(run / "final" / "sae_weights.safetensors"))  # folded: reads raw activations
+    D = sae.cfg.d_in
+    store = ActivationStore.open(run_cfg["store_path"], verify="none")
+    rows = torch.randperm(store.n_tokens, generator=torch.Generator().manual_seed(0))
+    batches = [store.read(run_cfg["hook"], rows[a : a + B].sort().values, normalize=False)
+               for a in range(0, min(store.n_tokens, 8 * B) - B + 1, B)]  # fmt: skip
+    with torch.no_grad():
+        h_NF = sae.hidden_pre(batches[0])
+        classes = jumprelu_kernels.EntryClasses(
+            h_NF, sae.snapshot_norms(), sae.threshold, sae.cfg.jumprelu_bandwidth / 2
+        )
+    n = h_NF.numel()
+    window = ("a mask and a matmul per snapshot" if classes.window_per_snapshot
+              else "one matmul" if classes.dense_window else "gathered rows")  # fmt: skip
+    print(f"\ntrained crosscoder {run}: batch {B}, n_snapshots {S}, d_in {D}, d_sae {F_}")
+    print(f"  (token, feature) entries open at some snapshot {classes.open_any_NF.float().mean():.1%}, "
+          f"at every snapshot {classes.open_all_NF.float().mean():.1%}, mixed "
+          f"{classes.mixed_open_flat.numel() / n:.1%}; gated decode: {classes.sparse_ok}; window: {window}")
+    trainer = CrosscoderTrainer(  # the saved crosscoder is folded: it reads raw activations
+        sae, CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, activation_scale_check="off")
+    )
+    ref = reference_step_fn(S, D, F_)
+    turn = [0]
+
+    def next_batch() -> torch.Tensor:
+        turn[0] += 1
+        return batches[turn[0] // 2 % len(batches)]
+
+    times = time_alternating(
+        {"ref": lambda: ref(next_batch()), "ours": lambda: trainer.step(next_batch())},
+        rounds=args.rounds,
+        warmup=1,
+    )
+    print("{:<34}{:>10}{:>14}{:>8}".format("architecture", "tokens/s", "ref tokens/s", "ratio"))
+    print(f"{'jumprelu_crosscoder (trained)':<34}{B / times['ours']:>10.0f}{B / times['ref']:>14.0f}"
+          f"{times['ref'] / times['ours']:>8.2f}")
 
 
 def compiled_rows(args: argparse.Namespace, x: torch.Tensor) -> None:

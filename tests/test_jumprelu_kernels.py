@@ -86,14 +86,39 @@ def _run(cc, x: torch.Tensor):
     return out, {name: p.grad.clone() for name, p in cc.named_parameters()}
 
 
-@pytest.mark.parametrize("block_elements", [200, 1 << 20])  # many blocks, then one
+# How the new code may run: the per-snapshot kernel in many blocks or one (the fallback for
+# many mixed gates), or the gated decode with each of its three ways of summing the window.
+PATHS = {
+    "dense-blocks": {"CPU_BLOCK_ELEMENTS": 200, "GATHER_SHARE": -1.0},
+    "dense-one-block": {"CPU_BLOCK_ELEMENTS": 1 << 20, "GATHER_SHARE": -1.0},
+    "gathered": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "gathered", "SPARSE_ENTRY_CHUNK": 64},
+    "matmul": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "matmul"},
+    "per_snapshot": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "per_snapshot"},
+}
+
+
+def _count_gated_decodes(monkeypatch) -> list[int]:
+    calls = [0]
+    apply = kernels.SnapshotGatedDecode.apply
+
+    def counting_apply(*args: Any) -> Any:
+        calls[0] += 1
+        return apply(*args)
+
+    monkeypatch.setattr(kernels.SnapshotGatedDecode, "apply", counting_apply)
+    return calls
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize(
     "cfg",
     [{}, {"sparsity_target": None}, {"closed_gate_decoder_grad": True}, {"tanh_scale": 1.5, "jumprelu_bandwidth": 0.3}],
 )
 @pytest.mark.parametrize("collectives", ["default", "local"])
-def test_loss_and_every_gradient_match_the_old_implementation(monkeypatch, block_elements, cfg, collectives):
-    monkeypatch.setattr(kernels, "CPU_BLOCK_ELEMENTS", block_elements)
+def test_loss_and_every_gradient_match_the_old_implementation(monkeypatch, path, cfg, collectives):
+    for name, value in PATHS[path].items():
+        monkeypatch.setattr(kernels, name, value)
+    gated_decodes = _count_gated_decodes(monkeypatch)
     new, old = _pair(3, **cfg)
     if collectives == "local":  # the object a one-rank mesh run holds, with the snapshot count set
         new.collectives = LocalCollectives(n_snapshots_total=4)
@@ -101,21 +126,104 @@ def test_loss_and_every_gradient_match_the_old_implementation(monkeypatch, block
     x = 3 * torch.randn(37, 4, 6, generator=torch.Generator().manual_seed(9))
     out_new, grads_new = _run(new, x)
     out_old, grads_old = _run(old, x)
+    # the path asked for is the one that ran (closed_gate_decoder_grad decodes the [S, N, F] code)
+    assert gated_decodes[0] == int(not path.startswith("dense") and "closed_gate_decoder_grad" not in cfg)
 
     # the inputs exercise every case: gates open at some snapshots and shut at others, in the window
-    f_SNF = new._training_encode(x).extras["f_SNF"]
+    f_SNF = old._training_encode(x).extras["f_SNF"]
     open_SNF = f_SNF != 0
     partly_open = open_SNF.any(0) & ~open_SNF.all(0)
     assert partly_open.float().mean() > 0.05 and open_SNF.float().mean() > 0.1
+    assert open_SNF.all(0).float().mean() > 0.03  # and open at every snapshot
     assert float(grads_old["threshold"].abs().sum()) > 0 and float(grads_old["W_dec"].abs().sum()) > 0
 
     for key in ("mse_loss", "l0_loss"):
         torch.testing.assert_close(out_new.losses[key], out_old.losses[key], rtol=1e-5, atol=1e-6)
-    assert torch.equal(out_new.sae_out, out_old.sae_out)  # same gated code, same decoder matmul
+    # the same decode, its sums over features taken in another order on the gated-decode paths
+    torch.testing.assert_close(out_new.sae_out, out_old.sae_out, rtol=1e-6, atol=1e-6)
     assert torch.equal(out_new.feature_acts, out_old.feature_acts)
     assert set(grads_new) == set(grads_old) == {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"}
     for name, grad in grads_old.items():
         torch.testing.assert_close(grads_new[name], grad, rtol=1e-5, atol=1e-6, msg=f"gradient of {name}")
+
+
+def _brute_force_classes(h_NF, norms_FS, threshold_F, half_width):
+    distance_SNF = h_NF * norms_FS.T[:, None, :] - threshold_F
+    open_SNF, window_SNF = distance_SNF > 0, distance_SNF.abs() < half_width
+    return open_SNF.all(0), open_SNF.any(0), window_SNF.all(0), window_SNF.any(0) & ~window_SNF.all(0)
+
+
+def test_entry_classes_equal_a_per_snapshot_count_on_edge_cases():
+    gen = torch.Generator().manual_seed(0)
+    N, F_, S, w = 300, 24, 5, 0.05
+    h = torch.randn(N, F_, generator=gen)
+    h[::7] = 0.0  # exact zeros, and values that land exactly on the gate and the window's edges
+    norms = torch.rand(F_, S, generator=gen) + 0.2
+    norms[0] = 0.0  # a feature absent everywhere
+    norms[1, :3] = 0.0  # absent at the first snapshots
+    norms[2] = norms[2, 0]  # equal at every snapshot
+    threshold = torch.rand(F_, generator=gen) * 0.3
+    threshold[3] = 0.0
+    threshold[4] = -0.1  # not reachable in training (clamped at 0), but the classes hold for any sign
+    h[5, 5] = float(threshold[5] / norms[5, 0])
+    h[6, 6] = float((threshold[6] + w) / norms[6].max())
+    h[8, 8] = float((threshold[8] - w) / norms[8].min())
+    classes = kernels.EntryClasses(h, norms, threshold, w)
+    open_all, open_any, window_all, window_mixed = _brute_force_classes(h, norms, threshold, w)
+    assert torch.equal(classes.open_all_NF, open_all)
+    assert torch.equal(classes.open_any_NF, open_any)
+    assert torch.equal(classes.window_all_NF, window_all)
+    mixed = torch.zeros(N * F_, dtype=torch.bool)
+    mixed[classes.mixed_open_flat] = True
+    assert torch.equal(mixed.view(N, F_), open_any & ~open_all)
+    assert (open_any & ~open_all).any() and window_mixed.any() and window_all.any()
+
+
+@pytest.mark.parametrize("window_mode", ["gathered", "matmul", "per_snapshot"])
+def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, window_mode):
+    """The function alone, with upstream gradients on the decode and on the scores."""
+    monkeypatch.setattr(kernels, "GATHER_SHARE", 1.0)
+    monkeypatch.setattr(kernels, "WINDOW_MODE", window_mode)
+    gen = torch.Generator().manual_seed(2)
+    N, F_, S, D = 40, 30, 3, 5
+    h = torch.randn(N, F_, generator=gen, dtype=torch.float64, requires_grad=True)
+    norms = (torch.rand(F_, S, generator=gen, dtype=torch.float64) + 0.3).requires_grad_()
+    threshold = (torch.rand(F_, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
+    W_dec = torch.randn(F_, S, D, generator=gen, dtype=torch.float64, requires_grad=True)
+    grad_recon = torch.randn(N, S, D, generator=gen, dtype=torch.float64)
+    grad_score = torch.randn(F_, generator=gen, dtype=torch.float64)
+    kw = {"bandwidth": 0.4, "tanh_scale": 2.0}
+
+    recon, score, open_any = kernels.snapshot_gated_decode(h, norms, threshold, W_dec, **kw)
+    torch.autograd.backward([recon, score], [grad_recon, grad_score])
+    grads = [t.grad.clone() for t in (h, norms, threshold, W_dec)]
+    for t in (h, norms, threshold, W_dec):
+        t.grad = None
+    f_SNF, score_ref, open_ref = kernels.snapshot_gate_and_score(h, norms, threshold, **kw)
+    recon_ref = torch.bmm(f_SNF, W_dec.transpose(0, 1)).transpose(0, 1)
+    torch.autograd.backward([recon_ref, score_ref], [grad_recon, grad_score])
+
+    torch.testing.assert_close(recon, recon_ref)
+    torch.testing.assert_close(score, score_ref, rtol=1e-6, atol=0)  # both sum the scores in float32
+    assert torch.equal(open_any, open_ref)
+    for name, grad, t in zip(("h", "norms", "threshold", "W_dec"), grads, (h, norms, threshold, W_dec)):
+        torch.testing.assert_close(grad, t.grad, msg=f"gradient of {name}")
+
+
+def test_the_gated_decode_runs_where_few_gates_are_mixed(monkeypatch):
+    """At initialisation every snapshot's decoder norm is the same, so no gate is mixed and
+    the gated decode runs; with gates mixed for most entries the per-snapshot kernel does."""
+    gated_decodes = _count_gated_decodes(monkeypatch)
+    torch.manual_seed(0)
+    cc = JumpReLUTrainingCrosscoder(JumpReLUTrainingCrosscoderConfig(d_in=16, d_sae=256, n_snapshots=4))
+    x = torch.randn(64, 4, 16)
+    _run(cc, x)
+    assert gated_decodes[0] == 1
+    with torch.no_grad():
+        cc.W_dec[:, :2] *= 0.01  # features far weaker at the first two snapshots
+        cc.threshold.fill_(0.0005)
+    _run(cc, x)
+    assert gated_decodes[0] == 1
 
 
 def test_block_size_follows_the_device():

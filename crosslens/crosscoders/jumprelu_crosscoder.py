@@ -18,10 +18,12 @@ threshold stops contributing there, as it would inside the model. Use
 ``encode_per_snapshot``/``decode_per_snapshot`` for the ``[..., S, F]`` code with no
 re-gating. Training reconstructs from the per-snapshot code computed from ``h``
 (``hook_sae_acts_post`` there sees the shared code but cannot edit the reconstruction).
-The per-snapshot code costs O(batch * S * d_sae) elementwise work per step, which the
-other architectures do not do; :mod:`crosslens.crosscoders.jumprelu_kernels` does it in
-one autograd function, a cache-sized block of tokens at a time, and
-``benchmarks/train.py`` measures it.
+Done naively the per-snapshot code costs O(batch * S * d_sae) elementwise work per step,
+which the other architectures do not do. :mod:`crosslens.crosscoders.jumprelu_kernels`
+avoids it: where a feature's gate is the same at every snapshot its per-snapshot code is
+the shared code, decoded with the plain crosscoder's one matmul, and only entries whose
+gate differs between snapshots, and the tanh scores of open entries, are worked out per
+snapshot. ``benchmarks/train.py`` measures it.
 
 Straight-through estimator: the gate passes gradient to ``h`` where open and, through a
 rectangle kernel of width ``jumprelu_bandwidth`` around the threshold, to ``t_i``:
@@ -66,7 +68,7 @@ from crosslens.crosscoders.base import (
     CrosscoderTrainingConfigFields,
     CrosscoderTrainingMixin,
 )
-from crosslens.crosscoders.jumprelu_kernels import snapshot_gate_and_score
+from crosslens.crosscoders.jumprelu_kernels import snapshot_gate_and_score, snapshot_gated_decode
 
 ARCHITECTURE = "jumprelu_crosscoder"
 
@@ -235,24 +237,26 @@ class JumpReLUTrainingCrosscoder(
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD)
         norms_FS = self.snapshot_norms()
-        f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
-            h_NF,
-            norms_FS,
-            self.threshold.to(h_NF.dtype),
-            bandwidth=self.cfg.jumprelu_bandwidth,
-            tanh_scale=self.cfg.tanh_scale,
-        )
+        threshold_F = self.threshold.to(h_NF.dtype)
+        kernel_args = {"bandwidth": self.cfg.jumprelu_bandwidth, "tanh_scale": self.cfg.tanh_scale}
+        if self.cfg.closed_gate_decoder_grad:  # its decode reads the per-snapshot code
+            f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
+                h_NF, norms_FS, threshold_F, **kernel_args
+            )
+            extras = {"f_SNF": f_SNF, "score_sum_F": score_sum_F}
+        else:  # decoded with the gates, without an [S, N, F] code
+            recon_NSD, score_sum_F, open_anywhere_NF = snapshot_gated_decode(
+                h_NF, norms_FS, threshold_F, self.W_dec, **kernel_args
+            )
+            extras = {"recon_NSD": recon_NSD, "score_sum_F": score_sum_F}
         with torch.no_grad():
             f_NF = torch.where(self.collectives.snapshot_any(open_anywhere_NF), h_NF, 0.0)
         f_NF = self.hook_sae_acts_post(f_NF)
-        return CrosscoderPass(
-            x_NSD=x_NSD,
-            hidden_pre_NF=h_NF,
-            feature_acts_NF=f_NF,
-            extras={"f_SNF": f_SNF, "score_sum_F": score_sum_F},
-        )
+        return CrosscoderPass(x_NSD=x_NSD, hidden_pre_NF=h_NF, feature_acts_NF=f_NF, extras=extras)
 
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
+        if "recon_NSD" in fwd.extras:
+            return fwd.extras["recon_NSD"] + self.b_dec
         W_dec_SFD = self.W_dec.transpose(0, 1)
         recon_SND = torch.bmm(fwd.extras["f_SNF"], W_dec_SFD)
         if self.cfg.closed_gate_decoder_grad:

@@ -1,21 +1,25 @@
-"""The JumpReLU crosscoder's per-(snapshot, token, feature) gate and tanh sparsity score
-as one autograd function that works on a block of tokens at a time.
+"""The JumpReLU crosscoder's per-(snapshot, token, feature) gate, tanh sparsity score and
+gated decode, without ``[S, N, F]`` temporaries where it can.
 
 Every gate ``[h_i * ||W_dec[i, s]|| > t_i]`` and every score ``tanh(c * f_{i,s} *
 ||W_dec[i, s]||)`` is a function of the shared pre-activation ``h [N, F]``, the decoder
-norms ``[F, S]`` and the threshold ``[F]``, so nothing of size ``[S, N, F]`` needs to be
-kept for the backward pass except the gated code itself (which the decoder reads anyway).
-The backward pass recomputes gates and scores block by block. Written as a chain of
-whole-batch PyTorch ops, the same math kept about a dozen ``[S, N, F]`` temporaries alive
-and ran at a third of a plain crosscoder step. On a CPU, blocks of ``CPU_BLOCK_ELEMENTS``
-keep each op's temporaries in the L3 cache; on an accelerator the whole batch is one block
-(its memory is fast and each op a kernel launch). :func:`use_compiled_kernels` fuses each
-block's ops into a few loops. Memory traffic over ``[S, N, F]`` still limits the step:
-see docs/notes/issue-14-speed.md for what this reaches and what it does not.
+norms ``[F, S]`` and the threshold ``[F]``. Two implementations compute the same values
+and gradients (to the order of float sums):
 
-The math is exactly the whole-batch version's, element by element (the same
-multiplications in the same order); only the order of the sums over tokens differs, so
-results agree to float rounding.
+* :func:`snapshot_gated_decode` (training's default): :class:`EntryClasses` sorts each
+  (token, feature) entry by whether its gate is open at every snapshot, at none or at
+  some, from the smallest and largest norm alone. Entries open everywhere are decoded with
+  one ``[N, F] @ [F, S*D]`` matmul, as in a plain crosscoder; the rest work per snapshot
+  on gathered entries (:class:`SnapshotGatedDecode`). Freshly initialised crosscoders
+  (equal norms) have no mixed entries, and trained ones few. With many mixed entries it
+  falls back to the second implementation.
+* :func:`snapshot_gate_and_score` (:class:`SnapshotGateAndScore`): the per-snapshot code
+  ``[S, N, F]`` itself, a cache-sized block of tokens at a time, recomputing gates and
+  scores in backward so that nothing else of that size is kept;
+  :func:`use_compiled_kernels` fuses its block functions with ``torch.compile``. The
+  decoder is then a batched matmul over snapshots.
+
+docs/notes/issue-14-speed.md has the measurements.
 """
 
 from __future__ import annotations
@@ -193,3 +197,298 @@ def snapshot_gate_and_score(
 ]:
     """``(f_SNF, score_sum_F, open_anywhere_NF)``; see :class:`SnapshotGateAndScore`."""
     return SnapshotGateAndScore.apply(h_NF, norms_FS, threshold_F, bandwidth, tanh_scale)
+
+
+# ----------------------------------------------------------------------------------------
+# Gate, scores and decode together, from the shared code's point of view.
+#
+# For a token n and feature i the S gates differ only through the norms: the gate at s
+# is ``d_s > 0`` and the threshold window ``|d_s| < eps/2`` with ``d_s = h * norms_s - t``,
+# and d_s (rounded products and differences included) is monotone in norms_s. So the
+# smallest and largest norm decide, with two [N, F] passes instead of S, whether a gate
+# is open at every snapshot, at none or at some ("mixed"), and likewise for the window.
+# Where the gate is the same at every snapshot the per-snapshot code is the shared code,
+# and decoding it is the plain crosscoder's one [N, F] @ [F, S*D] matmul. The threshold's
+# window is summed over tokens with one more matmul where it is the same at every
+# snapshot, with a mask and a matmul per snapshot where many entries are inside it at
+# some snapshots only, else from gathered rows. Only mixed gates, one open (entry,
+# snapshot) pair at a time, and the tanh scores of entries open somewhere need work per
+# snapshot. At initialisation no gate is mixed (all norms start equal); a trained
+# crosscoder has few open entries, so both stay small.
+# ----------------------------------------------------------------------------------------
+
+SPARSE_ENTRY_CHUNK = 1 << 20
+"""Elements ``entries * S * D`` gathered at once for the per-snapshot work on mixed entries."""
+
+GATHER_SHARE = 1 / 64
+"""Largest share of (token, feature) entries worth gathering for work per snapshot: a
+gathered element costs tens of times a matmul's. Above it, mixed gates fall back to
+:class:`SnapshotGateAndScore`, the window of entries inside it at some snapshots only is
+summed with one mask and one matmul per snapshot, and that of entries inside it at every
+snapshot with one matmul."""
+
+WINDOW_MODE: str | None = None
+"""Force one way of summing the threshold window (``"per_snapshot"``, ``"matmul"`` or
+``"gathered"``, see :class:`EntryClasses`); None chooses by the shares above. For tests."""
+
+
+class EntryClasses:
+    """Where each (token, feature) entry's gate and threshold window stand across
+    snapshots, from the smallest and largest decoder norm of each feature, and how
+    :class:`SnapshotGatedDecode` will treat them."""
+
+    def __init__(
+        self,
+        h_NF: torch.Tensor,
+        norms_FS: torch.Tensor,
+        threshold_F: torch.Tensor,
+        half_width: float,
+    ) -> None:
+        # the same two roundings as h * norms - t per snapshot (no fused multiply-add)
+        d_lo_NF = (h_NF * norms_FS.min(dim=1).values).sub_(threshold_F)
+        d_hi_NF = (h_NF * norms_FS.max(dim=1).values).sub_(threshold_F)
+        d_min_NF = torch.minimum(d_lo_NF, d_hi_NF)
+        d_max_NF = torch.maximum(d_lo_NF, d_hi_NF, out=d_hi_NF)
+        del d_lo_NF
+        self.open_all_NF = d_min_NF > 0
+        self.open_any_NF = d_max_NF > 0
+        self.all_open_flat = _flat_nonzero(self.open_all_NF)
+        self.mixed_open_flat = _flat_nonzero(self.open_any_NF & ~self.open_all_NF)
+        gather_limit = GATHER_SHARE * h_NF.numel()
+        self.sparse_ok = self.mixed_open_flat.numel() <= gather_limit
+        """Few enough mixed gates for :class:`SnapshotGatedDecode`."""
+
+        self.window_all_NF = (d_min_NF > -half_width) & (d_max_NF < half_width)
+        window_some_NF = (d_min_NF < half_width) & (d_max_NF > -half_width)
+        window_mixed_flat = _flat_nonzero(window_some_NF & ~self.window_all_NF)
+        # (count_nonzero: a bool tensor's sum() is many times slower on a CPU)
+        n_window_all = int(torch.count_nonzero(self.window_all_NF))
+        mode = WINDOW_MODE or (
+            "per_snapshot"
+            if window_mixed_flat.numel() > gather_limit
+            else "matmul" if n_window_all > gather_limit else "gathered"
+        )
+        self.window_per_snapshot = mode == "per_snapshot"
+        """Sum the threshold window with a mask and a matmul per snapshot."""
+        self.dense_window = mode == "matmul"
+        """Sum the window of entries inside it at every snapshot with one matmul (and of
+        the others from gathered rows)."""
+        if self.window_per_snapshot:
+            window_mixed_flat = window_mixed_flat[:0]
+        elif not self.dense_window and n_window_all:
+            window_mixed_flat = torch.cat([window_mixed_flat, _flat_nonzero(self.window_all_NF)])
+        self.window_gathered_flat = window_mixed_flat
+        """Entries whose window is summed from gathered rows, per snapshot."""
+
+
+def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1).nonzero().squeeze(1)
+
+
+def _pair_chunks(n_pairs: int, d_in: int) -> list[slice]:
+    """Slices of gathered (entry, snapshot) pairs holding about ``SPARSE_ENTRY_CHUNK`` elements each."""
+    return _entry_chunks(n_pairs, 1, d_in)
+
+
+def _entry_chunks(n_entries: int, n_snapshots: int, d_in: int) -> list[slice]:
+    """Slices of gathered entries holding about ``SPARSE_ENTRY_CHUNK`` elements each."""
+    step = max(1, SPARSE_ENTRY_CHUNK // max(1, n_snapshots * d_in))
+    return [slice(a, a + step) for a in range(0, n_entries, step)]
+
+
+class SnapshotGatedDecode(torch.autograd.Function):
+    """Per-snapshot gated decode, summed tanh scores and any-snapshot gate of a batch,
+    without an ``[S, N, F]`` tensor.
+
+    Inputs: ``h_NF``, ``norms_FS``, ``threshold_F``, ``W_dec_FSD``, ``classes``
+    (:class:`EntryClasses` of these h, norms and threshold), ``bandwidth``, ``tanh_scale``.
+    Outputs ``(recon_NSD, score_sum_F, open_anywhere_NF)`` with ``recon_NSD[n, s] =
+    sum_i f_SNF[s, n, i] W_dec[i, s]`` (no bias): the values and gradients of
+    :class:`SnapshotGateAndScore` followed by the decoder's batched matmul, summed in
+    another order. Entries open everywhere are indexed ``a``, mixed ones ``m``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        h_NF: torch.Tensor,
+        norms_FS: torch.Tensor,
+        threshold_F: torch.Tensor,
+        W_dec_FSD: torch.Tensor,
+        classes: EntryClasses,
+        bandwidth: float,
+        tanh_scale: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        N, F_ = h_NF.shape
+        S, D = W_dec_FSD.shape[1:]
+        W_flat = W_dec_FSD.reshape(F_, S * D)
+        scale_FS = tanh_scale * norms_FS
+        h_flat = h_NF.view(-1)
+        score_sum_F = h_NF.new_zeros(F_, dtype=torch.float32)
+
+        # open everywhere: the per-snapshot code is the shared code at every snapshot
+        f_all_NF = torch.where(classes.open_all_NF, h_NF, 0.0)
+        recon_flat = f_all_NF @ W_flat
+        i_a = classes.all_open_flat % F_
+        scale_aS = scale_FS.index_select(0, i_a)
+        score_aS = torch.tanh(h_flat.index_select(0, classes.all_open_flat)[:, None] * scale_aS)
+        score_sum_F.index_add_(0, i_a, score_aS.sum(dim=1, dtype=torch.float32))
+
+        # open at some snapshots: gates, scores and decode per snapshot
+        flat_m = classes.mixed_open_flat
+        i_m = flat_m % F_
+        h_m1 = h_flat.index_select(0, flat_m)[:, None]
+        open_mS = h_m1 * norms_FS.index_select(0, i_m) > threshold_F.index_select(0, i_m)[:, None]
+        f_mS = torch.where(open_mS, h_m1, 0.0)
+        score_mS = torch.tanh(f_mS * scale_FS.index_select(0, i_m))
+        score_sum_F.index_add_(0, i_m, score_mS.sum(dim=1, dtype=torch.float32))
+        # their decode, one open (entry, snapshot) pair at a time: rows of [N * S, D] and [F * S, D]
+        pair_m, pair_s = open_mS.nonzero(as_tuple=True)
+        pair_row_N = (flat_m // F_).index_select(0, pair_m) * S + pair_s
+        pair_row_F = i_m.index_select(0, pair_m) * S + pair_s
+        pair_h = h_m1[:, 0].index_select(0, pair_m)
+        W_rows = W_dec_FSD.reshape(F_ * S, D)
+        recon_rows = recon_flat.view(N * S, D)
+        for chunk in _pair_chunks(pair_m.numel(), D):
+            W_pD = W_rows.index_select(0, pair_row_F[chunk])
+            recon_rows.index_add_(0, pair_row_N[chunk], pair_h[chunk, None] * W_pD)
+
+        ctx.save_for_backward(
+            h_NF, norms_FS, threshold_F, W_dec_FSD, f_all_NF, scale_aS, score_aS, open_mS, f_mS, score_mS,
+            flat_m.index_select(0, pair_m), pair_row_N, pair_row_F, pair_h,
+        )  # fmt: skip
+        ctx.classes, ctx.bandwidth, ctx.tanh_scale = classes, bandwidth, tanh_scale
+        ctx.mark_non_differentiable(classes.open_any_NF)
+        return recon_flat.view(N, S, D), score_sum_F.to(h_NF.dtype), classes.open_any_NF
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any,
+        grad_recon_NSD: torch.Tensor | None,
+        grad_score_F: torch.Tensor | None,
+        _grad_open: Any,
+    ) -> tuple[Any, ...]:
+        (
+            h_NF, norms_FS, threshold_F, W_dec_FSD, f_all_NF, scale_aS, score_aS, open_mS, f_mS, score_mS,
+            pair_flat, pair_row_N, pair_row_F, pair_h,
+        ) = ctx.saved_tensors  # fmt: skip
+        classes: EntryClasses = ctx.classes
+        N, F_ = h_NF.shape
+        S, D = W_dec_FSD.shape[1:]
+        W_flat = W_dec_FSD.reshape(F_, S * D)
+        scale_FS = ctx.tanh_scale * norms_FS
+        h_flat = h_NF.view(-1)
+        grad_flat = (
+            h_NF.new_zeros(N, S * D) if grad_recon_NSD is None else grad_recon_NSD.reshape(N, S * D)
+        )
+        if grad_score_F is None:
+            grad_score_F = h_NF.new_zeros(F_)
+        # gradient of the code, summed over tokens in the threshold's window, per (feature, snapshot)
+        window_grad_FS = norms_FS.new_zeros(F_, S)
+        grad_norms_FS = norms_FS.new_zeros(F_, S)
+
+        # decoder, open everywhere: the plain crosscoder's backward
+        grad_h_NF = torch.where(classes.open_all_NF, grad_flat @ W_flat.T, 0.0)
+        grad_h_flat = grad_h_NF.view(-1)
+        grad_W_flat = f_all_NF.T @ grad_flat
+
+        # scores: grad * sech^2 (tanh_backward), times c * norm for the code, c * f for the norm
+        flat_a, flat_m = classes.all_open_flat, classes.mixed_open_flat
+        i_a, i_m = flat_a % F_, flat_m % F_
+        sech_aS = torch.ops.aten.tanh_backward(grad_score_F.index_select(0, i_a)[:, None].expand_as(score_aS), score_aS)
+        grad_norms_FS.index_add_(0, i_a, sech_aS * h_flat.index_select(0, flat_a)[:, None])
+        grad_h_flat.index_add_(0, flat_a, torch.linalg.vecdot(sech_aS, scale_aS))
+        sech_mS = torch.ops.aten.tanh_backward(grad_score_F.index_select(0, i_m)[:, None].expand_as(score_mS), score_mS)
+        grad_norms_FS.index_add_(0, i_m, sech_mS * f_mS)
+        score_grad_mS = sech_mS * scale_FS.index_select(0, i_m)
+        grad_h_flat.index_add_(0, flat_m, torch.where(open_mS, score_grad_mS, 0.0).sum(dim=1))
+
+        # decoder, mixed gates: each open (entry, snapshot) pair
+        grad_rows, W_rows = grad_flat.view(N * S, D), W_dec_FSD.reshape(F_ * S, D)
+        grad_W_rows = grad_W_flat.view(F_ * S, D)
+        for chunk in _pair_chunks(pair_flat.numel(), D):
+            grad_pD = grad_rows.index_select(0, pair_row_N[chunk])
+            dec_p = torch.linalg.vecdot(grad_pD, W_rows.index_select(0, pair_row_F[chunk]))
+            grad_h_flat.index_add_(0, pair_flat[chunk], dec_p)
+            grad_W_rows.index_add_(0, pair_row_F[chunk], pair_h[chunk, None] * grad_pD)
+
+        # the threshold's window. Its score part is the scores' gradient where a gate is open
+        # and grad * c * norm where shut (tanh(0) = 0): sech is summed over tokens first and
+        # multiplied by c * norm per (feature, snapshot) after.
+        half_width = ctx.bandwidth / 2
+        window_sech_FS = torch.zeros_like(window_grad_FS)
+        open_sets = ((flat_a, i_a, sech_aS), (flat_m, i_m, sech_mS))
+        if classes.window_per_snapshot:  # many entries inside at some snapshots only
+            shut_NF = ~classes.open_any_NF
+            grad_NSD = grad_flat.view(N, S, D)
+            for s in range(S):
+                window_NF = (h_NF * norms_FS[:, s]).sub_(threshold_F).abs_() < half_width
+                summed_FD = window_NF.to(grad_flat.dtype).T @ grad_NSD[:, s]
+                window_grad_FS[:, s] += torch.linalg.vecdot(summed_FD, W_dec_FSD[:, s])
+                window_sech_FS[:, s] += (window_NF & shut_NF).sum(dim=0, dtype=torch.int32) * grad_score_F
+            for flat_o, i_o, sech_oS in open_sets:
+                h_o1 = h_flat.index_select(0, flat_o)[:, None]
+                distance_oS = h_o1 * norms_FS.index_select(0, i_o) - threshold_F.index_select(0, i_o)[:, None]
+                window_sech_FS.index_add_(0, i_o, torch.where(distance_oS.abs() < half_width, sech_oS, 0.0))
+        elif classes.dense_window:  # many entries inside at every snapshot: one matmul
+            summed_FSD = (classes.window_all_NF.to(grad_flat.dtype).T @ grad_flat).view(F_, S, D)
+            window_grad_FS += torch.linalg.vecdot(summed_FSD, W_dec_FSD)
+            window_flat = classes.window_all_NF.view(-1)
+            for flat_o, i_o, sech_oS in open_sets:
+                in_o1 = window_flat.index_select(0, flat_o)[:, None]
+                window_sech_FS.index_add_(0, i_o, torch.where(in_o1, sech_oS, 0.0))
+            shut_F = (classes.window_all_NF & ~classes.open_any_NF).sum(dim=0, dtype=torch.int32)
+            window_sech_FS += (shut_F * grad_score_F)[:, None]
+        window_grad_FS += window_sech_FS * scale_FS
+        # the other entries inside it somewhere: everything per snapshot
+        flat_w = classes.window_gathered_flat
+        for chunk in _entry_chunks(flat_w.numel(), S, D):
+            flat_c = flat_w[chunk]
+            n_c, i_c = flat_c // F_, flat_c % F_
+            dec_cS = torch.linalg.vecdot(
+                grad_flat.index_select(0, n_c).view(-1, S, D), W_flat.index_select(0, i_c).view(-1, S, D)
+            )
+            h_c1 = h_flat.index_select(0, flat_c)[:, None]
+            distance_cS = h_c1 * norms_FS.index_select(0, i_c) - threshold_F.index_select(0, i_c)[:, None]
+            scale_cS = scale_FS.index_select(0, i_c)
+            score_cS = torch.tanh(torch.where(distance_cS > 0, h_c1, 0.0) * scale_cS)
+            grad_score_cS = grad_score_F.index_select(0, i_c)[:, None].expand_as(score_cS)
+            code_grad_cS = torch.addcmul(dec_cS, torch.ops.aten.tanh_backward(grad_score_cS, score_cS), scale_cS)
+            window_grad_FS.index_add_(0, i_c, torch.where(distance_cS.abs() < half_width, code_grad_cS, 0.0))
+
+        kernel_FS = threshold_F[:, None] / (norms_FS.clamp(min=1e-8) * ctx.bandwidth)
+        grad_threshold_F = -(window_grad_FS * kernel_FS).sum(dim=1)
+        grad_W_FSD = grad_W_flat.view(F_, S, D)
+        return grad_h_NF, grad_norms_FS * ctx.tanh_scale, grad_threshold_F, grad_W_FSD, None, None, None
+
+
+def snapshot_gated_decode(
+    h_NF: Float[torch.Tensor, "n d_sae"],
+    norms_FS: Float[torch.Tensor, "d_sae n_snapshots"],
+    threshold_F: Float[torch.Tensor, " d_sae"],
+    W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    *,
+    bandwidth: float,
+    tanh_scale: float,
+) -> tuple[
+    Float[torch.Tensor, "n n_snapshots d_in"], Float[torch.Tensor, " d_sae"], Bool[torch.Tensor, "n d_sae"]
+]:
+    """``(recon_NSD, score_sum_F, open_anywhere_NF)``: the decode of the per-snapshot gated
+    code (no bias), the summed tanh scores and the any-snapshot gate.
+
+    Uses :class:`SnapshotGatedDecode` when few entries are mixed, else (and under
+    autocast, whose matmul dtypes the gathered updates do not follow) the per-snapshot
+    :class:`SnapshotGateAndScore` and a batched matmul. Both give the same values and
+    gradients up to the order of float sums.
+    """
+    classes = None
+    if not torch.is_autocast_enabled(h_NF.device.type):
+        with torch.no_grad():
+            classes = EntryClasses(h_NF, norms_FS, threshold_F, bandwidth / 2)
+    if classes is not None and classes.sparse_ok:
+        return SnapshotGatedDecode.apply(h_NF, norms_FS, threshold_F, W_dec_FSD, classes, bandwidth, tanh_scale)
+    f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
+        h_NF, norms_FS, threshold_F, bandwidth=bandwidth, tanh_scale=tanh_scale
+    )
+    recon_SND = torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))
+    return recon_SND.transpose(0, 1), score_sum_F, open_anywhere_NF
