@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from crosslens.crosscoders.defaults import DEFAULT_K
 from crosslens.errors import CrosslensError
 
 F32 = 4
@@ -214,7 +215,7 @@ class PlanConfig:
     """Crosscoder architecture."""
     batch_size: int = 4096
     """Global tokens per optimizer step (split over the data axis)."""
-    k: int = 32
+    k: int = DEFAULT_K
     """Active features per token of (batch)top-k crosscoders."""
     data_parallel: int = 1
     """Size of the mesh's data axis."""

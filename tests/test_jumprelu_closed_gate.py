@@ -34,9 +34,10 @@ def _step(cc):
 def test_closed_gate_row_gets_gradient_only_with_the_option():
     plain, fixed = _crosscoder(False), _crosscoder(True)
     out_plain, out_fixed = _step(plain), _step(fixed)
-    # Same forward pass, bit for bit.
-    assert torch.equal(out_plain.sae_out, out_fixed.sae_out) and torch.equal(out_plain.loss, out_fixed.loss)
-    f_SNF = plain._training_encode(10 * torch.randn(64, 3, 8, generator=torch.Generator().manual_seed(1))).extras["f_SNF"]
+    # Same forward pass (to the order of float sums: only the plain one may take the gated decode).
+    torch.testing.assert_close(out_plain.sae_out, out_fixed.sae_out, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out_plain.loss, out_fixed.loss, rtol=1e-6, atol=0)
+    f_SNF = fixed._training_encode(10 * torch.randn(64, 3, 8, generator=torch.Generator().manual_seed(1))).extras["f_SNF"]
     fires = (f_SNF[:, :, 0] != 0).any(dim=1)
     assert bool(fires[0]) and not bool(fires[2])  # open at snapshot 0, shut at snapshot 2
     assert float(plain.W_dec.grad[0, 2].norm()) == 0.0  # frozen without the option

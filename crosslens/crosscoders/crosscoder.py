@@ -32,6 +32,7 @@ from crosslens.crosscoders.base import (
     CrosscoderTrainingConfigFields,
     CrosscoderTrainingMixin,
 )
+from crosslens.crosscoders.defaults import TRAINING_DEFAULTS
 
 ARCHITECTURE = "crosscoder"
 
@@ -49,8 +50,9 @@ class ReLUCrosscoderConfig(CrosscoderConfigFields, SAEConfig):
 class ReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingSAEConfig):
     """Training config of the ReLU crosscoder."""
 
-    l1_coefficient: float = 2.0
-    """lambda, weight of the decoder-norm-weighted L1 penalty (Bayazit et al.: 2)."""
+    l1_coefficient: float = TRAINING_DEFAULTS[ARCHITECTURE].sparsity_coefficient  # type: ignore[assignment]
+    """lambda, weight of the decoder-norm-weighted L1 penalty (Bayazit et al.: 2; the
+    table in :mod:`crosslens.crosscoders.defaults`)."""
     l1_warm_up_steps: int = 0
     """Steps over which lambda rises linearly from 0 (Bayazit et al.: 5% of training)."""
 

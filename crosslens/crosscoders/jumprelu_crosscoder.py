@@ -68,6 +68,7 @@ from crosslens.crosscoders.base import (
     CrosscoderTrainingConfigFields,
     CrosscoderTrainingMixin,
 )
+from crosslens.crosscoders.defaults import sparsity_coefficient_for
 from crosslens.crosscoders.jumprelu_kernels import snapshot_gate_and_score, snapshot_gated_decode
 
 ARCHITECTURE = "jumprelu_crosscoder"
@@ -90,8 +91,9 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingS
     """Initial threshold t_i of every feature (compared with h_i * ||W_dec[i, s]||)."""
     jumprelu_bandwidth: float = 0.05
     """Width eps of the rectangle kernel in the threshold's straight-through gradient."""
-    l0_coefficient: float = 1.0
-    """lambda, weight of the tanh sparsity loss."""
+    l0_coefficient: float = None  # type: ignore[assignment]
+    """lambda, weight of the tanh sparsity loss; None takes the shape-scaled default of
+    :func:`crosslens.crosscoders.defaults.sparsity_coefficient_for`."""
     l0_warm_up_steps: int = 0
     """Steps over which lambda rises linearly from 0 (Ge et al.: 10% of training)."""
     tanh_scale: float = 4.0
@@ -112,6 +114,10 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingS
     is off by default; see docs/notes/issue-11.md."""
 
     def __post_init__(self) -> None:
+        if self.l0_coefficient is None:
+            self.l0_coefficient = sparsity_coefficient_for(
+                ARCHITECTURE, n_snapshots=self.n_snapshots, d_in=self.d_in, d_sae=self.d_sae
+            )
         if self.jumprelu_tanh_scale is not None:
             self.tanh_scale = self.jumprelu_tanh_scale
         self.jumprelu_tanh_scale = self.tanh_scale

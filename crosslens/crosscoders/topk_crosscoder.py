@@ -39,6 +39,7 @@ from crosslens.crosscoders.base import (
     CrosscoderTrainingConfigFields,
     CrosscoderTrainingMixin,
 )
+from crosslens.crosscoders.defaults import DEFAULT_K
 
 ARCHITECTURE = "topk_crosscoder"
 
@@ -50,7 +51,7 @@ SPARSE_DECODE_MAX_DENSITY = 1 / 16
 class TopKCrosscoderConfig(CrosscoderConfigFields, SAEConfig):
     """Inference config of the TopK crosscoder."""
 
-    k: int = 32
+    k: int = DEFAULT_K
     """Number of features kept per token."""
 
     def __post_init__(self) -> None:
@@ -66,7 +67,7 @@ class TopKCrosscoderConfig(CrosscoderConfigFields, SAEConfig):
 class TopKTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingSAEConfig):
     """Training config of the TopK crosscoder."""
 
-    k: int = 32
+    k: int = DEFAULT_K
     """Number of features kept per token."""
     aux_loss_coefficient: float = 1.0
     """Weight of the auxiliary-k loss on dead features (SAELens's default; OpenAI used 1/32)."""
