@@ -33,6 +33,7 @@ machine biases neither side.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -89,6 +90,22 @@ def crosslens_step_fn(
     return lambda x: trainer.step(x)
 
 
+def per_snapshot_kernel(step: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor], None]:
+    """``step`` with JumpReLU's gated decode turned off: the [S, N, F] kernel it replaced
+    (which it still falls back to when many gates are mixed)."""
+    from crosslens.crosscoders import jumprelu_kernels
+
+    def run(x: torch.Tensor) -> None:
+        share = jumprelu_kernels.GATHER_SHARE
+        jumprelu_kernels.GATHER_SHARE = -1.0
+        try:
+            step(x)
+        finally:
+            jumprelu_kernels.GATHER_SHARE = share
+
+    return run
+
+
 def time_alternating(
     fns: dict[str, Callable[[], None]], rounds: int, warmup: int
 ) -> dict[str, float]:
@@ -139,10 +156,11 @@ def main() -> None:
     mm_rate = matmul_flops_per_s(B, S * D, F_, args.rounds)
     print(f"\nplain matmul [{B}, {S * D}] @ [{S * D}, {F_}]: {mm_rate / 1e9:.1f} GFLOP/s")
     header = ("architecture", "tokens/s", "ref tokens/s", "ratio", "GFLOP/s", "of matmul")
-    print("\n{:<34}{:>10}{:>14}{:>8}{:>10}{:>11}".format(*header))
+    print("\n{:<44}{:>10}{:>14}{:>8}{:>10}{:>11}".format(*header))
     variants = {
         "crosscoder": {},
         "jumprelu_crosscoder": {},
+        "jumprelu_crosscoder (per-snapshot kernel)": {},
         "topk_crosscoder (dense decode)": {"sparse_decode": False},
         "topk_crosscoder (sparse decode)": {"sparse_decode": True},
         "batchtopk_crosscoder (dense)": {"sparse_decode": False},
@@ -151,16 +169,19 @@ def main() -> None:
     variants = {label: kw for label, kw in variants.items() if args.only in label}
     for label, kw in variants.items():
         arch = label.split()[0]
+        ours = crosslens_step_fn(arch, S, D, F_, k, **kw)
+        if "per-snapshot kernel" in label:
+            ours = per_snapshot_kernel(ours)
         times = time_alternating(
             {
                 "ref": lambda step=reference_step_fn(S, D, F_): step(x),
-                "ours": lambda step=crosslens_step_fn(arch, S, D, F_, k, **kw): step(x),
+                "ours": lambda step=ours: step(x),
             },
             rounds=args.rounds,
             warmup=1,
         )
         rate = dense_flops / times["ours"]  # dense-equivalent FLOPs, so sparse shows its gain
-        print(f"{label:<34}{B / times['ours']:>10.0f}{B / times['ref']:>14.0f}"
+        print(f"{label:<44}{B / times['ours']:>10.0f}{B / times['ref']:>14.0f}"
               f"{times['ref'] / times['ours']:>8.2f}{rate / 1e9:>10.1f}{rate / mm_rate:>11.2f}")
 
     if args.compile:
@@ -242,14 +263,23 @@ def trained_rows(args: argparse.Namespace) -> None:
         turn[0] += 1
         return batches[turn[0] // 2 % len(batches)]
 
+    per_snapshot_trainer = CrosscoderTrainer(
+        copy.deepcopy(sae), CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, activation_scale_check="off")
+    )
+    per_snapshot = per_snapshot_kernel(per_snapshot_trainer.step)
+
     times = time_alternating(
-        {"ref": lambda: ref(next_batch()), "ours": lambda: trainer.step(next_batch())},
+        {
+            "ref": lambda: ref(next_batch()),
+            "ours": lambda: trainer.step(next_batch()),
+            "per-snapshot kernel": lambda: per_snapshot(next_batch()),
+        },
         rounds=args.rounds,
         warmup=1,
     )
-    print("{:<34}{:>10}{:>14}{:>8}".format("architecture", "tokens/s", "ref tokens/s", "ratio"))
-    print(f"{'jumprelu_crosscoder (trained)':<34}{B / times['ours']:>10.0f}{B / times['ref']:>14.0f}"
-          f"{times['ref'] / times['ours']:>8.2f}")
+    print("{:<40}{:>10}{:>14}{:>8}".format("jumprelu_crosscoder (trained)", "tokens/s", "ref tokens/s", "ratio"))
+    for label, key in (("gated decode (default)", "ours"), ("per-snapshot kernel", "per-snapshot kernel")):
+        print(f"{label:<40}{B / times[key]:>10.0f}{B / times['ref']:>14.0f}{times['ref'] / times[key]:>8.2f}")
 
 
 def compiled_rows(args: argparse.Namespace, x: torch.Tensor) -> None:

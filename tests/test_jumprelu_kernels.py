@@ -203,6 +203,10 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, 
     recon_ref = torch.bmm(f_SNF, W_dec.transpose(0, 1)).transpose(0, 1)
     torch.autograd.backward([recon_ref, score_ref], [grad_recon, grad_score])
 
+    # gates mixed both ways: open at most snapshots (decoded by the matmul, minus the shut
+    # ones) and at few (plus the open ones)
+    n_open_NF = (h[None] * norms.T[:, None] > threshold).sum(dim=0)
+    assert ((n_open_NF == 1).any() and (n_open_NF == 2).any()), "S = 3: one open, or two"
     torch.testing.assert_close(recon, recon_ref)
     torch.testing.assert_close(score, score_ref, rtol=1e-6, atol=0)  # both sum the scores in float32
     assert torch.equal(open_any, open_ref)

@@ -220,12 +220,13 @@ def snapshot_gate_and_score(
 SPARSE_ENTRY_CHUNK = 1 << 20
 """Elements ``entries * S * D`` gathered at once for the per-snapshot work on mixed entries."""
 
-GATHER_SHARE = 1 / 64
-"""Largest share of (token, feature) entries worth gathering for work per snapshot: a
-gathered element costs tens of times a matmul's. Above it, mixed gates fall back to
-:class:`SnapshotGateAndScore`, the window of entries inside it at some snapshots only is
-summed with one mask and one matmul per snapshot, and that of entries inside it at every
-snapshot with one matmul."""
+GATHER_SHARE = 1 / 16
+"""Largest share of (token, feature) entries worth gathering for work per snapshot. Above
+it, mixed gates fall back to :class:`SnapshotGateAndScore`, the window of entries inside
+it at some snapshots only is summed with one mask and one matmul per snapshot, and that of
+entries inside it at every snapshot with one matmul. On the trained demo crosscoder
+(S 12, d_in 128, d_sae 1024, batch 512, 2 CPU cores) gathering the window broke even with
+a mask and a matmul per snapshot at about 7% of entries (docs/notes/issue-14-speed.md)."""
 
 WINDOW_MODE: str | None = None
 """Force one way of summing the threshold window (``"per_snapshot"``, ``"matmul"`` or
@@ -327,26 +328,34 @@ class SnapshotGatedDecode(torch.autograd.Function):
         score_sum_F = h_NF.new_zeros(F_, dtype=torch.float32)
 
         # open everywhere: the per-snapshot code is the shared code at every snapshot
-        f_all_NF = torch.where(classes.open_all_NF, h_NF, 0.0)
-        recon_flat = f_all_NF @ W_flat
         i_a = classes.all_open_flat % F_
         scale_aS = scale_FS.index_select(0, i_a)
-        score_aS = torch.tanh(h_flat.index_select(0, classes.all_open_flat)[:, None] * scale_aS)
+        score_aS = (h_flat.index_select(0, classes.all_open_flat)[:, None] * scale_aS).tanh_()
         score_sum_F.index_add_(0, i_a, score_aS.sum(dim=1, dtype=torch.float32))
 
-        # open at some snapshots: gates, scores and decode per snapshot
+        # open at some snapshots: gates and scores per snapshot
         flat_m = classes.mixed_open_flat
         i_m = flat_m % F_
         h_m1 = h_flat.index_select(0, flat_m)[:, None]
         open_mS = h_m1 * norms_FS.index_select(0, i_m) > threshold_F.index_select(0, i_m)[:, None]
         f_mS = torch.where(open_mS, h_m1, 0.0)
-        score_mS = torch.tanh(f_mS * scale_FS.index_select(0, i_m))
+        score_mS = (f_mS * scale_FS.index_select(0, i_m)).tanh_()
         score_sum_F.index_add_(0, i_m, score_mS.sum(dim=1, dtype=torch.float32))
-        # their decode, one open (entry, snapshot) pair at a time: rows of [N * S, D] and [F * S, D]
-        pair_m, pair_s = open_mS.nonzero(as_tuple=True)
+
+        # decode: one matmul of the shared code where a gate is open everywhere, or mostly
+        # (a feature that has emerged is shut at a few early snapshots), then a correction
+        # per (entry, snapshot) pair: + h where a mostly shut gate is open, - h where a
+        # mostly open one is shut. Rows of [N * S, D] and [F * S, D].
+        mostly_open_m = open_mS.sum(dim=1) * 2 > S
+        dense_NF = classes.open_all_NF.clone()
+        dense_NF.view(-1)[flat_m[mostly_open_m]] = True
+        f_dense_NF = torch.where(dense_NF, h_NF, 0.0)
+        recon_flat = f_dense_NF @ W_flat
+        pair_m, pair_s = (open_mS != mostly_open_m[:, None]).nonzero(as_tuple=True)
         pair_row_N = (flat_m // F_).index_select(0, pair_m) * S + pair_s
         pair_row_F = i_m.index_select(0, pair_m) * S + pair_s
-        pair_h = h_m1[:, 0].index_select(0, pair_m)
+        pair_sign = 1.0 - 2.0 * mostly_open_m.index_select(0, pair_m).to(h_NF.dtype)
+        pair_h = h_m1[:, 0].index_select(0, pair_m) * pair_sign
         W_rows = W_dec_FSD.reshape(F_ * S, D)
         recon_rows = recon_flat.view(N * S, D)
         for chunk in _pair_chunks(pair_m.numel(), D):
@@ -354,8 +363,8 @@ class SnapshotGatedDecode(torch.autograd.Function):
             recon_rows.index_add_(0, pair_row_N[chunk], pair_h[chunk, None] * W_pD)
 
         ctx.save_for_backward(
-            h_NF, norms_FS, threshold_F, W_dec_FSD, f_all_NF, scale_aS, score_aS, open_mS, f_mS, score_mS,
-            flat_m.index_select(0, pair_m), pair_row_N, pair_row_F, pair_h,
+            h_NF, norms_FS, threshold_F, W_dec_FSD, dense_NF, f_dense_NF, scale_aS, score_aS, open_mS, f_mS,
+            score_mS, flat_m.index_select(0, pair_m), pair_row_N, pair_row_F, pair_sign, pair_h,
         )  # fmt: skip
         ctx.classes, ctx.bandwidth, ctx.tanh_scale = classes, bandwidth, tanh_scale
         ctx.mark_non_differentiable(classes.open_any_NF)
@@ -369,8 +378,8 @@ class SnapshotGatedDecode(torch.autograd.Function):
         _grad_open: Any,
     ) -> tuple[Any, ...]:
         (
-            h_NF, norms_FS, threshold_F, W_dec_FSD, f_all_NF, scale_aS, score_aS, open_mS, f_mS, score_mS,
-            pair_flat, pair_row_N, pair_row_F, pair_h,
+            h_NF, norms_FS, threshold_F, W_dec_FSD, dense_NF, f_dense_NF, scale_aS, score_aS, open_mS, f_mS,
+            score_mS, pair_flat, pair_row_N, pair_row_F, pair_sign, pair_h,
         ) = ctx.saved_tensors  # fmt: skip
         classes: EntryClasses = ctx.classes
         N, F_ = h_NF.shape
@@ -387,10 +396,10 @@ class SnapshotGatedDecode(torch.autograd.Function):
         window_grad_FS = norms_FS.new_zeros(F_, S)
         grad_norms_FS = norms_FS.new_zeros(F_, S)
 
-        # decoder, open everywhere: the plain crosscoder's backward
-        grad_h_NF = torch.where(classes.open_all_NF, grad_flat @ W_flat.T, 0.0)
+        # decoder, the matmul's part: the plain crosscoder's backward
+        grad_h_NF = torch.where(dense_NF, grad_flat @ W_flat.T, 0.0)
         grad_h_flat = grad_h_NF.view(-1)
-        grad_W_flat = f_all_NF.T @ grad_flat
+        grad_W_flat = f_dense_NF.T @ grad_flat
 
         # scores: grad * sech^2 (tanh_backward), times c * norm for the code, c * f for the norm
         flat_a, flat_m = classes.all_open_flat, classes.mixed_open_flat
@@ -403,13 +412,13 @@ class SnapshotGatedDecode(torch.autograd.Function):
         score_grad_mS = sech_mS * scale_FS.index_select(0, i_m)
         grad_h_flat.index_add_(0, flat_m, torch.where(open_mS, score_grad_mS, 0.0).sum(dim=1))
 
-        # decoder, mixed gates: each open (entry, snapshot) pair
+        # decoder, the corrections of mixed gates: each (entry, snapshot) pair
         grad_rows, W_rows = grad_flat.view(N * S, D), W_dec_FSD.reshape(F_ * S, D)
         grad_W_rows = grad_W_flat.view(F_ * S, D)
         for chunk in _pair_chunks(pair_flat.numel(), D):
             grad_pD = grad_rows.index_select(0, pair_row_N[chunk])
             dec_p = torch.linalg.vecdot(grad_pD, W_rows.index_select(0, pair_row_F[chunk]))
-            grad_h_flat.index_add_(0, pair_flat[chunk], dec_p)
+            grad_h_flat.index_add_(0, pair_flat[chunk], dec_p.mul_(pair_sign[chunk]))
             grad_W_rows.index_add_(0, pair_row_F[chunk], pair_h[chunk, None] * grad_pD)
 
         # the threshold's window. Its score part is the scores' gradient where a gate is open
@@ -429,14 +438,14 @@ class SnapshotGatedDecode(torch.autograd.Function):
             for flat_o, i_o, sech_oS in open_sets:
                 h_o1 = h_flat.index_select(0, flat_o)[:, None]
                 distance_oS = h_o1 * norms_FS.index_select(0, i_o) - threshold_F.index_select(0, i_o)[:, None]
-                window_sech_FS.index_add_(0, i_o, torch.where(distance_oS.abs() < half_width, sech_oS, 0.0))
+                window_sech_FS.index_add_(0, i_o, sech_oS.masked_fill_(distance_oS.abs_() >= half_width, 0.0))
         elif classes.dense_window:  # many entries inside at every snapshot: one matmul
             summed_FSD = (classes.window_all_NF.to(grad_flat.dtype).T @ grad_flat).view(F_, S, D)
-            window_grad_FS += torch.linalg.vecdot(summed_FSD, W_dec_FSD)
+            window_grad_FS += summed_FSD.mul_(W_dec_FSD).sum(dim=-1)
             window_flat = classes.window_all_NF.view(-1)
             for flat_o, i_o, sech_oS in open_sets:
                 in_o1 = window_flat.index_select(0, flat_o)[:, None]
-                window_sech_FS.index_add_(0, i_o, torch.where(in_o1, sech_oS, 0.0))
+                window_sech_FS.index_add_(0, i_o, sech_oS.masked_fill_(~in_o1, 0.0))
             shut_F = (classes.window_all_NF & ~classes.open_any_NF).sum(dim=0, dtype=torch.int32)
             window_sech_FS += (shut_F * grad_score_F)[:, None]
         window_grad_FS += window_sech_FS * scale_FS
