@@ -68,7 +68,7 @@ class ReferenceCrosscoder(nn.Module):
 
 def reference_step_fn(S: int, D: int, F_: int, compile: bool = False) -> Callable[[torch.Tensor], None]:
     model = ReferenceCrosscoder(S, D, F_, l1=2.0)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-5)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-5, fused=True)  # as CrosscoderTrainer on a CPU
     loss_fn = torch.compile(model.loss) if compile else model.loss
 
     def step(x: torch.Tensor) -> None:

@@ -121,6 +121,22 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), default=None)
 
 
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+"""Devices on which Adam runs fused: one kernel over each parameter instead of a dozen
+passes (on 2 CPU cores, 8 ms instead of 59 ms a step for two 8.4M-float tensors). It is
+deterministic, but its rounding differs from the unfused Adam's."""
+
+
+def adam(param_groups: list[dict[str, Any]], cfg: CrosscoderTrainerConfig, device: torch.device) -> torch.optim.Adam:
+    """The trainer's Adam, fused where the device has the kernel."""
+    return torch.optim.Adam(
+        param_groups,
+        lr=cfg.lr,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        fused=device.type in FUSED_ADAM_DEVICES or None,
+    )
+
+
 class CrosscoderTrainer:
     """Trains any registered crosscoder training class on ``[batch, S, d_in]`` batches.
 
@@ -154,11 +170,7 @@ class CrosscoderTrainer:
         self.last_l0: torch.Tensor | float | None = None
         """Mean active features per token on the latest batch (recorded as the final l0)."""
 
-        self.optimizer = torch.optim.Adam(
-            self.sae.optimizer_param_groups(cfg.lr),
-            lr=cfg.lr,
-            betas=(cfg.adam_beta1, cfg.adam_beta2),
-        )
+        self.optimizer = adam(self.sae.optimizer_param_groups(cfg.lr), cfg, torch.device(cfg.device))
         assert cfg.lr_end is not None  # set in __post_init__
         self.lr_scheduler = get_lr_scheduler(
             cfg.lr_scheduler_name,
