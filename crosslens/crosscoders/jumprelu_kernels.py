@@ -171,9 +171,17 @@ class SnapshotGateAndScore(torch.autograd.Function):
             grad_norms_SF += norms_part_SF
             window_grad_SF += window_part_SF
         grad_norms_FS = (grad_norms_SF * ctx.tanh_scale).T
-        kernel_SF = threshold_F / (norms_S1F[:, 0].clamp(min=1e-8) * ctx.bandwidth)
-        grad_threshold_F = -(window_grad_SF * kernel_SF).sum(dim=0)
+        grad_threshold_F = threshold_gradient(window_grad_SF.T, norms_S1F[:, 0].T, threshold_F, ctx.bandwidth)
         return grad_h_NF, grad_norms_FS, grad_threshold_F, None, None
+
+
+def threshold_gradient(
+    window_grad_FS: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor, bandwidth: float
+) -> torch.Tensor:
+    """The threshold's straight-through gradient from the code's gradient summed over the
+    tokens inside the window: ``-sum_s t / (||W_dec[i, s]|| * eps) * window_grad[i, s]``."""
+    kernel_FS = threshold_F[:, None] / (norms_FS.clamp(min=1e-8) * bandwidth)
+    return -(window_grad_FS * kernel_FS).sum(dim=1)
 
 
 def _grad_of_code(
@@ -465,8 +473,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
             code_grad_cS = torch.addcmul(dec_cS, torch.ops.aten.tanh_backward(grad_score_cS, score_cS), scale_cS)
             window_grad_FS.index_add_(0, i_c, torch.where(distance_cS.abs() < half_width, code_grad_cS, 0.0))
 
-        kernel_FS = threshold_F[:, None] / (norms_FS.clamp(min=1e-8) * ctx.bandwidth)
-        grad_threshold_F = -(window_grad_FS * kernel_FS).sum(dim=1)
+        grad_threshold_F = threshold_gradient(window_grad_FS, norms_FS, threshold_F, ctx.bandwidth)
         grad_W_FSD = grad_W_flat.view(F_, S, D)
         return grad_h_NF, grad_norms_FS * ctx.tanh_scale, grad_threshold_F, grad_W_FSD, None, None, None
 
