@@ -445,8 +445,9 @@ def _harvest_locked(
         desc=f"harvest {n_snapshots} snapshots x {n_tokens} tokens" + team.describe(),
         disable=not progress or not team.is_main,
     )
-    # Shard k is written in the background while shard k + 1 is computed; a shard enters
-    # the manifest only once its file is on disk with a known size and hash.
+    # Shard k is written in the background while shard k + 1 is computed (the next
+    # snapshot's loading included); a shard enters the manifest only once its file is on
+    # disk with a known size and hash.
     writer = ThreadPoolExecutor(max_workers=1)
     pending: list[tuple[str, Future, dict]] = []
     save = team.world_size == 1  # on a team, rank 0 saves the merged manifest after each round
@@ -458,7 +459,8 @@ def _harvest_locked(
                     suite, unit, manifest, root, hooks, token_ids_NL, keep_NL, bar, writer, pending, save=save,
                     tokenizer=tokenizer, batch_size=batch_size, device=device, model_dtype=model_dtype,
                 )  # fmt: skip
-                _record_written(root, manifest, pending, save=save)
+                if not save:  # the round's files are merged across the team: wait for them
+                    _record_written(root, manifest, pending, save=save)
             if not save:
                 manifest = team.merge(manifest, unit)
                 if team.is_main:
@@ -665,12 +667,18 @@ def _submit_shard(
         rel = shard_relpath(hook, s, k)
         if rel in files:  # only a sibling hook's file was damaged; this one is intact
             continue
-        stored = to_storage(acts_ND, dtype)
-        # Norms of the values as stored, so normalised reads hit sqrt(d_in) exactly.
-        norm_sum = torch.linalg.vector_norm(from_storage(stored, dtype), dim=1, dtype=torch.float64).sum()
-        record = {"rows": int(acts_ND.shape[0]), "norm_sum": float(norm_sum)}
-        queued.append((rel, writer.submit(write_npy_atomic, root / rel, stored), record))
+        record = {"rows": int(acts_ND.shape[0])}
+        queued.append((rel, writer.submit(_write_shard, root / rel, acts_ND, dtype), record))
     return queued
+
+
+def _write_shard(path: Path, acts_ND: torch.Tensor, dtype: str) -> dict[str, Any]:
+    """Convert, measure and write one shard (in the writer thread, while the next computes)."""
+    stored = to_storage(acts_ND, dtype)
+    # Norms of the values as stored, so normalised reads hit sqrt(d_in) exactly.
+    norm_sum = torch.linalg.vector_norm(from_storage(stored, dtype), dim=1, dtype=torch.float64).sum()
+    n_bytes, sha = write_npy_atomic(path, stored)
+    return {"norm_sum": float(norm_sum), "bytes": n_bytes, "sha256": sha}
 
 
 def _record_written(
@@ -686,8 +694,7 @@ def _record_written(
     for rel, future, record in pending:
         if only_successful and (not future.done() or future.cancelled() or future.exception() is not None):
             continue
-        n_bytes, sha = future.result()  # re-raises a failed write
-        manifest["files"][rel] = {**record, "bytes": n_bytes, "sha256": sha}
+        manifest["files"][rel] = {**record, **future.result()}  # result() re-raises a failed write
         recorded = True
     pending.clear()
     if recorded and save:
