@@ -457,21 +457,25 @@ class SnapshotGatedDecode(torch.autograd.Function):
             shut_F = (classes.window_all_NF & ~classes.open_any_NF).sum(dim=0, dtype=torch.int32)
             window_sech_FS += (shut_F * grad_score_F)[:, None]
         window_grad_FS += window_sech_FS * scale_FS
-        # the other entries inside it somewhere: everything per snapshot
+        # the other entries inside it somewhere: each (entry, snapshot) pair inside it
         flat_w = classes.window_gathered_flat
-        for chunk in _entry_chunks(flat_w.numel(), S, D):
-            flat_c = flat_w[chunk]
-            n_c, i_c = flat_c // F_, flat_c % F_
-            dec_cS = torch.linalg.vecdot(
-                grad_flat.index_select(0, n_c).view(-1, S, D), W_flat.index_select(0, i_c).view(-1, S, D)
+        i_w = flat_w % F_
+        h_w = h_flat.index_select(0, flat_w)
+        distance_wS = h_w[:, None] * norms_FS.index_select(0, i_w) - threshold_F.index_select(0, i_w)[:, None]
+        pair_w, pair_s = (distance_wS.abs() < half_width).nonzero(as_tuple=True)
+        pair_i = i_w.index_select(0, pair_w)
+        pair_row_F = pair_i * S + pair_s  # also the (feature, snapshot) index of [F, S]
+        pair_row_N = (flat_w // F_).index_select(0, pair_w) * S + pair_s
+        pair_scale = scale_FS.view(-1).index_select(0, pair_row_F)
+        open_p = distance_wS[pair_w, pair_s] > 0
+        pair_score = torch.tanh(torch.where(open_p, h_w.index_select(0, pair_w), 0.0) * pair_scale)
+        pair_sech = torch.ops.aten.tanh_backward(grad_score_F.index_select(0, pair_i), pair_score)
+        window_flat_FS = window_grad_FS.view(-1)
+        for chunk in _pair_chunks(pair_w.numel(), D):
+            dec_p = torch.linalg.vecdot(
+                grad_rows.index_select(0, pair_row_N[chunk]), W_rows.index_select(0, pair_row_F[chunk])
             )
-            h_c1 = h_flat.index_select(0, flat_c)[:, None]
-            distance_cS = h_c1 * norms_FS.index_select(0, i_c) - threshold_F.index_select(0, i_c)[:, None]
-            scale_cS = scale_FS.index_select(0, i_c)
-            score_cS = torch.tanh(torch.where(distance_cS > 0, h_c1, 0.0) * scale_cS)
-            grad_score_cS = grad_score_F.index_select(0, i_c)[:, None].expand_as(score_cS)
-            code_grad_cS = torch.addcmul(dec_cS, torch.ops.aten.tanh_backward(grad_score_cS, score_cS), scale_cS)
-            window_grad_FS.index_add_(0, i_c, torch.where(distance_cS.abs() < half_width, code_grad_cS, 0.0))
+            window_flat_FS.index_add_(0, pair_row_F[chunk], torch.addcmul(dec_p, pair_sech[chunk], pair_scale[chunk]))
 
         grad_threshold_F = threshold_gradient(window_grad_FS, norms_FS, threshold_F, ctx.bandwidth)
         grad_W_FSD = grad_W_flat.view(F_, S, D)
