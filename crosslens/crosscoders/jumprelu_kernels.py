@@ -233,8 +233,10 @@ GATHER_SHARE = 1 / 16
 it, mixed gates fall back to :class:`SnapshotGateAndScore`, the window of entries inside
 it at some snapshots only is summed with one mask and one matmul per snapshot, and that of
 entries inside it at every snapshot with one matmul. On the trained demo crosscoder
-(S 12, d_in 128, d_sae 1024, batch 512, 2 CPU cores) gathering the window broke even with
-a mask and a matmul per snapshot at about 7% of entries (docs/notes/issue-14-speed.md)."""
+(S 12, d_in 128, d_sae 1024, batch 512, 2 CPU cores) gathering the window a whole entry
+(all S rows) at a time broke even with a mask and a matmul per snapshot at about 7% of
+entries (docs/notes/issue-14-speed.md); it now gathers only the pairs inside the window,
+which is cheaper, so the limit errs on the side of the matmuls."""
 
 WINDOW_MODE: str | None = None
 """Force one way of summing the threshold window (``"per_snapshot"``, ``"matmul"`` or
