@@ -126,7 +126,9 @@ def harvest_rows(
     stop_at_layer = stop_layer_for(hooks)
     if device is None:
         device = model.cfg.device
-    pieces: dict[str, list[torch.Tensor]] = {hook: [] for hook in hooks}
+    # rows go straight into one output per hook (no concatenation afterwards)
+    out: dict[str, torch.Tensor] = {}
+    n_kept, row = int(keep_NL.sum()), 0
     for start in range(0, token_ids_NL.shape[0], batch_size):
         tokens_BL = token_ids_NL[start : start + batch_size]
         keep_BL = keep_NL[start : start + batch_size]
@@ -137,6 +139,7 @@ def harvest_rows(
             return_cache_object=False,
         )
         keep_on_device = keep_BL.to(device)
+        n_rows = int(keep_BL.sum())
         for hook in hooks:
             if tuple(cache[hook].shape[:2]) != tuple(tokens_BL.shape):
                 raise ValueError(
@@ -144,11 +147,14 @@ def harvest_rows(
                     "[batch, pos, ...]; harvest a per-token hook such as hook_resid_post, hook_mlp_out or attn.hook_z."
                 )
             acts_BLD = cache[hook].reshape(*tokens_BL.shape, -1)
-            pieces[hook].append(acts_BLD[keep_on_device].to("cpu", torch.float32))
+            if hook not in out:
+                out[hook] = torch.empty(n_kept, acts_BLD.shape[-1], dtype=torch.float32)
+            out[hook][row : row + n_rows] = acts_BLD[keep_on_device]
         del cache
+        row += n_rows
         if on_batch is not None:
-            on_batch(int(keep_BL.sum()))
-    return {hook: torch.cat(rows) for hook, rows in pieces.items()}
+            on_batch(n_rows)
+    return {hook: out.get(hook, torch.empty(0, 0)) for hook in hooks}
 
 
 def check_suite(suite: CheckpointSuite) -> bool:
