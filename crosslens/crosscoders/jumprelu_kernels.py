@@ -226,7 +226,7 @@ def snapshot_gate_and_score(
 # ----------------------------------------------------------------------------------------
 
 SPARSE_ENTRY_CHUNK = 1 << 20
-"""Elements ``entries * S * D`` gathered at once for the per-snapshot work on mixed entries."""
+"""Elements ``pairs * D`` gathered at once for the work per (entry, snapshot) pair."""
 
 GATHER_SHARE = 1 / 16
 """Largest share of (token, feature) entries worth gathering for work per snapshot. Above
@@ -298,13 +298,8 @@ def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
 
 def _pair_chunks(n_pairs: int, d_in: int) -> list[slice]:
     """Slices of gathered (entry, snapshot) pairs holding about ``SPARSE_ENTRY_CHUNK`` elements each."""
-    return _entry_chunks(n_pairs, 1, d_in)
-
-
-def _entry_chunks(n_entries: int, n_snapshots: int, d_in: int) -> list[slice]:
-    """Slices of gathered entries holding about ``SPARSE_ENTRY_CHUNK`` elements each."""
-    step = max(1, SPARSE_ENTRY_CHUNK // max(1, n_snapshots * d_in))
-    return [slice(a, a + step) for a in range(0, n_entries, step)]
+    step = max(1, SPARSE_ENTRY_CHUNK // max(1, d_in))
+    return [slice(a, a + step) for a in range(0, n_pairs, step)]
 
 
 class SnapshotGatedDecode(torch.autograd.Function):
