@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,22 @@ def crosslens_home() -> Path:
     return Path(os.environ.get("CROSSLENS_HOME", "~/.cache/crosslens")).expanduser()
 
 
-def weights_sha256(model: torch.nn.Module) -> str:
+_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+
+
+def weights_sha256(model: torch.nn.Module, *, first_n_layers: int | None = None) -> str:
     """sha256 over the sorted state-dict keys and each tensor's float32 bytes.
 
     Identical weights give identical hashes whatever the family or device; the suite
     takes it on the HookedTransformer after loading, so the same raw checkpoint always
-    hashes the same.
+    hashes the same. With ``first_n_layers``, blocks from that index on are left out:
+    the hash a model loaded with only its first ``first_n_layers`` blocks gives.
     """
     digest = hashlib.sha256()
     for key, tensor in sorted(model.state_dict().items()):
+        block = _BLOCK_KEY.match(key)
+        if first_n_layers is not None and block is not None and int(block.group(1)) >= first_n_layers:
+            continue
         digest.update(key.encode())
         values = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
         digest.update(values.numpy().data)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +13,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# Tests never read or write the user's crosslens cache (suites, weights hashes, demo output):
+# a warm cache from an earlier run would change which code paths a test takes.
+os.environ["CROSSLENS_HOME"] = tempfile.mkdtemp(prefix="crosslens-test-home-")
+atexit.register(shutil.rmtree, os.environ["CROSSLENS_HOME"], ignore_errors=True)
 
 import huggingface_hub.constants as _hub_constants  # noqa: E402  (after the env is set)
 

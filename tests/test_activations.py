@@ -29,7 +29,7 @@ from crosslens.activations import (
     tokens_from_pico,
 )
 from crosslens.activations.tokens import keep_mask, pack_documents
-from crosslens.activations.harvest import stop_layer_for
+from crosslens.activations.harvest import harvest_rows, stop_layer_for
 from crosslens.activations import harvest as harvest_module
 from crosslens.activations.store import shard_relpath
 from crosslens.errors import DuplicateSnapshotError, TokenizerMismatchError
@@ -169,6 +169,44 @@ def test_harvest_equals_each_snapshots_hooked_transformer_exactly(suite, token_i
             harvested = store.read(hook, slice(None), normalize=False)[:, s]
             assert harvested.dtype == torch.float32
             assert torch.equal(harvested, cache[hook][seqs, pos])
+
+
+def test_a_snapshot_whose_weights_hash_is_known_loads_only_the_blocks_up_to_the_hook(
+    suite_root, token_ids, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path / "home"))  # an empty weights-hash cache
+    blocks_loaded = []
+    real_load = harvest_module.load_snapshot
+
+    def counting_load(*args, **kwargs):
+        record, model = real_load(*args, **kwargs)
+        blocks_loaded.append(model.cfg.n_layers)
+        return record, model
+
+    monkeypatch.setattr(harvest_module, "load_snapshot", counting_load)
+    kwargs = dict(shard_tokens=SHARD_TOKENS, batch_size=4, progress=False)
+    cold = harvest_activations(_open_suite(suite_root), HOOK, token_ids, tmp_path / "cold", **kwargs)
+    warm = harvest_activations(_open_suite(suite_root), HOOK, token_ids, tmp_path / "warm", **kwargs)
+    assert blocks_loaded == [2, 2, 2, 1, 1, 1]  # the first harvest records each full hash
+    assert _files(warm.path) == _files(cold.path)  # the same store, byte for byte, hashes included
+    suite = _open_suite(suite_root)
+    assert [e["weights_sha256"] for e in warm.snapshots] == [
+        suite.load(s).crosslens_snapshot.weights_sha256 for s in range(len(suite))
+    ]
+    blocks_loaded.clear()
+    harvest_activations(_open_suite(suite_root), HOOKS, token_ids, tmp_path / "deep", **kwargs)
+    assert blocks_loaded == [2, 2, 2]  # blocks.1 needs both blocks
+
+
+def test_harvest_rows_leaves_no_hook_behind_even_when_it_fails(suite, token_ids):
+    model = suite.load(0)
+    keep = keep_mask(token_ids, exclude_bos=True, exclude_token_ids=[0])
+    rows = harvest_rows(model, token_ids, keep, [HOOK], batch_size=4)[HOOK]
+    _, cache = model.run_with_cache(token_ids)
+    assert torch.equal(rows, cache[HOOK][keep])
+    with pytest.raises(ValueError, match="not one vector per token"):
+        harvest_rows(model, token_ids, keep, ["blocks.0.attn.hook_pattern"], batch_size=4)
+    assert not any(point.fwd_hooks for point in model.hook_dict.values())
 
 
 def test_normalisation_factor_gives_mean_norm_sqrt_d_in(store):

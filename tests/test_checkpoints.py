@@ -377,3 +377,112 @@ def test_cached_revisions_reads_the_cache_through_huggingface_hub(offline_hf_hom
     (repo / "refs" / "step20").write_text("c" * 40)
     with pytest.raises(CrosslensError, match="org/tiny is damaged.*missing commit"):
         cached_revisions("org/tiny")
+
+
+# ---------------------------------------------------------------- truncated loads, weights-hash cache
+def _truncation_suite(tmp_path, monkeypatch, family: str):
+    """A two-block suite of ``family`` and an empty weights-hash cache for this test."""
+    from hf_cache import tiny_bloom, tiny_olmo
+
+    monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path / "home"))
+    if family == "pythia":  # the fake hub is activated by the caller
+        return CheckpointSuite.pythia(PYTHIA_REPO, steps=[0, 1000])
+    make = {"neox": tiny_neox, "olmo": tiny_olmo, "bloom": tiny_bloom}[family]
+    write_local_suite(tmp_path / "run", {"step0": make(seed=30), "step10": make(seed=31)}, make_word_tokenizer())
+    return CheckpointSuite.local(tmp_path / "run")
+
+
+def _block0_output(model) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(TOKENS, stop_at_layer=1)
+
+
+@pytest.mark.parametrize("family", ["neox", "olmo", "bloom", "pythia"])
+def test_a_truncated_load_keeps_the_full_checkpoints_weights_hash(family, tmp_path, monkeypatch, request):
+    if family == "pythia":
+        request.getfixturevalue("fake_hub")
+    suite = _truncation_suite(tmp_path, monkeypatch, family)
+    for s in range(len(suite)):
+        full = suite.load(s)
+        first = suite.load(s, first_n_layers=1)  # hash unknown: loads whole, records it
+        second = suite.load(s, first_n_layers=1)  # hash known: one block
+        assert (full.cfg.n_layers, first.cfg.n_layers, second.cfg.n_layers) == (2, 2, 1)
+        sha = full.crosslens_snapshot.weights_sha256
+        assert first.crosslens_snapshot.weights_sha256 == second.crosslens_snapshot.weights_sha256 == sha
+        assert weights_sha256(second) == weights_sha256(full, first_n_layers=1)
+        assert torch.equal(_block0_output(second), _block0_output(full))
+        assert suite.provenance()["snapshots"][s]["weights_sha256"] == sha
+        assert suite.load(s, first_n_layers=2).cfg.n_layers == 2  # nothing left to cut
+
+
+def test_bloom_hashes_the_same_on_every_load(tmp_path, monkeypatch):
+    # TransformerLens would fill BLOOM's unused positional embedding from uninitialised memory.
+    suite = _truncation_suite(tmp_path, monkeypatch, "bloom")
+    assert len({suite.load(0).crosslens_snapshot.weights_sha256 for _ in range(3)}) == 1
+    assert bool((suite.load(0).pos_embed.W_pos == 0).all())
+
+
+def test_the_weights_hash_cache_misses_once_a_weight_file_changes(tmp_path, monkeypatch):
+    suite = _truncation_suite(tmp_path, monkeypatch, "neox")
+    suite.load(1, first_n_layers=1)
+    old = suite.load(1, first_n_layers=1)
+    assert old.cfg.n_layers == 1
+    tiny_neox(seed=99).save_pretrained(tmp_path / "run" / "step10")  # the folder now holds other weights
+    fresh = CheckpointSuite.local(tmp_path / "run")
+    reloaded = fresh.load(1, first_n_layers=1)
+    assert reloaded.cfg.n_layers == 2  # the recorded hash is for other files: loaded whole
+    sha = reloaded.crosslens_snapshot.weights_sha256
+    assert sha == fresh.load(1).crosslens_snapshot.weights_sha256 != old.crosslens_snapshot.weights_sha256
+    assert fresh.load(1, first_n_layers=1).crosslens_snapshot.weights_sha256 == sha
+
+
+def test_a_weights_hash_cache_entry_that_does_not_check_out_is_never_used(tmp_path, monkeypatch, caplog):
+    from crosslens.checkpoints import weights_cache
+
+    suite = _truncation_suite(tmp_path, monkeypatch, "neox")
+    sha = suite.load(0).crosslens_snapshot.weights_sha256
+    suite.load(0, first_n_layers=1)
+    (entry,) = weights_cache.cache_dir().glob("*.json")
+
+    # edited by hand (the checksum no longer matches): ignored, loaded whole, recorded again
+    record = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**record, "weights_sha256": "0" * 64}))
+    model = suite.load(0, first_n_layers=1)
+    assert model.cfg.n_layers == 2 and model.crosslens_snapshot.weights_sha256 == sha
+    entry.write_text("{not json")
+    assert suite.load(0, first_n_layers=1).cfg.n_layers == 2
+    assert suite.load(0, first_n_layers=1).cfg.n_layers == 1  # the rewritten entry serves again
+
+    # well-formed but describing other first blocks (say, written by other conversion code):
+    # the truncated model's own hash refutes it, so the snapshot loads whole and is recorded again
+    fields = json.loads(entry.read_text())["fields"]
+    weights_cache.record(fields, weights_cache.KnownWeights(2, "f" * 64, {1: "e" * 64}))
+    with caplog.at_level("WARNING", logger="crosslens.checkpoints.suite"):
+        model = suite.load(0, first_n_layers=1)
+    assert model.cfg.n_layers == 2 and model.crosslens_snapshot.weights_sha256 == sha
+    assert "does not match its first 1 blocks" in caplog.text
+    assert suite.load(0, first_n_layers=1).crosslens_snapshot.weights_sha256 == sha
+
+    # recorded under other versions of the converting code: not found at all
+    other = {**fields, "versions": {**fields["versions"], "transformer_lens": "0.0.0"}}
+    assert weights_cache.lookup(other) is None
+
+
+def test_a_suite_without_a_file_identity_loads_whole(tmp_path, monkeypatch):
+    import crosslens.checkpoints.suite as suite_module
+
+    suite = _truncation_suite(tmp_path, monkeypatch, "neox")
+    monkeypatch.setattr(suite_module, "snapshot_identity", lambda suite, ref: None)  # e.g. online, not cached
+    for _ in range(2):
+        assert suite.load(0, first_n_layers=1).cfg.n_layers == 2
+    with pytest.raises(ValueError, match="first_n_layers"):
+        suite.load(0, first_n_layers=0)
+
+
+def test_a_weights_hash_cache_that_cannot_be_written_only_costs_full_loads(tmp_path, monkeypatch):
+    suite = _truncation_suite(tmp_path, monkeypatch, "neox")
+    (tmp_path / "home").write_text("a file where the cache folder would go")
+    sha = suite.load(0).crosslens_snapshot.weights_sha256
+    for _ in range(2):
+        model = suite.load(0, first_n_layers=1)
+        assert model.cfg.n_layers == 2 and model.crosslens_snapshot.weights_sha256 == sha

@@ -129,31 +129,34 @@ def harvest_rows(
     # rows go straight into one output per hook (no concatenation afterwards)
     out: dict[str, torch.Tensor] = {}
     n_kept, row = int(keep_NL.sum()), 0
-    for start in range(0, token_ids_NL.shape[0], batch_size):
-        tokens_BL = token_ids_NL[start : start + batch_size]
-        keep_BL = keep_NL[start : start + batch_size]
-        _, cache = model.run_with_cache(
-            tokens_BL.to(device),
-            names_filter=hooks,
-            stop_at_layer=stop_at_layer,
-            return_cache_object=False,
-        )
-        keep_on_device = keep_BL.to(device)
-        n_rows = int(keep_BL.sum())
-        for hook in hooks:
-            if tuple(cache[hook].shape[:2]) != tuple(tokens_BL.shape):
-                raise ValueError(
-                    f"hook {hook!r} gives shape {tuple(cache[hook].shape)}, not one vector per token "
-                    "[batch, pos, ...]; harvest a per-token hook such as hook_resid_post, hook_mlp_out or attn.hook_z."
-                )
-            acts_BLD = cache[hook].reshape(*tokens_BL.shape, -1)
-            if hook not in out:
-                out[hook] = torch.empty(n_kept, acts_BLD.shape[-1], dtype=torch.float32)
-            out[hook][row : row + n_rows] = acts_BLD[keep_on_device]
-        del cache
-        row += n_rows
-        if on_batch is not None:
-            on_batch(n_rows)
+    cache: dict[str, torch.Tensor] = {}
+
+    def save(acts: torch.Tensor, hook: Any) -> None:
+        cache[hook.name] = acts
+
+    # The hooks go on once for all batches (run_with_cache would add them and then reset
+    # every hook point of the model on each batch); what runs is the same forward pass.
+    with model.hooks(fwd_hooks=[(hook, save) for hook in hooks]):
+        for start in range(0, token_ids_NL.shape[0], batch_size):
+            tokens_BL = token_ids_NL[start : start + batch_size]
+            keep_BL = keep_NL[start : start + batch_size]
+            model(tokens_BL.to(device), stop_at_layer=stop_at_layer)
+            keep_on_device = keep_BL.to(device)
+            n_rows = int(keep_BL.sum())
+            for hook in hooks:
+                if tuple(cache[hook].shape[:2]) != tuple(tokens_BL.shape):
+                    raise ValueError(
+                        f"hook {hook!r} gives shape {tuple(cache[hook].shape)}, not one vector per token "
+                        "[batch, pos, ...]; harvest a per-token hook such as hook_resid_post, hook_mlp_out or attn.hook_z."
+                    )
+                acts_BLD = cache[hook].reshape(*tokens_BL.shape, -1)
+                if hook not in out:
+                    out[hook] = torch.empty(n_kept, acts_BLD.shape[-1], dtype=torch.float32)
+                out[hook][row : row + n_rows] = acts_BLD[keep_on_device]
+            cache.clear()
+            row += n_rows
+            if on_batch is not None:
+                on_batch(n_rows)
     return {hook: out.get(hook, torch.empty(0, 0)) for hook in hooks}
 
 
@@ -176,12 +179,19 @@ def load_snapshot(
     device: str | torch.device = "cpu",
     reference_tokenizer: Any = None,
     model_dtype: str | torch.dtype = torch.float32,
+    first_n_layers: int | None = None,
+    identity: dict | None = None,
 ) -> tuple[dict, HookedTransformer]:
     """Load one snapshot (in ``model_dtype``, default float32) and return (its provenance dict, the model).
 
-    Refuses a snapshot whose tokenizer differs from ``reference_tokenizer``.
+    Refuses a snapshot whose tokenizer differs from ``reference_tokenizer``. Given its file
+    ``identity`` (`snapshot_identities`), a snapshot whose full weights hash is already
+    known loads only its first ``first_n_layers`` blocks (see ``CheckpointSuite.load``).
     """
-    model = suite.load(ref, device=device, dtype=model_dtype)
+    if identity is None or first_n_layers is None:  # a suite from elsewhere may not take the arguments
+        model = suite.load(ref, device=device, dtype=model_dtype)
+    else:
+        model = suite.load(ref, device=device, dtype=model_dtype, first_n_layers=first_n_layers, identity=identity)
     info = getattr(model, "crosslens_snapshot", None)
     record = info.to_dict() if info is not None else ref.to_dict()
     record.setdefault("weights_sha256", None)
@@ -464,6 +474,7 @@ def _harvest_locked(
                 _harvest_unit(
                     suite, unit, manifest, root, hooks, token_ids_NL, keep_NL, bar, writer, pending, save=save,
                     tokenizer=tokenizer, batch_size=batch_size, device=device, model_dtype=model_dtype,
+                    identity=identities[unit[0]],
                 )  # fmt: skip
                 if not save:  # the round's files are merged across the team: wait for them
                     _record_written(root, manifest, pending, save=save)
@@ -502,6 +513,7 @@ def _harvest_unit(
     batch_size: int,
     device: str | torch.device,
     model_dtype: str,
+    identity: dict | None = None,
 ) -> None:
     """Load snapshot ``s`` once and write the missing ones among its shards ``ks``."""
     s, ks = unit
@@ -512,7 +524,11 @@ def _harvest_unit(
         return  # finished from these very files (checked above): not even loaded
     # (with no file identity, loading it checks its weights hash against the recorded one)
     bar.set_postfix_str(f"snapshot {ref.revision}")
-    record, model = load_snapshot(suite, ref, device=device, reference_tokenizer=tokenizer, model_dtype=model_dtype)
+    stop_at_layer = stop_layer_for(hooks)
+    record, model = load_snapshot(
+        suite, ref, device=device, reference_tokenizer=tokenizer, model_dtype=model_dtype,
+        first_n_layers=None if stop_at_layer is None else max(1, stop_at_layer), identity=identity,
+    )  # fmt: skip
     try:
         _check_snapshot(manifest, s, record, model, token_ids_NL)
         for k in todo:

@@ -26,7 +26,10 @@ is a fixed choice for those families, recorded in `CheckpointSuite.provenance` u
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import io
+import json
 import logging
 import tempfile
 import warnings
@@ -68,9 +71,6 @@ ARCHITECTURE_FIELDS = (
 # Messages TransformerLens emits on every load that tell a crosslens user nothing.
 _NOISE_LOG_PREFIXES = ("Pythia models on HF were updated",)
 _NOISE_WARNINGS = (r"HookedTransformer(\.from_pretrained)? is deprecated",)
-# TransformerLens builds an (unused) positional-embedding matrix for ALiBi models such as
-# BLOOM, then warns on every load that the checkpoint has none.
-_ALIBI_POS_EMBED_NOTICE = "Missing key for a weight matrix in pretrained, filled in with an empty tensor: pos_embed."
 
 
 class _DropLogLines(logging.Filter):
@@ -272,6 +272,10 @@ def _architecture(hf_config: PretrainedConfig) -> str:
     return architectures[0]
 
 
+_HOOKED_CONFIGS: dict[str, HookedTransformerConfig] = {}
+_MAX_HOOKED_CONFIGS = 64
+
+
 def hooked_config_from_hf(
     hf_config: PretrainedConfig,
     *,
@@ -281,6 +285,22 @@ def hooked_config_from_hf(
 ) -> HookedTransformerConfig:
     """The HookedTransformerConfig for a checkpoint with `hf_config`, set up for
     ``fold_ln=True`` except on post-norm architectures (see the module docstring)."""
+    # A suite's snapshots mostly share one config, checked and then loaded one by one, and
+    # each conversion writes and re-reads a scratch folder: convert each config once per
+    # process and hand out copies (callers, TransformerLens included, mutate them). The
+    # key is everything the conversion reads; the folder a config was loaded from is not.
+    fields = {key: value for key, value in hf_config.to_dict().items() if key != "_name_or_path"}
+    key = json.dumps([fields, model_id, str(device), str(dtype)], sort_keys=True, default=repr)
+    if key not in _HOOKED_CONFIGS:
+        if len(_HOOKED_CONFIGS) >= _MAX_HOOKED_CONFIGS:
+            _HOOKED_CONFIGS.pop(next(iter(_HOOKED_CONFIGS)))
+        _HOOKED_CONFIGS[key] = _convert_config(hf_config, model_id=model_id, device=device, dtype=dtype)
+    return copy.deepcopy(_HOOKED_CONFIGS[key])
+
+
+def _convert_config(
+    hf_config: PretrainedConfig, *, model_id: str, device: str | torch.device | None, dtype: torch.dtype
+) -> HookedTransformerConfig:
     architecture = _architecture(hf_config)
     if architecture in _OWN_CONFIG_BUILDERS:
         cfg_dict = _OWN_CONFIG_BUILDERS[architecture](hf_config)
@@ -324,9 +344,14 @@ def hf_to_hooked(
     tokenizer: PreTrainedTokenizerBase | None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    first_n_layers: int | None = None,
 ) -> HookedTransformer:
-    """Convert a loaded HF causal LM into a processed HookedTransformer on `device`."""
+    """Convert a loaded HF causal LM into a processed HookedTransformer on `device`
+    (with `first_n_layers`, only its first blocks: converted, built and processed)."""
     cfg = hooked_config_from_hf(hf_model.config, model_id=model_id, device=device, dtype=dtype)
+    if first_n_layers is not None and first_n_layers < cfg.n_layers:
+        # as TransformerLens's own first_n_layers: the converters walk cfg.n_layers blocks
+        cfg = dataclasses.replace(cfg, n_layers=first_n_layers)
     with _config_folder(hf_model.config) as folder:
         # Given a path and `hf_model`, TransformerLens converts the weights in hand by
         # cfg.original_architecture and downloads nothing.
@@ -339,9 +364,12 @@ def hf_to_hooked(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_NOISE_WARNINGS[0], category=DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    alibi_notice = (_ALIBI_POS_EMBED_NOTICE,) if cfg.positional_embedding_type == "alibi" else ()
-    with _drop_root_log_lines(*alibi_notice):
-        model.load_and_process_state_dict(state_dict, **processing_flags(cfg))
+    if cfg.positional_embedding_type == "alibi":
+        # TransformerLens builds a positional embedding that ALiBi models (BLOOM) never use
+        # and would fill it, with a warning, from uninitialised memory, which would give the
+        # same checkpoint a different weights_sha256 on every load. Zeros keep it fixed.
+        state_dict.setdefault("pos_embed.W_pos", torch.zeros_like(model.pos_embed.W_pos))
+    model.load_and_process_state_dict(state_dict, **processing_flags(cfg))
     model.move_model_modules_to_device()
     return model.eval()
 
@@ -353,8 +381,10 @@ def load_pythia_checkpoint(
     tokenizer: PreTrainedTokenizerBase | None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    first_n_layers: int | None = None,
 ) -> HookedTransformer:
-    """Pythia at `step` through TransformerLens's own checkpoint support.
+    """Pythia at `step` through TransformerLens's own checkpoint support (with
+    `first_n_layers`, only its first blocks).
 
     TransformerLens reads the architecture from the repo's ``main`` config and the weights
     from the ``step{N}`` branch, so both must be reachable (online or in the HF cache).
@@ -368,5 +398,6 @@ def load_pythia_checkpoint(
         fold_ln=True,
         center_writing_weights=True,
         center_unembed=True,
+        first_n_layers=first_n_layers,
     )
     return model.eval()

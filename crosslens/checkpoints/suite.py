@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from crosslens.checkpoints import weights_cache
 from crosslens.checkpoints.convert import (
     DEFAULT_PROCESSING,
     architecture_signature,
@@ -33,6 +34,7 @@ from crosslens.checkpoints.identity import (
     corrupt_checkpoint_error,
     is_weight_file,
     safetensors_problem,
+    snapshot_identity,
     uncached_revision_error,
     weight_files,
 )
@@ -313,27 +315,78 @@ class CheckpointSuite:
 
     # ------------------------------------------------------------------ loading
     def load(
-        self, snapshot: int | SnapshotRef, *, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32
+        self,
+        snapshot: int | SnapshotRef,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+        first_n_layers: int | None = None,
+        identity: dict[str, Any] | None = None,
     ) -> HookedTransformer:
         """Load one snapshot as a HookedTransformer (``fold_ln``, ``center_writing_weights``,
-        ``center_unembed``), with ``model.crosslens_snapshot`` set to its `SnapshotInfo`."""
+        ``center_unembed``), with ``model.crosslens_snapshot`` set to its `SnapshotInfo`.
+
+        ``first_n_layers``: the caller uses only the first blocks (e.g. runs with
+        ``stop_at_layer``), so only they are loaded when the full model's
+        ``weights_sha256`` is known from an earlier load of the same files (see
+        `crosslens.checkpoints.weights_cache`); otherwise the whole model loads, and its
+        hash is recorded for next time. Either way ``weights_sha256`` is the full
+        checkpoint's. ``identity``: the snapshot's `snapshot_identity`, when the caller has
+        it (else it is read from the files).
+        """
         ref = self._ref(snapshot)
         dtype = _as_dtype(dtype)
+        if first_n_layers is None:
+            return self._with_info(ref, self._load_hooked(ref, device, dtype))
+        if first_n_layers < 1:
+            raise ValueError(f"first_n_layers={first_n_layers} must be >= 1 (or None for every block)")
+        identity = identity if identity is not None else snapshot_identity(self, ref)
+        fields = None
+        if identity is not None:
+            fields = weights_cache.cache_fields(
+                identity, family=self.family, model_id=self.model_id, dtype=dtype, processing=self.processing()
+            )
+        known = weights_cache.lookup(fields) if fields is not None else None
+        if known is not None and first_n_layers in known.prefix_sha256 and first_n_layers < known.n_layers:
+            model = self._load_hooked(ref, device, dtype, first_n_layers=first_n_layers)
+            if weights_sha256(model) == known.prefix_sha256[first_n_layers]:
+                return self._with_info(ref, model, known.weights_sha256)
+            release_model(model)
+            logger.warning(
+                "the recorded weights hash of %s@%s does not match its first %d blocks as loaded now; "
+                "loading it whole and recording it again",
+                self.model_id, ref.revision, first_n_layers,
+            )  # fmt: skip
+        model = self._load_hooked(ref, device, dtype)
+        full_sha = weights_sha256(model)
+        if fields is not None and first_n_layers < model.cfg.n_layers:
+            prefix = {first_n_layers: weights_sha256(model, first_n_layers=first_n_layers)}
+            weights_cache.record(fields, weights_cache.KnownWeights(model.cfg.n_layers, full_sha, prefix))
+        return self._with_info(ref, model, full_sha)
+
+    def _load_hooked(
+        self, ref: SnapshotRef, device: str | torch.device, dtype: torch.dtype, *, first_n_layers: int | None = None
+    ) -> HookedTransformer:
         with quiet_loading(), self._weight_file_errors(ref):
             if self.family == "pythia":
                 tokenizer = self._tokenizer_for_models("GPTNeoXForCausalLM")
-                model = self._with_revision_errors(
-                    ref, load_pythia_checkpoint, self.model_id, ref.step, tokenizer=tokenizer, device=device, dtype=dtype
-                )
-            else:
-                source, location = self._hf_source(ref)
-                hf_model = self._with_revision_errors(
-                    ref, AutoModelForCausalLM.from_pretrained, source, dtype=dtype, **location
-                )
-                tokenizer = self._tokenizer_for_models((hf_model.config.architectures or [""])[0])
-                model = hf_to_hooked(hf_model, model_id=self.model_id, tokenizer=tokenizer, device=device, dtype=dtype)
-                del hf_model
-        info = SnapshotInfo.from_ref(ref, model_id=self.model_id, weights_sha256=weights_sha256(model))
+                return self._with_revision_errors(
+                    ref, load_pythia_checkpoint, self.model_id, ref.step, tokenizer=tokenizer, device=device,
+                    dtype=dtype, first_n_layers=first_n_layers,
+                )  # fmt: skip
+            source, location = self._hf_source(ref)
+            hf_model = self._with_revision_errors(
+                ref, AutoModelForCausalLM.from_pretrained, source, dtype=dtype, **location
+            )
+            tokenizer = self._tokenizer_for_models((hf_model.config.architectures or [""])[0])
+            return hf_to_hooked(
+                hf_model, model_id=self.model_id, tokenizer=tokenizer, device=device, dtype=dtype,
+                first_n_layers=first_n_layers,
+            )  # fmt: skip
+
+    def _with_info(self, ref: SnapshotRef, model: HookedTransformer, sha: str | None = None) -> HookedTransformer:
+        """``model`` with its `SnapshotInfo` (``sha``: its full weights hash, else hashed here)."""
+        info = SnapshotInfo.from_ref(ref, model_id=self.model_id, weights_sha256=sha or weights_sha256(model))
         self._hashes[ref.revision] = info.weights_sha256
         model.crosslens_snapshot = info
         return model
