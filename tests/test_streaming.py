@@ -63,6 +63,19 @@ def test_models_load_once_and_resume_serves_the_same_batches(suite, token_ids, m
     assert all(torch.equal(a, b) for a, b in zip(resumed, batches[3:]))
 
 
+def test_resident_models_keep_only_the_blocks_up_to_the_hook(suite, token_ids, store):
+    assert HOOK.startswith("blocks.0.")
+    p = provider(suite, token_ids, snapshots=BLOCK)
+    models = p.models()
+    assert [m.cfg.n_layers for m in models] == [1, 1]
+    assert all(not any(name.startswith("blocks.1.") for name in m.hook_dict) for m in models)
+    # the provenance still names the whole checkpoints' weights
+    assert [r["weights_sha256"] for r in p.provenance] == [store.snapshots[s]["weights_sha256"] for s in BLOCK]
+    by_position = _store_rows(store)
+    assert all(torch.equal(row_SD, by_position[pos][BLOCK]) for pos, row_SD in _served(p))
+    p.close()
+
+
 def test_norm_factors_agree_across_data_ranks(suite, token_ids):
     factors = [
         provider(suite, token_ids, snapshots=BLOCK, data_rank=r, data_size=2, normalize=True).norm_factors

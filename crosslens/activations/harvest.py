@@ -200,6 +200,18 @@ def load_snapshot(
     return record, model
 
 
+def keep_first_blocks(model: HookedTransformer, n_layers: int | None) -> HookedTransformer:
+    """Drop ``model``'s blocks from ``n_layers`` on, in place, for a model that is only ever
+    run with ``stop_at_layer <= n_layers`` and stays resident (its unused blocks would hold
+    memory for nothing). Its ``crosslens_snapshot`` still describes the whole checkpoint."""
+    if n_layers is None or n_layers >= model.cfg.n_layers:
+        return model
+    model.blocks = torch.nn.ModuleList(list(model.blocks)[:n_layers])
+    model.cfg.n_layers = n_layers
+    model.setup()  # hook_dict and mod_dict without the dropped blocks' hook points
+    return model
+
+
 def free_model(model: Any) -> None:
     """Free a model's tensors now, even if something still references the module."""
     try:

@@ -18,7 +18,14 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.activations.harvest import check_suite, free_model, harvest_rows, load_snapshot
+from crosslens.activations.harvest import (
+    check_suite,
+    free_model,
+    harvest_rows,
+    load_snapshot,
+    snapshot_identities,
+    stop_layer_for,
+)
 from crosslens.activations.store import ActivationStore
 from crosslens.activations.tokens import default_excluded_ids, keep_mask
 
@@ -225,6 +232,17 @@ class OnTheFlyProvider:
         self._norm_factors = None if norm_factors is None else torch.as_tensor(norm_factors, dtype=torch.float32)
         self._cached_chunk: tuple[tuple[int, int], torch.Tensor] | None = None
         self._d_in: int | None = None
+        stop_at_layer = stop_layer_for([hook])
+        self.first_n_layers = None if stop_at_layer is None else max(1, stop_at_layer)
+        """Blocks a snapshot needs to reach the hook (None: all); loads keep only these
+        once a snapshot's full weights hash is known (``CheckpointSuite.load``)."""
+        self._snapshot_identities: list[dict | None] | None = None
+
+    def _identities(self) -> list[dict | None]:
+        """Each snapshot's file identity, read once (refuses byte-identical snapshots)."""
+        if self._snapshot_identities is None:
+            self._snapshot_identities = snapshot_identities(self.suite)
+        return self._snapshot_identities
 
     @property
     def n_snapshots(self) -> int:
@@ -259,9 +277,12 @@ class OnTheFlyProvider:
         seqs = torch.from_numpy(self._chunks(epoch)[index])
         tokens, keep = self.token_ids_NL[seqs], self.keep_NL[seqs]
         per_snapshot = []
-        for ref in self.suite.snapshots:
+        for s, ref in enumerate(self.suite.snapshots):
             reference = self._tokenizer if self._per_model_tokenizer else None
-            _, model = load_snapshot(self.suite, ref, device=self.model_device, reference_tokenizer=reference)
+            _, model = load_snapshot(
+                self.suite, ref, device=self.model_device, reference_tokenizer=reference,
+                first_n_layers=self.first_n_layers, identity=self._identities()[s],
+            )  # fmt: skip
             try:
                 rows = harvest_rows(model, tokens, keep, [self.hook], batch_size=self.harvest_batch_size)
             finally:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.activations.harvest import free_model, harvest_rows, load_snapshot
+from crosslens.activations.harvest import free_model, harvest_rows, keep_first_blocks, load_snapshot
 from crosslens.activations.provider import OnTheFlyProvider, epoch_rng, norm_factors_of
 
 if TYPE_CHECKING:
@@ -124,9 +124,11 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         try:
             for i, ref in enumerate(refs):
                 record, model = load_snapshot(
-                    self.suite, ref, device=device, reference_tokenizer=reference
-                )
-                model = model.to(self.model_dtype)
+                    self.suite, ref, device=device, reference_tokenizer=reference,
+                    first_n_layers=self.first_n_layers, identity=self._identities()[self.snapshot_indices[i]],
+                )  # fmt: skip
+                # resident for the whole run: blocks past the hook would only hold memory
+                model = keep_first_blocks(model, self.first_n_layers).to(self.model_dtype)
                 if i == 0:
                     self._check_fits(model_bytes(model), len(refs), device)
                 self.provenance.append(record)
