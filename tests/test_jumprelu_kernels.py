@@ -87,13 +87,21 @@ def _run(cc, x: torch.Tensor):
 
 
 # How the new code may run: the per-snapshot kernel in many blocks or one (the fallback for
-# many mixed gates), or the gated decode with each of its three ways of summing the window.
+# many mixed gates), or the gated decode with each of its three ways of summing the window,
+# its entries open everywhere gathered one at a time or packed into padded rows (in blocks
+# of a few rows, or all at once).
+GATHER = {"PADDING_LIMIT": 0.0}
+ROWS = {"PADDING_LIMIT": float("inf"), "ROW_BLOCK_ELEMENTS": 50}
 PATHS = {
     "dense-blocks": {"CPU_BLOCK_ELEMENTS": 200, "GATHER_SHARE": -1.0},
     "dense-one-block": {"CPU_BLOCK_ELEMENTS": 1 << 20, "GATHER_SHARE": -1.0},
-    "gathered": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "gathered", "SPARSE_ENTRY_CHUNK": 64},
-    "matmul": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "matmul"},
-    "per_snapshot": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "per_snapshot"},
+    "gathered": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "gathered", "SPARSE_ENTRY_CHUNK": 64, **GATHER},
+    "matmul": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "matmul", **GATHER},
+    "per_snapshot": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "per_snapshot", **GATHER},
+    "rows-gathered": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "gathered", "SPARSE_ENTRY_CHUNK": 64, **ROWS},
+    "rows-matmul": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "matmul", **ROWS},
+    "rows-per_snapshot": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "per_snapshot", **ROWS},
+    "rows-one-block": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "matmul", "PADDING_LIMIT": float("inf")},
 }
 
 
@@ -109,6 +117,19 @@ def _count_gated_decodes(monkeypatch) -> list[int]:
     return calls
 
 
+def _count_padded_rows(monkeypatch) -> list[int]:
+    """How many times entries open everywhere were packed into padded rows."""
+    calls = [0]
+
+    class CountingRows(kernels.PaddedRows):
+        def __init__(self, *args: Any) -> None:
+            calls[0] += 1
+            super().__init__(*args)
+
+    monkeypatch.setattr(kernels, "PaddedRows", CountingRows)
+    return calls
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize(
     "cfg",
@@ -119,6 +140,7 @@ def test_loss_and_every_gradient_match_the_old_implementation(monkeypatch, path,
     for name, value in PATHS[path].items():
         monkeypatch.setattr(kernels, name, value)
     gated_decodes = _count_gated_decodes(monkeypatch)
+    padded = _count_padded_rows(monkeypatch)
     new, old = _pair(3, **cfg)
     if collectives == "local":  # the object a one-rank mesh run holds, with the snapshot count set
         new.collectives = LocalCollectives(n_snapshots_total=4)
@@ -128,6 +150,7 @@ def test_loss_and_every_gradient_match_the_old_implementation(monkeypatch, path,
     out_old, grads_old = _run(old, x)
     # the path asked for is the one that ran (closed_gate_decoder_grad decodes the [S, N, F] code)
     assert gated_decodes[0] == int(not path.startswith("dense") and "closed_gate_decoder_grad" not in cfg)
+    assert padded[0] == int(path.startswith("rows") and "closed_gate_decoder_grad" not in cfg)
 
     # the inputs exercise every case: gates open at some snapshots and shut at others, in the window
     f_SNF = old._training_encode(x).extras["f_SNF"]
@@ -170,20 +193,23 @@ def test_entry_classes_equal_a_per_snapshot_count_on_edge_cases():
     h[8, 8] = float((threshold[8] - w) / norms[8].min())
     classes = kernels.EntryClasses(h, norms, threshold, w)
     open_all, open_any, window_all, window_mixed = _brute_force_classes(h, norms, threshold, w)
-    assert torch.equal(classes.open_all_NF, open_all)
-    assert torch.equal(classes.open_any_NF, open_any)
-    assert torch.equal(classes.window_all_NF, window_all)
-    mixed = torch.zeros(N * F_, dtype=torch.bool)
+    assert torch.equal(classes.open_all_FN, open_all.T)  # feature-major
+    assert torch.equal(classes.open_any_FN, open_any.T)
+    assert torch.equal(classes.window_all_FN, window_all.T)
+    mixed = torch.zeros(F_ * N, dtype=torch.bool)
     mixed[classes.mixed_open_flat] = True
-    assert torch.equal(mixed.view(N, F_), open_any & ~open_all)
+    assert torch.equal(mixed.view(F_, N).T, open_any & ~open_all)
     assert (open_any & ~open_all).any() and window_mixed.any() and window_all.any()
 
 
 @pytest.mark.parametrize("window_mode", ["gathered", "matmul", "per_snapshot"])
-def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, window_mode):
+@pytest.mark.parametrize("padding_limit", [0.0, float("inf")])
+def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, window_mode, padding_limit):
     """The function alone, with upstream gradients on the decode and on the scores."""
     monkeypatch.setattr(kernels, "GATHER_SHARE", 1.0)
     monkeypatch.setattr(kernels, "WINDOW_MODE", window_mode)
+    monkeypatch.setattr(kernels, "PADDING_LIMIT", padding_limit)
+    monkeypatch.setattr(kernels, "ROW_BLOCK_ELEMENTS", 40)  # several blocks of rows
     gen = torch.Generator().manual_seed(2)
     N, F_, S, D = 40, 30, 3, 5
     h = torch.randn(N, F_, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -207,6 +233,7 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, 
     # ones) and at few (plus the open ones)
     n_open_NF = (h[None] * norms.T[:, None] > threshold).sum(dim=0)
     assert ((n_open_NF == 1).any() and (n_open_NF == 2).any()), "S = 3: one open, or two"
+    assert (n_open_NF == 3).any(), "and open everywhere (the padded rows)"
     torch.testing.assert_close(recon, recon_ref)
     torch.testing.assert_close(score, score_ref, rtol=1e-6, atol=0)  # both sum the scores in float32
     assert torch.equal(open_any, open_ref)
@@ -218,11 +245,13 @@ def test_the_gated_decode_runs_where_few_gates_are_mixed(monkeypatch):
     """At initialisation every snapshot's decoder norm is the same, so no gate is mixed and
     the gated decode runs; with gates mixed for most entries the per-snapshot kernel does."""
     gated_decodes = _count_gated_decodes(monkeypatch)
+    padded = _count_padded_rows(monkeypatch)
     torch.manual_seed(0)
     cc = JumpReLUTrainingCrosscoder(JumpReLUTrainingCrosscoderConfig(d_in=16, d_sae=256, n_snapshots=4))
     x = torch.randn(64, 4, 16)
     _run(cc, x)
     assert gated_decodes[0] == 1
+    assert padded[0] == 1  # about 30% of entries open everywhere, evenly over features: padded rows
     with torch.no_grad():
         cc.W_dec[:, :2] *= 0.01  # features far weaker at the first two snapshots
         cc.threshold.fill_(0.0005)

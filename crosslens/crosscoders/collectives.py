@@ -203,7 +203,8 @@ class MeshCollectives(LocalCollectives):
     def _any(mask: torch.Tensor, group: Any, size: int) -> torch.Tensor:
         if size == 1:
             return mask
-        as_bytes = mask.to(torch.uint8)  # a byte per flag: a quarter of int32's traffic
+        # a byte per flag (a quarter of int32's traffic), contiguous for the collective
+        as_bytes = mask.to(torch.uint8, memory_format=torch.contiguous_format)
         dist.all_reduce(as_bytes, op=dist.ReduceOp.MAX, group=group)
         return as_bytes.bool()
 

@@ -213,16 +213,29 @@ def snapshot_gate_and_score(
 # For a token n and feature i the S gates differ only through the norms: the gate at s
 # is ``d_s > 0`` and the threshold window ``|d_s| < eps/2`` with ``d_s = h * norms_s - t``,
 # and d_s (rounded products and differences included) is monotone in norms_s. So the
-# smallest and largest norm decide, with two [N, F] passes instead of S, whether a gate
-# is open at every snapshot, at none or at some ("mixed"), and likewise for the window.
-# Where the gate is the same at every snapshot the per-snapshot code is the shared code,
-# and decoding it is the plain crosscoder's one [N, F] @ [F, S*D] matmul. The threshold's
-# window is summed over tokens with one more matmul where it is the same at every
-# snapshot, with a mask and a matmul per snapshot where many entries are inside it at
-# some snapshots only, else from gathered rows. Only mixed gates, one open (entry,
+# smallest and largest norm decide, with two passes over the entries instead of S,
+# whether a gate is open at every snapshot, at none or at some ("mixed"), and likewise for
+# the window. Where the gate is the same at every snapshot the per-snapshot code is the
+# shared code, and decoding it is the plain crosscoder's one [N, F] @ [F, S*D] matmul. The
+# threshold's window is summed over tokens with one more matmul where it is the same at
+# every snapshot, with a mask and a matmul per snapshot where many entries are inside it
+# at some snapshots only, else from gathered rows. Only mixed gates, one open (entry,
 # snapshot) pair at a time, and the tanh scores of entries open somewhere need work per
-# snapshot. At initialisation no gate is mixed (all norms start equal); a trained
-# crosscoder has few open entries, so both stay small.
+# snapshot.
+#
+# Entries are held feature-major, as the [F, N] transpose of h: a feature's entries are
+# then one contiguous row, its counts and sums are row reductions, and the entries open
+# at every snapshot can be packed into the rows of an [F, P] matrix (PaddedRows) whose
+# per-snapshot scores broadcast the feature's norms along the row and sum along it,
+# instead of gathering the norms and scattering the sums entry by entry. That is what a
+# fresh crosscoder needs: no gate is mixed there (all norms start equal), but about 30%
+# of the entries are open everywhere. A trained crosscoder has few open entries, gathered
+# one at a time.
+#
+# tanh(x) is computed as 2 * sigmoid(2x) - 1 and its derivative 1 - tanh(x)^2 as
+# 4 * sigmoid(2x) * (1 - sigmoid(2x)): equal in exact arithmetic, within a few float32
+# roundings of torch.tanh, and on a CPU torch.sigmoid is several times faster than
+# torch.tanh (docs/notes/issue-14-speed.md).
 # ----------------------------------------------------------------------------------------
 
 SPARSE_ENTRY_CHUNK = 1 << 20
@@ -242,11 +255,38 @@ WINDOW_MODE: str | None = None
 """Force one way of summing the threshold window (``"per_snapshot"``, ``"matmul"`` or
 ``"gathered"``, see :class:`EntryClasses`); None chooses by the shares above. For tests."""
 
+PADDING_LIMIT = 2.0
+"""Pack the entries open at every snapshot into :class:`PaddedRows` when the ``[F, P]``
+matrix has at most this many slots per entry. Where one feature is open for far more
+tokens than the others (a trained crosscoder's frequent features), padding every row to
+its length costs more than gathering the entries one at a time, which is done instead.
+None of the two is forced by this: 0 always gathers, ``inf`` always pads (for tests)."""
+
+ROW_BLOCK_ELEMENTS = 1 << 17
+"""Elements of one ``[features, S, P]`` block of padded-row work on a CPU: 512 KiB in
+float32, so a block's few temporaries stay in a core's L2 cache instead of being written
+to memory (a fresh multi-megabyte temporary also costs page faults on every step)."""
+
+
+def _sigmoid_of_twice(x: torch.Tensor, scale2: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(2 * x * scale)`` given ``scale2 = 2 * scale``; ``2 * s - 1`` is ``tanh(x * scale)``."""
+    return (x * scale2).sigmoid_()
+
+
+def _tanh_from_sigmoid(sigmoid: torch.Tensor) -> torch.Tensor:
+    return sigmoid * 2 - 1
+
+
+def _sech2_times(sigmoid: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``grad * (1 - tanh^2) = grad * 4 s (1 - s)`` for ``s = sigmoid(2x)``, in place of ``s``."""
+    return sigmoid.mul_(torch.rsub(sigmoid, 1)).mul_(grad * 4)
+
 
 class EntryClasses:
     """Where each (token, feature) entry's gate and threshold window stand across
     snapshots, from the smallest and largest decoder norm of each feature, and how
-    :class:`SnapshotGatedDecode` will treat them."""
+    :class:`SnapshotGatedDecode` will treat them. Entries are indexed feature-major:
+    ``h_FN`` is the ``[F, N]`` transpose of h and flat indices are ``i * N + n``."""
 
     def __init__(
         self,
@@ -255,25 +295,33 @@ class EntryClasses:
         threshold_F: torch.Tensor,
         half_width: float,
     ) -> None:
+        self.h_FN = h_NF.detach().T.contiguous()
+        threshold_F1 = threshold_F[:, None]
         # the same two roundings as h * norms - t per snapshot (no fused multiply-add)
-        d_lo_NF = (h_NF * norms_FS.min(dim=1).values).sub_(threshold_F)
-        d_hi_NF = (h_NF * norms_FS.max(dim=1).values).sub_(threshold_F)
-        d_min_NF = torch.minimum(d_lo_NF, d_hi_NF)
-        d_max_NF = torch.maximum(d_lo_NF, d_hi_NF, out=d_hi_NF)
-        del d_lo_NF
-        self.open_all_NF = d_min_NF > 0
-        self.open_any_NF = d_max_NF > 0
-        self.all_open_flat = _flat_nonzero(self.open_all_NF)
-        self.mixed_open_flat = _flat_nonzero(self.open_any_NF & ~self.open_all_NF)
-        gather_limit = GATHER_SHARE * h_NF.numel()
+        d_lo_FN = (self.h_FN * norms_FS.min(dim=1).values[:, None]).sub_(threshold_F1)
+        d_hi_FN = (self.h_FN * norms_FS.max(dim=1).values[:, None]).sub_(threshold_F1)
+        d_min_FN = torch.minimum(d_lo_FN, d_hi_FN)
+        d_max_FN = torch.maximum(d_lo_FN, d_hi_FN, out=d_hi_FN)
+        del d_lo_FN
+        self.open_all_FN = d_min_FN > 0
+        self.open_any_FN = d_max_FN > 0
+        self.all_open_flat = _flat_nonzero(self.open_all_FN)
+        self.mixed_open_flat = _flat_nonzero(self.open_any_FN & ~self.open_all_FN)
+        gather_limit = GATHER_SHARE * self.h_FN.numel()
         self.sparse_ok = self.mixed_open_flat.numel() <= gather_limit
         """Few enough mixed gates for :class:`SnapshotGatedDecode`."""
+        self.open_rows: PaddedRows | None = None
+        """The entries open everywhere packed into rows, or None where they are gathered."""
+        if self.sparse_ok and self.all_open_flat.numel():
+            counts_F = torch.count_nonzero(self.open_all_FN, dim=1)
+            width = int(counts_F.max())
+            if counts_F.numel() * width <= PADDING_LIMIT * self.all_open_flat.numel():
+                self.open_rows = PaddedRows(self.all_open_flat, counts_F, width, self.h_FN.shape[1])
 
-        self.window_all_NF = (d_min_NF > -half_width) & (d_max_NF < half_width)
-        window_some_NF = (d_min_NF < half_width) & (d_max_NF > -half_width)
-        window_mixed_flat = _flat_nonzero(window_some_NF & ~self.window_all_NF)
-        # (count_nonzero: a bool tensor's sum() is many times slower on a CPU)
-        n_window_all = int(torch.count_nonzero(self.window_all_NF))
+        self.window_all_FN = (d_min_FN > -half_width) & (d_max_FN < half_width)
+        window_some_FN = (d_min_FN < half_width) & (d_max_FN > -half_width)
+        window_mixed_flat = _flat_nonzero(window_some_FN & ~self.window_all_FN)
+        n_window_all = int(torch.count_nonzero(self.window_all_FN))
         mode = WINDOW_MODE or (
             "per_snapshot"
             if window_mixed_flat.numel() > gather_limit
@@ -287,9 +335,17 @@ class EntryClasses:
         if self.window_per_snapshot:
             window_mixed_flat = window_mixed_flat[:0]
         elif not self.dense_window and n_window_all:
-            window_mixed_flat = torch.cat([window_mixed_flat, _flat_nonzero(self.window_all_NF)])
+            window_mixed_flat = torch.cat([window_mixed_flat, _flat_nonzero(self.window_all_FN)])
         self.window_gathered_flat = window_mixed_flat
         """Entries whose window is summed from gathered rows, per snapshot."""
+
+    @property
+    def gathered_flat(self) -> torch.Tensor:
+        """Entries whose gates and scores are worked out one entry at a time: the mixed
+        ones, and those open everywhere unless they are packed into rows."""
+        if self.open_rows is not None:
+            return self.mixed_open_flat
+        return torch.cat([self.all_open_flat, self.mixed_open_flat])
 
 
 def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
@@ -302,6 +358,78 @@ def _pair_chunks(n_pairs: int, d_in: int) -> list[slice]:
     return [slice(a, a + step) for a in range(0, n_pairs, step)]
 
 
+class PaddedRows:
+    """Feature-major entries (flat ``i * N + n``, ascending) laid out as the rows of an
+    ``[F, P]`` matrix, row i holding feature i's entries in order and zeros after them,
+    ``P`` the most entries any feature has."""
+
+    def __init__(self, flat: torch.Tensor, counts_F: torch.Tensor, width: int, n_tokens: int) -> None:
+        self.shape = (counts_F.numel(), width)
+        feature = torch.div(flat, n_tokens, rounding_mode="floor")
+        first_F = counts_F.cumsum(0).sub_(counts_F)
+        rank = torch.arange(flat.numel(), device=flat.device).sub_(first_F.index_select(0, feature))
+        self.slots = feature.mul_(width).add_(rank)
+        """Where each entry sits in the flattened ``[F, P]`` matrix."""
+
+    def pad(self, values: torch.Tensor) -> torch.Tensor:
+        """``[F, P]`` from one value per entry (zero, or False, in the padding)."""
+        out = values.new_zeros(self.shape[0] * self.shape[1])
+        return out.index_copy_(0, self.slots, values).view(self.shape)
+
+    def take(self, values_FP: torch.Tensor) -> torch.Tensor:
+        """One value per entry from an ``[F, P]`` matrix (the inverse of :meth:`pad`)."""
+        return values_FP.reshape(-1).index_select(0, self.slots)
+
+    def blocks(self, n_snapshots: int, device: torch.device) -> list[slice]:
+        """Slices of rows whose ``[rows, S, P]`` work fits ``ROW_BLOCK_ELEMENTS`` (all rows off the CPU)."""
+        n_rows, width = self.shape
+        step = n_rows if device.type != "cpu" else max(1, ROW_BLOCK_ELEMENTS // max(1, n_snapshots * width))
+        return [slice(a, a + step) for a in range(0, n_rows, step)]
+
+
+def _padded_score_sums(
+    rows: PaddedRows, h_FP: torch.Tensor, scale2_FS: torch.Tensor, score_sum_F: torch.Tensor
+) -> None:
+    """Add each feature's sum over its row's entries and every snapshot of ``tanh(c h norm)``
+    (padding adds tanh(0) = 0)."""
+    for block in rows.blocks(scale2_FS.shape[1], h_FP.device):
+        sigmoid_BSP = _sigmoid_of_twice(h_FP[block, None, :], scale2_FS[block, :, None])
+        score_sum_F[block] += _tanh_from_sigmoid(sigmoid_BSP).sum(dim=(1, 2), dtype=torch.float32)
+
+
+def _padded_score_backward(
+    rows: PaddedRows,
+    h_FP: torch.Tensor,
+    scale_FS: torch.Tensor,
+    grad_score_F: torch.Tensor,
+    window: torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The scores' gradients from the entries packed in ``rows``: to the norms (before the
+    factor c) ``[F, S]``, the sech-weighted count inside the threshold's window ``[F, S]``
+    and to h per slot ``[F, P]``. ``window`` is the entries' window membership ``[F, P]``
+    (inside at every snapshot), or ``(norms_FS, threshold_F, valid_FP, half_width)`` to
+    test it per snapshot, or None to leave the window to the gathered pairs."""
+    n_features, S = scale_FS.shape
+    scale2_FS = scale_FS * 2
+    grad_norms_FS = scale_FS.new_zeros(n_features, S)
+    window_sech_FS = scale_FS.new_zeros(n_features, S)
+    grad_h_FP = torch.empty_like(h_FP)
+    for block in rows.blocks(S, h_FP.device):
+        h_BP = h_FP[block]
+        sigmoid_BSP = _sigmoid_of_twice(h_BP[:, None, :], scale2_FS[block, :, None])
+        sech_BSP = _sech2_times(sigmoid_BSP, grad_score_F[block, None, None])
+        grad_norms_FS[block] = torch.bmm(sech_BSP, h_BP[:, :, None])[..., 0]
+        grad_h_FP[block] = torch.bmm(scale_FS[block, None, :], sech_BSP)[:, 0]
+        if isinstance(window, torch.Tensor):
+            window_sech_FS[block] = torch.bmm(sech_BSP, window[block, :, None])[..., 0]
+        elif window is not None:
+            norms_FS, threshold_F, valid_FP, half_width = window
+            distance_BSP = (h_BP[:, None, :] * norms_FS[block, :, None]).sub_(threshold_F[block, None, None])
+            inside_BSP = (distance_BSP.abs_() < half_width).logical_and_(valid_FP[block, None, :])
+            window_sech_FS[block] = torch.where(inside_BSP, sech_BSP, 0.0).sum(dim=-1)
+    return grad_norms_FS, window_sech_FS, grad_h_FP
+
+
 class SnapshotGatedDecode(torch.autograd.Function):
     """Per-snapshot gated decode, summed tanh scores and any-snapshot gate of a batch,
     without an ``[S, N, F]`` tensor.
@@ -311,7 +439,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
     Outputs ``(recon_NSD, score_sum_F, open_anywhere_NF)`` with ``recon_NSD[n, s] =
     sum_i f_SNF[s, n, i] W_dec[i, s]`` (no bias): the values and gradients of
     :class:`SnapshotGateAndScore` followed by the decoder's batched matmul, summed in
-    another order. Entries open everywhere are indexed ``a``, mixed ones ``m``.
+    another order. Entries packed into rows are indexed ``P``, gathered ones ``g``.
     """
 
     @staticmethod
@@ -328,52 +456,54 @@ class SnapshotGatedDecode(torch.autograd.Function):
         N, F_ = h_NF.shape
         S, D = W_dec_FSD.shape[1:]
         W_flat = W_dec_FSD.reshape(F_, S * D)
-        scale_FS = tanh_scale * norms_FS
-        h_flat = h_NF.view(-1)
+        scale2_FS = (2 * tanh_scale) * norms_FS
+        h_FN = classes.h_FN
+        h_flat = h_FN.view(-1)
         score_sum_F = h_NF.new_zeros(F_, dtype=torch.float32)
 
-        # open everywhere: the per-snapshot code is the shared code at every snapshot
-        i_a = classes.all_open_flat % F_
-        scale_aS = scale_FS.index_select(0, i_a)
-        score_aS = (h_flat.index_select(0, classes.all_open_flat)[:, None] * scale_aS).tanh_()
-        score_sum_F.index_add_(0, i_a, score_aS.sum(dim=1, dtype=torch.float32))
+        # open everywhere and packed into rows: the scores, row by row
+        rows = classes.open_rows
+        h_FP = None if rows is None else rows.pad(h_flat.index_select(0, classes.all_open_flat))
+        if rows is not None:
+            _padded_score_sums(rows, h_FP, scale2_FS, score_sum_F)
 
-        # open at some snapshots: gates and scores per snapshot
-        flat_m = classes.mixed_open_flat
-        i_m = flat_m % F_
-        h_m1 = h_flat.index_select(0, flat_m)[:, None]
-        open_mS = h_m1 * norms_FS.index_select(0, i_m) > threshold_F.index_select(0, i_m)[:, None]
-        f_mS = torch.where(open_mS, h_m1, 0.0)
-        score_mS = (f_mS * scale_FS.index_select(0, i_m)).tanh_()
-        score_sum_F.index_add_(0, i_m, score_mS.sum(dim=1, dtype=torch.float32))
+        # the other entries open somewhere: gates and scores per snapshot, one entry at a time
+        flat_g = classes.gathered_flat
+        i_g = torch.div(flat_g, N, rounding_mode="floor")
+        h_g1 = h_flat.index_select(0, flat_g)[:, None]
+        open_gS = h_g1 * norms_FS.index_select(0, i_g) > threshold_F.index_select(0, i_g)[:, None]
+        f_gS = torch.where(open_gS, h_g1, 0.0)
+        sigmoid_gS = _sigmoid_of_twice(f_gS, scale2_FS.index_select(0, i_g))
+        score_sum_F.index_add_(0, i_g, _tanh_from_sigmoid(sigmoid_gS).sum(dim=1, dtype=torch.float32))
 
         # decode: one matmul of the shared code where a gate is open everywhere, or mostly
         # (a feature that has emerged is shut at a few early snapshots), then a correction
         # per (entry, snapshot) pair: + h where a mostly shut gate is open, - h where a
         # mostly open one is shut. Rows of [N * S, D] and [F * S, D].
-        mostly_open_m = open_mS.sum(dim=1) * 2 > S
-        dense_NF = classes.open_all_NF.clone()
-        dense_NF.view(-1)[flat_m[mostly_open_m]] = True
-        f_dense_NF = torch.where(dense_NF, h_NF, 0.0)
-        recon_flat = f_dense_NF @ W_flat
-        pair_m, pair_s = (open_mS != mostly_open_m[:, None]).nonzero(as_tuple=True)
-        pair_row_N = (flat_m // F_).index_select(0, pair_m) * S + pair_s
-        pair_row_F = i_m.index_select(0, pair_m) * S + pair_s
-        pair_sign = 1.0 - 2.0 * mostly_open_m.index_select(0, pair_m).to(h_NF.dtype)
-        pair_h = h_m1[:, 0].index_select(0, pair_m) * pair_sign
+        mostly_open_g = open_gS.sum(dim=1) * 2 > S
+        dense_FN = classes.open_all_FN.clone()
+        dense_FN.view(-1)[flat_g[mostly_open_g]] = True
+        f_dense_FN = torch.where(dense_FN, h_FN, 0.0)
+        recon_flat = f_dense_FN.T @ W_flat
+        pair_g, pair_s = (open_gS != mostly_open_g[:, None]).nonzero(as_tuple=True)
+        pair_row_N = (flat_g - i_g * N).index_select(0, pair_g) * S + pair_s
+        pair_row_F = i_g.index_select(0, pair_g) * S + pair_s
+        pair_sign = 1.0 - 2.0 * mostly_open_g.index_select(0, pair_g).to(h_NF.dtype)
+        pair_h = h_g1[:, 0].index_select(0, pair_g) * pair_sign
         W_rows = W_dec_FSD.reshape(F_ * S, D)
         recon_rows = recon_flat.view(N * S, D)
-        for chunk in _pair_chunks(pair_m.numel(), D):
+        for chunk in _pair_chunks(pair_g.numel(), D):
             W_pD = W_rows.index_select(0, pair_row_F[chunk])
             recon_rows.index_add_(0, pair_row_N[chunk], pair_h[chunk, None] * W_pD)
 
         ctx.save_for_backward(
-            h_NF, norms_FS, threshold_F, W_dec_FSD, dense_NF, f_dense_NF, scale_aS, score_aS, open_mS, f_mS,
-            score_mS, flat_m.index_select(0, pair_m), pair_row_N, pair_row_F, pair_sign, pair_h,
+            norms_FS, threshold_F, W_dec_FSD, dense_FN, f_dense_FN, open_gS, f_gS, sigmoid_gS,
+            flat_g.index_select(0, pair_g), pair_row_N, pair_row_F, pair_sign, pair_h,
         )  # fmt: skip
-        ctx.classes, ctx.bandwidth, ctx.tanh_scale = classes, bandwidth, tanh_scale
-        ctx.mark_non_differentiable(classes.open_any_NF)
-        return recon_flat.view(N, S, D), score_sum_F.to(h_NF.dtype), classes.open_any_NF
+        ctx.classes, ctx.h_FP, ctx.bandwidth, ctx.tanh_scale = classes, h_FP, bandwidth, tanh_scale
+        open_any_NF = classes.open_any_FN.T
+        ctx.mark_non_differentiable(open_any_NF)
+        return recon_flat.view(N, S, D), score_sum_F.to(h_NF.dtype), open_any_NF
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -383,39 +513,55 @@ class SnapshotGatedDecode(torch.autograd.Function):
         _grad_open: Any,
     ) -> tuple[Any, ...]:
         (
-            h_NF, norms_FS, threshold_F, W_dec_FSD, dense_NF, f_dense_NF, scale_aS, score_aS, open_mS, f_mS,
-            score_mS, pair_flat, pair_row_N, pair_row_F, pair_sign, pair_h,
+            norms_FS, threshold_F, W_dec_FSD, dense_FN, f_dense_FN, open_gS, f_gS, sigmoid_gS,
+            pair_flat, pair_row_N, pair_row_F, pair_sign, pair_h,
         ) = ctx.saved_tensors  # fmt: skip
         classes: EntryClasses = ctx.classes
-        N, F_ = h_NF.shape
+        h_FN = classes.h_FN
+        F_, N = h_FN.shape
         S, D = W_dec_FSD.shape[1:]
         W_flat = W_dec_FSD.reshape(F_, S * D)
         scale_FS = ctx.tanh_scale * norms_FS
-        h_flat = h_NF.view(-1)
+        h_flat = h_FN.view(-1)
         grad_flat = (
-            h_NF.new_zeros(N, S * D) if grad_recon_NSD is None else grad_recon_NSD.reshape(N, S * D)
+            h_FN.new_zeros(N, S * D) if grad_recon_NSD is None else grad_recon_NSD.reshape(N, S * D)
         )
         if grad_score_F is None:
-            grad_score_F = h_NF.new_zeros(F_)
-        # gradient of the code, summed over tokens in the threshold's window, per (feature, snapshot)
-        window_grad_FS = norms_FS.new_zeros(F_, S)
+            grad_score_F = h_FN.new_zeros(F_)
+        half_width = ctx.bandwidth / 2
+
+        # decoder, the matmul's part: the plain crosscoder's backward, feature-major
+        grad_h_FN = torch.where(dense_FN, W_flat @ grad_flat.T, 0.0)
+        grad_h_flat = grad_h_FN.view(-1)
+        grad_W_flat = f_dense_FN @ grad_flat
+
+        # scores of the entries packed into rows. Their window part is the scores' gradient
+        # where a gate is open and grad * c * norm where shut (tanh(0) = 0): sech is summed
+        # over tokens first and multiplied by c * norm per (feature, snapshot) after.
+        rows: PaddedRows | None = classes.open_rows
         grad_norms_FS = norms_FS.new_zeros(F_, S)
+        window_sech_FS = norms_FS.new_zeros(F_, S)
+        if rows is not None:
+            flat_a = classes.all_open_flat
+            if classes.window_per_snapshot:
+                valid_FP = rows.pad(torch.ones_like(flat_a, dtype=torch.bool))
+                window: Any = (norms_FS, threshold_F, valid_FP, half_width)
+            elif classes.dense_window:
+                window = rows.pad(classes.window_all_FN.view(-1).index_select(0, flat_a).to(h_FN.dtype))
+            else:  # the gathered window pairs include these entries' scores
+                window = None
+            grad_norms_FS, window_sech_FS, grad_h_FP = _padded_score_backward(
+                rows, ctx.h_FP, scale_FS, grad_score_F, window
+            )
+            grad_h_flat.index_add_(0, flat_a, rows.take(grad_h_FP))
 
-        # decoder, the matmul's part: the plain crosscoder's backward
-        grad_h_NF = torch.where(dense_NF, grad_flat @ W_flat.T, 0.0)
-        grad_h_flat = grad_h_NF.view(-1)
-        grad_W_flat = f_dense_NF.T @ grad_flat
-
-        # scores: grad * sech^2 (tanh_backward), times c * norm for the code, c * f for the norm
-        flat_a, flat_m = classes.all_open_flat, classes.mixed_open_flat
-        i_a, i_m = flat_a % F_, flat_m % F_
-        sech_aS = torch.ops.aten.tanh_backward(grad_score_F.index_select(0, i_a)[:, None].expand_as(score_aS), score_aS)
-        grad_norms_FS.index_add_(0, i_a, sech_aS * h_flat.index_select(0, flat_a)[:, None])
-        grad_h_flat.index_add_(0, flat_a, torch.linalg.vecdot(sech_aS, scale_aS))
-        sech_mS = torch.ops.aten.tanh_backward(grad_score_F.index_select(0, i_m)[:, None].expand_as(score_mS), score_mS)
-        grad_norms_FS.index_add_(0, i_m, sech_mS * f_mS)
-        score_grad_mS = sech_mS * scale_FS.index_select(0, i_m)
-        grad_h_flat.index_add_(0, flat_m, torch.where(open_mS, score_grad_mS, 0.0).sum(dim=1))
+        # scores of the gathered entries: grad * sech^2, times c * norm for the code, c * f for the norm
+        flat_g = classes.gathered_flat
+        i_g = torch.div(flat_g, N, rounding_mode="floor")
+        sech_gS = _sech2_times(sigmoid_gS.clone(), grad_score_F.index_select(0, i_g)[:, None])
+        grad_norms_FS.index_add_(0, i_g, sech_gS * f_gS)
+        score_grad_gS = sech_gS * scale_FS.index_select(0, i_g)
+        grad_h_flat.index_add_(0, flat_g, torch.where(open_gS, score_grad_gS, 0.0).sum(dim=1))
 
         # decoder, the corrections of mixed gates: each (entry, snapshot) pair
         grad_rows, W_rows = grad_flat.view(N * S, D), W_dec_FSD.reshape(F_ * S, D)
@@ -426,47 +572,41 @@ class SnapshotGatedDecode(torch.autograd.Function):
             grad_h_flat.index_add_(0, pair_flat[chunk], dec_p.mul_(pair_sign[chunk]))
             grad_W_rows.index_add_(0, pair_row_F[chunk], pair_h[chunk, None] * grad_pD)
 
-        # the threshold's window. Its score part is the scores' gradient where a gate is open
-        # and grad * c * norm where shut (tanh(0) = 0): sech is summed over tokens first and
-        # multiplied by c * norm per (feature, snapshot) after.
-        half_width = ctx.bandwidth / 2
-        window_sech_FS = torch.zeros_like(window_grad_FS)
-        open_sets = ((flat_a, i_a, sech_aS), (flat_m, i_m, sech_mS))
+        # the threshold's window: the code's gradient summed over tokens inside it, per
+        # (feature, snapshot); its decoder part here, its score part as above
+        window_grad_FS = norms_FS.new_zeros(F_, S)
         if classes.window_per_snapshot:  # many entries inside at some snapshots only
-            shut_NF = ~classes.open_any_NF
+            shut_FN = ~classes.open_any_FN
             grad_NSD = grad_flat.view(N, S, D)
             for s in range(S):
-                window_NF = (h_NF * norms_FS[:, s]).sub_(threshold_F).abs_() < half_width
-                summed_FD = window_NF.to(grad_flat.dtype).T @ grad_NSD[:, s]
+                window_FN = (h_FN * norms_FS[:, s, None]).sub_(threshold_F[:, None]).abs_() < half_width
+                summed_FD = window_FN.to(grad_flat.dtype) @ grad_NSD[:, s]
                 window_grad_FS[:, s] += torch.linalg.vecdot(summed_FD, W_dec_FSD[:, s])
-                window_sech_FS[:, s] += (window_NF & shut_NF).sum(dim=0, dtype=torch.int32) * grad_score_F
-            for flat_o, i_o, sech_oS in open_sets:
-                h_o1 = h_flat.index_select(0, flat_o)[:, None]
-                distance_oS = h_o1 * norms_FS.index_select(0, i_o) - threshold_F.index_select(0, i_o)[:, None]
-                window_sech_FS.index_add_(0, i_o, sech_oS.masked_fill_(distance_oS.abs_() >= half_width, 0.0))
+                window_sech_FS[:, s] += torch.count_nonzero(window_FN & shut_FN, dim=1) * grad_score_F
+            h_g1 = h_flat.index_select(0, flat_g)[:, None]
+            distance_gS = h_g1 * norms_FS.index_select(0, i_g) - threshold_F.index_select(0, i_g)[:, None]
+            window_sech_FS.index_add_(0, i_g, sech_gS.masked_fill_(distance_gS.abs_() >= half_width, 0.0))
         elif classes.dense_window:  # many entries inside at every snapshot: one matmul
-            summed_FSD = (classes.window_all_NF.to(grad_flat.dtype).T @ grad_flat).view(F_, S, D)
+            summed_FSD = (classes.window_all_FN.to(grad_flat.dtype) @ grad_flat).view(F_, S, D)
             window_grad_FS += summed_FSD.mul_(W_dec_FSD).sum(dim=-1)
-            window_flat = classes.window_all_NF.view(-1)
-            for flat_o, i_o, sech_oS in open_sets:
-                in_o1 = window_flat.index_select(0, flat_o)[:, None]
-                window_sech_FS.index_add_(0, i_o, sech_oS.masked_fill_(~in_o1, 0.0))
-            shut_F = (classes.window_all_NF & ~classes.open_any_NF).sum(dim=0, dtype=torch.int32)
+            inside_g1 = classes.window_all_FN.view(-1).index_select(0, flat_g)[:, None]
+            window_sech_FS.index_add_(0, i_g, sech_gS.masked_fill_(~inside_g1, 0.0))
+            shut_F = torch.count_nonzero(classes.window_all_FN & ~classes.open_any_FN, dim=1)
             window_sech_FS += (shut_F * grad_score_F)[:, None]
         window_grad_FS += window_sech_FS * scale_FS
         # the other entries inside it somewhere: each (entry, snapshot) pair inside it
         flat_w = classes.window_gathered_flat
-        i_w = flat_w % F_
+        i_w = torch.div(flat_w, N, rounding_mode="floor")
         h_w = h_flat.index_select(0, flat_w)
         distance_wS = h_w[:, None] * norms_FS.index_select(0, i_w) - threshold_F.index_select(0, i_w)[:, None]
         pair_w, pair_s = (distance_wS.abs() < half_width).nonzero(as_tuple=True)
         pair_i = i_w.index_select(0, pair_w)
         pair_row_F = pair_i * S + pair_s  # also the (feature, snapshot) index of [F, S]
-        pair_row_N = (flat_w // F_).index_select(0, pair_w) * S + pair_s
+        pair_row_N = (flat_w - i_w * N).index_select(0, pair_w) * S + pair_s
         pair_scale = scale_FS.view(-1).index_select(0, pair_row_F)
         open_p = distance_wS[pair_w, pair_s] > 0
-        pair_score = torch.tanh(torch.where(open_p, h_w.index_select(0, pair_w), 0.0) * pair_scale)
-        pair_sech = torch.ops.aten.tanh_backward(grad_score_F.index_select(0, pair_i), pair_score)
+        pair_f = torch.where(open_p, h_w.index_select(0, pair_w), 0.0)
+        pair_sech = _sech2_times(_sigmoid_of_twice(pair_f, pair_scale * 2), grad_score_F.index_select(0, pair_i))
         window_flat_FS = window_grad_FS.view(-1)
         for chunk in _pair_chunks(pair_w.numel(), D):
             dec_p = torch.linalg.vecdot(
@@ -476,7 +616,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
 
         grad_threshold_F = threshold_gradient(window_grad_FS, norms_FS, threshold_F, ctx.bandwidth)
         grad_W_FSD = grad_W_flat.view(F_, S, D)
-        return grad_h_NF, grad_norms_FS * ctx.tanh_scale, grad_threshold_F, grad_W_FSD, None, None, None
+        return grad_h_FN.T, grad_norms_FS * ctx.tanh_scale, grad_threshold_F, grad_W_FSD, None, None, None
 
 
 def snapshot_gated_decode(
@@ -496,7 +636,8 @@ def snapshot_gated_decode(
     Uses :class:`SnapshotGatedDecode` when few entries are mixed, else (and under
     autocast, whose matmul dtypes the gathered updates do not follow) the per-snapshot
     :class:`SnapshotGateAndScore` and a batched matmul. Both give the same values and
-    gradients up to the order of float sums.
+    gradients up to the order of float sums (and tanh's rounding: the gated decode
+    computes it from a sigmoid).
     """
     classes = None
     if not torch.is_autocast_enabled(h_NF.device.type):
