@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 
 
 def crosslens_home() -> Path:
@@ -118,6 +118,13 @@ def pack_documents(
             "were asked for; give more text or ask for fewer tokens."
         )
     return torch.tensor(rows, dtype=torch.long)
+
+
+def row_counts(mask: Bool[torch.Tensor, "... n"]) -> Int[torch.Tensor, "..."]:
+    """True entries along the last dimension, as int32. A bool tensor's ``sum`` or
+    ``count_nonzero`` over a dimension first converts it to int64, which on a CPU takes
+    about 35 times as long as summing its bytes (docs/notes/issue-14-speed.md)."""
+    return mask.view(torch.uint8).sum(dim=-1, dtype=torch.int32)
 
 
 def one_vs_all_share(values: torch.Tensor) -> torch.Tensor:

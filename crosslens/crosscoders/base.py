@@ -186,13 +186,23 @@ class CrosscoderMixin:
         return x
 
     def hidden_pre(
-        self, x: Float[torch.Tensor, "... n_snapshots d_in"]
+        self, x: Float[torch.Tensor, "... n_snapshots d_in"], *, feature_major: bool = False
     ) -> Float[torch.Tensor, "... d_sae"]:
-        """Shared pre-activation ``h = sum_s x_s W_enc[s] + b_enc`` (hooked)."""
+        """Shared pre-activation ``h = sum_s x_s W_enc[s] + b_enc`` (hooked).
+
+        With ``feature_major`` (2-D input only) the ``[N, F]`` result is the transpose of a
+        contiguous ``[F, N]`` tensor, for kernels that read each feature's tokens as a row
+        (the JumpReLU crosscoder's training step); the matmul writes it in that layout."""
         x = self.process_sae_in(x)
         lead = x.shape[:-2]
         S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
         x_flat, W_enc_flat = x.reshape(-1, S * D), self.W_enc.reshape(S * D, F_)
+        if feature_major and len(lead) == 1:
+            if self.collectives.snapshot_size == 1:
+                h_FN = torch.addmm(self.b_enc[:, None], W_enc_flat.T, x_flat.T)
+            else:
+                h_FN = self.collectives.snapshot_sum(W_enc_flat.T @ x_flat.T) + self.b_enc[:, None]
+            return self.hook_sae_acts_pre(h_FN.T)  # type: ignore[attr-defined]
         if self.collectives.snapshot_size == 1:
             h_NF = torch.addmm(self.b_enc, x_flat, W_enc_flat)
         else:  # this rank's snapshots' share of h, summed over the snapshot axis

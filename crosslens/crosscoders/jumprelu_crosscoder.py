@@ -241,7 +241,7 @@ class JumpReLUTrainingCrosscoder(
         return super().training_forward_pass(step_input)
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
-        h_NF = self.hidden_pre(x_NSD)
+        h_NF = self.hidden_pre(x_NSD, feature_major=not self.cfg.closed_gate_decoder_grad)
         norms_FS = self.snapshot_norms()
         threshold_F = self.threshold.to(h_NF.dtype)
         kernel_args = {"bandwidth": self.cfg.jumprelu_bandwidth, "tanh_scale": self.cfg.tanh_scale}
@@ -255,8 +255,8 @@ class JumpReLUTrainingCrosscoder(
                 h_NF, norms_FS, threshold_F, self.W_dec, **kernel_args
             )
             extras = {"recon_NSD": recon_NSD, "score_sum_F": score_sum_F}
-        with torch.no_grad():
-            f_NF = torch.where(self.collectives.snapshot_any(open_anywhere_NF), h_NF, 0.0)
+        with torch.no_grad():  # (a product with the mask: several times faster than torch.where on a CPU)
+            f_NF = h_NF * self.collectives.snapshot_any(open_anywhere_NF)
         f_NF = self.hook_sae_acts_post(f_NF)
         return CrosscoderPass(x_NSD=x_NSD, hidden_pre_NF=h_NF, feature_acts_NF=f_NF, extras=extras)
 

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float
 
+from crosslens._common import row_counts
+
 CPU_BLOCK_ELEMENTS = 1 << 22
 """Elements of one ``[S, block, F]`` block on a CPU: 16 MiB in float32, about half of a
 32 MiB L3 cache. On a shared 2-core EPYC, 2^22 was the best of 2^20, 2^22 and the whole
@@ -262,10 +264,11 @@ tokens than the others (a trained crosscoder's frequent features), padding every
 its length costs more than gathering the entries one at a time, which is done instead.
 None of the two is forced by this: 0 always gathers, ``inf`` always pads (for tests)."""
 
-ROW_BLOCK_ELEMENTS = 1 << 17
-"""Elements of one ``[features, S, P]`` block of padded-row work on a CPU: 512 KiB in
-float32, so a block's few temporaries stay in a core's L2 cache instead of being written
-to memory (a fresh multi-megabyte temporary also costs page faults on every step)."""
+ROW_BLOCK_ELEMENTS = 1 << 19
+"""Elements of one ``[features, S, P]`` block of padded-row work on a CPU: 2 MiB in
+float32, so a block's few temporaries stay in cache instead of going to memory (a fresh
+multi-megabyte temporary also costs page faults on every step). Of 2^17, 2^19 and 2^21
+on a 2-core EPYC, 2^19 was fastest (docs/notes/issue-14-speed.md)."""
 
 
 def _sigmoid_of_twice(x: torch.Tensor, scale2: torch.Tensor) -> torch.Tensor:
@@ -277,9 +280,14 @@ def _tanh_from_sigmoid(sigmoid: torch.Tensor) -> torch.Tensor:
     return sigmoid * 2 - 1
 
 
+def _quarter_sech2(sigmoid: torch.Tensor) -> torch.Tensor:
+    """``(1 - tanh(x)^2) / 4 = s (1 - s)`` for ``s = sigmoid(2x)``."""
+    return torch.addcmul(sigmoid, sigmoid, sigmoid, value=-1)
+
+
 def _sech2_times(sigmoid: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``grad * (1 - tanh^2) = grad * 4 s (1 - s)`` for ``s = sigmoid(2x)``, in place of ``s``."""
-    return sigmoid.mul_(torch.rsub(sigmoid, 1)).mul_(grad * 4)
+    """``grad * (1 - tanh(x)^2)`` for ``s = sigmoid(2x)``."""
+    return _quarter_sech2(sigmoid).mul_(grad * 4)
 
 
 class EntryClasses:
@@ -295,7 +303,7 @@ class EntryClasses:
         threshold_F: torch.Tensor,
         half_width: float,
     ) -> None:
-        self.h_FN = h_NF.detach().T.contiguous()
+        self.h_FN = h_NF.detach().T.contiguous()  # no copy when h was made feature-major
         threshold_F1 = threshold_F[:, None]
         # the same two roundings as h * norms - t per snapshot (no fused multiply-add)
         d_lo_FN = (self.h_FN * norms_FS.min(dim=1).values[:, None]).sub_(threshold_F1)
@@ -313,7 +321,7 @@ class EntryClasses:
         self.open_rows: PaddedRows | None = None
         """The entries open everywhere packed into rows, or None where they are gathered."""
         if self.sparse_ok and self.all_open_flat.numel():
-            counts_F = torch.count_nonzero(self.open_all_FN, dim=1)
+            counts_F = row_counts(self.open_all_FN)
             width = int(counts_F.max())
             if counts_F.numel() * width <= PADDING_LIMIT * self.all_open_flat.numel():
                 self.open_rows = PaddedRows(self.all_open_flat, counts_F, width, self.h_FN.shape[1])
@@ -352,6 +360,7 @@ def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     return mask.view(-1).nonzero().squeeze(1)
 
 
+
 def _pair_chunks(n_pairs: int, d_in: int) -> list[slice]:
     """Slices of gathered (entry, snapshot) pairs holding about ``SPARSE_ENTRY_CHUNK`` elements each."""
     step = max(1, SPARSE_ENTRY_CHUNK // max(1, d_in))
@@ -366,7 +375,7 @@ class PaddedRows:
     def __init__(self, flat: torch.Tensor, counts_F: torch.Tensor, width: int, n_tokens: int) -> None:
         self.shape = (counts_F.numel(), width)
         feature = torch.div(flat, n_tokens, rounding_mode="floor")
-        first_F = counts_F.cumsum(0).sub_(counts_F)
+        first_F = counts_F.cumsum(0, dtype=torch.int64).sub_(counts_F)
         rank = torch.arange(flat.numel(), device=flat.device).sub_(first_F.index_select(0, feature))
         self.slots = feature.mul_(width).add_(rank)
         """Where each entry sits in the flattened ``[F, P]`` matrix."""
@@ -390,11 +399,15 @@ class PaddedRows:
 def _padded_score_sums(
     rows: PaddedRows, h_FP: torch.Tensor, scale2_FS: torch.Tensor, score_sum_F: torch.Tensor
 ) -> None:
-    """Add each feature's sum over its row's entries and every snapshot of ``tanh(c h norm)``
-    (padding adds tanh(0) = 0)."""
-    for block in rows.blocks(scale2_FS.shape[1], h_FP.device):
+    """Add each feature's sum over its row's entries and every snapshot of ``tanh(c h norm)``.
+    A row's sum of tanh is twice its sum of sigmoids less ``S * P`` (padding adds
+    sigmoid(0) = 1/2, tanh(0) = 0); the sigmoids are summed in float64 so that the
+    difference keeps float32's precision."""
+    S, width = scale2_FS.shape[1], h_FP.shape[1]
+    for block in rows.blocks(S, h_FP.device):
         sigmoid_BSP = _sigmoid_of_twice(h_FP[block, None, :], scale2_FS[block, :, None])
-        score_sum_F[block] += _tanh_from_sigmoid(sigmoid_BSP).sum(dim=(1, 2), dtype=torch.float32)
+        sigmoid_sum_B = sigmoid_BSP.sum(dim=(1, 2), dtype=torch.float64)
+        score_sum_F[block] += sigmoid_sum_B.mul_(2).sub_(S * width).to(score_sum_F.dtype)
 
 
 def _padded_score_backward(
@@ -417,17 +430,18 @@ def _padded_score_backward(
     for block in rows.blocks(S, h_FP.device):
         h_BP = h_FP[block]
         sigmoid_BSP = _sigmoid_of_twice(h_BP[:, None, :], scale2_FS[block, :, None])
-        sech_BSP = _sech2_times(sigmoid_BSP, grad_score_F[block, None, None])
-        grad_norms_FS[block] = torch.bmm(sech_BSP, h_BP[:, :, None])[..., 0]
-        grad_h_FP[block] = torch.bmm(scale_FS[block, None, :], sech_BSP)[:, 0]
+        sech_BSP = _quarter_sech2(sigmoid_BSP)  # the factor 4 * grad is per feature: applied below
+        grad_norms_FS[block] = (sech_BSP * h_BP[:, None, :]).sum(dim=-1)
+        grad_h_FP[block] = (sech_BSP * scale_FS[block, :, None]).sum(dim=1)
         if isinstance(window, torch.Tensor):
-            window_sech_FS[block] = torch.bmm(sech_BSP, window[block, :, None])[..., 0]
+            window_sech_FS[block] = (sech_BSP * window[block, None, :]).sum(dim=-1)
         elif window is not None:
             norms_FS, threshold_F, valid_FP, half_width = window
             distance_BSP = (h_BP[:, None, :] * norms_FS[block, :, None]).sub_(threshold_F[block, None, None])
             inside_BSP = (distance_BSP.abs_() < half_width).logical_and_(valid_FP[block, None, :])
-            window_sech_FS[block] = torch.where(inside_BSP, sech_BSP, 0.0).sum(dim=-1)
-    return grad_norms_FS, window_sech_FS, grad_h_FP
+            window_sech_FS[block] = (sech_BSP * inside_BSP).sum(dim=-1)
+    factor_F1 = grad_score_F[:, None] * 4
+    return grad_norms_FS.mul_(factor_F1), window_sech_FS.mul_(factor_F1), grad_h_FP.mul_(factor_F1)
 
 
 class SnapshotGatedDecode(torch.autograd.Function):
@@ -483,7 +497,8 @@ class SnapshotGatedDecode(torch.autograd.Function):
         mostly_open_g = open_gS.sum(dim=1) * 2 > S
         dense_FN = classes.open_all_FN.clone()
         dense_FN.view(-1)[flat_g[mostly_open_g]] = True
-        f_dense_FN = torch.where(dense_FN, h_FN, 0.0)
+        # (a product with the mask: several times faster than torch.where on a CPU)
+        f_dense_FN = h_FN * dense_FN
         recon_flat = f_dense_FN.T @ W_flat
         pair_g, pair_s = (open_gS != mostly_open_g[:, None]).nonzero(as_tuple=True)
         pair_row_N = (flat_g - i_g * N).index_select(0, pair_g) * S + pair_s
@@ -530,10 +545,13 @@ class SnapshotGatedDecode(torch.autograd.Function):
             grad_score_F = h_FN.new_zeros(F_)
         half_width = ctx.bandwidth / 2
 
-        # decoder, the matmul's part: the plain crosscoder's backward, feature-major
-        grad_h_FN = torch.where(dense_FN, W_flat @ grad_flat.T, 0.0)
+        # decoder, the matmul's part: the plain crosscoder's backward, feature-major. W_dec's
+        # gradient is returned as its own tensor (not a view), so that autograd can add the
+        # decoder norms' part to it in place.
+        grad_h_FN = torch.mm(W_flat, grad_flat.T).mul_(dense_FN)
         grad_h_flat = grad_h_FN.view(-1)
-        grad_W_flat = f_dense_FN @ grad_flat
+        grad_W_FSD = W_dec_FSD.new_empty(F_, S, D)
+        grad_W_flat = torch.mm(f_dense_FN, grad_flat, out=grad_W_FSD.view(F_, S * D))
 
         # scores of the entries packed into rows. Their window part is the scores' gradient
         # where a gate is open and grad * c * norm where shut (tanh(0) = 0): sech is summed
@@ -582,7 +600,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
                 window_FN = (h_FN * norms_FS[:, s, None]).sub_(threshold_F[:, None]).abs_() < half_width
                 summed_FD = window_FN.to(grad_flat.dtype) @ grad_NSD[:, s]
                 window_grad_FS[:, s] += torch.linalg.vecdot(summed_FD, W_dec_FSD[:, s])
-                window_sech_FS[:, s] += torch.count_nonzero(window_FN & shut_FN, dim=1) * grad_score_F
+                window_sech_FS[:, s] += row_counts(window_FN & shut_FN) * grad_score_F
             h_g1 = h_flat.index_select(0, flat_g)[:, None]
             distance_gS = h_g1 * norms_FS.index_select(0, i_g) - threshold_F.index_select(0, i_g)[:, None]
             window_sech_FS.index_add_(0, i_g, sech_gS.masked_fill_(distance_gS.abs_() >= half_width, 0.0))
@@ -591,7 +609,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
             window_grad_FS += summed_FSD.mul_(W_dec_FSD).sum(dim=-1)
             inside_g1 = classes.window_all_FN.view(-1).index_select(0, flat_g)[:, None]
             window_sech_FS.index_add_(0, i_g, sech_gS.masked_fill_(~inside_g1, 0.0))
-            shut_F = torch.count_nonzero(classes.window_all_FN & ~classes.open_any_FN, dim=1)
+            shut_F = row_counts(classes.window_all_FN & ~classes.open_any_FN)
             window_sech_FS += (shut_F * grad_score_F)[:, None]
         window_grad_FS += window_sech_FS * scale_FS
         # the other entries inside it somewhere: each (entry, snapshot) pair inside it
@@ -615,7 +633,6 @@ class SnapshotGatedDecode(torch.autograd.Function):
             window_flat_FS.index_add_(0, pair_row_F[chunk], torch.addcmul(dec_p, pair_sech[chunk], pair_scale[chunk]))
 
         grad_threshold_F = threshold_gradient(window_grad_FS, norms_FS, threshold_F, ctx.bandwidth)
-        grad_W_FSD = grad_W_flat.view(F_, S, D)
         return grad_h_FN.T, grad_norms_FS * ctx.tanh_scale, grad_threshold_F, grad_W_FSD, None, None, None
 
 
@@ -645,8 +662,8 @@ def snapshot_gated_decode(
             classes = EntryClasses(h_NF, norms_FS, threshold_F, bandwidth / 2)
     if classes is not None and classes.sparse_ok:
         return SnapshotGatedDecode.apply(h_NF, norms_FS, threshold_F, W_dec_FSD, classes, bandwidth, tanh_scale)
-    f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
-        h_NF, norms_FS, threshold_F, bandwidth=bandwidth, tanh_scale=tanh_scale
+    f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(  # its blocks are token-major
+        h_NF.contiguous(), norms_FS, threshold_F, bandwidth=bandwidth, tanh_scale=tanh_scale
     )
     recon_SND = torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))
     return recon_SND.transpose(0, 1), score_sum_F, open_anywhere_NF

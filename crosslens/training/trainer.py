@@ -56,6 +56,7 @@ from safetensors.torch import load_file
 from sae_lens.constants import SAE_WEIGHTS_FILENAME
 from tqdm.auto import tqdm
 
+from crosslens._common import row_counts
 from crosslens.crosscoders.base import CrosscoderTrainingMixin
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.distributed.mesh import MeshLayout, local_layout
@@ -244,13 +245,14 @@ class CrosscoderTrainer:
             scheduler.step()
 
         with torch.no_grad():
-            n_batch = self.collectives.global_batch(output.feature_acts.shape[0])
-            fired_BF = output.feature_acts != 0
+            n_local = output.feature_acts.shape[0]
+            n_batch = self.collectives.global_batch(n_local)
+            fired_F = row_counts((output.feature_acts != 0).T)  # tokens each feature fired on
             self.tokens_since_fired += n_batch
-            self.tokens_since_fired[self.collectives.data_any(fired_BF.any(dim=0))] = 0
-            self.window_fire_counts += self.collectives.data_sum(fired_BF.sum(dim=0))
+            self.tokens_since_fired[self.collectives.data_any(fired_F > 0)] = 0
+            self.window_fire_counts += self.collectives.data_sum(fired_F)
             self.window_tokens += n_batch
-            self.last_l0 = fired_BF.sum(dim=-1).float().mean()  # a tensor: no device sync per step
+            self.last_l0 = fired_F.sum() / n_local  # a tensor: no device sync per step
         self.n_steps += 1
         self.n_tokens += n_batch
         # Stop at a non-finite loss, and before any checkpoint of non-finite weights.
