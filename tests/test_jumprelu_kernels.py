@@ -213,18 +213,20 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, 
     gen = torch.Generator().manual_seed(2)
     N, F_, S, D = 40, 30, 3, 5
     h = torch.randn(N, F_, generator=gen, dtype=torch.float64, requires_grad=True)
-    norms = (torch.rand(F_, S, generator=gen, dtype=torch.float64) + 0.3).requires_grad_()
     threshold = (torch.rand(F_, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
-    W_dec = torch.randn(F_, S, D, generator=gen, dtype=torch.float64, requires_grad=True)
+    W_dec = torch.randn(F_, S, D, generator=gen, dtype=torch.float64)
+    W_dec = (W_dec / W_dec.norm(dim=-1, keepdim=True) * (torch.rand(F_, S, 1, generator=gen) + 0.3)).requires_grad_()
+    factors = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)  # folded normalisation factors
     grad_recon = torch.randn(N, S, D, generator=gen, dtype=torch.float64)
     grad_score = torch.randn(F_, generator=gen, dtype=torch.float64)
     kw = {"bandwidth": 0.4, "tanh_scale": 2.0}
 
-    recon, score, open_any = kernels.snapshot_gated_decode(h, norms, threshold, W_dec, **kw)
+    recon, score, open_any = kernels.snapshot_gated_decode(h, W_dec, threshold, norm_factors_S=factors, **kw)
     torch.autograd.backward([recon, score], [grad_recon, grad_score])
-    grads = [t.grad.clone() for t in (h, norms, threshold, W_dec)]
-    for t in (h, norms, threshold, W_dec):
+    grads = [t.grad.clone() for t in (h, threshold, W_dec)]
+    for t in (h, threshold, W_dec):
         t.grad = None
+    norms = W_dec.norm(dim=-1) * factors  # the reference: autograd's norm backward
     f_SNF, score_ref, open_ref = kernels.snapshot_gate_and_score(h, norms, threshold, **kw)
     recon_ref = torch.bmm(f_SNF, W_dec.transpose(0, 1)).transpose(0, 1)
     torch.autograd.backward([recon_ref, score_ref], [grad_recon, grad_score])
@@ -237,8 +239,14 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, 
     torch.testing.assert_close(recon, recon_ref)
     torch.testing.assert_close(score, score_ref, rtol=1e-6, atol=0)  # both sum the scores in float32
     assert torch.equal(open_any, open_ref)
-    for name, grad, t in zip(("h", "norms", "threshold", "W_dec"), grads, (h, norms, threshold, W_dec)):
+    for name, grad, t in zip(("h", "threshold", "W_dec"), grads, (h, threshold, W_dec)):
         torch.testing.assert_close(grad, t.grad, msg=f"gradient of {name}")
+    # W_dec's gradient has a part through the scores' norms, which the gated decode adds itself
+    W_dec.grad = None
+    f_SNF, _, _ = kernels.snapshot_gate_and_score(h, norms.detach(), threshold, **kw)
+    recon_no_norms = torch.bmm(f_SNF, W_dec.transpose(0, 1)).transpose(0, 1)
+    torch.autograd.backward([recon_no_norms], [grad_recon])
+    assert not torch.allclose(grads[2], W_dec.grad)
 
 
 def test_the_gated_decode_runs_where_few_gates_are_mixed(monkeypatch):

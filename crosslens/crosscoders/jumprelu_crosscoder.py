@@ -242,17 +242,16 @@ class JumpReLUTrainingCrosscoder(
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD, feature_major=not self.cfg.closed_gate_decoder_grad)
-        norms_FS = self.snapshot_norms()
         threshold_F = self.threshold.to(h_NF.dtype)
         kernel_args = {"bandwidth": self.cfg.jumprelu_bandwidth, "tanh_scale": self.cfg.tanh_scale}
         if self.cfg.closed_gate_decoder_grad:  # its decode reads the per-snapshot code
             f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
-                h_NF, norms_FS, threshold_F, **kernel_args
+                h_NF, self.snapshot_norms(), threshold_F, **kernel_args
             )
             extras = {"f_SNF": f_SNF, "score_sum_F": score_sum_F}
-        else:  # decoded with the gates, without an [S, N, F] code
+        else:  # decoded with the gates, without an [S, N, F] code; the norms are its own
             recon_NSD, score_sum_F, open_anywhere_NF = snapshot_gated_decode(
-                h_NF, norms_FS, threshold_F, self.W_dec, **kernel_args
+                h_NF, self.W_dec, threshold_F, norm_factors_S=self.folded_norm_factors, **kernel_args
             )
             extras = {"recon_NSD": recon_NSD, "score_sum_F": score_sum_F}
         with torch.no_grad():  # (a product with the mask: several times faster than torch.where on a CPU)

@@ -373,11 +373,13 @@ class PaddedRows:
     ``P`` the most entries any feature has."""
 
     def __init__(self, flat: torch.Tensor, counts_F: torch.Tensor, width: int, n_tokens: int) -> None:
-        self.shape = (counts_F.numel(), width)
-        feature = torch.div(flat, n_tokens, rounding_mode="floor")
+        n_features = counts_F.numel()
+        self.shape = (n_features, width)
+        # entry e of feature i (the entries before it: first_i) goes to i * P + e - first_i
         first_F = counts_F.cumsum(0, dtype=torch.int64).sub_(counts_F)
-        rank = torch.arange(flat.numel(), device=flat.device).sub_(first_F.index_select(0, feature))
-        self.slots = feature.mul_(width).add_(rank)
+        shift_F = torch.arange(n_features, device=flat.device).mul_(width).sub_(first_F)
+        entry = torch.arange(flat.numel(), device=flat.device)
+        self.slots = entry.add_(shift_F.repeat_interleave(counts_F, output_size=flat.numel()))
         """Where each entry sits in the flattened ``[F, P]`` matrix."""
 
     def pad(self, values: torch.Tensor) -> torch.Tensor:
@@ -448,21 +450,27 @@ class SnapshotGatedDecode(torch.autograd.Function):
     """Per-snapshot gated decode, summed tanh scores and any-snapshot gate of a batch,
     without an ``[S, N, F]`` tensor.
 
-    Inputs: ``h_NF``, ``norms_FS``, ``threshold_F``, ``W_dec_FSD``, ``classes``
-    (:class:`EntryClasses` of these h, norms and threshold), ``bandwidth``, ``tanh_scale``.
-    Outputs ``(recon_NSD, score_sum_F, open_anywhere_NF)`` with ``recon_NSD[n, s] =
-    sum_i f_SNF[s, n, i] W_dec[i, s]`` (no bias): the values and gradients of
-    :class:`SnapshotGateAndScore` followed by the decoder's batched matmul, summed in
-    another order. Entries packed into rows are indexed ``P``, gathered ones ``g``.
+    Inputs: ``h_NF``, ``W_dec_FSD``, ``threshold_F`` (differentiable); ``norms_FS``
+    (``raw_norms_FS * norm_factors_S``, the decoder norms in the training space),
+    ``raw_norms_FS`` (``||W_dec[i, s]||``) and ``norm_factors_S``, all without gradient:
+    the norms' gradient is passed on to ``W_dec`` here, in one pass, instead of by
+    autograd's norm backward; ``classes`` (:class:`EntryClasses` of these h, norms and
+    threshold), ``bandwidth``, ``tanh_scale``. Outputs ``(recon_NSD, score_sum_F,
+    open_anywhere_NF)`` with ``recon_NSD[n, s] = sum_i f_SNF[s, n, i] W_dec[i, s]`` (no
+    bias): the values and gradients of :class:`SnapshotGateAndScore` on those norms
+    followed by the decoder's batched matmul, summed in another order. Entries packed
+    into rows are indexed ``P``, gathered ones ``g``.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
         h_NF: torch.Tensor,
-        norms_FS: torch.Tensor,
-        threshold_F: torch.Tensor,
         W_dec_FSD: torch.Tensor,
+        threshold_F: torch.Tensor,
+        norms_FS: torch.Tensor,
+        raw_norms_FS: torch.Tensor,
+        norm_factors_S: torch.Tensor,
         classes: EntryClasses,
         bandwidth: float,
         tanh_scale: float,
@@ -512,7 +520,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
             recon_rows.index_add_(0, pair_row_N[chunk], pair_h[chunk, None] * W_pD)
 
         ctx.save_for_backward(
-            norms_FS, threshold_F, W_dec_FSD, dense_FN, f_dense_FN, open_gS, f_gS, sigmoid_gS,
+            norms_FS, raw_norms_FS, norm_factors_S, threshold_F, W_dec_FSD, dense_FN, f_dense_FN, open_gS, f_gS, sigmoid_gS,
             flat_g.index_select(0, pair_g), pair_row_N, pair_row_F, pair_sign, pair_h,
         )  # fmt: skip
         ctx.classes, ctx.h_FP, ctx.bandwidth, ctx.tanh_scale = classes, h_FP, bandwidth, tanh_scale
@@ -528,7 +536,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         _grad_open: Any,
     ) -> tuple[Any, ...]:
         (
-            norms_FS, threshold_F, W_dec_FSD, dense_FN, f_dense_FN, open_gS, f_gS, sigmoid_gS,
+            norms_FS, raw_norms_FS, norm_factors_S, threshold_F, W_dec_FSD, dense_FN, f_dense_FN, open_gS, f_gS, sigmoid_gS,
             pair_flat, pair_row_N, pair_row_F, pair_sign, pair_h,
         ) = ctx.saved_tensors  # fmt: skip
         classes: EntryClasses = ctx.classes
@@ -633,22 +641,29 @@ class SnapshotGatedDecode(torch.autograd.Function):
             window_flat_FS.index_add_(0, pair_row_F[chunk], torch.addcmul(dec_p, pair_sech[chunk], pair_scale[chunk]))
 
         grad_threshold_F = threshold_gradient(window_grad_FS, norms_FS, threshold_F, ctx.bandwidth)
-        return grad_h_FN.T, grad_norms_FS * ctx.tanh_scale, grad_threshold_F, grad_W_FSD, None, None, None
+        # the norms' part of W_dec's gradient, as autograd's norm backward would give it:
+        # W * (grad of ||W|| / ||W||), zero where a row's norm is 0
+        grad_raw_norms_FS = grad_norms_FS.mul_(ctx.tanh_scale).mul_(norm_factors_S)
+        per_row_FS = grad_raw_norms_FS.div_(raw_norms_FS).masked_fill_(raw_norms_FS == 0, 0.0)
+        grad_W_FSD.addcmul_(W_dec_FSD, per_row_FS[..., None])
+        return grad_h_FN.T, grad_W_FSD, grad_threshold_F, None, None, None, None, None, None
 
 
 def snapshot_gated_decode(
     h_NF: Float[torch.Tensor, "n d_sae"],
-    norms_FS: Float[torch.Tensor, "d_sae n_snapshots"],
-    threshold_F: Float[torch.Tensor, " d_sae"],
     W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    threshold_F: Float[torch.Tensor, " d_sae"],
     *,
+    norm_factors_S: Float[torch.Tensor, " n_snapshots"],
     bandwidth: float,
     tanh_scale: float,
 ) -> tuple[
     Float[torch.Tensor, "n n_snapshots d_in"], Float[torch.Tensor, " d_sae"], Bool[torch.Tensor, "n d_sae"]
 ]:
     """``(recon_NSD, score_sum_F, open_anywhere_NF)``: the decode of the per-snapshot gated
-    code (no bias), the summed tanh scores and the any-snapshot gate.
+    code (no bias), the summed tanh scores and the any-snapshot gate, for decoder norms
+    ``||W_dec[i, s]|| * norm_factors_S[s]`` (the training space's, as
+    ``CrosscoderMixin.snapshot_norms``).
 
     Uses :class:`SnapshotGatedDecode` when few entries are mixed, else (and under
     autocast, whose matmul dtypes the gathered updates do not follow) the per-snapshot
@@ -659,9 +674,14 @@ def snapshot_gated_decode(
     classes = None
     if not torch.is_autocast_enabled(h_NF.device.type):
         with torch.no_grad():
+            raw_norms_FS = W_dec_FSD.norm(dim=-1)
+            norms_FS = raw_norms_FS * norm_factors_S
             classes = EntryClasses(h_NF, norms_FS, threshold_F, bandwidth / 2)
     if classes is not None and classes.sparse_ok:
-        return SnapshotGatedDecode.apply(h_NF, norms_FS, threshold_F, W_dec_FSD, classes, bandwidth, tanh_scale)
+        return SnapshotGatedDecode.apply(
+            h_NF, W_dec_FSD, threshold_F, norms_FS, raw_norms_FS, norm_factors_S, classes, bandwidth, tanh_scale
+        )
+    norms_FS = W_dec_FSD.norm(dim=-1) * norm_factors_S
     f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(  # its blocks are token-major
         h_NF.contiguous(), norms_FS, threshold_F, bandwidth=bandwidth, tanh_scale=tanh_scale
     )
