@@ -8,7 +8,9 @@ TransformerLens ``HookedTransformer`` alike.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -71,7 +73,9 @@ def continuation_logprob_diffs(
     the causal stage's metric with the opposite sign (:mod:`crosslens.tasks.sequences`, the
     same tokenization and sums). ``batch_size`` counts rows: two per pair.
     """
-    task = pairs if isinstance(pairs, TokenizedTask) else TaskDataset("pairs", tuple(pairs)).tokenize(tokenizer)
+    if not isinstance(pairs, TokenizedTask):
+        pairs = TaskDataset("pairs", tuple(_without_corrupted(pairs))).tokenize(tokenizer)
+    task = pairs
     device = next(model.parameters()).device
     pairs_per_batch = max(1, batch_size // 2)
     diffs = []
@@ -147,6 +151,7 @@ class PicoEvaluator:
         # user's own pairs: scored by summed log-probability of each continuation.
         self.multi_token: dict[str, list[MinimalPair]] = {}
         for name, pairs in heldout_pairs(n_pairs, seed, grammar).items():
+            pairs = _without_corrupted(pairs)
             if _has_unknown_words(tokenizer, pairs):
                 self.notes.append(f"{name}: skipped, some words are outside the vocabulary")
                 continue
@@ -162,7 +167,7 @@ class PicoEvaluator:
         self.extra_columns: list[str] = []
         for name, task in (extra_tasks or {}).items():
             self.extra_columns.append(name)
-            scorable = self._scorable(name, task, tokenizer)
+            scorable = self._scorable(name, replace(task, pairs=tuple(_without_corrupted(task.pairs))), tokenizer)
             if scorable:
                 self.multi_token[name] = scorable
         # All tasks in one padded table: a few large forward passes instead of one per task.
@@ -200,6 +205,12 @@ class PicoEvaluator:
             first = next(iter(problems.values()))
             self.notes.append(f"{name}: {len(problems)} of {len(task)} pairs cannot be scored and are left out ({first})")
         return [pair for index, pair in enumerate(task.pairs) if index not in problems]
+
+
+def _without_corrupted(pairs: Sequence[MinimalPair]) -> list[MinimalPair]:
+    """The pairs without their corrupted prompts: scoring never reads them, so their token
+    counts (which patching needs aligned) must not keep a pair out of the table."""
+    return [dataclasses.replace(pair, corrupted=None) for pair in pairs]
 
 
 def _has_unknown_words(tokenizer: Any, pairs: Sequence[MinimalPair]) -> bool:
