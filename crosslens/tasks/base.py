@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 class TaskTokenizationError(ValueError):
-    """A task example does not tokenize the way attribution needs."""
+    """A task example the tokenizer cannot score (see :meth:`TaskDataset.check_tokenizer`)."""
 
 
 @dataclass(frozen=True)
