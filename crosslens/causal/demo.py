@@ -143,7 +143,7 @@ def _fitting(task: Any, tokenizer: Any, n_examples: int) -> Any:
     if len(problems) == len(task):
         first = next(iter(problems.values()))
         raise TaskTokenizationError(f"none of the {len(task)} pairs can be scored with the suite's tokenizer; {first}")
-    fitting = task.filter_tokenizable(tokenizer)
+    fitting = replace(task, pairs=tuple(pair for index, pair in enumerate(task.pairs) if index not in problems))
     if problems:
         first = next(iter(problems.values()))
         warnings.warn(f"task {task.name!r}: kept {len(fitting)} of {len(task)} pairs the tokenizer can score; {first}")
