@@ -697,21 +697,31 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
         from crosslens.causal.demo import language_attribution_sections
         from crosslens.devices import on_device
 
-        sections = language_attribution_sections(
-            on_device(suite, device, dtype), str(folder), tasks, n_examples=args.n_examples, out=args.out
-        )
+        with _task_flag_errors(args):
+            sections = language_attribution_sections(
+                on_device(suite, device, dtype), str(folder), tasks, n_examples=args.n_examples, out=args.out
+            )
         report = Path(args.out).with_suffix(".html")
         sections[0].write(report)
         print(f"report: {report}")
         return 0
     task = tasks[0]
     print(METRIC_SIGN)
-    sections = attribution_sections(
-        suite, str(folder), task=task, n_examples=args.n_examples, out=args.out, device=device, dtype=dtype
-    )
+    summaries: list = []
+    with _task_flag_errors(args):
+        sections = attribution_sections(
+            suite, str(folder), task=task, n_examples=args.n_examples, out=args.out, device=device, dtype=dtype,
+            summaries=summaries,
+        )  # fmt: skip
     report = Path(args.out).with_suffix(".html")
     sections[0].write(report)
     name = task if isinstance(task, str) else task.name
+    if not isinstance(task, str):
+        summary = summaries[0]
+        print(
+            f"pairs: {summary.n_examples} of the {len(task)} in the file scored (--n-examples caps it), "
+            f"{summary.n_multi_token} of them with multi-token continuations"
+        )
     print(f"IE table: {args.out}")
     print(f"plots and tables: {causal_out_dir(args.out, name)}")
     print(f"report: {report}")
@@ -723,9 +733,22 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
 
 
 METRIC_SIGN = (
-    "metric = logit[wrong] - logit[correct] at the prompt's last position: negative means the model prefers "
+    "metric = logit[wrong] - logit[correct] at the prompt's last position for one-token continuations, "
+    "log p(wrong) - log p(correct) summed over the tokens of longer ones: negative means the model prefers "
     "the correct continuation (more negative = more confident); an effect (IE) is the change in that metric"
 )
+
+
+@contextlib.contextmanager
+def _task_flag_errors(args: argparse.Namespace):
+    """A task the suite's tokenizer cannot score is an error in the --task (or --task-file) flag."""
+    from crosslens.tasks import TaskTokenizationError
+
+    try:
+        yield
+    except TaskTokenizationError as error:
+        flag = f"--task-file {args.task_file}" if args.task_file else f"--task {args.task}"
+        raise CLIError(f"{flag}: {error}") from None
 
 
 def _tasks_from_args(args: argparse.Namespace) -> list:

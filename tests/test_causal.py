@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import types
 
 import numpy as np
@@ -639,3 +640,182 @@ def test_relie_plots_build():
     assert names == {"specific": 1, "shared": 1, "other": 1}
     heatmap = relie_heatmap(relie_values, feature_ids=[10, 11, 12], snapshot_labels=["a", "b"])
     assert np.asarray(heatmap.data[0].z).shape == (3, 2) and list(heatmap.data[0].x) == ["a", "b"]
+
+
+# ---------------------------------------------------------------------------- multi-token continuations (issue 14)
+def multi_token_pairs(n: int = 6, corrupted: bool = True) -> tuple[MinimalPair, ...]:
+    """Agreement pairs whose continuations run on for 0-2 more words, sometimes different
+    lengths for correct and wrong: one batch mixes 1-, 2- and 3-token continuations, and
+    the last two pairs are one token on both sides."""
+    tails = ["", " tired", " tall tired", " old", "", ""]
+    pairs = []
+    for index, pair in enumerate(agreement_pairs("pp", n=n, seed=0)):
+        tail = tails[index % len(tails)]
+        wrong_tail = tail if index % 2 else tails[(index + 1) % len(tails)]
+        pairs.append(
+            MinimalPair(pair.clean, pair.correct + tail, pair.wrong + wrong_tail, corrupted=pair.corrupted if corrupted else None)
+        )
+    return tuple(pairs)
+
+
+@pytest.fixture(scope="module")
+def multi_task(tokenizer):
+    return TaskDataset(name="multi", pairs=multi_token_pairs()).tokenize(tokenizer)
+
+
+def hand_metric(model, tokenizer, pair: MinimalPair) -> float:
+    """log p(wrong) - log p(correct), each summed over its tokens, one unpadded sequence at a time."""
+    prompt = [tokenizer.bos_token_id, *tokenizer(pair.clean, add_special_tokens=False)["input_ids"]]
+    summed = []
+    for continuation in (pair.correct, pair.wrong):
+        ids = prompt + tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logprobs = model(torch.tensor([ids]))[0].log_softmax(-1)
+        summed.append(sum(float(logprobs[t - 1, ids[t]]) for t in range(len(prompt), len(ids))))
+    return summed[1] - summed[0]
+
+
+def test_multi_token_task_lays_out_both_continuations(multi_task):
+    assert multi_task.multi_token
+    lengths = multi_task.continuation_lengths
+    assert {int(n) for n in lengths.flatten()} == {1, 2, 3}  # one batch, three lengths
+    sequences = multi_task.sequences()
+    for row in range(len(multi_task)):
+        prompt_len = int(multi_task.last_pos[row]) + 1
+        for side in (0, 1):
+            n = int(lengths[row, side])
+            real = sequences.tokens[row, side][sequences.mask[row, side]].tolist()
+            expected = multi_task.clean_tokens[row, :prompt_len].tolist() + multi_task.continuation_tokens[row, side, :n].tolist()
+            assert real == expected
+            assert sequences.target_pos[row, side, :n].tolist() == list(range(prompt_len - 1, prompt_len - 1 + n))
+
+
+def test_multi_token_metric_is_the_summed_log_probability_difference(snapshots, tokenizer, multi_task, jumprelu):
+    model = snapshots[1]
+    expected = torch.tensor([hand_metric(model, tokenizer, pair) for pair in multi_token_pairs()])
+    torch.testing.assert_close(task_metric(model, multi_task), expected, rtol=1e-5, atol=1e-5)
+    # the same number through the IG path (run from the hook, the crosscoder spliced with its error term)
+    result = attribute_snapshot(model, jumprelu, multi_task, snapshot=1, config=AttributionConfig(n_steps=2, batch_size=4))
+    torch.testing.assert_close(result.metric_clean, expected, rtol=1e-5, atol=1e-5)
+    assert bool((expected != 0).all()) and len({round(float(v), 3) for v in expected}) == len(expected)
+
+
+def test_multi_token_ig_completeness(snapshots, tokenizer, multi_task):
+    crosscoder = make_crosscoder("jumprelu_crosscoder", seed=1)
+    zero_patch = TaskDataset(name="multi_zero", pairs=multi_token_pairs(corrupted=False)).tokenize(tokenizer)
+    for task in (multi_task, zero_patch):
+        gaps = []
+        for n_steps in (16, 256):
+            result = attribute_snapshot(snapshots[2], crosscoder, task, snapshot=2, config=AttributionConfig(n_steps=n_steps))
+            gaps.append(float(result.completeness_gap().abs().max()))
+        delta = (result.metric_patch - result.metric_clean).abs()
+        assert float(delta.min()) > 0.05  # the patch moves the metric, so completeness says something
+        # sum of attributions -> metric(patch) - metric(clean), the left Riemann sum's error shrinking like 1/n
+        assert gaps[1] < 0.01 * float(delta.max()) and gaps[1] < gaps[0] / 8
+
+
+def test_multi_token_batches_mixing_lengths_match_one_example_at_a_time(snapshots, tokenizer, multi_task, jumprelu):
+    model = snapshots[0]
+    config = AttributionConfig(n_steps=3, mode="per_snapshot")
+    together = attribute_snapshot(model, jumprelu, multi_task, snapshot=0, config=replace_config(config, batch_size=6))
+    alone_metric, alone_ie = [], []
+    for pair in multi_token_pairs():
+        single = TaskDataset(name="one", pairs=(pair,)).tokenize(tokenizer)
+        alone_metric.append(task_metric(model, single))
+        alone_ie.append(attribute_snapshot(model, jumprelu, single, snapshot=0, config=config).per_example)
+    torch.testing.assert_close(task_metric(model, multi_task), torch.cat(alone_metric), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(together.per_example, torch.cat(alone_ie), rtol=1e-4, atol=1e-5)
+
+
+def replace_config(config: AttributionConfig, **changes) -> AttributionConfig:
+    from dataclasses import replace
+
+    return replace(config, **changes)
+
+
+def test_one_token_path_equals_the_summed_log_probability_path(snapshots, task, jumprelu):
+    """For one-token continuations the two metrics are one number: forcing the multi-token path
+    on a one-token task changes results only by float rounding."""
+    from dataclasses import replace
+
+    forced = replace(task, multi_token=True)
+    model = snapshots[1]
+    torch.testing.assert_close(task_metric(model, forced), task_metric(model, task), rtol=1e-5, atol=1e-5)
+    config = AttributionConfig(n_steps=4, batch_size=4)
+    one = attribute_snapshot(model, jumprelu, task, snapshot=1, config=config)
+    multi = attribute_snapshot(model, jumprelu, forced, snapshot=1, config=config)
+    for name in ("metric_clean", "metric_patch", "ie", "total_ie"):
+        torch.testing.assert_close(getattr(multi, name), getattr(one, name), rtol=1e-4, atol=1e-5)
+
+
+def test_one_token_results_are_the_previous_implementations(snapshots, task, acts_all):
+    """Frozen from the implementation before multi-token support (commit d14e4ae, same fixtures):
+    the one-token path must keep giving these numbers. They matched it bit for bit
+    (docs/notes/issue-14-multitoken.md has the script)."""
+    crosscoder = make_crosscoder("jumprelu_crosscoder")
+    model = snapshots[1]
+    result = attribute_snapshot(model, crosscoder, task, snapshot=1, config=AttributionConfig(n_steps=4, batch_size=4))
+    torch.testing.assert_close(result.metric_clean, torch.tensor(FROZEN_METRIC_CLEAN), rtol=0, atol=1e-5)
+    torch.testing.assert_close(result.metric_patch, torch.tensor(FROZEN_METRIC_PATCH), rtol=0, atol=1e-5)
+    assert float(result.ie.sum()) == pytest.approx(FROZEN_IE_SUM, abs=1e-5)
+    assert result.error_ie == pytest.approx(FROZEN_ERROR_IE, abs=1e-5)
+    rows = ablation_curve(model, crosscoder, task, result.ie, snapshot=1, ks=[1, 5, 64], codes=exact_codes(crosscoder, acts_all, 1),
+                          keep_only=True, batch_size=4)  # fmt: skip
+    torch.testing.assert_close(torch.tensor([r["metric"] for r in rows]), torch.tensor(FROZEN_KEEP_ONLY_CURVE), rtol=0, atol=1e-5)
+
+
+def test_multi_token_ablation_curve_end_points(snapshots, multi_task, tokenizer, jumprelu):
+    acts = collect_activations(snapshots, HOOK, multi_task.clean_tokens, multi_task.mask.long())
+    codes = exact_codes(jumprelu, acts, 1)
+    model = snapshots[1]
+    clean = float(task_metric(model, multi_task).mean())
+    ie = attribute_snapshot(model, jumprelu, multi_task, snapshot=1, config=AttributionConfig(n_steps=2)).ie
+    ablated = ablation_curve(model, jumprelu, multi_task, ie, snapshot=1, ks=[0, 5, D_SAE], codes=codes, n_random=0, batch_size=4)
+    kept = ablation_curve(model, jumprelu, multi_task, ie, snapshot=1, ks=[0, D_SAE], codes=codes, n_random=0, keep_only=True,
+                          batch_size=4)  # fmt: skip
+    by = {(r["selection"], r["k"]): r["metric"] for r in ablated}
+    keep = {(r["selection"], r["k"]): r["metric"] for r in kept}
+    assert by[("none", 0)] == pytest.approx(clean, abs=1e-5) and by[("top", 0)] == pytest.approx(clean, abs=1e-5)
+    assert keep[("top", D_SAE)] == pytest.approx(clean, abs=1e-5)  # keeping every feature changes nothing
+    assert keep[("top", 0)] == pytest.approx(by[("top", D_SAE)], abs=1e-5)  # keep none == ablate all
+    assert abs(by[("top", D_SAE)] - clean) > 1e-3  # ablating every prompt feature moves the metric
+    # ablating every feature by hand: the spliced prompt positions decode the zero code (b_dec), error kept
+    from crosslens.causal.continuations import rows_from_prompt
+
+    part_codes, part_positions = rows_from_prompt(multi_task, codes, multi_task.feature_mask())
+    with ablate(model, jumprelu, snapshot=1, features=torch.arange(D_SAE), codes=part_codes, positions=part_positions):
+        assert float(task_metric(model, multi_task).mean()) == pytest.approx(by[("top", D_SAE)], abs=1e-5)
+
+
+def test_a_custom_metric_is_refused_for_multi_token_tasks(snapshots, multi_task, jumprelu):
+    def last_logit(logits, correct, wrong):
+        return logits.gather(-1, wrong[:, None].to(logits.device))[:, 0]
+
+    with pytest.raises(ValueError, match="several tokens.*leave metric at its default"):
+        attribute_snapshot(snapshots[0], jumprelu, multi_task, snapshot=0, metric=last_logit)
+    with pytest.raises(ValueError, match="several tokens"):
+        task_metric(snapshots[0], multi_task, last_logit)
+
+
+def test_causal_stage_on_a_multi_token_task(snapshots, tokenizer, tmp_path, jumprelu):
+    from crosslens.causal import run_causal_stage
+
+    task = TaskDataset(name="multi", pairs=multi_token_pairs())
+    result = run_causal_stage(snapshots, jumprelu, task, tmp_path, config=AttributionConfig(n_steps=2), ks=(1, 5), tokenizer=tokenizer,
+                              n_random=1, n_boot=50, progress=False)  # fmt: skip
+    summary = json.loads(result.paths.summary.read_text())
+    assert summary["metric"] == "summed_logprob_diff" and summary["n_multi_token"] == 4
+    expected = torch.tensor([hand_metric(snapshots[-1], tokenizer, pair) for pair in multi_token_pairs()]).mean()
+    assert summary["metric_clean"][-1] == pytest.approx(float(expected), abs=1e-4)
+    assert result.table.config["metric"] == "summed_logprob_diff"
+    assert "log p(wrong) - log p(correct), each summed over" in result.paths.report.read_text()
+
+
+
+
+# Computed by the one-token implementation before issue 14 (commit d14e4ae) on the fixtures above.
+FROZEN_METRIC_CLEAN = [-2.3462438583374023, 2.9201316833496094, -1.6093305349349976, 1.2303048372268677, -1.1109037399291992, 1.3608430624008179]
+FROZEN_METRIC_PATCH = [-3.293194055557251, 3.0816009044647217, -1.0784692764282227, 1.4864749908447266, -1.3648936748504639, 1.5979712009429932]
+FROZEN_IE_SUM = 0.1104346439242363
+FROZEN_ERROR_IE = -0.1140919029712677
+FROZEN_KEEP_ONLY_CURVE = [0.07413375377655029, 0.17993122339248657, 0.1638563722372055, 0.18575789034366608, 0.1638563722372055, 0.20525096356868744, 0.035789310932159424, 0.5003601908683777, 0.3140523433685303, 0.10370656102895737, 0.07413361221551895, 0.07413361221551895, 0.07413361221551895, 0.07413361221551895]

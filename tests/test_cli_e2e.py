@@ -100,6 +100,18 @@ def test_readme_walkthrough_runs_start_to_end(tmp_path, monkeypatch, capsys):
     assert "metric = logit[wrong] - logit[correct]" in text
     assert len(re.findall(r"metric [+-]\d\.\d{3} \(prefers (correct|wrong)\)", text)) == 4
     assert (tmp_path / "run" / "sections" / "attribution-pairs.json").exists()
+    # every pair the BPE can score is used (6 of 24 had one-token words), multi-token ones counted
+    scored = re.search(r"^pairs: 8 of the 24 in the file scored \(--n-examples caps it\), (\d) of them with multi-token", text, re.M)
+    assert scored and int(scored.group(1)) > 0
+    assert "crosslens: warning" not in text
+    # a pair the tokenizer cannot score (the prompt's trailing space merges into the continuation): one line naming --task
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"clean": "The dogs near ", "correct": "the cat", "wrong": "a cat"}) + "\n")
+    with pytest.raises(SystemExit) as stopped:
+        main(["attribute", "--crosscoder", "run", "--task", "bad.jsonl"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(error) == 1
+    assert error[0].startswith("crosslens attribute: error: --task bad.jsonl: none of the 1 pairs can be scored")
+    assert "merges with the end of the prompt" in error[0] and "leading space" in error[0]
 
     # analyze on RUN_DIR: the report, titled after the suite, with decoded contexts and attribution inside
     html = (tmp_path / "run" / "report.html").read_text()

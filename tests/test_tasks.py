@@ -168,7 +168,8 @@ def test_check_tokenizer_names_the_offending_example(tokenizer):
     good = MinimalPair("The pilot", " is", " are")
     multi = MinimalPair("The pilots", " aren't", " isn't")
     task = TaskDataset(name="contractions", pairs=(good, multi))
-    with pytest.raises(TaskTokenizationError, match=r"example 1 \(clean='The pilots'\).*3 tokens, not 1"):
+    # several tokens are fine (issue 14), but these three are the unknown token
+    with pytest.raises(TaskTokenizationError, match=r"example 1 \(clean='The pilots'\).*3 tokens, 3 of them the unknown"):
         task.check_tokenizer(tokenizer)
     unknown = TaskDataset(name="unknown", pairs=(MinimalPair("The pilot", " sings", " sing"),))
     with pytest.raises(TaskTokenizationError, match="unknown token"):
@@ -290,3 +291,99 @@ def test_crosslens_jsonl_round_trip(tmp_path):
     loaded = load_pairs_jsonl(path)
     assert loaded.name == "rc" and loaded.pairs == task.pairs
     assert [p.meta for p in loaded] == [p.meta for p in task]
+
+
+# ---------------------------------------------------------------------------- multi-token continuations (issue 14)
+@pytest.fixture(scope="module")
+def bpe():
+    """A small byte-level BPE trained on the pico grammar: words outside it split into pieces."""
+    from crosslens.pico import sample_documents
+    from crosslens.pico.tokenizer import train_tokenizer
+
+    return train_tokenizer(sample_documents(200, seed=1), 300)
+
+
+def n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_tokenize_keeps_each_continuations_tokens():
+    pairs = (
+        MinimalPair("The pilot", " is", " are"),
+        MinimalPair("The pilots near the tower", " are tired", " is"),
+        MinimalPair("The pilot", " was very tired", " were tired"),  # "very": an extra word of the vocabulary
+    )
+    tokenizer = word_tokenizer(extra=("very",))
+    task = TaskDataset(name="mixed", pairs=pairs)
+    task.check_tokenizer(tokenizer)  # several tokens are no problem
+    tokenized = task.tokenize(tokenizer)
+    assert tokenized.multi_token and tokenized.continuation_lengths.tolist() == [[1, 1], [2, 1], [3, 2]]
+    ids = tokenizer.convert_tokens_to_ids
+    assert tokenized.continuation_tokens[2, 0].tolist() == ids(["was", "very", "tired"])
+    assert tokenized.continuation_tokens[1, 1].tolist() == [ids("is")] + [tokenizer.pad_token_id] * 2
+    assert tokenized.correct_ids.tolist() == ids(["is", "are", "was"])  # the first token of each
+    assert tokenized.wrong_ids.tolist() == ids(["are", "is", "were"])
+    # row selection keeps the task's scoring (one-token rows of a multi-token task stay on its path)
+    first = tokenized[[0]]
+    assert first.multi_token and first.continuation_tokens.shape == (1, 2, 1)
+    one_token = TaskDataset(name="one", pairs=pairs[:1]).tokenize(tokenizer)
+    assert not one_token.multi_token and one_token.continuation_tokens.shape == (1, 2, 1)
+
+
+def test_unscorable_examples_are_refused_naming_the_fix(tokenizer):
+    from tokenizers import normalizers
+
+    merged = TaskDataset(name="merged", pairs=(MinimalPair("The pilot", " is", " are"), MinimalPair("Th", "e pilot is", "e pilots")))
+    with pytest.raises(TaskTokenizationError, match=r"example 1 \(clean='Th'\): correct continuation 'e pilot is' merges with "
+                       r"the end of the prompt.*start the continuation with its leading space"):  # fmt: skip
+        merged.check_tokenizer(word_tokenizer(extra=("Th",)))
+    assert merged.filter_tokenizable(word_tokenizer(extra=("Th",))).pairs == merged.pairs[:1]
+    assert list(merged.problems(word_tokenizer(extra=("Th",)))) == [1]
+
+    def normalized(normalizer) -> PreTrainedTokenizerFast:
+        inner = word_tokenizer()._tokenizer
+        inner.normalizer = normalizer
+        return PreTrainedTokenizerFast(tokenizer_object=inner, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>")
+
+    dropped = TaskDataset(name="dropped", pairs=(MinimalPair("The pilot", " ~", " is"),))
+    with pytest.raises(TaskTokenizationError, match=r"correct continuation ' ~' tokenizes to no tokens after the prompt.*pick a"):
+        dropped.tokenize(normalized(normalizers.Replace("~", "")))
+    same = TaskDataset(name="same", pairs=(MinimalPair("the pilot", " Is", " is"),))
+    with pytest.raises(TaskTokenizationError, match=r"tokenize to the same tokens.*cannot tell them apart"):
+        same.check_tokenizer(normalized(normalizers.Lowercase()))
+    with pytest.raises(TaskTokenizationError, match="no example of task 'same' can be scored.*cannot tell them apart"):
+        same.filter_tokenizable(normalized(normalizers.Lowercase()))
+
+
+def test_loaders_keep_multi_token_pairs(tmp_path, bpe):
+    sentences = [
+        ("The pilots sleep.", "The pilots sleeps."),
+        ("The astronaut near the volcanoes is tired.", "The astronaut near the volcanoes are tired."),
+        ("The dogs walk.", "The dogs walks."),
+    ]
+    path = _write_blimp(tmp_path / "bpe.jsonl", [{"sentence_good": g, "sentence_bad": b} for g, b in sentences])
+    task = load_blimp_jsonl(path, tokenizer=bpe)  # no pair dropped, none refused
+    assert len(task) == 3
+    assert n_tokens(bpe, " sleep") > 1 and n_tokens(bpe, " sleeps") > 1  # multi-token words the grammar lacks
+    assert task.filter_tokenizable(bpe).pairs == task.pairs
+    tokenized = task.tokenize(bpe)
+    assert tokenized.multi_token
+    for row, pair in enumerate(task):
+        for side, text in enumerate((pair.correct, pair.wrong)):
+            assert tokenized.continuation_lengths[row, side] == n_tokens(bpe, text)
+    clams = tmp_path / "bpe.txt"
+    clams.write_text("".join(f"True\t{g}\nFalse\t{b}\n" for g, b in sentences))
+    clams_task = load_clams(clams, tokenizer=bpe)
+    assert [(p.clean, p.correct, p.wrong) for p in clams_task] == [(p.clean, p.correct, p.wrong) for p in task]
+
+
+def test_shipped_task_on_a_bpe_tokenizer_keeps_its_multi_token_examples(bpe):
+    from crosslens.tasks import task_for_tokenizer
+
+    # the English agreement task's words are not in the grammar: BPE pieces, several per word.
+    # Only pairs whose corrupted prompt has another token count are dropped (patching needs them aligned).
+    with pytest.warns(UserWarning, match=r"kept 9 of 12 .*positions must line up"):
+        task = task_for_tokenizer("agreement_pp", bpe, n=12)
+    assert task.name == "agreement_pp"
+    tokenized = task.tokenize(bpe)
+    assert tokenized.multi_token and int((tokenized.continuation_lengths > 1).any(1).sum()) >= 5

@@ -11,6 +11,10 @@ changes:
 Curves (Ge et al.): the task metric after ablating the top-k features by |IE| (and
 after keeping only the top-k), for a range of k, with random-k controls drawn from
 the features active on the task.
+
+Features are ablated at the prompt's positions only; with multi-token continuations
+the model then scores both continuations under teacher forcing, their positions
+unedited (see :mod:`crosslens.causal.continuations`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from crosslens.causal.attribution import (
     logit_diff,
     tokenize_task,
 )
+from crosslens.causal.continuations import check_metric, rows_from_prompt, sequences_metric
 from crosslens.causal.splice import (
     CodeEdit,
     SnapshotCodec,
@@ -124,7 +129,18 @@ def task_metric(
     task: TokenizedTask,
     metric: Metric = logit_diff,
 ) -> Float[torch.Tensor, " n_examples"]:
-    """The metric of every example (one batch) under whatever hooks are active on ``model``."""
+    """The metric of every example (one batch) under whatever hooks are active on ``model``.
+
+    A one-token task runs its prompts (``[n_examples, seq]``) and applies ``metric`` at the
+    last position. A multi-token task runs two rows per example, prompt + correct and
+    prompt + wrong (``[2 * n_examples, width]``, :meth:`TokenizedTask.sequences`), and
+    returns the summed log-probability difference; hooks that take per-position inputs
+    (``splice(codes=..., positions=...)``) need them in that layout
+    (:func:`crosslens.causal.continuations.rows_from_prompt`).
+    """
+    check_metric(task, metric, logit_diff)
+    if task.multi_token:
+        return sequences_metric(model, task)
     logits = model(task.clean_tokens, attention_mask=task.mask.long())
     last = logits[torch.arange(len(task)), task.last_pos.to(logits.device)]
     return metric(last, task.correct_ids, task.wrong_ids).cpu()
@@ -170,6 +186,7 @@ def ablation_curve(
     of the clean-vs-all-ablated gap the kept set brings back.
     """
     hook = default_hook(crosscoder, hook)
+    check_metric(task, metric, logit_diff)
     codec = SnapshotCodec(crosscoder, snapshot, norm_factors)
     positions = task.feature_mask(include_bos=include_bos)
     if codes is None:
@@ -184,6 +201,9 @@ def ablation_curve(
         values = []
         for batch_rows, part in _chunks(task, batch_size):
             width = part.clean_tokens.shape[1]
+            part_codes, part_positions = codes[batch_rows, :width], positions[batch_rows, :width]  # type: ignore[index]
+            if part.multi_token:  # the rows task_metric runs: prompt + each continuation
+                part_codes, part_positions = rows_from_prompt(part, part_codes, part_positions)
             with ablate(
                 model,
                 crosscoder,
@@ -193,8 +213,8 @@ def ablation_curve(
                 keep_only=keep_only,
                 mean_codes=mean_codes,
                 hook=hook,
-                codes=codes[batch_rows, :width],  # type: ignore[index]
-                positions=positions[batch_rows, :width],
+                codes=part_codes,
+                positions=part_positions,
                 norm_factors=norm_factors,
             ):
                 values.append(task_metric(model, part, metric))

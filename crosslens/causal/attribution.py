@@ -1,11 +1,16 @@
 """Integrated-gradient attribution of crosscoder features (and the error node) for a task.
 
 For snapshot s, the activation at the hook is written as ``a = a_hat_s(f) + e``
-(see :mod:`crosslens.causal.splice`). The task metric, by default
-``m = logit[wrong] - logit[correct]`` at the prompt's last position, is a function
-of (f, e) through the rest of the model. Integrated gradients
+(see :mod:`crosslens.causal.splice`). The task metric is
+``m = sum log p(wrong | prompt) - sum log p(correct | prompt)`` under teacher forcing,
+each continuation's log-probability summed over its tokens; when every continuation
+of the task is one token it is computed as ``logit[wrong] - logit[correct]`` at the
+prompt's last position (the same number: the log-softmax normaliser cancels) on the
+code path that always did. Either way it is a function of (f, e) at the prompt's
+positions through the rest of the model (continuation positions keep their own clean
+activation: :mod:`crosslens.causal.continuations` says why). Integrated gradients
 (:func:`crosslens.causal.ig.integrated_gradients`) split ``m(patch) - m(clean)``
-over every feature at every position and over the error term, where the patch
+over every feature at every prompt position and over the error term, where the patch
 point comes from the corrupted prompt when the task has one and is zero otherwise.
 All path points of a batch run as one forward/backward pass along the batch axis.
 
@@ -27,6 +32,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from crosslens.causal.continuations import check_metric, continuation_path_metric, metric_name
 from crosslens.causal.ig import integrated_gradients
 from crosslens.causal.relie import relie, select_top_features
 from crosslens.causal.splice import (
@@ -50,7 +56,12 @@ def logit_diff(
     correct_ids: Int[torch.Tensor, " batch"],
     wrong_ids: Int[torch.Tensor, " batch"],
 ) -> Float[torch.Tensor, " batch"]:
-    """``logit[wrong] - logit[correct]``: negative when the model gets the pair right."""
+    """``logit[wrong] - logit[correct]``: negative when the model gets the pair right.
+
+    The metric of one-token tasks; a task with a longer continuation is scored by summed
+    log-probabilities instead (:mod:`crosslens.causal.continuations`), which equals this
+    for one-token continuations.
+    """
     picked = logits.gather(-1, torch.stack([wrong_ids, correct_ids], dim=-1).to(logits.device))
     return picked[..., 0] - picked[..., 1]
 
@@ -158,10 +169,14 @@ def attribute_snapshot(
 ) -> SnapshotAttribution:
     """Attribute ``metric`` on ``task`` to snapshot ``snapshot``'s crosscoder features.
 
+    Activations and codes are those of the prompt positions (``task.clean_tokens``).
     Activations default to the model's own; codes default to per-snapshot encoding.
     For exact mode pass codes from :func:`exact_codes` (``attribute`` does this).
+    ``metric`` applies to one-token tasks; multi-token tasks use the summed
+    log-probability difference (a custom metric is refused for them).
     """
     hook = default_hook(crosscoder, hook)
+    check_metric(task, metric, logit_diff)
     codec = SnapshotCodec(crosscoder, snapshot, norm_factors)
     acts_clean, acts_patch, codes_clean, codes_patch = _snapshot_inputs(
         model, hook, codec, task, acts_clean, acts_patch, codes_clean, codes_patch
@@ -224,11 +239,7 @@ def _attribute_batch(
     """Per-token feature IE ``[B, L, F]`` and error IE ``[B, L]`` of one batch of examples,
     with the metric at the clean and the patched end of the path ``[B]``."""
     dtype, device = codec.dtype, codec.device
-    tokens = task.clean_tokens[rows].to(device)
-    mask = task.mask.long()[rows].to(device)
-    last_pos, correct, wrong = task.last_pos[rows], task.correct_ids[rows], task.wrong_ids[rows]
     positions = positions.to(device)
-    seq = task.clean_tokens.shape[1]
     with torch.no_grad():
         f_clean, e_clean, f_patch, e_patch = ig_endpoints(
             codec,
@@ -238,21 +249,10 @@ def _attribute_batch(
             None if codes_patch is None else codes_patch.to(device, dtype),
             positions,
         )
-    batch = tokens.shape[0]
-
-    def path_metric(acts_K: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
-        n_points = acts_K.shape[0]
-        resid = final_residual_from_hook(
-            model,
-            hook,
-            acts_K.reshape(n_points * batch, seq, -1),
-            tokens.repeat(n_points, 1),
-            mask.repeat(n_points, 1),
-        )
-        rows_K = torch.arange(n_points * batch, device=resid.device)
-        last = resid[rows_K, last_pos.repeat(n_points).to(resid.device)]
-        logits = unembed(model, last[:, None, :])[:, 0]
-        return metric(logits, correct.repeat(n_points), wrong.repeat(n_points)).reshape(n_points, batch)
+    if task.multi_token:
+        path_metric = continuation_path_metric(model, hook, task[rows], device)
+    else:
+        path_metric = _last_position_path_metric(model, hook, task, rows, metric, device)
 
     # a = a_hat_s(f) + e is affine in (f, e), so interpolating (f, e) together is
     # interpolating the activation, and dm/df = dm/da W_dec[:, s]^T / c_s. One path
@@ -270,6 +270,34 @@ def _attribute_batch(
         ie_tok = (f_patch - f_clean) * codec.decode_grad(grad_acts)  # [B, L, F]
         err_tok = ((e_patch - e_clean) * grad_acts).sum(-1)  # [B, L]
     return ie_tok, err_tok, path.metric_path[0], end_metric
+
+
+def _last_position_path_metric(
+    model: HookedTransformer, hook: str, task: TokenizedTask, rows: slice, metric: Metric, device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """IG's ``metric_fn`` for one batch of a one-token task: ``metric`` on the logits at each
+    prompt's last position, ``[K, batch]`` for K path points of ``[K, batch, seq, d_in]``."""
+    tokens = task.clean_tokens[rows].to(device)
+    mask = task.mask.long()[rows].to(device)
+    last_pos, correct, wrong = task.last_pos[rows], task.correct_ids[rows], task.wrong_ids[rows]
+    seq = task.clean_tokens.shape[1]
+    batch = tokens.shape[0]
+
+    def path_metric(acts_K: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
+        n_points = acts_K.shape[0]
+        resid = final_residual_from_hook(
+            model,
+            hook,
+            acts_K.reshape(n_points * batch, seq, -1),
+            tokens.repeat(n_points, 1),
+            mask.repeat(n_points, 1),
+        )
+        rows_K = torch.arange(n_points * batch, device=resid.device)
+        last = resid[rows_K, last_pos.repeat(n_points).to(resid.device)]
+        logits = unembed(model, last[:, None, :])[:, 0]
+        return metric(logits, correct.repeat(n_points), wrong.repeat(n_points)).reshape(n_points, batch)
+
+    return path_metric
 
 
 class _IETotals:
@@ -493,7 +521,8 @@ def attribute(
         models: the CheckpointSuite the crosscoder was trained on (one model resident at a
             time), or a sequence of HookedTransformers in snapshot order.
         crosscoder: the trained crosscoder.
-        task: a :class:`TaskDataset` (tokenized with the suite's tokenizer) or a TokenizedTask.
+        task: a :class:`TaskDataset` (tokenized with the suite's tokenizer) or a TokenizedTask;
+            continuations may be several tokens (scored by summed log-probability).
         hook: hook name (default: the crosscoder's metadata).
         snapshots: which snapshots to attribute (default: all).
         config: steps, mode, batching, thresholding, reduction.
@@ -503,8 +532,8 @@ def attribute(
     hook = default_hook(crosscoder, hook)
     n_models = check_models_match(models, crosscoder)
     name, tokenized = tokenize_task(task, models, tokenizer)
+    check_metric(tokenized, metric, logit_diff)
     chosen = list(range(n_models)) if snapshots is None else [int(s) for s in snapshots]
-    mask = tokenized.mask.long()
 
     if config.mode != "exact":
         activations = None
@@ -529,7 +558,9 @@ def attribute(
             )
         )
     labels = snapshot_labels(models, n_models)
-    return table_from_snapshots(name, results, [labels[i] for i in chosen], config, hook, len(tokenized))
+    return table_from_snapshots(
+        name, results, [labels[i] for i in chosen], config, hook, len(tokenized), metric_name(tokenized, metric)
+    )
 
 
 def exact_snapshot_inputs(
@@ -558,8 +589,10 @@ def table_from_snapshots(
     config: AttributionConfig,
     hook: str,
     n_examples: int,
+    metric: str = "logit_diff",
 ) -> IETable:
-    """The :class:`IETable` of per-snapshot attributions, one column per result in order."""
+    """The :class:`IETable` of per-snapshot attributions, one column per result in order;
+    ``metric`` names what the numbers measure (``"logit_diff"`` or ``"summed_logprob_diff"``)."""
     return IETable(
         task=name,
         snapshots=[r.snapshot for r in results],
@@ -568,6 +601,6 @@ def table_from_snapshots(
         metric_clean=torch.stack([r.metric_clean.mean() for r in results]),
         metric_patch=torch.stack([r.metric_patch.mean() for r in results]),
         snapshot_labels=list(labels),
-        config={**asdict(config), "hook": hook, "n_examples": n_examples},
+        config={**asdict(config), "hook": hook, "n_examples": n_examples, "metric": metric},
         ie_per_example=torch.stack([r.per_example for r in results], dim=2),
     )

@@ -11,8 +11,8 @@ from typing import Any
 from crosslens._common import crosslens_home
 from crosslens.causal.ablation import AblationMode
 from crosslens.causal.attribution import AttributionConfig
-from crosslens.causal.stage import load_crosscoder, run_causal_stage
-from crosslens.tasks import task_for_tokenizer
+from crosslens.causal.stage import load_crosscoder, metric_formula, run_causal_stage
+from crosslens.tasks import TaskTokenizationError, task_for_tokenizer
 
 
 def causal_out_dir(out: str | Path | None, task: str) -> Path:
@@ -72,7 +72,14 @@ def attribution_sections(
     if summaries is not None:
         summaries.append(summary)
     print(f"causal stage ({dataset.name}, {summary.n_examples} examples): files in {out_dir}")
-    print("  metric = logit[wrong] - logit[correct]: negative means the model prefers the correct continuation")
+    if summary.n_multi_token:
+        print(
+            f"  {summary.n_multi_token} of {summary.n_examples} examples have continuations of several tokens: "
+            "features are patched at the prompt's positions and both continuations scored under teacher forcing"
+        )
+        print(f"  metric = {metric_formula(summary.metric)}: negative means the model prefers the correct continuation")
+    else:
+        print("  metric = logit[wrong] - logit[correct]: negative means the model prefers the correct continuation")
     for label, clean, specific in zip(summary.snapshots, summary.metric_clean, summary.specific_per_snapshot):
         side = "prefers correct" if clean < 0 else "prefers wrong"
         print(f"  {label:>12s}  metric {clean:+.3f} ({side})  snapshot-specific features {specific}")
@@ -129,8 +136,15 @@ def language_attribution_sections(
 
 
 def _fitting(task: Any, tokenizer: Any, n_examples: int) -> Any:
-    """The first ``n_examples`` pairs of ``task`` whose continuations are single tokens of ``tokenizer``."""
-    fitting = task.filter_tokenizable(tokenizer)
-    if len(fitting) < len(task):
-        warnings.warn(f"task {task.name!r}: kept {len(fitting)} of {len(task)} examples that fit this tokenizer")
+    """The first ``n_examples`` pairs of ``task`` that ``tokenizer`` can score (continuations of
+    any length; see :meth:`TaskDataset.check_tokenizer`), with a warning naming why the first
+    dropped one could not be."""
+    problems = task.problems(tokenizer)
+    if len(problems) == len(task):
+        first = next(iter(problems.values()))
+        raise TaskTokenizationError(f"none of the {len(task)} pairs can be scored with the suite's tokenizer; {first}")
+    fitting = replace(task, pairs=tuple(pair for index, pair in enumerate(task.pairs) if index not in problems))
+    if problems:
+        first = next(iter(problems.values()))
+        warnings.warn(f"task {task.name!r}: kept {len(fitting)} of {len(task)} pairs the tokenizer can score; {first}")
     return fitting if len(fitting) <= n_examples else replace(fitting, pairs=fitting.pairs[:n_examples])

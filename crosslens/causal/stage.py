@@ -17,6 +17,7 @@ import torch
 from crosslens.causal.ablation import AblationMode, snapshot_ablation_rows
 from crosslens.causal.attribution import (
     AttributionConfig,
+    logit_diff,
     IETable,
     attribute_snapshot,
     check_models_match,
@@ -28,6 +29,7 @@ from crosslens.causal.attribution import (
 )
 from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
 from crosslens.causal.claims import causal_claims
+from crosslens.causal.continuations import SUMMED_LOGPROB_DIFF, metric_name
 from crosslens.causal.relie import (
     RelIEThresholds,
     bootstrap_ie_ci,
@@ -97,6 +99,10 @@ class CausalSummary:
     """Keep-only top-k restoration at the last snapshot, keyed by k (strings, as in JSON)."""
     claims_final: dict[str, Any]
     """:func:`crosslens.causal.claims.causal_claims` at the last snapshot."""
+    metric: str = "logit_diff"
+    """``"logit_diff"`` (every continuation one token) or ``"summed_logprob_diff"``."""
+    n_multi_token: int = 0
+    """Examples with a continuation of several tokens."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,7 +188,7 @@ def run_causal_stage(
     result = _relie_of(table, crosscoder, top_k, thresholds, effect_floor, n_boot)
     report = causal_report(table, result.selected, result.relie, result.reldec, rows, thresholds)
     _add_ci_section(report, table, result.selected, result.ci_low, result.ci_high, result.classed, result.effect_floor)
-    summary = _summary(table, result, rows, len(tokenized), ablation)
+    summary = _summary(table, result, rows, tokenized, ablation)
     paths = CausalStagePaths(
         ie_table=table.save(out / "ie_table.json"),
         relie=_write_json(out / "relie.json", _relie_json(table, result, thresholds)),
@@ -222,7 +228,8 @@ def _attribute_and_ablate(
             model, crosscoder, tokenized, attribution.ie, snapshot=index, label=labels[column], task_name=name,
             ks=ks, hook=hook, codes=inputs.get("codes_clean"), mode=ablation, n_random=n_random,
         )  # fmt: skip
-    return table_from_snapshots(name, results, labels, config, hook, len(tokenized)), rows
+    table = table_from_snapshots(name, results, labels, config, hook, len(tokenized), metric_name(tokenized, logit_diff))
+    return table, rows
 
 
 def _relie_of(
@@ -272,12 +279,12 @@ def _relie_json(table: IETable, result: _RelIEResult, thresholds: RelIEThreshold
 
 
 def _summary(
-    table: IETable, result: _RelIEResult, rows: Sequence[dict[str, Any]], n_examples: int, ablation: str
+    table: IETable, result: _RelIEResult, rows: Sequence[dict[str, Any]], tokenized: TokenizedTask, ablation: str
 ) -> CausalSummary:
     selected = result.selected
     return CausalSummary(
         task=table.task,
-        n_examples=n_examples,
+        n_examples=len(tokenized),
         snapshots=list(table.snapshot_labels),
         metric_clean=table.metric_clean.tolist(),
         metric_patch=table.metric_patch.tolist(),
@@ -288,6 +295,8 @@ def _summary(
         ablation=ablation,
         keep_only_restored_final=_restored_at(rows, table.snapshots[-1]),
         claims_final=causal_claims(rows, table.snapshots[-1]),
+        metric=str(table.config.get("metric", "logit_diff")),
+        n_multi_token=int((tokenized.continuation_lengths > 1).any(dim=1).sum()),  # type: ignore[operator]
     )
 
 
@@ -360,9 +369,15 @@ def causal_report(
         ]
     )
     report.add_text(
-        "metric = logit[wrong] - logit[correct] at the last position: negative means the model is right "
+        f"metric = {metric_formula(table.config.get('metric'))}: negative means the model is right "
         "(prefers the correct continuation), and more negative means more confident. An IE is the change in "
         "this metric when a feature is patched: a negative IE means the feature helps the correct answer."
+        + (
+            " Features are patched at the prompt's positions; the continuations are scored under teacher "
+            "forcing, their positions unedited."
+            if table.config.get("metric") == SUMMED_LOGPROB_DIFF
+            else ""
+        )
     )
     report.add_heading("RelIE")
     report.add_figure(
@@ -405,6 +420,13 @@ def causal_report(
             ]
         )
     return report
+
+
+def metric_formula(metric: str | None) -> str:
+    """The task metric in words, for tables and printouts."""
+    if metric == SUMMED_LOGPROB_DIFF:
+        return "log p(wrong) - log p(correct), each summed over its continuation's tokens"
+    return "logit[wrong] - logit[correct] at the last position"
 
 
 def load_ie_table(path: str | Path) -> IETable:

@@ -8,7 +8,9 @@ TransformerLens ``HookedTransformer`` alike.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ from jaxtyping import Float, Int
 
 from crosslens.tasks.grammar import AGREEMENT_KINDS, PicoGrammar
 from crosslens.tasks.base import MinimalPair, TaskDataset, TaskTokenizationError, TokenizedTask
+from crosslens.tasks.sequences import at_targets, logprob_diff
 
 TASK_COLUMNS = ("simple", "pp", "rc", "ioi")
 """Minimal-pair tasks in an eval row: agreement (simple, across a PP, across a relative clause), IOI."""
@@ -40,8 +43,14 @@ def pair_logit_diffs(
     """``logit[correct] - logit[wrong]`` at each prompt's last position (BOS prepended).
 
     ``pairs`` may be pre-tokenized (:meth:`TaskDataset.tokenize`) to skip tokenizing again.
+    Every continuation must be one token; :func:`continuation_logprob_diffs` scores longer ones.
     """
     task = pairs if isinstance(pairs, TokenizedTask) else TaskDataset("pairs", tuple(pairs)).tokenize(tokenizer)
+    if task.multi_token:
+        raise TaskTokenizationError(
+            "pair_logit_diffs compares one next token, but some continuations are several tokens; "
+            "score them with continuation_logprob_diffs"
+        )
     device = next(model.parameters()).device
     diffs = []
     for start in range(0, len(task), batch_size):
@@ -54,38 +63,28 @@ def pair_logit_diffs(
 
 @torch.no_grad()
 def continuation_logprob_diffs(
-    model: Any, tokenizer: Any, pairs: Sequence[MinimalPair], *, batch_size: int = 64
+    model: Any, tokenizer: Any, pairs: Sequence[MinimalPair] | TokenizedTask, *, batch_size: int = 64
 ) -> Float[torch.Tensor, " n_pairs"]:
     """``log p(correct | prompt) - log p(wrong | prompt)`` per pair, each continuation's
     log-probability summed over its tokens (BOS prepended to the prompt).
 
     Unlike :func:`pair_logit_diffs` this scores continuations of any length, so pairs whose
-    words a BPE tokenizer splits into several pieces are measured instead of skipped.
+    words a BPE tokenizer splits into several pieces are measured instead of skipped. It is
+    the causal stage's metric with the opposite sign (:mod:`crosslens.tasks.sequences`, the
+    same tokenization and sums). ``batch_size`` counts rows: two per pair.
     """
-    from crosslens.tasks.base import bos_id, encode
-
-    bos = bos_id(tokenizer)
-    rows: list[tuple[list[int], int]] = []  # (ids, prompt length); two rows per pair: correct, wrong
-    for pair in pairs:
-        prompt = [bos, *encode(tokenizer, pair.clean)]
-        for continuation in (pair.correct, pair.wrong):
-            ids = encode(tokenizer, continuation)
-            if not ids:
-                raise TaskTokenizationError(f"continuation {continuation!r} encodes to no tokens")
-            rows.append(([*prompt, *ids], len(prompt)))
+    if not isinstance(pairs, TokenizedTask):
+        pairs = TaskDataset("pairs", tuple(_without_corrupted(pairs))).tokenize(tokenizer)
+    task = pairs
     device = next(model.parameters()).device
-    scores: list[float] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids_BL = torch.tensor([ids + [bos] * (width - len(ids)) for ids, _ in chunk], device=device)
-        logprobs_BLV = _logits(model, ids_BL).float().log_softmax(-1)
-        for row, (ids, n_prompt) in enumerate(chunk):  # position t predicts token t + 1
-            targets = torch.tensor(ids[n_prompt:], device=device)
-            positions = torch.arange(n_prompt - 1, len(ids) - 1, device=device)
-            scores.append(float(logprobs_BLV[row, positions, targets].sum()))
-    score_P2 = torch.tensor(scores).view(-1, 2)
-    return score_P2[:, 0] - score_P2[:, 1]
+    pairs_per_batch = max(1, batch_size // 2)
+    diffs = []
+    for start in range(0, len(task), pairs_per_batch):
+        sequences = task[start : start + pairs_per_batch].sequences().to(device)
+        n_pairs, _, width = sequences.tokens.shape
+        logits_N2WV = _logits(model, sequences.flat_tokens()).reshape(n_pairs, 2, width, -1)
+        diffs.append(-logprob_diff(at_targets(logits_N2WV, sequences), sequences).cpu())
+    return torch.cat(diffs)
 
 
 def evaluate_pairs(
@@ -130,7 +129,8 @@ class PicoEvaluator:
     tokens of ``tokenizer`` (a user corpus's BPE) is scored by summed continuation
     log-probability instead (:func:`continuation_logprob_diffs`); one with words outside
     the vocabulary is skipped, with the reason in ``notes``. ``extra_tasks`` (the user's own
-    pairs) are always scored that way and reported under ``row["extra"]``.
+    pairs) are always scored that way and reported under ``row["extra"]``; pairs among them
+    the tokenizer cannot score (:meth:`TaskDataset.problems`) are left out, with a note.
     """
 
     def __init__(
@@ -151,18 +151,25 @@ class PicoEvaluator:
         # user's own pairs: scored by summed log-probability of each continuation.
         self.multi_token: dict[str, list[MinimalPair]] = {}
         for name, pairs in heldout_pairs(n_pairs, seed, grammar).items():
+            pairs = _without_corrupted(pairs)
             if _has_unknown_words(tokenizer, pairs):
                 self.notes.append(f"{name}: skipped, some words are outside the vocabulary")
                 continue
             try:
-                TaskDataset(name, tuple(pairs)).tokenize(tokenizer)
-                kept[name] = pairs
-            except TaskTokenizationError:
+                tokenized = TaskDataset(name, tuple(pairs)).tokenize(tokenizer)
+            except TaskTokenizationError as error:
+                self.notes.append(f"{name}: skipped, {error}")
+                continue
+            if tokenized.multi_token:
                 self.multi_token[name] = pairs
+            else:
+                kept[name] = pairs
         self.extra_columns: list[str] = []
         for name, task in (extra_tasks or {}).items():
-            self.multi_token[name] = list(task.pairs)
             self.extra_columns.append(name)
+            scorable = self._scorable(name, replace(task, pairs=tuple(_without_corrupted(task.pairs))), tokenizer)
+            if scorable:
+                self.multi_token[name] = scorable
         # All tasks in one padded table: a few large forward passes instead of one per task.
         all_pairs = tuple(pair for pairs in kept.values() for pair in pairs)
         self.pairs = TaskDataset("pico", all_pairs).tokenize(tokenizer) if all_pairs else None
@@ -180,13 +187,30 @@ class PicoEvaluator:
         for name, pairs in self.multi_token.items():
             diffs[name] = continuation_logprob_diffs(model, self.tokenizer, pairs)
         if self.extra_columns:
-            row["extra"] = {name: float((diffs[name] > 0).float().mean()) for name in self.extra_columns}
+            row["extra"] = {
+                name: float((diffs[name] > 0).float().mean()) if name in diffs else None for name in self.extra_columns
+            }
         for name in TASK_COLUMNS:
             row[name] = float((diffs[name] > 0).float().mean()) if name in diffs else None
         attractor = [diffs[name] for name in ("pp", "rc") if name in diffs]
         # Every attractor has the subject's other number: preferring the wrong form = agreeing with it.
         row["nearest_noun"] = float((torch.cat(attractor) < 0).float().mean()) if attractor else None
         return row
+
+
+    def _scorable(self, name: str, task: TaskDataset, tokenizer: Any) -> list[MinimalPair]:
+        """The user's pairs the tokenizer can score; why others cannot goes to ``notes``."""
+        problems = task.problems(tokenizer)
+        if problems:
+            first = next(iter(problems.values()))
+            self.notes.append(f"{name}: {len(problems)} of {len(task)} pairs cannot be scored and are left out ({first})")
+        return [pair for index, pair in enumerate(task.pairs) if index not in problems]
+
+
+def _without_corrupted(pairs: Sequence[MinimalPair]) -> list[MinimalPair]:
+    """The pairs without their corrupted prompts: scoring never reads them, so their token
+    counts (which patching needs aligned) must not keep a pair out of the table."""
+    return [dataclasses.replace(pair, corrupted=None) for pair in pairs]
 
 
 def _has_unknown_words(tokenizer: Any, pairs: Sequence[MinimalPair]) -> bool:

@@ -138,9 +138,10 @@ def list_tasks() -> list[str]:
 def task_for_tokenizer(name: str, tokenizer, n: int = 64, seed: int = 0) -> TaskDataset:
     """:func:`get_task`, made to fit ``tokenizer``.
 
-    If the task's words are not single tokens (e.g. the English ``agreement_pp`` on the
-    pico suite's word-level vocabulary), its ``pico_`` counterpart is used when that
-    fits; otherwise the examples that do not fit are dropped with a warning.
+    Continuations may be several tokens. If the tokenizer cannot score the task (e.g. the
+    English ``agreement_pp`` on the pico suite's word-level vocabulary, which lacks its
+    words), its ``pico_`` counterpart is used when that fits; otherwise the examples that
+    cannot be scored are dropped with a warning.
     """
     import warnings
 

@@ -1,11 +1,17 @@
 """Minimal pairs, task datasets, and their tokenization.
 
-A minimal pair is a prompt plus two one-token continuations: the one a competent
-model should prefer (``correct``) and the one it should not (``wrong``). Some tasks
-also carry a ``corrupted`` prompt: the same prompt with the one cue that decides the
-answer changed, so that the model should now prefer ``wrong``. Continuations are
-stored exactly as they are appended to the prompt, usually with a leading space
+A minimal pair is a prompt plus two continuations: the one a competent model should
+prefer (``correct``) and the one it should not (``wrong``). A continuation may be one
+token or several (a word a BPE tokenizer splits into pieces). Some tasks also carry a
+``corrupted`` prompt: the same prompt with the one cue that decides the answer
+changed, so that the model should now prefer ``wrong``. Continuations are stored
+exactly as they are appended to the prompt, usually with a leading space
 (``clean + correct`` is the grammatical sentence's prefix).
+
+A continuation's tokens are those of ``clean + continuation`` after the prompt's own
+tokens (the way the model reads the whole sentence), so the prompt must tokenize as a
+prefix of prompt + continuation: a continuation that merges with the prompt's last
+token is refused (:class:`TaskTokenizationError` names the example and the fix).
 """
 
 from __future__ import annotations
@@ -14,14 +20,17 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Int
 
+if TYPE_CHECKING:
+    from crosslens.tasks.sequences import TaskSequences
+
 
 class TaskTokenizationError(ValueError):
-    """A task example does not tokenize the way attribution needs."""
+    """A task example the tokenizer cannot score (see :meth:`TaskDataset.check_tokenizer`)."""
 
 
 @dataclass(frozen=True)
@@ -29,9 +38,10 @@ class MinimalPair:
     """One task example: a prompt and the two continuations to compare."""
 
     clean: str
-    """The prompt; the model's next-token prediction after it is what is measured."""
+    """The prompt; the model's prediction of the continuation after it is what is measured."""
     correct: str
-    """The continuation a competent model prefers, as appended to the prompt (e.g. ``" are"``)."""
+    """The continuation a competent model prefers, as appended to the prompt (e.g. ``" are"``;
+    one token or several)."""
     wrong: str
     """The continuation it should not prefer (e.g. ``" is"``)."""
     corrupted: str | None = None
@@ -69,48 +79,86 @@ class TokenizedTask:
 
     Right padding leaves every real position's logits unchanged under causal
     attention, so no attention mask is needed; ``last_pos`` says where each prompt
-    ends and ``mask`` which positions are real.
+    ends and ``mask`` which positions are real. ``clean_tokens`` hold the prompts
+    only; each example's two continuations are in ``continuation_tokens`` (index 0
+    the correct one, 1 the wrong one), and :meth:`sequences` lays out prompt +
+    continuation for teacher-forced scoring.
     """
 
     clean_tokens: Int[torch.Tensor, "n_examples seq"]
     corrupted_tokens: Int[torch.Tensor, "n_examples seq"] | None
     correct_ids: Int[torch.Tensor, " n_examples"]
+    """First token of each correct continuation (the whole continuation when it is one token)."""
     wrong_ids: Int[torch.Tensor, " n_examples"]
+    """First token of each wrong continuation."""
     last_pos: Int[torch.Tensor, " n_examples"]
     """Index of each prompt's last token: the logits there predict the continuation."""
     mask: Bool[torch.Tensor, "n_examples seq"]
     """True at real tokens (BOS included), False at padding."""
     has_bos: bool
     """Whether position 0 of every row is a prepended BOS token."""
+    continuation_tokens: Int[torch.Tensor, "n_examples 2 n_cont"] | None = None
+    """Each example's (correct, wrong) continuation tokens, right-padded with ``pad_id``;
+    None means ``correct_ids``/``wrong_ids`` are the whole (one-token) continuations."""
+    continuation_lengths: Int[torch.Tensor, "n_examples 2"] | None = None
+    """How many tokens each (correct, wrong) continuation has."""
+    multi_token: bool | None = None
+    """Whether the task has a continuation of several tokens. Decided for the whole task
+    when it is tokenized and kept by row selection, so that every batch of a task is
+    scored the same way: summed log-probabilities if True, else the last-position logit
+    difference (the same number in exact arithmetic; see
+    :func:`crosslens.causal.attribution.logit_diff`)."""
+    pad_id: int = 0
+    """The id padding positions hold (never read: they are masked or after every real token)."""
+
+    def __post_init__(self) -> None:
+        if self.continuation_tokens is None:
+            self.continuation_tokens = torch.stack([self.correct_ids, self.wrong_ids], dim=-1)[..., None]
+            self.continuation_lengths = torch.ones(self.continuation_tokens.shape[:2], dtype=torch.long)
+        if self.continuation_lengths is None:
+            raise ValueError("TokenizedTask: continuation_tokens needs continuation_lengths")
+        if self.multi_token is None:
+            self.multi_token = bool((self.continuation_lengths > 1).any())
 
     def __len__(self) -> int:
         return int(self.clean_tokens.shape[0])
 
     def __getitem__(self, index: slice | torch.Tensor | Sequence[int]) -> "TokenizedTask":
-        """Rows ``index`` of every tensor, trimmed to their longest prompt."""
+        """Rows ``index`` of every tensor, trimmed to their longest prompt and continuation."""
         rows = index if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long)
         last_pos = self.last_pos[rows]
         width = int(last_pos.max()) + 1 if last_pos.numel() else 0
-        return TokenizedTask(
+        lengths = self.continuation_lengths[rows]  # type: ignore[index]
+        n_cont = int(lengths.max()) if lengths.numel() else 0
+        return replace(
+            self,
             clean_tokens=self.clean_tokens[rows, :width],
             corrupted_tokens=None if self.corrupted_tokens is None else self.corrupted_tokens[rows, :width],
             correct_ids=self.correct_ids[rows],
             wrong_ids=self.wrong_ids[rows],
             last_pos=last_pos,
             mask=self.mask[rows, :width],
-            has_bos=self.has_bos,
+            continuation_tokens=self.continuation_tokens[rows, :, :n_cont],  # type: ignore[index]
+            continuation_lengths=lengths,
         )
 
     def feature_mask(self, *, include_bos: bool = False) -> Bool[torch.Tensor, "n_examples seq"]:
-        """Positions whose crosscoder features are spliced and attributed.
+        """Positions whose crosscoder features are spliced and attributed: the prompt's.
 
         The BOS position is left out by default: its activation is an outlier that
-        crosscoders are not trained on (harvesting excludes it).
+        crosscoders are not trained on (harvesting excludes it). Continuation positions
+        are never among them (see :meth:`sequences`).
         """
         positions = self.mask.clone()
         if self.has_bos and not include_bos:
             positions[:, 0] = False
         return positions
+
+    def sequences(self) -> "TaskSequences":
+        """Each example's prompt + correct and prompt + wrong continuation, for teacher forcing."""
+        from crosslens.tasks.sequences import task_sequences
+
+        return task_sequences(self)
 
     def to(self, device: torch.device | str) -> "TokenizedTask":
         return replace(
@@ -121,6 +169,8 @@ class TokenizedTask:
             wrong_ids=self.wrong_ids.to(device),
             last_pos=self.last_pos.to(device),
             mask=self.mask.to(device),
+            continuation_tokens=self.continuation_tokens.to(device),  # type: ignore[union-attr]
+            continuation_lengths=self.continuation_lengths.to(device),  # type: ignore[union-attr]
         )
 
 
@@ -140,6 +190,32 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     if hasattr(tokenizer, "encode") and not callable(getattr(tokenizer, "convert_tokens_to_ids", None)):
         return list(tokenizer.encode(text, add_special_tokens=False).ids)  # tokenizers.Tokenizer
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def continuation_ids(tokenizer: Any, prompt: str, continuation: str, *, prompt_ids: list[int] | None = None) -> list[int]:
+    """The tokens of ``continuation`` as the model reads it after ``prompt``.
+
+    They are the tokens of ``prompt + continuation`` after the prompt's own tokens (how
+    the whole sentence tokenizes), so the prompt's tokens must be a prefix of that: a
+    continuation that merges with the prompt's last token (``"The dog" + "s"``) has no
+    tokens of its own, and neither has one whose characters the tokenizer drops. Both
+    raise :class:`TaskTokenizationError` saying how to fix the example.
+    """
+    prompt_ids = encode(tokenizer, prompt) if prompt_ids is None else prompt_ids
+    whole = encode(tokenizer, prompt + continuation)
+    if whole[: len(prompt_ids)] != prompt_ids:
+        raise TaskTokenizationError(
+            f"continuation {continuation!r} merges with the end of the prompt (prompt + continuation does not "
+            "start with the prompt's tokens); end the prompt at a word boundary and start the continuation "
+            "with its leading space (e.g. clean='The keys', correct=' are')"
+        )
+    ids = whole[len(prompt_ids) :]
+    if not ids:
+        raise TaskTokenizationError(
+            f"continuation {continuation!r} tokenizes to no tokens after the prompt (the tokenizer drops its "
+            "characters); pick a continuation the vocabulary can spell"
+        )
+    return ids
 
 
 def _special_id(tokenizer: Any, name: str) -> int | None:
@@ -210,26 +286,40 @@ class TaskDataset:
         return replace(self, pairs=self.pairs[:n])
 
     # ------------------------------------------------------------------ tokenization
-    def _problems(self, index: int, pair: MinimalPair, tokenizer: Any) -> list[str]:
+    def _problems(self, pair: MinimalPair, tokenizer: Any) -> list[str]:
+        """Why ``pair`` cannot be scored with ``tokenizer`` (empty when it can)."""
         problems = []
         unk = _special_id(tokenizer, "unk")
+        prompt_ids = encode(tokenizer, pair.clean)
+        tokens: dict[str, list[int]] = {}
         for role in ("correct", "wrong"):
             text = getattr(pair, role)
-            ids = encode(tokenizer, text)
-            if len(ids) != 1:
-                problems.append(
-                    f"{role} continuation {text!r} is {len(ids)} tokens, not 1 "
-                    "(pick a one-token word, or drop the example with filter_tokenizable)"
-                )
-            elif unk is not None and ids[0] == unk:
+            try:
+                ids = continuation_ids(tokenizer, pair.clean, text, prompt_ids=prompt_ids)
+            except TaskTokenizationError as error:
+                problems.append(f"{role} {error}")
+                continue
+            tokens[role] = ids
+            n_unknown = sum(token == unk for token in ids) if unk is not None else 0
+            if n_unknown and len(ids) == 1:
                 problems.append(f"{role} continuation {text!r} is the unknown token; the vocabulary lacks it")
+            elif n_unknown:
+                problems.append(
+                    f"{role} continuation {text!r} is {len(ids)} tokens, {n_unknown} of them the unknown token; "
+                    "the vocabulary lacks it"
+                )
+        if not problems and tokens["correct"] == tokens["wrong"]:
+            problems.append(
+                f"correct {pair.correct!r} and wrong {pair.wrong!r} tokenize to the same tokens {tokens['correct']}; "
+                "the tokenizer cannot tell them apart (pick words it spells differently)"
+            )
         if unk is not None:
             for role in ("clean", "corrupted"):
                 text = getattr(pair, role)
                 if text is not None and unk in encode(tokenizer, text):
                     problems.append(f"{role} prompt {text!r} has words outside the vocabulary (unknown tokens)")
         if pair.corrupted is not None:
-            n_clean, n_corrupt = len(encode(tokenizer, pair.clean)), len(encode(tokenizer, pair.corrupted))
+            n_clean, n_corrupt = len(prompt_ids), len(encode(tokenizer, pair.corrupted))
             if n_clean != n_corrupt:
                 problems.append(
                     f"corrupted prompt {pair.corrupted!r} is {n_corrupt} tokens but the clean prompt is "
@@ -237,30 +327,45 @@ class TaskDataset:
                 )
         return problems
 
-    def check_tokenizer(self, tokenizer: Any) -> None:
-        """Raise :class:`TaskTokenizationError` naming the first example that does not tokenize cleanly.
+    def problems(self, tokenizer: Any) -> dict[int, str]:
+        """Every example that cannot be scored with ``tokenizer``: its index and why (the
+        message :meth:`check_tokenizer` raises for it)."""
+        tokenizer = resolve_tokenizer(tokenizer)
+        found = {}
+        for index, pair in enumerate(self.pairs):
+            problems = self._problems(pair, tokenizer)
+            if problems:
+                found[index] = f"task {self.name!r}, example {index} (clean={pair.clean!r}): " + "; ".join(problems)
+        return found
 
-        Every ``correct``/``wrong`` continuation must be exactly one known token, prompts
-        must not contain the unknown token, and a corrupted prompt must have as many
-        tokens as its clean prompt.
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """Raise :class:`TaskTokenizationError` naming the first example that cannot be scored.
+
+        Continuations may be any number of tokens, but each must be at least one token
+        after the prompt's (see :func:`continuation_ids`), none may hold the unknown
+        token, and the correct and wrong ones must tokenize differently. Prompts must not
+        contain the unknown token, and a corrupted prompt must have as many tokens as its
+        clean prompt.
         """
         tokenizer = resolve_tokenizer(tokenizer)
         for index, pair in enumerate(self.pairs):
-            problems = self._problems(index, pair, tokenizer)
+            problems = self._problems(pair, tokenizer)
             if problems:
                 raise TaskTokenizationError(
                     f"task {self.name!r}, example {index} (clean={pair.clean!r}): " + "; ".join(problems)
                 )
 
     def filter_tokenizable(self, tokenizer: Any) -> "TaskDataset":
-        """The examples that pass :meth:`check_tokenizer` (raises if none do)."""
+        """The examples that pass :meth:`check_tokenizer` (raises if none do).
+
+        Multi-token continuations are kept; what is dropped cannot be scored at all
+        (:meth:`problems` says why).
+        """
         tokenizer = resolve_tokenizer(tokenizer)
-        kept = tuple(p for i, p in enumerate(self.pairs) if not self._problems(i, p, tokenizer))
+        kept = tuple(p for p in self.pairs if not self._problems(p, tokenizer))
         if not kept:
-            raise TaskTokenizationError(
-                f"task {self.name!r}: no example tokenizes cleanly with this tokenizer "
-                "(run check_tokenizer to see why the first one fails)"
-            )
+            first = next(iter(self.problems(tokenizer).values()))
+            raise TaskTokenizationError(f"no example of task {self.name!r} can be scored with this tokenizer; {first}")
         return replace(self, pairs=kept)
 
     def tokenize(self, tokenizer: Any, *, prepend_bos: bool = True) -> TokenizedTask:
@@ -268,7 +373,8 @@ class TaskDataset:
         tokenizer = resolve_tokenizer(tokenizer)
         self.check_tokenizer(tokenizer)
         prefix = [bos_id(tokenizer)] if prepend_bos else []
-        clean = [prefix + encode(tokenizer, p.clean) for p in self.pairs]
+        prompt_ids = [encode(tokenizer, p.clean) for p in self.pairs]
+        clean = [prefix + ids for ids in prompt_ids]
         for index, ids in enumerate(clean):
             if not ids:
                 raise TaskTokenizationError(
@@ -278,21 +384,30 @@ class TaskDataset:
         corrupted = None
         if self.has_corrupted:
             corrupted = [prefix + encode(tokenizer, p.corrupted) for p in self.pairs]  # type: ignore[arg-type]
+        continuations = [
+            [continuation_ids(tokenizer, p.clean, text, prompt_ids=ids) for text in (p.correct, p.wrong)]
+            for p, ids in zip(self.pairs, prompt_ids)
+        ]
         width = max(len(ids) for ids in clean)
         pad = _pad_id(tokenizer)
 
-        def padded(rows: list[list[int]]) -> torch.Tensor:
-            return torch.tensor([ids + [pad] * (width - len(ids)) for ids in rows], dtype=torch.long)
+        def padded(rows: list[list[int]], to: int) -> torch.Tensor:
+            return torch.tensor([ids + [pad] * (to - len(ids)) for ids in rows], dtype=torch.long)
 
+        n_cont = max(len(ids) for pair in continuations for ids in pair)
+        continuation_tokens = torch.stack([padded(pair, n_cont) for pair in continuations])
         lengths = torch.tensor([len(ids) for ids in clean])
         return TokenizedTask(
-            clean_tokens=padded(clean),
-            corrupted_tokens=None if corrupted is None else padded(corrupted),
-            correct_ids=torch.tensor([encode(tokenizer, p.correct)[0] for p in self.pairs]),
-            wrong_ids=torch.tensor([encode(tokenizer, p.wrong)[0] for p in self.pairs]),
+            clean_tokens=padded(clean, width),
+            corrupted_tokens=None if corrupted is None else padded(corrupted, width),
+            correct_ids=continuation_tokens[:, 0, 0].clone(),
+            wrong_ids=continuation_tokens[:, 1, 0].clone(),
             last_pos=lengths - 1,
             mask=torch.arange(width)[None, :] < lengths[:, None],
             has_bos=prepend_bos,
+            continuation_tokens=continuation_tokens,
+            continuation_lengths=torch.tensor([[len(ids) for ids in pair] for pair in continuations]),
+            pad_id=pad,
         )
 
     # ------------------------------------------------------------------ files

@@ -1,9 +1,9 @@
 """Bring-your-own minimal pairs: BLiMP-format JSONL, CLAMS-style text files, crosslens JSONL.
 
 BLiMP, CLAMS and MultiBLiMP give whole sentence pairs (grammatical, ungrammatical).
-Attribution needs a prompt and two one-token continuations, so a sentence pair is
-turned into a minimal pair by its longest common word prefix: the prefix is the
-prompt and the first words that differ are the continuations::
+Attribution needs a prompt and two continuations, so a sentence pair is turned into
+a minimal pair by its longest common word prefix: the prefix is the prompt and the
+first words that differ are the continuations::
 
     good: "The keys to the cabinet are on the table."
     bad:  "The keys to the cabinet is on the table."
@@ -12,8 +12,10 @@ prompt and the first words that differ are the continuations::
 Words are runs of letters/digits (with inner apostrophes or hyphens) or single
 punctuation marks; the prompt and continuations keep the original spacing.
 Pairs with no such difference (identical sentences, or one a prefix of the other)
-are rejected with the file and line that hold them. Whether each continuation is
-one token depends on the tokenizer: pass ``tokenizer=`` to check while loading.
+are rejected with the file and line that hold them. A continuation may be several
+tokens (a word a BPE tokenizer splits); whether a tokenizer can score the pair at all
+(:meth:`TaskDataset.check_tokenizer`: no unknown tokens, continuations that do not
+merge with the prompt) is checked while loading when ``tokenizer=`` is given.
 
 Formats:
 
@@ -51,7 +53,7 @@ OnInvalid = Literal["raise", "skip"]
 
 
 class MinimalPairFormatError(ValueError):
-    """A sentence pair cannot be turned into a prompt plus one-word continuations."""
+    """A sentence pair cannot be turned into a prompt plus continuations."""
 
 
 def pair_from_sentences(good: str, bad: str, meta: dict[str, Any] | None = None) -> MinimalPair:
@@ -144,7 +146,8 @@ def load_blimp_jsonl(
     Args:
         path: the ``.jsonl`` file.
         name: task name (default: the file's stem, e.g. ``"regular_plural_subject_verb_agreement_1"``).
-        tokenizer: if given, also require one-token continuations (HF tokenizer or HookedTransformer).
+        tokenizer: if given, also require that it can score each pair (HF tokenizer or
+            HookedTransformer; :meth:`TaskDataset.check_tokenizer`); continuations may be several tokens.
         on_invalid: ``"raise"`` on the first unusable pair (naming its line) or ``"skip"`` it.
         limit: keep at most this many usable pairs.
         good_key, bad_key: the fields holding the grammatical and ungrammatical sentence.
