@@ -221,7 +221,7 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, 
     grad_score = torch.randn(F_, generator=gen, dtype=torch.float64)
     kw = {"bandwidth": 0.4, "tanh_scale": 2.0}
 
-    recon, score, open_any = kernels.snapshot_gated_decode(h, W_dec, threshold, norm_factors_S=factors, **kw)
+    recon, score, open_any, shared = kernels.snapshot_gated_decode(h, W_dec, threshold, norm_factors_S=factors, **kw)
     torch.autograd.backward([recon, score], [grad_recon, grad_score])
     grads = [t.grad.clone() for t in (h, threshold, W_dec)]
     for t in (h, threshold, W_dec):
@@ -239,6 +239,7 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, 
     torch.testing.assert_close(recon, recon_ref)
     torch.testing.assert_close(score, score_ref, rtol=1e-6, atol=0)  # both sum the scores in float32
     assert torch.equal(open_any, open_ref)
+    assert torch.equal(shared, torch.where(open_ref, h, 0.0)) and not shared.requires_grad
     for name, grad, t in zip(("h", "threshold", "W_dec"), grads, (h, threshold, W_dec)):
         torch.testing.assert_close(grad, t.grad, msg=f"gradient of {name}")
     # W_dec's gradient has a part through the scores' norms, which the gated decode adds itself

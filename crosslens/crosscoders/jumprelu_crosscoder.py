@@ -244,18 +244,21 @@ class JumpReLUTrainingCrosscoder(
         h_NF = self.hidden_pre(x_NSD, feature_major=not self.cfg.closed_gate_decoder_grad)
         threshold_F = self.threshold.to(h_NF.dtype)
         kernel_args = {"bandwidth": self.cfg.jumprelu_bandwidth, "tanh_scale": self.cfg.tanh_scale}
+        shared_NF = None
         if self.cfg.closed_gate_decoder_grad:  # its decode reads the per-snapshot code
             f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
                 h_NF, self.snapshot_norms(), threshold_F, **kernel_args
             )
             extras = {"f_SNF": f_SNF, "score_sum_F": score_sum_F}
         else:  # decoded with the gates, without an [S, N, F] code; the norms are its own
-            recon_NSD, score_sum_F, open_anywhere_NF = snapshot_gated_decode(
+            recon_NSD, score_sum_F, open_anywhere_NF, shared_NF = snapshot_gated_decode(
                 h_NF, self.W_dec, threshold_F, norm_factors_S=self.folded_norm_factors, **kernel_args
             )
             extras = {"recon_NSD": recon_NSD, "score_sum_F": score_sum_F}
-        with torch.no_grad():  # (a product with the mask: several times faster than torch.where on a CPU)
-            f_NF = h_NF * self.collectives.snapshot_any(open_anywhere_NF)
+        if shared_NF is None or self.collectives.snapshot_size > 1:  # other ranks' gates count too
+            with torch.no_grad():  # (a product with the mask: several times faster than torch.where on a CPU)
+                shared_NF = h_NF * self.collectives.snapshot_any(open_anywhere_NF)
+        f_NF = shared_NF
         f_NF = self.hook_sae_acts_post(f_NF)
         return CrosscoderPass(x_NSD=x_NSD, hidden_pre_NF=h_NF, feature_acts_NF=f_NF, extras=extras)
 

@@ -456,7 +456,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
     the norms' gradient is passed on to ``W_dec`` here, in one pass, instead of by
     autograd's norm backward; ``classes`` (:class:`EntryClasses` of these h, norms and
     threshold), ``bandwidth``, ``tanh_scale``. Outputs ``(recon_NSD, score_sum_F,
-    open_anywhere_NF)`` with ``recon_NSD[n, s] = sum_i f_SNF[s, n, i] W_dec[i, s]`` (no
+    open_anywhere_NF, shared_code_NF)`` (the last two without gradient) with ``recon_NSD[n, s] = sum_i f_SNF[s, n, i] W_dec[i, s]`` (no
     bias): the values and gradients of :class:`SnapshotGateAndScore` on those norms
     followed by the decoder's batched matmul, summed in another order. Entries packed
     into rows are indexed ``P``, gathered ones ``g``.
@@ -524,9 +524,14 @@ class SnapshotGatedDecode(torch.autograd.Function):
             flat_g.index_select(0, pair_g), pair_row_N, pair_row_F, pair_sign, pair_h,
         )  # fmt: skip
         ctx.classes, ctx.h_FP, ctx.bandwidth, ctx.tanh_scale = classes, h_FP, bandwidth, tanh_scale
-        open_any_NF = classes.open_any_FN.T
-        ctx.mark_non_differentiable(open_any_NF)
-        return recon_flat.view(N, S, D), score_sum_F.to(h_NF.dtype), open_any_NF
+        # the shared code h * [open at some snapshot]: the dense code with the mixed entries
+        # it leaves out (open at a few snapshots only) put back (a copy: hooks may edit it)
+        shared_FN = f_dense_FN.clone()
+        few_open_g = flat_g[~mostly_open_g]
+        shared_FN.view(-1)[few_open_g] = h_flat.index_select(0, few_open_g)
+        open_any_NF, shared_NF = classes.open_any_FN.T, shared_FN.T
+        ctx.mark_non_differentiable(open_any_NF, shared_NF)
+        return recon_flat.view(N, S, D), score_sum_F.to(h_NF.dtype), open_any_NF, shared_NF
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -534,6 +539,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         grad_recon_NSD: torch.Tensor | None,
         grad_score_F: torch.Tensor | None,
         _grad_open: Any,
+        _grad_shared: Any,
     ) -> tuple[Any, ...]:
         (
             norms_FS, raw_norms_FS, norm_factors_S, threshold_F, W_dec_FSD, dense_FN, f_dense_FN, open_gS, f_gS, sigmoid_gS,
@@ -658,10 +664,14 @@ def snapshot_gated_decode(
     bandwidth: float,
     tanh_scale: float,
 ) -> tuple[
-    Float[torch.Tensor, "n n_snapshots d_in"], Float[torch.Tensor, " d_sae"], Bool[torch.Tensor, "n d_sae"]
+    Float[torch.Tensor, "n n_snapshots d_in"],
+    Float[torch.Tensor, " d_sae"],
+    Bool[torch.Tensor, "n d_sae"],
+    Float[torch.Tensor, "n d_sae"],
 ]:
-    """``(recon_NSD, score_sum_F, open_anywhere_NF)``: the decode of the per-snapshot gated
-    code (no bias), the summed tanh scores and the any-snapshot gate, for decoder norms
+    """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)``: the decode of the
+    per-snapshot gated code (no bias), the summed tanh scores, the any-snapshot gate and
+    the shared code ``h * open_anywhere`` (no gradient), for decoder norms
     ``||W_dec[i, s]|| * norm_factors_S[s]`` (the training space's, as
     ``CrosscoderMixin.snapshot_norms``).
 
@@ -686,4 +696,6 @@ def snapshot_gated_decode(
         h_NF.contiguous(), norms_FS, threshold_F, bandwidth=bandwidth, tanh_scale=tanh_scale
     )
     recon_SND = torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))
-    return recon_SND.transpose(0, 1), score_sum_F, open_anywhere_NF
+    with torch.no_grad():
+        shared_NF = h_NF * open_anywhere_NF
+    return recon_SND.transpose(0, 1), score_sum_F, open_anywhere_NF, shared_NF
