@@ -262,7 +262,7 @@ PADDING_LIMIT = 2.0
 matrix has at most this many slots per entry. Where one feature is open for far more
 tokens than the others (a trained crosscoder's frequent features), padding every row to
 its length costs more than gathering the entries one at a time, which is done instead.
-None of the two is forced by this: 0 always gathers, ``inf`` always pads (for tests)."""
+0 always gathers and ``inf`` always pads (for tests)."""
 
 ROW_BLOCK_ELEMENTS = 1 << 19
 """Elements of one ``[features, S, P]`` block of padded-row work on a CPU: 2 MiB in
