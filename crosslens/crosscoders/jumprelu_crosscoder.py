@@ -258,8 +258,7 @@ class JumpReLUTrainingCrosscoder(
         if shared_NF is None or self.collectives.snapshot_size > 1:  # other ranks' gates count too
             with torch.no_grad():  # (a product with the mask: several times faster than torch.where on a CPU)
                 shared_NF = h_NF * self.collectives.snapshot_any(open_anywhere_NF)
-        f_NF = shared_NF
-        f_NF = self.hook_sae_acts_post(f_NF)
+        f_NF = self.hook_sae_acts_post(shared_NF)
         return CrosscoderPass(x_NSD=x_NSD, hidden_pre_NF=h_NF, feature_acts_NF=f_NF, extras=extras)
 
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
