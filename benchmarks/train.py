@@ -4,8 +4,7 @@ in the same run on the same machine.
 1. Tokens/s of one ``CrosscoderTrainer.step`` per architecture, against a plain dense
    einsum ReLU crosscoder with the same shapes, loss, Adam and gradient clipping.
    Goal: the dense path (ReLU crosscoder) >= 0.9x the reference; JumpReLU >= 0.8x (issue
-   14). The "floor" row is the reference step plus the one extra matmul JumpReLU's exact
-   threshold gradient needs at initialisation: the most JumpReLU can reach there.
+   14).
 2. Achieved FLOP/s of each training step (10 * B * S * D * F FLOPs for a dense step:
    encode forward and weight gradient, decode forward, input and weight gradients) as a
    fraction of a plain ``[B, S*D] @ [S*D, F]`` matmul's FLOP/s.
@@ -92,22 +91,6 @@ def crosslens_step_fn(
     return lambda x: trainer.step(x)
 
 
-def window_floor_step_fn(S: int, D: int, F_: int, B: int) -> Callable[[torch.Tensor], None]:
-    """The reference step plus the one matmul a JumpReLU step needs beyond it at
-    initialisation: the threshold window's ``[F, B] @ [B, S*D]`` sum, which its exact
-    straight-through gradient needs wherever most entries are inside the window (77% of a
-    fresh crosscoder's). Its ratio bounds what JumpReLU can reach at initialisation."""
-    ref = reference_step_fn(S, D, F_)
-    window_FB = (torch.rand(F_, B) < 0.77).float()
-    grad_BX = torch.randn(B, S * D)
-
-    def step(x: torch.Tensor) -> None:
-        ref(x)
-        window_FB @ grad_BX
-
-    return step
-
-
 def per_snapshot_kernel(step: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor], None]:
     """``step`` with JumpReLU's gated decode turned off: the [S, N, F] kernel it replaced
     (which it still falls back to when many gates are mixed)."""
@@ -174,11 +157,10 @@ def main() -> None:
     mm_rate = matmul_flops_per_s(B, S * D, F_, args.rounds)
     print(f"\nplain matmul [{B}, {S * D}] @ [{S * D}, {F_}]: {mm_rate / 1e9:.1f} GFLOP/s")
     header = ("architecture", "tokens/s", "ref tokens/s", "ratio", "GFLOP/s", "of matmul")
-    print("\n{:<56}{:>10}{:>14}{:>8}{:>10}{:>11}".format(*header))
+    print("\n{:<44}{:>10}{:>14}{:>8}{:>10}{:>11}".format(*header))
     variants = {
         "crosscoder": {},
         "jumprelu_crosscoder": {},
-        "jumprelu_crosscoder (floor: reference + window matmul)": {},
         "jumprelu_crosscoder (per-snapshot kernel)": {},
         "topk_crosscoder (dense decode)": {"sparse_decode": False},
         "topk_crosscoder (sparse decode)": {"sparse_decode": True},
@@ -188,8 +170,7 @@ def main() -> None:
     variants = {label: kw for label, kw in variants.items() if args.only in label}
     for label, kw in variants.items():
         arch = label.split()[0]
-        ours = (window_floor_step_fn(S, D, F_, B) if "floor" in label
-                else crosslens_step_fn(arch, S, D, F_, k, **kw))  # fmt: skip
+        ours = crosslens_step_fn(arch, S, D, F_, k, **kw)
         if "per-snapshot kernel" in label:
             ours = per_snapshot_kernel(ours)
         times = time_alternating(
@@ -201,7 +182,7 @@ def main() -> None:
             warmup=1,
         )
         rate = dense_flops / times["ours"]  # dense-equivalent FLOPs, so sparse shows its gain
-        print(f"{label:<56}{B / times['ours']:>10.0f}{B / times['ref']:>14.0f}"
+        print(f"{label:<44}{B / times['ours']:>10.0f}{B / times['ref']:>14.0f}"
               f"{times['ref'] / times['ours']:>8.2f}{rate / 1e9:>10.1f}{rate / mm_rate:>11.2f}")
 
     if args.compile:

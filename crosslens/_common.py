@@ -123,7 +123,7 @@ def pack_documents(
 def row_counts(mask: Bool[torch.Tensor, "... n"]) -> Int[torch.Tensor, "..."]:
     """True entries along the last dimension, as int32. A bool tensor's ``sum`` or
     ``count_nonzero`` over a dimension first converts it to int64, which on a CPU takes
-    about 35 times as long as summing its bytes (docs/notes/issue-14-speed.md)."""
+    about ten times as long as summing its bytes (``benchmarks/cpu_ops.py``)."""
     return mask.view(torch.uint8).sum(dim=-1, dtype=torch.int32)
 
 

@@ -446,6 +446,30 @@ def _padded_score_backward(
     return grad_norms_FS.mul_(factor_F1), window_sech_FS.mul_(factor_F1), grad_h_FP.mul_(factor_F1)
 
 
+def _code_grad_and_window_sums(
+    W_dec_FSD: torch.Tensor, grad_flat: torch.Tensor, window_mask: Any
+) -> tuple[Float[torch.Tensor, "d_sae n"], Float[torch.Tensor, "d_sae n_snapshots"]]:
+    """The decoder's gradient to the code, summed over snapshots, ``[F, N]``, and its sum
+    over each (feature, snapshot)'s tokens inside the threshold window ``[F, S]``
+    (``window_mask(s)``: a float ``[F, N]`` mask), from one ``[F, D] @ [D, N]`` product per
+    snapshot: each product is added into the first and gives the second as masked row
+    sums. One matmul for the code's gradient and another for the window's sums over
+    tokens (``mask @ grad``, then a dot with W_dec) took about 40% longer
+    (``benchmarks/cpu_ops.py``, 2c)."""
+    F_, S, D = W_dec_FSD.shape
+    grad_NSD = grad_flat.view(-1, S, D)
+    grad_FN = W_dec_FSD.new_empty(F_, grad_NSD.shape[0])
+    product_FN, scratch_FN = torch.empty_like(grad_FN), torch.empty_like(grad_FN)
+    window_FS = W_dec_FSD.new_empty(F_, S)
+    for s in range(S):
+        out_FN = grad_FN if s == 0 else product_FN
+        torch.mm(W_dec_FSD[:, s], grad_NSD[:, s].T, out=out_FN)
+        window_FS[:, s] = torch.mul(out_FN, window_mask(s), out=scratch_FN).sum(dim=1)
+        if s:
+            grad_FN += product_FN
+    return grad_FN, window_FS
+
+
 class SnapshotGatedDecode(torch.autograd.Function):
     """Per-snapshot gated decode, summed tanh scores and any-snapshot gate of a batch,
     without an ``[S, N, F]`` tensor.
@@ -559,11 +583,28 @@ class SnapshotGatedDecode(torch.autograd.Function):
             grad_score_F = h_FN.new_zeros(F_)
         half_width = ctx.bandwidth / 2
 
-        # decoder, the matmul's part: the plain crosscoder's backward, feature-major. W_dec's
-        # gradient is returned as its own tensor (not a view), so that autograd can add the
-        # decoder norms' part to it in place.
-        grad_h_FN = torch.mm(W_flat, grad_flat.T).mul_(dense_FN)
-        grad_h_flat = grad_h_FN.view(-1)
+        # decoder, the matmul's part: the plain crosscoder's backward, feature-major. Where
+        # the threshold window is summed from masks, the code's gradient comes per snapshot
+        # with the window's decoder sums (see _code_grad_and_window_sums). W_dec's gradient is
+        # returned as its own tensor (not a view), so that autograd can add the decoder
+        # norms' part to it in place.
+        window_grad_FS = norms_FS.new_zeros(F_, S)
+        window_sech_FS = norms_FS.new_zeros(F_, S)
+        if classes.window_per_snapshot:  # many entries inside at some snapshots only
+            shut_FN = ~classes.open_any_FN
+
+            def window_mask(s: int) -> torch.Tensor:
+                window_FN = (h_FN * norms_FS[:, s, None]).sub_(threshold_F[:, None]).abs_() < half_width
+                window_sech_FS[:, s] += row_counts(window_FN & shut_FN) * grad_score_F
+                return window_FN.to(grad_flat.dtype)
+
+            grad_h_FN, window_grad_FS = _code_grad_and_window_sums(W_dec_FSD, grad_flat, window_mask)
+        elif classes.dense_window:  # many entries inside at every snapshot
+            window_all_FN = classes.window_all_FN.to(grad_flat.dtype)
+            grad_h_FN, window_grad_FS = _code_grad_and_window_sums(W_dec_FSD, grad_flat, lambda s: window_all_FN)
+        else:
+            grad_h_FN = torch.mm(W_flat, grad_flat.T)
+        grad_h_flat = grad_h_FN.mul_(dense_FN).view(-1)
         grad_W_FSD = W_dec_FSD.new_empty(F_, S, D)
         grad_W_flat = torch.mm(f_dense_FN, grad_flat, out=grad_W_FSD.view(F_, S * D))
 
@@ -572,7 +613,6 @@ class SnapshotGatedDecode(torch.autograd.Function):
         # over tokens first and multiplied by c * norm per (feature, snapshot) after.
         rows: PaddedRows | None = classes.open_rows
         grad_norms_FS = norms_FS.new_zeros(F_, S)
-        window_sech_FS = norms_FS.new_zeros(F_, S)
         if rows is not None:
             flat_a = classes.all_open_flat
             if classes.window_per_snapshot:
@@ -582,9 +622,10 @@ class SnapshotGatedDecode(torch.autograd.Function):
                 window = rows.pad(classes.window_all_FN.view(-1).index_select(0, flat_a).to(h_FN.dtype))
             else:  # the gathered window pairs include these entries' scores
                 window = None
-            grad_norms_FS, window_sech_FS, grad_h_FP = _padded_score_backward(
+            grad_norms_FS, rows_window_sech_FS, grad_h_FP = _padded_score_backward(
                 rows, ctx.h_FP, scale_FS, grad_score_F, window
             )
+            window_sech_FS += rows_window_sech_FS
             grad_h_flat.index_add_(0, flat_a, rows.take(grad_h_FP))
 
         # scores of the gathered entries: grad * sech^2, times c * norm for the code, c * f for the norm
@@ -605,22 +646,12 @@ class SnapshotGatedDecode(torch.autograd.Function):
             grad_W_rows.index_add_(0, pair_row_F[chunk], pair_h[chunk, None] * grad_pD)
 
         # the threshold's window: the code's gradient summed over tokens inside it, per
-        # (feature, snapshot); its decoder part here, its score part as above
-        window_grad_FS = norms_FS.new_zeros(F_, S)
-        if classes.window_per_snapshot:  # many entries inside at some snapshots only
-            shut_FN = ~classes.open_any_FN
-            grad_NSD = grad_flat.view(N, S, D)
-            for s in range(S):
-                window_FN = (h_FN * norms_FS[:, s, None]).sub_(threshold_F[:, None]).abs_() < half_width
-                summed_FD = window_FN.to(grad_flat.dtype) @ grad_NSD[:, s]
-                window_grad_FS[:, s] += torch.linalg.vecdot(summed_FD, W_dec_FSD[:, s])
-                window_sech_FS[:, s] += row_counts(window_FN & shut_FN) * grad_score_F
+        # (feature, snapshot); its decoder part from the masks above, its score part here
+        if classes.window_per_snapshot:
             h_g1 = h_flat.index_select(0, flat_g)[:, None]
             distance_gS = h_g1 * norms_FS.index_select(0, i_g) - threshold_F.index_select(0, i_g)[:, None]
             window_sech_FS.index_add_(0, i_g, sech_gS.masked_fill_(distance_gS.abs_() >= half_width, 0.0))
-        elif classes.dense_window:  # many entries inside at every snapshot: one matmul
-            summed_FSD = (classes.window_all_FN.to(grad_flat.dtype) @ grad_flat).view(F_, S, D)
-            window_grad_FS += summed_FSD.mul_(W_dec_FSD).sum(dim=-1)
+        elif classes.dense_window:
             inside_g1 = classes.window_all_FN.view(-1).index_select(0, flat_g)[:, None]
             window_sech_FS.index_add_(0, i_g, sech_gS.masked_fill_(~inside_g1, 0.0))
             shut_F = row_counts(classes.window_all_FN & ~classes.open_any_FN)

@@ -1,0 +1,147 @@
+"""The CPU facts the JumpReLU training step is built on (docs/notes/issue-14-speed.md,
+section 0), each as a ratio against its alternative measured in the same run.
+
+1. Elementwise choices on an ``[8192, 512]`` (token, feature) matrix: ``torch.tanh``
+   against ``2 * sigmoid(2x) - 1``; a bool mask's ``sum(dim)`` and
+   ``count_nonzero(dim)`` against summing its bytes (``_common.row_counts``);
+   ``torch.where(mask, x, 0)`` and ``masked_fill`` against ``x * mask``. Each is written into
+   an existing tensor, which times the op itself (a fresh 16 MiB output's page faults,
+   section 3, can cost more than the op and vary with what the allocator reuses).
+2. The two ``[F, B] @ [B, S*D]`` matmuls of the JumpReLU backward (W_dec's gradient and
+   the threshold window) against one stacked ``[2F, B]`` matmul.
+3. Minor page faults and system time per training step of the reference, the ReLU and
+   the JumpReLU crosscoder (glibc returns large freed blocks to the kernel, so a step's
+   large temporaries are faulted in afresh; run it again with
+   ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296`` to see them go).
+2b/2c. The encoder matmul writing h feature-major against token-major plus a transposed
+   copy; the code's gradient and the window's sums from S per-snapshot products against two matmuls.
+4. The JumpReLU step at initialisation with the padded rows worked in blocks of 2^17,
+   2^19 (the default, ``jumprelu_kernels.ROW_BLOCK_ELEMENTS``) and 2^21 elements.
+5. With ``--profile``: ``torch.profiler``'s costliest operators of that step.
+
+    PYTHONPATH=$PWD HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/cpu_ops.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from crosslens._common import row_counts
+from crosslens.crosscoders import jumprelu_kernels
+
+from train import crosslens_step_fn, reference_step_fn, time_alternating
+
+
+def ratio_rows(title: str, fns: dict, rounds: int) -> None:
+    """Median ms of each function and its time relative to the first (the baseline)."""
+    times = time_alternating(fns, rounds=rounds, warmup=2)
+    base = next(iter(times.values()))
+    print(f"\n{title}")
+    for name, seconds in times.items():
+        print(f"   {name:<42}{seconds * 1e3:8.2f} ms   {seconds / base:6.2f}x the first")
+
+
+def faults_per_step(step, x: torch.Tensor, n: int = 5) -> tuple[float, float, float]:
+    for _ in range(2):
+        step(x)
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(n):
+        step(x)
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return wall / n * 1e3, (after.ru_minflt - before.ru_minflt) / n, (after.ru_stime - before.ru_stime) / n * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--profile", action="store_true", help="also print the JumpReLU step's costliest operators")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    F_, N, S, D = 8192, 512, 8, 128
+    x_FN = torch.randn(F_, N)
+    mask_FN = torch.rand(F_, N) < 0.3
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    out_FN = torch.empty_like(x_FN)  # written in place: the op itself, without a fresh output's page faults
+    ratio_rows("1a. tanh of [8192, 512], into an existing tensor", {
+        "2 * sigmoid(2x) - 1 (the 2 folded in a scale)": lambda: torch.sigmoid(x_FN, out=out_FN).mul_(2).sub_(1),
+        "torch.tanh": lambda: torch.tanh(x_FN, out=out_FN),
+    }, args.rounds)  # fmt: skip
+    ratio_rows("1b. true entries per row of a bool [8192, 512]", {
+        "row_counts (bytes summed as int32)": lambda: row_counts(mask_FN),
+        "mask.sum(dim=1)": lambda: mask_FN.sum(dim=1),
+        "torch.count_nonzero(mask, dim=1)": lambda: torch.count_nonzero(mask_FN, dim=1),
+    }, args.rounds)  # fmt: skip
+    ratio_rows("1c. zero a float [8192, 512] outside a mask, into an existing tensor", {
+        "x * mask": lambda: torch.mul(x_FN, mask_FN, out=out_FN),
+        "torch.where(mask, x, 0)": lambda: torch.where(mask_FN, x_FN, torch.zeros(()), out=out_FN),
+        "masked_fill_(~mask, 0)": lambda: out_FN.masked_fill_(~mask_FN, 0.0),
+    }, args.rounds)  # fmt: skip
+    lhs_a, lhs_b, grad = torch.randn(F_, N), torch.randn(F_, N), torch.randn(N, S * D)
+    stacked = torch.cat([lhs_a, lhs_b])
+    ratio_rows("2. W_dec's gradient and the window sum: [8192, 512] @ [512, 1024] twice", {
+        "two matmuls": lambda: (lhs_a @ grad, lhs_b @ grad),
+        "one stacked [16384, 512] matmul": lambda: stacked @ grad,
+    }, args.rounds)  # fmt: skip
+
+    x_NX, W_XF, b_F = torch.randn(N, S * D), torch.randn(S * D, F_), torch.randn(F_)
+    ratio_rows("2b. the encoder matmul, h wanted feature-major ([8192, 512] contiguous)", {
+        "addmm writing [F, N]": lambda: torch.addmm(b_F[:, None], W_XF.T, x_NX.T),
+        "addmm writing [N, F], then a transposed copy": lambda: torch.addmm(b_F, x_NX, W_XF).T.contiguous(),
+    }, args.rounds)  # fmt: skip
+    W_FSD, mask_f = torch.randn(F_, S, D), mask_FN.float()
+
+    def two_matmuls() -> None:  # the code's gradient, then the window's sums over tokens, dotted with W_dec
+        W_FSD.view(F_, -1) @ grad.T
+        ((mask_f @ grad).view(F_, S, D) * W_FSD).sum(dim=-1)
+
+    ratio_rows("2c. the code's gradient and the threshold window's decoder sums", {
+        "per-snapshot products (_code_grad_and_window_sums)": lambda: jumprelu_kernels._code_grad_and_window_sums(
+            W_FSD, grad, lambda s: mask_f
+        ),
+        "two matmuls, then a dot with W_dec": two_matmuls,
+    }, args.rounds)  # fmt: skip
+
+    x_BSD = torch.randn(N, S, D)
+    print("\n3. one training step (B 512, S 8, D 128, F 8192): wall ms, minor page faults, system ms")
+    steps = {
+        "reference": reference_step_fn(S, D, F_),
+        "crosscoder (ReLU)": crosslens_step_fn("crosscoder", S, D, F_, 32),
+        "jumprelu_crosscoder": crosslens_step_fn("jumprelu_crosscoder", S, D, F_, 32),
+    }
+    for name, step in steps.items():
+        wall, faults, system = faults_per_step(step, x_BSD)
+        print(f"   {name:<24}{wall:8.1f} ms {faults:10.0f} faults {system:8.1f} ms system")
+
+    jumprelu = steps["jumprelu_crosscoder"]
+    default = jumprelu_kernels.ROW_BLOCK_ELEMENTS
+
+    def with_block(elements: int):
+        def run() -> None:
+            jumprelu_kernels.ROW_BLOCK_ELEMENTS = elements
+            try:
+                jumprelu(x_BSD)
+            finally:
+                jumprelu_kernels.ROW_BLOCK_ELEMENTS = default
+
+        return run
+
+    ratio_rows("4. JumpReLU step at initialisation, padded rows in blocks of", {
+        f"2^{e} elements" + (" (default)" if 1 << e == default else ""): with_block(1 << e) for e in (19, 17, 21)
+    }, max(3, args.rounds // 2))  # fmt: skip
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(3):
+                jumprelu(x_BSD)
+        print("\n5. torch.profiler, three JumpReLU steps at initialisation (times include the profiler's own)")
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=30))
+
+
+if __name__ == "__main__":
+    main()
