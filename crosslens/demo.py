@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from crosslens.crosscoders.defaults import PICO_DEMO_JUMPRELU_SPARSITY
+from crosslens.architectures import PICO_DEMO_JUMPRELU_SPARSITY
 
 
 @dataclass
@@ -53,7 +53,7 @@ class DemoConfig:
     """Tokens per training batch."""
     sparsity_coefficient: float | None = PICO_DEMO_JUMPRELU_SPARSITY
     """lambda of the JumpReLU tanh penalty (0.5 gives mean L0 near 23 at d_sae 1024 on pico;
-    see ``crosslens.crosscoders.defaults.PICO_DEMO_JUMPRELU_SPARSITY``)."""
+    see ``crosslens.architectures.PICO_DEMO_JUMPRELU_SPARSITY``)."""
     baseline_snapshots: int = 3
     """Snapshots (spread over training) that get per-snapshot SAELens SAEs for comparison; 0 skips."""
     baseline_steps: int = 1000

@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from crosslens.crosscoders.defaults import DEFAULT_K
+from crosslens.architectures import DEFAULT_K
 from crosslens.errors import CrosslensError
 
 F32 = 4

@@ -12,9 +12,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from crosslens.architectures import ARCHITECTURE_NAMES
 from crosslens.errors import CrosslensError
-
-ARCHITECTURE_NAMES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
 
 
 class RecipeError(CrosslensError):
@@ -98,6 +97,20 @@ class Recipe:
             prefix = "global_step" if self.family == "bloom" else "step"
             return [f"{prefix}{s}" for s in self.steps]
         return list(self.revisions or ())
+
+    def training_settings(self) -> dict[str, Any]:
+        """The recipe's values as :class:`~crosslens.training.config.CrosscoderRunnerConfig`
+        fields (nested ``sae`` as a dict); values the recipe leaves out are absent."""
+        sae = {
+            "architecture": self.architecture, "d_sae": self.d_sae, "k": self.k,
+            "sparsity_coefficient": self.sparsity, "sparsity_warm_up_fraction": self.sparsity_warm_up_fraction,
+            "decoder_init_norm": self.decoder_init_norm,
+        }  # fmt: skip
+        top = {
+            "hook_name": self.hook, "train_batch_size_tokens": self.batch_size, "lr": self.lr,
+            "lr_decay_fraction": self.lr_decay_fraction,
+        }  # fmt: skip
+        return {**{k: v for k, v in top.items() if v is not None}, "sae": {k: v for k, v in sae.items() if v is not None}}
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from crosslens.cli import CLIError, build_parser, main, resolve_suite
+from crosslens.cli import build_parser, main
+from crosslens.commands.common import CLIError, resolve_suite
 
 SUBCOMMANDS = [
     ["demo"],
@@ -186,7 +187,7 @@ def test_suite_build_root_keeps_a_custom_suite(tmp_path, capsys, monkeypatch):
 
 
 def test_harvest_takes_a_text_file_given_as_dataset(tmp_path):
-    from crosslens.cli import _token_source
+    from crosslens.commands.harvest import token_source as _token_source
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("One document.\n\nAnother one.\n")

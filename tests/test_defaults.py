@@ -1,10 +1,10 @@
-"""One table of training defaults (crosslens.crosscoders.defaults): every entry point reads it."""
+"""One table of training defaults (crosslens.architectures): every entry point reads it."""
 
 from __future__ import annotations
 
 import pytest
 
-from crosslens.crosscoders.defaults import (
+from crosslens.architectures import (
     DEFAULT_LR,
     PICO_DEMO_JUMPRELU_SPARSITY,
     TRAINING_DEFAULTS,
@@ -74,7 +74,7 @@ def test_one_builder_translates_sparsity_for_crosscoders_and_saes():
 
 def test_decoder_init_norm_and_k_come_from_the_table():
     from crosslens.crosscoders import base as crosscoder_base
-    from crosslens.crosscoders.defaults import DEFAULT_DECODER_INIT_NORM, DEFAULT_K
+    from crosslens.architectures import DEFAULT_DECODER_INIT_NORM, DEFAULT_K
     from crosslens.training.runner import CrosscoderRunnerConfig
 
     config = CrosscoderRunnerConfig(store_path="unused", out_dir="unused")

@@ -30,7 +30,8 @@ from crosslens.checkpoints.trajectory import (
     parse_stage,
     place_on_trajectory,
 )
-from crosslens.cli import main, resolve_suite
+from crosslens.cli import main
+from crosslens.commands.common import resolve_suite
 from crosslens.errors import UnknownRevisionError
 from crosslens.tasks import (
     MinimalPairFormatError,

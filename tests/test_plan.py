@@ -8,7 +8,8 @@ from argparse import Namespace
 import pytest
 
 from crosslens.checkpoints.schedules import PYTHIA_STEPS
-from crosslens.cli import build_parser, main, train_settings
+from crosslens.cli import build_parser, main
+from crosslens.commands.train import train_config
 from crosslens.plan import (
     ModelSpec,
     PlanConfig,
@@ -165,16 +166,16 @@ def test_train_recipe_values_are_defaults_and_flags_win():
     parser = build_parser()
     recipe = load_recipe("bayazit2025-pythia-1b")
     args = parser.parse_args(["train", "--recipe", recipe.name, "--out", "o"])
-    settings = train_settings(args, recipe)
-    assert settings["architecture"] == "crosscoder" and settings["d_sae"] == 16384 and settings["lr"] == 5e-5
-    assert settings["batch_size"] == 4096 and settings["n_steps"] == 400_000_000 // 4096
-    assert settings["sparsity_coefficient"] == 2.0 and settings["decoder_init_norm"] == 0.08
-    assert settings["hook"] == "blocks.8.hook_resid_post" and settings["lr_decay_fraction"] == 0.2
+    config = train_config(args, recipe)
+    assert config.sae.architecture == "crosscoder" and config.sae.d_sae == 16384 and config.lr == 5e-5
+    assert config.train_batch_size_tokens == 4096 and config.n_steps == 400_000_000 // 4096
+    assert config.sae.sparsity_coefficient == 2.0 and config.sae.decoder_init_norm == 0.08
+    assert config.hook_name == "blocks.8.hook_resid_post" and config.lr_decay_fraction == 0.2
     args = parser.parse_args(["train", "--recipe", recipe.name, "--out", "o", "--batch-size", "1024", "--d-sae", "512"])
-    settings = train_settings(args, recipe)
-    assert settings["batch_size"] == 1024 and settings["n_steps"] == 400_000_000 // 1024 and settings["d_sae"] == 512
-    plain = train_settings(parser.parse_args(["train", "--store", "s", "--out", "o"]), None)
-    assert plain["architecture"] == "jumprelu_crosscoder" and plain["n_steps"] == 3000 and plain["d_sae"] == 1024
+    config = train_config(args, recipe)
+    assert config.train_batch_size_tokens == 1024 and config.n_steps == 400_000_000 // 1024 and config.sae.d_sae == 512
+    plain = train_config(parser.parse_args(["train", "--store", "s", "--out", "o"]), None)
+    assert plain.sae.architecture == "jumprelu_crosscoder" and plain.n_steps == 3000 and plain.sae.d_sae == 1024
     assert isinstance(args, Namespace)
 
 

@@ -42,7 +42,7 @@ from torch import nn
 
 from crosslens._common import is_folded
 from crosslens.crosscoders.collectives import LocalCollectives
-from crosslens.crosscoders.defaults import DEFAULT_DECODER_INIT_NORM
+from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
 
 
 SNAPSHOT_AXES = {"W_enc": 0, "W_dec": 1, "b_dec": 0, "folded_norm_factors": 0}

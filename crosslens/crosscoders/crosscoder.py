@@ -32,7 +32,7 @@ from crosslens.crosscoders.base import (
     CrosscoderTrainingConfigFields,
     CrosscoderTrainingMixin,
 )
-from crosslens.crosscoders.defaults import TRAINING_DEFAULTS
+from crosslens.architectures import TRAINING_DEFAULTS
 
 ARCHITECTURE = "crosscoder"
 
@@ -52,7 +52,7 @@ class ReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingSAECo
 
     l1_coefficient: float = TRAINING_DEFAULTS[ARCHITECTURE].sparsity_coefficient  # type: ignore[assignment]
     """lambda, weight of the decoder-norm-weighted L1 penalty (Bayazit et al.: 2; the
-    table in :mod:`crosslens.crosscoders.defaults`)."""
+    table in :mod:`crosslens.architectures`)."""
     l1_warm_up_steps: int = 0
     """Steps over which lambda rises linearly from 0 (Bayazit et al.: 5% of training)."""
 

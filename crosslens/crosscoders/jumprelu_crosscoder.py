@@ -68,7 +68,7 @@ from crosslens.crosscoders.base import (
     CrosscoderTrainingConfigFields,
     CrosscoderTrainingMixin,
 )
-from crosslens.crosscoders.defaults import sparsity_coefficient_for
+from crosslens.architectures import sparsity_coefficient_for
 from crosslens.crosscoders.jumprelu_kernels import snapshot_gate_and_score, snapshot_gated_decode
 
 ARCHITECTURE = "jumprelu_crosscoder"
@@ -93,7 +93,7 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingS
     """Width eps of the rectangle kernel in the threshold's straight-through gradient."""
     l0_coefficient: float = None  # type: ignore[assignment]
     """lambda, weight of the tanh sparsity loss; None takes the shape-scaled default of
-    :func:`crosslens.crosscoders.defaults.sparsity_coefficient_for`."""
+    :func:`crosslens.architectures.sparsity_coefficient_for`."""
     l0_warm_up_steps: int = 0
     """Steps over which lambda rises linearly from 0 (Ge et al.: 10% of training)."""
     tanh_scale: float = 4.0

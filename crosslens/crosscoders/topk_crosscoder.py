@@ -39,7 +39,7 @@ from crosslens.crosscoders.base import (
     CrosscoderTrainingConfigFields,
     CrosscoderTrainingMixin,
 )
-from crosslens.crosscoders.defaults import DEFAULT_K
+from crosslens.architectures import DEFAULT_K
 
 ARCHITECTURE = "topk_crosscoder"
 

@@ -1,12 +1,36 @@
 """Model-agnostic crosscoder training: ``[batch, n_snapshots, d_in]`` batches in,
-trained crosscoder out."""
+trained crosscoder out.
 
-from crosslens.training.config import CrosscoderTrainerConfig
-from crosslens.training.trainer import BatchSource, CrosscoderTrainer, latest_checkpoint
+The configs (:mod:`crosslens.training.config`) import neither torch nor SAELens, so this
+package resolves its other public names on first use: ``crosslens --help`` reads the configs
+without loading the trainer.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig, CrosscoderTrainerConfig, LoggingConfig
+
+_LAZY = {
+    "BatchSource": "crosslens.training.trainer",
+    "CrosscoderTrainer": "crosslens.training.trainer",
+    "latest_checkpoint": "crosslens.training.trainer",
+}
 
 __all__ = [
+    "ArchitectureConfig",
     "BatchSource",
+    "CrosscoderRunnerConfig",
     "CrosscoderTrainer",
     "CrosscoderTrainerConfig",
+    "LoggingConfig",
     "latest_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'crosslens.training' has no attribute {name!r}")

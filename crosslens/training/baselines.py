@@ -43,7 +43,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
 from crosslens.activations import ActivationProvider, ActivationStore
-from crosslens.crosscoders.defaults import BASELINE_OF, TRAINING_DEFAULTS
+from crosslens.architectures import BASELINE_OF, TRAINING_DEFAULTS
 from crosslens.training.factory import build_training_model
 from crosslens.training.runner import DEFAULT_LR, evaluate_crosscoder
 from crosslens.training.seeding import seeded
@@ -60,7 +60,7 @@ BASELINE_ARCHITECTURES: dict[str, tuple[type[TrainingSAE[Any]], type[Any]]] = {
 # ``jumprelu``'s quadratic target-L0 loss (1 lands within 5% of the target on pico).
 DEFAULT_SPARSITY_COEFFICIENT = {"standard": 5.0, "jumprelu": 1.0}
 # warm-up of the sparsity coefficient as a fraction of training: that of the crosscoder
-# each baseline is compared with (crosslens.crosscoders.defaults)
+# each baseline is compared with (crosslens.architectures)
 BASELINE_SPARSITY_WARM_UP = {sae: TRAINING_DEFAULTS[cc].sparsity_warm_up for sae, cc in BASELINE_OF.items()}
 # a feature silent for this many tokens is dead (TopK's aux loss revives those); the
 # crosscoder trainer uses the same window

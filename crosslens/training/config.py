@@ -1,12 +1,102 @@
-"""Configuration of :class:`crosslens.training.CrosscoderTrainer`."""
+"""Every setting of crosscoder training, each in one place, with its default and a docstring.
+
+SAELens's layout: a runner config (:class:`CrosscoderRunnerConfig`) that *nests* the
+crosscoder's own settings (:class:`ArchitectureConfig`, SAELens's ``sae``) and the W&B settings
+(:class:`LoggingConfig`, SAELens's ``logger``), under SAELens's names where the meaning
+matches (``hook_name``, ``train_batch_size_tokens``, ``run_name``, ``wandb_log_frequency``,
+``eval_every_n_wandb_logs``). :class:`CrosscoderTrainerConfig` is what the model-agnostic
+trainer takes. The ``crosslens train`` flags are generated from these dataclasses (each
+field's docstring is its ``--help``), so a new setting is one field here.
+
+This module imports neither torch nor SAELens: ``crosslens --help`` reads it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from crosslens.crosscoders.defaults import DEFAULT_LR
+from crosslens.architectures import (
+    ARCHITECTURE_NAMES,
+    DEFAULT_DECODER_INIT_NORM,
+    DEFAULT_K,
+    DEFAULT_LR,
+    defaults_for,
+)
 
 LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
+
+
+@dataclass
+class LoggingConfig:
+    """Weights & Biases logging (SAELens's ``LoggingConfig`` names)."""
+
+    log_to_wandb: bool = field(default=False, metadata={"flag": "--wandb"})
+    """Log to Weights & Biases (WANDB_MODE=offline works without an account)."""
+    wandb_project: str = "crosslens"
+    """W&B project."""
+    wandb_entity: str | None = None
+    """W&B entity (user or team); None: your default entity."""
+    run_name: str | None = field(default=None, metadata={"flag": "--wandb-run-name"})
+    """W&B run name; None lets W&B pick one."""
+    wandb_log_frequency: int = field(default=50, metadata={"min": 1})
+    """Steps between W&B logs of the scalar metrics."""
+    eval_every_n_wandb_logs: int = field(default=10, metadata={"min": 0})
+    """Per-snapshot decoder-norm histograms every this many scalar logs; 0: none."""
+    log_model_artifact: bool = field(default=True, metadata={"cli": False})
+    """With W&B on, log the final crosscoder folder as a W&B model artifact."""
+    wandb_dir: str | None = field(default=None, metadata={"cli": False})
+    """Directory W&B writes its run folder under; None means the current directory."""
+    wandb_mode: str | None = field(default=None, metadata={"cli": False})
+    """"online", "offline" or "disabled"; None reads WANDB_MODE."""
+
+    def __post_init__(self) -> None:
+        if self.wandb_log_frequency < 1:
+            raise ValueError(f"wandb_log_frequency must be >= 1, got {self.wandb_log_frequency}.")
+        if self.eval_every_n_wandb_logs < 0:
+            raise ValueError(f"eval_every_n_wandb_logs must be >= 0, got {self.eval_every_n_wandb_logs}.")
+        if self.wandb_mode not in (None, "online", "offline", "disabled"):
+            raise ValueError(f"wandb_mode must be online, offline, disabled or None, got {self.wandb_mode!r}.")
+
+    @property
+    def histogram_every(self) -> int:
+        """Steps between decoder-norm histograms (0: none)."""
+        return self.wandb_log_frequency * self.eval_every_n_wandb_logs
+
+
+@dataclass
+class ArchitectureConfig:
+    """Which crosscoder to train and its sparsity (SAELens's ``sae`` config, less the shape
+    that the activation store gives: ``d_in`` and ``n_snapshots``)."""
+
+    architecture: str = field(
+        default="jumprelu_crosscoder", metadata={"flag": "--arch", "choices": ARCHITECTURE_NAMES}
+    )
+    """Crosscoder architecture (SAELens registry name)."""
+    d_sae: int = field(default=1024, metadata={"min": 1})
+    """Number of shared features."""
+    k: int = field(default=DEFAULT_K, metadata={"min": 1})
+    """Active features per token of topk_crosscoder and batchtopk_crosscoder."""
+    sparsity_coefficient: float | None = field(default=None, metadata={"flag": "--sparsity", "min": 0.0})
+    """lambda of the sparsity penalty (L1 for crosscoder, tanh for jumprelu_crosscoder); None: the
+    architecture's default (crosslens.architectures, shape-scaled for JumpReLU)."""
+    sparsity_warm_up_fraction: float | None = field(default=None, metadata={"min": 0.0})
+    """Fraction of the steps over which lambda rises linearly from 0; None: the architecture's
+    (5% ReLU, 10% JumpReLU)."""
+    decoder_init_norm: float = field(default=DEFAULT_DECODER_INIT_NORM, metadata={"min": 0.0, "strictly": True})
+    """Norm of every decoder row W_dec[i, s] at initialisation (Bayazit et al.)."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURE_NAMES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {sorted(ARCHITECTURE_NAMES)}.")
+        if self.d_sae < 1:
+            raise ValueError(f"d_sae must be >= 1, got {self.d_sae}.")
+        if self.architecture.endswith("topk_crosscoder") and not 1 <= self.k <= self.d_sae:
+            raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}.")
+        defaults = defaults_for(self.architecture)
+        if self.sparsity_coefficient is None and not defaults.sparsity_per_shape:
+            self.sparsity_coefficient = defaults.sparsity_coefficient
+        if self.sparsity_warm_up_fraction is None:
+            self.sparsity_warm_up_fraction = defaults.sparsity_warm_up
 
 
 @dataclass
@@ -17,8 +107,7 @@ class CrosscoderTrainerConfig:
     total_steps: int
     """Optimizer steps to train for (one batch per step)."""
     lr: float = DEFAULT_LR
-    """Adam learning rate (``crosslens.crosscoders.defaults.DEFAULT_LR``, 1e-3, measured on pico;
-    Bayazit et al. and Ge et al. use 5e-5 on runs of hundreds of millions of tokens)."""
+    """Adam learning rate."""
     lr_warm_up_steps: int = 0
     """Steps of linear learning-rate warm-up from lr / lr_warm_up_steps."""
     lr_decay_steps: int = 0
@@ -49,38 +138,14 @@ class CrosscoderTrainerConfig:
     """Save a resumable checkpoint every this many steps; 0 disables."""
     save_final: bool = True
     """Save the trained crosscoder for inference to checkpoint_dir/final."""
-    log_to_wandb: bool = False
-    """Log to Weights & Biases (mode from wandb_mode or WANDB_MODE)."""
-    wandb_project: str = "crosslens"
-    """W&B project."""
-    wandb_run_name: str | None = None
-    """W&B run name; None lets W&B pick one."""
-    wandb_dir: str | None = None
-    """Directory W&B writes its run folder under; None means the current directory."""
-    wandb_mode: str | None = None
-    """"online", "offline" or "disabled"; None reads WANDB_MODE."""
-    log_every: int = 50
-    """Log scalar metrics every this many steps."""
-    histogram_every: int = 500
-    """Log per-snapshot decoder-norm histograms every this many steps; 0 disables."""
-    # SAELens's LoggingConfig names (see docs/API-names.md); given, they win over the
-    # crosslens names above, which are then set to match.
-    wandb_entity: str | None = None
-    """W&B entity (user or team); None: your default entity."""
-    run_name: str | None = None
-    """SAELens's name for wandb_run_name."""
-    wandb_log_frequency: int | None = None
-    """SAELens's name for log_every."""
-    eval_every_n_wandb_logs: int | None = None
-    """Heavier logging (decoder-norm histograms) every this many scalar logs: histogram_every = wandb_log_frequency * this."""
-    log_model_artifact: bool = True
-    """With W&B on, log the final crosscoder folder as a W&B model artifact."""
     autocast_dtype: str | None = None
     """Run the crosscoder's forward and backward under torch.autocast in this dtype
     ("bfloat16"); parameters, gradients and Adam stay float32. None: float32 throughout."""
     activation_scale_check: str = "warn"
     """What to do when the first batch's per-snapshot mean norms are far from sqrt(d_in)
     (un-normalised activations, see crosslens.training.checks): "warn", "error" or "off"."""
+    logger: LoggingConfig = field(default_factory=LoggingConfig)
+    """W&B logging."""
 
     def __post_init__(self) -> None:
         if self.autocast_dtype not in (None, "bfloat16"):
@@ -88,7 +153,6 @@ class CrosscoderTrainerConfig:
                 f"autocast_dtype must be None or 'bfloat16', got {self.autocast_dtype!r}; float16 "
                 "would need loss scaling, which this trainer does not do."
             )
-        self._resolve_saelens_logging_names()
         if self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}.")
         if not self.lr > 0:
@@ -116,28 +180,71 @@ class CrosscoderTrainerConfig:
             raise ValueError("checkpoint_every must be >= 0 (0 disables checkpoints).")
         if self.checkpoint_every and self.checkpoint_dir is None:
             raise ValueError("checkpoint_every needs checkpoint_dir; set where checkpoints go.")
-        if self.log_every < 1 or self.histogram_every < 0:
-            raise ValueError("log_every must be >= 1 and histogram_every >= 0.")
         if self.activation_scale_check not in ("warn", "error", "off"):
             raise ValueError(
                 f"activation_scale_check must be warn, error or off, got {self.activation_scale_check!r}."
             )
-        if self.wandb_mode not in (None, "online", "offline", "disabled"):
-            raise ValueError(
-                f"wandb_mode must be online, offline, disabled or None, got {self.wandb_mode!r}."
-            )
 
-    def _resolve_saelens_logging_names(self) -> None:
-        if self.run_name is not None and self.wandb_run_name not in (None, self.run_name):
-            raise ValueError(
-                f"run_name={self.run_name!r} and wandb_run_name={self.wandb_run_name!r} name the "
-                "same thing (SAELens's and crosslens's name); set one of them."
-            )
-        self.run_name = self.wandb_run_name = self.run_name or self.wandb_run_name
-        if self.wandb_log_frequency is not None:
-            self.log_every = self.wandb_log_frequency
-        self.wandb_log_frequency = self.log_every
-        if self.eval_every_n_wandb_logs is not None:
-            if self.eval_every_n_wandb_logs < 0:
-                raise ValueError(f"eval_every_n_wandb_logs must be >= 0, got {self.eval_every_n_wandb_logs}.")
-            self.histogram_every = self.log_every * self.eval_every_n_wandb_logs
+    @classmethod
+    def from_dict(cls, values: dict) -> CrosscoderTrainerConfig:
+        """The config :func:`dataclasses.asdict` turned into ``values`` (a checkpoint's record)."""
+        return cls(**{**values, "logger": LoggingConfig(**values.get("logger", {}))})
+
+
+@dataclass
+class CrosscoderRunnerConfig:
+    """Everything ``crosslens train`` needs: where the data is, which crosscoder, how long."""
+
+    store_path: str = field(metadata={"flag": "--store"})
+    """Activation store folder written by ``crosslens harvest``."""
+    out_dir: str = field(metadata={"flag": "--out"})
+    """Where checkpoints, the final crosscoder and run.json go."""
+    hook_name: str | None = field(default=None, metadata={"flag": "--hook"})
+    """Hook in the store to train on; None for the store's only hook."""
+    sae: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    """The crosscoder's architecture and sparsity."""
+    n_steps: int = field(default=3000, metadata={"min": 1})
+    """Optimizer steps (one batch each)."""
+    train_batch_size_tokens: int = field(default=1024, metadata={"flag": "--batch-size", "min": 1})
+    """Tokens per batch."""
+    lr: float | None = field(default=None, metadata={"min": 0.0, "strictly": True})
+    """Adam learning rate; None: the architecture's (crosslens.architectures)."""
+    lr_warm_up_steps: int = field(default=0, metadata={"min": 0})
+    """Linear learning-rate warm-up steps."""
+    lr_decay_fraction: float = field(default=0.2, metadata={"min": 0.0})
+    """Final fraction of steps with linear decay to 0 (Bayazit et al.: 20%)."""
+    seed: int = 0
+    """Seeds initialisation and the batch order."""
+    checkpoint_every: int = field(default=500, metadata={"min": 0})
+    """Steps between resumable checkpoints; 0: none."""
+    device: str = field(default="cpu", metadata={"cli": False})
+    """Where training runs (under torchrun, cuda means this rank's cuda:LOCAL_RANK)."""
+    snapshot_parallel: int = field(default=1, metadata={"min": 1})
+    """Under torchrun: ranks on the mesh's snapshot axis (each holds a block of snapshots);
+    the rest of the world splits each batch. See docs/DISTRIBUTED.md."""
+    autocast_dtype: str | None = field(default=None, metadata={"flag": "--autocast", "choices": ("bfloat16",)})
+    """Run the crosscoder step under bfloat16 autocast (parameters and Adam stay float32)."""
+    verify_store: bool = field(default=True, metadata={"flag": "--no-verify"})
+    """Re-hash every store file against its manifest before training (--no-verify checks sizes only)."""
+    dataset_path: str | None = field(default=None, metadata={"cli": False})
+    """Where the store's tokens came from (recorded in the crosscoder's metadata); None: the store's record."""
+    progress: bool = field(default=True, metadata={"cli": False})
+    """Show a progress bar."""
+    logger: LoggingConfig = field(default_factory=LoggingConfig)
+    """W&B logging."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_steps", "train_batch_size_tokens", "snapshot_parallel"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 disables checkpoints), got {self.checkpoint_every}.")
+        if not 0 <= self.lr_decay_fraction < 1:
+            raise ValueError(f"lr_decay_fraction must be in [0, 1), got {self.lr_decay_fraction}.")
+        if self.lr is None:
+            self.lr = defaults_for(self.sae.architecture).lr
+
+    @property
+    def training_tokens(self) -> int:
+        """SAELens's measure of the training length: ``n_steps * train_batch_size_tokens``."""
+        return self.n_steps * self.train_batch_size_tokens

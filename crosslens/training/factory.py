@@ -10,15 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crosslens.crosscoders.defaults import DEFAULT_DECODER_INIT_NORM, DEFAULT_K
-
-# architecture -> the config fields of its (coefficient, warm-up); absent: sparsity is set by k
-SPARSITY_FIELDS: dict[str, tuple[str, str]] = {
-    "crosscoder": ("l1_coefficient", "l1_warm_up_steps"),
-    "jumprelu_crosscoder": ("l0_coefficient", "l0_warm_up_steps"),
-    "standard": ("l1_coefficient", "l1_warm_up_steps"),
-    "jumprelu": ("l0_coefficient", "l0_warm_up_steps"),
-}
+from crosslens.architectures import DEFAULT_DECODER_INIT_NORM, DEFAULT_K, SPARSITY_FIELDS
 
 
 def build_training_model(

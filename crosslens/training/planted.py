@@ -3,9 +3,9 @@
 The planted benchmark (``scripts/planted_benchmark.py``) and its CI variant
 (``tests/test_planted_architectures.py``) train every architecture through this one
 function, so they measure the settings a user gets: sparsity coefficient
-(:func:`~crosslens.training.runner.default_sparsity_coefficient`), warm-up and learning
-rate from :mod:`crosslens.training.runner`'s ``DEFAULT_*`` tables, linear decay
-over the last 20% of steps, decoder rows initialised at norm 0.08.
+(:func:`~crosslens.architectures.sparsity_coefficient_for`), warm-up and learning rate from
+:mod:`crosslens.architectures`, linear decay over the last 20% of steps, decoder rows
+initialised at norm 0.08.
 """
 
 from __future__ import annotations
@@ -14,14 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from crosslens.crosscoders.defaults import DEFAULT_K
+from crosslens.architectures import DEFAULT_K, defaults_for, sparsity_coefficient_for
 from crosslens.training.config import CrosscoderTrainerConfig
-from crosslens.training.runner import (
-    DEFAULT_LR,
-    DEFAULT_SPARSITY_WARM_UP,
-    build_training_crosscoder,
-    default_sparsity_coefficient,
-)
+from crosslens.training.factory import build_training_crosscoder
 from crosslens.training.trainer import CrosscoderTrainer
 
 if TYPE_CHECKING:  # a type only: any object with .config and .batches() trains; training needs no analysis code
@@ -50,10 +45,11 @@ def train_planted(
     """
     coefficient = sparsity_coefficient
     if coefficient is None:
-        coefficient = default_sparsity_coefficient(
+        coefficient = sparsity_coefficient_for(
             architecture, n_snapshots=planted.config.n_snapshots, d_in=planted.config.d_in, d_sae=d_sae
         )
-    warm_up = int(n_steps * DEFAULT_SPARSITY_WARM_UP.get(architecture, 0.0))
+    defaults = defaults_for(architecture)
+    warm_up = int(n_steps * defaults.sparsity_warm_up)
     torch.manual_seed(seed)
     crosscoder = build_training_crosscoder(
         architecture,
@@ -69,7 +65,7 @@ def train_planted(
         crosscoder,
         CrosscoderTrainerConfig(
             total_steps=n_steps,
-            lr=DEFAULT_LR if lr is None else lr,
+            lr=defaults.lr if lr is None else lr,
             lr_decay_steps=int(n_steps * lr_decay_fraction),
             seed=seed,
             save_final=False,

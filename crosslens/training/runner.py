@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,153 +31,15 @@ import torch
 from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationProvider, ActivationStore
-from crosslens.crosscoders import ARCHITECTURES
 from crosslens.crosscoders.base import set_crosscoder_metadata
-from crosslens.crosscoders.defaults import (
-    DEFAULT_DECODER_INIT_NORM,
-    DEFAULT_K,
-    DEFAULT_LR,
-    TRAINING_DEFAULTS,
-    sparsity_coefficient_for,
-)
+from crosslens.architectures import sparsity_coefficient_for
 from crosslens.distributed import init_mesh, launched_by_torchrun, shard_batches
 from crosslens.errors import StoreChangedError
-from crosslens.training.config import CrosscoderTrainerConfig
-from crosslens.training.factory import build_training_crosscoder  # noqa: F401  (re-exported)
+from crosslens.training.config import CrosscoderRunnerConfig, CrosscoderTrainerConfig
+from crosslens.training.factory import build_training_crosscoder
 from crosslens.training.records import read_record, record_problem, write_record
 from crosslens.training.seeding import seeded
 from crosslens.training.trainer import CHECKPOINT_PREFIX, FINAL_DIRNAME, CrosscoderTrainer, crosscoder_metrics
-
-# Views of crosslens.crosscoders.defaults (the one table of defaults, with their sources),
-# under the names scripts and benchmarks import.
-DEFAULT_SPARSITY = {name: d.sparsity_coefficient for name, d in TRAINING_DEFAULTS.items()}
-SHAPE_SCALED_SPARSITY = tuple(name for name, d in TRAINING_DEFAULTS.items() if d.sparsity_per_shape)
-DEFAULT_SPARSITY_WARM_UP = {name: d.sparsity_warm_up for name, d in TRAINING_DEFAULTS.items() if d.sparsity_warm_up}
-
-
-@dataclass
-class CrosscoderRunnerConfig:
-    """Everything ``crosslens train`` needs: where the data is, which crosscoder, how long."""
-
-    store_path: str
-    """Activation store folder written by ``crosslens harvest``."""
-    out_dir: str
-    """Where checkpoints, the final crosscoder and run.json go."""
-    hook: str | None = None
-    """Hook in the store to train on; None for the store's only hook."""
-    architecture: str = "jumprelu_crosscoder"
-    """One of crosscoder, jumprelu_crosscoder, topk_crosscoder, batchtopk_crosscoder."""
-    d_sae: int = 1024
-    """Number of shared features."""
-    k: int = DEFAULT_K
-    """Active features per token for topk/batchtopk crosscoders."""
-    sparsity_coefficient: float | None = None
-    """lambda of the L1 (crosscoder) or tanh (jumprelu_crosscoder) penalty; None: per-architecture
-    default (:func:`default_sparsity_coefficient`)."""
-    sparsity_warm_up_fraction: float | None = None
-    """Fraction of steps over which lambda warms up linearly; None: 5% (ReLU), 10% (JumpReLU)."""
-    n_steps: int = 3000
-    """Optimizer steps (one batch each)."""
-    batch_size: int = 1024
-    """Tokens per batch."""
-    lr: float | None = None
-    """Adam learning rate; None: 1e-3."""
-    lr_warm_up_steps: int = 0
-    """Linear learning-rate warm-up steps."""
-    lr_decay_fraction: float = 0.2
-    """Final fraction of steps with linear decay to 0 (Bayazit et al.: 20%)."""
-    decoder_init_norm: float = DEFAULT_DECODER_INIT_NORM
-    """Initial norm of each W_dec[i, s] (Bayazit et al.: 0.08)."""
-    seed: int = 0
-    """Seeds initialisation and the batch order."""
-    checkpoint_every: int = 500
-    """Steps between resumable checkpoints; 0 disables them."""
-    device: str = "cpu"
-    """Where training runs (under torchrun, cuda means this rank's cuda:LOCAL_RANK)."""
-    snapshot_parallel: int = 1
-    """Under torchrun: ranks on the mesh's snapshot axis (each holds a block of snapshots);
-    the rest of the world is the data axis. See docs/DISTRIBUTED.md."""
-    autocast_dtype: str | None = None
-    """"bfloat16" runs the crosscoder step under autocast (parameters stay float32)."""
-    log_to_wandb: bool = False
-    """Log to Weights & Biases (WANDB_MODE=offline works)."""
-    wandb_project: str = "crosslens"
-    """W&B project."""
-    wandb_run_name: str | None = None
-    """W&B run name."""
-    log_every: int = 50
-    """Steps between W&B logs."""
-    progress: bool = True
-    """Show a progress bar."""
-    # SAELens's LoggingConfig names (see docs/API-names.md); given, they win over
-    # wandb_run_name / log_every above.
-    wandb_entity: str | None = None
-    """W&B entity (user or team); None: your default entity."""
-    run_name: str | None = None
-    """SAELens's name for wandb_run_name."""
-    wandb_log_frequency: int | None = None
-    """SAELens's name for log_every."""
-    eval_every_n_wandb_logs: int | None = None
-    """Decoder-norm histograms every this many W&B logs; None: every 500 steps."""
-    dataset_path: str | None = None
-    """Where the store's tokens came from (recorded in the crosscoder's metadata); None: the store's record, if any."""
-    hook_name: str | None = None
-    """SAELens's name for hook."""
-    training_tokens: int | None = None
-    """SAELens's name for the training length in tokens: n_steps = training_tokens // batch_size."""
-    train_batch_size_tokens: int | None = None
-    """SAELens's name for batch_size."""
-    verify_store: bool = True
-    """Re-hash every store file against its manifest before training; False checks sizes only."""
-
-    def __post_init__(self) -> None:
-        if self.run_name is not None and self.wandb_run_name not in (None, self.run_name):
-            raise ValueError("run_name and wandb_run_name are the same setting (SAELens's and crosslens's name); set one.")
-        self.run_name = self.wandb_run_name = self.run_name or self.wandb_run_name
-        if self.wandb_log_frequency is not None:
-            self.log_every = self.wandb_log_frequency
-        self.wandb_log_frequency = self.log_every
-        if self.hook_name is not None and self.hook not in (None, self.hook_name):
-            raise ValueError("hook_name and hook are the same setting (SAELens's and crosslens's name); set one.")
-        self.hook = self.hook_name = self.hook_name or self.hook
-        if self.train_batch_size_tokens is not None:
-            self.batch_size = self.train_batch_size_tokens
-        self.train_batch_size_tokens = self.batch_size
-        if self.training_tokens is not None:
-            if self.batch_size >= 1 and self.training_tokens < self.batch_size:
-                raise ValueError(
-                    f"training_tokens={self.training_tokens} is less than one batch ({self.batch_size}); raise it."
-                )
-            self.n_steps = self.training_tokens // max(self.batch_size, 1)
-        self.training_tokens = self.n_steps * self.batch_size
-        if self.snapshot_parallel < 1:
-            raise ValueError(f"snapshot_parallel must be >= 1, got {self.snapshot_parallel}.")
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(
-                f"unknown architecture {self.architecture!r}; choose one of {sorted(ARCHITECTURES)}."
-            )
-        for name in ("d_sae", "n_steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0 (0 disables checkpoints), got {self.checkpoint_every}.")
-        if self.architecture.endswith("topk_crosscoder") and not 1 <= self.k <= self.d_sae:
-            raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}.")
-        if not 0 <= self.lr_decay_fraction < 1:
-            raise ValueError(f"lr_decay_fraction must be in [0, 1), got {self.lr_decay_fraction}.")
-        if self.sparsity_coefficient is None and self.architecture not in SHAPE_SCALED_SPARSITY:
-            self.sparsity_coefficient = DEFAULT_SPARSITY[self.architecture]
-        if self.sparsity_warm_up_fraction is None:
-            self.sparsity_warm_up_fraction = DEFAULT_SPARSITY_WARM_UP.get(self.architecture, 0.0)
-        if self.lr is None:
-            self.lr = DEFAULT_LR
-
-
-def default_sparsity_coefficient(architecture: str, *, n_snapshots: int, d_in: int, d_sae: int) -> float | None:
-    """The sparsity coefficient ``crosslens train`` uses when none is given
-    (:func:`crosslens.crosscoders.defaults.sparsity_coefficient_for`, where the numbers are explained)."""
-    return sparsity_coefficient_for(architecture, n_snapshots=n_snapshots, d_in=d_in, d_sae=d_sae)
-
 
 class CrosscoderTrainingRunner:
     """Trains one crosscoder from an activation store; ``run(resume=True)`` continues a run."""
@@ -194,7 +56,7 @@ class CrosscoderTrainingRunner:
                 "pass the store opened from that path, or none"
             )
         self.store = store
-        self.hook = self.store.resolve_hook(config.hook)
+        self.hook = self.store.resolve_hook(config.hook_name)
         self.out_dir = Path(config.out_dir)
         self.device = config.device
         self.mesh = None
@@ -218,7 +80,7 @@ class CrosscoderTrainingRunner:
         layout, collectives, device = init_mesh(
             self.store.n_snapshots, snapshot_parallel=self.config.snapshot_parallel, device=self.config.device
         )
-        layout.batch_rows(self.config.batch_size)  # refuses a batch that does not split evenly
+        layout.batch_rows(self.config.train_batch_size_tokens)  # refuses a batch that does not split evenly
         self.mesh, self.device = (layout, collectives), str(device)
 
     @property
@@ -235,7 +97,7 @@ class CrosscoderTrainingRunner:
             ActivationProvider(
                 self.store,
                 self.hook,
-                batch_size=cfg.batch_size,
+                batch_size=cfg.train_batch_size_tokens,
                 seed=cfg.seed,
                 drop_last=True,
                 start_batch=start_step,
@@ -255,34 +117,26 @@ class CrosscoderTrainingRunner:
             seed=cfg.seed,
             checkpoint_dir=str(self.checkpoint_dir),
             checkpoint_every=cfg.checkpoint_every,
-            log_to_wandb=cfg.log_to_wandb,
-            wandb_project=cfg.wandb_project,
-            wandb_run_name=cfg.wandb_run_name,
-            wandb_dir=str(self.out_dir),
-            log_every=cfg.log_every,
-            wandb_entity=cfg.wandb_entity,
-            eval_every_n_wandb_logs=cfg.eval_every_n_wandb_logs,
             autocast_dtype=cfg.autocast_dtype,
+            logger=replace(cfg.logger, wandb_dir=cfg.logger.wandb_dir or str(self.out_dir)),
         )
 
     def _new_crosscoder(self):
-        cfg = self.config
+        cfg, sae = self.config, self.config.sae
         d_in, n_snapshots = self.store.d_in_of(self.hook), self.store.n_snapshots
-        sparsity = cfg.sparsity_coefficient
+        sparsity = sae.sparsity_coefficient
         if sparsity is None:
-            sparsity = default_sparsity_coefficient(
-                cfg.architecture, n_snapshots=n_snapshots, d_in=d_in, d_sae=cfg.d_sae
-            )
+            sparsity = sparsity_coefficient_for(sae.architecture, n_snapshots=n_snapshots, d_in=d_in, d_sae=sae.d_sae)
         with seeded(cfg.seed, self.device):  # the initial weights come from the seed alone
             crosscoder = build_training_crosscoder(
-                cfg.architecture,
+                sae.architecture,
                 d_in=d_in,
                 n_snapshots=n_snapshots,
-                d_sae=cfg.d_sae,
-                k=cfg.k,
+                d_sae=sae.d_sae,
+                k=sae.k,
                 sparsity_coefficient=sparsity,
-                sparsity_warm_up_steps=int(cfg.n_steps * float(cfg.sparsity_warm_up_fraction or 0.0)),
-                decoder_init_norm=cfg.decoder_init_norm,
+                sparsity_warm_up_steps=int(cfg.n_steps * float(sae.sparsity_warm_up_fraction or 0.0)),
+                decoder_init_norm=sae.decoder_init_norm,
                 device=self.device,
             )
         set_crosscoder_metadata(

@@ -216,7 +216,7 @@ class CrosscoderTrainer:
                 f"{tuple(x_BSD.shape)}; shard global batches with "
                 "crosslens.distributed.shard_batches."
             )
-        if self.n_steps == 0:  # issue 11: raw activations silently break every default
+        if self.n_steps == 0:  # raw activations silently break every default
             check_activation_scale(x_BSD, self.cfg.activation_scale_check)
         self.sae.train()
         autocast = torch.autocast(
@@ -270,7 +270,7 @@ class CrosscoderTrainer:
         elif self.n_steps == 0:
             _seed_everything(self.cfg.seed)
         batch_iter = _open_batches(batches, self.n_steps)
-        log_here = self.cfg.log_to_wandb and self.is_main
+        log_here = self.cfg.logger.log_to_wandb and self.is_main
         wandb_run, owns_run = self._start_wandb() if log_here else (None, False)
         if wandb_run is not None:  # also the caller's run: the crosscoder's metadata names it
             self.wandb_run_id = self.wandb_run_id or wandb_run.id
@@ -302,7 +302,7 @@ class CrosscoderTrainer:
                     elapsed = max(now - last_log_time, 1e-9)
                     tokens_per_s = (self.n_tokens - last_log_tokens) / elapsed
                     log = self.log_dict(output, tokens_per_s=tokens_per_s)
-                    if self.cfg.histogram_every and self.n_steps % self.cfg.histogram_every == 0:
+                    if self.cfg.logger.histogram_every and self.n_steps % self.cfg.logger.histogram_every == 0:
                         log.update(self.histogram_dict())
                     wandb_run.log(log, step=self.n_steps)
                     pbar.set_postfix(loss=f"{output.loss.item():.4g}")
@@ -315,7 +315,7 @@ class CrosscoderTrainer:
                 final = self.full_crosscoder()
                 if self.is_main:
                     final.save_inference_model(final_dir)
-                    if wandb_run is not None and self.cfg.log_model_artifact:
+                    if wandb_run is not None and self.cfg.logger.log_model_artifact:
                         self.log_model_artifact(wandb_run, final_dir)
                 self._barrier()
         finally:
@@ -337,8 +337,8 @@ class CrosscoderTrainer:
         meta.n_training_samples = self.n_tokens  # SAELens's name; one sample = one token's [S, D] stack
         if self.wandb_run_id:
             meta.wandb_run_id = self.wandb_run_id
-            meta.wandb_project = getattr(wandb_run, "project", None) or self.cfg.wandb_project
-            meta.wandb_entity = getattr(wandb_run, "entity", None) or self.cfg.wandb_entity
+            meta.wandb_project = getattr(wandb_run, "project", None) or self.cfg.logger.wandb_project
+            meta.wandb_entity = getattr(wandb_run, "entity", None) or self.cfg.logger.wandb_entity
 
     def log_model_artifact(self, wandb_run: Any, folder: Path) -> None:
         """The saved crosscoder folder as a W&B ``model`` artifact, named as SAELens names its
@@ -352,7 +352,7 @@ class CrosscoderTrainer:
         wandb_run.log_artifact(artifact, aliases=["final"])
 
     def _is_log_step(self, step: int) -> bool:
-        return self.cfg.log_to_wandb and step % self.cfg.log_every == 0
+        return self.cfg.logger.log_to_wandb and step % self.cfg.logger.wandb_log_frequency == 0
 
     # ----------------------------------------------------------------- logging
     @torch.no_grad()
@@ -390,14 +390,14 @@ class CrosscoderTrainer:
 
         if wandb.run is not None:  # the caller's run: log into it, leave it open
             return wandb.run, False
-        if self.cfg.wandb_dir is not None:
-            os.makedirs(self.cfg.wandb_dir, exist_ok=True)
+        if self.cfg.logger.wandb_dir is not None:
+            os.makedirs(self.cfg.logger.wandb_dir, exist_ok=True)
         run = wandb.init(
-            project=self.cfg.wandb_project,
-            name=self.cfg.wandb_run_name,
-            entity=self.cfg.wandb_entity,
-            dir=self.cfg.wandb_dir,
-            mode=self.cfg.wandb_mode,  # type: ignore[arg-type]
+            project=self.cfg.logger.wandb_project,
+            name=self.cfg.logger.run_name,
+            entity=self.cfg.logger.wandb_entity,
+            dir=self.cfg.logger.wandb_dir,
+            mode=self.cfg.logger.wandb_mode,  # type: ignore[arg-type]
             id=self.wandb_run_id,
             resume="allow" if self.wandb_run_id else None,
             config={"trainer": asdict(self.cfg), "crosscoder": self.sae.cfg.to_dict()},
@@ -505,7 +505,7 @@ class CrosscoderTrainer:
         on any mesh: the checkpoint holds the whole crosscoder whatever mesh wrote it."""
         path = Path(path)
         state = torch.load(path / TRAINER_STATE_FILENAME, map_location="cpu", weights_only=False)
-        cfg = cfg or CrosscoderTrainerConfig(**state["trainer_cfg"])
+        cfg = cfg or CrosscoderTrainerConfig.from_dict(state["trainer_cfg"])
         with open(path / SAE_CFG_FILENAME) as f:
             sae_cfg_dict = {**json.load(f), "device": cfg.device}
         sae_cfg = TrainingSAEConfig.from_dict(sae_cfg_dict)

@@ -1,17 +1,19 @@
-"""The training defaults of every architecture, in one table, each with where it comes from.
+"""The crosscoder architectures by name, with their training defaults and where each comes from.
 
-``crosslens train`` (the runner), :class:`~crosslens.training.CrosscoderTrainerConfig`,
-the planted benchmark (``crosslens.training.planted``) and the per-snapshot SAE baselines
-all read their defaults here; an explicit value (``--lr``, ``--sparsity``, a
-:class:`~crosslens.demo.DemoConfig` field) always wins. A recipe
+The one table keyed by architecture name that does not need the architectures' classes
+(those are registered with SAELens by :mod:`crosslens.crosscoders`). Everything that needs a
+default reads it here: the architectures' own configs, ``crosslens train`` and its
+:class:`~crosslens.training.config.CrosscoderRunnerConfig`, the planted benchmark, the
+per-snapshot SAE baselines and ``crosslens plan``. An explicit value (``--lr``,
+``--sparsity``, a :class:`~crosslens.demo.DemoConfig` field) always wins. This module imports
+nothing heavy, so ``crosslens --help`` can show the defaults. A recipe
 (``crosslens/data/recipes/*.yaml``) reproduces a paper's run and carries that paper's
 numbers (Ge et al.'s lambda 0.3 and lr 5e-5), which override this table.
 
 Sources: Bayazit et al. (ReLU crosscoder: L1 weighted by decoder norms, lambda 2 warmed up
 over 5% of steps, decoder rows at norm 0.08, Adam at 5e-5); Ge et al. (JumpReLU crosscoder:
 tanh sparsity, lambda 0.3 at Pythia-160M's shape warmed up over 10%, lr 5e-5); and
-measurements of ours on the pico suite and the planted set, recorded in NOTES.md and
-docs/notes/issue-11.md. The papers' 5e-5 is for hundreds of millions of tokens; on the
+measurements of ours on the pico suite and the planted set (NOTES.md). The papers' 5e-5 is for hundreds of millions of tokens; on the
 pico-sized runs crosslens is tested on, 1e-3 converges in the step budget (NOTES.md).
 """
 
@@ -37,6 +39,11 @@ class TrainingDefaults:
     """Norm of every decoder row at initialisation."""
     k: int
     """Active features per token for the TopK-style architectures (unused by the others)."""
+    coefficient_field: str | None
+    """The SAELens config field holding lambda (``l1_coefficient``, ``l0_coefficient``);
+    None for the TopK-style architectures, whose sparsity is set by ``k``."""
+    warm_up_field: str | None
+    """The SAELens config field holding lambda's warm-up steps."""
     source: str
     """Where these numbers come from."""
 
@@ -55,23 +62,27 @@ TRAINING_DEFAULTS: dict[str, TrainingDefaults] = {
     "crosscoder": TrainingDefaults(
         lr=DEFAULT_LR, sparsity_coefficient=2.0, sparsity_per_shape=False, sparsity_warm_up=0.05,
         decoder_init_norm=DEFAULT_DECODER_INIT_NORM, k=DEFAULT_K,
+        coefficient_field="l1_coefficient", warm_up_field="l1_warm_up_steps",
         source="Bayazit et al.: lambda 2 over 5% warm-up, decoder norm 0.08; lr measured on pico",
     ),
     "jumprelu_crosscoder": TrainingDefaults(
         lr=DEFAULT_LR, sparsity_coefficient=0.6, sparsity_per_shape=True, sparsity_warm_up=0.1,
         decoder_init_norm=DEFAULT_DECODER_INIT_NORM, k=DEFAULT_K,
+        coefficient_field="l0_coefficient", warm_up_field="l0_warm_up_steps",
         source=(
             "Ge et al.: 10% warm-up; lambda 0.6 per unit of n_snapshots*d_in/d_sae measured on the "
-            "planted set of issue 11 (Ge et al.'s 0.3 sits at ratio 1)"
+            "harder planted set (Ge et al.'s 0.3 sits at ratio 1)"
         ),
     ),
     "topk_crosscoder": TrainingDefaults(
         lr=DEFAULT_LR, sparsity_coefficient=None, sparsity_per_shape=False, sparsity_warm_up=0.0,
-        decoder_init_norm=DEFAULT_DECODER_INIT_NORM, k=DEFAULT_K, source="k = 32 as SAELens's TopK default; lr measured on pico",
+        decoder_init_norm=DEFAULT_DECODER_INIT_NORM, k=DEFAULT_K,
+        coefficient_field=None, warm_up_field=None, source="k = 32 as SAELens's TopK default; lr measured on pico",
     ),
     "batchtopk_crosscoder": TrainingDefaults(
         lr=DEFAULT_LR, sparsity_coefficient=None, sparsity_per_shape=False, sparsity_warm_up=0.0,
-        decoder_init_norm=DEFAULT_DECODER_INIT_NORM, k=DEFAULT_K, source="as topk_crosscoder",
+        decoder_init_norm=DEFAULT_DECODER_INIT_NORM, k=DEFAULT_K,
+        coefficient_field=None, warm_up_field=None, source="as topk_crosscoder",
     ),
 }  # fmt: skip
 
@@ -81,8 +92,19 @@ mean L0 near 23 with held-out explained variance >= 97.9% (NOTES.md). It is 0.33
 of ``n_snapshots * d_in / d_sae`` where the shape-scaled default would give 0.6; the demo's
 seeded figures in NOTES.md were measured with it, so it stays the demo's own value."""
 
+ARCHITECTURE_NAMES: tuple[str, ...] = tuple(TRAINING_DEFAULTS)
+"""The crosscoder architectures, by their SAELens registry names."""
+
 # The per-snapshot SAE baselines use the warm-up of the crosscoder they are compared with.
 BASELINE_OF = {"standard": "crosscoder", "jumprelu": "jumprelu_crosscoder", "topk": "topk_crosscoder"}
+
+SPARSITY_FIELDS: dict[str, tuple[str, str]] = {
+    **{name: (d.coefficient_field, d.warm_up_field) for name, d in TRAINING_DEFAULTS.items() if d.coefficient_field},
+    "standard": ("l1_coefficient", "l1_warm_up_steps"),
+    "jumprelu": ("l0_coefficient", "l0_warm_up_steps"),
+}
+"""Architecture (crosscoder or SAELens SAE) -> the config fields of its (lambda, warm-up);
+absent for the TopK-style ones, whose sparsity is set by ``k``."""
 
 
 def defaults_for(architecture: str) -> TrainingDefaults:
@@ -101,10 +123,10 @@ def sparsity_coefficient_for(architecture: str, *, n_snapshots: int, d_in: int, 
     lambda cannot fit every shape: its default is ``0.6 * n_snapshots * d_in / d_sae``.
     Measured points, in those units: Ge et al. use 0.3 at 32 snapshots x 768 dims x 24,576
     features (ratio 1); the pico demo's hand-tuned 0.5 (mean L0 23, held-out explained
-    variance >= 97.9%) is 0.33 at 12 x 128 / 1024; on the planted set of issue 11
+    variance >= 97.9%) is 0.33 at 12 x 128 / 1024; on the harder planted set
     (8 x 64 / 128, ratio 4) lambda 0.3 fired 6x as often as the planted features and
-    recovered 21-23 of 48, 1.2 recovered 36-37 and 2.5 recovered 43 (issue-11 note), so
-    0.6 per unit (2.4 there). On a new model check L0 and explained variance, and set
+    recovered 21-23 of 48, 1.2 recovered 36-37 and 2.5 recovered 43, so 0.6 per unit
+    (2.4 there). On a new model check L0 and explained variance, and set
     ``--sparsity`` if they are off.
     """
     defaults = defaults_for(architecture)

@@ -1,0 +1,164 @@
+"""The ``crosslens`` command line, generated from config dataclasses.
+
+Each subcommand is declared in a small module of this package (its flags as dataclass
+fields, see :mod:`crosslens.commands.flags`) and run by a function of :mod:`crosslens.commands`,
+imported only when the command runs, so ``crosslens --help`` imports neither torch nor
+TransformerLens. Every error reaches the user as one or two lines naming the flag to change
+(``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import sys
+
+from crosslens.cli import attribute, demo, harvest, plan, pretrained, report, suite, train
+from crosslens.commands.flags import add_flags, iter_fields
+from crosslens.cli.spec import Subcommand
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    demo.COMMAND,
+    suite.BUILD,
+    suite.LIST,
+    harvest.COMMAND,
+    train.COMMAND,
+    report.ANALYZE,
+    report.REPORT,
+    report.EVALUATE,
+    attribute.COMMAND,
+    plan.COMMAND,
+    pretrained.LIST,
+    pretrained.SHOW,
+    pretrained.PUSH,
+)
+GROUPS = {"suite": "model suites with training checkpoints", "pretrained": "registered pretrained crosscoder releases"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are two lines: what is wrong, and where help is. The
+    top-level parser also fills the generated flags' defaults after noting which were given."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the options)\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        defaults = getattr(namespace, "field_defaults", None)
+        if self.prog == "crosslens" and defaults is not None:
+            namespace.explicit = {dest for dest, value in vars(namespace).items() if value is not None}
+            for dest, default in defaults.items():
+                if getattr(namespace, dest, None) is None:
+                    setattr(namespace, dest, default)
+        return namespace, extras
+
+
+def _field_defaults(flag_classes: tuple[type, ...]) -> dict[str, object]:
+    """dest -> the dataclass default of every generated flag (False for flags that switch on)."""
+    out: dict[str, object] = {}
+    for cls in flag_classes:
+        for path, f, _ in iter_fields(cls):
+            dest = "__".join(path)
+            if dest in out:
+                continue
+            if f.default is not dataclasses.MISSING:
+                out[dest] = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                out[dest] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="crosslens",
+        description="Multi-snapshot crosscoders: how features form, change and die during pre-training.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for command in SUBCOMMANDS:
+        head, *rest = command.words
+        if rest:
+            if head not in groups:
+                group = sub.add_parser(head, help=GROUPS[head])
+                groups[head] = group.add_subparsers(dest=f"{head}_command", required=True)
+            where, name = groups[head], rest[0]
+        else:
+            where, name = sub, head
+        command_parser = where.add_parser(name, help=command.help, description=command.description)
+        declared: set[str] = set()
+        for cls in command.flags:
+            names = {f.name for _, f, _ in iter_fields(cls)}
+            add_flags(command_parser, cls, skip=tuple(declared & names))
+            declared |= names
+        command_parser.set_defaults(run=command.run, field_defaults=_field_defaults(command.flags))
+    return parser
+
+
+def _check_together(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks that involve two flags."""
+    if getattr(args, "command", None) != "train":
+        return
+    k, d_sae = args.sae__k, args.sae__d_sae
+    if args.sae__architecture.endswith("topk_crosscoder") and k > d_sae:
+        parser.error(f"--k {k} exceeds --d-sae {d_sae}; a top-k crosscoder keeps at most d_sae features")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("CROSSLENS_DEBUG") == "1"
+    if "--debug" in argv:  # accepted anywhere on the line, not only before the subcommand
+        argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_together(parser, args)
+    import warnings
+
+    formatwarning = warnings.formatwarning
+    if not debug:  # warnings as one line each, without the source line that raised them
+        warnings.formatwarning = lambda message, category, *_, **__: f"crosslens: warning: {message}\n"
+    try:
+        module, _, function = args.run.partition(":")
+        return int(getattr(importlib.import_module(module), function)(args) or 0)
+    except KeyboardInterrupt:
+        print(f"crosslens {args.command}: interrupted (finished work is kept; run the same command to resume)", file=sys.stderr)
+        raise SystemExit(130) from None
+    except SystemExit as exit_:
+        if debug or exit_.code in (None, 0) or isinstance(exit_.code, int):
+            raise
+        _one_line_error(_command_name(args), str(exit_.code).removeprefix("crosslens: "), None)
+    except Exception as err:  # noqa: BLE001 - every error is one line; --debug shows the traceback
+        if debug:
+            raise
+        _one_line_error(_command_name(args), str(err), err)
+    finally:
+        warnings.formatwarning = formatwarning
+    return 2
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """``suite list``, ``harvest``, ...: the words of the command that failed."""
+    words = [args.command, getattr(args, "suite_command", None), getattr(args, "pretrained_command", None)]
+    return " ".join(w for w in words if w)
+
+
+def _one_line_error(command: str, message: str, err: BaseException | None) -> None:
+    """Print an error as one or two lines and exit with status 2 (see --debug for the traceback)."""
+    from crosslens.commands.common import CLIError
+    from crosslens.errors import CrosslensError  # a ValueError; named for the reader
+
+    message = " ".join(message.split()) or type(err).__name__
+    expected = err is None or isinstance(err, (CLIError, CrosslensError, ValueError, FileNotFoundError))
+    if not expected:  # not a known input error: name its type, and where to see more
+        message = f"{type(err).__name__}: {message}"
+    print(f"crosslens {command}: error: {message}", file=sys.stderr)
+    if not expected:
+        print("(run again with --debug for the traceback)", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]

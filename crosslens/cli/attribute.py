@@ -1,0 +1,35 @@
+"""``crosslens attribute``: integrated-gradient attribution of crosscoder features on a task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from crosslens.cli.common import DeviceFlags, SuiteFlags
+from crosslens.cli.spec import Subcommand
+from crosslens.commands.attribute import TASK_DEFAULT
+
+
+@dataclass
+class AttributeFlags:
+    crosscoder: str = field(metadata={"flag": "--crosscoder"})
+    """RUN_DIR of crosslens train (its final/ folder also works), or RELEASE/ID of a pretrained release."""
+    suite: str | None = None
+    """The suite to attribute on (default: the one recorded with the crosscoder)."""
+    task: str = TASK_DEFAULT
+    """Task name (see crosslens.tasks) or a pairs file (BLiMP or crosslens JSONL, CLAMS text); several,
+    comma-separated, run together, one per language (agreement_multilingual = its en, fr and es tasks), with
+    RelIE per language side by side."""
+    task_file: str | None = None
+    """A MultiBLiMP-style JSONL file (sentence_good, sentence_bad, language): one task per language."""
+    n_examples: int = field(default=64, metadata={"min": 1})
+    """Minimal pairs to score."""
+    out: str = "attribution.json"
+    """The IE table; plots and report.html go beside it."""
+
+
+COMMAND = Subcommand(
+    ("attribute",),
+    "integrated-gradient attribution of crosscoder features",
+    (AttributeFlags, SuiteFlags, DeviceFlags),
+    "crosslens.commands.attribute:attribute",
+)

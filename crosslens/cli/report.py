@@ -1,0 +1,66 @@
+"""``crosslens analyze``, ``crosslens report`` and ``crosslens evaluate``: what a trained
+crosscoder learned, and how well it reconstructs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from crosslens.cli.spec import Subcommand
+
+
+@dataclass
+class LoadedCrosscoderFlags:
+    device: str | None = None
+    """cpu, cuda, cuda:N or mps (default: cuda if available, else mps, else cpu)."""
+    dtype: str | None = None
+    """dtype the crosscoder is loaded in (default: its saved dtype)."""
+
+
+@dataclass
+class AnalyzeFlags:
+    crosscoder: str = field(metadata={"flag": "--crosscoder"})
+    """The --out folder of crosslens train (RUN_DIR or RUN_DIR/final), or RELEASE/ID."""
+    store: str | None = None
+    """Activation store, for firing frequencies, probes and top contexts (default: the one the run trained on)."""
+    out: str | None = None
+    """Report file (default: RUN_DIR/report.html, else report.html)."""
+
+
+@dataclass
+class ReportFlags:
+    run_dir: str = field(metadata={"positional": True, "metavar": "RUN_DIR"})
+    """The --out folder of crosslens train."""
+    store: str | None = None
+    """Activation store (default: the one the run trained on)."""
+    out: str | None = None
+    """Report file (default: RUN_DIR/report.html)."""
+
+
+@dataclass
+class EvaluateFlags:
+    crosscoder: str = field(metadata={"positional": True, "metavar": "CROSSCODER"})
+    """RUN_DIR, RUN_DIR/final or RELEASE/ID."""
+    store: str = field(metadata={"flag": "--store"})
+    """Activation store to measure on (best: tokens it was not trained on)."""
+    device: str | None = None
+    """cpu, cuda, cuda:N or mps (default: cuda if available, else mps, else cpu)."""
+
+
+ANALYZE = Subcommand(
+    ("analyze",),
+    "feature evolution report from a trained crosscoder",
+    (AnalyzeFlags, LoadedCrosscoderFlags),
+    "crosslens.commands.report:analyze",
+)
+REPORT = Subcommand(
+    ("report",),
+    "rebuild RUN_DIR/report.html from what is on disk (with attribute's sections)",
+    (ReportFlags, LoadedCrosscoderFlags),
+    "crosslens.commands.report:report",
+)
+EVALUATE = Subcommand(
+    ("evaluate",),
+    "explained variance per snapshot, L0 and dead features of a crosscoder on a store",
+    (EvaluateFlags,),
+    "crosslens.commands.evaluate:evaluate",
+)

@@ -1,0 +1,36 @@
+"""``crosslens train``: its flags are the fields of the runner config (and its nested
+architecture and logging configs), plus what only the command needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from crosslens.cli.common import DeviceFlags
+from crosslens.cli.spec import Subcommand
+from crosslens.training.config import CrosscoderRunnerConfig
+
+
+@dataclass
+class TrainFlags:
+    store_path: str | None = field(default=None, metadata={"flag": "--store"})
+    """Activation store (required unless --recipe harvests one)."""
+    recipe: str | None = None
+    """A shipped recipe (crosslens plan --list-recipes): its settings are the defaults, explicit flags win;
+    without --store its activations are harvested into OUT/activations first."""
+    dataset: str | None = None
+    """NAME:COLUMN of the tokens a --recipe harvests."""
+    eval_store: str | None = None
+    """Store for the final quality table (default: STORE-heldout written by harvest, else the training store)."""
+    resume: bool = False
+    """Continue from the last checkpoint in --out."""
+    dtype: str | None = None
+    """dtype of the snapshot models when a --recipe harvests (float32, bfloat16, float16); crosscoder
+    parameters stay float32."""
+
+
+COMMAND = Subcommand(
+    ("train",),
+    "train a crosscoder on an activation store",
+    (TrainFlags, CrosscoderRunnerConfig, DeviceFlags),
+    "crosslens.commands.train:train",
+)

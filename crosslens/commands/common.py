@@ -1,0 +1,170 @@
+"""What several commands share: the CLIError they raise, the device and dtype flags resolved,
+the suite a ``--suite`` names, recipes and their weights, crosscoder folders, torchrun jobs."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+
+class CLIError(Exception):
+    """Bad command-line input: printed as one line, exit status 2, no traceback."""
+
+
+def device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
+    """The checked ``(device, dtype)`` strings of ``--device``/``--dtype`` (e.g. ``("cuda:0", "bfloat16")``)."""
+    from crosslens.devices import dtype_name, resolve_device
+
+    return str(resolve_device(args.device)), dtype_name(args.dtype or "float32")
+
+
+def print_peak_memory(device: str) -> None:
+    from crosslens.devices import peak_memory_line
+
+    line = peak_memory_line(device)
+    if line is not None:
+        print(line)
+
+
+def reset_peak_memory(device: str) -> None:
+    from crosslens.devices import reset_peak_memory
+
+    reset_peak_memory(device)
+
+
+def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | None = None, flag: str = "--suite"):
+    """Turn a ``--suite`` string into a :class:`CheckpointSuite`, then select snapshots."""
+    from crosslens.checkpoints import CheckpointSuite
+
+    if spec == "pico":
+        from crosslens.pico import pico_suite
+
+        suite = pico_suite()
+    elif Path(spec).expanduser().exists():
+        suite = CheckpointSuite.local(Path(spec).expanduser())
+    elif spec.startswith(("/", "./", "../", "~")) or spec.endswith(("/", "\\")):
+        raise CLIError(f"{flag} {spec}: the path does not exist; pass a folder of checkpoints (e.g. one `crosslens suite build --root` wrote)")
+    else:
+        spec, _, ingredient = spec.partition("@ingredient")  # OLMo-2/3: one stage-2 ingredient
+        lowered = spec.lower()
+        if ingredient and ("olmo" not in lowered or not ingredient.isdigit()):
+            raise CLIError(f"{flag} {spec}@ingredient{ingredient}: pass an OLMo-2/3 repo and a number, e.g. @ingredient1")
+        if "pythia" in lowered:
+            suite = CheckpointSuite.pythia(spec)
+        elif "olmo" in lowered:
+            from crosslens.checkpoints import MixedIngredientsError
+
+            try:
+                suite = CheckpointSuite.olmo(spec, ingredient=int(ingredient) if ingredient else None)
+            except MixedIngredientsError as error:  # its message names the --suite NAME@ingredientK to pass
+                print(f"crosslens: {error}", file=sys.stderr)
+                raise SystemExit(2) from None
+        elif "bloom" in lowered:
+            suite = CheckpointSuite.bloom(spec)
+        else:
+            raise CLIError(
+                f"{flag} {spec}: no such local folder, and cannot tell which family {spec!r} is; pass 'pico', "
+                "a local folder of checkpoints, or a hub id naming pythia, OLMo or bloom"
+            )
+    try:
+        if steps is not None:
+            suite = suite.select(steps=steps)
+        if n_snapshots is not None:
+            suite = suite.select(n=n_snapshots, spacing="log")
+    except ValueError as error:
+        raise CLIError(f"--steps/--n-snapshots: {error}") from None
+    return suite
+
+
+
+@contextlib.contextmanager
+def torchrun_job():
+    """Under torchrun: leave the process group cleanly when the command ends (a process that
+    exits with a live mesh aborts at teardown); elsewhere nothing."""
+    try:
+        yield
+    finally:
+        from crosslens.distributed import launched_by_torchrun, shutdown
+
+        if launched_by_torchrun():
+            shutdown()
+
+
+def rank_device(device: str) -> str:
+    from crosslens.distributed.mesh import rank_device
+
+    return rank_device(device)
+
+
+def fail(flag: str, message: str) -> None:
+    """One line naming the flag to change, exit status 2, no traceback (see main)."""
+    raise CLIError(f"{flag}: {message}")
+
+
+def resolve_crosscoder_arg(value: str, flag: str = "--crosscoder") -> str:
+    """A crosscoder folder, or RELEASE/ID of a registered release (fetched into the HF cache)."""
+    if Path(value).exists():
+        return value
+    from crosslens.pretrained.load import resolve_crosscoder_path
+
+    try:
+        return resolve_crosscoder_path(value)
+    except (ValueError, OSError) as exc:  # unknown release/id, or not downloadable
+        fail(flag, str(exc))
+    raise AssertionError("unreachable")
+
+
+def crosscoder_folder_arg(value: str, flag: str) -> Path:
+    """A crosscoder folder from a run folder, its final/ folder, or RELEASE/ID; one-line errors naming ``flag``."""
+    from crosslens.commands.runs import crosscoder_folder
+
+    if not Path(value).exists():
+        if value.startswith(("/", "./", "../", "~")) or value.count("/") != 1:
+            raise CLIError(f"{flag} {value}: the path does not exist; pass the --out folder of `crosslens train`")
+        value = resolve_crosscoder_arg(value, flag)
+    try:
+        return crosscoder_folder(value)
+    except FileNotFoundError as error:
+        raise CLIError(f"{flag}: {error}") from None
+
+
+def load_recipe_arg(name: str):
+    from crosslens.recipes import load_recipe
+
+    return load_recipe(name)
+
+
+def recipe_suite(recipe):
+    """The recipe's suite, after checking (offline) that its weights are in the HF cache."""
+    missing = missing_weights(recipe)
+    if missing:
+        raise CLIError(missing)
+    return recipe.suite()
+
+
+def missing_weights(recipe) -> str | None:
+    """One line naming the recipe's snapshots whose weights cannot be reached, or None.
+
+    Online, the hub is assumed reachable (loading reports its own errors). Offline
+    (``HF_HUB_OFFLINE=1``), each revision's config.json must be in the Hugging Face cache.
+    """
+    from crosslens.checkpoints.hub import hub_offline
+
+    if not hub_offline():
+        return None
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    labels = [label for label in recipe.snapshot_labels() if label != "main"]
+    if recipe.family == "pythia":
+        labels = [f"step{s}" for s in recipe.steps]
+    absent = [r for r in labels if not isinstance(try_to_load_from_cache(recipe.model, "config.json", revision=r), str)]
+    if not absent:
+        return None
+    more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+    return (
+        f"recipe {recipe.name} needs the weights of {recipe.model} at {absent[0]}{more}, which are not in the "
+        f"Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids downloading them; "
+        "go online, or pass --store with activations harvested elsewhere"
+    )

@@ -1,0 +1,69 @@
+"""``crosslens evaluate`` and the quality table ``train`` prints: held-out explained variance per
+snapshot, L0 and dead features of a saved crosscoder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from crosslens.commands.common import CLIError, crosscoder_folder_arg, device_and_dtype
+
+
+def quality_rows(crosscoder: Any, eval_store: Any, hook: str | None = None) -> tuple[list[dict], dict]:
+    """:func:`quality_table` rows (explained variance per snapshot, mean L0, d_sae) and the raw
+    evaluation (with ``dead_features``) of ``crosscoder`` on ``eval_store``."""
+    from crosslens.training.baselines import quality_table
+    from crosslens.training.runner import evaluate_crosscoder
+
+    result = evaluate_crosscoder(crosscoder, eval_store, hook)
+    steps = [int(s.get("step", i)) for i, s in enumerate(eval_store.snapshots)]
+    return quality_table(result, {}, steps, d_sae=int(crosscoder.cfg.d_sae)), result
+
+
+def format_quality(rows: list[dict], result: dict, where: str) -> str:
+    """The quality table with a line saying which tokens it was measured on and the dead features."""
+    from crosslens.training.baselines import format_quality_table
+
+    d_sae = next(r["crosscoder"] for r in rows if r["kind"] == "d_sae")
+    return (
+        f"explained variance per snapshot on {where} ({result['n_tokens']} tokens):\n"
+        + format_quality_table(rows)
+        + f"\ndead features (never fire on these tokens): {result['dead_features']} of {d_sae}"
+    )
+
+
+def print_quality(
+    crosscoder_path, store_path: str, eval_store: str | None, device: str, save_to: Path | None = None,
+    eval_flag: str = "--eval-store",
+) -> None:
+    """The quality table of a saved crosscoder: held-out explained variance per snapshot, L0, dead features."""
+    from sae_lens import SAE
+
+    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
+    from crosslens.activations import ActivationStore
+    from crosslens.commands.runs import heldout_store_path
+
+    if eval_store is not None:
+        path, where = eval_store, f"{eval_flag} {eval_store}"
+    elif heldout_store_path(store_path).exists():
+        path, where = str(heldout_store_path(store_path)), f"held-out tokens ({heldout_store_path(store_path)})"
+    else:
+        path, where = store_path, "the TRAINING tokens (no held-out store: pass --eval-store, or harvest with --heldout-tokens)"
+    crosscoder = SAE.load_from_disk(str(crosscoder_path), device=device)
+    rows, result = quality_rows(crosscoder, ActivationStore.open(path, verify="none"))
+    print(format_quality(rows, result, where))
+    if save_to is not None:
+        save_to.write_text(json.dumps({"measured_on": path, "rows": rows, "dead_features": result["dead_features"]}, indent=1))
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from crosslens.commands.runs import crosscoder_folder
+
+    device, _ = device_and_dtype(args)
+    folder = crosscoder_folder_arg(args.crosscoder, "CROSSCODER")
+    if not Path(args.store).exists():
+        raise CLIError(f"--store {args.store}: the path does not exist; pass an activation store written by `crosslens harvest`")
+    print_quality(crosscoder_folder(folder), args.store, args.store, device, eval_flag="--store")
+    return 0

@@ -1,0 +1,232 @@
+"""Command-line flags generated from config dataclasses: a setting is one field.
+
+Each field of a dataclass becomes one flag, ``--field-name`` unless its metadata names
+another (``field(..., metadata={"flag": "--batch-size"})``); the docstring under the field is
+its ``--help`` and the field's default is shown beside it, so defaults are written once, in
+the dataclass. A field whose type is itself a dataclass (a nested config, as SAELens nests
+``sae`` and ``logger``) contributes its own fields. Metadata keys:
+
+- ``flag``: the flag's name; a ``--no-...`` flag on a bool field that defaults to True turns it off.
+- ``choices``: the allowed values.
+- ``min`` (and ``strictly``): numbers below it (or equal, with ``strictly``) are refused where parsed.
+- ``cli``: False keeps a field off the command line (library-only settings).
+- ``positional``: the field is a positional argument, shown as its ``metavar``.
+- ``parse``, ``action``, ``nargs``, ``metavar``: passed to argparse as ``type``, ``action``, ``nargs``
+  and ``metavar``.
+
+Every generated flag parses to None when absent, so a command can tell what the user set
+(explicit flags win over a recipe's values, which win over the dataclass defaults).
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Iterator
+from typing import Any
+
+MISSING = dataclasses.MISSING
+
+
+def _number_at_least(minimum: float, kind: type = int, *, strictly: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type`` accepting numbers of ``kind`` >= ``minimum`` (> with ``strictly``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value < minimum or (strictly and value == minimum) or value != value:  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"must be {'>' if strictly else '>='} {minimum}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def int_list(text: str) -> list[int]:
+    """Comma-separated non-negative integers, such as training steps ``0,1000,2000``."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated steps such as 0,1000,2000, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected one or more steps >= 0, got {text!r}")
+    return values
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of dataclass ``cls`` (and its bases), one line each."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+        for node, after in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _value_type(hint: Any) -> tuple[Any, bool]:
+    """(the type a flag parses to, whether the field accepts None)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else str), True
+    return hint, False
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return MISSING
+
+
+def _flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) or "none"
+    return "none" if value is None else str(value)
+
+
+def iter_fields(cls: type) -> Iterator[tuple[tuple[str, ...], dataclasses.Field, Any]]:
+    """(path of field names, field, resolved type) of every command-line field of ``cls``,
+    nested dataclasses expanded in place."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            for path, sub, sub_hint in iter_fields(hint):  # type: ignore[arg-type]
+                yield (f.name, *path), sub, sub_hint
+        else:
+            yield (f.name,), f, hint
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+    """One flag per command-line field of dataclass ``cls`` (nested configs expanded);
+    ``skip`` leaves out fields by name (another dataclass of the command declares them)."""
+    docs_by_class: dict[type, dict[str, str]] = {}
+    hints = typing.get_type_hints(cls)
+    nested = {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+    for path, f, hint in iter_fields(cls):
+        if f.name in skip:
+            continue
+        owner = cls if len(path) == 1 else nested[path[0]]
+        for step in path[1:-1]:
+            owner = typing.get_type_hints(owner)[step]
+        docs = docs_by_class.setdefault(owner, field_docs(owner))
+        _add_one(parser, f, hint, docs.get(f.name, ""), dest="__".join(path))
+
+
+def _add_one(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, doc: str, *, dest: str) -> None:
+    value_type, _ = _value_type(hint)
+    default = _default_of(f)
+    meta = f.metadata
+    flag = _flag_name(f)
+    help_text = doc.replace("%", "%%")
+    if value_type is bool:
+        turns_off = flag.startswith("--no-") and default is True
+        action = "store_false" if turns_off else "store_true"
+        parser.add_argument(flag, dest=dest, action=action, default=None, help=help_text)
+        return
+    kwargs: dict[str, Any] = {"dest": dest, "default": None, "metavar": flag.lstrip("-").replace("-", "_").upper()}
+    origin = typing.get_origin(value_type)
+    if "parse" in meta:
+        kwargs["type"] = meta["parse"]
+    elif "action" in meta:
+        kwargs["action"] = meta["action"]
+    elif "nargs" in meta:
+        pass
+    elif origin in (list, tuple):
+        kwargs["type"] = int_list
+    elif value_type in (int, float) and "min" in meta:
+        kwargs["type"] = _number_at_least(meta["min"], value_type, strictly=meta.get("strictly", False))
+    elif value_type in (int, float):
+        kwargs["type"] = _number_at_least(float("-inf"), value_type)
+    if "choices" in meta:
+        kwargs["choices"] = list(meta["choices"])
+    if "metavar" in meta:
+        kwargs["metavar"] = meta["metavar"]
+    if "nargs" in meta:
+        kwargs["nargs"] = meta["nargs"]
+    if meta.get("positional"):
+        kwargs.pop("dest")
+        kwargs.pop("default")
+        parser.add_argument(dest, help=help_text, **kwargs)
+        return
+    if default is MISSING:
+        kwargs["required"] = True
+    elif doc and "(default" not in doc and default is not None:
+        help_text = f"{help_text} (default: {_show(default)})".strip()
+    parser.add_argument(flag, help=help_text, **kwargs)
+
+
+def explicit(args: argparse.Namespace, cls: type, *, prefix: str = "") -> dict[str, Any]:
+    """The fields of ``cls`` the user set on the command line, nested configs as dicts (the
+    ``crosslens`` parser records which flags were given in ``args.explicit``)."""
+    given = getattr(args, "explicit", None)
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
+        dest = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            sub = explicit(args, hints[f.name], prefix=f"{dest}__")
+            if sub:
+                out[f.name] = sub
+        elif (dest in given) if given is not None else getattr(args, dest, None) is not None:
+            out[f.name] = getattr(args, dest)
+    return out
+
+
+def build(cls: type, *layers: dict[str, Any]) -> Any:
+    """``cls`` built from ``layers`` of settings, later layers winning field by field (nested
+    configs merged field by field too); fields no layer sets keep their defaults."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in merged.items():
+        hint = hints.get(key)
+        kwargs[key] = build(hint, value) if dataclasses.is_dataclass(hint) and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+def flag_of(cls: type, name: str) -> str:
+    """The command-line flag of field ``name`` of ``cls`` (searched in nested configs too)."""
+    for path, f, _ in iter_fields(cls):
+        if f.name == name:
+            return _flag_name(f)
+    raise KeyError(name)

@@ -1,0 +1,103 @@
+"""``crosslens harvest``: a verified activation store, and its held-out store, from a suite."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from crosslens.commands.common import CLIError, device_and_dtype, load_recipe_arg, print_peak_memory, rank_device, recipe_suite, reset_peak_memory, resolve_suite, torchrun_job
+
+
+def harvest(args: argparse.Namespace) -> int:
+    recipe = load_recipe_arg(args.recipe) if args.recipe else None
+    hooks = args.hook or ([recipe.hook] if recipe is not None else None)
+    if not hooks:
+        raise CLIError("harvest needs --hook NAME (e.g. --hook blocks.0.hook_resid_post), or a --recipe")
+    device, model_dtype = device_and_dtype(args)
+    if recipe is not None and args.suite is None:
+        suite = recipe_suite(recipe)
+        if args.steps is not None or args.n_snapshots is not None:
+            suite = suite.select(steps=args.steps) if args.steps is not None else suite.select(n=args.n_snapshots)
+    else:
+        suite = resolve_suite(args.suite or "pico", args.steps, args.n_snapshots)
+    check_hooks(suite, hooks)  # before any model loads or anything is written
+    source = token_source(args, recipe)
+    device = rank_device(device)
+    reset_peak_memory(device)
+    with torchrun_job():
+        store, heldout = _harvest(args, suite, hooks, recipe, source, device, model_dtype)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"activation store: {store.path} ({store.n_tokens} tokens x {store.n_snapshots} snapshots)")
+            if heldout is not None:
+                print(f"held-out store: {heldout.path} ({heldout.n_tokens} tokens; `crosslens train` reports on it)")
+        print_peak_memory(device)
+    return 0
+
+
+def check_hooks(suite, hooks: list[str]) -> None:
+    from crosslens.commands.inputs import hook_problem, suite_n_layers
+
+    n_layers = suite_n_layers(suite)
+    for hook in hooks:
+        problem = hook_problem(hook, n_layers)
+        if problem:
+            raise CLIError(f"--hook {problem}")
+
+
+def token_source(args: argparse.Namespace, recipe) -> tuple[str, object]:
+    """Where harvest's tokens come from: ("text", [paths]), ("dataset", "NAME:COLUMN") or ("pico", None)."""
+    if args.text:
+        missing = [t for t in args.text if not Path(t).exists()]
+        if missing:
+            raise CLIError(f"--text {missing[0]}: no such file or folder")
+        return "text", list(args.text)
+    dataset = args.dataset or (recipe.dataset if recipe is not None else None)
+    if recipe is not None and not dataset:
+        raise CLIError(f"recipe {recipe.name} records no dataset; pass --dataset NAME:COLUMN or --text FILE")
+    if dataset:
+        dataset = dataset.removeprefix("dataset:")
+        if Path(dataset).is_file() or (Path(dataset).is_dir() and not (Path(dataset) / "dataset_info.json").exists()):
+            return "text", [dataset]  # a text file or a folder of .txt files given as --dataset
+        return "dataset", dataset
+    return "pico", None
+
+
+def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
+    """The store ``harvest`` writes (flags win over the recipe's values), and its held-out store."""
+    from crosslens.activations import harvest_activations, tokens_from_dataset, tokens_from_pico
+    from crosslens.activations.tokens import tokenize_texts
+    from crosslens.commands.runs import heldout_store_path
+    from crosslens.commands.inputs import split_rows, text_documents
+    from crosslens.devices import dtype_name
+
+    n_tokens = args.n_tokens or (recipe.n_tokens if recipe is not None else 200_000)
+    seq_len = args.seq_len or (recipe.context if recipe is not None else 64)
+    n_seqs = max(1, n_tokens // seq_len)
+    held_tokens = args.heldout_tokens if args.heldout_tokens is not None else min(16_384, n_tokens // 10)
+    n_held = held_tokens // seq_len
+    tokenizer = suite.tokenizer()
+    kind, value = source
+    try:
+        if kind == "text":
+            tokens = tokenize_texts(tokenizer, text_documents(value), seq_len, n_seqs=n_seqs + n_held)
+        elif kind == "dataset":
+            name, _, column = str(value).partition(":")
+            tokens = tokens_from_dataset(tokenizer, name, seq_len, n_seqs + n_held, column=column or "text")
+        else:
+            tokens = tokens_from_pico(tokenizer, seq_len, n_seqs + n_held, seed=0)
+    except ValueError as error:
+        if "rows of seq_len" not in str(error):
+            raise
+        raise CLIError(
+            f"--n-tokens {n_tokens} (+ --heldout-tokens {held_tokens}) is more than the text holds at --seq-len "
+            f"{seq_len}; lower --n-tokens, or give more text ({' '.join(str(error).split())})"
+        ) from None
+    train_NL, heldout_NL = split_rows(tokens, n_held, seed=0)
+    store_dtype = dtype_name(args.store_dtype or (recipe.store_dtype if recipe is not None else model_dtype))
+    common = dict(dtype=store_dtype, overwrite=args.overwrite, device=device, model_dtype=model_dtype)
+    store = harvest_activations(suite, hooks, train_NL, args.out, **common)
+    heldout = None
+    if len(heldout_NL):
+        heldout = harvest_activations(suite, hooks, heldout_NL, heldout_store_path(args.out), **common)
+    return store, heldout

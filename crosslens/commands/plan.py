@@ -1,0 +1,65 @@
+"""``crosslens plan``: a run sized offline."""
+
+from __future__ import annotations
+
+import argparse
+
+from crosslens.commands.common import CLIError, load_recipe_arg
+
+
+def plan(args: argparse.Namespace) -> int:
+    from crosslens.plan import PlanConfig, default_mesh, format_plan, known_models, make_plan, model_spec_for
+    from crosslens.plan import plan_config_from_recipe, plan_to_json
+
+    if args.list_recipes:
+        from crosslens.recipes import list_recipes, load_recipe
+
+        for name in list_recipes():
+            print(f"{name:28s} {load_recipe(name).title}")
+        return 0
+    if args.list_models:
+        print("\n".join(known_models()))
+        return 0
+    from crosslens.devices import dtype_name
+
+    device = args.device or "cuda"
+    model_dtype = dtype_name(args.dtype or "float32")
+    recipe = load_recipe_arg(args.recipe) if args.recipe else None
+    n_snapshots = len(args.steps) if args.steps else args.n_snapshots
+    if n_snapshots is None and recipe is not None:
+        n_snapshots = recipe.n_snapshots
+    if n_snapshots is None:
+        raise CLIError("plan needs the snapshot count: --n-snapshots N, --steps A,B,... or --recipe NAME")
+    world = args.world_size
+    if args.mesh:
+        try:
+            data, snap = (int(x) for x in args.mesh.lower().split("x"))
+        except ValueError:
+            raise CLIError(f"--mesh {args.mesh!r} is not DATAxSNAPSHOT, e.g. --mesh 2x4") from None
+        if world is not None and world != data * snap:
+            raise CLIError(f"--mesh {args.mesh} has {data * snap} ranks but --world-size is {world}; drop one")
+    else:
+        data, snap = default_mesh(world or 1, n_snapshots)
+    common = dict(
+        n_snapshots=n_snapshots, data_parallel=data, snapshot_parallel=snap, device=device, tflops=args.tflops,
+        link_gbps=args.link_gbps, model_dtype=model_dtype,
+    )  # fmt: skip
+    if recipe is not None:
+        overrides = dict(
+            hook=args.hook, n_tokens=args.n_tokens, d_sae=args.d_sae, architecture=args.arch, k=args.k,
+            batch_size=args.batch_size, context=args.context,
+        )  # fmt: skip
+        if args.suite is not None:
+            overrides["model"] = model_spec_for(args.suite)
+        cfg = plan_config_from_recipe(recipe, **common, **overrides)
+    else:
+        if args.hook is None:
+            raise CLIError("plan needs --hook NAME (or --recipe NAME)")
+        cfg = PlanConfig(
+            model=model_spec_for(args.suite or "pico"), hook=args.hook, n_tokens=args.n_tokens or 100_000_000,
+            d_sae=args.d_sae or 16384, architecture=args.arch or "jumprelu_crosscoder", k=args.k or 32,
+            batch_size=args.batch_size or 4096, context=args.context or 2048, name=args.suite or "pico", **common,
+        )  # fmt: skip
+    plan = make_plan(cfg)
+    print(plan_to_json(plan) if args.json else format_plan(plan))
+    return 0

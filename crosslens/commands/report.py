@@ -1,0 +1,58 @@
+"""``crosslens analyze`` and ``crosslens report``: the feature-evolution report of a saved crosscoder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from crosslens.commands.common import CLIError, crosscoder_folder_arg, device_and_dtype
+
+
+def analyze(args: argparse.Namespace) -> int:
+    folder = crosscoder_folder_arg(args.crosscoder, "--crosscoder")
+    return _write_report(folder, args.store, args.out, args)
+
+
+def report(args: argparse.Namespace) -> int:
+    folder = crosscoder_folder_arg(args.run_dir, "RUN_DIR")
+    return _write_report(folder, args.store, args.out, args)
+
+
+def _write_report(folder: Path, store: str | None, out: str | None, args: argparse.Namespace) -> int:
+    """Analyse the crosscoder in ``folder`` and write report.html, with the sections other commands
+    saved in its run folder (``crosslens attribute``)."""
+    from sae_lens import SAE
+
+    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
+    from crosslens.activations import ActivationStore
+    from crosslens.analysis import analyze_crosscoder
+    from crosslens.commands.runs import crosscoder_suite_record, run_folder, run_store, saved_sections, suite_title, suite_tokenizer
+    from crosslens.devices import dtype_name
+
+    device, _ = device_and_dtype(args)
+    run_dir = run_folder(folder)
+    if store is not None and not Path(store).exists():
+        raise CLIError(f"--store {store}: the path does not exist; pass the store `crosslens harvest --out` wrote")
+    store = store or run_store(run_dir)
+    out_path = Path(out) if out else (run_dir or Path(".")) / "report.html"
+    record = crosscoder_suite_record(folder)
+    dtype = dtype_name(args.dtype) if args.dtype else None
+    crosscoder = SAE.load_from_disk(str(folder), device=device, dtype=dtype)
+    hook = getattr(crosscoder.cfg, "metadata", None)
+    hook = getattr(hook, "hook_name", None) if hook is not None else None
+    tokenizer = suite_tokenizer(record) if store else None
+    analysis, report = analyze_crosscoder(
+        crosscoder, store=ActivationStore.open(store) if store else None, tokenizer=tokenizer,
+        title=suite_title(record, hook), device=device,
+    )  # fmt: skip
+    sections = saved_sections(run_dir)
+    for section in sections:
+        report.extend(section)
+    report.write(out_path)
+    print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
+    if store is None:
+        print("no activation store (--store): the report has no firing frequencies, probes or top contexts")
+    if sections:
+        print(f"with {len(sections)} saved section(s) from {run_dir / 'sections'}")
+    print(f"report: {out_path}")
+    return 0

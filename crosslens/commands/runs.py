@@ -1,0 +1,109 @@
+"""The layout of a ``crosslens train`` run folder as the commands read it: the saved
+crosscoder, the store it trained on (from ``run.json``), the held-out store beside a store,
+the suite it was trained on, and report sections other commands save into the folder."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+HELDOUT_SUFFIX = "-heldout"
+"""``harvest --out STORE`` also writes held-out activations to ``STORE-heldout``; ``train`` reads them."""
+
+
+SECTIONS_DIR = "sections"
+"""Report sections other stages add to a run folder (``crosslens attribute``), merged by ``crosslens report``."""
+
+
+def heldout_store_path(store_path: str | Path) -> Path:
+    """Where ``crosslens harvest`` puts the held-out activations of the store at ``store_path``."""
+    path = Path(store_path)
+    return path.with_name(path.name + HELDOUT_SUFFIX)
+
+
+def crosscoder_folder(path: str | Path) -> Path:
+    """The saved crosscoder inside a ``crosslens train`` run folder (``RUN_DIR/final``), or ``path``
+    itself when it holds one (``cfg.json``)."""
+    path = Path(path)
+    if (path / "final" / "cfg.json").is_file():
+        return path / "final"
+    if (path / "cfg.json").is_file():
+        return path
+    raise FileNotFoundError(
+        f"{path} holds no trained crosscoder (no cfg.json, nor final/cfg.json); pass the --out folder of "
+        "`crosslens train` or its final/ folder"
+    )
+
+
+def run_folder(crosscoder_path: str | Path) -> Path | None:
+    """The ``crosslens train`` run folder a crosscoder folder belongs to (None if it is not in one)."""
+    path = Path(crosscoder_path)
+    for candidate in (path, path.parent):
+        if (candidate / "run.json").is_file():
+            return candidate
+    return None
+
+
+def run_store(run_dir: Path | None) -> str | None:
+    """The activation store a run trained on, from its run.json (None when unknown or gone)."""
+    if run_dir is None:
+        return None
+    try:
+        store = json.loads((run_dir / "run.json").read_text()).get("store_path")
+    except (OSError, ValueError):
+        return None
+    return store if store and Path(store).exists() else None
+
+
+def crosscoder_suite_record(crosscoder_path: str | Path) -> dict[str, Any]:
+    """The suite provenance saved with a crosscoder (family, model_id, root, snapshots), or {}."""
+    try:
+        cfg = json.loads((Path(crosscoder_path) / "cfg.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    suite = (cfg.get("metadata") or {}).get("suite")
+    return suite if isinstance(suite, dict) else {}
+
+
+def suite_title(record: dict[str, Any], hook: str | None = None) -> str:
+    """A report title naming the suite: its folder for local suites (every pico build has the
+    model id crosslens/pico), else its model id."""
+    name = record.get("model_id") or "crosscoder"
+    if record.get("root"):
+        name = f"{Path(record['root']).name} ({name})" if name != Path(record["root"]).name else name
+    return f"crosslens: {name}" + (f", {hook}" if hook else "")
+
+
+def suite_tokenizer(record: dict[str, Any]) -> Any:
+    """The tokenizer of the suite a crosscoder was trained on, for decoding contexts (None if unreachable)."""
+    from crosslens.checkpoints import CheckpointSuite
+
+    try:
+        if record.get("root") and Path(record["root"]).is_dir():
+            return CheckpointSuite.local(record["root"]).tokenizer()
+        if record.get("model_id"):
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(record["model_id"])
+    except Exception:  # noqa: BLE001 - contexts then show token ids, and say so
+        return None
+    return None
+
+
+def save_section(report: Any, run_dir: Path, name: str) -> Path:
+    """Save a report section into ``run_dir/sections/NAME.json`` for ``crosslens report`` to merge."""
+    path = run_dir / SECTIONS_DIR / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_dict()))
+    return path
+
+
+def saved_sections(run_dir: Path | None) -> list[Any]:
+    """The report sections saved in a run folder, in name order."""
+    from crosslens.analysis.report import Report
+
+    if run_dir is None or not (run_dir / SECTIONS_DIR).is_dir():
+        return []
+    return [Report.from_dict(json.loads(p.read_text())) for p in sorted((run_dir / SECTIONS_DIR).glob("*.json"))]

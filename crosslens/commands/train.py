@@ -1,0 +1,118 @@
+"""``crosslens train``: a crosscoder from an activation store, or from a recipe's suite.
+
+Settings come in three layers, later ones winning field by field: the defaults of
+:class:`~crosslens.training.config.CrosscoderRunnerConfig`, a ``--recipe``'s values, and the
+flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from crosslens.commands.flags import build, explicit
+from crosslens.commands.common import (
+    CLIError,
+    device_and_dtype,
+    load_recipe_arg,
+    missing_weights,
+    print_peak_memory,
+    recipe_suite,
+    reset_peak_memory,
+    torchrun_job,
+)
+from crosslens.commands.evaluate import print_quality
+from crosslens.training.config import CrosscoderRunnerConfig
+
+
+def train_config(args: argparse.Namespace, recipe=None, **fixed) -> CrosscoderRunnerConfig:
+    """The runner config of a ``train`` command line: the config's defaults, then the recipe's
+    values, then the flags given; ``fixed`` (the resolved store path and device) last. A recipe
+    without ``--n-steps`` trains on its token budget at the batch size in force."""
+    flags = explicit(args, CrosscoderRunnerConfig)
+    layers = [recipe.training_settings() if recipe is not None else {}, flags]
+    if recipe is not None and "n_steps" not in flags:
+        batch = flags.get("train_batch_size_tokens") or recipe.batch_size
+        layers.append({"n_steps": max(1, recipe.n_tokens // batch)})
+    fixed.setdefault("store_path", args.store_path or "")
+    return build(CrosscoderRunnerConfig, *layers, fixed)
+
+def _check_store_matches_recipe(store_path: str, recipe) -> None:
+    from crosslens.activations import ActivationStore
+
+    store = ActivationStore.open(store_path, verify="none")
+    model = str(store.manifest["spec"]["suite"].get("model_id", ""))
+    revisions = [str(entry.get("revision")) for entry in store.manifest["snapshots"]]
+    wanted = recipe.snapshot_labels()
+    same = model.lower() == recipe.model.lower() and len(revisions) == len(wanted) and all(
+        w == "main" or w == r for w, r in zip(wanted, revisions)
+    )
+    if not same:
+        raise CLIError(
+            f"the store {store_path} holds {model} at {len(revisions)} snapshots, not recipe {recipe.name}'s "
+            f"{recipe.model} at {len(wanted)}; harvest it with `crosslens harvest --recipe {recipe.name}` or drop --recipe"
+        )
+
+
+def _harvest_for_recipe(args: argparse.Namespace, recipe, config: CrosscoderRunnerConfig, device: str, model_dtype: str) -> str:
+    """Harvest the recipe's activations into ``<out>/activations`` (resumable) and return
+    the store path, after checking weights, dataset and disk space."""
+    import shutil
+
+    from crosslens.devices import DTYPE_BYTES, dtype_name, format_bytes
+    from crosslens.plan import hook_width, known_model, model_spec_for
+
+    problems = [p for p in [missing_weights(recipe)] if p]
+    dataset = args.dataset or recipe.dataset
+    if not dataset:
+        problems.append(f"recipe {recipe.name} records no dataset: pass --dataset NAME:COLUMN")
+    if problems:
+        raise CLIError("; ".join(problems))
+    store_dtype = dtype_name(recipe.store_dtype)
+    n_tokens = config.training_tokens
+    spec = known_model(recipe.model) or model_spec_for(recipe.model)
+    need = n_tokens * recipe.n_snapshots * hook_width(spec, config.hook_name) * DTYPE_BYTES[store_dtype]
+    out = Path(args.out_dir) / "activations"
+    probe = next(p for p in [out, *out.parents] if p.exists())
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise CLIError(
+            f"recipe {recipe.name}'s activation store needs {format_bytes(need)} ({n_tokens} tokens x "
+            f"{recipe.n_snapshots} snapshots, {store_dtype}) but {probe} has {format_bytes(free)} free; "
+            "lower --n-steps, or pass --store DIR on a larger disk (see `crosslens plan --recipe NAME`)"
+        )
+    from crosslens.activations import harvest_activations, tokens_from_dataset
+
+    suite = recipe_suite(recipe)
+    name, _, column = dataset.partition(":")
+    tokens = tokens_from_dataset(suite.tokenizer(), name, recipe.context, max(1, n_tokens // recipe.context), column=column or "text")
+    store = harvest_activations(
+        suite, [config.hook_name], tokens, out, dtype=store_dtype, device=device, model_dtype=model_dtype
+    )
+    return str(store.path)
+
+
+def train(args: argparse.Namespace) -> int:
+    from crosslens.training.runner import CrosscoderTrainingRunner
+
+    device, model_dtype = device_and_dtype(args)
+    recipe = load_recipe_arg(args.recipe) if args.recipe else None
+    if args.store_path is None and recipe is None:
+        raise CLIError("train needs --store DIR (an activation store) or --recipe NAME")
+    config = train_config(args, recipe, device=device)
+    reset_peak_memory(device)
+    if args.store_path is not None:
+        if recipe is not None:
+            _check_store_matches_recipe(args.store_path, recipe)
+    else:
+        config.store_path = _harvest_for_recipe(args, recipe, config, device, model_dtype)
+    runner = CrosscoderTrainingRunner(config)
+    with torchrun_job():
+        runner.run(resume=args.resume)
+        if runner.is_main:
+            print(f"crosscoder saved to {runner.final_path}")
+            print_quality(
+                runner.final_path, config.store_path, args.eval_store, device, save_to=Path(args.out_dir) / "quality.json"
+            )
+        print_peak_memory(runner.device)
+    return 0
