@@ -81,7 +81,8 @@ def worker(args: argparse.Namespace) -> None:
 
     from crosslens.distributed import init_mesh, shard_batches, shutdown
     from crosslens.training.config import CrosscoderTrainerConfig
-    from crosslens.training.runner import DEFAULT_SPARSITY, build_training_crosscoder
+    from crosslens.architectures import defaults_for
+    from crosslens.training.factory import build_training_crosscoder
     from crosslens.training.trainer import CrosscoderTrainer
 
     S, D, F, B = args.snapshots, args.d_in, args.d_sae, args.batch
@@ -89,7 +90,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     sae = build_training_crosscoder(
         args.arch, d_in=D, n_snapshots=S, d_sae=F, k=args.k,
-        sparsity_coefficient=DEFAULT_SPARSITY[args.arch],
+        sparsity_coefficient=defaults_for(args.arch).sparsity_coefficient,
     )
     cfg = CrosscoderTrainerConfig(
         total_steps=args.warmup + args.steps, lr=1e-4, checkpoint_dir=args.out, seed=0

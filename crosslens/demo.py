@@ -176,6 +176,7 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
     from sae_lens import SAE
 
     from crosslens.training.records import record_problem
+    from crosslens.training.config import ArchitectureConfig
     from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
 
     out_dir = Path(out_dir)
@@ -184,12 +185,12 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
     runner_config = CrosscoderRunnerConfig(
         store_path=str(getattr(store, "path", store)),
         out_dir=str(out_dir),
-        hook=config.hook,
-        architecture=config.architecture,
-        d_sae=config.d_sae,
-        sparsity_coefficient=config.sparsity_coefficient,
+        hook_name=config.hook,
+        sae=ArchitectureConfig(
+            architecture=config.architecture, d_sae=config.d_sae, sparsity_coefficient=config.sparsity_coefficient
+        ),
         n_steps=config.n_steps,
-        batch_size=config.batch_size,
+        train_batch_size_tokens=config.batch_size,
         seed=config.seed,
         checkpoint_every=max(50, config.n_steps // 5),
         device=device,

@@ -36,6 +36,7 @@ def main() -> None:
 
     from crosslens.activations import harvest_activations, tokens_from_pico
     from crosslens.pico import pico_suite
+    from crosslens.training.config import ArchitectureConfig
     from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
 
     suite = pico_suite()
@@ -54,8 +55,8 @@ def main() -> None:
         for name, threads in labels:
             torch.set_num_threads(threads)
             config = CrosscoderRunnerConfig(
-                store_path=str(stores["t1-0"].path), out_dir=str(root / f"run-{name}"), d_sae=args.d_sae,
-                n_steps=args.n_steps, batch_size=args.batch_size, checkpoint_every=0, progress=False,
+                store_path=str(stores["t1-0"].path), out_dir=str(root / f"run-{name}"),
+                sae=ArchitectureConfig(d_sae=args.d_sae), n_steps=args.n_steps, train_batch_size_tokens=args.batch_size, checkpoint_every=0, progress=False,
             )  # fmt: skip
             runs[name] = CrosscoderTrainingRunner(config).run()
 

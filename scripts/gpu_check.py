@@ -21,11 +21,12 @@ import torch
 
 
 def build(arch: str, S: int, D: int, F: int, device: str):
-    from crosslens.training.runner import DEFAULT_SPARSITY, build_training_crosscoder
+    from crosslens.architectures import defaults_for
+    from crosslens.training.factory import build_training_crosscoder
 
     torch.manual_seed(0)
     return build_training_crosscoder(
-        arch, d_in=D, n_snapshots=S, d_sae=F, k=32, sparsity_coefficient=DEFAULT_SPARSITY[arch], device=device
+        arch, d_in=D, n_snapshots=S, d_sae=F, k=32, sparsity_coefficient=defaults_for(arch).sparsity_coefficient, device=device
     )
 
 

@@ -14,16 +14,17 @@ import sys, time, json, torch
 from crosslens.analysis import PlantedConfig, PlantedEvolution, EvolutionAnalysis, planted_scores
 from crosslens.analysis.probes import firing_frequency, snapshot_firing_frequency
 from crosslens.analysis.synthetic import match_planted
-from crosslens.training.runner import DEFAULT_SPARSITY_WARM_UP, DEFAULT_LR, build_training_crosscoder, default_sparsity_coefficient
+from crosslens.architectures import DEFAULT_LR, defaults_for, sparsity_coefficient_for
+from crosslens.training.factory import build_training_crosscoder
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 torch.set_num_threads(1)
 arch = sys.argv[1]; steps = int(sys.argv[2]); bs = int(sys.argv[3]); extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
 seed = extra.pop("seed", 0); k = extra.pop("k", 4); lr = extra.pop("lr", DEFAULT_LR)
-coef = extra.pop("sparsity", default_sparsity_coefficient(arch, n_snapshots=8, d_in=64, d_sae=128))
+coef = extra.pop("sparsity", sparsity_coefficient_for(arch, n_snapshots=8, d_in=64, d_sae=128))
 p = PlantedEvolution.build(PlantedConfig.hard(seed=0))
 torch.manual_seed(seed)
 cc = build_training_crosscoder(arch, d_in=64, n_snapshots=8, d_sae=128, k=k, sparsity_coefficient=coef,
-        sparsity_warm_up_steps=int(steps * DEFAULT_SPARSITY_WARM_UP.get(arch, 0)), **extra)
+        sparsity_warm_up_steps=int(steps * defaults_for(arch).sparsity_warm_up), **extra)
 tr = CrosscoderTrainer(cc, CrosscoderTrainerConfig(total_steps=steps, lr=lr, lr_decay_steps=steps // 5, seed=seed, save_final=False))
 batches = p.batches(bs, seed=1000 + seed)
 acts, coeff = p.sample(20000, torch.Generator().manual_seed(5))

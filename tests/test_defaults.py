@@ -20,27 +20,22 @@ def test_every_registered_architecture_has_defaults():
 
 
 def test_the_learning_rate_is_the_same_everywhere():
-    from crosslens.training import runner
-    from crosslens.training.config import CrosscoderTrainerConfig
+    from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig, CrosscoderTrainerConfig
 
-    # before: 5e-5 in CrosscoderTrainerConfig, 1e-3 in the runner
-    assert CrosscoderTrainerConfig(total_steps=1).lr == runner.DEFAULT_LR == DEFAULT_LR == 1e-3
+    assert CrosscoderTrainerConfig(total_steps=1).lr == DEFAULT_LR == 1e-3
     for arch in TRAINING_DEFAULTS:
-        config = runner.CrosscoderRunnerConfig(store_path="unused", out_dir="unused", architecture=arch)
+        config = CrosscoderRunnerConfig(store_path="unused", out_dir="unused", sae=ArchitectureConfig(architecture=arch))
         assert config.lr == DEFAULT_LR
 
 
 def test_sparsity_defaults_per_entry_point():
     from crosslens.demo import DemoConfig
-    from crosslens.training import baselines, runner
+    from crosslens.training import baselines
 
     shape = dict(n_snapshots=8, d_in=64, d_sae=128)
-    assert runner.default_sparsity_coefficient("jumprelu_crosscoder", **shape) == pytest.approx(0.6 * 8 * 64 / 128)
-    assert runner.default_sparsity_coefficient("crosscoder", **shape) == 2.0
-    assert runner.default_sparsity_coefficient("topk_crosscoder", **shape) is None
-    assert sparsity_coefficient_for("jumprelu_crosscoder", **shape) == runner.default_sparsity_coefficient(
-        "jumprelu_crosscoder", **shape
-    )
+    assert sparsity_coefficient_for("jumprelu_crosscoder", **shape) == pytest.approx(0.6 * 8 * 64 / 128)
+    assert sparsity_coefficient_for("crosscoder", **shape) == 2.0
+    assert sparsity_coefficient_for("topk_crosscoder", **shape) is None
     # the architectures' own configs default to the same table
     import crosslens.crosscoders as cc
 
@@ -51,7 +46,9 @@ def test_sparsity_defaults_per_entry_point():
     # the demo keeps its measured value (its seeded figures in NOTES.md depend on it)
     assert DemoConfig().sparsity_coefficient == PICO_DEMO_JUMPRELU_SPARSITY == 0.5
     # warm-ups: Bayazit et al. 5% (ReLU), Ge et al. 10% (JumpReLU); the baselines use their crosscoder's
-    assert runner.DEFAULT_SPARSITY_WARM_UP == {"crosscoder": 0.05, "jumprelu_crosscoder": 0.1}
+    assert {a: d.sparsity_warm_up for a, d in TRAINING_DEFAULTS.items() if d.sparsity_warm_up} == {
+        "crosscoder": 0.05, "jumprelu_crosscoder": 0.1
+    }
     assert baselines.BASELINE_SPARSITY_WARM_UP == {"standard": 0.05, "jumprelu": 0.1, "topk": 0.0}
 
 
@@ -78,6 +75,6 @@ def test_decoder_init_norm_and_k_come_from_the_table():
     from crosslens.training.runner import CrosscoderRunnerConfig
 
     config = CrosscoderRunnerConfig(store_path="unused", out_dir="unused")
-    assert (config.k, config.decoder_init_norm) == (DEFAULT_K, DEFAULT_DECODER_INIT_NORM) == (32, 0.08)
+    assert (config.sae.k, config.sae.decoder_init_norm) == (DEFAULT_K, DEFAULT_DECODER_INIT_NORM) == (32, 0.08)
     assert crosscoder_base.DEFAULT_DECODER_INIT_NORM is DEFAULT_DECODER_INIT_NORM
     assert {d.decoder_init_norm for d in TRAINING_DEFAULTS.values()} == {DEFAULT_DECODER_INIT_NORM}

@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "locks": 0,
     # 1: shared utilities
     "devices": 1,
+    "architectures": 1,  # the architectures by name and their training defaults (no classes)
     # 2: inputs and the crosscoder architectures, independent of each other
     "checkpoints": 2,  # snapshot suites
     "tasks": 2,  # minimal pairs and the pico grammar (pure text)
@@ -45,11 +46,12 @@ LAYERS: dict[str, int] = {
     "plan": 5,
     "pretrained": 5,
     "demo": 5,
-    "commands": 5,  # the library functions behind CLI subcommands
-    # 6: entry points
-    "cli": 6,
-    "__main__": 7,
-    "__init__": 7,  # crosslens/__init__.py resolves its public names lazily
+    # 6: what each command does, callable as a library
+    "commands": 6,
+    # 7: entry points
+    "cli": 7,  # the parser, generated from config dataclasses
+    "__main__": 8,
+    "__init__": 8,  # crosslens/__init__.py resolves its public names lazily
 }
 
 

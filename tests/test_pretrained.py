@@ -28,6 +28,7 @@ from crosslens.pretrained import (
     unregister_release,
 )
 from crosslens.pretrained.push import push_to_hub
+from crosslens.training.config import ArchitectureConfig, LoggingConfig
 from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
 from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
 
@@ -46,8 +47,8 @@ def trained_run(tmp_path_factory):
     harvest_activations(CheckpointSuite.local(root), HOOK, tokens, store, progress=False)
     run_dir = tmp_path_factory.mktemp("run")
     config = CrosscoderRunnerConfig(
-        store_path=str(store), out_dir=str(run_dir), architecture="jumprelu_crosscoder", d_sae=32,
-        n_steps=30, batch_size=64, lr=3e-3, checkpoint_every=0, progress=False, dataset_path="synthetic:random",
+        store_path=str(store), out_dir=str(run_dir), sae=ArchitectureConfig(architecture="jumprelu_crosscoder", d_sae=32),
+        n_steps=30, train_batch_size_tokens=64, lr=3e-3, checkpoint_every=0, progress=False, dataset_path="synthetic:random",
     )  # fmt: skip
     CrosscoderTrainingRunner(config).run()
     return run_dir
@@ -216,22 +217,22 @@ def test_runner_fills_saelens_training_metadata(trained_run):
     assert meta["n_training_steps"] == 30 and meta["n_training_samples"] == 30 * 64
 
 
-def test_saelens_logging_names_map_onto_the_trainer():
-    from crosslens.training import CrosscoderTrainerConfig
+def test_saelens_names_are_the_only_names():
+    from crosslens.training import CrosscoderTrainerConfig, LoggingConfig
 
-    cfg = CrosscoderTrainerConfig(total_steps=10, run_name="r", wandb_log_frequency=5, eval_every_n_wandb_logs=2)
-    assert (cfg.wandb_run_name, cfg.log_every, cfg.histogram_every) == ("r", 5, 10)
-    with pytest.raises(ValueError, match="same thing"):
-        CrosscoderTrainerConfig(total_steps=10, run_name="a", wandb_run_name="b")
+    cfg = CrosscoderTrainerConfig(total_steps=10, logger=LoggingConfig(run_name="r", wandb_log_frequency=5, eval_every_n_wandb_logs=2))
+    assert (cfg.logger.run_name, cfg.logger.wandb_log_frequency, cfg.logger.histogram_every) == ("r", 5, 10)
+    with pytest.raises(TypeError):
+        CrosscoderTrainerConfig(total_steps=10, wandb_run_name="b")
     runner_cfg = CrosscoderRunnerConfig(
-        store_path="s", out_dir="o", run_name="x", wandb_log_frequency=7, hook_name="h",
-        training_tokens=1000, train_batch_size_tokens=100,
+        store_path="s", out_dir="o", logger=LoggingConfig(run_name="x", wandb_log_frequency=7), hook_name="h",
+        n_steps=10, train_batch_size_tokens=100,
     )  # fmt: skip
-    assert (runner_cfg.wandb_run_name, runner_cfg.log_every, runner_cfg.hook) == ("x", 7, "h")
-    assert (runner_cfg.n_steps, runner_cfg.batch_size, runner_cfg.training_tokens) == (10, 100, 1000)
-    assert CrosscoderRunnerConfig(**asdict(runner_cfg)) == runner_cfg  # run.json round-trips
-    with pytest.raises(ValueError, match="hook_name and hook"):
-        CrosscoderRunnerConfig(store_path="s", out_dir="o", hook="a", hook_name="b")
+    assert (runner_cfg.logger.run_name, runner_cfg.logger.wandb_log_frequency, runner_cfg.hook_name) == ("x", 7, "h")
+    assert (runner_cfg.n_steps, runner_cfg.train_batch_size_tokens, runner_cfg.training_tokens) == (10, 100, 1000)
+    assert CrosscoderRunnerConfig.from_dict(asdict(runner_cfg)) == runner_cfg  # run.json round-trips
+    with pytest.raises(TypeError):
+        CrosscoderRunnerConfig(store_path="s", out_dir="o", hook="a")
 
 
 def test_wandb_run_id_in_metadata_and_model_artifact_offline(trained_run, tmp_path):
@@ -240,9 +241,9 @@ def test_wandb_run_id_in_metadata_and_model_artifact_offline(trained_run, tmp_pa
     run_dir = tmp_path / "run"
     store = json.loads((trained_run / "run.json").read_text())["store_path"]
     config = CrosscoderRunnerConfig(
-        store_path=store, out_dir=str(run_dir), architecture="crosscoder", d_sae=16, n_steps=4, batch_size=32,
-        checkpoint_every=0, progress=False, log_to_wandb=True, wandb_project="crosslens-test",
-        run_name="artifact-check", wandb_log_frequency=2,
+        store_path=store, out_dir=str(run_dir), sae=ArchitectureConfig(architecture="crosscoder", d_sae=16), n_steps=4,
+        train_batch_size_tokens=32, checkpoint_every=0, progress=False,
+        logger=LoggingConfig(log_to_wandb=True, wandb_project="crosslens-test", run_name="artifact-check", wandb_log_frequency=2),
     )  # fmt: skip
     CrosscoderTrainingRunner(config).run()
     wandb.teardown()  # flushes the offline run file

@@ -10,6 +10,7 @@ from sae_lens import SAE
 
 from crosslens.activations import harvest_activations
 from crosslens.checkpoints import CheckpointSuite
+from crosslens.training.config import ArchitectureConfig
 from crosslens.training.runner import (
     CrosscoderRunnerConfig,
     CrosscoderTrainingRunner,
@@ -45,7 +46,12 @@ def _config(store_path, out_dir, **overrides):
         progress=False,
     )
     settings.update(overrides)
-    return CrosscoderRunnerConfig(**settings)
+    sae = {key: settings.pop(key) for key in SAE_FIELDS if key in settings}
+    settings["train_batch_size_tokens"] = settings.pop("batch_size")
+    return CrosscoderRunnerConfig(**settings, sae=ArchitectureConfig(**sae))
+
+
+SAE_FIELDS = ("architecture", "d_sae", "k", "sparsity_coefficient", "sparsity_warm_up_fraction", "decoder_init_norm")
 
 
 def test_runner_trains_saves_and_records_provenance(store_path, tmp_path):

@@ -14,7 +14,7 @@ from sae_lens.config import SAETrainerConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
 import crosslens.crosscoders as cc
-from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig, latest_checkpoint
+from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig, LoggingConfig, latest_checkpoint
 from crosslens.training.trainer import crosscoder_metrics
 
 S, D, F, B = 2, 8, 32, 16
@@ -198,13 +198,15 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path):
     cfg = trainer_cfg(
         total_steps=6,
         lr_decay_steps=0,
-        log_to_wandb=True,
-        wandb_mode="offline",
-        wandb_dir=str(tmp_path),
-        wandb_project="crosslens-test",
-        wandb_run_name="offline-check",
-        log_every=2,
-        histogram_every=4,
+        logger=LoggingConfig(
+            log_to_wandb=True,
+            wandb_mode="offline",
+            wandb_dir=str(tmp_path),
+            wandb_project="crosslens-test",
+            run_name="offline-check",
+            wandb_log_frequency=2,
+            eval_every_n_wandb_logs=2,
+        ),
     )
     CrosscoderTrainer(make_sae("crosscoder"), cfg).fit(make_batches)
     import wandb

@@ -18,6 +18,7 @@ import torch
 
 from crosslens.activations import harvest_activations
 from crosslens.checkpoints import CheckpointSuite
+from crosslens.training.config import ArchitectureConfig
 from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
 from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
 
@@ -81,7 +82,12 @@ def run_config(store: Path, out: Path, **overrides) -> CrosscoderRunnerConfig:
         progress=False,
     )
     settings.update(overrides)
-    return CrosscoderRunnerConfig(**settings)
+    sae = {key: settings.pop(key) for key in SAE_FIELDS if key in settings}
+    settings["train_batch_size_tokens"] = settings.pop("batch_size")
+    return CrosscoderRunnerConfig(**settings, sae=ArchitectureConfig(**sae))
+
+
+SAE_FIELDS = ("architecture", "d_sae", "k", "sparsity_coefficient", "sparsity_warm_up_fraction", "decoder_init_norm")
 
 
 def train(store: Path, out: Path, *, resume: bool = False, **overrides):

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from crosslens.cli.common import DeviceFlags
 from crosslens.cli.spec import Subcommand
 
 
 @dataclass
-class LoadedCrosscoderFlags:
-    device: str | None = None
-    """cpu, cuda, cuda:N or mps (default: cuda if available, else mps, else cpu)."""
+class LoadedCrosscoderFlags(DeviceFlags):
     dtype: str | None = None
     """dtype the crosscoder is loaded in (default: its saved dtype)."""
 
@@ -42,8 +41,6 @@ class EvaluateFlags:
     """RUN_DIR, RUN_DIR/final or RELEASE/ID."""
     store: str = field(metadata={"flag": "--store"})
     """Activation store to measure on (best: tokens it was not trained on)."""
-    device: str | None = None
-    """cpu, cuda, cuda:N or mps (default: cuda if available, else mps, else cpu)."""
 
 
 ANALYZE = Subcommand(
@@ -61,6 +58,6 @@ REPORT = Subcommand(
 EVALUATE = Subcommand(
     ("evaluate",),
     "explained variance per snapshot, L0 and dead features of a crosscoder on a store",
-    (EvaluateFlags,),
+    (EvaluateFlags, DeviceFlags),
     "crosslens.commands.evaluate:evaluate",
 )

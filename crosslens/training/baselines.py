@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.architectures import BASELINE_OF, TRAINING_DEFAULTS
 from crosslens.training.factory import build_training_model
-from crosslens.training.runner import DEFAULT_LR, evaluate_crosscoder
+from crosslens.architectures import DEFAULT_LR
+from crosslens.training.runner import evaluate_crosscoder
 from crosslens.training.seeding import seeded
 from crosslens.training.trainer import crosscoder_metrics
 

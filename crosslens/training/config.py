@@ -244,6 +244,12 @@ class CrosscoderRunnerConfig:
         if self.lr is None:
             self.lr = defaults_for(self.sae.architecture).lr
 
+    @classmethod
+    def from_dict(cls, values: dict) -> CrosscoderRunnerConfig:
+        """The config :func:`dataclasses.asdict` turned into ``values`` (``run.json``)."""
+        nested = {"sae": ArchitectureConfig(**values.get("sae", {})), "logger": LoggingConfig(**values.get("logger", {}))}
+        return cls(**{**values, **nested})
+
     @property
     def training_tokens(self) -> int:
         """SAELens's measure of the training length: ``n_steps * train_batch_size_tokens``."""
