@@ -49,7 +49,7 @@ def load_models(args: argparse.Namespace):
     if args.random:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-        from crosslens.pico.grammar import PicoGrammar
+        from crosslens.tasks.grammar import PicoGrammar
         from crosslens.pico.tokenizer import word_level_tokenizer
 
         tokenizer = word_level_tokenizer(PicoGrammar().vocabulary())

@@ -250,7 +250,7 @@ def test_unknown_or_non_token_hooks_are_refused(suite, token_ids, tmp_path):
 
 
 def test_pico_tokens_are_reproducible_rows_of_grammar_words():
-    from crosslens.pico.grammar import PicoGrammar
+    from crosslens.tasks.grammar import PicoGrammar
     from crosslens.pico.tokenizer import word_level_tokenizer
 
     tokenizer = word_level_tokenizer(PicoGrammar().vocabulary())

@@ -132,7 +132,7 @@ def test_get_task_registry():
 
 
 def test_pico_tasks_are_single_pico_tokens():
-    from crosslens.pico.grammar import PicoGrammar
+    from crosslens.tasks.grammar import PicoGrammar
     from crosslens.pico.tokenizer import word_level_tokenizer
 
     pico_tokenizer = word_level_tokenizer(PicoGrammar().vocabulary())
