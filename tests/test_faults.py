@@ -279,5 +279,5 @@ def test_a_damaged_run_file_is_never_resumed_from(kind, how, reference_store, re
         detected = "rewritten from the checkpoint's sealed record"
     runner.run(resume=True)
     assert final_files(run) == final_files(reference_run)
-    assert json.loads((run / "run.json").read_text())["d_sae"] == runner.config.d_sae
+    assert json.loads((run / "run.json").read_text())["sae"]["d_sae"] == runner.config.sae.d_sae
     RESULTS.append((f"run {kind}", how, f"{detected}; crosscoder byte-identical"))
