@@ -134,3 +134,18 @@ def sparsity_coefficient_for(architecture: str, *, n_snapshots: int, d_in: int, 
     if base is None or not defaults.sparsity_per_shape:
         return base
     return base * n_snapshots * d_in / d_sae
+
+
+__all__ = [
+    "ARCHITECTURE_NAMES",
+    "BASELINE_OF",
+    "DEFAULT_DECODER_INIT_NORM",
+    "DEFAULT_K",
+    "DEFAULT_LR",
+    "PICO_DEMO_JUMPRELU_SPARSITY",
+    "SPARSITY_FIELDS",
+    "TRAINING_DEFAULTS",
+    "TrainingDefaults",
+    "defaults_for",
+    "sparsity_coefficient_for",
+]

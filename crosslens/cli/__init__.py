@@ -161,4 +161,4 @@ def _one_line_error(command: str, message: str, err: BaseException | None) -> No
     raise SystemExit(2) from None
 
 
-__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+__all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main"]
