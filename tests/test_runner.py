@@ -76,7 +76,7 @@ def test_runner_trains_saves_and_records_provenance(store_path, tmp_path):
     # training must improve reconstruction on every snapshot
     for ev_before, ev_after in zip(before["explained_variance"], after["explained_variance"]):
         assert ev_after > ev_before + 0.2
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["architecture"] == "crosscoder"
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["sae"]["architecture"] == "crosscoder"
 
 
 def test_runner_resume_matches_uninterrupted_run(store_path, tmp_path):
