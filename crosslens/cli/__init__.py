@@ -10,13 +10,12 @@ TransformerLens. Every error reaches the user as one or two lines naming the fla
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import os
 import sys
 
 from crosslens.cli import attribute, demo, harvest, plan, pretrained, report, suite, train
-from crosslens.commands.flags import add_flags, iter_fields
+from crosslens.commands.flags import add_flags, field_defaults, iter_fields
 from crosslens.cli.spec import Subcommand
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -57,21 +56,6 @@ class _Parser(argparse.ArgumentParser):
         return namespace, extras
 
 
-def _field_defaults(flag_classes: tuple[type, ...]) -> dict[str, object]:
-    """dest -> the dataclass default of every generated flag (False for flags that switch on)."""
-    out: dict[str, object] = {}
-    for cls in flag_classes:
-        for path, f, _ in iter_fields(cls):
-            dest = "__".join(path)
-            if dest in out:
-                continue
-            if f.default is not dataclasses.MISSING:
-                out[dest] = f.default
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                out[dest] = f.default_factory()  # type: ignore[misc]
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="crosslens",
@@ -92,10 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         command_parser = where.add_parser(name, help=command.help, description=command.description)
         declared: set[str] = set()
         for cls in command.flags:
-            names = {f.name for _, f, _ in iter_fields(cls)}
+            names = {f.name for _, f, _, _ in iter_fields(cls)}
             add_flags(command_parser, cls, skip=tuple(declared & names))
             declared |= names
-        command_parser.set_defaults(run=command.run, field_defaults=_field_defaults(command.flags))
+        command_parser.set_defaults(run=command.run, field_defaults=field_defaults(command.flags))
     return parser
 
 

@@ -95,7 +95,7 @@ def _value_type(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def _default_of(f: dataclasses.Field) -> Any:
+def default_of(f: dataclasses.Field) -> Any:
     if f.default is not MISSING:
         return f.default
     if f.default_factory is not MISSING:  # type: ignore[misc]
@@ -113,40 +113,45 @@ def _show(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
-def iter_fields(cls: type) -> Iterator[tuple[tuple[str, ...], dataclasses.Field, Any]]:
-    """(path of field names, field, resolved type) of every command-line field of ``cls``,
-    nested dataclasses expanded in place."""
+def iter_fields(cls: type) -> Iterator[tuple[tuple[str, ...], dataclasses.Field, Any, type]]:
+    """(path of field names, field, resolved type, the dataclass declaring the field) of every
+    command-line field of ``cls``, nested dataclasses expanded in place."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.metadata.get("cli", True):
             continue
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
-            for path, sub, sub_hint in iter_fields(hint):  # type: ignore[arg-type]
-                yield (f.name, *path), sub, sub_hint
+            for path, sub, sub_hint, owner in iter_fields(hint):  # type: ignore[arg-type]
+                yield (f.name, *path), sub, sub_hint, owner
         else:
-            yield (f.name,), f, hint
+            yield (f.name,), f, hint, cls
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
     """One flag per command-line field of dataclass ``cls`` (nested configs expanded);
     ``skip`` leaves out fields by name (another dataclass of the command declares them)."""
-    docs_by_class: dict[type, dict[str, str]] = {}
-    hints = typing.get_type_hints(cls)
-    nested = {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
-    for path, f, hint in iter_fields(cls):
-        if f.name in skip:
-            continue
-        owner = cls if len(path) == 1 else nested[path[0]]
-        for step in path[1:-1]:
-            owner = typing.get_type_hints(owner)[step]
-        docs = docs_by_class.setdefault(owner, field_docs(owner))
-        _add_one(parser, f, hint, docs.get(f.name, ""), dest="__".join(path))
+    for path, f, hint, owner in iter_fields(cls):
+        if f.name not in skip:
+            _add_one(parser, f, hint, field_docs(owner).get(f.name, ""), dest="__".join(path))
+
+
+def field_defaults(classes: tuple[type, ...]) -> dict[str, Any]:
+    """dest -> the dataclass default of every command-line field of ``classes`` (the first
+    class declaring a field name wins, as in :func:`add_flags`)."""
+    out: dict[str, Any] = {}
+    for cls in classes:
+        for path, f, _, _ in iter_fields(cls):
+            dest = "__".join(path)
+            default = default_of(f)
+            if dest not in out and default is not MISSING:
+                out[dest] = default
+    return out
 
 
 def _add_one(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, doc: str, *, dest: str) -> None:
     value_type, _ = _value_type(hint)
-    default = _default_of(f)
+    default = default_of(f)
     meta = f.metadata
     flag = _flag_name(f)
     help_text = doc.replace("%", "%%")
@@ -222,11 +227,3 @@ def build(cls: type, *layers: dict[str, Any]) -> Any:
         hint = hints.get(key)
         kwargs[key] = build(hint, value) if dataclasses.is_dataclass(hint) and isinstance(value, dict) else value
     return cls(**kwargs)
-
-
-def flag_of(cls: type, name: str) -> str:
-    """The command-line flag of field ``name`` of ``cls`` (searched in nested configs too)."""
-    for path, f, _ in iter_fields(cls):
-        if f.name == name:
-            return _flag_name(f)
-    raise KeyError(name)
