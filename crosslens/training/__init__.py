@@ -2,7 +2,8 @@
 trained crosscoder out."""
 
 from crosslens.training.config import CrosscoderTrainerConfig
-from crosslens.training.trainer import BatchSource, CrosscoderTrainer, latest_checkpoint
+from crosslens.training.layout import latest_checkpoint
+from crosslens.training.trainer import BatchSource, CrosscoderTrainer
 
 __all__ = [
     "BatchSource",
