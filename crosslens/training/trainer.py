@@ -111,7 +111,7 @@ def crosscoder_metrics(
 
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 """Devices on which Adam runs fused: one kernel over each parameter instead of a dozen
-passes (on 2 CPU cores, 8 ms instead of 59 ms a step for two 8.4M-float tensors). It is
+passes, several times faster for a crosscoder's large weight tensors. It is
 deterministic, but its rounding differs from the unfused Adam's."""
 
 
