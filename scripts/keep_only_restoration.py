@@ -4,7 +4,7 @@ Usage: python scripts/keep_only_restoration.py [DEMO_DIR]   (default $CROSSLENS_
 """
 import json, sys, time
 import torch
-import crosslens  # noqa: F401
+import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectures with SAELens)
 from sae_lens import SAE
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.causal.attribution import IETable, tokenize_task

@@ -19,7 +19,7 @@ import torch
 from crosslens.distributed import init_mesh, shard_batches, shutdown
 from crosslens.training.runner import build_training_crosscoder
 from crosslens.training.config import CrosscoderTrainerConfig
-from crosslens.training.trainer import CrosscoderTrainer, latest_checkpoint
+from crosslens.training import CrosscoderTrainer, latest_checkpoint
 
 ARCHS = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
 S, D, F, B = 5, 8, 32, 16  # five snapshots: uneven blocks over two snapshot ranks

@@ -174,10 +174,11 @@ def test_python_dash_m_crosslens_help():
     assert result.stdout.startswith("usage: crosslens") and "plan" in result.stdout
 
 
-def test_importing_sae_lens_after_crosslens_registers_the_architectures():
+def test_importing_crosslens_crosscoders_registers_the_architectures():
     result = _run(
         "import sys, crosslens\n"
         "assert 'sae_lens' not in sys.modules\n"
+        "import crosslens.crosscoders\n"
         "from sae_lens.registry import SAE_CLASS_REGISTRY\n"
         "print(sorted(a for a in SAE_CLASS_REGISTRY if a.endswith('crosscoder')))\n"
     )

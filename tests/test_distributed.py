@@ -22,7 +22,7 @@ import distributed_worker as worker  # noqa: E402
 
 from crosslens.distributed import MeshLayout, shard_batches
 from crosslens.distributed.mesh import snapshot_blocks
-from crosslens.training.trainer import CrosscoderTrainer, latest_checkpoint  # noqa: E402
+from crosslens.training import CrosscoderTrainer, latest_checkpoint  # noqa: E402
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 ATOL = 1e-5

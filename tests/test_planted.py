@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectures with SAELens)
 from crosslens.analysis.evolution import NO_STEP
 from crosslens.analysis import (
     EvolutionAnalysis,

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from sae_lens import SAE
 
 import crosslens
+import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectures with SAELens)
 from crosslens.activations import harvest_activations
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.cli import main

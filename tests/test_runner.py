@@ -8,6 +8,7 @@ import pytest
 import torch
 from sae_lens import SAE
 
+import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectures with SAELens)
 from crosslens.activations import harvest_activations
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.training.config import ArchitectureConfig

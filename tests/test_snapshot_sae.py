@@ -9,7 +9,7 @@ from sae_lens import HookedSAETransformer, JumpReLUSAE, StandardSAE, TopKSAE
 from sae_lens.registry import SAE_CLASS_REGISTRY
 
 import crosslens.crosscoders as cc
-from crosslens.causal.splice import SnapshotCodec
+from crosslens.causal import SnapshotCodec
 
 S, D, F = 3, 16, 48
 HOOK = "blocks.0.hook_resid_post"

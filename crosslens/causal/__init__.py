@@ -22,7 +22,8 @@ from crosslens.causal.relie import (
     relie_pairwise,
 )
 from crosslens.causal.stage import CausalStageResult, causal_report, load_crosscoder, run_causal_stage
-from crosslens.causal.splice import SnapshotCodec, splice
+from crosslens.causal.splice import splice
+from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 
 __all__ = [
     "AttributionConfig",

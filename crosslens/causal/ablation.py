@@ -38,7 +38,6 @@ from crosslens.causal.attribution import (
 from crosslens.causal.continuations import check_metric, rows_from_prompt, sequences_metric
 from crosslens.causal.splice import (
     CodeEdit,
-    SnapshotCodec,
     SpliceState,
     activations_at,
     collect_activations,
@@ -47,6 +46,7 @@ from crosslens.causal.splice import (
     iter_snapshot_models,
     splice,
 )
+from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 from crosslens.tasks.base import TaskDataset, TokenizedTask
 
 AblationMode = Literal["zero", "mean"]

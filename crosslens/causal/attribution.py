@@ -36,7 +36,6 @@ from crosslens.causal.continuations import check_metric, continuation_path_metri
 from crosslens.causal.ig import integrated_gradients
 from crosslens.causal.relie import relie, select_top_features
 from crosslens.causal.splice import (
-    SnapshotCodec,
     activations_at,
     collect_activations,
     default_hook,
@@ -45,6 +44,7 @@ from crosslens.causal.splice import (
     iter_snapshot_models,
     unembed,
 )
+from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 from crosslens.tasks.base import TaskDataset, TokenizedTask, resolve_tokenizer
 
 # metric(last-position logits [B, V], correct ids [B], wrong ids [B]) -> [B]

@@ -6,7 +6,8 @@ At the hook of snapshot s the activation ``a`` is replaced by
 
 where f is the snapshot-s code and ``c_s`` the normalisation factor the crosscoder
 was trained with (1 once folded), so the model always sees activations on its own
-scale. With the error term kept, ``a' == a`` and the model is unchanged; editing f
+scale. Both come from :class:`~crosslens.crosscoders.snapshot_sae.SnapshotCodec`, the one
+per-snapshot view of a crosscoder (``snapshot_sae`` is the same view as a plain SAE). With the error term kept, ``a' == a`` and the model is unchanged; editing f
 (ablation, patching) then changes only what the crosscoder explains. The error can
 also be detached (same values, no gradient to earlier layers) or dropped (the model
 runs on the reconstruction alone).
@@ -45,7 +46,9 @@ from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from crosslens._common import crosscoder_hook, resolve_norm_factors  # noqa: F401  (resolve_norm_factors re-exported)
+from crosslens._common import crosscoder_hook
+from crosslens.crosscoders.protocol import Crosscoder
+from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 
 ErrorMode = Literal["keep", "detach", "drop"]
 CodeEdit = Callable[[torch.Tensor], torch.Tensor]
@@ -56,81 +59,6 @@ _RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
 
 default_hook = crosscoder_hook
 """``hook`` or the hook recorded in the crosscoder's metadata (:func:`crosslens._common.crosscoder_hook`)."""
-
-
-class SnapshotCodec:
-    """Snapshot s's view of a crosscoder, on the model's own activation scale."""
-
-    def __init__(
-        self,
-        crosscoder: Any,
-        snapshot: int,
-        norm_factors: Sequence[float] | torch.Tensor | None = None,
-    ):
-        n_snapshots = crosscoder.cfg.n_snapshots
-        if not 0 <= snapshot < n_snapshots:
-            raise ValueError(f"snapshot must be in [0, {n_snapshots}) for this crosscoder, got {snapshot}")
-        self.crosscoder = crosscoder
-        self.snapshot = snapshot
-        self.factors_S = resolve_norm_factors(crosscoder, norm_factors).to(crosscoder.W_dec.device)
-        self.n_snapshots = n_snapshots
-        self.d_in = crosscoder.cfg.d_in
-        self.d_sae = crosscoder.cfg.d_sae
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.crosscoder.W_dec.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.crosscoder.W_dec.device
-
-    def _snapshot_code(self, x_NSD: torch.Tensor) -> torch.Tensor:
-        if hasattr(self.crosscoder, "encode_per_snapshot"):
-            return self.crosscoder.encode_per_snapshot(x_NSD)[..., self.snapshot, :]
-        return self.crosscoder.encode(x_NSD)
-
-    def encode(self, acts: Float[torch.Tensor, "... n_snapshots d_in"]) -> Float[torch.Tensor, "... d_sae"]:
-        """Exact snapshot-s code from every snapshot's raw activation of the same tokens."""
-        if tuple(acts.shape[-2:]) != (self.n_snapshots, self.d_in):
-            raise ValueError(
-                f"exact encoding needs all snapshots' activations [..., {self.n_snapshots}, {self.d_in}], "
-                f"got {tuple(acts.shape)}; collect them with collect_activations"
-            )
-        lead = acts.shape[:-2]
-        x_NSD = acts.reshape(-1, self.n_snapshots, self.d_in).to(self.device, self.dtype)
-        x_NSD = x_NSD * self.factors_S[:, None].to(self.dtype)
-        return self._snapshot_code(x_NSD).reshape(*lead, self.d_sae)
-
-    def encode_single(self, acts: Float[torch.Tensor, "... d_in"]) -> Float[torch.Tensor, "... d_sae"]:
-        """Per-snapshot code: snapshot s's activation alone, the other snapshots' inputs absent."""
-        lead = acts.shape[:-1]
-        x_ND = acts.reshape(-1, self.d_in).to(self.device, self.dtype) * self.factors_S[self.snapshot].to(self.dtype)
-        # An absent snapshot contributes nothing to the pre-activation: its input is zero,
-        # or b_dec when the crosscoder subtracts b_dec from its input.
-        if self.crosscoder.cfg.apply_b_dec_to_input:
-            x_NSD = self.crosscoder.b_dec.detach().expand(x_ND.shape[0], -1, -1).clone()
-        else:
-            x_NSD = x_ND.new_zeros(x_ND.shape[0], self.n_snapshots, self.d_in)
-        x_NSD[:, self.snapshot] = x_ND
-        return self._snapshot_code(x_NSD).reshape(*lead, self.d_sae)
-
-    def decode(self, codes: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... d_in"]:
-        """Snapshot-s reconstruction on the raw scale: ``(f W_dec[:, s] + b_dec[s]) / c_s``."""
-        W_dec_FD = self.crosscoder.W_dec[:, self.snapshot, :]
-        b_dec_D = self.crosscoder.b_dec[self.snapshot]
-        recon = codes.to(self.device, self.dtype) @ W_dec_FD + b_dec_D
-        return recon / self.factors_S[self.snapshot].to(self.dtype)
-
-    def decode_grad(self, grad_acts: Float[torch.Tensor, "... d_in"]) -> Float[torch.Tensor, "... d_sae"]:
-        """Pull a gradient w.r.t. the reconstruction back to the code: ``g W_dec[:, s]^T / c_s``."""
-        W_dec_FD = self.crosscoder.W_dec[:, self.snapshot, :].detach()
-        grad_codes = grad_acts.to(self.device, self.dtype) @ W_dec_FD.T
-        return grad_codes / self.factors_S[self.snapshot].to(self.dtype)
-
-    def bias(self) -> Float[torch.Tensor, " d_in"]:
-        """The reconstruction of the all-zero code, ``b_dec[s] / c_s``."""
-        return (self.crosscoder.b_dec[self.snapshot] / self.factors_S[self.snapshot]).detach()
 
 
 # ---------------------------------------------------------------------------- running models
@@ -258,7 +186,7 @@ def collect_activations(
 
 
 def exact_codes(
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     acts: Float[torch.Tensor, "... n_snapshots d_in"],
     snapshot: int,
     *,
@@ -290,7 +218,7 @@ class SpliceState:
 @contextmanager
 def splice(
     model: HookedTransformer,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     *,
     snapshot: int,
     hook: str | None = None,

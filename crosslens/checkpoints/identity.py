@@ -15,20 +15,20 @@ tensor's byte range, so a short file shows without reading the data).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from huggingface_hub import constants as hub_constants
+from safetensors import SafetensorError
 
+from crosslens.checkpoints.snapshot import SnapshotRef
 from crosslens.errors import CorruptCheckpointError, UncachedRevisionError
-
-if TYPE_CHECKING:
-    from crosslens.checkpoints.snapshot import SnapshotRef
-    from crosslens.checkpoints.suite import CheckpointSuite
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
 """Files holding (or indexing) a checkpoint's weights."""
@@ -122,6 +122,16 @@ def cached_snapshot(model_id: str, revision: str) -> tuple[str, Path] | None:
     return (commit, folder) if folder.is_dir() else None
 
 
+def _cached_with_weights(model_id: str, revision: str) -> tuple[str, Path] | None:
+    cached = cached_snapshot(model_id, revision)
+    return cached if cached is not None and any(is_weight_file(p.name) for p in cached[1].iterdir()) else None
+
+
+def fully_cached(model_id: str, revision: str) -> bool:
+    """Whether ``model_id@revision`` is in the local Hugging Face cache with its weights."""
+    return _cached_with_weights(model_id, revision) is not None
+
+
 def uncached_revision_error(model_id: str, revision: str) -> UncachedRevisionError:
     return UncachedRevisionError(
         f"{revision!r} is a published checkpoint of {model_id} but it is not (completely) in the local "
@@ -175,17 +185,51 @@ def _hub_identity(model_id: str, revision: str) -> dict[str, Any] | None:
     return identity_from_files(files, info.sha) if files else None
 
 
-def snapshot_identity(suite: CheckpointSuite, ref: SnapshotRef) -> dict[str, Any] | None:
+class SnapshotFiles(Protocol):
+    """What identity reads of a suite (a `CheckpointSuite` is one)."""
+
+    family: str
+    model_id: str
+
+    def snapshot_folder(self, ref: SnapshotRef) -> Path | None:
+        """The folder holding ``ref``'s files on this machine, if any."""
+        ...
+
+
+def snapshot_identity(suite: SnapshotFiles, ref: SnapshotRef) -> dict[str, Any] | None:
     """The identity of ``ref``'s files: ``commit``, ``files`` (name -> hash), ``weights_digest``
     (equal for byte-identical weights) and ``digest`` (everything). None when it cannot be
     known before loading (online, revision not cached, hub metadata unreachable)."""
     if suite.family == "local":
-        folder = Path(suite._hf_source(ref)[0])
+        folder = suite.snapshot_folder(ref)
+        assert folder is not None  # a local suite holds a folder for each of its revisions
         return _folder_identity(folder, revision=ref.revision, model_id=suite.model_id, commit=None)
-    cached = cached_snapshot(suite.model_id, ref.revision)
-    if cached is not None and any(is_weight_file(p.name) for p in cached[1].iterdir()):
+    cached = _cached_with_weights(suite.model_id, ref.revision)
+    if cached is not None:
         commit, folder = cached
         return _folder_identity(folder, revision=ref.revision, model_id=suite.model_id, commit=commit)
     if hub_constants.HF_HUB_OFFLINE:
         raise uncached_revision_error(suite.model_id, ref.revision)
     return _hub_identity(suite.model_id, ref.revision)
+
+
+@contextlib.contextmanager
+def weight_file_errors(suite: SnapshotFiles, ref: SnapshotRef) -> Iterator[None]:
+    """Turn a damaged weights file's raw loader error into one naming revision and file.
+
+    The folder is looked up only once loading failed: a hub snapshot's cached folder may
+    appear during the load itself."""
+    try:
+        yield
+    except (SafetensorError, OSError, RuntimeError, EOFError) as error:
+        folder = suite.snapshot_folder(ref)
+        if folder is None:
+            raise
+        for path in weight_files(folder):
+            problem = safetensors_problem(path) if path.name.endswith(".safetensors") else None
+            if problem is not None or (path.name.endswith(".safetensors") and isinstance(error, SafetensorError)):
+                raise corrupt_checkpoint_error(suite.model_id, ref.revision, path, problem or str(error)) from error
+        if isinstance(error, SafetensorError) or "weights" in str(error).lower():
+            names = ", ".join(p.name for p in weight_files(folder)) or "no weights file"
+            raise corrupt_checkpoint_error(suite.model_id, ref.revision, folder, f"{names}: {error}") from error
+        raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -10,9 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformer_lens.loading_from_pretrained as tl_loading
-from huggingface_hub.errors import RevisionNotFoundError
-from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -28,23 +24,27 @@ from crosslens.checkpoints.convert import (
     quiet_loading,
     weights_sha256,
 )
-from crosslens.checkpoints.hub import hub_offline, is_pythia, list_revisions, pythia_steps_for
+from crosslens.checkpoints.hub import list_revisions, pythia_steps_for
 from crosslens.checkpoints.identity import (
     cached_snapshot,
-    corrupt_checkpoint_error,
-    is_weight_file,
-    safetensors_problem,
     snapshot_identity,
-    uncached_revision_error,
-    weight_files,
+    weight_file_errors,
 )
 from crosslens.checkpoints.local import scan_local_suite
-from crosslens.checkpoints.schedules import Spacing, nearest_steps, spaced_steps
+from crosslens.checkpoints.revisions import (
+    check_revisions,
+    checked_steps,
+    of_ingredient,
+    pythia_model_id,
+    refs_at_steps,
+    unknown_revision_error,
+    with_revision_errors,
+)
+from crosslens.checkpoints.schedules import Spacing, spaced_steps
 from crosslens.checkpoints.snapshot import (
     SnapshotInfo,
     SnapshotRef,
     bloom_revision,
-    parse_step,
     pythia_revision,
     pythia_tokens_seen,
     ref_from_revision,
@@ -53,7 +53,6 @@ from crosslens.checkpoints.trajectory import (
     StageStart,
     check_one_ingredient,
     is_staged,
-    parse_ingredient,
     parse_stage,
     place_on_trajectory,
 )
@@ -142,9 +141,9 @@ class CheckpointSuite:
         Loads go through TransformerLens's checkpoint support; ``tokens_seen`` is
         ``step * 2,097,152`` (1024 sequences of 2048 tokens per step).
         """
-        model_id = _pythia_model_id(name)
+        model_id = pythia_model_id(name)
         available = pythia_steps_for(model_id)
-        chosen = available if steps is None else _checked_steps(steps, available, model_id, pythia_revision)
+        chosen = available if steps is None else checked_steps(steps, available, model_id, pythia_revision)
         refs = [
             SnapshotRef(index=i, revision=pythia_revision(s), step=s, tokens_seen=pythia_tokens_seen(s))
             for i, s in enumerate(chosen)
@@ -180,14 +179,14 @@ class CheckpointSuite:
                 raise
             listed = []
         if revisions is None:
-            revisions = _of_ingredient(listed, ingredient)
+            revisions = of_ingredient(listed, ingredient)
         else:
             if listed:
-                _check_revisions(revisions, name, listed)
-            revisions = _of_ingredient(revisions, ingredient)
-        refs, starts = place_on_trajectory(revisions, family="olmo", known=_of_ingredient(listed, ingredient), model_id=name)
+                check_revisions(revisions, name, listed)
+            revisions = of_ingredient(revisions, ingredient)
+        refs, starts = place_on_trajectory(revisions, family="olmo", known=of_ingredient(listed, ingredient), model_id=name)
         if steps is not None:
-            refs = _refs_at_steps(steps, refs, name)
+            refs = refs_at_steps(steps, refs, name)
         return cls("olmo", name, refs, stage_starts=starts)
 
     @classmethod
@@ -203,7 +202,7 @@ class CheckpointSuite:
                 )
         else:
             revisions = [bloom_revision(int(s)) for s in sorted(steps)]
-            _check_revisions(revisions, name)
+            check_revisions(revisions, name)
         refs = sorted((ref_from_revision(0, r, family="bloom") for r in revisions), key=lambda r: r.step)
         return cls("bloom", name, refs)
 
@@ -250,7 +249,7 @@ class CheckpointSuite:
         if n is not None:
             steps = spaced_steps(self.steps, n, spacing)
         if steps is not None:
-            chosen_steps = _checked_steps(
+            chosen_steps = checked_steps(
                 steps, self.steps, self.model_id, self._revision_at_step, in_suite=True
             )
             by_step = {ref.step: ref for ref in self.snapshots}
@@ -307,7 +306,7 @@ class CheckpointSuite:
                 self._processing = dict(DEFAULT_PROCESSING)
             else:
                 source, location = self._hf_source(self.snapshots[0])
-                hf_config = self._with_revision_errors(
+                hf_config = with_revision_errors(self, 
                     self.snapshots[0], AutoConfig.from_pretrained, source, **location
                 )
                 self._processing = processing_flags(hooked_config_from_hf(hf_config, model_id=self.model_id))
@@ -367,15 +366,15 @@ class CheckpointSuite:
     def _load_hooked(
         self, ref: SnapshotRef, device: str | torch.device, dtype: torch.dtype, *, first_n_layers: int | None = None
     ) -> HookedTransformer:
-        with quiet_loading(), self._weight_file_errors(ref):
+        with quiet_loading(), weight_file_errors(self, ref):
             if self.family == "pythia":
                 tokenizer = self._tokenizer_for_models("GPTNeoXForCausalLM")
-                return self._with_revision_errors(
+                return with_revision_errors(self, 
                     ref, load_pythia_checkpoint, self.model_id, ref.step, tokenizer=tokenizer, device=device,
                     dtype=dtype, first_n_layers=first_n_layers,
                 )  # fmt: skip
             source, location = self._hf_source(ref)
-            hf_model = self._with_revision_errors(
+            hf_model = with_revision_errors(self, 
                 ref, AutoModelForCausalLM.from_pretrained, source, dtype=dtype, **location
             )
             tokenizer = self._tokenizer_for_models((hf_model.config.architectures or [""])[0])
@@ -436,7 +435,7 @@ class CheckpointSuite:
         reference: dict[str, Any] | None = None
         for ref in self.snapshots:
             source, location = self._hf_source(ref)
-            hf_config = self._with_revision_errors(ref, AutoConfig.from_pretrained, source, **location)
+            hf_config = with_revision_errors(self, ref, AutoConfig.from_pretrained, source, **location)
             signature = architecture_signature(hooked_config_from_hf(hf_config, model_id=self.model_id))
             if reference is None:
                 reference = signature
@@ -553,6 +552,14 @@ class CheckpointSuite:
             return str(self._folders[ref.revision]), {}
         return self.model_id, ({} if ref is None else {"revision": ref.revision})
 
+    def snapshot_folder(self, ref: SnapshotRef) -> Path | None:
+        """The folder holding ``ref``'s files on this machine, if any (a hub snapshot's
+        folder in the local Hugging Face cache)."""
+        if self.family == "local":
+            return self._folders[ref.revision]
+        cached = cached_snapshot(self.model_id, ref.revision)
+        return None if cached is None else cached[1]
+
     def _tokenizer_sources(self) -> list[tuple[str, dict[str, str]]]:
         sources = [self._hf_source(self.snapshots[0])]
         if self.family != "local":
@@ -565,156 +572,11 @@ class CheckpointSuite:
         source, location = self._hf_source(ref)
         return AutoTokenizer.from_pretrained(source, **location)
 
-    @contextlib.contextmanager
-    def _weight_file_errors(self, ref: SnapshotRef) -> Iterator[None]:
-        """Turn a damaged weights file's raw loader error into one naming revision and file."""
-        try:
-            yield
-        except (SafetensorError, OSError, RuntimeError, EOFError) as error:
-            folder = snapshot_folder(self, ref)
-            if folder is None:
-                raise
-            for path in weight_files(folder):
-                problem = safetensors_problem(path) if path.name.endswith(".safetensors") else None
-                if problem is not None or (path.name.endswith(".safetensors") and isinstance(error, SafetensorError)):
-                    raise corrupt_checkpoint_error(self.model_id, ref.revision, path, problem or str(error)) from error
-            if isinstance(error, SafetensorError) or "weights" in str(error).lower():
-                names = ", ".join(p.name for p in weight_files(folder)) or "no weights file"
-                raise corrupt_checkpoint_error(self.model_id, ref.revision, folder, f"{names}: {error}") from error
-            raise
-
-    def _with_revision_errors(self, ref: SnapshotRef, load, *args, **kwargs):
-        """Run `load`, turning "no such revision on the hub" into `UnknownRevisionError`."""
-        try:
-            return load(*args, **kwargs)
-        except (RevisionNotFoundError, OSError) as error:
-            cause = error if isinstance(error, RevisionNotFoundError) else error.__cause__
-            if not isinstance(cause, RevisionNotFoundError) and "not a valid git identifier" not in str(error):
-                if self.family != "local" and hub_offline() and not _fully_cached(self.model_id, ref.revision):
-                    raise uncached_revision_error(self.model_id, ref.revision) from error
-                raise
-            try:
-                available = list_revisions(self.model_id)
-            except Exception:  # listing is a courtesy here; the error stands without it
-                available = []
-            raise unknown_revision_error(self.model_id, ref.revision, ref.step, available) from error
-
-
-def unknown_revision_error(
-    model_id: str, revision: str, step: int | None, available: Sequence[str], *, in_suite: bool = False
-) -> UnknownRevisionError:
-    """An `UnknownRevisionError` for `revision`, listing the available revisions nearest
-    by training step (`in_suite`: available are a suite's snapshots, not the repo's)."""
-    steps = {parse_step(r): r for r in available if parse_step(r) is not None}
-    if step is not None and steps:
-        nearest = tuple(steps[s] for s in nearest_steps(step, list(steps)))
-    else:
-        nearest = tuple(available[:4])
-    if in_suite:
-        message = f"{revision!r} is not among this suite's {len(available)} snapshots of {model_id}"
-        message += f"; nearest: {', '.join(nearest)}. The suite's revisions are in suite.revisions"
-        return UnknownRevisionError(message, requested=revision, nearest=nearest)
-    message = f"{revision!r} is not a checkpoint of {model_id}"
-    message += f"; nearest: {', '.join(nearest)}" if nearest else "; it lists none"
-    where = "the local Hugging Face cache" if hub_offline() and not is_pythia(model_id) else model_id
-    message += f". See all {len(available)} in {where} with crosslens.checkpoints.list_revisions({model_id!r})"
-    if hub_offline() and not is_pythia(model_id):
-        message += " (offline: only cached revisions count; unset HF_HUB_OFFLINE to ask the hub)"
-    return UnknownRevisionError(message, requested=revision, nearest=nearest)
-
-
-def _fully_cached(model_id: str, revision: str) -> bool:
-    cached = cached_snapshot(model_id, revision)
-    return cached is not None and any(is_weight_file(p.name) for p in cached[1].iterdir())
-
-
-def snapshot_folder(suite: CheckpointSuite, ref: SnapshotRef) -> Path | None:
-    """The folder holding ``ref``'s files on this machine, if any."""
-    if suite.family == "local":
-        return Path(suite._hf_source(ref)[0])
-    cached = cached_snapshot(suite.model_id, ref.revision)
-    return None if cached is None else cached[1]
-
 
 def release_model(model: torch.nn.Module) -> None:
     """Free a model's tensors even while callers still hold the model, by moving its
     parameters and buffers to the ``meta`` device."""
     torch.nn.Module.to(model, device="meta")
-
-
-def _pythia_model_id(name: str) -> str:
-    model_id = name if "/" in name else f"EleutherAI/{name}"
-    if not is_pythia(model_id):
-        raise ValueError(f"{name!r} is not a Pythia model; pass e.g. 'EleutherAI/pythia-160m'")
-    try:
-        return tl_loading.get_official_model_name(model_id)
-    except ValueError:
-        known = sorted(n for n in tl_loading.OFFICIAL_MODEL_NAMES if is_pythia(n))
-        raise ValueError(
-            f"TransformerLens has no checkpoint support for {model_id}; use one of {known}"
-        ) from None
-
-
-def _checked_steps(
-    steps: Sequence[int], available: Sequence[int], model_id: str, revision_of, *, in_suite: bool = False
-) -> list[int]:
-    """`steps` sorted, each checked to be in `available` (the repo's, or the suite's)."""
-    chosen = sorted(int(s) for s in steps)
-    if len(set(chosen)) != len(chosen):
-        raise ValueError(f"steps {sorted(s for s in set(chosen) if chosen.count(s) > 1)} are listed twice; list each once")
-    known = set(available)
-    for step in chosen:
-        if step not in known:
-            raise unknown_revision_error(
-                model_id, revision_of(step), step, [revision_of(s) for s in available], in_suite=in_suite
-            )
-    if not chosen:
-        raise ValueError("steps is empty; pass at least one step")
-    return chosen
-
-
-def _refs_at_steps(steps: Sequence[int], refs: Sequence[SnapshotRef], model_id: str) -> list[SnapshotRef]:
-    """The refs at (trajectory) `steps`, naming the nearest available ones for a missing step."""
-    by_step = {ref.step: ref for ref in refs}
-    missing = [s for s in steps if s not in by_step]
-    if missing:
-        nearest = tuple(by_step[s].revision for s in nearest_steps(missing[0], list(by_step)))
-        raise UnknownRevisionError(
-            f"no checkpoint of {model_id} is at training step {missing[0]}; nearest: {', '.join(nearest)}. "
-            f"See them all with crosslens.checkpoints.list_revisions({model_id!r})",
-            requested=f"step{missing[0]}",
-            nearest=nearest,
-        )
-    return [by_step[s] for s in sorted(set(steps))]
-
-
-def _of_ingredient(revisions: Sequence[str], ingredient: int | None) -> list[str]:
-    """`revisions` without those of other ingredients than `ingredient` (all when None)."""
-    if ingredient is None:
-        return list(revisions)
-    kept = [r for r in revisions if parse_ingredient(r) in (None, ingredient)]
-    if not any(parse_ingredient(r) == ingredient for r in kept):
-        present = sorted({parse_ingredient(r) for r in revisions if parse_ingredient(r) is not None})
-        raise UnknownRevisionError(
-            f"no revision of ingredient {ingredient} is listed; the ingredients here are {present or 'none'}",
-            requested=f"ingredient{ingredient}",
-            nearest=(),
-        )
-    return kept
-
-
-def _check_revisions(revisions: Sequence[str], model_id: str, available: Sequence[str] | None = None) -> None:
-    """Check `revisions` against the repo's list when it can be had; a repo that cannot be
-    listed (no network, nothing cached) is left for `load` to report."""
-    if available is None:
-        try:
-            available = list_revisions(model_id)
-        except Exception:  # best effort: loading reports a missing revision anyway
-            return
-    known = set(available)
-    for revision in revisions:
-        if revision not in known:
-            raise unknown_revision_error(model_id, revision, parse_step(revision), available)
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:

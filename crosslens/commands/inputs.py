@@ -46,10 +46,8 @@ def hook_problem(hook: str, n_layers: int | None) -> str | None:
 def suite_n_layers(suite: Any) -> int | None:
     """The number of transformer blocks of ``suite``'s first snapshot, read from its config.json
     on this machine (None when no config is at hand, e.g. a hub model not yet downloaded)."""
-    from crosslens.checkpoints.suite import snapshot_folder
-
     try:
-        folder = snapshot_folder(suite, suite.snapshots[0])
+        folder = suite.snapshot_folder(suite.snapshots[0])
     except Exception:  # noqa: BLE001 - no local copy: the name check alone applies
         return None
     if folder is None or not (Path(folder) / "config.json").is_file():

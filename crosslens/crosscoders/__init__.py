@@ -8,6 +8,11 @@ SAELens's ``SAETrainer`` accept them:
 - ``jumprelu_crosscoder``: per-snapshot JumpReLU gate, tanh sparsity loss (Ge et al.)
 - ``topk_crosscoder``: top-k of ReLU(h) * sum_s ||W_dec[i, s]||, auxiliary-k loss
 - ``batchtopk_crosscoder``: batch top-k in training, a fixed threshold for inference
+
+One snapshot of a crosscoder is :class:`crosslens.crosscoders.snapshot_sae.SnapshotCodec`
+(on the model's own activation scale; exported as ``crosslens.causal.SnapshotCodec``), or
+:func:`snapshot_sae` (the same view as a plain SAELens SAE, for ``HookedSAETransformer``). Attaching a whole crosscoder to a ``HookedSAETransformer`` raises
+an error that says so (:class:`crosslens.crosscoders.base.CrosscoderMetadata`).
 """
 
 from sae_lens.registry import (
@@ -36,11 +41,7 @@ from crosslens.crosscoders.jumprelu_crosscoder import (
     JumpReLUTrainingCrosscoder,
     JumpReLUTrainingCrosscoderConfig,
 )
-from crosslens.crosscoders.snapshot_sae import (
-    as_hooked_sae_transformer,
-    install_hooked_sae_transformer_guard,
-    snapshot_sae,
-)
+from crosslens.crosscoders.snapshot_sae import as_hooked_sae_transformer, snapshot_sae
 from crosslens.crosscoders.topk_crosscoder import (
     TopKCrosscoder,
     TopKCrosscoderConfig,
@@ -104,7 +105,6 @@ def _same_class(a: type, b: type) -> bool:
 
 
 _register()
-install_hooked_sae_transformer_guard()
 
 __all__ = [
     "ARCHITECTURES",

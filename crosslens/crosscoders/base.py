@@ -28,6 +28,7 @@ strength; ``W_enc[s] = W_dec[:, s].T``; biases start at zero.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,12 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from sae_lens.saes.sae import SAEMetadata, TrainStepInput, TrainStepOutput
 from torch import nn
 
 from crosslens._common import is_folded
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
+from crosslens.crosscoders.snapshot_sae import snapshot_sae
 
 
 SNAPSHOT_AXES = {"W_enc": 0, "W_dec": 1, "b_dec": 0, "folded_norm_factors": 0}
@@ -50,6 +52,45 @@ SNAPSHOT_AXES = {"W_enc": 0, "W_dec": 1, "b_dec": 0, "folded_norm_factors": 0}
 rank holds a contiguous block of that axis; every other entry is replicated."""
 
 _LOCAL = LocalCollectives()
+
+
+class CrosscoderMetadata(SAEMetadata):
+    """A crosscoder's ``SAEMetadata``, saved and loaded like any SAE's, with no single output hook.
+
+    Code that attaches an SAE at one hook of one model (SAELens's
+    ``HookedSAETransformer.add_sae``, hence ``run_with_saes``, ``run_with_cache_with_saes``
+    and ``saes()``; its ``SAETransformerBridge``) asks the SAE where it writes,
+    ``cfg.metadata.hook_name_out``, before attaching anything. A crosscoder has no such hook:
+    the hook hands it ``[batch, pos, d_model]`` from one model, and it would read the
+    positions as its snapshots (silently, when there are as many positions as snapshots).
+    So the question is answered with an error that names the fix, ``snapshot_sae(s)``.
+    """
+
+    __slots__ = ("_attached_as",)  # a slot, not an attribute: it stays out of cfg.json
+
+    @property
+    def hook_name_out(self) -> str:
+        architecture, n = getattr(self, "_attached_as", None) or ("crosscoder", "n_snapshots")
+        raise ValueError(
+            f"cannot attach a {architecture} to a HookedSAETransformer: a hook gives "
+            f"[batch, pos, d_model] from one model, and the crosscoder would read the positions "
+            f"as its {n} snapshots. Attach one snapshot instead: "
+            f"model.add_sae(crosscoder.snapshot_sae(s)) with s in [0, {n}) the snapshot this "
+            "model is (crosscoder.cfg.metadata.suite['snapshots'][s]['revision']); "
+            "crosslens.crosscoders.as_hooked_sae_transformer(model) makes a suite's model one."
+        )
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CrosscoderMetadata:
+        copied = CrosscoderMetadata(**copy.deepcopy(self.__dict__, memo))
+        copied.__setstate__((copied.__dict__, getattr(self, "_attached_as", None)))
+        return copied
+
+    def __getstate__(self) -> tuple[dict[str, Any], Any]:  # type: ignore[override]
+        return self.__dict__, getattr(self, "_attached_as", None)
+
+    def __setstate__(self, state: tuple[dict[str, Any], Any]) -> None:  # type: ignore[override]
+        self.__dict__.update(state[0])
+        self._attached_as = state[1]
 
 
 @dataclass(kw_only=True)
@@ -69,6 +110,15 @@ class CrosscoderConfigFields:
     """Number of training snapshots S read per token; inputs are [..., S, d_in]."""
     apply_b_dec_to_input: bool = False
     """Subtract b_dec from the input before encoding (off, as in Anthropic's crosscoders)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # SAELens builds plain SAEMetadata (from_dict, deepcopy, inference configs); whatever
+        # metadata a crosscoder config is given becomes a CrosscoderMetadata.
+        if name == "metadata" and not isinstance(value, CrosscoderMetadata):
+            value = CrosscoderMetadata(**(value.to_dict() if isinstance(value, SAEMetadata) else dict(value)))
+        super().__setattr__(name, value)
+        if name in ("metadata", "n_snapshots") and isinstance(self.__dict__.get("metadata"), CrosscoderMetadata):
+            self.metadata._attached_as = (self.architecture(), self.__dict__.get("n_snapshots", "n_snapshots"))  # type: ignore[attr-defined]
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_snapshots, int) or self.n_snapshots < 1:
@@ -361,8 +411,6 @@ class CrosscoderMixin:
         """Snapshot ``s`` as a plain SAELens SAE on the raw activation scale, for
         ``HookedSAETransformer.add_sae`` and any SAE tool; see
         :func:`crosslens.crosscoders.snapshot_sae.snapshot_sae`."""
-        from crosslens.crosscoders.snapshot_sae import snapshot_sae
-
         return snapshot_sae(self, s, **kwargs)
 
 

@@ -1,21 +1,25 @@
-"""One snapshot of a crosscoder as a plain SAELens SAE, for HookedSAETransformer and SAE tools.
+"""One snapshot of a crosscoder: :class:`SnapshotCodec`, and the same view as a plain SAELens SAE.
 
 A crosscoder reads ``[..., n_snapshots, d_in]``: every snapshot's activation of the same
-token. A ``HookedSAETransformer`` hook hands an SAE ``[batch, pos, d_model]`` from one
-model, so the crosscoder itself cannot sit there. ``snapshot_sae(crosscoder, s)`` builds the
-SAE that does at snapshot s what the crosscoder's *per-snapshot mode* does (the mode
-:func:`crosslens.causal.splice` uses when it only has the model at hand):
+token. Snapshot s's view of it, on the model's own activation scale, is
+:class:`SnapshotCodec`, the one implementation of the per-snapshot encode and decode that
+:func:`crosslens.causal.splice` and the attribution stage use:
 
     h   = (c_s a - b_dec[s]·[apply_b_dec_to_input]) W_enc[s] + b_enc     a: raw activation
     f   = the crosscoder's snapshot-s code of h (below)
     a'  = (f W_dec[:, s] + b_dec[s]) / c_s
 
 with ``c_s`` the activation-normalisation factor the crosscoder was trained with (1 once
-folded into the weights), so the SAE reads and writes activations on the model's own
-scale. The other snapshots' inputs count as absent: they add nothing to ``h``.
+folded into the weights), so the view reads and writes activations on the model's own
+scale. In this *per-snapshot mode* the other snapshots' inputs count as absent: they add
+nothing to ``h``. (``SnapshotCodec.encode`` also gives the exact code, from every
+snapshot's activation of the token.)
 
-Architecture by architecture (``n_is = ||W_dec[i, s]||`` in the normalised training space,
-``w_i = sum_s n_is``):
+A ``HookedSAETransformer`` hook hands an SAE ``[batch, pos, d_model]`` from one model, so the
+crosscoder itself cannot sit there. ``snapshot_sae(crosscoder, s)`` builds the SAE that
+does what the codec's per-snapshot mode does, from the codec's raw-scale weights; only the
+gate is translated, architecture by architecture (``n_is = ||W_dec[i, s]||`` in the
+normalised training space, ``w_i = sum_s n_is``):
 
 - ``crosscoder`` (ReLU) -> ``StandardSAE``: ``f = ReLU(h)``. Codes equal.
 - ``jumprelu_crosscoder`` -> ``JumpReLUSAE``: the crosscoder opens feature i at snapshot s
@@ -37,25 +41,122 @@ Reconstructions equal the crosscoder's per-snapshot reconstruction in every case
 
 from __future__ import annotations
 
-import functools
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAE, SAEMetadata
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
+from crosslens._common import resolve_norm_factors
+from crosslens.crosscoders.protocol import Crosscoder
+
 # metadata keys that describe the crosscoder as a whole, not one snapshot's SAE
 _CROSSCODER_ONLY_METADATA = ("activation_norm_factors", "activation_norm_factors_folded", "suite")
 
 
+class SnapshotCodec:
+    """Snapshot s's view of a crosscoder, on the model's own activation scale."""
+
+    def __init__(
+        self,
+        crosscoder: Crosscoder,
+        snapshot: int,
+        norm_factors: Sequence[float] | torch.Tensor | None = None,
+    ):
+        n_snapshots = crosscoder.cfg.n_snapshots
+        if not 0 <= snapshot < n_snapshots:
+            raise ValueError(f"snapshot must be in [0, {n_snapshots}) for this crosscoder, got {snapshot}")
+        self.crosscoder = crosscoder
+        self.snapshot = snapshot
+        self.factors_S = resolve_norm_factors(crosscoder, norm_factors).to(crosscoder.W_dec.device)
+        self.n_snapshots = n_snapshots
+        self.d_in = crosscoder.cfg.d_in
+        self.d_sae = crosscoder.cfg.d_sae
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.crosscoder.W_dec.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.crosscoder.W_dec.device
+
+    @property
+    def factor(self) -> torch.Tensor:
+        """``c_s``, in the crosscoder's dtype."""
+        return self.factors_S[self.snapshot].to(self.dtype)
+
+    def _snapshot_code(self, x_NSD: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.crosscoder, "encode_per_snapshot"):
+            return self.crosscoder.encode_per_snapshot(x_NSD)[..., self.snapshot, :]
+        return self.crosscoder.encode(x_NSD)
+
+    def encode(self, acts: Float[torch.Tensor, "... n_snapshots d_in"]) -> Float[torch.Tensor, "... d_sae"]:
+        """Exact snapshot-s code from every snapshot's raw activation of the same tokens."""
+        if tuple(acts.shape[-2:]) != (self.n_snapshots, self.d_in):
+            raise ValueError(
+                f"exact encoding needs all snapshots' activations [..., {self.n_snapshots}, {self.d_in}], "
+                f"got {tuple(acts.shape)}; collect them with collect_activations"
+            )
+        lead = acts.shape[:-2]
+        x_NSD = acts.reshape(-1, self.n_snapshots, self.d_in).to(self.device, self.dtype)
+        x_NSD = x_NSD * self.factors_S[:, None].to(self.dtype)
+        return self._snapshot_code(x_NSD).reshape(*lead, self.d_sae)
+
+    def encode_single(self, acts: Float[torch.Tensor, "... d_in"]) -> Float[torch.Tensor, "... d_sae"]:
+        """Per-snapshot code: snapshot s's activation alone, the other snapshots' inputs absent."""
+        lead = acts.shape[:-1]
+        x_ND = acts.reshape(-1, self.d_in).to(self.device, self.dtype) * self.factor
+        # An absent snapshot contributes nothing to the pre-activation: its input is zero,
+        # or b_dec when the crosscoder subtracts b_dec from its input.
+        if self.crosscoder.cfg.apply_b_dec_to_input:
+            x_NSD = self.crosscoder.b_dec.detach().expand(x_ND.shape[0], -1, -1).clone()
+        else:
+            x_NSD = x_ND.new_zeros(x_ND.shape[0], self.n_snapshots, self.d_in)
+        x_NSD[:, self.snapshot] = x_ND
+        return self._snapshot_code(x_NSD).reshape(*lead, self.d_sae)
+
+    def decode(self, codes: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... d_in"]:
+        """Snapshot-s reconstruction on the raw scale: ``(f W_dec[:, s] + b_dec[s]) / c_s``."""
+        W_dec_FD = self.crosscoder.W_dec[:, self.snapshot, :]
+        b_dec_D = self.crosscoder.b_dec[self.snapshot]
+        recon = codes.to(self.device, self.dtype) @ W_dec_FD + b_dec_D
+        return recon / self.factor
+
+    def decode_grad(self, grad_acts: Float[torch.Tensor, "... d_in"]) -> Float[torch.Tensor, "... d_sae"]:
+        """Pull a gradient w.r.t. the reconstruction back to the code: ``g W_dec[:, s]^T / c_s``."""
+        W_dec_FD = self.crosscoder.W_dec[:, self.snapshot, :].detach()
+        grad_codes = grad_acts.to(self.device, self.dtype) @ W_dec_FD.T
+        return grad_codes / self.factor
+
+    def bias(self) -> Float[torch.Tensor, " d_in"]:
+        """The reconstruction of the all-zero code, ``b_dec[s] / c_s``."""
+        return (self.crosscoder.b_dec[self.snapshot] / self.factors_S[self.snapshot]).detach()
+
+    @torch.no_grad()
+    def raw_weights(self) -> dict[str, torch.Tensor]:
+        """Snapshot s's encoder and decoder folded onto the raw scale, as a plain SAE holds them:
+        ``W_enc[s] c_s``, ``b_enc``, ``W_dec[:, s] / c_s`` and ``b_dec[s] / c_s`` (subtracting that
+        ``b_dec`` from ``a`` is subtracting ``b_dec[s]`` from ``c_s a``)."""
+        s, c_s = self.snapshot, self.factor
+        return {
+            "W_enc": self.crosscoder.W_enc[s] * c_s,
+            "b_enc": self.crosscoder.b_enc.clone(),
+            "W_dec": self.crosscoder.W_dec[:, s, :] / c_s,
+            "b_dec": self.crosscoder.b_dec[s] / c_s,
+        }
+
+
 def snapshot_sae(
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     snapshot: int,
     *,
-    norm_factors: Any = None,
+    norm_factors: Sequence[float] | torch.Tensor | None = None,
     hook_name: str | None = None,
 ) -> SAE[Any]:
     """Snapshot ``snapshot`` of ``crosscoder`` as a plain SAELens SAE on the raw activation scale.
@@ -64,79 +165,72 @@ def snapshot_sae(
         crosscoder: any crosslens crosscoder (inference or training class).
         snapshot: index into the crosscoder's snapshots, ``0 <= snapshot < n_snapshots``
             (negative indices count from the end).
-        norm_factors: per-snapshot normalisation factors, as for
-            :class:`crosslens.causal.SnapshotCodec`; default: the metadata's, unless folded.
+        norm_factors: per-snapshot normalisation factors, as for :class:`SnapshotCodec`;
+            default: the metadata's, unless folded.
         hook_name: the hook the SAE attaches to; default: the crosscoder's ``hook_name``.
 
     Returns:
         a ``StandardSAE``, ``JumpReLUSAE`` or ``TopKSAE`` (see the module docstring) whose
         ``cfg.metadata`` names the model, hook and snapshot (revision, step).
     """
-    from crosslens._common import resolve_norm_factors
-    from crosslens.crosscoders.base import CrosscoderMixin
-
-    if not isinstance(crosscoder, CrosscoderMixin):
+    cfg = getattr(crosscoder, "cfg", None)
+    if not isinstance(getattr(cfg, "n_snapshots", None), int):
         raise TypeError(
             f"snapshot_sae takes a crosslens crosscoder, got {type(crosscoder).__name__}; "
             "a plain SAE already attaches to a HookedSAETransformer as it is."
         )
-    cfg = crosscoder.cfg
     S = cfg.n_snapshots
     if not isinstance(snapshot, int) or not -S <= snapshot < S:
         raise ValueError(f"snapshot must be an int in [0, {S}) for this crosscoder, got {snapshot!r}.")
     s = snapshot % S
-    arch = cfg.architecture()
-
+    codec = SnapshotCodec(crosscoder, s, norm_factors)
+    common = dict(
+        d_in=cfg.d_in,
+        d_sae=cfg.d_sae,
+        dtype=cfg.dtype,
+        device=str(codec.device),
+        apply_b_dec_to_input=bool(cfg.apply_b_dec_to_input),
+        normalize_activations="none",
+    )
     with torch.no_grad():
-        c_s = resolve_norm_factors(crosscoder, norm_factors)[s].to(crosscoder.W_dec.device)
-        dtype = crosscoder.W_dec.dtype
-        c_s = c_s.to(dtype)
-        W_enc_DF = crosscoder.W_enc[s] * c_s
-        b_enc_F = crosscoder.b_enc.clone()
-        W_dec_FD = crosscoder.W_dec[:, s, :] / c_s
-        b_dec_D = crosscoder.b_dec[s] / c_s
-        norms_FS = crosscoder.snapshot_norms().detach()
-        common = dict(
-            d_in=cfg.d_in,
-            d_sae=cfg.d_sae,
-            dtype=cfg.dtype,
-            device=str(crosscoder.W_dec.device),
-            apply_b_dec_to_input=bool(cfg.apply_b_dec_to_input),
-            normalize_activations="none",
-        )
-        threshold_F: torch.Tensor | None = None
-        if arch == "crosscoder":
-            sae: SAE[Any] = StandardSAE(StandardSAEConfig(**common))
-        elif arch == "jumprelu_crosscoder":
-            t_F = _non_negative(crosscoder.threshold.detach().to(dtype), arch)
-            threshold_F = _divide_or_inf(t_F, norms_FS[:, s])
-            sae = JumpReLUSAE(JumpReLUSAEConfig(**common))
-        elif arch == "batchtopk_crosscoder":
-            if "threshold" in dict(crosscoder.named_parameters()):
-                t_F = crosscoder.threshold.detach().to(dtype)
-            else:  # the training class keeps one running threshold
-                t_F = crosscoder.topk_threshold.detach().to(dtype).expand(cfg.d_sae)
-            threshold_F = _divide_or_inf(_non_negative(t_F, arch), norms_FS.sum(dim=1))
-            sae = JumpReLUSAE(JumpReLUSAEConfig(**common))
-        elif arch == "topk_crosscoder":
-            w_F = norms_FS.sum(dim=1)
-            W_enc_DF = W_enc_DF * w_F
-            b_enc_F = b_enc_F * w_F
-            # a feature with no decoder anywhere scores 0 and reconstructs nothing
-            W_dec_FD = torch.where(w_F[:, None] > 0, W_dec_FD / w_F.clamp(min=1e-30)[:, None], 0.0)
-            sae = TopKSAE(TopKSAEConfig(k=int(cfg.k), rescale_acts_by_decoder_norm=False, **common))
-        else:
-            raise ValueError(
-                f"snapshot_sae does not know architecture {arch!r}; it handles crosscoder, "
-                "jumprelu_crosscoder, topk_crosscoder and batchtopk_crosscoder."
-            )
-        state = {"W_enc": W_enc_DF, "b_enc": b_enc_F, "W_dec": W_dec_FD, "b_dec": b_dec_D}
-        if threshold_F is not None:
-            state["threshold"] = threshold_F
-        sae.load_state_dict({k: v.to(dtype).contiguous().clone() for k, v in state.items()})
-
+        sae, state = _gate_as_sae(crosscoder, s, codec.raw_weights(), common)
+        sae.load_state_dict({k: v.to(codec.dtype).contiguous().clone() for k, v in state.items()})
     sae.cfg.metadata = _snapshot_metadata(crosscoder, s, hook_name)
     return sae
+
+
+def _gate_as_sae(
+    crosscoder: Any, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]
+) -> tuple[SAE[Any], dict[str, torch.Tensor]]:
+    """The SAELens class whose gate is the crosscoder's snapshot-s gate, and its weights."""
+    arch = crosscoder.cfg.architecture()
+    dtype = crosscoder.W_dec.dtype
+    norms_FS = crosscoder.snapshot_norms().detach()
+    if arch == "crosscoder":
+        return StandardSAE(StandardSAEConfig(**common)), state
+    if arch == "jumprelu_crosscoder":
+        t_F = _non_negative(crosscoder.threshold.detach().to(dtype), arch)
+        state["threshold"] = _divide_or_inf(t_F, norms_FS[:, s])
+        return JumpReLUSAE(JumpReLUSAEConfig(**common)), state
+    if arch == "batchtopk_crosscoder":
+        if "threshold" in dict(crosscoder.named_parameters()):
+            t_F = crosscoder.threshold.detach().to(dtype)
+        else:  # the training class keeps one running threshold
+            t_F = crosscoder.topk_threshold.detach().to(dtype).expand(crosscoder.cfg.d_sae)
+        state["threshold"] = _divide_or_inf(_non_negative(t_F, arch), norms_FS.sum(dim=1))
+        return JumpReLUSAE(JumpReLUSAEConfig(**common)), state
+    if arch == "topk_crosscoder":
+        w_F = norms_FS.sum(dim=1)
+        state["W_enc"] = state["W_enc"] * w_F
+        state["b_enc"] = state["b_enc"] * w_F
+        # a feature with no decoder anywhere scores 0 and reconstructs nothing
+        state["W_dec"] = torch.where(w_F[:, None] > 0, state["W_dec"] / w_F.clamp(min=1e-30)[:, None], 0.0)
+        config = TopKSAEConfig(k=int(crosscoder.cfg.k), rescale_acts_by_decoder_norm=False, **common)
+        return TopKSAE(config), state
+    raise ValueError(
+        f"snapshot_sae does not know architecture {arch!r}; it handles crosscoder, "
+        "jumprelu_crosscoder, topk_crosscoder and batchtopk_crosscoder."
+    )
 
 
 def _non_negative(t_F: torch.Tensor, arch: str) -> torch.Tensor:
@@ -149,7 +243,7 @@ def _non_negative(t_F: torch.Tensor, arch: str) -> torch.Tensor:
             f"{negative} features of this {arch} have a negative threshold; the snapshot SAE "
             "uses 0 there, so it drops the small negative activations the crosscoder passes "
             "for them (set crosscoder.threshold.data.clamp_(min=0) to make both agree).",
-            stacklevel=3,
+            stacklevel=4,
         )
     return t_F.clamp(min=0)
 
@@ -175,40 +269,6 @@ def _snapshot_metadata(crosscoder: Any, s: int, hook_name: str | None) -> SAEMet
         step=entry.get("step"),
     )
     return SAEMetadata(**meta)
-
-
-# ------------------------------------------------------------------ HookedSAETransformer guard
-def refuse_crosscoder_in_hooked_sae_transformer(sae: Any) -> None:
-    """Raise if ``sae`` is a crosscoder: at a hook it would read token positions as snapshots."""
-    from crosslens.crosscoders.base import CrosscoderMixin
-
-    if isinstance(sae, CrosscoderMixin):
-        n = sae.cfg.n_snapshots
-        raise ValueError(
-            f"cannot attach a {sae.cfg.architecture()} to a HookedSAETransformer: a hook gives "
-            f"[batch, pos, d_model] from one model, and the crosscoder would read the positions "
-            f"as its {n} snapshots. Attach one snapshot instead: "
-            f"model.add_sae(crosscoder.snapshot_sae(s)) with s in [0, {n}) the snapshot this "
-            "model is (crosscoder.cfg.metadata.suite['snapshots'][s]['revision'])."
-        )
-
-
-def install_hooked_sae_transformer_guard() -> None:
-    """Make ``HookedSAETransformer.add_sae`` (hence ``run_with_saes``,
-    ``run_with_cache_with_saes``, ``saes()``) refuse crosscoders. Idempotent."""
-    from sae_lens.analysis.hooked_sae_transformer import HookedSAETransformer
-
-    original = HookedSAETransformer.add_sae
-    if getattr(original, "_crosslens_guard", False):
-        return
-
-    @functools.wraps(original)
-    def add_sae(self: Any, sae: Any, *args: Any, **kwargs: Any) -> Any:
-        refuse_crosscoder_in_hooked_sae_transformer(sae)
-        return original(self, sae, *args, **kwargs)
-
-    add_sae._crosslens_guard = True  # type: ignore[attr-defined]
-    HookedSAETransformer.add_sae = add_sae  # type: ignore[method-assign]
 
 
 def as_hooked_sae_transformer(model: Any) -> Any:

@@ -17,16 +17,15 @@ token is refused (:class:`TaskTokenizationError` names the example and the fix).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
 
-if TYPE_CHECKING:
-    from crosslens.tasks.sequences import TaskSequences
+from crosslens.tasks.sequences import TaskSequences, task_sequences
 
 
 class TaskTokenizationError(ValueError):
@@ -154,11 +153,12 @@ class TokenizedTask:
             positions[:, 0] = False
         return positions
 
-    def sequences(self) -> "TaskSequences":
+    def sequences(self) -> TaskSequences:
         """Each example's prompt + correct and prompt + wrong continuation, for teacher forcing."""
-        from crosslens.tasks.sequences import task_sequences
-
-        return task_sequences(self)
+        assert self.continuation_tokens is not None and self.continuation_lengths is not None
+        return task_sequences(
+            self.clean_tokens, self.last_pos, self.continuation_tokens, self.continuation_lengths, self.pad_id
+        )
 
     def to(self, device: torch.device | str) -> "TokenizedTask":
         return replace(

@@ -19,13 +19,9 @@ causal stage (:mod:`crosslens.causal.attribution`) share it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Bool, Float, Int
-
-if TYPE_CHECKING:
-    from crosslens.tasks.base import TokenizedTask
 
 CORRECT, WRONG = 0, 1
 """Index of each continuation on the ``2`` axis of :class:`TaskSequences` tensors."""
@@ -89,14 +85,18 @@ class TaskSequences:
         return TaskSequences(*(getattr(self, name).to(device) for name in self.__dataclass_fields__))
 
 
-def task_sequences(task: "TokenizedTask") -> TaskSequences:
-    """The teacher-forcing layout of ``task`` (:meth:`TokenizedTask.sequences`)."""
-    cont_N2T = task.continuation_tokens
-    len_N2 = task.continuation_lengths
-    assert cont_N2T is not None and len_N2 is not None
+def task_sequences(
+    prompt_tokens_NL: Int[torch.Tensor, "n_examples seq"],
+    last_pos_N: Int[torch.Tensor, " n_examples"],
+    cont_N2T: Int[torch.Tensor, "n_examples 2 n_cont"],
+    len_N2: Int[torch.Tensor, "n_examples 2"],
+    pad_id: int,
+) -> TaskSequences:
+    """The teacher-forcing layout of right-padded prompts (each ending at ``last_pos_N``)
+    followed by their (correct, wrong) continuations (:meth:`TokenizedTask.sequences`)."""
     n_examples, n_cont = cont_N2T.shape[0], cont_N2T.shape[-1]
-    device = task.clean_tokens.device
-    prompt_len_N = task.last_pos.to(device) + 1
+    device = prompt_tokens_NL.device
+    prompt_len_N = last_pos_N.to(device) + 1
     width = int((prompt_len_N[:, None] + len_N2.to(device)).max())
     pos_W = torch.arange(width, device=device)
     prompt_mask_N2W = (pos_W < prompt_len_N[:, None, None]).expand(n_examples, 2, width)
@@ -104,8 +104,8 @@ def task_sequences(task: "TokenizedTask") -> TaskSequences:
     offset_N2W = pos_W - prompt_len_N[:, None, None]
     in_cont_N2W = (offset_N2W >= 0) & (offset_N2W < len_N2.to(device)[..., None])
     cont_at_N2W = cont_N2T.to(device).gather(-1, offset_N2W.clamp(0, n_cont - 1).expand(n_examples, 2, width))
-    prompt_tokens_NW = _fit_width(task.clean_tokens, width, task.pad_id)
-    pad = torch.full_like(cont_at_N2W, task.pad_id)
+    prompt_tokens_NW = _fit_width(prompt_tokens_NL, width, pad_id)
+    pad = torch.full_like(cont_at_N2W, pad_id)
     tokens_N2W = torch.where(prompt_mask_N2W, prompt_tokens_NW[:, None, :], torch.where(in_cont_N2W, cont_at_N2W, pad))
     target_mask_N2T = torch.arange(n_cont, device=device) < len_N2.to(device)[..., None]
     target_pos_N2T = (prompt_len_N[:, None, None] - 1 + torch.arange(n_cont, device=device)).clamp(max=width - 1)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from crosslens.errors import NonFiniteTrainingError
+from crosslens.training.layout import latest_checkpoint
 
 SYNC_EVERY = 50
 """Steps between reads of the non-finite flag on an accelerator."""
@@ -27,8 +28,6 @@ class _FiniteState:
 
 
 def _last_good_checkpoint(trainer: Any) -> str:
-    from crosslens.training.trainer import latest_checkpoint
-
     if trainer.cfg.checkpoint_dir is None or not trainer.cfg.checkpoint_every:
         return "no checkpoint is kept (checkpoint_every=0)"
     latest = latest_checkpoint(trainer.cfg.checkpoint_dir)

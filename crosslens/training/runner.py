@@ -37,9 +37,10 @@ from crosslens.distributed import init_mesh, launched_by_torchrun, shard_batches
 from crosslens.errors import StoreChangedError
 from crosslens.training.config import CrosscoderRunnerConfig, CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder
+from crosslens.training.layout import CHECKPOINT_PREFIX, FINAL_DIRNAME
 from crosslens.training.records import read_record, record_problem, write_record
 from crosslens.training.seeding import seeded
-from crosslens.training.trainer import CHECKPOINT_PREFIX, FINAL_DIRNAME, CrosscoderTrainer, crosscoder_metrics
+from crosslens.training.trainer import CrosscoderTrainer, crosscoder_metrics
 
 class CrosscoderTrainingRunner:
     """Trains one crosscoder from an activation store; ``run(resume=True)`` continues a run."""
