@@ -13,6 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+from crosslens.core.launch import is_main_process, launched_by_torchrun, local_rank_device
+from crosslens.core.paths import QUALITY_NAME
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -103,13 +106,13 @@ def _add_device_args(
 
 def _device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
     """The checked ``(device, dtype)`` strings of ``--device``/``--dtype`` (e.g. ``("cuda:0", "bfloat16")``)."""
-    from crosslens.devices import dtype_name, resolve_device
+    from crosslens.core.devices import dtype_name, resolve_device
 
     return str(resolve_device(args.device)), dtype_name(args.dtype or "float32")
 
 
 def _print_peak_memory(device: str) -> None:
-    from crosslens.devices import peak_memory_line
+    from crosslens.core.devices import peak_memory_line
 
     line = peak_memory_line(device)
     if line is not None:
@@ -117,7 +120,7 @@ def _print_peak_memory(device: str) -> None:
 
 
 def _reset_peak_memory(device: str) -> None:
-    from crosslens.devices import reset_peak_memory
+    from crosslens.core.devices import reset_peak_memory
 
     reset_peak_memory(device)
 
@@ -310,11 +313,11 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
         suite = resolve_suite(args.suite or "pico", args.steps, args.n_snapshots)
     _check_hooks(suite, hooks)  # before any model loads or anything is written
     source = _token_source(args, recipe)
-    device = _rank_device(device)
+    device = local_rank_device(device)
     _reset_peak_memory(device)
     with _torchrun_job():
         store, heldout = _harvest(args, suite, hooks, recipe, source, device, model_dtype)
-        if int(os.environ.get("RANK", "0")) == 0:
+        if is_main_process():
             print(f"activation store: {store.path} ({store.n_tokens} tokens x {store.n_snapshots} snapshots)")
             if heldout is not None:
                 print(f"held-out store: {heldout.path} ({heldout.n_tokens} tokens; `crosslens train` reports on it)")
@@ -323,7 +326,8 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
 
 
 def _check_hooks(suite, hooks: list[str]) -> None:
-    from crosslens.commands import hook_problem, suite_n_layers
+    from crosslens.commands import suite_n_layers
+    from crosslens.core.hooks import hook_problem
 
     n_layers = suite_n_layers(suite)
     for hook in hooks:
@@ -355,7 +359,7 @@ def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
     from crosslens.activations import harvest_activations, tokens_from_dataset, tokens_from_pico
     from crosslens.activations.tokens import tokenize_texts
     from crosslens.commands import heldout_store_path, split_rows, text_documents
-    from crosslens.devices import dtype_name
+    from crosslens.core.devices import dtype_name
 
     n_tokens = args.n_tokens or (recipe.n_tokens if recipe is not None else 200_000)
     seq_len = args.seq_len or (recipe.context if recipe is not None else 64)
@@ -501,7 +505,7 @@ def _harvest_for_recipe(args: argparse.Namespace, recipe, settings: dict, device
     the store path, after checking weights, dataset and disk space."""
     import shutil
 
-    from crosslens.devices import DTYPE_BYTES, dtype_name, format_bytes
+    from crosslens.core.devices import DTYPE_BYTES, dtype_name, format_bytes
     from crosslens.plan import hook_width, known_model, model_spec_for
 
     problems = [p for p in [_missing_weights(recipe)] if p]
@@ -555,7 +559,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         runner.run(resume=args.resume)
         if runner.is_main:
             print(f"crosscoder saved to {runner.final_path}")
-            _print_quality(runner.final_path, store_path, args.eval_store, device, save_to=Path(args.out) / "quality.json")
+            _print_quality(runner.final_path, store_path, args.eval_store, device, save_to=Path(args.out) / QUALITY_NAME)
         _print_peak_memory(runner.device)
     return 0
 
@@ -616,16 +620,10 @@ def _torchrun_job():
     try:
         yield
     finally:
-        from crosslens.distributed import launched_by_torchrun, shutdown
+        from crosslens.distributed import shutdown
 
         if launched_by_torchrun():
             shutdown()
-
-
-def _rank_device(device: str) -> str:
-    from crosslens.distributed.mesh import rank_device
-
-    return rank_device(device)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -647,7 +645,8 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
     from crosslens.activations import ActivationStore
     from crosslens.analysis import analyze_crosscoder
     from crosslens.commands import crosscoder_suite_record, run_folder, run_store, saved_sections, suite_title, suite_tokenizer
-    from crosslens.devices import dtype_name
+    from crosslens.core.devices import dtype_name
+    from crosslens.core.hooks import recorded_hook
 
     device, _ = _device_and_dtype(args)
     run_dir = run_folder(folder)
@@ -658,8 +657,7 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
     record = crosscoder_suite_record(folder)
     dtype = dtype_name(args.dtype) if args.dtype else None
     crosscoder = SAE.load_from_disk(str(folder), device=device, dtype=dtype)
-    hook = getattr(crosscoder.cfg, "metadata", None)
-    hook = getattr(hook, "hook_name", None) if hook is not None else None
+    hook = recorded_hook(crosscoder)
     tokenizer = suite_tokenizer(record) if store else None
     analysis, report = analyze_crosscoder(
         crosscoder, store=ActivationStore.open(store) if store else None, tokenizer=tokenizer,
@@ -695,7 +693,7 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     suite = resolve_suite(suite_spec, steps, args.n_snapshots)
     if len(tasks) > 1:  # several languages: run together, RelIE per language side by side
         from crosslens.causal.demo import language_attribution_sections
-        from crosslens.devices import on_device
+        from crosslens.checkpoints.on_device import on_device
 
         with _task_flag_errors(args):
             sections = language_attribution_sections(
@@ -887,7 +885,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.list_models:
         print("\n".join(known_models()))
         return 0
-    from crosslens.devices import dtype_name
+    from crosslens.core.devices import dtype_name
 
     device = args.device or "cuda"
     model_dtype = dtype_name(args.dtype or "float32")
@@ -1221,7 +1219,7 @@ def _command_name(args: argparse.Namespace) -> str:
 
 def _one_line_error(command: str, message: str, err: BaseException | None) -> None:
     """Print an error as one or two lines and exit with status 2 (see --debug for the traceback)."""
-    from crosslens.errors import CrosslensError  # a ValueError; named for the reader
+    from crosslens.core.errors import CrosslensError  # a ValueError; named for the reader
 
     message = " ".join(message.split()) or type(err).__name__
     expected = err is None or isinstance(err, (CLIError, CrosslensError, ValueError, FileNotFoundError))

@@ -17,36 +17,7 @@ from typing import Any
 import torch
 from jaxtyping import Int
 
-HELDOUT_SUFFIX = "-heldout"
-"""``harvest --out STORE`` also writes held-out activations to ``STORE-heldout``; ``train`` reads them."""
-SECTIONS_DIR = "sections"
-"""Report sections other stages add to a run folder (``crosslens attribute``), merged by ``crosslens report``."""
-
-# TransformerLens hook names: global ones and per-block ones (blocks.{layer}.<suffix>).
-_GLOBAL_HOOKS = {"hook_embed", "hook_pos_embed", "hook_tokens", "ln_final.hook_scale", "ln_final.hook_normalized"}
-_BLOCK_HOOKS = {
-    "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "hook_attn_in",
-    "hook_mlp_in", "hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_q", "attn.hook_k", "attn.hook_v",
-    "attn.hook_z", "attn.hook_pattern", "attn.hook_attn_scores", "attn.hook_result", "attn.hook_rot_q",
-    "attn.hook_rot_k", "mlp.hook_pre", "mlp.hook_post", "mlp.hook_pre_linear", "ln1.hook_scale",
-    "ln1.hook_normalized", "ln2.hook_scale", "ln2.hook_normalized",
-}  # fmt: skip
-_BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
-
-
-def hook_problem(hook: str, n_layers: int | None) -> str | None:
-    """Why ``hook`` is not a TransformerLens hook of a model with ``n_layers`` blocks (None: it is).
-
-    ``n_layers`` None checks the name only."""
-    if hook in _GLOBAL_HOOKS:
-        return None
-    match = _BLOCK.fullmatch(hook)
-    if match is None or match.group(2) not in _BLOCK_HOOKS:
-        return f"{hook!r} is not a TransformerLens hook name; use e.g. blocks.0.hook_resid_post"
-    layer = int(match.group(1))
-    if n_layers is not None and layer >= n_layers:
-        return f"{hook!r} names block {layer}, but the model has blocks 0..{n_layers - 1}"
-    return None
+from crosslens.core.paths import HELDOUT_SUFFIX, RUN_CONFIG_NAME, SECTIONS_DIR
 
 
 def suite_n_layers(suite: Any) -> int | None:
@@ -117,7 +88,7 @@ def run_folder(crosscoder_path: str | Path) -> Path | None:
     """The ``crosslens train`` run folder a crosscoder folder belongs to (None if it is not in one)."""
     path = Path(crosscoder_path)
     for candidate in (path, path.parent):
-        if (candidate / "run.json").is_file():
+        if (candidate / RUN_CONFIG_NAME).is_file():
             return candidate
     return None
 
@@ -127,7 +98,7 @@ def run_store(run_dir: Path | None) -> str | None:
     if run_dir is None:
         return None
     try:
-        store = json.loads((run_dir / "run.json").read_text()).get("store_path")
+        store = json.loads((run_dir / RUN_CONFIG_NAME).read_text()).get("store_path")
     except (OSError, ValueError):
         return None
     return store if store and Path(store).exists() else None

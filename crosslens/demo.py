@@ -161,7 +161,7 @@ def harvest_stage(
 def _harvest_or_reuse(suite, *, out_dir, force: bool, **settings):
     """The store in ``out_dir`` when it was built from exactly these inputs, else a fresh harvest."""
     from crosslens.activations import StoreMismatchError
-    from crosslens.errors import DamagedManifestError
+    from crosslens.core.errors import DamagedManifestError
 
     try:
         return harvest_stage(suite, out_dir=out_dir, overwrite=force, **settings)
@@ -347,7 +347,7 @@ def run_demo(
     """Run every stage; return the report path. Models and crosscoder run on ``device``;
     ``dtype`` is the snapshot models' (harvest and attribution)."""
     from crosslens.activations import ActivationStore
-    from crosslens.pico.build import crosslens_home
+    from crosslens.core.paths import crosslens_home
 
     config = config or (DemoConfig.fast() if fast else DemoConfig())
     out_dir = Path(out_dir) if out_dir is not None else crosslens_home() / ("demo-fast" if fast else "demo")

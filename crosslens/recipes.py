@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from crosslens.errors import CrosslensError
+from crosslens.core.errors import CrosslensError
 
 ARCHITECTURE_NAMES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
 

@@ -16,8 +16,8 @@ from transformers import PreTrainedTokenizerFast
 from crosslens.checkpoints.schedules import PYTHIA_STEPS
 from crosslens.checkpoints import CheckpointSuite, SnapshotInfo, SnapshotRef, list_revisions, spaced_steps
 from crosslens.checkpoints.snapshot import parse_step, parse_tokens
-from crosslens.checkpoints.convert import weights_sha256
-from crosslens.errors import (
+from crosslens.core.hashing import weights_sha256
+from crosslens.core.errors import (
     CrosslensError,
     DuplicateSnapshotError,
     SnapshotMismatchError,
@@ -363,7 +363,7 @@ def test_missing_hub_revision_at_load_becomes_unknown_revision(fake_hub, monkeyp
 
 def test_cached_revisions_reads_the_cache_through_huggingface_hub(offline_hf_home):
     from crosslens.checkpoints.hub import cached_revisions
-    from crosslens.errors import CrosslensError
+    from crosslens.core.errors import CrosslensError
 
     repo = offline_hf_home / "hub" / "models--org--tiny"
     for revision, commit in [("step10", "b" * 40), ("step0", "a" * 40), ("main", "b" * 40)]:

@@ -31,7 +31,7 @@ from crosslens.checkpoints.trajectory import (
     place_on_trajectory,
 )
 from crosslens.cli import main, resolve_suite
-from crosslens.errors import UnknownRevisionError
+from crosslens.core.errors import UnknownRevisionError
 from crosslens.tasks import (
     MinimalPairFormatError,
     get_task,

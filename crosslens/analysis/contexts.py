@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from crosslens._common import resolve_hook
+from crosslens.core.hooks import resolve_hook
 from crosslens.analysis.probes import encode_in_batches, reads_normalized
 
 

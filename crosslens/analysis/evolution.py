@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from crosslens._common import training_space_decoder
+from crosslens.crosscoders.folding import training_space_decoder
 from crosslens.analysis.geometry import direction_drift, feature_dimensionality, rel_dec
 
 FEATURE_CLASSES: tuple[str, ...] = ("initialization", "persistent", "transient", "dead")

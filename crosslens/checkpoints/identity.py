@@ -15,7 +15,6 @@ tensor's byte range, so a short file shows without reading the data).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import struct
@@ -24,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import constants as hub_constants
 
-from crosslens.errors import CorruptCheckpointError, UncachedRevisionError
+from crosslens.core.errors import CorruptCheckpointError, UncachedRevisionError
+from crosslens.core.hashing import file_sha256, json_sha256
 
 if TYPE_CHECKING:
     from crosslens.checkpoints.snapshot import SnapshotRef
@@ -37,14 +37,6 @@ IDENTITY_FILES = ("config.json",)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
-def _sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_identity(path: Path) -> str:
     """The cache's blob hash when ``path`` links into a Hugging Face ``blobs/`` folder,
     else the sha256 of its bytes."""
@@ -52,7 +44,7 @@ def file_identity(path: Path) -> str:
         target = Path(path.readlink())
         if target.parent.name == "blobs":
             return target.name
-    return _sha256_file(path)
+    return file_sha256(path)
 
 
 def is_weight_file(name: str) -> bool:
@@ -132,7 +124,7 @@ def uncached_revision_error(model_id: str, revision: str) -> UncachedRevisionErr
 
 
 def _digest(pairs: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(sorted(pairs.items())).encode()).hexdigest()
+    return json_sha256(sorted(pairs.items()))  # a list of pairs: sort_keys changes no byte
 
 
 def identity_from_files(files: dict[str, str], commit: str | None) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from jaxtyping import Float, Int
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from torch import nn
 
-from crosslens._common import is_folded
+from crosslens.crosscoders.folding import is_folded
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.crosscoders.defaults import DEFAULT_DECODER_INIT_NORM
 

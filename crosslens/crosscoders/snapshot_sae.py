@@ -47,6 +47,8 @@ from sae_lens.saes.sae import SAE, SAEMetadata
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
+from crosslens.core.hooks import recorded_hook
+
 # metadata keys that describe the crosscoder as a whole, not one snapshot's SAE
 _CROSSCODER_ONLY_METADATA = ("activation_norm_factors", "activation_norm_factors_folded", "suite")
 
@@ -72,7 +74,7 @@ def snapshot_sae(
         a ``StandardSAE``, ``JumpReLUSAE`` or ``TopKSAE`` (see the module docstring) whose
         ``cfg.metadata`` names the model, hook and snapshot (revision, step).
     """
-    from crosslens._common import resolve_norm_factors
+    from crosslens.crosscoders.folding import resolve_norm_factors
     from crosslens.crosscoders.base import CrosscoderMixin
 
     if not isinstance(crosscoder, CrosscoderMixin):
@@ -165,7 +167,7 @@ def _snapshot_metadata(crosscoder: Any, s: int, hook_name: str | None) -> SAEMet
     snapshots = suite.get("snapshots") or []
     entry = dict(snapshots[s]) if s < len(snapshots) else {}
     meta.update(
-        hook_name=hook_name or crosscoder.cfg.metadata.get("hook_name"),
+        hook_name=hook_name or recorded_hook(crosscoder),
         model_name=suite.get("model_id") or crosscoder.cfg.metadata.get("model_name"),
         crosscoder_architecture=crosscoder.cfg.architecture(),
         crosscoder_n_snapshots=crosscoder.cfg.n_snapshots,

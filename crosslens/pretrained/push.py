@@ -167,7 +167,7 @@ def evaluate_per_snapshot(
     L0 at snapshot s counts the features that reach snapshot s's reconstruction: the
     per-snapshot gates of a JumpReLU crosscoder, the shared code otherwise.
     """
-    from crosslens.causal.splice import resolve_norm_factors
+    from crosslens.crosscoders.folding import resolve_norm_factors
 
     hook = store.resolve_hook(hook)
     n = min(n_tokens, store.n_tokens)

@@ -46,7 +46,7 @@ from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.crosscoders.defaults import BASELINE_OF, TRAINING_DEFAULTS
 from crosslens.training.factory import build_training_model
 from crosslens.training.runner import DEFAULT_LR, evaluate_crosscoder
-from crosslens.training.seeding import seeded
+from crosslens.core.seeding import seeded
 from crosslens.training.trainer import crosscoder_metrics
 
 # architecture -> (SAELens training class, its config)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from crosslens.errors import NonFiniteTrainingError
+from crosslens.core.errors import NonFiniteTrainingError
 
 SYNC_EVERY = 50
 """Steps between reads of the non-finite flag on an accelerator."""

@@ -56,7 +56,9 @@ from safetensors.torch import load_file
 from sae_lens.constants import SAE_WEIGHTS_FILENAME
 from tqdm.auto import tqdm
 
-from crosslens._common import row_counts
+from crosslens.core.paths import CHECKPOINT_PREFIX, FINAL_DIRNAME, checkpoint_dirname, checkpoint_step
+from crosslens.core.seeding import seed_everything
+from crosslens.core.tensors import row_counts
 from crosslens.crosscoders.base import CrosscoderTrainingMixin
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.distributed.mesh import MeshLayout, local_layout
@@ -74,8 +76,6 @@ from crosslens.training.checks import check_activation_scale
 from crosslens.training.config import CrosscoderTrainerConfig
 
 TRAINER_STATE_FILENAME = "trainer_state.pt"
-CHECKPOINT_PREFIX = "step_"
-FINAL_DIRNAME = "final"
 
 Batch = Float[torch.Tensor, "batch n_snapshots d_in"]
 BatchSource = Union[Iterable[Batch], Callable[[int], Iterator[Batch]]]
@@ -117,9 +117,9 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     found = [
         p
         for p in root.glob(f"{CHECKPOINT_PREFIX}*")
-        if (p / TRAINER_STATE_FILENAME).exists() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+        if (p / TRAINER_STATE_FILENAME).exists() and checkpoint_step(p.name) is not None
     ]
-    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), default=None)
+    return max(found, key=lambda p: checkpoint_step(p.name), default=None)
 
 
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
@@ -268,7 +268,7 @@ class CrosscoderTrainer:
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         elif self.n_steps == 0:
-            _seed_everything(self.cfg.seed)
+            seed_everything(self.cfg.seed)
         batch_iter = _open_batches(batches, self.n_steps)
         log_here = self.cfg.log_to_wandb and self.is_main
         wandb_run, owns_run = self._start_wandb() if log_here else (None, False)
@@ -411,7 +411,7 @@ class CrosscoderTrainer:
         if path is None:
             if self.cfg.checkpoint_dir is None:
                 raise ValueError("no path given and cfg.checkpoint_dir is None; pass a path.")
-            path = Path(self.cfg.checkpoint_dir) / f"{CHECKPOINT_PREFIX}{self.n_steps:08d}"
+            path = Path(self.cfg.checkpoint_dir) / checkpoint_dirname(self.n_steps)
         path = Path(path)
         full = self.full_crosscoder()
         optimizer_state = gather_optimizer_state(
@@ -522,9 +522,3 @@ def _open_batches(batches: BatchSource, start_step: int) -> Iterator[Batch]:
     if callable(batches) and not isinstance(batches, Iterable):
         return iter(batches(start_step))
     return itertools.islice(iter(batches), start_step, None)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
