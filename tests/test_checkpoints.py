@@ -13,10 +13,9 @@ from conftest import BLOOM_REPO, OLMO_REPO, PYTHIA_DUPLICATED_REPO, PYTHIA_REPO
 from hf_cache import make_word_tokenizer, repo_folder, tiny_neox, write_local_suite
 from transformers import PreTrainedTokenizerFast
 
-from crosslens.checkpoints.schedules import PYTHIA_STEPS
 from crosslens.checkpoints import CheckpointSuite, SnapshotInfo, SnapshotRef, list_revisions, spaced_steps
+from crosslens.checkpoints.schedules import PYTHIA_STEPS
 from crosslens.checkpoints.snapshot import parse_step, parse_tokens
-from crosslens.core.hashing import weights_sha256
 from crosslens.core.errors import (
     CrosslensError,
     DuplicateSnapshotError,
@@ -24,6 +23,7 @@ from crosslens.core.errors import (
     TokenizerMismatchError,
     UnknownRevisionError,
 )
+from crosslens.core.hashing import weights_sha256
 
 TOKENS = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10, 11], [20, 21, 3, 30, 31, 40, 41, 50, 12]])
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from crosslens.checkpoints.on_device import on_device
-from crosslens.core import devices
 from crosslens.cli import main
+from crosslens.core import devices
 from crosslens.core.devices import (
     DeviceError,
     default_device,

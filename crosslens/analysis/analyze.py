@@ -19,9 +19,9 @@ from crosslens.analysis.evolution import (
     metadata_dict,
     snapshots_from_metadata,
 )
-from crosslens.core.hooks import recorded_hook, resolve_hook
 from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
 from crosslens.analysis.report import Report, evolution_report, representative_features
+from crosslens.core.hooks import recorded_hook, resolve_hook
 
 
 def analyze_crosscoder(

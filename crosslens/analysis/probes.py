@@ -25,8 +25,8 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from crosslens.crosscoders.folding import is_folded
 from crosslens.core.hooks import resolve_hook
+from crosslens.crosscoders.folding import is_folded
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from crosslens.core.paths import crosslens_home
 from crosslens.causal.ablation import AblationMode
 from crosslens.causal.attribution import AttributionConfig
 from crosslens.causal.stage import load_crosscoder, metric_formula, run_causal_stage
+from crosslens.core.paths import crosslens_home
 from crosslens.tasks import TaskTokenizationError, task_for_tokenizer
 
 

@@ -2,8 +2,8 @@
 
 Nothing here knows about snapshots, crosscoders or stages, and nothing here imports from
 crosslens outside this package (tests/test_imports.py holds the layering). Import the
-submodule you need; this package itself imports nothing, so that ``crosslens --help``
-stays free of torch.
+submodule you need; this package imports a submodule only when it is first named (its
+``__getattr__``), so that ``crosslens --help`` stays free of torch.
 
 - :mod:`crosslens.core.errors`: the input errors crosslens raises (``CrosslensError`` and kin)
 - :mod:`crosslens.core.paths`: the home folder and the names of a run's files and folders
@@ -18,3 +18,29 @@ stays free of torch.
 - :mod:`crosslens.core.packing`: packing tokenized documents into fixed-length rows
 - :mod:`crosslens.core.tensors`: small tensor helpers (row counts, one-vs-all shares)
 """
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+__all__ = [
+    "devices",
+    "errors",
+    "hashing",
+    "hooks",
+    "launch",
+    "locks",
+    "metadata",
+    "packing",
+    "paths",
+    "sealed",
+    "seeding",
+    "tensors",
+]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

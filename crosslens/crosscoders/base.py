@@ -40,9 +40,9 @@ from jaxtyping import Float, Int
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from torch import nn
 
-from crosslens.crosscoders.folding import is_folded
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.crosscoders.defaults import DEFAULT_DECODER_INIT_NORM
+from crosslens.crosscoders.folding import is_folded
 
 
 SNAPSHOT_AXES = {"W_enc": 0, "W_dec": 1, "b_dec": 0, "folded_norm_factors": 0}

@@ -43,10 +43,10 @@ from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
 from crosslens.activations import ActivationProvider, ActivationStore
+from crosslens.core.seeding import seeded
 from crosslens.crosscoders.defaults import BASELINE_OF, TRAINING_DEFAULTS
 from crosslens.training.factory import build_training_model
 from crosslens.training.runner import DEFAULT_LR, evaluate_crosscoder
-from crosslens.core.seeding import seeded
 from crosslens.training.trainer import crosscoder_metrics
 
 # architecture -> (SAELens training class, its config)

@@ -31,6 +31,10 @@ import torch
 from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationProvider, ActivationStore
+from crosslens.core.errors import StoreChangedError
+from crosslens.core.launch import launched_by_torchrun
+from crosslens.core.paths import CHECKPOINT_PREFIX, FINAL_DIRNAME, RUN_CONFIG_NAME, checkpoint_step
+from crosslens.core.seeding import seeded
 from crosslens.crosscoders import ARCHITECTURES
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.crosscoders.defaults import (
@@ -40,10 +44,6 @@ from crosslens.crosscoders.defaults import (
     TRAINING_DEFAULTS,
     sparsity_coefficient_for,
 )
-from crosslens.core.errors import StoreChangedError
-from crosslens.core.launch import launched_by_torchrun
-from crosslens.core.paths import CHECKPOINT_PREFIX, FINAL_DIRNAME, RUN_CONFIG_NAME, checkpoint_step
-from crosslens.core.seeding import seeded
 from crosslens.distributed import init_mesh, shard_batches
 from crosslens.training.config import CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder  # noqa: F401  (re-exported)
