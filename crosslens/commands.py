@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from jaxtyping import Int
 
-from crosslens.core.paths import HELDOUT_SUFFIX, RUN_CONFIG_NAME, SECTIONS_DIR
+from crosslens.core.paths import FINAL_DIRNAME, HELDOUT_SUFFIX, RUN_CONFIG_NAME, SECTIONS_DIR
 
 
 def suite_n_layers(suite: Any) -> int | None:
@@ -74,8 +74,8 @@ def crosscoder_folder(path: str | Path) -> Path:
     """The saved crosscoder inside a ``crosslens train`` run folder (``RUN_DIR/final``), or ``path``
     itself when it holds one (``cfg.json``)."""
     path = Path(path)
-    if (path / "final" / "cfg.json").is_file():
-        return path / "final"
+    if (path / FINAL_DIRNAME / "cfg.json").is_file():
+        return path / FINAL_DIRNAME
     if (path / "cfg.json").is_file():
         return path
     raise FileNotFoundError(

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME
 from crosslens.crosscoders.defaults import PICO_DEMO_JUMPRELU_SPARSITY
 
 
@@ -195,7 +196,7 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
         device=device,
     )
     runner = CrosscoderTrainingRunner(runner_config, store=None if isinstance(store, (str, Path)) else store)
-    run_file = out_dir / "run.json"
+    run_file = out_dir / RUN_CONFIG_NAME
     if run_file.exists():
         try:
             settings_changed = json.loads(run_file.read_text()) != json.loads(json.dumps(asdict(runner_config)))
@@ -374,7 +375,7 @@ def run_demo(
 
     _banner(f"3/5 train a {config.architecture} (d_sae {config.d_sae})")
     crosscoder = train_stage(train_store, out_dir / "crosscoder", config, force=force, device=device)
-    quality_file = out_dir / "crosscoder" / "quality.json"
+    quality_file = out_dir / "crosscoder" / QUALITY_NAME
     if quality_file.exists() and not force:  # written after the crosscoder it describes
         from crosslens.training.baselines import format_quality_table
 

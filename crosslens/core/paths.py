@@ -8,11 +8,11 @@ drift apart.
 
 A run folder (``crosslens train --out RUN``)::
 
-    RUN/run.json                    the runner's configuration (RUN_CONFIG_NAME)
-    RUN/quality.json                the quality table ``train`` prints (QUALITY_NAME)
-    RUN/checkpoints/step_00001000/  a resumable checkpoint (CHECKPOINT_PREFIX + 8-digit step)
-    RUN/checkpoints/final/          the trained crosscoder (FINAL_DIRNAME)
-    RUN/sections/*.json             report sections other commands add (SECTIONS_DIR)
+    RUN/run.json                the runner's configuration (RUN_CONFIG_NAME)
+    RUN/quality.json            the quality table ``train`` prints (QUALITY_NAME)
+    RUN/step_00001000/          a resumable checkpoint (CHECKPOINT_PREFIX + 8-digit step)
+    RUN/final/                  the trained crosscoder (FINAL_DIRNAME)
+    RUN/sections/*.json         report sections other commands add (SECTIONS_DIR)
 
 and beside an activation store ``STORE``, its held-out split ``STORE-heldout``
 (HELDOUT_SUFFIX).
