@@ -3,7 +3,7 @@ section 0), each as a ratio against its alternative measured in the same run.
 
 1. Elementwise choices on an ``[8192, 512]`` (token, feature) matrix: ``torch.tanh``
    against ``2 * sigmoid(2x) - 1``; a bool mask's ``sum(dim)`` and
-   ``count_nonzero(dim)`` against summing its bytes (``_common.row_counts``);
+   ``count_nonzero(dim)`` against summing its bytes (``crosslens.core.tensors.row_counts``);
    ``torch.where(mask, x, 0)`` and ``masked_fill`` against ``x * mask``. Each is written into
    an existing tensor, which times the op itself (a fresh 16 MiB output's page faults,
    section 3, can cost more than the op and vary with what the allocator reuses).
@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from crosslens._common import row_counts
+from crosslens.core.tensors import row_counts
 from crosslens.crosscoders import jumprelu_kernels
 
 from train import crosslens_step_fn, reference_step_fn, time_alternating

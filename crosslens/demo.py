@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from crosslens.architectures import PICO_DEMO_JUMPRELU_SPARSITY
+from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME
 
 
 @dataclass
@@ -161,7 +162,7 @@ def harvest_stage(
 def _harvest_or_reuse(suite, *, out_dir, force: bool, **settings):
     """The store in ``out_dir`` when it was built from exactly these inputs, else a fresh harvest."""
     from crosslens.activations import StoreMismatchError
-    from crosslens.errors import DamagedManifestError
+    from crosslens.core.errors import DamagedManifestError
 
     try:
         return harvest_stage(suite, out_dir=out_dir, overwrite=force, **settings)
@@ -196,7 +197,7 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
         device=device,
     )
     runner = CrosscoderTrainingRunner(runner_config, store=None if isinstance(store, (str, Path)) else store)
-    run_file = out_dir / "run.json"
+    run_file = out_dir / RUN_CONFIG_NAME
     if run_file.exists():
         try:
             settings_changed = json.loads(run_file.read_text()) != json.loads(json.dumps(asdict(runner_config)))
@@ -348,7 +349,7 @@ def run_demo(
     """Run every stage; return the report path. Models and crosscoder run on ``device``;
     ``dtype`` is the snapshot models' (harvest and attribution)."""
     from crosslens.activations import ActivationStore
-    from crosslens.pico.build import crosslens_home
+    from crosslens.core.paths import crosslens_home
 
     config = config or (DemoConfig.fast() if fast else DemoConfig())
     out_dir = Path(out_dir) if out_dir is not None else crosslens_home() / ("demo-fast" if fast else "demo")
@@ -375,7 +376,7 @@ def run_demo(
 
     _banner(f"3/5 train a {config.architecture} (d_sae {config.d_sae})")
     crosscoder = train_stage(train_store, out_dir / "crosscoder", config, force=force, device=device)
-    quality_file = out_dir / "crosscoder" / "quality.json"
+    quality_file = out_dir / "crosscoder" / QUALITY_NAME
     if quality_file.exists() and not force:  # written after the crosscoder it describes
         from crosslens.training.baselines import format_quality_table
 

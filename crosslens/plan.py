@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.architectures import DEFAULT_K
-from crosslens.errors import CrosslensError
+from crosslens.core.devices import DTYPE_BYTES, format_bytes
+from crosslens.core.errors import CrosslensError
+from crosslens.core.hooks import block_index
 
 F32 = 4
-STORE_DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ARCHITECTURES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
 
 DEFAULT_TFLOPS = {"cpu": 0.5, "mps": 5.0, "cuda": 100.0}
@@ -183,12 +184,6 @@ def model_spec_for(suite: str) -> ModelSpec:
     )
 
 
-def hook_layer(hook: str) -> int | None:
-    """The block index in ``blocks.N.*``; None for hooks outside the blocks (e.g. hook_embed)."""
-    match = re.match(r"blocks\.(\d+)\.", hook)
-    return int(match.group(1)) if match else None
-
-
 def hook_width(model: ModelSpec, hook: str) -> int:
     """``d_in`` of a per-token hook: ``d_mlp`` for ``mlp.hook_pre``/``mlp.hook_post``, else ``d_model``."""
     if re.search(r"mlp\.hook_(pre|post)", hook):
@@ -250,11 +245,11 @@ class PlanConfig:
             )
         if self.data_parallel > self.batch_size:
             raise PlanError(f"the data axis ({self.data_parallel}) exceeds --batch-size {self.batch_size}")
-        layer = hook_layer(self.hook)
+        layer = block_index(self.hook)
         if layer is not None and layer >= self.model.n_layers:
             raise PlanError(f"--hook {self.hook} names block {layer}, but {self.model.name} has {self.model.n_layers} (0..{self.model.n_layers - 1})")
-        if self.model_dtype not in STORE_DTYPES:
-            raise PlanError(f"model dtype must be one of {sorted(STORE_DTYPES)} (--dtype)")
+        if self.model_dtype not in DTYPE_BYTES:
+            raise PlanError(f"model dtype must be one of {sorted(DTYPE_BYTES)} (--dtype)")
         kind = self.device.split(":")[0]
         if kind not in DEFAULT_TFLOPS:
             raise PlanError(f"unknown device {self.device!r}; use cpu, cuda, cuda:N or mps (--device)")
@@ -331,7 +326,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     S_r = math.ceil(S / Ps)
     B_r = math.ceil(cfg.batch_size / Pd)
     n_steps = max(1, cfg.n_tokens // cfg.batch_size)
-    layer = hook_layer(cfg.hook)
+    layer = block_index(cfg.hook)
     layers_run = m.n_layers if layer is None else layer + 1
     kind = cfg.device.split(":")[0]
     tflops = cfg.tflops if cfg.tflops is not None else DEFAULT_TFLOPS[kind]
@@ -350,7 +345,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     act = activation_bytes(B_r, S_r, D, F, cfg.architecture)
     memory["activations_per_batch"] = sum(act.values())
     memory["activations_breakdown"] = act
-    model_bytes = STORE_DTYPES[cfg.model_dtype]
+    model_bytes = DTYPE_BYTES[cfg.model_dtype]
     truncated = m.params_through_layer(layer) if layer is not None else m.n_params
     memory["resident_models_full"] = S_r * m.n_params * model_bytes
     memory["resident_models_truncated"] = S_r * truncated * model_bytes
@@ -358,7 +353,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     memory["total_streaming"] = memory["total_training"] + memory["resident_models_truncated"]
 
     store_elements = cfg.n_tokens * S * D
-    disk = {name: store_elements * nbytes for name, nbytes in STORE_DTYPES.items()}
+    disk = {name: store_elements * nbytes for name, nbytes in DTYPE_BYTES.items()}
     disk["per_snapshot_float16"] = cfg.n_tokens * D * 2
 
     cc_flops = crosscoder_flops(S, D, F)
@@ -436,8 +431,6 @@ def _flops(n: float) -> str:
 
 
 def _bytes(n: float) -> str:
-    from crosslens.devices import format_bytes
-
     return format_bytes(n)
 
 
@@ -484,7 +477,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     rows.append(("total, streaming", _bytes(mem["total_streaming"])))
 
     section("disk for an activation store (tokens x S x d_in)")
-    for name in STORE_DTYPES:
+    for name in DTYPE_BYTES:
         rows.append((name, _bytes(disk[name])))
     rows.append(("float16, one snapshot", _bytes(disk["per_snapshot_float16"])))
 
@@ -550,7 +543,6 @@ __all__ = [
     "default_mesh",
     "estimate_n_params",
     "format_plan",
-    "hook_layer",
     "hook_width",
     "known_model",
     "known_models",

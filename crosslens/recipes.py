@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.architectures import ARCHITECTURE_NAMES
-from crosslens.errors import CrosslensError
+from crosslens.core.errors import CrosslensError
 
 
 class RecipeError(CrosslensError):

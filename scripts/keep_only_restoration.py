@@ -9,11 +9,12 @@ from sae_lens import SAE
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.causal.attribution import IETable, tokenize_task
 from crosslens.causal.ablation import ablate, mean_feature_codes, task_metric, top_k_features
-from crosslens.causal.splice import collect_activations, default_hook, exact_codes
+from crosslens.causal.splice import collect_activations, exact_codes
+from crosslens.core.hooks import crosscoder_hook
 from crosslens.tasks import task_for_tokenizer
 
 torch.set_grad_enabled(False)
-from crosslens.pico.build import crosslens_home
+from crosslens.core.paths import crosslens_home
 
 # the demo's outputs (run `make demo` first), or a demo folder given on the command line
 DEMO = sys.argv[1] if len(sys.argv) > 1 else str(crosslens_home() / "demo")
@@ -21,7 +22,7 @@ cc = SAE.load_from_disk(f"{DEMO}/crosscoder/final", device="cpu")
 provenance = cc.cfg.metadata.suite
 STEPS = [int(entry["step"]) for entry in provenance["snapshots"]]
 suite = CheckpointSuite.local(provenance["root"]).select(steps=STEPS)
-hook = default_hook(cc, None)
+hook = crosscoder_hook(cc, None)
 table = IETable.load(f"{DEMO}/causal-agreement_pp/ie_table.json")
 dataset = task_for_tokenizer("agreement_pp", suite.tokenizer(), n=64, seed=0)  # as the demo
 _, task = tokenize_task(dataset, suite, None)

@@ -40,8 +40,8 @@ def absent_stats():
     v = torch.cat(vals) if vals else torch.zeros(1)
     cc.train()
     return len(pairs), float(v.mean()), float((v > 0.3).float().mean())
-from crosslens.training.trainer import _seed_everything
-_seed_everything(seed)
+from crosslens.core.seeding import seed_everything
+seed_everything(seed)
 for step in range(steps):
     out = tr.step(next(batches))
     if (step + 1) % (steps // 6) == 0:

@@ -28,11 +28,12 @@ from crosslens.activations import (
     tokens_from_dataset,
     tokens_from_pico,
 )
-from crosslens.activations.tokens import keep_mask, pack_documents
-from crosslens.activations.harvest import harvest_rows, stop_layer_for
 from crosslens.activations import harvest as harvest_module
+from crosslens.activations.harvest import harvest_rows, stop_layer_for
 from crosslens.activations.store import shard_relpath
-from crosslens.errors import DuplicateSnapshotError, TokenizerMismatchError
+from crosslens.activations.tokens import keep_mask
+from crosslens.core.errors import DuplicateSnapshotError, TokenizerMismatchError
+from crosslens.core.packing import pack_documents
 
 WORDS = "the a cat cats dog dogs runs run sees see big small red blue near over".split()
 HOOK = "blocks.0.hook_resid_post"

@@ -585,7 +585,7 @@ def test_ablation_curves_across_snapshots(snapshots, tokenizer, jumprelu):
 def test_reldec_is_one_mechanism_and_folding_leaves_it_alone():
     """analysis.rel_dec (on a crosscoder or W_dec) and causal.reldec (on decoder norms) are
     one ratio, taken in the training space, so folding the normalisation changes neither."""
-    from crosslens._common import is_folded
+    from crosslens.crosscoders.folding import is_folded
     from crosslens.analysis import rel_dec
 
     crosscoder = make_crosscoder("jumprelu_crosscoder")

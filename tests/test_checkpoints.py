@@ -13,17 +13,17 @@ from conftest import BLOOM_REPO, OLMO_REPO, PYTHIA_DUPLICATED_REPO, PYTHIA_REPO
 from hf_cache import make_word_tokenizer, repo_folder, tiny_neox, write_local_suite
 from transformers import PreTrainedTokenizerFast
 
-from crosslens.checkpoints.schedules import PYTHIA_STEPS
 from crosslens.checkpoints import CheckpointSuite, SnapshotInfo, SnapshotRef, list_revisions, spaced_steps
+from crosslens.checkpoints.schedules import PYTHIA_STEPS
 from crosslens.checkpoints.snapshot import parse_step, parse_tokens
-from crosslens.checkpoints.convert import weights_sha256
-from crosslens.errors import (
+from crosslens.core.errors import (
     CrosslensError,
     DuplicateSnapshotError,
     SnapshotMismatchError,
     TokenizerMismatchError,
     UnknownRevisionError,
 )
+from crosslens.core.hashing import weights_sha256
 
 TOKENS = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10, 11], [20, 21, 3, 30, 31, 40, 41, 50, 12]])
 
@@ -363,7 +363,7 @@ def test_missing_hub_revision_at_load_becomes_unknown_revision(fake_hub, monkeyp
 
 def test_cached_revisions_reads_the_cache_through_huggingface_hub(offline_hf_home):
     from crosslens.checkpoints.hub import cached_revisions
-    from crosslens.errors import CrosslensError
+    from crosslens.core.errors import CrosslensError
 
     repo = offline_hf_home / "hub" / "models--org--tiny"
     for revision, commit in [("step10", "b" * 40), ("step0", "a" * 40), ("main", "b" * 40)]:

@@ -1,4 +1,4 @@
-"""crosslens.devices (device/dtype resolution, peak memory), --device/--dtype on the CLI,
+"""crosslens.core.devices (device/dtype resolution, peak memory), --device/--dtype on the CLI,
 ``python -m crosslens`` and a light ``crosslens --help``."""
 
 from __future__ import annotations
@@ -10,9 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from crosslens import devices
+from crosslens.checkpoints.on_device import on_device
 from crosslens.cli import main
-from crosslens.devices import DeviceError, default_device, dtype_name, peak_memory, resolve_device, resolve_dtype
+from crosslens.core import devices
+from crosslens.core.devices import (
+    DeviceError,
+    default_device,
+    dtype_name,
+    peak_memory,
+    resolve_device,
+    resolve_dtype,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,8 +114,8 @@ class _RecordingSuite:
 
 def test_on_device_binds_device_and_dtype_to_suite_loads():
     suite = _RecordingSuite()
-    assert devices.on_device(suite, "cpu", "float32") is suite
-    placed = devices.on_device(suite, "meta", "bf16")
+    assert on_device(suite, "cpu", "float32") is suite
+    placed = on_device(suite, "meta", "bf16")
     placed.load(1)
     placed.load(0, dtype=torch.float16)  # an explicit argument still wins
     assert suite.calls == [(1, torch.device("meta"), torch.bfloat16), (0, torch.device("meta"), torch.float16)]

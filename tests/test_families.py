@@ -32,7 +32,7 @@ from crosslens.checkpoints.trajectory import (
 )
 from crosslens.cli import main
 from crosslens.commands.common import resolve_suite
-from crosslens.errors import UnknownRevisionError
+from crosslens.core.errors import UnknownRevisionError
 from crosslens.tasks import (
     MinimalPairFormatError,
     get_task,

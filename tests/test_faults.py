@@ -32,7 +32,7 @@ import torch
 
 from crosslens.activations import harvest as harvest_module
 from crosslens.activations.store import LOCK_NAME, MANIFEST_NAME, TOKENS_NAME, shard_relpath
-from crosslens.errors import CrosslensError
+from crosslens.core.errors import CrosslensError
 from crosslens.training import runner as runner_module
 from crosslens.training.records import RECORD_NAME, record_problem
 from crosslens.training.runner import CrosscoderTrainingRunner

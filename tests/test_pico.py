@@ -27,7 +27,8 @@ from crosslens.pico.build import is_built
 from crosslens.pico.tokenizer import word_level_tokenizer
 from crosslens.pico.corpus import GrammarCorpus
 from crosslens.pico.evals import heldout_pairs
-from crosslens.pico.train import make_model, make_optimizer, train, weights_sha256
+from crosslens.pico.train import make_model, make_optimizer, train
+from crosslens.core.hashing import weights_sha256
 
 GRAMMAR = PicoGrammar()
 

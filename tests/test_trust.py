@@ -22,7 +22,7 @@ from crosslens.activations import harvest as harvest_module
 from crosslens.activations.store import LOCK_NAME, MANIFEST_NAME, shard_relpath
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.cli import main
-from crosslens.errors import (
+from crosslens.core.errors import (
     CorruptCheckpointError,
     DamagedManifestError,
     DuplicateSnapshotError,
@@ -31,7 +31,7 @@ from crosslens.errors import (
     StoreLockedError,
     UncachedRevisionError,
 )
-from crosslens.locks import exclusive_lock
+from crosslens.core.locks import exclusive_lock
 from crosslens.tasks.blimp import MinimalPairFormatError, load_blimp_jsonl, load_clams
 from crosslens.training.runner import CrosscoderTrainingRunner
 from trust_fixtures import (

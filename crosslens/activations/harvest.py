@@ -14,12 +14,8 @@ it was built from. One process at a time writes a store (a lock in the folder).
 
 from __future__ import annotations
 
-import gc
-import hashlib
-import json
 import math
 import os
-import re
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,7 +40,6 @@ from crosslens.activations.store import (
     StoreMismatchError,
     check_storage_dtype,
     file_problem,
-    file_sha256,
     from_storage,
     norm_factors_from_manifest,
     read_manifest,
@@ -59,15 +54,18 @@ from crosslens.activations.tokens import (
     keep_mask,
     tokens_sha256,
 )
-from crosslens.errors import DuplicateSnapshotError, SnapshotMismatchError, StoreLockedError
-from crosslens.locks import exclusive_lock
+from crosslens.core.devices import release_model
+from crosslens.core.errors import DuplicateSnapshotError, SnapshotMismatchError, StoreLockedError
+from crosslens.core.hashing import file_sha256, json_sha256
+from crosslens.core.hooks import block_index
+from crosslens.core.launch import launched_by_torchrun
+from crosslens.core.locks import exclusive_lock
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
     from crosslens.checkpoints import CheckpointSuite
 
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 _EMBED_HOOKS = {"hook_embed", "hook_pos_embed", "hook_tokens"}
 
 
@@ -83,9 +81,9 @@ def stop_layer_for(hooks: Sequence[str]) -> int | None:
     """The ``stop_at_layer`` that still reaches every hook (None: the whole model is needed)."""
     stops = []
     for hook in hooks:
-        match = _BLOCK_HOOK.match(hook)
-        if match:
-            stops.append(int(match.group(1)) + 1)
+        layer = block_index(hook)
+        if layer is not None:
+            stops.append(layer + 1)
         elif hook in _EMBED_HOOKS:
             stops.append(0)
         else:  # ln_final, unembed: past the last block
@@ -210,18 +208,6 @@ def keep_first_blocks(model: HookedTransformer, n_layers: int | None) -> HookedT
     model.cfg.n_layers = n_layers
     model.setup()  # hook_dict and mod_dict without the dropped blocks' hook points
     return model
-
-
-def free_model(model: Any) -> None:
-    """Free a model's tensors now, even if something still references the module."""
-    try:
-        from crosslens.checkpoints import release_model
-    except ImportError:  # pragma: no cover - a suite from elsewhere: fall back on the collector
-        gc.collect()
-    else:
-        release_model(model)  # moves tensors to "meta"; far cheaper than a full gc pass
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _plan_shards(kept_per_seq_N: Int[torch.Tensor, " n_seqs"], seqs_per_shard: int) -> list[dict]:
@@ -551,7 +537,7 @@ def _harvest_unit(
             _record_written(root, manifest, pending, save=save)
             pending.extend(_submit_shard(writer, root, manifest, rows, s, k, revision=ref.revision))
     finally:
-        free_model(model)
+        release_model(model)
 
 
 class HarvestTeam:
@@ -573,7 +559,7 @@ class HarvestTeam:
         """The running ``torchrun`` job (joined here if needed), else a team of one."""
         import torch.distributed as dist
 
-        if not ("WORLD_SIZE" in os.environ and "RANK" in os.environ):
+        if not launched_by_torchrun():
             return cls()
         if not dist.is_initialized():
             # the exchange is small metadata (gloo); NCCL too, for a training mesh that follows
@@ -661,7 +647,7 @@ def _provenance_without_hashes(provenance: dict) -> dict:
 
 
 def _fingerprint(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return json_sha256(spec)
 
 
 def _new_manifest(

@@ -20,7 +20,6 @@ from jaxtyping import Float, Int
 
 from crosslens.activations.harvest import (
     check_suite,
-    free_model,
     harvest_rows,
     load_snapshot,
     snapshot_identities,
@@ -28,6 +27,7 @@ from crosslens.activations.harvest import (
 )
 from crosslens.activations.store import ActivationStore
 from crosslens.activations.tokens import default_excluded_ids, keep_mask
+from crosslens.core.devices import release_model
 
 if TYPE_CHECKING:
     from crosslens.checkpoints import CheckpointSuite
@@ -286,7 +286,7 @@ class OnTheFlyProvider:
             try:
                 rows = harvest_rows(model, tokens, keep, [self.hook], batch_size=self.harvest_batch_size)
             finally:
-                free_model(model)
+                release_model(model)
             per_snapshot.append(rows[self.hook])
         acts_NSD = torch.stack(per_snapshot, dim=1)
         self._d_in = int(acts_NSD.shape[-1])

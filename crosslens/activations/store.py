@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import os
 import threading
@@ -47,9 +46,11 @@ import torch
 from jaxtyping import Float, Int
 from safetensors.torch import load_file
 
-from crosslens._common import resolve_hook
-from crosslens.errors import CrosslensError, DamagedManifestError, StoreLockedError
-from crosslens.locks import lock_holder
+from crosslens.core.errors import CrosslensError, DamagedManifestError, StoreLockedError
+from crosslens.core.hashing import file_sha256, json_sha256
+from crosslens.core.hooks import resolve_hook
+from crosslens.core.locks import lock_holder
+from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, check_seal, read_sealed, write_sealed
 
 MANIFEST_NAME = "manifest.json"
 TOKENS_NAME = "tokens.safetensors"
@@ -129,14 +130,6 @@ def write_npy_atomic(path: Path, array: np.ndarray) -> tuple[int, str]:
     return len(header.getvalue()) + len(data), digest.hexdigest()
 
 
-def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_problem(root: Path, rel: str, record: dict, *, full: bool) -> str | None:
     """Why the file ``rel`` does not match its manifest record, or None when it does."""
     path = root / rel
@@ -154,33 +147,26 @@ def shard_relpath(hook: str, snapshot: int, shard: int) -> str:
     return f"{ACTS_DIR}/{hook}/snap{snapshot:03d}_shard{shard:04d}.npy"
 
 
-def _manifest_checksum(manifest: dict) -> str:
-    body = {key: value for key, value in manifest.items() if key != MANIFEST_CHECKSUM}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
 def read_manifest(root: Path) -> dict:
     """The store's manifest; `DamagedManifestError` (naming the file) when it does not parse
     or fails its own checksum. A manifest of another format is returned unchecked."""
     path = root / MANIFEST_NAME
     try:
-        manifest = json.loads(path.read_text())
-        if not isinstance(manifest, dict):
-            raise ValueError(f"holds a JSON {type(manifest).__name__}, not an object")
-    except (UnicodeDecodeError, ValueError) as error:
+        manifest = read_sealed(path, MANIFEST_CHECKSUM, verify=False)
+        if manifest.get("format") == STORE_FORMAT:
+            check_seal(manifest, MANIFEST_CHECKSUM)
+    except UnreadableRecordError as error:
         raise DamagedManifestError(f"{path} is damaged (not valid JSON: {error}); {REBUILD_HINT}.") from None
-    if manifest.get("format") == STORE_FORMAT and manifest.get(MANIFEST_CHECKSUM) != _manifest_checksum(manifest):
+    except BrokenSealError:
         raise DamagedManifestError(
             f"{path} is damaged (its contents do not match the checksum it was written with); {REBUILD_HINT}."
-        )
+        ) from None
     return manifest
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
-    manifest[MANIFEST_CHECKSUM] = _manifest_checksum(manifest)
-    tmp = root / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, root / MANIFEST_NAME)
+    """Seal ``manifest`` (in place: it gains its ``manifest_sha256``) and write it atomically."""
+    manifest[MANIFEST_CHECKSUM] = write_sealed(root / MANIFEST_NAME, manifest, MANIFEST_CHECKSUM)[MANIFEST_CHECKSUM]
 
 
 def check_not_being_written(root: Path) -> None:
@@ -200,7 +186,7 @@ def store_content_sha256(manifest: dict) -> str:
         "snapshots": [entry.get("source") for entry in manifest.get("snapshots", [])],
         "files": {rel: record.get("sha256") for rel, record in sorted(manifest.get("files", {}).items())},
     }
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return json_sha256(content)
 
 
 def norm_factors_from_manifest(manifest: dict, hook: str) -> list[float]:

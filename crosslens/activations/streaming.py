@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.activations.harvest import free_model, harvest_rows, keep_first_blocks, load_snapshot
+from crosslens.activations.harvest import harvest_rows, keep_first_blocks, load_snapshot
 from crosslens.activations.provider import OnTheFlyProvider, epoch_rng, norm_factors_of
+from crosslens.core.devices import release_model
 
 if TYPE_CHECKING:
     from crosslens.checkpoints import CheckpointSuite
@@ -135,7 +136,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
                 models.append(model)
         except BaseException:
             for model in models:
-                free_model(model)
+                release_model(model)
             raise
         return models
 
@@ -156,7 +157,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
     def close(self) -> None:
         """Free the resident models."""
         for model in self._models or []:
-            free_model(model)
+            release_model(model)
         self._models = None
 
     # ------------------------------------------------------------------ tokens

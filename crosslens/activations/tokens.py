@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Int
 
-from crosslens._common import pack_documents  # re-exported: crosslens.activations.pack_documents
-from crosslens.errors import TokenizerMismatchError
+from crosslens.core.errors import TokenizerMismatchError
+from crosslens.core.packing import pack_documents
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -19,9 +19,9 @@ from crosslens.analysis.evolution import (
     metadata_dict,
     snapshots_from_metadata,
 )
-from crosslens._common import resolve_hook
 from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
 from crosslens.analysis.report import Report, evolution_report, representative_features
+from crosslens.core.hooks import recorded_hook, resolve_hook
 
 
 def analyze_crosscoder(
@@ -107,8 +107,7 @@ def _context_features(analysis: EvolutionAnalysis, n: int) -> list[int]:
 
 
 def _metadata_hook(crosscoder: Any, store: Any) -> str | None:
-    metadata = getattr(getattr(crosscoder, "cfg", None), "metadata", None)
-    hook = metadata.get("hook_name") if metadata is not None and hasattr(metadata, "get") else None
+    hook = recorded_hook(crosscoder)
     return hook if hook in list(getattr(store, "hooks", [])) else None
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from crosslens._common import resolve_hook
 from crosslens.analysis.probes import encode_in_batches, reads_normalized
+from crosslens.core.hooks import resolve_hook
 
 
 @dataclass(frozen=True)

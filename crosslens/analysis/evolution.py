@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from crosslens._common import training_space_decoder
 from crosslens.analysis.geometry import direction_drift, feature_dimensionality, rel_dec
+from crosslens.crosscoders.folding import training_space_decoder
 
 FEATURE_CLASSES: tuple[str, ...] = ("initialization", "persistent", "transient", "dead")
 """The classes :func:`classify_features` assigns, in the order reports list them.

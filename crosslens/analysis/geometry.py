@@ -8,7 +8,8 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from crosslens._common import one_vs_all_share, training_space_decoder
+from crosslens.core.tensors import one_vs_all_share
+from crosslens.crosscoders.folding import training_space_decoder
 
 _EPS = 1e-12
 
@@ -51,7 +52,7 @@ def rel_dec(
     """One-vs-all relative decoder norm ``||W_dec[i,s]|| / sum_s' ||W_dec[i,s']||``.
 
     ``W_dec`` is a decoder tensor or a crosscoder; a crosscoder's norms are taken in the
-    normalised space it was trained in (:func:`crosslens._common.training_space_decoder`),
+    normalised space it was trained in (:func:`crosslens.crosscoders.folding.training_space_decoder`),
     so RelDec is the same before and after folding and equals
     :func:`crosslens.causal.reldec` of ``crosscoder.decoder_norms()``.
     Rows sum to 1; a feature with all-zero decoders gets the uniform ``1 / n_snapshots``.

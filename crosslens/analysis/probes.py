@@ -25,7 +25,8 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from crosslens._common import is_folded, resolve_hook
+from crosslens.core.hooks import resolve_hook
+from crosslens.crosscoders.folding import is_folded
 
 
 @dataclass(frozen=True)

@@ -41,12 +41,12 @@ from crosslens.causal.splice import (
     SpliceState,
     activations_at,
     collect_activations,
-    default_hook,
     exact_codes,
     iter_snapshot_models,
     splice,
 )
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
+from crosslens.core.hooks import crosscoder_hook
 from crosslens.tasks.base import TaskDataset, TokenizedTask
 
 AblationMode = Literal["zero", "mean"]
@@ -185,7 +185,7 @@ def ablation_curve(
     the floor a kept set restores from) and, on each kept row, ``restored``: the share
     of the clean-vs-all-ablated gap the kept set brings back.
     """
-    hook = default_hook(crosscoder, hook)
+    hook = crosscoder_hook(crosscoder, hook)
     check_metric(task, metric, logit_diff)
     codec = SnapshotCodec(crosscoder, snapshot, norm_factors)
     positions = task.feature_mask(include_bos=include_bos)
@@ -277,7 +277,7 @@ def ablation_curves(
     With ``exact`` the codes come from every snapshot's activations on the clean prompts
     (pass ``activations`` from :func:`collect_task_activations` to reuse them).
     """
-    hook = default_hook(crosscoder, hook)
+    hook = crosscoder_hook(crosscoder, hook)
     check_models_match(models, crosscoder)
     _, tokenized = tokenize_task(task, models, tokenizer)
     acts_all = activations

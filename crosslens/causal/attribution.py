@@ -38,13 +38,13 @@ from crosslens.causal.relie import relie, select_top_features
 from crosslens.causal.splice import (
     activations_at,
     collect_activations,
-    default_hook,
     exact_codes,
     final_residual_from_hook,
     iter_snapshot_models,
     unembed,
 )
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
+from crosslens.core.hooks import crosscoder_hook
 from crosslens.tasks.base import TaskDataset, TokenizedTask, resolve_tokenizer
 
 # metric(last-position logits [B, V], correct ids [B], wrong ids [B]) -> [B]
@@ -175,7 +175,7 @@ def attribute_snapshot(
     ``metric`` applies to one-token tasks; multi-token tasks use the summed
     log-probability difference (a custom metric is refused for them).
     """
-    hook = default_hook(crosscoder, hook)
+    hook = crosscoder_hook(crosscoder, hook)
     check_metric(task, metric, logit_diff)
     codec = SnapshotCodec(crosscoder, snapshot, norm_factors)
     acts_clean, acts_patch, codes_clean, codes_patch = _snapshot_inputs(
@@ -529,7 +529,7 @@ def attribute(
         activations: exact mode's (clean, corrupted) activations from
             :func:`collect_task_activations`, to reuse them across calls.
     """
-    hook = default_hook(crosscoder, hook)
+    hook = crosscoder_hook(crosscoder, hook)
     n_models = check_models_match(models, crosscoder)
     name, tokenized = tokenize_task(task, models, tokenizer)
     check_metric(tokenized, metric, logit_diff)

@@ -8,10 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from crosslens._common import crosslens_home
 from crosslens.causal.ablation import AblationMode
 from crosslens.causal.attribution import AttributionConfig
 from crosslens.causal.stage import load_crosscoder, metric_formula, run_causal_stage
+from crosslens.core.paths import crosslens_home
 from crosslens.tasks import TaskTokenizationError, task_for_tokenizer
 
 
@@ -53,7 +53,7 @@ def attribution_sections(
     The snapshot models load on ``device`` in ``dtype``; a crosscoder folder loads on ``device``.
     The stage's summary (with ``claims_final``) is appended to ``summaries`` when given.
     """
-    from crosslens.devices import on_device
+    from crosslens.checkpoints.on_device import on_device
 
     crosscoder = load_crosscoder(crosscoder, device=str(device))
     suite = on_device(suite, device, dtype)

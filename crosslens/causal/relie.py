@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from crosslens._common import one_vs_all_share
+from crosslens.core.tensors import one_vs_all_share
 
 RELIE_CLASSES: tuple[str, str, str] = ("other", "shared", "specific")
 BELOW_FLOOR = "below_floor"

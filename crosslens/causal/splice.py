@@ -46,28 +46,21 @@ from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from crosslens._common import crosscoder_hook
+from crosslens.core.hooks import block_index, crosscoder_hook
 from crosslens.crosscoders.protocol import Crosscoder
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 
 ErrorMode = Literal["keep", "detach", "drop"]
 CodeEdit = Callable[[torch.Tensor], torch.Tensor]
 
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 _RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
 
 
 default_hook = crosscoder_hook
-"""``hook`` or the hook recorded in the crosscoder's metadata (:func:`crosslens._common.crosscoder_hook`)."""
+"""``hook`` or the hook recorded in the crosscoder's metadata (:func:`crosslens.core.hooks.crosscoder_hook`)."""
 
 
 # ---------------------------------------------------------------------------- running models
-def hook_layer(hook: str) -> int | None:
-    """The block index of a ``blocks.{l}.…`` hook, else None."""
-    match = _BLOCK_HOOK.match(hook)
-    return int(match.group(1)) if match else None
-
-
 def _check_hook(model: HookedTransformer, hook: str) -> None:
     if hook not in model.hook_dict:
         near = [name for name in model.hook_dict if name.split(".")[-1] == hook.split(".")[-1]][:4]
@@ -134,7 +127,7 @@ def activations_at(
 ) -> Float[torch.Tensor, "n seq d_in"]:
     """The activation at ``hook`` for every token, stopping the forward pass right after it."""
     _check_hook(model, hook)
-    layer = hook_layer(hook)
+    layer = block_index(hook)
     out = []
     for start in range(0, tokens.shape[0], batch_size):
         rows = slice(start, start + batch_size)
@@ -250,7 +243,7 @@ def splice(
     """
     if error not in ("keep", "detach", "drop"):
         raise ValueError(f"error must be 'keep', 'detach' or 'drop', got {error!r}")
-    hook = default_hook(crosscoder, hook)
+    hook = crosscoder_hook(crosscoder, hook)
     _check_hook(model, hook)
     codec = SnapshotCodec(crosscoder, snapshot, norm_factors)
     state = SpliceState()

@@ -39,7 +39,8 @@ from crosslens.causal.relie import (
     relie,
     relie_floor_mask,
 )
-from crosslens.causal.splice import default_hook, iter_snapshot_models
+from crosslens.core.hooks import crosscoder_hook
+from crosslens.causal.splice import iter_snapshot_models
 from crosslens.htmlreport import Report
 from crosslens.tasks.base import TaskDataset, TokenizedTask
 
@@ -172,7 +173,7 @@ def run_causal_stage(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     crosscoder = load_crosscoder(crosscoder)
-    hook = default_hook(crosscoder, hook)
+    hook = crosscoder_hook(crosscoder, hook)
     n_models = check_models_match(models, crosscoder)
     name, tokenized = tokenize_task(task, models, tokenizer)
     chosen = list(range(n_models)) if snapshots is None else [int(s) for s in snapshots]

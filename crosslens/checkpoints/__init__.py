@@ -9,8 +9,9 @@
 from crosslens.checkpoints.hub import list_revisions
 from crosslens.checkpoints.schedules import spaced_steps
 from crosslens.checkpoints.snapshot import SnapshotInfo, SnapshotRef
-from crosslens.checkpoints.suite import CheckpointSuite, release_model
+from crosslens.checkpoints.suite import CheckpointSuite
 from crosslens.checkpoints.trajectory import MixedIngredientsError
+from crosslens.core.devices import release_model
 
 __all__ = [
     "CheckpointSuite",

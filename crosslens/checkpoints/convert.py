@@ -46,8 +46,7 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from crosslens._common import weights_sha256  # noqa: F401  (re-exported: crosslens.checkpoints.weights_sha256)
-from crosslens.errors import UnsupportedArchitectureError
+from crosslens.core.errors import UnsupportedArchitectureError
 
 ARCHITECTURE_FIELDS = (
     "original_architecture",

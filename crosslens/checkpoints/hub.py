@@ -12,7 +12,7 @@ from huggingface_hub import constants as hub_constants
 from crosslens.checkpoints.schedules import PYTHIA_STEPS, PYTHIA_V0_STEPS
 from crosslens.checkpoints.snapshot import parse_step, pythia_revision
 from crosslens.checkpoints.trajectory import trajectory_key
-from crosslens.errors import CrosslensError
+from crosslens.core.errors import CrosslensError
 
 
 def hub_offline() -> bool:

@@ -16,7 +16,6 @@ tensor's byte range, so a short file shows without reading the data).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 import struct
@@ -28,21 +27,14 @@ from huggingface_hub import constants as hub_constants
 from safetensors import SafetensorError
 
 from crosslens.checkpoints.snapshot import SnapshotRef
-from crosslens.errors import CorruptCheckpointError, UncachedRevisionError
+from crosslens.core.errors import CorruptCheckpointError, UncachedRevisionError
+from crosslens.core.hashing import file_sha256, json_sha256
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
 """Files holding (or indexing) a checkpoint's weights."""
 IDENTITY_FILES = ("config.json",)
 """Other files that change what a snapshot computes."""
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
-def _sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_identity(path: Path) -> str:
@@ -52,7 +44,7 @@ def file_identity(path: Path) -> str:
         target = Path(path.readlink())
         if target.parent.name == "blobs":
             return target.name
-    return _sha256_file(path)
+    return file_sha256(path)
 
 
 def is_weight_file(name: str) -> bool:
@@ -142,7 +134,7 @@ def uncached_revision_error(model_id: str, revision: str) -> UncachedRevisionErr
 
 
 def _digest(pairs: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(sorted(pairs.items())).encode()).hexdigest()
+    return json_sha256(sorted(pairs.items()))  # a list of pairs: sort_keys changes no byte
 
 
 def identity_from_files(files: dict[str, str], commit: str | None) -> dict[str, Any]:

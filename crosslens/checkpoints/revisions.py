@@ -14,7 +14,7 @@ from crosslens.checkpoints.identity import SnapshotFiles, fully_cached, uncached
 from crosslens.checkpoints.schedules import nearest_steps
 from crosslens.checkpoints.snapshot import SnapshotRef, parse_step
 from crosslens.checkpoints.trajectory import parse_ingredient
-from crosslens.errors import UnknownRevisionError
+from crosslens.core.errors import UnknownRevisionError
 
 T = TypeVar("T")
 

@@ -22,7 +22,6 @@ from crosslens.checkpoints.convert import (
     load_pythia_checkpoint,
     processing_flags,
     quiet_loading,
-    weights_sha256,
 )
 from crosslens.checkpoints.hub import list_revisions, pythia_steps_for
 from crosslens.checkpoints.identity import (
@@ -56,13 +55,15 @@ from crosslens.checkpoints.trajectory import (
     parse_stage,
     place_on_trajectory,
 )
-from crosslens.errors import (
+from crosslens.core.devices import release_model, resolve_dtype
+from crosslens.core.errors import (
     CrosslensError,
     DuplicateSnapshotError,
     SnapshotMismatchError,
     TokenizerMismatchError,
     UnknownRevisionError,
 )
+from crosslens.core.hashing import weights_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -573,16 +574,8 @@ class CheckpointSuite:
         return AutoTokenizer.from_pretrained(source, **location)
 
 
-def release_model(model: torch.nn.Module) -> None:
-    """Free a model's tensors even while callers still hold the model, by moving its
-    parameters and buffers to the ``meta`` device."""
-    torch.nn.Module.to(model, device="meta")
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; pass e.g. torch.float32 or 'bfloat16'")
-    return resolved
+    """A torch dtype as given (any, e.g. float64 for a gradient check); a name as the CLI reads it."""
+    return dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype)

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from crosslens.checkpoints.snapshot import SnapshotRef, parse_step, parse_tokens, ref_from_revision
-from crosslens.errors import CrosslensError
+from crosslens.core.errors import CrosslensError
 
 _STAGE_PATTERN = re.compile(r"(?:^|[^a-z])stage[_-]?(\d+)", re.IGNORECASE)
 _INGREDIENT_PATTERN = re.compile(r"(?:^|[^a-z])ingredient[_-]?(\d+)", re.IGNORECASE)

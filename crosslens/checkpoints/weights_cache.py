@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -33,12 +31,16 @@ from typing import Any
 
 import torch
 
-from crosslens._common import crosslens_home
+from crosslens.core.hashing import json_sha256
+from crosslens.core.paths import crosslens_home
+from crosslens.core.sealed import read_sealed, write_sealed
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 """Bump when crosslens changes how it converts or processes weights: older entries then miss."""
+ENTRY_SEAL = "checksum"
+"""The key under which an entry carries the sha256 of the rest (see crosslens.core.sealed)."""
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,7 @@ def cache_fields(
 
 
 def _entry_path(fields: dict[str, Any]) -> Path:
-    name = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-    return cache_dir() / f"{name}.json"
-
-
-def _checksum(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return cache_dir() / f"{json_sha256(fields)}.json"
 
 
 def lookup(fields: dict[str, Any]) -> KnownWeights | None:
@@ -97,10 +94,9 @@ def lookup(fields: dict[str, Any]) -> KnownWeights | None:
     out (unreadable, altered since written, or recorded under other fields)."""
     path = _entry_path(fields)
     try:
-        entry = json.loads(path.read_text())
-        body = {key: value for key, value in entry.items() if key != "checksum"}
-        if entry.get("checksum") != _checksum(body) or body["fields"] != fields:
-            raise ValueError("checksum or fields differ")
+        body = read_sealed(path, ENTRY_SEAL)
+        if body["fields"] != fields:
+            raise ValueError("recorded under other fields")
         known = KnownWeights(
             n_layers=int(body["n_layers"]),
             weights_sha256=str(body["weights_sha256"]),
@@ -131,8 +127,7 @@ def record(fields: dict[str, Any], known: KnownWeights) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: concurrent loads may record alike
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({**body, "checksum": _checksum(body)}, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_sealed(path, body, ENTRY_SEAL, tmp=tmp)
     except OSError as error:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

@@ -133,7 +133,7 @@ def _command_name(args: argparse.Namespace) -> str:
 def _one_line_error(command: str, message: str, err: BaseException | None) -> None:
     """Print an error as one or two lines and exit with status 2 (see --debug for the traceback)."""
     from crosslens.commands.common import CLIError
-    from crosslens.errors import CrosslensError  # a ValueError; named for the reader
+    from crosslens.core.errors import CrosslensError  # a ValueError; named for the reader
 
     message = " ".join(message.split()) or type(err).__name__
     expected = err is None or isinstance(err, (CLIError, CrosslensError, ValueError, FileNotFoundError))

@@ -29,7 +29,7 @@ def attribute(args: argparse.Namespace) -> int:
     suite = resolve_suite(suite_spec, steps, args.n_snapshots)
     if len(tasks) > 1:  # several languages: run together, RelIE per language side by side
         from crosslens.causal.demo import language_attribution_sections
-        from crosslens.devices import on_device
+        from crosslens.checkpoints.on_device import on_device
 
         with _task_flag_errors(args):
             sections = language_attribution_sections(

@@ -15,13 +15,13 @@ class CLIError(Exception):
 
 def device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
     """The checked ``(device, dtype)`` strings of ``--device``/``--dtype`` (e.g. ``("cuda:0", "bfloat16")``)."""
-    from crosslens.devices import dtype_name, resolve_device
+    from crosslens.core.devices import dtype_name, resolve_device
 
     return str(resolve_device(args.device)), dtype_name(args.dtype or "float32")
 
 
 def print_peak_memory(device: str) -> None:
-    from crosslens.devices import peak_memory_line
+    from crosslens.core.devices import peak_memory_line
 
     line = peak_memory_line(device)
     if line is not None:
@@ -29,7 +29,7 @@ def print_peak_memory(device: str) -> None:
 
 
 def reset_peak_memory(device: str) -> None:
-    from crosslens.devices import reset_peak_memory
+    from crosslens.core.devices import reset_peak_memory
 
     reset_peak_memory(device)
 
@@ -86,16 +86,11 @@ def torchrun_job():
     try:
         yield
     finally:
-        from crosslens.distributed import launched_by_torchrun, shutdown
+        from crosslens.core.launch import launched_by_torchrun
+        from crosslens.distributed import shutdown
 
         if launched_by_torchrun():
             shutdown()
-
-
-def rank_device(device: str) -> str:
-    from crosslens.distributed.mesh import rank_device
-
-    return rank_device(device)
 
 
 def fail(flag: str, message: str) -> None:

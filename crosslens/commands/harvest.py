@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from crosslens.commands.common import CLIError, device_and_dtype, load_recipe_arg, print_peak_memory, rank_device, recipe_suite, reset_peak_memory, resolve_suite, torchrun_job
+from crosslens.core.launch import is_main_process, local_rank_device
+from crosslens.commands.common import CLIError, device_and_dtype, load_recipe_arg, print_peak_memory, recipe_suite, reset_peak_memory, resolve_suite, torchrun_job
 
 
 def harvest(args: argparse.Namespace) -> int:
@@ -23,11 +23,11 @@ def harvest(args: argparse.Namespace) -> int:
         suite = resolve_suite(args.suite or "pico", args.steps, args.n_snapshots)
     check_hooks(suite, hooks)  # before any model loads or anything is written
     source = token_source(args, recipe)
-    device = rank_device(device)
+    device = local_rank_device(device)
     reset_peak_memory(device)
     with torchrun_job():
         store, heldout = _harvest(args, suite, hooks, recipe, source, device, model_dtype)
-        if int(os.environ.get("RANK", "0")) == 0:
+        if is_main_process():
             print(f"activation store: {store.path} ({store.n_tokens} tokens x {store.n_snapshots} snapshots)")
             if heldout is not None:
                 print(f"held-out store: {heldout.path} ({heldout.n_tokens} tokens; `crosslens train` reports on it)")
@@ -36,7 +36,8 @@ def harvest(args: argparse.Namespace) -> int:
 
 
 def check_hooks(suite, hooks: list[str]) -> None:
-    from crosslens.commands.inputs import hook_problem, suite_n_layers
+    from crosslens.commands.inputs import suite_n_layers
+    from crosslens.core.hooks import hook_problem
 
     n_layers = suite_n_layers(suite)
     for hook in hooks:
@@ -69,7 +70,7 @@ def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
     from crosslens.activations.tokens import tokenize_texts
     from crosslens.commands.runs import heldout_store_path
     from crosslens.commands.inputs import split_rows, text_documents
-    from crosslens.devices import dtype_name
+    from crosslens.core.devices import dtype_name
 
     n_tokens = args.n_tokens or (recipe.n_tokens if recipe is not None else 200_000)
     seq_len = args.seq_len or (recipe.context if recipe is not None else 64)

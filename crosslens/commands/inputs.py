@@ -1,47 +1,15 @@
-"""Checks and preparation of a command's inputs before any model loads: hook names, the
+"""Checks and preparation of a command's inputs before any model loads: the model's depth, the
 documents of text files, and the held-out split of a token table."""
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Int
-
-# TransformerLens hook names: global ones and per-block ones (blocks.{layer}.<suffix>).
-_GLOBAL_HOOKS = {"hook_embed", "hook_pos_embed", "hook_tokens", "ln_final.hook_scale", "ln_final.hook_normalized"}
-
-
-_BLOCK_HOOKS = {
-    "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "hook_attn_in",
-    "hook_mlp_in", "hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_q", "attn.hook_k", "attn.hook_v",
-    "attn.hook_z", "attn.hook_pattern", "attn.hook_attn_scores", "attn.hook_result", "attn.hook_rot_q",
-    "attn.hook_rot_k", "mlp.hook_pre", "mlp.hook_post", "mlp.hook_pre_linear", "ln1.hook_scale",
-    "ln1.hook_normalized", "ln2.hook_scale", "ln2.hook_normalized",
-}  # fmt: skip
-
-
-_BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
-
-
-def hook_problem(hook: str, n_layers: int | None) -> str | None:
-    """Why ``hook`` is not a TransformerLens hook of a model with ``n_layers`` blocks (None: it is).
-
-    ``n_layers`` None checks the name only."""
-    if hook in _GLOBAL_HOOKS:
-        return None
-    match = _BLOCK.fullmatch(hook)
-    if match is None or match.group(2) not in _BLOCK_HOOKS:
-        return f"{hook!r} is not a TransformerLens hook name; use e.g. blocks.0.hook_resid_post"
-    layer = int(match.group(1))
-    if n_layers is not None and layer >= n_layers:
-        return f"{hook!r} names block {layer}, but the model has blocks 0..{n_layers - 1}"
-    return None
-
 
 def suite_n_layers(suite: Any) -> int | None:
     """The number of transformer blocks of ``suite``'s first snapshot, read from its config.json

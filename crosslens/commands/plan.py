@@ -20,7 +20,7 @@ def plan(args: argparse.Namespace) -> int:
     if args.list_models:
         print("\n".join(known_models()))
         return 0
-    from crosslens.devices import dtype_name
+    from crosslens.core.devices import dtype_name
 
     device = args.device or "cuda"
     model_dtype = dtype_name(args.dtype or "float32")

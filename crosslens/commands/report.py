@@ -27,7 +27,8 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
     from crosslens.activations import ActivationStore
     from crosslens.analysis import analyze_crosscoder
     from crosslens.commands.runs import crosscoder_suite_record, run_folder, run_store, saved_sections, suite_title, suite_tokenizer
-    from crosslens.devices import dtype_name
+    from crosslens.core.devices import dtype_name
+    from crosslens.core.hooks import recorded_hook
 
     device, _ = device_and_dtype(args)
     run_dir = run_folder(folder)
@@ -38,8 +39,7 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
     record = crosscoder_suite_record(folder)
     dtype = dtype_name(args.dtype) if args.dtype else None
     crosscoder = SAE.load_from_disk(str(folder), device=device, dtype=dtype)
-    hook = getattr(crosscoder.cfg, "metadata", None)
-    hook = getattr(hook, "hook_name", None) if hook is not None else None
+    hook = recorded_hook(crosscoder)
     tokenizer = suite_tokenizer(record) if store else None
     analysis, report = analyze_crosscoder(
         crosscoder, store=ActivationStore.open(store) if store else None, tokenizer=tokenizer,

@@ -9,12 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-HELDOUT_SUFFIX = "-heldout"
-"""``harvest --out STORE`` also writes held-out activations to ``STORE-heldout``; ``train`` reads them."""
-
-
-SECTIONS_DIR = "sections"
-"""Report sections other stages add to a run folder (``crosslens attribute``), merged by ``crosslens report``."""
+from crosslens.core.paths import FINAL_DIRNAME, HELDOUT_SUFFIX, RUN_CONFIG_NAME, SECTIONS_DIR
 
 
 def heldout_store_path(store_path: str | Path) -> Path:
@@ -27,8 +22,8 @@ def crosscoder_folder(path: str | Path) -> Path:
     """The saved crosscoder inside a ``crosslens train`` run folder (``RUN_DIR/final``), or ``path``
     itself when it holds one (``cfg.json``)."""
     path = Path(path)
-    if (path / "final" / "cfg.json").is_file():
-        return path / "final"
+    if (path / FINAL_DIRNAME / "cfg.json").is_file():
+        return path / FINAL_DIRNAME
     if (path / "cfg.json").is_file():
         return path
     raise FileNotFoundError(
@@ -41,7 +36,7 @@ def run_folder(crosscoder_path: str | Path) -> Path | None:
     """The ``crosslens train`` run folder a crosscoder folder belongs to (None if it is not in one)."""
     path = Path(crosscoder_path)
     for candidate in (path, path.parent):
-        if (candidate / "run.json").is_file():
+        if (candidate / RUN_CONFIG_NAME).is_file():
             return candidate
     return None
 
@@ -51,7 +46,7 @@ def run_store(run_dir: Path | None) -> str | None:
     if run_dir is None:
         return None
     try:
-        store = json.loads((run_dir / "run.json").read_text()).get("store_path")
+        store = json.loads((run_dir / RUN_CONFIG_NAME).read_text()).get("store_path")
     except (OSError, ValueError):
         return None
     return store if store and Path(store).exists() else None

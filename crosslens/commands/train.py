@@ -22,6 +22,7 @@ from crosslens.commands.common import (
     torchrun_job,
 )
 from crosslens.commands.evaluate import print_quality
+from crosslens.core.paths import QUALITY_NAME
 from crosslens.training.config import CrosscoderRunnerConfig
 
 
@@ -59,7 +60,7 @@ def _harvest_for_recipe(args: argparse.Namespace, recipe, config: CrosscoderRunn
     the store path, after checking weights, dataset and disk space."""
     import shutil
 
-    from crosslens.devices import DTYPE_BYTES, dtype_name, format_bytes
+    from crosslens.core.devices import DTYPE_BYTES, dtype_name, format_bytes
     from crosslens.plan import hook_width, known_model, model_spec_for
 
     problems = [p for p in [missing_weights(recipe)] if p]
@@ -112,7 +113,7 @@ def train(args: argparse.Namespace) -> int:
         if runner.is_main:
             print(f"crosscoder saved to {runner.final_path}")
             print_quality(
-                runner.final_path, config.store_path, args.eval_store, device, save_to=Path(args.out_dir) / "quality.json"
+                runner.final_path, config.store_path, args.eval_store, device, save_to=Path(args.out_dir) / QUALITY_NAME
             )
         print_peak_memory(runner.device)
     return 0

@@ -41,10 +41,10 @@ from jaxtyping import Float, Int
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput, TrainStepOutput
 from torch import nn
 
-from crosslens._common import is_folded
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
 from crosslens.crosscoders.snapshot_sae import snapshot_sae
+from crosslens.crosscoders.folding import is_folded
 
 
 SNAPSHOT_AXES = {"W_enc": 0, "W_dec": 1, "b_dec": 0, "folded_norm_factors": 0}

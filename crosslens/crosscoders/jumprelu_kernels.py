@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float
 
-from crosslens._common import row_counts
+from crosslens.core.tensors import row_counts
 
 CPU_BLOCK_ELEMENTS = 1 << 22
 """Elements of one ``[S, block, F]`` block on a CPU: 16 MiB in float32, about half of a

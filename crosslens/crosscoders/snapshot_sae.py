@@ -52,7 +52,8 @@ from sae_lens.saes.sae import SAE, SAEMetadata
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
-from crosslens._common import resolve_norm_factors
+from crosslens.core.hooks import recorded_hook
+from crosslens.crosscoders.folding import resolve_norm_factors
 from crosslens.crosscoders.protocol import Crosscoder
 
 # metadata keys that describe the crosscoder as a whole, not one snapshot's SAE
@@ -259,7 +260,7 @@ def _snapshot_metadata(crosscoder: Any, s: int, hook_name: str | None) -> SAEMet
     snapshots = suite.get("snapshots") or []
     entry = dict(snapshots[s]) if s < len(snapshots) else {}
     meta.update(
-        hook_name=hook_name or crosscoder.cfg.metadata.get("hook_name"),
+        hook_name=hook_name or recorded_hook(crosscoder),
         model_name=suite.get("model_id") or crosscoder.cfg.metadata.get("model_name"),
         crosscoder_architecture=crosscoder.cfg.architecture(),
         crosscoder_n_snapshots=crosscoder.cfg.n_snapshots,

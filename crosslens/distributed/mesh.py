@@ -20,6 +20,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from crosslens.core.launch import local_rank_device, world_size
 from crosslens.crosscoders.collectives import LocalCollectives, MeshCollectives
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -98,19 +99,6 @@ class MeshLayout:
         return slice(self.data_rank * per_rank, (self.data_rank + 1) * per_rank)
 
 
-def rank_device(device: str | torch.device) -> str:
-    """Under torchrun, CUDA means this rank's own GPU (``cuda:LOCAL_RANK``); else ``device``."""
-    device = str(device)
-    if device.startswith("cuda") and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return device
-
-
-def launched_by_torchrun() -> bool:
-    """True inside a ``torchrun`` worker (WORLD_SIZE and RANK set by the launcher)."""
-    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
-
-
 def default_backend(device: str | torch.device) -> str:
     """NCCL for CUDA tensors, with gloo beside it for CPU tensors and Python objects."""
     return "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
@@ -131,13 +119,13 @@ def init_mesh(
     """
     from torch.distributed.device_mesh import init_device_mesh
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size % snapshot_parallel:
+    n_ranks = world_size()
+    if n_ranks % snapshot_parallel:
         raise ValueError(
-            f"--snapshot-parallel {snapshot_parallel} does not divide the {world_size} "
+            f"--snapshot-parallel {snapshot_parallel} does not divide the {n_ranks} "
             "processes; pick a divisor of --nproc_per_node."
         )
-    device = torch.device(rank_device(device))
+    device = torch.device(local_rank_device(device))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if timeout_s is None:
@@ -146,7 +134,7 @@ def init_mesh(
         dist.init_process_group(
             backend=default_backend(device), timeout=timedelta(seconds=timeout_s)
         )
-    data_size = world_size // snapshot_parallel
+    data_size = n_ranks // snapshot_parallel
     layout = MeshLayout(
         data_size=data_size,
         snapshot_size=snapshot_parallel,

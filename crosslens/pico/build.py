@@ -22,8 +22,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
-from crosslens._common import crosslens_home  # re-exported: crosslens.pico.crosslens_home
-from crosslens.locks import exclusive_lock
+from crosslens.core.locks import exclusive_lock
+from crosslens.core.paths import crosslens_home
+from crosslens.core.sealed import write_json_atomically
 from crosslens.pico.corpus import GrammarCorpus, TextCorpus, read_user_corpus
 from crosslens.pico.evals import PicoEvaluator, check_targets, format_eval_table, format_targets
 from crosslens.tasks.grammar import PicoGrammar
@@ -113,12 +114,6 @@ def _save_checkpoint(model: torch.nn.Module, tokenizer: Any, folder: Path) -> No
     _save_tokenizer(tokenizer, partial)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
-
-
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=2))
-    os.replace(partial, path)
 
 
 def _prepare_data(config: PicoConfig) -> tuple[Any, GrammarCorpus | TextCorpus]:
@@ -274,7 +269,7 @@ def _build(config: PicoConfig, root: Path, progress: bool) -> None:
         "evals": rows,
         "targets": targets,
     }
-    _write_json_atomically(root / SUITE_FILE, manifest)
+    write_json_atomically(root / SUITE_FILE, manifest, indent=2, tmp=root / (SUITE_FILE + ".partial"))
     shutil.rmtree(root / STATE_DIR, ignore_errors=True)
     if progress:
         if targets is not None:

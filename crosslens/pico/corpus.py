@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Int
 from transformers import PreTrainedTokenizerBase
 
-from crosslens._common import pack_documents
+from crosslens.core.packing import pack_documents
 from crosslens.tasks.grammar import PicoGrammar
 
 DATASET_PREFIX = "dataset:"

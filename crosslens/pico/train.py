@@ -15,7 +15,6 @@ from jaxtyping import Int
 from tqdm.auto import tqdm
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from crosslens._common import weights_sha256  # noqa: F401  (re-exported for callers hashing pico checkpoints)
 
 FORMAT_VERSION = 1
 """Bump when the grammar, tokenizer or training code changes what a config builds (old caches go stale)."""

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 import yaml
 
+from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME
+
 CARD_TAGS = ("crosslens", "crosscoder", "sae_lens", "sparse-autoencoder", "training-dynamics")
 HUB_FAMILIES = ("pythia", "olmo", "bloom")
 """Suite families whose model_id is a hub repo (a valid ``base_model``)."""
@@ -142,9 +144,9 @@ def find_final_crosscoder(run_dir: Path) -> tuple[Path, dict[str, Any] | None]:
     the run's ``run.json`` when there is one."""
     from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 
-    for folder in (run_dir / "final", run_dir):
+    for folder in (run_dir / FINAL_DIRNAME, run_dir):
         if (folder / SAE_CFG_FILENAME).is_file() and (folder / SAE_WEIGHTS_FILENAME).is_file():
-            run_file = run_dir / "run.json"
+            run_file = run_dir / RUN_CONFIG_NAME
             return folder, (json.loads(run_file.read_text()) if run_file.is_file() else None)
     raise FileNotFoundError(
         f"{run_dir} holds no trained crosscoder (neither final/cfg.json nor cfg.json with "
@@ -167,7 +169,7 @@ def evaluate_per_snapshot(
     L0 at snapshot s counts the features that reach snapshot s's reconstruction: the
     per-snapshot gates of a JumpReLU crosscoder, the shared code otherwise.
     """
-    from crosslens._common import resolve_norm_factors
+    from crosslens.crosscoders.folding import resolve_norm_factors
 
     hook = store.resolve_hook(hook)
     n = min(n_tokens, store.n_tokens)

@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from crosslens.errors import CrosslensError
+from crosslens.core.errors import CrosslensError
 
 PRETRAINED_ENV = "CROSSLENS_PRETRAINED"
 PACKAGED_SOURCE = "crosslens/data/pretrained_crosscoders.yaml"

@@ -16,7 +16,7 @@ from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig
 _LAZY = {
     "BatchSource": "crosslens.training.trainer",
     "CrosscoderTrainer": "crosslens.training.trainer",
-    "latest_checkpoint": "crosslens.training.layout",
+    "latest_checkpoint": "crosslens.core.paths",
 }
 
 __all__ = [

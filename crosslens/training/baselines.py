@@ -43,11 +43,10 @@ from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
 from crosslens.activations import ActivationProvider, ActivationStore
-from crosslens.architectures import BASELINE_OF, TRAINING_DEFAULTS
+from crosslens.architectures import BASELINE_OF, DEFAULT_LR, TRAINING_DEFAULTS
+from crosslens.core.seeding import seeded
 from crosslens.training.factory import build_training_model
-from crosslens.architectures import DEFAULT_LR
 from crosslens.training.runner import evaluate_crosscoder
-from crosslens.training.seeding import seeded
 from crosslens.training.trainer import crosscoder_metrics
 
 # architecture -> (SAELens training class, its config)

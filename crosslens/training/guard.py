@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from crosslens.errors import NonFiniteTrainingError
-from crosslens.training.layout import latest_checkpoint
+from crosslens.core.errors import NonFiniteTrainingError
+from crosslens.core.paths import latest_checkpoint
 
 SYNC_EVERY = 50
 """Steps between reads of the non-finite flag on an accelerator."""

@@ -12,42 +12,27 @@ that changed since the run started, before reading a single batch.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from crosslens.core.hashing import file_sha256
+from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
+
 RECORD_NAME = "crosslens_checkpoint.json"
 RECORD_FORMAT = "crosslens.checkpoint/1"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _seal(record: dict[str, Any]) -> str:
-    body = {key: value for key, value in record.items() if key != "record_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+RECORD_SEAL = "record_sha256"
 
 
 def write_record(folder: str | os.PathLike, **content: Any) -> Path:
     """Hash every file in ``folder`` and write the sealed record beside them."""
     folder = Path(folder)
     files = {
-        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name != RECORD_NAME and not p.name.endswith(".tmp")
     }
-    record = {"format": RECORD_FORMAT, "files": files, **content}
-    record["record_sha256"] = _seal(record)
-    tmp = folder / (RECORD_NAME + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-    os.replace(tmp, folder / RECORD_NAME)
+    write_sealed(folder / RECORD_NAME, {"format": RECORD_FORMAT, "files": files, **content}, RECORD_SEAL)
     return folder / RECORD_NAME
 
 
@@ -58,10 +43,10 @@ def record_problem(folder: str | os.PathLike) -> str | None:
     if not path.is_file():
         return f"{path.name} is missing (the save was cut short, or an older crosslens wrote it)"
     try:
-        record = json.loads(path.read_text())
-    except (UnicodeDecodeError, ValueError):
+        record = read_sealed(path, RECORD_SEAL)
+    except UnreadableRecordError:
         return f"{path.name} is not valid JSON"
-    if not isinstance(record, dict) or record.get("record_sha256") != _seal(record):
+    except BrokenSealError:
         return f"{path.name} fails its own checksum"
     for name, expected in record["files"].items():
         file = folder / name
@@ -69,11 +54,11 @@ def record_problem(folder: str | os.PathLike) -> str | None:
             return f"{name} is missing"
         if file.stat().st_size != expected["bytes"]:
             return f"{name} has {file.stat().st_size} bytes, {expected['bytes']} recorded"
-        if _sha256(file) != expected["sha256"]:
+        if file_sha256(file) != expected["sha256"]:
             return f"{name} differs from its recorded sha256"
     return None
 
 
 def read_record(folder: str | os.PathLike) -> dict[str, Any]:
     """The record of a checkpoint that :func:`record_problem` passed."""
-    return json.loads((Path(folder) / RECORD_NAME).read_text())
+    return read_sealed(Path(folder) / RECORD_NAME, RECORD_SEAL, verify=False)

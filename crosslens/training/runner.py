@@ -31,15 +31,16 @@ import torch
 from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationProvider, ActivationStore
-from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.architectures import sparsity_coefficient_for
-from crosslens.distributed import init_mesh, launched_by_torchrun, shard_batches
-from crosslens.errors import StoreChangedError
+from crosslens.core.errors import StoreChangedError
+from crosslens.core.launch import launched_by_torchrun
+from crosslens.core.paths import CHECKPOINT_PREFIX, FINAL_DIRNAME, RUN_CONFIG_NAME, checkpoint_step
+from crosslens.core.seeding import seeded
+from crosslens.crosscoders.base import set_crosscoder_metadata
+from crosslens.distributed import init_mesh, shard_batches
 from crosslens.training.config import CrosscoderRunnerConfig, CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder
-from crosslens.training.layout import CHECKPOINT_PREFIX, FINAL_DIRNAME
 from crosslens.training.records import read_record, record_problem, write_record
-from crosslens.training.seeding import seeded
 from crosslens.training.trainer import CrosscoderTrainer, crosscoder_metrics
 
 class CrosscoderTrainingRunner:
@@ -167,12 +168,8 @@ class CrosscoderTrainingRunner:
 
     def verified_checkpoint(self) -> Path | None:
         """The newest checkpoint whose sealed record verifies (older ones are tried in turn)."""
-        def step_of(folder: Path) -> int:
-            suffix = folder.name[len(CHECKPOINT_PREFIX) :]
-            return int(suffix) if suffix.isdigit() else -1
-
-        steps = [p for p in self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if step_of(p) >= 0]
-        for folder in sorted(steps, key=step_of, reverse=True):
+        steps = [p for p in self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p.name) is not None]
+        for folder in sorted(steps, key=lambda p: checkpoint_step(p.name), reverse=True):
             problem = record_problem(folder)
             if problem is None:
                 return folder
@@ -215,7 +212,7 @@ class CrosscoderTrainingRunner:
         Under torchrun every rank calls this; rank 0 writes the files."""
         self.join_mesh()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        run_file = self.out_dir / "run.json"
+        run_file = self.out_dir / RUN_CONFIG_NAME
         resume_from = self.verified_checkpoint() if resume else None
         if resume and resume_from is None and run_file.exists():
             print(f"no checkpoint under {self.checkpoint_dir} to resume from; starting from scratch")

@@ -56,7 +56,9 @@ from safetensors.torch import load_file
 from sae_lens.constants import SAE_WEIGHTS_FILENAME
 from tqdm.auto import tqdm
 
-from crosslens._common import row_counts
+from crosslens.core.paths import FINAL_DIRNAME, TRAINER_STATE_FILENAME, checkpoint_dirname
+from crosslens.core.seeding import seed_everything
+from crosslens.core.tensors import row_counts
 from crosslens.crosscoders.base import CrosscoderTrainingMixin
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.distributed.mesh import MeshLayout, local_layout
@@ -73,7 +75,6 @@ from crosslens.distributed.sharding import (
 from crosslens.training.checks import check_activation_scale
 from crosslens.training.config import CrosscoderTrainerConfig
 from crosslens.training.guard import check_finite_step
-from crosslens.training.layout import CHECKPOINT_PREFIX, FINAL_DIRNAME, TRAINER_STATE_FILENAME
 
 Batch = Float[torch.Tensor, "batch n_snapshots d_in"]
 BatchSource = Union[Iterable[Batch], Callable[[int], Iterator[Batch]]]
@@ -253,7 +254,7 @@ class CrosscoderTrainer:
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         elif self.n_steps == 0:
-            _seed_everything(self.cfg.seed)
+            seed_everything(self.cfg.seed)
         batch_iter = _open_batches(batches, self.n_steps)
         log_here = self.cfg.logger.log_to_wandb and self.is_main
         wandb_run, owns_run = self._start_wandb() if log_here else (None, False)
@@ -396,7 +397,7 @@ class CrosscoderTrainer:
         if path is None:
             if self.cfg.checkpoint_dir is None:
                 raise ValueError("no path given and cfg.checkpoint_dir is None; pass a path.")
-            path = Path(self.cfg.checkpoint_dir) / f"{CHECKPOINT_PREFIX}{self.n_steps:08d}"
+            path = Path(self.cfg.checkpoint_dir) / checkpoint_dirname(self.n_steps)
         path = Path(path)
         full = self.full_crosscoder()
         optimizer_state = gather_optimizer_state(
@@ -507,9 +508,3 @@ def _open_batches(batches: BatchSource, start_step: int) -> Iterator[Batch]:
     if callable(batches) and not isinstance(batches, Iterable):
         return iter(batches(start_step))
     return itertools.islice(iter(batches), start_step, None)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

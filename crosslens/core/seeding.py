@@ -1,8 +1,13 @@
-"""Seeded construction: every random choice made from a given seed, whatever ran before.
+"""Seeding: every random choice made from a given seed, whatever ran before.
 
 torch's default generator starts from a per-process random seed, so anything initialised
 from it (a crosscoder's weights, an SAE's) differs between two identical runs unless it is
-seeded right before. ``seeded`` does that without disturbing the caller's generators.
+seeded right before. Two ways, one mechanism:
+
+- :func:`seed_everything` seeds Python's ``random``, numpy and torch for the rest of the
+  process (the trainer, at the start of a fresh run).
+- :func:`seeded` seeds them for one ``with`` block and puts the caller's generators back
+  afterwards (building a crosscoder inside a caller that has its own random state).
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ import numpy as np
 import torch
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy and torch (CPU and every GPU) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 @contextmanager
 def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
     """Run the block with torch (CPU and ``device``), numpy and random seeded by ``seed``;
@@ -24,9 +36,7 @@ def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
     fork = {"devices": [device.index or 0], "device_type": device.type} if on_accelerator else {"devices": []}
     python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(**fork):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed)
+        seed_everything(seed)
         try:
             yield
         finally:

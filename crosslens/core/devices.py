@@ -1,8 +1,11 @@
-"""Devices and dtypes: turn ``--device``/``--dtype`` strings into torch objects, once.
+"""Devices, dtypes and accelerator memory: a user's words become torch objects here, once.
 
 Every stage takes ``device=`` and ``dtype=``; this module is where a user's words
 ("cuda:1", "bf16") become a checked ``torch.device``/``torch.dtype``, with an error that
-names the fix when the request cannot be met on this machine.
+names the fix when the request cannot be met on this machine. One table of spellings
+(:data:`DTYPE_ALIASES`) and one of sizes (:data:`DTYPE_BYTES`) serve every stage that
+names a dtype. The memory side: peak-memory counters, byte formatting, and
+:func:`release_model`, the one way a stage frees a model it is done with.
 
 Dtype semantics across crosslens: ``dtype`` is what the *snapshot models* run in
 (harvesting, streaming, attribution; bfloat16/float16 halve their memory). Crosscoder
@@ -14,12 +17,13 @@ and ``crosslens plan`` (which only needs dtype names and byte formatting) stay i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from crosslens.errors import CrosslensError
+from crosslens.core.errors import CrosslensError
 
 if TYPE_CHECKING:
     import torch
+
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 """Device types crosslens accepts (``cuda:N`` names one GPU)."""
 
@@ -159,45 +163,15 @@ def peak_memory_line(device: str | torch.device) -> str | None:
     return f"peak accelerator memory on {torch.device(device)}: {format_bytes(peak)}"
 
 
-class SuiteOnDevice:
-    """A checkpoint suite whose ``load``/``iter_models`` default to one device and dtype.
+def release_model(model: torch.nn.Module) -> None:
+    """Free a model's tensors now, even while callers still hold the model.
 
-    Stages that receive a suite and call ``suite.load(index)`` (the causal stage) then run
-    their models where the user asked without growing device arguments of their own.
-    Everything else is the wrapped suite's.
+    Its parameters and buffers move to the ``meta`` device (no memory; far cheaper than a
+    garbage-collector pass, and it works whatever still references the module), then
+    CUDA's cached blocks go back to the driver so the next model has the memory.
     """
-
-    def __init__(self, suite: Any, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
-        import torch
-        self._suite = suite
-        self.device = torch.device(device)
-        self.dtype = resolve_dtype(dtype)
-
-    def load(self, snapshot: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("device", self.device)
-        kwargs.setdefault("dtype", self.dtype)
-        return self._suite.load(snapshot, **kwargs)
-
-    def iter_models(self, **kwargs: Any) -> Any:
-        kwargs.setdefault("device", self.device)
-        kwargs.setdefault("dtype", self.dtype)
-        return self._suite.iter_models(**kwargs)
-
-    def select(self, **kwargs: Any) -> "SuiteOnDevice":
-        return SuiteOnDevice(self._suite.select(**kwargs), self.device, self.dtype)
-
-    def __len__(self) -> int:
-        return len(self._suite)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._suite, name)
-
-
-def on_device(suite: Any, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> Any:
-    """``suite`` itself on cpu/float32 (the default), else a :class:`SuiteOnDevice` view."""
     import torch
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    dtype = resolve_dtype(dtype)
-    if device.type == "cpu" and dtype == torch.float32:
-        return suite
-    return SuiteOnDevice(suite, device, dtype)
+
+    torch.nn.Module.to(model, device="meta")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

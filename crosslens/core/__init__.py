@@ -1,0 +1,46 @@
+"""The bottom layer: infrastructure every stage shares, each mechanism in one module.
+
+Nothing here knows about snapshots, crosscoders or stages, and nothing here imports from
+crosslens outside this package (tests/test_imports.py holds the layering). Import the
+submodule you need; this package imports a submodule only when it is first named (its
+``__getattr__``), so that ``crosslens --help`` stays free of torch.
+
+- :mod:`crosslens.core.errors`: the input errors crosslens raises (``CrosslensError`` and kin)
+- :mod:`crosslens.core.paths`: the home folder and the names of a run's files and folders
+- :mod:`crosslens.core.hashing`: sha256 of files, JSON values and model weights
+- :mod:`crosslens.core.sealed`: JSON records sealed by their own checksum, written atomically
+- :mod:`crosslens.core.locks`: cross-process locks on output folders
+- :mod:`crosslens.core.hooks`: TransformerLens hook names: block index, validity, which hook to read
+- :mod:`crosslens.core.metadata`: reading a crosscoder's metadata, whatever object holds it
+- :mod:`crosslens.core.launch`: whether this process is a ``torchrun`` worker, and which one
+- :mod:`crosslens.core.devices`: devices, dtypes, accelerator memory, freeing a model
+- :mod:`crosslens.core.seeding`: seeding torch, numpy and random
+- :mod:`crosslens.core.packing`: packing tokenized documents into fixed-length rows
+- :mod:`crosslens.core.tensors`: small tensor helpers (row counts, one-vs-all shares)
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+__all__ = [
+    "devices",
+    "errors",
+    "hashing",
+    "hooks",
+    "launch",
+    "locks",
+    "metadata",
+    "packing",
+    "paths",
+    "sealed",
+    "seeding",
+    "tensors",
+]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

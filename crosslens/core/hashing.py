@@ -1,0 +1,63 @@
+"""sha256 of the three things crosslens identifies by content: files, JSON values, weights.
+
+Every record that lets a later run trust an earlier one (a store's manifest, a sealed
+checkpoint, the weights-hash cache, a snapshot's identity) is built from these, so the
+bytes hashed must never change: an old store or checkpoint would stop verifying.
+
+- :func:`file_sha256`: a file's bytes, read in chunks (shards and weight files are large).
+- :func:`json_sha256`: ``json.dumps(value, sort_keys=True)``, so key order never matters.
+- :func:`weights_sha256`: a module's state dict as float32, whatever its device or dtype.
+
+torch is imported inside :func:`weights_sha256` only; the other two need the standard library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from crosslens.core.hooks import block_index
+
+if TYPE_CHECKING:
+    import torch
+
+CHUNK_BYTES = 1 << 22
+"""Bytes read at a time when hashing a file."""
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES) -> str:
+    """Hex sha256 of the file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def json_sha256(value: Any) -> str:
+    """Hex sha256 of ``json.dumps(value, sort_keys=True)``: equal values hash equal whatever
+    the order their dicts were built in."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def weights_sha256(model: torch.nn.Module, *, first_n_layers: int | None = None) -> str:
+    """sha256 over the sorted state-dict keys and each tensor's float32 bytes.
+
+    Identical weights give identical hashes whatever the family or device; the suite
+    takes it on the HookedTransformer after loading, so the same raw checkpoint always
+    hashes the same. With ``first_n_layers``, blocks from that index on are left out:
+    the hash a model loaded with only its first ``first_n_layers`` blocks gives.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        block = block_index(key)  # state-dict keys of a block start "blocks.N." as its hooks do
+        if first_n_layers is not None and block is not None and block >= first_n_layers:
+            continue
+        digest.update(key.encode())
+        values = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        digest.update(values.numpy().data)
+    return digest.hexdigest()

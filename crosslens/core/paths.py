@@ -1,0 +1,71 @@
+"""Where crosslens keeps things: its home folder and the names inside a run folder.
+
+Several stages write into the same folders and read what the others wrote (the trainer
+writes checkpoints the runner resumes from, ``crosslens train`` reads the held-out store
+``crosslens harvest`` wrote, ``crosslens report`` merges the sections ``crosslens
+attribute`` added). Each name is defined here once, so a writer and its readers cannot
+drift apart.
+
+A run folder (``crosslens train --out RUN``)::
+
+    RUN/run.json                the runner's configuration (RUN_CONFIG_NAME)
+    RUN/quality.json            the quality table ``train`` prints (QUALITY_NAME)
+    RUN/step_00001000/          a checkpoint (CHECKPOINT_PREFIX + 8-digit step), resumable when
+                                it holds trainer_state.pt (TRAINER_STATE_FILENAME)
+    RUN/final/                  the trained crosscoder (FINAL_DIRNAME)
+    RUN/sections/*.json         report sections other commands add (SECTIONS_DIR)
+
+and beside an activation store ``STORE``, its held-out split ``STORE-heldout``
+(HELDOUT_SUFFIX).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOME_ENV = "CROSSLENS_HOME"
+"""The environment variable that moves crosslens's home folder."""
+
+RUN_CONFIG_NAME = "run.json"
+"""The runner's configuration, written into the run folder when training starts."""
+QUALITY_NAME = "quality.json"
+"""The crosscoder's quality table, written beside ``run.json`` after training."""
+CHECKPOINT_PREFIX = "step_"
+"""A checkpoint folder's name is this prefix and the step, zero-padded to 8 digits."""
+TRAINER_STATE_FILENAME = "trainer_state.pt"
+"""What makes a checkpoint folder resumable: the optimizer, scheduler and data position."""
+FINAL_DIRNAME = "final"
+"""The folder holding the trained crosscoder, beside the step checkpoints."""
+HELDOUT_SUFFIX = "-heldout"
+"""``harvest --out STORE`` also writes held-out activations to ``STORE-heldout``; ``train`` reads them."""
+SECTIONS_DIR = "sections"
+"""Report sections other stages add to a run folder (``crosslens attribute``), merged by ``crosslens report``."""
+
+
+def crosslens_home() -> Path:
+    """``$CROSSLENS_HOME``, by default ``~/.cache/crosslens``."""
+    return Path(os.environ.get(HOME_ENV, "~/.cache/crosslens")).expanduser()
+
+
+def checkpoint_dirname(step: int) -> str:
+    """The folder name of the checkpoint taken after ``step`` steps: ``step_00001000``."""
+    return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step a checkpoint folder name records (None: not a checkpoint folder's name)."""
+    suffix = name[len(CHECKPOINT_PREFIX) :]
+    return int(suffix) if name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
+
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The resumable checkpoint (one holding ``trainer_state.pt``) with the highest step under
+    ``checkpoint_dir``, if any."""
+    found = [
+        p
+        for p in Path(checkpoint_dir).glob(f"{CHECKPOINT_PREFIX}*")
+        if (p / TRAINER_STATE_FILENAME).exists() and checkpoint_step(p.name) is not None
+    ]
+    return max(found, key=lambda p: checkpoint_step(p.name), default=None)

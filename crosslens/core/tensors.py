@@ -1,0 +1,32 @@
+"""Small tensor helpers more than one stage needs.
+
+- :func:`row_counts`: how many entries of a bool mask are set, per row, fast on a CPU.
+- :func:`one_vs_all_share`: each entry's share of its row's total magnitude (RelIE, RelDec).
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Bool, Int
+
+
+def row_counts(mask: Bool[torch.Tensor, "... n"]) -> Int[torch.Tensor, "..."]:
+    """True entries along the last dimension, as int32. A bool tensor's ``sum`` or
+    ``count_nonzero`` over a dimension first converts it to int64, which on a CPU takes
+    about ten times as long as summing its bytes (``benchmarks/cpu_ops.py``)."""
+    return mask.view(torch.uint8).sum(dim=-1, dtype=torch.int32)
+
+
+def one_vs_all_share(values: torch.Tensor) -> torch.Tensor:
+    """``|v_c| / sum_c' |v_c'|`` along the last axis; rows that are all zero get ``1 / n``.
+
+    RelIE (on indirect effects) and RelDec (on decoder norms) are both this ratio, so they
+    share this one implementation.
+    """
+    if values.ndim < 1 or values.shape[-1] < 2:
+        raise ValueError(f"a one-vs-all share compares at least 2 snapshots along the last axis, got shape {tuple(values.shape)}")
+    magnitude = values.abs().to(torch.float64)
+    total = magnitude.sum(dim=-1, keepdim=True)
+    uniform = torch.full_like(magnitude, 1.0 / values.shape[-1])
+    share = torch.where(total > 0, magnitude / total.clamp_min(torch.finfo(torch.float64).tiny), uniform)
+    return share.to(values.dtype if values.is_floating_point() else torch.float32)
