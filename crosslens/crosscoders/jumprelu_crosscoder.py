@@ -108,10 +108,9 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingS
     """Give decoder rows behind a closed gate the reconstruction gradient they would get if
     the gate were open; the forward pass is unchanged. Without it a row W_dec[i, s] whose
     gate is shut gets no gradient at all (the gate zeroes both its reconstruction and its
-    tanh sparsity term) and keeps the norm it had when the gate closed. On the planted set
-    of issue 11 this removed every zero-gradient row but did not lower the norm left at
-    absent snapshots (that follows excess firing, set by the sparsity coefficient), so it
-    is off by default; see docs/notes/issue-11.md."""
+    tanh sparsity term) and keeps the norm it had when the gate closed. It gives every
+    row a gradient but does not lower the norm left at absent snapshots (that follows
+    excess firing, set by the sparsity coefficient), so it is off by default."""
 
     def __post_init__(self) -> None:
         if self.l0_coefficient is None:
