@@ -13,12 +13,8 @@ from typing import Any
 import torch
 
 from crosslens.analysis.contexts import top_activating_contexts
-from crosslens.analysis.evolution import (
-    EvolutionAnalysis,
-    EvolutionConfig,
-    metadata_dict,
-    snapshots_from_metadata,
-)
+from crosslens.analysis.evolution import EvolutionConfig
+from crosslens.analysis.evolution_analysis import EvolutionAnalysis, metadata_dict, snapshots_from_metadata
 from crosslens._common import resolve_hook
 from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
 from crosslens.analysis.report import Report, evolution_report, representative_features

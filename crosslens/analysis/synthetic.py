@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.analysis.evolution import NO_STEP, EvolutionAnalysis
+from crosslens.analysis.evolution import NO_STEP
+from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 
 _EPS = 1e-12
 

@@ -205,7 +205,7 @@ def evaluate_per_snapshot(
 
 def feature_class_counts(crosscoder: Any, evaluation: dict[str, Any] | None) -> dict[str, int] | None:
     """Feature classes from the decoder-norm timelines (with firing frequencies when measured)."""
-    from crosslens.analysis.evolution import EvolutionAnalysis
+    from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 
     frequency = torch.tensor(evaluation["firing_frequency"]) if evaluation else None
     try:
