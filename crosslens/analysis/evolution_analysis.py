@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -25,6 +25,9 @@ from crosslens.analysis.evolution import (
     presence_strength,
 )
 from crosslens.analysis.geometry import direction_drift, feature_dimensionality, rel_dec
+
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
 
 
 @dataclass
@@ -119,7 +122,7 @@ class EvolutionAnalysis:
     @classmethod
     def from_crosscoder(
         cls,
-        crosscoder: Any,
+        crosscoder: Crosscoder,
         steps: Sequence[int] | None = None,
         tokens_seen: Sequence[int | None] | None = None,
         config: EvolutionConfig | None = None,
@@ -288,7 +291,7 @@ class EvolutionAnalysis:
         return rows
 
 
-def metadata_dict(crosscoder: Any) -> dict[str, Any]:
+def metadata_dict(crosscoder: Crosscoder) -> dict[str, Any]:
     cfg = getattr(crosscoder, "cfg", None)
     metadata = getattr(cfg, "metadata", None)
     if metadata is None:

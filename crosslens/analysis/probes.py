@@ -19,13 +19,16 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from crosslens._common import is_folded, resolve_hook
+
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def probe_validation(
     source: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     features: Sequence[int] | None = None,
     *,
     hook: str | None = None,
@@ -157,7 +160,7 @@ def probe_validation(
 @torch.no_grad()
 def firing_frequency(
     source: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     *,
     hook: str | None = None,
     n_tokens: int = 16384,
@@ -181,7 +184,7 @@ def firing_frequency(
 
 def snapshot_firing_frequency(
     source: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     *,
     hook: str | None = None,
     n_tokens: int = 16384,
@@ -233,7 +236,7 @@ def _probe_errors(
     return ((miss + false_alarm) / 2).float()
 
 
-def reads_normalized(crosscoder: Any) -> bool:
+def reads_normalized(crosscoder: Crosscoder) -> bool:
     """Whether the crosscoder expects normalised activations (``store.read(normalize=True)``):
     true until normalisation factors are folded into its weights."""
     return not is_folded(crosscoder)
@@ -259,7 +262,7 @@ def _load_activations(
 
 
 @torch.no_grad()
-def _device_and_dtype(crosscoder: Any) -> tuple[torch.device, torch.dtype]:
+def _device_and_dtype(crosscoder: Crosscoder) -> tuple[torch.device, torch.dtype]:
     """Where the crosscoder's parameters live (CPU float32 for an object without any)."""
     param = next(iter(crosscoder.parameters()), None) if hasattr(crosscoder, "parameters") else None
     if param is None:
@@ -268,7 +271,7 @@ def _device_and_dtype(crosscoder: Any) -> tuple[torch.device, torch.dtype]:
 
 
 @torch.no_grad()
-def _firing_counts(crosscoder: Any, encode: Any, acts_NSD: torch.Tensor, batch_size: int) -> torch.Tensor | None:
+def _firing_counts(crosscoder: Crosscoder, encode: Any, acts_NSD: torch.Tensor, batch_size: int) -> torch.Tensor | None:
     """Tokens on which each code entry of ``encode`` is positive, summed over ``acts_NSD``
     batch by batch on the crosscoder's device (only the counts come back); None when empty."""
     device, dtype = _device_and_dtype(crosscoder)
@@ -280,7 +283,7 @@ def _firing_counts(crosscoder: Any, encode: Any, acts_NSD: torch.Tensor, batch_s
 
 
 def encode_in_batches(
-    crosscoder: Any, acts_NSD: torch.Tensor, batch_size: int, columns: torch.Tensor | None = None
+    crosscoder: Crosscoder, acts_NSD: torch.Tensor, batch_size: int, columns: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Codes of ``acts_NSD`` on the CPU, computed batch by batch where the crosscoder lives;
     ``columns`` picks features on that device first (moving ``[N, d_sae]`` off a GPU is

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,7 +18,6 @@ from crosslens.causal.ablation import AblationMode, snapshot_ablation_rows
 from crosslens.causal.attribution import (
     AttributionConfig,
     logit_diff,
-    IETable,
     attribute_snapshot,
     check_models_match,
     collect_task_activations,
@@ -27,6 +26,7 @@ from crosslens.causal.attribution import (
     table_from_snapshots,
     tokenize_task,
 )
+from crosslens.causal.ie_table import IETable
 from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
 from crosslens.causal.claims import causal_claims
 from crosslens.causal.continuations import SUMMED_LOGPROB_DIFF, metric_name
@@ -43,8 +43,11 @@ from crosslens.causal.splice import default_hook, iter_snapshot_models
 from crosslens.htmlreport import Report
 from crosslens.tasks.base import TaskDataset, TokenizedTask
 
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
 
-def load_crosscoder(crosscoder: Any, device: str = "cpu") -> Any:
+
+def load_crosscoder(crosscoder: Crosscoder | str | Path, device: str = "cpu") -> Crosscoder:
     """A crosscoder object, or one loaded from a folder saved in SAELens's layout."""
     if not isinstance(crosscoder, (str, Path)):
         return crosscoder
@@ -135,7 +138,7 @@ class _RelIEResult:
 
 def run_causal_stage(
     models: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder | str | Path,
     task: TaskDataset,
     out_dir: str | Path,
     *,
@@ -201,7 +204,7 @@ def run_causal_stage(
 
 def _attribute_and_ablate(
     models: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     tokenized: TokenizedTask,
     name: str,
     chosen: Sequence[int],
@@ -234,7 +237,7 @@ def _attribute_and_ablate(
 
 def _relie_of(
     table: IETable,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     top_k: int,
     thresholds: RelIEThresholds,
     effect_floor: float | None,

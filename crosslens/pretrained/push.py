@@ -26,10 +26,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
+
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
 
 CARD_TAGS = ("crosslens", "crosscoder", "sae_lens", "sparse-autoencoder", "training-dynamics")
 HUB_FAMILIES = ("pythia", "olmo", "bloom")
@@ -159,7 +162,7 @@ def default_release_name(repo_id: str) -> str:
 # --------------------------------------------------------------------------- measurements
 @torch.no_grad()
 def evaluate_per_snapshot(
-    crosscoder: Any, store: Any, hook: str | None, *, n_tokens: int = 8192, batch_size: int = 2048
+    crosscoder: Crosscoder, store: Any, hook: str | None, *, n_tokens: int = 8192, batch_size: int = 2048
 ) -> dict[str, Any]:
     """Per-snapshot explained variance and L0 of the code feeding each snapshot, plus
     firing frequencies, on the first ``n_tokens`` tokens of ``store``.
@@ -203,7 +206,7 @@ def evaluate_per_snapshot(
     }
 
 
-def feature_class_counts(crosscoder: Any, evaluation: dict[str, Any] | None) -> dict[str, int] | None:
+def feature_class_counts(crosscoder: Crosscoder, evaluation: dict[str, Any] | None) -> dict[str, int] | None:
     """Feature classes from the decoder-norm timelines (with firing frequencies when measured)."""
     from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 
@@ -216,7 +219,7 @@ def feature_class_counts(crosscoder: Any, evaluation: dict[str, Any] | None) -> 
 
 # --------------------------------------------------------------------------- card and entry
 def model_card(
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     *,
     repo_id: str,
     crosscoder_id: str,
@@ -328,7 +331,7 @@ def wandb_link(meta: Any) -> str | None:
 
 
 def registry_entry(
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     *,
     repo_id: str,
     crosscoder_id: str,
