@@ -430,8 +430,3 @@ def metric_formula(metric: str | None) -> str:
     if metric == SUMMED_LOGPROB_DIFF:
         return "log p(wrong) - log p(correct), each summed over its continuation's tokens"
     return "logit[wrong] - logit[correct] at the last position"
-
-
-def load_ie_table(path: str | Path) -> IETable:
-    """Read an ``ie_table.json`` written by :func:`run_causal_stage` or :meth:`IETable.save`."""
-    return IETable.load(path)
