@@ -54,11 +54,7 @@ from crosslens.activations.resume import (
     store_spec,
 )
 from crosslens.activations.team import HarvestTeam
-from crosslens.activations.tokens import (
-    check_same_tokenizer,
-    default_excluded_ids,
-    keep_mask,
-)
+from crosslens.activations.tokens import check_same_tokenizer, kept_tokens
 from crosslens.errors import StoreLockedError
 from crosslens.locks import exclusive_lock
 
@@ -278,7 +274,7 @@ def harvest_activations(
     hooks = as_hook_list(hooks)
     token_ids_NL = _checked_token_table(token_ids_NL, batch_size=batch_size, shard_tokens=shard_tokens)
     tokenizer = suite.tokenizer()
-    exclude_token_ids, keep_NL = _kept_tokens(tokenizer, token_ids_NL, exclude_bos, exclude_token_ids)
+    exclude_token_ids, keep_NL = kept_tokens(tokenizer, token_ids_NL, exclude_bos, exclude_token_ids)
     provenance = suite.provenance()
     model_dtype = str(model_dtype).removeprefix("torch.")
     spec = store_spec(
@@ -315,19 +311,6 @@ def _checked_token_table(token_ids_NL: torch.Tensor, *, batch_size: int, shard_t
     if batch_size < 1 or shard_tokens < 1:
         raise ValueError(f"batch_size={batch_size} and shard_tokens={shard_tokens} must both be >= 1.")
     return token_ids_NL.detach().cpu().long().contiguous()
-
-
-def _kept_tokens(
-    tokenizer: Any, token_ids_NL: torch.Tensor, exclude_bos: bool, exclude_token_ids: Sequence[int] | None
-) -> tuple[list[int], torch.Tensor]:
-    """The sorted excluded ids (None: the tokenizer's pad, BOS and EOS) and the keep mask."""
-    if exclude_token_ids is None:
-        exclude_token_ids = default_excluded_ids(tokenizer)
-    excluded = sorted({int(i) for i in exclude_token_ids})
-    keep_NL = keep_mask(token_ids_NL, exclude_bos=exclude_bos, exclude_token_ids=excluded)
-    if not keep_NL.any():
-        raise ValueError("every token is excluded; pass more text, exclude_bos=False or fewer exclude_token_ids.")
-    return excluded, keep_NL
 
 
 def _join_team(distributed: bool | None) -> HarvestTeam:

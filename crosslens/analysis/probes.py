@@ -173,9 +173,7 @@ def firing_frequency(
     :func:`probe_validation`. Pass the result to ``EvolutionAnalysis(frequency=...)`` so
     latents that never fire are classed ``dead``.
     """
-    acts_NSD = _load_activations(
-        source, hook, n_tokens, torch.Generator().manual_seed(seed), reads_normalized(crosscoder)
-    )
+    acts_NSD = _seeded_sample(source, crosscoder, hook, n_tokens, seed)
     fired_F = _firing_counts(crosscoder, crosscoder.encode, acts_NSD, batch_size)
     if fired_F is None:
         raise ValueError("no activations to count firing on; pass a non-empty source.")
@@ -198,9 +196,7 @@ def snapshot_firing_frequency(
     overall firing rate. Pass the result to ``EvolutionAnalysis(snapshot_frequency=...)``
     for robust presence (a row behind a gate that never opens is not present).
     """
-    acts_NSD = _load_activations(
-        source, hook, n_tokens, torch.Generator().manual_seed(seed), reads_normalized(crosscoder)
-    )
+    acts_NSD = _seeded_sample(source, crosscoder, hook, n_tokens, seed)
     if not hasattr(crosscoder, "encode_per_snapshot"):
         rate_F = (encode_in_batches(crosscoder, acts_NSD, batch_size) > 0).float().mean(0)
         return rate_F[:, None].expand(-1, acts_NSD.shape[1]).clone()
@@ -240,6 +236,11 @@ def reads_normalized(crosscoder: Crosscoder) -> bool:
     """Whether the crosscoder expects normalised activations (``store.read(normalize=True)``):
     true until normalisation factors are folded into its weights."""
     return not is_folded(crosscoder)
+
+
+def _seeded_sample(source: Any, crosscoder: Crosscoder, hook: str | None, n_tokens: int, seed: int) -> torch.Tensor:
+    """``n_tokens`` activations ``[n, S, D]`` drawn with ``seed``, as the crosscoder reads them."""
+    return _load_activations(source, hook, n_tokens, torch.Generator().manual_seed(seed), reads_normalized(crosscoder))
 
 
 def _load_activations(
