@@ -31,7 +31,7 @@ import time
 import torch
 
 from crosslens.core.tensors import row_counts
-from crosslens.crosscoders import jumprelu_kernels
+from crosslens.crosscoders import jumprelu_kernels, jumprelu_ops
 
 from train import crosslens_step_fn, reference_step_fn, time_alternating
 
@@ -100,7 +100,7 @@ def main() -> None:
         ((mask_f @ grad).view(F_, S, D) * W_FSD).sum(dim=-1)
 
     ratio_rows("2c. the code's gradient and the threshold window's decoder sums", {
-        "per-snapshot products (_code_grad_and_window_sums)": lambda: jumprelu_kernels._code_grad_and_window_sums(
+        "per-snapshot products (code_grad_and_window_sums)": lambda: jumprelu_ops.code_grad_and_window_sums(
             W_FSD, grad, lambda s: mask_f
         ),
         "two matmuls, then a dot with W_dec": two_matmuls,

@@ -226,7 +226,7 @@ def _store_trained_on(runner) -> str | None:
 def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, steps: list[int]) -> list[dict]:
     """Held-out explained variance per snapshot, beside per-snapshot SAELens SAEs of the same
     width and L0 trained on a few snapshots."""
-    from crosslens.training.baselines import compare_with_saes, format_quality_table, quality_table
+    from crosslens.training.comparison import compare_with_saes, format_quality_table, quality_table
     from crosslens.training.runner import evaluate_crosscoder
 
     if config.baseline_snapshots > 0:
@@ -378,7 +378,7 @@ def run_demo(
     crosscoder = train_stage(train_store, out_dir / "crosscoder", config, force=force, device=device)
     quality_file = out_dir / "crosscoder" / QUALITY_NAME
     if quality_file.exists() and not force:  # written after the crosscoder it describes
-        from crosslens.training.baselines import format_quality_table
+        from crosslens.training.comparison import format_quality_table
 
         print(format_quality_table(json.loads(quality_file.read_text())))
     else:

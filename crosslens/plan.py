@@ -336,52 +336,14 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     full_counts = parameter_counts(S, D, F, cfg.architecture)
     n_params_rank = sum(counts.values())
     param_bytes = n_params_rank * F32
-    memory = {
-        "parameters": param_bytes,
-        "gradients": param_bytes,
-        "adam_state": 2 * param_bytes,
-    }
-    memory["training_state"] = sum(memory.values())
-    act = activation_bytes(B_r, S_r, D, F, cfg.architecture)
-    memory["activations_per_batch"] = sum(act.values())
-    memory["activations_breakdown"] = act
-    model_bytes = DTYPE_BYTES[cfg.model_dtype]
-    truncated = m.params_through_layer(layer) if layer is not None else m.n_params
-    memory["resident_models_full"] = S_r * m.n_params * model_bytes
-    memory["resident_models_truncated"] = S_r * truncated * model_bytes
-    memory["total_training"] = memory["training_state"] + memory["activations_per_batch"]
-    memory["total_streaming"] = memory["total_training"] + memory["resident_models_truncated"]
+    memory = _memory_bytes(cfg, param_bytes, S_r, B_r, D, layer)
 
     store_elements = cfg.n_tokens * S * D
     disk = {name: store_elements * nbytes for name, nbytes in DTYPE_BYTES.items()}
     disk["per_snapshot_float16"] = cfg.n_tokens * D * 2
 
-    cc_flops = crosscoder_flops(S, D, F)
-    cc_flops_sparse_decode = crosscoder_flops(S, D, F, k=cfg.k)
-    nonembed_run = layers_run * m.params_per_layer
-    model_flops = S * (2 * nonembed_run + 2 * layers_run * cfg.context * m.d_model)
-    flops = {
-        "crosscoder_train_per_token": cc_flops,
-        "snapshot_models_forward_per_token": int(model_flops),
-        "crosscoder_train_total": cc_flops * cfg.n_tokens,
-        "snapshot_models_forward_total": int(model_flops * cfg.n_tokens),
-    }
-    if cfg.architecture in ("topk_crosscoder", "batchtopk_crosscoder"):
-        flops["crosscoder_train_per_token_sparse_decode"] = cc_flops_sparse_decode
-
-    # Communication per step, per rank.
-    preact = B_r * F * F32
-    small = F * F32 * (3 if cfg.architecture == "jumprelu_crosscoder" else 2)
-    snapshot_payload = 2 * preact + small if Ps > 1 else 0
-    grad_payload = param_bytes if Pd > 1 else 0
-    comm = {
-        "snapshot_axis_payload": snapshot_payload,
-        "snapshot_axis_sent_per_rank": ring_allreduce_bytes(2 * preact + small, Ps),
-        "data_axis_payload": grad_payload,
-        "data_axis_sent_per_rank": ring_allreduce_bytes(param_bytes, Pd),
-    }
-    comm["sent_per_rank_per_step"] = comm["snapshot_axis_sent_per_rank"] + comm["data_axis_sent_per_rank"]
-    comm["sent_per_rank_total"] = comm["sent_per_rank_per_step"] * n_steps
+    flops = _flop_counts(cfg, S, D, layers_run)
+    comm = _communication_bytes(cfg, param_bytes, B_r, n_steps)
 
     share = (1 / Pd) * (S_r / S)  # of the work, for the rank with the most snapshots
     rate = tflops * 1e12
@@ -416,6 +378,63 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         "communication_bytes": comm,
         "seconds": seconds,
     }
+
+
+def _memory_bytes(cfg: PlanConfig, param_bytes: int, S_r: int, B_r: int, D: int, layer: int | None) -> dict[str, Any]:
+    """Memory of one rank: training state, a batch's activations, resident snapshot models."""
+    m, F = cfg.model, cfg.d_sae
+    memory: dict[str, Any] = {
+        "parameters": param_bytes,
+        "gradients": param_bytes,
+        "adam_state": 2 * param_bytes,
+    }
+    memory["training_state"] = sum(memory.values())
+    act = activation_bytes(B_r, S_r, D, F, cfg.architecture)
+    memory["activations_per_batch"] = sum(act.values())
+    memory["activations_breakdown"] = act
+    model_bytes = DTYPE_BYTES[cfg.model_dtype]
+    truncated = m.params_through_layer(layer) if layer is not None else m.n_params
+    memory["resident_models_full"] = S_r * m.n_params * model_bytes
+    memory["resident_models_truncated"] = S_r * truncated * model_bytes
+    memory["total_training"] = memory["training_state"] + memory["activations_per_batch"]
+    memory["total_streaming"] = memory["total_training"] + memory["resident_models_truncated"]
+    return memory
+
+
+def _flop_counts(cfg: PlanConfig, S: int, D: int, layers_run: int) -> dict[str, int]:
+    """FLOPs of the crosscoder's training and of the snapshot models' forward passes."""
+    m, F = cfg.model, cfg.d_sae
+    cc_flops = crosscoder_flops(S, D, F)
+    cc_flops_sparse_decode = crosscoder_flops(S, D, F, k=cfg.k)
+    nonembed_run = layers_run * m.params_per_layer
+    model_flops = S * (2 * nonembed_run + 2 * layers_run * cfg.context * m.d_model)
+    flops = {
+        "crosscoder_train_per_token": cc_flops,
+        "snapshot_models_forward_per_token": int(model_flops),
+        "crosscoder_train_total": cc_flops * cfg.n_tokens,
+        "snapshot_models_forward_total": int(model_flops * cfg.n_tokens),
+    }
+    if cfg.architecture in ("topk_crosscoder", "batchtopk_crosscoder"):
+        flops["crosscoder_train_per_token_sparse_decode"] = cc_flops_sparse_decode
+    return flops
+
+
+def _communication_bytes(cfg: PlanConfig, param_bytes: int, B_r: int, n_steps: int) -> dict[str, int]:
+    """Communication per step, per rank, on the snapshot and data axes of the mesh."""
+    F, Pd, Ps = cfg.d_sae, cfg.data_parallel, cfg.snapshot_parallel
+    preact = B_r * F * F32
+    small = F * F32 * (3 if cfg.architecture == "jumprelu_crosscoder" else 2)
+    snapshot_payload = 2 * preact + small if Ps > 1 else 0
+    grad_payload = param_bytes if Pd > 1 else 0
+    comm = {
+        "snapshot_axis_payload": snapshot_payload,
+        "snapshot_axis_sent_per_rank": ring_allreduce_bytes(2 * preact + small, Ps),
+        "data_axis_payload": grad_payload,
+        "data_axis_sent_per_rank": ring_allreduce_bytes(param_bytes, Pd),
+    }
+    comm["sent_per_rank_per_step"] = comm["snapshot_axis_sent_per_rank"] + comm["data_axis_sent_per_rank"]
+    comm["sent_per_rank_total"] = comm["sent_per_rank_per_step"] * n_steps
+    return comm
 
 
 # ----------------------------------------------------------------------------- output

@@ -7,7 +7,8 @@ import torch
 import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectures with SAELens)
 from sae_lens import SAE
 from crosslens.checkpoints import CheckpointSuite
-from crosslens.causal.attribution import IETable, tokenize_task
+from crosslens.causal.attribution import tokenize_task
+from crosslens.causal.ie_table import IETable
 from crosslens.causal.ablation import ablate, mean_feature_codes, task_metric, top_k_features
 from crosslens.causal.splice import collect_activations, exact_codes
 from crosslens.core.hooks import crosscoder_hook

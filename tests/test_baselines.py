@@ -18,13 +18,11 @@ from crosslens.training.baselines import (
     _next_coefficient,
     build_training_sae,
     calibrate_sparsity_coefficient,
-    compare_with_saes,
     evaluate_sae,
-    format_quality_table,
     inference_sae,
-    quality_table,
     train_snapshot_sae,
 )
+from crosslens.training.comparison import compare_with_saes, format_quality_table, quality_table
 from crosslens.training.runner import evaluate_crosscoder
 from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
 

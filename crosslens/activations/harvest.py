@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -24,41 +23,39 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from crosslens.activations.store import (
-    ACTS_DIR,
     LOCK_NAME,
-    MANIFEST_NAME,
-    STORE_FORMAT,
     TOKENS_NAME,
     ActivationStore,
-    StoreMismatchError,
     check_storage_dtype,
-    file_problem,
+    file_sha256,
     from_storage,
     norm_factors_from_manifest,
-    read_manifest,
     shard_relpath,
     to_storage,
     write_manifest,
     write_npy_atomic,
 )
-from crosslens.activations.tokens import (
-    check_same_tokenizer,
-    default_excluded_ids,
-    keep_mask,
-    tokens_sha256,
+from crosslens.activations.resume import (
+    check_identities,
+    check_known_weights,
+    check_snapshot,
+    check_width,
+    new_manifest,
+    snapshot_identities,
+    start_or_resume,
+    store_spec,
 )
+from crosslens.activations.team import HarvestTeam
+from crosslens.activations.tokens import check_same_tokenizer, kept_tokens
 from crosslens.core.devices import release_model
-from crosslens.core.errors import DuplicateSnapshotError, SnapshotMismatchError, StoreLockedError
-from crosslens.core.hashing import file_sha256, json_sha256
+from crosslens.core.errors import StoreLockedError
 from crosslens.core.hooks import block_index
-from crosslens.core.launch import launched_by_torchrun
 from crosslens.core.locks import exclusive_lock
 
 if TYPE_CHECKING:
@@ -210,31 +207,6 @@ def keep_first_blocks(model: HookedTransformer, n_layers: int | None) -> HookedT
     return model
 
 
-def _plan_shards(kept_per_seq_N: Int[torch.Tensor, " n_seqs"], seqs_per_shard: int) -> list[dict]:
-    offsets = np.concatenate([[0], np.cumsum(kept_per_seq_N.numpy())]).astype(np.int64)
-    n_seqs = kept_per_seq_N.shape[0]
-    return [
-        {
-            "seq_start": a,
-            "seq_stop": min(a + seqs_per_shard, n_seqs),
-            "token_start": int(offsets[a]),
-            "token_stop": int(offsets[min(a + seqs_per_shard, n_seqs)]),
-        }
-        for a in range(0, n_seqs, seqs_per_shard)
-    ]
-
-
-def _spec_differences(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [key for key in keys if old.get(key) != new.get(key)]
-
-
-def _clear_store_files(root: Path) -> None:
-    for name in (MANIFEST_NAME, MANIFEST_NAME + ".tmp", TOKENS_NAME, TOKENS_NAME + ".tmp"):
-        (root / name).unlink(missing_ok=True)
-    shutil.rmtree(root / ACTS_DIR, ignore_errors=True)
-
-
 def _write_tokens(root: Path, tables: dict[str, torch.Tensor]) -> dict:
     tmp = root / (TOKENS_NAME + ".tmp")
     save_file({name: t.contiguous() for name, t in tables.items()}, str(tmp))
@@ -289,10 +261,10 @@ def harvest_activations(
     hooks = as_hook_list(hooks)
     token_ids_NL = _checked_token_table(token_ids_NL, batch_size=batch_size, shard_tokens=shard_tokens)
     tokenizer = suite.tokenizer()
-    exclude_token_ids, keep_NL = _kept_tokens(tokenizer, token_ids_NL, exclude_bos, exclude_token_ids)
+    exclude_token_ids, keep_NL = kept_tokens(tokenizer, token_ids_NL, exclude_bos, exclude_token_ids)
     provenance = suite.provenance()
     model_dtype = str(model_dtype).removeprefix("torch.")
-    spec = _store_spec(
+    spec = store_spec(
         provenance, hooks, token_ids_NL, dtype=dtype, exclude_bos=exclude_bos,
         exclude_token_ids=exclude_token_ids, shard_tokens=shard_tokens, model_dtype=model_dtype,
     )  # fmt: skip
@@ -328,79 +300,12 @@ def _checked_token_table(token_ids_NL: torch.Tensor, *, batch_size: int, shard_t
     return token_ids_NL.detach().cpu().long().contiguous()
 
 
-def _kept_tokens(
-    tokenizer: Any, token_ids_NL: torch.Tensor, exclude_bos: bool, exclude_token_ids: Sequence[int] | None
-) -> tuple[list[int], torch.Tensor]:
-    """The sorted excluded ids (None: the tokenizer's pad, BOS and EOS) and the keep mask."""
-    if exclude_token_ids is None:
-        exclude_token_ids = default_excluded_ids(tokenizer)
-    excluded = sorted({int(i) for i in exclude_token_ids})
-    keep_NL = keep_mask(token_ids_NL, exclude_bos=exclude_bos, exclude_token_ids=excluded)
-    if not keep_NL.any():
-        raise ValueError("every token is excluded; pass more text, exclude_bos=False or fewer exclude_token_ids.")
-    return excluded, keep_NL
-
-
-def _store_spec(
-    provenance: dict,
-    hooks: list[str],
-    token_ids_NL: torch.Tensor,
-    *,
-    dtype: str,
-    exclude_bos: bool,
-    exclude_token_ids: list[int],
-    shard_tokens: int,
-    model_dtype: str,
-) -> dict:
-    """What a store is built from; a store is resumed only under an equal spec."""
-    spec = {
-        "suite": _provenance_without_hashes(provenance),
-        "hooks": hooks,
-        "dtype": dtype,
-        "exclude_bos": exclude_bos,
-        "exclude_token_ids": exclude_token_ids,
-        "token_ids_sha256": tokens_sha256(token_ids_NL),
-        "n_seqs": token_ids_NL.shape[0],
-        "seq_len": token_ids_NL.shape[1],
-        "seqs_per_shard": max(1, shard_tokens // token_ids_NL.shape[1]),
-    }
-    if model_dtype != "float32":  # float32 stores keep their old fingerprint
-        spec["model_dtype"] = model_dtype
-    return spec
-
-
 def _join_team(distributed: bool | None) -> HarvestTeam:
     """The torchrun job to harvest with (``None``: whenever run under torchrun), or one process."""
     team = HarvestTeam.from_torchrun() if distributed in (None, True) else HarvestTeam()
     if distributed and team.world_size == 1:
         raise ValueError("distributed=True needs a torchrun job: torchrun --nproc_per_node=N -m crosslens harvest ...")
     return team
-
-
-def snapshot_identities(suite: CheckpointSuite) -> list[dict | None]:
-    """Each snapshot's identity from its files (``crosslens.checkpoints.identity``), read
-    before any model loads; refuses two snapshots with byte-identical weights."""
-    from crosslens.checkpoints import CheckpointSuite
-    from crosslens.checkpoints.identity import snapshot_identity
-
-    if not isinstance(suite, CheckpointSuite):  # a suite from elsewhere: checked by weights hash as it loads
-        return [None] * len(suite.snapshots)
-    identities = [snapshot_identity(suite, ref) for ref in suite.snapshots]
-    first_with: dict[str, str] = {}
-    for ref, identity in zip(suite.snapshots, identities):
-        if identity is None:
-            continue
-        earlier = first_with.setdefault(identity["weights_digest"], ref.revision)
-        if earlier != ref.revision:
-            raise DuplicateSnapshotError(
-                f"snapshots {earlier!r} and {ref.revision!r} of {suite.model_id} have identical weights "
-                f"(byte-identical {', '.join(n for n in identity['files'] if n != 'config.json')}), so a crosscoder "
-                f"would see no change between them; drop one, e.g. suite.select(steps=[...]) without step {ref.step}. "
-                "Nothing was written.",
-                revisions=(earlier, ref.revision),
-                sha256=identity["weights_digest"],
-            )
-    return identities
 
 
 def _refuse_concurrent_harvest(root: Path):
@@ -435,13 +340,13 @@ def _harvest_locked(
     team = team or HarvestTeam()
     manifest = None
     if team.is_main:
-        manifest = _start_or_resume(root, spec, overwrite=overwrite, verify_hashes=verify_hashes)
+        manifest = start_or_resume(root, spec, overwrite=overwrite, verify_hashes=verify_hashes)
         if manifest is None:
-            manifest = _new_manifest(spec, keep_NL, suite.snapshots, identities)
+            manifest = new_manifest(spec, keep_NL, suite.snapshots, identities)
         else:
-            _check_identities(root, manifest, identities)
+            check_identities(root, manifest, identities)
         for s, entry in enumerate(provenance.get("snapshots", [])):  # hashes of snapshots loaded earlier, if any
-            _check_known_weights(manifest, s, entry.get("weights_sha256"), entry.get("revision"))
+            check_known_weights(manifest, s, entry.get("weights_sha256"), entry.get("revision"))
         if TOKENS_NAME not in manifest["files"]:
             manifest["files"][TOKENS_NAME] = _write_tokens(
                 root,
@@ -528,7 +433,7 @@ def _harvest_unit(
         first_n_layers=None if stop_at_layer is None else max(1, stop_at_layer), identity=identity,
     )  # fmt: skip
     try:
-        _check_snapshot(manifest, s, record, model, token_ids_NL)
+        check_snapshot(manifest, s, record, model, token_ids_NL)
         for k in todo:
             a, b = shards[k]["seq_start"], shards[k]["seq_stop"]
             rows = harvest_rows(
@@ -538,135 +443,6 @@ def _harvest_unit(
             pending.extend(_submit_shard(writer, root, manifest, rows, s, k, revision=ref.revision))
     finally:
         release_model(model)
-
-
-class HarvestTeam:
-    """The processes harvesting one store together (a ``torchrun`` job), or one process.
-
-    Work comes in units ``(snapshot, shards)``, each loading its snapshot once. With fewer
-    ranks than snapshots, rank r takes snapshots r, r + W, ...; with more, the ranks that
-    share a snapshot split its shards. Units run in rounds: after each, every rank's new
-    files and snapshot records are exchanged, merged identically everywhere, and rank 0
-    alone writes the manifest, so the store has one writer and one manifest, and a killed
-    job resumes from the last merged round.
-    """
-
-    def __init__(self, rank: int = 0, world_size: int = 1) -> None:
-        self.rank, self.world_size = rank, world_size
-
-    @classmethod
-    def from_torchrun(cls) -> "HarvestTeam":
-        """The running ``torchrun`` job (joined here if needed), else a team of one."""
-        import torch.distributed as dist
-
-        if not launched_by_torchrun():
-            return cls()
-        if not dist.is_initialized():
-            # the exchange is small metadata (gloo); NCCL too, for a training mesh that follows
-            dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size())
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def describe(self) -> str:
-        return "" if self.world_size == 1 else f" (rank 0's share of {self.world_size} ranks)"
-
-    def units(self, n_snapshots: int, n_shards: int) -> list[tuple[int, list[int]]]:
-        """This rank's ``(snapshot, shards)`` units, in the order it runs them."""
-        W, r = self.world_size, self.rank
-        if W <= n_snapshots:
-            return [(s, list(range(n_shards))) for s in range(r, n_snapshots, W)]
-        s, sharing = r % n_snapshots, len(range(r % n_snapshots, W, n_snapshots))
-        mine = list(range(r // n_snapshots, n_shards, sharing))
-        return [(s, mine)] if mine else []
-
-    def n_rounds(self, n_snapshots: int, n_shards: int) -> int:
-        return max(len(HarvestTeam(r, self.world_size).units(n_snapshots, n_shards)) for r in range(self.world_size))
-
-    def share(self, manifest: dict | None) -> dict:
-        """Rank 0's manifest, on every rank."""
-        if self.world_size == 1:
-            assert manifest is not None
-            return manifest
-        import torch.distributed as dist
-
-        box = [manifest]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def merge(self, manifest: dict, unit: tuple[int, list[int]] | None) -> dict:
-        """Every rank's records of this round, merged into one manifest on every rank."""
-        import torch.distributed as dist
-
-        mine = None
-        if unit is not None:
-            s = unit[0]
-            # "acts/<hook>/snap003_shard" for every hook: this snapshot's files
-            prefixes = tuple(shard_relpath(h, s, 0).rsplit("_shard", 1)[0] + "_shard" for h in manifest["spec"]["hooks"])
-            mine = {
-                "s": s,
-                "snapshot": manifest["snapshots"][s],
-                "files": {rel: rec for rel, rec in manifest["files"].items() if rel.startswith(prefixes)},
-                "d_in": manifest["d_in"],
-            }
-        everyone: list[Any] = [None] * self.world_size
-        dist.all_gather_object(everyone, mine)
-        for part in everyone:
-            if part is None:
-                continue
-            for hook, width in part["d_in"].items():
-                _check_width(manifest, hook, width, part["snapshot"].get("revision", "?"))
-            manifest["snapshots"][part["s"]] = part["snapshot"]
-            manifest["files"].update(part["files"])
-        hashes = [e.get("weights_sha256") for e in manifest["snapshots"] if e.get("weights_sha256")]
-        if len(hashes) != len(set(hashes)):
-            first = next(h for h in hashes if hashes.count(h) > 1)
-            pair = [e["revision"] for e in manifest["snapshots"] if e.get("weights_sha256") == first][:2]
-            raise DuplicateSnapshotError(
-                f"snapshots {pair[0]!r} and {pair[1]!r} hold identical weights (sha256 {first[:12]}...); "
-                "drop one with suite.select(...).",
-                revisions=tuple(pair),
-                sha256=first,
-            )
-        return manifest
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-
-def _provenance_without_hashes(provenance: dict) -> dict:
-    # Weights hashes enter a suite's provenance as its snapshots get loaded; they are
-    # checked per snapshot instead, so the fingerprint must not depend on what ran before.
-    snapshots = [{k: v for k, v in entry.items() if k != "weights_sha256"} for entry in provenance.get("snapshots", [])]
-    return {**provenance, "snapshots": snapshots}
-
-
-def _fingerprint(spec: dict) -> str:
-    return json_sha256(spec)
-
-
-def _new_manifest(
-    spec: dict, keep_NL: torch.Tensor, snapshots: Sequence[Any], identities: Sequence[dict | None]
-) -> dict:
-    return {
-        "format": STORE_FORMAT,
-        "fingerprint": _fingerprint(spec),
-        "spec": spec,
-        "n_tokens": int(keep_NL.sum()),
-        "n_snapshots": len(snapshots),
-        "d_in": {},
-        "shards": _plan_shards(keep_NL.sum(dim=1), spec["seqs_per_shard"]),
-        "snapshots": [
-            dict(ref.to_dict(), weights_sha256=None, source=identity) for ref, identity in zip(snapshots, identities)
-        ],
-        "files": {},
-        "complete": False,
-    }
 
 
 def _submit_shard(
@@ -683,7 +459,7 @@ def _submit_shard(
     dtype, files = manifest["spec"]["dtype"], manifest["files"]
     queued = []
     for hook, acts_ND in rows.items():
-        _check_width(manifest, hook, acts_ND.shape[1], revision)
+        check_width(manifest, hook, acts_ND.shape[1], revision)
         rel = shard_relpath(hook, s, k)
         if rel in files:  # only a sibling hook's file was damaged; this one is intact
             continue
@@ -721,111 +497,3 @@ def _record_written(
         write_manifest(root, manifest)
 
 
-def _start_or_resume(root: Path, spec: dict, *, overwrite: bool, verify_hashes: bool) -> dict | None:
-    """The manifest to resume from, or None to start afresh (after clearing when allowed)."""
-    for tmp in root.glob(f"{ACTS_DIR}/*/*.tmp"):  # leftovers of a write that was killed
-        tmp.unlink()
-    if not (root / MANIFEST_NAME).is_file():
-        # what a run killed at its start leaves
-        ours = {ACTS_DIR, TOKENS_NAME, TOKENS_NAME + ".tmp", MANIFEST_NAME + ".tmp", LOCK_NAME}
-        leftovers = [p.name for p in root.iterdir() if p.name not in ours]
-        if leftovers and not overwrite:
-            raise StoreMismatchError(
-                f"{root} is not empty ({leftovers[:3]}...) and holds no activation store; "
-                "choose an empty out_dir or pass overwrite=True."
-            )
-        _clear_store_files(root)
-        return None
-    if overwrite:  # whatever is there goes, finished snapshots included: they get re-checked as they load
-        _clear_store_files(root)
-        return None
-    manifest = read_manifest(root)  # a damaged one raises, naming the file and how to rebuild
-    if manifest.get("format") != STORE_FORMAT:
-        raise StoreMismatchError(
-            f"{root} holds an activation store of format {manifest.get('format')!r}, written by another "
-            f"crosslens version (this one writes {STORE_FORMAT!r}); pass overwrite=True to harvest it again."
-        )
-    if manifest.get("fingerprint") != _fingerprint(spec):
-        differs = _spec_differences(manifest.get("spec", {}), spec) or ["format"]
-        raise StoreMismatchError(
-            f"{root} holds an activation store built for other inputs (differs in: {', '.join(differs)}); "
-            "use a new out_dir, or pass overwrite=True to replace it."
-        )
-    files = manifest["files"]
-    for rel in list(files):
-        if file_problem(root, rel, files[rel], full=verify_hashes) is not None:
-            (root / rel).unlink(missing_ok=True)
-            del files[rel]
-            manifest["complete"] = False
-    return manifest
-
-
-def _check_identities(root: Path, manifest: dict, identities: Sequence[dict | None]) -> None:
-    """Refuse to resume a store whose snapshots' files changed since they were harvested
-    (a snapshot with no shards yet just takes its new identity)."""
-    hooks, n_shards = manifest["spec"]["hooks"], len(manifest["shards"])
-    for s, (entry, now) in enumerate(zip(manifest["snapshots"], identities)):
-        recorded = entry.get("source")
-        if now is None or (recorded is not None and recorded["digest"] == now["digest"]):
-            continue
-        if not any(shard_relpath(h, s, k) in manifest["files"] for h in hooks for k in range(n_shards)):
-            entry.update(source=now, weights_sha256=None)
-            continue
-        if recorded is None:
-            continue  # harvested without a file identity: loading it checks the weights hash instead
-        changed = [
-            f"{name} {recorded['files'].get(name, 'absent')[:12]}... -> {now['files'].get(name, 'absent')[:12]}..."
-            for name in sorted(set(recorded["files"]) | set(now["files"]))
-            if recorded["files"].get(name) != now["files"].get(name)
-        ]
-        if recorded.get("commit") != now.get("commit"):
-            changed.insert(0, f"commit {str(recorded.get('commit'))[:12]} -> {str(now.get('commit'))[:12]}")
-        raise StoreMismatchError(
-            f"snapshot {entry['revision']!r} has changed since the store {root} was harvested "
-            f"({'; '.join(changed)}), so its stored activations are stale; pass overwrite=True "
-            "(`--overwrite`) to harvest afresh, or use a new out_dir."
-        )
-
-
-def _check_known_weights(manifest: dict | None, s: int, sha: str | None, revision: str | None) -> None:
-    recorded = None if manifest is None else manifest["snapshots"][s].get("weights_sha256")
-    if sha is not None and recorded is not None and recorded != sha:
-        raise StoreMismatchError(
-            f"snapshot {revision!r} has other weights (sha256 {sha[:12]}...) than the store was built from "
-            f"({recorded[:12]}...); use a new out_dir, or pass overwrite=True to replace the store."
-        )
-
-
-def _check_snapshot(
-    manifest: dict, s: int, record: dict, model: HookedTransformer, token_ids_NL: torch.Tensor
-) -> None:
-    """Refuse changed weights (vs. a previous run), duplicate weights and too-small vocabularies."""
-    recorded = manifest["snapshots"][s]
-    sha = record.get("weights_sha256")
-    _check_known_weights(manifest, s, sha, record["revision"])
-    for other in manifest["snapshots"]:
-        if sha is not None and other is not recorded and other.get("weights_sha256") == sha:
-            raise DuplicateSnapshotError(
-                f"snapshots {other['revision']!r} and {record['revision']!r} hold identical weights "
-                f"(sha256 {sha[:12]}...); drop one with suite.select(...).",
-                revisions=(other["revision"], record["revision"]),
-                sha256=sha,
-            )
-    if int(token_ids_NL.max()) >= model.cfg.d_vocab:
-        raise SnapshotMismatchError(
-            f"token id {int(token_ids_NL.max())} is outside snapshot {record['revision']!r}'s vocabulary "
-            f"of {model.cfg.d_vocab}; build the tokens with this suite's tokenizer.",
-            revision=record["revision"],
-        )
-    manifest["snapshots"][s] = {**record, "source": recorded.get("source")}
-
-
-def _check_width(manifest: dict, hook: str, d_in: int, revision: str) -> None:
-    known = manifest["d_in"].setdefault(hook, d_in)
-    if known != d_in:
-        raise SnapshotMismatchError(
-            f"snapshot {revision!r} has width {d_in} at {hook}, other snapshots {known}; "
-            "every snapshot of a crosscoder must share one architecture.",
-            revision=revision,
-            differences={"d_in": (known, d_in)},
-        )

@@ -26,7 +26,7 @@ from crosslens.activations.harvest import (
     stop_layer_for,
 )
 from crosslens.activations.store import ActivationStore
-from crosslens.activations.tokens import default_excluded_ids, keep_mask
+from crosslens.activations.tokens import kept_tokens
 from crosslens.core.devices import release_model
 
 if TYPE_CHECKING:
@@ -42,6 +42,15 @@ def norm_factors_of(acts_NSD: Float[torch.Tensor, "n n_snapshots d_in"]) -> Floa
     """Per-snapshot ``sqrt(d_in) / mean ||a_s||``: the factors that give each snapshot mean norm sqrt(d_in)."""
     mean_norms_S = torch.linalg.vector_norm(acts_NSD, dim=-1, dtype=torch.float64).mean(0)
     return (math.sqrt(acts_NSD.shape[-1]) / mean_norms_S).float()
+
+
+def _check_one_batch(n_tokens: int, batch_size: int, drop_last: bool) -> None:
+    """Refuse ``drop_last`` when fewer tokens than one batch would leave nothing to serve."""
+    if drop_last and n_tokens < batch_size:
+        raise ValueError(
+            f"only {n_tokens} training tokens, fewer than one batch of {batch_size}, and drop_last=True "
+            "would serve nothing; use a smaller batch_size or drop_last=False."
+        )
 
 
 def _check_batching(batch_size: int, n_epochs: int | None, start_batch: int) -> None:
@@ -92,11 +101,7 @@ class ActivationProvider:
     ) -> None:
         _check_batching(batch_size, n_epochs, start_batch)
         hook = store.resolve_hook(hook)
-        if drop_last and store.n_tokens < batch_size:
-            raise ValueError(
-                f"the store holds {store.n_tokens} tokens, fewer than one batch of {batch_size}, "
-                "and drop_last=True would serve nothing; use a smaller batch_size or drop_last=False."
-            )
+        _check_one_batch(store.n_tokens, batch_size, drop_last)
         self.store = store
         self.hook = hook
         self.batch_size = batch_size
@@ -208,17 +213,9 @@ class OnTheFlyProvider:
         self.token_ids_NL = token_ids_NL.detach().cpu().long()
         self._tokenizer = suite.tokenizer()
         self._per_model_tokenizer = check_suite(suite)
-        if exclude_token_ids is None:
-            exclude_token_ids = default_excluded_ids(self._tokenizer)
-        self.keep_NL = keep_mask(self.token_ids_NL, exclude_bos=exclude_bos, exclude_token_ids=exclude_token_ids)
+        _, self.keep_NL = kept_tokens(self._tokenizer, self.token_ids_NL, exclude_bos, exclude_token_ids)
         self.n_tokens = int(self.keep_NL.sum())
-        if self.n_tokens == 0:
-            raise ValueError("every token is excluded; pass more text, exclude_bos=False or fewer exclude_token_ids.")
-        if drop_last and self.n_tokens < batch_size:
-            raise ValueError(
-                f"only {self.n_tokens} training tokens, fewer than one batch of {batch_size}; "
-                "use a smaller batch_size or drop_last=False."
-            )
+        _check_one_batch(self.n_tokens, batch_size, drop_last)
         self.batch_size = batch_size
         self.seed = seed
         self.chunk_seqs = chunk_seqs

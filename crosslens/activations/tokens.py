@@ -202,3 +202,16 @@ def build_token_ids(
     if isinstance(dataset, str) and ":" in dataset:
         dataset, column = dataset.rsplit(":", 1)
     return tokens_from_dataset(tokenizer, dataset, seq_len, n_seqs, column=column, split=split)
+
+
+def kept_tokens(
+    tokenizer: Any, token_ids_NL: torch.Tensor, exclude_bos: bool, exclude_token_ids: Sequence[int] | None
+) -> tuple[list[int], torch.Tensor]:
+    """The sorted excluded ids (None: the tokenizer's pad, BOS and EOS) and the keep mask."""
+    if exclude_token_ids is None:
+        exclude_token_ids = default_excluded_ids(tokenizer)
+    excluded = sorted({int(i) for i in exclude_token_ids})
+    keep_NL = keep_mask(token_ids_NL, exclude_bos=exclude_bos, exclude_token_ids=excluded)
+    if not keep_NL.any():
+        raise ValueError("every token is excluded; pass more text, exclude_bos=False or fewer exclude_token_ids.")
+    return excluded, keep_NL

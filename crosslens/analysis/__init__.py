@@ -1,6 +1,7 @@
 """Feature evolution from a trained multi-snapshot crosscoder.
 
-- :mod:`.evolution`: decoder-norm table, emergence/peak/fade, classes (:class:`EvolutionAnalysis`).
+- :mod:`.evolution`: decoder-norm table, emergence/peak/fade, classes; :mod:`.evolution_analysis`
+  bundles them for one crosscoder (:class:`EvolutionAnalysis`).
 - :mod:`.geometry`: direction drift, RelDec, feature dimensionality.
 - :mod:`.probes`: linear-probe check that decoder norm tracks the feature.
 - :mod:`.contexts`: top-activating token windows from an activation store.
@@ -11,12 +12,8 @@
 
 from crosslens.analysis.analyze import analyze_crosscoder, write_evolution_report
 from crosslens.analysis.contexts import Context, top_activating_contexts
-from crosslens.analysis.evolution import (
-    FEATURE_CLASSES,
-    EvolutionAnalysis,
-    EvolutionConfig,
-    Lifetimes,
-)
+from crosslens.analysis.evolution import FEATURE_CLASSES, EvolutionConfig, Lifetimes
+from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.geometry import direction_drift, feature_dimensionality, rel_dec
 from crosslens.analysis.probes import ProbeValidation, probe_validation
 from crosslens.analysis.report import evolution_report

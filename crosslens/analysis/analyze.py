@@ -8,24 +8,23 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from crosslens.analysis.contexts import top_activating_contexts
-from crosslens.analysis.evolution import (
-    EvolutionAnalysis,
-    EvolutionConfig,
-    metadata_dict,
-    snapshots_from_metadata,
-)
+from crosslens.analysis.evolution import EvolutionConfig
+from crosslens.analysis.evolution_analysis import EvolutionAnalysis, metadata_dict, snapshots_from_metadata
 from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
 from crosslens.analysis.report import Report, evolution_report, representative_features
 from crosslens.core.hooks import recorded_hook, resolve_hook
 
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
+
 
 def analyze_crosscoder(
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     *,
     store: Any = None,
     hook: str | None = None,
@@ -87,7 +86,7 @@ def analyze_crosscoder(
     return analysis, report
 
 
-def write_evolution_report(crosscoder: Any, out: str | Path, **kwargs: Any) -> Path:
+def write_evolution_report(crosscoder: Crosscoder, out: str | Path, **kwargs: Any) -> Path:
     """:func:`analyze_crosscoder`, then write the report to ``out``; returns the path."""
     _, report = analyze_crosscoder(crosscoder, **kwargs)
     return report.write(out)
@@ -106,10 +105,10 @@ def _context_features(analysis: EvolutionAnalysis, n: int) -> list[int]:
     return chosen[:n]
 
 
-def _metadata_hook(crosscoder: Any, store: Any) -> str | None:
+def _metadata_hook(crosscoder: Crosscoder, store: Any) -> str | None:
     hook = recorded_hook(crosscoder)
     return hook if hook in list(getattr(store, "hooks", [])) else None
 
 
-def _has_provenance_steps(crosscoder: Any) -> bool:
+def _has_provenance_steps(crosscoder: Crosscoder) -> bool:
     return bool(snapshots_from_metadata(metadata_dict(crosscoder)))

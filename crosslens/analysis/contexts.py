@@ -5,13 +5,16 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from crosslens.analysis.probes import encode_in_batches, reads_normalized
 from crosslens.core.hooks import resolve_hook
+
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class Context:
 @torch.no_grad()
 def top_activating_contexts(
     store: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     features: Sequence[int],
     *,
     hook: str | None = None,

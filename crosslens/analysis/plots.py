@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 import torch
 
-from crosslens.analysis.evolution import NO_STEP, EvolutionAnalysis
+from crosslens.analysis.evolution import NO_STEP
+from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.probes import ProbeValidation
 
 CLASS_COLORS = {

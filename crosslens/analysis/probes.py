@@ -19,7 +19,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -27,6 +27,9 @@ from tqdm.auto import tqdm
 
 from crosslens.core.hooks import resolve_hook
 from crosslens.crosscoders.folding import is_folded
+
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def probe_validation(
     source: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     features: Sequence[int] | None = None,
     *,
     hook: str | None = None,
@@ -158,7 +161,7 @@ def probe_validation(
 @torch.no_grad()
 def firing_frequency(
     source: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     *,
     hook: str | None = None,
     n_tokens: int = 16384,
@@ -171,9 +174,7 @@ def firing_frequency(
     :func:`probe_validation`. Pass the result to ``EvolutionAnalysis(frequency=...)`` so
     latents that never fire are classed ``dead``.
     """
-    acts_NSD = _load_activations(
-        source, hook, n_tokens, torch.Generator().manual_seed(seed), reads_normalized(crosscoder)
-    )
+    acts_NSD = _seeded_sample(source, crosscoder, hook, n_tokens, seed)
     fired_F = _firing_counts(crosscoder, crosscoder.encode, acts_NSD, batch_size)
     if fired_F is None:
         raise ValueError("no activations to count firing on; pass a non-empty source.")
@@ -182,7 +183,7 @@ def firing_frequency(
 
 def snapshot_firing_frequency(
     source: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     *,
     hook: str | None = None,
     n_tokens: int = 16384,
@@ -196,9 +197,7 @@ def snapshot_firing_frequency(
     overall firing rate. Pass the result to ``EvolutionAnalysis(snapshot_frequency=...)``
     for robust presence (a row behind a gate that never opens is not present).
     """
-    acts_NSD = _load_activations(
-        source, hook, n_tokens, torch.Generator().manual_seed(seed), reads_normalized(crosscoder)
-    )
+    acts_NSD = _seeded_sample(source, crosscoder, hook, n_tokens, seed)
     if not hasattr(crosscoder, "encode_per_snapshot"):
         rate_F = (encode_in_batches(crosscoder, acts_NSD, batch_size) > 0).float().mean(0)
         return rate_F[:, None].expand(-1, acts_NSD.shape[1]).clone()
@@ -234,10 +233,15 @@ def _probe_errors(
     return ((miss + false_alarm) / 2).float()
 
 
-def reads_normalized(crosscoder: Any) -> bool:
+def reads_normalized(crosscoder: Crosscoder) -> bool:
     """Whether the crosscoder expects normalised activations (``store.read(normalize=True)``):
     true until normalisation factors are folded into its weights."""
     return not is_folded(crosscoder)
+
+
+def _seeded_sample(source: Any, crosscoder: Crosscoder, hook: str | None, n_tokens: int, seed: int) -> torch.Tensor:
+    """``n_tokens`` activations ``[n, S, D]`` drawn with ``seed``, as the crosscoder reads them."""
+    return _load_activations(source, hook, n_tokens, torch.Generator().manual_seed(seed), reads_normalized(crosscoder))
 
 
 def _load_activations(
@@ -260,7 +264,7 @@ def _load_activations(
 
 
 @torch.no_grad()
-def _device_and_dtype(crosscoder: Any) -> tuple[torch.device, torch.dtype]:
+def _device_and_dtype(crosscoder: Crosscoder) -> tuple[torch.device, torch.dtype]:
     """Where the crosscoder's parameters live (CPU float32 for an object without any)."""
     param = next(iter(crosscoder.parameters()), None) if hasattr(crosscoder, "parameters") else None
     if param is None:
@@ -269,7 +273,7 @@ def _device_and_dtype(crosscoder: Any) -> tuple[torch.device, torch.dtype]:
 
 
 @torch.no_grad()
-def _firing_counts(crosscoder: Any, encode: Any, acts_NSD: torch.Tensor, batch_size: int) -> torch.Tensor | None:
+def _firing_counts(crosscoder: Crosscoder, encode: Any, acts_NSD: torch.Tensor, batch_size: int) -> torch.Tensor | None:
     """Tokens on which each code entry of ``encode`` is positive, summed over ``acts_NSD``
     batch by batch on the crosscoder's device (only the counts come back); None when empty."""
     device, dtype = _device_and_dtype(crosscoder)
@@ -281,7 +285,7 @@ def _firing_counts(crosscoder: Any, encode: Any, acts_NSD: torch.Tensor, batch_s
 
 
 def encode_in_batches(
-    crosscoder: Any, acts_NSD: torch.Tensor, batch_size: int, columns: torch.Tensor | None = None
+    crosscoder: Crosscoder, acts_NSD: torch.Tensor, batch_size: int, columns: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Codes of ``acts_NSD`` on the CPU, computed batch by batch where the crosscoder lives;
     ``columns`` picks features on that device first (moving ``[N, d_sae]`` off a GPU is

@@ -12,7 +12,8 @@ from dataclasses import replace
 import torch
 
 from crosslens.analysis.contexts import Context
-from crosslens.analysis.evolution import FEATURE_CLASSES, NO_STEP, EvolutionAnalysis, feature_lifetimes
+from crosslens.analysis.evolution import FEATURE_CLASSES, NO_STEP, feature_lifetimes
+from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.geometry import total_dimensionality, turning_point
 from crosslens.analysis.plots import (
     dimensionality_curve,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from crosslens.analysis.evolution import EvolutionAnalysis
+from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 
 
 def match_features(

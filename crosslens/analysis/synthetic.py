@@ -11,7 +11,7 @@ decoder norm is ~0 exactly where ``m[i, s] = 0``. :func:`match_planted` and
 :func:`planted_recovery` check that, which is how the analysis is validated;
 :func:`planted_scores` adds SAELens's synthetic-data metrics next to them.
 
-:meth:`PlantedConfig.hard` is the harder set of issue 11: 8 snapshots, d_in 64, 48
+:meth:`PlantedConfig.hard` is a harder set: 8 snapshots, d_in 64, 48
 features firing on 0.5-5% of tokens, per-feature scales 0.5-2 and per-snapshot scale
 changes 0.6-1.4, correlated pairs, short transients, batches normalised like an
 activation store's.
@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.analysis.evolution import NO_STEP, EvolutionAnalysis
+from crosslens.analysis.evolution import NO_STEP
+from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 
 _EPS = 1e-12
 
@@ -137,7 +138,7 @@ class PlantedConfig:
 
     @classmethod
     def hard(cls, seed: int = 0, **overrides: Any) -> PlantedConfig:
-        """The harder planted set of issue 11: 8 snapshots, d_in 64, 48 features (12
+        """A harder planted set: 8 snapshots, d_in 64, 48 features (12
         present throughout, 8 fading after snapshot j, 14 absent until snapshot k, 14
         transient for 2-3 snapshots), firing probabilities 0.5-5%, coefficients 1 +/- 0.3,
         per-feature scales 0.5-2, per-snapshot scale changes 0.6-1.4, 6 correlated pairs,
@@ -451,7 +452,7 @@ def planted_scores(
     codes: Float[torch.Tensor, "n d_sae"] | None = None,
     coefficients: Float[torch.Tensor, "n n_features"] | None = None,
 ) -> dict[str, Any]:
-    """:func:`planted_recovery` plus the headline numbers of issue 11 and SAELens's
+    """:func:`planted_recovery` plus its headline numbers and SAELens's
     synthetic-data metrics beside them.
 
     Added keys: ``recovered_fraction`` (planted features matched one-to-one at mean cosine

@@ -10,7 +10,8 @@
 """
 
 from crosslens.causal.ablation import ablate, ablation_curves, task_metric
-from crosslens.causal.attribution import AttributionConfig, IETable, attribute
+from crosslens.causal.attribution import AttributionConfig, attribute
+from crosslens.causal.ie_table import IETable
 from crosslens.causal.ig import integrated_gradients
 from crosslens.causal.relie import (
     RELIE_CLASSES,

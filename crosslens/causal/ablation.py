@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -29,13 +29,13 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from crosslens.causal.attribution import (
-    IETable,
     Metric,
     check_models_match,
     logit_diff,
     tokenize_task,
 )
 from crosslens.causal.continuations import check_metric, rows_from_prompt, sequences_metric
+from crosslens.causal.ie_table import IETable
 from crosslens.causal.splice import (
     CodeEdit,
     SpliceState,
@@ -48,6 +48,10 @@ from crosslens.causal.splice import (
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.tasks.base import TaskDataset, TokenizedTask
+
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
+
 
 AblationMode = Literal["zero", "mean"]
 
@@ -94,7 +98,7 @@ def mean_feature_codes(
 @contextmanager
 def ablate(
     model: HookedTransformer,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     *,
     snapshot: int,
     features: Sequence[int] | torch.Tensor,
@@ -159,7 +163,7 @@ def _ranked(ie_F: torch.Tensor) -> torch.Tensor:
 
 def ablation_curve(
     model: HookedTransformer,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     task: TokenizedTask,
     ie: Float[torch.Tensor, " d_sae"],
     *,
@@ -197,28 +201,12 @@ def ablation_curve(
     ranked = _ranked(ie)
     generator = torch.Generator().manual_seed(seed)
 
+    settings = dict(
+        snapshot=snapshot, mode=mode, keep_only=keep_only, mean_codes=mean_codes, hook=hook, norm_factors=norm_factors
+    )
+
     def measure(features: torch.Tensor) -> torch.Tensor:
-        values = []
-        for batch_rows, part in _chunks(task, batch_size):
-            width = part.clean_tokens.shape[1]
-            part_codes, part_positions = codes[batch_rows, :width], positions[batch_rows, :width]  # type: ignore[index]
-            if part.multi_token:  # the rows task_metric runs: prompt + each continuation
-                part_codes, part_positions = rows_from_prompt(part, part_codes, part_positions)
-            with ablate(
-                model,
-                crosscoder,
-                snapshot=snapshot,
-                features=features,
-                mode=mode,
-                keep_only=keep_only,
-                mean_codes=mean_codes,
-                hook=hook,
-                codes=part_codes,
-                positions=part_positions,
-                norm_factors=norm_factors,
-            ):
-                values.append(task_metric(model, part, metric))
-        return torch.cat(values)
+        return _ablated_metric(model, crosscoder, task, features, codes, positions, metric, batch_size, **settings)
 
     def row(k: int, selection: str, values: torch.Tensor, draw: int | None = None) -> dict[str, Any]:
         return {
@@ -246,16 +234,46 @@ def ablation_curve(
             pick = pool[torch.randperm(pool.numel(), generator=generator)[:k]]
             rows.append(row(k, "random", measure(pick), draw))
     if keep_only:
-        clean, floor = rows[0]["metric"], rows[1]["metric"]
-        gap = clean - floor
-        for r in rows[2:]:
-            r["restored"] = (r["metric"] - floor) / gap if abs(gap) > 1e-8 else None
+        _add_restored(rows)
     return rows
+
+
+def _ablated_metric(
+    model: HookedTransformer,
+    crosscoder: Crosscoder,
+    task: TokenizedTask,
+    features: torch.Tensor,
+    codes: torch.Tensor,
+    positions: torch.Tensor,
+    metric: Metric,
+    batch_size: int,
+    **settings: Any,
+) -> torch.Tensor:
+    """The task metric of every example with ``features`` ablated, a batch at a time
+    (``settings``: :func:`ablate`'s snapshot, mode, keep_only, mean_codes, hook, norm_factors)."""
+    values = []
+    for batch_rows, part in _chunks(task, batch_size):
+        width = part.clean_tokens.shape[1]
+        part_codes, part_positions = codes[batch_rows, :width], positions[batch_rows, :width]
+        if part.multi_token:  # the rows task_metric runs: prompt + each continuation
+            part_codes, part_positions = rows_from_prompt(part, part_codes, part_positions)
+        with ablate(model, crosscoder, features=features, codes=part_codes, positions=part_positions, **settings):
+            values.append(task_metric(model, part, metric))
+    return torch.cat(values)
+
+
+def _add_restored(rows: list[dict[str, Any]]) -> None:
+    """On each kept row of a keep-only curve (after the ``"none"`` and ``"all"`` rows), the
+    share of the clean-vs-all-ablated gap the kept set brings back."""
+    clean, floor = rows[0]["metric"], rows[1]["metric"]
+    gap = clean - floor
+    for r in rows[2:]:
+        r["restored"] = (r["metric"] - floor) / gap if abs(gap) > 1e-8 else None
 
 
 def ablation_curves(
     models: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     task: TaskDataset | TokenizedTask,
     table: IETable,
     *,
@@ -300,7 +318,7 @@ def ablation_curves(
 
 def snapshot_ablation_rows(
     model: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     tokenized: TokenizedTask,
     ie: Float[torch.Tensor, " d_sae"],
     *,

@@ -5,8 +5,7 @@ For snapshot s, the activation at the hook is written as ``a = a_hat_s(f) + e``
 ``m = sum log p(wrong | prompt) - sum log p(correct | prompt)`` under teacher forcing,
 each continuation's log-probability summed over its tokens; when every continuation
 of the task is one token it is computed as ``logit[wrong] - logit[correct]`` at the
-prompt's last position (the same number: the log-softmax normaliser cancels) on the
-code path that always did. Either way it is a function of (f, e) at the prompt's
+prompt's last position (the same number: the log-softmax normaliser cancels). Either way it is a function of (f, e) at the prompt's
 positions through the rest of the model (continuation positions keep their own clean
 activation: :mod:`crosslens.causal.continuations` says why). Integrated gradients
 (:func:`crosslens.causal.ig.integrated_gradients`) split ``m(patch) - m(clean)``
@@ -21,11 +20,9 @@ examples, giving one IE per (feature, snapshot): an :class:`IETable`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -34,7 +31,7 @@ from transformer_lens import HookedTransformer
 
 from crosslens.causal.continuations import check_metric, continuation_path_metric, metric_name
 from crosslens.causal.ig import integrated_gradients
-from crosslens.causal.relie import relie, select_top_features
+from crosslens.causal.ie_table import IETable
 from crosslens.causal.splice import (
     activations_at,
     collect_activations,
@@ -46,6 +43,9 @@ from crosslens.causal.splice import (
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.tasks.base import TaskDataset, TokenizedTask, resolve_tokenizer
+
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
 
 # metric(last-position logits [B, V], correct ids [B], wrong ids [B]) -> [B]
 Metric = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -152,7 +152,7 @@ def ig_endpoints(
 
 def attribute_snapshot(
     model: HookedTransformer,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     task: TokenizedTask,
     *,
     snapshot: int,
@@ -357,101 +357,6 @@ class _IETotals:
         )
 
 
-# ---------------------------------------------------------------------------- the table
-@dataclass
-class IETable:
-    """IE of every feature at every attributed snapshot for one task (dense ``[d_sae, n]``)."""
-
-    task: str
-    snapshots: list[int]
-    """Crosscoder snapshot index of each column."""
-    ie: Float[torch.Tensor, "d_sae n_snapshots"]
-    error_ie: Float[torch.Tensor, " n_snapshots"]
-    metric_clean: Float[torch.Tensor, " n_snapshots"]
-    """Mean clean metric per snapshot."""
-    metric_patch: Float[torch.Tensor, " n_snapshots"]
-    """Mean metric at the patch point (corrupted prompt, or all features and error zeroed)."""
-    snapshot_labels: list[str] = field(default_factory=list)
-    """Human-readable name per column (revision), defaults to ``s{index}``."""
-    config: dict[str, Any] = field(default_factory=dict)
-    ie_per_example: Float[torch.Tensor, "n_examples d_sae n_snapshots"] | None = field(default=None, repr=False)
-    """Each example's IE (``ie`` is its mean over examples); kept in memory for bootstrap
-    confidence intervals, not written by :meth:`save`."""
-
-    def __post_init__(self) -> None:
-        if self.ie.ndim != 2 or self.ie.shape[1] != len(self.snapshots):
-            raise ValueError(
-                f"ie must be [d_sae, {len(self.snapshots)}] (one column per snapshot), got {tuple(self.ie.shape)}"
-            )
-        if not self.snapshot_labels:
-            self.snapshot_labels = [f"s{index}" for index in self.snapshots]
-
-    @property
-    def d_sae(self) -> int:
-        return int(self.ie.shape[0])
-
-    def rows(self, features: Sequence[int] | torch.Tensor | None = None, *, include_zero: bool = False) -> list[dict]:
-        """Tidy rows ``{feature, snapshot, label, task, ie}`` (zero IE skipped unless asked)."""
-        chosen = torch.arange(self.d_sae) if features is None else torch.as_tensor(features, dtype=torch.long)
-        values = self.ie[chosen]
-        keep = torch.ones_like(values, dtype=torch.bool) if include_zero else values != 0
-        out = []
-        for row, column in torch.nonzero(keep).tolist():
-            out.append(
-                {
-                    "feature": int(chosen[row]),
-                    "snapshot": self.snapshots[column],
-                    "label": self.snapshot_labels[column],
-                    "task": self.task,
-                    "ie": float(values[row, column]),
-                }
-            )
-        return out
-
-    def relie(self) -> Float[torch.Tensor, "d_sae n_snapshots"]:
-        """One-vs-all RelIE over this table's snapshots."""
-        return relie(self.ie)
-
-    def top_features(self, k: int) -> Int[torch.Tensor, " n_selected"]:
-        """Union over snapshots of each snapshot's top-k features by |IE|."""
-        return select_top_features(self.ie, k)
-
-    def save(self, path: str | Path) -> Path:
-        """JSON: metadata plus tidy rows of every non-zero IE."""
-        path = Path(path)
-        payload = {
-            "task": self.task,
-            "snapshots": self.snapshots,
-            "snapshot_labels": self.snapshot_labels,
-            "d_sae": self.d_sae,
-            "error_ie": self.error_ie.tolist(),
-            "metric_clean": self.metric_clean.tolist(),
-            "metric_patch": self.metric_patch.tolist(),
-            "config": self.config,
-            "rows": [{"feature": r["feature"], "snapshot": r["snapshot"], "ie": r["ie"]} for r in self.rows()],
-        }
-        path.write_text(json.dumps(payload))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "IETable":
-        payload = json.loads(Path(path).read_text())
-        column = {snapshot: i for i, snapshot in enumerate(payload["snapshots"])}
-        ie = torch.zeros(payload["d_sae"], len(payload["snapshots"]))
-        for row in payload["rows"]:
-            ie[row["feature"], column[row["snapshot"]]] = row["ie"]
-        return cls(
-            task=payload["task"],
-            snapshots=list(payload["snapshots"]),
-            ie=ie,
-            error_ie=torch.tensor(payload["error_ie"]),
-            metric_clean=torch.tensor(payload["metric_clean"]),
-            metric_patch=torch.tensor(payload["metric_patch"]),
-            snapshot_labels=list(payload["snapshot_labels"]),
-            config=payload.get("config", {}),
-        )
-
-
 # ---------------------------------------------------------------------------- across snapshots
 def _tokenizer_of(models: Any) -> Any:
     if hasattr(models, "tokenizer") and callable(models.tokenizer):
@@ -470,7 +375,7 @@ def snapshot_labels(models: Any, n: int) -> list[str]:
     return [f"s{i}" for i in range(n)]
 
 
-def check_models_match(models: Any, crosscoder: Any) -> int:
+def check_models_match(models: Any, crosscoder: Crosscoder) -> int:
     n_models = len(models)
     if n_models != crosscoder.cfg.n_snapshots:
         raise ValueError(
@@ -503,7 +408,7 @@ def tokenize_task(task: TaskDataset | TokenizedTask, models: Any, tokenizer: Any
 
 def attribute(
     models: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     task: TaskDataset | TokenizedTask,
     *,
     hook: str | None = None,
@@ -564,7 +469,7 @@ def attribute(
 
 
 def exact_snapshot_inputs(
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     activations: tuple[torch.Tensor, torch.Tensor | None],
     index: int,
     norm_factors: Sequence[float] | torch.Tensor | None = None,

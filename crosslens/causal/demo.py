@@ -6,13 +6,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crosslens.causal.ablation import AblationMode
 from crosslens.causal.attribution import AttributionConfig
 from crosslens.causal.stage import load_crosscoder, metric_formula, run_causal_stage
 from crosslens.core.paths import crosslens_home
 from crosslens.tasks import TaskTokenizationError, task_for_tokenizer
+
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
 
 
 def causal_out_dir(out: str | Path | None, task: str) -> Path:
@@ -27,7 +30,7 @@ def causal_out_dir(out: str | Path | None, task: str) -> Path:
 
 def attribution_sections(
     suite: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder | str | Path,
     *,
     task: str = "agreement_pp",
     n_examples: int = 64,
@@ -92,7 +95,7 @@ def attribution_sections(
 
 def language_attribution_sections(
     suite: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder | str | Path,
     tasks: Sequence[Any],
     *,
     n_examples: int = 64,

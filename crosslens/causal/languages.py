@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -20,10 +20,13 @@ import torch
 from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 
-from crosslens.causal.attribution import IETable
+from crosslens.causal.ie_table import IETable
 from crosslens.causal.relie import RelIEThresholds, classify_relie, relie, select_top_features
 from crosslens.causal.stage import CausalStageResult, run_causal_stage
 from crosslens.tasks.base import TaskDataset
+
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
 
 
 def language_of(task: TaskDataset) -> str:
@@ -126,7 +129,7 @@ def language_report(
 
 def run_language_tasks(
     models: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder | str | Path,
     tasks: Sequence[TaskDataset],
     out_dir: str | Path,
     *,

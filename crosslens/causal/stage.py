@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,7 +18,6 @@ from crosslens.causal.ablation import AblationMode, snapshot_ablation_rows
 from crosslens.causal.attribution import (
     AttributionConfig,
     logit_diff,
-    IETable,
     attribute_snapshot,
     check_models_match,
     collect_task_activations,
@@ -27,6 +26,7 @@ from crosslens.causal.attribution import (
     table_from_snapshots,
     tokenize_task,
 )
+from crosslens.causal.ie_table import IETable
 from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
 from crosslens.causal.claims import causal_claims
 from crosslens.causal.continuations import SUMMED_LOGPROB_DIFF, metric_name
@@ -44,8 +44,11 @@ from crosslens.causal.splice import iter_snapshot_models
 from crosslens.htmlreport import Report
 from crosslens.tasks.base import TaskDataset, TokenizedTask
 
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
 
-def load_crosscoder(crosscoder: Any, device: str = "cpu") -> Any:
+
+def load_crosscoder(crosscoder: Crosscoder | str | Path, device: str = "cpu") -> Crosscoder:
     """A crosscoder object, or one loaded from a folder saved in SAELens's layout."""
     if not isinstance(crosscoder, (str, Path)):
         return crosscoder
@@ -136,7 +139,7 @@ class _RelIEResult:
 
 def run_causal_stage(
     models: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder | str | Path,
     task: TaskDataset,
     out_dir: str | Path,
     *,
@@ -202,7 +205,7 @@ def run_causal_stage(
 
 def _attribute_and_ablate(
     models: Any,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     tokenized: TokenizedTask,
     name: str,
     chosen: Sequence[int],
@@ -235,7 +238,7 @@ def _attribute_and_ablate(
 
 def _relie_of(
     table: IETable,
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     top_k: int,
     thresholds: RelIEThresholds,
     effect_floor: float | None,
@@ -428,8 +431,3 @@ def metric_formula(metric: str | None) -> str:
     if metric == SUMMED_LOGPROB_DIFF:
         return "log p(wrong) - log p(correct), each summed over its continuation's tokens"
     return "logit[wrong] - logit[correct] at the last position"
-
-
-def load_ie_table(path: str | Path) -> IETable:
-    """Read an ``ie_table.json`` written by :func:`run_causal_stage` or :meth:`IETable.save`."""
-    return IETable.load(path)

@@ -14,7 +14,7 @@ from crosslens.commands.common import CLIError, crosscoder_folder_arg, device_an
 def quality_rows(crosscoder: Any, eval_store: Any, hook: str | None = None) -> tuple[list[dict], dict]:
     """:func:`quality_table` rows (explained variance per snapshot, mean L0, d_sae) and the raw
     evaluation (with ``dead_features``) of ``crosscoder`` on ``eval_store``."""
-    from crosslens.training.baselines import quality_table
+    from crosslens.training.comparison import quality_table
     from crosslens.training.runner import evaluate_crosscoder
 
     result = evaluate_crosscoder(crosscoder, eval_store, hook)
@@ -24,7 +24,7 @@ def quality_rows(crosscoder: Any, eval_store: Any, hook: str | None = None) -> t
 
 def format_quality(rows: list[dict], result: dict, where: str) -> str:
     """The quality table with a line saying which tokens it was measured on and the dead features."""
-    from crosslens.training.baselines import format_quality_table
+    from crosslens.training.comparison import format_quality_table
 
     d_sae = next(r["crosscoder"] for r in rows if r["kind"] == "d_sae")
     return (

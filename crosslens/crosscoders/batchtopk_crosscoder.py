@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from sae_lens.saes.sae import SAE, SAEConfig
+from sae_lens.saes.sae import SAE
 from torch import nn
 
-from crosslens.crosscoders.base import CrosscoderConfigFields, CrosscoderMixin, CrosscoderPass
+from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass
+from crosslens.crosscoders.config import CrosscoderConfig
 from crosslens.crosscoders.topk_crosscoder import (
     TopKTrainingCrosscoder,
     TopKTrainingCrosscoderConfig,
@@ -36,16 +37,12 @@ ARCHITECTURE = "batchtopk_crosscoder"
 
 
 @dataclass(kw_only=True)
-class BatchTopKCrosscoderConfig(CrosscoderConfigFields, SAEConfig):
+class BatchTopKCrosscoderConfig(CrosscoderConfig, architecture=ARCHITECTURE):
     """Inference config of the BatchTopK crosscoder (fixed threshold)."""
-
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
 
 
 @dataclass(kw_only=True)
-class BatchTopKTrainingCrosscoderConfig(TopKTrainingCrosscoderConfig):
+class BatchTopKTrainingCrosscoderConfig(TopKTrainingCrosscoderConfig, architecture=ARCHITECTURE):
     """Training config of the BatchTopK crosscoder."""
 
     k: float = 32  # type: ignore[assignment]
@@ -57,10 +54,6 @@ class BatchTopKTrainingCrosscoderConfig(TopKTrainingCrosscoderConfig):
         if not 0 < self.topk_threshold_lr <= 1:
             raise ValueError(f"topk_threshold_lr must be in (0, 1], got {self.topk_threshold_lr}.")
         super().__post_init__()
-
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
 
 
 class BatchTopKCrosscoder(CrosscoderMixin, SAE[BatchTopKCrosscoderConfig]):

@@ -16,38 +16,22 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
-from sae_lens.saes.sae import (
-    SAE,
-    SAEConfig,
-    TrainCoefficientConfig,
-    TrainingSAE,
-    TrainingSAEConfig,
-    TrainStepInput,
-)
+from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainStepInput
 
-from crosslens.crosscoders.base import (
-    CrosscoderConfigFields,
-    CrosscoderMixin,
-    CrosscoderPass,
-    CrosscoderTrainingConfigFields,
-    CrosscoderTrainingMixin,
-)
+from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
+from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
 from crosslens.architectures import TRAINING_DEFAULTS
 
 ARCHITECTURE = "crosscoder"
 
 
 @dataclass(kw_only=True)
-class ReLUCrosscoderConfig(CrosscoderConfigFields, SAEConfig):
+class ReLUCrosscoderConfig(CrosscoderConfig, architecture=ARCHITECTURE):
     """Inference config of the ReLU crosscoder."""
-
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
 
 
 @dataclass(kw_only=True)
-class ReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingSAEConfig):
+class ReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=ARCHITECTURE):
     """Training config of the ReLU crosscoder."""
 
     l1_coefficient: float = TRAINING_DEFAULTS[ARCHITECTURE].sparsity_coefficient  # type: ignore[assignment]
@@ -57,16 +41,8 @@ class ReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingSAECo
     """Steps over which lambda rises linearly from 0 (Bayazit et al.: 5% of training)."""
 
     def __post_init__(self) -> None:
-        if self.l1_coefficient < 0 or self.l1_warm_up_steps < 0:
-            raise ValueError(
-                f"l1_coefficient and l1_warm_up_steps must be >= 0, got "
-                f"{self.l1_coefficient} and {self.l1_warm_up_steps}."
-            )
+        check_coefficient(self, "l1_coefficient", "l1_warm_up_steps")
         super().__post_init__()
-
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
 
 
 class _ReLUCrosscoderMath(CrosscoderMixin):

@@ -50,24 +50,11 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from sae_lens.saes.sae import (
-    SAE,
-    SAEConfig,
-    TrainCoefficientConfig,
-    TrainingSAE,
-    TrainingSAEConfig,
-    TrainStepInput,
-    TrainStepOutput,
-)
+from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainStepInput, TrainStepOutput
 from torch import nn
 
-from crosslens.crosscoders.base import (
-    CrosscoderConfigFields,
-    CrosscoderMixin,
-    CrosscoderPass,
-    CrosscoderTrainingConfigFields,
-    CrosscoderTrainingMixin,
-)
+from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
+from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
 from crosslens.architectures import sparsity_coefficient_for
 from crosslens.crosscoders.jumprelu_kernels import snapshot_gate_and_score, snapshot_gated_decode
 
@@ -75,16 +62,12 @@ ARCHITECTURE = "jumprelu_crosscoder"
 
 
 @dataclass(kw_only=True)
-class JumpReLUCrosscoderConfig(CrosscoderConfigFields, SAEConfig):
+class JumpReLUCrosscoderConfig(CrosscoderConfig, architecture=ARCHITECTURE):
     """Inference config of the JumpReLU crosscoder."""
-
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
 
 
 @dataclass(kw_only=True)
-class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingSAEConfig):
+class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=ARCHITECTURE):
     """Training config of the JumpReLU crosscoder (Ge et al.)."""
 
     jumprelu_init_threshold: float = 0.01
@@ -108,10 +91,9 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingS
     """Give decoder rows behind a closed gate the reconstruction gradient they would get if
     the gate were open; the forward pass is unchanged. Without it a row W_dec[i, s] whose
     gate is shut gets no gradient at all (the gate zeroes both its reconstruction and its
-    tanh sparsity term) and keeps the norm it had when the gate closed. On the planted set
-    of issue 11 this removed every zero-gradient row but did not lower the norm left at
-    absent snapshots (that follows excess firing, set by the sparsity coefficient), so it
-    is off by default; see docs/notes/issue-11.md."""
+    tanh sparsity term) and keeps the norm it had when the gate closed. It gives every
+    row a gradient but does not lower the norm left at absent snapshots (that follows
+    excess firing, set by the sparsity coefficient), so it is off by default."""
 
     def __post_init__(self) -> None:
         if self.l0_coefficient is None:
@@ -133,16 +115,8 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingS
                 f"sparsity_target must be > 0 or None, got {self.sparsity_target}; "
                 "Ge et al. use 0.01."
             )
-        if self.l0_coefficient < 0 or self.l0_warm_up_steps < 0:
-            raise ValueError(
-                f"l0_coefficient and l0_warm_up_steps must be >= 0, got "
-                f"{self.l0_coefficient} and {self.l0_warm_up_steps}."
-            )
+        check_coefficient(self, "l0_coefficient", "l0_warm_up_steps")
         super().__post_init__()
-
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
 
 
 class _JumpReLUCrosscoderMath(CrosscoderMixin):

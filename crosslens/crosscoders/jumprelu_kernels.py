@@ -19,7 +19,7 @@ and gradients (to the order of float sums):
   :func:`use_compiled_kernels` fuses its block functions with ``torch.compile``. The
   decoder is then a batched matmul over snapshots.
 
-docs/notes/issue-14-speed.md has the measurements.
+The tensor arithmetic itself lives in :mod:`crosslens.crosscoders.jumprelu_ops`.
 """
 
 from __future__ import annotations
@@ -31,11 +31,23 @@ import torch
 from jaxtyping import Bool, Float
 
 from crosslens.core.tensors import row_counts
+from crosslens.crosscoders.jumprelu_ops import (
+    PaddedRows,
+    backward_block,
+    code_grad_and_window_sums,
+    flat_nonzero,
+    forward_block,
+    padded_score_backward,
+    padded_score_sums,
+    sech2_times,
+    sigmoid_of_twice,
+    tanh_from_sigmoid,
+    threshold_gradient,
+)
 
 CPU_BLOCK_ELEMENTS = 1 << 22
 """Elements of one ``[S, block, F]`` block on a CPU: 16 MiB in float32, about half of a
-32 MiB L3 cache. On a shared 2-core EPYC, 2^22 was the best of 2^20, 2^22 and the whole
-batch in one noisy run (docs/notes/issue-14-speed.md); smaller blocks pay per-op overhead."""
+32 MiB L3 cache: larger blocks spill out of it, smaller ones pay per-op overhead."""
 
 
 def token_block(n_tokens: int, n_snapshots: int, n_features: int, device: torch.device) -> int:
@@ -43,41 +55,6 @@ def token_block(n_tokens: int, n_snapshots: int, n_features: int, device: torch.
     if device.type != "cpu":
         return max(n_tokens, 1)
     return max(1, min(n_tokens, CPU_BLOCK_ELEMENTS // max(1, n_snapshots * n_features)))
-
-
-def _forward_block(
-    h_BF: torch.Tensor, norms_S1F: torch.Tensor, scale_S1F: torch.Tensor, threshold_F: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One block's gated code ``[S, B, F]``, any-snapshot gate ``[B, F]`` and score sums ``[F]``."""
-    open_SBF = h_BF * norms_S1F > threshold_F
-    f_SBF = torch.where(open_SBF, h_BF, 0.0)
-    score_sum_F = torch.tanh(f_SBF * scale_S1F).sum(dim=(0, 1), dtype=torch.float32)
-    return f_SBF, open_SBF.any(dim=0), score_sum_F
-
-
-def _backward_block(
-    h_BF: torch.Tensor,
-    norms_S1F: torch.Tensor,
-    scale_S1F: torch.Tensor,
-    threshold_F: torch.Tensor,
-    grad_SBF: torch.Tensor,
-    grad_score_F: torch.Tensor,
-    half_width: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One block's gradient to ``h`` ``[B, F]``, the score's gradient to the norms (before
-    the factor c) ``[S, F]``, and the decoder-plus-score gradient inside the threshold's
-    window summed over tokens ``[S, F]``."""
-    distance_SBF = h_BF * norms_S1F - threshold_F
-    open_SBF = distance_SBF > 0
-    f_SBF = torch.where(open_SBF, h_BF, 0.0)
-    score_SBF = torch.tanh(f_SBF * scale_S1F)
-    # the scores' gradient: grad * sech^2, times c * norm for f and c * f for the norm
-    sech_grad_SBF = torch.ops.aten.tanh_backward(grad_score_F.expand_as(score_SBF), score_SBF)
-    grad_norms_SF = (sech_grad_SBF * f_SBF).sum(dim=1)
-    grad_SBF = torch.addcmul(grad_SBF, sech_grad_SBF, scale_S1F)
-    grad_h_BF = torch.where(open_SBF, grad_SBF, 0.0).sum(dim=0)
-    window_grad_SF = torch.where(distance_SBF.abs() < half_width, grad_SBF, 0.0).sum(dim=1)
-    return grad_h_BF, grad_norms_SF, window_grad_SF
 
 
 _COMPILED: dict[str, Any] = {}
@@ -91,8 +68,8 @@ def use_compiled_kernels(enabled: bool = True) -> None:
     if not enabled:
         _COMPILED.clear()
     elif not _COMPILED:
-        _COMPILED["forward"] = torch.compile(_forward_block, dynamic=False)
-        _COMPILED["backward"] = torch.compile(_backward_block, dynamic=False)
+        _COMPILED["forward"] = torch.compile(forward_block, dynamic=False)
+        _COMPILED["backward"] = torch.compile(backward_block, dynamic=False)
 
 
 if os.environ.get("CROSSLENS_COMPILE_KERNELS") == "1":  # a switch for the CLI and scripts
@@ -129,15 +106,15 @@ class SnapshotGateAndScore(torch.autograd.Function):
         norms_S1F = norms_FS.T.contiguous()[:, None, :]
         scale_S1F = (tanh_scale * norms_FS.T).contiguous()[:, None, :]
         block = N if _COMPILED else token_block(N, S, F_, h_NF.device)
-        forward_block = _COMPILED.get("forward", _forward_block)
+        run_block = _COMPILED.get("forward", forward_block)
         if block >= N:
-            f_SNF, open_anywhere_NF, score_sum_F = forward_block(h_NF, norms_S1F, scale_S1F, threshold_F)
+            f_SNF, open_anywhere_NF, score_sum_F = run_block(h_NF, norms_S1F, scale_S1F, threshold_F)
         else:
             f_SNF = h_NF.new_empty(S, N, F_)
             open_anywhere_NF = torch.empty(N, F_, dtype=torch.bool, device=h_NF.device)
             score_sum_F = h_NF.new_zeros(F_, dtype=torch.float32)
             for a in range(0, N, block):
-                f_SNF[:, a : a + block], open_anywhere_NF[a : a + block], sums_F = forward_block(
+                f_SNF[:, a : a + block], open_anywhere_NF[a : a + block], sums_F = run_block(
                     h_NF[a : a + block], norms_S1F, scale_S1F, threshold_F
                 )
                 score_sum_F += sums_F
@@ -160,13 +137,13 @@ class SnapshotGateAndScore(torch.autograd.Function):
         if grad_score_F is None:
             grad_score_F = h_NF.new_zeros(F_)
         block = N if _COMPILED else token_block(N, S, F_, h_NF.device)
-        backward_block = _COMPILED.get("backward", _backward_block)
+        run_block = _COMPILED.get("backward", backward_block)
         grad_h_NF = torch.empty_like(h_NF)
         grad_norms_SF = norms_S1F.new_zeros(S, F_)
         window_grad_SF = norms_S1F.new_zeros(S, F_)
         for a in range(0, N, block):
             h_BF = h_NF[a : a + block]
-            grad_h_NF[a : a + block], norms_part_SF, window_part_SF = backward_block(
+            grad_h_NF[a : a + block], norms_part_SF, window_part_SF = run_block(
                 h_BF, norms_S1F, scale_S1F, threshold_F,
                 _grad_of_code(grad_f_SNF, a, block, h_BF, S), grad_score_F, ctx.bandwidth / 2,
             )  # fmt: skip
@@ -176,14 +153,6 @@ class SnapshotGateAndScore(torch.autograd.Function):
         grad_threshold_F = threshold_gradient(window_grad_SF.T, norms_S1F[:, 0].T, threshold_F, ctx.bandwidth)
         return grad_h_NF, grad_norms_FS, grad_threshold_F, None, None
 
-
-def threshold_gradient(
-    window_grad_FS: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor, bandwidth: float
-) -> torch.Tensor:
-    """The threshold's straight-through gradient from the code's gradient summed over the
-    tokens inside the window: ``-sum_s t / (||W_dec[i, s]|| * eps) * window_grad[i, s]``."""
-    kernel_FS = threshold_F[:, None] / (norms_FS.clamp(min=1e-8) * bandwidth)
-    return -(window_grad_FS * kernel_FS).sum(dim=1)
 
 
 def _grad_of_code(
@@ -234,10 +203,7 @@ def snapshot_gate_and_score(
 # of the entries are open everywhere. A trained crosscoder has few open entries, gathered
 # one at a time.
 #
-# tanh(x) is computed as 2 * sigmoid(2x) - 1 and its derivative 1 - tanh(x)^2 as
-# 4 * sigmoid(2x) * (1 - sigmoid(2x)): equal in exact arithmetic, within a few float32
-# roundings of torch.tanh, and on a CPU torch.sigmoid is several times faster than
-# torch.tanh (docs/notes/issue-14-speed.md).
+# tanh is computed from a sigmoid (see crosslens.crosscoders.jumprelu_ops).
 # ----------------------------------------------------------------------------------------
 
 SPARSE_ENTRY_CHUNK = 1 << 20
@@ -247,11 +213,10 @@ GATHER_SHARE = 1 / 16
 """Largest share of (token, feature) entries worth gathering for work per snapshot. Above
 it, mixed gates fall back to :class:`SnapshotGateAndScore`, the window of entries inside
 it at some snapshots only is summed with one mask and one matmul per snapshot, and that of
-entries inside it at every snapshot with one matmul. On the trained demo crosscoder
-(S 12, d_in 128, d_sae 1024, batch 512, 2 CPU cores) gathering the window a whole entry
-(all S rows) at a time broke even with a mask and a matmul per snapshot at about 7% of
-entries (docs/notes/issue-14-speed.md); it now gathers only the pairs inside the window,
-which is cheaper, so the limit errs on the side of the matmuls."""
+entries inside it at every snapshot with one matmul. Gathering whole entries (all S rows)
+breaks even with a mask and a matmul per snapshot at about 7% of entries on a CPU;
+gathering only the pairs inside the window is cheaper than that, so this limit errs on
+the side of the matmuls."""
 
 WINDOW_MODE: str | None = None
 """Force one way of summing the threshold window (``"per_snapshot"``, ``"matmul"`` or
@@ -267,27 +232,9 @@ its length costs more than gathering the entries one at a time, which is done in
 ROW_BLOCK_ELEMENTS = 1 << 19
 """Elements of one ``[features, S, P]`` block of padded-row work on a CPU: 2 MiB in
 float32, so a block's few temporaries stay in cache instead of going to memory (a fresh
-multi-megabyte temporary also costs page faults on every step). Of 2^17, 2^19 and 2^21
-on a 2-core EPYC, 2^19 was fastest (docs/notes/issue-14-speed.md)."""
+multi-megabyte temporary also costs page faults on every step); smaller blocks pay
+per-op overhead (``benchmarks/cpu_ops.py`` compares 2^17, 2^19 and 2^21)."""
 
-
-def _sigmoid_of_twice(x: torch.Tensor, scale2: torch.Tensor) -> torch.Tensor:
-    """``sigmoid(2 * x * scale)`` given ``scale2 = 2 * scale``; ``2 * s - 1`` is ``tanh(x * scale)``."""
-    return (x * scale2).sigmoid_()
-
-
-def _tanh_from_sigmoid(sigmoid: torch.Tensor) -> torch.Tensor:
-    return sigmoid * 2 - 1
-
-
-def _quarter_sech2(sigmoid: torch.Tensor) -> torch.Tensor:
-    """``(1 - tanh(x)^2) / 4 = s (1 - s)`` for ``s = sigmoid(2x)``."""
-    return torch.addcmul(sigmoid, sigmoid, sigmoid, value=-1)
-
-
-def _sech2_times(sigmoid: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``grad * (1 - tanh(x)^2)`` for ``s = sigmoid(2x)``."""
-    return _quarter_sech2(sigmoid).mul_(grad * 4)
 
 
 class EntryClasses:
@@ -313,8 +260,8 @@ class EntryClasses:
         del d_lo_FN
         self.open_all_FN = d_min_FN > 0
         self.open_any_FN = d_max_FN > 0
-        self.all_open_flat = _flat_nonzero(self.open_all_FN)
-        self.mixed_open_flat = _flat_nonzero(self.open_any_FN & ~self.open_all_FN)
+        self.all_open_flat = flat_nonzero(self.open_all_FN)
+        self.mixed_open_flat = flat_nonzero(self.open_any_FN & ~self.open_all_FN)
         gather_limit = GATHER_SHARE * self.h_FN.numel()
         self.sparse_ok = self.mixed_open_flat.numel() <= gather_limit
         """Few enough mixed gates for :class:`SnapshotGatedDecode`."""
@@ -328,7 +275,7 @@ class EntryClasses:
 
         self.window_all_FN = (d_min_FN > -half_width) & (d_max_FN < half_width)
         window_some_FN = (d_min_FN < half_width) & (d_max_FN > -half_width)
-        window_mixed_flat = _flat_nonzero(window_some_FN & ~self.window_all_FN)
+        window_mixed_flat = flat_nonzero(window_some_FN & ~self.window_all_FN)
         n_window_all = int(torch.count_nonzero(self.window_all_FN))
         mode = WINDOW_MODE or (
             "per_snapshot"
@@ -343,7 +290,7 @@ class EntryClasses:
         if self.window_per_snapshot:
             window_mixed_flat = window_mixed_flat[:0]
         elif not self.dense_window and n_window_all:
-            window_mixed_flat = torch.cat([window_mixed_flat, _flat_nonzero(self.window_all_FN)])
+            window_mixed_flat = torch.cat([window_mixed_flat, flat_nonzero(self.window_all_FN)])
         self.window_gathered_flat = window_mixed_flat
         """Entries whose window is summed from gathered rows, per snapshot."""
 
@@ -356,9 +303,12 @@ class EntryClasses:
         return torch.cat([self.all_open_flat, self.mixed_open_flat])
 
 
-def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1).nonzero().squeeze(1)
 
+def _row_blocks(rows: PaddedRows, n_snapshots: int, device: torch.device) -> list[slice]:
+    """Slices of padded rows whose ``[rows, S, P]`` work fits ``ROW_BLOCK_ELEMENTS`` (all rows off the CPU)."""
+    n_rows, width = rows.shape
+    step = n_rows if device.type != "cpu" else max(1, ROW_BLOCK_ELEMENTS // max(1, n_snapshots * width))
+    return [slice(a, a + step) for a in range(0, n_rows, step)]
 
 
 def _pair_chunks(n_pairs: int, d_in: int) -> list[slice]:
@@ -367,107 +317,11 @@ def _pair_chunks(n_pairs: int, d_in: int) -> list[slice]:
     return [slice(a, a + step) for a in range(0, n_pairs, step)]
 
 
-class PaddedRows:
-    """Feature-major entries (flat ``i * N + n``, ascending) laid out as the rows of an
-    ``[F, P]`` matrix, row i holding feature i's entries in order and zeros after them,
-    ``P`` the most entries any feature has."""
-
-    def __init__(self, flat: torch.Tensor, counts_F: torch.Tensor, width: int, n_tokens: int) -> None:
-        n_features = counts_F.numel()
-        self.shape = (n_features, width)
-        # entry e of feature i (the entries before it: first_i) goes to i * P + e - first_i
-        first_F = counts_F.cumsum(0, dtype=torch.int64).sub_(counts_F)
-        shift_F = torch.arange(n_features, device=flat.device).mul_(width).sub_(first_F)
-        entry = torch.arange(flat.numel(), device=flat.device)
-        self.slots = entry.add_(shift_F.repeat_interleave(counts_F, output_size=flat.numel()))
-        """Where each entry sits in the flattened ``[F, P]`` matrix."""
-
-    def pad(self, values: torch.Tensor) -> torch.Tensor:
-        """``[F, P]`` from one value per entry (zero, or False, in the padding)."""
-        out = values.new_zeros(self.shape[0] * self.shape[1])
-        return out.index_copy_(0, self.slots, values).view(self.shape)
-
-    def take(self, values_FP: torch.Tensor) -> torch.Tensor:
-        """One value per entry from an ``[F, P]`` matrix (the inverse of :meth:`pad`)."""
-        return values_FP.reshape(-1).index_select(0, self.slots)
-
     def blocks(self, n_snapshots: int, device: torch.device) -> list[slice]:
         """Slices of rows whose ``[rows, S, P]`` work fits ``ROW_BLOCK_ELEMENTS`` (all rows off the CPU)."""
         n_rows, width = self.shape
         step = n_rows if device.type != "cpu" else max(1, ROW_BLOCK_ELEMENTS // max(1, n_snapshots * width))
         return [slice(a, a + step) for a in range(0, n_rows, step)]
-
-
-def _padded_score_sums(
-    rows: PaddedRows, h_FP: torch.Tensor, scale2_FS: torch.Tensor, score_sum_F: torch.Tensor
-) -> None:
-    """Add each feature's sum over its row's entries and every snapshot of ``tanh(c h norm)``.
-    A row's sum of tanh is twice its sum of sigmoids less ``S * P`` (padding adds
-    sigmoid(0) = 1/2, tanh(0) = 0); the sigmoids are summed in float64 so that the
-    difference keeps float32's precision."""
-    S, width = scale2_FS.shape[1], h_FP.shape[1]
-    for block in rows.blocks(S, h_FP.device):
-        sigmoid_BSP = _sigmoid_of_twice(h_FP[block, None, :], scale2_FS[block, :, None])
-        sigmoid_sum_B = sigmoid_BSP.sum(dim=(1, 2), dtype=torch.float64)
-        score_sum_F[block] += sigmoid_sum_B.mul_(2).sub_(S * width).to(score_sum_F.dtype)
-
-
-def _padded_score_backward(
-    rows: PaddedRows,
-    h_FP: torch.Tensor,
-    scale_FS: torch.Tensor,
-    grad_score_F: torch.Tensor,
-    window: torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The scores' gradients from the entries packed in ``rows``: to the norms (before the
-    factor c) ``[F, S]``, the sech-weighted count inside the threshold's window ``[F, S]``
-    and to h per slot ``[F, P]``. ``window`` is the entries' window membership ``[F, P]``
-    (inside at every snapshot), or ``(norms_FS, threshold_F, valid_FP, half_width)`` to
-    test it per snapshot, or None to leave the window to the gathered pairs."""
-    n_features, S = scale_FS.shape
-    scale2_FS = scale_FS * 2
-    grad_norms_FS = scale_FS.new_zeros(n_features, S)
-    window_sech_FS = scale_FS.new_zeros(n_features, S)
-    grad_h_FP = torch.empty_like(h_FP)
-    for block in rows.blocks(S, h_FP.device):
-        h_BP = h_FP[block]
-        sigmoid_BSP = _sigmoid_of_twice(h_BP[:, None, :], scale2_FS[block, :, None])
-        sech_BSP = _quarter_sech2(sigmoid_BSP)  # the factor 4 * grad is per feature: applied below
-        grad_norms_FS[block] = (sech_BSP * h_BP[:, None, :]).sum(dim=-1)
-        grad_h_FP[block] = (sech_BSP * scale_FS[block, :, None]).sum(dim=1)
-        if isinstance(window, torch.Tensor):
-            window_sech_FS[block] = (sech_BSP * window[block, None, :]).sum(dim=-1)
-        elif window is not None:
-            norms_FS, threshold_F, valid_FP, half_width = window
-            distance_BSP = (h_BP[:, None, :] * norms_FS[block, :, None]).sub_(threshold_F[block, None, None])
-            inside_BSP = (distance_BSP.abs_() < half_width).logical_and_(valid_FP[block, None, :])
-            window_sech_FS[block] = (sech_BSP * inside_BSP).sum(dim=-1)
-    factor_F1 = grad_score_F[:, None] * 4
-    return grad_norms_FS.mul_(factor_F1), window_sech_FS.mul_(factor_F1), grad_h_FP.mul_(factor_F1)
-
-
-def _code_grad_and_window_sums(
-    W_dec_FSD: torch.Tensor, grad_flat: torch.Tensor, window_mask: Any
-) -> tuple[Float[torch.Tensor, "d_sae n"], Float[torch.Tensor, "d_sae n_snapshots"]]:
-    """The decoder's gradient to the code, summed over snapshots, ``[F, N]``, and its sum
-    over each (feature, snapshot)'s tokens inside the threshold window ``[F, S]``
-    (``window_mask(s)``: a float ``[F, N]`` mask), from one ``[F, D] @ [D, N]`` product per
-    snapshot: each product is added into the first and gives the second as masked row
-    sums. One matmul for the code's gradient and another for the window's sums over
-    tokens (``mask @ grad``, then a dot with W_dec) took about 40% longer
-    (``benchmarks/cpu_ops.py``, 2c)."""
-    F_, S, D = W_dec_FSD.shape
-    grad_NSD = grad_flat.view(-1, S, D)
-    grad_FN = W_dec_FSD.new_empty(F_, grad_NSD.shape[0])
-    product_FN, scratch_FN = torch.empty_like(grad_FN), torch.empty_like(grad_FN)
-    window_FS = W_dec_FSD.new_empty(F_, S)
-    for s in range(S):
-        out_FN = grad_FN if s == 0 else product_FN
-        torch.mm(W_dec_FSD[:, s], grad_NSD[:, s].T, out=out_FN)
-        window_FS[:, s] = torch.mul(out_FN, window_mask(s), out=scratch_FN).sum(dim=1)
-        if s:
-            grad_FN += product_FN
-    return grad_FN, window_FS
 
 
 class SnapshotGatedDecode(torch.autograd.Function):
@@ -511,7 +365,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         rows = classes.open_rows
         h_FP = None if rows is None else rows.pad(h_flat.index_select(0, classes.all_open_flat))
         if rows is not None:
-            _padded_score_sums(rows, h_FP, scale2_FS, score_sum_F)
+            padded_score_sums(_row_blocks(rows, S, h_FP.device), h_FP, scale2_FS, score_sum_F)
 
         # the other entries open somewhere: gates and scores per snapshot, one entry at a time
         flat_g = classes.gathered_flat
@@ -519,8 +373,8 @@ class SnapshotGatedDecode(torch.autograd.Function):
         h_g1 = h_flat.index_select(0, flat_g)[:, None]
         open_gS = h_g1 * norms_FS.index_select(0, i_g) > threshold_F.index_select(0, i_g)[:, None]
         f_gS = torch.where(open_gS, h_g1, 0.0)
-        sigmoid_gS = _sigmoid_of_twice(f_gS, scale2_FS.index_select(0, i_g))
-        score_sum_F.index_add_(0, i_g, _tanh_from_sigmoid(sigmoid_gS).sum(dim=1, dtype=torch.float32))
+        sigmoid_gS = sigmoid_of_twice(f_gS, scale2_FS.index_select(0, i_g))
+        score_sum_F.index_add_(0, i_g, tanh_from_sigmoid(sigmoid_gS).sum(dim=1, dtype=torch.float32))
 
         # decode: one matmul of the shared code where a gate is open everywhere, or mostly
         # (a feature that has emerged is shut at a few early snapshots), then a correction
@@ -565,6 +419,9 @@ class SnapshotGatedDecode(torch.autograd.Function):
         _grad_open: Any,
         _grad_shared: Any,
     ) -> tuple[Any, ...]:
+        # Longer than a function should be, on purpose: one fused pass over the saved
+        # tensors, in which the decoder, score and window parts share the gradient's
+        # per-snapshot products, the sech values and the index tensors computed once here.
         (
             norms_FS, raw_norms_FS, norm_factors_S, threshold_F, W_dec_FSD, dense_FN, f_dense_FN, open_gS, f_gS, sigmoid_gS,
             pair_flat, pair_row_N, pair_row_F, pair_sign, pair_h,
@@ -585,7 +442,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
 
         # decoder, the matmul's part: the plain crosscoder's backward, feature-major. Where
         # the threshold window is summed from masks, the code's gradient comes per snapshot
-        # with the window's decoder sums (see _code_grad_and_window_sums). W_dec's gradient is
+        # with the window's decoder sums (see code_grad_and_window_sums). W_dec's gradient is
         # returned as its own tensor (not a view), so that autograd can add the decoder
         # norms' part to it in place.
         window_grad_FS = norms_FS.new_zeros(F_, S)
@@ -598,10 +455,10 @@ class SnapshotGatedDecode(torch.autograd.Function):
                 window_sech_FS[:, s] += row_counts(window_FN & shut_FN) * grad_score_F
                 return window_FN.to(grad_flat.dtype)
 
-            grad_h_FN, window_grad_FS = _code_grad_and_window_sums(W_dec_FSD, grad_flat, window_mask)
+            grad_h_FN, window_grad_FS = code_grad_and_window_sums(W_dec_FSD, grad_flat, window_mask)
         elif classes.dense_window:  # many entries inside at every snapshot
             window_all_FN = classes.window_all_FN.to(grad_flat.dtype)
-            grad_h_FN, window_grad_FS = _code_grad_and_window_sums(W_dec_FSD, grad_flat, lambda s: window_all_FN)
+            grad_h_FN, window_grad_FS = code_grad_and_window_sums(W_dec_FSD, grad_flat, lambda s: window_all_FN)
         else:
             grad_h_FN = torch.mm(W_flat, grad_flat.T)
         grad_h_flat = grad_h_FN.mul_(dense_FN).view(-1)
@@ -622,8 +479,8 @@ class SnapshotGatedDecode(torch.autograd.Function):
                 window = rows.pad(classes.window_all_FN.view(-1).index_select(0, flat_a).to(h_FN.dtype))
             else:  # the gathered window pairs include these entries' scores
                 window = None
-            grad_norms_FS, rows_window_sech_FS, grad_h_FP = _padded_score_backward(
-                rows, ctx.h_FP, scale_FS, grad_score_F, window
+            grad_norms_FS, rows_window_sech_FS, grad_h_FP = padded_score_backward(
+                _row_blocks(rows, S, ctx.h_FP.device), ctx.h_FP, scale_FS, grad_score_F, window
             )
             window_sech_FS += rows_window_sech_FS
             grad_h_flat.index_add_(0, flat_a, rows.take(grad_h_FP))
@@ -631,7 +488,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         # scores of the gathered entries: grad * sech^2, times c * norm for the code, c * f for the norm
         flat_g = classes.gathered_flat
         i_g = torch.div(flat_g, N, rounding_mode="floor")
-        sech_gS = _sech2_times(sigmoid_gS.clone(), grad_score_F.index_select(0, i_g)[:, None])
+        sech_gS = sech2_times(sigmoid_gS.clone(), grad_score_F.index_select(0, i_g)[:, None])
         grad_norms_FS.index_add_(0, i_g, sech_gS * f_gS)
         score_grad_gS = sech_gS * scale_FS.index_select(0, i_g)
         grad_h_flat.index_add_(0, flat_g, torch.where(open_gS, score_grad_gS, 0.0).sum(dim=1))
@@ -669,7 +526,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         pair_scale = scale_FS.view(-1).index_select(0, pair_row_F)
         open_p = distance_wS[pair_w, pair_s] > 0
         pair_f = torch.where(open_p, h_w.index_select(0, pair_w), 0.0)
-        pair_sech = _sech2_times(_sigmoid_of_twice(pair_f, pair_scale * 2), grad_score_F.index_select(0, pair_i))
+        pair_sech = sech2_times(sigmoid_of_twice(pair_f, pair_scale * 2), grad_score_F.index_select(0, pair_i))
         window_flat_FS = window_grad_FS.view(-1)
         for chunk in _pair_chunks(pair_w.numel(), D):
             dec_p = torch.linalg.vecdot(

@@ -23,22 +23,10 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
-from sae_lens.saes.sae import (
-    SAE,
-    SAEConfig,
-    TrainCoefficientConfig,
-    TrainingSAE,
-    TrainingSAEConfig,
-    TrainStepInput,
-)
+from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainStepInput
 
-from crosslens.crosscoders.base import (
-    CrosscoderConfigFields,
-    CrosscoderMixin,
-    CrosscoderPass,
-    CrosscoderTrainingConfigFields,
-    CrosscoderTrainingMixin,
-)
+from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
+from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig
 from crosslens.architectures import DEFAULT_K
 
 ARCHITECTURE = "topk_crosscoder"
@@ -48,7 +36,7 @@ SPARSE_DECODE_MAX_DENSITY = 1 / 16
 
 
 @dataclass(kw_only=True)
-class TopKCrosscoderConfig(CrosscoderConfigFields, SAEConfig):
+class TopKCrosscoderConfig(CrosscoderConfig, architecture=ARCHITECTURE):
     """Inference config of the TopK crosscoder."""
 
     k: int = DEFAULT_K
@@ -58,13 +46,9 @@ class TopKCrosscoderConfig(CrosscoderConfigFields, SAEConfig):
         _check_k(self.k, self.d_sae)
         super().__post_init__()
 
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
-
 
 @dataclass(kw_only=True)
-class TopKTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingSAEConfig):
+class TopKTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=ARCHITECTURE):
     """Training config of the TopK crosscoder."""
 
     k: int = DEFAULT_K
@@ -83,10 +67,6 @@ class TopKTrainingCrosscoderConfig(CrosscoderTrainingConfigFields, TrainingSAECo
         if self.aux_k is not None and self.aux_k < 1:
             raise ValueError(f"aux_k must be >= 1 or None, got {self.aux_k}.")
         super().__post_init__()
-
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
 
 
 def _check_k(k: float, d_sae: int) -> None:

@@ -74,11 +74,3 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedT
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return _wrap(tokenizer, unk=False)
-
-
-def single_token_id(tokenizer: PreTrainedTokenizerFast, word: str) -> int | None:
-    """The id of ``word`` if it encodes to exactly one known token, else None."""
-    ids = tokenizer.encode(word, add_special_tokens=False)
-    if len(ids) != 1 or (tokenizer.unk_token_id is not None and ids[0] == tokenizer.unk_token_id):
-        return None
-    return ids[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crosslens.pretrained.registry import (
     PretrainedCrosscoderEntry,
@@ -20,6 +20,9 @@ from crosslens.pretrained.registry import (
     get_release,
     pretrained_directory,
 )
+
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
 
 SAE_LENS_LOADER = "sae_lens"
 
@@ -80,7 +83,7 @@ def load_pretrained(
     return crosscoder
 
 
-def check_against_registry(crosscoder: Any, lookup: PretrainedCrosscoderRelease, entry: PretrainedCrosscoderEntry) -> None:
+def check_against_registry(crosscoder: Crosscoder, lookup: PretrainedCrosscoderRelease, entry: PretrainedCrosscoderEntry) -> None:
     """Refuse a crosscoder that disagrees with its registry entry; fill what the cfg lacks."""
     meta = crosscoder.cfg.metadata
     where = f"{lookup.release}/{entry.id} ({lookup.repo_id}/{entry.path}, registry {lookup.source})"

@@ -26,12 +26,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 
 from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME
+
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
 
 CARD_TAGS = ("crosslens", "crosscoder", "sae_lens", "sparse-autoencoder", "training-dynamics")
 HUB_FAMILIES = ("pythia", "olmo", "bloom")
@@ -161,7 +164,7 @@ def default_release_name(repo_id: str) -> str:
 # --------------------------------------------------------------------------- measurements
 @torch.no_grad()
 def evaluate_per_snapshot(
-    crosscoder: Any, store: Any, hook: str | None, *, n_tokens: int = 8192, batch_size: int = 2048
+    crosscoder: Crosscoder, store: Any, hook: str | None, *, n_tokens: int = 8192, batch_size: int = 2048
 ) -> dict[str, Any]:
     """Per-snapshot explained variance and L0 of the code feeding each snapshot, plus
     firing frequencies, on the first ``n_tokens`` tokens of ``store``.
@@ -205,9 +208,9 @@ def evaluate_per_snapshot(
     }
 
 
-def feature_class_counts(crosscoder: Any, evaluation: dict[str, Any] | None) -> dict[str, int] | None:
+def feature_class_counts(crosscoder: Crosscoder, evaluation: dict[str, Any] | None) -> dict[str, int] | None:
     """Feature classes from the decoder-norm timelines (with firing frequencies when measured)."""
-    from crosslens.analysis.evolution import EvolutionAnalysis
+    from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 
     frequency = torch.tensor(evaluation["firing_frequency"]) if evaluation else None
     try:
@@ -218,7 +221,7 @@ def feature_class_counts(crosscoder: Any, evaluation: dict[str, Any] | None) -> 
 
 # --------------------------------------------------------------------------- card and entry
 def model_card(
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     *,
     repo_id: str,
     crosscoder_id: str,
@@ -265,42 +268,8 @@ def model_card(
         "## Checkpoints",
         "",
     ]
-    measured = evaluation is not None
-    header = "| snapshot | revision | step | tokens seen |" + (" explained variance | L0 |" if measured else "")
-    lines += [header, "|" + "---|" * (header.count("|") - 1)]
-    for s, snap in enumerate(snapshots):
-        tokens_seen = snap.get("tokens_seen")
-        row = f"| {s} | {snap.get('revision', '')} | {snap.get('step', '')} | {'' if tokens_seen is None else tokens_seen} |"
-        if measured:
-            row += f" {evaluation['variance_explained'][s]:.3f} | {evaluation['l0'][s]:.1f} |"
-        lines.append(row)
-    lines.append("")
-    if measured:
-        lines += [
-            f"Measured on {evaluation['n_tokens']} tokens of the training activation store "
-            f"({evaluation['dead_features']} features never fired on them). L0 at a checkpoint counts the "
-            "features reaching that checkpoint's reconstruction.",
-            "",
-        ]
-    else:
-        lines += ["Explained variance and L0 were not measured (the activation store was not at hand).", ""]
-
-    settings: list[tuple[str, Any]] = [
-        ("hook", f"`{hook}`"),
-        ("architecture", f"`{cfg.architecture()}`"),
-        ("d_in (per checkpoint)", cfg.d_in),
-        ("d_sae", cfg.d_sae),
-        ("n_snapshots", cfg.n_snapshots),
-        ("normalisation folded into the weights", bool(meta.get("activation_norm_factors_folded"))),
-    ]
-    for key in ("context_size", "prepend_bos", "dataset_path", "exclude_special_tokens", "l0", "num_dead_features"):
-        if meta.get(key) is not None:
-            settings.append((key, meta.get(key)))
-    for key in ("n_steps", "batch_size", "lr", "sparsity_coefficient", "k", "seed"):
-        if run_config and run_config.get(key) is not None:
-            settings.append((key, run_config[key]))
-    if run_config and run_config.get("n_steps") and run_config.get("batch_size"):
-        settings.append(("training tokens", int(run_config["n_steps"]) * int(run_config["batch_size"])))
+    lines += _checkpoint_section(snapshots, evaluation)
+    settings = _training_settings(cfg, meta, hook, run_config)
     lines += ["## Training", "", "| setting | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in settings]
     lines.append("")
@@ -319,6 +288,53 @@ def model_card(
     return "\n".join(lines)
 
 
+def _checkpoint_section(snapshots: list[dict[str, Any]], evaluation: dict[str, Any] | None) -> list[str]:
+    """The model card's table of checkpoints, with each one's explained variance and L0 when measured."""
+    measured = evaluation is not None
+    header = "| snapshot | revision | step | tokens seen |" + (" explained variance | L0 |" if measured else "")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for s, snap in enumerate(snapshots):
+        tokens_seen = snap.get("tokens_seen")
+        row = f"| {s} | {snap.get('revision', '')} | {snap.get('step', '')} | {'' if tokens_seen is None else tokens_seen} |"
+        if measured:
+            row += f" {evaluation['variance_explained'][s]:.3f} | {evaluation['l0'][s]:.1f} |"
+        lines.append(row)
+    lines.append("")
+    if measured:
+        lines += [
+            f"Measured on {evaluation['n_tokens']} tokens of the training activation store "
+            f"({evaluation['dead_features']} features never fired on them). L0 at a checkpoint counts the "
+            "features reaching that checkpoint's reconstruction.",
+            "",
+        ]
+    else:
+        lines += ["Explained variance and L0 were not measured (the activation store was not at hand).", ""]
+    return lines
+
+
+def _training_settings(
+    cfg: Any, meta: Any, hook: str, run_config: dict[str, Any] | None
+) -> list[tuple[str, Any]]:
+    """The model card's training table: the crosscoder's config, its metadata and the run's settings."""
+    settings: list[tuple[str, Any]] = [
+        ("hook", f"`{hook}`"),
+        ("architecture", f"`{cfg.architecture()}`"),
+        ("d_in (per checkpoint)", cfg.d_in),
+        ("d_sae", cfg.d_sae),
+        ("n_snapshots", cfg.n_snapshots),
+        ("normalisation folded into the weights", bool(meta.get("activation_norm_factors_folded"))),
+    ]
+    for key in ("context_size", "prepend_bos", "dataset_path", "exclude_special_tokens", "l0", "num_dead_features"):
+        if meta.get(key) is not None:
+            settings.append((key, meta.get(key)))
+    for key in ("n_steps", "batch_size", "lr", "sparsity_coefficient", "k", "seed"):
+        if run_config and run_config.get(key) is not None:
+            settings.append((key, run_config[key]))
+    if run_config and run_config.get("n_steps") and run_config.get("batch_size"):
+        settings.append(("training tokens", int(run_config["n_steps"]) * int(run_config["batch_size"])))
+    return settings
+
+
 def wandb_link(meta: Any) -> str | None:
     """URL of the W&B run recorded in the metadata (a plain description without an entity)."""
     run_id, project, entity = meta.get("wandb_run_id"), meta.get("wandb_project"), meta.get("wandb_entity")
@@ -330,7 +346,7 @@ def wandb_link(meta: Any) -> str | None:
 
 
 def registry_entry(
-    crosscoder: Any,
+    crosscoder: Crosscoder,
     *,
     repo_id: str,
     crosscoder_id: str,

@@ -396,7 +396,6 @@ class PicoGrammar:
                 "verb": sentence.verb[0],
             },
         )
-        return pairs
 
     # ------------------------------------------------------------------ IOI
     def ioi_sentence(self, rng: random.Random, *, swap: bool = False) -> tuple[list[str], str, str, str]:

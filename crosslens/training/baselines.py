@@ -1,4 +1,4 @@
-"""Per-snapshot SAELens SAEs as the crosscoder's baseline, and the quality table.
+"""Per-snapshot SAELens SAEs as the crosscoder's baseline: trained, evaluated, calibrated.
 
 A crosscoder earns its shared code only if it reconstructs every snapshot about as well
 as a plain SAE trained on that snapshot alone, at the same width and sparsity (Ge et al.
@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,13 +40,11 @@ from sae_lens.saes.sae import SAE, TrainingSAE
 from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
-from tqdm.auto import tqdm
 
 from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.architectures import BASELINE_OF, DEFAULT_LR, TRAINING_DEFAULTS
 from crosslens.core.seeding import seeded
 from crosslens.training.factory import build_training_model
-from crosslens.training.runner import evaluate_crosscoder
 from crosslens.training.trainer import crosscoder_metrics
 
 # architecture -> (SAELens training class, its config)
@@ -65,14 +63,13 @@ BASELINE_SPARSITY_WARM_UP = {sae: TRAINING_DEFAULTS[cc].sparsity_warm_up for sae
 # a feature silent for this many tokens is dead (TopK's aux loss revives those); the
 # crosscoder trainer uses the same window
 DEAD_FEATURE_WINDOW_TOKENS = 1_000_000
-TABLE_COLUMNS = ("crosscoder", *BASELINE_ARCHITECTURES)
 
 
-def _open_store(store: ActivationStore | str | os.PathLike) -> ActivationStore:
+def open_store(store: ActivationStore | str | os.PathLike) -> ActivationStore:
     return store if isinstance(store, ActivationStore) else ActivationStore.open(store)
 
 
-def _check_snapshot(store: ActivationStore, snapshot: int) -> int:
+def check_snapshot(store: ActivationStore, snapshot: int) -> int:
     if not 0 <= snapshot < store.n_snapshots:
         raise ValueError(
             f"snapshot {snapshot} is out of range: the store holds snapshots 0..{store.n_snapshots - 1} "
@@ -81,7 +78,7 @@ def _check_snapshot(store: ActivationStore, snapshot: int) -> int:
     return int(snapshot)
 
 
-def _check_architecture(architecture: str) -> str:
+def check_architecture(architecture: str) -> str:
     if architecture not in BASELINE_ARCHITECTURES:
         raise ValueError(
             f"unknown baseline architecture {architecture!r}; choose one of {sorted(BASELINE_ARCHITECTURES)}."
@@ -138,7 +135,7 @@ def build_training_sae(
     target in a short run.
     ``config_overrides`` go to the SAELens config as they are (e.g. ``apply_b_dec_to_input``).
     """
-    train_cls, cfg_cls = BASELINE_ARCHITECTURES[_check_architecture(architecture)]
+    train_cls, cfg_cls = BASELINE_ARCHITECTURES[check_architecture(architecture)]
     kwargs: dict[str, Any] = {}
     coefficient = None
     if architecture == "topk":
@@ -222,10 +219,10 @@ def train_snapshot_sae(
     for ``k``, ``sparsity_coefficient``, ``target_l0`` and ``config_overrides``.
     ``cfg.metadata`` records the hook, the snapshot and its normalisation factor.
     """
-    store = _open_store(store)
+    store = open_store(store)
     hook = store.resolve_hook(hook)
-    snapshot = _check_snapshot(store, snapshot)
-    _check_architecture(architecture)
+    snapshot = check_snapshot(store, snapshot)
+    check_architecture(architecture)
     if n_steps < 1 or batch_size < 1 or d_sae < 1:
         raise ValueError(f"n_steps, batch_size and d_sae must be >= 1, got {n_steps}, {batch_size}, {d_sae}.")
     if not 0 <= lr_decay_fraction < 1:
@@ -282,9 +279,9 @@ def evaluate_sae(
     the same function as :func:`evaluate_crosscoder` so the numbers compare directly.
     Use a store harvested from tokens the SAE was not trained on.
     """
-    store = _open_store(store)
+    store = open_store(store)
     hook = store.resolve_hook(hook)
-    snapshot = _check_snapshot(store, snapshot)
+    snapshot = check_snapshot(store, snapshot)
     if sae.cfg.d_in != store.d_in_of(hook):
         raise ValueError(
             f"the SAE reads d_in={sae.cfg.d_in} but {hook!r} in the store has width "
@@ -351,14 +348,14 @@ def calibrate_sparsity_coefficient(
     closest run, SAE included; see :func:`_next_coefficient` for the steps. Meant for
     ``standard``; ``jumprelu`` reaches a target L0 by itself through its quadratic loss.
     """
-    _check_architecture(architecture)
+    check_architecture(architecture)
     if architecture == "topk":
         raise ValueError("topk needs no calibration: its L0 is k; pass k=round(target_l0).")
     if not target_l0 > 0 or max_runs < 1:
         raise ValueError(f"target_l0 must be > 0 and max_runs >= 1, got {target_l0} and {max_runs}.")
-    store = _open_store(store)
+    store = open_store(store)
     hook = store.resolve_hook(hook)
-    eval_store = store if eval_store is None else _open_store(eval_store)
+    eval_store = store if eval_store is None else open_store(eval_store)
     coefficient = DEFAULT_SPARSITY_COEFFICIENT[architecture] if initial is None else float(initial)
 
     def miss(l0: float) -> float:
@@ -413,276 +410,3 @@ def _next_coefficient(history: Sequence[tuple[float, float]], target_l0: float) 
     return math.exp(log_c + step)
 
 
-def quality_table(
-    crosscoder_eval: Mapping[str, Any],
-    baselines: Mapping[tuple[str, int], Mapping[str, Any]],
-    steps: Sequence[int],
-    *,
-    d_sae: int | None = None,
-    sparsity: Mapping[str, str] | None = None,
-) -> list[dict[str, Any]]:
-    """Rows comparing a crosscoder with per-snapshot SAEs.
-
-    ``crosscoder_eval`` is :func:`evaluate_crosscoder`'s result, ``baselines`` maps
-    ``(architecture, snapshot)`` to :func:`evaluate_sae`'s result, ``steps`` gives each
-    snapshot's training step. Rows, each with ``kind``, ``label``, ``snapshot``, ``step``
-    and one value per column (``crosscoder`` then the baseline architectures; None where
-    not trained):
-
-    - ``kind="ev"``: one per snapshot, explained variance; also ``<column>_l0`` per column.
-    - ``kind="l0"``: mean L0 of each column over its snapshots.
-    - ``kind="d_sae"``: width of each column (the crosscoder's from ``d_sae``).
-    - ``kind="sparsity"``: how each column's sparsity was set, when ``sparsity`` is given.
-    """
-    ev_S = list(crosscoder_eval["explained_variance"])
-    if len(steps) != len(ev_S):
-        raise ValueError(
-            f"got {len(steps)} steps for {len(ev_S)} snapshots; pass one step per snapshot "
-            "(e.g. [s['step'] for s in store.snapshots])."
-        )
-    for arch, snapshot in baselines:
-        _check_architecture(arch)
-        if not 0 <= snapshot < len(ev_S):
-            raise ValueError(f"baseline ({arch!r}, {snapshot}) names a snapshot outside 0..{len(ev_S) - 1}.")
-    columns = ["crosscoder", *[a for a in BASELINE_ARCHITECTURES if any(b == a for b, _ in baselines)]]
-
-    rows: list[dict[str, Any]] = []
-    for s, step in enumerate(steps):
-        row: dict[str, Any] = {"kind": "ev", "label": f"step {step}", "snapshot": s, "step": int(step)}
-        row["crosscoder"], row["crosscoder_l0"] = ev_S[s], crosscoder_eval.get("l0")
-        for arch in columns[1:]:
-            metrics = baselines.get((arch, s))
-            row[arch] = None if metrics is None else metrics["explained_variance"]
-            row[f"{arch}_l0"] = None if metrics is None else metrics["l0"]
-        rows.append(row)
-
-    def summary(kind: str, label: str) -> dict[str, Any]:
-        return {"kind": kind, "label": label, "snapshot": None, "step": None}
-
-    l0_row, width_row = summary("l0", "mean L0"), summary("d_sae", "d_sae")
-    l0_row["crosscoder"], width_row["crosscoder"] = crosscoder_eval.get("l0"), d_sae
-    for arch in columns[1:]:
-        evals = [m for (a, _), m in sorted(baselines.items()) if a == arch]
-        l0_row[arch] = sum(m["l0"] for m in evals) / len(evals)
-        widths = {m.get("d_sae") for m in evals} - {None}
-        width_row[arch] = widths.pop() if len(widths) == 1 else None
-    rows += [l0_row, width_row]
-    if sparsity:
-        sparsity_row = summary("sparsity", "sparsity")
-        sparsity_row.update({col: sparsity.get(col) for col in columns})
-        rows.append(sparsity_row)
-    return rows
-
-
-def _table_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    present = {key for row in rows for key in row}
-    return [col for col in TABLE_COLUMNS if col in present]
-
-
-def _cell(kind: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if kind == "ev":
-        return f"{100 * value:.1f}%"
-    if kind == "l0":
-        return f"{value:.1f}"
-    return str(value)
-
-
-def format_quality_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Render :func:`quality_table` rows for a terminal: one line per snapshot with each
-    column's explained variance, then mean L0, d_sae (and sparsity settings) below a rule.
-    Blank cells are baselines not trained at that snapshot."""
-    columns = _table_columns(rows)
-    header = ["", *[f"{col} EV" for col in columns]]
-    body = [[str(row["label"]), *[_cell(row["kind"], row.get(col)) for col in columns]] for row in rows]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-
-    def render(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        return "  ".join([first, *[c.rjust(w) for c, w in zip(cells[1:], widths[1:])]]).rstrip()
-
-    rule = "-" * len(render(["-" * w for w in widths]))
-    lines = [render(header), rule]
-    ruled_summary = False
-    for row, cells in zip(rows, body):
-        if row["kind"] != "ev" and not ruled_summary:
-            lines.append(rule)
-            ruled_summary = True
-        lines.append(render(cells))
-    return "\n".join(lines)
-
-
-def compare_with_saes(
-    store: ActivationStore | str | os.PathLike,
-    hook: str | None,
-    crosscoder: SAE[Any],
-    *,
-    snapshots: Sequence[int],
-    architectures: Sequence[str] = ("standard", "jumprelu", "topk"),
-    d_sae: int | None = None,
-    target_l0: float | None = None,
-    n_steps: int = 2000,
-    batch_size: int = 1024,
-    lr: float | None = None,
-    seed: int = 0,
-    eval_store: ActivationStore | str | os.PathLike | None = None,
-    n_eval_tokens: int = 8192,
-    sparsity_coefficients: Mapping[str, float] | None = None,
-    calibrate: str = "per_snapshot",
-    calibration_snapshot: int | None = None,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Train per-snapshot SAEs on ``snapshots`` and tabulate them against ``crosscoder``.
-
-    Every baseline gets the crosscoder's width (``d_sae``, default the crosscoder's) and
-    aims at its L0 (``target_l0``, default the crosscoder's mean L0 on ``eval_store``):
-    ``topk`` with ``k = round(target_l0)``, ``jumprelu`` through its quadratic target-L0
-    loss, ``standard`` with an L1 coefficient from :func:`calibrate_sparsity_coefficient`
-    (full-length runs): ``calibrate="per_snapshot"`` searches it at every snapshot (each
-    search starts from the previous snapshot's coefficient, and its closest run is the
-    baseline, so nothing trains twice); ``"once"`` searches at ``calibration_snapshot``
-    (default: the middle of ``snapshots``) and reuses that coefficient everywhere, which
-    is cheaper but lets L0 drift between snapshots. A coefficient in
-    ``sparsity_coefficients`` skips the search (for ``jumprelu`` it weighs the target-L0 loss).
-
-    Everything is evaluated on ``eval_store`` (default ``store``; pass a store of held-out
-    tokens for an honest comparison). Returns :func:`quality_table` rows, with each
-    baseline's achieved L0 and a ``sparsity`` row saying how each column's sparsity was
-    set; print them with :func:`format_quality_table`.
-    """
-    store = _open_store(store)
-    hook = store.resolve_hook(hook)
-    eval_store = store if eval_store is None else _open_store(eval_store)
-    snapshots, steps = _check_comparison(store, eval_store, architectures, snapshots, calibrate)
-    crosscoder_eval = evaluate_crosscoder(crosscoder, eval_store, hook, n_tokens=n_eval_tokens)
-    train_kwargs: dict[str, Any] = dict(batch_size=batch_size, lr=lr, seed=seed, device=str(crosscoder.device))
-    plan = _BaselinePlan(
-        store=store, hook=hook, eval_store=eval_store, n_steps=n_steps, n_eval_tokens=n_eval_tokens,
-        d_sae=int(crosscoder.cfg.d_sae) if d_sae is None else d_sae,
-        target_l0=float(crosscoder_eval["l0"]) if target_l0 is None else float(target_l0),
-        coefficients=dict(sparsity_coefficients or {}), train_kwargs=train_kwargs,
-    )  # fmt: skip
-    if "standard" in architectures:
-        plan.standard = _standard_coefficients_up_front(plan, snapshots, calibrate, calibration_snapshot)
-
-    baselines: dict[tuple[str, int], dict[str, Any]] = {}
-    used: dict[str, set[str]] = {arch: set() for arch in architectures}
-    jobs = [(s, arch) for s in snapshots for arch in architectures]
-    for s, arch in tqdm(jobs, desc="baseline SAEs", disable=not progress):
-        sae, setting = _train_baseline(plan, s, arch)
-        used[arch].add(setting)
-        baselines[(arch, s)] = evaluate_sae(sae, eval_store, hook, s, n_tokens=n_eval_tokens)
-    sparsity = {"crosscoder": _crosscoder_sparsity(crosscoder), **_sparsity_labels(used)}
-    return quality_table(crosscoder_eval, baselines, steps, d_sae=int(crosscoder.cfg.d_sae), sparsity=sparsity)
-
-
-@dataclass
-class _BaselinePlan:
-    """What every baseline of one :func:`compare_with_saes` call shares."""
-
-    store: ActivationStore
-    hook: str
-    eval_store: ActivationStore
-    n_steps: int
-    n_eval_tokens: int
-    d_sae: int
-    target_l0: float
-    coefficients: dict[str, float]
-    train_kwargs: dict[str, Any]
-    standard: dict[int, tuple[float, SAE[Any] | None]] = field(default_factory=dict)
-    """``standard``'s (L1 coefficient, SAE already trained with it or None) per snapshot."""
-
-    @property
-    def calibration_kwargs(self) -> dict[str, Any]:
-        return dict(n_steps=self.n_steps, eval_store=self.eval_store, n_eval_tokens=self.n_eval_tokens, **self.train_kwargs)
-
-
-def _check_comparison(
-    store: ActivationStore,
-    eval_store: ActivationStore,
-    architectures: Sequence[str],
-    snapshots: Sequence[int],
-    calibrate: str,
-) -> tuple[list[int], list[int]]:
-    """The checked snapshot indices and the suite's steps."""
-    for arch in architectures:
-        _check_architecture(arch)
-    if calibrate not in ("per_snapshot", "once"):
-        raise ValueError(f"calibrate must be 'per_snapshot' or 'once', got {calibrate!r}.")
-    checked = [_check_snapshot(store, s) for s in snapshots]
-    if not checked:
-        raise ValueError("snapshots is empty; name the snapshot indices to train baselines on.")
-    steps = [int(entry["step"]) for entry in store.snapshots]
-    if [int(entry["step"]) for entry in eval_store.snapshots] != steps:
-        raise ValueError(
-            "eval_store holds other snapshots than store; harvest the held-out tokens from the same suite."
-        )
-    return checked, steps
-
-
-def _standard_coefficients_up_front(
-    plan: _BaselinePlan, snapshots: Sequence[int], calibrate: str, calibration_snapshot: int | None
-) -> dict[int, tuple[float, SAE[Any] | None]]:
-    """``standard``'s coefficients known before training: given, or searched once at one
-    snapshot; empty for a per-snapshot search (done as each snapshot comes)."""
-    if "standard" in plan.coefficients:
-        return {s: (plan.coefficients["standard"], None) for s in snapshots}
-    if calibrate != "once":
-        return {}
-    at = snapshots[len(snapshots) // 2] if calibration_snapshot is None else calibration_snapshot
-    found = calibrate_sparsity_coefficient(
-        plan.store, plan.hook, at, "standard", plan.d_sae, plan.target_l0, **plan.calibration_kwargs
-    )
-    return {s: (found.coefficient, found.sae if s == at else None) for s in snapshots}
-
-
-def _train_baseline(plan: _BaselinePlan, s: int, arch: str) -> tuple[SAE[Any], str]:
-    """One baseline SAE at snapshot ``s``, and how its sparsity was set."""
-    store, hook, d_sae, target_l0 = plan.store, plan.hook, plan.d_sae, plan.target_l0
-    if arch == "topk":
-        k = max(1, round(target_l0))
-        return train_snapshot_sae(store, hook, s, arch, d_sae, k=k, n_steps=plan.n_steps, **plan.train_kwargs), f"k={k}"
-    if arch == "jumprelu":
-        sae = train_snapshot_sae(
-            store, hook, s, arch, d_sae, target_l0=target_l0, sparsity_coefficient=plan.coefficients.get(arch),
-            n_steps=plan.n_steps, **plan.train_kwargs,
-        )  # fmt: skip
-        return sae, f"L0->{target_l0:.1f}"
-    if s not in plan.standard:  # per-snapshot search, warm-started from the last one
-        previous = [c for c, _ in plan.standard.values()]
-        found = calibrate_sparsity_coefficient(
-            store, hook, s, arch, d_sae, target_l0, initial=previous[-1] if previous else None,
-            **plan.calibration_kwargs,
-        )  # fmt: skip
-        plan.standard[s] = (found.coefficient, found.sae)
-    coefficient, sae = plan.standard[s]
-    if sae is None:
-        sae = train_snapshot_sae(
-            store, hook, s, arch, d_sae, sparsity_coefficient=coefficient, n_steps=plan.n_steps, **plan.train_kwargs
-        )
-    return sae, f"{coefficient:.3g}"
-
-
-def _sparsity_labels(used: Mapping[str, set[str]]) -> dict[str, str]:
-    """The quality table's ``sparsity`` row: how each baseline column's sparsity was set."""
-    labels = {}
-    for arch, settings in used.items():
-        if arch == "standard":
-            values = sorted(settings, key=float)
-            labels[arch] = "l1=" + (values[0] if len(values) == 1 else f"{values[0]}..{values[-1]}")
-        else:
-            labels[arch] = ",".join(sorted(settings))
-    return labels
-
-
-def _crosscoder_sparsity(crosscoder: SAE[Any]) -> str | None:
-    """How a crosscoder's sparsity was set, read from its config (k) or training metadata."""
-    k = getattr(crosscoder.cfg, "k", None)
-    if k is not None:
-        return f"k={k}"
-    details = crosscoder.cfg.metadata.get("training_architecture_details") or {}
-    for name, label in (("l1_coefficient", "l1"), ("l0_coefficient", "l0")):
-        if details.get(name) is not None:
-            return f"{label}={details[name]:.3g}"
-    return None

@@ -1,0 +1,111 @@
+"""The processes harvesting one activation store together: a ``torchrun`` job, or one process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from crosslens.activations.resume import check_width
+from crosslens.activations.store import shard_relpath
+from crosslens.core.errors import DuplicateSnapshotError
+from crosslens.core.launch import launched_by_torchrun
+
+
+class HarvestTeam:
+    """The processes harvesting one store together (a ``torchrun`` job), or one process.
+
+    Work comes in units ``(snapshot, shards)``, each loading its snapshot once. With fewer
+    ranks than snapshots, rank r takes snapshots r, r + W, ...; with more, the ranks that
+    share a snapshot split its shards. Units run in rounds: after each, every rank's new
+    files and snapshot records are exchanged, merged identically everywhere, and rank 0
+    alone writes the manifest, so the store has one writer and one manifest, and a killed
+    job resumes from the last merged round.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    @classmethod
+    def from_torchrun(cls) -> "HarvestTeam":
+        """The running ``torchrun`` job (joined here if needed), else a team of one."""
+        import torch.distributed as dist
+
+        if not launched_by_torchrun():
+            return cls()
+        if not dist.is_initialized():
+            # the exchange is small metadata (gloo); NCCL too, for a training mesh that follows
+            dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> str:
+        return "" if self.world_size == 1 else f" (rank 0's share of {self.world_size} ranks)"
+
+    def units(self, n_snapshots: int, n_shards: int) -> list[tuple[int, list[int]]]:
+        """This rank's ``(snapshot, shards)`` units, in the order it runs them."""
+        W, r = self.world_size, self.rank
+        if W <= n_snapshots:
+            return [(s, list(range(n_shards))) for s in range(r, n_snapshots, W)]
+        s, sharing = r % n_snapshots, len(range(r % n_snapshots, W, n_snapshots))
+        mine = list(range(r // n_snapshots, n_shards, sharing))
+        return [(s, mine)] if mine else []
+
+    def n_rounds(self, n_snapshots: int, n_shards: int) -> int:
+        return max(len(HarvestTeam(r, self.world_size).units(n_snapshots, n_shards)) for r in range(self.world_size))
+
+    def share(self, manifest: dict | None) -> dict:
+        """Rank 0's manifest, on every rank."""
+        if self.world_size == 1:
+            assert manifest is not None
+            return manifest
+        import torch.distributed as dist
+
+        box = [manifest]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def merge(self, manifest: dict, unit: tuple[int, list[int]] | None) -> dict:
+        """Every rank's records of this round, merged into one manifest on every rank."""
+        import torch.distributed as dist
+
+        mine = None
+        if unit is not None:
+            s = unit[0]
+            # "acts/<hook>/snap003_shard" for every hook: this snapshot's files
+            prefixes = tuple(shard_relpath(h, s, 0).rsplit("_shard", 1)[0] + "_shard" for h in manifest["spec"]["hooks"])
+            mine = {
+                "s": s,
+                "snapshot": manifest["snapshots"][s],
+                "files": {rel: rec for rel, rec in manifest["files"].items() if rel.startswith(prefixes)},
+                "d_in": manifest["d_in"],
+            }
+        everyone: list[Any] = [None] * self.world_size
+        dist.all_gather_object(everyone, mine)
+        for part in everyone:
+            if part is None:
+                continue
+            for hook, width in part["d_in"].items():
+                check_width(manifest, hook, width, part["snapshot"].get("revision", "?"))
+            manifest["snapshots"][part["s"]] = part["snapshot"]
+            manifest["files"].update(part["files"])
+        hashes = [e.get("weights_sha256") for e in manifest["snapshots"] if e.get("weights_sha256")]
+        if len(hashes) != len(set(hashes)):
+            first = next(h for h in hashes if hashes.count(h) > 1)
+            pair = [e["revision"] for e in manifest["snapshots"] if e.get("weights_sha256") == first][:2]
+            raise DuplicateSnapshotError(
+                f"snapshots {pair[0]!r} and {pair[1]!r} hold identical weights (sha256 {first[:12]}...); "
+                "drop one with suite.select(...).",
+                revisions=tuple(pair),
+                sha256=first,
+            )
+        return manifest
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()

@@ -1,0 +1,110 @@
+"""One task's indirect effects: IE of every crosscoder feature at every attributed snapshot,
+as :func:`crosslens.causal.attribution.attribute` returns them, with tidy rows and JSON
+save/load."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+
+from crosslens.causal.relie import relie, select_top_features
+
+
+@dataclass
+class IETable:
+    """IE of every feature at every attributed snapshot for one task (dense ``[d_sae, n]``)."""
+
+    task: str
+    snapshots: list[int]
+    """Crosscoder snapshot index of each column."""
+    ie: Float[torch.Tensor, "d_sae n_snapshots"]
+    error_ie: Float[torch.Tensor, " n_snapshots"]
+    metric_clean: Float[torch.Tensor, " n_snapshots"]
+    """Mean clean metric per snapshot."""
+    metric_patch: Float[torch.Tensor, " n_snapshots"]
+    """Mean metric at the patch point (corrupted prompt, or all features and error zeroed)."""
+    snapshot_labels: list[str] = field(default_factory=list)
+    """Human-readable name per column (revision), defaults to ``s{index}``."""
+    config: dict[str, Any] = field(default_factory=dict)
+    ie_per_example: Float[torch.Tensor, "n_examples d_sae n_snapshots"] | None = field(default=None, repr=False)
+    """Each example's IE (``ie`` is its mean over examples); kept in memory for bootstrap
+    confidence intervals, not written by :meth:`save`."""
+
+    def __post_init__(self) -> None:
+        if self.ie.ndim != 2 or self.ie.shape[1] != len(self.snapshots):
+            raise ValueError(
+                f"ie must be [d_sae, {len(self.snapshots)}] (one column per snapshot), got {tuple(self.ie.shape)}"
+            )
+        if not self.snapshot_labels:
+            self.snapshot_labels = [f"s{index}" for index in self.snapshots]
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.ie.shape[0])
+
+    def rows(self, features: Sequence[int] | torch.Tensor | None = None, *, include_zero: bool = False) -> list[dict]:
+        """Tidy rows ``{feature, snapshot, label, task, ie}`` (zero IE skipped unless asked)."""
+        chosen = torch.arange(self.d_sae) if features is None else torch.as_tensor(features, dtype=torch.long)
+        values = self.ie[chosen]
+        keep = torch.ones_like(values, dtype=torch.bool) if include_zero else values != 0
+        out = []
+        for row, column in torch.nonzero(keep).tolist():
+            out.append(
+                {
+                    "feature": int(chosen[row]),
+                    "snapshot": self.snapshots[column],
+                    "label": self.snapshot_labels[column],
+                    "task": self.task,
+                    "ie": float(values[row, column]),
+                }
+            )
+        return out
+
+    def relie(self) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+        """One-vs-all RelIE over this table's snapshots."""
+        return relie(self.ie)
+
+    def top_features(self, k: int) -> Int[torch.Tensor, " n_selected"]:
+        """Union over snapshots of each snapshot's top-k features by |IE|."""
+        return select_top_features(self.ie, k)
+
+    def save(self, path: str | Path) -> Path:
+        """JSON: metadata plus tidy rows of every non-zero IE."""
+        path = Path(path)
+        payload = {
+            "task": self.task,
+            "snapshots": self.snapshots,
+            "snapshot_labels": self.snapshot_labels,
+            "d_sae": self.d_sae,
+            "error_ie": self.error_ie.tolist(),
+            "metric_clean": self.metric_clean.tolist(),
+            "metric_patch": self.metric_patch.tolist(),
+            "config": self.config,
+            "rows": [{"feature": r["feature"], "snapshot": r["snapshot"], "ie": r["ie"]} for r in self.rows()],
+        }
+        path.write_text(json.dumps(payload))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "IETable":
+        payload = json.loads(Path(path).read_text())
+        column = {snapshot: i for i, snapshot in enumerate(payload["snapshots"])}
+        ie = torch.zeros(payload["d_sae"], len(payload["snapshots"]))
+        for row in payload["rows"]:
+            ie[row["feature"], column[row["snapshot"]]] = row["ie"]
+        return cls(
+            task=payload["task"],
+            snapshots=list(payload["snapshots"]),
+            ie=ie,
+            error_ie=torch.tensor(payload["error_ie"]),
+            metric_clean=torch.tensor(payload["metric_clean"]),
+            metric_patch=torch.tensor(payload["metric_patch"]),
+            snapshot_labels=list(payload["snapshot_labels"]),
+            config=payload.get("config", {}),
+        )
