@@ -1,5 +1,4 @@
-"""The CPU facts the JumpReLU training step is built on (docs/notes/issue-14-speed.md,
-section 0), each as a ratio against its alternative measured in the same run.
+"""The CPU facts the JumpReLU training step is built on, each as a ratio against its alternative measured in the same run.
 
 1. Elementwise choices on an ``[8192, 512]`` (token, feature) matrix: ``torch.tanh``
    against ``2 * sigmoid(2x) - 1``; a bool mask's ``sum(dim)`` and

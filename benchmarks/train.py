@@ -3,8 +3,7 @@ in the same run on the same machine.
 
 1. Tokens/s of one ``CrosscoderTrainer.step`` per architecture, against a plain dense
    einsum ReLU crosscoder with the same shapes, loss, Adam and gradient clipping.
-   Goal: the dense path (ReLU crosscoder) >= 0.9x the reference; JumpReLU >= 0.8x (issue
-   14).
+   Goal: the dense path (ReLU crosscoder) >= 0.9x the reference; JumpReLU >= 0.8x.
 2. Achieved FLOP/s of each training step (10 * B * S * D * F FLOPs for a dense step:
    encode forward and weight gradient, decode forward, input and weight gradients) as a
    fraction of a plain ``[B, S*D] @ [S*D, F]`` matmul's FLOP/s.
@@ -14,7 +13,7 @@ in the same run on the same machine.
 4. With ``--compile``: the JumpReLU step with its gate/score kernels through
    ``torch.compile`` (``jumprelu_kernels.use_compiled_kernels``), and the reference with
    its loss through ``torch.compile``, both against the eager reference.
-   Goal (issue 14): JumpReLU >= 0.8x the reference.
+   Goal: JumpReLU >= 0.8x the reference.
 5. With ``--trained RUN_DIR`` (a JumpReLU run, e.g. the demo's
    ``~/.cache/crosslens/demo/crosscoder``): the JumpReLU step at that trained crosscoder's
    weights and shapes, on batches of its own activation store, against the reference at

@@ -65,7 +65,7 @@ class DemoConfig:
     """Seed of every stage."""
     extra_seeds: tuple[int, ...] = (1, 2)
     """Crosscoder seeds trained besides ``seed`` on the same store, for the causal claims'
-    mean +/- sd and the seed-stability table (issue 11); () skips them."""
+    mean +/- sd and the seed-stability table; () skips them."""
     extra_seed_steps: int | None = 750
     """Training steps of each extra seed (None: ``n_steps``). Half the main run by default,
     to keep the demo near its old length; the note and the report say so."""
@@ -235,7 +235,7 @@ def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, steps
         picks = [S - 1] if n == 1 else sorted({round(i * (S - 1) / (n - 1)) for i in range(n)})
         # No L1 ("standard") baseline: at the crosscoder's L0 it needs far more than
         # baseline_steps to converge (25-50% explained variance here), a baseline set up to
-        # lose. JumpReLU and TopK SAEs reach the crosscoder's L0 directly (issue 11).
+        # lose. JumpReLU and TopK SAEs reach the crosscoder's L0 directly.
         rows = compare_with_saes(
             train_store, config.hook, crosscoder, snapshots=picks, architectures=("jumprelu", "topk"),
             n_steps=config.baseline_steps, batch_size=config.batch_size, seed=config.seed, eval_store=eval_store,

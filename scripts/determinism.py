@@ -1,4 +1,4 @@
-"""What changes with torch's CPU thread count, and what does not (issue 10).
+"""What changes with torch's CPU thread count, and what does not.
 
 Harvests the same tokens from the pico suite and trains the same crosscoder with 1 and 2
 torch threads, twice each, then prints per stage whether repeats are byte-identical and

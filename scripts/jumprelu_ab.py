@@ -4,7 +4,7 @@ earlier revision, both against the plain einsum reference, alternating in one pr
     PYTHONPATH=$PWD HF_HUB_OFFLINE=1 .venv/bin/python scripts/jumprelu_ab.py --rev 7d8ea1a
 
 ``--rev`` names a revision whose ``crosslens/crosscoders/jumprelu_kernels.py`` takes
-``(h, norms, threshold, W_dec)`` (the gated decode before issue 14's third pass); its
+``(h, norms, threshold, W_dec)`` (the gated decode that read the threshold directly); its
 module is loaded from ``git show`` and put in place of today's for the "old" trainer only.
 Shapes are those of ``benchmarks/train.py``'s first section (a freshly initialised
 crosscoder). Prints the median milliseconds per step and each ratio to the reference.

@@ -1,10 +1,10 @@
-"""Do one-token tasks give the same numbers as before multi-token support (issue 14)?
+"""Do one-token tasks give the same numbers as a revision without multi-token support?
 
 Runs the causal stage's pieces on tests/test_causal.py's fixtures (three tiny random
 snapshots, a seeded JumpReLU crosscoder, six one-token agreement pairs) with the code
 on PYTHONPATH and saves every result; ``--compare`` checks two saves bit for bit.
 
-    git archive d14e4ae | tar -x -C /tmp/old          # the code before issue 14
+    git archive d14e4ae | tar -x -C /tmp/old          # a revision before multi-token support
     PYTHONPATH=/tmp/old python scripts/multitoken_one_token_identity.py /tmp/old.pt
     PYTHONPATH=$PWD python scripts/multitoken_one_token_identity.py /tmp/new.pt
     python scripts/multitoken_one_token_identity.py --compare /tmp/old.pt /tmp/new.pt

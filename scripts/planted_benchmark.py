@@ -1,4 +1,4 @@
-"""Planted-evolution benchmark of issue 11: every architecture, several seeds, one table.
+"""Planted-evolution benchmark: every architecture, several seeds, one table.
 
 Trains each crosscoder architecture with the defaults ``crosslens train`` uses (see
 :func:`crosslens.training.planted.train_planted`) on the planted set
@@ -8,13 +8,13 @@ recovered features (mean cosine >= 0.9), mean max-cosine at the worst snapshot, 
 snapshot and class exact among the recovered, and SAELens's mean correlation coefficient.
 
     PYTHONPATH=. python scripts/planted_benchmark.py                 # 4 architectures x 3 seeds
-    PYTHONPATH=. python scripts/planted_benchmark.py --before        # and the settings before issue 11
+    PYTHONPATH=. python scripts/planted_benchmark.py --before        # and the naive settings, for contrast
     PYTHONPATH=. python scripts/planted_benchmark.py --arch jumprelu_crosscoder --seeds 0 --steps 1000
 
 Full configuration: 6000 steps of 512 tokens (3.1M tokens), d_sae 128, one thread per
 process; a run takes 1-8 minutes on a shared CPU core (JumpReLU is the slowest).
 
-Targets (issue 11): >= 90% recovered, mean max-cosine >= 0.9 at every snapshot, emergence
+Targets: >= 90% recovered, mean max-cosine >= 0.9 at every snapshot, emergence
 and class exact for >= 90% of the recovered, for each architecture over 3 seeds.
 """
 
@@ -46,8 +46,8 @@ K = 2
 """Active features per token for TopK/BatchTopK: about 1.5x the planted set's mean L0 (1.3).
 The runner's k=32 suits a 1024-wide dictionary on a real model, not 128 latents here."""
 
-# What a user got before issue 11: Ge et al.'s decoder-norm presence (emergence at the
-# start of the last on-period) and JumpReLU's unscaled lambda 0.3.
+# The naive settings, for contrast: Ge et al.'s decoder-norm presence (emergence at the
+# start of the last on-period) and JumpReLU's lambda 0.3 not scaled to the shape.
 BEFORE = {
     "presence": "decoder_norm",
     "overrides": {"jumprelu_crosscoder": {"sparsity_coefficient": 0.3}},
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--d-sae", type=int, default=128)
     parser.add_argument(
-        "--before", action="store_true", help="also score the settings before issue 11 (trains JumpReLU twice)"
+        "--before", action="store_true", help="also score the naive settings (trains JumpReLU twice)"
     )
     parser.add_argument(
         "--raw", action="store_true", help="un-normalised batches (the trainer warns: UnnormalizedActivationsWarning)"
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _table(runs: dict[str, list[dict]], args: argparse.Namespace, before: bool) -> bool:
-    label = ("before issue 11" if before else "after issue 11") + (", un-normalised batches" if args.raw else "")
+    label = ("naive settings" if before else "defaults") + (", un-normalised batches" if args.raw else "")
     print(
         f"\n{label}: {len(args.seeds)} seeds, {args.steps} steps x {args.batch_size} tokens, d_sae {args.d_sae}, "
         f"k {K} (TopK/BatchTopK); mean +/- sd over seeds\n"

@@ -1,4 +1,4 @@
-"""Leakage experiment of issue 11: how much norm do learned decoder rows keep at snapshots
+"""Leakage on the planted set: how much norm do learned decoder rows keep at snapshots
 where their planted feature is absent, do those rows get any gradient, and how does that
 follow the sparsity settings?
 

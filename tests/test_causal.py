@@ -436,7 +436,7 @@ def test_causal_stage_writes_tables_and_report(snapshots, tokenizer, tmp_path, j
     assert IETable.load(paths.ie_table).ie.shape == (D_SAE, N_SNAPSHOTS)
     html = paths.report.read_text()
     assert "RelIE" in html and "Ablation curves" in html and html.count("plotly-graph-div") >= 4
-    # Issue 11: bootstrap intervals around every selected IE, and the RelIE floor.
+    # Bootstrap intervals around every selected IE, and the RelIE floor.
     table = result.table
     assert table.ie_per_example.shape == (4, D_SAE, N_SNAPSHOTS)
     torch.testing.assert_close(table.ie_per_example.mean(0), table.ie, atol=1e-5, rtol=1e-4)
@@ -642,7 +642,7 @@ def test_relie_plots_build():
     assert np.asarray(heatmap.data[0].z).shape == (3, 2) and list(heatmap.data[0].x) == ["a", "b"]
 
 
-# ---------------------------------------------------------------------------- multi-token continuations (issue 14)
+# ---------------------------------------------------------------------------- multi-token continuations
 def multi_token_pairs(n: int = 6, corrupted: bool = True) -> tuple[MinimalPair, ...]:
     """Agreement pairs whose continuations run on for 0-2 more words, sometimes different
     lengths for correct and wrong: one batch mixes 1-, 2- and 3-token continuations, and
@@ -813,7 +813,7 @@ def test_causal_stage_on_a_multi_token_task(snapshots, tokenizer, tmp_path, jump
 
 
 
-# Computed by the one-token implementation before issue 14 (commit d14e4ae) on the fixtures above.
+# Computed by the one-token implementation (commit d14e4ae) on the fixtures above.
 FROZEN_METRIC_CLEAN = [-2.3462438583374023, 2.9201316833496094, -1.6093305349349976, 1.2303048372268677, -1.1109037399291992, 1.3608430624008179]
 FROZEN_METRIC_PATCH = [-3.293194055557251, 3.0816009044647217, -1.0784692764282227, 1.4864749908447266, -1.3648936748504639, 1.5979712009429932]
 FROZEN_IE_SUM = 0.1104346439242363

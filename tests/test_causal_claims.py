@@ -1,4 +1,4 @@
-"""Issue 11: causal claims that survive a reseed, IE confidence intervals and the RelIE floor."""
+"""Causal claims that survive a reseed, IE confidence intervals and the RelIE floor."""
 
 from __future__ import annotations
 

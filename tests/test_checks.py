@@ -1,4 +1,4 @@
-"""The un-normalised-batch check (issue 11): raw activations must not train silently."""
+"""The un-normalised-batch check: raw activations must not train silently."""
 
 from __future__ import annotations
 

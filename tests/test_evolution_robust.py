@@ -1,4 +1,4 @@
-"""Issue 11: presence that survives dips and leakage, and feature stability across seeds.
+"""Presence that survives dips and leakage, and feature stability across seeds.
 
 Synthetic decoder-norm trajectories with a known answer: a dip is not an emergence in
 robust mode (but is in Ge et al.'s decoder-norm mode), dip-and-recover is its own pattern,

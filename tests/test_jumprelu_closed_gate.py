@@ -1,4 +1,4 @@
-"""Issue 11: a JumpReLU decoder row behind a closed gate gets no gradient at all (it freezes
+"""A JumpReLU decoder row behind a closed gate gets no gradient at all (it freezes
 at whatever norm it had); ``closed_gate_decoder_grad`` gives it the reconstruction gradient
 it would get if the gate were open, without changing the forward pass."""
 

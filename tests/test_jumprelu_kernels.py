@@ -1,4 +1,4 @@
-"""Issue 14: the blocked JumpReLU gate/score function gives the loss and every gradient
+"""The blocked JumpReLU gate/score function gives the loss and every gradient
 of the whole-batch implementation it replaced (copied below as the reference), on random
 inputs whose gates are open at some snapshots and shut at others."""
 
@@ -16,7 +16,7 @@ from crosslens.crosscoders.base import CrosscoderPass
 from crosslens.crosscoders.collectives import LocalCollectives
 
 
-# ------------------------------------------------- the implementation before issue 14
+# ------------------------------------------ the reference: the unblocked implementation
 class OldSnapshotJumpReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, h_NF, norms_FS, threshold_F, bandwidth):  # type: ignore[override]

@@ -333,7 +333,7 @@ def test_user_text_corpus_trains_a_bpe_tokenizer(tmp_path: Path) -> None:
     manifest = json.loads((root / "suite.json").read_text())
     assert manifest["build"]["vocab_size"] == 300
     # With only 300 tokens most words split: the probes are scored by summed continuation
-    # log-probability instead of being skipped (issue 13).
+    # log-probability instead of being skipped.
     assert not manifest["build"]["notes"] and all(row["loss"] > 0 for row in manifest["evals"])
     assert all(row[task] is not None for row in manifest["evals"] for task in ("simple", "pp", "rc", "ioi"))
     tokenizer = AutoTokenizer.from_pretrained(root / "step0")

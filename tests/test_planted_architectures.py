@@ -1,4 +1,4 @@
-"""Issue 11: every architecture, with the defaults a user gets, recovers a planted evolution.
+"""Every architecture, with the defaults a user gets, recovers a planted evolution.
 
 The planted set is the issue's (``PlantedConfig.hard()``: 8 snapshots, d_in 64, 48
 features with correlated pairs, per-feature and per-snapshot scales, 2-3 snapshot

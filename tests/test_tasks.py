@@ -168,7 +168,7 @@ def test_check_tokenizer_names_the_offending_example(tokenizer):
     good = MinimalPair("The pilot", " is", " are")
     multi = MinimalPair("The pilots", " aren't", " isn't")
     task = TaskDataset(name="contractions", pairs=(good, multi))
-    # several tokens are fine (issue 14), but these three are the unknown token
+    # several tokens are fine, but these three are the unknown token
     with pytest.raises(TaskTokenizationError, match=r"example 1 \(clean='The pilots'\).*3 tokens, 3 of them the unknown"):
         task.check_tokenizer(tokenizer)
     unknown = TaskDataset(name="unknown", pairs=(MinimalPair("The pilot", " sings", " sing"),))
@@ -293,7 +293,7 @@ def test_crosslens_jsonl_round_trip(tmp_path):
     assert [p.meta for p in loaded] == [p.meta for p in task]
 
 
-# ---------------------------------------------------------------------------- multi-token continuations (issue 14)
+# ---------------------------------------------------------------------------- multi-token continuations
 @pytest.fixture(scope="module")
 def bpe():
     """A small byte-level BPE trained on the pico grammar: words outside it split into pieces."""

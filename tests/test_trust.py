@@ -1,6 +1,6 @@
-"""Issue 10: the same inputs give the same crosscoder, and no input is silently wrong.
+"""The same inputs give the same crosscoder, and no input is silently wrong.
 
-One test (or a few) per case of the issue; each failed on the code before the fix.
+One test (or a few) per way a result could be silently wrong.
 """
 
 from __future__ import annotations

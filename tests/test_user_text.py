@@ -1,5 +1,5 @@
 """The pieces behind the command line's own-text path: documents, held-out samples, pair
-scoring of multi-token words, pairs files, hook names, report sections (issue 13)."""
+scoring of multi-token words, pairs files, hook names, report sections."""
 
 from __future__ import annotations
 
