@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch
 
 from crosslens.architectures import PICO_DEMO_JUMPRELU_SPARSITY
 from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME
+from crosslens.training.config import ArchitectureConfig
 
 
 @dataclass
@@ -44,17 +45,13 @@ class DemoConfig:
     """Rows harvested for training (about seq_len - 1 tokens each after dropping BOS)."""
     n_eval_seqs: int = 64
     """Held-out rows for the quality table."""
-    architecture: str = "jumprelu_crosscoder"
-    """Crosscoder architecture (SAELens registry name)."""
-    d_sae: int = 1024
-    """Shared features."""
+    sae: ArchitectureConfig = field(default_factory=lambda: _pico_jumprelu(d_sae=1024))
+    """The crosscoder, as ``crosslens train`` takes it: Ge et al.'s JumpReLU with 1024 shared
+    features and the lambda tuned for pico (``crosslens.architectures.PICO_DEMO_JUMPRELU_SPARSITY``)."""
     n_steps: int = 1500
     """Crosscoder training steps."""
-    batch_size: int = 512
-    """Tokens per training batch."""
-    sparsity_coefficient: float | None = PICO_DEMO_JUMPRELU_SPARSITY
-    """lambda of the JumpReLU tanh penalty (0.5 gives mean L0 near 23 at d_sae 1024 on pico;
-    see ``crosslens.architectures.PICO_DEMO_JUMPRELU_SPARSITY``)."""
+    train_batch_size_tokens: int = 512
+    """Tokens per training batch (crosscoder and baseline SAEs)."""
     baseline_snapshots: int = 3
     """Snapshots (spread over training) that get per-snapshot SAELens SAEs for comparison; 0 skips."""
     baseline_steps: int = 1000
@@ -73,9 +70,14 @@ class DemoConfig:
     @classmethod
     def fast(cls) -> "DemoConfig":
         return cls(
-            n_snapshots=8, n_train_seqs=192, n_eval_seqs=32, d_sae=256, n_steps=300, batch_size=256,
+            n_snapshots=8, n_train_seqs=192, n_eval_seqs=32, sae=_pico_jumprelu(d_sae=256), n_steps=300,
+            train_batch_size_tokens=256,
             baseline_snapshots=1, baseline_steps=200, n_task_examples=16, extra_seeds=(1,), extra_seed_steps=150,
         )  # fmt: skip
+
+
+def _pico_jumprelu(*, d_sae: int) -> ArchitectureConfig:
+    return ArchitectureConfig("jumprelu_crosscoder", d_sae=d_sae, sparsity_coefficient=PICO_DEMO_JUMPRELU_SPARSITY)
 
 
 def _banner(text: str) -> None:
@@ -177,7 +179,6 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
     from sae_lens import SAE
 
     from crosslens.training.records import record_problem
-    from crosslens.training.config import ArchitectureConfig
     from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
 
     out_dir = Path(out_dir)
@@ -187,11 +188,9 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
         store_path=str(getattr(store, "path", store)),
         out_dir=str(out_dir),
         hook_name=config.hook,
-        sae=ArchitectureConfig(
-            architecture=config.architecture, d_sae=config.d_sae, sparsity_coefficient=config.sparsity_coefficient
-        ),
+        sae=config.sae,
         n_steps=config.n_steps,
-        train_batch_size_tokens=config.batch_size,
+        train_batch_size_tokens=config.train_batch_size_tokens,
         seed=config.seed,
         checkpoint_every=max(50, config.n_steps // 5),
         device=device,
@@ -238,10 +237,10 @@ def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, steps
         # lose. JumpReLU and TopK SAEs reach the crosscoder's L0 directly.
         rows = compare_with_saes(
             train_store, config.hook, crosscoder, snapshots=picks, architectures=("jumprelu", "topk"),
-            n_steps=config.baseline_steps, batch_size=config.batch_size, seed=config.seed, eval_store=eval_store,
+            n_steps=config.baseline_steps, batch_size=config.train_batch_size_tokens, seed=config.seed, eval_store=eval_store,
         )  # fmt: skip
     else:
-        rows = quality_table(evaluate_crosscoder(crosscoder, eval_store, config.hook), {}, steps, d_sae=config.d_sae)
+        rows = quality_table(evaluate_crosscoder(crosscoder, eval_store, config.hook), {}, steps, d_sae=config.sae.d_sae)
     print(format_quality_table(rows))
     return rows
 
@@ -374,7 +373,7 @@ def run_demo(
     )  # fmt: skip
     print(f"train store: {train_store.n_tokens} tokens x {train_store.n_snapshots} snapshots x d_in {train_store.d_in}")
 
-    _banner(f"3/5 train a {config.architecture} (d_sae {config.d_sae})")
+    _banner(f"3/5 train a {config.sae.architecture} (d_sae {config.sae.d_sae})")
     crosscoder = train_stage(train_store, out_dir / "crosscoder", config, force=force, device=device)
     quality_file = out_dir / "crosscoder" / QUALITY_NAME
     if quality_file.exists() and not force:  # written after the crosscoder it describes

@@ -197,3 +197,22 @@ def test_harvest_takes_a_text_file_given_as_dataset(tmp_path):
     assert _token_source(args, None) == ("text", [str(tmp_path)])
     args = build_parser().parse_args(["harvest", "--hook", "blocks.0.hook_resid_post", "--out", "o", "--dataset", "wikitext:text"])
     assert _token_source(args, None) == ("dataset", "wikitext:text")
+
+
+def test_suite_build_flags_show_and_set_the_pico_config_fields(capsys):
+    """Each ``suite build`` flag that names a PicoConfig field in its metadata is the flag the
+    command maps onto that field, and its help shows that field's default."""
+    import dataclasses
+
+    from crosslens.cli.suite import SuiteBuildFlags
+    from crosslens.commands.suite import BUILD_FLAGS
+    from crosslens.pico.config import PicoConfig
+
+    shown = {f.name: f.metadata["default_from"] for f in dataclasses.fields(SuiteBuildFlags) if "default_from" in f.metadata}
+    assert {flag: name for flag, (_, name) in shown.items()} == BUILD_FLAGS
+    assert all(owner is PicoConfig for owner, _ in shown.values())
+    with pytest.raises(SystemExit):
+        main(["suite", "build", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"Optimizer steps. (default: {PicoConfig().n_steps})" in help_text
+    assert f"Residual width (the MLP is 4x this). (default: {PicoConfig().d_model})" in help_text

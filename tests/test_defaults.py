@@ -44,7 +44,7 @@ def test_sparsity_defaults_per_entry_point():
     assert cc.ARCHITECTURES["crosscoder"][3](**shape).l1_coefficient == 2.0
     assert cc.ARCHITECTURES["topk_crosscoder"][3](**shape).k == cc.ARCHITECTURES["batchtopk_crosscoder"][3](**shape).k == 32
     # the demo keeps its measured value (its seeded figures in NOTES.md depend on it)
-    assert DemoConfig().sparsity_coefficient == PICO_DEMO_JUMPRELU_SPARSITY == 0.5
+    assert DemoConfig().sae.sparsity_coefficient == PICO_DEMO_JUMPRELU_SPARSITY == 0.5
     # warm-ups: Bayazit et al. 5% (ReLU), Ge et al. 10% (JumpReLU); the baselines use their crosscoder's
     assert {a: d.sparsity_warm_up for a, d in TRAINING_DEFAULTS.items() if d.sparsity_warm_up} == {
         "crosscoder": 0.05, "jumprelu_crosscoder": 0.1

@@ -1,7 +1,7 @@
 """``crosslens suite build`` and ``crosslens suite list``: model suites with training checkpoints.
 
-The build flags set fields of the pico suite's ``PicoConfig`` (named in each help line); its
-defaults are that config's, shown by ``crosslens suite build --help``.
+Most build flags set a field of the pico suite's ``PicoConfig`` (``default_from``); the help
+shows that field's default, so each default is written once, in the config.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from crosslens.cli.spec import Subcommand
+from crosslens.pico.config import PicoConfig
 
 
 @dataclass
@@ -19,30 +20,31 @@ class SuiteBuildFlags:
     eval: str | None = field(default=None, metadata={"metavar": "PAIRS"})
     """Minimal pairs (BLiMP or crosslens JSONL, or CLAMS text) scored at every checkpoint by summed
     log-probability of each continuation."""
-    n_layers: int | None = field(default=None, metadata={"min": 1})
-    """Transformer blocks (PicoConfig.n_layers, default 2)."""
-    d_model: int | None = field(default=None, metadata={"min": 1})
-    """Residual width (PicoConfig.d_model, default 128; the MLP is 4x this)."""
-    n_heads: int | None = field(default=None, metadata={"min": 1})
-    """Attention heads (PicoConfig.n_heads, default 4)."""
-    train_steps: int | None = field(default=None, metadata={"min": 1})
-    """Optimizer steps (PicoConfig.n_steps, default 640)."""
+    n_layers: int | None = field(default=None, metadata={"min": 1, "default_from": (PicoConfig, "n_layers")})
+    """Transformer blocks."""
+    d_model: int | None = field(default=None, metadata={"min": 1, "default_from": (PicoConfig, "d_model")})
+    """Residual width (the MLP is 4x this)."""
+    n_heads: int | None = field(default=None, metadata={"min": 1, "default_from": (PicoConfig, "n_heads")})
+    """Attention heads."""
+    train_steps: int | None = field(default=None, metadata={"min": 1, "default_from": (PicoConfig, "n_steps")})
+    """Optimizer steps."""
     checkpoints: int | None = field(default=None, metadata={"min": 16})
-    """About how many checkpoints to save, log-spaced early then even (>= 16; default 21)."""
-    seq_len: int | None = field(default=None, metadata={"min": 8})
-    """Tokens per training row (PicoConfig.seq_len, default 64)."""
-    batch_size: int | None = field(default=None, metadata={"min": 1})
-    """Rows per step (PicoConfig.batch_size, default 32)."""
-    bpe_vocab: int | None = field(default=None, metadata={"min": 2})
-    """Vocabulary of the BPE tokenizer trained on --corpus (PicoConfig.bpe_vocab_size, default 4096)."""
+    """About how many checkpoints to save, log-spaced early then even (>= 16; default: the config's
+    schedule, 21 at the default steps)."""
+    seq_len: int | None = field(default=None, metadata={"min": 8, "default_from": (PicoConfig, "seq_len")})
+    """Tokens per training row."""
+    batch_size: int | None = field(default=None, metadata={"min": 1, "default_from": (PicoConfig, "batch_size")})
+    """Rows per step."""
+    bpe_vocab: int | None = field(default=None, metadata={"min": 2, "default_from": (PicoConfig, "bpe_vocab_size")})
+    """Vocabulary of the BPE tokenizer trained on --corpus."""
     small: bool = False
     """The small, fast configuration used by tests."""
     long: bool = False
     """A longer build (1536 steps) that also learns IOI."""
     force: bool = False
     """Rebuild even if a cached build exists (at --root, with these flags)."""
-    seed: int | None = None
-    """Seed of the build (PicoConfig.seed, default 0)."""
+    seed: int | None = field(default=None, metadata={"default_from": (PicoConfig, "seed")})
+    """Seed of the build."""
     root: str | None = None
     """Where to write the suite (default: $CROSSLENS_HOME/suites/pico-HASH); a complete suite there is used
     as it is unless flags or --force say otherwise."""

@@ -11,6 +11,8 @@ the dataclass. A field whose type is itself a dataclass (a nested config, as SAE
 - ``min`` (and ``strictly``): numbers below it (or equal, with ``strictly``) are refused where parsed.
 - ``cli``: False keeps a field off the command line (library-only settings).
 - ``positional``: the field is a positional argument, shown as its ``metavar``.
+- ``default_from``: ``(config class, field name)``, for a flag that sets a field of a config
+  the command builds itself (``suite build`` and ``PicoConfig``): its help shows that field's default.
 - ``parse``, ``action``, ``nargs``, ``metavar``: passed to argparse as ``type``, ``action``, ``nargs``
   and ``metavar``.
 
@@ -187,6 +189,10 @@ def _add_one(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, d
         return
     if default is MISSING:
         kwargs["required"] = True
+    elif "default_from" in meta:
+        owner, name = meta["default_from"]
+        shown = default_of(next(g for g in dataclasses.fields(owner) if g.name == name))
+        help_text = f"{help_text} (default: {_show(shown)})".strip()
     elif doc and "(default" not in doc and default is not None:
         help_text = f"{help_text} (default: {_show(default)})".strip()
     parser.add_argument(flag, help=help_text, **kwargs)

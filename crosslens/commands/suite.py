@@ -19,7 +19,7 @@ BUILD_FLAGS = {
 def checkpoint_schedule(n_steps: int, n_checkpoints: int) -> tuple[int, int]:
     """``(log_checkpoints_until, checkpoint_every)`` giving the Pythia-shaped schedule (powers of
     two, then evenly spaced) with the checkpoint count closest to ``n_checkpoints``, more preferred."""
-    from crosslens.pico.train import pythia_like_schedule
+    from crosslens.pico.config import pythia_like_schedule
 
     best: tuple[int, int] | None = None
     best_key: tuple[int, int] | None = None

@@ -3,17 +3,38 @@
 ``build_pico_suite`` trains it from scratch and saves log-spaced checkpoints as local
 Hugging Face models; ``pico_suite`` returns them as a ``CheckpointSuite``. The grammar
 (``crosslens.tasks.grammar``) also makes the minimal pairs that probe what it learned.
+
+:class:`PicoConfig` imports no torch; the other names are resolved on first use, so
+``crosslens suite build --help`` reads the config without loading the trainer.
 """
 
-from crosslens.pico.build import build_pico_suite, pico_suite
-from crosslens.pico.evals import evaluate_pairs, format_eval_table
-from crosslens.tasks.grammar import Lexicon, PicoGrammar
-from crosslens.pico.train import PicoConfig
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from crosslens.pico.config import PicoConfig
+
+_LAZY = {
+    "build_pico_suite": "crosslens.pico.build",
+    "pico_suite": "crosslens.pico.build",
+    "evaluate_pairs": "crosslens.pico.evals",
+    "format_eval_table": "crosslens.pico.evals",
+    "PicoGrammar": "crosslens.tasks.grammar",
+}
 
 
 def sample_documents(n: int, seed: int = 0) -> list[str]:
     """``n`` documents of the default grammar (the pico training distribution), reproducible by ``seed``."""
+    from crosslens.tasks.grammar import PicoGrammar
+
     return PicoGrammar().sample_documents(n, seed)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'crosslens.pico' has no attribute {name!r}")
 
 
 __all__ = [
@@ -22,4 +43,5 @@ __all__ = [
     "evaluate_pairs",
     "format_eval_table",
     "pico_suite",
+    "sample_documents",
 ]

@@ -29,7 +29,8 @@ from crosslens.pico.corpus import GrammarCorpus, TextCorpus, read_user_corpus
 from crosslens.pico.evals import PicoEvaluator, check_targets, format_eval_table, format_targets
 from crosslens.tasks.grammar import PicoGrammar
 from crosslens.pico.tokenizer import END_OF_TEXT, train_tokenizer, word_level_tokenizer
-from crosslens.pico.train import FORMAT_VERSION, PicoConfig, make_model, make_optimizer, train
+from crosslens.pico.config import FORMAT_VERSION, PicoConfig
+from crosslens.pico.train import make_model, make_optimizer, train
 
 if TYPE_CHECKING:
     from crosslens.checkpoints import CheckpointSuite

@@ -1,14 +1,10 @@
-"""Configuration, model and training loop of the pico suite (a tiny Pythia-architecture model)."""
+"""Model and training loop of the pico suite (a tiny Pythia-architecture model); its
+configuration is :mod:`crosslens.pico.config`."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from jaxtyping import Int
@@ -16,152 +12,7 @@ from tqdm.auto import tqdm
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 
-FORMAT_VERSION = 1
-"""Bump when the grammar, tokenizer or training code changes what a config builds (old caches go stale)."""
-
-
-def pythia_like_schedule(n_steps: int, log_until: int, every: int) -> tuple[int, ...]:
-    """Checkpoint steps: 0, then powers of two up to ``log_until``, then every ``every`` steps, then ``n_steps``.
-
-    Pythia's own schedule has the same shape (0, 1, 2, 4, ..., 512, then every 1000).
-    """
-    steps = {0, n_steps}
-    power = 1
-    while power <= min(log_until, n_steps):
-        steps.add(power)
-        power *= 2
-    steps.update(step for step in range(every, n_steps, every) if step > log_until)
-    return tuple(sorted(steps))
-
-
-@dataclass(frozen=True)
-class PicoConfig:
-    """Everything that determines a pico suite (the build is deterministic given this)."""
-
-    seed: int = 0
-    """Seeds the weights' initialisation and every text sample."""
-    corpus: tuple[str, ...] | str | None = None
-    """None: crosslens's grammar. A list of local text files (their bytes enter the config hash), or
-    "dataset:NAME:COLUMN" (only the name does: pass force=True after changing the dataset)."""
-    n_layers: int = 2
-    """Transformer blocks."""
-    d_model: int = 128
-    """Residual stream width."""
-    n_heads: int = 4
-    """Attention heads per block."""
-    d_mlp: int = 512
-    """MLP hidden width."""
-    rotary_pct: float = 0.25
-    """Fraction of each head's dimensions that get rotary position embeddings (Pythia: 0.25)."""
-    seq_len: int = 64
-    """Tokens per training row, BOS included."""
-    batch_size: int = 32
-    """Rows per optimizer step."""
-    n_steps: int = 640
-    """Optimizer steps."""
-    lr: float = 1e-2
-    """Peak learning rate (AdamW)."""
-    warmup_steps: int = 32
-    """Linear warm-up from 0 to ``lr``; then cosine decay to ``lr * min_lr_ratio``."""
-    min_lr_ratio: float = 0.1
-    """Final learning rate as a fraction of the peak (Pythia: 0.1)."""
-    weight_decay: float = 0.01
-    """AdamW weight decay on matrices (not on biases or layer norms)."""
-    grad_clip: float = 1.0
-    """Gradient norm clip."""
-    log_checkpoints_until: int = 64
-    """Checkpoints at 0, 1, 2, 4, ... up to this step ..."""
-    checkpoint_every: int = 48
-    """... then every this many steps, and at the last step."""
-    n_eval_pairs: int = 200
-    """Minimal pairs per task evaluated at every checkpoint."""
-    n_eval_sequences: int = 64
-    """Held-out rows of ``seq_len`` for the held-out loss."""
-    bpe_vocab_size: int = 4096
-    """Vocabulary of the BPE tokenizer trained on a user corpus (the grammar uses one token per word)."""
-    eval_pairs: str | None = None
-    """A file of minimal pairs (BLiMP or crosslens JSONL, or CLAMS text) scored at every checkpoint
-    besides the built-in tasks; multi-token continuations are scored by summed log-probability.
-    Its bytes enter the config hash."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.corpus, list):
-            object.__setattr__(self, "corpus", tuple(str(path) for path in self.corpus))
-        if isinstance(self.corpus, tuple) and not self.corpus:
-            raise ValueError("PicoConfig.corpus is an empty list; pass None for the grammar or some text files")
-        positive = (
-            "n_layers", "d_model", "n_heads", "d_mlp", "batch_size", "n_steps", "log_checkpoints_until",
-            "checkpoint_every", "n_eval_pairs", "n_eval_sequences",
-        )  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"PicoConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"PicoConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.seq_len < 8:
-            raise ValueError(f"PicoConfig.seq_len={self.seq_len} is too short for a sentence; use >= 8")
-        if not 0 < self.rotary_pct <= 1:
-            raise ValueError(f"PicoConfig.rotary_pct={self.rotary_pct} must be in (0, 1]")
-        if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("PicoConfig needs lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
-        if len(self.checkpoint_steps) < 16:
-            raise ValueError(
-                f"PicoConfig gives only {len(self.checkpoint_steps)} checkpoints ({self.checkpoint_steps}); "
-                "a suite needs >= 16: raise n_steps or lower checkpoint_every"
-            )
-
-    @property
-    def checkpoint_steps(self) -> tuple[int, ...]:
-        """The steps saved as snapshots (log-spaced early, then linear)."""
-        return pythia_like_schedule(self.n_steps, self.log_checkpoints_until, self.checkpoint_every)
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
-
-    @classmethod
-    def small(cls, **overrides) -> "PicoConfig":
-        """A smaller, faster configuration (tests; about 10 s on one core).
-
-        It learns simple agreement, goes through the nearest-noun phase, and is most of the
-        way out of it (attractor agreement around 90%) by its last step.
-        """
-        settings = dict(
-            d_model=64, d_mlp=256, batch_size=16, n_steps=480, warmup_steps=24, log_checkpoints_until=32,
-            checkpoint_every=32, n_eval_pairs=64, n_eval_sequences=8,
-        )  # fmt: skip
-        return cls(**{**settings, **overrides})
-
-    @classmethod
-    def long(cls, **overrides) -> "PicoConfig":
-        """2.4x the default's training (about 2.5 minutes on one core): IOI forms too.
-
-        After agreement (as in the default), indirect-object identification climbs from
-        chance to ~99% between steps ~800 and ~1400: a third, later phase.
-        """
-        settings = dict(n_steps=1536, log_checkpoints_until=128, checkpoint_every=96)
-        return cls(**{**settings, **overrides})
-
-    def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        if isinstance(self.corpus, tuple):
-            out["corpus"] = list(self.corpus)
-        if out["eval_pairs"] is None:  # absent, so configs from before the field keep their hash
-            del out["eval_pairs"]
-        return out
-
-    def config_hash(self) -> str:
-        """A short content hash of the config, the format version and any corpus files' bytes."""
-        digest = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, **self.to_dict()}, sort_keys=True).encode())
-        if isinstance(self.corpus, tuple):
-            for path in self.corpus:
-                if Path(path).is_file():
-                    digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
-        if self.corpus is not None:  # user corpora: documents split and held out by crosslens.pico.corpus v2
-            digest.update(b"user-corpus-v2")
-        if self.eval_pairs is not None and Path(self.eval_pairs).is_file():
-            digest.update(hashlib.sha256(Path(self.eval_pairs).read_bytes()).digest())
-        return digest.hexdigest()[:12]
+from crosslens.pico.config import PicoConfig
 
 
 def make_model(config: PicoConfig, vocab_size: int) -> GPTNeoXForCausalLM:
