@@ -15,6 +15,7 @@ from crosslens.core.paths import crosslens_home
 from crosslens.tasks import TaskTokenizationError, task_for_tokenizer
 
 if TYPE_CHECKING:
+    from crosslens.checkpoints.suite import CheckpointSuite
     from crosslens.crosscoders.protocol import Crosscoder
 
 
@@ -29,7 +30,7 @@ def causal_out_dir(out: str | Path | None, task: str) -> Path:
 
 
 def attribution_sections(
-    suite: Any,
+    suite: CheckpointSuite,
     crosscoder: Crosscoder | str | Path,
     *,
     task: str = "agreement_pp",
@@ -94,7 +95,7 @@ def attribution_sections(
 
 
 def language_attribution_sections(
-    suite: Any,
+    suite: CheckpointSuite,
     crosscoder: Crosscoder | str | Path,
     tasks: Sequence[Any],
     *,

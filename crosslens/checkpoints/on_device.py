@@ -7,11 +7,14 @@ their models where the user asked without growing device arguments of their own:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from crosslens.core.devices import resolve_dtype
+
+if TYPE_CHECKING:
+    from crosslens.checkpoints.suite import CheckpointSuite
 
 
 class SuiteOnDevice:
@@ -22,7 +25,7 @@ class SuiteOnDevice:
     Everything else is the wrapped suite's.
     """
 
-    def __init__(self, suite: Any, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
+    def __init__(self, suite: CheckpointSuite, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
         self._suite = suite
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype)
@@ -47,7 +50,7 @@ class SuiteOnDevice:
         return getattr(self._suite, name)
 
 
-def on_device(suite: Any, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> Any:
+def on_device(suite: CheckpointSuite, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> Any:
     """``suite`` itself on cpu/float32 (the default), else a :class:`SuiteOnDevice` view."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     dtype = resolve_dtype(dtype)

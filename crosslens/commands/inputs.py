@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Int
 
-def suite_n_layers(suite: Any) -> int | None:
+if TYPE_CHECKING:
+    from crosslens.checkpoints.suite import CheckpointSuite
+
+def suite_n_layers(suite: CheckpointSuite) -> int | None:
     """The number of transformer blocks of ``suite``'s first snapshot, read from its config.json
     on this machine (None when no config is at hand, e.g. a hub model not yet downloaded)."""
     try:

@@ -13,14 +13,17 @@ it is (:func:`training_space_decoder`). They read only ``cfg``, ``W_dec`` and th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from crosslens.core.metadata import metadata_value
 
+if TYPE_CHECKING:
+    from crosslens.crosscoders.protocol import Crosscoder
 
-def is_folded(crosscoder: Any) -> bool:
+
+def is_folded(crosscoder: Crosscoder) -> bool:
     """Whether per-snapshot normalisation factors are folded into the crosscoder's weights
     (it then reads raw activations; unfolded, it reads ``store.read(normalize=True)``).
 
@@ -34,7 +37,7 @@ def is_folded(crosscoder: Any) -> bool:
     return isinstance(folded_S, torch.Tensor) and not bool(torch.all(folded_S == 1))
 
 
-def training_space_decoder(crosscoder: Any) -> torch.Tensor:
+def training_space_decoder(crosscoder: Crosscoder) -> torch.Tensor:
     """``W_dec [d_sae, n_snapshots, d_in]`` in the normalised space the crosscoder was trained
     in: the stored weights times the folded factors, so folding changes nothing here."""
     W_dec_FSD = crosscoder.W_dec.detach()
@@ -44,7 +47,7 @@ def training_space_decoder(crosscoder: Any) -> torch.Tensor:
     return W_dec_FSD
 
 
-def resolve_norm_factors(crosscoder: Any, norm_factors: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
+def resolve_norm_factors(crosscoder: Crosscoder, norm_factors: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
     """Per-snapshot factors ``c_s`` to apply around the crosscoder (ones once folded).
 
     Explicit ``norm_factors`` win. Otherwise the metadata's ``activation_norm_factors``

@@ -201,7 +201,7 @@ def snapshot_sae(
 
 
 def _gate_as_sae(
-    crosscoder: Any, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]
+    crosscoder: Crosscoder, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]
 ) -> tuple[SAE[Any], dict[str, torch.Tensor]]:
     """The SAELens class whose gate is the crosscoder's snapshot-s gate, and its weights."""
     arch = crosscoder.cfg.architecture()
@@ -254,7 +254,7 @@ def _divide_or_inf(t_F: torch.Tensor, norms_F: torch.Tensor) -> torch.Tensor:
     return torch.where(norms_F > 0, t_F / norms_F.clamp(min=1e-30), torch.inf)
 
 
-def _snapshot_metadata(crosscoder: Any, s: int, hook_name: str | None) -> SAEMetadata:
+def _snapshot_metadata(crosscoder: Crosscoder, s: int, hook_name: str | None) -> SAEMetadata:
     meta = {k: v for k, v in crosscoder.cfg.metadata.to_dict().items() if k not in _CROSSCODER_ONLY_METADATA}
     suite = crosscoder.cfg.metadata.get("suite") or {}
     snapshots = suite.get("snapshots") or []
