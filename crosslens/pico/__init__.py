@@ -43,5 +43,4 @@ __all__ = [
     "evaluate_pairs",
     "format_eval_table",
     "pico_suite",
-    "sample_documents",
 ]
