@@ -81,9 +81,7 @@ def attribution_sections(
             f"  {summary.n_multi_token} of {summary.n_examples} examples have continuations of several tokens: "
             "features are patched at the prompt's positions and both continuations scored under teacher forcing"
         )
-        print(f"  metric = {metric_formula(summary.metric)}: negative means the model prefers the correct continuation")
-    else:
-        print("  metric = logit[wrong] - logit[correct]: negative means the model prefers the correct continuation")
+    print(f"  metric = {metric_formula(summary.metric)}: negative means the model prefers the correct continuation")
     for label, clean, specific in zip(summary.snapshots, summary.metric_clean, summary.specific_per_snapshot):
         side = "prefers correct" if clean < 0 else "prefers wrong"
         print(f"  {label:>12s}  metric {clean:+.3f} ({side})  snapshot-specific features {specific}")

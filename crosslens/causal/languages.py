@@ -22,7 +22,7 @@ from plotly.subplots import make_subplots
 
 from crosslens.causal.ie_table import IETable
 from crosslens.causal.relie import RelIEThresholds, classify_relie, relie, select_top_features
-from crosslens.causal.stage import CausalStageResult, run_causal_stage
+from crosslens.causal.stage import CausalStageResult, metric_formula, run_causal_stage
 from crosslens.tasks.base import TaskDataset
 
 if TYPE_CHECKING:
@@ -121,8 +121,8 @@ def language_report(
         rows.append(row)
     report.add_table(rows)
     report.add_text(
-        "metric = logit[wrong] - logit[correct] (negative: right); specific = shared features whose RelIE "
-        f"at that snapshot is above {thresholds.specific}."
+        f"metric = {metric_formula(first.config.get('metric'))} (negative: right); specific = shared features "
+        f"whose RelIE at that snapshot is above {thresholds.specific}."
     )
     return report
 

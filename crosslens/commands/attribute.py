@@ -40,7 +40,7 @@ def attribute(args: argparse.Namespace) -> int:
         print(f"report: {report}")
         return 0
     task = tasks[0]
-    print(METRIC_SIGN)
+    print(metric_sign())
     summaries: list = []
     with _task_flag_errors(args):
         sections = attribution_sections(
@@ -66,11 +66,16 @@ def attribute(args: argparse.Namespace) -> int:
     return 0
 
 
-METRIC_SIGN = (
-    "metric = logit[wrong] - logit[correct] at the prompt's last position for one-token continuations, "
-    "log p(wrong) - log p(correct) summed over the tokens of longer ones: negative means the model prefers "
-    "the correct continuation (more negative = more confident); an effect (IE) is the change in that metric"
-)
+def metric_sign() -> str:
+    """What the printed metric and effects mean, for one-token and longer continuations."""
+    from crosslens.causal.continuations import SUMMED_LOGPROB_DIFF
+    from crosslens.causal.stage import metric_formula
+
+    return (
+        f"metric = {metric_formula(None)} for one-token continuations, {metric_formula(SUMMED_LOGPROB_DIFF)} "
+        "for longer ones: negative means the model prefers the correct continuation (more negative = more "
+        "confident); an effect (IE) is the change in that metric"
+    )
 
 
 
