@@ -24,6 +24,7 @@ from crosslens.causal.relie import (
 )
 from crosslens.causal.stage import CausalStageResult, causal_report, load_crosscoder, run_causal_stage
 from crosslens.causal.splice import splice
+from crosslens.causal.spliced_loss import format_spliced_loss, spliced_loss
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "causal_report",
     "class_counts",
     "classify_relie",
+    "format_spliced_loss",
     "integrated_gradients",
     "load_crosscoder",
     "reldec",
@@ -46,5 +48,6 @@ __all__ = [
     "relie_pairwise",
     "run_causal_stage",
     "splice",
+    "spliced_loss",
     "task_metric",
 ]
