@@ -416,6 +416,11 @@ class CrosscoderMixin:
         :func:`crosslens.crosscoders.snapshot_sae.snapshot_sae`."""
         return snapshot_sae(self, s, **kwargs)
 
+    def save_model(self, path: str | Path) -> tuple[Path, Path]:
+        weights_path, cfg_path = super().save_model(path)  # type: ignore[misc]
+        sort_json_keys(cfg_path)
+        return weights_path, cfg_path
+
 
 class CrosscoderTrainingMixin(CrosscoderMixin):
     """Training loss plumbing. Each architecture implements ``_training_encode``
@@ -473,11 +478,6 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
         fwd = self._training_encode(x.reshape(-1, self.cfg.n_snapshots, self.cfg.d_in))
         F_ = self.cfg.d_sae
         return fwd.feature_acts_NF.reshape(*lead, F_), fwd.hidden_pre_NF.reshape(*lead, F_)
-
-    def save_model(self, path: str | Path) -> tuple[Path, Path]:
-        weights_path, cfg_path = super().save_model(path)  # type: ignore[misc]
-        sort_json_keys(cfg_path)
-        return weights_path, cfg_path
 
     def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
         weights_path, cfg_path = super().save_inference_model(path)  # type: ignore[misc]
