@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,7 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
     from sae_lens import SAE
 
     from crosslens.training.records import record_problem
+    from crosslens.training.config import RUN_STORE_SEAL
     from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
 
     out_dir = Path(out_dir)
@@ -199,8 +200,10 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
     run_file = out_dir / RUN_CONFIG_NAME
     if run_file.exists():
         try:
-            settings_changed = json.loads(run_file.read_text()) != json.loads(json.dumps(asdict(runner_config)))
-        except ValueError:
+            recorded = {k: v for k, v in json.loads(run_file.read_text()).items() if k != RUN_STORE_SEAL}
+            wanted = asdict(replace(runner_config, store_path=str(Path(runner_config.store_path).resolve())))
+            settings_changed = recorded != json.loads(json.dumps(wanted))
+        except (ValueError, AttributeError):  # a damaged run.json
             settings_changed = True
         trained_on = _store_trained_on(runner)
         if settings_changed or trained_on not in (None, runner.store.content_sha256):

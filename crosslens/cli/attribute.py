@@ -14,7 +14,9 @@ class AttributeFlags:
     crosscoder: str = field(metadata={"flag": "--crosscoder"})
     """RUN_DIR of crosslens train (its final/ folder also works), or RELEASE/ID of a pretrained release."""
     suite: str | None = None
-    """The suite to attribute on (default: the one recorded with the crosscoder)."""
+    """The suite to attribute on (default: the one recorded with the crosscoder). Its snapshots (--steps,
+    --n-snapshots; default: the crosscoder's) must be the crosscoder's, revisions, steps and weights: they
+    are checked before any model loads (a local suite's weight files are hashed for it)."""
     task: str = TASK_DEFAULT
     """Task name (see crosslens.tasks) or a pairs file (BLiMP or crosslens JSONL, CLAMS text); several,
     comma-separated, run together, one per language (agreement_multilingual = its en, fr and es tasks), with

@@ -30,9 +30,10 @@ class HarvestFlags:
     """NAME:COLUMN of a datasets dataset (a text file or folder also works; default: the pico grammar)."""
     heldout_tokens: int | None = field(default=None, metadata={"min": 0})
     """Tokens (a seeded random sample of rows) harvested into OUT-heldout instead, for train's held-out
-    quality table (default: 10% of --n-tokens, at most 16384; 0: none)."""
+    quality table (default: 10% of --n-tokens, at most 16384; 0: none). OUT-heldout records the seal of
+    OUT, and readers refuse it for any other store."""
     overwrite: bool = False
-    """Discard whatever store --out holds and harvest afresh."""
+    """Discard whatever store --out holds, and its OUT-heldout, and harvest afresh."""
 
 
 COMMAND = Subcommand(

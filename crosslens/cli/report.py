@@ -20,7 +20,8 @@ class AnalyzeFlags:
     crosscoder: str = field(metadata={"flag": "--crosscoder"})
     """The --out folder of crosslens train (RUN_DIR or RUN_DIR/final), or RELEASE/ID."""
     store: str | None = None
-    """Activation store, for firing frequencies, probes and top contexts (default: the one the run trained on)."""
+    """Activation store, for firing frequencies, probes and top contexts (default: the one the run trained on);
+    re-hashed against its manifest, and refused unless it holds the crosscoder's snapshots and hook."""
     out: str | None = None
     """Report file (default: RUN_DIR/report.html, else report.html)."""
 
@@ -30,7 +31,8 @@ class ReportFlags:
     run_dir: str = field(metadata={"positional": True, "metavar": "RUN_DIR"})
     """The --out folder of crosslens train."""
     store: str | None = None
-    """Activation store (default: the one the run trained on)."""
+    """Activation store (default: the one the run trained on); re-hashed against its manifest, and refused
+    unless it holds the crosscoder's snapshots and hook."""
     out: str | None = None
     """Report file (default: RUN_DIR/report.html)."""
 
@@ -40,7 +42,8 @@ class EvaluateFlags:
     crosscoder: str = field(metadata={"positional": True, "metavar": "CROSSCODER"})
     """RUN_DIR, RUN_DIR/final or RELEASE/ID."""
     store: str = field(metadata={"flag": "--store"})
-    """Activation store to measure on (best: tokens it was not trained on)."""
+    """Activation store to measure on (best: tokens it was not trained on); re-hashed against its manifest,
+    and refused unless it holds the crosscoder's snapshots and hook."""
 
 
 ANALYZE = Subcommand(

@@ -20,7 +20,9 @@ class TrainFlags:
     dataset: str | None = None
     """NAME:COLUMN of the tokens a --recipe harvests."""
     eval_store: str | None = None
-    """Store for the final quality table (default: STORE-heldout written by harvest, else the training store)."""
+    """Store for the final quality table (default: STORE-heldout written by harvest, else the training store).
+    The store measured on is re-hashed against its manifest (the training store: sizes only), and a
+    STORE-heldout is refused unless it was split from STORE."""
     resume: bool = False
     """Continue from the last checkpoint in --out."""
     dtype: str | None = None

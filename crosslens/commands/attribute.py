@@ -27,6 +27,7 @@ def attribute(args: argparse.Namespace) -> int:
     if args.suite is None and suite_spec != "pico":
         print(f"suite: {suite_spec} (recorded with the crosscoder; --suite overrides)")
     suite = resolve_suite(suite_spec, steps, args.n_snapshots)
+    _check_snapshots(record, suite, folder, args)  # before any model loads
     if len(tasks) > 1:  # several languages: run together, RelIE per language side by side
         from crosslens.causal.demo import language_attribution_sections
         from crosslens.checkpoints.on_device import on_device
@@ -66,6 +67,7 @@ def attribute(args: argparse.Namespace) -> int:
     return 0
 
 
+<<<<<<< HEAD
 def metric_sign() -> str:
     """What the printed metric and effects mean, for one-token and longer continuations."""
     from crosslens.causal.continuations import SUMMED_LOGPROB_DIFF
@@ -76,6 +78,46 @@ def metric_sign() -> str:
         "for longer ones: negative means the model prefers the correct continuation (more negative = more "
         "confident); an effect (IE) is the change in that metric"
     )
+=======
+def _check_snapshots(record: dict, suite, folder: Path, args: argparse.Namespace) -> None:
+    """Refuse snapshots other than the crosscoder's: its decoder for one snapshot would be spliced
+    into another snapshot's model. Weights are compared where both sides know an identity (the
+    suite's are read from its files: a local suite's are hashed)."""
+    import sys
+
+    from crosslens.activations.partners import snapshot_problem, unverifiable_snapshots
+    from crosslens.activations.resume import snapshot_identities
+
+    recorded = record.get("snapshots")
+    if not recorded:
+        raise CLIError(
+            f"--crosscoder {folder}: it records no snapshots it was trained on (saved without that record), so "
+            "the suite's snapshots cannot be checked against it; retrain it with this crosslens"
+        )
+    offered = [{**ref.to_dict(), "source": identity} for ref, identity in zip(suite.snapshots, snapshot_identities(suite))]
+    problem = snapshot_problem(recorded, offered, require_identity=False)
+    if problem:
+        given = [f for f, v in (("--suite", args.suite), ("--steps", args.steps), ("--n-snapshots", args.n_snapshots)) if v]
+        steps = ",".join(str(entry.get("step")) for entry in recorded)
+        raise CLIError(
+            f"the snapshots selected ({' '.join(given) or 'the recorded suite'}) are not the ones the crosscoder {folder} "
+            f"was trained on: {problem}; pass --steps {steps} (the default) of the suite it was trained on"
+        )
+    unchecked = unverifiable_snapshots(recorded, offered)
+    if unchecked:
+        print(
+            f"crosslens: the weights of snapshot(s) {', '.join(unchecked)} cannot be checked against the crosscoder "
+            "(no weight identity recorded on both sides); only their revisions and steps were compared",
+            file=sys.stderr,
+        )
+
+
+METRIC_SIGN = (
+    "metric = logit[wrong] - logit[correct] at the prompt's last position for one-token continuations, "
+    "log p(wrong) - log p(correct) summed over the tokens of longer ones: negative means the model prefers "
+    "the correct continuation (more negative = more confident); an effect (IE) is the change in that metric"
+)
+>>>>>>> r23-partners
 
 
 

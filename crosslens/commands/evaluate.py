@@ -38,24 +38,32 @@ def print_quality(
     crosscoder_path, store_path: str, eval_store: str | None, device: str, save_to: Path | None = None,
     eval_flag: str = "--eval-store",
 ) -> None:
-    """The quality table of a saved crosscoder: held-out explained variance per snapshot, L0, dead features."""
+    """The quality table of a saved crosscoder: held-out explained variance per snapshot, L0, dead features.
+
+    The store measured on is re-hashed (the training store, which training has just hashed:
+    sizes only) and checked against the crosscoder's snapshots and hook before anything is computed."""
     from sae_lens import SAE
 
     import crosslens.crosscoders  # noqa: F401  (registers the architectures)
     from crosslens.activations import ActivationStore
-    from crosslens.commands.runs import heldout_store_path
+    from crosslens.activations.partners import check_crosscoder_store, store_seal
+    from crosslens.commands.runs import open_heldout
 
-    if eval_store is not None:
-        path, where = eval_store, f"{eval_flag} {eval_store}"
-    elif heldout_store_path(store_path).exists():
-        path, where = str(heldout_store_path(store_path)), f"held-out tokens ({heldout_store_path(store_path)})"
-    else:
-        path, where = store_path, "the TRAINING tokens (no held-out store: pass --eval-store, or harvest with --heldout-tokens)"
     crosscoder = SAE.load_from_disk(str(crosscoder_path), device=device)
-    rows, result = quality_rows(crosscoder, ActivationStore.open(path, verify="none"))
+    heldout = None if eval_store is not None else open_heldout(store_path)
+    if eval_store is not None:
+        store, where = ActivationStore.open(eval_store, verify="full"), f"{eval_flag} {eval_store}"
+    elif heldout is not None:
+        store, where = heldout, f"held-out tokens ({heldout.path})"
+    else:
+        where = "the TRAINING tokens (no held-out store: pass --eval-store, or harvest with --heldout-tokens)"
+        store = ActivationStore.open(store_path, verify="size")
+    check_crosscoder_store(crosscoder, store, crosscoder_name=crosscoder_path)
+    rows, result = quality_rows(crosscoder, store)
     print(format_quality(rows, result, where))
     if save_to is not None:
-        save_to.write_text(json.dumps({"measured_on": path, "rows": rows, "dead_features": result["dead_features"]}, indent=1))
+        record = {"measured_on": str(Path(store.path).resolve()), "measured_on_seal": store_seal(store)}
+        save_to.write_text(json.dumps({**record, "rows": rows, "dead_features": result["dead_features"]}, indent=1))
 
 
 def evaluate(args: argparse.Namespace) -> int:

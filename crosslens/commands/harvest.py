@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from crosslens.core.launch import is_main_process, local_rank_device
@@ -67,6 +68,7 @@ def token_source(args: argparse.Namespace, recipe) -> tuple[str, object]:
 def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
     """The store ``harvest`` writes (flags win over the recipe's values), and its held-out store."""
     from crosslens.activations import harvest_activations, tokens_from_dataset, tokens_from_pico
+    from crosslens.activations.partners import pair_heldout
     from crosslens.activations.tokens import tokenize_texts
     from crosslens.commands.runs import heldout_store_path
     from crosslens.commands.inputs import split_rows, text_documents
@@ -98,7 +100,11 @@ def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
     store_dtype = dtype_name(args.store_dtype or (recipe.store_dtype if recipe is not None else model_dtype))
     common = dict(dtype=store_dtype, overwrite=args.overwrite, device=device, model_dtype=model_dtype)
     store = harvest_activations(suite, hooks, train_NL, args.out, **common)
-    heldout = None
+    heldout, heldout_path = None, heldout_store_path(args.out)
     if len(heldout_NL):
-        heldout = harvest_activations(suite, hooks, heldout_NL, heldout_store_path(args.out), **common)
+        heldout = harvest_activations(suite, hooks, heldout_NL, heldout_path, **common)
+        if is_main_process():
+            pair_heldout(store, heldout)
+    elif args.overwrite and heldout_path.exists() and is_main_process():
+        shutil.rmtree(heldout_path)  # it was split from the store just replaced
     return store, heldout

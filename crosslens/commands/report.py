@@ -25,6 +25,7 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
 
     import crosslens.crosscoders  # noqa: F401  (registers the architectures)
     from crosslens.activations import ActivationStore
+    from crosslens.activations.partners import check_crosscoder_store
     from crosslens.analysis import analyze_crosscoder
     from crosslens.commands.runs import crosscoder_suite_record, run_folder, run_store, saved_sections, suite_title, suite_tokenizer
     from crosslens.core.devices import dtype_name
@@ -40,9 +41,12 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
     dtype = dtype_name(args.dtype) if args.dtype else None
     crosscoder = SAE.load_from_disk(str(folder), device=device, dtype=dtype)
     hook = recorded_hook(crosscoder)
+    opened = ActivationStore.open(store, verify="full") if store else None
+    if opened is not None:
+        check_crosscoder_store(crosscoder, opened, crosscoder_name=folder)
     tokenizer = suite_tokenizer(record) if store else None
     analysis, report = analyze_crosscoder(
-        crosscoder, store=ActivationStore.open(store) if store else None, tokenizer=tokenizer,
+        crosscoder, store=opened, tokenizer=tokenizer,
         title=suite_title(record, hook), device=device,
     )  # fmt: skip
     sections = saved_sections(run_dir)

@@ -42,14 +42,50 @@ def run_folder(crosscoder_path: str | Path) -> Path | None:
 
 
 def run_store(run_dir: Path | None) -> str | None:
-    """The activation store a run trained on, from its run.json (None when unknown or gone)."""
+    """The activation store a run trained on, from its run.json (None when it names none, or the
+    store is gone). The store found there must carry the seal run.json recorded: a path alone
+    (another store written there since, a relative path read from another folder) decides nothing."""
+    from crosslens.activations import ActivationStore
+    from crosslens.activations.partners import store_seal
+    from crosslens.core.errors import PartnerMismatchError
+    from crosslens.training.config import RUN_STORE_SEAL
+
     if run_dir is None:
         return None
     try:
-        store = json.loads((run_dir / RUN_CONFIG_NAME).read_text()).get("store_path")
-    except (OSError, ValueError):
+        values = json.loads((run_dir / RUN_CONFIG_NAME).read_text())
+        store, sealed = values.get("store_path"), values.get(RUN_STORE_SEAL)
+    except (OSError, ValueError, AttributeError):
         return None
-    return store if store and Path(store).exists() else None
+    if not store or not Path(store).exists():
+        return None
+    fix = "pass --store with the store it was trained on"
+    if not sealed:
+        raise PartnerMismatchError(
+            f"{run_dir / RUN_CONFIG_NAME} names the store {store} but records no seal for it, so it cannot be told from "
+            f"another store at that path; {fix}"
+        )
+    found = store_seal(ActivationStore.open(store, verify="none"))
+    if found != sealed:
+        raise PartnerMismatchError(
+            f"the store at {store} is not the one the run {run_dir} trained on (content {found['content_sha256'][:12]}... "
+            f"vs {str(sealed.get('content_sha256'))[:12]}... recorded in {RUN_CONFIG_NAME}); {fix}"
+        )
+    return store
+
+
+def open_heldout(store_path: str | Path) -> Any:
+    """The held-out store ``crosslens harvest`` wrote beside ``store_path``, re-hashed and checked
+    to be split from that store (None when there is none)."""
+    from crosslens.activations import ActivationStore
+    from crosslens.activations.partners import check_heldout
+
+    path = heldout_store_path(store_path)
+    if not path.exists():
+        return None
+    heldout = ActivationStore.open(path, verify="full")
+    check_heldout(ActivationStore.open(store_path, verify="none"), heldout)
+    return heldout
 
 
 def crosscoder_suite_record(crosscoder_path: str | Path) -> dict[str, Any]:

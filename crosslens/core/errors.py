@@ -67,3 +67,8 @@ class StoreChangedError(CrosslensError):
 
 class NonFiniteTrainingError(CrosslensError, FloatingPointError):
     """Training produced a non-finite loss or parameter."""
+
+
+class PartnerMismatchError(CrosslensError):
+    """Two artifacts handed over together do not belong together (a crosscoder and a store of
+    other snapshots or hooks, a store and a held-out store harvested for another one)."""

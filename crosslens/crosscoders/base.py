@@ -29,9 +29,12 @@ strength; ``W_enc[s] = W_dec[:, s].T``; biases start at zero.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -413,6 +416,11 @@ class CrosscoderMixin:
         :func:`crosslens.crosscoders.snapshot_sae.snapshot_sae`."""
         return snapshot_sae(self, s, **kwargs)
 
+    def save_model(self, path: str | Path) -> tuple[Path, Path]:
+        weights_path, cfg_path = super().save_model(path)  # type: ignore[misc]
+        sort_json_keys(cfg_path)
+        return weights_path, cfg_path
+
 
 class CrosscoderTrainingMixin(CrosscoderMixin):
     """Training loss plumbing. Each architecture implements ``_training_encode``
@@ -471,10 +479,23 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
         F_ = self.cfg.d_sae
         return fwd.feature_acts_NF.reshape(*lead, F_), fwd.hidden_pre_NF.reshape(*lead, F_)
 
+    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
+        weights_path, cfg_path = super().save_inference_model(path)  # type: ignore[misc]
+        sort_json_keys(cfg_path)
+        return weights_path, cfg_path
+
     def calculate_aux_loss(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError(
             "crosscoders compute all loss terms in training_forward_pass; call that instead."
         )
+
+
+def sort_json_keys(path: Path) -> None:
+    """Rewrite the JSON file at ``path`` with sorted keys: SAELens writes a cfg.json in the order its
+    dicts were filled, which differs between processes, and the same seed must give the same bytes."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(json.loads(path.read_text()), sort_keys=True))
+    os.replace(tmp, path)
 
 
 def set_crosscoder_metadata(

@@ -191,6 +191,11 @@ class CrosscoderTrainerConfig:
         return cls(**{**values, "logger": LoggingConfig(**values.get("logger", {}))})
 
 
+RUN_STORE_SEAL = "store_seal"
+"""run.json key beside the settings: the seal of the store the run trains on
+(``crosslens.activations.partners.store_seal``)."""
+
+
 @dataclass
 class CrosscoderRunnerConfig:
     """Everything ``crosslens train`` needs: where the data is, which crosscoder, how long."""
@@ -247,6 +252,7 @@ class CrosscoderRunnerConfig:
     @classmethod
     def from_dict(cls, values: dict) -> CrosscoderRunnerConfig:
         """The config :func:`dataclasses.asdict` turned into ``values`` (``run.json``)."""
+        values = {key: value for key, value in values.items() if key != RUN_STORE_SEAL}  # a record, not a setting
         nested = {"sae": ArchitectureConfig(**values.get("sae", {})), "logger": LoggingConfig(**values.get("logger", {}))}
         return cls(**{**values, **nested})
 

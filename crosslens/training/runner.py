@@ -31,6 +31,7 @@ import torch
 from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationProvider, ActivationStore
+from crosslens.activations.partners import STORE_SEAL_KEY, store_seal
 from crosslens.architectures import sparsity_coefficient_for
 from crosslens.core.errors import StoreChangedError
 from crosslens.core.launch import launched_by_torchrun
@@ -38,7 +39,7 @@ from crosslens.core.paths import CHECKPOINT_PREFIX, FINAL_DIRNAME, RUN_CONFIG_NA
 from crosslens.core.seeding import seeded
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh, shard_batches
-from crosslens.training.config import CrosscoderRunnerConfig, CrosscoderTrainerConfig
+from crosslens.training.config import RUN_STORE_SEAL, CrosscoderRunnerConfig, CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder
 from crosslens.training.records import read_record, record_problem, write_record
 from crosslens.training.trainer import CrosscoderTrainer, crosscoder_metrics
@@ -149,6 +150,7 @@ class CrosscoderTrainingRunner:
         )
         for key, value in training_data_metadata(self.store, self.config.dataset_path).items():
             crosscoder.cfg.metadata[key] = value
+        crosscoder.cfg.metadata[STORE_SEAL_KEY] = store_seal(self.store)
         return crosscoder
 
     def store_identity(self) -> dict[str, Any]:
@@ -160,6 +162,14 @@ class CrosscoderTrainingRunner:
             "path": str(self.store.path),
             "spec": self.store.manifest["spec"],
         }
+
+    def _run_json(self) -> str:
+        """run.json: the config, with the store's absolute path and its seal, so a reader finds the
+        store from any working directory and can tell whether it is still the one trained on."""
+        values = _jsonable(asdict(self.config))
+        values["store_path"] = str(Path(self.store.path).resolve())
+        values[RUN_STORE_SEAL] = store_seal(self.store)
+        return json.dumps(values, indent=2)
 
     def _settings(self) -> dict[str, Any]:
         """The configuration a resumed run must share. Where the run and the store live may
@@ -192,7 +202,7 @@ class CrosscoderTrainingRunner:
             previous = None
         if previous != sealed and self.is_main:  # run.json missing or damaged: the sealed record is the truth
             print(f"{run_file} was missing or damaged; rewritten from {checkpoint.name}'s record", file=sys.stderr)
-            run_file.write_text(json.dumps(_jsonable(asdict(self.config)), indent=2))
+            run_file.write_text(self._run_json())
         started_on, now = record.get("store", {}), self.store_identity()
         same_store = started_on.get("content_sha256") == now["content_sha256"]
         if not same_store or started_on.get("fingerprint") != now["fingerprint"]:
@@ -222,7 +232,7 @@ class CrosscoderTrainingRunner:
             trainer.fit(self._batches, resume_from=resume_from)
         else:
             if self.is_main:
-                run_file.write_text(json.dumps(_jsonable(asdict(self.config)), indent=2))
+                run_file.write_text(self._run_json())
             trainer = self._trainer(None)
             trainer.fit(self._batches)
         if self.is_main:
@@ -247,7 +257,7 @@ class _SealedTrainer(CrosscoderTrainer):
 def _resume_settings(config: dict[str, Any]) -> dict[str, Any]:
     # where things live, how they are checked, and on what hardware: a run may resume
     # elsewhere, on another device or on another mesh
-    where = ("out_dir", "store_path", "verify_store", "progress", "device", "snapshot_parallel")
+    where = ("out_dir", "store_path", RUN_STORE_SEAL, "verify_store", "progress", "device", "snapshot_parallel")
     return {key: value for key, value in config.items() if key not in where}
 
 

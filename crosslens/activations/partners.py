@@ -1,0 +1,133 @@
+"""Which artifacts belong together, checked by identity before anything is computed.
+
+A crosscoder records the snapshots it was trained on (each with its revision, step and
+weight identities, from the store manifest's ``snapshots``), its hook and its training
+store's seal (:func:`store_seal`). A held-out store records the seal of the store it was
+split from (``heldout_of`` in its manifest). The checks here compare those records with
+the partner actually handed over and refuse, in one line naming both sides and the fix,
+anything that does not match or cannot be matched. They read manifests only; the shard
+bytes are checked by ``ActivationStore.open(verify="full")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from crosslens.activations.store import ActivationStore, read_manifest, write_manifest
+from crosslens.core.errors import PartnerMismatchError
+from crosslens.core.metadata import metadata_value
+
+HELDOUT_OF = "heldout_of"
+"""Manifest key of a held-out store: the seal of the store it was split from."""
+
+STORE_SEAL_KEY = "store_seal"
+"""Crosscoder metadata key: the seal of the store it was trained on."""
+
+
+def store_seal(store: ActivationStore) -> dict[str, str]:
+    """What identifies a store: the hash of its inputs and the hash of everything it serves."""
+    return {"fingerprint": store.fingerprint, "content_sha256": store.content_sha256}
+
+
+def _identity(entry: dict[str, Any]) -> dict[str, Any]:
+    source = entry.get("source") or {}
+    return {"weights_sha256": entry.get("weights_sha256"), "digest": source.get("digest"), "commit": source.get("commit")}
+
+
+def _label(entry: dict[str, Any]) -> str:
+    return str(entry.get("revision", entry.get("step")))
+
+
+def unverifiable_snapshots(recorded: Sequence[dict], offered: Sequence[dict]) -> list[str]:
+    """The snapshots whose weights no identity known on both sides can compare."""
+    return [
+        _label(mine)
+        for mine, theirs in zip(recorded, offered)
+        if not any(v is not None and _identity(theirs)[k] is not None for k, v in _identity(mine).items())
+    ]
+
+
+def snapshot_problem(recorded: Sequence[dict], offered: Sequence[dict], *, require_identity: bool = True) -> str | None:
+    """Why the snapshots ``offered`` are not the ``recorded`` ones, in order (None when they are).
+
+    Labels (revision and step) must agree; every identity both sides know (the weights'
+    sha256, the files' digest, the hub commit) must agree, and with ``require_identity`` at
+    least one must be known for each snapshot."""
+    want, have = [_label(e) for e in recorded], [_label(e) for e in offered]
+    steps = lambda entries: [e.get("step") for e in entries]  # noqa: E731
+    if want != have or steps(recorded) != steps(offered):
+        return f"snapshots [{', '.join(want)}] vs [{', '.join(have)}]"
+    for mine, theirs in zip(recorded, offered):
+        a, b = _identity(mine), _identity(theirs)
+        shared = [key for key in a if a[key] is not None and b[key] is not None]
+        differs = [key for key in shared if a[key] != b[key]]
+        if differs:
+            return f"snapshot {_label(mine)} has other weights ({differs[0]} {str(a[differs[0]])[:12]}... vs {str(b[differs[0]])[:12]}...)"
+        if not shared and require_identity:
+            return f"snapshot {_label(mine)}'s weights cannot be compared (no weight identity recorded on both sides)"
+    return None
+
+
+def crosscoder_record_problem(crosscoder: Any) -> str | None:
+    """What a crosscoder lacks to be checked against a partner (None when it records it all)."""
+    suite = metadata_value(crosscoder, "suite") or {}
+    missing = [name for name, value in (("snapshots", suite.get("snapshots")), ("hook", metadata_value(crosscoder, "hook_name"))) if not value]
+    return f"records no {' and no '.join(missing)} it was trained on" if missing else None
+
+
+def check_crosscoder_store(crosscoder: Any, store: ActivationStore, *, crosscoder_name: str | Path) -> None:
+    """Refuse ``store`` unless it holds the crosscoder's snapshots (same identities, same order)
+    at the crosscoder's hook and width."""
+    where = f"the crosscoder {crosscoder_name} and the store {store.path}"
+    problem = crosscoder_record_problem(crosscoder)
+    if problem:
+        raise PartnerMismatchError(
+            f"the crosscoder {crosscoder_name} {problem} (it was saved without that record), so it cannot be "
+            f"checked against the store {store.path}; retrain it on that store with this crosslens"
+        )
+    recorded = metadata_value(crosscoder, "suite")["snapshots"]
+    hook = metadata_value(crosscoder, "hook_name")
+    problem = snapshot_problem(recorded, store.snapshots)
+    if problem:
+        steps = ",".join(str(e.get("step")) for e in recorded)
+        raise PartnerMismatchError(
+            f"{where} do not match: {problem}; pass a store harvested from the crosscoder's snapshots "
+            f"(`crosslens harvest --steps {steps} --hook {hook}`)"
+        )
+    if hook not in store.hooks:
+        raise PartnerMismatchError(
+            f"{where} do not match: the crosscoder reads {hook}, the store holds {', '.join(store.hooks)}; "
+            f"pass a store harvested with --hook {hook}"
+        )
+    d_in = getattr(getattr(crosscoder, "cfg", None), "d_in", None)
+    if d_in is not None and int(d_in) != store.d_in_of(hook):
+        raise PartnerMismatchError(
+            f"{where} do not match: width {d_in} vs {store.d_in_of(hook)} at {hook}; pass the store the crosscoder's "
+            "snapshots were harvested into"
+        )
+
+
+def pair_heldout(store: ActivationStore, heldout: ActivationStore) -> None:
+    """Record in the held-out store's manifest the seal of the store it was split from."""
+    manifest = read_manifest(heldout.path)
+    manifest[HELDOUT_OF] = store_seal(store)
+    write_manifest(heldout.path, manifest)
+    heldout.manifest = manifest
+
+
+def check_heldout(store: ActivationStore, heldout: ActivationStore) -> None:
+    """Refuse a held-out store that was not split from ``store`` (or does not say)."""
+    paired = heldout.manifest.get(HELDOUT_OF)
+    fix = f"harvest again with `crosslens harvest --out {store.path} --overwrite`, or pass --eval-store"
+    if not paired:
+        raise PartnerMismatchError(
+            f"the held-out store {heldout.path} does not record which store it was split from, so it cannot be "
+            f"checked against {store.path}; {fix}"
+        )
+    if paired != store_seal(store):
+        raise PartnerMismatchError(
+            f"the held-out store {heldout.path} was split from another store than {store.path} (content "
+            f"{str(paired.get('content_sha256'))[:12]}... vs {store.content_sha256[:12]}...): it is stale; {fix}"
+        )

@@ -1,0 +1,200 @@
+"""Artifacts handed over with the wrong partner are refused before anything is computed.
+
+A crosscoder meets a store of other revisions, other weights or another hook; attribute
+meets other steps; a run folder's store is read from another working directory or was
+replaced; a held-out store is tampered with or left over from a store harvested again;
+and a crosscoder's cfg.json must not depend on the order its dicts were filled in.
+Each case runs the command a user would run and checks the one-line refusal names both
+sides, or checks the exact bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from crosslens.activations import ActivationStore
+from crosslens.activations.partners import HELDOUT_OF, STORE_SEAL_KEY, pair_heldout, store_seal
+from crosslens.activations.store import CorruptShardError, shard_relpath
+from crosslens.cli import main
+from crosslens.commands.evaluate import print_quality
+from crosslens.commands.runs import open_heldout, run_store
+from crosslens.core.errors import PartnerMismatchError
+from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
+from trust_fixtures import HOOK, OTHER_HOOK, harvest, one_torch_thread, token_table, train, write_suite
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """A suite (steps 0, 10, 20), its store and paired held-out store, and a run trained on it."""
+    root = tmp_path_factory.mktemp("world")
+    suite = write_suite(root / "suite")
+    store = harvest(suite, root / "store")
+    heldout = harvest(suite, root / "store-heldout", tokens=token_table(8, seed=1))
+    pair_heldout(store, heldout)
+    train(store.path, root / "run", n_steps=10, checkpoint_every=0)
+    return {"root": root, "suite": suite, "store": store.path, "heldout": heldout.path, "run": root / "run"}
+
+
+def refusal(argv: list[str], capsys) -> str:
+    """Run the CLI expecting a one-line error (exit 2, no traceback); return it."""
+    capsys.readouterr()  # what building the fixtures printed
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_matching_partners_are_accepted(world, capsys):
+    assert main(["evaluate", str(world["run"]), "--store", str(world["heldout"]), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("step ")] == ["0", "10", "20"]
+    assert open_heldout(world["store"]).path == world["heldout"]
+
+
+def test_a_store_of_other_revisions_is_refused_by_evaluate_and_analyze(world, tmp_path, capsys):
+    models = {"step0": tiny_neox(seed=0), "step10": tiny_neox(seed=1), "step30": tiny_neox(seed=2)}
+    other = harvest(write_local_suite(tmp_path / "suite", models, make_word_tokenizer()), tmp_path / "store").path
+    err = refusal(["evaluate", str(world["run"]), "--store", str(other), "--device", "cpu"], capsys)
+    assert str(world["run"] / "final") in err and str(other) in err
+    assert "[step0, step10, step20] vs [step0, step10, step30]" in err and "--steps 0,10,20" in err
+    err = refusal(["analyze", "--crosscoder", str(world["run"]), "--store", str(other), "--out", str(tmp_path / "r.html")], capsys)
+    assert "[step0, step10, step20] vs [step0, step10, step30]" in err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_store_of_the_same_revisions_with_other_weights_is_refused(world, tmp_path, capsys):
+    other = harvest(write_suite(tmp_path / "suite", seeds=(0, 1, 3)), tmp_path / "store").path
+    err = refusal(["evaluate", str(world["run"]), "--store", str(other), "--device", "cpu"], capsys)
+    assert "snapshot step20 has other weights" in err and str(other) in err
+
+
+def test_a_store_at_another_hook_is_refused(world, tmp_path, capsys):
+    other = harvest(world["suite"], tmp_path / "store", hooks=OTHER_HOOK).path
+    err = refusal(["evaluate", str(world["run"]), "--store", str(other), "--device", "cpu"], capsys)
+    assert f"the crosscoder reads {HOOK}, the store holds {OTHER_HOOK}" in err and f"--hook {HOOK}" in err
+
+
+def test_a_crosscoder_without_its_record_is_refused_not_trusted(world, tmp_path, capsys):
+    legacy = tmp_path / "legacy"
+    shutil.copytree(world["run"] / "final", legacy)
+    cfg = json.loads((legacy / "cfg.json").read_text())
+    del cfg["metadata"]["suite"]
+    (legacy / "cfg.json").write_text(json.dumps(cfg))
+    err = refusal(["evaluate", str(legacy), "--store", str(world["heldout"]), "--device", "cpu"], capsys)
+    assert "records no snapshots" in err and "retrain" in err and str(world["heldout"]) in err
+
+
+def test_attribute_refuses_steps_other_than_the_crosscoders(world, capsys):
+    err = refusal(["attribute", "--crosscoder", str(world["run"]), "--suite", str(world["suite"]), "--steps", "0,10",
+                   "--device", "cpu"], capsys)  # fmt: skip
+    assert "[step0, step10, step20] vs [step0, step10]" in err and "--steps 0,10,20" in err
+    assert not (world["run"] / "sections").exists()
+
+
+def test_attribute_refuses_a_suite_with_other_weights_under_the_same_steps(world, tmp_path, capsys):
+    other = write_suite(tmp_path / "suite", seeds=(0, 1, 3))
+    err = refusal(["attribute", "--crosscoder", str(world["run"]), "--suite", str(other), "--device", "cpu"], capsys)
+    assert "snapshot step20 has other weights" in err
+
+
+def test_run_json_store_is_absolute_and_checked_by_seal(world, tmp_path, monkeypatch, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    monkeypatch.chdir(first)
+    harvest(world["suite"], Path("store"))
+    train(Path("store"), Path("run"), n_steps=10, checkpoint_every=0)
+    recorded = json.loads((first / "run" / "run.json").read_text())
+    assert recorded["store_path"] == str((first / "store").resolve())
+    assert recorded["store_seal"] == store_seal(ActivationStore.open(first / "store", verify="none"))
+
+    # from another folder holding another store under the same relative name, the run's own store is found
+    monkeypatch.chdir(second)
+    harvest(world["suite"], Path("store"), tokens=token_table(seed=5))
+    assert run_store(first / "run") == str((first / "store").resolve())
+
+    # a store harvested again in place is not the one trained on: refused, not read
+    harvest(world["suite"], first / "store", tokens=token_table(seed=6), overwrite=True)
+    with pytest.raises(PartnerMismatchError, match="is not the one the run"):
+        run_store(first / "run")
+    err = refusal(["report", str(first / "run"), "--out", str(tmp_path / "r.html")], capsys)
+    assert str((first / "store").resolve()) in err and "pass --store" in err
+
+
+def test_a_tampered_heldout_shard_of_the_same_size_is_refused(world, tmp_path, capsys):
+    store = shutil.copytree(world["store"], tmp_path / "store")
+    heldout = shutil.copytree(world["heldout"], tmp_path / "store-heldout")
+    shard = heldout / shard_relpath(HOOK, 1, 0)
+    data = bytearray(shard.read_bytes())
+    position = random.Random(0).randrange(len(data) - 64, len(data))
+    data[position] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptShardError, match="sha256 differs"):
+        print_quality(world["run"] / "final", str(store), None, "cpu", save_to=tmp_path / "quality.json")
+    assert not (tmp_path / "quality.json").exists()
+    err = refusal(["evaluate", str(world["run"]), "--store", str(heldout), "--device", "cpu"], capsys)
+    assert "sha256 differs" in err
+
+
+def test_a_heldout_store_left_from_an_earlier_harvest_is_refused(world, tmp_path):
+    store = harvest(world["suite"], tmp_path / "store")
+    heldout = harvest(world["suite"], tmp_path / "store-heldout", tokens=token_table(8, seed=1))
+    pair_heldout(store, heldout)
+    assert ActivationStore.open(heldout.path).manifest[HELDOUT_OF] == store_seal(store)
+    harvest(world["suite"], tmp_path / "store", tokens=token_table(seed=7), overwrite=True)
+    with pytest.raises(PartnerMismatchError, match="split from another store"):
+        open_heldout(tmp_path / "store")
+    (tmp_path / "lonely").mkdir()
+    unpaired = harvest(world["suite"], tmp_path / "lonely-heldout", tokens=token_table(8, seed=1))
+    harvest(world["suite"], tmp_path / "lonely")
+    with pytest.raises(PartnerMismatchError, match="does not record which store"):
+        open_heldout(tmp_path / "lonely")
+    assert unpaired.path.exists()
+
+
+def test_harvest_overwrite_replaces_or_removes_the_heldout_store(world, tmp_path, capsys):
+    out = tmp_path / "store"
+    common = ["harvest", "--suite", str(world["suite"]), "--hook", HOOK, "--n-tokens", "256", "--seq-len", "16",
+              "--out", str(out), "--device", "cpu"]  # fmt: skip
+    assert main([*common, "--heldout-tokens", "64"]) == 0
+    assert open_heldout(out) is not None
+    assert main([*common, "--n-tokens", "240", "--heldout-tokens", "48", "--overwrite"]) == 0
+    heldout = open_heldout(out)  # replaced and paired with the new store
+    assert heldout.manifest[HELDOUT_OF] == store_seal(ActivationStore.open(out, verify="none"))
+    assert main([*common, "--heldout-tokens", "0", "--overwrite"]) == 0
+    assert not (tmp_path / "store-heldout").exists()
+    capsys.readouterr()
+
+
+def test_cfg_json_bytes_do_not_depend_on_dict_order(world, tmp_path):
+    from sae_lens import SAE
+
+    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
+
+    crosscoder = SAE.load_from_disk(str(world["run"] / "final"))
+    saved = (world["run"] / "final" / "cfg.json").read_text()
+    assert saved == json.dumps(json.loads(saved), sort_keys=True)
+    assert json.loads(saved)["metadata"][STORE_SEAL_KEY] == store_seal(ActivationStore.open(world["store"], verify="none"))
+    crosscoder.save_model(tmp_path / "a")
+    metadata = crosscoder.cfg.metadata
+    keys = [k for k in vars(metadata) if not k.startswith("_")]
+    values = {k: getattr(metadata, k) for k in keys}
+    for key in keys:
+        delattr(metadata, key)
+    for key in reversed(keys):  # the same metadata, filled in the opposite order
+        setattr(metadata, key, values[key])
+    crosscoder.save_model(tmp_path / "b")
+    assert (tmp_path / "a" / "cfg.json").read_bytes() == (tmp_path / "b" / "cfg.json").read_bytes()
+    assert (tmp_path / "a" / "cfg.json").read_text() == saved  # the inference save and a re-save agree too
