@@ -67,7 +67,6 @@ def attribute(args: argparse.Namespace) -> int:
     return 0
 
 
-<<<<<<< HEAD
 def metric_sign() -> str:
     """What the printed metric and effects mean, for one-token and longer continuations."""
     from crosslens.causal.continuations import SUMMED_LOGPROB_DIFF
@@ -78,7 +77,8 @@ def metric_sign() -> str:
         "for longer ones: negative means the model prefers the correct continuation (more negative = more "
         "confident); an effect (IE) is the change in that metric"
     )
-=======
+
+
 def _check_snapshots(record: dict, suite, folder: Path, args: argparse.Namespace) -> None:
     """Refuse snapshots other than the crosscoder's: its decoder for one snapshot would be spliced
     into another snapshot's model. Weights are compared where both sides know an identity (the
@@ -110,14 +110,6 @@ def _check_snapshots(record: dict, suite, folder: Path, args: argparse.Namespace
             "(no weight identity recorded on both sides); only their revisions and steps were compared",
             file=sys.stderr,
         )
-
-
-METRIC_SIGN = (
-    "metric = logit[wrong] - logit[correct] at the prompt's last position for one-token continuations, "
-    "log p(wrong) - log p(correct) summed over the tokens of longer ones: negative means the model prefers "
-    "the correct continuation (more negative = more confident); an effect (IE) is the change in that metric"
-)
->>>>>>> r23-partners
 
 
 
