@@ -22,7 +22,11 @@ class TrainFlags:
     eval_store: str | None = None
     """Store for the final quality table (default: STORE-heldout written by harvest, else the training store)."""
     resume: bool = False
-    """Continue from the last checkpoint in --out."""
+    """Continue from the last checkpoint in --out (a run there that finished with these settings is
+    reported, not trained again)."""
+    overwrite: bool = False
+    """Remove another run's results from --out (run.json, final/, checkpoints, quality.json, report
+    sections) and train anew; without it, train refuses a folder holding them."""
     dtype: str | None = None
     """dtype of the snapshot models when a --recipe harvests (float32, bfloat16, float16); crosscoder
     parameters stay float32."""
