@@ -212,7 +212,13 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
         elif record_problem(runner.final_path) is None:
             print(f"reusing trained crosscoder {runner.final_path}")
             return SAE.load_from_disk(str(runner.final_path), device=device)
-    return runner.run(resume=True)  # continues from the last checkpoint of an interrupted run
+    from crosslens.training.runfolder import RunFolderInUseError
+
+    try:
+        return runner.run(resume=True)  # continues from the last checkpoint of an interrupted run
+    except RunFolderInUseError as refused:  # results no checkpoint continues: the demo owns its folder
+        print(f"{refused}: retraining the crosscoder in {out_dir}")
+        return runner.run(overwrite=True)
 
 
 def _store_trained_on(runner) -> str | None:
@@ -386,6 +392,9 @@ def run_demo(
     else:
         rows = quality_stage(crosscoder, train_store, eval_store, config, steps)
         quality_file.write_text(json.dumps(rows, indent=1, default=str))
+        from crosslens.training.runfolder import seal_run
+
+        seal_run(out_dir / "crosscoder")  # the table joins the run's seal, as `crosslens train`'s does
 
     _banner("4/5 causal role: IG attribution, RelIE and ablations on agreement across an attractor")
     summaries: list = []

@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module, _, function = args.run.partition(":")
         return int(getattr(importlib.import_module(module), function)(args) or 0)
-    except KeyboardInterrupt:
-        print(f"crosslens {args.command}: interrupted (finished work is kept; run the same command to resume)", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as interrupt:
+        print(f"crosslens {args.command}: {_interrupted(args.command, interrupt)}", file=sys.stderr)
+        raise SystemExit(128 + getattr(interrupt, "signum", 2)) from None
     except SystemExit as exit_:
         if debug or exit_.code in (None, 0) or isinstance(exit_.code, int):
             raise
@@ -122,6 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         warnings.formatwarning = formatwarning
     return 2
+
+
+def _interrupted(command: str, interrupt: KeyboardInterrupt) -> str:
+    """What an interrupt kept and how to go on: training says it itself when it stopped between
+    steps; a train stopped anywhere else goes on from its last checkpoint with --resume."""
+    if str(interrupt):
+        return str(interrupt)
+    if command == "train":
+        return "interrupted; run the same command with --resume to continue from its last checkpoint"
+    return "interrupted (finished work is kept; run the same command to resume)"
 
 
 def _command_name(args: argparse.Namespace) -> str:

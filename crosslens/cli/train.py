@@ -24,7 +24,11 @@ class TrainFlags:
     The store measured on is re-hashed against its manifest (the training store: sizes only), and a
     STORE-heldout is refused unless it was split from STORE."""
     resume: bool = False
-    """Continue from the last checkpoint in --out."""
+    """Continue from the last checkpoint in --out (a run there that finished with these settings is
+    reported, not trained again)."""
+    overwrite: bool = False
+    """Remove another run's results from --out (run.json, final/, checkpoints, quality.json, report
+    sections) and train anew; without it, train refuses a folder holding them."""
     dtype: str | None = None
     """dtype of the snapshot models when a --recipe harvests (float32, bfloat16, float16); crosscoder
     parameters stay float32."""

@@ -1,6 +1,10 @@
 """The layout of a ``crosslens train`` run folder as the commands read it: the saved
 crosscoder, the store it trained on (from ``run.json``), the held-out store beside a store,
-the suite it was trained on, and report sections other commands save into the folder."""
+the suite it was trained on, and report sections other commands save into the folder.
+
+Every reader here refuses a run folder that is being written, or whose run.json, final/ and
+quality.json are not the sealed set of one finished run (``crosslens.training.runfolder``),
+naming the file at fault."""
 
 from __future__ import annotations
 
@@ -20,11 +24,17 @@ def heldout_store_path(store_path: str | Path) -> Path:
 
 def crosscoder_folder(path: str | Path) -> Path:
     """The saved crosscoder inside a ``crosslens train`` run folder (``RUN_DIR/final``), or ``path``
-    itself when it holds one (``cfg.json``)."""
+    itself when it holds one (``cfg.json``); a run's crosscoder only once the run is sealed."""
+    from crosslens.training.runfolder import check_run, enclosing_run, is_run_folder
+
     path = Path(path)
-    if (path / FINAL_DIRNAME / "cfg.json").is_file():
+    if (path / FINAL_DIRNAME / "cfg.json").is_file() or is_run_folder(path):
+        check_run(path)
         return path / FINAL_DIRNAME
     if (path / "cfg.json").is_file():
+        run = enclosing_run(path)
+        if run is not None:
+            check_run(run)
         return path
     raise FileNotFoundError(
         f"{path} holds no trained crosscoder (no cfg.json, nor final/cfg.json); pass the --out folder of "
@@ -33,10 +43,14 @@ def crosscoder_folder(path: str | Path) -> Path:
 
 
 def run_folder(crosscoder_path: str | Path) -> Path | None:
-    """The ``crosslens train`` run folder a crosscoder folder belongs to (None if it is not in one)."""
+    """The ``crosslens train`` run folder a crosscoder folder belongs to (None if it is not in one),
+    once its seal verifies."""
+    from crosslens.training.runfolder import check_run, is_run_folder
+
     path = Path(crosscoder_path)
     for candidate in (path, path.parent):
-        if (candidate / RUN_CONFIG_NAME).is_file():
+        if is_run_folder(candidate):
+            check_run(candidate)
             return candidate
     return None
 
@@ -49,9 +63,11 @@ def run_store(run_dir: Path | None) -> str | None:
     from crosslens.activations.partners import store_seal
     from crosslens.core.errors import PartnerMismatchError
     from crosslens.training.config import RUN_STORE_SEAL
+    from crosslens.training.runfolder import check_run
 
     if run_dir is None:
         return None
+    check_run(run_dir)
     try:
         values = json.loads((run_dir / RUN_CONFIG_NAME).read_text())
         store, sealed = values.get("store_path"), values.get(RUN_STORE_SEAL)

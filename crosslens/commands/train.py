@@ -94,6 +94,7 @@ def _harvest_for_recipe(args: argparse.Namespace, recipe, config: CrosscoderRunn
 
 
 def train(args: argparse.Namespace) -> int:
+    from crosslens.training.runfolder import check_not_being_written, check_run_start, owned_run_folder
     from crosslens.training.runner import CrosscoderTrainingRunner
 
     device, model_dtype = device_and_dtype(args)
@@ -105,15 +106,30 @@ def train(args: argparse.Namespace) -> int:
     if args.store_path is not None:
         if recipe is not None:
             _check_store_matches_recipe(args.store_path, recipe)
-    else:
+    else:  # refuse a folder that cannot take the run before harvesting into it
+        check_not_being_written(config.out_dir)
+        check_run_start(config.out_dir, resume=args.resume, overwrite=args.overwrite)
         config.store_path = _harvest_for_recipe(args, recipe, config, device, model_dtype)
     runner = CrosscoderTrainingRunner(config)
     with torchrun_job():
-        runner.run(resume=args.resume)
-        if runner.is_main:
-            print(f"crosscoder saved to {runner.final_path}")
-            print_quality(
-                runner.final_path, config.store_path, args.eval_store, device, save_to=Path(args.out_dir) / QUALITY_NAME
-            )
+        runner.join_mesh()
+        # held across training and the quality table, so no other run writes between them
+        with owned_run_folder(runner.out_dir, enabled=runner.is_main):
+            runner.run(resume=args.resume, overwrite=args.overwrite)
+            if runner.is_main:
+                _save_quality(runner, args.eval_store, device)
         print_peak_memory(runner.device)
     return 0
+
+
+def _save_quality(runner, eval_store: str | None, device: str) -> None:
+    """Print the quality table and seal it into the run (a finished run found by --resume keeps its own)."""
+    from crosslens.training.runfolder import seal_run
+
+    quality = runner.out_dir / QUALITY_NAME
+    if runner.finished_before and quality.is_file():
+        print(f"its quality table: {quality}")
+        return
+    print(f"crosscoder saved to {runner.final_path}")
+    print_quality(runner.final_path, runner.config.store_path, eval_store, device, save_to=quality)
+    seal_run(runner.out_dir)

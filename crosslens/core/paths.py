@@ -14,6 +14,8 @@ A run folder (``crosslens train --out RUN``)::
                                 it holds trainer_state.pt (TRAINER_STATE_FILENAME)
     RUN/final/                  the trained crosscoder (FINAL_DIRNAME)
     RUN/sections/*.json         report sections other commands add (SECTIONS_DIR)
+    RUN/crosslens_run.json      the seal tying run.json, final/ and quality.json together (RUN_SEAL_NAME)
+    RUN/train.lock              held by the process writing the folder (RUN_LOCK_NAME)
 
 and beside an activation store ``STORE``, its held-out split ``STORE-heldout``
 (HELDOUT_SUFFIX).
@@ -41,6 +43,10 @@ HELDOUT_SUFFIX = "-heldout"
 """``harvest --out STORE`` also writes held-out activations to ``STORE-heldout``; ``train`` reads them."""
 SECTIONS_DIR = "sections"
 """Report sections other stages add to a run folder (``crosslens attribute``), merged by ``crosslens report``."""
+RUN_SEAL_NAME = "crosslens_run.json"
+"""The sealed record of a finished run: the sha256 of its run.json, final/ record and quality.json."""
+RUN_LOCK_NAME = "train.lock"
+"""The lock file of a run folder, held while a ``crosslens train`` process writes it."""
 
 
 def crosslens_home() -> Path:

@@ -17,6 +17,11 @@ manifest before training (``verify_store=False`` / ``--no-verify`` checks sizes 
 Each checkpoint folder is sealed with ``crosslens_checkpoint.json`` (file hashes, config,
 store identity; see ``crosslens.training.records``): resume starts from the newest
 checkpoint that verifies and refuses a store that changed since the run started.
+
+Ownership (``crosslens.training.runfolder``): a run holds the folder's lock while it writes,
+refuses a folder holding another run's results unless told to overwrite them, and seals
+run.json with final/ when it ends. A Ctrl-C or SIGTERM stops between two steps with a
+checkpoint of the step reached (``crosslens.training.interrupts``).
 """
 
 from __future__ import annotations
@@ -35,13 +40,21 @@ from crosslens.activations.partners import STORE_SEAL_KEY, store_seal
 from crosslens.architectures import sparsity_coefficient_for
 from crosslens.core.errors import StoreChangedError
 from crosslens.core.launch import launched_by_torchrun
-from crosslens.core.paths import CHECKPOINT_PREFIX, FINAL_DIRNAME, RUN_CONFIG_NAME, checkpoint_step
+from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, checkpoint_dirname
 from crosslens.core.seeding import seeded
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh, shard_batches
 from crosslens.training.config import RUN_STORE_SEAL, CrosscoderRunnerConfig, CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder
+from crosslens.training.interrupts import StopRequest, TrainingInterrupted, stop_between_steps
 from crosslens.training.records import read_record, record_problem, write_record
+from crosslens.training.runfolder import (
+    check_run_start,
+    clear_run_results,
+    newest_verified_checkpoint,
+    owned_run_folder,
+    seal_run,
+)
 from crosslens.training.trainer import CrosscoderTrainer, crosscoder_metrics
 
 class CrosscoderTrainingRunner:
@@ -64,6 +77,8 @@ class CrosscoderTrainingRunner:
         self.device = config.device
         self.mesh = None
         """(layout, collectives) once :meth:`run` joins a torchrun job; None in a plain process."""
+        self.finished_before = False
+        """Set by ``run(resume=True)`` when the folder already held this run, finished."""
 
     @property
     def is_main(self) -> bool:
@@ -178,23 +193,17 @@ class CrosscoderTrainingRunner:
 
     def verified_checkpoint(self) -> Path | None:
         """The newest checkpoint whose sealed record verifies (older ones are tried in turn)."""
-        steps = [p for p in self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p.name) is not None]
-        for folder in sorted(steps, key=lambda p: checkpoint_step(p.name), reverse=True):
-            problem = record_problem(folder)
-            if problem is None:
-                return folder
-            print(f"checkpoint {folder} cannot be trusted ({problem}); trying the one before it", file=sys.stderr)
-        return None
+        return newest_verified_checkpoint(self.checkpoint_dir)
 
     def _check_resumable(self, checkpoint: Path, run_file: Path) -> None:
         """Refuse other settings or another store before a single batch is read."""
         record = read_record(checkpoint)
         current, sealed = self._settings(), record.get("settings")
         if sealed != current:
-            differs = sorted(k for k in set(sealed or {}) | set(current) if (sealed or {}).get(k) != current.get(k))
+            differs = "; ".join(differing_settings(sealed or {}, current))
             raise ValueError(
-                f"{self.out_dir} holds a run with another configuration (differs in: {', '.join(differs)}); "
-                "resume with the same settings, or pick a new --out."
+                f"{self.out_dir} holds a run with another configuration (differs in {differs}); "
+                "resume with the same settings, pass --overwrite to start again, or pick a new --out."
             )
         try:
             previous = _resume_settings(json.loads(run_file.read_text()))
@@ -216,29 +225,89 @@ class CrosscoderTrainingRunner:
         trainer.record = {"settings": self._settings(), "store": self.store_identity()}
         return trainer
 
-    def run(self, *, resume: bool = False) -> SAE:
+    def run(self, *, resume: bool = False, overwrite: bool = False) -> SAE:
         """Train (or continue) and return the inference crosscoder saved in ``final_path``.
 
-        Under torchrun every rank calls this; rank 0 writes the files."""
+        The folder is locked while this runs. A new run refuses a folder holding another run's
+        results unless ``overwrite`` (which removes them first); ``resume`` continues from the
+        newest verified checkpoint, or returns the crosscoder of a run that finished with these
+        settings. A Ctrl-C or SIGTERM stops between two steps: the step reached is checkpointed
+        and :class:`TrainingInterrupted` says how to continue. Under torchrun every rank calls
+        this; rank 0 writes the files."""
         self.join_mesh()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        run_file = self.out_dir / RUN_CONFIG_NAME
-        resume_from = self.verified_checkpoint() if resume else None
-        if resume and resume_from is None and run_file.exists():
-            print(f"no checkpoint under {self.checkpoint_dir} to resume from; starting from scratch")
-        if resume_from is not None:
-            self._check_resumable(resume_from, run_file)
-            trainer = self._trainer(resume_from)
-            trainer.fit(self._batches, resume_from=resume_from)
-        else:
+        with owned_run_folder(self.out_dir, enabled=self.is_main):
+            state = check_run_start(self.out_dir, resume=resume, overwrite=overwrite)
+            self._all_ranks_barrier()  # every rank has looked before rank 0 changes anything
+            run_file = self.out_dir / RUN_CONFIG_NAME
+            if resume and state.finished:
+                return self._finished(run_file)
             if self.is_main:
+                clear_run_results(self.out_dir, everything=overwrite)
+            resume_from = state.checkpoint if resume else None
+            if resume and resume_from is None and run_file.exists():
+                print(f"no checkpoint under {self.checkpoint_dir} to resume from; starting from scratch")
+            if resume_from is not None:
+                self._check_resumable(resume_from, run_file)
+            elif self.is_main:
                 run_file.write_text(self._run_json())
-            trainer = self._trainer(None)
-            trainer.fit(self._batches)
-        if self.is_main:
-            write_record(self.final_path, **trainer.record)
-        trainer._barrier()
+            trainer = self._trainer(resume_from)
+            with stop_between_steps(enabled=self.mesh is None) as request:
+                trainer.fit(self._stoppable_batches(trainer, request), resume_from=resume_from)
+            if self.is_main:
+                write_record(self.final_path, **trainer.record)
+                seal_run(self.out_dir)
+            trainer._barrier()
+        if request.signum is not None:  # the signal came during the last step: the run is whole
+            raise TrainingInterrupted(
+                f"stopped by {request.name} after the last step; the crosscoder is saved in {self.final_path}: "
+                "run the same command with --resume to measure its quality",
+                signum=request.signum,
+            )
         return SAE.load_from_disk(str(self.final_path), device=self.device)
+
+    def _finished(self, run_file: Path) -> SAE:
+        """The crosscoder of the finished run in the folder, once its settings and store are these."""
+        self._check_resumable(self.final_path, run_file)
+        self.finished_before = True
+        print(f"{self.out_dir} holds this run, finished: nothing to train (--overwrite instead of --resume trains it again)")
+        return SAE.load_from_disk(str(self.final_path), device=self.device)
+
+    def _all_ranks_barrier(self) -> None:
+        if self.mesh is not None and self.mesh[1].is_distributed:
+            torch.distributed.barrier()
+
+    def _stoppable_batches(self, trainer: CrosscoderTrainer, request: StopRequest):
+        """The batch factory, stopping before the next batch once a stop is requested: the trainer
+        asks for batch k + 1 only when step k is whole, so the state it saves then is exact."""
+
+        def batches(start_step: int):
+            inner, end = iter(self._batches(start_step)), object()
+            while True:
+                if request.signum is not None:
+                    self._stop(trainer, request)
+                batch = next(inner, end)
+                if batch is end:
+                    return
+                yield batch
+
+        return batches
+
+    def _stop(self, trainer: CrosscoderTrainer, request: StopRequest) -> None:
+        step, total = trainer.n_steps, self.config.n_steps
+        if step == 0:
+            raise TrainingInterrupted(
+                f"stopped by {request.name} before the first step; nothing was trained: run the same command again",
+                signum=request.signum,
+            )
+        checkpoint = self.checkpoint_dir / checkpoint_dirname(step)
+        if record_problem(checkpoint) is not None:  # not already saved at this step
+            trainer.save_checkpoint(checkpoint)
+        raise TrainingInterrupted(
+            f"stopped by {request.name} at step {step} of {total}; checkpoint {checkpoint} keeps it: "
+            "run the same command with --resume to continue",
+            signum=request.signum,
+        )
 
 
 class _SealedTrainer(CrosscoderTrainer):
@@ -259,6 +328,18 @@ def _resume_settings(config: dict[str, Any]) -> dict[str, Any]:
     # elsewhere, on another device or on another mesh
     where = ("out_dir", "store_path", RUN_STORE_SEAL, "verify_store", "progress", "device", "snapshot_parallel")
     return {key: value for key, value in config.items() if key not in where}
+
+
+def differing_settings(run: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """``"sae.d_sae: 64 in the run, 32 now"`` for each setting (nested ones by dotted name) that differs."""
+    found = []
+    for key in sorted(set(run) | set(now)):
+        old, new = run.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += differing_settings(old, new, f"{prefix}{key}.")
+        elif old != new:
+            found.append(f"{prefix}{key}: {old!r} in the run, {new!r} now")
+    return found
 
 
 def _store_changed_message(started_on: dict[str, Any], now: dict[str, Any], checkpoint: Path) -> str:

@@ -1,0 +1,266 @@
+"""A run folder has one writer, and its results are trusted only as the set they were written as.
+
+Lock. The process training into a folder holds an exclusive lock on ``RUN/train.lock``
+(:mod:`crosslens.core.locks`: the OS drops it however the process ends). A second run into
+the same folder is refused, naming the holder, and readers refuse a folder being written.
+
+Seal. When a run ends, ``RUN/crosslens_run.json`` records the sha256 of ``run.json``, of
+``final/``'s sealed record (which hashes the crosscoder's own files, see
+:mod:`crosslens.training.records`) and of ``quality.json`` once it is written; the record is
+sealed by its own checksum (:mod:`crosslens.core.sealed`). A run removes the seal before it
+writes anything, so a folder whose writer was stopped or killed has none. Readers
+(``evaluate``, ``analyze``, ``report``, ``attribute``, ``push``) call :func:`check_run` and
+refuse a folder whose seal is missing or broken, or whose files are not the ones it names.
+
+Start. A new run may start only where no other run's results are (:func:`check_run_start`):
+``overwrite`` removes them first, ``resume`` continues the newest verified checkpoint or
+finds the run finished.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from crosslens.core.errors import CrosslensError
+from crosslens.core.hashing import file_sha256
+from crosslens.core.locks import exclusive_lock, lock_holder
+from crosslens.core.paths import (
+    CHECKPOINT_PREFIX,
+    FINAL_DIRNAME,
+    QUALITY_NAME,
+    RUN_CONFIG_NAME,
+    RUN_LOCK_NAME,
+    RUN_SEAL_NAME,
+    SECTIONS_DIR,
+    checkpoint_step,
+)
+from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
+from crosslens.training.records import RECORD_NAME, record_problem
+
+RUN_SEAL_FORMAT = "crosslens.run/1"
+RUN_SEAL_KEY = "run_sha256"
+REPORT_NAME = "report.html"
+"""Where ``crosslens report`` writes by default: inside the run folder, describing its crosscoder."""
+FINAL_RECORD = f"{FINAL_DIRNAME}/{RECORD_NAME}"
+FINISH_HINT = "finish it with `crosslens train --resume` and the flags it was started with, or train again with --overwrite"
+
+
+class RunFolderLockedError(CrosslensError):
+    """Another process is writing the run folder."""
+
+
+class UnsealedRunError(CrosslensError):
+    """A run folder's results are not the finished, sealed set of one run."""
+
+
+class RunFolderInUseError(CrosslensError):
+    """Starting here would replace or mix with another run's results."""
+
+
+_HELD: set[Path] = set()
+"""Run folders whose lock this process holds (a second flock from the same process would block)."""
+_VERIFIED: dict[Path, tuple] = {}
+"""Run folders already checked, by the sizes and times of the files checked: hashing a large
+crosscoder once per command is enough."""
+
+
+@contextmanager
+def owned_run_folder(run_dir: str | Path, *, enabled: bool = True) -> Iterator[None]:
+    """Hold ``run_dir``'s lock (creating the folder) for the ``with`` block; refuse when another
+    process holds it. Re-entrant within a process; ``enabled=False`` (torchrun ranks other than
+    0, whose rank 0 holds it) does nothing."""
+    run_dir = Path(run_dir).resolve()
+    if not enabled or run_dir in _HELD:
+        yield
+        return
+
+    def refuse(holder: str) -> None:
+        raise RunFolderLockedError(
+            f"another crosslens train ({holder}) is writing {run_dir}; wait for it to finish, or pick another --out"
+        )
+
+    with exclusive_lock(run_dir / RUN_LOCK_NAME, on_busy=refuse):
+        _HELD.add(run_dir)
+        try:
+            yield
+        finally:
+            _HELD.discard(run_dir)
+
+
+def check_not_being_written(run_dir: str | Path) -> None:
+    """Refuse a run folder another process is training into right now."""
+    run_dir = Path(run_dir)
+    if run_dir.resolve() in _HELD:
+        return
+    holder = lock_holder(run_dir / RUN_LOCK_NAME)
+    if holder is not None:
+        raise RunFolderLockedError(f"{run_dir} is being written by {holder} (a crosslens train); wait for it to finish")
+
+
+# --------------------------------------------------------------------------- the seal
+def seal_run(run_dir: str | Path) -> Path:
+    """Seal ``run.json``, ``final/``'s record and ``quality.json`` (when written) together."""
+    run_dir = Path(run_dir)
+    names = [RUN_CONFIG_NAME, FINAL_RECORD] + ([QUALITY_NAME] if (run_dir / QUALITY_NAME).is_file() else [])
+    files = {name: file_sha256(run_dir / name) for name in names}
+    write_sealed(run_dir / RUN_SEAL_NAME, {"format": RUN_SEAL_FORMAT, "files": files}, RUN_SEAL_KEY)
+    return run_dir / RUN_SEAL_NAME
+
+
+def run_problem(run_dir: str | Path) -> str | None:
+    """Why ``run_dir`` is not a finished run whose files are the ones it sealed (None when it is)."""
+    run_dir = Path(run_dir)
+    seal = run_dir / RUN_SEAL_NAME
+    if not seal.is_file():
+        return f"{seal} is missing: the run there did not finish (stopped, killed, or another run started since)"
+    try:
+        files = read_sealed(seal, RUN_SEAL_KEY).get("files") or {}
+    except UnreadableRecordError:
+        return f"{seal} is not valid JSON"
+    except BrokenSealError:
+        return f"{seal} fails its own checksum"
+    for name in (RUN_CONFIG_NAME, FINAL_RECORD):
+        if name not in files:
+            return f"{seal} does not name {name}"
+    for name, sha256 in sorted(files.items()):
+        path = run_dir / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if file_sha256(path) != sha256:
+            return f"{path} is not the file the run was sealed with (another run wrote it, or it was edited)"
+    problem = record_problem(run_dir / FINAL_DIRNAME)
+    if problem is not None:
+        return f"{run_dir / FINAL_DIRNAME}: {problem}"
+    if QUALITY_NAME not in files and (run_dir / QUALITY_NAME).exists():
+        return f"{run_dir / QUALITY_NAME} was not sealed with the run (another run wrote it)"
+    return None
+
+
+def _signature(run_dir: Path) -> tuple:
+    paths = [run_dir / RUN_SEAL_NAME, run_dir / RUN_CONFIG_NAME, run_dir / QUALITY_NAME]
+    paths += sorted((run_dir / FINAL_DIRNAME).glob("*"))
+    stats = [(str(p), p.stat()) if p.exists() else (str(p), None) for p in paths]
+    return tuple((name, None if st is None else (st.st_size, st.st_mtime_ns)) for name, st in stats)
+
+
+def check_run(run_dir: str | Path) -> None:
+    """Refuse a run folder being written, or one that is not a finished, sealed run, naming the file."""
+    run_dir = Path(run_dir)
+    check_not_being_written(run_dir)
+    key, signature = run_dir.resolve(), _signature(run_dir)
+    if _VERIFIED.get(key) == signature:
+        return
+    problem = run_problem(run_dir)
+    if problem is not None:
+        raise UnsealedRunError(f"{problem}. The run in {run_dir} cannot be trusted: {FINISH_HINT}.")
+    _VERIFIED[key] = signature
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` is (or was started as) a ``crosslens train`` run folder."""
+    folder = Path(folder)
+    return (folder / RUN_CONFIG_NAME).is_file() or (folder / RUN_SEAL_NAME).is_file()
+
+
+def enclosing_run(crosscoder_dir: str | Path) -> Path | None:
+    """The run folder a crosscoder folder is the ``final/`` of (None: it stands alone)."""
+    crosscoder_dir = Path(crosscoder_dir)
+    parent = crosscoder_dir.resolve().parent
+    return parent if crosscoder_dir.resolve().name == FINAL_DIRNAME and is_run_folder(parent) else None
+
+
+# --------------------------------------------------------------------------- starting a run
+@dataclass(frozen=True)
+class RunFolderState:
+    """What a run folder holds before a run starts in it."""
+
+    finished: bool
+    """Its seal verifies: a finished run."""
+    checkpoint: Path | None
+    """The newest checkpoint that verifies (None when finished, or none does)."""
+    leftovers: tuple[str, ...]
+    """Names of results a run leaves (final/, quality.json, checkpoints, the seal, sections)."""
+
+    @property
+    def step(self) -> int | None:
+        return None if self.checkpoint is None else checkpoint_step(self.checkpoint.name)
+
+
+def newest_verified_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint whose sealed record verifies (older ones are tried in turn)."""
+    steps = [p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p.name) is not None]
+    for folder in sorted(steps, key=lambda p: checkpoint_step(p.name), reverse=True):
+        problem = record_problem(folder)
+        if problem is None:
+            return folder
+        print(f"checkpoint {folder} cannot be trusted ({problem}); trying the one before it", file=sys.stderr)
+    return None
+
+
+def _is_result(path: Path) -> bool:
+    return path.name in (RUN_SEAL_NAME, QUALITY_NAME, FINAL_DIRNAME, SECTIONS_DIR, REPORT_NAME) or (
+        checkpoint_step(path.name) is not None
+    )
+
+
+def run_folder_state(run_dir: str | Path) -> RunFolderState:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return RunFolderState(False, None, ())
+    leftovers = tuple(p.name + ("/" if p.is_dir() else "") for p in sorted(run_dir.iterdir()) if _is_result(p))
+    finished = (run_dir / RUN_SEAL_NAME).is_file() and run_problem(run_dir) is None
+    checkpoint = None if finished or not leftovers else newest_verified_checkpoint(run_dir)
+    return RunFolderState(finished, checkpoint, leftovers)
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def check_run_start(run_dir: str | Path, *, resume: bool, overwrite: bool) -> RunFolderState:
+    """What ``run_dir`` holds, after refusing a start that would lose or mix another run's results:
+    a new run needs a folder without them (or ``overwrite``); ``resume`` needs a checkpoint or a
+    finished run, or a folder without results (it then starts from scratch)."""
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise RunFolderInUseError("--resume continues the run in --out and --overwrite removes it: pass one of them")
+    state = run_folder_state(run_dir)
+    if overwrite or not state.leftovers:
+        return state
+    if state.finished:
+        if resume:
+            return state
+        raise RunFolderInUseError(
+            f"{run_dir} holds a finished run; pass --overwrite to train a new one in its place, or pick another --out"
+        )
+    if state.checkpoint is not None:
+        if resume:
+            return state
+        raise RunFolderInUseError(
+            f"{run_dir} holds a run at step {state.step}; pass --resume to continue or --overwrite to start again"
+        )
+    raise RunFolderInUseError(
+        f"{run_dir} holds another run's results ({_listed(state.leftovers)}) and no checkpoint to continue; "
+        "pass --overwrite to remove them and start again, or pick another --out"
+    )
+
+
+def clear_run_results(run_dir: str | Path, *, everything: bool) -> None:
+    """Remove the seal and ``quality.json`` (they describe a crosscoder about to be replaced); with
+    ``everything``, also ``run.json``, ``final/``, the checkpoints, report sections and the report.
+    Whatever else is in the folder (a recipe's ``activations/`` store) stays."""
+    run_dir = Path(run_dir)
+    (run_dir / RUN_SEAL_NAME).unlink(missing_ok=True)  # first: a folder half cleared is never sealed
+    if not run_dir.is_dir():
+        return
+    for path in sorted(run_dir.iterdir()):
+        if path.name == QUALITY_NAME or (everything and (path.name == RUN_CONFIG_NAME or _is_result(path))):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
