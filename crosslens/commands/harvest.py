@@ -89,10 +89,12 @@ def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
         if len(heldout_NL):
             heldout = harvest_activations(suite, hooks, heldout_NL, heldout_path, **common)
     except StorageError as error:
-        if error.needed is not None or needed is None or error.__cause__ is None:
+        cause = error.__cause__
+        if error.needed is not None or needed is None or cause is None:
             raise
-        raise storage_error(error.__cause__, error.folder, "the activation store", needed=needed,
-                            fix="harvest into another folder (--out)") or error from None  # fmt: skip
+        # the library cannot size a store before its first snapshot has run; this command can
+        raise storage_error(cause, error.folder, "the activation store", needed=needed,
+                            fix="harvest into another folder (--out)") from cause  # fmt: skip
     return store, heldout
 
 
@@ -111,8 +113,11 @@ def check_sizes(suite, hooks: list[str], seq_len: int, n_tokens: int, store_dtyp
         )
     config = suite_config(suite)
     widths = None
-    if config is not None:
-        spec = spec_from_hf_config(config, str(getattr(suite, "model_id", "")), "config.json")
+    try:
+        spec = spec_from_hf_config(config, str(getattr(suite, "model_id", "")), "config.json") if config else None
+    except (TypeError, ValueError):  # a config without the usual size fields: the disk check is skipped
+        spec = None
+    if spec is not None:
         widths = [hook_width(spec, hook) for hook in hooks]
     return check_harvest_fits(n_tokens, len(suite.snapshots), widths, DTYPE_BYTES[store_dtype], outs)
 
