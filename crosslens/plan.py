@@ -129,7 +129,7 @@ def known_model(model_id: str) -> ModelSpec | None:
     )  # fmt: skip
 
 
-def _spec_from_hf_config(config: dict[str, Any], name: str, source: str) -> ModelSpec:
+def spec_from_hf_config(config: dict[str, Any], name: str, source: str) -> ModelSpec:
     d = int(config.get("hidden_size") or config.get("n_embed") or config.get("d_model"))
     n_layers = int(config.get("num_hidden_layers") or config.get("n_layer") or config.get("n_layers"))
     d_mlp = int(config.get("intermediate_size") or config.get("d_mlp") or 4 * d)
@@ -166,7 +166,7 @@ def model_spec_for(suite: str) -> ModelSpec:
         configs = sorted(path.glob("config.json")) or sorted(path.glob("*/config.json"))
         if not configs:
             raise PlanError(f"{suite} holds no config.json (nor */config.json); point --suite at a suite folder")
-        return _spec_from_hf_config(json.loads(configs[0].read_text()), suite, f"{configs[0]}")
+        return spec_from_hf_config(json.loads(configs[0].read_text()), suite, f"{configs[0]}")
     known = known_model(suite)
     if known is not None:
         return known
@@ -177,7 +177,7 @@ def model_spec_for(suite: str) -> ModelSpec:
     except Exception:  # noqa: BLE001 - any failure means "not cached"
         cached = None
     if isinstance(cached, str):
-        return _spec_from_hf_config(json.loads(Path(cached).read_text()), suite, f"cached {cached}")
+        return spec_from_hf_config(json.loads(Path(cached).read_text()), suite, f"cached {cached}")
     raise PlanError(
         f"crosslens does not know the sizes of {suite!r} and no config.json of it is cached; use a model "
         "from `crosslens plan --list-models`, a local suite folder, or a --recipe"

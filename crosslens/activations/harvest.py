@@ -54,7 +54,7 @@ from crosslens.activations.resume import (
 from crosslens.activations.team import HarvestTeam
 from crosslens.activations.tokens import check_same_tokenizer, kept_tokens
 from crosslens.core.devices import release_model
-from crosslens.core.errors import StoreLockedError
+from crosslens.core.errors import StoreLockedError, storage_errors
 from crosslens.core.hooks import block_index
 from crosslens.core.locks import exclusive_lock
 
@@ -273,17 +273,19 @@ def harvest_activations(
 
     root = Path(out_dir)
     team = _join_team(distributed)
-    if team.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-    team.barrier()
-    # rank 0 holds the folder's lock for the whole team; the others write only their own shards
-    lock = exclusive_lock(root / LOCK_NAME, on_busy=_refuse_concurrent_harvest(root)) if team.is_main else nullcontext()
-    with lock:
-        _harvest_locked(
-            suite, hooks, token_ids_NL, keep_NL, root, spec, provenance, identities,
-            tokenizer=tokenizer if per_model_tokenizer else None, batch_size=batch_size, device=device,
-            model_dtype=model_dtype, overwrite=overwrite, verify_hashes=verify_hashes, progress=progress, team=team,
-        )  # fmt: skip
+    # a full disk or an unwritable folder is one line naming the folder; what was finished is kept
+    with storage_errors(root, "the activation store", fix="harvest into another folder (out_dir, `--out`)"):
+        if team.is_main:
+            root.mkdir(parents=True, exist_ok=True)
+        team.barrier()
+        # rank 0 holds the folder's lock for the whole team; the others write only their own shards
+        lock = exclusive_lock(root / LOCK_NAME, on_busy=_refuse_concurrent_harvest(root)) if team.is_main else nullcontext()
+        with lock:
+            _harvest_locked(
+                suite, hooks, token_ids_NL, keep_NL, root, spec, provenance, identities,
+                tokenizer=tokenizer if per_model_tokenizer else None, batch_size=batch_size, device=device,
+                model_dtype=model_dtype, overwrite=overwrite, verify_hashes=verify_hashes, progress=progress, team=team,
+            )  # fmt: skip
     team.barrier()  # the store is complete and unlocked for every rank
     return ActivationStore.open(root, verify="none")
 

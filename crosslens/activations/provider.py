@@ -49,7 +49,8 @@ def _check_one_batch(n_tokens: int, batch_size: int, drop_last: bool) -> None:
     if drop_last and n_tokens < batch_size:
         raise ValueError(
             f"only {n_tokens} training tokens, fewer than one batch of {batch_size}, and drop_last=True "
-            "would serve nothing; use a smaller batch_size or drop_last=False."
+            "would serve nothing; use a smaller batch_size (`crosslens train --batch-size`), harvest more "
+            "tokens (`crosslens harvest --n-tokens`), or pass drop_last=False."
         )
 
 

@@ -159,7 +159,7 @@ def start_or_resume(root: Path, spec: dict, *, overwrite: bool, verify_hashes: b
         if leftovers and not overwrite:
             raise StoreMismatchError(
                 f"{root} is not empty ({leftovers[:3]}...) and holds no activation store; "
-                "choose an empty out_dir or pass overwrite=True."
+                "choose an empty out_dir or pass overwrite=True (`crosslens harvest --overwrite`)."
             )
         _clear_store_files(root)
         return None
@@ -170,13 +170,19 @@ def start_or_resume(root: Path, spec: dict, *, overwrite: bool, verify_hashes: b
     if manifest.get("format") != STORE_FORMAT:
         raise StoreMismatchError(
             f"{root} holds an activation store of format {manifest.get('format')!r}, written by another "
-            f"crosslens version (this one writes {STORE_FORMAT!r}); pass overwrite=True to harvest it again."
+            f"crosslens version (this one writes {STORE_FORMAT!r}); pass overwrite=True (`crosslens harvest "
+            "--overwrite`) to harvest it again."
         )
     if manifest.get("fingerprint") != _fingerprint(spec):
+        if not any(rel.startswith(ACTS_DIR + "/") for rel in manifest.get("files", {})):
+            # a harvest that failed before its first shard leaves only its token table: nothing of
+            # value, so a retry with corrected inputs starts afresh instead of being refused
+            _clear_store_files(root)
+            return None
         differs = _spec_differences(manifest.get("spec", {}), spec) or ["format"]
         raise StoreMismatchError(
             f"{root} holds an activation store built for other inputs (differs in: {', '.join(differs)}); "
-            "use a new out_dir, or pass overwrite=True to replace it."
+            "use a new out_dir (`--out`), or pass overwrite=True (`crosslens harvest --overwrite`) to replace it."
         )
     files = manifest["files"]
     for rel in list(files):
@@ -219,7 +225,8 @@ def check_known_weights(manifest: dict | None, s: int, sha: str | None, revision
     if sha is not None and recorded is not None and recorded != sha:
         raise StoreMismatchError(
             f"snapshot {revision!r} has other weights (sha256 {sha[:12]}...) than the store was built from "
-            f"({recorded[:12]}...); use a new out_dir, or pass overwrite=True to replace the store."
+            f"({recorded[:12]}...); use a new out_dir (`--out`), or pass overwrite=True (`crosslens harvest "
+            "--overwrite`) to replace the store."
         )
 
 
@@ -242,6 +249,13 @@ def check_snapshot(
         raise SnapshotMismatchError(
             f"token id {int(token_ids_NL.max())} is outside snapshot {record['revision']!r}'s vocabulary "
             f"of {model.cfg.d_vocab}; build the tokens with this suite's tokenizer.",
+            revision=record["revision"],
+        )
+    if token_ids_NL.shape[1] > model.cfg.n_ctx:
+        raise SnapshotMismatchError(
+            f"the token table's rows of {token_ids_NL.shape[1]} tokens are longer than snapshot "
+            f"{record['revision']!r}'s context of {model.cfg.n_ctx}; build them with seq_len <= {model.cfg.n_ctx} "
+            "(`crosslens harvest --seq-len`). A retry with the shorter rows replaces what this run wrote.",
             revision=record["revision"],
         )
     manifest["snapshots"][s] = {**record, "source": recorded.get("source")}

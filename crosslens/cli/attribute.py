@@ -23,6 +23,8 @@ class AttributeFlags:
     RelIE per language side by side."""
     task_file: str | None = None
     """A MultiBLiMP-style JSONL file (sentence_good, sentence_bad, language): one task per language."""
+    skip_invalid: bool = False
+    """Drop the lines of a pairs file that do not parse or do not tokenize, instead of refusing the file."""
     n_examples: int = field(default=64, metadata={"min": 1})
     """Minimal pairs to score."""
     out: str = "attribution.json"

@@ -26,6 +26,8 @@ class HarvestFlags:
     text: list[str] | None = field(default=None, metadata={"nargs": "+", "metavar": "FILE|DIR"})
     """Harvest on your text: text files or folders of .txt files (split into documents at blank lines, or
     every ~2000 characters)."""
+    encoding: str = "utf-8"
+    """Encoding of the --text files (e.g. latin-1, cp1252); a file that does not decode in it is refused."""
     dataset: str | None = None
     """NAME:COLUMN of a datasets dataset (a text file or folder also works; default: the pico grammar)."""
     heldout_tokens: int | None = field(default=None, metadata={"min": 0})

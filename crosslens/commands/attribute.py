@@ -143,7 +143,8 @@ def _tasks_from_args(args: argparse.Namespace) -> list:
         if not Path(path).is_file():
             raise CLIError(f"--task {path}: no such file; pass a task name (e.g. agreement_pp) or a pairs file")
         try:
-            tasks.extend(load_task_file(path).values())
+            on_invalid = "skip" if args.skip_invalid else "raise"
+            tasks.extend(load_task_file(path, on_invalid=on_invalid).values())
         except ValueError as error:
             raise CLIError(f"--task {path}: {error}") from None
     if not tasks:

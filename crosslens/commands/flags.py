@@ -44,13 +44,24 @@ def _number_at_least(minimum: float, kind: type = int, *, strictly: bool = False
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+            value = _whole_number(text) if kind is int else None
+            if value is None:
+                raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
         if value < minimum or (strictly and value == minimum) or value != value:  # value != value: NaN
             raise argparse.ArgumentTypeError(f"must be {'>' if strictly else '>='} {minimum}, got {text}")
         return value
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def _whole_number(text: str) -> int | None:
+    """``1e6``, ``2.5e5``: a count written in scientific notation, when it is a whole number."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value == value and abs(value) != float("inf") and value.is_integer() else None
 
 
 def int_list(text: str) -> list[int]:

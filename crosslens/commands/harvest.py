@@ -67,28 +67,84 @@ def token_source(args: argparse.Namespace, recipe) -> tuple[str, object]:
 
 def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
     """The store ``harvest`` writes (flags win over the recipe's values), and its held-out store."""
-    from crosslens.activations import harvest_activations, tokens_from_dataset, tokens_from_pico
+    from crosslens.activations import harvest_activations
     from crosslens.activations.partners import pair_heldout
-    from crosslens.activations.tokens import tokenize_texts
     from crosslens.commands.runs import heldout_store_path
-    from crosslens.commands.inputs import split_rows, text_documents
+    from crosslens.commands.inputs import split_rows
     from crosslens.core.devices import dtype_name
+    from crosslens.core.errors import StorageError, storage_error
 
     n_tokens = args.n_tokens or (recipe.n_tokens if recipe is not None else 200_000)
     seq_len = args.seq_len or (recipe.context if recipe is not None else 64)
     n_seqs = max(1, n_tokens // seq_len)
     held_tokens = args.heldout_tokens if args.heldout_tokens is not None else min(16_384, n_tokens // 10)
     n_held = held_tokens // seq_len
-    tokenizer = suite.tokenizer()
+    store_dtype = dtype_name(args.store_dtype or (recipe.store_dtype if recipe is not None else model_dtype))
+    heldout_path = heldout_store_path(args.out)
+    needed = check_sizes(suite, hooks, seq_len, (n_seqs + n_held) * seq_len, store_dtype, [args.out, heldout_path])
+    tokens = _token_table(suite.tokenizer(), source, seq_len, n_seqs + n_held, n_tokens, held_tokens, args)
+    train_NL, heldout_NL = split_rows(tokens, n_held, seed=0)
+    common = dict(dtype=store_dtype, overwrite=args.overwrite, device=device, model_dtype=model_dtype)
+    try:
+        store = harvest_activations(suite, hooks, train_NL, args.out, **common)
+        heldout = None
+        if len(heldout_NL):
+            heldout = harvest_activations(suite, hooks, heldout_NL, heldout_path, **common)
+            if is_main_process():
+                pair_heldout(store, heldout)
+        elif args.overwrite and heldout_path.exists() and is_main_process():
+            shutil.rmtree(heldout_path)  # it was split from the store just replaced
+    except StorageError as error:
+        cause = error.__cause__
+        if error.needed is not None or needed is None or cause is None:
+            raise
+        # the library cannot size a store before its first snapshot has run; this command can
+        raise storage_error(cause, error.folder, "the activation store", needed=needed,
+                            fix="harvest into another folder (--out)") from cause  # fmt: skip
+    return store, heldout
+
+
+def check_sizes(suite, hooks: list[str], seq_len: int, n_tokens: int, store_dtype: str, outs: list) -> int | None:
+    """Refuse, before anything is allocated or written, a --seq-len beyond the model's context and
+    a harvest whose token table or stores do not fit; returns the stores' bytes when known."""
+    from crosslens.commands.inputs import check_harvest_fits, suite_config, suite_context
+    from crosslens.core.devices import DTYPE_BYTES
+    from crosslens.plan import hook_width, spec_from_hf_config
+
+    context = suite_context(suite)
+    if context is not None and seq_len > context:
+        raise CLIError(
+            f"--seq-len {seq_len} is longer than the model's context of {context} tokens (its config.json); "
+            f"pass --seq-len {context} or less"
+        )
+    config = suite_config(suite)
+    widths = None
+    try:
+        spec = spec_from_hf_config(config, str(getattr(suite, "model_id", "")), "config.json") if config else None
+    except (TypeError, ValueError):  # a config without the usual size fields: the disk check is skipped
+        spec = None
+    if spec is not None:
+        widths = [hook_width(spec, hook) for hook in hooks]
+    return check_harvest_fits(n_tokens, len(suite.snapshots), widths, DTYPE_BYTES[store_dtype], outs)
+
+
+def _token_table(tokenizer, source, seq_len: int, n_rows: int, n_tokens: int, held_tokens: int, args):
+    """The token table of ``n_rows`` rows from ``source``; text that is not what it claims is refused."""
+    from crosslens.activations import tokens_from_dataset, tokens_from_pico
+    from crosslens.activations.tokens import tokenize_texts
+    from crosslens.commands.inputs import check_known_tokens, text_documents
+
     kind, value = source
     try:
         if kind == "text":
-            tokens = tokenize_texts(tokenizer, text_documents(value), seq_len, n_seqs=n_seqs + n_held)
-        elif kind == "dataset":
+            documents = text_documents(value, encoding=args.encoding, tokenizer=tokenizer)
+            return tokenize_texts(tokenizer, documents, seq_len, n_seqs=n_rows)
+        if kind == "dataset":
             name, _, column = str(value).partition(":")
-            tokens = tokens_from_dataset(tokenizer, name, seq_len, n_seqs + n_held, column=column or "text")
-        else:
-            tokens = tokens_from_pico(tokenizer, seq_len, n_seqs + n_held, seed=0)
+            tokens = tokens_from_dataset(tokenizer, name, seq_len, n_rows, column=column or "text")
+            check_known_tokens(tokenizer, tokens[:, 1:], f"--dataset {value}")
+            return tokens
+        return tokens_from_pico(tokenizer, seq_len, n_rows, seed=0)
     except ValueError as error:
         if "rows of seq_len" not in str(error):
             raise
@@ -96,15 +152,3 @@ def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
             f"--n-tokens {n_tokens} (+ --heldout-tokens {held_tokens}) is more than the text holds at --seq-len "
             f"{seq_len}; lower --n-tokens, or give more text ({' '.join(str(error).split())})"
         ) from None
-    train_NL, heldout_NL = split_rows(tokens, n_held, seed=0)
-    store_dtype = dtype_name(args.store_dtype or (recipe.store_dtype if recipe is not None else model_dtype))
-    common = dict(dtype=store_dtype, overwrite=args.overwrite, device=device, model_dtype=model_dtype)
-    store = harvest_activations(suite, hooks, train_NL, args.out, **common)
-    heldout, heldout_path = None, heldout_store_path(args.out)
-    if len(heldout_NL):
-        heldout = harvest_activations(suite, hooks, heldout_NL, heldout_path, **common)
-        if is_main_process():
-            pair_heldout(store, heldout)
-    elif args.overwrite and heldout_path.exists() and is_main_process():
-        shutil.rmtree(heldout_path)  # it was split from the store just replaced
-    return store, heldout

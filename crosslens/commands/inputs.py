@@ -1,45 +1,190 @@
-"""Checks and preparation of a command's inputs before any model loads: the model's depth, the
-documents of text files, and the held-out split of a token table."""
+"""Checks and preparation of a command's inputs before any model loads or anything is written:
+the model's depth and context, the documents of text files (decoded strictly, mostly known
+tokens), whether a harvest's token table and store fit in memory and on disk, and the held-out
+split of a token table."""
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Int
 
+from crosslens.core.errors import CrosslensError
+
 if TYPE_CHECKING:
     from crosslens.checkpoints.suite import CheckpointSuite
 
-def suite_n_layers(suite: CheckpointSuite) -> int | None:
-    """The number of transformer blocks of ``suite``'s first snapshot, read from its config.json
-    on this machine (None when no config is at hand, e.g. a hub model not yet downloaded)."""
+# Refuse text whose tokens are more than this share unknown. Text in the tokenizer's language
+# scores near zero (a byte-level BPE has no unknown token at all; a word-level one misses rare
+# words, a few percent), while text read in the wrong encoding, or a binary file, scores well
+# above a half. A quarter sits far from both, and above it a crosscoder would spend its
+# features on the unknown token rather than on the text.
+MAX_UNKNOWN_SHARE = 0.25
+# Characters of each file tokenized for that check: enough for a stable share, cheap on any file.
+UNKNOWN_SAMPLE_CHARS = 200_000
+# Bytes of memory per token of the token table while it is built: packing holds each token as
+# a Python int in a list (about 36 B) beside the int64 table it becomes and its held-out copy.
+TOKEN_TABLE_BYTES_PER_TOKEN = 48
+
+
+def suite_config(suite: CheckpointSuite) -> dict | None:
+    """The config.json of ``suite``'s first snapshot on this machine (None when no config is at
+    hand, e.g. a hub model not yet downloaded)."""
     try:
         folder = suite.snapshot_folder(suite.snapshots[0])
-    except Exception:  # noqa: BLE001 - no local copy: the name check alone applies
+    except Exception:  # noqa: BLE001 - no local copy: the checks that need it are skipped
         return None
     if folder is None or not (Path(folder) / "config.json").is_file():
         return None
-    config = json.loads((Path(folder) / "config.json").read_text())
-    for key in ("num_hidden_layers", "n_layer", "n_layers", "num_layers"):
+    return json.loads((Path(folder) / "config.json").read_text())
+
+
+def suite_n_layers(suite: CheckpointSuite) -> int | None:
+    """The number of transformer blocks of ``suite``'s first snapshot, read from its config.json."""
+    return _first_int(suite_config(suite) or {}, ("num_hidden_layers", "n_layer", "n_layers", "num_layers"))
+
+
+def suite_context(suite: CheckpointSuite) -> int | None:
+    """The longest sequence ``suite``'s snapshots take (n_ctx / max_position_embeddings)."""
+    keys = ("n_ctx", "max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+    return _first_int(suite_config(suite) or {}, keys)
+
+
+def _first_int(config: dict, keys: Sequence[str]) -> int | None:
+    for key in keys:
         if isinstance(config.get(key), int):
             return config[key]
     return None
 
 
-def text_documents(paths: Sequence[str | Path]) -> list[str]:
-    """The documents of text files and folders of ``*.txt`` files, split as the pico build splits them."""
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The text of ``path`` decoded strictly with ``encoding``: a binary file, or a file in
+    another encoding, is refused naming the file, the first bad byte and the ``--encoding`` fix."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise CrosslensError(f"--encoding {encoding}: unknown encoding; use e.g. utf-8, latin-1 or cp1252") from None
+    data = path.read_bytes()
+    wide = codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))  # these hold NUL bytes in text
+    if not wide and b"\0" in data[:65536]:
+        at = data.index(b"\0")
+        raise CrosslensError(f"{path} looks binary (a NUL byte at offset {at}), not text; pass text files (--text)")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        hint = "pass --encoding NAME (e.g. --encoding latin-1)" if encoding == "utf-8" else "pass the --encoding it is in"
+        raise CrosslensError(
+            f"{path} is not valid {encoding} (byte 0x{data[error.start]:02x} at offset {error.start}); {hint}"
+        ) from None
+
+
+def unknown_share(tokenizer: Any, token_ids: Sequence[int] | torch.Tensor) -> float:
+    """The share of ``token_ids`` that are the tokenizer's unknown token (0 when it has none)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ids = torch.as_tensor(token_ids).flatten()
+    if unk is None or ids.numel() == 0:
+        return 0.0
+    return float((ids == unk).sum()) / ids.numel()
+
+
+def check_known_tokens(tokenizer: Any, token_ids: Sequence[int] | torch.Tensor, source: str) -> None:
+    """Refuse ``source`` when more than :data:`MAX_UNKNOWN_SHARE` of its tokens are unknown."""
+    share = unknown_share(tokenizer, token_ids)
+    if share > MAX_UNKNOWN_SHARE:
+        raise CrosslensError(
+            f"{source}: {share:.0%} of its tokens are unknown to the suite's tokenizer (at most "
+            f"{MAX_UNKNOWN_SHARE:.0%} is accepted); is it in the model's language, and in the --encoding given?"
+        )
+
+
+def text_documents(paths: Sequence[str | Path], *, encoding: str = "utf-8", tokenizer: Any = None) -> list[str]:
+    """The documents of text files and folders of ``*.txt`` files, split as the pico build splits them.
+
+    Each file is decoded strictly (:func:`read_text`); given the ``tokenizer``, a file whose
+    text is mostly unknown tokens is refused (:func:`check_known_tokens`).
+    """
     from crosslens.pico.corpus import split_documents, text_files
 
     documents: list[str] = []
     for path in text_files(list(paths)):
-        documents += split_documents(path.read_text(encoding="utf-8", errors="replace"))
+        text = read_text(path, encoding)
+        if tokenizer is not None:
+            check_known_tokens(tokenizer, tokenizer.encode(text[:UNKNOWN_SAMPLE_CHARS], add_special_tokens=False), str(path))
+        documents += split_documents(text)
     if not documents:
         raise ValueError(f"the text files {[str(p) for p in paths]} hold no text")
     return documents
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can take now (Linux's MemAvailable; None when unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def free_disk(folder: str | Path) -> int | None:
+    """Free bytes on the disk that holds ``folder`` (or would hold it, once made)."""
+    here = Path(folder).absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    try:
+        return shutil.disk_usage(here).free
+    except OSError:
+        return None
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Bytes of the files under ``folder`` (0 when it does not exist)."""
+    root = Path(folder)
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+
+
+def check_harvest_fits(
+    n_tokens: int, n_snapshots: int, widths: Sequence[int] | None, value_bytes: int, outs: Sequence[str | Path]
+) -> int | None:
+    """Refuse a harvest of ``n_tokens`` (token table rows x seq_len, held-out rows included) whose
+    token table cannot fit in memory, or whose stores (``outs``) cannot fit on their disk, before
+    anything is allocated or written. Returns the stores' bytes (None when ``widths``, the values
+    per token of each hook, are unknown)."""
+    from crosslens.core.devices import format_bytes
+
+    table = n_tokens * TOKEN_TABLE_BYTES_PER_TOKEN
+    memory = available_memory()
+    if memory is not None and table > memory:
+        raise CrosslensError(
+            f"--n-tokens: a table of {n_tokens:,} tokens needs about {format_bytes(table)} of memory while it is "
+            f"built, and {format_bytes(memory)} is available; lower --n-tokens (+ --heldout-tokens) to at most "
+            f"about {memory // TOKEN_TABLE_BYTES_PER_TOKEN:,}"
+        )
+    if widths is None:
+        return None
+    per_token = n_snapshots * sum(widths) * value_bytes
+    # the token file holds each row (int64), and each kept token's id (int64) and position (2 x int64)
+    store = n_tokens * (per_token + 32)
+    needed = store - sum(folder_bytes(out) for out in outs)  # what is there is resumed or replaced
+    free = free_disk(outs[0])
+    if free is not None and needed > free:
+        raise CrosslensError(
+            f"--out {outs[0]}: the store needs about {format_bytes(store)} ({n_tokens:,} tokens x {n_snapshots} "
+            f"snapshots x {sum(widths)} values x {value_bytes} B) and its disk has {format_bytes(free)} free; free "
+            "space, lower --n-tokens or --n-snapshots, pass --store-dtype bfloat16, or harvest into another --out"
+        )
+    return store
 
 
 def split_rows(

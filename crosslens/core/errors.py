@@ -5,6 +5,13 @@ All subclass `CrosslensError` and `ValueError`, so `except ValueError` keeps wor
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 
 class CrosslensError(ValueError):
     """Base class for crosslens's input errors."""
@@ -72,3 +79,73 @@ class NonFiniteTrainingError(CrosslensError, FloatingPointError):
 class PartnerMismatchError(CrosslensError):
     """Two artifacts handed over together do not belong together (a crosscoder and a store of
     other snapshots or hooks, a store and a held-out store harvested for another one)."""
+
+
+class StorageError(CrosslensError):
+    """A file could not be written: the disk is full, or the folder is not writable."""
+
+    def __init__(self, message: str, *, folder: str = "", needed: int | None = None):
+        super().__init__(message)
+        self.folder = folder
+        self.needed = needed
+
+
+# errno values that mean "this folder cannot take the file" rather than a bug
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
+# torch.save and safetensors report a failed write as a RuntimeError/SafetensorError text
+# rather than an OSError; these are the phrases they use for it
+_WRITE_FAILURE_TEXT = ("inline_container", "file write failed", "No space left", "StorageFull", "os error 28")
+
+
+def _free_bytes(folder: Path) -> int | None:
+    here = folder
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    try:
+        return shutil.disk_usage(here).free
+    except OSError:
+        return None
+
+
+def storage_error(error: BaseException, folder: str | os.PathLike, what: str, *, needed: int | None = None,
+                  fix: str = "choose another folder") -> StorageError | None:
+    """The one-line :class:`StorageError` for a failed write of ``what`` into ``folder``, or None
+    when ``error`` is not a full disk or a permission problem (then it is a bug to show as is)."""
+    from crosslens.core.devices import format_bytes
+
+    if isinstance(error, CrosslensError):
+        return None
+    folder = Path(folder)
+    code = getattr(error, "errno", None)
+    text = str(error)
+    if code in _NO_PERMISSION:
+        where = getattr(error, "filename", None) or folder
+        return StorageError(
+            f"cannot write {what} in {folder}: permission denied ({where}); make the folder writable, or {fix}",
+            folder=str(folder), needed=needed,
+        )  # fmt: skip
+    if code in _NO_SPACE or (code is None and any(t in text for t in _WRITE_FAILURE_TEXT)):
+        free = _free_bytes(folder)
+        sizes = [f"needs about {format_bytes(needed)}" if needed is not None else "",
+                 f"{format_bytes(free)} free" if free is not None else ""]  # fmt: skip
+        numbers = "; ".join(s for s in sizes if s)
+        return StorageError(
+            f"no space left on the disk of {folder} while writing {what}"
+            + (f" ({numbers})" if numbers else "") + f"; free space there, or {fix}",
+            folder=str(folder), needed=needed,
+        )  # fmt: skip
+    return None
+
+
+@contextmanager
+def storage_errors(folder: str | os.PathLike, what: str, *, needed: int | None = None,
+                   fix: str = "choose another folder") -> Iterator[None]:
+    """Re-raise a full disk or a permission problem met inside the block as a :class:`StorageError`."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - anything else is re-raised unchanged
+        translated = storage_error(error, folder, what, needed=needed, fix=fix)
+        if translated is None:
+            raise
+        raise translated from error

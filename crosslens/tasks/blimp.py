@@ -86,6 +86,10 @@ def pair_from_sentences(good: str, bad: str, meta: dict[str, Any] | None = None)
     )
 
 
+# how to drop unusable pairs, for a library caller and for the command line
+SKIP_HINT = "pass on_invalid='skip' (`crosslens attribute --skip-invalid`) to drop such"
+
+
 def _check_on_invalid(on_invalid: str) -> None:
     if on_invalid not in ("raise", "skip"):
         raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
@@ -113,7 +117,7 @@ def _finish(
             if on_invalid == "skip":
                 skipped += 1
                 continue
-            raise type(error)(f"{path}, line {line}: {error} (pass on_invalid='skip' to drop such pairs)") from None
+            raise type(error)(f"{path}, line {line}: {error} ({SKIP_HINT} pairs)") from None
         pairs.append(pair)
     total = len(candidates) + malformed
     if not pairs:
@@ -189,20 +193,20 @@ def _blimp_candidate(path: Path, line_no: int, line: str, good_key: str, bad_key
         record = json.loads(line)
     except json.JSONDecodeError as error:
         raise MinimalPairFormatError(
-            f"{path}, line {line_no}: not valid JSON ({error.msg}) (pass on_invalid='skip' to drop such lines)"
+            f"{path}, line {line_no}: not valid JSON ({error.msg}) ({SKIP_HINT} lines)"
         ) from None
     if not isinstance(record, dict) or good_key not in record or bad_key not in record:
         found = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise MinimalPairFormatError(
             f"{path}, line {line_no}: needs fields {good_key!r} and {bad_key!r}, found {found}; "
-            "pass good_key=/bad_key= to name the sentence fields (or on_invalid='skip' to drop such lines)"
+            f"rename the sentence fields so, or pass good_key=/bad_key= to name them ({SKIP_HINT} lines)"
         )
     good, bad = record.pop(good_key), record.pop(bad_key)
     for key, value in ((good_key, good), (bad_key, bad)):
         if not isinstance(value, str) or not value.strip():
             raise MinimalPairFormatError(
                 f"{path}, line {line_no}: {key!r} is {value!r}, not a sentence; fix the line "
-                "(or pass on_invalid='skip' to drop such lines)"
+                f"({SKIP_HINT} lines)"
             )
     return (str(path), line_no, good, bad, record)
 

@@ -56,6 +56,7 @@ from safetensors.torch import load_file
 from sae_lens.constants import SAE_WEIGHTS_FILENAME
 from tqdm.auto import tqdm
 
+from crosslens.core.errors import storage_errors
 from crosslens.core.paths import FINAL_DIRNAME, TRAINER_STATE_FILENAME, checkpoint_dirname
 from crosslens.core.seeding import seed_everything
 from crosslens.core.tensors import row_counts
@@ -406,6 +407,15 @@ class CrosscoderTrainer:
         if not self.is_main:
             self._barrier()
             return path
+        # the weights, and Adam's two moments of each in the trainer state
+        needed = 3 * sum(p.numel() * p.element_size() for p in full.parameters())
+        # torch.save reports a full disk as a RuntimeError from its zip writer: both become one line
+        with storage_errors(path.parent, f"checkpoint {path.name}", needed=needed, fix="train into another folder (`--out`)"):
+            self._write_checkpoint(full, optimizer_state, path)
+        self._barrier()
+        return path
+
+    def _write_checkpoint(self, full: TrainingSAE[Any], optimizer_state: dict, path: Path) -> None:
         full.save_model(path)
         rng: dict[str, Any] = {
             "torch": torch.get_rng_state(),
@@ -433,8 +443,6 @@ class CrosscoderTrainer:
             },
             path / TRAINER_STATE_FILENAME,
         )
-        self._barrier()
-        return path
 
     def full_crosscoder(self) -> TrainingSAE[Any]:
         """The whole crosscoder as one plain module (gathered from every rank on a mesh:
