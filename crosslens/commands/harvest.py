@@ -15,12 +15,7 @@ def harvest(args: argparse.Namespace) -> int:
     if not hooks:
         raise CLIError("harvest needs --hook NAME (e.g. --hook blocks.0.hook_resid_post), or a --recipe")
     device, model_dtype = device_and_dtype(args)
-    if recipe is not None and args.suite is None:
-        suite = recipe_suite(recipe)
-        if args.steps is not None or args.n_snapshots is not None:
-            suite = suite.select(steps=args.steps) if args.steps is not None else suite.select(n=args.n_snapshots)
-    else:
-        suite = resolve_suite(args.suite or "pico", args.steps, args.n_snapshots)
+    suite = selected_suite(args, recipe)
     check_hooks(suite, hooks)  # before any model loads or anything is written
     source = token_source(args, recipe)
     device = local_rank_device(device)
@@ -33,6 +28,16 @@ def harvest(args: argparse.Namespace) -> int:
                 print(f"held-out store: {heldout.path} ({heldout.n_tokens} tokens; `crosslens train` reports on it)")
         print_peak_memory(device)
     return 0
+
+
+def selected_suite(args: argparse.Namespace, recipe):
+    """The suite of ``--suite`` (default: the recipe's, else pico), narrowed by ``--steps`` or ``--n-snapshots``."""
+    if recipe is not None and args.suite is None:
+        suite = recipe_suite(recipe)
+        if args.steps is not None or args.n_snapshots is not None:
+            suite = suite.select(steps=args.steps) if args.steps is not None else suite.select(n=args.n_snapshots)
+        return suite
+    return resolve_suite(args.suite or "pico", args.steps, args.n_snapshots)
 
 
 def check_hooks(suite, hooks: list[str]) -> None:
@@ -66,18 +71,38 @@ def token_source(args: argparse.Namespace, recipe) -> tuple[str, object]:
 
 def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
     """The store ``harvest`` writes (flags win over the recipe's values), and its held-out store."""
-    from crosslens.activations import harvest_activations, tokens_from_dataset, tokens_from_pico
-    from crosslens.activations.tokens import tokenize_texts
+    from crosslens.activations import harvest_activations
     from crosslens.commands.runs import heldout_store_path
-    from crosslens.commands.inputs import split_rows, text_documents
     from crosslens.core.devices import dtype_name
 
+    train_NL, heldout_NL = token_tables(args, recipe, source, suite.tokenizer())
+    store_dtype = dtype_name(args.store_dtype or (recipe.store_dtype if recipe is not None else model_dtype))
+    common = dict(dtype=store_dtype, overwrite=args.overwrite, device=device, model_dtype=model_dtype)
+    store = harvest_activations(suite, hooks, train_NL, args.out, **common)
+    heldout = None
+    if len(heldout_NL):
+        heldout = harvest_activations(suite, hooks, heldout_NL, heldout_store_path(args.out), **common)
+    return store, heldout
+
+
+def token_budget(args: argparse.Namespace, recipe) -> tuple[int, int, int]:
+    """``(n_tokens, seq_len, heldout_tokens)``: the flags, else the recipe's values, else the defaults."""
     n_tokens = args.n_tokens or (recipe.n_tokens if recipe is not None else 200_000)
     seq_len = args.seq_len or (recipe.context if recipe is not None else 64)
-    n_seqs = max(1, n_tokens // seq_len)
     held_tokens = args.heldout_tokens if args.heldout_tokens is not None else min(16_384, n_tokens // 10)
+    return n_tokens, seq_len, held_tokens
+
+
+def token_tables(args: argparse.Namespace, recipe, source: tuple[str, object], tokenizer):
+    """The token rows of ``--n-tokens``/``--seq-len`` (flags win over the recipe's values) from
+    ``source``, split into training rows and the seeded held-out rows of ``--heldout-tokens``."""
+    from crosslens.activations import tokens_from_dataset, tokens_from_pico
+    from crosslens.activations.tokens import tokenize_texts
+    from crosslens.commands.inputs import split_rows, text_documents
+
+    n_tokens, seq_len, held_tokens = token_budget(args, recipe)
+    n_seqs = max(1, n_tokens // seq_len)
     n_held = held_tokens // seq_len
-    tokenizer = suite.tokenizer()
     kind, value = source
     try:
         if kind == "text":
@@ -94,11 +119,4 @@ def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
             f"--n-tokens {n_tokens} (+ --heldout-tokens {held_tokens}) is more than the text holds at --seq-len "
             f"{seq_len}; lower --n-tokens, or give more text ({' '.join(str(error).split())})"
         ) from None
-    train_NL, heldout_NL = split_rows(tokens, n_held, seed=0)
-    store_dtype = dtype_name(args.store_dtype or (recipe.store_dtype if recipe is not None else model_dtype))
-    common = dict(dtype=store_dtype, overwrite=args.overwrite, device=device, model_dtype=model_dtype)
-    store = harvest_activations(suite, hooks, train_NL, args.out, **common)
-    heldout = None
-    if len(heldout_NL):
-        heldout = harvest_activations(suite, hooks, heldout_NL, heldout_store_path(args.out), **common)
-    return store, heldout
+    return split_rows(tokens, n_held, seed=0)

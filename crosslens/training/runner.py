@@ -164,7 +164,11 @@ class CrosscoderTrainingRunner:
     def _settings(self) -> dict[str, Any]:
         """The configuration a resumed run must share. Where the run and the store live may
         change (folders get moved; the store is checked by content), and so may verification."""
-        return _resume_settings(_jsonable(asdict(self.config)))
+        return _resume_settings(self.run_record())
+
+    def run_record(self) -> dict[str, Any]:
+        """What run.json holds: the runner config."""
+        return _jsonable(asdict(self.config))
 
     def verified_checkpoint(self) -> Path | None:
         """The newest checkpoint whose sealed record verifies (older ones are tried in turn)."""
@@ -192,7 +196,7 @@ class CrosscoderTrainingRunner:
             previous = None
         if previous != sealed and self.is_main:  # run.json missing or damaged: the sealed record is the truth
             print(f"{run_file} was missing or damaged; rewritten from {checkpoint.name}'s record", file=sys.stderr)
-            run_file.write_text(json.dumps(_jsonable(asdict(self.config)), indent=2))
+            run_file.write_text(json.dumps(self.run_record(), indent=2))
         started_on, now = record.get("store", {}), self.store_identity()
         same_store = started_on.get("content_sha256") == now["content_sha256"]
         if not same_store or started_on.get("fingerprint") != now["fingerprint"]:
@@ -222,7 +226,7 @@ class CrosscoderTrainingRunner:
             trainer.fit(self._batches, resume_from=resume_from)
         else:
             if self.is_main:
-                run_file.write_text(json.dumps(_jsonable(asdict(self.config)), indent=2))
+                run_file.write_text(json.dumps(self.run_record(), indent=2))
             trainer = self._trainer(None)
             trainer.fit(self._batches)
         if self.is_main:
