@@ -56,7 +56,7 @@ def resident_memory(suite, hook: str, model_dtype: str, n_models: int) -> tuple[
     stop = stop_layer_for([hook])
     n_blocks = spec.n_layers if stop is None else min(spec.n_layers, max(1, stop))
     params = spec.params_through_layer(n_blocks - 1) if n_blocks < spec.n_layers else spec.n_params
-    how = f"{n_models} x {params / 1e6:.1f}M parameters (blocks 0-{n_blocks - 1} of {spec.n_layers}, {model_dtype})"
+    how = f"{n_models} x {params:,} parameters (blocks 0-{n_blocks - 1} of {spec.n_layers}, {model_dtype})"
     return n_models * params * DTYPE_BYTES[model_dtype], how
 
 
