@@ -161,7 +161,31 @@ def test_a_resume_on_other_tokens_is_refused(streamed, inputs, tmp_path, capsys)
     with pytest.raises(SystemExit):
         main(flags)
     err = capsys.readouterr().err
-    assert "another configuration (differs in: stream)" in err and err.count("\n") <= 2
+    assert "another configuration (differs in: stream)" in err and err.count("\n") == 1
+
+
+def test_a_resume_on_edited_text_at_the_same_path_is_refused(inputs, tmp_path, capsys):
+    text = tmp_path / "words.txt"
+    text.write_text(inputs[1].read_text())
+    flags = stream_flags((inputs[0], text), tmp_path / "run")
+    assert main(flags) == 0
+    text.write_text(inputs[1].read_text().replace("cat", "dog"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*flags, "--resume"])
+    err = capsys.readouterr().err
+    assert "the streamed tokens differ from those" in err and "resume with the same inputs" in err, err
+    assert err.count("\n") == 1
+
+
+def test_no_heldout_tokens_means_no_table_and_says_how_to_get_one(inputs, tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = stream_flags(inputs, out)
+    flags[flags.index("--heldout-tokens") + 1] = "0"
+    assert main(flags) == 0
+    assert "no held-out tokens (--heldout-tokens 0): no quality table" in capsys.readouterr().out
+    assert json.loads((out / "run.json").read_text())["stream"]["heldout_tokens"] == 0
+    assert not (out / "quality.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.architectures import sparsity_coefficient_for
 from crosslens.activations.harvest import harvest_rows
 from crosslens.activations.streaming import ResidentSnapshotProvider
 from crosslens.activations.tokens import kept_tokens, tokens_sha256
+from crosslens.architectures import sparsity_coefficient_for
 from crosslens.core.errors import StoreChangedError
 from crosslens.core.hashing import json_sha256
 from crosslens.core.launch import launched_by_torchrun
