@@ -225,6 +225,19 @@ def test_models_that_do_not_fit_are_refused_before_any_loads(inputs, tmp_path, c
     assert loads == [] and not (tmp_path / "out").exists()
 
 
+def test_models_larger_than_estimated_are_refused_as_they_load_in_one_line(inputs, tmp_path, capsys, monkeypatch):
+    from crosslens.activations import streaming
+
+    free = iter([10**12])  # the estimate before loading fits; the provider then sees 50 kB
+    monkeypatch.setattr(streaming, "available_memory", lambda device: next(free, 50_000))
+    with pytest.raises(SystemExit) as refused:
+        main(stream_flags(inputs, tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.count("\n") == 1, err
+    assert "3 resident snapshot models need" in err and "--snapshot-parallel" in err
+    assert not (tmp_path / "out" / "final").exists()
+
+
 @pytest.mark.parametrize(
     "snapshot_parallel",
     ["2", pytest.param("1", marks=pytest.mark.slow)],  # each rank holds every model: the slower launch

@@ -97,6 +97,8 @@ def stream_record(suite, hook: str, source: tuple[str, object], budget: tuple[in
     """What run.json says the run streamed, in place of a store path."""
     n_tokens, seq_len, heldout_tokens = budget
     kind, value = source
+    if kind == "text":  # absolute, so a resume from another folder names the same files
+        value = [str(Path(v).resolve()) for v in value]
     return {
         "suite": {"model_id": suite.model_id, "family": suite.family,
                   "root": None if suite.root is None else str(suite.root),
@@ -110,6 +112,7 @@ def train_stream(args: argparse.Namespace, recipe, device: str, model_dtype: str
     """``train --stream``: check everything, say whether the models fit, train, report held-out quality."""
     import torch
 
+    from crosslens.activations.streaming import ModelsDoNotFitError
     from crosslens.commands.common import print_peak_memory, reset_peak_memory, torchrun_job
     from crosslens.commands.harvest import check_hooks, selected_suite, token_budget, token_source, token_tables
     from crosslens.commands.train import train_config
@@ -131,6 +134,8 @@ def train_stream(args: argparse.Namespace, recipe, device: str, model_dtype: str
         try:
             runner.run(resume=args.resume)
             heldout = runner.heldout_activations()
+        except ModelsDoNotFitError as error:  # the estimate above fitted, the loaded models did not
+            raise CLIError(str(error)) from None
         finally:
             runner.close()
         if runner.is_main:
