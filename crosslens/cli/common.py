@@ -1,4 +1,5 @@
-"""Flags several subcommands share, declared once: the device and dtype, and which snapshots."""
+"""Flags several subcommands share, declared once: the device and dtype, which snapshots, and
+which tokens."""
 
 from __future__ import annotations
 
@@ -30,3 +31,26 @@ class SuiteFlags:
     """Comma-separated training steps to use (default: all, or --n-snapshots spaced)."""
     n_snapshots: int | None = field(default=None, metadata={"min": 1})
     """Pick this many snapshots, dense early and sparse late (log spacing)."""
+
+
+@dataclass
+class TokenFlags:
+    """Which tokens activations are harvested on, and how many are held out."""
+
+    n_tokens: int | None = field(default=None, metadata={"min": 1})
+    """Token budget (before exclusions; default: the recipe's, else 200000)."""
+    seq_len: int | None = field(default=None, metadata={"min": 2})
+    """Tokens per sequence (default: the recipe's context, else 64)."""
+    text: list[str] | None = field(default=None, metadata={"nargs": "+", "metavar": "FILE|DIR"})
+    """Your text: text files or folders of .txt files (split into documents at blank lines, or every
+    ~2000 characters)."""
+    encoding: str = "utf-8"
+    """Encoding of the --text files (e.g. latin-1, cp1252); a file that does not decode in it is refused."""
+    dataset: str | None = None
+    """NAME:COLUMN of a datasets dataset (a text file or folder also works; default: the recipe's, else
+    the pico grammar)."""
+    heldout_tokens: int | None = field(default=None, metadata={"min": 0})
+    """Tokens (a seeded random sample of rows) kept out of training for the held-out quality table:
+    harvest writes them to OUT-heldout, train --stream harvests them from its resident models
+    (default: 10% of --n-tokens, at most 16384; 0: none). OUT-heldout records the seal of OUT, and
+    readers refuse it for any other store."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from crosslens.cli.common import DeviceFlags
+from crosslens.cli.common import DeviceFlags, SuiteFlags, TokenFlags
 from crosslens.cli.spec import Subcommand
 from crosslens.training.config import CrosscoderRunnerConfig
 
@@ -13,12 +13,13 @@ from crosslens.training.config import CrosscoderRunnerConfig
 @dataclass
 class TrainFlags:
     store_path: str | None = field(default=None, metadata={"flag": "--store"})
-    """Activation store (required unless --recipe harvests one)."""
+    """Activation store (required unless --stream, or a --recipe that harvests one)."""
+    stream: bool = False
+    """Train on activations harvested as training goes from snapshot models kept in memory, no store
+    on disk: the suite, snapshot and token flags say what, as for harvest."""
     recipe: str | None = None
     """A shipped recipe (crosslens plan --list-recipes): its settings are the defaults, explicit flags win;
     without --store its activations are harvested into OUT/activations first."""
-    dataset: str | None = None
-    """NAME:COLUMN of the tokens a --recipe harvests."""
     eval_store: str | None = None
     """Store for the final quality table (default: STORE-heldout written by harvest, else the training store).
     The store measured on is re-hashed against its manifest (the training store: sizes only), and a
@@ -30,13 +31,13 @@ class TrainFlags:
     """Remove another run's results from --out (run.json, final/, checkpoints, quality.json, report
     sections) and train anew; without it, train refuses a folder holding them."""
     dtype: str | None = None
-    """dtype of the snapshot models when a --recipe harvests (float32, bfloat16, float16); crosscoder
-    parameters stay float32."""
+    """dtype of the snapshot models when a --recipe harvests or --stream keeps them resident (float32,
+    bfloat16, float16); crosscoder parameters stay float32."""
 
 
 COMMAND = Subcommand(
     ("train",),
-    "train a crosscoder on an activation store",
-    (TrainFlags, CrosscoderRunnerConfig, DeviceFlags),
+    "train a crosscoder on an activation store, or streamed from resident snapshot models",
+    (TrainFlags, CrosscoderRunnerConfig, SuiteFlags, TokenFlags, DeviceFlags),
     "crosslens.commands.train:train",
 )

@@ -16,12 +16,7 @@ def harvest(args: argparse.Namespace) -> int:
     if not hooks:
         raise CLIError("harvest needs --hook NAME (e.g. --hook blocks.0.hook_resid_post), or a --recipe")
     device, model_dtype = device_and_dtype(args)
-    if recipe is not None and args.suite is None:
-        suite = recipe_suite(recipe)
-        if args.steps is not None or args.n_snapshots is not None:
-            suite = suite.select(steps=args.steps) if args.steps is not None else suite.select(n=args.n_snapshots)
-    else:
-        suite = resolve_suite(args.suite or "pico", args.steps, args.n_snapshots)
+    suite = selected_suite(args, recipe)
     check_hooks(suite, hooks)  # before any model loads or anything is written
     source = token_source(args, recipe)
     device = local_rank_device(device)
@@ -34,6 +29,16 @@ def harvest(args: argparse.Namespace) -> int:
                 print(f"held-out store: {heldout.path} ({heldout.n_tokens} tokens; `crosslens train` reports on it)")
         print_peak_memory(device)
     return 0
+
+
+def selected_suite(args: argparse.Namespace, recipe):
+    """The suite of ``--suite`` (default: the recipe's, else pico), narrowed by ``--steps`` or ``--n-snapshots``."""
+    if recipe is not None and args.suite is None:
+        suite = recipe_suite(recipe)
+        if args.steps is not None or args.n_snapshots is not None:
+            suite = suite.select(steps=args.steps) if args.steps is not None else suite.select(n=args.n_snapshots)
+        return suite
+    return resolve_suite(args.suite or "pico", args.steps, args.n_snapshots)
 
 
 def check_hooks(suite, hooks: list[str]) -> None:
@@ -70,20 +75,15 @@ def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
     from crosslens.activations import harvest_activations
     from crosslens.activations.partners import pair_heldout
     from crosslens.commands.runs import heldout_store_path
-    from crosslens.commands.inputs import split_rows
     from crosslens.core.devices import dtype_name
     from crosslens.core.errors import StorageError, storage_error
 
-    n_tokens = args.n_tokens or (recipe.n_tokens if recipe is not None else 200_000)
-    seq_len = args.seq_len or (recipe.context if recipe is not None else 64)
-    n_seqs = max(1, n_tokens // seq_len)
-    held_tokens = args.heldout_tokens if args.heldout_tokens is not None else min(16_384, n_tokens // 10)
-    n_held = held_tokens // seq_len
+    n_tokens, seq_len, held_tokens = token_budget(args, recipe)
     store_dtype = dtype_name(args.store_dtype or (recipe.store_dtype if recipe is not None else model_dtype))
     heldout_path = heldout_store_path(args.out)
-    needed = check_sizes(suite, hooks, seq_len, (n_seqs + n_held) * seq_len, store_dtype, [args.out, heldout_path])
-    tokens = _token_table(suite.tokenizer(), source, seq_len, n_seqs + n_held, n_tokens, held_tokens, args)
-    train_NL, heldout_NL = split_rows(tokens, n_held, seed=0)
+    n_rows = max(1, n_tokens // seq_len) + held_tokens // seq_len
+    needed = check_sizes(suite, hooks, seq_len, n_rows * seq_len, store_dtype, [args.out, heldout_path])
+    train_NL, heldout_NL = token_tables(args, recipe, source, suite.tokenizer())
     common = dict(dtype=store_dtype, overwrite=args.overwrite, device=device, model_dtype=model_dtype)
     try:
         store = harvest_activations(suite, hooks, train_NL, args.out, **common)
@@ -102,6 +102,26 @@ def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
         raise storage_error(cause, error.folder, "the activation store", needed=needed,
                             fix="harvest into another folder (--out)") from cause  # fmt: skip
     return store, heldout
+
+
+def token_budget(args: argparse.Namespace, recipe) -> tuple[int, int, int]:
+    """``(n_tokens, seq_len, heldout_tokens)``: the flags, else the recipe's values, else the defaults."""
+    n_tokens = args.n_tokens or (recipe.n_tokens if recipe is not None else 200_000)
+    seq_len = args.seq_len or (recipe.context if recipe is not None else 64)
+    held_tokens = args.heldout_tokens if args.heldout_tokens is not None else min(16_384, n_tokens // 10)
+    return n_tokens, seq_len, held_tokens
+
+
+def token_tables(args: argparse.Namespace, recipe, source: tuple[str, object], tokenizer):
+    """The token rows of ``--n-tokens``/``--seq-len`` (flags win over the recipe's values) from
+    ``source``, split into training rows and the seeded held-out rows of ``--heldout-tokens``."""
+    from crosslens.commands.inputs import split_rows
+
+    n_tokens, seq_len, held_tokens = token_budget(args, recipe)
+    n_seqs = max(1, n_tokens // seq_len)
+    n_held = held_tokens // seq_len
+    tokens = _token_table(tokenizer, source, seq_len, n_seqs + n_held, n_tokens, held_tokens, args)
+    return split_rows(tokens, n_held, seed=0)
 
 
 def check_sizes(suite, hooks: list[str], seq_len: int, n_tokens: int, store_dtype: str, outs: list) -> int | None:

@@ -1,4 +1,5 @@
-"""``crosslens train``: a crosscoder from an activation store, or from a recipe's suite.
+"""``crosslens train``: a crosscoder from an activation store, or from a recipe's suite
+(``--stream``, without a store: see :mod:`crosslens.commands.stream`).
 
 Settings come in three layers, later ones winning field by field: the defaults of
 :class:`~crosslens.training.config.CrosscoderRunnerConfig`, a ``--recipe``'s values, and the
@@ -97,10 +98,15 @@ def train(args: argparse.Namespace) -> int:
     from crosslens.training.runfolder import check_not_being_written, check_run_start, owned_run_folder
     from crosslens.training.runner import CrosscoderTrainingRunner
 
+    from crosslens.commands.stream import check_stream_flags, train_stream
+
+    check_stream_flags(args)
     device, model_dtype = device_and_dtype(args)
     recipe = load_recipe_arg(args.recipe) if args.recipe else None
+    if args.stream:
+        return train_stream(args, recipe, device, model_dtype)
     if args.store_path is None and recipe is None:
-        raise CLIError("train needs --store DIR (an activation store) or --recipe NAME")
+        raise CLIError("train needs --store DIR (an activation store), --stream (no store), or --recipe NAME")
     config = train_config(args, recipe, device=device)
     reset_peak_memory(device)
     if args.store_path is not None:

@@ -16,6 +16,7 @@ from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig
 _LAZY = {
     "BatchSource": "crosslens.training.trainer",
     "CrosscoderTrainer": "crosslens.training.trainer",
+    "StreamingTrainingRunner": "crosslens.training.streaming",
     "latest_checkpoint": "crosslens.core.paths",
 }
 
@@ -26,6 +27,7 @@ __all__ = [
     "CrosscoderTrainer",
     "CrosscoderTrainerConfig",
     "LoggingConfig",
+    "StreamingTrainingRunner",
     "latest_checkpoint",
 ]
 

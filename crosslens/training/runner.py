@@ -178,18 +178,23 @@ class CrosscoderTrainingRunner:
             "spec": self.store.manifest["spec"],
         }
 
-    def _run_json(self) -> str:
-        """run.json: the config, with the store's absolute path and its seal, so a reader finds the
-        store from any working directory and can tell whether it is still the one trained on."""
-        values = _jsonable(asdict(self.config))
-        values["store_path"] = str(Path(self.store.path).resolve())
-        values[RUN_STORE_SEAL] = store_seal(self.store)
-        return json.dumps(values, indent=2)
-
     def _settings(self) -> dict[str, Any]:
         """The configuration a resumed run must share. Where the run and the store live may
         change (folders get moved; the store is checked by content), and so may verification."""
-        return _resume_settings(_jsonable(asdict(self.config)))
+        return _resume_settings(self.run_record())
+
+    def config_record(self) -> dict[str, Any]:
+        """The runner config as JSON values."""
+        return _jsonable(asdict(self.config))
+
+    def run_record(self) -> dict[str, Any]:
+        """What run.json holds: the runner config, with the store's absolute path and its seal, so
+        a reader finds the store from any working directory and can tell whether it is still the
+        one trained on."""
+        values = self.config_record()
+        values["store_path"] = str(Path(self.store.path).resolve())
+        values[RUN_STORE_SEAL] = store_seal(self.store)
+        return values
 
     def verified_checkpoint(self) -> Path | None:
         """The newest checkpoint whose sealed record verifies (older ones are tried in turn)."""
@@ -211,7 +216,7 @@ class CrosscoderTrainingRunner:
             previous = None
         if previous != sealed and self.is_main:  # run.json missing or damaged: the sealed record is the truth
             print(f"{run_file} was missing or damaged; rewritten from {checkpoint.name}'s record", file=sys.stderr)
-            run_file.write_text(self._run_json())
+            run_file.write_text(json.dumps(self.run_record(), indent=2))
         started_on, now = record.get("store", {}), self.store_identity()
         same_store = started_on.get("content_sha256") == now["content_sha256"]
         if not same_store or started_on.get("fingerprint") != now["fingerprint"]:
@@ -250,7 +255,7 @@ class CrosscoderTrainingRunner:
             if resume_from is not None:
                 self._check_resumable(resume_from, run_file)
             elif self.is_main:
-                run_file.write_text(self._run_json())
+                run_file.write_text(json.dumps(self.run_record(), indent=2))
             trainer = self._trainer(resume_from)
             with stop_between_steps(enabled=self.mesh is None) as request:
                 trainer.fit(self._stoppable_batches(trainer, request), resume_from=resume_from)

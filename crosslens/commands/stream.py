@@ -1,0 +1,169 @@
+"""``crosslens train --stream``: a crosscoder trained on activations harvested as training goes
+from snapshot models kept in memory; nothing is written but the run folder.
+
+The suite, snapshot and token flags are ``harvest``'s and mean the same (the same tokens, the
+same held-out rows); the training flags are ``train``'s. Before any model loads the command
+prints what the resident models need against what the device has, and refuses a run that
+cannot fit. After training it reports the quality table on the held-out rows, harvested from
+the same resident models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from crosslens.commands.common import CLIError
+
+DATA_FLAGS = {
+    "suite": "--suite", "steps": "--steps", "n_snapshots": "--n-snapshots", "text": "--text",
+    "n_tokens": "--n-tokens", "seq_len": "--seq-len", "heldout_tokens": "--heldout-tokens",
+}  # fmt: skip
+"""Flags that say what ``--stream`` harvests (``--dataset`` too, which a ``--recipe`` also harvests)."""
+
+MEMORY_FRACTION = 0.9
+"""Share of the free memory the resident models may take (the provider's own check uses it too)."""
+
+
+def check_stream_flags(args: argparse.Namespace) -> None:
+    """Refuse, in one line, the flag combinations that make no sense with or without ``--stream``."""
+    if args.stream:
+        if args.store_path is not None:
+            raise CLIError("--stream trains without a store: drop --store (or drop --stream to train on the store)")
+        return
+    given = [flag for name, flag in DATA_FLAGS.items() if getattr(args, name) is not None]
+    if args.dataset is not None and args.recipe is None:
+        given.append("--dataset")
+    if given:
+        raise CLIError(
+            f"{', '.join(given)} choose the tokens and snapshots --stream harvests; add --stream, or drop "
+            f"{'it' if len(given) == 1 else 'them'} (a store already holds its tokens)"
+        )
+
+
+def resident_memory(suite, hook: str, model_dtype: str, n_models: int) -> tuple[int, str] | None:
+    """Bytes ``n_models`` resident snapshot models of ``suite`` need (kept up to ``hook``'s block),
+    and how that was counted; None when the model's sizes are unknown here."""
+    from crosslens.activations.harvest import stop_layer_for
+    from crosslens.core.devices import DTYPE_BYTES
+    from crosslens.plan import PlanError, model_spec_for
+
+    try:
+        spec = model_spec_for(str(suite.root) if suite.root is not None else suite.model_id)
+    except PlanError:
+        return None
+    stop = stop_layer_for([hook])
+    n_blocks = spec.n_layers if stop is None else min(spec.n_layers, max(1, stop))
+    params = spec.params_through_layer(n_blocks - 1) if n_blocks < spec.n_layers else spec.n_params
+    how = f"{n_models} x {params:,} parameters (blocks 0-{n_blocks - 1} of {spec.n_layers}, {model_dtype})"
+    return n_models * params * DTYPE_BYTES[model_dtype], how
+
+
+def check_memory(suite, hook: str, model_dtype: str, device: str, snapshot_parallel: int) -> None:
+    """Print the resident models' need against the free memory, and refuse when they do not fit."""
+    import math
+
+    import torch
+
+    from crosslens.activations import streaming
+    from crosslens.core.devices import format_bytes
+    from crosslens.core.launch import is_main_process
+
+    n_models = math.ceil(len(suite) / snapshot_parallel)
+    counted = resident_memory(suite, hook, model_dtype, n_models)
+    free = streaming.available_memory(torch.device(device))
+    # processes on one machine share its RAM; on an accelerator each has its own device
+    sharers = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if torch.device(device).type == "cpu" else 1
+    if counted is None:
+        if is_main_process():
+            print(f"resident snapshot models: sizes of {suite.model_id} unknown here; checked as the first one loads")
+        return
+    need, how = counted
+    budget = None if free is None else int(free * MEMORY_FRACTION) // sharers
+    fits = budget is None or need <= budget
+    where = f"{format_bytes(budget)} of {device} available per process" if budget is not None else f"free memory of {device} unknown"
+    line = f"resident snapshot models: {how} = {format_bytes(need)} per process; {where}: {'they fit' if fits else 'they do NOT fit'}"
+    if not fits:
+        raise CLIError(
+            f"{line}; hold fewer snapshots per process (torchrun ... --snapshot-parallel P), run them in "
+            "--dtype bfloat16, pick fewer --n-snapshots, or harvest a store (crosslens harvest)"
+        )
+    if is_main_process():
+        print(line)
+
+
+def stream_record(suite, hook: str, source: tuple[str, object], budget: tuple[int, int, int], model_dtype: str) -> dict:
+    """What run.json says the run streamed, in place of a store path."""
+    n_tokens, seq_len, heldout_tokens = budget
+    kind, value = source
+    if kind == "text":  # absolute, so a resume from another folder names the same files
+        value = [str(Path(v).resolve()) for v in value]
+    return {
+        "suite": {"model_id": suite.model_id, "family": suite.family,
+                  "root": None if suite.root is None else str(suite.root),
+                  "steps": [int(s) for s in suite.steps], "revisions": [r.revision for r in suite.snapshots]},
+        "hook": hook, "tokens": {"kind": kind, "source": value}, "n_tokens": n_tokens, "seq_len": seq_len,
+        "heldout_tokens": heldout_tokens, "model_dtype": model_dtype,
+    }  # fmt: skip
+
+
+def train_stream(args: argparse.Namespace, recipe, device: str, model_dtype: str) -> int:
+    """``train --stream``: check everything, say whether the models fit, train, report held-out quality."""
+    import torch
+
+    from crosslens.activations.streaming import ModelsDoNotFitError
+    from crosslens.commands.common import print_peak_memory, reset_peak_memory, torchrun_job
+    from crosslens.commands.harvest import check_hooks, selected_suite, token_budget, token_source, token_tables
+    from crosslens.commands.train import train_config
+    from crosslens.core.launch import local_rank_device
+    from crosslens.training.streaming import StreamingTrainingRunner
+
+    config = train_config(args, recipe, device=device, store_path="")
+    if not config.hook_name:
+        raise CLIError("train --stream needs --hook NAME (e.g. --hook blocks.0.hook_resid_post), or a --recipe")
+    suite = selected_suite(args, recipe)
+    check_hooks(suite, [config.hook_name])
+    source = token_source(args, recipe)
+    check_memory(suite, config.hook_name, model_dtype, local_rank_device(device), config.snapshot_parallel)
+    train_NL, heldout_NL = token_tables(args, recipe, source, suite.tokenizer())
+    record = stream_record(suite, config.hook_name, source, token_budget(args, recipe), model_dtype)
+    runner = StreamingTrainingRunner(config, suite, train_NL, heldout_NL, record, model_dtype=getattr(torch, model_dtype))
+    reset_peak_memory(device)
+    with torchrun_job():
+        try:
+            runner.run(resume=args.resume)
+            heldout = runner.heldout_activations()
+        except ModelsDoNotFitError as error:  # the estimate above fitted, the loaded models did not
+            raise CLIError(str(error)) from None
+        finally:
+            runner.close()
+        if runner.is_main:
+            print(f"crosscoder saved to {runner.final_path}")
+            report_quality(runner, heldout, args.eval_store)
+        print_peak_memory(runner.device)
+    return 0
+
+
+def report_quality(runner, heldout, eval_store: str | None) -> None:
+    """Print and save (OUT/quality.json) the quality table on --eval-store, else on the held-out rows."""
+    import json
+
+    from sae_lens import SAE
+
+    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
+    from crosslens.commands.evaluate import format_quality, print_quality, quality_rows
+    from crosslens.core.paths import QUALITY_NAME
+
+    save_to = Path(runner.out_dir) / QUALITY_NAME
+    if eval_store is not None:
+        print_quality(runner.final_path, "", eval_store, runner.device, save_to=save_to)
+        return
+    if heldout is None:
+        print("no held-out tokens (--heldout-tokens 0): no quality table; pass --eval-store STORE for one")
+        return
+    where = f"{heldout.n_tokens} held-out tokens harvested from the resident models"
+    crosscoder = SAE.load_from_disk(str(runner.final_path), device=runner.device)
+    rows, result = quality_rows(crosscoder, heldout)
+    print(format_quality(rows, result, "held-out tokens (harvested from the resident models)"))
+    save_to.write_text(json.dumps({"measured_on": where, "rows": rows, "dead_features": result["dead_features"]}, indent=1))

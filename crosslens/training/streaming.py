@@ -1,0 +1,227 @@
+"""Train a crosscoder on activations streamed from resident snapshot models: no store on disk.
+
+:class:`StreamingTrainingRunner` is :class:`~crosslens.training.runner.CrosscoderTrainingRunner`
+with a :class:`~crosslens.activations.streaming.ResidentSnapshotProvider` in place of the
+store. The run folder, checkpoints, sealed records and resume are the runner's; what
+differs is where batches come from and what identifies the data:
+
+- the data position is the step: the provider's batch order is a pure function of the
+  seed, the token table and the batch index (sequence order per epoch, chunk shuffles),
+  so resuming at step k serves batch k without harvesting what came before it;
+- run.json and every checkpoint record carry a ``stream`` entry (suite, snapshots, hook,
+  token source, budget, model dtype) instead of a store path, and the checkpoint's data
+  identity hashes the token tables, so a resume on other tokens is refused;
+- under torchrun each rank keeps only its snapshot block's models resident; ranks on the
+  data axis harvest the same chunks and take their rows of each batch, so any mesh trains
+  the crosscoder one process trains.
+
+:class:`HeldoutActivations` holds the held-out tokens' activations (harvested from the same
+resident models after training) behind the part of the store interface the quality table reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+
+from crosslens.activations.harvest import harvest_rows
+from crosslens.activations.streaming import ResidentSnapshotProvider
+from crosslens.activations.tokens import kept_tokens, tokens_sha256
+from crosslens.architectures import sparsity_coefficient_for
+from crosslens.core.errors import StoreChangedError
+from crosslens.core.hashing import json_sha256
+from crosslens.core.launch import launched_by_torchrun
+from crosslens.core.seeding import seeded
+from crosslens.crosscoders.base import set_crosscoder_metadata
+from crosslens.distributed import init_mesh
+from crosslens.training.config import CrosscoderRunnerConfig
+from crosslens.training.factory import build_training_crosscoder
+from crosslens.training.runner import CrosscoderTrainingRunner
+
+EVAL_TOKENS = 8192
+"""Held-out tokens the quality table reads (``evaluate_crosscoder``'s default)."""
+
+
+class HeldoutActivations:
+    """In-memory ``[n_tokens, n_snapshots, d_in]`` activations read like an activation store."""
+
+    def __init__(
+        self, acts_NSD: Float[torch.Tensor, "n n_snapshots d_in"], norm_factors_S: Float[torch.Tensor, " n_snapshots"],
+        hook: str, steps: list[int],
+    ) -> None:  # fmt: skip
+        self.acts_NSD, self.norm_factors_S, self.hook = acts_NSD, norm_factors_S.float(), hook
+        self.n_tokens, self.n_snapshots = int(acts_NSD.shape[0]), int(acts_NSD.shape[1])
+        self.snapshots = [{"step": int(s)} for s in steps]
+
+    def resolve_hook(self, hook: str | None) -> str:
+        if hook not in (None, self.hook):
+            raise ValueError(f"the held-out activations are of {self.hook}, not {hook}")
+        return self.hook
+
+    def read(self, hook: str | None, idx: torch.Tensor, normalize: bool = True) -> Float[torch.Tensor, "n n_snapshots d_in"]:
+        """Rows ``idx``, scaled by the training run's factors when ``normalize``."""
+        self.resolve_hook(hook)
+        acts_NSD = self.acts_NSD[torch.as_tensor(idx)]
+        return acts_NSD * self.norm_factors_S[None, :, None] if normalize else acts_NSD
+
+
+class StreamingTrainingRunner(CrosscoderTrainingRunner):
+    """Trains one crosscoder from resident snapshot models; ``run(resume=True)`` continues a run.
+
+    Args:
+        config: the runner config (``store_path`` unused; ``hook_name`` required).
+        suite: the snapshots, in crosscoder order.
+        train_NL, heldout_NL: the training token rows and the held-out rows (may be empty).
+        stream: what run.json records about the stream (suite, hook, token source, budget).
+        model_dtype: dtype the resident models run in.
+    """
+
+    def __init__(
+        self, config: CrosscoderRunnerConfig, suite: Any, train_NL: Int[torch.Tensor, "n seq"],
+        heldout_NL: Int[torch.Tensor, "m seq"], stream: dict[str, Any], *, model_dtype: torch.dtype = torch.float32,
+    ) -> None:  # fmt: skip
+        if not config.hook_name:
+            raise ValueError("streaming needs config.hook_name: there is no store to take the only hook from")
+        self.config, self.store, self.suite = config, None, suite
+        self.hook, self.stream = config.hook_name, dict(stream)
+        self.train_NL, self.heldout_NL = train_NL, heldout_NL
+        self.model_dtype = model_dtype
+        self.out_dir, self.device, self.mesh = Path(config.out_dir), config.device, None
+        self.provider: ResidentSnapshotProvider | None = None
+        self._norm_factors_S: torch.Tensor | None = None
+
+    @property
+    def n_snapshots(self) -> int:
+        return len(self.suite)
+
+    def join_mesh(self) -> None:
+        """Join the torchrun mesh (if launched so) and build this rank's provider; no model loads yet."""
+        if self.provider is not None:
+            return
+        cfg = self.config
+        snapshots = range(self.n_snapshots)
+        if launched_by_torchrun():
+            layout, collectives, device = init_mesh(self.n_snapshots, snapshot_parallel=cfg.snapshot_parallel, device=cfg.device)
+            layout.batch_rows(cfg.train_batch_size_tokens)  # refuses a batch that does not split evenly
+            self.mesh, self.device, snapshots = (layout, collectives), str(device), layout.snapshots
+        elif cfg.snapshot_parallel > 1:
+            raise ValueError(
+                f"snapshot_parallel={cfg.snapshot_parallel} needs several processes: launch with "
+                "torchrun --nproc_per_node=N -m crosslens train --stream ... --snapshot-parallel P."
+            )
+        self.provider = ResidentSnapshotProvider(
+            self.suite, self.hook, self.train_NL, cfg.train_batch_size_tokens, snapshots=list(snapshots),
+            seed=cfg.seed, drop_last=True, device=self.device, model_device=self.device, model_dtype=self.model_dtype,
+        )  # fmt: skip
+
+    def _batches(self, start_step: int) -> Iterator[torch.Tensor]:
+        batches = self.provider.batches(start_step)
+        if self.mesh is None or self.mesh[0].data_size == 1:
+            return batches
+        rows = self.mesh[0].batch_rows(self.config.train_batch_size_tokens)
+        return (batch_BSD[rows] for batch_BSD in batches)
+
+    # ------------------------------------------------------------ the whole suite's facts
+    def _from_every_snapshot(self, local: dict[int, Any]) -> dict[int, Any]:
+        """``{snapshot index: value}`` merged over the snapshot blocks of every rank."""
+        if self.mesh is None:
+            return local
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, local)
+        return {k: v for part in parts for k, v in part.items()}
+
+    def norm_factors(self) -> Float[torch.Tensor, " n_snapshots"]:
+        """Every snapshot's normalisation factor (each rank measures its own block's)."""
+        if self._norm_factors_S is None:
+            mine = dict(zip(self.provider.snapshot_indices, self.provider.norm_factors.tolist()))
+            every = self._from_every_snapshot(mine)
+            self._norm_factors_S = torch.tensor([every[s] for s in range(self.n_snapshots)], dtype=torch.float32)
+        return self._norm_factors_S
+
+    def provenance(self) -> dict[str, Any]:
+        """The suite's provenance, with each snapshot's record from the rank that loaded it."""
+        self.provider.models()
+        every = self._from_every_snapshot(dict(zip(self.provider.snapshot_indices, self.provider.provenance)))
+        return {**self.suite.provenance(), "snapshots": [every[s] for s in range(self.n_snapshots)]}
+
+    def _new_crosscoder(self):
+        cfg, sae = self.config, self.config.sae
+        d_in, norm_factors_S, provenance = self.provider.d_in, self.norm_factors(), self.provenance()
+        sparsity = sae.sparsity_coefficient
+        if sparsity is None:
+            sparsity = sparsity_coefficient_for(sae.architecture, n_snapshots=self.n_snapshots, d_in=d_in, d_sae=sae.d_sae)
+        with seeded(cfg.seed, self.device):  # the initial weights come from the seed alone
+            crosscoder = build_training_crosscoder(
+                sae.architecture, d_in=d_in, n_snapshots=self.n_snapshots, d_sae=sae.d_sae, k=sae.k,
+                sparsity_coefficient=sparsity,
+                sparsity_warm_up_steps=int(cfg.n_steps * float(sae.sparsity_warm_up_fraction or 0.0)),
+                decoder_init_norm=sae.decoder_init_norm, device=self.device,
+            )  # fmt: skip
+        set_crosscoder_metadata(crosscoder.cfg, provenance=provenance, hook_name=self.hook, activation_norm_factors=norm_factors_S)
+        for key, value in self._data_metadata().items():
+            crosscoder.cfg.metadata[key] = value
+        return crosscoder
+
+    def _data_metadata(self) -> dict[str, Any]:
+        """SAELens's training-data fields, as ``training_data_metadata`` reads them from a store."""
+        excluded, _ = kept_tokens(self.suite.tokenizer(), self.train_NL, True, None)
+        first = self.train_NL[:, 0]
+        prepend_bos = bool(len(first)) and bool((first == first[0]).all()) and int(first[0]) in excluded
+        return {
+            "model_name": self.suite.model_id, "model_class_name": "HookedTransformer",
+            "context_size": int(self.train_NL.shape[1]), "prepend_bos": prepend_bos,
+            "exclude_special_tokens": excluded, "seqpos_slice": [1, None],
+            "dataset_path": self.config.dataset_path or self.stream.get("tokens", {}).get("source"),
+        }  # fmt: skip
+
+    # ------------------------------------------------------------ identity and records
+    def run_record(self) -> dict[str, Any]:
+        """The runner config and, in place of a store, what the run streamed."""
+        return {**self.config_record(), "stream": self.stream}
+
+    def store_identity(self) -> dict[str, Any]:
+        """What this run trains on: the stream's description and its token tables' hash."""
+        return {
+            "fingerprint": json_sha256(self.stream),
+            "content_sha256": json_sha256([tokens_sha256(self.train_NL), tokens_sha256(self.heldout_NL)]),
+            "hook": self.hook, "path": "(streamed: no store)", "spec": self.stream,
+        }  # fmt: skip
+
+    def _check_resumable(self, checkpoint, run_file) -> None:
+        try:
+            super()._check_resumable(checkpoint, run_file)
+        except StoreChangedError:
+            raise StoreChangedError(
+                f"the streamed tokens differ from those {self.out_dir} trained on up to {checkpoint.name} "
+                "(the text, dataset or tokenizer changed); resume with the same inputs, or start a new run in another --out."
+            ) from None
+
+    # ------------------------------------------------------------ held-out activations
+    def heldout_activations(self) -> HeldoutActivations | None:
+        """The held-out rows' activations from the resident models (every rank calls this under
+        torchrun; rank 0 gets them all, the others None). None when no rows are held out."""
+        if not len(self.heldout_NL):
+            return None
+        _, keep_NL = kept_tokens(self.suite.tokenizer(), self.heldout_NL, True, None)
+        n_rows = int(torch.searchsorted(keep_NL.sum(1).cumsum(0), EVAL_TOKENS).item()) + 1
+        tokens_NL, keep_NL = self.heldout_NL[:n_rows], keep_NL[:n_rows]
+        mine: dict[int, torch.Tensor] = {}
+        if self.mesh is None or self.mesh[0].data_rank == 0:
+            for s, model in zip(self.provider.snapshot_indices, self.provider.models()):
+                mine[s] = harvest_rows(model, tokens_NL, keep_NL, [self.hook], batch_size=self.provider.harvest_batch_size)[self.hook]
+        every = self._from_every_snapshot(mine)
+        if not self.is_main:
+            return None
+        acts_NSD = torch.stack([every[s].float().cpu() for s in range(self.n_snapshots)], dim=1)
+        return HeldoutActivations(acts_NSD, self.norm_factors(), self.hook, list(self.suite.steps))
+
+    def close(self) -> None:
+        """Free the resident models."""
+        if self.provider is not None:
+            self.provider.close()

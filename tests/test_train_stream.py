@@ -1,0 +1,261 @@
+"""``crosslens train --stream``: the no-disk pipeline as one command, end to end.
+
+A suite is three tiny 2-layer GPT-NeoX snapshots in a local folder (tests/test_activations.py),
+the text a seeded stream of its words; a run is 6 steps of 32 tokens with a checkpoint every 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_activations import HOOK, WORDS, _write_suite  # noqa: E402
+
+from crosslens.cli import main  # noqa: E402
+from crosslens.training.streaming import StreamingTrainingRunner  # noqa: E402
+
+WEIGHTS = Path("final") / "sae_weights.safetensors"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("stream")
+    suite = _write_suite(root / "suite", seeds=[0, 1, 2])
+    rng = random.Random(0)
+    text = root / "words.txt"
+    text.write_text("\n\n".join(" ".join(rng.choice(WORDS) for _ in range(60)) for _ in range(40)))
+    return suite, text
+
+
+def data_flags(inputs) -> list[str]:
+    suite, text = inputs
+    return ["--suite", str(suite), "--text", str(text), "--n-tokens", "512", "--seq-len", "16", "--heldout-tokens", "128"]
+
+
+def stream_flags(inputs, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--stream", *data_flags(inputs), "--hook", HOOK, "--n-steps", "6", "--batch-size", "32",
+        "--d-sae", "32", "--checkpoint-every", "2", "--device", "cpu", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def streamed(inputs, tmp_path_factory) -> tuple[Path, str]:
+    """An uninterrupted streamed run and what it printed."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("run") / "plain"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(stream_flags(inputs, out)) == 0
+    return out, printed.getvalue()
+
+
+def test_a_streamed_run_trains_without_a_store_and_says_what_it_streamed(streamed, inputs):
+    out, printed = streamed
+    assert "resident snapshot models: 3 x" in printed and "they fit" in printed
+    assert f"crosscoder saved to {out / 'final'}" in printed
+    assert not list(out.rglob("*.npy")) and not list(out.rglob("manifest.json"))  # no store anywhere
+    record = json.loads((out / "run.json").read_text())
+    stream = record["stream"]
+    assert record["store_path"] == ""
+    assert stream["suite"]["steps"] == [0, 10, 20] and stream["suite"]["root"] == str(inputs[0])
+    assert stream["hook"] == HOOK and stream["tokens"] == {"kind": "text", "source": [str(inputs[1])]}
+    assert (stream["n_tokens"], stream["seq_len"], stream["heldout_tokens"], stream["model_dtype"]) == (512, 16, 128, "float32")
+    cfg = json.loads((out / "final" / "cfg.json").read_text())
+    assert len(cfg["metadata"]["activation_norm_factors"]) == 3
+    assert [s["step"] for s in cfg["metadata"]["suite"]["snapshots"]] == [0, 10, 20]
+    assert all(s["weights_sha256"] for s in cfg["metadata"]["suite"]["snapshots"])
+
+
+def test_the_heldout_quality_table_is_measured_on_harvests_heldout_rows(streamed, inputs, tmp_path):
+    """The table --stream prints is the one a store harvested with the same flags gives: the same
+    held-out rows, the activations scaled by the training run's factors."""
+    from sae_lens import SAE
+
+    import crosslens.crosscoders  # noqa: F401
+    from crosslens.activations import ActivationStore
+    from crosslens.commands.runs import heldout_store_path
+    from crosslens.training.runner import evaluate_crosscoder
+
+    out, printed = streamed
+    assert "explained variance per snapshot on held-out tokens (harvested from the resident models)" in printed
+    saved = json.loads((out / "quality.json").read_text())
+    ev_rows = [r for r in saved["rows"] if r["kind"] == "ev"]
+    assert [r["label"] for r in ev_rows] == ["step 0", "step 10", "step 20"]
+
+    assert main(["harvest", *data_flags(inputs), "--hook", HOOK, "--out", str(tmp_path / "store"), "--device", "cpu"]) == 0
+    heldout = ActivationStore.open(heldout_store_path(tmp_path / "store"))
+    crosscoder = SAE.load_from_disk(str(out / "final"))
+    factors = torch.tensor(json.loads((out / "final" / "cfg.json").read_text())["metadata"]["activation_norm_factors"])
+    raw = heldout.read(HOOK, torch.arange(heldout.n_tokens), normalize=False)
+
+    class Rescaled:  # the held-out store's activations under the training factors
+        n_tokens, n_snapshots, snapshots = heldout.n_tokens, 3, heldout.snapshots
+
+        def resolve_hook(self, hook):
+            return HOOK
+
+        def read(self, hook, idx, normalize=True):
+            return raw[idx] * factors[None, :, None]
+
+    want = evaluate_crosscoder(crosscoder, Rescaled())
+    assert want["n_tokens"] == heldout.n_tokens > 0
+    got = [r["crosscoder"] for r in ev_rows]
+    assert got == pytest.approx(want["explained_variance"], abs=1e-5)
+    assert saved["dead_features"] == want["dead_features"]
+
+
+def test_an_interrupted_run_resumes_to_the_same_bytes(streamed, inputs, tmp_path, monkeypatch):
+    out = tmp_path / "interrupted"
+    batches = StreamingTrainingRunner._batches
+
+    def interrupting(self, start_step):
+        for i, batch in enumerate(batches(self, start_step)):
+            if start_step + i == 3:  # after the step-2 checkpoint, before the run ends
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(StreamingTrainingRunner, "_batches", interrupting)
+    with pytest.raises(SystemExit) as stopped:
+        main(stream_flags(inputs, out))
+    assert stopped.value.code == 130
+    assert (out / "step_00000002").is_dir() and not (out / WEIGHTS).exists()
+    monkeypatch.setattr(StreamingTrainingRunner, "_batches", batches)
+    assert main(stream_flags(inputs, out, "--resume")) == 0
+    assert sha256(out / WEIGHTS) == sha256(streamed[0] / WEIGHTS)
+
+
+def test_a_resume_on_other_tokens_is_refused(streamed, inputs, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(streamed[0], out)
+    other = tmp_path / "other.txt"
+    other.write_text(inputs[1].read_text().replace("cat", "dog"))
+    flags = stream_flags(inputs, out, "--resume")
+    flags[flags.index(str(inputs[1]))] = str(other)
+    with pytest.raises(SystemExit):
+        main(flags)
+    err = capsys.readouterr().err
+    assert "another configuration (differs in: stream)" in err and err.count("\n") == 1
+
+
+def test_a_resume_on_edited_text_at_the_same_path_is_refused(inputs, tmp_path, capsys):
+    text = tmp_path / "words.txt"
+    text.write_text(inputs[1].read_text())
+    flags = stream_flags((inputs[0], text), tmp_path / "run")
+    assert main(flags) == 0
+    text.write_text(inputs[1].read_text().replace("cat", "dog"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*flags, "--resume"])
+    err = capsys.readouterr().err
+    assert "the streamed tokens differ from those" in err and "resume with the same inputs" in err, err
+    assert err.count("\n") == 1
+
+
+def test_no_heldout_tokens_means_no_table_and_says_how_to_get_one(inputs, tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = stream_flags(inputs, out)
+    flags[flags.index("--heldout-tokens") + 1] = "0"
+    assert main(flags) == 0
+    assert "no held-out tokens (--heldout-tokens 0): no quality table" in capsys.readouterr().out
+    assert json.loads((out / "run.json").read_text())["stream"]["heldout_tokens"] == 0
+    assert not (out / "quality.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flags,says",
+    [
+        (["--stream", "--store", "S"], "--stream trains without a store: drop --store"),
+        (["--store", "S", "--n-tokens", "100", "--suite", "pico"], "--suite, --n-tokens choose the tokens and snapshots --stream"),
+        (["--store", "S", "--dataset", "x:text"], "--dataset choose the tokens and snapshots --stream harvests; add --stream"),
+        (["--stream", "--suite", "SUITE"], "train --stream needs --hook NAME"),
+        (["--stream", "--suite", "SUITE", "--hook", "blocks.9.hook_resid_post"], "names block 9, but the model has blocks 0..1"),
+    ],
+    ids=["stream-and-store", "data-flags-without-stream", "dataset-without-stream-or-recipe", "no-hook", "hook-past-the-model"],
+)
+def test_flag_combinations_that_make_no_sense_are_refused_in_one_line(flags, says, inputs, tmp_path, capsys):
+    flags = [str(inputs[0]) if f == "SUITE" else f for f in flags]
+    with pytest.raises(SystemExit) as refused:
+        main(["train", *flags, "--out", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and says in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_models_that_do_not_fit_are_refused_before_any_loads(inputs, tmp_path, capsys, monkeypatch):
+    from crosslens.activations import streaming
+
+    loads = []
+    monkeypatch.setattr(streaming, "available_memory", lambda device: 50_000)
+    monkeypatch.setattr(streaming, "load_snapshot", lambda *a, **k: loads.append(a))
+    with pytest.raises(SystemExit) as refused:
+        main(stream_flags(inputs, tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.count("\n") == 1, err
+    # 3 models of 18 x 32 embeddings and one block of 8576 parameters, float32, against 90% of 50 kB
+    assert "3 x 9,152 parameters (blocks 0-0 of 2, float32) = 107.25 KiB per process" in err
+    assert "43.95 KiB of cpu available per process: they do NOT fit" in err
+    assert "--snapshot-parallel" in err and "--dtype bfloat16" in err
+    assert loads == [] and not (tmp_path / "out").exists()
+
+
+def test_models_larger_than_estimated_are_refused_as_they_load_in_one_line(inputs, tmp_path, capsys, monkeypatch):
+    from crosslens.activations import streaming
+
+    free = iter([10**12])  # the estimate before loading fits; the provider then sees 50 kB
+    monkeypatch.setattr(streaming, "available_memory", lambda device: next(free, 50_000))
+    with pytest.raises(SystemExit) as refused:
+        main(stream_flags(inputs, tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.count("\n") == 1, err
+    assert "3 resident snapshot models need" in err and "--snapshot-parallel" in err
+    assert not (tmp_path / "out" / "final").exists()
+
+
+@pytest.mark.parametrize(
+    "snapshot_parallel",
+    ["2", pytest.param("1", marks=pytest.mark.slow)],  # each rank holds every model: the slower launch
+    ids=["snapshot-parallel-2", "data-parallel-2"],
+)
+def test_torchrun_with_two_processes_trains_the_one_process_crosscoder(snapshot_parallel, streamed, inputs, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "crosslens",
+        *stream_flags(inputs, tmp_path / "mesh", "--snapshot-parallel", snapshot_parallel),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-6000:]
+    assert done.stdout.count("crosscoder saved to") == 1 and done.stdout.count("they fit") == 1
+    got, want = load_file(tmp_path / "mesh" / WEIGHTS), load_file(streamed[0] / WEIGHTS)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert (got[name] - want[name]).abs().max() <= 1e-5, name
+    mesh_quality = json.loads((tmp_path / "mesh" / "quality.json").read_text())["rows"]
+    one_quality = json.loads((streamed[0] / "quality.json").read_text())["rows"]
+    assert [r["crosscoder"] for r in mesh_quality] == pytest.approx([r["crosscoder"] for r in one_quality], abs=1e-4)
