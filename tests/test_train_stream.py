@@ -161,7 +161,7 @@ def test_a_resume_on_other_tokens_is_refused(streamed, inputs, tmp_path, capsys)
     with pytest.raises(SystemExit):
         main(flags)
     err = capsys.readouterr().err
-    assert "another configuration (differs in: stream)" in err and err.count("\n") == 1
+    assert "another configuration (differs in stream.tokens.source:" in err and str(other) in err and err.count("\n") == 1
 
 
 def test_a_resume_on_edited_text_at_the_same_path_is_refused(inputs, tmp_path, capsys):
