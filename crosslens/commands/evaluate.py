@@ -39,11 +39,9 @@ def print_quality(
     eval_flag: str = "--eval-store",
 ) -> None:
     """The quality table of a saved crosscoder: held-out explained variance per snapshot, L0, dead features."""
-    from sae_lens import SAE
-
-    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
     from crosslens.activations import ActivationStore
     from crosslens.commands.runs import heldout_store_path
+    from crosslens.crosscoders.saved import load_crosscoder_folder
 
     if eval_store is not None:
         path, where = eval_store, f"{eval_flag} {eval_store}"
@@ -51,7 +49,7 @@ def print_quality(
         path, where = str(heldout_store_path(store_path)), f"held-out tokens ({heldout_store_path(store_path)})"
     else:
         path, where = store_path, "the TRAINING tokens (no held-out store: pass --eval-store, or harvest with --heldout-tokens)"
-    crosscoder = SAE.load_from_disk(str(crosscoder_path), device=device)
+    crosscoder = load_crosscoder_folder(crosscoder_path, device=device)
     rows, result = quality_rows(crosscoder, ActivationStore.open(path, verify="none"))
     print(format_quality(rows, result, where))
     if save_to is not None:
