@@ -95,7 +95,7 @@ def test_a_malformed_pairs_line_is_named_by_its_true_line_number(tmp_path, kind)
     good = json.dumps(GOOD if kind == "blimp" else {"clean": "the cat", "correct": " is", "wrong": " are"})
     lines = ["# pairs for the agreement test", "", good, "", "# a comment", good, '{"sentence_good": "the cat', good]
     path = write_lines(tmp_path / "pairs.jsonl", lines)
-    with pytest.raises(MinimalPairFormatError, match=rf"pairs.jsonl, line 7: not valid JSON .*at column") as info:
+    with pytest.raises(MinimalPairFormatError, match=rf"pairs.jsonl, line 7: not valid JSON .*, column") as info:
         load_task_file(path)
     assert "line 1 column" not in str(info.value)
     lines[6] = "[1, 2]"  # JSON, but not an object
@@ -115,3 +115,77 @@ def test_a_10000_character_sentence_is_refused_naming_its_line_and_the_context(t
                      "--out", str(tmp_path / "ie.csv"), "--n-examples", "2"], capsys)  # fmt: skip
     assert f"{pairs}, line 4:" in err and "more than the model's context of 64" in err, err
     assert len(err) < 1000, err  # the sentence is not printed whole
+
+
+# ---------------------------------------------------------------------------- registry files
+RELEASE_YAML = """\
+# releases for the tests
+tiny:
+  repo_id: someone/tiny
+  model: EleutherAI/pythia-14m
+  suite: {family: pythia, model_id: EleutherAI/pythia-14m, revisions: [step0, step1]}
+  saes:
+    - {id: blocks.0.hook_resid_post, path: blocks.0.hook_resid_post}
+"""
+
+
+def test_a_binary_registry_file_names_the_file_and_the_variable(tmp_path, monkeypatch, capsys):
+    registry = tmp_path / "registry.yaml"
+    registry.write_bytes(bytes(range(256)))
+    monkeypatch.setenv("CROSSLENS_PRETRAINED", str(registry))
+    err = cli_error(["pretrained", "list"], capsys)
+    assert str(registry) in err and "not a YAML text file" in err and "CROSSLENS_PRETRAINED" in err, err
+    registry.write_text("just a sentence")  # text, but no mapping of releases
+    err = cli_error(["pretrained", "list"], capsys)
+    assert str(registry) in err and "must map release names" in err and "CROSSLENS_PRETRAINED" in err, err
+    registry.write_text(RELEASE_YAML)
+    assert main(["pretrained", "list"]) == 0
+    assert "someone/tiny" in capsys.readouterr().out
+
+
+def test_a_release_defined_twice_in_one_file_is_refused_naming_both_lines(tmp_path, monkeypatch):
+    from crosslens.pretrained import PretrainedRegistryError, pretrained_directory
+
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(RELEASE_YAML + RELEASE_YAML.replace("someone/tiny", "someone/other"))
+    monkeypatch.setenv("CROSSLENS_PRETRAINED", str(registry))
+    with pytest.raises(PretrainedRegistryError, match=r"registry.yaml: release 'tiny' is defined twice, at line 2 and at line 9"):
+        pretrained_directory()
+    registry.write_text(RELEASE_YAML.replace("  model: EleutherAI/pythia-14m\n", "  model: a/b\n  model: c/d\n"))
+    with pytest.raises(PretrainedRegistryError, match=r"key 'model' appears twice, at line 4 and at line 5"):
+        pretrained_directory()
+
+
+# ---------------------------------------------------------------------------- suite commands
+def test_suite_list_offline_with_a_mistyped_name_says_it_is_not_a_known_suite(offline_hf_home, capsys):
+    err = cli_error(["suite", "list", "EleutherAI/pythia-160mm"], capsys)
+    assert "not a known suite" in err and "did you mean EleutherAI/pythia-160m" in err, err
+    assert main(["suite", "list", "EleutherAI/pythia-160m-deduped"]) == 0  # a real name still lists offline
+    assert capsys.readouterr().out.split()[-1] == "step143000"
+
+
+def test_suite_list_without_a_network_is_one_line(offline_hf_home, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", "http://127.0.0.1:9")  # nothing listens there
+    err = cli_error(["suite", "list", "EleutherAI/pythia-160mm"], capsys)
+    assert "cannot reach the Hugging Face hub" in err and "EleutherAI/pythia-160mm" in err and "check the name" in err, err
+    assert "HF_HUB_OFFLINE=1" in err, err
+
+
+def test_a_failed_suite_build_removes_only_the_root_it_created(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path / "home"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    root = tmp_path / "new_suite"
+    err = cli_error(["suite", "build", "--root", str(root), "--corpus", str(empty)], capsys)
+    assert "hold no text" in err and not root.exists(), err
+    mine = tmp_path / "my_folder"
+    mine.mkdir()
+    cli_error(["suite", "build", "--root", str(mine), "--corpus", str(empty)], capsys)
+    assert mine.is_dir()  # the user's own folder stays
+    bad = write_lines(tmp_path / "bad.jsonl", ["# header", '{"sentence_good": "the cat'])
+    err = cli_error(["suite", "build", "--root", str(root), "--eval", str(bad)], capsys)
+    assert f"--eval {bad}: {bad}, line 2: not valid JSON" in err and not root.exists(), err

@@ -110,7 +110,7 @@ def json_lines(path: Path, skip_invalid: bool = False) -> Iterator[tuple[int, di
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            problem = f"not valid JSON ({error.msg} at column {error.colno})"
+            problem = f"not valid JSON ({error.msg}, column {error.colno})"
         else:
             if isinstance(record, dict):
                 yield line_no, record
