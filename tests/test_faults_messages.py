@@ -189,3 +189,12 @@ def test_a_failed_suite_build_removes_only_the_root_it_created(tmp_path, monkeyp
     bad = write_lines(tmp_path / "bad.jsonl", ["# header", '{"sentence_good": "the cat'])
     err = cli_error(["suite", "build", "--root", str(root), "--eval", str(bad)], capsys)
     assert f"--eval {bad}: {bad}, line 2: not valid JSON" in err and not root.exists(), err
+
+
+def test_the_readme_says_where_the_console_script_is():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    setup = readme[readme.index("## Set-up on a fresh machine") : readme.index("## Your own text")]
+    assert "make demo" in setup and "make test" in setup and ".venv/bin/crosslens" in setup
+    own_text = readme[readme.index("## Your own text") :]
+    block = own_text[own_text.index("```bash\n") + len("```bash\n") :]
+    assert block.splitlines()[0] == "source .venv/bin/activate"
