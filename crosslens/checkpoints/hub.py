@@ -130,9 +130,9 @@ def list_revisions(model_id: str | os.PathLike) -> list[str]:
     model_id = str(model_id)
     if not hub_offline():
         return hub_revisions(model_id)
-    cached = cached_revisions(model_id)
-    if is_pythia(model_id) and not cached and PYTHIA_NAME.match(model_id):
+    if is_pythia(model_id) and PYTHIA_NAME.match(model_id):
         return [pythia_revision(step) for step in pythia_steps_for(model_id)]
+    cached = cached_revisions(model_id)
     if not cached:
         known = [*_cached_model_ids(), *PYTHIA_SIZES_HINT]
         nearest = difflib.get_close_matches(model_id, known, n=3, cutoff=0.8)

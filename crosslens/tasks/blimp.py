@@ -373,15 +373,14 @@ def load_pairs_jsonl(path: str | Path, *, name: str | None = None) -> TaskDatase
             raise MinimalPairFormatError(
                 f"{path}, line {line_no}: missing field(s) {sorted(missing)}; each line needs clean, correct, wrong"
             )
-        meta = record.get("meta", {})
-        try:
+        try:  # meta stays as written, so that to_jsonl and load_pairs_jsonl round-trip
             pairs.append(
                 MinimalPair(
                     clean=record["clean"],
                     correct=record["correct"],
                     wrong=record["wrong"],
                     corrupted=record.get("corrupted"),
-                    meta={**meta, "source": str(path), "line": line_no} if isinstance(meta, dict) else meta,
+                    meta=record.get("meta", {}),
                 )
             )
         except ValueError as error:
