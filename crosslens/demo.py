@@ -176,8 +176,7 @@ def _harvest_or_reuse(suite, *, out_dir, force: bool, **settings):
 def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, device: str = "cpu"):
     """Train (or resume, or reuse) the demo's crosscoder on ``store`` (an open
     ``ActivationStore``, reused as it is, or its path)."""
-    from sae_lens import SAE
-
+    from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.training.records import record_problem
     from crosslens.training.config import RUN_STORE_SEAL
     from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
@@ -211,7 +210,7 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
             shutil.rmtree(out_dir)
         elif record_problem(runner.final_path) is None:
             print(f"reusing trained crosscoder {runner.final_path}")
-            return SAE.load_from_disk(str(runner.final_path), device=device)
+            return load_crosscoder_folder(runner.final_path, device=device)
     from crosslens.training.runfolder import RunFolderInUseError
 
     try:
@@ -260,14 +259,12 @@ def analyze_stage(
     """Feature-evolution analysis of a crosscoder (object or folder) -> HTML report path.
 
     A folder is loaded on ``device`` (default cpu) in ``dtype`` (default float32)."""
-    from sae_lens import SAE
-
-    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
     from crosslens.activations import ActivationStore
     from crosslens.analysis import analyze_crosscoder
+    from crosslens.crosscoders.saved import load_crosscoder_folder
 
     if isinstance(crosscoder, (str, Path)):
-        crosscoder = SAE.load_from_disk(str(crosscoder), device=str(device or "cpu"), dtype=str(dtype) if dtype else None)
+        crosscoder = load_crosscoder_folder(crosscoder, device=str(device or "cpu"), dtype=str(dtype) if dtype else None)
     if store is None and store_path is not None:
         store = ActivationStore.open(store_path)
     analysis, report = analyze_crosscoder(crosscoder, store=store, tokenizer=tokenizer, device=device)

@@ -403,7 +403,19 @@ def tokenize_task(task: TaskDataset | TokenizedTask, models: Any, tokenizer: Any
     if isinstance(task, TokenizedTask):
         return "task", task
     tokenizer = resolve_tokenizer(tokenizer if tokenizer is not None else _tokenizer_of(models))
-    return task.name, task.tokenize(tokenizer)
+    return task.name, task.tokenize(tokenizer, max_tokens=context_length(models))
+
+
+def context_length(models: Any) -> int | None:
+    """How many tokens the models read at most (``n_ctx``): from a suite's configs, or the
+    first model's config; None when neither tells."""
+    if callable(getattr(models, "check_architectures", None)):
+        return int(models.check_architectures()["n_ctx"])
+    try:
+        n_ctx = getattr(getattr(models[0], "cfg", None), "n_ctx", None)
+    except (TypeError, IndexError, KeyError):
+        return None
+    return int(n_ctx) if n_ctx is not None else None
 
 
 def attribute(

@@ -52,13 +52,9 @@ def load_crosscoder(crosscoder: Crosscoder | str | Path, device: str = "cpu") ->
     """A crosscoder object, or one loaded from a folder saved in SAELens's layout."""
     if not isinstance(crosscoder, (str, Path)):
         return crosscoder
-    import crosslens.crosscoders  # noqa: F401  (registers the architectures with SAELens)
-    from sae_lens import SAE
+    from crosslens.crosscoders.saved import load_crosscoder_folder
 
-    path = Path(crosscoder)
-    if not (path / "cfg.json").is_file():
-        raise FileNotFoundError(f"{path} holds no cfg.json; pass the folder a crosscoder was saved to")
-    return SAE.load_from_disk(str(path), device=device)
+    return load_crosscoder_folder(crosscoder, device=device)
 
 
 def _spread(n: int, at_most: int) -> list[int]:

@@ -3,7 +3,9 @@ local HF cache (or, for Pythia, crosslens's table of published steps) when offli
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from pathlib import Path
 
 import huggingface_hub
@@ -37,6 +39,30 @@ def sort_by_step(revisions: list[str]) -> list[str]:
     return sorted(with_steps, key=lambda r: (trajectory_key(r), r))
 
 
+PYTHIA_NAME = re.compile(r"(?i)^eleutherai/pythia-(14m|31m|70m|160m|410m|1b|1\.4b|2\.8b|6\.9b|12b)(-[a-z0-9.-]+)?$")
+"""Pythia's published sizes, with any suffix (``-deduped``, ``-v0``, ``-seed1``, ...): the
+names whose revisions crosslens lists offline from its own table."""
+PYTHIA_SIZES_HINT = tuple(f"EleutherAI/pythia-{size}" for size in ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"))
+
+
+_NETWORK_MODULES = ("httpx", "httpx2", "httpcore", "requests", "urllib3", "huggingface_hub")
+
+
+def is_network_error(error: BaseException) -> bool:
+    """Whether ``error`` is a failed request (no network, DNS, timeout, HTTP status): an
+    ``OSError`` or an error of the HTTP clients huggingface_hub uses, which differ by version."""
+    return isinstance(error, OSError) or any(
+        cls.__module__.split(".")[0] in _NETWORK_MODULES for cls in type(error).__mro__
+    )
+
+
+def _cached_model_ids() -> list[str]:
+    try:
+        return [repo.repo_id for repo in huggingface_hub.scan_cache_dir(hub_constants.HF_HUB_CACHE).repos]
+    except huggingface_hub.CacheNotFound:
+        return []
+
+
 def cached_revisions(model_id: str) -> list[str]:
     """Revisions of `model_id` present in the local HF cache, ordered by step
     (``huggingface_hub.scan_cache_dir``: the refs whose snapshot is in the cache)."""
@@ -62,8 +88,29 @@ def cached_revisions(model_id: str) -> list[str]:
 
 
 def hub_revisions(model_id: str) -> list[str]:
-    """Branches of `model_id` on the hub (one request), ordered by step."""
-    refs = huggingface_hub.list_repo_refs(model_id)
+    """Branches of `model_id` on the hub (one request), ordered by step. A name the hub does
+    not know, or a hub that cannot be reached, is a :class:`CrosslensError` saying what to do."""
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    try:
+        refs = huggingface_hub.list_repo_refs(model_id)
+    except HFValidationError:
+        raise CrosslensError(
+            f"{model_id!r} is neither a local folder nor a hub model id (ORG/NAME); check the name"
+        ) from None
+    except RepositoryNotFoundError:
+        raise CrosslensError(
+            f"the hub has no model {model_id!r} (or it is private: log in with `hf auth login`); check the name"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - network errors come from whichever HTTP client the hub uses
+        if not is_network_error(error):
+            raise
+        cached = cached_revisions(model_id)
+        raise CrosslensError(
+            f"cannot reach the Hugging Face hub to list the revisions of {model_id} ({type(error).__name__}: "
+            f"{' '.join(str(error).split())[:120]}); check the name and the network, or set HF_HUB_OFFLINE=1 "
+            + (f"to use the {len(cached)} revisions in the local cache" if cached else "once the model is in the local cache")
+        ) from None
     return sort_by_step([branch.name for branch in refs.branches])
 
 
@@ -83,13 +130,17 @@ def list_revisions(model_id: str | os.PathLike) -> list[str]:
     model_id = str(model_id)
     if not hub_offline():
         return hub_revisions(model_id)
-    if is_pythia(model_id):
+    if is_pythia(model_id) and PYTHIA_NAME.match(model_id):
         return [pythia_revision(step) for step in pythia_steps_for(model_id)]
     cached = cached_revisions(model_id)
     if not cached:
+        known = [*_cached_model_ids(), *PYTHIA_SIZES_HINT]
+        nearest = difflib.get_close_matches(model_id, known, n=3, cutoff=0.8)
         raise CrosslensError(
-            f"offline (HF_HUB_OFFLINE=1) and no revisions of {model_id} are in the Hugging Face "
-            f"cache at {hub_constants.HF_HUB_CACHE}; go online once (unset HF_HUB_OFFLINE) to "
-            "download them, or point HF_HOME at a cache that holds them"
+            f"offline (HF_HUB_OFFLINE=1) and {model_id} is not a known suite: none of its revisions are in the "
+            f"Hugging Face cache at {hub_constants.HF_HUB_CACHE}"
+            + (f" (did you mean {', '.join(nearest)}?)" if nearest else "")
+            + "; check the name, go online once (unset HF_HUB_OFFLINE) to download it, or point HF_HOME at a "
+            "cache that holds it"
         )
     return cached

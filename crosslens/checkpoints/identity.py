@@ -16,9 +16,7 @@ tensor's byte range, so a short file shows without reading the data).
 from __future__ import annotations
 
 import contextlib
-import json
 import re
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +27,7 @@ from safetensors import SafetensorError
 from crosslens.checkpoints.snapshot import SnapshotRef
 from crosslens.core.errors import CorruptCheckpointError, UncachedRevisionError
 from crosslens.core.hashing import file_sha256, json_sha256
+from crosslens.core.weightfiles import safetensors_problem
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
 """Files holding (or indexing) a checkpoint's weights."""
@@ -50,27 +49,6 @@ def file_identity(path: Path) -> str:
 def is_weight_file(name: str) -> bool:
     trainer_files = ("training_args", "optimizer", "scheduler", "rng_state")  # Trainer state, not the model
     return name.endswith(WEIGHT_SUFFIXES) and not name.startswith(trainer_files)
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` is not a whole safetensors file (None when its size matches its header)."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                return f"{size} bytes, too short for a safetensors header"
-            (header_bytes,) = struct.unpack("<Q", prefix)
-            if header_bytes > size - 8:
-                return f"header claims {header_bytes} bytes but the file holds {size}"
-            header = json.loads(handle.read(header_bytes))
-    except (OSError, ValueError) as error:
-        return f"unreadable header ({error})"
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    expected = 8 + header_bytes + max(ends, default=0)
-    if size != expected:
-        return f"{size} bytes where its header needs {expected} (truncated or padded)"
-    return None
 
 
 def weight_files(folder: Path) -> list[Path]:

@@ -42,14 +42,12 @@ def print_quality(
 
     The store measured on is re-hashed (the training store, which training has just hashed:
     sizes only) and checked against the crosscoder's snapshots and hook before anything is computed."""
-    from sae_lens import SAE
-
-    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
     from crosslens.activations import ActivationStore
     from crosslens.activations.partners import check_crosscoder_store, store_seal
     from crosslens.commands.runs import open_heldout
+    from crosslens.crosscoders.saved import load_crosscoder_folder
 
-    crosscoder = SAE.load_from_disk(str(crosscoder_path), device=device)
+    crosscoder = load_crosscoder_folder(crosscoder_path, device=device)
     heldout = None if eval_store is not None else open_heldout(store_path)
     if eval_store is not None:
         store, where = ActivationStore.open(eval_store, verify="full"), f"{eval_flag} {eval_store}"

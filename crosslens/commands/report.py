@@ -21,15 +21,13 @@ def report(args: argparse.Namespace) -> int:
 def _write_report(folder: Path, store: str | None, out: str | None, args: argparse.Namespace) -> int:
     """Analyse the crosscoder in ``folder`` and write report.html, with the sections other commands
     saved in its run folder (``crosslens attribute``)."""
-    from sae_lens import SAE
-
-    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
     from crosslens.activations import ActivationStore
     from crosslens.activations.partners import check_crosscoder_store
     from crosslens.analysis import analyze_crosscoder
     from crosslens.commands.runs import crosscoder_suite_record, run_folder, run_store, saved_sections, suite_title, suite_tokenizer
     from crosslens.core.devices import dtype_name
     from crosslens.core.hooks import recorded_hook
+    from crosslens.crosscoders.saved import load_crosscoder_folder
 
     device, _ = device_and_dtype(args)
     run_dir = run_folder(folder)
@@ -39,7 +37,7 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
     out_path = Path(out) if out else (run_dir or Path(".")) / "report.html"
     record = crosscoder_suite_record(folder)
     dtype = dtype_name(args.dtype) if args.dtype else None
-    crosscoder = SAE.load_from_disk(str(folder), device=device, dtype=dtype)
+    crosscoder = load_crosscoder_folder(folder, device=device, dtype=dtype)
     hook = recorded_hook(crosscoder)
     opened = ActivationStore.open(store, verify="full") if store else None
     if opened is not None:

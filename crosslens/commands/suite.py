@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 from crosslens.commands.common import CLIError
@@ -49,6 +50,7 @@ def _build_config(args: argparse.Namespace):
     if args.eval:
         if not Path(args.eval).is_file():
             raise CLIError(f"--eval {args.eval}: no such file; pass a BLiMP, crosslens JSONL or CLAMS pairs file")
+        _check_pairs_file(args.eval)
         changes["eval_pairs"] = str(Path(args.eval).resolve())
     n_steps = changes.get("n_steps", base.n_steps)
     if args.checkpoints is not None:
@@ -69,6 +71,16 @@ def _build_config(args: argparse.Namespace):
             message = message.replace(f"PicoConfig.{field}", f"--{flag.replace('_', '-')}")
         message = message.replace("raise n_steps or lower checkpoint_every", "raise --train-steps or --checkpoints")
         raise CLIError(message) from None
+
+
+def _check_pairs_file(path: str) -> None:
+    """Read the --eval file before anything is built, so a malformed line names the flag."""
+    from crosslens.tasks.blimp import load_task_file
+
+    try:
+        load_task_file(path)
+    except ValueError as error:
+        raise CLIError(f"--eval {path}: {error}") from None
 
 
 def _corpus_spec(values: list[str]):
@@ -108,7 +120,13 @@ def suite_build(args: argparse.Namespace) -> int:
             "with these flags, drop the flags to use it as it is, or choose another --root"
         )
     cached = not args.force and is_built(root, config)
-    root = build_pico_suite(config, root=root, force=args.force, progress=True)
+    created = not root.exists()
+    try:
+        root = build_pico_suite(config, root=root, force=args.force, progress=True)
+    except Exception:  # an interrupt (KeyboardInterrupt) keeps the folder: the build resumes from it
+        if created and root.exists():  # leave no half-built folder behind, and never one the user had
+            shutil.rmtree(root, ignore_errors=True)
+        raise
     manifest = json.loads((Path(root) / "suite.json").read_text())
     if cached:  # a fresh build already printed its table row by row
         extra = list(dict.fromkeys(n for row in manifest["evals"] for n in row.get("extra", {})))

@@ -17,6 +17,7 @@ submodule you need; this package imports a submodule only when it is first named
 - :mod:`crosslens.core.seeding`: seeding torch, numpy and random
 - :mod:`crosslens.core.packing`: packing tokenized documents into fixed-length rows
 - :mod:`crosslens.core.tensors`: small tensor helpers (row counts, one-vs-all shares)
+- :mod:`crosslens.core.weightfiles`: a safetensors file's header: tensor shapes, whether the file is whole
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "sealed",
     "seeding",
     "tensors",
+    "weightfiles",
 ]
 
 

@@ -60,6 +60,10 @@ class CorruptCheckpointError(CrosslensError):
     """A snapshot's weights file is truncated or unreadable."""
 
 
+class DamagedCrosscoderError(CrosslensError):
+    """A saved crosscoder's cfg.json or weights file is unreadable, or the two disagree."""
+
+
 class DamagedManifestError(CrosslensError):
     """A store's or run's JSON record is unreadable or fails its own checksum."""
 

@@ -130,7 +130,8 @@ class PicoEvaluator:
     log-probability instead (:func:`continuation_logprob_diffs`); one with words outside
     the vocabulary is skipped, with the reason in ``notes``. ``extra_tasks`` (the user's own
     pairs) are always scored that way and reported under ``row["extra"]``; pairs among them
-    the tokenizer cannot score (:meth:`TaskDataset.problems`) are left out, with a note.
+    the tokenizer cannot score (:meth:`TaskDataset.problems`), or that do not fit the model's
+    context (``max_tokens``), are left out, with a note.
     """
 
     def __init__(
@@ -142,8 +143,10 @@ class PicoEvaluator:
         seed: int,
         grammar: PicoGrammar | None = None,
         extra_tasks: dict[str, TaskDataset] | None = None,
+        max_tokens: int | None = None,
     ) -> None:
         self.heldout_tokens = heldout_tokens
+        self.max_tokens = max_tokens  # the model's context: longer pairs are left out with a note
         self.tokenizer = tokenizer
         self.notes: list[str] = []
         kept: dict[str, list[MinimalPair]] = {}
@@ -200,7 +203,7 @@ class PicoEvaluator:
 
     def _scorable(self, name: str, task: TaskDataset, tokenizer: Any) -> list[MinimalPair]:
         """The user's pairs the tokenizer can score; why others cannot goes to ``notes``."""
-        problems = task.problems(tokenizer)
+        problems = task.problems(tokenizer, max_tokens=self.max_tokens)
         if problems:
             first = next(iter(problems.values()))
             self.notes.append(f"{name}: {len(problems)} of {len(task)} pairs cannot be scored and are left out ({first})")

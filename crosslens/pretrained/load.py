@@ -12,6 +12,8 @@ import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import SafetensorError
+
 from crosslens.pretrained.registry import (
     PretrainedCrosscoderEntry,
     PretrainedCrosscoderRelease,
@@ -68,9 +70,14 @@ def load_pretrained(
             cfg_overrides={**overrides, **(cfg_overrides or {})},
         )
 
-    crosscoder = SAE.from_pretrained(
-        repo_id, folder, device=device, dtype=dtype, force_download=force_download, converter=converter
-    )
+    try:
+        crosscoder = SAE.from_pretrained(
+            repo_id, folder, device=device, dtype=dtype, force_download=force_download, converter=converter
+        )
+    except (RuntimeError, ValueError, TypeError, KeyError, OSError, SafetensorError):
+        if loader_name == SAE_LENS_LOADER:  # name the damaged cached file, when that is what failed
+            _check_cached_folder(repo_id, folder, release, crosscoder_id)
+        raise
     if not isinstance(crosscoder, CrosscoderMixin):
         raise PretrainedRegistryError(
             f"{repo_id}/{folder} holds a {crosscoder.cfg.architecture()!r} SAE, not a crosscoder; "
@@ -111,6 +118,23 @@ def check_against_registry(crosscoder: Crosscoder, lookup: PretrainedCrosscoderR
         meta.suite = suite
     if entry.hook_name and not meta.get("hook_name"):
         meta.hook_name = entry.hook_name
+
+
+def _check_cached_folder(repo_id: str, folder: str, release: str, crosscoder_id: str) -> None:
+    """Refuse the cached copy of ``repo_id/folder`` naming the file, if it is damaged."""
+    from huggingface_hub import hf_hub_download
+    from sae_lens.constants import SAE_CFG_FILENAME
+
+    from crosslens.crosscoders.saved import check_crosscoder_folder
+
+    try:
+        cfg = hf_hub_download(repo_id=repo_id, filename=f"{folder}/{SAE_CFG_FILENAME}", local_files_only=True)
+    except Exception:  # noqa: BLE001 - nothing cached to check: the original error stands
+        return
+    check_crosscoder_folder(
+        Path(cfg).parent,
+        fix=f"download it again (crosslens.load_pretrained({release!r}, {crosscoder_id!r}, force_download=True))",
+    )
 
 
 def pretrained_folder(release: str, crosscoder_id: str, force_download: bool = False) -> Path:

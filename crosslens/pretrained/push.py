@@ -80,15 +80,13 @@ def push_to_hub(
     activation store (``store_path``, default the run's ``run.json`` store) when it is at
     hand; the card says which tokens. ``api`` defaults to ``huggingface_hub.HfApi()``.
     """
-    from sae_lens import SAE
-
-    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
+    from crosslens.crosscoders.saved import load_crosscoder_folder
 
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"repo id must be ORG/NAME, got {repo_id!r}; pass --repo ORG/NAME.")
     run_dir = Path(run_dir)
     folder, run_config = find_final_crosscoder(run_dir)
-    crosscoder = SAE.load_from_disk(str(folder))
+    crosscoder = load_crosscoder_folder(folder)
     meta = crosscoder.cfg.metadata
     crosscoder_id = crosscoder_id or meta.get("hook_name") or "crosscoder"
     release = release or default_release_name(repo_id)

@@ -232,10 +232,45 @@ def unregister_release(release: str) -> None:
 
 
 # ---------------------------------------------------------------------------- parsing
+class _RepeatedKey(Exception):
+    def __init__(self, key: Any, first_line: int, second_line: int, top_level: bool):
+        super().__init__(key)
+        self.key, self.lines, self.top_level = key, (first_line, second_line), top_level
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: plain
+    YAML keeps the last, which would let a second definition of a release replace the first
+    without a word."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self.root = node  # release names are the keys of the root mapping
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                break
+            if first != key_node.start_mark.line + 1:
+                raise _RepeatedKey(key, first, key_node.start_mark.line + 1, node is getattr(self, "root", None))
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_registry(text: str, *, source: str) -> dict[str, PretrainedCrosscoderRelease]:
-    """Parse one registry YAML document (release name -> release)."""
+    """Parse one registry YAML document (release name -> release). A release, or any key of
+    a mapping, given twice is refused naming both lines."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _RepeatedKey as repeated:
+        first, second = repeated.lines
+        what = f"release {repeated.key!r} is defined" if repeated.top_level else f"key {repeated.key!r} appears"
+        raise PretrainedRegistryError(
+            f"{source}: {what} twice, at line {first} and at line {second}; rename or remove one of them."
+        ) from None
     except yaml.YAMLError as exc:
         raise PretrainedRegistryError(f"{source} is not valid YAML: {exc}") from None
     if data is None:
@@ -347,9 +382,20 @@ def _file_directory() -> dict[str, PretrainedCrosscoderRelease]:
                 f"{PRETRAINED_ENV} names {path}, which cannot be read ({exc.strerror}); "
                 f"fix or remove it from {PRETRAINED_ENV}."
             ) from None
+        except UnicodeDecodeError as exc:
+            raise PretrainedRegistryError(
+                f"{PRETRAINED_ENV} names {path}, which is not a YAML text file (byte {exc.start} is not UTF-8 "
+                f"text; a binary file?); point {PRETRAINED_ENV} at registry YAML files, or remove it from there."
+            ) from None
     directory: dict[str, PretrainedCrosscoderRelease] = {}
     for source, text in sources:
-        for release in parse_registry(text, source=source).values():
+        try:
+            releases = parse_registry(text, source=source)
+        except PretrainedRegistryError as error:
+            if source == PACKAGED_SOURCE:
+                raise
+            raise PretrainedRegistryError(f"{error} ({PRETRAINED_ENV} names this file: fix it, or remove it from there.)") from None
+        for release in releases.values():
             _add(directory, release)
     return directory
 

@@ -286,8 +286,16 @@ class TaskDataset:
         return replace(self, pairs=self.pairs[:n])
 
     # ------------------------------------------------------------------ tokenization
-    def _problems(self, pair: MinimalPair, tokenizer: Any) -> list[str]:
-        """Why ``pair`` cannot be scored with ``tokenizer`` (empty when it can)."""
+    def _example(self, index: int, pair: MinimalPair) -> str:
+        """``task 'x', example 3 (clean='...')``, led by the file and line the pair came from."""
+        source, line = pair.meta.get("source"), pair.meta.get("line")
+        clean = repr(pair.clean) if len(pair.clean) <= 80 else f"{pair.clean[:60]!r}... ({len(pair.clean)} characters)"
+        where = f"{source}, line {line}: " if source and line else ""
+        return f"{where}task {self.name!r}, example {index} (clean={clean})"
+
+    def _problems(self, pair: MinimalPair, tokenizer: Any, max_tokens: int | None = None) -> list[str]:
+        """Why ``pair`` cannot be scored with ``tokenizer`` (empty when it can), by a model
+        that reads at most ``max_tokens`` tokens (its context; BOS included)."""
         problems = []
         unk = _special_id(tokenizer, "unk")
         prompt_ids = encode(tokenizer, pair.clean)
@@ -308,6 +316,13 @@ class TaskDataset:
                     f"{role} continuation {text!r} is {len(ids)} tokens, {n_unknown} of them the unknown token; "
                     "the vocabulary lacks it"
                 )
+        if max_tokens is not None and tokens:
+            longest = 1 + len(prompt_ids) + max(len(ids) for ids in tokens.values())
+            if longest > max_tokens:
+                problems.append(
+                    f"BOS + prompt + continuation is {longest} tokens, more than the model's context of "
+                    f"{max_tokens}; shorten the sentence or drop the pair"
+                )
         if not problems and tokens["correct"] == tokens["wrong"]:
             problems.append(
                 f"correct {pair.correct!r} and wrong {pair.wrong!r} tokenize to the same tokens {tokens['correct']}; "
@@ -327,51 +342,51 @@ class TaskDataset:
                 )
         return problems
 
-    def problems(self, tokenizer: Any) -> dict[int, str]:
-        """Every example that cannot be scored with ``tokenizer``: its index and why (the
-        message :meth:`check_tokenizer` raises for it)."""
+    def problems(self, tokenizer: Any, *, max_tokens: int | None = None) -> dict[int, str]:
+        """Every example that cannot be scored with ``tokenizer`` (by a model whose context is
+        ``max_tokens``): its index and why (the message :meth:`check_tokenizer` raises for it)."""
         tokenizer = resolve_tokenizer(tokenizer)
         found = {}
         for index, pair in enumerate(self.pairs):
-            problems = self._problems(pair, tokenizer)
+            problems = self._problems(pair, tokenizer, max_tokens)
             if problems:
-                found[index] = f"task {self.name!r}, example {index} (clean={pair.clean!r}): " + "; ".join(problems)
+                found[index] = f"{self._example(index, pair)}: " + "; ".join(problems)
         return found
 
-    def check_tokenizer(self, tokenizer: Any) -> None:
+    def check_tokenizer(self, tokenizer: Any, *, max_tokens: int | None = None) -> None:
         """Raise :class:`TaskTokenizationError` naming the first example that cannot be scored.
 
         Continuations may be any number of tokens, but each must be at least one token
         after the prompt's (see :func:`continuation_ids`), none may hold the unknown
         token, and the correct and wrong ones must tokenize differently. Prompts must not
         contain the unknown token, and a corrupted prompt must have as many tokens as its
-        clean prompt.
+        clean prompt. With ``max_tokens`` (the model's context), BOS + prompt + continuation
+        must fit in it.
         """
         tokenizer = resolve_tokenizer(tokenizer)
         for index, pair in enumerate(self.pairs):
-            problems = self._problems(pair, tokenizer)
+            problems = self._problems(pair, tokenizer, max_tokens)
             if problems:
-                raise TaskTokenizationError(
-                    f"task {self.name!r}, example {index} (clean={pair.clean!r}): " + "; ".join(problems)
-                )
+                raise TaskTokenizationError(f"{self._example(index, pair)}: " + "; ".join(problems))
 
-    def filter_tokenizable(self, tokenizer: Any) -> "TaskDataset":
+    def filter_tokenizable(self, tokenizer: Any, *, max_tokens: int | None = None) -> "TaskDataset":
         """The examples that pass :meth:`check_tokenizer` (raises if none do).
 
         Multi-token continuations are kept; what is dropped cannot be scored at all
         (:meth:`problems` says why).
         """
         tokenizer = resolve_tokenizer(tokenizer)
-        kept = tuple(p for p in self.pairs if not self._problems(p, tokenizer))
+        kept = tuple(p for p in self.pairs if not self._problems(p, tokenizer, max_tokens))
         if not kept:
-            first = next(iter(self.problems(tokenizer).values()))
+            first = next(iter(self.problems(tokenizer, max_tokens=max_tokens).values()))
             raise TaskTokenizationError(f"no example of task {self.name!r} can be scored with this tokenizer; {first}")
         return replace(self, pairs=kept)
 
-    def tokenize(self, tokenizer: Any, *, prepend_bos: bool = True) -> TokenizedTask:
-        """Check, then tokenize into right-padded tensors (see :class:`TokenizedTask`)."""
+    def tokenize(self, tokenizer: Any, *, prepend_bos: bool = True, max_tokens: int | None = None) -> TokenizedTask:
+        """Check (``max_tokens``: the model's context), then tokenize into right-padded tensors
+        (see :class:`TokenizedTask`)."""
         tokenizer = resolve_tokenizer(tokenizer)
-        self.check_tokenizer(tokenizer)
+        self.check_tokenizer(tokenizer, max_tokens=max_tokens)
         prefix = [bos_id(tokenizer)] if prepend_bos else []
         prompt_ids = [encode(tokenizer, p.clean) for p in self.pairs]
         clean = [prefix + ids for ids in prompt_ids]

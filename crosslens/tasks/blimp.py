@@ -39,10 +39,12 @@ Formats:
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from crosslens.tasks.base import MinimalPair, TaskDataset, TaskTokenizationError, resolve_tokenizer
@@ -90,6 +92,38 @@ def pair_from_sentences(good: str, bad: str, meta: dict[str, Any] | None = None)
 SKIP_HINT = "pass on_invalid='skip' (`crosslens attribute --skip-invalid`) to drop such"
 
 
+def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of each line of ``path`` that holds something: blank lines and
+    ``#`` comments are skipped but counted, so the numbers are the ones an editor shows
+    (lines end at ``\\n`` only; a line separator inside a sentence does not start a line)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line_no = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise MinimalPairFormatError(f"{path}, line {line_no}: not UTF-8 text; save the file as UTF-8") from None
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if line.strip() and not line.lstrip().startswith("#"):
+            yield line_no, line
+
+
+def json_lines(path: Path, skip_invalid: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of each JSON object line of ``path`` (see :func:`numbered_lines`);
+    a line that is not a JSON object raises naming its line, or is skipped with ``skip_invalid``."""
+    for line_no, line in numbered_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            problem = f"not valid JSON ({error.msg}, column {error.colno})"
+        else:
+            if isinstance(record, dict):
+                yield line_no, record
+                continue
+            problem = f"a JSON {type(record).__name__}, not an object with the pair's fields"
+        if not skip_invalid:
+            raise MinimalPairFormatError(f"{path}, line {line_no}: {problem}; fix or remove the line")
+
+
 def _check_on_invalid(on_invalid: str) -> None:
     if on_invalid not in ("raise", "skip"):
         raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
@@ -117,7 +151,8 @@ def _finish(
             if on_invalid == "skip":
                 skipped += 1
                 continue
-            raise type(error)(f"{path}, line {line}: {error} ({SKIP_HINT} pairs)") from None
+            where = "" if str(error).startswith(f"{path}, line {line}:") else f"{path}, line {line}: "
+            raise type(error)(f"{where}{error} ({SKIP_HINT} pairs)") from None
         pairs.append(pair)
     total = len(candidates) + malformed
     if not pairs:
@@ -167,9 +202,7 @@ def load_blimp_jsonl(
     tokenizer = resolve_tokenizer(tokenizer) if tokenizer is not None else None
     candidates = []
     malformed = 0
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for line_no, line in numbered_lines(path):
         try:
             candidate = _blimp_candidate(path, line_no, line, good_key, bad_key)
         except MinimalPairFormatError:
@@ -224,13 +257,7 @@ def languages_in(path: str | Path, *, language_key: str = "language") -> list[st
     """The languages a multilingual BLiMP-format JSONL file holds, in order of first appearance."""
     path = Path(path)
     seen: dict[str, None] = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise MinimalPairFormatError(f"{path}, line {line_no}: not valid JSON ({error.msg})") from None
+    for line_no, record in json_lines(path):
         seen.setdefault(_language_of(record, language_key, path, line_no), None)
     return list(seen)
 
@@ -291,9 +318,7 @@ def load_clams(
     candidates = []
     malformed = 0
     good: tuple[int, str] | None = None
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
+    for line_no, line in numbered_lines(path):
         label, tab, sentence = line.partition("\t")
         label = label.strip().lower()
         if not tab or label not in ("true", "false"):
@@ -346,24 +371,26 @@ def load_pairs_jsonl(path: str | Path, *, name: str | None = None) -> TaskDatase
     """A task written by :meth:`TaskDataset.to_jsonl` (or by hand in that format)."""
     path = Path(path)
     pairs = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        record = json.loads(line)
+    for line_no, record in json_lines(path):
         missing = {"clean", "correct", "wrong"} - set(record)
         if missing:
             raise MinimalPairFormatError(
                 f"{path}, line {line_no}: missing field(s) {sorted(missing)}; each line needs clean, correct, wrong"
             )
-        pairs.append(
-            MinimalPair(
-                clean=record["clean"],
-                correct=record["correct"],
-                wrong=record["wrong"],
-                corrupted=record.get("corrupted"),
-                meta=record.get("meta", {}),
+        try:  # meta stays as written, so that to_jsonl and load_pairs_jsonl round-trip
+            pairs.append(
+                MinimalPair(
+                    clean=record["clean"],
+                    correct=record["correct"],
+                    wrong=record["wrong"],
+                    corrupted=record.get("corrupted"),
+                    meta=record.get("meta", {}),
+                )
             )
-        )
+        except ValueError as error:
+            raise MinimalPairFormatError(f"{path}, line {line_no}: {error}") from None
+    if not pairs:
+        raise MinimalPairFormatError(f"{path} holds no pairs; each line needs clean, correct, wrong")
     return TaskDataset(name=name or path.stem, pairs=tuple(pairs), description=f"minimal pairs from {path.name}")
 
 
@@ -373,14 +400,10 @@ def task_file_format(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a BLiMP, crosslens JSONL or CLAMS file")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    first = next((line for line in lines if not line.lstrip().startswith("#")), "")
+    first = next((line for _, line in numbered_lines(path)), "")
     if first.lstrip().startswith("{"):
-        try:
-            records = [json.loads(line) for line in lines[:200]]
-        except ValueError as error:
-            raise MinimalPairFormatError(f"{path}: not JSON lines ({error})") from None
-        keys = set().union(*(r.keys() for r in records if isinstance(r, dict)))
+        records = [record for _, record in itertools.islice(json_lines(path), 200)]
+        keys = set().union(*(r.keys() for r in records))
         if {"sentence_good", "sentence_bad"} <= keys:
             return "multilingual" if "language" in keys else "blimp"
         if {"clean", "correct", "wrong"} <= keys:

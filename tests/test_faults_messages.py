@@ -1,0 +1,200 @@
+"""Failures a user can act on: each is one or two lines naming the file, line or flag and
+the fix, never a traceback. Damaged crosscoder folders, pairs files, registry files, and the
+suite commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from crosslens.cli import main
+from crosslens.core.errors import DamagedCrosscoderError
+from trust_fixtures import harvest, one_torch_thread, train, write_suite
+
+
+def cli_error(argv: list[str], capsys) -> str:
+    """Run the CLI, expecting exit status 2 and one or two lines on stderr without a traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert 1 <= len(err.splitlines()) <= 2 and "Traceback" not in err, err
+    assert "--debug for the traceback" not in err, err  # a known input error, not a raw exception
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(suite folder, finished run folder): 3 tiny GPT-NeoX snapshots (context 64 tokens)."""
+    root = tmp_path_factory.mktemp("messages")
+    with one_torch_thread():
+        suite = write_suite(root / "suite")
+        store = root / "store"
+        harvest(suite, store)
+        train(store, root / "run", checkpoint_every=0)
+    return suite, root / "run"
+
+
+def damaged_copy(run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
+# ---------------------------------------------------------------------------- saved crosscoders
+def test_a_truncated_weights_file_is_named_by_every_command_that_loads_it(trained, tmp_path, capsys):
+    _, run = trained
+    copy = damaged_copy(run, tmp_path)
+    weights = copy / "final" / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    for argv in (["analyze", "--crosscoder", str(copy)], ["report", str(copy)]):
+        err = cli_error(argv, capsys)
+        assert f"{weights} is damaged" in err and "truncated" in err and "retrain" in err, err
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda text: text[: len(text) // 2], "cfg.json is not valid JSON (line 1"),
+        (lambda text: json.dumps({**json.loads(text), "d_sae": 64}), "W_dec is [32, 3, 32] in the weights but d_sae=64"),
+        (lambda text: json.dumps({**json.loads(text), "n_snapshots": 2}), "n_snapshots=2"),
+        (lambda text: json.dumps({**json.loads(text), "architecture": "crosscoderr"}), "names architecture 'crosscoderr'"),
+    ],
+    ids=["not-json", "d_sae", "n_snapshots", "architecture"],
+)
+def test_an_edited_cfg_json_is_refused_naming_the_file(trained, tmp_path, capsys, edit, expected):
+    _, run = trained
+    copy = damaged_copy(run, tmp_path)
+    cfg = copy / "final" / "cfg.json"
+    cfg.write_text(edit(cfg.read_text()))
+    err = cli_error(["analyze", "--crosscoder", str(copy)], capsys)
+    assert str(cfg) in err and expected in err, err
+    from crosslens.causal import load_crosscoder
+
+    with pytest.raises(DamagedCrosscoderError, match="cfg.json"):
+        load_crosscoder(copy / "final")
+
+
+# ---------------------------------------------------------------------------- pairs files
+GOOD = {"sentence_good": "the cat is here", "sentence_bad": "the cat are here"}
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["blimp", "crosslens"])
+def test_a_malformed_pairs_line_is_named_by_its_true_line_number(tmp_path, kind):
+    from crosslens.tasks.blimp import MinimalPairFormatError, load_task_file
+
+    good = json.dumps(GOOD if kind == "blimp" else {"clean": "the cat", "correct": " is", "wrong": " are"})
+    lines = ["# pairs for the agreement test", "", good, "", "# a comment", good, '{"sentence_good": "the cat', good]
+    path = write_lines(tmp_path / "pairs.jsonl", lines)
+    with pytest.raises(MinimalPairFormatError, match=rf"pairs.jsonl, line 7: not valid JSON .*, column") as info:
+        load_task_file(path)
+    assert "line 1 column" not in str(info.value)
+    lines[6] = "[1, 2]"  # JSON, but not an object
+    with pytest.raises(MinimalPairFormatError, match=r"pairs.jsonl, line 7: a JSON list"):
+        load_task_file(write_lines(path, lines))
+    lines[6] = good  # whole again: comments and blank lines are skipped
+    assert len(next(iter(load_task_file(write_lines(path, lines)).values()))) == 4
+
+
+def test_a_10000_character_sentence_is_refused_naming_its_line_and_the_context(trained, tmp_path, capsys):
+    suite, run = trained
+    long_prompt = " ".join(["the big old cat"] * 700)[:9980].rsplit(" ", 1)[0]
+    long = {"sentence_good": long_prompt + " is here", "sentence_bad": long_prompt + " are here"}
+    assert len(long["sentence_good"]) > 9900
+    pairs = write_lines(tmp_path / "pairs.jsonl", ["# long", "", json.dumps(GOOD), json.dumps(long)])
+    err = cli_error(["attribute", "--crosscoder", str(run), "--suite", str(suite), "--task", str(pairs),
+                     "--out", str(tmp_path / "ie.csv"), "--n-examples", "2"], capsys)  # fmt: skip
+    assert f"{pairs}, line 4:" in err and "more than the model's context of 64" in err, err
+    assert len(err) < 1000, err  # the sentence is not printed whole
+
+
+# ---------------------------------------------------------------------------- registry files
+RELEASE_YAML = """\
+# releases for the tests
+tiny:
+  repo_id: someone/tiny
+  model: EleutherAI/pythia-14m
+  suite: {family: pythia, model_id: EleutherAI/pythia-14m, revisions: [step0, step1]}
+  saes:
+    - {id: blocks.0.hook_resid_post, path: blocks.0.hook_resid_post}
+"""
+
+
+def test_a_binary_registry_file_names_the_file_and_the_variable(tmp_path, monkeypatch, capsys):
+    registry = tmp_path / "registry.yaml"
+    registry.write_bytes(bytes(range(256)))
+    monkeypatch.setenv("CROSSLENS_PRETRAINED", str(registry))
+    err = cli_error(["pretrained", "list"], capsys)
+    assert str(registry) in err and "not a YAML text file" in err and "CROSSLENS_PRETRAINED" in err, err
+    registry.write_text("just a sentence")  # text, but no mapping of releases
+    err = cli_error(["pretrained", "list"], capsys)
+    assert str(registry) in err and "must map release names" in err and "CROSSLENS_PRETRAINED" in err, err
+    registry.write_text(RELEASE_YAML)
+    assert main(["pretrained", "list"]) == 0
+    assert "someone/tiny" in capsys.readouterr().out
+
+
+def test_a_release_defined_twice_in_one_file_is_refused_naming_both_lines(tmp_path, monkeypatch):
+    from crosslens.pretrained import PretrainedRegistryError, pretrained_directory
+
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(RELEASE_YAML + RELEASE_YAML.replace("someone/tiny", "someone/other"))
+    monkeypatch.setenv("CROSSLENS_PRETRAINED", str(registry))
+    with pytest.raises(PretrainedRegistryError, match=r"registry.yaml: release 'tiny' is defined twice, at line 2 and at line 9"):
+        pretrained_directory()
+    registry.write_text(RELEASE_YAML.replace("  model: EleutherAI/pythia-14m\n", "  model: a/b\n  model: c/d\n"))
+    with pytest.raises(PretrainedRegistryError, match=r"key 'model' appears twice, at line 4 and at line 5"):
+        pretrained_directory()
+
+
+# ---------------------------------------------------------------------------- suite commands
+def test_suite_list_offline_with_a_mistyped_name_says_it_is_not_a_known_suite(offline_hf_home, capsys):
+    err = cli_error(["suite", "list", "EleutherAI/pythia-160mm"], capsys)
+    assert "not a known suite" in err and "did you mean EleutherAI/pythia-160m" in err, err
+    assert main(["suite", "list", "EleutherAI/pythia-160m-deduped"]) == 0  # a real name still lists offline
+    assert capsys.readouterr().out.split()[-1] == "step143000"
+
+
+def test_suite_list_without_a_network_is_one_line(offline_hf_home, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", "http://127.0.0.1:9")  # nothing listens there
+    err = cli_error(["suite", "list", "EleutherAI/pythia-160mm"], capsys)
+    assert "cannot reach the Hugging Face hub" in err and "EleutherAI/pythia-160mm" in err and "check the name" in err, err
+    assert "HF_HUB_OFFLINE=1" in err, err
+
+
+def test_a_failed_suite_build_removes_only_the_root_it_created(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path / "home"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    root = tmp_path / "new_suite"
+    err = cli_error(["suite", "build", "--root", str(root), "--corpus", str(empty)], capsys)
+    assert "hold no text" in err and not root.exists(), err
+    mine = tmp_path / "my_folder"
+    mine.mkdir()
+    cli_error(["suite", "build", "--root", str(mine), "--corpus", str(empty)], capsys)
+    assert mine.is_dir()  # the user's own folder stays
+    bad = write_lines(tmp_path / "bad.jsonl", ["# header", '{"sentence_good": "the cat'])
+    err = cli_error(["suite", "build", "--root", str(root), "--eval", str(bad)], capsys)
+    assert f"--eval {bad}: {bad}, line 2: not valid JSON" in err and not root.exists(), err
+
+
+def test_the_readme_says_where_the_console_script_is():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    setup = readme[readme.index("## Set-up on a fresh machine") : readme.index("## Your own text")]
+    assert "make demo" in setup and "make test" in setup and ".venv/bin/crosslens" in setup
+    own_text = readme[readme.index("## Your own text") :]
+    block = own_text[own_text.index("```bash\n") + len("```bash\n") :]
+    assert block.splitlines()[0] == "source .venv/bin/activate"
