@@ -52,8 +52,12 @@ def test_a_truncated_weights_file_is_named_by_every_command_that_loads_it(traine
     weights = copy / "final" / "sae_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     for argv in (["analyze", "--crosscoder", str(copy)], ["report", str(copy)]):
-        err = cli_error(argv, capsys)
-        assert f"{weights} is damaged" in err and "truncated" in err and "retrain" in err, err
+        err = cli_error(argv, capsys)  # inside its run folder, the run's seal catches it first
+        assert f"{copy / 'final'}: sae_weights.safetensors has" in err and "cannot be trusted" in err, err
+    bare = shutil.copytree(copy / "final", tmp_path / "bare")  # outside a run folder, the loader does
+    err = cli_error(["analyze", "--crosscoder", str(bare)], capsys)
+    damaged = bare / "sae_weights.safetensors"
+    assert f"{damaged} is damaged" in err and "truncated" in err and "retrain" in err, err
 
 
 @pytest.mark.parametrize(
@@ -71,8 +75,11 @@ def test_an_edited_cfg_json_is_refused_naming_the_file(trained, tmp_path, capsys
     copy = damaged_copy(run, tmp_path)
     cfg = copy / "final" / "cfg.json"
     cfg.write_text(edit(cfg.read_text()))
-    err = cli_error(["analyze", "--crosscoder", str(copy)], capsys)
-    assert str(cfg) in err and expected in err, err
+    err = cli_error(["analyze", "--crosscoder", str(copy)], capsys)  # the run's seal
+    assert f"{copy / 'final'}: cfg.json" in err and "cannot be trusted" in err, err
+    bare = shutil.copytree(copy / "final", tmp_path / "bare")
+    err = cli_error(["analyze", "--crosscoder", str(bare)], capsys)  # the loader
+    assert str(bare / "cfg.json") in err and expected in err, err
     from crosslens.causal import load_crosscoder
 
     with pytest.raises(DamagedCrosscoderError, match="cfg.json"):
