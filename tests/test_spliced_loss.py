@@ -100,3 +100,30 @@ def test_spliced_loss_refuses_what_it_cannot_measure(snapshots, tokens):
         spliced_loss(snapshots, crosscoder, tokens[:, :1])
     with pytest.raises(ValueError, match="reads 3 snapshots but 2 models"):
         spliced_loss(snapshots[:2], crosscoder, tokens)
+
+
+def test_evaluate_prints_the_spliced_loss_of_a_trained_run(tmp_path, capsys):
+    """``crosslens evaluate --spliced-loss`` loads the suite the store records and prints one row
+    per snapshot, the same numbers as the library function on the same rows."""
+    from crosslens.activations import ActivationStore
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.cli import main
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+    from trust_fixtures import HOOK, harvest, one_torch_thread, train, write_suite
+
+    with one_torch_thread():
+        suite_root = write_suite(tmp_path / "suite")
+        harvest(suite_root, tmp_path / "store")
+        train(tmp_path / "store", tmp_path / "run", checkpoint_every=0)
+        capsys.readouterr()
+        assert main(["evaluate", str(tmp_path / "run"), "--store", str(tmp_path / "store"), "--spliced-loss",
+                     "--spliced-seqs", "4", "--spliced-ablation", "mean"]) == 0  # fmt: skip
+        out = capsys.readouterr().out
+        store = ActivationStore.open(tmp_path / "store")
+        rows = spliced_loss(
+            CheckpointSuite.local(suite_root), load_crosscoder_folder(tmp_path / "run" / "final"),
+            store.sequences[:4], hook=HOOK, ablation="mean", labels=[s["revision"] for s in store.snapshots],
+        )  # fmt: skip
+    assert "spliced-model loss per snapshot on 4 rows" in out and "mean-ablation floor" in out
+    assert format_spliced_loss(rows) in out
+    assert [row["snapshot"] for row in rows] == ["step0", "step10", "step20"]

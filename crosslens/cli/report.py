@@ -44,6 +44,14 @@ class EvaluateFlags:
     store: str = field(metadata={"flag": "--store"})
     """Activation store to measure on (best: tokens it was not trained on); re-hashed against its manifest,
     and refused unless it holds the crosscoder's snapshots and hook."""
+    spliced_loss: bool = False
+    """Also splice each snapshot's reconstruction into that snapshot's model and report the next-token
+    cross-entropy it recovers and the KL divergence from the clean model, on the store's token rows
+    (loads every snapshot model once)."""
+    spliced_ablation: str = field(default="zero", metadata={"choices": ("zero", "mean")})
+    """The floor of the recovered loss: the activation zeroed, or replaced by its mean over the tokens."""
+    spliced_seqs: int = field(default=64, metadata={"min": 1})
+    """Token rows of the store the spliced loss is measured on."""
 
 
 ANALYZE = Subcommand(

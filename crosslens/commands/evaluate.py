@@ -72,4 +72,30 @@ def evaluate(args: argparse.Namespace) -> int:
     if not Path(args.store).exists():
         raise CLIError(f"--store {args.store}: the path does not exist; pass an activation store written by `crosslens harvest`")
     print_quality(crosscoder_folder(folder), args.store, args.store, device, eval_flag="--store")
+    if args.spliced_loss:
+        print_spliced_loss(crosscoder_folder(folder), args.store, args, device)
     return 0
+
+
+def print_spliced_loss(crosscoder_path: Path, store_path: str, args: argparse.Namespace, device: str) -> None:
+    """The spliced-model loss per snapshot (:func:`crosslens.causal.spliced_loss`) on the first
+    ``--spliced-seqs`` token rows of the store, with the snapshot models of the suite it records."""
+    from crosslens.activations import ActivationStore
+    from crosslens.causal.spliced_loss import format_spliced_loss, spliced_loss
+    from crosslens.checkpoints.on_device import on_device
+    from crosslens.commands.common import resolve_suite
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+
+    store = ActivationStore.open(store_path, verify="none")  # print_quality has just verified it
+    record = store.manifest["spec"].get("suite") or {}
+    spec = record.get("root") or record.get("model_id")
+    if not spec:
+        raise CLIError(f"--store {store_path}: its manifest records no suite, so the snapshot models cannot be loaded")
+    steps = [int(s["step"]) for s in store.snapshots]
+    suite = on_device(resolve_suite(spec, steps, None), device, args.dtype or "float32")
+    crosscoder = load_crosscoder_folder(crosscoder_path, device=device)
+    tokens_NL = store.sequences[: args.spliced_seqs]
+    labels = [str(s.get("revision", s.get("step"))) for s in store.snapshots]
+    rows = spliced_loss(suite, crosscoder, tokens_NL, ablation=args.spliced_ablation, labels=labels)
+    print(f"spliced-model loss per snapshot on {len(tokens_NL)} rows of {store_path} ({args.spliced_ablation}-ablation floor):")
+    print(format_spliced_loss(rows))
