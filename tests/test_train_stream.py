@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_activations import HOOK, WORDS, _write_suite  # noqa: E402
+from trust_fixtures import one_torch_thread  # noqa: E402
 
 from crosslens.cli import main  # noqa: E402
 from crosslens.training.streaming import StreamingTrainingRunner  # noqa: E402
@@ -29,10 +30,8 @@ WEIGHTS = Path("final") / "sae_weights.safetensors"
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import codecs
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ import torch
 from jaxtyping import Int
 
 from crosslens.core.errors import CrosslensError
+from crosslens.core.paths import free_disk
 
 if TYPE_CHECKING:
     from crosslens.checkpoints.suite import CheckpointSuite
@@ -134,17 +134,6 @@ def available_memory() -> int | None:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return None
-
-
-def free_disk(folder: str | Path) -> int | None:
-    """Free bytes on the disk that holds ``folder`` (or would hold it, once made)."""
-    here = Path(folder).absolute()
-    while not here.exists() and here != here.parent:
-        here = here.parent
-    try:
-        return shutil.disk_usage(here).free
-    except OSError:
         return None
 
 

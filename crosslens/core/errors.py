@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from crosslens.core.paths import free_disk
 
 
 class CrosslensError(ValueError):
@@ -102,16 +103,6 @@ _NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
 _WRITE_FAILURE_TEXT = ("inline_container", "file write failed", "No space left", "StorageFull", "os error 28")
 
 
-def _free_bytes(folder: Path) -> int | None:
-    here = folder
-    while not here.exists() and here != here.parent:
-        here = here.parent
-    try:
-        return shutil.disk_usage(here).free
-    except OSError:
-        return None
-
-
 def storage_error(error: BaseException, folder: str | os.PathLike, what: str, *, needed: int | None = None,
                   fix: str = "choose another folder") -> StorageError | None:
     """The one-line :class:`StorageError` for a failed write of ``what`` into ``folder``, or None
@@ -130,7 +121,7 @@ def storage_error(error: BaseException, folder: str | os.PathLike, what: str, *,
             folder=str(folder), needed=needed,
         )  # fmt: skip
     if code in _NO_SPACE or (code is None and any(t in text for t in _WRITE_FAILURE_TEXT)):
-        free = _free_bytes(folder)
+        free = free_disk(folder)
         sizes = [f"needs about {format_bytes(needed)}" if needed is not None else "",
                  f"{format_bytes(free)} free" if free is not None else ""]  # fmt: skip
         numbers = "; ".join(s for s in sizes if s)

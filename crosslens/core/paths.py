@@ -49,6 +49,19 @@ RUN_LOCK_NAME = "train.lock"
 """The lock file of a run folder, held while a ``crosslens train`` process writes it."""
 
 
+def free_disk(folder: str | Path) -> int | None:
+    """Free bytes on the disk that holds ``folder`` (or would hold it, once made)."""
+    import shutil
+
+    here = Path(folder).absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    try:
+        return shutil.disk_usage(here).free
+    except OSError:
+        return None
+
+
 def crosslens_home() -> Path:
     """``$CROSSLENS_HOME``, by default ``~/.cache/crosslens``."""
     return Path(os.environ.get(HOME_ENV, "~/.cache/crosslens")).expanduser()
