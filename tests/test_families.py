@@ -399,6 +399,9 @@ def test_cli_attribute_runs_a_multilingual_task_file(tmp_path, capsys):
     ]  # fmt: skip
     task_file.write_text("".join(json.dumps({"sentence_good": g, "sentence_bad": b, "language": l}) + "\n" for l, g, b in rows))
     crosscoder = _tiny_crosscoder(n_snapshots=2, d_in=32, d_sae=16, hook="blocks.0.hook_resid_post")
+    # as training records it: the snapshots it was trained on, which attribute checks the suite against
+    crosscoder.cfg.metadata.suite = {"family": "local", "root": str(tmp_path / "suite"),
+                                     "snapshots": [ref.to_dict() for ref in CheckpointSuite.local(tmp_path / "suite").snapshots]}  # fmt: skip
     crosscoder.save_model(str(tmp_path / "cc"))
     out = tmp_path / "attr.json"
     argv = ["attribute", "--suite", str(tmp_path / "suite"), "--crosscoder", str(tmp_path / "cc"),
