@@ -198,3 +198,19 @@ def test_cfg_json_bytes_do_not_depend_on_dict_order(world, tmp_path):
     crosscoder.save_model(tmp_path / "b")
     assert (tmp_path / "a" / "cfg.json").read_bytes() == (tmp_path / "b" / "cfg.json").read_bytes()
     assert (tmp_path / "a" / "cfg.json").read_text() == saved  # the inference save and a re-save agree too
+
+
+def test_push_refuses_a_store_the_crosscoder_was_not_trained_on(world, tmp_path):
+    """The model card states per-snapshot figures measured on the store: a store of other
+    snapshots is refused before anything is measured or uploaded."""
+    from crosslens.pretrained.push import push_to_hub
+
+    models = {"step0": tiny_neox(seed=0), "step10": tiny_neox(seed=1), "step30": tiny_neox(seed=2)}
+    other = harvest(write_local_suite(tmp_path / "suite", models, make_word_tokenizer()), tmp_path / "store").path
+
+    class NoUpload:
+        def __getattr__(self, name):
+            raise AssertionError(f"nothing may be uploaded, but HfApi.{name} was called")
+
+    with pytest.raises(PartnerMismatchError, match=r"\[step0, step10, step20\] vs \[step0, step10, step30\]"):
+        push_to_hub(world["run"], "org/name", store_path=other, api=NoUpload())

@@ -95,10 +95,11 @@ def push_to_hub(
     evaluation = None
     if store_path is not None and Path(store_path).exists():
         from crosslens.activations import ActivationStore
+        from crosslens.activations.partners import check_crosscoder_store
 
-        evaluation = evaluate_per_snapshot(
-            crosscoder, ActivationStore.open(store_path), meta.get("hook_name"), n_tokens=n_eval_tokens
-        )
+        store = ActivationStore.open(store_path)
+        check_crosscoder_store(crosscoder, store, crosscoder_name=folder)  # the card states its figures
+        evaluation = evaluate_per_snapshot(crosscoder, store, meta.get("hook_name"), n_tokens=n_eval_tokens)
     if fold_normalization and not meta.get("activation_norm_factors_folded") and meta.get("activation_norm_factors"):
         crosscoder.fold_activation_norm_scaling_factors()
     class_counts = feature_class_counts(crosscoder, evaluation)
