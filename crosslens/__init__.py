@@ -14,8 +14,7 @@ SAELens (as SAELens's own modules register theirs), so ``sae_lens.SAE.load_from_
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from crosslens.core.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -46,9 +45,4 @@ _LAZY = {
 __all__ = [*_LAZY, "crosscoders", "__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "crosscoders":
-        return importlib.import_module("crosslens.crosscoders")
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'crosslens' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {**_LAZY, "crosscoders": "crosslens.crosscoders"})

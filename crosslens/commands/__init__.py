@@ -7,8 +7,7 @@ Modules here import torch and the stages only inside the functions that need the
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from crosslens.core.lazy import lazy_attributes
 
 _LAZY = {
     "CLIError": "crosslens.commands.common",
@@ -21,7 +20,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'crosslens.commands' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

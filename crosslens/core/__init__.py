@@ -16,20 +16,21 @@ submodule you need; this package imports a submodule only when it is first named
 - :mod:`crosslens.core.devices`: devices, dtypes, accelerator memory, freeing a model
 - :mod:`crosslens.core.seeding`: seeding torch, numpy and random
 - :mod:`crosslens.core.packing`: packing tokenized documents into fixed-length rows
+- :mod:`crosslens.core.lazy`: package attributes imported on first use
 - :mod:`crosslens.core.tensors`: small tensor helpers (row counts, one-vs-all shares)
 - :mod:`crosslens.core.weightfiles`: a safetensors file's header: tensor shapes, whether the file is whole
 """
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from crosslens.core.lazy import lazy_attributes
 
 __all__ = [
     "devices",
     "errors",
     "hashing",
     "hooks",
+    "lazy",
     "launch",
     "locks",
     "metadata",
@@ -42,7 +43,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> ModuleType:
-    if name in __all__:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {name: f"{__name__}.{name}" for name in __all__})

@@ -10,9 +10,7 @@ Hugging Face models; ``pico_suite`` returns them as a ``CheckpointSuite``. The g
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from crosslens.core.lazy import lazy_attributes
 from crosslens.pico.config import PicoConfig
 
 _LAZY = {
@@ -31,10 +29,7 @@ def sample_documents(n: int, seed: int = 0) -> list[str]:
     return PicoGrammar().sample_documents(n, seed)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'crosslens.pico' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

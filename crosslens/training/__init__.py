@@ -8,9 +8,7 @@ without loading the trainer.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from crosslens.core.lazy import lazy_attributes
 from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig, CrosscoderTrainerConfig, LoggingConfig
 
 _LAZY = {
@@ -32,7 +30,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'crosslens.training' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
