@@ -124,6 +124,12 @@ class CrosscoderTrainerConfig:
     """Adam beta2."""
     max_grad_norm: float | None = 1.0
     """Clip the gradient's global norm to this; None disables clipping."""
+    fused_clip: bool = True
+    """Hand the clip's coefficient to Adam's own pass over the gradients (one read for the
+    norm, none to scale); False: torch's clip_grad_norm_, then Adam."""
+    optimizer_state_dtype: str = "float32"
+    """Dtype of Adam's two moments: "float32", or "bfloat16" (half the memory, stochastically
+    rounded; one process only)."""
     dead_feature_window_tokens: int = 1_000_000
     """A feature silent for more than this many tokens is dead (feeds TopK's aux loss)."""
     dense_feature_threshold: float = 0.1
@@ -148,6 +154,10 @@ class CrosscoderTrainerConfig:
     """W&B logging."""
 
     def __post_init__(self) -> None:
+        if self.optimizer_state_dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"optimizer_state_dtype must be 'float32' or 'bfloat16', got {self.optimizer_state_dtype!r}."
+            )
         if self.autocast_dtype not in (None, "bfloat16"):
             raise ValueError(
                 f"autocast_dtype must be None or 'bfloat16', got {self.autocast_dtype!r}; float16 "
