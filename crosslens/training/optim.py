@@ -28,6 +28,7 @@ from torch import nn
 
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.distributed.sharding import clip_coefficient, clip_grad_norm, grad_norm
+from crosslens.training.memory import CHUNK
 
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 """Devices on which Adam runs fused: one kernel over each parameter instead of a dozen
@@ -36,9 +37,6 @@ deterministic, but its rounding differs from the unfused Adam's."""
 
 OPTIMIZER_STATE_DTYPES = ("float32", "bfloat16")
 
-CHUNK = 1 << 22
-"""Elements of a parameter updated at once by :class:`BFloat16StateAdam` (16 MiB of float32
-per temporary)."""
 
 
 def stochastic_bfloat16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
