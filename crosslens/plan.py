@@ -36,6 +36,7 @@ from crosslens.architectures import DEFAULT_K
 from crosslens.core.devices import DTYPE_BYTES, format_bytes
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import block_index
+from crosslens.training.memory import OPTIMIZER_STATES, activation_bytes, optimizer_state_bytes, parameter_counts
 
 F32 = 4
 ARCHITECTURES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
@@ -273,30 +274,7 @@ def default_mesh(world_size: int, n_snapshots: int) -> tuple[int, int]:
     return world_size // best, best
 
 
-def parameter_counts(S: int, D: int, F: int, architecture: str) -> dict[str, int]:
-    """Element counts of a crosscoder's parameters holding ``S`` of its snapshots."""
-    counts = {"W_enc": S * D * F, "W_dec": F * S * D, "b_dec": S * D, "b_enc": F}
-    if architecture == "jumprelu_crosscoder":
-        counts["threshold"] = F
-    return counts
-
-
 SHARDED = ("W_enc", "W_dec", "b_dec")
-
-
-def activation_bytes(B: int, S: int, D: int, F: int, architecture: str) -> dict[str, int]:
-    """Estimated float32 bytes alive at the peak of one training step on one rank
-    (``B`` local tokens, ``S`` local snapshots).
-
-    - snapshot-wide: the input ``x``, the reconstruction and its gradient: ``3 B S D``;
-    - latent: pre-activation, code and their gradients: ``4 B F``;
-    - JumpReLU only: the per-snapshot code ``[S, B, F]``, its gradient and the backward
-      pass's distance temporary: ``3 S B F``.
-    """
-    parts = {"inputs and reconstructions": 3 * B * S * D * F32, "latent codes": 4 * B * F * F32}
-    if architecture == "jumprelu_crosscoder":
-        parts["per-snapshot JumpReLU codes"] = 3 * S * B * F * F32
-    return parts
 
 
 def crosscoder_flops(S: int, D: int, F: int, *, k: int | None = None) -> int:
@@ -397,6 +375,11 @@ def _memory_bytes(cfg: PlanConfig, param_bytes: int, S_r: int, B_r: int, D: int,
     memory["resident_models_full"] = S_r * m.n_params * model_bytes
     memory["resident_models_truncated"] = S_r * truncated * model_bytes
     memory["total_training"] = memory["training_state"] + memory["activations_per_batch"]
+    n_params = param_bytes // F32
+    memory["optimizer_state_options"] = {
+        option: {**(held := optimizer_state_bytes(n_params, option)), "peak": held["device"] + memory["activations_per_batch"]}
+        for option in OPTIMIZER_STATES
+    }
     memory["total_streaming"] = memory["total_training"] + memory["resident_models_truncated"]
     return memory
 
@@ -491,6 +474,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     rows.append(("activations per batch (est.)", f"{_bytes(mem['activations_per_batch'])}  ("
                  + ", ".join(f"{k} {_bytes(v)}" for k, v in mem["activations_breakdown"].items()) + ")"))  # fmt: skip
     rows.append(("total, training from a store", _bytes(mem["total_training"])))
+    for option, held in mem["optimizer_state_options"].items():
+        host = f", {_bytes(held['host'])} in host memory" if held["host"] else ""
+        rows.append((f"  peak with {option} Adam state", f"{_bytes(held['peak'])}{host}"))
     rows.append((f"resident models ({i['model_dtype']})", f"{_bytes(mem['resident_models_full'])} whole, "
                  f"{_bytes(mem['resident_models_truncated'])} cut after the hooked block"))  # fmt: skip
     rows.append(("total, streaming", _bytes(mem["total_streaming"])))

@@ -142,7 +142,8 @@ def gather_optimizer_state(
 
 
 def slice_optimizer_state(state: Mapping[str, Any], names: list[str], block: range) -> dict[str, Any]:
-    """This rank's part of a full optimizer state dict (Adam moments follow their parameters)."""
+    """This rank's part of a full optimizer state dict (Adam moments follow their parameters;
+    keys beside ``state`` and ``param_groups``, an optimizer's own, are kept)."""
     sliced = {}
     for index, per_param in state["state"].items():
         axis = SNAPSHOT_AXES.get(names[int(index)])
@@ -154,7 +155,7 @@ def slice_optimizer_state(state: Mapping[str, Any], names: list[str], block: ran
             )
             for key, value in per_param.items()
         }
-    return {"state": sliced, "param_groups": copy.deepcopy(state["param_groups"])}
+    return {**state, "state": sliced, "param_groups": copy.deepcopy(state["param_groups"])}
 
 
 # ------------------------------------------------------------------- gradients
@@ -189,12 +190,14 @@ def _all_reduce_flat(grads: list[torch.Tensor], group: Any) -> None:
         offset += g.numel()
 
 
-def clip_grad_norm(module: nn.Module, max_norm: float, collectives: LocalCollectives) -> torch.Tensor:
-    """Clip the whole crosscoder's gradient to ``max_norm`` (its global 2-norm), like
-    ``torch.nn.utils.clip_grad_norm_`` on the single-process crosscoder."""
-    if not isinstance(collectives, MeshCollectives):
-        return torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+def grad_norm(module: nn.Module, collectives: LocalCollectives) -> torch.Tensor:
+    """The whole crosscoder's gradient 2-norm (over every rank's snapshot block on a mesh),
+    as ``torch.nn.utils.clip_grad_norm_`` computes it on the single-process crosscoder: one
+    read of the gradients, no host sync."""
     grads = [(name, p.grad) for name, p in module.named_parameters() if p.grad is not None]
+    if not isinstance(collectives, MeshCollectives):
+        norms = torch._foreach_norm([g for _, g in grads], 2.0)
+        return torch.linalg.vector_norm(torch.stack([n.to(grads[0][1].device) for n in norms]), 2.0)
     device = grads[0][1].device
     sharded_sq = torch.zeros((), dtype=torch.float32, device=device)
     replicated_sq = torch.zeros((), dtype=torch.float32, device=device)
@@ -206,8 +209,23 @@ def clip_grad_norm(module: nn.Module, max_norm: float, collectives: LocalCollect
             replicated_sq = replicated_sq + sq
     if collectives.snapshot_size > 1:
         dist.all_reduce(sharded_sq, group=collectives.snapshot_group)
-    total = (sharded_sq + replicated_sq).sqrt()
-    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for _, g in grads:
-        g.mul_(coef.to(g.dtype))
+    return (sharded_sq + replicated_sq).sqrt()
+
+
+def clip_coefficient(total: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """What clipping multiplies the gradients by: ``min(1, max_norm / (total + 1e-6))``, as
+    ``torch.nn.utils.clip_grad_norm_``."""
+    return (max_norm / (total + 1e-6)).clamp(max=1.0)
+
+
+def clip_grad_norm(module: nn.Module, max_norm: float, collectives: LocalCollectives) -> torch.Tensor:
+    """Clip the whole crosscoder's gradient to ``max_norm`` (its global 2-norm), like
+    ``torch.nn.utils.clip_grad_norm_`` on the single-process crosscoder."""
+    if not isinstance(collectives, MeshCollectives):
+        return torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+    total = grad_norm(module, collectives)
+    coef = clip_coefficient(total, max_norm)
+    for p in module.parameters():
+        if p.grad is not None:
+            p.grad.mul_(coef.to(p.grad.dtype))
     return total

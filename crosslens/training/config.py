@@ -124,6 +124,12 @@ class CrosscoderTrainerConfig:
     """Adam beta2."""
     max_grad_norm: float | None = 1.0
     """Clip the gradient's global norm to this; None disables clipping."""
+    fused_clip: bool = True
+    """Hand the clip's coefficient to Adam's own pass over the gradients (one read for the
+    norm, none to scale); False: torch's clip_grad_norm_, then Adam."""
+    optimizer_state_dtype: str = "float32"
+    """Dtype of Adam's two moments: "float32", or "bfloat16" (half the memory, stochastically
+    rounded; one process only)."""
     dead_feature_window_tokens: int = 1_000_000
     """A feature silent for more than this many tokens is dead (feeds TopK's aux loss)."""
     dense_feature_threshold: float = 0.1
@@ -148,6 +154,10 @@ class CrosscoderTrainerConfig:
     """W&B logging."""
 
     def __post_init__(self) -> None:
+        if self.optimizer_state_dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"optimizer_state_dtype must be 'float32' or 'bfloat16', got {self.optimizer_state_dtype!r}."
+            )
         if self.autocast_dtype not in (None, "bfloat16"):
             raise ValueError(
                 f"autocast_dtype must be None or 'bfloat16', got {self.autocast_dtype!r}; float16 "
@@ -191,6 +201,9 @@ class CrosscoderTrainerConfig:
         return cls(**{**values, "logger": LoggingConfig(**values.get("logger", {}))})
 
 
+AUTOCAST_CHOICES = ("auto", "bfloat16", "none")
+"""``--autocast`` values; a run folder records "bfloat16" or "none" (null in older run.json files)."""
+
 RUN_STORE_SEAL = "store_seal"
 """run.json key beside the settings: the seal of the store the run trains on
 (``crosslens.activations.partners.store_seal``)."""
@@ -227,8 +240,16 @@ class CrosscoderRunnerConfig:
     snapshot_parallel: int = field(default=1, metadata={"min": 1})
     """Under torchrun: ranks on the mesh's snapshot axis (each holds a block of snapshots);
     the rest of the world splits each batch. See docs/DISTRIBUTED.md."""
-    autocast_dtype: str | None = field(default=None, metadata={"flag": "--autocast", "choices": ("bfloat16",)})
-    """Run the crosscoder step under bfloat16 autocast (parameters and Adam stay float32)."""
+    autocast_dtype: str | None = field(default="auto", metadata={"flag": "--autocast", "choices": AUTOCAST_CHOICES})
+    """Precision of the crosscoder step: "bfloat16" autocast (parameters and Adam stay float32),
+    "none" (float32 throughout), or "auto": bfloat16 on CUDA, float32 elsewhere (bfloat16 is
+    slow on CPUs). run.json records the choice made."""
+    optimizer_state: str = field(default="auto", metadata={"choices": ("auto", "float32", "bfloat16")})
+    """Dtype of Adam's moments: "float32", "bfloat16" (half the memory; one process only), or
+    "auto": bfloat16 when the step would not fit the CUDA device with float32 state (the
+    estimate `crosslens plan` prints). run.json records the choice made."""
+    fused_clip: bool = field(default=True, metadata={"flag": "--no-fused-clip"})
+    """Fold the gradient clip into Adam's pass (--no-fused-clip: torch's clip_grad_norm_, then Adam)."""
     verify_store: bool = field(default=True, metadata={"flag": "--no-verify"})
     """Re-hash every store file against its manifest before training (--no-verify checks sizes only)."""
     dataset_path: str | None = field(default=None, metadata={"cli": False})
@@ -246,6 +267,10 @@ class CrosscoderRunnerConfig:
             raise ValueError(f"checkpoint_every must be >= 0 (0 disables checkpoints), got {self.checkpoint_every}.")
         if not 0 <= self.lr_decay_fraction < 1:
             raise ValueError(f"lr_decay_fraction must be in [0, 1), got {self.lr_decay_fraction}.")
+        if self.autocast_dtype is not None and self.autocast_dtype not in AUTOCAST_CHOICES:
+            raise ValueError(f"autocast_dtype must be one of {AUTOCAST_CHOICES}, got {self.autocast_dtype!r}.")
+        if self.optimizer_state not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"optimizer_state must be auto, float32 or bfloat16, got {self.optimizer_state!r}.")
         if self.lr is None:
             self.lr = defaults_for(self.sae.architecture).lr
 

@@ -46,6 +46,7 @@ from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh, shard_batches
 from crosslens.training.config import RUN_STORE_SEAL, CrosscoderRunnerConfig, CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder
+from crosslens.training.memory import choose_optimizer_state
 from crosslens.training.interrupts import StopRequest, TrainingInterrupted, stop_between_steps
 from crosslens.training.records import read_record, record_problem, write_record
 from crosslens.training.runfolder import (
@@ -75,6 +76,7 @@ class CrosscoderTrainingRunner:
         self.hook = self.store.resolve_hook(config.hook_name)
         self.out_dir = Path(config.out_dir)
         self.device = config.device
+        self.config = resolve_precision(config, self.store.n_snapshots, self.store.d_in_of(self.hook))
         self.mesh = None
         """(layout, collectives) once :meth:`run` joins a torchrun job; None in a plain process."""
         self.finished_before = False
@@ -135,7 +137,9 @@ class CrosscoderTrainingRunner:
             seed=cfg.seed,
             checkpoint_dir=str(self.checkpoint_dir),
             checkpoint_every=cfg.checkpoint_every,
-            autocast_dtype=cfg.autocast_dtype,
+            autocast_dtype="bfloat16" if cfg.autocast_dtype == "bfloat16" else None,
+            optimizer_state_dtype=cfg.optimizer_state,
+            fused_clip=cfg.fused_clip,
             logger=replace(cfg.logger, wandb_dir=cfg.logger.wandb_dir or str(self.out_dir)),
         )
 
@@ -256,6 +260,8 @@ class CrosscoderTrainingRunner:
                 self._check_resumable(resume_from, run_file)
             elif self.is_main:
                 run_file.write_text(json.dumps(self.run_record(), indent=2))
+            if self.is_main:
+                print(precision_line(self.config))
             trainer = self._trainer(resume_from)
             with stop_between_steps(enabled=self.mesh is None) as request:
                 trainer.fit(self._stoppable_batches(trainer, request), resume_from=resume_from)
@@ -326,6 +332,35 @@ class _SealedTrainer(CrosscoderTrainer):
             write_record(saved, **self.record)
         self._barrier()
         return saved
+
+
+def resolve_precision(config: CrosscoderRunnerConfig, n_snapshots: int, d_in: int | None) -> CrosscoderRunnerConfig:
+    """``config`` with its "auto" precision settings replaced by the choice for its device:
+    bfloat16 autocast on CUDA (float32 elsewhere: bfloat16 matmuls are slow on CPUs), and
+    bfloat16 Adam moments where the step would not fit the CUDA device with float32 ones.
+    ``d_in`` None (a streaming run, whose width is known once a model loads): float32 moments."""
+    on_cuda = torch.device(config.device).type == "cuda"
+    autocast = config.autocast_dtype or "none"  # run.json files from before "none" record null
+    if autocast == "auto":
+        autocast = "bfloat16" if on_cuda else "none"
+    state = config.optimizer_state
+    if state == "auto" and d_in is None:
+        state = "float32"
+    if state == "auto":
+        device_bytes = torch.cuda.get_device_properties(torch.device(config.device)).total_memory if on_cuda else None
+        state = choose_optimizer_state(
+            n_snapshots, d_in, config.sae.d_sae, config.train_batch_size_tokens, config.sae.architecture, device_bytes
+        )
+    return replace(config, autocast_dtype=autocast, optimizer_state=state)
+
+
+def precision_line(config: CrosscoderRunnerConfig) -> str:
+    """What the run computes in, as the run's printout says it."""
+    step = "bfloat16 autocast" if config.autocast_dtype == "bfloat16" else "float32"
+    return (
+        f"precision: crosscoder step in {step} (--autocast), float32 parameters, "
+        f"{config.optimizer_state} Adam state (--optimizer-state)"
+    )
 
 
 def _resume_settings(config: dict[str, Any]) -> dict[str, Any]:

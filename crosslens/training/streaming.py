@@ -40,7 +40,7 @@ from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh
 from crosslens.training.config import CrosscoderRunnerConfig
 from crosslens.training.factory import build_training_crosscoder
-from crosslens.training.runner import CrosscoderTrainingRunner
+from crosslens.training.runner import CrosscoderTrainingRunner, resolve_precision
 
 EVAL_TOKENS = 8192
 """Held-out tokens the quality table reads (``evaluate_crosscoder``'s default)."""
@@ -86,7 +86,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
     ) -> None:  # fmt: skip
         if not config.hook_name:
             raise ValueError("streaming needs config.hook_name: there is no store to take the only hook from")
-        self.config, self.store, self.suite = config, None, suite
+        self.config, self.store, self.suite = resolve_precision(config, len(suite), None), None, suite
         self.hook, self.stream = config.hook_name, dict(stream)
         self.train_NL, self.heldout_NL = train_NL, heldout_NL
         self.model_dtype = model_dtype

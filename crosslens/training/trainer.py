@@ -64,7 +64,6 @@ from crosslens.crosscoders.base import CrosscoderTrainingMixin
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.distributed.mesh import MeshLayout, local_layout
 from crosslens.distributed.sharding import (
-    clip_grad_norm,
     full_crosscoder,
     gather_optimizer_state,
     parameter_names,
@@ -76,6 +75,7 @@ from crosslens.distributed.sharding import (
 from crosslens.training.checks import check_activation_scale
 from crosslens.training.config import CrosscoderTrainerConfig
 from crosslens.training.guard import check_finite_step
+from crosslens.training.optim import clipped_step, make_optimizer
 
 Batch = Float[torch.Tensor, "batch n_snapshots d_in"]
 BatchSource = Union[Iterable[Batch], Callable[[int], Iterator[Batch]]]
@@ -111,22 +111,6 @@ def crosscoder_metrics(
     return out
 
 
-FUSED_ADAM_DEVICES = ("cpu", "cuda")
-"""Devices on which Adam runs fused: one kernel over each parameter instead of a dozen
-passes, several times faster for a crosscoder's large weight tensors. It is
-deterministic, but its rounding differs from the unfused Adam's."""
-
-
-def adam(param_groups: list[dict[str, Any]], cfg: CrosscoderTrainerConfig, device: torch.device) -> torch.optim.Adam:
-    """The trainer's Adam, fused where the device has the kernel."""
-    return torch.optim.Adam(
-        param_groups,
-        lr=cfg.lr,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        fused=device.type in FUSED_ADAM_DEVICES or None,
-    )
-
-
 class CrosscoderTrainer:
     """Trains any registered crosscoder training class on ``[batch, S, d_in]`` batches.
 
@@ -160,7 +144,19 @@ class CrosscoderTrainer:
         self.last_l0: torch.Tensor | float | None = None
         """Mean active features per token on the latest batch (recorded as the final l0)."""
 
-        self.optimizer = adam(self.sae.optimizer_param_groups(cfg.lr), cfg, torch.device(cfg.device))
+        if cfg.optimizer_state_dtype != "float32" and self.collectives.is_distributed:
+            raise ValueError(
+                f"optimizer_state_dtype={cfg.optimizer_state_dtype!r} trains in one process only; "
+                "on a mesh keep float32 Adam state (shard the snapshots over more ranks instead)."
+            )
+        self.optimizer = make_optimizer(
+            self.sae.optimizer_param_groups(cfg.lr),
+            lr=cfg.lr,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            state_dtype=cfg.optimizer_state_dtype,
+            seed=cfg.seed,
+            device=torch.device(cfg.device),
+        )
         assert cfg.lr_end is not None  # set in __post_init__
         self.lr_scheduler = get_lr_scheduler(
             cfg.lr_scheduler_name,
@@ -225,9 +221,7 @@ class CrosscoderTrainer:
             )
         output.loss.backward()
         reduce_gradients(self.sae, self.collectives)
-        if self.cfg.max_grad_norm is not None:
-            clip_grad_norm(self.sae, self.cfg.max_grad_norm, self.collectives)
-        self.optimizer.step()
+        clipped_step(self.optimizer, self.sae, self.collectives, self.cfg.max_grad_norm, fused=self.cfg.fused_clip)
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
         for scheduler in self.coefficient_schedulers.values():

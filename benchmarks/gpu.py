@@ -1,0 +1,193 @@
+"""Crosscoder training on a CUDA GPU against the hardware's floors, measured in the same run.
+
+1. The bf16 matmul peak: timed ``[n, n] x [n, n]`` bfloat16 matmuls.
+2. The floors at the benchmarked shape (``B`` tokens, ``S`` snapshots, ``d_in`` D, ``d_sae`` F):
+   - dense: the step's 5 bfloat16 matmuls shaped ``[B, S*D] x [S*D, F]`` (encode forward and
+     weight gradient, decode forward, its input and weight gradients) plus the optimizer's
+     pass (the gradient norm and fused Adam over the crosscoder's float32 parameters);
+   - sparse: the encoder's 2 matmuls (what a sparse decode leaves) plus the optimizer's pass.
+3. Every architecture's ``CrosscoderTrainer.step`` in float32 and under bfloat16 autocast,
+   freshly initialised and at a trained crosscoder's sparsity: the ReLU bias or the
+   JumpReLU threshold is set, by bisection on one batch, so that the measured L0 lands at
+   ``--l0`` (TopK/BatchTopK: ``k`` sets it). Each row: the L0 reached, tokens/s, the
+   fraction of its floor (sparse for a trained JumpReLU and TopK/BatchTopK, dense
+   otherwise) and the peak memory (``torch.cuda.max_memory_allocated``).
+
+Without CUDA it prints one line and exits 0. ``--small`` runs the same logic on the CPU at
+a tiny shape (fractions and memory there mean nothing; it checks that the script works).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py                     # Ge et al.: S 32, d_in 768, d_sae 24576, B 2048
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --d-sae 98304 --only jumprelu_crosscoder --optimizer-state bfloat16
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --small
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import crosslens.crosscoders as cc
+from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
+from crosslens.training.memory import parameter_counts
+from crosslens.training.optim import clipped_step
+
+SMALL = {"S": 2, "d_in": 8, "d_sae": 64, "batch": 32, "k": 4, "l0": 8, "steps": 2, "peak_n": 64}
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def seconds_per_call(fn: Callable[[], None], device: str, n: int) -> float:
+    fn()  # warm-up: kernels chosen, memory allocated
+    sync(device)
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(n: int, device: str, rounds: int) -> float:
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    return 2 * n**3 / seconds_per_call(lambda: a @ b, device, rounds)
+
+
+def optimizer_pass(S: int, D: int, F: int, device: str, state: str) -> Callable[[], None]:
+    """The optimizer's pass over a crosscoder's parameters (gradient norm, clip folded into Adam)."""
+    module = torch.nn.Module()
+    for name, count in parameter_counts(S, D, F, "jumprelu_crosscoder").items():
+        p = torch.nn.Parameter(torch.zeros(count, device=device))
+        p.grad = torch.randn(count, device=device)
+        module.register_parameter(name, p)
+    cfg = CrosscoderTrainerConfig(total_steps=1, device=device, optimizer_state_dtype=state)
+    from crosslens.crosscoders.collectives import LocalCollectives
+    from crosslens.training.optim import make_optimizer
+
+    opt = make_optimizer([{"params": list(module.parameters())}], lr=1e-4, betas=(0.9, 0.999),
+                         state_dtype=cfg.optimizer_state_dtype, seed=0, device=torch.device(device))  # fmt: skip
+    return lambda: clipped_step(opt, module, LocalCollectives(), 1.0, fused=True)
+
+
+def floors(a: argparse.Namespace, device: str) -> dict[str, float]:
+    """Seconds per step of the dense and sparse floors at the benchmarked shape."""
+    B, K, F = a.batch, a.S * a.d_in, a.d_sae
+    x = torch.randn(B, K, device=device, dtype=torch.bfloat16)
+    W = torch.randn(K, F, device=device, dtype=torch.bfloat16)
+    h = torch.randn(B, F, device=device, dtype=torch.bfloat16)
+    encoder = lambda: (x @ W, x.T @ h)  # noqa: E731  forward, weight gradient
+    decoder = lambda: (h @ W.T, h @ W.T, h.T @ x)  # noqa: E731  forward, input and weight gradients
+    matmuls2 = seconds_per_call(encoder, device, a.rounds)
+    matmuls5 = matmuls2 + seconds_per_call(decoder, device, a.rounds)
+    del x, W, h
+    opt = seconds_per_call(optimizer_pass(a.S, a.d_in, F, device, a.optimizer_state), device, a.rounds)
+    return {"dense": matmuls5 + opt, "sparse": matmuls2 + opt, "optimizer": opt}
+
+
+def make_trainer(arch: str, a: argparse.Namespace, device: str, autocast: str | None) -> CrosscoderTrainer:
+    _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
+    extra = {"k": a.k} if arch.endswith("topk_crosscoder") else {}
+    torch.manual_seed(0)
+    sae = train_cls(train_cfg_cls(d_in=a.d_in, d_sae=a.d_sae, n_snapshots=a.S, device=device, **extra))
+    cfg = CrosscoderTrainerConfig(total_steps=10**6, lr=1e-5, device=device, autocast_dtype=autocast,
+                                  optimizer_state_dtype=a.optimizer_state, activation_scale_check="off")  # fmt: skip
+    return CrosscoderTrainer(sae, cfg)
+
+
+@torch.no_grad()
+def l0_of(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> float:
+    return float((trainer.sae.encode(x_BSD) != 0).sum(dim=-1).float().mean())
+
+
+@torch.no_grad()
+def set_sparsity(trainer: CrosscoderTrainer, x_BSD: torch.Tensor, target: float) -> float:
+    """Bisect the JumpReLU threshold (or the ReLU crosscoder's negative bias) until the L0 on
+    ``x_BSD`` is ``target``; returns the L0 reached."""
+    sae = trainer.sae
+    knob = sae.threshold if hasattr(sae, "threshold") and not hasattr(sae, "k") else sae.b_enc
+    sign = 1.0 if knob is not sae.b_enc else -1.0
+    lo, hi = 0.0, 1.0
+    while knob.fill_(sign * hi) is not None and l0_of(trainer, x_BSD) > target and hi < 1e6:
+        lo, hi = hi, hi * 2
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        knob.fill_(sign * mid)
+        lo, hi = (mid, hi) if l0_of(trainer, x_BSD) > target else (lo, mid)
+    knob.fill_(sign * hi)
+    return l0_of(trainer, x_BSD)
+
+
+def step_row(arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool, times: dict[str, float]) -> str:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    trainer = make_trainer(arch, a, device, autocast)
+    g = torch.Generator(device=device).manual_seed(0)
+    x_BSD = torch.randn(a.batch, a.S, a.d_in, device=device, generator=g)
+    if trained and not arch.endswith("topk_crosscoder"):
+        set_sparsity(trainer, x_BSD, a.l0)
+    seconds = seconds_per_call(lambda: trainer.step(x_BSD), device, a.steps)
+    l0 = float(trainer.last_l0)
+    sparse = arch.endswith("topk_crosscoder") or (trained and arch == "jumprelu_crosscoder")
+    floor = times["sparse" if sparse else "dense"]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+    precision = "bf16" if autocast else "fp32"
+    state = "trained" if trained else "fresh"
+    del trainer
+    return (f"{arch:22s} {precision:5s} {state:8s} L0 {l0:8.1f}  {a.batch / seconds:10,.0f} tok/s  "
+            f"{floor / seconds:6.1%} of the {'sparse' if sparse else 'dense'} floor  peak {peak:6.1f} GiB")  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--small", action="store_true", help="the whole script on the CPU at a tiny shape")
+    p.add_argument("--S", type=int, default=32, help="snapshots")
+    p.add_argument("--d-in", type=int, default=768)
+    p.add_argument("--d-sae", type=int, default=24576)
+    p.add_argument("--batch", type=int, default=2048)
+    p.add_argument("--k", type=int, default=64, help="TopK/BatchTopK k")
+    p.add_argument("--l0", type=float, default=100.0, help="the trained sparsity the bias/threshold is set to")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per row (median)")
+    p.add_argument("--rounds", type=int, default=10, help="timed calls per floor (median)")
+    p.add_argument("--peak-n", type=int, default=8192, help="matmul side for the bf16 peak")
+    p.add_argument("--only", choices=list(cc.ARCHITECTURES), action="append", help="architectures to run (repeatable)")
+    p.add_argument("--optimizer-state", choices=("float32", "bfloat16"), default="float32")
+    a = p.parse_args(argv)
+    if a.small:
+        for key, value in SMALL.items():
+            setattr(a, key, value)
+        a.rounds = 2
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if not a.small and not torch.cuda.is_available():
+        print("benchmarks/gpu.py: no CUDA device here, nothing measured (--small runs its logic on the CPU)")
+        return 0
+    device = "cpu" if a.small else "cuda"
+    print(f"shape: S {a.S}, d_in {a.d_in}, d_sae {a.d_sae}, batch {a.batch}; Adam state {a.optimizer_state}; device {device}")
+    peak = matmul_peak(a.peak_n, device, a.rounds)
+    print(f"bf16 matmul peak: {peak / 1e12:,.1f} TFLOP/s")
+    times = floors(a, device)
+    flops = 10 * a.batch * a.S * a.d_in * a.d_sae
+    print(f"floor, dense (5 matmuls + optimizer):  {a.batch / times['dense']:10,.0f} tok/s "
+          f"(matmuls at {(flops / (times['dense'] - times['optimizer'])) / peak:.0%} of peak)")  # fmt: skip
+    print(f"floor, sparse (2 matmuls + optimizer): {a.batch / times['sparse']:10,.0f} tok/s")
+    print(f"optimizer pass (norm + fused clip/Adam): {times['optimizer'] * 1e3:.2f} ms")
+    for arch in a.only or list(cc.ARCHITECTURES):
+        for autocast in (None, "bfloat16"):
+            for trained in (False, True):
+                print(step_row(arch, a, device, autocast, trained, times), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

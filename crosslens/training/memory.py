@@ -1,0 +1,86 @@
+"""What a crosscoder's training step holds in memory, per option for Adam's state; torch-free,
+so ``crosslens plan`` and the runner's automatic choice read the same numbers.
+
+Parameters and gradients are float32 (``4 n`` bytes each for ``n`` parameters). Adam's two
+moments take, on the training device:
+
+- ``float32``: ``8 n``;
+- ``bfloat16``: ``4 n``, plus the float32 temporaries of the chunk being updated
+  (:data:`CHUNK` elements; gradient, two moments, denominator and the two rounding buffers);
+- ``offload``: nothing (``8 n`` in host memory), plus the same chunk temporaries and the
+  chunk's two moments on their way in and out.
+
+The step's activations (:func:`activation_bytes`) come on top, whatever the option.
+"""
+
+from __future__ import annotations
+
+F32 = 4
+BF16 = 2
+
+CHUNK = 1 << 22
+"""Elements of a parameter whose Adam update is computed at once when the moments are not
+float32 on the device (bounds the float32 temporaries)."""
+
+CHUNK_TEMPORARIES = 6
+"""float32 buffers of CHUNK elements alive during such an update."""
+
+OPTIMIZER_STATES = ("float32", "bfloat16", "offload")
+"""Where and in what dtype Adam's moments live; the trainer implements float32 and bfloat16."""
+
+AUTO_HEADROOM = 0.9
+"""Share of the device's memory a run may plan to use when the state dtype is chosen for it
+(the allocator's fragmentation and CUDA's own context take the rest)."""
+
+
+def parameter_counts(S: int, D: int, F: int, architecture: str) -> dict[str, int]:
+    """Element counts of a crosscoder's parameters holding ``S`` of its snapshots."""
+    counts = {"W_enc": S * D * F, "W_dec": F * S * D, "b_dec": S * D, "b_enc": F}
+    if architecture == "jumprelu_crosscoder":
+        counts["threshold"] = F
+    return counts
+
+
+def activation_bytes(B: int, S: int, D: int, F: int, architecture: str) -> dict[str, int]:
+    """Estimated float32 bytes alive at the peak of one training step on one rank
+    (``B`` local tokens, ``S`` local snapshots).
+
+    - snapshot-wide: the input ``x``, the reconstruction and its gradient: ``3 B S D``;
+    - latent: pre-activation, code and their gradients: ``4 B F``;
+    - JumpReLU only: the per-snapshot code ``[S, B, F]``, its gradient and the backward
+      pass's distance temporary: ``3 S B F``.
+    """
+    parts = {"inputs and reconstructions": 3 * B * S * D * F32, "latent codes": 4 * B * F * F32}
+    if architecture == "jumprelu_crosscoder":
+        parts["per-snapshot JumpReLU codes"] = 3 * S * B * F * F32
+    return parts
+
+
+def optimizer_state_bytes(n_params: int, option: str) -> dict[str, int]:
+    """Bytes of parameters, gradients and Adam's moments under ``option``, on the device
+    (``device``) and in host memory (``host``)."""
+    if option not in OPTIMIZER_STATES:
+        raise ValueError(f"optimizer state option must be one of {OPTIMIZER_STATES}, got {option!r}.")
+    weights = 2 * n_params * F32  # parameters and gradients
+    chunk = min(CHUNK, n_params) * F32 * CHUNK_TEMPORARIES
+    if option == "float32":
+        return {"device": weights + 2 * n_params * F32, "host": 0}
+    if option == "bfloat16":
+        return {"device": weights + 2 * n_params * BF16 + chunk, "host": 0}
+    return {"device": weights + chunk + 2 * min(CHUNK, n_params) * F32, "host": 2 * n_params * F32}
+
+
+def step_peak_bytes(S: int, D: int, F: int, B: int, architecture: str) -> dict[str, int]:
+    """Predicted device peak of one training step per optimizer-state option."""
+    n_params = sum(parameter_counts(S, D, F, architecture).values())
+    act = sum(activation_bytes(B, S, D, F, architecture).values())
+    return {option: optimizer_state_bytes(n_params, option)["device"] + act for option in OPTIMIZER_STATES}
+
+
+def choose_optimizer_state(S: int, D: int, F: int, B: int, architecture: str, device_bytes: int | None) -> str:
+    """float32 moments when the step fits in ``AUTO_HEADROOM`` of the device (or the device's
+    memory is not known: a CPU), else bfloat16 moments."""
+    if device_bytes is None:
+        return "float32"
+    fits = step_peak_bytes(S, D, F, B, architecture)["float32"] <= AUTO_HEADROOM * device_bytes
+    return "float32" if fits else "bfloat16"

@@ -1,0 +1,148 @@
+"""The trainer's optimizer step: Adam, the gradient clip folded into it, and Adam with its
+moments stored in bfloat16 for dictionaries whose float32 state does not fit.
+
+Clipping costs a read of every gradient for the global norm; torch's ``clip_grad_norm_``
+then reads and writes every gradient again to scale it before Adam reads it a third time.
+:func:`clipped_step` computes the norm in one read and hands the clip coefficient to Adam
+as its ``grad_scale`` (the divisor torch's fused Adam applies inside its kernel, the hook
+``GradScaler`` uses), so the scaling costs no pass of its own. Dividing by ``1 / c`` rounds
+differently from multiplying by ``c`` in the last bit, so the result equals the eager
+clip-then-Adam path to float32 rounding, and bitwise on steps the clip leaves alone.
+
+:class:`BFloat16StateAdam` keeps ``exp_avg`` and ``exp_avg_sq`` in bfloat16 (half of
+Adam's float32 state) and does its arithmetic in float32, a chunk of each parameter at a
+time so that the float32 temporaries stay small. The moments are stored with stochastic
+rounding: bfloat16 has 8 significant bits, so a plain round-to-nearest of
+``0.999 * v`` returns ``v`` and the second moment would never decay. The rounding noise
+comes from a generator seeded by the run's seed and saved with the optimizer state, so a
+run and its resume give the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from crosslens.crosscoders.collectives import LocalCollectives
+from crosslens.distributed.sharding import clip_coefficient, clip_grad_norm, grad_norm
+from crosslens.training.memory import CHUNK
+
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+"""Devices on which Adam runs fused: one kernel over each parameter instead of a dozen
+passes, several times faster for a crosscoder's large weight tensors. It is
+deterministic, but its rounding differs from the unfused Adam's."""
+
+OPTIMIZER_STATE_DTYPES = ("float32", "bfloat16")
+
+
+
+def stochastic_bfloat16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``x`` (float32) rounded to bfloat16 up or down at random, in proportion to its distance
+    from each: unbiased, so small repeated updates survive on average."""
+    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+    bits = (x.contiguous().view(torch.int32) + noise) & -65536  # keep the top 16 bits
+    return bits.view(torch.float32).to(torch.bfloat16)  # exact: the low bits are zero
+
+
+class BFloat16StateAdam(torch.optim.Optimizer):
+    """Adam (no weight decay, no amsgrad) with bfloat16 moments; float32 parameters."""
+
+    def __init__(self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, seed: int, device: torch.device):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self.grad_scale: torch.Tensor | None = None
+        """A divisor of every gradient, as torch's fused Adam takes it (the clip's 1 / c)."""
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        assert closure is None, "BFloat16StateAdam takes no closure"
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.bfloat16)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.bfloat16)
+                state["step"] += 1
+                step = int(state["step"].item())
+                step_size = group["lr"] / (1 - beta1**step)
+                root_bc2 = math.sqrt(1 - beta2**step)
+                flats = (p.view(-1), p.grad.view(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1))
+                for start in range(0, p.numel(), CHUNK):
+                    p_c, g_c, m_c, v_c = (t[start : start + CHUNK] for t in flats)
+                    g = g_c.float() if self.grad_scale is None else g_c.float() / self.grad_scale
+                    m = m_c.float().mul_(beta1).add_(g, alpha=1 - beta1)
+                    v = v_c.float().mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    p_c.addcdiv_(m, v.sqrt().div_(root_bc2).add_(group["eps"]), value=-step_size)
+                    m_c.copy_(stochastic_bfloat16(m, self.generator))
+                    v_c.copy_(stochastic_bfloat16(v, self.generator))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "rounding_generator": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        generator_state = state_dict.pop("rounding_generator", None)
+        if generator_state is None:
+            raise ValueError(
+                "this optimizer state has no rounding generator: it was saved by float32 Adam; "
+                "resume with the optimizer state dtype the run started with."
+            )
+        super().load_state_dict(state_dict)
+        for per_param in self.state.values():  # torch casts loaded state to the parameters' dtype
+            for key in ("exp_avg", "exp_avg_sq"):
+                per_param[key] = per_param[key].to(torch.bfloat16)
+        self.generator.set_state(generator_state.cpu())
+
+
+def make_optimizer(
+    param_groups: list[dict[str, Any]], *, lr: float, betas: tuple[float, float], state_dtype: str, seed: int, device: torch.device
+) -> torch.optim.Optimizer:
+    """The trainer's Adam: torch's, fused where the device has the kernel, or with bfloat16 moments."""
+    if state_dtype == "bfloat16":
+        return BFloat16StateAdam(param_groups, lr=lr, betas=betas, seed=seed, device=device)
+    return torch.optim.Adam(param_groups, lr=lr, betas=betas, fused=device.type in FUSED_ADAM_DEVICES or None)
+
+
+def takes_grad_scale(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` divides the gradients by ``optimizer.grad_scale`` itself."""
+    if isinstance(optimizer, BFloat16StateAdam):
+        return True
+    return isinstance(optimizer, torch.optim.Adam) and all(g.get("fused") for g in optimizer.param_groups)
+
+
+def clipped_step(
+    optimizer: torch.optim.Optimizer,
+    module: nn.Module,
+    collectives: LocalCollectives,
+    max_norm: float | None,
+    *,
+    fused: bool,
+) -> None:
+    """Clip the gradient's global norm to ``max_norm`` (None: no clip) and take Adam's step;
+    ``fused``: the clip coefficient goes into Adam's own pass (see the module docstring),
+    else torch's ``clip_grad_norm_`` scales the gradients first."""
+    if max_norm is None:
+        optimizer.step()
+        return
+    if not fused:
+        clip_grad_norm(module, max_norm, collectives)
+        optimizer.step()
+        return
+    coef = clip_coefficient(grad_norm(module, collectives), max_norm)
+    if not takes_grad_scale(optimizer):
+        torch._foreach_mul_([p.grad for p in module.parameters() if p.grad is not None], coef)
+        optimizer.step()
+        return
+    optimizer.grad_scale = coef.reciprocal()  # type: ignore[attr-defined]
+    try:
+        optimizer.step()
+    finally:
+        optimizer.grad_scale = None  # type: ignore[attr-defined]

@@ -1,0 +1,245 @@
+"""The step's GPU-facing parts, checked on CPU: the clip folded into Adam, Adam with
+bfloat16 moments, the precision and optimizer-state defaults, their memory plan, and
+benchmarks/gpu.py run end to end at a tiny shape."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import crosslens.crosscoders as cc
+from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
+from crosslens.training.optim import BFloat16StateAdam, stochastic_bfloat16
+
+ROOT = Path(__file__).resolve().parents[1]
+S, D, F, B = 2, 8, 32, 16
+ARCHS = list(cc.ARCHITECTURES)
+DIRECTIONS = torch.randn(12, S, D, generator=torch.Generator().manual_seed(0))
+
+
+def batches(n: int, scale: float = 1.0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(n):
+        codes = torch.rand(B, 12, generator=g) * (torch.rand(B, 12, generator=g) < 0.3)
+        out.append(scale * torch.einsum("bf,fsd->bsd", codes, DIRECTIONS))
+    return out
+
+
+def make_sae(arch: str):
+    _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
+    extra = {"crosscoder": {"l1_coefficient": 0.05}, "jumprelu_crosscoder": {"l0_coefficient": 0.01}}.get(arch, {"k": 4})
+    torch.manual_seed(0)
+    return train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S, **extra))
+
+
+def train(arch: str, steps: int = 20, scale: float = 1.0, **kw) -> tuple[CrosscoderTrainer, list[float]]:
+    cfg = CrosscoderTrainerConfig(total_steps=steps, lr=3e-3, activation_scale_check="off", **kw)
+    trainer = CrosscoderTrainer(make_sae(arch), cfg)
+    losses = [trainer.step(x).loss.item() for x in batches(steps, scale)]
+    return trainer, losses
+
+
+def parameters(trainer: CrosscoderTrainer) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in trainer.sae.named_parameters()}
+
+
+# ------------------------------------------------------------ the clip inside Adam
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_clip_equals_clip_then_adam_after_20_steps(arch):
+    """Batches scaled up so that the clip acts on every step: the fused path divides by 1/c
+    where clip_grad_norm_ multiplies by c, one float32 rounding apart per step."""
+    eager, eager_losses = train(arch, scale=30.0, fused_clip=False)
+    fused, fused_losses = train(arch, scale=30.0, fused_clip=True)
+    for name, p in parameters(eager).items():
+        q = parameters(fused)[name]
+        assert not torch.equal(p, make_sae(arch).state_dict()[name]), name  # it trained
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+    assert fused_losses == pytest.approx(eager_losses, rel=1e-4)
+
+
+def test_fused_clip_is_bitwise_when_the_clip_leaves_the_gradient_alone():
+    eager, _ = train("crosscoder", max_grad_norm=1e6, fused_clip=False)
+    fused, _ = train("crosscoder", max_grad_norm=1e6, fused_clip=True)
+    for name, p in parameters(eager).items():
+        assert torch.equal(parameters(fused)[name], p), name
+
+
+def test_fused_clip_scales_the_step_as_the_clip_does():
+    """A clip of 1e-3 shrinks every gradient a lot: with the coefficient folded in, Adam's
+    first step still moves each weight by lr (Adam's step is scale-free), but the moments
+    hold the clipped gradient."""
+    trainer, _ = train("crosscoder", steps=1, scale=30.0, max_grad_norm=1e-3, fused_clip=True)
+    moments = [s["exp_avg"] for s in trainer.optimizer.state.values()]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(m) for m in moments]))
+    assert norm.item() == pytest.approx(0.1 * 1e-3, rel=1e-3)  # (1 - beta1) * the clipped norm
+
+
+# ------------------------------------------------------------ bfloat16 Adam state
+def test_stochastic_rounding_is_unbiased_and_between_neighbours():
+    x = torch.full((200_000,), 1.0 + 2**-10)  # a quarter of the way from 1 to the next bfloat16
+    r = stochastic_bfloat16(x, torch.Generator().manual_seed(0)).float()
+    assert set(r.unique().tolist()) == {1.0, 1.0 + 2**-7}
+    assert r.mean().item() == pytest.approx(1.0 + 2**-10, abs=2e-5)
+
+
+@pytest.mark.parametrize("arch", ["crosscoder", "jumprelu_crosscoder"])
+def test_bfloat16_state_follows_the_float32_loss_curve(arch):
+    """Tolerance: every step's loss within 2% of float32 Adam's, over 60 steps."""
+    _, ref = train(arch, steps=60)
+    trainer, low = train(arch, steps=60, optimizer_state_dtype="bfloat16")
+    assert isinstance(trainer.optimizer, BFloat16StateAdam)
+    assert all(s["exp_avg"].dtype == torch.bfloat16 for s in trainer.optimizer.state.values())
+    assert all(p.dtype == torch.float32 for p in trainer.sae.parameters())
+    assert low[-1] < 0.5 * low[0]  # it learns
+    for step, (a, b) in enumerate(zip(ref, low)):
+        assert b == pytest.approx(a, rel=0.02), f"step {step}"
+
+
+def test_bfloat16_state_resumes_to_the_same_bytes(tmp_path):
+    cfg = dict(total_steps=10, lr=3e-3, activation_scale_check="off", optimizer_state_dtype="bfloat16")
+    xs = batches(10)
+    whole = CrosscoderTrainer(make_sae("crosscoder"), CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / "a")))
+    whole.fit(xs)
+    first = CrosscoderTrainer(make_sae("crosscoder"), CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / "b")))
+    for x in xs[:4]:
+        first.step(x)
+    checkpoint = first.save_checkpoint()
+    resumed = CrosscoderTrainer.from_checkpoint(checkpoint)
+    assert all(s["exp_avg_sq"].dtype == torch.bfloat16 for s in resumed.optimizer.state.values())
+    resumed.fit(xs, resume_from=checkpoint)
+    for name, p in parameters(whole).items():
+        assert torch.equal(parameters(resumed)[name], p), name
+
+
+def test_bfloat16_state_refuses_a_float32_checkpoint(tmp_path):
+    cfg = dict(total_steps=4, lr=3e-3, activation_scale_check="off", checkpoint_dir=str(tmp_path))
+    trainer = CrosscoderTrainer(make_sae("crosscoder"), CrosscoderTrainerConfig(**cfg))
+    trainer.step(batches(1)[0])
+    checkpoint = trainer.save_checkpoint()
+    with pytest.raises(ValueError, match="saved by float32 Adam"):
+        CrosscoderTrainer.from_checkpoint(checkpoint, CrosscoderTrainerConfig(**cfg, optimizer_state_dtype="bfloat16"))
+
+
+def test_optimizer_state_dtype_is_checked():
+    with pytest.raises(ValueError, match="optimizer_state_dtype"):
+        CrosscoderTrainerConfig(total_steps=1, optimizer_state_dtype="int8")
+
+
+# ------------------------------------------------------------ defaults the runner resolves
+HOOK = "blocks.0.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    from crosslens.activations import harvest_activations
+    from crosslens.checkpoints import CheckpointSuite
+    from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
+
+    root = tmp_path_factory.mktemp("suite")
+    write_local_suite(root, {f"step{s}": tiny_neox(seed=s) for s in (0, 10)}, make_word_tokenizer())
+    tokens = torch.randint(3, FAKE_VOCAB_SIZE, (16, 16), generator=torch.Generator().manual_seed(0))
+    out = tmp_path_factory.mktemp("store")
+    harvest_activations(CheckpointSuite.local(root), HOOK, tokens, out, progress=False)
+    return out
+
+
+def run_config(store_path, out_dir, **kw):
+    from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig
+
+    return CrosscoderRunnerConfig(store_path=str(store_path), out_dir=str(out_dir), n_steps=3, train_batch_size_tokens=32,
+                                  checkpoint_every=0, progress=False, sae=ArchitectureConfig("crosscoder", d_sae=16), **kw)  # fmt: skip
+
+
+def test_auto_precision_on_cpu_is_float32_and_run_json_records_it(store_path, tmp_path, capsys):
+    import json
+
+    from crosslens.training.runner import CrosscoderTrainingRunner
+
+    runner = CrosscoderTrainingRunner(run_config(store_path, tmp_path / "run"))
+    assert (runner.config.autocast_dtype, runner.config.optimizer_state) == ("none", "float32")
+    assert runner._trainer_config().autocast_dtype is None
+    runner.run()
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (record["autocast_dtype"], record["optimizer_state"], record["fused_clip"]) == ("none", "float32", True)
+    assert "precision: crosscoder step in float32 (--autocast), float32 parameters, float32 Adam state" in capsys.readouterr().out
+
+
+def test_chosen_precision_reaches_the_trainer(store_path, tmp_path):
+    from crosslens.training.runner import CrosscoderTrainingRunner
+
+    runner = CrosscoderTrainingRunner(run_config(store_path, tmp_path / "run", autocast_dtype="bfloat16",
+                                                 optimizer_state="bfloat16", fused_clip=False))  # fmt: skip
+    cfg = runner._trainer_config()
+    assert (cfg.autocast_dtype, cfg.optimizer_state_dtype, cfg.fused_clip) == ("bfloat16", "bfloat16", False)
+
+
+def test_autocast_flag_takes_none_and_refuses_others():
+    from crosslens.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--store", "s", "--out", "o", "--autocast", "none", "--optimizer-state", "bfloat16"])
+    assert (args.autocast_dtype, args.optimizer_state) == ("none", "bfloat16")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--store", "s", "--out", "o", "--autocast", "float16"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA default needs a CUDA device")
+def test_auto_precision_on_cuda_is_bfloat16(store_path, tmp_path):
+    from crosslens.training.runner import resolve_precision
+
+    config = resolve_precision(run_config(store_path, tmp_path / "run", device="cuda"), 2, 32)
+    assert (config.autocast_dtype, config.optimizer_state) == ("bfloat16", "float32")
+
+
+# ------------------------------------------------------------ memory of each Adam-state option
+def test_plan_peak_per_optimizer_state_at_ge_et_al_widest_dictionary():
+    from crosslens.plan import ModelSpec, PlanConfig, make_plan
+
+    gpt2 = ModelSpec(name="gpt2", d_model=768, n_layers=12, d_mlp=3072, vocab=50257, n_params=124_000_000)
+    plan = make_plan(PlanConfig(model=gpt2, n_snapshots=32, hook="blocks.5.hook_resid_post", n_tokens=10**6,
+                                d_sae=98_304, architecture="jumprelu_crosscoder", batch_size=2048, context=128,
+                                device="cuda", tflops=1.0, link_gbps=1.0))  # fmt: skip
+    n = 2 * 32 * 768 * 98_304 + 32 * 768 + 2 * 98_304  # W_enc, W_dec, b_dec, b_enc, threshold
+    assert n == 4_832_059_392
+    acts = 3 * 2048 * 32 * 768 * 4 + 4 * 2048 * 98_304 * 4 + 3 * 32 * 2048 * 98_304 * 4
+    chunk = (1 << 22) * 4 * 6  # six float32 temporaries of a 4M-element chunk
+    options = plan["memory_bytes"]["optimizer_state_options"]
+    assert options["float32"] == {"device": 16 * n, "host": 0, "peak": 16 * n + acts}
+    assert options["bfloat16"] == {"device": 12 * n + chunk, "host": 0, "peak": 12 * n + chunk + acts}
+    offload = 8 * n + chunk + 2 * (1 << 22) * 4
+    assert options["offload"] == {"device": offload, "host": 8 * n, "peak": offload + acts}
+    assert options["float32"]["peak"] > 80e9 > options["offload"]["device"]  # fp32 cannot fit an 80 GB card
+
+
+def test_auto_state_is_bfloat16_only_when_float32_does_not_fit():
+    from crosslens.training.memory import choose_optimizer_state, step_peak_bytes
+
+    need = step_peak_bytes(2, 8, 64, 32, "crosscoder")["float32"]
+    assert choose_optimizer_state(2, 8, 64, 32, "crosscoder", None) == "float32"  # a CPU
+    assert choose_optimizer_state(2, 8, 64, 32, "crosscoder", int(need / 0.9) + 1) == "float32"
+    assert choose_optimizer_state(2, 8, 64, 32, "crosscoder", need) == "bfloat16"
+
+
+# ------------------------------------------------------------ benchmarks/gpu.py
+def test_gpu_benchmark_runs_end_to_end_small_on_cpu():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--small"], capture_output=True,
+                          text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if "tok/s" in line and " L0 " in line]
+    assert len(rows) == 4 * 2 * 2  # architectures x precisions x (fresh, trained)
+    trained_l0 = [float(r.split(" L0 ")[1].split()[0]) for r in rows if "trained" in r and "topk" not in r]
+    assert trained_l0 and all(6.0 <= l0 <= 10.0 for l0 in trained_l0)  # --small sets L0 8
+    assert "floor, dense" in done.stdout and "floor, sparse" in done.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_gpu_benchmark_without_cuda_prints_one_line_and_exits_0():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py")], capture_output=True, text=True,
+                          timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert done.returncode == 0
+    assert len(done.stdout.strip().splitlines()) == 1 and "no CUDA device" in done.stdout
