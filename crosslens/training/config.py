@@ -240,7 +240,7 @@ class CrosscoderRunnerConfig:
     snapshot_parallel: int = field(default=1, metadata={"min": 1})
     """Under torchrun: ranks on the mesh's snapshot axis (each holds a block of snapshots);
     the rest of the world splits each batch. See docs/DISTRIBUTED.md."""
-    autocast_dtype: str | None = field(default="auto", metadata={"flag": "--autocast", "choices": AUTOCAST_CHOICES})
+    autocast_dtype: str = field(default="auto", metadata={"flag": "--autocast", "choices": AUTOCAST_CHOICES})
     """Precision of the crosscoder step: "bfloat16" autocast (parameters and Adam stay float32),
     "none" (float32 throughout), or "auto": bfloat16 on CUDA, float32 elsewhere (bfloat16 is
     slow on CPUs). run.json records the choice made."""
@@ -267,7 +267,7 @@ class CrosscoderRunnerConfig:
             raise ValueError(f"checkpoint_every must be >= 0 (0 disables checkpoints), got {self.checkpoint_every}.")
         if not 0 <= self.lr_decay_fraction < 1:
             raise ValueError(f"lr_decay_fraction must be in [0, 1), got {self.lr_decay_fraction}.")
-        if self.autocast_dtype is not None and self.autocast_dtype not in AUTOCAST_CHOICES:
+        if self.autocast_dtype not in AUTOCAST_CHOICES:
             raise ValueError(f"autocast_dtype must be one of {AUTOCAST_CHOICES}, got {self.autocast_dtype!r}.")
         if self.optimizer_state not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"optimizer_state must be auto, float32 or bfloat16, got {self.optimizer_state!r}.")

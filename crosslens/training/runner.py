@@ -340,7 +340,7 @@ def resolve_precision(config: CrosscoderRunnerConfig, n_snapshots: int, d_in: in
     bfloat16 Adam moments where the step would not fit the CUDA device with float32 ones.
     ``d_in`` None (a streaming run, whose width is known once a model loads): float32 moments."""
     on_cuda = torch.device(config.device).type == "cuda"
-    autocast = config.autocast_dtype or "none"  # run.json files from before "none" record null
+    autocast = config.autocast_dtype
     if autocast == "auto":
         autocast = "bfloat16" if on_cuda else "none"
     state = config.optimizer_state
