@@ -23,14 +23,14 @@ Every position but the last predicts the next token; all of them are averaged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
-from crosslens.causal.splice import collect_activations, exact_codes, iter_snapshot_models, run_from_hook
+from crosslens.causal.splice import activations_at, collect_activations, exact_codes, iter_snapshot_models, run_from_hook
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 
@@ -87,45 +87,104 @@ def spliced_loss(
     acts_NLSD = collect_activations(models, hook, tokens_NL, batch_size=batch_size)
     if acts_NLSD.shape[2] != n_snapshots:
         raise ValueError(f"the crosscoder reads {n_snapshots} snapshots but {acts_NLSD.shape[2]} models were given")
-    n_predicted = tokens_NL.shape[0] * (tokens_NL.shape[1] - 1)
     rows = []
     for s, model in iter_snapshot_models(models):
         codec = SnapshotCodec(crosscoder, s, norm_factors)
         codes = exact_codes(crosscoder, acts_NLSD, s, norm_factors=norm_factors)
-        acts_NLD = acts_NLSD[:, :, s]
-        floor_D = acts_NLD.mean(dim=(0, 1)) if ablation == "mean" else torch.zeros(acts_NLD.shape[-1])
-        sums = {"clean": [0.0, 0.0], "spliced": [0.0, 0.0], "ablated": [0.0, 0.0]}
-        device, dtype = model.cfg.device, next(model.parameters()).dtype
-        for start in range(0, tokens_NL.shape[0], batch_size):
-            rows_b = slice(start, start + batch_size)
-            tokens = tokens_NL[rows_b].to(device)
-            clean_logits = model(tokens)
-            clean_logprobs = F.log_softmax(clean_logits[:, :-1].double(), dim=-1)
-            recon = codec.decode(codes[rows_b]).to(device, dtype)
-            floor = floor_D.to(device, dtype).expand_as(recon)
-            for name, logits in (
-                ("clean", clean_logits),
-                ("spliced", run_from_hook(model, hook, recon, tokens)),
-                ("ablated", run_from_hook(model, hook, floor, tokens)),
-            ):
-                ce, kl = _next_token_stats(logits, tokens, None if name == "clean" else clean_logprobs)
-                sums[name][0] += ce
-                sums[name][1] += kl
-        ce_clean, ce_spliced, ce_ablated = (sums[k][0] / n_predicted for k in ("clean", "spliced", "ablated"))
-        kl_spliced, kl_ablated = (sums[k][1] / n_predicted for k in ("spliced", "ablated"))
-        rows.append(
-            {
-                "snapshot": labels[s] if labels is not None else str(s),
-                "ablation": ablation,
-                "ce_loss_without_sae": ce_clean,
-                "ce_loss_with_sae": ce_spliced,
-                "ce_loss_with_ablation": ce_ablated,
-                "ce_loss_score": _score(ce_ablated, ce_spliced, ce_clean),
-                "kl_div_with_sae": kl_spliced,
-                "kl_div_with_ablation": kl_ablated,
-                "kl_div_score": _score(kl_ablated, kl_spliced, 0.0),
-            }
-        )
+
+        def reconstruct(rows_b: slice, codec: SnapshotCodec = codec, codes: torch.Tensor = codes) -> torch.Tensor:
+            return codec.decode(codes[rows_b])
+
+        label = labels[s] if labels is not None else str(s)
+        rows.append(_spliced_row(model, hook, tokens_NL, acts_NLSD[:, :, s], reconstruct, ablation, batch_size, label))
+    return rows
+
+
+def _spliced_row(
+    model: Any,
+    hook: str,
+    tokens_NL: Int[torch.Tensor, "n seq"],
+    acts_NLD: Float[torch.Tensor, "n seq d_in"],
+    reconstruct: Any,
+    ablation: SplicedAblation,
+    batch_size: int,
+    label: str,
+) -> dict[str, Any]:
+    """One snapshot's row: ``reconstruct(rows)`` gives the model-scale reconstruction of those token rows."""
+    floor_D = acts_NLD.mean(dim=(0, 1)) if ablation == "mean" else torch.zeros(acts_NLD.shape[-1])
+    sums = {"clean": [0.0, 0.0], "spliced": [0.0, 0.0], "ablated": [0.0, 0.0]}
+    device, dtype = model.cfg.device, next(model.parameters()).dtype
+    for start in range(0, tokens_NL.shape[0], batch_size):
+        rows_b = slice(start, start + batch_size)
+        tokens = tokens_NL[rows_b].to(device)
+        clean_logits = model(tokens)
+        clean_logprobs = F.log_softmax(clean_logits[:, :-1].double(), dim=-1)
+        recon = reconstruct(rows_b).to(device, dtype)
+        floor = floor_D.to(device, dtype).expand_as(recon)
+        for name, logits in (
+            ("clean", clean_logits),
+            ("spliced", run_from_hook(model, hook, recon, tokens)),
+            ("ablated", run_from_hook(model, hook, floor, tokens)),
+        ):
+            ce, kl = _next_token_stats(logits, tokens, None if name == "clean" else clean_logprobs)
+            sums[name][0] += ce
+            sums[name][1] += kl
+    n_predicted = tokens_NL.shape[0] * (tokens_NL.shape[1] - 1)
+    ce_clean, ce_spliced, ce_ablated = (sums[k][0] / n_predicted for k in ("clean", "spliced", "ablated"))
+    kl_spliced, kl_ablated = (sums[k][1] / n_predicted for k in ("spliced", "ablated"))
+    return {
+        "snapshot": label,
+        "ablation": ablation,
+        "ce_loss_without_sae": ce_clean,
+        "ce_loss_with_sae": ce_spliced,
+        "ce_loss_with_ablation": ce_ablated,
+        "ce_loss_score": _score(ce_ablated, ce_spliced, ce_clean),
+        "kl_div_with_sae": kl_spliced,
+        "kl_div_with_ablation": kl_ablated,
+        "kl_div_score": _score(kl_ablated, kl_spliced, 0.0),
+    }
+
+
+@torch.no_grad()
+def sae_spliced_loss(
+    models: Any,
+    saes: Mapping[int, Any],
+    tokens_NL: Int[torch.Tensor, "n seq"],
+    *,
+    hook: str,
+    ablation: SplicedAblation = "zero",
+    batch_size: int = 16,
+    labels: Sequence[str] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """The rows of :func:`spliced_loss` for plain per-snapshot SAELens SAEs: ``saes`` maps a
+    snapshot index to the SAE trained on that snapshot alone, spliced into that snapshot's model.
+
+    An SAE that reads normalised activations records the factor in
+    ``cfg.metadata["activation_norm_factor"]`` (as :mod:`crosslens.training.baselines`'s do):
+    it encodes ``a * c`` and its reconstruction is divided by ``c``, back to the model's scale.
+    One without that record reads the activation as it is.
+    """
+    if ablation not in ("zero", "mean"):
+        raise ValueError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
+    if tokens_NL.ndim != 2 or tokens_NL.shape[1] < 2:
+        raise ValueError(f"tokens must be [n, seq] with seq >= 2 (a next token to predict), got {tuple(tokens_NL.shape)}")
+    rows: dict[int, dict[str, Any]] = {}
+    for s, model in iter_snapshot_models(models, sorted(saes)):
+        sae = saes[s]
+        recorded = sae.cfg.metadata.get("hook_name")
+        if recorded is not None and recorded != hook:
+            raise ValueError(f"the SAE of snapshot {s} was trained at {recorded!r}, not {hook!r}; splice it at its own hook")
+        factor = float(sae.cfg.metadata.get("activation_norm_factor") or 1.0)
+        acts_NLD = activations_at(model, hook, tokens_NL)
+        if sae.cfg.d_in != acts_NLD.shape[-1]:
+            raise ValueError(f"the SAE of snapshot {s} reads d_in={sae.cfg.d_in} but {hook!r} has width {acts_NLD.shape[-1]}")
+
+        def reconstruct(rows_b: slice, sae: Any = sae, acts_NLD: torch.Tensor = acts_NLD, factor: float = factor) -> torch.Tensor:
+            x = acts_NLD[rows_b].to(sae.W_enc.device, sae.W_enc.dtype) * factor
+            return sae.decode(sae.encode(x)) / factor
+
+        label = labels[s] if labels is not None else str(s)
+        rows[s] = _spliced_row(model, hook, tokens_NL, acts_NLD, reconstruct, ablation, batch_size, label)
     return rows
 
 
@@ -142,4 +201,4 @@ def format_spliced_loss(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["SplicedAblation", "format_spliced_loss", "spliced_loss"]
+__all__ = ["SplicedAblation", "format_spliced_loss", "sae_spliced_loss", "spliced_loss"]
