@@ -1,0 +1,146 @@
+"""The spliced-model loss wherever a crosscoder's quality is reported: ``train``'s quality table
+and quality.json, the W&B summary, the HTML report, the registry entry and model card, and the
+per-snapshot SAEs beside the crosscoder. Each figure is checked against
+:func:`crosslens.causal.spliced_loss` (or :func:`sae_spliced_loss`) on the same token rows."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from crosslens.causal.spliced_loss import format_spliced_loss, sae_spliced_loss, spliced_loss
+from crosslens.cli import main
+from crosslens.core.paths import QUALITY_NAME
+from trust_fixtures import HOOK, harvest, one_torch_thread, write_suite
+
+N_SEQS = 4
+
+
+def cli_train(store: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--store", str(store), "--out", str(out), "--arch", "crosscoder", "--d-sae", "32",
+            "--n-steps", "30", "--batch-size", "64", "--lr", "3e-3", "--sparsity", "0.01",
+            "--checkpoint-every", "0", "--device", "cpu", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny suite, a store harvested from it, and a run trained on it by the CLI."""
+    root = tmp_path_factory.mktemp("spliced")
+    with one_torch_thread():
+        suite_root = write_suite(root / "suite")
+        harvest(suite_root, root / "store")
+        assert main(cli_train(root / "store", root / "run", "--spliced-seqs", str(N_SEQS))) == 0
+    return {"suite": suite_root, "store": root / "store", "run": root / "run"}
+
+
+def library_rows(world, ablation: str = "zero") -> list[dict]:
+    from crosslens.activations import ActivationStore
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+
+    store = ActivationStore.open(world["store"])
+    with one_torch_thread():
+        return spliced_loss(
+            CheckpointSuite.local(world["suite"]), load_crosscoder_folder(world["run"] / "final"),
+            store.sequences[:N_SEQS], hook=HOOK, ablation=ablation, labels=[s["revision"] for s in store.snapshots],
+        )  # fmt: skip
+
+
+def assert_same_rows(saved: list[dict], expected: list[dict]) -> None:
+    assert [r["snapshot"] for r in saved] == [r["snapshot"] for r in expected]
+    for got, want in zip(saved, expected):
+        for key, value in want.items():
+            if isinstance(value, float) and not math.isnan(value):
+                assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+            elif not isinstance(value, float):
+                assert got[key] == value, key
+
+
+def test_train_quality_json_holds_the_spliced_rows_and_stays_sealed(world):
+    from crosslens.commands.runs import crosscoder_folder
+
+    quality = json.loads((world["run"] / QUALITY_NAME).read_text())
+    spliced = quality["spliced_loss"]
+    assert spliced["ablation"] == "zero" and spliced["n_seqs"] == N_SEQS and spliced["seq_len"] == 16
+    assert spliced["measured_on"] == str(world["store"].resolve())
+    assert_same_rows(spliced["crosscoder"], library_rows(world))
+    assert crosscoder_folder(world["run"]) == world["run"] / "final"  # the seal covers the new quality.json
+
+
+def test_train_prints_the_spliced_table_and_can_skip_it(world, tmp_path, capsys):
+    with one_torch_thread():
+        assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", str(N_SEQS))) == 0
+        out = capsys.readouterr().out
+        assert format_spliced_loss(library_rows(world)) in out  # same seed, same store: the same crosscoder
+        assert f"spliced-model loss per snapshot on {N_SEQS} rows of" in out
+        assert main(cli_train(world["store"], tmp_path / "skip", "--spliced-seqs", "0")) == 0
+    assert "spliced-model loss" not in capsys.readouterr().out
+    assert "spliced_loss" not in json.loads((tmp_path / "skip" / QUALITY_NAME).read_text())
+
+
+def test_train_says_why_when_the_snapshot_models_are_gone(world, tmp_path, capsys):
+    import shutil
+
+    from trust_fixtures import copy_tree
+
+    suite = copy_tree(world["suite"], tmp_path / "suite")
+    with one_torch_thread():
+        harvest(suite, tmp_path / "store")
+        shutil.rmtree(suite)
+        assert main(cli_train(tmp_path / "store", tmp_path / "run", "--spliced-seqs", "2")) == 0
+    out = capsys.readouterr().out
+    assert "spliced-model loss not measured:" in out and str(suite) in out
+    assert json.loads((tmp_path / "run" / QUALITY_NAME).read_text())["spliced_loss"] is None
+
+
+def _wandb_summaries(run_file: Path) -> dict[str, str]:
+    """Every summary item written to an offline .wandb file (key -> value_json), last write winning."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    raw, block, pos = run_file.read_bytes(), 32768, 7  # LevelDB-style log blocks after a 7-byte header
+    records, chunk = [], b""
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        chunk += raw[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            records.append(chunk)
+            chunk = b""
+    summary = {}
+    for data in records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "summary":
+            summary.update({it.key or "/".join(it.nested_key): it.value_json for it in record.summary.update})
+    return summary
+
+
+def test_train_puts_the_spliced_figures_in_the_wandb_summary(world, tmp_path, monkeypatch, capsys):
+    import wandb
+
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with one_torch_thread():
+        assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", str(N_SEQS), "--wandb")) == 0
+    wandb.teardown()  # flushes the offline run files
+    run_id = load_crosscoder_folder(tmp_path / "run" / "final").cfg.metadata["wandb_run_id"]
+    files = sorted((tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    assert files, "no offline W&B run with the training run's id"
+    summary = {}
+    for run_file in files:
+        summary.update(_wandb_summaries(run_file))
+    rows = library_rows(world)
+    for row in rows:
+        for key in ("ce_loss_score", "kl_div_with_sae"):
+            assert float(summary[f"spliced/{key}/{row['snapshot']}"]) == pytest.approx(row[key], rel=1e-9)
