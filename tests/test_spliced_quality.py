@@ -144,3 +144,26 @@ def test_train_puts_the_spliced_figures_in_the_wandb_summary(world, tmp_path, mo
     for row in rows:
         for key in ("ce_loss_score", "kl_div_with_sae"):
             assert float(summary[f"spliced/{key}/{row['snapshot']}"]) == pytest.approx(row[key], rel=1e-9)
+
+
+def test_report_shows_the_spliced_table_with_raw_losses_and_the_floor(world, tmp_path, capsys):
+    from crosslens.htmlreport import format_cell
+
+    out = tmp_path / "report.html"
+    with one_torch_thread():
+        assert main(["report", str(world["run"]), "--out", str(out), "--device", "cpu"]) == 0
+    page = out.read_text()
+    assert "Spliced-model loss" in page and "CE zero-ablated" in page and "KL zero-ablated" in page
+    body = page[page.index("Crosscoder spliced into each snapshot"):]
+    for row in library_rows(world):
+        cells = [row["snapshot"], row["ce_loss_without_sae"], row["ce_loss_with_sae"], row["ce_loss_with_ablation"],
+                 row["ce_loss_score"], row["kl_div_with_sae"], row["kl_div_with_ablation"]]  # fmt: skip
+        expected = "".join(f'<td class="{"text" if isinstance(c, str) else ""}">{format_cell(c)}</td>' for c in cells)
+        assert expected in body
+
+
+def test_report_without_spliced_figures_has_no_section(world, tmp_path):
+    with one_torch_thread():
+        assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", "0")) == 0
+        assert main(["report", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    assert "Spliced-model loss" not in (tmp_path / "run" / "report.html").read_text()

@@ -201,4 +201,75 @@ def format_spliced_loss(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["SplicedAblation", "format_spliced_loss", "sae_spliced_loss", "spliced_loss"]
+def comparison_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per snapshot that has per-snapshot SAEs in a ``"spliced_loss"`` record (its
+    ``"baselines"``: architecture -> rows): the clean and floor losses, then each model's CE
+    spliced, CE recovered and KL, the crosscoder first."""
+    by_label = {arch: {row["snapshot"]: row for row in rows} for arch, rows in (record.get("baselines") or {}).items()}
+    out = []
+    for row in record["crosscoder"]:
+        beside = {arch: rows[row["snapshot"]] for arch, rows in by_label.items() if row["snapshot"] in rows}
+        if not beside:
+            continue
+        line: dict[str, Any] = {
+            "snapshot": row["snapshot"],
+            "CE clean": row["ce_loss_without_sae"],
+            f"CE {row['ablation']}-ablated": row["ce_loss_with_ablation"],
+        }
+        for name, measured in (("crosscoder", row), *beside.items()):
+            line[f"{name} CE spliced"] = measured["ce_loss_with_sae"]
+            line[f"{name} CE recovered"] = measured["ce_loss_score"]
+            line[f"{name} KL"] = measured["kl_div_with_sae"]
+        out.append(line)
+    return out
+
+
+def format_comparison(record: Mapping[str, Any]) -> str:
+    """:func:`comparison_rows` as a plain-text table (recovered shares in percent)."""
+    rows = comparison_rows(record)
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    cells = [keys] + [
+        [str(v) if k == "snapshot" else (f"{100 * v:.1f}%" if "recovered" in k else f"{v:.4f}") for k, v in r.items()]
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(keys))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
+    """Append the spliced-model loss of a ``"spliced_loss"`` record to a report: the raw losses
+    beside the recovered share (the share alone misleads where the floor costs little), and the
+    per-snapshot SAEs beside the crosscoder when the record has them."""
+    floor = record["ablation"]
+    report.add_heading("Spliced-model loss")
+    report.add_text(
+        f"Each snapshot's model run on {record['n_seqs']} token rows of {record['measured_on']} with the activation "
+        f"at the hook replaced by the crosscoder's reconstruction (no error term). CE recovered = (CE {floor}-ablated "
+        f"- CE spliced) / (CE {floor}-ablated - CE clean), the floor being the activation "
+        + ("zeroed" if floor == "zero" else "replaced by its mean over the tokens")
+        + "; it is ill-conditioned where the floor costs little, so read it with the raw losses. KL is the mean "
+        "divergence of the next-token distribution from the clean model's."
+    )
+    table = [
+        {
+            "snapshot": row["snapshot"],
+            "CE clean": row["ce_loss_without_sae"],
+            "CE spliced": row["ce_loss_with_sae"],
+            f"CE {floor}-ablated": row["ce_loss_with_ablation"],
+            "CE recovered": row["ce_loss_score"],
+            "KL spliced": row["kl_div_with_sae"],
+            f"KL {floor}-ablated": row["kl_div_with_ablation"],
+        }
+        for row in record["crosscoder"]
+    ]
+    report.add_table(table, title="Crosscoder spliced into each snapshot")
+    beside = comparison_rows(record)
+    if beside:
+        report.add_table(beside, title="Crosscoder and per-snapshot SAEs of the same width and L0")
+    return report
+
+
+__all__ = ["SplicedAblation", "add_spliced_loss_section", "comparison_rows", "format_comparison", "format_spliced_loss", "sae_spliced_loss", "spliced_loss"]
