@@ -167,3 +167,37 @@ def test_report_without_spliced_figures_has_no_section(world, tmp_path):
         assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", "0")) == 0
         assert main(["report", str(tmp_path / "run"), "--device", "cpu"]) == 0
     assert "Spliced-model loss" not in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_push_puts_the_spliced_figures_in_the_registry_entry_and_model_card(world, tmp_path):
+    import yaml
+
+    from crosslens.pretrained.push import LocalHubApi, push_to_hub
+    from crosslens.pretrained.registry import PretrainedRegistryError, parse_registry
+
+    with one_torch_thread():
+        result = push_to_hub(world["run"], "someone/spliced", api=LocalHubApi(tmp_path / "hub"))
+    rows = library_rows(world)
+    (entry,) = yaml.safe_load(result.registry_yaml)["spliced"]["saes"]
+    assert entry["spliced_ablation"] == "zero"
+    assert entry["ce_loss_score"] == pytest.approx([r["ce_loss_score"] for r in rows], abs=1e-4)
+    assert entry["kl_div_with_sae"] == pytest.approx([r["kl_div_with_sae"] for r in rows], abs=1e-5)
+    (parsed,) = parse_registry(result.registry_yaml, source="pushed").values()
+    assert parsed.entries[entry["id"]].ce_loss_score == tuple(entry["ce_loss_score"])
+    assert "## Spliced-model loss" in result.card and "CE zero-ablated" in result.card
+    for r in rows:
+        line = (f"| {r['snapshot']} | {r['ce_loss_without_sae']:.4f} | {r['ce_loss_with_sae']:.4f} | "
+                f"{r['ce_loss_with_ablation']:.4f} | {100 * r['ce_loss_score']:.1f}% | {r['kl_div_with_sae']:.4f} |")  # fmt: skip
+        assert line in result.card
+    without_floor = result.registry_yaml.replace("spliced_ablation: zero", "")
+    with pytest.raises(PretrainedRegistryError, match="ce_loss_score needs spliced_ablation"):
+        parse_registry(without_floor, source="edited")
+
+
+def test_push_of_a_run_without_spliced_figures_leaves_them_out(world, tmp_path):
+    from crosslens.pretrained.push import LocalHubApi, push_to_hub
+
+    with one_torch_thread():
+        assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", "0")) == 0
+        result = push_to_hub(tmp_path / "run", "someone/plain", api=LocalHubApi(tmp_path / "hub"))
+    assert "ce_loss_score" not in result.registry_yaml and "Spliced-model loss" not in result.card
