@@ -201,3 +201,82 @@ def test_push_of_a_run_without_spliced_figures_leaves_them_out(world, tmp_path):
         assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", "0")) == 0
         result = push_to_hub(tmp_path / "run", "someone/plain", api=LocalHubApi(tmp_path / "hub"))
     assert "ce_loss_score" not in result.registry_yaml and "Spliced-model loss" not in result.card
+
+
+@pytest.fixture(scope="module")
+def baseline_sae(world):
+    from crosslens.training.baselines import train_snapshot_sae
+
+    with one_torch_thread():
+        return train_snapshot_sae(world["store"], HOOK, 2, "topk", 32, k=4, n_steps=20, batch_size=64)
+
+
+def test_a_per_snapshot_sae_is_spliced_on_the_model_scale(world, baseline_sae):
+    """By hand: the SAE encodes the activation times its snapshot's norm factor, and its
+    reconstruction divided by it replaces the activation in that snapshot's model."""
+    import torch.nn.functional as F
+
+    from crosslens.activations import ActivationStore
+    from crosslens.checkpoints import CheckpointSuite
+
+    store = ActivationStore.open(world["store"])
+    factor = float(store.norm_factors(HOOK)[2])
+    assert baseline_sae.cfg.metadata["activation_norm_factor"] == pytest.approx(factor) and factor != pytest.approx(1.0)
+    tokens = store.sequences[:N_SEQS]
+    with one_torch_thread():
+        suite = CheckpointSuite.local(world["suite"])
+        rows = sae_spliced_loss(suite, {2: baseline_sae}, tokens, hook=HOOK, labels=["a", "b", "c"])
+        model = suite.load(2)
+
+        def spliced(activation, hook):
+            return baseline_sae.decode(baseline_sae.encode(activation * factor)) / factor
+
+        with torch.no_grad():
+            clean = model(tokens)
+            logits = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, spliced)])
+            zeroed = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, lambda a, hook: torch.zeros_like(a))])
+
+    def ce(x):
+        return float(F.cross_entropy(x[:, :-1].reshape(-1, x.shape[-1]).double(), tokens[:, 1:].reshape(-1)))
+
+    kl = F.kl_div(F.log_softmax(logits[:, :-1].double(), -1), F.log_softmax(clean[:, :-1].double(), -1),
+                  log_target=True, reduction="sum") / (tokens.shape[0] * (tokens.shape[1] - 1))  # fmt: skip
+    (row,) = rows.values()
+    assert list(rows) == [2] and row["snapshot"] == "c"
+    assert row["ce_loss_without_sae"] == pytest.approx(ce(clean), rel=1e-5)
+    assert row["ce_loss_with_sae"] == pytest.approx(ce(logits), rel=1e-5)
+    assert row["ce_loss_with_ablation"] == pytest.approx(ce(zeroed), rel=1e-5)
+    assert row["kl_div_with_sae"] == pytest.approx(float(kl), rel=1e-4)
+    with pytest.raises(ValueError, match="trained at 'blocks.0.hook_resid_post', not 'blocks.1.hook_resid_post'"):
+        sae_spliced_loss(suite, {2: baseline_sae}, tokens, hook="blocks.1.hook_resid_post")
+
+
+def test_demo_quality_stage_puts_the_saes_beside_the_crosscoder(world, capsys):
+    from crosslens.activations import ActivationStore
+    from crosslens.causal.spliced_loss import format_comparison
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+    from crosslens.demo import DemoConfig, quality_stage
+    from crosslens.training.config import ArchitectureConfig
+
+    store = ActivationStore.open(world["store"])
+    config = DemoConfig(hook=HOOK, sae=ArchitectureConfig("crosscoder", d_sae=32), baseline_snapshots=1,
+                        baseline_steps=20, train_batch_size_tokens=64, spliced_seqs=N_SEQS)  # fmt: skip
+    with one_torch_thread():
+        quality = quality_stage(
+            load_crosscoder_folder(world["run"] / "final"), store, store, config, [0, 10, 20],
+            CheckpointSuite.local(world["suite"]),
+        )  # fmt: skip
+    out = capsys.readouterr().out
+    spliced = quality["spliced_loss"]
+    assert_same_rows(spliced["crosscoder"], library_rows(world))
+    assert set(spliced["baselines"]) == {"jumprelu", "topk"}
+    last = spliced["crosscoder"][-1]
+    for arch, (row,) in spliced["baselines"].items():  # one baseline snapshot: the last
+        assert row["snapshot"] == last["snapshot"] == "step20"
+        assert row["ce_loss_without_sae"] == pytest.approx(last["ce_loss_without_sae"], rel=1e-9)
+        assert row["ce_loss_with_ablation"] == pytest.approx(last["ce_loss_with_ablation"], rel=1e-9)
+        assert row["ce_loss_with_sae"] != last["ce_loss_with_sae"]
+    beside = format_comparison(spliced)
+    assert beside in out and "topk CE recovered" in beside and beside.count("\n") == 2  # header, rule, one snapshot
+    assert format_spliced_loss(spliced["crosscoder"]) in out

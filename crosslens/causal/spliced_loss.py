@@ -201,6 +201,40 @@ def format_spliced_loss(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def spliced_record(
+    models: Any, crosscoder: Crosscoder, store: Any, n_seqs: int, ablation: SplicedAblation = "zero"
+) -> dict[str, Any]:
+    """The record a quality table keeps of :func:`spliced_loss` on the first ``n_seqs`` token rows
+    of an activation store (``store.sequences``), labelled with the store's snapshots::
+
+        {"ablation", "n_seqs", "seq_len", "measured_on": store path, "crosscoder": [row per snapshot]}
+    """
+    from pathlib import Path
+
+    tokens_NL = store.sequences[:n_seqs]
+    labels = [str(s.get("revision", s.get("step"))) for s in store.snapshots]
+    return {
+        "ablation": ablation,
+        "n_seqs": int(tokens_NL.shape[0]),
+        "seq_len": int(tokens_NL.shape[1]),
+        "measured_on": str(Path(store.path).resolve()),
+        "crosscoder": spliced_loss(models, crosscoder, tokens_NL, ablation=ablation, labels=labels),
+    }
+
+
+def add_baselines(record: dict[str, Any], models: Any, saes: Mapping[tuple[str, int], Any], store: Any, hook: str) -> dict[str, Any]:
+    """``record["baselines"]``: the rows of per-snapshot SAEs (``(architecture, snapshot)`` -> SAE)
+    spliced into their own snapshots' models, on the record's token rows and floor."""
+    tokens_NL = store.sequences[: record["n_seqs"]]
+    labels = [row["snapshot"] for row in record["crosscoder"]]
+    record["baselines"] = {}
+    for arch in dict.fromkeys(a for a, _ in saes):
+        of_arch = {s: sae for (a, s), sae in saes.items() if a == arch}
+        rows = sae_spliced_loss(models, of_arch, tokens_NL, hook=hook, ablation=record["ablation"], labels=labels)
+        record["baselines"][arch] = [rows[s] for s in sorted(rows)]
+    return record
+
+
 def comparison_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per snapshot that has per-snapshot SAEs in a ``"spliced_loss"`` record (its
     ``"baselines"``: architecture -> rows): the clean and floor losses, then each model's CE
@@ -272,4 +306,4 @@ def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
     return report
 
 
-__all__ = ["SplicedAblation", "add_spliced_loss_section", "comparison_rows", "format_comparison", "format_spliced_loss", "sae_spliced_loss", "spliced_loss"]
+__all__ = ["SplicedAblation", "add_baselines", "add_spliced_loss_section", "spliced_record", "comparison_rows", "format_comparison", "format_spliced_loss", "sae_spliced_loss", "spliced_loss"]

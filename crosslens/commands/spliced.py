@@ -13,7 +13,6 @@ with one :func:`~crosslens.causal.spliced_loss.spliced_loss` row per snapshot (t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from crosslens.commands.common import CLIError
@@ -35,26 +34,13 @@ def store_suite(store: Any, device: str, dtype: str | None, flag: str = "--store
     return on_device(resolve_suite(spec, steps, None), device, dtype or "float32")
 
 
-def snapshot_labels(store: Any) -> list[str]:
-    return [str(s.get("revision", s.get("step"))) for s in store.snapshots]
-
-
 def measure_spliced(
-    crosscoder: Any, store: Any, n_seqs: int, ablation: str, device: str, dtype: str | None = None, suite: Any = None
+    crosscoder: Any, store: Any, n_seqs: int, ablation: str, device: str, dtype: str | None = None
 ) -> dict[str, Any]:
     """The ``"spliced_loss"`` record of ``crosscoder`` on the first ``n_seqs`` token rows of ``store``."""
-    from crosslens.causal.spliced_loss import spliced_loss
+    from crosslens.causal.spliced_loss import spliced_record
 
-    suite = store_suite(store, device, dtype) if suite is None else suite
-    tokens_NL = store.sequences[:n_seqs]
-    rows = spliced_loss(suite, crosscoder, tokens_NL, ablation=ablation, labels=snapshot_labels(store))  # type: ignore[arg-type]
-    return {
-        "ablation": ablation,
-        "n_seqs": int(tokens_NL.shape[0]),
-        "seq_len": int(tokens_NL.shape[1]),
-        "measured_on": str(Path(store.path).resolve()),
-        "crosscoder": rows,
-    }
+    return spliced_record(store_suite(store, device, dtype), crosscoder, store, n_seqs, ablation)  # type: ignore[arg-type]
 
 
 def spliced_heading(record: dict[str, Any], where: str | None = None) -> str:
