@@ -56,6 +56,9 @@ class DemoConfig:
     """Snapshots (spread over training) that get per-snapshot SAELens SAEs for comparison; 0 skips."""
     baseline_steps: int = 1000
     """Training steps of each baseline SAE."""
+    spliced_seqs: int = 16
+    """Held-out rows on which the crosscoder and the baseline SAEs are spliced into each snapshot's
+    model (CE recovered against the zero-ablation floor, KL from the clean model); 0 skips it."""
     n_task_examples: int = 64
     """Minimal pairs used for attribution and ablation."""
     seed: int = 0
@@ -72,7 +75,7 @@ class DemoConfig:
         return cls(
             n_snapshots=8, n_train_seqs=192, n_eval_seqs=32, sae=_pico_jumprelu(d_sae=256), n_steps=300,
             train_batch_size_tokens=256,
-            baseline_snapshots=1, baseline_steps=200, n_task_examples=16, extra_seeds=(1,), extra_seed_steps=150,
+            baseline_snapshots=1, baseline_steps=200, spliced_seqs=4, n_task_examples=16, extra_seeds=(1,), extra_seed_steps=150,
         )  # fmt: skip
 
 
@@ -230,12 +233,15 @@ def _store_trained_on(runner) -> str | None:
     return None
 
 
-def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, steps: list[int]) -> list[dict]:
+def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, steps: list[int], suite=None, *,
+                  device: str = "cpu", dtype: str = "float32") -> dict:  # fmt: skip
     """Held-out explained variance per snapshot, beside per-snapshot SAELens SAEs of the same
-    width and L0 trained on a few snapshots."""
+    width and L0 trained on a few snapshots; with ``suite``, each one also spliced into its
+    snapshot's model on ``config.spliced_seqs`` held-out rows. Returns ``{"rows", "spliced_loss"}``."""
     from crosslens.training.comparison import compare_with_saes, format_quality_table, quality_table
     from crosslens.training.runner import evaluate_crosscoder
 
+    saes: dict = {}
     if config.baseline_snapshots > 0:
         S = len(steps)
         n = min(config.baseline_snapshots, S)
@@ -246,11 +252,39 @@ def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, steps
         rows = compare_with_saes(
             train_store, config.hook, crosscoder, snapshots=picks, architectures=("jumprelu", "topk"),
             n_steps=config.baseline_steps, batch_size=config.train_batch_size_tokens, seed=config.seed, eval_store=eval_store,
+            trained=saes,
         )  # fmt: skip
     else:
         rows = quality_table(evaluate_crosscoder(crosscoder, eval_store, config.hook), {}, steps, d_sae=config.sae.d_sae)
-    print(format_quality_table(rows))
-    return rows
+    quality = {"rows": rows, "spliced_loss": None}
+    if suite is not None and config.spliced_seqs > 0:
+        from crosslens.causal.spliced_loss import add_baselines, spliced_record
+        from crosslens.checkpoints.on_device import on_device
+
+        models = on_device(suite, device, dtype)
+        quality["spliced_loss"] = spliced_record(models, crosscoder, eval_store, config.spliced_seqs)
+        add_baselines(quality["spliced_loss"], models, saes, eval_store, config.hook)
+    print(format_demo_quality(quality))
+    return quality
+
+
+def format_demo_quality(quality: dict) -> str:
+    """The demo's quality table, then the spliced-model loss: every snapshot, and the crosscoder
+    beside the per-snapshot SAEs where they were trained."""
+    from crosslens.causal.spliced_loss import format_comparison, format_spliced_loss
+    from crosslens.training.comparison import format_quality_table
+
+    parts = [format_quality_table(quality["rows"])]
+    spliced = quality.get("spliced_loss")
+    if spliced:
+        parts += [
+            f"spliced-model loss per snapshot on {spliced['n_seqs']} held-out rows (zero-ablation floor):",
+            format_spliced_loss(spliced["crosscoder"]),
+        ]
+        beside = format_comparison(spliced)
+        if beside:
+            parts += ["crosscoder vs per-snapshot SAEs spliced in (same width, L0 as above):", beside]
+    return "\n".join(parts)
 
 
 def analyze_stage(
@@ -382,13 +416,12 @@ def run_demo(
     _banner(f"3/5 train a {config.sae.architecture} (d_sae {config.sae.d_sae})")
     crosscoder = train_stage(train_store, out_dir / "crosscoder", config, force=force, device=device)
     quality_file = out_dir / "crosscoder" / QUALITY_NAME
-    if quality_file.exists() and not force:  # written after the crosscoder it describes
-        from crosslens.training.comparison import format_quality_table
-
-        print(format_quality_table(json.loads(quality_file.read_text())))
-    else:
-        rows = quality_stage(crosscoder, train_store, eval_store, config, steps)
-        quality_file.write_text(json.dumps(rows, indent=1, default=str))
+    quality = json.loads(quality_file.read_text()) if quality_file.exists() and not force else None
+    if isinstance(quality, dict) and "rows" in quality:  # written after the crosscoder it describes
+        print(format_demo_quality(quality))
+    else:  # none yet, or an older demo's table without the spliced loss
+        quality = quality_stage(crosscoder, train_store, eval_store, config, steps, suite, device=device, dtype=dtype)
+        quality_file.write_text(json.dumps(quality, indent=1, default=str))
         from crosslens.training.runfolder import seal_run
 
         seal_run(out_dir / "crosscoder")  # the table joins the run's seal, as `crosslens train`'s does
@@ -399,6 +432,11 @@ def run_demo(
         suite, crosscoder, n_examples=config.n_task_examples, out=out_dir, seed=config.seed, device=device,
         dtype=dtype, summaries=summaries,
     )  # fmt: skip
+    if quality.get("spliced_loss"):
+        from crosslens.analysis.report import Report
+        from crosslens.causal.spliced_loss import add_spliced_loss_section
+
+        sections.append(add_spliced_loss_section(Report("spliced"), quality["spliced_loss"]))
     if config.extra_seeds:
         sections.append(
             seeds_stage(suite, train_store, out_dir, config, crosscoder, summaries[0], force=force, device=device, dtype=dtype)

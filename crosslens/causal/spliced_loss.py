@@ -23,14 +23,14 @@ Every position but the last predicts the next token; all of them are averaged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
-from crosslens.causal.splice import collect_activations, exact_codes, iter_snapshot_models, run_from_hook
+from crosslens.causal.splice import activations_at, collect_activations, exact_codes, iter_snapshot_models, run_from_hook
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 
@@ -87,45 +87,104 @@ def spliced_loss(
     acts_NLSD = collect_activations(models, hook, tokens_NL, batch_size=batch_size)
     if acts_NLSD.shape[2] != n_snapshots:
         raise ValueError(f"the crosscoder reads {n_snapshots} snapshots but {acts_NLSD.shape[2]} models were given")
-    n_predicted = tokens_NL.shape[0] * (tokens_NL.shape[1] - 1)
     rows = []
     for s, model in iter_snapshot_models(models):
         codec = SnapshotCodec(crosscoder, s, norm_factors)
         codes = exact_codes(crosscoder, acts_NLSD, s, norm_factors=norm_factors)
-        acts_NLD = acts_NLSD[:, :, s]
-        floor_D = acts_NLD.mean(dim=(0, 1)) if ablation == "mean" else torch.zeros(acts_NLD.shape[-1])
-        sums = {"clean": [0.0, 0.0], "spliced": [0.0, 0.0], "ablated": [0.0, 0.0]}
-        device, dtype = model.cfg.device, next(model.parameters()).dtype
-        for start in range(0, tokens_NL.shape[0], batch_size):
-            rows_b = slice(start, start + batch_size)
-            tokens = tokens_NL[rows_b].to(device)
-            clean_logits = model(tokens)
-            clean_logprobs = F.log_softmax(clean_logits[:, :-1].double(), dim=-1)
-            recon = codec.decode(codes[rows_b]).to(device, dtype)
-            floor = floor_D.to(device, dtype).expand_as(recon)
-            for name, logits in (
-                ("clean", clean_logits),
-                ("spliced", run_from_hook(model, hook, recon, tokens)),
-                ("ablated", run_from_hook(model, hook, floor, tokens)),
-            ):
-                ce, kl = _next_token_stats(logits, tokens, None if name == "clean" else clean_logprobs)
-                sums[name][0] += ce
-                sums[name][1] += kl
-        ce_clean, ce_spliced, ce_ablated = (sums[k][0] / n_predicted for k in ("clean", "spliced", "ablated"))
-        kl_spliced, kl_ablated = (sums[k][1] / n_predicted for k in ("spliced", "ablated"))
-        rows.append(
-            {
-                "snapshot": labels[s] if labels is not None else str(s),
-                "ablation": ablation,
-                "ce_loss_without_sae": ce_clean,
-                "ce_loss_with_sae": ce_spliced,
-                "ce_loss_with_ablation": ce_ablated,
-                "ce_loss_score": _score(ce_ablated, ce_spliced, ce_clean),
-                "kl_div_with_sae": kl_spliced,
-                "kl_div_with_ablation": kl_ablated,
-                "kl_div_score": _score(kl_ablated, kl_spliced, 0.0),
-            }
-        )
+
+        def reconstruct(rows_b: slice, codec: SnapshotCodec = codec, codes: torch.Tensor = codes) -> torch.Tensor:
+            return codec.decode(codes[rows_b])
+
+        label = labels[s] if labels is not None else str(s)
+        rows.append(_spliced_row(model, hook, tokens_NL, acts_NLSD[:, :, s], reconstruct, ablation, batch_size, label))
+    return rows
+
+
+def _spliced_row(
+    model: Any,
+    hook: str,
+    tokens_NL: Int[torch.Tensor, "n seq"],
+    acts_NLD: Float[torch.Tensor, "n seq d_in"],
+    reconstruct: Any,
+    ablation: SplicedAblation,
+    batch_size: int,
+    label: str,
+) -> dict[str, Any]:
+    """One snapshot's row: ``reconstruct(rows)`` gives the model-scale reconstruction of those token rows."""
+    floor_D = acts_NLD.mean(dim=(0, 1)) if ablation == "mean" else torch.zeros(acts_NLD.shape[-1])
+    sums = {"clean": [0.0, 0.0], "spliced": [0.0, 0.0], "ablated": [0.0, 0.0]}
+    device, dtype = model.cfg.device, next(model.parameters()).dtype
+    for start in range(0, tokens_NL.shape[0], batch_size):
+        rows_b = slice(start, start + batch_size)
+        tokens = tokens_NL[rows_b].to(device)
+        clean_logits = model(tokens)
+        clean_logprobs = F.log_softmax(clean_logits[:, :-1].double(), dim=-1)
+        recon = reconstruct(rows_b).to(device, dtype)
+        floor = floor_D.to(device, dtype).expand_as(recon)
+        for name, logits in (
+            ("clean", clean_logits),
+            ("spliced", run_from_hook(model, hook, recon, tokens)),
+            ("ablated", run_from_hook(model, hook, floor, tokens)),
+        ):
+            ce, kl = _next_token_stats(logits, tokens, None if name == "clean" else clean_logprobs)
+            sums[name][0] += ce
+            sums[name][1] += kl
+    n_predicted = tokens_NL.shape[0] * (tokens_NL.shape[1] - 1)
+    ce_clean, ce_spliced, ce_ablated = (sums[k][0] / n_predicted for k in ("clean", "spliced", "ablated"))
+    kl_spliced, kl_ablated = (sums[k][1] / n_predicted for k in ("spliced", "ablated"))
+    return {
+        "snapshot": label,
+        "ablation": ablation,
+        "ce_loss_without_sae": ce_clean,
+        "ce_loss_with_sae": ce_spliced,
+        "ce_loss_with_ablation": ce_ablated,
+        "ce_loss_score": _score(ce_ablated, ce_spliced, ce_clean),
+        "kl_div_with_sae": kl_spliced,
+        "kl_div_with_ablation": kl_ablated,
+        "kl_div_score": _score(kl_ablated, kl_spliced, 0.0),
+    }
+
+
+@torch.no_grad()
+def sae_spliced_loss(
+    models: Any,
+    saes: Mapping[int, Any],
+    tokens_NL: Int[torch.Tensor, "n seq"],
+    *,
+    hook: str,
+    ablation: SplicedAblation = "zero",
+    batch_size: int = 16,
+    labels: Sequence[str] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """The rows of :func:`spliced_loss` for plain per-snapshot SAELens SAEs: ``saes`` maps a
+    snapshot index to the SAE trained on that snapshot alone, spliced into that snapshot's model.
+
+    An SAE that reads normalised activations records the factor in
+    ``cfg.metadata["activation_norm_factor"]`` (as :mod:`crosslens.training.baselines`'s do):
+    it encodes ``a * c`` and its reconstruction is divided by ``c``, back to the model's scale.
+    One without that record reads the activation as it is.
+    """
+    if ablation not in ("zero", "mean"):
+        raise ValueError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
+    if tokens_NL.ndim != 2 or tokens_NL.shape[1] < 2:
+        raise ValueError(f"tokens must be [n, seq] with seq >= 2 (a next token to predict), got {tuple(tokens_NL.shape)}")
+    rows: dict[int, dict[str, Any]] = {}
+    for s, model in iter_snapshot_models(models, sorted(saes)):
+        sae = saes[s]
+        recorded = sae.cfg.metadata.get("hook_name")
+        if recorded is not None and recorded != hook:
+            raise ValueError(f"the SAE of snapshot {s} was trained at {recorded!r}, not {hook!r}; splice it at its own hook")
+        factor = float(sae.cfg.metadata.get("activation_norm_factor") or 1.0)
+        acts_NLD = activations_at(model, hook, tokens_NL)
+        if sae.cfg.d_in != acts_NLD.shape[-1]:
+            raise ValueError(f"the SAE of snapshot {s} reads d_in={sae.cfg.d_in} but {hook!r} has width {acts_NLD.shape[-1]}")
+
+        def reconstruct(rows_b: slice, sae: Any = sae, acts_NLD: torch.Tensor = acts_NLD, factor: float = factor) -> torch.Tensor:
+            x = acts_NLD[rows_b].to(sae.W_enc.device, sae.W_enc.dtype) * factor
+            return sae.decode(sae.encode(x)) / factor
+
+        label = labels[s] if labels is not None else str(s)
+        rows[s] = _spliced_row(model, hook, tokens_NL, acts_NLD, reconstruct, ablation, batch_size, label)
     return rows
 
 
@@ -142,4 +201,109 @@ def format_spliced_loss(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["SplicedAblation", "format_spliced_loss", "spliced_loss"]
+def spliced_record(
+    models: Any, crosscoder: Crosscoder, store: Any, n_seqs: int, ablation: SplicedAblation = "zero"
+) -> dict[str, Any]:
+    """The record a quality table keeps of :func:`spliced_loss` on the first ``n_seqs`` token rows
+    of an activation store (``store.sequences``), labelled with the store's snapshots::
+
+        {"ablation", "n_seqs", "seq_len", "measured_on": store path, "crosscoder": [row per snapshot]}
+    """
+    from pathlib import Path
+
+    tokens_NL = store.sequences[:n_seqs]
+    labels = [str(s.get("revision", s.get("step"))) for s in store.snapshots]
+    return {
+        "ablation": ablation,
+        "n_seqs": int(tokens_NL.shape[0]),
+        "seq_len": int(tokens_NL.shape[1]),
+        "measured_on": str(Path(store.path).resolve()),
+        "crosscoder": spliced_loss(models, crosscoder, tokens_NL, ablation=ablation, labels=labels),
+    }
+
+
+def add_baselines(record: dict[str, Any], models: Any, saes: Mapping[tuple[str, int], Any], store: Any, hook: str) -> dict[str, Any]:
+    """``record["baselines"]``: the rows of per-snapshot SAEs (``(architecture, snapshot)`` -> SAE)
+    spliced into their own snapshots' models, on the record's token rows and floor."""
+    tokens_NL = store.sequences[: record["n_seqs"]]
+    labels = [row["snapshot"] for row in record["crosscoder"]]
+    record["baselines"] = {}
+    for arch in dict.fromkeys(a for a, _ in saes):
+        of_arch = {s: sae for (a, s), sae in saes.items() if a == arch}
+        rows = sae_spliced_loss(models, of_arch, tokens_NL, hook=hook, ablation=record["ablation"], labels=labels)
+        record["baselines"][arch] = [rows[s] for s in sorted(rows)]
+    return record
+
+
+def comparison_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per snapshot that has per-snapshot SAEs in a ``"spliced_loss"`` record (its
+    ``"baselines"``: architecture -> rows): the clean and floor losses, then each model's CE
+    spliced, CE recovered and KL, the crosscoder first."""
+    by_label = {arch: {row["snapshot"]: row for row in rows} for arch, rows in (record.get("baselines") or {}).items()}
+    out = []
+    for row in record["crosscoder"]:
+        beside = {arch: rows[row["snapshot"]] for arch, rows in by_label.items() if row["snapshot"] in rows}
+        if not beside:
+            continue
+        line: dict[str, Any] = {
+            "snapshot": row["snapshot"],
+            "CE clean": row["ce_loss_without_sae"],
+            f"CE {row['ablation']}-ablated": row["ce_loss_with_ablation"],
+        }
+        for name, measured in (("crosscoder", row), *beside.items()):
+            line[f"{name} CE spliced"] = measured["ce_loss_with_sae"]
+            line[f"{name} CE recovered"] = measured["ce_loss_score"]
+            line[f"{name} KL"] = measured["kl_div_with_sae"]
+        out.append(line)
+    return out
+
+
+def format_comparison(record: Mapping[str, Any]) -> str:
+    """:func:`comparison_rows` as a plain-text table (recovered shares in percent)."""
+    rows = comparison_rows(record)
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    cells = [keys] + [
+        [str(v) if k == "snapshot" else (f"{100 * v:.1f}%" if "recovered" in k else f"{v:.4f}") for k, v in r.items()]
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(keys))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
+    """Append the spliced-model loss of a ``"spliced_loss"`` record to a report: the raw losses
+    beside the recovered share (the share alone misleads where the floor costs little), and the
+    per-snapshot SAEs beside the crosscoder when the record has them."""
+    floor = record["ablation"]
+    report.add_heading("Spliced-model loss")
+    report.add_text(
+        f"Each snapshot's model run on {record['n_seqs']} token rows of {record['measured_on']} with the activation "
+        f"at the hook replaced by the crosscoder's reconstruction (no error term). CE recovered = (CE {floor}-ablated "
+        f"- CE spliced) / (CE {floor}-ablated - CE clean), the floor being the activation "
+        + ("zeroed" if floor == "zero" else "replaced by its mean over the tokens")
+        + "; it is ill-conditioned where the floor costs little, so read it with the raw losses. KL is the mean "
+        "divergence of the next-token distribution from the clean model's."
+    )
+    table = [
+        {
+            "snapshot": row["snapshot"],
+            "CE clean": row["ce_loss_without_sae"],
+            "CE spliced": row["ce_loss_with_sae"],
+            f"CE {floor}-ablated": row["ce_loss_with_ablation"],
+            "CE recovered": row["ce_loss_score"],
+            "KL spliced": row["kl_div_with_sae"],
+            f"KL {floor}-ablated": row["kl_div_with_ablation"],
+        }
+        for row in record["crosscoder"]
+    ]
+    report.add_table(table, title="Crosscoder spliced into each snapshot")
+    beside = comparison_rows(record)
+    if beside:
+        report.add_table(beside, title="Crosscoder and per-snapshot SAEs of the same width and L0")
+    return report
+
+
+__all__ = ["SplicedAblation", "add_baselines", "add_spliced_loss_section", "spliced_record", "comparison_rows", "format_comparison", "format_spliced_loss", "sae_spliced_loss", "spliced_loss"]

@@ -24,6 +24,12 @@ class TrainFlags:
     """Store for the final quality table (default: STORE-heldout written by harvest, else the training store).
     The store measured on is re-hashed against its manifest (the training store: sizes only), and a
     STORE-heldout is refused unless it was split from STORE."""
+    spliced_seqs: int = field(default=16, metadata={"min": 0})
+    """Token rows of the quality table's store on which each snapshot's spliced-model loss is measured
+    (CE recovered against the --spliced-ablation floor, KL from the clean model); it loads every snapshot
+    model once. 0 skips it."""
+    spliced_ablation: str = field(default="zero", metadata={"choices": ("zero", "mean")})
+    """The floor of the recovered loss: the activation zeroed, or replaced by its mean over the tokens."""
     resume: bool = False
     """Continue from the last checkpoint in --out (a run there that finished with these settings is
     reported, not trained again)."""

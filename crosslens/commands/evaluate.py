@@ -36,9 +36,12 @@ def format_quality(rows: list[dict], result: dict, where: str) -> str:
 
 def print_quality(
     crosscoder_path, store_path: str, eval_store: str | None, device: str, save_to: Path | None = None,
-    eval_flag: str = "--eval-store",
-) -> None:
-    """The quality table of a saved crosscoder: held-out explained variance per snapshot, L0, dead features.
+    eval_flag: str = "--eval-store", spliced_seqs: int = 0, spliced_ablation: str = "zero",
+    model_dtype: str | None = None,
+) -> dict | None:
+    """The quality table of a saved crosscoder: held-out explained variance per snapshot, L0, dead features,
+    and with ``spliced_seqs`` > 0 the spliced-model loss per snapshot on that many token rows of the same
+    store (:mod:`crosslens.commands.spliced`), which is returned.
 
     The store measured on is re-hashed (the training store, which training has just hashed:
     sizes only) and checked against the crosscoder's snapshots and hook before anything is computed."""
@@ -59,9 +62,32 @@ def print_quality(
     check_crosscoder_store(crosscoder, store, crosscoder_name=crosscoder_path)
     rows, result = quality_rows(crosscoder, store)
     print(format_quality(rows, result, where))
+    spliced = _spliced_quality(crosscoder, store, spliced_seqs, spliced_ablation, device, model_dtype)
     if save_to is not None:
         record = {"measured_on": str(Path(store.path).resolve()), "measured_on_seal": store_seal(store)}
-        save_to.write_text(json.dumps({**record, "rows": rows, "dead_features": result["dead_features"]}, indent=1))
+        record.update(rows=rows, dead_features=result["dead_features"])
+        if spliced_seqs > 0:
+            record["spliced_loss"] = spliced
+        save_to.write_text(json.dumps(record, indent=1))
+    return spliced
+
+
+def _spliced_quality(crosscoder, store, n_seqs: int, ablation: str, device: str, model_dtype: str | None) -> dict | None:
+    """The spliced-loss record printed under the quality table; None (said, not silent) when the
+    store's snapshot models cannot be loaded, so a finished training run still gets its table."""
+    from crosslens.causal.spliced_loss import format_spliced_loss
+    from crosslens.commands.spliced import measure_spliced, spliced_heading
+
+    if n_seqs <= 0:
+        return None
+    try:
+        spliced = measure_spliced(crosscoder, store, n_seqs, ablation, device, model_dtype)
+    except CLIError as reason:
+        print(f"spliced-model loss not measured: {reason}")
+        return None
+    print(spliced_heading(spliced))
+    print(format_spliced_loss(spliced["crosscoder"]))
+    return spliced
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -81,21 +107,12 @@ def print_spliced_loss(crosscoder_path: Path, store_path: str, args: argparse.Na
     """The spliced-model loss per snapshot (:func:`crosslens.causal.spliced_loss`) on the first
     ``--spliced-seqs`` token rows of the store, with the snapshot models of the suite it records."""
     from crosslens.activations import ActivationStore
-    from crosslens.causal.spliced_loss import format_spliced_loss, spliced_loss
-    from crosslens.checkpoints.on_device import on_device
-    from crosslens.commands.common import resolve_suite
+    from crosslens.causal.spliced_loss import format_spliced_loss
+    from crosslens.commands.spliced import measure_spliced, spliced_heading
     from crosslens.crosscoders.saved import load_crosscoder_folder
 
     store = ActivationStore.open(store_path, verify="none")  # print_quality has just verified it
-    record = store.manifest["spec"].get("suite") or {}
-    spec = record.get("root") or record.get("model_id")
-    if not spec:
-        raise CLIError(f"--store {store_path}: its manifest records no suite, so the snapshot models cannot be loaded")
-    steps = [int(s["step"]) for s in store.snapshots]
-    suite = on_device(resolve_suite(spec, steps, None), device, args.dtype or "float32")
     crosscoder = load_crosscoder_folder(crosscoder_path, device=device)
-    tokens_NL = store.sequences[: args.spliced_seqs]
-    labels = [str(s.get("revision", s.get("step"))) for s in store.snapshots]
-    rows = spliced_loss(suite, crosscoder, tokens_NL, ablation=args.spliced_ablation, labels=labels)
-    print(f"spliced-model loss per snapshot on {len(tokens_NL)} rows of {store_path} ({args.spliced_ablation}-ablation floor):")
-    print(format_spliced_loss(rows))
+    record = measure_spliced(crosscoder, store, args.spliced_seqs, args.spliced_ablation, device, args.dtype)
+    print(spliced_heading(record, store_path))
+    print(format_spliced_loss(record["crosscoder"]))

@@ -47,6 +47,11 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
         crosscoder, store=opened, tokenizer=tokenizer,
         title=suite_title(record, hook), device=device,
     )  # fmt: skip
+    spliced = _spliced_record(run_dir)
+    if spliced is not None:
+        from crosslens.causal.spliced_loss import add_spliced_loss_section
+
+        add_spliced_loss_section(report, spliced)
     sections = saved_sections(run_dir)
     for section in sections:
         report.extend(section)
@@ -58,3 +63,16 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
         print(f"with {len(sections)} saved section(s) from {run_dir / 'sections'}")
     print(f"report: {out_path}")
     return 0
+
+
+def _spliced_record(run_dir: Path | None) -> dict | None:
+    """The spliced-loss record of the run's quality.json (sealed with the run), when it has one."""
+    import json
+
+    from crosslens.core.paths import QUALITY_NAME
+
+    path = None if run_dir is None else Path(run_dir) / QUALITY_NAME
+    if path is None or not path.is_file():
+        return None
+    quality = json.loads(path.read_text())
+    return quality.get("spliced_loss") if isinstance(quality, dict) else None

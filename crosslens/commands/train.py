@@ -123,13 +123,17 @@ def train(args: argparse.Namespace) -> int:
         with owned_run_folder(runner.out_dir, enabled=runner.is_main):
             runner.run(resume=args.resume, overwrite=args.overwrite)
             if runner.is_main:
-                _save_quality(runner, args.eval_store, device)
+                _save_quality(runner, args, device, model_dtype)
         print_peak_memory(runner.device)
     return 0
 
 
-def _save_quality(runner, eval_store: str | None, device: str) -> None:
-    """Print the quality table and seal it into the run (a finished run found by --resume keeps its own)."""
+def _save_quality(runner, args: argparse.Namespace, device: str, model_dtype: str | None) -> None:
+    """Print the quality table and seal it into the run (a finished run found by --resume keeps its
+    own); the spliced-loss figures also go to the W&B run's summary when training logged to W&B."""
+    from dataclasses import replace
+
+    from crosslens.commands.spliced import log_spliced_to_wandb
     from crosslens.training.runfolder import seal_run
 
     quality = runner.out_dir / QUALITY_NAME
@@ -137,5 +141,14 @@ def _save_quality(runner, eval_store: str | None, device: str) -> None:
         print(f"its quality table: {quality}")
         return
     print(f"crosscoder saved to {runner.final_path}")
-    print_quality(runner.final_path, runner.config.store_path, eval_store, device, save_to=quality)
+    spliced = print_quality(
+        runner.final_path, runner.config.store_path, args.eval_store, device, save_to=quality,
+        spliced_seqs=args.spliced_seqs, spliced_ablation=args.spliced_ablation, model_dtype=model_dtype,
+    )  # fmt: skip
     seal_run(runner.out_dir)
+    logger = runner.config.logger
+    if spliced is not None and logger.log_to_wandb:
+        from crosslens.crosscoders.saved import load_crosscoder_folder
+
+        run_id = load_crosscoder_folder(runner.final_path).cfg.metadata.get("wandb_run_id")
+        log_spliced_to_wandb(replace(logger, wandb_dir=logger.wandb_dir or str(runner.out_dir)), run_id, spliced)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
-from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME
+from crosslens.core.paths import FINAL_DIRNAME, QUALITY_NAME, RUN_CONFIG_NAME
 
 if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder
@@ -100,6 +100,7 @@ def push_to_hub(
         store = ActivationStore.open(store_path)
         check_crosscoder_store(crosscoder, store, crosscoder_name=folder)  # the card states its figures
         evaluation = evaluate_per_snapshot(crosscoder, store, meta.get("hook_name"), n_tokens=n_eval_tokens)
+    spliced = run_spliced_loss(folder, run_config, crosscoder)
     if fold_normalization and not meta.get("activation_norm_factors_folded") and meta.get("activation_norm_factors"):
         crosscoder.fold_activation_norm_scaling_factors()
     class_counts = feature_class_counts(crosscoder, evaluation)
@@ -111,9 +112,10 @@ def push_to_hub(
         run_config=run_config,
         evaluation=evaluation,
         class_counts=class_counts,
+        spliced=spliced,
     )
     entry = registry_entry(crosscoder, repo_id=repo_id, crosscoder_id=crosscoder_id, release=release,
-                           evaluation=evaluation)  # fmt: skip
+                           evaluation=evaluation, spliced=spliced)  # fmt: skip
 
     if api is None:
         from huggingface_hub import HfApi
@@ -160,6 +162,24 @@ def find_final_crosscoder(run_dir: Path) -> tuple[Path, dict[str, Any] | None]:
         f"{run_dir} holds no trained crosscoder (neither final/cfg.json nor cfg.json with "
         "sae_weights.safetensors); pass the --out folder of `crosslens train` after it finished."
     )
+
+
+def run_spliced_loss(folder: Path, run_config: dict[str, Any] | None, crosscoder: Crosscoder) -> dict[str, Any] | None:
+    """The spliced-loss record of the run's quality.json (sealed with the run, which
+    :func:`find_final_crosscoder` has checked) when ``crosslens train`` measured one."""
+    if run_config is None or folder.name != FINAL_DIRNAME:
+        return None
+    path = folder.parent / QUALITY_NAME
+    quality = json.loads(path.read_text()) if path.is_file() else None
+    spliced = quality.get("spliced_loss") if isinstance(quality, dict) else None
+    if spliced is None:
+        return None
+    if len(spliced["crosscoder"]) != crosscoder.cfg.n_snapshots:
+        raise ValueError(
+            f"{path} holds the spliced loss of {len(spliced['crosscoder'])} snapshots but the crosscoder reads "
+            f"{crosscoder.cfg.n_snapshots}; retrain, or evaluate the crosscoder again with `crosslens evaluate --spliced-loss`."
+        )
+    return spliced
 
 
 def default_release_name(repo_id: str) -> str:
@@ -234,6 +254,7 @@ def model_card(
     run_config: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
     class_counts: dict[str, int] | None = None,
+    spliced: dict[str, Any] | None = None,
 ) -> str:
     """The README.md of a published crosscoder (front matter + markdown)."""
     cfg, meta = crosscoder.cfg, crosscoder.cfg.metadata
@@ -274,6 +295,8 @@ def model_card(
         "",
     ]
     lines += _checkpoint_section(snapshots, evaluation)
+    if spliced is not None:
+        lines += _spliced_section(spliced)
     settings = _training_settings(cfg, meta, hook, run_config)
     lines += ["## Training", "", "| setting | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in settings]
@@ -317,6 +340,32 @@ def _checkpoint_section(snapshots: list[dict[str, Any]], evaluation: dict[str, A
     return lines
 
 
+def _spliced_section(spliced: dict[str, Any]) -> list[str]:
+    """The model card's spliced-model loss per checkpoint: raw losses beside the recovered share."""
+    floor = spliced["ablation"]
+    lines = [
+        "## Spliced-model loss",
+        "",
+        f"| snapshot | CE clean | CE spliced | CE {floor}-ablated | CE recovered | KL spliced |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in spliced["crosscoder"]:
+        lines.append(
+            f"| {row['snapshot']} | {row['ce_loss_without_sae']:.4f} | {row['ce_loss_with_sae']:.4f} | "
+            f"{row['ce_loss_with_ablation']:.4f} | {100 * row['ce_loss_score']:.1f}% | {row['kl_div_with_sae']:.4f} |"
+        )
+    lines += [
+        "",
+        f"Each checkpoint's model run on {spliced['n_seqs']} token rows of {spliced['seq_len']} tokens from the "
+        f"quality table's activation store, with the activation at the hook replaced by the crosscoder's "
+        f"reconstruction. CE recovered is (CE {floor}-ablated - CE spliced) / (CE {floor}-ablated - CE clean); it "
+        "means little where ablating costs little, so the raw losses stand beside it. KL is the mean divergence "
+        "of the next-token distribution from the clean model's.",
+        "",
+    ]
+    return lines
+
+
 def _training_settings(
     cfg: Any, meta: Any, hook: str, run_config: dict[str, Any] | None
 ) -> list[tuple[str, Any]]:
@@ -357,6 +406,7 @@ def registry_entry(
     crosscoder_id: str,
     release: str,
     evaluation: dict[str, Any] | None = None,
+    spliced: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``{release: {...}}`` in the registry schema (see :mod:`crosslens.pretrained.registry`)."""
     cfg, meta = crosscoder.cfg, crosscoder.cfg.metadata
@@ -371,6 +421,10 @@ def registry_entry(
     if evaluation is not None:
         entry["l0"] = [round(v, 3) for v in evaluation["l0"]]
         entry["variance_explained"] = [round(v, 4) for v in evaluation["variance_explained"]]
+    if spliced is not None:
+        entry["ce_loss_score"] = [round(row["ce_loss_score"], 4) for row in spliced["crosscoder"]]
+        entry["kl_div_with_sae"] = [round(row["kl_div_with_sae"], 5) for row in spliced["crosscoder"]]
+        entry["spliced_ablation"] = spliced["ablation"]
     entry["normalization_folded"] = bool(meta.get("activation_norm_factors_folded"))
     link = wandb_link(meta)
     if link and link.startswith("http"):

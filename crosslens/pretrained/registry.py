@@ -22,6 +22,9 @@ needs on top. A release, in YAML::
           architecture: jumprelu_crosscoder
           l0: [40.1, 38.2, 35.0]           # per snapshot (SAELens: one number)
           variance_explained: [0.61, 0.83, 0.80]
+          ce_loss_score: [1.0, 0.99, 0.95]  # CE recovered spliced into each snapshot (SAELens's name)
+          kl_div_with_sae: [0.001, 0.03, 0.13]  # KL from the clean model, per snapshot
+          spliced_ablation: zero           # the floor of ce_loss_score: zero or mean ablation
           normalization_folded: true       # weights read raw activations
           wandb_run: https://wandb.ai/...  # optional
 
@@ -57,6 +60,9 @@ _ENTRY_KEYS = {
     "architecture",
     "l0",
     "variance_explained",
+    "ce_loss_score",
+    "kl_div_with_sae",
+    "spliced_ablation",
     "normalization_folded",
     "wandb_run",
     "neuronpedia",
@@ -92,6 +98,12 @@ class PretrainedCrosscoderEntry:
     """Mean active features per token feeding each snapshot's reconstruction."""
     variance_explained: tuple[float, ...] | None = None
     """Explained variance of each snapshot's reconstruction."""
+    ce_loss_score: tuple[float, ...] | None = None
+    """Share of the ablation's cross-entropy cost each snapshot's spliced reconstruction recovers."""
+    kl_div_with_sae: tuple[float, ...] | None = None
+    """KL divergence from the clean model with each snapshot's reconstruction spliced in."""
+    spliced_ablation: str | None = None
+    """The floor of ``ce_loss_score``: ``zero`` or ``mean`` ablation."""
     normalization_folded: bool | None = None
     """True when the weights read raw activations (normalisation folded in)."""
     wandb_run: str | None = None
@@ -337,6 +349,9 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
             variance_explained=_per_snapshot(
                 item.get("variance_explained"), S, f"{where}: entry {entry_id!r}: variance_explained"
             ),
+            ce_loss_score=_per_snapshot(item.get("ce_loss_score"), S, f"{where}: entry {entry_id!r}: ce_loss_score"),
+            kl_div_with_sae=_per_snapshot(item.get("kl_div_with_sae"), S, f"{where}: entry {entry_id!r}: kl_div_with_sae"),
+            spliced_ablation=_spliced_ablation(item, f"{where}: entry {entry_id!r}"),
             normalization_folded=item.get("normalization_folded"),
             wandb_run=item.get("wandb_run"),
             neuronpedia=item.get("neuronpedia"),
@@ -355,6 +370,16 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
         source=source,
         raw=dict(value),
     )
+
+
+def _spliced_ablation(item: Mapping[str, Any], where: str) -> str | None:
+    """The floor a ``ce_loss_score`` was measured against; a score without one is refused."""
+    floor = item.get("spliced_ablation")
+    if floor not in (None, "zero", "mean"):
+        raise PretrainedRegistryError(f"{where}: spliced_ablation must be zero or mean, got {floor!r}.")
+    if floor is None and item.get("ce_loss_score") is not None:
+        raise PretrainedRegistryError(f"{where}: ce_loss_score needs spliced_ablation (zero or mean): the floor it is measured against.")
+    return floor
 
 
 def _per_snapshot(value: Any, n_snapshots: int, where: str) -> tuple[float, ...] | None:

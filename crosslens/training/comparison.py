@@ -150,6 +150,7 @@ def compare_with_saes(
     calibrate: str = "per_snapshot",
     calibration_snapshot: int | None = None,
     progress: bool = True,
+    trained: dict[tuple[str, int], SAE[Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Train per-snapshot SAEs on ``snapshots`` and tabulate them against ``crosscoder``.
 
@@ -167,7 +168,8 @@ def compare_with_saes(
     Everything is evaluated on ``eval_store`` (default ``store``; pass a store of held-out
     tokens for an honest comparison). Returns :func:`quality_table` rows, with each
     baseline's achieved L0 and a ``sparsity`` row saying how each column's sparsity was
-    set; print them with :func:`format_quality_table`.
+    set; print them with :func:`format_quality_table`. ``trained``, when given, receives each
+    baseline SAE by ``(architecture, snapshot)`` (to splice them into their models, say).
     """
     store = open_store(store)
     hook = store.resolve_hook(hook)
@@ -190,6 +192,8 @@ def compare_with_saes(
     for s, arch in tqdm(jobs, desc="baseline SAEs", disable=not progress):
         sae, setting = _train_baseline(plan, s, arch)
         used[arch].add(setting)
+        if trained is not None:
+            trained[(arch, s)] = sae
         baselines[(arch, s)] = evaluate_sae(sae, eval_store, hook, s, n_tokens=n_eval_tokens)
     sparsity = {"crosscoder": _crosscoder_sparsity(crosscoder), **_sparsity_labels(used)}
     return quality_table(crosscoder_eval, baselines, steps, d_sae=int(crosscoder.cfg.d_sae), sparsity=sparsity)
