@@ -238,7 +238,7 @@ def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, steps
     """Held-out explained variance per snapshot, beside per-snapshot SAELens SAEs of the same
     width and L0 trained on a few snapshots; with ``suite``, each one also spliced into its
     snapshot's model on ``config.spliced_seqs`` held-out rows. Returns ``{"rows", "spliced_loss"}``."""
-    from crosslens.training.comparison import compare_with_saes, format_quality_table, quality_table
+    from crosslens.training.comparison import compare_with_saes, quality_table
     from crosslens.training.runner import evaluate_crosscoder
 
     saes: dict = {}

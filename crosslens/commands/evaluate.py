@@ -80,10 +80,13 @@ def _spliced_quality(crosscoder, store, n_seqs: int, ablation: str, device: str,
 
     if n_seqs <= 0:
         return None
+    from crosslens.core.errors import CrosslensError
+
     try:
         spliced = measure_spliced(crosscoder, store, n_seqs, ablation, device, model_dtype)
-    except CLIError as reason:
-        print(f"spliced-model loss not measured: {reason}")
+    except (CLIError, CrosslensError, OSError) as reason:  # the models are not at hand (moved, offline)
+        print(f"spliced-model loss not measured: {' '.join(str(reason).split())}; "
+              "`crosslens evaluate RUN --store STORE --spliced-loss` measures it once they are")  # fmt: skip
         return None
     print(spliced_heading(spliced))
     print(format_spliced_loss(spliced["crosscoder"]))
