@@ -25,7 +25,7 @@ SMALL = {
     "suite build": "--n-layers 1 --d-model 32 --train-steps 32 --checkpoints 16 --seq-len 32 --batch-size 8 --bpe-vocab 400",
     "harvest": "--n-snapshots 4 --n-tokens 2048 --seq-len 32",
     "train": "--d-sae 64 --n-steps 40 --batch-size 128 --checkpoint-every 0",
-    "attribute": "--n-examples 8",
+    "attribute": "--n-examples 8 --allow-chance",  # 32 training steps leave the model at chance on the pairs
     "analyze": "",
 }
 
@@ -81,7 +81,7 @@ def test_readme_walkthrough_runs_start_to_end(tmp_path, monkeypatch, capsys):
     assert len(manifest["snapshots"]) >= 16
     assert all(isinstance(row["extra"]["pairs"], float) for row in manifest["evals"])
     assert all(row["simple"] is not None for row in manifest["evals"])  # BPE pieces scored, not skipped
-    assert re.search(r"^ +step +tokens +loss +simple +pp +rc +near +ioi +pairs$", out["suite build"], re.M)
+    assert re.search(r"^ +step +tokens +loss +pairs$", out["suite build"], re.M)  # no grammar columns on user text
     assert "pairs columns: share of pairs whose correct continuation has the higher summed log-probability" in out["suite build"]
 
     # harvest: a store and a held-out store of other rows
@@ -100,7 +100,7 @@ def test_readme_walkthrough_runs_start_to_end(tmp_path, monkeypatch, capsys):
     # attribute: the metric's sign with the numbers, and a section saved for the report
     text = out["attribute"]
     assert "metric = logit[wrong] - logit[correct]" in text
-    assert len(re.findall(r"metric [+-]\d\.\d{3} \(prefers (correct|wrong)\)", text)) == 4
+    assert len(re.findall(r"metric [+-]\d\.\d{3} \((prefers (correct|wrong)|no behaviour: accuracy \d+%)", text)) == 4
     assert (tmp_path / "run" / "sections" / "attribution-pairs.json").exists()
     # every pair the BPE can score is used (6 of 24 had one-token words), multi-token ones counted
     scored = re.search(r"^pairs: 8 of the 24 in the file scored \(--n-examples caps it\), (\d) of them with multi-token", text, re.M)

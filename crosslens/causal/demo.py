@@ -45,6 +45,7 @@ def attribution_sections(
     device: str = "cpu",
     dtype: str = "float32",
     summaries: list | None = None,
+    allow_chance: bool = True,
 ) -> list:
     """Run :func:`run_causal_stage` for one named task; return its report as a section list.
 
@@ -56,6 +57,9 @@ def attribution_sections(
     and spreads sparse features' mean codes onto positions where they never fire.
     The snapshot models load on ``device`` in ``dtype``; a crosscoder folder loads on ``device``.
     The stage's summary (with ``claims_final``) is appended to ``summaries`` when given.
+    A snapshot where the model is at chance on the pairs is printed as such, with no feature
+    counts; ``allow_chance=False`` refuses a task at chance at every snapshot
+    (:class:`crosslens.causal.behaviour.NoBehaviourError`).
     """
     from crosslens.checkpoints.on_device import on_device
 
@@ -68,7 +72,7 @@ def attribution_sections(
     out_dir = causal_out_dir(out, dataset.name)
     result = run_causal_stage(
         suite, crosscoder, dataset, out_dir, config=AttributionConfig(n_steps=n_steps), top_k=top_k, ks=ks,
-        ablation=ablation, progress=progress,
+        ablation=ablation, progress=progress, allow_chance=allow_chance,
     )  # fmt: skip
     if out is not None and Path(out).suffix == ".json":
         result.table.save(out)
@@ -82,14 +86,34 @@ def attribution_sections(
             "features are patched at the prompt's positions and both continuations scored under teacher forcing"
         )
     print(f"  metric = {metric_formula(summary.metric)}: negative means the model prefers the correct continuation")
-    for label, clean, specific in zip(summary.snapshots, summary.metric_clean, summary.specific_per_snapshot):
+    _print_snapshots(summary)
+    return [result.report]
+
+
+def _print_snapshots(summary: Any) -> None:
+    """The per-snapshot lines and the final keep-only restoration; a snapshot at chance is
+    printed with its accuracy instead of a feature count, and no restoration of it is shown."""
+    from crosslens.causal.behaviour import SnapshotBehaviour, chance_note
+
+    behaviours = [SnapshotBehaviour(**{k: v for k, v in b.items() if k != "at_chance"}) for b in summary.behaviour]
+    note = chance_note(behaviours)
+    if note is not None:
+        print(f"  {note}")
+    for column, (label, clean) in enumerate(zip(summary.snapshots, summary.metric_clean)):
+        if behaviours and behaviours[column].at_chance:
+            print(f"  {label:>12s}  metric {clean:+.3f} (no behaviour: {behaviours[column].describe()})")
+            continue
         side = "prefers correct" if clean < 0 else "prefers wrong"
+        specific = summary.specific_per_snapshot[column]
         print(f"  {label:>12s}  metric {clean:+.3f} ({side})  snapshot-specific features {specific}")
+    where = f"keep-only restoration at {summary.snapshots[-1]} ({summary.ablation}-ablation)"
+    if behaviours and behaviours[-1].at_chance:
+        print(f"  {where}: not shown, no behaviour there")
+        return
     restored = ", ".join(
         f"top-{k} {value:.0%}" for k, value in summary.keep_only_restored_final.items() if value is not None
     )
-    print(f"  keep-only restoration at {summary.snapshots[-1]} ({summary.ablation}-ablation): {restored}")
-    return [result.report]
+    print(f"  {where}: {restored}")
 
 
 def language_attribution_sections(
@@ -133,6 +157,10 @@ def language_attribution_sections(
     for column, label in enumerate(labels):
         values = "".join(f"{r.summary.metric_clean[column]:+10.3f}" for r in combined["results"].values())
         print(f"  {label:>12s}{values}")
+    for language, result in combined["results"].items():
+        chance = [b["label"] for b in result.summary.behaviour if b["at_chance"]]
+        if chance:
+            print(f"  {language}: no behaviour (at chance) at {', '.join(chance)}; no feature classed there")
     print(f"  RelIE per language: {combined['paths']['report']}")
     return [combined["report"], *(r.report for r in combined["results"].values())]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,14 @@ from crosslens.causal.attribution import (
     snapshot_labels,
     table_from_snapshots,
     tokenize_task,
+)
+from crosslens.causal.behaviour import (
+    NoBehaviourError,
+    SnapshotBehaviour,
+    behaviour_per_snapshot,
+    chance_note,
+    mark_no_behaviour,
+    no_behaviour_message,
 )
 from crosslens.causal.ie_table import IETable
 from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
@@ -103,6 +111,9 @@ class CausalSummary:
     """``"logit_diff"`` (every continuation one token) or ``"summed_logprob_diff"``."""
     n_multi_token: int = 0
     """Examples with a continuation of several tokens."""
+    behaviour: list[dict[str, Any]] = field(default_factory=list)
+    """Per snapshot: accuracy on the pairs with its 95% interval, the metric's mean and sd, and
+    whether the model is at chance there (:class:`crosslens.causal.behaviour.SnapshotBehaviour`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,6 +162,7 @@ def run_causal_stage(
     progress: bool = True,
     effect_floor: float | None = None,
     n_boot: int = 1000,
+    allow_chance: bool = True,
 ) -> CausalStageResult:
     """Attribute ``task`` at every snapshot, then RelIE and ablation curves; write everything.
 
@@ -164,6 +176,12 @@ def run_causal_stage(
     Features are selected as the union of each snapshot's top ``top_k`` by |IE|.
     Ablation curves use ``ablation`` ("zero" or "mean") for both the ablate-top-k and
     keep-only-top-k curves, with the error term kept; ``ks`` above ``d_sae`` are dropped.
+
+    Each snapshot's behaviour (accuracy on the pairs with its 95% interval, the metric's mean
+    and sd: :mod:`crosslens.causal.behaviour`) is measured on the attributed metric; at a
+    snapshot at chance no feature is classed (``no_behaviour``). With ``allow_chance=False``
+    a task at chance at every snapshot raises :class:`NoBehaviourError` before anything is
+    written.
 
     Each snapshot model loads once for the activations (exact mode needs every
     snapshot's activations before any code exists) and once more for attribution and
@@ -180,15 +198,18 @@ def run_causal_stage(
     if config.mode == "exact":
         activations = collect_task_activations(models, hook, tokenized, progress=progress)
     labels = snapshot_labels(models, n_models)
-    table, rows = _attribute_and_ablate(
+    table, rows, metric_NS = _attribute_and_ablate(
         models, crosscoder, tokenized, name, chosen, [labels[i] for i in chosen], activations,
         hook=hook, config=config, ks=[k for k in ks if k <= crosscoder.cfg.d_sae], ablation=ablation,
         n_random=n_random, progress=progress,
     )  # fmt: skip
-    result = _relie_of(table, crosscoder, top_k, thresholds, effect_floor, n_boot)
-    report = causal_report(table, result.selected, result.relie, result.reldec, rows, thresholds)
+    behaviours = behaviour_per_snapshot(metric_NS, table.snapshot_labels)
+    if not allow_chance and all(b.at_chance for b in behaviours):
+        raise NoBehaviourError(no_behaviour_message(name, behaviours))
+    result = _relie_of(table, crosscoder, top_k, thresholds, effect_floor, n_boot, behaviours)
+    report = causal_report(table, result.selected, result.relie, result.reldec, rows, thresholds, behaviours)
     _add_ci_section(report, table, result.selected, result.ci_low, result.ci_high, result.classed, result.effect_floor)
-    summary = _summary(table, result, rows, tokenized, ablation)
+    summary = _summary(table, result, rows, tokenized, ablation, behaviours)
     paths = CausalStagePaths(
         ie_table=table.save(out / "ie_table.json"),
         relie=_write_json(out / "relie.json", _relie_json(table, result, thresholds)),
@@ -214,9 +235,10 @@ def _attribute_and_ablate(
     ablation: AblationMode,
     n_random: int,
     progress: bool,
-) -> tuple[IETable, list[dict[str, Any]]]:
+) -> tuple[IETable, list[dict[str, Any]], torch.Tensor]:
     """Attribution then ablation curves at each snapshot, with the snapshot's model loaded
-    once for both (the curves rank features by that snapshot's own IE)."""
+    once for both (the curves rank features by that snapshot's own IE); also each pair's clean
+    metric per snapshot (``[n_examples, n_snapshots]``)."""
     results, rows = [], []
     for column, (index, model) in enumerate(iter_snapshot_models(models, chosen)):
         inputs = exact_snapshot_inputs(crosscoder, activations, index) if activations is not None else {}
@@ -229,7 +251,7 @@ def _attribute_and_ablate(
             ks=ks, hook=hook, codes=inputs.get("codes_clean"), mode=ablation, n_random=n_random,
         )  # fmt: skip
     table = table_from_snapshots(name, results, labels, config, hook, len(tokenized), metric_name(tokenized, logit_diff))
-    return table, rows
+    return table, rows, torch.stack([r.metric_clean for r in results], dim=1)
 
 
 def _relie_of(
@@ -239,8 +261,10 @@ def _relie_of(
     thresholds: RelIEThresholds,
     effect_floor: float | None,
     n_boot: int,
+    behaviours: Sequence[SnapshotBehaviour],
 ) -> _RelIEResult:
-    """RelIE and RelDec of the selected features, their bootstrap intervals and classes."""
+    """RelIE and RelDec of the selected features, their bootstrap intervals and classes (none
+    at a snapshot where the model is at chance)."""
     selected = table.top_features(top_k)
     several = len(table.snapshots) > 1
     relie_sel = relie(table.ie[selected]) if several else torch.ones(len(selected), 1)
@@ -249,10 +273,10 @@ def _relie_of(
     if effect_floor is None:
         effect_floor = 0.02 * float((table.metric_clean - table.metric_patch).abs().mean())
     ci_low = ci_high = None
-    if table.ie_per_example is not None and table.ie_per_example.shape[0] > 1:
+    if table.ie_per_example is not None and table.ie_per_example.shape[0] > 1 and len(selected):  # none: all IE 0
         ci_low, ci_high = bootstrap_ie_ci(table.ie_per_example[:, selected], n_boot=n_boot)
     classed = relie_floor_mask(table.ie[selected], effect_floor, ci_low, ci_high)
-    labels = classify_relie(relie_sel, thresholds, classed=classed)
+    labels = mark_no_behaviour(classify_relie(relie_sel, thresholds, classed=classed), behaviours)
     return _RelIEResult(
         selected, relie_sel, reldec_sel, labels, class_counts(labels), ci_low, ci_high, classed, effect_floor
     )
@@ -279,7 +303,12 @@ def _relie_json(table: IETable, result: _RelIEResult, thresholds: RelIEThreshold
 
 
 def _summary(
-    table: IETable, result: _RelIEResult, rows: Sequence[dict[str, Any]], tokenized: TokenizedTask, ablation: str
+    table: IETable,
+    result: _RelIEResult,
+    rows: Sequence[dict[str, Any]],
+    tokenized: TokenizedTask,
+    ablation: str,
+    behaviours: Sequence[SnapshotBehaviour],
 ) -> CausalSummary:
     selected = result.selected
     return CausalSummary(
@@ -297,6 +326,7 @@ def _summary(
         claims_final=causal_claims(rows, table.snapshots[-1]),
         metric=str(table.config.get("metric", "logit_diff")),
         n_multi_token=int((tokenized.continuation_lengths > 1).any(dim=1).sum()),  # type: ignore[operator]
+        behaviour=[b.to_dict() for b in behaviours],
     )
 
 
@@ -354,20 +384,18 @@ def causal_report(
     reldec_sel: torch.Tensor,
     rows: Sequence[dict[str, Any]],
     thresholds: RelIEThresholds = RelIEThresholds(),
+    behaviours: Sequence[SnapshotBehaviour] | None = None,
 ):
-    """An HTML report (``crosslens.htmlreport.Report``) of one task's causal results."""
+    """An HTML report (``crosslens.htmlreport.Report``) of one task's causal results; with
+    ``behaviours`` (:mod:`crosslens.causal.behaviour`), the accuracy per snapshot and which
+    snapshots are at chance, whose restorations are then not shown as findings."""
     subtitle = f"{len(table.snapshots)} snapshots, hook {table.config.get('hook', '?')}"
     report = Report(f"Causal analysis: {table.task}", subtitle=subtitle)
     report.add_heading("Task metric per snapshot")
-    report.add_table(
-        [
-            {"snapshot": label, "metric (clean; < 0: correct preferred)": clean,
-             "model prefers": "correct" if clean < 0 else "wrong", "metric (patched)": patched, "error-node IE": error}  # fmt: skip
-            for label, clean, patched, error in zip(
-                table.snapshot_labels, table.metric_clean.tolist(), table.metric_patch.tolist(), table.error_ie.tolist()
-            )
-        ]
-    )
+    note = chance_note(behaviours or [])
+    if note is not None:
+        report.add_text(note[0].upper() + note[1:] + ".")
+    report.add_table(_metric_rows(table, behaviours))
     report.add_text(
         f"metric = {metric_formula(table.config.get('metric'))}: negative means the model is right "
         "(prefers the correct continuation), and more negative means more confident. An IE is the change in "
@@ -404,6 +432,12 @@ def causal_report(
         ),
     )
     final = table.snapshots[-1]
+    if behaviours and behaviours[-1].at_chance:
+        report.add_text(
+            f"Keep-only restoration at {table.snapshot_labels[-1]}: not shown, the model is at chance there "
+            f"({behaviours[-1].describe()}); a restoration of no behaviour is not a finding."
+        )
+        return report
     floor = next((r for r in rows if r["snapshot"] == final and r["keep_only"] and r["selection"] == "all"), None)
     kept = [r for r in rows if r["snapshot"] == final and r["keep_only"] and r["selection"] == "top"]
     if floor is not None and kept:
@@ -420,6 +454,22 @@ def causal_report(
             ]
         )
     return report
+
+
+def _metric_rows(table: IETable, behaviours: Sequence[SnapshotBehaviour] | None) -> list[dict[str, Any]]:
+    """The report's per-snapshot metric table, with the accuracy and its interval when measured."""
+    rows = []
+    for column, (label, clean, patched, error) in enumerate(
+        zip(table.snapshot_labels, table.metric_clean.tolist(), table.metric_patch.tolist(), table.error_ie.tolist())
+    ):
+        row: dict[str, Any] = {"snapshot": label, "metric (clean; < 0: correct preferred)": clean}
+        row["model prefers"] = "correct" if clean < 0 else "wrong"
+        if behaviours:
+            b = behaviours[column]
+            row["model prefers"] = "neither: no behaviour (at chance)" if b.at_chance else row["model prefers"]
+            row.update({"accuracy": b.accuracy, "95% interval": f"{b.ci_low:.0%}-{b.ci_high:.0%}", "metric sd": b.metric_sd})
+        rows.append({**row, "metric (patched)": patched, "error-node IE": error})
+    return rows
 
 
 def metric_formula(metric: str | None) -> str:

@@ -29,6 +29,10 @@ class AttributeFlags:
     """Minimal pairs to score."""
     out: str = "attribution.json"
     """The IE table; plots and report.html go beside it."""
+    allow_chance: bool = False
+    """Attribute even when the model is at chance on the pairs at every snapshot (accuracy's 95% interval
+    contains 50%), which is refused by default: there is no behaviour to attribute. Every snapshot at chance
+    is marked 'no behaviour', with no feature classed there and no keep-only restoration shown."""
 
 
 COMMAND = Subcommand(

@@ -46,7 +46,7 @@ def attribute(args: argparse.Namespace) -> int:
     with _task_flag_errors(args):
         sections = attribution_sections(
             suite, str(folder), task=task, n_examples=args.n_examples, out=args.out, device=device, dtype=dtype,
-            summaries=summaries,
+            summaries=summaries, allow_chance=args.allow_chance,
         )  # fmt: skip
     report = Path(args.out).with_suffix(".html")
     sections[0].write(report)

@@ -130,7 +130,7 @@ def suite_build(args: argparse.Namespace) -> int:
     manifest = json.loads((Path(root) / "suite.json").read_text())
     if cached:  # a fresh build already printed its table row by row
         extra = list(dict.fromkeys(n for row in manifest["evals"] for n in row.get("extra", {})))
-        print(format_eval_table(manifest["evals"], extra))
+        print(format_eval_table(manifest["evals"], extra, grammar=config.corpus is None))
         if manifest.get("targets"):
             print(format_targets(manifest["targets"]))
         print("(cached build; --force rebuilds)")

@@ -233,14 +233,14 @@ def _build(config: PicoConfig, root: Path, progress: bool) -> None:
         tqdm.write(f"pico: building {root} ({len(config.checkpoint_steps)} checkpoints)")
         if start_step:
             tqdm.write(f"pico: resuming at step {start_step}")
-        tqdm.write(format_eval_table(rows, evaluator.extra_columns))
+        tqdm.write(format_eval_table(rows, evaluator.extra_columns, grammar=config.corpus is None))
 
     def on_checkpoint(step: int) -> None:
         if rows and rows[-1]["step"] >= step:
             return  # saved before the interruption we resume from
         rows.append(evaluator(model, step, step * config.tokens_per_step))
         if progress:
-            tqdm.write(format_eval_table(rows[-1:], evaluator.extra_columns).splitlines()[-1])
+            tqdm.write(format_eval_table(rows[-1:], evaluator.extra_columns, grammar=config.corpus is None).splitlines()[-1])
         _save_checkpoint(model, tokenizer, root / f"step{step}")
         state_path.parent.mkdir(exist_ok=True)
         partial = state_path.with_name("state.pt.partial")

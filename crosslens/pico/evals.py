@@ -235,25 +235,31 @@ def _percent(value: float | None) -> str:
     return "   -" if value is None else f"{100 * value:4.0f}"
 
 
-def format_eval_table(rows: Sequence[dict[str, Any]], extra_columns: Sequence[str] | None = None) -> str:
+def format_eval_table(
+    rows: Sequence[dict[str, Any]], extra_columns: Sequence[str] | None = None, *, grammar: bool = True
+) -> str:
     """The build's per-checkpoint table: held-out loss and minimal-pair accuracies in percent.
 
     ``near`` is how often the model agrees with the attractor (the nearest noun) instead
     of the subject; rows of that phase (:func:`in_nearest_noun_phase`) are flagged. Columns
     after ``ioi`` are the accuracies of the user's own pairs (``PicoConfig.eval_pairs``).
+    The grammar's task columns (simple to ioi) are shown only with ``grammar`` (a suite built
+    on the pico grammar): on other text they test sentences the model never read.
     """
     extra = list(extra_columns or dict.fromkeys(name for row in rows for name in row.get("extra", {})))
-    header = f"{'step':>6} {'tokens':>9} {'loss':>6} {'simple':>6} {'pp':>4} {'rc':>4} {'near':>4} {'ioi':>4}"
+    header = f"{'step':>6} {'tokens':>9} {'loss':>6}"
+    header += f" {'simple':>6} {'pp':>4} {'rc':>4} {'near':>4} {'ioi':>4}" if grammar else ""
     header += "".join(f" {name:>{max(4, len(name))}}" for name in extra)
     lines = [header, "-" * len(header)]
     for row in rows:
-        line = (
-            f"{row['step']:>6} {_tokens(row['tokens_seen']):>9} {row['loss']:6.3f} {_percent(row['simple']):>6} "
-            f"{_percent(row['pp']):>4} {_percent(row['rc']):>4} {_percent(row['nearest_noun']):>4} "
-            f"{_percent(row['ioi']):>4}"
-        )
+        line = f"{row['step']:>6} {_tokens(row['tokens_seen']):>9} {row['loss']:6.3f}"
+        if grammar:
+            line += (
+                f" {_percent(row['simple']):>6} {_percent(row['pp']):>4} {_percent(row['rc']):>4} "
+                f"{_percent(row['nearest_noun']):>4} {_percent(row['ioi']):>4}"
+            )
         line += "".join(f" {_percent(row.get('extra', {}).get(name)):>{max(4, len(name))}}" for name in extra)
-        if in_nearest_noun_phase(row):
+        if grammar and in_nearest_noun_phase(row):
             line += "  <- agrees with the nearest noun"
         lines.append(line)
     return "\n".join(lines)

@@ -88,6 +88,46 @@ def pair_from_sentences(good: str, bad: str, meta: dict[str, Any] | None = None)
     )
 
 
+def pair_shape_problem(good: str, bad: str) -> str | None:
+    """Why a sentence pair does not fit the prompt + continuation format, or None when it does.
+
+    The format scores the first differing word after the shared prefix, so the sentences must
+    share a prefix (the prompt) and differ in one place: one word swapped for another (or one
+    inserted), the rest identical. With no shared prefix there is no prompt to decide the
+    answer; with a second difference later on, what makes the bad sentence bad may lie there
+    (e.g. the subject changed and the verb kept), and it is never scored.
+    """
+    good_words = [m.group() for m in _WORD.finditer(good)]
+    bad_words = [m.group() for m in _WORD.finditer(bad)]
+    start = 0
+    while start < min(len(good_words), len(bad_words)) and good_words[start] == bad_words[start]:
+        start += 1
+    if start == 0:
+        return (
+            f"the sentences differ at their first word ({good_words[0]!r} vs {bad_words[0]!r}), so no prompt is "
+            "shared and nothing decides the answer; pairs must share the words before the one that differs"
+        )
+    end = 0  # identical words at the end, not overlapping the shared prefix
+    while end < min(len(good_words), len(bad_words)) - start and good_words[-1 - end] == bad_words[-1 - end]:
+        end += 1
+    good_diff, bad_diff = good_words[start : len(good_words) - end], bad_words[start : len(bad_words) - end]
+    if len(good_diff) > 1 or len(bad_diff) > 1:
+        return (
+            f"the sentences differ in more than one place ({' '.join(good_diff)!r} vs {' '.join(bad_diff)!r} after "
+            f"{' '.join(good_words[:start])!r}); only the first differing word would be scored, and whatever later "
+            "makes the bad sentence bad would not; write the pair so that one word differs (e.g. the verb, "
+            "after its subject), or give clean/correct/wrong as crosslens JSONL"
+        )
+    return None
+
+
+def short_prompt(pair: MinimalPair) -> bool:
+    """The prompt is one word (e.g. ``"The"``): when the differing word is the subject, the
+    cue that makes the pair (its verb) comes after the continuation, and the score measures
+    which noun the model expects rather than agreement."""
+    return len(_WORD.findall(pair.clean)) == 1
+
+
 # how to drop unusable pairs, for a library caller and for the command line
 SKIP_HINT = "pass on_invalid='skip' (`crosslens attribute --skip-invalid`) to drop such"
 
@@ -142,9 +182,13 @@ def _finish(
     _check_on_invalid(on_invalid)
     pairs: list[MinimalPair] = []
     skipped = malformed
+    short: list[str] = []
     for path, line, good, bad, meta in candidates:
         try:
             pair = pair_from_sentences(good, bad, {**meta, "source": path, "line": line})
+            problem = pair_shape_problem(good, bad)
+            if problem is not None:
+                raise MinimalPairFormatError(problem)
             if tokenizer is not None:
                 TaskDataset(name=name, pairs=(pair,)).check_tokenizer(tokenizer)
         except (MinimalPairFormatError, TaskTokenizationError) as error:
@@ -154,6 +198,15 @@ def _finish(
             where = "" if str(error).startswith(f"{path}, line {line}:") else f"{path}, line {line}: "
             raise type(error)(f"{where}{error} ({SKIP_HINT} pairs)") from None
         pairs.append(pair)
+        if short_prompt(pair):
+            short.append(f"{path}, line {line}")
+    if short:
+        warnings.warn(
+            f"{name}: {len(short)} of {len(pairs)} pairs have a one-word prompt (first: {short[0]}, prompt "
+            f"{next(p.clean for p in pairs if short_prompt(p))!r}); if their sentences differ at the subject, the "
+            "word that decides them comes after the scored continuation and the pair measures which noun the "
+            "model expects, not agreement: make them differ at the verb"
+        )
     total = len(candidates) + malformed
     if not pairs:
         raise MinimalPairFormatError(
@@ -357,6 +410,8 @@ def _limit_after_parsing(candidates: list, limit: int | None, tokenizer: Any, on
         path, line, good, bad, meta = candidate
         try:
             pair = pair_from_sentences(good, bad)
+            if pair_shape_problem(good, bad) is not None:
+                continue
             if tokenizer is not None:
                 TaskDataset(name="limit", pairs=(pair,)).check_tokenizer(tokenizer)
         except (MinimalPairFormatError, TaskTokenizationError):
