@@ -9,9 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformers import PreTrainedTokenizerFast
 
 import crosslens.crosscoders as crosscoders
 from crosslens.causal import AttributionConfig, run_causal_stage
@@ -19,31 +17,14 @@ from crosslens.causal.behaviour import NO_BEHAVIOUR, NoBehaviourError, snapshot_
 from crosslens.cli import main
 from crosslens.pico.evals import format_eval_table
 from crosslens.tasks import TaskDataset
-from crosslens.tasks import agreement as lexicon
 from crosslens.tasks.agreement import agreement_pairs
 from crosslens.tasks.blimp import MinimalPairFormatError, load_blimp_jsonl, pair_shape_problem
+from test_causal import _one_torch_thread, tokenizer  # noqa: F401  (the fixtures: one thread, the agreement words)
 
 HOOK = "blocks.0.hook_resid_post"
 D_MODEL, D_SAE = 32, 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    words = ["<bos>", "<pad>", "<unk>", "The", "the", "that"]
-    for pair in lexicon.SUBJECT_NOUNS + lexicon.PLACE_NOUNS + lexicon.AGREEING_VERBS:
-        words += list(pair)
-    words += [*lexicon.ADJECTIVES, *lexicon.PREPOSITIONS, *lexicon.CLAUSE_VERBS]
-    inner = Tokenizer(models.WordLevel({w: i for i, w in enumerate(dict.fromkeys(words))}, unk_token="<unk>"))
-    inner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=inner, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>")
 
 
 def tiny_model(tokenizer, seed: int, *, blind: bool = False) -> HookedTransformer:
