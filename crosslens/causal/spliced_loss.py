@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
+from tqdm.auto import tqdm
 
 from crosslens.causal.splice import activations_at, collect_activations, exact_codes, iter_snapshot_models, run_from_hook
 from crosslens.core.hooks import crosscoder_hook
@@ -70,25 +71,25 @@ def spliced_loss(
     norm_factors: Sequence[float] | torch.Tensor | None = None,
     batch_size: int = 16,
     labels: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per snapshot: the cross-entropy and KL figures above, on ``tokens_NL``.
 
     ``models`` is a CheckpointSuite (one model resident at a time) or the snapshots'
     HookedTransformers in the crosscoder's snapshot order; ``hook`` defaults to the hook
     the crosscoder records. ``norm_factors`` as for
-    :class:`~crosslens.crosscoders.snapshot_sae.SnapshotCodec`.
+    :class:`~crosslens.crosscoders.snapshot_sae.SnapshotCodec`. ``progress`` shows a bar per
+    pass over the snapshots (their activations, then the spliced runs).
     """
-    if ablation not in ("zero", "mean"):
-        raise ValueError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
-    if tokens_NL.ndim != 2 or tokens_NL.shape[1] < 2:
-        raise ValueError(f"tokens must be [n, seq] with seq >= 2 (a next token to predict), got {tuple(tokens_NL.shape)}")
+    _check_inputs(tokens_NL, ablation)
     hook = crosscoder_hook(crosscoder, hook)
     n_snapshots = crosscoder.cfg.n_snapshots
-    acts_NLSD = collect_activations(models, hook, tokens_NL, batch_size=batch_size)
+    acts_NLSD = collect_activations(models, hook, tokens_NL, batch_size=batch_size, progress=progress)
     if acts_NLSD.shape[2] != n_snapshots:
         raise ValueError(f"the crosscoder reads {n_snapshots} snapshots but {acts_NLSD.shape[2]} models were given")
     rows = []
-    for s, model in iter_snapshot_models(models):
+    spliced_runs = tqdm(iter_snapshot_models(models), total=n_snapshots, desc="spliced loss", disable=not progress)
+    for s, model in spliced_runs:
         codec = SnapshotCodec(crosscoder, s, norm_factors)
         codes = exact_codes(crosscoder, acts_NLSD, s, norm_factors=norm_factors)
 
@@ -98,6 +99,13 @@ def spliced_loss(
         label = labels[s] if labels is not None else str(s)
         rows.append(_spliced_row(model, hook, tokens_NL, acts_NLSD[:, :, s], reconstruct, ablation, batch_size, label))
     return rows
+
+
+def _check_inputs(tokens_NL: torch.Tensor, ablation: str) -> None:
+    if ablation not in ("zero", "mean"):
+        raise ValueError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
+    if tokens_NL.ndim != 2 or tokens_NL.shape[1] < 2:
+        raise ValueError(f"tokens must be [n, seq] with seq >= 2 (a next token to predict), got {tuple(tokens_NL.shape)}")
 
 
 def _spliced_row(
@@ -164,10 +172,7 @@ def sae_spliced_loss(
     it encodes ``a * c`` and its reconstruction is divided by ``c``, back to the model's scale.
     One without that record reads the activation as it is.
     """
-    if ablation not in ("zero", "mean"):
-        raise ValueError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
-    if tokens_NL.ndim != 2 or tokens_NL.shape[1] < 2:
-        raise ValueError(f"tokens must be [n, seq] with seq >= 2 (a next token to predict), got {tuple(tokens_NL.shape)}")
+    _check_inputs(tokens_NL, ablation)
     rows: dict[int, dict[str, Any]] = {}
     for s, model in iter_snapshot_models(models, sorted(saes)):
         sae = saes[s]
@@ -218,7 +223,7 @@ def spliced_record(
         "n_seqs": int(tokens_NL.shape[0]),
         "seq_len": int(tokens_NL.shape[1]),
         "measured_on": str(Path(store.path).resolve()),
-        "crosscoder": spliced_loss(models, crosscoder, tokens_NL, ablation=ablation, labels=labels),
+        "crosscoder": spliced_loss(models, crosscoder, tokens_NL, ablation=ablation, labels=labels, progress=True),
     }
 
 
