@@ -16,7 +16,6 @@ out: the models are loaded once, checked to fit first, and never freed until
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,7 @@ from jaxtyping import Float, Int
 
 from crosslens.activations.harvest import harvest_rows, keep_first_blocks, load_snapshot
 from crosslens.activations.provider import OnTheFlyProvider, epoch_rng, norm_factors_of
-from crosslens.core.devices import release_model
+from crosslens.core.devices import available_memory, release_model
 
 if TYPE_CHECKING:
     from crosslens.checkpoints import CheckpointSuite
@@ -37,18 +36,6 @@ CALIBRATION_SEQS = 64
 
 class ModelsDoNotFitError(MemoryError):
     """The resident snapshot models would not fit in the memory available for them."""
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes on ``device`` (CUDA: free device memory; CPU: available RAM), if known."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type == "cpu":
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-            return None
-    return None
 
 
 def model_bytes(model: torch.nn.Module) -> int:

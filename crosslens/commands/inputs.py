@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import codecs
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Int
 
+from crosslens.core.devices import available_memory
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import free_disk
 
@@ -123,20 +123,6 @@ def text_documents(paths: Sequence[str | Path], *, encoding: str = "utf-8", toke
     return documents
 
 
-def available_memory() -> int | None:
-    """Bytes of memory a new allocation can take now (Linux's MemAvailable; None when unknown)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def folder_bytes(folder: str | Path) -> int:
     """Bytes of the files under ``folder`` (0 when it does not exist)."""
     root = Path(folder)
@@ -153,7 +139,7 @@ def check_harvest_fits(
     from crosslens.core.devices import format_bytes
 
     table = n_tokens * TOKEN_TABLE_BYTES_PER_TOKEN
-    memory = available_memory()
+    memory = available_memory("cpu")
     if memory is not None and table > memory:
         raise CrosslensError(
             f"--n-tokens: a table of {n_tokens:,} tokens needs about {format_bytes(table)} of memory while it is "

@@ -142,6 +142,31 @@ def peak_memory(device: str | torch.device) -> int | None:
     return None
 
 
+def available_memory(device: str | torch.device = "cpu") -> int | None:
+    """Bytes a new allocation on ``device`` can take now, if known: CUDA's free device memory;
+    on the CPU, Linux's MemAvailable (free pages plus reclaimable cache), else the free pages."""
+    import os
+    from pathlib import Path
+
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
+
+
 def format_bytes(n: float | int | None) -> str:
     """``n`` bytes as a short human string in binary units (KiB, MiB, GiB, TiB, PiB)."""
     if n is None:
