@@ -135,7 +135,8 @@ def test_train_puts_the_spliced_figures_in_the_wandb_summary(world, tmp_path, mo
         assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", str(N_SEQS), "--wandb")) == 0
     wandb.teardown()  # flushes the offline run files
     run_id = load_crosscoder_folder(tmp_path / "run" / "final").cfg.metadata["wandb_run_id"]
-    files = sorted((tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    # the reopened run's folder gets a "-1" suffix when it starts within the same second as training's
+    files = sorted((tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}*/run-{run_id}.wandb"))
     assert files, "no offline W&B run with the training run's id"
     summary = {}
     for run_file in files:
