@@ -38,7 +38,7 @@ from crosslens.analysis import (
     PlantedEvolution,
     planted_scores,
 )
-from crosslens.analysis.probes import firing_frequency, snapshot_firing_frequency
+from crosslens.analysis.probes import firing_frequency
 from crosslens.training.planted import train_planted  # noqa: E402
 
 ARCHITECTURES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
@@ -71,7 +71,7 @@ def score(planted: PlantedEvolution, crosscoder, before: bool, seconds: float) -
         crosscoder,
         steps=planted.steps,
         frequency=firing_frequency(acts_NSD, crosscoder),
-        snapshot_frequency=None if before else snapshot_firing_frequency(acts_NSD, crosscoder),
+        snapshot_frequency=None if before else firing_frequency(acts_NSD, crosscoder, per_snapshot=True),
         config=EvolutionConfig(presence=presence),
     )
     with torch.no_grad():

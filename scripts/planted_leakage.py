@@ -12,7 +12,7 @@ zero on a fresh batch, and the same norm figure every STEPS/6 steps of training.
 """
 import sys, time, json, torch
 from crosslens.analysis import PlantedConfig, PlantedEvolution, EvolutionAnalysis, planted_scores
-from crosslens.analysis.probes import firing_frequency, snapshot_firing_frequency
+from crosslens.analysis.probes import firing_frequency
 from crosslens.analysis.synthetic import match_planted
 from crosslens.architectures import DEFAULT_LR, defaults_for, sparsity_coefficient_for
 from crosslens.training.factory import build_training_crosscoder
@@ -55,7 +55,7 @@ o.loss.backward()
 g = cc.W_dec.grad.norm(dim=-1)
 cc.eval()
 freq = firing_frequency(acts, cc)
-sfreq = snapshot_firing_frequency(acts, cc)
+sfreq = firing_frequency(acts, cc, per_snapshot=True)
 an = EvolutionAnalysis.from_crosscoder(cc, steps=p.steps, frequency=freq)
 an_dn = EvolutionAnalysis.from_crosscoder(cc, steps=p.steps, frequency=freq, config=__import__("crosslens.analysis", fromlist=["EvolutionConfig"]).EvolutionConfig(presence="decoder_norm"))
 an_sf = EvolutionAnalysis.from_crosscoder(cc, steps=p.steps, frequency=freq, snapshot_frequency=sfreq)

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from crosslens.analysis import EvolutionAnalysis, PlantedConfig, PlantedEvolution, planted_scores
-from crosslens.analysis.probes import firing_frequency, snapshot_firing_frequency
+from crosslens.analysis.probes import firing_frequency
 from crosslens.training.planted import train_planted
 
 ARCHITECTURES = ["crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"]
@@ -57,7 +57,7 @@ def _score(planted, acts_NSD, crosscoder):
         crosscoder,
         steps=planted.steps,
         frequency=firing_frequency(acts_NSD, crosscoder),
-        snapshot_frequency=snapshot_firing_frequency(acts_NSD, crosscoder),
+        snapshot_frequency=firing_frequency(acts_NSD, crosscoder, per_snapshot=True),
     )
     return planted_scores(analysis, planted)
 

@@ -193,7 +193,7 @@ def presence_strength(
         raise ValueError(
             f"snapshot_frequency has shape {tuple(snapshot_frequency.shape)} for norms of shape "
             f"{tuple(norms.shape)}; pass one firing rate per feature and snapshot "
-            "(crosslens.analysis.snapshot_firing_frequency)."
+            "(crosslens.analysis.probes.firing_frequency with per_snapshot=True)."
         )
     firing_FS = normalize_norms(snapshot_frequency)
     return torch.where(firing_FS >= config.firing_floor, strength_FS, 0.0)
@@ -257,7 +257,7 @@ def feature_lifetimes(
         if frequency.shape[0] != norms.shape[0]:
             raise ValueError(
                 f"frequency has {frequency.shape[0]} entries for {norms.shape[0]} features; pass "
-                "one firing frequency per feature (crosslens.analysis.firing_frequency)."
+                "one firing frequency per feature (crosslens.analysis.probes.firing_frequency)."
             )
         dead_F = dead_F | (frequency <= config.dead_frequency)
     strength_FS = presence_strength(norms, config, snapshot_frequency)

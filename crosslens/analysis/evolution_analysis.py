@@ -53,7 +53,7 @@ class EvolutionAnalysis:
     then classed ``dead`` (see :func:`~crosslens.analysis.probes.firing_frequency`)."""
     snapshot_frequency: Float[torch.Tensor, "d_sae n_snapshots"] | None = field(default=None, repr=False)
     """Optional per-snapshot firing rate of each feature (robust presence, see
-    :func:`~crosslens.analysis.probes.snapshot_firing_frequency`)."""
+    :func:`~crosslens.analysis.probes.firing_frequency` with ``per_snapshot=True``)."""
     norms: Float[torch.Tensor, "d_sae n_snapshots"] = field(init=False, repr=False)
     """Raw decoder norms."""
     normalized: Float[torch.Tensor, "d_sae n_snapshots"] = field(init=False, repr=False)

@@ -163,48 +163,34 @@ def firing_frequency(
     source: Any,
     crosscoder: Crosscoder,
     *,
+    per_snapshot: bool = False,
     hook: str | None = None,
     n_tokens: int = 16384,
     batch_size: int = 2048,
     seed: int = 0,
-) -> Float[torch.Tensor, " d_sae"]:
-    """Fraction of sampled tokens on which each feature fires (``f_i > 0``).
+) -> Float[torch.Tensor, " d_sae"] | Float[torch.Tensor, "d_sae n_snapshots"]:
+    """Fraction of sampled tokens on which each feature fires (``f_i > 0``), ``[d_sae]``; with
+    ``per_snapshot``, on which it contributes to each snapshot, ``[d_sae, n_snapshots]``.
 
     ``source`` is an activation tensor ``[n, S, D]`` or an activation store, as in
-    :func:`probe_validation`. Pass the result to ``EvolutionAnalysis(frequency=...)`` so
-    latents that never fire are classed ``dead``.
+    :func:`probe_validation`. Pass the overall rate to ``EvolutionAnalysis(frequency=...)`` so
+    latents that never fire are classed ``dead``, and the per-snapshot one to
+    ``EvolutionAnalysis(snapshot_frequency=...)`` for robust presence (a row behind a gate
+    that never opens is not present). A JumpReLU crosscoder gates every snapshot separately
+    (``encode_per_snapshot``); for the other architectures the code is shared, so every
+    snapshot gets the feature's overall firing rate.
     """
     acts_NSD = _seeded_sample(source, crosscoder, hook, n_tokens, seed)
+    if per_snapshot and hasattr(crosscoder, "encode_per_snapshot"):
+        counts_SF = _firing_counts(crosscoder, crosscoder.encode_per_snapshot, acts_NSD, batch_size)
+        if counts_SF is None:
+            counts_SF = torch.zeros(acts_NSD.shape[1], crosscoder.cfg.d_sae)
+        return (counts_SF.float().cpu() / max(1, len(acts_NSD))).T.contiguous()
     fired_F = _firing_counts(crosscoder, crosscoder.encode, acts_NSD, batch_size)
     if fired_F is None:
         raise ValueError("no activations to count firing on; pass a non-empty source.")
-    return (fired_F.double() / len(acts_NSD)).float().cpu()
-
-
-def snapshot_firing_frequency(
-    source: Any,
-    crosscoder: Crosscoder,
-    *,
-    hook: str | None = None,
-    n_tokens: int = 16384,
-    batch_size: int = 2048,
-    seed: int = 0,
-) -> Float[torch.Tensor, "d_sae n_snapshots"]:
-    """Fraction of sampled tokens on which each feature contributes to each snapshot.
-
-    A JumpReLU crosscoder gates every snapshot separately (``encode_per_snapshot``); for
-    the other architectures the code is shared, so every snapshot gets the feature's
-    overall firing rate. Pass the result to ``EvolutionAnalysis(snapshot_frequency=...)``
-    for robust presence (a row behind a gate that never opens is not present).
-    """
-    acts_NSD = _seeded_sample(source, crosscoder, hook, n_tokens, seed)
-    if not hasattr(crosscoder, "encode_per_snapshot"):
-        rate_F = (encode_in_batches(crosscoder, acts_NSD, batch_size) > 0).float().mean(0)
-        return rate_F[:, None].expand(-1, acts_NSD.shape[1]).clone()
-    counts_SF = _firing_counts(crosscoder, crosscoder.encode_per_snapshot, acts_NSD, batch_size)
-    if counts_SF is None:
-        counts_SF = torch.zeros(acts_NSD.shape[1], crosscoder.cfg.d_sae)
-    return (counts_SF.float().cpu() / max(1, len(acts_NSD))).T.contiguous()
+    rate_F = (fired_F.double() / len(acts_NSD)).float().cpu()
+    return rate_F[:, None].expand(-1, acts_NSD.shape[1]).clone() if per_snapshot else rate_F
 
 
 def _probe_errors(

@@ -8,8 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crosslens.causal.ablation import AblationMode
-from crosslens.causal.attribution import AttributionConfig
 from crosslens.causal.stage import load_crosscoder, metric_formula, run_causal_stage
 from crosslens.core.paths import crosslens_home
 from crosslens.tasks import TaskTokenizationError, task_for_tokenizer
@@ -37,43 +35,31 @@ def attribution_sections(
     n_examples: int = 64,
     out: str | Path | None = None,
     seed: int = 0,
-    n_steps: int = 10,
-    top_k: int = 10,
-    ks: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200),
-    ablation: AblationMode = "zero",
-    progress: bool = True,
     device: str = "cpu",
     dtype: str = "float32",
     summaries: list | None = None,
-    allow_chance: bool = True,
+    **stage_kwargs: Any,
 ) -> list:
     """Run :func:`run_causal_stage` for one named task; return its report as a section list.
 
     ``suite`` is the (selected) suite the crosscoder was trained on; ``crosscoder`` an
     object or a saved folder. When ``out`` ends in ``.json`` the IE table is also
-    written there (the ``crosslens attribute --out`` convention). ``ablation`` ("zero" or
-    "mean") is how the ablation curves remove features; zero is the default because, on
-    the pico demo, mean-ablating the other features restores no better than zeroing them
-    and spreads sparse features' mean codes onto positions where they never fire.
-    The snapshot models load on ``device`` in ``dtype``; a crosscoder folder loads on ``device``.
+    written there (the ``crosslens attribute --out`` convention). ``stage_kwargs`` go to
+    :func:`run_causal_stage` (``config``, ``top_k``, ``ks``, ``ablation``, ``progress``,
+    ``allow_chance``, ...), whose defaults hold otherwise. The snapshot models load on ``device`` in ``dtype``; a crosscoder folder loads on ``device``.
     The stage's summary (with ``claims_final``) is appended to ``summaries`` when given.
     A snapshot where the model is at chance on the pairs is printed as such, with no feature
     counts; ``allow_chance=False`` refuses a task at chance at every snapshot
-    (:class:`crosslens.causal.behaviour.NoBehaviourError`).
+    (:class:`crosslens.causal.behaviour.NoBehaviourError`), and is what ``crosslens attribute``
+    passes unless told otherwise.
     """
     from crosslens.checkpoints.on_device import on_device
 
     crosscoder = load_crosscoder(crosscoder, device=str(device))
     suite = on_device(suite, device, dtype)
-    if isinstance(task, str):
-        dataset = task_for_tokenizer(task, suite.tokenizer(), n=n_examples, seed=seed)
-    else:  # a loaded TaskDataset (a BLiMP, CLAMS or crosslens pairs file): the pairs that fit, up to n_examples
-        dataset = _fitting(task, suite.tokenizer(), n_examples)
+    dataset = _task_dataset(task, suite.tokenizer(), n_examples, seed)
     out_dir = causal_out_dir(out, dataset.name)
-    result = run_causal_stage(
-        suite, crosscoder, dataset, out_dir, config=AttributionConfig(n_steps=n_steps), top_k=top_k, ks=ks,
-        ablation=ablation, progress=progress, allow_chance=allow_chance,
-    )  # fmt: skip
+    result = run_causal_stage(suite, crosscoder, dataset, out_dir, **stage_kwargs)
     if out is not None and Path(out).suffix == ".json":
         result.table.save(out)
     summary = result.summary
@@ -124,11 +110,7 @@ def language_attribution_sections(
     n_examples: int = 64,
     out: str | Path | None = None,
     seed: int = 0,
-    n_steps: int = 10,
-    top_k: int = 10,
-    ks: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200),
-    ablation: AblationMode = "zero",
-    progress: bool = True,
+    **stage_kwargs: Any,
 ) -> list:
     """The causal stage for several tasks together, one per language (task names such as
     ``agreement_multilingual_fr``, or loaded :class:`TaskDataset` s, e.g. from
@@ -139,17 +121,9 @@ def language_attribution_sections(
 
     crosscoder = load_crosscoder(crosscoder)
     tokenizer = suite.tokenizer()
-    datasets = []
-    for task in tasks:
-        if isinstance(task, str):
-            datasets.append(task_for_tokenizer(task, tokenizer, n=n_examples, seed=seed))
-        else:
-            datasets.append(_fitting(task, tokenizer, n_examples))
+    datasets = [_task_dataset(task, tokenizer, n_examples, seed) for task in tasks]
     out_dir = causal_out_dir(out, "languages")
-    combined = run_language_tasks(
-        suite, crosscoder, datasets, out_dir, config=AttributionConfig(n_steps=n_steps), top_k=top_k, ks=ks,
-        ablation=ablation, progress=progress,
-    )  # fmt: skip
+    combined = run_language_tasks(suite, crosscoder, datasets, out_dir, **stage_kwargs)
     print(f"causal stage for {len(datasets)} languages: files in {out_dir}")
     labels = next(iter(combined["results"].values())).summary.snapshots
     header = "".join(f"{language_of(d):>10s}" for d in datasets)
@@ -163,6 +137,14 @@ def language_attribution_sections(
             print(f"  {language}: no behaviour (at chance) at {', '.join(chance)}; no feature classed there")
     print(f"  RelIE per language: {combined['paths']['report']}")
     return [combined["report"], *(r.report for r in combined["results"].values())]
+
+
+def _task_dataset(task: str | Any, tokenizer: Any, n_examples: int, seed: int) -> Any:
+    """A named task's ``n_examples`` seeded pairs, or the pairs of a loaded TaskDataset (a BLiMP,
+    CLAMS or crosslens pairs file) that the tokenizer can score, up to ``n_examples``."""
+    if isinstance(task, str):
+        return task_for_tokenizer(task, tokenizer, n=n_examples, seed=seed)
+    return _fitting(task, tokenizer, n_examples)
 
 
 def _fitting(task: Any, tokenizer: Any, n_examples: int) -> Any:

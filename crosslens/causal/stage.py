@@ -176,6 +176,9 @@ def run_causal_stage(
     Features are selected as the union of each snapshot's top ``top_k`` by |IE|.
     Ablation curves use ``ablation`` ("zero" or "mean") for both the ablate-top-k and
     keep-only-top-k curves, with the error term kept; ``ks`` above ``d_sae`` are dropped.
+    Zero is the default because, on the pico demo, mean-ablating the other features restores
+    no better than zeroing them and spreads sparse features' mean codes onto positions where
+    they never fire.
 
     Each snapshot's behaviour (accuracy on the pairs with its 95% interval, the metric's mean
     and sd: :mod:`crosslens.causal.behaviour`) is measured on the attributed metric; at a

@@ -177,9 +177,14 @@ def _finish(
     description: str,
     *,
     malformed: int = 0,
+    limit: int | None = None,
 ) -> TaskDataset:
-    """``malformed``: lines already skipped while parsing (``on_invalid="skip"``)."""
+    """The task from a reader's parsed ``(path, line, good, bad, meta)`` candidates: each checked
+    (and with ``tokenizer`` scored), the first ``limit`` usable ones kept. ``malformed``: lines
+    already skipped while parsing (``on_invalid="skip"``)."""
     _check_on_invalid(on_invalid)
+    tokenizer = resolve_tokenizer(tokenizer) if tokenizer is not None else None
+    candidates = _limit_after_parsing(candidates, limit, tokenizer, on_invalid)
     pairs: list[MinimalPair] = []
     skipped = malformed
     short: list[str] = []
@@ -252,7 +257,6 @@ def load_blimp_jsonl(
     path = Path(path)
     if language is not None:
         name = name or f"{path.stem}_{language}"
-    tokenizer = resolve_tokenizer(tokenizer) if tokenizer is not None else None
     candidates = []
     malformed = 0
     for line_no, line in numbered_lines(path):
@@ -269,9 +273,8 @@ def load_blimp_jsonl(
     if language is not None and not candidates:
         present = sorted(languages_in(path, language_key=language_key))
         raise MinimalPairFormatError(f"{path}: no line has {language_key}={language!r}; the languages here are {present}")
-    candidates = _limit_after_parsing(candidates, limit, tokenizer, on_invalid)
     description = f"minimal pairs from {path.name}" + (f" ({language})" if language is not None else "")
-    return _finish(name or path.stem, candidates, tokenizer, on_invalid, description, malformed=malformed)
+    return _finish(name or path.stem, candidates, tokenizer, on_invalid, description, malformed=malformed, limit=limit)
 
 def _blimp_candidate(path: Path, line_no: int, line: str, good_key: str, bad_key: str) -> tuple:
     """One JSONL line -> (path, line, good, bad, meta); `MinimalPairFormatError` naming the line."""
@@ -367,7 +370,6 @@ def load_clams(
     """Minimal pairs from a CLAMS-style ``LABEL<TAB>sentence`` file (see module docstring)."""
     _check_on_invalid(on_invalid)
     path = Path(path)
-    tokenizer = resolve_tokenizer(tokenizer) if tokenizer is not None else None
     candidates = []
     malformed = 0
     good: tuple[int, str] | None = None
@@ -392,9 +394,8 @@ def load_clams(
         else:
             assert good is not None
             candidates.append((str(path), line_no, good[1], sentence.strip(), {"good_line": good[0]}))
-    candidates = _limit_after_parsing(candidates, limit, tokenizer, on_invalid)
     description = f"CLAMS pairs from {path.name}"
-    return _finish(name or path.stem, candidates, tokenizer, on_invalid, description, malformed=malformed)
+    return _finish(name or path.stem, candidates, tokenizer, on_invalid, description, malformed=malformed, limit=limit)
 
 
 def _limit_after_parsing(candidates: list, limit: int | None, tokenizer: Any, on_invalid: OnInvalid) -> list:
