@@ -177,6 +177,31 @@ def test_a_resume_on_edited_text_at_the_same_path_is_refused(inputs, tmp_path, c
     assert err.count("\n") == 1
 
 
+def test_the_spliced_loss_is_measured_on_the_heldout_rows_and_sealed(streamed, inputs, tmp_path):
+    """quality.json's spliced loss is the one the library gives on harvest's held-out rows (the same
+    token rows), with the snapshot models loaded whole; the table joins the run's seal."""
+    from crosslens.activations import ActivationStore
+    from crosslens.causal.spliced_loss import spliced_record
+    from crosslens.commands.common import resolve_suite
+    from crosslens.commands.runs import heldout_store_path
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+    from crosslens.training.runfolder import run_problem
+
+    out, printed = streamed
+    assert "spliced-model loss per snapshot on 8 rows of held-out rows of the streamed tokens (zero-ablation floor)" in printed
+    saved = json.loads((out / "quality.json").read_text())["spliced_loss"]
+    assert (saved["n_seqs"], saved["seq_len"], saved["ablation"]) == (8, 16, "zero")
+    assert run_problem(out) is None
+
+    assert main(["harvest", *data_flags(inputs), "--hook", HOOK, "--out", str(tmp_path / "store"), "--device", "cpu"]) == 0
+    heldout = ActivationStore.open(heldout_store_path(tmp_path / "store"))
+    want = spliced_record(resolve_suite(str(inputs[0])), load_crosscoder_folder(out / "final"), heldout, 8)
+    assert [r["snapshot"] for r in saved["crosscoder"]] == [r["snapshot"] for r in want["crosscoder"]]
+    for got_row, want_row in zip(saved["crosscoder"], want["crosscoder"]):
+        for key in ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation", "kl_div_with_sae"):
+            assert got_row[key] == pytest.approx(want_row[key], abs=1e-5), key
+
+
 def test_no_heldout_tokens_means_no_table_and_says_how_to_get_one(inputs, tmp_path, capsys):
     out = tmp_path / "run"
     flags = stream_flags(inputs, out)

@@ -216,13 +216,28 @@ def spliced_record(
     """
     from pathlib import Path
 
-    tokens_NL = store.sequences[:n_seqs]
-    labels = [str(s.get("revision", s.get("step"))) for s in store.snapshots]
+    return tokens_spliced_record(
+        models, crosscoder, store.sequences[:n_seqs], store.snapshots, str(Path(store.path).resolve()), ablation
+    )
+
+
+def tokens_spliced_record(
+    models: Any,
+    crosscoder: Crosscoder,
+    tokens_NL: Int[torch.Tensor, "n seq"],
+    snapshots: Sequence[Mapping[str, Any]],
+    measured_on: str,
+    ablation: SplicedAblation = "zero",
+) -> dict[str, Any]:
+    """:func:`spliced_record` on token rows at hand (``snapshots``: the records a store's manifest
+    keeps, ``{"revision", "step", ...}``, which label the rows; ``measured_on`` says where the
+    rows came from)."""
+    labels = [str(s.get("revision", s.get("step"))) for s in snapshots]
     return {
         "ablation": ablation,
         "n_seqs": int(tokens_NL.shape[0]),
         "seq_len": int(tokens_NL.shape[1]),
-        "measured_on": str(Path(store.path).resolve()),
+        "measured_on": measured_on,
         "crosscoder": spliced_loss(models, crosscoder, tokens_NL, ablation=ablation, labels=labels, progress=True),
     }
 

@@ -76,3 +76,16 @@ def log_spliced_to_wandb(logger: Any, run_id: str | None, record: dict[str, Any]
         run.summary.update(summary)
     finally:
         run.finish()
+
+
+def log_run_spliced(runner: Any, spliced: dict[str, Any] | None) -> None:
+    """The spliced-loss figures into the summary of the W&B run a training runner logged to, if any."""
+    from dataclasses import replace
+
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+
+    logger = runner.config.logger
+    if spliced is None or not logger.log_to_wandb:
+        return
+    run_id = load_crosscoder_folder(runner.final_path).cfg.metadata.get("wandb_run_id")
+    log_spliced_to_wandb(replace(logger, wandb_dir=logger.wandb_dir or str(runner.out_dir)), run_id, spliced)

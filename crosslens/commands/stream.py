@@ -140,30 +140,63 @@ def train_stream(args: argparse.Namespace, recipe, device: str, model_dtype: str
             runner.close()
         if runner.is_main:
             print(f"crosscoder saved to {runner.final_path}")
-            report_quality(runner, heldout, args.eval_store)
+            report_quality(runner, heldout, args, model_dtype)
         print_peak_memory(runner.device)
     return 0
 
 
-def report_quality(runner, heldout, eval_store: str | None) -> None:
-    """Print and save (OUT/quality.json) the quality table on --eval-store, else on the held-out rows."""
+def report_quality(runner, heldout, args: argparse.Namespace, model_dtype: str) -> None:
+    """Print and save (OUT/quality.json) the quality table on --eval-store, else on the held-out rows,
+    with the spliced-model loss on the first --spliced-seqs of those rows (the snapshot models loaded
+    whole, one at a time, once the resident ones are gone)."""
     import json
 
-    from sae_lens import SAE
-
-    import crosslens.crosscoders  # noqa: F401  (registers the architectures)
     from crosslens.commands.evaluate import format_quality, print_quality, quality_rows
+    from crosslens.commands.spliced import log_run_spliced
     from crosslens.core.paths import QUALITY_NAME
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+    from crosslens.training.runfolder import seal_run
 
     save_to = Path(runner.out_dir) / QUALITY_NAME
-    if eval_store is not None:
-        print_quality(runner.final_path, "", eval_store, runner.device, save_to=save_to)
+    if args.eval_store is not None:
+        spliced = print_quality(
+            runner.final_path, "", args.eval_store, runner.device, save_to=save_to, spliced_seqs=args.spliced_seqs,
+            spliced_ablation=args.spliced_ablation, model_dtype=model_dtype,
+        )  # fmt: skip
+        seal_run(runner.out_dir)
+        log_run_spliced(runner, spliced)
         return
     if heldout is None:
         print("no held-out tokens (--heldout-tokens 0): no quality table; pass --eval-store STORE for one")
         return
     where = f"{heldout.n_tokens} held-out tokens harvested from the resident models"
-    crosscoder = SAE.load_from_disk(str(runner.final_path), device=runner.device)
+    crosscoder = load_crosscoder_folder(runner.final_path, device=str(runner.device))
     rows, result = quality_rows(crosscoder, heldout)
     print(format_quality(rows, result, "held-out tokens (harvested from the resident models)"))
-    save_to.write_text(json.dumps({"measured_on": where, "rows": rows, "dead_features": result["dead_features"]}, indent=1))
+    record = {"measured_on": where, "rows": rows, "dead_features": result["dead_features"]}
+    spliced = _heldout_spliced(runner, crosscoder, args, model_dtype)
+    if spliced is not None:
+        record["spliced_loss"] = spliced
+    save_to.write_text(json.dumps(record, indent=1))
+    seal_run(runner.out_dir)  # the table joins the run's seal, as `crosslens train`'s does
+    log_run_spliced(runner, spliced)
+
+
+def _heldout_spliced(runner, crosscoder, args: argparse.Namespace, model_dtype: str) -> dict | None:
+    """The spliced-loss record on the first ``--spliced-seqs`` held-out rows; None for 0."""
+    from crosslens.causal.spliced_loss import format_spliced_loss, tokens_spliced_record
+    from crosslens.checkpoints.on_device import on_device
+    from crosslens.commands.spliced import spliced_heading
+
+    n_seqs = min(args.spliced_seqs, len(runner.heldout_NL))
+    if n_seqs <= 0:
+        return None
+    suite = on_device(runner.suite, str(runner.device), model_dtype)
+    snapshots = [ref.to_dict() for ref in suite.snapshots]
+    spliced = tokens_spliced_record(
+        suite, crosscoder, runner.heldout_NL[:n_seqs], snapshots, "held-out rows of the streamed tokens",
+        args.spliced_ablation,
+    )  # fmt: skip
+    print(spliced_heading(spliced))
+    print(format_spliced_loss(spliced["crosscoder"]))
+    return spliced

@@ -131,9 +131,7 @@ def train(args: argparse.Namespace) -> int:
 def _save_quality(runner, args: argparse.Namespace, device: str, model_dtype: str | None) -> None:
     """Print the quality table and seal it into the run (a finished run found by --resume keeps its
     own); the spliced-loss figures also go to the W&B run's summary when training logged to W&B."""
-    from dataclasses import replace
-
-    from crosslens.commands.spliced import log_spliced_to_wandb
+    from crosslens.commands.spliced import log_run_spliced
     from crosslens.training.runfolder import seal_run
 
     quality = runner.out_dir / QUALITY_NAME
@@ -146,9 +144,4 @@ def _save_quality(runner, args: argparse.Namespace, device: str, model_dtype: st
         spliced_seqs=args.spliced_seqs, spliced_ablation=args.spliced_ablation, model_dtype=model_dtype,
     )  # fmt: skip
     seal_run(runner.out_dir)
-    logger = runner.config.logger
-    if spliced is not None and logger.log_to_wandb:
-        from crosslens.crosscoders.saved import load_crosscoder_folder
-
-        run_id = load_crosscoder_folder(runner.final_path).cfg.metadata.get("wandb_run_id")
-        log_spliced_to_wandb(replace(logger, wandb_dir=logger.wandb_dir or str(runner.out_dir)), run_id, spliced)
+    log_run_spliced(runner, spliced)
