@@ -18,13 +18,8 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.activations.harvest import (
-    check_suite,
-    harvest_rows,
-    load_snapshot,
-    snapshot_identities,
-    stop_layer_for,
-)
+from crosslens.activations.forward import stop_layer_for
+from crosslens.activations.harvest import check_suite, harvest_rows, load_snapshot, snapshot_identities
 from crosslens.activations.store import ActivationStore
 from crosslens.activations.tokens import kept_tokens
 from crosslens.core.devices import release_model

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.activations.harvest import harvest_rows, keep_first_blocks, load_snapshot
+from crosslens.activations.forward import keep_first_blocks
+from crosslens.activations.harvest import harvest_rows, load_snapshot
 from crosslens.activations.provider import OnTheFlyProvider, epoch_rng, norm_factors_of
 from crosslens.core.devices import available_memory, release_model
 
