@@ -181,8 +181,13 @@ def _plain_inputs(model: HookedTransformer) -> bool:
 
 
 def forward_to_hook(
-    model: HookedTransformer, tokens_BL: Int[torch.Tensor, "batch pos"], hook: str, *, compile: bool | None = False
+    model: HookedTransformer,
+    tokens_BL: Int[torch.Tensor, "batch pos"],
+    hook: str,
+    *,
+    compile: bool | None = False,
+    backend: str = "inductor",
 ) -> torch.Tensor:
     """``hook``'s activation for ``tokens_BL``, in the model's dtype, with nothing past it computed."""
-    with torch.inference_mode(), ForwardToHooks(model, [hook], compile=compile) as forward:
+    with torch.inference_mode(), ForwardToHooks(model, [hook], compile=compile, backend=backend) as forward:
         return forward(tokens_BL.to(model.cfg.device))[hook]
