@@ -9,7 +9,7 @@ from crosslens.commands.common import CLIError, load_recipe_arg
 
 def plan(args: argparse.Namespace) -> int:
     from crosslens.plan import PlanConfig, default_mesh, format_plan, known_models, make_plan, model_spec_for
-    from crosslens.plan import plan_config_from_recipe, plan_to_json
+    from crosslens.plan import format_stream_prediction, plan_config_from_recipe, plan_to_json, stream_prediction
 
     if args.list_recipes:
         from crosslens.recipes import list_recipes, load_recipe
@@ -61,5 +61,9 @@ def plan(args: argparse.Namespace) -> int:
             batch_size=args.batch_size or 4096, context=args.context or 2048, name=args.suite or "pico", **common,
         )  # fmt: skip
     plan = make_plan(cfg)
+    if args.stream:
+        plan["stream_prediction"] = stream_prediction(plan, args.gpu)
     print(plan_to_json(plan) if args.json else format_plan(plan))
+    if args.stream and not args.json:
+        print(format_stream_prediction(plan["stream_prediction"]))
     return 0
