@@ -56,14 +56,11 @@ cpu: 1 (gloo over a 10 Gb/s network or shared memory); mps: 10."""
 
 @dataclass(frozen=True)
 class StreamDevice:
-    """What one GPU is assumed to sustain on a streaming run (``crosslens plan --stream``)."""
+    """A GPU's dense bf16 peak (TFLOP/s) and the fractions of it the forward to the hook and the step sustain."""
 
     peak_tflops: float
-    """Dense bfloat16 matmul peak, TFLOP/s (the vendor's figure, without sparsity)."""
     forward: float
-    """Fraction of the peak the snapshot models' forward to the hook sustains (bf16, compiled)."""
     crosscoder: float
-    """Fraction of the peak the crosscoder's training step sustains (bf16 autocast)."""
 
 
 STREAM_DEVICES = {
@@ -71,10 +68,9 @@ STREAM_DEVICES = {
     "h200": StreamDevice(peak_tflops=989.0, forward=0.25, crosscoder=0.35),
     "a100": StreamDevice(peak_tflops=312.0, forward=0.25, crosscoder=0.35),
 }
-"""Assumed, not measured here: the peaks are NVIDIA's dense bf16 figures (H100/H200 SXM 989,
-A100 312). ``forward`` 0.25 is what a compiled Pythia-160M forward to layer 7 reached on an
-H100 at batch 32 x 1024; ``crosscoder`` 0.35 is a stated guess for the bf16 step at Ge et
-al.'s shape. ``benchmarks/stream_gpu.py`` prints the measured figures to replace them with."""
+"""Assumed: NVIDIA's dense bf16 peaks (H100/H200 SXM 989, A100 312); forward 0.25 is what a compiled Pythia-160M
+forward to layer 7 reached on an H100 at 32 x 1024; crosscoder 0.35 is a stated guess for the bf16 step at Ge et
+al.'s shape. ``benchmarks/stream_gpu.py`` measures both."""
 
 
 class PlanError(CrosslensError):
@@ -538,15 +534,12 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 
 def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]:
-    """End-to-end time of ``train --stream`` on ``gpu``s (one per rank) from the plan's FLOPs
-    per token and :data:`STREAM_DEVICES`' utilisation: a rank's provider and trainer share its
-    GPU, so their seconds per token add (no overlap of compute); each rank does its share
-    (its snapshots, its part of the batch) of both."""
+    """``train --stream``'s time on one ``gpu`` per rank, from the FLOPs per token at :data:`STREAM_DEVICES`'
+    utilisation: provider and trainer share the GPU, so their seconds per token add."""
     if gpu not in STREAM_DEVICES:
         raise PlanError(f"no utilisation figures for GPU {gpu!r}; choose one of {sorted(STREAM_DEVICES)} (--gpu)")
-    device, flops, mesh = STREAM_DEVICES[gpu], plan["flops"], plan["mesh"]
+    device, flops, mesh, peak = STREAM_DEVICES[gpu], plan["flops"], plan["mesh"], STREAM_DEVICES[gpu].peak_tflops * 1e12
     share = (1 / mesh["data"]) * (mesh["snapshots_per_rank"] / plan["inputs"]["n_snapshots"])
-    peak = device.peak_tflops * 1e12
     seconds_per_token = {
         "forward": flops["snapshot_models_forward_per_token"] * share / (peak * device.forward),
         "crosscoder": flops["crosscoder_train_per_token"] * share / (peak * device.crosscoder),
@@ -554,20 +547,10 @@ def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]
     tokens_per_second = 1 / sum(seconds_per_token.values())
     return {
         "gpu": gpu, "peak_tflops": device.peak_tflops, "forward_fraction": device.forward,
-        "crosscoder_fraction": device.crosscoder, "forward_tokens_per_second": 1 / seconds_per_token["forward"],
-        "crosscoder_tokens_per_second": 1 / seconds_per_token["crosscoder"], "tokens_per_second": tokens_per_second,
+        "crosscoder_fraction": device.crosscoder, "tokens_per_second": tokens_per_second,
+        **{f"{part}_tokens_per_second": 1 / seconds for part, seconds in seconds_per_token.items()},
         "hours": plan["inputs"]["n_tokens"] / tokens_per_second / 3600,
     }  # fmt: skip
-
-
-def format_stream_prediction(p: dict[str, Any]) -> str:
-    rows = [
-        (f"snapshot forwards at {p['forward_fraction']:.0%} of peak", f"{p['forward_tokens_per_second']:,.0f} tokens/s"),
-        (f"crosscoder step at {p['crosscoder_fraction']:.0%} of peak", f"{p['crosscoder_tokens_per_second']:,.0f} tokens/s"),
-        ("together (one GPU per rank)", f"{p['tokens_per_second']:,.0f} tokens/s: {_duration(p['hours'] * 3600)}"),
-    ]
-    title = f"[train --stream end to end on {p['gpu']} ({p['peak_tflops']:g} TFLOP/s bf16 peak), assumed utilisation]"
-    return "\n".join(["", title, *(f"{label:<36}{value}" for label, value in rows)])
 
 
 def plan_to_json(plan: dict[str, Any]) -> str:
@@ -596,7 +579,6 @@ def plan_config_from_recipe(recipe: Any, **overrides: Any) -> PlanConfig:
 
 __all__ = [
     "DEFAULT_TFLOPS",
-    "STREAM_DEVICES",
     "ModelSpec",
     "PlanConfig",
     "PlanError",
