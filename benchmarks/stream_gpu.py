@@ -90,12 +90,14 @@ def forward_floor(model, a: argparse.Namespace, device: str, peak: float) -> flo
     tokens = torch.randint(3, model.cfg.d_vocab, (a.seqs, a.seq_len), device=device, generator=torch.Generator(device).manual_seed(0))
     flops = forward_flops_per_token(model, a.seq_len) * tokens.numel()
     rates = {}
-    for compile in (False, True):
+    for compile in (False, True)[: 1 + a.compile]:
         seconds = seconds_per_call(lambda: forward_to_hook(model, tokens, a.hook, compile=compile, backend=a.backend), device, a.rounds)
         rates[compile] = tokens.numel() / seconds
         label = "compiled" if compile else "eager"
         print(f"forward to {a.hook}, {label:8s} {a.seqs} x {a.seq_len}: {rates[compile]:12,.0f} tok/s per snapshot "
               f"({flops / seconds / peak:.0%} of the bf16 peak); {a.S} snapshots: {rates[compile] / a.S:10,.0f} tok/s")  # fmt: skip
+    if not a.compile:
+        return rates[False]
     diff = (forward_to_hook(model, tokens, a.hook).float() - forward_to_hook(model, tokens, a.hook, compile=True, backend=a.backend).float()).abs().max()
     print(f"compiled vs eager activations: max |difference| {float(diff):.3g} (bf16)")
     return rates[True]
@@ -141,11 +143,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--d-sae", type=int, default=24576)
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--l0", type=float, default=100.0, help="the trained sparsity the threshold/bias is set to")
-    p.add_argument("--chunk-seqs", type=int, default=256, help="sequences per provider chunk")
+    p.add_argument("--chunk-seqs", type=int, default=128, help="sequences per provider chunk (two are resident with prefetch)")
     p.add_argument("--steps", type=int, default=300, help="timed end-to-end steps per architecture")
     p.add_argument("--rounds", type=int, default=10, help="timed forwards (median)")
     p.add_argument("--peak-n", type=int, default=8192, help="matmul side for the bf16 peak")
     p.add_argument("--backend", default="inductor", help="torch.compile backend of the compiled forward")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="compile the snapshot models' forward (provider and floor); --no-compile: eager only")  # fmt: skip
     p.add_argument("--run-tokens", type=float, default=800e6, help="tokens of the whole run, for the hours")
     p.add_argument("--suite-dir", type=Path, default=None, help="where to write the suite (default: a temporary folder)")
     a = p.parse_args(argv)
@@ -167,17 +171,21 @@ def run(a: argparse.Namespace, device: str, root: Path) -> None:
     n_seqs = 8 * a.chunk_seqs
     tokens = torch.randint(3, shape["vocab_size"], (n_seqs, a.seq_len), generator=torch.Generator().manual_seed(0))
     provider = ResidentSnapshotProvider(suite, a.hook, tokens, a.batch, model_dtype=torch.bfloat16, device=device,
-                                        model_device=device, chunk_seqs=a.chunk_seqs, harvest_batch_size=a.seqs)  # fmt: skip
+                                        model_device=device, chunk_seqs=a.chunk_seqs, harvest_batch_size=a.seqs,
+                                        compile=a.compile and not a.small)  # fmt: skip
     start = time.perf_counter()
     models = provider.models()
     resident = sum(p.numel() * p.element_size() for m in models for p in m.parameters()) / 2**30
     print(f"loaded {len(models)} models ({models[0].cfg.n_layers} blocks each, {resident:.2f} GiB) in {time.perf_counter() - start:.0f} s")
     forward = forward_floor(models[0], a, device, peak)
     rate = provider_rate(provider, a, device)
-    print(f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the compiled forward alone)")
-    for arch in ("jumprelu_crosscoder", "crosscoder"):
+    label = "compiled" if a.compile else "eager"
+    print(f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the {label} forward alone)", flush=True)
+    for arch, prefetch in (("jumprelu_crosscoder", True), ("crosscoder", True), ("jumprelu_crosscoder", False)):
+        provider.prefetch = prefetch
         rate = end_to_end(provider, arch, a, device)
-        print(f"end to end, {arch:20s} bf16: {rate:10,.0f} tok/s; {a.run_tokens / 1e6:,.0f}M tokens in {a.run_tokens / rate / 3600:.1f} h", flush=True)
+        print(f"end to end, {arch:20s} bf16, prefetch {'on ' if prefetch else 'off'}: {rate:10,.0f} tok/s; "
+              f"{a.run_tokens / 1e6:,.0f}M tokens in {a.run_tokens / rate / 3600:.1f} h", flush=True)  # fmt: skip
     provider.close()
 
 

@@ -72,7 +72,7 @@ def test_the_benchmark_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch, capsys)
     assert "compiled vs eager activations: max |difference| 0 " in out
     for line in ("provider:", "end to end, jumprelu_crosscoder", "end to end, crosscoder"):
         assert line in out
-    assert out.count("M tokens in ") == 2
+    assert out.count("M tokens in ") == 3 and "prefetch off" in out
 
 
 def test_the_benchmark_without_cuda_says_so(monkeypatch, capsys):
