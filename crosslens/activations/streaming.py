@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,9 +28,6 @@ from crosslens.activations.forward import keep_first_blocks
 from crosslens.activations.harvest import harvest_rows, load_snapshot
 from crosslens.activations.provider import OnTheFlyProvider, epoch_rng, norm_factors_of
 from crosslens.core.devices import available_memory, release_model
-
-if TYPE_CHECKING:
-    from crosslens.checkpoints import CheckpointSuite
 
 CALIBRATION_SEQS = 64
 """Sequences (the same on every rank) that the normalisation factors are measured on."""
@@ -277,7 +274,8 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         """Wait for a background harvest and discard it (its chunk is not the one wanted)."""
         if self._pending is not None:
             future, self._pending = self._pending[1], None
-            future.cancel() or future.exception()
+            if not future.cancel():  # already running: wait for it; its result (or failure) is unwanted
+                future.exception()
 
     def chunk_positions(self, epoch: int, index: int) -> Int[torch.Tensor, "n 2"]:
         """``(sequence, position)`` of each row of :meth:`_chunk`, in serving order
