@@ -54,6 +54,25 @@ DEFAULT_LINK_GBPS = {"cpu": 1.0, "mps": 10.0, "cuda": 50.0}
 cpu: 1 (gloo over a 10 Gb/s network or shared memory); mps: 10."""
 
 
+@dataclass(frozen=True)
+class StreamDevice:
+    """A GPU's dense bf16 peak (TFLOP/s) and the fractions of it the forward to the hook and the step sustain."""
+
+    peak_tflops: float
+    forward: float
+    crosscoder: float
+
+
+STREAM_DEVICES = {
+    "h100": StreamDevice(peak_tflops=989.0, forward=0.25, crosscoder=0.35),
+    "h200": StreamDevice(peak_tflops=989.0, forward=0.25, crosscoder=0.35),
+    "a100": StreamDevice(peak_tflops=312.0, forward=0.25, crosscoder=0.35),
+}
+"""Assumed: NVIDIA's dense bf16 peaks (H100/H200 SXM 989, A100 312); forward 0.25 is what a compiled Pythia-160M
+forward to layer 7 reached on an H100 at 32 x 1024; crosscoder 0.35 is a stated guess for the bf16 step at Ge et
+al.'s shape. ``benchmarks/stream_gpu.py`` measures both."""
+
+
 class PlanError(CrosslensError):
     """A plan's inputs are incomplete or inconsistent."""
 
@@ -514,6 +533,26 @@ def format_plan(plan: dict[str, Any]) -> str:
     return "\n".join(f"{label:<{width}}  {value}".rstrip() if value else label for label, value in rows)
 
 
+def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]:
+    """``train --stream``'s time on one ``gpu`` per rank, from the FLOPs per token at :data:`STREAM_DEVICES`'
+    utilisation: provider and trainer share the GPU, so their seconds per token add."""
+    if gpu not in STREAM_DEVICES:
+        raise PlanError(f"no utilisation figures for GPU {gpu!r}; choose one of {sorted(STREAM_DEVICES)} (--gpu)")
+    device, flops, mesh, peak = STREAM_DEVICES[gpu], plan["flops"], plan["mesh"], STREAM_DEVICES[gpu].peak_tflops * 1e12
+    share = (1 / mesh["data"]) * (mesh["snapshots_per_rank"] / plan["inputs"]["n_snapshots"])
+    seconds_per_token = {
+        "forward": flops["snapshot_models_forward_per_token"] * share / (peak * device.forward),
+        "crosscoder": flops["crosscoder_train_per_token"] * share / (peak * device.crosscoder),
+    }
+    tokens_per_second = 1 / sum(seconds_per_token.values())
+    return {
+        "gpu": gpu, "peak_tflops": device.peak_tflops, "forward_fraction": device.forward,
+        "crosscoder_fraction": device.crosscoder, "tokens_per_second": tokens_per_second,
+        **{f"{part}_tokens_per_second": 1 / seconds for part, seconds in seconds_per_token.items()},
+        "hours": plan["inputs"]["n_tokens"] / tokens_per_second / 3600,
+    }  # fmt: skip
+
+
 def plan_to_json(plan: dict[str, Any]) -> str:
     return json.dumps(plan, indent=2, sort_keys=False)
 
@@ -556,4 +595,5 @@ __all__ = [
     "parameter_counts",
     "plan_config_from_recipe",
     "ring_allreduce_bytes",
+    "stream_prediction",
 ]

@@ -19,7 +19,6 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from difflib import get_close_matches
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,11 +50,11 @@ from crosslens.activations.resume import (
     start_or_resume,
     store_spec,
 )
+from crosslens.activations.forward import ForwardToHooks, stop_layer_for
 from crosslens.activations.team import HarvestTeam
 from crosslens.activations.tokens import check_same_tokenizer, kept_tokens
 from crosslens.core.devices import release_model
 from crosslens.core.errors import StoreLockedError, storage_errors
-from crosslens.core.hooks import block_index
 from crosslens.core.locks import exclusive_lock
 
 if TYPE_CHECKING:
@@ -63,41 +62,12 @@ if TYPE_CHECKING:
 
     from crosslens.checkpoints import CheckpointSuite
 
-_EMBED_HOOKS = {"hook_embed", "hook_pos_embed", "hook_tokens"}
-
-
 def as_hook_list(hooks: str | Sequence[str]) -> list[str]:
     """One hook name or several -> a duplicate-free list in the given order."""
     names = [hooks] if isinstance(hooks, str) else list(hooks)
     if not names:
         raise ValueError("no hooks given; pass a hook name such as 'blocks.1.hook_resid_post'.")
     return list(dict.fromkeys(names))
-
-
-def stop_layer_for(hooks: Sequence[str]) -> int | None:
-    """The ``stop_at_layer`` that still reaches every hook (None: the whole model is needed)."""
-    stops = []
-    for hook in hooks:
-        layer = block_index(hook)
-        if layer is not None:
-            stops.append(layer + 1)
-        elif hook in _EMBED_HOOKS:
-            stops.append(0)
-        else:  # ln_final, unembed: past the last block
-            return None
-    return max(stops)
-
-
-def check_hooks(model: HookedTransformer, hooks: Sequence[str]) -> None:
-    """Refuse hook names the model does not have, suggesting near matches."""
-    for hook in hooks:
-        if hook not in model.hook_dict:
-            near = get_close_matches(hook, list(model.hook_dict), n=3)
-            raise ValueError(
-                f"the model has no hook {hook!r}"
-                + (f"; did you mean {near}?" if near else "")
-                + f" It has {model.cfg.n_layers} blocks; list names with `model.hook_dict.keys()`."
-            )
 
 
 @torch.inference_mode()
@@ -110,48 +80,43 @@ def harvest_rows(
     batch_size: int = 32,
     device: str | torch.device | None = None,
     on_batch: Callable[[int], Any] | None = None,
+    out_device: str | torch.device = "cpu",
+    out_dtype: torch.dtype = torch.float32,
+    compile: bool | None = False,
 ) -> dict[str, Float[torch.Tensor, "n_kept d_in"]]:
     """Run ``model`` on the sequences and return each hook's activations at kept tokens.
 
-    Rows come in (sequence, position) order; trailing dims of a hook (e.g. heads) are
-    flattened into ``d_in``. ``on_batch(n_kept)`` is called after each forward pass.
+    Rows come in (sequence, position) order, on ``out_device`` in ``out_dtype``; trailing
+    dims of a hook (e.g. heads) are flattened into ``d_in``. ``on_batch(n_kept)`` is called
+    after each forward pass. ``compile`` as :class:`ForwardToHooks`.
     """
     hooks = list(hooks)
-    check_hooks(model, hooks)
-    stop_at_layer = stop_layer_for(hooks)
     if device is None:
         device = model.cfg.device
     # rows go straight into one output per hook (no concatenation afterwards)
     out: dict[str, torch.Tensor] = {}
     n_kept, row = int(keep_NL.sum()), 0
-    cache: dict[str, torch.Tensor] = {}
-
-    def save(acts: torch.Tensor, hook: Any) -> None:
-        cache[hook.name] = acts
-
     # The hooks go on once for all batches (run_with_cache would add them and then reset
-    # every hook point of the model on each batch); what runs is the same forward pass.
-    with model.hooks(fwd_hooks=[(hook, save) for hook in hooks]):
+    # every hook point of the model on each batch).
+    with ForwardToHooks(model, hooks, compile=compile) as forward:
         for start in range(0, token_ids_NL.shape[0], batch_size):
             tokens_BL = token_ids_NL[start : start + batch_size]
-            keep_BL = keep_NL[start : start + batch_size]
-            model(tokens_BL.to(device), stop_at_layer=stop_at_layer)
-            keep_on_device = keep_BL.to(device)
-            n_rows = int(keep_BL.sum())
+            # the kept rows' flat indices, from the host's mask: no device sync to find them
+            kept_K = keep_NL[start : start + batch_size].flatten().nonzero().squeeze(1)
+            acts = forward(tokens_BL.to(device))
             for hook in hooks:
-                if tuple(cache[hook].shape[:2]) != tuple(tokens_BL.shape):
+                if tuple(acts[hook].shape[:2]) != tuple(tokens_BL.shape):
                     raise ValueError(
-                        f"hook {hook!r} gives shape {tuple(cache[hook].shape)}, not one vector per token "
+                        f"hook {hook!r} gives shape {tuple(acts[hook].shape)}, not one vector per token "
                         "[batch, pos, ...]; harvest a per-token hook such as hook_resid_post, hook_mlp_out or attn.hook_z."
                     )
-                acts_BLD = cache[hook].reshape(*tokens_BL.shape, -1)
+                acts_KD = acts[hook].reshape(tokens_BL.numel(), -1).index_select(0, kept_K.to(acts[hook].device))
                 if hook not in out:
-                    out[hook] = torch.empty(n_kept, acts_BLD.shape[-1], dtype=torch.float32)
-                out[hook][row : row + n_rows] = acts_BLD[keep_on_device]
-            cache.clear()
-            row += n_rows
+                    out[hook] = torch.empty(n_kept, acts_KD.shape[-1], dtype=out_dtype, device=out_device)
+                out[hook][row : row + kept_K.numel()] = acts_KD
+            row += kept_K.numel()
             if on_batch is not None:
-                on_batch(n_rows)
+                on_batch(int(kept_K.numel()))
     return {hook: out.get(hook, torch.empty(0, 0)) for hook in hooks}
 
 
@@ -193,18 +158,6 @@ def load_snapshot(
     if reference_tokenizer is not None:
         check_same_tokenizer(reference_tokenizer, getattr(model, "tokenizer", None), revision=ref.revision)
     return record, model
-
-
-def keep_first_blocks(model: HookedTransformer, n_layers: int | None) -> HookedTransformer:
-    """Drop ``model``'s blocks from ``n_layers`` on, in place, for a model that is only ever
-    run with ``stop_at_layer <= n_layers`` and stays resident (its unused blocks would hold
-    memory for nothing). Its ``crosslens_snapshot`` still describes the whole checkpoint."""
-    if n_layers is None or n_layers >= model.cfg.n_layers:
-        return model
-    model.blocks = torch.nn.ModuleList(list(model.blocks)[:n_layers])
-    model.cfg.n_layers = n_layers
-    model.setup()  # hook_dict and mod_dict without the dropped blocks' hook points
-    return model
 
 
 def _write_tokens(root: Path, tables: dict[str, torch.Tensor]) -> dict:

@@ -10,7 +10,7 @@ epoch, and ``start_batch=k`` resumes at batch k without reading batches 0..k-1.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -18,13 +18,8 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.activations.harvest import (
-    check_suite,
-    harvest_rows,
-    load_snapshot,
-    snapshot_identities,
-    stop_layer_for,
-)
+from crosslens.activations.forward import stop_layer_for
+from crosslens.activations.harvest import check_suite, harvest_rows, load_snapshot, snapshot_identities
 from crosslens.activations.store import ActivationStore
 from crosslens.activations.tokens import kept_tokens
 from crosslens.core.devices import release_model
@@ -63,7 +58,19 @@ def _check_batching(batch_size: int, n_epochs: int | None, start_batch: int) -> 
         raise ValueError(f"start_batch={start_batch} must be >= 0.")
 
 
-class ActivationProvider:
+class _Batching:
+    """What both providers share: how an epoch's token stream is cut into batches, and where they go."""
+
+    def __init__(
+        self, batch_size: int, seed: int, normalize: bool, drop_last: bool, n_epochs: int | None, start_batch: int,
+        device: str | torch.device,
+    ) -> None:  # fmt: skip
+        _check_batching(batch_size, n_epochs, start_batch)
+        self.batch_size, self.seed, self.normalize, self.drop_last = batch_size, seed, normalize, drop_last
+        self.n_epochs, self.start_batch, self.device = n_epochs, start_batch, torch.device(device)
+
+
+class ActivationProvider(_Batching):
     """Shuffled batches from an :class:`ActivationStore`.
 
     Each epoch draws a permutation of all stored tokens from ``(seed, epoch)`` and reads
@@ -100,19 +107,12 @@ class ActivationProvider:
         device: str | torch.device = "cpu",
         prefetch: bool = True,
     ) -> None:
-        _check_batching(batch_size, n_epochs, start_batch)
+        _Batching.__init__(self, batch_size, seed, normalize, drop_last, n_epochs, start_batch, device)
         hook = store.resolve_hook(hook)
         _check_one_batch(store.n_tokens, batch_size, drop_last)
         self.store = store
         self.hook = hook
-        self.batch_size = batch_size
-        self.seed = seed
         self.buffer_rows = max(1, buffer_tokens // batch_size) * batch_size
-        self.normalize = normalize
-        self.drop_last = drop_last
-        self.n_epochs = n_epochs
-        self.start_batch = start_batch
-        self.device = torch.device(device)
         self.prefetch = prefetch
 
     @property
@@ -169,7 +169,7 @@ class ActivationProvider:
         return executor.submit(self.store.read, self.hook, window, normalize=self.normalize)
 
 
-class OnTheFlyProvider:
+class OnTheFlyProvider(_Batching):
     """Shuffled batches harvested into memory as they are needed, nothing written to disk.
 
     Each epoch permutes the sequences (seeded), takes them ``chunk_seqs`` at a time,
@@ -204,7 +204,7 @@ class OnTheFlyProvider:
         model_device: str | torch.device = "cpu",
         harvest_batch_size: int = 32,
     ) -> None:
-        _check_batching(batch_size, n_epochs, start_batch)
+        _Batching.__init__(self, batch_size, seed, normalize, drop_last, n_epochs, start_batch, device)
         if chunk_seqs < 1:
             raise ValueError(f"chunk_seqs={chunk_seqs} must be >= 1.")
         if token_ids_NL.ndim != 2:
@@ -217,14 +217,7 @@ class OnTheFlyProvider:
         _, self.keep_NL = kept_tokens(self._tokenizer, self.token_ids_NL, exclude_bos, exclude_token_ids)
         self.n_tokens = int(self.keep_NL.sum())
         _check_one_batch(self.n_tokens, batch_size, drop_last)
-        self.batch_size = batch_size
-        self.seed = seed
         self.chunk_seqs = chunk_seqs
-        self.normalize = normalize
-        self.drop_last = drop_last
-        self.n_epochs = n_epochs
-        self.start_batch = start_batch
-        self.device = torch.device(device)
         self.model_device = model_device
         self.harvest_batch_size = harvest_batch_size
         self._norm_factors = None if norm_factors is None else torch.as_tensor(norm_factors, dtype=torch.float32)
@@ -293,11 +286,37 @@ class OnTheFlyProvider:
         self._cached_chunk = ((epoch, index), acts_NSD)
         return acts_NSD
 
+    def _prefetch(self, epoch: int, index: int) -> None:
+        """Start on chunk ``index`` of ``epoch`` ahead of its turn (here: nothing; each
+        chunk reloads every snapshot, so it is harvested when it is served)."""
+
+    def _cut(
+        self, acts_NSD: torch.Tensor, carry: torch.Tensor | None, factors: torch.Tensor | None
+    ) -> Generator[torch.Tensor, None, torch.Tensor | None]:
+        """Yield the whole batches of ``carry`` followed by ``acts_NSD``, each scaled by ``factors``
+        in float32 as it is cut (the chunk itself stays in its own dtype); return what is left."""
+
+        def scaled(part: torch.Tensor) -> torch.Tensor:
+            part = part.float()
+            return part * factors.to(part.device) if factors is not None else part
+
+        lo = 0
+        if carry is not None:
+            lo = self.batch_size - carry.shape[0]
+            carry = torch.cat([carry, scaled(acts_NSD[:lo])])
+            if carry.shape[0] < self.batch_size:
+                return carry
+            yield carry.to(self.device)
+        n_full = lo + (acts_NSD.shape[0] - lo) // self.batch_size * self.batch_size
+        for start in range(lo, n_full, self.batch_size):
+            yield scaled(acts_NSD[start : start + self.batch_size]).to(self.device)
+        return scaled(acts_NSD[n_full:]) if n_full < acts_NSD.shape[0] else None
+
     def __iter__(self) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
         return self.batches(self.start_batch)
 
     def batches(self, start: int = 0) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
-        """Batches from batch index ``start`` on; chunks before it are never harvested."""
+        """Float32 batches from batch index ``start`` on; chunks before it are never harvested."""
         factors = self.norm_factors[None, :, None] if self.normalize else None
         kept_per_seq = self.keep_NL.sum(dim=1).numpy()
         epoch, first = divmod(start, self.batches_per_epoch)
@@ -313,14 +332,8 @@ class OnTheFlyProvider:
                 chunk_start = int(chunk_ends[index - 1]) if index else 0
                 acts_NSD = self._chunk(epoch, index)[position - chunk_start : served - chunk_start]
                 position += acts_NSD.shape[0]
-                if factors is not None:
-                    acts_NSD = acts_NSD * factors
-                if carry is not None:
-                    acts_NSD = torch.cat([carry, acts_NSD])
-                n_full = acts_NSD.shape[0] // self.batch_size * self.batch_size
-                for lo in range(0, n_full, self.batch_size):
-                    yield acts_NSD[lo : lo + self.batch_size].to(self.device)
-                carry = acts_NSD[n_full:] if n_full < acts_NSD.shape[0] else None
+                self._prefetch(*((epoch, index + 1) if position < served else (epoch + 1, 0)))
+                carry = yield from self._cut(acts_NSD, carry, factors)
             if carry is not None:  # only when not drop_last: the epoch's last, smaller batch
                 yield carry.to(self.device)
             epoch, first = epoch + 1, 0

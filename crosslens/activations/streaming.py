@@ -17,18 +17,17 @@ out: the models are loaded once, checked to fit first, and never freed until
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.activations.harvest import harvest_rows, keep_first_blocks, load_snapshot
+from crosslens.activations.forward import keep_first_blocks
+from crosslens.activations.harvest import harvest_rows, load_snapshot
 from crosslens.activations.provider import OnTheFlyProvider, epoch_rng, norm_factors_of
 from crosslens.core.devices import available_memory, release_model
-
-if TYPE_CHECKING:
-    from crosslens.checkpoints import CheckpointSuite
 
 CALIBRATION_SEQS = 64
 """Sequences (the same on every rank) that the normalisation factors are measured on."""
@@ -45,30 +44,40 @@ def model_bytes(model: torch.nn.Module) -> int:
 class ResidentSnapshotProvider(OnTheFlyProvider):
     """Shuffled ``[batch, |snapshots|, d_in]`` batches from resident snapshot models.
 
-    Args (beyond :class:`OnTheFlyProvider`'s):
+    The chunk being served is a buffer on the training device (``device``) in
+    ``buffer_dtype``: the models' rows go there directly, already in serving order, and are
+    scaled to float32 one batch at a time. With ``prefetch`` a background thread harvests
+    the next chunk while the current one is served (on CUDA, on its own stream, so its
+    kernels queue beside the trainer's instead of waiting for the Python that launches them).
+
+    Args (beyond :class:`OnTheFlyProvider`'s, which come first):
         snapshots: suite indices of the snapshots this process keeps and serves (default all).
         data_rank, data_size: this process's share of each chunk's sequences (sequence j
             of a chunk goes to data rank ``j % data_size``).
         model_dtype: dtype the models run in (bfloat16/float16 halve their memory);
             activations are served as float32.
+        buffer_dtype: dtype of the chunk buffer (default ``model_dtype``: the rows exactly as
+            the models give them, in half the memory of float32 for half-precision models).
+        prefetch: harvest the next chunk in a background thread while this one is served.
+        compile: run the models' forward under ``torch.compile`` (None: on CUDA only).
         memory_fraction: share of the free memory on ``model_device`` the models may take.
     """
 
     def __init__(
         self,
-        suite: CheckpointSuite,
-        hook: str,
-        token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"],
-        batch_size: int = 1024,
-        *,
+        *args: Any,
         snapshots: Sequence[int] | None = None,
         data_rank: int = 0,
         data_size: int = 1,
         model_dtype: torch.dtype = torch.float32,
+        buffer_dtype: torch.dtype | None = None,
         memory_fraction: float = 0.9,
+        prefetch: bool = True,
+        compile: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(suite, hook, token_ids_NL, batch_size, **kwargs)
+        super().__init__(*args, **kwargs)
+        suite, batch_size = self.suite, self.batch_size
         n_all = len(suite)
         self.snapshot_indices = list(range(n_all) if snapshots is None else snapshots)
         if not self.snapshot_indices or not all(0 <= s < n_all for s in self.snapshot_indices):
@@ -81,7 +90,12 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
             raise ValueError(f"memory_fraction must be in (0, 1], got {memory_fraction}.")
         self.data_rank, self.data_size = data_rank, data_size
         self.model_dtype = model_dtype
+        self.buffer_dtype = model_dtype if buffer_dtype is None else buffer_dtype
         self.memory_fraction = memory_fraction
+        self.prefetch, self.compile = prefetch, compile
+        self._pending: tuple[tuple[int, int], Future] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._stream: Any = None
         self._models: list[Any] | None = None
         self.provenance: list[dict] = []
         # this rank's tokens: its sequences of every chunk
@@ -99,7 +113,12 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         return len(self.snapshot_indices)
 
     def models(self) -> list[Any]:
-        """The resident models, loaded on first use after checking that they fit."""
+        """The resident models, loaded on first use after checking that they fit (a chunk
+        being harvested in the background is waited for: the caller may run them)."""
+        self._drop_pending()
+        return self._resident_models()
+
+    def _resident_models(self) -> list[Any]:
         if self._models is None:
             self._models = self._load_models()
         return self._models
@@ -142,7 +161,11 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
             )
 
     def close(self) -> None:
-        """Free the resident models."""
+        """Free the resident models (and stop the background harvest)."""
+        self._drop_pending()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         for model in self._models or []:
             release_model(model)
         self._models = None
@@ -168,39 +191,99 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         ``CALIBRATION_SEQS`` sequences (the same tokens on every rank)."""
         if self._norm_factors is None:
             seqs = torch.arange(min(CALIBRATION_SEQS, self.token_ids_NL.shape[0]))
-            self._norm_factors = norm_factors_of(self._harvest(seqs))
+            self._norm_factors = norm_factors_of(self._harvest(seqs)).cpu()
         return self._norm_factors
 
-    def _harvest(self, seqs: torch.Tensor) -> Float[torch.Tensor, "n n_snapshots d_in"]:
+    def _harvest(
+        self, seqs: torch.Tensor, order: torch.Tensor | None = None
+    ) -> Float[torch.Tensor, "n n_snapshots d_in"]:
+        """The kept rows of ``seqs`` at every held snapshot, as one buffer on ``device`` in
+        ``buffer_dtype``; with ``order``, row i of the buffer is harvested row ``order[i]``."""
         tokens, keep = self.token_ids_NL[seqs], self.keep_NL[seqs]
-        per_snapshot = [
-            harvest_rows(model, tokens, keep, [self.hook], batch_size=self.harvest_batch_size)[self.hook]
-            for model in self.models()
-        ]
-        acts_NSD = torch.stack(per_snapshot, dim=1)
-        self._d_in = int(acts_NSD.shape[-1])
-        return acts_NSD
+        buffer_NSD: torch.Tensor | None = None
+        for s, model in enumerate(self._resident_models()):
+            rows_ND = harvest_rows(
+                model, tokens, keep, [self.hook], batch_size=self.harvest_batch_size,
+                out_device=self.device, out_dtype=self.buffer_dtype, compile=self.compile,
+            )[self.hook]  # fmt: skip
+            if buffer_NSD is None:
+                shape = (rows_ND.shape[0], self.n_snapshots, rows_ND.shape[1])
+                buffer_NSD = torch.empty(shape, device=self.device, dtype=self.buffer_dtype)
+            buffer_NSD[:, s] = rows_ND if order is None else rows_ND.index_select(0, order.to(rows_ND.device))
+        self._d_in = int(buffer_NSD.shape[-1])
+        return buffer_NSD
+
+    def _serving_order(self, epoch: int, index: int, n_rows: int) -> torch.Tensor:
+        return torch.from_numpy(epoch_rng(self.seed, epoch, index + 1, self.data_rank).permutation(n_rows))
 
     def _chunk(self, epoch: int, index: int) -> Float[torch.Tensor, "n n_snapshots d_in"]:
         """Raw activations of chunk ``index`` of ``epoch`` for this rank, in serving order."""
-        if self._cached_chunk is not None and self._cached_chunk[0] == (epoch, index):
+        key = (epoch, index)
+        if self._cached_chunk is not None and self._cached_chunk[0] == key:
             return self._cached_chunk[1]
-        seqs = torch.from_numpy(self._chunks(epoch)[index])
-        acts_NSD = self._harvest(seqs)
-        shuffle = epoch_rng(self.seed, epoch, index + 1, self.data_rank).permutation(acts_NSD.shape[0])
-        acts_NSD = acts_NSD[torch.from_numpy(shuffle)]
-        self._cached_chunk = ((epoch, index), acts_NSD)
+        self._cached_chunk = None  # the served chunk goes before the next is built
+        acts_NSD = self._take_pending(key)
+        if acts_NSD is None:
+            acts_NSD = self._build_chunk(epoch, index)
+        self._cached_chunk = (key, acts_NSD)
         return acts_NSD
+
+    def _build_chunk(self, epoch: int, index: int) -> Float[torch.Tensor, "n n_snapshots d_in"]:
+        seqs = torch.from_numpy(self._chunks(epoch)[index])
+        return self._harvest(seqs, self._serving_order(epoch, index, int(self.keep_NL[seqs].sum())))
+
+    # ------------------------------------------------------------------ prefetch
+    def _prefetch(self, epoch: int, index: int) -> None:
+        """Harvest chunk ``index`` of ``epoch`` in the background while the current one is served."""
+        if not self.prefetch or (self.n_epochs is not None and epoch >= self.n_epochs):
+            return
+        if self._pending is not None and self._pending[0] == (epoch, index):
+            return
+        self._drop_pending()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosslens-prefetch")
+        self._pending = ((epoch, index), self._executor.submit(self._build_aside, epoch, index))
+
+    def _build_aside(self, epoch: int, index: int) -> tuple[torch.Tensor, Any]:
+        """Build a chunk in the background thread; on CUDA on a side stream, with the event
+        that marks it finished."""
+        if self.device.type != "cuda":
+            return self._build_chunk(epoch, index), None
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._stream):
+            acts_NSD = self._build_chunk(epoch, index)
+            done = torch.cuda.Event()
+            done.record(self._stream)
+        return acts_NSD, done
+
+    def _take_pending(self, key: tuple[int, int]) -> torch.Tensor | None:
+        """The background chunk ``key`` once ready (None when another chunk, or none, is pending)."""
+        if self._pending is None or self._pending[0] != key:
+            self._drop_pending()
+            return None
+        future, self._pending = self._pending[1], None
+        acts_NSD, done = future.result()  # re-raises what failed in the background
+        if done is not None:  # the serving stream waits for the side stream's kernels, and the
+            consumer = torch.cuda.current_stream(self.device)  # allocator for the serving stream's
+            consumer.wait_event(done)
+            acts_NSD.record_stream(consumer)  # use before it reuses the memory
+        return acts_NSD
+
+    def _drop_pending(self) -> None:
+        """Wait for a background harvest and discard it (its chunk is not the one wanted)."""
+        if self._pending is not None:
+            future, self._pending = self._pending[1], None
+            if not future.cancel():  # already running: wait for it; its result (or failure) is unwanted
+                future.exception()
 
     def chunk_positions(self, epoch: int, index: int) -> Int[torch.Tensor, "n 2"]:
         """``(sequence, position)`` of each row of :meth:`_chunk`, in serving order
         (matches ``ActivationStore.positions`` for the same token table)."""
         seqs = torch.from_numpy(self._chunks(epoch)[index])
-        keep = self.keep_NL[seqs]
-        rows, cols = torch.nonzero(keep, as_tuple=True)
+        rows, cols = torch.nonzero(self.keep_NL[seqs], as_tuple=True)
         positions = torch.stack([seqs[rows], cols], dim=1)
-        shuffle = epoch_rng(self.seed, epoch, index + 1, self.data_rank).permutation(positions.shape[0])
-        return positions[torch.from_numpy(shuffle)]
+        return positions[self._serving_order(epoch, index, positions.shape[0])]
 
 
 def _gib(n_bytes: int) -> str:

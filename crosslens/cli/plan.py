@@ -52,6 +52,10 @@ class PlanFlags:
     """Device kind the run will use: cpu, cuda, cuda:N or mps (default cuda; nothing is checked here)."""
     dtype: str | None = None
     """dtype of resident snapshot models (default float32)."""
+    stream: bool = False
+    """Also predict `crosslens train --stream` end to end on one GPU per rank, from assumed utilisation figures."""
+    gpu: str = "h100"
+    """GPU the --stream prediction is for: h100, h200 or a100."""
 
 
 COMMAND = Subcommand(

@@ -9,7 +9,7 @@ from crosslens.commands.common import CLIError, load_recipe_arg
 
 def plan(args: argparse.Namespace) -> int:
     from crosslens.plan import PlanConfig, default_mesh, format_plan, known_models, make_plan, model_spec_for
-    from crosslens.plan import plan_config_from_recipe, plan_to_json
+    from crosslens.plan import plan_config_from_recipe, plan_to_json, stream_prediction
 
     if args.list_recipes:
         from crosslens.recipes import list_recipes, load_recipe
@@ -61,5 +61,19 @@ def plan(args: argparse.Namespace) -> int:
             batch_size=args.batch_size or 4096, context=args.context or 2048, name=args.suite or "pico", **common,
         )  # fmt: skip
     plan = make_plan(cfg)
+    if args.stream:
+        plan["stream_prediction"] = stream_prediction(plan, args.gpu)
     print(plan_to_json(plan) if args.json else format_plan(plan))
+    if args.stream and not args.json:
+        print(format_stream_prediction(plan["stream_prediction"]))
     return 0
+
+
+def format_stream_prediction(p: dict) -> str:
+    rows = [
+        (f"snapshot forwards at {p['forward_fraction']:.0%} of peak", f"{p['forward_tokens_per_second']:,.0f} tokens/s"),
+        (f"crosscoder step at {p['crosscoder_fraction']:.0%} of peak", f"{p['crosscoder_tokens_per_second']:,.0f} tokens/s"),
+        ("together (one GPU per rank)", f"{p['tokens_per_second']:,.0f} tokens/s: {p['hours']:.1f} h"),
+    ]
+    title = f"[train --stream end to end on {p['gpu']} ({p['peak_tflops']:g} TFLOP/s bf16 peak), assumed utilisation]"
+    return "\n".join(["", title, *(f"{label:<36}{value}" for label, value in rows)])

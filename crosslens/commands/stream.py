@@ -45,7 +45,7 @@ def check_stream_flags(args: argparse.Namespace) -> None:
 def resident_memory(suite, hook: str, model_dtype: str, n_models: int) -> tuple[int, str] | None:
     """Bytes ``n_models`` resident snapshot models of ``suite`` need (kept up to ``hook``'s block),
     and how that was counted; None when the model's sizes are unknown here."""
-    from crosslens.activations.harvest import stop_layer_for
+    from crosslens.activations.forward import stop_layer_for
     from crosslens.core.devices import DTYPE_BYTES
     from crosslens.plan import PlanError, model_spec_for
 

@@ -1,0 +1,208 @@
+"""Streaming crosscoder training end to end on one CUDA GPU, against the forward it rests on.
+
+In one run, with nothing downloaded:
+
+1. builds a local suite of ``--S`` random-init snapshots with Pythia-160M's shape (a
+   GPTNeoXConfig, bf16 weights, a tiny word tokenizer: only token ids matter) and loads them
+   as a :class:`ResidentSnapshotProvider` does (truncated after the hooked block);
+2. the forward floor: one snapshot to the hook at ``--seqs x --seq-len`` tokens, eager and
+   compiled (:func:`crosslens.activations.forward.forward_to_hook`), tokens/s and fraction of
+   the measured bf16 matmul peak; the largest difference between the two paths' activations;
+3. provider tokens/s (all snapshots, batches of ``--batch`` tokens) and its fraction of the
+   forward alone (the compiled per-snapshot rate / S);
+4. end to end, provider -> ``CrosscoderTrainer.step`` under bf16 autocast at Ge et al.'s shape
+   (S 32, d_in 768, d_sae 24576, batch 2048), JumpReLU and ReLU, the threshold or bias set to
+   ``--l0`` on the first batch; tokens/s and the hours for ``--run-tokens`` (800M).
+
+Without CUDA it prints one line and exits 0; ``--small`` runs the same logic on the CPU at a
+tiny shape in seconds (its numbers mean nothing; it checks that the script works).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/stream_gpu.py
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/stream_gpu.py --small
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu import make_trainer, matmul_peak, seconds_per_call, set_sparsity, sync  # noqa: E402
+
+from crosslens.activations.forward import forward_to_hook  # noqa: E402
+from crosslens.activations.streaming import ResidentSnapshotProvider  # noqa: E402
+from crosslens.checkpoints import CheckpointSuite  # noqa: E402
+
+PYTHIA_160M = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+               "vocab_size": 50304, "max_position_embeddings": 2048, "rotary_pct": 0.25}  # fmt: skip
+SMALL_MODEL = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 64,
+               "vocab_size": 64, "max_position_embeddings": 64, "rotary_pct": 0.25}  # fmt: skip
+SMALL = {"S": 2, "hook": "blocks.1.hook_resid_post", "seqs": 4, "seq_len": 16, "batch": 32, "d_sae": 64,
+         "l0": 8, "chunk_seqs": 8, "steps": 6, "peak_n": 64, "rounds": 2, "backend": "aot_eager"}  # fmt: skip
+WORDS = "the a cat dog sees runs park tree old big small is and with on in".split()
+
+
+def word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<|endoftext|>", "<unk>", "<pad>", *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   unk_token="<unk>", pad_token="<pad>")  # fmt: skip
+
+
+@torch.no_grad()
+def write_suite(root: Path, shape: dict, n: int) -> CheckpointSuite:
+    """``n`` random-init GPT-NeoX snapshots of ``shape`` in bf16, one folder each (``step{i}``)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(**shape, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+    config.architectures = ["GPTNeoXForCausalLM"]
+    model = GPTNeoXForCausalLM(config).to(torch.bfloat16).eval()
+    tokenizer = word_tokenizer()
+    for s in range(n):
+        g = torch.Generator().manual_seed(s)
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.ndim == 1:  # layer-norm gains
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+        model.save_pretrained(root / f"step{s}")
+        tokenizer.save_pretrained(root / f"step{s}")
+    return CheckpointSuite.local(root)
+
+
+def forward_flops_per_token(model, seq_len: int) -> float:
+    """Matmul FLOPs per token of the (truncated) model's blocks: 2 per block weight, plus causal attention."""
+    block_weights = sum(p.numel() for block in model.blocks for p in block.parameters() if p.ndim >= 2)
+    return 2 * block_weights + 2 * model.cfg.n_layers * seq_len * model.cfg.d_model
+
+
+def forward_floor(model, a: argparse.Namespace, device: str, peak: float) -> float:
+    """Prints the eager and compiled forward to the hook; returns the compiled tokens/s (one snapshot)."""
+    tokens = torch.randint(3, model.cfg.d_vocab, (a.seqs, a.seq_len), device=device, generator=torch.Generator(device).manual_seed(0))
+    flops = forward_flops_per_token(model, a.seq_len) * tokens.numel()
+    rates = {}
+    for compile in (False, True)[: 1 + a.compile]:
+        seconds = seconds_per_call(lambda: forward_to_hook(model, tokens, a.hook, compile=compile, backend=a.backend), device, a.rounds)
+        rates[compile] = tokens.numel() / seconds
+        label = "compiled" if compile else "eager"
+        print(f"forward to {a.hook}, {label:8s} {a.seqs} x {a.seq_len}: {rates[compile]:12,.0f} tok/s per snapshot "
+              f"({flops / seconds / peak:.0%} of the bf16 peak); {a.S} snapshots: {rates[compile] / a.S:10,.0f} tok/s")  # fmt: skip
+    if not a.compile:
+        return rates[False]
+    diff = (forward_to_hook(model, tokens, a.hook).float() - forward_to_hook(model, tokens, a.hook, compile=True, backend=a.backend).float()).abs().max()
+    print(f"compiled vs eager activations: max |difference| {float(diff):.3g} (bf16)")
+    return rates[True]
+
+
+def provider_rate(provider: ResidentSnapshotProvider, a: argparse.Namespace, device: str) -> float:
+    """Tokens/s of batches served after the first chunk (which is harvested before timing starts)."""
+    batches = provider.batches(0)
+    next(batches)
+    per_chunk = a.chunk_seqs * a.seq_len // a.batch
+    sync(device)
+    start, n = time.perf_counter(), 0
+    for _ in range(2 * per_chunk):
+        batch = next(batches)
+        n += batch.shape[0]
+    sync(device)
+    batches.close()
+    return n / (time.perf_counter() - start)
+
+
+def end_to_end(provider: ResidentSnapshotProvider, arch: str, a: argparse.Namespace, device: str) -> float:
+    trainer = make_trainer(arch, a, device, "bfloat16")
+    batches = provider.batches(0)
+    set_sparsity(trainer, next(batches), a.l0)
+    trainer.step(next(batches))  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(a.steps):
+        trainer.step(next(batches))
+    sync(device)
+    batches.close()
+    return a.steps * a.batch / (time.perf_counter() - start)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--small", action="store_true", help="the whole script on the CPU at a tiny shape")
+    p.add_argument("--S", type=int, default=32, help="snapshots")
+    p.add_argument("--hook", default="blocks.6.hook_resid_post")
+    p.add_argument("--seqs", type=int, default=32, help="sequences per forward")
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=2048, help="crosscoder batch, tokens")
+    p.add_argument("--d-sae", type=int, default=24576)
+    p.add_argument("--k", type=int, default=64)
+    p.add_argument("--l0", type=float, default=100.0, help="the trained sparsity the threshold/bias is set to")
+    p.add_argument("--chunk-seqs", type=int, default=128, help="sequences per provider chunk (two are resident with prefetch)")
+    p.add_argument("--steps", type=int, default=300, help="timed end-to-end steps per architecture")
+    p.add_argument("--rounds", type=int, default=10, help="timed forwards (median)")
+    p.add_argument("--peak-n", type=int, default=8192, help="matmul side for the bf16 peak")
+    p.add_argument("--backend", default="inductor", help="torch.compile backend of the compiled forward")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="compile the snapshot models' forward (provider and floor); --no-compile: eager only")  # fmt: skip
+    p.add_argument("--run-tokens", type=float, default=800e6, help="tokens of the whole run, for the hours")
+    p.add_argument("--suite-dir", type=Path, default=None, help="where to write the suite (default: a temporary folder)")
+    a = p.parse_args(argv)
+    a.optimizer_state = "float32"
+    if a.small:
+        for key, value in SMALL.items():
+            setattr(a, key, value)
+    return a
+
+
+def run(a: argparse.Namespace, device: str, root: Path) -> None:
+    shape = SMALL_MODEL if a.small else PYTHIA_160M
+    a.d_in = shape["hidden_size"]
+    peak = matmul_peak(a.peak_n, device, a.rounds)
+    print(f"bf16 matmul peak: {peak / 1e12:,.1f} TFLOP/s")
+    start = time.perf_counter()
+    suite = write_suite(root, shape, a.S)
+    print(f"suite: {a.S} random-init snapshots, d_model {shape['hidden_size']}, written in {time.perf_counter() - start:.0f} s")
+    n_seqs = 8 * a.chunk_seqs
+    tokens = torch.randint(3, shape["vocab_size"], (n_seqs, a.seq_len), generator=torch.Generator().manual_seed(0))
+    provider = ResidentSnapshotProvider(suite, a.hook, tokens, a.batch, model_dtype=torch.bfloat16, device=device,
+                                        model_device=device, chunk_seqs=a.chunk_seqs, harvest_batch_size=a.seqs,
+                                        compile=a.compile and not a.small)  # fmt: skip
+    start = time.perf_counter()
+    models = provider.models()
+    resident = sum(p.numel() * p.element_size() for m in models for p in m.parameters()) / 2**30
+    print(f"loaded {len(models)} models ({models[0].cfg.n_layers} blocks each, {resident:.2f} GiB) in {time.perf_counter() - start:.0f} s")
+    forward = forward_floor(models[0], a, device, peak)
+    rate = provider_rate(provider, a, device)
+    label = "compiled" if a.compile else "eager"
+    print(f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the {label} forward alone)", flush=True)
+    for arch, prefetch in (("jumprelu_crosscoder", True), ("crosscoder", True), ("jumprelu_crosscoder", False)):
+        provider.prefetch = prefetch
+        rate = end_to_end(provider, arch, a, device)
+        print(f"end to end, {arch:20s} bf16, prefetch {'on ' if prefetch else 'off'}: {rate:10,.0f} tok/s; "
+              f"{a.run_tokens / 1e6:,.0f}M tokens in {a.run_tokens / rate / 3600:.1f} h", flush=True)  # fmt: skip
+    provider.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if not a.small and not torch.cuda.is_available():
+        print("benchmarks/stream_gpu.py: no CUDA device here, nothing measured (--small runs its logic on the CPU)")
+        return 0
+    device = "cpu" if a.small else "cuda"
+    print(f"shape: S {a.S}, hook {a.hook}, forward {a.seqs} x {a.seq_len}, d_sae {a.d_sae}, batch {a.batch}; device {device}")
+    if a.suite_dir is not None:
+        run(a, device, a.suite_dir)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            run(a, device, Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

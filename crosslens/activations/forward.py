@@ -1,0 +1,193 @@
+"""Run a TransformerLens model only as far as the hook points that are harvested.
+
+Harvesting never needs logits, so nothing past the deepest hooked block runs. Two
+mechanisms give the activations, and :class:`ForwardToHooks` picks one per set of hooks:
+
+- **The residual trunk.** A block's input (``blocks.i.hook_resid_pre``) or output
+  (``blocks.i.hook_resid_post``) is exactly what ``model(tokens, stop_at_layer=...)``
+  returns, so a lone residual hook needs no hook function at all. That trunk is the part
+  that runs under ``torch.compile`` (``compile=True``): it holds every block but, at most,
+  the hooked one.
+- **Captured hook points.** Any other hook (``hook_embed``, ``blocks.i.hook_mlp_out``,
+  ``blocks.i.attn.hook_z``, several hooks at once) is captured by forward hooks that the
+  context adds on entry and always removes on exit (TransformerLens's ``model.hooks``). When
+  compiling, the trunk up to the hooked block is compiled and that one block runs eagerly
+  with its hooks (``start_at_layer``): Dynamo does not guard on module hooks by default, so
+  a hook added to a module inside a compiled graph could be silently skipped.
+
+Activations come back in the model's dtype, as ``[batch, pos, ...]`` views of what the
+model computed. ``compile=None`` compiles where it pays: on CUDA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from difflib import get_close_matches
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Int
+
+from crosslens.core.hooks import block_index
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+_EMBED_HOOKS = {"hook_embed", "hook_pos_embed", "hook_tokens"}
+
+
+def stop_layer_for(hooks: Sequence[str]) -> int | None:
+    """The ``stop_at_layer`` that still reaches every hook (None: the whole model is needed)."""
+    stops = []
+    for hook in hooks:
+        layer = block_index(hook)
+        if layer is not None:
+            stops.append(layer + 1)
+        elif hook in _EMBED_HOOKS:
+            stops.append(0)
+        else:  # ln_final, unembed: past the last block
+            return None
+    return max(stops)
+
+
+def check_hooks(model: HookedTransformer, hooks: Sequence[str]) -> None:
+    """Refuse hook names the model does not have, suggesting near matches."""
+    for hook in hooks:
+        if hook not in model.hook_dict:
+            near = get_close_matches(hook, list(model.hook_dict), n=3)
+            raise ValueError(
+                f"the model has no hook {hook!r}"
+                + (f"; did you mean {near}?" if near else "")
+                + f" It has {model.cfg.n_layers} blocks; list names with `model.hook_dict.keys()`."
+            )
+
+
+def keep_first_blocks(model: HookedTransformer, n_layers: int | None) -> HookedTransformer:
+    """Drop ``model``'s blocks from ``n_layers`` on, in place, for a model that is only ever
+    run with ``stop_at_layer <= n_layers`` and stays resident (its unused blocks would hold
+    memory for nothing). Its ``crosslens_snapshot`` still describes the whole checkpoint."""
+    if n_layers is None or n_layers >= model.cfg.n_layers:
+        return model
+    model.blocks = torch.nn.ModuleList(list(model.blocks)[:n_layers])
+    model.cfg.n_layers = n_layers
+    model.setup()  # hook_dict and mod_dict without the dropped blocks' hook points
+    return model
+
+
+def residual_stop(hook: str) -> int | None:
+    """The ``stop_at_layer`` whose returned residual IS ``hook``'s activation, or None when
+    ``hook`` is not a block's input or output."""
+    layer = block_index(hook)
+    if layer is None:
+        return None
+    if hook == f"blocks.{layer}.hook_resid_pre":
+        return layer
+    if hook == f"blocks.{layer}.hook_resid_post":
+        return layer + 1
+    return None
+
+
+def _trunk(model: HookedTransformer, tokens_BL: torch.Tensor, stop: int) -> torch.Tensor:
+    return model(tokens_BL, stop_at_layer=stop)
+
+
+_compiled_trunks: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _compiled_trunk(backend: str) -> Callable[..., torch.Tensor]:
+    """The trunk under ``torch.compile``, run with autograd off but outside inference mode
+    (Dynamo's guards on constants that a model makes from numpy, as BLOOM's attention scale,
+    fail under inference mode)."""
+    if backend not in _compiled_trunks:
+        compiled = torch.compile(_trunk, backend=backend, dynamic=False)
+
+        def run(model: HookedTransformer, tokens_BL: torch.Tensor, stop: int) -> torch.Tensor:
+            with torch.inference_mode(False), torch.no_grad():
+                return compiled(model, tokens_BL, stop)
+
+        _compiled_trunks[backend] = run
+    return _compiled_trunks[backend]
+
+
+def should_compile(device: str | torch.device) -> bool:
+    """Whether ``compile=None`` compiles on ``device``: only CUDA, where kernel fusion pays for the compile."""
+    return torch.device(device).type == "cuda"
+
+
+class ForwardToHooks:
+    """A context in which ``forward(tokens_BL)`` runs ``model`` to ``hooks`` and returns
+    ``{hook: activation}`` in the model's dtype.
+
+    Args:
+        model: the model (blocks past the deepest hook may already be dropped).
+        hooks: hook names the model has (refused otherwise, with near matches).
+        compile: run the residual trunk under ``torch.compile``; None: on CUDA only.
+        backend: the ``torch.compile`` backend ("inductor"; "aot_eager" traces without codegen).
+    """
+
+    def __init__(
+        self, model: HookedTransformer, hooks: Sequence[str], *, compile: bool | None = False, backend: str = "inductor"
+    ) -> None:
+        self.hooks = list(dict.fromkeys(hooks))
+        check_hooks(model, self.hooks)
+        self.model = model
+        self.stop = stop_layer_for(self.hooks)
+        compile = should_compile(model.cfg.device) if compile is None else compile
+        self._trunk = _compiled_trunk(backend) if compile else _trunk
+        self._direct = residual_stop(self.hooks[0]) if len(self.hooks) == 1 else None
+        # compiled trunk + one eager block: only where the block needs nothing but the residual
+        layer = None if self.stop is None else self.stop - 1
+        one_block = layer is not None and all(block_index(hook) == layer for hook in self.hooks)
+        self._split_at = layer if compile and self._direct is None and one_block and _plain_inputs(model) else None
+        self._captured: dict[str, torch.Tensor] = {}
+        self._stack: ExitStack | None = None
+
+    def __enter__(self) -> ForwardToHooks:
+        self._stack = ExitStack()
+        if self._direct is None:
+            self._stack.enter_context(self.model.hooks(fwd_hooks=[(hook, self._save) for hook in self.hooks]))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        stack, self._stack = self._stack, None
+        self._captured.clear()
+        if stack is not None:
+            stack.close()
+
+    def _save(self, acts: torch.Tensor, hook: Any) -> None:
+        self._captured[hook.name] = acts
+
+    def __call__(self, tokens_BL: Int[torch.Tensor, "batch pos"]) -> dict[str, torch.Tensor]:
+        if self._stack is None:
+            raise RuntimeError("ForwardToHooks runs inside its context: `with ForwardToHooks(model, hooks) as forward:`.")
+        if self._direct is not None:
+            return {self.hooks[0]: self._trunk(self.model, tokens_BL, self._direct)}
+        if self._split_at is not None:
+            residual = self._trunk(self.model, tokens_BL, self._split_at)
+            self.model(residual, start_at_layer=self._split_at, stop_at_layer=self._split_at + 1)
+        else:
+            self.model(tokens_BL, stop_at_layer=self.stop)
+        captured, self._captured = self._captured, {}
+        return captured
+
+
+def _plain_inputs(model: HookedTransformer) -> bool:
+    """Whether a block gets nothing from the embedding but the residual: no shortformer
+    positional embedding and no attention mask (TransformerLens builds one for left padding)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    left_padded = tokenizer is not None and getattr(tokenizer, "padding_side", "right") == "left"
+    return model.cfg.positional_embedding_type != "shortformer" and not left_padded
+
+
+def forward_to_hook(
+    model: HookedTransformer,
+    tokens_BL: Int[torch.Tensor, "batch pos"],
+    hook: str,
+    *,
+    compile: bool | None = False,
+    backend: str = "inductor",
+) -> torch.Tensor:
+    """``hook``'s activation for ``tokens_BL``, in the model's dtype, with nothing past it computed."""
+    with torch.inference_mode(), ForwardToHooks(model, [hook], compile=compile, backend=backend) as forward:
+        return forward(tokens_BL.to(model.cfg.device))[hook]

@@ -1,0 +1,107 @@
+"""The streaming path's speed work on the CPU: the provider's device buffer and prefetch change
+no byte, the GPU benchmark's logic runs, and the plan's --stream prediction is its hand computation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
+
+from crosslens.activations.streaming import ResidentSnapshotProvider
+from crosslens.checkpoints import CheckpointSuite
+
+HOOK = "blocks.1.hook_mlp_out"
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite")
+    write_local_suite(root, {f"step{s}": tiny_neox(seed=60 + s, num_hidden_layers=3) for s in range(2)}, make_word_tokenizer())
+    return CheckpointSuite.local(root)
+
+
+def _batches(suite, n: int, **kwargs) -> tuple[list[torch.Tensor], ResidentSnapshotProvider]:
+    tokens = torch.randint(3, 50, (24, 8), generator=torch.Generator().manual_seed(1))
+    provider = ResidentSnapshotProvider(suite, HOOK, tokens, 16, chunk_seqs=5, harvest_batch_size=3, **kwargs)
+    batches = provider.batches(0)
+    try:
+        return [next(batches) for _ in range(n)], provider
+    finally:
+        batches.close()
+        provider.close()
+
+
+def test_prefetch_and_buffer_dtype_change_no_byte(suite, monkeypatch, tmp_path):
+    monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path))
+    n = 30  # more than two epochs of 24 x 7 kept tokens in batches of 16
+    plain, _ = _batches(suite, n, prefetch=False, buffer_dtype=torch.float32)
+    ahead, provider = _batches(suite, n, prefetch=True)
+    assert provider.buffer_dtype == torch.float32
+    assert all(torch.equal(a, b) for a, b in zip(plain, ahead, strict=True))
+    # bf16 models: a bf16 buffer holds their rows exactly, so the float32 batches are the same bytes
+    wide, _ = _batches(suite, n, model_dtype=torch.bfloat16, buffer_dtype=torch.float32, prefetch=False)
+    narrow, provider = _batches(suite, n, model_dtype=torch.bfloat16)
+    assert provider.buffer_dtype == torch.bfloat16 and narrow[0].dtype == torch.float32
+    assert all(torch.equal(a, b) for a, b in zip(wide, narrow, strict=True))
+    assert not torch.equal(plain[0], wide[0])  # the bf16 models are not the float32 ones
+
+
+def test_resuming_mid_epoch_with_prefetch_gives_the_same_batches(suite, monkeypatch, tmp_path):
+    monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path))
+    tokens = torch.randint(3, 50, (24, 8), generator=torch.Generator().manual_seed(1))
+    provider = ResidentSnapshotProvider(suite, HOOK, tokens, 16, chunk_seqs=5, harvest_batch_size=3)
+    everything = list(zip(range(14), provider.batches(0)))
+    resumed = list(zip(range(7), provider.batches(7)))
+    provider.close()
+    assert all(torch.equal(everything[7 + i][1], batch) for i, batch in resumed)
+    chunk = provider._cached_chunk[1]
+    assert chunk.dtype == torch.float32 and chunk.device.type == "cpu"
+
+
+def test_the_benchmark_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path / "home"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import stream_gpu
+
+    assert stream_gpu.main(["--small", "--suite-dir", str(tmp_path / "suite")]) == 0
+    out = capsys.readouterr().out
+    assert "loaded 2 models (2 blocks each" in out
+    assert "compiled vs eager activations: max |difference| 0 " in out
+    for line in ("provider:", "end to end, jumprelu_crosscoder", "end to end, crosscoder"):
+        assert line in out
+    assert out.count("M tokens in ") == 3 and "prefetch off" in out
+
+
+def test_the_benchmark_without_cuda_says_so(monkeypatch, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import stream_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert stream_gpu.main([]) == 0
+    assert capsys.readouterr().out.count("\n") == 1
+
+
+def test_plan_stream_prediction_is_the_hand_computation(capsys):
+    from crosslens.__main__ import main
+    from crosslens.plan import known_model, make_plan, plan_config_from_recipe, stream_prediction
+    from crosslens.recipes import load_recipe
+
+    recipe = load_recipe("ge2025-pythia-160m")
+    plan = make_plan(plan_config_from_recipe(recipe))
+    predicted = stream_prediction(plan, "h100")
+    # by hand: 32 snapshots of Pythia-160M through block 6 (7 blocks) at context 2048, and the 10 S D F step
+    per_block = known_model("EleutherAI/pythia-160m").params_per_layer
+    forward = 32 * (2 * 7 * per_block + 2 * 7 * 2048 * 768)
+    step = 10 * 32 * 768 * 24576
+    assert step == 6_039_797_760
+    tokens_per_second = 1 / (forward / (989e12 * 0.25) + step / (989e12 * 0.35))
+    assert predicted["tokens_per_second"] == pytest.approx(tokens_per_second, rel=1e-12)
+    assert predicted["tokens_per_second"] == pytest.approx(30_174, abs=1)
+    assert predicted["hours"] == pytest.approx(800_000_000 / tokens_per_second / 3600)
+    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--stream"]) == 0
+    assert "30,174 tokens/s: 7.4 h" in capsys.readouterr().out
+    with pytest.raises(Exception, match="no utilisation figures for GPU 'v100'"):
+        stream_prediction(plan, "v100")
