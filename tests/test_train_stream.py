@@ -242,8 +242,12 @@ def test_models_that_do_not_fit_are_refused_before_any_loads(inputs, tmp_path, c
         main(stream_flags(inputs, tmp_path / "out"))
     err = capsys.readouterr().err
     assert refused.value.code == 2 and err.count("\n") == 1, err
-    # 3 models of 18 x 32 embeddings and one block of 8576 parameters, float32, against 90% of 50 kB
-    assert "3 x 9,152 parameters (blocks 0-0 of 2, float32) = 107.25 KiB per process" in err
+    # 3 models of 18 x 32 embeddings and one block of 8576 parameters, float32, and two chunks of
+    # 256 rows of 16 tokens at 3 snapshots of d 32, against 90% of 50 kB
+    assert (
+        "3 x 9,152 parameters (blocks 0-0 of 2, float32) + 2 chunks of 4,096 tokens x 3 snapshots x d 32 "
+        "(3.00 MiB) = 3.10 MiB per process"
+    ) in err
     assert "43.95 KiB of cpu available per process: they do NOT fit" in err
     assert "--snapshot-parallel" in err and "--dtype bfloat16" in err
     assert loads == [] and not (tmp_path / "out").exists()
@@ -283,3 +287,12 @@ def test_torchrun_with_two_processes_trains_the_one_process_crosscoder(snapshot_
     mesh_quality = json.loads((tmp_path / "mesh" / "quality.json").read_text())["rows"]
     one_quality = json.loads((streamed[0] / "quality.json").read_text())["rows"]
     assert [r["crosscoder"] for r in mesh_quality] == pytest.approx([r["crosscoder"] for r in one_quality], abs=1e-4)
+
+
+def test_streamed_chunks_hold_at_most_65536_token_positions():
+    """The chunk is the shuffle buffer, on the training device for every snapshot: rows of 1024 (Ge et
+    al.'s context) give 64 rows a chunk, short rows keep the provider's 256."""
+    from crosslens.training.streaming import CHUNK_TOKENS, chunk_seqs_for
+
+    assert CHUNK_TOKENS == 65536
+    assert [chunk_seqs_for(n) for n in (16, 64, 256, 1024, 2048, 100_000)] == [256, 256, 256, 64, 32, 1]

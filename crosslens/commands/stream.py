@@ -42,12 +42,16 @@ def check_stream_flags(args: argparse.Namespace) -> None:
         )
 
 
-def resident_memory(suite, hook: str, model_dtype: str, n_models: int) -> tuple[int, str] | None:
+def resident_memory(
+    suite, hook: str, model_dtype: str, n_models: int, seq_len: int | None = None
+) -> tuple[int, str] | None:
     """Bytes ``n_models`` resident snapshot models of ``suite`` need (kept up to ``hook``'s block),
-    and how that was counted; None when the model's sizes are unknown here."""
+    and with ``seq_len`` the two chunk buffers they fill (served and prefetched, in the models'
+    dtype), and how that was counted; None when the model's sizes are unknown here."""
     from crosslens.activations.forward import stop_layer_for
-    from crosslens.core.devices import DTYPE_BYTES
+    from crosslens.core.devices import DTYPE_BYTES, format_bytes
     from crosslens.plan import PlanError, model_spec_for
+    from crosslens.training.streaming import chunk_seqs_for
 
     try:
         spec = model_spec_for(str(suite.root) if suite.root is not None else suite.model_id)
@@ -57,11 +61,20 @@ def resident_memory(suite, hook: str, model_dtype: str, n_models: int) -> tuple[
     n_blocks = spec.n_layers if stop is None else min(spec.n_layers, max(1, stop))
     params = spec.params_through_layer(n_blocks - 1) if n_blocks < spec.n_layers else spec.n_params
     how = f"{n_models} x {params:,} parameters (blocks 0-{n_blocks - 1} of {spec.n_layers}, {model_dtype})"
-    return n_models * params * DTYPE_BYTES[model_dtype], how
+    need = n_models * params * DTYPE_BYTES[model_dtype]
+    if seq_len is not None:
+        rows = chunk_seqs_for(seq_len) * seq_len
+        chunks = 2 * rows * n_models * spec.d_model * DTYPE_BYTES[model_dtype]
+        how += f" + 2 chunks of {rows:,} tokens x {n_models} snapshots x d {spec.d_model} ({format_bytes(chunks)})"
+        need += chunks
+    return need, how
 
 
-def check_memory(suite, hook: str, model_dtype: str, device: str, snapshot_parallel: int) -> None:
-    """Print the resident models' need against the free memory, and refuse when they do not fit."""
+def check_memory(
+    suite, hook: str, model_dtype: str, device: str, snapshot_parallel: int, seq_len: int | None = None
+) -> None:
+    """Print the resident models' need (and their chunk buffers') against the free memory, and refuse
+    when they do not fit."""
     import math
 
     import torch
@@ -71,7 +84,7 @@ def check_memory(suite, hook: str, model_dtype: str, device: str, snapshot_paral
     from crosslens.core.launch import is_main_process
 
     n_models = math.ceil(len(suite) / snapshot_parallel)
-    counted = resident_memory(suite, hook, model_dtype, n_models)
+    counted = resident_memory(suite, hook, model_dtype, n_models, seq_len)
     free = streaming.available_memory(torch.device(device))
     # processes on one machine share its RAM; on an accelerator each has its own device
     sharers = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if torch.device(device).type == "cpu" else 1
@@ -125,9 +138,10 @@ def train_stream(args: argparse.Namespace, recipe, device: str, model_dtype: str
     suite = selected_suite(args, recipe)
     check_hooks(suite, [config.hook_name])
     source = token_source(args, recipe)
-    check_memory(suite, config.hook_name, model_dtype, local_rank_device(device), config.snapshot_parallel)
+    budget = token_budget(args, recipe)
+    check_memory(suite, config.hook_name, model_dtype, local_rank_device(device), config.snapshot_parallel, budget[1])
     train_NL, heldout_NL = token_tables(args, recipe, source, suite.tokenizer())
-    record = stream_record(suite, config.hook_name, source, token_budget(args, recipe), model_dtype)
+    record = stream_record(suite, config.hook_name, source, budget, model_dtype)
     runner = StreamingTrainingRunner(config, suite, train_NL, heldout_NL, record, model_dtype=getattr(torch, model_dtype))
     reset_peak_memory(device)
     with torchrun_job():

@@ -69,6 +69,17 @@ class HeldoutActivations:
         return acts_NSD * self.norm_factors_S[None, :, None] if normalize else acts_NSD
 
 
+CHUNK_TOKENS = 1 << 16
+"""Token positions per streamed chunk at the most: the chunk is the shuffle buffer, held on the
+training device for every snapshot (twice while the next one is harvested), so at Ge et al.'s
+shape (32 snapshots, d_in 768, rows of 1024) 256 rows would take 26 GB in float32."""
+
+
+def chunk_seqs_for(seq_len: int) -> int:
+    """Rows per streamed chunk: 256 (the provider's default) up to :data:`CHUNK_TOKENS` positions."""
+    return max(1, min(256, CHUNK_TOKENS // max(1, seq_len)))
+
+
 class StreamingTrainingRunner(CrosscoderTrainingRunner):
     """Trains one crosscoder from resident snapshot models; ``run(resume=True)`` continues a run.
 
@@ -116,6 +127,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         self.provider = ResidentSnapshotProvider(
             self.suite, self.hook, self.train_NL, cfg.train_batch_size_tokens, snapshots=list(snapshots),
             seed=cfg.seed, drop_last=True, device=self.device, model_device=self.device, model_dtype=self.model_dtype,
+            chunk_seqs=chunk_seqs_for(self.train_NL.shape[1]),
         )  # fmt: skip
 
     def _batches(self, start_step: int) -> Iterator[torch.Tensor]:
