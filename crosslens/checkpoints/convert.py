@@ -81,16 +81,15 @@ class _DropLogLines(logging.Filter):
         return not str(record.msg).startswith(self.prefixes)
 
 
-@contextlib.contextmanager
-def _drop_root_log_lines(*prefixes: str) -> Iterator[None]:
-    """Drop records starting with `prefixes` that TransformerLens logs on the root logger."""
+def _drop_root_log_lines(*prefixes: str) -> contextlib.ExitStack:
+    """Drop records starting with `prefixes` that TransformerLens logs on the root logger, until
+    the returned context exits."""
     line_filter = _DropLogLines(prefixes)
     root_logger = logging.getLogger()
+    restore = contextlib.ExitStack()
+    restore.callback(root_logger.removeFilter, line_filter)
     root_logger.addFilter(line_filter)
-    try:
-        yield
-    finally:
-        root_logger.removeFilter(line_filter)
+    return restore
 
 
 @contextlib.contextmanager

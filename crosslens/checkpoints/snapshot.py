@@ -4,7 +4,7 @@ parsers that read a training step and token count out of each family's revision 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 # Pythia trains on 1024 sequences of 2048 tokens per optimiser step.
 PYTHIA_TOKENS_PER_STEP = 1024 * 2048
@@ -45,14 +45,8 @@ class SnapshotInfo(SnapshotRef):
 
     @classmethod
     def from_ref(cls, ref: SnapshotRef, *, model_id: str, weights_sha256: str) -> SnapshotInfo:
-        return cls(
-            index=ref.index,
-            revision=ref.revision,
-            step=ref.step,
-            tokens_seen=ref.tokens_seen,
-            model_id=model_id,
-            weights_sha256=weights_sha256,
-        )
+        of_ref = {f.name: getattr(ref, f.name) for f in fields(SnapshotRef)}  # a SnapshotInfo is a ref too
+        return cls(**of_ref, model_id=model_id, weights_sha256=weights_sha256)
 
 
 def parse_tokens(revision: str) -> int | None:

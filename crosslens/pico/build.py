@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,14 +138,12 @@ def _prepare_data(config: PicoConfig) -> tuple[Any, GrammarCorpus | TextCorpus]:
     return tokenizer, corpus
 
 
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
+def _torch_threads(n: int) -> ExitStack:
+    """``n`` torch threads until the returned context exits, then the previous count again."""
+    restore = ExitStack()
+    restore.callback(torch.set_num_threads, torch.get_num_threads())
     torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    return restore
 
 
 def build_pico_suite(
