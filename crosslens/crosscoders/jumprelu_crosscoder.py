@@ -94,6 +94,13 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=AR
     tanh sparsity term) and keeps the norm it had when the gate closed. It gives every
     row a gradient but does not lower the norm left at absent snapshots (that follows
     excess firing, set by the sparsity coefficient), so it is off by default."""
+    sparse_step: bool | None = None
+    """Gate, score and decode a batch from its active (token, feature) entries alone (open
+    at some snapshot, or inside the threshold's window at some) with gather-sum kernels,
+    instead of dense matmuls over every entry; the same values and gradients up to the
+    order of float sums. None: on CUDA when at most 1/32 of the entries are active (a
+    trained crosscoder's sparsity, not a fresh one's); False: never; True: always (also
+    on a CPU, where the dense kernels are faster)."""
 
     def __post_init__(self) -> None:
         if self.l0_coefficient is None:
@@ -226,8 +233,9 @@ class JumpReLUTrainingCrosscoder(
             extras = {"f_SNF": f_SNF, "score_sum_F": score_sum_F}
         else:  # decoded with the gates, without an [S, N, F] code; the norms are its own
             recon_NSD, score_sum_F, open_anywhere_NF, shared_NF = snapshot_gated_decode(
-                h_NF, self.W_dec, threshold_F, norm_factors_S=self.folded_norm_factors, **kernel_args
-            )
+                h_NF, self.W_dec, threshold_F, norm_factors_S=self.folded_norm_factors,
+                sparse=self.cfg.sparse_step, **kernel_args,
+            )  # fmt: skip
             extras = {"recon_NSD": recon_NSD, "score_sum_F": score_sum_F}
         if shared_NF is None or self.collectives.snapshot_size > 1:  # other ranks' gates count too
             with torch.no_grad():  # (a product with the mask: several times faster than torch.where on a CPU)

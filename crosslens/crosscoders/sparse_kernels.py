@@ -1,0 +1,270 @@
+"""Decode and decoder gradients from the active (token, feature) pairs alone.
+
+A sparse crosscoder step needs, after the shared encoder matmul ``h [N, F]``, only the
+pairs whose code is nonzero (TopK, BatchTopK) or whose JumpReLU gate is open at some
+snapshot or inside the threshold's straight-through window at some snapshot. Their
+decode and the decoder's gradients are sums over those pairs:
+
+* decode, a gather-sum (what ``embedding_bag`` does): ``out[n, g] = sum over pairs (n, i)
+  of v[pair, g] * W[i, g]``;
+* the values' gradient, one dot product per pair and group: ``<grad_out[n, g], W[i, g]>``;
+* the decoder's gradient, its transpose (a sparse-transpose-dense matmul):
+  ``grad_W[i, g] = sum over pairs (n, i) of v[pair, g] * grad_out[n, g]``.
+
+``W`` is viewed as ``[F, G, D]``: one group (``G = 1``, ``D = S * d_in``) where a pair has
+one value for every snapshot (TopK), ``G = S`` where it has one per snapshot (JumpReLU's
+per-snapshot gate). Two implementations compute the same sums: the eager one here
+(``embedding_bag``, ``index_select``, ``index_add_``), which runs on CPUs and in CI, and
+the Triton kernels of :mod:`crosslens.crosscoders.triton_kernels`, chosen on CUDA when
+triton is installed (it is imported only then). The sums differ only in the order of
+float additions.
+
+:func:`sparse_gated_decode` is the JumpReLU crosscoder's gate, tanh scores and decode
+built on them; the TopK crosscoders call :func:`gather_decode` directly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+
+from crosslens.crosscoders.jumprelu_ops import threshold_gradient
+
+BACKEND: str | None = None
+"""Force ``"eager"`` or ``"triton"`` (``"triton"`` on a CPU needs ``TRITON_INTERPRET=1``);
+None takes Triton on CUDA when it is installed, else eager. For tests."""
+
+PAIR_CHUNK_ELEMENTS = 1 << 22
+"""Elements ``pairs * G * D`` of one gathered block in the eager implementation."""
+
+
+def sparse_backend(device: torch.device) -> str:
+    """``"triton"`` on CUDA with triton installed, else ``"eager"`` (or :data:`BACKEND`)."""
+    if BACKEND is not None:
+        return BACKEND
+    if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+        return "triton"
+    return "eager"
+
+
+@dataclass
+class ActivePairs:
+    """Active (token, feature) pairs in token-major order (``token_A`` ascending)."""
+
+    token_A: Int[torch.Tensor, " A"]
+    feature_A: Int[torch.Tensor, " A"]
+    n_tokens: int
+    n_features: int
+
+    @classmethod
+    def from_mask(cls, active_NF: Bool[torch.Tensor, "n d_sae"]) -> ActivePairs:
+        token_A, feature_A = active_NF.nonzero(as_tuple=True)
+        return cls(token_A, feature_A, *active_NF.shape)
+
+    @classmethod
+    def from_rows(cls, features_NK: Int[torch.Tensor, "n k"], n_features: int) -> ActivePairs:
+        """``k`` features per token, each token's in ascending order."""
+        N, K = features_NK.shape
+        token_A = torch.arange(N, device=features_NK.device).repeat_interleave(K)
+        return cls(token_A, features_NK.reshape(-1), N, n_features)
+
+    @classmethod
+    def from_offsets(cls, feature_A: torch.Tensor, starts_N: torch.Tensor, n_features: int) -> ActivePairs:
+        """Flat pairs with ``starts_N`` where each token's start (``embedding_bag``'s offsets)."""
+        ends_N = torch.cat([starts_N[1:], starts_N.new_tensor([feature_A.shape[0]])])
+        tokens = torch.arange(starts_N.shape[0], device=feature_A.device)
+        return cls(tokens.repeat_interleave(ends_N - starts_N), feature_A, starts_N.shape[0], n_features)
+
+    def token_starts(self) -> Int[torch.Tensor, " n_plus_1"]:
+        """Where each token's pairs start, and the pair count last (CSR)."""
+        return _starts(self.token_A, self.n_tokens)
+
+    def feature_order(self) -> tuple[Int[torch.Tensor, " A"], Int[torch.Tensor, " d_sae_plus_1"]]:
+        """The pairs sorted by feature (stable: tokens ascending within one) and where each
+        feature's pairs start in that order."""
+        order_A = torch.sort(self.feature_A, stable=True).indices
+        return order_A, _starts(self.feature_A, self.n_features)
+
+
+def _starts(sorted_or_counted: torch.Tensor, n: int) -> torch.Tensor:
+    counts = torch.bincount(sorted_or_counted, minlength=n)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+def _chunks(n_pairs: int, row_elements: int) -> list[slice]:
+    step = max(1, PAIR_CHUNK_ELEMENTS // max(1, row_elements))
+    return [slice(a, a + step) for a in range(0, n_pairs, step)]
+
+
+def eager_decode(W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
+    """``out [N, G, D]``: the gather-sum, through ``embedding_bag`` for one group."""
+    F_, G, D = W_FGD.shape
+    if G == 1:
+        out = F.embedding_bag(
+            pairs.feature_A, W_FGD.reshape(F_, D), offsets=pairs.token_starts()[:-1],
+            mode="sum", per_sample_weights=values_AG[:, 0],
+        )  # fmt: skip
+        return out.view(-1, 1, D)
+    out_NGD = W_FGD.new_zeros(pairs.n_tokens, G, D)
+    for chunk in _chunks(values_AG.shape[0], G * D):
+        rows_cGD = W_FGD.index_select(0, pairs.feature_A[chunk]) * values_AG[chunk, :, None]
+        out_NGD.index_add_(0, pairs.token_A[chunk], rows_cGD)
+    return out_NGD
+
+
+def eager_values_grad(grad_NGD: torch.Tensor, W_FGD: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
+    """``[A, G]``: ``<grad_out[n, g], W[i, g]>`` for every pair."""
+    out_AG = W_FGD.new_empty(pairs.feature_A.shape[0], W_FGD.shape[1])
+    for chunk in _chunks(out_AG.shape[0], W_FGD.shape[1] * W_FGD.shape[2]):
+        out_AG[chunk] = torch.linalg.vecdot(
+            grad_NGD.index_select(0, pairs.token_A[chunk]), W_FGD.index_select(0, pairs.feature_A[chunk])
+        )
+    return out_AG
+
+
+def eager_weight_grad(grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
+    """``[F, G, D]``: the sparse-transpose-dense matmul, ``sum over pairs v * grad_out[n]``."""
+    G, D = grad_NGD.shape[1:]
+    grad_FGD = grad_NGD.new_zeros(pairs.n_features, G, D)
+    for chunk in _chunks(values_AG.shape[0], G * D):
+        rows_cGD = grad_NGD.index_select(0, pairs.token_A[chunk]) * values_AG[chunk, :, None]
+        grad_FGD.index_add_(0, pairs.feature_A[chunk], rows_cGD)
+    return grad_FGD
+
+
+def _implementation(backend: str) -> Any:
+    if backend == "triton":
+        from crosslens.crosscoders import triton_kernels
+
+        return triton_kernels
+    return _EAGER
+
+
+class _Eager:
+    decode = staticmethod(eager_decode)
+    values_grad = staticmethod(eager_values_grad)
+    weight_grad = staticmethod(eager_weight_grad)
+
+
+_EAGER = _Eager()
+
+
+class SparseDecode(torch.autograd.Function):
+    """``out[n, g] = sum over pairs (n, i) of v[pair, g] * W[i, g]`` and its gradients to
+    ``W [F, G, D]`` and ``v [A, G]`` (both in W's dtype), by the chosen implementation."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, backend: str
+    ) -> torch.Tensor:
+        ops = _implementation(backend)
+        ctx.save_for_backward(W_FGD, values_AG)
+        ctx.pairs, ctx.ops = pairs, ops
+        return ops.decode(W_FGD, values_AG, pairs)
+
+    @staticmethod
+    def backward(ctx: Any, grad_NGD: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        W_FGD, values_AG = ctx.saved_tensors
+        grad_NGD = grad_NGD.to(W_FGD.dtype).contiguous()
+        grad_W = ctx.ops.weight_grad(grad_NGD, values_AG, ctx.pairs) if ctx.needs_input_grad[0] else None
+        grad_v = ctx.ops.values_grad(grad_NGD, W_FGD, ctx.pairs) if ctx.needs_input_grad[1] else None
+        return grad_W, grad_v, None, None
+
+
+def gather_decode(
+    W_FGD: Float[torch.Tensor, "d_sae groups d"],
+    values_AG: Float[torch.Tensor, "A groups"],
+    pairs: ActivePairs,
+    backend: str | None = None,
+) -> Float[torch.Tensor, "n groups d"]:
+    """The gather-sum decode of the active pairs (see the module docstring), differentiable
+    in ``W_FGD`` and ``values_AG``; the values are cast to the decoder's dtype."""
+    backend = backend or sparse_backend(W_FGD.device)
+    return SparseDecode.apply(W_FGD.contiguous(), values_AG.to(W_FGD.dtype).contiguous(), pairs, backend)
+
+
+# ----------------------------------------------------------------- the JumpReLU step
+SPARSE_STEP_SHARE = 1 / 32
+"""Largest share of (token, feature) entries active (open at some snapshot, or inside the
+threshold's window at some) for which the JumpReLU step decodes on CUDA from the pairs
+rather than with dense matmuls. A trained crosscoder's share is under 1% (L0 of 50-200 of
+tens of thousands of features), a freshly initialised one's about 30%: the rule only has
+to tell those apart, and at 1/32 a gathered pair (``S * d_in`` reads) still moves less
+than the dense products' share of it."""
+
+
+class JumpGate(torch.autograd.Function):
+    """``f[a, s] = h[a] * [h[a] * norm[a, s] > t[a]]`` for gathered pairs, with JumpReLU's
+    straight-through gradient: to ``h`` where open; to each pair's threshold through the
+    rectangle kernel, ``-(t / (norm * eps)) * [|h norm - t| < eps / 2]`` times the upstream
+    gradient (from the decode and the scores, shut gates included); none to the norms."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, h_A: torch.Tensor, norms_AS: torch.Tensor, t_A: torch.Tensor, bandwidth: float
+    ) -> torch.Tensor:
+        ctx.save_for_backward(h_A, norms_AS, t_A)
+        ctx.bandwidth = bandwidth
+        open_AS = h_A[:, None] * norms_AS > t_A[:, None]
+        return torch.where(open_AS, h_A[:, None], 0.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad_AS: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        h_A, norms_AS, t_A = ctx.saved_tensors
+        distance_AS = h_A[:, None] * norms_AS - t_A[:, None]
+        grad_h_A = torch.where(distance_AS > 0, grad_AS, 0.0).sum(dim=1)
+        window_AS = torch.where(distance_AS.abs() < ctx.bandwidth / 2, grad_AS, 0.0)
+        return grad_h_A, None, threshold_gradient(window_AS, norms_AS, t_A, ctx.bandwidth), None
+
+
+def active_entries(
+    h_NF: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor, half_width: float
+) -> tuple[Bool[torch.Tensor, "n d_sae"], Bool[torch.Tensor, "n d_sae"]]:
+    """``(active, open_anywhere)``: entries open at some snapshot or inside the window at
+    some, and those open at some. ``h * norm - t`` is monotone in the norm, so the smallest
+    and largest of a feature's norms bound it at every snapshot (the same two roundings)."""
+    d_lo_NF = (h_NF * norms_FS.min(dim=1).values).sub_(threshold_F)
+    d_hi_NF = (h_NF * norms_FS.max(dim=1).values).sub_(threshold_F)
+    d_max_NF = torch.maximum(d_lo_NF, d_hi_NF)
+    d_min_NF = torch.minimum(d_lo_NF, d_hi_NF, out=d_lo_NF)
+    open_any_NF = d_max_NF > 0
+    return open_any_NF | ((d_min_NF < half_width) & (d_max_NF > -half_width)), open_any_NF
+
+
+def sparse_gated_decode(
+    h_NF: Float[torch.Tensor, "n d_sae"],
+    W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    threshold_F: Float[torch.Tensor, " d_sae"],
+    norms_FS: Float[torch.Tensor, "d_sae n_snapshots"],
+    active: tuple[torch.Tensor, torch.Tensor],
+    gate: tuple[float, float],
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The JumpReLU step's ``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)``
+    from the active pairs (``active``: :func:`active_entries`), for differentiable norms
+    ``norms_FS`` in the training space and ``gate = (bandwidth, tanh_scale)``; the values
+    and gradients of :func:`crosslens.crosscoders.jumprelu_kernels.snapshot_gated_decode`.
+    Gate, scores and values are computed in float32 whatever the autocast dtype of h."""
+    active_NF, open_any_NF = active
+    bandwidth, tanh_scale = gate
+    pairs = ActivePairs.from_mask(active_NF)
+    N, F_ = h_NF.shape
+    if h_NF.T.is_contiguous():  # feature-major (CrosscoderMixin.hidden_pre): a view either way
+        h_flat, flat_A = h_NF.T.reshape(-1), pairs.feature_A * N + pairs.token_A
+    else:
+        h_flat, flat_A = h_NF.reshape(-1), pairs.token_A * F_ + pairs.feature_A
+    h_A = h_flat.index_select(0, flat_A).float()
+    norms_AS = norms_FS.float().index_select(0, pairs.feature_A)
+    t_A = threshold_F.float().index_select(0, pairs.feature_A)
+    f_AS = JumpGate.apply(h_A, norms_AS.detach(), t_A, bandwidth)
+    score_A = torch.tanh(f_AS * norms_AS * tanh_scale).sum(dim=1)
+    score_sum_F = score_A.new_zeros(F_).index_add(0, pairs.feature_A, score_A)
+    recon_NSD = gather_decode(W_dec_FSD, f_AS, pairs, backend)
+    with torch.no_grad():
+        shared_NF = h_NF * open_any_NF
+    return recon_NSD, score_sum_F.to(h_NF.dtype), open_any_NF, shared_NF
