@@ -20,7 +20,7 @@ import torch
 from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
-from crosslens.crosscoders import sparse_kernels
+from crosslens.crosscoders import jumprelu_kernels, sparse_kernels
 from crosslens.crosscoders.sparse_kernels import ActivePairs, gather_decode
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 
@@ -54,9 +54,15 @@ def triton_backend(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureReque
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install triton)")
 @pytest.mark.skipif(INTERPRETED, reason="this is the interpreter's process")
-def test_triton_kernels_under_the_interpreter():
+@pytest.mark.parametrize(
+    "tests",
+    ["gather", pytest.param("not gather", marks=pytest.mark.slow)],  # the steps: about a minute
+    ids=["kernels", "steps"],
+)
+def test_triton_kernels_under_the_interpreter(tests):
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "triton and cpu"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", __file__,
+               "-k", f"triton and cpu and {tests}"]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert " passed" in done.stdout and " skipped" not in done.stdout, done.stdout[-2000:]
@@ -116,14 +122,14 @@ def make_sae(arch: str, device: str, **extra):
 
 
 @torch.no_grad()
-def set_trained_sparsity(sae, x_BSD: torch.Tensor) -> float:
+def set_trained_sparsity(sae, x_BSD: torch.Tensor, share: float = 0.1) -> float:
     """Spread the decoder norms over snapshots (so gates differ between them) and set the
-    threshold so that L0 on ``x_BSD`` is about 10% of d_sae; returns the L0."""
+    threshold so that L0 on ``x_BSD`` is about ``share`` of d_sae; returns the L0."""
     g = torch.Generator().manual_seed(2)
     sae.W_dec.mul_(torch.empty(F, S, 1).uniform_(0.3, 1.7, generator=g).to(sae.W_dec.device))
     h_BF = sae.hidden_pre(x_BSD)
     contribution = (h_BF[:, None, :] * sae.snapshot_norms().T).amax(dim=1)
-    sae.threshold.fill_(float(contribution.flatten().quantile(1 - 0.1)))
+    sae.threshold.fill_(float(contribution.flatten().quantile(1 - share)))
     return float((sae.encode(x_BSD) != 0).sum(dim=-1).float().mean())
 
 
@@ -166,24 +172,65 @@ def assert_same_run(got, want, rtol: float = 1e-5, atol: float = 1e-6) -> None:
         torch.testing.assert_close(params[name], p, rtol=rtol, atol=atol, msg=name)
 
 
-def jumprelu_run(device: str, trained: bool, sparse_step: bool) -> tuple:
+@pytest.fixture
+def sparse_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many JumpReLU passes ran from their active pairs."""
+    calls: list[int] = []
+    original = jumprelu_kernels.sparse_gated_decode
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(jumprelu_kernels, "sparse_gated_decode", counted)
+    return calls
+
+
+def jumprelu_run(device: str, trained: bool, sparse_step: bool | None) -> tuple:
     sae = make_sae("jumprelu_crosscoder", device, l0_coefficient=0.3, sparse_step=sparse_step)
     xs = batches(STEPS, device)
     if trained:
         l0 = set_trained_sparsity(sae, xs[0])
         assert 0.05 * F <= l0 <= 0.2 * F
+    with torch.no_grad():  # entries open everywhere, shut but inside the window, and (trained) open at some snapshots only
+        h_BF, norms_FS = sae.hidden_pre(xs[0]), sae.snapshot_norms()
+        active_BF, open_BF = sparse_kernels.active_entries(h_BF, norms_FS, sae.threshold, 0.025)
+        open_everywhere_BF = h_BF * norms_FS.min(dim=1).values > sae.threshold
+    assert (active_BF & ~open_BF).any() and open_everywhere_BF.any()
+    assert (open_BF & ~open_everywhere_BF).any() == trained  # fresh: every norm equal
     return run(sae, xs)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("trained", [True, False], ids=["trained", "fresh"])
-def test_jumprelu_sparse_step_equals_the_dense_step(device, trained):
-    assert_same_run(jumprelu_run(device, trained, True), jumprelu_run(device, trained, False))
+def test_jumprelu_sparse_step_equals_the_dense_step(device, trained, sparse_calls):
+    dense = jumprelu_run(device, trained, False)
+    assert not sparse_calls
+    assert_same_run(jumprelu_run(device, trained, True), dense)
+    assert len(sparse_calls) == STEPS + 1  # the gradient check's pass and every step
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_jumprelu_sparse_step_through_triton(device, triton_backend):
+def test_jumprelu_sparse_step_through_triton(device, triton_backend, sparse_calls):
     assert_same_run(jumprelu_run(device, True, True), jumprelu_run(device, True, False))
+    assert len(sparse_calls) == STEPS + 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("trained", [True, False], ids=["trained", "fresh"])
+def test_jumprelu_sparse_step_by_default_only_on_cuda_at_a_trained_sparsity(device, trained, sparse_calls):
+    """At most 1/32 of the entries active: L0 here is 1% of d_sae, a trained crosscoder's
+    share at scale (a fresh one's is about 30%)."""
+    x_BSD = batches(1, device)[0]
+    sae = make_sae("jumprelu_crosscoder", device, jumprelu_bandwidth=0.002)  # few entries inside the window
+    if trained:
+        set_trained_sparsity(sae, x_BSD, share=0.01)
+        active, _ = sparse_kernels.active_entries(
+            sae.hidden_pre(x_BSD).detach(), sae.snapshot_norms().detach(), sae.threshold.detach(), 0.001
+        )
+        assert 0 < active.float().mean() <= sparse_kernels.SPARSE_STEP_SHARE
+    loss_and_grads(sae, x_BSD)
+    assert len(sparse_calls) == int(device == "cuda" and trained)
 
 
 def topk_run(arch: str, device: str, **extra) -> tuple:

@@ -222,6 +222,44 @@ class JumpGate(torch.autograd.Function):
         return grad_h_A, None, threshold_gradient(window_AS, norms_AS, t_A, ctx.bandwidth), None
 
 
+class ShutWindow(torch.autograd.Function):
+    """The threshold's gradient from the entries shut at every snapshot yet inside the
+    window at some: their code is 0 everywhere, so they add nothing to the decode or the
+    scores, and the decode and score outputs pass through unchanged; in backward each
+    (entry, snapshot) pair inside the window gives ``grad_f = <grad_out[n, s], W[i, s]> +
+    c * norm * grad_score[i]`` (tanh's slope at 0 is 1) to the rectangle kernel, one dot
+    product per pair instead of a decode of every snapshot of the entry."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, recon_NSD: torch.Tensor, score_sum_F: torch.Tensor, threshold_F: torch.Tensor,
+        h_NF: torch.Tensor, W_dec_FSD: torch.Tensor, norms_FS: torch.Tensor, window_NF: torch.Tensor,
+        gate: tuple[float, float], backend: str,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        (N, F_), S = h_NF.shape, W_dec_FSD.shape[1]
+        token_W, feature_W = window_NF.nonzero(as_tuple=True)
+        t_W = threshold_F.float().index_select(0, feature_W)
+        norms_WS = norms_FS.float().index_select(0, feature_W)
+        distance_WS = h_NF[token_W, feature_W].float()[:, None] * norms_WS - t_W[:, None]
+        pair_w, pair_s = (distance_WS.abs() < gate[0] / 2).nonzero(as_tuple=True)
+        feature_P = feature_W.index_select(0, pair_w)
+        rows = ActivePairs(token_W.index_select(0, pair_w) * S + pair_s, feature_P * S + pair_s, N * S, F_ * S)
+        ctx.save_for_backward(W_dec_FSD, feature_P, norms_WS[pair_w, pair_s], t_W.index_select(0, pair_w))
+        ctx.rows, ctx.gate, ctx.backend, ctx.n_features = rows, gate, backend, F_
+        return recon_NSD.view_as(recon_NSD), score_sum_F.view_as(score_sum_F)
+
+    @staticmethod
+    def backward(ctx: Any, grad_recon_NSD: torch.Tensor, grad_score_F: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        W_dec_FSD, feature_P, norm_P, t_P = ctx.saved_tensors
+        (bandwidth, tanh_scale), D = ctx.gate, W_dec_FSD.shape[2]
+        grad_rows = grad_recon_NSD.to(W_dec_FSD.dtype).contiguous().view(-1, 1, D)
+        dots_P = _implementation(ctx.backend).values_grad(grad_rows, W_dec_FSD.view(-1, 1, D), ctx.rows)[:, 0]
+        grad_f_P = dots_P.float() + tanh_scale * norm_P * grad_score_F.float().index_select(0, feature_P)
+        grad_t_P = threshold_gradient(grad_f_P[:, None], norm_P[:, None], t_P, bandwidth)
+        grad_t_F = grad_t_P.new_zeros(ctx.n_features).index_add_(0, feature_P, grad_t_P)
+        return grad_recon_NSD, grad_score_F, grad_t_F, None, None, None, None, None, None
+
+
 def active_entries(
     h_NF: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor, half_width: float
 ) -> tuple[Bool[torch.Tensor, "n d_sae"], Bool[torch.Tensor, "n d_sae"]]:
@@ -246,13 +284,16 @@ def sparse_gated_decode(
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The JumpReLU step's ``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)``
-    from the active pairs (``active``: :func:`active_entries`), for differentiable norms
+    from the active entries (``active``: :func:`active_entries`): those open at some
+    snapshot gated, scored and decoded at every snapshot, those shut at every snapshot
+    but inside the window at some left to :class:`ShutWindow`; for differentiable norms
     ``norms_FS`` in the training space and ``gate = (bandwidth, tanh_scale)``; the values
     and gradients of :func:`crosslens.crosscoders.jumprelu_kernels.snapshot_gated_decode`.
     Gate, scores and values are computed in float32 whatever the autocast dtype of h."""
     active_NF, open_any_NF = active
     bandwidth, tanh_scale = gate
-    pairs = ActivePairs.from_mask(active_NF)
+    backend = backend or sparse_backend(h_NF.device)
+    pairs = ActivePairs.from_mask(open_any_NF)
     N, F_ = h_NF.shape
     if h_NF.T.is_contiguous():  # feature-major (CrosscoderMixin.hidden_pre): a view either way
         h_flat, flat_A = h_NF.T.reshape(-1), pairs.feature_A * N + pairs.token_A
@@ -267,4 +308,9 @@ def sparse_gated_decode(
     recon_NSD = gather_decode(W_dec_FSD, f_AS, pairs, backend)
     with torch.no_grad():
         shared_NF = h_NF * open_any_NF
+        window_NF = active_NF & ~open_any_NF
+    if threshold_F.requires_grad and bool(window_NF.any()):
+        recon_NSD, score_sum_F = ShutWindow.apply(
+            recon_NSD, score_sum_F, threshold_F, h_NF.detach(), W_dec_FSD.detach(), norms_FS.detach(), window_NF, gate, backend
+        )
     return recon_NSD, score_sum_F.to(h_NF.dtype), open_any_NF, shared_NF
