@@ -107,7 +107,9 @@ def step_paths(arch: str, trained: bool, device: str) -> list[str]:
     return ["default"]
 
 
-def make_trainer(arch: str, a: argparse.Namespace, device: str, autocast: str | None, path: str = "default") -> CrosscoderTrainer:
+def make_trainer(
+    arch: str, a: argparse.Namespace, device: str, autocast: str | None, path: str = "default"
+) -> CrosscoderTrainer:
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"k": a.k} if arch.endswith("topk_crosscoder") else {}
     if arch == "jumprelu_crosscoder" and path != "default":
@@ -143,7 +145,10 @@ def set_sparsity(trainer: CrosscoderTrainer, x_BSD: torch.Tensor, target: float)
     return l0_of(trainer, x_BSD)
 
 
-def step_row(arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool, times: dict[str, float], path: str = "default") -> str:
+def step_row(
+    arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool, times: dict[str, float],
+    path: str = "default",
+) -> str:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

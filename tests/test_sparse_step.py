@@ -192,7 +192,8 @@ def jumprelu_run(device: str, trained: bool, sparse_step: bool | None) -> tuple:
     if trained:
         l0 = set_trained_sparsity(sae, xs[0])
         assert 0.05 * F <= l0 <= 0.2 * F
-    with torch.no_grad():  # entries open everywhere, shut but inside the window, and (trained) open at some snapshots only
+    # entries open everywhere, shut but inside the window, and (trained) open at some snapshots only
+    with torch.no_grad():
         h_BF, norms_FS = sae.hidden_pre(xs[0]), sae.snapshot_norms()
         active_BF, open_BF = sparse_kernels.active_entries(h_BF, norms_FS, sae.threshold, 0.025)
         open_everywhere_BF = h_BF * norms_FS.min(dim=1).values > sae.threshold

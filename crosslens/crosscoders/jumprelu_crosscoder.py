@@ -23,7 +23,11 @@ which the other architectures do not do. :mod:`crosslens.crosscoders.jumprelu_ke
 avoids it: where a feature's gate is the same at every snapshot its per-snapshot code is
 the shared code, decoded with the plain crosscoder's one matmul, and only entries whose
 gate differs between snapshots, and the tanh scores of open entries, are worked out per
-snapshot. ``benchmarks/train.py`` measures it.
+snapshot. ``benchmarks/train.py`` measures it. At a trained crosscoder's sparsity on CUDA
+(``sparse_step``) the step reads only the active entries: those open at some snapshot, or
+inside the threshold's window at some, gathered as (token, feature) pairs and decoded by
+gather-sum kernels (:mod:`crosslens.crosscoders.sparse_kernels`); ``benchmarks/gpu.py``
+measures both.
 
 Straight-through estimator: the gate passes gradient to ``h`` where open and, through a
 rectangle kernel of width ``jumprelu_bandwidth`` around the threshold, to ``t_i``:

@@ -3,10 +3,15 @@ gated decode, without ``[S, N, F]`` temporaries where it can.
 
 Every gate ``[h_i * ||W_dec[i, s]|| > t_i]`` and every score ``tanh(c * f_{i,s} *
 ||W_dec[i, s]||)`` is a function of the shared pre-activation ``h [N, F]``, the decoder
-norms ``[F, S]`` and the threshold ``[F]``. Two implementations compute the same values
+norms ``[F, S]`` and the threshold ``[F]``. Three implementations compute the same values
 and gradients (to the order of float sums):
 
-* :func:`snapshot_gated_decode` (training's default): :class:`EntryClasses` sorts each
+* :func:`crosslens.crosscoders.sparse_kernels.sparse_gated_decode`: the entries open at
+  some snapshot, or inside the threshold's window at some, gathered as (token, feature)
+  pairs; gate, scores, decode and decoder gradients from those pairs (gather-sum kernels,
+  Triton's on CUDA). :func:`snapshot_gated_decode` takes it on CUDA when at most
+  ``SPARSE_STEP_SHARE`` of the entries are active (a trained crosscoder), or when asked.
+* :func:`snapshot_gated_decode` (training's default elsewhere): :class:`EntryClasses` sorts each
   (token, feature) entry by whether its gate is open at every snapshot, at none or at
   some, from the smallest and largest norm alone. Entries open everywhere are decoded with
   one ``[N, F] @ [F, S*D]`` matmul, as in a plain crosscoder; the rest work per snapshot
@@ -560,11 +565,10 @@ def snapshot_gated_decode(
     batched matmul.
     """
     if sparse or (sparse is None and h_NF.device.type == "cuda"):
+        norms_FS = W_dec_FSD.norm(dim=-1) * norm_factors_S
         with torch.no_grad():
-            norms_FS = W_dec_FSD.norm(dim=-1) * norm_factors_S
-            active = active_entries(h_NF.detach(), norms_FS, threshold_F, bandwidth / 2)
+            active = active_entries(h_NF.detach(), norms_FS.detach(), threshold_F.detach(), bandwidth / 2)
         if sparse or int(active[0].sum()) <= SPARSE_STEP_SHARE * h_NF.numel():
-            norms_FS = W_dec_FSD.norm(dim=-1) * norm_factors_S
             gate = (bandwidth, tanh_scale)
             return sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms_FS, active, gate)
     classes = None

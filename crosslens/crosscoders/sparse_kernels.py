@@ -249,7 +249,9 @@ class ShutWindow(torch.autograd.Function):
         return recon_NSD.view_as(recon_NSD), score_sum_F.view_as(score_sum_F)
 
     @staticmethod
-    def backward(ctx: Any, grad_recon_NSD: torch.Tensor, grad_score_F: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_recon_NSD: torch.Tensor, grad_score_F: torch.Tensor
+    ) -> tuple[Any, ...]:
         W_dec_FSD, feature_P, norm_P, t_P = ctx.saved_tensors
         (bandwidth, tanh_scale), D = ctx.gate, W_dec_FSD.shape[2]
         grad_rows = grad_recon_NSD.to(W_dec_FSD.dtype).contiguous().view(-1, 1, D)
@@ -311,6 +313,7 @@ def sparse_gated_decode(
         window_NF = active_NF & ~open_any_NF
     if threshold_F.requires_grad and bool(window_NF.any()):
         recon_NSD, score_sum_F = ShutWindow.apply(
-            recon_NSD, score_sum_F, threshold_F, h_NF.detach(), W_dec_FSD.detach(), norms_FS.detach(), window_NF, gate, backend
-        )
+            recon_NSD, score_sum_F, threshold_F,
+            h_NF.detach(), W_dec_FSD.detach(), norms_FS.detach(), window_NF, gate, backend,
+        )  # fmt: skip
     return recon_NSD, score_sum_F.to(h_NF.dtype), open_any_NF, shared_NF
