@@ -145,6 +145,20 @@ def set_sparsity(trainer: CrosscoderTrainer, x_BSD: torch.Tensor, target: float)
     return l0_of(trainer, x_BSD)
 
 
+@torch.no_grad()
+def active_share(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> str:
+    """A JumpReLU batch's share of (token, feature) entries the sparse step reads: open at
+    some snapshot, or inside the threshold's window at some (the rule of ``sparse_step``)."""
+    sae = trainer.sae
+    if not hasattr(sae.cfg, "jumprelu_bandwidth"):
+        return ""
+    h_BF = sae.hidden_pre(x_BSD)
+    active_BF, open_BF = sparse_kernels.active_entries(
+        h_BF, sae.snapshot_norms(), sae.threshold.to(h_BF.dtype), sae.cfg.jumprelu_bandwidth / 2
+    )
+    return f"  active {active_BF.float().mean():.2%} (open {open_BF.float().mean():.2%})"
+
+
 def step_row(
     arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool, times: dict[str, float],
     path: str = "default",
@@ -162,11 +176,12 @@ def step_row(
     sparse = arch.endswith("topk_crosscoder") or (trained and arch == "jumprelu_crosscoder")
     floor = times["sparse" if sparse else "dense"]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+    share = active_share(trainer, x_BSD)  # after the peak was read
     precision = "bf16" if autocast else "fp32"
     state = "trained" if trained else "fresh"
     del trainer
     return (f"{arch:22s} {precision:5s} {state:8s} {path:13s} L0 {l0:8.1f}  {a.batch / seconds:10,.0f} tok/s  "
-            f"{floor / seconds:6.1%} of the {'sparse' if sparse else 'dense'} floor  peak {peak:6.1f} GiB")  # fmt: skip
+            f"{floor / seconds:6.1%} of the {'sparse' if sparse else 'dense'} floor  peak {peak:6.1f} GiB{share}")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

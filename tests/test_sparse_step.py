@@ -212,6 +212,26 @@ def test_jumprelu_sparse_step_equals_the_dense_step(device, trained, sparse_call
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("share", [0.0, 1.0], ids=["matmuls", "gathered"])
+def test_jumprelu_sparse_step_either_way_of_summing_the_window(device, share, monkeypatch):
+    """The entries shut everywhere but inside the window, through the masked matmuls or
+    one gathered dot product per (entry, snapshot) pair."""
+    dense = jumprelu_run(device, True, False)
+    monkeypatch.setattr(sparse_kernels, "WINDOW_MATMUL_SHARE", share)
+    modes = []
+    original = sparse_kernels.ShutWindow.forward
+
+    def forward(ctx, *args):
+        out = original(ctx, *args)
+        modes.append(ctx.rows is None)
+        return out
+
+    monkeypatch.setattr(sparse_kernels.ShutWindow, "forward", staticmethod(forward))
+    assert_same_run(jumprelu_run(device, True, True), dense)
+    assert modes == [share == 0.0] * (STEPS + 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_jumprelu_sparse_step_through_triton(device, triton_backend, sparse_calls):
     assert_same_run(jumprelu_run(device, True, True), jumprelu_run(device, True, False))
     assert len(sparse_calls) == STEPS + 1
