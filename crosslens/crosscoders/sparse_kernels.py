@@ -191,11 +191,15 @@ def gather_decode(
 # ----------------------------------------------------------------- the JumpReLU step
 SPARSE_STEP_SHARE = 1 / 32
 """Largest share of (token, feature) entries active (open at some snapshot, or inside the
-threshold's window at some) for which the JumpReLU step decodes on CUDA from the pairs
-rather than with dense matmuls. A trained crosscoder's share is under 1% (L0 of 50-200 of
-tens of thousands of features), a freshly initialised one's about 30%: the rule only has
-to tell those apart, and at 1/32 a gathered pair (``S * d_in`` reads) still moves less
-than the dense products' share of it."""
+threshold's window at some) for which the JumpReLU step works on CUDA from the pairs
+rather than with the dense kernels. An estimate, not a measurement: an active entry costs
+three passes over its ``S * d_in`` decoder floats (decode, the values' gradient, the
+decoder's), 12 bytes each in float32; at 1/32 of the entries that is about as much memory
+traffic as the dense JumpReLU step's per-snapshot work over all ``S * N * F`` entries
+(it runs at ~15% of the dense floor under bf16 autocast). A trained crosscoder (L0 of
+50-200 of tens of thousands of features, under 1%) is well inside it, a freshly
+initialised one (about 30% open) well outside. ``benchmarks/gpu.py`` prints the share
+and both steps' tokens/s, from which to set it."""
 
 
 class JumpGate(torch.autograd.Function):
