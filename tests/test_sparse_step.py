@@ -153,9 +153,10 @@ def dead_mask(sae) -> torch.Tensor:
     return (torch.arange(F) % 4 == 0).to(sae.W_dec.device)
 
 
-def run(sae, xs: list[torch.Tensor]) -> tuple[float, dict[str, torch.Tensor], list[float], dict[str, torch.Tensor]]:
+def run(sae, xs: list[torch.Tensor], autocast: str | None = None) -> tuple[float, dict, list[float], dict]:
     loss, grads = loss_and_grads(sae, xs[0])
-    cfg = CrosscoderTrainerConfig(total_steps=len(xs), lr=3e-3, device=str(xs[0].device), activation_scale_check="off")
+    cfg = CrosscoderTrainerConfig(total_steps=len(xs), lr=3e-3, device=str(xs[0].device), autocast_dtype=autocast,
+                                  activation_scale_check="off")  # fmt: skip
     trainer = CrosscoderTrainer(sae, cfg)
     losses = [trainer.step(x).loss.item() for x in xs]
     return loss, grads, losses, {name: p.detach().clone() for name, p in sae.named_parameters()}
@@ -186,7 +187,7 @@ def sparse_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def jumprelu_run(device: str, trained: bool, sparse_step: bool | None) -> tuple:
+def jumprelu_run(device: str, trained: bool, sparse_step: bool | None, autocast: str | None = None) -> tuple:
     sae = make_sae("jumprelu_crosscoder", device, l0_coefficient=0.3, sparse_step=sparse_step)
     xs = batches(STEPS, device)
     if trained:
@@ -199,7 +200,7 @@ def jumprelu_run(device: str, trained: bool, sparse_step: bool | None) -> tuple:
         open_everywhere_BF = h_BF * norms_FS.min(dim=1).values > sae.threshold
     assert (active_BF & ~open_BF).any() and open_everywhere_BF.any()
     assert (open_BF & ~open_everywhere_BF).any() == trained  # fresh: every norm equal
-    return run(sae, xs)
+    return run(sae, xs, autocast)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -209,6 +210,21 @@ def test_jumprelu_sparse_step_equals_the_dense_step(device, trained, sparse_call
     assert not sparse_calls
     assert_same_run(jumprelu_run(device, trained, True), dense)
     assert len(sparse_calls) == STEPS + 1  # the gradient check's pass and every step
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_jumprelu_sparse_step_under_bfloat16_autocast(device, sparse_calls):
+    """Under autocast (CUDA's default precision) the sparse step gates, scores and decodes
+    in float32 where the dense kernels follow the autocast dtype: the runs agree to
+    bfloat16's precision, not bit for bit. After 20 Adam steps each parameter is closer to
+    the dense kernels' under autocast than those are to the float32 run's."""
+    _, _, dense_losses, dense_params = jumprelu_run(device, True, False, "bfloat16")
+    _, _, _, fp32_params = jumprelu_run(device, True, False)
+    _, _, losses, params = jumprelu_run(device, True, True, "bfloat16")
+    assert len(sparse_calls) == STEPS + 1
+    assert losses == pytest.approx(dense_losses, rel=5e-3)
+    for name, p in dense_params.items():
+        assert 0 < (params[name] - p).norm() < (fp32_params[name] - p).norm(), name
 
 
 @pytest.mark.parametrize("device", DEVICES)
