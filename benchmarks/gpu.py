@@ -11,7 +11,10 @@
    JumpReLU threshold is set, by bisection on one batch, so that the measured L0 lands at
    ``--l0`` (TopK/BatchTopK: ``k`` sets it). Each row: the L0 reached, tokens/s, the
    fraction of its floor (sparse for a trained JumpReLU and TopK/BatchTopK, dense
-   otherwise) and the peak memory (``torch.cuda.max_memory_allocated``).
+   otherwise) and the peak memory (``torch.cuda.max_memory_allocated``). Where a row has
+   a sparse implementation it is measured beside the dense one (``step_paths``): JumpReLU
+   at the trained sparsity with ``sparse_step`` off and on, TopK/BatchTopK through
+   ``embedding_bag`` and through the Triton gather-sum kernels.
 
 Without CUDA it prints one line and exits 0. ``--small`` runs the same logic on the CPU at
 a tiny shape (fractions and memory there mean nothing; it checks that the script works).
@@ -31,6 +34,7 @@ from collections.abc import Callable
 import torch
 
 import crosslens.crosscoders as cc
+from crosslens.crosscoders import sparse_kernels
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.memory import parameter_counts
 from crosslens.training.optim import clipped_step
@@ -91,9 +95,26 @@ def floors(a: argparse.Namespace, device: str) -> dict[str, float]:
     return {"dense": matmuls5 + opt, "sparse": matmuls2 + opt, "optimizer": opt}
 
 
-def make_trainer(arch: str, a: argparse.Namespace, device: str, autocast: str | None) -> CrosscoderTrainer:
+def step_paths(arch: str, trained: bool, device: str) -> list[str]:
+    """The implementations measured for one row: JumpReLU at a trained sparsity with the
+    dense kernels and from its active pairs (``sparse_step``); TopK/BatchTopK through
+    ``embedding_bag`` and, where Triton is there, the Triton gather-sum kernels."""
+    if arch == "jumprelu_crosscoder" and trained:
+        return ["dense", "sparse"]
+    if arch.endswith("topk_crosscoder"):
+        triton_there = sparse_kernels.sparse_backend(torch.device(device)) == "triton"
+        return ["embedding_bag", "sparse"] if triton_there else ["embedding_bag"]
+    return ["default"]
+
+
+def make_trainer(
+    arch: str, a: argparse.Namespace, device: str, autocast: str | None, path: str = "default"
+) -> CrosscoderTrainer:
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"k": a.k} if arch.endswith("topk_crosscoder") else {}
+    if arch == "jumprelu_crosscoder" and path != "default":
+        extra["sparse_step"] = path == "sparse"
+    sparse_kernels.BACKEND = "eager" if path == "embedding_bag" else None
     torch.manual_seed(0)
     sae = train_cls(train_cfg_cls(d_in=a.d_in, d_sae=a.d_sae, n_snapshots=a.S, device=device, **extra))
     cfg = CrosscoderTrainerConfig(total_steps=10**6, lr=1e-5, device=device, autocast_dtype=autocast,
@@ -124,11 +145,28 @@ def set_sparsity(trainer: CrosscoderTrainer, x_BSD: torch.Tensor, target: float)
     return l0_of(trainer, x_BSD)
 
 
-def step_row(arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool, times: dict[str, float]) -> str:
+@torch.no_grad()
+def active_share(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> str:
+    """A JumpReLU batch's share of (token, feature) entries the sparse step reads: open at
+    some snapshot, or inside the threshold's window at some (the rule of ``sparse_step``)."""
+    sae = trainer.sae
+    if not hasattr(sae.cfg, "jumprelu_bandwidth"):
+        return ""
+    h_BF = sae.hidden_pre(x_BSD)
+    active_BF, open_BF = sparse_kernels.active_entries(
+        h_BF, sae.snapshot_norms(), sae.threshold.to(h_BF.dtype), sae.cfg.jumprelu_bandwidth / 2
+    )
+    return f"  active {active_BF.float().mean():.2%} (open {open_BF.float().mean():.2%})"
+
+
+def step_row(
+    arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool, times: dict[str, float],
+    path: str = "default",
+) -> str:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    trainer = make_trainer(arch, a, device, autocast)
+    trainer = make_trainer(arch, a, device, autocast, path)
     g = torch.Generator(device=device).manual_seed(0)
     x_BSD = torch.randn(a.batch, a.S, a.d_in, device=device, generator=g)
     if trained and not arch.endswith("topk_crosscoder"):
@@ -138,11 +176,12 @@ def step_row(arch: str, a: argparse.Namespace, device: str, autocast: str | None
     sparse = arch.endswith("topk_crosscoder") or (trained and arch == "jumprelu_crosscoder")
     floor = times["sparse" if sparse else "dense"]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+    share = active_share(trainer, x_BSD)  # after the peak was read
     precision = "bf16" if autocast else "fp32"
     state = "trained" if trained else "fresh"
     del trainer
-    return (f"{arch:22s} {precision:5s} {state:8s} L0 {l0:8.1f}  {a.batch / seconds:10,.0f} tok/s  "
-            f"{floor / seconds:6.1%} of the {'sparse' if sparse else 'dense'} floor  peak {peak:6.1f} GiB")  # fmt: skip
+    return (f"{arch:22s} {precision:5s} {state:8s} {path:13s} L0 {l0:8.1f}  {a.batch / seconds:10,.0f} tok/s  "
+            f"{floor / seconds:6.1%} of the {'sparse' if sparse else 'dense'} floor  peak {peak:6.1f} GiB{share}")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -185,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     for arch in a.only or list(cc.ARCHITECTURES):
         for autocast in (None, "bfloat16"):
             for trained in (False, True):
-                print(step_row(arch, a, device, autocast, trained, times), flush=True)
+                for path in step_paths(arch, trained, device):
+                    print(step_row(arch, a, device, autocast, trained, times, path), flush=True)
     return 0
 
 

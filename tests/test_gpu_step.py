@@ -231,7 +231,12 @@ def test_gpu_benchmark_runs_end_to_end_small_on_cpu():
                           text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if "tok/s" in line and " L0 " in line]
-    assert len(rows) == 4 * 2 * 2  # architectures x precisions x (fresh, trained)
+    # architectures x precisions x (fresh, trained), and JumpReLU trained from its active pairs
+    # beside the dense kernels (TopK's Triton rows need CUDA)
+    assert len(rows) == 4 * 2 * 2 + 2
+    assert [r.split()[:4] for r in rows if r.split()[3] == "sparse"] == [
+        ["jumprelu_crosscoder", precision, "trained", "sparse"] for precision in ("fp32", "bf16")
+    ]
     trained_l0 = [float(r.split(" L0 ")[1].split()[0]) for r in rows if "trained" in r and "topk" not in r]
     assert trained_l0 and all(6.0 <= l0 <= 10.0 for l0 in trained_l0)  # --small sets L0 8
     assert "floor, dense" in done.stdout and "floor, sparse" in done.stdout

@@ -23,7 +23,11 @@ which the other architectures do not do. :mod:`crosslens.crosscoders.jumprelu_ke
 avoids it: where a feature's gate is the same at every snapshot its per-snapshot code is
 the shared code, decoded with the plain crosscoder's one matmul, and only entries whose
 gate differs between snapshots, and the tanh scores of open entries, are worked out per
-snapshot. ``benchmarks/train.py`` measures it.
+snapshot. ``benchmarks/train.py`` measures it. At a trained crosscoder's sparsity on CUDA
+(``sparse_step``) the step reads only the active entries: those open at some snapshot, or
+inside the threshold's window at some, gathered as (token, feature) pairs and decoded by
+gather-sum kernels (:mod:`crosslens.crosscoders.sparse_kernels`); ``benchmarks/gpu.py``
+measures both.
 
 Straight-through estimator: the gate passes gradient to ``h`` where open and, through a
 rectangle kernel of width ``jumprelu_bandwidth`` around the threshold, to ``t_i``:
@@ -94,6 +98,13 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=AR
     tanh sparsity term) and keeps the norm it had when the gate closed. It gives every
     row a gradient but does not lower the norm left at absent snapshots (that follows
     excess firing, set by the sparsity coefficient), so it is off by default."""
+    sparse_step: bool | None = None
+    """Gate, score and decode a batch from its active (token, feature) entries alone (open
+    at some snapshot, or inside the threshold's window at some) with gather-sum kernels,
+    instead of dense matmuls over every entry; the same values and gradients up to the
+    order of float sums. None: on CUDA when at most 1/32 of the entries are active (a
+    trained crosscoder's sparsity, not a fresh one's); False: never; True: always (also
+    on a CPU, where the dense kernels are faster)."""
 
     def __post_init__(self) -> None:
         if self.l0_coefficient is None:
@@ -226,8 +237,9 @@ class JumpReLUTrainingCrosscoder(
             extras = {"f_SNF": f_SNF, "score_sum_F": score_sum_F}
         else:  # decoded with the gates, without an [S, N, F] code; the norms are its own
             recon_NSD, score_sum_F, open_anywhere_NF, shared_NF = snapshot_gated_decode(
-                h_NF, self.W_dec, threshold_F, norm_factors_S=self.folded_norm_factors, **kernel_args
-            )
+                h_NF, self.W_dec, threshold_F, norm_factors_S=self.folded_norm_factors,
+                sparse=self.cfg.sparse_step, **kernel_args,
+            )  # fmt: skip
             extras = {"recon_NSD": recon_NSD, "score_sum_F": score_sum_F}
         if shared_NF is None or self.collectives.snapshot_size > 1:  # other ranks' gates count too
             with torch.no_grad():  # (a product with the mask: several times faster than torch.where on a CPU)

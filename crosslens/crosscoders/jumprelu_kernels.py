@@ -3,10 +3,15 @@ gated decode, without ``[S, N, F]`` temporaries where it can.
 
 Every gate ``[h_i * ||W_dec[i, s]|| > t_i]`` and every score ``tanh(c * f_{i,s} *
 ||W_dec[i, s]||)`` is a function of the shared pre-activation ``h [N, F]``, the decoder
-norms ``[F, S]`` and the threshold ``[F]``. Two implementations compute the same values
+norms ``[F, S]`` and the threshold ``[F]``. Three implementations compute the same values
 and gradients (to the order of float sums):
 
-* :func:`snapshot_gated_decode` (training's default): :class:`EntryClasses` sorts each
+* :func:`crosslens.crosscoders.sparse_kernels.sparse_gated_decode`: the entries open at
+  some snapshot, or inside the threshold's window at some, gathered as (token, feature)
+  pairs; gate, scores, decode and decoder gradients from those pairs (gather-sum kernels,
+  Triton's on CUDA). :func:`snapshot_gated_decode` takes it on CUDA when at most
+  ``SPARSE_STEP_SHARE`` of the entries are active (a trained crosscoder), or when asked.
+* :func:`snapshot_gated_decode` (training's default elsewhere): :class:`EntryClasses` sorts each
   (token, feature) entry by whether its gate is open at every snapshot, at none or at
   some, from the smallest and largest norm alone. Entries open everywhere are decoded with
   one ``[N, F] @ [F, S*D]`` matmul, as in a plain crosscoder; the rest work per snapshot
@@ -44,6 +49,7 @@ from crosslens.crosscoders.jumprelu_ops import (
     tanh_from_sigmoid,
     threshold_gradient,
 )
+from crosslens.crosscoders.sparse_kernels import SPARSE_STEP_SHARE, active_entries, sparse_gated_decode
 
 CPU_BLOCK_ELEMENTS = 1 << 22
 """Elements of one ``[S, block, F]`` block on a CPU: 16 MiB in float32, about half of a
@@ -154,7 +160,6 @@ class SnapshotGateAndScore(torch.autograd.Function):
         return grad_h_NF, grad_norms_FS, grad_threshold_F, None, None
 
 
-
 def _grad_of_code(
     grad_f_SNF: torch.Tensor | None, start: int, block: int, h_BF: torch.Tensor, n_snapshots: int
 ) -> Float[torch.Tensor, "n_snapshots block d_sae"]:
@@ -236,7 +241,6 @@ multi-megabyte temporary also costs page faults on every step); smaller blocks p
 per-op overhead (``benchmarks/cpu_ops.py`` compares 2^17, 2^19 and 2^21)."""
 
 
-
 class EntryClasses:
     """Where each (token, feature) entry's gate and threshold window stand across
     snapshots, from the smallest and largest decoder norm of each feature, and how
@@ -303,7 +307,6 @@ class EntryClasses:
         return torch.cat([self.all_open_flat, self.mixed_open_flat])
 
 
-
 def _row_blocks(rows: PaddedRows, n_snapshots: int, device: torch.device) -> list[slice]:
     """Slices of padded rows whose ``[rows, S, P]`` work fits ``ROW_BLOCK_ELEMENTS`` (all rows off the CPU)."""
     n_rows, width = rows.shape
@@ -315,13 +318,6 @@ def _pair_chunks(n_pairs: int, d_in: int) -> list[slice]:
     """Slices of gathered (entry, snapshot) pairs holding about ``SPARSE_ENTRY_CHUNK`` elements each."""
     step = max(1, SPARSE_ENTRY_CHUNK // max(1, d_in))
     return [slice(a, a + step) for a in range(0, n_pairs, step)]
-
-
-    def blocks(self, n_snapshots: int, device: torch.device) -> list[slice]:
-        """Slices of rows whose ``[rows, S, P]`` work fits ``ROW_BLOCK_ELEMENTS`` (all rows off the CPU)."""
-        n_rows, width = self.shape
-        step = n_rows if device.type != "cpu" else max(1, ROW_BLOCK_ELEMENTS // max(1, n_snapshots * width))
-        return [slice(a, a + step) for a in range(0, n_rows, step)]
 
 
 class SnapshotGatedDecode(torch.autograd.Function):
@@ -551,24 +547,30 @@ def snapshot_gated_decode(
     norm_factors_S: Float[torch.Tensor, " n_snapshots"],
     bandwidth: float,
     tanh_scale: float,
-) -> tuple[
-    Float[torch.Tensor, "n n_snapshots d_in"],
-    Float[torch.Tensor, " d_sae"],
-    Bool[torch.Tensor, "n d_sae"],
-    Float[torch.Tensor, "n d_sae"],
-]:
+    sparse: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)``: the decode of the
     per-snapshot gated code (no bias), the summed tanh scores, the any-snapshot gate and
     the shared code ``h * open_anywhere`` (no gradient), for decoder norms
     ``||W_dec[i, s]|| * norm_factors_S[s]`` (the training space's, as
     ``CrosscoderMixin.snapshot_norms``).
 
-    Uses :class:`SnapshotGatedDecode` when few entries are mixed, else (and under
-    autocast, whose matmul dtypes the gathered updates do not follow) the per-snapshot
-    :class:`SnapshotGateAndScore` and a batched matmul. Both give the same values and
-    gradients up to the order of float sums (and tanh's rounding: the gated decode
-    computes it from a sigmoid).
+    Three implementations, the same values and gradients up to the order of float sums
+    (and tanh's rounding: the gated decode computes it from a sigmoid):
+    :func:`crosslens.crosscoders.sparse_kernels.sparse_gated_decode` from the active pairs
+    alone, with ``sparse=True``, or with ``sparse=None`` on CUDA when at most
+    ``SPARSE_STEP_SHARE`` of the entries are active; else :class:`SnapshotGatedDecode`
+    when few entries are mixed (not under autocast, whose matmul dtypes its gathered
+    updates do not follow); else the per-snapshot :class:`SnapshotGateAndScore` and a
+    batched matmul.
     """
+    if sparse or (sparse is None and h_NF.device.type == "cuda"):
+        norms_FS = W_dec_FSD.norm(dim=-1) * norm_factors_S
+        with torch.no_grad():
+            active = active_entries(h_NF.detach(), norms_FS.detach(), threshold_F.detach(), bandwidth / 2)
+        if sparse or int(active[0].sum()) <= SPARSE_STEP_SHARE * h_NF.numel():
+            gate = (bandwidth, tanh_scale)
+            return sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms_FS, active, gate)
     classes = None
     if not torch.is_autocast_enabled(h_NF.device.type):
         with torch.no_grad():

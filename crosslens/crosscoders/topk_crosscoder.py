@@ -8,9 +8,11 @@ reconstruct the residual ``x - x_hat`` (detached, no decoder bias), scaled by
 ``aux_loss_coefficient * min(n_dead / aux_k, 1)``. ``aux_k`` defaults to half the input
 width, ``n_snapshots * d_in // 2`` (the TopK SAE papers' heuristic).
 
-With k much smaller than d_sae, training decodes only the active features (a gather of
-their decoder rows through ``embedding_bag``) instead of a dense ``[N, F] @ [F, S*D]``
-matmul; see ``benchmarks/train.py`` for the speed-up.
+With k much smaller than d_sae, training decodes only the active features instead of a
+dense ``[N, F] @ [F, S*D]`` matmul: a gather of their decoder rows through
+``embedding_bag`` on a CPU (``benchmarks/train.py`` measures the speed-up), and on CUDA the
+Triton gather-sum kernels of :mod:`crosslens.crosscoders.sparse_kernels`, whose decoder
+gradient is a sparse-transpose-dense matmul rather than ``embedding_bag``'s backward.
 
 With n_snapshots = 1 this is SAELens's ``topk`` SAE with
 ``rescale_acts_by_decoder_norm=True``: same selection, reconstruction and losses; our
@@ -27,6 +29,7 @@ from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainSte
 
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig
+from crosslens.crosscoders.sparse_kernels import ActivePairs, gather_decode, sparse_backend
 from crosslens.architectures import DEFAULT_K
 
 ARCHITECTURE = "topk_crosscoder"
@@ -111,6 +114,24 @@ class TopKTrainingCrosscoder(
 
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {}
+
+    def decode_active(
+        self, indices: torch.Tensor, values: torch.Tensor, *, offsets: torch.Tensor | None = None, add_bias: bool = True
+    ) -> torch.Tensor:
+        """:meth:`CrosscoderMixin.decode_active` through the gather-sum kernels where they
+        are Triton's (CUDA), else through ``embedding_bag``; the same sums."""
+        backend = sparse_backend(self.W_dec.device)
+        if backend == "eager":
+            return super().decode_active(indices, values, offsets=offsets, add_bias=add_bias)
+        S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
+        if offsets is None:
+            pairs = ActivePairs.from_rows(indices, F_)
+        else:
+            pairs = ActivePairs.from_offsets(indices, offsets, F_)
+        out = gather_decode(self.W_dec.reshape(F_, 1, S * D), values.reshape(-1, 1), pairs, backend)
+        if add_bias:
+            out = out + self.b_dec.reshape(S * D)
+        return out.reshape(-1, S, D)
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD)

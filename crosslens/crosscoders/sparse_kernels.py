@@ -1,0 +1,354 @@
+"""Decode and decoder gradients from the active (token, feature) pairs alone.
+
+A sparse crosscoder step needs, after the shared encoder matmul ``h [N, F]``, only the
+pairs whose code is nonzero (TopK, BatchTopK) or whose JumpReLU gate is open at some
+snapshot or inside the threshold's straight-through window at some snapshot. Their
+decode and the decoder's gradients are sums over those pairs:
+
+* decode, a gather-sum (what ``embedding_bag`` does): ``out[n, g] = sum over pairs (n, i)
+  of v[pair, g] * W[i, g]``;
+* the values' gradient, one dot product per pair and group: ``<grad_out[n, g], W[i, g]>``;
+* the decoder's gradient, its transpose (a sparse-transpose-dense matmul):
+  ``grad_W[i, g] = sum over pairs (n, i) of v[pair, g] * grad_out[n, g]``.
+
+``W`` is viewed as ``[F, G, D]``: one group (``G = 1``, ``D = S * d_in``) where a pair has
+one value for every snapshot (TopK), ``G = S`` where it has one per snapshot (JumpReLU's
+per-snapshot gate). Two implementations compute the same sums: the eager one here
+(``embedding_bag``, ``index_select``, ``index_add_``), which runs on CPUs and in CI, and
+the Triton kernels of :mod:`crosslens.crosscoders.triton_kernels`, chosen on CUDA when
+triton is installed (it is imported only then). The sums differ only in the order of
+float additions.
+
+:func:`sparse_gated_decode` is the JumpReLU crosscoder's gate, tanh scores and decode
+built on them; the TopK crosscoders call :func:`gather_decode` directly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+
+from crosslens.crosscoders.jumprelu_ops import threshold_gradient
+
+BACKEND: str | None = None
+"""Force ``"eager"`` or ``"triton"`` (``"triton"`` on a CPU needs ``TRITON_INTERPRET=1``);
+None takes Triton on CUDA when it is installed, else eager. For tests."""
+
+PAIR_CHUNK_ELEMENTS = 1 << 22
+"""Elements ``pairs * G * D`` of one gathered block in the eager implementation."""
+
+
+def sparse_backend(device: torch.device) -> str:
+    """``"triton"`` on CUDA with triton installed, else ``"eager"`` (or :data:`BACKEND`)."""
+    if BACKEND is not None:
+        return BACKEND
+    if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+        return "triton"
+    return "eager"
+
+
+@dataclass
+class ActivePairs:
+    """Active (token, feature) pairs in token-major order (``token_A`` ascending)."""
+
+    token_A: Int[torch.Tensor, " A"]
+    feature_A: Int[torch.Tensor, " A"]
+    n_tokens: int
+    n_features: int
+
+    @classmethod
+    def from_mask(cls, active_NF: Bool[torch.Tensor, "n d_sae"]) -> ActivePairs:
+        token_A, feature_A = active_NF.nonzero(as_tuple=True)
+        return cls(token_A, feature_A, *active_NF.shape)
+
+    @classmethod
+    def from_rows(cls, features_NK: Int[torch.Tensor, "n k"], n_features: int) -> ActivePairs:
+        """``k`` features per token, each token's in ascending order."""
+        N, K = features_NK.shape
+        token_A = torch.arange(N, device=features_NK.device).repeat_interleave(K)
+        return cls(token_A, features_NK.reshape(-1), N, n_features)
+
+    @classmethod
+    def from_offsets(cls, feature_A: torch.Tensor, starts_N: torch.Tensor, n_features: int) -> ActivePairs:
+        """Flat pairs with ``starts_N`` where each token's start (``embedding_bag``'s offsets)."""
+        ends_N = torch.cat([starts_N[1:], starts_N.new_tensor([feature_A.shape[0]])])
+        tokens = torch.arange(starts_N.shape[0], device=feature_A.device)
+        return cls(tokens.repeat_interleave(ends_N - starts_N), feature_A, starts_N.shape[0], n_features)
+
+    def token_starts(self) -> Int[torch.Tensor, " n_plus_1"]:
+        """Where each token's pairs start, and the pair count last (CSR)."""
+        return _starts(self.token_A, self.n_tokens)
+
+    def feature_order(self) -> tuple[Int[torch.Tensor, " A"], Int[torch.Tensor, " d_sae_plus_1"]]:
+        """The pairs sorted by feature (stable: tokens ascending within one) and where each
+        feature's pairs start in that order."""
+        order_A = torch.sort(self.feature_A, stable=True).indices
+        return order_A, _starts(self.feature_A, self.n_features)
+
+
+def _starts(sorted_or_counted: torch.Tensor, n: int) -> torch.Tensor:
+    counts = torch.bincount(sorted_or_counted, minlength=n)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+def _chunks(n_pairs: int, row_elements: int) -> list[slice]:
+    step = max(1, PAIR_CHUNK_ELEMENTS // max(1, row_elements))
+    return [slice(a, a + step) for a in range(0, n_pairs, step)]
+
+
+def eager_decode(W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
+    """``out [N, G, D]``: the gather-sum, through ``embedding_bag`` for one group."""
+    F_, G, D = W_FGD.shape
+    if G == 1:
+        out = F.embedding_bag(
+            pairs.feature_A, W_FGD.reshape(F_, D), offsets=pairs.token_starts()[:-1],
+            mode="sum", per_sample_weights=values_AG[:, 0],
+        )  # fmt: skip
+        return out.view(-1, 1, D)
+    out_NGD = W_FGD.new_zeros(pairs.n_tokens, G, D)
+    for chunk in _chunks(values_AG.shape[0], G * D):
+        rows_cGD = W_FGD.index_select(0, pairs.feature_A[chunk]) * values_AG[chunk, :, None]
+        out_NGD.index_add_(0, pairs.token_A[chunk], rows_cGD)
+    return out_NGD
+
+
+def eager_values_grad(grad_NGD: torch.Tensor, W_FGD: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
+    """``[A, G]``: ``<grad_out[n, g], W[i, g]>`` for every pair."""
+    out_AG = W_FGD.new_empty(pairs.feature_A.shape[0], W_FGD.shape[1])
+    for chunk in _chunks(out_AG.shape[0], W_FGD.shape[1] * W_FGD.shape[2]):
+        out_AG[chunk] = torch.linalg.vecdot(
+            grad_NGD.index_select(0, pairs.token_A[chunk]), W_FGD.index_select(0, pairs.feature_A[chunk])
+        )
+    return out_AG
+
+
+def eager_weight_grad(grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
+    """``[F, G, D]``: the sparse-transpose-dense matmul, ``sum over pairs v * grad_out[n]``."""
+    G, D = grad_NGD.shape[1:]
+    grad_FGD = grad_NGD.new_zeros(pairs.n_features, G, D)
+    for chunk in _chunks(values_AG.shape[0], G * D):
+        rows_cGD = grad_NGD.index_select(0, pairs.token_A[chunk]) * values_AG[chunk, :, None]
+        grad_FGD.index_add_(0, pairs.feature_A[chunk], rows_cGD)
+    return grad_FGD
+
+
+def _implementation(backend: str) -> Any:
+    if backend == "triton":
+        from crosslens.crosscoders import triton_kernels
+
+        return triton_kernels
+    return _EAGER
+
+
+class _Eager:
+    decode = staticmethod(eager_decode)
+    values_grad = staticmethod(eager_values_grad)
+    weight_grad = staticmethod(eager_weight_grad)
+
+
+_EAGER = _Eager()
+
+
+class SparseDecode(torch.autograd.Function):
+    """``out[n, g] = sum over pairs (n, i) of v[pair, g] * W[i, g]`` and its gradients to
+    ``W [F, G, D]`` and ``v [A, G]`` (both in W's dtype), by the chosen implementation."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, backend: str
+    ) -> torch.Tensor:
+        ops = _implementation(backend)
+        ctx.save_for_backward(W_FGD, values_AG)
+        ctx.pairs, ctx.ops = pairs, ops
+        return ops.decode(W_FGD, values_AG, pairs)
+
+    @staticmethod
+    def backward(ctx: Any, grad_NGD: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        W_FGD, values_AG = ctx.saved_tensors
+        grad_NGD = grad_NGD.to(W_FGD.dtype).contiguous()
+        grad_W = ctx.ops.weight_grad(grad_NGD, values_AG, ctx.pairs) if ctx.needs_input_grad[0] else None
+        grad_v = ctx.ops.values_grad(grad_NGD, W_FGD, ctx.pairs) if ctx.needs_input_grad[1] else None
+        return grad_W, grad_v, None, None
+
+
+def gather_decode(
+    W_FGD: Float[torch.Tensor, "d_sae groups d"],
+    values_AG: Float[torch.Tensor, "A groups"],
+    pairs: ActivePairs,
+    backend: str | None = None,
+) -> Float[torch.Tensor, "n groups d"]:
+    """The gather-sum decode of the active pairs (see the module docstring), differentiable
+    in ``W_FGD`` and ``values_AG``; the values are cast to the decoder's dtype."""
+    backend = backend or sparse_backend(W_FGD.device)
+    return SparseDecode.apply(W_FGD.contiguous(), values_AG.to(W_FGD.dtype).contiguous(), pairs, backend)
+
+
+# ----------------------------------------------------------------- the JumpReLU step
+SPARSE_STEP_SHARE = 1 / 32
+"""Largest share of (token, feature) entries active (open at some snapshot, or inside the
+threshold's window at some) for which the JumpReLU step works on CUDA from the pairs
+rather than with the dense kernels. An estimate, not a measurement: an active entry costs
+three passes over its ``S * d_in`` decoder floats (decode, the values' gradient, the
+decoder's), 12 bytes each in float32; at 1/32 of the entries that is about as much memory
+traffic as the dense JumpReLU step's per-snapshot work over all ``S * N * F`` entries
+(it runs at ~15% of the dense floor under bf16 autocast). A trained crosscoder (L0 of
+50-200 of tens of thousands of features, under 1%) is well inside it, a freshly
+initialised one (about 30% open) well outside. ``benchmarks/gpu.py`` prints the share
+and both steps' tokens/s, from which to set it."""
+
+
+class JumpGate(torch.autograd.Function):
+    """``f[a, s] = h[a] * [h[a] * norm[a, s] > t[a]]`` for gathered pairs, with JumpReLU's
+    straight-through gradient: to ``h`` where open; to each pair's threshold through the
+    rectangle kernel, ``-(t / (norm * eps)) * [|h norm - t| < eps / 2]`` times the upstream
+    gradient (from the decode and the scores, shut gates included); none to the norms."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, h_A: torch.Tensor, norms_AS: torch.Tensor, t_A: torch.Tensor, bandwidth: float
+    ) -> torch.Tensor:
+        ctx.save_for_backward(h_A, norms_AS, t_A)
+        ctx.bandwidth = bandwidth
+        open_AS = h_A[:, None] * norms_AS > t_A[:, None]
+        return torch.where(open_AS, h_A[:, None], 0.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad_AS: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        h_A, norms_AS, t_A = ctx.saved_tensors
+        distance_AS = h_A[:, None] * norms_AS - t_A[:, None]
+        grad_h_A = torch.where(distance_AS > 0, grad_AS, 0.0).sum(dim=1)
+        window_AS = torch.where(distance_AS.abs() < ctx.bandwidth / 2, grad_AS, 0.0)
+        return grad_h_A, None, threshold_gradient(window_AS, norms_AS, t_A, ctx.bandwidth), None
+
+
+WINDOW_MATMUL_SHARE = 1 / 256
+"""Share of all (token, feature, snapshot) triples inside the window, shut everywhere, above
+which :class:`ShutWindow` sums their decoder gradient with a masked ``[F, N] @ [N, D]``
+matmul per snapshot instead of one gathered dot product per triple. A gathered triple
+reads ``2 * d_in`` floats from memory, a matmul's share of one costs ``2 * d_in`` FLOPs at
+compute speed: about 1/800 on an H100 in bfloat16; 1/256 leans to the gathers. Where the
+threshold sits close to most pre-activations (a crosscoder early in training, or an
+initialised one with its threshold set) the window holds several percent of the entries."""
+
+
+class ShutWindow(torch.autograd.Function):
+    """The threshold's gradient from the entries shut at every snapshot yet inside the
+    window at some: their code is 0 everywhere, so they add nothing to the decode or the
+    scores, and the decode and score outputs pass through unchanged. In backward each
+    (entry, snapshot) pair inside the window gives ``grad_f = <grad_out[n, s], W[i, s]> +
+    c * norm * grad_score[i]`` (tanh's slope at 0 is 1) to the rectangle kernel: one dot
+    product per pair, or, past ``WINDOW_MATMUL_SHARE``, per snapshot the masked sum of
+    ``grad_out`` over each feature's tokens inside the window (one matmul) dotted with
+    ``W[i, s]``. Backward runs under the forward's autocast state."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(  # type: ignore[override]
+        ctx: Any, recon_NSD: torch.Tensor, score_sum_F: torch.Tensor, threshold_F: torch.Tensor,
+        h_NF: torch.Tensor, W_dec_FSD: torch.Tensor, norms_FS: torch.Tensor, window_NF: torch.Tensor,
+        gate: tuple[float, float], backend: str,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        (N, F_), S = h_NF.shape, W_dec_FSD.shape[1]
+        token_W, feature_W = window_NF.nonzero(as_tuple=True)
+        t_W = threshold_F.float().index_select(0, feature_W)
+        norms_WS = norms_FS.float().index_select(0, feature_W)
+        distance_WS = h_NF[token_W, feature_W].float()[:, None] * norms_WS - t_W[:, None]
+        inside_WS = distance_WS.abs() < gate[0] / 2
+        ctx.gate, ctx.backend, ctx.n_features = gate, backend, F_
+        if int(inside_WS.sum()) > WINDOW_MATMUL_SHARE * N * F_ * S:
+            ctx.save_for_backward(W_dec_FSD, norms_FS.float(), threshold_F.float(), h_NF.float(), window_NF)
+            ctx.rows = None
+        else:
+            pair_w, pair_s = inside_WS.nonzero(as_tuple=True)
+            feature_P = feature_W.index_select(0, pair_w)
+            ctx.rows = ActivePairs(token_W.index_select(0, pair_w) * S + pair_s, feature_P * S + pair_s, N * S, F_ * S)
+            ctx.save_for_backward(W_dec_FSD, feature_P, norms_WS[pair_w, pair_s], t_W.index_select(0, pair_w))
+        return recon_NSD.view_as(recon_NSD), score_sum_F.view_as(score_sum_F)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_recon_NSD: torch.Tensor, grad_score_F: torch.Tensor
+    ) -> tuple[Any, ...]:
+        (bandwidth, tanh_scale), score_grad_F = ctx.gate, grad_score_F.float()
+        if ctx.rows is None:
+            W_dec_FSD, norms_FS, t_F, h_NF, window_NF = ctx.saved_tensors
+            grad_f_FS = norms_FS.new_zeros(norms_FS.shape)
+            for s in range(norms_FS.shape[1]):
+                inside_NF = window_NF & ((h_NF * norms_FS[:, s]).sub_(t_F).abs_() < bandwidth / 2)
+                inside_NF = inside_NF.to(grad_recon_NSD.dtype)
+                summed_FD = inside_NF.T @ grad_recon_NSD[:, s]
+                score_F = tanh_scale * norms_FS[:, s] * score_grad_F * inside_NF.sum(dim=0).float()
+                grad_f_FS[:, s] = torch.linalg.vecdot(summed_FD.float(), W_dec_FSD[:, s].float()) + score_F
+            grad_t_F = threshold_gradient(grad_f_FS, norms_FS, t_F, bandwidth)
+        else:
+            W_dec_FSD, feature_P, norm_P, t_P = ctx.saved_tensors
+            D = W_dec_FSD.shape[2]
+            grad_rows = grad_recon_NSD.to(W_dec_FSD.dtype).contiguous().view(-1, 1, D)
+            dots_P = _implementation(ctx.backend).values_grad(grad_rows, W_dec_FSD.view(-1, 1, D), ctx.rows)[:, 0]
+            grad_f_P = dots_P.float() + tanh_scale * norm_P * score_grad_F.index_select(0, feature_P)
+            grad_t_P = threshold_gradient(grad_f_P[:, None], norm_P[:, None], t_P, bandwidth)
+            grad_t_F = grad_t_P.new_zeros(ctx.n_features).index_add_(0, feature_P, grad_t_P)
+        return grad_recon_NSD, grad_score_F, grad_t_F, None, None, None, None, None, None
+
+
+def active_entries(
+    h_NF: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor, half_width: float
+) -> tuple[Bool[torch.Tensor, "n d_sae"], Bool[torch.Tensor, "n d_sae"]]:
+    """``(active, open_anywhere)``: entries open at some snapshot or inside the window at
+    some, and those open at some. ``h * norm - t`` is monotone in the norm, so the smallest
+    and largest of a feature's norms bound it at every snapshot (the same two roundings)."""
+    d_lo_NF = (h_NF * norms_FS.min(dim=1).values).sub_(threshold_F)
+    d_hi_NF = (h_NF * norms_FS.max(dim=1).values).sub_(threshold_F)
+    d_max_NF = torch.maximum(d_lo_NF, d_hi_NF)
+    d_min_NF = torch.minimum(d_lo_NF, d_hi_NF, out=d_lo_NF)
+    open_any_NF = d_max_NF > 0
+    return open_any_NF | ((d_min_NF < half_width) & (d_max_NF > -half_width)), open_any_NF
+
+
+def sparse_gated_decode(
+    h_NF: Float[torch.Tensor, "n d_sae"],
+    W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    threshold_F: Float[torch.Tensor, " d_sae"],
+    norms_FS: Float[torch.Tensor, "d_sae n_snapshots"],
+    active: tuple[torch.Tensor, torch.Tensor],
+    gate: tuple[float, float],
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The JumpReLU step's ``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)``
+    from the active entries (``active``: :func:`active_entries`): those open at some
+    snapshot gated, scored and decoded at every snapshot, those shut at every snapshot
+    but inside the window at some left to :class:`ShutWindow`; for differentiable norms
+    ``norms_FS`` in the training space and ``gate = (bandwidth, tanh_scale)``; the values
+    and gradients of :func:`crosslens.crosscoders.jumprelu_kernels.snapshot_gated_decode`.
+    Gate, scores and values are computed in float32 whatever the autocast dtype of h."""
+    active_NF, open_any_NF = active
+    bandwidth, tanh_scale = gate
+    backend = backend or sparse_backend(h_NF.device)
+    pairs = ActivePairs.from_mask(open_any_NF)
+    N, F_ = h_NF.shape
+    if h_NF.T.is_contiguous():  # feature-major (CrosscoderMixin.hidden_pre): a view either way
+        h_flat, flat_A = h_NF.T.reshape(-1), pairs.feature_A * N + pairs.token_A
+    else:
+        h_flat, flat_A = h_NF.reshape(-1), pairs.token_A * F_ + pairs.feature_A
+    h_A = h_flat.index_select(0, flat_A).float()
+    norms_AS = norms_FS.float().index_select(0, pairs.feature_A)
+    t_A = threshold_F.float().index_select(0, pairs.feature_A)
+    f_AS = JumpGate.apply(h_A, norms_AS.detach(), t_A, bandwidth)
+    score_A = torch.tanh(f_AS * norms_AS * tanh_scale).sum(dim=1)
+    score_sum_F = score_A.new_zeros(F_).index_add(0, pairs.feature_A, score_A)
+    recon_NSD = gather_decode(W_dec_FSD, f_AS, pairs, backend)
+    with torch.no_grad():
+        shared_NF = h_NF * open_any_NF
+        window_NF = active_NF & ~open_any_NF
+    if threshold_F.requires_grad and bool(window_NF.any()):
+        recon_NSD, score_sum_F = ShutWindow.apply(
+            recon_NSD, score_sum_F, threshold_F,
+            h_NF.detach(), W_dec_FSD.detach(), norms_FS.detach(), window_NF, gate, backend,
+        )  # fmt: skip
+    return recon_NSD, score_sum_F.to(h_NF.dtype), open_any_NF, shared_NF

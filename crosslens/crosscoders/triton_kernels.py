@@ -1,0 +1,121 @@
+"""Triton kernels for the sparse decode of :mod:`crosslens.crosscoders.sparse_kernels`.
+
+Imported only when that module chooses them (CUDA with triton installed, or a test under
+``TRITON_INTERPRET=1``): triton is no dependency of the package. Same arguments and
+results as the eager ``eager_decode``, ``eager_values_grad`` and ``eager_weight_grad``
+there; every sum is accumulated in float32.
+
+Two kernels serve three sums. ``_gather_rows`` writes, for each output row r and a block
+of its ``G * D`` columns, ``sum over the pairs listed for r of v[pair, g] * src[row of
+the pair]``: with the pairs of each token (token-major order) and ``src = W`` it is the
+decode; with the pairs of each feature (the feature order) and ``src = grad_out`` it is
+the decoder's gradient, the sparse-transpose-dense matmul, which writes every row of
+``grad_W`` once (zeros for features without pairs) and needs no atomics. ``_pair_dots``
+gives one dot product per (pair, group): the values' gradient.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import triton
+import triton.language as tl
+
+if TYPE_CHECKING:
+    from crosslens.crosscoders.sparse_kernels import ActivePairs
+
+COLUMN_BLOCK = 256
+"""Columns of one program of ``_gather_rows``."""
+
+PAIR_BLOCK, PAIR_COLUMNS = 16, 128
+"""Pairs of one program of ``_pair_dots``, and the columns of each it reads at a time."""
+
+
+@triton.jit
+def _gather_rows(
+    out_ptr, src_ptr, values_ptr, order_ptr, src_row_ptr, starts_ptr,
+    n_columns, d_group, n_groups,
+    HAS_ORDER: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    columns = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = columns < n_columns
+    group = columns // d_group
+    start = tl.load(starts_ptr + row)
+    end = tl.load(starts_ptr + row + 1)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for j in range(start, end):
+        if HAS_ORDER:
+            pair = tl.load(order_ptr + j)
+        else:
+            pair = j
+        src_row = tl.load(src_row_ptr + pair)
+        v = tl.load(values_ptr + pair * n_groups + group, mask=inside, other=0.0).to(tl.float32)
+        x = tl.load(src_ptr + src_row * n_columns + columns, mask=inside, other=0.0).to(tl.float32)
+        acc += v * x
+    tl.store(out_ptr + row * n_columns + columns, acc, mask=inside)
+
+
+@triton.jit
+def _pair_dots(
+    out_ptr, a_ptr, b_ptr, a_row_ptr, b_row_ptr, n_pairs, n_columns, d_group, n_groups,
+    PAIRS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    pairs = tl.program_id(0).to(tl.int64) * PAIRS + tl.arange(0, PAIRS)
+    group = tl.program_id(1)
+    real = pairs < n_pairs
+    a_rows = tl.load(a_row_ptr + pairs, mask=real, other=0)
+    b_rows = tl.load(b_row_ptr + pairs, mask=real, other=0)
+    a_base = a_ptr + a_rows[:, None] * n_columns + group * d_group
+    b_base = b_ptr + b_rows[:, None] * n_columns + group * d_group
+    acc = tl.zeros([PAIRS, BLOCK], dtype=tl.float32)
+    for d0 in range(0, d_group, BLOCK):
+        d = d0 + tl.arange(0, BLOCK)
+        inside = real[:, None] & (d < d_group)[None, :]
+        a = tl.load(a_base + d[None, :], mask=inside, other=0.0).to(tl.float32)
+        b = tl.load(b_base + d[None, :], mask=inside, other=0.0).to(tl.float32)
+        acc += a * b
+    tl.store(out_ptr + pairs * n_groups + group, tl.sum(acc, axis=1), mask=real)
+
+
+def _gather(
+    n_rows: int, src_GD: torch.Tensor, values_AG: torch.Tensor, order: torch.Tensor | None,
+    src_row_A: torch.Tensor, starts: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    _, G, D = src_GD.shape
+    out = torch.empty(n_rows, G, D, dtype=torch.float32, device=src_GD.device)
+    if n_rows == 0:
+        return out
+    grid = (n_rows, triton.cdiv(G * D, COLUMN_BLOCK))
+    _gather_rows[grid](
+        out, src_GD, values_AG, order if order is not None else starts, src_row_A, starts,
+        G * D, D, G, HAS_ORDER=order is not None, BLOCK=COLUMN_BLOCK,
+    )  # fmt: skip
+    return out
+
+
+def decode(W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
+    """``[N, G, D]``: each token's rows ``W[i]`` weighted by its pairs' values."""
+    out = _gather(pairs.n_tokens, W_FGD, values_AG, None, pairs.feature_A, pairs.token_starts())
+    return out.to(W_FGD.dtype)
+
+
+def weight_grad(grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
+    """``[F, G, D]``: each feature's ``grad_out`` rows weighted by its pairs' values."""
+    order_A, starts = pairs.feature_order()
+    out = _gather(pairs.n_features, grad_NGD, values_AG, order_A, pairs.token_A, starts)
+    return out.to(grad_NGD.dtype)
+
+
+def values_grad(grad_NGD: torch.Tensor, W_FGD: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
+    """``[A, G]``: ``<grad_out[n, g], W[i, g]>`` for every pair."""
+    _, G, D = W_FGD.shape
+    n_pairs = pairs.feature_A.shape[0]
+    out = torch.empty(n_pairs, G, dtype=torch.float32, device=W_FGD.device)
+    if n_pairs:
+        _pair_dots[(triton.cdiv(n_pairs, PAIR_BLOCK), G)](
+            out, grad_NGD, W_FGD, pairs.token_A, pairs.feature_A, n_pairs, G * D, D, G,
+            PAIRS=PAIR_BLOCK, BLOCK=PAIR_COLUMNS,
+        )  # fmt: skip
+    return out.to(W_FGD.dtype)

@@ -1,0 +1,283 @@
+"""The sparse step's kernels equal the eager step they replace: the gather-sum decode and
+its two gradients against dense products; the JumpReLU step from its active pairs
+(``sparse_step=True``) against the dense-kernel step, at a trained crosscoder's sparsity
+and freshly initialised; TopK and BatchTopK through the Triton kernels against
+``embedding_bag`` and the dense decode. Loss, every parameter gradient, and the
+parameters after 20 Adam steps, in float32. On a CPU the Triton kernels run under
+``TRITON_INTERPRET=1`` (skipped where triton is not installed); the same tests run on
+CUDA where there is one."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from sae_lens.saes.sae import TrainStepInput
+
+import crosslens.crosscoders as cc
+from crosslens.crosscoders import jumprelu_kernels, sparse_kernels
+from crosslens.crosscoders.sparse_kernels import ActivePairs, gather_decode
+from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+S, D, F, B, STEPS = 3, 8, 64, 32, 20
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=NO_CUDA)]
+
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRETED_STEPS = 5
+"""Adam steps of a Triton step test under the interpreter (a Python loop per kernel
+program: seconds per step); 20 on CUDA and for the eager kernels."""
+
+
+@pytest.fixture
+def triton_backend(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """The Triton kernels: compiled on CUDA; on a CPU interpreted, which works only where
+    TRITON_INTERPRET=1 was set before triton loaded (sae_lens imports it), so
+    :func:`test_triton_kernels_under_the_interpreter` runs these tests in such a process."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed (pip install triton): the eager kernels are what runs here")
+    if request.node.callspec.params.get("device", "cpu") == "cpu" and not INTERPRETED:
+        pytest.skip("run by test_triton_kernels_under_the_interpreter, in a process with TRITON_INTERPRET=1")
+    monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")
+    if request.node.callspec.params.get("device", "cpu") == "cpu":
+        monkeypatch.setattr(sys.modules[__name__], "STEPS", INTERPRETED_STEPS)
+    return "triton"
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install triton)")
+@pytest.mark.skipif(INTERPRETED, reason="this is the interpreter's process")
+@pytest.mark.parametrize(
+    "tests",
+    ["gather", pytest.param("not gather", marks=pytest.mark.slow)],  # the steps: about a minute
+    ids=["kernels", "steps"],
+)
+def test_triton_kernels_under_the_interpreter(tests):
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", __file__,
+               "-k", f"triton and cpu and {tests}"]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and " skipped" not in done.stdout, done.stdout[-2000:]
+
+
+def batches(n: int, device: str) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(B, S, D, generator=g).to(device) for _ in range(n)]
+
+
+# ---------------------------------------------------------------- the kernels alone
+def random_pairs(device: str, groups: int) -> tuple[ActivePairs, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    active_NF = torch.rand(B, F, generator=g) < 0.1
+    active_NF[3] = False  # a token without pairs
+    active_NF[:, 5] = False  # a feature without pairs
+    pairs = ActivePairs.from_mask(active_NF.to(device))
+    W_FGD = torch.randn(F, groups, D * S // groups, generator=g).to(device).requires_grad_()
+    values_AG = torch.randn(pairs.token_A.shape[0], groups, generator=g).to(device).requires_grad_()
+    grad_NGD = torch.randn(B, groups, D * S // groups, generator=g).to(device)
+    return pairs, W_FGD, values_AG, grad_NGD
+
+
+def check_against_dense(backend: str, device: str, groups: int) -> None:
+    pairs, W_FGD, values_AG, grad_NGD = random_pairs(device, groups)
+    code_NFG = torch.zeros(B, F, groups, device=device).index_put((pairs.token_A, pairs.feature_A), values_AG)
+    dense_NGD = torch.einsum("nfg,fgd->ngd", code_NFG, W_FGD)
+    dense_grads = torch.autograd.grad(dense_NGD, (W_FGD, values_AG), grad_NGD)
+    out_NGD = gather_decode(W_FGD, values_AG, pairs, backend)
+    grads = torch.autograd.grad(out_NGD, (W_FGD, values_AG), grad_NGD)
+    torch.testing.assert_close(out_NGD, dense_NGD, rtol=1e-5, atol=1e-5)
+    assert out_NGD[3].abs().max() == 0
+    for got, want, name in zip(grads, dense_grads, ("W", "values")):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+    assert grads[0][5].abs().max() == 0 and grads[0].abs().max() > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("groups", [1, S])
+def test_eager_gather_decode_equals_the_dense_products(device, groups):
+    check_against_dense("eager", device, groups)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("groups", [1, S])
+def test_triton_gather_decode_equals_the_dense_products(device, groups, triton_backend):
+    check_against_dense(triton_backend, device, groups)
+
+
+# ---------------------------------------------------------------- the whole step
+def make_sae(arch: str, device: str, **extra):
+    _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
+    if arch != "jumprelu_crosscoder":
+        extra = {"k": 4, "sparse_decode": True, **extra}
+    torch.manual_seed(0)
+    return train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S, device=device, **extra))
+
+
+@torch.no_grad()
+def set_trained_sparsity(sae, x_BSD: torch.Tensor, share: float = 0.1) -> float:
+    """Spread the decoder norms over snapshots (so gates differ between them) and set the
+    threshold so that L0 on ``x_BSD`` is about ``share`` of d_sae; returns the L0."""
+    g = torch.Generator().manual_seed(2)
+    sae.W_dec.mul_(torch.empty(F, S, 1).uniform_(0.3, 1.7, generator=g).to(sae.W_dec.device))
+    h_BF = sae.hidden_pre(x_BSD)
+    contribution = (h_BF[:, None, :] * sae.snapshot_norms().T).amax(dim=1)
+    sae.threshold.fill_(float(contribution.flatten().quantile(1 - share)))
+    return float((sae.encode(x_BSD) != 0).sum(dim=-1).float().mean())
+
+
+def loss_and_grads(sae, x_BSD: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+    sae.zero_grad()
+    step_input = TrainStepInput(
+        sae_in=x_BSD, coefficients=sae_coefficients(sae), dead_neuron_mask=dead_mask(sae),
+        n_training_steps=0, is_logging_step=False,
+    )  # fmt: skip
+    out = sae.training_forward_pass(step_input)
+    out.loss.backward()
+    return out.loss.item(), {name: p.grad.clone() for name, p in sae.named_parameters()}
+
+
+def sae_coefficients(sae) -> dict[str, float]:
+    return {"l0": 0.3} if hasattr(sae.cfg, "l0_coefficient") else {}
+
+
+def dead_mask(sae) -> torch.Tensor:
+    """Every fourth feature dead, so that TopK's auxiliary loss decodes too."""
+    return (torch.arange(F) % 4 == 0).to(sae.W_dec.device)
+
+
+def run(sae, xs: list[torch.Tensor], autocast: str | None = None) -> tuple[float, dict, list[float], dict]:
+    loss, grads = loss_and_grads(sae, xs[0])
+    cfg = CrosscoderTrainerConfig(total_steps=len(xs), lr=3e-3, device=str(xs[0].device), autocast_dtype=autocast,
+                                  activation_scale_check="off")  # fmt: skip
+    trainer = CrosscoderTrainer(sae, cfg)
+    losses = [trainer.step(x).loss.item() for x in xs]
+    return loss, grads, losses, {name: p.detach().clone() for name, p in sae.named_parameters()}
+
+
+def assert_same_run(got, want, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    (loss, grads, losses, params), (loss_ref, grads_ref, losses_ref, params_ref) = got, want
+    assert loss == pytest.approx(loss_ref, rel=1e-6)
+    for name, grad in grads_ref.items():
+        assert grad.abs().max() > 0, name  # every parameter has a gradient to compare
+        torch.testing.assert_close(grads[name], grad, rtol=rtol, atol=atol, msg=name)
+    assert losses == pytest.approx(losses_ref, rel=1e-5)
+    for name, p in params_ref.items():
+        torch.testing.assert_close(params[name], p, rtol=rtol, atol=atol, msg=name)
+
+
+@pytest.fixture
+def sparse_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many JumpReLU passes ran from their active pairs."""
+    calls: list[int] = []
+    original = jumprelu_kernels.sparse_gated_decode
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(jumprelu_kernels, "sparse_gated_decode", counted)
+    return calls
+
+
+def jumprelu_run(device: str, trained: bool, sparse_step: bool | None, autocast: str | None = None) -> tuple:
+    sae = make_sae("jumprelu_crosscoder", device, l0_coefficient=0.3, sparse_step=sparse_step)
+    xs = batches(STEPS, device)
+    if trained:
+        l0 = set_trained_sparsity(sae, xs[0])
+        assert 0.05 * F <= l0 <= 0.2 * F
+    # entries open everywhere, shut but inside the window, and (trained) open at some snapshots only
+    with torch.no_grad():
+        h_BF, norms_FS = sae.hidden_pre(xs[0]), sae.snapshot_norms()
+        active_BF, open_BF = sparse_kernels.active_entries(h_BF, norms_FS, sae.threshold, 0.025)
+        open_everywhere_BF = h_BF * norms_FS.min(dim=1).values > sae.threshold
+    assert (active_BF & ~open_BF).any() and open_everywhere_BF.any()
+    assert (open_BF & ~open_everywhere_BF).any() == trained  # fresh: every norm equal
+    return run(sae, xs, autocast)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("trained", [True, False], ids=["trained", "fresh"])
+def test_jumprelu_sparse_step_equals_the_dense_step(device, trained, sparse_calls):
+    dense = jumprelu_run(device, trained, False)
+    assert not sparse_calls
+    assert_same_run(jumprelu_run(device, trained, True), dense)
+    assert len(sparse_calls) == STEPS + 1  # the gradient check's pass and every step
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_jumprelu_sparse_step_under_bfloat16_autocast(device, sparse_calls):
+    """Under autocast (CUDA's default precision) the sparse step gates, scores and decodes
+    in float32 where the dense kernels follow the autocast dtype: the runs agree to
+    bfloat16's precision, not bit for bit. After 20 Adam steps each parameter is closer to
+    the dense kernels' under autocast than those are to the float32 run's."""
+    _, _, dense_losses, dense_params = jumprelu_run(device, True, False, "bfloat16")
+    _, _, _, fp32_params = jumprelu_run(device, True, False)
+    _, _, losses, params = jumprelu_run(device, True, True, "bfloat16")
+    assert len(sparse_calls) == STEPS + 1
+    assert losses == pytest.approx(dense_losses, rel=5e-3)
+    for name, p in dense_params.items():
+        assert 0 < (params[name] - p).norm() < (fp32_params[name] - p).norm(), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("share", [0.0, 1.0], ids=["matmuls", "gathered"])
+def test_jumprelu_sparse_step_either_way_of_summing_the_window(device, share, monkeypatch):
+    """The entries shut everywhere but inside the window, through the masked matmuls or
+    one gathered dot product per (entry, snapshot) pair."""
+    dense = jumprelu_run(device, True, False)
+    monkeypatch.setattr(sparse_kernels, "WINDOW_MATMUL_SHARE", share)
+    modes = []
+    original = sparse_kernels.ShutWindow.forward
+
+    def forward(ctx, *args):
+        out = original(ctx, *args)
+        modes.append(ctx.rows is None)
+        return out
+
+    monkeypatch.setattr(sparse_kernels.ShutWindow, "forward", staticmethod(forward))
+    assert_same_run(jumprelu_run(device, True, True), dense)
+    assert modes == [share == 0.0] * (STEPS + 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_jumprelu_sparse_step_through_triton(device, triton_backend, sparse_calls):
+    assert_same_run(jumprelu_run(device, True, True), jumprelu_run(device, True, False))
+    assert len(sparse_calls) == STEPS + 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("trained", [True, False], ids=["trained", "fresh"])
+def test_jumprelu_sparse_step_by_default_only_on_cuda_at_a_trained_sparsity(device, trained, sparse_calls):
+    """At most 1/32 of the entries active: L0 here is 1% of d_sae, a trained crosscoder's
+    share at scale (a fresh one's is about 30%)."""
+    x_BSD = batches(1, device)[0]
+    sae = make_sae("jumprelu_crosscoder", device, jumprelu_bandwidth=0.002)  # few entries inside the window
+    if trained:
+        set_trained_sparsity(sae, x_BSD, share=0.01)
+        active, _ = sparse_kernels.active_entries(
+            sae.hidden_pre(x_BSD).detach(), sae.snapshot_norms().detach(), sae.threshold.detach(), 0.001
+        )
+        assert 0 < active.float().mean() <= sparse_kernels.SPARSE_STEP_SHARE
+    loss_and_grads(sae, x_BSD)
+    assert len(sparse_calls) == int(device == "cuda" and trained)
+
+
+def topk_run(arch: str, device: str, **extra) -> tuple:
+    return run(make_sae(arch, device, **extra), batches(STEPS, device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch", ["topk_crosscoder", "batchtopk_crosscoder"])
+def test_topk_triton_decode_equals_embedding_bag_and_dense(device, arch, triton_backend, monkeypatch):
+    got = topk_run(arch, device)
+    monkeypatch.setattr(sparse_kernels, "BACKEND", "eager")
+    assert_same_run(got, topk_run(arch, device))
+    assert_same_run(got, topk_run(arch, device, sparse_decode=False))
