@@ -11,8 +11,10 @@ so the command can be stopped and resumed.
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python scripts/seed_stability.py --out /tmp/seed-stability
     # reuse stores harvested by a demo run instead of harvesting again:
     ... --store DEMO/acts-train --eval-store DEMO/acts-eval
-    # only compare crosscoders already trained on the same store:
-    ... --folders DEMO/crosscoder DEMO/crosscoder-seed1 DEMO/crosscoder-seed2
+    # only compare crosscoders already trained on the same store (run folders or checkpoints);
+    # --per-snapshot adds, for the first two, each snapshot's share of the decoders' squared
+    # norm and the matched share of that snapshot's decoder rows alone:
+    ... --folders DEMO/crosscoder DEMO/crosscoder-seed1 DEMO/crosscoder-seed2 [--per-snapshot]
 """
 
 from __future__ import annotations
@@ -63,6 +65,28 @@ def _row(cell: str, crosscoders: list, eval_store) -> dict:
     return row
 
 
+def _per_snapshot(analyses) -> list[str]:
+    """Per snapshot: share of the squared decoder norm (first run, live features) and the share
+    of live features matched at each threshold on that snapshot's decoder rows alone."""
+    from crosslens.analysis.evolution_analysis import EvolutionAnalysis
+
+    a, b = analyses[:2]
+    live_a = a.W_dec[~a.lifetimes.dead]
+    share_S = (live_a.norm(dim=-1) ** 2 / (live_a.norm(dim=-1) ** 2).sum(1, keepdim=True)).mean(0)
+    lines = []
+    for s in range(a.n_snapshots):
+        one = [
+            EvolutionAnalysis.from_decoder(x.W_dec[:, s : s + 1], frequency=(~x.lifetimes.dead).float())
+            for x in (a, b)
+        ]
+        matched = stability_summary(seed_stability(one, thresholds=THRESHOLDS))
+        lines.append(
+            f"  snapshot {s} (step {a.steps[s]}): {share_S[s]:.1%} of the squared decoder norm; matched on its rows alone "
+            + ", ".join(f"{m['mean']:.1%} at cos >= {m['min_cosine']:g}" for m in matched)
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the stores and every cell's runs")
@@ -70,7 +94,8 @@ def main() -> None:
     parser.add_argument("--eval-store", help="held-out store for firing frequencies (default: --store)")
     parser.add_argument("--grid", nargs="+", default=list(GRID), help="cells ARCH:D_SAE:STEPS")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--folders", nargs="+", help="only compare these trained crosscoder run folders")
+    parser.add_argument("--folders", nargs="+", help="only compare these trained crosscoders (run or checkpoint folders)")
+    parser.add_argument("--per-snapshot", action="store_true", help="with --folders: the per-snapshot view")
     args = parser.parse_args()
     torch.set_num_threads(1)
     train_store, eval_store = _stores(args)
@@ -78,7 +103,11 @@ def main() -> None:
     if args.folders:
         from crosslens.crosscoders.saved import load_crosscoder_folder
 
-        rows.append(_row("given folders", [load_crosscoder_folder(Path(f) / "final") for f in args.folders], eval_store))
+        folders = [Path(f) / "final" if (Path(f) / "final").is_dir() else Path(f) for f in args.folders]
+        crosscoders = [load_crosscoder_folder(f) for f in folders]
+        rows.append(_row("given folders", crosscoders, eval_store))
+        if args.per_snapshot:
+            print("\n".join(_per_snapshot(stability_analyses(crosscoders, eval_store)[0])))
     for cell in [] if args.folders else args.grid:
         crosscoders = [
             train_stage(train_store, args.out / cell.replace(":", "-") / f"seed{seed}", _cell_config(cell, seed))
