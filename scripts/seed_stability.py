@@ -1,8 +1,8 @@
 """Seed stability of the demo's crosscoder against training length, width and architecture.
 
-Each cell ``ARCH:D_SAE:STEPS`` trains the demo's crosscoder (``DemoConfig()`` with that
+Each cell ``ARCH:D_SAE:STEPS[:LAMBDA]`` trains the demo's crosscoder (``DemoConfig()`` with that
 architecture, width and step count; JumpReLU at the demo's lambda, TopK/ReLU at their
-defaults) with every seed on the demo's training store, then matches live features (those
+defaults, or LAMBDA when given) with every seed on the demo's training store, then matches live features (those
 firing on sampled held-out tokens) between every pair of seeds on their concatenated
 decoders. Printed per cell: matched share at decoder cos >= 0.7 and >= 0.9, mean +/- sd
 over seed pairs, and the mean L0. Runs are cached in ``--out`` (a finished run is reused),
@@ -35,8 +35,10 @@ GRID = ("jumprelu_crosscoder:1024:750", "jumprelu_crosscoder:1024:1500", "jumpre
 
 
 def _cell_config(cell: str, seed: int) -> DemoConfig:
-    arch, d_sae, steps = cell.split(":")
+    arch, d_sae, steps, *coefficient = cell.split(":")
     sae = _pico_jumprelu(d_sae=int(d_sae)) if arch == "jumprelu_crosscoder" else ArchitectureConfig(arch, d_sae=int(d_sae))
+    if coefficient:
+        sae = replace(sae, sparsity_coefficient=float(coefficient[0]))
     return replace(DemoConfig(), sae=sae, n_steps=int(steps), seed=seed)
 
 
@@ -92,7 +94,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the stores and every cell's runs")
     parser.add_argument("--store", help="training store to reuse (default: harvest the demo's into --out)")
     parser.add_argument("--eval-store", help="held-out store for firing frequencies (default: --store)")
-    parser.add_argument("--grid", nargs="+", default=list(GRID), help="cells ARCH:D_SAE:STEPS")
+    parser.add_argument("--grid", nargs="+", default=list(GRID), help="cells ARCH:D_SAE:STEPS[:LAMBDA]")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--folders", nargs="+", help="only compare these trained crosscoders (run or checkpoint folders)")
     parser.add_argument("--per-snapshot", action="store_true", help="with --folders: the per-snapshot view")
