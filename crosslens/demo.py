@@ -376,10 +376,14 @@ def seeds_stage(
     stability = seed_stability(analyses, labels)
     print(f"seed stability over {len(crosscoders)} crosscoder seeds (live: fires on sampled training tokens):")
     print(format_stability(stability))
-    stable = stable_features(analyses, config.claim_min_cosine)
-    claims = _stable_claims(suite, crosscoders, summaries, stable, labels, out_dir, config, device=device, dtype=dtype)
     final_label = main_summary.snapshots[-1]
-    text = format_stable_claims(claims, final_label)
+    if main_summary.behaviour and main_summary.behaviour[-1].get("at_chance"):  # no behaviour to make claims about
+        claims: dict = {"per_seed": {}, "at_chance": True}
+        text = f"causal claims at {final_label}: none, the model is at chance on the task there"
+    else:
+        stable = stable_features(analyses, config.claim_min_cosine)
+        claims = _stable_claims(suite, crosscoders, summaries, stable, labels, out_dir, config, device=device, dtype=dtype)
+        text = format_stable_claims(claims, final_label)
     print(text)
     (out_dir / "claims_over_seeds.json").write_text(json.dumps(claims, indent=1, default=str))
     report = Report("seeds")

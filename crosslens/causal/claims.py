@@ -21,10 +21,11 @@ states the claims from those rows only:
 - **ablation**, as above, over the top stable features;
 - **keep-only area**: the keep-only restoration averaged over the k grid (the area under the
   keep-only curve on a log-k axis, divided by its width), mean +/- sd over seeds. The
-  restoration at one k is not stable: the curve jumps as single dense features enter the kept
-  set (on the pico demo top-100 restores 35%, -2% and 105% by seed while top-200 restores
-  100% in all three), so a threshold at one k holds or fails by where that jump falls; the
-  area weighs every k and moves by a fraction of that.
+  restoration at one k is not stable: the curve stays near 0 and then jumps to about 100% at
+  the k where the kept set first rebuilds the residual stream (on the pico demo top-100
+  restores 35%, -2% and 105% by seed while top-200 restores 100% in all three), so a
+  threshold at one k holds or fails by where that jump falls; the area weighs every k and
+  its spread over seeds is a fraction of that.
 """
 
 from __future__ import annotations
