@@ -396,11 +396,15 @@ def seeds_stage(
         ) + ", ranking only features that have a match in every other seed. " + text.replace("\n", " ").strip()
     )  # fmt: skip
     report.add_table(
-        [{"crosscoder": label, **{k: v for k, v in c.items() if k != "snapshot"}} for label, c in claims["per_seed"].items()],
+        [{"crosscoder": label, **{k: v for k, v in c.items() if k not in _UNSTATED}} for label, c in claims["per_seed"].items()],
         title="Seed-stable claims per crosscoder seed",
     )
     add_stability_section(report, stability)
     return report
+
+
+_UNSTATED = ("snapshot", "keep_only_claim", "min_restored")
+"""Per-seed entries the seeds table leaves out: the keep-only verdict at one k is not a claim the demo makes."""
 
 
 def _stable_claims(suite, crosscoders, summaries, stable, labels, out_dir, config, *, device, dtype) -> dict:
