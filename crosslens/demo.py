@@ -69,6 +69,14 @@ class DemoConfig:
     extra_seed_steps: int | None = 750
     """Training steps of each extra seed (None: ``n_steps``). Half the main run by default,
     to keep the demo near its old length; the note and the report say so."""
+    task: str = "agreement_pp"
+    """The task of the causal stage and of the claims over seeds."""
+    claim_min_cosine: float = 0.7
+    """Decoder cosine at which a feature counts as found by another seed: causal claims over
+    seeds rank only features matched at this cosine in every other seed."""
+    claim_ks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)
+    """Sizes of the ablated and kept feature sets of the seed-stable claims (those larger
+    than the fewest stable features of any seed are dropped)."""
 
     @classmethod
     def fast(cls) -> "DemoConfig":
@@ -325,60 +333,101 @@ def attribute_stage(
     )  # fmt: skip
 
 
+def stability_analyses(crosscoders, store, n_tokens: int = 16384) -> tuple[list, list[float]]:
+    """Each crosscoder's evolution analysis with its firing frequency on ``store`` (so latents
+    that never fire count as dead and stay out of seed matching), and its mean L0 there."""
+    from crosslens.analysis import EvolutionAnalysis
+    from crosslens.analysis.probes import firing_frequency
+
+    analyses, l0 = [], []
+    for crosscoder in crosscoders:
+        frequency_F = firing_frequency(store, crosscoder, n_tokens=n_tokens)
+        analyses.append(EvolutionAnalysis.from_crosscoder(crosscoder, frequency=frequency_F))
+        l0.append(float(frequency_F.double().sum()))
+    return analyses, l0
+
+
 def seeds_stage(
     suite, train_store, out_dir, config: DemoConfig, crosscoder, main_summary, *, force: bool = False,
     device: str = "cpu", dtype: str = "float32",
 ):  # fmt: skip
-    """Extra crosscoder seeds on the same store: the causal claims as mean +/- sd over seeds
-    and feature stability across seeds; returns a report section."""
-    from dataclasses import replace
-
-    from crosslens.analysis import EvolutionAnalysis
+    """Extra crosscoder seeds on the same store: feature stability across seeds at each
+    threshold of :data:`~crosslens.analysis.stability.THRESHOLDS`, and the causal claims
+    counting only features with a match in every seed, as mean +/- sd over seeds; returns a
+    report section."""
     from crosslens.analysis.report import Report
-    from crosslens.analysis.stability import add_stability_section, seed_stability
-    from crosslens.causal.claims import claims_over_seeds, format_claims
+    from crosslens.analysis.stability import add_stability_section, format_stability, seed_stability, stable_features
+    from crosslens.causal.claims import format_stable_claims
 
-    crosscoders, summaries = [crosscoder], [main_summary]
-    labels = [f"seed {config.seed}"]
+    crosscoders, summaries, labels = [crosscoder], [main_summary], [f"seed {config.seed}"]
     for seed in config.extra_seeds:
         seed_config = replace(config, seed=seed, n_steps=config.extra_seed_steps or config.n_steps)
         print(f"extra crosscoder seed {seed} ({seed_config.n_steps} steps)")
         extra = train_stage(train_store, out_dir / f"crosscoder-seed{seed}", seed_config, force=force, device=device)
         extra_summaries: list = []
         attribute_stage(
-            suite, extra, n_examples=config.n_task_examples, out=out_dir / f"seed{seed}", seed=config.seed,
+            suite, extra, task=config.task, n_examples=config.n_task_examples, out=out_dir / f"seed{seed}", seed=config.seed,
             device=device, dtype=dtype, summaries=extra_summaries,
         )  # fmt: skip
         crosscoders.append(extra)
         summaries.append(extra_summaries[0])
         labels.append(f"seed {seed} ({seed_config.n_steps} steps)")
-    claims = claims_over_seeds([s.claims_final for s in summaries], labels)
-    final_label = main_summary.snapshots[-1]
-    print(f"causal claims over {len(summaries)} crosscoder seeds:")
-    print(format_claims(claims, final_label))
-    (out_dir / "claims_over_seeds.json").write_text(json.dumps(claims, indent=1, default=str))
-    analyses = [EvolutionAnalysis.from_crosscoder(c) for c in crosscoders]
+    analyses, _ = stability_analyses(crosscoders, train_store)
     stability = seed_stability(analyses, labels)
-    for row in stability:
-        print(
-            f"  {row['runs']}: {row['matched_fraction']:.0%} of live features matched (decoder cos >= 0.9), "
-            f"{row['same_emergence_fraction']:.0%} of those with the same emergence step"
-        )
+    print(f"seed stability over {len(crosscoders)} crosscoder seeds (live: fires on sampled training tokens):")
+    print(format_stability(stability))
+    final_label = main_summary.snapshots[-1]
+    if main_summary.behaviour and main_summary.behaviour[-1].get("at_chance"):  # no behaviour to make claims about
+        claims: dict = {"per_seed": {}, "at_chance": True}
+        text = f"causal claims at {final_label}: none, the model is at chance on the task there"
+    else:
+        stable = stable_features(analyses, config.claim_min_cosine)
+        claims = _stable_claims(suite, crosscoders, summaries, stable, labels, out_dir, config, device=device, dtype=dtype)
+        text = format_stable_claims(claims, final_label)
+    print(text)
+    (out_dir / "claims_over_seeds.json").write_text(json.dumps(claims, indent=1, default=str))
     report = Report("seeds")
     report.add_heading("Causal claims across seeds")
     report.add_text(
-        f"The demo's two claims at {final_label}, from crosscoders trained with {len(summaries)} seeds on the same "
+        f"The demo's claims at {final_label}, from crosscoders trained with {len(summaries)} seeds on the same "
         "activations" + (
             f" (the extra seeds with {config.extra_seed_steps} steps instead of {config.n_steps}, to keep the demo "
             "short)" if config.extra_seed_steps and config.extra_seed_steps != config.n_steps else ""
-        ) + ". " + format_claims(claims, final_label).replace("\n", " ").strip()
-    )
+        ) + ", ranking only features that have a match in every other seed. " + text.replace("\n", " ").strip()
+    )  # fmt: skip
     report.add_table(
-        [{"crosscoder": label, **{k: v for k, v in c.items() if k != "snapshot"}} for label, c in claims["per_seed"].items()],
-        title="Claims per crosscoder seed",
+        [{"crosscoder": label, **{k: v for k, v in c.items() if k not in _UNSTATED}} for label, c in claims["per_seed"].items()],
+        title="Seed-stable claims per crosscoder seed",
     )
     add_stability_section(report, stability)
     return report
+
+
+_UNSTATED = ("snapshot", "keep_only_claim", "min_restored")
+"""Per-seed entries the seeds table leaves out: the keep-only verdict at one k is not a claim the demo makes."""
+
+
+def _stable_claims(suite, crosscoders, summaries, stable, labels, out_dir, config, *, device, dtype) -> dict:
+    """:func:`~crosslens.causal.claims.stable_claims_over_seeds` at the last snapshot, each seed's
+    features ranked by the IE its causal stage wrote."""
+    from crosslens.causal.claims import stable_claim_rows, stable_claims_over_seeds
+    from crosslens.causal.demo import causal_out_dir
+    from crosslens.causal.ie_table import IETable
+    from crosslens.checkpoints.on_device import on_device
+    from crosslens.tasks import task_for_tokenizer
+
+    folders = [out_dir] + [out_dir / f"seed{seed}" for seed in config.extra_seeds]
+    tables = [IETable.load(causal_out_dir(f, s.task) / "ie_table.json") for f, s in zip(folders, summaries)]
+    models = on_device(suite, device, dtype)
+    task = task_for_tokenizer(config.task, suite.tokenizer(), n=config.n_task_examples, seed=config.seed)
+    snapshot = tables[0].snapshots[-1]
+    rows, ks = stable_claim_rows(
+        models, crosscoders, [t.ie[:, -1] for t in tables], stable, task, snapshot=snapshot, ks=config.claim_ks,
+        label=summaries[0].snapshots[-1],
+    )  # fmt: skip
+    return stable_claims_over_seeds(
+        rows, snapshot, ks, [len(s) for s in stable], labels, min_cosine=config.claim_min_cosine
+    )
 
 
 def run_demo(
@@ -429,7 +478,7 @@ def run_demo(
     _banner("4/5 causal role: IG attribution, RelIE and ablations on agreement across an attractor")
     summaries: list = []
     sections = attribute_stage(
-        suite, crosscoder, n_examples=config.n_task_examples, out=out_dir, seed=config.seed, device=device,
+        suite, crosscoder, task=config.task, n_examples=config.n_task_examples, out=out_dir, seed=config.seed, device=device,
         dtype=dtype, summaries=summaries,
     )  # fmt: skip
     if quality.get("spliced_loss"):

@@ -111,11 +111,11 @@ def test_seed_stability_matches_features_and_compares_their_timelines():
     b = EvolutionAnalysis.from_decoder(other, planted.steps)
     matches = match_features(a, b)
     assert len(matches) == 28 and all(int(perm[q]) == p for p, q, _ in matches)
-    (row,) = seed_stability([a, b], labels=["s0", "s1"])
+    (row,) = seed_stability([a, b], labels=["s0", "s1"], thresholds=(0.9,))
     assert row["runs"] == "s0 vs s1" and row["matched"] == 28
     assert row["matched_fraction"] == pytest.approx(28 / 32)
     assert row["same_emergence_fraction"] == pytest.approx(26 / 28)
-    assert len(seed_stability([a, b, a])) == 3
+    assert len(seed_stability([a, b, a])) == 6  # 3 pairs at cosine 0.7 and 0.9
     with pytest.raises(ValueError, match="at least 2"):
         seed_stability([a])
     page = add_stability_section(Report("t"), [row]).render()
