@@ -100,9 +100,12 @@ def test_target_l0_steers_lambda_and_resumes_exactly(tmp_path):
 
 
 # CI: the JumpReLU crosscoder at its defaults, 1000 steps of 512 tokens, one generator per test.
-# Recovery is still climbing at that length, so the bars are what the short run reached
-# less a margin; the bars are the slow test's.
-SHORT_BARS = {"zipf": (0.0, 0.0), "correlated": (0.0, 0.0), "wide": (0.0, 0.0)}
+# Recovery is still climbing at that length: seed 0 reached (recovered, exact) 0.79, 0.87
+# on zipf, 0.78, 0.77 on correlated and 0.54, 0.96 on wide (scripts/planted_generators.py
+# --arch jumprelu_crosscoder --seeds 0 --steps 1000 --set batch_size=512), so the bars are
+# those less about 0.1, to catch a regression without holding CI to the full run's bars
+# (the slow test's).
+SHORT_BARS = {"zipf": (0.7, 0.75), "correlated": (0.65, 0.65), "wide": (0.45, 0.85)}
 
 
 @pytest.mark.parametrize("generator", sorted(GENERATORS))
@@ -130,3 +133,13 @@ def test_defaults_on_every_generator_over_three_seeds(generator, arch):
         result = _score(planted, acts_NSD, crosscoder)
         assert result["recovered_fraction"] >= 0.9, (generator, arch, seed, result["n_recovered"])
         assert result["timeline_accuracy"] >= 0.9, (generator, arch, seed, result["mismatches"])
+
+
+def test_target_l0_is_a_jumprelu_flag():
+    from crosslens.training.config import ArchitectureConfig
+
+    assert ArchitectureConfig(architecture="jumprelu_crosscoder", target_l0=20.0).target_l0 == 20.0
+    with pytest.raises(ValueError, match="topk_crosscoder sets its sparsity with k"):
+        ArchitectureConfig(architecture="topk_crosscoder", target_l0=20.0)
+    with pytest.raises(ValueError, match="target_l0 must be > 0"):
+        ArchitectureConfig(architecture="jumprelu_crosscoder", target_l0=0.0)
