@@ -10,31 +10,16 @@
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 import torch
-from test_planted_architectures import ARCHITECTURES, K, _score
+from test_planted_architectures import ARCHITECTURES, K, _quiet_one_thread, _score  # noqa: F401  (one thread, autouse)
 from test_trainer import make_batches, make_sae, trainer_cfg
 
 from crosslens.analysis import PlantedConfig, PlantedEvolution
 from crosslens.analysis.planted_generators import GENERATORS
 from crosslens.training import CrosscoderTrainer, latest_checkpoint
 from crosslens.training.planted import train_planted
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    old = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    yield
-    torch.set_num_threads(threads)
-    if old is None:
-        os.environ.pop("TQDM_DISABLE", None)
-    else:
-        os.environ["TQDM_DISABLE"] = old
 
 
 def test_generators_build_what_they_say():
