@@ -55,6 +55,10 @@ class PlantedConfig:
     """Smallest per-token firing probability (drawn uniformly per feature)."""
     firing_prob_max: float = 0.1
     """Largest per-token firing probability."""
+    firing_log_uniform: bool = False
+    """Draw firing probabilities log-uniformly in [firing_prob_min, firing_prob_max]
+    (a Zipf-like spread where rare features are as common as frequent ones) instead of
+    uniformly; the same random draw, so no other quantity changes."""
     coefficient_min: float = 0.5
     """Per-token coefficients ``c_i`` are uniform in [coefficient_min, coefficient_max]."""
     coefficient_max: float = 1.5
@@ -137,6 +141,16 @@ class PlantedConfig:
                 )
 
     @classmethod
+    def preset(cls, name: str, seed: int = 0, **overrides: Any) -> PlantedConfig:
+        """A named planted set (``"hard"`` or one of
+        :data:`crosslens.analysis.planted_generators.GENERATORS`), with ``overrides``."""
+        from crosslens.analysis.planted_generators import preset_settings
+
+        if name == "hard":
+            return cls.hard(seed, **overrides)
+        return cls(**{**preset_settings(name), "seed": seed, **overrides})
+
+    @classmethod
     def hard(cls, seed: int = 0, **overrides: Any) -> PlantedConfig:
         """A harder planted set: 8 snapshots, d_in 64, 48 features (12
         present throughout, 8 fading after snapshot j, 14 absent until snapshot k, 14
@@ -208,9 +222,7 @@ class PlantedEvolution:
         scale_FS = config.magnitude_min + (config.magnitude_max - config.magnitude_min) * torch.rand(
             n_feat, n_snap, generator=gen
         )
-        firing = config.firing_prob_min + (config.firing_prob_max - config.firing_prob_min) * torch.rand(
-            n_feat, generator=gen
-        )
+        firing = _firing_probabilities(config, torch.rand(n_feat, generator=gen))
         steps = list(config.steps) if config.steps is not None else [0] + [2**k for k in range(n_snap - 1)]
         # Options beyond the original generator draw after everything above, so configs
         # that leave them off build exactly as before.
@@ -292,6 +304,14 @@ class PlantedEvolution:
         gen = torch.Generator().manual_seed(seed)
         while True:
             yield self.sample(batch_size, gen)[0]
+
+
+def _firing_probabilities(config: PlantedConfig, u_F: torch.Tensor) -> torch.Tensor:
+    """Per-feature firing probabilities from uniform draws ``u_F`` in [0, 1)."""
+    lo, hi = config.firing_prob_min, config.firing_prob_max
+    if config.firing_log_uniform:
+        return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u_F)
+    return lo + (hi - lo) * u_F
 
 
 def _plant_schedules(config: PlantedConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

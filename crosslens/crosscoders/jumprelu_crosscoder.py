@@ -91,6 +91,16 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=AR
     """q in sum_i p_i (1 + p_i / q); None drops the quadratic term (SAELens's tanh loss)."""
     threshold_lr_scale: float = 0.1
     """The threshold's learning rate as a fraction of the main learning rate."""
+    target_l0: float | None = None
+    """Active features per token to steer lambda to; None keeps lambda fixed. After the
+    warm-up, every step multiplies lambda by ``(L0 / target_l0) ** l0_controller_gain``,
+    with L0 the batch's mean active features per token, so the sparsity reached does not
+    depend on the data's scale, width or frequency spectrum. ``l0_coefficient`` is the
+    starting lambda; the running factor is a buffer saved with the weights, so a resumed
+    run continues it exactly."""
+    l0_controller_gain: float = 0.01
+    """Exponent of the per-step lambda update of ``target_l0`` (0.01: lambda moves by at
+    most about 1% per step while L0 is within a factor e of the target)."""
     closed_gate_decoder_grad: bool = False
     """Give decoder rows behind a closed gate the reconstruction gradient they would get if
     the gate were open; the forward pass is unchanged. Without it a row W_dec[i, s] whose
@@ -127,6 +137,10 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=AR
                 "Ge et al. use 0.01."
             )
         check_coefficient(self, "l0_coefficient", "l0_warm_up_steps")
+        if self.target_l0 is not None and not self.target_l0 > 0:
+            raise ValueError(f"target_l0 must be > 0 or None, got {self.target_l0}.")
+        if not self.l0_controller_gain > 0:
+            raise ValueError(f"l0_controller_gain must be > 0, got {self.l0_controller_gain}.")
         super().__post_init__()
 
 
@@ -145,6 +159,10 @@ class _JumpReLUCrosscoderMath(CrosscoderMixin):
         threshold = self._parameters.get("threshold")  # type: ignore[attr-defined]
         if threshold is not None and threshold.dtype != torch.float32:
             threshold.data = threshold.data.float()
+        # .to(dtype) casts every float buffer; the controller's many small steps need float64
+        scale = self._buffers.get("l0_scale")  # type: ignore[attr-defined]
+        if scale is not None and scale.dtype != torch.float64:
+            self._buffers["l0_scale"] = scale.double()  # type: ignore[attr-defined]
         return out
 
     def _gates(self, code: torch.Tensor) -> torch.Tensor:
@@ -190,6 +208,10 @@ class JumpReLUCrosscoder(_JumpReLUCrosscoderMath, SAE[JumpReLUCrosscoderConfig])
         super().initialize_weights()
         self._add_threshold(0.0)
 
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        # a training checkpoint also carries the lambda controller's factor, unused here
+        state_dict.pop("l0_scale", None)
+
 
 class JumpReLUTrainingCrosscoder(
     _JumpReLUCrosscoderMath,
@@ -198,9 +220,30 @@ class JumpReLUTrainingCrosscoder(
 ):
     """Training JumpReLU crosscoder."""
 
+    l0_scale: torch.Tensor
+
+    def __init__(self, cfg: JumpReLUTrainingCrosscoderConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+        # lambda = the scheduled l0 coefficient times this factor (1 without target_l0)
+        self.register_buffer("l0_scale", torch.ones((), dtype=torch.float64, device=self.device))
+
     def initialize_weights(self) -> None:
         super().initialize_weights()
         self._add_threshold(self.cfg.jumprelu_init_threshold)
+
+    @property
+    def controlled_coefficient(self) -> float:
+        """The controller's factor times ``l0_coefficient``: lambda once warmed up."""
+        return float(self.l0_scale) * self.cfg.l0_coefficient
+
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving_inference(state_dict)
+        state_dict.pop("l0_scale", None)
+
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_loading(state_dict)
+        # checkpoints written before the controller existed trained with a factor of 1
+        state_dict.setdefault("l0_scale", torch.ones((), dtype=torch.float64))
 
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {
@@ -268,4 +311,18 @@ class JumpReLUTrainingCrosscoder(
         q = self.cfg.sparsity_target
         per_feature_F = p_F if q is None else p_F * (1 + p_F / q)
         penalty = self.collectives.replicated_share(per_feature_F.sum())
-        return {"l0_loss": step_input.coefficients["l0"] * penalty}
+        coefficient = step_input.coefficients["l0"] * self.l0_scale.to(penalty.dtype)
+        if self.cfg.target_l0 is not None:
+            fwd.extras["warmed_up"] = step_input.n_training_steps >= self.cfg.l0_warm_up_steps
+        return {"l0_loss": coefficient * penalty}
+
+    @torch.no_grad()
+    def _after_training_pass(self, fwd: CrosscoderPass) -> None:
+        if self.cfg.target_l0 is None:
+            return
+        if fwd.extras["warmed_up"]:
+            n_tokens = self.collectives.global_batch(fwd.x_NSD.shape[0])
+            active = self.collectives.data_sum((fwd.feature_acts_NF != 0).sum().to(torch.float64))
+            l0 = (active / n_tokens).clamp_min(1e-3)
+            self.l0_scale.mul_((l0 / self.cfg.target_l0) ** self.cfg.l0_controller_gain)
+        fwd.metrics["l0_scale"] = self.l0_scale.detach().clone()

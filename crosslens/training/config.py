@@ -84,6 +84,10 @@ class ArchitectureConfig:
     (5% ReLU, 10% JumpReLU)."""
     decoder_init_norm: float = field(default=DEFAULT_DECODER_INIT_NORM, metadata={"min": 0.0, "strictly": True})
     """Norm of every decoder row W_dec[i, s] at initialisation (Bayazit et al.)."""
+    target_l0: float | None = field(default=None, metadata={"min": 0.0, "strictly": True})
+    """jumprelu_crosscoder only: active features per token that lambda is steered to during
+    training (lambda starts at --sparsity or its default and is multiplied each step after
+    the warm-up by (L0 / target_l0) ** 0.01); None keeps lambda fixed."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURE_NAMES:
@@ -92,6 +96,14 @@ class ArchitectureConfig:
             raise ValueError(f"d_sae must be >= 1, got {self.d_sae}.")
         if self.architecture.endswith("topk_crosscoder") and not 1 <= self.k <= self.d_sae:
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}.")
+        if self.target_l0 is not None and self.architecture != "jumprelu_crosscoder":
+            raise ValueError(
+                f"target_l0 steers JumpReLU's lambda; {self.architecture} sets its sparsity with "
+                + ("k" if self.architecture.endswith("topk_crosscoder") else "--sparsity")
+                + ": leave target_l0 unset."
+            )
+        if self.target_l0 is not None and not self.target_l0 > 0:
+            raise ValueError(f"target_l0 must be > 0, got {self.target_l0}.")
         defaults = defaults_for(self.architecture)
         if self.sparsity_coefficient is None and not defaults.sparsity_per_shape:
             self.sparsity_coefficient = defaults.sparsity_coefficient

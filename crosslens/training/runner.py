@@ -160,6 +160,7 @@ class CrosscoderTrainingRunner:
                 sparsity_warm_up_steps=int(cfg.n_steps * float(sae.sparsity_warm_up_fraction or 0.0)),
                 decoder_init_norm=sae.decoder_init_norm,
                 device=self.device,
+                **({} if sae.target_l0 is None else {"target_l0": sae.target_l0}),
             )
         set_crosscoder_metadata(
             crosscoder.cfg,

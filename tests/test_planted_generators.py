@@ -1,0 +1,131 @@
+"""Planted generators that vary what a real model varies, and defaults that hold on them.
+
+- The generators (``PlantedConfig.preset``) build what their docstrings say.
+- JumpReLU's ``target_l0`` controller steers lambda to a sparsity, and a run killed and
+  resumed from a checkpoint continues the controller exactly.
+- CI-sized planted runs, one generator each, and the full grid (slow): see
+  ``scripts/planted_generators.py``, whose command reproduces the numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from test_planted_architectures import ARCHITECTURES, K, _quiet_one_thread, _score  # noqa: F401  (one thread, autouse)
+from test_trainer import make_batches, make_sae, trainer_cfg
+
+from crosslens.analysis import PlantedConfig, PlantedEvolution
+from crosslens.analysis.planted_generators import GENERATORS
+from crosslens.training import CrosscoderTrainer, latest_checkpoint
+from crosslens.training.planted import train_planted
+
+
+def test_generators_build_what_they_say():
+    zipf = PlantedEvolution.build(PlantedConfig.preset("zipf", seed=0))
+    # log-uniform over 25x: about as many features below 2% (the middle on a log scale) as above
+    probs = zipf.firing_probs
+    assert 0.004 <= float(probs.min()) and float(probs.max()) <= 0.1
+    assert 0.3 <= float((probs < 0.02).float().mean()) <= 0.7
+    correlated = PlantedEvolution.build(PlantedConfig.preset("correlated", seed=0))
+    assert correlated.config.n_snapshots == 12 and len(correlated.pairs) == 16
+    wide = PlantedEvolution.build(PlantedConfig.preset("wide", seed=0))
+    peak_F = wide.magnitudes.amax(dim=1)
+    assert wide.config.d_in == 128 and float(peak_F.max() / peak_F.min()) > 2.5
+    for planted in (zipf, correlated, wide):  # normalised like an activation store
+        acts_NSD, _ = planted.sample(4000, torch.Generator().manual_seed(1))
+        mean_norm_S = acts_NSD.norm(dim=-1).mean(0)
+        assert torch.allclose(mean_norm_S, torch.full_like(mean_norm_S, planted.config.d_in**0.5), rtol=0.05)
+    assert PlantedConfig.preset("hard", seed=3) == PlantedConfig.hard(seed=3)
+    with pytest.raises(ValueError, match="unknown planted generator 'zipff'"):
+        PlantedConfig.preset("zipff")
+    assert set(GENERATORS) == {"zipf", "correlated", "wide"}
+
+
+def test_log_uniform_firing_draws_the_same_numbers_on_another_scale():
+    base = dict(n_features=16, n_initialization=4, firing_prob_min=0.01, firing_prob_max=0.1)
+    uniform = PlantedEvolution.build(PlantedConfig(**base))
+    spread = PlantedEvolution.build(PlantedConfig(**base, firing_log_uniform=True))
+    # same draw u: uniform gives lo + (hi - lo) u, log-uniform lo (hi / lo) ** u
+    u = (uniform.firing_probs - 0.01) / 0.09
+    assert torch.allclose(spread.firing_probs, 0.01 * 10.0**u, rtol=1e-5)
+    assert torch.equal(uniform.directions, spread.directions) and torch.equal(uniform.emergence, spread.emergence)
+
+
+def test_target_l0_steers_lambda_and_resumes_exactly(tmp_path):
+    controlled = dict(l0_coefficient=0.01, l0_warm_up_steps=5, target_l0=2.0, l0_controller_gain=0.05)
+    straight = make_sae("jumprelu_crosscoder", **controlled)
+    CrosscoderTrainer(straight, trainer_cfg()).fit(make_batches)
+    # lambda 0.01 leaves L0 far above 2 on these batches, so the controller raised it
+    assert float(straight.l0_scale) > 1.2
+    fixed = make_sae("jumprelu_crosscoder", l0_coefficient=0.01, l0_warm_up_steps=5)
+    CrosscoderTrainer(fixed, trainer_cfg()).fit(make_batches)
+    assert float(fixed.l0_scale) == 1.0
+
+    interrupted = make_sae("jumprelu_crosscoder", **controlled)
+    cfg = trainer_cfg(checkpoint_dir=str(tmp_path), checkpoint_every=10)
+    with pytest.raises(ValueError, match="ran out after 10 of 20"):
+        CrosscoderTrainer(interrupted, cfg).fit(itertools.islice(make_batches(), 10))
+    resumed = CrosscoderTrainer.from_checkpoint(latest_checkpoint(tmp_path))
+    assert 1.0 < float(resumed.sae.l0_scale) < float(straight.l0_scale)
+    resumed.fit(make_batches)
+    for name, value in straight.state_dict().items():
+        assert torch.equal(resumed.sae.state_dict()[name], value), name
+
+    # the inference crosscoder has no controller: the factor is not saved with it
+    from sae_lens import SAE
+
+    straight.save_inference_model(tmp_path / "final")
+    loaded = SAE.load_from_disk(tmp_path / "final")
+    assert "l0_scale" not in loaded.state_dict()
+    x = next(make_batches())
+    assert torch.allclose(loaded.encode(x), straight.encode(x))
+
+
+
+# CI: the JumpReLU crosscoder at its defaults, 1000 steps of 512 tokens, one generator per test.
+# Recovery is still climbing at that length: seed 0 reached (recovered, exact) 0.96, 0.98
+# on zipf, 0.93, 0.97 on correlated and 0.71, 0.94 on wide (scripts/planted_generators.py
+# --arch jumprelu_crosscoder --seeds 0 --steps 1000 --set batch_size=512), where the old
+# default (lr 1e-3) reached 0.79, 0.87 / 0.78, 0.77 / 0.54, 0.96. The bars are the new
+# numbers less about 0.1, to catch a regression without holding CI to the full run's bars
+# (the slow test's).
+SHORT_BARS = {"zipf": (0.85, 0.85), "correlated": (0.8, 0.85), "wide": (0.6, 0.85)}
+
+
+@pytest.mark.parametrize("generator", sorted(GENERATORS))
+def test_jumprelu_defaults_on_a_generator_short_run(generator):
+    planted = PlantedEvolution.build(PlantedConfig.preset(generator, seed=0))
+    acts_NSD, _ = planted.sample(8000, torch.Generator().manual_seed(5))
+    crosscoder = train_planted(planted, "jumprelu_crosscoder", seed=0, n_steps=1000, batch_size=512)
+    result = _score(planted, acts_NSD, crosscoder)
+    min_recovered, min_exact = SHORT_BARS[generator]
+    assert result["recovered_fraction"] >= min_recovered, (generator, result["n_recovered"])
+    assert result["timeline_accuracy"] >= min_exact, (generator, result["mismatches"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("generator", sorted(GENERATORS))
+def test_defaults_on_every_generator_over_three_seeds(generator, arch):
+    """The issue's bars: >= 90% recovered, >= 90% of those with emergence and class exact, for
+    every seed, at train_planted's defaults (k = 2 for TopK/BatchTopK, as the planted
+    benchmark uses). Each training takes 1-3 CPU-minutes."""
+    for seed in (0, 1, 2):
+        planted = PlantedEvolution.build(PlantedConfig.preset(generator, seed=seed))
+        acts_NSD, _ = planted.sample(8000, torch.Generator().manual_seed(5))
+        crosscoder = train_planted(planted, arch, seed=seed, k=K)
+        result = _score(planted, acts_NSD, crosscoder)
+        assert result["recovered_fraction"] >= 0.9, (generator, arch, seed, result["n_recovered"])
+        assert result["timeline_accuracy"] >= 0.9, (generator, arch, seed, result["mismatches"])
+
+
+def test_target_l0_is_a_jumprelu_flag():
+    from crosslens.training.config import ArchitectureConfig
+
+    assert ArchitectureConfig(architecture="jumprelu_crosscoder", target_l0=20.0).target_l0 == 20.0
+    with pytest.raises(ValueError, match="topk_crosscoder sets its sparsity with k"):
+        ArchitectureConfig(architecture="topk_crosscoder", target_l0=20.0)
+    with pytest.raises(ValueError, match="target_l0 must be > 0"):
+        ArchitectureConfig(architecture="jumprelu_crosscoder", target_l0=0.0)
