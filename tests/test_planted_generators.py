@@ -129,3 +129,16 @@ def test_target_l0_is_a_jumprelu_flag():
         ArchitectureConfig(architecture="topk_crosscoder", target_l0=20.0)
     with pytest.raises(ValueError, match="target_l0 must be > 0"):
         ArchitectureConfig(architecture="jumprelu_crosscoder", target_l0=0.0)
+
+
+def test_train_planteds_default_k_follows_the_planted_sparsity():
+    """TopK's k at train_planted's default: about 1.5x the planted mean L0, which a sample confirms."""
+    from crosslens.analysis import PlantedEvolution as Planted
+
+    for name in ("hard", "zipf", "correlated", "wide"):
+        planted = Planted.build(PlantedConfig.preset(name, seed=0))
+        _, coeff_NF = planted.sample(50_000, torch.Generator().manual_seed(0))
+        assert planted.mean_l0 == pytest.approx(float((coeff_NF > 0).sum(1).float().mean()), rel=0.02), name
+    tiny = Planted.build(PlantedConfig(n_features=16, n_initialization=4, n_snapshots=3, d_in=16))
+    crosscoder = train_planted(tiny, "topk_crosscoder", n_steps=2, batch_size=64, d_sae=32)
+    assert crosscoder.cfg.k == max(1, round(1.5 * tiny.mean_l0))

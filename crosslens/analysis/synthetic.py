@@ -259,6 +259,17 @@ class PlantedEvolution:
         return self.magnitudes > 0
 
     @property
+    def mean_l0(self) -> float:
+        """Expected planted features firing per token: the sum of their firing probabilities,
+        the second feature of a correlated pair taking the first one's firing on the copied
+        share of tokens."""
+        probs_F = self.firing_probs.double().clone()
+        for first, second in self.pairs:
+            share = self.config.pair_correlation
+            probs_F[second] = share * probs_F[first] + (1 - share) * probs_F[second]
+        return float(probs_F.sum())
+
+    @property
     def classes(self) -> list[str]:
         """Planted class per feature, with the same definitions as the analysis."""
         out = []

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from crosslens.architectures import DEFAULT_K, defaults_for, sparsity_coefficient_for
+from crosslens.architectures import defaults_for, sparsity_coefficient_for
 from crosslens.training.config import CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder
 from crosslens.training.trainer import CrosscoderTrainer
@@ -31,7 +31,7 @@ def train_planted(
     n_steps: int = 3000,
     batch_size: int = 1024,
     d_sae: int = 128,
-    k: int = DEFAULT_K,
+    k: int | None = None,
     lr: float | None = None,
     sparsity_coefficient: float | None = None,
     lr_decay_fraction: float = 0.2,
@@ -41,8 +41,14 @@ def train_planted(
 
     ``seed`` seeds the crosscoder's initialisation and the batch stream (the planted set
     itself is fixed by its own config seed). Anything left ``None`` takes the runner's
-    per-architecture default; ``crosscoder_overrides`` go to the training config.
+    per-architecture default, but for ``k``: TopK/BatchTopK's active latents per token is
+    a sparsity level chosen for the data, and the runner's ``DEFAULT_K`` (32) is sized for
+    real models' dictionaries, 20 times what planted sets fire; ``None`` here takes about
+    1.5 times the planted set's mean L0 (:attr:`PlantedEvolution.mean_l0`), at least 1.
+    ``crosscoder_overrides`` go to the training config.
     """
+    if k is None:
+        k = max(1, round(1.5 * planted.mean_l0))
     coefficient = sparsity_coefficient
     if coefficient is None:
         coefficient = sparsity_coefficient_for(
