@@ -280,10 +280,14 @@ def test_torchrun_with_two_processes_trains_the_one_process_crosscoder(snapshot_
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-6000:]
     assert done.stdout.count("crosscoder saved to") == 1 and done.stdout.count("they fit") == 1
+    from crosslens.architectures import JUMPRELU_LR
+
     got, want = load_file(tmp_path / "mesh" / WEIGHTS), load_file(streamed[0] / WEIGHTS)
     assert got.keys() == want.keys()
+    # the mesh sums in another order; Adam turns a gradient's last bits into up to lr per step where
+    # it is near zero, so the bound is a share of the learning rate (1e-5 at lr 1e-3)
     for name in want:
-        assert (got[name] - want[name]).abs().max() <= 1e-5, name
+        assert (got[name] - want[name]).abs().max() <= 1e-2 * JUMPRELU_LR, name
     mesh_quality = json.loads((tmp_path / "mesh" / "quality.json").read_text())["rows"]
     one_quality = json.loads((streamed[0] / "quality.json").read_text())["rows"]
     assert [r["crosscoder"] for r in mesh_quality] == pytest.approx([r["crosscoder"] for r in one_quality], abs=1e-4)
