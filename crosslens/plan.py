@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.architectures import DEFAULT_K
-from crosslens.core.devices import DTYPE_BYTES, format_bytes
+from crosslens.core.devices import DTYPE_BYTES
+from crosslens.core.units import format_bytes
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import block_index
 from crosslens.training.memory import OPTIMIZER_STATES, activation_bytes, optimizer_state_bytes, parameter_counts

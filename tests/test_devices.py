@@ -90,9 +90,11 @@ def test_peak_memory_none_on_cpu_and_cuda_counter_on_cuda(monkeypatch):
 
 
 def test_format_bytes_uses_binary_units():
-    assert devices.format_bytes(512) == "512 B"
-    assert devices.format_bytes(1536) == "1.50 KiB"
-    assert devices.format_bytes(40 * 2**40) == "40.00 TiB"
+    from crosslens.core.units import format_bytes
+
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(1536) == "1.50 KiB"
+    assert format_bytes(40 * 2**40) == "40.00 TiB"
 
 
 class _RecordingSuite:

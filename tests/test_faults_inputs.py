@@ -18,7 +18,7 @@ import crosslens.activations.harvest as harvest_module
 import crosslens.commands.inputs as inputs_module
 from crosslens.cli import build_parser, main
 from crosslens.commands.common import CLIError
-from crosslens.core.devices import format_bytes
+from crosslens.core.units import format_bytes
 from crosslens.core.errors import StorageError
 from hf_cache import FAKE_WORDS
 from trust_fixtures import HOOK, harvest, one_torch_thread, token_table, train, write_suite

@@ -21,7 +21,8 @@ from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
 from crosslens.crosscoders import jumprelu_kernels, sparse_kernels
-from crosslens.crosscoders.sparse_kernels import ActivePairs, gather_decode
+from crosslens.crosscoders.active_pairs import ActivePairs
+from crosslens.crosscoders.sparse_kernels import gather_decode
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 
 ROOT = Path(__file__).resolve().parents[1]

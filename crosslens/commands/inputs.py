@@ -136,7 +136,7 @@ def check_harvest_fits(
     token table cannot fit in memory, or whose stores (``outs``) cannot fit on their disk, before
     anything is allocated or written. Returns the stores' bytes (None when ``widths``, the values
     per token of each hook, are unknown)."""
-    from crosslens.core.devices import format_bytes
+    from crosslens.core.units import format_bytes
 
     table = n_tokens * TOKEN_TABLE_BYTES_PER_TOKEN
     memory = available_memory("cpu")

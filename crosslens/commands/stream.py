@@ -49,7 +49,8 @@ def resident_memory(
     and with ``seq_len`` the two chunk buffers they fill (served and prefetched, in the models'
     dtype), and how that was counted; None when the model's sizes are unknown here."""
     from crosslens.activations.forward import stop_layer_for
-    from crosslens.core.devices import DTYPE_BYTES, format_bytes
+    from crosslens.core.devices import DTYPE_BYTES
+    from crosslens.core.units import format_bytes
     from crosslens.plan import PlanError, model_spec_for
     from crosslens.training.streaming import chunk_seqs_for
 
@@ -80,7 +81,7 @@ def check_memory(
     import torch
 
     from crosslens.activations import streaming
-    from crosslens.core.devices import format_bytes
+    from crosslens.core.units import format_bytes
     from crosslens.core.launch import is_main_process
 
     n_models = math.ceil(len(suite) / snapshot_parallel)
@@ -121,18 +122,18 @@ def stream_record(suite, hook: str, source: tuple[str, object], budget: tuple[in
     }  # fmt: skip
 
 
-def train_stream(args: argparse.Namespace, recipe, device: str, model_dtype: str) -> int:
-    """``train --stream``: check everything, say whether the models fit, train, report held-out quality."""
+def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> int:
+    """``train --stream``: check everything, say whether the models fit, train, report held-out quality.
+    ``config`` is the runner config ``train`` made of the flags (with no store)."""
     import torch
 
     from crosslens.activations.streaming import ModelsDoNotFitError
     from crosslens.commands.common import print_peak_memory, reset_peak_memory, torchrun_job
     from crosslens.commands.harvest import check_hooks, selected_suite, token_budget, token_source, token_tables
-    from crosslens.commands.train import train_config
     from crosslens.core.launch import local_rank_device
     from crosslens.training.streaming import StreamingTrainingRunner
 
-    config = train_config(args, recipe, device=device, store_path="")
+    device = config.device
     if not config.hook_name:
         raise CLIError("train --stream needs --hook NAME (e.g. --hook blocks.0.hook_resid_post), or a --recipe")
     suite = selected_suite(args, recipe)

@@ -61,7 +61,8 @@ def _harvest_for_recipe(args: argparse.Namespace, recipe, config: CrosscoderRunn
     the store path, after checking weights, dataset and disk space."""
     import shutil
 
-    from crosslens.core.devices import DTYPE_BYTES, dtype_name, format_bytes
+    from crosslens.core.devices import DTYPE_BYTES, dtype_name
+    from crosslens.core.units import format_bytes
     from crosslens.plan import hook_width, known_model, model_spec_for
 
     problems = [p for p in [missing_weights(recipe)] if p]
@@ -104,7 +105,7 @@ def train(args: argparse.Namespace) -> int:
     device, model_dtype = device_and_dtype(args)
     recipe = load_recipe_arg(args.recipe) if args.recipe else None
     if args.stream:
-        return train_stream(args, recipe, device, model_dtype)
+        return train_stream(args, recipe, train_config(args, recipe, device=device, store_path=""), model_dtype)
     if args.store_path is None and recipe is None:
         raise CLIError("train needs --store DIR (an activation store), --stream (no store), or --recipe NAME")
     config = train_config(args, recipe, device=device)

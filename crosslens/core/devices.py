@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from crosslens.core.errors import CrosslensError
+from crosslens.core.units import format_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -165,18 +166,6 @@ def available_memory(device: str | torch.device = "cpu") -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not POSIX
         return None
-
-
-def format_bytes(n: float | int | None) -> str:
-    """``n`` bytes as a short human string in binary units (KiB, MiB, GiB, TiB, PiB)."""
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1024
-    return f"{value:.2f} PiB"
 
 
 def peak_memory_line(device: str | torch.device) -> str | None:

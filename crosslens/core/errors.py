@@ -107,7 +107,7 @@ def storage_error(error: BaseException, folder: str | os.PathLike, what: str, *,
                   fix: str = "choose another folder") -> StorageError | None:
     """The one-line :class:`StorageError` for a failed write of ``what`` into ``folder``, or None
     when ``error`` is not a full disk or a permission problem (then it is a bug to show as is)."""
-    from crosslens.core.devices import format_bytes
+    from crosslens.core.units import format_bytes
 
     if isinstance(error, CrosslensError):
         return None

@@ -29,7 +29,8 @@ from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainSte
 
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig
-from crosslens.crosscoders.sparse_kernels import ActivePairs, gather_decode, sparse_backend
+from crosslens.crosscoders.active_pairs import ActivePairs
+from crosslens.crosscoders.sparse_kernels import gather_decode, sparse_backend
 from crosslens.architectures import DEFAULT_K
 
 ARCHITECTURE = "topk_crosscoder"

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 if TYPE_CHECKING:
-    from crosslens.crosscoders.sparse_kernels import ActivePairs
+    from crosslens.crosscoders.active_pairs import ActivePairs
 
 COLUMN_BLOCK = 256
 """Columns of one program of ``_gather_rows``."""
