@@ -60,6 +60,19 @@ class PushResult:
         return registry_yaml(self.registry_entry)
 
 
+def _store_evaluation(crosscoder: Any, folder: Path, store_path: str | Path | None, n_tokens: int) -> dict | None:
+    """Per-snapshot explained variance and L0 on ``n_tokens`` of the store, once it is checked to be
+    the crosscoder's (the card states these figures); None when there is no store at hand."""
+    if store_path is None or not Path(store_path).exists():
+        return None
+    from crosslens.activations import ActivationStore
+    from crosslens.activations.partners import check_crosscoder_store
+
+    store = ActivationStore.open(store_path)
+    check_crosscoder_store(crosscoder, store, crosscoder_name=folder)
+    return evaluate_per_snapshot(crosscoder, store, crosscoder.cfg.metadata.get("hook_name"), n_tokens=n_tokens)
+
+
 def push_to_hub(
     run_dir: str | Path,
     repo_id: str,
@@ -91,15 +104,7 @@ def push_to_hub(
     crosscoder_id = crosscoder_id or meta.get("hook_name") or "crosscoder"
     release = release or default_release_name(repo_id)
 
-    store_path = store_path or (run_config or {}).get("store_path")
-    evaluation = None
-    if store_path is not None and Path(store_path).exists():
-        from crosslens.activations import ActivationStore
-        from crosslens.activations.partners import check_crosscoder_store
-
-        store = ActivationStore.open(store_path)
-        check_crosscoder_store(crosscoder, store, crosscoder_name=folder)  # the card states its figures
-        evaluation = evaluate_per_snapshot(crosscoder, store, meta.get("hook_name"), n_tokens=n_eval_tokens)
+    evaluation = _store_evaluation(crosscoder, folder, store_path or (run_config or {}).get("store_path"), n_eval_tokens)
     spliced = run_spliced_loss(folder, run_config, crosscoder)
     if fold_normalization and not meta.get("activation_norm_factors_folded") and meta.get("activation_norm_factors"):
         crosscoder.fold_activation_norm_scaling_factors()
