@@ -300,3 +300,22 @@ def test_streamed_chunks_hold_at_most_65536_token_positions():
 
     assert CHUNK_TOKENS == 65536
     assert [chunk_seqs_for(n) for n in (16, 64, 256, 1024, 2048, 100_000)] == [256, 256, 256, 64, 32, 1]
+
+
+def test_both_runners_build_the_crosscoder_the_jumprelu_flags_ask_for(tmp_path):
+    """--target-l0 and --sparse-step reach the crosscoder whichever runner builds it (the store's
+    runner and --stream's share new_training_crosscoder)."""
+    from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig
+    from crosslens.training.runner import new_training_crosscoder
+    from crosslens.training.streaming import StreamingTrainingRunner
+
+    sae = ArchitectureConfig(architecture="jumprelu_crosscoder", d_sae=16, target_l0=3.0, sparse_step="off")
+    config = CrosscoderRunnerConfig(store_path="", out_dir=str(tmp_path), sae=sae, n_steps=10)
+    crosscoder = new_training_crosscoder(config, d_in=8, n_snapshots=2, device="cpu")
+    assert (crosscoder.cfg.target_l0, crosscoder.cfg.sparse_step) == (3.0, False)
+    assert new_training_crosscoder(config, d_in=8, n_snapshots=2, device="cpu").W_dec.equal(crosscoder.W_dec)  # seeded
+    plain = CrosscoderRunnerConfig(store_path="", out_dir=str(tmp_path), sae=ArchitectureConfig(d_sae=16), n_steps=10)
+    assert (new_training_crosscoder(plain, d_in=8, n_snapshots=2, device="cpu").cfg.target_l0, plain.sae.sparse_step) == (None, "auto")
+    assert "new_training_crosscoder" in StreamingTrainingRunner._new_crosscoder.__code__.co_names
+    with pytest.raises(ValueError, match="sparse_step is the JumpReLU crosscoder's"):
+        ArchitectureConfig(architecture="topk_crosscoder", sparse_step="on")

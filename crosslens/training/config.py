@@ -88,6 +88,10 @@ class ArchitectureConfig:
     """jumprelu_crosscoder only: active features per token that lambda is steered to during
     training (lambda starts at --sparsity or its default and is multiplied each step after
     the warm-up by (L0 / target_l0) ** 0.01); None keeps lambda fixed."""
+    sparse_step: str = field(default="auto", metadata={"choices": ("auto", "on", "off")})
+    """jumprelu_crosscoder: gate, score and decode each batch from its active (token, feature)
+    entries with gather-sum kernels (the same values up to the order of float sums); auto: on
+    CUDA once at most 1/32 of the entries are active; on: always (slower on a CPU); off: never."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURE_NAMES:
@@ -102,6 +106,10 @@ class ArchitectureConfig:
                 + ("k" if self.architecture.endswith("topk_crosscoder") else "--sparsity")
                 + ": leave target_l0 unset."
             )
+        if self.sparse_step not in ("auto", "on", "off"):
+            raise ValueError(f"sparse_step must be auto, on or off, got {self.sparse_step!r}.")
+        if self.sparse_step != "auto" and self.architecture != "jumprelu_crosscoder":
+            raise ValueError(f"sparse_step is the JumpReLU crosscoder's; {self.architecture} has none: leave it at auto.")
         if self.target_l0 is not None and not self.target_l0 > 0:
             raise ValueError(f"target_l0 must be > 0, got {self.target_l0}.")
         defaults = defaults_for(self.architecture)

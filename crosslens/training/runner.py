@@ -144,24 +144,8 @@ class CrosscoderTrainingRunner:
         )
 
     def _new_crosscoder(self):
-        cfg, sae = self.config, self.config.sae
         d_in, n_snapshots = self.store.d_in_of(self.hook), self.store.n_snapshots
-        sparsity = sae.sparsity_coefficient
-        if sparsity is None:
-            sparsity = sparsity_coefficient_for(sae.architecture, n_snapshots=n_snapshots, d_in=d_in, d_sae=sae.d_sae)
-        with seeded(cfg.seed, self.device):  # the initial weights come from the seed alone
-            crosscoder = build_training_crosscoder(
-                sae.architecture,
-                d_in=d_in,
-                n_snapshots=n_snapshots,
-                d_sae=sae.d_sae,
-                k=sae.k,
-                sparsity_coefficient=sparsity,
-                sparsity_warm_up_steps=int(cfg.n_steps * float(sae.sparsity_warm_up_fraction or 0.0)),
-                decoder_init_norm=sae.decoder_init_norm,
-                device=self.device,
-                **({} if sae.target_l0 is None else {"target_l0": sae.target_l0}),
-            )
+        crosscoder = new_training_crosscoder(self.config, d_in=d_in, n_snapshots=n_snapshots, device=self.device)
         set_crosscoder_metadata(
             crosscoder.cfg,
             provenance=store_provenance(self.store),
@@ -333,6 +317,26 @@ class _SealedTrainer(CrosscoderTrainer):
             write_record(saved, **self.record)
         self._barrier()
         return saved
+
+
+def new_training_crosscoder(config: CrosscoderRunnerConfig, *, d_in: int, n_snapshots: int, device: Any):
+    """The freshly initialised training crosscoder ``config.sae`` asks for, its weights from
+    ``config.seed`` alone (the shape-scaled sparsity default filled in from ``d_in`` and
+    ``n_snapshots``)."""
+    sae = config.sae
+    sparsity = sae.sparsity_coefficient
+    if sparsity is None:
+        sparsity = sparsity_coefficient_for(sae.architecture, n_snapshots=n_snapshots, d_in=d_in, d_sae=sae.d_sae)
+    jumprelu_only: dict[str, Any] = {} if sae.target_l0 is None else {"target_l0": sae.target_l0}
+    if sae.sparse_step != "auto":
+        jumprelu_only["sparse_step"] = sae.sparse_step == "on"
+    with seeded(config.seed, device):
+        return build_training_crosscoder(
+            sae.architecture, d_in=d_in, n_snapshots=n_snapshots, d_sae=sae.d_sae, k=sae.k,
+            sparsity_coefficient=sparsity,
+            sparsity_warm_up_steps=int(config.n_steps * float(sae.sparsity_warm_up_fraction or 0.0)),
+            decoder_init_norm=sae.decoder_init_norm, device=device, **jumprelu_only,
+        )  # fmt: skip
 
 
 def resolve_precision(config: CrosscoderRunnerConfig, n_snapshots: int, d_in: int | None) -> CrosscoderRunnerConfig:

@@ -31,16 +31,13 @@ from jaxtyping import Float, Int
 from crosslens.activations.harvest import harvest_rows
 from crosslens.activations.streaming import ResidentSnapshotProvider
 from crosslens.activations.tokens import kept_tokens, tokens_sha256
-from crosslens.architectures import sparsity_coefficient_for
 from crosslens.core.errors import StoreChangedError
 from crosslens.core.hashing import json_sha256
 from crosslens.core.launch import launched_by_torchrun
-from crosslens.core.seeding import seeded
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh
 from crosslens.training.config import CrosscoderRunnerConfig
-from crosslens.training.factory import build_training_crosscoder
-from crosslens.training.runner import CrosscoderTrainingRunner, resolve_precision
+from crosslens.training.runner import CrosscoderTrainingRunner, new_training_crosscoder, resolve_precision
 
 EVAL_TOKENS = 8192
 """Held-out tokens the quality table reads (``evaluate_crosscoder``'s default)."""
@@ -163,18 +160,8 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         return {**self.suite.provenance(), "snapshots": [every[s] for s in range(self.n_snapshots)]}
 
     def _new_crosscoder(self):
-        cfg, sae = self.config, self.config.sae
         d_in, norm_factors_S, provenance = self.provider.d_in, self.norm_factors(), self.provenance()
-        sparsity = sae.sparsity_coefficient
-        if sparsity is None:
-            sparsity = sparsity_coefficient_for(sae.architecture, n_snapshots=self.n_snapshots, d_in=d_in, d_sae=sae.d_sae)
-        with seeded(cfg.seed, self.device):  # the initial weights come from the seed alone
-            crosscoder = build_training_crosscoder(
-                sae.architecture, d_in=d_in, n_snapshots=self.n_snapshots, d_sae=sae.d_sae, k=sae.k,
-                sparsity_coefficient=sparsity,
-                sparsity_warm_up_steps=int(cfg.n_steps * float(sae.sparsity_warm_up_fraction or 0.0)),
-                decoder_init_norm=sae.decoder_init_norm, device=self.device,
-            )  # fmt: skip
+        crosscoder = new_training_crosscoder(self.config, d_in=d_in, n_snapshots=self.n_snapshots, device=self.device)
         set_crosscoder_metadata(crosscoder.cfg, provenance=provenance, hook_name=self.hook, activation_norm_factors=norm_factors_S)
         for key, value in self._data_metadata().items():
             crosscoder.cfg.metadata[key] = value
