@@ -17,7 +17,8 @@ and ``crosslens plan`` (which only needs dtype names and byte formatting) stay i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from typing import TYPE_CHECKING, Any
 
 from crosslens.core.errors import CrosslensError
 from crosslens.core.units import format_bytes
@@ -182,10 +183,31 @@ def release_model(model: torch.nn.Module) -> None:
 
     Its parameters and buffers move to the ``meta`` device (no memory; far cheaper than a
     garbage-collector pass, and it works whatever still references the module), then
-    CUDA's cached blocks go back to the driver so the next model has the memory.
+    CUDA's cached blocks go back to the driver so the next model has the memory, and glibc's
+    free heap goes back to the system: without that, each model loaded after a freed one
+    lands on fragmented heap, and a harvest of 16 snapshots peaks about 10% above one of 4.
     """
     import torch
 
     torch.nn.Module.to(model, device="meta")
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """``malloc_trim(0)`` where the C library is glibc; nothing elsewhere."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): no malloc_trim to call
+        return None
