@@ -10,6 +10,7 @@ import logging
 
 import pytest
 import torch
+from tiny_crosscoders import random_crosscoder
 from hf_cache import (
     activate_offline_hf_home,
     make_word_tokenizer,
@@ -353,7 +354,7 @@ def test_attribute_runs_languages_together_with_relie_side_by_side(tmp_path):
     for seed in (0, 1):
         torch.manual_seed(seed)
         snapshot_models.append(HookedTransformer(cfg).eval())
-    crosscoder = _tiny_crosscoder(n_snapshots=2, d_in=16, d_sae=24, hook="blocks.0.hook_resid_post")
+    crosscoder = random_crosscoder(n_snapshots=2, d_in=16, d_sae=24, hook="blocks.0.hook_resid_post")
     combined = run_language_tasks(
         snapshot_models, crosscoder, tasks, tmp_path, tokenizer=tokenizer, config=AttributionConfig(n_steps=2),
         top_k=3, ks=(1, 2), n_random=1, progress=False,
@@ -373,20 +374,6 @@ def test_attribute_runs_languages_together_with_relie_side_by_side(tmp_path):
     assert "RelIE per language" in html and all(f'"{lang}"' in html for lang in ("en", "fr", "es"))
 
 
-def _tiny_crosscoder(*, n_snapshots: int, d_in: int, d_sae: int, hook: str):
-    import crosslens.crosscoders as crosscoders
-
-    sae_cls, cfg_cls = crosscoders.ARCHITECTURES["crosscoder"][:2]
-    crosscoder = sae_cls(cfg_cls(d_in=d_in, d_sae=d_sae, n_snapshots=n_snapshots))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in crosscoder.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    crosscoder.cfg.metadata.hook_name = hook
-    crosscoder.cfg.metadata.activation_norm_factors = [1.0] * n_snapshots
-    return crosscoder
-
-
 def test_cli_attribute_runs_a_multilingual_task_file(tmp_path, capsys):
     from hf_cache import tiny_neox, write_local_suite
 
@@ -398,7 +385,7 @@ def test_cli_attribute_runs_a_multilingual_task_file(tmp_path, capsys):
         ("yy", "the women walk", "the women walks"), ("yy", "a child runs", "a child run"),
     ]  # fmt: skip
     task_file.write_text("".join(json.dumps({"sentence_good": g, "sentence_bad": b, "language": l}) + "\n" for l, g, b in rows))
-    crosscoder = _tiny_crosscoder(n_snapshots=2, d_in=32, d_sae=16, hook="blocks.0.hook_resid_post")
+    crosscoder = random_crosscoder(n_snapshots=2, d_in=32, d_sae=16, hook="blocks.0.hook_resid_post")
     # as training records it: the snapshots it was trained on, which attribute checks the suite against
     crosscoder.cfg.metadata.suite = {"family": "local", "root": str(tmp_path / "suite"),
                                      "snapshots": [ref.to_dict() for ref in CheckpointSuite.local(tmp_path / "suite").snapshots]}  # fmt: skip

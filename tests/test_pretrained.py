@@ -16,6 +16,8 @@ from sae_lens import SAE
 
 import crosslens
 import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectures with SAELens)
+from wandb_files import wandb_records
+
 from crosslens.activations import harvest_activations
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.cli import main
@@ -252,37 +254,10 @@ def test_wandb_run_id_in_metadata_and_model_artifact_offline(trained_run, tmp_pa
     meta = json.loads((run_dir / "final" / "cfg.json").read_text())["metadata"]
     assert run_file.name == f"run-{meta['wandb_run_id']}.wandb"
     assert meta["wandb_project"] == "crosslens-test"
-    records = _read_wandb_records(run_file)
+    records = list(wandb_records(run_file))
     artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
     assert len(artifacts) == 1 and artifacts[0].type == "model"
     files = {entry.path for entry in artifacts[0].manifest.contents}
     assert files == {"cfg.json", "sae_weights.safetensors"}
     history = [r for r in records if r.WhichOneof("record_type") == "history"]
     assert len(history) == 2  # steps 2 and 4, from wandb_log_frequency=2
-
-
-def _read_wandb_records(run_file: Path) -> list:
-    """Every protobuf record of an offline .wandb file (a LevelDB-style log: 32 KiB blocks of
-    fragments, each with a 7-byte header: crc32, length, kind)."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
-
-    raw, block, pos = run_file.read_bytes(), 32768, 7  # after the 7-byte ":W&B" file header
-    chunks, chunk = [], b""
-    while pos + 7 <= len(raw):
-        if block - pos % block < 7:  # block trailer too short for a header
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
-        chunk += raw[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # FULL or LAST fragment
-            chunks.append(chunk)
-            chunk = b""
-    records = []
-    for data in chunks:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
-        records.append(record)
-    return records

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from wandb_files import item_values, wandb_records
+
 from crosslens.causal.spliced_loss import format_spliced_loss, sae_spliced_loss, spliced_loss
 from crosslens.cli import main
 from crosslens.core.paths import QUALITY_NAME
@@ -99,28 +101,10 @@ def test_train_says_why_when_the_snapshot_models_are_gone(world, tmp_path, capsy
 
 def _wandb_summaries(run_file: Path) -> dict[str, str]:
     """Every summary item written to an offline .wandb file (key -> value_json), last write winning."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
-
-    raw, block, pos = run_file.read_bytes(), 32768, 7  # LevelDB-style log blocks after a 7-byte header
-    records, chunk = [], b""
-    while pos + 7 <= len(raw):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
-        chunk += raw[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):
-            records.append(chunk)
-            chunk = b""
-    summary = {}
-    for data in records:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
+    summary: dict[str, str] = {}
+    for record in wandb_records(run_file):
         if record.WhichOneof("record_type") == "summary":
-            summary.update({it.key or "/".join(it.nested_key): it.value_json for it in record.summary.update})
+            summary.update(item_values(record.summary.update))
     return summary
 
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-import crosslens.crosscoders as crosscoders
 from crosslens.causal import AttributionConfig, run_causal_stage
 from crosslens.causal.behaviour import NO_BEHAVIOUR, NoBehaviourError, snapshot_behaviour, wilson_interval
 from crosslens.cli import main
@@ -19,6 +18,7 @@ from crosslens.pico.evals import format_eval_table
 from crosslens.tasks import TaskDataset
 from crosslens.tasks.agreement import agreement_pairs
 from crosslens.tasks.blimp import MinimalPairFormatError, load_blimp_jsonl, pair_shape_problem
+from tiny_crosscoders import random_crosscoder
 from test_causal import _one_torch_thread, tokenizer  # noqa: F401  (the fixtures: one thread, the agreement words)
 
 HOOK = "blocks.0.hook_resid_post"
@@ -43,15 +43,7 @@ def tiny_model(tokenizer, seed: int, *, blind: bool = False) -> HookedTransforme
 
 
 def tiny_crosscoder(n_snapshots: int):
-    sae_cls, cfg_cls = crosscoders.ARCHITECTURES["crosscoder"][:2]
-    crosscoder = sae_cls(cfg_cls(d_in=D_MODEL, d_sae=D_SAE, n_snapshots=n_snapshots))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in crosscoder.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    crosscoder.cfg.metadata.hook_name = HOOK
-    crosscoder.cfg.metadata.activation_norm_factors = [1.0] * n_snapshots
-    return crosscoder
+    return random_crosscoder(n_snapshots=n_snapshots, d_in=D_MODEL, d_sae=D_SAE, hook=HOOK)
 
 
 def preferred_by(model: HookedTransformer, tokenizer, task: TaskDataset) -> TaskDataset:

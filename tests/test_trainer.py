@@ -4,7 +4,6 @@ logging, and SAELens's own trainer on a crosscoder."""
 from __future__ import annotations
 
 import itertools
-import struct
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,8 @@ from sae_lens.config import SAETrainerConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
 import crosslens.crosscoders as cc
+from wandb_files import item_values, wandb_records
+
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig, LoggingConfig, latest_checkpoint
 from crosslens.training.trainer import crosscoder_metrics
 
@@ -170,28 +171,12 @@ def test_training_learns_the_synthetic_features(arch, tmp_path):
 
 
 def _read_wandb_history(run_file: Path) -> list[dict[str, str]]:
-    """History rows of an offline .wandb file (LevelDB-style log of protobuf records)."""
-    from wandb.proto import wandb_internal_pb2
-
-    raw, block, pos = run_file.read_bytes(), 32768, 7  # 7-byte ":W&B" file header
-    records, chunk = [], b""
-    while pos + 7 <= len(raw):
-        if block - pos % block < 7:  # block trailer too short for a header
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
-        chunk += raw[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # FULL or LAST fragment
-            records.append(chunk)
-            chunk = b""
-    rows = []
-    for data in records:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
-        if record.WhichOneof("record_type") == "history":
-            rows.append({it.key or "/".join(it.nested_key): it.value_json for it in record.history.item})
-    return rows
+    """History rows of an offline .wandb file."""
+    return [
+        item_values(record.history.item)
+        for record in wandb_records(run_file)
+        if record.WhichOneof("record_type") == "history"
+    ]
 
 
 def test_wandb_offline_run_holds_the_metrics(tmp_path):

@@ -1,0 +1,20 @@
+"""A ReLU crosscoder with seeded random weights, for tests that need any crosscoder at a hook."""
+
+from __future__ import annotations
+
+import torch
+
+
+def random_crosscoder(*, n_snapshots: int, d_in: int, d_sae: int, hook: str):
+    """Every parameter drawn from N(0, 0.3^2) with seed 0; unit norm factors, ``hook`` recorded."""
+    import crosslens.crosscoders as crosscoders
+
+    sae_cls, cfg_cls = crosscoders.ARCHITECTURES["crosscoder"][:2]
+    crosscoder = sae_cls(cfg_cls(d_in=d_in, d_sae=d_sae, n_snapshots=n_snapshots))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in crosscoder.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    crosscoder.cfg.metadata.hook_name = hook
+    crosscoder.cfg.metadata.activation_norm_factors = [1.0] * n_snapshots
+    return crosscoder
