@@ -317,5 +317,5 @@ def test_both_runners_build_the_crosscoder_the_jumprelu_flags_ask_for(tmp_path):
     plain = CrosscoderRunnerConfig(store_path="", out_dir=str(tmp_path), sae=ArchitectureConfig(d_sae=16), n_steps=10)
     assert (new_training_crosscoder(plain, d_in=8, n_snapshots=2, device="cpu").cfg.target_l0, plain.sae.sparse_step) == (None, "auto")
     assert "new_training_crosscoder" in StreamingTrainingRunner._new_crosscoder.__code__.co_names
-    with pytest.raises(ValueError, match="sparse_step is the JumpReLU crosscoder's"):
+    with pytest.raises(ValueError, match=r"sparse_step \(--sparse-step\) is the JumpReLU crosscoder's"):
         ArchitectureConfig(architecture="topk_crosscoder", sparse_step="on")

@@ -104,12 +104,14 @@ class ArchitectureConfig:
             raise ValueError(
                 f"target_l0 steers JumpReLU's lambda; {self.architecture} sets its sparsity with "
                 + ("k" if self.architecture.endswith("topk_crosscoder") else "--sparsity")
-                + ": leave target_l0 unset."
+                + ": leave target_l0 (--target-l0) unset."
             )
         if self.sparse_step not in ("auto", "on", "off"):
             raise ValueError(f"sparse_step must be auto, on or off, got {self.sparse_step!r}.")
         if self.sparse_step != "auto" and self.architecture != "jumprelu_crosscoder":
-            raise ValueError(f"sparse_step is the JumpReLU crosscoder's; {self.architecture} has none: leave it at auto.")
+            raise ValueError(
+                f"sparse_step (--sparse-step) is the JumpReLU crosscoder's; {self.architecture} has none: leave it at auto."
+            )
         if self.target_l0 is not None and not self.target_l0 > 0:
             raise ValueError(f"target_l0 must be > 0, got {self.target_l0}.")
         defaults = defaults_for(self.architecture)
