@@ -4,8 +4,8 @@ Trains each crosscoder architecture with the defaults ``crosslens train`` uses (
 :func:`crosslens.training.planted.train_planted`) on the planted set
 ``PlantedConfig.hard()`` (8 snapshots, d_in 64, 48 features with known emergence and fade)
 and scores the decoder against the planted truth (:func:`crosslens.analysis.planted_scores`):
-recovered features (mean cosine >= 0.9), mean max-cosine at the worst snapshot, emergence
-snapshot and class exact among the recovered, and SAELens's mean correlation coefficient.
+recovered features (decoder cosine >= 0.9 where the feature is present), mean max-cosine
+at the worst snapshot, emergence snapshot and class exact among the recovered, and SAELens's mean correlation coefficient.
 
     PYTHONPATH=. python scripts/planted_benchmark.py                 # 4 architectures x 3 seeds
     PYTHONPATH=. python scripts/planted_benchmark.py --before        # and the naive settings, for contrast

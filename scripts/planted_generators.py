@@ -5,8 +5,9 @@ with nothing overridden but TopK/BatchTopK's k (its sparsity coefficient, learni
 warm-up, 3000 steps of 1024 tokens, d_sae 128) on each planted generator
 (:mod:`crosslens.analysis.planted_generators`, plus ``hard`` for reference) and prints, per
 generator and architecture, the recovered fraction (planted features matched one-to-one at
-mean cosine >= 0.9) and the exact-emergence fraction (emergence snapshot and class exact,
-among the recovered) as mean +/- sd and the per-seed values, and the latents' L0.
+decoder cosine >= 0.9 where the feature is present) and the exact-emergence fraction
+(emergence snapshot and class exact, among the recovered) as mean +/- sd and the per-seed
+values, and the latents' L0.
 
     PYTHONPATH=. python scripts/planted_generators.py --jobs 2                  # 3 generators x 4 x 3 seeds
     PYTHONPATH=. python scripts/planted_generators.py --steps 1000 --seeds 0    # a short look first

@@ -117,6 +117,27 @@ def test_recovery_metrics_on_ideal_and_wrong_decoders():
     assert planted_recovery(EvolutionAnalysis.from_decoder(random, planted.steps), planted)["n_recovered"] == 0
 
 
+def test_matching_pairs_the_latent_that_is_silent_where_the_feature_is_absent():
+    """Two features that live at different snapshots can share one latent; beside a latent
+    of its own, a feature is paired with its own, and a latent whose decoder is near zero at
+    most of a feature's snapshots does not recover it on its direction there."""
+    planted = PlantedEvolution.build(PlantedConfig())
+    early, late, everywhere = 11, 8, 9
+    assert not (planted.present[early] & planted.present[late]).any() and bool(planted.present[everywhere].all())
+    decoder = planted.decoder.clone()
+    wobble = 0.05 * torch.randn(decoder[late].shape, generator=torch.Generator().manual_seed(3))
+    decoder[late] = decoder[late] + wobble * planted.present[late][:, None]  # its own latent, not quite exact
+    decoder[everywhere] = decoder[everywhere] * torch.tensor([1.0, 0.03, 0.03, 0.03, 0.03, 0.03])[:, None]
+    merged = planted.decoder[early] + planted.decoder[late]  # exact where either feature lives
+    analysis = EvolutionAnalysis.from_decoder(torch.cat([decoder, merged[None]]), planted.steps)
+    match = match_planted(analysis.W_dec, planted)
+    partner = dict((i, j) for j, i in match.recovered)
+    assert partner[late] == late and partner[early] == early
+    assert everywhere not in partner
+    report = planted_recovery(analysis, planted)
+    assert report["n_recovered"] == 31 and report["mismatches"] == []
+
+
 # ---------------------------------------------------------------------------
 # A real crosscoder trained by the real trainer
 # ---------------------------------------------------------------------------

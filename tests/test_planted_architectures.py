@@ -7,7 +7,7 @@ through :func:`crosslens.training.planted.train_planted`.
 
 - ``test_planted_targets_over_three_seeds`` (slow, about 20 CPU-minutes): the full
   configuration of ``scripts/planted_benchmark.py`` (6000 steps of 512 tokens) and the
-  issue's targets for each of 3 seeds: >= 90% recovered at mean cosine >= 0.9, mean
+  issue's targets for each of 3 seeds: >= 90% recovered at decoder cosine >= 0.9, mean
   max-cosine >= 0.9 at every snapshot, emergence snapshot and class exact for >= 90% of the
   recovered. The numbers are in docs/notes/issue-11.md.
 - ``test_planted_recovery_short_run`` (CI, about 80 CPU-seconds): one seed, 3000 steps of 256

@@ -408,7 +408,8 @@ class PlantedMatch:
     planted: list[int]
     """Planted feature index of each matched pair."""
     cosine: list[float]
-    """Mean cosine over the planted feature's present snapshots."""
+    """Cosine between the two decoders over the planted feature's present snapshots, each
+    snapshot's row with its norm (the rows concatenated)."""
     min_cosine: float
     """Pairs at or above this cosine count as recovered."""
 
@@ -418,23 +419,54 @@ class PlantedMatch:
         return [(j, i) for j, i, c in zip(self.learned, self.planted, self.cosine) if c >= self.min_cosine]
 
 
+def _decoder_cosines(
+    W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"], planted: PlantedEvolution
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[F_learned, F_planted]`` cosines between learned and planted decoders, each
+    snapshot's row kept with its norm and the rows concatenated: over every snapshot (the
+    whole timeline, where a planted row is zero while the feature is absent) and over the
+    planted feature's present snapshots only."""
+    learned_FSD = W_dec.detach().float()
+    planted_PSD = planted.decoder.float()
+    present_PS = planted.present.float()
+    dots_FPS = torch.einsum("fsd,psd->fps", learned_FSD, planted_PSD)
+    learned_sq_FS = learned_FSD.square().sum(-1)
+    planted_sq_PS = planted_PSD.square().sum(-1)
+    timeline_FP = dots_FPS.sum(-1) / (
+        learned_sq_FS.sum(-1).sqrt()[:, None] * planted_sq_PS.sum(-1).sqrt()[None, :]
+    ).clamp_min(_EPS)
+    present_FP = (dots_FPS * present_PS[None]).sum(-1) / (
+        (learned_sq_FS @ present_PS.T).sqrt() * (planted_sq_PS * present_PS).sum(-1).sqrt()[None, :]
+    ).clamp_min(_EPS)
+    return timeline_FP, present_FP
+
+
 def match_planted(
     W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"],
     planted: PlantedEvolution,
     min_cosine: float = 0.9,
 ) -> PlantedMatch:
-    """Hungarian matching on the mean cosine between learned and planted directions,
-    averaged over the snapshots where the planted feature is present."""
+    """Pair each planted feature with one learned latent, then judge the pair where the
+    planted feature exists.
+
+    The pairing (Hungarian, one-to-one) maximises the decoders' cosine over the whole
+    timeline, so that of two latents alike where a feature is present, the one that is
+    also silent where the feature is absent is its partner: a crosscoder can learn a
+    latent for two features that fire on the same tokens but live at different snapshots
+    beside latents for each, and the merged one is neither. A pair is recovered when the
+    decoders' cosine over the planted feature's present snapshots is >= ``min_cosine``;
+    rows keep their norms in both cosines, so a latent whose decoder is near zero at
+    some of those snapshots does not pass on its direction there. Where the paired
+    latent's decoder leaks into absent snapshots is the emergence and fade checks' to judge.
+    """
     from scipy.optimize import linear_sum_assignment
 
-    cos_SFP = _cosines_per_snapshot(W_dec.detach().float(), planted.directions)
-    present_SP = planted.present.T.float()
-    score_FP = (cos_SFP * present_SP[:, None, :]).sum(0) / present_SP.sum(0).clamp_min(1)[None, :]
-    rows, cols = linear_sum_assignment(score_FP.numpy(), maximize=True)
+    timeline_FP, present_FP = _decoder_cosines(W_dec, planted)
+    rows, cols = linear_sum_assignment(timeline_FP.numpy(), maximize=True)
     return PlantedMatch(
         learned=[int(r) for r in rows],
         planted=[int(c) for c in cols],
-        cosine=[float(score_FP[r, c]) for r, c in zip(rows, cols)],
+        cosine=[float(present_FP[r, c]) for r, c in zip(rows, cols)],
         min_cosine=min_cosine,
     )
 
@@ -486,7 +518,7 @@ def planted_scores(
     """:func:`planted_recovery` plus its headline numbers and SAELens's
     synthetic-data metrics beside them.
 
-    Added keys: ``recovered_fraction`` (planted features matched one-to-one at mean cosine
+    Added keys: ``recovered_fraction`` (planted features matched one-to-one at cosine
     >= ``min_cosine``), ``min_mmcs`` (worst snapshot's mean max-cosine), ``timeline_accuracy``
     (recovered features whose emergence snapshot *and* class are exact), and from
     ``sae_lens.synthetic``: ``sae_lens_mcc`` (mean correlation coefficient between the
