@@ -91,6 +91,27 @@ def test_models_that_do_not_fit_are_refused_with_the_fix(suite, token_ids, monke
         next(iter(p))
 
 
+def test_chunk_buffers_count_against_the_free_memory(suite, token_ids, monkeypatch):
+    """Models that fit alone are refused when their chunk buffers would not, and the message
+    counts both; without prefetch and with smaller chunks the same memory holds them."""
+    probe = provider(suite, token_ids, snapshots=[0, 1, 2])
+    model = probe.models()[0]
+    one_model, d_model = streaming.model_bytes(model), model.cfg.d_model
+    probe.close()
+    seq_len = token_ids.shape[1]
+    chunk = lambda n_chunks, seqs: n_chunks * seqs * seq_len * 3 * d_model * 4  # noqa: E731  float32
+    # after the first load: 90% of (free + one model) must hold 3 models and the chunks
+    free_for = lambda need: int(need / 0.9) + 1 - one_model  # noqa: E731
+    monkeypatch.setattr(streaming, "available_memory", lambda device: free_for(3 * one_model + chunk(1, 5)))
+    p = provider(suite, token_ids, snapshots=[0, 1, 2])
+    with pytest.raises(ModelsDoNotFitError, match=r"and their 2 chunk buffer\(s\) of .* tokens .*chunk_seqs"):
+        next(iter(p))
+    p.close()
+    fits = provider(suite, token_ids, snapshots=[0, 1, 2], prefetch=False)
+    assert next(iter(fits)).shape[1] == 3
+    fits.close()
+
+
 def test_bad_rank_arguments_are_refused(suite, token_ids):
     with pytest.raises(ValueError, match="data_rank=2"):
         provider(suite, token_ids, data_rank=2, data_size=2)

@@ -137,7 +137,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
                 # resident for the whole run: blocks past the hook would only hold memory
                 model = keep_first_blocks(model, self.first_n_layers).to(self.model_dtype)
                 if i == 0:
-                    self._check_fits(model_bytes(model), len(refs), device)
+                    self._check_fits(model_bytes(model), model.cfg.d_model, device)
                 self.provenance.append(record)
                 models.append(model)
         except BaseException:
@@ -146,18 +146,30 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
             raise
         return models
 
-    def _check_fits(self, one_model: int, n_models: int, device: torch.device) -> None:
+    def _check_fits(self, one_model: int, d_model: int, device: torch.device) -> None:
+        """Refuse, as the first model loads, models and chunk buffers that would not fit."""
+        n_models = self.n_snapshots
+        # a chunk holds at most chunk_seqs whole sequences of this rank at every held snapshot;
+        # with prefetch the next one fills while this one is served
+        n_chunks = 2 if self.prefetch else 1
+        rows = self.chunk_seqs * self.token_ids_NL.shape[1]
+        chunks = n_chunks * rows * n_models * d_model * self.buffer_dtype.itemsize
+        shared = torch.device(self.device).type == device.type
         free = available_memory(device)
         if free is None:
             return
         # the first model is already resident, so it counts against what is left
-        needed, budget = one_model * (n_models - 1), int((free + one_model) * self.memory_fraction)
-        if needed + one_model > budget:
+        budget = int((free + one_model) * self.memory_fraction)
+        needed = one_model * n_models + (chunks if shared else 0)
+        if needed > budget:
+            counted = f"{n_models} resident snapshot models need {_gib(one_model * n_models)}"
+            if shared:
+                counted += f" and their {n_chunks} chunk buffer(s) of {rows:,} tokens {_gib(chunks)}"
             raise ModelsDoNotFitError(
-                f"{n_models} resident snapshot models need {_gib(one_model * n_models)} on "
-                f"{device}, but about {_gib(budget)} is free for them; hold fewer snapshots "
-                "per process (--snapshot-parallel), run them in bfloat16 (--dtype bfloat16), "
-                "or harvest a disk store instead (crosslens harvest)."
+                f"{counted} on {device}, but about {_gib(budget)} is free for them; hold fewer "
+                "snapshots per process (--snapshot-parallel), run them in bfloat16 (--dtype "
+                "bfloat16), use smaller chunks (chunk_seqs), or harvest a disk store instead "
+                "(crosslens harvest)."
             )
 
     def close(self) -> None:
