@@ -166,6 +166,16 @@ class CrosscoderTrainingConfigFields(CrosscoderConfigFields):
 
 
 @dataclass
+class MicroBatchStep:
+    """A training step whose batch comes in micro-batches (see
+    :meth:`CrosscoderTrainingMixin.begin_micro_batches`): the whole-batch numbers its losses read,
+    and the extras each micro-batch's pass leaves for the once-per-step update."""
+
+    whole: dict[str, Any]
+    held: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
 class CrosscoderPass:
     """Intermediate tensors of one training forward pass (leading axes flattened to N)."""
 
@@ -442,6 +452,38 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
     def _after_training_pass(self, fwd: CrosscoderPass) -> None:
         """Hook for state updated once per step (BatchTopK's running threshold)."""
 
+    step_update_extras: tuple[str, ...] = ()
+    """Keys of ``CrosscoderPass.extras`` that :meth:`_after_training_pass` reads."""
+
+    micro_step: MicroBatchStep | None = None
+    """Set while a step's batch is trained in micro-batches (:meth:`begin_micro_batches`)."""
+
+    def _whole_batch_numbers(self, chunks_NSD: Sequence[torch.Tensor]) -> dict[str, Any]:
+        """What a micro-batch's loss needs from the whole batch before any backward (no grad)."""
+        return {}
+
+    def begin_micro_batches(self, chunks_NSD: Sequence[torch.Tensor]) -> None:
+        """Start a training step whose batch is ``chunks_NSD``, each chunk one
+        ``training_forward_pass`` whose loss the caller weights by its share of the batch.
+        Whole-batch numbers a loss is not linear in come first, from a gradient-free pass over
+        every chunk; the once-per-step update waits for :meth:`finish_micro_batches`, which
+        ends the step (as does setting ``micro_step`` to None, on an error)."""
+        with torch.no_grad():
+            self.micro_step = MicroBatchStep(whole=self._whole_batch_numbers(chunks_NSD))
+
+    def finish_micro_batches(self, x_NSD: torch.Tensor, hidden_pre_NF: torch.Tensor, feature_acts_NF: torch.Tensor) -> dict[str, Any]:
+        """The once-per-step update from the whole batch (its micro-batches' results joined);
+        returns the metrics it sets."""
+        assert self.micro_step is not None, "finish_micro_batches ends a step begin_micro_batches started"
+        extras: dict[str, Any] = {}
+        for key in self.step_update_extras:
+            values = [held[key] for held in self.micro_step.held]
+            extras[key] = torch.cat(values) if isinstance(values[0], torch.Tensor) else values[0]
+        fwd = CrosscoderPass(x_NSD=x_NSD, hidden_pre_NF=hidden_pre_NF, feature_acts_NF=feature_acts_NF, extras=extras)
+        self.micro_step = None
+        self._after_training_pass(fwd)
+        return fwd.metrics
+
     def optimizer_param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Adam param groups; JumpReLU gives its threshold a smaller learning rate."""
         params = [p for p in self.parameters() if p.requires_grad]  # type: ignore[attr-defined]
@@ -461,7 +503,11 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
         mse_loss = self.collectives.token_mean(sq_err_N)
         losses = {"mse_loss": mse_loss, **self._sparsity_losses(step_input, fwd)}
         loss = torch.stack(list(losses.values())).sum()
-        self._after_training_pass(fwd)
+        if self.micro_step is None:
+            self._after_training_pass(fwd)
+        else:  # the update waits for the whole batch
+            held = {key: fwd.extras[key] for key in self.step_update_extras}
+            self.micro_step.held.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in held.items()})
         return TrainStepOutput(
             sae_in=fwd.x_NSD,
             sae_out=fwd.recon_NSD,

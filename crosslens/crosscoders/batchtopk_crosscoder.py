@@ -18,6 +18,7 @@ threshold, reconstruction and losses; our code is ``ReLU(h)``, SAELens's is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,6 +144,10 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
         change neither the code nor the reconstruction, so they are left out.
         """
         c = self.collectives
+        cutoff = None if self.micro_step is None else self.micro_step.whole.get("cutoff")
+        if cutoff is not None:  # a micro-batch keeps its share of the whole batch's top scores
+            flat = scores_NF.flatten()
+            return torch.nonzero((flat >= cutoff) & (flat > 0)).flatten()
         n_keep = min(int(self.cfg.k * c.global_batch(scores_NF.shape[0])), scores_NF.numel() * c.data_size)
         if c.data_size == 1:
             return scores_NF.flatten().topk(n_keep, sorted=False).indices
@@ -150,6 +155,22 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
         cutoff = c.data_gather(offers).topk(n_keep, sorted=False).values.min()
         flat = scores_NF.flatten()
         return torch.nonzero((flat >= cutoff) & (flat > 0)).flatten()
+
+    step_update_extras = ("kept_scores",)
+
+    def _whole_batch_numbers(self, chunks_NSD: Sequence[torch.Tensor]) -> dict[str, Any]:
+        """The ``k * batch``-th largest score of the whole batch (every data rank's), from each
+        micro-batch's largest ``k * batch`` scores, as data ranks find it (ties at the cut-off
+        are all kept, where one batch keeps exactly ``k * batch``)."""
+        c, S, D, F_ = self.collectives, self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
+        n_local = sum(x.reshape(-1, S, D).shape[0] for x in chunks_NSD)
+        n_keep = min(int(self.cfg.k * c.global_batch(n_local)), n_local * F_ * c.data_size)
+        offers = []
+        for x in chunks_NSD:  # one micro-batch's scores at a time
+            scores = self.selection_scores(self.hidden_pre(x.reshape(-1, S, D))).flatten()
+            offers.append(scores.topk(min(n_keep, scores.numel()), sorted=False).values)
+        offers = torch.cat(offers)
+        return {"cutoff": c.data_gather(offers).topk(n_keep, sorted=False).values.min()}
 
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
         if not self.uses_sparse_decode:

@@ -49,6 +49,7 @@ this equals SAELens's JumpReLU ``tanh`` sparsity loss. The threshold trains at
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -261,12 +262,25 @@ class JumpReLUTrainingCrosscoder(
             {"params": [self.threshold], "lr": lr * self.cfg.threshold_lr_scale},
         ]
 
+    step_update_extras = ("warmed_up",)
+
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         # A negative threshold would open the gate for negative contributions;
         # project rather than clamp in the graph so the gradient still flows at 0.
         with torch.no_grad():
             self.threshold.data.clamp_(min=0.0)
         return super().training_forward_pass(step_input)
+
+    def _whole_batch_numbers(self, chunks_NSD: Sequence[torch.Tensor]) -> dict[str, Any]:
+        """The whole batch's ``p_F``: the quadratic sparsity term is not a mean over tokens, so a
+        micro-batch's gradient of it needs the whole batch's ``p``."""
+        if self.cfg.sparsity_target is None:
+            return {}
+        self.threshold.data.clamp_(min=0.0)  # as training_forward_pass will
+        S, D = self.cfg.n_snapshots, self.cfg.d_in
+        score_sum_F = sum(self._training_encode(x.reshape(-1, S, D)).extras["score_sum_F"] for x in chunks_NSD)
+        n_tokens = self.collectives.global_batch(sum(x.reshape(-1, S, D).shape[0] for x in chunks_NSD))
+        return {"p_F": self.collectives.world_sum(score_sum_F) / (n_tokens * self.total_snapshots)}
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD, feature_major=not self.cfg.closed_gate_decoder_grad)
@@ -309,7 +323,15 @@ class JumpReLUTrainingCrosscoder(
         n_scores = self.collectives.global_batch(fwd.x_NSD.shape[0]) * self.total_snapshots
         p_F = self.collectives.world_sum(fwd.extras["score_sum_F"]) / n_scores
         q = self.cfg.sparsity_target
-        per_feature_F = p_F if q is None else p_F * (1 + p_F / q)
+        whole_p_F = None if self.micro_step is None else self.micro_step.whole.get("p_F")
+        if q is None:
+            per_feature_F = p_F
+        elif whole_p_F is None:
+            per_feature_F = p_F * (1 + p_F / q)
+        else:  # linearised at the whole batch's p: the micro-batches' weighted sum is its
+            # value p (1 + p / q), and its gradient (1 + 2 p / q) dp the whole batch's
+            whole_p_F = whole_p_F.to(p_F.dtype)
+            per_feature_F = p_F + (2 * p_F - whole_p_F) * whole_p_F / q
         penalty = self.collectives.replicated_share(per_feature_F.sum())
         coefficient = step_input.coefficients["l0"] * self.l0_scale.to(penalty.dtype)
         if self.cfg.target_l0 is not None:

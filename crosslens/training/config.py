@@ -152,6 +152,14 @@ class CrosscoderTrainerConfig:
     optimizer_state_dtype: str = "float32"
     """Dtype of Adam's two moments: "float32", or "bfloat16" (half the memory, stochastically
     rounded; one process only)."""
+    micro_batches: int = 1
+    """Split each batch into this many equal micro-batches, each one forward and backward with
+    its loss weighted by its share, so the gradients add up to the whole batch's before the one
+    optimizer step; the activations held at once shrink with it. The step's losses, codes, L0
+    and once-per-step updates (the target_l0 controller, BatchTopK's threshold) are the whole
+    batch's. Exact to float rounding for every architecture: JumpReLU's quadratic sparsity
+    term and BatchTopK's k * batch selection read whole-batch numbers from a gradient-free
+    forward of every micro-batch first (one more forward per micro-batch)."""
     dead_feature_window_tokens: int = 1_000_000
     """A feature silent for more than this many tokens is dead (feeds TopK's aux loss)."""
     dense_feature_threshold: float = 0.1
@@ -187,6 +195,8 @@ class CrosscoderTrainerConfig:
             )
         if self.total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}.")
+        if self.micro_batches < 1:
+            raise ValueError(f"micro_batches (--micro-batches) must be >= 1, got {self.micro_batches}.")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}.")
         if self.lr_warm_up_steps < 0 or self.lr_decay_steps < 0:
@@ -221,6 +231,16 @@ class CrosscoderTrainerConfig:
     def from_dict(cls, values: dict) -> CrosscoderTrainerConfig:
         """The config :func:`dataclasses.asdict` turned into ``values`` (a checkpoint's record)."""
         return cls(**{**values, "logger": LoggingConfig(**values.get("logger", {}))})
+
+
+def micro_batch_error(batch: int, micro_batches: int) -> str:
+    """Why a batch of ``batch`` tokens cannot be trained in ``micro_batches`` micro-batches."""
+    smaller = max(n for n in range(1, micro_batches + 1) if batch % n == 0)
+    return (
+        f"--batch-size {batch} does not split into --micro-batches {micro_batches} equal micro-batches; "
+        f"use a --batch-size divisible by {micro_batches} (e.g. {batch - batch % micro_batches or micro_batches}) "
+        f"or --micro-batches {smaller}."
+    )
 
 
 AUTOCAST_CHOICES = ("auto", "bfloat16", "none")
@@ -270,6 +290,13 @@ class CrosscoderRunnerConfig:
     """Dtype of Adam's moments: "float32", "bfloat16" (half the memory; one process only), or
     "auto": bfloat16 when the step would not fit the CUDA device with float32 state (the
     estimate `crosslens plan` prints). run.json records the choice made."""
+    micro_batches: int = field(default=1, metadata={"min": 1})
+    """Train each batch in this many equal micro-batches whose gradients add up to the batch's
+    before the one optimizer step: the step's activations shrink N-fold (`crosslens plan
+    --micro-batches N` prints the peak; it names the smallest N that fits a GPU). Same result to
+    float rounding; JumpReLU (with its quadratic sparsity term) and BatchTopK take one more
+    gradient-free forward per micro-batch for their whole-batch numbers. --batch-size must
+    divide by N (per data rank on a mesh)."""
     fused_clip: bool = field(default=True, metadata={"flag": "--no-fused-clip"})
     """Fold the gradient clip into Adam's pass (--no-fused-clip: torch's clip_grad_norm_, then Adam)."""
     verify_store: bool = field(default=True, metadata={"flag": "--no-verify"})
@@ -285,6 +312,10 @@ class CrosscoderRunnerConfig:
         for name in ("n_steps", "train_batch_size_tokens", "snapshot_parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.micro_batches < 1:
+            raise ValueError(f"micro_batches (--micro-batches) must be >= 1, got {self.micro_batches}.")
+        if self.train_batch_size_tokens % self.micro_batches:
+            raise ValueError(micro_batch_error(self.train_batch_size_tokens, self.micro_batches))
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0 disables checkpoints), got {self.checkpoint_every}.")
         if not 0 <= self.lr_decay_fraction < 1:

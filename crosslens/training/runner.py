@@ -140,6 +140,7 @@ class CrosscoderTrainingRunner:
             autocast_dtype="bfloat16" if cfg.autocast_dtype == "bfloat16" else None,
             optimizer_state_dtype=cfg.optimizer_state,
             fused_clip=cfg.fused_clip,
+            micro_batches=cfg.micro_batches,
             logger=replace(cfg.logger, wandb_dir=cfg.logger.wandb_dir or str(self.out_dir)),
         )
 

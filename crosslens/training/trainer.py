@@ -75,6 +75,7 @@ from crosslens.distributed.sharding import (
 from crosslens.training.checks import check_activation_scale
 from crosslens.training.config import CrosscoderTrainerConfig
 from crosslens.training.guard import check_finite_step
+from crosslens.training.micro import micro_batched_pass
 from crosslens.training.optim import clipped_step, make_optimizer
 
 Batch = Float[torch.Tensor, "batch n_snapshots d_in"]
@@ -204,22 +205,25 @@ class CrosscoderTrainer:
         if self.n_steps == 0:  # raw activations silently break every default
             check_activation_scale(x_BSD, self.cfg.activation_scale_check)
         self.sae.train()
-        autocast = torch.autocast(
-            device_type=x_BSD.device.type,
-            dtype=torch.bfloat16,
-            enabled=self.cfg.autocast_dtype == "bfloat16",
-        )
-        with autocast:
-            output = self.sae.training_forward_pass(
-                TrainStepInput(
-                    sae_in=x_BSD,
-                    coefficients=self.coefficients,
-                    dead_neuron_mask=self.dead_features,
-                    n_training_steps=self.n_steps,
-                    is_logging_step=self._is_log_step(self.n_steps + 1),
-                )
+
+        def autocast() -> torch.autocast:
+            return torch.autocast(x_BSD.device.type, torch.bfloat16, enabled=self.cfg.autocast_dtype == "bfloat16")
+
+        def step_input(x: torch.Tensor) -> TrainStepInput:
+            return TrainStepInput(
+                sae_in=x,
+                coefficients=self.coefficients,
+                dead_neuron_mask=self.dead_features,
+                n_training_steps=self.n_steps,
+                is_logging_step=self._is_log_step(self.n_steps + 1),
             )
-        output.loss.backward()
+
+        if self.cfg.micro_batches > 1:
+            output = micro_batched_pass(self.sae, x_BSD, self.cfg.micro_batches, step_input, autocast)
+        else:
+            with autocast():
+                output = self.sae.training_forward_pass(step_input(x_BSD))
+            output.loss.backward()
         reduce_gradients(self.sae, self.collectives)
         clipped_step(self.optimizer, self.sae, self.collectives, self.cfg.max_grad_norm, fused=self.cfg.fused_clip)
         self.optimizer.zero_grad(set_to_none=True)
