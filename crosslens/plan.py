@@ -6,7 +6,7 @@ For a suite (model sizes), a hook, a token budget, ``d_sae``, an architecture an
 - crosscoder parameters, gradients and Adam state. ``W_enc [S, D, F]``, ``W_dec [F, S, D]``
   and ``b_dec [S, D]`` are sharded over the snapshot axis (a rank holds ``S_r`` snapshots);
   ``b_enc [F]`` and the JumpReLU ``threshold [F]`` are replicated. All float32.
-- activation memory of one training step (estimate, see :func:`activation_bytes`);
+- activation memory of one training step in ``micro_batches`` (estimate, :func:`activation_bytes`; on cuda the fewest that fit);
 - the resident snapshot models a streaming rank keeps (its ``S_r`` models), whole and
   truncated after the hooked block;
 - disk for an activation store in each dtype: ``tokens x S x d_in x bytes``;
@@ -37,7 +37,8 @@ from crosslens.core.devices import DTYPE_BYTES
 from crosslens.core.units import format_bytes
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import block_index
-from crosslens.training.memory import OPTIMIZER_STATES, activation_bytes, optimizer_state_bytes, parameter_counts
+from crosslens.training.config import micro_batch_error
+from crosslens.training.memory import GPU_MEMORY_BYTES, activation_bytes, parameter_counts, training_memory
 
 F32 = 4
 ARCHITECTURES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
@@ -249,6 +250,10 @@ class PlanConfig:
     """Tokens per sequence the snapshot models run on (attention FLOPs)."""
     name: str = ""
     """Label of the plan (a recipe name, or the suite)."""
+    micro_batches: int = 1
+    """Micro-batches each rank's batch is trained in (``train --micro-batches``)."""
+    gpu: str = "h100"
+    """GPU (:data:`GPU_MEMORY_BYTES`) the fewest fitting micro-batches are counted for, on cuda."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -266,6 +271,10 @@ class PlanConfig:
             )
         if self.data_parallel > self.batch_size:
             raise PlanError(f"the data axis ({self.data_parallel}) exceeds --batch-size {self.batch_size}")
+        if self.micro_batches < 1 or math.ceil(self.batch_size / self.data_parallel) % self.micro_batches:
+            raise PlanError(micro_batch_error(math.ceil(self.batch_size / self.data_parallel), self.micro_batches))
+        if self.gpu not in GPU_MEMORY_BYTES:
+            raise PlanError(f"no memory figure for GPU {self.gpu!r}; choose one of {sorted(GPU_MEMORY_BYTES)} (--gpu)")
         layer = block_index(self.hook)
         if layer is not None and layer >= self.model.n_layers:
             raise PlanError(f"--hook {self.hook} names block {layer}, but {self.model.name} has {self.model.n_layers} (0..{self.model.n_layers - 1})")
@@ -380,26 +389,12 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
 
 def _memory_bytes(cfg: PlanConfig, param_bytes: int, S_r: int, B_r: int, D: int, layer: int | None) -> dict[str, Any]:
     """Memory of one rank: training state, a batch's activations, resident snapshot models."""
-    m, F = cfg.model, cfg.d_sae
-    memory: dict[str, Any] = {
-        "parameters": param_bytes,
-        "gradients": param_bytes,
-        "adam_state": 2 * param_bytes,
-    }
-    memory["training_state"] = sum(memory.values())
-    act = activation_bytes(B_r, S_r, D, F, cfg.architecture)
-    memory["activations_per_batch"] = sum(act.values())
-    memory["activations_breakdown"] = act
-    model_bytes = DTYPE_BYTES[cfg.model_dtype]
+    m = cfg.model
+    gpu = cfg.gpu if cfg.device.split(":")[0] == "cuda" else None
+    memory = training_memory(S_r, D, cfg.d_sae, B_r, cfg.architecture, cfg.micro_batches, gpu)
     truncated = m.params_through_layer(layer) if layer is not None else m.n_params
-    memory["resident_models_full"] = S_r * m.n_params * model_bytes
-    memory["resident_models_truncated"] = S_r * truncated * model_bytes
-    memory["total_training"] = memory["training_state"] + memory["activations_per_batch"]
-    n_params = param_bytes // F32
-    memory["optimizer_state_options"] = {
-        option: {**(held := optimizer_state_bytes(n_params, option)), "peak": held["device"] + memory["activations_per_batch"]}
-        for option in OPTIMIZER_STATES
-    }
+    memory["resident_models_full"] = S_r * m.n_params * DTYPE_BYTES[cfg.model_dtype]
+    memory["resident_models_truncated"] = S_r * truncated * DTYPE_BYTES[cfg.model_dtype]
     memory["total_streaming"] = memory["total_training"] + memory["resident_models_truncated"]
     return memory
 
@@ -491,12 +486,15 @@ def format_plan(plan: dict[str, Any]) -> str:
     rows.append(("gradients", _bytes(mem["gradients"])))
     rows.append(("Adam state (2 copies)", _bytes(mem["adam_state"])))
     rows.append(("training state", _bytes(mem["training_state"])))
-    rows.append(("activations per batch (est.)", f"{_bytes(mem['activations_per_batch'])}  ("
+    rows.append((f"activations per batch{f' in {n} micro-batches' if (n := mem['micro_batches']) > 1 else ''} (est.)", f"{_bytes(mem['activations_per_batch'])}  ("
                  + ", ".join(f"{k} {_bytes(v)}" for k, v in mem["activations_breakdown"].items()) + ")"))  # fmt: skip
     rows.append(("total, training from a store", _bytes(mem["total_training"])))
     for option, held in mem["optimizer_state_options"].items():
         host = f", {_bytes(held['host'])} in host memory" if held["host"] else ""
         rows.append((f"  peak with {option} Adam state", f"{_bytes(held['peak'])}{host}"))
+    if fewest := mem.get("fewest_micro_batches"):
+        rows.append((f"  fewest --micro-batches under {fewest['headroom']:.0%} of {fewest['gpu']}", ", ".join(
+            f"{option} {n or 'none'}" for option, n in fewest["per_option"].items()) + f" ({_bytes(fewest['device_bytes'])} GPU)"))  # fmt: skip
     rows.append((f"resident models ({i['model_dtype']})", f"{_bytes(mem['resident_models_full'])} whole, "
                  f"{_bytes(mem['resident_models_truncated'])} cut after the hooked block"))  # fmt: skip
     rows.append(("total, streaming", _bytes(mem["total_streaming"])))

@@ -15,7 +15,7 @@ import crosslens.crosscoders as cc
 from crosslens.cli import main
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.config import CrosscoderRunnerConfig
-
+from crosslens.training.memory import AUTO_HEADROOM, GPU_MEMORY_BYTES, choose_optimizer_state, smallest_fitting_micro_batches, step_peak_bytes
 from crosslens.training.micro import micro_batched_pass
 
 S, D, F, B = 2, 8, 32, 32
@@ -63,23 +63,28 @@ def trained_state(arch: str, **cfg) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in sae.state_dict().items()}
 
 
+NO_WARM_UP = {"crosscoder": {"l1_warm_up_steps": 0}, "jumprelu_crosscoder": {"l0_warm_up_steps": 0}}
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_one_micro_batch_is_a_plain_forward_backward_adam_step(arch):
-    """micro_batches=1 against the step written out by hand: forward, backward, fused Adam."""
+    """micro_batches=1 against the step written out by hand (constant lr and coefficients, no
+    clip, no dead features): forward, backward, fused Adam; the same bytes."""
     steps, lr = 5, 3e-3
-    sae = make_sae(arch, **({"l1_warm_up_steps": 0} if arch == "crosscoder" else {"l0_warm_up_steps": 0} if arch.startswith("jump") else {}))
-    trainer = CrosscoderTrainer(sae, trainer_cfg(total_steps=steps, lr=lr, lr_warm_up_steps=0, lr_decay_steps=0, max_grad_norm=None, micro_batches=1, dead_feature_window_tokens=10**9))
-    trainer.fit(make_batches)
+    sae = make_sae(arch, **NO_WARM_UP.get(arch, {}))
+    plain = trainer_cfg(total_steps=steps, lr=lr, lr_warm_up_steps=0, lr_decay_steps=0, max_grad_norm=None, dead_feature_window_tokens=10**9)
+    CrosscoderTrainer(sae, plain).fit(make_batches)
 
-    ref = make_sae(arch, **({"l1_warm_up_steps": 0} if arch == "crosscoder" else {"l0_warm_up_steps": 0} if arch.startswith("jump") else {}))
+    ref = make_sae(arch, **NO_WARM_UP.get(arch, {}))
     optimizer = torch.optim.Adam(ref.optimizer_param_groups(lr), lr=lr, fused=True)
-    coefficients = {name: c.value if hasattr(c, "value") else c for name, c in ref.get_coefficients().items()}
+    coefficients = {name: getattr(c, "value", c) for name, c in ref.get_coefficients().items()}
     ref.train()
     for step, x in zip(range(steps), make_batches()):
         dead = torch.zeros(F, dtype=torch.bool)
         ref.training_forward_pass(TrainStepInput(x, coefficients, dead, step, False)).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    assert plain.micro_batches == 1
     for name, value in ref.state_dict().items():
         assert torch.equal(sae.state_dict()[name], value), name
 
@@ -192,13 +197,35 @@ def test_the_cli_refuses_a_bad_micro_batch_count_in_one_line(argv, message, caps
     assert len(err.splitlines()) <= 2
 
 
-def _later_test_micro_batches_shrink_the_planned_activations():
-    shape = (32, 768, 98304, 2048, "jumprelu_crosscoder")
+def test_micro_batches_shrink_the_planned_activations():
+    """Ge et al.'s widest dictionary: 72 GiB of per-snapshot codes and 3.6 GiB of the rest at
+    batch 2048, an eighth of them at once with 8 micro-batches, plus the whole batch's detached
+    codes and inputs (2.06 GiB) that the step's statistics read."""
+    shape, gib = (32, 768, 98304, 2048, "jumprelu_crosscoder"), 1 << 30
     one, eight = step_peak_bytes(*shape), step_peak_bytes(*shape, micro_batches=8)
-    gib = 1 << 30
-    # 72 GiB of per-snapshot codes and 3.6 GiB of the rest, an eighth of them held at once,
-    # plus the whole batch's detached codes and inputs kept for the step's statistics
-    assert one["bfloat16"] / gib == pytest.approx(129.7, abs=0.1)
-    assert eight["bfloat16"] / gib == pytest.approx(64.1, abs=0.1)
-    assert smallest_fitting_micro_batches(*shape, "bfloat16", device_bytes=80 * 10**9) == 4
-    assert smallest_fitting_micro_batches(*shape, "float32", device_bytes=80 * 10**9) is None
+    assert one["bfloat16"] / gib == pytest.approx(129.66, abs=0.01)
+    assert eight["bfloat16"] / gib == pytest.approx(65.60, abs=0.01)
+    h100 = GPU_MEMORY_BYTES["h100"]
+    assert smallest_fitting_micro_batches(*shape, "bfloat16", h100) == 8
+    assert step_peak_bytes(*shape, micro_batches=4)["bfloat16"] > AUTO_HEADROOM * h100
+    assert smallest_fitting_micro_batches(*shape, "float32", h100) is None  # 72 GiB of float32 state alone
+
+
+def test_the_automatic_adam_state_reads_the_micro_batched_peak():
+    shape = (32, 768, 24576, 2048, "jumprelu_crosscoder")
+    device = int(step_peak_bytes(*shape, micro_batches=2)["float32"] / AUTO_HEADROOM) + 1
+    assert choose_optimizer_state(*shape, device) == "bfloat16"
+    assert choose_optimizer_state(*shape, device, micro_batches=2) == "float32"
+
+
+def test_plan_prints_the_micro_batched_peak_and_the_fewest_that_fit(capsys):
+    argv = ["plan", "--recipe", "ge2025-pythia-160m", "--d-sae", "98304", "--batch-size", "2048", "--gpu", "h100"]
+    assert main([*argv, "--micro-batches", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "activations per batch in 8 micro-batches (est.)    11.51 GiB" in out
+    assert "peak with bfloat16 Adam state                    65.60 GiB" in out
+    assert "fewest --micro-batches under 90% of h100         float32 none, bfloat16 8, offload 4" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--micro-batches", "3"])
+    assert exit_info.value.code == 2
+    assert "--batch-size 2048 does not split into --micro-batches 3" in capsys.readouterr().err

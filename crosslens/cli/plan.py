@@ -54,8 +54,11 @@ class PlanFlags:
     """dtype of resident snapshot models (default float32)."""
     stream: bool = False
     """Also predict `crosslens train --stream` end to end on one GPU per rank, from assumed utilisation figures."""
+    micro_batches: int | None = field(default=None, metadata={"min": 1})
+    """Micro-batches each rank's batch is trained in, as train --micro-batches (default 1): the activations
+    counted are one micro-batch's."""
     gpu: str = "h100"
-    """GPU the --stream prediction is for: h100, h200 or a100."""
+    """GPU (h100, h200 or a100) the --stream prediction and, on cuda, the fewest fitting --micro-batches are for."""
 
 
 COMMAND = Subcommand(

@@ -10,10 +10,14 @@ moments take, on the training device:
 - ``offload``: nothing (``8 n`` in host memory), plus the same chunk temporaries and the
   chunk's two moments on their way in and out.
 
-The step's activations (:func:`activation_bytes`) come on top, whatever the option.
+The step's activations (:func:`activation_bytes`) come on top, whatever the option; trained in
+``N`` micro-batches (``--micro-batches``), a step holds one micro-batch's activations at a time,
+beside the whole batch's detached inputs, reconstructions and codes that its statistics read.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 F32 = 4
 BF16 = 2
@@ -41,18 +45,23 @@ def parameter_counts(S: int, D: int, F: int, architecture: str) -> dict[str, int
     return counts
 
 
-def activation_bytes(B: int, S: int, D: int, F: int, architecture: str) -> dict[str, int]:
+def activation_bytes(B: int, S: int, D: int, F: int, architecture: str, micro_batches: int = 1) -> dict[str, int]:
     """Estimated float32 bytes alive at the peak of one training step on one rank
-    (``B`` local tokens, ``S`` local snapshots).
+    (``B`` local tokens, ``S`` local snapshots), trained in ``micro_batches`` of ``b = B / N``:
 
-    - snapshot-wide: the input ``x``, the reconstruction and its gradient: ``3 B S D``;
-    - latent: pre-activation, code and their gradients: ``4 B F``;
-    - JumpReLU only: the per-snapshot code ``[S, B, F]``, its gradient and the backward
-      pass's distance temporary: ``3 S B F``.
+    - snapshot-wide: the input ``x``, the reconstruction and its gradient: ``3 b S D``;
+    - latent: pre-activation, code and their gradients: ``4 b F``;
+    - JumpReLU only: the per-snapshot code ``[S, b, F]``, its gradient and the backward
+      pass's distance temporary: ``3 S b F``;
+    - with N > 1, the whole batch kept for the step's statistics and its input: inputs and
+      reconstructions ``3 B S D``, codes and pre-activations ``2 B F``.
     """
-    parts = {"inputs and reconstructions": 3 * B * S * D * F32, "latent codes": 4 * B * F * F32}
+    b = B // micro_batches
+    parts = {"inputs and reconstructions": 3 * b * S * D * F32, "latent codes": 4 * b * F * F32}
     if architecture == "jumprelu_crosscoder":
-        parts["per-snapshot JumpReLU codes"] = 3 * S * B * F * F32
+        parts["per-snapshot JumpReLU codes"] = 3 * S * b * F * F32
+    if micro_batches > 1:
+        parts["whole batch kept"] = (3 * B * S * D + 2 * B * F) * F32
     return parts
 
 
@@ -70,17 +79,57 @@ def optimizer_state_bytes(n_params: int, option: str) -> dict[str, int]:
     return {"device": weights + chunk + 2 * min(CHUNK, n_params) * F32, "host": 2 * n_params * F32}
 
 
-def step_peak_bytes(S: int, D: int, F: int, B: int, architecture: str) -> dict[str, int]:
+def step_peak_bytes(S: int, D: int, F: int, B: int, architecture: str, micro_batches: int = 1) -> dict[str, int]:
     """Predicted device peak of one training step per optimizer-state option."""
     n_params = sum(parameter_counts(S, D, F, architecture).values())
-    act = sum(activation_bytes(B, S, D, F, architecture).values())
+    act = sum(activation_bytes(B, S, D, F, architecture, micro_batches).values())
     return {option: optimizer_state_bytes(n_params, option)["device"] + act for option in OPTIMIZER_STATES}
 
 
-def choose_optimizer_state(S: int, D: int, F: int, B: int, architecture: str, device_bytes: int | None) -> str:
-    """float32 moments when the step fits in ``AUTO_HEADROOM`` of the device (or the device's
-    memory is not known: a CPU), else bfloat16 moments."""
+def smallest_fitting_micro_batches(
+    S: int, D: int, F: int, B: int, architecture: str, option: str, device_bytes: int
+) -> int | None:
+    """The fewest micro-batches (a divisor of ``B``) whose step peaks within ``AUTO_HEADROOM``
+    of ``device_bytes`` with ``option`` Adam state; None when even one token at a time does not."""
+    for n in (n for n in range(1, B + 1) if B % n == 0):
+        if step_peak_bytes(S, D, F, B, architecture, n)[option] <= AUTO_HEADROOM * device_bytes:
+            return n
+    return None
+
+
+def choose_optimizer_state(
+    S: int, D: int, F: int, B: int, architecture: str, device_bytes: int | None, micro_batches: int = 1
+) -> str:
+    """float32 moments when the step (in ``micro_batches``) fits in ``AUTO_HEADROOM`` of the
+    device (or the device's memory is not known: a CPU), else bfloat16 moments."""
     if device_bytes is None:
         return "float32"
-    fits = step_peak_bytes(S, D, F, B, architecture)["float32"] <= AUTO_HEADROOM * device_bytes
+    fits = step_peak_bytes(S, D, F, B, architecture, micro_batches)["float32"] <= AUTO_HEADROOM * device_bytes
     return "float32" if fits else "bfloat16"
+
+
+GPU_MEMORY_BYTES = {"h100": 81559 << 20, "h200": 143771 << 20, "a100": 81920 << 20}
+"""Memory of one GPU as ``nvidia-smi`` reports it (H100 SXM 80 GB, H200 141 GB, A100 80 GB)."""
+
+
+def training_memory(
+    S: int, D: int, F: int, B: int, architecture: str, micro_batches: int = 1, gpu: str | None = None
+) -> dict[str, Any]:
+    """The training step's memory on one rank (``S`` snapshots, ``B`` tokens), as ``crosslens
+    plan`` reports it: float32 state, activations, the peak per Adam-state option and, for a
+    ``gpu`` of :data:`GPU_MEMORY_BYTES`, the fewest micro-batches that fit it per option."""
+    param_bytes = sum(parameter_counts(S, D, F, architecture).values()) * F32
+    memory: dict[str, Any] = {"parameters": param_bytes, "gradients": param_bytes, "adam_state": 2 * param_bytes}
+    memory["training_state"] = sum(memory.values())
+    act = activation_bytes(B, S, D, F, architecture, micro_batches)
+    memory.update(micro_batches=micro_batches, activations_per_batch=sum(act.values()), activations_breakdown=act)
+    memory["total_training"] = memory["training_state"] + memory["activations_per_batch"]
+    memory["optimizer_state_options"] = {
+        option: {**(held := optimizer_state_bytes(param_bytes // F32, option)), "peak": held["device"] + memory["activations_per_batch"]}
+        for option in OPTIMIZER_STATES
+    }
+    if gpu is not None:
+        gpu_bytes = GPU_MEMORY_BYTES[gpu]
+        fewest = {option: smallest_fitting_micro_batches(S, D, F, B, architecture, option, gpu_bytes) for option in OPTIMIZER_STATES}
+        memory["fewest_micro_batches"] = {"gpu": gpu, "device_bytes": gpu_bytes, "headroom": AUTO_HEADROOM, "per_option": fewest}
+    return memory

@@ -355,7 +355,8 @@ def resolve_precision(config: CrosscoderRunnerConfig, n_snapshots: int, d_in: in
     if state == "auto":
         device_bytes = torch.cuda.get_device_properties(torch.device(config.device)).total_memory if on_cuda else None
         state = choose_optimizer_state(
-            n_snapshots, d_in, config.sae.d_sae, config.train_batch_size_tokens, config.sae.architecture, device_bytes
+            n_snapshots, d_in, config.sae.d_sae, config.train_batch_size_tokens, config.sae.architecture, device_bytes,
+            config.micro_batches,
         )
     return replace(config, autocast_dtype=autocast, optimizer_state=state)
 
