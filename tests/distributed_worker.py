@@ -1,7 +1,7 @@
 """A ``torchrun`` worker for the distributed tests: trains every architecture on a mesh.
 
     torchrun --nproc_per_node=N tests/distributed_worker.py --out DIR --snapshot-parallel P
-        [--steps K] [--interrupt-at J] [--resume]
+        [--steps K] [--interrupt-at J] [--resume] [--micro-batches M]
 
 Each architecture trains on the same seeded global batches as the single-process
 reference in ``test_distributed.py`` (:func:`train_reference` there imports the helpers
@@ -46,8 +46,9 @@ def global_batches(start: int = 0):
         step += 1
 
 
-def trainer_config(out: Path, steps: int, device: str = "cpu") -> CrosscoderTrainerConfig:
+def trainer_config(out: Path, steps: int, device: str = "cpu", micro_batches: int = 1) -> CrosscoderTrainerConfig:
     return CrosscoderTrainerConfig(
+        micro_batches=micro_batches,
         device=device,
         total_steps=steps,
         lr=1e-3,
@@ -78,6 +79,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--snapshot-parallel", type=int, default=1)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--micro-batches", type=int, default=1)
     parser.add_argument("--interrupt-at", type=int, default=None)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--device", default="cpu", help="cuda runs the mesh on NCCL, one GPU per process")
@@ -89,7 +91,7 @@ def main(argv: list[str]) -> int:
     try:
         for arch in ARCHS:
             out = args.out / arch
-            cfg = trainer_config(out, args.steps, str(device))
+            cfg = trainer_config(out, args.steps, str(device), args.micro_batches)
             if args.resume:
                 checkpoint = latest_checkpoint(out)
                 trainer = CrosscoderTrainer.from_checkpoint(checkpoint, cfg, mesh=mesh)

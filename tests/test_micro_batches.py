@@ -113,10 +113,13 @@ def _no_autocast():
     return torch.autocast("cpu", enabled=False)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_four_micro_batches_give_the_whole_batch_gradient_and_output(arch):
-    whole, grads_1, _ = one_step_gradients(arch, 1)
-    micro, grads_4, _ = one_step_gradients(arch, 4)
+@pytest.mark.parametrize(
+    ("arch", "settings"),
+    [(arch, {}) for arch in ARCHS] + [("jumprelu_crosscoder", {"target_l0": None}), ("jumprelu_crosscoder", {"sparsity_target": None})],
+)
+def test_four_micro_batches_give_the_whole_batch_gradient_and_output(arch, settings):
+    whole, grads_1, _ = one_step_gradients(arch, 1, **settings)
+    micro, grads_4, _ = one_step_gradients(arch, 4, **settings)
     for name, grad in grads_1.items():
         torch.testing.assert_close(grads_4[name], grad, rtol=1e-5, atol=1e-7, msg=name)
     torch.testing.assert_close(micro.loss, whole.loss.detach(), rtol=1e-6, atol=0)
@@ -229,3 +232,18 @@ def test_plan_prints_the_micro_batched_peak_and_the_fewest_that_fit(capsys):
         main([*argv, "--micro-batches", "3"])
     assert exit_info.value.code == 2
     assert "--batch-size 2048 does not split into --micro-batches 3" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a torchrun launch of two processes: about 20 s on 2 CPU cores
+def test_micro_batches_on_a_data_parallel_mesh_equal_one_process(tmp_path):
+    """Two data ranks, each training its half of the batch in two micro-batches, against one
+    process and one batch (1e-5): the whole batch's numbers (JumpReLU's p, BatchTopK's cut-off,
+    the L0s) span both ranks and both micro-batches."""
+    import test_distributed as mesh_tests
+
+    worker, reference = mesh_tests.worker, tmp_path / "reference"
+    torch.set_num_threads(1)
+    for arch in worker.ARCHS:
+        CrosscoderTrainer(worker.make_crosscoder(arch), worker.trainer_config(reference / arch, 6)).fit(worker.global_batches)
+    mesh_tests.torchrun(2, "--out", str(tmp_path / "mesh"), "--snapshot-parallel", "1", "--micro-batches", "2")
+    mesh_tests.assert_same_weights(tmp_path / "mesh", reference)

@@ -453,7 +453,7 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
         """Hook for state updated once per step (BatchTopK's running threshold)."""
 
     step_update_extras: tuple[str, ...] = ()
-    """Keys of ``CrosscoderPass.extras`` that :meth:`_after_training_pass` reads."""
+    """Keys of ``CrosscoderPass.extras`` that :meth:`_after_training_pass` reads (where set)."""
 
     micro_step: MicroBatchStep | None = None
     """Set while a step's batch is trained in micro-batches (:meth:`begin_micro_batches`)."""
@@ -476,7 +476,7 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
         returns the metrics it sets."""
         assert self.micro_step is not None, "finish_micro_batches ends a step begin_micro_batches started"
         extras: dict[str, Any] = {}
-        for key in self.step_update_extras:
+        for key in self.micro_step.held[0]:
             values = [held[key] for held in self.micro_step.held]
             extras[key] = torch.cat(values) if isinstance(values[0], torch.Tensor) else values[0]
         fwd = CrosscoderPass(x_NSD=x_NSD, hidden_pre_NF=hidden_pre_NF, feature_acts_NF=feature_acts_NF, extras=extras)
@@ -506,7 +506,7 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
         if self.micro_step is None:
             self._after_training_pass(fwd)
         else:  # the update waits for the whole batch
-            held = {key: fwd.extras[key] for key in self.step_update_extras}
+            held = {key: fwd.extras[key] for key in self.step_update_extras if key in fwd.extras}
             self.micro_step.held.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in held.items()})
         return TrainStepOutput(
             sae_in=fwd.x_NSD,
