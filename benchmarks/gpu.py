@@ -20,7 +20,7 @@ Without CUDA it prints one line and exits 0. ``--small`` runs the same logic on 
 a tiny shape (fractions and memory there mean nothing; it checks that the script works).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py                     # Ge et al.: S 32, d_in 768, d_sae 24576, B 2048
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --d-sae 98304 --only jumprelu_crosscoder --optimizer-state bfloat16
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --d-sae 98304 --only jumprelu_crosscoder --optimizer-state bfloat16 --micro-batches 8
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --small
 """
 
@@ -118,7 +118,8 @@ def make_trainer(
     torch.manual_seed(0)
     sae = train_cls(train_cfg_cls(d_in=a.d_in, d_sae=a.d_sae, n_snapshots=a.S, device=device, **extra))
     cfg = CrosscoderTrainerConfig(total_steps=10**6, lr=1e-5, device=device, autocast_dtype=autocast,
-                                  optimizer_state_dtype=a.optimizer_state, activation_scale_check="off")  # fmt: skip
+                                  optimizer_state_dtype=a.optimizer_state, micro_batches=a.micro_batches,
+                                  activation_scale_check="off")  # fmt: skip
     return CrosscoderTrainer(sae, cfg)
 
 
@@ -198,6 +199,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-n", type=int, default=8192, help="matmul side for the bf16 peak")
     p.add_argument("--only", choices=list(cc.ARCHITECTURES), action="append", help="architectures to run (repeatable)")
     p.add_argument("--optimizer-state", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--micro-batches", type=int, default=1, help="train each batch in this many micro-batches (train --micro-batches)")
     a = p.parse_args(argv)
     if a.small:
         for key, value in SMALL.items():
@@ -212,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks/gpu.py: no CUDA device here, nothing measured (--small runs its logic on the CPU)")
         return 0
     device = "cpu" if a.small else "cuda"
-    print(f"shape: S {a.S}, d_in {a.d_in}, d_sae {a.d_sae}, batch {a.batch}; Adam state {a.optimizer_state}; device {device}")
+    print(f"shape: S {a.S}, d_in {a.d_in}, d_sae {a.d_sae}, batch {a.batch} in {a.micro_batches} micro-batch(es); "
+          f"Adam state {a.optimizer_state}; device {device}")
     peak = matmul_peak(a.peak_n, device, a.rounds)
     print(f"bf16 matmul peak: {peak / 1e12:,.1f} TFLOP/s")
     times = floors(a, device)

@@ -6,17 +6,22 @@ not split is refused naming both flags."""
 from __future__ import annotations
 
 import itertools
+import json
+import shutil
 
 import pytest
 import torch
 from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
+from crosslens.core.paths import RUN_CONFIG_NAME
 from crosslens.cli import main
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.config import CrosscoderRunnerConfig
 from crosslens.training.memory import AUTO_HEADROOM, GPU_MEMORY_BYTES, choose_optimizer_state, smallest_fitting_micro_batches, step_peak_bytes
 from crosslens.training.micro import micro_batched_pass
+from crosslens.training.runner import CrosscoderTrainingRunner
+from test_runner import _config, store_path  # noqa: F401  (a fixture: a tiny harvested store)
 
 S, D, F, B = 2, 8, 32, 32
 ARCHS = list(cc.ARCHITECTURES)
@@ -247,3 +252,19 @@ def test_micro_batches_on_a_data_parallel_mesh_equal_one_process(tmp_path):
         CrosscoderTrainer(worker.make_crosscoder(arch), worker.trainer_config(reference / arch, 6)).fit(worker.global_batches)
     mesh_tests.torchrun(2, "--out", str(tmp_path / "mesh"), "--snapshot-parallel", "1", "--micro-batches", "2")
     mesh_tests.assert_same_weights(tmp_path / "mesh", reference)
+
+
+def test_a_run_resumes_in_more_micro_batches(store_path, tmp_path):  # noqa: F811
+    """Micro-batches fit a run to its GPU, as the mesh does: a run resumed on a smaller GPU in
+    more micro-batches continues (to float rounding), where another setting is refused."""
+    runner = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run"))
+    trained = runner.run()
+    straight = {name: getattr(trained, name).detach().clone() for name in ("W_enc", "W_dec", "b_enc", "b_dec")}
+    assert json.loads((runner.out_dir / RUN_CONFIG_NAME).read_text())["micro_batches"] == 1
+    shutil.rmtree(runner.checkpoint_dir / "step_00000060")  # as if it died after step 30's checkpoint
+    shutil.rmtree(runner.final_path)
+    with pytest.raises(ValueError, match=r"another configuration \(differs in lr"):
+        CrosscoderTrainingRunner(_config(store_path, tmp_path / "run", micro_batches=4, lr=1e-3)).run(resume=True)
+    resumed = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run", micro_batches=4)).run(resume=True)
+    for name, value in straight.items():
+        torch.testing.assert_close(getattr(resumed, name), value, rtol=0, atol=PARAMETER_ATOL, msg=name)

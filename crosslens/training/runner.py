@@ -372,8 +372,8 @@ def precision_line(config: CrosscoderRunnerConfig) -> str:
 
 def _resume_settings(config: dict[str, Any]) -> dict[str, Any]:
     # where things live, how they are checked, and on what hardware: a run may resume
-    # elsewhere, on another device or on another mesh
-    where = ("out_dir", "store_path", RUN_STORE_SEAL, "verify_store", "progress", "device", "snapshot_parallel")
+    # elsewhere, on another device, on another mesh or in micro-batches that fit another GPU
+    where = ("out_dir", "store_path", RUN_STORE_SEAL, "verify_store", "progress", "device", "snapshot_parallel", "micro_batches")
     return {key: value for key, value in config.items() if key not in where}
 
 
