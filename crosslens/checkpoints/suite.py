@@ -27,6 +27,7 @@ from crosslens.checkpoints.hub import list_revisions, pythia_steps_for
 from crosslens.checkpoints.identity import (
     cached_snapshot,
     snapshot_identity,
+    tokenizer_files,
     weight_file_errors,
 )
 from crosslens.checkpoints.local import scan_local_suite
@@ -504,8 +505,13 @@ class CheckpointSuite:
         tokenizer are skipped; returns the revisions compared. For hub suites this fetches
         each revision's tokenizer files."""
         reference = self.tokenizer().get_vocab()
+        source_folder = self.snapshot_folder(self.snapshots[0])  # where tokenizer() read from, if it did
+        same_files = tokenizer_files(source_folder) if self._tokenizer_source == self._hf_source(self.snapshots[0]) else {}
         checked = []
         for ref in self.snapshots:
+            if same_files and tokenizer_files(self.snapshot_folder(ref)) == same_files:
+                checked.append(ref.revision)  # the reference's very files: its vocabulary, without loading
+                continue
             try:
                 vocab = self._tokenizer_at(ref).get_vocab()
             except (OSError, ValueError):  # no tokenizer files, or a config without tokenizer.json
