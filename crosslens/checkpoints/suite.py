@@ -505,8 +505,9 @@ class CheckpointSuite:
         tokenizer are skipped; returns the revisions compared. For hub suites this fetches
         each revision's tokenizer files."""
         reference = self.tokenizer().get_vocab()
-        source_folder = self.snapshot_folder(self.snapshots[0])  # where tokenizer() read from, if it did
-        same_files = tokenizer_files(source_folder) if self._tokenizer_source == self._hf_source(self.snapshots[0]) else {}
+        first = self.snapshots[0]
+        read_first = self._tokenizer_source == self._hf_source(first)  # tokenizer() read the first snapshot's files
+        same_files = tokenizer_files(self.snapshot_folder(first)) if read_first else {}
         checked = []
         for ref in self.snapshots:
             if same_files and tokenizer_files(self.snapshot_folder(ref)) == same_files:
