@@ -233,6 +233,7 @@ def test_release_model_returns_the_freed_heap_to_the_system(monkeypatch):
 
     calls = []
     monkeypatch.setattr(devices, "_malloc_trim", lambda: calls.append)
+    monkeypatch.setattr(devices, "_resident_after_trim", None)  # no trim yet in this process
     model = torch.nn.Linear(8, 8)
     devices.release_model(model)
     assert model.weight.device.type == "meta" and calls == [0]

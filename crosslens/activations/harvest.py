@@ -62,6 +62,11 @@ if TYPE_CHECKING:
 
     from crosslens.checkpoints import CheckpointSuite
 
+
+NORM_SLICE_ROWS = 4096
+"""Rows per float64 slice when a shard's norms are summed (`stored_norm_sum`)."""
+
+
 def as_hook_list(hooks: str | Sequence[str]) -> list[str]:
     """One hook name or several -> a duplicate-free list in the given order."""
     names = [hooks] if isinstance(hooks, str) else list(hooks)
@@ -427,9 +432,24 @@ def _write_shard(path: Path, acts_ND: torch.Tensor, dtype: str) -> dict[str, Any
     """Convert, measure and write one shard (in the writer thread, while the next computes)."""
     stored = to_storage(acts_ND, dtype)
     # Norms of the values as stored, so normalised reads hit sqrt(d_in) exactly.
-    norm_sum = torch.linalg.vector_norm(from_storage(stored, dtype), dim=1, dtype=torch.float64).sum()
+    norm_sum = stored_norm_sum(stored, dtype)
     n_bytes, sha = write_npy_atomic(path, stored)
-    return {"norm_sum": float(norm_sum), "bytes": n_bytes, "sha256": sha}
+    return {"norm_sum": norm_sum, "bytes": n_bytes, "sha256": sha}
+
+
+def stored_norm_sum(stored: Any, dtype: str, rows_per_slice: int = NORM_SLICE_ROWS) -> float:
+    """The sum over rows of each stored row's float64 L2 norm.
+
+    Slices of rows are cast to float64 one at a time into one vector of row norms, summed
+    once at the end: each row's norm and the final sum are those of a whole-shard cast, bit
+    for bit, without the whole-shard float64 copy (twice a float32 shard's size, made and
+    dropped for every shard; blocks that size fragment the heap across snapshots).
+    """
+    norms_N = torch.empty(len(stored), dtype=torch.float64)
+    for start in range(0, len(stored), rows_per_slice):
+        rows_SD = from_storage(stored[start : start + rows_per_slice], dtype)
+        torch.linalg.vector_norm(rows_SD, dim=1, dtype=torch.float64, out=norms_N[start : start + rows_per_slice])
+    return float(norms_N.sum())
 
 
 def _record_written(

@@ -33,6 +33,18 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.js
 """Files holding (or indexing) a checkpoint's weights."""
 IDENTITY_FILES = ("config.json",)
 """Other files that change what a snapshot computes."""
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+)
+"""Files a Hugging Face tokenizer is read from."""
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -53,6 +65,15 @@ def is_weight_file(name: str) -> bool:
 
 def weight_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_weight_file(p.name))
+
+
+def tokenizer_files(folder: Path | None) -> dict[str, str]:
+    """Name -> identity (`file_identity`) of the tokenizer files in ``folder``; empty when
+    there is no folder or no tokenizer file in it. Two folders with equal, non-empty maps
+    hold byte-identical tokenizer files, so their tokenizers have one vocabulary."""
+    if folder is None:
+        return {}
+    return {name: file_identity(folder / name) for name in TOKENIZER_FILES if (folder / name).is_file()}
 
 
 def check_weight_files(folder: Path, *, revision: str, model_id: str) -> None:

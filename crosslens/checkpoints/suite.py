@@ -27,6 +27,7 @@ from crosslens.checkpoints.hub import list_revisions, pythia_steps_for
 from crosslens.checkpoints.identity import (
     cached_snapshot,
     snapshot_identity,
+    tokenizer_files,
     weight_file_errors,
 )
 from crosslens.checkpoints.local import scan_local_suite
@@ -504,8 +505,14 @@ class CheckpointSuite:
         tokenizer are skipped; returns the revisions compared. For hub suites this fetches
         each revision's tokenizer files."""
         reference = self.tokenizer().get_vocab()
+        first = self.snapshots[0]
+        read_first = self._tokenizer_source == self._hf_source(first)  # tokenizer() read the first snapshot's files
+        same_files = tokenizer_files(self.snapshot_folder(first)) if read_first else {}
         checked = []
         for ref in self.snapshots:
+            if same_files and tokenizer_files(self.snapshot_folder(ref)) == same_files:
+                checked.append(ref.revision)  # the reference's very files: its vocabulary, without loading
+                continue
             try:
                 vocab = self._tokenizer_at(ref).get_vocab()
             except (OSError, ValueError):  # no tokenizer files, or a config without tokenizer.json
