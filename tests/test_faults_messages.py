@@ -102,7 +102,7 @@ def test_a_malformed_pairs_line_is_named_by_its_true_line_number(tmp_path, kind)
     good = json.dumps(GOOD if kind == "blimp" else {"clean": "the cat", "correct": " is", "wrong": " are"})
     lines = ["# pairs for the agreement test", "", good, "", "# a comment", good, '{"sentence_good": "the cat', good]
     path = write_lines(tmp_path / "pairs.jsonl", lines)
-    with pytest.raises(MinimalPairFormatError, match=rf"pairs.jsonl, line 7: not valid JSON .*, column") as info:
+    with pytest.raises(MinimalPairFormatError, match=r"pairs.jsonl, line 7: not valid JSON .*, column") as info:
         load_task_file(path)
     assert "line 1 column" not in str(info.value)
     lines[6] = "[1, 2]"  # JSON, but not an object
