@@ -142,6 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=2048, help="crosscoder batch, tokens")
     p.add_argument("--d-sae", type=int, default=24576)
     p.add_argument("--k", type=int, default=64)
+    p.add_argument("--micro-batches", type=int, default=1, help="micro-batches per crosscoder step (gradient accumulation)")
     p.add_argument("--l0", type=float, default=100.0, help="the trained sparsity the threshold/bias is set to")
     p.add_argument("--chunk-seqs", type=int, default=128, help="sequences per provider chunk (two are resident with prefetch)")
     p.add_argument("--steps", type=int, default=300, help="timed end-to-end steps per architecture")

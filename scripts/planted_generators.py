@@ -1,8 +1,8 @@
 """Every architecture at the defaults a user gets, on planted generators it was not tuned on.
 
 Trains each crosscoder architecture through :func:`crosslens.training.planted.train_planted`
-with nothing overridden but TopK/BatchTopK's k (its sparsity coefficient, learning rate,
-warm-up, 3000 steps of 1024 tokens, d_sae 128) on each planted generator
+with nothing overridden (its sparsity coefficient, learning rate, warm-up, k, 3000 steps of
+1024 tokens, d_sae 128) on each planted generator
 (:mod:`crosslens.analysis.planted_generators`, plus ``hard`` for reference) and prints, per
 generator and architecture, the recovered fraction (planted features matched one-to-one at
 decoder cosine >= 0.9 where the feature is present) and the exact-emergence fraction
@@ -13,8 +13,8 @@ values, and the latents' L0.
     PYTHONPATH=. python scripts/planted_generators.py --steps 1000 --seeds 0    # a short look first
     PYTHONPATH=. python scripts/planted_generators.py --arch jumprelu_crosscoder --set jumprelu_target_l0=None
 
-k is 2 for TopK/BatchTopK unless ``--k`` says otherwise, as in ``scripts/planted_benchmark.py``:
-the planted sets have 1.3-2.1 features per token, and the runner's k = 32 (meant for
+TopK/BatchTopK's k is ``train_planted``'s default, 1.5 times the planted set's mean L0
+rounded (1 to 3 on these sets) unless ``--k`` sets one: the runner's k = 32 (meant for
 1024-wide dictionaries on a real model) makes a 128-wide dictionary fire 32 latents per
 token, far from any planted set's L0 (``--k 32`` measures it).
 
@@ -42,7 +42,7 @@ from crosslens.analysis.planted_generators import GENERATORS  # noqa: E402
 from crosslens.training.planted import train_planted  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from planted_benchmark import ARCHITECTURES, K, score  # noqa: E402
+from planted_benchmark import ARCHITECTURES, score  # noqa: E402
 
 TARGET = 0.9
 
@@ -99,13 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override a train_planted argument"
     )
-    parser.add_argument("--k", type=int, default=K, help="k of TopK/BatchTopK")
+    parser.add_argument("--k", type=int, help="k of TopK/BatchTopK (default: train_planted's, from the set's mean L0)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
     parser.add_argument("--json", help="also write every run's scores here")
     args = parser.parse_args(argv)
     overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
     grid = [
-        (g, a, s, args.steps, {**({"k": args.k} if "topk" in a else {}), **overrides})
+        (g, a, s, args.steps, {**({"k": args.k} if "topk" in a and args.k is not None else {}), **overrides})
         for g in args.generator
         for a in args.arch
         for s in args.seeds

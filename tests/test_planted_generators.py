@@ -13,7 +13,7 @@ import itertools
 
 import pytest
 import torch
-from test_planted_architectures import ARCHITECTURES, K, _quiet_one_thread, _score  # noqa: F401  (one thread, autouse)
+from test_planted_architectures import ARCHITECTURES, _quiet_one_thread, _score  # noqa: F401  (one thread, autouse)
 from test_trainer import make_batches, make_sae, trainer_cfg
 
 from crosslens.analysis import PlantedConfig, PlantedEvolution
@@ -110,12 +110,12 @@ def test_jumprelu_defaults_on_a_generator_short_run(generator):
 @pytest.mark.parametrize("generator", sorted(GENERATORS))
 def test_defaults_on_every_generator_over_three_seeds(generator, arch):
     """The issue's bars: >= 90% recovered, >= 90% of those with emergence and class exact, for
-    every seed, at train_planted's defaults (k = 2 for TopK/BatchTopK, as the planted
-    benchmark uses). Each training takes 1-3 CPU-minutes."""
+    every seed, at train_planted's defaults (TopK/BatchTopK's k from the set's mean L0).
+    Each training takes 1-3 CPU-minutes."""
     for seed in (0, 1, 2):
         planted = PlantedEvolution.build(PlantedConfig.preset(generator, seed=seed))
         acts_NSD, _ = planted.sample(8000, torch.Generator().manual_seed(5))
-        crosscoder = train_planted(planted, arch, seed=seed, k=K)
+        crosscoder = train_planted(planted, arch, seed=seed)
         result = _score(planted, acts_NSD, crosscoder)
         assert result["recovered_fraction"] >= 0.9, (generator, arch, seed, result["n_recovered"])
         assert result["timeline_accuracy"] >= 0.9, (generator, arch, seed, result["mismatches"])
