@@ -12,6 +12,7 @@ values, and the latents' L0.
     PYTHONPATH=. python scripts/planted_generators.py --jobs 2                  # 3 generators x 4 x 3 seeds
     PYTHONPATH=. python scripts/planted_generators.py --steps 1000 --seeds 0    # a short look first
     PYTHONPATH=. python scripts/planted_generators.py --arch jumprelu_crosscoder --set jumprelu_target_l0=None
+    PYTHONPATH=. python scripts/planted_generators.py --generator correlated --planted pair_correlation=0.5
 
 TopK/BatchTopK's k is ``train_planted``'s default, 1.5 times the planted set's mean L0
 rounded (1 to 3 on these sets) unless ``--k`` sets one: the runner's k = 32 (meant for
@@ -47,9 +48,9 @@ from planted_benchmark import ARCHITECTURES, score  # noqa: E402
 TARGET = 0.9
 
 
-def run_one(generator: str, arch: str, seed: int, steps: int | None, overrides: dict) -> dict:
+def run_one(generator: str, arch: str, seed: int, steps: int | None, overrides: dict, planted_overrides: dict) -> dict:
     torch.set_num_threads(1)
-    planted = PlantedEvolution.build(PlantedConfig.preset(generator, seed=seed))
+    planted = PlantedEvolution.build(PlantedConfig.preset(generator, seed=seed, **planted_overrides))
     start = time.perf_counter()
     training = {} if steps is None else {"n_steps": steps}
     crosscoder = train_planted(planted, arch, seed=seed, **training, **overrides)
@@ -99,13 +100,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override a train_planted argument"
     )
+    parser.add_argument(
+        "--planted", nargs="*", default=[], metavar="FIELD=VALUE", help="override a PlantedConfig field of the generator"
+    )
     parser.add_argument("--k", type=int, help="k of TopK/BatchTopK (default: train_planted's, from the set's mean L0)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
     parser.add_argument("--json", help="also write every run's scores here")
     args = parser.parse_args(argv)
     overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
+    planted_overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.planted)}
     grid = [
-        (g, a, s, args.steps, {**({"k": args.k} if "topk" in a and args.k is not None else {}), **overrides})
+        (g, a, s, args.steps, {**({"k": args.k} if "topk" in a and args.k is not None else {}), **overrides}, planted_overrides)
         for g in args.generator
         for a in args.arch
         for s in args.seeds
