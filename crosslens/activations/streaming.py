@@ -148,6 +148,9 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
 
     def _check_fits(self, one_model: int, d_model: int, device: torch.device) -> None:
         """Refuse, as the first model loads, models and chunk buffers that would not fit."""
+        free = available_memory(device)
+        if free is None:
+            return
         n_models = self.n_snapshots
         # a chunk holds at most chunk_seqs whole sequences of this rank at every held snapshot;
         # with prefetch the next one fills while this one is served
@@ -155,9 +158,6 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         rows = self.chunk_seqs * self.token_ids_NL.shape[1]
         chunks = n_chunks * rows * n_models * d_model * self.buffer_dtype.itemsize
         shared = torch.device(self.device).type == device.type
-        free = available_memory(device)
-        if free is None:
-            return
         # the first model is already resident, so it counts against what is left
         budget = int((free + one_model) * self.memory_fraction)
         needed = one_model * n_models + (chunks if shared else 0)

@@ -124,9 +124,9 @@ def training_memory(
     act = activation_bytes(B, S, D, F, architecture, micro_batches)
     memory.update(micro_batches=micro_batches, activations_per_batch=sum(act.values()), activations_breakdown=act)
     memory["total_training"] = memory["training_state"] + memory["activations_per_batch"]
+    peaks = step_peak_bytes(S, D, F, B, architecture, micro_batches)
     memory["optimizer_state_options"] = {
-        option: {**(held := optimizer_state_bytes(param_bytes // F32, option)), "peak": held["device"] + memory["activations_per_batch"]}
-        for option in OPTIMIZER_STATES
+        option: {**optimizer_state_bytes(param_bytes // F32, option), "peak": peaks[option]} for option in OPTIMIZER_STATES
     }
     if gpu is not None:
         gpu_bytes = GPU_MEMORY_BYTES[gpu]

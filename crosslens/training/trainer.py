@@ -209,13 +209,16 @@ class CrosscoderTrainer:
         def autocast() -> torch.autocast:
             return torch.autocast(x_BSD.device.type, torch.bfloat16, enabled=self.cfg.autocast_dtype == "bfloat16")
 
+        # one step's settings, the same for each of its micro-batches
+        coefficients, dead_F, logging = self.coefficients, self.dead_features, self._is_log_step(self.n_steps + 1)
+
         def step_input(x: torch.Tensor) -> TrainStepInput:
             return TrainStepInput(
                 sae_in=x,
-                coefficients=self.coefficients,
-                dead_neuron_mask=self.dead_features,
+                coefficients=coefficients,
+                dead_neuron_mask=dead_F,
                 n_training_steps=self.n_steps,
-                is_logging_step=self._is_log_step(self.n_steps + 1),
+                is_logging_step=logging,
             )
 
         if self.cfg.micro_batches > 1:
