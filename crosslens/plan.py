@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.architectures import DEFAULT_K
-from crosslens.core.devices import DTYPE_BYTES
+from crosslens.core.devices import DTYPE_BYTES, GPUS
 from crosslens.core.units import format_bytes
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import block_index
 from crosslens.training.config import micro_batch_error
-from crosslens.training.memory import GPU_MEMORY_BYTES, activation_bytes, parameter_counts, training_memory
+from crosslens.training.memory import activation_bytes, parameter_counts, training_memory
 
 F32 = 4
 ARCHITECTURES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
@@ -54,25 +54,6 @@ DEFAULT_LINK_GBPS = {"cpu": 1.0, "mps": 10.0, "cuda": 50.0}
 """Assumed all-reduce bandwidth per rank, GB/s, when ``--link-gbps`` is not given. cuda: 50
 (400 Gb/s InfiniBand between nodes; NVLink inside one node is several times faster);
 cpu: 1 (gloo over a 10 Gb/s network or shared memory); mps: 10."""
-
-
-@dataclass(frozen=True)
-class StreamDevice:
-    """A GPU's dense bf16 peak (TFLOP/s) and the fractions of it the forward to the hook and the step sustain."""
-
-    peak_tflops: float
-    forward: float
-    crosscoder: float
-
-
-STREAM_DEVICES = {
-    "h100": StreamDevice(peak_tflops=989.0, forward=0.25, crosscoder=0.35),
-    "h200": StreamDevice(peak_tflops=989.0, forward=0.25, crosscoder=0.35),
-    "a100": StreamDevice(peak_tflops=312.0, forward=0.25, crosscoder=0.35),
-}
-"""Assumed: NVIDIA's dense bf16 peaks (H100/H200 SXM 989, A100 312); forward 0.25 is what a compiled Pythia-160M
-forward to layer 7 reached on an H100 at 32 x 1024; crosscoder 0.35 is a stated guess for the bf16 step at Ge et
-al.'s shape. ``benchmarks/stream_gpu.py`` measures both."""
 
 
 class PlanError(CrosslensError):
@@ -253,7 +234,7 @@ class PlanConfig:
     micro_batches: int = 1
     """Micro-batches each rank's batch is trained in (``train --micro-batches``)."""
     gpu: str = "h100"
-    """GPU (:data:`GPU_MEMORY_BYTES`) the fewest fitting micro-batches are counted for, on cuda."""
+    """GPU (:data:`~crosslens.core.devices.GPUS`) the fewest fitting micro-batches are counted for, on cuda."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -273,8 +254,8 @@ class PlanConfig:
             raise PlanError(f"the data axis ({self.data_parallel}) exceeds --batch-size {self.batch_size}")
         if self.micro_batches < 1 or math.ceil(self.batch_size / self.data_parallel) % self.micro_batches:
             raise PlanError(micro_batch_error(math.ceil(self.batch_size / self.data_parallel), self.micro_batches))
-        if self.gpu not in GPU_MEMORY_BYTES:
-            raise PlanError(f"no memory figure for GPU {self.gpu!r}; choose one of {sorted(GPU_MEMORY_BYTES)} (--gpu)")
+        if self.gpu not in GPUS:
+            raise PlanError(f"no figures for GPU {self.gpu!r}; choose one of {sorted(GPUS)} (--gpu)")
         layer = block_index(self.hook)
         if layer is not None and layer >= self.model.n_layers:
             raise PlanError(f"--hook {self.hook} names block {layer}, but {self.model.name} has {self.model.n_layers} (0..{self.model.n_layers - 1})")
@@ -533,11 +514,12 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 
 def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]:
-    """``train --stream``'s time on one ``gpu`` per rank, from the FLOPs per token at :data:`STREAM_DEVICES`'
-    utilisation: provider and trainer share the GPU, so their seconds per token add."""
-    if gpu not in STREAM_DEVICES:
-        raise PlanError(f"no utilisation figures for GPU {gpu!r}; choose one of {sorted(STREAM_DEVICES)} (--gpu)")
-    device, flops, mesh, peak = STREAM_DEVICES[gpu], plan["flops"], plan["mesh"], STREAM_DEVICES[gpu].peak_tflops * 1e12
+    """``train --stream``'s time on one ``gpu`` per rank, from the FLOPs per token at the shares of
+    :data:`~crosslens.core.devices.GPUS`: provider and trainer share the GPU, so their seconds per token add."""
+    if gpu not in GPUS:
+        raise PlanError(f"no figures for GPU {gpu!r}; choose one of {sorted(GPUS)} (--gpu)")
+    device, flops, mesh = GPUS[gpu], plan["flops"], plan["mesh"]
+    peak = device.peak_tflops * 1e12
     share = (1 / mesh["data"]) * (mesh["snapshots_per_rank"] / plan["inputs"]["n_snapshots"])
     seconds_per_token = {
         "forward": flops["snapshot_models_forward_per_token"] * share / (peak * device.forward),

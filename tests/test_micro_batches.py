@@ -18,7 +18,8 @@ from crosslens.core.paths import RUN_CONFIG_NAME
 from crosslens.cli import main
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.config import CrosscoderRunnerConfig
-from crosslens.training.memory import AUTO_HEADROOM, GPU_MEMORY_BYTES, choose_optimizer_state, smallest_fitting_micro_batches, step_peak_bytes
+from crosslens.core.devices import GPUS
+from crosslens.training.memory import AUTO_HEADROOM, choose_optimizer_state, smallest_fitting_micro_batches, step_peak_bytes
 from crosslens.training.micro import micro_batched_pass
 from crosslens.training.runner import CrosscoderTrainingRunner
 from test_runner import _config, store_path  # noqa: F401  (a fixture: a tiny harvested store)
@@ -213,7 +214,7 @@ def test_micro_batches_shrink_the_planned_activations():
     one, eight = step_peak_bytes(*shape), step_peak_bytes(*shape, micro_batches=8)
     assert one["bfloat16"] / gib == pytest.approx(129.66, abs=0.01)
     assert eight["bfloat16"] / gib == pytest.approx(65.60, abs=0.01)
-    h100 = GPU_MEMORY_BYTES["h100"]
+    h100 = GPUS["h100"].memory_bytes
     assert smallest_fitting_micro_batches(*shape, "bfloat16", h100) == 8
     assert step_peak_bytes(*shape, micro_batches=4)["bfloat16"] > AUTO_HEADROOM * h100
     assert smallest_fitting_micro_batches(*shape, "float32", h100) is None  # 72 GiB of float32 state alone

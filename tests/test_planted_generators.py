@@ -142,3 +142,19 @@ def test_train_planteds_default_k_follows_the_planted_sparsity():
     tiny = Planted.build(PlantedConfig(n_features=16, n_initialization=4, n_snapshots=3, d_in=16))
     crosscoder = train_planted(tiny, "topk_crosscoder", n_steps=2, batch_size=64, d_sae=32)
     assert crosscoder.cfg.k == max(1, round(1.5 * tiny.mean_l0))
+
+
+def test_train_planted_takes_any_planted_set_and_asks_for_k_where_it_cannot_derive_it():
+    """A planted set of one's own (config + batches, no mean_l0) trains every architecture;
+    TopK-style ones without k are refused with the fix, not given the real-model k of 32."""
+    from types import SimpleNamespace
+
+    from crosslens.analysis import PlantedEvolution as Planted
+
+    built = Planted.build(PlantedConfig(n_features=16, n_initialization=4, n_snapshots=3, d_in=16))
+    own = SimpleNamespace(config=SimpleNamespace(n_snapshots=3, d_in=16), batches=built.batches)
+    with pytest.raises(ValueError, match=r"needs k: .* pass k="):
+        train_planted(own, "batchtopk_crosscoder", n_steps=2, batch_size=64, d_sae=32)
+    assert train_planted(own, "topk_crosscoder", n_steps=2, batch_size=64, d_sae=32, k=3).cfg.k == 3
+    relu = train_planted(own, "crosscoder", n_steps=2, batch_size=64, d_sae=32)
+    assert relu.W_dec.shape == (32, 3, 16)

@@ -18,6 +18,7 @@ and ``crosslens plan`` (which only needs dtype names and byte formatting) stay i
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crosslens.core.errors import CrosslensError
@@ -25,6 +26,31 @@ from crosslens.core.units import format_bytes
 
 if TYPE_CHECKING:
     import torch
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One GPU model, as ``crosslens plan`` sizes and times a run on it."""
+
+    memory_bytes: int
+    """Memory of one GPU as ``nvidia-smi`` reports it."""
+    peak_tflops: float
+    """NVIDIA's dense bf16 peak, TFLOP/s."""
+    forward: float
+    """Share of the peak the snapshot models' forward to the hook sustains."""
+    crosscoder: float
+    """Share of the peak the bf16 crosscoder training step sustains."""
+
+
+GPUS = {
+    "h100": GpuSpec(memory_bytes=81559 << 20, peak_tflops=989.0, forward=0.25, crosscoder=0.35),
+    "h200": GpuSpec(memory_bytes=143771 << 20, peak_tflops=989.0, forward=0.25, crosscoder=0.35),
+    "a100": GpuSpec(memory_bytes=81920 << 20, peak_tflops=312.0, forward=0.25, crosscoder=0.35),
+}
+"""The GPUs ``--gpu`` names (H100 SXM 80 GB, H200 141 GB, A100 80 GB). Peaks are NVIDIA's
+dense bf16 figures; forward 0.25 is what a compiled Pythia-160M forward to layer 7 reached
+on an H100 at 32 x 1024; crosscoder 0.35 is a stated guess for the bf16 step at Ge et al.'s
+shape. ``benchmarks/stream_gpu.py`` measures both shares."""
+
 
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 """Device types crosslens accepts (``cuda:N`` names one GPU)."""

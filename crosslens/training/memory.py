@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from crosslens.core.devices import GPUS
+
 F32 = 4
 BF16 = 2
 
@@ -108,16 +110,12 @@ def choose_optimizer_state(
     return "float32" if fits else "bfloat16"
 
 
-GPU_MEMORY_BYTES = {"h100": 81559 << 20, "h200": 143771 << 20, "a100": 81920 << 20}
-"""Memory of one GPU as ``nvidia-smi`` reports it (H100 SXM 80 GB, H200 141 GB, A100 80 GB)."""
-
-
 def training_memory(
     S: int, D: int, F: int, B: int, architecture: str, micro_batches: int = 1, gpu: str | None = None
 ) -> dict[str, Any]:
     """The training step's memory on one rank (``S`` snapshots, ``B`` tokens), as ``crosslens
     plan`` reports it: float32 state, activations, the peak per Adam-state option and, for a
-    ``gpu`` of :data:`GPU_MEMORY_BYTES`, the fewest micro-batches that fit it per option."""
+    ``gpu`` of :data:`~crosslens.core.devices.GPUS`, the fewest micro-batches that fit it per option."""
     param_bytes = sum(parameter_counts(S, D, F, architecture).values()) * F32
     memory: dict[str, Any] = {"parameters": param_bytes, "gradients": param_bytes, "adam_state": 2 * param_bytes}
     memory["training_state"] = sum(memory.values())
@@ -129,7 +127,7 @@ def training_memory(
         option: {**optimizer_state_bytes(param_bytes // F32, option), "peak": peaks[option]} for option in OPTIMIZER_STATES
     }
     if gpu is not None:
-        gpu_bytes = GPU_MEMORY_BYTES[gpu]
+        gpu_bytes = GPUS[gpu].memory_bytes
         fewest = {option: smallest_fitting_micro_batches(S, D, F, B, architecture, option, gpu_bytes) for option in OPTIMIZER_STATES}
         memory["fewest_micro_batches"] = {"gpu": gpu, "device_bytes": gpu_bytes, "headroom": AUTO_HEADROOM, "per_option": fewest}
     return memory

@@ -45,16 +45,23 @@ def train_planted(
     a sparsity level chosen for the data, and the runner's ``DEFAULT_K`` (32) is sized for
     real models' dictionaries, 20 times what planted sets fire; ``None`` here takes about
     1.5 times the planted set's mean L0 (:attr:`PlantedEvolution.mean_l0`), at least 1.
+    A planted set without ``mean_l0`` must be given ``k`` for the TopK-style architectures.
     ``crosscoder_overrides`` go to the training config.
     """
+    defaults = defaults_for(architecture)
     if k is None:
-        k = max(1, round(1.5 * planted.mean_l0))
+        mean_l0 = getattr(planted, "mean_l0", None)
+        if mean_l0 is None and defaults.sparsity_coefficient is None:
+            raise ValueError(
+                f"train_planted({architecture!r}) needs k: the planted set has no mean_l0 to derive TopK's "
+                f"active latents per token from; pass k= (about 1.5 times the planted features firing per token)."
+            )
+        k = max(1, round(1.5 * mean_l0)) if mean_l0 is not None else defaults.k
     coefficient = sparsity_coefficient
     if coefficient is None:
         coefficient = sparsity_coefficient_for(
             architecture, n_snapshots=planted.config.n_snapshots, d_in=planted.config.d_in, d_sae=d_sae
         )
-    defaults = defaults_for(architecture)
     warm_up = int(n_steps * defaults.sparsity_warm_up)
     torch.manual_seed(seed)
     crosscoder = build_training_crosscoder(
