@@ -13,6 +13,7 @@ values, and the latents' L0.
     PYTHONPATH=. python scripts/planted_generators.py --steps 1000 --seeds 0    # a short look first
     PYTHONPATH=. python scripts/planted_generators.py --arch jumprelu_crosscoder --set jumprelu_target_l0=None
     PYTHONPATH=. python scripts/planted_generators.py --generator correlated --planted pair_correlation=0.5
+    PYTHONPATH=. python scripts/planted_generators.py --generator independent --seeds 0 1   # scripts/planted_independent.py
 
 TopK/BatchTopK's k is ``train_planted``'s default, 1.5 times the planted set's mean L0
 rounded (1 to 3 on these sets) unless ``--k`` sets one: the runner's k = 32 (meant for
@@ -44,13 +45,20 @@ from crosslens.training.planted import train_planted  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from planted_benchmark import ARCHITECTURES, score  # noqa: E402
+from planted_independent import IndependentConfig, IndependentPlanted  # noqa: E402
+
+INDEPENDENT = "independent"
+"""The generator of ``scripts/planted_independent.py``, which shares no sampling code with the presets."""
 
 TARGET = 0.9
 
 
 def run_one(generator: str, arch: str, seed: int, steps: int | None, overrides: dict, planted_overrides: dict) -> dict:
     torch.set_num_threads(1)
-    planted = PlantedEvolution.build(PlantedConfig.preset(generator, seed=seed, **planted_overrides))
+    if generator == INDEPENDENT:
+        planted = IndependentPlanted(IndependentConfig(seed=seed, **planted_overrides))
+    else:
+        planted = PlantedEvolution.build(PlantedConfig.preset(generator, seed=seed, **planted_overrides))
     start = time.perf_counter()
     training = {} if steps is None else {"n_steps": steps}
     crosscoder = train_planted(planted, arch, seed=seed, **training, **overrides)
@@ -93,7 +101,7 @@ def table(runs: list[dict]) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", nargs="+", default=list(GENERATORS), choices=["hard", *GENERATORS])
+    parser.add_argument("--generator", nargs="+", default=[*GENERATORS, INDEPENDENT], choices=["hard", *GENERATORS, INDEPENDENT])
     parser.add_argument("--arch", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, help="training steps (default: train_planted's)")
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override a train_planted argument"
     )
     parser.add_argument(
-        "--planted", nargs="*", default=[], metavar="FIELD=VALUE", help="override a PlantedConfig field of the generator"
+        "--planted", nargs="*", default=[], metavar="FIELD=VALUE", help="override a PlantedConfig (IndependentConfig) field of the generator"
     )
     parser.add_argument("--k", type=int, help="k of TopK/BatchTopK (default: train_planted's, from the set's mean L0)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")

@@ -149,6 +149,27 @@ def test_dead_features_are_counted_in_tokens():
     assert int(trainer.dead_features.sum()) < F // 2
 
 
+def test_the_default_dead_window_is_a_thirtieth_of_a_short_run_and_1m_tokens_of_a_long_one():
+    from crosslens.training.config import dead_feature_window
+
+    assert dead_feature_window(3_000 * 1024) == 102_400
+    assert dead_feature_window(10**9) == 1_000_000
+    assert dead_feature_window(10) == 1
+    sae = make_sae("crosscoder")
+    with torch.no_grad():  # feature 0 can never fire
+        sae.W_enc[:, :, 0] = 0
+        sae.b_enc[0] = -1.0
+    trainer = CrosscoderTrainer(sae, trainer_cfg(total_steps=150, dead_feature_window_tokens=None))
+    batches = make_batches()
+    trainer.step(next(batches))
+    assert trainer.dead_feature_window_tokens == 150 * B // 30 == 80
+    for _ in range(4):  # 80 tokens without firing: not yet dead
+        trainer.step(next(batches))
+    assert not trainer.dead_features[0]
+    trainer.step(next(batches))  # 96 > 80
+    assert trainer.dead_features[0]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_training_learns_the_synthetic_features(arch, tmp_path):
     sae = make_sae(arch)

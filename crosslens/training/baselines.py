@@ -44,6 +44,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.architectures import BASELINE_OF, DEFAULT_LR, TRAINING_DEFAULTS
 from crosslens.core.seeding import seeded
+from crosslens.training.config import dead_feature_window
 from crosslens.training.factory import build_training_model
 from crosslens.training.trainer import crosscoder_metrics
 
@@ -60,9 +61,6 @@ DEFAULT_SPARSITY_COEFFICIENT = {"standard": 5.0, "jumprelu": 1.0}
 # warm-up of the sparsity coefficient as a fraction of training: that of the crosscoder
 # each baseline is compared with (crosslens.architectures)
 BASELINE_SPARSITY_WARM_UP = {sae: TRAINING_DEFAULTS[cc].sparsity_warm_up for sae, cc in BASELINE_OF.items()}
-# a feature silent for this many tokens is dead (TopK's aux loss revives those); the
-# crosscoder trainer uses the same window
-DEAD_FEATURE_WINDOW_TOKENS = 1_000_000
 
 
 def open_store(store: ActivationStore | str | os.PathLike) -> ActivationStore:
@@ -252,7 +250,8 @@ def train_snapshot_sae(
             lr_end=lr,  # only read by cosine schedules; the constant one decays from lr
             lr_decay_steps=int(n_steps * lr_decay_fraction),
             device=device,
-            dead_feature_window=max(1, math.ceil(DEAD_FEATURE_WINDOW_TOKENS / batch_size)),
+            # the crosscoder trainer's window, so both dictionaries revive latents alike
+            dead_feature_window=max(1, math.ceil(dead_feature_window(n_steps * batch_size) / batch_size)),
             feature_sampling_window=n_steps,  # one window: metadata.l0 covers the whole run
         )
         batches = snapshot_batches(store, hook, snapshot, batch_size, seed=seed, device=device)

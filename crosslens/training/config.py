@@ -25,6 +25,20 @@ from crosslens.architectures import (
 
 LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
 
+DEAD_FEATURE_WINDOW_TOKENS = 1_000_000
+"""Tokens a feature may stay silent before it counts as dead, on a run long enough."""
+
+DEAD_FEATURE_WINDOW_SHARE = 1 / 30
+"""On a shorter run, the window is this share of the run's tokens. A window of a third of the
+run (1M tokens of a 3M-token planted run) leaves TopK's aux loss too little of training to
+revive latents, and BatchTopK then keeps latents that each carry parts of two features
+(docs/notes/issue-25-robust.md: the planted recovery with both windows)."""
+
+
+def dead_feature_window(run_tokens: int) -> int:
+    """The default dead-feature window, in tokens, of a run of ``run_tokens`` tokens."""
+    return max(1, min(DEAD_FEATURE_WINDOW_TOKENS, int(run_tokens * DEAD_FEATURE_WINDOW_SHARE)))
+
 
 @dataclass
 class LoggingConfig:
@@ -160,8 +174,10 @@ class CrosscoderTrainerConfig:
     batch's. Exact to float rounding for every architecture: JumpReLU's quadratic sparsity
     term and BatchTopK's k * batch selection read whole-batch numbers from a gradient-free
     forward of every micro-batch first (one more forward per micro-batch)."""
-    dead_feature_window_tokens: int = 1_000_000
-    """A feature silent for more than this many tokens is dead (feeds TopK's aux loss)."""
+    dead_feature_window_tokens: int | None = None
+    """A feature silent for more than this many tokens is dead (feeds TopK's aux loss). None:
+    1M tokens, or a thirtieth of the run's tokens where that is fewer
+    (:func:`dead_feature_window`)."""
     dense_feature_threshold: float = 0.1
     """A feature firing on more than this fraction of tokens in a logging window is dense."""
     device: str = "cpu"
@@ -214,7 +230,7 @@ class CrosscoderTrainerConfig:
             self.lr_end = self.lr / 10
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}.")
-        if self.dead_feature_window_tokens < 1:
+        if self.dead_feature_window_tokens is not None and self.dead_feature_window_tokens < 1:
             raise ValueError("dead_feature_window_tokens must be >= 1.")
         if not 0 < self.dense_feature_threshold <= 1:
             raise ValueError("dense_feature_threshold must be in (0, 1].")

@@ -35,6 +35,7 @@ def train_planted(
     lr: float | None = None,
     sparsity_coefficient: float | None = None,
     lr_decay_fraction: float = 0.2,
+    dead_feature_window_tokens: int | None = None,
     **crosscoder_overrides: Any,
 ):
     """A crosscoder of ``architecture`` trained on ``planted``'s batches for ``n_steps``.
@@ -46,7 +47,8 @@ def train_planted(
     real models' dictionaries, 20 times what planted sets fire; ``None`` here takes about
     1.5 times the planted set's mean L0 (:attr:`PlantedEvolution.mean_l0`), at least 1.
     A planted set without ``mean_l0`` must be given ``k`` for the TopK-style architectures.
-    ``crosscoder_overrides`` go to the training config.
+    ``dead_feature_window_tokens`` is the trainer's (None: its default for the run's length);
+    ``crosscoder_overrides`` go to the crosscoder's config.
     """
     defaults = defaults_for(architecture)
     if k is None:
@@ -81,6 +83,7 @@ def train_planted(
             lr=defaults.lr if lr is None else lr,
             lr_decay_steps=int(n_steps * lr_decay_fraction),
             seed=seed,
+            dead_feature_window_tokens=dead_feature_window_tokens,
             save_final=False,
         ),
     )

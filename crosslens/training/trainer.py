@@ -73,7 +73,7 @@ from crosslens.distributed.sharding import (
     slice_state_dict,
 )
 from crosslens.training.checks import check_activation_scale
-from crosslens.training.config import CrosscoderTrainerConfig
+from crosslens.training.config import DEAD_FEATURE_WINDOW_TOKENS, CrosscoderTrainerConfig, dead_feature_window
 from crosslens.training.guard import check_finite_step
 from crosslens.training.micro import micro_batched_pass
 from crosslens.training.optim import clipped_step, make_optimizer
@@ -184,7 +184,17 @@ class CrosscoderTrainer:
 
     @property
     def dead_features(self) -> torch.Tensor:
-        return self.tokens_since_fired > self.cfg.dead_feature_window_tokens
+        return self.tokens_since_fired > self.dead_feature_window_tokens
+
+    @property
+    def dead_feature_window_tokens(self) -> int:
+        """The configured window, or the default for this run's tokens (its steps times the
+        tokens each step has taken; before the first step nothing has been silent anyway)."""
+        if self.cfg.dead_feature_window_tokens is not None:
+            return self.cfg.dead_feature_window_tokens
+        if self.n_steps == 0:
+            return DEAD_FEATURE_WINDOW_TOKENS
+        return dead_feature_window(self.cfg.total_steps * self.n_tokens // self.n_steps)
 
     @property
     def is_main(self) -> bool:
