@@ -255,7 +255,7 @@ class PlanConfig:
         if self.micro_batches < 1 or math.ceil(self.batch_size / self.data_parallel) % self.micro_batches:
             raise PlanError(micro_batch_error(math.ceil(self.batch_size / self.data_parallel), self.micro_batches))
         if self.gpu not in GPUS:
-            raise PlanError(f"no figures for GPU {self.gpu!r}; choose one of {sorted(GPUS)} (--gpu)")
+            raise PlanError(f"no memory figure for GPU {self.gpu!r}; choose one of {sorted(GPUS)} (--gpu)")
         layer = block_index(self.hook)
         if layer is not None and layer >= self.model.n_layers:
             raise PlanError(f"--hook {self.hook} names block {layer}, but {self.model.name} has {self.model.n_layers} (0..{self.model.n_layers - 1})")
@@ -517,7 +517,7 @@ def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]
     """``train --stream``'s time on one ``gpu`` per rank, from the FLOPs per token at the shares of
     :data:`~crosslens.core.devices.GPUS`: provider and trainer share the GPU, so their seconds per token add."""
     if gpu not in GPUS:
-        raise PlanError(f"no figures for GPU {gpu!r}; choose one of {sorted(GPUS)} (--gpu)")
+        raise PlanError(f"no utilisation figures for GPU {gpu!r}; choose one of {sorted(GPUS)} (--gpu)")
     device, flops, mesh = GPUS[gpu], plan["flops"], plan["mesh"]
     peak = device.peak_tflops * 1e12
     share = (1 / mesh["data"]) * (mesh["snapshots_per_rank"] / plan["inputs"]["n_snapshots"])
