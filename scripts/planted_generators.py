@@ -3,13 +3,14 @@
 Trains each crosscoder architecture through :func:`crosslens.training.planted.train_planted`
 with nothing overridden (its sparsity coefficient, learning rate, warm-up, k, 3000 steps of
 1024 tokens, d_sae 128) on each planted generator
-(:mod:`crosslens.analysis.planted_generators`, plus ``hard`` for reference) and prints, per
+(:mod:`crosslens.analysis.planted_generators`, the ``independent`` one of
+``scripts/planted_independent.py``, and ``hard`` on request) and prints, per
 generator and architecture, the recovered fraction (planted features matched one-to-one at
 decoder cosine >= 0.9 where the feature is present) and the exact-emergence fraction
 (emergence snapshot and class exact, among the recovered) as mean +/- sd and the per-seed
 values, and the latents' L0.
 
-    PYTHONPATH=. python scripts/planted_generators.py --jobs 2                  # 3 generators x 4 x 3 seeds
+    PYTHONPATH=. python scripts/planted_generators.py --jobs 2                  # 4 generators x 4 x 3 seeds
     PYTHONPATH=. python scripts/planted_generators.py --steps 1000 --seeds 0    # a short look first
     PYTHONPATH=. python scripts/planted_generators.py --arch jumprelu_crosscoder --set jumprelu_target_l0=None
     PYTHONPATH=. python scripts/planted_generators.py --generator correlated --planted pair_correlation=0.5
