@@ -27,6 +27,7 @@ from crosslens.core.units import format_bytes
 if TYPE_CHECKING:
     import torch
 
+
 @dataclass(frozen=True)
 class GpuSpec:
     """One GPU model, as ``crosslens plan`` sizes and times a run on it."""

@@ -143,18 +143,24 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
         it. Zero scores, which top-k may also pick when fewer than ``n_keep`` are positive,
         change neither the code nor the reconstruction, so they are left out.
         """
-        c = self.collectives
-        cutoff = None if self.micro_step is None else self.micro_step.whole.get("cutoff")
-        if cutoff is not None:  # a micro-batch keeps its share of the whole batch's top scores
-            flat = scores_NF.flatten()
-            return torch.nonzero((flat >= cutoff) & (flat > 0)).flatten()
-        n_keep = min(int(self.cfg.k * c.global_batch(scores_NF.shape[0])), scores_NF.numel() * c.data_size)
-        if c.data_size == 1:
-            return scores_NF.flatten().topk(n_keep, sorted=False).indices
-        offers = scores_NF.flatten().topk(min(n_keep, scores_NF.numel()), sorted=False).values
-        cutoff = c.data_gather(offers).topk(n_keep, sorted=False).values.min()
         flat = scores_NF.flatten()
+        cutoff = None if self.micro_step is None else self.micro_step.whole.get("cutoff")
+        if cutoff is None:
+            n_keep = self._n_keep(scores_NF.shape[0])
+            if self.collectives.data_size == 1:
+                return flat.topk(n_keep, sorted=False).indices
+            cutoff = self._cutoff(_offer(flat, n_keep), n_keep)
+        # a data rank's (or a micro-batch's) share of the whole batch's top scores
         return torch.nonzero((flat >= cutoff) & (flat > 0)).flatten()
+
+    def _n_keep(self, n_local: int) -> int:
+        """Codes the whole batch keeps: ``k`` per token of every data rank's ``n_local`` tokens."""
+        c = self.collectives
+        return min(int(self.cfg.k * c.global_batch(n_local)), n_local * self.cfg.d_sae * c.data_size)
+
+    def _cutoff(self, offers: torch.Tensor, n_keep: int) -> torch.Tensor:
+        """The ``n_keep``-th largest of every data rank's ``offers`` (:func:`_offer`)."""
+        return self.collectives.data_gather(offers).topk(n_keep, sorted=False).values.min()
 
     step_update_extras = ("kept_scores",)
 
@@ -162,15 +168,12 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
         """The ``k * batch``-th largest score of the whole batch (every data rank's), from each
         micro-batch's largest ``k * batch`` scores, as data ranks find it (ties at the cut-off
         are all kept, where one batch keeps exactly ``k * batch``)."""
-        c, S, D, F_ = self.collectives, self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
-        n_local = sum(x.reshape(-1, S, D).shape[0] for x in chunks_NSD)
-        n_keep = min(int(self.cfg.k * c.global_batch(n_local)), n_local * F_ * c.data_size)
-        offers = []
-        for x in chunks_NSD:  # one micro-batch's scores at a time
-            scores = self.selection_scores(self.hidden_pre(x.reshape(-1, S, D))).flatten()
-            offers.append(scores.topk(min(n_keep, scores.numel()), sorted=False).values)
-        offers = torch.cat(offers)
-        return {"cutoff": c.data_gather(offers).topk(n_keep, sorted=False).values.min()}
+        S, D = self.cfg.n_snapshots, self.cfg.d_in
+        chunks = [x.reshape(-1, S, D) for x in chunks_NSD]
+        n_keep = self._n_keep(sum(x.shape[0] for x in chunks))
+        # one micro-batch's scores at a time, each reduced to its offer before the next
+        offers = torch.cat([_offer(self.selection_scores(self.hidden_pre(x)).flatten(), n_keep) for x in chunks])
+        return {"cutoff": self._cutoff(offers, n_keep)}
 
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
         if not self.uses_sparse_decode:
@@ -195,3 +198,8 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
         super().process_state_dict_for_saving_inference(state_dict)
         threshold = state_dict.pop("topk_threshold").item()
         state_dict["threshold"] = torch.full_like(state_dict["b_enc"], threshold)
+
+
+def _offer(flat_scores: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """A part's largest ``n_keep`` scores: the whole batch's top ``n_keep`` are among its parts' offers."""
+    return flat_scores.topk(min(n_keep, flat_scores.numel()), sorted=False).values

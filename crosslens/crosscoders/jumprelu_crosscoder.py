@@ -277,9 +277,9 @@ class JumpReLUTrainingCrosscoder(
         if self.cfg.sparsity_target is None:
             return {}
         self.threshold.data.clamp_(min=0.0)  # as training_forward_pass will
-        S, D = self.cfg.n_snapshots, self.cfg.d_in
-        score_sum_F = sum(self._training_encode(x.reshape(-1, S, D)).extras["score_sum_F"] for x in chunks_NSD)
-        n_tokens = self.collectives.global_batch(sum(x.reshape(-1, S, D).shape[0] for x in chunks_NSD))
+        chunks = [x.reshape(-1, self.cfg.n_snapshots, self.cfg.d_in) for x in chunks_NSD]
+        score_sum_F = sum(self._training_encode(x).extras["score_sum_F"] for x in chunks)
+        n_tokens = self.collectives.global_batch(sum(x.shape[0] for x in chunks))
         return {"p_F": self.collectives.world_sum(score_sum_F) / (n_tokens * self.total_snapshots)}
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:

@@ -325,11 +325,9 @@ class CrosscoderRunnerConfig:
     """W&B logging."""
 
     def __post_init__(self) -> None:
-        for name in ("n_steps", "train_batch_size_tokens", "snapshot_parallel"):
+        for name in ("n_steps", "train_batch_size_tokens", "snapshot_parallel", "micro_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.micro_batches < 1:
-            raise ValueError(f"micro_batches (--micro-batches) must be >= 1, got {self.micro_batches}.")
         if self.train_batch_size_tokens % self.micro_batches:
             raise ValueError(micro_batch_error(self.train_batch_size_tokens, self.micro_batches))
         if self.checkpoint_every < 0:
