@@ -1,10 +1,11 @@
 """Turning Hugging Face checkpoints into HookedTransformers, and fingerprinting the result.
 
-Two loading paths, both ending in a HookedTransformer processed with TransformerLens's
-defaults (``fold_ln``, ``center_writing_weights``, ``center_unembed``):
+Pythia checkpoints load through TransformerLens's own checkpoint support
+(``HookedTransformer.from_pretrained(name, checkpoint_value=step)``, in
+`CheckpointSuite.load`); everything else through this module, ending, as Pythia does, in a
+HookedTransformer processed with TransformerLens's defaults (``fold_ln``,
+``center_writing_weights``, ``center_unembed``):
 
-* `load_pythia_checkpoint`: TransformerLens's own checkpoint support,
-  ``HookedTransformer.from_pretrained(name, checkpoint_value=step)``.
 * `hf_to_hooked`: any already-loaded ``PreTrainedModel`` (an OLMo or BLOOM revision, a
   local folder). The TransformerLens config is derived from the model's *own* HF config
   rather than from TransformerLens's table of official names, because that table does not
@@ -120,6 +121,27 @@ def architecture_signature(cfg: HookedTransformerConfig) -> dict[str, Any]:
     return {field: getattr(cfg, field, None) for field in ARCHITECTURE_FIELDS}
 
 
+def _olmo_shared_fields(hf_config: PretrainedConfig) -> dict[str, Any]:
+    """What TransformerLens's OLMo v1 and OLMo-2 configs share: the sizes, read from
+    `hf_config`, and rotary positions with a gated (SwiGLU) MLP in every block."""
+    n_heads = hf_config.num_attention_heads
+    return {
+        "d_model": hf_config.hidden_size,
+        "d_head": hf_config.hidden_size // n_heads,
+        "n_heads": n_heads,
+        "d_mlp": hf_config.intermediate_size,
+        "n_layers": hf_config.num_hidden_layers,
+        "n_ctx": hf_config.max_position_embeddings,
+        "d_vocab": hf_config.vocab_size,
+        "act_fn": hf_config.hidden_act,
+        "initializer_range": hf_config.initializer_range,
+        "attn_types": ["global"] * hf_config.num_hidden_layers,
+        "positional_embedding_type": "rotary",
+        "gated_mlp": True,
+        "quantization_method": None,
+    }
+
+
 def _olmo_cfg_dict(hf_config: PretrainedConfig) -> dict[str, Any]:
     """TransformerLens's OLMo-1B-hf/7B-hf config, with the sizes read from `hf_config`."""
     n_heads = hf_config.num_attention_heads
@@ -132,25 +154,13 @@ def _olmo_cfg_dict(hf_config: PretrainedConfig) -> dict[str, Any]:
             "Use an allenai/OLMo-*-hf (v1) checkpoint."
         )
     return {
-        "d_model": hf_config.hidden_size,
-        "d_head": hf_config.hidden_size // n_heads,
-        "n_heads": n_heads,
-        "d_mlp": hf_config.intermediate_size,
-        "n_layers": hf_config.num_hidden_layers,
-        "n_ctx": hf_config.max_position_embeddings,
+        **_olmo_shared_fields(hf_config),
         # OLMo v1's LayerNorm has no parameters and a fixed eps.
         "eps": 1e-05,
-        "d_vocab": hf_config.vocab_size,
-        "act_fn": hf_config.hidden_act,
-        "initializer_range": hf_config.initializer_range,
         "normalization_type": "LN",
         "rotary_base": rope_theta(hf_config),
-        "attn_types": ["global"] * hf_config.num_hidden_layers,
-        "positional_embedding_type": "rotary",
-        "gated_mlp": True,
         "clip_qkv": getattr(hf_config, "clip_qkv", None),
         "original_architecture": "OlmoForCausalLM",
-        "quantization_method": None,
     }
 
 
@@ -171,24 +181,12 @@ def _olmo2_cfg_dict(hf_config: PretrainedConfig) -> dict[str, Any]:
             "RoPE only, as the released OLMo-2 checkpoints use"
         )
     cfg_dict: dict[str, Any] = {
-        "d_model": hf_config.hidden_size,
-        "d_head": hf_config.hidden_size // n_heads,
-        "n_heads": n_heads,
-        "d_mlp": hf_config.intermediate_size,
-        "n_layers": hf_config.num_hidden_layers,
-        "n_ctx": hf_config.max_position_embeddings,
+        **_olmo_shared_fields(hf_config),
         "eps": hf_config.rms_norm_eps,
-        "d_vocab": hf_config.vocab_size,
-        "act_fn": hf_config.hidden_act,
-        "initializer_range": hf_config.initializer_range,
         "normalization_type": "RMS",
         "rotary_base": rope_theta(hf_config, default=500000.0),
-        "attn_types": ["global"] * hf_config.num_hidden_layers,
-        "positional_embedding_type": "rotary",
-        "gated_mlp": True,
         "tie_word_embeddings": getattr(hf_config, "tie_word_embeddings", False),
         "original_architecture": "Olmo2ForCausalLM",
-        "quantization_method": None,
     }
     if n_kv_heads != n_heads:  # OLMo-2 32B uses grouped-query attention
         cfg_dict["n_key_value_heads"] = n_kv_heads
@@ -369,33 +367,4 @@ def hf_to_hooked(
         state_dict.setdefault("pos_embed.W_pos", torch.zeros_like(model.pos_embed.W_pos))
     model.load_and_process_state_dict(state_dict, **processing_flags(cfg))
     model.move_model_modules_to_device()
-    return model.eval()
-
-
-def load_pythia_checkpoint(
-    model_id: str,
-    step: int,
-    *,
-    tokenizer: PreTrainedTokenizerBase | None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    first_n_layers: int | None = None,
-) -> HookedTransformer:
-    """Pythia at `step` through TransformerLens's own checkpoint support (with
-    `first_n_layers`, only its first blocks).
-
-    TransformerLens reads the architecture from the repo's ``main`` config and the weights
-    from the ``step{N}`` branch, so both must be reachable (online or in the HF cache).
-    """
-    model = HookedTransformer.from_pretrained(
-        model_id,
-        checkpoint_value=step,
-        tokenizer=tokenizer,
-        device=device,
-        dtype=dtype,
-        fold_ln=True,
-        center_writing_weights=True,
-        center_unembed=True,
-        first_n_layers=first_n_layers,
-    )
     return model.eval()

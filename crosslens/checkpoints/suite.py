@@ -19,7 +19,6 @@ from crosslens.checkpoints.convert import (
     architecture_signature,
     hf_to_hooked,
     hooked_config_from_hf,
-    load_pythia_checkpoint,
     processing_flags,
     quiet_loading,
 )
@@ -370,11 +369,15 @@ class CheckpointSuite:
     ) -> HookedTransformer:
         with quiet_loading(), weight_file_errors(self, ref):
             if self.family == "pythia":
+                # TransformerLens reads the architecture from the repo's ``main`` config and the
+                # weights from the ``step{N}`` branch: both must be online or in the HF cache.
                 tokenizer = self._tokenizer_for_models("GPTNeoXForCausalLM")
-                return with_revision_errors(self, 
-                    ref, load_pythia_checkpoint, self.model_id, ref.step, tokenizer=tokenizer, device=device,
-                    dtype=dtype, first_n_layers=first_n_layers,
+                model = with_revision_errors(self, 
+                    ref, HookedTransformer.from_pretrained, self.model_id, checkpoint_value=ref.step,
+                    tokenizer=tokenizer, device=device, dtype=dtype, first_n_layers=first_n_layers,
+                    **DEFAULT_PROCESSING,
                 )  # fmt: skip
+                return model.eval()
             source, location = self._hf_source(ref)
             hf_model = with_revision_errors(self, 
                 ref, AutoModelForCausalLM.from_pretrained, source, dtype=dtype, **location
