@@ -35,8 +35,8 @@ class ReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=ARCHIT
     """Training config of the ReLU crosscoder."""
 
     l1_coefficient: float = TRAINING_DEFAULTS[ARCHITECTURE].sparsity_coefficient  # type: ignore[assignment]
-    """lambda, weight of the decoder-norm-weighted L1 penalty (Bayazit et al.: 2; the
-    table in :mod:`crosslens.architectures`)."""
+    """lambda, weight of the decoder-norm-weighted L1 penalty (Bayazit et al.: 2; crosslens:
+    1, ``crosslens.architectures.RELU_L1``)."""
     l1_warm_up_steps: int = 0
     """Steps over which lambda rises linearly from 0 (Bayazit et al.: 5% of training)."""
 
