@@ -78,7 +78,7 @@ At 2 the weakest planted features went unrecovered. Recovered, seeds 0-2, from 2
 - ``correlated``: 0.78-0.93 to 0.83-0.88 (mean 0.86 to 0.85), where the misses are latents
   shared by two features, not weak features.
 On pico (d_sae 1024) explained variance went from 97.1% to 98.3%, at mean L0 12.9 against
-10.4, with the same spliced-loss recovery. The ``bayazit2025-pythia-1b`` recipe keeps the
+10.4, with spliced CE recovery within 1.6 points per snapshot. The ``bayazit2025-pythia-1b`` recipe keeps the
 paper's 2."""
 
 TRAINING_DEFAULTS: dict[str, TrainingDefaults] = {
