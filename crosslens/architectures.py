@@ -11,9 +11,9 @@ nothing heavy, so ``crosslens --help`` can show the defaults. A recipe
 numbers (Ge et al.'s lambda 0.3 and lr 5e-5), which override this table.
 
 Sources: Bayazit et al. (ReLU crosscoder: L1 weighted by decoder norms, lambda 2 warmed up
-over 5% of steps, decoder rows at norm 0.08, Adam at 5e-5; crosslens's lambda is 1,
-``RELU_L1``); Ge et al. (JumpReLU crosscoder:
-tanh sparsity, lambda 0.3 at Pythia-160M's shape warmed up over 10%, lr 5e-5); and
+over 5% of steps, decoder rows at norm 0.08, Adam at 5e-5; crosslens's lambda is 1, ``RELU_L1``);
+Ge et al. (JumpReLU crosscoder: tanh sparsity, lambda 0.3 at Pythia-160M's shape warmed up
+over 10%, lr 5e-5); and
 measurements of ours on the pico suite and the planted set (NOTES.md). The papers' 5e-5 is for hundreds of millions of tokens; on the
 pico-sized runs crosslens is tested on, 1e-3 converges in the step budget (NOTES.md), and
 the JumpReLU crosscoder needs 3e-3 to converge in it on planted data (``JUMPRELU_LR``).
@@ -78,8 +78,8 @@ At 2 the weakest planted features went unrecovered. Recovered, seeds 0-2, from 2
 - ``correlated``: 0.78-0.93 to 0.83-0.88 (mean 0.86 to 0.85), where the misses are latents
   shared by two features, not weak features.
 On pico (d_sae 1024) explained variance went from 97.1% to 98.3%, at mean L0 12.9 against
-10.4, with spliced CE recovery within 1.6 points per snapshot. The ``bayazit2025-pythia-1b`` recipe keeps the
-paper's 2."""
+10.4, with spliced CE recovery within 1.6 points per snapshot. The ``bayazit2025-pythia-1b``
+recipe keeps the paper's 2."""
 
 TRAINING_DEFAULTS: dict[str, TrainingDefaults] = {
     "crosscoder": TrainingDefaults(
