@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from crosslens.architectures import DEFAULT_K
+from crosslens.architectures import DEFAULT_K, uses_k
 from crosslens.core.devices import DTYPE_BYTES, GPUS
 from crosslens.core.units import format_bytes
 from crosslens.core.errors import CrosslensError
@@ -393,7 +393,7 @@ def _flop_counts(cfg: PlanConfig, S: int, D: int, layers_run: int) -> dict[str, 
         "crosscoder_train_total": cc_flops * cfg.n_tokens,
         "snapshot_models_forward_total": int(model_flops * cfg.n_tokens),
     }
-    if cfg.architecture in ("topk_crosscoder", "batchtopk_crosscoder"):
+    if uses_k(cfg.architecture):
         flops["crosscoder_train_per_token_sparse_decode"] = cc_flops_sparse_decode
     return flops
 

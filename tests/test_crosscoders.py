@@ -223,11 +223,11 @@ def test_jumprelu_straight_through_gradient_by_hand():
 
 @pytest.mark.parametrize("sparse", [False, True])
 def test_topk_loss_by_hand(sparse):
-    sae = make_training("topk_crosscoder", k=2, aux_loss_coefficient=0.5, aux_k=2, sparse_decode=sparse)
+    sae = make_training("topk_crosscoder", k=2, aux_loss_coefficient=0.5, aux_k=2, sparse_decode=sparse, l1_coefficient=0.3)
     randomize(sae, 6)
     x = torch.randn(3, 2, 3, generator=torch.Generator().manual_seed(7))
     dead = torch.tensor([True, False, True, True])
-    out = sae.training_forward_pass(step_input(x, dead=dead))
+    out = sae.training_forward_pass(step_input(x, dead=dead, coefficients={"l1": 0.3}))
 
     h, norms = naive_hidden(sae, x), naive_norms(sae)
     nsum = [sum(n) for n in norms]
@@ -247,17 +247,20 @@ def test_topk_loss_by_hand(sparse):
             (aux_recon[s][d] - (xs[b][s][d] - recon[b][s][d])) ** 2 for s in range(2) for d in range(3)
         )
     aux = 0.5 * min(3 / 2, 1.0) * aux / 3
+    # L1 on the kept codes, weighted by each feature's decoder norms summed over snapshots
+    l1 = 0.3 * sum(cb[i] * nsum[i] for cb in code for i in range(4)) / 3
     assert out.losses["mse_loss"].item() == pytest.approx(mse, rel=1e-5)
     assert out.losses["auxiliary_reconstruction_loss"].item() == pytest.approx(aux, rel=1e-5)
+    assert l1 > 0 and out.losses["l1_loss"].item() == pytest.approx(l1, rel=1e-5)
     torch.testing.assert_close(out.feature_acts, torch.tensor(code))
 
 
 @pytest.mark.parametrize("sparse", [False, True])
 def test_batchtopk_loss_and_threshold_by_hand(sparse):
-    sae = make_training("batchtopk_crosscoder", k=1.5, sparse_decode=sparse, topk_threshold_lr=0.25)
+    sae = make_training("batchtopk_crosscoder", k=1.5, sparse_decode=sparse, topk_threshold_lr=0.25, l1_coefficient=0.2)
     randomize(sae, 8)
     x = torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(9))
-    out = sae.training_forward_pass(step_input(x, dead=torch.zeros(4, dtype=torch.bool)))
+    out = sae.training_forward_pass(step_input(x, dead=torch.zeros(4, dtype=torch.bool), coefficients={"l1": 0.2}))
 
     h, norms = naive_hidden(sae, x), naive_norms(sae)
     nsum = [sum(n) for n in norms]
@@ -266,8 +269,10 @@ def test_batchtopk_loss_and_threshold_by_hand(sparse):
     code = [[max(h[b][i], 0) if (b, i) in kept else 0.0 for i in range(4)] for b in range(4)]
     mse = naive_sq_err(x, naive_recon(sae, [[cb, cb] for cb in code]))
     min_kept = min(scores[bi] for bi in kept if scores[bi] > 0)
+    l1 = 0.2 * sum(code[b][i] * nsum[i] for b in range(4) for i in range(4)) / 4
     assert out.losses["mse_loss"].item() == pytest.approx(mse, rel=1e-5)
     assert out.losses["auxiliary_reconstruction_loss"].item() == 0.0
+    assert l1 > 0 and out.losses["l1_loss"].item() == pytest.approx(l1, rel=1e-5)
     torch.testing.assert_close(out.feature_acts, torch.tensor(code))
     assert sae.topk_threshold.item() == pytest.approx(0.25 * min_kept, rel=1e-6)
 
@@ -377,7 +382,8 @@ def test_topk_matches_saelens_topk(sparse):
     torch.testing.assert_close(ours.encode(X1) * ours.decoder_norms()[:, 0], ref.encode(X1[:, 0]))
     torch.testing.assert_close(ours(X1)[:, 0], ref(X1[:, 0]))
 
-    ours_t = make_training("topk_crosscoder", S=1, D=6, F=10, k=3, sparse_decode=sparse)
+    # SAELens's TopK has no L1 term: ours without it is the same loss
+    ours_t = make_training("topk_crosscoder", S=1, D=6, F=10, k=3, sparse_decode=sparse, l1_coefficient=0.0)
     randomize(ours_t, 13)
     ref_t = TopKTrainingSAE(
         TopKTrainingSAEConfig(
@@ -397,7 +403,7 @@ def test_topk_matches_saelens_topk(sparse):
 
 
 def test_batchtopk_matches_saelens_batchtopk(tmp_path):
-    ours_t = make_training("batchtopk_crosscoder", S=1, D=6, F=10, k=2.5)
+    ours_t = make_training("batchtopk_crosscoder", S=1, D=6, F=10, k=2.5, l1_coefficient=0.0)
     randomize(ours_t, 14)
     ref_t = BatchTopKTrainingSAE(
         BatchTopKTrainingSAEConfig(
@@ -462,7 +468,9 @@ def test_sparse_decode_matches_dense(arch):
     for sparse in (False, True):
         sae = make_training(arch, S=3, D=5, F=24, k=3, sparse_decode=sparse)
         randomize(sae, 16)
-        out = sae.training_forward_pass(step_input(x, dead=torch.arange(24) % 3 == 0))
+        # the L1 term on the kept codes reads them through both paths too
+        out = sae.training_forward_pass(step_input(x, dead=torch.arange(24) % 3 == 0, coefficients={"l1": 0.25}))
+        assert out.losses["l1_loss"] > 0
         out.loss.backward()
         outs.append(out)
         grads.append({n: p.grad.clone() for n, p in sae.named_parameters()})
@@ -546,7 +554,7 @@ def test_save_load_round_trip(arch, tmp_path):
     )
     x = torch.randn(9, 2, 3, generator=torch.Generator().manual_seed(24))
     if arch == "batchtopk_crosscoder":
-        training.training_forward_pass(step_input(x))  # moves the running threshold off 0
+        training.training_forward_pass(step_input(x, coefficients={"l1": 0.25}))  # moves the running threshold off 0
 
     # training checkpoint: SAELens layout, same class and weights back
     training.save_model(tmp_path / "train")

@@ -39,7 +39,7 @@ def test_sparsity_defaults_per_entry_point():
     shape = dict(n_snapshots=8, d_in=64, d_sae=128)
     assert sparsity_coefficient_for("jumprelu_crosscoder", **shape) == pytest.approx(0.6 * 8 * 64 / 128)
     assert sparsity_coefficient_for("crosscoder", **shape) == 1.0
-    assert sparsity_coefficient_for("topk_crosscoder", **shape) is None
+    assert sparsity_coefficient_for("topk_crosscoder", **shape) == sparsity_coefficient_for("batchtopk_crosscoder", **shape) == 0.25
     # the architectures' own configs default to the same table
     import crosslens.crosscoders as cc
 
@@ -47,6 +47,8 @@ def test_sparsity_defaults_per_entry_point():
     assert cc.ARCHITECTURES["jumprelu_crosscoder"][3](**shape, l0_coefficient=0.3).l0_coefficient == 0.3
     assert cc.ARCHITECTURES["crosscoder"][3](**shape).l1_coefficient == 1.0
     assert cc.ARCHITECTURES["topk_crosscoder"][3](**shape).k == cc.ARCHITECTURES["batchtopk_crosscoder"][3](**shape).k == 32
+    assert cc.ARCHITECTURES["topk_crosscoder"][3](**shape).l1_coefficient == 0.25
+    assert cc.ARCHITECTURES["batchtopk_crosscoder"][3](**shape).l1_coefficient == 0.25
     # the demo keeps its measured value (its seeded figures in NOTES.md depend on it)
     assert DemoConfig().sae.sparsity_coefficient == PICO_DEMO_JUMPRELU_SPARSITY == 0.5
     # warm-ups: Bayazit et al. 5% (ReLU), Ge et al. 10% (JumpReLU); the baselines use their crosscoder's
@@ -66,6 +68,8 @@ def test_one_builder_translates_sparsity_for_crosscoders_and_saes():
     jump = build_training_crosscoder("jumprelu_crosscoder", d_in=8, n_snapshots=2, d_sae=16, sparsity_coefficient=0.4)
     assert (jump.cfg.l0_coefficient, jump.cfg.l0_warm_up_steps) == (0.4, 0)
     assert build_training_crosscoder("topk_crosscoder", d_in=8, n_snapshots=2, d_sae=16, k=3).cfg.k == 3
+    topk = build_training_crosscoder("batchtopk_crosscoder", d_in=8, n_snapshots=2, d_sae=16, k=3, sparsity_coefficient=0.1)
+    assert (topk.cfg.k, topk.cfg.l1_coefficient, topk.cfg.l1_warm_up_steps) == (3, 0.1, 0)
     standard = build_training_sae("standard", d_in=8, d_sae=16, sparsity_warm_up_steps=4)
     assert (standard.cfg.l1_coefficient, standard.cfg.l1_warm_up_steps) == (5.0, 4)
     sae = build_training_sae("jumprelu", d_in=8, d_sae=16, sparsity_coefficient=0.25, sparsity_warm_up_steps=3)

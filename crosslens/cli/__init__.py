@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 
+from crosslens.architectures import uses_k
 from crosslens.cli import attribute, demo, harvest, plan, pretrained, report, suite, train
 from crosslens.commands.flags import add_flags, field_defaults, iter_fields
 from crosslens.cli.spec import Subcommand
@@ -88,7 +89,7 @@ def _check_together(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if getattr(args, "command", None) != "train":
         return
     k, d_sae = args.sae__k, args.sae__d_sae
-    if args.sae__architecture.endswith("topk_crosscoder") and k > d_sae:
+    if uses_k(args.sae__architecture) and k > d_sae:
         parser.error(f"--k {k} exceeds --d-sae {d_sae}; a top-k crosscoder keeps at most d_sae features")
 
 

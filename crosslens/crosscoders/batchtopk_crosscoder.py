@@ -3,14 +3,14 @@
 Training keeps the ``k * batch`` largest scores ``ReLU(h_i) * sum_s ||W_dec[i, s]||``
 over the whole batch (k features per token on average) and tracks a running threshold:
 an exponential moving average (rate ``topk_threshold_lr``) of the smallest positive
-score that was kept. Loss and auxiliary-k loss are those of the TopK crosscoder.
+score that was kept. Loss, L1 term and auxiliary-k loss are those of the TopK crosscoder.
 
 For inference the running threshold becomes a fixed one, so a token's code no longer
 depends on its batch: ``f_i = ReLU(h_i) * [ReLU(h_i) * sum_s ||W_dec[i, s]|| > t]``.
 ``save_inference_model`` writes it as the per-feature ``threshold`` of the inference
 class :class:`BatchTopKCrosscoder` (same architecture name, SAELens layout).
 
-With n_snapshots = 1 this matches SAELens's ``batchtopk`` SAE with
+With n_snapshots = 1 and ``l1_coefficient = 0`` this matches SAELens's ``batchtopk`` SAE with
 ``rescale_acts_by_decoder_norm=True`` (which saves as a JumpReLU SAE): same selection,
 threshold, reconstruction and losses; our code is ``ReLU(h)``, SAELens's is
 ``ReLU(h) * ||W_dec||``.
@@ -27,6 +27,7 @@ from jaxtyping import Float
 from sae_lens.saes.sae import SAE
 from torch import nn
 
+from crosslens.architectures import TRAINING_DEFAULTS
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass
 from crosslens.crosscoders.config import CrosscoderConfig
 from crosslens.crosscoders.topk_crosscoder import (
@@ -50,6 +51,8 @@ class BatchTopKTrainingCrosscoderConfig(TopKTrainingCrosscoderConfig, architectu
     """Features kept per token on average over the batch."""
     topk_threshold_lr: float = 0.01
     """Rate of the moving average that turns the batch top-k cut-off into a fixed threshold."""
+    l1_coefficient: float = TRAINING_DEFAULTS[ARCHITECTURE].sparsity_coefficient  # type: ignore[assignment]
+    """Weight of the L1 term on the kept codes, as for topk_crosscoder (``crosslens.architectures.TOPK_L1``); 0: none."""
 
     def __post_init__(self) -> None:
         if not 0 < self.topk_threshold_lr <= 1:
@@ -182,6 +185,11 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
         counts_N = torch.bincount(rows, minlength=fwd.hidden_pre_NF.shape[0])
         offsets_N = counts_N.cumsum(0) - counts_N
         return self.decode_active(fwd.extras["cols"], fwd.extras["vals"], offsets=offsets_N)
+
+    def kept_l1_per_token(self, fwd: CrosscoderPass, norm_sums_F: torch.Tensor) -> torch.Tensor:
+        rows, cols, vals = fwd.extras["rows"], fwd.extras["cols"], fwd.extras["vals"]
+        per_pair = vals * norm_sums_F[cols]
+        return per_pair.new_zeros(fwd.hidden_pre_NF.shape[0]).index_add(0, rows, per_pair)
 
     @torch.no_grad()
     def _after_training_pass(self, fwd: CrosscoderPass) -> None:

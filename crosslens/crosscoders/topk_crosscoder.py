@@ -2,11 +2,19 @@
 
 Each token keeps the k features with the largest ``ReLU(h_i) * sum_s ||W_dec[i, s]||``
 (the feature's total contribution across snapshots); the code keeps ``ReLU(h_i)`` for
-them. Loss: ``mean_batch sum_s ||x_hat_s - x_s||^2`` plus the auxiliary-k loss on dead
-features: the ``aux_k`` dead features with the largest ``h_i * sum_s ||W_dec[i, s]||``
+them. Loss: ``mean_batch sum_s ||x_hat_s - x_s||^2``, plus the ReLU crosscoder's L1 term on
+the kept codes, ``l1_coefficient * mean_batch sum_i f_i * sum_s ||W_dec[i, s]||``, plus the
+auxiliary-k loss on dead features: the ``aux_k`` dead features with the largest ``h_i * sum_s ||W_dec[i, s]||``
 reconstruct the residual ``x - x_hat`` (detached, no decoder bias), scaled by
 ``aux_loss_coefficient * min(n_dead / aux_k, 1)``. ``aux_k`` defaults to half the input
 width, ``n_snapshots * d_in // 2`` (the TopK SAE papers' heuristic).
+
+Why an L1 term when k already sets the sparsity: k counts features per token, not the
+snapshots a feature writes to. With nothing pricing a decoder row, a feature's row at a
+snapshot where it is absent settles on whatever the tokens it fires on carry there (a
+co-firing partner, or another feature whose lifetime does not overlap), so its decoder norms
+date its emergence wrongly. The L1 term costs every row its norm, so a row stays near zero
+where the feature does not help. ``l1_coefficient = 0`` gives the plain TopK loss.
 
 With k much smaller than d_sae, training decodes only the active features instead of a
 dense ``[N, F] @ [F, S*D]`` matmul: a gather of their decoder rows through
@@ -14,7 +22,7 @@ dense ``[N, F] @ [F, S*D]`` matmul: a gather of their decoder rows through
 Triton gather-sum kernels of :mod:`crosslens.crosscoders.sparse_kernels`, whose decoder
 gradient is a sparse-transpose-dense matmul rather than ``embedding_bag``'s backward.
 
-With n_snapshots = 1 this is SAELens's ``topk`` SAE with
+With n_snapshots = 1 and ``l1_coefficient = 0`` this is SAELens's ``topk`` SAE with
 ``rescale_acts_by_decoder_norm=True``: same selection, reconstruction and losses; our
 code is ``ReLU(h)`` where SAELens's is ``ReLU(h) * ||W_dec||``.
 """
@@ -28,10 +36,10 @@ from jaxtyping import Float
 from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainStepInput
 
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
-from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig
+from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
 from crosslens.crosscoders.active_pairs import ActivePairs
 from crosslens.crosscoders.sparse_kernels import gather_decode, sparse_backend
-from crosslens.architectures import DEFAULT_K
+from crosslens.architectures import DEFAULT_K, TRAINING_DEFAULTS
 
 ARCHITECTURE = "topk_crosscoder"
 
@@ -63,9 +71,16 @@ class TopKTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=ARCHIT
     """Dead features used by the auxiliary loss; None means n_snapshots * d_in // 2."""
     sparse_decode: bool | None = None
     """Decode only the active features in training; None decides by k / d_sae <= 1/16."""
+    l1_coefficient: float = TRAINING_DEFAULTS[ARCHITECTURE].sparsity_coefficient  # type: ignore[assignment]
+    """Weight of the L1 term on the kept codes, ``f_i * sum_s ||W_dec[i, s]||`` (the ReLU
+    crosscoder's), which keeps decoder rows near zero at snapshots where their feature is
+    absent (``crosslens.architectures.TOPK_L1``); 0: plain TopK."""
+    l1_warm_up_steps: int = 0
+    """Steps over which ``l1_coefficient`` rises linearly from 0."""
 
     def __post_init__(self) -> None:
         _check_k(self.k, self.d_sae)
+        check_coefficient(self, "l1_coefficient", "l1_warm_up_steps")
         if self.aux_loss_coefficient < 0:
             raise ValueError(f"aux_loss_coefficient must be >= 0, got {self.aux_loss_coefficient}.")
         if self.aux_k is not None and self.aux_k < 1:
@@ -114,7 +129,7 @@ class TopKTrainingCrosscoder(
         return bool(self.cfg.sparse_decode)
 
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        return {}
+        return {"l1": TrainCoefficientConfig(value=self.cfg.l1_coefficient, warm_up_steps=self.cfg.l1_warm_up_steps)}
 
     def decode_active(
         self, indices: torch.Tensor, values: torch.Tensor, *, offsets: torch.Tensor | None = None, add_bias: bool = True
@@ -159,7 +174,16 @@ class TopKTrainingCrosscoder(
     def _sparsity_losses(
         self, step_input: TrainStepInput, fwd: CrosscoderPass
     ) -> dict[str, torch.Tensor]:
-        return {"auxiliary_reconstruction_loss": self.aux_k_loss(fwd, step_input.dead_neuron_mask)}
+        losses = {"auxiliary_reconstruction_loss": self.aux_k_loss(fwd, step_input.dead_neuron_mask)}
+        if self.cfg.l1_coefficient > 0:
+            l1 = self.collectives.token_mean_replicated(self.kept_l1_per_token(fwd, self.snapshot_norm_sums()))
+            losses["l1_loss"] = step_input.coefficients["l1"] * l1
+        return losses
+
+    def kept_l1_per_token(self, fwd: CrosscoderPass, norm_sums_F: torch.Tensor) -> torch.Tensor:
+        """``[N]``: ``sum_i f_ni * norm_sums_F[i]`` over each token's kept features."""
+        idx_NK, vals_NK = fwd.extras["idx_NK"], fwd.extras["vals_NK"]
+        return (vals_NK * norm_sums_F[idx_NK]).sum(dim=-1)
 
     def aux_k_loss(
         self, fwd: CrosscoderPass, dead_mask_F: torch.Tensor | None

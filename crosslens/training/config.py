@@ -21,6 +21,7 @@ from crosslens.architectures import (
     DEFAULT_K,
     DEFAULT_LR,
     defaults_for,
+    uses_k,
 )
 
 LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
@@ -91,8 +92,9 @@ class ArchitectureConfig:
     k: int = field(default=DEFAULT_K, metadata={"min": 1})
     """Active features per token of topk_crosscoder and batchtopk_crosscoder."""
     sparsity_coefficient: float | None = field(default=None, metadata={"flag": "--sparsity", "min": 0.0})
-    """lambda of the sparsity penalty (L1 for crosscoder, tanh for jumprelu_crosscoder); None: the
-    architecture's default (crosslens.architectures, shape-scaled for JumpReLU)."""
+    """lambda of the sparsity penalty (L1 for crosscoder, tanh for jumprelu_crosscoder, the L1
+    term beside k for topk_crosscoder and batchtopk_crosscoder); None: the architecture's
+    default (crosslens.architectures, shape-scaled for JumpReLU)."""
     sparsity_warm_up_fraction: float | None = field(default=None, metadata={"min": 0.0})
     """Fraction of the steps over which lambda rises linearly from 0; None: the architecture's
     (5% ReLU, 10% JumpReLU)."""
@@ -112,12 +114,12 @@ class ArchitectureConfig:
             raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {sorted(ARCHITECTURE_NAMES)}.")
         if self.d_sae < 1:
             raise ValueError(f"d_sae must be >= 1, got {self.d_sae}.")
-        if self.architecture.endswith("topk_crosscoder") and not 1 <= self.k <= self.d_sae:
+        if uses_k(self.architecture) and not 1 <= self.k <= self.d_sae:
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}.")
         if self.target_l0 is not None and self.architecture != "jumprelu_crosscoder":
             raise ValueError(
                 f"target_l0 steers JumpReLU's lambda; {self.architecture} sets its sparsity with "
-                + ("k" if self.architecture.endswith("topk_crosscoder") else "--sparsity")
+                + ("k" if uses_k(self.architecture) else "--sparsity")
                 + ": leave target_l0 (--target-l0) unset."
             )
         if self.sparse_step not in ("auto", "on", "off"):

@@ -1,7 +1,8 @@
 """Fresh training models, crosscoders and per-snapshot SAEs alike, built one way.
 
-SAELens configs name the sparsity term after its loss (``l1_coefficient`` for ReLU/standard,
-``l0_coefficient`` for JumpReLU) and TopK-style ones take ``k`` instead; crosslens's
+SAELens configs name the sparsity term after its loss (``l1_coefficient`` for ReLU/standard
+and the TopK-style crosscoders' L1 term, ``l0_coefficient`` for JumpReLU), and TopK-style
+ones take ``k`` as well (SAELens's ``topk`` SAE ``k`` alone); crosslens's
 callers say ``sparsity_coefficient`` and ``sparsity_warm_up_steps`` whatever the loss.
 :func:`build_training_model` does that translation for both families.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crosslens.architectures import DEFAULT_DECODER_INIT_NORM, DEFAULT_K, SPARSITY_FIELDS
+from crosslens.architectures import DEFAULT_DECODER_INIT_NORM, DEFAULT_K, SPARSITY_FIELDS, uses_k
 
 
 def build_training_model(
@@ -24,7 +25,7 @@ def build_training_model(
     **config: Any,
 ) -> Any:
     """``train_cls(cfg_cls(**config, <sparsity fields>))``: the coefficient and warm-up under
-    the architecture's own field names, or ``k`` for TopK-style architectures.
+    the architecture's own field names, and ``k`` for the TopK-style architectures.
 
     ``config`` holds the shape and anything else the config takes; it is applied last, so
     it may also override a sparsity field by its SAELens name.
@@ -32,8 +33,10 @@ def build_training_model(
     kwargs: dict[str, Any] = {}
     if architecture in SPARSITY_FIELDS:
         coefficient_field, warm_up_field = SPARSITY_FIELDS[architecture]
-        kwargs.update({coefficient_field: sparsity_coefficient, warm_up_field: sparsity_warm_up_steps})
-    else:
+        kwargs[warm_up_field] = sparsity_warm_up_steps
+        if sparsity_coefficient is not None:  # None: the config's own default
+            kwargs[coefficient_field] = sparsity_coefficient
+    if uses_k(architecture):
         kwargs.update(k=k)
     kwargs.update(config)
     return train_cls(cfg_cls(**kwargs))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from crosslens.architectures import defaults_for, sparsity_coefficient_for
+from crosslens.architectures import defaults_for, sparsity_coefficient_for, uses_k
 from crosslens.training.config import CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder
 from crosslens.training.trainer import CrosscoderTrainer
@@ -53,7 +53,7 @@ def train_planted(
     defaults = defaults_for(architecture)
     if k is None:
         mean_l0 = getattr(planted, "mean_l0", None)
-        if mean_l0 is None and defaults.sparsity_coefficient is None:
+        if mean_l0 is None and uses_k(architecture):
             raise ValueError(
                 f"train_planted({architecture!r}) needs k: the planted set has no mean_l0 to derive TopK's "
                 f"active latents per token from; pass k= (about 1.5 times the planted features firing per token)."
