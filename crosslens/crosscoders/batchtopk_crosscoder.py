@@ -27,7 +27,6 @@ from jaxtyping import Float
 from sae_lens.saes.sae import SAE
 from torch import nn
 
-from crosslens.architectures import TRAINING_DEFAULTS
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass
 from crosslens.crosscoders.config import CrosscoderConfig
 from crosslens.crosscoders.topk_crosscoder import (
@@ -51,8 +50,6 @@ class BatchTopKTrainingCrosscoderConfig(TopKTrainingCrosscoderConfig, architectu
     """Features kept per token on average over the batch."""
     topk_threshold_lr: float = 0.01
     """Rate of the moving average that turns the batch top-k cut-off into a fixed threshold."""
-    l1_coefficient: float = TRAINING_DEFAULTS[ARCHITECTURE].sparsity_coefficient  # type: ignore[assignment]
-    """Weight of the L1 term on the kept codes, as for topk_crosscoder (``crosslens.architectures.TOPK_L1``); 0: none."""
 
     def __post_init__(self) -> None:
         if not 0 < self.topk_threshold_lr <= 1:
@@ -122,7 +119,8 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD)
-        scores_NF = self.selection_scores(h_NF)
+        norm_sums_F = self.snapshot_norm_sums()  # one pass over W_dec for selection, L1 and aux-k
+        scores_NF = self.selection_scores(h_NF, norm_sums_F)
         # sorted flat indices run row by row, as embedding_bag's offsets need
         flat_idx = self._batch_top_indices(scores_NF).sort().values
         rows, cols = flat_idx // self.cfg.d_sae, flat_idx % self.cfg.d_sae
@@ -133,7 +131,7 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
             x_NSD=x_NSD,
             hidden_pre_NF=h_NF,
             feature_acts_NF=self.hook_sae_acts_post(f_NF),
-            extras={"rows": rows, "cols": cols, "vals": vals, "kept_scores": kept_scores},
+            extras={"rows": rows, "cols": cols, "vals": vals, "kept_scores": kept_scores, "norm_sums_F": norm_sums_F},
         )
 
     @torch.no_grad()
@@ -186,9 +184,9 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
         offsets_N = counts_N.cumsum(0) - counts_N
         return self.decode_active(fwd.extras["cols"], fwd.extras["vals"], offsets=offsets_N)
 
-    def kept_l1_per_token(self, fwd: CrosscoderPass, norm_sums_F: torch.Tensor) -> torch.Tensor:
+    def kept_l1_per_token(self, fwd: CrosscoderPass) -> torch.Tensor:
         rows, cols, vals = fwd.extras["rows"], fwd.extras["cols"], fwd.extras["vals"]
-        per_pair = vals * norm_sums_F[cols]
+        per_pair = vals * fwd.extras["norm_sums_F"][cols]
         return per_pair.new_zeros(fwd.hidden_pre_NF.shape[0]).index_add(0, rows, per_pair)
 
     @torch.no_grad()

@@ -39,7 +39,7 @@ from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, Crosscod
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
 from crosslens.crosscoders.active_pairs import ActivePairs
 from crosslens.crosscoders.sparse_kernels import gather_decode, sparse_backend
-from crosslens.architectures import DEFAULT_K, TRAINING_DEFAULTS
+from crosslens.architectures import DEFAULT_K, TOPK_L1
 
 ARCHITECTURE = "topk_crosscoder"
 
@@ -71,7 +71,7 @@ class TopKTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=ARCHIT
     """Dead features used by the auxiliary loss; None means n_snapshots * d_in // 2."""
     sparse_decode: bool | None = None
     """Decode only the active features in training; None decides by k / d_sae <= 1/16."""
-    l1_coefficient: float = TRAINING_DEFAULTS[ARCHITECTURE].sparsity_coefficient  # type: ignore[assignment]
+    l1_coefficient: float = TOPK_L1
     """Weight of the L1 term on the kept codes, ``f_i * sum_s ||W_dec[i, s]||`` (the ReLU
     crosscoder's), which keeps decoder rows near zero at snapshots where their feature is
     absent (``crosslens.architectures.TOPK_L1``); 0: plain TopK."""
@@ -94,10 +94,11 @@ def _check_k(k: float, d_sae: int) -> None:
 
 
 class _TopKCrosscoderMath(CrosscoderMixin):
-    def selection_scores(self, h: torch.Tensor) -> torch.Tensor:
-        """``ReLU(h_i) * sum_s ||W_dec[i, s]||``, the quantity top-k ranks (no gradient)."""
+    def selection_scores(self, h: torch.Tensor, norm_sums_F: torch.Tensor | None = None) -> torch.Tensor:
+        """``ReLU(h_i) * sum_s ||W_dec[i, s]||``, the quantity top-k ranks (no gradient);
+        ``norm_sums_F``: the step's :meth:`snapshot_norm_sums`, when it has them already."""
         with torch.no_grad():
-            return h.relu() * self.snapshot_norm_sums()
+            return h.relu() * (self.snapshot_norm_sums() if norm_sums_F is None else norm_sums_F)
 
     def encode(
         self, x: Float[torch.Tensor, "... n_snapshots d_in"]
@@ -151,7 +152,8 @@ class TopKTrainingCrosscoder(
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD)
-        idx_NK = self.selection_scores(h_NF).topk(self.cfg.k, dim=-1, sorted=False).indices
+        norm_sums_F = self.snapshot_norm_sums()  # one pass over W_dec for selection, L1 and aux-k
+        idx_NK = self.selection_scores(h_NF, norm_sums_F).topk(self.cfg.k, dim=-1, sorted=False).indices
         idx_NK = idx_NK.sort(dim=-1).values  # canonical order for the sparse decode's sum
         vals_NK = h_NF.gather(-1, idx_NK).relu()  # relu of k values, not of all d_sae
         if self.uses_sparse_decode:
@@ -163,7 +165,7 @@ class TopKTrainingCrosscoder(
             x_NSD=x_NSD,
             hidden_pre_NF=h_NF,
             feature_acts_NF=self.hook_sae_acts_post(f_NF),
-            extras={"idx_NK": idx_NK, "vals_NK": vals_NK},
+            extras={"idx_NK": idx_NK, "vals_NK": vals_NK, "norm_sums_F": norm_sums_F},
         )
 
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
@@ -176,14 +178,14 @@ class TopKTrainingCrosscoder(
     ) -> dict[str, torch.Tensor]:
         losses = {"auxiliary_reconstruction_loss": self.aux_k_loss(fwd, step_input.dead_neuron_mask)}
         if self.cfg.l1_coefficient > 0:
-            l1 = self.collectives.token_mean_replicated(self.kept_l1_per_token(fwd, self.snapshot_norm_sums()))
+            l1 = self.collectives.token_mean_replicated(self.kept_l1_per_token(fwd))
             losses["l1_loss"] = step_input.coefficients["l1"] * l1
         return losses
 
-    def kept_l1_per_token(self, fwd: CrosscoderPass, norm_sums_F: torch.Tensor) -> torch.Tensor:
-        """``[N]``: ``sum_i f_ni * norm_sums_F[i]`` over each token's kept features."""
+    def kept_l1_per_token(self, fwd: CrosscoderPass) -> torch.Tensor:
+        """``[N]``: ``sum_i f_ni * sum_s ||W_dec[i, s]||`` over each token's kept features."""
         idx_NK, vals_NK = fwd.extras["idx_NK"], fwd.extras["vals_NK"]
-        return (vals_NK * norm_sums_F[idx_NK]).sum(dim=-1)
+        return (vals_NK * fwd.extras["norm_sums_F"][idx_NK]).sum(dim=-1)
 
     def aux_k_loss(
         self, fwd: CrosscoderPass, dead_mask_F: torch.Tensor | None
@@ -197,7 +199,7 @@ class TopKTrainingCrosscoder(
         residual_NSD = (fwd.x_NSD.to(fwd.recon_NSD.dtype) - fwd.recon_NSD).detach()
         h_NF = fwd.hidden_pre_NF
         with torch.no_grad():
-            scores_NF = h_NF * self.snapshot_norm_sums()
+            scores_NF = h_NF * fwd.extras["norm_sums_F"]
             scores_NF = scores_NF.masked_fill(~dead_mask_F.to(torch.bool)[None], -torch.inf)
             # ascending feature order: the gathered sum is then the same whatever order
             # topk returned, which keeps training bit-reproducible across resumes
