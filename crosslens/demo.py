@@ -211,7 +211,8 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
     if run_file.exists():
         try:
             recorded = {k: v for k, v in json.loads(run_file.read_text()).items() if k != RUN_STORE_SEAL}
-            wanted = asdict(replace(runner_config, store_path=str(Path(runner_config.store_path).resolve())))
+            # runner.config, not runner_config: run.json records the precision "auto" resolved to
+            wanted = asdict(replace(runner.config, store_path=str(Path(runner_config.store_path).resolve())))
             settings_changed = recorded != json.loads(json.dumps(wanted))
         except (ValueError, AttributeError):  # a damaged run.json
             settings_changed = True

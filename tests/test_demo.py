@@ -15,3 +15,33 @@ def test_choose_steps_keeps_ends_and_covers_early_and_late_training():
 
 def test_choose_steps_returns_everything_when_asked_for_more():
     assert _choose_steps(PICO_STEPS, 30) == PICO_STEPS
+
+
+def test_train_stage_reuses_its_crosscoder_and_retrains_on_new_settings(tmp_path, capsys):
+    """A second demo run reuses the trained crosscoder (run.json records the precision that
+    "auto" resolved to, which must compare equal), and a changed setting retrains it."""
+    from dataclasses import replace
+
+    import torch
+
+    from crosslens.activations import harvest_activations
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.demo import DemoConfig, train_stage
+    from crosslens.training.config import ArchitectureConfig
+    from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
+
+    hook = "blocks.0.hook_resid_post"
+    write_local_suite(tmp_path / "suite", {f"step{s}": tiny_neox(seed=s) for s in (0, 10)}, make_word_tokenizer())
+    tokens = torch.randint(3, FAKE_VOCAB_SIZE, (16, 16), generator=torch.Generator().manual_seed(0))
+    harvest_activations(CheckpointSuite.local(tmp_path / "suite"), hook, tokens, tmp_path / "store", progress=False)
+    config = replace(
+        DemoConfig(), hook=hook, sae=ArchitectureConfig("jumprelu_crosscoder", d_sae=32), n_steps=20,
+        train_batch_size_tokens=64,
+    )  # fmt: skip
+    first = train_stage(tmp_path / "store", tmp_path / "run", config)
+    capsys.readouterr()
+    again = train_stage(tmp_path / "store", tmp_path / "run", config)
+    assert "reusing trained crosscoder" in capsys.readouterr().out
+    assert torch.equal(first.W_dec, again.W_dec)
+    train_stage(tmp_path / "store", tmp_path / "run", replace(config, n_steps=30))
+    assert "demo settings or activations changed" in capsys.readouterr().out
