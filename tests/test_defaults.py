@@ -37,13 +37,13 @@ def test_sparsity_defaults_per_entry_point():
     from crosslens.training import baselines
 
     shape = dict(n_snapshots=8, d_in=64, d_sae=128)
-    assert sparsity_coefficient_for("jumprelu_crosscoder", **shape) == pytest.approx(0.6 * 8 * 64 / 128)
+    assert sparsity_coefficient_for("jumprelu_crosscoder", **shape) == pytest.approx(0.45 * 8 * 64 / 128)
     assert sparsity_coefficient_for("crosscoder", **shape) == 1.0
     assert sparsity_coefficient_for("topk_crosscoder", **shape) == sparsity_coefficient_for("batchtopk_crosscoder", **shape) == 0.25
     # the architectures' own configs default to the same table
     import crosslens.crosscoders as cc
 
-    assert cc.ARCHITECTURES["jumprelu_crosscoder"][3](**shape).l0_coefficient == pytest.approx(0.6 * 8 * 64 / 128)
+    assert cc.ARCHITECTURES["jumprelu_crosscoder"][3](**shape).l0_coefficient == pytest.approx(0.45 * 8 * 64 / 128)
     assert cc.ARCHITECTURES["jumprelu_crosscoder"][3](**shape, l0_coefficient=0.3).l0_coefficient == 0.3
     assert cc.ARCHITECTURES["crosscoder"][3](**shape).l1_coefficient == 1.0
     assert cc.ARCHITECTURES["topk_crosscoder"][3](**shape).k == cc.ARCHITECTURES["batchtopk_crosscoder"][3](**shape).k == 32
