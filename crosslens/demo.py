@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -213,8 +213,7 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
     if run_file.exists():
         try:
             recorded = {k: v for k, v in json.loads(run_file.read_text()).items() if k != RUN_STORE_SEAL}
-            # runner.config, not runner_config: run.json records the precision "auto" resolved to
-            wanted = asdict(replace(runner.config, store_path=str(Path(runner_config.store_path).resolve())))
+            wanted = {k: v for k, v in runner.run_record().items() if k != RUN_STORE_SEAL}
             settings_changed = recorded != json.loads(json.dumps(wanted))
         except (ValueError, AttributeError):  # a damaged run.json
             settings_changed = True
