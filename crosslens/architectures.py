@@ -75,8 +75,9 @@ At 2 the weakest planted features went unrecovered. Recovered, seeds 0-2, from 2
 - the independent generator (magnitudes spread 14-21x): 44, 36, 44 to 46, 41, 47;
 - ``wide``: 0.94-0.96 to 1.00;
 - ``zipf``: held;
-- ``correlated``: 0.78-0.93 to 0.83-0.88 (mean 0.86 to 0.85), where the misses are latents
-  shared by two features, not weak features.
+- ``correlated``: 0.78-0.93 to 0.83-0.88 (mean 0.86 to 0.85). There the misses are not weak
+  features but latents that also write part of a co-firing partner, which the L1 term pays
+  for (``crosslens.analysis.absorption``); lambda does not move them.
 On pico (d_sae 1024) explained variance went from 97.1% to 98.3%, at mean L0 12.9 against
 10.4, with spliced CE recovery within 1.6 points per snapshot. The ``bayazit2025-pythia-1b``
 recipe keeps the paper's 2."""

@@ -8,7 +8,8 @@ with nothing overridden (its sparsity coefficient, learning rate, warm-up, k, 30
 generator and architecture, the recovered fraction (planted features matched one-to-one at
 decoder cosine >= 0.9 where the feature is present) and the exact-emergence fraction
 (emergence snapshot and class exact, among the recovered) as mean +/- sd and the per-seed
-values, and the latents' L0.
+values, the share of matched latents that absorb other planted features
+(:mod:`crosslens.analysis.absorption`), and the latents' L0.
 
     PYTHONPATH=. python scripts/planted_generators.py --jobs 2                  # 4 generators x 4 x 3 seeds
     PYTHONPATH=. python scripts/planted_generators.py --steps 1000 --seeds 0    # a short look first
@@ -64,7 +65,10 @@ def run_one(generator: str, arch: str, seed: int, steps: int | None, overrides: 
     training = {} if steps is None else {"n_steps": steps}
     crosscoder = train_planted(planted, arch, seed=seed, **training, **overrides)
     result = score(planted, crosscoder, before=False, seconds=time.perf_counter() - start)
-    keys = ("n_recovered", "n_planted", "recovered_fraction", "timeline_accuracy", "min_mmcs", "l0", "seconds")
+    keys = (
+        "n_recovered", "n_planted", "recovered_fraction", "timeline_accuracy", "min_mmcs", "l0", "seconds",
+        "absorbing_fraction", "absorbed_share_median",
+    )
     summary = {k: result[k] for k in keys}
     summary.update(generator=generator, arch=arch, seed=seed)
     coefficient = getattr(crosscoder.cfg, "l0_coefficient", None)
@@ -79,8 +83,8 @@ def _cell(values: list[float]) -> str:
 
 
 def table(runs: list[dict]) -> bool:
-    print("| generator | architecture | recovered | exact emergence | L0 | lambda at end |")
-    print("|---|---|---|---|---|---|")
+    print("| generator | architecture | recovered | exact emergence | absorbing | L0 | lambda at end |")
+    print("|---|---|---|---|---|---|---|")
     all_pass = True
     groups: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
@@ -94,6 +98,7 @@ def table(runs: list[dict]) -> bool:
         lam = [r["l0_coefficient"] for r in group if "l0_coefficient" in r]
         print(
             f"| {generator} | {arch} | {_cell(recovered)} | {_cell(exact)} | "
+            f"{_cell([r['absorbing_fraction'] for r in group])} | "
             f"{statistics.fmean(r['l0'] for r in group):.2f} | {_cell(lam) if lam else '-'} |"
             + ("" if passed else " below target")
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from crosslens.analysis.absorption import ABSORBING_SHARE, absorbed_shares
 from crosslens.analysis.evolution import NO_STEP, feature_lifetimes, presence_strength
 from crosslens.analysis import (
     EvolutionAnalysis,
@@ -122,6 +123,26 @@ def test_seed_stability_matches_features_and_compares_their_timelines():
     assert ">Seed stability</h2>" in page and "s0 vs s1" in page
 
 
+def test_absorbed_shares_count_the_other_planted_features_a_latent_writes():
+    planted = PlantedEvolution.build(PlantedConfig.hard(seed=0))
+    truth = planted.decoder.double()
+    learned = truth.clone()
+    # latent 0 writes feature 1 at half feature 0's strength; latent 2 adds a direction no
+    # planted feature has, which is a worse latent but not an absorbing one
+    learned[0] = truth[0] + 0.5 * truth[1] * truth[0].norm() / truth[1].norm()
+    span = torch.linalg.qr(truth.flatten(1).T).Q
+    stray = torch.randn(truth[2].numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    stray = stray - span @ (span.T @ stray)
+    learned[2] = truth[2] + (0.5 * truth[2].norm() / stray.norm() * stray).reshape(truth[2].shape)
+    shares = absorbed_shares(learned, truth, [(0, 0), (1, 1), (2, 2), (3, 3)])
+    assert shares[0] == pytest.approx(0.5, rel=1e-6)
+    assert shares[1:] == pytest.approx([0.0, 0.0, 0.0], abs=1e-6)
+    assert absorbed_shares(learned, truth, []) == []
+    scores = planted_scores(EvolutionAnalysis.from_decoder(learned.float(), planted.steps), planted)
+    assert scores["absorbing_fraction"] == pytest.approx(1 / planted.config.n_features)
+    assert ABSORBING_SHARE < 0.5
+
+
 def test_planted_scores_add_saelens_metrics_and_leakage():
     planted = PlantedEvolution.build(PlantedConfig.hard(seed=0))
     acts, coeff = planted.sample(4000, torch.Generator().manual_seed(0))
@@ -131,6 +152,7 @@ def test_planted_scores_add_saelens_metrics_and_leakage():
     assert scores["sae_lens_mcc"] == pytest.approx(1.0) and scores["sae_lens_uniqueness"] == 1.0
     assert scores["sae_lens_precision"] == pytest.approx(1.0) and scores["sae_lens_recall"] == pytest.approx(1.0)
     assert scores["absent_norm"] == 0.0 and scores["absent_above_threshold"] == 0.0
+    assert scores["absorbing_fraction"] == 0.0 and scores["absorbed_share_median"] == pytest.approx(0.0, abs=1e-9)
     # Leak 0.4 of each feature's peak into every absent snapshot: timelines break, MCC barely moves.
     leaky = planted.decoder.clone()
     peak = leaky.norm(dim=-1).amax(1)

@@ -20,6 +20,7 @@ activation store's.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
+from crosslens.analysis.absorption import ABSORBING_SHARE, absorbed_shares
 from crosslens.analysis.evolution import NO_STEP
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 
@@ -527,7 +529,10 @@ def planted_scores(
     there) and ``sae_lens_uniqueness`` (share of live learned latents whose best planted
     match is their own). Leakage: ``absent_norm`` (mean normalised decoder norm of the
     recovered latents at snapshots where their planted feature is absent) and
-    ``absent_above_threshold`` (share of those at or above the emergence threshold). With
+    ``absent_above_threshold`` (share of those at or above the emergence threshold).
+    Absorption (:mod:`crosslens.analysis.absorption`): ``absorbing_fraction`` (matched
+    latents that carry other planted features at >= ``ABSORBING_SHARE`` of their own) and
+    ``absorbed_share_median`` (the median of that share over matched latents). With
     ``codes`` (the crosscoder's ``[n, d_sae]`` codes of sampled tokens) and the tokens' true
     ``coefficients`` (from :meth:`PlantedEvolution.sample`), also SAELens's firing
     precision/recall/F1 of the recovered latents as detectors of their planted feature
@@ -565,6 +570,11 @@ def planted_scores(
             sae_lens_precision=metrics.precision, sae_lens_recall=metrics.recall, sae_lens_f1=metrics.f1_score
         )
     mmcs = result["mmcs_per_snapshot"]
+    shares = absorbed_shares(W_FSD, truth_PSD, list(zip(match.learned, match.planted)))
+    result.update(
+        absorbing_fraction=sum(s >= ABSORBING_SHARE for s in shares) / len(shares) if shares else 0.0,
+        absorbed_share_median=statistics.median(shares) if shares else 0.0,
+    )
     result.update(
         absent_norm=float(absent_FS.mean()) if absent_FS.numel() else 0.0,
         absent_above_threshold=float((absent_FS >= analysis.config.emergence_threshold).float().mean())
