@@ -61,46 +61,39 @@ def make_word_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+_SMALL = dict(
+    vocab_size=FAKE_VOCAB_SIZE,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+"""The shape every tiny model but BLOOM shares (BLOOM names its fields differently)."""
+
+
+def _tiny(model_cls, config_cls, seed: int, settings: dict, overrides: dict):
+    """``model_cls`` from ``config_cls(**settings, **overrides)``, its weights drawn after
+    ``torch.manual_seed(seed)``, in eval mode."""
+    torch.manual_seed(seed)
+    config = config_cls(**{**settings, **overrides})
+    config.architectures = [model_cls.__name__]
+    return model_cls(config).eval()
+
+
 def tiny_neox(seed: int, **overrides) -> GPTNeoXForCausalLM:
     """A randomly initialised 2-layer GPT-NeoX (Pythia's architecture), d_model 32."""
-    torch.manual_seed(seed)
-    settings = dict(
-        vocab_size=FAKE_VOCAB_SIZE,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        rotary_pct=0.25,
-        bos_token_id=0,
-        eos_token_id=0,
-        tie_word_embeddings=False,
-    )
-    settings.update(overrides)
-    config = GPTNeoXConfig(**settings)
-    config.architectures = ["GPTNeoXForCausalLM"]
-    return GPTNeoXForCausalLM(config).eval()
+    settings = dict(_SMALL, rotary_pct=0.25, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+    return _tiny(GPTNeoXForCausalLM, GPTNeoXConfig, seed, settings, overrides)
+
+
+_OLMO_TOKENS = dict(pad_token_id=2, bos_token_id=None, eos_token_id=0)
 
 
 def tiny_olmo(seed: int, **overrides) -> OlmoForCausalLM:
     """A randomly initialised 2-layer OLMo (v1, as in ``allenai/OLMo-1B-hf``), d_model 32."""
-    torch.manual_seed(seed)
-    settings = dict(
-        vocab_size=FAKE_VOCAB_SIZE,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=2,
-        bos_token_id=None,
-        eos_token_id=0,
-        tie_word_embeddings=True,
-    )
-    settings.update(overrides)
-    config = OlmoConfig(**settings)
-    config.architectures = ["OlmoForCausalLM"]
-    return OlmoForCausalLM(config).eval()
+    settings = dict(_SMALL, **_OLMO_TOKENS, tie_word_embeddings=True)
+    return _tiny(OlmoForCausalLM, OlmoConfig, seed, settings, overrides)
 
 
 def tiny_olmo2(seed: int, **overrides) -> Olmo2ForCausalLM:
@@ -108,49 +101,23 @@ def tiny_olmo2(seed: int, **overrides) -> Olmo2ForCausalLM:
 
     Norm gains and the QK-norm weights are randomised too (they start at 1), so a converter
     that dropped or misplaced one would change the log-probs."""
-    torch.manual_seed(seed)
-    settings = dict(
-        vocab_size=FAKE_VOCAB_SIZE,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=2,
-        bos_token_id=None,
-        eos_token_id=0,
-        tie_word_embeddings=False,
-    )
-    settings.update(overrides)
-    config = Olmo2Config(**settings)
-    config.architectures = ["Olmo2ForCausalLM"]
-    return _randomise_norms(Olmo2ForCausalLM(config).eval())
+    settings = dict(_SMALL, **_OLMO_TOKENS, tie_word_embeddings=False)
+    return _randomise_norms(_tiny(Olmo2ForCausalLM, Olmo2Config, seed, settings, overrides))
 
 
 def tiny_olmo3(seed: int, **overrides) -> Olmo3ForCausalLM:
     """A randomly initialised 2-layer OLMo-3 (as in ``allenai/Olmo-3-1025-7B``), d_model 32:
     grouped-query attention (2 key/value heads for 4), one sliding-window layer (window 4)
     and one full-attention layer, random norm gains."""
-    torch.manual_seed(seed)
     settings = dict(
-        vocab_size=FAKE_VOCAB_SIZE,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        _SMALL,
+        **_OLMO_TOKENS,
         num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
         sliding_window=4,
         layer_types=["sliding_attention", "full_attention"],
-        pad_token_id=2,
-        bos_token_id=None,
-        eos_token_id=0,
         tie_word_embeddings=False,
     )
-    settings.update(overrides)
-    config = Olmo3Config(**settings)
-    config.architectures = ["Olmo3ForCausalLM"]
-    return _randomise_norms(Olmo3ForCausalLM(config).eval())
+    return _randomise_norms(_tiny(Olmo3ForCausalLM, Olmo3Config, seed, settings, overrides))
 
 
 def _randomise_norms(model: PreTrainedModel) -> PreTrainedModel:
@@ -163,20 +130,10 @@ def _randomise_norms(model: PreTrainedModel) -> PreTrainedModel:
 
 def tiny_bloom(seed: int, **overrides) -> BloomForCausalLM:
     """A randomly initialised 2-layer BLOOM, d_model 32."""
-    torch.manual_seed(seed)
     settings = dict(
-        vocab_size=FAKE_VOCAB_SIZE,
-        hidden_size=32,
-        n_layer=2,
-        n_head=4,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=2,
+        vocab_size=FAKE_VOCAB_SIZE, hidden_size=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0, pad_token_id=2
     )
-    settings.update(overrides)
-    config = BloomConfig(**settings)
-    config.architectures = ["BloomForCausalLM"]
-    return BloomForCausalLM(config).eval()
+    return _tiny(BloomForCausalLM, BloomConfig, seed, settings, overrides)
 
 
 def repo_folder(hf_home: str | os.PathLike, repo_id: str) -> Path:

@@ -11,13 +11,12 @@ from sae_lens import SAE
 import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectures with SAELens)
 from crosslens.activations import harvest_activations
 from crosslens.checkpoints import CheckpointSuite
-from crosslens.training.config import ArchitectureConfig
 from crosslens.training.runner import (
-    CrosscoderRunnerConfig,
     CrosscoderTrainingRunner,
     evaluate_crosscoder,
 )
 from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
+from trust_fixtures import run_config
 
 HOOK = "blocks.0.hook_resid_post"
 
@@ -34,25 +33,8 @@ def store_path(tmp_path_factory):
 
 
 def _config(store_path, out_dir, **overrides):
-    settings = dict(
-        store_path=str(store_path),
-        out_dir=str(out_dir),
-        architecture="crosscoder",
-        d_sae=64,
-        n_steps=60,
-        batch_size=128,
-        lr=3e-3,
-        sparsity_coefficient=0.01,
-        checkpoint_every=30,
-        progress=False,
-    )
-    settings.update(overrides)
-    sae = {key: settings.pop(key) for key in SAE_FIELDS if key in settings}
-    settings["train_batch_size_tokens"] = settings.pop("batch_size")
-    return CrosscoderRunnerConfig(**settings, sae=ArchitectureConfig(**sae))
-
-
-SAE_FIELDS = ("architecture", "d_sae", "k", "sparsity_coefficient", "sparsity_warm_up_fraction", "decoder_init_norm")
+    settings = dict(d_sae=64, n_steps=60, batch_size=128, checkpoint_every=30)
+    return run_config(store_path, out_dir, **{**settings, **overrides})
 
 
 def test_runner_trains_saves_and_records_provenance(store_path, tmp_path):
