@@ -8,6 +8,11 @@ Bayazit et al.
 lambda is the ``"l1"`` coefficient, warmed up linearly over ``l1_warm_up_steps``.
 With n_snapshots = 1 this is SAELens's ``standard`` SAE with ``apply_b_dec_to_input=False``
 (its L1 term is weighted by the decoder norm in the same way).
+
+What the L1 term costs: a latent that writes ``d_i + a d_p`` pays ``||d_i + a d_p||`` where
+two latents pay ``||d_i|| + a ||d_p||``, so where two features fire together on most tokens
+the cheaper code absorbs part of one into the other's latent; the planted benchmark measures
+it (:mod:`crosslens.analysis.absorption`).
 """
 
 from __future__ import annotations

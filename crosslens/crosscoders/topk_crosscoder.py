@@ -16,6 +16,11 @@ co-firing partner, or another feature whose lifetime does not overlap), so its d
 date its emergence wrongly. The L1 term costs every row its norm, so a row stays near zero
 where the feature does not help. ``l1_coefficient = 0`` gives the plain TopK loss.
 
+What a fixed k costs: where two features fire together on most tokens, one latent that
+writes both saves a slot on each of those tokens, so TopK absorbs one into the other more
+than BatchTopK (whose budget is the batch's) or JumpReLU do; the planted benchmark measures
+it (:mod:`crosslens.analysis.absorption`).
+
 With k much smaller than d_sae, training decodes only the active features instead of a
 dense ``[N, F] @ [F, S*D]`` matmul: a gather of their decoder rows through
 ``embedding_bag`` on a CPU (``benchmarks/train.py`` measures the speed-up), and on CUDA the
