@@ -32,6 +32,7 @@ from crosslens.analysis.plots import (
     feature_trajectories,
     probe_scatter,
 )
+from trust_fixtures import one_torch_thread
 
 # Normalised timelines (each row's peak is 1) with the expected (emergence, peak, fade, class)
 # under the default thresholds (emergence 0.3, fade 0.2) in Ge et al.'s decoder-norm mode;
@@ -54,11 +55,8 @@ ROBUST_CASES = {4: (0, 3, NO_STEP, "initialization")}
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    # Tensors here are tiny; on a shared 2-core machine extra intra-op threads only contend.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def _case_norms() -> torch.Tensor:

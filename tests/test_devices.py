@@ -12,6 +12,7 @@ import torch
 
 from crosslens.checkpoints.on_device import on_device
 from crosslens.cli import main
+from trust_fixtures import one_line_exit_2
 from crosslens.core import devices
 from crosslens.core.devices import (
     DeviceError,
@@ -127,22 +128,13 @@ def test_on_device_binds_device_and_dtype_to_suite_loads():
 # --------------------------------------------------------------------------- CLI
 
 
-def _one_line_exit_2(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 def test_cli_refuses_an_absent_device_in_one_line(monkeypatch, capsys, tmp_path):
     _no_accelerators(monkeypatch)
-    err = _one_line_exit_2(["train", "--store", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cuda"], capsys)
+    err = one_line_exit_2(["train", "--store", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cuda"], capsys)
     assert "--device cpu" in err and err.startswith("crosslens train: error:")
-    err = _one_line_exit_2(["harvest", "--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path), "--dtype", "int8"], capsys)
+    err = one_line_exit_2(["harvest", "--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path), "--dtype", "int8"], capsys)
     assert "--dtype" in err
-    err = _one_line_exit_2(["suite", "build", "--dtype", "bf16"], capsys)
+    err = one_line_exit_2(["suite", "build", "--dtype", "bf16"], capsys)
     assert "float32" in err
 
 

@@ -22,6 +22,7 @@ from crosslens.plan import (
     plan_config_from_recipe,
 )
 from crosslens.recipes import list_recipes, load_recipe
+from trust_fixtures import one_line_exit_2
 
 TINY = ModelSpec(name="tiny", d_model=8, n_layers=2, d_mlp=32, vocab=100, n_params=2000)
 
@@ -130,21 +131,12 @@ def test_plan_config_refuses_inconsistent_meshes():
         _tiny(hook="blocks.7.hook_resid_post")
 
 
-def _one_line_exit_2(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
-def test_plan_cli_errors_are_one_line_exit_2(capsys):
-    assert "unknown recipe 'nope'" in _one_line_exit_2(["plan", "--recipe", "nope"], capsys)
-    assert "--mesh" in _one_line_exit_2(["plan", "--recipe", "ge2025-pythia-160m", "--mesh", "1x64"], capsys)
-    assert "--mesh" in _one_line_exit_2(["plan", "--recipe", "ge2025-pythia-160m", "--mesh", "2by4"], capsys)
-    assert "--n-snapshots" in _one_line_exit_2(["plan", "--suite", "EleutherAI/pythia-160m", "--hook", "x"], capsys)
-    assert "sizes of 'gpt2'" in _one_line_exit_2(["plan", "--suite", "gpt2", "--n-snapshots", "2", "--hook", "blocks.0.hook_resid_post"], capsys)
+def test_plan_cli_errors_areone_line_exit_2(capsys):
+    assert "unknown recipe 'nope'" in one_line_exit_2(["plan", "--recipe", "nope"], capsys)
+    assert "--mesh" in one_line_exit_2(["plan", "--recipe", "ge2025-pythia-160m", "--mesh", "1x64"], capsys)
+    assert "--mesh" in one_line_exit_2(["plan", "--recipe", "ge2025-pythia-160m", "--mesh", "2by4"], capsys)
+    assert "--n-snapshots" in one_line_exit_2(["plan", "--suite", "EleutherAI/pythia-160m", "--hook", "x"], capsys)
+    assert "sizes of 'gpt2'" in one_line_exit_2(["plan", "--suite", "gpt2", "--n-snapshots", "2", "--hook", "blocks.0.hook_resid_post"], capsys)
 
 
 def test_plan_cli_table_and_json(capsys):
@@ -180,7 +172,7 @@ def test_train_recipe_values_are_defaults_and_flags_win():
 
 
 def test_train_recipe_offline_names_the_missing_weights(offline_hf_home, tmp_path, capsys):
-    err = _one_line_exit_2(["train", "--recipe", "ge2025-pythia-160m", "--out", str(tmp_path), "--device", "cpu"], capsys)
+    err = one_line_exit_2(["train", "--recipe", "ge2025-pythia-160m", "--out", str(tmp_path), "--device", "cpu"], capsys)
     assert "EleutherAI/pythia-160m at step0 and 31 more" in err and "HF_HUB_OFFLINE" in err
-    err = _one_line_exit_2(["train", "--out", str(tmp_path), "--device", "cpu"], capsys)
+    err = one_line_exit_2(["train", "--out", str(tmp_path), "--device", "cpu"], capsys)
     assert "--store" in err and "--recipe" in err

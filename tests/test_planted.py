@@ -26,6 +26,7 @@ from crosslens.analysis import (
 )
 from crosslens.analysis.probes import firing_frequency
 from crosslens.analysis.synthetic import match_planted, planted_mmcs, planted_recovery
+from trust_fixtures import one_torch_thread
 
 N_STEPS = 2000
 BATCH = 256
@@ -33,11 +34,8 @@ BATCH = 256
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    # Tensors here are tiny; on a shared 2-core machine extra intra-op threads only contend.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 # ---------------------------------------------------------------------------

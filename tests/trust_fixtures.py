@@ -27,6 +27,20 @@ OTHER_HOOK = "blocks.1.hook_resid_post"
 SHARD_TOKENS = 80  # 5 rows of 16 per shard -> 5 shards
 
 
+def one_line_exit_2(argv: list[str], capsys) -> str:
+    """The CLI's error for ``argv``: exit status 2 and one line on stderr, which is returned."""
+    import pytest
+
+    from crosslens.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
 @contextmanager
 def one_torch_thread() -> Iterator[None]:
     """Tiny shapes run fastest on one thread (and a shared CI machine punishes more)."""
