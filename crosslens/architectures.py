@@ -24,32 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
-class TrainingDefaults:
-    """One architecture's defaults when the user sets nothing."""
-
-    lr: float
-    """Adam learning rate."""
-    sparsity_coefficient: float
-    """lambda of the sparsity term (for the TopK-style architectures, whose sparsity ``k``
-    sets, the weight of the L1 term beside it)."""
-    sparsity_per_shape: bool
-    """Multiply ``sparsity_coefficient`` by ``n_snapshots * d_in / d_sae`` (see
-    :func:`sparsity_coefficient_for`)."""
-    sparsity_warm_up: float
-    """Fraction of training over which lambda warms up from 0."""
-    decoder_init_norm: float
-    """Norm of every decoder row at initialisation."""
-    k: int
-    """Active features per token for the TopK-style architectures (unused by the others)."""
-    coefficient_field: str
-    """The SAELens config field holding lambda (``l1_coefficient``, ``l0_coefficient``)."""
-    warm_up_field: str
-    """The SAELens config field holding lambda's warm-up steps."""
-    source: str
-    """Where these numbers come from."""
-
-
 DEFAULT_DECODER_INIT_NORM = 0.08
 """Norm of every decoder row at initialisation (Bayazit et al.)."""
 
@@ -59,6 +33,34 @@ DEFAULT_K = 32
 DEFAULT_LR = 1e-3
 """Every architecture's learning rate but JumpReLU's (``JUMPRELU_LR``), and CrosscoderTrainerConfig's: measured to converge within
 the pico demo's step budget (NOTES.md); the papers' 5e-5 is for runs of hundreds of millions of tokens."""
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """One architecture's defaults when the user sets nothing; a field left out of an entry of
+    :data:`TRAINING_DEFAULTS` takes the value every architecture shares."""
+
+    sparsity_coefficient: float
+    """lambda of the sparsity term (for the TopK-style architectures, whose sparsity ``k``
+    sets, the weight of the L1 term beside it)."""
+    source: str
+    """Where these numbers come from."""
+    lr: float = DEFAULT_LR
+    """Adam learning rate."""
+    sparsity_per_shape: bool = False
+    """Multiply ``sparsity_coefficient`` by ``n_snapshots * d_in / d_sae`` (see
+    :func:`sparsity_coefficient_for`)."""
+    sparsity_warm_up: float = 0.0
+    """Fraction of training over which lambda warms up from 0."""
+    decoder_init_norm: float = DEFAULT_DECODER_INIT_NORM
+    """Norm of every decoder row at initialisation."""
+    k: int = DEFAULT_K
+    """Active features per token for the TopK-style architectures (unused by the others)."""
+    coefficient_field: str = "l1_coefficient"
+    """The SAELens config field holding lambda (``l1_coefficient``, ``l0_coefficient``)."""
+    warm_up_field: str = "l1_warm_up_steps"
+    """The SAELens config field holding lambda's warm-up steps."""
+
 
 JUMPRELU_LR = 3e-3
 """The JumpReLU crosscoder's learning rate, higher than the others': at 1e-3 it is still
@@ -98,11 +100,14 @@ of its recovered features with the exact emergence on ``hard`` and ``correlated`
 BatchTopK recovers 0.94-1.00 with 0.95-1.00 exact on every planted generator and seed. 0.5
 cost recovery on ``correlated`` (0.88 on one seed); 0 is plain TopK."""
 
+_TOPK = TrainingDefaults(
+    sparsity_coefficient=TOPK_L1,
+    source="k = 32 as SAELens's TopK default; L1 on the kept codes measured on five planted generators; lr measured on pico",
+)
+
 TRAINING_DEFAULTS: dict[str, TrainingDefaults] = {
     "crosscoder": TrainingDefaults(
-        lr=DEFAULT_LR, sparsity_coefficient=RELU_L1, sparsity_per_shape=False, sparsity_warm_up=0.05,
-        decoder_init_norm=DEFAULT_DECODER_INIT_NORM, k=DEFAULT_K,
-        coefficient_field="l1_coefficient", warm_up_field="l1_warm_up_steps",
+        sparsity_coefficient=RELU_L1, sparsity_warm_up=0.05,
         source=(
             "Bayazit et al.: 5% warm-up, decoder norm 0.08; lambda 1 (theirs: 2) measured on five "
             "planted generators and pico; lr measured on pico"
@@ -110,24 +115,14 @@ TRAINING_DEFAULTS: dict[str, TrainingDefaults] = {
     ),
     "jumprelu_crosscoder": TrainingDefaults(
         lr=JUMPRELU_LR, sparsity_coefficient=JUMPRELU_L0, sparsity_per_shape=True, sparsity_warm_up=0.1,
-        decoder_init_norm=DEFAULT_DECODER_INIT_NORM, k=DEFAULT_K,
         coefficient_field="l0_coefficient", warm_up_field="l0_warm_up_steps",
         source=(
             "Ge et al.: 10% warm-up; lambda 0.45 per unit of n_snapshots*d_in/d_sae and lr 3e-3 measured "
             "on five planted generators (Ge et al.'s 0.3 sits at ratio 1)"
         ),
     ),
-    "topk_crosscoder": TrainingDefaults(
-        lr=DEFAULT_LR, sparsity_coefficient=TOPK_L1, sparsity_per_shape=False, sparsity_warm_up=0.0,
-        decoder_init_norm=DEFAULT_DECODER_INIT_NORM, k=DEFAULT_K,
-        coefficient_field="l1_coefficient", warm_up_field="l1_warm_up_steps",
-        source="k = 32 as SAELens's TopK default; L1 on the kept codes measured on five planted generators; lr measured on pico",
-    ),
-    "batchtopk_crosscoder": TrainingDefaults(
-        lr=DEFAULT_LR, sparsity_coefficient=TOPK_L1, sparsity_per_shape=False, sparsity_warm_up=0.0,
-        decoder_init_norm=DEFAULT_DECODER_INIT_NORM, k=DEFAULT_K,
-        coefficient_field="l1_coefficient", warm_up_field="l1_warm_up_steps", source="as topk_crosscoder",
-    ),
+    "topk_crosscoder": _TOPK,
+    "batchtopk_crosscoder": _TOPK,
 }  # fmt: skip
 
 PICO_DEMO_JUMPRELU_SPARSITY = 0.5

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import plotly.graph_objects as go
 import plotly.offline
@@ -37,7 +37,7 @@ nav ul { columns: 2; }
 
 @dataclass(frozen=True)
 class _Block:
-    kind: str
+    kind: Literal["heading", "subheading", "text", "html", "table", "figure"]
     html: str
     anchor: str | None = None
     title: str | None = None

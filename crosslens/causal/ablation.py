@@ -38,6 +38,7 @@ from crosslens.causal.continuations import check_metric, rows_from_prompt, seque
 from crosslens.causal.ie_table import IETable
 from crosslens.causal.splice import (
     CodeEdit,
+    SnapshotModels,
     SpliceState,
     activations_at,
     collect_activations,
@@ -113,17 +114,8 @@ def ablate(
 ) -> Iterator[SpliceState]:
     """Within the block, ``model`` runs with ``features`` ablated at snapshot ``snapshot``."""
     edit = ablation_edit(features, crosscoder.cfg.d_sae, mode=mode, keep_only=keep_only, mean_codes=mean_codes)
-    with splice(
-        model,
-        crosscoder,
-        snapshot=snapshot,
-        hook=hook,
-        error=error,
-        codes=codes,
-        edit=edit,
-        positions=positions,
-        norm_factors=norm_factors,
-    ) as state:
+    with splice(model, crosscoder, snapshot=snapshot, edit=edit, hook=hook, error=error, codes=codes,
+                positions=positions, norm_factors=norm_factors) as state:  # fmt: skip
         yield state
 
 
@@ -272,7 +264,7 @@ def _add_restored(rows: list[dict[str, Any]]) -> None:
 
 
 def ablation_curves(
-    models: Any,
+    models: SnapshotModels,
     crosscoder: Crosscoder,
     task: TaskDataset | TokenizedTask,
     table: IETable,

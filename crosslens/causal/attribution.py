@@ -33,6 +33,7 @@ from crosslens.causal.continuations import check_metric, continuation_path_metri
 from crosslens.causal.ig import integrated_gradients
 from crosslens.causal.ie_table import IETable
 from crosslens.causal.splice import (
+    SnapshotModels,
     activations_at,
     collect_activations,
     exact_codes,
@@ -358,7 +359,7 @@ class _IETotals:
 
 
 # ---------------------------------------------------------------------------- across snapshots
-def _tokenizer_of(models: Any) -> Any:
+def _tokenizer_of(models: SnapshotModels) -> Any:
     if hasattr(models, "tokenizer") and callable(models.tokenizer):
         return models.tokenizer()
     first = models[0]
@@ -367,7 +368,7 @@ def _tokenizer_of(models: Any) -> Any:
     return first.tokenizer
 
 
-def snapshot_labels(models: Any, n: int) -> list[str]:
+def snapshot_labels(models: SnapshotModels, n: int) -> list[str]:
     """Revision names from a CheckpointSuite, else ``s{index}``."""
     refs = getattr(models, "snapshots", None)
     if refs is not None and len(refs) == n:
@@ -375,7 +376,7 @@ def snapshot_labels(models: Any, n: int) -> list[str]:
     return [f"s{i}" for i in range(n)]
 
 
-def check_models_match(models: Any, crosscoder: Crosscoder) -> int:
+def check_models_match(models: SnapshotModels, crosscoder: Crosscoder) -> int:
     n_models = len(models)
     if n_models != crosscoder.cfg.n_snapshots:
         raise ValueError(
@@ -386,7 +387,7 @@ def check_models_match(models: Any, crosscoder: Crosscoder) -> int:
 
 
 def collect_task_activations(
-    models: Any, hook: str, task: TokenizedTask, *, progress: bool = False
+    models: SnapshotModels, hook: str, task: TokenizedTask, *, progress: bool = False
 ) -> tuple[Float[torch.Tensor, "n seq n_snapshots d_in"], Float[torch.Tensor, "n seq n_snapshots d_in"] | None]:
     """Every snapshot's activations at ``hook`` for the clean and corrupted prompts, loading each model once."""
     tokens = task.clean_tokens
@@ -399,14 +400,14 @@ def collect_task_activations(
     return acts[: len(task)], acts[len(task) :]
 
 
-def tokenize_task(task: TaskDataset | TokenizedTask, models: Any, tokenizer: Any = None) -> tuple[str, TokenizedTask]:
+def tokenize_task(task: TaskDataset | TokenizedTask, models: SnapshotModels, tokenizer: Any = None) -> tuple[str, TokenizedTask]:
     if isinstance(task, TokenizedTask):
         return "task", task
     tokenizer = resolve_tokenizer(tokenizer if tokenizer is not None else _tokenizer_of(models))
     return task.name, task.tokenize(tokenizer, max_tokens=context_length(models))
 
 
-def context_length(models: Any) -> int | None:
+def context_length(models: SnapshotModels) -> int | None:
     """How many tokens the models read at most (``n_ctx``): from a suite's configs, or the
     first model's config; None when neither tells."""
     if callable(getattr(models, "check_architectures", None)):
@@ -419,7 +420,7 @@ def context_length(models: Any) -> int | None:
 
 
 def attribute(
-    models: Any,
+    models: SnapshotModels,
     crosscoder: Crosscoder,
     task: TaskDataset | TokenizedTask,
     *,
@@ -461,18 +462,8 @@ def attribute(
     for index, model in iter_snapshot_models(models, chosen):
         inputs = exact_snapshot_inputs(crosscoder, activations, index, norm_factors) if activations is not None else {}
         results.append(
-            attribute_snapshot(
-                model,
-                crosscoder,
-                tokenized,
-                snapshot=index,
-                hook=hook,
-                config=config,
-                metric=metric,
-                norm_factors=norm_factors,
-                progress=progress,
-                **inputs,
-            )
+            attribute_snapshot(model, crosscoder, tokenized, snapshot=index, hook=hook, config=config, metric=metric,
+                               norm_factors=norm_factors, progress=progress, **inputs)  # fmt: skip
         )
     labels = snapshot_labels(models, n_models)
     return table_from_snapshots(

@@ -33,9 +33,12 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from crosslens.causal.splice import SnapshotModels
 
 
 def causal_claims(
@@ -149,7 +152,7 @@ def stable_ranking_ie(ie_F: torch.Tensor, stable: Sequence[int]) -> tuple[torch.
 
 
 def stable_claim_rows(
-    models: Any, crosscoders: Sequence[Any], ie_finals: Sequence[torch.Tensor], stable: Sequence[Sequence[int]],
+    models: SnapshotModels, crosscoders: Sequence[Any], ie_finals: Sequence[torch.Tensor], stable: Sequence[Sequence[int]],
     task: Any, *, snapshot: int, ks: Sequence[int], label: str = "",
 ) -> tuple[list[list[dict[str, Any]]], list[int]]:  # fmt: skip
     """Ablation and keep-only curves at ``snapshot`` for each seed's crosscoder, ranking only its

@@ -26,6 +26,7 @@ from crosslens.causal.stage import CausalStageResult, metric_formula, run_causal
 from crosslens.tasks.base import TaskDataset
 
 if TYPE_CHECKING:
+    from crosslens.causal.splice import SnapshotModels
     from crosslens.crosscoders.protocol import Crosscoder
 
 
@@ -128,7 +129,7 @@ def language_report(
 
 
 def run_language_tasks(
-    models: Any,
+    models: SnapshotModels,
     crosscoder: Crosscoder | str | Path,
     tasks: Sequence[TaskDataset],
     out_dir: str | Path,

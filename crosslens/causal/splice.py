@@ -39,7 +39,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -49,6 +49,12 @@ from transformer_lens import HookedTransformer
 from crosslens.core.hooks import block_index, crosscoder_hook
 from crosslens.crosscoders.protocol import Crosscoder
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
+
+if TYPE_CHECKING:
+    from crosslens.checkpoints.suite import CheckpointSuite
+
+SnapshotModels = Union["CheckpointSuite", Sequence[HookedTransformer]]
+"""The snapshots' models: a suite (each loaded when its turn comes) or resident models, in snapshot order."""
 
 ErrorMode = Literal["keep", "detach", "drop"]
 CodeEdit = Callable[[torch.Tensor], torch.Tensor]
@@ -107,13 +113,11 @@ def unembed(model: HookedTransformer, resid: Float[torch.Tensor, "batch seq d_mo
 
 
 def run_from_hook(
-    model: HookedTransformer,
-    hook: str,
-    acts: Float[torch.Tensor, "batch seq d_in"],
-    tokens: Int[torch.Tensor, "batch seq"],
+    model: HookedTransformer, hook: str, acts: Float[torch.Tensor, "batch seq d_in"], tokens: Int[torch.Tensor, "batch seq"],
     attention_mask: torch.Tensor | None = None,
 ) -> Float[torch.Tensor, "batch seq d_vocab"]:
-    """Logits of the model with the activation at ``hook`` set to ``acts``."""
+    """Logits of the model with the activation at ``hook`` set to ``acts``: :func:`unembed` of
+    :func:`final_residual_from_hook`."""
     return unembed(model, final_residual_from_hook(model, hook, acts, tokens, attention_mask))
 
 
@@ -142,7 +146,7 @@ def activations_at(
 
 
 def iter_snapshot_models(
-    models: Any, indices: Sequence[int] | None = None
+    models: SnapshotModels, indices: Sequence[int] | None = None
 ) -> Iterator[tuple[int, HookedTransformer]]:
     """``(snapshot index, model)`` one at a time from a CheckpointSuite or a sequence of models."""
     if hasattr(models, "load") and hasattr(models, "snapshots"):  # a CheckpointSuite
@@ -158,7 +162,7 @@ def iter_snapshot_models(
 
 
 def collect_activations(
-    models: Any,
+    models: SnapshotModels,
     hook: str,
     tokens: Int[torch.Tensor, "n seq"],
     attention_mask: torch.Tensor | None = None,

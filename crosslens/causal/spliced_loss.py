@@ -23,7 +23,7 @@ Every position but the last predicts the next token; all of them are averaged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -31,11 +31,15 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from crosslens.causal.splice import activations_at, collect_activations, exact_codes, iter_snapshot_models, run_from_hook
+from crosslens.causal.splice import (
+    SnapshotModels, activations_at, collect_activations, exact_codes, iter_snapshot_models, run_from_hook,
+)
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 
 if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
     from crosslens.crosscoders.protocol import Crosscoder
 
 SplicedAblation = Literal["zero", "mean"]
@@ -62,7 +66,7 @@ def _score(floor: float, spliced: float, best: float) -> float:
 
 @torch.no_grad()
 def spliced_loss(
-    models: Any,
+    models: SnapshotModels,
     crosscoder: Crosscoder,
     tokens_NL: Int[torch.Tensor, "n seq"],
     *,
@@ -109,11 +113,10 @@ def _check_inputs(tokens_NL: torch.Tensor, ablation: str) -> None:
 
 
 def _spliced_row(
-    model: Any,
-    hook: str,
+    model: HookedTransformer, hook: str,
     tokens_NL: Int[torch.Tensor, "n seq"],
     acts_NLD: Float[torch.Tensor, "n seq d_in"],
-    reconstruct: Any,
+    reconstruct: Callable[[slice], torch.Tensor],
     ablation: SplicedAblation,
     batch_size: int,
     label: str,
@@ -155,7 +158,7 @@ def _spliced_row(
 
 @torch.no_grad()
 def sae_spliced_loss(
-    models: Any,
+    models: SnapshotModels,
     saes: Mapping[int, Any],
     tokens_NL: Int[torch.Tensor, "n seq"],
     *,
@@ -207,7 +210,7 @@ def format_spliced_loss(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def spliced_record(
-    models: Any, crosscoder: Crosscoder, store: Any, n_seqs: int, ablation: SplicedAblation = "zero"
+    models: SnapshotModels, crosscoder: Crosscoder, store: Any, n_seqs: int, ablation: SplicedAblation = "zero"
 ) -> dict[str, Any]:
     """The record a quality table keeps of :func:`spliced_loss` on the first ``n_seqs`` token rows
     of an activation store (``store.sequences``), labelled with the store's snapshots::
@@ -222,7 +225,7 @@ def spliced_record(
 
 
 def tokens_spliced_record(
-    models: Any,
+    models: SnapshotModels,
     crosscoder: Crosscoder,
     tokens_NL: Int[torch.Tensor, "n seq"],
     snapshots: Sequence[Mapping[str, Any]],
@@ -242,7 +245,7 @@ def tokens_spliced_record(
     }
 
 
-def add_baselines(record: dict[str, Any], models: Any, saes: Mapping[tuple[str, int], Any], store: Any, hook: str) -> dict[str, Any]:
+def add_baselines(record: dict[str, Any], models: SnapshotModels, saes: Mapping[tuple[str, int], Any], store: Any, hook: str) -> dict[str, Any]:
     """``record["baselines"]``: the rows of per-snapshot SAEs (``(architecture, snapshot)`` -> SAE)
     spliced into their own snapshots' models, on the record's token rows and floor."""
     tokens_NL = store.sequences[: record["n_seqs"]]

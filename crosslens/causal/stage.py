@@ -48,7 +48,7 @@ from crosslens.causal.relie import (
     relie_floor_mask,
 )
 from crosslens.core.hooks import crosscoder_hook
-from crosslens.causal.splice import iter_snapshot_models
+from crosslens.causal.splice import SnapshotModels, iter_snapshot_models
 from crosslens.htmlreport import Report
 from crosslens.tasks.base import TaskDataset, TokenizedTask
 
@@ -145,7 +145,7 @@ class _RelIEResult:
 
 
 def run_causal_stage(
-    models: Any,
+    models: SnapshotModels,
     crosscoder: Crosscoder | str | Path,
     task: TaskDataset,
     out_dir: str | Path,
@@ -224,7 +224,7 @@ def run_causal_stage(
 
 
 def _attribute_and_ablate(
-    models: Any,
+    models: SnapshotModels,
     crosscoder: Crosscoder,
     tokenized: TokenizedTask,
     name: str,

@@ -20,22 +20,22 @@ class SuiteBuildFlags:
     eval: str | None = field(default=None, metadata={"metavar": "PAIRS"})
     """Minimal pairs (BLiMP or crosslens JSONL, or CLAMS text) scored at every checkpoint by summed
     log-probability of each continuation."""
-    n_layers: int | None = field(default=None, metadata={"min": 1, "default_from": (PicoConfig, "n_layers")})
+    n_layers: int | None = field(default=None, metadata={"default_from": (PicoConfig, "n_layers")})
     """Transformer blocks."""
-    d_model: int | None = field(default=None, metadata={"min": 1, "default_from": (PicoConfig, "d_model")})
+    d_model: int | None = field(default=None, metadata={"default_from": (PicoConfig, "d_model")})
     """Residual width (the MLP is 4x this)."""
-    n_heads: int | None = field(default=None, metadata={"min": 1, "default_from": (PicoConfig, "n_heads")})
+    n_heads: int | None = field(default=None, metadata={"default_from": (PicoConfig, "n_heads")})
     """Attention heads."""
-    train_steps: int | None = field(default=None, metadata={"min": 1, "default_from": (PicoConfig, "n_steps")})
+    train_steps: int | None = field(default=None, metadata={"default_from": (PicoConfig, "n_steps")})
     """Optimizer steps."""
     checkpoints: int | None = field(default=None, metadata={"min": 16})
     """About how many checkpoints to save, log-spaced early then even (>= 16; default: the config's
     schedule, 21 at the default steps)."""
-    seq_len: int | None = field(default=None, metadata={"min": 8, "default_from": (PicoConfig, "seq_len")})
+    seq_len: int | None = field(default=None, metadata={"default_from": (PicoConfig, "seq_len")})
     """Tokens per training row."""
-    batch_size: int | None = field(default=None, metadata={"min": 1, "default_from": (PicoConfig, "batch_size")})
+    batch_size: int | None = field(default=None, metadata={"default_from": (PicoConfig, "batch_size")})
     """Rows per step."""
-    bpe_vocab: int | None = field(default=None, metadata={"min": 2, "default_from": (PicoConfig, "bpe_vocab_size")})
+    bpe_vocab: int | None = field(default=None, metadata={"default_from": (PicoConfig, "bpe_vocab_size")})
     """Vocabulary of the BPE tokenizer trained on --corpus."""
     small: bool = False
     """The small, fast configuration used by tests."""

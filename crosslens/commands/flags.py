@@ -12,7 +12,8 @@ the dataclass. A field whose type is itself a dataclass (a nested config, as SAE
 - ``cli``: False keeps a field off the command line (library-only settings).
 - ``positional``: the field is a positional argument, shown as its ``metavar``.
 - ``default_from``: ``(config class, field name)``, for a flag that sets a field of a config
-  the command builds itself (``suite build`` and ``PicoConfig``): its help shows that field's default.
+  the command builds itself (``suite build`` and ``PicoConfig``): its help shows that field's default,
+  and that field's ``min`` is the flag's.
 - ``parse``, ``action``, ``nargs``, ``metavar``: passed to argparse as ``type``, ``action``, ``nargs``
   and ``metavar``.
 
@@ -175,6 +176,9 @@ def _add_one(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, d
         return
     kwargs: dict[str, Any] = {"dest": dest, "default": None, "metavar": flag.lstrip("-").replace("-", "_").upper()}
     origin = typing.get_origin(value_type)
+    source = _default_source(f)
+    if source is not None and "min" in source.metadata:
+        meta = {"min": source.metadata["min"], **meta}
     if "parse" in meta:
         kwargs["type"] = meta["parse"]
     elif "action" in meta:
@@ -200,13 +204,19 @@ def _add_one(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, d
         return
     if default is MISSING:
         kwargs["required"] = True
-    elif "default_from" in meta:
-        owner, name = meta["default_from"]
-        shown = default_of(next(g for g in dataclasses.fields(owner) if g.name == name))
-        help_text = f"{help_text} (default: {_show(shown)})".strip()
+    elif source is not None:
+        help_text = f"{help_text} (default: {_show(default_of(source))})".strip()
     elif doc and "(default" not in doc and default is not None:
         help_text = f"{help_text} (default: {_show(default)})".strip()
     parser.add_argument(flag, help=help_text, **kwargs)
+
+
+def _default_source(f: dataclasses.Field) -> dataclasses.Field | None:
+    """The config field a flag's ``default_from`` names: its default and its ``min`` are the flag's."""
+    if "default_from" not in f.metadata:
+        return None
+    owner, name = f.metadata["default_from"]
+    return next(g for g in dataclasses.fields(owner) if g.name == name)
 
 
 def explicit(args: argparse.Namespace, cls: type, *, prefix: str = "") -> dict[str, Any]:

@@ -131,10 +131,7 @@ class SnapshotGateAndScore(torch.autograd.Function):
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any,
-        grad_f_SNF: torch.Tensor | None,
-        grad_score_F: torch.Tensor | None,
-        _grad_open: Any,
+        ctx: Any, grad_f_SNF: torch.Tensor | None, grad_score_F: torch.Tensor | None, _grad_open: Any
     ) -> tuple[Any, ...]:
         h_NF, norms_S1F, threshold_F = ctx.saved_tensors
         N, F_ = h_NF.shape
@@ -409,11 +406,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any,
-        grad_recon_NSD: torch.Tensor | None,
-        grad_score_F: torch.Tensor | None,
-        _grad_open: Any,
-        _grad_shared: Any,
+        ctx: Any, grad_recon_NSD: torch.Tensor | None, grad_score_F: torch.Tensor | None, _grad_open: Any, _grad_shared: Any
     ) -> tuple[Any, ...]:
         # Longer than a function should be, on purpose: one fused pass over the saved
         # tensors, in which the decoder, score and window parts share the gradient's

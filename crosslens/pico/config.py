@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 
@@ -31,6 +32,11 @@ def pythia_like_schedule(n_steps: int, log_until: int, every: int) -> tuple[int,
     return tuple(sorted(steps))
 
 
+def _at_least(minimum: int, default: int) -> Any:
+    """A field whose values below ``minimum`` are refused, by the config and by the CLI flag that sets it."""
+    return field(default=default, metadata={"min": minimum})
+
+
 @dataclass(frozen=True)
 class PicoConfig:
     """Everything that determines a pico suite (the build is deterministic given this)."""
@@ -40,21 +46,21 @@ class PicoConfig:
     corpus: tuple[str, ...] | str | None = None
     """None: crosslens's grammar. A list of local text files (their bytes enter the config hash), or
     "dataset:NAME:COLUMN" (only the name does: pass force=True after changing the dataset)."""
-    n_layers: int = 2
+    n_layers: int = _at_least(1, 2)
     """Transformer blocks."""
-    d_model: int = 128
+    d_model: int = _at_least(1, 128)
     """Residual stream width."""
-    n_heads: int = 4
+    n_heads: int = _at_least(1, 4)
     """Attention heads per block."""
-    d_mlp: int = 512
+    d_mlp: int = _at_least(1, 512)
     """MLP hidden width."""
     rotary_pct: float = 0.25
     """Fraction of each head's dimensions that get rotary position embeddings (Pythia: 0.25)."""
-    seq_len: int = 64
-    """Tokens per training row, BOS included."""
-    batch_size: int = 32
+    seq_len: int = _at_least(8, 64)
+    """Tokens per training row, BOS included (at least a sentence)."""
+    batch_size: int = _at_least(1, 32)
     """Rows per optimizer step."""
-    n_steps: int = 640
+    n_steps: int = _at_least(1, 640)
     """Optimizer steps."""
     lr: float = 1e-2
     """Peak learning rate (AdamW)."""
@@ -66,15 +72,15 @@ class PicoConfig:
     """AdamW weight decay on matrices (not on biases or layer norms)."""
     grad_clip: float = 1.0
     """Gradient norm clip."""
-    log_checkpoints_until: int = 64
+    log_checkpoints_until: int = _at_least(1, 64)
     """Checkpoints at 0, 1, 2, 4, ... up to this step ..."""
-    checkpoint_every: int = 48
+    checkpoint_every: int = _at_least(1, 48)
     """... then every this many steps, and at the last step."""
-    n_eval_pairs: int = 200
+    n_eval_pairs: int = _at_least(1, 200)
     """Minimal pairs per task evaluated at every checkpoint."""
-    n_eval_sequences: int = 64
+    n_eval_sequences: int = _at_least(1, 64)
     """Held-out rows of ``seq_len`` for the held-out loss."""
-    bpe_vocab_size: int = 4096
+    bpe_vocab_size: int = _at_least(2, 4096)
     """Vocabulary of the BPE tokenizer trained on a user corpus (the grammar uses one token per word)."""
     eval_pairs: str | None = None
     """A file of minimal pairs (BLiMP or crosslens JSONL, or CLAMS text) scored at every checkpoint
@@ -86,17 +92,12 @@ class PicoConfig:
             object.__setattr__(self, "corpus", tuple(str(path) for path in self.corpus))
         if isinstance(self.corpus, tuple) and not self.corpus:
             raise ValueError("PicoConfig.corpus is an empty list; pass None for the grammar or some text files")
-        positive = (
-            "n_layers", "d_model", "n_heads", "d_mlp", "batch_size", "n_steps", "log_checkpoints_until",
-            "checkpoint_every", "n_eval_pairs", "n_eval_sequences",
-        )  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"PicoConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for f in dataclasses.fields(self):
+            minimum = f.metadata.get("min")
+            if minimum is not None and getattr(self, f.name) < minimum:
+                raise ValueError(f"PicoConfig.{f.name} must be >= {minimum}, got {getattr(self, f.name)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"PicoConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.seq_len < 8:
-            raise ValueError(f"PicoConfig.seq_len={self.seq_len} is too short for a sentence; use >= 8")
         if not 0 < self.rotary_pct <= 1:
             raise ValueError(f"PicoConfig.rotary_pct={self.rotary_pct} must be in (0, 1]")
         if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:

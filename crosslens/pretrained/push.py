@@ -41,6 +41,27 @@ HUB_FAMILIES = ("pythia", "olmo", "bloom")
 """Suite families whose model_id is a hub repo (a valid ``base_model``)."""
 
 
+@dataclass(frozen=True)
+class Publication:
+    """One crosscoder as it is published: where it goes and what was measured of it, the facts
+    its model card and its registry entry are both written from."""
+
+    crosscoder: Crosscoder
+    repo_id: str
+    crosscoder_id: str
+    """Its folder in the repo (SAELens: ``sae_id``)."""
+    release: str
+    """The registry release it is listed under."""
+    evaluation: dict[str, Any] | None = None
+    """Per-snapshot explained variance, L0 and firing frequency on the run's activation store."""
+    spliced: dict[str, Any] | None = None
+    """The run's spliced-model loss per snapshot (``quality.json``)."""
+    run_config: dict[str, Any] | None = None
+    """The run's ``run.json``, for the card's training settings."""
+    class_counts: dict[str, int] | None = None
+    """Features per evolution class, for the card."""
+
+
 @dataclass
 class PushResult:
     """What :func:`push_to_hub` uploaded."""
@@ -109,18 +130,8 @@ def push_to_hub(
     if fold_normalization and not meta.get("activation_norm_factors_folded") and meta.get("activation_norm_factors"):
         crosscoder.fold_activation_norm_scaling_factors()
     class_counts = feature_class_counts(crosscoder, evaluation)
-    card = model_card(
-        crosscoder,
-        repo_id=repo_id,
-        crosscoder_id=crosscoder_id,
-        release=release,
-        run_config=run_config,
-        evaluation=evaluation,
-        class_counts=class_counts,
-        spliced=spliced,
-    )
-    entry = registry_entry(crosscoder, repo_id=repo_id, crosscoder_id=crosscoder_id, release=release,
-                           evaluation=evaluation, spliced=spliced)  # fmt: skip
+    publication = Publication(crosscoder, repo_id, crosscoder_id, release, evaluation, spliced, run_config, class_counts)
+    card, entry = model_card(publication), registry_entry(publication)
 
     if api is None:
         from huggingface_hub import HfApi
@@ -250,18 +261,10 @@ def feature_class_counts(crosscoder: Crosscoder, evaluation: dict[str, Any] | No
 
 
 # --------------------------------------------------------------------------- card and entry
-def model_card(
-    crosscoder: Crosscoder,
-    *,
-    repo_id: str,
-    crosscoder_id: str,
-    release: str,
-    run_config: dict[str, Any] | None = None,
-    evaluation: dict[str, Any] | None = None,
-    class_counts: dict[str, int] | None = None,
-    spliced: dict[str, Any] | None = None,
-) -> str:
+def model_card(publication: Publication) -> str:
     """The README.md of a published crosscoder (front matter + markdown)."""
+    p = publication
+    crosscoder, repo_id, crosscoder_id, release = p.crosscoder, p.repo_id, p.crosscoder_id, p.release
     cfg, meta = crosscoder.cfg, crosscoder.cfg.metadata
     suite = meta.get("suite") or {}
     model_id = suite.get("model_id") or meta.get("model_name") or "unknown model"
@@ -299,19 +302,19 @@ def model_card(
         "## Checkpoints",
         "",
     ]
-    lines += _checkpoint_section(snapshots, evaluation)
-    if spliced is not None:
-        lines += _spliced_section(spliced)
-    settings = _training_settings(cfg, meta, hook, run_config)
+    lines += _checkpoint_section(snapshots, p.evaluation)
+    if p.spliced is not None:
+        lines += _spliced_section(p.spliced)
+    settings = _training_settings(cfg, meta, hook, p.run_config)
     lines += ["## Training", "", "| setting | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in settings]
     lines.append("")
-    if class_counts:
+    if p.class_counts:
         lines += [
             "## Feature classes",
             "",
             "From the decoder-norm timelines (crosslens's `EvolutionAnalysis`): "
-            + ", ".join(f"{name} {count}" for name, count in class_counts.items())
+            + ", ".join(f"{name} {count}" for name, count in p.class_counts.items())
             + ".",
             "",
         ]
@@ -404,22 +407,16 @@ def wandb_link(meta: Any) -> str | None:
     return f"project `{project}`, run id `{run_id}`"
 
 
-def registry_entry(
-    crosscoder: Crosscoder,
-    *,
-    repo_id: str,
-    crosscoder_id: str,
-    release: str,
-    evaluation: dict[str, Any] | None = None,
-    spliced: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+def registry_entry(publication: Publication) -> dict[str, Any]:
     """``{release: {...}}`` in the registry schema (see :mod:`crosslens.pretrained.registry`)."""
+    p = publication
+    crosscoder, evaluation, spliced = p.crosscoder, p.evaluation, p.spliced
     cfg, meta = crosscoder.cfg, crosscoder.cfg.metadata
     suite = meta.get("suite") or {}
     snapshots = suite.get("snapshots") or []
     entry: dict[str, Any] = {
-        "id": crosscoder_id,
-        "path": crosscoder_id,
+        "id": p.crosscoder_id,
+        "path": p.crosscoder_id,
         "hook_name": meta.get("hook_name"),
         "architecture": cfg.architecture(),
     }
@@ -436,8 +433,8 @@ def registry_entry(
         entry["wandb_run"] = link
     model_id = suite.get("model_id") or meta.get("model_name") or "unknown"
     return {
-        release: {
-            "repo_id": repo_id,
+        p.release: {
+            "repo_id": p.repo_id,
             "model": model_id,
             "suite": {
                 "family": suite.get("family"),

@@ -319,16 +319,9 @@ def languages_in(path: str | Path, *, language_key: str = "language") -> list[st
 
 
 def load_multilingual_blimp(
-    path: str | Path,
-    *,
-    languages: list[str] | None = None,
-    name: str | None = None,
-    tokenizer: Any = None,
-    on_invalid: OnInvalid = "raise",
-    limit: int | None = None,
-    good_key: str = "sentence_good",
-    bad_key: str = "sentence_bad",
-    language_key: str = "language",
+    path: str | Path, *, languages: list[str] | None = None, name: str | None = None, tokenizer: Any = None,
+    on_invalid: OnInvalid = "raise", limit: int | None = None,
+    good_key: str = "sentence_good", bad_key: str = "sentence_bad", language_key: str = "language",
 ) -> dict[str, TaskDataset]:
     """One task per language from a MultiBLiMP-style file: BLiMP-format JSONL holding one
     phenomenon in several languages, each line naming its language in `language_key`.
@@ -344,27 +337,15 @@ def load_multilingual_blimp(
     if missing:
         raise MinimalPairFormatError(f"{path}: no lines in language(s) {missing}; the languages here are {present}")
     return {
-        lang: load_blimp_jsonl(
-            path,
-            name=f"{name or path.stem}_{lang}",
-            tokenizer=tokenizer,
-            on_invalid=on_invalid,
-            limit=limit,
-            good_key=good_key,
-            bad_key=bad_key,
-            language=lang,
-            language_key=language_key,
-        )
+        lang: load_blimp_jsonl(path, name=f"{name or path.stem}_{lang}", tokenizer=tokenizer, on_invalid=on_invalid,
+                               limit=limit, good_key=good_key, bad_key=bad_key, language=lang,
+                               language_key=language_key)  # fmt: skip
         for lang in chosen
     }
 
 
 def load_clams(
-    path: str | Path,
-    *,
-    name: str | None = None,
-    tokenizer: Any = None,
-    on_invalid: OnInvalid = "raise",
+    path: str | Path, *, name: str | None = None, tokenizer: Any = None, on_invalid: OnInvalid = "raise",
     limit: int | None = None,
 ) -> TaskDataset:
     """Minimal pairs from a CLAMS-style ``LABEL<TAB>sentence`` file (see module docstring)."""

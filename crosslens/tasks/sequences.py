@@ -86,8 +86,7 @@ class TaskSequences:
 
 
 def task_sequences(
-    prompt_tokens_NL: Int[torch.Tensor, "n_examples seq"],
-    last_pos_N: Int[torch.Tensor, " n_examples"],
+    prompt_tokens_NL: Int[torch.Tensor, "n_examples seq"], last_pos_N: Int[torch.Tensor, " n_examples"],
     cont_N2T: Int[torch.Tensor, "n_examples 2 n_cont"],
     len_N2: Int[torch.Tensor, "n_examples 2"],
     pad_id: int,
