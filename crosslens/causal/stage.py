@@ -417,23 +417,7 @@ def causal_report(
             else ""
         )
     )
-    report.add_heading("RelIE")
-    report.add_figure(
-        relie_heatmap(relie_sel, feature_ids=selected.tolist(), snapshot_labels=table.snapshot_labels),
-        caption=f"{len(selected)} features: the union of each snapshot's top features by |IE|.",
-    )
-    # Scatters where the model does the task; with none such, every snapshot's, its points
-    # greyed as "no behaviour here".
-    behaving = [c for c in range(len(table.snapshots)) if not (behaviours and behaviours[c].at_chance)]
-    behaving = behaving or list(range(len(table.snapshots)))
-    for column in [behaving[i] for i in _spread(len(behaving), 4)]:
-        label = table.snapshot_labels[column]
-        report.add_figure(
-            relie_vs_reldec(
-                relie_sel[:, column], reldec_sel[:, column], feature_ids=selected.tolist(), snapshot_label=label,
-                thresholds=thresholds, labels=None if labels is None else labels[:, column],
-            )  # fmt: skip
-        )
+    _add_relie_section(report, table, selected, relie_sel, reldec_sel, thresholds, behaviours, labels)
     report.add_heading("Ablation curves")
     mode = next((r["ablation"] for r in rows), "zero")
     how = "set to 0" if mode == "zero" else "set to their mean code over the task's tokens"
@@ -471,6 +455,29 @@ def causal_report(
             ]
         )
     return report
+
+
+def _add_relie_section(
+    report: Report, table: IETable, selected: torch.Tensor, relie_sel: torch.Tensor, reldec_sel: torch.Tensor,
+    thresholds: RelIEThresholds, behaviours: Sequence[SnapshotBehaviour] | None, labels: Any,
+) -> None:
+    """The RelIE heatmap, and RelIE against RelDec at up to four snapshots where the model does
+    the task (with none such, at any four, every point greyed as "no behaviour here")."""
+    report.add_heading("RelIE")
+    report.add_figure(
+        relie_heatmap(relie_sel, feature_ids=selected.tolist(), snapshot_labels=table.snapshot_labels),
+        caption=f"{len(selected)} features: the union of each snapshot's top features by |IE|.",
+    )
+    behaving = [c for c in range(len(table.snapshots)) if not (behaviours and behaviours[c].at_chance)]
+    behaving = behaving or list(range(len(table.snapshots)))
+    for column in [behaving[i] for i in _spread(len(behaving), 4)]:
+        report.add_figure(
+            relie_vs_reldec(
+                relie_sel[:, column], reldec_sel[:, column], feature_ids=selected.tolist(),
+                snapshot_label=table.snapshot_labels[column], thresholds=thresholds,
+                labels=None if labels is None else labels[:, column],
+            )  # fmt: skip
+        )
 
 
 def _metric_rows(table: IETable, behaviours: Sequence[SnapshotBehaviour] | None) -> list[dict[str, Any]]:
