@@ -322,16 +322,17 @@ def analyze_stage(
 
 def attribute_stage(
     suite, crosscoder, *, task: str = "agreement_pp", n_examples: int = 64, out=None, seed: int = 0,
-    device: str = "cpu", dtype: str = "float32", summaries=None,
+    device: str = "cpu", dtype: str = "float32", summaries=None, model_lines: bool = True,
 ):  # fmt: skip
     """IG attribution per snapshot, RelIE classes and ablation curves; returns report sections
     (and appends the stage's summary to ``summaries`` when given). The snapshot models run
-    on ``device`` in ``dtype``; the crosscoder loads on ``device``."""
+    on ``device`` in ``dtype``; the crosscoder loads on ``device``. ``model_lines=False``:
+    the model's metric per snapshot is not printed again (an extra crosscoder seed)."""
     from crosslens.causal.demo import attribution_sections
 
     return attribution_sections(
         suite, crosscoder, task=task, n_examples=n_examples, out=out, seed=seed, device=device, dtype=dtype,
-        summaries=summaries,
+        summaries=summaries, model_lines=model_lines,
     )  # fmt: skip
 
 
@@ -369,7 +370,7 @@ def seeds_stage(
         extra_summaries: list = []
         attribute_stage(
             suite, extra, task=config.task, n_examples=config.n_task_examples, out=out_dir / f"seed{seed}", seed=config.seed,
-            device=device, dtype=dtype, summaries=extra_summaries,
+            device=device, dtype=dtype, summaries=extra_summaries, model_lines=False,
         )  # fmt: skip
         crosscoders.append(extra)
         summaries.append(extra_summaries[0])

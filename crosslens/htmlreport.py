@@ -9,8 +9,9 @@ without importing another stage.
 from __future__ import annotations
 
 import html
+import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,30 @@ caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom:
 mark { background: #ffd54f; }
 nav ul { columns: 2; }
 """
+
+
+def spaced(positions: Sequence[float], min_gap: float) -> list[float]:
+    """``positions`` (sorted) thinned so that kept ones lie at least ``min_gap`` apart, the
+    first kept: tick labels that would overlap are left out instead of drawn over each other."""
+    kept: list[float] = []
+    for position in positions:
+        if not kept or position - kept[-1] >= min_gap:
+            kept.append(position)
+    return kept
+
+
+def log_axis(
+    values: Sequence[float], *, title: str = "", max_ticks: int = 7, label: Callable[[float], str] = lambda v: f"{v:g}"
+) -> dict[str, Any]:
+    """A log axis ticked at the plotted ``values`` themselves, at most ``max_ticks`` of them
+    spread evenly in log space. Plotly's own log ticks label the minor steps too
+    ("8 9 1 2 3 ... 10 2 3"), which run into each other on a narrow panel."""
+    shown = sorted({float(v) for v in values if v > 0})
+    if len(shown) > max_ticks:
+        logs = {math.log10(v): v for v in shown}
+        span = max(logs) - min(logs)
+        shown = [logs[p] for p in spaced(sorted(logs), span / max_ticks)]
+    return {"title": title, "type": "log", "tickmode": "array", "tickvals": shown, "ticktext": [label(v) for v in shown]}
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder
 
 
+BREAK = " \u2016"
+"""Drawn where a window crosses from one document to the next (their separator is not stored)."""
+
+
 @dataclass(frozen=True)
 class Context:
     """One token on which a feature fired, with the tokens around it."""
@@ -36,19 +40,48 @@ class Context:
     focus: int
     """Index of the focus token inside ``token_ids``."""
     tokens: list[str] | None = None
-    """Decoded tokens of the window, when a tokenizer was given."""
+    """Each token's text as it reads in the window (:func:`window_pieces`: the spaces between
+    words kept), when a tokenizer was given."""
+    breaks: tuple[int, ...] = ()
+    """Indices in ``token_ids`` before which the sequence has a token the store does not
+    hold: the end-of-document token between two packed documents, shown as ``BREAK``."""
 
     def text(self, marker: tuple[str, str] = ("[[", "]]")) -> str:
-        """The window as text, focus token wrapped in ``marker``."""
-        pieces = self.tokens if self.tokens is not None else [str(t) for t in self.token_ids]
-        return "".join(f"{marker[0]}{p}{marker[1]}" if k == self.focus else p for k, p in enumerate(pieces))
+        """The window as text, focus token wrapped in ``marker`` (its leading space left outside)."""
+        return self._render(marker, str)
 
     def html(self) -> str:
         """The window as HTML, focus token highlighted."""
-        pieces = self.tokens if self.tokens is not None else [f"{t} " for t in self.token_ids]
-        return "".join(
-            f"<mark>{html.escape(p)}</mark>" if k == self.focus else html.escape(p) for k, p in enumerate(pieces)
-        )
+        return self._render(("<mark>", "</mark>"), html.escape)
+
+    def _render(self, marker: tuple[str, str], escape: Any) -> str:
+        pieces = self.tokens if self.tokens is not None else [f" {t}" if k else str(t) for k, t in enumerate(self.token_ids)]
+        out = []
+        for k, piece in enumerate(pieces):
+            body = piece.lstrip()
+            lead = piece[: len(piece) - len(body)] or (" " if k in self.breaks else "")
+            if k in self.breaks:
+                out.append(escape(BREAK))
+            out.append(escape(lead) + (f"{marker[0]}{escape(body)}{marker[1]}" if k == self.focus else escape(body)))
+        return "".join(out)
+
+
+def window_pieces(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:
+    """Each token's text inside a window, the spaces between words kept.
+
+    A token decoded alone loses the space a word-level tokenizer puts between words
+    (``thechildlaughs``). So each token's piece is how far it grows the decoded text of the
+    tokens before it, where that growth is the token's own text with spaces around it; where
+    it is not (a character split across byte tokens), the token decoded alone."""
+    pieces: list[str] = []
+    before = ""
+    for k, token in enumerate(token_ids):
+        alone = tokenizer.decode([token])
+        text = tokenizer.decode(list(token_ids[: k + 1]))
+        grown = text[len(before) :] if text.startswith(before) else None
+        pieces.append(grown if grown is not None and grown.strip() == alone.strip() else alone)
+        before = text
+    return pieces
 
 
 @torch.no_grad()
@@ -103,9 +136,9 @@ def top_activating_contexts(
         for val, tok in zip(best_val_KF[:, col].tolist(), best_idx_KF[:, col].tolist()):
             if val <= 0:
                 continue
-            token_ids, focus, seq, pos = window.around(tok, left, right)
-            tokens = [tokenizer.decode([t]) for t in token_ids] if tokenizer is not None else None
-            contexts.append(Context(feature, float(val), tok, seq, pos, token_ids, focus, tokens))
+            token_ids, focus, seq, pos, breaks = window.around(tok, left, right)
+            tokens = window_pieces(tokenizer, token_ids) if tokenizer is not None else None
+            contexts.append(Context(feature, float(val), tok, seq, pos, token_ids, focus, tokens, breaks))
         out[feature] = contexts
     return out
 
@@ -126,7 +159,9 @@ class _WindowIndex:
         keys = positions[:, 0] * self.stride + positions[:, 1]
         self.sorted_keys, self.order = keys.sort()
 
-    def around(self, token: int, left: int, right: int) -> tuple[list[int], int, int, int]:
+    def around(self, token: int, left: int, right: int) -> tuple[list[int], int, int, int, tuple[int, ...]]:
+        """(token ids, focus index, seq, pos, breaks) of the window around ``token``: only tokens
+        the store holds; ``breaks`` lists the indices with a token left out of the store before them."""
         seq, pos = (int(v) for v in self.positions[token])
         wanted = torch.arange(max(0, pos - left), min(self.stride, pos + right + 1))
         keys = seq * self.stride + wanted
@@ -134,4 +169,5 @@ class _WindowIndex:
         found = self.sorted_keys[slot] == keys
         rows = self.order[slot[found]]
         found_pos = wanted[found].tolist()
-        return self.token_ids[rows].tolist(), found_pos.index(pos), seq, pos
+        breaks = tuple(k for k in range(1, len(found_pos)) if found_pos[k] != found_pos[k - 1] + 1)
+        return self.token_ids[rows].tolist(), found_pos.index(pos), seq, pos, breaks

@@ -15,6 +15,7 @@ import torch
 from crosslens.analysis.evolution import NO_STEP
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.probes import ProbeValidation
+from crosslens.htmlreport import log_axis, spaced
 
 CLASS_COLORS = {
     "initialization": "#7f7f7f",
@@ -104,8 +105,8 @@ def evolution_heatmap(
             )  # fmt: skip
         )
     starts = [row for row, e in enumerate(emergence) if e != NO_STEP and (row == 0 or e != emergence[row - 1])]
-    stride = max(1, -(-len(starts) // _MAX_TICKS))
-    shown = starts[::stride]
+    # Labels at least ~16 px apart in the plot's ~400 px of rows, so none is drawn over another.
+    shown = [int(r) for r in spaced(starts, min_gap=len(order) * 16 / 400)]
     fig.update_layout(
         title=f"Decoder norm of {len(order)} features, sorted by emergence step (white line: where each emerges)",
         xaxis=_analysis_axis(analysis, x),
@@ -127,6 +128,7 @@ def emergence_histogram(analysis: EvolutionAnalysis) -> go.Figure:
     lt = analysis.lifetimes
     n_init = len(analysis.features_of_class("initialization"))
     fig = go.Figure()
+    plotted: list[int] = []
     for name in ("persistent", "transient"):
         members = analysis.features_of_class(name)
         counts: dict[int, int] = {}
@@ -134,6 +136,7 @@ def emergence_histogram(analysis: EvolutionAnalysis) -> go.Figure:
             step = analysis.steps[int(lt.emergence[i])]
             counts[step] = counts.get(step, 0) + 1
         steps = sorted(s for s in counts if s > 0)
+        plotted += steps
         # Widths in step units, proportional to the step: the same visible width everywhere on
         # the log axis (plotly's default width is a fraction of the smallest gap, invisible there).
         fig.add_trace(
@@ -145,7 +148,7 @@ def emergence_histogram(analysis: EvolutionAnalysis) -> go.Figure:
     fig.update_layout(
         barmode="stack",
         title=f"Emergence steps of emergent features ({n_init} initialization features emerge at step 0, not shown)",
-        xaxis={"title": "emergence step", "type": "log"},
+        xaxis=log_axis(plotted, title="emergence step", max_ticks=10, label=lambda s: _format_step(int(s))),
         yaxis={"title": "features"},
         height=400,
     )

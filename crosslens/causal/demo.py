@@ -38,6 +38,7 @@ def attribution_sections(
     device: str = "cpu",
     dtype: str = "float32",
     summaries: list | None = None,
+    model_lines: bool = True,
     **stage_kwargs: Any,
 ) -> list:
     """Run :func:`run_causal_stage` for one named task; return its report as a section list.
@@ -48,6 +49,8 @@ def attribution_sections(
     :func:`run_causal_stage` (``config``, ``top_k``, ``ks``, ``ablation``, ``progress``,
     ``allow_chance``, ...), whose defaults hold otherwise. The snapshot models load on ``device`` in ``dtype``; a crosscoder folder loads on ``device``.
     The stage's summary (with ``claims_final``) is appended to ``summaries`` when given.
+    ``model_lines=False`` leaves out the per-snapshot metric lines, which describe the model,
+    not the crosscoder (a second crosscoder of the same suite prints only its own findings).
     A snapshot where the model is at chance on the pairs is printed as such, with no feature
     counts; ``allow_chance=False`` refuses a task at chance at every snapshot
     (:class:`crosslens.causal.behaviour.NoBehaviourError`), and is what ``crosslens attribute``
@@ -71,27 +74,40 @@ def attribution_sections(
             f"  {summary.n_multi_token} of {summary.n_examples} examples have continuations of several tokens: "
             "features are patched at the prompt's positions and both continuations scored under teacher forcing"
         )
-    print(f"  metric = {metric_formula(summary.metric)}: negative means the model prefers the correct continuation")
-    _print_snapshots(summary)
+    if model_lines:
+        print(f"  metric = {metric_formula(summary.metric)}: negative means the model prefers the correct continuation")
+    _print_snapshots(summary, model_lines=model_lines)
     return [result.report]
 
 
-def _print_snapshots(summary: Any) -> None:
+def _print_snapshots(summary: Any, *, model_lines: bool = True) -> None:
     """The per-snapshot lines and the final keep-only restoration; a snapshot at chance is
-    printed with its accuracy instead of a feature count, and no restoration of it is shown."""
+    printed with its accuracy instead of a feature count, and no restoration of it is shown.
+    Where no snapshot has a snapshot-specific feature, a line says what that zero means."""
     from crosslens.causal.behaviour import SnapshotBehaviour, chance_note
 
     behaviours = [SnapshotBehaviour(**{k: v for k, v in b.items() if k != "at_chance"}) for b in summary.behaviour]
-    note = chance_note(behaviours)
-    if note is not None:
-        print(f"  {note}")
-    for column, (label, clean) in enumerate(zip(summary.snapshots, summary.metric_clean)):
-        if behaviours and behaviours[column].at_chance:
-            print(f"  {label:>12s}  metric {clean:+.3f} (no behaviour: {behaviours[column].describe()})")
-            continue
-        side = "prefers correct" if clean < 0 else "prefers wrong"
-        specific = summary.specific_per_snapshot[column]
-        print(f"  {label:>12s}  metric {clean:+.3f} ({side})  snapshot-specific features {specific}")
+    behaving = [c for c in range(len(summary.snapshots)) if not (behaviours and behaviours[c].at_chance)]
+    specific = summary.specific_per_snapshot
+    any_specific = any(specific[c] for c in behaving)
+    if model_lines:
+        note = chance_note(behaviours)
+        if note is not None:
+            print(f"  {note}")
+        for column, (label, clean) in enumerate(zip(summary.snapshots, summary.metric_clean)):
+            if column not in behaving:
+                print(f"  {label:>12s}  metric {clean:+.3f} (no behaviour: {behaviours[column].describe()})")
+                continue
+            side = "prefers correct" if clean < 0 else "prefers wrong"
+            print(f"  {label:>12s}  metric {clean:+.3f} ({side})  snapshot-specific features {specific[column]}")
+    elif any_specific:
+        counts = ", ".join(f"{summary.snapshots[c]} {specific[c]}" for c in behaving)
+        print(f"  snapshot-specific features: {counts}")
+    if not any_specific and behaving:
+        print(
+            "  no feature is snapshot-specific (RelIE > 0.7, above the noise floor) at any snapshot with a behaviour: "
+            "each top feature's effect is spread over several snapshots"
+        )
     where = f"keep-only restoration at {summary.snapshots[-1]} ({summary.ablation}-ablation)"
     if behaviours and behaviours[-1].at_chance:
         print(f"  {where}: not shown, no behaviour there")

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
+from plotly.subplots import make_subplots
 
 from crosslens.causal.relie import RelIEThresholds, classify_relie
+from crosslens.htmlreport import log_axis, spaced
 
-_CLASS_COLOURS = {"specific": "#d62728", "shared": "#7f7f7f", "other": "#1f77b4"}
+_CLASS_COLOURS = {
+    "specific": ("specific", "#d62728"),
+    "shared": ("shared", "#7f7f7f"),
+    "other": ("other", "#1f77b4"),
+    "below_floor": ("below the noise floor", "#e0e0e0"),
+    "no_behaviour": ("no behaviour here", "#e0e0e0"),
+}
 
 
 def relie_vs_reldec(
@@ -22,23 +30,29 @@ def relie_vs_reldec(
     feature_ids: Sequence[int] | None = None,
     snapshot_label: str = "",
     thresholds: RelIEThresholds = RelIEThresholds(),
+    labels: Sequence[str] | None = None,
 ) -> go.Figure:
-    """Scatter of each feature's RelIE (causal share) against its RelDec (decoder-norm share) at one snapshot."""
+    """Scatter of each feature's RelIE (causal share) against its RelDec (decoder-norm share) at one snapshot.
+
+    ``labels`` are the features' classes as the stage decided them (below the noise floor
+    included); without them the thresholds alone class every point."""
     x = reldec_values.detach().cpu().numpy()
     y = relie_values.detach().cpu().numpy()
     if x.shape != y.shape:
         raise ValueError(f"RelIE {y.shape} and RelDec {x.shape} need one value per feature each")
     ids = np.arange(len(x)) if feature_ids is None else np.asarray(feature_ids)
-    labels = classify_relie(relie_values, thresholds)
+    labels = classify_relie(relie_values, thresholds) if labels is None else np.asarray(labels)
     fig = go.Figure()
-    for name, colour in _CLASS_COLOURS.items():
+    for name, (legend, colour) in _CLASS_COLOURS.items():
         chosen = labels == name
+        if not chosen.any():
+            continue
         fig.add_trace(
             go.Scatter(
                 x=x[chosen],
                 y=y[chosen],
                 mode="markers",
-                name=name,
+                name=legend,
                 marker={"color": colour, "size": 7, "opacity": 0.8},
                 text=[f"feature {i}" for i in ids[chosen]],
                 hovertemplate="%{text}<br>RelDec %{x:.2f}<br>RelIE %{y:.2f}<extra></extra>",
@@ -75,49 +89,85 @@ def relie_heatmap(
         go.Heatmap(
             z=values[order],
             x=labels,
-            y=[f"f{i}" for i in ids[order]],
+            y=list(range(n_features)),
+            customdata=[[f"f{i}"] * n_snapshots for i in ids[order]],
+            hovertemplate="feature %{customdata}<br>%{x}<br>RelIE %{z:.2f}<extra></extra>",
             zmin=0,
             zmax=1,
             colorscale="Viridis",
             colorbar={"title": "RelIE"},
         )
     )
-    fig.update_layout(title=title, xaxis_title="snapshot", yaxis_title="feature", template="plotly_white")
+    # A row per feature at up to 12 px; past that, labels on every few rows, none over another.
+    height = min(900, max(320, 140 + 12 * n_features))
+    shown = [int(r) for r in spaced(range(n_features), min_gap=n_features * 14 / (height - 140))]
+    fig.update_layout(
+        title=title, xaxis_title="snapshot", template="plotly_white", height=height,
+        yaxis={
+            "title": "feature", "autorange": "reversed", "tickmode": "array", "tickvals": shown,
+            "ticktext": [f"f{ids[order][r]}" for r in shown],
+        },
+    )  # fmt: skip
     return fig
 
 
-def ablation_curves_figure(rows: Sequence[dict[str, Any]], *, value: str = "metric", title: str = "") -> go.Figure:
-    """Metric vs k per snapshot: top-k lines (solid) and the random-k mean (dashed), ablate and keep-only."""
+_CURVES = {
+    # (keep_only, selection) -> legend name, colour, dash
+    (False, "top"): ("ablate top-k", "#d62728", "solid"),
+    (False, "random"): ("ablate random k", "#ff9896", "dash"),
+    (True, "top"): ("keep only top-k", "#1f77b4", "solid"),
+    (True, "random"): ("keep only random k", "#aec7e8", "dash"),
+}
+_PANEL_COLUMNS = 4
+
+
+def ablation_curves_figure(
+    rows: Sequence[dict[str, Any]], *, value: str = "metric", title: str = "", at_chance: Collection[str] = ()
+) -> go.Figure:
+    """Metric vs k, one small panel per snapshot (shared axes): top-k ablation and keep-only
+    as solid lines, their random-k means dashed, in the same four colours in every panel.
+    Panels of the snapshots labelled in ``at_chance`` say so in their titles.
+
+    One panel per snapshot rather than every snapshot's lines on one axis: twelve snapshots
+    times four curves is fifty lines, which no legend untangles."""
     if value not in ("metric", "accuracy"):
         raise ValueError(f"value must be 'metric' or 'accuracy', got {value!r}")
-    fig = go.Figure()
-    keys = sorted(
-        {(r.get("label", f"s{r['snapshot']}"), r["snapshot"], r["keep_only"]) for r in rows},
-        key=lambda key: (key[1], key[2]),
-    )
-    for label, snapshot, keep_only in keys:
-        mine = [r for r in rows if r["snapshot"] == snapshot and r["keep_only"] == keep_only]
-        kind = "keep top-k" if keep_only else "ablate top-k"
-        top = sorted((r for r in mine if r["selection"] == "top"), key=lambda r: r["k"])
-        if top:
+    snapshots = sorted({(r["snapshot"], r.get("label", f"s{r['snapshot']}")) for r in rows})
+    n_cols = max(1, min(_PANEL_COLUMNS, len(snapshots)))
+    n_rows = max(1, -(-len(snapshots) // n_cols))
+    fig = make_subplots(
+        rows=n_rows, cols=n_cols, shared_xaxes=True, shared_yaxes="all",
+        subplot_titles=[f"{label} (at chance)" if label in at_chance else label for _, label in snapshots],
+        horizontal_spacing=0.03, vertical_spacing=0.12 / n_rows,
+    )  # fmt: skip
+    for panel, (snapshot, _) in enumerate(snapshots):
+        mine = [r for r in rows if r["snapshot"] == snapshot]
+        for (keep_only, selection), (name, colour, dash) in _CURVES.items():
+            chosen = [r for r in mine if r["keep_only"] == keep_only and r["selection"] == selection]
+            ks = sorted({r["k"] for r in chosen})
+            if not ks:
+                continue
+            ys = [float(np.mean([r[value] for r in chosen if r["k"] == k])) for k in ks]
             fig.add_trace(
                 go.Scatter(
-                    x=[r["k"] for r in top], y=[r[value] for r in top], mode="lines+markers", name=f"{label}: {kind}"
-                )
-            )
-        ks = sorted({r["k"] for r in mine if r["selection"] == "random"})
-        if ks:
-            means = [float(np.mean([r[value] for r in mine if r["selection"] == "random" and r["k"] == k])) for k in ks]
-            fig.add_trace(
-                go.Scatter(
-                    x=ks, y=means, mode="lines", line={"dash": "dash"}, name=f"{label}: {kind.replace('top', 'random')}"
-                )
-            )
+                    x=ks, y=ys, mode="lines+markers" if selection == "top" else "lines", name=name, legendgroup=name,
+                    showlegend=panel == 0, line={"color": colour, "dash": dash}, marker={"size": 4},
+                ),
+                row=panel // n_cols + 1, col=panel % n_cols + 1,
+            )  # fmt: skip
+    k_axis = log_axis([r["k"] for r in rows], max_ticks=4)
+    fig.update_xaxes(**{key: v for key, v in k_axis.items() if key != "title"})
+    for col in range(1, n_cols + 1):
+        fig.update_xaxes(title_text="k (features)", row=n_rows, col=col)
+    y_title = "metric (wrong - correct)" if value == "metric" else "accuracy"
+    for row in range(1, n_rows + 1):
+        fig.update_yaxes(title_text=y_title, row=row, col=1)
+    height = 150 + 200 * n_rows
+    # Title, then the legend in a line of its own under it, then the panels: a legend at the
+    # top right would sit under plotly's toolbar.
     fig.update_layout(
-        title=title or f"ablation curves ({value})",
-        xaxis_title="k (features)",
-        yaxis_title="logit[wrong] - logit[correct]" if value == "metric" else "accuracy",
-        xaxis_type="log",
-        template="plotly_white",
-    )
+        title={"text": title or f"ablation curves ({value})", "y": 1 - 12 / height, "yanchor": "top", "yref": "container"},
+        template="plotly_white", height=height, margin={"t": 110},
+        legend={"orientation": "h", "yref": "container", "y": 1 - 48 / height, "yanchor": "top", "x": 0, "xanchor": "left"},
+    )  # fmt: skip
     return fig

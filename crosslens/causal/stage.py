@@ -210,7 +210,9 @@ def run_causal_stage(
     if not allow_chance and all(b.at_chance for b in behaviours):
         raise NoBehaviourError(no_behaviour_message(name, behaviours))
     result = _relie_of(table, crosscoder, top_k, thresholds, effect_floor, n_boot, behaviours)
-    report = causal_report(table, result.selected, result.relie, result.reldec, rows, thresholds, behaviours)
+    report = causal_report(
+        table, result.selected, result.relie, result.reldec, rows, thresholds, behaviours, labels=result.labels
+    )
     _add_ci_section(report, table, result.selected, result.ci_low, result.ci_high, result.classed, result.effect_floor)
     summary = _summary(table, result, rows, tokenized, ablation, behaviours)
     paths = CausalStagePaths(
@@ -388,10 +390,12 @@ def causal_report(
     rows: Sequence[dict[str, Any]],
     thresholds: RelIEThresholds = RelIEThresholds(),
     behaviours: Sequence[SnapshotBehaviour] | None = None,
+    labels: Any = None,
 ):
     """An HTML report (``crosslens.htmlreport.Report``) of one task's causal results; with
     ``behaviours`` (:mod:`crosslens.causal.behaviour`), the accuracy per snapshot and which
-    snapshots are at chance, whose restorations are then not shown as findings."""
+    snapshots are at chance, whose restorations are then not shown as findings; ``labels``,
+    the RelIE classes ``[features, snapshots]`` the stage decided, colour the scatters."""
     subtitle = f"{len(table.snapshots)} snapshots, hook {table.config.get('hook', '?')}"
     report = Report(f"Causal analysis: {table.task}", subtitle=subtitle)
     report.add_heading("Task metric per snapshot")
@@ -402,7 +406,10 @@ def causal_report(
     report.add_text(
         f"metric = {metric_formula(table.config.get('metric'))}: negative means the model is right "
         "(prefers the correct continuation), and more negative means more confident. An IE is the change in "
-        "this metric when a feature is patched: a negative IE means the feature helps the correct answer."
+        "this metric when a feature is patched: a negative IE means the feature helps the correct answer. "
+        "metric (patched): the metric with the hook's activation over the prompt set to the patch point, the far "
+        "end of each integration path (the corrupted prompt's activation, or zero where the task has no corrupted "
+        "prompt). error-node IE: the part of that change carried by the crosscoder's error term."
         + (
             " Features are patched at the prompt's positions; the continuations are scored under teacher "
             "forcing, their positions unedited."
@@ -410,28 +417,19 @@ def causal_report(
             else ""
         )
     )
-    report.add_heading("RelIE")
-    report.add_figure(
-        relie_heatmap(relie_sel, feature_ids=selected.tolist(), snapshot_labels=table.snapshot_labels),
-        caption=f"{len(selected)} features: the union of each snapshot's top features by |IE|.",
-    )
-    for column in _spread(len(table.snapshots), 4):
-        label = table.snapshot_labels[column]
-        report.add_figure(
-            relie_vs_reldec(
-                relie_sel[:, column], reldec_sel[:, column], feature_ids=selected.tolist(), snapshot_label=label,
-                thresholds=thresholds,
-            )  # fmt: skip
-        )
+    _add_relie_section(report, table, selected, relie_sel, reldec_sel, thresholds, behaviours, labels)
     report.add_heading("Ablation curves")
     mode = next((r["ablation"] for r in rows), "zero")
     how = "set to 0" if mode == "zero" else "set to their mean code over the task's tokens"
     report.add_figure(
-        ablation_curves_figure(rows, title=f"ablation curves ({mode}-ablation, error term kept)"),
+        ablation_curves_figure(
+            rows, title=f"ablation curves ({mode}-ablation, error term kept)",
+            at_chance=[b.label for b in behaviours or [] if b.at_chance],
+        ),  # fmt: skip
         caption=(
             f"{mode}-ablation: ablated features are {how}, at every task position, with the crosscoder's error "
-            "term kept. 'ablate top-k' removes the k features with the largest |IE|; 'keep top-k' ablates "
-            "every other feature. Dashed: random features active on the task (mean)."
+            "term kept. One panel per snapshot. 'ablate top-k' removes the k features with the largest |IE|; "
+            "'keep only top-k' ablates every other feature. Dashed: random features active on the task (mean)."
         ),
     )
     final = table.snapshots[-1]
@@ -457,6 +455,29 @@ def causal_report(
             ]
         )
     return report
+
+
+def _add_relie_section(
+    report: Report, table: IETable, selected: torch.Tensor, relie_sel: torch.Tensor, reldec_sel: torch.Tensor,
+    thresholds: RelIEThresholds, behaviours: Sequence[SnapshotBehaviour] | None, labels: Any,
+) -> None:
+    """The RelIE heatmap, and RelIE against RelDec at up to four snapshots where the model does
+    the task (with none such, at any four, every point greyed as "no behaviour here")."""
+    report.add_heading("RelIE")
+    report.add_figure(
+        relie_heatmap(relie_sel, feature_ids=selected.tolist(), snapshot_labels=table.snapshot_labels),
+        caption=f"{len(selected)} features: the union of each snapshot's top features by |IE|.",
+    )
+    behaving = [c for c in range(len(table.snapshots)) if not (behaviours and behaviours[c].at_chance)]
+    behaving = behaving or list(range(len(table.snapshots)))
+    for column in [behaving[i] for i in _spread(len(behaving), 4)]:
+        report.add_figure(
+            relie_vs_reldec(
+                relie_sel[:, column], reldec_sel[:, column], feature_ids=selected.tolist(),
+                snapshot_label=table.snapshot_labels[column], thresholds=thresholds,
+                labels=None if labels is None else labels[:, column],
+            )  # fmt: skip
+        )
 
 
 def _metric_rows(table: IETable, behaviours: Sequence[SnapshotBehaviour] | None) -> list[dict[str, Any]]:
