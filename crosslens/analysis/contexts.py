@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,7 @@ class Context:
         """The window as HTML, focus token highlighted."""
         return self._render(("<mark>", "</mark>"), html.escape)
 
-    def _render(self, marker: tuple[str, str], escape: Any) -> str:
+    def _render(self, marker: tuple[str, str], escape: Callable[[str], str]) -> str:
         pieces = self.tokens if self.tokens is not None else [f" {t}" if k else str(t) for k, t in enumerate(self.token_ids)]
         out = []
         for k, piece in enumerate(pieces):

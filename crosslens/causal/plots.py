@@ -85,12 +85,13 @@ def relie_heatmap(
     # Order rows by where the feature peaks, then by how sharply, so the diagonal reads as time.
     order = np.lexsort((-values.max(axis=1), values.argmax(axis=1)))
     labels = list(snapshot_labels) if snapshot_labels is not None else [f"s{i}" for i in range(n_snapshots)]
+    row_names = [f"f{i}" for i in ids[order]]
     fig = go.Figure(
         go.Heatmap(
             z=values[order],
             x=labels,
             y=list(range(n_features)),
-            customdata=[[f"f{i}"] * n_snapshots for i in ids[order]],
+            customdata=[[name] * n_snapshots for name in row_names],
             hovertemplate="feature %{customdata}<br>%{x}<br>RelIE %{z:.2f}<extra></extra>",
             zmin=0,
             zmax=1,
@@ -105,7 +106,7 @@ def relie_heatmap(
         title=title, xaxis_title="snapshot", template="plotly_white", height=height,
         yaxis={
             "title": "feature", "autorange": "reversed", "tickmode": "array", "tickvals": shown,
-            "ticktext": [f"f{ids[order][r]}" for r in shown],
+            "ticktext": [row_names[r] for r in shown],
         },
     )  # fmt: skip
     return fig
@@ -155,10 +156,10 @@ def ablation_curves_figure(
                 ),
                 row=panel // n_cols + 1, col=panel % n_cols + 1,
             )  # fmt: skip
-    k_axis = log_axis([r["k"] for r in rows], max_ticks=4)
-    fig.update_xaxes(**{key: v for key, v in k_axis.items() if key != "title"})
-    for col in range(1, n_cols + 1):
-        fig.update_xaxes(title_text="k (features)", row=n_rows, col=col)
+    fig.update_xaxes(**log_axis([r["k"] for r in rows], max_ticks=4))
+    for col in range(1, n_cols + 1):  # under each column's lowest panel (the last row may be short)
+        lowest = max(p for p in range(len(snapshots)) if p % n_cols == col - 1)
+        fig.update_xaxes(title_text="k (features)", showticklabels=True, row=lowest // n_cols + 1, col=col)
     y_title = "metric (wrong - correct)" if value == "metric" else "accuracy"
     for row in range(1, n_rows + 1):
         fig.update_yaxes(title_text=y_title, row=row, col=1)

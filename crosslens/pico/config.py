@@ -11,7 +11,6 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 
 FORMAT_VERSION = 1
@@ -32,35 +31,31 @@ def pythia_like_schedule(n_steps: int, log_until: int, every: int) -> tuple[int,
     return tuple(sorted(steps))
 
 
-def _at_least(minimum: int, default: int) -> Any:
-    """A field whose values below ``minimum`` are refused, by the config and by the CLI flag that sets it."""
-    return field(default=default, metadata={"min": minimum})
-
-
 @dataclass(frozen=True)
 class PicoConfig:
-    """Everything that determines a pico suite (the build is deterministic given this)."""
+    """Everything that determines a pico suite (the build is deterministic given this). A field's
+    ``min`` is checked here and by the ``crosslens suite build`` flag that sets it."""
 
     seed: int = 0
     """Seeds the weights' initialisation and every text sample."""
     corpus: tuple[str, ...] | str | None = None
     """None: crosslens's grammar. A list of local text files (their bytes enter the config hash), or
     "dataset:NAME:COLUMN" (only the name does: pass force=True after changing the dataset)."""
-    n_layers: int = _at_least(1, 2)
+    n_layers: int = field(default=2, metadata={"min": 1})
     """Transformer blocks."""
-    d_model: int = _at_least(1, 128)
+    d_model: int = field(default=128, metadata={"min": 1})
     """Residual stream width."""
-    n_heads: int = _at_least(1, 4)
+    n_heads: int = field(default=4, metadata={"min": 1})
     """Attention heads per block."""
-    d_mlp: int = _at_least(1, 512)
+    d_mlp: int = field(default=512, metadata={"min": 1})
     """MLP hidden width."""
     rotary_pct: float = 0.25
     """Fraction of each head's dimensions that get rotary position embeddings (Pythia: 0.25)."""
-    seq_len: int = _at_least(8, 64)
+    seq_len: int = field(default=64, metadata={"min": 8})
     """Tokens per training row, BOS included (at least a sentence)."""
-    batch_size: int = _at_least(1, 32)
+    batch_size: int = field(default=32, metadata={"min": 1})
     """Rows per optimizer step."""
-    n_steps: int = _at_least(1, 640)
+    n_steps: int = field(default=640, metadata={"min": 1})
     """Optimizer steps."""
     lr: float = 1e-2
     """Peak learning rate (AdamW)."""
@@ -72,15 +67,15 @@ class PicoConfig:
     """AdamW weight decay on matrices (not on biases or layer norms)."""
     grad_clip: float = 1.0
     """Gradient norm clip."""
-    log_checkpoints_until: int = _at_least(1, 64)
+    log_checkpoints_until: int = field(default=64, metadata={"min": 1})
     """Checkpoints at 0, 1, 2, 4, ... up to this step ..."""
-    checkpoint_every: int = _at_least(1, 48)
+    checkpoint_every: int = field(default=48, metadata={"min": 1})
     """... then every this many steps, and at the last step."""
-    n_eval_pairs: int = _at_least(1, 200)
+    n_eval_pairs: int = field(default=200, metadata={"min": 1})
     """Minimal pairs per task evaluated at every checkpoint."""
-    n_eval_sequences: int = _at_least(1, 64)
+    n_eval_sequences: int = field(default=64, metadata={"min": 1})
     """Held-out rows of ``seq_len`` for the held-out loss."""
-    bpe_vocab_size: int = _at_least(2, 4096)
+    bpe_vocab_size: int = field(default=4096, metadata={"min": 2})
     """Vocabulary of the BPE tokenizer trained on a user corpus (the grammar uses one token per word)."""
     eval_pairs: str | None = None
     """A file of minimal pairs (BLiMP or crosslens JSONL, or CLAMS text) scored at every checkpoint
