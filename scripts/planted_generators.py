@@ -55,6 +55,27 @@ INDEPENDENT = "independent"
 TARGET = 0.9
 
 
+def field_values(items: list[str]) -> dict:
+    """``FIELD=VALUE`` items as a dict, each value read as a Python literal."""
+    return {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in items)}
+
+
+def with_k(arch: str, k: int | None, overrides: dict) -> dict:
+    """``overrides`` plus ``k`` for the TopK-style architectures when one is given."""
+    return {**({"k": k} if "topk" in arch and k is not None else {}), **overrides}
+
+
+def run_grid(run, grid: list[tuple], jobs: int) -> list[dict]:
+    """``run(*cell)`` for every cell, ``jobs`` at once, each result printed as a JSON line as it comes."""
+    runs = []
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for result in pool.map(run, *zip(*grid)):
+            print(json.dumps(result), flush=True)
+            runs.append(result)
+    print()
+    return runs
+
+
 def run_one(generator: str, arch: str, seed: int, steps: int | None, overrides: dict, planted_overrides: dict) -> dict:
     torch.set_num_threads(1)
     if generator == INDEPENDENT:
@@ -121,20 +142,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
     parser.add_argument("--json", help="also write every run's scores here")
     args = parser.parse_args(argv)
-    overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
-    planted_overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.planted)}
+    overrides, planted_overrides = field_values(args.set), field_values(args.planted)
     grid = [
-        (g, a, s, args.steps, {**({"k": args.k} if "topk" in a and args.k is not None else {}), **overrides}, planted_overrides)
+        (g, a, s, args.steps, with_k(a, args.k, overrides), planted_overrides)
         for g in args.generator
         for a in args.arch
         for s in args.seeds
     ]
-    runs = []
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for run in pool.map(run_one, *zip(*grid)):
-            print(json.dumps(run), flush=True)
-            runs.append(run)
-    print()
+    runs = run_grid(run_one, grid, args.jobs)
     all_pass = table(runs)
     if args.json:
         with open(args.json, "w") as f:

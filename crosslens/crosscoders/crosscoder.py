@@ -12,7 +12,10 @@ With n_snapshots = 1 this is SAELens's ``standard`` SAE with ``apply_b_dec_to_in
 What the L1 term costs: a latent that writes ``d_i + a d_p`` pays ``||d_i + a d_p||`` where
 two latents pay ``||d_i|| + a ||d_p||``, so where two features fire together on most tokens
 the cheaper code absorbs part of one into the other's latent; the planted benchmark measures
-it (:mod:`crosslens.analysis.absorption`).
+it (:mod:`crosslens.analysis.absorption`). With more latents than features, the spare ones
+also fit such pairs, and the absorbed code ends at a lower objective than training started
+from the planted features (``scripts/planted_objective.py``): a better optimiser does not
+undo it.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ where the feature does not help. ``l1_coefficient = 0`` gives the plain TopK los
 What a fixed k costs: where two features fire together on most tokens, one latent that
 writes both saves a slot on each of those tokens, so TopK absorbs one into the other more
 than BatchTopK (whose budget is the batch's) or JumpReLU do; the planted benchmark measures
-it (:mod:`crosslens.analysis.absorption`).
+it (:mod:`crosslens.analysis.absorption`), and the absorbed code ends at a lower objective
+than training started from the planted features (``scripts/planted_objective.py``).
 
 With k much smaller than d_sae, training decodes only the active features instead of a
 dense ``[N, F] @ [F, S*D]`` matmul: a gather of their decoder rows through

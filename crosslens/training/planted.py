@@ -10,6 +10,7 @@ initialised at norm 0.08.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,6 +37,7 @@ def train_planted(
     sparsity_coefficient: float | None = None,
     lr_decay_fraction: float = 0.2,
     dead_feature_window_tokens: int | None = None,
+    init: Callable[[Any], None] | None = None,
     **crosscoder_overrides: Any,
 ):
     """A crosscoder of ``architecture`` trained on ``planted``'s batches for ``n_steps``.
@@ -48,6 +50,8 @@ def train_planted(
     1.5 times the planted set's mean L0 (:attr:`PlantedEvolution.mean_l0`), at least 1.
     A planted set without ``mean_l0`` must be given ``k`` for the TopK-style architectures.
     ``dead_feature_window_tokens`` is the trainer's (None: its default for the run's length);
+    ``init``, when given, is called on the built crosscoder before training and may set
+    its weights in place (``scripts/planted_objective.py`` starts from the planted code);
     ``crosscoder_overrides`` go to the crosscoder's config.
     """
     defaults = defaults_for(architecture)
@@ -76,6 +80,9 @@ def train_planted(
         sparsity_warm_up_steps=warm_up,
         **crosscoder_overrides,
     )
+    if init is not None:
+        with torch.no_grad():
+            init(crosscoder)
     trainer = CrosscoderTrainer(
         crosscoder,
         CrosscoderTrainerConfig(
