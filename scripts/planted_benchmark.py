@@ -79,6 +79,7 @@ def score(planted: PlantedEvolution, crosscoder, before: bool, seconds: float) -
     scores = planted_scores(analysis, planted, codes=codes_NF, coefficients=coefficients_NF)
     scores["seconds"] = seconds
     scores["l0"] = float((codes_NF != 0).sum(-1).float().mean())
+    scores["dead"] = int((codes_NF == 0).all(dim=0).sum())
     return scores
 
 

@@ -43,6 +43,7 @@ import torch  # noqa: E402
 
 from crosslens.analysis import PlantedConfig, PlantedEvolution  # noqa: E402
 from crosslens.analysis.planted_generators import GENERATORS  # noqa: E402
+from crosslens.architectures import uses_k  # noqa: E402
 from crosslens.training.planted import train_planted  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +63,7 @@ def field_values(items: list[str]) -> dict:
 
 def with_k(arch: str, k: int | None, overrides: dict) -> dict:
     """``overrides`` plus ``k`` for the TopK-style architectures when one is given."""
-    return {**({"k": k} if "topk" in arch and k is not None else {}), **overrides}
+    return {**({"k": k} if uses_k(arch) and k is not None else {}), **overrides}
 
 
 def run_grid(run, grid: list[tuple], jobs: int) -> list[dict]:

@@ -93,13 +93,10 @@ def run_one(generator: str, arch: str, seed: int, init: str, overrides: dict) ->
         planted, arch, seed=seed, init=planted_init(planted) if init == "planted" else None, **overrides
     )
     scores = score(planted, crosscoder, before=False, seconds=0.0)
-    acts_NSD, _ = planted.sample(20_000, torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        fires_F = (crosscoder.encode(acts_NSD) != 0).any(dim=0)
     return dict(
         generator=generator, arch=arch, seed=seed, init=init,
         recovered=scores["recovered_fraction"], exact=scores["timeline_accuracy"],
-        absorbing=scores["absorbing_fraction"], l0=scores["l0"], dead=int((~fires_F).sum()),
+        absorbing=scores["absorbing_fraction"], l0=scores["l0"], dead=scores["dead"],
         objective=final_objective(crosscoder, planted),
     )  # fmt: skip
 
