@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Bool, Float, Int
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from crosslens.activations.store import (
     LOCK_NAME,
@@ -56,6 +55,7 @@ from crosslens.activations.tokens import check_same_tokenizer, kept_tokens
 from crosslens.core.devices import release_model
 from crosslens.core.errors import StoreLockedError, storage_errors
 from crosslens.core.locks import exclusive_lock
+from crosslens.core.progress import progress_bar
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -317,12 +317,12 @@ def _harvest_locked(
 
     shards, n_tokens, n_snapshots = manifest["shards"], manifest["n_tokens"], manifest["n_snapshots"]
     units = team.units(n_snapshots, len(shards))
-    bar = tqdm(
+    bar = progress_bar(
         total=sum(shards[k]["token_stop"] - shards[k]["token_start"] for _, ks in units for k in ks),
         unit="tok",
         unit_scale=True,
         desc=f"harvest {n_snapshots} snapshots x {n_tokens} tokens" + team.describe(),
-        disable=not progress or not team.is_main,
+        show=progress and team.is_main,
     )
     # Shard k is written in the background while shard k + 1 is computed (the next
     # snapshot's loading included); a shard enters the manifest only once its file is on

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
 from crosslens.analysis.probes import encode_in_batches, reads_normalized
 from crosslens.core.hooks import resolve_hook
+from crosslens.core.progress import progress_bar
 
 if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder
@@ -120,7 +120,7 @@ def top_activating_contexts(
 
     best_val_KF = torch.full((0, len(features)), -torch.inf)
     best_idx_KF = torch.zeros((0, len(features)), dtype=torch.long)
-    for start in tqdm(range(0, n_total, batch_size), desc="top contexts", disable=not progress):
+    for start in progress_bar(range(0, n_total, batch_size), desc="top contexts", show=progress):
         idx_B = torch.arange(start, min(start + batch_size, n_total))
         acts_BSD = store.read(hook, idx_B, normalize=normalize)
         f_BF = encode_in_batches(crosscoder, acts_BSD, batch_size, columns=feature_idx)

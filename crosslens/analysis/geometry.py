@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from tqdm.auto import tqdm
 
+from crosslens.core.progress import progress_bar
 from crosslens.core.tensors import one_vs_all_share
 from crosslens.crosscoders.folding import training_space_decoder
 
@@ -93,7 +93,7 @@ def feature_dimensionality(
     d_sae, n_snapshots, _ = W_FSD.shape
     dims_FS = torch.zeros(d_sae, n_snapshots, device=W_FSD.device)
     chunks = [(s, start) for s in range(n_snapshots) for start in range(0, d_sae, chunk_size)]
-    for s, start in tqdm(chunks, desc="feature dimensionality", disable=not progress):
+    for s, start in progress_bar(chunks, desc="feature dimensionality", show=progress):
         W_FD = W_FSD[:, s]
         rows_CD = W_FD[start : start + chunk_size]
         norms_C = rows_CD.norm(dim=-1)

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
-from tqdm.auto import tqdm
 
 from crosslens.core.hooks import resolve_hook
+from crosslens.core.progress import progress_bar
 from crosslens.crosscoders.folding import is_folded
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ def probe_validation(
 
     n_snapshots = acts_NSD.shape[1]
     errors_KS = torch.zeros(len(features), n_snapshots)
-    for s in tqdm(range(n_snapshots), desc="probes", disable=not progress):
+    for s in progress_bar(range(n_snapshots), desc="probes", show=progress):
         errors_KS[:, s] = _probe_errors(acts_NSD[:, s].double(), labels_NK, train, test, ridge)
 
     W_dec = crosscoder.W_dec.detach().float().cpu()

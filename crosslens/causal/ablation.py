@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from crosslens.causal.attribution import (
@@ -46,6 +45,7 @@ from crosslens.causal.splice import (
     iter_snapshot_models,
     splice,
 )
+from crosslens.core.progress import progress_bar
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.tasks.base import TaskDataset, TokenizedTask
@@ -297,8 +297,8 @@ def ablation_curves(
         acts_all = None
     rows: list[dict[str, Any]] = []
     pairs = iter_snapshot_models(models, table.snapshots)
-    progress_bar = tqdm(pairs, total=len(table.snapshots), disable=not progress, desc="ablation curves")
-    for column, (index, model) in enumerate(progress_bar):
+    bar = progress_bar(pairs, total=len(table.snapshots), show=progress, desc="ablation curves")
+    for column, (index, model) in enumerate(bar):
         codes = exact_codes(crosscoder, acts_all, index, norm_factors=norm_factors) if acts_all is not None else None
         rows += snapshot_ablation_rows(
             model, crosscoder, tokenized, table.ie[:, column], snapshot=index, label=table.snapshot_labels[column],

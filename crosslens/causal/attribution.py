@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float, Int
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from crosslens.causal.continuations import check_metric, continuation_path_metric, metric_name
@@ -41,6 +40,7 @@ from crosslens.causal.splice import (
     iter_snapshot_models,
     unembed,
 )
+from crosslens.core.progress import progress_bar
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.tasks.base import TaskDataset, TokenizedTask, resolve_tokenizer
@@ -186,7 +186,7 @@ def attribute_snapshot(
     n_examples = task.clean_tokens.shape[0]
     totals = _IETotals(codec.d_sae, keep_per_token)
     batches = range(0, n_examples, config.batch_size)
-    for start in tqdm(batches, desc=f"IG snapshot {snapshot}", disable=not progress):
+    for start in progress_bar(batches, desc=f"IG snapshot {snapshot}", show=progress):
         rows = slice(start, start + config.batch_size)
         ie_tok, err_tok, metric_clean, metric_patch = _attribute_batch(
             model, hook, codec, task, rows, positions_all[rows], config, metric,

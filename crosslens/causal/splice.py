@@ -43,10 +43,10 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import torch
 from jaxtyping import Bool, Float, Int
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from crosslens.core.hooks import block_index, crosscoder_hook
+from crosslens.core.progress import progress_bar
 from crosslens.crosscoders.protocol import Crosscoder
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 
@@ -177,7 +177,7 @@ def collect_activations(
     """
     per_snapshot = []
     n = len(models) if hasattr(models, "__len__") else None
-    for _, model in tqdm(iter_snapshot_models(models), total=n, desc=f"activations at {hook}", disable=not progress):
+    for _, model in progress_bar(iter_snapshot_models(models), total=n, desc=f"activations at {hook}", show=progress):
         per_snapshot.append(activations_at(model, hook, tokens, attention_mask, batch_size).cpu())
     return torch.stack(per_snapshot, dim=2)
 

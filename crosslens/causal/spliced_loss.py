@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from tqdm.auto import tqdm
 
 from crosslens.causal.splice import (
     SnapshotModels, activations_at, collect_activations, exact_codes, iter_snapshot_models, run_from_hook,
 )
 from crosslens.core.hooks import crosscoder_hook
+from crosslens.core.progress import progress_bar
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def spliced_loss(
     if acts_NLSD.shape[2] != n_snapshots:
         raise ValueError(f"the crosscoder reads {n_snapshots} snapshots but {acts_NLSD.shape[2]} models were given")
     rows = []
-    spliced_runs = tqdm(iter_snapshot_models(models), total=n_snapshots, desc="spliced loss", disable=not progress)
+    spliced_runs = progress_bar(iter_snapshot_models(models), total=n_snapshots, desc="spliced loss", show=progress)
     for s, model in spliced_runs:
         codec = SnapshotCodec(crosscoder, s, norm_factors)
         codes = exact_codes(crosscoder, acts_NLSD, s, norm_factors=norm_factors)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -64,6 +63,7 @@ from crosslens.core.errors import (
     UnknownRevisionError,
 )
 from crosslens.core.hashing import weights_sha256
+from crosslens.core.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -413,7 +413,7 @@ class CheckpointSuite:
         """
         self.check_architectures()
         first_revision_with: dict[str, str] = {}
-        bar = tqdm(self.snapshots, desc=f"loading {self.model_id}", unit="snapshot", disable=not progress)
+        bar = progress_bar(self.snapshots, desc=f"loading {self.model_id}", unit="snapshot", show=progress)
         for ref in bar:
             bar.set_postfix_str(ref.revision)
             model = self.load(ref, device=device, dtype=dtype)

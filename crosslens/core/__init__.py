@@ -15,6 +15,8 @@ submodule you need; this package imports a submodule only when it is first named
 - :mod:`crosslens.core.launch`: whether this process is a ``torchrun`` worker, and which one
 - :mod:`crosslens.core.devices`: devices, dtypes, accelerator memory, freeing a model
 - :mod:`crosslens.core.seeding`: seeding torch, numpy and random
+- :mod:`crosslens.core.progress`: progress bars, each one hidden by its caller's switch or ``TQDM_DISABLE``
+- :mod:`crosslens.core.units`: sizes as people read them
 - :mod:`crosslens.core.packing`: packing tokenized documents into fixed-length rows
 - :mod:`crosslens.core.lazy`: package attributes imported on first use
 - :mod:`crosslens.core.tensors`: small tensor helpers (row counts, one-vs-all shares)
@@ -36,9 +38,11 @@ __all__ = [
     "metadata",
     "packing",
     "paths",
+    "progress",
     "sealed",
     "seeding",
     "tensors",
+    "units",
     "weightfiles",
 ]
 

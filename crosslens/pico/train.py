@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import torch
 from jaxtyping import Int
-from tqdm.auto import tqdm
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 
+from crosslens.core.progress import progress_bar
 from crosslens.pico.config import PicoConfig
 
 
@@ -80,8 +80,8 @@ def train(
     run re-saves the checkpoint it resumed from only if it was never saved).
     """
     checkpoints = set(config.checkpoint_steps)
-    bar = tqdm(
-        total=config.n_steps, initial=start_step, desc="pico: training", unit="step", disable=not progress,
+    bar = progress_bar(
+        total=config.n_steps, initial=start_step, desc="pico: training", unit="step", show=progress,
         dynamic_ncols=True,
     )  # fmt: skip
     try:

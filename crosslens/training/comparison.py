@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sae_lens.saes.sae import SAE
-from tqdm.auto import tqdm
 
 from crosslens.activations import ActivationStore
+from crosslens.core.progress import progress_bar
 from crosslens.training.baselines import (
     BASELINE_ARCHITECTURES,
     calibrate_sparsity_coefficient,
@@ -189,7 +189,7 @@ def compare_with_saes(
     baselines: dict[tuple[str, int], dict[str, Any]] = {}
     used: dict[str, set[str]] = {arch: set() for arch in architectures}
     jobs = [(s, arch) for s in snapshots for arch in architectures]
-    for s, arch in tqdm(jobs, desc="baseline SAEs", disable=not progress):
+    for s, arch in progress_bar(jobs, desc="baseline SAEs", show=progress):
         sae, setting = _train_baseline(plan, s, arch)
         used[arch].add(setting)
         if trained is not None:

@@ -54,10 +54,10 @@ from sae_lens.saes.sae import (
 from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
 from safetensors.torch import load_file
 from sae_lens.constants import SAE_WEIGHTS_FILENAME
-from tqdm.auto import tqdm
 
 from crosslens.core.errors import storage_errors
 from crosslens.core.paths import FINAL_DIRNAME, TRAINER_STATE_FILENAME, checkpoint_dirname
+from crosslens.core.progress import progress_bar
 from crosslens.core.seeding import seed_everything
 from crosslens.core.tensors import row_counts
 from crosslens.crosscoders.base import CrosscoderTrainingMixin
@@ -272,11 +272,11 @@ class CrosscoderTrainer:
         wandb_run, owns_run = self._start_wandb() if log_here else (None, False)
         if wandb_run is not None:  # also the caller's run: the crosscoder's metadata names it
             self.wandb_run_id = self.wandb_run_id or wandb_run.id
-        pbar = tqdm(
+        pbar = progress_bar(
             total=self.cfg.total_steps,
             initial=self.n_steps,
             desc="Training crosscoder",
-            disable=not self.is_main,
+            show=self.is_main,
         )
         last_log_time, last_log_tokens = time.perf_counter(), self.n_tokens
         output = None
