@@ -14,7 +14,7 @@ import torch
 
 from wandb_files import item_values, wandb_records
 
-from crosslens.causal.spliced_loss import format_spliced_loss, sae_spliced_loss, spliced_loss
+from crosslens.causal.spliced_loss import format_spliced_loss, percent_or_na, recovered_share, sae_spliced_loss, spliced_loss
 from crosslens.cli import main
 from crosslens.core.paths import QUALITY_NAME
 from trust_fixtures import HOOK, harvest, one_torch_thread, write_suite
@@ -142,7 +142,7 @@ def test_report_shows_the_spliced_table_with_raw_losses_and_the_floor(world, tmp
     body = page[page.index("Crosscoder spliced into each snapshot"):]
     for row in library_rows(world):
         cells = [row["snapshot"], row["ce_loss_without_sae"], row["ce_loss_with_sae"], row["ce_loss_with_ablation"],
-                 row["ce_loss_score"], row["kl_div_with_sae"], row["kl_div_with_ablation"]]  # fmt: skip
+                 recovered_share(row), row["kl_div_with_sae"], row["kl_div_with_ablation"]]  # fmt: skip
         expected = "".join(f'<td class="{"text" if isinstance(c, str) else ""}">{format_cell(c)}</td>' for c in cells)
         assert expected in body
 
@@ -172,7 +172,7 @@ def test_push_puts_the_spliced_figures_in_the_registry_entry_and_model_card(worl
     assert "## Spliced-model loss" in result.card and "CE zero-ablated" in result.card
     for r in rows:
         line = (f"| {r['snapshot']} | {r['ce_loss_without_sae']:.4f} | {r['ce_loss_with_sae']:.4f} | "
-                f"{r['ce_loss_with_ablation']:.4f} | {100 * r['ce_loss_score']:.1f}% | {r['kl_div_with_sae']:.4f} |")  # fmt: skip
+                f"{r['ce_loss_with_ablation']:.4f} | {percent_or_na(recovered_share(r))} | {r['kl_div_with_sae']:.4f} |")  # fmt: skip
         assert line in result.card
     without_floor = result.registry_yaml.replace("spliced_ablation: zero", "")
     with pytest.raises(PretrainedRegistryError, match="ce_loss_score needs spliced_ablation"):

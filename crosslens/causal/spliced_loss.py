@@ -59,6 +59,39 @@ def _next_token_stats(
     return float(ce), float(kl)
 
 
+MIN_FLOOR_COST = 0.05
+"""Nats of next-token cross-entropy the ablation floor must cost over the clean model for
+``ce_loss_score`` to be shown as a share. Below it the hook barely matters to that snapshot's
+model (a randomly initialised one, say), and the share is a ratio of two differences near
+their noise: 190% or -40% as it falls. Tables then print ``n/a`` beside the raw losses and
+KL, which stay meaningful; records keep the number, as SAELens computes it."""
+
+
+def recovered_share(row: Mapping[str, Any]) -> float | None:
+    """A spliced-loss row's ``ce_loss_score``, or None where its floor costs less than
+    :data:`MIN_FLOOR_COST` nats over the clean loss."""
+    if row["ce_loss_with_ablation"] - row["ce_loss_without_sae"] < MIN_FLOOR_COST:
+        return None
+    return row["ce_loss_score"]
+
+
+def percent_or_na(share: float | None) -> str:
+    """A recovered share as the tables print it."""
+    return "n/a" if share is None else f"{100 * share:.1f}%"
+
+
+def floor_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The line under a table that says which snapshots print ``n/a`` and why; "" when none does."""
+    shown_na = [str(row["snapshot"]) for row in rows if recovered_share(row) is None]
+    if not shown_na:
+        return ""
+    floor = rows[0]["ablation"]
+    return (
+        f"n/a at {', '.join(shown_na)}: {floor}-ablating the hook costs under {MIN_FLOOR_COST} nats there, "
+        "so a recovered share says nothing; read CE spliced and KL"
+    )
+
+
 def _score(floor: float, spliced: float, best: float) -> float:
     gap = floor - best
     return float("nan") if gap == 0 else (floor - spliced) / gap
@@ -204,9 +237,10 @@ def format_spliced_loss(rows: Sequence[dict[str, Any]]) -> str:
     for row in rows:
         lines.append(
             f"{row['snapshot']:>12s}  {row['ce_loss_without_sae']:9.4f}  {row['ce_loss_with_sae']:10.4f}  "
-            f"{row['ce_loss_with_ablation']:11.4f}  {100 * row['ce_loss_score']:11.1f}%  {row['kl_div_with_sae']:10.4f}"
+            f"{row['ce_loss_with_ablation']:11.4f}  {percent_or_na(recovered_share(row)):>12s}  {row['kl_div_with_sae']:10.4f}"
         )
-    return "\n".join(lines)
+    note = floor_note(rows)
+    return "\n".join(lines + ([note] if note else []))
 
 
 def spliced_record(
@@ -275,20 +309,22 @@ def comparison_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
         }
         for name, measured in (("crosscoder", row), *beside.items()):
             line[f"{name} CE spliced"] = measured["ce_loss_with_sae"]
-            line[f"{name} CE recovered"] = measured["ce_loss_score"]
+            line[f"{name} CE recovered"] = recovered_share(measured)
             line[f"{name} KL"] = measured["kl_div_with_sae"]
         out.append(line)
     return out
 
 
 def format_comparison(record: Mapping[str, Any]) -> str:
-    """:func:`comparison_rows` as a plain-text table (recovered shares in percent)."""
+    """:func:`comparison_rows` as a plain-text table (recovered shares in percent, ``n/a`` where
+    the floor costs too little to make one, which :func:`format_spliced_loss`'s table, printed
+    first, says in its last line)."""
     rows = comparison_rows(record)
     if not rows:
         return ""
     keys = list(rows[0])
     cells = [keys] + [
-        [str(v) if k == "snapshot" else (f"{100 * v:.1f}%" if "recovered" in k else f"{v:.4f}") for k, v in r.items()]
+        [str(v) if k == "snapshot" else (percent_or_na(v) if "recovered" in k else f"{v:.4f}") for k, v in r.items()]
         for r in rows
     ]
     widths = [max(len(line[i]) for line in cells) for i in range(len(keys))]
@@ -307,7 +343,8 @@ def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
         f"at the hook replaced by the crosscoder's reconstruction (no error term). CE recovered = (CE {floor}-ablated "
         f"- CE spliced) / (CE {floor}-ablated - CE clean), the floor being the activation "
         + ("zeroed" if floor == "zero" else "replaced by its mean over the tokens")
-        + "; it is ill-conditioned where the floor costs little, so read it with the raw losses. KL is the mean "
+        + f"; it is ill-conditioned where the floor costs little, so read it with the raw losses, and it is left "
+        f"out (shown as —) where the floor costs under {MIN_FLOOR_COST} nats over clean. KL is the mean "
         "divergence of the next-token distribution from the clean model's."
     )
     table = [
@@ -316,7 +353,7 @@ def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
             "CE clean": row["ce_loss_without_sae"],
             "CE spliced": row["ce_loss_with_sae"],
             f"CE {floor}-ablated": row["ce_loss_with_ablation"],
-            "CE recovered": row["ce_loss_score"],
+            "CE recovered": recovered_share(row),
             "KL spliced": row["kl_div_with_sae"],
             f"KL {floor}-ablated": row["kl_div_with_ablation"],
         }
@@ -329,4 +366,4 @@ def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
     return report
 
 
-__all__ = ["SplicedAblation", "add_baselines", "add_spliced_loss_section", "spliced_record", "comparison_rows", "format_comparison", "format_spliced_loss", "sae_spliced_loss", "spliced_loss"]
+__all__ = ["MIN_FLOOR_COST", "SplicedAblation", "add_baselines", "add_spliced_loss_section", "spliced_record", "comparison_rows", "format_comparison", "format_spliced_loss", "recovered_share", "sae_spliced_loss", "spliced_loss"]

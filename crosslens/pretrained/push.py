@@ -350,6 +350,8 @@ def _checkpoint_section(snapshots: list[dict[str, Any]], evaluation: dict[str, A
 
 def _spliced_section(spliced: dict[str, Any]) -> list[str]:
     """The model card's spliced-model loss per checkpoint: raw losses beside the recovered share."""
+    from crosslens.causal.spliced_loss import MIN_FLOOR_COST, percent_or_na, recovered_share  # loads TransformerLens
+
     floor = spliced["ablation"]
     lines = [
         "## Spliced-model loss",
@@ -360,14 +362,15 @@ def _spliced_section(spliced: dict[str, Any]) -> list[str]:
     for row in spliced["crosscoder"]:
         lines.append(
             f"| {row['snapshot']} | {row['ce_loss_without_sae']:.4f} | {row['ce_loss_with_sae']:.4f} | "
-            f"{row['ce_loss_with_ablation']:.4f} | {100 * row['ce_loss_score']:.1f}% | {row['kl_div_with_sae']:.4f} |"
+            f"{row['ce_loss_with_ablation']:.4f} | {percent_or_na(recovered_share(row))} | {row['kl_div_with_sae']:.4f} |"
         )
     lines += [
         "",
         f"Each checkpoint's model run on {spliced['n_seqs']} token rows of {spliced['seq_len']} tokens from the "
         f"quality table's activation store, with the activation at the hook replaced by the crosscoder's "
         f"reconstruction. CE recovered is (CE {floor}-ablated - CE spliced) / (CE {floor}-ablated - CE clean); it "
-        "means little where ablating costs little, so the raw losses stand beside it. KL is the mean divergence "
+        f"means little where ablating costs little, so the raw losses stand beside it, and it reads n/a where "
+        f"ablating costs under {MIN_FLOOR_COST} nats. KL is the mean divergence "
         "of the next-token distribution from the clean model's.",
         "",
     ]
