@@ -63,8 +63,8 @@ MIN_FLOOR_COST = 0.05
 """Nats of next-token cross-entropy the ablation floor must cost over the clean model for
 ``ce_loss_score`` to be shown as a share. Below it the hook barely matters to that snapshot's
 model (a randomly initialised one, say), and the share is a ratio of two differences near
-their noise: 190% or -40% as it falls. Tables then print ``n/a`` beside the raw losses and
-KL, which stay meaningful; records keep the number, as SAELens computes it."""
+their noise, free to land far outside [0, 1]. Tables then print ``n/a`` beside the raw
+losses and KL, which stay meaningful; records keep the number, as SAELens computes it."""
 
 
 def recovered_share(row: Mapping[str, Any]) -> float | None:
@@ -343,7 +343,7 @@ def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
         f"at the hook replaced by the crosscoder's reconstruction (no error term). CE recovered = (CE {floor}-ablated "
         f"- CE spliced) / (CE {floor}-ablated - CE clean), the floor being the activation "
         + ("zeroed" if floor == "zero" else "replaced by its mean over the tokens")
-        + f"; it is ill-conditioned where the floor costs little, so read it with the raw losses, and it is left "
+        + "; it is ill-conditioned where the floor costs little, so read it with the raw losses, and it is left "
         f"out (shown as —) where the floor costs under {MIN_FLOOR_COST} nats over clean. KL is the mean "
         "divergence of the next-token distribution from the clean model's."
     )
