@@ -1,7 +1,7 @@
 """The tutorial notebooks run top to bottom with small settings and produce real results.
 
 Each notebook executes in a fresh Jupyter kernel (``nbclient``) started from this
-interpreter, with ``CROSSLENS_TUTORIAL_SMALL=1``. Both share one session-scoped
+interpreter, with ``CROSSLENS_TUTORIAL_SMALL=1``. All share one session-scoped
 ``CROSSLENS_HOME``, so the small pico suite is built once; each gets its own output
 folder, so ``02_attribution`` also proves it runs without notebook 01's outputs.
 """
