@@ -288,12 +288,19 @@ def test_interrupted_harvest_resumes_to_an_identical_store(suite, token_ids, sto
     real_write = harvest_module.write_npy_atomic
     written = []
     monkeypatch.setattr(harvest_module, "write_npy_atomic", lambda p, a: written.append(p) or real_write(p, a))
+    real_bar, bars = harvest_module.progress_bar, []
+    monkeypatch.setattr(harvest_module, "progress_bar", lambda **kw: bars.append(kw) or real_bar(**kw))
     resumed = harvest_activations(
         suite, HOOKS, token_ids, tmp_path, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False
     )
     assert len(written) == 30 - kept  # everything finished before the kill was kept
     assert _files(tmp_path) == _files(store.path)
     resumed.verify(full=True)
+    # The bar starts at what was on disk (snapshot 0 and snapshot 1's first shard, both hooks),
+    # so its rate counts only the resumed run's work.
+    shards = store.manifest["shards"]
+    first_shard = shards[0]["token_stop"] - shards[0]["token_start"]
+    assert [(b["initial"], b["total"]) for b in bars] == [(store.n_tokens + first_shard, 3 * store.n_tokens)]
 
 
 def test_damaged_shards_are_detected_and_rebuilt(store, suite, token_ids, tmp_path, monkeypatch):

@@ -152,4 +152,6 @@ def test_a_floor_that_costs_almost_nothing_gets_no_recovered_share():
     assert table[-1].startswith("n/a at step0, step1: zero-ablating the hook costs under 0.05 nats")
     assert len(format_spliced_loss([real]).splitlines()) == 3  # no note where every share is shown
     beside = format_comparison({"crosscoder": [flat, real], "baselines": {"topk": [dict(flat), dict(real)]}})
-    assert [line.split()[4] for line in beside.splitlines()[2:]] == ["n/a", "101.5%"]
+    assert [line.split()[-2] for line in beside.splitlines()[2:]] == ["n/a", "n/a", "101.5%", "101.5%"]
+    assert [line[:12].strip() for line in beside.splitlines()[2:]] == ["step0", "", "step2", ""]
+    assert "topk SAE" in beside and max(map(len, beside.splitlines())) <= 80  # narrow, one line per model

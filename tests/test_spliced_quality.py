@@ -263,5 +263,6 @@ def test_demo_quality_stage_puts_the_saes_beside_the_crosscoder(world, capsys):
         assert row["ce_loss_with_ablation"] == pytest.approx(last["ce_loss_with_ablation"], rel=1e-9)
         assert row["ce_loss_with_sae"] != last["ce_loss_with_sae"]
     beside = format_comparison(spliced)
-    assert beside in out and "topk CE recovered" in beside and beside.count("\n") == 2  # header, rule, one snapshot
+    # header, rule, then one snapshot: the crosscoder and the two SAEs
+    assert beside in out and beside.count("\n") == 4 and "jumprelu SAE" in beside and "topk SAE" in beside
     assert format_spliced_loss(spliced["crosscoder"]) in out

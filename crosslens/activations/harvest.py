@@ -317,8 +317,11 @@ def _harvest_locked(
 
     shards, n_tokens, n_snapshots = manifest["shards"], manifest["n_tokens"], manifest["n_snapshots"]
     units = team.units(n_snapshots, len(shards))
+    # Shards already on disk (a resumed or repeated harvest) start the bar, so that its rate
+    # counts only the tokens this run computes.
     bar = progress_bar(
-        total=sum(shards[k]["token_stop"] - shards[k]["token_start"] for _, ks in units for k in ks),
+        total=sum(_shard_tokens(shards, k) for _, ks in units for k in ks),
+        initial=sum(_shard_tokens(shards, k) for s, ks in units for k in ks if not _missing(manifest, hooks, s, k)),
         unit="tok",
         unit_scale=True,
         desc=f"harvest {n_snapshots} snapshots x {n_tokens} tokens" + team.describe(),
@@ -359,6 +362,15 @@ def _harvest_locked(
         write_manifest(root, manifest)
 
 
+def _shard_tokens(shards: list[dict], k: int) -> int:
+    return shards[k]["token_stop"] - shards[k]["token_start"]
+
+
+def _missing(manifest: dict, hooks: list[str], s: int, k: int) -> bool:
+    """Whether shard ``k`` of snapshot ``s`` still lacks a file for one of ``hooks``."""
+    return any(shard_relpath(h, s, k) not in manifest["files"] for h in hooks)
+
+
 def _harvest_unit(
     suite: CheckpointSuite,
     unit: tuple[int, list[int]],
@@ -380,9 +392,8 @@ def _harvest_unit(
 ) -> None:
     """Load snapshot ``s`` once and write the missing ones among its shards ``ks``."""
     s, ks = unit
-    ref, shards, files = suite.snapshots[s], manifest["shards"], manifest["files"]
-    todo = [k for k in ks if any(shard_relpath(h, s, k) not in files for h in hooks)]
-    bar.update(sum(shards[k]["token_stop"] - shards[k]["token_start"] for k in ks if k not in todo))
+    ref, shards = suite.snapshots[s], manifest["shards"]
+    todo = [k for k in ks if _missing(manifest, hooks, s, k)]
     if not todo and manifest["snapshots"][s].get("source") is not None:
         return  # finished from these very files (checked above): not even loaded
     # (with no file identity, loading it checks its weights hash against the recorded one)

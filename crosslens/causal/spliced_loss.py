@@ -292,22 +292,30 @@ def add_baselines(record: dict[str, Any], models: SnapshotModels, saes: Mapping[
     return record
 
 
-def comparison_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per snapshot that has per-snapshot SAEs in a ``"spliced_loss"`` record (its
-    ``"baselines"``: architecture -> rows): the clean and floor losses, then each model's CE
-    spliced, CE recovered and KL, the crosscoder first."""
+def _side_by_side(record: Mapping[str, Any]) -> list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]:
+    """For each crosscoder row of a ``"spliced_loss"`` record at a snapshot that has per-snapshot
+    SAEs (its ``"baselines"``: architecture -> rows), that row and the rows measured there by
+    name: ``"crosscoder"`` first, then each SAE architecture."""
     by_label = {arch: {row["snapshot"]: row for row in rows} for arch, rows in (record.get("baselines") or {}).items()}
     out = []
     for row in record["crosscoder"]:
         beside = {arch: rows[row["snapshot"]] for arch, rows in by_label.items() if row["snapshot"] in rows}
-        if not beside:
-            continue
+        if beside:
+            out.append((row, {"crosscoder": row, **beside}))
+    return out
+
+
+def comparison_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per snapshot that has per-snapshot SAEs in a ``"spliced_loss"`` record: the clean
+    and floor losses, then each model's CE spliced, CE recovered and KL, the crosscoder first."""
+    out = []
+    for row, measured_by in _side_by_side(record):
         line: dict[str, Any] = {
             "snapshot": row["snapshot"],
             "CE clean": row["ce_loss_without_sae"],
             f"CE {row['ablation']}-ablated": row["ce_loss_with_ablation"],
         }
-        for name, measured in (("crosscoder", row), *beside.items()):
+        for name, measured in measured_by.items():
             line[f"{name} CE spliced"] = measured["ce_loss_with_sae"]
             line[f"{name} CE recovered"] = recovered_share(measured)
             line[f"{name} KL"] = measured["kl_div_with_sae"]
@@ -316,20 +324,23 @@ def comparison_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def format_comparison(record: Mapping[str, Any]) -> str:
-    """:func:`comparison_rows` as a plain-text table (recovered shares in percent, ``n/a`` where
-    the floor costs too little to make one, which :func:`format_spliced_loss`'s table, printed
-    first, says in its last line)."""
-    rows = comparison_rows(record)
-    if not rows:
+    """The crosscoder beside the per-snapshot SAEs as a plain-text table, one line per snapshot
+    and model, so that it stays narrow however many SAE architectures there are. Clean and floor
+    losses are :func:`format_spliced_loss`'s, printed first; so is the line that explains an
+    ``n/a`` recovered share."""
+    side_by_side = _side_by_side(record)
+    if not side_by_side:
         return ""
-    keys = list(rows[0])
-    cells = [keys] + [
-        [str(v) if k == "snapshot" else (percent_or_na(v) if "recovered" in k else f"{v:.4f}") for k, v in r.items()]
-        for r in rows
-    ]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(keys))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells]
-    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+    head = f"{'snapshot':>12s}  {'model':<14s}  {'CE spliced':>10s}  {'CE recovered':>12s}  {'KL spliced':>10s}"
+    lines = [head, "-" * len(head)]
+    for row, measured_by in side_by_side:
+        for i, (name, measured) in enumerate(measured_by.items()):
+            label = name if name == "crosscoder" else f"{name} SAE"
+            lines.append(
+                f"{row['snapshot'] if i == 0 else '':>12s}  {label:<14s}  {measured['ce_loss_with_sae']:10.4f}  "
+                f"{percent_or_na(recovered_share(measured)):>12s}  {measured['kl_div_with_sae']:10.4f}"
+            )
+    return "\n".join(lines)
 
 
 def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
