@@ -391,12 +391,13 @@ def seeds_stage(
     (out_dir / "claims_over_seeds.json").write_text(json.dumps(claims, indent=1, default=str))
     report = Report("seeds")
     report.add_heading("Causal claims across seeds")
-    report.add_text(
+    add_claims_text(
+        report, text,
         f"The demo's claims at {final_label}, from crosscoders trained with {len(summaries)} seeds on the same "
         "activations" + (
             f" (the extra seeds with {config.extra_seed_steps} steps instead of {config.n_steps}, to keep the demo "
             "short)" if config.extra_seed_steps and config.extra_seed_steps != config.n_steps else ""
-        ) + ", ranking only features that have a match in every other seed. " + text.replace("\n", " ").strip()
+        ) + ", ranking only features that have a match in every other seed.",
     )  # fmt: skip
     report.add_table(
         [{"crosscoder": label, **{k: v for k, v in c.items() if k not in _UNSTATED}} for label, c in claims["per_seed"].items()],
@@ -404,6 +405,14 @@ def seeds_stage(
     )
     add_stability_section(report, stability)
     return report
+
+
+def add_claims_text(report, text: str, intro: str) -> None:
+    """The console's claims ``text`` in a report, after ``intro``: its first line as a sentence,
+    each indented line under it as a bullet."""
+    first, *claims = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    report.add_text(f"{intro} {first[:1].upper()}{first[1:]}")
+    report.add_list(claims)
 
 
 _UNSTATED = ("snapshot", "keep_only_claim", "min_restored")

@@ -120,6 +120,12 @@ class Report:
         self._blocks.append(_Block("text", "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)))
         return self
 
+    def add_list(self, items: Sequence[str]) -> Report:
+        """A bulleted list of plain-text items (escaped)."""
+        if items:
+            self._blocks.append(_Block("text", "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"))
+        return self
+
     def add_html(self, fragment: str) -> Report:
         """A trusted HTML fragment, inserted as is."""
         self._blocks.append(_Block("html", fragment))

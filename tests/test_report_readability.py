@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from crosslens.analysis import EvolutionAnalysis
 from crosslens.analysis.contexts import BREAK, Context, _WindowIndex, window_pieces
-from crosslens.analysis.plots import emergence_histogram, evolution_heatmap
+from crosslens.analysis.plots import _log_bar_widths, emergence_histogram, evolution_heatmap
 from crosslens.causal.plots import ablation_curves_figure, relie_vs_reldec
 from crosslens.htmlreport import log_axis, spaced
 
@@ -112,6 +112,15 @@ def test_emergence_histogram_is_ticked_at_its_steps():
     assert list(axis.ticktext) == [f"{int(v)}" for v in axis.tickvals] and 3 <= len(axis.tickvals) <= 11
 
 
+def test_emergence_bars_at_close_steps_do_not_overlap():
+    # the demo's late snapshots sit 17-20% apart, where bars 30% of their step wide overlapped
+    widths = _log_bar_widths([2, 8, 32, 64, 144, 192, 240, 288, 336, 384, 640])
+    steps = sorted(widths)
+    for left, right in zip(steps, steps[1:]):
+        assert left + widths[left] / 2 < right - widths[right] / 2, (left, right)
+    assert widths[2] == pytest.approx(0.6) and widths[640] == pytest.approx(0.6 * 256)
+
+
 # ---------------------------------------------------------------------------- causal figures
 def _curve_rows(n_snapshots: int) -> list[dict]:
     rows = []
@@ -177,3 +186,23 @@ def test_a_second_crosscoder_does_not_print_the_model_again(capsys):
     printed = capsys.readouterr().out
     assert "metric" not in printed and "snapshot-specific features: s0 0, s1 3" in printed
     assert "keep-only restoration at s1 (zero-ablation): top-1 50%" in printed
+
+
+def test_the_claims_across_seeds_read_as_a_sentence_and_a_list():
+    from crosslens.demo import add_claims_text
+    from crosslens.htmlreport import Report
+
+    text = (
+        "causal claims at step640 over 3 crosscoder seeds, counting only stable features:\n"
+        "  ablating the top-10 stable features moves the metric by 59% +/- 31%\n"
+        "  keeping only the top-k stable features restores 4% +/- 5%"
+    )
+    report = Report("claims")
+    add_claims_text(report, text, "The demo's claims.")
+    page = report.render()
+    assert "<p>The demo&#x27;s claims. Causal claims at step640 over 3 crosscoder seeds" in page
+    assert "<li>ablating the top-10 stable features moves the metric by 59% +/- 31%</li>" in page
+    assert page.count("<li>") == 2  # no headings, so no contents list: the two claims
+    at_chance = Report("none")
+    add_claims_text(at_chance, "causal claims at step640: none, the model is at chance on the task there", "Intro.")
+    assert "<p>Intro. Causal claims at step640: none" in at_chance.render() and "<ul>" not in at_chance.render()

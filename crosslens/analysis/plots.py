@@ -127,6 +127,7 @@ def emergence_histogram(analysis: EvolutionAnalysis) -> go.Figure:
     """
     lt = analysis.lifetimes
     n_init = len(analysis.features_of_class("initialization"))
+    width = _log_bar_widths([s for s in analysis.steps if s > 0])
     fig = go.Figure()
     plotted: list[int] = []
     for name in ("persistent", "transient"):
@@ -137,11 +138,9 @@ def emergence_histogram(analysis: EvolutionAnalysis) -> go.Figure:
             counts[step] = counts.get(step, 0) + 1
         steps = sorted(s for s in counts if s > 0)
         plotted += steps
-        # Widths in step units, proportional to the step: the same visible width everywhere on
-        # the log axis (plotly's default width is a fraction of the smallest gap, invisible there).
         fig.add_trace(
             go.Bar(
-                x=steps, y=[counts[s] for s in steps], width=[0.3 * s for s in steps], name=name,
+                x=steps, y=[counts[s] for s in steps], width=[width[s] for s in steps], name=name,
                 marker_color=CLASS_COLORS[name],
             )  # fmt: skip
         )
@@ -153,6 +152,19 @@ def emergence_histogram(analysis: EvolutionAnalysis) -> go.Figure:
         height=400,
     )
     return fig
+
+
+def _log_bar_widths(steps: Sequence[int]) -> dict[int, float]:
+    """Bar widths, in step units, for bars at ``steps`` on a log axis: proportional to the step,
+    so that bars look alike across decades (plotly's default width is a fraction of the smallest
+    gap, invisible there), but never wider than 0.6 of the gap to a neighbouring step, so that
+    bars at close steps (240, 288, 336) do not overlap."""
+    ordered = sorted(set(steps))
+    widths = {}
+    for i, step in enumerate(ordered):
+        gaps = [abs(step - ordered[j]) for j in (i - 1, i + 1) if 0 <= j < len(ordered)]
+        widths[step] = min([0.3 * step] + [0.6 * g for g in gaps])
+    return widths
 
 
 def feature_trajectories(

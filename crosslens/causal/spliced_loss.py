@@ -292,54 +292,45 @@ def add_baselines(record: dict[str, Any], models: SnapshotModels, saes: Mapping[
     return record
 
 
-def _side_by_side(record: Mapping[str, Any]) -> list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]:
-    """For each crosscoder row of a ``"spliced_loss"`` record at a snapshot that has per-snapshot
-    SAEs (its ``"baselines"``: architecture -> rows), that row and the rows measured there by
-    name: ``"crosscoder"`` first, then each SAE architecture."""
+def comparison_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The crosscoder beside the per-snapshot SAEs of a ``"spliced_loss"`` record (its
+    ``"baselines"``: architecture -> rows), one row per snapshot that has them and model (the
+    crosscoder first, then each SAE): CE spliced, CE recovered (None where the floor costs too
+    little, :func:`recovered_share`) and KL. Clean and floor losses are the crosscoder table's."""
     by_label = {arch: {row["snapshot"]: row for row in rows} for arch, rows in (record.get("baselines") or {}).items()}
     out = []
     for row in record["crosscoder"]:
-        beside = {arch: rows[row["snapshot"]] for arch, rows in by_label.items() if row["snapshot"] in rows}
-        if beside:
-            out.append((row, {"crosscoder": row, **beside}))
-    return out
-
-
-def comparison_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per snapshot that has per-snapshot SAEs in a ``"spliced_loss"`` record: the clean
-    and floor losses, then each model's CE spliced, CE recovered and KL, the crosscoder first."""
-    out = []
-    for row, measured_by in _side_by_side(record):
-        line: dict[str, Any] = {
-            "snapshot": row["snapshot"],
-            "CE clean": row["ce_loss_without_sae"],
-            f"CE {row['ablation']}-ablated": row["ce_loss_with_ablation"],
-        }
-        for name, measured in measured_by.items():
-            line[f"{name} CE spliced"] = measured["ce_loss_with_sae"]
-            line[f"{name} CE recovered"] = recovered_share(measured)
-            line[f"{name} KL"] = measured["kl_div_with_sae"]
-        out.append(line)
+        beside = {f"{arch} SAE": rows[row["snapshot"]] for arch, rows in by_label.items() if row["snapshot"] in rows}
+        if not beside:
+            continue
+        for model, measured in {"crosscoder": row, **beside}.items():
+            out.append(
+                {
+                    "snapshot": row["snapshot"],
+                    "model": model,
+                    "CE spliced": measured["ce_loss_with_sae"],
+                    "CE recovered": recovered_share(measured),
+                    "KL spliced": measured["kl_div_with_sae"],
+                }
+            )
     return out
 
 
 def format_comparison(record: Mapping[str, Any]) -> str:
-    """The crosscoder beside the per-snapshot SAEs as a plain-text table, one line per snapshot
-    and model, so that it stays narrow however many SAE architectures there are. Clean and floor
-    losses are :func:`format_spliced_loss`'s, printed first; so is the line that explains an
-    ``n/a`` recovered share."""
-    side_by_side = _side_by_side(record)
-    if not side_by_side:
+    """:func:`comparison_rows` as a plain-text table, the snapshot named once per group. Clean
+    and floor losses are :func:`format_spliced_loss`'s, printed first; so is the line that
+    explains an ``n/a`` recovered share."""
+    rows = comparison_rows(record)
+    if not rows:
         return ""
     head = f"{'snapshot':>12s}  {'model':<14s}  {'CE spliced':>10s}  {'CE recovered':>12s}  {'KL spliced':>10s}"
     lines = [head, "-" * len(head)]
-    for row, measured_by in side_by_side:
-        for i, (name, measured) in enumerate(measured_by.items()):
-            label = name if name == "crosscoder" else f"{name} SAE"
-            lines.append(
-                f"{row['snapshot'] if i == 0 else '':>12s}  {label:<14s}  {measured['ce_loss_with_sae']:10.4f}  "
-                f"{percent_or_na(recovered_share(measured)):>12s}  {measured['kl_div_with_sae']:10.4f}"
-            )
+    for i, row in enumerate(rows):
+        snapshot = row["snapshot"] if i == 0 or rows[i - 1]["snapshot"] != row["snapshot"] else ""
+        lines.append(
+            f"{snapshot:>12s}  {row['model']:<14s}  {row['CE spliced']:10.4f}  "
+            f"{percent_or_na(row['CE recovered']):>12s}  {row['KL spliced']:10.4f}"
+        )
     return "\n".join(lines)
 
 
