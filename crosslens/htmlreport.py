@@ -71,6 +71,8 @@ class _Block:
 def format_cell(value: Any) -> str:
     if value is None:
         return "&mdash;"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}"
     return html.escape(str(value))
@@ -143,7 +145,10 @@ class Report:
         if columns is None:
             columns = list(dict.fromkeys(key for row in rows for key in row))
         shown = rows if max_rows is None else rows[:max_rows]
-        numeric = {c: all(isinstance(r.get(c), (int, float)) or r.get(c) is None for r in shown) for c in columns}
+        numeric = {
+            c: all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) or r.get(c) is None for r in shown)
+            for c in columns
+        }
         head = "".join(f'<th class="{"" if numeric[c] else "text"}">{html.escape(str(c))}</th>' for c in columns)
         body = "".join(
             "<tr>"

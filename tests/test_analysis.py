@@ -507,6 +507,8 @@ def test_report_builder(tmp_path):
     with pytest.raises(ValueError, match="go.Figure"):
         report.add_figure({"data": []})
     assert "<script" not in Report("plain").add_text("no figures").render()
+    flags = Report("flags").add_table([{"classed": True}, {"classed": False}]).render()
+    assert '<td class="text">yes</td>' in flags and '<td class="text">no</td>' in flags
 
 
 def test_evolution_report_sections(case_analysis, tmp_path):
