@@ -213,13 +213,18 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
     if run_file.exists():
         try:
             recorded = {k: v for k, v in json.loads(run_file.read_text()).items() if k != RUN_STORE_SEAL}
-            wanted = {k: v for k, v in runner.run_record().items() if k != RUN_STORE_SEAL}
-            settings_changed = recorded != json.loads(json.dumps(wanted))
+            wanted = json.loads(json.dumps({k: v for k, v in runner.run_record().items() if k != RUN_STORE_SEAL}))
+            changed = sorted(k for k in recorded.keys() | wanted.keys() if recorded.get(k) != wanted.get(k))
         except (ValueError, AttributeError):  # a damaged run.json
-            settings_changed = True
+            changed = [RUN_CONFIG_NAME]
         trained_on = _store_trained_on(runner)
-        if settings_changed or trained_on not in (None, runner.store.content_sha256):
-            print(f"demo settings or activations changed: retraining the crosscoder in {out_dir}")
+        if changed or trained_on not in (None, runner.store.content_sha256):
+            why = (
+                f"demo settings changed ({', '.join(changed)})"
+                if changed
+                else "the activations changed since it was trained (another store content hash)"
+            )
+            print(f"{why}: retraining the crosscoder in {out_dir}")
             shutil.rmtree(out_dir)
         elif record_problem(runner.final_path) is None:
             print(f"reusing trained crosscoder {runner.final_path}")

@@ -44,4 +44,10 @@ def test_train_stage_reuses_its_crosscoder_and_retrains_on_new_settings(tmp_path
     assert "reusing trained crosscoder" in capsys.readouterr().out
     assert torch.equal(first.W_dec, again.W_dec)
     train_stage(tmp_path / "store", tmp_path / "run", replace(config, n_steps=30))
-    assert "demo settings or activations changed" in capsys.readouterr().out
+    assert f"demo settings changed (n_steps): retraining the crosscoder in {tmp_path / 'run'}" in capsys.readouterr().out
+    other = torch.randint(3, FAKE_VOCAB_SIZE, (16, 16), generator=torch.Generator().manual_seed(1))
+    harvest_activations(
+        CheckpointSuite.local(tmp_path / "suite"), hook, other, tmp_path / "store", progress=False, overwrite=True
+    )
+    train_stage(tmp_path / "store", tmp_path / "run", replace(config, n_steps=30))
+    assert "the activations changed since it was trained" in capsys.readouterr().out
