@@ -68,6 +68,11 @@ class _Block:
     title: str | None = None
 
 
+def _is_number(value: Any) -> bool:
+    """A value right-aligned as a number (a flag is not one: it prints as yes/no)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def format_cell(value: Any) -> str:
     if value is None:
         return "&mdash;"
@@ -145,10 +150,7 @@ class Report:
         if columns is None:
             columns = list(dict.fromkeys(key for row in rows for key in row))
         shown = rows if max_rows is None else rows[:max_rows]
-        numeric = {
-            c: all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) or r.get(c) is None for r in shown)
-            for c in columns
-        }
+        numeric = {c: all(_is_number(r.get(c)) or r.get(c) is None for r in shown) for c in columns}
         head = "".join(f'<th class="{"" if numeric[c] else "text"}">{html.escape(str(c))}</th>' for c in columns)
         body = "".join(
             "<tr>"

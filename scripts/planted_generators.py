@@ -35,7 +35,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -75,6 +77,21 @@ def run_grid(run, grid: list[tuple], jobs: int) -> list[dict]:
             runs.append(result)
     print()
     return runs
+
+
+def edit_losses(crosscoder, edit: Callable[[Any], None]) -> None:
+    """Give ``crosscoder`` a training pass whose ``losses`` ``edit`` changes in place (a term
+    replaced or added), the total loss summed again from them: how the research variants
+    (``planted_matryoshka.py``, ``planted_orthogonal.py``) change an objective."""
+    plain = crosscoder.training_forward_pass
+
+    def training_forward_pass(step_input):
+        out = plain(step_input)
+        edit(out)
+        out.loss = torch.stack(list(out.losses.values())).sum()
+        return out
+
+    crosscoder.training_forward_pass = training_forward_pass
 
 
 def run_one(generator: str, arch: str, seed: int, steps: int | None, overrides: dict, planted_overrides: dict) -> dict:

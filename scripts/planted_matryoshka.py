@@ -25,16 +25,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from planted_generators import run_grid, run_one, table  # noqa: E402
+from planted_generators import edit_losses, run_grid, run_one, table  # noqa: E402
 
 
 def nested_reconstruction(crosscoder, prefixes: tuple[int, ...]) -> None:
     """An ``init`` for ``train_planted``: this crosscoder's training pass gets the nested term."""
-    plain = crosscoder.training_forward_pass
     S, D = crosscoder.cfg.n_snapshots, crosscoder.cfg.d_in
 
-    def training_forward_pass(step_input):
-        out = plain(step_input)
+    def nested(out) -> None:
         f_NF = out.feature_acts.reshape(-1, crosscoder.cfg.d_sae)
         x_NX = out.sae_in.reshape(-1, S * D)
         terms = [out.losses["mse_loss"]]
@@ -42,10 +40,8 @@ def nested_reconstruction(crosscoder, prefixes: tuple[int, ...]) -> None:
             recon_NX = torch.addmm(crosscoder.b_dec.reshape(S * D), f_NF[:, :m], crosscoder.W_dec[:m].reshape(m, S * D))
             terms.append((recon_NX - x_NX).pow(2).sum(-1).mean())
         out.losses["mse_loss"] = torch.stack(terms).mean()
-        out.loss = torch.stack(list(out.losses.values())).sum()
-        return out
 
-    crosscoder.training_forward_pass = training_forward_pass
+    edit_losses(crosscoder, nested)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,24 +25,20 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from planted_generators import run_grid, run_one, table  # noqa: E402
+from planted_generators import edit_losses, run_grid, run_one, table  # noqa: E402
 
 
 def orthogonality_penalty(crosscoder, gamma: float) -> None:
     """An ``init`` for ``train_planted``: this crosscoder's training pass gets the penalty."""
-    plain = crosscoder.training_forward_pass
     F = crosscoder.cfg.d_sae
 
-    def training_forward_pass(step_input):
-        out = plain(step_input)
+    def penalty(out) -> None:
         u_FX = torch.nn.functional.normalize(crosscoder.W_dec.reshape(F, -1), dim=-1)
         # The diagonal moved to -1 so that a latent's cosine with itself never is its maximum.
         cos_FF = u_FX @ u_FX.T - 2 * torch.eye(F, dtype=u_FX.dtype)
         out.losses["orthogonality_loss"] = gamma * cos_FF.max(dim=-1).values.clamp(min=0).pow(2).mean()
-        out.loss = torch.stack(list(out.losses.values())).sum()
-        return out
 
-    crosscoder.training_forward_pass = training_forward_pass
+    edit_losses(crosscoder, penalty)
 
 
 def main(argv: list[str] | None = None) -> None:

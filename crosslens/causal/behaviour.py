@@ -99,6 +99,11 @@ def at_chance_mask(behaviours: Sequence[SnapshotBehaviour]) -> np.ndarray:
     return np.array([b.at_chance for b in behaviours], dtype=bool)
 
 
+def behaving_columns(behaviours: Sequence[SnapshotBehaviour] | None, n_snapshots: int) -> list[int]:
+    """Indices of the snapshots where the model does the task (every one when behaviour was not measured)."""
+    return [c for c in range(n_snapshots) if not (behaviours and behaviours[c].at_chance)]
+
+
 def mark_no_behaviour(labels: np.ndarray, behaviours: Sequence[SnapshotBehaviour]) -> np.ndarray:
     """RelIE labels ``[n_features, n_snapshots]`` with every specific/shared/other entry at a
     snapshot at chance replaced by :data:`NO_BEHAVIOUR` (below-floor entries stay: their

@@ -84,10 +84,10 @@ def _print_snapshots(summary: Any, *, model_lines: bool = True) -> None:
     """The per-snapshot lines and the final keep-only restoration; a snapshot at chance is
     printed with its accuracy instead of a feature count, and no restoration of it is shown.
     Where no snapshot has a snapshot-specific feature, a line says what that zero means."""
-    from crosslens.causal.behaviour import SnapshotBehaviour, chance_note
+    from crosslens.causal.behaviour import SnapshotBehaviour, behaving_columns, chance_note
 
     behaviours = [SnapshotBehaviour(**{k: v for k, v in b.items() if k != "at_chance"}) for b in summary.behaviour]
-    behaving = [c for c in range(len(summary.snapshots)) if not (behaviours and behaviours[c].at_chance)]
+    behaving = behaving_columns(behaviours, len(summary.snapshots))
     specific = summary.specific_per_snapshot
     any_specific = any(specific[c] for c in behaving)
     if model_lines:

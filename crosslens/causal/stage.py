@@ -29,6 +29,7 @@ from crosslens.causal.attribution import (
 from crosslens.causal.behaviour import (
     NoBehaviourError,
     SnapshotBehaviour,
+    behaving_columns,
     behaviour_per_snapshot,
     chance_note,
     mark_no_behaviour,
@@ -468,7 +469,7 @@ def _add_relie_section(
         relie_heatmap(relie_sel, feature_ids=selected.tolist(), snapshot_labels=table.snapshot_labels),
         caption=f"{len(selected)} features: the union of each snapshot's top features by |IE|.",
     )
-    behaving = [c for c in range(len(table.snapshots)) if not (behaviours and behaviours[c].at_chance)]
+    behaving = behaving_columns(behaviours, len(table.snapshots))
     behaving = behaving or list(range(len(table.snapshots)))
     for column in [behaving[i] for i in _spread(len(behaving), 4)]:
         report.add_figure(
