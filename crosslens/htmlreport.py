@@ -151,7 +151,11 @@ class Report:
             columns = list(dict.fromkeys(key for row in rows for key in row))
         shown = rows if max_rows is None else rows[:max_rows]
         numeric = {c: all(_is_number(r.get(c)) or r.get(c) is None for r in shown) for c in columns}
-        head = "".join(f'<th class="{"" if numeric[c] else "text"}">{html.escape(str(c))}</th>' for c in columns)
+        # snake_case keys are long single words to a browser; let a header wrap after each underscore
+        head = "".join(
+            f'<th class="{"" if numeric[c] else "text"}">{html.escape(str(c)).replace("_", "_<wbr>")}</th>'
+            for c in columns
+        )
         body = "".join(
             "<tr>"
             + "".join(f'<td class="{"" if numeric[c] else "text"}">{format_cell(r.get(c))}</td>' for c in columns)

@@ -20,16 +20,18 @@ def test_every_registered_architecture_has_defaults():
 
 
 def test_each_architecture_trains_at_its_one_learning_rate():
-    """The runner's lr comes from the architecture's table entry: 1e-3, but 3e-3 for the JumpReLU
-    crosscoder (slower to converge at 1e-3 on the planted generators: docs/notes/issue-25-robust.md)."""
-    from crosslens.architectures import JUMPRELU_LR
+    """The runner's lr comes from the architecture's table entry: 1e-3 for the TopK-style
+    crosscoders, 3e-3 for the JumpReLU and ReLU crosscoders (slower to converge at 1e-3 on the
+    planted generators: docs/notes/issue-25-robust.md)."""
+    from crosslens.architectures import JUMPRELU_LR, RELU_LR
     from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig, CrosscoderTrainerConfig
 
     assert CrosscoderTrainerConfig(total_steps=1).lr == DEFAULT_LR == 1e-3
-    assert JUMPRELU_LR == 3e-3
+    assert JUMPRELU_LR == RELU_LR == 3e-3
+    expected = {"crosscoder": RELU_LR, "jumprelu_crosscoder": JUMPRELU_LR}
     for arch in TRAINING_DEFAULTS:
         config = CrosscoderRunnerConfig(store_path="unused", out_dir="unused", sae=ArchitectureConfig(architecture=arch))
-        assert config.lr == TRAINING_DEFAULTS[arch].lr == (JUMPRELU_LR if arch == "jumprelu_crosscoder" else DEFAULT_LR)
+        assert config.lr == TRAINING_DEFAULTS[arch].lr == expected.get(arch, DEFAULT_LR)
 
 
 def test_sparsity_defaults_per_entry_point():

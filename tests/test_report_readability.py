@@ -206,3 +206,11 @@ def test_the_claims_across_seeds_read_as_a_sentence_and_a_list():
     at_chance = Report("none")
     add_claims_text(at_chance, "causal claims at step640: none, the model is at chance on the task there", "Intro.")
     assert "<p>Intro. Causal claims at step640: none" in at_chance.render() and "<ul>" not in at_chance.render()
+
+
+def test_long_snake_case_headers_can_wrap_at_their_underscores():
+    from crosslens.htmlreport import Report
+
+    page = Report("t").add_table([{"emergence_step (decoder_norm)": 64, "dip": 1}]).render()
+    assert "<th>emergence_<wbr>step (decoder_<wbr>norm)</th>" in page.replace(' class=""', "")
+    assert "<td>64</td>" in page.replace(' class=""', "")
