@@ -379,7 +379,8 @@ def seeds_stage(
         )  # fmt: skip
         crosscoders.append(extra)
         summaries.append(extra_summaries[0])
-        labels.append(f"seed {seed} ({seed_config.n_steps} steps)")
+        # a seed trained for a different length says so wherever it is compared
+        labels.append(f"seed {seed}" + (f" ({seed_config.n_steps} steps)" if seed_config.n_steps != config.n_steps else ""))
     analyses, _ = stability_analyses(crosscoders, train_store)
     stability = seed_stability(analyses, labels)
     print(f"seed stability over {len(crosscoders)} crosscoder seeds (live: fires on sampled training tokens):")
