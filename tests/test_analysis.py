@@ -538,7 +538,7 @@ def test_evolution_report_sections(case_analysis, tmp_path):
     # Case 4 dips at step 10 and returns at 100: robust emergence 0, Ge et al.'s reading 100.
     assert "1 of 9 live features dip below 0.2" in page
     dip_table = page.split("strongest dip-and-recover features</caption>")[1].split("</table>")[0]
-    assert "emergence_step (decoder_norm)" in dip_table and dip_table.endswith("<td class=\"\">100</td></tr></tbody>")
+    assert "emergence_<wbr>step (decoder_<wbr>norm)" in dip_table and dip_table.endswith("<td class=\"\">100</td></tr></tbody>")
     assert "blocks.0.hook_resid_post" in page
     from crosslens.analysis.probes import ProbeValidation
 
