@@ -248,7 +248,7 @@ def _store_trained_on(runner) -> str | None:
     return None
 
 
-def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, steps: list[int], suite=None, *,
+def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, suite=None, *,
                   device: str = "cpu", dtype: str = "float32") -> dict:  # fmt: skip
     """Held-out explained variance per snapshot, beside per-snapshot SAELens SAEs of the same
     width and L0 trained on a few snapshots; with ``suite``, each one also spliced into its
@@ -258,7 +258,7 @@ def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, steps
 
     saes: dict = {}
     if config.baseline_snapshots > 0:
-        S = len(steps)
+        S = eval_store.n_snapshots
         n = min(config.baseline_snapshots, S)
         picks = [S - 1] if n == 1 else sorted({round(i * (S - 1) / (n - 1)) for i in range(n)})
         # No L1 ("standard") baseline: at the crosscoder's L0 it needs far more than
@@ -270,7 +270,9 @@ def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, steps
             trained=saes,
         )  # fmt: skip
     else:
-        rows = quality_table(evaluate_crosscoder(crosscoder, eval_store, config.hook), {}, steps, d_sae=config.sae.d_sae)
+        rows = quality_table(
+            evaluate_crosscoder(crosscoder, eval_store, config.hook), {}, eval_store.snapshots, d_sae=config.sae.d_sae
+        )
     quality = {"rows": rows, "spliced_loss": None}
     if suite is not None and config.spliced_seqs > 0:
         from crosslens.causal.spliced_loss import add_baselines, spliced_record
@@ -399,15 +401,15 @@ def seeds_stage(
     report.add_heading("Causal claims across seeds")
     add_claims_text(
         report, text,
-        f"The demo's claims at {final_label}, from crosscoders trained with {len(summaries)} seeds on the same "
-        "activations" + (
+        "Every seed's crosscoder was trained on the same activations" + (
             f" (the extra seeds with {config.extra_seed_steps} steps instead of {config.n_steps}, to keep the demo "
             "short)" if config.extra_seed_steps and config.extra_seed_steps != config.n_steps else ""
-        ) + ", ranking only features that have a match in every other seed.",
+        ) + ".",
     )  # fmt: skip
     report.add_table(
         [{"crosscoder": label, **{k: v for k, v in c.items() if k not in _UNSTATED}} for label, c in claims["per_seed"].items()],
         title="Seed-stable claims per crosscoder seed",
+        percent=["ablation_shift", "keep_only_restored", "min_shift", "keep_only_area"],
     )
     add_stability_section(report, stability)
     return report
@@ -487,7 +489,7 @@ def run_demo(
     if isinstance(quality, dict) and "rows" in quality:  # written after the crosscoder it describes
         print(format_demo_quality(quality))
     else:  # none yet, or an older demo's table without the spliced loss
-        quality = quality_stage(crosscoder, train_store, eval_store, config, steps, suite, device=device, dtype=dtype)
+        quality = quality_stage(crosscoder, train_store, eval_store, config, suite, device=device, dtype=dtype)
         quality_file.write_text(json.dumps(quality, indent=1, default=str))
         from crosslens.training.runfolder import seal_run
 

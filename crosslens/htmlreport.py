@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -73,11 +73,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def format_cell(value: Any) -> str:
+def format_cell(value: Any, percent: bool = False) -> str:
+    """A table cell's HTML; with ``percent`` a number is a fraction printed as a percentage."""
     if value is None:
         return "&mdash;"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if percent and _is_number(value):
+        return f"{value:.1%}"
     if isinstance(value, float):
         return f"{value:.4g}"
     return html.escape(str(value))
@@ -144,11 +147,17 @@ class Report:
         title: str | None = None,
         columns: Sequence[str] | None = None,
         max_rows: int | None = None,
+        percent: Collection[str] = (),
     ) -> Report:
-        """A table from a list of dicts (one per row); ``columns`` picks and orders keys."""
+        """A table from a list of dicts (one per row); ``columns`` picks and orders keys, and
+        the columns named in ``percent`` hold fractions shown as percentages (0.988 as 98.8%),
+        so a table reads in the units its paragraph and the console use."""
         rows = list(rows)
         if columns is None:
             columns = list(dict.fromkeys(key for row in rows for key in row))
+        unknown = set(percent) - set(columns)
+        if rows and unknown:
+            raise ValueError(f"percent names {sorted(unknown)}, not columns of this table ({columns})")
         shown = rows if max_rows is None else rows[:max_rows]
         numeric = {c: all(_is_number(r.get(c)) or r.get(c) is None for r in shown) for c in columns}
         # snake_case keys are long single words to a browser; let a header wrap after each underscore
@@ -158,7 +167,7 @@ class Report:
         )
         body = "".join(
             "<tr>"
-            + "".join(f'<td class="{"" if numeric[c] else "text"}">{format_cell(r.get(c))}</td>' for c in columns)
+            + "".join(f'<td class="{"" if numeric[c] else "text"}">{format_cell(r.get(c), c in percent)}</td>' for c in columns)
             + "</tr>"
             for r in shown
         )

@@ -29,7 +29,7 @@ def _seed_record(out: Path, seed: int, config: DemoConfig, suite, train_store, e
         return json.loads(record_file.read_text())
     seeded = replace(config, seed=seed)
     crosscoder = train_stage(train_store, out / f"seed{seed}", seeded)
-    quality = quality_stage(crosscoder, train_store, eval_store, seeded, steps, suite)
+    quality = quality_stage(crosscoder, train_store, eval_store, seeded, suite)
     record_file.write_text(json.dumps(quality["spliced_loss"], indent=1, default=str))
     return quality["spliced_loss"]
 

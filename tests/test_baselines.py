@@ -176,7 +176,8 @@ def test_quality_table_rows_and_rendering():
         ("standard", 3): _metrics(0.934, 27.0),
         ("standard", 1): _metrics(0.88, 35.0),
     }
-    rows = quality_table(crosscoder_eval, baselines, [0, 16, 64, 640], d_sae=128, sparsity={"topk": "k=30"})
+    snapshots = [{"step": step, "revision": f"step{step}"} for step in (0, 16, 64, 640)]
+    rows = quality_table(crosscoder_eval, baselines, snapshots, d_sae=128, sparsity={"topk": "k=30"})
 
     ev_rows = [r for r in rows if r["kind"] == "ev"]
     assert [r["step"] for r in ev_rows] == [0, 16, 64, 640]
@@ -192,11 +193,11 @@ def test_quality_table_rows_and_rendering():
     lines = text.splitlines()
     assert lines[0].split() == ["crosscoder", "EV", "standard", "EV", "topk", "EV"]
     for step in (0, 16, 64, 640):
-        assert any(line.startswith(f"step {step} ") for line in lines)
-    (last_step,) = [line for line in lines if line.startswith("step 640")]
-    assert last_step.split()[2:] == ["97.0%", "93.4%", "96.0%"]
-    (first_step,) = [line for line in lines if line.startswith("step 0 ")]
-    assert first_step.split()[2:] == ["50.0%"]  # blank baseline cells
+        assert any(line.startswith(f"step{step} ") for line in lines)  # the revision, as other tables name it
+    (last_step,) = [line for line in lines if line.startswith("step640")]
+    assert last_step.split()[1:] == ["97.0%", "93.4%", "96.0%"]
+    (first_step,) = [line for line in lines if line.startswith("step0 ")]
+    assert first_step.split()[1:] == ["50.0%"]  # blank baseline cells
     (l0_line,) = [line for line in lines if line.startswith("mean L0")]
     assert l0_line.split()[2:] == ["30.0", "31.0", "30.0"]
     assert any(line.startswith("d_sae") and line.split()[1:] == ["128", "128", "128"] for line in lines)
@@ -209,12 +210,13 @@ def test_quality_table_rows_and_rendering():
 
 def test_quality_table_rejects_mismatched_inputs():
     crosscoder_eval = {"explained_variance": [0.5, 0.9], "l0": 10.0}
-    with pytest.raises(ValueError, match="one step per snapshot"):
-        quality_table(crosscoder_eval, {}, [0, 16, 64])
+    two = [{"step": 0, "revision": "step0"}, {"step": 16, "revision": "step16"}]
+    with pytest.raises(ValueError, match=r"3 snapshot records for 2 snapshots; pass .*store.snapshots"):
+        quality_table(crosscoder_eval, {}, [*two, {"step": 64}])
     with pytest.raises(ValueError, match="outside 0..1"):
-        quality_table(crosscoder_eval, {("topk", 5): _metrics(0.9, 10)}, [0, 16])
+        quality_table(crosscoder_eval, {("topk", 5): _metrics(0.9, 10)}, two)
     with pytest.raises(ValueError, match="choose one of"):
-        quality_table(crosscoder_eval, {("gated", 0): _metrics(0.9, 10)}, [0, 16])
+        quality_table(crosscoder_eval, {("gated", 0): _metrics(0.9, 10)}, two)
 
 
 # ---------------------------------------------------- calibration and the full comparison
@@ -265,7 +267,8 @@ def test_compare_with_saes_end_to_end(store):
     assert sparsity_row["topk"] == "k=6" and sparsity_row["crosscoder"] == "k=6"
     assert sparsity_row["standard"].startswith("l1=")
     text = format_quality_table(rows)
-    assert "step 100" in text and "mean L0" in text and "jumprelu EV" in text
+    # rows named by the suite's revisions (here its folder names), as its other tables are
+    assert any(line.startswith("step100 ") for line in text.splitlines()) and "mean L0" in text and "jumprelu EV" in text
 
 
 def test_compare_can_calibrate_standard_once(store):

@@ -435,7 +435,7 @@ def test_causal_stage_writes_tables_and_report(snapshots, tokenizer, tmp_path, j
     assert np.allclose(np.asarray(relie_file["relie"]).sum(1), 1.0, atol=1e-5)
     assert IETable.load(paths.ie_table).ie.shape == (D_SAE, N_SNAPSHOTS)
     html = paths.report.read_text()
-    assert "RelIE" in html and "Ablation curves" in html and html.count("plotly-graph-div") >= 4
+    assert "RelIE vs RelDec" in html and "Ablation curves" in html and html.count("plotly-graph-div") >= 3
     # Bootstrap intervals around every selected IE, and the RelIE floor.
     table = result.table
     assert table.ie_per_example.shape == (4, D_SAE, N_SNAPSHOTS)
@@ -635,9 +635,9 @@ def test_select_top_features_is_the_union_of_per_snapshot_top_k():
 def test_relie_plots_build():
     relie_values = relie(torch.tensor([[3.0, 1.0], [0.0, 2.0], [1.0, 1.0]]))
     norms = reldec(torch.tensor([[1.0, 0.5], [0.1, 1.0], [1.0, 1.0]]))
-    scatter = relie_vs_reldec(relie_values[:, 1], norms[:, 1], feature_ids=[10, 11, 12], snapshot_label="step100")
+    scatter = relie_vs_reldec(relie_values[:, 1:], norms[:, 1:], feature_ids=[10, 11, 12], snapshot_labels=["step100"])
     names = {trace.name: len(trace.x) for trace in scatter.data}
-    assert names == {"specific": 1, "shared": 1, "other": 1}
+    assert names == {"specific": 1, "shared": 1, "other": 1} and scatter.layout.annotations[0].text == "step100"
     heatmap = relie_heatmap(relie_values, feature_ids=[10, 11, 12], snapshot_labels=["a", "b"])
     assert np.asarray(heatmap.data[0].z).shape == (3, 2) and list(heatmap.data[0].x) == ["a", "b"]
 

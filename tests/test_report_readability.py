@@ -158,6 +158,29 @@ def test_relie_scatter_uses_the_stage_classes():
     assert by_name["specific"] == ["feature 0"] and by_name["below the noise floor"] == ["feature 3"]
 
 
+def test_relie_scatter_panels_fit_reldec_and_share_relie():
+    relie_FP = torch.tensor([[0.9, 0.1], [0.5, 0.4], [0.1, 0.8], [0.95, 0.05]])
+    reldec_FP = torch.tensor([[0.10, 0.05], [0.12, 0.20], [0.08, 0.10], [0.02, 0.30]])
+    figure = relie_vs_reldec(relie_FP, reldec_FP, feature_ids=[7, 8, 9, 10], snapshot_labels=["step64", "step640"])
+    assert [a.text for a in figure.layout.annotations] == ["step64", "step640"]  # one titled panel each
+    assert {t.xaxis for t in figure.data} == {"x", "x2"}
+    # each class in the legend once, however many panels it appears in
+    assert sorted(t.name for t in figure.data if t.showlegend) == ["other", "shared", "specific"]
+    by_panel = {(t.xaxis, t.name): list(t.text) for t in figure.data}
+    assert by_panel[("x2", "specific")] == ["feature 9"] and by_panel[("x2", "other")] == ["feature 7", "feature 10"]
+    # RelDec reaches 0.12 and 0.30, so each panel's axis ends at the next 0.05 above 1.1x that,
+    # not at 1; RelIE keeps 0-1 in both
+    assert list(figure.layout.xaxis.range) == [0, 0.15] and list(figure.layout.xaxis2.range) == [0, 0.35]
+    assert list(figure.layout.yaxis.tickvals) == [0, 0.3, 0.7, 1]
+    cuts = sorted({s.y0 for s in figure.layout.shapes if s.line.dash == "dash"})
+    assert cuts == [0.3, 0.7]  # the thresholds the colours stand for, drawn in every panel
+    assert sum(s.line.dash == "dash" for s in figure.layout.shapes) == 4
+    with pytest.raises(ValueError, match="one label per column"):
+        relie_vs_reldec(relie_FP, reldec_FP, snapshot_labels=["step64"])
+    empty = relie_vs_reldec(relie_FP[:0], reldec_FP[:0], snapshot_labels=["step64", "step640"])  # no feature selected
+    assert len(empty.data) == 0 and list(empty.layout.xaxis.range) == [0, 0.05]
+
+
 # ---------------------------------------------------------------------------- demo lines
 def _summary(specific: list[int]) -> SimpleNamespace:
     behaviour = [{"label": f"s{c}", "accuracy": 1.0, "ci_low": 0.8, "ci_high": 1.0, "n_pairs": 12,
@@ -214,3 +237,14 @@ def test_long_snake_case_headers_can_wrap_at_their_underscores():
     page = Report("t").add_table([{"emergence_step (decoder_norm)": 64, "dip": 1}]).render()
     assert "<th>emergence_<wbr>step (decoder_<wbr>norm)</th>" in page.replace(' class=""', "")
     assert "<td>64</td>" in page.replace(' class=""', "")
+
+
+def test_percent_columns_print_fractions_as_the_console_does():
+    from crosslens.htmlreport import Report
+
+    rows = [{"snapshot": "step8", "CE recovered": 0.98834, "KL": 0.0031}, {"snapshot": "step0", "CE recovered": None, "KL": 0.0016}]
+    page = Report("t").add_table(rows, percent=["CE recovered"]).render().replace(' class=""', "")
+    assert "<td>98.8%</td>" in page and "<td>&mdash;</td>" in page  # a share left out stays a dash
+    assert "<td>0.0031</td>" in page  # other numbers keep four significant digits
+    with pytest.raises(ValueError, match=r"percent names \['CE recoverd'\], not columns"):
+        Report("t").add_table(rows, percent=["CE recoverd"])

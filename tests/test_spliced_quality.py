@@ -249,8 +249,7 @@ def test_demo_quality_stage_puts_the_saes_beside_the_crosscoder(world, capsys):
                         baseline_steps=20, train_batch_size_tokens=64, spliced_seqs=N_SEQS)  # fmt: skip
     with one_torch_thread():
         quality = quality_stage(
-            load_crosscoder_folder(world["run"] / "final"), store, store, config, [0, 10, 20],
-            CheckpointSuite.local(world["suite"]),
+            load_crosscoder_folder(world["run"] / "final"), store, store, config, CheckpointSuite.local(world["suite"]),
         )  # fmt: skip
     out = capsys.readouterr().out
     spliced = quality["spliced_loss"]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from crosslens.activations.store import ActivationStore, read_manifest, write_manifest
+from crosslens.activations.store import ActivationStore, read_manifest, snapshot_label, write_manifest
 from crosslens.core.errors import PartnerMismatchError
 from crosslens.core.metadata import metadata_value
 
@@ -36,14 +36,10 @@ def _identity(entry: dict[str, Any]) -> dict[str, Any]:
     return {"weights_sha256": entry.get("weights_sha256"), "digest": source.get("digest"), "commit": source.get("commit")}
 
 
-def _label(entry: dict[str, Any]) -> str:
-    return str(entry.get("revision", entry.get("step")))
-
-
 def unverifiable_snapshots(recorded: Sequence[dict], offered: Sequence[dict]) -> list[str]:
     """The snapshots whose weights no identity known on both sides can compare."""
     return [
-        _label(mine)
+        snapshot_label(mine)
         for mine, theirs in zip(recorded, offered)
         if not any(v is not None and _identity(theirs)[k] is not None for k, v in _identity(mine).items())
     ]
@@ -55,7 +51,7 @@ def snapshot_problem(recorded: Sequence[dict], offered: Sequence[dict], *, requi
     Labels (revision and step) must agree; every identity both sides know (the weights'
     sha256, the files' digest, the hub commit) must agree, and with ``require_identity`` at
     least one must be known for each snapshot."""
-    want, have = [_label(e) for e in recorded], [_label(e) for e in offered]
+    want, have = [snapshot_label(e) for e in recorded], [snapshot_label(e) for e in offered]
     steps = lambda entries: [e.get("step") for e in entries]  # noqa: E731
     if want != have or steps(recorded) != steps(offered):
         return f"snapshots [{', '.join(want)}] vs [{', '.join(have)}]"
@@ -64,9 +60,9 @@ def snapshot_problem(recorded: Sequence[dict], offered: Sequence[dict], *, requi
         shared = [key for key in a if a[key] is not None and b[key] is not None]
         differs = [key for key in shared if a[key] != b[key]]
         if differs:
-            return f"snapshot {_label(mine)} has other weights ({differs[0]} {str(a[differs[0]])[:12]}... vs {str(b[differs[0]])[:12]}...)"
+            return f"snapshot {snapshot_label(mine)} has other weights ({differs[0]} {str(a[differs[0]])[:12]}... vs {str(b[differs[0]])[:12]}...)"
         if not shared and require_identity:
-            return f"snapshot {_label(mine)}'s weights cannot be compared (no weight identity recorded on both sides)"
+            return f"snapshot {snapshot_label(mine)}'s weights cannot be compared (no weight identity recorded on both sides)"
     return None
 
 

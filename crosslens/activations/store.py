@@ -38,8 +38,9 @@ import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -187,6 +188,13 @@ def store_content_sha256(manifest: dict) -> str:
         "files": {rel: record.get("sha256") for rel, record in sorted(manifest.get("files", {}).items())},
     }
     return json_sha256(content)
+
+
+def snapshot_label(entry: Mapping[str, Any]) -> str:
+    """A store snapshot's name for tables and messages: its revision (``step1000``,
+    ``stage1-step1000-tokens5B``, ``global_step100``), or its step where a record has none. The
+    revision, not the step, since a staged suite may reuse a step number in another stage."""
+    return str(entry.get("revision", entry.get("step")))
 
 
 def norm_factors_from_manifest(manifest: dict, hook: str) -> list[float]:

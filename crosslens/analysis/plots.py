@@ -172,9 +172,11 @@ def feature_trajectories(
     features: Sequence[int],
     normalized: bool = False,
     x: str = "step",
+    title: str = "Feature trajectories",
 ) -> go.Figure:
     """Decoder norm over training of chosen features, one line each, with emergence and
-    fade marked. ``x`` labels the snapshot axis with ``"step"`` or ``"tokens"``."""
+    fade marked. ``x`` labels the snapshot axis with ``"step"`` or ``"tokens"``; the markers'
+    key follows ``title``."""
     table_FS = analysis.normalized if normalized else analysis.norms
     fig = go.Figure()
     snapshots = list(range(analysis.n_snapshots))
@@ -206,7 +208,7 @@ def feature_trajectories(
                     )
                 )
     fig.update_layout(
-        title="Feature trajectories (triangle: emergence, x: fade)",
+        title=f"{title} (triangle: emergence, x: fade)",
         xaxis=_analysis_axis(analysis, x),
         yaxis={"title": "norm / peak" if normalized else "decoder norm"},
         height=420,

@@ -131,6 +131,7 @@ def _add_feature_classes(report: Report, analysis: EvolutionAnalysis) -> None:
             for name in FEATURE_CLASSES
         ],
         title="Features per class",
+        percent=["fraction"],
     )
     report.add_text(
         "initialization: present from the first snapshot (kept in this class even if it fades later). "
@@ -239,12 +240,13 @@ def _add_dip_section(report: Report, analysis: EvolutionAnalysis, n_table_featur
             for s, n in sorted(by_dip.items())
         ],
         title="Where the dips start",
+        percent=["fraction_of_live"],
     )
     peak_F = analysis.norms.amax(dim=1)
     strongest = sorted(dippers, key=lambda i: -float(peak_F[i]))
     report.add_figure(
-        feature_trajectories(analysis, strongest[:6], normalized=True),
-        caption="The strongest dip-and-recover features, each normalised by its peak.",
+        feature_trajectories(analysis, strongest[:6], normalized=True, title="Dip and recover, norm / peak"),
+        caption="The six dip-and-recover features with the largest peak norm, each normalised by its peak.",
     )
     rows = analysis.feature_table(strongest[:n_table_features])
     other = "robust" if analysis.config.presence == "decoder_norm" else "decoder_norm"

@@ -166,5 +166,8 @@ def add_stability_section(report: Any, rows: Sequence[dict[str, Any]]) -> Any:
             for s in stability_summary(rows)
         )
     )
-    report.add_table(list(rows), title="Feature stability across seeds")
+    report.add_table(
+        list(rows), title="Feature stability across seeds",
+        percent=["matched_fraction", "same_emergence_fraction", "same_class_fraction"],
+    )  # fmt: skip
     return report

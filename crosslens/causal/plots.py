@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -21,53 +22,87 @@ _CLASS_COLOURS = {
     "below_floor": ("below the noise floor", "#e0e0e0"),
     "no_behaviour": ("no behaviour here", "#e0e0e0"),
 }
+_PANEL_COLUMNS = 4
+"""Small multiples per row, in every figure of panels here."""
 
 
 def relie_vs_reldec(
-    relie_values: Float[torch.Tensor, " n_features"],
-    reldec_values: Float[torch.Tensor, " n_features"],
+    relie_values: Float[torch.Tensor, "n_features *n_panels"],
+    reldec_values: Float[torch.Tensor, "n_features *n_panels"],
     *,
     feature_ids: Sequence[int] | None = None,
-    snapshot_label: str = "",
+    snapshot_labels: Sequence[str] | None = None,
     thresholds: RelIEThresholds = RelIEThresholds(),
-    labels: Sequence[str] | None = None,
+    labels: Any = None,
 ) -> go.Figure:
-    """Scatter of each feature's RelIE (causal share) against its RelDec (decoder-norm share) at one snapshot.
+    """Each feature's RelIE (causal share) against its RelDec (decoder-norm share), one small
+    panel per column of the inputs (a snapshot each; a 1-D input is one panel).
 
-    ``labels`` are the features' classes as the stage decided them (below the noise floor
-    included); without them the thresholds alone class every point."""
-    x = reldec_values.detach().cpu().numpy()
-    y = relie_values.detach().cpu().numpy()
-    if x.shape != y.shape:
-        raise ValueError(f"RelIE {y.shape} and RelDec {x.shape} need one value per feature each")
-    ids = np.arange(len(x)) if feature_ids is None else np.asarray(feature_ids)
-    labels = classify_relie(relie_values, thresholds) if labels is None else np.asarray(labels)
-    fig = go.Figure()
-    for name, (legend, colour) in _CLASS_COLOURS.items():
-        chosen = labels == name
-        if not chosen.any():
-            continue
-        fig.add_trace(
-            go.Scatter(
-                x=x[chosen],
-                y=y[chosen],
-                mode="markers",
-                name=legend,
-                marker={"color": colour, "size": 7, "opacity": 0.8},
-                text=[f"feature {i}" for i in ids[chosen]],
-                hovertemplate="%{text}<br>RelDec %{x:.2f}<br>RelIE %{y:.2f}<extra></extra>",
-            )
-        )
-    fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line={"dash": "dot", "color": "black"})
-    suffix = f" at {snapshot_label}" if snapshot_label else ""
+    ``labels`` (the inputs' shape) are the features' classes as the stage decided them, below
+    the noise floor included; without them the thresholds alone class every point. RelIE spans
+    0-1 in every panel with the thresholds drawn across it, since they are what the colours
+    mean; each panel's RelDec spans only what its points reach, since with many snapshots a
+    snapshot's share of the decoder norm is small and a 0-1 axis would crowd the points into a
+    corner (one feature near 1 in one panel would do that to all of them on a shared axis)."""
+    y_FP = relie_values.detach().cpu().numpy()
+    x_FP = reldec_values.detach().cpu().numpy()
+    if x_FP.shape != y_FP.shape:
+        raise ValueError(f"RelIE {y_FP.shape} and RelDec {x_FP.shape} need one value per feature each")
+    if y_FP.ndim == 1:
+        y_FP, x_FP = y_FP[:, None], x_FP[:, None]
+    n_features, n_panels = y_FP.shape
+    names = list(snapshot_labels) if snapshot_labels is not None else [f"s{i}" for i in range(n_panels)]
+    if len(names) != n_panels:
+        raise ValueError(f"{len(names)} snapshot labels for {n_panels} panels; give one label per column.")
+    if labels is None:
+        label_FP = classify_relie(torch.as_tensor(y_FP), thresholds)
+    else:
+        label_FP = np.asarray(labels).reshape(n_features, n_panels)
+    ids = np.arange(n_features) if feature_ids is None else np.asarray(feature_ids)
+    n_cols = min(_PANEL_COLUMNS, n_panels)
+    n_rows = -(-n_panels // n_cols)
+    fig = make_subplots(
+        rows=n_rows, cols=n_cols, shared_yaxes="all", subplot_titles=names,
+        horizontal_spacing=0.04, vertical_spacing=0.16 / n_rows,
+    )  # fmt: skip
+    shown: set[str] = set()
+    for panel in range(n_panels):
+        row, col = panel // n_cols + 1, panel % n_cols + 1
+        reach = float(np.nanmax(x_FP[:, panel])) if n_features else 0.0
+        x_max = min(1.0, math.ceil(max(0.05, reach * 1.1) * 20) / 20)  # the next 0.05 up
+        fig.update_xaxes(range=[0, x_max], title_text="RelDec", row=row, col=col)
+        for rank, (name, (legend, colour)) in enumerate(_CLASS_COLOURS.items()):
+            chosen = label_FP[:, panel] == name
+            if not chosen.any():
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=x_FP[chosen, panel], y=y_FP[chosen, panel], mode="markers", name=legend, legendgroup=name,
+                    legendrank=rank, showlegend=name not in shown, marker={"color": colour, "size": 6, "opacity": 0.85},
+                    text=[f"feature {i}" for i in ids[chosen]],
+                    hovertemplate="%{text}<br>RelDec %{x:.3f}<br>RelIE %{y:.2f}<extra></extra>",
+                ),
+                row=row, col=col,
+            )  # fmt: skip
+            shown.add(name)
+        fig.add_shape(
+            type="line", x0=0, y0=0, x1=x_max, y1=x_max, line={"dash": "dot", "color": "black", "width": 1},
+            row=row, col=col,
+        )  # fmt: skip
+        for cut in (thresholds.other, thresholds.specific):
+            fig.add_shape(
+                type="line", x0=0, x1=x_max, y0=cut, y1=cut, line={"dash": "dash", "color": "#999999", "width": 1},
+                row=row, col=col,
+            )  # fmt: skip
+    fig.update_yaxes(range=[-0.02, 1.02], tickvals=[0, thresholds.other, thresholds.specific, 1])
+    for row in range(1, n_rows + 1):
+        fig.update_yaxes(title_text="RelIE", row=row, col=1)
+    height = 120 + 320 * n_rows
     fig.update_layout(
-        title=f"RelIE vs RelDec{suffix}",
-        xaxis_title="RelDec (share of decoder norm)",
-        yaxis_title="RelIE (share of |IE|)",
-        xaxis_range=[-0.02, 1.02],
-        yaxis_range=[-0.02, 1.02],
-        template="plotly_white",
-    )
+        title={"text": "RelIE vs RelDec", "y": 1 - 12 / height, "yanchor": "top", "yref": "container"},
+        template="plotly_white", height=height, margin={"t": 100},
+        legend={"orientation": "h", "yref": "container", "y": 1 - 44 / height, "yanchor": "top", "x": 0, "xanchor": "left"},
+    )  # fmt: skip
     return fig
 
 
@@ -119,7 +154,6 @@ _CURVES = {
     (True, "top"): ("keep only top-k", "#1f77b4", "solid"),
     (True, "random"): ("keep only random k", "#aec7e8", "dash"),
 }
-_PANEL_COLUMNS = 4
 
 
 def ablation_curves_figure(

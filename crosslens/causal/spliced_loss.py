@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
+from crosslens.activations.store import snapshot_label
 from crosslens.causal.splice import (
     SnapshotModels, activations_at, collect_activations, exact_codes, iter_snapshot_models, run_from_hook,
 )
@@ -269,7 +270,7 @@ def tokens_spliced_record(
     """:func:`spliced_record` on token rows at hand (``snapshots``: the records a store's manifest
     keeps, ``{"revision", "step", ...}``, which label the rows; ``measured_on`` says where the
     rows came from)."""
-    labels = [str(s.get("revision", s.get("step"))) for s in snapshots]
+    labels = [snapshot_label(s) for s in snapshots]
     return {
         "ablation": ablation,
         "n_seqs": int(tokens_NL.shape[0]),
@@ -361,10 +362,10 @@ def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
         }
         for row in record["crosscoder"]
     ]
-    report.add_table(table, title="Crosscoder spliced into each snapshot")
+    report.add_table(table, title="Crosscoder spliced into each snapshot", percent=["CE recovered"])
     beside = comparison_rows(record)
     if beside:
-        report.add_table(beside, title="Crosscoder and per-snapshot SAEs of the same width and L0")
+        report.add_table(beside, title="Crosscoder and per-snapshot SAEs of the same width and L0", percent=["CE recovered"])
     return report
 
 

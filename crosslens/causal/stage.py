@@ -350,7 +350,7 @@ def _add_ci_section(report, table, selected, ci_low, ci_high, classed, effect_fl
         f"95% bootstrap intervals over the task's examples. RelIE classes only features whose total effect "
         f"sum_c |IE(c)| is at least {effect_floor:.3g} (2% of the mean clean-vs-patched gap unless set) and whose "
         f"interval excludes 0 at some snapshot: {n_below} of {len(selected)} selected features fall below that "
-        "floor and are shown as below_floor, not as specific, shared or other."
+        "floor and are shown as below the noise floor, not as specific, shared or other."
     )
     if not len(selected) or ci_low is None:
         return
@@ -403,7 +403,7 @@ def causal_report(
     note = chance_note(behaviours or [])
     if note is not None:
         report.add_text(note[0].upper() + note[1:] + ".")
-    report.add_table(_metric_rows(table, behaviours))
+    report.add_table(_metric_rows(table, behaviours), percent=["accuracy"] if behaviours else ())
     report.add_text(
         f"metric = {metric_formula(table.config.get('metric'))}: negative means the model is right "
         "(prefers the correct continuation), and more negative means more confident. An IE is the change in "
@@ -453,7 +453,8 @@ def causal_report(
             [
                 {"k": r["k"], "metric (keep top-k; < 0: correct preferred)": r["metric"], "restored": r.get("restored")}
                 for r in sorted(kept, key=lambda r: r["k"])
-            ]
+            ],
+            percent=["restored"],
         )
     return report
 
@@ -471,14 +472,21 @@ def _add_relie_section(
     )
     behaving = behaving_columns(behaviours, len(table.snapshots))
     behaving = behaving or list(range(len(table.snapshots)))
-    for column in [behaving[i] for i in _spread(len(behaving), 4)]:
-        report.add_figure(
-            relie_vs_reldec(
-                relie_sel[:, column], reldec_sel[:, column], feature_ids=selected.tolist(),
-                snapshot_label=table.snapshot_labels[column], thresholds=thresholds,
-                labels=None if labels is None else labels[:, column],
-            )  # fmt: skip
-        )
+    columns = [behaving[i] for i in _spread(len(behaving), 4)]
+    report.add_figure(
+        relie_vs_reldec(
+            relie_sel[:, columns], reldec_sel[:, columns], feature_ids=selected.tolist(),
+            snapshot_labels=[table.snapshot_labels[c] for c in columns], thresholds=thresholds,
+            labels=None if labels is None else labels[:, columns],
+        ),
+        caption=(
+            "RelIE against RelDec (a snapshot's share of the feature's summed |IE| and of its summed decoder norm). "
+            f"Dashed: the class thresholds, RelIE above {thresholds.specific:g} specific to the snapshot, between "
+            f"{thresholds.other:g} and {thresholds.specific:g} shared, below {thresholds.other:g} other (its effect is "
+            "mostly at other snapshots); dotted: RelIE = RelDec, above it a feature matters here more than its "
+            "decoder norm says."
+        ),
+    )  # fmt: skip
 
 
 def _metric_rows(table: IETable, behaviours: Sequence[SnapshotBehaviour] | None) -> list[dict[str, Any]]:

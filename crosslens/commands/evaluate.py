@@ -18,8 +18,7 @@ def quality_rows(crosscoder: Any, eval_store: Any, hook: str | None = None) -> t
     from crosslens.training.runner import evaluate_crosscoder
 
     result = evaluate_crosscoder(crosscoder, eval_store, hook)
-    steps = [int(s.get("step", i)) for i, s in enumerate(eval_store.snapshots)]
-    return quality_table(result, {}, steps, d_sae=int(crosscoder.cfg.d_sae)), result
+    return quality_table(result, {}, eval_store.snapshots, d_sae=int(crosscoder.cfg.d_sae)), result
 
 
 def format_quality(rows: list[dict], result: dict, where: str) -> str:

@@ -193,6 +193,7 @@ def _add_one(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, d
         kwargs["type"] = _number_at_least(float("-inf"), value_type)
     if "choices" in meta:
         kwargs["choices"] = list(meta["choices"])
+        kwargs.pop("metavar")  # argparse then shows the choices themselves, {zero,mean}, in usage and help
     if "metavar" in meta:
         kwargs["metavar"] = meta["metavar"]
     if "nargs" in meta:

@@ -16,6 +16,7 @@ from typing import Any
 from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationStore
+from crosslens.activations.store import snapshot_label
 from crosslens.core.progress import progress_bar
 from crosslens.training.baselines import (
     BASELINE_ARCHITECTURES,
@@ -34,7 +35,7 @@ TABLE_COLUMNS = ("crosscoder", *BASELINE_ARCHITECTURES)
 def quality_table(
     crosscoder_eval: Mapping[str, Any],
     baselines: Mapping[tuple[str, int], Mapping[str, Any]],
-    steps: Sequence[int],
+    snapshots: Sequence[Mapping[str, Any]],
     *,
     d_sae: int | None = None,
     sparsity: Mapping[str, str] | None = None,
@@ -42,8 +43,9 @@ def quality_table(
     """Rows comparing a crosscoder with per-snapshot SAEs.
 
     ``crosscoder_eval`` is :func:`evaluate_crosscoder`'s result, ``baselines`` maps
-    ``(architecture, snapshot)`` to :func:`evaluate_sae`'s result, ``steps`` gives each
-    snapshot's training step. Rows, each with ``kind``, ``label``, ``snapshot``, ``step``
+    ``(architecture, snapshot)`` to :func:`evaluate_sae`'s result, ``snapshots`` are the
+    store's snapshot records (``store.snapshots``), which name each row as every other table
+    does (:func:`~crosslens.activations.store.snapshot_label`). Rows, each with ``kind``, ``label``, ``snapshot``, ``step``
     and one value per column (``crosscoder`` then the baseline architectures; None where
     not trained):
 
@@ -53,10 +55,10 @@ def quality_table(
     - ``kind="sparsity"``: how each column's sparsity was set, when ``sparsity`` is given.
     """
     ev_S = list(crosscoder_eval["explained_variance"])
-    if len(steps) != len(ev_S):
+    if len(snapshots) != len(ev_S):
         raise ValueError(
-            f"got {len(steps)} steps for {len(ev_S)} snapshots; pass one step per snapshot "
-            "(e.g. [s['step'] for s in store.snapshots])."
+            f"got {len(snapshots)} snapshot records for {len(ev_S)} snapshots; pass the evaluated store's "
+            "snapshot records (store.snapshots)."
         )
     for arch, snapshot in baselines:
         check_architecture(arch)
@@ -65,8 +67,8 @@ def quality_table(
     columns = ["crosscoder", *[a for a in BASELINE_ARCHITECTURES if any(b == a for b, _ in baselines)]]
 
     rows: list[dict[str, Any]] = []
-    for s, step in enumerate(steps):
-        row: dict[str, Any] = {"kind": "ev", "label": f"step {step}", "snapshot": s, "step": int(step)}
+    for s, entry in enumerate(snapshots):
+        row: dict[str, Any] = {"kind": "ev", "label": snapshot_label(entry), "snapshot": s, "step": entry.get("step")}
         row["crosscoder"], row["crosscoder_l0"] = ev_S[s], crosscoder_eval.get("l0")
         for arch in columns[1:]:
             metrics = baselines.get((arch, s))
@@ -174,7 +176,7 @@ def compare_with_saes(
     store = open_store(store)
     hook = store.resolve_hook(hook)
     eval_store = store if eval_store is None else open_store(eval_store)
-    snapshots, steps = _check_comparison(store, eval_store, architectures, snapshots, calibrate)
+    snapshots = _check_comparison(store, eval_store, architectures, snapshots, calibrate)
     crosscoder_eval = evaluate_crosscoder(crosscoder, eval_store, hook, n_tokens=n_eval_tokens)
     train_kwargs: dict[str, Any] = dict(batch_size=batch_size, lr=lr, seed=seed, device=str(crosscoder.device))
     plan = _BaselinePlan(
@@ -196,7 +198,7 @@ def compare_with_saes(
             trained[(arch, s)] = sae
         baselines[(arch, s)] = evaluate_sae(sae, eval_store, hook, s, n_tokens=n_eval_tokens)
     sparsity = {"crosscoder": _crosscoder_sparsity(crosscoder), **_sparsity_labels(used)}
-    return quality_table(crosscoder_eval, baselines, steps, d_sae=int(crosscoder.cfg.d_sae), sparsity=sparsity)
+    return quality_table(crosscoder_eval, baselines, eval_store.snapshots, d_sae=int(crosscoder.cfg.d_sae), sparsity=sparsity)
 
 
 @dataclass
@@ -226,8 +228,8 @@ def _check_comparison(
     architectures: Sequence[str],
     snapshots: Sequence[int],
     calibrate: str,
-) -> tuple[list[int], list[int]]:
-    """The checked snapshot indices and the suite's steps."""
+) -> list[int]:
+    """The checked snapshot indices."""
     for arch in architectures:
         check_architecture(arch)
     if calibrate not in ("per_snapshot", "once"):
@@ -235,12 +237,11 @@ def _check_comparison(
     checked = [check_snapshot(store, s) for s in snapshots]
     if not checked:
         raise ValueError("snapshots is empty; name the snapshot indices to train baselines on.")
-    steps = [int(entry["step"]) for entry in store.snapshots]
-    if [int(entry["step"]) for entry in eval_store.snapshots] != steps:
+    if [snapshot_label(e) for e in eval_store.snapshots] != [snapshot_label(e) for e in store.snapshots]:
         raise ValueError(
             "eval_store holds other snapshots than store; harvest the held-out tokens from the same suite."
         )
-    return checked, steps
+    return checked
 
 
 def _standard_coefficients_up_front(
