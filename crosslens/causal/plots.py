@@ -33,7 +33,7 @@ def relie_vs_reldec(
     feature_ids: Sequence[int] | None = None,
     snapshot_labels: Sequence[str] | None = None,
     thresholds: RelIEThresholds = RelIEThresholds(),
-    labels: Any = None,
+    labels: np.ndarray | Sequence[Any] | None = None,
 ) -> go.Figure:
     """Each feature's RelIE (causal share) against its RelDec (decoder-norm share), one small
     panel per column of the inputs (a snapshot each; a 1-D input is one panel).
