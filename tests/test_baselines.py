@@ -291,6 +291,14 @@ def test_compare_can_calibrate_standard_once(store):
         compare_with_saes(store, HOOK, crosscoder, snapshots=[0], calibrate="never")
 
 
+def test_compare_refuses_an_eval_store_of_other_snapshots(store, one_snapshot_store):
+    crosscoder = ARCHITECTURES["topk_crosscoder"][0](
+        ARCHITECTURES["topk_crosscoder"][1](d_in=D_IN, d_sae=D_SAE, n_snapshots=len(STEPS), k=6)
+    )
+    with pytest.raises(ValueError, match=r"other snapshots than store \(snapshots \[step0, step10, step100\] vs \[step10\]\); harvest"):
+        compare_with_saes(store, HOOK, crosscoder, snapshots=[0], eval_store=one_snapshot_store, n_steps=1, progress=False)
+
+
 def test_bad_inputs_name_the_fix(store):
     with pytest.raises(ValueError, match="out of range"):
         train_snapshot_sae(store, HOOK, 3, "topk", D_SAE, k=4, **TRAIN)

@@ -16,6 +16,7 @@ from typing import Any
 from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationStore
+from crosslens.activations.partners import snapshot_problem
 from crosslens.activations.store import snapshot_label
 from crosslens.core.progress import progress_bar
 from crosslens.training.baselines import (
@@ -237,9 +238,10 @@ def _check_comparison(
     checked = [check_snapshot(store, s) for s in snapshots]
     if not checked:
         raise ValueError("snapshots is empty; name the snapshot indices to train baselines on.")
-    if [snapshot_label(e) for e in eval_store.snapshots] != [snapshot_label(e) for e in store.snapshots]:
+    problem = snapshot_problem(store.snapshots, eval_store.snapshots, require_identity=False)
+    if problem is not None:
         raise ValueError(
-            "eval_store holds other snapshots than store; harvest the held-out tokens from the same suite."
+            f"eval_store holds other snapshots than store ({problem}); harvest the held-out tokens from the same suite."
         )
     return checked
 
