@@ -44,20 +44,19 @@ def relie_vs_reldec(
     mean; each panel's RelDec spans only what its points reach, since with many snapshots a
     snapshot's share of the decoder norm is small and a 0-1 axis would crowd the points into a
     corner (one feature near 1 in one panel would do that to all of them on a shared axis)."""
+    if reldec_values.shape != relie_values.shape:
+        raise ValueError(
+            f"RelIE {tuple(relie_values.shape)} and RelDec {tuple(reldec_values.shape)} need one value per feature each"
+        )
+    if relie_values.ndim == 1:
+        relie_values, reldec_values = relie_values[:, None], reldec_values[:, None]
     y_FP = relie_values.detach().cpu().numpy()
     x_FP = reldec_values.detach().cpu().numpy()
-    if x_FP.shape != y_FP.shape:
-        raise ValueError(f"RelIE {y_FP.shape} and RelDec {x_FP.shape} need one value per feature each")
-    if y_FP.ndim == 1:
-        y_FP, x_FP = y_FP[:, None], x_FP[:, None]
     n_features, n_panels = y_FP.shape
     names = list(snapshot_labels) if snapshot_labels is not None else [f"s{i}" for i in range(n_panels)]
     if len(names) != n_panels:
         raise ValueError(f"{len(names)} snapshot labels for {n_panels} panels; give one label per column.")
-    if labels is None:
-        label_FP = classify_relie(torch.as_tensor(y_FP), thresholds)
-    else:
-        label_FP = np.asarray(labels).reshape(n_features, n_panels)
+    label_FP = classify_relie(relie_values, thresholds) if labels is None else np.asarray(labels).reshape(n_features, n_panels)
     ids = np.arange(n_features) if feature_ids is None else np.asarray(feature_ids)
     n_cols = min(_PANEL_COLUMNS, n_panels)
     n_rows = -(-n_panels // n_cols)
