@@ -4,6 +4,7 @@ benchmarks/gpu.py run end to end at a tiny shape."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,12 @@ from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.optim import BFloat16StateAdam, stochastic_bfloat16
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def benchmark_env() -> dict[str, str]:
+    """The environment for a benchmark script: this checkout first on the path, whatever else was there kept."""
+    path = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 S, D, F, B = 2, 8, 32, 16
 ARCHS = list(cc.ARCHITECTURES)
 DIRECTIONS = torch.randn(12, S, D, generator=torch.Generator().manual_seed(0))
@@ -228,7 +235,7 @@ def test_auto_state_is_bfloat16_only_when_float32_does_not_fit():
 # ------------------------------------------------------------ benchmarks/gpu.py
 def test_gpu_benchmark_runs_end_to_end_small_on_cpu():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--small"], capture_output=True,
-                          text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+                          text=True, timeout=300, env=benchmark_env())  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if "tok/s" in line and " L0 " in line]
     # architectures x precisions x (fresh, trained), and JumpReLU trained from its active pairs
@@ -245,6 +252,6 @@ def test_gpu_benchmark_runs_end_to_end_small_on_cpu():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 def test_gpu_benchmark_without_cuda_prints_one_line_and_exits_0():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py")], capture_output=True, text=True,
-                          timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+                          timeout=120, env=benchmark_env())  # fmt: skip
     assert done.returncode == 0
     assert len(done.stdout.strip().splitlines()) == 1 and "no CUDA device" in done.stdout

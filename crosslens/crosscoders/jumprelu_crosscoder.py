@@ -113,7 +113,7 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=AR
     """Gate, score and decode a batch from its active (token, feature) entries alone (open
     at some snapshot, or inside the threshold's window at some) with gather-sum kernels,
     instead of dense matmuls over every entry; the same values and gradients up to the
-    order of float sums. None: on CUDA when at most 1/32 of the entries are active (a
+    order of float sums. None: on CUDA when at most 1/16 of the entries are active (a
     trained crosscoder's sparsity, not a fresh one's); False: never; True: always (also
     on a CPU, where the dense kernels are faster)."""
 

@@ -145,17 +145,15 @@ def gather_decode(
 
 
 # ----------------------------------------------------------------- the JumpReLU step
-SPARSE_STEP_SHARE = 1 / 32
+SPARSE_STEP_SHARE = 1 / 16
 """Largest share of (token, feature) entries active (open at some snapshot, or inside the
 threshold's window at some) for which the JumpReLU step works on CUDA from the pairs
-rather than with the dense kernels. An estimate, not a measurement: an active entry costs
-three passes over its ``S * d_in`` decoder floats (decode, the values' gradient, the
-decoder's), 12 bytes each in float32; at 1/32 of the entries that is about as much memory
-traffic as the dense JumpReLU step's per-snapshot work over all ``S * N * F`` entries
-(it runs at ~15% of the dense floor under bf16 autocast). A trained crosscoder (L0 of
-50-200 of tens of thousands of features, under 1%) is well inside it, a freshly
-initialised one (about 30% open) well outside. ``benchmarks/gpu.py`` prints the share
-and both steps' tokens/s, from which to set it."""
+rather than with the dense kernels. ``benchmarks/gpu.py`` prints the share and both steps'
+tokens/s, from which this is set: at Ge et al.'s shape on an H100 the fixed part of the step
+from the pairs (encoder matmuls, optimizer) is about a third of it at 2.6% active, the rest
+grows with the active share, and the two steps would cost the same near 8%. 1/16 stays
+below that. A trained crosscoder (L0 of 50-200 of tens of thousands of features) is
+well inside it, a freshly initialised one (about 30% open) well outside."""
 
 
 class JumpGate(torch.autograd.Function):
@@ -199,8 +197,10 @@ class ShutWindow(torch.autograd.Function):
     (entry, snapshot) pair inside the window gives ``grad_f = <grad_out[n, s], W[i, s]> +
     c * norm * grad_score[i]`` (tanh's slope at 0 is 1) to the rectangle kernel: one dot
     product per pair, or, past ``WINDOW_MATMUL_SHARE``, per snapshot the masked sum of
-    ``grad_out`` over each feature's tokens inside the window (one matmul) dotted with
-    ``W[i, s]``. Backward runs under the forward's autocast state."""
+    ``grad_out`` over each feature's tokens inside the window (one matmul, see
+    :func:`_window_matmuls`) dotted with ``W[i, s]``. Which pairs are inside is decided once,
+    in forward, for the gathered entries alone. Backward runs under the forward's autocast
+    state."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
@@ -215,9 +215,9 @@ class ShutWindow(torch.autograd.Function):
         norms_WS = norms_FS.float().index_select(0, feature_W)
         distance_WS = h_NF[token_W, feature_W].float()[:, None] * norms_WS - t_W[:, None]
         inside_WS = distance_WS.abs() < gate[0] / 2
-        ctx.gate, ctx.backend, ctx.n_features = gate, backend, F_
+        ctx.gate, ctx.backend, ctx.n_features, ctx.threshold_F = gate, backend, F_, threshold_F.detach().float()
         if int(inside_WS.sum()) > WINDOW_MATMUL_SHARE * N * F_ * S:
-            ctx.save_for_backward(W_dec_FSD, norms_FS.float(), threshold_F.float(), h_NF.float(), window_NF)
+            ctx.save_for_backward(W_dec_FSD, feature_W * N + token_W, feature_W, inside_WS, norms_FS.float())
             ctx.rows = None
         else:
             pair_w, pair_s = inside_WS.nonzero(as_tuple=True)
@@ -233,14 +233,11 @@ class ShutWindow(torch.autograd.Function):
     ) -> tuple[Any, ...]:
         (bandwidth, tanh_scale), score_grad_F = ctx.gate, grad_score_F.float()
         if ctx.rows is None:
-            W_dec_FSD, norms_FS, t_F, h_NF, window_NF = ctx.saved_tensors
-            grad_f_FS = norms_FS.new_zeros(norms_FS.shape)
-            for s in range(norms_FS.shape[1]):
-                inside_NF = window_NF & ((h_NF * norms_FS[:, s]).sub_(t_F).abs_() < bandwidth / 2)
-                inside_NF = inside_NF.to(grad_recon_NSD.dtype)
-                summed_FD = inside_NF.T @ grad_recon_NSD[:, s]
-                score_F = tanh_scale * norms_FS[:, s] * score_grad_F * inside_NF.sum(dim=0).float()
-                grad_f_FS[:, s] = torch.linalg.vecdot(summed_FD.float(), W_dec_FSD[:, s].float()) + score_F
+            W_dec_FSD, flat_W, feature_W, inside_WS, norms_FS = ctx.saved_tensors
+            t_F = ctx.threshold_F
+            grad_f_FS = _window_matmuls(grad_recon_NSD, W_dec_FSD, flat_W, inside_WS)
+            counts_FS = norms_FS.new_zeros(norms_FS.shape).index_add_(0, feature_W, inside_WS.float())
+            grad_f_FS += tanh_scale * norms_FS * score_grad_F[:, None] * counts_FS
             grad_t_F = threshold_gradient(grad_f_FS, norms_FS, t_F, bandwidth)
         else:
             W_dec_FSD, feature_P, norm_P, t_P = ctx.saved_tensors
@@ -251,6 +248,41 @@ class ShutWindow(torch.autograd.Function):
             grad_t_P = threshold_gradient(grad_f_P[:, None], norm_P[:, None], t_P, bandwidth)
             grad_t_F = grad_t_P.new_zeros(ctx.n_features).index_add_(0, feature_P, grad_t_P)
         return grad_recon_NSD, grad_score_F, grad_t_F, None, None, None, None, None, None
+
+
+WINDOW_CHUNK_ELEMENTS = 1 << 29
+"""Elements of the ``[snapshots, F, N]`` mask buffer :func:`_window_matmuls` fills for one
+batched matmul (1 GiB in bfloat16): at Ge et al.'s shape ten snapshots a matmul."""
+
+
+def _window_matmuls(
+    grad_NSD: torch.Tensor, W_dec_FSD: torch.Tensor, flat_W: torch.Tensor, inside_WS: torch.Tensor
+) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+    """``<sum of grad[n, s] over the tokens n of feature i inside the window at s, W[i, s]>``
+    for every feature and snapshot. A chunk of snapshots at a time, one batched ``[c, F, N] @
+    [c, N, D]`` matmul whose masks are written into one reused buffer at the window entries'
+    flat feature-major indices ``flat_W`` (and cleared there again), so that no pass over all
+    ``N * F`` entries is made per snapshot; the dot products with ``W`` follow in float32. The
+    matmuls run in the autocast dtype where autocast is on."""
+    N, S, D = grad_NSD.shape
+    F_ = W_dec_FSD.shape[0]
+    kind = grad_NSD.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else grad_NSD.dtype
+    grad_SND = grad_NSD.to(dtype).transpose(0, 1).contiguous()
+    chunk = max(1, min(S, WINDOW_CHUNK_ELEMENTS // max(1, F_ * N)))
+    mask_CFN = grad_SND.new_zeros(chunk, F_, N)
+    flat_CW = flat_W + torch.arange(chunk, device=flat_W.device)[:, None] * (F_ * N)
+    inside_SW = inside_WS.T.to(dtype)
+    grad_f_FS = W_dec_FSD.new_empty(F_, S, dtype=torch.float32)
+    for a in range(0, S, chunk):
+        c = min(chunk, S - a)
+        where = flat_CW[:c].reshape(-1)
+        mask_CFN.view(-1).index_copy_(0, where, inside_SW[a : a + c].reshape(-1))
+        summed_CFD = torch.bmm(mask_CFN[:c], grad_SND[a : a + c])
+        for j in range(c):
+            grad_f_FS[:, a + j] = torch.linalg.vecdot(summed_CFD[j].float(), W_dec_FSD[:, a + j].float())
+        mask_CFN.view(-1).index_fill_(0, where, 0)
+    return grad_f_FS
 
 
 def active_entries(

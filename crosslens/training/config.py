@@ -107,7 +107,7 @@ class ArchitectureConfig:
     sparse_step: str = field(default="auto", metadata={"choices": ("auto", "on", "off")})
     """jumprelu_crosscoder: gate, score and decode each batch from its active (token, feature)
     entries with gather-sum kernels (the same values up to the order of float sums); auto: on
-    CUDA once at most 1/32 of the entries are active; on: always (slower on a CPU); off: never."""
+    CUDA once at most 1/16 of the entries are active; on: always (slower on a CPU); off: never."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURE_NAMES:
