@@ -270,7 +270,10 @@ def test_the_gated_decode_runs_where_few_gates_are_mixed(monkeypatch):
 
 def test_block_size_follows_the_device():
     assert kernels.token_block(4096, 8, 8192, torch.device("cpu")) == kernels.CPU_BLOCK_ELEMENTS // (8 * 8192)
-    assert kernels.token_block(4096, 8, 8192, torch.device("meta")) == 4096  # one block off the CPU
+    assert kernels.token_block(4096, 8, 8192, torch.device("meta")) == 4096  # one block off the CPU at this size
+    # Ge et al.'s shape: [S, block, F] temporaries of DEVICE_BLOCK_ELEMENTS, not the whole batch
+    assert kernels.token_block(2048, 32, 24576, torch.device("meta")) == kernels.DEVICE_BLOCK_ELEMENTS // (32 * 24576)
+    assert kernels.token_block(2048, 32, 24576, torch.device("meta")) < 2048
     assert kernels.token_block(3, 8, 8192, torch.device("cpu")) == 3
     assert kernels.token_block(100, 1 << 12, 1 << 12, torch.device("cpu")) == 1  # never zero
 

@@ -2,12 +2,16 @@
 
 - :func:`row_counts`: how many entries of a bool mask are set, per row, fast on a CPU.
 - :func:`one_vs_all_share`: each entry's share of its row's total magnitude (RelIE, RelDec).
+- :func:`row_norms`: Euclidean norms along the last dimension with a one-pass gradient (the
+  decoder norms every crosscoder's sparsity term differentiates).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 
 
 def row_counts(mask: Bool[torch.Tensor, "... n"]) -> Int[torch.Tensor, "..."]:
@@ -30,3 +34,27 @@ def one_vs_all_share(values: torch.Tensor) -> torch.Tensor:
     uniform = torch.full_like(magnitude, 1.0 / values.shape[-1])
     share = torch.where(total > 0, magnitude / total.clamp_min(torch.finfo(torch.float64).tiny), uniform)
     return share.to(values.dtype if values.is_floating_point() else torch.float32)
+
+
+class _RowNorms(torch.autograd.Function):
+    """``||x[..., :]||`` whose backward is one pass over ``x``: ``x * (grad / norm)``
+    (zero where a row is zero). Autograd's own norm backward makes four passes over
+    ``x`` (divide, mask the zero rows, multiply, then accumulate), which for a crosscoder's
+    decoder at Ge et al.'s shape is 2.4 GB each in float32."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        norms = torch.linalg.vector_norm(x, dim=-1)
+        ctx.save_for_backward(x, norms)
+        return norms
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x, norms = ctx.saved_tensors
+        scale = torch.where(norms > 0, grad / norms, 0.0).to(x.dtype)
+        return x * scale[..., None]
+
+
+def row_norms(x: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, "..."]:
+    """Euclidean norms along the last dimension, differentiable with a one-pass gradient."""
+    return _RowNorms.apply(x)

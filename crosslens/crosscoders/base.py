@@ -44,6 +44,7 @@ from jaxtyping import Float, Int
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput, TrainStepOutput
 from torch import nn
 
+from crosslens.core.tensors import row_norms
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
 from crosslens.crosscoders.snapshot_sae import snapshot_sae
@@ -317,7 +318,7 @@ class CrosscoderMixin:
     # ------------------------------------------------------------ decoder norms
     def snapshot_norms(self) -> Float[torch.Tensor, "d_sae n_snapshots"]:
         """Differentiable decoder norms in the normalised (training) space."""
-        return self.W_dec.norm(dim=-1) * self.folded_norm_factors
+        return row_norms(self.W_dec) * self.folded_norm_factors
 
     def snapshot_norm_sums(self) -> Float[torch.Tensor, " d_sae"]:
         """Differentiable ``sum_s ||W_dec[i, s]||`` over every snapshot (normalised space)."""

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float
 
-from crosslens.core.tensors import row_counts
+from crosslens.core.tensors import row_counts, row_norms
 from crosslens.crosscoders.jumprelu_ops import (
     PaddedRows,
     backward_block,
@@ -56,11 +56,22 @@ CPU_BLOCK_ELEMENTS = 1 << 22
 32 MiB L3 cache: larger blocks spill out of it, smaller ones pay per-op overhead."""
 
 
+DEVICE_BLOCK_ELEMENTS = 1 << 28
+"""Elements of one ``[S, block, F]`` (or ``[rows, S, P]``) block off the CPU: 1 GiB in
+float32. A block of that size already runs each elementwise kernel at memory bandwidth; the
+whole batch at once at Ge et al.'s shape (S 32, F 24,576, 2048 tokens) makes temporaries
+of 6 GiB each, which with a dozen of them alive in backward leave no room for the
+snapshot models of a streamed run."""
+
+
+def block_elements(device: torch.device) -> int:
+    """Elements of one block of per-snapshot work on ``device``."""
+    return CPU_BLOCK_ELEMENTS if device.type == "cpu" else DEVICE_BLOCK_ELEMENTS
+
+
 def token_block(n_tokens: int, n_snapshots: int, n_features: int, device: torch.device) -> int:
-    """Tokens per block: every token at once off the CPU, else about ``CPU_BLOCK_ELEMENTS``."""
-    if device.type != "cpu":
-        return max(n_tokens, 1)
-    return max(1, min(n_tokens, CPU_BLOCK_ELEMENTS // max(1, n_snapshots * n_features)))
+    """Tokens per ``[S, block, F]`` block: about :func:`block_elements` elements."""
+    return max(1, min(n_tokens, block_elements(device) // max(1, n_snapshots * n_features)))
 
 
 _COMPILED: dict[str, Any] = {}
@@ -305,9 +316,11 @@ class EntryClasses:
 
 
 def _row_blocks(rows: PaddedRows, n_snapshots: int, device: torch.device) -> list[slice]:
-    """Slices of padded rows whose ``[rows, S, P]`` work fits ``ROW_BLOCK_ELEMENTS`` (all rows off the CPU)."""
+    """Slices of padded rows whose ``[rows, S, P]`` work fits ``ROW_BLOCK_ELEMENTS`` on a CPU,
+    ``DEVICE_BLOCK_ELEMENTS`` elsewhere."""
     n_rows, width = rows.shape
-    step = n_rows if device.type != "cpu" else max(1, ROW_BLOCK_ELEMENTS // max(1, n_snapshots * width))
+    budget = ROW_BLOCK_ELEMENTS if device.type == "cpu" else DEVICE_BLOCK_ELEMENTS
+    step = max(1, budget // max(1, n_snapshots * width))
     return [slice(a, a + step) for a in range(0, n_rows, step)]
 
 
@@ -558,7 +571,7 @@ def snapshot_gated_decode(
     batched matmul.
     """
     if sparse or (sparse is None and h_NF.device.type == "cuda"):
-        norms_FS = W_dec_FSD.norm(dim=-1) * norm_factors_S
+        norms_FS = row_norms(W_dec_FSD) * norm_factors_S
         with torch.no_grad():
             active = active_entries(h_NF.detach(), norms_FS.detach(), threshold_F.detach(), bandwidth / 2)
         if sparse or int(active[0].sum()) <= SPARSE_STEP_SHARE * h_NF.numel():
@@ -574,7 +587,7 @@ def snapshot_gated_decode(
         return SnapshotGatedDecode.apply(
             h_NF, W_dec_FSD, threshold_F, norms_FS, raw_norms_FS, norm_factors_S, classes, bandwidth, tanh_scale
         )
-    norms_FS = W_dec_FSD.norm(dim=-1) * norm_factors_S
+    norms_FS = row_norms(W_dec_FSD) * norm_factors_S
     f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(  # its blocks are token-major
         h_NF.contiguous(), norms_FS, threshold_F, bandwidth=bandwidth, tanh_scale=tanh_scale
     )
