@@ -22,6 +22,7 @@ a tiny shape (fractions and memory there mean nothing; it checks that the script
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py                     # Ge et al.: S 32, d_in 768, d_sae 24576, B 2048
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --d-sae 98304 --only jumprelu_crosscoder --optimizer-state bfloat16 --micro-batches 8
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --small
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --only topk_crosscoder --profile   # where a row's time goes
 """
 
 from __future__ import annotations
@@ -173,6 +174,8 @@ def step_row(
     if trained and not arch.endswith("topk_crosscoder"):
         set_sparsity(trainer, x_BSD, a.l0)
     seconds = seconds_per_call(lambda: trainer.step(x_BSD), device, a.steps)
+    if a.profile:
+        print_profile(lambda: trainer.step(x_BSD), device, f"{arch} {autocast or 'fp32'} {path}")
     l0 = float(trainer.last_l0)
     sparse = arch.endswith("topk_crosscoder") or (trained and arch == "jumprelu_crosscoder")
     floor = times["sparse" if sparse else "dense"]
@@ -183,6 +186,21 @@ def step_row(
     del trainer
     return (f"{arch:22s} {precision:5s} {state:8s} {path:13s} L0 {l0:8.1f}  {a.batch / seconds:10,.0f} tok/s  "
             f"{floor / seconds:6.1%} of the {'sparse' if sparse else 'dense'} floor  peak {peak:6.1f} GiB{share}")  # fmt: skip
+
+
+def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 3) -> None:
+    """The kernels of ``calls`` calls of ``fn`` by their own time on the device (CPU: host time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        sync(device)
+    print(f"profile, {calls} steps: {label}")
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=60), flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -199,6 +217,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-n", type=int, default=8192, help="matmul side for the bf16 peak")
     p.add_argument("--only", choices=list(cc.ARCHITECTURES), action="append", help="architectures to run (repeatable)")
     p.add_argument("--optimizer-state", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--profile", action="store_true", help="after each row, its kernels over 3 steps by time (torch.profiler)")
     p.add_argument("--micro-batches", type=int, default=1, help="train each batch in this many micro-batches (train --micro-batches)")
     a = p.parse_args(argv)
     if a.small:

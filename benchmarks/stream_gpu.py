@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu import make_trainer, matmul_peak, seconds_per_call, set_sparsity, sync  # noqa: E402
+from gpu import active_share, make_trainer, matmul_peak, seconds_per_call, set_sparsity, sync  # noqa: E402
 
 from crosslens.activations.forward import forward_to_hook  # noqa: E402
 from crosslens.activations.streaming import ResidentSnapshotProvider  # noqa: E402
@@ -118,10 +118,15 @@ def provider_rate(provider: ResidentSnapshotProvider, a: argparse.Namespace, dev
     return n / (time.perf_counter() - start)
 
 
-def end_to_end(provider: ResidentSnapshotProvider, arch: str, a: argparse.Namespace, device: str) -> float:
+def end_to_end(provider: ResidentSnapshotProvider, arch: str, a: argparse.Namespace, device: str) -> tuple[float, str]:
+    """Tokens/s of streamed training steps, and (JumpReLU) the first batch's active share,
+    which decides whether the step runs from the active pairs (``SPARSE_STEP_SHARE``)."""
     trainer = make_trainer(arch, a, device, "bfloat16")
     batches = provider.batches(0)
-    set_sparsity(trainer, next(batches), a.l0)
+    first = next(batches)
+    set_sparsity(trainer, first, a.l0)
+    share = active_share(trainer, first)
+    del first
     trainer.step(next(batches))  # warm-up
     sync(device)
     start = time.perf_counter()
@@ -129,7 +134,7 @@ def end_to_end(provider: ResidentSnapshotProvider, arch: str, a: argparse.Namesp
         trainer.step(next(batches))
     sync(device)
     batches.close()
-    return a.steps * a.batch / (time.perf_counter() - start)
+    return a.steps * a.batch / (time.perf_counter() - start), share
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -184,9 +189,9 @@ def run(a: argparse.Namespace, device: str, root: Path) -> None:
     print(f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the {label} forward alone)", flush=True)
     for arch, prefetch in (("jumprelu_crosscoder", True), ("crosscoder", True), ("jumprelu_crosscoder", False)):
         provider.prefetch = prefetch
-        rate = end_to_end(provider, arch, a, device)
+        rate, share = end_to_end(provider, arch, a, device)
         print(f"end to end, {arch:20s} bf16, prefetch {'on ' if prefetch else 'off'}: {rate:10,.0f} tok/s; "
-              f"{a.run_tokens / 1e6:,.0f}M tokens in {a.run_tokens / rate / 3600:.1f} h", flush=True)  # fmt: skip
+              f"{a.run_tokens / 1e6:,.0f}M tokens in {a.run_tokens / rate / 3600:.1f} h{share}", flush=True)  # fmt: skip
     provider.close()
 
 

@@ -520,15 +520,16 @@ def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]
         raise PlanError(f"no utilisation figures for GPU {gpu!r}; choose one of {sorted(GPUS)} (--gpu)")
     device, flops, mesh = GPUS[gpu], plan["flops"], plan["mesh"]
     peak = device.peak_tflops * 1e12
+    crosscoder_share = device.crosscoder[plan["inputs"]["architecture"]]
     share = (1 / mesh["data"]) * (mesh["snapshots_per_rank"] / plan["inputs"]["n_snapshots"])
     seconds_per_token = {
         "forward": flops["snapshot_models_forward_per_token"] * share / (peak * device.forward),
-        "crosscoder": flops["crosscoder_train_per_token"] * share / (peak * device.crosscoder),
+        "crosscoder": flops["crosscoder_train_per_token"] * share / (peak * crosscoder_share),
     }
     tokens_per_second = 1 / sum(seconds_per_token.values())
     return {
         "gpu": gpu, "peak_tflops": device.peak_tflops, "forward_fraction": device.forward,
-        "crosscoder_fraction": device.crosscoder, "tokens_per_second": tokens_per_second,
+        "crosscoder_fraction": crosscoder_share, "tokens_per_second": tokens_per_second,
         **{f"{part}_tokens_per_second": 1 / seconds for part, seconds in seconds_per_token.items()},
         "hours": plan["inputs"]["n_tokens"] / tokens_per_second / 3600,
     }  # fmt: skip

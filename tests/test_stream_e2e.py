@@ -97,11 +97,13 @@ def test_plan_stream_prediction_is_the_hand_computation(capsys):
     forward = 32 * (2 * 7 * per_block + 2 * 7 * 2048 * 768)
     step = 10 * 32 * 768 * 24576
     assert step == 6_039_797_760
-    tokens_per_second = 1 / (forward / (989e12 * 0.25) + step / (989e12 * 0.35))
+    tokens_per_second = 1 / (forward / (989e12 * 0.23) + step / (989e12 * 0.074))
     assert predicted["tokens_per_second"] == pytest.approx(tokens_per_second, rel=1e-12)
-    assert predicted["tokens_per_second"] == pytest.approx(30_174, abs=1)
+    assert predicted["tokens_per_second"] == pytest.approx(10_042, abs=1)
+    # within 25% of what benchmarks/stream_gpu.py measured end to end on an H100 (10,579 tokens/s)
+    assert abs(predicted["tokens_per_second"] / 10_579 - 1) < 0.25
     assert predicted["hours"] == pytest.approx(800_000_000 / tokens_per_second / 3600)
     assert main(["plan", "--recipe", "ge2025-pythia-160m", "--stream"]) == 0
-    assert "30,174 tokens/s: 7.4 h" in capsys.readouterr().out
+    assert "10,042 tokens/s: 22.1 h" in capsys.readouterr().out
     with pytest.raises(Exception, match="no utilisation figures for GPU 'v100'"):
         stream_prediction(plan, "v100")

@@ -71,9 +71,9 @@ def plan(args: argparse.Namespace) -> int:
 
 def format_stream_prediction(p: dict) -> str:
     rows = [
-        (f"snapshot forwards at {p['forward_fraction']:.0%} of peak", f"{p['forward_tokens_per_second']:,.0f} tokens/s"),
-        (f"crosscoder step at {p['crosscoder_fraction']:.0%} of peak", f"{p['crosscoder_tokens_per_second']:,.0f} tokens/s"),
+        (f"snapshot forwards at {p['forward_fraction']:.1%} of peak", f"{p['forward_tokens_per_second']:,.0f} tokens/s"),
+        (f"crosscoder step at {p['crosscoder_fraction']:.1%} of peak", f"{p['crosscoder_tokens_per_second']:,.0f} tokens/s"),
         ("together (one GPU per rank)", f"{p['tokens_per_second']:,.0f} tokens/s: {p['hours']:.1f} h"),
     ]
-    title = f"[train --stream end to end on {p['gpu']} ({p['peak_tflops']:g} TFLOP/s bf16 peak), assumed utilisation]"
+    title = f"[train --stream end to end on {p['gpu']} ({p['peak_tflops']:g} TFLOP/s bf16 peak), utilisation as measured on an H100]"
     return "\n".join(["", title, *(f"{label:<36}{value}" for label, value in rows)])

@@ -28,6 +28,20 @@ if TYPE_CHECKING:
     import torch
 
 
+H100_CROSSCODER_SHARES: dict[str, float] = {
+    "crosscoder": 0.267,
+    "jumprelu_crosscoder": 0.074,
+    "topk_crosscoder": 0.276,
+    "batchtopk_crosscoder": 0.263,
+}
+"""Share of the bf16 peak (counting the dense step's ``10 S D F`` FLOPs per token) each
+architecture's bf16 training step sustains on an H100 at Ge et al.'s shape (S 32, d_in 768,
+d_sae 24,576, batch 2048), as ``benchmarks/gpu.py`` measures it: TopK and BatchTopK through
+the Triton gather-sum kernels at k 64; JumpReLU with its dense kernels, the path a streamed
+run takes while the threshold's window holds more than ``SPARSE_STEP_SHARE`` of the entries
+(from the active pairs at a trained sparsity it sustains about 0.17)."""
+
+
 @dataclass(frozen=True)
 class GpuSpec:
     """One GPU model, as ``crosslens plan`` sizes and times a run on it."""
@@ -38,19 +52,20 @@ class GpuSpec:
     """NVIDIA's dense bf16 peak, TFLOP/s."""
     forward: float
     """Share of the peak the snapshot models' forward to the hook sustains."""
-    crosscoder: float
-    """Share of the peak the bf16 crosscoder training step sustains."""
+    crosscoder: dict[str, float]
+    """Share of the peak each architecture's bf16 crosscoder training step sustains."""
 
 
 GPUS = {
-    "h100": GpuSpec(memory_bytes=81559 << 20, peak_tflops=989.0, forward=0.25, crosscoder=0.35),
-    "h200": GpuSpec(memory_bytes=143771 << 20, peak_tflops=989.0, forward=0.25, crosscoder=0.35),
-    "a100": GpuSpec(memory_bytes=81920 << 20, peak_tflops=312.0, forward=0.25, crosscoder=0.35),
+    "h100": GpuSpec(memory_bytes=81559 << 20, peak_tflops=989.0, forward=0.23, crosscoder=H100_CROSSCODER_SHARES),
+    "h200": GpuSpec(memory_bytes=143771 << 20, peak_tflops=989.0, forward=0.23, crosscoder=H100_CROSSCODER_SHARES),
+    "a100": GpuSpec(memory_bytes=81920 << 20, peak_tflops=312.0, forward=0.23, crosscoder=H100_CROSSCODER_SHARES),
 }
 """The GPUs ``--gpu`` names (H100 SXM 80 GB, H200 141 GB, A100 80 GB). Peaks are NVIDIA's
-dense bf16 figures; forward 0.25 is what a compiled Pythia-160M forward to layer 7 reached
-on an H100 at 32 x 1024; crosscoder 0.35 is a stated guess for the bf16 step at Ge et al.'s
-shape. ``benchmarks/stream_gpu.py`` measures both shares."""
+dense bf16 figures. The shares were measured on an H100: forward 0.23 by
+``benchmarks/stream_gpu.py`` (a compiled random-init Pythia-160M forward to block 6 of 7 at
+32 x 1024 tokens), the crosscoder's in :data:`H100_CROSSCODER_SHARES`. The H200 and A100
+rows assume the H100's shares."""
 
 
 DEVICE_KINDS = ("cpu", "cuda", "mps")
