@@ -215,9 +215,9 @@ class ShutWindow(torch.autograd.Function):
         norms_WS = norms_FS.float().index_select(0, feature_W)
         distance_WS = h_NF[token_W, feature_W].float()[:, None] * norms_WS - t_W[:, None]
         inside_WS = distance_WS.abs() < gate[0] / 2
-        ctx.gate, ctx.backend, ctx.n_features, ctx.threshold_F = gate, backend, F_, threshold_F.detach().float()
+        ctx.gate, ctx.backend, ctx.n_features = gate, backend, F_
         if int(inside_WS.sum()) > WINDOW_MATMUL_SHARE * N * F_ * S:
-            ctx.save_for_backward(W_dec_FSD, feature_W * N + token_W, feature_W, inside_WS, norms_FS.float())
+            ctx.save_for_backward(W_dec_FSD, feature_W * N + token_W, feature_W, inside_WS, norms_FS.float(), threshold_F.float())
             ctx.rows = None
         else:
             pair_w, pair_s = inside_WS.nonzero(as_tuple=True)
@@ -233,8 +233,7 @@ class ShutWindow(torch.autograd.Function):
     ) -> tuple[Any, ...]:
         (bandwidth, tanh_scale), score_grad_F = ctx.gate, grad_score_F.float()
         if ctx.rows is None:
-            W_dec_FSD, flat_W, feature_W, inside_WS, norms_FS = ctx.saved_tensors
-            t_F = ctx.threshold_F
+            W_dec_FSD, flat_W, feature_W, inside_WS, norms_FS, t_F = ctx.saved_tensors
             grad_f_FS = _window_matmuls(grad_recon_NSD, W_dec_FSD, flat_W, inside_WS)
             counts_FS = norms_FS.new_zeros(norms_FS.shape).index_add_(0, feature_W, inside_WS.float())
             grad_f_FS += tanh_scale * norms_FS * score_grad_F[:, None] * counts_FS
@@ -250,38 +249,25 @@ class ShutWindow(torch.autograd.Function):
         return grad_recon_NSD, grad_score_F, grad_t_F, None, None, None, None, None, None
 
 
-WINDOW_CHUNK_ELEMENTS = 1 << 29
-"""Elements of the ``[snapshots, F, N]`` mask buffer :func:`_window_matmuls` fills for one
-batched matmul (1 GiB in bfloat16): at Ge et al.'s shape ten snapshots a matmul."""
-
-
 def _window_matmuls(
     grad_NSD: torch.Tensor, W_dec_FSD: torch.Tensor, flat_W: torch.Tensor, inside_WS: torch.Tensor
 ) -> Float[torch.Tensor, "d_sae n_snapshots"]:
     """``<sum of grad[n, s] over the tokens n of feature i inside the window at s, W[i, s]>``
-    for every feature and snapshot. A chunk of snapshots at a time, one batched ``[c, F, N] @
-    [c, N, D]`` matmul whose masks are written into one reused buffer at the window entries'
-    flat feature-major indices ``flat_W`` (and cleared there again), so that no pass over all
-    ``N * F`` entries is made per snapshot; the dot products with ``W`` follow in float32. The
-    matmuls run in the autocast dtype where autocast is on."""
+    for every feature and snapshot: per snapshot one ``[F, N] @ [N, D]`` matmul whose mask is
+    written into one reused buffer at the window entries' flat feature-major indices
+    ``flat_W`` (and cleared there again), so that no pass over all ``N * F`` entries is made
+    per snapshot. The matmuls run in the autocast dtype where autocast is on."""
     N, S, D = grad_NSD.shape
-    F_ = W_dec_FSD.shape[0]
     kind = grad_NSD.device.type
     dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else grad_NSD.dtype
     grad_SND = grad_NSD.to(dtype).transpose(0, 1).contiguous()
-    chunk = max(1, min(S, WINDOW_CHUNK_ELEMENTS // max(1, F_ * N)))
-    mask_CFN = grad_SND.new_zeros(chunk, F_, N)
-    flat_CW = flat_W + torch.arange(chunk, device=flat_W.device)[:, None] * (F_ * N)
-    inside_SW = inside_WS.T.to(dtype)
-    grad_f_FS = W_dec_FSD.new_empty(F_, S, dtype=torch.float32)
-    for a in range(0, S, chunk):
-        c = min(chunk, S - a)
-        where = flat_CW[:c].reshape(-1)
-        mask_CFN.view(-1).index_copy_(0, where, inside_SW[a : a + c].reshape(-1))
-        summed_CFD = torch.bmm(mask_CFN[:c], grad_SND[a : a + c])
-        for j in range(c):
-            grad_f_FS[:, a + j] = torch.linalg.vecdot(summed_CFD[j].float(), W_dec_FSD[:, a + j].float())
-        mask_CFN.view(-1).index_fill_(0, where, 0)
+    mask_flat = grad_SND.new_zeros(W_dec_FSD.shape[0] * N)
+    mask_FN, inside_SW = mask_flat.view(-1, N), inside_WS.T.to(dtype)
+    grad_f_FS = W_dec_FSD.new_empty(W_dec_FSD.shape[:2], dtype=torch.float32)
+    for s in range(S):
+        mask_flat.index_copy_(0, flat_W, inside_SW[s])
+        grad_f_FS[:, s] = torch.linalg.vecdot((mask_FN @ grad_SND[s]).float(), W_dec_FSD[:, s].float())
+        mask_flat.index_fill_(0, flat_W, 0)
     return grad_f_FS
 
 
