@@ -174,13 +174,13 @@ def step_row(
     if trained and not arch.endswith("topk_crosscoder"):
         set_sparsity(trainer, x_BSD, a.l0)
     seconds = seconds_per_call(lambda: trainer.step(x_BSD), device, a.steps)
-    if a.profile:
-        print_profile(lambda: trainer.step(x_BSD), device, f"{arch} {autocast or 'fp32'} {path}")
     l0 = float(trainer.last_l0)
     sparse = arch.endswith("topk_crosscoder") or (trained and arch == "jumprelu_crosscoder")
     floor = times["sparse" if sparse else "dense"]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
     share = active_share(trainer, x_BSD)  # after the peak was read
+    if a.profile:  # after the row's own figures, which its extra steps would move
+        print_profile(lambda: trainer.step(x_BSD), device, f"{arch} {autocast or 'fp32'} {path}")
     precision = "bf16" if autocast else "fp32"
     state = "trained" if trained else "fresh"
     del trainer
