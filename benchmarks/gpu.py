@@ -11,7 +11,9 @@
    JumpReLU threshold is set, by bisection on one batch, so that the measured L0 lands at
    ``--l0`` (TopK/BatchTopK: ``k`` sets it). Each row: the L0 reached, tokens/s, the
    fraction of its floor (sparse for a trained JumpReLU and TopK/BatchTopK, dense
-   otherwise) and the peak memory (``torch.cuda.max_memory_allocated``). Where a row has
+   otherwise), the peak memory (``torch.cuda.max_memory_allocated``) beside the peak
+   ``crosslens plan`` predicts for it (:func:`~crosslens.training.memory.step_peak_bytes`,
+   the row's precision, Adam state and micro-batches) and their ratio. Where a row has
    a sparse implementation it is measured beside the dense one (``step_paths``): JumpReLU
    at the trained sparsity with ``sparse_step`` off and on, TopK/BatchTopK through
    ``embedding_bag`` and through the Triton gather-sum kernels.
@@ -37,7 +39,7 @@ import torch
 import crosslens.crosscoders as cc
 from crosslens.crosscoders import sparse_kernels
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
-from crosslens.training.memory import parameter_counts
+from crosslens.training.memory import parameter_counts, step_peak_bytes
 from crosslens.training.optim import clipped_step
 
 SMALL = {"S": 2, "d_in": 8, "d_sae": 64, "batch": 32, "k": 4, "l0": 8, "steps": 2, "peak_n": 64}
@@ -178,6 +180,8 @@ def step_row(
     sparse = arch.endswith("topk_crosscoder") or (trained and arch == "jumprelu_crosscoder")
     floor = times["sparse" if sparse else "dense"]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+    planned = step_peak_bytes(a.S, a.d_in, a.d_sae, a.batch, arch, a.micro_batches, autocast == "bfloat16")
+    plan = planned[a.optimizer_state] / 2**30
     share = active_share(trainer, x_BSD)  # after the peak was read
     if a.profile:  # after the row's own figures, which its extra steps would move
         print_profile(lambda: trainer.step(x_BSD), device, f"{arch} {autocast or 'fp32'} {path}")
@@ -185,7 +189,8 @@ def step_row(
     state = "trained" if trained else "fresh"
     del trainer
     return (f"{arch:22s} {precision:5s} {state:8s} {path:13s} L0 {l0:8.1f}  {a.batch / seconds:10,.0f} tok/s  "
-            f"{floor / seconds:6.1%} of the {'sparse' if sparse else 'dense'} floor  peak {peak:6.1f} GiB{share}")  # fmt: skip
+            f"{floor / seconds:6.1%} of the {'sparse' if sparse else 'dense'} floor  peak {peak:6.1f} GiB "
+            f"(plan {plan:.1f}, {peak / plan:.2f}x){share}")  # fmt: skip
 
 
 def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 3) -> None:

@@ -37,7 +37,7 @@ from crosslens.core.devices import DTYPE_BYTES, GPUS
 from crosslens.core.units import format_bytes
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import block_index
-from crosslens.training.config import micro_batch_error
+from crosslens.training.config import AUTOCAST_CHOICES, micro_batch_error
 from crosslens.training.memory import activation_bytes, parameter_counts, training_memory
 
 F32 = 4
@@ -235,6 +235,13 @@ class PlanConfig:
     """Micro-batches each rank's batch is trained in (``train --micro-batches``)."""
     gpu: str = "h100"
     """GPU (:data:`~crosslens.core.devices.GPUS`) the fewest fitting micro-batches are counted for, on cuda."""
+    autocast: str = "auto"
+    """Precision of the crosscoder step, as ``train --autocast``: "auto" is bfloat16 on cuda."""
+
+    @property
+    def autocast_on(self) -> bool:
+        """Whether the step runs under bfloat16 autocast (its weight copies count in memory)."""
+        return self.autocast == "bfloat16" or (self.autocast == "auto" and self.device.split(":")[0] == "cuda")
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -254,6 +261,8 @@ class PlanConfig:
             raise PlanError(f"the data axis ({self.data_parallel}) exceeds --batch-size {self.batch_size}")
         if self.micro_batches < 1 or math.ceil(self.batch_size / self.data_parallel) % self.micro_batches:
             raise PlanError(micro_batch_error(math.ceil(self.batch_size / self.data_parallel), self.micro_batches))
+        if self.autocast not in AUTOCAST_CHOICES:
+            raise PlanError(f"--autocast must be one of {AUTOCAST_CHOICES}, got {self.autocast!r}")
         if self.gpu not in GPUS:
             raise PlanError(f"no memory figure for GPU {self.gpu!r}; choose one of {sorted(GPUS)} (--gpu)")
         layer = block_index(self.hook)
@@ -372,7 +381,7 @@ def _memory_bytes(cfg: PlanConfig, param_bytes: int, S_r: int, B_r: int, D: int,
     """Memory of one rank: training state, a batch's activations, resident snapshot models."""
     m = cfg.model
     gpu = cfg.gpu if cfg.device.split(":")[0] == "cuda" else None
-    memory = training_memory(S_r, D, cfg.d_sae, B_r, cfg.architecture, cfg.micro_batches, gpu)
+    memory = training_memory(S_r, D, cfg.d_sae, B_r, cfg.architecture, cfg.micro_batches, gpu, cfg.autocast_on)
     truncated = m.params_through_layer(layer) if layer is not None else m.n_params
     memory["resident_models_full"] = S_r * m.n_params * DTYPE_BYTES[cfg.model_dtype]
     memory["resident_models_truncated"] = S_r * truncated * DTYPE_BYTES[cfg.model_dtype]
@@ -469,10 +478,11 @@ def format_plan(plan: dict[str, Any]) -> str:
     rows.append(("training state", _bytes(mem["training_state"])))
     rows.append((f"activations per batch{f' in {n} micro-batches' if (n := mem['micro_batches']) > 1 else ''} (est.)", f"{_bytes(mem['activations_per_batch'])}  ("
                  + ", ".join(f"{k} {_bytes(v)}" for k, v in mem["activations_breakdown"].items()) + ")"))  # fmt: skip
+    if mem["autocast_copies"]:
+        rows.append(("bfloat16 autocast (--autocast)", f"{_bytes(mem['autocast_copies'])}  (W_enc and W_dec copies, one weight's gradient)"))
     rows.append(("total, training from a store", _bytes(mem["total_training"])))
     for option, held in mem["optimizer_state_options"].items():
-        host = f", {_bytes(held['host'])} in host memory" if held["host"] else ""
-        rows.append((f"  peak with {option} Adam state", f"{_bytes(held['peak'])}{host}"))
+        rows.append((f"  peak with {option} Adam state", _bytes(held["peak"])))
     if fewest := mem.get("fewest_micro_batches"):
         rows.append((f"  fewest --micro-batches under {fewest['headroom']:.0%} of {fewest['gpu']}", ", ".join(
             f"{option} {n or 'none'}" for option, n in fewest["per_option"].items()) + f" ({_bytes(fewest['device_bytes'])} GPU)"))  # fmt: skip

@@ -208,19 +208,33 @@ def test_plan_peak_per_optimizer_state_at_ge_et_al_widest_dictionary():
     from crosslens.plan import ModelSpec, PlanConfig, make_plan
 
     gpt2 = ModelSpec(name="gpt2", d_model=768, n_layers=12, d_mlp=3072, vocab=50257, n_params=124_000_000)
-    plan = make_plan(PlanConfig(model=gpt2, n_snapshots=32, hook="blocks.5.hook_resid_post", n_tokens=10**6,
-                                d_sae=98_304, architecture="jumprelu_crosscoder", batch_size=2048, context=128,
-                                device="cuda", tflops=1.0, link_gbps=1.0))  # fmt: skip
     n = 2 * 32 * 768 * 98_304 + 32 * 768 + 2 * 98_304  # W_enc, W_dec, b_dec, b_enc, threshold
     assert n == 4_832_059_392
     acts = 3 * 2048 * 32 * 768 * 4 + 4 * 2048 * 98_304 * 4 + 3 * 32 * 2048 * 98_304 * 4
     chunk = (1 << 22) * 4 * 6  # six float32 temporaries of a 4M-element chunk
-    options = plan["memory_bytes"]["optimizer_state_options"]
-    assert options["float32"] == {"device": 16 * n, "host": 0, "peak": 16 * n + acts}
-    assert options["bfloat16"] == {"device": 12 * n + chunk, "host": 0, "peak": 12 * n + chunk + acts}
-    offload = 8 * n + chunk + 2 * (1 << 22) * 4
-    assert options["offload"] == {"device": offload, "host": 8 * n, "peak": offload + acts}
-    assert options["float32"]["peak"] > 80e9 > options["offload"]["device"]  # fp32 cannot fit an 80 GB card
+    copies = 3 * 2 * 32 * 768 * 98_304  # bfloat16 W_enc and W_dec, and one of their gradients
+    for autocast, extra in (("none", 0), ("auto", copies), ("bfloat16", copies)):
+        plan = make_plan(PlanConfig(model=gpt2, n_snapshots=32, hook="blocks.5.hook_resid_post", n_tokens=10**6,
+                                    d_sae=98_304, architecture="jumprelu_crosscoder", batch_size=2048, context=128,
+                                    device="cuda", tflops=1.0, link_gbps=1.0, autocast=autocast))  # fmt: skip
+        options = plan["memory_bytes"]["optimizer_state_options"]
+        assert options["float32"] == {"device": 16 * n, "peak": 16 * n + acts + extra}
+        assert options["bfloat16"] == {"device": 12 * n + chunk, "peak": 12 * n + chunk + acts + extra}
+        assert plan["memory_bytes"]["autocast_copies"] == extra
+        assert options["float32"]["peak"] > 80e9  # fp32 state cannot fit an 80 GB card
+
+
+def test_autocast_copies_count_only_where_the_step_runs_under_autocast():
+    from crosslens.plan import PlanConfig, make_plan, model_spec_for
+
+    def copies(device, autocast):
+        cfg = PlanConfig(model=model_spec_for("pico"), n_snapshots=4, hook="blocks.1.hook_resid_post",
+                         n_tokens=10**5, d_sae=256, device=device, autocast=autocast)  # fmt: skip
+        return make_plan(cfg)["memory_bytes"]["autocast_copies"]
+
+    d_in = model_spec_for("pico").d_model
+    assert copies("cuda", "auto") == copies("cpu", "bfloat16") == 3 * 2 * 4 * d_in * 256
+    assert copies("cpu", "auto") == copies("cuda", "none") == 0
 
 
 def test_auto_state_is_bfloat16_only_when_float32_does_not_fit():

@@ -19,7 +19,7 @@ from crosslens.cli import main
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.config import CrosscoderRunnerConfig
 from crosslens.core.devices import GPUS
-from crosslens.training.memory import AUTO_HEADROOM, choose_optimizer_state, smallest_fitting_micro_batches, step_peak_bytes
+from crosslens.training.memory import AUTO_HEADROOM, choose_optimizer_state, fit_problem, smallest_fitting_micro_batches, step_peak_bytes
 from crosslens.training.micro import micro_batched_pass
 from crosslens.training.runner import CrosscoderTrainingRunner
 from test_runner import _config, store_path  # noqa: F401  (a fixture: a tiny harvested store)
@@ -229,17 +229,36 @@ def test_the_automatic_adam_state_reads_the_micro_batched_peak():
 
 def test_plan_prints_the_micro_batched_peak_and_the_fewest_that_fit(capsys):
     argv = ["plan", "--recipe", "ge2025-pythia-160m", "--d-sae", "98304", "--batch-size", "2048", "--gpu", "h100"]
-    assert main([*argv, "--micro-batches", "8"]) == 0
+    assert main([*argv, "--micro-batches", "8", "--autocast", "none"]) == 0
     out = capsys.readouterr().out
     assert "activations per batch in 8 micro-batches (est.)    11.51 GiB" in out
     assert "peak with bfloat16 Adam state                    65.60 GiB" in out
-    assert "fewest --micro-batches under 90% of h100         float32 none, bfloat16 8, offload 4" in out
+    assert "fewest --micro-batches under 90% of h100         float32 none, bfloat16 8 (79.65 GiB GPU)" in out
+    assert "autocast" not in out
+    # cuda's default precision, bfloat16 autocast, adds 4.5 GiB for each of W_enc's and W_dec's
+    # copies and one weight's bfloat16 gradient: 8 micro-batches no longer fit
+    assert main([*argv, "--micro-batches", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "bfloat16 autocast (--autocast)                     13.50 GiB" in out
+    assert "peak with bfloat16 Adam state                    79.10 GiB" in out
+    assert "float32 none, bfloat16 64 (79.65 GiB GPU)" in out
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--micro-batches", "3"])
     assert exit_info.value.code == 2
     assert "--batch-size 2048 does not split into --micro-batches 3" in capsys.readouterr().err
 
 
+def test_a_step_that_does_not_fit_is_told_the_micro_batches_that_do():
+    shape, h100 = (32, 768, 98304, 2048, "jumprelu_crosscoder"), GPUS["h100"].memory_bytes
+    assert fit_problem(*shape, "bfloat16", h100, micro_batches=8) is None
+    said = fit_problem(*shape, "bfloat16", h100, micro_batches=8, autocast=True)
+    assert said.startswith("the training step is predicted to peak at 79.1 GiB with bfloat16 Adam state")
+    assert "--micro-batches 64 or --micro-batches 8 --autocast none fits" in said
+    assert step_peak_bytes(*shape, micro_batches=64, autocast=True)["bfloat16"] <= AUTO_HEADROOM * h100
+    said = fit_problem(*shape, "float32", h100)
+    assert "--micro-batches 8 --optimizer-state bfloat16 fits" in said
+    said = fit_problem(*shape, "bfloat16", h100 // 4)
+    assert said.endswith("in any number of micro-batches; put snapshots on more GPUs (--snapshot-parallel under torchrun)")
 @pytest.mark.slow  # a torchrun launch of two processes: about 20 s on 2 CPU cores
 def test_micro_batches_on_a_data_parallel_mesh_equal_one_process(tmp_path):
     """Two data ranks, each training its half of the batch in two micro-batches, against one

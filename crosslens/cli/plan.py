@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from crosslens.architectures import ARCHITECTURE_NAMES
 from crosslens.commands.flags import int_list
 from crosslens.cli.spec import Subcommand
+from crosslens.training.config import AUTOCAST_CHOICES
 
 
 @dataclass
@@ -59,6 +60,9 @@ class PlanFlags:
     counted are one micro-batch's."""
     gpu: str = "h100"
     """GPU (h100, h200 or a100) the --stream prediction and, on cuda, the fewest fitting --micro-batches are for."""
+    autocast: str = field(default="auto", metadata={"choices": AUTOCAST_CHOICES})
+    """Precision of the crosscoder step, as train --autocast ("auto": bfloat16 on cuda); bfloat16 adds its weight
+    copies to the memory."""
 
 
 COMMAND = Subcommand(

@@ -43,6 +43,7 @@ def plan(args: argparse.Namespace) -> int:
     common = dict(
         n_snapshots=n_snapshots, data_parallel=data, snapshot_parallel=snap, device=device, tflops=args.tflops,
         link_gbps=args.link_gbps, model_dtype=model_dtype, micro_batches=args.micro_batches or 1, gpu=args.gpu,
+        autocast=args.autocast,
     )  # fmt: skip
     if recipe is not None:
         overrides = dict(

@@ -6,13 +6,13 @@ moments take, on the training device:
 
 - ``float32``: ``8 n``;
 - ``bfloat16``: ``4 n``, plus the float32 temporaries of the chunk being updated
-  (:data:`CHUNK` elements; gradient, two moments, denominator and the two rounding buffers);
-- ``offload``: nothing (``8 n`` in host memory), plus the same chunk temporaries and the
-  chunk's two moments on their way in and out.
+  (:data:`CHUNK` elements; gradient, two moments, denominator and the two rounding buffers).
 
 The step's activations (:func:`activation_bytes`) come on top, whatever the option; trained in
 ``N`` micro-batches (``--micro-batches``), a step holds one micro-batch's activations at a time,
 beside the whole batch's detached inputs, reconstructions and codes that its statistics read.
+Under bfloat16 autocast the step also holds bfloat16 copies of the two weight matrices
+(:func:`autocast_bytes`), whatever the micro-batch count.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ float32 on the device (bounds the float32 temporaries)."""
 CHUNK_TEMPORARIES = 6
 """float32 buffers of CHUNK elements alive during such an update."""
 
-OPTIMIZER_STATES = ("float32", "bfloat16", "offload")
-"""Where and in what dtype Adam's moments live; the trainer implements float32 and bfloat16."""
+OPTIMIZER_STATES = ("float32", "bfloat16")
+"""The dtypes Adam's moments can be kept in (``--optimizer-state``)."""
 
 AUTO_HEADROOM = 0.9
 """Share of the device's memory a run may plan to use when the state dtype is chosen for it
@@ -67,67 +67,109 @@ def activation_bytes(B: int, S: int, D: int, F: int, architecture: str, micro_ba
     return parts
 
 
-def optimizer_state_bytes(n_params: int, option: str) -> dict[str, int]:
-    """Bytes of parameters, gradients and Adam's moments under ``option``, on the device
-    (``device``) and in host memory (``host``)."""
+def autocast_bytes(S: int, D: int, F: int) -> int:
+    """Bytes a bfloat16-autocast step holds beyond a float32 one: the bfloat16 copies of
+    ``W_enc`` and ``W_dec`` that the matmuls save for backward, and the bfloat16 gradient of one
+    of them on its way to its float32 ``.grad``. (Autocast's activations are half the float32
+    ones :func:`activation_bytes` counts; the estimate keeps that half as margin.)"""
+    n_enc = n_dec = S * D * F
+    return BF16 * (n_enc + n_dec + max(n_enc, n_dec))
+
+
+def optimizer_state_bytes(n_params: int, option: str) -> int:
+    """Device bytes of parameters, gradients and Adam's moments under ``option``."""
     if option not in OPTIMIZER_STATES:
         raise ValueError(f"optimizer state option must be one of {OPTIMIZER_STATES}, got {option!r}.")
     weights = 2 * n_params * F32  # parameters and gradients
-    chunk = min(CHUNK, n_params) * F32 * CHUNK_TEMPORARIES
     if option == "float32":
-        return {"device": weights + 2 * n_params * F32, "host": 0}
-    if option == "bfloat16":
-        return {"device": weights + 2 * n_params * BF16 + chunk, "host": 0}
-    return {"device": weights + chunk + 2 * min(CHUNK, n_params) * F32, "host": 2 * n_params * F32}
+        return weights + 2 * n_params * F32
+    return weights + 2 * n_params * BF16 + min(CHUNK, n_params) * F32 * CHUNK_TEMPORARIES
 
 
-def step_peak_bytes(S: int, D: int, F: int, B: int, architecture: str, micro_batches: int = 1) -> dict[str, int]:
-    """Predicted device peak of one training step per optimizer-state option."""
+def step_peak_bytes(
+    S: int, D: int, F: int, B: int, architecture: str, micro_batches: int = 1, autocast: bool = False
+) -> dict[str, int]:
+    """Predicted device peak of one training step per optimizer-state option, the step in
+    float32 or (``autocast``) under bfloat16 autocast."""
     n_params = sum(parameter_counts(S, D, F, architecture).values())
     act = sum(activation_bytes(B, S, D, F, architecture, micro_batches).values())
-    return {option: optimizer_state_bytes(n_params, option)["device"] + act for option in OPTIMIZER_STATES}
+    act += autocast_bytes(S, D, F) if autocast else 0
+    return {option: optimizer_state_bytes(n_params, option) + act for option in OPTIMIZER_STATES}
 
 
 def smallest_fitting_micro_batches(
-    S: int, D: int, F: int, B: int, architecture: str, option: str, device_bytes: int
+    S: int, D: int, F: int, B: int, architecture: str, option: str, device_bytes: int, autocast: bool = False
 ) -> int | None:
     """The fewest micro-batches (a divisor of ``B``) whose step peaks within ``AUTO_HEADROOM``
     of ``device_bytes`` with ``option`` Adam state; None when even one token at a time does not."""
     for n in (n for n in range(1, B + 1) if B % n == 0):
-        if step_peak_bytes(S, D, F, B, architecture, n)[option] <= AUTO_HEADROOM * device_bytes:
+        if step_peak_bytes(S, D, F, B, architecture, n, autocast)[option] <= AUTO_HEADROOM * device_bytes:
             return n
     return None
 
 
 def choose_optimizer_state(
-    S: int, D: int, F: int, B: int, architecture: str, device_bytes: int | None, micro_batches: int = 1
-) -> str:
+    S: int, D: int, F: int, B: int, architecture: str, device_bytes: int | None, micro_batches: int = 1,
+    autocast: bool = False,
+) -> str:  # fmt: skip
     """float32 moments when the step (in ``micro_batches``) fits in ``AUTO_HEADROOM`` of the
     device (or the device's memory is not known: a CPU), else bfloat16 moments."""
     if device_bytes is None:
         return "float32"
-    fits = step_peak_bytes(S, D, F, B, architecture, micro_batches)["float32"] <= AUTO_HEADROOM * device_bytes
-    return "float32" if fits else "bfloat16"
+    peak = step_peak_bytes(S, D, F, B, architecture, micro_batches, autocast)["float32"]
+    return "float32" if peak <= AUTO_HEADROOM * device_bytes else "bfloat16"
+
+
+def fit_problem(
+    S: int, D: int, F: int, B: int, architecture: str, option: str, device_bytes: int, micro_batches: int = 1,
+    autocast: bool = False,
+) -> str | None:  # fmt: skip
+    """Why the step would not fit ``AUTO_HEADROOM`` of a device of ``device_bytes``, and the
+    fix; None when it fits."""
+    peak = step_peak_bytes(S, D, F, B, architecture, micro_batches, autocast)[option]
+    if peak <= AUTO_HEADROOM * device_bytes:
+        return None
+    gib = 1 << 30
+    said = (
+        f"the training step is predicted to peak at {peak / gib:.1f} GiB with {option} Adam state, over "
+        f"{AUTO_HEADROOM:.0%} of this GPU's {device_bytes / gib:.1f} GiB"
+    )
+    fixes = []
+    for state in [option] if option == "bfloat16" else [option, "bfloat16"]:
+        for cast in [autocast, False] if autocast else [False]:
+            fewest = smallest_fitting_micro_batches(S, D, F, B, architecture, state, device_bytes, cast)
+            if fewest is not None and not any(fewest >= n for n, _ in fixes):
+                fixes.append((fewest, f"--micro-batches {fewest}" + (" --optimizer-state bfloat16" if state != option else "")
+                              + (" --autocast none" if cast != autocast else "")))  # fmt: skip
+    if not fixes:
+        return f"{said}, in any number of micro-batches; put snapshots on more GPUs (--snapshot-parallel under torchrun)"
+    return f"{said}; {' or '.join(flags for _, flags in fixes[:2])} fits (crosslens plan prints the peak of each)"
 
 
 def training_memory(
-    S: int, D: int, F: int, B: int, architecture: str, micro_batches: int = 1, gpu: str | None = None
-) -> dict[str, Any]:
+    S: int, D: int, F: int, B: int, architecture: str, micro_batches: int = 1, gpu: str | None = None,
+    autocast: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """The training step's memory on one rank (``S`` snapshots, ``B`` tokens), as ``crosslens
-    plan`` reports it: float32 state, activations, the peak per Adam-state option and, for a
-    ``gpu`` of :data:`~crosslens.core.devices.GPUS`, the fewest micro-batches that fit it per option."""
+    plan`` reports it: float32 state, activations, autocast's weight copies, the peak per
+    Adam-state option and, for a ``gpu`` of :data:`~crosslens.core.devices.GPUS`, the fewest
+    micro-batches that fit it per option."""
     param_bytes = sum(parameter_counts(S, D, F, architecture).values()) * F32
     memory: dict[str, Any] = {"parameters": param_bytes, "gradients": param_bytes, "adam_state": 2 * param_bytes}
     memory["training_state"] = sum(memory.values())
     act = activation_bytes(B, S, D, F, architecture, micro_batches)
     memory.update(micro_batches=micro_batches, activations_per_batch=sum(act.values()), activations_breakdown=act)
-    memory["total_training"] = memory["training_state"] + memory["activations_per_batch"]
-    peaks = step_peak_bytes(S, D, F, B, architecture, micro_batches)
+    memory["autocast_copies"] = autocast_bytes(S, D, F) if autocast else 0
+    memory["total_training"] = memory["training_state"] + memory["activations_per_batch"] + memory["autocast_copies"]
+    peaks = step_peak_bytes(S, D, F, B, architecture, micro_batches, autocast)
     memory["optimizer_state_options"] = {
-        option: {**optimizer_state_bytes(param_bytes // F32, option), "peak": peaks[option]} for option in OPTIMIZER_STATES
+        option: {"device": optimizer_state_bytes(param_bytes // F32, option), "peak": peaks[option]} for option in OPTIMIZER_STATES
     }
     if gpu is not None:
         gpu_bytes = GPUS[gpu].memory_bytes
-        fewest = {option: smallest_fitting_micro_batches(S, D, F, B, architecture, option, gpu_bytes) for option in OPTIMIZER_STATES}
+        fewest = {
+            option: smallest_fitting_micro_batches(S, D, F, B, architecture, option, gpu_bytes, autocast)
+            for option in OPTIMIZER_STATES
+        }
         memory["fewest_micro_batches"] = {"gpu": gpu, "device_bytes": gpu_bytes, "headroom": AUTO_HEADROOM, "per_option": fewest}
     return memory

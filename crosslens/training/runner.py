@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh, shard_batches
 from crosslens.training.config import RUN_STORE_SEAL, CrosscoderRunnerConfig, CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder
-from crosslens.training.memory import choose_optimizer_state
+from crosslens.training.memory import choose_optimizer_state, fit_problem
 from crosslens.training.interrupts import StopRequest, TrainingInterrupted, stop_between_steps
 from crosslens.training.records import read_record, record_problem, write_record
 from crosslens.training.runfolder import (
@@ -343,21 +344,24 @@ def new_training_crosscoder(config: CrosscoderRunnerConfig, *, d_in: int, n_snap
 def resolve_precision(config: CrosscoderRunnerConfig, n_snapshots: int, d_in: int | None) -> CrosscoderRunnerConfig:
     """``config`` with its "auto" precision settings replaced by the choice for its device:
     bfloat16 autocast on CUDA (float32 elsewhere: bfloat16 matmuls are slow on CPUs), and
-    bfloat16 Adam moments where the step would not fit the CUDA device with float32 ones.
-    ``d_in`` None (a streaming run, whose width is known once a model loads): float32 moments."""
+    bfloat16 Adam moments where the step would not fit the CUDA device with float32 ones. A
+    step predicted not to fit the CUDA device even so is warned of, with the micro-batches that
+    fit. ``d_in`` None (a streaming run, whose width is known once a model loads): float32 moments."""
     on_cuda = torch.device(config.device).type == "cuda"
     autocast = config.autocast_dtype
     if autocast == "auto":
         autocast = "bfloat16" if on_cuda else "none"
     state = config.optimizer_state
-    if state == "auto" and d_in is None:
-        state = "float32"
+    if d_in is None:
+        return replace(config, autocast_dtype=autocast, optimizer_state="float32" if state == "auto" else state)
+    device_bytes = torch.cuda.get_device_properties(torch.device(config.device)).total_memory if on_cuda else None
+    shape = (n_snapshots, d_in, config.sae.d_sae, config.train_batch_size_tokens, config.sae.architecture)
     if state == "auto":
-        device_bytes = torch.cuda.get_device_properties(torch.device(config.device)).total_memory if on_cuda else None
-        state = choose_optimizer_state(
-            n_snapshots, d_in, config.sae.d_sae, config.train_batch_size_tokens, config.sae.architecture, device_bytes,
-            config.micro_batches,
-        )
+        state = choose_optimizer_state(*shape, device_bytes, config.micro_batches, autocast == "bfloat16")
+    if device_bytes is not None:
+        problem = fit_problem(*shape, state, device_bytes, config.micro_batches, autocast == "bfloat16")
+        if problem is not None:
+            warnings.warn(problem, stacklevel=2)
     return replace(config, autocast_dtype=autocast, optimizer_state=state)
 
 
