@@ -39,7 +39,7 @@ import torch
 import crosslens.crosscoders as cc
 from crosslens.crosscoders import sparse_kernels
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
-from crosslens.training.memory import parameter_counts, step_peak_bytes
+from crosslens.training.memory import OPTIMIZER_STATES, parameter_counts, step_peak_bytes
 from crosslens.training.optim import clipped_step
 
 SMALL = {"S": 2, "d_in": 8, "d_sae": 64, "batch": 32, "k": 4, "l0": 8, "steps": 2, "peak_n": 64}
@@ -221,7 +221,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=10, help="timed calls per floor (median)")
     p.add_argument("--peak-n", type=int, default=8192, help="matmul side for the bf16 peak")
     p.add_argument("--only", choices=list(cc.ARCHITECTURES), action="append", help="architectures to run (repeatable)")
-    p.add_argument("--optimizer-state", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--optimizer-state", choices=OPTIMIZER_STATES, default="float32")
     p.add_argument("--profile", action="store_true", help="after each row, its kernels over 3 steps by time (torch.profiler)")
     p.add_argument("--micro-batches", type=int, default=1, help="train each batch in this many micro-batches (train --micro-batches)")
     a = p.parse_args(argv)

@@ -23,6 +23,7 @@ from crosslens.architectures import (
     defaults_for,
     uses_k,
 )
+from crosslens.training.memory import OPTIMIZER_STATES
 
 LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
 
@@ -202,10 +203,8 @@ class CrosscoderTrainerConfig:
     """W&B logging."""
 
     def __post_init__(self) -> None:
-        if self.optimizer_state_dtype not in ("float32", "bfloat16"):
-            raise ValueError(
-                f"optimizer_state_dtype must be 'float32' or 'bfloat16', got {self.optimizer_state_dtype!r}."
-            )
+        if self.optimizer_state_dtype not in OPTIMIZER_STATES:
+            raise ValueError(f"optimizer_state_dtype must be one of {OPTIMIZER_STATES}, got {self.optimizer_state_dtype!r}.")
         if self.autocast_dtype not in (None, "bfloat16"):
             raise ValueError(
                 f"autocast_dtype must be None or 'bfloat16', got {self.autocast_dtype!r}; float16 "
@@ -304,7 +303,7 @@ class CrosscoderRunnerConfig:
     """Precision of the crosscoder step: "bfloat16" autocast (parameters and Adam stay float32),
     "none" (float32 throughout), or "auto": bfloat16 on CUDA, float32 elsewhere (bfloat16 is
     slow on CPUs). run.json records the choice made."""
-    optimizer_state: str = field(default="auto", metadata={"choices": ("auto", "float32", "bfloat16")})
+    optimizer_state: str = field(default="auto", metadata={"choices": ("auto", *OPTIMIZER_STATES)})
     """Dtype of Adam's moments: "float32", "bfloat16" (half the memory; one process only), or
     "auto": bfloat16 when the step would not fit the CUDA device with float32 state (the
     estimate `crosslens plan` prints). run.json records the choice made."""
@@ -338,8 +337,8 @@ class CrosscoderRunnerConfig:
             raise ValueError(f"lr_decay_fraction must be in [0, 1), got {self.lr_decay_fraction}.")
         if self.autocast_dtype not in AUTOCAST_CHOICES:
             raise ValueError(f"autocast_dtype must be one of {AUTOCAST_CHOICES}, got {self.autocast_dtype!r}.")
-        if self.optimizer_state not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"optimizer_state must be auto, float32 or bfloat16, got {self.optimizer_state!r}.")
+        if self.optimizer_state not in ("auto", *OPTIMIZER_STATES):
+            raise ValueError(f"optimizer_state must be auto or one of {OPTIMIZER_STATES}, got {self.optimizer_state!r}.")
         if self.lr is None:
             self.lr = defaults_for(self.sae.architecture).lr
 

@@ -35,9 +35,6 @@ FUSED_ADAM_DEVICES = ("cpu", "cuda")
 passes, several times faster for a crosscoder's large weight tensors. It is
 deterministic, but its rounding differs from the unfused Adam's."""
 
-OPTIMIZER_STATE_DTYPES = ("float32", "bfloat16")
-
-
 
 def stochastic_bfloat16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """``x`` (float32) rounded to bfloat16 up or down at random, in proportion to its distance
