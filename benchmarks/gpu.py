@@ -100,12 +100,13 @@ def floors(a: argparse.Namespace, device: str) -> dict[str, float]:
 
 def step_paths(arch: str, trained: bool, device: str) -> list[str]:
     """The implementations measured for one row: JumpReLU at a trained sparsity with the
-    dense kernels and from its active pairs (``sparse_step``); TopK/BatchTopK through
+    dense kernels and from its active pairs (``sparse_step``), the latter also with the
+    window summed by the fused Triton kernel (``WINDOW_KERNEL``); TopK/BatchTopK through
     ``embedding_bag`` and, where Triton is there, the Triton gather-sum kernels."""
+    triton_there = sparse_kernels.sparse_backend(torch.device(device)) == "triton"
     if arch == "jumprelu_crosscoder" and trained:
-        return ["dense", "sparse"]
+        return ["dense", "sparse", "window-kernel"] if triton_there else ["dense", "sparse"]
     if arch.endswith("topk_crosscoder"):
-        triton_there = sparse_kernels.sparse_backend(torch.device(device)) == "triton"
         return ["embedding_bag", "sparse"] if triton_there else ["embedding_bag"]
     return ["default"]
 
@@ -116,7 +117,8 @@ def make_trainer(
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"k": a.k} if arch.endswith("topk_crosscoder") else {}
     if arch == "jumprelu_crosscoder" and path != "default":
-        extra["sparse_step"] = path == "sparse"
+        extra["sparse_step"] = path != "dense"
+    sparse_kernels.WINDOW_KERNEL = path == "window-kernel"
     sparse_kernels.BACKEND = "eager" if path == "embedding_bag" else None
     torch.manual_seed(0)
     sae = train_cls(train_cfg_cls(d_in=a.d_in, d_sae=a.d_sae, n_snapshots=a.S, device=device, **extra))
@@ -160,7 +162,8 @@ def active_share(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> str:
     active_BF, open_BF = sparse_kernels.active_entries(
         h_BF, sae.snapshot_norms(), sae.threshold.to(h_BF.dtype), sae.cfg.jumprelu_bandwidth / 2
     )
-    return f"  active {active_BF.float().mean():.2%} (open {open_BF.float().mean():.2%})"
+    pays = "pays" if sparse_kernels.sparse_step_pays(active_BF, open_BF) else "does not pay"
+    return f"  active {active_BF.float().mean():.2%} (open {open_BF.float().mean():.2%}; the step from pairs {pays})"
 
 
 def step_row(

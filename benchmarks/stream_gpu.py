@@ -37,6 +37,7 @@ from gpu import active_share, make_trainer, matmul_peak, seconds_per_call, set_s
 from crosslens.activations.forward import forward_to_hook  # noqa: E402
 from crosslens.activations.streaming import ResidentSnapshotProvider  # noqa: E402
 from crosslens.checkpoints import CheckpointSuite  # noqa: E402
+from crosslens.crosscoders import sparse_kernels  # noqa: E402
 
 PYTHIA_160M = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
                "vocab_size": 50304, "max_position_embeddings": 2048, "rotary_pct": 0.25}  # fmt: skip
@@ -118,10 +119,14 @@ def provider_rate(provider: ResidentSnapshotProvider, a: argparse.Namespace, dev
     return n / (time.perf_counter() - start)
 
 
-def end_to_end(provider: ResidentSnapshotProvider, arch: str, a: argparse.Namespace, device: str) -> tuple[float, str]:
+def end_to_end(
+    provider: ResidentSnapshotProvider, arch: str, a: argparse.Namespace, device: str, window_kernel: bool = False
+) -> tuple[float, str]:
     """Tokens/s of streamed training steps, and (JumpReLU) the first batch's active share,
-    which decides whether the step runs from the active pairs (``SPARSE_STEP_SHARE``)."""
+    which decides whether the step runs from the active pairs (``sparse_step_pays``);
+    ``window_kernel``: the window summed by the fused Triton kernel (``WINDOW_KERNEL``)."""
     trainer = make_trainer(arch, a, device, "bfloat16")
+    sparse_kernels.WINDOW_KERNEL = window_kernel
     batches = provider.batches(0)
     first = next(batches)
     set_sparsity(trainer, first, a.l0)
@@ -187,10 +192,14 @@ def run(a: argparse.Namespace, device: str, root: Path) -> None:
     rate = provider_rate(provider, a, device)
     label = "compiled" if a.compile else "eager"
     print(f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the {label} forward alone)", flush=True)
-    for arch, prefetch in (("jumprelu_crosscoder", True), ("crosscoder", True), ("jumprelu_crosscoder", False)):
+    rows = [("jumprelu_crosscoder", True, False), ("crosscoder", True, False), ("jumprelu_crosscoder", False, False)]
+    if sparse_kernels.sparse_backend(torch.device(device)) == "triton":
+        rows.append(("jumprelu_crosscoder", True, True))
+    for arch, prefetch, window_kernel in rows:
         provider.prefetch = prefetch
-        rate, share = end_to_end(provider, arch, a, device)
-        print(f"end to end, {arch:20s} bf16, prefetch {'on ' if prefetch else 'off'}: {rate:10,.0f} tok/s; "
+        rate, share = end_to_end(provider, arch, a, device, window_kernel)
+        label = f"{arch}{' + window kernel' if window_kernel else ''}"
+        print(f"end to end, {label:36s} bf16, prefetch {'on ' if prefetch else 'off'}: {rate:10,.0f} tok/s; "
               f"{a.run_tokens / 1e6:,.0f}M tokens in {a.run_tokens / rate / 3600:.1f} h{share}", flush=True)  # fmt: skip
     provider.close()
 

@@ -58,13 +58,13 @@ def triton_backend(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureReque
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the compiled kernels are tested directly (the cuda cases)")
 @pytest.mark.parametrize(
     "tests",
-    ["gather", pytest.param("not gather", marks=pytest.mark.slow)],  # the steps: about a minute
+    ["gather or window_dots", pytest.param("not (gather or window_dots)", marks=pytest.mark.slow)],  # the steps: minutes
     ids=["kernels", "steps"],
 )
 def test_triton_kernels_under_the_interpreter(tests):
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", __file__,
-               "-k", f"triton and cpu and {tests}"]  # fmt: skip
+               "-k", f"triton and cpu and ({tests})"]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert " passed" in done.stdout and " skipped" not in done.stdout, done.stdout[-2000:]
@@ -237,38 +237,81 @@ def test_jumprelu_sparse_step_either_way_of_summing_the_window(device, share, mo
     one gathered dot product per (entry, snapshot) pair."""
     dense = jumprelu_run(device, True, False)
     monkeypatch.setattr(sparse_kernels, "WINDOW_MATMUL_SHARE", share)
-    modes = []
+    modes = window_modes(monkeypatch)
+    assert_same_run(jumprelu_run(device, True, True), dense)
+    assert modes == ["matmuls" if share == 0.0 else "pairs"] * (STEPS + 1)
+
+
+def window_modes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """How each ShutWindow pass sums its window: "pairs", "matmuls" or "kernel"."""
+    modes: list[str] = []
     original = sparse_kernels.ShutWindow.forward
 
     def forward(ctx, *args):
         out = original(ctx, *args)
-        modes.append(ctx.rows is None)
+        modes.append(ctx.mode)
         return out
 
     monkeypatch.setattr(sparse_kernels.ShutWindow, "forward", staticmethod(forward))
-    assert_same_run(jumprelu_run(device, True, True), dense)
-    assert modes == [share == 0.0] * (STEPS + 1)
+    return modes
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_jumprelu_sparse_step_through_triton(device, triton_backend, sparse_calls):
-    assert_same_run(jumprelu_run(device, True, True), jumprelu_run(device, True, False))
+@pytest.mark.parametrize("window_kernel", [False, True], ids=["window-matmuls", "window-kernel"])
+def test_jumprelu_sparse_step_through_triton(device, window_kernel, triton_backend, sparse_calls, monkeypatch):
+    dense = jumprelu_run(device, True, False)
+    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", window_kernel)
+    modes = window_modes(monkeypatch)
+    assert_same_run(jumprelu_run(device, True, True), dense)
     assert len(sparse_calls) == STEPS + 1
+    assert ("kernel" in modes) == window_kernel and len(modes) == STEPS + 1
+
+
+def dense_window_sums(grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, half_width):
+    """The fused window kernel's sums over every (token, feature, snapshot), densely."""
+    inside_SNF = window_NF & ((h_NF.float() * norms_FS.T[:, None, :] - t_F).abs() < half_width)
+    dots_SNF = torch.bmm(grad_SND.double(), W_FSD.double().permute(1, 2, 0))
+    return (dots_SNF * inside_SNF).sum(dim=1).T, inside_SNF.sum(dim=1).T.double()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["token-major", "feature-major"])
+def test_triton_window_dots_equal_the_dense_sums(device, layout, triton_backend):
+    """Shapes that fill no tile evenly (70 tokens, 100 features, d_in 72), a window of a
+    third of the entries and about half of those inside at each snapshot."""
+    from crosslens.crosscoders import triton_kernels
+
+    g = torch.Generator().manual_seed(3)
+    N, F_, S_, D_ = 70, 100, 3, 72
+    h_NF = torch.randn(N, F_, generator=g)
+    if layout == "feature-major":
+        h_NF = h_NF.T.contiguous().T
+    window_NF = torch.rand(N, F_, generator=g) < 1 / 3
+    norms_FS = torch.rand(F_, S_, generator=g) + 0.5
+    t_F = torch.rand(F_, generator=g) * 0.5
+    W_FSD = torch.randn(F_, S_, D_, generator=g)
+    grad_SND = torch.randn(S_, N, D_, generator=g)
+    args = [x.to(device) for x in (grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F)]
+    sums, counts = triton_kernels.window_dots(*args, 0.6)
+    want_sums, want_counts = dense_window_sums(*args, 0.6)
+    assert 0.1 < float(want_counts.sum()) / (N * F_ * S_) < 0.3
+    torch.testing.assert_close(counts.double(), want_counts, rtol=0, atol=0)
+    torch.testing.assert_close(sums.double(), want_sums, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("trained", [True, False], ids=["trained", "fresh"])
 def test_jumprelu_sparse_step_by_default_only_on_cuda_at_a_trained_sparsity(device, trained, sparse_calls):
-    """At most SPARSE_STEP_SHARE of the entries active: L0 here is 1% of d_sae, a trained crosscoder's
+    """Where the step from the pairs pays: L0 here is 1% of d_sae, a trained crosscoder's
     share at scale (a fresh one's is about 30%)."""
     x_BSD = batches(1, device)[0]
     sae = make_sae("jumprelu_crosscoder", device, jumprelu_bandwidth=0.002)  # few entries inside the window
     if trained:
         set_trained_sparsity(sae, x_BSD, share=0.01)
-        active, _ = sparse_kernels.active_entries(
+        active, open_ = sparse_kernels.active_entries(
             sae.hidden_pre(x_BSD).detach(), sae.snapshot_norms().detach(), sae.threshold.detach(), 0.001
         )
-        assert 0 < active.float().mean() <= sparse_kernels.SPARSE_STEP_SHARE
+        assert 0 < active.float().mean() and sparse_kernels.sparse_step_pays(active, open_)
     loss_and_grads(sae, x_BSD)
     assert len(sparse_calls) == int(device == "cuda" and trained)
 
@@ -284,3 +327,25 @@ def test_topk_triton_decode_equals_embedding_bag_and_dense(device, arch, triton_
     monkeypatch.setattr(sparse_kernels, "BACKEND", "eager")
     assert_same_run(got, topk_run(arch, device))
     assert_same_run(got, topk_run(arch, device, sparse_decode=False))
+
+
+def test_the_step_from_pairs_pays_for_few_open_entries_and_a_narrow_window(monkeypatch):
+    """Open entries are gathered at every snapshot, so their share decides; the window's
+    entries cost the masked matmuls or gathers in proportion, the fused kernel a fixed sum."""
+    n = 3200
+    open_ = torch.zeros(n, dtype=torch.bool)
+    active = torch.zeros(n, dtype=torch.bool)
+
+    def pays(n_open: int, n_window: int, backend: str = "eager") -> bool:
+        open_.zero_()[:n_open] = True
+        active.zero_()[: n_open + n_window] = True
+        return sparse_kernels.sparse_step_pays(active, open_, backend)
+
+    open_limit, window_limit = int(n * sparse_kernels.SPARSE_STEP_SHARE), int(n * sparse_kernels.WINDOW_STEP_SHARE)
+    assert pays(open_limit, window_limit)
+    assert not pays(open_limit + 1, 0)
+    assert not pays(10, window_limit + 1)
+    assert not pays(10, window_limit + 1, "triton")  # the kernel is off by default
+    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", True)
+    assert pays(10, n - 10, "triton") and not pays(10, n - 10, "eager")
+    assert not pays(open_limit + 1, 0, "triton")

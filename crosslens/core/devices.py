@@ -37,9 +37,9 @@ H100_CROSSCODER_SHARES: dict[str, float] = {
 """Share of the bf16 peak (counting the dense step's ``10 S D F`` FLOPs per token) each
 architecture's bf16 training step sustains on an H100 at Ge et al.'s shape (S 32, d_in 768,
 d_sae 24,576, batch 2048), as ``benchmarks/gpu.py`` measures it: TopK and BatchTopK through
-the Triton gather-sum kernels at k 64; JumpReLU with its dense kernels, the path a streamed
-run takes while the threshold's window holds more than ``SPARSE_STEP_SHARE`` of the entries
-(from the active pairs at a trained sparsity it sustains about 0.17)."""
+the Triton gather-sum kernels at k 64; JumpReLU with its dense kernels, the path the measured
+streamed run took, its first batches' window being wider than the step from the active pairs
+then allowed (from the pairs at a trained sparsity it sustains about 0.17)."""
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ and gradients (to the order of float sums):
 * :func:`crosslens.crosscoders.sparse_kernels.sparse_gated_decode`: the entries open at
   some snapshot, or inside the threshold's window at some, gathered as (token, feature)
   pairs; gate, scores, decode and decoder gradients from those pairs (gather-sum kernels,
-  Triton's on CUDA). :func:`snapshot_gated_decode` takes it on CUDA when at most
-  ``SPARSE_STEP_SHARE`` of the entries are active (a trained crosscoder), or when asked.
+  Triton's on CUDA). :func:`snapshot_gated_decode` takes it on CUDA where it pays
+  (:func:`~crosslens.crosscoders.sparse_kernels.sparse_step_pays`: few entries open and,
+  unless a fused kernel sums it, a narrow window; a trained crosscoder), or when asked.
 * :func:`snapshot_gated_decode` (training's default elsewhere): :class:`EntryClasses` sorts each
   (token, feature) entry by whether its gate is open at every snapshot, at none or at
   some, from the smallest and largest norm alone. Entries open everywhere are decoded with
@@ -49,7 +50,7 @@ from crosslens.crosscoders.jumprelu_ops import (
     tanh_from_sigmoid,
     threshold_gradient,
 )
-from crosslens.crosscoders.sparse_kernels import SPARSE_STEP_SHARE, active_entries, sparse_gated_decode
+from crosslens.crosscoders.sparse_kernels import active_entries, sparse_gated_decode, sparse_step_pays
 
 CPU_BLOCK_ELEMENTS = 1 << 22
 """Elements of one ``[S, block, F]`` block on a CPU: 16 MiB in float32, about half of a
@@ -564,8 +565,8 @@ def snapshot_gated_decode(
     Three implementations, the same values and gradients up to the order of float sums
     (and tanh's rounding: the gated decode computes it from a sigmoid):
     :func:`crosslens.crosscoders.sparse_kernels.sparse_gated_decode` from the active pairs
-    alone, with ``sparse=True``, or with ``sparse=None`` on CUDA when at most
-    ``SPARSE_STEP_SHARE`` of the entries are active; else :class:`SnapshotGatedDecode`
+    alone, with ``sparse=True``, or with ``sparse=None`` on CUDA where
+    :func:`~crosslens.crosscoders.sparse_kernels.sparse_step_pays`; else :class:`SnapshotGatedDecode`
     when few entries are mixed (not under autocast, whose matmul dtypes its gathered
     updates do not follow); else the per-snapshot :class:`SnapshotGateAndScore` and a
     batched matmul.
@@ -576,7 +577,7 @@ def snapshot_gated_decode(
         norms_FS = raw_FS * norm_factors_S
         with torch.no_grad():
             active = active_entries(h_NF.detach(), norms_FS.detach(), threshold_F.detach(), bandwidth / 2)
-        if sparse or int(active[0].sum()) <= SPARSE_STEP_SHARE * h_NF.numel():
+        if sparse or sparse_step_pays(*active):
             gate = (bandwidth, tanh_scale)
             return sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms_FS, active, gate)
     classes = None

@@ -145,15 +145,33 @@ def gather_decode(
 
 
 # ----------------------------------------------------------------- the JumpReLU step
-SPARSE_STEP_SHARE = 1 / 16
-"""Largest share of (token, feature) entries active (open at some snapshot, or inside the
-threshold's window at some) for which the JumpReLU step works on CUDA from the pairs
-rather than with the dense kernels. ``benchmarks/gpu.py`` prints the share and both steps'
-tokens/s, from which this is set: at Ge et al.'s shape on an H100 the fixed part of the step
-from the pairs (encoder matmuls, optimizer) is about a third of it at 2.6% active, the rest
-grows with the active share, and the two steps would cost the same near 8%. 1/16 stays
-below that. A trained crosscoder (L0 of 50-200 of tens of thousands of features) is
-well inside it, a freshly initialised one (about 30% open) well outside."""
+SPARSE_STEP_SHARE = 1 / 32
+"""Largest share of (token, feature) entries open at some snapshot for which the JumpReLU
+step works on CUDA from the pairs rather than with the dense kernels. Each open entry is
+gathered, decoded and differentiated at every snapshot: at Ge et al.'s shape on an H100
+(``benchmarks/gpu.py``'s profile) 0.4% open entries cost the gathers 13 ms of a 67 ms step
+whose dense twin takes 170 ms, and a third of the step is fixed cost, so the two would
+cost the same near 4% open. A trained crosscoder (L0 of 50-200 of tens of thousands of
+features) is well inside it, a freshly initialised one (about 30% open) well outside."""
+
+WINDOW_STEP_SHARE = 1 / 10
+"""Largest share of entries shut at every snapshot yet inside the threshold's window at
+some for which the step from the pairs is taken while the window is summed by
+:class:`ShutWindow`'s gathers or masked matmuls, whose cost grows with that share (20 ms of
+the 67 ms step above at 2.1%; the two steps would cost the same near 13%). The fused
+window kernel (:data:`WINDOW_KERNEL`) costs the same at any share, and lifts the limit."""
+
+
+def sparse_step_pays(active_NF: torch.Tensor, open_any_NF: torch.Tensor, backend: str | None = None) -> bool:
+    """Whether the JumpReLU step from the pairs is the cheaper one for these entries
+    (:func:`active_entries`): at most :data:`SPARSE_STEP_SHARE` open, and at most
+    :data:`WINDOW_STEP_SHARE` in the window alone unless the fused window kernel sums it.
+    One device sync."""
+    n_open, n_active = torch.stack([open_any_NF.sum(), active_NF.sum()]).tolist()
+    if n_open > SPARSE_STEP_SHARE * active_NF.numel():
+        return False
+    fused = WINDOW_KERNEL and (backend or sparse_backend(active_NF.device)) == "triton"
+    return fused or n_active - n_open <= WINDOW_STEP_SHARE * active_NF.numel()
 
 
 class JumpGate(torch.autograd.Function):
@@ -190,6 +208,14 @@ threshold sits close to most pre-activations (a crosscoder early in training, or
 initialised one with its threshold set) the window holds several percent of the entries."""
 
 
+WINDOW_KERNEL = False
+"""Sum the window's decoder gradient with the fused Triton kernel
+(:func:`crosslens.crosscoders.triton_kernels.window_dots`) where the Triton backend runs:
+one matmul tile of ``<grad, W>`` per (tokens, features, snapshot) block, masked in
+registers, whatever the window's share, and no work in forward. Off by default until it is
+timed against the masked matmuls on a GPU (``benchmarks/gpu.py``'s window-kernel rows)."""
+
+
 class ShutWindow(torch.autograd.Function):
     """The threshold's gradient from the entries shut at every snapshot yet inside the
     window at some: their code is 0 everywhere, so they add nothing to the decode or the
@@ -199,8 +225,9 @@ class ShutWindow(torch.autograd.Function):
     product per pair, or, past ``WINDOW_MATMUL_SHARE``, per snapshot the masked sum of
     ``grad_out`` over each feature's tokens inside the window (one matmul, see
     :func:`_window_matmuls`) dotted with ``W[i, s]``. Which pairs are inside is decided once,
-    in forward, for the gathered entries alone. Backward runs under the forward's autocast
-    state."""
+    in forward, for the gathered entries alone; with :data:`WINDOW_KERNEL` on the Triton
+    backend, in backward, inside the fused kernel. Backward runs under the forward's
+    autocast state."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
@@ -210,16 +237,21 @@ class ShutWindow(torch.autograd.Function):
         gate: tuple[float, float], backend: str,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         (N, F_), S = h_NF.shape, W_dec_FSD.shape[1]
+        ctx.gate, ctx.backend, ctx.n_features = gate, backend, F_
+        if WINDOW_KERNEL and backend == "triton":
+            ctx.mode = "kernel"
+            ctx.save_for_backward(W_dec_FSD, h_NF, window_NF, norms_FS.float(), threshold_F.float())
+            return recon_NSD.view_as(recon_NSD), score_sum_F.view_as(score_sum_F)
         token_W, feature_W = window_NF.nonzero(as_tuple=True)
         t_W = threshold_F.float().index_select(0, feature_W)
         norms_WS = norms_FS.float().index_select(0, feature_W)
         distance_WS = h_NF[token_W, feature_W].float()[:, None] * norms_WS - t_W[:, None]
         inside_WS = distance_WS.abs() < gate[0] / 2
-        ctx.gate, ctx.backend, ctx.n_features = gate, backend, F_
         if int(inside_WS.sum()) > WINDOW_MATMUL_SHARE * N * F_ * S:
+            ctx.mode = "matmuls"
             ctx.save_for_backward(W_dec_FSD, feature_W * N + token_W, feature_W, inside_WS, norms_FS.float(), threshold_F.float())
-            ctx.rows = None
         else:
+            ctx.mode = "pairs"
             pair_w, pair_s = inside_WS.nonzero(as_tuple=True)
             feature_P = feature_W.index_select(0, pair_w)
             ctx.rows = ActivePairs(token_W.index_select(0, pair_w) * S + pair_s, feature_P * S + pair_s, N * S, F_ * S)
@@ -232,10 +264,19 @@ class ShutWindow(torch.autograd.Function):
         ctx: Any, grad_recon_NSD: torch.Tensor, grad_score_F: torch.Tensor
     ) -> tuple[Any, ...]:
         (bandwidth, tanh_scale), score_grad_F = ctx.gate, grad_score_F.float()
-        if ctx.rows is None:
-            W_dec_FSD, flat_W, feature_W, inside_WS, norms_FS, t_F = ctx.saved_tensors
-            grad_f_FS = _window_matmuls(grad_recon_NSD, W_dec_FSD, flat_W, inside_WS)
-            counts_FS = norms_FS.new_zeros(norms_FS.shape).index_add_(0, feature_W, inside_WS.float())
+        if ctx.mode != "pairs":
+            if ctx.mode == "kernel":
+                from crosslens.crosscoders import triton_kernels
+
+                W_dec_FSD, h_NF, window_NF, norms_FS, t_F = ctx.saved_tensors
+                grad_SND = grad_recon_NSD.to(_window_dtype(grad_recon_NSD)).transpose(0, 1).contiguous()
+                grad_f_FS, counts_FS = triton_kernels.window_dots(
+                    grad_SND, W_dec_FSD, h_NF, window_NF, norms_FS, t_F, bandwidth / 2
+                )
+            else:
+                W_dec_FSD, flat_W, feature_W, inside_WS, norms_FS, t_F = ctx.saved_tensors
+                grad_f_FS = _window_matmuls(grad_recon_NSD, W_dec_FSD, flat_W, inside_WS)
+                counts_FS = norms_FS.new_zeros(norms_FS.shape).index_add_(0, feature_W, inside_WS.float())
             grad_f_FS += tanh_scale * norms_FS * score_grad_F[:, None] * counts_FS
             grad_t_F = threshold_gradient(grad_f_FS, norms_FS, t_F, bandwidth)
         else:
@@ -249,6 +290,12 @@ class ShutWindow(torch.autograd.Function):
         return grad_recon_NSD, grad_score_F, grad_t_F, None, None, None, None, None, None
 
 
+def _window_dtype(grad: torch.Tensor) -> torch.dtype:
+    """The window sums' matmul dtype: autocast's where it is on, else the gradient's."""
+    kind = grad.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else grad.dtype
+
+
 def _window_matmuls(
     grad_NSD: torch.Tensor, W_dec_FSD: torch.Tensor, flat_W: torch.Tensor, inside_WS: torch.Tensor
 ) -> Float[torch.Tensor, "d_sae n_snapshots"]:
@@ -258,11 +305,9 @@ def _window_matmuls(
     ``flat_W`` (and cleared there again), so that no pass over all ``N * F`` entries is made
     per snapshot. The matmuls run in the autocast dtype where autocast is on."""
     N, S, D = grad_NSD.shape
-    kind = grad_NSD.device.type
-    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else grad_NSD.dtype
-    grad_SND = grad_NSD.to(dtype).transpose(0, 1).contiguous()
+    grad_SND = grad_NSD.to(_window_dtype(grad_NSD)).transpose(0, 1).contiguous()
     mask_flat = grad_SND.new_zeros(W_dec_FSD.shape[0] * N)
-    mask_FN, inside_SW = mask_flat.view(-1, N), inside_WS.T.to(dtype)
+    mask_FN, inside_SW = mask_flat.view(-1, N), inside_WS.T.to(grad_SND.dtype)
     grad_f_FS = W_dec_FSD.new_empty(W_dec_FSD.shape[:2], dtype=torch.float32)
     for s in range(S):
         mask_flat.index_copy_(0, flat_W, inside_SW[s])

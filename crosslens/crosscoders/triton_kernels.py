@@ -119,3 +119,68 @@ def values_grad(grad_NGD: torch.Tensor, W_FGD: torch.Tensor, pairs: ActivePairs)
             PAIRS=PAIR_BLOCK, BLOCK=PAIR_COLUMNS,
         )  # fmt: skip
     return out.to(W_FGD.dtype)
+
+
+WINDOW_BLOCKS = {"BLOCK_N": 64, "BLOCK_F": 64, "BLOCK_K": 64}
+"""Tile of one ``_window_dots`` program: tokens x features, and the ``d_in`` slice of each
+step of its inner product."""
+
+
+@triton.jit
+def _window_dots(
+    sums_ptr, counts_ptr, grad_ptr, w_ptr, h_ptr, window_ptr, norms_ptr, t_ptr,
+    n_tokens, n_features, n_snapshots, d_in, stride_hn, stride_hf, stride_wn, stride_wf, half_width,
+    BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    # token blocks vary fastest, so consecutive programs share their W[features, s] tile
+    token_block, s = tl.program_id(0), tl.program_id(2)
+    tokens = token_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    features = (tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)).to(tl.int64)
+    real_n, real_f = tokens < n_tokens, features < n_features
+    grad_rows = grad_ptr + (s * n_tokens + tokens[:, None].to(tl.int64)) * d_in
+    w_rows = w_ptr + (features[None, :] * n_snapshots + s) * d_in
+    dots = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
+    for k0 in range(0, d_in, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        g = tl.load(grad_rows + k[None, :], mask=real_n[:, None] & (k < d_in)[None, :], other=0.0)
+        w = tl.load(w_rows + k[:, None], mask=(k < d_in)[:, None] & real_f[None, :], other=0.0).to(g.dtype)
+        if IEEE:
+            dots = tl.dot(g, w, dots, input_precision="ieee")
+        else:
+            dots = tl.dot(g, w, dots)
+    both = real_n[:, None] & real_f[None, :]
+    h = tl.load(h_ptr + tokens[:, None] * stride_hn + features[None, :] * stride_hf, mask=both, other=0.0)
+    window = tl.load(window_ptr + tokens[:, None] * stride_wn + features[None, :] * stride_wf, mask=both, other=0)
+    norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
+    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
+    distance = h.to(tl.float32) * norm[None, :] - t[None, :]
+    inside = both & (window != 0) & (tl.abs(distance) < half_width)
+    out = (token_block * n_features + features) * n_snapshots + s
+    tl.store(sums_ptr + out, tl.sum(tl.where(inside, dots, 0.0), axis=0), mask=real_f)
+    tl.store(counts_ptr + out, tl.sum(inside.to(tl.float32), axis=0), mask=real_f)
+
+
+def window_dots(
+    grad_SND: torch.Tensor, W_FSD: torch.Tensor, h_NF: torch.Tensor, window_NF: torch.Tensor,
+    norms_FS: torch.Tensor, t_F: torch.Tensor, half_width: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``(sums_FS, counts_FS)`` over the entries ``(n, i)`` of ``window_NF`` whose distance
+    ``h[n, i] * norms[i, s] - t[i]`` lies inside ``half_width`` at snapshot ``s``: the sum of
+    ``<grad[s, n], W[i, s]>`` and their count. Each program forms its ``<grad, W>`` tile with
+    one matmul over ``d_in`` (in ``grad``'s dtype, float32 accumulation) and applies the mask
+    in registers, so no ``[F, N]`` mask is written; the token blocks' partial sums are added
+    in a fixed order afterwards."""
+    S, N, D = grad_SND.shape
+    F_ = W_FSD.shape[0]
+    blocks = WINDOW_BLOCKS
+    n_blocks = triton.cdiv(N, blocks["BLOCK_N"])
+    sums = torch.empty(n_blocks, F_, S, dtype=torch.float32, device=grad_SND.device)
+    counts = torch.empty_like(sums)
+    window = window_NF.view(torch.uint8)
+    grid = (n_blocks, triton.cdiv(F_, blocks["BLOCK_F"]), S)
+    _window_dots[grid](
+        sums, counts, grad_SND.contiguous(), W_FSD.contiguous(), h_NF, window, norms_FS.contiguous(), t_F.contiguous(),
+        N, F_, S, D, h_NF.stride(0), h_NF.stride(1), window.stride(0), window.stride(1), half_width,
+        IEEE=grad_SND.dtype == torch.float32, **blocks,
+    )  # fmt: skip
+    return sums.sum(dim=0), counts.sum(dim=0)
