@@ -40,7 +40,7 @@ from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.activations.partners import STORE_SEAL_KEY, store_seal
 from crosslens.architectures import sparsity_coefficient_for
 from crosslens.core.errors import StoreChangedError
-from crosslens.core.launch import launched_by_torchrun
+from crosslens.core.launch import launched_by_torchrun, world_size
 from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, checkpoint_dirname
 from crosslens.core.seeding import seeded
 from crosslens.crosscoders.base import set_crosscoder_metadata
@@ -346,7 +346,7 @@ def resolve_precision(config: CrosscoderRunnerConfig, n_snapshots: int, d_in: in
     bfloat16 autocast on CUDA (float32 elsewhere: bfloat16 matmuls are slow on CPUs), and
     bfloat16 Adam moments where the step would not fit the CUDA device with float32 ones. A
     step predicted not to fit the CUDA device even so is warned of, with the micro-batches that
-    fit. ``d_in`` None (a streaming run, whose width is known once a model loads): float32 moments."""
+    fit (in one process; `crosslens plan --mesh` sizes a rank of a mesh). ``d_in`` None (a streaming run, whose width is known once a model loads): float32 moments."""
     on_cuda = torch.device(config.device).type == "cuda"
     autocast = config.autocast_dtype
     if autocast == "auto":
@@ -358,7 +358,7 @@ def resolve_precision(config: CrosscoderRunnerConfig, n_snapshots: int, d_in: in
     shape = (n_snapshots, d_in, config.sae.d_sae, config.train_batch_size_tokens, config.sae.architecture)
     if state == "auto":
         state = choose_optimizer_state(*shape, device_bytes, config.micro_batches, autocast == "bfloat16")
-    if device_bytes is not None:
+    if device_bytes is not None and world_size() == 1:  # a mesh rank holds a share of the batch or snapshots
         problem = fit_problem(*shape, state, device_bytes, config.micro_batches, autocast == "bfloat16")
         if problem is not None:
             warnings.warn(problem, stacklevel=2)
