@@ -37,7 +37,7 @@ from crosslens.core.devices import DTYPE_BYTES, GPUS
 from crosslens.core.units import format_bytes
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import block_index
-from crosslens.training.config import AUTOCAST_CHOICES, micro_batch_error
+from crosslens.training.config import AUTOCAST_CHOICES, micro_batch_error, resolved_autocast
 from crosslens.training.memory import activation_bytes, parameter_counts, training_memory
 
 F32 = 4
@@ -241,7 +241,7 @@ class PlanConfig:
     @property
     def autocast_on(self) -> bool:
         """Whether the step runs under bfloat16 autocast (its weight copies count in memory)."""
-        return self.autocast == "bfloat16" or (self.autocast == "auto" and self.device.split(":")[0] == "cuda")
+        return resolved_autocast(self.autocast, self.device.split(":")[0]) == "bfloat16"
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:

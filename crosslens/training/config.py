@@ -263,6 +263,14 @@ def micro_batch_error(batch: int, micro_batches: int) -> str:
 AUTOCAST_CHOICES = ("auto", "bfloat16", "none")
 """``--autocast`` values; a run folder records "bfloat16" or "none" (null in older run.json files)."""
 
+
+def resolved_autocast(choice: str, device_kind: str) -> str:
+    """``--autocast`` with "auto" replaced by its choice on a ``device_kind`` ("cuda", "cpu",
+    ...): bfloat16 on CUDA, "none" elsewhere (bfloat16 matmuls are slow on CPUs)."""
+    if choice != "auto":
+        return choice
+    return "bfloat16" if device_kind == "cuda" else "none"
+
 RUN_STORE_SEAL = "store_seal"
 """run.json key beside the settings: the seal of the store the run trains on
 (``crosslens.activations.partners.store_seal``)."""

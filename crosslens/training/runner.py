@@ -45,7 +45,7 @@ from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, checkpoint_dirn
 from crosslens.core.seeding import seeded
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh, shard_batches
-from crosslens.training.config import RUN_STORE_SEAL, CrosscoderRunnerConfig, CrosscoderTrainerConfig
+from crosslens.training.config import RUN_STORE_SEAL, CrosscoderRunnerConfig, CrosscoderTrainerConfig, resolved_autocast
 from crosslens.training.factory import build_training_crosscoder
 from crosslens.training.memory import choose_optimizer_state, fit_problem
 from crosslens.training.interrupts import StopRequest, TrainingInterrupted, stop_between_steps
@@ -346,11 +346,10 @@ def resolve_precision(config: CrosscoderRunnerConfig, n_snapshots: int, d_in: in
     bfloat16 autocast on CUDA (float32 elsewhere: bfloat16 matmuls are slow on CPUs), and
     bfloat16 Adam moments where the step would not fit the CUDA device with float32 ones. A
     step predicted not to fit the CUDA device even so is warned of, with the micro-batches that
-    fit (in one process; `crosslens plan --mesh` sizes a rank of a mesh). ``d_in`` None (a streaming run, whose width is known once a model loads): float32 moments."""
-    on_cuda = torch.device(config.device).type == "cuda"
-    autocast = config.autocast_dtype
-    if autocast == "auto":
-        autocast = "bfloat16" if on_cuda else "none"
+    fit (in one process; `crosslens plan --mesh` sizes a rank of a mesh). ``d_in`` None (a
+    streaming run, whose width is known once a model loads): float32 moments."""
+    kind = torch.device(config.device).type
+    on_cuda, autocast = kind == "cuda", resolved_autocast(config.autocast_dtype, kind)
     state = config.optimizer_state
     if d_in is None:
         return replace(config, autocast_dtype=autocast, optimizer_state="float32" if state == "auto" else state)
