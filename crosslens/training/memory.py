@@ -72,8 +72,7 @@ def autocast_bytes(S: int, D: int, F: int) -> int:
     ``W_enc`` and ``W_dec`` that the matmuls save for backward, and the bfloat16 gradient of one
     of them on its way to its float32 ``.grad``. (Autocast's activations are half the float32
     ones :func:`activation_bytes` counts; the estimate keeps that half as margin.)"""
-    n_enc = n_dec = S * D * F
-    return BF16 * (n_enc + n_dec + max(n_enc, n_dec))
+    return BF16 * 3 * S * D * F  # W_enc and W_dec are S * D * F each
 
 
 def optimizer_state_bytes(n_params: int, option: str) -> int:
@@ -134,13 +133,15 @@ def fit_problem(
         f"the training step is predicted to peak at {peak / gib:.1f} GiB with {option} Adam state, over "
         f"{AUTO_HEADROOM:.0%} of this GPU's {device_bytes / gib:.1f} GiB"
     )
-    fixes = []
-    for state in [option] if option == "bfloat16" else [option, "bfloat16"]:
-        for cast in [autocast, False] if autocast else [False]:
-            fewest = smallest_fitting_micro_batches(S, D, F, B, architecture, state, device_bytes, cast)
-            if fewest is not None and not any(fewest >= n for n, _ in fixes):
-                fixes.append((fewest, f"--micro-batches {fewest}" + (" --optimizer-state bfloat16" if state != option else "")
-                              + (" --autocast none" if cast != autocast else "")))  # fmt: skip
+    # each way out, in the order it is offered: a smaller step in the precision asked for first;
+    # one that needs no fewer micro-batches than an earlier one is left out
+    fixes: list[tuple[int, str]] = []
+    states = [option] if option == "bfloat16" else [option, "bfloat16"]
+    for state, cast in [(state, cast) for state in states for cast in dict.fromkeys((autocast, False))]:
+        fewest = smallest_fitting_micro_batches(S, D, F, B, architecture, state, device_bytes, cast)
+        if fewest is not None and all(fewest < n for n, _ in fixes):
+            flags = f"--micro-batches {fewest}" + " --optimizer-state bfloat16" * (state != option)
+            fixes.append((fewest, flags + " --autocast none" * (cast != autocast)))
     if not fixes:
         return f"{said}, in any number of micro-batches; put snapshots on more GPUs (--snapshot-parallel under torchrun)"
     return f"{said}; {' or '.join(flags for _, flags in fixes[:2])} fits (crosslens plan prints the peak of each)"
