@@ -265,12 +265,10 @@ class ShutWindow(torch.autograd.Function):
     ) -> tuple[Any, ...]:
         (bandwidth, tanh_scale), score_grad_F = ctx.gate, grad_score_F.float()
         if ctx.mode != "pairs":
-            if ctx.mode == "kernel":
-                from crosslens.crosscoders import triton_kernels
-
+            if ctx.mode == "kernel":  # the backend is triton (forward took this mode only then)
                 W_dec_FSD, h_NF, window_NF, norms_FS, t_F = ctx.saved_tensors
                 grad_SND = grad_recon_NSD.to(_window_dtype(grad_recon_NSD)).transpose(0, 1).contiguous()
-                grad_f_FS, counts_FS = triton_kernels.window_dots(
+                grad_f_FS, counts_FS = _implementation(ctx.backend).window_dots(
                     grad_SND, W_dec_FSD, h_NF, window_NF, norms_FS, t_F, bandwidth / 2
                 )
             else:
