@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -159,11 +160,13 @@ def active_share(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> str:
     if not hasattr(sae.cfg, "jumprelu_bandwidth"):
         return ""
     h_BF = sae.hidden_pre(x_BSD)
-    active_BF, open_BF = sparse_kernels.active_entries(
+    entries = sparse_kernels.active_entries(
         h_BF, sae.snapshot_norms(), sae.threshold.to(h_BF.dtype), sae.cfg.jumprelu_bandwidth / 2
     )
-    pays = "pays" if sparse_kernels.sparse_step_pays(active_BF, open_BF) else "does not pay"
-    return f"  active {active_BF.float().mean():.2%} (open {open_BF.float().mean():.2%}; the step from pairs {pays})"
+    n = entries.active_NF.numel()
+    pays = "pays" if sparse_kernels.sparse_step_pays(entries) else "does not pay"
+    active = (entries.n_open + entries.n_window) / n
+    return f"  active {active:.2%} (open {entries.n_open / n:.2%}; the step from pairs {pays})"
 
 
 def step_row(
@@ -186,6 +189,7 @@ def step_row(
     planned = step_peak_bytes(a.S, a.d_in, a.d_sae, a.batch, arch, a.micro_batches, autocast == "bfloat16")
     plan = planned[a.optimizer_state] / 2**30
     share = active_share(trainer, x_BSD)  # after the peak was read
+    waits = syncs_per_step(lambda: trainer.step(x_BSD), device)
     if a.profile:  # after the row's own figures, which its extra steps would move
         print_profile(lambda: trainer.step(x_BSD), device, f"{arch} {autocast or 'fp32'} {path}")
     precision = "bf16" if autocast else "fp32"
@@ -193,7 +197,24 @@ def step_row(
     del trainer
     return (f"{arch:22s} {precision:5s} {state:8s} {path:13s} L0 {l0:8.1f}  {a.batch / seconds:10,.0f} tok/s  "
             f"{floor / seconds:6.1%} of the {'sparse' if sparse else 'dense'} floor  peak {peak:6.1f} GiB "
-            f"(plan {plan:.1f}, {peak / plan:.2f}x){share}")  # fmt: skip
+            f"(plan {plan:.1f}, {peak / plan:.2f}x){waits}{share}")  # fmt: skip
+
+
+def syncs_per_step(fn: Callable[[], None], device: str) -> str:
+    """How often one call of ``fn`` waits for the GPU (``torch.cuda.set_sync_debug_mode``'s
+    warnings, counted): each wait drains the queue, so the prefetching thread of a streamed
+    run overlaps the step only between them."""
+    if not device.startswith("cuda"):
+        return ""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    n = sum("synchroniz" in str(w.message) for w in caught)
+    return f"  {n} sync{'s' if n != 1 else ''}/step"
 
 
 def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 3) -> None:

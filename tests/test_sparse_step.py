@@ -9,10 +9,12 @@ CUDA where there is one."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,9 +23,10 @@ from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
 from crosslens.crosscoders import jumprelu_kernels, sparse_kernels
-from crosslens.crosscoders.active_pairs import ActivePairs
+from crosslens.crosscoders.active_pairs import ActivePairs, run_starts
 from crosslens.crosscoders.sparse_kernels import gather_decode
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
+from host_reads import HostReads, counted, cuda_syncs
 
 ROOT = Path(__file__).resolve().parents[1]
 S, D, F, B, STEPS = 3, 8, 64, 32, 20
@@ -81,7 +84,7 @@ def random_pairs(device: str, groups: int) -> tuple[ActivePairs, torch.Tensor, t
     active_NF = torch.rand(B, F, generator=g) < 0.1
     active_NF[3] = False  # a token without pairs
     active_NF[:, 5] = False  # a feature without pairs
-    pairs = ActivePairs.from_mask(active_NF.to(device))
+    pairs = ActivePairs.from_mask(active_NF.to(device), int(active_NF.sum()))  # as a step lists them
     W_FGD = torch.randn(F, groups, D * S // groups, generator=g).to(device).requires_grad_()
     values_AG = torch.randn(pairs.token_A.shape[0], groups, generator=g).to(device).requires_grad_()
     grad_NGD = torch.randn(B, groups, D * S // groups, generator=g).to(device)
@@ -112,6 +115,33 @@ def test_eager_gather_decode_equals_the_dense_products(device, groups):
 @pytest.mark.parametrize("groups", [1, S])
 def test_triton_gather_decode_equals_the_dense_products(device, groups, triton_backend):
     check_against_dense(triton_backend, device, groups)
+
+
+def check_rounded_copy(backend: str, device: str) -> None:
+    """Read from W rounded to bfloat16, the decode and the values' gradient are those of the
+    rounded weights, in float32; the decoder's gradient is W's (it does not read W)."""
+    pairs, W_FGD, values_AG, grad_NGD = random_pairs(device, S)
+    read_FGD = W_FGD.detach().to(torch.bfloat16)
+    out_NGD = gather_decode(W_FGD, values_AG, pairs, backend, read_FGD)
+    grads = torch.autograd.grad(out_NGD, (W_FGD, values_AG), grad_NGD)
+    rounded_FGD = read_FGD.float().requires_grad_()
+    want_NGD = gather_decode(rounded_FGD, values_AG, pairs, backend)
+    want = torch.autograd.grad(want_NGD, (rounded_FGD, values_AG), grad_NGD)
+    assert out_NGD.dtype == grads[0].dtype == grads[1].dtype == torch.float32
+    assert not torch.equal(read_FGD.float(), W_FGD)  # the rounding is seen
+    torch.testing.assert_close(out_NGD, want_NGD, rtol=1e-6, atol=1e-6)
+    for got, expected, name in zip(grads, want, ("W", "values")):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eager_gather_decode_reads_the_rounded_copy(device):
+    check_rounded_copy("eager", device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_gather_decode_reads_the_rounded_copy(device, triton_backend):
+    check_rounded_copy(triton_backend, device)
 
 
 # ---------------------------------------------------------------- the whole step
@@ -199,10 +229,10 @@ def jumprelu_run(device: str, trained: bool, sparse_step: bool | None, autocast:
     # entries open everywhere, shut but inside the window, and (trained) open at some snapshots only
     with torch.no_grad():
         h_BF, norms_FS = sae.hidden_pre(xs[0]), sae.snapshot_norms()
-        active_BF, open_BF = sparse_kernels.active_entries(h_BF, norms_FS, sae.threshold, 0.025)
+        entries = sparse_kernels.active_entries(h_BF, norms_FS, sae.threshold, 0.025)
         open_everywhere_BF = h_BF * norms_FS.min(dim=1).values > sae.threshold
-    assert (active_BF & ~open_BF).any() and open_everywhere_BF.any()
-    assert (open_BF & ~open_everywhere_BF).any() == trained  # fresh: every norm equal
+    assert entries.n_window == int(entries.window_NF().sum()) > 0 and open_everywhere_BF.any()
+    assert (entries.open_NF & ~open_everywhere_BF).any() == trained  # fresh: every norm equal
     return run(sae, xs, autocast)
 
 
@@ -297,6 +327,14 @@ def test_triton_window_dots_equal_the_dense_sums(device, layout, triton_backend)
     assert 0.1 < float(want_counts.sum()) / (N * F_ * S_) < 0.3
     torch.testing.assert_close(counts.double(), want_counts, rtol=0, atol=0)
     torch.testing.assert_close(sums.double(), want_sums, rtol=1e-5, atol=1e-4)
+    if device == "cpu":  # the interpreter's bfloat16 dot products are not the hardware's
+        return
+    # under autocast the gradient is bfloat16 and the kernel rounds W to it as it loads it, so
+    # the rounded copy the step passes under autocast gives the very same sums
+    args[0] = args[0].to(torch.bfloat16)
+    from_float32 = triton_kernels.window_dots(*args, 0.6)
+    args[1] = args[1].to(torch.bfloat16)
+    assert all(map(torch.equal, triton_kernels.window_dots(*args, 0.6), from_float32))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -308,10 +346,10 @@ def test_jumprelu_sparse_step_by_default_only_on_cuda_at_a_trained_sparsity(devi
     sae = make_sae("jumprelu_crosscoder", device, jumprelu_bandwidth=0.002)  # few entries inside the window
     if trained:
         set_trained_sparsity(sae, x_BSD, share=0.01)
-        active, open_ = sparse_kernels.active_entries(
+        entries = sparse_kernels.active_entries(
             sae.hidden_pre(x_BSD).detach(), sae.snapshot_norms().detach(), sae.threshold.detach(), 0.001
         )
-        assert 0 < active.float().mean() and sparse_kernels.sparse_step_pays(active, open_)
+        assert entries.n_open > 0 and sparse_kernels.sparse_step_pays(entries)
     loss_and_grads(sae, x_BSD)
     assert len(sparse_calls) == int(device == "cuda" and trained)
 
@@ -333,13 +371,12 @@ def test_the_step_from_pairs_pays_for_few_open_entries_and_a_narrow_window(monke
     """Open entries are gathered at every snapshot, so their share decides; the window's
     entries cost the masked matmuls or gathers in proportion, the fused kernel a fixed sum."""
     n = 3200
-    open_ = torch.zeros(n, dtype=torch.bool)
-    active = torch.zeros(n, dtype=torch.bool)
 
     def pays(n_open: int, n_window: int, backend: str = "eager") -> bool:
-        open_.zero_()[:n_open] = True
-        active.zero_()[: n_open + n_window] = True
-        return sparse_kernels.sparse_step_pays(active, open_, backend)
+        open_, active = torch.zeros(2, n, dtype=torch.bool)
+        open_[:n_open], active[: n_open + n_window] = True, True
+        entries = sparse_kernels.ActiveEntries(active, open_, n_open, n_window)
+        return sparse_kernels.sparse_step_pays(entries, backend)
 
     open_limit, window_limit = int(n * sparse_kernels.SPARSE_STEP_SHARE), int(n * sparse_kernels.WINDOW_STEP_SHARE)
     assert pays(open_limit, window_limit)
@@ -349,3 +386,108 @@ def test_the_step_from_pairs_pays_for_few_open_entries_and_a_narrow_window(monke
     monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", True)
     assert pays(10, n - 10, "triton") and not pays(10, n - 10, "eager")
     assert not pays(open_limit + 1, 0, "triton")
+
+
+# ---------------------------------------------------------------- waits for the device
+def test_run_starts_are_the_counted_offsets():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 40, (300,), generator=g).sort().values
+    ids = ids[(ids != 0) & (ids != 17)]  # the first id and one inside have no run
+    want = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(ids, minlength=45).cumsum(0)])
+    assert torch.equal(run_starts(ids, 45), want)
+    assert run_starts(ids, 45)[-1] == ids.shape[0] and run_starts(ids, 45)[1] == 0
+    assert torch.equal(run_starts(ids[:0], 3), torch.zeros(4, dtype=torch.long))
+
+
+def test_pairs_listed_to_a_known_count_are_those_of_the_mask():
+    mask = torch.rand(B, F, generator=torch.Generator().manual_seed(3)) < 0.2
+    listed, counted_ = ActivePairs.from_mask(mask), ActivePairs.from_mask(mask, int(mask.sum()))
+    assert torch.equal(listed.token_A, counted_.token_A) and torch.equal(listed.feature_A, counted_.feature_A)
+    assert counted_.token_A.is_contiguous() and counted_.feature_A.is_contiguous()  # the kernels index them flat
+
+
+def step_reads(sae, x_BSD: torch.Tensor, *modules) -> Counter:
+    """The syncing operations of one training pass, forward and backward, and the calls of
+    ``host_ints`` (the deliberate read) in ``modules``."""
+    reads: Counter = Counter()
+    with contextlib.ExitStack() as stack:
+        for module in modules:
+            stack.enter_context(counted(module, "host_ints", reads))
+        mode = stack.enter_context(HostReads())
+        step_input = TrainStepInput(
+            sae_in=x_BSD, coefficients=sae_coefficients(sae), dead_neuron_mask=None,
+            n_training_steps=0, is_logging_step=False,
+        )  # fmt: skip
+        sae.training_forward_pass(step_input).loss.backward()
+    return reads + mode.counts
+
+
+@pytest.mark.parametrize("window", ["matmuls", "pairs"])
+def test_the_jumprelu_step_from_pairs_waits_for_the_device_once_for_its_counts(window, monkeypatch):
+    """One read of the open and window counts sizes every list of the step; without the
+    fused kernel the window's own mode choice reads one more."""
+    sae = make_sae("jumprelu_crosscoder", "cpu", l0_coefficient=0.3, sparse_step=True)
+    x_BSD = batches(1, "cpu")[0]
+    set_trained_sparsity(sae, x_BSD)
+    monkeypatch.setattr(sparse_kernels, "WINDOW_MATMUL_SHARE", 0.0 if window == "matmuls" else 1.0)
+    reads = step_reads(sae, x_BSD, sparse_kernels)
+    assert reads == Counter({"host_ints": 1, "item": 1}), reads
+
+
+@pytest.mark.parametrize("arch", ["topk_crosscoder", "batchtopk_crosscoder"])
+def test_the_topk_sparse_decode_waits_for_nothing(arch, monkeypatch):
+    """TopK and BatchTopK (one process, no micro-batches, no dead features) list their pairs
+    and decode from them as on CUDA without a read: the pairs' path that the Triton backend
+    takes, here with the eager sums in the kernels' place."""
+    monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")
+    monkeypatch.setattr(sparse_kernels, "_implementation", lambda backend: sparse_kernels._EAGER)
+    sae = make_sae(arch, "cpu")
+    assert step_reads(sae, batches(1, "cpu")[0]) == Counter()
+
+
+@NO_CUDA
+def test_the_jumprelu_step_from_pairs_syncs_once_on_cuda(monkeypatch):
+    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", HAS_TRITON)
+    sae = make_sae("jumprelu_crosscoder", "cuda", l0_coefficient=0.3, sparse_step=True)
+    x_BSD = batches(1, "cuda")[0]
+    set_trained_sparsity(sae, x_BSD)
+    step_input = TrainStepInput(
+        sae_in=x_BSD, coefficients=sae_coefficients(sae), dead_neuron_mask=None,
+        n_training_steps=0, is_logging_step=False,
+    )  # fmt: skip
+    sae.training_forward_pass(step_input).loss.backward()  # compiles the kernels first
+    torch.cuda.synchronize()
+    with cuda_syncs() as syncs:
+        sae.training_forward_pass(step_input).loss.backward()
+    assert len(syncs) == (1 if HAS_TRITON else 2), syncs
+
+
+@pytest.mark.parametrize("arch", ["topk_crosscoder", "batchtopk_crosscoder"])
+def test_topk_pairs_under_autocast_read_the_rounded_decoder_once_a_pass(arch, monkeypatch):
+    """Under autocast the pairs' path reads ``W_dec`` rounded to bfloat16, one copy a pass
+    (its auxiliary decode reads the same), where there are enough pairs to pay for it, and
+    trains as the dense decode does under autocast, to bfloat16's precision."""
+    from crosslens.crosscoders import topk_crosscoder
+
+    copies: list[torch.dtype | None] = []
+    original = sparse_kernels.autocast_copy
+
+    def copy(W, n_pairs):
+        out = original(W, n_pairs)
+        copies.append(None if out is None else out.dtype)
+        return out
+
+    monkeypatch.setattr(topk_crosscoder, "autocast_copy", copy)
+    monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")
+    monkeypatch.setattr(sparse_kernels, "_implementation", lambda backend: sparse_kernels._EAGER)
+    _, _, losses, _ = run(make_sae(arch, "cpu"), batches(STEPS, "cpu"), "bfloat16")
+    # the gradient check's pass in float32 (its auxiliary decode too: every fourth feature is
+    # dead there), then every step; k 4 for 32 tokens is 128 pairs, twice the 64 rows
+    assert copies == [None] + [torch.bfloat16] * STEPS
+    monkeypatch.setattr(sparse_kernels, "BACKEND", "eager")
+    _, _, dense_losses, _ = run(make_sae(arch, "cpu", sparse_decode=False), batches(STEPS, "cpu"), "bfloat16")
+    assert losses == pytest.approx(dense_losses, rel=5e-3)
+    with torch.autocast("cpu", torch.bfloat16):
+        W = torch.ones(F, 2)
+        assert original(W, 2 * F - 1) is None and original(W, 2 * F).dtype == torch.bfloat16
+    assert original(W, 10 * F) is None  # no autocast

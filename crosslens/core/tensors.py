@@ -4,6 +4,7 @@
 - :func:`one_vs_all_share`: each entry's share of its row's total magnitude (RelIE, RelDec).
 - :func:`row_norms`: Euclidean norms along the last dimension with a one-pass gradient (the
   decoder norms every crosscoder's sparsity term differentiates).
+- :func:`host_ints`: integer scalars read to the host together, with one wait for the device.
 """
 
 from __future__ import annotations
@@ -58,3 +59,10 @@ class _RowNorms(torch.autograd.Function):
 def row_norms(x: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, "..."]:
     """Euclidean norms along the last dimension, differentiable with a one-pass gradient."""
     return _RowNorms.apply(x)
+
+
+def host_ints(*scalars: torch.Tensor) -> list[int]:
+    """The values of integer scalar tensors as Python ints, read in one copy: on a GPU each
+    read waits for every kernel queued before it, so a step that needs several counts (to
+    size what it gathers) reads them together."""
+    return [int(v) for v in torch.stack(scalars).tolist()]

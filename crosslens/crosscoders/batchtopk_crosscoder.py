@@ -27,6 +27,7 @@ from jaxtyping import Float
 from sae_lens.saes.sae import SAE
 from torch import nn
 
+from crosslens.crosscoders.active_pairs import run_starts
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass
 from crosslens.crosscoders.config import CrosscoderConfig
 from crosslens.crosscoders.topk_crosscoder import (
@@ -179,10 +180,10 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
         if not self.uses_sparse_decode:
             return self.decode_dense(fwd.feature_acts_NF)
-        rows = fwd.extras["rows"]
-        counts_N = torch.bincount(rows, minlength=fwd.hidden_pre_NF.shape[0])
-        offsets_N = counts_N.cumsum(0) - counts_N
-        return self.decode_active(fwd.extras["cols"], fwd.extras["vals"], offsets=offsets_N)
+        offsets_N = run_starts(fwd.extras["rows"], fwd.hidden_pre_NF.shape[0])[:-1]  # rows ascend
+        cols = fwd.extras["cols"]
+        fwd.extras["W_read"] = self.decoder_rows_to_read(cols.numel())  # for the auxiliary decode too
+        return self.decode_active(cols, fwd.extras["vals"], offsets=offsets_N, read=fwd.extras["W_read"])
 
     def kept_l1_per_token(self, fwd: CrosscoderPass) -> torch.Tensor:
         rows, cols, vals = fwd.extras["rows"], fwd.extras["cols"], fwd.extras["vals"]
@@ -192,12 +193,13 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
     @torch.no_grad()
     def _after_training_pass(self, fwd: CrosscoderPass) -> None:
         kept = fwd.extras["kept_scores"]
-        positive = kept[kept > 0]
+        # the smallest positive kept score (inf where none), found without a device sync
+        positive = kept.masked_fill(kept <= 0, torch.inf)
         smallest = positive.min() if positive.numel() else kept.new_tensor(torch.inf)
         smallest = self.collectives.data_min(smallest.to(torch.float64))
-        if torch.isfinite(smallest):
-            lr = self.cfg.topk_threshold_lr
-            self.topk_threshold.copy_((1 - lr) * self.topk_threshold + lr * smallest)
+        lr = self.cfg.topk_threshold_lr
+        moved = (1 - lr) * self.topk_threshold + lr * smallest
+        self.topk_threshold.copy_(torch.where(torch.isfinite(smallest), moved, self.topk_threshold))
         fwd.metrics["topk_threshold"] = self.topk_threshold.detach().clone()
 
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:

@@ -576,10 +576,10 @@ def snapshot_gated_decode(
         raw_FS = row_norms(W_dec_FSD)
         norms_FS = raw_FS * norm_factors_S
         with torch.no_grad():
-            active = active_entries(h_NF.detach(), norms_FS.detach(), threshold_F.detach(), bandwidth / 2)
-        if sparse or sparse_step_pays(*active):
+            entries = active_entries(h_NF.detach(), norms_FS.detach(), threshold_F.detach(), bandwidth / 2)
+        if sparse or sparse_step_pays(entries):
             gate = (bandwidth, tanh_scale)
-            return sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms_FS, active, gate)
+            return sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms_FS, entries, gate)
     classes = None
     if not torch.is_autocast_enabled(h_NF.device.type):
         with torch.no_grad():

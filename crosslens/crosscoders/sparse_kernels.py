@@ -26,12 +26,14 @@ built on them; the TopK crosscoders call :func:`gather_decode` directly.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
 
+from crosslens.core.tensors import host_ints
 from crosslens.crosscoders.active_pairs import ActivePairs
 from crosslens.crosscoders.jumprelu_ops import threshold_gradient
 
@@ -58,7 +60,9 @@ def _chunks(n_pairs: int, row_elements: int) -> list[slice]:
 
 
 def eager_decode(W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
-    """``out [N, G, D]``: the gather-sum, through ``embedding_bag`` for one group."""
+    """``out [N, G, D]`` in the values' dtype: the gather-sum, through ``embedding_bag`` for
+    one group."""
+    W_FGD = W_FGD.to(values_AG.dtype)
     F_, G, D = W_FGD.shape
     if G == 1:
         out = F.embedding_bag(
@@ -74,11 +78,12 @@ def eager_decode(W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePair
 
 
 def eager_values_grad(grad_NGD: torch.Tensor, W_FGD: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
-    """``[A, G]``: ``<grad_out[n, g], W[i, g]>`` for every pair."""
-    out_AG = W_FGD.new_empty(pairs.feature_A.shape[0], W_FGD.shape[1])
+    """``[A, G]`` in the gradient's dtype: ``<grad_out[n, g], W[i, g]>`` for every pair."""
+    out_AG = grad_NGD.new_empty(pairs.feature_A.shape[0], W_FGD.shape[1])
     for chunk in _chunks(out_AG.shape[0], W_FGD.shape[1] * W_FGD.shape[2]):
         out_AG[chunk] = torch.linalg.vecdot(
-            grad_NGD.index_select(0, pairs.token_A[chunk]), W_FGD.index_select(0, pairs.feature_A[chunk])
+            grad_NGD.index_select(0, pairs.token_A[chunk]),
+            W_FGD.index_select(0, pairs.feature_A[chunk]).to(grad_NGD.dtype),
         )
     return out_AG
 
@@ -112,24 +117,48 @@ _EAGER = _Eager()
 
 class SparseDecode(torch.autograd.Function):
     """``out[n, g] = sum over pairs (n, i) of v[pair, g] * W[i, g]`` and its gradients to
-    ``W [F, G, D]`` and ``v [A, G]`` (both in W's dtype), by the chosen implementation."""
+    ``W [F, G, D]`` and ``v [A, G]`` (both in W's dtype, which the values have), by the chosen
+    implementation; the rows are read from ``read_FGD`` where it is given (W rounded to a
+    narrower dtype), with the sums in the values' dtype."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, backend: str
-    ) -> torch.Tensor:
+        ctx: Any, W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, backend: str,
+        read_FGD: torch.Tensor | None,
+    ) -> torch.Tensor:  # fmt: skip
         ops = _implementation(backend)
-        ctx.save_for_backward(W_FGD, values_AG)
+        read_FGD = W_FGD if read_FGD is None else read_FGD
+        ctx.save_for_backward(read_FGD, values_AG)
         ctx.pairs, ctx.ops = pairs, ops
-        return ops.decode(W_FGD, values_AG, pairs)
+        return ops.decode(read_FGD, values_AG, pairs)
 
     @staticmethod
     def backward(ctx: Any, grad_NGD: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        W_FGD, values_AG = ctx.saved_tensors
-        grad_NGD = grad_NGD.to(W_FGD.dtype).contiguous()
+        read_FGD, values_AG = ctx.saved_tensors
+        grad_NGD = grad_NGD.to(values_AG.dtype).contiguous()
         grad_W = ctx.ops.weight_grad(grad_NGD, values_AG, ctx.pairs) if ctx.needs_input_grad[0] else None
-        grad_v = ctx.ops.values_grad(grad_NGD, W_FGD, ctx.pairs) if ctx.needs_input_grad[1] else None
-        return grad_W, grad_v, None, None
+        grad_v = ctx.ops.values_grad(grad_NGD, read_FGD, ctx.pairs) if ctx.needs_input_grad[1] else None
+        return grad_W, grad_v, None, None, None
+
+
+READ_COPY_PAIRS = 2
+"""Pairs per decoder row from which a sparse step under autocast reads its rows from a
+rounded copy of the decoder (:func:`autocast_copy`). The copy costs a float32 read and a
+bfloat16 write of every element, 6 bytes; each pair's decode and values' gradient then read
+2 bytes less per element of its row, or less than that where the row is still in the L2
+cache. A trained crosscoder's batch at Ge et al.'s shape has 5-8 pairs per row; one
+micro-batch of the 98,304-feature dictionary has a fraction of one."""
+
+
+def autocast_copy(W: torch.Tensor, n_pairs: int) -> torch.Tensor | None:
+    """``W`` detached and rounded to the autocast dtype, for ``n_pairs`` pairs to decode from
+    its rows, where autocast is on and the copy pays (:data:`READ_COPY_PAIRS`); else None.
+    A matmul under autocast reads its weight rounded the same way. The decoder's gradient
+    stays W's own."""
+    kind = W.device.type
+    if not torch.is_autocast_enabled(kind) or n_pairs < READ_COPY_PAIRS * W.shape[0]:
+        return None
+    return W.detach().to(torch.get_autocast_dtype(kind))
 
 
 def gather_decode(
@@ -137,11 +166,15 @@ def gather_decode(
     values_AG: Float[torch.Tensor, "A groups"],
     pairs: ActivePairs,
     backend: str | None = None,
+    read_FGD: torch.Tensor | None = None,
 ) -> Float[torch.Tensor, "n groups d"]:
     """The gather-sum decode of the active pairs (see the module docstring), differentiable
-    in ``W_FGD`` and ``values_AG``; the values are cast to the decoder's dtype."""
+    in ``W_FGD`` and ``values_AG``; the values are cast to the decoder's dtype. ``read_FGD``:
+    ``W_FGD`` rounded to the autocast dtype, whose rows the decode and the values' gradient
+    read instead (half the memory traffic; the decoder's gradient is W's, in its dtype)."""
     backend = backend or sparse_backend(W_FGD.device)
-    return SparseDecode.apply(W_FGD.contiguous(), values_AG.to(W_FGD.dtype).contiguous(), pairs, backend)
+    read_FGD = None if read_FGD is None else read_FGD.contiguous()
+    return SparseDecode.apply(W_FGD.contiguous(), values_AG.to(W_FGD.dtype).contiguous(), pairs, backend, read_FGD)
 
 
 # ----------------------------------------------------------------- the JumpReLU step
@@ -162,16 +195,15 @@ the 67 ms step above at 2.1%; the two steps would cost the same near 13%). The f
 window kernel (:data:`WINDOW_KERNEL`) costs the same at any share, and lifts the limit."""
 
 
-def sparse_step_pays(active_NF: torch.Tensor, open_any_NF: torch.Tensor, backend: str | None = None) -> bool:
-    """Whether the JumpReLU step from the pairs is the cheaper one for these entries
-    (:func:`active_entries`): at most :data:`SPARSE_STEP_SHARE` open, and at most
-    :data:`WINDOW_STEP_SHARE` in the window alone unless the fused window kernel sums it.
-    One device sync."""
-    n_open, n_active = torch.stack([open_any_NF.sum(), active_NF.sum()]).tolist()
-    if n_open > SPARSE_STEP_SHARE * active_NF.numel():
+def sparse_step_pays(entries: ActiveEntries, backend: str | None = None) -> bool:
+    """Whether the JumpReLU step from the pairs is the cheaper one for these entries: at
+    most :data:`SPARSE_STEP_SHARE` open, and at most :data:`WINDOW_STEP_SHARE` in the window
+    alone unless the fused window kernel sums it."""
+    n = entries.active_NF.numel()
+    if entries.n_open > SPARSE_STEP_SHARE * n:
         return False
-    fused = WINDOW_KERNEL and (backend or sparse_backend(active_NF.device)) == "triton"
-    return fused or n_active - n_open <= WINDOW_STEP_SHARE * active_NF.numel()
+    fused = WINDOW_KERNEL and (backend or sparse_backend(entries.active_NF.device)) == "triton"
+    return fused or entries.n_window <= WINDOW_STEP_SHARE * n
 
 
 class JumpGate(torch.autograd.Function):
@@ -233,26 +265,31 @@ class ShutWindow(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(  # type: ignore[override]
         ctx: Any, recon_NSD: torch.Tensor, score_sum_F: torch.Tensor, threshold_F: torch.Tensor,
-        h_NF: torch.Tensor, W_dec_FSD: torch.Tensor, norms_FS: torch.Tensor, window_NF: torch.Tensor,
-        gate: tuple[float, float], backend: str,
+        h_NF: torch.Tensor, decoder: tuple[torch.Tensor, torch.Tensor | None], norms_FS: torch.Tensor,
+        window: tuple[torch.Tensor, int], gate: tuple[float, float], backend: str,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        (W_dec_FSD, read_FSD), window_NF, n_window = decoder, *window
         (N, F_), S = h_NF.shape, W_dec_FSD.shape[1]
         ctx.gate, ctx.backend, ctx.n_features = gate, backend, F_
         if WINDOW_KERNEL and backend == "triton":
             ctx.mode = "kernel"
-            ctx.save_for_backward(W_dec_FSD, h_NF, window_NF, norms_FS.float(), threshold_F.float())
+            # the kernel rounds W to the gradient's dtype as it loads it: the rounded copy is the
+            # same numbers in half the bytes
+            W_FSD = W_dec_FSD if read_FSD is None else read_FSD
+            ctx.save_for_backward(W_FSD, h_NF, window_NF, norms_FS.float(), threshold_F.float())
             return recon_NSD.view_as(recon_NSD), score_sum_F.view_as(score_sum_F)
-        token_W, feature_W = window_NF.nonzero(as_tuple=True)
+        token_W, feature_W = torch.nonzero_static(window_NF, size=n_window).T.contiguous()
         t_W = threshold_F.float().index_select(0, feature_W)
         norms_WS = norms_FS.float().index_select(0, feature_W)
         distance_WS = h_NF[token_W, feature_W].float()[:, None] * norms_WS - t_W[:, None]
         inside_WS = distance_WS.abs() < gate[0] / 2
-        if int(inside_WS.sum()) > WINDOW_MATMUL_SHARE * N * F_ * S:
+        n_inside = int(inside_WS.sum())  # the one more wait for the device, without the kernel
+        if n_inside > WINDOW_MATMUL_SHARE * N * F_ * S:
             ctx.mode = "matmuls"
             ctx.save_for_backward(W_dec_FSD, feature_W * N + token_W, feature_W, inside_WS, norms_FS.float(), threshold_F.float())
         else:
             ctx.mode = "pairs"
-            pair_w, pair_s = inside_WS.nonzero(as_tuple=True)
+            pair_w, pair_s = torch.nonzero_static(inside_WS, size=n_inside).T.contiguous()
             feature_P = feature_W.index_select(0, pair_w)
             ctx.rows = ActivePairs(token_W.index_select(0, pair_w) * S + pair_s, feature_P * S + pair_s, N * S, F_ * S)
             ctx.save_for_backward(W_dec_FSD, feature_P, norms_WS[pair_w, pair_s], t_W.index_select(0, pair_w))
@@ -314,18 +351,40 @@ def _window_matmuls(
     return grad_f_FS
 
 
+@dataclass(frozen=True)
+class ActiveEntries:
+    """The (token, feature) entries of a JumpReLU batch that its step from the pairs works
+    on, with their counts on the host: reading those counts is the step's one wait for the
+    device (the pairs and the window entries are then listed to a known size)."""
+
+    active_NF: Bool[torch.Tensor, "n d_sae"]
+    """Open at some snapshot, or inside the threshold's window at some."""
+    open_NF: Bool[torch.Tensor, "n d_sae"]
+    """Open at some snapshot."""
+    n_open: int
+    """Entries of ``open_NF``."""
+    n_window: int
+    """Entries active but shut at every snapshot (inside the window at some)."""
+
+    def window_NF(self) -> Bool[torch.Tensor, "n d_sae"]:
+        """The entries shut at every snapshot yet inside the window at some."""
+        return self.active_NF & ~self.open_NF
+
+
 def active_entries(
     h_NF: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor, half_width: float
-) -> tuple[Bool[torch.Tensor, "n d_sae"], Bool[torch.Tensor, "n d_sae"]]:
-    """``(active, open_anywhere)``: entries open at some snapshot or inside the window at
-    some, and those open at some. ``h * norm - t`` is monotone in the norm, so the smallest
-    and largest of a feature's norms bound it at every snapshot (the same two roundings)."""
+) -> ActiveEntries:
+    """The entries open at some snapshot or inside the window at some, and those open at
+    some. ``h * norm - t`` is monotone in the norm, so the smallest and largest of a
+    feature's norms bound it at every snapshot (the same two roundings)."""
     d_lo_NF = (h_NF * norms_FS.min(dim=1).values).sub_(threshold_F)
     d_hi_NF = (h_NF * norms_FS.max(dim=1).values).sub_(threshold_F)
     d_max_NF = torch.maximum(d_lo_NF, d_hi_NF)
     d_min_NF = torch.minimum(d_lo_NF, d_hi_NF, out=d_lo_NF)
-    open_any_NF = d_max_NF > 0
-    return open_any_NF | ((d_min_NF < half_width) & (d_max_NF > -half_width)), open_any_NF
+    open_NF = d_max_NF > 0
+    active_NF = open_NF | ((d_min_NF < half_width) & (d_max_NF > -half_width))
+    n_open, n_active = host_ints(open_NF.sum(), active_NF.sum())
+    return ActiveEntries(active_NF, open_NF, n_open, n_active - n_open)
 
 
 def sparse_gated_decode(
@@ -333,21 +392,21 @@ def sparse_gated_decode(
     W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
     threshold_F: Float[torch.Tensor, " d_sae"],
     norms_FS: Float[torch.Tensor, "d_sae n_snapshots"],
-    active: tuple[torch.Tensor, torch.Tensor],
+    entries: ActiveEntries,
     gate: tuple[float, float],
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The JumpReLU step's ``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)``
-    from the active entries (``active``: :func:`active_entries`): those open at some
+    from the active ``entries`` (:func:`active_entries`): those open at some
     snapshot gated, scored and decoded at every snapshot, those shut at every snapshot
     but inside the window at some left to :class:`ShutWindow`; for differentiable norms
     ``norms_FS`` in the training space and ``gate = (bandwidth, tanh_scale)``; the values
     and gradients of :func:`crosslens.crosscoders.jumprelu_kernels.snapshot_gated_decode`.
     Gate, scores and values are computed in float32 whatever the autocast dtype of h."""
-    active_NF, open_any_NF = active
     bandwidth, tanh_scale = gate
     backend = backend or sparse_backend(h_NF.device)
-    pairs = ActivePairs.from_mask(open_any_NF)
+    open_any_NF = entries.open_NF
+    pairs = ActivePairs.from_mask(open_any_NF, entries.n_open)
     N, F_ = h_NF.shape
     if h_NF.T.is_contiguous():  # feature-major (CrosscoderMixin.hidden_pre): a view either way
         h_flat, flat_A = h_NF.T.reshape(-1), pairs.feature_A * N + pairs.token_A
@@ -359,13 +418,14 @@ def sparse_gated_decode(
     f_AS = JumpGate.apply(h_A, norms_AS.detach(), t_A, bandwidth)
     score_A = torch.tanh(f_AS * norms_AS * tanh_scale).sum(dim=1)
     score_sum_F = score_A.new_zeros(F_).index_add(0, pairs.feature_A, score_A)
-    recon_NSD = gather_decode(W_dec_FSD, f_AS, pairs, backend)
+    read_FSD = autocast_copy(W_dec_FSD, entries.n_open)
+    recon_NSD = gather_decode(W_dec_FSD, f_AS, pairs, backend, read_FSD)
     with torch.no_grad():
         shared_NF = h_NF * open_any_NF
-        window_NF = active_NF & ~open_any_NF
-    if threshold_F.requires_grad and bool(window_NF.any()):
+    if threshold_F.requires_grad and entries.n_window:
+        window = (entries.window_NF(), entries.n_window)
         recon_NSD, score_sum_F = ShutWindow.apply(
             recon_NSD, score_sum_F, threshold_F,
-            h_NF.detach(), W_dec_FSD.detach(), norms_FS.detach(), window_NF, gate, backend,
+            h_NF.detach(), (W_dec_FSD.detach(), read_FSD), norms_FS.detach(), window, gate, backend,
         )  # fmt: skip
     return recon_NSD, score_sum_F.to(h_NF.dtype), open_any_NF, shared_NF

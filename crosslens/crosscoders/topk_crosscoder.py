@@ -44,7 +44,7 @@ from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainSte
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
 from crosslens.crosscoders.active_pairs import ActivePairs
-from crosslens.crosscoders.sparse_kernels import gather_decode, sparse_backend
+from crosslens.crosscoders.sparse_kernels import autocast_copy, gather_decode, sparse_backend
 from crosslens.architectures import DEFAULT_K, TOPK_L1
 
 ARCHITECTURE = "topk_crosscoder"
@@ -139,10 +139,13 @@ class TopKTrainingCrosscoder(
         return {"l1": TrainCoefficientConfig(value=self.cfg.l1_coefficient, warm_up_steps=self.cfg.l1_warm_up_steps)}
 
     def decode_active(
-        self, indices: torch.Tensor, values: torch.Tensor, *, offsets: torch.Tensor | None = None, add_bias: bool = True
-    ) -> torch.Tensor:
+        self, indices: torch.Tensor, values: torch.Tensor, *, offsets: torch.Tensor | None = None,
+        add_bias: bool = True, read: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """:meth:`CrosscoderMixin.decode_active` through the gather-sum kernels where they
-        are Triton's (CUDA), else through ``embedding_bag``; the same sums."""
+        are Triton's (CUDA), else through ``embedding_bag``; the same sums. ``read``: the
+        step's :func:`~crosslens.crosscoders.sparse_kernels.autocast_copy` of ``W_dec``, whose
+        rows the kernels read under autocast."""
         backend = sparse_backend(self.W_dec.device)
         if backend == "eager":
             return super().decode_active(indices, values, offsets=offsets, add_bias=add_bias)
@@ -151,10 +154,19 @@ class TopKTrainingCrosscoder(
             pairs = ActivePairs.from_rows(indices, F_)
         else:
             pairs = ActivePairs.from_offsets(indices, offsets, F_)
-        out = gather_decode(self.W_dec.reshape(F_, 1, S * D), values.reshape(-1, 1), pairs, backend)
+        read = None if read is None else read.reshape(F_, 1, S * D)
+        out = gather_decode(self.W_dec.reshape(F_, 1, S * D), values.reshape(-1, 1), pairs, backend, read)
         if add_bias:
             out = out + self.b_dec.reshape(S * D)
         return out.reshape(-1, S, D)
+
+    def decoder_rows_to_read(self, n_pairs: int) -> torch.Tensor | None:
+        """The step's rounded copy of ``W_dec`` under autocast for ``n_pairs`` pairs, where the
+        pairs' kernels decode (:func:`~crosslens.crosscoders.sparse_kernels.autocast_copy`;
+        ``embedding_bag`` reads the decoder's own dtype); None elsewhere."""
+        if sparse_backend(self.W_dec.device) == "eager":
+            return None
+        return autocast_copy(self.W_dec, n_pairs)
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD)
@@ -176,7 +188,9 @@ class TopKTrainingCrosscoder(
 
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
         if self.uses_sparse_decode:
-            return self.decode_active(fwd.extras["idx_NK"], fwd.extras["vals_NK"])
+            n_pairs = fwd.extras["idx_NK"].numel()
+            fwd.extras["W_read"] = self.decoder_rows_to_read(n_pairs)  # for the auxiliary decode too
+            return self.decode_active(fwd.extras["idx_NK"], fwd.extras["vals_NK"], read=fwd.extras["W_read"])
         return self.decode_dense(fwd.feature_acts_NF)
 
     def _sparsity_losses(
@@ -210,6 +224,7 @@ class TopKTrainingCrosscoder(
             # ascending feature order: the gathered sum is then the same whatever order
             # topk returned, which keeps training bit-reproducible across resumes
             idx_NK = scores_NF.topk(aux_k, dim=-1, sorted=False).indices.sort(dim=-1).values
-        aux_recon_NSD = self.decode_active(idx_NK, h_NF.gather(-1, idx_NK), add_bias=False)
+        aux_values_NK = h_NF.gather(-1, idx_NK)
+        aux_recon_NSD = self.decode_active(idx_NK, aux_values_NK, add_bias=False, read=fwd.extras.get("W_read"))
         aux_loss = self.collectives.token_mean((aux_recon_NSD - residual_NSD).pow(2).sum(dim=(-2, -1)))
         return self.cfg.aux_loss_coefficient * scale * aux_loss

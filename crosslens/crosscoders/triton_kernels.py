@@ -96,9 +96,10 @@ def _gather(
 
 
 def decode(W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
-    """``[N, G, D]``: each token's rows ``W[i]`` weighted by its pairs' values."""
+    """``[N, G, D]`` in the values' dtype: each token's rows ``W[i]`` weighted by its pairs'
+    values."""
     out = _gather(pairs.n_tokens, W_FGD, values_AG, None, pairs.feature_A, pairs.token_starts())
-    return out.to(W_FGD.dtype)
+    return out.to(values_AG.dtype)
 
 
 def weight_grad(grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
@@ -109,7 +110,7 @@ def weight_grad(grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePa
 
 
 def values_grad(grad_NGD: torch.Tensor, W_FGD: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
-    """``[A, G]``: ``<grad_out[n, g], W[i, g]>`` for every pair."""
+    """``[A, G]`` in the gradient's dtype: ``<grad_out[n, g], W[i, g]>`` for every pair."""
     _, G, D = W_FGD.shape
     n_pairs = pairs.feature_A.shape[0]
     out = torch.empty(n_pairs, G, dtype=torch.float32, device=W_FGD.device)
@@ -118,7 +119,7 @@ def values_grad(grad_NGD: torch.Tensor, W_FGD: torch.Tensor, pairs: ActivePairs)
             out, grad_NGD, W_FGD, pairs.token_A, pairs.feature_A, n_pairs, G * D, D, G,
             PAIRS=PAIR_BLOCK, BLOCK=PAIR_COLUMNS,
         )  # fmt: skip
-    return out.to(W_FGD.dtype)
+    return out.to(grad_NGD.dtype)
 
 
 WINDOW_BLOCKS = {"BLOCK_N": 64, "BLOCK_F": 64, "BLOCK_K": 64}

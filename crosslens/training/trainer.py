@@ -249,7 +249,8 @@ class CrosscoderTrainer:
             n_batch = self.collectives.global_batch(n_local)
             fired_F = row_counts((output.feature_acts != 0).T)  # tokens each feature fired on
             self.tokens_since_fired += n_batch
-            self.tokens_since_fired[self.collectives.data_any(fired_F > 0)] = 0
+            # masked_fill_, not [mask] = 0: a boolean index lists the mask's entries, a device sync
+            self.tokens_since_fired.masked_fill_(self.collectives.data_any(fired_F > 0), 0)
             self.window_fire_counts += self.collectives.data_sum(fired_F)
             self.window_tokens += n_batch
             self.last_l0 = fired_F.sum() / n_local  # a tensor: no device sync per step
