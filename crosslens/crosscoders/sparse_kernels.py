@@ -21,6 +21,11 @@ float additions.
 
 :func:`sparse_gated_decode` is the JumpReLU crosscoder's gate, tanh scores and decode
 built on them; the TopK crosscoders call :func:`gather_decode` directly.
+
+A step reads from the device only the counts it cannot do without (on a GPU each read waits
+for the queue to drain, and a streamed run's forward overlaps the step only between reads):
+the JumpReLU step reads its open and window counts together (:func:`active_entries`) and
+lists its pairs to those sizes; the TopK steps know theirs from ``k``.
 """
 
 from __future__ import annotations
@@ -268,7 +273,8 @@ class ShutWindow(torch.autograd.Function):
         h_NF: torch.Tensor, decoder: tuple[torch.Tensor, torch.Tensor | None], norms_FS: torch.Tensor,
         window: tuple[torch.Tensor, int], gate: tuple[float, float], backend: str,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        (W_dec_FSD, read_FSD), window_NF, n_window = decoder, *window
+        W_dec_FSD, read_FSD = decoder
+        window_NF, n_window = window
         (N, F_), S = h_NF.shape, W_dec_FSD.shape[1]
         ctx.gate, ctx.backend, ctx.n_features = gate, backend, F_
         if WINDOW_KERNEL and backend == "triton":
