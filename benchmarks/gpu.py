@@ -32,12 +32,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 
 import torch
 
 import crosslens.crosscoders as cc
+from crosslens.core.devices import counted_cuda_syncs
 from crosslens.crosscoders import sparse_kernels
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.memory import OPTIMIZER_STATES, parameter_counts, step_peak_bytes
@@ -201,20 +201,12 @@ def step_row(
 
 
 def syncs_per_step(fn: Callable[[], None], device: str) -> str:
-    """How often one call of ``fn`` waits for the GPU (``torch.cuda.set_sync_debug_mode``'s
-    warnings, counted): each wait drains the queue, so the prefetching thread of a streamed
-    run overlaps the step only between them."""
+    """How often one call of ``fn`` waits for the GPU (:func:`counted_cuda_syncs`)."""
     if not device.startswith("cuda"):
         return ""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    n = sum("synchroniz" in str(w.message) for w in caught)
-    return f"  {n} sync{'s' if n != 1 else ''}/step"
+    with counted_cuda_syncs() as syncs:
+        fn()
+    return f"  {len(syncs)} sync{'s' if len(syncs) != 1 else ''}/step"
 
 
 def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 3) -> None:

@@ -5,13 +5,12 @@ On a CPU nothing waits, so a test there cannot time a sync; it can see which ope
 step dispatches. :class:`HostReads` records each operation that on CUDA copies device data to
 the host before it returns (``aten.nonzero``, a boolean index, ``bincount``, ``.item()``...),
 and :func:`crosslens.core.tensors.host_ints`, the package's one deliberate read, is counted
-by wrapping it where a module imported it. On CUDA, ``torch.cuda.set_sync_debug_mode`` counts
-the syncs themselves (:func:`cuda_syncs`).
+by wrapping it where a module imported it. On CUDA,
+:func:`crosslens.core.devices.counted_cuda_syncs` counts the syncs themselves.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -69,18 +68,3 @@ def counted(module: Any, name: str, calls: Counter[str]) -> Iterator[None]:
         yield
     finally:
         setattr(module, name, original)
-
-
-@contextmanager
-def cuda_syncs() -> Iterator[list[str]]:
-    """The CUDA synchronisations inside the block, one message each."""
-    messages: list[str] = []
-    previous = torch.cuda.get_sync_debug_mode()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            yield messages
-        finally:
-            torch.cuda.set_sync_debug_mode(previous)
-    messages.extend(str(w.message) for w in caught if "synchroniz" in str(w.message))

@@ -22,11 +22,12 @@ import torch
 from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
+from crosslens.core.devices import counted_cuda_syncs
 from crosslens.crosscoders import jumprelu_kernels, sparse_kernels
 from crosslens.crosscoders.active_pairs import ActivePairs, run_starts
 from crosslens.crosscoders.sparse_kernels import gather_decode
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
-from host_reads import HostReads, counted, cuda_syncs
+from host_reads import HostReads, counted
 
 ROOT = Path(__file__).resolve().parents[1]
 S, D, F, B, STEPS = 3, 8, 64, 32, 20
@@ -457,7 +458,7 @@ def test_the_jumprelu_step_from_pairs_syncs_once_on_cuda(monkeypatch):
     )  # fmt: skip
     sae.training_forward_pass(step_input).loss.backward()  # compiles the kernels first
     torch.cuda.synchronize()
-    with cuda_syncs() as syncs:
+    with counted_cuda_syncs() as syncs:
         sae.training_forward_pass(step_input).loss.backward()
     assert len(syncs) == (1 if HAS_TRITON else 2), syncs
 

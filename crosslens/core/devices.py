@@ -5,7 +5,8 @@ Every stage takes ``device=`` and ``dtype=``; this module is where a user's word
 names the fix when the request cannot be met on this machine. One table of spellings
 (:data:`DTYPE_ALIASES`) and one of sizes (:data:`DTYPE_BYTES`) serve every stage that
 names a dtype. The memory side: peak-memory counters, byte formatting, and
-:func:`release_model`, the one way a stage frees a model it is done with.
+:func:`release_model`, the one way a stage frees a model it is done with; and
+:func:`counted_cuda_syncs`, how often a step waits for the GPU.
 
 Dtype semantics across crosslens: ``dtype`` is what the *snapshot models* run in
 (harvesting, streaming, attribution; bfloat16/float16 halve their memory). Crosscoder
@@ -17,7 +18,10 @@ and ``crosslens plan`` (which only needs dtype names and byte formatting) stay i
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -184,6 +188,24 @@ def peak_memory(device: str | torch.device) -> int | None:
     if device.type == "mps" and _mps_available():
         return int(torch.mps.driver_allocated_memory())
     return None
+
+
+@contextlib.contextmanager
+def counted_cuda_syncs() -> Iterator[list[str]]:
+    """The CUDA synchronisations inside the block, one message each (from
+    ``torch.cuda.set_sync_debug_mode("warn")``). Each drains the device's queue, so work on
+    another stream (a streamed run's prefetched forward) overlaps only between them."""
+    import torch
+    messages: list[str] = []
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield messages
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    messages.extend(str(w.message) for w in caught if "synchroniz" in str(w.message))
 
 
 def available_memory(device: str | torch.device = "cpu") -> int | None:
