@@ -181,9 +181,7 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
         if not self.uses_sparse_decode:
             return self.decode_dense(fwd.feature_acts_NF)
         offsets_N = run_starts(fwd.extras["rows"], fwd.hidden_pre_NF.shape[0])[:-1]  # rows ascend
-        cols = fwd.extras["cols"]
-        fwd.extras["W_read"] = self.decoder_rows_to_read(cols.numel())  # for the auxiliary decode too
-        return self.decode_active(cols, fwd.extras["vals"], offsets=offsets_N, read=fwd.extras["W_read"])
+        return self.decode_kept(fwd, fwd.extras["cols"], fwd.extras["vals"], offsets_N)
 
     def kept_l1_per_token(self, fwd: CrosscoderPass) -> torch.Tensor:
         rows, cols, vals = fwd.extras["rows"], fwd.extras["cols"], fwd.extras["vals"]

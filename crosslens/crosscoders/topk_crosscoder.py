@@ -160,13 +160,16 @@ class TopKTrainingCrosscoder(
             out = out + self.b_dec.reshape(S * D)
         return out.reshape(-1, S, D)
 
-    def decoder_rows_to_read(self, n_pairs: int) -> torch.Tensor | None:
-        """The step's rounded copy of ``W_dec`` under autocast for ``n_pairs`` pairs, where the
-        pairs' kernels decode (:func:`~crosslens.crosscoders.sparse_kernels.autocast_copy`;
-        ``embedding_bag`` reads the decoder's own dtype); None elsewhere."""
-        if sparse_backend(self.W_dec.device) == "eager":
-            return None
-        return autocast_copy(self.W_dec, n_pairs)
+    def decode_kept(
+        self, fwd: CrosscoderPass, indices: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The step's sparse decode of its kept pairs (:meth:`decode_active`). Where the pairs'
+        kernels decode under autocast it reads a rounded copy of ``W_dec``
+        (:func:`~crosslens.crosscoders.sparse_kernels.autocast_copy`; ``embedding_bag`` reads the
+        decoder's own dtype), kept in ``fwd.extras`` for the auxiliary decode."""
+        eager = sparse_backend(self.W_dec.device) == "eager"
+        fwd.extras["W_read"] = None if eager else autocast_copy(self.W_dec, indices.numel())
+        return self.decode_active(indices, values, offsets=offsets, read=fwd.extras["W_read"])
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD)
@@ -188,9 +191,7 @@ class TopKTrainingCrosscoder(
 
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
         if self.uses_sparse_decode:
-            n_pairs = fwd.extras["idx_NK"].numel()
-            fwd.extras["W_read"] = self.decoder_rows_to_read(n_pairs)  # for the auxiliary decode too
-            return self.decode_active(fwd.extras["idx_NK"], fwd.extras["vals_NK"], read=fwd.extras["W_read"])
+            return self.decode_kept(fwd, fwd.extras["idx_NK"], fwd.extras["vals_NK"])
         return self.decode_dense(fwd.feature_acts_NF)
 
     def _sparsity_losses(
