@@ -65,4 +65,4 @@ def host_ints(*scalars: torch.Tensor) -> list[int]:
     """The values of integer scalar tensors as Python ints, read in one copy: on a GPU each
     read waits for every kernel queued before it, so a step that needs several counts (to
     size what it gathers) reads them together."""
-    return [int(v) for v in torch.stack(scalars).tolist()]
+    return torch.stack(scalars).tolist()
