@@ -23,6 +23,7 @@ from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
 from crosslens.core.devices import counted_cuda_syncs
+from crosslens.core.tensors import row_norms
 from crosslens.crosscoders import jumprelu_kernels, sparse_kernels
 from crosslens.crosscoders.active_pairs import ActivePairs, run_starts
 from crosslens.crosscoders.sparse_kernels import gather_decode
@@ -135,14 +136,74 @@ def check_rounded_copy(backend: str, device: str) -> None:
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=name)
 
 
+def check_rounded_gradient(backend: str, device: str) -> None:
+    """Decoded under autocast, backward reads the output's gradient rounded to bfloat16: both
+    gradients are those of the rounded gradient, in float32 (the values' and W's dtype)."""
+    pairs, W_FGD, values_AG, grad_NGD = random_pairs(device, S)
+    with torch.autocast(device, torch.bfloat16):
+        out_NGD = gather_decode(W_FGD, values_AG, pairs, backend)
+    grads = torch.autograd.grad(out_NGD, (W_FGD, values_AG), grad_NGD)
+    rounded_NGD = grad_NGD.to(torch.bfloat16).float()
+    assert not torch.equal(rounded_NGD, grad_NGD)  # the rounding is seen
+    want = torch.autograd.grad(gather_decode(W_FGD, values_AG, pairs, backend), (W_FGD, values_AG), rounded_NGD)
+    for got, expected, name in zip(grads, want, ("W", "values")):
+        assert got.dtype == torch.float32, name
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_eager_gather_decode_reads_the_rounded_copy(device):
     check_rounded_copy("eager", device)
+    check_rounded_gradient("eager", device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_triton_gather_decode_reads_the_rounded_copy(device, triton_backend):
     check_rounded_copy(triton_backend, device)
+    check_rounded_gradient(triton_backend, device)
+
+
+def check_decode_and_norms(backend: str, device: str, groups: int) -> None:
+    """The decode's node, given W's norms per snapshot (``[F, S]``, whatever the groups),
+    returns them differentiable: W's one gradient equals the sum of the decode's and the
+    norms' (each row's slice at each snapshot), zero rows included; unused, they add nothing."""
+    pairs, W_FGD, values_AG, grad_NGD = random_pairs(device, groups)
+    with torch.no_grad():
+        W_FGD[7] = 0.0  # a zero row: its norms' gradient is 0, not NaN
+        W_FGD[9, :, : D * S // groups // 2] = 0.0
+    grad_FS = torch.randn(F, S, generator=torch.Generator().manual_seed(3)).to(device)
+    norms_FS = torch.linalg.vector_norm(W_FGD.detach().reshape(F, S, D), dim=-1)
+    out_NGD, got_FS = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, backend)
+    grads = torch.autograd.grad((out_NGD, got_FS), (W_FGD, values_AG), (grad_NGD, grad_FS))
+    want_NGD = gather_decode(W_FGD, values_AG, pairs, backend)
+    want_FS = row_norms(W_FGD.reshape(F, S, D))
+    want = torch.autograd.grad((want_NGD, want_FS), (W_FGD, values_AG), (grad_NGD, grad_FS))
+    assert torch.equal(out_NGD, want_NGD) and torch.equal(got_FS, want_FS) and got_FS.requires_grad
+    for got, expected, name in zip(grads, want, ("W", "values")):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=name)
+    assert grads[0].isfinite().all() and grads[0][7].abs().max() == 0
+    decode_only_NGD = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, backend)[0]
+    alone = torch.autograd.grad(decode_only_NGD, W_FGD, grad_NGD)[0]
+    decode_NGD = gather_decode(W_FGD, values_AG, pairs, backend)
+    assert torch.equal(alone, torch.autograd.grad(decode_NGD, W_FGD, grad_NGD)[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("groups", [1, S])
+def test_eager_gather_decode_and_norms_write_one_gradient(device, groups):
+    check_decode_and_norms("eager", device, groups)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("groups", [1, S])
+def test_triton_gather_decode_and_norms_write_one_gradient(device, groups, triton_backend):
+    check_decode_and_norms(triton_backend, device, groups)
+
+
+def test_gather_decode_and_norms_refuses_norms_that_do_not_split_the_rows():
+    pairs, W_FGD, values_AG, _ = random_pairs("cpu", 1)
+    with pytest.raises(ValueError, match="do not split the rows of W"):
+        sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, torch.ones(F, 5))
 
 
 # ---------------------------------------------------------------- the whole step
@@ -481,14 +542,64 @@ def test_topk_pairs_under_autocast_read_the_rounded_decoder_once_a_pass(arch, mo
     monkeypatch.setattr(topk_crosscoder, "autocast_copy", copy)
     monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")
     monkeypatch.setattr(sparse_kernels, "_implementation", lambda backend: sparse_kernels._EAGER)
-    _, _, losses, _ = run(make_sae(arch, "cpu"), batches(STEPS, "cpu"), "bfloat16")
+    run(make_sae(arch, "cpu"), batches(STEPS, "cpu"), "bfloat16")
     # the gradient check's pass in float32 (its auxiliary decode too: every fourth feature is
     # dead there), then every step; k 4 for 32 tokens is 128 pairs, twice the 64 rows
     assert copies == [None] + [torch.bfloat16] * STEPS
+    # the curves without the auxiliary loss, whose dead-feature count jumps by whole features
+    # at bfloat16's rounding differences
+    _, _, losses, _ = run(make_sae(arch, "cpu", aux_loss_coefficient=0.0), batches(STEPS, "cpu"), "bfloat16")
     monkeypatch.setattr(sparse_kernels, "BACKEND", "eager")
-    _, _, dense_losses, _ = run(make_sae(arch, "cpu", sparse_decode=False), batches(STEPS, "cpu"), "bfloat16")
+    dense = make_sae(arch, "cpu", sparse_decode=False, aux_loss_coefficient=0.0)
+    _, _, dense_losses, _ = run(dense, batches(STEPS, "cpu"), "bfloat16")
     assert losses == pytest.approx(dense_losses, rel=5e-3)
     with torch.autocast("cpu", torch.bfloat16):
         W = torch.ones(F, 2)
         assert original(W, 2 * F - 1) is None and original(W, 2 * F).dtype == torch.bfloat16
     assert original(W, 10 * F) is None  # no autocast
+
+
+# ---------------------------------------------------------------- one pass for W_dec's gradient
+def nodes_into(loss: torch.Tensor, param: torch.Tensor) -> list[str]:
+    """The graph's nodes that send a gradient to ``param``: two or more mean autograd writes
+    one tensor of param's size for each and adds them up."""
+    senders, seen, todo = [], set(), [loss.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is not None and getattr(child, "variable", None) is param:
+                senders.append(node.name())
+            todo.append(child)
+    return senders
+
+
+def step_loss(sae, x_BSD: torch.Tensor) -> torch.Tensor:
+    step_input = TrainStepInput(
+        sae_in=x_BSD, coefficients=sae_coefficients(sae), dead_neuron_mask=None,
+        n_training_steps=0, is_logging_step=False,
+    )  # fmt: skip
+    return sae.training_forward_pass(step_input).loss
+
+
+@pytest.mark.parametrize("arch", ["jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"])
+def test_the_sparse_steps_write_the_decoders_gradient_once(arch, monkeypatch):
+    """The step from pairs differentiates the decoder norms in its decode's node, so W_dec's
+    gradient (the pairs' sums and the norms' part) is written once (TopK's decode views W_dec
+    as one group). TopK's decode through ``embedding_bag`` (a CPU's) and the norms are two
+    nodes, whose gradients autograd adds, as are its dense decode and the norms."""
+    x_BSD = batches(1, "cpu")[0]
+    if arch == "jumprelu_crosscoder":
+        sparse = make_sae(arch, "cpu", l0_coefficient=0.3, sparse_step=True)
+        set_trained_sparsity(sparse, x_BSD)
+        assert nodes_into(step_loss(sparse, x_BSD), sparse.W_dec) == ["SparseDecodeBackward"]
+        return
+    for kw in ({}, {"sparse_decode": False}):  # embedding_bag, the dense decode: each through a view of W_dec
+        sae = make_sae(arch, "cpu", **kw)
+        assert sorted(nodes_into(step_loss(sae, x_BSD), sae.W_dec)) == ["ViewBackward0", "_RowNormsBackward"]
+    monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")  # the pairs' path, with the eager sums
+    monkeypatch.setattr(sparse_kernels, "_implementation", lambda backend: sparse_kernels._EAGER)
+    pairs = make_sae(arch, "cpu")
+    assert nodes_into(step_loss(pairs, x_BSD), pairs.W_dec) == ["ViewBackward0"]

@@ -3,7 +3,8 @@
 - :func:`row_counts`: how many entries of a bool mask are set, per row, fast on a CPU.
 - :func:`one_vs_all_share`: each entry's share of its row's total magnitude (RelIE, RelDec).
 - :func:`row_norms`: Euclidean norms along the last dimension with a one-pass gradient (the
-  decoder norms every crosscoder's sparsity term differentiates).
+  decoder norms every crosscoder's sparsity term differentiates), and
+  :func:`norm_gradient_scale`, what that gradient multiplies each row by.
 - :func:`host_ints`: integer scalars read to the host together, with one wait for the device.
 """
 
@@ -37,6 +38,12 @@ def one_vs_all_share(values: torch.Tensor) -> torch.Tensor:
     return share.to(values.dtype if values.is_floating_point() else torch.float32)
 
 
+def norm_gradient_scale(grad: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """``grad / norm``, 0 where a norm is 0: the gradient of a loss through the norms of
+    the rows of ``x`` is each row times this."""
+    return torch.where(norms > 0, grad / norms, 0.0)
+
+
 class _RowNorms(torch.autograd.Function):
     """``||x[..., :]||`` whose backward is one pass over ``x``: ``x * (grad / norm)``
     (zero where a row is zero). Autograd's own norm backward makes four passes over
@@ -44,21 +51,23 @@ class _RowNorms(torch.autograd.Function):
     decoder at Ge et al.'s shape is 2.4 GB each in float32."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        norms = torch.linalg.vector_norm(x, dim=-1)
+    def forward(ctx: Any, x: torch.Tensor, known: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+        norms = torch.linalg.vector_norm(x, dim=-1) if known is None else known.clone()
         ctx.save_for_backward(x, norms)
         return norms
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         x, norms = ctx.saved_tensors
-        scale = torch.where(norms > 0, grad / norms, 0.0).to(x.dtype)
-        return x * scale[..., None]
+        return x * norm_gradient_scale(grad, norms).to(x.dtype)[..., None], None
 
 
-def row_norms(x: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, "..."]:
-    """Euclidean norms along the last dimension, differentiable with a one-pass gradient."""
-    return _RowNorms.apply(x)
+def row_norms(
+    x: Float[torch.Tensor, "... d"], known: Float[torch.Tensor, "..."] | None = None
+) -> Float[torch.Tensor, "..."]:
+    """Euclidean norms along the last dimension, differentiable with a one-pass gradient;
+    ``known``: those norms, computed already without gradient (then not computed again)."""
+    return _RowNorms.apply(x, known)
 
 
 def host_ints(*scalars: torch.Tensor) -> list[int]:

@@ -316,13 +316,16 @@ class CrosscoderMixin:
         return self.run_time_activation_norm_fn_out(recon)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------ decoder norms
-    def snapshot_norms(self) -> Float[torch.Tensor, "d_sae n_snapshots"]:
-        """Differentiable decoder norms in the normalised (training) space."""
-        return row_norms(self.W_dec) * self.folded_norm_factors
+    def snapshot_norms(self, raw_FS: torch.Tensor | None = None) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+        """Differentiable decoder norms in the normalised (training) space; ``raw_FS``:
+        ``||W_dec[i, s]||`` as a step has them already (then what it gives, differentiable
+        or not)."""
+        return (row_norms(self.W_dec) if raw_FS is None else raw_FS) * self.folded_norm_factors
 
-    def snapshot_norm_sums(self) -> Float[torch.Tensor, " d_sae"]:
-        """Differentiable ``sum_s ||W_dec[i, s]||`` over every snapshot (normalised space)."""
-        return self.collectives.snapshot_sum(self.snapshot_norms().sum(dim=1))
+    def snapshot_norm_sums(self, raw_FS: torch.Tensor | None = None) -> Float[torch.Tensor, " d_sae"]:
+        """Differentiable ``sum_s ||W_dec[i, s]||`` over every snapshot (normalised space),
+        from ``raw_FS`` where given (:meth:`snapshot_norms`)."""
+        return self.collectives.snapshot_sum(self.snapshot_norms(raw_FS).sum(dim=1))
 
     @torch.no_grad()
     def decoder_norms(self) -> Float[torch.Tensor, "d_sae n_snapshots"]:

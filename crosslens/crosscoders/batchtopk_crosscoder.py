@@ -120,7 +120,7 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD)
-        norm_sums_F = self.snapshot_norm_sums()  # one pass over W_dec for selection, L1 and aux-k
+        raw_FS, norm_sums_F = self.step_norms()
         scores_NF = self.selection_scores(h_NF, norm_sums_F)
         # sorted flat indices run row by row, as embedding_bag's offsets need
         flat_idx = self._batch_top_indices(scores_NF).sort().values
@@ -132,7 +132,10 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
             x_NSD=x_NSD,
             hidden_pre_NF=h_NF,
             feature_acts_NF=self.hook_sae_acts_post(f_NF),
-            extras={"rows": rows, "cols": cols, "vals": vals, "kept_scores": kept_scores, "norm_sums_F": norm_sums_F},
+            extras={
+                "rows": rows, "cols": cols, "vals": vals, "kept_scores": kept_scores,
+                "raw_norms_FS": raw_FS, "norm_sums_F": norm_sums_F,
+            },  # fmt: skip
         )
 
     @torch.no_grad()

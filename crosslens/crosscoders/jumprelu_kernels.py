@@ -571,26 +571,25 @@ def snapshot_gated_decode(
     updates do not follow); else the per-snapshot :class:`SnapshotGateAndScore` and a
     batched matmul.
     """
-    raw_FS = None  # the differentiable decoder norms, once computed (one pass over W_dec)
+    raw_FS = None  # the decoder norms without gradient, once computed (one pass over W_dec)
     if sparse or (sparse is None and h_NF.device.type == "cuda"):
-        raw_FS = row_norms(W_dec_FSD)
-        norms_FS = raw_FS * norm_factors_S
         with torch.no_grad():
-            entries = active_entries(h_NF.detach(), norms_FS.detach(), threshold_F.detach(), bandwidth / 2)
+            raw_FS = torch.linalg.vector_norm(W_dec_FSD, dim=-1)
+            entries = active_entries(h_NF.detach(), raw_FS * norm_factors_S, threshold_F.detach(), bandwidth / 2)
         if sparse or sparse_step_pays(entries):
             gate = (bandwidth, tanh_scale)
-            return sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms_FS, entries, gate)
+            return sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, (raw_FS, norm_factors_S), entries, gate)
     classes = None
     if not torch.is_autocast_enabled(h_NF.device.type):
         with torch.no_grad():
-            raw_norms_FS = W_dec_FSD.norm(dim=-1) if raw_FS is None else raw_FS.detach()
+            raw_norms_FS = W_dec_FSD.norm(dim=-1) if raw_FS is None else raw_FS
             norms_FS = raw_norms_FS * norm_factors_S
             classes = EntryClasses(h_NF, norms_FS, threshold_F, bandwidth / 2)
     if classes is not None and classes.sparse_ok:
         return SnapshotGatedDecode.apply(
             h_NF, W_dec_FSD, threshold_F, norms_FS, raw_norms_FS, norm_factors_S, classes, bandwidth, tanh_scale
         )
-    norms_FS = (row_norms(W_dec_FSD) if raw_FS is None else raw_FS) * norm_factors_S
+    norms_FS = row_norms(W_dec_FSD, known=raw_FS) * norm_factors_S
     f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(  # its blocks are token-major
         h_NF.contiguous(), norms_FS, threshold_F, bandwidth=bandwidth, tanh_scale=tanh_scale
     )

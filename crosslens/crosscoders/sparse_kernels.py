@@ -19,8 +19,15 @@ the Triton kernels of :mod:`crosslens.crosscoders.triton_kernels`, chosen on CUD
 triton is installed (it is imported only then). The sums differ only in the order of
 float additions.
 
+Every sparse step's loss also reads the decoder norms ``||W[i, s]||`` (JumpReLU's scores,
+TopK's L1 term), whose gradient to W is ``W * grad_norm / norm``. Autograd would write that
+and the decode's gradient as two W-sized tensors and add them, three passes over W where one
+does: :func:`gather_decode_and_norms` returns the norms (computed by the step without
+gradient) from the decode's own node, whose backward starts each row of W's gradient from the
+norms' part and adds the pairs' sums to it.
+
 :func:`sparse_gated_decode` is the JumpReLU crosscoder's gate, tanh scores and decode
-built on them; the TopK crosscoders call :func:`gather_decode` directly.
+built on them; the TopK crosscoders call :func:`gather_decode_and_norms` directly.
 
 A step reads from the device only the counts it cannot do without (on a GPU each read waits
 for the queue to drain, and a streamed run's forward overlaps the step only between reads):
@@ -38,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
 
-from crosslens.core.tensors import host_ints
+from crosslens.core.tensors import host_ints, norm_gradient_scale
 from crosslens.crosscoders.active_pairs import ActivePairs
 from crosslens.crosscoders.jumprelu_ops import threshold_gradient
 
@@ -64,6 +71,12 @@ def _chunks(n_pairs: int, row_elements: int) -> list[slice]:
     return [slice(a, a + step) for a in range(0, n_pairs, step)]
 
 
+NormTerm = tuple[torch.Tensor, torch.Tensor]
+"""``(W_FGD, scale_FR)``: the gradient of a loss through the norms of W's rows viewed ``[F, R,
+G * D / R]`` is ``W * scale`` (:func:`~crosslens.core.tensors.norm_gradient_scale`), each
+``scale[i, r]`` applied to row ``i``'s ``r``-th slice."""
+
+
 def eager_decode(W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
     """``out [N, G, D]`` in the values' dtype: the gather-sum, through ``embedding_bag`` for
     one group."""
@@ -82,8 +95,12 @@ def eager_decode(W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePair
     return out_NGD
 
 
-def eager_values_grad(grad_NGD: torch.Tensor, W_FGD: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
-    """``[A, G]`` in the gradient's dtype: ``<grad_out[n, g], W[i, g]>`` for every pair."""
+def eager_values_grad(
+    grad_NGD: torch.Tensor, W_FGD: torch.Tensor, pairs: ActivePairs, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """``[A, G]``: ``<grad_out[n, g], W[i, g]>`` for every pair, in ``dtype`` (the gradient's
+    by default; a wider one widens both factors first)."""
+    grad_NGD = grad_NGD.to(dtype or grad_NGD.dtype)
     out_AG = grad_NGD.new_empty(pairs.feature_A.shape[0], W_FGD.shape[1])
     for chunk in _chunks(out_AG.shape[0], W_FGD.shape[1] * W_FGD.shape[2]):
         out_AG[chunk] = torch.linalg.vecdot(
@@ -93,10 +110,22 @@ def eager_values_grad(grad_NGD: torch.Tensor, W_FGD: torch.Tensor, pairs: Active
     return out_AG
 
 
-def eager_weight_grad(grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
-    """``[F, G, D]``: the sparse-transpose-dense matmul, ``sum over pairs v * grad_out[n]``."""
+def eager_weight_grad(
+    grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, norm_term: NormTerm | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """``[F, G, D]``: the sparse-transpose-dense matmul, ``sum over pairs v * grad_out[n]``,
+    added to the norms' gradient ``norm_term`` where it is given, in ``dtype`` (the
+    gradient's by default)."""
+    grad_NGD = grad_NGD.to(dtype or grad_NGD.dtype)
     G, D = grad_NGD.shape[1:]
-    grad_FGD = grad_NGD.new_zeros(pairs.n_features, G, D)
+    if norm_term is None:
+        grad_FGD = grad_NGD.new_zeros(pairs.n_features, G, D)
+    else:
+        W_FGD, scale_FR = norm_term
+        R = scale_FR.shape[1]
+        grad_FGD = (W_FGD.view(pairs.n_features, R, -1) * scale_FR.to(W_FGD.dtype)[..., None]).view(-1, G, D)
+        grad_FGD = grad_FGD.to(grad_NGD.dtype)
     for chunk in _chunks(values_AG.shape[0], G * D):
         rows_cGD = grad_NGD.index_select(0, pairs.token_A[chunk]) * values_AG[chunk, :, None]
         grad_FGD.index_add_(0, pairs.feature_A[chunk], rows_cGD)
@@ -124,26 +153,44 @@ class SparseDecode(torch.autograd.Function):
     """``out[n, g] = sum over pairs (n, i) of v[pair, g] * W[i, g]`` and its gradients to
     ``W [F, G, D]`` and ``v [A, G]`` (both in W's dtype, which the values have), by the chosen
     implementation; the rows are read from ``read_FGD`` where it is given (W rounded to a
-    narrower dtype), with the sums in the values' dtype."""
+    narrower dtype), with the sums in the values' dtype, and under autocast backward reads the
+    output's gradient rounded to the autocast dtype (half the bytes of every row each pair
+    gathers; a matmul under autocast rounds it the same way). Where ``norms_FR`` is given (the
+    norms of W's rows viewed ``[F, R, G * D / R]``, computed without gradient), they are a
+    second output, differentiable in W through this node, so that W's gradient is one tensor
+    written in one pass: the norms' part ``W * grad_norm / norm`` with the pairs' sums added
+    (:func:`gather_decode_and_norms`)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, backend: str,
-        read_FGD: torch.Tensor | None,
-    ) -> torch.Tensor:  # fmt: skip
+        read_FGD: torch.Tensor | None, norms_FR: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        ctx.set_materialize_grads(False)
+        kind = W_FGD.device.type
+        ctx.grad_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else values_AG.dtype
         ops = _implementation(backend)
         read_FGD = W_FGD if read_FGD is None else read_FGD
-        ctx.save_for_backward(read_FGD, values_AG)
+        ctx.save_for_backward(read_FGD, values_AG, W_FGD, norms_FR)
         ctx.pairs, ctx.ops = pairs, ops
-        return ops.decode(read_FGD, values_AG, pairs)
+        return ops.decode(read_FGD, values_AG, pairs), None if norms_FR is None else norms_FR.clone()
 
     @staticmethod
-    def backward(ctx: Any, grad_NGD: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        read_FGD, values_AG = ctx.saved_tensors
-        grad_NGD = grad_NGD.to(values_AG.dtype).contiguous()
-        grad_W = ctx.ops.weight_grad(grad_NGD, values_AG, ctx.pairs) if ctx.needs_input_grad[0] else None
-        grad_v = ctx.ops.values_grad(grad_NGD, read_FGD, ctx.pairs) if ctx.needs_input_grad[1] else None
-        return grad_W, grad_v, None, None, None
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_NGD: torch.Tensor | None, grad_norms_FR: torch.Tensor | None
+    ) -> tuple[Any, ...]:
+        read_FGD, values_AG, W_FGD, norms_FR = ctx.saved_tensors
+        if grad_NGD is None:
+            grad_NGD = values_AG.new_zeros(ctx.pairs.n_tokens, *W_FGD.shape[1:])
+        # under autocast the gathered gradient rows are read rounded, as a matmul's would be
+        grad_NGD = grad_NGD.to(ctx.grad_dtype).contiguous()
+        grad_W = grad_v = None
+        if ctx.needs_input_grad[0]:
+            norm_term = None if grad_norms_FR is None else (W_FGD, norm_gradient_scale(grad_norms_FR, norms_FR))
+            grad_W = ctx.ops.weight_grad(grad_NGD, values_AG, ctx.pairs, norm_term, dtype=W_FGD.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_v = ctx.ops.values_grad(grad_NGD, read_FGD, ctx.pairs, dtype=values_AG.dtype)
+        return grad_W, grad_v, None, None, None, None
 
 
 READ_COPY_PAIRS = 2
@@ -177,9 +224,37 @@ def gather_decode(
     in ``W_FGD`` and ``values_AG``; the values are cast to the decoder's dtype. ``read_FGD``:
     ``W_FGD`` rounded to the autocast dtype, whose rows the decode and the values' gradient
     read instead (half the memory traffic; the decoder's gradient is W's, in its dtype)."""
+    return _sparse_decode(W_FGD, values_AG, pairs, backend, read_FGD, None)[0]
+
+
+def gather_decode_and_norms(
+    W_FGD: Float[torch.Tensor, "d_sae groups d"],
+    values_AG: Float[torch.Tensor, "A groups"],
+    pairs: ActivePairs,
+    norms_FR: Float[torch.Tensor, "d_sae parts"],
+    backend: str | None = None,
+    read_FGD: torch.Tensor | None = None,
+) -> tuple[Float[torch.Tensor, "n groups d"], Float[torch.Tensor, "d_sae parts"]]:
+    """:func:`gather_decode` and the norms of W's rows viewed ``[F, R, G * D / R]``, given
+    as ``norms_FR`` (computed without gradient) and returned differentiable in W by the
+    decode's own node: W's gradient from the decode and from the norms is then written in
+    one pass instead of three (the pairs' sums, the norms' gradient, and their sum)."""
+    F_, R = norms_FR.shape
+    if W_FGD.shape[0] != F_ or (W_FGD.shape[1] * W_FGD.shape[2]) % R:
+        shapes = f"norms of shape {tuple(norms_FR.shape)}, W of shape {tuple(W_FGD.shape)}"
+        raise ValueError(f"{shapes}: the norms do not split the rows of W into equal parts")
+    out, norms_FR = _sparse_decode(W_FGD, values_AG, pairs, backend, read_FGD, norms_FR.detach().contiguous())
+    return out, norms_FR
+
+
+def _sparse_decode(
+    W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, backend: str | None,
+    read_FGD: torch.Tensor | None, norms_FR: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     backend = backend or sparse_backend(W_FGD.device)
     read_FGD = None if read_FGD is None else read_FGD.contiguous()
-    return SparseDecode.apply(W_FGD.contiguous(), values_AG.to(W_FGD.dtype).contiguous(), pairs, backend, read_FGD)
+    values_AG = values_AG.to(W_FGD.dtype).contiguous()
+    return SparseDecode.apply(W_FGD.contiguous(), values_AG, pairs, backend, read_FGD, norms_FR)
 
 
 # ----------------------------------------------------------------- the JumpReLU step
@@ -397,7 +472,7 @@ def sparse_gated_decode(
     h_NF: Float[torch.Tensor, "n d_sae"],
     W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
     threshold_F: Float[torch.Tensor, " d_sae"],
-    norms_FS: Float[torch.Tensor, "d_sae n_snapshots"],
+    norms: tuple[Float[torch.Tensor, "d_sae n_snapshots"], Float[torch.Tensor, " n_snapshots"]],
     entries: ActiveEntries,
     gate: tuple[float, float],
     backend: str | None = None,
@@ -405,12 +480,16 @@ def sparse_gated_decode(
     """The JumpReLU step's ``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)``
     from the active ``entries`` (:func:`active_entries`): those open at some
     snapshot gated, scored and decoded at every snapshot, those shut at every snapshot
-    but inside the window at some left to :class:`ShutWindow`; for differentiable norms
-    ``norms_FS`` in the training space and ``gate = (bandwidth, tanh_scale)``; the values
-    and gradients of :func:`crosslens.crosscoders.jumprelu_kernels.snapshot_gated_decode`.
-    Gate, scores and values are computed in float32 whatever the autocast dtype of h."""
+    but inside the window at some left to :class:`ShutWindow`; for ``norms = (raw_FS,
+    norm_factors_S)``, the decoder norms ``||W_dec[i, s]||`` computed without gradient (the
+    decode's node differentiates them, :func:`gather_decode_and_norms`) and the factors to
+    the training space, and ``gate = (bandwidth, tanh_scale)``; the values and gradients of
+    :func:`crosslens.crosscoders.jumprelu_kernels.snapshot_gated_decode`. Gate, scores and
+    values are computed in float32 whatever the autocast dtype of h."""
     bandwidth, tanh_scale = gate
     backend = backend or sparse_backend(h_NF.device)
+    raw_FS, norm_factors_S = norms
+    norms_FS = raw_FS * norm_factors_S
     open_any_NF = entries.open_NF
     pairs = ActivePairs.from_mask(open_any_NF, entries.n_open)
     N, F_ = h_NF.shape
@@ -419,13 +498,13 @@ def sparse_gated_decode(
     else:
         h_flat, flat_A = h_NF.reshape(-1), pairs.token_A * F_ + pairs.feature_A
     h_A = h_flat.index_select(0, flat_A).float()
-    norms_AS = norms_FS.float().index_select(0, pairs.feature_A)
     t_A = threshold_F.float().index_select(0, pairs.feature_A)
-    f_AS = JumpGate.apply(h_A, norms_AS.detach(), t_A, bandwidth)
+    f_AS = JumpGate.apply(h_A, norms_FS.float().index_select(0, pairs.feature_A), t_A, bandwidth)
+    read_FSD = autocast_copy(W_dec_FSD, entries.n_open)
+    recon_NSD, raw_FS = gather_decode_and_norms(W_dec_FSD, f_AS, pairs, raw_FS, backend, read_FSD)
+    norms_AS = (raw_FS * norm_factors_S).float().index_select(0, pairs.feature_A)
     score_A = torch.tanh(f_AS * norms_AS * tanh_scale).sum(dim=1)
     score_sum_F = score_A.new_zeros(F_).index_add(0, pairs.feature_A, score_A)
-    read_FSD = autocast_copy(W_dec_FSD, entries.n_open)
-    recon_NSD = gather_decode(W_dec_FSD, f_AS, pairs, backend, read_FSD)
     with torch.no_grad():
         shared_NF = h_NF * open_any_NF
     if threshold_F.requires_grad and entries.n_window:

@@ -44,7 +44,12 @@ from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainSte
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
 from crosslens.crosscoders.active_pairs import ActivePairs
-from crosslens.crosscoders.sparse_kernels import autocast_copy, gather_decode, sparse_backend
+from crosslens.crosscoders.sparse_kernels import (
+    autocast_copy,
+    gather_decode,
+    gather_decode_and_norms,
+    sparse_backend,
+)
 from crosslens.architectures import DEFAULT_K, TOPK_L1
 
 ARCHITECTURE = "topk_crosscoder"
@@ -150,12 +155,18 @@ class TopKTrainingCrosscoder(
         if backend == "eager":
             return super().decode_active(indices, values, offsets=offsets, add_bias=add_bias)
         S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
-        if offsets is None:
-            pairs = ActivePairs.from_rows(indices, F_)
-        else:
-            pairs = ActivePairs.from_offsets(indices, offsets, F_)
         read = None if read is None else read.reshape(F_, 1, S * D)
+        pairs = self._pairs(indices, offsets)
         out = gather_decode(self.W_dec.reshape(F_, 1, S * D), values.reshape(-1, 1), pairs, backend, read)
+        return self._with_bias(out, add_bias)
+
+    def _pairs(self, indices: torch.Tensor, offsets: torch.Tensor | None) -> ActivePairs:
+        if offsets is None:
+            return ActivePairs.from_rows(indices, self.cfg.d_sae)
+        return ActivePairs.from_offsets(indices, offsets, self.cfg.d_sae)
+
+    def _with_bias(self, out: torch.Tensor, add_bias: bool) -> torch.Tensor:
+        S, D = self.cfg.n_snapshots, self.cfg.d_in
         if add_bias:
             out = out + self.b_dec.reshape(S * D)
         return out.reshape(-1, S, D)
@@ -163,17 +174,43 @@ class TopKTrainingCrosscoder(
     def decode_kept(
         self, fwd: CrosscoderPass, indices: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The step's sparse decode of its kept pairs (:meth:`decode_active`). Where the pairs'
-        kernels decode under autocast it reads a rounded copy of ``W_dec``
-        (:func:`~crosslens.crosscoders.sparse_kernels.autocast_copy`; ``embedding_bag`` reads the
-        decoder's own dtype), kept in ``fwd.extras`` for the auxiliary decode."""
-        eager = sparse_backend(self.W_dec.device) == "eager"
-        fwd.extras["W_read"] = None if eager else autocast_copy(self.W_dec, indices.numel())
-        return self.decode_active(indices, values, offsets=offsets, read=fwd.extras["W_read"])
+        """The step's sparse decode of its kept pairs. Through the pairs' kernels (CUDA), the
+        decode's node also differentiates the decoder norms
+        (:func:`~crosslens.crosscoders.sparse_kernels.gather_decode_and_norms`): the encode took
+        them without gradient (:meth:`step_norms`), and the differentiable sums left in
+        ``fwd.extras["norm_sums_F"]`` are the L1 term's, so that ``W_dec``'s gradient is written
+        in one pass; under autocast they read a rounded copy of ``W_dec``
+        (:func:`~crosslens.crosscoders.sparse_kernels.autocast_copy`), kept in ``fwd.extras``
+        for the auxiliary decode. Through ``embedding_bag`` (a CPU), whose own backward is
+        faster there than the eager sums, the norms stay the encode's."""
+        raw_FS = fwd.extras["raw_norms_FS"]
+        if raw_FS is None:
+            fwd.extras["W_read"] = None
+            return self.decode_active(indices, values, offsets=offsets)
+        S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
+        read = autocast_copy(self.W_dec, indices.numel())
+        fwd.extras["W_read"] = read
+        out, raw_FS = gather_decode_and_norms(
+            self.W_dec.reshape(F_, 1, S * D), values.reshape(-1, 1), self._pairs(indices, offsets), raw_FS,
+            sparse_backend(self.W_dec.device), None if read is None else read.reshape(F_, 1, S * D),
+        )  # fmt: skip
+        fwd.extras["norm_sums_F"] = self.snapshot_norm_sums(raw_FS)
+        return self._with_bias(out, add_bias=True)
+
+    def step_norms(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(raw_norms_FS, norm_sums_F)`` for a training pass, one pass over ``W_dec`` for
+        selection, L1 and aux-k: where the step decodes through the pairs' kernels, the norms
+        without gradient (:meth:`decode_kept` differentiates them); else ``None`` and the
+        differentiable sums."""
+        if not (self.uses_sparse_decode and sparse_backend(self.W_dec.device) != "eager"):
+            return None, self.snapshot_norm_sums()
+        with torch.no_grad():
+            raw_FS = torch.linalg.vector_norm(self.W_dec, dim=-1)
+            return raw_FS, self.snapshot_norm_sums(raw_FS)
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD)
-        norm_sums_F = self.snapshot_norm_sums()  # one pass over W_dec for selection, L1 and aux-k
+        raw_FS, norm_sums_F = self.step_norms()
         idx_NK = self.selection_scores(h_NF, norm_sums_F).topk(self.cfg.k, dim=-1, sorted=False).indices
         idx_NK = idx_NK.sort(dim=-1).values  # canonical order for the sparse decode's sum
         vals_NK = h_NF.gather(-1, idx_NK).relu()  # relu of k values, not of all d_sae
@@ -186,7 +223,7 @@ class TopKTrainingCrosscoder(
             x_NSD=x_NSD,
             hidden_pre_NF=h_NF,
             feature_acts_NF=self.hook_sae_acts_post(f_NF),
-            extras={"idx_NK": idx_NK, "vals_NK": vals_NK, "norm_sums_F": norm_sums_F},
+            extras={"idx_NK": idx_NK, "vals_NK": vals_NK, "raw_norms_FS": raw_FS, "norm_sums_F": norm_sums_F},
         )
 
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:

@@ -10,8 +10,10 @@ of its ``G * D`` columns, ``sum over the pairs listed for r of v[pair, g] * src[
 the pair]``: with the pairs of each token (token-major order) and ``src = W`` it is the
 decode; with the pairs of each feature (the feature order) and ``src = grad_out`` it is
 the decoder's gradient, the sparse-transpose-dense matmul, which writes every row of
-``grad_W`` once (zeros for features without pairs) and needs no atomics. ``_pair_dots``
-gives one dot product per (pair, group): the values' gradient.
+``grad_W`` once (zeros for features without pairs) and needs no atomics; it starts each
+row from the decoder norms' gradient where the step has one, so that W's whole gradient is
+written in that one pass. ``_pair_dots`` gives one dot product per (pair, group): the values'
+gradient.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ PAIR_BLOCK, PAIR_COLUMNS = 16, 128
 
 @triton.jit
 def _gather_rows(
-    out_ptr, src_ptr, values_ptr, order_ptr, src_row_ptr, starts_ptr,
-    n_columns, d_group, n_groups,
-    HAS_ORDER: tl.constexpr, BLOCK: tl.constexpr,
+    out_ptr, src_ptr, values_ptr, order_ptr, src_row_ptr, starts_ptr, base_ptr, scale_ptr,
+    n_columns, d_group, n_groups, d_part, n_parts,
+    HAS_ORDER: tl.constexpr, HAS_BASE: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     columns = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -44,7 +46,12 @@ def _gather_rows(
     group = columns // d_group
     start = tl.load(starts_ptr + row)
     end = tl.load(starts_ptr + row + 1)
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    if HAS_BASE:  # the norms' gradient of this row, scale[row, part] * base[row], to start from
+        scale = tl.load(scale_ptr + row * n_parts + columns // d_part, mask=inside, other=0.0)
+        base = tl.load(base_ptr + row * n_columns + columns, mask=inside, other=0.0)
+        acc = scale.to(tl.float32) * base.to(tl.float32)
+    else:
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
     for j in range(start, end):
         if HAS_ORDER:
             pair = tl.load(order_ptr + j)
@@ -81,16 +88,20 @@ def _pair_dots(
 
 def _gather(
     n_rows: int, src_GD: torch.Tensor, values_AG: torch.Tensor, order: torch.Tensor | None,
-    src_row_A: torch.Tensor, starts: torch.Tensor,
+    src_row_A: torch.Tensor, starts: torch.Tensor, base: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     _, G, D = src_GD.shape
     out = torch.empty(n_rows, G, D, dtype=torch.float32, device=src_GD.device)
     if n_rows == 0:
         return out
+    base_W, scale = (None, None) if base is None else (base[0].contiguous(), base[1].float().contiguous())
+    n_parts = 1 if scale is None else scale.shape[1]
     grid = (n_rows, triton.cdiv(G * D, COLUMN_BLOCK))
     _gather_rows[grid](
         out, src_GD, values_AG, order if order is not None else starts, src_row_A, starts,
-        G * D, D, G, HAS_ORDER=order is not None, BLOCK=COLUMN_BLOCK,
+        base_W if base_W is not None else out, scale if scale is not None else out,
+        G * D, D, G, G * D // n_parts, n_parts,
+        HAS_ORDER=order is not None, HAS_BASE=base is not None, BLOCK=COLUMN_BLOCK,
     )  # fmt: skip
     return out
 
@@ -102,15 +113,23 @@ def decode(W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> 
     return out.to(values_AG.dtype)
 
 
-def weight_grad(grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
-    """``[F, G, D]``: each feature's ``grad_out`` rows weighted by its pairs' values."""
+def weight_grad(
+    grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs,
+    norm_term: tuple[torch.Tensor, torch.Tensor] | None = None, dtype: torch.dtype | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """``[F, G, D]`` in ``dtype`` (the gradient's by default): each feature's ``grad_out`` rows
+    weighted by its pairs' values, added to the norms' gradient ``W * scale`` where
+    ``norm_term`` gives it (read and written in the same pass)."""
     order_A, starts = pairs.feature_order()
-    out = _gather(pairs.n_features, grad_NGD, values_AG, order_A, pairs.token_A, starts)
-    return out.to(grad_NGD.dtype)
+    out = _gather(pairs.n_features, grad_NGD, values_AG, order_A, pairs.token_A, starts, norm_term)
+    return out.to(dtype or grad_NGD.dtype)
 
 
-def values_grad(grad_NGD: torch.Tensor, W_FGD: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
-    """``[A, G]`` in the gradient's dtype: ``<grad_out[n, g], W[i, g]>`` for every pair."""
+def values_grad(
+    grad_NGD: torch.Tensor, W_FGD: torch.Tensor, pairs: ActivePairs, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """``[A, G]`` in ``dtype`` (the gradient's by default): ``<grad_out[n, g], W[i, g]>`` for
+    every pair."""
     _, G, D = W_FGD.shape
     n_pairs = pairs.feature_A.shape[0]
     out = torch.empty(n_pairs, G, dtype=torch.float32, device=W_FGD.device)
@@ -119,7 +138,7 @@ def values_grad(grad_NGD: torch.Tensor, W_FGD: torch.Tensor, pairs: ActivePairs)
             out, grad_NGD, W_FGD, pairs.token_A, pairs.feature_A, n_pairs, G * D, D, G,
             PAIRS=PAIR_BLOCK, BLOCK=PAIR_COLUMNS,
         )  # fmt: skip
-    return out.to(grad_NGD.dtype)
+    return out.to(dtype or grad_NGD.dtype)
 
 
 WINDOW_BLOCKS = {"BLOCK_N": 64, "BLOCK_F": 64, "BLOCK_K": 64}
