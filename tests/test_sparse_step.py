@@ -190,14 +190,11 @@ def check_decode_and_norms(backend: str, device: str, groups: int) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("groups", [1, S])
-def test_eager_gather_decode_and_norms_write_one_gradient(device, groups):
-    check_decode_and_norms("eager", device, groups)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("groups", [1, S])
-def test_triton_gather_decode_and_norms_write_one_gradient(device, groups, triton_backend):
-    check_decode_and_norms(triton_backend, device, groups)
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_gather_decode_and_norms_write_one_gradient(device, groups, backend, request):
+    if backend == "triton":  # compiled on CUDA, interpreted in its own process on a CPU
+        request.getfixturevalue("triton_backend")
+    check_decode_and_norms(backend, device, groups)
 
 
 def test_gather_decode_and_norms_refuses_norms_that_do_not_split_the_rows():

@@ -13,7 +13,7 @@ from crosslens.training.config import AUTOCAST_CHOICES
 @dataclass
 class PlanFlags:
     recipe: str | None = None
-    """A shipped recipe; other flags override its values."""
+    """A shipped recipe: its values take the place of the defaults below, and other flags override them."""
     list_recipes: bool = False
     """List the shipped recipes and exit."""
     list_models: bool = False
@@ -54,7 +54,8 @@ class PlanFlags:
     dtype: str | None = None
     """dtype of resident snapshot models (default float32)."""
     stream: bool = False
-    """Also predict `crosslens train --stream` end to end on one GPU per rank, from assumed utilisation figures."""
+    """Also predict `crosslens train --stream` end to end on one GPU per rank, from the shares of the --gpu's peak
+    that the snapshot models' forward and each architecture's step sustained on an H100."""
     micro_batches: int | None = field(default=None, metadata={"min": 1})
     """Micro-batches each rank's batch is trained in, as train --micro-batches (default 1): the activations
     counted are one micro-batch's."""
