@@ -1,7 +1,7 @@
 """A ``torchrun`` worker for the distributed tests: trains every architecture on a mesh.
 
     torchrun --nproc_per_node=N tests/distributed_worker.py --out DIR --snapshot-parallel P
-        [--steps K] [--interrupt-at J] [--resume] [--micro-batches M]
+        [--steps K] [--interrupt-at J] [--resume] [--micro-batches M] [--pairs-path]
 
 Each architecture trains on the same seeded global batches as the single-process
 reference in ``test_distributed.py`` (:func:`train_reference` there imports the helpers
@@ -29,11 +29,25 @@ class Interrupted(Exception):
     """Raised by the batch stream to stop a run after a checkpoint, as a kill would."""
 
 
-def make_crosscoder(arch: str):
+PAIRS_ARCHS = ("jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
+"""The architectures with a step from the active pairs (``--pairs-path``)."""
+
+
+def make_crosscoder(arch: str, pairs_path: bool = False):
     torch.manual_seed(1234)
+    extra = {"sparse_step": True} if pairs_path and arch == "jumprelu_crosscoder" else {}
     return build_training_crosscoder(
-        arch, d_in=D, n_snapshots=S, d_sae=F, k=4, sparsity_coefficient=0.5, sparsity_warm_up_steps=2
+        arch, d_in=D, n_snapshots=S, d_sae=F, k=4, sparsity_coefficient=0.5, sparsity_warm_up_steps=2, **extra
     )
+
+
+def take_the_pairs_path() -> None:
+    """The sparse steps as they run on CUDA (the decode's node differentiating the norms, the
+    JumpReLU step from its pairs), with the eager sums in the Triton kernels' place."""
+    from crosslens.crosscoders import sparse_kernels
+
+    sparse_kernels.BACKEND = "triton"
+    sparse_kernels._implementation = lambda backend: sparse_kernels._EAGER
 
 
 def global_batches(start: int = 0):
@@ -84,19 +98,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--device", default="cpu", help="cuda runs the mesh on NCCL, one GPU per process")
     parser.add_argument("--fail-rank", type=int, default=None, help="this rank dies at step 2 of the first run")
+    parser.add_argument("--pairs-path", action="store_true", help="the sparse architectures, through their CUDA path")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.pairs_path:
+        take_the_pairs_path()
     layout, collectives, device = init_mesh(S, snapshot_parallel=args.snapshot_parallel, device=args.device)
     mesh = (layout, collectives)
     try:
-        for arch in ARCHS:
+        for arch in PAIRS_ARCHS if args.pairs_path else ARCHS:
             out = args.out / arch
             cfg = trainer_config(out, args.steps, str(device), args.micro_batches)
             if args.resume:
                 checkpoint = latest_checkpoint(out)
                 trainer = CrosscoderTrainer.from_checkpoint(checkpoint, cfg, mesh=mesh)
             else:
-                trainer = CrosscoderTrainer(make_crosscoder(arch), cfg, mesh=mesh)
+                trainer = CrosscoderTrainer(make_crosscoder(arch, args.pairs_path), cfg, mesh=mesh)
 
             def batches(start: int):
                 stream = interrupting(global_batches(start), args.interrupt_at, start)

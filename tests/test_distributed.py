@@ -49,8 +49,8 @@ def reference(tmp_path_factory) -> Path:
     return root
 
 
-def assert_same_weights(run: Path, reference: Path) -> None:
-    for arch in worker.ARCHS:
+def assert_same_weights(run: Path, reference: Path, archs: tuple[str, ...] = worker.ARCHS) -> None:
+    for arch in archs:
         got = load_file(run / arch / "final" / "sae_weights.safetensors")
         want = load_file(reference / arch / "final" / "sae_weights.safetensors")
         assert got.keys() == want.keys(), arch
@@ -81,6 +81,14 @@ def mesh_2x2_run(tmp_path_factory) -> Path:
 def test_two_process_training_equals_single_process(tmp_path, reference, nproc, snapshot_parallel):
     torchrun(nproc, "--out", str(tmp_path), "--snapshot-parallel", str(snapshot_parallel))
     assert_same_weights(tmp_path, reference)
+
+
+def test_the_pairs_path_on_a_snapshot_mesh_equals_single_process(tmp_path, reference):
+    """The sparse steps' CUDA path (the decode's node differentiating the norms, whose snapshot
+    sums are then taken twice; JumpReLU from its pairs), run with the eager sums on two
+    snapshot ranks, ends where the single-process run of the CPU path ends."""
+    torchrun(2, "--out", str(tmp_path), "--snapshot-parallel", "2", "--pairs-path")
+    assert_same_weights(tmp_path, reference, worker.PAIRS_ARCHS)
 
 
 def test_2x2_mesh_training_equals_single_process(mesh_2x2_run, reference):
