@@ -318,8 +318,8 @@ class CrosscoderMixin:
     # ------------------------------------------------------------ decoder norms
     def snapshot_norms(self, raw_FS: torch.Tensor | None = None) -> Float[torch.Tensor, "d_sae n_snapshots"]:
         """Differentiable decoder norms in the normalised (training) space; ``raw_FS``:
-        ``||W_dec[i, s]||`` as a step has them already (then what it gives, differentiable
-        or not)."""
+        ``||W_dec[i, s]||`` where a step has them already, and then differentiable only as
+        far as they are."""
         return (row_norms(self.W_dec) if raw_FS is None else raw_FS) * self.folded_norm_factors
 
     def snapshot_norm_sums(self, raw_FS: torch.Tensor | None = None) -> Float[torch.Tensor, " d_sae"]:
