@@ -558,19 +558,27 @@ def test_topk_pairs_under_autocast_read_the_rounded_decoder_once_a_pass(arch, mo
 
 # ---------------------------------------------------------------- one pass for W_dec's gradient
 def nodes_into(loss: torch.Tensor, param: torch.Tensor) -> list[str]:
-    """The graph's nodes that send a gradient to ``param``: two or more mean autograd writes
-    one tensor of param's size for each and adds them up."""
-    senders, seen, todo = [], set(), [loss.grad_fn]
+    """The graph's nodes that send a gradient to ``param``, seen through the views of it: two
+    or more mean autograd writes one tensor of param's size for each and adds them up."""
+    parents: dict = {}
+    seen, todo = set(), [loss.grad_fn]
     while todo:
         node = todo.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
         for child, _ in node.next_functions:
-            if child is not None and getattr(child, "variable", None) is param:
-                senders.append(node.name())
-            todo.append(child)
-    return senders
+            if child is not None:
+                parents.setdefault(child, []).append(node)
+                todo.append(child)
+
+    def senders(node) -> list[str]:
+        if node.name().startswith("ViewBackward"):  # a view's gradient is its consumers'
+            return [name for parent in parents.get(node, []) for name in senders(parent)]
+        return [node.name()]
+
+    leaf = next(node for node in parents if getattr(node, "variable", None) is param)
+    return sorted(name for parent in parents[leaf] for name in senders(parent))
 
 
 def step_loss(sae, x_BSD: torch.Tensor) -> torch.Tensor:
@@ -584,19 +592,19 @@ def step_loss(sae, x_BSD: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("arch", ["jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"])
 def test_the_sparse_steps_write_the_decoders_gradient_once(arch, monkeypatch):
     """The step from pairs differentiates the decoder norms in its decode's node, so W_dec's
-    gradient (the pairs' sums and the norms' part) is written once (TopK's decode views W_dec
-    as one group). TopK's decode through ``embedding_bag`` (a CPU's) and the norms are two
-    nodes, whose gradients autograd adds, as are its dense decode and the norms."""
+    gradient (the pairs' sums and the norms' part) is written once. TopK's decode through
+    ``embedding_bag`` (a CPU's) and the norms are two nodes, whose gradients autograd adds, as
+    are its dense decode and the norms."""
     x_BSD = batches(1, "cpu")[0]
     if arch == "jumprelu_crosscoder":
         sparse = make_sae(arch, "cpu", l0_coefficient=0.3, sparse_step=True)
         set_trained_sparsity(sparse, x_BSD)
         assert nodes_into(step_loss(sparse, x_BSD), sparse.W_dec) == ["SparseDecodeBackward"]
         return
-    for kw in ({}, {"sparse_decode": False}):  # embedding_bag, the dense decode: each through a view of W_dec
+    for kw, decode in (({}, "EmbeddingBagBackward0"), ({"sparse_decode": False}, "AddmmBackward0")):
         sae = make_sae(arch, "cpu", **kw)
-        assert sorted(nodes_into(step_loss(sae, x_BSD), sae.W_dec)) == ["ViewBackward0", "_RowNormsBackward"]
+        assert nodes_into(step_loss(sae, x_BSD), sae.W_dec) == [decode, "_RowNormsBackward"]
     monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")  # the pairs' path, with the eager sums
     monkeypatch.setattr(sparse_kernels, "_implementation", lambda backend: sparse_kernels._EAGER)
     pairs = make_sae(arch, "cpu")
-    assert nodes_into(step_loss(pairs, x_BSD), pairs.W_dec) == ["ViewBackward0"]
+    assert nodes_into(step_loss(pairs, x_BSD), pairs.W_dec) == ["SparseDecodeBackward"]
