@@ -608,3 +608,18 @@ def test_the_sparse_steps_write_the_decoders_gradient_once(arch, monkeypatch):
     monkeypatch.setattr(sparse_kernels, "_implementation", lambda backend: sparse_kernels._EAGER)
     pairs = make_sae(arch, "cpu")
     assert nodes_into(step_loss(pairs, x_BSD), pairs.W_dec) == ["SparseDecodeBackward"]
+
+
+@NO_CUDA
+@pytest.mark.parametrize("arch", ["jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"])
+def test_the_cuda_defaults_write_the_decoders_gradient_once(arch):
+    """On CUDA, by default (the Triton kernels; JumpReLU from its pairs at a trained sparsity),
+    each sparse step sends W_dec one gradient."""
+    jumprelu = arch == "jumprelu_crosscoder"
+    # as in the default-path test above: L0 1% of d_sae and a narrow window, where the pairs pay
+    extra = {"l0_coefficient": 0.3, "jumprelu_bandwidth": 0.002} if jumprelu else {"sparse_decode": None}
+    sae = make_sae(arch, "cuda", **extra)
+    x_BSD = batches(1, "cuda")[0]
+    if jumprelu:
+        set_trained_sparsity(sae, x_BSD, share=0.01)
+    assert nodes_into(step_loss(sae, x_BSD), sae.W_dec) == ["SparseDecodeBackward"]
