@@ -4,6 +4,7 @@ benchmarks/gpu.py run end to end at a tiny shape."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -14,9 +15,11 @@ import torch
 
 import crosslens.crosscoders as cc
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
-from crosslens.training.optim import BFloat16StateAdam, stochastic_bfloat16
+from crosslens.training.optim import BFloat16StateAdam, eager_chunk_update, rounding_noise, stochastic_bfloat16
+from interpreted import HAS_TRITON, LAUNCHES, run_under_the_interpreter, skip_outside_the_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
 def benchmark_env() -> dict[str, str]:
@@ -105,6 +108,52 @@ def test_bfloat16_state_follows_the_float32_loss_curve(arch):
     assert low[-1] < 0.5 * low[0]  # it learns
     for step, (a, b) in enumerate(zip(ref, low)):
         assert b == pytest.approx(a, rel=0.02), f"step {step}"
+
+
+@LAUNCHES
+def test_triton_kernels_under_the_interpreter():
+    run_under_the_interpreter(__file__, "triton and cpu")
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["unscaled", "scaled"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_CUDA)])
+def test_triton_bfloat16_state_update_equals_the_eager_update(device, scaled):
+    """One chunk (not a whole number of the kernel's blocks) updated by the kernel and by the
+    eager ops from the same noise: the parameters agree to float32 rounding, the moments to
+    bfloat16's but for the rare element whose float32 value and noise sit at a rounding edge."""
+    skip_outside_the_interpreter(device)
+    from crosslens.training import triton_adam
+
+    g = torch.Generator().manual_seed(0)
+    n = 3 * triton_adam.BLOCK + 100
+    p, grad = torch.randn(n, generator=g), torch.randn(n, generator=g) * 1e-2
+    m, v = (torch.randn(n, generator=g) * 1e-3).bfloat16(), (torch.rand(n, generator=g) * 1e-4).bfloat16()
+    noise = (rounding_noise(m, g), rounding_noise(v, g))
+    scale = torch.tensor(2.5) if scaled else None
+    hyper = (0.9, 0.999, 1e-3 / (1 - 0.9**3), math.sqrt(1 - 0.999**3), 1e-8)
+    want = [t.clone() for t in (p, m, v)]
+    eager_chunk_update(want[0], grad, want[1], want[2], noise, scale, hyper)
+    got = [t.to(device, copy=True) for t in (p, m, v)]
+    on_device = [t.to(device) for t in noise]
+    triton_adam.chunk_update(got[0], grad.to(device), got[1], got[2], (on_device[0], on_device[1]),
+                             None if scale is None else scale.to(device), hyper)  # fmt: skip
+    got = [t.cpu() for t in got]
+    assert (got[0] != p).float().mean() > 0.99  # the parameters moved
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-9)
+    for name, moment, expected in zip(("exp_avg", "exp_avg_sq"), got[1:], want[1:]):
+        assert moment.dtype == torch.bfloat16
+        differ = moment != expected
+        assert differ.float().mean() < 1e-3, name
+        torch.testing.assert_close(moment.float(), expected.float(), rtol=2**-7, atol=0, msg=name)
+
+
+@NO_CUDA
+def test_bfloat16_state_on_cuda_takes_the_kernel():
+    from crosslens.training import optim, triton_adam
+
+    want = triton_adam.chunk_update if HAS_TRITON else optim.eager_chunk_update
+    assert optim._chunk_update(torch.device("cuda")) is want
+    assert optim._chunk_update(torch.device("cpu")) is optim.eager_chunk_update
 
 
 def test_bfloat16_state_resumes_to_the_same_bytes(tmp_path):

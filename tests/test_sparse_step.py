@@ -10,12 +10,8 @@ CUDA where there is one."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
-import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,15 +25,13 @@ from crosslens.crosscoders.active_pairs import ActivePairs, run_starts
 from crosslens.crosscoders.sparse_kernels import gather_decode
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from host_reads import HostReads, counted
+from interpreted import HAS_TRITON, LAUNCHES, run_under_the_interpreter, skip_outside_the_interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
 S, D, F, B, STEPS = 3, 8, 64, 32, 20
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=NO_CUDA)]
 
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 INTERPRETED_STEPS = 5
 """Adam steps of a Triton step test under the interpreter (a Python loop per kernel
 program: seconds per step); 20 on CUDA and for the eager kernels."""
@@ -48,31 +42,21 @@ def triton_backend(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureReque
     """The Triton kernels: compiled on CUDA; on a CPU interpreted, which works only where
     TRITON_INTERPRET=1 was set before triton loaded (sae_lens imports it), so
     :func:`test_triton_kernels_under_the_interpreter` runs these tests in such a process."""
-    if not HAS_TRITON:
-        pytest.skip("triton is not installed (pip install triton): the eager kernels are what runs here")
-    if request.node.callspec.params.get("device", "cpu") == "cpu" and not INTERPRETED:
-        pytest.skip("run by test_triton_kernels_under_the_interpreter, in a process with TRITON_INTERPRET=1")
+    skip_outside_the_interpreter(request.node.callspec.params.get("device", "cpu"))
     monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")
     if request.node.callspec.params.get("device", "cpu") == "cpu":
         monkeypatch.setattr(sys.modules[__name__], "STEPS", INTERPRETED_STEPS)
     return "triton"
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install triton)")
-@pytest.mark.skipif(INTERPRETED, reason="this is the interpreter's process")
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the compiled kernels are tested directly (the cuda cases)")
+@LAUNCHES
 @pytest.mark.parametrize(
     "tests",
     ["gather or window_dots", pytest.param("not (gather or window_dots)", marks=pytest.mark.slow)],  # the steps: minutes
     ids=["kernels", "steps"],
 )
 def test_triton_kernels_under_the_interpreter(tests):
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", __file__,
-               "-k", f"triton and cpu and ({tests})"]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert " passed" in done.stdout and " skipped" not in done.stdout, done.stdout[-2000:]
+    run_under_the_interpreter(__file__, f"triton and cpu and ({tests})")
 
 
 def batches(n: int, device: str) -> list[torch.Tensor]:

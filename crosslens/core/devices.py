@@ -6,7 +6,8 @@ names the fix when the request cannot be met on this machine. One table of spell
 (:data:`DTYPE_ALIASES`) and one of sizes (:data:`DTYPE_BYTES`) serve every stage that
 names a dtype. The memory side: peak-memory counters, byte formatting, and
 :func:`release_model`, the one way a stage frees a model it is done with; and
-:func:`counted_cuda_syncs`, how often a step waits for the GPU.
+:func:`counted_cuda_syncs`, how often a step waits for the GPU; and
+:func:`triton_compiles_for`, where the Triton kernels run.
 
 Dtype semantics across crosslens: ``dtype`` is what the *snapshot models* run in
 (harvesting, streaming, attribution; bfloat16/float16 halve their memory). Crosscoder
@@ -165,6 +166,15 @@ def is_accelerator(device: str | torch.device) -> bool:
     """Whether ``device`` is a GPU-like device (CUDA or MPS)."""
     import torch
     return torch.device(device).type in ("cuda", "mps")
+
+
+def triton_compiles_for(device: str | torch.device) -> bool:
+    """Whether crosslens's Triton kernels run on ``device``: CUDA, with triton installed (it
+    is no dependency of the package; each kernel has an eager twin for everywhere else)."""
+    import importlib.util
+
+    import torch
+    return torch.device(device).type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
 def reset_peak_memory(device: str | torch.device) -> None:

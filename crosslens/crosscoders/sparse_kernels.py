@@ -37,7 +37,6 @@ lists its pairs to those sizes; the TopK steps know theirs from ``k``.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
 
+from crosslens.core.devices import triton_compiles_for
 from crosslens.core.tensors import host_ints, norm_gradient_scale
 from crosslens.crosscoders.active_pairs import ActivePairs
 from crosslens.crosscoders.jumprelu_ops import threshold_gradient
@@ -61,9 +61,7 @@ def sparse_backend(device: torch.device) -> str:
     """``"triton"`` on CUDA with triton installed, else ``"eager"`` (or :data:`BACKEND`)."""
     if BACKEND is not None:
         return BACKEND
-    if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
-        return "triton"
-    return "eager"
+    return "triton" if triton_compiles_for(device) else "eager"
 
 
 def _chunks(n_pairs: int, row_elements: int) -> list[slice]:

@@ -11,7 +11,9 @@ clip-then-Adam path to float32 rounding, and bitwise on steps the clip leaves al
 
 :class:`BFloat16StateAdam` keeps ``exp_avg`` and ``exp_avg_sq`` in bfloat16 (half of
 Adam's float32 state) and does its arithmetic in float32, a chunk of each parameter at a
-time so that the float32 temporaries stay small. The moments are stored with stochastic
+time so that the float32 temporaries stay small; on CUDA one Triton kernel does a chunk's
+update in one pass (:mod:`crosslens.training.triton_adam`), where the eager ops make about a
+dozen. The moments are stored with stochastic
 rounding: bfloat16 has 8 significant bits, so a plain round-to-nearest of
 ``0.999 * v`` returns ``v`` and the second moment would never decay. The rounding noise
 comes from a generator seeded by the run's seed and saved with the optimizer state, so a
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from crosslens.core.devices import triton_compiles_for
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.distributed.sharding import clip_coefficient, clip_grad_norm, grad_norm
 from crosslens.training.memory import CHUNK
@@ -36,12 +39,55 @@ passes, several times faster for a crosscoder's large weight tensors. It is
 deterministic, but its rounding differs from the unfused Adam's."""
 
 
+BACKEND: str | None = None
+"""Force ``"eager"`` or ``"triton"`` for :class:`BFloat16StateAdam`'s update (``"triton"`` on a
+CPU needs ``TRITON_INTERPRET=1``); None takes the Triton kernel where it compiles
+(:func:`~crosslens.core.devices.triton_compiles_for`). For tests."""
+
+
+def rounding_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random int32 in ``[0, 2^16)``, one per element of ``like``: the part below bfloat16's
+    last bit that :func:`round_stochastic` adds before truncating."""
+    return torch.randint(0, 1 << 16, like.shape, dtype=torch.int32, device=like.device, generator=generator)
+
+
+def round_stochastic(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``x`` (float32) rounded to bfloat16 down, or up where the ``noise`` carries it over:
+    with uniform noise, up in proportion to the distance from the lower neighbour."""
+    bits = (x.contiguous().view(torch.int32) + noise) & -65536  # keep the top 16 bits
+    return bits.view(torch.float32).to(torch.bfloat16)  # exact: the low bits are zero
+
+
 def stochastic_bfloat16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """``x`` (float32) rounded to bfloat16 up or down at random, in proportion to its distance
     from each: unbiased, so small repeated updates survive on average."""
-    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
-    bits = (x.contiguous().view(torch.int32) + noise) & -65536  # keep the top 16 bits
-    return bits.view(torch.float32).to(torch.bfloat16)  # exact: the low bits are zero
+    return round_stochastic(x, rounding_noise(x, generator))
+
+
+def eager_chunk_update(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor],
+    grad_scale: torch.Tensor | None, hyper: tuple[float, float, float, float, float],
+) -> None:  # fmt: skip
+    """Adam's update of one chunk in place, in float32 temporaries: ``p`` float32, ``g`` its
+    gradient, ``m`` and ``v`` the bfloat16 moments, ``noise`` their rounding noise
+    (:func:`rounding_noise`), ``grad_scale`` a divisor of ``g``, ``hyper = (beta1, beta2,
+    step_size, root_bc2, eps)``; the twin of :func:`crosslens.training.triton_adam.chunk_update`."""
+    beta1, beta2, step_size, root_bc2, eps = hyper
+    g = g.float() if grad_scale is None else g.float() / grad_scale
+    m_new = m.float().mul_(beta1).add_(g, alpha=1 - beta1)
+    v_new = v.float().mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    p.addcdiv_(m_new, v_new.sqrt().div_(root_bc2).add_(eps), value=-step_size)
+    m.copy_(round_stochastic(m_new, noise[0]))
+    v.copy_(round_stochastic(v_new, noise[1]))
+
+
+def _chunk_update(device: torch.device) -> Any:
+    backend = BACKEND or ("triton" if triton_compiles_for(device) else "eager")
+    if backend == "triton":
+        from crosslens.training import triton_adam
+
+        return triton_adam.chunk_update
+    return eager_chunk_update
 
 
 class BFloat16StateAdam(torch.optim.Optimizer):
@@ -69,17 +115,13 @@ class BFloat16StateAdam(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.bfloat16)
                 state["step"] += 1
                 step = int(state["step"].item())
-                step_size = group["lr"] / (1 - beta1**step)
-                root_bc2 = math.sqrt(1 - beta2**step)
+                hyper = (beta1, beta2, group["lr"] / (1 - beta1**step), math.sqrt(1 - beta2**step), group["eps"])
+                update = _chunk_update(p.device)
                 flats = (p.view(-1), p.grad.view(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1))
                 for start in range(0, p.numel(), CHUNK):
                     p_c, g_c, m_c, v_c = (t[start : start + CHUNK] for t in flats)
-                    g = g_c.float() if self.grad_scale is None else g_c.float() / self.grad_scale
-                    m = m_c.float().mul_(beta1).add_(g, alpha=1 - beta1)
-                    v = v_c.float().mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                    p_c.addcdiv_(m, v.sqrt().div_(root_bc2).add_(group["eps"]), value=-step_size)
-                    m_c.copy_(stochastic_bfloat16(m, self.generator))
-                    v_c.copy_(stochastic_bfloat16(v, self.generator))
+                    noise = (rounding_noise(m_c, self.generator), rounding_noise(v_c, self.generator))
+                    update(p_c, g_c, m_c, v_c, noise, self.grad_scale, hyper)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "rounding_generator": self.generator.get_state()}
