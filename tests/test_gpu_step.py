@@ -15,7 +15,7 @@ import torch
 
 import crosslens.crosscoders as cc
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
-from crosslens.training.optim import BFloat16StateAdam, eager_chunk_update, rounding_noise, stochastic_bfloat16
+from crosslens.training.optim import BFloat16StateAdam, eager_chunk_update, round_stochastic, rounding_noise
 from interpreted import HAS_TRITON, LAUNCHES, run_under_the_interpreter, skip_outside_the_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_fused_clip_scales_the_step_as_the_clip_does():
 # ------------------------------------------------------------ bfloat16 Adam state
 def test_stochastic_rounding_is_unbiased_and_between_neighbours():
     x = torch.full((200_000,), 1.0 + 2**-10)  # a quarter of the way from 1 to the next bfloat16
-    r = stochastic_bfloat16(x, torch.Generator().manual_seed(0)).float()
+    r = round_stochastic(x, rounding_noise(x, torch.Generator().manual_seed(0))).float()
     assert set(r.unique().tolist()) == {1.0, 1.0 + 2**-7}
     assert r.mean().item() == pytest.approx(1.0 + 2**-10, abs=2e-5)
 

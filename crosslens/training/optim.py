@@ -13,11 +13,10 @@ clip-then-Adam path to float32 rounding, and bitwise on steps the clip leaves al
 Adam's float32 state) and does its arithmetic in float32, a chunk of each parameter at a
 time so that the float32 temporaries stay small; on CUDA one Triton kernel does a chunk's
 update in one pass (:mod:`crosslens.training.triton_adam`), where the eager ops make about a
-dozen. The moments are stored with stochastic
-rounding: bfloat16 has 8 significant bits, so a plain round-to-nearest of
-``0.999 * v`` returns ``v`` and the second moment would never decay. The rounding noise
-comes from a generator seeded by the run's seed and saved with the optimizer state, so a
-run and its resume give the same bytes.
+dozen. The moments are stored with stochastic rounding: bfloat16 has 8 significant bits, so
+a plain round-to-nearest of ``0.999 * v`` returns ``v`` and the second moment would never
+decay. The rounding noise comes from a generator seeded by the run's seed and saved with the
+optimizer state, so a run and its resume give the same bytes.
 """
 
 from __future__ import annotations
@@ -53,15 +52,10 @@ def rounding_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tens
 
 def round_stochastic(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """``x`` (float32) rounded to bfloat16 down, or up where the ``noise`` carries it over:
-    with uniform noise, up in proportion to the distance from the lower neighbour."""
+    with :func:`rounding_noise`, up in proportion to the distance from the lower neighbour,
+    so unbiased, and small repeated updates survive on average."""
     bits = (x.contiguous().view(torch.int32) + noise) & -65536  # keep the top 16 bits
     return bits.view(torch.float32).to(torch.bfloat16)  # exact: the low bits are zero
-
-
-def stochastic_bfloat16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """``x`` (float32) rounded to bfloat16 up or down at random, in proportion to its distance
-    from each: unbiased, so small repeated updates survive on average."""
-    return round_stochastic(x, rounding_noise(x, generator))
 
 
 def eager_chunk_update(
