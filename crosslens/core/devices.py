@@ -171,10 +171,15 @@ def is_accelerator(device: str | torch.device) -> bool:
 def triton_compiles_for(device: str | torch.device) -> bool:
     """Whether crosslens's Triton kernels run on ``device``: CUDA, with triton installed (it
     is no dependency of the package; each kernel has an eager twin for everywhere else)."""
+    import torch
+    return torch.device(device).type == "cuda" and _triton_installed()
+
+
+@functools.cache
+def _triton_installed() -> bool:
     import importlib.util
 
-    import torch
-    return torch.device(device).type == "cuda" and importlib.util.find_spec("triton") is not None
+    return importlib.util.find_spec("triton") is not None
 
 
 def reset_peak_memory(device: str | torch.device) -> None:
