@@ -29,7 +29,8 @@ CHUNK = 1 << 22
 float32 on the device (bounds the float32 temporaries)."""
 
 CHUNK_TEMPORARIES = 6
-"""float32 buffers of CHUNK elements alive during such an update."""
+"""float32 buffers of CHUNK elements alive during such an update, at most: the eager update's
+(the Triton kernel on CUDA holds only the two int32 noise draws)."""
 
 OPTIMIZER_STATES = ("float32", "bfloat16")
 """The dtypes Adam's moments can be kept in (``--optimizer-state``)."""
