@@ -69,6 +69,12 @@ def _chunks(n_pairs: int, row_elements: int) -> list[slice]:
     return [slice(a, a + step) for a in range(0, n_pairs, step)]
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast computes in on ``device`` where it is on there, else None: what the
+    sparse step's rounded copies and gradients follow."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+
+
 NormTerm = tuple[torch.Tensor, torch.Tensor]
 """``(W_FGD, scale_FR)``: the gradient of a loss through the norms of W's rows viewed ``[F, R,
 G * D / R]`` is ``W * scale`` (:func:`~crosslens.core.tensors.norm_gradient_scale`), each
@@ -165,8 +171,7 @@ class SparseDecode(torch.autograd.Function):
         read_FGD: torch.Tensor | None, norms_FR: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         ctx.set_materialize_grads(False)
-        kind = W_FGD.device.type
-        ctx.grad_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else values_AG.dtype
+        ctx.grad_dtype = autocast_dtype(W_FGD.device) or values_AG.dtype
         ops = _implementation(backend)
         read_FGD = W_FGD if read_FGD is None else read_FGD
         ctx.save_for_backward(read_FGD, values_AG, W_FGD, norms_FR)
@@ -205,10 +210,10 @@ def autocast_copy(W: torch.Tensor, n_pairs: int) -> torch.Tensor | None:
     its rows, where autocast is on and the copy pays (:data:`READ_COPY_PAIRS`); else None.
     A matmul under autocast reads its weight rounded the same way. The decoder's gradient
     stays W's own."""
-    kind = W.device.type
-    if not torch.is_autocast_enabled(kind) or n_pairs < READ_COPY_PAIRS * W.shape[0]:
+    dtype = autocast_dtype(W.device)
+    if dtype is None or n_pairs < READ_COPY_PAIRS * W.shape[0]:
         return None
-    return W.detach().to(torch.get_autocast_dtype(kind))
+    return W.detach().to(dtype)
 
 
 def gather_decode(
@@ -383,7 +388,7 @@ class ShutWindow(torch.autograd.Function):
         if ctx.mode != "pairs":
             if ctx.mode == "kernel":  # the backend is triton (forward took this mode only then)
                 W_dec_FSD, h_NF, window_NF, norms_FS, t_F = ctx.saved_tensors
-                grad_SND = grad_recon_NSD.to(_window_dtype(grad_recon_NSD)).transpose(0, 1).contiguous()
+                grad_SND = _snapshot_major(grad_recon_NSD)
                 grad_f_FS, counts_FS = _implementation(ctx.backend).window_dots(
                     grad_SND, W_dec_FSD, h_NF, window_NF, norms_FS, t_F, bandwidth / 2
                 )
@@ -404,10 +409,9 @@ class ShutWindow(torch.autograd.Function):
         return grad_recon_NSD, grad_score_F, grad_t_F, None, None, None, None, None, None
 
 
-def _window_dtype(grad: torch.Tensor) -> torch.dtype:
-    """The window sums' matmul dtype: autocast's where it is on, else the gradient's."""
-    kind = grad.device.type
-    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else grad.dtype
+def _snapshot_major(grad_NSD: torch.Tensor) -> Float[torch.Tensor, "n_snapshots n d_in"]:
+    """The gradient the window sums read: snapshot-major, in autocast's dtype where it is on."""
+    return grad_NSD.to(autocast_dtype(grad_NSD.device) or grad_NSD.dtype).transpose(0, 1).contiguous()
 
 
 def _window_matmuls(
@@ -419,7 +423,7 @@ def _window_matmuls(
     ``flat_W`` (and cleared there again), so that no pass over all ``N * F`` entries is made
     per snapshot. The matmuls run in the autocast dtype where autocast is on."""
     N, S, D = grad_NSD.shape
-    grad_SND = grad_NSD.to(_window_dtype(grad_NSD)).transpose(0, 1).contiguous()
+    grad_SND = _snapshot_major(grad_NSD)
     mask_flat = grad_SND.new_zeros(W_dec_FSD.shape[0] * N)
     mask_FN, inside_SW = mask_flat.view(-1, N), inside_WS.T.to(grad_SND.dtype)
     grad_f_FS = W_dec_FSD.new_empty(W_dec_FSD.shape[:2], dtype=torch.float32)
