@@ -151,14 +151,22 @@ class TopKTrainingCrosscoder(
         are Triton's (CUDA), else through ``embedding_bag``; the same sums. ``read``: the
         step's :func:`~crosslens.crosscoders.sparse_kernels.autocast_copy` of ``W_dec``, whose
         rows the kernels read under autocast."""
-        backend = sparse_backend(self.W_dec.device)
-        if backend == "eager":
+        backend = self._kernels()
+        if backend is None:
             return super().decode_active(indices, values, offsets=offsets, add_bias=add_bias)
-        S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
-        read = None if read is None else read.reshape(F_, 1, S * D)
         pairs = self._pairs(indices, offsets)
-        out = gather_decode(self.W_dec.reshape(F_, 1, S * D), values.reshape(-1, 1), pairs, backend, read)
+        out = gather_decode(self._one_group(self.W_dec), values.reshape(-1, 1), pairs, backend, self._one_group(read))
         return self._with_bias(out, add_bias)
+
+    def _kernels(self) -> str | None:
+        """The backend of the pairs' kernels where they decode (CUDA); None where
+        ``embedding_bag`` does (a CPU, where its own backward is faster than the eager sums)."""
+        backend = sparse_backend(self.W_dec.device)
+        return None if backend == "eager" else backend
+
+    def _one_group(self, W_FSD: torch.Tensor | None) -> torch.Tensor | None:
+        """``W_dec`` (or its rounded copy) as the kernels' one group, ``[F, 1, S * d_in]``."""
+        return None if W_FSD is None else W_FSD.reshape(self.cfg.d_sae, 1, self.cfg.n_snapshots * self.cfg.d_in)
 
     def _pairs(self, indices: torch.Tensor, offsets: torch.Tensor | None) -> ActivePairs:
         if offsets is None:
@@ -181,18 +189,17 @@ class TopKTrainingCrosscoder(
         ``fwd.extras["norm_sums_F"]`` are the L1 term's, so that ``W_dec``'s gradient is written
         in one pass; under autocast they read a rounded copy of ``W_dec``
         (:func:`~crosslens.crosscoders.sparse_kernels.autocast_copy`), kept in ``fwd.extras``
-        for the auxiliary decode. Through ``embedding_bag`` (a CPU), whose own backward is
-        faster there than the eager sums, the norms stay the encode's."""
+        for the auxiliary decode. Through ``embedding_bag`` (:meth:`_kernels`), the norms stay
+        the encode's."""
         raw_FS = fwd.extras["raw_norms_FS"]
         if raw_FS is None:
             fwd.extras["W_read"] = None
             return self.decode_active(indices, values, offsets=offsets)
-        S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
         read = autocast_copy(self.W_dec, indices.numel())
         fwd.extras["W_read"] = read
         out, raw_FS = gather_decode_and_norms(
-            self.W_dec.reshape(F_, 1, S * D), values.reshape(-1, 1), self._pairs(indices, offsets), raw_FS,
-            sparse_backend(self.W_dec.device), None if read is None else read.reshape(F_, 1, S * D),
+            self._one_group(self.W_dec), values.reshape(-1, 1), self._pairs(indices, offsets), raw_FS,
+            self._kernels(), self._one_group(read),
         )  # fmt: skip
         fwd.extras["norm_sums_F"] = self.snapshot_norm_sums(raw_FS)
         return self._with_bias(out, add_bias=True)
@@ -202,7 +209,7 @@ class TopKTrainingCrosscoder(
         selection, L1 and aux-k: where the step decodes through the pairs' kernels, the norms
         without gradient (:meth:`decode_kept` differentiates them); else ``None`` and the
         differentiable sums."""
-        if not (self.uses_sparse_decode and sparse_backend(self.W_dec.device) != "eager"):
+        if not (self.uses_sparse_decode and self._kernels()):
             return None, self.snapshot_norm_sums()
         with torch.no_grad():
             raw_FS = torch.linalg.vector_norm(self.W_dec, dim=-1)
