@@ -65,9 +65,13 @@ of 6 GiB each, which with a dozen of them alive in backward leave no room for th
 snapshot models of a streamed run."""
 
 
-def block_elements(device: torch.device) -> int:
-    """Elements of one block of per-snapshot work on ``device``."""
-    return CPU_BLOCK_ELEMENTS if device.type == "cpu" else DEVICE_BLOCK_ELEMENTS
+def block_elements(device: torch.device, on_cpu: int | None = None) -> int:
+    """Elements of one block of per-snapshot work on ``device``: on a CPU ``on_cpu`` (each kind
+    of block has its own cache budget there; :data:`CPU_BLOCK_ELEMENTS` by default),
+    :data:`DEVICE_BLOCK_ELEMENTS` elsewhere."""
+    if device.type != "cpu":
+        return DEVICE_BLOCK_ELEMENTS
+    return CPU_BLOCK_ELEMENTS if on_cpu is None else on_cpu
 
 
 def token_block(n_tokens: int, n_snapshots: int, n_features: int, device: torch.device) -> int:
@@ -317,11 +321,10 @@ class EntryClasses:
 
 
 def _row_blocks(rows: PaddedRows, n_snapshots: int, device: torch.device) -> list[slice]:
-    """Slices of padded rows whose ``[rows, S, P]`` work fits ``ROW_BLOCK_ELEMENTS`` on a CPU,
-    ``DEVICE_BLOCK_ELEMENTS`` elsewhere."""
+    """Slices of padded rows whose ``[rows, S, P]`` work fits :func:`block_elements`
+    (``ROW_BLOCK_ELEMENTS`` on a CPU)."""
     n_rows, width = rows.shape
-    budget = ROW_BLOCK_ELEMENTS if device.type == "cpu" else DEVICE_BLOCK_ELEMENTS
-    step = max(1, budget // max(1, n_snapshots * width))
+    step = max(1, block_elements(device, ROW_BLOCK_ELEMENTS) // max(1, n_snapshots * width))
     return [slice(a, a + step) for a in range(0, n_rows, step)]
 
 
