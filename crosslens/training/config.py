@@ -271,6 +271,7 @@ def resolved_autocast(choice: str, device_kind: str) -> str:
         return choice
     return "bfloat16" if device_kind == "cuda" else "none"
 
+
 RUN_STORE_SEAL = "store_seal"
 """run.json key beside the settings: the seal of the store the run trains on
 (``crosslens.activations.partners.store_seal``)."""
