@@ -9,7 +9,10 @@ in the same run on the same machine.
    fraction of a plain ``[B, S*D] @ [S*D, F]`` matmul's FLOP/s.
 3. TopK decode of only the active features (embedding_bag gather) against the dense
    decode, forward + backward, and the whole TopK/BatchTopK step both ways.
-   Goal: sparse decode >= 2x at d_sae >= 8192, k <= 64.
+   Goal: sparse decode >= 2x at d_sae >= 8192, k <= 64. Then the decode with the decoder
+   norms' gradient through ``embedding_bag`` (a CPU's TopK step) against the eager twin of
+   the pairs' kernels (``sparse_kernels.gather_decode_and_norms``), which is why a CPU keeps
+   the former.
 4. With ``--compile``: the JumpReLU step with its gate/score kernels through
    ``torch.compile`` (``jumprelu_kernels.use_compiled_kernels``), and the reference with
    its loss through ``torch.compile``, both against the eager reference.
@@ -43,6 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import crosslens.crosscoders as cc
+from crosslens.core.tensors import row_norms
+from crosslens.crosscoders import sparse_kernels
+from crosslens.crosscoders.active_pairs import ActivePairs
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 
 
@@ -215,6 +221,31 @@ def main() -> None:
         f"\ndecode forward+backward, k {k} of {F_}: dense {times['dense'] * 1e3:.1f} ms, "
         f"sparse {times['sparse'] * 1e3:.1f} ms, "
         f"speed-up {times['dense'] / times['sparse']:.1f}x"
+    )
+
+    # the decode with the decoder norms' gradient: embedding_bag and row_norms (what a CPU's
+    # TopK step runs) against the eager twin of the pairs' kernels, one node for both
+    pairs = ActivePairs.from_rows(idx, F_)
+    W_FGD = W_dec.view(F_, 1, S * D)
+
+    def embedding_bag_and_norms() -> None:
+        out = F.embedding_bag(idx, W_dec, mode="sum", per_sample_weights=vals)
+        ((out * upstream).sum() + row_norms(W_dec.view(F_, S, D)).sum()).backward()
+        W_dec.grad = vals.grad = None
+
+    def pairs_node() -> None:
+        norms = torch.linalg.vector_norm(W_dec.detach().view(F_, S, D), dim=-1)
+        out, norms = sparse_kernels.gather_decode_and_norms(W_FGD, vals.reshape(-1, 1), pairs, norms, "eager")
+        ((out.view(B, -1) * upstream).sum() + norms.sum()).backward()
+        W_dec.grad = vals.grad = None
+
+    times = time_alternating(
+        {"embedding_bag": embedding_bag_and_norms, "pairs": pairs_node}, rounds=args.rounds, warmup=2
+    )
+    print(
+        f"decode and decoder norms, forward+backward: embedding_bag + row_norms "
+        f"{times['embedding_bag'] * 1e3:.1f} ms, the pairs' eager node {times['pairs'] * 1e3:.1f} ms "
+        f"({times['pairs'] / times['embedding_bag']:.2f}x embedding_bag's time)"
     )
 
 
