@@ -214,14 +214,8 @@ def main() -> None:
         (out * upstream).sum().backward()
         W_dec.grad = vals.grad = None
 
-    times = time_alternating(
-        {"dense": dense_decode, "sparse": sparse_decode}, rounds=args.rounds, warmup=2
-    )
-    print(
-        f"\ndecode forward+backward, k {k} of {F_}: dense {times['dense'] * 1e3:.1f} ms, "
-        f"sparse {times['sparse'] * 1e3:.1f} ms, "
-        f"speed-up {times['dense'] / times['sparse']:.1f}x"
-    )
+    print()
+    print_both(f"decode forward+backward, k {k} of {F_}", {"dense": dense_decode, "sparse": sparse_decode}, args.rounds)
 
     # the decode with the decoder norms' gradient: embedding_bag and row_norms (what a CPU's
     # TopK step runs) against the eager twin of the pairs' kernels, one node for both
@@ -239,14 +233,18 @@ def main() -> None:
         ((out.view(B, -1) * upstream).sum() + norms.sum()).backward()
         W_dec.grad = vals.grad = None
 
-    times = time_alternating(
-        {"embedding_bag": embedding_bag_and_norms, "pairs": pairs_node}, rounds=args.rounds, warmup=2
+    print_both(
+        "decode and decoder norms, forward+backward",
+        {"the pairs' eager node": pairs_node, "embedding_bag + row_norms": embedding_bag_and_norms}, args.rounds,
     )
-    print(
-        f"decode and decoder norms, forward+backward: embedding_bag + row_norms "
-        f"{times['embedding_bag'] * 1e3:.1f} ms, the pairs' eager node {times['pairs'] * 1e3:.1f} ms "
-        f"({times['pairs'] / times['embedding_bag']:.2f}x embedding_bag's time)"
-    )
+
+
+def print_both(title: str, fns: dict[str, Callable[[], None]], rounds: int) -> None:
+    """Time two variants alternately and print each's median and the second's speed-up over
+    the first."""
+    times = time_alternating(fns, rounds=rounds, warmup=2)
+    (first, t_first), (second, t_second) = times.items()
+    print(f"{title}: {first} {t_first * 1e3:.1f} ms, {second} {t_second * 1e3:.1f} ms, speed-up {t_first / t_second:.2f}x")
 
 
 def trained_rows(args: argparse.Namespace) -> None:
