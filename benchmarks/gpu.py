@@ -9,7 +9,9 @@
 3. Every architecture's ``CrosscoderTrainer.step`` in float32 and under bfloat16 autocast,
    freshly initialised and at a trained crosscoder's sparsity: the ReLU bias or the
    JumpReLU threshold is set, by bisection on one batch, so that the measured L0 lands at
-   ``--l0`` (TopK/BatchTopK: ``k`` sets it). Each row: the L0 reached, tokens/s, the
+   ``--l0`` (TopK/BatchTopK: ``k`` sets it, and their trained rows have a ``--dead`` share of
+   features that the trainer counts as dead, spread evenly, so that the auxiliary loss decodes
+   as it does in a long run). Each row: the L0 reached, tokens/s, the
    fraction of its floor (sparse for a trained JumpReLU and TopK/BatchTopK, dense
    otherwise), the peak memory (``torch.cuda.max_memory_allocated``) beside the peak
    ``crosslens plan`` predicts for it (:func:`~crosslens.training.memory.step_peak_bytes`,
@@ -181,7 +183,8 @@ def step_row(
     x_BSD = torch.randn(a.batch, a.S, a.d_in, device=device, generator=g)
     if trained and not arch.endswith("topk_crosscoder"):
         set_sparsity(trainer, x_BSD, a.l0)
-    seconds = seconds_per_call(lambda: trainer.step(x_BSD), device, a.steps)
+    step, dead = with_dead_features(trainer, x_BSD, a.dead if trained and arch.endswith("topk_crosscoder") else 0.0)
+    seconds = seconds_per_call(step, device, a.steps)
     l0 = float(trainer.last_l0)
     sparse = arch.endswith("topk_crosscoder") or (trained and arch == "jumprelu_crosscoder")
     floor = times["sparse" if sparse else "dense"]
@@ -189,15 +192,30 @@ def step_row(
     planned = step_peak_bytes(a.S, a.d_in, a.d_sae, a.batch, arch, a.micro_batches, autocast == "bfloat16")
     plan = planned[a.optimizer_state] / 2**30
     share = active_share(trainer, x_BSD)  # after the peak was read
-    waits = syncs_per_step(lambda: trainer.step(x_BSD), device)
+    waits = syncs_per_step(step, device)
     if a.profile:  # after the row's own figures, which its extra steps would move
-        print_profile(lambda: trainer.step(x_BSD), device, f"{arch} {autocast or 'fp32'} {path}")
+        print_profile(step, device, f"{arch} {autocast or 'fp32'} {path}")
     precision = "bf16" if autocast else "fp32"
     state = "trained" if trained else "fresh"
     del trainer
     return (f"{arch:22s} {precision:5s} {state:8s} {path:13s} L0 {l0:8.1f}  {a.batch / seconds:10,.0f} tok/s  "
             f"{floor / seconds:6.1%} of the {'sparse' if sparse else 'dense'} floor  peak {peak:6.1f} GiB "
-            f"(plan {plan:.1f}, {peak / plan:.2f}x){waits}{share}")  # fmt: skip
+            f"(plan {plan:.1f}, {peak / plan:.2f}x){waits}{share}{dead}")  # fmt: skip
+
+
+def with_dead_features(trainer: CrosscoderTrainer, x_BSD: torch.Tensor, share: float) -> tuple[Callable[[], None], str]:
+    """One training step on ``x_BSD``, with every ``1 / share``-th feature counted dead before
+    it (a step resets the count of those that fire); and the row's note of it."""
+    if share <= 0:
+        return lambda: trainer.step(x_BSD), ""
+    d_sae = trainer.sae.cfg.d_sae
+    dead_F = torch.arange(d_sae, device=x_BSD.device) % round(1 / share) == 0
+
+    def step() -> None:
+        trainer.tokens_since_fired.masked_fill_(dead_F, trainer.dead_feature_window_tokens + 1)
+        trainer.step(x_BSD)
+
+    return step, f"  {int(dead_F.sum())} dead ({share:.0%}), decoded by the auxiliary loss"
 
 
 def syncs_per_step(fn: Callable[[], None], device: str) -> str:
@@ -233,6 +251,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--k", type=int, default=64, help="TopK/BatchTopK k")
     p.add_argument("--l0", type=float, default=100.0, help="the trained sparsity the bias/threshold is set to")
+    p.add_argument("--dead", type=float, default=0.05,
+                   help="TopK/BatchTopK's trained rows: the share of features counted dead, which the auxiliary loss decodes")  # fmt: skip
     p.add_argument("--steps", type=int, default=10, help="timed steps per row (median)")
     p.add_argument("--rounds", type=int, default=10, help="timed calls per floor (median)")
     p.add_argument("--peak-n", type=int, default=8192, help="matmul side for the bf16 peak")

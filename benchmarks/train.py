@@ -12,7 +12,8 @@ in the same run on the same machine.
    Goal: sparse decode >= 2x at d_sae >= 8192, k <= 64. Then the decode with the decoder
    norms' gradient through ``embedding_bag`` (a CPU's TopK step) against the eager twin of
    the pairs' kernels (``sparse_kernels.gather_decode_and_norms``), which is why a CPU keeps
-   the former.
+   the former. Then TopK's auxiliary decode of 5% dead features: as pairs, against the matmul
+   over the dead rows that the step runs.
 4. With ``--compile``: the JumpReLU step with its gate/score kernels through
    ``torch.compile`` (``jumprelu_kernels.use_compiled_kernels``), and the reference with
    its loss through ``torch.compile``, both against the eager reference.
@@ -229,13 +230,33 @@ def main() -> None:
 
     def pairs_node() -> None:
         norms = torch.linalg.vector_norm(W_dec.detach().view(F_, S, D), dim=-1)
-        out, norms = sparse_kernels.gather_decode_and_norms(W_FGD, vals.reshape(-1, 1), pairs, norms, "eager")
+        out, norms, _ = sparse_kernels.gather_decode_and_norms(W_FGD, vals.reshape(-1, 1), pairs, norms, "eager")
         ((out.view(B, -1) * upstream).sum() + norms.sum()).backward()
         W_dec.grad = vals.grad = None
 
     print_both(
         "decode and decoder norms, forward+backward",
         {"the pairs' eager node": pairs_node, "embedding_bag + row_norms": embedding_bag_and_norms}, args.rounds,
+    )
+
+    # TopK's auxiliary decode: every token keeps every dead feature (while fewer are dead than
+    # aux_k, S * d_in / 2), as pairs through embedding_bag against a matmul over the dead rows
+    dead = torch.arange(0, F_, 20)  # 5% of the features
+    h_aux = torch.randn(B, dead.numel(), requires_grad=True)
+    dead_NK = dead.expand(B, -1)
+
+    def aux_pairs() -> None:
+        out = F.embedding_bag(dead_NK, W_dec, mode="sum", per_sample_weights=h_aux)
+        (out * upstream).sum().backward()
+        W_dec.grad = h_aux.grad = None
+
+    def aux_matmul() -> None:
+        ((h_aux @ W_dec.index_select(0, dead)) * upstream).sum().backward()
+        W_dec.grad = h_aux.grad = None
+
+    print_both(
+        f"auxiliary decode of {dead.numel()} dead features, forward+backward",
+        {"pairs (embedding_bag)": aux_pairs, "matmul over the dead rows": aux_matmul}, args.rounds,
     )
 
 

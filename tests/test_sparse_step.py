@@ -149,27 +149,39 @@ def test_triton_gather_decode_reads_the_rounded_copy(device, triton_backend):
 
 def check_decode_and_norms(backend: str, device: str, groups: int) -> None:
     """The decode's node, given W's norms per snapshot (``[F, S]``, whatever the groups),
-    returns them differentiable: W's one gradient equals the sum of the decode's and the
-    norms' (each row's slice at each snapshot), zero rows included; unused, they add nothing."""
+    returns them differentiable, and the matmul decode of a few rows (TopK's auxiliary code):
+    W's one gradient equals the sum of the decode's, the norms' (each row's slice at each
+    snapshot) and the rows', zero rows included; unused, they add nothing."""
     pairs, W_FGD, values_AG, grad_NGD = random_pairs(device, groups)
     with torch.no_grad():
         W_FGD[7] = 0.0  # a zero row: its norms' gradient is 0, not NaN
         W_FGD[9, :, : D * S // groups // 2] = 0.0
-    grad_FS = torch.randn(F, S, generator=torch.Generator().manual_seed(3)).to(device)
+    g = torch.Generator().manual_seed(3)
+    grad_FS = torch.randn(F, S, generator=g).to(device)
+    rows_R = torch.tensor([2, 7, 9, 11]).to(device)  # rows the pairs use too, and a zero row
+    values_NR = torch.randn(pairs.n_tokens, 4, generator=g).to(device).requires_grad_()
+    grad_NK = torch.randn(pairs.n_tokens, S * D, generator=g).to(device)
     norms_FS = torch.linalg.vector_norm(W_FGD.detach().reshape(F, S, D), dim=-1)
-    out_NGD, got_FS = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, backend)
-    grads = torch.autograd.grad((out_NGD, got_FS), (W_FGD, values_AG), (grad_NGD, grad_FS))
+    out_NGD, got_FS, rows_NK = sparse_kernels.gather_decode_and_norms(
+        W_FGD, values_AG, pairs, norms_FS, backend, rows=(rows_R, values_NR)
+    )
+    inputs = (W_FGD, values_AG, values_NR)
+    grads = torch.autograd.grad((out_NGD, got_FS, rows_NK), inputs, (grad_NGD, grad_FS, grad_NK))
     want_NGD = gather_decode(W_FGD, values_AG, pairs, backend)
     want_FS = row_norms(W_FGD.reshape(F, S, D))
-    want = torch.autograd.grad((want_NGD, want_FS), (W_FGD, values_AG), (grad_NGD, grad_FS))
+    want_NK = values_NR @ W_FGD.reshape(F, S * D)[rows_R]
+    want = torch.autograd.grad((want_NGD, want_FS, want_NK), inputs, (grad_NGD, grad_FS, grad_NK))
     assert torch.equal(out_NGD, want_NGD) and torch.equal(got_FS, want_FS) and got_FS.requires_grad
-    for got, expected, name in zip(grads, want, ("W", "values")):
+    torch.testing.assert_close(rows_NK, want_NK, rtol=1e-6, atol=1e-6)
+    for got, expected, name in zip(grads, want, ("W", "values", "the rows' values")):
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=name)
-    assert grads[0].isfinite().all() and grads[0][7].abs().max() == 0
+    assert grads[0].isfinite().all() and grads[0][7].abs().max() > 0  # the rows' part alone
     decode_only_NGD = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, backend)[0]
     alone = torch.autograd.grad(decode_only_NGD, W_FGD, grad_NGD)[0]
     decode_NGD = gather_decode(W_FGD, values_AG, pairs, backend)
     assert torch.equal(alone, torch.autograd.grad(decode_NGD, W_FGD, grad_NGD)[0])
+    norms_only = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, backend)[1]
+    assert torch.autograd.grad(norms_only, W_FGD, grad_FS)[0][7].abs().max() == 0
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -185,6 +197,13 @@ def test_gather_decode_and_norms_refuses_norms_that_do_not_split_the_rows():
     pairs, W_FGD, values_AG, _ = random_pairs("cpu", 1)
     with pytest.raises(ValueError, match="do not split the rows of W"):
         sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, torch.ones(F, 5))
+
+
+def test_gather_decode_and_norms_refuses_rows_without_a_value_per_token_and_row():
+    pairs, W_FGD, values_AG, _ = random_pairs("cpu", 1)
+    rows = (torch.tensor([1, 2]), torch.ones(pairs.n_tokens, 3))
+    with pytest.raises(ValueError, match="one value per token and row"):
+        sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, torch.ones(F, S), rows=rows)
 
 
 # ---------------------------------------------------------------- the whole step
@@ -565,9 +584,9 @@ def nodes_into(loss: torch.Tensor, param: torch.Tensor) -> list[str]:
     return sorted(name for parent in parents[leaf] for name in senders(parent))
 
 
-def step_loss(sae, x_BSD: torch.Tensor) -> torch.Tensor:
+def step_loss(sae, x_BSD: torch.Tensor, dead_F: torch.Tensor | None = None) -> torch.Tensor:
     step_input = TrainStepInput(
-        sae_in=x_BSD, coefficients=sae_coefficients(sae), dead_neuron_mask=None,
+        sae_in=x_BSD, coefficients=sae_coefficients(sae), dead_neuron_mask=dead_F,
         n_training_steps=0, is_logging_step=False,
     )  # fmt: skip
     return sae.training_forward_pass(step_input).loss
@@ -575,10 +594,11 @@ def step_loss(sae, x_BSD: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("arch", ["jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"])
 def test_the_sparse_steps_write_the_decoders_gradient_once(arch, monkeypatch):
-    """The step from pairs differentiates the decoder norms in its decode's node, so W_dec's
-    gradient (the pairs' sums and the norms' part) is written once. TopK's decode through
-    ``embedding_bag`` (a CPU's) and the norms are two nodes, whose gradients autograd adds, as
-    are its dense decode and the norms."""
+    """The step from pairs differentiates the decoder norms in its decode's node, and TopK's
+    decodes its auxiliary code there too, so W_dec's gradient (the pairs' sums, the norms' part
+    and the dead rows') is written once. TopK's decode through ``embedding_bag`` (a CPU's), the
+    norms and the auxiliary decode are three nodes, whose gradients autograd adds, as are its
+    dense decode, the norms and the auxiliary decode."""
     x_BSD = batches(1, "cpu")[0]
     if arch == "jumprelu_crosscoder":
         sparse = make_sae(arch, "cpu", l0_coefficient=0.3, sparse_step=True)
@@ -588,17 +608,20 @@ def test_the_sparse_steps_write_the_decoders_gradient_once(arch, monkeypatch):
     for kw, decode in (({}, "EmbeddingBagBackward0"), ({"sparse_decode": False}, "AddmmBackward0")):
         sae = make_sae(arch, "cpu", **kw)
         assert nodes_into(step_loss(sae, x_BSD), sae.W_dec) == [decode, "_RowNormsBackward"]
+        aux = nodes_into(step_loss(sae, x_BSD, dead_mask(sae)), sae.W_dec)
+        assert aux == sorted([decode, "IndexSelectBackward0", "_RowNormsBackward"])
     monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")  # the pairs' path, with the eager sums
     monkeypatch.setattr(sparse_kernels, "_implementation", lambda backend: sparse_kernels._EAGER)
     pairs = make_sae(arch, "cpu")
     assert nodes_into(step_loss(pairs, x_BSD), pairs.W_dec) == ["SparseDecodeBackward"]
+    assert nodes_into(step_loss(pairs, x_BSD, dead_mask(pairs)), pairs.W_dec) == ["SparseDecodeBackward"]
 
 
 @NO_CUDA
 @pytest.mark.parametrize("arch", ["jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"])
 def test_the_cuda_defaults_write_the_decoders_gradient_once(arch):
     """On CUDA, by default (the Triton kernels; JumpReLU from its pairs at a trained sparsity),
-    each sparse step sends W_dec one gradient."""
+    each sparse step sends W_dec one gradient, with dead features for TopK's auxiliary decode."""
     jumprelu = arch == "jumprelu_crosscoder"
     # as in the default-path test above: L0 1% of d_sae and a narrow window, where the pairs pay
     extra = {"l0_coefficient": 0.3, "jumprelu_bandwidth": 0.002} if jumprelu else {"sparse_decode": None}
@@ -606,4 +629,4 @@ def test_the_cuda_defaults_write_the_decoders_gradient_once(arch):
     x_BSD = batches(1, "cuda")[0]
     if jumprelu:
         set_trained_sparsity(sae, x_BSD, share=0.01)
-    assert nodes_into(step_loss(sae, x_BSD), sae.W_dec) == ["SparseDecodeBackward"]
+    assert nodes_into(step_loss(sae, x_BSD, dead_mask(sae)), sae.W_dec) == ["SparseDecodeBackward"]

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput, TrainStepOutput
 from torch import nn
 
@@ -184,6 +184,8 @@ class CrosscoderPass:
     hidden_pre_NF: torch.Tensor
     feature_acts_NF: torch.Tensor
     recon_NSD: torch.Tensor = None  # type: ignore[assignment]  # set by training_pass
+    dead_neuron_mask_F: torch.Tensor | None = None
+    """The step's dead features (SAELens's ``dead_neuron_mask``), where the step has them."""
     extras: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -493,15 +495,18 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
         params = [p for p in self.parameters() if p.requires_grad]  # type: ignore[attr-defined]
         return [{"params": params, "lr": lr}]
 
-    def training_pass(self, sae_in: Float[torch.Tensor, "... n_snapshots d_in"]) -> CrosscoderPass:
+    def training_pass(
+        self, sae_in: Float[torch.Tensor, "... n_snapshots d_in"], dead_neuron_mask: Bool[torch.Tensor, " d_sae"] | None = None
+    ) -> CrosscoderPass:  # fmt: skip
         self.check_input_shape(sae_in)
         x_NSD = sae_in.reshape(-1, self.cfg.n_snapshots, self.cfg.d_in)
         fwd = self._training_encode(x_NSD)
+        fwd.dead_neuron_mask_F = dead_neuron_mask
         fwd.recon_NSD = self._finish_decode(self._training_decode(fwd))
         return fwd
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        fwd = self.training_pass(step_input.sae_in)
+        fwd = self.training_pass(step_input.sae_in, step_input.dead_neuron_mask)
         target_NSD = fwd.x_NSD.to(fwd.recon_NSD.dtype)
         sq_err_N = (fwd.recon_NSD - target_NSD).pow(2).sum(dim=(-2, -1))
         mse_loss = self.collectives.token_mean(sq_err_N)

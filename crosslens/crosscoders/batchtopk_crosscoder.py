@@ -180,11 +180,9 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
         offers = torch.cat([_offer(self.selection_scores(self.hidden_pre(x)).flatten(), n_keep) for x in chunks])
         return {"cutoff": self._cutoff(offers, n_keep)}
 
-    def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
-        if not self.uses_sparse_decode:
-            return self.decode_dense(fwd.feature_acts_NF)
+    def _kept(self, fwd: CrosscoderPass) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         offsets_N = run_starts(fwd.extras["rows"], fwd.hidden_pre_NF.shape[0])[:-1]  # rows ascend
-        return self.decode_kept(fwd, fwd.extras["cols"], fwd.extras["vals"], offsets_N)
+        return fwd.extras["cols"], fwd.extras["vals"], offsets_N
 
     def kept_l1_per_token(self, fwd: CrosscoderPass) -> torch.Tensor:
         rows, cols, vals = fwd.extras["rows"], fwd.extras["cols"], fwd.extras["vals"]

@@ -29,6 +29,10 @@ norms' part and adds the pairs' sums to it.
 :func:`sparse_gated_decode` is the JumpReLU crosscoder's gate, tanh scores and decode
 built on them; the TopK crosscoders call :func:`gather_decode_and_norms` directly.
 
+TopK's auxiliary loss decodes a second code from the decoder, one that every token reads from
+the same few rows (the dead features'), which is a matmul, not a gather: the same node takes it
+as :data:`DenseRows` and adds its rows' gradient to W's, so that W's gradient stays one tensor.
+
 A step reads from the device only the counts it cannot do without (on a GPU each read waits
 for the queue to drain, and a streamed run's forward overlaps the step only between reads):
 the JumpReLU step reads its open and window counts together (:func:`active_entries`) and
@@ -79,6 +83,12 @@ NormTerm = tuple[torch.Tensor, torch.Tensor]
 """``(W_FGD, scale_FR)``: the gradient of a loss through the norms of W's rows viewed ``[F, R,
 G * D / R]`` is ``W * scale`` (:func:`~crosslens.core.tensors.norm_gradient_scale`), each
 ``scale[i, r]`` applied to row ``i``'s ``r``-th slice."""
+
+
+DenseRows = tuple[torch.Tensor, torch.Tensor]
+"""``(rows_R, values_NR)``: a code over a few rows of W that every token reads, decoded by
+a matmul over those rows, ``values_NR @ W[rows_R]`` viewed ``[N, G * D]`` (TopK's auxiliary
+decode of its dead features)."""
 
 
 def eager_decode(W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
@@ -161,39 +171,58 @@ class SparseDecode(torch.autograd.Function):
     output's gradient rounded to the autocast dtype (half the bytes of every row each pair
     gathers; a matmul under autocast rounds it the same way). Where ``norms_FR`` is given (the
     norms of W's rows viewed ``[F, R, G * D / R]``, computed without gradient), they are a
-    second output, differentiable in W through this node, so that W's gradient is one tensor
-    written in one pass: the norms' part ``W * grad_norm / norm`` with the pairs' sums added
-    (:func:`gather_decode_and_norms`)."""
+    second output, differentiable in W through this node, and where ``rows`` is given
+    (:data:`DenseRows`), its decode is a third, so that W's gradient is one tensor written in
+    one pass: the norms' part ``W * grad_norm / norm`` with the pairs' sums added
+    (:func:`gather_decode_and_norms`), the rows' matmul added to its few rows."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, backend: str,
         read_FGD: torch.Tensor | None, norms_FR: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        rows_R: torch.Tensor | None, values_NR: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
         ctx.set_materialize_grads(False)
         ctx.grad_dtype = autocast_dtype(W_FGD.device) or values_AG.dtype
         ops = _implementation(backend)
         read_FGD = W_FGD if read_FGD is None else read_FGD
-        ctx.save_for_backward(read_FGD, values_AG, W_FGD, norms_FR)
+        ctx.save_for_backward(read_FGD, values_AG, W_FGD, norms_FR, rows_R, values_NR)
         ctx.pairs, ctx.ops = pairs, ops
-        return ops.decode(read_FGD, values_AG, pairs), None if norms_FR is None else norms_FR.clone()
+        out_NGD = ops.decode(read_FGD, values_AG, pairs)
+        norms_FR = None if norms_FR is None else norms_FR.clone()
+        if rows_R is None:
+            return out_NGD, norms_FR, None
+        rows_RK = _rows(read_FGD, rows_R, ctx.grad_dtype)
+        return out_NGD, norms_FR, values_NR.to(ctx.grad_dtype) @ rows_RK
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any, grad_NGD: torch.Tensor | None, grad_norms_FR: torch.Tensor | None
+        ctx: Any, grad_NGD: torch.Tensor | None, grad_norms_FR: torch.Tensor | None, grad_rows_NK: torch.Tensor | None
     ) -> tuple[Any, ...]:
-        read_FGD, values_AG, W_FGD, norms_FR = ctx.saved_tensors
+        read_FGD, values_AG, W_FGD, norms_FR, rows_R, values_NR = ctx.saved_tensors
         if grad_NGD is None:
             grad_NGD = values_AG.new_zeros(ctx.pairs.n_tokens, *W_FGD.shape[1:])
         # under autocast the gathered gradient rows are read rounded, as a matmul's would be
         grad_NGD = grad_NGD.to(ctx.grad_dtype).contiguous()
-        grad_W = grad_v = None
+        grad_W = grad_v = grad_rows_v = None
         if ctx.needs_input_grad[0]:
             norm_term = None if grad_norms_FR is None else (W_FGD, norm_gradient_scale(grad_norms_FR, norms_FR))
             grad_W = ctx.ops.weight_grad(grad_NGD, values_AG, ctx.pairs, norm_term, dtype=W_FGD.dtype)
         if ctx.needs_input_grad[1]:
             grad_v = ctx.ops.values_grad(grad_NGD, read_FGD, ctx.pairs, dtype=values_AG.dtype)
-        return grad_W, grad_v, None, None, None, None
+        if grad_rows_NK is not None:
+            grad_rows_NK = grad_rows_NK.to(ctx.grad_dtype)
+            if grad_W is not None:
+                rows_grad_RK = values_NR.to(ctx.grad_dtype).T @ grad_rows_NK
+                grad_W.view(W_FGD.shape[0], -1).index_add_(0, rows_R, rows_grad_RK.to(grad_W.dtype))
+            if ctx.needs_input_grad[7]:
+                grad_rows_v = (grad_rows_NK @ _rows(read_FGD, rows_R, ctx.grad_dtype).T).to(values_NR.dtype)
+        return grad_W, grad_v, None, None, None, None, None, grad_rows_v
+
+
+def _rows(W_FGD: torch.Tensor, rows_R: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``W[rows_R]`` as ``[R, G * D]`` in ``dtype``: the rows a :data:`DenseRows` decode reads."""
+    return W_FGD.index_select(0, rows_R).reshape(rows_R.shape[0], -1).to(dtype)
 
 
 READ_COPY_PAIRS = 2
@@ -227,7 +256,7 @@ def gather_decode(
     in ``W_FGD`` and ``values_AG``; the values are cast to the decoder's dtype. ``read_FGD``:
     ``W_FGD`` rounded to the autocast dtype, whose rows the decode and the values' gradient
     read instead (half the memory traffic; the decoder's gradient is W's, in its dtype)."""
-    return _sparse_decode(W_FGD, values_AG, pairs, backend, read_FGD, None)[0]
+    return _sparse_decode(W_FGD, values_AG, pairs, backend, read_FGD, None, None)[0]
 
 
 def gather_decode_and_norms(
@@ -237,27 +266,35 @@ def gather_decode_and_norms(
     norms_FR: Float[torch.Tensor, "d_sae parts"],
     backend: str | None = None,
     read_FGD: torch.Tensor | None = None,
-) -> tuple[Float[torch.Tensor, "n groups d"], Float[torch.Tensor, "d_sae parts"]]:
-    """:func:`gather_decode` and the norms of W's rows viewed ``[F, R, G * D / R]``, given
-    as ``norms_FR`` (computed without gradient) and returned differentiable in W by the
-    decode's own node: W's gradient from the decode and from the norms is then written in
-    one pass instead of three (the pairs' sums, the norms' gradient, and their sum)."""
+    rows: DenseRows | None = None,
+) -> tuple[
+    Float[torch.Tensor, "n groups d"], Float[torch.Tensor, "d_sae parts"], Float[torch.Tensor, "n groups_d"] | None
+]:  # fmt: skip
+    """:func:`gather_decode`, the norms of W's rows viewed ``[F, R, G * D / R]``, given as
+    ``norms_FR`` (computed without gradient) and returned differentiable in W by the decode's
+    own node, and the decode of ``rows`` (:data:`DenseRows`) where given, else None: W's
+    gradient from all three is then written in one pass instead of three (the pairs' sums,
+    the norms' gradient, and their sum) or five (the rows' gradient and its sum). Under
+    autocast the rows' matmul is in the autocast dtype, from ``read_FGD`` where given."""
     F_, R = norms_FR.shape
     if W_FGD.shape[0] != F_ or (W_FGD.shape[1] * W_FGD.shape[2]) % R:
         shapes = f"norms of shape {tuple(norms_FR.shape)}, W of shape {tuple(W_FGD.shape)}"
         raise ValueError(f"{shapes}: the norms do not split the rows of W into equal parts")
-    out, norms_FR = _sparse_decode(W_FGD, values_AG, pairs, backend, read_FGD, norms_FR.detach().contiguous())
-    return out, norms_FR
+    if rows is not None and rows[1].shape != (pairs.n_tokens, rows[0].shape[0]):
+        shapes = f"values of shape {tuple(rows[1].shape)} for {rows[0].shape[0]} rows and {pairs.n_tokens} tokens"
+        raise ValueError(f"{shapes}: the rows' code needs one value per token and row")
+    return _sparse_decode(W_FGD, values_AG, pairs, backend, read_FGD, norms_FR.detach().contiguous(), rows)
 
 
 def _sparse_decode(
     W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, backend: str | None,
-    read_FGD: torch.Tensor | None, norms_FR: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    read_FGD: torch.Tensor | None, norms_FR: torch.Tensor | None, rows: DenseRows | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
     backend = backend or sparse_backend(W_FGD.device)
     read_FGD = None if read_FGD is None else read_FGD.contiguous()
     values_AG = values_AG.to(W_FGD.dtype).contiguous()
-    return SparseDecode.apply(W_FGD.contiguous(), values_AG, pairs, backend, read_FGD, norms_FR)
+    rows_R, values_NR = (None, None) if rows is None else rows
+    return SparseDecode.apply(W_FGD.contiguous(), values_AG, pairs, backend, read_FGD, norms_FR, rows_R, values_NR)
 
 
 # ----------------------------------------------------------------- the JumpReLU step
@@ -503,7 +540,7 @@ def sparse_gated_decode(
     t_A = threshold_F.float().index_select(0, pairs.feature_A)
     f_AS = JumpGate.apply(h_A, norms_FS.float().index_select(0, pairs.feature_A), t_A, bandwidth)
     read_FSD = autocast_copy(W_dec_FSD, entries.n_open)
-    recon_NSD, raw_FS = gather_decode_and_norms(W_dec_FSD, f_AS, pairs, raw_FS, backend, read_FSD)
+    recon_NSD, raw_FS, _ = gather_decode_and_norms(W_dec_FSD, f_AS, pairs, raw_FS, backend, read_FSD)
     norms_AS = (raw_FS * norm_factors_S).float().index_select(0, pairs.feature_A)
     score_A = torch.tanh(f_AS * norms_AS * tanh_scale).sum(dim=1)
     score_sum_F = score_A.new_zeros(F_).index_add(0, pairs.feature_A, score_A)

@@ -44,12 +44,7 @@ from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainSte
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
 from crosslens.crosscoders.active_pairs import ActivePairs
-from crosslens.crosscoders.sparse_kernels import (
-    autocast_copy,
-    gather_decode,
-    gather_decode_and_norms,
-    sparse_backend,
-)
+from crosslens.crosscoders.sparse_kernels import autocast_copy, gather_decode_and_norms, sparse_backend
 from crosslens.architectures import DEFAULT_K, TOPK_L1
 
 ARCHITECTURE = "topk_crosscoder"
@@ -143,21 +138,6 @@ class TopKTrainingCrosscoder(
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {"l1": TrainCoefficientConfig(value=self.cfg.l1_coefficient, warm_up_steps=self.cfg.l1_warm_up_steps)}
 
-    def decode_active(
-        self, indices: torch.Tensor, values: torch.Tensor, *, offsets: torch.Tensor | None = None,
-        add_bias: bool = True, read: torch.Tensor | None = None,
-    ) -> torch.Tensor:  # fmt: skip
-        """:meth:`CrosscoderMixin.decode_active` through the gather-sum kernels where they
-        are Triton's (CUDA), else through ``embedding_bag``; the same sums. ``read``: the
-        step's :func:`~crosslens.crosscoders.sparse_kernels.autocast_copy` of ``W_dec``, whose
-        rows the kernels read under autocast."""
-        backend = self._kernels()
-        if backend is None:
-            return super().decode_active(indices, values, offsets=offsets, add_bias=add_bias)
-        pairs = self._pairs(indices, offsets)
-        out = gather_decode(self._one_group(self.W_dec), values.reshape(-1, 1), pairs, backend, self._one_group(read))
-        return self._with_bias(out, add_bias)
-
     def _kernels(self) -> str | None:
         """The backend of the pairs' kernels where they decode (CUDA); None where
         ``embedding_bag`` does (a CPU, where its own backward is faster than the eager sums)."""
@@ -173,36 +153,35 @@ class TopKTrainingCrosscoder(
             return ActivePairs.from_rows(indices, self.cfg.d_sae)
         return ActivePairs.from_offsets(indices, offsets, self.cfg.d_sae)
 
-    def _with_bias(self, out: torch.Tensor, add_bias: bool) -> torch.Tensor:
+    def _with_bias(self, out: torch.Tensor) -> torch.Tensor:
         S, D = self.cfg.n_snapshots, self.cfg.d_in
-        if add_bias:
-            out = out + self.b_dec.reshape(S * D)
-        return out.reshape(-1, S, D)
+        return (out + self.b_dec.reshape(S * D)).reshape(-1, S, D)
 
     def decode_kept(
         self, fwd: CrosscoderPass, indices: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The step's sparse decode of its kept pairs. Through the pairs' kernels (CUDA), the
-        decode's node also differentiates the decoder norms
+        decode's node also differentiates the decoder norms and decodes the auxiliary code
         (:func:`~crosslens.crosscoders.sparse_kernels.gather_decode_and_norms`): the encode took
-        them without gradient (:meth:`step_norms`), and the differentiable sums left in
-        ``fwd.extras["norm_sums_F"]`` are the L1 term's, so that ``W_dec``'s gradient is written
-        in one pass; under autocast they read a rounded copy of ``W_dec``
-        (:func:`~crosslens.crosscoders.sparse_kernels.autocast_copy`), kept in ``fwd.extras``
-        for the auxiliary decode. Through ``embedding_bag`` (:meth:`_kernels`), the norms stay
-        the encode's."""
+        the norms without gradient (:meth:`step_norms`), the differentiable sums left in
+        ``fwd.extras["norm_sums_F"]`` are the L1 term's, and the auxiliary reconstruction is
+        left in ``fwd.extras["aux_recon_NSD"]``, so that ``W_dec``'s gradient is written in one
+        pass; under autocast they read a rounded copy of ``W_dec``
+        (:func:`~crosslens.crosscoders.sparse_kernels.autocast_copy`). Through
+        ``embedding_bag`` (:meth:`_kernels`), the norms stay the encode's."""
         raw_FS = fwd.extras["raw_norms_FS"]
         if raw_FS is None:
-            fwd.extras["W_read"] = None
             return self.decode_active(indices, values, offsets=offsets)
+        aux = fwd.extras["aux"]
         read = autocast_copy(self.W_dec, indices.numel())
-        fwd.extras["W_read"] = read
-        out, raw_FS = gather_decode_and_norms(
+        out, raw_FS, aux_recon = gather_decode_and_norms(
             self._one_group(self.W_dec), values.reshape(-1, 1), self._pairs(indices, offsets), raw_FS,
-            self._kernels(), self._one_group(read),
+            self._kernels(), self._one_group(read), None if aux is None else aux[:2],
         )  # fmt: skip
         fwd.extras["norm_sums_F"] = self.snapshot_norm_sums(raw_FS)
-        return self._with_bias(out, add_bias=True)
+        if aux_recon is not None:
+            fwd.extras["aux_recon_NSD"] = aux_recon.reshape(-1, self.cfg.n_snapshots, self.cfg.d_in)
+        return self._with_bias(out)
 
     def step_norms(self) -> tuple[torch.Tensor | None, torch.Tensor]:
         """``(raw_norms_FS, norm_sums_F)`` for a training pass, one pass over ``W_dec`` for
@@ -234,14 +213,19 @@ class TopKTrainingCrosscoder(
         )
 
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
-        if self.uses_sparse_decode:
-            return self.decode_kept(fwd, fwd.extras["idx_NK"], fwd.extras["vals_NK"])
-        return self.decode_dense(fwd.feature_acts_NF)
+        fwd.extras["aux"] = self.aux_rows(fwd)
+        if not self.uses_sparse_decode:
+            return self.decode_dense(fwd.feature_acts_NF)
+        return self.decode_kept(fwd, *self._kept(fwd))
+
+    def _kept(self, fwd: CrosscoderPass) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(indices, values, offsets)`` of the kept pairs, as :meth:`decode_kept` takes them."""
+        return fwd.extras["idx_NK"], fwd.extras["vals_NK"], None
 
     def _sparsity_losses(
         self, step_input: TrainStepInput, fwd: CrosscoderPass
     ) -> dict[str, torch.Tensor]:
-        losses = {"auxiliary_reconstruction_loss": self.aux_k_loss(fwd, step_input.dead_neuron_mask)}
+        losses = {"auxiliary_reconstruction_loss": self.aux_k_loss(fwd)}
         if self.cfg.l1_coefficient > 0:
             l1 = self.collectives.token_mean_replicated(self.kept_l1_per_token(fwd))
             losses["l1_loss"] = step_input.coefficients["l1"] * l1
@@ -252,24 +236,42 @@ class TopKTrainingCrosscoder(
         idx_NK, vals_NK = fwd.extras["idx_NK"], fwd.extras["vals_NK"]
         return (vals_NK * fwd.extras["norm_sums_F"][idx_NK]).sum(dim=-1)
 
-    def aux_k_loss(
-        self, fwd: CrosscoderPass, dead_mask_F: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Auxiliary-k loss: the top dead features reconstruct the live features' residual."""
-        if dead_mask_F is None or (n_dead := int(dead_mask_F.sum())) == 0:
-            return fwd.recon_NSD.new_zeros(())
+    def aux_rows(self, fwd: CrosscoderPass) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """The auxiliary code ``(dead_R, values_NR, scale)``: each token's ``aux_k`` dead
+        features with the largest ``h_i * sum_s ||W_dec[i, s]||`` keep their ``h`` (the others
+        0) over the dead features ``dead_R``, and the loss's scale ``min(n_dead / aux_k, 1)``;
+        None where no feature is dead. Listing the dead features is the step's one read of the
+        device. While no more are dead than ``aux_k`` (``S * d_in / 2`` by default, so nearly
+        always), every token keeps every dead feature: the code is dense over those rows, and
+        its decode a matmul over them."""
+        dead_F = fwd.dead_neuron_mask_F
+        if dead_F is None:
+            return None
+        dead_R = dead_F.to(torch.bool).nonzero().flatten()
+        n_dead = dead_R.numel()
+        if n_dead == 0:
+            return None
         aux_k = self.cfg.aux_k or self.total_snapshots * self.cfg.d_in // 2
-        scale = min(n_dead / aux_k, 1.0)
-        aux_k = min(aux_k, n_dead)
+        h_NR = fwd.hidden_pre_NF.index_select(1, dead_R)
+        if n_dead > aux_k:
+            with torch.no_grad():
+                scores_NR = h_NR * fwd.extras["norm_sums_F"].index_select(0, dead_R)
+                kept_NR = torch.zeros_like(h_NR, dtype=torch.bool)
+                kept_NR.scatter_(1, scores_NR.topk(aux_k, dim=-1, sorted=False).indices, True)
+            h_NR = h_NR.masked_fill(~kept_NR, 0.0)
+        return dead_R, h_NR, min(n_dead / aux_k, 1.0)
+
+    def aux_k_loss(self, fwd: CrosscoderPass) -> torch.Tensor:
+        """Auxiliary-k loss: the top dead features (:meth:`aux_rows`) reconstruct the live
+        features' residual, without the decoder bias."""
+        aux = fwd.extras["aux"]
+        if aux is None:
+            return fwd.recon_NSD.new_zeros(())
+        dead_R, values_NR, scale = aux
+        aux_recon_NSD = fwd.extras.get("aux_recon_NSD")
+        if aux_recon_NSD is None:
+            W_RK = self.W_dec.reshape(self.cfg.d_sae, -1).index_select(0, dead_R)
+            aux_recon_NSD = (values_NR @ W_RK).reshape(-1, self.cfg.n_snapshots, self.cfg.d_in)
         residual_NSD = (fwd.x_NSD.to(fwd.recon_NSD.dtype) - fwd.recon_NSD).detach()
-        h_NF = fwd.hidden_pre_NF
-        with torch.no_grad():
-            scores_NF = h_NF * fwd.extras["norm_sums_F"]
-            scores_NF = scores_NF.masked_fill(~dead_mask_F.to(torch.bool)[None], -torch.inf)
-            # ascending feature order: the gathered sum is then the same whatever order
-            # topk returned, which keeps training bit-reproducible across resumes
-            idx_NK = scores_NF.topk(aux_k, dim=-1, sorted=False).indices.sort(dim=-1).values
-        aux_values_NK = h_NF.gather(-1, idx_NK)
-        aux_recon_NSD = self.decode_active(idx_NK, aux_values_NK, add_bias=False, read=fwd.extras.get("W_read"))
         aux_loss = self.collectives.token_mean((aux_recon_NSD - residual_NSD).pow(2).sum(dim=(-2, -1)))
         return self.cfg.aux_loss_coefficient * scale * aux_loss
