@@ -1,0 +1,160 @@
+"""Every Triton kernel compiles for an H100 (``sm_90``) from the arguments its wrapper passes,
+on a machine without a GPU: triton's compiler needs the target, not the device. The
+interpreter's tests check the kernels' numbers; this checks what the interpreter does not, that
+the compiler accepts them (``tl.dot``'s tile shapes and input types, casts, the ops a target
+has), down to the cubin that ``ptxas`` writes.
+
+Each wrapper runs on CPU tensors with its kernel replaced by a recorder of the launch, so the
+signatures compiled are the ones the wrapper would launch with, for each dtype a step gives it
+(float32, and bfloat16 under autocast).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from interpreted import HAS_TRITON, INTERPRETED
+
+pytestmark = pytest.mark.skipif(
+    not HAS_TRITON or INTERPRETED, reason="needs triton, and its compiler rather than the interpreter"
+)
+
+H100 = ("cuda", 90, 32)
+"""Backend, compute capability and warp size of the target."""
+
+TRITON_TYPES = {
+    torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+    torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1",
+}  # fmt: skip
+
+
+class Launches:
+    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kwargs)`` records the
+    arguments instead of launching."""
+
+    def __init__(self, kernel: Any):
+        self.kernel, self.calls = kernel, []
+
+    def __getitem__(self, grid: Any) -> Any:
+        return lambda *args, **kwargs: self.calls.append((args, kwargs))
+
+
+def signature(kernel: Any, args: tuple, kwargs: dict) -> tuple[dict[str, str], dict[str, Any]]:
+    """Triton's ``(signature, constexprs)`` of one launch of ``kernel``."""
+    values = {**dict(zip(kernel.arg_names, args)), **kwargs}
+    types, constexprs = {}, {}
+    for name, param in zip(kernel.arg_names, kernel.params):
+        value = values[name]
+        if param.is_constexpr:
+            types[name], constexprs[name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            types[name] = "*" + TRITON_TYPES[value.dtype]
+        elif isinstance(value, bool):
+            types[name] = "i1"
+        elif isinstance(value, int):
+            types[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+        else:
+            types[name] = "fp32"
+    return types, constexprs
+
+
+def compile_recorded(module: Any, name: str, run: Any, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run ``run()`` with ``module.name`` recording its launches, then compile each distinct
+    launch for the H100; returns how many were compiled."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = getattr(module, name)
+    launches = Launches(kernel)
+    monkeypatch.setattr(module, name, launches)
+    run()
+    assert launches.calls, f"{name} was never launched"
+    seen = set()
+    for args, kwargs in launches.calls:
+        types, constexprs = signature(kernel, args, kwargs)
+        key = (tuple(types.items()), tuple(constexprs.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        compiled = triton.compile(ASTSource(kernel, types, constexprs), target=GPUTarget(*H100))
+        assert compiled.asm["cubin"], f"{name} {types} {constexprs}: no cubin"
+    return len(seen)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+
+
+def pairs_and_tensors(groups: int, dtype: torch.dtype):
+    from crosslens.crosscoders.active_pairs import ActivePairs
+
+    g = torch.Generator().manual_seed(0)
+    N, F_, D, k = 6, 10, 24, 3
+    idx_NK = torch.rand(N, F_, generator=g).topk(k, dim=-1).indices.sort(dim=-1).values
+    pairs = ActivePairs.from_rows(idx_NK, F_)
+    W_FGD = torch.randn(F_, groups, D, generator=g)
+    values_AG = torch.randn(N * k, groups, generator=g)
+    grad_NGD = torch.randn(N, groups, D, generator=g).to(dtype)
+    return pairs, W_FGD, values_AG, grad_NGD
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_the_sparse_decode_kernels_compile_for_an_h100(groups, dtype, monkeypatch):
+    from crosslens.crosscoders import triton_kernels
+
+    pairs, W_FGD, values_AG, grad_NGD = pairs_and_tensors(groups, dtype)
+    read_FGD = W_FGD.to(dtype)  # the rounded copy a step reads under autocast
+    scale_FS = torch.rand(W_FGD.shape[0], 2)
+
+    def gathers() -> None:
+        triton_kernels.decode(read_FGD, values_AG, pairs)
+        triton_kernels.weight_grad(grad_NGD, values_AG, pairs, dtype=torch.float32)
+        triton_kernels.weight_grad(grad_NGD, values_AG, pairs, (W_FGD, scale_FS), dtype=torch.float32)
+
+    assert compile_recorded(triton_kernels, "_gather_rows", gathers, monkeypatch) == 3
+    dots = lambda: triton_kernels.values_grad(grad_NGD, read_FGD, pairs, dtype=torch.float32)  # noqa: E731
+    assert compile_recorded(triton_kernels, "_pair_dots", dots, monkeypatch) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_window_kernel_compiles_for_an_h100(dtype, monkeypatch):
+    from crosslens.crosscoders import triton_kernels
+
+    g = torch.Generator().manual_seed(1)
+    S, N, D, F_ = 3, 70, 40, 90  # past one tile on each axis, d_in not a multiple of its block
+    grad_SND = torch.randn(S, N, D, generator=g).to(dtype)
+    W_FSD = torch.randn(F_, S, D, generator=g).to(dtype)
+    h_NF = torch.randn(F_, N, generator=g).to(dtype).T  # feature-major, as the encoder leaves it
+    window_NF = torch.rand(N, F_, generator=g) < 0.1
+    norms_FS, t_F = torch.rand(F_, S, generator=g), torch.rand(F_, generator=g)
+
+    def window() -> None:
+        triton_kernels.window_dots(grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, 0.05)
+
+    assert compile_recorded(triton_kernels, "_window_dots", window, monkeypatch) == 1
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_the_bfloat16_state_adam_kernel_compiles_for_an_h100(scaled, monkeypatch):
+    from crosslens.training import triton_adam
+    from crosslens.training.optim import rounding_noise
+
+    g = torch.Generator().manual_seed(2)
+    n = 3 * triton_adam.BLOCK + 100
+    p, grad = torch.randn(n, generator=g), torch.randn(n, generator=g)
+    m, v = torch.zeros(n, dtype=torch.bfloat16), torch.zeros(n, dtype=torch.bfloat16)
+    noise = (rounding_noise(m, g), rounding_noise(v, g))
+    hyper = (0.9, 0.999, 1e-3, math.sqrt(1 - 0.999), 1e-8)
+    scale = torch.tensor(2.0) if scaled else None
+
+    def update() -> None:
+        triton_adam.chunk_update(p, grad, m, v, noise, scale, hyper)
+
+    assert compile_recorded(triton_adam, "_update", update, monkeypatch) == 1
