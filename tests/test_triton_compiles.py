@@ -2,7 +2,8 @@
 on a machine without a GPU: triton's compiler needs the target, not the device. The
 interpreter's tests check the kernels' numbers; this checks what the interpreter does not, that
 the compiler accepts them (``tl.dot``'s tile shapes and input types, casts, the ops a target
-has), down to the cubin that ``ptxas`` writes.
+has), down to the cubin that ``ptxas`` writes, and that no thread spills registers to memory
+(what a kernel costs for that shows only on a GPU, but whether it spills shows here).
 
 Each wrapper runs on CPU tensors with its kernel replaced by a recorder of the launch, so the
 signatures compiled are the ones the wrapper would launch with, for each dtype a step gives it
@@ -81,9 +82,38 @@ def compile_recorded(module: Any, name: str, run: Any, monkeypatch: pytest.Monke
         if key in seen:
             continue
         seen.add(key)
-        compiled = triton.compile(ASTSource(kernel, types, constexprs), target=GPUTarget(*H100))
+        options = {key: kwargs[key] for key in LAUNCH_OPTIONS if key in kwargs}
+        compiled = triton.compile(ASTSource(kernel, types, constexprs), target=GPUTarget(*H100), options=options)
         assert compiled.asm["cubin"], f"{name} {types} {constexprs}: no cubin"
+        spilled = stack_bytes(compiled.asm["cubin"])
+        assert spilled in (None, 0), f"{name} {types} {constexprs} {options}: {spilled} bytes of stack a thread"
     return len(seen)
+
+
+LAUNCH_OPTIONS = ("num_warps", "num_stages")
+"""A launch's keywords that are the compiler's options, not the kernel's arguments."""
+
+
+def stack_bytes(cubin: bytes) -> int | None:
+    """The stack a thread of this cubin's kernel uses (spilled registers), as ``cuobjdump``
+    (shipped with triton's CUDA backend) reports it; None where there is no ``cuobjdump``."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"STACK:(\d+)", usage)
+    assert found, usage
+    return int(found.group(1))
 
 
 @pytest.fixture(autouse=True)

@@ -145,6 +145,12 @@ WINDOW_BLOCKS = {"BLOCK_N": 64, "BLOCK_F": 64, "BLOCK_K": 64}
 """Tile of one ``_window_dots`` program: tokens x features, and the ``d_in`` slice of each
 step of its inner product."""
 
+WINDOW_WARPS = 8
+"""Warps of one ``_window_dots`` program. Its epilogue holds four ``BLOCK_N x BLOCK_F`` tiles
+(the dot products, ``h``, the window and the distances): compiled for an H100 with 4 warps
+it takes all 255 registers a thread may have, and spills to the stack in float32; with 8,
+128 (bfloat16) or 148 (float32) and no spill (``tests/test_triton_compiles.py``)."""
+
 
 @triton.jit
 def _window_dots(
@@ -201,6 +207,6 @@ def window_dots(
     _window_dots[grid](
         sums, counts, grad_SND.contiguous(), W_FSD.contiguous(), h_NF, window, norms_FS.contiguous(), t_F.contiguous(),
         N, F_, S, D, h_NF.stride(0), h_NF.stride(1), window.stride(0), window.stride(1), half_width,
-        IEEE=grad_SND.dtype == torch.float32, **blocks,
+        IEEE=grad_SND.dtype == torch.float32, **blocks, num_warps=WINDOW_WARPS,
     )  # fmt: skip
     return sums.sum(dim=0), counts.sum(dim=0)
