@@ -20,6 +20,12 @@
    at the trained sparsity with ``sparse_step`` off and on, TopK/BatchTopK through
    ``embedding_bag`` and through the Triton gather-sum kernels.
 
+With ``--gathers`` it first times the sparse decode's three Triton gathers on their own, at
+the shape's TopK pairs (``k`` per token), for each block size and warp count it tries, with the
+rows read in bfloat16 (autocast) and float32: milliseconds and the bandwidth that the rows and
+gradient rows gathered would take from memory (more than the memory's where the L2 cache holds
+rows that several pairs read).
+
 Without CUDA it prints one line and exits 0. ``--small`` runs the same logic on the CPU at
 a tiny shape (fractions and memory there mean nothing; it checks that the script works).
 
@@ -27,6 +33,7 @@ a tiny shape (fractions and memory there mean nothing; it checks that the script
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --d-sae 98304 --only jumprelu_crosscoder --optimizer-state bfloat16 --micro-batches 8
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --small
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --only topk_crosscoder --profile   # where a row's time goes
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --only topk_crosscoder --gathers   # the gathers' launch sizes
 """
 
 from __future__ import annotations
@@ -99,6 +106,54 @@ def floors(a: argparse.Namespace, device: str) -> dict[str, float]:
     del x, W, h
     opt = seconds_per_call(optimizer_pass(a.S, a.d_in, F, device, a.optimizer_state), device, a.rounds)
     return {"dense": matmuls5 + opt, "sparse": matmuls2 + opt, "optimizer": opt}
+
+
+GATHER_BLOCKS = ((256, 4), (512, 4), (1024, 4), (1024, 8), (2048, 8))
+"""``(COLUMN_BLOCK, num_warps)`` of the gather kernel tried by ``--gathers``; the first is the
+kernel's default."""
+
+PAIR_DOT_BLOCKS = ((16, 128), (8, 256), (32, 64), (16, 256))
+"""``(PAIR_BLOCK, PAIR_COLUMNS)`` of the pairs' dot products tried by ``--gathers``; the
+first is the default."""
+
+
+def gather_sweep(a: argparse.Namespace, device: str) -> None:
+    """The three gathers of the sparse decode at TopK's pairs for each launch tried."""
+    if sparse_kernels.sparse_backend(torch.device(device)) != "triton":
+        print("gathers: no Triton kernels here, nothing timed")
+        return
+    from crosslens.crosscoders import triton_kernels as tk
+    from crosslens.crosscoders.active_pairs import ActivePairs
+
+    F_, K = a.d_sae, a.S * a.d_in
+    g = torch.Generator(device=device).manual_seed(0)
+    idx = torch.rand(a.batch, F_, device=device, generator=g).topk(a.k, dim=-1).indices.sort(dim=-1).values
+    pairs = ActivePairs.from_rows(idx, F_)
+    n_pairs = idx.numel()
+    W = torch.randn(F_, 1, K, device=device, generator=g)
+    values = torch.randn(n_pairs, 1, device=device, generator=g)
+    scale = torch.rand(F_, a.S, device=device, generator=g)
+    defaults = tk.COLUMN_BLOCK, tk.PAIR_BLOCK, tk.PAIR_COLUMNS, tk.GATHER_WARPS
+    print(f"gathers: {n_pairs:,} pairs of {a.batch} tokens x k {a.k}, rows of {K} columns")
+    for dtype in (torch.bfloat16, torch.float32):
+        read, grad = W.to(dtype), torch.randn(a.batch, 1, K, device=device, generator=g).to(dtype)
+        row_bytes = K * read.element_size()
+        for block, warps in GATHER_BLOCKS:
+            tk.COLUMN_BLOCK, tk.GATHER_WARPS = block, warps
+            decode = seconds_per_call(lambda: tk.decode(read, values, pairs), device, a.rounds)
+            weight = seconds_per_call(
+                lambda: tk.weight_grad(grad, values, pairs, (W, scale), dtype=torch.float32), device, a.rounds
+            )
+            print(f"  {str(dtype)[6:]:9s} gather rows, block {block:5d}, {warps} warps: decode {decode * 1e3:6.2f} ms "
+                  f"({n_pairs * row_bytes / decode / 1e12:5.2f} TB/s), weight gradient {weight * 1e3:6.2f} ms "
+                  f"({(n_pairs * row_bytes + 2 * F_ * K * 4) / weight / 1e12:5.2f} TB/s)")  # fmt: skip
+        tk.COLUMN_BLOCK, tk.GATHER_WARPS = defaults[0], defaults[3]
+        for pair_block, columns in PAIR_DOT_BLOCKS:
+            tk.PAIR_BLOCK, tk.PAIR_COLUMNS = pair_block, columns
+            dots = seconds_per_call(lambda: tk.values_grad(grad, read, pairs, dtype=torch.float32), device, a.rounds)
+            print(f"  {str(dtype)[6:]:9s} pair dots, {pair_block:2d} pairs x {columns:3d} columns: {dots * 1e3:6.2f} ms "
+                  f"({2 * n_pairs * row_bytes / dots / 1e12:5.2f} TB/s)")  # fmt: skip
+        tk.PAIR_BLOCK, tk.PAIR_COLUMNS = defaults[1], defaults[2]
 
 
 def step_paths(arch: str, trained: bool, device: str) -> list[str]:
@@ -258,6 +313,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-n", type=int, default=8192, help="matmul side for the bf16 peak")
     p.add_argument("--only", choices=list(cc.ARCHITECTURES), action="append", help="architectures to run (repeatable)")
     p.add_argument("--optimizer-state", choices=OPTIMIZER_STATES, default="float32")
+    p.add_argument("--gathers", action="store_true", help="time the sparse decode's Triton gathers for each block size tried")
     p.add_argument("--profile", action="store_true", help="after each row, its kernels over 3 steps by time (torch.profiler)")
     p.add_argument("--micro-batches", type=int, default=1, help="train each batch in this many micro-batches (train --micro-batches)")
     a = p.parse_args(argv)
@@ -284,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(matmuls at {(flops / (times['dense'] - times['optimizer'])) / peak:.0%} of peak)")  # fmt: skip
     print(f"floor, sparse (2 matmuls + optimizer): {a.batch / times['sparse']:10,.0f} tok/s")
     print(f"optimizer pass (norm + fused clip/Adam): {times['optimizer'] * 1e3:.2f} ms")
+    if a.gathers:
+        gather_sweep(a, device)
     for arch in a.only or list(cc.ARCHITECTURES):
         for autocast in (None, "bfloat16"):
             for trained in (False, True):

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 COLUMN_BLOCK = 256
 """Columns of one program of ``_gather_rows``."""
 
+GATHER_WARPS = 4
+"""Warps of one program of ``_gather_rows``: with :data:`COLUMN_BLOCK`, the elements each
+thread loads from a pair's row in one step of its loop over the pairs."""
+
 PAIR_BLOCK, PAIR_COLUMNS = 16, 128
 """Pairs of one program of ``_pair_dots``, and the columns of each it reads at a time."""
 
@@ -101,7 +105,7 @@ def _gather(
         out, src_GD, values_AG, order if order is not None else starts, src_row_A, starts,
         base_W if base_W is not None else out, scale if scale is not None else out,
         G * D, D, G, G * D // n_parts, n_parts,
-        HAS_ORDER=order is not None, HAS_BASE=base is not None, BLOCK=COLUMN_BLOCK,
+        HAS_ORDER=order is not None, HAS_BASE=base is not None, BLOCK=COLUMN_BLOCK, num_warps=GATHER_WARPS,
     )  # fmt: skip
     return out
 
