@@ -309,6 +309,8 @@ def test_gpu_benchmark_runs_end_to_end_small_on_cpu():
     ]
     trained_l0 = [float(r.split(" L0 ")[1].split()[0]) for r in rows if "trained" in r and "topk" not in r]
     assert trained_l0 and all(6.0 <= l0 <= 10.0 for l0 in trained_l0)  # --small sets L0 8
+    topk = [r for r in rows if "topk" in r]  # the trained rows: 5% of the features dead, decoded
+    assert topk and all(("4 dead (5%)" in r) == (" trained " in r) for r in topk)
     assert "floor, dense" in done.stdout and "floor, sparse" in done.stdout
 
 
