@@ -119,6 +119,7 @@ def stack_bytes(cubin: bytes) -> int | None:
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")  # what a launch on the device compiles with
 
 
 def pairs_and_tensors(groups: int, dtype: torch.dtype):

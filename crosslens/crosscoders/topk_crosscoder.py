@@ -44,7 +44,7 @@ from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainSte
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
 from crosslens.crosscoders.active_pairs import ActivePairs
-from crosslens.crosscoders.sparse_kernels import autocast_copy, gather_decode_and_norms, sparse_backend
+from crosslens.crosscoders.sparse_kernels import DenseRows, autocast_copy, gather_decode_and_norms, sparse_backend
 from crosslens.architectures import DEFAULT_K, TOPK_L1
 
 ARCHITECTURE = "topk_crosscoder"
@@ -176,7 +176,7 @@ class TopKTrainingCrosscoder(
         read = autocast_copy(self.W_dec, indices.numel())
         out, raw_FS, aux_recon = gather_decode_and_norms(
             self._one_group(self.W_dec), values.reshape(-1, 1), self._pairs(indices, offsets), raw_FS,
-            self._kernels(), self._one_group(read), None if aux is None else aux[:2],
+            self._kernels(), self._one_group(read), None if aux is None else aux[0],
         )  # fmt: skip
         fwd.extras["norm_sums_F"] = self.snapshot_norm_sums(raw_FS)
         if aux_recon is not None:
@@ -236,8 +236,8 @@ class TopKTrainingCrosscoder(
         idx_NK, vals_NK = fwd.extras["idx_NK"], fwd.extras["vals_NK"]
         return (vals_NK * fwd.extras["norm_sums_F"][idx_NK]).sum(dim=-1)
 
-    def aux_rows(self, fwd: CrosscoderPass) -> tuple[torch.Tensor, torch.Tensor, float] | None:
-        """The auxiliary code ``(dead_R, values_NR, scale)``: each token's ``aux_k`` dead
+    def aux_rows(self, fwd: CrosscoderPass) -> tuple[DenseRows, float] | None:
+        """The auxiliary code ``((dead_R, values_NR), scale)``: each token's ``aux_k`` dead
         features with the largest ``h_i * sum_s ||W_dec[i, s]||`` keep their ``h`` (the others
         0) over the dead features ``dead_R``, and the loss's scale ``min(n_dead / aux_k, 1)``;
         None where no feature is dead. Listing the dead features is the step's one read of the
@@ -259,7 +259,7 @@ class TopKTrainingCrosscoder(
                 kept_NR = torch.zeros_like(h_NR, dtype=torch.bool)
                 kept_NR.scatter_(1, scores_NR.topk(aux_k, dim=-1, sorted=False).indices, True)
             h_NR = h_NR.masked_fill(~kept_NR, 0.0)
-        return dead_R, h_NR, min(n_dead / aux_k, 1.0)
+        return (dead_R, h_NR), min(n_dead / aux_k, 1.0)
 
     def aux_k_loss(self, fwd: CrosscoderPass) -> torch.Tensor:
         """Auxiliary-k loss: the top dead features (:meth:`aux_rows`) reconstruct the live
@@ -267,7 +267,7 @@ class TopKTrainingCrosscoder(
         aux = fwd.extras["aux"]
         if aux is None:
             return fwd.recon_NSD.new_zeros(())
-        dead_R, values_NR, scale = aux
+        (dead_R, values_NR), scale = aux
         aux_recon_NSD = fwd.extras.get("aux_recon_NSD")
         if aux_recon_NSD is None:
             W_RK = self.W_dec.reshape(self.cfg.d_sae, -1).index_select(0, dead_R)
