@@ -7,7 +7,7 @@ names the fix when the request cannot be met on this machine. One table of spell
 names a dtype. The memory side: peak-memory counters, byte formatting, and
 :func:`release_model`, the one way a stage frees a model it is done with; and
 :func:`counted_cuda_syncs`, how often a step waits for the GPU; and
-:func:`triton_compiles_for`, where the Triton kernels run.
+:func:`kernel_backend`, where the Triton kernels run.
 
 Dtype semantics across crosslens: ``dtype`` is what the *snapshot models* run in
 (harvesting, streaming, attribution; bfloat16/float16 halve their memory). Crosscoder
@@ -168,11 +168,15 @@ def is_accelerator(device: str | torch.device) -> bool:
     return torch.device(device).type in ("cuda", "mps")
 
 
-def triton_compiles_for(device: str | torch.device) -> bool:
-    """Whether crosslens's Triton kernels run on ``device``: CUDA, with triton installed (it
-    is no dependency of the package; each kernel has an eager twin for everywhere else)."""
+def kernel_backend(device: str | torch.device, forced: str | None = None) -> str:
+    """Which of crosslens's kernels run on ``device``: ``"triton"`` on CUDA with triton
+    installed (it is no dependency of the package), else ``"eager"``, each kernel's twin for
+    everywhere else; ``forced`` where a test sets one (``"triton"`` on a CPU needs
+    ``TRITON_INTERPRET=1``)."""
     import torch
-    return torch.device(device).type == "cuda" and _triton_installed()
+    if forced is not None:
+        return forced
+    return "triton" if torch.device(device).type == "cuda" and _triton_installed() else "eager"
 
 
 @functools.cache

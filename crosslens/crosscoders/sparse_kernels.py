@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
 
-from crosslens.core.devices import triton_compiles_for
+from crosslens.core.devices import kernel_backend
 from crosslens.core.tensors import host_ints, norm_gradient_scale
 from crosslens.crosscoders.active_pairs import ActivePairs
 from crosslens.crosscoders.jumprelu_ops import threshold_gradient
@@ -63,9 +63,7 @@ PAIR_CHUNK_ELEMENTS = 1 << 22
 
 def sparse_backend(device: torch.device) -> str:
     """``"triton"`` on CUDA with triton installed, else ``"eager"`` (or :data:`BACKEND`)."""
-    if BACKEND is not None:
-        return BACKEND
-    return "triton" if triton_compiles_for(device) else "eager"
+    return kernel_backend(device, BACKEND)
 
 
 def _chunks(n_pairs: int, row_elements: int) -> list[slice]:

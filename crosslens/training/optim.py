@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from crosslens.core.devices import triton_compiles_for
+from crosslens.core.devices import kernel_backend
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.distributed.sharding import clip_coefficient, clip_grad_norm, grad_norm
 from crosslens.training.memory import CHUNK
@@ -41,7 +41,7 @@ deterministic, but its rounding differs from the unfused Adam's."""
 BACKEND: str | None = None
 """Force ``"eager"`` or ``"triton"`` for :class:`BFloat16StateAdam`'s update (``"triton"`` on a
 CPU needs ``TRITON_INTERPRET=1``); None takes the Triton kernel where it compiles
-(:func:`~crosslens.core.devices.triton_compiles_for`). For tests."""
+(:func:`~crosslens.core.devices.kernel_backend`). For tests."""
 
 
 def rounding_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -76,8 +76,7 @@ def eager_chunk_update(
 
 
 def _chunk_update(device: torch.device) -> Any:
-    backend = BACKEND or ("triton" if triton_compiles_for(device) else "eager")
-    if backend == "triton":
+    if kernel_backend(device, BACKEND) == "triton":
         from crosslens.training import triton_adam
 
         return triton_adam.chunk_update
