@@ -190,8 +190,7 @@ class SparseDecode(torch.autograd.Function):
         norms_FR = None if norms_FR is None else norms_FR.clone()
         if rows_R is None:
             return out_NGD, norms_FR, None
-        rows_RK = _rows(read_FGD, rows_R, ctx.grad_dtype)
-        return out_NGD, norms_FR, values_NR.to(ctx.grad_dtype) @ rows_RK
+        return out_NGD, norms_FR, dense_rows_decode(read_FGD, (rows_R, values_NR), ctx.grad_dtype)
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -218,9 +217,20 @@ class SparseDecode(torch.autograd.Function):
         return grad_W, grad_v, None, None, None, None, None, grad_rows_v
 
 
-def _rows(W_FGD: torch.Tensor, rows_R: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``W[rows_R]`` as ``[R, G * D]`` in ``dtype``: the rows a :data:`DenseRows` decode reads."""
-    return W_FGD.index_select(0, rows_R).reshape(rows_R.shape[0], -1).to(dtype)
+def _rows(W_FGD: torch.Tensor, rows_R: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``W[rows_R]`` as ``[R, G * D]`` in ``dtype`` (W's where None): the rows a
+    :data:`DenseRows` decode reads."""
+    return W_FGD.index_select(0, rows_R).reshape(rows_R.shape[0], -1).to(dtype or W_FGD.dtype)
+
+
+def dense_rows_decode(
+    W_FGD: Float[torch.Tensor, "d_sae groups d"], rows: DenseRows, dtype: torch.dtype | None = None
+) -> Float[torch.Tensor, "n groups_d"]:
+    """The decode of :data:`DenseRows`, ``values_NR @ W[rows_R]``, ``[N, G * D]``: in
+    ``dtype`` where given, else as the ambient autocast has it; differentiable by autograd where
+    no :func:`gather_decode_and_norms` node decodes the rows."""
+    rows_R, values_NR = rows
+    return values_NR.to(dtype or values_NR.dtype) @ _rows(W_FGD, rows_R, dtype)
 
 
 READ_COPY_PAIRS = 2

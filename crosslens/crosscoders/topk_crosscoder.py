@@ -44,7 +44,13 @@ from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainSte
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
 from crosslens.crosscoders.active_pairs import ActivePairs
-from crosslens.crosscoders.sparse_kernels import DenseRows, autocast_copy, gather_decode_and_norms, sparse_backend
+from crosslens.crosscoders.sparse_kernels import (
+    DenseRows,
+    autocast_copy,
+    dense_rows_decode,
+    gather_decode_and_norms,
+    sparse_backend,
+)
 from crosslens.architectures import DEFAULT_K, TOPK_L1
 
 ARCHITECTURE = "topk_crosscoder"
@@ -267,11 +273,10 @@ class TopKTrainingCrosscoder(
         aux = fwd.extras["aux"]
         if aux is None:
             return fwd.recon_NSD.new_zeros(())
-        (dead_R, values_NR), scale = aux
+        rows, scale = aux
         aux_recon_NSD = fwd.extras.get("aux_recon_NSD")
         if aux_recon_NSD is None:
-            W_RK = self.W_dec.reshape(self.cfg.d_sae, -1).index_select(0, dead_R)
-            aux_recon_NSD = (values_NR @ W_RK).reshape(-1, self.cfg.n_snapshots, self.cfg.d_in)
+            aux_recon_NSD = dense_rows_decode(self.W_dec, rows).reshape(-1, self.cfg.n_snapshots, self.cfg.d_in)
         residual_NSD = (fwd.x_NSD.to(fwd.recon_NSD.dtype) - fwd.recon_NSD).detach()
         aux_loss = self.collectives.token_mean((aux_recon_NSD - residual_NSD).pow(2).sum(dim=(-2, -1)))
         return self.cfg.aux_loss_coefficient * scale * aux_loss
