@@ -617,6 +617,13 @@ def test_the_sparse_steps_write_the_decoders_gradient_once(arch, monkeypatch):
     assert nodes_into(step_loss(pairs, x_BSD, dead_mask(pairs)), pairs.W_dec) == ["SparseDecodeBackward"]
 
 
+def test_topk_without_its_auxiliary_loss_decodes_no_dead_features():
+    """With ``aux_loss_coefficient`` 0 the dead features are neither listed nor decoded."""
+    x_BSD = batches(1, "cpu")[0]
+    sae = make_sae("topk_crosscoder", "cpu", aux_loss_coefficient=0.0)
+    assert nodes_into(step_loss(sae, x_BSD, dead_mask(sae)), sae.W_dec) == ["EmbeddingBagBackward0", "_RowNormsBackward"]
+
+
 @NO_CUDA
 @pytest.mark.parametrize("arch", ["jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"])
 def test_the_cuda_defaults_write_the_decoders_gradient_once(arch):
