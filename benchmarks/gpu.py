@@ -22,9 +22,9 @@
 
 With ``--gathers`` it first times the sparse decode's three Triton gathers on their own, at
 the shape's TopK pairs (``k`` per token), for each block size and warp count it tries, with the
-rows read in bfloat16 (autocast) and float32: milliseconds and the bandwidth that the rows and
+rows read in bfloat16 (autocast) and float32: milliseconds, the bandwidth that the rows and
 gradient rows gathered would take from memory (more than the memory's where the L2 cache holds
-rows that several pairs read).
+rows that several pairs read), and the speed-up over the default launch, timed in the same run.
 
 Without CUDA it prints one line and exits 0. ``--small`` runs the same logic on the CPU at
 a tiny shape (fractions and memory there mean nothing; it checks that the script works).
@@ -138,21 +138,26 @@ def gather_sweep(a: argparse.Namespace, device: str) -> None:
     for dtype in (torch.bfloat16, torch.float32):
         read, grad = W.to(dtype), torch.randn(a.batch, 1, K, device=device, generator=g).to(dtype)
         row_bytes = K * read.element_size()
+        first: list[float] = []  # the default launch's times, what each line's speed-up is against
         for block, warps in GATHER_BLOCKS:
             tk.COLUMN_BLOCK, tk.GATHER_WARPS = block, warps
             decode = seconds_per_call(lambda: tk.decode(read, values, pairs), device, a.rounds)
             weight = seconds_per_call(
                 lambda: tk.weight_grad(grad, values, pairs, (W, scale), dtype=torch.float32), device, a.rounds
             )
+            first = first or [decode, weight]
             print(f"  {str(dtype)[6:]:9s} gather rows, block {block:5d}, {warps} warps: decode {decode * 1e3:6.2f} ms "
-                  f"({n_pairs * row_bytes / decode / 1e12:5.2f} TB/s), weight gradient {weight * 1e3:6.2f} ms "
-                  f"({(n_pairs * row_bytes + 2 * F_ * K * 4) / weight / 1e12:5.2f} TB/s)")  # fmt: skip
+                  f"({n_pairs * row_bytes / decode / 1e12:5.2f} TB/s, {first[0] / decode:4.2f}x the default), "
+                  f"weight gradient {weight * 1e3:6.2f} ms ({(n_pairs * row_bytes + 2 * F_ * K * 4) / weight / 1e12:5.2f} "
+                  f"TB/s, {first[1] / weight:4.2f}x)")  # fmt: skip
         tk.COLUMN_BLOCK, tk.GATHER_WARPS = defaults[0], defaults[3]
+        first = []
         for pair_block, columns in PAIR_DOT_BLOCKS:
             tk.PAIR_BLOCK, tk.PAIR_COLUMNS = pair_block, columns
             dots = seconds_per_call(lambda: tk.values_grad(grad, read, pairs, dtype=torch.float32), device, a.rounds)
+            first = first or [dots]
             print(f"  {str(dtype)[6:]:9s} pair dots, {pair_block:2d} pairs x {columns:3d} columns: {dots * 1e3:6.2f} ms "
-                  f"({2 * n_pairs * row_bytes / dots / 1e12:5.2f} TB/s)")  # fmt: skip
+                  f"({2 * n_pairs * row_bytes / dots / 1e12:5.2f} TB/s, {first[0] / dots:4.2f}x the default)")  # fmt: skip
         tk.PAIR_BLOCK, tk.PAIR_COLUMNS = defaults[1], defaults[2]
 
 
@@ -317,6 +322,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="after each row, its kernels over 3 steps by time (torch.profiler)")
     p.add_argument("--micro-batches", type=int, default=1, help="train each batch in this many micro-batches (train --micro-batches)")
     a = p.parse_args(argv)
+    if not 0 <= a.dead < 1:
+        p.error(f"--dead {a.dead}: give the share of features counted dead, from 0 up to below 1 (e.g. 0.05)")
     if a.small:
         for key, value in SMALL.items():
             setattr(a, key, value)

@@ -314,6 +314,13 @@ def test_gpu_benchmark_runs_end_to_end_small_on_cpu():
     assert "floor, dense" in done.stdout and "floor, sparse" in done.stdout
 
 
+def test_gpu_benchmark_refuses_a_dead_share_outside_0_to_1():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--dead", "2"], capture_output=True,
+                          text=True, timeout=120, env=benchmark_env())  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--dead 2.0: give the share of features counted dead, from 0 up to below 1" in done.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 def test_gpu_benchmark_without_cuda_prints_one_line_and_exits_0():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py")], capture_output=True, text=True,
