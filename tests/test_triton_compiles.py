@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from interpreted import HAS_TRITON, INTERPRETED
+from test_sparse_step import S, random_pairs
 
 pytestmark = pytest.mark.skipif(
     not HAS_TRITON or INTERPRETED, reason="needs triton, and its compiler rather than the interpreter"
@@ -122,25 +123,13 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")  # what a launch on the device compiles with
 
 
-def pairs_and_tensors(groups: int, dtype: torch.dtype):
-    from crosslens.crosscoders.active_pairs import ActivePairs
-
-    g = torch.Generator().manual_seed(0)
-    N, F_, D, k = 6, 10, 24, 3
-    idx_NK = torch.rand(N, F_, generator=g).topk(k, dim=-1).indices.sort(dim=-1).values
-    pairs = ActivePairs.from_rows(idx_NK, F_)
-    W_FGD = torch.randn(F_, groups, D, generator=g)
-    values_AG = torch.randn(N * k, groups, generator=g)
-    grad_NGD = torch.randn(N, groups, D, generator=g).to(dtype)
-    return pairs, W_FGD, values_AG, grad_NGD
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("groups", [1, S])
 def test_the_sparse_decode_kernels_compile_for_an_h100(groups, dtype, monkeypatch):
     from crosslens.crosscoders import triton_kernels
 
-    pairs, W_FGD, values_AG, grad_NGD = pairs_and_tensors(groups, dtype)
+    pairs, W_FGD, values_AG, grad_NGD = random_pairs("cpu", groups)
+    W_FGD, values_AG, grad_NGD = W_FGD.detach(), values_AG.detach(), grad_NGD.to(dtype)
     read_FGD = W_FGD.to(dtype)  # the rounded copy a step reads under autocast
     scale_FS = torch.rand(W_FGD.shape[0], 2)
 
