@@ -5,9 +5,10 @@ In one run, with nothing downloaded:
 1. builds a local suite of ``--S`` random-init snapshots with Pythia-160M's shape (a
    GPTNeoXConfig, bf16 weights, a tiny word tokenizer: only token ids matter) and loads them
    as a :class:`ResidentSnapshotProvider` does (truncated after the hooked block);
-2. the forward floor: one snapshot to the hook at ``--seqs x --seq-len`` tokens, eager and
-   compiled (:func:`crosslens.activations.forward.forward_to_hook`), tokens/s and fraction of
-   the measured bf16 matmul peak; the largest difference between the two paths' activations;
+2. the forward floor: one snapshot to the hook at ``--seqs x --seq-len`` tokens, eager,
+   compiled, and compiled with attention through SDPA (the provider's path on CUDA;
+   :func:`crosslens.activations.forward.forward_to_hook`), tokens/s and fraction of the
+   measured bf16 matmul peak; the largest difference between the eager and SDPA activations;
 3. provider tokens/s (all snapshots, batches of ``--batch`` tokens) and its fraction of the
    forward alone (the compiled per-snapshot rate / S);
 4. end to end, provider -> ``CrosscoderTrainer.step`` under bf16 autocast at Ge et al.'s shape
@@ -34,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu import active_share, make_trainer, matmul_peak, seconds_per_call, set_sparsity, sync  # noqa: E402
 
-from crosslens.activations.forward import forward_to_hook  # noqa: E402
+from crosslens.activations.forward import forward_to_hook, trunk_attention  # noqa: E402
 from crosslens.activations.streaming import ResidentSnapshotProvider  # noqa: E402
 from crosslens.checkpoints import CheckpointSuite  # noqa: E402
 from crosslens.crosscoders import sparse_kernels  # noqa: E402
@@ -87,21 +88,24 @@ def forward_flops_per_token(model, seq_len: int) -> float:
 
 
 def forward_floor(model, a: argparse.Namespace, device: str, peak: float) -> float:
-    """Prints the eager and compiled forward to the hook; returns the compiled tokens/s (one snapshot)."""
+    """Prints the forward to the hook eager, compiled, and compiled with the trunk's attention
+    through SDPA; returns the tokens/s (one snapshot) of the path the provider takes."""
     tokens = torch.randint(3, model.cfg.d_vocab, (a.seqs, a.seq_len), device=device, generator=torch.Generator(device).manual_seed(0))
     flops = forward_flops_per_token(model, a.seq_len) * tokens.numel()
+    paths = [("eager", False, "hooked"), ("compiled", True, "hooked"), ("compiled, SDPA attention", True, "sdpa")]
     rates = {}
-    for compile in (False, True)[: 1 + a.compile]:
-        seconds = seconds_per_call(lambda: forward_to_hook(model, tokens, a.hook, compile=compile, backend=a.backend), device, a.rounds)
-        rates[compile] = tokens.numel() / seconds
-        label = "compiled" if compile else "eager"
-        print(f"forward to {a.hook}, {label:8s} {a.seqs} x {a.seq_len}: {rates[compile]:12,.0f} tok/s per snapshot "
-              f"({flops / seconds / peak:.0%} of the bf16 peak); {a.S} snapshots: {rates[compile] / a.S:10,.0f} tok/s")  # fmt: skip
-    if not a.compile:
-        return rates[False]
-    diff = (forward_to_hook(model, tokens, a.hook).float() - forward_to_hook(model, tokens, a.hook, compile=True, backend=a.backend).float()).abs().max()
-    print(f"compiled vs eager activations: max |difference| {float(diff):.3g} (bf16)")
-    return rates[True]
+    for label, compile, attention in paths[: 1 if not a.compile else 3]:
+        run = lambda: forward_to_hook(model, tokens, a.hook, compile=compile, backend=a.backend, attention=attention)  # noqa: E731
+        seconds = seconds_per_call(run, device, a.rounds)
+        rates[compile, attention] = tokens.numel() / seconds
+        print(f"forward to {a.hook}, {label:25s} {a.seqs} x {a.seq_len}: {rates[compile, attention]:12,.0f} tok/s per snapshot "
+              f"({flops / seconds / peak:.0%} of the bf16 peak); {a.S} snapshots: {rates[compile, attention] / a.S:10,.0f} tok/s")  # fmt: skip
+    if a.compile:
+        eager = forward_to_hook(model, tokens, a.hook, attention="hooked").float()
+        sdpa = forward_to_hook(model, tokens, a.hook, compile=True, backend=a.backend, attention="sdpa").float()
+        print(f"compiled SDPA vs eager activations: max |difference| {float((sdpa - eager).abs().max()):.3g} (bf16)")
+    provider_path = (a.compile and not a.small, trunk_attention(model, None))
+    return rates.get(provider_path, rates[False, "hooked"])
 
 
 def provider_rate(provider: ResidentSnapshotProvider, a: argparse.Namespace, device: str) -> float:
@@ -190,8 +194,9 @@ def run(a: argparse.Namespace, device: str, root: Path) -> None:
     print(f"loaded {len(models)} models ({models[0].cfg.n_layers} blocks each, {resident:.2f} GiB) in {time.perf_counter() - start:.0f} s")
     forward = forward_floor(models[0], a, device, peak)
     rate = provider_rate(provider, a, device)
-    label = "compiled" if a.compile else "eager"
-    print(f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the {label} forward alone)", flush=True)
+    label = "compiled" if a.compile and not a.small else "eager"
+    print(f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the {label} forward alone, "
+          f"{trunk_attention(models[0], None)} attention)", flush=True)  # fmt: skip
     rows = [("jumprelu_crosscoder", True, False), ("crosscoder", True, False), ("jumprelu_crosscoder", False, False)]
     if sparse_kernels.sparse_backend(torch.device(device)) == "triton":
         rows.append(("jumprelu_crosscoder", True, True))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_cache import make_word_tokenizer, tiny_bloom, tiny_neox, tiny_olmo, write_local_suite
+from hf_cache import make_word_tokenizer, tiny_bloom, tiny_neox, tiny_olmo, tiny_olmo2, tiny_olmo3, write_local_suite
 
-from crosslens.activations.forward import ForwardToHooks, forward_to_hook, keep_first_blocks, residual_stop
+from crosslens.activations.forward import ForwardToHooks, forward_to_hook, keep_first_blocks, residual_stop, trunk_attention
+from crosslens.activations.sdpa import sdpa_refusal
 from crosslens.checkpoints import CheckpointSuite
 
 FAMILIES = {"neox": tiny_neox, "olmo": tiny_olmo, "bloom": tiny_bloom}
@@ -109,3 +110,51 @@ def test_residual_stop():
     assert residual_stop("blocks.3.hook_resid_post") == 4
     assert residual_stop("blocks.3.hook_mlp_out") is None
     assert residual_stop("hook_embed") is None
+
+
+SDPA_FAMILIES = {
+    **FAMILIES,
+    "olmo2": tiny_olmo2,  # post-norm blocks, QK norm over all heads
+    # grouped-query attention and sliding windows of 4 positions (the 12 tokens overrun them)
+    "olmo3": lambda **kw: tiny_olmo3(**kw, layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SDPA_FAMILIES))
+def sdpa_model(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"sdpa-{request.param}")
+    write_local_suite(root, {"step0": SDPA_FAMILIES[request.param](seed=5, num_hidden_layers=3)}, make_word_tokenizer())
+    return CheckpointSuite.local(root).load(0)
+
+
+@pytest.mark.parametrize(
+    "hook", ["blocks.1.hook_resid_post", "blocks.2.hook_resid_pre", "blocks.1.hook_mlp_out", "blocks.1.attn.hook_z"]
+)
+def test_the_trunk_with_sdpa_attention_gives_run_with_cache_activations(sdpa_model, hook):
+    assert sdpa_refusal(sdpa_model) is None
+    with torch.inference_mode(), ForwardToHooks(sdpa_model, [hook], attention="sdpa") as forward:
+        got = forward(TOKENS)[hook]
+        assert forward._direct is not None or forward._split_at == 1  # the SDPA trunk ran
+    torch.testing.assert_close(got, _cached(sdpa_model, hook), rtol=0, atol=1e-5)
+
+
+def test_the_compiled_trunk_with_sdpa_attention_gives_run_with_cache_activations(sdpa_model):
+    hook = "blocks.2.hook_resid_post"
+    with torch.inference_mode(), ForwardToHooks(sdpa_model, [hook], compile=True, backend="aot_eager", attention="sdpa") as forward:
+        got = forward(TOKENS)[hook]
+    torch.testing.assert_close(got, _cached(sdpa_model, hook), rtol=0, atol=1e-5)
+
+
+def test_the_trunk_attention_is_chosen_by_device_and_refused_where_sdpa_would_differ(tmp_path):
+    write_local_suite(tmp_path, {"step0": tiny_neox(seed=8)}, make_word_tokenizer())
+    model = CheckpointSuite.local(tmp_path).load(0)
+    assert trunk_attention(model, None) == "hooked"  # on a CPU, TransformerLens's own attention
+    assert trunk_attention(model, "sdpa") == "sdpa"
+    with pytest.raises(ValueError, match="choose one of \\['hooked', 'sdpa'\\]"):
+        trunk_attention(model, "flash")
+    model.cfg.attn_scores_soft_cap = 30.0  # Gemma-2's tanh cap: SDPA has no such step
+    assert sdpa_refusal(model) == "its config sets attn_scores_soft_cap=30.0"
+    with pytest.raises(ValueError, match="attention='sdpa' cannot run this model: its config sets attn_scores_soft_cap=30.0; use attention='hooked'"):
+        ForwardToHooks(model, ["blocks.0.hook_resid_post"], attention="sdpa")
+    with ForwardToHooks(model, ["blocks.0.hook_resid_post"]) as forward:
+        assert forward.attention == "hooked"

@@ -15,8 +15,13 @@ mechanisms give the activations, and :class:`ForwardToHooks` picks one per set o
   with its hooks (``start_at_layer``): Dynamo does not guard on module hooks by default, so
   a hook added to a module inside a compiled graph could be silently skipped.
 
+The trunk's attention can run through ``scaled_dot_product_attention``
+(:mod:`crosslens.activations.sdpa`, ``attention="sdpa"``) instead of TransformerLens's
+materialised scores and pattern, for the same residual up to the order of float sums.
+
 Activations come back in the model's dtype, as ``[batch, pos, ...]`` views of what the
-model computed. ``compile=None`` compiles where it pays: on CUDA.
+model computed. ``compile=None`` compiles where it pays, and ``attention=None`` takes SDPA
+where the model allows it: both on CUDA.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Int
 
+from crosslens.activations.sdpa import sdpa_refusal, sdpa_trunk
 from crosslens.core.hooks import block_index
 
 if TYPE_CHECKING:
@@ -92,27 +98,43 @@ def _trunk(model: HookedTransformer, tokens_BL: torch.Tensor, stop: int) -> torc
     return model(tokens_BL, stop_at_layer=stop)
 
 
-_compiled_trunks: dict[str, Callable[..., torch.Tensor]] = {}
+TRUNKS: dict[str, Callable[..., torch.Tensor]] = {"hooked": _trunk, "sdpa": sdpa_trunk}
+"""The residual trunk by its ``attention``: TransformerLens's own forward, or the same
+blocks with attention through SDPA."""
+
+_compiled_trunks: dict[tuple[str, str], Callable[..., torch.Tensor]] = {}
 
 
-def _compiled_trunk(backend: str) -> Callable[..., torch.Tensor]:
+def _compiled_trunk(attention: str, backend: str) -> Callable[..., torch.Tensor]:
     """The trunk under ``torch.compile``, run with autograd off but outside inference mode
     (Dynamo's guards on constants that a model makes from numpy, as BLOOM's attention scale,
     fail under inference mode)."""
-    if backend not in _compiled_trunks:
-        compiled = torch.compile(_trunk, backend=backend, dynamic=False)
+    if (attention, backend) not in _compiled_trunks:
+        compiled = torch.compile(TRUNKS[attention], backend=backend, dynamic=False)
 
         def run(model: HookedTransformer, tokens_BL: torch.Tensor, stop: int) -> torch.Tensor:
             with torch.inference_mode(False), torch.no_grad():
                 return compiled(model, tokens_BL, stop)
 
-        _compiled_trunks[backend] = run
-    return _compiled_trunks[backend]
+        _compiled_trunks[attention, backend] = run
+    return _compiled_trunks[attention, backend]
 
 
 def should_compile(device: str | torch.device) -> bool:
     """Whether ``compile=None`` compiles on ``device``: only CUDA, where kernel fusion pays for the compile."""
     return torch.device(device).type == "cuda"
+
+
+def trunk_attention(model: HookedTransformer, attention: str | None) -> str:
+    """The trunk's attention: ``"sdpa"``, ``"hooked"`` (TransformerLens's), or None for SDPA on
+    CUDA where the model allows it; an explicit ``"sdpa"`` the model does not allow is refused."""
+    if attention is None:
+        return "sdpa" if should_compile(model.cfg.device) and sdpa_refusal(model) is None else "hooked"
+    if attention not in TRUNKS:
+        raise ValueError(f"attention={attention!r}: choose one of {sorted(TRUNKS)}, or None for SDPA on CUDA.")
+    if attention == "sdpa" and (why := sdpa_refusal(model)) is not None:
+        raise ValueError(f"attention='sdpa' cannot run this model: {why}; use attention='hooked'.")
+    return attention
 
 
 class ForwardToHooks:
@@ -124,22 +146,32 @@ class ForwardToHooks:
         hooks: hook names the model has (refused otherwise, with near matches).
         compile: run the residual trunk under ``torch.compile``; None: on CUDA only.
         backend: the ``torch.compile`` backend ("inductor"; "aot_eager" traces without codegen).
+        attention: the residual trunk's attention, ``"sdpa"`` or ``"hooked"``
+            (:func:`trunk_attention`; None: SDPA on CUDA where the model allows it).
     """
 
     def __init__(
-        self, model: HookedTransformer, hooks: Sequence[str], *, compile: bool | None = False, backend: str = "inductor"
+        self,
+        model: HookedTransformer,
+        hooks: Sequence[str],
+        *,
+        compile: bool | None = False,
+        backend: str = "inductor",
+        attention: str | None = None,
     ) -> None:
         self.hooks = list(dict.fromkeys(hooks))
         check_hooks(model, self.hooks)
         self.model = model
         self.stop = stop_layer_for(self.hooks)
         compile = should_compile(model.cfg.device) if compile is None else compile
-        self._trunk = _compiled_trunk(backend) if compile else _trunk
+        self.attention = trunk_attention(model, attention)
+        self._trunk = _compiled_trunk(self.attention, backend) if compile else TRUNKS[self.attention]
         self._direct = residual_stop(self.hooks[0]) if len(self.hooks) == 1 else None
-        # compiled trunk + one eager block: only where the block needs nothing but the residual
+        # fast trunk + one plain block: only where the block needs nothing but the residual
+        fast = compile or self.attention == "sdpa"
         layer = None if self.stop is None else self.stop - 1
         one_block = layer is not None and all(block_index(hook) == layer for hook in self.hooks)
-        self._split_at = layer if compile and self._direct is None and one_block and _plain_inputs(model) else None
+        self._split_at = layer if fast and self._direct is None and one_block and _plain_inputs(model) else None
         self._captured: dict[str, torch.Tensor] = {}
         self._stack: ExitStack | None = None
 
@@ -187,7 +219,8 @@ def forward_to_hook(
     *,
     compile: bool | None = False,
     backend: str = "inductor",
+    attention: str | None = None,
 ) -> torch.Tensor:
     """``hook``'s activation for ``tokens_BL``, in the model's dtype, with nothing past it computed."""
-    with torch.inference_mode(), ForwardToHooks(model, [hook], compile=compile, backend=backend) as forward:
+    with torch.inference_mode(), ForwardToHooks(model, [hook], compile=compile, backend=backend, attention=attention) as forward:
         return forward(tokens_BL.to(model.cfg.device))[hook]
