@@ -158,3 +158,19 @@ def test_the_trunk_attention_is_chosen_by_device_and_refused_where_sdpa_would_di
         ForwardToHooks(model, ["blocks.0.hook_resid_post"], attention="sdpa")
     with ForwardToHooks(model, ["blocks.0.hook_resid_post"]) as forward:
         assert forward.attention == "hooked"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_compiled_trunk_takes_flash_attention_and_keeps_the_activations(tmp_path):
+    write_local_suite(tmp_path, {"step0": tiny_neox(seed=9, num_hidden_layers=3, max_position_embeddings=256)}, make_word_tokenizer())
+    model = CheckpointSuite.local(tmp_path).load(0, device="cuda", dtype=torch.bfloat16)
+    tokens = torch.randint(3, 50, (4, 256), generator=torch.Generator().manual_seed(1)).cuda()
+    hook = "blocks.2.hook_resid_post"
+    with torch.inference_mode(), ForwardToHooks(model, [hook], compile=True) as forward:
+        assert forward.attention == "sdpa"
+        got = forward(tokens)[hook].float()
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(tokens, names_filter=[hook])
+    expected = cache[hook].float()
+    # bf16 rounding apart: within 2% of the activations' scale
+    assert float((got - expected).abs().max()) <= 0.02 * float(expected.abs().max())
