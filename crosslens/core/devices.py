@@ -69,7 +69,8 @@ GPUS = {
 """The GPUs ``--gpu`` names (H100 SXM 80 GB, H200 141 GB, A100 80 GB). Peaks are NVIDIA's
 dense bf16 figures. The shares were measured on an H100: forward 0.23 by
 ``benchmarks/stream_gpu.py`` (a compiled random-init Pythia-160M forward to block 6 of 7 at
-32 x 1024 tokens), the crosscoder's in :data:`H100_CROSSCODER_SHARES`. The H200 and A100
+32 x 1024 tokens, with TransformerLens's attention; the SDPA trunk that CUDA now takes is not
+timed yet), the crosscoder's in :data:`H100_CROSSCODER_SHARES`. The H200 and A100
 rows assume the H100's shares."""
 
 
