@@ -101,9 +101,11 @@ def forward_floor(model, a: argparse.Namespace, device: str, peak: float) -> flo
         print(f"forward to {a.hook}, {label:25s} {a.seqs} x {a.seq_len}: {rates[compile, attention]:12,.0f} tok/s per snapshot "
               f"({flops / seconds / peak:.0%} of the bf16 peak); {a.S} snapshots: {rates[compile, attention] / a.S:10,.0f} tok/s")  # fmt: skip
     if a.compile:
-        eager = forward_to_hook(model, tokens, a.hook, attention="hooked").float()
-        sdpa = forward_to_hook(model, tokens, a.hook, compile=True, backend=a.backend, attention="sdpa").float()
-        print(f"compiled SDPA vs eager activations: max |difference| {float((sdpa - eager).abs().max()):.3g} (bf16)")
+        acts = {(compile, attention): forward_to_hook(model, tokens, a.hook, compile=compile, backend=a.backend, attention=attention).float()
+                for _, compile, attention in paths}  # fmt: skip
+        eager = acts[False, "hooked"]
+        print(f"compiled vs eager activations: max |difference| {float((acts[True, 'hooked'] - eager).abs().max()):.3g} (bf16); "
+              f"compiled SDPA vs eager: {float((acts[True, 'sdpa'] - eager).abs().max()):.3g}")  # fmt: skip
     provider_path = (a.compile and not a.small, trunk_attention(model, None))
     return rates.get(provider_path, rates[False, "hooked"])
 
