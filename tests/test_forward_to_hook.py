@@ -145,6 +145,20 @@ def test_the_compiled_trunk_with_sdpa_attention_gives_run_with_cache_activations
     torch.testing.assert_close(got, _cached(sdpa_model, hook), rtol=0, atol=1e-5)
 
 
+def test_the_compiled_sdpa_trunk_compiles_once_for_every_snapshot_model(tmp_path):
+    # A streamed run keeps 32 models of one architecture; a graph per model would pass Dynamo's
+    # recompile limit (8) and leave the rest to run uncompiled.
+    from torch._dynamo.utils import counters
+
+    write_local_suite(tmp_path, {f"step{i}": tiny_neox(seed=i) for i in range(3)}, make_word_tokenizer())
+    suite = CheckpointSuite.local(tmp_path)
+    torch._dynamo.reset()  # no graph from an earlier test
+    counters.clear()
+    for i in range(3):
+        forward_to_hook(suite.load(i), TOKENS, "blocks.1.hook_resid_post", compile=True, backend="aot_eager", attention="sdpa")
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 def test_the_trunk_attention_is_chosen_by_device_and_refused_where_sdpa_would_differ(tmp_path):
     write_local_suite(tmp_path, {"step0": tiny_neox(seed=8)}, make_word_tokenizer())
     model = CheckpointSuite.local(tmp_path).load(0)
