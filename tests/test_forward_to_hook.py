@@ -172,6 +172,13 @@ def test_the_trunk_attention_is_chosen_by_device_and_refused_where_sdpa_would_di
         ForwardToHooks(model, ["blocks.0.hook_resid_post"], attention="sdpa")
     with ForwardToHooks(model, ["blocks.0.hook_resid_post"]) as forward:
         assert forward.attention == "hooked"
+    model.cfg.attn_scores_soft_cap = -1.0
+    assert sdpa_refusal(model) is None
+    # a hook left on the model (a steering edit, say): the trunk would skip some hook points
+    model.add_hook("blocks.0.attn.hook_pattern", lambda pattern, hook: pattern)
+    assert sdpa_refusal(model) == "hook points carry hooks (blocks.0.attn.hook_pattern) that it would not all run"
+    model.reset_hooks()
+    assert sdpa_refusal(model) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -14,8 +14,8 @@ hook points inside attention (``hook_attn_scores``, ``hook_pattern``, ``hook_z``
 in it, so it only ever runs the blocks before the hooked one, as the residual trunk does.
 
 :func:`sdpa_refusal` says why a model's attention is not one this function reproduces
-(sinks, soft-capped scores, relative position biases, split inputs, ...); such models keep
-TransformerLens's attention.
+(sinks, soft-capped scores, relative position biases, split inputs, ...), or why its forward
+would differ (hooks left on its hook points); such models keep TransformerLens's attention.
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ def sdpa_refusal(model: HookedTransformer) -> str | None:
     for i, block in enumerate(model.blocks):
         if type(block) is not TransformerBlock or type(block.attn) not in (Attention, GroupedQueryAttention):
             return f"block {i} is a {type(block).__name__} with a {type(block.attn).__name__}"
+    hooked = [name for name, point in model.hook_dict.items() if point._forward_hooks or point._backward_hooks]
+    if hooked:  # the trunk skips attention's hook points and the residual ones
+        return f"hook points carry hooks ({', '.join(hooked[:3])}{', ...' if len(hooked) > 3 else ''}) that it would not all run"
     return None
 
 
