@@ -247,9 +247,10 @@ class TopKTrainingCrosscoder(
         features with the largest ``h_i * sum_s ||W_dec[i, s]||`` keep their ``h`` (the others
         0) over the dead features ``dead_R``, and the loss's scale ``min(n_dead / aux_k, 1)``;
         None where no feature is dead, or where the loss is off (``aux_loss_coefficient`` 0).
-        Listing the dead features is the step's one read of the device. While no more are dead than ``aux_k`` (``S * d_in / 2`` by default, so nearly
-        always), every token keeps every dead feature: the code is dense over those rows, and
-        its decode a matmul over them."""
+        Listing the dead features is the step's one read of the device. While no more are
+        dead than ``aux_k`` (``S * d_in / 2`` by default, so nearly always), every token keeps
+        every dead feature: the code is dense over those rows, and its decode a matmul over
+        them."""
         dead_F = fwd.dead_neuron_mask_F
         if dead_F is None or self.cfg.aux_loss_coefficient == 0:
             return None
