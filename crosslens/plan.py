@@ -479,7 +479,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     rows.append((f"activations per batch{f' in {n} micro-batches' if (n := mem['micro_batches']) > 1 else ''} (est.)", f"{_bytes(mem['activations_per_batch'])}  ("
                  + ", ".join(f"{k} {_bytes(v)}" for k, v in mem["activations_breakdown"].items()) + ")"))  # fmt: skip
     if mem["autocast_copies"]:
-        rows.append(("bfloat16 autocast (--autocast)", f"{_bytes(mem['autocast_copies'])}  (W_enc and W_dec copies, one weight's gradient)"))
+        rows.append(("bfloat16 autocast (--autocast)", f"{_bytes(mem['autocast_copies'])}  (bfloat16 copies of W_enc and W_dec)"))
     rows.append(("total, training from a store", _bytes(mem["total_training"])))
     for option, held in mem["optimizer_state_options"].items():
         rows.append((f"  peak with {option} Adam state", _bytes(held["peak"])))

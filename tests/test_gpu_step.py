@@ -261,7 +261,7 @@ def test_plan_peak_per_optimizer_state_at_ge_et_al_widest_dictionary():
     assert n == 4_832_059_392
     acts = 3 * 2048 * 32 * 768 * 4 + 4 * 2048 * 98_304 * 4 + 3 * 32 * 2048 * 98_304 * 4
     chunk = (1 << 22) * 4 * 6  # six float32 temporaries of a 4M-element chunk
-    copies = 3 * 2 * 32 * 768 * 98_304  # bfloat16 W_enc and W_dec, and one of their gradients
+    copies = 2 * 2 * 32 * 768 * 98_304  # bfloat16 W_enc and W_dec (their gradients come in float32)
     for autocast, extra in (("none", 0), ("auto", copies), ("bfloat16", copies)):
         plan = make_plan(PlanConfig(model=gpt2, n_snapshots=32, hook="blocks.5.hook_resid_post", n_tokens=10**6,
                                     d_sae=98_304, architecture="jumprelu_crosscoder", batch_size=2048, context=128,
@@ -282,7 +282,7 @@ def test_autocast_copies_count_only_where_the_step_runs_under_autocast():
         return make_plan(cfg)["memory_bytes"]["autocast_copies"]
 
     d_in = model_spec_for("pico").d_model
-    assert copies("cuda", "auto") == copies("cpu", "bfloat16") == 3 * 2 * 4 * d_in * 256
+    assert copies("cuda", "auto") == copies("cpu", "bfloat16") == 2 * 2 * 4 * d_in * 256
     assert copies("cpu", "auto") == copies("cuda", "none") == 0
 
 

@@ -7,7 +7,8 @@ names the fix when the request cannot be met on this machine. One table of spell
 names a dtype. The memory side: peak-memory counters, byte formatting, and
 :func:`release_model`, the one way a stage frees a model it is done with; and
 :func:`counted_cuda_syncs`, how often a step waits for the GPU; and
-:func:`kernel_backend`, where the Triton kernels run.
+:func:`kernel_backend`, where the Triton kernels run; :func:`autocast_dtype`, the dtype a step
+under autocast rounds its weights to.
 
 Dtype semantics across crosslens: ``dtype`` is what the *snapshot models* run in
 (harvesting, streaming, attribution; bfloat16/float16 halve their memory). Crosscoder
@@ -178,6 +179,13 @@ def kernel_backend(device: str | torch.device, forced: str | None = None) -> str
     if forced is not None:
         return forced
     return "triton" if torch.device(device).type == "cuda" and _triton_installed() else "eager"
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast computes in on ``device`` where it is on there, else None: what the
+    crosscoder step's rounded weight copies and their gradients follow."""
+    import torch
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
 
 @functools.cache

@@ -49,6 +49,7 @@ from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
 from crosslens.crosscoders.snapshot_sae import snapshot_sae
 from crosslens.crosscoders.folding import is_folded
+from crosslens.crosscoders.weight_matmul import weight_matmul
 
 
 SNAPSHOT_AXES = {"W_enc": 0, "W_dec": 1, "b_dec": 0, "folded_norm_factors": 0}
@@ -263,17 +264,15 @@ class CrosscoderMixin:
         lead = x.shape[:-2]
         S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
         x_flat, W_enc_flat = x.reshape(-1, S * D), self.W_enc.reshape(S * D, F_)
-        if feature_major and len(lead) == 1:
-            if self.collectives.snapshot_size == 1:
-                h_FN = torch.addmm(self.b_enc[:, None], W_enc_flat.T, x_flat.T)
-            else:
-                h_FN = self.collectives.snapshot_sum(W_enc_flat.T @ x_flat.T) + self.b_enc[:, None]
-            return self.hook_sae_acts_pre(h_FN.T)  # type: ignore[attr-defined]
+        feature_major = feature_major and len(lead) == 1
         if self.collectives.snapshot_size == 1:
-            h_NF = torch.addmm(self.b_enc, x_flat, W_enc_flat)
+            h = weight_matmul(x_flat, W_enc_flat, self.b_enc, feature_major=feature_major)
         else:  # this rank's snapshots' share of h, summed over the snapshot axis
-            h_NF = self.collectives.snapshot_sum(x_flat @ W_enc_flat) + self.b_enc
-        return self.hook_sae_acts_pre(h_NF.reshape(*lead, F_))  # type: ignore[attr-defined]
+            h = self.collectives.snapshot_sum(weight_matmul(x_flat, W_enc_flat, feature_major=feature_major))
+            h = h + (self.b_enc[:, None] if feature_major else self.b_enc)
+        if feature_major:
+            return self.hook_sae_acts_pre(h.T)  # type: ignore[attr-defined]
+        return self.hook_sae_acts_pre(h.reshape(*lead, F_))  # type: ignore[attr-defined]
 
     def decode_dense(
         self, feature_acts: Float[torch.Tensor, "... d_sae"]
@@ -281,11 +280,8 @@ class CrosscoderMixin:
         """Linear decode ``x_hat_s = f W_dec[:, s] + b_dec[s]`` without hooks."""
         S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
         lead = feature_acts.shape[:-1]
-        out_N = torch.addmm(
-            self.b_dec.reshape(S * D),
-            feature_acts.to(self.dtype).reshape(-1, F_),
-            self.W_dec.reshape(F_, S * D),
-        )
+        f_NF = feature_acts.to(self.dtype).reshape(-1, F_)
+        out_N = weight_matmul(f_NF, self.W_dec.reshape(F_, S * D), self.b_dec.reshape(S * D))
         return out_N.reshape(*lead, S, D)
 
     def decode_active(

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
 
-from crosslens.core.devices import kernel_backend
+from crosslens.core.devices import autocast_dtype, kernel_backend
 from crosslens.core.tensors import host_ints, norm_gradient_scale
 from crosslens.crosscoders.active_pairs import ActivePairs
 from crosslens.crosscoders.jumprelu_ops import threshold_gradient
@@ -69,12 +69,6 @@ def sparse_backend(device: torch.device) -> str:
 def _chunks(n_pairs: int, row_elements: int) -> list[slice]:
     step = max(1, PAIR_CHUNK_ELEMENTS // max(1, row_elements))
     return [slice(a, a + step) for a in range(0, n_pairs, step)]
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype autocast computes in on ``device`` where it is on there, else None: what the
-    sparse step's rounded copies and gradients follow."""
-    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
 
 NormTerm = tuple[torch.Tensor, torch.Tensor]

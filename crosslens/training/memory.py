@@ -69,11 +69,13 @@ def activation_bytes(B: int, S: int, D: int, F: int, architecture: str, micro_ba
 
 
 def autocast_bytes(S: int, D: int, F: int) -> int:
-    """Bytes a bfloat16-autocast step holds beyond a float32 one: the bfloat16 copies of
-    ``W_enc`` and ``W_dec`` that the matmuls save for backward, and the bfloat16 gradient of one
-    of them on its way to its float32 ``.grad``. (Autocast's activations are half the float32
-    ones :func:`activation_bytes` counts; the estimate keeps that half as margin.)"""
-    return BF16 * 3 * S * D * F  # W_enc and W_dec are S * D * F each
+    """Bytes a bfloat16-autocast step holds beyond a float32 one, at most: the bfloat16 copies
+    of ``W_enc`` and ``W_dec`` that its matmuls read (the decoder's is kept for backward). The
+    weights' gradients come out of the matmuls in float32
+    (:mod:`crosslens.crosscoders.weight_matmul`), so no bfloat16 gradient is held on its way to
+    ``.grad``. (Autocast's activations are half the float32 ones :func:`activation_bytes`
+    counts; the estimate keeps that half as margin.)"""
+    return BF16 * 2 * S * D * F  # W_enc and W_dec are S * D * F each
 
 
 def optimizer_state_bytes(n_params: int, option: str) -> int:

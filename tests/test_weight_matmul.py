@@ -1,0 +1,140 @@
+"""The crosscoder's weight matmuls under autocast: autocast's forward, the weight's gradient
+in float32 (crosslens.crosscoders.weight_matmul)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import crosslens.crosscoders as cc
+from crosslens.crosscoders.weight_matmul import float32_product, weight_matmul
+
+N, K, M = 48, 40, 72
+
+
+def _operands(a_grad: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(N, K, generator=gen).requires_grad_(a_grad)
+    W = torch.randn(K, M, generator=gen).requires_grad_()
+    b = torch.randn(M, generator=gen).requires_grad_()
+    return a, W, b
+
+
+def _autocast_addmm(a, W, b, feature_major):
+    return torch.addmm(b[:, None], W.T, a.T) if feature_major else torch.addmm(b, a, W)
+
+
+def _node_names(t: torch.Tensor) -> set[str]:
+    names, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None:
+            names.add(type(node).__name__)
+            todo.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def _grads(out, grad, tensors):
+    out.backward(grad.to(out.dtype))
+    grads = [None if t.grad is None else t.grad.clone() for t in tensors]
+    for t in tensors:
+        t.grad = None
+    return grads
+
+
+@pytest.mark.parametrize("feature_major", [False, True])
+@pytest.mark.parametrize("a_grad", [False, True])
+def test_under_autocast_the_forward_is_autocasts_and_the_weight_gradient_float32(feature_major, a_grad):
+    a, W, b = _operands(a_grad)
+    grad = torch.randn(M, N) if feature_major else torch.randn(N, M)
+    with torch.autocast("cpu", torch.bfloat16):
+        ref = _autocast_addmm(a, W, b, feature_major)
+    ref_a, ref_W, ref_b = _grads(ref, grad, (a, W, b))
+    with torch.autocast("cpu", torch.bfloat16):
+        out = weight_matmul(a, W, b, feature_major=feature_major)
+    assert type(out.grad_fn).__name__ == "_WeightMatmulBackward"
+    assert out.dtype == torch.bfloat16 and out.is_contiguous()
+    assert torch.equal(out, ref)  # the same rounded operands, the same product
+    got_a, got_W, got_b = _grads(out, grad, (a, W, b))
+
+    grad_NM = (grad.T if feature_major else grad).bfloat16().double()
+    exact_W = a.detach().bfloat16().double().T @ grad_NM
+    assert got_W.dtype == torch.float32 and got_W.stride() == W.stride()
+    error, autocast_error = (got_W.double() - exact_W).abs().max(), (ref_W.double() - exact_W).abs().max()
+    assert error <= 1e-6 * exact_W.abs().max()  # float32 accumulation of exact products
+    assert error * 1000 < autocast_error  # autocast's gradient is rounded to bfloat16
+    torch.testing.assert_close(got_b, grad_NM.sum(dim=0).float(), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(got_b, ref_b, rtol=1e-2, atol=0.1)  # autocast's sum is in bfloat16
+    if a_grad:
+        assert torch.equal(got_a, ref_a)
+    else:
+        assert got_a is None
+
+
+def test_without_autocast_or_a_weight_gradient_it_is_the_plain_addmm():
+    a, W, b = _operands(a_grad=False)
+    out = weight_matmul(a, W, b)
+    assert type(out.grad_fn).__name__ == "AddmmBackward0"
+    assert torch.equal(out, torch.addmm(b, a, W))
+    assert torch.equal(weight_matmul(a, W, b, feature_major=True), torch.addmm(b[:, None], W.T, a.T))
+    with torch.autocast("cpu", torch.bfloat16):
+        with torch.no_grad():
+            out = weight_matmul(a, W, b)
+        assert out.grad_fn is None and torch.equal(out, torch.addmm(b, a, W).detach())
+        frozen = weight_matmul(a, W.detach(), b.detach())
+        assert frozen.grad_fn is None and frozen.dtype == torch.bfloat16
+
+
+def test_backward_lets_the_rounded_operands_go_and_a_second_backward_says_why_it_cannot():
+    a, W, b = _operands(a_grad=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        out = weight_matmul(a, W, b)
+    node = out.grad_fn
+    assert node.W_low.dtype == torch.bfloat16 and node.a_low.dtype == torch.bfloat16
+    out.float().sum().backward(retain_graph=True)
+    # the rounded weight is gone before the float32 gradient is written: not both at the peak
+    assert node.W_low is None and node.a_low is None
+    with pytest.raises(RuntimeError, match="differentiated twice.*run the forward again"):
+        out.float().sum().backward()
+
+
+def test_a_crosscoder_under_autocast_takes_its_weight_gradients_in_float32():
+    """The encoder (both layouts) and the dense decode go through it: each weight's gradient is
+    the float32 product of the rounded operands, not autocast's bfloat16 one."""
+    _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES["crosscoder"]
+    torch.manual_seed(0)
+    sae = train_cls(train_cfg_cls(d_in=16, d_sae=64, n_snapshots=3))
+    x = torch.randn(32, sae.cfg.n_snapshots, sae.cfg.d_in)
+    for feature_major in (False, True):
+        with torch.autocast("cpu", torch.bfloat16):
+            h = sae.hidden_pre(x, feature_major=feature_major)
+        assert "_WeightMatmulBackward" in _node_names(h)
+        h.float().square().sum().backward()
+        grad_h = (2 * h.float()).bfloat16().double()
+        exact = x.reshape(32, -1).bfloat16().double().T @ grad_h
+        got = sae.W_enc.grad.reshape(exact.shape).double()
+        assert (got - exact).abs().max() <= 1e-6 * exact.abs().max()
+        sae.zero_grad()
+    f = torch.relu(torch.randn(32, sae.cfg.d_sae))
+    with torch.autocast("cpu", torch.bfloat16):
+        out = sae.decode_dense(f)
+    assert "_WeightMatmulBackward" in _node_names(out)
+    out.float().sum().backward()
+    exact = f.bfloat16().double().T @ torch.ones(32, sae.cfg.n_snapshots * sae.cfg.d_in, dtype=torch.float64)
+    got = sae.W_dec.grad.reshape(exact.shape).double()
+    assert (got - exact).abs().max() <= 1e-6 * exact.abs().max()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_on_cuda_the_float32_product_is_the_widened_one():
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(2048, 768, device="cuda", generator=gen).bfloat16()
+    g = torch.randn(2048, 1024, device="cuda", generator=gen).bfloat16()
+    got = float32_product(a.T, g)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, a.T.float() @ g.float(), rtol=1e-5, atol=1e-4)
+    a32, W, b = (t.cuda() for t in _operands(a_grad=True))
+    with torch.autocast("cuda", torch.bfloat16):
+        ref = torch.addmm(b, a32, W)
+        out = weight_matmul(a32, W, b)
+    assert torch.equal(out, ref)
