@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import crosslens.crosscoders as cc
-from crosslens.crosscoders.weight_matmul import float32_product, weight_matmul
+from crosslens.crosscoders.weight_matmul import deferred_weight_grads, float32_product, weight_matmul
 
 N, K, M = 48, 40, 72
 
@@ -138,3 +138,91 @@ def test_on_cuda_the_float32_product_is_the_widened_one():
         ref = torch.addmm(b, a32, W)
         out = weight_matmul(a32, W, b)
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("feature_major", [False, True])
+def test_deferred_gradients_are_one_matmul_over_the_micro_batches(autocast, feature_major):
+    """In a deferred block the weight's gradient is left out of each backward and added once,
+    on leaving, as the product over all the micro-batches' rows: the whole batch's. The weight
+    is rounded once for all of them, and the bias's gradient is summed as it comes."""
+    a, W, b = _operands(a_grad=True)
+    grad = torch.randn(M, N) if feature_major else torch.randn(N, M)
+    whole_grad = (lambda n0, n1: grad[:, n0:n1]) if feature_major else (lambda n0, n1: grad[n0:n1])
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        whole = weight_matmul(a, W, b, feature_major=feature_major)
+    ref_a, ref_W, ref_b = _grads(whole, grad, (a, W, b))
+
+    nodes = []
+    with deferred_weight_grads([W]):
+        for n0 in range(0, N, 16):
+            with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+                out = weight_matmul(a[n0 : n0 + 16], W, b, feature_major=feature_major)
+            nodes.append(out.grad_fn)
+            out.backward(whole_grad(n0, n0 + 16).to(out.dtype))
+            assert W.grad is None and b.grad is not None  # the weight's waits, the bias's does not
+    assert W.grad.dtype == torch.float32
+    torch.testing.assert_close(W.grad, ref_W if not autocast else _float32_reference(a, grad, feature_major), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(b.grad, ref_b, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(a.grad, ref_a, rtol=0, atol=0)
+    if autocast:
+        assert all(node.deferred is nodes[0].deferred for node in nodes)
+        assert len({node.deferred.round(W, torch.bfloat16).data_ptr() for node in nodes}) == 1  # one rounding
+    else:  # no autocast: the weight is read as it is, and the forward is the plain addmm's
+        assert nodes[0].deferred.round(W, torch.float32) is W
+
+
+def _float32_reference(a, grad, feature_major):
+    grad_NM = grad.T if feature_major else grad
+    return (a.detach().bfloat16().double().T @ grad_NM.bfloat16().double()).float()
+
+
+def test_a_deferred_block_adds_to_a_gradient_already_there_drops_its_rows_on_an_error_and_does_not_nest():
+    a, W, _ = _operands(a_grad=False)
+    W.grad = torch.ones_like(W)
+    with deferred_weight_grads([W]):
+        weight_matmul(a, W).sum().backward()
+    torch.testing.assert_close(W.grad, 1 + a.sum(dim=0)[:, None].expand(K, M), rtol=1e-6, atol=1e-5)
+    before = W.grad.clone()
+    with pytest.raises(ValueError, match="boom"):
+        with deferred_weight_grads([W]):
+            weight_matmul(a, W).sum().backward()
+            raise ValueError("boom")
+    assert torch.equal(W.grad, before)
+    with pytest.raises(RuntimeError, match="do not nest"):
+        with deferred_weight_grads([W]):
+            with deferred_weight_grads([W]):
+                pass
+    other = torch.randn(K, M, requires_grad=True)
+    with deferred_weight_grads([W]):  # a weight it does not list keeps the plain matmul
+        out = weight_matmul(a, other)
+    assert type(out.grad_fn).__name__ == "AddmmBackward0" or type(out.grad_fn).__name__ == "MmBackward0"
+
+
+@pytest.mark.parametrize("arch", list(cc.ARCHITECTURES))
+def test_micro_batches_sum_the_encoders_gradient_once_at_the_end(arch):
+    """``micro_batched_pass`` defers the encoder's gradient: no gradient reaches ``W_enc``
+    during the micro-batches' backwards, and the one written at the end is the whole batch's."""
+    from sae_lens.saes.sae import TrainStepInput
+
+    from crosslens.training.micro import micro_batched_pass
+
+    _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
+    extra = {"crosscoder": {"l1_coefficient": 0.05}, "jumprelu_crosscoder": {"l0_coefficient": 0.01}}.get(arch, {"k": 4})
+    torch.manual_seed(0)
+    sae = train_cls(train_cfg_cls(d_in=8, d_sae=32, n_snapshots=2, **extra))
+    x = torch.randn(32, 2, 8)
+
+    def step_input(x_b):
+        return TrainStepInput(x_b, {name: 0.3 for name in sae.get_coefficients()}, torch.zeros(32, dtype=torch.bool), 10, False)
+
+    arrivals = []
+    sae.W_enc.register_hook(lambda g: arrivals.append(g))
+    sae.training_forward_pass(step_input(x)).loss.backward()
+    assert len(arrivals) == 1
+    whole = sae.W_enc.grad.clone()
+    sae.zero_grad()
+    arrivals.clear()
+    micro_batched_pass(sae, x, 4, step_input, lambda: torch.autocast("cpu", enabled=False))
+    assert [g for g in arrivals if g is not None] == []  # no gradient reached W_enc in the backwards
+    torch.testing.assert_close(sae.W_enc.grad, whole, rtol=1e-5, atol=1e-6)

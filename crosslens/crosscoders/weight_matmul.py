@@ -16,10 +16,23 @@ input's from the rounded weight in bfloat16, the bias's summed in float32.
 
 Without autocast, without a gradient to the weight, or for a weight that is not float32, it
 is the plain ``addmm``, whose bytes the float32 step keeps.
+
+A step trained in micro-batches (:mod:`crosslens.training.micro`) runs them inside
+:func:`deferred_weight_grads`. Each micro-batch's weight gradient ``a_b.T @ g_b`` would be a
+weight-sized float32 tensor written and then added to ``.grad`` (three more weight-sized
+passes, and one more weight at the peak); its operands are only ``b`` rows each. So the
+micro-batches keep their operands instead, and the weight's gradient is one matmul over the
+whole batch when the last one is done: ``A.T @ G``, the very sum the step without
+micro-batches computes. Inside it the weights are also rounded once for all the micro-batches
+rather than once for each.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,6 +48,77 @@ def float32_product(a_NK: torch.Tensor, b_KM: torch.Tensor) -> Float[torch.Tenso
     return torch.mm(a_NK.float(), b_KM.float())
 
 
+def _parameter(W: torch.Tensor) -> torch.Tensor | None:
+    """The tensor ``W`` is all of, laid out the same (a parameter reshaped to a matrix), or None."""
+    root = W if W._base is None else W._base
+    same = W.is_contiguous() and root.is_contiguous() and W.numel() == root.numel()
+    return root if same and W.data_ptr() == root.data_ptr() else None
+
+
+@dataclass
+class _Deferred:
+    """The weights whose gradients a :func:`deferred_weight_grads` block sums at its end, their
+    rounded copies, and the operands each backward kept, by the weight's ``id``."""
+
+    weights: dict[int, torch.Tensor]
+    rounded: dict[int, torch.Tensor] = field(default_factory=dict)
+    kept: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+
+    def holds(self, W: torch.Tensor) -> bool:
+        root = _parameter(W)
+        return root is not None and id(root) in self.weights
+
+    def round(self, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``W`` (a matrix view of a listed weight) rounded to ``dtype``, once per block."""
+        if W.dtype == dtype:
+            return W
+        root = _parameter(W)
+        if id(root) not in self.rounded:
+            self.rounded[id(root)] = root.detach().to(dtype)
+        return self.rounded[id(root)].view(W.shape)
+
+    def keep(self, W: torch.Tensor, a_low: torch.Tensor, grad_NM: torch.Tensor) -> None:
+        self.kept.setdefault(id(_parameter(W)), []).append((a_low, grad_NM))
+
+    def write_grads(self) -> None:
+        self.rounded.clear()  # let the copies go before the gradients are allocated
+        for key, kept in self.kept.items():
+            W = self.weights[key]
+            a_BK, grad_BM = torch.cat([a for a, _ in kept]), torch.cat([g for _, g in kept])
+            kept.clear()
+            grad = float32_product(a_BK.T, grad_BM.to(a_BK.dtype)).to(W.dtype).view(W.shape)
+            del a_BK, grad_BM
+            if W.grad is None:
+                W.grad = grad
+            else:
+                W.grad.add_(grad)
+        self.kept.clear()
+
+
+_state = threading.local()
+
+
+def _deferred() -> _Deferred | None:
+    return getattr(_state, "deferred", None)
+
+
+@contextmanager
+def deferred_weight_grads(weights: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Inside, :func:`weight_matmul`'s gradients to ``weights`` are not written by each
+    backward: the operands are kept, and on leaving the block each weight's gradient is added
+    to its ``.grad`` as one matmul over all of them (see the module docstring). An error inside
+    drops what was kept. Not reentrant."""
+    if _deferred() is not None:
+        raise RuntimeError("deferred_weight_grads blocks do not nest")
+    state = _Deferred({id(W): W for W in weights})
+    _state.deferred = state
+    try:
+        yield
+        state.write_grads()
+    finally:
+        _state.deferred = None
+
+
 def _plain(a_NK: torch.Tensor, W_KM: torch.Tensor, bias_M: torch.Tensor | None, feature_major: bool) -> torch.Tensor:
     if feature_major:
         return W_KM.T @ a_NK.T if bias_M is None else torch.addmm(bias_M[:, None], W_KM.T, a_NK.T)
@@ -42,14 +126,17 @@ def _plain(a_NK: torch.Tensor, W_KM: torch.Tensor, bias_M: torch.Tensor | None, 
 
 
 class _WeightMatmul(torch.autograd.Function):
-    """:func:`weight_matmul` under autocast: the forward on operands rounded to ``dtype``,
-    the weight's gradient in float32 (:func:`float32_product`)."""
+    """:func:`weight_matmul` under autocast or in a :func:`deferred_weight_grads` block: the
+    forward on operands rounded to ``dtype`` (the weight's own without autocast), the weight's
+    gradient in float32 (:func:`float32_product`), or its operands kept for ``deferred``."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, a_NK: torch.Tensor, W_KM: torch.Tensor, bias_M: torch.Tensor | None, dtype: torch.dtype, feature_major: bool
-    ) -> torch.Tensor:
-        a_low, W_low = a_NK.to(dtype), W_KM.to(dtype)
+        ctx: Any, a_NK: torch.Tensor, W_KM: torch.Tensor, bias_M: torch.Tensor | None, dtype: torch.dtype,
+        feature_major: bool, deferred: _Deferred | None,
+    ) -> torch.Tensor:  # fmt: skip
+        a_low = a_NK.to(dtype)
+        W_low = W_KM.to(dtype) if deferred is None else deferred.round(W_KM, dtype)
         with torch.autocast(a_NK.device.type, enabled=False):
             out = _plain(a_low, W_low, None if bias_M is None else bias_M.to(dtype), feature_major)
         # The weight's gradient reads the rounded input, the input's the rounded weight. They
@@ -57,7 +144,8 @@ class _WeightMatmul(torch.autograd.Function):
         # before it allocates the float32 gradient (the two would otherwise add up at the peak).
         ctx.a_low = a_low if ctx.needs_input_grad[1] else None
         ctx.W_low = W_low if ctx.needs_input_grad[0] else None
-        ctx.feature_major, ctx.a_dtype = feature_major, a_NK.dtype
+        ctx.feature_major, ctx.a_dtype, ctx.deferred = feature_major, a_NK.dtype, deferred
+        ctx.weight = W_KM if deferred is not None else None
         return out
 
     @staticmethod
@@ -75,11 +163,14 @@ class _WeightMatmul(torch.autograd.Function):
             grad_a = grad_a.to(ctx.a_dtype)
             ctx.W_low = None
         if ctx.needs_input_grad[1]:
-            grad_W = float32_product(ctx.a_low.T, grad_NM.to(ctx.a_low.dtype))
+            if ctx.deferred is None:
+                grad_W = float32_product(ctx.a_low.T, grad_NM.to(ctx.a_low.dtype))
+            else:
+                ctx.deferred.keep(ctx.weight, ctx.a_low, grad_NM)
             ctx.a_low = None
         if ctx.needs_input_grad[2]:
             grad_bias = grad_NM.sum(dim=0, dtype=torch.float32)
-        return grad_a, grad_W, grad_bias, None, None
+        return grad_a, grad_W, grad_bias, None, None, None
 
 
 def weight_matmul(
@@ -90,11 +181,16 @@ def weight_matmul(
     feature_major: bool = False,
 ) -> torch.Tensor:
     """``a @ W + bias``, ``[N, M]``; with ``feature_major`` its transpose written contiguous,
-    ``W.T @ a.T + bias[:, None]`` (``[M, N]``). Under autocast, where ``W`` is a float32 weight
-    that takes a gradient, through :class:`_WeightMatmul` (see the module docstring)."""
-    dtype = autocast_dtype(W_KM.device)
-    if dtype is None or dtype == W_KM.dtype or W_KM.dtype != torch.float32 or not (
-        torch.is_grad_enabled() and W_KM.requires_grad
-    ):
+    ``W.T @ a.T + bias[:, None]`` (``[M, N]``). Where ``W`` takes a gradient, under autocast (a
+    float32 ``W``) or in a :func:`deferred_weight_grads` block that lists it, through
+    :class:`_WeightMatmul` (see the module docstring); else the plain ``addmm``."""
+    if not (torch.is_grad_enabled() and W_KM.requires_grad):
         return _plain(a_NK, W_KM, bias_M, feature_major)
-    return _WeightMatmul.apply(a_NK, W_KM, bias_M, dtype, feature_major)
+    deferred = _deferred()
+    deferred = deferred if deferred is not None and deferred.holds(W_KM) else None
+    dtype = autocast_dtype(W_KM.device)
+    if dtype is None or W_KM.dtype != torch.float32:
+        if deferred is None:
+            return _plain(a_NK, W_KM, bias_M, feature_major)
+        dtype = W_KM.dtype
+    return _WeightMatmul.apply(a_NK, W_KM, bias_M, dtype, feature_major, deferred)

@@ -57,14 +57,19 @@ def activation_bytes(B: int, S: int, D: int, F: int, architecture: str, micro_ba
     - JumpReLU only: the per-snapshot code ``[S, b, F]``, its gradient and the backward
       pass's distance temporary: ``3 S b F``;
     - with N > 1, the whole batch kept for the step's statistics and its input: inputs and
-      reconstructions ``3 B S D``, codes and pre-activations ``2 B F``.
+      reconstructions ``3 B S D``, codes and pre-activations ``2 B F``; and the operands of the
+      weight matmuls whose gradients are summed after the last micro-batch
+      (:func:`~crosslens.crosscoders.weight_matmul.deferred_weight_grads`): ``B (S D + F)`` for
+      the encoder, as much again for a dense decode (every architecture but JumpReLU, whose
+      decode has its own kernels).
     """
     b = B // micro_batches
     parts = {"inputs and reconstructions": 3 * b * S * D * F32, "latent codes": 4 * b * F * F32}
     if architecture == "jumprelu_crosscoder":
         parts["per-snapshot JumpReLU codes"] = 3 * S * b * F * F32
     if micro_batches > 1:
-        parts["whole batch kept"] = (3 * B * S * D + 2 * B * F) * F32
+        deferred_matmuls = 1 if architecture == "jumprelu_crosscoder" else 2
+        parts["whole batch kept"] = (3 * B * S * D + 2 * B * F + deferred_matmuls * B * (S * D + F)) * F32
     return parts
 
 

@@ -13,6 +13,12 @@ come first, from a gradient-free forward over every micro-batch
 (:meth:`~crosslens.crosscoders.base.CrosscoderTrainingMixin.begin_micro_batches`); the updates an
 architecture makes once per step (the ``target_l0`` controller, BatchTopK's running
 threshold) run once, on the whole batch's codes, after the last micro-batch.
+
+The weight gradients of the crosscoder's matmuls (the encoder's, a dense decode's) are not
+added up micro-batch by micro-batch: each keeps its matmul's operands, a few rows, and the
+gradient is one matmul over the whole batch after the last
+(:func:`~crosslens.crosscoders.weight_matmul.deferred_weight_grads`), which spares a
+weight-sized temporary and three passes over it per micro-batch.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
 from crosslens.crosscoders.base import CrosscoderTrainingMixin
+from crosslens.crosscoders.weight_matmul import deferred_weight_grads
 from crosslens.training.config import micro_batch_error
 
 
@@ -50,11 +57,12 @@ def micro_batched_pass(
     with autocast():
         sae.begin_micro_batches(chunks)
     try:
-        for x_bSD in chunks:
-            with autocast():
-                output = sae.training_forward_pass(step_input(x_bSD))  # type: ignore[attr-defined]
-            (output.loss * (x_bSD.shape[0] / x_BSD.shape[0])).backward()
-            outputs.append(_detached(output))
+        with deferred_weight_grads((sae.W_enc, sae.W_dec)):  # type: ignore[attr-defined]
+            for x_bSD in chunks:
+                with autocast():
+                    output = sae.training_forward_pass(step_input(x_bSD))  # type: ignore[attr-defined]
+                (output.loss * (x_bSD.shape[0] / x_BSD.shape[0])).backward()
+                outputs.append(_detached(output))
         whole = _joined(outputs)
         whole.metrics.update(sae.finish_micro_batches(whole.sae_in, whole.hidden_pre, whole.feature_acts))
     finally:
