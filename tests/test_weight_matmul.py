@@ -226,3 +226,12 @@ def test_micro_batches_sum_the_encoders_gradient_once_at_the_end(arch):
     micro_batched_pass(sae, x, 4, step_input, lambda: torch.autocast("cpu", enabled=False))
     assert [g for g in arrivals if g is not None] == []  # no gradient reached W_enc in the backwards
     torch.testing.assert_close(sae.W_enc.grad, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_an_operand_modified_in_place_before_backward_is_refused():
+    a, W, _ = _operands(a_grad=False)
+    with deferred_weight_grads([W]):  # float32: the matmul keeps the input itself, not a copy
+        out = weight_matmul(a, W)
+        a.mul_(2)
+        with pytest.raises(RuntimeError, match="modified in place.*clone it"):
+            out.sum().backward()

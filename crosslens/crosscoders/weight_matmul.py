@@ -144,6 +144,9 @@ class _WeightMatmul(torch.autograd.Function):
         # before it allocates the float32 gradient (the two would otherwise add up at the peak).
         ctx.a_low = a_low if ctx.needs_input_grad[1] else None
         ctx.W_low = W_low if ctx.needs_input_grad[0] else None
+        # without autocast they are the inputs themselves: autograd's own check that they were
+        # not modified in place before backward, done by hand
+        ctx.versions = (a_low._version, W_low._version)
         ctx.feature_major, ctx.a_dtype, ctx.deferred = feature_major, a_NK.dtype, deferred
         ctx.weight = W_KM if deferred is not None else None
         return out
@@ -152,9 +155,15 @@ class _WeightMatmul(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         if any(need and kept is None for need, kept in zip(ctx.needs_input_grad[:2], (ctx.W_low, ctx.a_low), strict=True)):
             raise RuntimeError(
-                "a crosscoder weight matmul under autocast was differentiated twice; its rounded operands are "
-                "freed by the first backward (retain_graph=True does not keep them): run the forward again."
+                "a crosscoder weight matmul was differentiated twice; its operands are freed by the first "
+                "backward (retain_graph=True does not keep them): run the forward again."
             )
+        for kept, version in zip((ctx.a_low, ctx.W_low), ctx.versions, strict=True):
+            if kept is not None and kept._version != version:
+                raise RuntimeError(
+                    "an operand of a crosscoder weight matmul was modified in place between its forward and "
+                    "backward; clone it before modifying it."
+                )
         grad_NM = grad.T if ctx.feature_major else grad
         grad_a = grad_W = grad_bias = None
         if ctx.needs_input_grad[0]:
