@@ -24,6 +24,10 @@ in the same run on the same machine.
    the same shapes. Section 1 times a freshly initialised crosscoder, whose gates are open
    for about 30% of (token, feature) pairs at every snapshot; a trained one's are sparse
    and differ between snapshots, which is what the gated decode's cost depends on.
+6. With ``--micro-batches N``: each architecture's step with its batch trained in N
+   micro-batches against the same step in one batch, timed alternately (the ratio is what
+   splitting the batch costs; the weight gradients of the micro-batches are summed once, after
+   the last, ``crosslens.crosscoders.weight_matmul.deferred_weight_grads``).
 
 Timings alternate between the compared variants and report medians, so a noisy shared
 machine biases neither side.
@@ -32,6 +36,7 @@ machine biases neither side.
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py --quick    # small shapes, seconds
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py --only jumprelu --compile
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py --only jumprelu --trained ~/.cache/crosslens/demo/crosscoder
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py --only crosscoder --micro-batches 8
 """
 
 from __future__ import annotations
@@ -88,12 +93,13 @@ def reference_step_fn(S: int, D: int, F_: int, compile: bool = False) -> Callabl
 
 
 def crosslens_step_fn(
-    arch: str, S: int, D: int, F_: int, k: int, **kw: object
+    arch: str, S: int, D: int, F_: int, k: int, micro_batches: int = 1, **kw: object
 ) -> Callable[[torch.Tensor], None]:
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"k": k} if "topk" in arch else {}
     sae = train_cls(train_cfg_cls(d_in=D, d_sae=F_, n_snapshots=S, **extra, **kw))
-    trainer = CrosscoderTrainer(sae, CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5))
+    cfg = CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, micro_batches=micro_batches)
+    trainer = CrosscoderTrainer(sae, cfg)
     return lambda x: trainer.step(x)
 
 
@@ -149,6 +155,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run only the architectures whose label contains this")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd variants (4.)")
     parser.add_argument("--trained", default=None, help="a trained JumpReLU run folder to time at (5.)")
+    parser.add_argument("--micro-batches", type=int, default=0, help="also time each step in N micro-batches (6.)")
     args = parser.parse_args()
     if args.quick:
         args.d_in, args.n_snapshots, args.d_sae, args.batch = 32, 4, 2048, 256
@@ -195,6 +202,8 @@ def main() -> None:
         compiled_rows(args, x)
     if args.trained:
         trained_rows(args)
+    if args.micro_batches:
+        micro_batch_rows(args, x)
     if not any("topk" in label for label in variants):
         return
 
@@ -266,6 +275,22 @@ def print_both(title: str, fns: dict[str, Callable[[], None]], rounds: int) -> N
     times = time_alternating(fns, rounds=rounds, warmup=2)
     (first, t_first), (second, t_second) = times.items()
     print(f"{title}: {first} {t_first * 1e3:.1f} ms, {second} {t_second * 1e3:.1f} ms, speed-up {t_first / t_second:.2f}x")
+
+
+def micro_batch_rows(args: argparse.Namespace, x: torch.Tensor) -> None:
+    """6: each architecture's step in ``--micro-batches`` micro-batches against one batch."""
+    S, D, F_, B, k, n = args.n_snapshots, args.d_in, args.d_sae, args.batch, args.k, args.micro_batches
+    print(f"\nstep in {n} micro-batches of {B // n} tokens against one batch of {B}")
+    print("{:<44}{:>12}{:>14}{:>8}".format("architecture", "micro tok/s", "one tok/s", "ratio"))
+    for arch in cc.ARCHITECTURES:
+        if args.only not in arch:
+            continue
+        torch.manual_seed(0)
+        one = crosslens_step_fn(arch, S, D, F_, k)
+        torch.manual_seed(0)
+        split = crosslens_step_fn(arch, S, D, F_, k, micro_batches=n)
+        times = time_alternating({"one": lambda: one(x), "split": lambda: split(x)}, rounds=args.rounds, warmup=1)
+        print(f"{arch:<44}{B / times['split']:>12.0f}{B / times['one']:>14.0f}{times['one'] / times['split']:>8.2f}")
 
 
 def trained_rows(args: argparse.Namespace) -> None:
