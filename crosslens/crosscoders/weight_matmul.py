@@ -43,6 +43,8 @@ from crosslens.core.devices import autocast_dtype
 
 def float32_product(a_NK: torch.Tensor, b_KM: torch.Tensor) -> Float[torch.Tensor, "n m"]:
     """``a @ b`` accumulated and written in float32, for bfloat16 (or float32) operands."""
+    if a_NK.dtype == torch.float32:
+        return torch.mm(a_NK, b_KM)
     if a_NK.is_cuda:
         return torch.mm(a_NK, b_KM, out_dtype=torch.float32)
     return torch.mm(a_NK.float(), b_KM.float())
