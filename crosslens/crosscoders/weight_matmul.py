@@ -11,11 +11,12 @@ bfloat16 result) and writes the weight's gradient in float32 straight from the m
 CUDA by ``torch.mm(..., out_dtype=torch.float32)``, the bfloat16 products accumulated and
 stored in float32; elsewhere from the operands widened to float32, the same exact products
 added in another order. The gradient keeps the bits a bfloat16 store would drop, so it is
-closer to the exact product than autocast's own. The other gradients are autocast's: the
-input's from the rounded weight in bfloat16, the bias's summed in float32.
+closer to the exact product than autocast's own. The input's gradient is autocast's, from the
+rounded weight in bfloat16; the bias's is summed in float32 (autocast sums it in bfloat16).
 
 Without autocast, without a gradient to the weight, or for a weight that is not float32, it
-is the plain ``addmm``, whose bytes the float32 step keeps.
+is the plain ``addmm``, whose bytes the float32 step keeps (but inside
+:func:`deferred_weight_grads`, below).
 
 A step trained in micro-batches (:mod:`crosslens.training.micro`) runs them inside
 :func:`deferred_weight_grads`. Each micro-batch's weight gradient ``a_b.T @ g_b`` would be a
@@ -23,12 +24,13 @@ weight-sized float32 tensor written and then added to ``.grad`` (three more weig
 passes, and one more weight at the peak); its operands are only ``b`` rows each. So the
 micro-batches keep their operands instead, and the weight's gradient is one matmul over the
 whole batch when the last one is done: ``A.T @ G``, the very sum the step without
-micro-batches computes. Inside it the weights are also rounded once for all the micro-batches
-rather than once for each.
+micro-batches computes. Inside it these matmuls also round each weight once for all the
+micro-batches rather than once for each.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,12 +44,20 @@ from crosslens.core.devices import autocast_dtype
 
 
 def float32_product(a_NK: torch.Tensor, b_KM: torch.Tensor) -> Float[torch.Tensor, "n m"]:
-    """``a @ b`` accumulated and written in float32, for bfloat16 (or float32) operands."""
+    """``a @ b`` accumulated and written in float32, for bfloat16 (or float32) operands; with a
+    torch older than 2.8 (no ``out_dtype``), on CUDA, the bfloat16 product widened."""
     if a_NK.dtype == torch.float32:
         return torch.mm(a_NK, b_KM)
     if a_NK.is_cuda:
-        return torch.mm(a_NK, b_KM, out_dtype=torch.float32)
+        if _has_out_dtype():
+            return torch.mm(a_NK, b_KM, out_dtype=torch.float32)
+        return torch.mm(a_NK, b_KM).float()
     return torch.mm(a_NK.float(), b_KM.float())
+
+
+@functools.cache
+def _has_out_dtype() -> bool:
+    return "dtype" in torch.ops.aten.mm.overloads()
 
 
 def _parameter(W: torch.Tensor) -> torch.Tensor | None:
@@ -63,8 +73,10 @@ class _Deferred:
     rounded copies, and the operands each backward kept, by the weight's ``id``."""
 
     weights: dict[int, torch.Tensor]
-    rounded: dict[int, torch.Tensor] = field(default_factory=dict)
-    kept: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+    rounded: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    kept: dict[int, list[tuple[torch.Tensor, int, torch.Tensor, int]]] = field(default_factory=dict)
+    open: bool = True
+    """False once the block has ended: a backward after it writes its gradient itself."""
 
     def holds(self, W: torch.Tensor) -> bool:
         root = _parameter(W)
@@ -75,18 +87,22 @@ class _Deferred:
         if W.dtype == dtype:
             return W
         root = _parameter(W)
-        if id(root) not in self.rounded:
-            self.rounded[id(root)] = root.detach().to(dtype)
-        return self.rounded[id(root)].view(W.shape)
+        version, copy = self.rounded.get(id(root), (None, None))
+        if copy is None or version != root._version:  # rounded again if changed in place
+            copy = root.detach().to(dtype)
+            self.rounded[id(root)] = (root._version, copy)
+        return copy.view(W.shape)
 
     def keep(self, W: torch.Tensor, a_low: torch.Tensor, grad_NM: torch.Tensor) -> None:
-        self.kept.setdefault(id(_parameter(W)), []).append((a_low, grad_NM))
+        self.kept.setdefault(id(_parameter(W)), []).append((a_low, a_low._version, grad_NM, grad_NM._version))
 
     def write_grads(self) -> None:
         self.rounded.clear()  # let the copies go before the gradients are allocated
         for key, kept in self.kept.items():
             W = self.weights[key]
-            a_BK, grad_BM = torch.cat([a for a, _ in kept]), torch.cat([g for _, g in kept])
+            if any(a._version != a_version or g._version != g_version for a, a_version, g, g_version in kept):
+                raise RuntimeError(_MODIFIED_IN_PLACE)
+            a_BK, grad_BM = torch.cat([a for a, *_ in kept]), torch.cat([g for _, _, g, _ in kept])
             kept.clear()
             grad = float32_product(a_BK.T, grad_BM.to(a_BK.dtype)).to(W.dtype).view(W.shape)
             del a_BK, grad_BM
@@ -96,6 +112,11 @@ class _Deferred:
                 W.grad.add_(grad)
         self.kept.clear()
 
+
+_MODIFIED_IN_PLACE = (
+    "an operand of a crosscoder weight matmul was modified in place between its forward and the "
+    "gradient's matmul; clone it before modifying it."
+)
 
 _state = threading.local()
 
@@ -108,8 +129,10 @@ def _deferred() -> _Deferred | None:
 def deferred_weight_grads(weights: Sequence[torch.Tensor]) -> Iterator[None]:
     """Inside, :func:`weight_matmul`'s gradients to ``weights`` are not written by each
     backward: the operands are kept, and on leaving the block each weight's gradient is added
-    to its ``.grad`` as one matmul over all of them (see the module docstring). An error inside
-    drops what was kept. Not reentrant."""
+    to its ``.grad`` as one matmul over all of them (see the module docstring). So it suits
+    ``.backward()``, not ``torch.autograd.grad`` asked for a listed weight (which gets no
+    gradient inside the block). An error inside drops what was kept; a backward after the block
+    writes its gradient itself. Not reentrant."""
     if _deferred() is not None:
         raise RuntimeError("deferred_weight_grads blocks do not nest")
     state = _Deferred({id(W): W for W in weights})
@@ -118,6 +141,7 @@ def deferred_weight_grads(weights: Sequence[torch.Tensor]) -> Iterator[None]:
         yield
         state.write_grads()
     finally:
+        state.open = False
         _state.deferred = None
 
 
@@ -162,10 +186,7 @@ class _WeightMatmul(torch.autograd.Function):
             )
         for kept, version in zip((ctx.a_low, ctx.W_low), ctx.versions, strict=True):
             if kept is not None and kept._version != version:
-                raise RuntimeError(
-                    "an operand of a crosscoder weight matmul was modified in place between its forward and "
-                    "backward; clone it before modifying it."
-                )
+                raise RuntimeError(_MODIFIED_IN_PLACE)
         grad_NM = grad.T if ctx.feature_major else grad
         grad_a = grad_W = grad_bias = None
         if ctx.needs_input_grad[0]:
@@ -174,8 +195,10 @@ class _WeightMatmul(torch.autograd.Function):
             grad_a = grad_a.to(ctx.a_dtype)
             ctx.W_low = None
         if ctx.needs_input_grad[1]:
-            if ctx.deferred is None:
-                grad_W = float32_product(ctx.a_low.T, grad_NM.to(ctx.a_low.dtype))
+            if ctx.deferred is None or not ctx.deferred.open:
+                # a CPU's widened product must not be rounded back by an autocast around backward
+                with torch.autocast(grad.device.type, enabled=False):
+                    grad_W = float32_product(ctx.a_low.T, grad_NM.to(ctx.a_low.dtype))
             else:
                 ctx.deferred.keep(ctx.weight, ctx.a_low, grad_NM)
             ctx.a_low = None
