@@ -1,5 +1,5 @@
 """How close a weight's gradient under bfloat16 autocast is to the exact product of the operands
-the matmul read (both rounded to bfloat16): autocast's own ``addmm`` (a bfloat16 gradient,
+the matmul read (both rounded to bfloat16): autocast's own matmul (a bfloat16 gradient,
 widened) against :func:`crosslens.crosscoders.weight_matmul.weight_matmul` (written in float32).
 One encoder-sized matmul at Ge et al.'s d_in, 2,048 tokens, on the CPU.
 
@@ -19,7 +19,7 @@ def main() -> None:
     W_KM = (torch.randn(768, 4096, generator=gen) * 0.02).requires_grad_()
     grad_NM = torch.randn(2048, 4096, generator=gen).bfloat16()
     exact_KM = x_NK.bfloat16().double().T @ grad_NM.double()
-    for name, matmul in (("autocast's addmm", lambda: x_NK @ W_KM), ("weight_matmul", lambda: weight_matmul(x_NK, W_KM))):
+    for name, matmul in (("autocast's matmul", lambda: x_NK @ W_KM), ("weight_matmul", lambda: weight_matmul(x_NK, W_KM))):
         W_KM.grad = None
         with torch.autocast("cpu", torch.bfloat16):
             out_NM = matmul()

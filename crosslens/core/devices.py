@@ -182,8 +182,8 @@ def kernel_backend(device: str | torch.device, forced: str | None = None) -> str
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype autocast computes in on ``device`` where it is on there, else None: what the
-    crosscoder step's rounded weight copies and their gradients follow."""
+    """The dtype autocast computes in on ``device`` where it is on there, else None: the dtype
+    the crosscoder step rounds its weights to."""
     import torch
     return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 

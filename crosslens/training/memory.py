@@ -12,7 +12,8 @@ The step's activations (:func:`activation_bytes`) come on top, whatever the opti
 ``N`` micro-batches (``--micro-batches``), a step holds one micro-batch's activations at a time,
 beside the whole batch's detached inputs, reconstructions and codes that its statistics read.
 Under bfloat16 autocast the step also holds bfloat16 copies of the two weight matrices
-(:func:`autocast_bytes`), whatever the micro-batch count.
+(:func:`autocast_bytes`), whatever the micro-batch count. With more than one micro-batch it
+keeps the operands of its weight matmuls until the last (:func:`activation_bytes`).
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ def activation_bytes(B: int, S: int, D: int, F: int, architecture: str, micro_ba
       reconstructions ``3 B S D``, codes and pre-activations ``2 B F``; and the operands of the
       weight matmuls whose gradients are summed after the last micro-batch
       (:func:`~crosslens.crosscoders.weight_matmul.deferred_weight_grads`): ``B (S D + F)`` for
-      the encoder, as much again for a dense decode (every architecture but JumpReLU, whose
-      decode has its own kernels).
+      the encoder, as much again for a dense decode. That is counted for every architecture but
+      JumpReLU (whose decode has its own kernels), so it over-counts TopK and BatchTopK where they
+      decode sparsely, their default at Ge et al.'s shape.
     """
     b = B // micro_batches
     parts = {"inputs and reconstructions": 3 * b * S * D * F32, "latent codes": 4 * b * F * F32}
