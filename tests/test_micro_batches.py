@@ -262,17 +262,20 @@ def test_a_step_that_does_not_fit_is_told_the_micro_batches_that_do():
     said = fit_problem(*shape, "bfloat16", h100 // 4)
     assert said.endswith("in any number of micro-batches; put snapshots on more GPUs (--snapshot-parallel under torchrun)")
 @pytest.mark.slow  # a torchrun launch of two processes: about 20 s on 2 CPU cores
-def test_micro_batches_on_a_data_parallel_mesh_equal_one_process(tmp_path):
-    """Two data ranks, each training its half of the batch in two micro-batches, against one
-    process and one batch (1e-5): the whole batch's numbers (JumpReLU's p, BatchTopK's cut-off,
-    the L0s) span both ranks and both micro-batches."""
+@pytest.mark.parametrize("snapshot_parallel", ["1", "2"])
+def test_micro_batches_on_a_mesh_equal_one_process(tmp_path, snapshot_parallel):
+    """Two ranks, each training its half of the batch (data-parallel) or its half of the
+    snapshots (snapshot-parallel) in two micro-batches, against one process and one batch
+    (1e-5): the whole batch's numbers (JumpReLU's p, BatchTopK's cut-off, the L0s) span both
+    ranks and both micro-batches, and each rank's encoder share takes its gradient summed once
+    after them."""
     import test_distributed as mesh_tests
 
     worker, reference = mesh_tests.worker, tmp_path / "reference"
     torch.set_num_threads(1)
     for arch in worker.ARCHS:
         CrosscoderTrainer(worker.make_crosscoder(arch), worker.trainer_config(reference / arch, 6)).fit(worker.global_batches)
-    mesh_tests.torchrun(2, "--out", str(tmp_path / "mesh"), "--snapshot-parallel", "1", "--micro-batches", "2")
+    mesh_tests.torchrun(2, "--out", str(tmp_path / "mesh"), "--snapshot-parallel", snapshot_parallel, "--micro-batches", "2")
     mesh_tests.assert_same_weights(tmp_path / "mesh", reference)
 
 
