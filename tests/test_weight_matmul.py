@@ -271,3 +271,18 @@ def test_a_backward_run_under_cpu_autocast_keeps_the_float32_weight_gradient():
         out.backward(grad.bfloat16())
     exact = a.bfloat16().double().T @ grad.bfloat16().double()
     assert (W.grad.double() - exact).abs().max() <= 1e-6 * exact.abs().max()
+
+
+def test_the_sparse_steps_rounded_decoder_is_the_blocks_one_copy():
+    """``autocast_copy`` (the pairs' rounded decoder) takes a deferred block's copy of a weight
+    it lists, so a micro-batched step rounds ``W_dec`` once; outside a block, a copy each call."""
+    from crosslens.crosscoders.sparse_kernels import autocast_copy
+
+    W = torch.randn(64, 3, 8, requires_grad=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        outside = [autocast_copy(W, 10 * 64) for _ in range(2)]
+        with deferred_weight_grads([W]):
+            inside = [autocast_copy(W, 10 * 64) for _ in range(2)]
+    assert outside[0].data_ptr() != outside[1].data_ptr()
+    assert inside[0].data_ptr() == inside[1].data_ptr()
+    assert torch.equal(inside[0], W.detach().bfloat16()) and not inside[0].requires_grad

@@ -52,6 +52,7 @@ from crosslens.core.devices import autocast_dtype, kernel_backend
 from crosslens.core.tensors import host_ints, norm_gradient_scale
 from crosslens.crosscoders.active_pairs import ActivePairs
 from crosslens.crosscoders.jumprelu_ops import threshold_gradient
+from crosslens.crosscoders.weight_matmul import rounded
 
 BACKEND: str | None = None
 """Force ``"eager"`` or ``"triton"`` (``"triton"`` on a CPU needs ``TRITON_INTERPRET=1``);
@@ -239,12 +240,13 @@ micro-batch of the 98,304-feature dictionary has a fraction of one."""
 def autocast_copy(W: torch.Tensor, n_pairs: int) -> torch.Tensor | None:
     """``W`` detached and rounded to the autocast dtype, for ``n_pairs`` pairs to decode from
     its rows, where autocast is on and the copy pays (:data:`READ_COPY_PAIRS`); else None.
-    A matmul under autocast reads its weight rounded the same way. The decoder's gradient
-    stays W's own."""
+    A matmul under autocast reads its weight rounded the same way; inside a micro-batched step
+    it is the step's one copy (:func:`~crosslens.crosscoders.weight_matmul.rounded`). The
+    decoder's gradient stays W's own."""
     dtype = autocast_dtype(W.device)
     if dtype is None or n_pairs < READ_COPY_PAIRS * W.shape[0]:
         return None
-    return W.detach().to(dtype)
+    return rounded(W, dtype)
 
 
 def gather_decode(

@@ -125,6 +125,15 @@ def _deferred() -> _Deferred | None:
     return getattr(_state, "deferred", None)
 
 
+def rounded(W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``W`` detached and rounded to ``dtype``: inside a :func:`deferred_weight_grads` block that
+    lists it, the block's one copy for all its micro-batches; else a copy made now."""
+    deferred = _deferred()
+    if deferred is not None and deferred.holds(W):
+        return deferred.round(W, dtype)
+    return W.detach().to(dtype)
+
+
 @contextmanager
 def deferred_weight_grads(weights: Sequence[torch.Tensor]) -> Iterator[None]:
     """Inside, :func:`weight_matmul`'s gradients to ``weights`` are not written by each
@@ -162,7 +171,7 @@ class _WeightMatmul(torch.autograd.Function):
         feature_major: bool, deferred: _Deferred | None,
     ) -> torch.Tensor:  # fmt: skip
         a_low = a_NK.to(dtype)
-        W_low = W_KM.to(dtype) if deferred is None else deferred.round(W_KM, dtype)
+        W_low = W_KM.to(dtype) if deferred is None else rounded(W_KM, dtype)
         with torch.autocast(a_NK.device.type, enabled=False):
             out = _plain(a_low, W_low, None if bias_M is None else bias_M.to(dtype), feature_major)
         # The weight's gradient reads the rounded input, the input's the rounded weight. They
