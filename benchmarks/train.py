@@ -27,7 +27,7 @@ in the same run on the same machine.
 6. With ``--micro-batches N``: each architecture's step with its batch trained in N
    micro-batches against the same step in one batch, timed alternately (the ratio is what
    splitting the batch costs; the weight gradients of the micro-batches are summed once, after
-   the last, ``crosslens.crosscoders.weight_matmul.deferred_weight_grads``).
+   the last, ``crosslens.crosscoders.weight_grads.deferred_weight_grads``).
 
 Timings alternate between the compared variants and report medians, so a noisy shared
 machine biases neither side.

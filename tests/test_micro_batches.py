@@ -209,12 +209,13 @@ def test_the_cli_refuses_a_bad_micro_batch_count_in_one_line(argv, message, caps
 def test_micro_batches_shrink_the_planned_activations():
     """Ge et al.'s widest dictionary: 72 GiB of per-snapshot codes and 3.6 GiB of the rest at
     batch 2048, an eighth of them at once with 8 micro-batches, plus the whole batch's detached
-    codes and inputs (2.06 GiB) that the step's statistics read and the encoder matmul's
-    operands (0.94 GiB) that its gradient is summed from after the last micro-batch."""
+    codes and inputs (2.06 GiB) that the step's statistics read and the operands of the encoder's
+    and the gated decode's matmuls (0.94 GiB each) that their gradients are summed from after the
+    last micro-batch."""
     shape, gib = (32, 768, 98304, 2048, "jumprelu_crosscoder"), 1 << 30
     one, eight = step_peak_bytes(*shape), step_peak_bytes(*shape, micro_batches=8)
     assert one["bfloat16"] / gib == pytest.approx(129.66, abs=0.01)
-    assert eight["bfloat16"] / gib == pytest.approx(66.54, abs=0.01)
+    assert eight["bfloat16"] / gib == pytest.approx(67.48, abs=0.01)
     h100 = GPUS["h100"].memory_bytes
     assert smallest_fitting_micro_batches(*shape, "bfloat16", h100) == 8
     assert step_peak_bytes(*shape, micro_batches=4)["bfloat16"] > AUTO_HEADROOM * h100
@@ -232,8 +233,8 @@ def test_plan_prints_the_micro_batched_peak_and_the_fewest_that_fit(capsys):
     argv = ["plan", "--recipe", "ge2025-pythia-160m", "--d-sae", "98304", "--batch-size", "2048", "--gpu", "h100"]
     assert main([*argv, "--micro-batches", "8", "--autocast", "none"]) == 0
     out = capsys.readouterr().out
-    assert "activations per batch in 8 micro-batches (est.)    12.45 GiB" in out
-    assert "peak with bfloat16 Adam state                    66.54 GiB" in out
+    assert "activations per batch in 8 micro-batches (est.)    13.38 GiB" in out
+    assert "peak with bfloat16 Adam state                    67.48 GiB" in out
     assert "fewest --micro-batches under 90% of h100         float32 none, bfloat16 8 (79.65 GiB GPU)" in out
     assert "autocast" not in out
     # cuda's default precision, bfloat16 autocast, adds 4.5 GiB for each of W_enc's and W_dec's

@@ -20,7 +20,7 @@ from sae_lens.saes.sae import TrainStepInput
 import crosslens.crosscoders as cc
 from crosslens.core.devices import counted_cuda_syncs
 from crosslens.core.tensors import row_norms
-from crosslens.crosscoders import jumprelu_kernels, sparse_kernels
+from crosslens.crosscoders import jumprelu_kernels, sparse_kernels, weight_grads
 from crosslens.crosscoders.active_pairs import ActivePairs, run_starts
 from crosslens.crosscoders.sparse_kernels import gather_decode
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
@@ -65,8 +65,8 @@ def batches(n: int, device: str) -> list[torch.Tensor]:
 
 
 # ---------------------------------------------------------------- the kernels alone
-def random_pairs(device: str, groups: int) -> tuple[ActivePairs, torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
+def random_pairs(device: str, groups: int, seed: int = 0) -> tuple[ActivePairs, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
     active_NF = torch.rand(B, F, generator=g) < 0.1
     active_NF[3] = False  # a token without pairs
     active_NF[:, 5] = False  # a feature without pairs
@@ -191,6 +191,49 @@ def test_gather_decode_and_norms_write_one_gradient(device, groups, backend, req
     if backend == "triton":  # compiled on CUDA, interpreted in its own process on a CPU
         request.getfixturevalue("triton_backend")
     check_decode_and_norms(backend, device, groups)
+
+
+def check_block_sums(backend: str, device: str, groups: int) -> None:
+    """In a micro-batched step (a ``deferred_weight_grads`` block listing W) the node hands W's
+    gradient to the block, the pairs' and the rows' parts added to its float32 sum, the norms'
+    part as a scale: the gradient written when the block ends is the one two plain backwards
+    add up, and no gradient reaches W before it."""
+    g = torch.Generator().manual_seed(3)
+    W_FSD = torch.randn(F, S, D, generator=g).to(device).requires_grad_()
+    W_FGD = W_FSD.view(F, groups, S * D // groups)  # TopK's one group is a view of W_dec
+    micro_batches = []
+    for seed in (0, 1):
+        pairs, _, values_AG, grad_NGD = random_pairs(device, groups, seed)
+        rows = (torch.tensor([2, 5, 9]).to(device), torch.randn(pairs.n_tokens, 3, generator=g).to(device))
+        grads = (grad_NGD, torch.randn(F, S, generator=g).to(device), torch.randn(pairs.n_tokens, S * D, generator=g).to(device))
+        micro_batches.append((pairs, values_AG, rows, grads))
+
+    def backwards() -> None:
+        for pairs, values_AG, rows, grads in micro_batches:
+            norms_FS = weight_grads.row_norms_now(W_FSD)
+            outs = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, backend, rows=rows)
+            torch.autograd.backward(outs, grads)
+
+    backwards()
+    want = W_FSD.grad.clone()
+    W_FSD.grad = None
+    arrivals = []
+    W_FSD.register_hook(arrivals.append)
+    with weight_grads.deferred_weight_grads([W_FSD]):
+        backwards()
+        assert W_FSD.grad is None
+    assert [g for g in arrivals if g is not None] == [] and W_FSD.grad.dtype == torch.float32
+    torch.testing.assert_close(W_FSD.grad, want, rtol=1e-5, atol=1e-5)
+    assert want[5].abs().max() > 0  # a feature without pairs: the norms' and the rows' parts alone
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("groups", [1, S])
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_gather_decode_in_a_micro_batched_step_adds_to_the_blocks_sum(device, groups, backend, request):
+    if backend == "triton":  # compiled on CUDA, interpreted in its own process on a CPU
+        request.getfixturevalue("triton_backend")
+    check_block_sums(backend, device, groups)
 
 
 def test_gather_decode_and_norms_refuses_norms_that_do_not_split_the_rows():

@@ -44,12 +44,11 @@ from jaxtyping import Bool, Float, Int
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput, TrainStepOutput
 from torch import nn
 
-from crosslens.core.tensors import row_norms
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
 from crosslens.crosscoders.snapshot_sae import snapshot_sae
 from crosslens.crosscoders.folding import is_folded
-from crosslens.crosscoders.weight_matmul import weight_matmul
+from crosslens.crosscoders.weight_grads import weight_matmul, weight_row_norms
 
 
 SNAPSHOT_AXES = {"W_enc": 0, "W_dec": 1, "b_dec": 0, "folded_norm_factors": 0}
@@ -318,7 +317,7 @@ class CrosscoderMixin:
         """Differentiable decoder norms in the normalised (training) space; ``raw_FS``:
         ``||W_dec[i, s]||`` where a step has them already, and then differentiable only as
         far as they are."""
-        return (row_norms(self.W_dec) if raw_FS is None else raw_FS) * self.folded_norm_factors
+        return (weight_row_norms(self.W_dec) if raw_FS is None else raw_FS) * self.folded_norm_factors
 
     def snapshot_norm_sums(self, raw_FS: torch.Tensor | None = None) -> Float[torch.Tensor, " d_sae"]:
         """Differentiable ``sum_s ||W_dec[i, s]||`` over every snapshot (normalised space),

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float
 
-from crosslens.core.tensors import row_counts, row_norms
+from crosslens.core.tensors import row_counts
 from crosslens.crosscoders.jumprelu_ops import (
     PaddedRows,
     backward_block,
@@ -51,6 +51,7 @@ from crosslens.crosscoders.jumprelu_ops import (
     threshold_gradient,
 )
 from crosslens.crosscoders.sparse_kernels import active_entries, sparse_gated_decode, sparse_step_pays
+from crosslens.crosscoders.weight_grads import row_norms_now, snapshot_decode, weight_block, weight_row_norms
 
 CPU_BLOCK_ELEMENTS = 1 << 22
 """Elements of one ``[S, block, F]`` block on a CPU: 16 MiB in float32, about half of a
@@ -412,6 +413,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
             flat_g.index_select(0, pair_g), pair_row_N, pair_row_F, pair_sign, pair_h,
         )  # fmt: skip
         ctx.classes, ctx.h_FP, ctx.bandwidth, ctx.tanh_scale = classes, h_FP, bandwidth, tanh_scale
+        ctx.block = weight_block(W_dec_FSD)
         # the shared code h * [open at some snapshot]: the dense code with the mixed entries
         # it leaves out (open at a few snapshots only) put back (a copy: hooks may edit it)
         shared_FN = f_dense_FN.clone()
@@ -468,8 +470,14 @@ class SnapshotGatedDecode(torch.autograd.Function):
         else:
             grad_h_FN = torch.mm(W_flat, grad_flat.T)
         grad_h_flat = grad_h_FN.mul_(dense_FN).view(-1)
-        grad_W_FSD = W_dec_FSD.new_empty(F_, S, D)
-        grad_W_flat = torch.mm(f_dense_FN, grad_flat, out=grad_W_FSD.view(F_, S * D))
+        block = ctx.block if ctx.block is not None and ctx.block.open else None
+        if block is None:
+            grad_W_FSD = W_dec_FSD.new_empty(F_, S, D)
+            grad_W_flat = torch.mm(f_dense_FN, grad_flat, out=grad_W_FSD.view(F_, S * D))
+        else:  # a micro-batch: the matmul's operands kept, the corrections added to the block's sum
+            block.keep(W_dec_FSD, f_dense_FN.T, grad_flat)
+            grad_W_FSD = block.sum_buffer(W_dec_FSD)
+            grad_W_flat = grad_W_FSD.view(F_, S * D)
 
         # scores of the entries packed into rows. Their window part is the scores' gradient
         # where a gate is open and grad * c * norm where shut (tanh(0) = 0): sech is summed
@@ -506,7 +514,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
             grad_pD = grad_rows.index_select(0, pair_row_N[chunk])
             dec_p = torch.linalg.vecdot(grad_pD, W_rows.index_select(0, pair_row_F[chunk]))
             grad_h_flat.index_add_(0, pair_flat[chunk], dec_p.mul_(pair_sign[chunk]))
-            grad_W_rows.index_add_(0, pair_row_F[chunk], pair_h[chunk, None] * grad_pD)
+            grad_W_rows.index_add_(0, pair_row_F[chunk], (pair_h[chunk, None] * grad_pD).to(grad_W_rows.dtype))
 
         # the threshold's window: the code's gradient summed over tokens inside it, per
         # (feature, snapshot); its decoder part from the masks above, its score part here
@@ -545,7 +553,11 @@ class SnapshotGatedDecode(torch.autograd.Function):
         # W * (grad of ||W|| / ||W||), zero where a row's norm is 0
         grad_raw_norms_FS = grad_norms_FS.mul_(ctx.tanh_scale).mul_(norm_factors_S)
         per_row_FS = grad_raw_norms_FS.div_(raw_norms_FS).masked_fill_(raw_norms_FS == 0, 0.0)
-        grad_W_FSD.addcmul_(W_dec_FSD, per_row_FS[..., None])
+        if block is None:
+            grad_W_FSD.addcmul_(W_dec_FSD, per_row_FS[..., None])
+        else:  # (W_dec itself, one scale per row: the block takes it)
+            block.add_norm_scale(W_dec_FSD, per_row_FS)
+            grad_W_FSD = None  # all of it is the block's
         return grad_h_FN.T, grad_W_FSD, grad_threshold_F, None, None, None, None, None, None
 
 
@@ -576,8 +588,8 @@ def snapshot_gated_decode(
     """
     raw_FS = None  # the decoder norms without gradient, once computed (one pass over W_dec)
     if sparse or (sparse is None and h_NF.device.type == "cuda"):
+        raw_FS = row_norms_now(W_dec_FSD)
         with torch.no_grad():
-            raw_FS = torch.linalg.vector_norm(W_dec_FSD, dim=-1)
             entries = active_entries(h_NF.detach(), raw_FS * norm_factors_S, threshold_F.detach(), bandwidth / 2)
         if sparse or sparse_step_pays(entries):
             gate = (bandwidth, tanh_scale)
@@ -585,18 +597,19 @@ def snapshot_gated_decode(
     classes = None
     if not torch.is_autocast_enabled(h_NF.device.type):
         with torch.no_grad():
-            raw_norms_FS = W_dec_FSD.norm(dim=-1) if raw_FS is None else raw_FS
+            raw_norms_FS = row_norms_now(W_dec_FSD) if raw_FS is None else raw_FS
             norms_FS = raw_norms_FS * norm_factors_S
             classes = EntryClasses(h_NF, norms_FS, threshold_F, bandwidth / 2)
     if classes is not None and classes.sparse_ok:
         return SnapshotGatedDecode.apply(
             h_NF, W_dec_FSD, threshold_F, norms_FS, raw_norms_FS, norm_factors_S, classes, bandwidth, tanh_scale
         )
-    norms_FS = row_norms(W_dec_FSD, known=raw_FS) * norm_factors_S
-    f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(  # its blocks are token-major
-        h_NF.contiguous(), norms_FS, threshold_F, bandwidth=bandwidth, tanh_scale=tanh_scale
+    norms_FS = weight_row_norms(W_dec_FSD, known=raw_FS) * norm_factors_S
+    h_NF = h_NF.contiguous()  # the blocks of the gate are token-major
+    f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
+        h_NF, norms_FS, threshold_F, bandwidth=bandwidth, tanh_scale=tanh_scale
     )
-    recon_SND = torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))
+    recon_SND = snapshot_decode(f_SNF, W_dec_FSD, (h_NF, norms_FS, threshold_F))
     with torch.no_grad():
         shared_NF = h_NF * open_anywhere_NF
     return recon_SND.transpose(0, 1), score_sum_F, open_anywhere_NF, shared_NF

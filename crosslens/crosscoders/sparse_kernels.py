@@ -52,7 +52,7 @@ from crosslens.core.devices import autocast_dtype, kernel_backend
 from crosslens.core.tensors import host_ints, norm_gradient_scale
 from crosslens.crosscoders.active_pairs import ActivePairs
 from crosslens.crosscoders.jumprelu_ops import threshold_gradient
-from crosslens.crosscoders.weight_matmul import rounded
+from crosslens.crosscoders.weight_grads import WeightBlock, float32_product, rounded, weight_block
 
 BACKEND: str | None = None
 """Force ``"eager"`` or ``"triton"`` (``"triton"`` on a CPU needs ``TRITON_INTERPRET=1``);
@@ -119,14 +119,17 @@ def eager_values_grad(
 
 def eager_weight_grad(
     grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, norm_term: NormTerm | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None, out: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """``[F, G, D]``: the sparse-transpose-dense matmul, ``sum over pairs v * grad_out[n]``,
     added to the norms' gradient ``norm_term`` where it is given, in ``dtype`` (the
-    gradient's by default)."""
-    grad_NGD = grad_NGD.to(dtype or grad_NGD.dtype)
+    gradient's by default); or, with ``out`` (float32, no ``norm_term``), added to ``out``'s
+    rows that have pairs, the others left as they are."""
+    grad_NGD = grad_NGD.to(out.dtype if out is not None else dtype or grad_NGD.dtype)
     G, D = grad_NGD.shape[1:]
-    if norm_term is None:
+    if out is not None:
+        grad_FGD = out
+    elif norm_term is None:
         grad_FGD = grad_NGD.new_zeros(pairs.n_features, G, D)
     else:
         W_FGD, scale_FR = norm_term
@@ -180,7 +183,7 @@ class SparseDecode(torch.autograd.Function):
         ops = _implementation(backend)
         read_FGD = W_FGD if read_FGD is None else read_FGD
         ctx.save_for_backward(read_FGD, values_AG, W_FGD, norms_FR, rows_R, values_NR)
-        ctx.pairs, ctx.ops = pairs, ops
+        ctx.pairs, ctx.ops, ctx.block = pairs, ops, weight_block(W_FGD)
         out_NGD = ops.decode(read_FGD, values_AG, pairs)
         norms_FR = None if norms_FR is None else norms_FR.clone()
         if rows_R is None:
@@ -198,15 +201,22 @@ class SparseDecode(torch.autograd.Function):
         grad_NGD = grad_NGD.to(ctx.grad_dtype).contiguous()
         grad_W = grad_v = grad_rows_v = None
         if ctx.needs_input_grad[0]:
-            norm_term = None if grad_norms_FR is None else (W_FGD, norm_gradient_scale(grad_norms_FR, norms_FR))
-            grad_W = ctx.ops.weight_grad(grad_NGD, values_AG, ctx.pairs, norm_term, dtype=W_FGD.dtype)
+            scale_FR = None if grad_norms_FR is None else norm_gradient_scale(grad_norms_FR, norms_FR)
+            block = ctx.block if ctx.block is not None and ctx.block.open else None
+            if block is not None and (scale_FR is None or block.add_norm_scale(W_FGD, scale_FR)):
+                # a micro-batch: its pairs' rows added to the block's sum, the norms' part the block's
+                sum_FGD = block.sum_buffer(W_FGD)
+                ctx.ops.weight_grad(grad_NGD, values_AG, ctx.pairs, out=sum_FGD)
+            else:
+                norm_term = None if scale_FR is None else (W_FGD, scale_FR)
+                grad_W = sum_FGD = ctx.ops.weight_grad(grad_NGD, values_AG, ctx.pairs, norm_term, dtype=W_FGD.dtype)
         if ctx.needs_input_grad[1]:
             grad_v = ctx.ops.values_grad(grad_NGD, read_FGD, ctx.pairs, dtype=values_AG.dtype)
         if grad_rows_NK is not None:
             grad_rows_NK = grad_rows_NK.to(ctx.grad_dtype)
-            if grad_W is not None:
+            if ctx.needs_input_grad[0]:
                 rows_grad_RK = values_NR.to(ctx.grad_dtype).T @ grad_rows_NK
-                grad_W.view(W_FGD.shape[0], -1).index_add_(0, rows_R, rows_grad_RK.to(grad_W.dtype))
+                sum_FGD.view(W_FGD.shape[0], -1).index_add_(0, rows_R, rows_grad_RK.to(sum_FGD.dtype))
             if ctx.needs_input_grad[7]:
                 grad_rows_v = (grad_rows_NK @ _rows(read_FGD, rows_R, ctx.grad_dtype).T).to(values_NR.dtype)
         return grad_W, grad_v, None, None, None, None, None, grad_rows_v
@@ -223,9 +233,49 @@ def dense_rows_decode(
 ) -> Float[torch.Tensor, "n groups_d"]:
     """The decode of :data:`DenseRows`, ``values_NR @ W[rows_R]``, ``[N, G * D]``: in
     ``dtype`` where given, else as the ambient autocast has it; differentiable by autograd where
-    no :func:`gather_decode_and_norms` node decodes the rows."""
+    no :func:`gather_decode_and_norms` node decodes the rows, or, in a micro-batched step, by a
+    node that adds the rows' gradient to the step's sum (:class:`_BlockRowsDecode`)."""
     rows_R, values_NR = rows
+    block = weight_block(W_FGD) if torch.is_grad_enabled() and W_FGD.requires_grad else None
+    if block is not None:
+        return _BlockRowsDecode.apply(W_FGD, rows_R, values_NR, dtype, block)
     return values_NR.to(dtype or values_NR.dtype) @ _rows(W_FGD, rows_R, dtype)
+
+
+class _BlockRowsDecode(torch.autograd.Function):
+    """:func:`dense_rows_decode` in a micro-batched step: autograd's gather of the rows would
+    write a decoder-sized gradient per micro-batch, zeros but for the rows; this adds the rows'
+    gradient (float32, :func:`~crosslens.crosscoders.weight_grads.float32_product`) to the
+    block's sum instead. The values' gradient is the matmul's, in the forward's dtype."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, W_FGD: torch.Tensor, rows_R: torch.Tensor, values_NR: torch.Tensor, dtype: torch.dtype | None,
+        block: WeightBlock,
+    ) -> torch.Tensor:  # fmt: skip
+        dtype = dtype or autocast_dtype(W_FGD.device) or values_NR.dtype
+        rows_RK = _rows(W_FGD, rows_R, dtype)
+        values_low = values_NR.to(dtype)
+        ctx.save_for_backward(W_FGD, rows_R, rows_RK, values_low)
+        ctx.block, ctx.values_dtype = block, values_NR.dtype
+        with torch.autocast(W_FGD.device.type, enabled=False):
+            return values_low @ rows_RK
+
+    @staticmethod
+    def backward(ctx: Any, grad_NK: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        W_FGD, rows_R, rows_RK, values_low = ctx.saved_tensors
+        grad_NK = grad_NK.to(rows_RK.dtype)
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[2]:
+            grad_values = (grad_NK @ rows_RK.T).to(ctx.values_dtype)
+        if ctx.needs_input_grad[0]:
+            rows_grad_RK = float32_product(values_low.T, grad_NK)
+            if ctx.block.open:
+                ctx.block.sum_buffer(W_FGD).view(W_FGD.shape[0], -1).index_add_(0, rows_R, rows_grad_RK)
+            else:
+                grad_W = W_FGD.new_zeros(W_FGD.shape[0], rows_RK.shape[1]).index_add_(0, rows_R, rows_grad_RK.to(W_FGD.dtype))
+                grad_W = grad_W.view(W_FGD.shape)
+        return grad_W, None, grad_values, None, None
 
 
 READ_COPY_PAIRS = 2
@@ -241,7 +291,7 @@ def autocast_copy(W: torch.Tensor, n_pairs: int) -> torch.Tensor | None:
     """``W`` detached and rounded to the autocast dtype, for ``n_pairs`` pairs to decode from
     its rows, where autocast is on and the copy pays (:data:`READ_COPY_PAIRS`); else None.
     A matmul under autocast reads its weight rounded the same way; inside a micro-batched step
-    it is the step's one copy (:func:`~crosslens.crosscoders.weight_matmul.rounded`). The
+    it is the step's one copy (:func:`~crosslens.crosscoders.weight_grads.rounded`). The
     decoder's gradient stays W's own."""
     dtype = autocast_dtype(W.device)
     if dtype is None or n_pairs < READ_COPY_PAIRS * W.shape[0]:

@@ -52,6 +52,7 @@ from crosslens.crosscoders.sparse_kernels import (
     sparse_backend,
 )
 from crosslens.architectures import DEFAULT_K, TOPK_L1
+from crosslens.crosscoders.weight_grads import row_norms_now, weight_block
 
 ARCHITECTURE = "topk_crosscoder"
 
@@ -145,10 +146,12 @@ class TopKTrainingCrosscoder(
         return {"l1": TrainCoefficientConfig(value=self.cfg.l1_coefficient, warm_up_steps=self.cfg.l1_warm_up_steps)}
 
     def _kernels(self) -> str | None:
-        """The backend of the pairs' kernels where they decode (CUDA); None where
-        ``embedding_bag`` does (a CPU, where its own backward is faster than the eager sums)."""
+        """The backend of the pairs' kernels where they decode (CUDA, and any micro-batched
+        step); None where ``embedding_bag`` does (a CPU, where its own backward is faster than the
+        eager sums, but writes a decoder-sized gradient, which a micro-batched step adds up once
+        per micro-batch where the pairs' kernels add their rows to the step's sum)."""
         backend = sparse_backend(self.W_dec.device)
-        return None if backend == "eager" else backend
+        return None if backend == "eager" and weight_block(self.W_dec) is None else backend
 
     def _one_group(self, W_FSD: torch.Tensor | None) -> torch.Tensor | None:
         """``W_dec`` (or its rounded copy) as the kernels' one group, ``[F, 1, S * d_in]``."""
@@ -196,8 +199,8 @@ class TopKTrainingCrosscoder(
         differentiable sums."""
         if not (self.uses_sparse_decode and self._kernels()):
             return None, self.snapshot_norm_sums()
+        raw_FS = row_norms_now(self.W_dec)
         with torch.no_grad():
-            raw_FS = torch.linalg.vector_norm(self.W_dec, dim=-1)
             return raw_FS, self.snapshot_norm_sums(raw_FS)
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:

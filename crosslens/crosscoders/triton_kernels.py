@@ -12,7 +12,8 @@ decode; with the pairs of each feature (the feature order) and ``src = grad_out`
 the decoder's gradient, the sparse-transpose-dense matmul, which writes every row of
 ``grad_W`` once (zeros for features without pairs) and needs no atomics; it starts each
 row from the decoder norms' gradient where the step has one, so that W's whole gradient is
-written in that one pass. ``_pair_dots`` gives one dot product per (pair, group): the values'
+written in that one pass; or, in a micro-batched step, adds each row that has pairs to the
+step's float32 sum and leaves the others untouched. ``_pair_dots`` gives one dot product per (pair, group): the values'
 gradient.
 """
 
@@ -42,7 +43,7 @@ PAIR_BLOCK, PAIR_COLUMNS = 16, 128
 def _gather_rows(
     out_ptr, src_ptr, values_ptr, order_ptr, src_row_ptr, starts_ptr, base_ptr, scale_ptr,
     n_columns, d_group, n_groups, d_part, n_parts,
-    HAS_ORDER: tl.constexpr, HAS_BASE: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_ORDER: tl.constexpr, HAS_BASE: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     columns = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -50,7 +51,11 @@ def _gather_rows(
     group = columns // d_group
     start = tl.load(starts_ptr + row)
     end = tl.load(starts_ptr + row + 1)
-    if HAS_BASE:  # the norms' gradient of this row, scale[row, part] * base[row], to start from
+    if ACCUMULATE:  # add to the row as it is, and touch only rows that have pairs
+        pairs_here = tl.zeros([BLOCK], dtype=tl.int32) + (end - start)  # a block: Triton's interpreter takes no scalar mask
+        inside = inside & (pairs_here > 0)
+        acc = tl.load(out_ptr + row * n_columns + columns, mask=inside, other=0.0)
+    elif HAS_BASE:  # the norms' gradient of this row, scale[row, part] * base[row], to start from
         scale = tl.load(scale_ptr + row * n_parts + columns // d_part, mask=inside, other=0.0)
         base = tl.load(base_ptr + row * n_columns + columns, mask=inside, other=0.0)
         acc = scale.to(tl.float32) * base.to(tl.float32)
@@ -93,9 +98,14 @@ def _pair_dots(
 def _gather(
     n_rows: int, src_GD: torch.Tensor, values_AG: torch.Tensor, order: torch.Tensor | None,
     src_row_A: torch.Tensor, starts: torch.Tensor, base: tuple[torch.Tensor, torch.Tensor] | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     _, G, D = src_GD.shape
-    out = torch.empty(n_rows, G, D, dtype=torch.float32, device=src_GD.device)
+    accumulate = out is not None
+    if out is None:
+        out = torch.empty(n_rows, G, D, dtype=torch.float32, device=src_GD.device)
+    elif out.dtype != torch.float32 or not out.is_contiguous() or out.shape != (n_rows, G, D):
+        raise ValueError(f"a sum to add to must be a contiguous float32 [{n_rows}, {G}, {D}], got {out.dtype} {tuple(out.shape)}")
     if n_rows == 0:
         return out
     base_W, scale = (None, None) if base is None else (base[0].contiguous(), base[1].float().contiguous())
@@ -105,7 +115,8 @@ def _gather(
         out, src_GD, values_AG, order if order is not None else starts, src_row_A, starts,
         base_W if base_W is not None else out, scale if scale is not None else out,
         G * D, D, G, G * D // n_parts, n_parts,
-        HAS_ORDER=order is not None, HAS_BASE=base is not None, BLOCK=COLUMN_BLOCK, num_warps=GATHER_WARPS,
+        HAS_ORDER=order is not None, HAS_BASE=base is not None, ACCUMULATE=accumulate, BLOCK=COLUMN_BLOCK,
+        num_warps=GATHER_WARPS,
     )  # fmt: skip
     return out
 
@@ -120,11 +131,15 @@ def decode(W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> 
 def weight_grad(
     grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs,
     norm_term: tuple[torch.Tensor, torch.Tensor] | None = None, dtype: torch.dtype | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """``[F, G, D]`` in ``dtype`` (the gradient's by default): each feature's ``grad_out`` rows
     weighted by its pairs' values, added to the norms' gradient ``W * scale`` where
-    ``norm_term`` gives it (read and written in the same pass)."""
+    ``norm_term`` gives it (read and written in the same pass); or, with ``out`` (float32, no
+    ``norm_term``), added to ``out``'s rows that have pairs, the others not touched."""
     order_A, starts = pairs.feature_order()
+    if out is not None:
+        return _gather(pairs.n_features, grad_NGD, values_AG, order_A, pairs.token_A, starts, out=out)
     out = _gather(pairs.n_features, grad_NGD, values_AG, order_A, pairs.token_A, starts, norm_term)
     return out.to(dtype or grad_NGD.dtype)
 

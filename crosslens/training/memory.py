@@ -49,7 +49,9 @@ def parameter_counts(S: int, D: int, F: int, architecture: str) -> dict[str, int
     return counts
 
 
-def activation_bytes(B: int, S: int, D: int, F: int, architecture: str, micro_batches: int = 1) -> dict[str, int]:
+def activation_bytes(
+    B: int, S: int, D: int, F: int, architecture: str, micro_batches: int = 1, autocast: bool = False
+) -> dict[str, int]:
     """Estimated float32 bytes alive at the peak of one training step on one rank
     (``B`` local tokens, ``S`` local snapshots), trained in ``micro_batches`` of ``b = B / N``:
 
@@ -60,18 +62,20 @@ def activation_bytes(B: int, S: int, D: int, F: int, architecture: str, micro_ba
     - with N > 1, the whole batch kept for the step's statistics and its input: inputs and
       reconstructions ``3 B S D``, codes and pre-activations ``2 B F``; and the operands of the
       weight matmuls whose gradients are summed after the last micro-batch
-      (:func:`~crosslens.crosscoders.weight_matmul.deferred_weight_grads`): ``B (S D + F)`` for
-      the encoder, as much again for a dense decode. That is counted for every architecture but
-      JumpReLU (whose decode has its own kernels), so it over-counts TopK and BatchTopK where they
-      decode sparsely, their default at Ge et al.'s shape.
+      (:func:`~crosslens.crosscoders.weight_grads.deferred_weight_grads`): ``B (S D + F)`` for
+      the encoder, as much again for a dense decode (JumpReLU's keeps its pre-activation and
+      output gradient, the same size), in bfloat16 under ``autocast`` (the matmuls' operands).
+      The decoder's is counted for every architecture, so it over-counts the steps that decode
+      sparsely (TopK's and BatchTopK's default at Ge et al.'s shape, JumpReLU's from pairs),
+      which add their few rows to the gradient instead.
     """
     b = B // micro_batches
     parts = {"inputs and reconstructions": 3 * b * S * D * F32, "latent codes": 4 * b * F * F32}
     if architecture == "jumprelu_crosscoder":
         parts["per-snapshot JumpReLU codes"] = 3 * S * b * F * F32
     if micro_batches > 1:
-        deferred_matmuls = 1 if architecture == "jumprelu_crosscoder" else 2
-        parts["whole batch kept"] = (3 * B * S * D + 2 * B * F + deferred_matmuls * B * (S * D + F)) * F32
+        kept_operands = 2 * B * (S * D + F) * (BF16 if autocast else F32)
+        parts["whole batch kept"] = (3 * B * S * D + 2 * B * F) * F32 + kept_operands
     return parts
 
 
@@ -79,7 +83,7 @@ def autocast_bytes(S: int, D: int, F: int) -> int:
     """Bytes a bfloat16-autocast step holds beyond a float32 one, at most: the bfloat16 copies
     of ``W_enc`` and ``W_dec`` that its matmuls read (the decoder's is kept for backward). The
     weights' gradients come out of the matmuls in float32
-    (:mod:`crosslens.crosscoders.weight_matmul`), so no bfloat16 gradient is held on its way to
+    (:mod:`crosslens.crosscoders.weight_grads`), so no bfloat16 gradient is held on its way to
     ``.grad``. (Autocast's activations are half the float32 ones :func:`activation_bytes`
     counts; the estimate keeps that half as margin.)"""
     return BF16 * 2 * S * D * F  # W_enc and W_dec are S * D * F each
@@ -101,7 +105,7 @@ def step_peak_bytes(
     """Predicted device peak of one training step per optimizer-state option, the step in
     float32 or (``autocast``) under bfloat16 autocast."""
     n_params = sum(parameter_counts(S, D, F, architecture).values())
-    act = sum(activation_bytes(B, S, D, F, architecture, micro_batches).values())
+    act = sum(activation_bytes(B, S, D, F, architecture, micro_batches, autocast).values())
     act += autocast_bytes(S, D, F) if autocast else 0
     return {option: optimizer_state_bytes(n_params, option) + act for option in OPTIMIZER_STATES}
 
@@ -168,7 +172,7 @@ def training_memory(
     param_bytes = sum(parameter_counts(S, D, F, architecture).values()) * F32
     memory: dict[str, Any] = {"parameters": param_bytes, "gradients": param_bytes, "adam_state": 2 * param_bytes}
     memory["training_state"] = sum(memory.values())
-    act = activation_bytes(B, S, D, F, architecture, micro_batches)
+    act = activation_bytes(B, S, D, F, architecture, micro_batches, autocast)
     memory.update(micro_batches=micro_batches, activations_per_batch=sum(act.values()), activations_breakdown=act)
     memory["autocast_copies"] = autocast_bytes(S, D, F) if autocast else 0
     memory["total_training"] = memory["training_state"] + memory["activations_per_batch"] + memory["autocast_copies"]

@@ -14,11 +14,12 @@ come first, from a gradient-free forward over every micro-batch
 architecture makes once per step (the ``target_l0`` controller, BatchTopK's running
 threshold) run once, on the whole batch's codes, after the last micro-batch.
 
-The weight gradients of the crosscoder's matmuls (the encoder's, a dense decode's) are not
-added up micro-batch by micro-batch: each keeps its matmul's operands, a few rows, and the
-gradient is one matmul over the whole batch after the last
-(:func:`~crosslens.crosscoders.weight_matmul.deferred_weight_grads`), which spares a
-weight-sized temporary and three passes over it per micro-batch.
+The weights' gradients are not added up micro-batch by micro-batch: inside
+:func:`~crosslens.crosscoders.weight_grads.deferred_weight_grads` each matmul keeps its
+operands (a few rows) for one matmul over the whole batch after the last, the decoder norms'
+gradient is summed as a small scale, and the sparse decodes add the rows they touch to one
+float32 sum, which spares a weight-sized temporary and three passes over it per micro-batch
+and weight.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
 from crosslens.crosscoders.base import CrosscoderTrainingMixin
-from crosslens.crosscoders.weight_matmul import deferred_weight_grads
+from crosslens.crosscoders.weight_grads import deferred_weight_grads
 from crosslens.training.config import micro_batch_error
 
 
@@ -54,10 +55,11 @@ def micro_batched_pass(
     reconstructions, codes, losses (the micro-batches' weighted sums) and metrics."""
     chunks = split_batch(x_BSD, micro_batches)
     outputs = []
-    with autocast():
-        sae.begin_micro_batches(chunks)
     try:
+        # the gradient-free pass too reads the block's rounded weights and decoder norms
         with deferred_weight_grads((sae.W_enc, sae.W_dec)):  # type: ignore[attr-defined]
+            with autocast():
+                sae.begin_micro_batches(chunks)
             for x_bSD in chunks:
                 with autocast():
                     output = sae.training_forward_pass(step_input(x_bSD))  # type: ignore[attr-defined]

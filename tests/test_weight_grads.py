@@ -1,5 +1,5 @@
 """The crosscoder's weight matmuls under autocast: autocast's forward, the weight's gradient
-in float32 (crosslens.crosscoders.weight_matmul)."""
+in float32 (crosslens.crosscoders.weight_grads)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ import pytest
 import torch
 
 import crosslens.crosscoders as cc
-from crosslens.crosscoders.weight_matmul import deferred_weight_grads, float32_product, weight_matmul
+from crosslens.core.tensors import row_norms
+from crosslens.crosscoders.weight_grads import (
+    deferred_weight_grads,
+    float32_product,
+    row_norms_now,
+    snapshot_decode,
+    weight_block,
+    weight_matmul,
+    weight_row_norms,
+)
 
 N, K, M = 48, 40, 72
 
@@ -199,33 +208,67 @@ def test_a_deferred_block_adds_to_a_gradient_already_there_drops_its_rows_on_an_
     assert type(out.grad_fn).__name__ == "MmBackward0"
 
 
-@pytest.mark.parametrize("arch", list(cc.ARCHITECTURES))
-def test_micro_batches_sum_the_encoders_gradient_once_at_the_end(arch):
-    """``micro_batched_pass`` defers the encoder's gradient: no gradient reaches ``W_enc``
-    during the micro-batches' backwards, and the one written at the end is the whole batch's."""
+STEP_CASES = [(arch, {}, False) for arch in cc.ARCHITECTURES] + [
+    ("jumprelu_crosscoder", {"sparse_step": True}, False),  # the step from pairs (CUDA's, trained)
+    ("jumprelu_crosscoder", {}, True),  # under autocast: the gate per snapshot and its batched matmul
+    ("crosscoder", {}, True),
+    ("topk_crosscoder", {}, True),
+]
+
+
+@pytest.mark.parametrize(("arch", "settings", "autocast"), STEP_CASES)
+def test_micro_batches_write_the_weight_gradients_once_at_the_end(arch, settings, autocast, monkeypatch):
+    """``micro_batched_pass`` defers both weights' gradients on every path a step takes: no
+    gradient reaches ``W_enc`` or ``W_dec`` during the micro-batches' backwards (none is written
+    per micro-batch), and the ones written at the end are the whole batch's in float32, or under
+    autocast (whose bfloat16 forward rounds a micro-batch's numbers otherwise than the whole
+    batch's) those of the same micro-batches written one by one. TopK's auxiliary loss has dead
+    features to decode."""
+    import contextlib
+
     from sae_lens.saes.sae import TrainStepInput
 
+    from crosslens.training import micro
     from crosslens.training.micro import micro_batched_pass
 
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"crosscoder": {"l1_coefficient": 0.05}, "jumprelu_crosscoder": {"l0_coefficient": 0.01}}.get(arch, {"k": 4})
     torch.manual_seed(0)
-    sae = train_cls(train_cfg_cls(d_in=8, d_sae=32, n_snapshots=2, **extra))
+    sae = train_cls(train_cfg_cls(d_in=8, d_sae=32, n_snapshots=2, **extra, **settings))
     x = torch.randn(32, 2, 8)
+    dead = torch.zeros(32, dtype=torch.bool)
+    dead[:6] = True
 
     def step_input(x_b):
-        return TrainStepInput(x_b, {name: 0.3 for name in sae.get_coefficients()}, torch.zeros(32, dtype=torch.bool), 10, False)
+        return TrainStepInput(x_b, {name: 0.3 for name in sae.get_coefficients()}, dead, 10, False)
+
+    def autocast_context():
+        return torch.autocast("cpu", torch.bfloat16, enabled=autocast)
 
     arrivals = []
-    sae.W_enc.register_hook(lambda g: arrivals.append(g))
-    sae.training_forward_pass(step_input(x)).loss.backward()
-    assert len(arrivals) == 1
-    whole = sae.W_enc.grad.clone()
+    for W in (sae.W_enc, sae.W_dec):
+        W.register_hook(arrivals.append)
+    if autocast:
+        with monkeypatch.context() as undeferred:
+            undeferred.setattr(micro, "deferred_weight_grads", lambda weights: contextlib.nullcontext())
+            micro_batched_pass(sae, x, 4, step_input, autocast_context)
+    else:
+        sae.training_forward_pass(step_input(x)).loss.backward()
+    assert len([g for g in arrivals if g is not None]) >= 2
+    whole = {name: getattr(sae, name).grad.clone() for name in ("W_enc", "W_dec")}
     sae.zero_grad()
     arrivals.clear()
-    micro_batched_pass(sae, x, 4, step_input, lambda: torch.autocast("cpu", enabled=False))
-    assert [g for g in arrivals if g is not None] == []  # no gradient reached W_enc in the backwards
-    torch.testing.assert_close(sae.W_enc.grad, whole, rtol=1e-5, atol=1e-6)
+    micro_batched_pass(sae, x, 4, step_input, autocast_context)
+    assert [g for g in arrivals if g is not None] == []  # nothing reached a weight in the backwards
+    got = {name: getattr(sae, name).grad for name in whole}
+    if autocast and "topk" in arch:
+        # the undeferred auxiliary decode is autocast's matmul, whose gradient to the dead rows
+        # is rounded to bfloat16; the block's is float32
+        dead_rows = got["W_dec"][dead] - whole["W_dec"][dead]
+        assert dead_rows.abs().max() <= 2**-7 * whole["W_dec"][dead].abs().max()
+        got["W_dec"], whole["W_dec"] = got["W_dec"][~dead], whole["W_dec"][~dead]
+    for name, want in whole.items():
+        torch.testing.assert_close(got[name], want, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_an_operand_modified_in_place_before_backward_is_refused():
@@ -286,3 +329,110 @@ def test_the_sparse_steps_rounded_decoder_is_the_blocks_one_copy():
     assert outside[0].data_ptr() != outside[1].data_ptr()
     assert inside[0].data_ptr() == inside[1].data_ptr()
     assert torch.equal(inside[0], W.detach().bfloat16()) and not inside[0].requires_grad
+
+
+# ------------------------------------------------ the decoder's norms and gated decode in a block
+def _decoder(seed: int = 0, F_: int = 24, S: int = 3, D: int = 8) -> torch.Tensor:
+    return torch.randn(F_, S, D, generator=torch.Generator().manual_seed(seed)).requires_grad_()
+
+
+def test_row_norms_in_a_block_are_computed_once_and_their_gradient_multiplies_the_weight_once():
+    W = _decoder()
+    gen = torch.Generator().manual_seed(1)
+    grads = [torch.randn(24, 3, generator=gen) for _ in range(4)]
+    for grad in grads:
+        row_norms(W).backward(grad)
+    want = W.grad.clone()
+    W.grad = None
+    arrivals = []
+    W.register_hook(arrivals.append)
+    with deferred_weight_grads([W]):
+        block = weight_block(W)
+        for grad in grads:
+            norms = weight_row_norms(W)
+            assert torch.equal(norms, row_norms(W))
+            norms.backward(grad)
+            assert W.grad is None
+        assert block.row_norms(W) is block.row_norms(W)  # one pass over W for all the micro-batches
+        assert row_norms_now(W) is block.row_norms(W)
+    assert [g for g in arrivals if g is not None] == []
+    torch.testing.assert_close(W.grad, want, rtol=1e-6, atol=1e-6)
+
+    W.grad = None
+    with deferred_weight_grads([W]):
+        late = weight_row_norms(W)
+    late.backward(grads[0])  # after the block: written by this backward
+    torch.testing.assert_close(W.grad, W.detach() * (grads[0] / W.detach().norm(dim=-1))[..., None])
+
+
+def test_a_weight_changed_in_place_after_its_norms_gradient_is_refused_at_the_blocks_end():
+    W = _decoder()
+    with pytest.raises(RuntimeError, match="modified in place inside a micro-batched step.*before the step or after"):
+        with deferred_weight_grads([W]):
+            weight_row_norms(W).sum().backward()
+            with torch.no_grad():
+                W.mul_(2)
+    assert W.grad is None
+    with deferred_weight_grads([W]):  # changed before the norms: they are computed again
+        first = weight_row_norms(W).detach()
+        with torch.no_grad():
+            W.mul_(2)
+        assert torch.equal(weight_row_norms(W), 2 * first)
+
+
+def _gated_code(seed: int, N_: int, F_: int = 24, S: int = 3):
+    gen = torch.Generator().manual_seed(seed)
+    h_NF = torch.randn(N_, F_, generator=gen).requires_grad_()
+    norms_FS = torch.rand(F_, S, generator=gen) + 0.5
+    threshold_F = torch.rand(F_, generator=gen) * 0.5
+    f_SNF = torch.where(h_NF * norms_FS.T[:, None, :] > threshold_F, h_NF, 0.0)  # as forward_block gates it
+    return f_SNF, (h_NF.detach(), norms_FS, threshold_F), h_NF
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_gated_decode_regates_its_code_for_the_decoders_gradient_in_float32(autocast):
+    """Under autocast: autocast's batched matmul to the bit, the code's gradient autocast's, the
+    decoder's the float32 product of the rounded operands, from the code regated from ``(h,
+    norms, threshold)``: the ``[S, N, F]`` code is not kept. In a block, the same sum over the
+    micro-batches, written at its end. Without either, the plain batched matmul."""
+    W = _decoder()
+    f_SNF, gate, h = _gated_code(0, 16)
+    grad = torch.randn(3, 16, 8, generator=torch.Generator().manual_seed(2))
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        ref = torch.bmm(f_SNF, W.transpose(0, 1))
+        out = snapshot_decode(f_SNF, W, gate)
+    assert type(out.grad_fn).__name__ == ("_RegatedDecodeBackward" if autocast else "BmmBackward0")
+    assert torch.equal(out, ref)
+    if autocast:
+        assert out.grad_fn.saved_tensors == ()  # neither the code nor anything of its size
+    ref_h, ref_W = torch.autograd.grad(ref, (h, W), grad.to(ref.dtype), retain_graph=True)
+    got_h, got_W = torch.autograd.grad(out, (h, W), grad.to(out.dtype))
+    assert torch.equal(got_h, ref_h)
+    if autocast:
+        exact = torch.einsum("snf,snd->fsd", f_SNF.detach().bfloat16().double(), grad.bfloat16().double())
+        assert got_W.dtype == torch.float32
+        error, autocast_error = (got_W.double() - exact).abs().max(), (ref_W.double() - exact).abs().max()
+        assert error <= 1e-6 * exact.abs().max() and error * 100 < autocast_error
+
+    whole = got_W
+    with deferred_weight_grads([W]):
+        for n0 in range(0, 16, 4):
+            with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+                part = snapshot_decode(f_SNF.detach()[:, n0 : n0 + 4], W, (gate[0][n0 : n0 + 4], *gate[1:]))
+            assert type(part.grad_fn).__name__ == "_RegatedDecodeBackward"
+            part.backward(grad[:, n0 : n0 + 4].to(part.dtype))
+            assert W.grad is None
+    torch.testing.assert_close(W.grad, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_a_gradient_free_matmul_in_a_block_reads_the_blocks_rounded_weight():
+    """The micro-batched step's gradient-free pass (the whole batch's numbers) under autocast:
+    autocast's product, from the copy of the weight the step's matmuls then read."""
+    a, W, b = _operands(a_grad=False)
+    with torch.autocast("cpu", torch.bfloat16), deferred_weight_grads([W]):
+        with torch.no_grad():
+            out = weight_matmul(a, W, b)
+            ref = torch.addmm(b, a, W)
+        copy = weight_block(W).rounded[id(W)][1]
+        assert torch.equal(out, ref)
+        assert weight_block(W).round(W, torch.bfloat16).data_ptr() == copy.data_ptr()  # no second rounding

@@ -1,0 +1,478 @@
+"""The crosscoder's weight gradients: in float32 under autocast, and summed once over a
+micro-batched step.
+
+Under bfloat16 autocast a matmul reads its float32 weight rounded to bfloat16, and autograd
+hands back the weight's gradient as the matmul wrote it, in bfloat16, then casts it to the
+parameter's float32 ``.grad``: a weight-sized bfloat16 tensor written, read back and
+widened. At Ge et al.'s shape that is 1.2 GB for each of ``W_enc`` and ``W_dec``; at
+98,304 features it is 4.5 GiB more at the backward pass's peak.
+
+:func:`weight_matmul` computes the same forward (the same rounded operands, the same
+bfloat16 result) and writes the weight's gradient in float32 straight from the matmul: on
+CUDA by ``torch.mm(..., out_dtype=torch.float32)``, the bfloat16 products accumulated and
+stored in float32; elsewhere from the operands widened to float32, the same exact products
+added in another order. The gradient keeps the bits a bfloat16 store would drop, so it is
+closer to the exact product than autocast's own. The input's gradient is autocast's, from the
+rounded weight in bfloat16; the bias's is summed in float32 (autocast sums it in bfloat16).
+
+Without autocast, without a gradient to the weight, or for a weight that is not float32, it
+is the plain ``addmm``, whose bytes the float32 step keeps (but inside
+:func:`deferred_weight_grads`, below).
+
+A step trained in micro-batches (:mod:`crosslens.training.micro`) runs them inside
+:func:`deferred_weight_grads`. Each micro-batch's weight gradient ``a_b.T @ g_b`` would be a
+weight-sized float32 tensor written and then added to ``.grad`` (three more weight-sized
+passes, and one more weight at the peak); its operands are only ``b`` rows each. So the
+micro-batches keep their operands instead, and the weight's gradient is one matmul over the
+whole batch when the last one is done: ``A.T @ G``, the very sum the step without
+micro-batches computes. Inside it these matmuls also round each weight once for all the
+micro-batches rather than once for each.
+
+The block takes the decoder's other weight-sized gradients off the micro-batches too, since
+``W_dec`` does not change inside a step:
+
+* the decoder norms every sparsity term reads (:func:`weight_row_norms`) are computed once per
+  block, and their gradient ``W * grad_norm / norm`` (:func:`~crosslens.core.tensors.row_norms`)
+  is summed as the small ``grad_norm / norm`` and multiplied by ``W`` once at the end;
+* the decodes that are not one weight matmul: JumpReLU's per-snapshot decode
+  (:func:`snapshot_decode`) keeps what regates its code (the pre-activation, norms and
+  threshold; the code is ``S`` times larger); the gated decode of
+  :mod:`~crosslens.crosscoders.jumprelu_kernels` keeps its dense part's operands as a matmul
+  does and adds its per-snapshot corrections to the block's float32 sum
+  (:meth:`WeightBlock.sum_buffer`); the pairs' kernels of
+  :mod:`~crosslens.crosscoders.sparse_kernels` (JumpReLU's step from pairs, TopK's decode and
+  auxiliary decode) add the rows they touch to that sum.
+
+So no weight-sized tensor is written per micro-batch; each weight's gradient is written once,
+when the block ends. (:func:`snapshot_decode` regates under autocast outside a block too: its
+decoder gradient is then float32, and the ``[S, N, F]`` code is not kept for backward.)
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+
+from crosslens.core.devices import autocast_dtype
+from crosslens.core.tensors import norm_gradient_scale, row_norms
+
+
+def float32_product(a_NK: torch.Tensor, b_KM: torch.Tensor) -> Float[torch.Tensor, "n m"]:
+    """``a @ b`` accumulated and written in float32, for bfloat16 (or float32) operands; with a
+    torch older than 2.8 (no ``out_dtype``), on CUDA, the bfloat16 product widened."""
+    if a_NK.dtype == torch.float32:
+        return torch.mm(a_NK, b_KM)
+    if a_NK.is_cuda:
+        if _has_out_dtype():
+            return torch.mm(a_NK, b_KM, out_dtype=torch.float32)
+        return torch.mm(a_NK, b_KM).float()
+    return torch.mm(a_NK.float(), b_KM.float())
+
+
+@functools.cache
+def _has_out_dtype() -> bool:
+    return "dtype" in torch.ops.aten.mm.overloads()
+
+
+def _parameter(W: torch.Tensor) -> torch.Tensor | None:
+    """The tensor ``W`` is all of, laid out the same (a parameter reshaped to a matrix), or None."""
+    root = W if W._base is None else W._base
+    same = W.is_contiguous() and root.is_contiguous() and W.numel() == root.numel()
+    return root if same and W.data_ptr() == root.data_ptr() else None
+
+
+@dataclass
+class WeightBlock:
+    """What a :func:`deferred_weight_grads` block sums for its weights (by the weight's ``id``)
+    and writes to their ``.grad`` when it ends: the operands its matmuls kept, the regated
+    decodes' inputs, the norms' gradient scales and the float32 sums kernels add rows to; and
+    what it computes once for all its micro-batches: the rounded copies and the row norms."""
+
+    weights: dict[int, torch.Tensor]
+    rounded: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    norms: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    kept: dict[int, list[tuple[torch.Tensor, int, torch.Tensor, int]]] = field(default_factory=dict)
+    regated: dict[int, list[tuple[torch.Tensor, ...]]] = field(default_factory=dict)
+    norm_scales: dict[int, torch.Tensor] = field(default_factory=dict)
+    sums: dict[int, torch.Tensor] = field(default_factory=dict)
+    versions: dict[int, int] = field(default_factory=dict)
+    """Each weight's version when a part of its gradient that reads the weight itself at the end
+    (the norms' part) was first taken: changed in place after that, the sum would be wrong."""
+    open: bool = True
+    """False once the block has ended: a backward after it writes its gradient itself."""
+
+    def holds(self, W: torch.Tensor) -> bool:
+        root = _parameter(W)
+        return root is not None and id(root) in self.weights
+
+    def round(self, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``W`` (a matrix view of a listed weight) rounded to ``dtype``, once per block."""
+        if W.dtype == dtype:
+            return W
+        root = _parameter(W)
+        version, copy = self.rounded.get(id(root), (None, None))
+        if copy is None or version != root._version:  # rounded again if changed in place
+            copy = root.detach().to(dtype)
+            self.rounded[id(root)] = (root._version, copy)
+        return copy.view(W.shape)
+
+    def row_norms(self, W: torch.Tensor) -> Float[torch.Tensor, "..."]:
+        """The norms of ``W``'s rows along its last dimension (``W`` a listed weight itself),
+        without gradient, once per block (again if ``W`` changed in place)."""
+        root = _parameter(W)
+        version, norms = self.norms.get(id(root), (None, None))
+        if norms is None or version != root._version:
+            norms = torch.linalg.vector_norm(root.detach(), dim=-1)
+            self.norms[id(root)] = (root._version, norms)
+        return norms
+
+    def keep(self, W: torch.Tensor, a_low: torch.Tensor, grad_NM: torch.Tensor) -> None:
+        """A matmul's operands: ``W``'s gradient has ``a_low.T @ grad_NM`` added at the end."""
+        self.kept.setdefault(id(_parameter(W)), []).append((a_low, a_low._version, grad_NM, grad_NM._version))
+
+    def keep_regated(
+        self, W: torch.Tensor, h_NF: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor, grad_SND: torch.Tensor
+    ) -> None:
+        """A :func:`snapshot_decode`'s inputs: ``W``'s gradient ``[F, S, D]`` has, at each
+        snapshot, the regated code's ``f_s.T @ grad_s`` added at the end."""
+        self.regated.setdefault(id(_parameter(W)), []).append((h_NF, norms_FS, threshold_F, grad_SND))
+
+    def add_norm_scale(self, W: torch.Tensor, scale: torch.Tensor) -> bool:
+        """Add ``scale`` (``grad_norm / norm`` for norms of the rows of ``W`` along its root's last
+        dimension) to what the end multiplies ``W`` by; False where ``scale`` does not have one
+        entry per such row (then the caller writes the gradient itself)."""
+        root = _parameter(W)
+        if root is None or scale.numel() * root.shape[-1] != root.numel():
+            return False
+        self._note_version(root)
+        scale = scale.reshape(root.shape[:-1]).float()
+        total = self.norm_scales.get(id(root))
+        self.norm_scales[id(root)] = scale.clone() if total is None else total.add_(scale)
+        return True
+
+    def sum_buffer(self, W: torch.Tensor) -> torch.Tensor:
+        """The block's float32 sum for ``W``'s gradient, in ``W``'s shape: a kernel adds the rows it
+        touches to it, and the end adds it to ``.grad``."""
+        root = _parameter(W)
+        total = self.sums.get(id(root))
+        if total is None:
+            total = self.sums[id(root)] = torch.zeros(root.shape, dtype=torch.float32, device=root.device)
+        return total.view(W.shape)
+
+    def _note_version(self, root: torch.Tensor) -> None:
+        self.versions.setdefault(id(root), root._version)
+
+    def write_grads(self) -> None:
+        self.rounded.clear()  # let the copies go before the gradients are allocated
+        self.norms.clear()
+        for key, W in self.weights.items():
+            if W._version != self.versions.get(key, W._version):
+                raise RuntimeError(_WEIGHT_MODIFIED)
+            grad = self.sums.pop(key, None)
+            kept = self.kept.pop(key, [])
+            if any(a._version != a_version or g._version != g_version for a, a_version, g, g_version in kept):
+                raise RuntimeError(_MODIFIED_IN_PLACE)
+            if kept:
+                a_BK, grad_BM = torch.cat([a for a, *_ in kept]), torch.cat([g for _, _, g, _ in kept])
+                kept.clear()
+                product = float32_product(a_BK.T, grad_BM.to(a_BK.dtype)).view(W.shape)
+                del a_BK, grad_BM
+                grad = product if grad is None else grad.add_(product)
+                del product
+            regated = self.regated.pop(key, [])
+            if regated:
+                grad = regated_weight_grad(regated, grad if grad is not None else W.new_zeros(W.shape, dtype=torch.float32))
+                regated.clear()
+            scale = self.norm_scales.pop(key, None)
+            if scale is not None:
+                if grad is None:
+                    grad = W.detach().float() * scale[..., None]
+                else:
+                    grad.addcmul_(W.detach(), scale[..., None])
+            if grad is None:
+                continue
+            grad = grad.to(W.dtype)
+            if W.grad is None:
+                W.grad = grad
+            else:
+                W.grad.add_(grad)
+            del grad
+        self.clear()
+
+    def clear(self) -> None:
+        for parts in (self.rounded, self.norms, self.kept, self.regated, self.norm_scales, self.sums, self.versions):
+            parts.clear()
+
+
+_MODIFIED_IN_PLACE = (
+    "an operand of a crosscoder weight matmul was modified in place between its forward and the "
+    "gradient's matmul; clone it before modifying it."
+)
+
+_WEIGHT_MODIFIED = (
+    "a crosscoder weight was modified in place inside a micro-batched step (deferred_weight_grads) "
+    "after a backward took its norms' gradient, which the step's end computes from the weight; "
+    "modify it before the step or after it."
+)
+
+_state = threading.local()
+
+
+def _deferred() -> WeightBlock | None:
+    return getattr(_state, "deferred", None)
+
+
+def weight_block(W: torch.Tensor) -> WeightBlock | None:
+    """The open :func:`deferred_weight_grads` block that lists ``W`` (or the weight it is a
+    reshaped view of), or None: where a kernel's backward hands its part of ``W``'s gradient."""
+    block = _deferred()
+    return block if block is not None and block.holds(W) else None
+
+
+def rounded(W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``W`` detached and rounded to ``dtype``: inside a :func:`deferred_weight_grads` block that
+    lists it, the block's one copy for all its micro-batches; else a copy made now."""
+    block = weight_block(W)
+    if block is not None:
+        return block.round(W, dtype)
+    return W.detach().to(dtype)
+
+
+def row_norms_now(W: torch.Tensor) -> Float[torch.Tensor, "..."]:
+    """The norms of ``W``'s rows along its last dimension, without gradient: inside a block that
+    lists ``W``, the block's (computed once for all its micro-batches)."""
+    block = weight_block(W)
+    if block is not None and _parameter(W) is W:
+        return block.row_norms(W)
+    return torch.linalg.vector_norm(W.detach(), dim=-1)
+
+
+@contextmanager
+def deferred_weight_grads(weights: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Inside, the gradients to ``weights`` of :func:`weight_matmul`, :func:`weight_row_norms`,
+    :func:`snapshot_decode` and the kernels that ask :func:`weight_block` are not written by each
+    backward: each keeps what it needs, and on leaving the block each weight's gradient is added
+    to its ``.grad`` in one pass (see the module docstring). So it suits ``.backward()``, not
+    ``torch.autograd.grad`` asked for a listed weight (which gets no gradient inside the block).
+    An error inside drops what was kept; a backward after the block writes its gradient itself.
+    Not reentrant."""
+    if _deferred() is not None:
+        raise RuntimeError("deferred_weight_grads blocks do not nest")
+    state = WeightBlock({id(W): W for W in weights})
+    _state.deferred = state
+    try:
+        yield
+        state.write_grads()
+    finally:
+        state.open = False
+        state.clear()
+        _state.deferred = None
+
+
+def _plain(a_NK: torch.Tensor, W_KM: torch.Tensor, bias_M: torch.Tensor | None, feature_major: bool) -> torch.Tensor:
+    if feature_major:
+        return W_KM.T @ a_NK.T if bias_M is None else torch.addmm(bias_M[:, None], W_KM.T, a_NK.T)
+    return a_NK @ W_KM if bias_M is None else torch.addmm(bias_M, a_NK, W_KM)
+
+
+class _WeightMatmul(torch.autograd.Function):
+    """:func:`weight_matmul` under autocast or in a :func:`deferred_weight_grads` block: the
+    forward on operands rounded to ``dtype`` (the weight's own without autocast), the weight's
+    gradient in float32 (:func:`float32_product`), or its operands kept for ``deferred``."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, a_NK: torch.Tensor, W_KM: torch.Tensor, bias_M: torch.Tensor | None, dtype: torch.dtype,
+        feature_major: bool, deferred: WeightBlock | None,
+    ) -> torch.Tensor:  # fmt: skip
+        a_low = a_NK.to(dtype)
+        W_low = W_KM.to(dtype) if deferred is None else rounded(W_KM, dtype)
+        with torch.autocast(a_NK.device.type, enabled=False):
+            out = _plain(a_low, W_low, None if bias_M is None else bias_M.to(dtype), feature_major)
+        # The weight's gradient reads the rounded input, the input's the rounded weight. They
+        # are kept on ctx rather than saved, so that backward can let the rounded weight go
+        # before it allocates the float32 gradient (the two would otherwise add up at the peak).
+        ctx.a_low = a_low if ctx.needs_input_grad[1] else None
+        ctx.W_low = W_low if ctx.needs_input_grad[0] else None
+        # without autocast they are the inputs themselves: autograd's own check that they were
+        # not modified in place before backward, done by hand
+        ctx.versions = (a_low._version, W_low._version)
+        ctx.feature_major, ctx.a_dtype, ctx.deferred = feature_major, a_NK.dtype, deferred
+        ctx.weight = W_KM if deferred is not None else None
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        if any(need and kept is None for need, kept in zip(ctx.needs_input_grad[:2], (ctx.W_low, ctx.a_low), strict=True)):
+            raise RuntimeError(
+                "a crosscoder weight matmul was differentiated twice; its operands are freed by the first "
+                "backward (retain_graph=True does not keep them): run the forward again."
+            )
+        for kept, version in zip((ctx.a_low, ctx.W_low), ctx.versions, strict=True):
+            if kept is not None and kept._version != version:
+                raise RuntimeError(_MODIFIED_IN_PLACE)
+        grad_NM = grad.T if ctx.feature_major else grad
+        grad_a = grad_W = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # in the layout autocast's addmm backward gives this input's gradient
+            grad_a = (ctx.W_low @ grad).T if ctx.feature_major else grad @ ctx.W_low.T
+            grad_a = grad_a.to(ctx.a_dtype)
+            ctx.W_low = None
+        if ctx.needs_input_grad[1]:
+            if ctx.deferred is None or not ctx.deferred.open:
+                # a CPU's widened product must not be rounded back by an autocast around backward
+                with torch.autocast(grad.device.type, enabled=False):
+                    grad_W = float32_product(ctx.a_low.T, grad_NM.to(ctx.a_low.dtype))
+            else:
+                ctx.deferred.keep(ctx.weight, ctx.a_low, grad_NM)
+            ctx.a_low = None
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_NM.sum(dim=0, dtype=torch.float32)
+        return grad_a, grad_W, grad_bias, None, None, None
+
+
+def weight_matmul(
+    a_NK: Float[torch.Tensor, "n k"],
+    W_KM: Float[torch.Tensor, "k m"],
+    bias_M: Float[torch.Tensor, " m"] | None = None,
+    *,
+    feature_major: bool = False,
+) -> torch.Tensor:
+    """``a @ W + bias``, ``[N, M]``; with ``feature_major`` its transpose written contiguous,
+    ``W.T @ a.T + bias[:, None]`` (``[M, N]``). Where ``W`` takes a gradient, under autocast (a
+    float32 ``W``) or in a :func:`deferred_weight_grads` block that lists it, through
+    :class:`_WeightMatmul` (see the module docstring); else the plain ``addmm`` (under autocast
+    in such a block, on the block's rounded copy of ``W``)."""
+    deferred = weight_block(W_KM)
+    dtype = autocast_dtype(W_KM.device)
+    if not (torch.is_grad_enabled() and W_KM.requires_grad):
+        if deferred is None or dtype is None or W_KM.dtype != torch.float32:
+            return _plain(a_NK, W_KM, bias_M, feature_major)
+        # autocast's matmul, on the block's copy of the weight rather than one rounded now
+        with torch.autocast(a_NK.device.type, enabled=False):
+            return _plain(a_NK.to(dtype), deferred.round(W_KM, dtype), None if bias_M is None else bias_M.to(dtype), feature_major)
+    if dtype is None or W_KM.dtype != torch.float32:
+        if deferred is None:
+            return _plain(a_NK, W_KM, bias_M, feature_major)
+        dtype = W_KM.dtype
+    return _WeightMatmul.apply(a_NK, W_KM, bias_M, dtype, feature_major, deferred)
+
+
+class _BlockRowNorms(torch.autograd.Function):
+    """:func:`weight_row_norms` inside a block: the block's norms, whose gradient to ``W`` the
+    block multiplies ``W`` by at its end (or, for a backward after it, written now)."""
+
+    @staticmethod
+    def forward(ctx: Any, W: torch.Tensor, norms: torch.Tensor, block: WeightBlock) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(W, norms)
+        ctx.block = block
+        return norms.clone()  # hooks and callers may edit it; the block's stays as computed
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
+        W, norms = ctx.saved_tensors
+        scale = norm_gradient_scale(grad, norms)
+        if ctx.block.open and ctx.block.add_norm_scale(W, scale):
+            return None, None, None
+        return W * scale.to(W.dtype)[..., None], None, None
+
+
+def weight_row_norms(
+    W: Float[torch.Tensor, "... d"], known: Float[torch.Tensor, "..."] | None = None
+) -> Float[torch.Tensor, "..."]:
+    """Differentiable norms of ``W``'s rows along its last dimension
+    (:func:`~crosslens.core.tensors.row_norms`, ``known`` where computed already); inside a
+    :func:`deferred_weight_grads` block that lists ``W``, the block's norms, their gradient
+    summed over the block's micro-batches and multiplied by ``W`` once at its end."""
+    block = weight_block(W)
+    if block is None or _parameter(W) is not W or not (torch.is_grad_enabled() and W.requires_grad):
+        return row_norms(W, known)
+    return _BlockRowNorms.apply(W, block.row_norms(W), block)
+
+
+def regated_weight_grad(
+    regated: Sequence[tuple[torch.Tensor, ...]], out_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"]
+) -> Float[torch.Tensor, "d_sae n_snapshots d_in"]:
+    """Add to ``out_FSD`` (float32) the decoder's gradient of :func:`snapshot_decode`s given as
+    ``(h_NF, norms_FS, threshold_F, grad_SND)``: at each snapshot ``s``, the code ``h * [h *
+    norms[:, s] > t]`` of all of them stacked, in the dtype the forward's matmul read it (the
+    output gradient's), times their output gradients stacked, one float32 product
+    (:func:`float32_product`) per snapshot."""
+    S = out_FSD.shape[1]
+    grad_SBD = torch.cat([g for *_, g in regated], dim=1)
+    rows = [h.shape[0] for h, *_ in regated]
+    f_BF = grad_SBD.new_empty(sum(rows), out_FSD.shape[0])
+    for s in range(S):
+        for f_bF, (h_bF, norms_FS, threshold_F, _) in zip(f_BF.split(rows), regated, strict=True):
+            # the gate as forward_block computes it, so the code is the forward's to the bit
+            f_bF.copy_(torch.where(h_bF * norms_FS[:, s] > threshold_F, h_bF, 0.0))
+        with torch.autocast(out_FSD.device.type, enabled=False):
+            out_FSD[:, s] += float32_product(f_BF.T, grad_SBD[s])
+    return out_FSD
+
+
+class _RegatedDecode(torch.autograd.Function):
+    """:func:`snapshot_decode` under autocast or in a block: the forward autocast's batched
+    matmul (on the block's rounded copy in a block); the decoder's gradient from the code
+    regated from ``(h, norms, threshold)`` rather than the saved ``[S, N, F]`` code, in float32,
+    or those kept for the block."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, f_SNF: torch.Tensor, W_FSD: torch.Tensor, gate: tuple[torch.Tensor, ...], dtype: torch.dtype,
+        block: WeightBlock | None,
+    ) -> torch.Tensor:  # fmt: skip
+        W_low = rounded(W_FSD, dtype) if block is not None else W_FSD.detach().to(dtype)
+        with torch.autocast(f_SNF.device.type, enabled=False):
+            out = torch.bmm(f_SNF.to(dtype), W_low.transpose(0, 1))
+        ctx.W_low = W_low if ctx.needs_input_grad[0] else None
+        ctx.gate = gate if ctx.needs_input_grad[1] else None
+        ctx.block, ctx.f_dtype, ctx.weight = block, f_SNF.dtype, W_FSD
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_SND: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        grad_f = grad_W = None
+        if ctx.needs_input_grad[0]:
+            with torch.autocast(grad_SND.device.type, enabled=False):
+                grad_f = torch.bmm(grad_SND.to(ctx.W_low.dtype), ctx.W_low.permute(1, 2, 0)).to(ctx.f_dtype)
+            ctx.W_low = None
+        if ctx.needs_input_grad[1]:
+            W = ctx.weight
+            if ctx.block is not None and ctx.block.open:
+                ctx.block.keep_regated(W, *ctx.gate, grad_SND)
+            else:
+                grad_W = regated_weight_grad([(*ctx.gate, grad_SND)], W.new_zeros(W.shape, dtype=torch.float32))
+                grad_W = grad_W.to(W.dtype)
+            ctx.gate = None
+        return grad_f, grad_W, None, None, None
+
+
+def snapshot_decode(
+    f_SNF: Float[torch.Tensor, "n_snapshots n d_sae"],
+    W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    gate: tuple[Float[torch.Tensor, "n d_sae"], Float[torch.Tensor, "d_sae n_snapshots"], Float[torch.Tensor, " d_sae"]],
+) -> Float[torch.Tensor, "n_snapshots n d_in"]:
+    """``f_s @ W_dec[:, s]`` at every snapshot, ``[S, N, D]``, of the JumpReLU code ``f_SNF = h *
+    [h * norms_s > t]`` that ``gate = (h_NF, norms_FS, threshold_F)`` (without gradient) gives.
+    Under autocast (a float32 decoder) or in a :func:`deferred_weight_grads` block that lists
+    the decoder, the decoder's gradient is computed from the code regated from ``gate``, so the
+    ``[S, N, F]`` code is not kept for backward, and in float32 (:class:`_RegatedDecode`);
+    else the plain batched matmul."""
+    if not (torch.is_grad_enabled() and W_dec_FSD.requires_grad):
+        return torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))
+    block = weight_block(W_dec_FSD)
+    dtype = autocast_dtype(W_dec_FSD.device)
+    if dtype is None or W_dec_FSD.dtype != torch.float32:
+        if block is None:
+            return torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))
+        dtype = W_dec_FSD.dtype
+    gate = tuple(t.detach() for t in gate)
+    return _RegatedDecode.apply(f_SNF, W_dec_FSD, gate, dtype, block)
