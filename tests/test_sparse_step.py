@@ -184,15 +184,6 @@ def check_decode_and_norms(backend: str, device: str, groups: int) -> None:
     assert torch.autograd.grad(norms_only, W_FGD, grad_FS)[0][7].abs().max() == 0
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("groups", [1, S])
-@pytest.mark.parametrize("backend", ["eager", "triton"])
-def test_gather_decode_and_norms_write_one_gradient(device, groups, backend, request):
-    if backend == "triton":  # compiled on CUDA, interpreted in its own process on a CPU
-        request.getfixturevalue("triton_backend")
-    check_decode_and_norms(backend, device, groups)
-
-
 def check_block_sums(backend: str, device: str, groups: int) -> None:
     """In a micro-batched step (a ``deferred_weight_grads`` block listing W) the node hands W's
     gradient to the block, the pairs' and the rows' parts added to its float32 sum, the norms'
@@ -230,10 +221,11 @@ def check_block_sums(backend: str, device: str, groups: int) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("groups", [1, S])
 @pytest.mark.parametrize("backend", ["eager", "triton"])
-def test_gather_decode_in_a_micro_batched_step_adds_to_the_blocks_sum(device, groups, backend, request):
+@pytest.mark.parametrize("check", [check_decode_and_norms, check_block_sums], ids=["one-step", "micro-batched"])
+def test_gather_decode_and_norms_write_one_gradient(device, groups, backend, check, request):
     if backend == "triton":  # compiled on CUDA, interpreted in its own process on a CPU
         request.getfixturevalue("triton_backend")
-    check_block_sums(backend, device, groups)
+    check(backend, device, groups)
 
 
 def test_gather_decode_and_norms_refuses_norms_that_do_not_split_the_rows():
