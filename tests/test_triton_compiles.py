@@ -137,8 +137,10 @@ def test_the_sparse_decode_kernels_compile_for_an_h100(groups, dtype, monkeypatc
         triton_kernels.decode(read_FGD, values_AG, pairs)
         triton_kernels.weight_grad(grad_NGD, values_AG, pairs, dtype=torch.float32)
         triton_kernels.weight_grad(grad_NGD, values_AG, pairs, (W_FGD, scale_FS), dtype=torch.float32)
+        # a micro-batched step's: added to the block's float32 sum
+        triton_kernels.weight_grad(grad_NGD, values_AG, pairs, out=torch.zeros(W_FGD.shape))
 
-    assert compile_recorded(triton_kernels, "_gather_rows", gathers, monkeypatch) == 3
+    assert compile_recorded(triton_kernels, "_gather_rows", gathers, monkeypatch) == 4
     dots = lambda: triton_kernels.values_grad(grad_NGD, read_FGD, pairs, dtype=torch.float32)  # noqa: E731
     assert compile_recorded(triton_kernels, "_pair_dots", dots, monkeypatch) == 1
 

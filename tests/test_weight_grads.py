@@ -213,6 +213,8 @@ STEP_CASES = [(arch, {}, False) for arch in cc.ARCHITECTURES] + [
     ("jumprelu_crosscoder", {}, True),  # under autocast: the gate per snapshot and its batched matmul
     ("crosscoder", {}, True),
     ("topk_crosscoder", {}, True),
+    ("topk_crosscoder", {"d_sae": 128}, False),  # k 4 of 128: the sparse decode, the pairs' eager kernels
+    ("batchtopk_crosscoder", {"d_sae": 128}, False),
 ]
 
 
@@ -234,9 +236,9 @@ def test_micro_batches_write_the_weight_gradients_once_at_the_end(arch, settings
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"crosscoder": {"l1_coefficient": 0.05}, "jumprelu_crosscoder": {"l0_coefficient": 0.01}}.get(arch, {"k": 4})
     torch.manual_seed(0)
-    sae = train_cls(train_cfg_cls(d_in=8, d_sae=32, n_snapshots=2, **extra, **settings))
+    sae = train_cls(train_cfg_cls(**{"d_in": 8, "d_sae": 32, "n_snapshots": 2, **extra, **settings}))
     x = torch.randn(32, 2, 8)
-    dead = torch.zeros(32, dtype=torch.bool)
+    dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     dead[:6] = True
 
     def step_input(x_b):
@@ -354,7 +356,7 @@ def test_row_norms_in_a_block_are_computed_once_and_their_gradient_multiplies_th
             norms.backward(grad)
             assert W.grad is None
         assert block.row_norms(W) is block.row_norms(W)  # one pass over W for all the micro-batches
-        assert row_norms_now(W) is block.row_norms(W)
+        assert torch.equal(row_norms_now(W), block.row_norms(W)) and row_norms_now(W) is not block.row_norms(W)  # a copy
     assert [g for g in arrivals if g is not None] == []
     torch.testing.assert_close(W.grad, want, rtol=1e-6, atol=1e-6)
 
@@ -380,11 +382,13 @@ def test_a_weight_changed_in_place_after_its_norms_gradient_is_refused_at_the_bl
         assert torch.equal(weight_row_norms(W), 2 * first)
 
 
-def _gated_code(seed: int, N_: int, F_: int = 24, S: int = 3):
+def _gated_code(seed: int, N_: int, F_: int = 24, S: int = 3, dtype: torch.dtype = torch.float32):
+    """A JumpReLU code as the step gates it: under autocast ``h`` and the threshold are in
+    bfloat16, the norms in float32."""
     gen = torch.Generator().manual_seed(seed)
-    h_NF = torch.randn(N_, F_, generator=gen).requires_grad_()
+    h_NF = torch.randn(N_, F_, generator=gen).to(dtype).requires_grad_()
     norms_FS = torch.rand(F_, S, generator=gen) + 0.5
-    threshold_F = torch.rand(F_, generator=gen) * 0.5
+    threshold_F = (torch.rand(F_, generator=gen) * 0.5).to(dtype)
     f_SNF = torch.where(h_NF * norms_FS.T[:, None, :] > threshold_F, h_NF, 0.0)  # as forward_block gates it
     return f_SNF, (h_NF.detach(), norms_FS, threshold_F), h_NF
 
@@ -396,15 +400,15 @@ def test_the_gated_decode_regates_its_code_for_the_decoders_gradient_in_float32(
     norms, threshold)``: the ``[S, N, F]`` code is not kept. In a block, the same sum over the
     micro-batches, written at its end. Without either, the plain batched matmul."""
     W = _decoder()
-    f_SNF, gate, h = _gated_code(0, 16)
+    f_SNF, gate, h = _gated_code(0, 16, dtype=torch.bfloat16 if autocast else torch.float32)
     grad = torch.randn(3, 16, 8, generator=torch.Generator().manual_seed(2))
     with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
         ref = torch.bmm(f_SNF, W.transpose(0, 1))
         out = snapshot_decode(f_SNF, W, gate)
     assert type(out.grad_fn).__name__ == ("_RegatedDecodeBackward" if autocast else "BmmBackward0")
     assert torch.equal(out, ref)
-    if autocast:
-        assert out.grad_fn.saved_tensors == ()  # neither the code nor anything of its size
+    if autocast:  # it keeps the rounded decoder and the gate's inputs, nothing the code's size
+        assert all(t.numel() < f_SNF.numel() for t in (out.grad_fn.W_low, *out.grad_fn.gate))
     ref_h, ref_W = torch.autograd.grad(ref, (h, W), grad.to(ref.dtype), retain_graph=True)
     got_h, got_W = torch.autograd.grad(out, (h, W), grad.to(out.dtype))
     assert torch.equal(got_h, ref_h)
@@ -436,3 +440,30 @@ def test_a_gradient_free_matmul_in_a_block_reads_the_blocks_rounded_weight():
         copy = weight_block(W).rounded[id(W)][1]
         assert torch.equal(out, ref)
         assert weight_block(W).round(W, torch.bfloat16).data_ptr() == copy.data_ptr()  # no second rounding
+
+
+def test_the_gated_decode_refuses_a_changed_gate_and_a_second_backward():
+    W = _decoder()
+    f_SNF, gate, _ = _gated_code(0, 16)
+    with torch.autocast("cpu", torch.bfloat16):
+        out = snapshot_decode(f_SNF.detach(), W, gate)
+    out.float().sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="differentiated twice.*run the forward again"):
+        out.float().sum().backward()
+    with torch.autocast("cpu", torch.bfloat16):
+        out = snapshot_decode(f_SNF.detach(), W, gate)
+    gate[0].mul_(2)  # the pre-activation the decoder's gradient regates from
+    with pytest.raises(RuntimeError, match="pre-activation, norms or threshold.*modified in place.*clone it"):
+        out.float().sum().backward()
+
+
+def test_a_block_checks_every_weight_before_it_writes_any_gradient():
+    a, W, _ = _operands(a_grad=False)
+    W_dec = _decoder()
+    with pytest.raises(RuntimeError, match="modified in place inside a micro-batched step"):
+        with deferred_weight_grads([W, W_dec]):
+            weight_matmul(a, W).sum().backward()
+            weight_row_norms(W_dec).sum().backward()
+            with torch.no_grad():
+                W_dec.mul_(2)
+    assert W.grad is None and W_dec.grad is None  # nothing half-written

@@ -555,9 +555,10 @@ class SnapshotGatedDecode(torch.autograd.Function):
         per_row_FS = grad_raw_norms_FS.div_(raw_norms_FS).masked_fill_(raw_norms_FS == 0, 0.0)
         if block is None:
             grad_W_FSD.addcmul_(W_dec_FSD, per_row_FS[..., None])
-        else:  # (W_dec itself, one scale per row: the block takes it)
-            block.add_norm_scale(W_dec_FSD, per_row_FS)
+        elif block.add_norm_scale(W_dec_FSD, per_row_FS):
             grad_W_FSD = None  # all of it is the block's
+        else:  # only a weight whose rows are not W_dec's [F, S] would get here
+            raise ValueError(f"decoder norms of shape {tuple(per_row_FS.shape)} do not split a weight of shape {tuple(W_dec_FSD.shape)} into rows")
         return grad_h_FN.T, grad_W_FSD, grad_threshold_F, None, None, None, None, None, None
 
 

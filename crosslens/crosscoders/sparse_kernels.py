@@ -125,6 +125,8 @@ def eager_weight_grad(
     added to the norms' gradient ``norm_term`` where it is given, in ``dtype`` (the
     gradient's by default); or, with ``out`` (float32, no ``norm_term``), added to ``out``'s
     rows that have pairs, the others left as they are."""
+    if out is not None and norm_term is not None:
+        raise ValueError("a sum to add to takes no norms' term: the block that owns the sum takes it")
     grad_NGD = grad_NGD.to(out.dtype if out is not None else dtype or grad_NGD.dtype)
     G, D = grad_NGD.shape[1:]
     if out is not None:
@@ -215,7 +217,7 @@ class SparseDecode(torch.autograd.Function):
         if grad_rows_NK is not None:
             grad_rows_NK = grad_rows_NK.to(ctx.grad_dtype)
             if ctx.needs_input_grad[0]:
-                rows_grad_RK = values_NR.to(ctx.grad_dtype).T @ grad_rows_NK
+                rows_grad_RK = float32_product(values_NR.to(ctx.grad_dtype).T, grad_rows_NK)
                 sum_FGD.view(W_FGD.shape[0], -1).index_add_(0, rows_R, rows_grad_RK.to(sum_FGD.dtype))
             if ctx.needs_input_grad[7]:
                 grad_rows_v = (grad_rows_NK @ _rows(read_FGD, rows_R, ctx.grad_dtype).T).to(values_NR.dtype)

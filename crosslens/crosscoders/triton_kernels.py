@@ -139,6 +139,8 @@ def weight_grad(
     ``norm_term``), added to ``out``'s rows that have pairs, the others not touched."""
     order_A, starts = pairs.feature_order()
     if out is not None:
+        if norm_term is not None:
+            raise ValueError("a sum to add to takes no norms' term: the block that owns the sum takes it")
         return _gather(pairs.n_features, grad_NGD, values_AG, order_A, pairs.token_A, starts, out=out)
     out = _gather(pairs.n_features, grad_NGD, values_AG, order_A, pairs.token_A, starts, norm_term)
     return out.to(dtype or grad_NGD.dtype)

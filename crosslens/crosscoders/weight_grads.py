@@ -142,7 +142,8 @@ class WeightBlock:
     ) -> None:
         """A :func:`snapshot_decode`'s inputs: ``W``'s gradient ``[F, S, D]`` has, at each
         snapshot, the regated code's ``f_s.T @ grad_s`` added at the end."""
-        self.regated.setdefault(id(_parameter(W)), []).append((h_NF, norms_FS, threshold_F, grad_SND))
+        parts = (h_NF, norms_FS, threshold_F, grad_SND)
+        self.regated.setdefault(id(_parameter(W)), []).append((*parts, tuple(t._version for t in parts)))
 
     def add_norm_scale(self, W: torch.Tensor, scale: torch.Tensor) -> bool:
         """Add ``scale`` (``grad_norm / norm`` for norms of the rows of ``W`` along its root's last
@@ -169,16 +170,25 @@ class WeightBlock:
     def _note_version(self, root: torch.Tensor) -> None:
         self.versions.setdefault(id(root), root._version)
 
-    def write_grads(self) -> None:
-        self.rounded.clear()  # let the copies go before the gradients are allocated
-        self.norms.clear()
+    def check(self) -> None:
+        """Refuse, before any gradient is written, what was changed in place since it was kept."""
         for key, W in self.weights.items():
             if W._version != self.versions.get(key, W._version):
                 raise RuntimeError(_WEIGHT_MODIFIED)
+            for a, a_version, g, g_version in self.kept.get(key, []):
+                if a._version != a_version or g._version != g_version:
+                    raise RuntimeError(_MODIFIED_IN_PLACE)
+            for *parts, versions in self.regated.get(key, []):
+                if tuple(t._version for t in parts) != versions:
+                    raise RuntimeError(_MODIFIED_IN_PLACE)
+
+    def write_grads(self) -> None:
+        self.check()
+        self.rounded.clear()  # let the copies go before the gradients are allocated
+        self.norms.clear()
+        for key, W in self.weights.items():
             grad = self.sums.pop(key, None)
             kept = self.kept.pop(key, [])
-            if any(a._version != a_version or g._version != g_version for a, a_version, g, g_version in kept):
-                raise RuntimeError(_MODIFIED_IN_PLACE)
             if kept:
                 a_BK, grad_BM = torch.cat([a for a, *_ in kept]), torch.cat([g for _, _, g, _ in kept])
                 kept.clear()
@@ -186,7 +196,7 @@ class WeightBlock:
                 del a_BK, grad_BM
                 grad = product if grad is None else grad.add_(product)
                 del product
-            regated = self.regated.pop(key, [])
+            regated = [parts[:4] for parts in self.regated.pop(key, [])]
             if regated:
                 grad = regated_weight_grad(regated, grad if grad is not None else W.new_zeros(W.shape, dtype=torch.float32))
                 regated.clear()
@@ -212,8 +222,14 @@ class WeightBlock:
 
 
 _MODIFIED_IN_PLACE = (
-    "an operand of a crosscoder weight matmul was modified in place between its forward and the "
-    "gradient's matmul; clone it before modifying it."
+    "an operand of a crosscoder weight matmul (or a JumpReLU decode's pre-activation, norms or "
+    "threshold) was modified in place between its forward and the gradient's matmul; clone it "
+    "before modifying it."
+)
+
+_TWICE = (
+    "a crosscoder weight matmul was differentiated twice; its operands are freed by the first "
+    "backward (retain_graph=True does not keep them): run the forward again."
 )
 
 _WEIGHT_MODIFIED = (
@@ -250,7 +266,7 @@ def row_norms_now(W: torch.Tensor) -> Float[torch.Tensor, "..."]:
     lists ``W``, the block's (computed once for all its micro-batches)."""
     block = weight_block(W)
     if block is not None and _parameter(W) is W:
-        return block.row_norms(W)
+        return block.row_norms(W).clone()  # the caller may edit its copy; the block's stays
     return torch.linalg.vector_norm(W.detach(), dim=-1)
 
 
@@ -311,10 +327,7 @@ class _WeightMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         if any(need and kept is None for need, kept in zip(ctx.needs_input_grad[:2], (ctx.W_low, ctx.a_low), strict=True)):
-            raise RuntimeError(
-                "a crosscoder weight matmul was differentiated twice; its operands are freed by the first "
-                "backward (retain_graph=True does not keep them): run the forward again."
-            )
+            raise RuntimeError(_TWICE)
         for kept, version in zip((ctx.a_low, ctx.W_low), ctx.versions, strict=True):
             if kept is not None and kept._version != version:
                 raise RuntimeError(_MODIFIED_IN_PLACE)
@@ -392,8 +405,10 @@ def weight_row_norms(
     :func:`deferred_weight_grads` block that lists ``W``, the block's norms, their gradient
     summed over the block's micro-batches and multiplied by ``W`` once at its end."""
     block = weight_block(W)
-    if block is None or _parameter(W) is not W or not (torch.is_grad_enabled() and W.requires_grad):
+    if block is None or _parameter(W) is not W:
         return row_norms(W, known)
+    if not (torch.is_grad_enabled() and W.requires_grad):
+        return block.row_norms(W).clone()
     return _BlockRowNorms.apply(W, block.row_norms(W), block)
 
 
@@ -434,11 +449,19 @@ class _RegatedDecode(torch.autograd.Function):
             out = torch.bmm(f_SNF.to(dtype), W_low.transpose(0, 1))
         ctx.W_low = W_low if ctx.needs_input_grad[0] else None
         ctx.gate = gate if ctx.needs_input_grad[1] else None
+        # kept on ctx, not saved (the rounded weight is the block's), so checked by hand
+        ctx.versions = tuple(t._version for t in (W_low, *gate))
         ctx.block, ctx.f_dtype, ctx.weight = block, f_SNF.dtype, W_FSD
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_SND: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        if any(need and kept is None for need, kept in zip(ctx.needs_input_grad[:2], (ctx.W_low, ctx.gate), strict=True)):
+            raise RuntimeError(_TWICE)
+        current = [t._version for t in (ctx.W_low, *(ctx.gate or ())) if t is not None]
+        expected = [v for t, v in zip((ctx.W_low, *(ctx.gate or (None,) * 3)), ctx.versions, strict=True) if t is not None]
+        if current != expected:
+            raise RuntimeError(_MODIFIED_IN_PLACE)
         grad_f = grad_W = None
         if ctx.needs_input_grad[0]:
             with torch.autocast(grad_SND.device.type, enabled=False):
@@ -466,10 +489,14 @@ def snapshot_decode(
     the decoder, the decoder's gradient is computed from the code regated from ``gate``, so the
     ``[S, N, F]`` code is not kept for backward, and in float32 (:class:`_RegatedDecode`);
     else the plain batched matmul."""
-    if not (torch.is_grad_enabled() and W_dec_FSD.requires_grad):
-        return torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))
     block = weight_block(W_dec_FSD)
     dtype = autocast_dtype(W_dec_FSD.device)
+    if not (torch.is_grad_enabled() and W_dec_FSD.requires_grad):
+        if block is None or dtype is None or W_dec_FSD.dtype != torch.float32:
+            return torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))
+        # autocast's batched matmul, on the block's copy of the decoder rather than one rounded now
+        with torch.autocast(f_SNF.device.type, enabled=False):
+            return torch.bmm(f_SNF.to(dtype), block.round(W_dec_FSD, dtype).transpose(0, 1))
     if dtype is None or W_dec_FSD.dtype != torch.float32:
         if block is None:
             return torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))

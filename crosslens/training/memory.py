@@ -63,11 +63,11 @@ def activation_bytes(
       reconstructions ``3 B S D``, codes and pre-activations ``2 B F``; and the operands of the
       weight matmuls whose gradients are summed after the last micro-batch
       (:func:`~crosslens.crosscoders.weight_grads.deferred_weight_grads`): ``B (S D + F)`` for
-      the encoder, as much again for a dense decode (JumpReLU's keeps its pre-activation and
-      output gradient, the same size), in bfloat16 under ``autocast`` (the matmuls' operands).
-      The decoder's is counted for every architecture, so it over-counts the steps that decode
-      sparsely (TopK's and BatchTopK's default at Ge et al.'s shape, JumpReLU's from pairs),
-      which add their few rows to the gradient instead.
+      the encoder, as much again for a dense decode (JumpReLU's keeps its dense code or its
+      pre-activation, and its output gradient: the same size), in bfloat16 under ``autocast``
+      (the matmuls' operands). The decoder's is counted for every architecture, so it
+      over-counts the steps that decode sparsely (TopK's and BatchTopK's default at Ge et al.'s
+      shape, JumpReLU's from pairs), which add their few rows to the gradient instead.
     """
     b = B // micro_batches
     parts = {"inputs and reconstructions": 3 * b * S * D * F32, "latent codes": 4 * b * F * F32}
