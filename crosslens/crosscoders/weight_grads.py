@@ -176,11 +176,9 @@ class WeightBlock:
             if W._version != self.versions.get(key, W._version):
                 raise RuntimeError(_WEIGHT_MODIFIED)
             for a, a_version, g, g_version in self.kept.get(key, []):
-                if a._version != a_version or g._version != g_version:
-                    raise RuntimeError(_MODIFIED_IN_PLACE)
+                check_unchanged((a, g), (a_version, g_version))
             for *parts, versions in self.regated.get(key, []):
-                if tuple(t._version for t in parts) != versions:
-                    raise RuntimeError(_MODIFIED_IN_PLACE)
+                check_unchanged(parts, versions)
 
     def write_grads(self) -> None:
         self.check()
@@ -237,6 +235,14 @@ _WEIGHT_MODIFIED = (
     "after a backward took its norms' gradient, which the step's end computes from the weight; "
     "modify it before the step or after it."
 )
+
+
+def check_unchanged(tensors: Sequence[torch.Tensor | None], versions: Sequence[int]) -> None:
+    """Autograd's own check that what a backward reads was not modified in place since it was
+    kept, done by hand for tensors kept on ``ctx`` or in a block rather than saved (None: let go)."""
+    if any(t is not None and t._version != v for t, v in zip(tensors, versions, strict=True)):
+        raise RuntimeError(_MODIFIED_IN_PLACE)
+
 
 _state = threading.local()
 
@@ -309,7 +315,7 @@ class _WeightMatmul(torch.autograd.Function):
         feature_major: bool, deferred: WeightBlock | None,
     ) -> torch.Tensor:  # fmt: skip
         a_low = a_NK.to(dtype)
-        W_low = W_KM.to(dtype) if deferred is None else rounded(W_KM, dtype)
+        W_low = rounded(W_KM, dtype)  # the block's copy in a block
         with torch.autocast(a_NK.device.type, enabled=False):
             out = _plain(a_low, W_low, None if bias_M is None else bias_M.to(dtype), feature_major)
         # The weight's gradient reads the rounded input, the input's the rounded weight. They
@@ -317,8 +323,7 @@ class _WeightMatmul(torch.autograd.Function):
         # before it allocates the float32 gradient (the two would otherwise add up at the peak).
         ctx.a_low = a_low if ctx.needs_input_grad[1] else None
         ctx.W_low = W_low if ctx.needs_input_grad[0] else None
-        # without autocast they are the inputs themselves: autograd's own check that they were
-        # not modified in place before backward, done by hand
+        # without autocast they are the inputs themselves, so their versions are checked
         ctx.versions = (a_low._version, W_low._version)
         ctx.feature_major, ctx.a_dtype, ctx.deferred = feature_major, a_NK.dtype, deferred
         ctx.weight = W_KM if deferred is not None else None
@@ -328,9 +333,7 @@ class _WeightMatmul(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         if any(need and kept is None for need, kept in zip(ctx.needs_input_grad[:2], (ctx.W_low, ctx.a_low), strict=True)):
             raise RuntimeError(_TWICE)
-        for kept, version in zip((ctx.a_low, ctx.W_low), ctx.versions, strict=True):
-            if kept is not None and kept._version != version:
-                raise RuntimeError(_MODIFIED_IN_PLACE)
+        check_unchanged((ctx.a_low, ctx.W_low), ctx.versions)
         grad_NM = grad.T if ctx.feature_major else grad
         grad_a = grad_W = grad_bias = None
         if ctx.needs_input_grad[0]:
@@ -361,21 +364,24 @@ def weight_matmul(
     """``a @ W + bias``, ``[N, M]``; with ``feature_major`` its transpose written contiguous,
     ``W.T @ a.T + bias[:, None]`` (``[M, N]``). Where ``W`` takes a gradient, under autocast (a
     float32 ``W``) or in a :func:`deferred_weight_grads` block that lists it, through
-    :class:`_WeightMatmul` (see the module docstring); else the plain ``addmm`` (under autocast
-    in such a block, on the block's rounded copy of ``W``)."""
-    deferred = weight_block(W_KM)
-    dtype = autocast_dtype(W_KM.device)
-    if not (torch.is_grad_enabled() and W_KM.requires_grad):
-        if deferred is None or dtype is None or W_KM.dtype != torch.float32:
-            return _plain(a_NK, W_KM, bias_M, feature_major)
-        # autocast's matmul, on the block's copy of the weight rather than one rounded now
-        with torch.autocast(a_NK.device.type, enabled=False):
-            return _plain(a_NK.to(dtype), deferred.round(W_KM, dtype), None if bias_M is None else bias_M.to(dtype), feature_major)
-    if dtype is None or W_KM.dtype != torch.float32:
-        if deferred is None:
-            return _plain(a_NK, W_KM, bias_M, feature_major)
-        dtype = W_KM.dtype
-    return _WeightMatmul.apply(a_NK, W_KM, bias_M, dtype, feature_major, deferred)
+    :class:`_WeightMatmul` (see the module docstring); else the plain ``addmm`` (but for a
+    gradient-free product under autocast in such a block: autocast's, on the block's copy)."""
+    block = weight_block(W_KM)
+    dtype = _product_dtype(W_KM, block)
+    if dtype is None:
+        return _plain(a_NK, W_KM, bias_M, feature_major)
+    return _WeightMatmul.apply(a_NK, W_KM, bias_M, dtype, feature_major, block)
+
+
+def _product_dtype(W: torch.Tensor, block: WeightBlock | None) -> torch.dtype | None:
+    """The dtype this module's product reads ``W`` in, or None where the plain op serves: under
+    autocast (a float32 ``W``) autocast's, where ``W`` takes a gradient or, without one, where a
+    block holds a copy to share; in a block without autocast, ``W``'s own (its gradient is the
+    block's)."""
+    dtype = autocast_dtype(W.device) if W.dtype == torch.float32 else None
+    if not (torch.is_grad_enabled() and W.requires_grad):
+        return dtype if block is not None else None
+    return dtype or (W.dtype if block is not None else None)
 
 
 class _BlockRowNorms(torch.autograd.Function):
@@ -444,7 +450,7 @@ class _RegatedDecode(torch.autograd.Function):
         ctx: Any, f_SNF: torch.Tensor, W_FSD: torch.Tensor, gate: tuple[torch.Tensor, ...], dtype: torch.dtype,
         block: WeightBlock | None,
     ) -> torch.Tensor:  # fmt: skip
-        W_low = rounded(W_FSD, dtype) if block is not None else W_FSD.detach().to(dtype)
+        W_low = rounded(W_FSD, dtype)  # the block's copy in a block
         with torch.autocast(f_SNF.device.type, enabled=False):
             out = torch.bmm(f_SNF.to(dtype), W_low.transpose(0, 1))
         ctx.W_low = W_low if ctx.needs_input_grad[0] else None
@@ -458,10 +464,7 @@ class _RegatedDecode(torch.autograd.Function):
     def backward(ctx: Any, grad_SND: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         if any(need and kept is None for need, kept in zip(ctx.needs_input_grad[:2], (ctx.W_low, ctx.gate), strict=True)):
             raise RuntimeError(_TWICE)
-        current = [t._version for t in (ctx.W_low, *(ctx.gate or ())) if t is not None]
-        expected = [v for t, v in zip((ctx.W_low, *(ctx.gate or (None,) * 3)), ctx.versions, strict=True) if t is not None]
-        if current != expected:
-            raise RuntimeError(_MODIFIED_IN_PLACE)
+        check_unchanged((ctx.W_low, *(ctx.gate or (None,) * 3)), ctx.versions)
         grad_f = grad_W = None
         if ctx.needs_input_grad[0]:
             with torch.autocast(grad_SND.device.type, enabled=False):
@@ -488,18 +491,10 @@ def snapshot_decode(
     Under autocast (a float32 decoder) or in a :func:`deferred_weight_grads` block that lists
     the decoder, the decoder's gradient is computed from the code regated from ``gate``, so the
     ``[S, N, F]`` code is not kept for backward, and in float32 (:class:`_RegatedDecode`);
-    else the plain batched matmul."""
+    else the plain batched matmul (but for a gradient-free product under autocast in such a
+    block: autocast's, on the block's copy)."""
     block = weight_block(W_dec_FSD)
-    dtype = autocast_dtype(W_dec_FSD.device)
-    if not (torch.is_grad_enabled() and W_dec_FSD.requires_grad):
-        if block is None or dtype is None or W_dec_FSD.dtype != torch.float32:
-            return torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))
-        # autocast's batched matmul, on the block's copy of the decoder rather than one rounded now
-        with torch.autocast(f_SNF.device.type, enabled=False):
-            return torch.bmm(f_SNF.to(dtype), block.round(W_dec_FSD, dtype).transpose(0, 1))
-    if dtype is None or W_dec_FSD.dtype != torch.float32:
-        if block is None:
-            return torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))
-        dtype = W_dec_FSD.dtype
-    gate = tuple(t.detach() for t in gate)
-    return _RegatedDecode.apply(f_SNF, W_dec_FSD, gate, dtype, block)
+    dtype = _product_dtype(W_dec_FSD, block)
+    if dtype is None:
+        return torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))
+    return _RegatedDecode.apply(f_SNF, W_dec_FSD, tuple(t.detach() for t in gate), dtype, block)
