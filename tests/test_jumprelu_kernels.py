@@ -250,6 +250,35 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, 
     assert not torch.allclose(grads[2], W_dec.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["token-major", "feature-major"])
+def test_score_sums_alone_are_those_of_the_gate_and_score(monkeypatch, dtype, layout):
+    """The scores without the code, from the open entries alone in chunks, equal the
+    per-snapshot kernel's (the same gates; tanh from a sigmoid, sums in another order), and an
+    entry open at one snapshot only, or exactly on its gate, counts as there."""
+    monkeypatch.setattr(kernels, "CPU_BLOCK_ELEMENTS", 4 * 500)  # several chunks of entries
+    gen = torch.Generator().manual_seed(3)
+    N, F_, S = 300, 40, 4
+    h = torch.randn(N, F_, generator=gen).to(dtype)
+    if layout == "feature-major":
+        h = h.T.contiguous().T
+    norms = torch.rand(F_, S, generator=gen) + 0.2
+    norms[1, 1:] = 0.0  # present at the first snapshot only
+    norms[2] = 0.0  # absent everywhere
+    threshold = (torch.rand(F_, generator=gen) * 0.8).to(dtype)
+    threshold[3] = 0.0
+    h[7, 4] = threshold[4] / norms[4, 0]  # near the gate (equal after rounding, or not)
+    kw = {"tanh_scale": 2.5}
+    # the per-snapshot kernel's block function over the whole batch, its sums kept in float32
+    expected = kernels.forward_block(h, norms.T[:, None], (2.5 * norms).T[:, None], threshold)[2]
+    open_NF = (h[None] * norms.T[:, None] > threshold).any(0)
+    assert 0 < open_NF.float().mean() < 0.5
+    monkeypatch.setattr(kernels, "SnapshotGateAndScore", None)  # the scores alone use nothing of it
+    got = kernels.snapshot_score_sums(h, norms, threshold, **kw)
+    assert got.dtype == torch.float32 and got[2] == 0 and got[1] > 0
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_the_gated_decode_runs_where_few_gates_are_mixed(monkeypatch):
     """At initialisation every snapshot's decoder norm is the same, so no gate is mixed and
     the gated decode runs; with gates mixed for most entries the per-snapshot kernel does."""

@@ -61,7 +61,7 @@ from torch import nn
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
 from crosslens.architectures import sparsity_coefficient_for
-from crosslens.crosscoders.jumprelu_kernels import snapshot_gate_and_score, snapshot_gated_decode
+from crosslens.crosscoders.jumprelu_kernels import snapshot_gate_and_score, snapshot_gated_decode, snapshot_score_sums
 
 ARCHITECTURE = "jumprelu_crosscoder"
 
@@ -273,12 +273,18 @@ class JumpReLUTrainingCrosscoder(
 
     def _whole_batch_numbers(self, chunks_NSD: Sequence[torch.Tensor]) -> dict[str, Any]:
         """The whole batch's ``p_F``: the quadratic sparsity term is not a mean over tokens, so a
-        micro-batch's gradient of it needs the whole batch's ``p``."""
+        micro-batch's gradient of it needs the whole batch's ``p``; its scores alone, without
+        the decode."""
         if self.cfg.sparsity_target is None:
             return {}
         self.threshold.data.clamp_(min=0.0)  # as training_forward_pass will
         chunks = [x.reshape(-1, self.cfg.n_snapshots, self.cfg.d_in) for x in chunks_NSD]
-        score_sum_F = sum(self._training_encode(x).extras["score_sum_F"] for x in chunks)
+        norms_FS = self.snapshot_norms()
+        score_sum_F = torch.zeros_like(self.threshold, dtype=torch.float32)
+        for x in chunks:
+            h_NF = self.hidden_pre(x)
+            threshold_F = self.threshold.to(h_NF.dtype)  # as _training_encode compares it
+            score_sum_F += snapshot_score_sums(h_NF, norms_FS, threshold_F, tanh_scale=self.cfg.tanh_scale)
         n_tokens = self.collectives.global_batch(sum(x.shape[0] for x in chunks))
         return {"p_F": self.collectives.world_sum(score_sum_F) / (n_tokens * self.total_snapshots)}
 

@@ -25,6 +25,9 @@ and gradients (to the order of float sums):
   :func:`use_compiled_kernels` fuses its block functions with ``torch.compile``. The
   decoder is then a batched matmul over snapshots.
 
+A micro-batched step's gradient-free pass needs the score sums alone:
+:func:`snapshot_score_sums` scores the entries open at some snapshot and nothing else.
+
 The tensor arithmetic itself lives in :mod:`crosslens.crosscoders.jumprelu_ops`.
 """
 
@@ -36,7 +39,7 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float
 
-from crosslens.core.tensors import row_counts
+from crosslens.core.tensors import host_ints, row_counts
 from crosslens.crosscoders.jumprelu_ops import (
     PaddedRows,
     backward_block,
@@ -45,6 +48,7 @@ from crosslens.crosscoders.jumprelu_ops import (
     forward_block,
     padded_score_backward,
     padded_score_sums,
+    pair_score_sums,
     sech2_times,
     sigmoid_of_twice,
     tanh_from_sigmoid,
@@ -195,6 +199,35 @@ def snapshot_gate_and_score(
 ]:
     """``(f_SNF, score_sum_F, open_anywhere_NF)``; see :class:`SnapshotGateAndScore`."""
     return SnapshotGateAndScore.apply(h_NF, norms_FS, threshold_F, bandwidth, tanh_scale)
+
+
+def snapshot_score_sums(
+    h_NF: Float[torch.Tensor, "n d_sae"],
+    norms_FS: Float[torch.Tensor, "d_sae n_snapshots"],
+    threshold_F: Float[torch.Tensor, " d_sae"],
+    *,
+    tanh_scale: float,
+) -> Float[torch.Tensor, " d_sae"]:
+    """``sum over tokens and snapshots of tanh(c * f * norms_s)``, float32, for the gated code
+    ``f = h * [h * norms_s > t]``: the score sums of :func:`snapshot_gated_decode` without its
+    code, decode or gradient, which is all a micro-batched step's whole-batch ``p`` needs. An
+    entry shut at every snapshot scores 0, so only the entries open at some snapshot are
+    gathered and scored (:func:`~crosslens.crosscoders.jumprelu_ops.pair_score_sums`), a
+    block of them at a time."""
+    with torch.no_grad():
+        S = norms_FS.shape[1]
+        score_sum_F = h_NF.new_zeros(h_NF.shape[1], dtype=torch.float32)
+        # h * norm is monotone in the norm: open at some snapshot is open at its smallest or largest
+        open_NF = h_NF * norms_FS.min(dim=1).values > threshold_F
+        open_NF |= h_NF * norms_FS.max(dim=1).values > threshold_F
+        (n_open,) = host_ints(open_NF.sum())
+        token_A, feature_A = torch.nonzero_static(open_NF, size=n_open).unbind(1)
+        step = max(1, block_elements(h_NF.device) // S)
+        for a in range(0, n_open, step):
+            part = slice(a, a + step)
+            h_A = h_NF[token_A[part], feature_A[part]]
+            pair_score_sums(h_A, feature_A[part], norms_FS, threshold_F, tanh_scale, score_sum_F)
+        return score_sum_F
 
 
 # ----------------------------------------------------------------------------------------

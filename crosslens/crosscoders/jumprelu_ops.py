@@ -27,6 +27,21 @@ def forward_block(
     return f_SBF, open_SBF.any(dim=0), score_sum_F
 
 
+def pair_score_sums(
+    h_A: torch.Tensor, feature_A: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor,
+    tanh_scale: float, score_sum_F: torch.Tensor,
+) -> None:  # fmt: skip
+    """Add to ``score_sum_F`` (float32) the scores ``tanh(c * h * norm_s)`` at every snapshot whose
+    gate ``h * norm_s > t`` is open, of the (token, feature) entries whose pre-activations are
+    ``h_A``. The gate is the other kernels' to the bit (the same float32 product); the score is
+    computed from a sigmoid, with the mask as a product (both several times faster than
+    ``tanh`` and ``torch.where`` on a CPU), a shut gate's ``2 * sigmoid(0) - 1`` exactly 0."""
+    x_AS = norms_FS.index_select(0, feature_A).float().mul_(h_A.float()[:, None])
+    open_AS = x_AS > threshold_F.index_select(0, feature_A).float()[:, None]
+    sigmoid_AS = sigmoid_of_twice(x_AS.mul_(open_AS), 2 * tanh_scale)
+    score_sum_F.index_add_(0, feature_A, tanh_from_sigmoid(sigmoid_AS).sum(dim=1))
+
+
 def backward_block(
     h_BF: torch.Tensor,
     norms_S1F: torch.Tensor,
