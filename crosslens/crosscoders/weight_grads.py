@@ -190,10 +190,14 @@ class WeightBlock:
             if kept:
                 a_BK, grad_BM = torch.cat([a for a, *_ in kept]), torch.cat([g for _, _, g, _ in kept])
                 kept.clear()
-                product = float32_product(a_BK.T, grad_BM.to(a_BK.dtype)).view(W.shape)
+                if grad is not None and a_BK.dtype == torch.float32:  # added in the matmul, no temporary
+                    with torch.autocast(W.device.type, enabled=False):
+                        grad.view(a_BK.shape[1], -1).addmm_(a_BK.T, grad_BM.float())
+                else:
+                    product = float32_product(a_BK.T, grad_BM.to(a_BK.dtype)).view(W.shape)
+                    grad = product if grad is None else grad.add_(product)
+                    del product
                 del a_BK, grad_BM
-                grad = product if grad is None else grad.add_(product)
-                del product
             regated = [parts[:4] for parts in self.regated.pop(key, [])]
             if regated:
                 grad = regated_weight_grad(regated, grad if grad is not None else W.new_zeros(W.shape, dtype=torch.float32))
