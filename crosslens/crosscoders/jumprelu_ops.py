@@ -38,8 +38,9 @@ def pair_score_sums(
     ``tanh`` and ``torch.where`` on a CPU), a shut gate's ``2 * sigmoid(0) - 1`` exactly 0."""
     x_AS = norms_FS.index_select(0, feature_A).float().mul_(h_A.float()[:, None])
     open_AS = x_AS > threshold_F.index_select(0, feature_A).float()[:, None]
-    sigmoid_AS = sigmoid_of_twice(x_AS.mul_(open_AS), 2 * tanh_scale)
-    score_sum_F.index_add_(0, feature_A, tanh_from_sigmoid(sigmoid_AS).sum(dim=1))
+    # in place: one [A, S] float tensor and its mask are all a block of entries allocates
+    score_AS = x_AS.mul_(open_AS).mul_(2 * tanh_scale).sigmoid_().mul_(2).sub_(1)
+    score_sum_F.index_add_(0, feature_A, score_AS.sum(dim=1))
 
 
 def backward_block(
