@@ -17,6 +17,8 @@
 4. The JumpReLU step at initialisation with the padded rows worked in blocks of 2^17,
    2^19 (the default, ``jumprelu_kernels.ROW_BLOCK_ELEMENTS``) and 2^21 elements.
 5. With ``--profile``: ``torch.profiler``'s costliest operators of that step.
+6. A micro-batched JumpReLU step's gradient-free pass for one micro-batch: the score sums alone
+   (``jumprelu_kernels.snapshot_score_sums``) against the training pass's encode and gated decode.
 
     PYTHONPATH=$PWD HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/cpu_ops.py
 """
@@ -30,7 +32,7 @@ import time
 import torch
 
 from crosslens.core.tensors import row_counts
-from crosslens.crosscoders import jumprelu_kernels, jumprelu_ops
+from crosslens.crosscoders import JumpReLUTrainingCrosscoder, JumpReLUTrainingCrosscoderConfig, jumprelu_kernels, jumprelu_ops
 
 from train import crosslens_step_fn, reference_step_fn, time_alternating
 
@@ -140,6 +142,27 @@ def main() -> None:
                 jumprelu(x_BSD)
         print("\n5. torch.profiler, three JumpReLU steps at initialisation (times include the profiler's own)")
         print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=30))
+    gradient_free_pass(x_BSD[: N // 8], args.rounds)
+
+
+def gradient_free_pass(x_bSD: torch.Tensor, rounds: int) -> None:
+    """6: what a micro-batched JumpReLU step's gradient-free pass does for one micro-batch (its
+    whole-batch p needs the score sums alone), against the training pass's encode, gated decode
+    and scores that it ran before; a fresh crosscoder, both without gradient."""
+    S, D = x_bSD.shape[1:]
+    torch.manual_seed(0)
+    sae = JumpReLUTrainingCrosscoder(JumpReLUTrainingCrosscoderConfig(d_in=D, d_sae=8192, n_snapshots=S))
+    tanh_scale = sae.cfg.tanh_scale
+
+    def scores_alone() -> None:
+        h_NF = sae.hidden_pre(x_bSD)
+        jumprelu_kernels.snapshot_score_sums(h_NF, sae.snapshot_norms(), sae.threshold, tanh_scale=tanh_scale)
+
+    with torch.no_grad():
+        ratio_rows(f"6. a micro-batched JumpReLU step's gradient-free pass, one micro-batch of {x_bSD.shape[0]} tokens", {
+            "encode, gated decode (_training_encode)": lambda: sae._training_encode(x_bSD),
+            "encode, scores (snapshot_score_sums)": scores_alone,
+        }, rounds)  # fmt: skip
 
 
 if __name__ == "__main__":
