@@ -394,6 +394,25 @@ def test_jumprelu_sparse_step_through_triton(device, window_kernel, triton_backe
     assert ("kernel" in modes) == window_kernel and len(modes) == STEPS + 1
 
 
+def test_the_window_matmuls_dot_in_float32_under_autocast():
+    """On CUDA the window's backward runs under the forward's autocast (``custom_bwd``), which
+    would round ``linalg.vecdot`` to bfloat16 (CPU's autocast lists it too): each matmul is in
+    the gradient's bfloat16, each dot of its result with W in float32, as without autocast."""
+    g = torch.Generator().manual_seed(4)
+    N, F_, S_, D_ = 24, 30, 3, 16
+    grad_NSD, W_FSD = torch.randn(N, S_, D_, generator=g), torch.randn(F_, S_, D_, generator=g)
+    flat_W = torch.randperm(F_ * N, generator=g)[:200].sort().values  # window entries, feature-major
+    inside_WS = torch.rand(200, S_, generator=g) < 0.5
+    with torch.autocast("cpu", torch.bfloat16):
+        got = sparse_kernels._window_matmuls(grad_NSD, W_FSD, flat_W, inside_WS)
+    grad_SND = grad_NSD.to(torch.bfloat16).transpose(0, 1)
+    for s in range(S_):
+        mask_FN = torch.zeros(F_ * N, dtype=torch.bfloat16).index_copy_(0, flat_W, inside_WS[:, s].to(torch.bfloat16))
+        summed_FD = (mask_FN.view(F_, N) @ grad_SND[s]).float()
+        assert got.dtype == torch.float32
+        assert torch.equal(got[:, s], torch.linalg.vecdot(summed_FD, W_FSD[:, s]))
+
+
 def dense_window_sums(grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, half_width):
     """The fused window kernel's sums over every (token, feature, snapshot), densely."""
     inside_SNF = window_NF & ((h_NF.float() * norms_FS.T[:, None, :] - t_F).abs() < half_width)

@@ -522,7 +522,10 @@ def _window_matmuls(
     grad_f_FS = W_dec_FSD.new_empty(W_dec_FSD.shape[:2], dtype=torch.float32)
     for s in range(S):
         mask_flat.index_copy_(0, flat_W, inside_SW[s])
-        grad_f_FS[:, s] = torch.linalg.vecdot((mask_FN @ grad_SND[s]).float(), W_dec_FSD[:, s].float())
+        # the matmul in its operands' dtype, the dot in float32: a backward under CUDA's
+        # autocast (custom_bwd) would otherwise round the dot, as autocast lists vecdot
+        with torch.autocast(grad_SND.device.type, enabled=False):
+            grad_f_FS[:, s] = torch.linalg.vecdot((mask_FN @ grad_SND[s]).float(), W_dec_FSD[:, s].float())
         mask_flat.index_fill_(0, flat_W, 0)
     return grad_f_FS
 
