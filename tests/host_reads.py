@@ -1,11 +1,12 @@
 """Count, on any device, the operations that make a GPU wait for its queue: those that read a
-value back to the host, or size their output by the data.
+value back to the host, size their output by the data, or upload Python data.
 
 On a CPU nothing waits, so a test there cannot time a sync; it can see which operations a
 step dispatches. :class:`HostReads` records each operation that on CUDA copies device data to
-the host before it returns (``aten.nonzero``, a boolean index, ``bincount``, ``.item()``...),
-and :func:`crosslens.core.tensors.host_ints`, the package's one deliberate read, is counted
-by wrapping it where a module imported it. On CUDA,
+the host before it returns (``aten.nonzero``, a boolean index, ``bincount``, ``.item()``...)
+or copies a tensor made from Python data to the device, and
+:func:`crosslens.core.tensors.host_ints`, the package's one deliberate read, is counted by
+wrapping it where a module imported it. On CUDA,
 :func:`crosslens.core.devices.counted_cuda_syncs` counts the syncs themselves.
 """
 
@@ -28,6 +29,9 @@ _ALWAYS = {
     aten.bincount.default: "bincount",  # CUDA reads the largest id to size its output
     aten._unique2.default: "unique",
     aten.unique_consecutive.default: "unique",
+    # a tensor made from Python data (torch.tensor, new_tensor): CUDA copies it from pageable
+    # host memory, which first waits for the stream
+    aten.lift_fresh.default: "host data",
 }
 
 

@@ -46,7 +46,8 @@ class ActivePairs:
     def from_offsets(cls, feature_A: torch.Tensor, starts_N: torch.Tensor, n_features: int) -> ActivePairs:
         """Flat pairs with ``starts_N`` where each token's start (``embedding_bag``'s offsets)."""
         n_pairs = feature_A.shape[0]
-        ends_N = torch.cat([starts_N[1:], starts_N.new_tensor([n_pairs])])
+        # new_full, not new_tensor: a host list copied to a GPU waits for the device
+        ends_N = torch.cat([starts_N[1:], starts_N.new_full((1,), n_pairs)])
         tokens = torch.arange(starts_N.shape[0], device=feature_A.device)
         token_A = tokens.repeat_interleave(ends_N - starts_N, output_size=n_pairs)
         return cls(token_A, feature_A, starts_N.shape[0], n_features)
