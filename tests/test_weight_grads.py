@@ -467,3 +467,81 @@ def test_a_block_checks_every_weight_before_it_writes_any_gradient():
             with torch.no_grad():
                 W_dec.mul_(2)
     assert W.grad is None and W_dec.grad is None  # nothing half-written
+
+
+@pytest.mark.parametrize("arch", ["jumprelu_crosscoder", "batchtopk_crosscoder"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+def test_a_micro_batched_step_multiplies_each_micro_batch_by_the_encoder_once(arch, autocast, monkeypatch):
+    """The gradient-free pass of the architectures that need the whole batch's numbers first
+    leaves its encoder products in the block, and each micro-batch's pass takes its own: one
+    product with ``W_enc`` per micro-batch, not two, and the step's loss, outputs and gradients
+    are those of multiplying again, to the byte."""
+    import contextlib
+
+    from sae_lens.saes.sae import TrainStepInput
+
+    from crosslens.crosscoders import weight_grads
+    from crosslens.training import micro
+
+    S, D, F_ = 2, 8, 32  # W_enc is [S * D, F] as a matrix, W_dec [F, S * D]: told apart by shape
+    products: list[tuple[int, ...]] = []
+    plain = weight_grads._plain
+
+    def counted(a, W, bias, feature_major):
+        products.append(tuple(W.shape))
+        return plain(a, W, bias, feature_major)
+
+    monkeypatch.setattr(weight_grads, "_plain", counted)
+
+    def step(keep: bool) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
+        _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
+        torch.manual_seed(0)
+        extra = {"l0_coefficient": 0.01} if arch == "jumprelu_crosscoder" else {"k": 4}
+        sae = train_cls(train_cfg_cls(d_in=D, d_sae=F_, n_snapshots=S, **extra))
+        x = torch.randn(32, S, D)
+
+        def step_input(x_b):
+            return TrainStepInput(x_b, {name: 0.3 for name in sae.get_coefficients()}, None, 10, False)
+
+        products.clear()
+        with monkeypatch.context() as patch:
+            if not keep:
+                patch.setattr(micro, "kept_products", contextlib.nullcontext)
+            out = micro.micro_batched_pass(sae, x, 4, step_input, lambda: torch.autocast("cpu", torch.bfloat16, enabled=autocast))
+        tensors = [out.sae_out, out.hidden_pre, *(p.grad for p in sae.parameters())]
+        return products.count((S * D, F_)), out.loss, tensors
+
+    once, loss, tensors = step(keep=True)
+    twice, loss_again, tensors_again = step(keep=False)
+    assert (once, twice) == (4, 8)
+    assert torch.equal(loss, loss_again)
+    assert all(torch.equal(a, b) for a, b in zip(tensors, tensors_again, strict=True))
+
+
+def test_a_kept_product_is_taken_once_and_only_for_the_very_same_operands():
+    from crosslens.crosscoders.weight_grads import kept_products
+
+    a, W, b = _operands(False)
+    with deferred_weight_grads([W]):
+        block = weight_block(W)
+        with torch.no_grad():
+            weight_matmul(a, W, b)
+        assert block.products == []  # outside kept_products nothing is left
+        with kept_products(), torch.no_grad():
+            kept = weight_matmul(a, W, b)
+            weight_matmul(a.clone(), W, b)  # the same values in other memory: a product of its own
+        taken = weight_matmul(a, W, b)
+        assert taken.data_ptr() == kept.data_ptr() and len(block.products) == 1
+        again = weight_matmul(a, W, b)  # handed over once: computed now
+        assert again.data_ptr() != kept.data_ptr() and torch.equal(again, kept)
+        a2 = a.clone()
+        with kept_products(), torch.no_grad():
+            weight_matmul(a2, W, b)
+        a2.mul_(2)  # changed in place after its product was left: not that product's input
+        changed = weight_matmul(a2, W, b)
+        assert torch.equal(changed, torch.addmm(b, a2, W)) and len(block.products) == 2
+        (taken.sum() + again.sum() + changed.sum()).backward()
+    assert block.products == []  # let go when the block ends
+    ones = torch.ones(N, M)
+    torch.testing.assert_close(W.grad, a.T @ ones * 4)
+    torch.testing.assert_close(b.grad, ones.sum(0) * 3)

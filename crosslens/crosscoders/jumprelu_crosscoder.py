@@ -282,7 +282,8 @@ class JumpReLUTrainingCrosscoder(
         norms_FS = self.snapshot_norms()
         score_sum_F = torch.zeros_like(self.threshold, dtype=torch.float32)
         for x in chunks:
-            h_NF = self.hidden_pre(x)
+            # in the training pass's layout: a micro-batched step's passes share the product
+            h_NF = self.hidden_pre(x, feature_major=not self.cfg.closed_gate_decoder_grad)
             threshold_F = self.threshold.to(h_NF.dtype)  # as _training_encode compares it
             score_sum_F += snapshot_score_sums(h_NF, norms_FS, threshold_F, tanh_scale=self.cfg.tanh_scale)
         n_tokens = self.collectives.global_batch(sum(x.shape[0] for x in chunks))

@@ -44,7 +44,9 @@ The block takes the decoder's other weight-sized gradients off the micro-batches
   auxiliary decode) add the rows they touch to that sum.
 
 So no weight-sized tensor is written per micro-batch; each weight's gradient is written once,
-when the block ends. (:func:`snapshot_decode` regates under autocast outside a block too: its
+when the block ends. And a micro-batch's encoder product is computed once a step: the
+gradient-free pass that comes first leaves it in the block (:func:`kept_products`), and the
+micro-batch's own pass takes it. (:func:`snapshot_decode` regates under autocast outside a block too: its
 decoder gradient is then float32, and the ``[S, N, F]`` code is not kept for backward.)
 """
 
@@ -88,6 +90,16 @@ def _parameter(W: torch.Tensor) -> torch.Tensor | None:
     return root if same and W.data_ptr() == root.data_ptr() else None
 
 
+def _operands(a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, feature_major: bool) -> tuple[Any, ...]:
+    """What makes two products of :func:`weight_matmul` the same: the input's memory, layout,
+    dtype and version, the weight's and the bias's identity and version, the output's layout and
+    the autocast dtype."""
+    root = _parameter(W)
+    fixed = [(id(t), t._version) for t in (root, bias) if t is not None]
+    a_key = (a.data_ptr(), a.shape, a.stride(), a.dtype, a.device, a._version)
+    return (*a_key, W.shape, *fixed, bias is None, feature_major, autocast_dtype(a.device))
+
+
 @dataclass
 class WeightBlock:
     """What a :func:`deferred_weight_grads` block sums for its weights (by the weight's ``id``)
@@ -105,6 +117,11 @@ class WeightBlock:
     versions: dict[int, int] = field(default_factory=dict)
     """Each weight's version when a part of its gradient that reads the weight itself at the end
     (the norms' part) was first taken: changed in place after that, the sum would be wrong."""
+    products: list[tuple[tuple[Any, ...], torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    """Gradient-free products left for a pass with gradient (:func:`kept_products`): what
+    identifies their operands, the input (held, so that its memory is not reused) and the product."""
+    leaving: bool = False
+    """Inside :func:`kept_products`: a gradient-free product is kept for a later pass."""
     open: bool = True
     """False once the block has ended: a backward after it writes its gradient itself."""
 
@@ -167,6 +184,19 @@ class WeightBlock:
             total = self.sums[id(root)] = torch.zeros(root.shape, dtype=torch.float32, device=root.device)
         return total.view(W.shape)
 
+    def leave_product(self, a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, feature_major: bool, out: torch.Tensor) -> None:
+        self.products.append((_operands(a, W, bias, feature_major), a, out))
+
+    def take_product(self, a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, feature_major: bool) -> torch.Tensor | None:
+        """The product a gradient-free pass left for these very operands (the same memory,
+        layout and versions), handed over once; None where there is none."""
+        operands = _operands(a, W, bias, feature_major)
+        for i, (kept_operands, _, out) in enumerate(self.products):
+            if kept_operands == operands:
+                del self.products[i]
+                return out
+        return None
+
     def _note_version(self, root: torch.Tensor) -> None:
         self.versions.setdefault(id(root), root._version)
 
@@ -184,6 +214,7 @@ class WeightBlock:
         self.check()
         self.rounded.clear()  # let the copies go before the gradients are allocated
         self.norms.clear()
+        self.products.clear()
         for key, W in self.weights.items():
             grad = self.sums.pop(key, None)
             kept = self.kept.pop(key, [])
@@ -221,6 +252,7 @@ class WeightBlock:
     def clear(self) -> None:
         for parts in (self.rounded, self.norms, self.kept, self.regated, self.norm_scales, self.sums, self.versions):
             parts.clear()
+        self.products.clear()
 
 
 _MODIFIED_IN_PLACE = (
@@ -302,6 +334,26 @@ def deferred_weight_grads(weights: Sequence[torch.Tensor]) -> Iterator[None]:
         _state.deferred = None
 
 
+@contextmanager
+def kept_products() -> Iterator[None]:
+    """Inside, and inside a :func:`deferred_weight_grads` block, each gradient-free
+    :func:`weight_matmul` of a listed weight leaves its product in the block, and the first
+    product with gradient of the very same operands (the same memory, layout and versions)
+    takes it rather than computing it again: the same bytes, as the two run the same
+    operation. A micro-batched step's gradient-free pass (the pre-activations of every
+    micro-batch) runs inside, so each micro-batch's encoder matmul is done once a step, not
+    twice. Outside a block it does nothing."""
+    block = _deferred()
+    if block is None:
+        yield
+        return
+    block.leaving = True
+    try:
+        yield
+    finally:
+        block.leaving = False
+
+
 def _plain(a_NK: torch.Tensor, W_KM: torch.Tensor, bias_M: torch.Tensor | None, feature_major: bool) -> torch.Tensor:
     if feature_major:
         return W_KM.T @ a_NK.T if bias_M is None else torch.addmm(bias_M[:, None], W_KM.T, a_NK.T)
@@ -316,12 +368,15 @@ class _WeightMatmul(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, a_NK: torch.Tensor, W_KM: torch.Tensor, bias_M: torch.Tensor | None, dtype: torch.dtype,
-        feature_major: bool, deferred: WeightBlock | None,
+        feature_major: bool, deferred: WeightBlock | None, known: torch.Tensor | None = None,
     ) -> torch.Tensor:  # fmt: skip
         a_low = a_NK.to(dtype)
         W_low = rounded(W_KM, dtype)  # the block's copy in a block
-        with torch.autocast(a_NK.device.type, enabled=False):
-            out = _plain(a_low, W_low, None if bias_M is None else bias_M.to(dtype), feature_major)
+        if known is not None:  # this very product, from a gradient-free pass (kept_products)
+            out = known
+        else:
+            with torch.autocast(a_NK.device.type, enabled=False):
+                out = _plain(a_low, W_low, None if bias_M is None else bias_M.to(dtype), feature_major)
         # The weight's gradient reads the rounded input, the input's the rounded weight. They
         # are kept on ctx rather than saved, so that backward can let the rounded weight go
         # before it allocates the float32 gradient (the two would otherwise add up at the peak).
@@ -355,7 +410,7 @@ class _WeightMatmul(torch.autograd.Function):
             ctx.a_low = None
         if ctx.needs_input_grad[2]:
             grad_bias = grad_NM.sum(dim=0, dtype=torch.float32)
-        return grad_a, grad_W, grad_bias, None, None, None
+        return grad_a, grad_W, grad_bias, None, None, None, None
 
 
 def weight_matmul(
@@ -369,12 +424,21 @@ def weight_matmul(
     ``W.T @ a.T + bias[:, None]`` (``[M, N]``). Where ``W`` takes a gradient, under autocast (a
     float32 ``W``) or in a :func:`deferred_weight_grads` block that lists it, through
     :class:`_WeightMatmul` (see the module docstring); else the plain ``addmm`` (but for a
-    gradient-free product under autocast in such a block: autocast's, on the block's copy)."""
+    gradient-free product under autocast in such a block: autocast's, on the block's copy).
+    In a block, a product :func:`kept_products` left for these operands is taken, not computed."""
     block = weight_block(W_KM)
     dtype = _product_dtype(W_KM, block)
+    if block is not None and block.products and dtype is not None and torch.is_grad_enabled():
+        known = block.take_product(a_NK, W_KM, bias_M, feature_major)
+        if known is not None:
+            return _WeightMatmul.apply(a_NK, W_KM, bias_M, dtype, feature_major, block, known)
     if dtype is None:
-        return _plain(a_NK, W_KM, bias_M, feature_major)
-    return _WeightMatmul.apply(a_NK, W_KM, bias_M, dtype, feature_major, block)
+        out = _plain(a_NK, W_KM, bias_M, feature_major)
+    else:
+        out = _WeightMatmul.apply(a_NK, W_KM, bias_M, dtype, feature_major, block)
+    if block is not None and block.leaving and not torch.is_grad_enabled():
+        block.leave_product(a_NK, W_KM, bias_M, feature_major, out)
+    return out
 
 
 def _product_dtype(W: torch.Tensor, block: WeightBlock | None) -> torch.dtype | None:

@@ -60,7 +60,9 @@ def activation_bytes(
     - JumpReLU only: the per-snapshot code ``[S, b, F]``, its gradient and the backward
       pass's distance temporary: ``3 S b F``;
     - with N > 1, the whole batch kept for the step's statistics and its input: inputs and
-      reconstructions ``3 B S D``, codes and pre-activations ``2 B F``; and the operands of the
+      reconstructions ``3 B S D``, codes and pre-activations ``2 B F`` (a gradient-free pass's
+      encoder products are the pre-activations the micro-batches then take,
+      :func:`~crosslens.crosscoders.weight_grads.kept_products`); and the operands of the
       weight matmuls whose gradients are summed after the last micro-batch
       (:func:`~crosslens.crosscoders.weight_grads.deferred_weight_grads`): ``B (S D + F)`` for
       the encoder, as much again for a dense decode (JumpReLU's keeps its dense code or its

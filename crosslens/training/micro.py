@@ -19,7 +19,8 @@ The weights' gradients are not added up micro-batch by micro-batch: inside
 operands (a few rows) for one matmul over the whole batch after the last, the decoder norms'
 gradient is summed as a small scale, and the sparse decodes add the rows they touch to one
 float32 sum, which spares a weight-sized temporary and three passes over it per micro-batch
-and weight.
+and weight. The encoder products of the gradient-free pass are kept for the micro-batches'
+passes, which take them rather than multiply again.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
 from crosslens.crosscoders.base import CrosscoderTrainingMixin
-from crosslens.crosscoders.weight_grads import deferred_weight_grads
+from crosslens.crosscoders.weight_grads import deferred_weight_grads, kept_products
 from crosslens.training.config import micro_batch_error
 
 
@@ -58,7 +59,7 @@ def micro_batched_pass(
     try:
         # the gradient-free pass too reads the block's rounded weights and decoder norms
         with deferred_weight_grads((sae.W_enc, sae.W_dec)):  # type: ignore[attr-defined]
-            with autocast():
+            with autocast(), kept_products():  # its encoder products are the micro-batches'
                 sae.begin_micro_batches(chunks)
             for x_bSD in chunks:
                 with autocast():
