@@ -532,16 +532,72 @@ def test_a_kept_product_is_taken_once_and_only_for_the_very_same_operands():
             weight_matmul(a.clone(), W, b)  # the same values in other memory: a product of its own
         taken = weight_matmul(a, W, b)
         assert taken.data_ptr() == kept.data_ptr() and len(block.products) == 1
-        again = weight_matmul(a, W, b)  # handed over once: computed now
-        assert again.data_ptr() != kept.data_ptr() and torch.equal(again, kept)
+        taken.mul_(1.0)  # the product handed over is the output itself, which a hook may edit
+        # handed over once: computed now, and the miss lets the weight's other products go
+        again = weight_matmul(a, W, b)
+        assert again.data_ptr() != kept.data_ptr() and torch.equal(again, kept) and block.products == []
         a2 = a.clone()
         with kept_products(), torch.no_grad():
             weight_matmul(a2, W, b)
         a2.mul_(2)  # changed in place after its product was left: not that product's input
         changed = weight_matmul(a2, W, b)
-        assert torch.equal(changed, torch.addmm(b, a2, W)) and len(block.products) == 2
-        (taken.sum() + again.sum() + changed.sum()).backward()
-    assert block.products == []  # let go when the block ends
+        assert torch.equal(changed, torch.addmm(b, a2, W))
+        with kept_products(), torch.no_grad():
+            edited = weight_matmul(a, W, b)
+        edited.add_(1.0)  # a product edited after it was left (a hook in the gradient-free pass)
+        recomputed = weight_matmul(a, W, b)
+        assert torch.equal(recomputed, torch.addmm(b, a, W)) and block.products == []
+        (taken.sum() + again.sum() + changed.sum() + recomputed.sum()).backward()
     ones = torch.ones(N, M)
-    torch.testing.assert_close(W.grad, a.T @ ones * 4)
-    torch.testing.assert_close(b.grad, ones.sum(0) * 3)
+    torch.testing.assert_close(W.grad, a.T @ ones * 5)
+    torch.testing.assert_close(b.grad, ones.sum(0) * 4)
+
+
+@pytest.mark.parametrize("arch", ["jumprelu_crosscoder", "batchtopk_crosscoder"])
+@pytest.mark.parametrize("edit", ["in place", "b_dec subtracted"])
+def test_a_micro_batched_step_with_an_edited_pre_activation_or_input_trains_as_without_kept_products(arch, edit, monkeypatch):
+    """A hook that edits the pre-activation in place runs in both passes, so the kept product is
+    not taken (and the hook's edit is applied once a pass, as without kept products); an input
+    made afresh in each pass (``apply_b_dec_to_input``) is not matched, and the products are let
+    go at the first micro-batch rather than held through the step."""
+    import contextlib
+
+    from sae_lens.saes.sae import TrainStepInput
+
+    from crosslens.crosscoders import weight_grads
+    from crosslens.training import micro
+
+    held = []
+    write_grads = weight_grads.WeightBlock.write_grads
+
+    def counting_write_grads(block):
+        held.append(len(block.products))
+        return write_grads(block)
+
+    monkeypatch.setattr(weight_grads.WeightBlock, "write_grads", counting_write_grads)
+
+    def step(keep: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
+        torch.manual_seed(0)
+        extra = {"l0_coefficient": 0.01} if arch == "jumprelu_crosscoder" else {"k": 4}
+        if edit == "b_dec subtracted":
+            extra["apply_b_dec_to_input"] = True
+        sae = train_cls(train_cfg_cls(d_in=8, d_sae=32, n_snapshots=2, **extra))
+        if edit == "in place":
+            sae.hook_sae_acts_pre.add_hook(lambda t, hook: t.add_(0.05))
+        x = torch.randn(32, 2, 8)
+
+        def step_input(x_b):
+            return TrainStepInput(x_b, {name: 0.3 for name in sae.get_coefficients()}, None, 10, False)
+
+        with monkeypatch.context() as patch:
+            if not keep:
+                patch.setattr(micro, "kept_products", contextlib.nullcontext)
+            out = micro.micro_batched_pass(sae, x, 4, step_input, contextlib.nullcontext)
+        return out.loss, [out.sae_out, *(p.grad for p in sae.parameters())]
+
+    loss, tensors = step(keep=True)
+    loss_again, tensors_again = step(keep=False)
+    assert held == [0, 0]
+    assert torch.equal(loss, loss_again)
+    assert all(torch.equal(a, b) for a, b in zip(tensors, tensors_again, strict=True))

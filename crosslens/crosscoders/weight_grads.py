@@ -95,9 +95,13 @@ def _operands(a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, featu
     dtype and version, the weight's and the bias's identity and version, the output's layout and
     the autocast dtype."""
     root = _parameter(W)
-    fixed = [(id(t), t._version) for t in (root, bias) if t is not None]
     a_key = (a.data_ptr(), a.shape, a.stride(), a.dtype, a.device, a._version)
-    return (*a_key, W.shape, *fixed, bias is None, feature_major, autocast_dtype(a.device))
+    bias_key = None if bias is None else (id(bias), bias._version)
+    return (id(root), root._version, W.shape, bias_key, *a_key, feature_major, autocast_dtype(a.device))
+
+
+_WEIGHT_ID = 0
+"""Where :func:`_operands` puts the weight's ``id``."""
 
 
 @dataclass
@@ -117,9 +121,10 @@ class WeightBlock:
     versions: dict[int, int] = field(default_factory=dict)
     """Each weight's version when a part of its gradient that reads the weight itself at the end
     (the norms' part) was first taken: changed in place after that, the sum would be wrong."""
-    products: list[tuple[tuple[Any, ...], torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    """Gradient-free products left for a pass with gradient (:func:`kept_products`): what
-    identifies their operands, the input (held, so that its memory is not reused) and the product."""
+    products: list[tuple[tuple[Any, ...], int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    """Gradient-free products left for a pass with gradient (:func:`kept_products`), in the order
+    they were made: what identifies their operands, the product's version then, the input (held,
+    so that its memory is not reused) and the product."""
     leaving: bool = False
     """Inside :func:`kept_products`: a gradient-free product is kept for a later pass."""
     open: bool = True
@@ -185,16 +190,22 @@ class WeightBlock:
         return total.view(W.shape)
 
     def leave_product(self, a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, feature_major: bool, out: torch.Tensor) -> None:
-        self.products.append((_operands(a, W, bias, feature_major), a, out))
+        self.products.append((_operands(a, W, bias, feature_major), out._version, a, out))
 
     def take_product(self, a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, feature_major: bool) -> torch.Tensor | None:
         """The product a gradient-free pass left for these very operands (the same memory,
-        layout and versions), handed over once; None where there is none."""
+        layout and versions) and left unchanged since (a hook may edit a pre-activation in
+        place), handed over once; None where there is none. The passes with gradient come in
+        the gradient-free pass's order, so a miss means that the inputs are not recognised (a
+        fresh tensor each pass: ``apply_b_dec_to_input``, a hook that returns a new input): the
+        weight's products are then let go, not held to the block's end."""
         operands = _operands(a, W, bias, feature_major)
-        for i, (kept_operands, _, out) in enumerate(self.products):
-            if kept_operands == operands:
+        for i, (kept_operands, version, _, out) in enumerate(self.products):
+            if kept_operands == operands and out._version == version:
                 del self.products[i]
                 return out
+        weight = id(_parameter(W))
+        self.products = [entry for entry in self.products if entry[0][_WEIGHT_ID] != weight]
         return None
 
     def _note_version(self, root: torch.Tensor) -> None:
@@ -339,8 +350,8 @@ def kept_products() -> Iterator[None]:
     """Inside, and inside a :func:`deferred_weight_grads` block, each gradient-free
     :func:`weight_matmul` of a listed weight leaves its product in the block, and the first
     product with gradient of the very same operands (the same memory, layout and versions)
-    takes it rather than computing it again: the same bytes, as the two run the same
-    operation. A micro-batched step's gradient-free pass (the pre-activations of every
+    takes it, if unchanged, rather than computing it again: the same bytes, as the two run the
+    same operation (see :meth:`WeightBlock.take_product`). A micro-batched step's gradient-free pass (the pre-activations of every
     micro-batch) runs inside, so each micro-batch's encoder matmul is done once a step, not
     twice. Outside a block it does nothing."""
     block = _deferred()
@@ -373,6 +384,7 @@ class _WeightMatmul(torch.autograd.Function):
         a_low = a_NK.to(dtype)
         W_low = rounded(W_KM, dtype)  # the block's copy in a block
         if known is not None:  # this very product, from a gradient-free pass (kept_products)
+            ctx.mark_dirty(known)  # returned as the output itself: a hook may edit it in place
             out = known
         else:
             with torch.autocast(a_NK.device.type, enabled=False):

@@ -176,7 +176,8 @@ class CrosscoderTrainerConfig:
     and once-per-step updates (the target_l0 controller, BatchTopK's threshold) are the whole
     batch's. Exact to float rounding for every architecture: JumpReLU's quadratic sparsity
     term and BatchTopK's k * batch selection read whole-batch numbers from a gradient-free
-    forward of every micro-batch first (one more forward per micro-batch)."""
+    pass over every micro-batch first (its encoder products are the micro-batches' own, so it
+    adds JumpReLU's scores or BatchTopK's selection, not a forward)."""
     dead_feature_window_tokens: int | None = None
     """A feature silent for more than this many tokens is dead (feeds TopK's aux loss). None:
     1M tokens, or a thirtieth of the run's tokens where that is fewer
@@ -320,9 +321,9 @@ class CrosscoderRunnerConfig:
     """Train each batch in this many equal micro-batches whose gradients add up to the batch's
     before the one optimizer step: the step's activations shrink N-fold (`crosslens plan
     --micro-batches N` prints the peak; it names the smallest N that fits a GPU). Same result to
-    float rounding; JumpReLU (with its quadratic sparsity term) and BatchTopK take one more
-    gradient-free forward per micro-batch for their whole-batch numbers. --batch-size must
-    divide by N (per data rank on a mesh)."""
+    float rounding; JumpReLU (with its quadratic sparsity term) and BatchTopK first score or
+    select over every micro-batch, without gradient, for their whole-batch numbers. --batch-size
+    must divide by N (per data rank on a mesh)."""
     fused_clip: bool = field(default=True, metadata={"flag": "--no-fused-clip"})
     """Fold the gradient clip into Adam's pass (--no-fused-clip: torch's clip_grad_norm_, then Adam)."""
     verify_store: bool = field(default=True, metadata={"flag": "--no-verify"})
