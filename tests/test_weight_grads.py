@@ -211,6 +211,8 @@ def test_a_deferred_block_adds_to_a_gradient_already_there_drops_its_rows_on_an_
 STEP_CASES = [(arch, {}, False) for arch in cc.ARCHITECTURES] + [
     ("jumprelu_crosscoder", {"sparse_step": True}, False),  # the step from pairs (CUDA's, trained)
     ("jumprelu_crosscoder", {}, True),  # under autocast: the gate per snapshot and its batched matmul
+    ("jumprelu_crosscoder", {"closed_gate_decoder_grad": True}, False),  # the shared code's decoder gradient
+    ("jumprelu_crosscoder", {"closed_gate_decoder_grad": True}, True),
     ("crosscoder", {}, True),
     ("topk_crosscoder", {}, True),
     ("topk_crosscoder", {"d_sae": 128}, False),  # k 4 of 128: the sparse decode, the pairs' eager kernels
@@ -408,7 +410,7 @@ def test_the_gated_decode_regates_its_code_for_the_decoders_gradient_in_float32(
     assert type(out.grad_fn).__name__ == ("_RegatedDecodeBackward" if autocast else "BmmBackward0")
     assert torch.equal(out, ref)
     if autocast:  # it keeps the rounded decoder and the gate's inputs, nothing the code's size
-        assert all(t.numel() < f_SNF.numel() for t in (out.grad_fn.W_low, *out.grad_fn.gate))
+        assert all(t.numel() < f_SNF.numel() for t in (out.grad_fn.W_low, *out.grad_fn.code))
     ref_h, ref_W = torch.autograd.grad(ref, (h, W), grad.to(ref.dtype), retain_graph=True)
     got_h, got_W = torch.autograd.grad(out, (h, W), grad.to(out.dtype))
     assert torch.equal(got_h, ref_h)
@@ -601,3 +603,36 @@ def test_a_micro_batched_step_with_an_edited_pre_activation_or_input_trains_as_w
     assert held == [0, 0]
     assert torch.equal(loss, loss_again)
     assert all(torch.equal(a, b) for a, b in zip(tensors, tensors_again, strict=True))
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+def test_the_shared_code_decode_is_the_closed_gate_decoder_gradient(autocast):
+    """``shared_code_decode``: the per-snapshot code's decode forward, the code's gradient the
+    decode's, and the decoder's gradient at every snapshot the shared code's (closed gates
+    included): what a second decode of the closed entries times ``W - W.detach()`` gave, without
+    that decode or its ``[S, N, F]`` code kept, and in float32 under autocast."""
+    from crosslens.crosscoders.weight_grads import shared_code_decode
+
+    gen = torch.Generator().manual_seed(5)
+    S, N_, F_, D = 3, 20, 16, 8
+    h = torch.randn(N_, F_, generator=gen)
+    open_SNF = torch.rand(S, N_, F_, generator=gen) < 0.4
+    shared_NF = h * open_SNF.any(0)
+    f_SNF = (h * open_SNF).requires_grad_()
+    W = torch.randn(F_, S, D, generator=gen, requires_grad=True)
+    grad_SND = torch.randn(S, N_, D, generator=gen)
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        out = shared_code_decode(f_SNF, W, shared_NF)
+        W_SFD = W.transpose(0, 1)
+        closed_SNF = (shared_NF[None] - f_SNF).detach()
+        want = torch.bmm(f_SNF, W_SFD) + torch.bmm(closed_SNF, W_SFD - W_SFD.detach())
+    assert not any(t.numel() >= f_SNF.numel() for t in out.grad_fn.code)  # no [S, N, F] code kept
+    got_grads = torch.autograd.grad(out, (f_SNF, W), grad_SND.to(out.dtype))
+    want_grads = torch.autograd.grad(want, (f_SNF, W), grad_SND.to(want.dtype))
+    assert torch.equal(out, want) and got_grads[1].dtype == torch.float32
+    torch.testing.assert_close(got_grads[0], want_grads[0], rtol=0, atol=0)
+    if autocast:  # the float32 product of the bfloat16 operands, not autocast's bfloat16 gradient
+        exact = torch.einsum("nf,snd->fsd", shared_NF.bfloat16().double(), grad_SND.bfloat16().double())
+        assert (got_grads[1].double() - exact).abs().max() < (want_grads[1].double() - exact).abs().max()
+    else:
+        torch.testing.assert_close(got_grads[1], want_grads[1], rtol=1e-6, atol=1e-6)

@@ -62,6 +62,7 @@ from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, Crosscod
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
 from crosslens.architectures import sparsity_coefficient_for
 from crosslens.crosscoders.jumprelu_kernels import snapshot_gate_and_score, snapshot_gated_decode, snapshot_score_sums
+from crosslens.crosscoders.weight_grads import shared_code_decode
 
 ARCHITECTURE = "jumprelu_crosscoder"
 
@@ -314,13 +315,13 @@ class JumpReLUTrainingCrosscoder(
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
         if "recon_NSD" in fwd.extras:
             return fwd.extras["recon_NSD"] + self.b_dec
-        W_dec_SFD = self.W_dec.transpose(0, 1)
-        recon_SND = torch.bmm(fwd.extras["f_SNF"], W_dec_SFD)
+        f_SNF = fwd.extras["f_SNF"]
         if self.cfg.closed_gate_decoder_grad:
-            # Shared code where snapshot s's gate is closed; times (W - W.detach()), which is
-            # exactly 0 forward and the identity backward, so only W_dec sees it.
-            closed_SNF = (fwd.feature_acts_NF[None] - fwd.extras["f_SNF"]).detach()
-            recon_SND = recon_SND + torch.bmm(closed_SNF, W_dec_SFD - W_dec_SFD.detach())
+            # the decoder learns from the shared code at every snapshot, closed gates included;
+            # the forward is the per-snapshot code's
+            recon_SND = shared_code_decode(f_SNF, self.W_dec, fwd.feature_acts_NF)
+        else:
+            recon_SND = torch.bmm(f_SNF, self.W_dec.transpose(0, 1))
         return recon_SND.transpose(0, 1) + self.b_dec
 
     def _sparsity_losses(
