@@ -217,8 +217,7 @@ class SparseDecode(torch.autograd.Function):
         if grad_rows_NK is not None:
             grad_rows_NK = grad_rows_NK.to(ctx.grad_dtype)
             if ctx.needs_input_grad[0]:
-                rows_grad_RK = float32_product(values_NR.to(ctx.grad_dtype).T, grad_rows_NK)
-                sum_FGD.view(W_FGD.shape[0], -1).index_add_(0, rows_R, rows_grad_RK.to(sum_FGD.dtype))
+                _add_rows_grad(sum_FGD, rows_R, values_NR.to(ctx.grad_dtype), grad_rows_NK)
             if ctx.needs_input_grad[7]:
                 grad_rows_v = (grad_rows_NK @ _rows(read_FGD, rows_R, ctx.grad_dtype).T).to(values_NR.dtype)
         return grad_W, grad_v, None, None, None, None, None, grad_rows_v
@@ -271,13 +270,22 @@ class _BlockRowsDecode(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_values = (grad_NK @ rows_RK.T).to(ctx.values_dtype)
         if ctx.needs_input_grad[0]:
-            rows_grad_RK = float32_product(values_low.T, grad_NK)
             if ctx.block.open:
-                ctx.block.sum_buffer(W_FGD).view(W_FGD.shape[0], -1).index_add_(0, rows_R, rows_grad_RK)
+                _add_rows_grad(ctx.block.sum_buffer(W_FGD), rows_R, values_low, grad_NK)
             else:
-                grad_W = W_FGD.new_zeros(W_FGD.shape[0], rows_RK.shape[1]).index_add_(0, rows_R, rows_grad_RK.to(W_FGD.dtype))
-                grad_W = grad_W.view(W_FGD.shape)
+                grad_W = _add_rows_grad(torch.zeros_like(W_FGD), rows_R, values_low, grad_NK)
         return grad_W, None, grad_values, None, None
+
+
+def _add_rows_grad(
+    grad_FGD: torch.Tensor, rows_R: torch.Tensor, values_NR: torch.Tensor, grad_NK: torch.Tensor
+) -> torch.Tensor:
+    """Add to ``grad_FGD`` (W's gradient, or a sum for it) the gradient of ``values_NR @
+    W[rows_R]``: ``values.T @ grad`` (:func:`~crosslens.crosscoders.weight_grads.float32_product`)
+    at the rows; returns ``grad_FGD``."""
+    rows_grad_RK = float32_product(values_NR.T, grad_NK)
+    grad_FGD.view(grad_FGD.shape[0], -1).index_add_(0, rows_R, rows_grad_RK.to(grad_FGD.dtype))
+    return grad_FGD
 
 
 READ_COPY_PAIRS = 2

@@ -101,10 +101,6 @@ def _operands(a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, featu
     return (id(root), root._version, W.shape, bias_key, *a_key, feature_major, autocast_dtype(a.device))
 
 
-_WEIGHT_ID = 0
-"""Where :func:`_operands` puts the weight's ``id``."""
-
-
 @dataclass
 class WeightBlock:
     """What a :func:`deferred_weight_grads` block sums for its weights (by the weight's ``id``)
@@ -122,10 +118,10 @@ class WeightBlock:
     versions: dict[int, int] = field(default_factory=dict)
     """Each weight's version when a part of its gradient that reads the weight itself at the end
     (the norms' part) was first taken: changed in place after that, the sum would be wrong."""
-    products: list[tuple[tuple[Any, ...], int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    products: list[tuple[int, tuple[Any, ...], int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     """Gradient-free products left for a pass with gradient (:func:`kept_products`), in the order
-    they were made: what identifies their operands, the product's version then, the input (held,
-    so that its memory is not reused) and the product."""
+    they were made: the weight's ``id``, what identifies their operands, the product's version
+    then, the input (held, so that its memory is not reused) and the product."""
     leaving: bool = False
     """Inside :func:`kept_products`: a gradient-free product is kept for a later pass."""
     open: bool = True
@@ -139,22 +135,22 @@ class WeightBlock:
         """``W`` (a matrix view of a listed weight) rounded to ``dtype``, once per block."""
         if W.dtype == dtype:
             return W
-        root = _parameter(W)
-        version, copy = self.rounded.get(id(root), (None, None))
-        if copy is None or version != root._version:  # rounded again if changed in place
-            copy = root.detach().to(dtype)
-            self.rounded[id(root)] = (root._version, copy)
-        return copy.view(W.shape)
+        return self._once(self.rounded, _parameter(W), lambda root: root.to(dtype)).view(W.shape)
 
     def row_norms(self, W: torch.Tensor) -> Float[torch.Tensor, "..."]:
         """The norms of ``W``'s rows along its last dimension (``W`` a listed weight itself),
-        without gradient, once per block (again if ``W`` changed in place)."""
-        root = _parameter(W)
-        version, norms = self.norms.get(id(root), (None, None))
-        if norms is None or version != root._version:
-            norms = torch.linalg.vector_norm(root.detach(), dim=-1)
-            self.norms[id(root)] = (root._version, norms)
-        return norms
+        without gradient, once per block."""
+        return self._once(self.norms, _parameter(W), lambda root: torch.linalg.vector_norm(root, dim=-1))
+
+    @staticmethod
+    def _once(store: dict[int, tuple[int, torch.Tensor]], root: torch.Tensor, make: Any) -> torch.Tensor:
+        """``make(root)`` (detached), kept in ``store`` for the block; made again if ``root`` was
+        changed in place since."""
+        version, value = store.get(id(root), (None, None))
+        if value is None or version != root._version:
+            value = make(root.detach())
+            store[id(root)] = (root._version, value)
+        return value
 
     def keep(self, W: torch.Tensor, a_low: torch.Tensor, grad_NM: torch.Tensor) -> None:
         """A matmul's operands: ``W``'s gradient has ``a_low.T @ grad_NM`` added at the end."""
@@ -191,7 +187,7 @@ class WeightBlock:
         return total.view(W.shape)
 
     def leave_product(self, a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, feature_major: bool, out: torch.Tensor) -> None:
-        self.products.append((_operands(a, W, bias, feature_major), out._version, a, out))
+        self.products.append((id(_parameter(W)), _operands(a, W, bias, feature_major), out._version, a, out))
 
     def take_product(self, a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, feature_major: bool) -> torch.Tensor | None:
         """The product a gradient-free pass left for these very operands (the same memory,
@@ -201,12 +197,12 @@ class WeightBlock:
         fresh tensor each pass: ``apply_b_dec_to_input``, a hook that returns a new input): the
         weight's products are then let go, not held to the block's end."""
         operands = _operands(a, W, bias, feature_major)
-        for i, (kept_operands, version, _, out) in enumerate(self.products):
+        for i, (_, kept_operands, version, _, out) in enumerate(self.products):
             if kept_operands == operands and out._version == version:
                 del self.products[i]
                 return out
         weight = id(_parameter(W))
-        self.products = [entry for entry in self.products if entry[0][_WEIGHT_ID] != weight]
+        self.products = [entry for entry in self.products if entry[0] != weight]
         return None
 
     def _note_version(self, root: torch.Tensor) -> None:
@@ -262,9 +258,8 @@ class WeightBlock:
         self.clear()
 
     def clear(self) -> None:
-        for parts in (self.rounded, self.norms, self.kept, self.regated, self.norm_scales, self.sums, self.versions):
+        for parts in (self.rounded, self.norms, self.kept, self.regated, self.norm_scales, self.sums, self.versions, self.products):
             parts.clear()
-        self.products.clear()
 
 
 _MODIFIED_IN_PLACE = (
