@@ -4,7 +4,9 @@
 2. The floors at the benchmarked shape (``B`` tokens, ``S`` snapshots, ``d_in`` D, ``d_sae`` F):
    - dense: the step's 5 bfloat16 matmuls shaped ``[B, S*D] x [S*D, F]`` (encode forward and
      weight gradient, decode forward, its input and weight gradients) plus the optimizer's
-     pass (the gradient norm and fused Adam over the crosscoder's float32 parameters);
+     pass (the gradient norm and the step's Adam over the crosscoder's float32 parameters:
+     crosslens's one-pass kernel on CUDA; the pass is also printed for torch's fused Adam, and
+     writing the bfloat16 weights that the next step under autocast reads);
    - sparse: the encoder's 2 matmuls (what a sparse decode leaves) plus the optimizer's pass.
 3. Every architecture's ``CrosscoderTrainer.step`` in float32 and under bfloat16 autocast,
    freshly initialised and at a trained crosscoder's sparsity: the ReLU bias or the
@@ -77,24 +79,43 @@ def matmul_peak(n: int, device: str, rounds: int) -> float:
     return 2 * n**3 / seconds_per_call(lambda: a @ b, device, rounds)
 
 
-def optimizer_pass(S: int, D: int, F: int, device: str, state: str) -> Callable[[], None]:
-    """The optimizer's pass over a crosscoder's parameters (gradient norm, clip folded into Adam)."""
+OPTIMIZER_PASSES = ("step", "torch", "copies")
+"""The optimizer's passes timed: the step's own (crosslens's Adam kernel on CUDA), torch's fused
+Adam (float32 moments only), and the step's writing the bfloat16 weights the next step reads
+under autocast."""
+
+
+def optimizer_pass(S: int, D: int, F: int, device: str, state: str, kind: str = "step") -> Callable[[], None]:
+    """The optimizer's pass over a crosscoder's parameters (gradient norm, clip folded into Adam),
+    of the ``kind`` :data:`OPTIMIZER_PASSES` names."""
+    from crosslens.crosscoders.collectives import LocalCollectives
+    from crosslens.crosscoders.weight_grads import RoundedCopies
+    from crosslens.training.optim import make_optimizer
+
     module = torch.nn.Module()
     for name, count in parameter_counts(S, D, F, "jumprelu_crosscoder").items():
         p = torch.nn.Parameter(torch.zeros(count, device=device))
         p.grad = torch.randn(count, device=device)
         module.register_parameter(name, p)
-    cfg = CrosscoderTrainerConfig(total_steps=1, device=device, optimizer_state_dtype=state)
-    from crosslens.crosscoders.collectives import LocalCollectives
-    from crosslens.training.optim import make_optimizer
+    params = [{"params": list(module.parameters())}]
+    copies = RoundedCopies(torch.bfloat16, wanted={id(module.W_enc), id(module.W_dec)}) if kind == "copies" else None
+    if kind == "torch":
+        opt = torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.999), fused=True)
+    else:
+        opt = make_optimizer(params, lr=1e-4, betas=(0.9, 0.999), state_dtype=state, seed=0,
+                             device=torch.device(device), copies=copies)  # fmt: skip
 
-    opt = make_optimizer([{"params": list(module.parameters())}], lr=1e-4, betas=(0.9, 0.999),
-                         state_dtype=cfg.optimizer_state_dtype, seed=0, device=torch.device(device))  # fmt: skip
-    return lambda: clipped_step(opt, module, LocalCollectives(), 1.0, fused=True)
+    def run() -> None:
+        clipped_step(opt, module, LocalCollectives(), 1.0, fused=True)
+        if copies is not None:  # taken by the next step in training
+            copies.made.clear()
+
+    return run
 
 
 def floors(a: argparse.Namespace, device: str) -> dict[str, float]:
-    """Seconds per step of the dense and sparse floors at the benchmarked shape."""
+    """Seconds per step of the dense and sparse floors at the benchmarked shape (with the step's
+    own optimizer pass), and of each optimizer pass (:data:`OPTIMIZER_PASSES`) alone."""
     B, K, F = a.batch, a.S * a.d_in, a.d_sae
     x = torch.randn(B, K, device=device, dtype=torch.bfloat16)
     W = torch.randn(K, F, device=device, dtype=torch.bfloat16)
@@ -104,8 +125,12 @@ def floors(a: argparse.Namespace, device: str) -> dict[str, float]:
     matmuls2 = seconds_per_call(encoder, device, a.rounds)
     matmuls5 = matmuls2 + seconds_per_call(decoder, device, a.rounds)
     del x, W, h
-    opt = seconds_per_call(optimizer_pass(a.S, a.d_in, F, device, a.optimizer_state), device, a.rounds)
-    return {"dense": matmuls5 + opt, "sparse": matmuls2 + opt, "optimizer": opt}
+    passes = {}
+    for kind in OPTIMIZER_PASSES:
+        if kind != "torch" or a.optimizer_state == "float32":
+            passes[kind] = seconds_per_call(optimizer_pass(a.S, a.d_in, F, device, a.optimizer_state, kind), device, a.rounds)
+    opt = passes["step"]
+    return {"dense": matmuls5 + opt, "sparse": matmuls2 + opt, "optimizer": opt, "passes": passes}
 
 
 GATHER_BLOCKS = ((256, 4), (512, 4), (1024, 4), (1024, 8), (2048, 8))
@@ -346,7 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"floor, dense (5 matmuls + optimizer):  {a.batch / times['dense']:10,.0f} tok/s "
           f"(matmuls at {(flops / (times['dense'] - times['optimizer'])) / peak:.0%} of peak)")  # fmt: skip
     print(f"floor, sparse (2 matmuls + optimizer): {a.batch / times['sparse']:10,.0f} tok/s")
-    print(f"optimizer pass (norm + fused clip/Adam): {times['optimizer'] * 1e3:.2f} ms")
+    passes = times["passes"]
+    print(f"optimizer pass (norm + fused clip/Adam): {passes['step'] * 1e3:.2f} ms; "
+          f"writing the bf16 weights too: {passes['copies'] * 1e3:.2f} ms"
+          + (f"; torch's fused Adam: {passes['torch'] * 1e3:.2f} ms" if "torch" in passes else ""))  # fmt: skip
     if a.gathers:
         gather_sweep(a, device)
     for arch in a.only or list(cc.ARCHITECTURES):

@@ -1,11 +1,13 @@
-"""The step's GPU-facing parts, checked on CPU: the clip folded into Adam, Adam with
-bfloat16 moments, the precision and optimizer-state defaults, their memory plan, and
-benchmarks/gpu.py run end to end at a tiny shape."""
+"""The step's GPU-facing parts, checked on CPU: the clip folded into Adam, crosslens's Adam
+kernel and the rounded weights it writes for the next step, Adam with bfloat16 moments, the
+precision and optimizer-state defaults, their memory plan, and benchmarks/gpu.py run end to end
+at a tiny shape."""
 
 from __future__ import annotations
 
 import math
 import os
+from typing import Any
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,15 @@ import torch
 
 import crosslens.crosscoders as cc
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
-from crosslens.training.optim import BFloat16StateAdam, eager_chunk_update, round_stochastic, rounding_noise
+from crosslens.training import optim
+from crosslens.training.optim import (
+    BFloat16StateAdam,
+    KernelAdam,
+    eager_chunk_update,
+    eager_update,
+    round_stochastic,
+    rounding_noise,
+)
 from interpreted import HAS_TRITON, LAUNCHES, run_under_the_interpreter, skip_outside_the_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +99,189 @@ def test_fused_clip_scales_the_step_as_the_clip_does():
     assert norm.item() == pytest.approx(0.1 * 1e-3, rel=1e-3)  # (1 - beta1) * the clipped norm
 
 
+# ------------------------------------------------------------ crosslens's Adam and its copies
+HYPER = (0.9, 0.999, 1e-3 / (1 - 0.9**3), math.sqrt(1 - 0.999**3), 1e-8)
+
+
+@pytest.fixture
+def kernel_adam(request, monkeypatch):
+    """The trainer's float32 Adam is :class:`KernelAdam`, with the update ``backend`` names
+    (the Triton kernel runs on a CPU only under the interpreter)."""
+    backend = request.param
+    skip_outside_the_interpreter("cpu") if backend == "triton" else None
+    monkeypatch.setattr(optim, "KERNEL_ADAM", True)
+    monkeypatch.setattr(optim, "BACKEND", backend)
+    return backend
+
+
+@pytest.mark.parametrize("copied", [False, True], ids=["plain", "copied"])
+@pytest.mark.parametrize("scaled", [False, True], ids=["unscaled", "scaled"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_CUDA)])
+def test_triton_float32_update_equals_the_eager_update(device, scaled, copied):
+    """One parameter (not a whole number of the kernel's blocks): the kernel and its eager twin
+    agree to float32 rounding, and the copy is the new parameter rounded, to the bit."""
+    skip_outside_the_interpreter(device)
+    from crosslens.training import triton_adam
+
+    g = torch.Generator().manual_seed(0)
+    n = 3 * triton_adam.BLOCK + 100
+    p, grad = torch.randn(n, generator=g), torch.randn(n, generator=g) * 1e-2
+    m, v = torch.randn(n, generator=g) * 1e-3, torch.rand(n, generator=g) * 1e-4
+    scale = torch.tensor(2.5) if scaled else None
+    want = [t.clone() for t in (p, m, v)]
+    eager_update(*want[:1], grad, *want[1:], scale, HYPER)
+    got = [t.to(device, copy=True) for t in (p, m, v)]
+    copy = torch.full((n,), float("nan"), dtype=torch.bfloat16, device=device) if copied else None
+    triton_adam.update(got[0], grad.to(device), got[1], got[2], None if scale is None else scale.to(device), HYPER, copy)
+    assert (got[0].cpu() != p).float().mean() > 0.99  # the parameters moved
+    for name, value, expected in zip(("p", "exp_avg", "exp_avg_sq"), got, want):
+        torch.testing.assert_close(value.cpu(), expected, rtol=1e-6, atol=1e-9, msg=name)
+    if copied:
+        assert torch.equal(copy, got[0].to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_CUDA)])
+def test_triton_copies_round_as_torch_does(device):
+    """A step of size 0 leaves the parameters as they are; their copies are then torch's
+    rounding of them, to the bit: ties to even both ways, overflow to infinity, subnormals,
+    and a NaN stays a NaN (the next step's loss must see it)."""
+    skip_outside_the_interpreter(device)
+    from crosslens.training import triton_adam
+
+    ties = torch.tensor([0x3F808000, 0x3F818000, 0xBF808000, 0xBF818000, 0x3F80FFFF, 0x7F7FFFFF, 0x00018000,
+                         0x80000001], dtype=torch.int64).to(torch.int32).view(torch.float32)  # fmt: skip
+    specials = torch.tensor([float("inf"), float("-inf"), 0.0, -0.0, 1e-40, 3.0e38, -3.0e38])
+    p = torch.cat([ties, specials, torch.randn(1000, generator=torch.Generator().manual_seed(0))]).to(device)
+    nan = torch.tensor([float("nan")], device=device)
+    for part in (p, nan):
+        m, v, copy = torch.zeros_like(part), torch.zeros_like(part), torch.empty_like(part, dtype=torch.bfloat16)
+        triton_adam.update(part, torch.zeros_like(part), m, v, None, (0.9, 0.999, 0.0, 1.0, 1e-8), copy)
+        if part is p:
+            assert torch.equal(copy.view(torch.int16), p.to(torch.bfloat16).view(torch.int16))
+        else:
+            assert copy.isnan().all()
+
+
+@pytest.mark.parametrize("kernel_adam", ["eager", "triton"], indirect=True)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kernel_adam_follows_torch_adam_for_20_steps_on_cpu(arch, kernel_adam):
+    """The trainer with crosslens's Adam against torch's fused Adam, float32, the clip acting on
+    every step: the same parameters to float32 rounding, and state torch's Adam can load."""
+    with pytest.MonkeyPatch.context() as torch_adam:
+        torch_adam.setattr(optim, "KERNEL_ADAM", False)
+        reference, reference_losses = train(arch, scale=30.0)
+    trainer, losses = train(arch, scale=30.0)
+    assert isinstance(trainer.optimizer, KernelAdam) and not isinstance(reference.optimizer, KernelAdam)
+    for name, p in parameters(reference).items():
+        assert not torch.equal(p, make_sae(arch).state_dict()[name]), name  # it trained
+        torch.testing.assert_close(parameters(trainer)[name], p, rtol=1e-5, atol=1e-6, msg=name)
+    assert losses == pytest.approx(reference_losses, rel=1e-4)
+    reference.optimizer.load_state_dict(trainer.optimizer.state_dict())
+    torch.testing.assert_close(reference.optimizer.state_dict()["state"], trainer.optimizer.state_dict()["state"])
+
+
+def train_copying(arch: str, steps: int, *, copies: bool, between: Any = None, **kw) -> CrosscoderTrainer:
+    """``steps`` steps under bfloat16 autocast, taking the optimizer's rounded weights or (without
+    ``copies``) rounding them each step; ``between(trainer)`` runs after each step."""
+    cfg = CrosscoderTrainerConfig(total_steps=steps, lr=3e-3, activation_scale_check="off", autocast_dtype="bfloat16", **kw)
+    trainer = CrosscoderTrainer(make_sae(arch), cfg)
+    if not copies:
+        trainer.rounded_copies = trainer.optimizer.copies = None
+    for x in batches(steps):
+        trainer.step(x)
+        if between is not None:
+            between(trainer)
+    return trainer
+
+
+COPYING = [pytest.param(arch, n, state, id=f"{arch}-{n}-{state}") for arch in ARCHS for n, state in
+           ((1, "float32"), (2, "float32"), (1, "bfloat16"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("kernel_adam", ["eager", "triton"], indirect=True)
+@pytest.mark.parametrize(("arch", "micro_batches", "state"), COPYING)
+def test_the_optimizers_rounded_weights_give_the_steps_bytes_on_cpu(arch, micro_batches, state, kernel_adam):
+    """Under autocast the optimizer writes W_enc and W_dec rounded, and the next step reads those
+    copies: the same bytes as rounding them there (in one batch, in micro-batches, and with
+    bfloat16 moments); and it does read them: a copy spoilt after the optimizer wrote it
+    changes the next step."""
+    kw = dict(micro_batches=micro_batches, optimizer_state_dtype=state)
+    reference = parameters(train_copying(arch, 6, copies=False, **kw))
+    trainer = train_copying(arch, 6, copies=True, **kw)
+    assert id(trainer.sae.W_enc) in trainer.rounded_copies.made  # written by the last step, for the next
+    for name, p in parameters(trainer).items():
+        assert torch.equal(p, reference[name]), name
+
+    def spoil(trainer: CrosscoderTrainer) -> None:
+        for _, copy in trainer.rounded_copies.made.values():
+            copy.mul_(0.5)
+
+    spoilt = parameters(train_copying(arch, 3, copies=True, between=spoil, **kw))
+    unspoilt = parameters(train_copying(arch, 3, copies=False, **kw))
+    assert not torch.equal(spoilt["W_enc"], unspoilt["W_enc"])
+
+
+@pytest.mark.parametrize("kernel_adam", ["eager"], indirect=True)
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_a_weight_edited_in_place_after_the_optimizer_is_rounded_afresh(micro_batches, kernel_adam):
+    """An edit under no_grad between steps (a fold, a rescale) changes the weight's version:
+    the optimizer's copy is refused, even a spoilt one, and the step rounds the edited weight."""
+
+    def edit(trainer: CrosscoderTrainer, spoil: bool = False) -> None:
+        if spoil:
+            for _, copy in trainer.rounded_copies.made.values():
+                copy.zero_()
+        trainer.sae.fold_and_get_W_dec_norm()
+
+    kw = dict(micro_batches=micro_batches)
+    reference = parameters(train_copying("jumprelu_crosscoder", 4, copies=False, between=edit, **kw))
+    edited = parameters(train_copying("jumprelu_crosscoder", 4, copies=True, between=lambda t: edit(t, spoil=True), **kw))
+    for name, p in reference.items():
+        assert torch.equal(edited[name], p), name
+
+
+@pytest.mark.parametrize("kernel_adam", ["eager"], indirect=True)
+def test_a_run_taking_copies_resumes_to_the_same_bytes(tmp_path, kernel_adam):
+    """The copies are not saved: the first step after a resume rounds the weights itself, which
+    gives the bytes the uninterrupted run's taken copies gave."""
+    cfg = dict(total_steps=8, lr=3e-3, activation_scale_check="off", autocast_dtype="bfloat16")
+    xs = batches(8)
+    whole = CrosscoderTrainer(make_sae("jumprelu_crosscoder"), CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / "a")))
+    whole.fit(xs)
+    assert not whole.rounded_copies.made  # let go when training ends
+    first = CrosscoderTrainer(make_sae("jumprelu_crosscoder"), CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / "b")))
+    for x in xs[:3]:
+        first.step(x)
+    checkpoint = first.save_checkpoint()
+    resumed = CrosscoderTrainer.from_checkpoint(checkpoint)
+    assert isinstance(resumed.optimizer, KernelAdam)
+    resumed.fit(xs, resume_from=checkpoint)
+    for name, p in parameters(whole).items():
+        assert torch.equal(parameters(resumed)[name], p), name
+
+
+def test_kernel_adam_is_the_cuda_default_and_torch_adam_the_cpu_one():
+    if torch.cuda.is_available() and HAS_TRITON:
+        trainer = CrosscoderTrainer(make_sae("crosscoder"), CrosscoderTrainerConfig(total_steps=1, device="cuda"))
+        assert isinstance(trainer.optimizer, KernelAdam)
+    trainer = CrosscoderTrainer(make_sae("crosscoder"), CrosscoderTrainerConfig(total_steps=1))
+    assert type(trainer.optimizer) is torch.optim.Adam and trainer.optimizer.param_groups[0]["fused"]
+
+
+@NO_CUDA
+def test_kernel_adam_on_cuda_follows_torch_adam_and_its_copies_give_the_steps_bytes():
+    def run(kernel: bool, copies: bool = True) -> dict[str, torch.Tensor]:
+        with pytest.MonkeyPatch.context() as choice:
+            choice.setattr(optim, "KERNEL_ADAM", kernel)
+            trainer = train_copying("jumprelu_crosscoder", 20, copies=copies, device="cuda")
+            return {name: p.cpu() for name, p in parameters(trainer).items()}
+
+    kernel, plain, torch_adam = run(True), run(True, copies=False), run(False)
+    for name, p in kernel.items():
+        assert torch.equal(p, plain[name]), name
+        torch.testing.assert_close(p, torch_adam[name], rtol=1e-2, atol=1e-4, msg=name)
+
+
 # ------------------------------------------------------------ bfloat16 Adam state
 def test_stochastic_rounding_is_unbiased_and_between_neighbours():
     x = torch.full((200_000,), 1.0 + 2**-10)  # a quarter of the way from 1 to the next bfloat16
@@ -135,8 +328,10 @@ def test_triton_bfloat16_state_update_equals_the_eager_update(device, scaled):
     eager_chunk_update(want[0], grad, want[1], want[2], noise, scale, hyper)
     got = [t.to(device, copy=True) for t in (p, m, v)]
     on_device = [t.to(device) for t in noise]
+    copy = torch.empty(n, dtype=torch.bfloat16, device=device)
     triton_adam.chunk_update(got[0], grad.to(device), got[1], got[2], (on_device[0], on_device[1]),
-                             None if scale is None else scale.to(device), hyper)  # fmt: skip
+                             None if scale is None else scale.to(device), hyper, copy)  # fmt: skip
+    assert torch.equal(copy, got[0].to(torch.bfloat16))  # the new parameters rounded, to the bit
     got = [t.cpu() for t in got]
     assert (got[0] != p).float().mean() > 0.99  # the parameters moved
     torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-9)

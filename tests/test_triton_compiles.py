@@ -163,20 +163,27 @@ def test_the_window_kernel_compiles_for_an_h100(dtype, monkeypatch):
     assert compile_recorded(triton_kernels, "_window_dots", window, monkeypatch) == 1
 
 
+@pytest.mark.parametrize("copied", [False, True])
 @pytest.mark.parametrize("scaled", [False, True])
-def test_the_bfloat16_state_adam_kernel_compiles_for_an_h100(scaled, monkeypatch):
+def test_the_adam_kernels_compile_for_an_h100(scaled, copied, monkeypatch):
     from crosslens.training import triton_adam
     from crosslens.training.optim import rounding_noise
 
     g = torch.Generator().manual_seed(2)
     n = 3 * triton_adam.BLOCK + 100
     p, grad = torch.randn(n, generator=g), torch.randn(n, generator=g)
-    m, v = torch.zeros(n, dtype=torch.bfloat16), torch.zeros(n, dtype=torch.bfloat16)
-    noise = (rounding_noise(m, g), rounding_noise(v, g))
+    m, v = torch.zeros(n), torch.zeros(n)
+    m_low, v_low = torch.zeros(n, dtype=torch.bfloat16), torch.zeros(n, dtype=torch.bfloat16)
+    noise = (rounding_noise(m_low, g), rounding_noise(v_low, g))
     hyper = (0.9, 0.999, 1e-3, math.sqrt(1 - 0.999), 1e-8)
     scale = torch.tensor(2.0) if scaled else None
+    copy = torch.empty(n, dtype=torch.bfloat16) if copied else None
 
-    def update() -> None:
-        triton_adam.chunk_update(p, grad, m, v, noise, scale, hyper)
+    def float32_state() -> None:
+        triton_adam.update(p, grad, m, v, scale, hyper, copy)
 
-    assert compile_recorded(triton_adam, "_update", update, monkeypatch) == 1
+    def bfloat16_state() -> None:
+        triton_adam.chunk_update(p, grad, m_low, v_low, noise, scale, hyper, copy)
+
+    assert compile_recorded(triton_adam, "_update_float32", float32_state, monkeypatch) == 1
+    assert compile_recorded(triton_adam, "_update", bfloat16_state, monkeypatch) == 1

@@ -372,9 +372,9 @@ class CrosscoderMixin:
                 f"normalisation factors must be finite and > 0, got {factors.tolist()}."
             )
         factors = factors.to(self.device, self.dtype)
-        self.W_enc.data.mul_(factors[:, None, None])
-        self.W_dec.data.div_(factors[None, :, None])
-        self.b_dec.data.div_(factors[:, None])
+        self.W_enc.mul_(factors[:, None, None])
+        self.W_dec.div_(factors[None, :, None])
+        self.b_dec.div_(factors[:, None])
         self.folded_norm_factors.mul_(factors)
         self.cfg.metadata.activation_norm_factors_folded = True
 
@@ -403,9 +403,9 @@ class CrosscoderMixin:
         gates, top-k scores and reconstructions are unchanged; the code f_i scales by c_i.
         """
         norms_F = self.get_W_dec_norm()
-        self.W_dec.data.div_(norms_F[:, None, None])
-        self.W_enc.data.mul_(norms_F[None, None, :])
-        self.b_enc.data.mul_(norms_F)
+        self.W_dec.div_(norms_F[:, None, None])
+        self.W_enc.mul_(norms_F[None, None, :])
+        self.b_enc.mul_(norms_F)
         return norms_F
 
     def fold_W_dec_norm(self) -> None:

@@ -49,6 +49,13 @@ when the block ends. And a micro-batch's encoder product is computed once a step
 gradient-free pass that comes first leaves it in the block (:func:`kept_products`), and the
 micro-batch's own pass takes it. (:func:`snapshot_decode` regates under autocast outside a block too: its
 decoder gradient is then float32, and the ``[S, N, F]`` code is not kept for backward.)
+
+Between steps the weights change only in the optimizer's pass, which reads and writes every
+element anyway. So the trainer's Adam can write each weight's rounded copy as it updates it
+(:class:`RoundedCopies`), and the next step, run inside :func:`taking_copies`, takes that copy
+where :func:`rounded` would read the float32 weight again to make it: the same bytes, one
+weight-sized float32 read fewer per weight and step. The optimizer writes copies of the
+weights the step before rounded, so a path that reads a weight in float32 costs nothing.
 """
 
 from __future__ import annotations
@@ -132,10 +139,17 @@ class WeightBlock:
         return root is not None and id(root) in self.weights
 
     def round(self, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``W`` (a matrix view of a listed weight) rounded to ``dtype``, once per block."""
+        """``W`` (a matrix view of a listed weight) rounded to ``dtype``, once per block (the
+        optimizer's copy where :func:`taking_copies` holds one)."""
         if W.dtype == dtype:
             return W
-        return self._once(self.rounded, _parameter(W), lambda root: root.to(dtype)).view(W.shape)
+        root = _parameter(W)
+
+        def make(detached: torch.Tensor) -> torch.Tensor:
+            written = _written_copy(root, dtype)
+            return written if written is not None else detached.to(dtype)
+
+        return self._once(self.rounded, root, make).view(W.shape)
 
     def row_norms(self, W: torch.Tensor) -> Float[torch.Tensor, "..."]:
         """The norms of ``W``'s rows along its last dimension (``W`` a listed weight itself),
@@ -303,11 +317,73 @@ def weight_block(W: torch.Tensor) -> WeightBlock | None:
 
 def rounded(W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``W`` detached and rounded to ``dtype``: inside a :func:`deferred_weight_grads` block that
-    lists it, the block's one copy for all its micro-batches; else a copy made now."""
+    lists it, the block's one copy for all its micro-batches; else the copy the optimizer wrote
+    (inside :func:`taking_copies`) or a copy made now."""
     block = weight_block(W)
     if block is not None:
         return block.round(W, dtype)
-    return W.detach().to(dtype)
+    root = _parameter(W)
+    written = None if root is None else _written_copy(root, dtype)
+    return written.view(W.shape) if written is not None else W.detach().to(dtype)
+
+
+@dataclass(eq=False)
+class RoundedCopies:
+    """Weights rounded to ``dtype`` by the pass that last wrote them (the optimizer's), for the
+    next step's :func:`rounded` to take instead of rounding the float32 weight again. The
+    optimizer writes a copy of each weight that :attr:`wanted` lists (:meth:`blank`, then
+    :meth:`put` once written); inside :func:`taking_copies` each copy is handed over once, and
+    only while its weight's version counter says it is unchanged since. An in-place edit
+    through ``.data`` escapes that counter (as it escapes autograd's own checks): edit a
+    parameter under ``torch.no_grad()`` instead."""
+
+    dtype: torch.dtype
+    made: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    """By the weight's ``id``: its version when its copy was written, and the copy."""
+    wanted: set[int] = field(default_factory=set)
+    """The ``id`` of each weight the latest step rounded to :attr:`dtype`."""
+
+    def blank(self, W: torch.Tensor) -> torch.Tensor | None:
+        """Where ``W``'s copy is to be written, or None where no step wants it."""
+        return torch.empty_like(W, dtype=self.dtype) if id(W) in self.wanted else None
+
+    def put(self, W: torch.Tensor, copy: torch.Tensor) -> None:
+        """``copy`` is ``W`` rounded as ``W`` is now."""
+        self.made[id(W)] = (W._version, copy)
+
+    def take(self, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """``W``'s copy, once, if written in ``dtype`` and ``W`` is unchanged since; and the next
+        optimizer pass is to write one again."""
+        self.wanted.add(id(W))
+        version, copy = self.made.pop(id(W), (None, None))
+        if copy is None or copy.dtype != dtype or version != W._version:
+            return None
+        return copy
+
+
+@contextmanager
+def taking_copies(copies: RoundedCopies | None) -> Iterator[None]:
+    """Inside (one training step's forward and backward), :func:`rounded` takes a weight's copy
+    from ``copies`` rather than rounding the weight again, and notes each weight it rounds for
+    the optimizer to copy next; copies not taken are let go at the end (the optimizer's next
+    pass would make them stale). ``None``: nothing to take."""
+    if copies is None:
+        yield
+        return
+    if getattr(_state, "copies", None) is not None:
+        raise RuntimeError("taking_copies blocks do not nest")
+    copies.wanted.clear()
+    _state.copies = copies
+    try:
+        yield
+    finally:
+        _state.copies = None
+        copies.made.clear()
+
+
+def _written_copy(root: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    copies = getattr(_state, "copies", None)
+    return None if copies is None or root.dtype == dtype else copies.take(root, dtype)
 
 
 def row_norms_now(W: torch.Tensor) -> Float[torch.Tensor, "..."]:

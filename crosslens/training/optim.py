@@ -1,6 +1,13 @@
 """The trainer's optimizer step: Adam, the gradient clip folded into it, and Adam with its
 moments stored in bfloat16 for dictionaries whose float32 state does not fit.
 
+On CUDA the step is crosslens's own pass over each parameter (:class:`KernelAdam`, one Triton
+kernel, :mod:`crosslens.training.triton_adam`), which reads and writes what torch's fused Adam
+does and, where the trainer asks (bfloat16 autocast), also writes the new weights rounded to
+bfloat16: the copies the next step's matmuls read
+(:class:`~crosslens.crosscoders.weight_grads.RoundedCopies`), which that step would otherwise
+make by reading every float32 weight once more.
+
 Clipping costs a read of every gradient for the global norm; torch's ``clip_grad_norm_``
 then reads and writes every gradient again to scale it before Adam reads it a third time.
 :func:`clipped_step` computes the norm in one read and hands the clip coefficient to Adam
@@ -29,6 +36,7 @@ from torch import nn
 
 from crosslens.core.devices import kernel_backend
 from crosslens.crosscoders.collectives import LocalCollectives
+from crosslens.crosscoders.weight_grads import RoundedCopies
 from crosslens.distributed.sharding import clip_coefficient, clip_grad_norm, grad_norm
 from crosslens.training.memory import CHUNK
 
@@ -39,9 +47,20 @@ deterministic, but its rounding differs from the unfused Adam's."""
 
 
 BACKEND: str | None = None
-"""Force ``"eager"`` or ``"triton"`` for :class:`BFloat16StateAdam`'s update (``"triton"`` on a
-CPU needs ``TRITON_INTERPRET=1``); None takes the Triton kernel where it compiles
-(:func:`~crosslens.core.devices.kernel_backend`). For tests."""
+"""Force ``"eager"`` or ``"triton"`` for the optimizer's update (``"triton"`` on a CPU needs
+``TRITON_INTERPRET=1``); None takes the Triton kernels where they compile
+(:func:`~crosslens.core.devices.kernel_backend`): :class:`KernelAdam`'s and
+:class:`BFloat16StateAdam`'s. With float32 moments ``"eager"`` also means torch's Adam (unless
+``KERNEL_ADAM``). For tests, and for a GPU whose Triton fails."""
+
+KERNEL_ADAM: bool | None = None
+"""Force :class:`KernelAdam` (True) or torch's Adam (False) for float32 moments; None takes
+:class:`KernelAdam` where its Triton kernel compiles (``BACKEND`` then picks its update). For
+tests, and for a GPU where torch's fused Adam is the faster."""
+
+Hyper = tuple[float, float, float, float, float]
+"""``(beta1, beta2, step_size, root_bc2, eps)``: one step's Adam constants,
+``step_size = lr / (1 - beta1^t)`` and ``root_bc2 = sqrt(1 - beta2^t)``."""
 
 
 def rounding_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -58,19 +77,32 @@ def round_stochastic(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return bits.view(torch.float32).to(torch.bfloat16)  # exact: the low bits are zero
 
 
+def eager_update(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad_scale: torch.Tensor | None,
+    hyper: Hyper, copy: torch.Tensor | None = None,
+) -> None:  # fmt: skip
+    """Adam's update of one parameter in place: ``p``, ``m`` and ``v`` float32, ``g`` its
+    gradient, ``grad_scale`` a divisor of ``g``; ``copy`` receives the new ``p`` rounded to its
+    dtype. The twin of :func:`crosslens.training.triton_adam.update`."""
+    beta1, beta2, step_size, root_bc2, eps = hyper
+    g = g.float() if grad_scale is None else g.float() / grad_scale
+    m.mul_(beta1).add_(g, alpha=1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    p.addcdiv_(m, v.sqrt().div_(root_bc2).add_(eps), value=-step_size)
+    if copy is not None:
+        copy.copy_(p)
+
+
 def eager_chunk_update(
     p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor],
-    grad_scale: torch.Tensor | None, hyper: tuple[float, float, float, float, float],
+    grad_scale: torch.Tensor | None, hyper: Hyper, copy: torch.Tensor | None = None,
 ) -> None:  # fmt: skip
     """Adam's update of one chunk in place, in float32 temporaries: ``p`` float32, ``g`` its
     gradient, ``m`` and ``v`` the bfloat16 moments, ``noise`` their rounding noise
-    (:func:`rounding_noise`), ``grad_scale`` a divisor of ``g``, ``hyper = (beta1, beta2,
-    step_size, root_bc2, eps)``; the twin of :func:`crosslens.training.triton_adam.chunk_update`."""
-    beta1, beta2, step_size, root_bc2, eps = hyper
-    g = g.float() if grad_scale is None else g.float() / grad_scale
-    m_new = m.float().mul_(beta1).add_(g, alpha=1 - beta1)
-    v_new = v.float().mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    p.addcdiv_(m_new, v_new.sqrt().div_(root_bc2).add_(eps), value=-step_size)
+    (:func:`rounding_noise`), ``grad_scale`` a divisor of ``g``; ``copy`` receives the new ``p``
+    rounded. The twin of :func:`crosslens.training.triton_adam.chunk_update`."""
+    m_new, v_new = m.float(), v.float()
+    eager_update(p, g, m_new, v_new, grad_scale, hyper, copy)
     m.copy_(round_stochastic(m_new, noise[0]))
     v.copy_(round_stochastic(v_new, noise[1]))
 
@@ -83,21 +115,90 @@ def _chunk_update(device: torch.device) -> Any:
     return eager_chunk_update
 
 
-class BFloat16StateAdam(torch.optim.Optimizer):
-    """Adam (no weight decay, no amsgrad) with bfloat16 moments; float32 parameters."""
+def _update(device: torch.device) -> Any:
+    if kernel_backend(device, BACKEND) == "triton":
+        from crosslens.training import triton_adam
 
-    def __init__(self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, seed: int, device: torch.device):
+        return triton_adam.update
+    return eager_update
+
+
+def _advance(state: dict[str, Any], group: dict[str, Any]) -> Hyper:
+    """Count one more step in ``state`` (its ``step`` a host tensor, as torch's unfused Adam keeps
+    it: reading it waits for no device) and return that step's constants."""
+    step_t = state["step"] = state["step"].cpu() + 1
+    step = int(step_t.item())
+    beta1, beta2 = group["betas"]
+    return beta1, beta2, group["lr"] / (1 - beta1**step), math.sqrt(1 - beta2**step), group["eps"]
+
+
+def _written(p: torch.Tensor, copy: torch.Tensor | None, copies: RoundedCopies | None) -> None:
+    """After a kernel wrote ``p`` in place: count the write in ``p``'s version (the kernel's
+    store is invisible to autograd), then hand over ``copy``, made from that version."""
+    torch.autograd.graph.increment_version(p)
+    if copy is not None and copies is not None:
+        copies.put(p, copy)
+
+
+class KernelAdam(torch.optim.Adam):
+    """torch's Adam (no weight decay, no amsgrad), whose step is one pass over each parameter:
+    the Triton kernel where it compiles, :func:`eager_update` elsewhere. Its state and
+    hyperparameters are torch's, so a checkpoint moves between the two. Like torch's fused
+    Adam it divides the gradients by ``grad_scale``; for each weight ``copies`` asks for, it also
+    writes the new weight rounded (see the module docstring)."""
+
+    def __init__(
+        self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, copies: RoundedCopies | None = None
+    ):  # fmt: skip
+        super().__init__(params, lr=lr, betas=betas, eps=eps)
+        self.grad_scale: torch.Tensor | None = None
+        """A divisor of every gradient, as torch's fused Adam takes it (the clip's 1 / c)."""
+        self.copies = copies
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        assert closure is None, "KernelAdam takes no closure"
+        for group in self.param_groups:
+            if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
+                raise ValueError("KernelAdam has no weight decay, amsgrad or maximize; use torch.optim.Adam for those.")
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.is_contiguous():
+                    raise ValueError(f"KernelAdam updates contiguous parameters; got one of shape {tuple(p.shape)} "
+                                     f"and strides {p.stride()} (make it with .contiguous()).")  # fmt: skip
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                hyper = _advance(state, group)
+                copy = self.copies.blank(p) if self.copies is not None else None
+                update = _update(p.device)
+                update(p, p.grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], self.grad_scale, hyper, copy)
+                _written(p, copy, self.copies)
+
+
+class BFloat16StateAdam(torch.optim.Optimizer):
+    """Adam (no weight decay, no amsgrad) with bfloat16 moments; float32 parameters. For each
+    weight ``copies`` asks for, it also writes the new weight rounded (see the module
+    docstring)."""
+
+    def __init__(
+        self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, seed: int, device: torch.device,
+        copies: RoundedCopies | None = None,
+    ):  # fmt: skip
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.grad_scale: torch.Tensor | None = None
         """A divisor of every gradient, as torch's fused Adam takes it (the clip's 1 / c)."""
+        self.copies = copies
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
         assert closure is None, "BFloat16StateAdam takes no closure"
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -106,15 +207,16 @@ class BFloat16StateAdam(torch.optim.Optimizer):
                     state["step"] = torch.tensor(0.0)
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.bfloat16)
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.bfloat16)
-                state["step"] += 1
-                step = int(state["step"].item())
-                hyper = (beta1, beta2, group["lr"] / (1 - beta1**step), math.sqrt(1 - beta2**step), group["eps"])
+                hyper = _advance(state, group)
                 update = _chunk_update(p.device)
+                copy = self.copies.blank(p) if self.copies is not None else None
                 flats = (p.view(-1), p.grad.view(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1))
                 for start in range(0, p.numel(), CHUNK):
                     p_c, g_c, m_c, v_c = (t[start : start + CHUNK] for t in flats)
                     noise = (rounding_noise(m_c, self.generator), rounding_noise(v_c, self.generator))
-                    update(p_c, g_c, m_c, v_c, noise, self.grad_scale, hyper)
+                    copy_c = None if copy is None else copy.view(-1)[start : start + CHUNK]
+                    update(p_c, g_c, m_c, v_c, noise, self.grad_scale, hyper, copy_c)
+                _written(p, copy, self.copies)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "rounding_generator": self.generator.get_state()}
@@ -135,17 +237,23 @@ class BFloat16StateAdam(torch.optim.Optimizer):
 
 
 def make_optimizer(
-    param_groups: list[dict[str, Any]], *, lr: float, betas: tuple[float, float], state_dtype: str, seed: int, device: torch.device
-) -> torch.optim.Optimizer:
-    """The trainer's Adam: torch's, fused where the device has the kernel, or with bfloat16 moments."""
+    param_groups: list[dict[str, Any]], *, lr: float, betas: tuple[float, float], state_dtype: str, seed: int,
+    device: torch.device, copies: RoundedCopies | None = None,
+) -> torch.optim.Optimizer:  # fmt: skip
+    """The trainer's Adam: with bfloat16 moments, or with float32 ones :class:`KernelAdam` where
+    its Triton kernel compiles, else torch's, fused where the device has the kernel. ``copies``:
+    where the optimizer writes the rounded weights the next step takes (torch's Adam writes none)."""
     if state_dtype == "bfloat16":
-        return BFloat16StateAdam(param_groups, lr=lr, betas=betas, seed=seed, device=device)
+        return BFloat16StateAdam(param_groups, lr=lr, betas=betas, seed=seed, device=device, copies=copies)
+    kernel = KERNEL_ADAM if KERNEL_ADAM is not None else kernel_backend(device, BACKEND) == "triton"
+    if kernel:
+        return KernelAdam(param_groups, lr=lr, betas=betas, copies=copies)
     return torch.optim.Adam(param_groups, lr=lr, betas=betas, fused=device.type in FUSED_ADAM_DEVICES or None)
 
 
 def takes_grad_scale(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step`` divides the gradients by ``optimizer.grad_scale`` itself."""
-    if isinstance(optimizer, BFloat16StateAdam):
+    if isinstance(optimizer, (BFloat16StateAdam, KernelAdam)):
         return True
     return isinstance(optimizer, torch.optim.Adam) and all(g.get("fused") for g in optimizer.param_groups)
 

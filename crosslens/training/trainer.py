@@ -62,6 +62,7 @@ from crosslens.core.seeding import seed_everything
 from crosslens.core.tensors import row_counts
 from crosslens.crosscoders.base import CrosscoderTrainingMixin
 from crosslens.crosscoders.collectives import LocalCollectives
+from crosslens.crosscoders.weight_grads import RoundedCopies, taking_copies
 from crosslens.distributed.mesh import MeshLayout, local_layout
 from crosslens.distributed.sharding import (
     full_crosscoder,
@@ -150,6 +151,9 @@ class CrosscoderTrainer:
                 f"optimizer_state_dtype={cfg.optimizer_state_dtype!r} trains in one process only; "
                 "on a mesh keep float32 Adam state (shard the snapshots over more ranks instead)."
             )
+        self.rounded_copies = RoundedCopies(torch.bfloat16) if cfg.autocast_dtype == "bfloat16" else None
+        """The weights the optimizer's pass writes rounded for the next step's autocast matmuls
+        (by a kernel that writes them as it updates the weights; else none)."""
         self.optimizer = make_optimizer(
             self.sae.optimizer_param_groups(cfg.lr),
             lr=cfg.lr,
@@ -157,6 +161,7 @@ class CrosscoderTrainer:
             state_dtype=cfg.optimizer_state_dtype,
             seed=cfg.seed,
             device=torch.device(cfg.device),
+            copies=self.rounded_copies,
         )
         assert cfg.lr_end is not None  # set in __post_init__
         self.lr_scheduler = get_lr_scheduler(
@@ -231,12 +236,13 @@ class CrosscoderTrainer:
                 is_logging_step=logging,
             )
 
-        if self.cfg.micro_batches > 1:
-            output = micro_batched_pass(self.sae, x_BSD, self.cfg.micro_batches, step_input, autocast)
-        else:
-            with autocast():
-                output = self.sae.training_forward_pass(step_input(x_BSD))
-            output.loss.backward()
+        with taking_copies(self.rounded_copies):
+            if self.cfg.micro_batches > 1:
+                output = micro_batched_pass(self.sae, x_BSD, self.cfg.micro_batches, step_input, autocast)
+            else:
+                with autocast():
+                    output = self.sae.training_forward_pass(step_input(x_BSD))
+                output.loss.backward()
         reduce_gradients(self.sae, self.collectives)
         clipped_step(self.optimizer, self.sae, self.collectives, self.cfg.max_grad_norm, fused=self.cfg.fused_clip)
         self.optimizer.zero_grad(set_to_none=True)
@@ -319,6 +325,8 @@ class CrosscoderTrainer:
                 self._barrier()
         finally:
             pbar.close()
+            if self.rounded_copies is not None:  # no step comes to take them
+                self.rounded_copies.made.clear()
             if owns_run and wandb_run is not None:
                 wandb_run.finish()
         return self.sae

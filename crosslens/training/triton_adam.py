@@ -1,12 +1,17 @@
-"""The Triton kernel of :class:`crosslens.training.optim.BFloat16StateAdam`'s update.
+"""The Triton kernels of crosslens's Adam: :class:`crosslens.training.optim.KernelAdam`'s
+update (float32 moments) and :class:`crosslens.training.optim.BFloat16StateAdam`'s (bfloat16
+moments, a chunk at a time).
 
-Imported only where that optimizer chooses it (CUDA with triton installed, or a test under
-``TRITON_INTERPRET=1``). One pass over a chunk: it reads the parameters, the gradient, the two
-bfloat16 moments and the two noise draws of their stochastic rounding, and writes the
-parameters and the moments. The eager update makes about a dozen passes over float32
-temporaries for the same numbers (``optim.eager_chunk_update``). The arithmetic is the
-eager update's, in float32 and in the same order. A result can differ in its last bit where
-the compiler fuses a multiply and an add that the eager ops round apart.
+Imported only where an optimizer chooses them (CUDA with triton installed, or a test under
+``TRITON_INTERPRET=1``). Each is one pass: it reads the parameters, the gradient and the two
+moments (and, for bfloat16 moments, the two noise draws of their stochastic rounding), and
+writes the parameters and the moments, and where asked a copy of the new parameters rounded
+to bfloat16, the copy the next step's autocast matmuls read (so that step does not read the
+float32 weight again to round it). The eager updates make about a dozen passes for the same
+numbers (``optim.eager_update``, ``optim.eager_chunk_update``). The arithmetic is theirs, in
+float32 and in the same order. A result can differ in its last bit where the compiler fuses a
+multiply and an add that the eager ops round apart; the rounded copy is the new parameter
+rounded as ``Tensor.to`` rounds it (to nearest, ties to even), to the bit.
 """
 
 from __future__ import annotations
@@ -21,48 +26,115 @@ BLOCK = 1024
 
 @triton.jit
 def _round_stochastic(x, noise):
-    # add the noise below bfloat16's last bit and keep the top 16 bits: exact in bfloat16
-    bits = (x.to(tl.int32, bitcast=True) + noise) & -65536
-    return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
+    # add the noise below bfloat16's last bit and keep the top 16 bits (in integers, so that no
+    # backend's float cast rounds them again)
+    bits = (x.to(tl.int32, bitcast=True) + noise) >> 16
+    return bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _round_nearest(x):
+    # to nearest, ties to even, in integers: torch's rounding to the bit, subnormals included,
+    # whatever the backend's float cast does (the interpreter's truncates and flushes them); a
+    # NaN stays a NaN (its quiet bit set, as its payload may lie in the dropped bits)
+    bits = x.to(tl.int32, bitcast=True)
+    nearest = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    top = tl.where(x == x, nearest, (bits >> 16) | 0x40)
+    return top.to(tl.int16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _adam(p, g, m, v, scale_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
+          HAS_SCALE: tl.constexpr):  # fmt: skip
+    """Adam's step of float32 ``p`` from its gradient ``g`` and float32 moments: the new
+    ``(p, m, v)``."""
+    if HAS_SCALE:
+        g = tl.div_rn(g, tl.load(scale_ptr))
+    m = m * beta1 + one_minus_beta1 * g
+    v = v * beta2 + one_minus_beta2 * (g * g)
+    # IEEE division and root (Triton's / and sqrt are approximate), as torch's ops round
+    p += -step_size * tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v), root_bc2) + eps)
+    return p, m, v
+
+
+@triton.jit
+def _update_float32(
+    p_ptr, g_ptr, m_ptr, v_ptr, scale_ptr, copy_ptr, n,
+    beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
+    HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offsets < n
+    p, m, v = _adam(
+        tl.load(p_ptr + offsets, mask=inside, other=0.0),
+        tl.load(g_ptr + offsets, mask=inside, other=0.0).to(tl.float32),
+        tl.load(m_ptr + offsets, mask=inside, other=0.0),
+        tl.load(v_ptr + offsets, mask=inside, other=0.0),
+        scale_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps, HAS_SCALE,
+    )  # fmt: skip
+    tl.store(p_ptr + offsets, p, mask=inside)
+    tl.store(m_ptr + offsets, m, mask=inside)
+    tl.store(v_ptr + offsets, v, mask=inside)
+    if HAS_COPY:
+        tl.store(copy_ptr + offsets, _round_nearest(p), mask=inside)
 
 
 @triton.jit
 def _update(
-    p_ptr, g_ptr, m_ptr, v_ptr, noise_m_ptr, noise_v_ptr, scale_ptr, n,
+    p_ptr, g_ptr, m_ptr, v_ptr, noise_m_ptr, noise_v_ptr, scale_ptr, copy_ptr, n,
     beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
-    HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < n
-    g = tl.load(g_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-    if HAS_SCALE:
-        g = tl.div_rn(g, tl.load(scale_ptr))
-    m = tl.load(m_ptr + offsets, mask=inside, other=0.0).to(tl.float32) * beta1 + one_minus_beta1 * g
-    v = tl.load(v_ptr + offsets, mask=inside, other=0.0).to(tl.float32) * beta2 + one_minus_beta2 * (g * g)
-    p = tl.load(p_ptr + offsets, mask=inside, other=0.0)
-    # IEEE division and root (Triton's / and sqrt are approximate), as torch's ops round
-    p += -step_size * tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v), root_bc2) + eps)
+    p, m, v = _adam(
+        tl.load(p_ptr + offsets, mask=inside, other=0.0),
+        tl.load(g_ptr + offsets, mask=inside, other=0.0).to(tl.float32),
+        tl.load(m_ptr + offsets, mask=inside, other=0.0).to(tl.float32),
+        tl.load(v_ptr + offsets, mask=inside, other=0.0).to(tl.float32),
+        scale_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps, HAS_SCALE,
+    )  # fmt: skip
     tl.store(p_ptr + offsets, p, mask=inside)
     noise_m = tl.load(noise_m_ptr + offsets, mask=inside, other=0)
     noise_v = tl.load(noise_v_ptr + offsets, mask=inside, other=0)
     tl.store(m_ptr + offsets, _round_stochastic(m, noise_m), mask=inside)
     tl.store(v_ptr + offsets, _round_stochastic(v, noise_v), mask=inside)
+    if HAS_COPY:
+        tl.store(copy_ptr + offsets, _round_nearest(p), mask=inside)
 
 
-def chunk_update(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor],
-    grad_scale: torch.Tensor | None, hyper: tuple[float, float, float, float, float],
+def update(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad_scale: torch.Tensor | None,
+    hyper: tuple[float, float, float, float, float], copy: torch.Tensor | None = None,
 ) -> None:  # fmt: skip
-    """Adam's update of one contiguous chunk in place: ``p`` float32, ``g`` its gradient, ``m``
-    and ``v`` the bfloat16 moments, ``noise`` their rounding noise (int32 in ``[0, 2^16)``),
-    ``grad_scale`` a divisor of ``g``, ``hyper = (beta1, beta2, step_size, root_bc2, eps)``."""
+    """Adam's update of one contiguous parameter in place: ``p``, ``m`` and ``v`` float32, ``g``
+    its gradient, ``grad_scale`` a divisor of ``g``, ``hyper = (beta1, beta2, step_size,
+    root_bc2, eps)``; ``copy`` (bfloat16, ``p``'s size) receives the new ``p`` rounded."""
     beta1, beta2, step_size, root_bc2, eps = hyper
     n = p.numel()
     if n == 0:
         return
-    scale = grad_scale if grad_scale is not None else p
-    _update[(triton.cdiv(n, BLOCK),)](
-        p, g, m, v, noise[0], noise[1], scale, n,
+    _update_float32[(triton.cdiv(n, BLOCK),)](
+        p, g, m, v, p if grad_scale is None else grad_scale, p if copy is None else copy, n,
         beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps,
-        HAS_SCALE=grad_scale is not None, BLOCK=BLOCK,
+        HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, BLOCK=BLOCK,
+    )  # fmt: skip
+
+
+def chunk_update(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor],
+    grad_scale: torch.Tensor | None, hyper: tuple[float, float, float, float, float], copy: torch.Tensor | None = None,
+) -> None:  # fmt: skip
+    """Adam's update of one contiguous chunk in place: ``p`` float32, ``g`` its gradient, ``m``
+    and ``v`` the bfloat16 moments, ``noise`` their rounding noise (int32 in ``[0, 2^16)``),
+    ``grad_scale`` a divisor of ``g``, ``hyper = (beta1, beta2, step_size, root_bc2, eps)``;
+    ``copy`` (bfloat16, the chunk's size) receives the new ``p`` rounded."""
+    beta1, beta2, step_size, root_bc2, eps = hyper
+    n = p.numel()
+    if n == 0:
+        return
+    _update[(triton.cdiv(n, BLOCK),)](
+        p, g, m, v, noise[0], noise[1], p if grad_scale is None else grad_scale, p if copy is None else copy, n,
+        beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps,
+        HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, BLOCK=BLOCK,
     )  # fmt: skip
