@@ -45,28 +45,36 @@ class Launches:
         return lambda *args, **kwargs: self.calls.append((args, kwargs))
 
 
-def signature(kernel: Any, args: tuple, kwargs: dict) -> tuple[dict[str, str], dict[str, Any]]:
-    """Triton's ``(signature, constexprs)`` of one launch of ``kernel``."""
+def signature(kernel: Any, args: tuple, kwargs: dict) -> tuple[dict[str, str], dict[str, Any], dict[tuple[int], list]]:
+    """Triton's ``(signature, constexprs, attrs)`` of one launch of ``kernel``: ``attrs`` marks the
+    pointers and integers divisible by 16, as a launch specialises them (what lets the compiler
+    vectorise loads and stores, and so what the device compiles)."""
     values = {**dict(zip(kernel.arg_names, args)), **kwargs}
-    types, constexprs = {}, {}
-    for name, param in zip(kernel.arg_names, kernel.params):
+    types, constexprs, attrs = {}, {}, {}
+    for i, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
         value = values[name]
+        aligned = False
         if param.is_constexpr:
             types[name], constexprs[name] = "constexpr", value
         elif isinstance(value, torch.Tensor):
             types[name] = "*" + TRITON_TYPES[value.dtype]
+            aligned = value.data_ptr() % 16 == 0
         elif isinstance(value, bool):
             types[name] = "i1"
         elif isinstance(value, int):
             types[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            aligned = value % 16 == 0
         else:
             types[name] = "fp32"
-    return types, constexprs
+        if aligned:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return types, constexprs, attrs
 
 
-def compile_recorded(module: Any, name: str, run: Any, monkeypatch: pytest.MonkeyPatch) -> int:
+def compile_recorded(module: Any, name: str, run: Any, monkeypatch: pytest.MonkeyPatch, check: Any = None) -> int:
     """Run ``run()`` with ``module.name`` recording its launches, then compile each distinct
-    launch for the H100; returns how many were compiled."""
+    launch for the H100, and pass each compiled kernel to ``check``; returns how many were
+    compiled."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -78,16 +86,18 @@ def compile_recorded(module: Any, name: str, run: Any, monkeypatch: pytest.Monke
     assert launches.calls, f"{name} was never launched"
     seen = set()
     for args, kwargs in launches.calls:
-        types, constexprs = signature(kernel, args, kwargs)
-        key = (tuple(types.items()), tuple(constexprs.items()))
+        types, constexprs, attrs = signature(kernel, args, kwargs)
+        key = (tuple(types.items()), tuple(constexprs.items()), tuple(attrs))
         if key in seen:
             continue
         seen.add(key)
         options = {key: kwargs[key] for key in LAUNCH_OPTIONS if key in kwargs}
-        compiled = triton.compile(ASTSource(kernel, types, constexprs), target=GPUTarget(*H100), options=options)
+        compiled = triton.compile(ASTSource(kernel, types, constexprs, attrs), target=GPUTarget(*H100), options=options)
         assert compiled.asm["cubin"], f"{name} {types} {constexprs}: no cubin"
         spilled = stack_bytes(compiled.asm["cubin"])
         assert spilled in (None, 0), f"{name} {types} {constexprs} {options}: {spilled} bytes of stack a thread"
+        if check is not None:
+            check(compiled)
     return len(seen)
 
 
@@ -170,7 +180,7 @@ def test_the_adam_kernels_compile_for_an_h100(scaled, copied, monkeypatch):
     from crosslens.training.optim import rounding_noise
 
     g = torch.Generator().manual_seed(2)
-    n = 3 * triton_adam.BLOCK + 100
+    n = 3 * triton_adam.BLOCK + 112  # not whole blocks; a multiple of 16, as a crosscoder's sizes are
     p, grad = torch.randn(n, generator=g), torch.randn(n, generator=g)
     m, v = torch.zeros(n), torch.zeros(n)
     m_low, v_low = torch.zeros(n, dtype=torch.bfloat16), torch.zeros(n, dtype=torch.bfloat16)
@@ -185,5 +195,9 @@ def test_the_adam_kernels_compile_for_an_h100(scaled, copied, monkeypatch):
     def bfloat16_state() -> None:
         triton_adam.chunk_update(p, grad, m_low, v_low, noise, scale, hyper, copy)
 
-    assert compile_recorded(triton_adam, "_update_float32", float32_state, monkeypatch) == 1
-    assert compile_recorded(triton_adam, "_update", bfloat16_state, monkeypatch) == 1
+    def vectorised(compiled: Any) -> None:
+        # a pass bound by memory: each thread moves its float32 elements 16 bytes at a time
+        assert "ld.global.v4.b32" in compiled.asm["ptx"], "the Adam kernel's loads are not vectorised"
+
+    assert compile_recorded(triton_adam, "_update_float32", float32_state, monkeypatch, vectorised) == 1
+    assert compile_recorded(triton_adam, "_update", bfloat16_state, monkeypatch, vectorised) == 1

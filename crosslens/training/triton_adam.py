@@ -23,6 +23,10 @@ import triton.language as tl
 BLOCK = 1024
 """Elements of one program."""
 
+WARPS = 8
+"""Warps of one program: 4 elements a thread, one 16-byte load of each float32 operand (with
+twice that, the bfloat16-state kernel spills registers when compiled for an H100)."""
+
 
 @triton.jit
 def _round_stochastic(x, noise):
@@ -117,7 +121,7 @@ def update(
     _update_float32[(triton.cdiv(n, BLOCK),)](
         p, g, m, v, p if grad_scale is None else grad_scale, p if copy is None else copy, n,
         beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps,
-        HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, BLOCK=BLOCK,
+        HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, BLOCK=BLOCK, num_warps=WARPS,
     )  # fmt: skip
 
 
@@ -136,5 +140,5 @@ def chunk_update(
     _update[(triton.cdiv(n, BLOCK),)](
         p, g, m, v, noise[0], noise[1], p if grad_scale is None else grad_scale, p if copy is None else copy, n,
         beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps,
-        HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, BLOCK=BLOCK,
+        HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, BLOCK=BLOCK, num_warps=WARPS,
     )  # fmt: skip
