@@ -181,6 +181,14 @@ def kernel_backend(device: str | torch.device, forced: str | None = None) -> str
     return "triton" if torch.device(device).type == "cuda" and _triton_installed() else "eager"
 
 
+def launching_on(tensor: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
+    """Around a Triton launch on ``tensor``'s data: its CUDA device made current, since Triton
+    launches on the current device, not on the tensors' (a run on ``cuda:1`` would otherwise
+    hand device 1's memory to a kernel on device 0); on a CPU (the interpreter) nothing."""
+    import torch
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype autocast computes in on ``device`` where it is on there, else None: the dtype
     the crosscoder step rounds its weights to."""

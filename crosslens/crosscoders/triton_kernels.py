@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from crosslens.core.devices import launching_on
+
 if TYPE_CHECKING:
     from crosslens.crosscoders.active_pairs import ActivePairs
 
@@ -111,13 +113,14 @@ def _gather(
     base_W, scale = (None, None) if base is None else (base[0].contiguous(), base[1].float().contiguous())
     n_parts = 1 if scale is None else scale.shape[1]
     grid = (n_rows, triton.cdiv(G * D, COLUMN_BLOCK))
-    _gather_rows[grid](
-        out, src_GD, values_AG, order if order is not None else starts, src_row_A, starts,
-        base_W if base_W is not None else out, scale if scale is not None else out,
-        G * D, D, G, G * D // n_parts, n_parts,
-        HAS_ORDER=order is not None, HAS_BASE=base is not None, ACCUMULATE=accumulate, BLOCK=COLUMN_BLOCK,
-        num_warps=GATHER_WARPS,
-    )  # fmt: skip
+    with launching_on(out):
+        _gather_rows[grid](
+            out, src_GD, values_AG, order if order is not None else starts, src_row_A, starts,
+            base_W if base_W is not None else out, scale if scale is not None else out,
+            G * D, D, G, G * D // n_parts, n_parts,
+            HAS_ORDER=order is not None, HAS_BASE=base is not None, ACCUMULATE=accumulate, BLOCK=COLUMN_BLOCK,
+            num_warps=GATHER_WARPS,
+        )  # fmt: skip
     return out
 
 
@@ -225,9 +228,10 @@ def window_dots(
     counts = torch.empty_like(sums)
     window = window_NF.view(torch.uint8)
     grid = (n_blocks, triton.cdiv(F_, blocks["BLOCK_F"]), S)
-    _window_dots[grid](
-        sums, counts, grad_SND.contiguous(), W_FSD.contiguous(), h_NF, window, norms_FS.contiguous(), t_F.contiguous(),
-        N, F_, S, D, h_NF.stride(0), h_NF.stride(1), window.stride(0), window.stride(1), half_width,
-        IEEE=grad_SND.dtype == torch.float32, **blocks, num_warps=WINDOW_WARPS,
-    )  # fmt: skip
+    with launching_on(sums):
+        _window_dots[grid](
+            sums, counts, grad_SND.contiguous(), W_FSD.contiguous(), h_NF, window, norms_FS.contiguous(), t_F.contiguous(),
+            N, F_, S, D, h_NF.stride(0), h_NF.stride(1), window.stride(0), window.stride(1), half_width,
+            IEEE=grad_SND.dtype == torch.float32, **blocks, num_warps=WINDOW_WARPS,
+        )  # fmt: skip
     return sums.sum(dim=0), counts.sum(dim=0)

@@ -11,7 +11,8 @@ float32 weight again to round it). The eager updates make about a dozen passes f
 numbers (``optim.eager_update``, ``optim.eager_chunk_update``). The arithmetic is theirs, in
 float32 and in the same order. A result can differ in its last bit where the compiler fuses a
 multiply and an add that the eager ops round apart; the rounded copy is the new parameter
-rounded as ``Tensor.to`` rounds it (to nearest, ties to even), to the bit.
+rounded as ``Tensor.to`` rounds it (to nearest, ties to even), to the bit but for a NaN's
+payload (a NaN stays a NaN).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from crosslens.core.devices import launching_on
 
 BLOCK = 1024
 """Elements of one program."""
@@ -118,11 +121,12 @@ def update(
     n = p.numel()
     if n == 0:
         return
-    _update_float32[(triton.cdiv(n, BLOCK),)](
-        p, g, m, v, p if grad_scale is None else grad_scale, p if copy is None else copy, n,
-        beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps,
-        HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, BLOCK=BLOCK, num_warps=WARPS,
-    )  # fmt: skip
+    with launching_on(p):
+        _update_float32[(triton.cdiv(n, BLOCK),)](
+            p, g, m, v, p if grad_scale is None else grad_scale, p if copy is None else copy, n,
+            beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps,
+            HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, BLOCK=BLOCK, num_warps=WARPS,
+        )  # fmt: skip
 
 
 def chunk_update(
@@ -137,8 +141,9 @@ def chunk_update(
     n = p.numel()
     if n == 0:
         return
-    _update[(triton.cdiv(n, BLOCK),)](
-        p, g, m, v, noise[0], noise[1], p if grad_scale is None else grad_scale, p if copy is None else copy, n,
-        beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps,
-        HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, BLOCK=BLOCK, num_warps=WARPS,
-    )  # fmt: skip
+    with launching_on(p):
+        _update[(triton.cdiv(n, BLOCK),)](
+            p, g, m, v, noise[0], noise[1], p if grad_scale is None else grad_scale, p if copy is None else copy, n,
+            beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps,
+            HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, BLOCK=BLOCK, num_warps=WARPS,
+        )  # fmt: skip
