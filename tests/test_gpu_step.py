@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -108,7 +108,8 @@ def kernel_adam(request, monkeypatch):
     """The trainer's float32 Adam is :class:`KernelAdam`, with the update ``backend`` names
     (the Triton kernel runs on a CPU only under the interpreter)."""
     backend = request.param
-    skip_outside_the_interpreter("cpu") if backend == "triton" else None
+    if backend == "triton":
+        skip_outside_the_interpreter("cpu")
     monkeypatch.setattr(optim, "KERNEL_ADAM", True)
     monkeypatch.setattr(optim, "BACKEND", backend)
     return backend
@@ -176,8 +177,64 @@ def test_kernel_adam_follows_torch_adam_for_20_steps_on_cpu(arch, kernel_adam):
         assert not torch.equal(p, make_sae(arch).state_dict()[name]), name  # it trained
         torch.testing.assert_close(parameters(trainer)[name], p, rtol=1e-5, atol=1e-6, msg=name)
     assert losses == pytest.approx(reference_losses, rel=1e-4)
-    reference.optimizer.load_state_dict(trainer.optimizer.state_dict())
-    torch.testing.assert_close(reference.optimizer.state_dict()["state"], trainer.optimizer.state_dict()["state"])
+
+
+@pytest.mark.parametrize("kernel_adam", ["eager"], indirect=True)
+@pytest.mark.parametrize("first", ["kernel", "torch"])
+def test_a_checkpoint_moves_between_kernel_adam_and_torch_adam(first, tmp_path, kernel_adam):
+    """A run checkpointed with one Adam resumes with the other, which keeps its own way of
+    running (torch's stays fused and takes the clip's scale), and ends where a run with the
+    first throughout ends, to float32 rounding."""
+    cfg = dict(total_steps=8, lr=3e-3, activation_scale_check="off")
+    xs = [30.0 * x for x in batches(8)]  # the clip acts
+
+    def trainer(kernel: bool, folder: str) -> CrosscoderTrainer:
+        with pytest.MonkeyPatch.context() as choice:
+            choice.setattr(optim, "KERNEL_ADAM", kernel)
+            return CrosscoderTrainer(make_sae("crosscoder"), CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / folder)))
+
+    whole = trainer(first == "kernel", "whole")
+    whole.fit(xs)
+    start = trainer(first == "kernel", "start")
+    for x in xs[:3]:
+        start.step(x)
+    checkpoint = start.save_checkpoint()
+    with pytest.MonkeyPatch.context() as choice:
+        choice.setattr(optim, "KERNEL_ADAM", first != "kernel")
+        resumed = CrosscoderTrainer.from_checkpoint(checkpoint)
+    assert isinstance(resumed.optimizer, KernelAdam) == (first != "kernel")
+    if first == "kernel":
+        assert resumed.optimizer.param_groups[0]["fused"] and optim.takes_grad_scale(resumed.optimizer)
+    else:
+        assert not resumed.optimizer.param_groups[0]["fused"]
+    resumed.fit(xs, resume_from=checkpoint)
+    for name, p in parameters(whole).items():
+        torch.testing.assert_close(parameters(resumed)[name], p, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("kernel_adam", ["eager", "triton"], indirect=True)
+def test_triton_adam_counts_its_writes_in_the_versions_on_cpu(kernel_adam):
+    """A kernel's store is invisible to autograd: the optimizer counts it in each parameter's
+    version, or a copy made before it (another optimizer's, on the same weights) would pass
+    for current."""
+    trainer, _ = train("crosscoder", steps=1)
+    before = {name: p._version for name, p in trainer.sae.named_parameters()}
+    trainer.step(batches(1)[0])
+    assert all(p._version > before[name] for name, p in trainer.sae.named_parameters()), before
+
+
+@pytest.mark.parametrize("kernel_adam", ["eager"], indirect=True)
+def test_kernel_adam_refuses_what_it_does_not_do_before_moving_anything(kernel_adam):
+    w, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(2))
+    opt = KernelAdam([{"params": [w]}, {"params": [b], "weight_decay": 0.1}], lr=0.1, betas=(0.9, 0.999))
+    w.grad, b.grad = torch.ones(4), torch.ones(2)
+    with pytest.raises(ValueError, match="no weight decay"):
+        opt.step()
+    assert torch.equal(w, torch.ones(4)) and not opt.state  # the first group did not move
+    half = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    half.grad = torch.ones(4, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        KernelAdam([half], lr=0.1, betas=(0.9, 0.999)).step()
 
 
 def train_copying(arch: str, steps: int, *, copies: bool, between: Any = None, **kw) -> CrosscoderTrainer:
@@ -213,7 +270,7 @@ def test_the_optimizers_rounded_weights_give_the_steps_bytes_on_cpu(arch, micro_
         assert torch.equal(p, reference[name]), name
 
     def spoil(trainer: CrosscoderTrainer) -> None:
-        for _, copy in trainer.rounded_copies.made.values():
+        for *_, copy in trainer.rounded_copies.made.values():
             copy.mul_(0.5)
 
     spoilt = parameters(train_copying(arch, 3, copies=True, between=spoil, **kw))
@@ -229,7 +286,7 @@ def test_a_weight_edited_in_place_after_the_optimizer_is_rounded_afresh(micro_ba
 
     def edit(trainer: CrosscoderTrainer, spoil: bool = False) -> None:
         if spoil:
-            for _, copy in trainer.rounded_copies.made.values():
+            for *_, copy in trainer.rounded_copies.made.values():
                 copy.zero_()
         trainer.sae.fold_and_get_W_dec_norm()
 

@@ -1,12 +1,13 @@
 """The trainer's optimizer step: Adam, the gradient clip folded into it, and Adam with its
 moments stored in bfloat16 for dictionaries whose float32 state does not fit.
 
-On CUDA the step is crosslens's own pass over each parameter (:class:`KernelAdam`, one Triton
-kernel, :mod:`crosslens.training.triton_adam`), which reads and writes what torch's fused Adam
-does and, where the trainer asks (bfloat16 autocast), also writes the new weights rounded to
-bfloat16: the copies the next step's matmuls read
+With float32 moments on CUDA (triton installed) the step is crosslens's own pass over each
+parameter (:class:`KernelAdam`, one Triton kernel, :mod:`crosslens.training.triton_adam`), which
+reads and writes what torch's fused Adam does and, where the trainer asks (bfloat16 autocast),
+also writes the new weights rounded to bfloat16: the copies the next step's matmuls read
 (:class:`~crosslens.crosscoders.weight_grads.RoundedCopies`), which that step would otherwise
-make by reading every float32 weight once more.
+make by reading every float32 weight once more. :class:`BFloat16StateAdam` writes them too, on
+any device.
 
 Clipping costs a read of every gradient for the global norm; torch's ``clip_grad_norm_``
 then reads and writes every gradient again to scale it before Adam reads it a third time.
@@ -128,8 +129,9 @@ def _advance(state: dict[str, Any], group: dict[str, Any]) -> Hyper:
     it: reading it waits for no device) and return that step's constants."""
     step_t = state["step"] = state["step"].cpu() + 1
     step = int(step_t.item())
-    beta1, beta2 = group["betas"]
-    return beta1, beta2, group["lr"] / (1 - beta1**step), math.sqrt(1 - beta2**step), group["eps"]
+    # a kernel takes numbers, not tensors: an lr or betas given as tensors are read here
+    lr, beta1, beta2, eps = (float(x) for x in (group["lr"], *group["betas"], group["eps"]))
+    return beta1, beta2, lr / (1 - beta1**step), math.sqrt(1 - beta2**step), eps
 
 
 def _written(p: torch.Tensor, copy: torch.Tensor | None, copies: RoundedCopies | None) -> None:
@@ -158,15 +160,11 @@ class KernelAdam(torch.optim.Adam):
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
         assert closure is None, "KernelAdam takes no closure"
+        self._check()
         for group in self.param_groups:
-            if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
-                raise ValueError("KernelAdam has no weight decay, amsgrad or maximize; use torch.optim.Adam for those.")
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if not p.is_contiguous():
-                    raise ValueError(f"KernelAdam updates contiguous parameters; got one of shape {tuple(p.shape)} "
-                                     f"and strides {p.stride()} (make it with .contiguous()).")  # fmt: skip
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.tensor(0.0)
@@ -177,6 +175,20 @@ class KernelAdam(torch.optim.Adam):
                 update = _update(p.device)
                 update(p, p.grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], self.grad_scale, hyper, copy)
                 _written(p, copy, self.copies)
+
+    def _check(self) -> None:
+        """Refuse, before any parameter moves, what this Adam does not do."""
+        for group in self.param_groups:
+            if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
+                raise ValueError("KernelAdam has no weight decay, amsgrad or maximize; use torch.optim.Adam for those.")
+            for p in group["params"]:
+                state = self.state.get(p, {})
+                moments = [state[key] for key in ("exp_avg", "exp_avg_sq") if key in state]
+                if p.dtype != torch.float32 or not all(t.is_contiguous() and t.dtype == torch.float32 for t in (p, *moments)):
+                    raise ValueError(
+                        f"KernelAdam updates contiguous float32 parameters and moments; got a parameter of dtype "
+                        f"{p.dtype}, shape {tuple(p.shape)} and strides {p.stride()} (use torch.optim.Adam for others)."
+                    )
 
 
 class BFloat16StateAdam(torch.optim.Optimizer):
@@ -234,6 +246,22 @@ class BFloat16StateAdam(torch.optim.Optimizer):
             for key in ("exp_avg", "exp_avg_sq"):
                 per_param[key] = per_param[key].to(torch.bfloat16)
         self.generator.set_state(generator_state.cpu())
+
+
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+"""Keys of torch's Adam's parameter groups that say how this process runs the step, not what
+the step computes: kept as the optimizer was made when a checkpoint's groups are loaded."""
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state_dict)``, keeping the optimizer's own
+    :data:`IMPLEMENTATION_FLAGS`: torch copies a saved group whole, so a checkpoint written by
+    :class:`KernelAdam` (``fused`` None) would otherwise turn torch's fused Adam into its slower
+    unfused loop, and one written by fused Adam would mark a :class:`KernelAdam` fused."""
+    own = [{key: group[key] for key in IMPLEMENTATION_FLAGS if key in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state_dict)
+    for group, flags in zip(optimizer.param_groups, own, strict=True):
+        group.update(flags)
 
 
 def make_optimizer(

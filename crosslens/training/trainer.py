@@ -77,7 +77,7 @@ from crosslens.training.checks import check_activation_scale
 from crosslens.training.config import DEAD_FEATURE_WINDOW_TOKENS, CrosscoderTrainerConfig, dead_feature_window
 from crosslens.training.guard import check_finite_step
 from crosslens.training.micro import micro_batched_pass
-from crosslens.training.optim import clipped_step, make_optimizer
+from crosslens.training.optim import clipped_step, load_optimizer_state, make_optimizer
 
 Batch = Float[torch.Tensor, "batch n_snapshots d_in"]
 BatchSource = Union[Iterable[Batch], Callable[[int], Iterator[Batch]]]
@@ -153,7 +153,7 @@ class CrosscoderTrainer:
             )
         self.rounded_copies = RoundedCopies(torch.bfloat16) if cfg.autocast_dtype == "bfloat16" else None
         """The weights the optimizer's pass writes rounded for the next step's autocast matmuls
-        (by a kernel that writes them as it updates the weights; else none)."""
+        (crosslens's Adam and the bfloat16-state Adam write them; torch's Adam writes none)."""
         self.optimizer = make_optimizer(
             self.sae.optimizer_param_groups(cfg.lr),
             lr=cfg.lr,
@@ -491,9 +491,7 @@ class CrosscoderTrainer:
         # numpy's RNG state is not a tensor, so this file needs the full unpickler
         state = torch.load(state_file, map_location=self.cfg.device, weights_only=False)
         names = parameter_names(self.optimizer, self.sae)
-        self.optimizer.load_state_dict(
-            slice_optimizer_state(state["optimizer"], names, self.layout.snapshots)
-        )
+        load_optimizer_state(self.optimizer, slice_optimizer_state(state["optimizer"], names, self.layout.snapshots))
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         for name, s_state in state["coefficient_schedulers"].items():
             self.coefficient_schedulers[name].load_state_dict(s_state)
