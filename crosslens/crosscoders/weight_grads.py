@@ -50,8 +50,9 @@ gradient-free pass that comes first leaves it in the block (:func:`kept_products
 micro-batch's own pass takes it. (:func:`snapshot_decode` regates under autocast outside a block too: its
 decoder gradient is then float32, and the ``[S, N, F]`` code is not kept for backward.)
 
-Between steps the weights change only in the optimizer's pass, which reads and writes every
-element anyway. So the trainer's Adam can write each weight's rounded copy as it updates it
+Between steps the weights normally change only in the optimizer's pass, which reads and
+writes every element anyway (any other in-place edit is caught by the weight's version counter,
+and the step then rounds the weight itself). So the trainer's Adam can write each weight's rounded copy as it updates it
 (:class:`RoundedCopies`), and the next step, run inside :func:`taking_copies`, takes that copy
 where :func:`rounded` would read the float32 weight again to make it: the same bytes, one
 weight-sized float32 read fewer per weight and step. The optimizer writes copies of the
@@ -62,6 +63,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -338,8 +340,9 @@ class RoundedCopies:
     parameter under ``torch.no_grad()`` instead."""
 
     dtype: torch.dtype
-    made: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
-    """By the weight's ``id``: its version when its copy was written, and the copy."""
+    made: dict[int, tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = field(default_factory=dict)
+    """By the weight's ``id``: the weight (weakly, so that a new tensor given a freed one's ``id``
+    is not taken for it), its version when its copy was written, and the copy."""
     wanted: set[int] = field(default_factory=set)
     """The ``id`` of each weight the latest step rounded to :attr:`dtype`."""
 
@@ -349,14 +352,14 @@ class RoundedCopies:
 
     def put(self, W: torch.Tensor, copy: torch.Tensor) -> None:
         """``copy`` is ``W`` rounded as ``W`` is now."""
-        self.made[id(W)] = (W._version, copy)
+        self.made[id(W)] = (weakref.ref(W), W._version, copy)
 
     def take(self, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
         """``W``'s copy, once, if written in ``dtype`` and ``W`` is unchanged since; and the next
         optimizer pass is to write one again."""
         self.wanted.add(id(W))
-        version, copy = self.made.pop(id(W), (None, None))
-        if copy is None or copy.dtype != dtype or version != W._version:
+        ref, version, copy = self.made.pop(id(W), (None, None, None))
+        if copy is None or ref() is not W or copy.dtype != dtype or version != W._version:
             return None
         return copy
 

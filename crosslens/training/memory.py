@@ -83,9 +83,9 @@ def activation_bytes(
 
 def autocast_bytes(S: int, D: int, F: int) -> int:
     """Bytes a bfloat16-autocast step holds beyond a float32 one, at most: the bfloat16 copies
-    of ``W_enc`` and ``W_dec`` that its matmuls read (the decoder's is kept for backward; on
-    CUDA the previous step's optimizer pass writes them, beside the gradients and Adam's
-    state, which this peak counts too). The
+    of ``W_enc`` and ``W_dec`` that its matmuls read (the decoder's is kept for backward; where
+    the optimizer writes them, they are made beside the gradients and Adam's state at the end
+    of the step before, which this peak counts too). The
     weights' gradients come out of the matmuls in float32
     (:mod:`crosslens.crosscoders.weight_grads`), so no bfloat16 gradient is held on its way to
     ``.grad``. (Autocast's activations are half the float32 ones :func:`activation_bytes`
