@@ -30,6 +30,7 @@ optimizer state, so a run and its resume give the same bytes.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -134,12 +135,29 @@ def _advance(state: dict[str, Any], group: dict[str, Any]) -> Hyper:
     return beta1, beta2, lr / (1 - beta1**step), math.sqrt(1 - beta2**step), eps
 
 
-def _written(p: torch.Tensor, copy: torch.Tensor | None, copies: RoundedCopies | None) -> None:
-    """After a kernel wrote ``p`` in place: count the write in ``p``'s version (the kernel's
-    store is invisible to autograd), then hand over ``copy``, made from that version."""
-    torch.autograd.graph.increment_version(p)
-    if copy is not None and copies is not None:
-        copies.put(p, copy)
+def _updates(
+    optimizer: KernelAdam | BFloat16StateAdam, moments: torch.dtype
+) -> Iterator[tuple[torch.Tensor, dict[str, Any], Hyper, torch.Tensor | None]]:
+    """Each parameter of ``optimizer`` with a gradient, for its update: the parameter, its state
+    (made on its first step, the moments zeros in ``moments``), the step's constants, and where
+    its rounded copy goes (None where none is asked for). After each update, the write is
+    counted in the parameter's version (a kernel's store is invisible to autograd) and the copy,
+    made from that version, is handed over."""
+    copies = optimizer.copies
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = optimizer.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p, dtype=moments, memory_format=torch.contiguous_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=moments, memory_format=torch.contiguous_format)
+            copy = copies.blank(p) if copies is not None else None
+            yield p, state, _advance(state, group), copy
+            torch.autograd.graph.increment_version(p)
+            if copy is not None and copies is not None:
+                copies.put(p, copy)
 
 
 class KernelAdam(torch.optim.Adam):
@@ -161,20 +179,8 @@ class KernelAdam(torch.optim.Adam):
     def step(self, closure: Any = None) -> None:
         assert closure is None, "KernelAdam takes no closure"
         self._check()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                hyper = _advance(state, group)
-                copy = self.copies.blank(p) if self.copies is not None else None
-                update = _update(p.device)
-                update(p, p.grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], self.grad_scale, hyper, copy)
-                _written(p, copy, self.copies)
+        for p, state, hyper, copy in _updates(self, torch.float32):
+            _update(p.device)(p, p.grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], self.grad_scale, hyper, copy)
 
     def _check(self) -> None:
         """Refuse, before any parameter moves, what this Adam does not do."""
@@ -210,25 +216,14 @@ class BFloat16StateAdam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
         assert closure is None, "BFloat16StateAdam takes no closure"
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.bfloat16)
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.bfloat16)
-                hyper = _advance(state, group)
-                update = _chunk_update(p.device)
-                copy = self.copies.blank(p) if self.copies is not None else None
-                flats = (p.view(-1), p.grad.view(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1))
-                for start in range(0, p.numel(), CHUNK):
-                    p_c, g_c, m_c, v_c = (t[start : start + CHUNK] for t in flats)
-                    noise = (rounding_noise(m_c, self.generator), rounding_noise(v_c, self.generator))
-                    copy_c = None if copy is None else copy.view(-1)[start : start + CHUNK]
-                    update(p_c, g_c, m_c, v_c, noise, self.grad_scale, hyper, copy_c)
-                _written(p, copy, self.copies)
+        for p, state, hyper, copy in _updates(self, torch.bfloat16):
+            update = _chunk_update(p.device)
+            flats = (p.view(-1), p.grad.view(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1))
+            for start in range(0, p.numel(), CHUNK):
+                p_c, g_c, m_c, v_c = (t[start : start + CHUNK] for t in flats)
+                noise = (rounding_noise(m_c, self.generator), rounding_noise(v_c, self.generator))
+                copy_c = None if copy is None else copy.view(-1)[start : start + CHUNK]
+                update(p_c, g_c, m_c, v_c, noise, self.grad_scale, hyper, copy_c)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "rounding_generator": self.generator.get_state()}

@@ -1,4 +1,4 @@
-"""The Triton kernels of crosslens's Adam: :class:`crosslens.training.optim.KernelAdam`'s
+"""The Triton kernel of crosslens's Adam: :class:`crosslens.training.optim.KernelAdam`'s
 update (float32 moments) and :class:`crosslens.training.optim.BFloat16StateAdam`'s (bfloat16
 moments, a chunk at a time).
 
@@ -65,33 +65,12 @@ def _adam(p, g, m, v, scale_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2,
 
 
 @triton.jit
-def _update_float32(
-    p_ptr, g_ptr, m_ptr, v_ptr, scale_ptr, copy_ptr, n,
-    beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
-    HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = offsets < n
-    p, m, v = _adam(
-        tl.load(p_ptr + offsets, mask=inside, other=0.0),
-        tl.load(g_ptr + offsets, mask=inside, other=0.0).to(tl.float32),
-        tl.load(m_ptr + offsets, mask=inside, other=0.0),
-        tl.load(v_ptr + offsets, mask=inside, other=0.0),
-        scale_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps, HAS_SCALE,
-    )  # fmt: skip
-    tl.store(p_ptr + offsets, p, mask=inside)
-    tl.store(m_ptr + offsets, m, mask=inside)
-    tl.store(v_ptr + offsets, v, mask=inside)
-    if HAS_COPY:
-        tl.store(copy_ptr + offsets, _round_nearest(p), mask=inside)
-
-
-@triton.jit
 def _update(
     p_ptr, g_ptr, m_ptr, v_ptr, noise_m_ptr, noise_v_ptr, scale_ptr, copy_ptr, n,
     beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
-    HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
+    # STOCHASTIC: the moments are bfloat16, stored rounded with the noise given; else float32
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < n
     p, m, v = _adam(
@@ -102,12 +81,34 @@ def _update(
         scale_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps, HAS_SCALE,
     )  # fmt: skip
     tl.store(p_ptr + offsets, p, mask=inside)
-    noise_m = tl.load(noise_m_ptr + offsets, mask=inside, other=0)
-    noise_v = tl.load(noise_v_ptr + offsets, mask=inside, other=0)
-    tl.store(m_ptr + offsets, _round_stochastic(m, noise_m), mask=inside)
-    tl.store(v_ptr + offsets, _round_stochastic(v, noise_v), mask=inside)
+    if STOCHASTIC:
+        noise_m = tl.load(noise_m_ptr + offsets, mask=inside, other=0)
+        noise_v = tl.load(noise_v_ptr + offsets, mask=inside, other=0)
+        tl.store(m_ptr + offsets, _round_stochastic(m, noise_m), mask=inside)
+        tl.store(v_ptr + offsets, _round_stochastic(v, noise_v), mask=inside)
+    else:
+        tl.store(m_ptr + offsets, m, mask=inside)
+        tl.store(v_ptr + offsets, v, mask=inside)
     if HAS_COPY:
         tl.store(copy_ptr + offsets, _round_nearest(p), mask=inside)
+
+
+def _launch(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None,
+    grad_scale: torch.Tensor | None, hyper: tuple[float, float, float, float, float], copy: torch.Tensor | None,
+) -> None:  # fmt: skip
+    beta1, beta2, step_size, root_bc2, eps = hyper
+    n = p.numel()
+    if n == 0:
+        return
+    noise_m, noise_v = noise if noise is not None else (p, p)
+    with launching_on(p):
+        _update[(triton.cdiv(n, BLOCK),)](
+            p, g, m, v, noise_m, noise_v, p if grad_scale is None else grad_scale, p if copy is None else copy, n,
+            beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps,
+            HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, STOCHASTIC=noise is not None, BLOCK=BLOCK,
+            num_warps=WARPS,
+        )  # fmt: skip
 
 
 def update(
@@ -117,16 +118,7 @@ def update(
     """Adam's update of one contiguous parameter in place: ``p``, ``m`` and ``v`` float32, ``g``
     its gradient, ``grad_scale`` a divisor of ``g``, ``hyper = (beta1, beta2, step_size,
     root_bc2, eps)``; ``copy`` (bfloat16, ``p``'s size) receives the new ``p`` rounded."""
-    beta1, beta2, step_size, root_bc2, eps = hyper
-    n = p.numel()
-    if n == 0:
-        return
-    with launching_on(p):
-        _update_float32[(triton.cdiv(n, BLOCK),)](
-            p, g, m, v, p if grad_scale is None else grad_scale, p if copy is None else copy, n,
-            beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps,
-            HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, BLOCK=BLOCK, num_warps=WARPS,
-        )  # fmt: skip
+    _launch(p, g, m, v, None, grad_scale, hyper, copy)
 
 
 def chunk_update(
@@ -137,13 +129,4 @@ def chunk_update(
     and ``v`` the bfloat16 moments, ``noise`` their rounding noise (int32 in ``[0, 2^16)``),
     ``grad_scale`` a divisor of ``g``, ``hyper = (beta1, beta2, step_size, root_bc2, eps)``;
     ``copy`` (bfloat16, the chunk's size) receives the new ``p`` rounded."""
-    beta1, beta2, step_size, root_bc2, eps = hyper
-    n = p.numel()
-    if n == 0:
-        return
-    with launching_on(p):
-        _update[(triton.cdiv(n, BLOCK),)](
-            p, g, m, v, noise[0], noise[1], p if grad_scale is None else grad_scale, p if copy is None else copy, n,
-            beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps,
-            HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, BLOCK=BLOCK, num_warps=WARPS,
-        )  # fmt: skip
+    _launch(p, g, m, v, noise, grad_scale, hyper, copy)
