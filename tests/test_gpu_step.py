@@ -404,8 +404,8 @@ def test_bfloat16_state_on_cuda_takes_the_kernel():
     from crosslens.training import optim, triton_adam
 
     want = triton_adam.chunk_update if HAS_TRITON else optim.eager_chunk_update
-    assert optim._chunk_update(torch.device("cuda")) is want
-    assert optim._chunk_update(torch.device("cpu")) is optim.eager_chunk_update
+    assert optim._update_for(torch.device("cuda"), chunked=True) is want
+    assert optim._update_for(torch.device("cpu"), chunked=True) is optim.eager_chunk_update
 
 
 def test_bfloat16_state_resumes_to_the_same_bytes(tmp_path):

@@ -109,20 +109,15 @@ def eager_chunk_update(
     v.copy_(round_stochastic(v_new, noise[1]))
 
 
-def _chunk_update(device: torch.device) -> Any:
+def _update_for(device: torch.device, *, chunked: bool) -> Any:
+    """The update that runs on ``device``: the Triton kernel's wrapper where it compiles (or
+    ``BACKEND`` forces it), else its eager twin; ``chunked``: for bfloat16 moments, a chunk at a
+    time (:func:`eager_chunk_update`'s signature), else float32 moments (:func:`eager_update`'s)."""
     if kernel_backend(device, BACKEND) == "triton":
         from crosslens.training import triton_adam
 
-        return triton_adam.chunk_update
-    return eager_chunk_update
-
-
-def _update(device: torch.device) -> Any:
-    if kernel_backend(device, BACKEND) == "triton":
-        from crosslens.training import triton_adam
-
-        return triton_adam.update
-    return eager_update
+        return triton_adam.chunk_update if chunked else triton_adam.update
+    return eager_chunk_update if chunked else eager_update
 
 
 def _advance(state: dict[str, Any], group: dict[str, Any]) -> Hyper:
@@ -180,7 +175,7 @@ class KernelAdam(torch.optim.Adam):
         assert closure is None, "KernelAdam takes no closure"
         self._check()
         for p, state, hyper, copy in _updates(self, torch.float32):
-            _update(p.device)(p, p.grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], self.grad_scale, hyper, copy)
+            _update_for(p.device, chunked=False)(p, p.grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], self.grad_scale, hyper, copy)
 
     def _check(self) -> None:
         """Refuse, before any parameter moves, what this Adam does not do."""
@@ -217,7 +212,7 @@ class BFloat16StateAdam(torch.optim.Optimizer):
     def step(self, closure: Any = None) -> None:
         assert closure is None, "BFloat16StateAdam takes no closure"
         for p, state, hyper, copy in _updates(self, torch.bfloat16):
-            update = _chunk_update(p.device)
+            update = _update_for(p.device, chunked=True)
             flats = (p.view(-1), p.grad.view(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1))
             for start in range(0, p.numel(), CHUNK):
                 p_c, g_c, m_c, v_c = (t[start : start + CHUNK] for t in flats)
