@@ -108,7 +108,7 @@ def optimizer_pass(S: int, D: int, F: int, device: str, state: str, kind: str = 
     def run() -> None:
         clipped_step(opt, module, LocalCollectives(), 1.0, fused=True)
         if copies is not None:  # taken by the next step in training
-            copies.made.clear()
+            copies.let_go()
 
     return run
 

@@ -354,6 +354,11 @@ class RoundedCopies:
         """``copy`` is ``W`` rounded as ``W`` is now."""
         self.made[id(W)] = (weakref.ref(W), W._version, copy)
 
+    def let_go(self) -> None:
+        """Drop the copies not taken: no step will take them (the optimizer's next pass, or the
+        end of training)."""
+        self.made.clear()
+
     def take(self, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
         """``W``'s copy, once, if written in ``dtype`` and ``W`` is unchanged since; and the next
         optimizer pass is to write one again."""
@@ -381,7 +386,7 @@ def taking_copies(copies: RoundedCopies | None) -> Iterator[None]:
         yield
     finally:
         _state.copies = None
-        copies.made.clear()
+        copies.let_go()
 
 
 def _written_copy(root: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:

@@ -326,7 +326,7 @@ class CrosscoderTrainer:
         finally:
             pbar.close()
             if self.rounded_copies is not None:  # no step comes to take them
-                self.rounded_copies.made.clear()
+                self.rounded_copies.let_go()
             if owns_run and wandb_run is not None:
                 wandb_run.finish()
         return self.sae
