@@ -359,6 +359,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
             "n_tokens": cfg.n_tokens, "d_sae": F, "architecture": cfg.architecture, "k": cfg.k,
             "batch_size": cfg.batch_size, "n_steps": n_steps, "context": cfg.context,
             "model_dtype": cfg.model_dtype, "device": cfg.device, "tflops": tflops,
+            "autocast": "bfloat16" if cfg.autocast_on else "none",
             "tflops_assumed": cfg.tflops is None, "link_gbps": link_gbps, "link_gbps_assumed": cfg.link_gbps is None,
         },  # fmt: skip
         "mesh": {
@@ -525,21 +526,32 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]:
     """``train --stream``'s time on one ``gpu`` per rank, from the FLOPs per token at the shares of
-    :data:`~crosslens.core.devices.GPUS`: provider and trainer share the GPU, so their seconds per token add."""
+    :data:`~crosslens.core.devices.GPUS`: provider and trainer share the GPU, so their seconds per token add.
+
+    The forward's share was measured with 16-bit snapshot models. Float32 models run their matmuls
+    off the tensor cores, at no more than the GPU's float32 peak: for them the forward's rate is that
+    bound (``forward_bound``), so the tokens/s are a ceiling and the hours a floor."""
     if gpu not in GPUS:
         raise PlanError(f"no utilisation figures for GPU {gpu!r}; choose one of {sorted(GPUS)} (--gpu)")
+    if plan["inputs"]["autocast"] != "bfloat16":
+        raise PlanError(
+            "the stream prediction times the crosscoder step under bfloat16 autocast, as measured for every "
+            "architecture; drop --autocast none for it (benchmarks/gpu.py times the float32 step)"
+        )
     device, flops, mesh = GPUS[gpu], plan["flops"], plan["mesh"]
     peak = device.peak_tflops * 1e12
+    forward_bound = plan["inputs"]["model_dtype"] == "float32"
+    forward_rate = device.float32_tflops * 1e12 if forward_bound else peak * device.forward
     crosscoder_share = device.crosscoder[plan["inputs"]["architecture"]]
     share = (1 / mesh["data"]) * (mesh["snapshots_per_rank"] / plan["inputs"]["n_snapshots"])
     seconds_per_token = {
-        "forward": flops["snapshot_models_forward_per_token"] * share / (peak * device.forward),
+        "forward": flops["snapshot_models_forward_per_token"] * share / forward_rate,
         "crosscoder": flops["crosscoder_train_per_token"] * share / (peak * crosscoder_share),
     }
     tokens_per_second = 1 / sum(seconds_per_token.values())
     return {
-        "gpu": gpu, "peak_tflops": device.peak_tflops, "forward_fraction": device.forward,
-        "crosscoder_fraction": crosscoder_share, "tokens_per_second": tokens_per_second,
+        "gpu": gpu, "peak_tflops": device.peak_tflops, "forward_fraction": forward_rate / peak,
+        "forward_bound": forward_bound, "crosscoder_fraction": crosscoder_share, "tokens_per_second": tokens_per_second,
         **{f"{part}_tokens_per_second": 1 / seconds for part, seconds in seconds_per_token.items()},
         "hours": plan["inputs"]["n_tokens"] / tokens_per_second / 3600,
     }  # fmt: skip

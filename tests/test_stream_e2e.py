@@ -92,7 +92,7 @@ def test_plan_stream_prediction_is_the_hand_computation(capsys):
     from crosslens.recipes import load_recipe
 
     recipe = load_recipe("ge2025-pythia-160m")
-    plan = make_plan(plan_config_from_recipe(recipe))
+    plan = make_plan(plan_config_from_recipe(recipe, model_dtype="bfloat16"))
     predicted = stream_prediction(plan, "h100")
     # by hand: 32 snapshots of Pythia-160M through block 6 (7 blocks) at context 2048, and the 10 S D F step
     per_block = known_model("EleutherAI/pythia-160m").params_per_layer
@@ -105,7 +105,37 @@ def test_plan_stream_prediction_is_the_hand_computation(capsys):
     # within 25% of what benchmarks/stream_gpu.py measured end to end on an H100 (10,579 tokens/s)
     assert abs(predicted["tokens_per_second"] / 10_579 - 1) < 0.25
     assert predicted["hours"] == pytest.approx(800_000_000 / tokens_per_second / 3600)
-    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--stream"]) == 0
+    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--stream", "--dtype", "bfloat16"]) == 0
     assert "10,042 tokens/s: 22.1 h" in capsys.readouterr().out
     with pytest.raises(Exception, match="no utilisation figures for GPU 'v100'"):
         stream_prediction(plan, "v100")
+
+
+def test_plan_bounds_a_stream_of_float32_models_by_the_float32_peak(capsys):
+    """The forward's measured share is for 16-bit models; float32 ones get at most the GPU's float32
+    peak, so the prediction is a ceiling, said as one."""
+    from crosslens.__main__ import main
+    from crosslens.commands.stream import slow_forward_hint
+    from crosslens.plan import make_plan, plan_config_from_recipe, stream_prediction
+    from crosslens.recipes import load_recipe
+
+    recipe = load_recipe("ge2025-pythia-160m")
+    half = stream_prediction(make_plan(plan_config_from_recipe(recipe, model_dtype="bfloat16")), "h100")
+    full = stream_prediction(make_plan(plan_config_from_recipe(recipe, model_dtype="float32")), "h100")
+    assert (half["forward_bound"], full["forward_bound"]) == (False, True)
+    assert full["crosscoder_tokens_per_second"] == half["crosscoder_tokens_per_second"]
+    # 67 TFLOP/s over the same forward FLOPs: 0.23 x 989 / 67 = 3.4 times fewer tokens/s
+    assert half["forward_tokens_per_second"] / full["forward_tokens_per_second"] == pytest.approx(0.23 * 989 / 67)
+    assert full["hours"] > half["hours"]
+    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--stream"]) == 0
+    out = capsys.readouterr().out
+    assert "at most 17,268 tokens/s" in out and "at most 7,121 tokens/s: at least 31.2 h" in out
+    assert "--dtype bfloat16" in out
+    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--stream", "--device", "cpu"]) == 0
+    assert "predicted for a GPU: --device cuda, not cpu" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--recipe", "ge2025-pythia-160m", "--stream", "--autocast", "none"])
+    assert exit_.value.code == 2
+    assert "drop --autocast none" in capsys.readouterr().err
+    assert "--dtype bfloat16" in slow_forward_hint("float32", "cuda:0")
+    assert slow_forward_hint("bfloat16", "cuda:0") is None and slow_forward_hint("float32", "cpu") is None

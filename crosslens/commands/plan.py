@@ -62,19 +62,30 @@ def plan(args: argparse.Namespace) -> int:
             batch_size=args.batch_size or 4096, context=args.context or 2048, name=args.suite or "pico", **common,
         )  # fmt: skip
     plan = make_plan(cfg)
-    if args.stream:
+    predict = args.stream and device.startswith("cuda")
+    if predict:
         plan["stream_prediction"] = stream_prediction(plan, args.gpu)
     print(plan_to_json(plan) if args.json else format_plan(plan))
-    if args.stream and not args.json:
+    if predict and not args.json:
         print(format_stream_prediction(plan["stream_prediction"]))
+    elif args.stream and not args.json:
+        print(f"\n(train --stream's end-to-end time is predicted for a GPU: --device cuda, not {device})")
     return 0
 
 
 def format_stream_prediction(p: dict) -> str:
+    bound = "at most " if p["forward_bound"] else ""
+    forward = (
+        f"float32 snapshot forwards, {p['forward_fraction'] * p['peak_tflops']:g} TFLOP/s peak"
+        if p["forward_bound"] else f"snapshot forwards at {p['forward_fraction']:.1%} of peak"
+    )  # fmt: skip
     rows = [
-        (f"snapshot forwards at {p['forward_fraction']:.1%} of peak", f"{p['forward_tokens_per_second']:,.0f} tokens/s"),
+        (forward, f"{bound}{p['forward_tokens_per_second']:,.0f} tokens/s"),
         (f"crosscoder step at {p['crosscoder_fraction']:.1%} of peak", f"{p['crosscoder_tokens_per_second']:,.0f} tokens/s"),
-        ("together (one GPU per rank)", f"{p['tokens_per_second']:,.0f} tokens/s: {p['hours']:.1f} h"),
+        ("together (one GPU per rank)", f"{bound}{p['tokens_per_second']:,.0f} tokens/s: {'at least ' if bound else ''}{p['hours']:.1f} h"),
     ]
     title = f"[train --stream end to end on {p['gpu']} ({p['peak_tflops']:g} TFLOP/s bf16 peak), utilisation as measured on an H100]"
-    return "\n".join(["", title, *(f"{label:<36}{value}" for label, value in rows)])
+    lines = ["", title, *(f"{label:<44}{value}" for label, value in rows)]
+    if p["forward_bound"]:
+        lines.append("float32 models run off the tensor cores; --dtype bfloat16 runs them at the measured share")
+    return "\n".join(lines)

@@ -56,6 +56,9 @@ class GpuSpec:
     """Memory of one GPU as ``nvidia-smi`` reports it."""
     peak_tflops: float
     """NVIDIA's dense bf16 peak, TFLOP/s."""
+    float32_tflops: float
+    """NVIDIA's float32 peak without the tensor cores, TFLOP/s: the most a float32 matmul gets
+    while TF32 is off, torch's default."""
     forward: float
     """Share of the peak the snapshot models' forward to the hook sustains."""
     crosscoder: dict[str, float]
@@ -63,16 +66,17 @@ class GpuSpec:
 
 
 GPUS = {
-    "h100": GpuSpec(memory_bytes=81559 << 20, peak_tflops=989.0, forward=0.23, crosscoder=H100_CROSSCODER_SHARES),
-    "h200": GpuSpec(memory_bytes=143771 << 20, peak_tflops=989.0, forward=0.23, crosscoder=H100_CROSSCODER_SHARES),
-    "a100": GpuSpec(memory_bytes=81920 << 20, peak_tflops=312.0, forward=0.23, crosscoder=H100_CROSSCODER_SHARES),
+    "h100": GpuSpec(81559 << 20, peak_tflops=989.0, float32_tflops=67.0, forward=0.23, crosscoder=H100_CROSSCODER_SHARES),
+    "h200": GpuSpec(143771 << 20, peak_tflops=989.0, float32_tflops=67.0, forward=0.23, crosscoder=H100_CROSSCODER_SHARES),
+    "a100": GpuSpec(81920 << 20, peak_tflops=312.0, float32_tflops=19.5, forward=0.23, crosscoder=H100_CROSSCODER_SHARES),
 }
 """The GPUs ``--gpu`` names (H100 SXM 80 GB, H200 141 GB, A100 80 GB). Peaks are NVIDIA's
-dense bf16 figures. The shares were measured on an H100: forward 0.23 by
+dense figures. The shares were measured on an H100: forward 0.23 by
 ``benchmarks/stream_gpu.py`` (a compiled random-init Pythia-160M forward to block 6 of 7 at
 32 x 1024 tokens, with TransformerLens's attention; the SDPA trunk that CUDA now takes is not
 timed yet), the crosscoder's in :data:`H100_CROSSCODER_SHARES`. The H200 and A100
-rows assume the H100's shares."""
+rows assume the H100's shares. The forward's share was measured with bfloat16 models; float32
+models are bounded by ``float32_tflops`` instead."""
 
 
 DEVICE_KINDS = ("cpu", "cuda", "mps")
