@@ -38,6 +38,7 @@ from trust_fixtures import (
     HOOK,
     OTHER_HOOK,
     copy_tree,
+    one_line_exit_2,
     harvest,
     one_torch_thread,
     resave_snapshot,
@@ -397,3 +398,89 @@ def test_blimp_lines_with_null_sentences_are_named_or_skipped(tmp_path):
         load_clams(clams)
     with pytest.warns(UserWarning, match="2 malformed lines"):
         assert len(load_clams(clams, on_invalid="skip")) == 1
+
+
+# --------------------------------------------------------------------------- evaluation partners
+
+
+def test_an_eval_store_of_another_hook_is_refused_before_training_starts(store_path, suite_root, tmp_path, capsys):
+    other = tmp_path / "other_hook"
+    harvest(suite_root, other, hooks=OTHER_HOOK)
+    err = one_line_exit_2(
+        ["train", "--store", str(store_path), "--out", str(tmp_path / "run"), "--n-steps", "5", "--eval-store", str(other)],
+        capsys,
+    )
+    assert f"--eval-store {other}" in err and f"pass a store harvested with --hook {HOOK}" in err
+    assert not list((tmp_path / "run").glob("step_*")) and not (tmp_path / "run" / "final").exists()
+    err = one_line_exit_2(
+        ["train", "--store", str(store_path), "--out", str(tmp_path / "run"), "--eval-store", str(tmp_path / "nope")],
+        capsys,
+    )
+    assert "--eval-store" in err and "does not exist" in err
+
+
+def test_an_eval_store_holding_training_sequences_is_said_to_be_training_data(store_path, suite_root, tmp_path, capsys):
+    seen = tmp_path / "seen"  # 4 of the training rows and 4 rows of another draw
+    harvest(suite_root, seen, tokens=torch.cat([token_table()[:4], token_table(4, seed=1)]))
+    fresh = tmp_path / "fresh"
+    harvest(suite_root, fresh, tokens=token_table(8, seed=2))
+    run = ["train", "--store", str(store_path), "--arch", "crosscoder", "--d-sae", "16", "--n-steps", "4",
+           "--batch-size", "32"]  # fmt: skip
+    assert main([*run, "--out", str(tmp_path / "a"), "--eval-store", str(seen)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: 4 of 8 sequences of --eval-store {seen} are training sequences" in out
+    assert "partly measured on training data" in out
+    assert json.loads((tmp_path / "a" / "quality.json").read_text())["training_sequences"] == 4
+    assert main([*run, "--out", str(tmp_path / "b"), "--eval-store", str(fresh)]) == 0
+    assert "training sequences" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "quality.json").read_text())["training_sequences"] == 0
+    # evaluate finds the training store through the run, and the training store itself is all training data
+    assert main(["evaluate", str(tmp_path / "b"), "--store", str(store_path)]) == 0
+    assert "note: 24 of 24 sequences of --store" in capsys.readouterr().out
+
+
+def test_a_run_and_a_store_never_share_a_folder(store_path, suite_root, tmp_path, capsys):
+    store = copy_tree(store_path, tmp_path / "store")
+    before = tree_bytes(store)
+    err = one_line_exit_2(["train", "--store", str(store), "--out", str(store), "--n-steps", "2"], capsys)
+    assert "is an activation store" in err and "(--out)" in err
+    err = one_line_exit_2(["train", "--store", str(store), "--out", str(store), "--overwrite"], capsys)
+    assert "is an activation store" in err
+    assert tree_bytes(store) == before
+    run = tmp_path / "run"
+    assert main(["train", "--store", str(store), "--out", str(run), "--arch", "crosscoder", "--d-sae", "16",
+                 "--n-steps", "2", "--batch-size", "32"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    # 2 x 32 tokens over the store's 24 x 15 kept tokens
+    assert f"data: 2 steps (--n-steps) x 32 tokens (--batch-size) = 64 tokens, {64 / ActivationStore.open(store).n_tokens:,.2f} passes" in out
+    err = one_line_exit_2(
+        ["harvest", "--suite", str(suite_root), "--hook", HOOK, "--n-tokens", "64", "--seq-len", "16", "--out", str(run),
+         "--overwrite"], capsys,
+    )  # fmt: skip
+    assert "is a training run's folder" in err and "run.json" in err
+    assert (run / "run.json").is_file() and not (run / "manifest.json").exists()
+
+
+def test_resume_says_when_there_is_nothing_to_resume_and_measures_a_finished_run_on_a_new_eval_store(
+    store_path, suite_root, tmp_path, capsys
+):
+    run = ["train", "--store", str(store_path), "--out", str(tmp_path / "run"), "--arch", "crosscoder",
+           "--d-sae", "16", "--n-steps", "2", "--batch-size", "32"]  # fmt: skip
+    assert main([*run, "--resume"]) == 0
+    assert "--resume: no checkpoint under" in capsys.readouterr().out
+    fresh = tmp_path / "fresh"
+    harvest(suite_root, fresh, tokens=token_table(8, seed=2))
+    assert main([*run, "--resume", "--eval-store", str(fresh)]) == 0
+    assert f"--eval-store {fresh}" in capsys.readouterr().out
+    quality = json.loads((tmp_path / "run" / "quality.json").read_text())
+    assert quality["measured_on"] == str(fresh.resolve())
+
+
+def test_harvest_says_when_the_held_out_share_is_less_than_a_row(suite_root, tmp_path, capsys):
+    argv = ["harvest", "--suite", str(suite_root), "--hook", HOOK, "--n-tokens", "64", "--seq-len", "16"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "no held-out tokens: the default held-out share (6 tokens, a tenth of --n-tokens)" in out
+    assert "--heldout-tokens 16 or more" in out and not (tmp_path / "a-heldout").exists()
+    assert main([*argv, "--out", str(tmp_path / "b"), "--heldout-tokens", "16"]) == 0
+    assert "no held-out tokens" not in capsys.readouterr().out and (tmp_path / "b-heldout").exists()

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from crosslens.activations.store import ActivationStore, read_manifest, snapshot_label, write_manifest
 from crosslens.core.errors import PartnerMismatchError
 from crosslens.core.metadata import metadata_value
@@ -127,3 +129,36 @@ def check_heldout(store: ActivationStore, heldout: ActivationStore) -> None:
             f"the held-out store {heldout.path} was split from another store than {store.path} (content "
             f"{str(paired.get('content_sha256'))[:12]}... vs {store.content_sha256[:12]}...): it is stale; {fix}"
         )
+
+
+def check_eval_store(training: ActivationStore, evaluation: ActivationStore, hook: str, flag: str = "--eval-store") -> None:
+    """Refuse, before a crosscoder is trained on ``training`` at ``hook``, a store to evaluate it on
+    that could not serve it: other snapshots, or not that hook at that width. The same check
+    :func:`check_crosscoder_store` makes once the crosscoder exists, made early."""
+    where = f"{flag} {evaluation.path} and the training store {training.path}"
+    problem = snapshot_problem(training.snapshots, evaluation.snapshots)
+    if problem:
+        steps = ",".join(str(e.get("step")) for e in training.snapshots)
+        raise PartnerMismatchError(
+            f"{where} do not match: {problem}; pass a store harvested from the same snapshots "
+            f"(`crosslens harvest --steps {steps} --hook {hook}`)"
+        )
+    if hook not in evaluation.hooks:
+        raise PartnerMismatchError(
+            f"{where} do not match: training reads {hook}, {flag} holds {', '.join(evaluation.hooks)}; "
+            f"pass a store harvested with --hook {hook}"
+        )
+    if evaluation.d_in_of(hook) != training.d_in_of(hook):
+        raise PartnerMismatchError(
+            f"{where} do not match: width {training.d_in_of(hook)} vs {evaluation.d_in_of(hook)} at {hook}; "
+            "pass a store of the same models"
+        )
+
+
+def shared_sequences(mine: torch.Tensor, theirs: torch.Tensor) -> int:
+    """How many rows of the token table ``mine`` are rows of ``theirs`` too: sequences a crosscoder
+    trained on ``theirs`` has seen. Rows compare whole, so tables of other lengths share none."""
+    if mine.shape[1] != theirs.shape[1]:
+        return 0
+    seen = {row.numpy().tobytes() for row in theirs.cpu()}
+    return sum(row.numpy().tobytes() in seen for row in mine.cpu())

@@ -36,14 +36,17 @@ def format_quality(rows: list[dict], result: dict, where: str) -> str:
 def print_quality(
     crosscoder_path, store_path: str, eval_store: str | None, device: str, save_to: Path | None = None,
     eval_flag: str = "--eval-store", spliced_seqs: int = 0, spliced_ablation: str = "zero",
-    model_dtype: str | None = None,
+    model_dtype: str | None = None, trained_on: Any = None,
 ) -> dict | None:
     """The quality table of a saved crosscoder: held-out explained variance per snapshot, L0, dead features,
     and with ``spliced_seqs`` > 0 the spliced-model loss per snapshot on that many token rows of the same
     store (:mod:`crosslens.commands.spliced`), which is returned.
 
     The store measured on is re-hashed (the training store, which training has just hashed:
-    sizes only) and checked against the crosscoder's snapshots and hook before anything is computed."""
+    sizes only) and checked against the crosscoder's snapshots and hook before anything is computed.
+    ``trained_on``: the training token table ``[n_seqs, seq_len]`` where known; an ``eval_store``
+    whose sequences it holds is said to be partly (or wholly) training data, in the table's heading
+    and in ``save_to``."""
     from crosslens.activations import ActivationStore
     from crosslens.activations.partners import check_crosscoder_store, store_seal
     from crosslens.commands.runs import open_heldout
@@ -59,16 +62,37 @@ def print_quality(
         where = "the TRAINING tokens (no held-out store: pass --eval-store, or harvest with --heldout-tokens)"
         store = ActivationStore.open(store_path, verify="size")
     check_crosscoder_store(crosscoder, store, crosscoder_name=crosscoder_path)
+    seen = None
+    if eval_store is not None:
+        where, seen = _training_overlap(store, trained_on, where)
     rows, result = quality_rows(crosscoder, store)
     print(format_quality(rows, result, where))
     spliced = _spliced_quality(crosscoder, store, spliced_seqs, spliced_ablation, device, model_dtype)
     if save_to is not None:
         record = {"measured_on": str(Path(store.path).resolve()), "measured_on_seal": store_seal(store)}
         record.update(rows=rows, dead_features=result["dead_features"])
+        if seen is not None:
+            record["training_sequences"] = seen
         if spliced_seqs > 0:
             record["spliced_loss"] = spliced
         save_to.write_text(json.dumps(record, indent=1))
     return spliced
+
+
+def _training_overlap(store, trained_on: Any, where: str) -> tuple[str, int | None]:
+    """``where`` with what is known of ``store``'s sequences among the training ones, and their
+    count (None when the training tokens are not at hand); a store that shares any is said aloud."""
+    from crosslens.activations.partners import shared_sequences
+
+    if trained_on is None:
+        return f"{where} (not compared with the training tokens, which are not at hand)", None
+    seen, total = shared_sequences(store.sequences, trained_on), len(store.sequences)
+    if seen:
+        print(f"note: {seen} of {total} sequences of {where} are training sequences, so the table below is "
+              f"{'not held out' if seen == total else 'partly measured on training data'}; harvest with "
+              "--heldout-tokens for a held-out store")  # fmt: skip
+        where = f"{where} ({seen} of {total} sequences seen in training)"
+    return where, seen
 
 
 def _spliced_quality(crosscoder, store, n_seqs: int, ablation: str, device: str, model_dtype: str | None) -> dict | None:
@@ -99,10 +123,20 @@ def evaluate(args: argparse.Namespace) -> int:
     folder = crosscoder_folder_arg(args.crosscoder, "CROSSCODER")
     if not Path(args.store).exists():
         raise CLIError(f"--store {args.store}: the path does not exist; pass an activation store written by `crosslens harvest`")
-    print_quality(crosscoder_folder(folder), args.store, args.store, device, eval_flag="--store")
+    path = crosscoder_folder(folder)
+    print_quality(path, args.store, args.store, device, eval_flag="--store", trained_on=_training_tokens(path))
     if args.spliced_loss:
         print_spliced_loss(crosscoder_folder(folder), args.store, args, device)
     return 0
+
+
+def _training_tokens(crosscoder_path: Path) -> Any:
+    """The token table the crosscoder was trained on, from its run's store (None when that is gone)."""
+    from crosslens.activations import ActivationStore
+    from crosslens.commands.runs import run_folder, run_store
+
+    store = run_store(run_folder(crosscoder_path))
+    return None if store is None else ActivationStore.open(store, verify="none").sequences
 
 
 def print_spliced_loss(crosscoder_path: Path, store_path: str, args: argparse.Namespace, device: str) -> None:

@@ -189,7 +189,7 @@ def report_quality(runner, heldout, args: argparse.Namespace, model_dtype: str) 
     if args.eval_store is not None:
         spliced = print_quality(
             runner.final_path, "", args.eval_store, runner.device, save_to=save_to, spliced_seqs=args.spliced_seqs,
-            spliced_ablation=args.spliced_ablation, model_dtype=model_dtype,
+            spliced_ablation=args.spliced_ablation, model_dtype=model_dtype, trained_on=runner.train_NL,
         )  # fmt: skip
         seal_run(runner.out_dir)
         log_run_spliced(runner, spliced)

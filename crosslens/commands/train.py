@@ -117,6 +117,8 @@ def train(args: argparse.Namespace) -> int:
         check_not_being_written(config.out_dir)
         check_run_start(config.out_dir, resume=args.resume, overwrite=args.overwrite)
         config.store_path = _harvest_for_recipe(args, recipe, config, device, model_dtype)
+    if args.eval_store is not None:
+        _check_eval_store(config.store_path, args.eval_store, config.hook_name)
     runner = CrosscoderTrainingRunner(config)
     with torchrun_job():
         runner.join_mesh()
@@ -129,20 +131,33 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_eval_store(store_path: str, eval_store: str, hook: str) -> None:
+    """Refuse an --eval-store that cannot serve the crosscoder before training it, not after."""
+    from crosslens.activations import ActivationStore
+    from crosslens.activations.partners import check_eval_store
+
+    training = ActivationStore.open(store_path, verify="none")
+    if not Path(eval_store).exists():
+        raise CLIError(f"--eval-store {eval_store}: the path does not exist; pass a store written by `crosslens harvest`")
+    check_eval_store(training, ActivationStore.open(eval_store, verify="none"), training.resolve_hook(hook or None))
+
+
 def _save_quality(runner, args: argparse.Namespace, device: str, model_dtype: str | None) -> None:
     """Print the quality table and seal it into the run (a finished run found by --resume keeps its
-    own); the spliced-loss figures also go to the W&B run's summary when training logged to W&B."""
+    own, unless --eval-store names where to measure it again); the spliced-loss figures also go to
+    the W&B run's summary when training logged to W&B."""
     from crosslens.commands.spliced import log_run_spliced
     from crosslens.training.runfolder import seal_run
 
     quality = runner.out_dir / QUALITY_NAME
-    if runner.finished_before and quality.is_file():
+    if runner.finished_before and quality.is_file() and args.eval_store is None:
         print(f"its quality table: {quality}")
         return
     print(f"crosscoder saved to {runner.final_path}")
     spliced = print_quality(
         runner.final_path, runner.config.store_path, args.eval_store, device, save_to=quality,
         spliced_seqs=args.spliced_seqs, spliced_ablation=args.spliced_ablation, model_dtype=model_dtype,
+        trained_on=runner.store.sequences,
     )  # fmt: skip
     seal_run(runner.out_dir)
     log_run_spliced(runner, spliced)
