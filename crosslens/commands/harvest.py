@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from crosslens.core.launch import is_main_process, local_rank_device
+from crosslens.core.paths import RUN_CONFIG_NAME
 from crosslens.commands.common import CLIError, device_and_dtype, load_recipe_arg, print_peak_memory, recipe_suite, reset_peak_memory, resolve_suite, torchrun_job
 
 
@@ -18,6 +19,8 @@ def harvest(args: argparse.Namespace) -> int:
     device, model_dtype = device_and_dtype(args)
     suite = selected_suite(args, recipe)
     check_hooks(suite, hooks)  # before any model loads or anything is written
+    if (Path(args.out) / RUN_CONFIG_NAME).is_file():  # --overwrite replaces a store, never a run's files
+        raise CLIError(f"--out {args.out} is a training run's folder (it holds {RUN_CONFIG_NAME}); harvest into another folder")
     source = token_source(args, recipe)
     device = local_rank_device(device)
     reset_peak_memory(device)
@@ -120,6 +123,11 @@ def token_tables(args: argparse.Namespace, recipe, source: tuple[str, object], t
     n_tokens, seq_len, held_tokens = token_budget(args, recipe)
     n_seqs = max(1, n_tokens // seq_len)
     n_held = held_tokens // seq_len
+    if held_tokens and not n_held and is_main_process():
+        given = f"--heldout-tokens {held_tokens}" if args.heldout_tokens is not None else (
+            f"the default held-out share ({held_tokens} tokens, a tenth of --n-tokens)")
+        print(f"no held-out tokens: {given} is less than one row of --seq-len {seq_len}; pass "
+              f"--heldout-tokens {seq_len} or more for a held-out store")  # fmt: skip
     tokens = _token_table(tokenizer, source, seq_len, n_seqs + n_held, n_tokens, held_tokens, args)
     return split_rows(tokens, n_held, seed=0)
 

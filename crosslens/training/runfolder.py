@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from crosslens.activations.store import MANIFEST_NAME
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hashing import file_sha256
 from crosslens.core.locks import exclusive_lock, lock_holder
@@ -222,6 +223,15 @@ def _listed(names: tuple[str, ...]) -> str:
     return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
+def refuse_store_folder(run_dir: str | Path) -> None:
+    """Refuse a run folder that is an activation store: a run's files would mix with the store's,
+    and ``--overwrite`` clears a run's results, never a store."""
+    if (Path(run_dir) / MANIFEST_NAME).is_file():
+        raise RunFolderInUseError(
+            f"{run_dir} is an activation store (it holds {MANIFEST_NAME}); train into another folder (--out)"
+        )
+
+
 def check_run_start(run_dir: str | Path, *, resume: bool, overwrite: bool) -> RunFolderState:
     """What ``run_dir`` holds, after refusing a start that would lose or mix another run's results:
     a new run needs a folder without them (or ``overwrite``); ``resume`` needs a checkpoint or a
@@ -229,6 +239,7 @@ def check_run_start(run_dir: str | Path, *, resume: bool, overwrite: bool) -> Ru
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise RunFolderInUseError("--resume continues the run in --out and --overwrite removes it: pass one of them")
+    refuse_store_folder(run_dir)
     state = run_folder_state(run_dir)
     if overwrite or not state.leftovers:
         return state

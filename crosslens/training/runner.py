@@ -55,6 +55,7 @@ from crosslens.training.runfolder import (
     clear_run_results,
     newest_verified_checkpoint,
     owned_run_folder,
+    refuse_store_folder,
     seal_run,
 )
 from crosslens.training.trainer import CrosscoderTrainer, crosscoder_metrics
@@ -66,6 +67,7 @@ class CrosscoderTrainingRunner:
         """``store``: the store at ``config.store_path`` when the caller already holds it open
         (and verified), so it is not opened, and hashed, a second time."""
         self.config = config
+        refuse_store_folder(config.out_dir)  # before the store is hashed or any lock is taken in it
         if store is None:
             store = ActivationStore.open(config.store_path, verify="full" if config.verify_store else "size")
         elif Path(store.path).resolve() != Path(config.store_path).resolve():
@@ -241,14 +243,16 @@ class CrosscoderTrainingRunner:
             if self.is_main:
                 clear_run_results(self.out_dir, everything=overwrite)
             resume_from = state.checkpoint if resume else None
-            if resume and resume_from is None and run_file.exists():
-                print(f"no checkpoint under {self.checkpoint_dir} to resume from; starting from scratch")
+            if resume and resume_from is None and self.is_main:
+                print(f"--resume: no checkpoint under {self.checkpoint_dir} to resume from; starting from scratch")
             if resume_from is not None:
                 self._check_resumable(resume_from, run_file)
             elif self.is_main:
                 run_file.write_text(json.dumps(self.run_record(), indent=2))
             if self.is_main:
                 print(precision_line(self.config))
+                if self.store is not None:
+                    print(data_line(self.config, self.store.n_tokens))
             trainer = self._trainer(resume_from)
             with stop_between_steps(enabled=self.mesh is None) as request:
                 trainer.fit(self._stoppable_batches(trainer, request), resume_from=resume_from)
@@ -370,6 +374,16 @@ def precision_line(config: CrosscoderRunnerConfig) -> str:
     return (
         f"precision: crosscoder step in {step} (--autocast), float32 parameters, "
         f"{config.optimizer_state} Adam state (--optimizer-state)"
+    )
+
+
+def data_line(config: CrosscoderRunnerConfig, store_tokens: int) -> str:
+    """How many times the run reads its store, said so that many passes over a small one are seen."""
+    tokens = config.n_steps * config.train_batch_size_tokens
+    return (
+        f"data: {config.n_steps:,} steps (--n-steps) x {config.train_batch_size_tokens:,} tokens (--batch-size) = "
+        f"{tokens:,} tokens, "
+        f"{tokens / store_tokens:,.2f} passes over the store's {store_tokens:,}"
     )
 
 
