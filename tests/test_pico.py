@@ -381,3 +381,14 @@ def test_evaluate_pairs_on_a_hooked_transformer(small_suite: Path, tmp_path: Pat
     pairs = heldout_pairs(PicoConfig.small().n_eval_pairs, seed=PicoConfig.small().seed)["simple"]
     manifest = json.loads((small_suite / "suite.json").read_text())
     assert evaluate_pairs(hooked, suite.tokenizer(), pairs) == pytest.approx(manifest["evals"][-1]["simple"], abs=0.02)
+
+
+def test_the_targets_printout_says_a_never_reached_accuracy_in_words():
+    from crosslens.pico.evals import format_targets
+
+    targets = {
+        "chance_at_step0": True, "simple_before_attractor": True, "simple_learned_at": 96,
+        "attractor_learned_at": None, "final_agreement_learned": False, "nearest_noun_phase_steps": [],
+    }  # fmt: skip
+    line = format_targets(targets).splitlines()[1]
+    assert line == "[ok  ] simple agreement reaches 95% at step 96, attractor agreement (pp and rc) at no checkpoint"

@@ -69,7 +69,9 @@ def test_matching_at_both_thresholds_on_crafted_decoders():
     assert summary[1]["mean"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
     assert summary[1]["sd"] == pytest.approx(math.sqrt(((1 / 6) ** 2 * 2 + (1 / 3) ** 2) / 2))
     text = format_stability(rows)
-    assert text.splitlines()[0] == "  decoder cos >= 0.7: 75.0% +/- 0.0% of live features matched (mean +/- sd over 1 pairs of seeds)"
+    assert text.splitlines()[0] == "  decoder cos >= 0.7: 75.0% of live features matched (one pair of seeds: no spread)"
+    three = format_stability(seed_stability([a, b, b], labels=["s0", "s1", "s1'"]))
+    assert three.splitlines()[0].endswith("of live features matched (mean +/- sd over 3 pairs of seeds)")
     assert "s0 vs s1 at cos >= 0.9: 2 of 4 / 4 live features matched (50.0%)" in text
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         seed_stability([a, b], thresholds=(1.5,))

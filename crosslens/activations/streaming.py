@@ -135,7 +135,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
                     first_n_layers=self.first_n_layers, identity=self._identities()[self.snapshot_indices[i]],
                 )  # fmt: skip
                 # resident for the whole run: blocks past the hook would only hold memory
-                model = keep_first_blocks(model, self.first_n_layers).to(self.model_dtype)
+                model = keep_first_blocks(model, self.first_n_layers).to(self.model_dtype, print_details=False)
                 if i == 0:
                     self._check_fits(model_bytes(model), model.cfg.d_model, device)
                 self.provenance.append(record)

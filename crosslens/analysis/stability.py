@@ -141,6 +141,8 @@ def format_stability(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
         f"  decoder cos >= {s['min_cosine']:g}: {s['mean']:.1%} +/- {s['sd']:.1%} of live features matched "
         f"(mean +/- sd over {s['pairs']} pairs of seeds)"
+        if s["pairs"] > 1
+        else f"  decoder cos >= {s['min_cosine']:g}: {s['mean']:.1%} of live features matched (one pair of seeds: no spread)"
         for s in stability_summary(rows)
     ]
     lines += [

@@ -311,13 +311,16 @@ def format_targets(targets: dict[str, Any]) -> str:
     def mark(ok: bool) -> str:
         return "ok  " if ok else "MISS"
 
+    def reached(step: int | None) -> str:
+        return "at no checkpoint" if step is None else f"at step {step}"
+
     phase = targets["nearest_noun_phase_steps"]
     return "\n".join(
         [
             f"[{mark(targets['chance_at_step0'])}] step 0: every task near chance (35-65%)",
-            f"[{mark(targets['simple_before_attractor'])}] simple agreement reaches 95% at step "
-            f"{targets['simple_learned_at']}, attractor agreement (pp and rc) at step "
-            f"{targets['attractor_learned_at']}",
+            f"[{mark(targets['simple_before_attractor'])}] simple agreement reaches 95% "
+            f"{reached(targets['simple_learned_at'])}, attractor agreement (pp and rc) "
+            f"{reached(targets['attractor_learned_at'])}",
             f"[{mark(targets['final_agreement_learned'])}] last checkpoint: simple, pp and rc >= 95%",
             "      nearest-noun phase (simple >= 80% but attractor wins > 50%) at steps: " + (", ".join(map(str, phase)) or "none"),
         ]
