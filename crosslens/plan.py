@@ -36,7 +36,7 @@ from crosslens.architectures import DEFAULT_K, uses_k
 from crosslens.core.devices import DTYPE_BYTES, GPUS
 from crosslens.core.units import format_bytes
 from crosslens.core.errors import CrosslensError
-from crosslens.core.hooks import block_index
+from crosslens.core.hooks import block_index, hook_problem
 from crosslens.training.config import AUTOCAST_CHOICES, micro_batch_error, resolved_autocast
 from crosslens.training.memory import activation_bytes, parameter_counts, training_memory
 
@@ -259,12 +259,17 @@ class PlanConfig:
             )
         if self.data_parallel > self.batch_size:
             raise PlanError(f"the data axis ({self.data_parallel}) exceeds --batch-size {self.batch_size}")
-        if self.micro_batches < 1 or math.ceil(self.batch_size / self.data_parallel) % self.micro_batches:
-            raise PlanError(micro_batch_error(math.ceil(self.batch_size / self.data_parallel), self.micro_batches))
+        if self.batch_size % self.data_parallel:  # train gives every data rank an equal slice of each batch
+            raise PlanError(uneven_batch_error(self.data_parallel, self.snapshot_parallel, self.n_snapshots, self.batch_size))
+        if self.micro_batches < 1 or (self.batch_size // self.data_parallel) % self.micro_batches:
+            raise PlanError(micro_batch_error(self.batch_size // self.data_parallel, self.micro_batches))
         if self.autocast not in AUTOCAST_CHOICES:
             raise PlanError(f"--autocast must be one of {AUTOCAST_CHOICES}, got {self.autocast!r}")
         if self.gpu not in GPUS:
             raise PlanError(f"no memory figure for GPU {self.gpu!r}; choose one of {sorted(GPUS)} (--gpu)")
+        problem = hook_problem(self.hook, None)  # harvest's check; the block range is checked below, naming the model
+        if problem:
+            raise PlanError(f"--hook {problem}")
         layer = block_index(self.hook)
         if layer is not None and layer >= self.model.n_layers:
             raise PlanError(f"--hook {self.hook} names block {layer}, but {self.model.name} has {self.model.n_layers} (0..{self.model.n_layers - 1})")
@@ -283,14 +288,33 @@ class PlanConfig:
         return self.data_parallel * self.snapshot_parallel
 
 
-def default_mesh(world_size: int, n_snapshots: int) -> tuple[int, int]:
-    """``(data, snapshot)`` for ``world_size`` ranks: the largest snapshot axis that divides
-    both the world size and the snapshot count (memory shrinks with it), the rest data."""
-    best = 1
-    for s in range(1, world_size + 1):
-        if world_size % s == 0 and s <= n_snapshots and n_snapshots % s == 0:
-            best = s
+def default_mesh(world_size: int, n_snapshots: int, batch_size: int | None = None) -> tuple[int, int]:
+    """``(data, snapshot)`` for ``world_size`` ranks: the largest snapshot axis (memory shrinks
+    with it) that divides both the world size and the snapshot count, the rest data. With
+    ``batch_size``, a mesh whose data axis divides the batch comes first (train refuses the
+    others), even if its snapshot axis splits the snapshots unevenly (train accepts that)."""
+
+    def preference(s: int) -> tuple[bool, bool, int]:
+        fits_batch = batch_size is None or batch_size % (world_size // s) == 0
+        return fits_batch, n_snapshots % s == 0, s
+
+    axes = [s for s in range(1, min(world_size, n_snapshots) + 1) if world_size % s == 0]
+    best = max(axes, key=preference)
     return world_size // best, best
+
+
+def uneven_batch_error(data: int, snapshot: int, n_snapshots: int, batch_size: int) -> str:
+    """Why a ``data x snapshot`` mesh cannot split ``batch_size``, and the meshes or batch sizes that can."""
+    world = data * snapshot
+    fits = [d for d in range(world, 0, -1) if world % d == 0 and batch_size % d == 0 and world // d <= n_snapshots]
+    fixes = [f"--mesh {fits[0]}x{world // fits[0]} (the same {world} ranks)"] if fits else []
+    lower = batch_size // data * data
+    fixes += [f"--batch-size {lower}" if lower else f"--batch-size {data}"]
+    return (
+        f"--mesh {data}x{snapshot}: train splits each batch evenly over the data axis, and {batch_size} tokens "
+        f"(--batch-size) do not split over {data} data ranks; use a data axis that divides the batch, e.g. "
+        + " or ".join(fixes)
+    )
 
 
 SHARDED = ("W_enc", "W_dec", "b_dec")

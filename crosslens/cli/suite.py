@@ -57,7 +57,7 @@ class SuiteBuildFlags:
 @dataclass
 class SuiteListFlags:
     model: str = field(metadata={"positional": True})
-    """Hub model id or local folder."""
+    """Hub model id, local folder, or pico (the embedded suite)."""
 
 
 BUILD = Subcommand(

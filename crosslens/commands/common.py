@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -34,18 +35,54 @@ def reset_peak_memory(device: str) -> None:
     reset_peak_memory(device)
 
 
+def looks_like_path(spec: str) -> bool:
+    """Whether ``spec`` is meant as a folder rather than a hub id (``owner/name``) or ``pico``:
+    it starts with ``/``, ``.`` or ``~``, ends with a separator, or has more than one ``/``."""
+    if spec.startswith(("/", ".", "~")) or spec.endswith(("/", "\\")) or "\\" in spec:
+        return True
+    return os.sep in spec and spec.count("/") != 1
+
+
+def missing_path_error(spec: str, flag: str | None = "--suite") -> CLIError:
+    where = f"{flag} {spec}" if flag else spec
+    return CLIError(
+        f"{where}: the path does not exist; pass a folder of checkpoints (e.g. one `crosslens suite build --root` wrote)"
+    )
+
+
+def pico_listing():
+    """``(suite, built)``: the suite ``--suite pico`` means. Built, the suite itself; not yet built,
+    the snapshots its default config will have (steps and folders, never loaded), so the steps
+    can be listed and checked without the build."""
+    from crosslens.checkpoints import CheckpointSuite, SnapshotRef
+    from crosslens.pico import PicoConfig
+    from crosslens.pico.build import MODEL_ID, default_root, is_built
+
+    config = PicoConfig()
+    root = default_root(config)
+    if is_built(root, config):
+        return CheckpointSuite.local(root), True
+    refs = [SnapshotRef(i, f"step{s}", s, None) for i, s in enumerate(config.checkpoint_steps)]
+    folders = {ref.revision: root / ref.revision for ref in refs}
+    return CheckpointSuite("local", MODEL_ID, refs, folders=folders, root=root), False
+
+
 def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | None = None, flag: str = "--suite"):
     """Turn a ``--suite`` string into a :class:`CheckpointSuite`, then select snapshots."""
     from crosslens.checkpoints import CheckpointSuite
 
+    given = spec
     if spec == "pico":
         from crosslens.pico import pico_suite
 
+        listed, built = pico_listing()
+        if not built:  # a bad --steps/--n-snapshots is refused before the build, not after it
+            select_snapshots(listed, steps, n_snapshots, given)
         suite = pico_suite()
     elif Path(spec).expanduser().exists():
         suite = CheckpointSuite.local(Path(spec).expanduser())
-    elif spec.startswith(("/", "./", "../", "~")) or spec.endswith(("/", "\\")):
-        raise CLIError(f"{flag} {spec}: the path does not exist; pass a folder of checkpoints (e.g. one `crosslens suite build --root` wrote)")
+    elif looks_like_path(spec):
+        raise missing_path_error(spec, flag)
     else:
         spec, _, ingredient = spec.partition("@ingredient")  # OLMo-2/3: one stage-2 ingredient
         lowered = spec.lower()
@@ -68,15 +105,35 @@ def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | 
                 f"{flag} {spec}: no such local folder, and cannot tell which family {spec!r} is; pass 'pico', "
                 "a local folder of checkpoints, or a hub id naming pythia, OLMo or bloom"
             )
-    try:
-        if steps is not None:
-            suite = suite.select(steps=steps)
-        if n_snapshots is not None:
-            suite = suite.select(n=n_snapshots, spacing="log")
-    except ValueError as error:
-        raise CLIError(f"--steps/--n-snapshots: {error}") from None
-    return suite
+    return select_snapshots(suite, steps, n_snapshots, given)
 
+
+def select_snapshots(suite, steps: list[int] | None, n_snapshots: int | None, spec: str, recipe: str | None = None):
+    """``suite`` narrowed to ``--steps``, then to ``--n-snapshots`` log-spaced ones. A step the
+    suite does not list, or more snapshots than it holds, is refused, naming the suite: ``spec``
+    (what ``--suite`` said, whose `crosslens suite list` shows the snapshots), or the ``recipe``
+    whose steps the suite is."""
+    from crosslens.core.errors import UnknownRevisionError
+
+    name = f"recipe {recipe}" if recipe else spec
+    listing = "" if recipe else f"; `crosslens suite list {spec}` lists them"
+    if steps is not None:
+        try:
+            suite = suite.select(steps=steps)
+        except UnknownRevisionError as error:
+            nearest = f"; nearest: {', '.join(error.nearest)}" if error.nearest else ""
+            raise CLIError(f"--steps: {error.requested} is not among the {len(suite)} snapshots of {name}{nearest}{listing}") from None
+        except ValueError as error:
+            raise CLIError(f"--steps: {error}") from None
+    if n_snapshots is not None:
+        if n_snapshots > len(suite):
+            among = f"--steps picks {len(suite)} snapshots" if steps is not None else f"{name} lists {len(suite)} snapshots"
+            raise CLIError(f"--n-snapshots {n_snapshots}: {among}; pass --n-snapshots {len(suite)} or fewer{listing}")
+        try:
+            suite = suite.select(n=n_snapshots, spacing="log")
+        except ValueError as error:
+            raise CLIError(f"--n-snapshots: {error}") from None
+    return suite
 
 
 @contextlib.contextmanager

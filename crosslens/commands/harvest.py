@@ -8,7 +8,7 @@ from pathlib import Path
 
 from crosslens.core.launch import is_main_process, local_rank_device
 from crosslens.core.paths import RUN_CONFIG_NAME
-from crosslens.commands.common import CLIError, device_and_dtype, load_recipe_arg, print_peak_memory, recipe_suite, reset_peak_memory, resolve_suite, torchrun_job
+from crosslens.commands.common import CLIError, device_and_dtype, load_recipe_arg, print_peak_memory, recipe_suite, reset_peak_memory, resolve_suite, select_snapshots, torchrun_job
 
 
 def harvest(args: argparse.Namespace) -> int:
@@ -37,10 +37,7 @@ def harvest(args: argparse.Namespace) -> int:
 def selected_suite(args: argparse.Namespace, recipe):
     """The suite of ``--suite`` (default: the recipe's, else pico), narrowed by ``--steps`` or ``--n-snapshots``."""
     if recipe is not None and args.suite is None:
-        suite = recipe_suite(recipe)
-        if args.steps is not None or args.n_snapshots is not None:
-            suite = suite.select(steps=args.steps) if args.steps is not None else suite.select(n=args.n_snapshots)
-        return suite
+        return select_snapshots(recipe_suite(recipe), args.steps, args.n_snapshots, recipe.model, recipe=recipe.name)
     return resolve_suite(args.suite or "pico", args.steps, args.n_snapshots)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from crosslens.commands.common import CLIError, load_recipe_arg
+from crosslens.commands.common import CLIError, load_recipe_arg, looks_like_path, missing_path_error, select_snapshots
 
 
 def plan(args: argparse.Namespace) -> int:
@@ -30,6 +31,10 @@ def plan(args: argparse.Namespace) -> int:
         n_snapshots = recipe.n_snapshots
     if n_snapshots is None:
         raise CLIError("plan needs the snapshot count: --n-snapshots N, --steps A,B,... or --recipe NAME")
+    listed = listed_suite(args, recipe)
+    if listed is not None:  # the snapshots harvest and train --stream would read
+        from_recipe = recipe.name if recipe is not None and args.suite is None else None
+        n_snapshots = len(select_snapshots(listed, args.steps, args.n_snapshots, args.suite or "pico", from_recipe))
     world = args.world_size
     if args.mesh:
         try:
@@ -39,7 +44,8 @@ def plan(args: argparse.Namespace) -> int:
         if world is not None and world != data * snap:
             raise CLIError(f"--mesh {args.mesh} has {data * snap} ranks but --world-size is {world}; drop one")
     else:
-        data, snap = default_mesh(world or 1, n_snapshots)
+        batch = args.batch_size or (recipe.batch_size if recipe is not None else 4096)
+        data, snap = default_mesh(world or 1, n_snapshots, batch)
     common = dict(
         n_snapshots=n_snapshots, data_parallel=data, snapshot_parallel=snap, device=device, tflops=args.tflops,
         link_gbps=args.link_gbps, model_dtype=model_dtype, micro_batches=args.micro_batches or 1, gpu=args.gpu,
@@ -71,6 +77,29 @@ def plan(args: argparse.Namespace) -> int:
     elif args.stream and not args.json:
         print(f"\n(train --stream's end-to-end time is predicted for a GPU: --device cuda, not {device})")
     return 0
+
+
+def listed_suite(args: argparse.Namespace, recipe):
+    """The suite harvest would select ``--steps``/``--n-snapshots`` from, where it is known offline
+    without loading or downloading anything: pico (built or not), a local folder, a Pythia repo
+    (crosslens knows its steps), a Pythia recipe's steps. None where only the hub could list it
+    (OLMo, BLOOM): then the count is taken as given."""
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.commands.common import pico_listing
+
+    if recipe is not None and args.suite is None:
+        return recipe.suite() if recipe.family == "pythia" else None
+    spec = args.suite or "pico"
+    if spec == "pico":
+        return pico_listing()[0]
+    folder = Path(spec).expanduser()
+    if folder.exists():
+        return CheckpointSuite.local(folder)
+    if looks_like_path(spec):
+        raise missing_path_error(spec)
+    if "pythia" in spec.lower():
+        return CheckpointSuite.pythia(spec)
+    return None
 
 
 def format_stream_prediction(p: dict) -> str:

@@ -145,8 +145,19 @@ def suite_build(args: argparse.Namespace) -> int:
 def suite_list(args: argparse.Namespace) -> int:
     from crosslens.checkpoints.trajectory import group_by_stage
     from crosslens.checkpoints import list_revisions
+    from crosslens.commands.common import looks_like_path, missing_path_error, pico_listing
 
-    for heading, revisions in group_by_stage(list_revisions(args.model)):
+    spec = args.model
+    if spec == "pico":  # what --suite pico means elsewhere; listing it needs no build
+        suite, built = pico_listing()
+        if not built:
+            print(f"# pico is not built yet: the first --suite pico (or `crosslens suite build`) writes it to {suite.root}")
+        print("\n".join(suite.revisions))
+        return 0
+    folder = Path(spec).expanduser()
+    if looks_like_path(spec) and not folder.exists():
+        raise missing_path_error(spec, flag=None)
+    for heading, revisions in group_by_stage(list_revisions(folder if folder.is_dir() else spec)):
         if heading:  # staged runs (OLMo-2/3): one block per stage and ingredient
             print(f"# {heading}: {len(revisions)} revisions")
         for revision in revisions:
