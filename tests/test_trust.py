@@ -484,3 +484,16 @@ def test_harvest_says_when_the_held_out_share_is_less_than_a_row(suite_root, tmp
     assert "--heldout-tokens 16 or more" in out and not (tmp_path / "a-heldout").exists()
     assert main([*argv, "--out", str(tmp_path / "b"), "--heldout-tokens", "16"]) == 0
     assert "no held-out tokens" not in capsys.readouterr().out and (tmp_path / "b-heldout").exists()
+
+
+def test_analyze_names_a_training_store_that_has_moved(store_path, tmp_path, capsys):
+    store = copy_tree(store_path, tmp_path / "store")
+    run = tmp_path / "run"
+    assert main(["train", "--store", str(store), "--out", str(run), "--arch", "crosscoder", "--d-sae", "16",
+                 "--n-steps", "2", "--batch-size", "32"]) == 0  # fmt: skip
+    store.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["analyze", "--crosscoder", str(run), "--out", str(tmp_path / "report.html")]) == 0
+    out = capsys.readouterr().out
+    assert f"the store the run trained on, {store.resolve()} (its run.json), is not there" in out
+    assert "no feature is classed dead" in out and "dead 0" in out

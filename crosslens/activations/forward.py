@@ -35,7 +35,7 @@ import torch
 from jaxtyping import Int
 
 from crosslens.activations.sdpa import sdpa_refusal, sdpa_trunk
-from crosslens.core.hooks import block_index
+from crosslens.core.hooks import block_index, opt_in_problem
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -58,15 +58,43 @@ def stop_layer_for(hooks: Sequence[str]) -> int | None:
 
 
 def check_hooks(model: HookedTransformer, hooks: Sequence[str]) -> None:
-    """Refuse hook names the model does not have, suggesting near matches."""
+    """Refuse hook names the model does not have, or has but never runs (an opt-in
+    TransformerLens hook whose flag is off, an attention-only model's MLP output), saying why
+    and naming near matches."""
     for hook in hooks:
-        if hook not in model.hook_dict:
-            near = get_close_matches(hook, list(model.hook_dict), n=3)
-            raise ValueError(
-                f"the model has no hook {hook!r}"
-                + (f"; did you mean {near}?" if near else "")
-                + f" It has {model.cfg.n_layers} blocks; list names with `model.hook_dict.keys()`."
-            )
+        if hook in model.hook_dict:
+            problem = _never_fires(model, hook)
+        else:
+            problem = f"the model has no hook {hook!r}: {_missing_hook_reason(model, hook)}"
+        if problem is not None:
+            raise ValueError(f"{problem}; pass another --hook (hooks= in Python)")
+
+
+def _never_fires(model: HookedTransformer, hook: str) -> str | None:
+    """Why a hook point of ``model.hook_dict`` never runs (None: it runs)."""
+    if model.cfg.attn_only and hook.endswith(".hook_mlp_out"):  # declared on every block, run by none
+        return f"hook {hook!r} never fires: the model is attention-only, its blocks have no MLP"
+    problem = opt_in_problem(hook, model.cfg)
+    return None if problem is None else f"hook {problem}"
+
+
+def _missing_hook_reason(model: HookedTransformer, hook: str) -> str:
+    """Why ``model`` has no hook ``hook``, with the near matches it does have."""
+    cfg = model.cfg
+    layer = block_index(hook)
+    suffix = hook if layer is None else hook.split(".", 2)[-1]
+    if layer is not None and layer >= cfg.n_layers:
+        # a model cut short (keep_first_blocks) keeps every harvested block, so only a whole
+        # model meets a block past its last: n_layers is then the model's own count
+        return f"it has blocks 0..{cfg.n_layers - 1}"
+    if suffix == "hook_resid_mid" and cfg.parallel_attn_mlp:
+        why = "it runs attention and the MLP in parallel, so no residual stream lies between them"
+    elif cfg.attn_only and ("mlp" in suffix or suffix.startswith("ln2.") or suffix == "hook_resid_mid"):
+        why = "it is attention-only: its blocks have no MLP"
+    else:
+        why = "no such hook point"
+    near = [name for name in get_close_matches(hook, list(model.hook_dict), n=4) if _never_fires(model, name) is None]
+    return why + (f"; did you mean {', '.join(near[:3])}?" if near else "")
 
 
 def keep_first_blocks(model: HookedTransformer, n_layers: int | None) -> HookedTransformer:

@@ -248,7 +248,11 @@ class ActivationStore:
         root = Path(path)
         check_not_being_written(root)
         if not (root / MANIFEST_NAME).is_file():
-            raise FileNotFoundError(f"{root} holds no {MANIFEST_NAME}; build a store there with harvest_activations().")
+            what = "does not exist" if not root.exists() else f"holds no {MANIFEST_NAME}, so it is no activation store"
+            raise FileNotFoundError(
+                f"{root} {what}; build a store there with `crosslens harvest ... --out {root}` "
+                "(harvest_activations() in Python)"
+            )
         manifest = read_manifest(root)
         if manifest.get("format") != STORE_FORMAT:
             raise ValueError(
@@ -257,8 +261,8 @@ class ActivationStore:
             )
         if not manifest.get("complete"):
             raise IncompleteStoreError(
-                f"the harvest into {root} has not finished; run harvest_activations() again with the same "
-                "arguments to complete it (finished shards are kept)."
+                f"the harvest into {root} has not finished; run the same `crosslens harvest` command again "
+                "(harvest_activations() with the same arguments in Python) to complete it; finished shards are kept."
             )
         store = cls(root, manifest)
         if verify != "none":
@@ -350,8 +354,9 @@ class ActivationStore:
         if problems:
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise CorruptShardError(
-                f"store {self.path} has {len(problems)} damaged file(s): {shown}. Run harvest_activations() "
-                "again with the same arguments: it rebuilds exactly the damaged shards."
+                f"store {self.path} has {len(problems)} damaged file(s): {shown}. Run the same `crosslens harvest` "
+                "command again (harvest_activations() with the same arguments in Python): it rebuilds exactly "
+                "the damaged shards."
             )
 
     # ------------------------------------------------------------------ reads

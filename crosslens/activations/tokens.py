@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Int
 
-from crosslens.core.errors import TokenizerMismatchError
+from crosslens.core.errors import CrosslensError, TokenizerMismatchError
 from crosslens.core.packing import pack_documents
 
 if TYPE_CHECKING:
@@ -77,21 +78,57 @@ def tokens_from_dataset(
     A name is opened with ``datasets.load_dataset(name, config_name, split=split,
     streaming=streaming)``, so only as many documents as the rows need are read.
     """
-    if isinstance(dataset, str):
-        import datasets
-
-        dataset = datasets.load_dataset(dataset, config_name, split=split, streaming=streaming)
+    name = dataset if isinstance(dataset, str) else None
+    if name is not None:
+        dataset = _load_named_dataset(name, column, config_name=config_name, split=split, streaming=streaming)
     elif hasattr(dataset, "keys") and split in dataset:  # a DatasetDict
         dataset = dataset[split]
     column_names = getattr(dataset, "column_names", None)
     if column_names is not None and column not in column_names:
-        raise ValueError(f"the dataset has no column {column!r}; its columns are {column_names}. Pass column=.")
+        raise _no_column_error(name, column, column_names)
 
     def texts() -> Iterator[str]:
         for row in dataset:
+            if column not in row:  # a streamed dataset knows its columns only from its rows
+                raise _no_column_error(name, column, list(row))
             yield row[column]
 
     return tokenize_texts(tokenizer, texts(), seq_len, n_seqs=n_seqs, prepend_bos=prepend_bos)
+
+
+def _dataset_flag(name: str | None, column: str) -> str:
+    """The ``--dataset`` value that names ``name``'s ``column``."""
+    return f"--dataset {name}" + ("" if column == "text" else f":{column}")
+
+
+def _no_column_error(name: str | None, column: str, columns: Sequence[str]) -> CrosslensError:
+    which = f"{_dataset_flag(name, column)}: the dataset" if name is not None else "the dataset"
+    return CrosslensError(
+        f"{which} has no column {column!r}; its columns are {list(columns)}. Name the text column with "
+        "--dataset NAME:COLUMN (column= in Python)"
+    )
+
+
+def _load_named_dataset(name: str, column: str, *, config_name: str | None, split: str, streaming: bool) -> Any:
+    """``datasets.load_dataset(name, ...)``; a name that cannot be loaded (not on the Hub, not in
+    the local cache while offline, no network) is refused naming ``--dataset`` and what to do."""
+    import datasets
+
+    from crosslens.checkpoints.hub import hub_offline, is_network_error
+
+    try:
+        return datasets.load_dataset(name, config_name, split=split, streaming=streaming)
+    except Exception as error:  # noqa: BLE001 - network errors come from whichever HTTP client the hub uses
+        if not is_network_error(error):
+            raise
+        if hub_offline() and not Path(name).exists():
+            why = "could not be loaded offline: it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+        else:
+            why = f"could not be loaded from the Hub or a local folder ({' '.join(str(error).split())[:160]})"
+        raise CrosslensError(
+            f"{_dataset_flag(name, column)}: the dataset {name!r} {why}; check the name (a Hugging Face dataset id "
+            "or a local dataset folder), or pass a local text file with --text FILE (dataset= in Python)"
+        ) from error
 
 
 def tokens_from_pico(

@@ -21,7 +21,7 @@ from crosslens.checkpoints.convert import (
     processing_flags,
     quiet_loading,
 )
-from crosslens.checkpoints.hub import list_revisions, pythia_steps_for
+from crosslens.checkpoints.hub import cached_revisions, hub_offline, list_revisions, pythia_steps_for
 from crosslens.checkpoints.identity import (
     cached_snapshot,
     snapshot_identity,
@@ -244,9 +244,15 @@ class CheckpointSuite:
     ) -> CheckpointSuite:
         """A suite of some of these snapshots: by training `steps`, by `indices` into this
         suite, or `n` spread out by `spaced_steps` (``"log"``: dense early, sparse late;
-        first and last always kept). Snapshots are re-indexed from 0."""
+        first and last always kept). Snapshots are re-indexed from 0. An `n` larger than
+        the suite is refused: the crosscoder would read fewer snapshots than asked for."""
         if sum(x is not None for x in (steps, indices, n)) != 1:
             raise ValueError("select takes exactly one of steps=, indices= or n=")
+        if n is not None and n > len(self):
+            raise ValueError(
+                f"{n} snapshots asked for (n=, --n-snapshots), but this suite of {self.model_id} holds "
+                f"{len(self)}; ask for {len(self)} or fewer"
+            )
         if n is not None:
             steps = spaced_steps(self.steps, n, spacing)
         if steps is not None:
@@ -467,6 +473,7 @@ class CheckpointSuite:
         in `provenance` (``"tokenizer"``)."""
         if self._tokenizer is None:
             errors = []
+            offline_misses = 0
             for source, location in self._tokenizer_sources():
                 try:
                     self._tokenizer = AutoTokenizer.from_pretrained(source, **location)
@@ -474,7 +481,10 @@ class CheckpointSuite:
                     break
                 except (OSError, ValueError) as error:  # ValueError: tokenizer_config.json without tokenizer.json
                     errors.append(f"{source}@{location.get('revision', 'main')}: {error}")
+                    offline_misses += self.family != "local" and hub_offline() and _not_in_cache(error)
             else:
+                if offline_misses == len(errors):  # one line for what each source's long error says
+                    raise CrosslensError(self._offline_tokenizer_message())
                 raise CrosslensError(
                     f"found no tokenizer for {self.model_id} ({'; '.join(errors)}); save one next to the "
                     "checkpoint (tokenizer.save_pretrained) or make the repo's files reachable"
@@ -579,11 +589,36 @@ class CheckpointSuite:
             sources.append((self.model_id.removesuffix("-intermediate"), {}))
         return sources
 
+    def _offline_tokenizer_message(self) -> str:
+        """Why no tokenizer loads offline: the repo, or its tokenizer files, are not in the local cache."""
+        revision = self.snapshots[0].revision
+        what = f"{self.model_id}'s tokenizer" if cached_revisions(self.model_id) else self.model_id
+        return (
+            f"{what} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set, so it cannot be "
+            f"downloaded; check the name (--suite), fetch it once with network access (`hf download "
+            f"{self.model_id} --revision {revision}`), or unset HF_HUB_OFFLINE"
+        )
+
     def _tokenizer_at(self, ref: SnapshotRef | None) -> PreTrainedTokenizerBase:
         source, location = self._hf_source(ref)
         return AutoTokenizer.from_pretrained(source, **location)
 
 
+
+
+def _not_in_cache(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is huggingface_hub's "not in the local
+    cache, and downloads are off" (transformers wraps it in an ``OSError`` of its own)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, LocalEntryNotFoundError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:

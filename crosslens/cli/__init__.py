@@ -16,7 +16,7 @@ import sys
 
 from crosslens.architectures import uses_k
 from crosslens.cli import attribute, demo, harvest, plan, pretrained, report, suite, train
-from crosslens.commands.flags import add_flags, field_defaults, iter_fields
+from crosslens.commands.flags import add_flags, field_defaults, field_flags, iter_fields, name_flags
 from crosslens.cli.spec import Subcommand
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - every error is one line; --debug shows the traceback
         if debug:
             raise
-        _one_line_error(_command_name(args), str(err), err)
+        message = str(err)
+        if isinstance(err, ValueError):  # a config's validation names its fields: name their flags
+            message = name_flags(message, field_flags(next((c.flags for c in SUBCOMMANDS if c.run == args.run), ())))
+        _one_line_error(_command_name(args), message, err)
     finally:
         warnings.formatwarning = formatwarning
     return 2

@@ -14,9 +14,11 @@ TASK_DEFAULT = "agreement_pp"
 
 def attribute(args: argparse.Namespace) -> int:
     from crosslens.causal.demo import attribution_sections, causal_out_dir
+    from crosslens.commands.inputs import check_output_file
     from crosslens.commands.runs import crosscoder_suite_record, run_folder, save_section
 
     folder = crosscoder_folder_arg(args.crosscoder, "--crosscoder")
+    check_output_file(args.out, example="attribution.json")  # before any model loads
     device, dtype = device_and_dtype(args)
     steps = args.steps
     record = crosscoder_suite_record(folder)

@@ -29,6 +29,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import re
 import textwrap
 import types
 import typing
@@ -148,6 +149,45 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ..
     for path, f, hint, owner in iter_fields(cls):
         if f.name not in skip:
             _add_one(parser, f, hint, field_docs(owner).get(f.name, ""), dest="__".join(path))
+
+
+def field_flags(classes: tuple[type, ...]) -> dict[str, str]:
+    """Field name -> the flag that sets it, for every command-line field of ``classes`` (the
+    first class declaring a name wins, as in :func:`add_flags`), but positional fields and
+    ``--no-...`` flags, which set their field to False."""
+    out: dict[str, str] = {}
+    for cls in classes:
+        for _, f, _, _ in iter_fields(cls):
+            flag = _flag_name(f)
+            if not f.metadata.get("positional") and not flag.startswith("--no-"):  # --no-X sets the field False
+                out.setdefault(f.name, flag)
+    return out
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+
+
+def name_flags(message: str, flags: dict[str, str]) -> str:
+    """A config's validation message with the fields it names written as their flags, for the
+    command line: ``lr_decay_fraction must be in [0, 1), got 1.5`` becomes ``--lr-decay-fraction
+    must be in [0, 1), got 1.5`` (and ``micro_batches (--micro-batches)`` becomes ``--micro-batches``).
+
+    Only a message that starts with a field name is one: it then names snake_case fields anywhere
+    (and a one-word field only as its first word, where it cannot be an ordinary word of prose).
+    Anything else is returned unchanged."""
+    first = _IDENTIFIER.match(message)
+    if first is None or first.group() not in flags:
+        return message
+    if "_" not in first.group() and not message[first.end():].startswith((" must", " (--")):
+        return message
+    names = sorted((name for name in flags if "_" in name), key=len, reverse=True)
+    rest = message[first.end():]
+    if names:
+        alternatives = "|".join(map(re.escape, names))
+        pattern = re.compile(rf"(?<![\w./-])({alternatives})(?: \(--[\w-]+\))?(?![\w/-])")
+        rest = pattern.sub(lambda m: flags[m.group(1)], rest)
+    lead = re.match(r" \(--[\w-]+\)", rest)
+    return flags[first.group()] + (rest[lead.end():] if lead else rest)
 
 
 def field_defaults(classes: tuple[type, ...]) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,6 +123,32 @@ def text_documents(paths: Sequence[str | Path], *, encoding: str = "utf-8", toke
     if not documents:
         raise ValueError(f"the text files {[str(p) for p in paths]} hold no text")
     return documents
+
+
+def check_output_file(path: str | Path, flag: str = "--out", example: str = "report.html") -> Path:
+    """``path`` of a file a command writes when its work is done (a report, a table), with its
+    folder made now: a folder that cannot be made or written is refused before the work starts,
+    naming ``flag`` and the path. The check writes and removes a file there, as permission bits
+    alone miss read-only and virtual file systems (and say yes to root)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CrosslensError(f"{flag} {path} is a folder; pass a file path, e.g. {flag} {path / example}")
+    fix = f"pass {flag} a path in a folder you can write"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CrosslensError(
+            f"{flag} {path}: cannot create its folder {path.parent} ({error.strerror or error}); {fix}"
+        ) from None
+    try:
+        handle, probe = tempfile.mkstemp(dir=path.parent, prefix=".crosslens-write-check-")
+    except OSError as error:
+        raise CrosslensError(
+            f"{flag} {path}: cannot write in {path.parent} ({error.strerror or error}); {fix}"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+    return path
 
 
 def folder_bytes(folder: str | Path) -> int:

@@ -24,7 +24,8 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
     from crosslens.activations import ActivationStore
     from crosslens.activations.partners import check_crosscoder_store
     from crosslens.analysis import analyze_crosscoder
-    from crosslens.commands.runs import crosscoder_suite_record, run_folder, run_store, saved_sections, suite_title, suite_tokenizer
+    from crosslens.commands.inputs import check_output_file
+    from crosslens.commands.runs import crosscoder_suite_record, recorded_store, run_folder, run_store, saved_sections, suite_title, suite_tokenizer
     from crosslens.core.devices import dtype_name
     from crosslens.core.hooks import recorded_hook
     from crosslens.crosscoders.saved import load_crosscoder_folder
@@ -34,7 +35,7 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
     if store is not None and not Path(store).exists():
         raise CLIError(f"--store {store}: the path does not exist; pass the store `crosslens harvest --out` wrote")
     store = store or run_store(run_dir)
-    out_path = Path(out) if out else (run_dir or Path(".")) / "report.html"
+    out_path = check_output_file(Path(out) if out else (run_dir or Path(".")) / "report.html")  # before the analysis
     record = crosscoder_suite_record(folder)
     dtype = dtype_name(args.dtype) if args.dtype else None
     crosscoder = load_crosscoder_folder(folder, device=device, dtype=dtype)
@@ -58,7 +59,11 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
     report.write(out_path)
     print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
     if store is None:
-        print("no activation store (--store): the report has no firing frequencies, probes or top contexts")
+        gone = recorded_store(run_dir)
+        print(f"the store the run trained on, {gone} (its run.json), is not there: pass --store with where it is now"
+              if gone else "no activation store (--store)",
+              "; the report has no firing frequencies, probes or top contexts, and no feature is classed dead "
+              "(that needs firing frequencies)", sep="")  # fmt: skip
     if sections:
         print(f"with {len(sections)} saved section(s) from {run_dir / 'sections'}")
     print(f"report: {out_path}")

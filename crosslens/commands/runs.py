@@ -90,6 +90,14 @@ def run_store(run_dir: Path | None) -> str | None:
     return store
 
 
+def recorded_store(run_dir: Path | None) -> str | None:
+    """The store path a run's run.json names, whether or not anything is there now."""
+    try:
+        return json.loads((run_dir / RUN_CONFIG_NAME).read_text()).get("store_path") or None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
 def open_heldout(store_path: str | Path) -> Any:
     """The held-out store ``crosslens harvest`` wrote beside ``store_path``, re-hashed and checked
     to be split from that store (None when there is none)."""

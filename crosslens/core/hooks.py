@@ -71,8 +71,51 @@ def is_hook_name(hook: str) -> bool:
     return as_block_zero(hook) in hook_points()
 
 
+# Hook points TransformerLens declares but runs only when an opt-in config flag is on (by
+# hook name without its ``blocks.N.``: the flag, and what holds the same activation).
+# Models crosslens loads leave every one of these flags off, so these hooks never fire there.
+OPT_IN_HOOKS: dict[str, tuple[str, str]] = {
+    "hook_attn_in": ("use_attn_in", "it is blocks.{N}.hook_resid_pre copied per head: use that"),
+    "hook_q_input": ("use_split_qkv_input", "it is blocks.{N}.hook_resid_pre copied per head: use that"),
+    "hook_k_input": ("use_split_qkv_input", "it is blocks.{N}.hook_resid_pre copied per head: use that"),
+    "hook_v_input": ("use_split_qkv_input", "it is blocks.{N}.hook_resid_pre copied per head: use that"),
+    "hook_mlp_in": (
+        "use_hook_mlp_in",
+        "it is a copy of blocks.{N}.hook_resid_mid (of blocks.{N}.hook_resid_pre where attention and "
+        "MLP run in parallel)",
+    ),
+    "attn.hook_result": (
+        "use_attn_result",
+        "blocks.{N}.attn.hook_z holds each head's output before W_O, blocks.{N}.hook_attn_out their sum",
+    ),
+    "hook_tokens": ("use_hook_tokens", "it holds token ids, not activations"),
+}
+
+FIRING_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post", "attn.hook_z", "mlp.hook_post")
+"""Per-block hooks that fire in every model that has them (error messages list them)."""
+
+
+def opt_in_problem(hook: str, cfg: Any = None) -> str | None:
+    """Why ``hook`` never fires: it runs only with an opt-in TransformerLens flag that is off in
+    ``cfg`` (a model's ``HookedTransformerConfig``; None: off, as in every model crosslens loads)."""
+    match = _BLOCK.match(hook)
+    suffix, n = (hook[match.end():], match.group(1)) if match else (hook, "0")
+    if suffix not in OPT_IN_HOOKS:
+        return None
+    flag, instead = OPT_IN_HOOKS[suffix]
+    if cfg is not None and getattr(cfg, flag, False):
+        return None
+    where = "which crosslens leaves off" if cfg is None else "which is off in this model"
+    return (
+        f"{hook!r} never fires: TransformerLens runs it only with cfg.{flag}, {where} "
+        f"({instead.format(N=n)}). Hooks that fire in block {n} include {', '.join(FIRING_HOOKS)} "
+        f"(as blocks.{n}.NAME)"
+    )
+
+
 def hook_problem(hook: str, n_layers: int | None) -> str | None:
-    """Why ``hook`` is not a TransformerLens hook of a model with ``n_layers`` blocks (None: it is).
+    """Why ``hook`` is not a hook to harvest from a model with ``n_layers`` blocks (None: it is):
+    not a TransformerLens hook name, a block past the last, or a hook that never fires.
 
     ``n_layers`` None checks the name only."""
     if not is_hook_name(hook):
@@ -80,7 +123,7 @@ def hook_problem(hook: str, n_layers: int | None) -> str | None:
     layer = block_index(hook)
     if n_layers is not None and layer is not None and layer >= n_layers:
         return f"{hook!r} names block {layer}, but the model has blocks 0..{n_layers - 1}"
-    return None
+    return opt_in_problem(hook)
 
 
 def resolve_hook(store: Any, hook: str | None) -> str:
@@ -92,7 +135,7 @@ def resolve_hook(store: Any, hook: str | None) -> str:
     hooks = list(getattr(store, "hooks", []))
     if hook is None:
         if len(hooks) != 1:
-            raise ValueError(f"the store holds hooks {hooks}; say which one to use (hook=...).")
+            raise ValueError(f"the store holds hooks {hooks}; say which one to use with --hook (hook= in Python).")
         return hooks[0]
     if hooks and hook not in hooks:
         raise ValueError(f"hook {hook!r} is not in the store; it has {hooks}.")
