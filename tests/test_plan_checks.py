@@ -110,3 +110,15 @@ def test_plan_and_harvest_refuse_a_hook_in_the_same_words(hook, local_suite, tmp
     plan = exit_2(["plan", "--suite", str(local_suite), "--hook", hook, "--n-snapshots", "2"], capsys)
     harvest = exit_2(["harvest", "--suite", str(local_suite), "--hook", hook, "--out", str(tmp_path / "s")], capsys)
     assert plan.split("error: ", 1)[1] == harvest.split("error: ", 1)[1]
+
+
+def test_a_world_size_no_mesh_of_which_divides_the_batch_names_the_flags_given(capsys):
+    err = exit_2(["plan", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "2", "--world-size", "6", "--batch-size", "4096"], capsys)
+    assert err.startswith("crosslens plan: error: --world-size 6:") and "--mesh 3x2" not in err and "divisible by 3" in err
+
+
+def test_one_checkpoint_folder_is_sized_as_given(tmp_path, capsys):
+    folder = tmp_path / "one"
+    tiny_neox(seed=0).save_pretrained(folder)
+    plan = plan_json(["--suite", str(folder), "--hook", HOOK, "--n-snapshots", "2"], capsys)
+    assert plan["inputs"]["n_snapshots"] == 2

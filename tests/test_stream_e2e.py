@@ -133,9 +133,8 @@ def test_plan_bounds_a_stream_of_float32_models_by_the_float32_peak(capsys):
     assert "--dtype bfloat16" in out
     assert main(["plan", "--recipe", "ge2025-pythia-160m", "--stream", "--device", "cpu"]) == 0
     assert "predicted for a GPU: --device cuda, not cpu" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exit_:
-        main(["plan", "--recipe", "ge2025-pythia-160m", "--stream", "--autocast", "none"])
-    assert exit_.value.code == 2
-    assert "drop --autocast none" in capsys.readouterr().err
+    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--stream", "--autocast", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "predicted for the crosscoder step under bfloat16 autocast" in out and "tokens/s" not in out
     assert "--dtype bfloat16" in slow_forward_hint("float32", "cuda:0")
     assert slow_forward_hint("bfloat16", "cuda:0") is None and slow_forward_hint("float32", "cpu") is None

@@ -321,3 +321,16 @@ def test_both_runners_build_the_crosscoder_the_jumprelu_flags_ask_for(tmp_path):
     assert "new_training_crosscoder" in StreamingTrainingRunner._new_crosscoder.__code__.co_names
     with pytest.raises(ValueError, match=r"sparse_step \(--sparse-step\) is the JumpReLU crosscoder's"):
         ArchitectureConfig(architecture="topk_crosscoder", sparse_step="on")
+
+
+def test_an_eval_store_that_cannot_serve_the_run_is_refused_before_any_model_loads(inputs, tmp_path, capsys, monkeypatch):
+    import crosslens.activations.streaming as streaming
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a snapshot model loaded")
+
+    monkeypatch.setattr(streaming, "load_snapshot", no_loading)
+    with pytest.raises(SystemExit) as exited:
+        main(stream_flags(inputs, tmp_path / "run", "--eval-store", str(tmp_path / "nope")))
+    assert exited.value.code == 2
+    assert "--eval-store" in capsys.readouterr().err

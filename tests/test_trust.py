@@ -497,3 +497,21 @@ def test_analyze_names_a_training_store_that_has_moved(store_path, tmp_path, cap
     out = capsys.readouterr().out
     assert f"the store the run trained on, {store.resolve()} (its run.json), is not there" in out
     assert "no feature is classed dead" in out and "dead 0" in out
+
+
+def test_overlap_is_counted_by_token_values_and_a_replaced_training_store_compares_nothing(
+    store_path, suite_root, tmp_path, capsys
+):
+    from crosslens.activations.partners import shared_sequences
+
+    table = token_table(6)
+    assert shared_sequences(table.int(), torch.cat([table[:2], token_table(3, seed=5)])) == 2
+    assert shared_sequences(table, table[:, :8]) == 0  # other lengths share no whole row
+    store = copy_tree(store_path, tmp_path / "store")
+    run = tmp_path / "run"
+    assert main(["train", "--store", str(store), "--out", str(run), "--arch", "crosscoder", "--d-sae", "16",
+                 "--n-steps", "2", "--batch-size", "32"]) == 0  # fmt: skip
+    harvest(suite_root, store, tokens=token_table(8, seed=3), overwrite=True)  # another store at the run's path
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--store", str(store_path)]) == 0
+    assert "not compared with the training tokens" in capsys.readouterr().out

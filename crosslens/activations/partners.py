@@ -11,6 +11,7 @@ bytes are checked by ``ActivationStore.open(verify="full")``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -160,5 +161,9 @@ def shared_sequences(mine: torch.Tensor, theirs: torch.Tensor) -> int:
     trained on ``theirs`` has seen. Rows compare whole, so tables of other lengths share none."""
     if mine.shape[1] != theirs.shape[1]:
         return 0
-    seen = {row.numpy().tobytes() for row in theirs.cpu()}
-    return sum(row.numpy().tobytes() in seen for row in mine.cpu())
+
+    def digest(row: torch.Tensor) -> bytes:  # 16 bytes a row, whatever the table's integer type
+        return hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest()
+
+    seen = {digest(row) for row in theirs.cpu().long()}
+    return sum(digest(row) in seen for row in mine.cpu().long())

@@ -41,8 +41,8 @@ class PlanFlags:
     world_size: int | None = None
     """Ranks (default 1)."""
     mesh: str | None = None
-    """DATAxSNAPSHOT mesh, e.g. 2x4 (default: the largest snapshot axis dividing both the world size and the
-    snapshot count)."""
+    """DATAxSNAPSHOT mesh, e.g. 2x4 (default: of the meshes whose data axis divides --batch-size, the one with
+    the largest snapshot axis, preferring one that divides the snapshot count)."""
     tflops: float | None = None
     """Sustained TFLOP/s per rank (default: cuda 100, mps 5, cpu 0.5)."""
     link_gbps: float | None = None

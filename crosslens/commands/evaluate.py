@@ -131,11 +131,17 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def _training_tokens(crosscoder_path: Path) -> Any:
-    """The token table the crosscoder was trained on, from its run's store (None when that is gone)."""
+    """The token table the crosscoder was trained on, from its run's store (None when that is gone or
+    replaced)."""
     from crosslens.activations import ActivationStore
     from crosslens.commands.runs import run_folder, run_store
 
-    store = run_store(run_folder(crosscoder_path))
+    from crosslens.core.errors import CrosslensError
+
+    try:
+        store = run_store(run_folder(crosscoder_path))
+    except CrosslensError:  # the path now holds another store: its rows say nothing of training
+        return None
     return None if store is None else ActivationStore.open(store, verify="none").sequences
 
 

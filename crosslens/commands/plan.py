@@ -46,6 +46,12 @@ def plan(args: argparse.Namespace) -> int:
     else:
         batch = args.batch_size or (recipe.batch_size if recipe is not None else 4096)
         data, snap = default_mesh(world or 1, n_snapshots, batch)
+        if batch % data:
+            raise CLIError(
+                f"--world-size {world}: every mesh of {world} ranks over {n_snapshots} snapshots has a data axis that "
+                f"does not divide --batch-size {batch} (the default would be {data}x{snap}); pass a --batch-size "
+                f"divisible by {data}, or --mesh"
+            )
     common = dict(
         n_snapshots=n_snapshots, data_parallel=data, snapshot_parallel=snap, device=device, tflops=args.tflops,
         link_gbps=args.link_gbps, model_dtype=model_dtype, micro_batches=args.micro_batches or 1, gpu=args.gpu,
@@ -68,14 +74,16 @@ def plan(args: argparse.Namespace) -> int:
             batch_size=args.batch_size or 4096, context=args.context or 2048, name=args.suite or "pico", **common,
         )  # fmt: skip
     plan = make_plan(cfg)
-    predict = args.stream and device.startswith("cuda")
+    predict = args.stream and device.startswith("cuda") and plan["inputs"]["autocast"] == "bfloat16"
     if predict:
         plan["stream_prediction"] = stream_prediction(plan, args.gpu)
     print(plan_to_json(plan) if args.json else format_plan(plan))
     if predict and not args.json:
         print(format_stream_prediction(plan["stream_prediction"]))
     elif args.stream and not args.json:
-        print(f"\n(train --stream's end-to-end time is predicted for a GPU: --device cuda, not {device})")
+        why = f"for a GPU: --device cuda, not {device}" if not device.startswith("cuda") else (
+            "for the crosscoder step under bfloat16 autocast, as measured; not for --autocast none")
+        print(f"\n(train --stream's end-to-end time is predicted {why})")
     return 0
 
 
@@ -94,7 +102,10 @@ def listed_suite(args: argparse.Namespace, recipe):
         return pico_listing()[0]
     folder = Path(spec).expanduser()
     if folder.exists():
-        return CheckpointSuite.local(folder)
+        try:
+            return CheckpointSuite.local(folder)
+        except ValueError:  # one checkpoint folder, not a suite of them: sized from its config as given
+            return None
     if looks_like_path(spec):
         raise missing_path_error(spec)
     if "pythia" in spec.lower():

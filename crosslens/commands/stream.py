@@ -107,6 +107,25 @@ def check_memory(
         print(line)
 
 
+def check_stream_eval_store(path: str, hook: str, suite) -> None:
+    """Refuse, before any model loads, an --eval-store that cannot serve the streamed crosscoder: missing,
+    without its hook, or of other steps. Its snapshots' weights are compared after training, against the
+    identities the loaded models record."""
+    from crosslens.activations import ActivationStore
+
+    if not Path(path).exists():
+        raise CLIError(f"--eval-store {path}: the path does not exist; pass a store written by `crosslens harvest`")
+    store = ActivationStore.open(path, verify="none")
+    steps = [ref.step for ref in suite.snapshots]
+    if hook not in store.hooks:
+        raise CLIError(f"--eval-store {path} holds {', '.join(store.hooks)}, not {hook}; pass a store harvested with --hook {hook}")
+    if [entry.get("step") for entry in store.snapshots] != steps:
+        raise CLIError(
+            f"--eval-store {path} holds other snapshots than the streamed ones; pass a store harvested with "
+            f"--steps {','.join(map(str, steps))} --hook {hook}"
+        )
+
+
 def slow_forward_hint(model_dtype: str, device: str) -> str | None:
     """The line saying that float32 snapshot models on a GPU forego its tensor cores, or None."""
     if model_dtype != "float32" or not device.startswith("cuda"):
@@ -148,6 +167,8 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
         raise CLIError("train --stream needs --hook NAME (e.g. --hook blocks.0.hook_resid_post), or a --recipe")
     suite = selected_suite(args, recipe)
     check_hooks(suite, [config.hook_name])
+    if args.eval_store is not None:
+        check_stream_eval_store(args.eval_store, config.hook_name, suite)
     source = token_source(args, recipe)
     budget = token_budget(args, recipe)
     check_memory(suite, config.hook_name, model_dtype, local_rank_device(device), config.snapshot_parallel, budget[1])
