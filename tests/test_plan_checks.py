@@ -13,19 +13,10 @@ from crosslens.pico import PicoConfig
 from crosslens.pico.build import default_root
 from crosslens.plan import default_mesh
 from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
+from trust_fixtures import one_line_exit_2
 
 HOOK = "blocks.0.hook_resid_post"
 RECIPE = "ge2025-pythia-160m"
-
-
-def exit_2(argv, capsys) -> str:
-    """The CLI's error for ``argv``: exit status 2, one line on stderr (returned), no traceback."""
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def plan_json(argv, capsys) -> dict:
@@ -41,45 +32,45 @@ def local_suite(tmp_path_factory):
 
 def test_plan_refuses_more_pico_snapshots_than_listed_as_harvest_does(tmp_path, capsys):
     n = len(PicoConfig().checkpoint_steps)
-    err = exit_2(["plan", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "100"], capsys)
+    err = one_line_exit_2(["plan", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "100"], capsys)
     assert "--n-snapshots 100" in err and f"--n-snapshots {n} or fewer" in err
-    harvest = exit_2(["harvest", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "100", "--out", str(tmp_path / "s")], capsys)
+    harvest = one_line_exit_2(["harvest", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "100", "--out", str(tmp_path / "s")], capsys)
     assert err.split("error: ", 1)[1] == harvest.split("error: ", 1)[1]
     assert plan_json(["--suite", "pico", "--hook", HOOK, "--n-snapshots", str(n)], capsys)["inputs"]["n_snapshots"] == n
     assert not default_root(PicoConfig()).exists()  # planning builds nothing
 
 
 def test_plan_refuses_steps_the_suite_does_not_list(local_suite, capsys):
-    err = exit_2(["plan", "--suite", "pico", "--hook", HOOK, "--steps", "0,7"], capsys)
+    err = one_line_exit_2(["plan", "--suite", "pico", "--hook", HOOK, "--steps", "0,7"], capsys)
     assert "--steps" in err and "step7" in err and "nearest" in err and "crosslens suite list pico" in err
-    err = exit_2(["plan", "--suite", "EleutherAI/pythia-160m", "--hook", HOOK, "--steps", "0,7"], capsys)
+    err = one_line_exit_2(["plan", "--suite", "EleutherAI/pythia-160m", "--hook", HOOK, "--steps", "0,7"], capsys)
     assert "--steps" in err and "step7" in err and "154 snapshots" in err
-    err = exit_2(["plan", "--suite", str(local_suite), "--hook", HOOK, "--steps", "0,50"], capsys)
+    err = one_line_exit_2(["plan", "--suite", str(local_suite), "--hook", HOOK, "--steps", "0,50"], capsys)
     assert "--steps" in err and "step50" in err
     plan = plan_json(["--suite", str(local_suite), "--hook", HOOK, "--steps", "0,100"], capsys)
     assert plan["inputs"]["n_snapshots"] == 2 and plan["inputs"]["n_layers"] == 2
-    err = exit_2(["plan", "--suite", str(local_suite), "--hook", HOOK, "--n-snapshots", "4"], capsys)
+    err = one_line_exit_2(["plan", "--suite", str(local_suite), "--hook", HOOK, "--n-snapshots", "4"], capsys)
     assert "--n-snapshots 4" in err and "lists 3 snapshots" in err
 
 
 def test_plan_refuses_a_recipe_selection_its_steps_do_not_hold(capsys):
-    err = exit_2(["plan", "--recipe", RECIPE, "--n-snapshots", "100"], capsys)
+    err = one_line_exit_2(["plan", "--recipe", RECIPE, "--n-snapshots", "100"], capsys)
     assert "--n-snapshots 100" in err and f"recipe {RECIPE} lists 32 snapshots" in err
-    err = exit_2(["plan", "--recipe", RECIPE, "--steps", "0,7"], capsys)
+    err = one_line_exit_2(["plan", "--recipe", RECIPE, "--steps", "0,7"], capsys)
     assert "--steps" in err and "step7" in err
     assert plan_json(["--recipe", RECIPE, "--n-snapshots", "8"], capsys)["inputs"]["n_snapshots"] == 8
 
 
 @pytest.mark.parametrize("suite", ["pico", "EleutherAI/pythia-160m", "allenai/OLMo-1B-0724-hf"])
 def test_plan_refuses_a_name_that_is_no_hook(suite, capsys):
-    err = exit_2(["plan", "--suite", suite, "--hook", "nonsense", "--n-snapshots", "2"], capsys)
+    err = one_line_exit_2(["plan", "--suite", suite, "--hook", "nonsense", "--n-snapshots", "2"], capsys)
     assert "--hook 'nonsense' is not a TransformerLens hook name" in err
 
 
 def test_plan_refuses_a_block_the_model_does_not_have(capsys):
-    err = exit_2(["plan", "--suite", "EleutherAI/pythia-160m", "--hook", "blocks.40.hook_resid_post", "--n-snapshots", "2"], capsys)
+    err = one_line_exit_2(["plan", "--suite", "EleutherAI/pythia-160m", "--hook", "blocks.40.hook_resid_post", "--n-snapshots", "2"], capsys)
     assert "--hook" in err and "block 40" in err and "12" in err
-    err = exit_2(["plan", "--recipe", RECIPE, "--hook", "blocks.0.nonsense"], capsys)
+    err = one_line_exit_2(["plan", "--recipe", RECIPE, "--hook", "blocks.0.nonsense"], capsys)
     assert "--hook 'blocks.0.nonsense' is not a TransformerLens hook name" in err
 
 
@@ -89,10 +80,10 @@ def test_a_hub_suite_not_listed_offline_is_still_sized_from_the_table(capsys):
 
 
 def test_plan_refuses_a_mesh_whose_data_axis_does_not_divide_the_batch(capsys):
-    err = exit_2(["plan", "--recipe", RECIPE, "--mesh", "3x3"], capsys)
+    err = one_line_exit_2(["plan", "--recipe", RECIPE, "--mesh", "3x3"], capsys)
     assert err.startswith("crosslens plan: error: --mesh 3x3:") and "--batch-size" in err
     assert "--mesh 1x9" in err  # the same 9 ranks, a data axis of 1 divides any batch
-    err = exit_2(["plan", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "4", "--mesh", "3x1", "--batch-size", "4096"], capsys)
+    err = one_line_exit_2(["plan", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "4", "--mesh", "3x1", "--batch-size", "4096"], capsys)
     assert "--mesh 3x1" in err and "--batch-size 4095" in err
     plan = plan_json(["--recipe", RECIPE, "--mesh", "2x3"], capsys)  # 32 snapshots over 3 ranks: uneven, as train allows
     assert plan["mesh"]["batch_per_rank"] * 2 == plan["inputs"]["batch_size"] and plan["mesh"]["snapshots_per_rank"] == 11
@@ -107,13 +98,13 @@ def test_the_default_mesh_keeps_the_batch_divisible(capsys):
 
 @pytest.mark.parametrize("hook", ["nonsense", "blocks.0.hook_nonsense"])
 def test_plan_and_harvest_refuse_a_hook_in_the_same_words(hook, local_suite, tmp_path, capsys):
-    plan = exit_2(["plan", "--suite", str(local_suite), "--hook", hook, "--n-snapshots", "2"], capsys)
-    harvest = exit_2(["harvest", "--suite", str(local_suite), "--hook", hook, "--out", str(tmp_path / "s")], capsys)
+    plan = one_line_exit_2(["plan", "--suite", str(local_suite), "--hook", hook, "--n-snapshots", "2"], capsys)
+    harvest = one_line_exit_2(["harvest", "--suite", str(local_suite), "--hook", hook, "--out", str(tmp_path / "s")], capsys)
     assert plan.split("error: ", 1)[1] == harvest.split("error: ", 1)[1]
 
 
 def test_a_world_size_no_mesh_of_which_divides_the_batch_names_the_flags_given(capsys):
-    err = exit_2(["plan", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "2", "--world-size", "6", "--batch-size", "4096"], capsys)
+    err = one_line_exit_2(["plan", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "2", "--world-size", "6", "--batch-size", "4096"], capsys)
     assert err.startswith("crosslens plan: error: --world-size 6:") and "--mesh 3x2" not in err and "divisible by 3" in err
 
 

@@ -14,19 +14,10 @@ from crosslens.commands.common import CLIError, resolve_suite
 from crosslens.pico import PicoConfig
 from crosslens.pico.build import default_root
 from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
+from trust_fixtures import one_line_exit_2
 
 HOOK = "blocks.0.hook_resid_post"
 PICO_STEPS = PicoConfig().checkpoint_steps
-
-
-def exit_2(argv, capsys) -> str:
-    """The CLI's error for ``argv``: exit status 2, one line on stderr (returned), no traceback."""
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +29,7 @@ def local_suite(tmp_path_factory):
 
 def test_harvest_refuses_more_pico_snapshots_than_listed_before_building(tmp_path, capsys):
     out = tmp_path / "store"
-    err = exit_2(["harvest", "--suite", "pico", "--n-snapshots", "100", "--hook", HOOK, "--n-tokens", "200",
+    err = one_line_exit_2(["harvest", "--suite", "pico", "--n-snapshots", "100", "--hook", HOOK, "--n-tokens", "200",
                   "--seq-len", "16", "--out", str(out)], capsys)  # fmt: skip
     n = len(PICO_STEPS)
     assert err.startswith("crosslens harvest: error: --n-snapshots 100:")
@@ -48,13 +39,13 @@ def test_harvest_refuses_more_pico_snapshots_than_listed_before_building(tmp_pat
 
 
 def test_train_stream_refuses_the_same_selection(tmp_path, capsys):
-    err = exit_2(["train", "--stream", "--suite", "pico", "--n-snapshots", "100", "--hook", HOOK,
+    err = one_line_exit_2(["train", "--stream", "--suite", "pico", "--n-snapshots", "100", "--hook", HOOK,
                   "--out", str(tmp_path / "run"), "--device", "cpu"], capsys)  # fmt: skip
     assert "--n-snapshots 100" in err and f"--n-snapshots {len(PICO_STEPS)} or fewer" in err
 
 
 def test_a_local_suite_refuses_more_snapshots_than_it_holds(local_suite, tmp_path, capsys):
-    err = exit_2(["harvest", "--suite", str(local_suite), "--n-snapshots", "5", "--hook", HOOK,
+    err = one_line_exit_2(["harvest", "--suite", str(local_suite), "--n-snapshots", "5", "--hook", HOOK,
                   "--out", str(tmp_path / "store")], capsys)  # fmt: skip
     assert "--n-snapshots 5" in err and "lists 3 snapshots" in err and "--n-snapshots 3 or fewer" in err
     assert list(resolve_suite(str(local_suite), n_snapshots=3).steps) == [0, 10, 100]
@@ -100,11 +91,11 @@ def test_suite_list_of_a_local_folder(local_suite, capsys):
 
 @pytest.mark.parametrize("path", ["/nope", "./nope", "../no/such", "~/no-such-crosslens-suite", f"a{os.sep}b{os.sep}c"])
 def test_suite_list_of_a_missing_path_says_so(path, capsys):
-    err = exit_2(["suite", "list", path], capsys)
+    err = one_line_exit_2(["suite", "list", path], capsys)
     assert err.startswith(f"crosslens suite list: error: {path}: the path does not exist")
     assert "hub" not in err and "HF_HUB_OFFLINE" not in err
 
 
 def test_suite_list_of_an_owner_name_is_still_a_hub_id(offline_hf_home, capsys):
-    err = exit_2(["suite", "list", "nobody/nothing"], capsys)
+    err = one_line_exit_2(["suite", "list", "nobody/nothing"], capsys)
     assert "does not exist" not in err and "nobody/nothing" in err
