@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from jaxtyping import Int
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+
 
 def pack_documents(
     documents: Iterable[Sequence[int]],

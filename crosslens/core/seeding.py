@@ -19,6 +19,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, numpy and torch (CPU and every GPU) with ``seed``."""

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float, Int
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+
 
 def row_counts(mask: Bool[torch.Tensor, "... n"]) -> Int[torch.Tensor, "..."]:
     """True entries along the last dimension, as int32. A bool tensor's ``sum`` or

@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Int
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.progress import progress_bar
 from crosslens.pico.config import PicoConfig
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Bool, Float, Int
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+
 CORRECT, WRONG = 0, 1
 """Index of each continuation on the ``2`` axis of :class:`TaskSequences` tensors."""
 
