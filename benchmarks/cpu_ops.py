@@ -1,4 +1,4 @@
-"""The CPU facts the JumpReLU training step is built on, each as a ratio against its alternative measured in the same run.
+"""The CPU facts the training step is built on (mostly the JumpReLU step's), each as a ratio against its alternative measured in the same run.
 
 1. Elementwise choices on an ``[8192, 512]`` (token, feature) matrix: ``torch.tanh``
    against ``2 * sigmoid(2x) - 1``; a bool mask's ``sum(dim)`` and
@@ -19,6 +19,9 @@
 5. With ``--profile``: ``torch.profiler``'s costliest operators of that step.
 6. A micro-batched JumpReLU step's gradient-free pass for one micro-batch: the score sums alone
    (``jumprelu_kernels.snapshot_score_sums``) against the training pass's encode and gated decode.
+7. ``--optimizer-state bfloat16``'s update of one 4 M-element chunk
+   (``optim.eager_chunk_update``): its rounding noise drawn from a counter in cache-sized blocks
+   (``optim.rounding_noise``) against the same update with the noise drawn by ``torch.randint``.
 
     PYTHONPATH=$PWD HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/cpu_ops.py
 """
@@ -143,6 +146,7 @@ def main() -> None:
         print("\n5. torch.profiler, three JumpReLU steps at initialisation (times include the profiler's own)")
         print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=30))
     gradient_free_pass(x_BSD[: N // 8], args.rounds)
+    bfloat16_state_chunk(args.rounds)
 
 
 def gradient_free_pass(x_bSD: torch.Tensor, rounds: int) -> None:
@@ -163,6 +167,32 @@ def gradient_free_pass(x_bSD: torch.Tensor, rounds: int) -> None:
             "encode, gated decode (_training_encode)": lambda: sae._training_encode(x_bSD),
             "encode, scores (snapshot_score_sums)": scores_alone,
         }, rounds)  # fmt: skip
+
+
+def bfloat16_state_chunk(rounds: int) -> None:
+    """7: one chunk of the bfloat16-state Adam update, its noise drawn from a counter (what the
+    optimizer runs) against the same arithmetic with the noise drawn by ``torch.randint``."""
+    from crosslens.training import optim
+    from crosslens.training.memory import CHUNK
+
+    g = torch.Generator().manual_seed(0)
+    p, grad = torch.randn(CHUNK, generator=g), torch.randn(CHUNK, generator=g) * 1e-3
+    m, v = torch.zeros(CHUNK, dtype=torch.bfloat16), torch.zeros(CHUNK, dtype=torch.bfloat16)
+    hyper = (0.9, 0.999, 1e-3, 0.1, 1e-8)
+
+    def drawn_by_randint() -> None:
+        noise = [torch.randint(0, 1 << 16, (CHUNK,), dtype=torch.int32, generator=g) for _ in range(2)]
+        m_new, v_new = m.float(), v.float()
+        optim.eager_update(p, grad, m_new, v_new, None, hyper)
+        m.copy_(optim.round_stochastic(m_new, noise[0]))
+        v.copy_(optim.round_stochastic(v_new, noise[1]))
+
+    ratio_rows(f"7. the bfloat16-state Adam update of one {CHUNK:,}-element chunk", {
+        "noise from torch.randint": drawn_by_randint,
+        "noise from the counter (eager_chunk_update)": lambda: optim.eager_chunk_update(
+            p, grad, m, v, optim.noise_key(0, 1, 0), 0, None, hyper
+        ),
+    }, rounds)  # fmt: skip
 
 
 if __name__ == "__main__":

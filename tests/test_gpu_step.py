@@ -23,6 +23,7 @@ from crosslens.training.optim import (
     KernelAdam,
     eager_chunk_update,
     eager_update,
+    noise_key,
     round_stochastic,
     rounding_noise,
 )
@@ -342,9 +343,53 @@ def test_kernel_adam_on_cuda_follows_torch_adam_and_its_copies_give_the_steps_by
 # ------------------------------------------------------------ bfloat16 Adam state
 def test_stochastic_rounding_is_unbiased_and_between_neighbours():
     x = torch.full((200_000,), 1.0 + 2**-10)  # a quarter of the way from 1 to the next bfloat16
-    r = round_stochastic(x, rounding_noise(x, torch.Generator().manual_seed(0))).float()
-    assert set(r.unique().tolist()) == {1.0, 1.0 + 2**-7}
-    assert r.mean().item() == pytest.approx(1.0 + 2**-10, abs=2e-5)
+    for noise in rounding_noise(noise_key(0, 1, 0), 0, x.numel()):
+        r = round_stochastic(x, noise).float()
+        assert set(r.unique().tolist()) == {1.0, 1.0 + 2**-7}
+        assert r.mean().item() == pytest.approx(1.0 + 2**-10, abs=2e-5)
+
+
+def splitmix64_draw(key: int, element: int) -> tuple[int, int]:
+    """SplitMix64 written from its definition, in Python's integers: the ``element``-th draw of
+    the generator started at ``key``, split into the two moments' 16-bit noises."""
+    mask = (1 << 64) - 1
+    z = (key + (element + 1) * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    z ^= z >> 31
+    return (z >> 32) & 0xFFFF, z >> 48
+
+
+def test_rounding_noise_is_splitmix64_of_its_element_in_any_chunk():
+    """Each element's noise is the generator's draw at that element, whichever chunk draws it:
+    past 2^32 elements too (a 98,304-feature decoder has 2.4 billion), so chunked eager updates
+    and the kernel's one pass over a parameter store the same bytes."""
+    key = noise_key(1234, 7, 3)
+    for start in (0, 5, 2**32 - 3, 3 * 2**32 + 11):
+        m, v = rounding_noise(key, start, 8)
+        assert m.dtype == v.dtype == torch.int32
+        want = [splitmix64_draw(key & ((1 << 64) - 1), start + i) for i in range(8)]
+        assert list(zip(m.tolist(), v.tolist())) == want, start
+    whole = rounding_noise(key, 0, 1000)
+    halves = [rounding_noise(key, 0, 400), rounding_noise(key, 400, 600)]
+    for moment in range(2):
+        assert torch.equal(torch.cat([h[moment] for h in halves]), whole[moment])
+
+
+def test_rounding_noise_is_uniform_and_each_stream_its_own():
+    """Both moments' noise is uniform over [0, 2^16) (16 bins, chi-square below its 0.1% point)
+    and uncorrelated with the other's; another seed, step or parameter draws another stream."""
+    n = 1 << 18
+    m, v = rounding_noise(noise_key(0, 1, 0), 0, n)
+    for noise in (m, v):
+        assert 0 <= int(noise.min()) and int(noise.max()) < 1 << 16
+        counts = torch.bincount(noise >> 12, minlength=16).double()
+        chi2 = ((counts - n / 16) ** 2 / (n / 16)).sum().item()
+        assert chi2 < 37.7  # 15 degrees of freedom, p = 0.001
+    assert abs(torch.corrcoef(torch.stack([m.double(), v.double()]))[0, 1].item()) < 0.01
+    keys = {noise_key(seed, step, index) for seed in (0, 1) for step in (1, 2) for index in (0, 1)}
+    assert len(keys) == 8
+    assert not torch.equal(rounding_noise(noise_key(0, 2, 0), 0, 64)[0], m[:64])
 
 
 @pytest.mark.parametrize("arch", ["crosscoder", "jumprelu_crosscoder"])
@@ -378,15 +423,14 @@ def test_triton_bfloat16_state_update_equals_the_eager_update(device, scaled):
     n = 3 * triton_adam.BLOCK + 100
     p, grad = torch.randn(n, generator=g), torch.randn(n, generator=g) * 1e-2
     m, v = (torch.randn(n, generator=g) * 1e-3).bfloat16(), (torch.rand(n, generator=g) * 1e-4).bfloat16()
-    noise = (rounding_noise(m, g), rounding_noise(v, g))
+    key, start = noise_key(5, 3, 1), 2**32 + 16  # a chunk past 2^32 elements of its parameter
     scale = torch.tensor(2.5) if scaled else None
     hyper = (0.9, 0.999, 1e-3 / (1 - 0.9**3), math.sqrt(1 - 0.999**3), 1e-8)
     want = [t.clone() for t in (p, m, v)]
-    eager_chunk_update(want[0], grad, want[1], want[2], noise, scale, hyper)
+    eager_chunk_update(want[0], grad, want[1], want[2], key, start, scale, hyper)
     got = [t.to(device, copy=True) for t in (p, m, v)]
-    on_device = [t.to(device) for t in noise]
     copy = torch.empty(n, dtype=torch.bfloat16, device=device)
-    triton_adam.chunk_update(got[0], grad.to(device), got[1], got[2], (on_device[0], on_device[1]),
+    triton_adam.chunk_update(got[0], grad.to(device), got[1], got[2], key, start,
                              None if scale is None else scale.to(device), hyper, copy)  # fmt: skip
     assert torch.equal(copy, got[0].to(torch.bfloat16))  # the new parameters rounded, to the bit
     got = [t.cpu() for t in got]
@@ -397,6 +441,21 @@ def test_triton_bfloat16_state_update_equals_the_eager_update(device, scaled):
         differ = moment != expected
         assert differ.float().mean() < 1e-3, name
         torch.testing.assert_close(moment.float(), expected.float(), rtol=2**-7, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_CUDA)])
+def test_triton_draws_the_eager_rounding_noise(device):
+    """The kernel's noise, written out, is :func:`rounding_noise`'s to the bit: both halves of a
+    chunk that is not a whole number of blocks, starting below and past 2^32."""
+    skip_outside_the_interpreter(device)
+    from crosslens.training import triton_adam
+
+    key = noise_key(2**40 + 3, 11, 2)
+    for start in (0, 2**32 - 700):
+        got = triton_adam.noise(key, start, 2 * triton_adam.BLOCK + 37, device)
+        want = rounding_noise(key, start, 2 * triton_adam.BLOCK + 37)
+        for moment in range(2):
+            assert torch.equal(got[moment].cpu(), want[moment]), (start, moment)
 
 
 @NO_CUDA
@@ -431,6 +490,43 @@ def test_bfloat16_state_refuses_a_float32_checkpoint(tmp_path):
     checkpoint = trainer.save_checkpoint()
     with pytest.raises(ValueError, match="saved by float32 Adam"):
         CrosscoderTrainer.from_checkpoint(checkpoint, CrosscoderTrainerConfig(**cfg, optimizer_state_dtype="bfloat16"))
+
+
+def test_bfloat16_state_refuses_a_state_whose_noise_came_from_a_saved_generator():
+    """A state saved when the rounding noise was drawn from a generator would resume to other
+    bytes than its run would have reached: it is refused, with what to do."""
+    param = torch.nn.Parameter(torch.zeros(4))
+    old = BFloat16StateAdam([param], lr=1e-3, betas=(0.9, 0.999), seed=0).state_dict()
+    del old["rounding_seed"]
+    old["rounding_generator"] = torch.Generator().get_state()
+    with pytest.raises(ValueError, match="earlier crosslens.*crosslens version the run started with"):
+        BFloat16StateAdam([param], lr=1e-3, betas=(0.9, 0.999), seed=0).load_state_dict(old)
+
+
+def test_bfloat16_state_resumes_with_the_seed_it_was_saved_with():
+    """The noise's seed travels in the state: an optimizer made with another seed takes the
+    saved one, so its next step stores the moments the saved run stores."""
+    def made(seed: int) -> tuple[torch.nn.Parameter, BFloat16StateAdam]:
+        param = torch.nn.Parameter(torch.linspace(-1, 1, 5000))
+        return param, BFloat16StateAdam([param], lr=1e-3, betas=(0.9, 0.999), seed=seed)
+
+    def step(param: torch.nn.Parameter, opt: BFloat16StateAdam) -> None:
+        param.grad = torch.linspace(1, 2, 5000) * 1e-3
+        opt.step()
+
+    param, saved_run = made(7)
+    step(param, saved_run)
+    state = saved_run.state_dict()
+    assert state["rounding_seed"] == 7
+    other, resumed = made(99)
+    resumed.load_state_dict(state)
+    with torch.no_grad():
+        other.copy_(param)
+    step(param, saved_run)
+    step(other, resumed)
+    assert resumed.seed == 7 and torch.equal(other, param)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(resumed.state[other][key], saved_run.state[param][key]), key
 
 
 def test_optimizer_state_dtype_is_checked():

@@ -31,7 +31,7 @@ float32 on the device (bounds the float32 temporaries)."""
 
 CHUNK_TEMPORARIES = 6
 """float32 buffers of CHUNK elements alive during such an update, at most: the eager update's
-(the Triton kernel on CUDA holds only the two int32 noise draws)."""
+(the Triton kernel on CUDA, which draws the rounding noise in registers, holds none)."""
 
 OPTIMIZER_STATES = ("float32", "bfloat16")
 """The dtypes Adam's moments can be kept in (``--optimizer-state``)."""

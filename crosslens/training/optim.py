@@ -23,8 +23,10 @@ time so that the float32 temporaries stay small; on CUDA one Triton kernel does 
 update in one pass (:mod:`crosslens.training.triton_adam`), where the eager ops make about a
 dozen. The moments are stored with stochastic rounding: bfloat16 has 8 significant bits, so
 a plain round-to-nearest of ``0.999 * v`` returns ``v`` and the second moment would never
-decay. The rounding noise comes from a generator seeded by the run's seed and saved with the
-optimizer state, so a run and its resume give the same bytes.
+decay. The rounding noise is a function of the run's seed, the step, the parameter and the
+element (:func:`rounding_noise`, SplitMix64 over a counter), so the Triton kernel draws it in
+registers rather than reading two noise tensors written beforehand (16 of the pass's 38 bytes an
+element), and a run and its resume give the same bytes with nothing saved but the seed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from jaxtyping import Int
 from torch import nn
 
 from crosslens.core.devices import kernel_backend
@@ -65,15 +68,75 @@ Hyper = tuple[float, float, float, float, float]
 ``step_size = lr / (1 - beta1^t)`` and ``root_bc2 = sqrt(1 - beta2^t)``."""
 
 
-def rounding_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random int32 in ``[0, 2^16)``, one per element of ``like``: the part below bfloat16's
-    last bit that :func:`round_stochastic` adds before truncating."""
-    return torch.randint(0, 1 << 16, like.shape, dtype=torch.int32, device=like.device, generator=generator)
+MASK64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+"""SplitMix64's increment (2^64 over the golden ratio, odd): its counter's step."""
+MIX = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+"""SplitMix64's two multipliers; its shifts are 30, 27 and 31."""
+
+
+def _mix64(z: int) -> int:
+    """SplitMix64's finaliser of one 64-bit value, in Python's integers."""
+    z = ((z ^ (z >> 30)) * MIX[0]) & MASK64
+    z = ((z ^ (z >> 27)) * MIX[1]) & MASK64
+    return z ^ (z >> 31)
+
+
+def _as_int64(x: int) -> int:
+    """A 64-bit pattern as the signed integer that torch's int64 and a kernel's argument hold."""
+    return x - (1 << 64) if x >> 63 else x
+
+
+def noise_key(seed: int, step: int, index: int) -> int:
+    """The key of the rounding noise of parameter ``index`` (its place among the optimizer's
+    parameters) at Adam step ``step`` of a run seeded ``seed``, as a signed 64-bit integer. Each
+    part goes into the mixed key so far: two runs' keys meet only where the mixes of their
+    prefixes differ by exactly their parts' XOR, a chance of about one in 2^44 for a million steps,
+    and one run's (its prefix the same) never."""
+    z = seed & MASK64
+    for part in (step, index):
+        z = _mix64(((_mix64(z) ^ (part & MASK64)) + GOLDEN) & MASK64)
+    return _as_int64(z)
+
+
+NOISE_BLOCK = 1 << 16
+"""Elements of :func:`rounding_noise` mixed at a time: its two int64 buffers stay in a CPU's
+cache through the dozen passes, which makes it as fast as drawing the noise with
+``torch.randint``; mixed whole, a chunk's noise took three times as long."""
+
+
+def rounding_noise(
+    key: int, start: int, n: int, device: torch.device | str = "cpu"
+) -> tuple[Int[torch.Tensor, " n"], Int[torch.Tensor, " n"]]:
+    """The rounding noise of elements ``start .. start + n`` of one parameter, drawn with
+    ``key`` (:func:`noise_key`): int32 in ``[0, 2^16)``, one tensor for each moment, the part
+    below bfloat16's last bit that :func:`round_stochastic` adds before truncating. Element ``e``
+    takes SplitMix64's output for counter ``key + (e + 1) * GOLDEN`` (the generator's ``e``-th
+    draw), the first moment its bits 32-47, the second its bits 48-63; int64 arithmetic wraps as
+    the unsigned arithmetic does, so these are the Triton kernel's draws to the bit
+    (:func:`crosslens.training.triton_adam.noise`)."""
+    noise_m, noise_v = (torch.empty(n, dtype=torch.int32, device=device) for _ in range(2))
+    z_all, scratch_all = (torch.empty(min(n, NOISE_BLOCK), dtype=torch.int64, device=device) for _ in range(2))
+    for first in range(0, n, NOISE_BLOCK):
+        size = min(NOISE_BLOCK, n - first)
+        z, scratch = z_all[:size], scratch_all[:size]
+        torch.arange(start + first + 1, start + first + size + 1, out=z)
+        z.mul_(_as_int64(GOLDEN)).add_(key)
+        for bits, factor in ((30, MIX[0]), (27, MIX[1]), (31, None)):
+            # z ^= z >> bits, the shift unsigned (torch's copies the sign bit, hence the mask)
+            torch.bitwise_right_shift(z, bits, out=scratch).bitwise_and_((1 << (64 - bits)) - 1)
+            z.bitwise_xor_(scratch)
+            if factor is not None:
+                z.mul_(_as_int64(factor))
+        z.bitwise_right_shift_(32)  # bits 32-63 at the bottom (the sign's copies above them are masked off)
+        noise_m[first : first + size] = torch.bitwise_and(z, 0xFFFF, out=scratch)
+        noise_v[first : first + size] = z.bitwise_right_shift_(16).bitwise_and_(0xFFFF)
+    return noise_m, noise_v
 
 
 def round_stochastic(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """``x`` (float32) rounded to bfloat16 down, or up where the ``noise`` carries it over:
-    with :func:`rounding_noise`, up in proportion to the distance from the lower neighbour,
+    with uniform noise (:func:`rounding_noise`), up in proportion to the distance from the lower neighbour,
     so unbiased, and small repeated updates survive on average."""
     bits = (x.contiguous().view(torch.int32) + noise) & -65536  # keep the top 16 bits
     return bits.view(torch.float32).to(torch.bfloat16)  # exact: the low bits are zero
@@ -96,17 +159,19 @@ def eager_update(
 
 
 def eager_chunk_update(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor],
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, key: int, start: int,
     grad_scale: torch.Tensor | None, hyper: Hyper, copy: torch.Tensor | None = None,
 ) -> None:  # fmt: skip
     """Adam's update of one chunk in place, in float32 temporaries: ``p`` float32, ``g`` its
-    gradient, ``m`` and ``v`` the bfloat16 moments, ``noise`` their rounding noise
-    (:func:`rounding_noise`), ``grad_scale`` a divisor of ``g``; ``copy`` receives the new ``p``
-    rounded. The twin of :func:`crosslens.training.triton_adam.chunk_update`."""
+    gradient, ``m`` and ``v`` the bfloat16 moments, stored with the rounding noise of ``key``
+    (:func:`noise_key`) at the chunk's elements (it starts at element ``start`` of its
+    parameter), ``grad_scale`` a divisor of ``g``; ``copy`` receives the new ``p`` rounded. The
+    twin of :func:`crosslens.training.triton_adam.chunk_update`."""
+    noise_m, noise_v = rounding_noise(key, start, p.numel(), p.device)  # drawn first: fewer temporaries at once
     m_new, v_new = m.float(), v.float()
     eager_update(p, g, m_new, v_new, grad_scale, hyper, copy)
-    m.copy_(round_stochastic(m_new, noise[0]))
-    v.copy_(round_stochastic(v_new, noise[1]))
+    m.copy_(round_stochastic(m_new, noise_m))
+    v.copy_(round_stochastic(v_new, noise_v))
 
 
 def _update_for(device: torch.device, *, chunked: bool) -> Any:
@@ -132,27 +197,27 @@ def _advance(state: dict[str, Any], group: dict[str, Any]) -> Hyper:
 
 def _updates(
     optimizer: KernelAdam | BFloat16StateAdam, moments: torch.dtype
-) -> Iterator[tuple[torch.Tensor, dict[str, Any], Hyper, torch.Tensor | None]]:
-    """Each parameter of ``optimizer`` with a gradient, for its update: the parameter, its state
-    (made on its first step, the moments zeros in ``moments``), the step's constants, and where
-    its rounded copy goes (None where none is asked for). After each update, the write is
-    counted in the parameter's version (a kernel's store is invisible to autograd) and the copy,
-    made from that version, is handed over."""
+) -> Iterator[tuple[int, torch.Tensor, dict[str, Any], Hyper, torch.Tensor | None]]:
+    """Each parameter of ``optimizer`` with a gradient, for its update: its place among the
+    optimizer's parameters, the parameter, its state (made on its first step, the moments zeros in
+    ``moments``), the step's constants, and where its rounded copy goes (None where none is asked
+    for). After each update, the write is counted in the parameter's version (a kernel's store is
+    invisible to autograd) and the copy, made from that version, is handed over."""
     copies = optimizer.copies
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state = optimizer.state[p]
-            if not state:
-                state["step"] = torch.tensor(0.0)
-                state["exp_avg"] = torch.zeros_like(p, dtype=moments, memory_format=torch.contiguous_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, dtype=moments, memory_format=torch.contiguous_format)
-            copy = copies.blank(p) if copies is not None else None
-            yield p, state, _advance(state, group), copy
-            torch.autograd.graph.increment_version(p)
-            if copy is not None and copies is not None:
-                copies.put(p, copy)
+    pairs = [(group, p) for group in optimizer.param_groups for p in group["params"]]
+    for place, (group, p) in enumerate(pairs):
+        if p.grad is None:
+            continue
+        state = optimizer.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(p, dtype=moments, memory_format=torch.contiguous_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=moments, memory_format=torch.contiguous_format)
+        copy = copies.blank(p) if copies is not None else None
+        yield place, p, state, _advance(state, group), copy
+        torch.autograd.graph.increment_version(p)
+        if copy is not None and copies is not None:
+            copies.put(p, copy)
 
 
 class KernelAdam(torch.optim.Adam):
@@ -174,7 +239,7 @@ class KernelAdam(torch.optim.Adam):
     def step(self, closure: Any = None) -> None:
         assert closure is None, "KernelAdam takes no closure"
         self._check()
-        for p, state, hyper, copy in _updates(self, torch.float32):
+        for _, p, state, hyper, copy in _updates(self, torch.float32):
             _update_for(p.device, chunked=False)(p, p.grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], self.grad_scale, hyper, copy)
 
     def _check(self) -> None:
@@ -193,17 +258,16 @@ class KernelAdam(torch.optim.Adam):
 
 
 class BFloat16StateAdam(torch.optim.Optimizer):
-    """Adam (no weight decay, no amsgrad) with bfloat16 moments; float32 parameters. For each
-    weight ``copies`` asks for, it also writes the new weight rounded (see the module
-    docstring)."""
+    """Adam (no weight decay, no amsgrad) with bfloat16 moments, stored with stochastic rounding
+    whose noise :func:`rounding_noise` draws from ``seed``; float32 parameters. For each weight
+    ``copies`` asks for, it also writes the new weight rounded (see the module docstring)."""
 
     def __init__(
-        self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, seed: int, device: torch.device,
+        self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, seed: int,
         copies: RoundedCopies | None = None,
     ):  # fmt: skip
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
+        self.seed = seed
         self.grad_scale: torch.Tensor | None = None
         """A divisor of every gradient, as torch's fused Adam takes it (the clip's 1 / c)."""
         self.copies = copies
@@ -211,31 +275,38 @@ class BFloat16StateAdam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
         assert closure is None, "BFloat16StateAdam takes no closure"
-        for p, state, hyper, copy in _updates(self, torch.bfloat16):
+        for place, p, state, hyper, copy in _updates(self, torch.bfloat16):
             update = _update_for(p.device, chunked=True)
+            # the eager ops hold float32 temporaries of what they update; the kernel holds none
+            chunk = CHUNK if update is eager_chunk_update else max(p.numel(), 1)
+            key = noise_key(self.seed, int(state["step"].item()), place)
             flats = (p.view(-1), p.grad.view(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1))
-            for start in range(0, p.numel(), CHUNK):
-                p_c, g_c, m_c, v_c = (t[start : start + CHUNK] for t in flats)
-                noise = (rounding_noise(m_c, self.generator), rounding_noise(v_c, self.generator))
-                copy_c = None if copy is None else copy.view(-1)[start : start + CHUNK]
-                update(p_c, g_c, m_c, v_c, noise, self.grad_scale, hyper, copy_c)
+            for start in range(0, p.numel(), chunk):
+                p_c, g_c, m_c, v_c = (t[start : start + chunk] for t in flats)
+                copy_c = None if copy is None else copy.view(-1)[start : start + chunk]
+                update(p_c, g_c, m_c, v_c, key, start, self.grad_scale, hyper, copy_c)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "rounding_generator": self.generator.get_state()}
+        return {**super().state_dict(), "rounding_seed": self.seed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
-        generator_state = state_dict.pop("rounding_generator", None)
-        if generator_state is None:
+        seed = state_dict.pop("rounding_seed", None)
+        if seed is None:
+            saved_by = (
+                "an earlier crosslens, whose rounding noise came from a saved generator"
+                if "rounding_generator" in state_dict
+                else "float32 Adam"
+            )
             raise ValueError(
-                "this optimizer state has no rounding generator: it was saved by float32 Adam; "
-                "resume with the optimizer state dtype the run started with."
+                f"this optimizer state has no rounding seed: it was saved by {saved_by}; resume with the "
+                "optimizer state dtype and the crosslens version the run started with."
             )
         super().load_state_dict(state_dict)
         for per_param in self.state.values():  # torch casts loaded state to the parameters' dtype
             for key in ("exp_avg", "exp_avg_sq"):
                 per_param[key] = per_param[key].to(torch.bfloat16)
-        self.generator.set_state(generator_state.cpu())
+        self.seed = int(seed)
 
 
 IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
@@ -262,7 +333,7 @@ def make_optimizer(
     its Triton kernel compiles, else torch's, fused where the device has the kernel. ``copies``:
     where the optimizer writes the rounded weights the next step takes (torch's Adam writes none)."""
     if state_dtype == "bfloat16":
-        return BFloat16StateAdam(param_groups, lr=lr, betas=betas, seed=seed, device=device, copies=copies)
+        return BFloat16StateAdam(param_groups, lr=lr, betas=betas, seed=seed, copies=copies)
     kernel = KERNEL_ADAM if KERNEL_ADAM is not None else kernel_backend(device, BACKEND) == "triton"
     if kernel:
         return KernelAdam(param_groups, lr=lr, betas=betas, copies=copies)

@@ -1,14 +1,15 @@
 """The Triton kernel of crosslens's Adam: :class:`crosslens.training.optim.KernelAdam`'s
 update (float32 moments) and :class:`crosslens.training.optim.BFloat16StateAdam`'s (bfloat16
-moments, a chunk at a time).
+moments, any contiguous chunk of a parameter, the whole of it on CUDA).
 
 Imported only where an optimizer chooses them (CUDA with triton installed, or a test under
 ``TRITON_INTERPRET=1``). Each is one pass: it reads the parameters, the gradient and the two
-moments (and, for bfloat16 moments, the two noise draws of their stochastic rounding), and
-writes the parameters and the moments, and where asked a copy of the new parameters rounded
-to bfloat16, the copy the next step's autocast matmuls read (so that step does not read the
-float32 weight again to round it). The eager updates make about a dozen passes for the same
-numbers (``optim.eager_update``, ``optim.eager_chunk_update``). The arithmetic is theirs, in
+moments, and writes the parameters and the moments (bfloat16 ones with stochastic rounding whose
+noise it draws in registers, :func:`crosslens.training.optim.rounding_noise`'s to the bit), and
+where asked a copy of the new parameters rounded to bfloat16, the copy the next step's autocast
+matmuls read (so that step does not read the float32 weight again to round it). The eager
+updates make about a dozen passes for the same numbers (``optim.eager_update``,
+``optim.eager_chunk_update``). The arithmetic is theirs, in
 float32 and in the same order. A result can differ in its last bit where the compiler fuses a
 multiply and an add that the eager ops round apart; the rounded copy is the new parameter
 rounded as ``Tensor.to`` rounds it (to nearest, ties to even), to the bit but for a NaN's
@@ -40,6 +41,18 @@ def _round_stochastic(x, noise):
 
 
 @triton.jit
+def _noise(key, elements):
+    # SplitMix64's draw for each element's counter, in wrapping unsigned arithmetic: int32 in
+    # [0, 2^16) for each moment, from bits 32-47 and 48-63 (optim.rounding_noise's twin)
+    # (a key that fits 32 bits arrives as an int32: widened first)
+    z = key.to(tl.int64).to(tl.uint64, bitcast=True) + (elements + 1).to(tl.uint64) * 0x9E3779B97F4A7C15
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+    high = (z ^ (z >> 31)) >> 32
+    return (high & 0xFFFF).to(tl.int32), (high >> 16).to(tl.int32)
+
+
+@triton.jit
 def _round_nearest(x):
     # to nearest, ties to even, in integers: torch's rounding to the bit, subnormals included,
     # whatever the backend's float cast does (the interpreter's truncates and flushes them); a
@@ -64,13 +77,14 @@ def _adam(p, g, m, v, scale_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2,
     return p, m, v
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["key"])
 def _update(
-    p_ptr, g_ptr, m_ptr, v_ptr, noise_m_ptr, noise_v_ptr, scale_ptr, copy_ptr, n,
+    p_ptr, g_ptr, m_ptr, v_ptr, key, start, scale_ptr, copy_ptr, n,
     beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
     HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    # STOCHASTIC: the moments are bfloat16, stored rounded with the noise given; else float32
+    # STOCHASTIC: the moments are bfloat16, stored rounded with the noise of ``key`` at elements
+    # start + offsets of the parameter; else float32
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < n
     p, m, v = _adam(
@@ -82,8 +96,7 @@ def _update(
     )  # fmt: skip
     tl.store(p_ptr + offsets, p, mask=inside)
     if STOCHASTIC:
-        noise_m = tl.load(noise_m_ptr + offsets, mask=inside, other=0)
-        noise_v = tl.load(noise_v_ptr + offsets, mask=inside, other=0)
+        noise_m, noise_v = _noise(key, start + offsets)
         tl.store(m_ptr + offsets, _round_stochastic(m, noise_m), mask=inside)
         tl.store(v_ptr + offsets, _round_stochastic(v, noise_v), mask=inside)
     else:
@@ -93,22 +106,42 @@ def _update(
         tl.store(copy_ptr + offsets, _round_nearest(p), mask=inside)
 
 
+@triton.jit(do_not_specialize=["key"])
+def _draw(out_m_ptr, out_v_ptr, key, start, n, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offsets < n
+    noise_m, noise_v = _noise(key, start + offsets)
+    tl.store(out_m_ptr + offsets, noise_m, mask=inside)
+    tl.store(out_v_ptr + offsets, noise_v, mask=inside)
+
+
 def _launch(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None,
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, noise: tuple[int, int] | None,
     grad_scale: torch.Tensor | None, hyper: tuple[float, float, float, float, float], copy: torch.Tensor | None,
 ) -> None:  # fmt: skip
     beta1, beta2, step_size, root_bc2, eps = hyper
     n = p.numel()
     if n == 0:
         return
-    noise_m, noise_v = noise if noise is not None else (p, p)
+    key, start = noise if noise is not None else (0, 0)
     with launching_on(p):
         _update[(triton.cdiv(n, BLOCK),)](
-            p, g, m, v, noise_m, noise_v, p if grad_scale is None else grad_scale, p if copy is None else copy, n,
+            p, g, m, v, key, start, p if grad_scale is None else grad_scale, p if copy is None else copy, n,
             beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps,
             HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, STOCHASTIC=noise is not None, BLOCK=BLOCK,
             num_warps=WARPS,
         )  # fmt: skip
+
+
+def noise(key: int, start: int, n: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rounding noise :func:`chunk_update` draws for elements ``start .. start + n`` with
+    ``key``, written out (int32, one tensor per moment): for checking it against its eager twin,
+    :func:`crosslens.training.optim.rounding_noise`."""
+    out_m, out_v = (torch.empty(n, dtype=torch.int32, device=device) for _ in range(2))
+    if n:
+        with launching_on(out_m):
+            _draw[(triton.cdiv(n, BLOCK),)](out_m, out_v, key, start, n, BLOCK=BLOCK, num_warps=WARPS)
+    return out_m, out_v
 
 
 def update(
@@ -122,11 +155,13 @@ def update(
 
 
 def chunk_update(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor],
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, key: int, start: int,
     grad_scale: torch.Tensor | None, hyper: tuple[float, float, float, float, float], copy: torch.Tensor | None = None,
 ) -> None:  # fmt: skip
     """Adam's update of one contiguous chunk in place: ``p`` float32, ``g`` its gradient, ``m``
-    and ``v`` the bfloat16 moments, ``noise`` their rounding noise (int32 in ``[0, 2^16)``),
-    ``grad_scale`` a divisor of ``g``, ``hyper = (beta1, beta2, step_size, root_bc2, eps)``;
-    ``copy`` (bfloat16, the chunk's size) receives the new ``p`` rounded."""
-    _launch(p, g, m, v, noise, grad_scale, hyper, copy)
+    and ``v`` the bfloat16 moments, stored with the rounding noise of ``key``
+    (:func:`crosslens.training.optim.noise_key`) at the chunk's elements (it starts at element
+    ``start`` of its parameter), ``grad_scale`` a divisor of ``g``, ``hyper = (beta1, beta2,
+    step_size, root_bc2, eps)``; ``copy`` (bfloat16, the chunk's size) receives the new ``p``
+    rounded."""
+    _launch(p, g, m, v, (key, start), grad_scale, hyper, copy)
