@@ -360,11 +360,18 @@ def splitmix64_draw(key: int, element: int) -> tuple[int, int]:
     return (z >> 32) & 0xFFFF, z >> 48
 
 
-def test_rounding_noise_is_splitmix64_of_its_element_in_any_chunk():
+def test_rounding_noise_is_splitmix64_of_its_element_in_any_chunk(monkeypatch):
     """Each element's noise is the generator's draw at that element, whichever chunk draws it:
     past 2^32 elements too (a 98,304-feature decoder has 2.4 billion), so chunked eager updates
-    and the kernel's one pass over a parameter store the same bytes."""
+    and the kernel's one pass over a parameter store the same bytes; mixed in a CPU's blocks or
+    whole (as on an accelerator), the same."""
     key = noise_key(1234, 7, 3)
+    n = 3 * optim.NOISE_BLOCK + 5  # not whole blocks
+    blocked = rounding_noise(key, 3, n)
+    monkeypatch.setattr(optim, "NOISE_BLOCK", 1 << 40)
+    whole = rounding_noise(key, 3, n)
+    assert all(torch.equal(a, b) for a, b in zip(blocked, whole))
+    monkeypatch.undo()
     for start in (0, 5, 2**32 - 3, 3 * 2**32 + 11):
         m, v = rounding_noise(key, start, 8)
         assert m.dtype == v.dtype == torch.int32

@@ -100,9 +100,10 @@ def noise_key(seed: int, step: int, index: int) -> int:
 
 
 NOISE_BLOCK = 1 << 16
-"""Elements of :func:`rounding_noise` mixed at a time: its two int64 buffers stay in a CPU's
-cache through the dozen passes, which makes it as fast as drawing the noise with
-``torch.randint``; mixed whole, a chunk's noise took three times as long."""
+"""Elements of :func:`rounding_noise` mixed at a time on a CPU: its two int64 buffers stay in
+cache through the dozen passes, which makes it faster than drawing the noise with
+``torch.randint``; mixed whole, a chunk's noise took three times as long. An accelerator mixes
+a chunk whole (a block would cost a dozen launches)."""
 
 
 def rounding_noise(
@@ -115,10 +116,11 @@ def rounding_noise(
     draw), the first moment its bits 32-47, the second its bits 48-63; int64 arithmetic wraps as
     the unsigned arithmetic does, so these are the Triton kernel's draws to the bit
     (:func:`crosslens.training.triton_adam.noise`)."""
+    block = NOISE_BLOCK if torch.device(device).type == "cpu" else max(n, 1)
     noise_m, noise_v = (torch.empty(n, dtype=torch.int32, device=device) for _ in range(2))
-    z_all, scratch_all = (torch.empty(min(n, NOISE_BLOCK), dtype=torch.int64, device=device) for _ in range(2))
-    for first in range(0, n, NOISE_BLOCK):
-        size = min(NOISE_BLOCK, n - first)
+    z_all, scratch_all = (torch.empty(min(n, block), dtype=torch.int64, device=device) for _ in range(2))
+    for first in range(0, n, block):
+        size = min(block, n - first)
         z, scratch = z_all[:size], scratch_all[:size]
         torch.arange(start + first + 1, start + first + size + 1, out=z)
         z.mul_(_as_int64(GOLDEN)).add_(key)
