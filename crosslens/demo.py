@@ -231,8 +231,11 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
             return load_crosscoder_folder(runner.final_path, device=device)
     from crosslens.training.runfolder import RunFolderInUseError
 
+    # continue from the last checkpoint of an interrupted run; a folder without one starts afresh,
+    # without the CLI's line about a --resume the demo's user never gave
+    resume = runner.verified_checkpoint() is not None
     try:
-        return runner.run(resume=True)  # continues from the last checkpoint of an interrupted run
+        return runner.run(resume=resume)
     except RunFolderInUseError as refused:  # results no checkpoint continues: the demo owns its folder
         print(f"{refused}: retraining the crosscoder in {out_dir}")
         return runner.run(overwrite=True)

@@ -39,7 +39,7 @@ def test_train_stage_reuses_its_crosscoder_and_retrains_on_new_settings(tmp_path
         train_batch_size_tokens=64,
     )  # fmt: skip
     first = train_stage(tmp_path / "store", tmp_path / "run", config)
-    capsys.readouterr()
+    assert "--resume" not in capsys.readouterr().out  # a flag the demo's user never gave
     again = train_stage(tmp_path / "store", tmp_path / "run", config)
     assert "reusing trained crosscoder" in capsys.readouterr().out
     assert torch.equal(first.W_dec, again.W_dec)
