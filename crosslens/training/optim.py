@@ -90,9 +90,9 @@ def _as_int64(x: int) -> int:
 def noise_key(seed: int, step: int, index: int) -> int:
     """The key of the rounding noise of parameter ``index`` (its place among the optimizer's
     parameters) at Adam step ``step`` of a run seeded ``seed``, as a signed 64-bit integer. Each
-    part goes into the mixed key so far: two runs' keys meet only where the mixes of their
-    prefixes differ by exactly their parts' XOR, a chance of about one in 2^44 for a million steps,
-    and one run's (its prefix the same) never."""
+    part goes into a bijective mix of the parts before it, so keys whose earlier parts agree never
+    meet; others meet only where two 64-bit mixes differ by exactly the XOR of their later parts
+    (for two seeds over a million steps, a chance of about 2^-44)."""
     z = seed & MASK64
     for part in (step, index):
         z = _mix64(((_mix64(z) ^ (part & MASK64)) + GOLDEN) & MASK64)
