@@ -47,6 +47,7 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.errors import UnsupportedArchitectureError
 
 ARCHITECTURE_FIELDS = (

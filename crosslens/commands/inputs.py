@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Int
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.devices import available_memory
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import free_disk

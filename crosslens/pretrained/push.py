@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.paths import FINAL_DIRNAME, QUALITY_NAME, RUN_CONFIG_NAME
 
 if TYPE_CHECKING:

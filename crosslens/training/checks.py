@@ -16,6 +16,8 @@ import warnings
 import torch
 from jaxtyping import Float
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+
 ACTIVATION_SCALE_CHECKS = ("warn", "error", "off")
 
 SCALE_TOLERANCE = 2.0
