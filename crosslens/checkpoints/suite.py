@@ -12,7 +12,6 @@ import torch
 from transformer_lens import HookedTransformer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.checkpoints import weights_cache
 from crosslens.checkpoints.convert import (
     DEFAULT_PROCESSING,
