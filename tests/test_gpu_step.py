@@ -536,6 +536,24 @@ def test_bfloat16_state_resumes_with_the_seed_it_was_saved_with():
         assert torch.equal(resumed.state[other][key], saved_run.state[param][key]), key
 
 
+def test_the_step_count_goes_on_past_float32s_last_integer():
+    """From 2^24 steps on, a float32 count's ``+ 1`` is itself, so every later step would draw the
+    rounding noise of step 2^24 again: the count is float64, and a float32 one (torch's Adam's, or
+    a state it saved) is widened at the next step."""
+    param = torch.nn.Parameter(torch.linspace(-1, 1, 300))
+    opt = BFloat16StateAdam([param], lr=1e-3, betas=(0.9, 0.999), seed=3)
+    param.grad = torch.ones(300) * 1e-3
+    opt.step()
+    assert opt.state[param]["step"].dtype == torch.float64
+    opt.state[param]["step"] = torch.tensor(float(2**24 - 1))  # float32, as torch's Adam saves it
+    keys = []
+    for expected in (2**24, 2**24 + 1, 2**24 + 2):
+        opt.step()
+        assert int(opt.state[param]["step"].item()) == expected
+        keys.append(noise_key(3, int(opt.state[param]["step"].item()), 0))
+    assert len(set(keys)) == 3
+
+
 def test_optimizer_state_dtype_is_checked():
     with pytest.raises(ValueError, match="optimizer_state_dtype"):
         CrosscoderTrainerConfig(total_steps=1, optimizer_state_dtype="int8")

@@ -114,9 +114,10 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=AR
     """Gate, score and decode a batch from its active (token, feature) entries alone (open
     at some snapshot, or inside the threshold's window at some) with gather-sum kernels,
     instead of dense matmuls over every entry; the same values and gradients up to the
-    order of float sums. None: on CUDA when at most 1/16 of the entries are active (a
-    trained crosscoder's sparsity, not a fresh one's); False: never; True: always (also
-    on a CPU, where the dense kernels are faster)."""
+    order of float sums. None: on CUDA for each batch whose open and window entries are few
+    enough that it pays (:func:`~crosslens.crosscoders.sparse_kernels.sparse_step_pays`: a
+    trained crosscoder's sparsity, not a fresh one's); False: never; True: always (also on
+    a CPU, where the dense kernels are faster)."""
 
     def __post_init__(self) -> None:
         if self.l0_coefficient is None:

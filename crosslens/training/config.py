@@ -108,7 +108,9 @@ class ArchitectureConfig:
     sparse_step: str = field(default="auto", metadata={"choices": ("auto", "on", "off")})
     """jumprelu_crosscoder: gate, score and decode each batch from its active (token, feature)
     entries with gather-sum kernels (the same values up to the order of float sums); auto: on
-    CUDA once at most 1/16 of the entries are active; on: always (slower on a CPU); off: never."""
+    CUDA for each batch sparse enough that it pays (a trained crosscoder's, not a fresh one's:
+    crosslens.crosscoders.sparse_kernels.sparse_step_pays); on: always (slower on a CPU); off:
+    never."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURE_NAMES:

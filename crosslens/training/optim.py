@@ -189,8 +189,10 @@ def _update_for(device: torch.device, *, chunked: bool) -> Any:
 
 def _advance(state: dict[str, Any], group: dict[str, Any]) -> Hyper:
     """Count one more step in ``state`` (its ``step`` a host tensor, as torch's unfused Adam keeps
-    it: reading it waits for no device) and return that step's constants."""
-    step_t = state["step"] = state["step"].cpu() + 1
+    it: reading it waits for no device) and return that step's constants. The count is float64
+    (torch's Adam keeps float32, whose ``+ 1`` stops counting at 2^24 steps, from where every
+    step would draw the same rounding noise); a float32 count saved by torch's Adam is widened."""
+    step_t = state["step"] = state["step"].cpu().double() + 1
     step = int(step_t.item())
     # a kernel takes numbers, not tensors: an lr or betas given as tensors are read here
     lr, beta1, beta2, eps = (float(x) for x in (group["lr"], *group["betas"], group["eps"]))
@@ -212,7 +214,7 @@ def _updates(
             continue
         state = optimizer.state[p]
         if not state:
-            state["step"] = torch.tensor(0.0)
+            state["step"] = torch.tensor(0.0, dtype=torch.float64)
             state["exp_avg"] = torch.zeros_like(p, dtype=moments, memory_format=torch.contiguous_format)
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=moments, memory_format=torch.contiguous_format)
         copy = copies.blank(p) if copies is not None else None
