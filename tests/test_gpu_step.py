@@ -453,16 +453,29 @@ def test_triton_bfloat16_state_update_equals_the_eager_update(device, scaled):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_CUDA)])
 def test_triton_draws_the_eager_rounding_noise(device):
     """The kernel's noise, written out, is :func:`rounding_noise`'s to the bit: both halves of a
-    chunk that is not a whole number of blocks, starting below and past 2^32."""
+    chunk that is not a whole number of blocks, starting below and past 2^32, for a drawn key and
+    for keys at the edges of the 32-bit halves the kernel takes it in (one in [2^31, 2^32) was
+    typed uint32 by Triton's interpreter when passed whole, and failed there)."""
     skip_outside_the_interpreter(device)
     from crosslens.training import triton_adam
 
-    key = noise_key(2**40 + 3, 11, 2)
-    for start in (0, 2**32 - 700):
-        got = triton_adam.noise(key, start, 2 * triton_adam.BLOCK + 37, device)
-        want = rounding_noise(key, start, 2 * triton_adam.BLOCK + 37)
-        for moment in range(2):
-            assert torch.equal(got[moment].cpu(), want[moment]), (start, moment)
+    edges = (2**31 + 5, 2**32 - 1, -(2**31), -1, 2**63 - 1, -(2**63), (2**31 + 5) << 32 | 7)
+    for key in (noise_key(2**40 + 3, 11, 2), *(k - (1 << 64) if k >= 1 << 63 else k for k in edges)):
+        for start in (0, 2**32 - 700):
+            got = triton_adam.noise(key, start, 2 * triton_adam.BLOCK + 37, device)
+            want = rounding_noise(key, start, 2 * triton_adam.BLOCK + 37)
+            for moment in range(2):
+                assert torch.equal(got[moment].cpu(), want[moment]), (key, start, moment)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_a_key_splits_into_two_signed_32_bit_halves():
+    from crosslens.training.triton_adam import key_halves
+
+    for key in (0, 1, -1, 2**31, 2**32 - 1, -(2**63), 2**63 - 1, noise_key(5, 9, 1)):
+        low, high = key_halves(key)
+        assert all(-(2**31) <= half < 2**31 for half in (low, high))
+        assert (high << 32) + (low & 0xFFFFFFFF) == key
 
 
 @NO_CUDA

@@ -41,11 +41,14 @@ def _round_stochastic(x, noise):
 
 
 @triton.jit
-def _noise(key, elements):
+def _noise(key_low, key_high, elements):
     # SplitMix64's draw for each element's counter, in wrapping unsigned arithmetic: int32 in
-    # [0, 2^16) for each moment, from bits 32-47 and 48-63 (optim.rounding_noise's twin)
-    # (a key that fits 32 bits arrives as an int32: widened first)
-    z = key.to(tl.int64).to(tl.uint64, bitcast=True) + (elements + 1).to(tl.uint64) * 0x9E3779B97F4A7C15
+    # [0, 2^16) for each moment, from bits 32-47 and 48-63 (optim.rounding_noise's twin); the
+    # 64-bit key arrives as two signed 32-bit halves (key_halves), each typed int32 by every
+    # launcher: a whole key in [2^31, 2^32) is typed uint32 by Triton's interpreter and could not
+    # be widened there
+    key = (key_high.to(tl.uint32, bitcast=True).to(tl.uint64) << 32) | key_low.to(tl.uint32, bitcast=True).to(tl.uint64)
+    z = key + (elements + 1).to(tl.uint64) * 0x9E3779B97F4A7C15
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
     z = (z ^ (z >> 27)) * 0x94D049BB133111EB
     high = (z ^ (z >> 31)) >> 32
@@ -77,13 +80,13 @@ def _adam(p, g, m, v, scale_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2,
     return p, m, v
 
 
-@triton.jit(do_not_specialize=["key"])
+@triton.jit(do_not_specialize=["key_low", "key_high"])
 def _update(
-    p_ptr, g_ptr, m_ptr, v_ptr, key, start, scale_ptr, copy_ptr, n,
+    p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, start, scale_ptr, copy_ptr, n,
     beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
     HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    # STOCHASTIC: the moments are bfloat16, stored rounded with the noise of ``key`` at elements
+    # STOCHASTIC: the moments are bfloat16, stored rounded with the noise of the key at elements
     # start + offsets of the parameter; else float32
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < n
@@ -96,7 +99,7 @@ def _update(
     )  # fmt: skip
     tl.store(p_ptr + offsets, p, mask=inside)
     if STOCHASTIC:
-        noise_m, noise_v = _noise(key, start + offsets)
+        noise_m, noise_v = _noise(key_low, key_high, start + offsets)
         tl.store(m_ptr + offsets, _round_stochastic(m, noise_m), mask=inside)
         tl.store(v_ptr + offsets, _round_stochastic(v, noise_v), mask=inside)
     else:
@@ -106,13 +109,20 @@ def _update(
         tl.store(copy_ptr + offsets, _round_nearest(p), mask=inside)
 
 
-@triton.jit(do_not_specialize=["key"])
-def _draw(out_m_ptr, out_v_ptr, key, start, n, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["key_low", "key_high"])
+def _draw(out_m_ptr, out_v_ptr, key_low, key_high, start, n, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < n
-    noise_m, noise_v = _noise(key, start + offsets)
+    noise_m, noise_v = _noise(key_low, key_high, start + offsets)
     tl.store(out_m_ptr + offsets, noise_m, mask=inside)
     tl.store(out_v_ptr + offsets, noise_v, mask=inside)
+
+
+def key_halves(key: int) -> tuple[int, int]:
+    """A signed 64-bit key as its low and high 32 bits, each as a signed 32-bit integer: the
+    kernels' two arguments, which every launcher types int32."""
+    low, high = key & 0xFFFFFFFF, (key >> 32) & 0xFFFFFFFF
+    return tuple(x - (1 << 32) if x >> 31 else x for x in (low, high))  # type: ignore[return-value]
 
 
 def _launch(
@@ -126,7 +136,7 @@ def _launch(
     key, start = noise if noise is not None else (0, 0)
     with launching_on(p):
         _update[(triton.cdiv(n, BLOCK),)](
-            p, g, m, v, key, start, p if grad_scale is None else grad_scale, p if copy is None else copy, n,
+            p, g, m, v, *key_halves(key), start, p if grad_scale is None else grad_scale, p if copy is None else copy, n,
             beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps,
             HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, STOCHASTIC=noise is not None, BLOCK=BLOCK,
             num_warps=WARPS,
@@ -140,7 +150,7 @@ def noise(key: int, start: int, n: int, device: torch.device | str) -> tuple[tor
     out_m, out_v = (torch.empty(n, dtype=torch.int32, device=device) for _ in range(2))
     if n:
         with launching_on(out_m):
-            _draw[(triton.cdiv(n, BLOCK),)](out_m, out_v, key, start, n, BLOCK=BLOCK, num_warps=WARPS)
+            _draw[(triton.cdiv(n, BLOCK),)](out_m, out_v, *key_halves(key), start, n, BLOCK=BLOCK, num_warps=WARPS)
     return out_m, out_v
 
 
