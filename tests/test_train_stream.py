@@ -104,7 +104,9 @@ def test_the_heldout_quality_table_is_measured_on_harvests_heldout_rows(streamed
     assert "explained variance per snapshot on held-out tokens (harvested from the resident models)" in printed
     saved = json.loads((out / "quality.json").read_text())
     ev_rows = [r for r in saved["rows"] if r["kind"] == "ev"]
-    assert [(r["label"], r["step"]) for r in ev_rows] == [("0", 0), ("10", 10), ("20", 20)]  # the suite's revisions
+    # named by the suite's revisions, as a store's table names them (the spliced table's too)
+    assert [(r["label"], r["step"]) for r in ev_rows] == [("step0", 0), ("step10", 10), ("step20", 20)]
+    assert [r["snapshot"] for r in saved["spliced_loss"]["crosscoder"]] == ["step0", "step10", "step20"]
 
     assert main(["harvest", *data_flags(inputs), "--hook", HOOK, "--out", str(tmp_path / "store"), "--device", "cpu"]) == 0
     heldout = ActivationStore.open(heldout_store_path(tmp_path / "store"))

@@ -48,11 +48,13 @@ class HeldoutActivations:
 
     def __init__(
         self, acts_NSD: Float[torch.Tensor, "n n_snapshots d_in"], norm_factors_S: Float[torch.Tensor, " n_snapshots"],
-        hook: str, steps: list[int],
+        hook: str, snapshots: list[dict[str, Any]],
     ) -> None:  # fmt: skip
         self.acts_NSD, self.norm_factors_S, self.hook = acts_NSD, norm_factors_S.float(), hook
         self.n_tokens, self.n_snapshots = int(acts_NSD.shape[0]), int(acts_NSD.shape[1])
-        self.snapshots = [{"step": int(s)} for s in steps]
+        self.snapshots = snapshots
+        """One record per snapshot, ``revision`` and ``step``, as a store's manifest lists them
+        (:func:`~crosslens.activations.store.snapshot_label` names the table's rows from it)."""
 
     def resolve_hook(self, hook: str | None) -> str:
         if hook not in (None, self.hook):
@@ -218,7 +220,8 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         if not self.is_main:
             return None
         acts_NSD = torch.stack([every[s].float().cpu() for s in range(self.n_snapshots)], dim=1)
-        return HeldoutActivations(acts_NSD, self.norm_factors(), self.hook, list(self.suite.steps))
+        records = [{"revision": ref.revision, "step": int(ref.step)} for ref in self.suite.snapshots]
+        return HeldoutActivations(acts_NSD, self.norm_factors(), self.hook, records)
 
     def close(self) -> None:
         """Free the resident models."""
