@@ -204,6 +204,28 @@ def test_the_spliced_loss_is_measured_on_the_heldout_rows_and_sealed(streamed, i
             assert got_row[key] == pytest.approx(want_row[key], abs=1e-5), key
 
 
+def test_analyze_names_the_harvest_that_gives_a_streamed_run_its_store(streamed, inputs, capsys):
+    """A streamed run has no store for the report's firing frequencies and top contexts: analyze
+    prints the harvest of the tokens it trained on, and that command's store is accepted."""
+    import shlex
+
+    out, _ = streamed
+    assert main(["analyze", "--crosscoder", str(out), "--device", "cpu", "--out", str(out.parent / "a.html")]) == 0
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if "the run streamed its activations" in line)
+    words = shlex.split(line.split("`")[1])
+    assert words[:2] == ["crosslens", "harvest"] and words[words.index("--out") + 1] == str(out.resolve()) + "-store"
+    flags = dict(zip(words[2::2], words[3::2]))
+    assert (flags["--suite"], flags["--steps"], flags["--hook"]) == (str(inputs[0].resolve()), "0,10,20", HOOK)
+    assert (flags["--n-tokens"], flags["--seq-len"], flags["--heldout-tokens"], flags["--text"]) == (
+        "512", "16", "128", str(inputs[1].resolve()))  # fmt: skip
+    assert main([*words[1:], "--device", "cpu"]) == 0
+    assert main(["analyze", "--crosscoder", str(out), "--store", str(out) + "-store", "--device", "cpu",
+                 "--out", str(out.parent / "b.html")]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "no activation store" not in printed and "the run streamed" not in printed
+
+
 def test_no_heldout_tokens_means_no_table_and_says_how_to_get_one(inputs, tmp_path, capsys):
     out = tmp_path / "run"
     flags = stream_flags(inputs, out)

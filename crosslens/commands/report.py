@@ -25,7 +25,10 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
     from crosslens.activations.partners import check_crosscoder_store
     from crosslens.analysis import analyze_crosscoder
     from crosslens.commands.inputs import check_output_file
-    from crosslens.commands.runs import crosscoder_suite_record, recorded_store, run_folder, run_store, saved_sections, suite_title, suite_tokenizer
+    from crosslens.commands.runs import (
+        crosscoder_suite_record, recorded_store, run_folder, run_store, saved_sections, streamed_store_command, suite_title,
+        suite_tokenizer,
+    )  # fmt: skip
     from crosslens.core.devices import dtype_name
     from crosslens.core.hooks import recorded_hook
     from crosslens.crosscoders.saved import load_crosscoder_folder
@@ -59,11 +62,14 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
     report.write(out_path)
     print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
     if store is None:
-        gone = recorded_store(run_dir)
+        gone, harvest = recorded_store(run_dir), streamed_store_command(run_dir)
         print(f"the store the run trained on, {gone} (its run.json), is not there: pass --store with where it is now"
               if gone else "no activation store (--store)",
               "; the report has no firing frequencies, probes or top contexts, and no feature is classed dead "
               "(that needs firing frequencies)", sep="")  # fmt: skip
+        if harvest is not None:
+            print(f"the run streamed its activations (train --stream); `{harvest}` writes a store of the tokens "
+                  "it trained on, to pass as --store")  # fmt: skip
     if sections:
         print(f"with {len(sections)} saved section(s) from {run_dir / 'sections'}")
     print(f"report: {out_path}")

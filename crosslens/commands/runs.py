@@ -98,6 +98,31 @@ def recorded_store(run_dir: Path | None) -> str | None:
         return None
 
 
+def streamed_store_command(run_dir: Path | None) -> str | None:
+    """For a run trained with ``train --stream`` (its run.json's ``stream`` entry), the ``crosslens
+    harvest`` command that writes a store of the tokens it trained on, from the same snapshots at
+    the same hook, beside the run folder; None for a run trained on a store."""
+    import shlex
+
+    try:
+        stream = json.loads((run_dir / RUN_CONFIG_NAME).read_text())["stream"]  # type: ignore[operator]
+        suite, tokens = stream["suite"], stream["tokens"]
+        words = ["crosslens", "harvest", "--suite", str(suite.get("root") or suite["model_id"])]
+        words += ["--steps", ",".join(str(int(step)) for step in suite["steps"]), "--hook", str(stream["hook"])]
+        words += ["--n-tokens", str(int(stream["n_tokens"])), "--seq-len", str(int(stream["seq_len"]))]
+        words += ["--heldout-tokens", str(int(stream["heldout_tokens"]))]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if tokens.get("kind") == "text":
+        words += ["--text", *map(str, tokens["source"])]
+    elif tokens.get("kind") == "dataset":
+        words += ["--dataset", str(tokens["source"])]
+    if stream.get("model_dtype", "float32") != "float32":
+        words += ["--dtype", str(stream["model_dtype"])]
+    words += ["--out", str(Path(run_dir).resolve().with_name(Path(run_dir).resolve().name + "-store"))]  # type: ignore[arg-type]
+    return shlex.join(words)
+
+
 def open_heldout(store_path: str | Path) -> Any:
     """The held-out store ``crosslens harvest`` wrote beside ``store_path``, re-hashed and checked
     to be split from that store (None when there is none)."""
