@@ -62,7 +62,7 @@ def test_runner_trains_saves_and_records_provenance(store_path, tmp_path):
     assert json.loads((tmp_path / "run" / "run.json").read_text())["sae"]["architecture"] == "crosscoder"
 
 
-def test_runner_resume_matches_uninterrupted_run(store_path, tmp_path):
+def test_runner_resume_matches_uninterrupted_run(store_path, tmp_path, capsys):
     runner = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run"))
     straight = runner.run()
     # Pretend the run died just after its step-30 checkpoint: drop everything later.
@@ -70,9 +70,12 @@ def test_runner_resume_matches_uninterrupted_run(store_path, tmp_path):
 
     shutil.rmtree(runner.checkpoint_dir / "step_00000060")
     shutil.rmtree(runner.final_path)
+    capsys.readouterr()
     resumed = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run")).run(resume=True)
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
         assert torch.equal(getattr(straight, name), getattr(resumed, name)), name
+    n_steps = _config(store_path, tmp_path / "run").n_steps
+    assert f"--resume: continuing from {runner.checkpoint_dir / 'step_00000030'} (step 30 of {n_steps})" in capsys.readouterr().out
 
 
 def test_resume_with_other_settings_is_refused(store_path, tmp_path):

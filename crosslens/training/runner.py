@@ -41,7 +41,7 @@ from crosslens.activations.partners import STORE_SEAL_KEY, store_seal
 from crosslens.architectures import sparsity_coefficient_for
 from crosslens.core.errors import StoreChangedError
 from crosslens.core.launch import launched_by_torchrun, world_size
-from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, checkpoint_dirname
+from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, checkpoint_dirname, checkpoint_step
 from crosslens.core.seeding import seeded
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh, shard_batches
@@ -247,6 +247,10 @@ class CrosscoderTrainingRunner:
                 print(f"--resume: no checkpoint under {self.checkpoint_dir} to resume from; starting from scratch")
             if resume_from is not None:
                 self._check_resumable(resume_from, run_file)
+                if self.is_main:
+                    step = checkpoint_step(Path(resume_from).name)
+                    of = "" if step is None else f" (step {step} of {self.config.n_steps})"
+                    print(f"--resume: continuing from {resume_from}{of}")
             elif self.is_main:
                 run_file.write_text(json.dumps(self.run_record(), indent=2))
             if self.is_main:
