@@ -79,6 +79,17 @@ def test_a_hub_suite_not_listed_offline_is_still_sized_from_the_table(capsys):
     assert plan["inputs"]["n_snapshots"] == 40 and plan["inputs"]["d_in"] == plan["inputs"]["d_model"] * 4
 
 
+def test_without_a_snapshot_choice_plan_counts_every_listed_snapshot_as_harvest_takes_them(local_suite, capsys):
+    """harvest and train --stream take all of a suite's snapshots when no --steps or
+    --n-snapshots picks some; plan sizes that same run where the suite is listed offline, and asks
+    for the count only where the hub alone lists the suite."""
+    assert plan_json(["--hook", HOOK], capsys)["inputs"]["n_snapshots"] == len(PicoConfig().checkpoint_steps)
+    assert plan_json(["--suite", str(local_suite), "--hook", HOOK], capsys)["inputs"]["n_snapshots"] == 3
+    err = one_line_exit_2(["plan", "--suite", "allenai/OLMo-1B-0724-hf", "--hook", "blocks.3.mlp.hook_post"], capsys)
+    assert "plan needs the snapshot count of allenai/OLMo-1B-0724-hf, which only the hub lists: --n-snapshots N" in err
+    assert not default_root(PicoConfig()).exists()  # planning builds nothing
+
+
 def test_plan_refuses_a_mesh_whose_data_axis_does_not_divide_the_batch(capsys):
     err = one_line_exit_2(["plan", "--recipe", RECIPE, "--mesh", "3x3"], capsys)
     assert err.startswith("crosslens plan: error: --mesh 3x3:") and "--batch-size" in err

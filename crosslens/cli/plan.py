@@ -23,7 +23,8 @@ class PlanFlags:
     steps: list[int] | None = field(default=None, metadata={"parse": int_list})
     """Comma-separated steps (their count is the snapshot count)."""
     n_snapshots: int | None = None
-    """Snapshots the crosscoder reads."""
+    """Snapshots the crosscoder reads (default: every one the suite lists, as harvest takes them; a suite only
+    the hub lists needs this or --steps)."""
     hook: str | None = None
     """Hook the crosscoder reads."""
     n_tokens: int | None = None
