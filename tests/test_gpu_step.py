@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import crosslens.crosscoders as cc
+from crosslens.crosscoders.weight_grads import Handoff
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training import optim
 from crosslens.training.optim import (
@@ -142,6 +143,49 @@ def test_triton_float32_update_equals_the_eager_update(device, scaled, copied):
         assert torch.equal(copy, got[0].to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("state", ["float32", "bfloat16"])
+@pytest.mark.parametrize("d", [40, 300])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_CUDA)])
+def test_triton_update_writing_row_norms_is_the_update_and_the_norms(device, d, state):
+    """The decoder's update by rows ([d_sae, S, d_in], rows shorter and longer than one column
+    tile, not a whole number of programs): the parameters, moments and copy are the flat kernel's
+    to the bit (every element once, with its own rounding noise), and the norms are those of the
+    new rows to float32 rounding."""
+    skip_outside_the_interpreter(device)
+    from crosslens.training import triton_adam
+
+    g = torch.Generator().manual_seed(4)
+    shape = (37, 2, d)
+    p, grad = torch.randn(shape, generator=g), torch.randn(shape, generator=g) * 1e-2
+    m, v = torch.randn(shape, generator=g) * 1e-3, torch.rand(shape, generator=g) * 1e-4
+    if state == "bfloat16":
+        m, v = m.to(torch.bfloat16), v.to(torch.bfloat16)
+    scale = torch.tensor(2.5, device=device)
+    runs = []
+    for rows in (False, True):
+        got = [t.to(device, copy=True) for t in (p, m, v)]
+        copy = torch.empty(shape, dtype=torch.bfloat16, device=device)
+        norms = torch.full(shape[:-1], float("nan"), device=device) if rows else None
+        if state == "float32":
+            triton_adam.update(got[0], grad.to(device), got[1], got[2], scale, HYPER, copy, norms)
+        else:
+            triton_adam.chunk_update(got[0], grad.to(device), got[1], got[2], noise_key(5, 3, 1), 0, scale, HYPER, copy, norms)
+        runs.append(([t.cpu() for t in (*got, copy)], norms))
+    (flat, _), (by_rows, norms) = runs
+    assert (flat[0] != p).float().mean() > 0.99  # the parameters moved
+    for name, a, b in zip(("p", "exp_avg", "exp_avg_sq", "copy"), by_rows, flat):
+        assert torch.equal(a, b), name
+    torch.testing.assert_close(norms.cpu(), torch.linalg.vector_norm(flat[0], dim=-1), rtol=1e-6, atol=0)
+
+
+def test_row_norms_are_written_for_whole_parameters_only():
+    from crosslens.training import triton_adam
+
+    p = torch.zeros(4, 8)
+    with pytest.raises(ValueError, match="whole parameter's rows: got 4 norms for a parameter of shape \\(4, 8\\) updated from element 8"):
+        triton_adam.chunk_update(p, p, p.bfloat16(), p.bfloat16(), 1, 8, None, HYPER, None, torch.zeros(4))
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_CUDA)])
 def test_triton_copies_round_as_torch_does(device):
     """A step of size 0 leaves the parameters as they are; their copies are then torch's
@@ -238,13 +282,17 @@ def test_kernel_adam_refuses_what_it_does_not_do_before_moving_anything(kernel_a
         KernelAdam([half], lr=0.1, betas=(0.9, 0.999)).step()
 
 
-def train_copying(arch: str, steps: int, *, copies: bool, between: Any = None, **kw) -> CrosscoderTrainer:
-    """``steps`` steps under bfloat16 autocast, taking the optimizer's rounded weights or (without
-    ``copies``) rounding them each step; ``between(trainer)`` runs after each step."""
-    cfg = CrosscoderTrainerConfig(total_steps=steps, lr=3e-3, activation_scale_check="off", autocast_dtype="bfloat16", **kw)
+def train_copying(
+    arch: str, steps: int, *, copies: bool, norms: bool = False, between: Any = None, autocast: str | None = "bfloat16",
+    **kw,
+) -> CrosscoderTrainer:  # fmt: skip
+    """``steps`` steps under bfloat16 autocast (or ``autocast``, None: float32), taking the optimizer's rounded
+    weights (``copies``) and decoder norms (``norms``), or making them in each step;
+    ``between(trainer)`` runs after each step."""
+    cfg = CrosscoderTrainerConfig(total_steps=steps, lr=3e-3, activation_scale_check="off", autocast_dtype=autocast, **kw)
     trainer = CrosscoderTrainer(make_sae(arch), cfg)
-    if not copies:
-        trainer.rounded_copies = trainer.optimizer.copies = None
+    handoff = Handoff(torch.bfloat16 if copies else None, norms) if copies or norms else None
+    trainer.handoff = trainer.optimizer.handoff = handoff
     for x in batches(steps):
         trainer.step(x)
         if between is not None:
@@ -266,12 +314,12 @@ def test_the_optimizers_rounded_weights_give_the_steps_bytes_on_cpu(arch, micro_
     kw = dict(micro_batches=micro_batches, optimizer_state_dtype=state)
     reference = parameters(train_copying(arch, 6, copies=False, **kw))
     trainer = train_copying(arch, 6, copies=True, **kw)
-    assert id(trainer.sae.W_enc) in trainer.rounded_copies.made  # written by the last step, for the next
+    assert (id(trainer.sae.W_enc), "copy") in trainer.handoff.made  # written by the last step, for the next
     for name, p in parameters(trainer).items():
         assert torch.equal(p, reference[name]), name
 
     def spoil(trainer: CrosscoderTrainer) -> None:
-        for *_, copy in trainer.rounded_copies.made.values():
+        for *_, copy in trainer.handoff.made.values():
             copy.mul_(0.5)
 
     spoilt = parameters(train_copying(arch, 3, copies=True, between=spoil, **kw))
@@ -279,21 +327,65 @@ def test_the_optimizers_rounded_weights_give_the_steps_bytes_on_cpu(arch, micro_
     assert not torch.equal(spoilt["W_enc"], unspoilt["W_enc"])
 
 
+HANDING_NORMS = [pytest.param(arch, n, state, autocast, id=f"{arch}-{n}-{state}-{autocast}") for arch in ARCHS
+                 for n, state, autocast in ((1, "float32", None), (2, "float32", "bfloat16"), (1, "bfloat16", None))]  # fmt: skip
+
+
+@pytest.mark.parametrize("kernel_adam", ["eager"], indirect=True)
+@pytest.mark.parametrize(("arch", "micro_batches", "state", "autocast"), HANDING_NORMS)
+def test_the_optimizers_decoder_norms_give_the_steps_bytes_on_cpu(arch, micro_batches, state, autocast, kernel_adam):
+    """The optimizer writes the norms of W_dec's rows and the next step takes them instead of
+    computing them. The eager pass's norms are the step's own to the bit, so the run's bytes are
+    those of a run that computes them (in float32 and under autocast, in one batch and in
+    micro-batches, with float32 and bfloat16 moments); and the step does take them: norms spoilt
+    after the optimizer wrote them change the next step."""
+    kw = dict(micro_batches=micro_batches, optimizer_state_dtype=state, autocast=autocast)
+    reference = parameters(train_copying(arch, 6, copies=False, **kw))
+    trainer = train_copying(arch, 6, copies=False, norms=True, **kw)
+    assert set(trainer.handoff.made) == {(id(trainer.sae.W_dec), "norms")}  # every architecture reads them
+    for name, p in parameters(trainer).items():
+        assert torch.equal(p, reference[name]), name
+
+    def spoil(trainer: CrosscoderTrainer) -> None:
+        for *_, norms in trainer.handoff.made.values():
+            norms.mul_(0.5)
+
+    spoilt = parameters(train_copying(arch, 3, copies=False, norms=True, between=spoil, **kw))
+    unspoilt = parameters(train_copying(arch, 3, copies=False, **kw))
+    assert not torch.equal(spoilt["W_dec"], unspoilt["W_dec"])
+
+
+@pytest.mark.parametrize("kernel_adam", ["triton"], indirect=True)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_triton_pass_hands_the_next_step_its_decoder_norms_on_cpu(arch, kernel_adam):
+    """Where the optimizer's pass is the Triton kernel the trainer takes the norms from it by
+    default: the run follows one computing them to float32 rounding (the sums differ in order)."""
+    reference, _ = train(arch, steps=10)
+    with pytest.MonkeyPatch.context() as off:
+        off.setattr(optim, "HANDOFF_NORMS", False)
+        plain, _ = train(arch, steps=10)
+    assert plain.handoff is None and reference.handoff.norms
+    for name, p in parameters(plain).items():
+        torch.testing.assert_close(parameters(reference)[name], p, rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("kernel_adam", ["eager"], indirect=True)
 @pytest.mark.parametrize("micro_batches", [1, 2])
 def test_a_weight_edited_in_place_after_the_optimizer_is_rounded_afresh(micro_batches, kernel_adam):
     """An edit under no_grad between steps (a fold, a rescale) changes the weight's version:
-    the optimizer's copy is refused, even a spoilt one, and the step rounds the edited weight."""
+    the optimizer's copy and norms are refused, even spoilt ones, and the step rounds the edited
+    weight and computes its norms."""
 
     def edit(trainer: CrosscoderTrainer, spoil: bool = False) -> None:
         if spoil:
-            for *_, copy in trainer.rounded_copies.made.values():
-                copy.zero_()
+            for *_, written in trainer.handoff.made.values():
+                written.zero_()
         trainer.sae.fold_and_get_W_dec_norm()
 
     kw = dict(micro_batches=micro_batches)
     reference = parameters(train_copying("jumprelu_crosscoder", 4, copies=False, between=edit, **kw))
-    edited = parameters(train_copying("jumprelu_crosscoder", 4, copies=True, between=lambda t: edit(t, spoil=True), **kw))
+    spoilt = lambda t: edit(t, spoil=True)  # noqa: E731
+    edited = parameters(train_copying("jumprelu_crosscoder", 4, copies=True, norms=True, between=spoilt, **kw))
     for name, p in reference.items():
         assert torch.equal(edited[name], p), name
 
@@ -306,7 +398,7 @@ def test_a_run_taking_copies_resumes_to_the_same_bytes(tmp_path, kernel_adam):
     xs = batches(8)
     whole = CrosscoderTrainer(make_sae("jumprelu_crosscoder"), CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / "a")))
     whole.fit(xs)
-    assert not whole.rounded_copies.made  # let go when training ends
+    assert not whole.handoff.made  # let go when training ends
     first = CrosscoderTrainer(make_sae("jumprelu_crosscoder"), CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / "b")))
     for x in xs[:3]:
         first.step(x)
@@ -338,6 +430,21 @@ def test_kernel_adam_on_cuda_follows_torch_adam_and_its_copies_give_the_steps_by
     for name, p in kernel.items():
         assert torch.equal(p, plain[name]), name
         torch.testing.assert_close(p, torch_adam[name], rtol=1e-2, atol=1e-4, msg=name)
+
+
+@NO_CUDA
+@pytest.mark.parametrize("state", ["float32", "bfloat16"])
+def test_on_cuda_the_step_takes_the_kernels_decoder_norms_and_follows_a_step_computing_them(state):
+    def run(norms: bool | None) -> CrosscoderTrainer:
+        with pytest.MonkeyPatch.context() as choice:
+            choice.setattr(optim, "HANDOFF_NORMS", norms)
+            trainer, _ = train("jumprelu_crosscoder", device="cuda", optimizer_state_dtype=state)
+            return trainer
+
+    taking, computing = run(None), run(False)
+    assert taking.handoff.norms and not computing.handoff.norms  # the default on CUDA, where the pass is the kernel
+    for name, p in parameters(computing).items():
+        torch.testing.assert_close(parameters(taking)[name].cpu(), p.cpu(), rtol=1e-4, atol=1e-6, msg=name)
 
 
 # ------------------------------------------------------------ bfloat16 Adam state

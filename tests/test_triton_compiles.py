@@ -202,3 +202,30 @@ def test_the_adam_kernels_compile_for_an_h100(scaled, copied, monkeypatch):
         bfloat16_state()
 
     assert compile_recorded(triton_adam, "_update", both, monkeypatch, vectorised) == 2
+
+
+@pytest.mark.parametrize("copied", [False, True])
+@pytest.mark.parametrize("d", [768, 40])
+def test_the_adam_kernel_writing_row_norms_compiles_for_an_h100(d, copied, monkeypatch):
+    """The decoder's update, which also sums its rows' norms: Ge et al.'s d_in (768, three
+    column tiles a row) and a short row (one tile, several rows a program), both moment dtypes."""
+    from crosslens.training import triton_adam
+
+    g = torch.Generator().manual_seed(3)
+    shape = (37, 2, d)  # [d_sae, n_snapshots, d_in]: not a whole number of programs' rows
+    p, grad = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    m, v = torch.zeros(shape), torch.zeros(shape)
+    m_low, v_low = torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16)
+    hyper = (0.9, 0.999, 1e-3, math.sqrt(1 - 0.999), 1e-8)
+    copy = torch.empty(shape, dtype=torch.bfloat16) if copied else None
+    norms = torch.empty(shape[:-1])
+
+    def both() -> None:
+        triton_adam.update(p, grad, m, v, torch.tensor(2.0), hyper, copy, norms)
+        triton_adam.chunk_update(p, grad, m_low, v_low, -(2**62) - 5, 0, torch.tensor(2.0), hyper, copy, norms)
+
+    def vectorised(compiled: Any) -> None:
+        if d % 16 == 0:  # rows that start 16-byte aligned: loaded 16 bytes at a time
+            assert "ld.global.v4.b32" in compiled.asm["ptx"], "the row kernel's loads are not vectorised"
+
+    assert compile_recorded(triton_adam, "_update_rows", both, monkeypatch, vectorised) == 2

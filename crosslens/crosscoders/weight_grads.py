@@ -53,10 +53,12 @@ decoder gradient is then float32, and the ``[S, N, F]`` code is not kept for bac
 Between steps the weights normally change only in the optimizer's pass, which reads and
 writes every element anyway (any other in-place edit is caught by the weight's version counter,
 and the step then rounds the weight itself). So the trainer's Adam can write each weight's rounded copy as it updates it
-(:class:`RoundedCopies`), and the next step, run inside :func:`taking_copies`, takes that copy
+(:class:`Handoff`), and the next step, run inside :func:`taking_handoff`, takes that copy
 where :func:`rounded` would read the float32 weight again to make it: the same bytes, one
 weight-sized float32 read fewer per weight and step. The optimizer writes copies of the
-weights the step before rounded, so a path that reads a weight in float32 costs nothing.
+weights the step before rounded, so a path that reads a weight in float32 costs nothing. In
+the same way its Triton pass writes the decoder norms the step before read, summed as it writes
+the new rows (the same values up to the order of the float32 sum).
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ class WeightBlock:
 
     def round(self, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``W`` (a matrix view of a listed weight) rounded to ``dtype``, once per block (the
-        optimizer's copy where :func:`taking_copies` holds one)."""
+        optimizer's copy where :func:`taking_handoff` holds one)."""
         if W.dtype == dtype:
             return W
         root = _parameter(W)
@@ -155,8 +157,9 @@ class WeightBlock:
 
     def row_norms(self, W: torch.Tensor) -> Float[torch.Tensor, "..."]:
         """The norms of ``W``'s rows along its last dimension (``W`` a listed weight itself),
-        without gradient, once per block."""
-        return self._once(self.norms, _parameter(W), lambda root: torch.linalg.vector_norm(root, dim=-1))
+        without gradient, once per block (the optimizer's where :func:`taking_handoff` holds them)."""
+        root = _parameter(W)
+        return self._once(self.norms, root, lambda _: _row_norms_of(root))
 
     @staticmethod
     def _once(store: dict[int, tuple[int, torch.Tensor]], root: torch.Tensor, make: Any) -> torch.Tensor:
@@ -320,7 +323,7 @@ def weight_block(W: torch.Tensor) -> WeightBlock | None:
 def rounded(W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``W`` detached and rounded to ``dtype``: inside a :func:`deferred_weight_grads` block that
     lists it, the block's one copy for all its micro-batches; else the copy the optimizer wrote
-    (inside :func:`taking_copies`) or a copy made now."""
+    (inside :func:`taking_handoff`) or a copy made now."""
     block = weight_block(W)
     if block is not None:
         return block.round(W, dtype)
@@ -330,68 +333,109 @@ def rounded(W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @dataclass(eq=False)
-class RoundedCopies:
-    """Weights rounded to ``dtype`` by the pass that last wrote them (the optimizer's), for the
-    next step's :func:`rounded` to take instead of rounding the float32 weight again. The
-    optimizer writes a copy of each weight that :attr:`wanted` lists (:meth:`blank`, then
-    :meth:`put` once written); inside :func:`taking_copies` each copy is handed over once, and
-    only while its weight's version counter says it is unchanged since. An in-place edit
-    through ``.data`` escapes that counter (as it escapes autograd's own checks): edit a
-    parameter under ``torch.no_grad()`` instead."""
+class Handoff:
+    """What the optimizer's pass over a weight writes beside it for the next step, which would
+    otherwise read the float32 weight once more to make it: the weight rounded to
+    :attr:`copy_dtype` (the copy autocast's matmuls read, :func:`rounded`) and, with
+    :attr:`norms`, the Euclidean norms of its rows along the last dimension (the decoder norms
+    every sparsity term reads, :func:`row_norms_now`, :func:`weight_row_norms`). The optimizer
+    writes what :attr:`wanted` lists (:meth:`blank`, :meth:`blank_norms`, then :meth:`put`);
+    inside :func:`taking_handoff` each is handed over once, and only while its weight's version
+    counter says it is unchanged since. An in-place edit through ``.data`` escapes that counter
+    (as it escapes autograd's own checks): edit a parameter under ``torch.no_grad()`` instead."""
 
-    dtype: torch.dtype
-    made: dict[int, tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = field(default_factory=dict)
-    """By the weight's ``id``: the weight (weakly, so that a new tensor given a freed one's ``id``
-    is not taken for it), its version when its copy was written, and the copy."""
-    wanted: set[int] = field(default_factory=set)
-    """The ``id`` of each weight the latest step rounded to :attr:`dtype`."""
+    copy_dtype: torch.dtype | None = None
+    """The dtype of the rounded copies written; None: none."""
+    norms: bool = False
+    """Whether row norms are written."""
+    made: dict[tuple[int, str], tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = field(default_factory=dict)
+    """By the weight's ``id`` and what it is (``"copy"``, ``"norms"``): the weight (weakly, so
+    that a new tensor given a freed one's ``id`` is not taken for it), its version when this was
+    written, and the tensor written."""
+    wanted: set[tuple[int, str]] = field(default_factory=set)
+    """The ``(id, what)`` of what the latest step made of each weight, to be written next."""
 
     def blank(self, W: torch.Tensor) -> torch.Tensor | None:
-        """Where ``W``'s copy is to be written, or None where no step wants it."""
-        return torch.empty_like(W, dtype=self.dtype) if id(W) in self.wanted else None
+        """Where ``W``'s rounded copy is to be written, or None where no step wants it."""
+        if self.copy_dtype is None or (id(W), "copy") not in self.wanted:
+            return None
+        return torch.empty_like(W, dtype=self.copy_dtype)
 
-    def put(self, W: torch.Tensor, copy: torch.Tensor) -> None:
-        """``copy`` is ``W`` rounded as ``W`` is now."""
-        self.made[id(W)] = (weakref.ref(W), W._version, copy)
+    def blank_norms(self, W: torch.Tensor) -> torch.Tensor | None:
+        """Where the norms of ``W``'s rows are to be written (float32), or None where no step
+        wants them."""
+        if not self.norms or W.dim() == 0 or (id(W), "norms") not in self.wanted:
+            return None
+        return torch.empty(W.shape[:-1], dtype=torch.float32, device=W.device)
+
+    def put(self, W: torch.Tensor, copy: torch.Tensor | None, norms: torch.Tensor | None) -> None:
+        """``copy`` and ``norms`` (None: not written) are those of ``W`` as it is now."""
+        for what, value in (("copy", copy), ("norms", norms)):
+            if value is not None:
+                self.made[(id(W), what)] = (weakref.ref(W), W._version, value)
 
     def let_go(self) -> None:
-        """Drop the copies not taken: no step will take them (the optimizer's next pass, or the
-        end of training)."""
+        """Drop what was not taken: no step will take it (the optimizer's next pass, or the end
+        of training)."""
         self.made.clear()
 
     def take(self, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-        """``W``'s copy, once, if written in ``dtype`` and ``W`` is unchanged since; and the next
-        optimizer pass is to write one again."""
-        self.wanted.add(id(W))
-        ref, version, copy = self.made.pop(id(W), (None, None, None))
-        if copy is None or ref() is not W or copy.dtype != dtype or version != W._version:
+        """``W``'s rounded copy, once, if written in ``dtype`` and ``W`` is unchanged since; and
+        the next optimizer pass is to write one again."""
+        if self.copy_dtype != dtype:
             return None
-        return copy
+        return self._take(W, "copy")
+
+    def take_norms(self, W: torch.Tensor) -> torch.Tensor | None:
+        """The norms of ``W``'s rows, once, if written and ``W`` is unchanged since; and the next
+        optimizer pass is to write them again."""
+        return self._take(W, "norms") if self.norms else None
+
+    def _take(self, W: torch.Tensor, what: str) -> torch.Tensor | None:
+        self.wanted.add((id(W), what))
+        ref, version, value = self.made.pop((id(W), what), (None, None, None))
+        return value if value is not None and ref() is W and version == W._version else None
 
 
 @contextmanager
-def taking_copies(copies: RoundedCopies | None) -> Iterator[None]:
-    """Inside (one training step's forward and backward), :func:`rounded` takes a weight's copy
-    from ``copies`` rather than rounding the weight again, and notes each weight it rounds for
-    the optimizer to copy next; copies not taken are let go at the end (the optimizer's next
-    pass would make them stale). ``None``: nothing to take."""
-    if copies is None:
+def taking_handoff(handoff: Handoff | None) -> Iterator[None]:
+    """Inside (one training step's forward and backward), :func:`rounded` and the decoder norms
+    take what the optimizer wrote in ``handoff`` rather than reading the weight again, and note
+    each weight they read for the optimizer to write next; what is not taken is let go at the end
+    (the optimizer's next pass would make it stale). ``None``: nothing to take."""
+    if handoff is None:
         yield
         return
-    if getattr(_state, "copies", None) is not None:
-        raise RuntimeError("taking_copies blocks do not nest")
-    copies.wanted.clear()
-    _state.copies = copies
+    if getattr(_state, "handoff", None) is not None:
+        raise RuntimeError("taking_handoff blocks do not nest")
+    handoff.wanted.clear()
+    _state.handoff = handoff
     try:
         yield
     finally:
-        _state.copies = None
-        copies.let_go()
+        _state.handoff = None
+        handoff.let_go()
 
 
 def _written_copy(root: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    copies = getattr(_state, "copies", None)
-    return None if copies is None or root.dtype == dtype else copies.take(root, dtype)
+    handoff = getattr(_state, "handoff", None)
+    return None if handoff is None or root.dtype == dtype else handoff.take(root, dtype)
+
+
+def written_row_norms(W: torch.Tensor) -> torch.Tensor | None:
+    """The norms of parameter ``W``'s rows as the optimizer wrote them for this step (inside
+    :func:`taking_handoff`, ``W`` unchanged since), or None: then they are to be computed."""
+    handoff = getattr(_state, "handoff", None)
+    if handoff is None or _parameter(W) is not W:
+        return None
+    return handoff.take_norms(W)
+
+
+def _row_norms_of(root: torch.Tensor) -> torch.Tensor:
+    """The norms of ``root``'s rows along its last dimension, without gradient: written by the
+    optimizer where it did, else computed."""
+    written = written_row_norms(root)
+    return written if written is not None else torch.linalg.vector_norm(root.detach(), dim=-1)
 
 
 def row_norms_now(W: torch.Tensor) -> Float[torch.Tensor, "..."]:
@@ -400,7 +444,7 @@ def row_norms_now(W: torch.Tensor) -> Float[torch.Tensor, "..."]:
     block = weight_block(W)
     if block is not None and _parameter(W) is W:
         return block.row_norms(W).clone()  # the caller may edit its copy; the block's stays
-    return torch.linalg.vector_norm(W.detach(), dim=-1)
+    return _row_norms_of(W)
 
 
 @contextmanager
@@ -572,7 +616,7 @@ def weight_row_norms(
     summed over the block's micro-batches and multiplied by ``W`` once at its end."""
     block = weight_block(W)
     if block is None or _parameter(W) is not W:
-        return row_norms(W, known)
+        return row_norms(W, known if known is not None else written_row_norms(W))
     if not (torch.is_grad_enabled() and W.requires_grad):
         return block.row_norms(W).clone()
     return _BlockRowNorms.apply(W, block.row_norms(W), block)

@@ -3,11 +3,11 @@ moments stored in bfloat16 for dictionaries whose float32 state does not fit.
 
 With float32 moments on CUDA (triton installed) the step is crosslens's own pass over each
 parameter (:class:`KernelAdam`, one Triton kernel, :mod:`crosslens.training.triton_adam`), which
-reads and writes what torch's fused Adam does and, where the trainer asks (bfloat16 autocast),
-also writes the new weights rounded to bfloat16: the copies the next step's matmuls read
-(:class:`~crosslens.crosscoders.weight_grads.RoundedCopies`), which that step would otherwise
-make by reading every float32 weight once more. :class:`BFloat16StateAdam` writes them too, on
-any device.
+reads and writes what torch's fused Adam does and, where the trainer asks, also writes what the
+next step would otherwise make by reading a float32 weight once more
+(:class:`~crosslens.crosscoders.weight_grads.Handoff`): under bfloat16 autocast the new weights
+rounded to bfloat16, the copies the next step's matmuls read, and (the Triton pass) the norms of
+the decoder's rows, which every sparsity term reads. :class:`BFloat16StateAdam` writes them too.
 
 Clipping costs a read of every gradient for the global norm; torch's ``clip_grad_norm_``
 then reads and writes every gradient again to scale it before Adam reads it a third time.
@@ -41,7 +41,7 @@ from torch import nn
 
 from crosslens.core.devices import kernel_backend
 from crosslens.crosscoders.collectives import LocalCollectives
-from crosslens.crosscoders.weight_grads import RoundedCopies
+from crosslens.crosscoders.weight_grads import Handoff
 from crosslens.distributed.sharding import clip_coefficient, clip_grad_norm, grad_norm
 from crosslens.training.memory import CHUNK
 
@@ -62,6 +62,23 @@ KERNEL_ADAM: bool | None = None
 """Force :class:`KernelAdam` (True) or torch's Adam (False) for float32 moments; None takes
 :class:`KernelAdam` where its Triton kernel compiles (``BACKEND`` then picks its update). For
 tests, and for a GPU where torch's fused Adam is the faster."""
+
+HANDOFF_NORMS: bool | None = None
+"""Force (True) or stop (False) the optimizer's writing of the decoder's row norms for the next
+step (:func:`writes_row_norms`); None: where its pass is the Triton kernel. For tests (the eager
+pass computes the norms the step would) and for timing both ways."""
+
+
+def writes_row_norms(state_dtype: str, device: torch.device) -> bool:
+    """Whether the trainer's Adam with ``state_dtype`` moments on ``device`` writes the norms of
+    the rows of the weights whose norms a step reads (the decoder's), for the next step to take:
+    where its pass is the Triton kernel, which sums them as it writes each row. An eager pass
+    would read the weight once more for them, as the step does, so it leaves them to the step."""
+    if HANDOFF_NORMS is not None:
+        return HANDOFF_NORMS
+    kernel = state_dtype == "bfloat16" or KERNEL_ADAM is not False
+    return kernel and kernel_backend(device, BACKEND) == "triton"
+
 
 Hyper = tuple[float, float, float, float, float]
 """``(beta1, beta2, step_size, root_bc2, eps)``: one step's Adam constants,
@@ -146,11 +163,12 @@ def round_stochastic(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 def eager_update(
     p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad_scale: torch.Tensor | None,
-    hyper: Hyper, copy: torch.Tensor | None = None,
+    hyper: Hyper, copy: torch.Tensor | None = None, norms: torch.Tensor | None = None,
 ) -> None:  # fmt: skip
     """Adam's update of one parameter in place: ``p``, ``m`` and ``v`` float32, ``g`` its
     gradient, ``grad_scale`` a divisor of ``g``; ``copy`` receives the new ``p`` rounded to its
-    dtype. The twin of :func:`crosslens.training.triton_adam.update`."""
+    dtype, ``norms`` the norms of its rows along the last dimension. The twin of
+    :func:`crosslens.training.triton_adam.update`."""
     beta1, beta2, step_size, root_bc2, eps = hyper
     g = g.float() if grad_scale is None else g.float() / grad_scale
     m.mul_(beta1).add_(g, alpha=1 - beta1)
@@ -158,6 +176,8 @@ def eager_update(
     p.addcdiv_(m, v.sqrt().div_(root_bc2).add_(eps), value=-step_size)
     if copy is not None:
         copy.copy_(p)
+    if norms is not None:
+        torch.linalg.vector_norm(p, dim=-1, out=norms)
 
 
 def eager_chunk_update(
@@ -201,13 +221,14 @@ def _advance(state: dict[str, Any], group: dict[str, Any]) -> Hyper:
 
 def _updates(
     optimizer: KernelAdam | BFloat16StateAdam, moments: torch.dtype
-) -> Iterator[tuple[int, torch.Tensor, dict[str, Any], Hyper, torch.Tensor | None]]:
+) -> Iterator[tuple[int, torch.Tensor, dict[str, Any], Hyper, torch.Tensor | None, torch.Tensor | None]]:
     """Each parameter of ``optimizer`` with a gradient, for its update: its place among the
     optimizer's parameters, the parameter, its state (made on its first step, the moments zeros in
-    ``moments``), the step's constants, and where its rounded copy goes (None where none is asked
-    for). After each update, the write is counted in the parameter's version (a kernel's store is
-    invisible to autograd) and the copy, made from that version, is handed over."""
-    copies = optimizer.copies
+    ``moments``), the step's constants, and where its rounded copy and its rows' norms go (None
+    where they are not asked for). After each update, the write is counted in the parameter's
+    version (a kernel's store is invisible to autograd) and what was written beside it, made from
+    that version, is handed over."""
+    handoff = optimizer.handoff
     pairs = [(group, p) for group in optimizer.param_groups for p in group["params"]]
     for place, (group, p) in enumerate(pairs):
         if p.grad is None:
@@ -217,34 +238,35 @@ def _updates(
             state["step"] = torch.tensor(0.0, dtype=torch.float64)
             state["exp_avg"] = torch.zeros_like(p, dtype=moments, memory_format=torch.contiguous_format)
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=moments, memory_format=torch.contiguous_format)
-        copy = copies.blank(p) if copies is not None else None
-        yield place, p, state, _advance(state, group), copy
+        copy, norms = (None, None) if handoff is None else (handoff.blank(p), handoff.blank_norms(p))
+        yield place, p, state, _advance(state, group), copy, norms
         torch.autograd.graph.increment_version(p)
-        if copy is not None and copies is not None:
-            copies.put(p, copy)
+        if handoff is not None:
+            handoff.put(p, copy, norms)
 
 
 class KernelAdam(torch.optim.Adam):
     """torch's Adam (no weight decay, no amsgrad), whose step is one pass over each parameter:
     the Triton kernel where it compiles, :func:`eager_update` elsewhere. Its state and
     hyperparameters are torch's, so a checkpoint moves between the two. Like torch's fused
-    Adam it divides the gradients by ``grad_scale``; for each weight ``copies`` asks for, it also
-    writes the new weight rounded (see the module docstring)."""
+    Adam it divides the gradients by ``grad_scale``; for each weight ``handoff`` asks for, it also
+    writes the new weight rounded, or its rows' norms (see the module docstring)."""
 
     def __init__(
-        self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, copies: RoundedCopies | None = None
+        self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, handoff: Handoff | None = None
     ):  # fmt: skip
         super().__init__(params, lr=lr, betas=betas, eps=eps)
         self.grad_scale: torch.Tensor | None = None
         """A divisor of every gradient, as torch's fused Adam takes it (the clip's 1 / c)."""
-        self.copies = copies
+        self.handoff = handoff
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
         assert closure is None, "KernelAdam takes no closure"
         self._check()
-        for _, p, state, hyper, copy in _updates(self, torch.float32):
-            _update_for(p.device, chunked=False)(p, p.grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], self.grad_scale, hyper, copy)
+        for _, p, state, hyper, copy, norms in _updates(self, torch.float32):
+            moments = (state["exp_avg"], state["exp_avg_sq"])
+            _update_for(p.device, chunked=False)(p, p.grad.contiguous(), *moments, self.grad_scale, hyper, copy, norms)
 
     def _check(self) -> None:
         """Refuse, before any parameter moves, what this Adam does not do."""
@@ -264,31 +286,36 @@ class KernelAdam(torch.optim.Adam):
 class BFloat16StateAdam(torch.optim.Optimizer):
     """Adam (no weight decay, no amsgrad) with bfloat16 moments, stored with stochastic rounding
     whose noise :func:`rounding_noise` draws from ``seed``; float32 parameters. For each weight
-    ``copies`` asks for, it also writes the new weight rounded (see the module docstring)."""
+    ``handoff`` asks for, it also writes the new weight rounded, or its rows' norms (see the module
+    docstring)."""
 
     def __init__(
         self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, seed: int,
-        copies: RoundedCopies | None = None,
+        handoff: Handoff | None = None,
     ):  # fmt: skip
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         self.seed = seed
         self.grad_scale: torch.Tensor | None = None
         """A divisor of every gradient, as torch's fused Adam takes it (the clip's 1 / c)."""
-        self.copies = copies
+        self.handoff = handoff
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
         assert closure is None, "BFloat16StateAdam takes no closure"
-        for place, p, state, hyper, copy in _updates(self, torch.bfloat16):
+        for place, p, state, hyper, copy, norms in _updates(self, torch.bfloat16):
             update = _update_for(p.device, chunked=True)
-            # the eager ops hold float32 temporaries of what they update; the kernel holds none
-            chunk = CHUNK if update is eager_chunk_update else max(p.numel(), 1)
             key = noise_key(self.seed, int(state["step"].item()), place)
+            if update is not eager_chunk_update:  # the kernel holds no temporaries: the whole parameter at once
+                update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], key, 0, self.grad_scale, hyper, copy, norms)
+                continue
+            # the eager ops hold float32 temporaries of what they update: a chunk at a time
             flats = (p.view(-1), p.grad.view(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1))
-            for start in range(0, p.numel(), chunk):
-                p_c, g_c, m_c, v_c = (t[start : start + chunk] for t in flats)
-                copy_c = None if copy is None else copy.view(-1)[start : start + chunk]
+            for start in range(0, p.numel(), CHUNK):
+                p_c, g_c, m_c, v_c = (t[start : start + CHUNK] for t in flats)
+                copy_c = None if copy is None else copy.view(-1)[start : start + CHUNK]
                 update(p_c, g_c, m_c, v_c, key, start, self.grad_scale, hyper, copy_c)
+            if norms is not None:
+                torch.linalg.vector_norm(p, dim=-1, out=norms)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "rounding_seed": self.seed}
@@ -331,16 +358,17 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str,
 
 def make_optimizer(
     param_groups: list[dict[str, Any]], *, lr: float, betas: tuple[float, float], state_dtype: str, seed: int,
-    device: torch.device, copies: RoundedCopies | None = None,
+    device: torch.device, handoff: Handoff | None = None,
 ) -> torch.optim.Optimizer:  # fmt: skip
     """The trainer's Adam: with bfloat16 moments, or with float32 ones :class:`KernelAdam` where
-    its Triton kernel compiles, else torch's, fused where the device has the kernel. ``copies``:
-    where the optimizer writes the rounded weights the next step takes (torch's Adam writes none)."""
+    its Triton kernel compiles, else torch's, fused where the device has the kernel. ``handoff``:
+    where the optimizer writes the rounded weights and row norms the next step takes (torch's Adam
+    writes none)."""
     if state_dtype == "bfloat16":
-        return BFloat16StateAdam(param_groups, lr=lr, betas=betas, seed=seed, copies=copies)
+        return BFloat16StateAdam(param_groups, lr=lr, betas=betas, seed=seed, handoff=handoff)
     kernel = KERNEL_ADAM if KERNEL_ADAM is not None else kernel_backend(device, BACKEND) == "triton"
     if kernel:
-        return KernelAdam(param_groups, lr=lr, betas=betas, copies=copies)
+        return KernelAdam(param_groups, lr=lr, betas=betas, handoff=handoff)
     return torch.optim.Adam(param_groups, lr=lr, betas=betas, fused=device.type in FUSED_ADAM_DEVICES or None)
 
 

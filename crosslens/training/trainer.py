@@ -62,7 +62,7 @@ from crosslens.core.seeding import seed_everything
 from crosslens.core.tensors import row_counts
 from crosslens.crosscoders.base import CrosscoderTrainingMixin
 from crosslens.crosscoders.collectives import LocalCollectives
-from crosslens.crosscoders.weight_grads import RoundedCopies, taking_copies
+from crosslens.crosscoders.weight_grads import Handoff, taking_handoff
 from crosslens.distributed.mesh import MeshLayout, local_layout
 from crosslens.distributed.sharding import (
     full_crosscoder,
@@ -77,7 +77,7 @@ from crosslens.training.checks import check_activation_scale
 from crosslens.training.config import DEAD_FEATURE_WINDOW_TOKENS, CrosscoderTrainerConfig, dead_feature_window
 from crosslens.training.guard import check_finite_step
 from crosslens.training.micro import micro_batched_pass
-from crosslens.training.optim import clipped_step, load_optimizer_state, make_optimizer
+from crosslens.training.optim import clipped_step, load_optimizer_state, make_optimizer, writes_row_norms
 
 Batch = Float[torch.Tensor, "batch n_snapshots d_in"]
 BatchSource = Union[Iterable[Batch], Callable[[int], Iterator[Batch]]]
@@ -151,9 +151,12 @@ class CrosscoderTrainer:
                 f"optimizer_state_dtype={cfg.optimizer_state_dtype!r} trains in one process only; "
                 "on a mesh keep float32 Adam state (shard the snapshots over more ranks instead)."
             )
-        self.rounded_copies = RoundedCopies(torch.bfloat16) if cfg.autocast_dtype == "bfloat16" else None
-        """The weights the optimizer's pass writes rounded for the next step's autocast matmuls
-        (crosslens's Adam and the bfloat16-state Adam write them; torch's Adam writes none)."""
+        copy_dtype = torch.bfloat16 if cfg.autocast_dtype == "bfloat16" else None
+        norms = writes_row_norms(cfg.optimizer_state_dtype, torch.device(cfg.device))
+        self.handoff = Handoff(copy_dtype, norms) if copy_dtype is not None or norms else None
+        """What the optimizer's pass writes for the next step: the weights rounded for its autocast
+        matmuls, the decoder's row norms (crosslens's Adam and the bfloat16-state Adam write them;
+        torch's Adam writes none)."""
         self.optimizer = make_optimizer(
             self.sae.optimizer_param_groups(cfg.lr),
             lr=cfg.lr,
@@ -161,7 +164,7 @@ class CrosscoderTrainer:
             state_dtype=cfg.optimizer_state_dtype,
             seed=cfg.seed,
             device=torch.device(cfg.device),
-            copies=self.rounded_copies,
+            handoff=self.handoff,
         )
         assert cfg.lr_end is not None  # set in __post_init__
         self.lr_scheduler = get_lr_scheduler(
@@ -236,7 +239,7 @@ class CrosscoderTrainer:
                 is_logging_step=logging,
             )
 
-        with taking_copies(self.rounded_copies):
+        with taking_handoff(self.handoff):
             if self.cfg.micro_batches > 1:
                 output = micro_batched_pass(self.sae, x_BSD, self.cfg.micro_batches, step_input, autocast)
             else:
@@ -325,8 +328,8 @@ class CrosscoderTrainer:
                 self._barrier()
         finally:
             pbar.close()
-            if self.rounded_copies is not None:  # no step comes to take them
-                self.rounded_copies.let_go()
+            if self.handoff is not None:  # no step comes to take them
+                self.handoff.let_go()
             if owns_run and wandb_run is not None:
                 wandb_run.finish()
         return self.sae

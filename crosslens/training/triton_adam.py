@@ -7,7 +7,11 @@ Imported only where an optimizer chooses them (CUDA with triton installed, or a 
 moments, and writes the parameters and the moments (bfloat16 ones with stochastic rounding whose
 noise it draws in registers, :func:`crosslens.training.optim.rounding_noise`'s to the bit), and
 where asked a copy of the new parameters rounded to bfloat16, the copy the next step's autocast
-matmuls read (so that step does not read the float32 weight again to round it). The eager
+matmuls read (so that step does not read the float32 weight again to round it), and for the
+decoder the Euclidean norms of its new rows, which every sparsity term of the next step reads
+(:func:`_update_rows`: a program takes whole rows, a tile of columns at a time, and sums their
+squares in float32 in a fixed order, so the norms equal ``torch.linalg.vector_norm``'s to float32
+rounding and the same inputs give the same bits). The eager
 updates make about a dozen passes for the same numbers (``optim.eager_update``,
 ``optim.eager_chunk_update``). The arithmetic is theirs, in
 float32 and in the same order. A result can differ in its last bit where the compiler fuses a
@@ -80,16 +84,15 @@ def _adam(p, g, m, v, scale_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2,
     return p, m, v
 
 
-@triton.jit(do_not_specialize=["key_low", "key_high"])
-def _update(
-    p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, start, scale_ptr, copy_ptr, n,
+@triton.jit
+def _step_at(
+    offsets, inside, p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, start, scale_ptr, copy_ptr,
     beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
-    HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, STOCHASTIC: tl.constexpr,
 ):  # fmt: skip
+    # Adam's step of the elements at ``offsets`` (where ``inside``), stored; returns the new p.
     # STOCHASTIC: the moments are bfloat16, stored rounded with the noise of the key at elements
     # start + offsets of the parameter; else float32
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = offsets < n
     p, m, v = _adam(
         tl.load(p_ptr + offsets, mask=inside, other=0.0),
         tl.load(g_ptr + offsets, mask=inside, other=0.0).to(tl.float32),
@@ -107,6 +110,45 @@ def _update(
         tl.store(v_ptr + offsets, v, mask=inside)
     if HAS_COPY:
         tl.store(copy_ptr + offsets, _round_nearest(p), mask=inside)
+    return p
+
+
+@triton.jit(do_not_specialize=["key_low", "key_high"])
+def _update(
+    p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, start, scale_ptr, copy_ptr, n,
+    beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
+    HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    _step_at(
+        offsets, offsets < n, p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, start, scale_ptr, copy_ptr,
+        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps, HAS_SCALE, HAS_COPY, STOCHASTIC,
+    )  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["key_low", "key_high"])
+def _update_rows(
+    p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, scale_ptr, copy_ptr, norms_ptr, n_rows, d,
+    beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
+    HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, STOCHASTIC: tl.constexpr, ROWS: tl.constexpr,
+    COLUMNS: tl.constexpr, TILES: tl.constexpr,
+):  # fmt: skip
+    # _update of a whole parameter seen as rows of ``d`` elements, ROWS rows a program, COLUMNS
+    # at a time (TILES times: a bound known when compiling, which every Triton's interpreter takes);
+    # also writes the Euclidean norm of each new row, summed in float32 in a fixed order
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_inside = rows < n_rows
+    squares = tl.zeros([ROWS], dtype=tl.float32)
+    for tile in range(TILES):
+        columns = tile * COLUMNS + tl.arange(0, COLUMNS)
+        inside = row_inside[:, None] & (columns < d)[None, :]
+        p = _step_at(
+            rows[:, None] * d + columns[None, :], inside, p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, 0,
+            scale_ptr, copy_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
+            HAS_SCALE, HAS_COPY, STOCHASTIC,
+        )  # fmt: skip
+        squares += tl.sum(tl.where(inside, p * p, 0.0), axis=1)
+    tl.store(norms_ptr + rows, tl.sqrt_rn(squares), mask=row_inside)
 
 
 @triton.jit(do_not_specialize=["key_low", "key_high"])
@@ -125,21 +167,41 @@ def key_halves(key: int) -> tuple[int, int]:
     return tuple(x - (1 << 32) if x >> 31 else x for x in (low, high))  # type: ignore[return-value]
 
 
+ROW_COLUMNS = 256
+"""Columns of a row a program of the row-norm update takes at a time (fewer where the rows are
+shorter); it takes ``BLOCK // columns`` rows, the flat kernel's element count."""
+
+
 def _launch(
     p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, noise: tuple[int, int] | None,
     grad_scale: torch.Tensor | None, hyper: tuple[float, float, float, float, float], copy: torch.Tensor | None,
+    norms: torch.Tensor | None,
 ) -> None:  # fmt: skip
     beta1, beta2, step_size, root_bc2, eps = hyper
     n = p.numel()
     if n == 0:
         return
     key, start = noise if noise is not None else (0, 0)
+    if norms is not None and (start != 0 or p.dim() == 0 or norms.numel() * p.shape[-1] != n):
+        raise ValueError(
+            f"the row norms of an update are those of a whole parameter's rows: got {norms.numel()} norms for a "
+            f"parameter of shape {tuple(p.shape)} updated from element {start}"
+        )
+    constants = (beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps)
+    scale, out = (p if grad_scale is None else grad_scale), (p if copy is None else copy)
+    flags = dict(HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, STOCHASTIC=noise is not None)
     with launching_on(p):
-        _update[(triton.cdiv(n, BLOCK),)](
-            p, g, m, v, *key_halves(key), start, p if grad_scale is None else grad_scale, p if copy is None else copy, n,
-            beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps,
-            HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, STOCHASTIC=noise is not None, BLOCK=BLOCK,
-            num_warps=WARPS,
+        if norms is None:
+            _update[(triton.cdiv(n, BLOCK),)](
+                p, g, m, v, *key_halves(key), start, scale, out, n, *constants, **flags, BLOCK=BLOCK, num_warps=WARPS
+            )  # fmt: skip
+            return
+        d = p.shape[-1]
+        columns = min(ROW_COLUMNS, triton.next_power_of_2(d))
+        rows = BLOCK // columns
+        _update_rows[(triton.cdiv(n // d, rows),)](
+            p, g, m, v, *key_halves(key), scale, out, norms, n // d, d, *constants, **flags, ROWS=rows,
+            COLUMNS=columns, TILES=triton.cdiv(d, columns), num_warps=WARPS,
         )  # fmt: skip
 
 
@@ -156,22 +218,25 @@ def noise(key: int, start: int, n: int, device: torch.device | str) -> tuple[tor
 
 def update(
     p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad_scale: torch.Tensor | None,
-    hyper: tuple[float, float, float, float, float], copy: torch.Tensor | None = None,
+    hyper: tuple[float, float, float, float, float], copy: torch.Tensor | None = None, norms: torch.Tensor | None = None,
 ) -> None:  # fmt: skip
     """Adam's update of one contiguous parameter in place: ``p``, ``m`` and ``v`` float32, ``g``
     its gradient, ``grad_scale`` a divisor of ``g``, ``hyper = (beta1, beta2, step_size,
-    root_bc2, eps)``; ``copy`` (bfloat16, ``p``'s size) receives the new ``p`` rounded."""
-    _launch(p, g, m, v, None, grad_scale, hyper, copy)
+    root_bc2, eps)``; ``copy`` (bfloat16, ``p``'s size) receives the new ``p`` rounded, ``norms``
+    (float32, one per row along ``p``'s last dimension) the new rows' Euclidean norms."""
+    _launch(p, g, m, v, None, grad_scale, hyper, copy, norms)
 
 
 def chunk_update(
     p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, key: int, start: int,
     grad_scale: torch.Tensor | None, hyper: tuple[float, float, float, float, float], copy: torch.Tensor | None = None,
+    norms: torch.Tensor | None = None,
 ) -> None:  # fmt: skip
     """Adam's update of one contiguous chunk in place: ``p`` float32, ``g`` its gradient, ``m``
     and ``v`` the bfloat16 moments, stored with the rounding noise of ``key``
     (:func:`crosslens.training.optim.noise_key`) at the chunk's elements (it starts at element
     ``start`` of its parameter), ``grad_scale`` a divisor of ``g``, ``hyper = (beta1, beta2,
     step_size, root_bc2, eps)``; ``copy`` (bfloat16, the chunk's size) receives the new ``p``
-    rounded."""
-    _launch(p, g, m, v, (key, start), grad_scale, hyper, copy)
+    rounded; ``norms``, for a chunk that is the whole parameter (``start`` 0, ``p`` in its
+    shape), the new rows' Euclidean norms along its last dimension."""
+    _launch(p, g, m, v, (key, start), grad_scale, hyper, copy, norms)
