@@ -178,12 +178,66 @@ def test_triton_update_writing_row_norms_is_the_update_and_the_norms(device, d, 
     torch.testing.assert_close(norms.cpu(), torch.linalg.vector_norm(flat[0], dim=-1), rtol=1e-6, atol=0)
 
 
-def test_row_norms_are_written_for_whole_parameters_only():
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_the_kernels_refuse_what_they_would_read_wrong():
+    """Row norms only of a whole parameter's rows, in its shape; only contiguous tensors (a
+    kernel reads them flat): refused before anything is launched."""
     from crosslens.training import triton_adam
 
     p = torch.zeros(4, 8)
-    with pytest.raises(ValueError, match="whole parameter's rows: got 4 norms for a parameter of shape \\(4, 8\\) updated from element 8"):
-        triton_adam.chunk_update(p, p, p.bfloat16(), p.bfloat16(), 1, 8, None, HYPER, None, torch.zeros(4))
+    low = p.bfloat16()
+    for start, norms in ((8, torch.zeros(4)), (0, torch.zeros(2, 2)), (0, torch.zeros(4, dtype=torch.float64))):
+        with pytest.raises(ValueError, match="the row norms of an update are those of a whole parameter's rows"):
+            triton_adam.chunk_update(p, p, low, low, 1, start, None, HYPER, None, norms)
+    with pytest.raises(ValueError, match="reads gradient as a flat contiguous tensor; got strides \\(1, 4\\)"):
+        triton_adam.update(p, torch.zeros(8, 4).T, p.clone(), p.clone(), None, HYPER)
+    with pytest.raises(ValueError, match="row_norms takes a float32 tensor of at least 2 dimensions"):
+        triton_adam.row_norms(torch.zeros(8))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_CUDA)])
+def test_triton_row_norms_sum_as_the_update_writing_them_does(device):
+    """A step that finds no norms written sums them as the update would have: the same bits
+    (Ge et al.'s d_in and a short row), so a resumed run does not depend on which it took."""
+    skip_outside_the_interpreter(device)
+    from crosslens.training import triton_adam
+
+    g = torch.Generator().manual_seed(6)
+    for d in (768, 40):
+        shape = (37, 3, d)
+        p, grad = torch.randn(shape, generator=g).to(device), torch.randn(shape, generator=g).to(device)
+        m, v, written = torch.zeros_like(p), torch.zeros_like(p), torch.empty(shape[:-1], device=device)
+        triton_adam.update(p, grad, m, v, None, HYPER, None, written)
+        assert torch.equal(triton_adam.row_norms(p), written), d
+
+
+@pytest.mark.parametrize("kernel_adam", ["triton"], indirect=True)
+@pytest.mark.parametrize("arch", ["jumprelu_crosscoder", "topk_crosscoder"])
+def test_a_run_taking_the_kernels_norms_resumes_to_the_same_bytes_on_cpu(arch, tmp_path, kernel_adam):
+    """The norms are not saved: the first step after a resume sums them in the kernel's order,
+    which gives the bytes the uninterrupted run's taken norms gave (rows of 96, where
+    ``torch.linalg.vector_norm``'s order gives other last bits for some)."""
+    _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
+
+    def trainer(folder: str) -> CrosscoderTrainer:
+        torch.manual_seed(0)
+        extra = {"l0_coefficient": 0.01} if arch == "jumprelu_crosscoder" else {"k": 4}
+        sae = train_cls(train_cfg_cls(d_in=96, d_sae=F, n_snapshots=S, **extra))
+        cfg = CrosscoderTrainerConfig(total_steps=8, lr=3e-3, activation_scale_check="off", checkpoint_dir=str(tmp_path / folder))
+        return CrosscoderTrainer(sae, cfg)
+
+    xs = list(torch.randn(8, B, S, 96, generator=torch.Generator().manual_seed(2)))
+    whole = trainer("a")
+    assert whole.handoff.norms and whole.handoff.norms_of is not None  # the Triton pass's default
+    whole.fit(xs)
+    first = trainer("b")
+    for x in xs[:3]:
+        first.step(x)
+    checkpoint = first.save_checkpoint()
+    resumed = CrosscoderTrainer.from_checkpoint(checkpoint)
+    resumed.fit(xs, resume_from=checkpoint)
+    for name, p in parameters(whole).items():
+        assert torch.equal(parameters(resumed)[name], p), name
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_CUDA)])

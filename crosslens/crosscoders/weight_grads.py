@@ -66,7 +66,7 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -348,6 +348,10 @@ class Handoff:
     """The dtype of the rounded copies written; None: none."""
     norms: bool = False
     """Whether row norms are written."""
+    norms_of: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """How the optimizer sums the norms it writes, for a step to compute them the same way where
+    none were written (its first, after a resume or an in-place edit), so that the run's bytes do
+    not depend on which it took; None: ``torch.linalg.vector_norm``, the eager pass's."""
     made: dict[tuple[int, str], tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = field(default_factory=dict)
     """By the weight's ``id`` and what it is (``"copy"``, ``"norms"``): the weight (weakly, so
     that a new tensor given a freed one's ``id`` is not taken for it), its version when this was
@@ -422,25 +426,31 @@ def _written_copy(root: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None
     return None if handoff is None or root.dtype == dtype else handoff.take(root, dtype)
 
 
-def written_row_norms(W: torch.Tensor) -> torch.Tensor | None:
-    """The norms of parameter ``W``'s rows as the optimizer wrote them for this step (inside
-    :func:`taking_handoff`, ``W`` unchanged since), or None: then they are to be computed."""
+def handed_row_norms(W: torch.Tensor) -> torch.Tensor | None:
+    """Inside :func:`taking_handoff` whose optimizer writes row norms, for a parameter ``W``: the
+    norms of its rows as the optimizer wrote them for this step (``W`` unchanged since), else
+    computed as it computes them (:attr:`Handoff.norms_of`); None elsewhere: then they are
+    computed as a step computes them."""
     handoff = getattr(_state, "handoff", None)
-    if handoff is None or _parameter(W) is not W:
+    if handoff is None or not handoff.norms or _parameter(W) is not W:
         return None
-    return handoff.take_norms(W)
+    written = handoff.take_norms(W)
+    if written is None and handoff.norms_of is not None:
+        return handoff.norms_of(W.detach())
+    return written
 
 
 def _row_norms_of(root: torch.Tensor) -> torch.Tensor:
-    """The norms of ``root``'s rows along its last dimension, without gradient: written by the
-    optimizer where it did, else computed."""
-    written = written_row_norms(root)
-    return written if written is not None else torch.linalg.vector_norm(root.detach(), dim=-1)
+    """The norms of ``root``'s rows along its last dimension, without gradient: the optimizer's
+    (:func:`handed_row_norms`) where it writes them, else computed."""
+    handed = handed_row_norms(root)
+    return handed if handed is not None else torch.linalg.vector_norm(root.detach(), dim=-1)
 
 
 def row_norms_now(W: torch.Tensor) -> Float[torch.Tensor, "..."]:
     """The norms of ``W``'s rows along its last dimension, without gradient: inside a block that
-    lists ``W``, the block's (computed once for all its micro-batches)."""
+    lists ``W``, the block's (computed once for all its micro-batches); the optimizer's where it
+    writes them (:func:`handed_row_norms`)."""
     block = weight_block(W)
     if block is not None and _parameter(W) is W:
         return block.row_norms(W).clone()  # the caller may edit its copy; the block's stays
@@ -616,7 +626,7 @@ def weight_row_norms(
     summed over the block's micro-batches and multiplied by ``W`` once at its end."""
     block = weight_block(W)
     if block is None or _parameter(W) is not W:
-        return row_norms(W, known if known is not None else written_row_norms(W))
+        return row_norms(W, known if known is not None else handed_row_norms(W))
     if not (torch.is_grad_enabled() and W.requires_grad):
         return block.row_norms(W).clone()
     return _BlockRowNorms.apply(W, block.row_norms(W), block)

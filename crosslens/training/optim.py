@@ -80,6 +80,18 @@ def writes_row_norms(state_dtype: str, device: torch.device) -> bool:
     return kernel and kernel_backend(device, BACKEND) == "triton"
 
 
+def row_norms_of_the_pass(device: torch.device) -> Any:
+    """How the optimizer's pass on ``device`` sums the row norms it writes, for a step that finds
+    none written to sum them the same way (:attr:`~crosslens.crosscoders.weight_grads.Handoff.norms_of`):
+    the Triton kernel's order where the pass is the kernel, else None (``torch.linalg.vector_norm``,
+    the eager pass's)."""
+    if kernel_backend(device, BACKEND) != "triton":
+        return None
+    from crosslens.training import triton_adam
+
+    return triton_adam.row_norms
+
+
 Hyper = tuple[float, float, float, float, float]
 """``(beta1, beta2, step_size, root_bc2, eps)``: one step's Adam constants,
 ``step_size = lr / (1 - beta1^t)`` and ``root_bc2 = sqrt(1 - beta2^t)``."""
@@ -306,7 +318,8 @@ class BFloat16StateAdam(torch.optim.Optimizer):
             update = _update_for(p.device, chunked=True)
             key = noise_key(self.seed, int(state["step"].item()), place)
             if update is not eager_chunk_update:  # the kernel holds no temporaries: the whole parameter at once
-                update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], key, 0, self.grad_scale, hyper, copy, norms)
+                grad = p.grad.contiguous()
+                update(p, grad, state["exp_avg"], state["exp_avg_sq"], key, 0, self.grad_scale, hyper, copy, norms)
                 continue
             # the eager ops hold float32 temporaries of what they update: a chunk at a time
             flats = (p.view(-1), p.grad.view(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1))

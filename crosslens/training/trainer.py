@@ -77,7 +77,13 @@ from crosslens.training.checks import check_activation_scale
 from crosslens.training.config import DEAD_FEATURE_WINDOW_TOKENS, CrosscoderTrainerConfig, dead_feature_window
 from crosslens.training.guard import check_finite_step
 from crosslens.training.micro import micro_batched_pass
-from crosslens.training.optim import clipped_step, load_optimizer_state, make_optimizer, writes_row_norms
+from crosslens.training.optim import (
+    clipped_step,
+    load_optimizer_state,
+    make_optimizer,
+    row_norms_of_the_pass,
+    writes_row_norms,
+)
 
 Batch = Float[torch.Tensor, "batch n_snapshots d_in"]
 BatchSource = Union[Iterable[Batch], Callable[[int], Iterator[Batch]]]
@@ -152,11 +158,13 @@ class CrosscoderTrainer:
                 "on a mesh keep float32 Adam state (shard the snapshots over more ranks instead)."
             )
         copy_dtype = torch.bfloat16 if cfg.autocast_dtype == "bfloat16" else None
-        norms = writes_row_norms(cfg.optimizer_state_dtype, torch.device(cfg.device))
-        self.handoff = Handoff(copy_dtype, norms) if copy_dtype is not None or norms else None
-        """What the optimizer's pass writes for the next step: the weights rounded for its autocast
-        matmuls, the decoder's row norms (crosslens's Adam and the bfloat16-state Adam write them;
-        torch's Adam writes none)."""
+        device = torch.device(cfg.device)
+        norms = writes_row_norms(cfg.optimizer_state_dtype, device)
+        norms_of = row_norms_of_the_pass(device) if norms else None
+        self.handoff = Handoff(copy_dtype, norms, norms_of) if copy_dtype is not None or norms else None
+        """What the optimizer's pass writes for the next step: under autocast the weights rounded
+        for its matmuls (crosslens's Adam and the bfloat16-state Adam), and where that pass is the
+        Triton kernel the decoder's row norms (torch's Adam writes neither)."""
         self.optimizer = make_optimizer(
             self.sae.optimizer_param_groups(cfg.lr),
             lr=cfg.lr,

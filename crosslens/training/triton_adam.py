@@ -147,7 +147,26 @@ def _update_rows(
             scale_ptr, copy_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
             HAS_SCALE, HAS_COPY, STOCHASTIC,
         )  # fmt: skip
-        squares += tl.sum(tl.where(inside, p * p, 0.0), axis=1)
+        squares += _square_sums(p, inside)
+    tl.store(norms_ptr + rows, tl.sqrt_rn(squares), mask=row_inside)
+
+
+@triton.jit
+def _square_sums(x, inside):
+    # each row's sum of squares over a [ROWS, COLUMNS] tile: one reduction, the same in both kernels
+    return tl.sum(tl.where(inside, x * x, 0.0), axis=1)
+
+
+@triton.jit
+def _row_norms(x_ptr, norms_ptr, n_rows, d, ROWS: tl.constexpr, COLUMNS: tl.constexpr, TILES: tl.constexpr):
+    # the norms _update_rows writes, of rows already there: the same tiles summed in the same order
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_inside = rows < n_rows
+    squares = tl.zeros([ROWS], dtype=tl.float32)
+    for tile in range(TILES):
+        columns = tile * COLUMNS + tl.arange(0, COLUMNS)
+        inside = row_inside[:, None] & (columns < d)[None, :]
+        squares += _square_sums(tl.load(x_ptr + rows[:, None] * d + columns[None, :], mask=inside, other=0.0), inside)
     tl.store(norms_ptr + rows, tl.sqrt_rn(squares), mask=row_inside)
 
 
@@ -172,21 +191,37 @@ ROW_COLUMNS = 256
 shorter); it takes ``BLOCK // columns`` rows, the flat kernel's element count."""
 
 
+def _row_tiles(d: int) -> dict[str, int]:
+    """The row kernels' tiling of rows of ``d`` elements: rows a program, columns a tile, tiles a row."""
+    columns = min(ROW_COLUMNS, triton.next_power_of_2(d))
+    return {"ROWS": BLOCK // columns, "COLUMNS": columns, "TILES": triton.cdiv(d, columns)}
+
+
+def _check_contiguous(**tensors: torch.Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is not None and not t.is_contiguous():
+            raise ValueError(f"the Adam kernel reads {name} as a flat contiguous tensor; got strides {t.stride()} for shape {tuple(t.shape)}")
+
+
 def _launch(
     p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, noise: tuple[int, int] | None,
     grad_scale: torch.Tensor | None, hyper: tuple[float, float, float, float, float], copy: torch.Tensor | None,
     norms: torch.Tensor | None,
 ) -> None:  # fmt: skip
     beta1, beta2, step_size, root_bc2, eps = hyper
+    key, start = noise if noise is not None else (0, 0)
+    if norms is not None and (start != 0 or p.dim() < 2 or norms.shape != p.shape[:-1] or norms.dtype != torch.float32):
+        raise ValueError(
+            f"the row norms of an update are those of a whole parameter's rows, float32 in its shape but the last "
+            f"dimension: got {norms.dtype} norms of shape {tuple(norms.shape)} for a parameter of shape "
+            f"{tuple(p.shape)} updated from element {start}"
+        )
+    _check_contiguous(parameter=p, gradient=g, exp_avg=m, exp_avg_sq=v, copy=copy, norms=norms)
     n = p.numel()
     if n == 0:
+        if norms is not None:
+            norms.zero_()  # rows of no element
         return
-    key, start = noise if noise is not None else (0, 0)
-    if norms is not None and (start != 0 or p.dim() == 0 or norms.numel() * p.shape[-1] != n):
-        raise ValueError(
-            f"the row norms of an update are those of a whole parameter's rows: got {norms.numel()} norms for a "
-            f"parameter of shape {tuple(p.shape)} updated from element {start}"
-        )
     constants = (beta1, 1 - beta1, beta2, 1 - beta2, step_size, root_bc2, eps)
     scale, out = (p if grad_scale is None else grad_scale), (p if copy is None else copy)
     flags = dict(HAS_SCALE=grad_scale is not None, HAS_COPY=copy is not None, STOCHASTIC=noise is not None)
@@ -197,12 +232,26 @@ def _launch(
             )  # fmt: skip
             return
         d = p.shape[-1]
-        columns = min(ROW_COLUMNS, triton.next_power_of_2(d))
-        rows = BLOCK // columns
-        _update_rows[(triton.cdiv(n // d, rows),)](
-            p, g, m, v, *key_halves(key), scale, out, norms, n // d, d, *constants, **flags, ROWS=rows,
-            COLUMNS=columns, TILES=triton.cdiv(d, columns), num_warps=WARPS,
+        tiles = _row_tiles(d)
+        _update_rows[(triton.cdiv(n // d, tiles["ROWS"]),)](
+            p, g, m, v, *key_halves(key), scale, out, norms, n // d, d, *constants, **flags, **tiles, num_warps=WARPS
         )  # fmt: skip
+
+
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """The Euclidean norms of ``x``'s rows along its last dimension (float32, contiguous, at least
+    2-D), summed as :func:`update` sums those it writes, to the bit: for a step to compute the norms
+    that update would have handed it (the first step, after a resume or an in-place edit)."""
+    if x.dtype != torch.float32 or x.dim() < 2:
+        raise ValueError(f"row_norms takes a float32 tensor of at least 2 dimensions; got {x.dtype}, shape {tuple(x.shape)}")
+    _check_contiguous(tensor=x)
+    norms = torch.zeros(x.shape[:-1], dtype=torch.float32, device=x.device)
+    d = x.shape[-1]
+    if x.numel():
+        tiles = _row_tiles(d)
+        with launching_on(x):
+            _row_norms[(triton.cdiv(x.numel() // d, tiles["ROWS"]),)](x, norms, x.numel() // d, d, **tiles, num_warps=WARPS)
+    return norms
 
 
 def noise(key: int, start: int, n: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
