@@ -9,7 +9,7 @@ noise it draws in registers, :func:`crosslens.training.optim.rounding_noise`'s t
 where asked a copy of the new parameters rounded to bfloat16, the copy the next step's autocast
 matmuls read (so that step does not read the float32 weight again to round it), and for the
 decoder the Euclidean norms of its new rows, which every sparsity term of the next step reads
-(:func:`_update_rows`: a program takes whole rows, a tile of columns at a time, and sums their
+(:func:`_row_pass`: a program takes whole rows, a tile of columns at a time, and sums their
 squares in float32 in a fixed order, so the norms equal ``torch.linalg.vector_norm``'s to float32
 rounding and the same inputs give the same bits). The eager
 updates make about a dozen passes for the same numbers (``optim.eager_update``,
@@ -127,46 +127,32 @@ def _update(
 
 
 @triton.jit(do_not_specialize=["key_low", "key_high"])
-def _update_rows(
+def _row_pass(
     p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, scale_ptr, copy_ptr, norms_ptr, n_rows, d,
     beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
-    HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, STOCHASTIC: tl.constexpr, ROWS: tl.constexpr,
-    COLUMNS: tl.constexpr, TILES: tl.constexpr,
+    UPDATE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, STOCHASTIC: tl.constexpr,
+    ROWS: tl.constexpr, COLUMNS: tl.constexpr, TILES: tl.constexpr,
 ):  # fmt: skip
     # _update of a whole parameter seen as rows of ``d`` elements, ROWS rows a program, COLUMNS
-    # at a time (TILES times: a bound known when compiling, which every Triton's interpreter takes);
-    # also writes the Euclidean norm of each new row, summed in float32 in a fixed order
+    # at a time (TILES times: a bound known when compiling, which every Triton's interpreter takes),
+    # writing the Euclidean norm of each new row, summed in float32 in a fixed order; without UPDATE
+    # only the norms of the rows as they are, summed in the same order
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_inside = rows < n_rows
     squares = tl.zeros([ROWS], dtype=tl.float32)
     for tile in range(TILES):
         columns = tile * COLUMNS + tl.arange(0, COLUMNS)
         inside = row_inside[:, None] & (columns < d)[None, :]
-        p = _step_at(
-            rows[:, None] * d + columns[None, :], inside, p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, 0,
-            scale_ptr, copy_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
-            HAS_SCALE, HAS_COPY, STOCHASTIC,
-        )  # fmt: skip
-        squares += _square_sums(p, inside)
-    tl.store(norms_ptr + rows, tl.sqrt_rn(squares), mask=row_inside)
-
-
-@triton.jit
-def _square_sums(x, inside):
-    # each row's sum of squares over a [ROWS, COLUMNS] tile: one reduction, the same in both kernels
-    return tl.sum(tl.where(inside, x * x, 0.0), axis=1)
-
-
-@triton.jit
-def _row_norms(x_ptr, norms_ptr, n_rows, d, ROWS: tl.constexpr, COLUMNS: tl.constexpr, TILES: tl.constexpr):
-    # the norms _update_rows writes, of rows already there: the same tiles summed in the same order
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    row_inside = rows < n_rows
-    squares = tl.zeros([ROWS], dtype=tl.float32)
-    for tile in range(TILES):
-        columns = tile * COLUMNS + tl.arange(0, COLUMNS)
-        inside = row_inside[:, None] & (columns < d)[None, :]
-        squares += _square_sums(tl.load(x_ptr + rows[:, None] * d + columns[None, :], mask=inside, other=0.0), inside)
+        offsets = rows[:, None] * d + columns[None, :]
+        if UPDATE:
+            p = _step_at(
+                offsets, inside, p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, 0, scale_ptr, copy_ptr,
+                beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps, HAS_SCALE, HAS_COPY,
+                STOCHASTIC,
+            )  # fmt: skip
+        else:
+            p = tl.load(p_ptr + offsets, mask=inside, other=0.0)
+        squares += tl.sum(tl.where(inside, p * p, 0.0), axis=1)
     tl.store(norms_ptr + rows, tl.sqrt_rn(squares), mask=row_inside)
 
 
@@ -233,8 +219,9 @@ def _launch(
             return
         d = p.shape[-1]
         tiles = _row_tiles(d)
-        _update_rows[(triton.cdiv(n // d, tiles["ROWS"]),)](
-            p, g, m, v, *key_halves(key), scale, out, norms, n // d, d, *constants, **flags, **tiles, num_warps=WARPS
+        _row_pass[(triton.cdiv(n // d, tiles["ROWS"]),)](
+            p, g, m, v, *key_halves(key), scale, out, norms, n // d, d, *constants, UPDATE=True, **flags, **tiles,
+            num_warps=WARPS,
         )  # fmt: skip
 
 
@@ -250,7 +237,10 @@ def row_norms(x: torch.Tensor) -> torch.Tensor:
     if x.numel():
         tiles = _row_tiles(d)
         with launching_on(x):
-            _row_norms[(triton.cdiv(x.numel() // d, tiles["ROWS"]),)](x, norms, x.numel() // d, d, **tiles, num_warps=WARPS)
+            _row_pass[(triton.cdiv(x.numel() // d, tiles["ROWS"]),)](
+                x, x, x, x, 0, 0, x, x, norms, x.numel() // d, d, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                UPDATE=False, HAS_SCALE=False, HAS_COPY=False, STOCHASTIC=False, **tiles, num_warps=WARPS,
+            )  # fmt: skip
     return norms
 
 
