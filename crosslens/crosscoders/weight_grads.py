@@ -368,7 +368,7 @@ class Handoff:
     def blank_norms(self, W: torch.Tensor) -> torch.Tensor | None:
         """Where the norms of ``W``'s rows are to be written (float32), or None where no step
         wants them."""
-        if not self.norms or W.dim() == 0 or (id(W), "norms") not in self.wanted:
+        if not self.norms or W.dim() < 2 or (id(W), "norms") not in self.wanted:
             return None
         return torch.empty(W.shape[:-1], dtype=torch.float32, device=W.device)
 
@@ -432,7 +432,7 @@ def handed_row_norms(W: torch.Tensor) -> torch.Tensor | None:
     computed as it computes them (:attr:`Handoff.norms_of`); None elsewhere: then they are
     computed as a step computes them."""
     handoff = getattr(_state, "handoff", None)
-    if handoff is None or not handoff.norms or _parameter(W) is not W:
+    if handoff is None or not handoff.norms or W.dim() < 2 or _parameter(W) is not W:
         return None
     written = handoff.take_norms(W)
     if written is None and handoff.norms_of is not None:
