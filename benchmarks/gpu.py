@@ -187,6 +187,15 @@ def gather_sweep(a: argparse.Namespace, device: str) -> None:
             print(f"  {str(dtype)[6:]:9s} pair dots, {pair_block:2d} pairs x {columns:3d} columns: {dots * 1e3:6.2f} ms "
                   f"({2 * n_pairs * row_bytes / dots / 1e12:5.2f} TB/s, {first[0] / dots:4.2f}x the default)")  # fmt: skip
         tk.PAIR_BLOCK, tk.PAIR_COLUMNS = defaults[1], defaults[2]
+        both = {}
+        for one_pass in (True, False):
+            tk.VALUES_IN_WEIGHT_PASS = one_pass
+            both[one_pass] = seconds_per_call(
+                lambda: tk.weight_and_values_grad(grad, values, pairs, read, (W, scale), torch.float32), device, a.rounds
+            )  # fmt: skip
+        tk.VALUES_IN_WEIGHT_PASS = True
+        print(f"  {str(dtype)[6:]:9s} weight and values gradient: one pass {both[True] * 1e3:6.2f} ms, two passes "
+              f"{both[False] * 1e3:6.2f} ms ({both[False] / both[True]:4.2f}x; VALUES_IN_WEIGHT_PASS)")  # fmt: skip
 
 
 def step_paths(arch: str, trained: bool, device: str) -> list[str]:

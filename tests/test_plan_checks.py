@@ -85,8 +85,11 @@ def test_without_a_snapshot_choice_plan_counts_every_listed_snapshot_as_harvest_
     for the count only where the hub alone lists the suite."""
     assert plan_json(["--hook", HOOK], capsys)["inputs"]["n_snapshots"] == len(PicoConfig().checkpoint_steps)
     assert plan_json(["--suite", str(local_suite), "--hook", HOOK], capsys)["inputs"]["n_snapshots"] == 3
+    # a recipe with another --suite: that suite's snapshots, all of them, as harvest takes them
+    recipe_on_pico = ["--recipe", RECIPE, "--suite", "pico", "--hook", HOOK]
+    assert plan_json(recipe_on_pico, capsys)["inputs"]["n_snapshots"] == len(PicoConfig().checkpoint_steps)
     err = one_line_exit_2(["plan", "--suite", "allenai/OLMo-1B-0724-hf", "--hook", "blocks.3.mlp.hook_post"], capsys)
-    assert "plan needs the snapshot count of allenai/OLMo-1B-0724-hf, which only the hub lists: --n-snapshots N" in err
+    assert "plan cannot list the snapshots of allenai/OLMo-1B-0724-hf here (offline); pass --n-snapshots N" in err
     assert not default_root(PicoConfig()).exists()  # planning builds nothing
 
 

@@ -103,6 +103,42 @@ def test_triton_gather_decode_equals_the_dense_products(device, groups, triton_b
     check_against_dense(triton_backend, device, groups)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("groups", [1, S])
+@pytest.mark.parametrize("mode", ["plain", "norms", "accumulate"])
+def test_triton_gather_gives_weight_and_values_grad_in_one_pass(device, groups, mode, triton_backend):
+    """The decoder-gradient pass that also gives the values' gradient (from the rounded copy):
+    the decoder's gradient is the plain pass's to the bit (one step, with the norms' term, or
+    added to a micro-batched step's sum), the values' gradient the dot products' to float32
+    rounding; a group whose width has no power-of-two factor of 8 takes the two passes."""
+    from crosslens.crosscoders import triton_kernels
+
+    for width in (D * S, 12 * S):  # blocks of 8 columns; widths of 12 or 36 a group: the two passes
+        g = torch.Generator().manual_seed(5)
+        active_NF = torch.rand(B, F, generator=g) < 0.1
+        active_NF[:, 5] = False
+        pairs = ActivePairs.from_mask(active_NF.to(device), int(active_NF.sum()))
+        shape = (F, groups, width // groups)
+        W_FGD = torch.randn(shape, generator=g).to(device)
+        read_FGD = W_FGD.to(torch.bfloat16)
+        values_AG = torch.randn(pairs.token_A.shape[0], groups, generator=g).to(device)
+        grad_NGD = torch.randn(B, *shape[1:], generator=g).to(device).to(torch.bfloat16)
+        norm_term = (W_FGD, torch.rand(F, S, generator=g).to(device)) if mode == "norms" else None
+        sums = [torch.randn(shape, generator=g).to(device) for _ in range(2)] if mode == "accumulate" else [None, None]
+        sums[1] = None if sums[0] is None else sums[0].clone()
+        want_W = triton_kernels.weight_grad(grad_NGD, values_AG, pairs, norm_term, torch.float32, sums[0])
+        want_v = triton_kernels.values_grad(grad_NGD, read_FGD, pairs, torch.float32)
+        with pytest.MonkeyPatch.context() as one_pass:
+            if width == D * S:  # the one pass: no second gather of the rows for the dot products
+                one_pass.setattr(triton_kernels, "values_grad", lambda *_, **__: pytest.fail("took two passes"))
+            got_W, got_v = triton_kernels.weight_and_values_grad(
+                grad_NGD, values_AG, pairs, read_FGD, norm_term, torch.float32, sums[1], torch.float32
+            )  # fmt: skip
+        assert torch.equal(got_W, want_W), width
+        torch.testing.assert_close(got_v, want_v, rtol=1e-5, atol=1e-5, msg=str(width))
+        assert got_v.abs().max() > 0 and got_v.shape == (pairs.token_A.shape[0], groups)
+
+
 def check_rounded_copy(backend: str, device: str) -> None:
     """Read from W rounded to bfloat16, the decode and the values' gradient are those of the
     rounded weights, in float32; the decoder's gradient is W's (it does not read W)."""

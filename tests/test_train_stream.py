@@ -204,12 +204,18 @@ def test_the_spliced_loss_is_measured_on_the_heldout_rows_and_sealed(streamed, i
             assert got_row[key] == pytest.approx(want_row[key], abs=1e-5), key
 
 
-def test_analyze_names_the_harvest_that_gives_a_streamed_run_its_store(streamed, inputs, capsys):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_analyze_names_the_harvest_that_gives_a_streamed_run_its_store(dtype, streamed, inputs, tmp_path, capsys):
     """A streamed run has no store for the report's firing frequencies and top contexts: analyze
-    prints the harvest of the tokens it trained on, and that command's store is accepted."""
+    prints the harvest of the tokens it trained on, and that command's store is accepted, also for
+    a run whose resident models were bfloat16 (the run records their float32 weights, which the
+    harvest's float32 models match)."""
     import shlex
 
     out, _ = streamed
+    if dtype != "float32":
+        out = tmp_path / "run"
+        assert main(stream_flags(inputs, out, "--dtype", dtype)) == 0
     assert main(["analyze", "--crosscoder", str(out), "--device", "cpu", "--out", str(out.parent / "a.html")]) == 0
     printed = capsys.readouterr().out
     line = next(line for line in printed.splitlines() if "the run streamed its activations" in line)
@@ -219,11 +225,36 @@ def test_analyze_names_the_harvest_that_gives_a_streamed_run_its_store(streamed,
     assert (flags["--suite"], flags["--steps"], flags["--hook"]) == (str(inputs[0].resolve()), "0,10,20", HOOK)
     assert (flags["--n-tokens"], flags["--seq-len"], flags["--heldout-tokens"], flags["--text"]) == (
         "512", "16", "128", str(inputs[1].resolve()))  # fmt: skip
+    assert "--dtype" not in flags
     assert main([*words[1:], "--device", "cpu"]) == 0
     assert main(["analyze", "--crosscoder", str(out), "--store", str(out) + "-store", "--device", "cpu",
                  "--out", str(out.parent / "b.html")]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "no activation store" not in printed and "the run streamed" not in printed
+
+
+def test_the_harvest_named_for_a_streamed_run_keeps_what_chose_its_tokens(tmp_path):
+    """The printed harvest names a staged suite's one ingredient (the hub lists every ingredient
+    under the model's id) and the text's encoding where it is not UTF-8."""
+    import shlex
+
+    from crosslens.commands.runs import streamed_store_command
+    from crosslens.commands.stream import stream_record
+
+    class Staged:  # what stream_record reads of a suite
+        model_id, family, root, steps = "allenai/OLMo-2-0425-1B", "olmo", None, (1000, 2000)
+        snapshots = [type("Ref", (), {"revision": f"stage2-ingredient2-step{s}-tokens5B"})() for s in (1000, 2000)]
+
+    text = tmp_path / "a b.txt"
+    text.write_text("x")
+    record = stream_record(Staged(), HOOK, ("text", [str(text)]), (512, 16, 128), "bfloat16", "latin-1")
+    (tmp_path / "run.json").write_text(json.dumps({"stream": record}))
+    words = shlex.split(streamed_store_command(tmp_path))
+    flags = dict(zip(words[2::2], words[3::2]))
+    assert flags["--suite"] == "allenai/OLMo-2-0425-1B@ingredient2" and flags["--steps"] == "1000,2000"
+    assert flags["--text"] == str(text.resolve()) and flags["--encoding"] == "latin-1" and "--dtype" not in flags
+    utf8 = stream_record(Staged(), HOOK, ("text", [str(text)]), (512, 16, 128), "float32", "UTF-8")
+    assert "encoding" not in utf8["tokens"]  # the default leaves the record (and a resume's fingerprint) as it was
 
 
 def test_no_heldout_tokens_means_no_table_and_says_how_to_get_one(inputs, tmp_path, capsys):

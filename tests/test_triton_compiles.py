@@ -237,3 +237,25 @@ def test_the_row_norms_kernel_compiles_for_an_h100(d, monkeypatch):
 
     x = torch.randn(37, 2, d, generator=torch.Generator().manual_seed(4))
     assert compile_recorded(triton_adam, "_row_pass", lambda: triton_adam.row_norms(x), monkeypatch) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_decoder_gradient_pass_giving_the_values_gradient_compiles_for_an_h100(dtype, monkeypatch):
+    """At Ge et al.'s d_in (blocks of 256 columns, three a snapshot): with the norms' term, and
+    added to a micro-batched step's sum."""
+    from crosslens.crosscoders import triton_kernels
+    from crosslens.crosscoders.active_pairs import ActivePairs
+
+    g = torch.Generator().manual_seed(5)
+    n, f, groups, d = 16, 24, 2, 768
+    active = torch.rand(n, f, generator=g) < 0.2
+    pairs = ActivePairs.from_mask(active, int(active.sum()))
+    W = torch.randn(f, groups, d, generator=g)
+    values = torch.randn(pairs.token_A.shape[0], groups, generator=g)
+    grad = torch.randn(n, groups, d, generator=g).to(dtype)
+
+    def passes() -> None:
+        triton_kernels.weight_and_values_grad(grad, values, pairs, W.to(dtype), (W, torch.rand(f, groups)), torch.float32)
+        triton_kernels.weight_and_values_grad(grad, values, pairs, W.to(dtype), out=torch.zeros(f, groups, d))
+
+    assert compile_recorded(triton_kernels, "_gather_rows", passes, monkeypatch) == 2

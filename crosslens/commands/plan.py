@@ -32,12 +32,11 @@ def plan(args: argparse.Namespace) -> int:
     listed = listed_suite(args, recipe)
     if listed is not None:  # the snapshots harvest and train --stream would read (all, without a choice)
         from_recipe = recipe.name if recipe is not None and args.suite is None else None
-        picked = args.n_snapshots if args.n_snapshots is not None or args.steps else n_snapshots
-        n_snapshots = len(select_snapshots(listed, args.steps, picked, args.suite or "pico", from_recipe))
+        n_snapshots = len(select_snapshots(listed, args.steps, args.n_snapshots, args.suite or "pico", from_recipe))
     if n_snapshots is None:
         raise CLIError(
-            f"plan needs the snapshot count of {args.suite}, which only the hub lists: --n-snapshots N, "
-            "--steps A,B,... or --recipe NAME"
+            f"plan cannot list the snapshots of {args.suite} here (offline); pass --n-snapshots N, --steps A,B,... "
+            "or --recipe NAME"
         )
     world = args.world_size
     if args.mesh:

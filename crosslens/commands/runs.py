@@ -101,13 +101,21 @@ def recorded_store(run_dir: Path | None) -> str | None:
 def streamed_store_command(run_dir: Path | None) -> str | None:
     """For a run trained with ``train --stream`` (its run.json's ``stream`` entry), the ``crosslens
     harvest`` command that writes a store of the tokens it trained on, from the same snapshots at
-    the same hook, beside the run folder; None for a run trained on a store."""
+    the same hook, beside the run folder; None for a run trained on a store. The snapshot models
+    run in float32 there whatever ``--dtype`` the run gave them: the run recorded their float32
+    weights (the resident models are loaded so, then cast), which the store must match."""
     import shlex
+
+    from crosslens.checkpoints.trajectory import parse_ingredient
 
     try:
         stream = json.loads((run_dir / RUN_CONFIG_NAME).read_text())["stream"]  # type: ignore[operator]
         suite, tokens = stream["suite"], stream["tokens"]
-        words = ["crosslens", "harvest", "--suite", str(suite.get("root") or suite["model_id"])]
+        spec = str(suite.get("root") or suite["model_id"])
+        ingredients = {parse_ingredient(str(r)) for r in suite.get("revisions") or []} - {None}
+        if suite.get("root") is None and "@" not in spec and len(ingredients) == 1:  # a staged suite's one ingredient
+            spec += f"@ingredient{ingredients.pop()}"
+        words = ["crosslens", "harvest", "--suite", spec]
         words += ["--steps", ",".join(str(int(step)) for step in suite["steps"]), "--hook", str(stream["hook"])]
         words += ["--n-tokens", str(int(stream["n_tokens"])), "--seq-len", str(int(stream["seq_len"]))]
         words += ["--heldout-tokens", str(int(stream["heldout_tokens"]))]
@@ -115,10 +123,10 @@ def streamed_store_command(run_dir: Path | None) -> str | None:
         return None
     if tokens.get("kind") == "text":
         words += ["--text", *map(str, tokens["source"])]
+        if tokens.get("encoding") is not None:
+            words += ["--encoding", str(tokens["encoding"])]
     elif tokens.get("kind") == "dataset":
         words += ["--dataset", str(tokens["source"])]
-    if stream.get("model_dtype", "float32") != "float32":
-        words += ["--dtype", str(stream["model_dtype"])]
     words += ["--out", str(Path(run_dir).resolve().with_name(Path(run_dir).resolve().name + "-store"))]  # type: ignore[arg-type]
     return shlex.join(words)
 

@@ -136,17 +136,28 @@ def slow_forward_hint(model_dtype: str, device: str) -> str | None:
     )
 
 
-def stream_record(suite, hook: str, source: tuple[str, object], budget: tuple[int, int, int], model_dtype: str) -> dict:
-    """What run.json says the run streamed, in place of a store path."""
+def stream_record(
+    suite, hook: str, source: tuple[str, object], budget: tuple[int, int, int], model_dtype: str, encoding: str = "utf-8"
+) -> dict:  # fmt: skip
+    """What run.json says the run streamed, in place of a store path: the token source with its
+    local paths absolute (so that a resume from another folder, or the harvest ``analyze`` names,
+    reads the same files) and, for text read in another encoding than UTF-8, that encoding."""
     n_tokens, seq_len, heldout_tokens = budget
     kind, value = source
-    if kind == "text":  # absolute, so a resume from another folder names the same files
-        value = [str(Path(v).resolve()) for v in value]
+    tokens: dict = {"kind": kind, "source": value}
+    if kind == "text":
+        tokens["source"] = [str(Path(v).resolve()) for v in value]  # type: ignore[attr-defined]
+        if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+            tokens["encoding"] = encoding
+    elif kind == "dataset":
+        name, colon, column = str(value).partition(":")
+        if Path(name).exists():  # a local text file or folder
+            tokens["source"] = str(Path(name).resolve()) + colon + column
     return {
         "suite": {"model_id": suite.model_id, "family": suite.family,
                   "root": None if suite.root is None else str(suite.root),
                   "steps": [int(s) for s in suite.steps], "revisions": [r.revision for r in suite.snapshots]},
-        "hook": hook, "tokens": {"kind": kind, "source": value}, "n_tokens": n_tokens, "seq_len": seq_len,
+        "hook": hook, "tokens": tokens, "n_tokens": n_tokens, "seq_len": seq_len,
         "heldout_tokens": heldout_tokens, "model_dtype": model_dtype,
     }  # fmt: skip
 
@@ -176,7 +187,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     if hint is not None and is_main_process():
         print(hint)
     train_NL, heldout_NL = token_tables(args, recipe, source, suite.tokenizer())
-    record = stream_record(suite, config.hook_name, source, budget, model_dtype)
+    record = stream_record(suite, config.hook_name, source, budget, model_dtype, args.encoding)
     runner = StreamingTrainingRunner(config, suite, train_NL, heldout_NL, record, model_dtype=getattr(torch, model_dtype))
     reset_peak_memory(device)
     with torchrun_job():

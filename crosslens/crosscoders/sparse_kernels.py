@@ -144,6 +144,17 @@ def eager_weight_grad(
     return grad_FGD
 
 
+def eager_weight_and_values_grad(
+    grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, read_FGD: torch.Tensor,
+    norm_term: NormTerm | None = None, dtype: torch.dtype | None = None, out: torch.Tensor | None = None,
+    values_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """:func:`eager_weight_grad`'s result and :func:`eager_values_grad`'s from ``read_FGD``:
+    the twin of the Triton pass that gives both from one gather of the gradient's rows."""
+    grad_W = eager_weight_grad(grad_NGD, values_AG, pairs, norm_term, dtype, out)
+    return grad_W, eager_values_grad(grad_NGD, read_FGD, pairs, values_dtype)
+
+
 def _implementation(backend: str) -> Any:
     if backend == "triton":
         from crosslens.crosscoders import triton_kernels
@@ -156,6 +167,7 @@ class _Eager:
     decode = staticmethod(eager_decode)
     values_grad = staticmethod(eager_values_grad)
     weight_grad = staticmethod(eager_weight_grad)
+    weight_and_values_grad = staticmethod(eager_weight_and_values_grad)
 
 
 _EAGER = _Eager()
@@ -207,12 +219,18 @@ class SparseDecode(torch.autograd.Function):
             block = ctx.block if ctx.block is not None and ctx.block.open else None
             if block is not None and (scale_FR is None or block.add_norm_scale(W_FGD, scale_FR)):
                 # a micro-batch: its pairs' rows added to the block's sum, the norms' part the block's
-                sum_FGD = block.sum_buffer(W_FGD)
-                ctx.ops.weight_grad(grad_NGD, values_AG, ctx.pairs, out=sum_FGD)
+                where: dict[str, Any] = {"out": block.sum_buffer(W_FGD)}
             else:
-                norm_term = None if scale_FR is None else (W_FGD, scale_FR)
-                grad_W = sum_FGD = ctx.ops.weight_grad(grad_NGD, values_AG, ctx.pairs, norm_term, dtype=W_FGD.dtype)
-        if ctx.needs_input_grad[1]:
+                where = {"norm_term": None if scale_FR is None else (W_FGD, scale_FR), "dtype": W_FGD.dtype}
+            if ctx.needs_input_grad[1]:  # both from one gather of the gradient's rows
+                sum_FGD, grad_v = ctx.ops.weight_and_values_grad(
+                    grad_NGD, values_AG, ctx.pairs, read_FGD, values_dtype=values_AG.dtype, **where
+                )  # fmt: skip
+            else:
+                sum_FGD = ctx.ops.weight_grad(grad_NGD, values_AG, ctx.pairs, **where)
+            if "out" not in where:
+                grad_W = sum_FGD
+        elif ctx.needs_input_grad[1]:
             grad_v = ctx.ops.values_grad(grad_NGD, read_FGD, ctx.pairs, dtype=values_AG.dtype)
         if grad_rows_NK is not None:
             grad_rows_NK = grad_rows_NK.to(ctx.grad_dtype)

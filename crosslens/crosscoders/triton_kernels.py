@@ -14,7 +14,12 @@ the decoder's gradient, the sparse-transpose-dense matmul, which writes every ro
 row from the decoder norms' gradient where the step has one, so that W's whole gradient is
 written in that one pass; or, in a micro-batched step, adds each row that has pairs to the
 step's float32 sum and leaves the others untouched. ``_pair_dots`` gives one dot product per (pair, group): the values'
-gradient.
+gradient. In the decoder-gradient pass ``_gather_rows`` can give those dot products too
+(:func:`weight_and_values_grad`): each program holds a block of one feature's row of ``W`` and
+loads the gradient rows of that feature's pairs anyway, so it writes each pair's dot product
+over its block, and the blocks of a group are added in a fixed order afterwards. That spares
+the second gather of every pair's gradient row and decoder row that ``_pair_dots`` makes
+(about 13 GB a step for TopK at Ge et al.'s shape).
 """
 
 from __future__ import annotations
@@ -37,18 +42,30 @@ GATHER_WARPS = 4
 """Warps of one program of ``_gather_rows``: with :data:`COLUMN_BLOCK`, the elements each
 thread loads from a pair's row in one step of its loop over the pairs."""
 
+VALUES_IN_WEIGHT_PASS = True
+"""Whether :func:`weight_and_values_grad` gives the values' gradient from the decoder-gradient
+pass (one gather of the gradient's rows) rather than from a second pass of its own
+(:func:`values_grad`). ``benchmarks/gpu.py --gathers`` times both."""
+
+MIN_DOTS_BLOCK = 8
+"""Fewest columns a block of the decoder-gradient pass may have for it to give the values'
+gradient too (:func:`weight_and_values_grad`): a block must lie in one group, so a group's
+``D`` with no power-of-two factor of at least this many runs the two passes instead."""
+
 PAIR_BLOCK, PAIR_COLUMNS = 16, 128
 """Pairs of one program of ``_pair_dots``, and the columns of each it reads at a time."""
 
 
 @triton.jit
 def _gather_rows(
-    out_ptr, src_ptr, values_ptr, order_ptr, src_row_ptr, starts_ptr, base_ptr, scale_ptr,
+    out_ptr, src_ptr, values_ptr, order_ptr, src_row_ptr, starts_ptr, base_ptr, scale_ptr, dots_ptr, read_ptr,
     n_columns, d_group, n_groups, d_part, n_parts,
-    HAS_ORDER: tl.constexpr, HAS_BASE: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_ORDER: tl.constexpr, HAS_BASE: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_DOTS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
-    columns = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    block = tl.program_id(1)
+    columns = block * BLOCK + tl.arange(0, BLOCK)
     inside = columns < n_columns
     group = columns // d_group
     start = tl.load(starts_ptr + row)
@@ -63,6 +80,8 @@ def _gather_rows(
         acc = scale.to(tl.float32) * base.to(tl.float32)
     else:
         acc = tl.zeros([BLOCK], dtype=tl.float32)
+    if HAS_DOTS:  # this block of the row as the dot products read it (W, or its rounded copy)
+        w = tl.load(read_ptr + row * n_columns + columns, mask=inside, other=0.0).to(tl.float32)
     for j in range(start, end):
         if HAS_ORDER:
             pair = tl.load(order_ptr + j)
@@ -72,6 +91,8 @@ def _gather_rows(
         v = tl.load(values_ptr + pair * n_groups + group, mask=inside, other=0.0).to(tl.float32)
         x = tl.load(src_ptr + src_row * n_columns + columns, mask=inside, other=0.0).to(tl.float32)
         acc += v * x
+        if HAS_DOTS:  # the pair's dot product over this block, one entry per (pair, block)
+            tl.store(dots_ptr + pair.to(tl.int64) * tl.num_programs(1) + block, tl.sum(x * w, axis=0))
     tl.store(out_ptr + row * n_columns + columns, acc, mask=inside)
 
 
@@ -100,7 +121,7 @@ def _pair_dots(
 def _gather(
     n_rows: int, src_GD: torch.Tensor, values_AG: torch.Tensor, order: torch.Tensor | None,
     src_row_A: torch.Tensor, starts: torch.Tensor, base: tuple[torch.Tensor, torch.Tensor] | None = None,
-    out: torch.Tensor | None = None,
+    out: torch.Tensor | None = None, dots: tuple[torch.Tensor, torch.Tensor] | None = None, block: int = COLUMN_BLOCK,
 ) -> torch.Tensor:  # fmt: skip
     _, G, D = src_GD.shape
     accumulate = out is not None
@@ -112,14 +133,15 @@ def _gather(
         return out
     base_W, scale = (None, None) if base is None else (base[0].contiguous(), base[1].float().contiguous())
     n_parts = 1 if scale is None else scale.shape[1]
-    grid = (n_rows, triton.cdiv(G * D, COLUMN_BLOCK))
+    read, dots_AB = (out, out) if dots is None else dots
+    grid = (n_rows, triton.cdiv(G * D, block))
     with launching_on(out):
         _gather_rows[grid](
             out, src_GD, values_AG, order if order is not None else starts, src_row_A, starts,
-            base_W if base_W is not None else out, scale if scale is not None else out,
+            base_W if base_W is not None else out, scale if scale is not None else out, dots_AB, read,
             G * D, D, G, G * D // n_parts, n_parts,
-            HAS_ORDER=order is not None, HAS_BASE=base is not None, ACCUMULATE=accumulate, BLOCK=COLUMN_BLOCK,
-            num_warps=GATHER_WARPS,
+            HAS_ORDER=order is not None, HAS_BASE=base is not None, ACCUMULATE=accumulate, HAS_DOTS=dots is not None,
+            BLOCK=block, num_warps=GATHER_WARPS,
         )  # fmt: skip
     return out
 
@@ -147,6 +169,36 @@ def weight_grad(
         return _gather(pairs.n_features, grad_NGD, values_AG, order_A, pairs.token_A, starts, out=out)
     out = _gather(pairs.n_features, grad_NGD, values_AG, order_A, pairs.token_A, starts, norm_term)
     return out.to(dtype or grad_NGD.dtype)
+
+
+def weight_and_values_grad(
+    grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, read_FGD: torch.Tensor,
+    norm_term: tuple[torch.Tensor, torch.Tensor] | None = None, dtype: torch.dtype | None = None,
+    out: torch.Tensor | None = None, values_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """:func:`weight_grad`'s result (its ``norm_term``, ``dtype`` and ``out`` as there) and
+    :func:`values_grad`'s from ``read_FGD`` (in ``values_dtype``, the gradient's by default),
+    from one gather of the gradient's rows. Its blocks must not straddle two groups: they are
+    :data:`COLUMN_BLOCK` columns, or the largest power of two that divides a group's ``D`` where
+    that is smaller; below :data:`MIN_DOTS_BLOCK` the two passes run instead."""
+    _, G, D = read_FGD.shape
+    block = min(COLUMN_BLOCK, D & -D)
+    if block < MIN_DOTS_BLOCK or not VALUES_IN_WEIGHT_PASS:
+        grad_W = weight_grad(grad_NGD, values_AG, pairs, norm_term, dtype, out)
+        return grad_W, values_grad(grad_NGD, read_FGD, pairs, values_dtype)
+    if out is not None and norm_term is not None:
+        raise ValueError("a sum to add to takes no norms' term: the block that owns the sum takes it")
+    order_A, starts = pairs.feature_order()
+    n_pairs, per_group = pairs.feature_A.shape[0], D // block
+    dots_AB = torch.empty(n_pairs, G * per_group, dtype=torch.float32, device=read_FGD.device)
+    grad_W = _gather(
+        pairs.n_features, grad_NGD, values_AG, order_A, pairs.token_A, starts, norm_term, out,
+        dots=(read_FGD.contiguous(), dots_AB), block=block,
+    )  # fmt: skip
+    if out is None:
+        grad_W = grad_W.to(dtype or grad_NGD.dtype)
+    grad_v = dots_AB.view(n_pairs, G, per_group).sum(dim=2)
+    return grad_W, grad_v.to(values_dtype or grad_NGD.dtype)
 
 
 def values_grad(
