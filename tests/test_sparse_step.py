@@ -43,7 +43,11 @@ def triton_backend(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureReque
     TRITON_INTERPRET=1 was set before triton loaded (sae_lens imports it), so
     :func:`test_triton_kernels_under_the_interpreter` runs these tests in such a process."""
     skip_outside_the_interpreter(request.node.callspec.params.get("device", "cpu"))
+    from crosslens.crosscoders import triton_kernels
+
     monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")
+    # these shapes' rows are a few columns a group: blocks of 8 so that the one pass runs
+    monkeypatch.setattr(triton_kernels, "MIN_DOTS_BLOCK", 8)
     if request.node.callspec.params.get("device", "cpu") == "cpu":
         monkeypatch.setattr(sys.modules[__name__], "STEPS", INTERPRETED_STEPS)
     return "triton"

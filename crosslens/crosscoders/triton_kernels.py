@@ -47,10 +47,12 @@ VALUES_IN_WEIGHT_PASS = True
 pass (one gather of the gradient's rows) rather than from a second pass of its own
 (:func:`values_grad`). ``benchmarks/gpu.py --gathers`` times both."""
 
-MIN_DOTS_BLOCK = 8
+MIN_DOTS_BLOCK = 128
 """Fewest columns a block of the decoder-gradient pass may have for it to give the values'
 gradient too (:func:`weight_and_values_grad`): a block must lie in one group, so a group's
-``D`` with no power-of-two factor of at least this many runs the two passes instead."""
+``D`` with no power-of-two factor of at least this many runs the two passes instead, whose
+gather keeps its :data:`COLUMN_BLOCK` (a narrower block leaves most of its threads idle; every
+d_in of Pythia, OLMo and BLOOM is a multiple of 256, GPT-2 XL's 1600 only of 64)."""
 
 PAIR_BLOCK, PAIR_COLUMNS = 16, 128
 """Pairs of one program of ``_pair_dots``, and the columns of each it reads at a time."""
