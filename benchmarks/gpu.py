@@ -384,9 +384,12 @@ def main(argv: list[str] | None = None) -> int:
           f"(matmuls at {(flops / (times['dense'] - times['optimizer'])) / peak:.0%} of peak)")  # fmt: skip
     print(f"floor, sparse (2 matmuls + optimizer): {a.batch / times['sparse']:10,.0f} tok/s")
     passes = times["passes"]
+    def against_plain(kind: str) -> str:
+        return f"{passes[kind] * 1e3:.2f} ms ({passes[kind] / passes['plain']:.2f}x the plain pass)"
+
     print(f"optimizer pass (norm + fused clip/Adam): {passes['plain'] * 1e3:.2f} ms; the step's, writing W_dec's "
-          f"row norms too: {passes['step'] * 1e3:.2f} ms; and the bf16 weights: {passes['copies'] * 1e3:.2f} ms"
-          + (f"; torch's fused Adam: {passes['torch'] * 1e3:.2f} ms" if "torch" in passes else ""))  # fmt: skip
+          f"row norms too: {against_plain('step')}; and the bf16 weights: {against_plain('copies')}"
+          + (f"; torch's fused Adam: {against_plain('torch')}" if "torch" in passes else ""))  # fmt: skip
     if a.gathers:
         gather_sweep(a, device)
     for arch in a.only or list(cc.ARCHITECTURES):
