@@ -127,6 +127,8 @@ def _gather(
 ) -> torch.Tensor:  # fmt: skip
     _, G, D = src_GD.shape
     accumulate = out is not None
+    if accumulate and base is not None:
+        raise ValueError("a sum to add to takes no norms' term: the block that owns the sum takes it")
     if out is None:
         out = torch.empty(n_rows, G, D, dtype=torch.float32, device=src_GD.device)
     elif out.dtype != torch.float32 or not out.is_contiguous() or out.shape != (n_rows, G, D):
@@ -165,12 +167,8 @@ def weight_grad(
     ``norm_term`` gives it (read and written in the same pass); or, with ``out`` (float32, no
     ``norm_term``), added to ``out``'s rows that have pairs, the others not touched."""
     order_A, starts = pairs.feature_order()
-    if out is not None:
-        if norm_term is not None:
-            raise ValueError("a sum to add to takes no norms' term: the block that owns the sum takes it")
-        return _gather(pairs.n_features, grad_NGD, values_AG, order_A, pairs.token_A, starts, out=out)
-    out = _gather(pairs.n_features, grad_NGD, values_AG, order_A, pairs.token_A, starts, norm_term)
-    return out.to(dtype or grad_NGD.dtype)
+    grad_W = _gather(pairs.n_features, grad_NGD, values_AG, order_A, pairs.token_A, starts, norm_term, out)
+    return grad_W if out is not None else grad_W.to(dtype or grad_NGD.dtype)
 
 
 def weight_and_values_grad(
@@ -188,8 +186,6 @@ def weight_and_values_grad(
     if block < MIN_DOTS_BLOCK or not VALUES_IN_WEIGHT_PASS:
         grad_W = weight_grad(grad_NGD, values_AG, pairs, norm_term, dtype, out)
         return grad_W, values_grad(grad_NGD, read_FGD, pairs, values_dtype)
-    if out is not None and norm_term is not None:
-        raise ValueError("a sum to add to takes no norms' term: the block that owns the sum takes it")
     order_A, starts = pairs.feature_order()
     n_pairs, per_group = pairs.feature_A.shape[0], D // block
     dots_AB = torch.empty(n_pairs, G * per_group, dtype=torch.float32, device=read_FGD.device)
@@ -197,10 +193,8 @@ def weight_and_values_grad(
         pairs.n_features, grad_NGD, values_AG, order_A, pairs.token_A, starts, norm_term, out,
         dots=(read_FGD.contiguous(), dots_AB), block=block,
     )  # fmt: skip
-    if out is None:
-        grad_W = grad_W.to(dtype or grad_NGD.dtype)
     grad_v = dots_AB.view(n_pairs, G, per_group).sum(dim=2)
-    return grad_W, grad_v.to(values_dtype or grad_NGD.dtype)
+    return grad_W if out is not None else grad_W.to(dtype or grad_NGD.dtype), grad_v.to(values_dtype or grad_NGD.dtype)
 
 
 def values_grad(
