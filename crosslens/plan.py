@@ -1,6 +1,6 @@
 """``crosslens plan``: what a crosscoder run will cost, before spending anything.
 
-For a suite (model sizes), a hook, a token budget, ``d_sae``, an architecture and a
+For a suite (model sizes), a hook, a token budget, a step count, ``d_sae``, an architecture and a
 ``data x snapshot`` device mesh, :func:`make_plan` computes, per rank:
 
 - crosscoder parameters, gradients and Adam state. ``W_enc [S, D, F]``, ``W_dec [F, S, D]``
@@ -32,12 +32,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from crosslens.architectures import DEFAULT_K, uses_k
+from crosslens.architectures import uses_k
 from crosslens.core.devices import DTYPE_BYTES, GPUS
 from crosslens.core.units import format_bytes
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import block_index, hook_problem
-from crosslens.training.config import AUTOCAST_CHOICES, micro_batch_error, resolved_autocast
+from crosslens.activations.budget import TokenBudget
+from crosslens.training.config import (
+    AUTOCAST_CHOICES,
+    ArchitectureConfig,
+    CrosscoderRunnerConfig,
+    micro_batch_error,
+    resolved_autocast,
+)
 from crosslens.training.memory import activation_bytes, parameter_counts, training_memory
 
 F32 = 4
@@ -197,7 +204,10 @@ def hook_width(model: ModelSpec, hook: str) -> int:
 # ----------------------------------------------------------------------------- plan
 @dataclass
 class PlanConfig:
-    """What to plan: model, snapshots, hook, data, crosscoder, mesh, device."""
+    """What to plan: model, snapshots, hook, data, crosscoder, mesh, device. The defaults of the
+    settings ``harvest`` and ``train`` share are theirs (:class:`~crosslens.activations.budget.TokenBudget`,
+    :class:`~crosslens.training.config.CrosscoderRunnerConfig`), so a plan of a command's flags
+    sizes the run that command makes."""
 
     model: ModelSpec
     """Sizes of the snapshots' model."""
@@ -205,15 +215,18 @@ class PlanConfig:
     """S: snapshots the crosscoder reads."""
     hook: str
     """Hook the crosscoder reads."""
-    n_tokens: int
-    """Training tokens (each seen at every snapshot)."""
-    d_sae: int
+    n_tokens: int = TokenBudget.n_tokens
+    """Tokens harvested, each at every snapshot: an activation store's (its disk, harvest's
+    forwards), or the token table ``train --stream`` cycles through."""
+    d_sae: int = ArchitectureConfig.d_sae
     """F: shared features."""
-    architecture: str = "jumprelu_crosscoder"
+    architecture: str = ArchitectureConfig.architecture
     """Crosscoder architecture."""
-    batch_size: int = 4096
+    batch_size: int = CrosscoderRunnerConfig.train_batch_size_tokens
     """Global tokens per optimizer step (split over the data axis)."""
-    k: int = DEFAULT_K
+    n_steps: int = CrosscoderRunnerConfig.n_steps
+    """Optimizer steps: ``n_steps * batch_size`` training tokens, which may revisit the harvested ones."""
+    k: int = ArchitectureConfig.k
     """Active features per token of (batch)top-k crosscoders."""
     data_parallel: int = 1
     """Size of the mesh's data axis."""
@@ -227,15 +240,15 @@ class PlanConfig:
     """All-reduce bandwidth per rank in GB/s; None: ``DEFAULT_LINK_GBPS[device kind]``."""
     model_dtype: str = "float32"
     """dtype of resident snapshot models (streaming)."""
-    context: int = 2048
+    seq_len: int = TokenBudget.seq_len
     """Tokens per sequence the snapshot models run on (attention FLOPs)."""
     name: str = ""
     """Label of the plan (a recipe name, or the suite)."""
-    micro_batches: int = 1
+    micro_batches: int = CrosscoderRunnerConfig.micro_batches
     """Micro-batches each rank's batch is trained in (``train --micro-batches``)."""
     gpu: str = "h100"
     """GPU (:data:`~crosslens.core.devices.GPUS`) the fewest fitting micro-batches are counted for, on cuda."""
-    autocast: str = "auto"
+    autocast: str = CrosscoderRunnerConfig.autocast_dtype
     """Precision of the crosscoder step, as ``train --autocast``: "auto" is bfloat16 on cuda."""
 
     @property
@@ -246,8 +259,8 @@ class PlanConfig:
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise PlanError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES} (--arch)")
-        for flag, value in (("--n-snapshots", self.n_snapshots), ("--n-tokens", self.n_tokens),
-                            ("--d-sae", self.d_sae), ("--batch-size", self.batch_size), ("--context", self.context)):  # fmt: skip
+        for flag, value in (("--n-snapshots", self.n_snapshots), ("--n-tokens", self.n_tokens), ("--d-sae", self.d_sae),
+                            ("--batch-size", self.batch_size), ("--n-steps", self.n_steps), ("--seq-len", self.seq_len)):  # fmt: skip
             if value < 1:
                 raise PlanError(f"{flag} must be >= 1, got {value}")
         if self.data_parallel < 1 or self.snapshot_parallel < 1:
@@ -286,6 +299,11 @@ class PlanConfig:
     @property
     def world_size(self) -> int:
         return self.data_parallel * self.snapshot_parallel
+
+    @property
+    def training_tokens(self) -> int:
+        """Tokens the crosscoder trains on (SAELens's ``training_tokens``): ``n_steps * batch_size``."""
+        return self.n_steps * self.batch_size
 
 
 def default_mesh(world_size: int, n_snapshots: int, batch_size: int | None = None) -> tuple[int, int]:
@@ -346,7 +364,6 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     Pd, Ps = cfg.data_parallel, cfg.snapshot_parallel
     S_r = math.ceil(S / Ps)
     B_r = math.ceil(cfg.batch_size / Pd)
-    n_steps = max(1, cfg.n_tokens // cfg.batch_size)
     layer = block_index(cfg.hook)
     layers_run = m.n_layers if layer is None else layer + 1
     kind = cfg.device.split(":")[0]
@@ -364,15 +381,15 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     disk["per_snapshot_float16"] = cfg.n_tokens * D * 2
 
     flops = _flop_counts(cfg, S, D, layers_run)
-    comm = _communication_bytes(cfg, param_bytes, B_r, n_steps)
+    comm = _communication_bytes(cfg, param_bytes, B_r, cfg.n_steps)
 
     share = (1 / Pd) * (S_r / S)  # of the work, for the rank with the most snapshots
     rate = tflops * 1e12
     seconds = {
         "train_from_store": flops["crosscoder_train_total"] * share / rate,
-        "harvest": flops["snapshot_models_forward_total"] / cfg.world_size / rate,
+        "harvest": flops["snapshot_models_forward_harvest"] / cfg.world_size / rate,
     }
-    seconds["train_streaming"] = seconds["train_from_store"] + flops["snapshot_models_forward_total"] * share / rate
+    seconds["train_streaming"] = seconds["train_from_store"] + flops["snapshot_models_forward_streaming"] * share / rate
     seconds["communication"] = comm["sent_per_rank_total"] / (link_gbps * 1e9)
 
     return {
@@ -381,7 +398,8 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
             "model": m.name, "model_source": m.source, "d_model": m.d_model, "n_layers": m.n_layers,
             "vocab": m.vocab, "n_params": m.n_params, "hook": cfg.hook, "d_in": D, "n_snapshots": S,
             "n_tokens": cfg.n_tokens, "d_sae": F, "architecture": cfg.architecture, "k": cfg.k,
-            "batch_size": cfg.batch_size, "n_steps": n_steps, "context": cfg.context,
+            "batch_size": cfg.batch_size, "n_steps": cfg.n_steps, "training_tokens": cfg.training_tokens,
+            "seq_len": cfg.seq_len,
             "model_dtype": cfg.model_dtype, "device": cfg.device, "tflops": tflops,
             "autocast": "bfloat16" if cfg.autocast_on else "none",
             "tflops_assumed": cfg.tflops is None, "link_gbps": link_gbps, "link_gbps_assumed": cfg.link_gbps is None,
@@ -420,12 +438,14 @@ def _flop_counts(cfg: PlanConfig, S: int, D: int, layers_run: int) -> dict[str, 
     cc_flops = crosscoder_flops(S, D, F)
     cc_flops_sparse_decode = crosscoder_flops(S, D, F, k=cfg.k)
     nonembed_run = layers_run * m.params_per_layer
-    model_flops = S * (2 * nonembed_run + 2 * layers_run * cfg.context * m.d_model)
+    model_flops = S * (2 * nonembed_run + 2 * layers_run * cfg.seq_len * m.d_model)
     flops = {
         "crosscoder_train_per_token": cc_flops,
         "snapshot_models_forward_per_token": int(model_flops),
-        "crosscoder_train_total": cc_flops * cfg.n_tokens,
-        "snapshot_models_forward_total": int(model_flops * cfg.n_tokens),
+        "crosscoder_train_total": cc_flops * cfg.training_tokens,
+        # a store is harvested once; a stream harvests every batch it trains on, again each epoch
+        "snapshot_models_forward_harvest": int(model_flops * cfg.n_tokens),
+        "snapshot_models_forward_streaming": int(model_flops * cfg.training_tokens),
     }
     if uses_k(cfg.architecture):
         flops["crosscoder_train_per_token_sparse_decode"] = cc_flops_sparse_decode
@@ -491,7 +511,9 @@ def format_plan(plan: dict[str, Any]) -> str:
                           f"{_count(i['n_params'])} params ({i['model_source']})"))  # fmt: skip
     rows.append(("crosscoder", f"{i['architecture']} at {i['hook']}: S={i['n_snapshots']} snapshots x d_in {i['d_in']} "
                                f"-> d_sae {i['d_sae']} ({_count(params['whole_crosscoder'])} params)"))  # fmt: skip
-    rows.append(("data", f"{_count(i['n_tokens'])} tokens, batch {i['batch_size']} -> {i['n_steps']} steps"))
+    epochs = i["training_tokens"] / i["n_tokens"]
+    rows.append(("data", f"{_count(i['n_tokens'])} tokens harvested (rows of {i['seq_len']}); {i['n_steps']} steps x batch "
+                         f"{i['batch_size']} = {_count(i['training_tokens'])} training tokens ({epochs:.3g} epoch{'' if epochs == 1 else 's'})"))  # fmt: skip
     rows.append(("mesh", f"{mesh['data']} data x {mesh['snapshot']} snapshot = {mesh['world_size']} rank(s) on "
                          f"{i['device']}; per rank {mesh['snapshots_per_rank']} snapshots, batch {mesh['batch_per_rank']}"))  # fmt: skip
 
@@ -526,7 +548,8 @@ def format_plan(plan: dict[str, Any]) -> str:
         rows.append(("  with a sparse top-k decode", f"{_count(flops['crosscoder_train_per_token_sparse_decode'])}  (crosslens decodes densely)"))
     rows.append(("snapshot models to the hook, per token", f"{_count(flops['snapshot_models_forward_per_token'])}  (all S snapshots)"))
     rows.append(("crosscoder training, total", _flops(flops["crosscoder_train_total"])))
-    rows.append(("snapshot forwards, total", _flops(flops["snapshot_models_forward_total"])))
+    rows.append(("snapshot forwards, harvest", _flops(flops["snapshot_models_forward_harvest"])))
+    rows.append(("snapshot forwards, streaming", _flops(flops["snapshot_models_forward_streaming"])))
 
     section("communication per step, per rank (ring all-reduce)")
     rows.append(("snapshot axis", f"{_bytes(comm['snapshot_axis_sent_per_rank'])} sent "
@@ -577,7 +600,7 @@ def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]
         "gpu": gpu, "peak_tflops": device.peak_tflops, "forward_fraction": forward_rate / peak,
         "forward_bound": forward_bound, "crosscoder_fraction": crosscoder_share, "tokens_per_second": tokens_per_second,
         **{f"{part}_tokens_per_second": 1 / seconds for part, seconds in seconds_per_token.items()},
-        "hours": plan["inputs"]["n_tokens"] / tokens_per_second / 3600,
+        "hours": plan["inputs"]["training_tokens"] / tokens_per_second / 3600,
     }  # fmt: skip
 
 
@@ -592,16 +615,18 @@ def known_models() -> list[str]:
 
 def plan_config_from_recipe(recipe: Any, **overrides: Any) -> PlanConfig:
     """A :class:`PlanConfig` for a :class:`crosslens.recipes.Recipe`; ``overrides`` win
-    (None values are ignored)."""
+    (None values are ignored). Without ``n_steps`` the plan trains on the recipe's token budget
+    at the batch size in force, as ``train --recipe`` does."""
     model = known_model(recipe.model) or model_spec_for(recipe.model)
     values: dict[str, Any] = dict(
         model=model, n_snapshots=recipe.n_snapshots, hook=recipe.hook, n_tokens=recipe.n_tokens,
         d_sae=recipe.d_sae, architecture=recipe.architecture, batch_size=recipe.batch_size,
-        context=recipe.context, name=recipe.name,
+        seq_len=recipe.context, name=recipe.name,
     )  # fmt: skip
     if recipe.k is not None:
         values["k"] = recipe.k
     values.update({k: v for k, v in overrides.items() if v is not None})
+    values.setdefault("n_steps", recipe.steps_at(values["batch_size"]))
     return PlanConfig(**values)
 
 

@@ -85,7 +85,12 @@ class Recipe:
     @property
     def n_steps(self) -> int:
         """Optimizer steps to see ``n_tokens`` at ``batch_size``."""
-        return max(1, self.n_tokens // self.batch_size)
+        return self.steps_at(self.batch_size)
+
+    def steps_at(self, batch_size: int) -> int:
+        """Optimizer steps to see ``n_tokens`` at ``batch_size``: what ``train --recipe`` runs
+        when ``--n-steps`` is not given."""
+        return max(1, self.n_tokens // batch_size)
 
     @property
     def family(self) -> str:

@@ -811,7 +811,7 @@ def test_plan_peak_per_optimizer_state_at_ge_et_al_widest_dictionary():
     copies = 2 * 2 * 32 * 768 * 98_304  # bfloat16 W_enc and W_dec (their gradients come in float32)
     for autocast, extra in (("none", 0), ("auto", copies), ("bfloat16", copies)):
         plan = make_plan(PlanConfig(model=gpt2, n_snapshots=32, hook="blocks.5.hook_resid_post", n_tokens=10**6,
-                                    d_sae=98_304, architecture="jumprelu_crosscoder", batch_size=2048, context=128,
+                                    d_sae=98_304, architecture="jumprelu_crosscoder", batch_size=2048, seq_len=128,
                                     device="cuda", tflops=1.0, link_gbps=1.0, autocast=autocast))  # fmt: skip
         options = plan["memory_bytes"]["optimizer_state_options"]
         assert options["float32"] == {"device": 16 * n, "peak": 16 * n + acts + extra}

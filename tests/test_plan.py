@@ -29,7 +29,8 @@ TINY = ModelSpec(name="tiny", d_model=8, n_layers=2, d_mlp=32, vocab=100, n_para
 
 def _tiny(**kw) -> PlanConfig:
     values = dict(model=TINY, n_snapshots=4, hook="blocks.1.hook_resid_post", n_tokens=1000, d_sae=16,
-                  architecture="jumprelu_crosscoder", batch_size=8, context=16, device="cuda", tflops=1.0, link_gbps=1.0)  # fmt: skip
+                  architecture="jumprelu_crosscoder", batch_size=8, n_steps=1000 // 8, seq_len=16, device="cuda", tflops=1.0,
+                  link_gbps=1.0)  # fmt: skip
     values.update(kw)
     return PlanConfig(**values)
 
@@ -169,6 +170,80 @@ def test_train_recipe_values_are_defaults_and_flags_win():
     plain = train_config(parser.parse_args(["train", "--store", "s", "--out", "o"]), None)
     assert plain.sae.architecture == "jumprelu_crosscoder" and plain.n_steps == 3000 and plain.sae.d_sae == 1024
     assert isinstance(args, Namespace)
+
+
+def _plan_json(argv: list[str], capsys) -> dict:
+    assert main(["plan", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_plan_defaults_are_train_and_harvest_defaults(capsys):
+    """A plan of the flags harvest and train were given sizes the run they make: one default
+    each, in the configs those commands build."""
+    from crosslens.commands.harvest import token_budget
+
+    parser = build_parser()
+    hook = "blocks.1.hook_resid_post"
+    inputs = _plan_json(["--hook", hook, "--device", "cpu"], capsys)["inputs"]
+    trained = train_config(parser.parse_args(["train", "--store", "s", "--out", "o"]), None)
+    n_tokens, seq_len, _ = token_budget(parser.parse_args(["harvest", "--out", "o", "--hook", hook]), None)
+    assert (inputs["d_sae"], inputs["architecture"], inputs["k"]) == (trained.sae.d_sae, trained.sae.architecture, trained.sae.k)
+    assert (inputs["batch_size"], inputs["n_steps"]) == (trained.train_batch_size_tokens, trained.n_steps)
+    assert inputs["training_tokens"] == trained.training_tokens
+    assert (inputs["n_tokens"], inputs["seq_len"]) == (n_tokens, seq_len) == (200_000, 64)
+    # the same flags, given to each command, mean the same numbers
+    flags = ["--d-sae", "96", "--arch", "topk_crosscoder", "--k", "7", "--batch-size", "512", "--n-steps", "40"]
+    inputs = _plan_json(["--hook", hook, "--device", "cpu", *flags, "--n-tokens", "5000", "--seq-len", "32"], capsys)["inputs"]
+    trained = train_config(parser.parse_args(["train", "--store", "s", "--out", "o", *flags]), None)
+    assert (inputs["d_sae"], inputs["architecture"], inputs["k"]) == (96, "topk_crosscoder", 7) == (
+        trained.sae.d_sae, trained.sae.architecture, trained.sae.k)  # fmt: skip
+    assert (inputs["batch_size"], inputs["n_steps"], inputs["training_tokens"]) == (512, 40, trained.training_tokens)
+    assert (inputs["n_tokens"], inputs["seq_len"]) == (5000, 32)
+    # the help shows each default from its one source
+    help_text = " ".join(parser._subparsers._group_actions[0].choices["plan"].format_help().split())
+    assert "--d-sae D_SAE Shared features, as train --d-sae. (default: 1024)" in help_text
+    assert "--n-tokens N_TOKENS Token budget, before exclusions (a --recipe's is its own). (default: 200000)" in help_text
+    assert "--context" not in help_text
+    from crosslens.activations.budget import MAX_DEFAULT_HELDOUT_TOKENS
+
+    harvest_help = " ".join(parser._subparsers._group_actions[0].choices["harvest"].format_help().split())
+    assert f"10% of --n-tokens, at most {MAX_DEFAULT_HELDOUT_TOKENS}" in harvest_help
+    assert "--seq-len SEQ_LEN Tokens per sequence (a --recipe's is its context). (default: 64)" in harvest_help
+
+
+def test_plan_tells_harvested_tokens_from_training_tokens(capsys):
+    """The store's tokens size its disk and harvest's forwards; the training tokens (steps x
+    batch) size the crosscoder's FLOPs, the stream's forwards (harvested again each epoch) and
+    the communication."""
+    base = make_plan(_tiny(data_parallel=2))
+    more_steps = make_plan(_tiny(data_parallel=2, n_steps=4 * 125))
+    more_tokens = make_plan(_tiny(data_parallel=2, n_tokens=4 * 1000))
+    assert more_steps["disk_bytes"] == base["disk_bytes"]
+    assert more_steps["flops"]["snapshot_models_forward_harvest"] == base["flops"]["snapshot_models_forward_harvest"]
+    for key in ("crosscoder_train_total", "snapshot_models_forward_streaming"):
+        assert more_steps["flops"][key] == 4 * base["flops"][key]
+        assert more_tokens["flops"][key] == base["flops"][key]
+    assert more_steps["communication_bytes"]["sent_per_rank_total"] == 4 * base["communication_bytes"]["sent_per_rank_total"]
+    assert more_tokens["disk_bytes"]["float32"] == 4 * base["disk_bytes"]["float32"]
+    assert more_tokens["flops"]["snapshot_models_forward_harvest"] == 4 * base["flops"]["snapshot_models_forward_harvest"]
+    assert more_steps["seconds"]["harvest"] == base["seconds"]["harvest"]
+    assert more_steps["seconds"]["train_streaming"] == pytest.approx(4 * base["seconds"]["train_streaming"])
+    assert main(["plan", "--hook", "blocks.1.hook_resid_post", "--device", "cpu", "--n-tokens", "1000", "--seq-len", "16",
+                 "--n-steps", "30", "--batch-size", "100"]) == 0  # fmt: skip
+    assert "1k tokens harvested (rows of 16); 30 steps x batch 100 = 3k training tokens (3 epochs)" in capsys.readouterr().out
+
+
+def test_recipe_plan_trains_as_train_recipe_does(capsys):
+    """With --recipe the steps are the recipe's token budget at the batch size in force, as
+    `train --recipe` runs them; --n-steps wins over both."""
+    recipe = load_recipe("ge2025-pythia-160m")
+    parser = build_parser()
+    for extra in ([], ["--batch-size", "1024"], ["--n-steps", "77"]):
+        inputs = _plan_json(["--recipe", recipe.name, *extra], capsys)["inputs"]
+        trained = train_config(parser.parse_args(["train", "--recipe", recipe.name, "--out", "o", *extra]), recipe)
+        assert (inputs["n_steps"], inputs["batch_size"]) == (trained.n_steps, trained.train_batch_size_tokens), extra
+        assert (inputs["n_tokens"], inputs["seq_len"]) == (recipe.n_tokens, recipe.context)
+    assert inputs["n_steps"] == 77 and inputs["training_tokens"] == 77 * recipe.batch_size
 
 
 def test_train_recipe_offline_names_the_missing_weights(offline_hf_home, tmp_path, capsys):

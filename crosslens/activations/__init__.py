@@ -3,30 +3,32 @@
 - :func:`harvest_activations` runs one snapshot at a time and writes an :class:`ActivationStore`.
 - :class:`ActivationProvider` serves shuffled ``[batch, n_snapshots, d_in]`` batches from a store;
   :class:`OnTheFlyProvider` harvests into memory and serves without writing to disk.
-- :mod:`crosslens.activations.tokens` builds the token table shared by all snapshots.
+- :mod:`crosslens.activations.tokens` builds the token table shared by all snapshots, of the
+  size a :class:`TokenBudget` says.
+
+The budget imports nothing heavy and the other names resolve on first use, so the command line's
+``--help`` reads the budget's defaults without torch.
 """
 
-from crosslens.activations.harvest import harvest_activations
-from crosslens.activations.provider import ActivationProvider, OnTheFlyProvider
-from crosslens.activations.store import (
-    ActivationStore,
-    CorruptShardError,
-    IncompleteStoreError,
-    StoreMismatchError,
-)
-from crosslens.activations.streaming import ResidentSnapshotProvider
-from crosslens.activations.tokens import tokenize_texts, tokens_from_dataset, tokens_from_pico
+from __future__ import annotations
 
-__all__ = [
-    "ActivationProvider",
-    "ActivationStore",
-    "CorruptShardError",
-    "IncompleteStoreError",
-    "OnTheFlyProvider",
-    "ResidentSnapshotProvider",
-    "StoreMismatchError",
-    "harvest_activations",
-    "tokenize_texts",
-    "tokens_from_dataset",
-    "tokens_from_pico",
-]
+from crosslens.core.lazy import lazy_attributes
+from crosslens.activations.budget import TokenBudget
+
+_LAZY = {
+    "ActivationProvider": "crosslens.activations.provider",
+    "ActivationStore": "crosslens.activations.store",
+    "CorruptShardError": "crosslens.activations.store",
+    "IncompleteStoreError": "crosslens.activations.store",
+    "OnTheFlyProvider": "crosslens.activations.provider",
+    "ResidentSnapshotProvider": "crosslens.activations.streaming",
+    "StoreMismatchError": "crosslens.activations.store",
+    "harvest_activations": "crosslens.activations.harvest",
+    "tokenize_texts": "crosslens.activations.tokens",
+    "tokens_from_dataset": "crosslens.activations.tokens",
+    "tokens_from_pico": "crosslens.activations.tokens",
+}
+
+__all__ = ["TokenBudget", *_LAZY]
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 

@@ -47,6 +47,7 @@ import torch
 from jaxtyping import Float, Int
 from safetensors.torch import load_file
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.errors import CrosslensError, DamagedManifestError, StoreLockedError
 from crosslens.core.hashing import file_sha256, json_sha256
 from crosslens.core.hooks import resolve_hook

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from crosslens.activations.budget import TokenBudget
 from crosslens.commands.flags import int_list
 
 
@@ -34,13 +35,20 @@ class SuiteFlags:
 
 
 @dataclass
+class TokenBudgetFlags:
+    """How many tokens, in rows of what length (the fields of
+    :class:`~crosslens.activations.budget.TokenBudget`, where their defaults live)."""
+
+    n_tokens: int | None = field(default=None, metadata={"default_from": (TokenBudget, "n_tokens")})
+    """Token budget, before exclusions (a --recipe's is its own)."""
+    seq_len: int | None = field(default=None, metadata={"default_from": (TokenBudget, "seq_len")})
+    """Tokens per sequence (a --recipe's is its context)."""
+
+
+@dataclass
 class TokenFlags:
     """Which tokens activations are harvested on, and how many are held out."""
 
-    n_tokens: int | None = field(default=None, metadata={"min": 1})
-    """Token budget (before exclusions; default: the recipe's, else 200000)."""
-    seq_len: int | None = field(default=None, metadata={"min": 2})
-    """Tokens per sequence (default: the recipe's context, else 64)."""
     text: list[str] | None = field(default=None, metadata={"nargs": "+", "metavar": "FILE|DIR"})
     """Your text: text files or folders of .txt files (split into documents at blank lines, or every
     ~2000 characters)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from crosslens.cli.common import DeviceFlags, SuiteFlags, TokenFlags
+from crosslens.cli.common import DeviceFlags, SuiteFlags, TokenBudgetFlags, TokenFlags
 from crosslens.cli.spec import Subcommand
 
 
@@ -26,6 +26,6 @@ class HarvestFlags:
 COMMAND = Subcommand(
     ("harvest",),
     "harvest activations at hooks across snapshots, to disk",
-    (SuiteFlags, HarvestFlags, TokenFlags, DeviceFlags),
+    (SuiteFlags, HarvestFlags, TokenBudgetFlags, TokenFlags, DeviceFlags),
     "crosslens.commands.harvest:harvest",
 )

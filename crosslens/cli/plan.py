@@ -1,13 +1,19 @@
-"""``crosslens plan``: memory, disk, FLOPs, communication and time of a run, before running it."""
+"""``crosslens plan``: memory, disk, FLOPs, communication and time of a run, before running it.
+
+The settings ``plan`` shares with ``harvest`` and ``train`` are their flags, with their names and
+their defaults (``default_from`` the configs those commands build), so a plan of a command's flags
+sizes the run that command makes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from crosslens.architectures import ARCHITECTURE_NAMES
-from crosslens.commands.flags import int_list
+from crosslens.cli.common import DeviceFlags, SuiteFlags, TokenBudgetFlags
 from crosslens.cli.spec import Subcommand
-from crosslens.training.config import AUTOCAST_CHOICES
+from crosslens.training.config import AUTOCAST_CHOICES, ArchitectureConfig, CrosscoderRunnerConfig
+
+RUNNER = CrosscoderRunnerConfig
 
 
 @dataclass
@@ -18,27 +24,26 @@ class PlanFlags:
     """List the shipped recipes and exit."""
     list_models: bool = False
     """List the models whose sizes crosslens knows."""
-    suite: str | None = None
-    """'pico', a local suite folder or a hub model id."""
-    steps: list[int] | None = field(default=None, metadata={"parse": int_list})
-    """Comma-separated steps (their count is the snapshot count)."""
-    n_snapshots: int | None = None
-    """Snapshots the crosscoder reads (default: every one the suite lists, as harvest takes them; a suite only
-    the hub lists needs this or --steps)."""
     hook: str | None = None
     """Hook the crosscoder reads."""
-    n_tokens: int | None = None
-    """Training tokens (default 1e8)."""
-    d_sae: int | None = None
-    """Shared features (default 16384)."""
-    arch: str | None = field(default=None, metadata={"choices": ARCHITECTURE_NAMES})
-    """Crosscoder architecture (default jumprelu_crosscoder)."""
-    k: int | None = None
-    """k of (batch)top-k (default 32)."""
-    batch_size: int | None = None
-    """Global tokens per step (default 4096)."""
-    context: int | None = None
-    """Tokens per sequence of the snapshot models (default 2048)."""
+    architecture: str | None = field(
+        default=None, metadata={"flag": "--arch", "choices": ARCHITECTURE_NAMES, "default_from": (ArchitectureConfig, "architecture")}
+    )  # fmt: skip
+    """Crosscoder architecture, as train --arch."""
+    d_sae: int | None = field(default=None, metadata={"default_from": (ArchitectureConfig, "d_sae")})
+    """Shared features, as train --d-sae."""
+    k: int | None = field(default=None, metadata={"default_from": (ArchitectureConfig, "k")})
+    """k of (batch)top-k, as train --k."""
+    n_steps: int | None = field(default=None, metadata={"default_from": (RUNNER, "n_steps")})
+    """Optimizer steps, as train --n-steps (a --recipe's: its token budget at --batch-size)."""
+    batch_size: int | None = field(default=None, metadata={"flag": "--batch-size", "default_from": (RUNNER, "train_batch_size_tokens")})
+    """Global tokens per step, as train --batch-size."""
+    micro_batches: int | None = field(default=None, metadata={"default_from": (RUNNER, "micro_batches")})
+    """Micro-batches each rank's batch is trained in, as train --micro-batches: the activations counted
+    are one micro-batch's."""
+    autocast: str | None = field(default=None, metadata={"choices": AUTOCAST_CHOICES, "default_from": (RUNNER, "autocast_dtype")})
+    """Precision of the crosscoder step, as train --autocast ("auto": bfloat16 on cuda); bfloat16 adds its weight
+    copies to the memory."""
     world_size: int | None = None
     """Ranks (default 1)."""
     mesh: str | None = None
@@ -52,26 +57,19 @@ class PlanFlags:
     """Print the plan as JSON."""
     device: str | None = None
     """Device kind the run will use: cpu, cuda, cuda:N or mps (default cuda; nothing is checked here)."""
-    dtype: str | None = None
-    """dtype of resident snapshot models (default float32)."""
     stream: bool = False
     """Also predict `crosslens train --stream` end to end on one GPU per rank, from the shares of the --gpu's peak
     that the snapshot models' forward and each architecture's step sustained on an H100."""
-    micro_batches: int | None = field(default=None, metadata={"min": 1})
-    """Micro-batches each rank's batch is trained in, as train --micro-batches (default 1): the activations
-    counted are one micro-batch's."""
     gpu: str = "h100"
     """GPU (h100, h200 or a100) the --stream prediction and, on cuda, the fewest fitting --micro-batches are for."""
-    autocast: str = field(default="auto", metadata={"choices": AUTOCAST_CHOICES})
-    """Precision of the crosscoder step, as train --autocast ("auto": bfloat16 on cuda); bfloat16 adds its weight
-    copies to the memory."""
 
 
 COMMAND = Subcommand(
     ("plan",),
     "memory, disk, FLOPs, communication and time of a crosscoder run, before running it",
-    (PlanFlags,),
+    (PlanFlags, SuiteFlags, TokenBudgetFlags, DeviceFlags),
     "crosslens.commands.plan:plan",
     description="Size a crosscoder run offline: per-rank parameter, optimizer and activation memory, "
-    "resident snapshot models, store disk, FLOPs per token, communication per step, wall time.",
+    "resident snapshot models, store disk, FLOPs per token, communication per step, wall time. "
+    "The flags harvest and train share with it mean what they mean there, with their defaults.",
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from crosslens.cli.common import DeviceFlags, SuiteFlags, TokenFlags
+from crosslens.cli.common import DeviceFlags, SuiteFlags, TokenBudgetFlags, TokenFlags
 from crosslens.cli.spec import Subcommand
 from crosslens.training.config import CrosscoderRunnerConfig
 
@@ -44,6 +44,6 @@ class TrainFlags:
 COMMAND = Subcommand(
     ("train",),
     "train a crosscoder on an activation store, or streamed from resident snapshot models",
-    (TrainFlags, CrosscoderRunnerConfig, SuiteFlags, TokenFlags, DeviceFlags),
+    (TrainFlags, CrosscoderRunnerConfig, SuiteFlags, TokenBudgetFlags, TokenFlags, DeviceFlags),
     "crosslens.commands.train:train",
 )

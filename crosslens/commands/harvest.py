@@ -105,11 +105,12 @@ def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
 
 
 def token_budget(args: argparse.Namespace, recipe) -> tuple[int, int, int]:
-    """``(n_tokens, seq_len, heldout_tokens)``: the flags, else the recipe's values, else the defaults."""
-    n_tokens = args.n_tokens or (recipe.n_tokens if recipe is not None else 200_000)
-    seq_len = args.seq_len or (recipe.context if recipe is not None else 64)
-    held_tokens = args.heldout_tokens if args.heldout_tokens is not None else min(16_384, n_tokens // 10)
-    return n_tokens, seq_len, held_tokens
+    """``(n_tokens, seq_len, heldout_tokens)``: the flags, else the recipe's values, else the
+    defaults (:class:`~crosslens.activations.budget.TokenBudget`)."""
+    from crosslens.activations.budget import TokenBudget
+
+    budget = TokenBudget.resolve(recipe, n_tokens=args.n_tokens, seq_len=args.seq_len, heldout_tokens=args.heldout_tokens)
+    return budget.n_tokens, budget.seq_len, budget.heldout
 
 
 def token_tables(args: argparse.Namespace, recipe, source: tuple[str, object], tokenizer):

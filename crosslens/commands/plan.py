@@ -9,7 +9,7 @@ from crosslens.commands.common import CLIError, load_recipe_arg, looks_like_path
 
 
 def plan(args: argparse.Namespace) -> int:
-    from crosslens.plan import PlanConfig, default_mesh, format_plan, known_models, make_plan, model_spec_for
+    from crosslens.plan import PlanConfig, format_plan, known_models, make_plan, model_spec_for
     from crosslens.plan import plan_config_from_recipe, plan_to_json, stream_prediction
 
     if args.list_recipes:
@@ -38,44 +38,26 @@ def plan(args: argparse.Namespace) -> int:
             f"plan cannot list the snapshots of {args.suite} here (offline); pass --n-snapshots N, --steps A,B,... "
             "or --recipe NAME"
         )
-    world = args.world_size
-    if args.mesh:
-        try:
-            data, snap = (int(x) for x in args.mesh.lower().split("x"))
-        except ValueError:
-            raise CLIError(f"--mesh {args.mesh!r} is not DATAxSNAPSHOT, e.g. --mesh 2x4") from None
-        if world is not None and world != data * snap:
-            raise CLIError(f"--mesh {args.mesh} has {data * snap} ranks but --world-size is {world}; drop one")
-    else:
-        batch = args.batch_size or (recipe.batch_size if recipe is not None else 4096)
-        data, snap = default_mesh(world or 1, n_snapshots, batch)
-        if batch % data:
-            raise CLIError(
-                f"--world-size {world}: every mesh of {world} ranks over {n_snapshots} snapshots has a data axis that "
-                f"does not divide --batch-size {batch} (the default would be {data}x{snap}); pass a --batch-size "
-                f"divisible by {data}, or --mesh"
-            )
+    settings = {  # the flags given; the rest come from the recipe, else from PlanConfig's defaults (train's)
+        "hook": args.hook, "n_tokens": args.n_tokens, "seq_len": args.seq_len, "d_sae": args.d_sae,
+        "architecture": args.architecture, "k": args.k, "batch_size": args.batch_size, "n_steps": args.n_steps,
+        "micro_batches": args.micro_batches, "autocast": args.autocast,
+    }  # fmt: skip
+    if recipe is None and args.hook is None:
+        raise CLIError("plan needs --hook NAME (or --recipe NAME)")
+    batch = args.batch_size or (recipe.batch_size if recipe is not None else PlanConfig.batch_size)
+    data, snap = _mesh(args, n_snapshots, batch)
     common = dict(
         n_snapshots=n_snapshots, data_parallel=data, snapshot_parallel=snap, device=device, tflops=args.tflops,
-        link_gbps=args.link_gbps, model_dtype=model_dtype, micro_batches=args.micro_batches or 1, gpu=args.gpu,
-        autocast=args.autocast,
+        link_gbps=args.link_gbps, model_dtype=model_dtype, gpu=args.gpu,
     )  # fmt: skip
     if recipe is not None:
-        overrides = dict(
-            hook=args.hook, n_tokens=args.n_tokens, d_sae=args.d_sae, architecture=args.arch, k=args.k,
-            batch_size=args.batch_size, context=args.context,
-        )  # fmt: skip
         if args.suite is not None:
-            overrides["model"] = model_spec_for(args.suite)
-        cfg = plan_config_from_recipe(recipe, **common, **overrides)
+            settings["model"] = model_spec_for(args.suite)
+        cfg = plan_config_from_recipe(recipe, **common, **settings)
     else:
-        if args.hook is None:
-            raise CLIError("plan needs --hook NAME (or --recipe NAME)")
-        cfg = PlanConfig(
-            model=model_spec_for(args.suite or "pico"), hook=args.hook, n_tokens=args.n_tokens or 100_000_000,
-            d_sae=args.d_sae or 16384, architecture=args.arch or "jumprelu_crosscoder", k=args.k or 32,
-            batch_size=args.batch_size or 4096, context=args.context or 2048, name=args.suite or "pico", **common,
-        )  # fmt: skip
+        given = {name: value for name, value in settings.items() if value is not None}
+        cfg = PlanConfig(model=model_spec_for(args.suite or "pico"), name=args.suite or "pico", **common, **given)
     plan = make_plan(cfg)
     predict = args.stream and device.startswith("cuda") and plan["inputs"]["autocast"] == "bfloat16"
     if predict:
@@ -88,6 +70,29 @@ def plan(args: argparse.Namespace) -> int:
             "for the crosscoder step under bfloat16 autocast, as measured; not for --autocast none")
         print(f"\n(train --stream's end-to-end time is predicted {why})")
     return 0
+
+
+def _mesh(args: argparse.Namespace, n_snapshots: int, batch: int) -> tuple[int, int]:
+    """``(data, snapshot)`` of ``--mesh``, else the default mesh of ``--world-size`` ranks for ``batch``."""
+    from crosslens.plan import default_mesh
+
+    world = args.world_size
+    if args.mesh:
+        try:
+            data, snap = (int(x) for x in args.mesh.lower().split("x"))
+        except ValueError:
+            raise CLIError(f"--mesh {args.mesh!r} is not DATAxSNAPSHOT, e.g. --mesh 2x4") from None
+        if world is not None and world != data * snap:
+            raise CLIError(f"--mesh {args.mesh} has {data * snap} ranks but --world-size is {world}; drop one")
+        return data, snap
+    data, snap = default_mesh(world or 1, n_snapshots, batch)
+    if batch % data:
+        raise CLIError(
+            f"--world-size {world}: every mesh of {world} ranks over {n_snapshots} snapshots has a data axis that "
+            f"does not divide --batch-size {batch} (the default would be {data}x{snap}); pass a --batch-size "
+            f"divisible by {data}, or --mesh"
+        )
+    return data, snap
 
 
 def listed_suite(args: argparse.Namespace, recipe):

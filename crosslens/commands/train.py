@@ -35,7 +35,7 @@ def train_config(args: argparse.Namespace, recipe=None, **fixed) -> CrosscoderRu
     layers = [recipe.training_settings() if recipe is not None else {}, flags]
     if recipe is not None and "n_steps" not in flags:
         batch = flags.get("train_batch_size_tokens") or recipe.batch_size
-        layers.append({"n_steps": max(1, recipe.n_tokens // batch)})
+        layers.append({"n_steps": recipe.steps_at(batch)})
     fixed.setdefault("store_path", args.store_path or "")
     return build(CrosscoderRunnerConfig, *layers, fixed)
 

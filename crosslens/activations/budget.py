@@ -1,0 +1,46 @@
+"""How many tokens a harvest takes, in rows of what length, and how many of them it keeps out
+of training: the defaults of ``harvest`` and ``train --stream``, which ``plan`` sizes too, each
+written once here. This module imports nothing heavy, so the command line's ``--help`` reads it
+without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_DEFAULT_HELDOUT_TOKENS = 16_384
+"""The default held-out share, a tenth of the budget, stops here: enough rows for a stable quality
+table, few enough that a large budget's held-out store stays small."""
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    """The token table a harvest builds: ``n_tokens // seq_len`` rows for training, and the
+    held-out rows on top of them."""
+
+    n_tokens: int = field(default=200_000, metadata={"min": 1})
+    """Tokens harvested for training (before exclusions): a store's, or the table ``train --stream``
+    cycles through."""
+    seq_len: int = field(default=64, metadata={"min": 2})
+    """Tokens per sequence (a row of the token table)."""
+    heldout_tokens: int | None = field(default=None, metadata={"min": 0})
+    """Tokens kept out of training; None: a tenth of ``n_tokens``, at most
+    :data:`MAX_DEFAULT_HELDOUT_TOKENS`."""
+
+    @property
+    def heldout(self) -> int:
+        """The held-out tokens this budget keeps."""
+        if self.heldout_tokens is not None:
+            return self.heldout_tokens
+        return min(MAX_DEFAULT_HELDOUT_TOKENS, self.n_tokens // 10)
+
+    @classmethod
+    def resolve(cls, recipe: Any = None, **given: int | None) -> TokenBudget:
+        """The budget of a command line: the values ``given`` (None: not given), else the
+        recipe's (its ``n_tokens``, and its ``context`` as ``seq_len``), else the defaults."""
+        values = {} if recipe is None else {"n_tokens": recipe.n_tokens, "seq_len": recipe.context}
+        values.update({name: value for name, value in given.items() if value is not None})
+        return cls(**values)
+
+
+__all__ = ["MAX_DEFAULT_HELDOUT_TOKENS", "TokenBudget"]
