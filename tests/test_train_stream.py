@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_activations import HOOK, WORDS, _write_suite  # noqa: E402
-from trust_fixtures import one_torch_thread  # noqa: E402
+from trust_fixtures import one_line_exit_2, one_torch_thread  # noqa: E402
 
 from crosslens.cli import main  # noqa: E402
 from crosslens.training.streaming import StreamingTrainingRunner  # noqa: E402
@@ -128,6 +128,38 @@ def test_the_heldout_quality_table_is_measured_on_harvests_heldout_rows(streamed
     got = [r["crosscoder"] for r in ev_rows]
     assert got == pytest.approx(want["explained_variance"], abs=1e-5)
     assert saved["dead_features"] == want["dead_features"]
+
+
+def test_evaluate_counts_the_training_rows_of_a_store_from_the_sealed_row_digests(streamed, inputs, tmp_path, capsys):
+    """A streamed run keeps no store, so it seals a digest of each training row: `evaluate` on a
+    store of the same tokens says every row was trained on, on its held-out split that none was,
+    and a digest file that is not the one sealed is refused."""
+    from crosslens.activations import ActivationStore
+    from crosslens.activations.partners import RowDigests
+    from crosslens.commands.runs import heldout_store_path
+    from crosslens.core.paths import TRAINED_ROWS_NAME
+
+    out, _ = streamed
+    store = tmp_path / "store"
+    assert main(["harvest", *data_flags(inputs), "--hook", HOOK, "--out", str(store), "--device", "cpu"]) == 0
+    n_rows = len(ActivationStore.open(store).sequences)
+    digests = RowDigests.load(out / TRAINED_ROWS_NAME)
+    assert (digests.seq_len, len(digests.digests)) == (16, n_rows) and len(set(digests.digests)) > 1
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--store", str(store), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert f"note: {n_rows} of {n_rows} sequences of --store {store} are training sequences" in printed
+    assert main(["evaluate", str(out), "--store", str(heldout_store_path(store)), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "training sequences" not in printed and "not compared" not in printed
+
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(out, copy)
+    RowDigests(16, digests.digests[1:]).save(copy / TRAINED_ROWS_NAME)
+    err = one_line_exit_2(["evaluate", str(copy), "--store", str(store), "--device", "cpu"], capsys)
+    assert f"{copy / TRAINED_ROWS_NAME} is not the file the run was sealed with" in err
 
 
 def test_an_interrupted_run_resumes_to_the_same_bytes(streamed, inputs, tmp_path, monkeypatch):

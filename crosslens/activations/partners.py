@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Int
 
 from crosslens.activations.store import ActivationStore, read_manifest, snapshot_label, write_manifest
 from crosslens.core.errors import PartnerMismatchError
@@ -24,6 +26,9 @@ from crosslens.core.metadata import metadata_value
 
 HELDOUT_OF = "heldout_of"
 """Manifest key of a held-out store: the seal of the store it was split from."""
+
+ROW_DIGESTS_FORMAT = "crosslens.row_digests/1"
+"""Metadata format of a :class:`RowDigests` file."""
 
 STORE_SEAL_KEY = "store_seal"
 """Crosscoder metadata key: the seal of the store it was trained on."""
@@ -156,14 +161,53 @@ def check_eval_store(training: ActivationStore, evaluation: ActivationStore, hoo
         )
 
 
-def shared_sequences(mine: torch.Tensor, theirs: torch.Tensor) -> int:
-    """How many rows of the token table ``mine`` are rows of ``theirs`` too: sequences a crosscoder
-    trained on ``theirs`` has seen. Rows compare whole, so tables of other lengths share none."""
-    if mine.shape[1] != theirs.shape[1]:
+def _row_digest(row: torch.Tensor) -> bytes:
+    """16 bytes naming a token row, whatever the table's integer type."""
+    return hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class RowDigests:
+    """A token table's rows as 16-byte digests, in order: enough to tell which rows of another
+    table it holds, kept where the table itself is not (a streamed run's training rows)."""
+
+    seq_len: int
+    """Tokens per row of the table."""
+    digests: tuple[bytes, ...]
+    """One digest per row, in the table's order."""
+
+    @classmethod
+    def of(cls, table_NL: Int[torch.Tensor, "n seq"]) -> RowDigests:
+        return cls(int(table_NL.shape[1]), tuple(_row_digest(row) for row in table_NL.cpu().long()))
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        digests_N16 = torch.frombuffer(bytearray(b"".join(self.digests)), dtype=torch.uint8).reshape(-1, 16)
+        save_file({"digests": digests_N16}, str(path), metadata={"format": ROW_DIGESTS_FORMAT, "seq_len": str(self.seq_len)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> RowDigests:
+        """The digests saved at ``path``; a file of another format is refused, naming it."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata, digests_N16 = f.metadata() or {}, f.get_tensor("digests")
+            if metadata.get("format") != ROW_DIGESTS_FORMAT or digests_N16.dtype != torch.uint8 or digests_N16.shape[-1:] != (16,):
+                raise ValueError(f"not a {ROW_DIGESTS_FORMAT} file")
+            seq_len = int(metadata["seq_len"])
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise PartnerMismatchError(f"{path} cannot be read as a run's row digests ({error}); train the run again") from None
+        return cls(seq_len, tuple(bytes(row.tolist()) for row in digests_N16))
+
+
+def shared_sequences(mine: torch.Tensor, theirs: torch.Tensor | RowDigests) -> int:
+    """How many rows of the token table ``mine`` are rows of ``theirs`` too (a table, or its
+    digests): sequences a crosscoder trained on ``theirs`` has seen. Rows compare whole, so tables
+    of other lengths share none."""
+    seen = theirs if isinstance(theirs, RowDigests) else RowDigests.of(theirs)
+    if mine.shape[1] != seen.seq_len:
         return 0
-
-    def digest(row: torch.Tensor) -> bytes:  # 16 bytes a row, whatever the table's integer type
-        return hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest()
-
-    seen = {digest(row) for row in theirs.cpu().long()}
-    return sum(digest(row) in seen for row in mine.cpu().long())
+    digests = set(seen.digests)
+    return sum(_row_digest(row) in digests for row in mine.cpu().long())

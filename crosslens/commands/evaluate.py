@@ -44,7 +44,8 @@ def print_quality(
 
     The store measured on is re-hashed (the training store, which training has just hashed:
     sizes only) and checked against the crosscoder's snapshots and hook before anything is computed.
-    ``trained_on``: the training token table ``[n_seqs, seq_len]`` where known; an ``eval_store``
+    ``trained_on``: the training token table ``[n_seqs, seq_len]`` (or its
+    :class:`~crosslens.activations.partners.RowDigests`) where known; an ``eval_store``
     whose sequences it holds is said to be partly (or wholly) training data, in the table's heading
     and in ``save_to``."""
     from crosslens.activations import ActivationStore
@@ -131,15 +132,19 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def _training_tokens(crosscoder_path: Path) -> Any:
-    """The token table the crosscoder was trained on, from its run's store (None when that is gone or
-    replaced)."""
+    """The token table the crosscoder was trained on, from its run's store, or the digests of its
+    rows a streamed run sealed with it (None when neither is at hand: the store gone or replaced)."""
     from crosslens.activations import ActivationStore
+    from crosslens.activations.partners import RowDigests
     from crosslens.commands.runs import run_folder, run_store
-
     from crosslens.core.errors import CrosslensError
+    from crosslens.core.paths import TRAINED_ROWS_NAME
 
+    run_dir = run_folder(crosscoder_path)
+    if run_dir is not None and (run_dir / TRAINED_ROWS_NAME).is_file():  # sealed with the run: run_folder checked it
+        return RowDigests.load(run_dir / TRAINED_ROWS_NAME)
     try:
-        store = run_store(run_folder(crosscoder_path))
+        store = run_store(run_dir)
     except CrosslensError:  # the path now holds another store: its rows say nothing of training
         return None
     return None if store is None else ActivationStore.open(store, verify="none").sequences

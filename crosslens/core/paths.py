@@ -10,11 +10,13 @@ A run folder (``crosslens train --out RUN``)::
 
     RUN/run.json                the runner's configuration (RUN_CONFIG_NAME)
     RUN/quality.json            the quality table ``train`` prints (QUALITY_NAME)
+    RUN/trained_rows.safetensors  a streamed run's training rows as digests (TRAINED_ROWS_NAME)
     RUN/step_00001000/          a checkpoint (CHECKPOINT_PREFIX + 8-digit step), resumable when
                                 it holds trainer_state.pt (TRAINER_STATE_FILENAME)
     RUN/final/                  the trained crosscoder (FINAL_DIRNAME)
     RUN/sections/*.json         report sections other commands add (SECTIONS_DIR)
-    RUN/crosslens_run.json      the seal tying run.json, final/ and quality.json together (RUN_SEAL_NAME)
+    RUN/crosslens_run.json      the seal tying run.json, final/, quality.json and the row digests
+                                together (RUN_SEAL_NAME)
     RUN/train.lock              held by the process writing the folder (RUN_LOCK_NAME)
 
 and beside an activation store ``STORE``, its held-out split ``STORE-heldout``
@@ -33,6 +35,9 @@ RUN_CONFIG_NAME = "run.json"
 """The runner's configuration, written into the run folder when training starts."""
 QUALITY_NAME = "quality.json"
 """The crosscoder's quality table, written beside ``run.json`` after training."""
+TRAINED_ROWS_NAME = "trained_rows.safetensors"
+"""A run trained without a store (``train --stream``) keeps no copy of its token rows; this file
+holds a 16-byte digest of each, so that a store can be checked for rows it trained on."""
 CHECKPOINT_PREFIX = "step_"
 """A checkpoint folder's name is this prefix and the step, zero-padded to 8 digits."""
 TRAINER_STATE_FILENAME = "trainer_state.pt"
@@ -44,7 +49,7 @@ HELDOUT_SUFFIX = "-heldout"
 SECTIONS_DIR = "sections"
 """Report sections other stages add to a run folder (``crosslens attribute``), merged by ``crosslens report``."""
 RUN_SEAL_NAME = "crosslens_run.json"
-"""The sealed record of a finished run: the sha256 of its run.json, final/ record and quality.json."""
+"""The sealed record of a finished run: the sha256 of its run.json, final/ record, quality.json and row digests."""
 RUN_LOCK_NAME = "train.lock"
 """The lock file of a run folder, held while a ``crosslens train`` process writes it."""
 

@@ -38,6 +38,7 @@ from crosslens.core.paths import (
     RUN_LOCK_NAME,
     RUN_SEAL_NAME,
     SECTIONS_DIR,
+    TRAINED_ROWS_NAME,
     checkpoint_step,
 )
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
@@ -48,6 +49,8 @@ RUN_SEAL_KEY = "run_sha256"
 REPORT_NAME = "report.html"
 """Where ``crosslens report`` writes by default: inside the run folder, describing its crosscoder."""
 FINAL_RECORD = f"{FINAL_DIRNAME}/{RECORD_NAME}"
+OPTIONAL_SEALED = (QUALITY_NAME, TRAINED_ROWS_NAME)
+"""Files a run seals when it wrote them: the quality table, and a streamed run's row digests."""
 FINISH_HINT = "finish it with `crosslens train --resume` and the flags it was started with, or train again with --overwrite"
 
 
@@ -105,9 +108,10 @@ def check_not_being_written(run_dir: str | Path) -> None:
 
 # --------------------------------------------------------------------------- the seal
 def seal_run(run_dir: str | Path) -> Path:
-    """Seal ``run.json``, ``final/``'s record and ``quality.json`` (when written) together."""
+    """Seal ``run.json``, ``final/``'s record, and ``quality.json`` and the row digests (when
+    written) together."""
     run_dir = Path(run_dir)
-    names = [RUN_CONFIG_NAME, FINAL_RECORD] + ([QUALITY_NAME] if (run_dir / QUALITY_NAME).is_file() else [])
+    names = [RUN_CONFIG_NAME, FINAL_RECORD] + [name for name in OPTIONAL_SEALED if (run_dir / name).is_file()]
     files = {name: file_sha256(run_dir / name) for name in names}
     write_sealed(run_dir / RUN_SEAL_NAME, {"format": RUN_SEAL_FORMAT, "files": files}, RUN_SEAL_KEY)
     return run_dir / RUN_SEAL_NAME
@@ -137,13 +141,14 @@ def run_problem(run_dir: str | Path) -> str | None:
     problem = record_problem(run_dir / FINAL_DIRNAME)
     if problem is not None:
         return f"{run_dir / FINAL_DIRNAME}: {problem}"
-    if QUALITY_NAME not in files and (run_dir / QUALITY_NAME).exists():
-        return f"{run_dir / QUALITY_NAME} was not sealed with the run (another run wrote it)"
+    for name in OPTIONAL_SEALED:
+        if name not in files and (run_dir / name).exists():
+            return f"{run_dir / name} was not sealed with the run (another run wrote it)"
     return None
 
 
 def _signature(run_dir: Path) -> tuple:
-    paths = [run_dir / RUN_SEAL_NAME, run_dir / RUN_CONFIG_NAME, run_dir / QUALITY_NAME]
+    paths = [run_dir / RUN_SEAL_NAME, run_dir / RUN_CONFIG_NAME, *(run_dir / name for name in OPTIONAL_SEALED)]
     paths += sorted((run_dir / FINAL_DIRNAME).glob("*"))
     stats = [(str(p), p.stat()) if p.exists() else (str(p), None) for p in paths]
     return tuple((name, None if st is None else (st.st_size, st.st_mtime_ns)) for name, st in stats)
@@ -204,7 +209,7 @@ def newest_verified_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def _is_result(path: Path) -> bool:
-    return path.name in (RUN_SEAL_NAME, QUALITY_NAME, FINAL_DIRNAME, SECTIONS_DIR, REPORT_NAME) or (
+    return path.name in (RUN_SEAL_NAME, QUALITY_NAME, TRAINED_ROWS_NAME, FINAL_DIRNAME, SECTIONS_DIR, REPORT_NAME) or (
         checkpoint_step(path.name) is not None
     )
 

@@ -261,6 +261,7 @@ class CrosscoderTrainingRunner:
             with stop_between_steps(enabled=self.mesh is None) as request:
                 trainer.fit(self._stoppable_batches(trainer, request), resume_from=resume_from)
             if self.is_main:
+                self._write_data_record()
                 write_record(self.final_path, **trainer.record)
                 seal_run(self.out_dir)
             trainer._barrier()
@@ -271,6 +272,10 @@ class CrosscoderTrainingRunner:
                 signum=request.signum,
             )
         return SAE.load_from_disk(str(self.final_path), device=self.device)
+
+    def _write_data_record(self) -> None:
+        """Write what the run seals beside its crosscoder to say which rows it trained on: nothing
+        for a run on a store, whose sealed identity names them."""
 
     def _finished(self, run_file: Path) -> SAE:
         """The crosscoder of the finished run in the folder, once its settings and store are these."""

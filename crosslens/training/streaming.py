@@ -11,6 +11,8 @@ differs is where batches come from and what identifies the data:
 - run.json and every checkpoint record carry a ``stream`` entry (suite, snapshots, hook,
   token source, budget, model dtype) instead of a store path, and the checkpoint's data
   identity hashes the token tables, so a resume on other tokens is refused;
+- the finished run seals a 16-byte digest of each training row (``trained_rows.safetensors``),
+  so that ``evaluate`` can say which rows of a store the crosscoder trained on;
 - under torchrun each rank keeps only its snapshot block's models resident; ranks on the
   data axis harvest the same chunks and take their rows of each batch, so any mesh trains
   the crosscoder one process trains.
@@ -29,10 +31,12 @@ import torch
 from jaxtyping import Float, Int
 
 from crosslens.activations.harvest import harvest_rows
+from crosslens.activations.partners import RowDigests
 from crosslens.activations.streaming import ResidentSnapshotProvider
 from crosslens.activations.tokens import kept_tokens, tokens_sha256
 from crosslens.core.errors import StoreChangedError
 from crosslens.core.hashing import json_sha256
+from crosslens.core.paths import TRAINED_ROWS_NAME
 from crosslens.core.launch import launched_by_torchrun
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh
@@ -193,6 +197,11 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
             "content_sha256": json_sha256([tokens_sha256(self.train_NL), tokens_sha256(self.heldout_NL)]),
             "hook": self.hook, "path": "(streamed: no store)", "spec": self.stream,
         }  # fmt: skip
+
+    def _write_data_record(self) -> None:
+        """The training rows' digests (no store keeps the rows), so that ``evaluate`` can count
+        the rows of a store that the crosscoder trained on."""
+        RowDigests.of(self.train_NL).save(self.out_dir / TRAINED_ROWS_NAME)
 
     def _check_resumable(self, checkpoint, run_file) -> None:
         try:
