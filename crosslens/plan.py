@@ -242,6 +242,9 @@ class PlanConfig:
     """dtype of resident snapshot models (streaming)."""
     seq_len: int = TokenBudget.seq_len
     """Tokens per sequence the snapshot models run on (attention FLOPs)."""
+    heldout_tokens: int | None = TokenBudget.heldout_tokens
+    """Tokens harvested beside ``n_tokens`` and kept out of training; None: the
+    :class:`~crosslens.activations.budget.TokenBudget` default share."""
     name: str = ""
     """Label of the plan (a recipe name, or the suite)."""
     micro_batches: int = CrosscoderRunnerConfig.micro_batches
@@ -299,6 +302,11 @@ class PlanConfig:
     @property
     def world_size(self) -> int:
         return self.data_parallel * self.snapshot_parallel
+
+    @property
+    def heldout(self) -> int:
+        """The held-out tokens harvested beside the training ones (``harvest``'s OUT-heldout)."""
+        return TokenBudget(self.n_tokens, self.seq_len, self.heldout_tokens).heldout
 
     @property
     def training_tokens(self) -> int:
@@ -376,9 +384,9 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     param_bytes = n_params_rank * F32
     memory = _memory_bytes(cfg, param_bytes, S_r, B_r, D, layer)
 
-    store_elements = cfg.n_tokens * S * D
+    store_elements = (cfg.n_tokens + cfg.heldout) * S * D  # the store and its held-out split
     disk = {name: store_elements * nbytes for name, nbytes in DTYPE_BYTES.items()}
-    disk["per_snapshot_float16"] = cfg.n_tokens * D * 2
+    disk["per_snapshot_float16"] = (cfg.n_tokens + cfg.heldout) * D * 2
 
     flops = _flop_counts(cfg, S, D, layers_run)
     comm = _communication_bytes(cfg, param_bytes, B_r, cfg.n_steps)
@@ -399,7 +407,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
             "vocab": m.vocab, "n_params": m.n_params, "hook": cfg.hook, "d_in": D, "n_snapshots": S,
             "n_tokens": cfg.n_tokens, "d_sae": F, "architecture": cfg.architecture, "k": cfg.k,
             "batch_size": cfg.batch_size, "n_steps": cfg.n_steps, "training_tokens": cfg.training_tokens,
-            "seq_len": cfg.seq_len,
+            "seq_len": cfg.seq_len, "heldout_tokens": cfg.heldout,
             "model_dtype": cfg.model_dtype, "device": cfg.device, "tflops": tflops,
             "autocast": "bfloat16" if cfg.autocast_on else "none",
             "tflops_assumed": cfg.tflops is None, "link_gbps": link_gbps, "link_gbps_assumed": cfg.link_gbps is None,
@@ -443,9 +451,10 @@ def _flop_counts(cfg: PlanConfig, S: int, D: int, layers_run: int) -> dict[str, 
         "crosscoder_train_per_token": cc_flops,
         "snapshot_models_forward_per_token": int(model_flops),
         "crosscoder_train_total": cc_flops * cfg.training_tokens,
-        # a store is harvested once; a stream harvests every batch it trains on, again each epoch
-        "snapshot_models_forward_harvest": int(model_flops * cfg.n_tokens),
-        "snapshot_models_forward_streaming": int(model_flops * cfg.training_tokens),
+        # a store is harvested once; a stream harvests every batch it trains on, again each epoch;
+        # both harvest the held-out rows once
+        "snapshot_models_forward_harvest": int(model_flops * (cfg.n_tokens + cfg.heldout)),
+        "snapshot_models_forward_streaming": int(model_flops * (cfg.training_tokens + cfg.heldout)),
     }
     if uses_k(cfg.architecture):
         flops["crosscoder_train_per_token_sparse_decode"] = cc_flops_sparse_decode
@@ -512,7 +521,8 @@ def format_plan(plan: dict[str, Any]) -> str:
     rows.append(("crosscoder", f"{i['architecture']} at {i['hook']}: S={i['n_snapshots']} snapshots x d_in {i['d_in']} "
                                f"-> d_sae {i['d_sae']} ({_count(params['whole_crosscoder'])} params)"))  # fmt: skip
     epochs = i["training_tokens"] / i["n_tokens"]
-    rows.append(("data", f"{_count(i['n_tokens'])} tokens harvested (rows of {i['seq_len']}); {i['n_steps']} steps x batch "
+    held = f" + {_count(i['heldout_tokens'])} held out" if i["heldout_tokens"] else ""
+    rows.append(("data", f"{_count(i['n_tokens'])}{held} tokens harvested (rows of {i['seq_len']}); {i['n_steps']} steps x batch "
                          f"{i['batch_size']} = {_count(i['training_tokens'])} training tokens ({epochs:.3g} epoch{'' if epochs == 1 else 's'})"))  # fmt: skip
     rows.append(("mesh", f"{mesh['data']} data x {mesh['snapshot']} snapshot = {mesh['world_size']} rank(s) on "
                          f"{i['device']}; per rank {mesh['snapshots_per_rank']} snapshots, batch {mesh['batch_per_rank']}"))  # fmt: skip
@@ -537,7 +547,7 @@ def format_plan(plan: dict[str, Any]) -> str:
                  f"{_bytes(mem['resident_models_truncated'])} cut after the hooked block"))  # fmt: skip
     rows.append(("total, streaming", _bytes(mem["total_streaming"])))
 
-    section("disk for an activation store (tokens x S x d_in)")
+    section("disk for an activation store and its held-out split (tokens x S x d_in)")
     for name in DTYPE_BYTES:
         rows.append((name, _bytes(disk[name])))
     rows.append(("float16, one snapshot", _bytes(disk["per_snapshot_float16"])))

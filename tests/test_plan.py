@@ -29,8 +29,8 @@ TINY = ModelSpec(name="tiny", d_model=8, n_layers=2, d_mlp=32, vocab=100, n_para
 
 def _tiny(**kw) -> PlanConfig:
     values = dict(model=TINY, n_snapshots=4, hook="blocks.1.hook_resid_post", n_tokens=1000, d_sae=16,
-                  architecture="jumprelu_crosscoder", batch_size=8, n_steps=1000 // 8, seq_len=16, device="cuda", tflops=1.0,
-                  link_gbps=1.0)  # fmt: skip
+                  architecture="jumprelu_crosscoder", batch_size=8, n_steps=1000 // 8, seq_len=16, heldout_tokens=0,
+                  device="cuda", tflops=1.0, link_gbps=1.0)  # fmt: skip
     values.update(kw)
     return PlanConfig(**values)
 
@@ -102,7 +102,8 @@ def test_ge_recipe_has_32_pythia_steps_and_40_tb_of_fp16_store():
     assert recipe.n_snapshots == 32 and list(recipe.steps) == sorted(set(recipe.steps))
     assert set(recipe.steps) <= set(PYTHIA_STEPS)
     plan = make_plan(plan_config_from_recipe(recipe))
-    assert plan["disk_bytes"]["float16"] == 800_000_000 * 32 * 768 * 2  # 39.3 TB: "about 40 TB"
+    # 39.3 TB, "about 40 TB", and the default held-out split's 16,384 tokens
+    assert plan["disk_bytes"]["float16"] == (800_000_000 + 16_384) * 32 * 768 * 2
     assert plan["inputs"]["n_steps"] == 390_625
 
 
@@ -186,11 +187,11 @@ def test_plan_defaults_are_train_and_harvest_defaults(capsys):
     hook = "blocks.1.hook_resid_post"
     inputs = _plan_json(["--hook", hook, "--device", "cpu"], capsys)["inputs"]
     trained = train_config(parser.parse_args(["train", "--store", "s", "--out", "o"]), None)
-    n_tokens, seq_len, _ = token_budget(parser.parse_args(["harvest", "--out", "o", "--hook", hook]), None)
+    n_tokens, seq_len, heldout = token_budget(parser.parse_args(["harvest", "--out", "o", "--hook", hook]), None)
     assert (inputs["d_sae"], inputs["architecture"], inputs["k"]) == (trained.sae.d_sae, trained.sae.architecture, trained.sae.k)
     assert (inputs["batch_size"], inputs["n_steps"]) == (trained.train_batch_size_tokens, trained.n_steps)
     assert inputs["training_tokens"] == trained.training_tokens
-    assert (inputs["n_tokens"], inputs["seq_len"]) == (n_tokens, seq_len) == (200_000, 64)
+    assert (inputs["n_tokens"], inputs["seq_len"], inputs["heldout_tokens"]) == (n_tokens, seq_len, heldout) == (200_000, 64, 16_384)
     # the same flags, given to each command, mean the same numbers
     flags = ["--d-sae", "96", "--arch", "topk_crosscoder", "--k", "7", "--batch-size", "512", "--n-steps", "40"]
     inputs = _plan_json(["--hook", hook, "--device", "cpu", *flags, "--n-tokens", "5000", "--seq-len", "32"], capsys)["inputs"]
@@ -198,7 +199,7 @@ def test_plan_defaults_are_train_and_harvest_defaults(capsys):
     assert (inputs["d_sae"], inputs["architecture"], inputs["k"]) == (96, "topk_crosscoder", 7) == (
         trained.sae.d_sae, trained.sae.architecture, trained.sae.k)  # fmt: skip
     assert (inputs["batch_size"], inputs["n_steps"], inputs["training_tokens"]) == (512, 40, trained.training_tokens)
-    assert (inputs["n_tokens"], inputs["seq_len"]) == (5000, 32)
+    assert (inputs["n_tokens"], inputs["seq_len"], inputs["heldout_tokens"]) == (5000, 32, 500)
     # the help shows each default from its one source
     help_text = " ".join(parser._subparsers._group_actions[0].choices["plan"].format_help().split())
     assert "--d-sae D_SAE Shared features, as train --d-sae. (default: 1024)" in help_text
@@ -228,9 +229,16 @@ def test_plan_tells_harvested_tokens_from_training_tokens(capsys):
     assert more_tokens["flops"]["snapshot_models_forward_harvest"] == 4 * base["flops"]["snapshot_models_forward_harvest"]
     assert more_steps["seconds"]["harvest"] == base["seconds"]["harvest"]
     assert more_steps["seconds"]["train_streaming"] == pytest.approx(4 * base["seconds"]["train_streaming"])
+    # the held-out split is harvested once, by both paths, and stored beside the store
+    held = make_plan(_tiny(data_parallel=2, heldout_tokens=200))
+    per_token = base["flops"]["snapshot_models_forward_per_token"]
+    assert held["disk_bytes"]["float32"] == base["disk_bytes"]["float32"] * 1200 // 1000
+    for key in ("snapshot_models_forward_harvest", "snapshot_models_forward_streaming"):
+        assert held["flops"][key] == base["flops"][key] + 200 * per_token
+    assert make_plan(_tiny(heldout_tokens=None))["inputs"]["heldout_tokens"] == 100  # a tenth of --n-tokens
     assert main(["plan", "--hook", "blocks.1.hook_resid_post", "--device", "cpu", "--n-tokens", "1000", "--seq-len", "16",
                  "--n-steps", "30", "--batch-size", "100"]) == 0  # fmt: skip
-    assert "1k tokens harvested (rows of 16); 30 steps x batch 100 = 3k training tokens (3 epochs)" in capsys.readouterr().out
+    assert "1k + 100 held out tokens harvested (rows of 16); 30 steps x batch 100 = 3k training tokens (3 epochs)" in capsys.readouterr().out
 
 
 def test_recipe_plan_trains_as_train_recipe_does(capsys):

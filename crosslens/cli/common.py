@@ -36,18 +36,23 @@ class SuiteFlags:
 
 @dataclass
 class TokenBudgetFlags:
-    """How many tokens, in rows of what length (the fields of
+    """How many tokens, in rows of what length, and how many are held out (the fields of
     :class:`~crosslens.activations.budget.TokenBudget`, where their defaults live)."""
 
     n_tokens: int | None = field(default=None, metadata={"default_from": (TokenBudget, "n_tokens")})
     """Token budget, before exclusions (a --recipe's is its own)."""
     seq_len: int | None = field(default=None, metadata={"default_from": (TokenBudget, "seq_len")})
     """Tokens per sequence (a --recipe's is its context)."""
+    heldout_tokens: int | None = field(default=None, metadata={"min": 0})
+    """Tokens (a seeded random sample of rows) kept out of training for the held-out quality table:
+    harvest writes them to OUT-heldout, train --stream harvests them from its resident models
+    (default: 10% of --n-tokens, at most 16384; 0: none). OUT-heldout records the seal of OUT, and
+    readers refuse it for any other store."""
 
 
 @dataclass
 class TokenFlags:
-    """Which tokens activations are harvested on, and how many are held out."""
+    """Which tokens activations are harvested on."""
 
     text: list[str] | None = field(default=None, metadata={"nargs": "+", "metavar": "FILE|DIR"})
     """Your text: text files or folders of .txt files (split into documents at blank lines, or every
@@ -57,8 +62,3 @@ class TokenFlags:
     dataset: str | None = None
     """NAME:COLUMN of a datasets dataset (a text file or folder also works; default: the recipe's, else
     the pico grammar)."""
-    heldout_tokens: int | None = field(default=None, metadata={"min": 0})
-    """Tokens (a seeded random sample of rows) kept out of training for the held-out quality table:
-    harvest writes them to OUT-heldout, train --stream harvests them from its resident models
-    (default: 10% of --n-tokens, at most 16384; 0: none). OUT-heldout records the seal of OUT, and
-    readers refuse it for any other store."""

@@ -39,7 +39,8 @@ def plan(args: argparse.Namespace) -> int:
             "or --recipe NAME"
         )
     settings = {  # the flags given; the rest come from the recipe, else from PlanConfig's defaults (train's)
-        "hook": args.hook, "n_tokens": args.n_tokens, "seq_len": args.seq_len, "d_sae": args.d_sae,
+        "hook": args.hook, "n_tokens": args.n_tokens, "seq_len": args.seq_len, "heldout_tokens": args.heldout_tokens,
+        "d_sae": args.d_sae,
         "architecture": args.architecture, "k": args.k, "batch_size": args.batch_size, "n_steps": args.n_steps,
         "micro_batches": args.micro_batches, "autocast": args.autocast,
     }  # fmt: skip
