@@ -522,7 +522,7 @@ def format_plan(plan: dict[str, Any]) -> str:
                                f"-> d_sae {i['d_sae']} ({_count(params['whole_crosscoder'])} params)"))  # fmt: skip
     epochs = i["training_tokens"] / i["n_tokens"]
     held = f" + {_count(i['heldout_tokens'])} held out" if i["heldout_tokens"] else ""
-    rows.append(("data", f"{_count(i['n_tokens'])}{held} tokens harvested (rows of {i['seq_len']}); {i['n_steps']} steps x batch "
+    rows.append(("data", f"{_count(i['n_tokens'])} tokens harvested{held} (rows of {i['seq_len']}); {i['n_steps']} steps x batch "
                          f"{i['batch_size']} = {_count(i['training_tokens'])} training tokens ({epochs:.3g} epoch{'' if epochs == 1 else 's'})"))  # fmt: skip
     rows.append(("mesh", f"{mesh['data']} data x {mesh['snapshot']} snapshot = {mesh['world_size']} rank(s) on "
                          f"{i['device']}; per rank {mesh['snapshots_per_rank']} snapshots, batch {mesh['batch_per_rank']}"))  # fmt: skip

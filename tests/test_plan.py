@@ -238,7 +238,7 @@ def test_plan_tells_harvested_tokens_from_training_tokens(capsys):
     assert make_plan(_tiny(heldout_tokens=None))["inputs"]["heldout_tokens"] == 100  # a tenth of --n-tokens
     assert main(["plan", "--hook", "blocks.1.hook_resid_post", "--device", "cpu", "--n-tokens", "1000", "--seq-len", "16",
                  "--n-steps", "30", "--batch-size", "100"]) == 0  # fmt: skip
-    assert "1k + 100 held out tokens harvested (rows of 16); 30 steps x batch 100 = 3k training tokens (3 epochs)" in capsys.readouterr().out
+    assert "1k tokens harvested + 100 held out (rows of 16); 30 steps x batch 100 = 3k training tokens (3 epochs)" in capsys.readouterr().out
 
 
 def test_recipe_plan_trains_as_train_recipe_does(capsys):
