@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+from crosslens.activations.budget import TokenBudget
 from crosslens.architectures import PICO_DEMO_JUMPRELU_SPARSITY
 from crosslens.core.paths import CHECKPOINT_PREFIX, QUALITY_NAME, RUN_CONFIG_NAME
 from crosslens.training.config import ArchitectureConfig
@@ -142,7 +143,7 @@ def harvest_stage(
     hooks,
     n_tokens: int | None = None,
     n_seqs: int | None = None,
-    seq_len: int = 64,
+    seq_len: int = TokenBudget.seq_len,
     out_dir,
     dtype: str = "float32",
     dataset: str | None = None,
@@ -160,7 +161,7 @@ def harvest_stage(
         raise ValueError(f"seq_len={seq_len} is too short; use seq_len >= 2.")
     if n_seqs is None:
         if n_tokens is None:
-            n_tokens = 200_000
+            n_tokens = TokenBudget.n_tokens
         if n_tokens < 1:
             raise ValueError(f"n_tokens={n_tokens} must be >= 1.")
         n_seqs = max(1, n_tokens // seq_len)

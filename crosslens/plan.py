@@ -262,10 +262,12 @@ class PlanConfig:
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise PlanError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES} (--arch)")
-        for flag, value in (("--n-snapshots", self.n_snapshots), ("--n-tokens", self.n_tokens), ("--d-sae", self.d_sae),
-                            ("--batch-size", self.batch_size), ("--n-steps", self.n_steps), ("--seq-len", self.seq_len)):  # fmt: skip
-            if value < 1:
-                raise PlanError(f"{flag} must be >= 1, got {value}")
+        for flag, value, least in (("--n-snapshots", self.n_snapshots, 1), ("--n-tokens", self.n_tokens, 1),
+                                   ("--d-sae", self.d_sae, 1), ("--batch-size", self.batch_size, 1),
+                                   ("--n-steps", self.n_steps, 1), ("--seq-len", self.seq_len, 2),
+                                   ("--heldout-tokens", self.heldout_tokens, 0)):  # fmt: skip
+            if value is not None and value < least:
+                raise PlanError(f"{flag} must be >= {least}, got {value}")
         if self.data_parallel < 1 or self.snapshot_parallel < 1:
             raise PlanError("mesh axes must be >= 1 (--mesh DATAxSNAPSHOT)")
         if self.snapshot_parallel > self.n_snapshots:
@@ -304,9 +306,9 @@ class PlanConfig:
         return self.data_parallel * self.snapshot_parallel
 
     @property
-    def heldout(self) -> int:
-        """The held-out tokens harvested beside the training ones (``harvest``'s OUT-heldout)."""
-        return TokenBudget(self.n_tokens, self.seq_len, self.heldout_tokens).heldout
+    def budget(self) -> TokenBudget:
+        """The token table harvest builds: whole rows, for training and held out."""
+        return TokenBudget(self.n_tokens, self.seq_len, self.heldout_tokens)
 
     @property
     def training_tokens(self) -> int:
@@ -384,9 +386,11 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     param_bytes = n_params_rank * F32
     memory = _memory_bytes(cfg, param_bytes, S_r, B_r, D, layer)
 
-    store_elements = (cfg.n_tokens + cfg.heldout) * S * D  # the store and its held-out split
+    budget = cfg.budget
+    harvested, heldout = budget.table_tokens, budget.heldout_table_tokens
+    store_elements = (harvested + heldout) * S * D  # the store and its held-out split
     disk = {name: store_elements * nbytes for name, nbytes in DTYPE_BYTES.items()}
-    disk["per_snapshot_float16"] = (cfg.n_tokens + cfg.heldout) * D * 2
+    disk["per_snapshot_float16"] = (harvested + heldout) * D * 2
 
     flops = _flop_counts(cfg, S, D, layers_run)
     comm = _communication_bytes(cfg, param_bytes, B_r, cfg.n_steps)
@@ -397,7 +401,9 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         "train_from_store": flops["crosscoder_train_total"] * share / rate,
         "harvest": flops["snapshot_models_forward_harvest"] / cfg.world_size / rate,
     }
-    seconds["train_streaming"] = seconds["train_from_store"] + flops["snapshot_models_forward_streaming"] * share / rate
+    # every rank of the data axis harvests the whole chunk its snapshots give, and trains on its rows of it
+    forward_share = S_r / S
+    seconds["train_streaming"] = seconds["train_from_store"] + flops["snapshot_models_forward_streaming"] * forward_share / rate
     seconds["communication"] = comm["sent_per_rank_total"] / (link_gbps * 1e9)
 
     return {
@@ -407,7 +413,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
             "vocab": m.vocab, "n_params": m.n_params, "hook": cfg.hook, "d_in": D, "n_snapshots": S,
             "n_tokens": cfg.n_tokens, "d_sae": F, "architecture": cfg.architecture, "k": cfg.k,
             "batch_size": cfg.batch_size, "n_steps": cfg.n_steps, "training_tokens": cfg.training_tokens,
-            "seq_len": cfg.seq_len, "heldout_tokens": cfg.heldout,
+            "seq_len": cfg.seq_len, "harvested_tokens": harvested, "heldout_tokens": heldout,
             "model_dtype": cfg.model_dtype, "device": cfg.device, "tflops": tflops,
             "autocast": "bfloat16" if cfg.autocast_on else "none",
             "tflops_assumed": cfg.tflops is None, "link_gbps": link_gbps, "link_gbps_assumed": cfg.link_gbps is None,
@@ -442,7 +448,7 @@ def _memory_bytes(cfg: PlanConfig, param_bytes: int, S_r: int, B_r: int, D: int,
 
 def _flop_counts(cfg: PlanConfig, S: int, D: int, layers_run: int) -> dict[str, int]:
     """FLOPs of the crosscoder's training and of the snapshot models' forward passes."""
-    m, F = cfg.model, cfg.d_sae
+    m, F, budget = cfg.model, cfg.d_sae, cfg.budget
     cc_flops = crosscoder_flops(S, D, F)
     cc_flops_sparse_decode = crosscoder_flops(S, D, F, k=cfg.k)
     nonembed_run = layers_run * m.params_per_layer
@@ -451,10 +457,10 @@ def _flop_counts(cfg: PlanConfig, S: int, D: int, layers_run: int) -> dict[str, 
         "crosscoder_train_per_token": cc_flops,
         "snapshot_models_forward_per_token": int(model_flops),
         "crosscoder_train_total": cc_flops * cfg.training_tokens,
-        # a store is harvested once; a stream harvests every batch it trains on, again each epoch;
-        # both harvest the held-out rows once
-        "snapshot_models_forward_harvest": int(model_flops * (cfg.n_tokens + cfg.heldout)),
-        "snapshot_models_forward_streaming": int(model_flops * (cfg.training_tokens + cfg.heldout)),
+        # a store is harvested once with its held-out rows; a stream harvests every batch it trains
+        # on, again each epoch, and then (counted whole: an upper bound) the held-out rows it reports on
+        "snapshot_models_forward_harvest": int(model_flops * (budget.table_tokens + budget.heldout_table_tokens)),
+        "snapshot_models_forward_streaming": int(model_flops * (cfg.training_tokens + budget.heldout_table_tokens)),
     }
     if uses_k(cfg.architecture):
         flops["crosscoder_train_per_token_sparse_decode"] = cc_flops_sparse_decode
@@ -520,9 +526,9 @@ def format_plan(plan: dict[str, Any]) -> str:
                           f"{_count(i['n_params'])} params ({i['model_source']})"))  # fmt: skip
     rows.append(("crosscoder", f"{i['architecture']} at {i['hook']}: S={i['n_snapshots']} snapshots x d_in {i['d_in']} "
                                f"-> d_sae {i['d_sae']} ({_count(params['whole_crosscoder'])} params)"))  # fmt: skip
-    epochs = i["training_tokens"] / i["n_tokens"]
+    epochs = i["training_tokens"] / i["harvested_tokens"]
     held = f" + {_count(i['heldout_tokens'])} held out" if i["heldout_tokens"] else ""
-    rows.append(("data", f"{_count(i['n_tokens'])} tokens harvested{held} (rows of {i['seq_len']}); {i['n_steps']} steps x batch "
+    rows.append(("data", f"{_count(i['harvested_tokens'])} tokens harvested{held} (rows of {i['seq_len']}); {i['n_steps']} steps x batch "
                          f"{i['batch_size']} = {_count(i['training_tokens'])} training tokens ({epochs:.3g} epoch{'' if epochs == 1 else 's'})"))  # fmt: skip
     rows.append(("mesh", f"{mesh['data']} data x {mesh['snapshot']} snapshot = {mesh['world_size']} rank(s) on "
                          f"{i['device']}; per rank {mesh['snapshots_per_rank']} snapshots, batch {mesh['batch_per_rank']}"))  # fmt: skip
@@ -600,9 +606,10 @@ def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]
     forward_bound = plan["inputs"]["model_dtype"] == "float32"
     forward_rate = device.float32_tflops * 1e12 if forward_bound else peak * device.forward
     crosscoder_share = device.crosscoder[plan["inputs"]["architecture"]]
-    share = (1 / mesh["data"]) * (mesh["snapshots_per_rank"] / plan["inputs"]["n_snapshots"])
+    forward_share = mesh["snapshots_per_rank"] / plan["inputs"]["n_snapshots"]  # data ranks harvest alike
+    share = forward_share / mesh["data"]
     seconds_per_token = {
-        "forward": flops["snapshot_models_forward_per_token"] * share / forward_rate,
+        "forward": flops["snapshot_models_forward_per_token"] * forward_share / forward_rate,
         "crosscoder": flops["crosscoder_train_per_token"] * share / (peak * crosscoder_share),
     }
     tokens_per_second = 1 / sum(seconds_per_token.values())

@@ -28,7 +28,7 @@ TINY = ModelSpec(name="tiny", d_model=8, n_layers=2, d_mlp=32, vocab=100, n_para
 
 
 def _tiny(**kw) -> PlanConfig:
-    values = dict(model=TINY, n_snapshots=4, hook="blocks.1.hook_resid_post", n_tokens=1000, d_sae=16,
+    values = dict(model=TINY, n_snapshots=4, hook="blocks.1.hook_resid_post", n_tokens=1024, d_sae=16,
                   architecture="jumprelu_crosscoder", batch_size=8, n_steps=1000 // 8, seq_len=16, heldout_tokens=0,
                   device="cuda", tflops=1.0, link_gbps=1.0)  # fmt: skip
     values.update(kw)
@@ -44,7 +44,7 @@ def test_small_plan_matches_hand_computation():
     assert mem["training_state"] == 4 * 1088 * 4
     # 3*B*S*D + 4*B*F + 3*S*B*F floats
     assert mem["activations_per_batch"] == 4 * (3 * 8 * 4 * 8 + 4 * 8 * 16 + 3 * 4 * 8 * 16)
-    assert plan["disk_bytes"]["float16"] == 1000 * 4 * 8 * 2 and plan["disk_bytes"]["float32"] == 1000 * 4 * 8 * 4
+    assert plan["disk_bytes"]["float16"] == 1024 * 4 * 8 * 2 and plan["disk_bytes"]["float32"] == 1024 * 4 * 8 * 4
     assert plan["flops"]["crosscoder_train_per_token"] == 10 * 4 * 8 * 16
     # params per layer (2000 - 2*100*8) / 2 = 200; to block 1: 2 layers; attention 2*L*ctx*d
     assert plan["flops"]["snapshot_models_forward_per_token"] == 4 * (2 * 2 * 200 + 2 * 2 * 16 * 8)
@@ -187,11 +187,13 @@ def test_plan_defaults_are_train_and_harvest_defaults(capsys):
     hook = "blocks.1.hook_resid_post"
     inputs = _plan_json(["--hook", hook, "--device", "cpu"], capsys)["inputs"]
     trained = train_config(parser.parse_args(["train", "--store", "s", "--out", "o"]), None)
-    n_tokens, seq_len, heldout = token_budget(parser.parse_args(["harvest", "--out", "o", "--hook", hook]), None)
+    budget = token_budget(parser.parse_args(["harvest", "--out", "o", "--hook", hook]), None)
+    n_tokens, seq_len, heldout = budget.n_tokens, budget.seq_len, budget.heldout
     assert (inputs["d_sae"], inputs["architecture"], inputs["k"]) == (trained.sae.d_sae, trained.sae.architecture, trained.sae.k)
     assert (inputs["batch_size"], inputs["n_steps"]) == (trained.train_batch_size_tokens, trained.n_steps)
     assert inputs["training_tokens"] == trained.training_tokens
     assert (inputs["n_tokens"], inputs["seq_len"], inputs["heldout_tokens"]) == (n_tokens, seq_len, heldout) == (200_000, 64, 16_384)
+    assert inputs["harvested_tokens"] == budget.table_tokens == 200_000
     # the same flags, given to each command, mean the same numbers
     flags = ["--d-sae", "96", "--arch", "topk_crosscoder", "--k", "7", "--batch-size", "512", "--n-steps", "40"]
     inputs = _plan_json(["--hook", hook, "--device", "cpu", *flags, "--n-tokens", "5000", "--seq-len", "32"], capsys)["inputs"]
@@ -199,7 +201,7 @@ def test_plan_defaults_are_train_and_harvest_defaults(capsys):
     assert (inputs["d_sae"], inputs["architecture"], inputs["k"]) == (96, "topk_crosscoder", 7) == (
         trained.sae.d_sae, trained.sae.architecture, trained.sae.k)  # fmt: skip
     assert (inputs["batch_size"], inputs["n_steps"], inputs["training_tokens"]) == (512, 40, trained.training_tokens)
-    assert (inputs["n_tokens"], inputs["seq_len"], inputs["heldout_tokens"]) == (5000, 32, 500)
+    assert (inputs["n_tokens"], inputs["seq_len"], inputs["harvested_tokens"], inputs["heldout_tokens"]) == (5000, 32, 4992, 480)
     # the help shows each default from its one source
     help_text = " ".join(parser._subparsers._group_actions[0].choices["plan"].format_help().split())
     assert "--d-sae D_SAE Shared features, as train --d-sae. (default: 1024)" in help_text
@@ -218,7 +220,7 @@ def test_plan_tells_harvested_tokens_from_training_tokens(capsys):
     the communication."""
     base = make_plan(_tiny(data_parallel=2))
     more_steps = make_plan(_tiny(data_parallel=2, n_steps=4 * 125))
-    more_tokens = make_plan(_tiny(data_parallel=2, n_tokens=4 * 1000))
+    more_tokens = make_plan(_tiny(data_parallel=2, n_tokens=4 * 1024))
     assert more_steps["disk_bytes"] == base["disk_bytes"]
     assert more_steps["flops"]["snapshot_models_forward_harvest"] == base["flops"]["snapshot_models_forward_harvest"]
     for key in ("crosscoder_train_total", "snapshot_models_forward_streaming"):
@@ -229,16 +231,42 @@ def test_plan_tells_harvested_tokens_from_training_tokens(capsys):
     assert more_tokens["flops"]["snapshot_models_forward_harvest"] == 4 * base["flops"]["snapshot_models_forward_harvest"]
     assert more_steps["seconds"]["harvest"] == base["seconds"]["harvest"]
     assert more_steps["seconds"]["train_streaming"] == pytest.approx(4 * base["seconds"]["train_streaming"])
-    # the held-out split is harvested once, by both paths, and stored beside the store
+    # the held-out split is harvested once, by both paths, and stored beside the store, in whole
+    # rows as harvest cuts them (200 tokens: 12 rows of 16)
     held = make_plan(_tiny(data_parallel=2, heldout_tokens=200))
     per_token = base["flops"]["snapshot_models_forward_per_token"]
-    assert held["disk_bytes"]["float32"] == base["disk_bytes"]["float32"] * 1200 // 1000
+    assert held["disk_bytes"]["float32"] == base["disk_bytes"]["float32"] * (1024 + 192) // 1024
     for key in ("snapshot_models_forward_harvest", "snapshot_models_forward_streaming"):
-        assert held["flops"][key] == base["flops"][key] + 200 * per_token
-    assert make_plan(_tiny(heldout_tokens=None))["inputs"]["heldout_tokens"] == 100  # a tenth of --n-tokens
+        assert held["flops"][key] == base["flops"][key] + 192 * per_token
+    assert make_plan(_tiny(heldout_tokens=None))["inputs"]["heldout_tokens"] == 96  # a tenth of --n-tokens: 6 rows
+    assert make_plan(_tiny(n_tokens=1000, heldout_tokens=0))["disk_bytes"]["float32"] == 992 * 4 * 8 * 4  # 62 rows
+    with pytest.raises(PlanError, match="--heldout-tokens must be >= 0"):
+        _tiny(heldout_tokens=-1)
+    with pytest.raises(PlanError, match="--seq-len must be >= 2"):
+        _tiny(seq_len=1)
     assert main(["plan", "--hook", "blocks.1.hook_resid_post", "--device", "cpu", "--n-tokens", "1000", "--seq-len", "16",
                  "--n-steps", "30", "--batch-size", "100"]) == 0  # fmt: skip
-    assert "1k tokens harvested + 100 held out (rows of 16); 30 steps x batch 100 = 3k training tokens (3 epochs)" in capsys.readouterr().out
+    assert "992 tokens harvested + 96 held out (rows of 16); 30 steps x batch 100 = 3k training tokens (3.02 epochs)" in capsys.readouterr().out
+
+
+def test_the_data_axis_splits_the_crosscoder_step_but_not_the_streamed_forwards():
+    """Under train --stream every rank of the data axis harvests the whole chunk of its snapshots
+    (so that any mesh trains the one-process crosscoder) and trains on its rows: a second data rank
+    halves the crosscoder's share of a rank's time, not the forwards'."""
+    from crosslens.plan import stream_prediction
+
+    one, two = make_plan(_tiny()), make_plan(_tiny(data_parallel=2))
+
+    def forwards(plan):
+        return plan["seconds"]["train_streaming"] - plan["seconds"]["train_from_store"]
+
+    assert two["seconds"]["train_from_store"] == pytest.approx(one["seconds"]["train_from_store"] / 2)
+    assert forwards(two) == pytest.approx(forwards(one)) and forwards(one) > 0
+    recipe = load_recipe("ge2025-pythia-160m")
+    alone, paired = (stream_prediction(make_plan(plan_config_from_recipe(recipe, model_dtype="bfloat16", data_parallel=d)))
+                     for d in (1, 2))  # fmt: skip
+    assert paired["forward_tokens_per_second"] == pytest.approx(alone["forward_tokens_per_second"])
+    assert paired["crosscoder_tokens_per_second"] == pytest.approx(2 * alone["crosscoder_tokens_per_second"])
 
 
 def test_recipe_plan_trains_as_train_recipe_does(capsys):

@@ -5,7 +5,7 @@ without torch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 MAX_DEFAULT_HELDOUT_TOKENS = 16_384
@@ -15,8 +15,8 @@ table, few enough that a large budget's held-out store stays small."""
 
 @dataclass(frozen=True)
 class TokenBudget:
-    """The token table a harvest builds: ``n_tokens // seq_len`` rows for training, and the
-    held-out rows on top of them."""
+    """The token table a harvest builds: whole rows of ``seq_len`` tokens, ``n_tokens // seq_len``
+    of them (at least one) for training and ``heldout // seq_len`` held out on top of them."""
 
     n_tokens: int = field(default=200_000, metadata={"min": 1})
     """Tokens harvested for training (before exclusions): a store's, or the table ``train --stream``
@@ -26,6 +26,32 @@ class TokenBudget:
     heldout_tokens: int | None = field(default=None, metadata={"min": 0})
     """Tokens kept out of training; None: a tenth of ``n_tokens``, at most
     :data:`MAX_DEFAULT_HELDOUT_TOKENS`."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and value < f.metadata["min"]:
+                raise ValueError(f"{f.name} must be >= {f.metadata['min']}, got {value}")
+
+    @property
+    def n_rows(self) -> int:
+        """Training rows of the token table."""
+        return max(1, self.n_tokens // self.seq_len)
+
+    @property
+    def heldout_rows(self) -> int:
+        """Held-out rows: none when the held-out tokens are fewer than one row's."""
+        return self.heldout // self.seq_len
+
+    @property
+    def table_tokens(self) -> int:
+        """Tokens of the training rows (before exclusions): ``n_tokens`` rounded down to whole rows."""
+        return self.n_rows * self.seq_len
+
+    @property
+    def heldout_table_tokens(self) -> int:
+        """Tokens of the held-out rows (before exclusions)."""
+        return self.heldout_rows * self.seq_len
 
     @property
     def heldout(self) -> int:

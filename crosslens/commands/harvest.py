@@ -78,11 +78,11 @@ def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
     from crosslens.core.devices import dtype_name
     from crosslens.core.errors import StorageError, storage_error
 
-    n_tokens, seq_len, held_tokens = token_budget(args, recipe)
+    budget = token_budget(args, recipe)
     store_dtype = dtype_name(args.store_dtype or (recipe.store_dtype if recipe is not None else model_dtype))
     heldout_path = heldout_store_path(args.out)
-    n_rows = max(1, n_tokens // seq_len) + held_tokens // seq_len
-    needed = check_sizes(suite, hooks, seq_len, n_rows * seq_len, store_dtype, [args.out, heldout_path])
+    n_rows = budget.n_rows + budget.heldout_rows
+    needed = check_sizes(suite, hooks, budget.seq_len, n_rows * budget.seq_len, store_dtype, [args.out, heldout_path])
     train_NL, heldout_NL = token_tables(args, recipe, source, suite.tokenizer())
     common = dict(dtype=store_dtype, overwrite=args.overwrite, device=device, model_dtype=model_dtype)
     try:
@@ -104,13 +104,12 @@ def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
     return store, heldout
 
 
-def token_budget(args: argparse.Namespace, recipe) -> tuple[int, int, int]:
-    """``(n_tokens, seq_len, heldout_tokens)``: the flags, else the recipe's values, else the
-    defaults (:class:`~crosslens.activations.budget.TokenBudget`)."""
+def token_budget(args: argparse.Namespace, recipe):
+    """The :class:`~crosslens.activations.budget.TokenBudget` of the flags, else of the recipe's
+    values, else of the defaults."""
     from crosslens.activations.budget import TokenBudget
 
-    budget = TokenBudget.resolve(recipe, n_tokens=args.n_tokens, seq_len=args.seq_len, heldout_tokens=args.heldout_tokens)
-    return budget.n_tokens, budget.seq_len, budget.heldout
+    return TokenBudget.resolve(recipe, n_tokens=args.n_tokens, seq_len=args.seq_len, heldout_tokens=args.heldout_tokens)
 
 
 def token_tables(args: argparse.Namespace, recipe, source: tuple[str, object], tokenizer):
@@ -118,16 +117,15 @@ def token_tables(args: argparse.Namespace, recipe, source: tuple[str, object], t
     ``source``, split into training rows and the seeded held-out rows of ``--heldout-tokens``."""
     from crosslens.commands.inputs import split_rows
 
-    n_tokens, seq_len, held_tokens = token_budget(args, recipe)
-    n_seqs = max(1, n_tokens // seq_len)
-    n_held = held_tokens // seq_len
-    if held_tokens and not n_held and is_main_process():
+    budget = token_budget(args, recipe)
+    seq_len, held_tokens = budget.seq_len, budget.heldout
+    if held_tokens and not budget.heldout_rows and is_main_process():
         given = f"--heldout-tokens {held_tokens}" if args.heldout_tokens is not None else (
             f"the default held-out share ({held_tokens} tokens, a tenth of --n-tokens)")
         print(f"no held-out tokens: {given} is less than one row of --seq-len {seq_len}; pass "
               f"--heldout-tokens {seq_len} or more for a held-out store")  # fmt: skip
-    tokens = _token_table(tokenizer, source, seq_len, n_seqs + n_held, n_tokens, held_tokens, args)
-    return split_rows(tokens, n_held, seed=0)
+    tokens = _token_table(tokenizer, source, seq_len, budget.n_rows + budget.heldout_rows, budget.n_tokens, held_tokens, args)
+    return split_rows(tokens, budget.heldout_rows, seed=0)
 
 
 def check_sizes(suite, hooks: list[str], seq_len: int, n_tokens: int, store_dtype: str, outs: list) -> int | None:

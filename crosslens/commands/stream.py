@@ -136,13 +136,10 @@ def slow_forward_hint(model_dtype: str, device: str) -> str | None:
     )
 
 
-def stream_record(
-    suite, hook: str, source: tuple[str, object], budget: tuple[int, int, int], model_dtype: str, encoding: str = "utf-8"
-) -> dict:  # fmt: skip
+def stream_record(suite, hook: str, source: tuple[str, object], budget, model_dtype: str, encoding: str = "utf-8") -> dict:
     """What run.json says the run streamed, in place of a store path: the token source with its
     local paths absolute (so that a resume from another folder, or the harvest ``analyze`` names,
     reads the same files) and, for text read in another encoding than UTF-8, that encoding."""
-    n_tokens, seq_len, heldout_tokens = budget
     kind, value = source
     tokens: dict = {"kind": kind, "source": value}
     if kind == "text":
@@ -157,8 +154,8 @@ def stream_record(
         "suite": {"model_id": suite.model_id, "family": suite.family,
                   "root": None if suite.root is None else str(suite.root),
                   "steps": [int(s) for s in suite.steps], "revisions": [r.revision for r in suite.snapshots]},
-        "hook": hook, "tokens": tokens, "n_tokens": n_tokens, "seq_len": seq_len,
-        "heldout_tokens": heldout_tokens, "model_dtype": model_dtype,
+        "hook": hook, "tokens": tokens, "n_tokens": budget.n_tokens, "seq_len": budget.seq_len,
+        "heldout_tokens": budget.heldout, "model_dtype": model_dtype,
     }  # fmt: skip
 
 
@@ -182,7 +179,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
         check_stream_eval_store(args.eval_store, config.hook_name, suite)
     source = token_source(args, recipe)
     budget = token_budget(args, recipe)
-    check_memory(suite, config.hook_name, model_dtype, local_rank_device(device), config.snapshot_parallel, budget[1])
+    check_memory(suite, config.hook_name, model_dtype, local_rank_device(device), config.snapshot_parallel, budget.seq_len)
     hint = slow_forward_hint(model_dtype, device)
     if hint is not None and is_main_process():
         print(hint)
