@@ -162,6 +162,25 @@ def test_evaluate_counts_the_training_rows_of_a_store_from_the_sealed_row_digest
     assert f"{copy / TRAINED_ROWS_NAME} is not the file the run was sealed with" in err
 
 
+def test_overwrite_replaces_a_finished_streamed_run_and_its_row_digests(streamed, inputs, tmp_path, capsys):
+    import shutil
+
+    from crosslens.activations.partners import RowDigests
+    from crosslens.core.paths import TRAINED_ROWS_NAME
+    from crosslens.training.runfolder import check_run
+
+    out = tmp_path / "run"
+    shutil.copytree(streamed[0], out)
+    flags = stream_flags(inputs, out)
+    flags[flags.index("--n-tokens") + 1] = "256"
+    err = one_line_exit_2(flags, capsys)
+    assert "holds a finished run; pass --overwrite" in err
+    assert main([*flags, "--overwrite"]) == 0
+    check_run(out)  # sealed anew, with the new digests
+    assert len(RowDigests.load(out / TRAINED_ROWS_NAME).digests) == 256 // 16
+    assert json.loads((out / "run.json").read_text())["stream"]["n_tokens"] == 256
+
+
 def test_an_interrupted_run_resumes_to_the_same_bytes(streamed, inputs, tmp_path, monkeypatch):
     out = tmp_path / "interrupted"
     batches = StreamingTrainingRunner._batches

@@ -189,7 +189,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     reset_peak_memory(device)
     with torchrun_job():
         try:
-            runner.run(resume=args.resume)
+            runner.run(resume=args.resume, overwrite=args.overwrite)
             heldout = runner.heldout_activations()
         except ModelsDoNotFitError as error:  # the estimate above fitted, the loaded models did not
             raise CLIError(str(error)) from None
