@@ -287,3 +287,33 @@ def test_train_recipe_offline_names_the_missing_weights(offline_hf_home, tmp_pat
     assert "EleutherAI/pythia-160m at step0 and 31 more" in err and "HF_HUB_OFFLINE" in err
     err = one_line_exit_2(["train", "--out", str(tmp_path), "--device", "cpu"], capsys)
     assert "--store" in err and "--recipe" in err
+
+
+def test_train_recipe_without_a_store_harvests_what_plan_sizes(fake_hub, tmp_path, capsys):
+    """`train --recipe R` without --store harvests what `harvest --recipe R` would, with the same
+    token flags and its held-out split, so that `plan --recipe R` sizes it and the quality table
+    is held out; the flags that choose those tokens are taken, not refused."""
+    import random
+
+    from crosslens.activations import ActivationStore
+    from hf_cache import FAKE_WORDS
+
+    words = list(FAKE_WORDS)
+    rng = random.Random(0)
+    text = tmp_path / "words.txt"
+    text.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(80)) for _ in range(60)))
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        "model: EleutherAI/pythia-14m\nsteps: [0, 1000, 2000]\nhook: blocks.0.hook_resid_post\n"
+        f"dataset: {text}\ncontext: 16\nn_tokens: 400\narchitecture: crosscoder\nd_sae: 16\nbatch_size: 32\n"
+    )
+    flags = ["--recipe", str(recipe), "--n-steps", "3", "--heldout-tokens", "70"]
+    run = tmp_path / "run"
+    assert main(["train", *flags, "--out", str(run), "--device", "cpu", "--spliced-seqs", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert f"held-out tokens ({run / 'activations-heldout'})" in printed
+    store, heldout = ActivationStore.open(run / "activations"), ActivationStore.open(run / "activations-heldout")
+    inputs = _plan_json([*flags], capsys)["inputs"]
+    assert (inputs["seq_len"], inputs["n_steps"], inputs["batch_size"]) == (16, 3, 32)
+    assert inputs["harvested_tokens"] == store.sequences.numel() == 25 * 16  # 400 tokens: 25 rows
+    assert inputs["heldout_tokens"] == heldout.sequences.numel() == 4 * 16  # 70 tokens: 4 whole rows

@@ -326,7 +326,7 @@ def test_no_heldout_tokens_means_no_table_and_says_how_to_get_one(inputs, tmp_pa
     [
         (["--stream", "--store", "S"], "--stream trains without a store: drop --store"),
         (["--store", "S", "--n-tokens", "100", "--suite", "pico"], "--suite, --n-tokens choose the tokens and snapshots --stream"),
-        (["--store", "S", "--dataset", "x:text"], "--dataset choose the tokens and snapshots --stream harvests; add --stream"),
+        (["--store", "S", "--dataset", "x:text"], "--dataset choose the tokens and snapshots --stream (or a --recipe without --store) harvests; add --stream"),
         (["--stream", "--suite", "SUITE"], "train --stream needs --hook NAME"),
         (["--stream", "--suite", "SUITE", "--hook", "blocks.9.hook_resid_post"], "names block 9, but the model has blocks 0..1"),
     ],

@@ -19,7 +19,8 @@ class TrainFlags:
     on disk: the suite, snapshot and token flags say what, as for harvest."""
     recipe: str | None = None
     """A shipped recipe (crosslens plan --list-recipes): its settings are the defaults, explicit flags win;
-    without --store its activations are harvested into OUT/activations first."""
+    without --store, what harvest --recipe writes (the token and snapshot flags apply as there) is harvested
+    into OUT/activations and OUT/activations-heldout first."""
     eval_store: str | None = None
     """Store for the final quality table (default: STORE-heldout written by harvest, else the training store).
     The store measured on is re-hashed against its manifest (the training store: sizes only), and a

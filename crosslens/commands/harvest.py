@@ -25,7 +25,7 @@ def harvest(args: argparse.Namespace) -> int:
     device = local_rank_device(device)
     reset_peak_memory(device)
     with torchrun_job():
-        store, heldout = _harvest(args, suite, hooks, recipe, source, device, model_dtype)
+        store, heldout = harvest_stores(args, suite, hooks, recipe, source, device, model_dtype)
         if is_main_process():
             print(f"activation store: {store.path} ({store.n_tokens} tokens x {store.n_snapshots} snapshots)")
             if heldout is not None:
@@ -70,7 +70,7 @@ def token_source(args: argparse.Namespace, recipe) -> tuple[str, object]:
     return "pico", None
 
 
-def _harvest(args, suite, hooks, recipe, source, device, model_dtype):
+def harvest_stores(args, suite, hooks, recipe, source, device, model_dtype):
     """The store ``harvest`` writes (flags win over the recipe's values), and its held-out store."""
     from crosslens.activations import harvest_activations
     from crosslens.activations.partners import pair_heldout

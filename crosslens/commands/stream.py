@@ -20,7 +20,8 @@ DATA_FLAGS = {
     "suite": "--suite", "steps": "--steps", "n_snapshots": "--n-snapshots", "text": "--text",
     "n_tokens": "--n-tokens", "seq_len": "--seq-len", "heldout_tokens": "--heldout-tokens",
 }  # fmt: skip
-"""Flags that say what ``--stream`` harvests (``--dataset`` too, which a ``--recipe`` also harvests)."""
+"""Flags that say what ``--stream`` harvests (``--dataset`` too); a ``--recipe`` without ``--store``
+harvests a store first, and they say what goes into it."""
 
 MEMORY_FRACTION = 0.9
 """Share of the free memory the resident models may take (the provider's own check uses it too)."""
@@ -32,13 +33,15 @@ def check_stream_flags(args: argparse.Namespace) -> None:
         if args.store_path is not None:
             raise CLIError("--stream trains without a store: drop --store (or drop --stream to train on the store)")
         return
+    if args.recipe is not None and args.store_path is None:  # they choose what the recipe's store holds
+        return
     given = [flag for name, flag in DATA_FLAGS.items() if getattr(args, name) is not None]
-    if args.dataset is not None and args.recipe is None:
+    if args.dataset is not None:
         given.append("--dataset")
     if given:
         raise CLIError(
-            f"{', '.join(given)} choose the tokens and snapshots --stream harvests; add --stream, or drop "
-            f"{'it' if len(given) == 1 else 'them'} (a store already holds its tokens)"
+            f"{', '.join(given)} choose the tokens and snapshots --stream (or a --recipe without --store) harvests; "
+            f"add --stream, or drop {'it' if len(given) == 1 else 'them'} (a store already holds its tokens)"
         )
 
 

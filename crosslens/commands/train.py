@@ -16,9 +16,7 @@ from crosslens.commands.common import (
     CLIError,
     device_and_dtype,
     load_recipe_arg,
-    missing_weights,
     print_peak_memory,
-    recipe_suite,
     reset_peak_memory,
     torchrun_job,
 )
@@ -57,41 +55,17 @@ def _check_store_matches_recipe(store_path: str, recipe) -> None:
 
 
 def _harvest_for_recipe(args: argparse.Namespace, recipe, config: CrosscoderRunnerConfig, device: str, model_dtype: str) -> str:
-    """Harvest the recipe's activations into ``<out>/activations`` (resumable) and return
-    the store path, after checking weights, dataset and disk space."""
-    import shutil
+    """Harvest into ``<out>/activations`` (resumable) what ``harvest --recipe NAME --out
+    <out>/activations`` with the same token flags writes, its held-out split beside it, and return
+    the store path. So ``crosslens plan --recipe NAME`` sizes it, and the quality table is held out."""
+    from crosslens.commands.harvest import check_hooks, harvest_stores, selected_suite, token_source
 
-    from crosslens.core.devices import DTYPE_BYTES, dtype_name
-    from crosslens.core.units import format_bytes
-    from crosslens.plan import hook_width, known_model, model_spec_for
-
-    problems = [p for p in [missing_weights(recipe)] if p]
-    dataset = args.dataset or recipe.dataset
-    if not dataset:
-        problems.append(f"recipe {recipe.name} records no dataset: pass --dataset NAME:COLUMN")
-    if problems:
-        raise CLIError("; ".join(problems))
-    store_dtype = dtype_name(recipe.store_dtype)
-    n_tokens = config.training_tokens
-    spec = known_model(recipe.model) or model_spec_for(recipe.model)
-    need = n_tokens * recipe.n_snapshots * hook_width(spec, config.hook_name) * DTYPE_BYTES[store_dtype]
+    suite = selected_suite(args, recipe)  # refuses, in one line, weights not in the cache offline
+    check_hooks(suite, [config.hook_name])
+    source = token_source(args, recipe)
     out = Path(args.out_dir) / "activations"
-    probe = next(p for p in [out, *out.parents] if p.exists())
-    free = shutil.disk_usage(probe).free
-    if need > free:
-        raise CLIError(
-            f"recipe {recipe.name}'s activation store needs {format_bytes(need)} ({n_tokens} tokens x "
-            f"{recipe.n_snapshots} snapshots, {store_dtype}) but {probe} has {format_bytes(free)} free; "
-            "lower --n-steps, or pass --store DIR on a larger disk (see `crosslens plan --recipe NAME`)"
-        )
-    from crosslens.activations import harvest_activations, tokens_from_dataset
-
-    suite = recipe_suite(recipe)
-    name, _, column = dataset.partition(":")
-    tokens = tokens_from_dataset(suite.tokenizer(), name, recipe.context, max(1, n_tokens // recipe.context), column=column or "text")
-    store = harvest_activations(
-        suite, [config.hook_name], tokens, out, dtype=store_dtype, device=device, model_dtype=model_dtype
-    )
+    harvest_args = argparse.Namespace(**{**vars(args), "out": str(out), "store_dtype": None, "overwrite": False})
+    store, _ = harvest_stores(harvest_args, suite, [config.hook_name], recipe, source, device, model_dtype)
     return str(store.path)
 
 
