@@ -74,9 +74,9 @@ class Recipe:
             raise RecipeError(f"recipe {self.name!r} must give exactly one of steps: or revisions:")
         if self.architecture not in ARCHITECTURE_NAMES:
             raise RecipeError(f"recipe {self.name!r}: architecture must be one of {ARCHITECTURE_NAMES}")
-        for name in ("n_tokens", "d_sae", "batch_size", "context"):
-            if int(getattr(self, name)) < 1:
-                raise RecipeError(f"recipe {self.name!r}: {name} must be >= 1")
+        for name, least in (("n_tokens", 1), ("d_sae", 1), ("batch_size", 1), ("context", 2)):
+            if int(getattr(self, name)) < least:
+                raise RecipeError(f"recipe {self.name!r}: {name} must be >= {least}")
 
     @property
     def n_snapshots(self) -> int:

@@ -317,3 +317,9 @@ def test_train_recipe_without_a_store_harvests_what_plan_sizes(fake_hub, tmp_pat
     assert (inputs["seq_len"], inputs["n_steps"], inputs["batch_size"]) == (16, 3, 32)
     assert inputs["harvested_tokens"] == store.sequences.numel() == 25 * 16  # 400 tokens: 25 rows
     assert inputs["heldout_tokens"] == heldout.sequences.numel() == 4 * 16  # 70 tokens: 4 whole rows
+    # the store belongs to the run folder: other token flags are refused there, saying what to do
+    base = ["train", *flags, "--out", str(run), "--device", "cpu", "--n-tokens", "480"]
+    err = one_line_exit_2([*base, "--overwrite"], capsys)
+    assert f"{run / 'activations'} holds a store harvested with other token or snapshot flags (differs in:" in err
+    assert f"`crosslens harvest --recipe {recipe} --out {run / 'activations'} --overwrite` with these flags" in err
+    assert "ends that run's --resume" in one_line_exit_2([*base, "--resume"], capsys)

@@ -58,14 +58,31 @@ def _harvest_for_recipe(args: argparse.Namespace, recipe, config: CrosscoderRunn
     """Harvest into ``<out>/activations`` (resumable) what ``harvest --recipe NAME --out
     <out>/activations`` with the same token flags writes, its held-out split beside it, and return
     the store path. So ``crosslens plan --recipe NAME`` sizes it, and the quality table is held out."""
+    import re
+
+    from crosslens.activations import StoreMismatchError
     from crosslens.commands.harvest import check_hooks, harvest_stores, selected_suite, token_source
+    from crosslens.core.launch import local_rank_device
 
     suite = selected_suite(args, recipe)  # refuses, in one line, weights not in the cache offline
     check_hooks(suite, [config.hook_name])
     source = token_source(args, recipe)
     out = Path(args.out_dir) / "activations"
     harvest_args = argparse.Namespace(**{**vars(args), "out": str(out), "store_dtype": None, "overwrite": False})
-    store, _ = harvest_stores(harvest_args, suite, [config.hook_name], recipe, source, device, model_dtype)
+    try:
+        store, _ = harvest_stores(harvest_args, suite, [config.hook_name], recipe, source, local_rank_device(device), model_dtype)
+    except StoreMismatchError as error:  # train's --overwrite keeps the store by design: say what to do here
+        differs = re.search(r"\(differs in: [^)]*\)", str(error))
+        replace = (
+            "the run there trained on it, so replacing it ends that run's --resume"
+            if args.resume else f"to replace it, run `crosslens harvest --recipe {args.recipe} --out {out} --overwrite` "
+            "with these flags, then train with --overwrite"
+        )  # fmt: skip
+        raise CLIError(
+            f"{out} holds a store harvested with other token or snapshot flags {differs.group() if differs else ''}: "
+            f"pass the ones it was harvested with (--n-tokens, --seq-len, --heldout-tokens, --text, --dataset, "
+            f"--steps, --n-snapshots, --suite), or train in another --out; {replace}"
+        ) from None
     return str(store.path)
 
 
