@@ -230,7 +230,7 @@ class PlanConfig:
     """Active features per token of (batch)top-k crosscoders."""
     data_parallel: int = 1
     """Size of the mesh's data axis."""
-    snapshot_parallel: int = 1
+    snapshot_parallel: int = CrosscoderRunnerConfig.snapshot_parallel
     """Size of the mesh's snapshot axis."""
     device: str = "cuda"
     """Device kind of every rank (cpu, cuda, mps): picks the default throughput."""

@@ -8,6 +8,7 @@ from argparse import Namespace
 import pytest
 
 from crosslens.checkpoints.schedules import PYTHIA_STEPS
+from crosslens.core.units import format_bytes
 from crosslens.cli import build_parser, main
 from crosslens.commands.train import train_config
 from crosslens.plan import (
@@ -144,7 +145,7 @@ def test_plan_cli_errors_areone_line_exit_2(capsys):
 def test_plan_cli_table_and_json(capsys):
     assert main(["plan", "--list-recipes"]) == 0
     assert capsys.readouterr().out.count("\n") == 4
-    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--world-size", "8", "--json"]) == 0
+    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--world-size", "8", "--snapshot-parallel", "8", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["mesh"]["snapshot"] == 8 and plan["mesh"]["snapshots_per_rank"] == 4
     assert plan["inputs"]["tflops"] == 100.0 and plan["inputs"]["tflops_assumed"]
@@ -269,6 +270,23 @@ def test_the_data_axis_splits_the_crosscoder_step_but_not_the_streamed_forwards(
                      for d in (1, 2))  # fmt: skip
     assert paired["forward_tokens_per_second"] == pytest.approx(alone["forward_tokens_per_second"])
     assert paired["crosscoder_tokens_per_second"] == pytest.approx(2 * alone["crosscoder_tokens_per_second"])
+
+
+def test_world_size_alone_plans_trains_default_mesh_and_names_the_wider_snapshot_axis(capsys):
+    """`torchrun --nproc_per_node 8 -m crosslens train` puts train's --snapshot-parallel (1) on
+    the snapshot axis and the rest on the data axis: --world-size 8 plans that mesh, and says what
+    the mesh holding the least per rank would hold."""
+    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--world-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "8 data x 1 snapshot = 8 rank(s)" in out
+    hint = next(line for line in out.splitlines() if line.startswith("(--snapshot-parallel 8, a 1x8 mesh"))
+    wide = make_plan(plan_config_from_recipe(load_recipe("ge2025-pythia-160m"), snapshot_parallel=8))
+    assert f"holds {format_bytes(wide['memory_bytes']['total_training'])} per rank" in hint
+    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--world-size", "8", "--snapshot-parallel", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "4 data x 2 snapshot = 8 rank(s)" in out and "(--snapshot-parallel" not in out
+    assert "does not divide --world-size 6" in one_line_exit_2(
+        ["plan", "--recipe", "ge2025-pythia-160m", "--world-size", "6", "--snapshot-parallel", "4"], capsys)
 
 
 def test_recipe_plan_trains_as_train_recipe_does(capsys):

@@ -106,7 +106,7 @@ def test_plan_refuses_a_mesh_whose_data_axis_does_not_divide_the_batch(capsys):
 def test_the_default_mesh_keeps_the_batch_divisible(capsys):
     assert default_mesh(6, 32) == (3, 2)
     assert default_mesh(6, 32, batch_size=4096) == (1, 6)
-    plan = plan_json(["--recipe", RECIPE, "--world-size", "6"], capsys)
+    plan = plan_json(["--recipe", RECIPE, "--world-size", "6", "--snapshot-parallel", "3"], capsys)
     assert plan["inputs"]["batch_size"] % plan["mesh"]["data"] == 0 and plan["mesh"]["world_size"] == 6
 
 
@@ -119,7 +119,10 @@ def test_plan_and_harvest_refuse_a_hook_in_the_same_words(hook, local_suite, tmp
 
 def test_a_world_size_no_mesh_of_which_divides_the_batch_names_the_flags_given(capsys):
     err = one_line_exit_2(["plan", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "2", "--world-size", "6", "--batch-size", "4096"], capsys)
-    assert err.startswith("crosslens plan: error: --world-size 6:") and "--mesh 3x2" not in err and "divisible by 3" in err
+    assert err.startswith("crosslens plan: error: --world-size 6 with --snapshot-parallel 1:") and "--mesh" not in err
+    assert err.endswith("pass --batch-size 4092")  # no snapshot axis of 2 snapshots leaves a data axis dividing 4096
+    err = one_line_exit_2(["plan", "--recipe", RECIPE, "--world-size", "6"], capsys)
+    assert err.endswith("pass --snapshot-parallel 3 or --batch-size 2046")
 
 
 def test_one_checkpoint_folder_is_sized_as_given(tmp_path, capsys):

@@ -45,10 +45,11 @@ class PlanFlags:
     """Precision of the crosscoder step, as train --autocast ("auto": bfloat16 on cuda); bfloat16 adds its weight
     copies to the memory."""
     world_size: int | None = None
-    """Ranks (default 1)."""
+    """Ranks of the torchrun job (default: --snapshot-parallel)."""
+    snapshot_parallel: int | None = field(default=None, metadata={"default_from": (RUNNER, "snapshot_parallel")})
+    """Ranks on the snapshot axis, as train --snapshot-parallel; the rest of --world-size split each batch."""
     mesh: str | None = None
-    """DATAxSNAPSHOT mesh, e.g. 2x4 (default: of the meshes whose data axis divides --batch-size, the one with
-    the largest snapshot axis, preferring one that divides the snapshot count)."""
+    """DATAxSNAPSHOT mesh, e.g. 2x4: --world-size and --snapshot-parallel in one."""
     tflops: float | None = None
     """Sustained TFLOP/s per rank (default: cuda 100, mps 5, cpu 0.5)."""
     link_gbps: float | None = None

@@ -64,6 +64,8 @@ def plan(args: argparse.Namespace) -> int:
     if predict:
         plan["stream_prediction"] = stream_prediction(plan, args.gpu)
     print(plan_to_json(plan) if args.json else format_plan(plan))
+    if not args.json and (hint := _wider_snapshot_axis(args, cfg, plan)) is not None:
+        print(hint)
     if predict and not args.json:
         print(format_stream_prediction(plan["stream_prediction"]))
     elif args.stream and not args.json:
@@ -74,8 +76,9 @@ def plan(args: argparse.Namespace) -> int:
 
 
 def _mesh(args: argparse.Namespace, n_snapshots: int, batch: int) -> tuple[int, int]:
-    """``(data, snapshot)`` of ``--mesh``, else the default mesh of ``--world-size`` ranks for ``batch``."""
-    from crosslens.plan import default_mesh
+    """``(data, snapshot)`` of ``--mesh``, else what ``torchrun`` over ``--world-size`` ranks gives
+    ``train --snapshot-parallel``: that many ranks on the snapshot axis, the rest splitting each batch."""
+    from crosslens.plan import PlanConfig
 
     world = args.world_size
     if args.mesh:
@@ -85,15 +88,42 @@ def _mesh(args: argparse.Namespace, n_snapshots: int, batch: int) -> tuple[int, 
             raise CLIError(f"--mesh {args.mesh!r} is not DATAxSNAPSHOT, e.g. --mesh 2x4") from None
         if world is not None and world != data * snap:
             raise CLIError(f"--mesh {args.mesh} has {data * snap} ranks but --world-size is {world}; drop one")
+        if args.snapshot_parallel is not None and args.snapshot_parallel != snap:
+            raise CLIError(f"--mesh {args.mesh} has {snap} snapshot ranks but --snapshot-parallel is {args.snapshot_parallel}; drop one")
         return data, snap
-    data, snap = default_mesh(world or 1, n_snapshots, batch)
+    snap = args.snapshot_parallel or PlanConfig.snapshot_parallel
+    world = world or snap
+    if world % snap:
+        raise CLIError(f"--snapshot-parallel {snap} does not divide --world-size {world}; pick a divisor, as train under torchrun needs")
+    data = world // snap
     if batch % data:
+        fits = [p for p in range(snap, min(world, n_snapshots) + 1) if world % p == 0 and batch % (world // p) == 0]
+        fixes = ([f"--snapshot-parallel {fits[0]}"] if fits else []) + [f"--batch-size {batch // data * data or data}"]
         raise CLIError(
-            f"--world-size {world}: every mesh of {world} ranks over {n_snapshots} snapshots has a data axis that "
-            f"does not divide --batch-size {batch} (the default would be {data}x{snap}); pass a --batch-size "
-            f"divisible by {data}, or --mesh"
+            f"--world-size {world} with --snapshot-parallel {snap}: train splits each batch evenly over the {data} data "
+            f"ranks, and {batch} tokens (--batch-size) do not split over {data}; pass {' or '.join(fixes)}"
         )
     return data, snap
+
+
+def _wider_snapshot_axis(args: argparse.Namespace, cfg, plan: dict) -> str | None:
+    """For ``--world-size`` ranks left on train's default snapshot axis, the mesh of those ranks
+    that holds the least per rank, as one line, where it is another; else None."""
+    import dataclasses
+
+    from crosslens.core.units import format_bytes
+    from crosslens.plan import default_mesh, make_plan
+
+    if args.mesh or args.snapshot_parallel is not None or cfg.world_size == 1:
+        return None
+    data, snap = default_mesh(cfg.world_size, cfg.n_snapshots, cfg.batch_size)
+    if snap == cfg.snapshot_parallel:
+        return None
+    other = make_plan(dataclasses.replace(cfg, data_parallel=data, snapshot_parallel=snap))["memory_bytes"]["total_training"]
+    return (
+        f"(--snapshot-parallel {snap}, a {data}x{snap} mesh of the same {cfg.world_size} ranks, holds "
+        f"{format_bytes(other)} per rank for training against {format_bytes(plan['memory_bytes']['total_training'])})"
+    )
 
 
 def listed_suite(args: argparse.Namespace, recipe):
