@@ -5,8 +5,10 @@ without torch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
+
+from crosslens.core.minimums import check_minimums
 
 MAX_DEFAULT_HELDOUT_TOKENS = 16_384
 """The default held-out share, a tenth of the budget, stops here: enough rows for a stable quality
@@ -28,10 +30,7 @@ class TokenBudget:
     :data:`MAX_DEFAULT_HELDOUT_TOKENS`."""
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None and value < f.metadata["min"]:
-                raise ValueError(f"{f.name} must be >= {f.metadata['min']}, got {value}")
+        check_minimums(self)
 
     @property
     def n_rows(self) -> int:

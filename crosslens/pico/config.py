@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crosslens.core.minimums import check_minimums
+
 
 FORMAT_VERSION = 1
 """Bump when the grammar, tokenizer or training code changes what a config builds (old caches go stale)."""
@@ -87,10 +89,7 @@ class PicoConfig:
             object.__setattr__(self, "corpus", tuple(str(path) for path in self.corpus))
         if isinstance(self.corpus, tuple) and not self.corpus:
             raise ValueError("PicoConfig.corpus is an empty list; pass None for the grammar or some text files")
-        for f in dataclasses.fields(self):
-            minimum = f.metadata.get("min")
-            if minimum is not None and getattr(self, f.name) < minimum:
-                raise ValueError(f"PicoConfig.{f.name} must be >= {minimum}, got {getattr(self, f.name)}")
+        check_minimums(self, "PicoConfig.")
         if self.d_model % self.n_heads:
             raise ValueError(f"PicoConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if not 0 < self.rotary_pct <= 1:
