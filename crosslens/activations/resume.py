@@ -182,7 +182,8 @@ def start_or_resume(root: Path, spec: dict, *, overwrite: bool, verify_hashes: b
         differs = _spec_differences(manifest.get("spec", {}), spec) or ["format"]
         raise StoreMismatchError(
             f"{root} holds an activation store built for other inputs (differs in: {', '.join(differs)}); "
-            "use a new out_dir (`--out`), or pass overwrite=True (`crosslens harvest --overwrite`) to replace it."
+            "use a new out_dir (`--out`), or pass overwrite=True (`crosslens harvest --overwrite`) to replace it.",
+            differs,
         )
     files = manifest["files"]
     for rel in list(files):

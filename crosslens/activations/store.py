@@ -76,6 +76,12 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
 class StoreMismatchError(CrosslensError):
     """A store folder was built for other inputs (suite, hooks, tokens, dtype, ...)."""
 
+    def __init__(self, message: str, differs: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.differs = tuple(differs)
+        """The harvest's settings the store there was built with other values of (empty when the
+        folder holds no store of this format at all)."""
+
 
 class CorruptShardError(CrosslensError):
     """Store files are missing, truncated or altered."""

@@ -58,8 +58,6 @@ def _harvest_for_recipe(args: argparse.Namespace, recipe, config: CrosscoderRunn
     """Harvest into ``<out>/activations`` (resumable) what ``harvest --recipe NAME --out
     <out>/activations`` with the same token flags writes, its held-out split beside it, and return
     the store path. So ``crosslens plan --recipe NAME`` sizes it, and the quality table is held out."""
-    import re
-
     from crosslens.activations import StoreMismatchError
     from crosslens.commands.harvest import check_hooks, harvest_stores, selected_suite, token_source
     from crosslens.core.launch import local_rank_device
@@ -72,14 +70,15 @@ def _harvest_for_recipe(args: argparse.Namespace, recipe, config: CrosscoderRunn
     try:
         store, _ = harvest_stores(harvest_args, suite, [config.hook_name], recipe, source, local_rank_device(device), model_dtype)
     except StoreMismatchError as error:  # train's --overwrite keeps the store by design: say what to do here
-        differs = re.search(r"\(differs in: [^)]*\)", str(error))
+        if not error.differs:
+            raise
         replace = (
             "the run there trained on it, so replacing it ends that run's --resume"
             if args.resume else f"to replace it, run `crosslens harvest --recipe {args.recipe} --out {out} --overwrite` "
             "with these flags, then train with --overwrite"
         )  # fmt: skip
         raise CLIError(
-            f"{out} holds a store harvested with other token or snapshot flags {differs.group() if differs else ''}: "
+            f"{out} holds a store harvested with other token or snapshot flags (differs in: {', '.join(error.differs)}): "
             f"pass the ones it was harvested with (--n-tokens, --seq-len, --heldout-tokens, --text, --dataset, "
             f"--steps, --n-snapshots, --suite), or train in another --out; {replace}"
         ) from None
