@@ -43,7 +43,7 @@ class TokenBudgetFlags:
     """Token budget, before exclusions (a --recipe's is its own)."""
     seq_len: int | None = field(default=None, metadata={"default_from": (TokenBudget, "seq_len")})
     """Tokens per sequence (a --recipe's is its context)."""
-    heldout_tokens: int | None = field(default=None, metadata={"min": 0})
+    heldout_tokens: int | None = field(default=None, metadata={"default_from": (TokenBudget, "heldout_tokens")})
     """Tokens (a seeded random sample of rows) kept out of training for the held-out quality table:
     harvest writes them to OUT-heldout, train --stream harvests them from its resident models
     (default: 10% of --n-tokens, at most 16384; 0: none). OUT-heldout records the seal of OUT, and

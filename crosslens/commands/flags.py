@@ -12,8 +12,8 @@ the dataclass. A field whose type is itself a dataclass (a nested config, as SAE
 - ``cli``: False keeps a field off the command line (library-only settings).
 - ``positional``: the field is a positional argument, shown as its ``metavar``.
 - ``default_from``: ``(config class, field name)``, for a flag that sets a field of a config
-  the command builds itself (``suite build`` and ``PicoConfig``): its help shows that field's default,
-  and that field's ``min`` is the flag's.
+  the command builds itself (``suite build`` and ``PicoConfig``): its help shows that field's default
+  (unless its docstring says the default in words), and that field's ``min`` is the flag's.
 - ``parse``, ``action``, ``nargs``, ``metavar``: passed to argparse as ``type``, ``action``, ``nargs``
   and ``metavar``.
 
@@ -245,9 +245,11 @@ def _add_one(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, d
         return
     if default is MISSING:
         kwargs["required"] = True
+    elif "(default" in doc:  # the docstring says it in words (a computed default)
+        pass
     elif source is not None:
         help_text = f"{help_text} (default: {_show(default_of(source))})".strip()
-    elif doc and "(default" not in doc and default is not None:
+    elif doc and default is not None:
         help_text = f"{help_text} (default: {_show(default)})".strip()
     parser.add_argument(flag, help=help_text, **kwargs)
 
