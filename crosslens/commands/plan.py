@@ -40,9 +40,8 @@ def plan(args: argparse.Namespace) -> int:
         )
     settings = {  # the flags given; the rest come from the recipe, else from PlanConfig's defaults (train's)
         "hook": args.hook, "n_tokens": args.n_tokens, "seq_len": args.seq_len, "heldout_tokens": args.heldout_tokens,
-        "d_sae": args.d_sae,
-        "architecture": args.architecture, "k": args.k, "batch_size": args.batch_size, "n_steps": args.n_steps,
-        "micro_batches": args.micro_batches, "autocast": args.autocast,
+        "d_sae": args.d_sae, "architecture": args.architecture, "k": args.k, "batch_size": args.batch_size,
+        "n_steps": args.n_steps, "micro_batches": args.micro_batches, "autocast": args.autocast,
     }  # fmt: skip
     if recipe is None and args.hook is None:
         raise CLIError("plan needs --hook NAME (or --recipe NAME)")
