@@ -209,7 +209,7 @@ def newest_verified_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def _is_result(path: Path) -> bool:
-    return path.name in (RUN_SEAL_NAME, QUALITY_NAME, TRAINED_ROWS_NAME, FINAL_DIRNAME, SECTIONS_DIR, REPORT_NAME) or (
+    return path.name in (RUN_SEAL_NAME, *OPTIONAL_SEALED, FINAL_DIRNAME, SECTIONS_DIR, REPORT_NAME) or (
         checkpoint_step(path.name) is not None
     )
 
