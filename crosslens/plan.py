@@ -88,6 +88,8 @@ class ModelSpec:
     """Whether unembedding shares the embedding matrix."""
     n_heads: int = 0
     """Attention heads (informational)."""
+    n_ctx: int | None = None
+    """The longest sequence the model reads; None where the source does not say (not checked)."""
     source: str = ""
     """Where the sizes come from."""
 
@@ -135,8 +137,20 @@ def known_model(model_id: str) -> ModelSpec | None:
     return ModelSpec(
         name=name, d_model=row["d_model"], n_layers=row["n_layers"], d_mlp=row["d_mlp"], vocab=row["vocab"],
         n_params=row["n_params"], tied_embeddings=row["tied_embeddings"], n_heads=row["n_heads"],
-        source="crosslens table of known models",
+        n_ctx=row["n_ctx"], source="crosslens table of known models",
     )  # fmt: skip
+
+
+CONTEXT_KEYS = ("n_ctx", "max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+"""The config.json keys that give a model's longest sequence, in the order they are trusted."""
+
+
+def config_context(config: dict[str, Any]) -> int | None:
+    """The longest sequence a model with Hugging Face ``config`` reads, or None if it does not say."""
+    for key in CONTEXT_KEYS:
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
 
 
 def spec_from_hf_config(config: dict[str, Any], name: str, source: str) -> ModelSpec:
@@ -149,7 +163,8 @@ def spec_from_hf_config(config: dict[str, Any], name: str, source: str) -> Model
     n_heads = int(config.get("num_attention_heads") or config.get("n_head") or 0)
     return ModelSpec(
         name=name, d_model=d, n_layers=n_layers, d_mlp=d_mlp, vocab=vocab, tied_embeddings=tied, n_heads=n_heads,
-        n_params=estimate_n_params(d, n_layers, d_mlp, vocab, tied=tied, gated=gated), source=source,
+        n_params=estimate_n_params(d, n_layers, d_mlp, vocab, tied=tied, gated=gated), n_ctx=config_context(config),
+        source=source,
     )  # fmt: skip
 
 
@@ -169,7 +184,7 @@ def model_spec_for(suite: str) -> ModelSpec:
             return ModelSpec(
                 name="crosslens/pico", d_model=cfg.d_model, n_layers=cfg.n_layers, d_mlp=cfg.d_mlp, vocab=vocab,
                 n_heads=cfg.n_heads, n_params=estimate_n_params(cfg.d_model, cfg.n_layers, cfg.d_mlp, vocab, tied=False),
-                source="PicoConfig defaults (suite not built; vocabulary approximate)",
+                n_ctx=cfg.model_context, source="PicoConfig defaults (suite not built; vocabulary approximate)",
             )  # fmt: skip
     path = Path(suite)
     if path.is_dir():
@@ -293,6 +308,11 @@ class PlanConfig:
         layer = block_index(self.hook)
         if layer is not None and layer >= self.model.n_layers:
             raise PlanError(f"--hook {self.hook} names block {layer}, but {self.model.name} has {self.model.n_layers} (0..{self.model.n_layers - 1})")
+        if self.model.n_ctx is not None and self.seq_len > self.model.n_ctx:
+            raise PlanError(
+                f"--seq-len {self.seq_len} is longer than {self.model.name}'s context of {self.model.n_ctx} tokens; "
+                f"pass --seq-len {self.model.n_ctx} or less"
+            )
         if self.model_dtype not in DTYPE_BYTES:
             raise PlanError(f"model dtype must be one of {sorted(DTYPE_BYTES)} (--dtype)")
         kind = self.device.split(":")[0]

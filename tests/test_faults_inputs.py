@@ -162,6 +162,17 @@ def test_seq_len_beyond_the_context_is_refused_before_writing_and_the_retry_work
     assert f"activation store: {out} (" in succeeds(run_harvest(suite, out, "--seq-len", "64"), capsys)
 
 
+def test_train_stream_refuses_seq_len_beyond_the_context_before_loading_a_model(suite, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["crosslens", "train", "--stream", "--suite", str(suite), "--hook", HOOK, "--out", str(out), "--device", "cpu",
+            "--n-tokens", "256", "--seq-len", "128", "--heldout-tokens", "0", "--n-steps", "1"]  # fmt: skip
+    err = one_line_error(argv, capsys)
+    assert err == ("crosslens train: error: --seq-len 128 is longer than the model's context of 64 tokens "
+                   "(its config.json); pass --seq-len 64 or less")  # fmt: skip
+    assert "resident snapshot models" not in capsys.readouterr().out
+    assert not out.exists()
+
+
 def test_a_library_harvest_failing_on_too_long_rows_leaves_nothing_that_blocks_the_retry(suite, tmp_path):
     out = tmp_path / "store"
     with pytest.raises(ValueError, match=r"rows of 128 tokens are longer than snapshot 'step0''s context of 64"):

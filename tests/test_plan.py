@@ -20,6 +20,7 @@ from crosslens.plan import (
     estimate_n_params,
     known_model,
     make_plan,
+    model_spec_for,
     plan_config_from_recipe,
 )
 from crosslens.recipes import list_recipes, load_recipe
@@ -132,6 +133,21 @@ def test_plan_config_refuses_inconsistent_meshes():
         _tiny(snapshot_parallel=8)
     with pytest.raises(PlanError, match="--hook"):
         _tiny(hook="blocks.7.hook_resid_post")
+
+
+def test_plan_refuses_seq_len_beyond_the_models_context(capsys, tmp_path):
+    with pytest.raises(PlanError, match=r"--seq-len 17 is longer than tiny's context of 16 tokens; pass --seq-len 16 or less"):
+        PlanConfig(model=ModelSpec(**{**TINY.__dict__, "n_ctx": 16}), n_snapshots=2, hook="blocks.1.hook_resid_post", seq_len=17)
+    assert _tiny(seq_len=10**6).seq_len == 10**6  # a model whose context is not known is not checked
+    assert known_model("pythia-160m").n_ctx == 2048 and known_model("allenai/OLMo-2-0425-1B").n_ctx == 4096
+    err = one_line_exit_2(["plan", "--suite", "pythia-70m", "--n-snapshots", "2", "--hook", "blocks.0.hook_resid_post",
+                           "--seq-len", "4096"], capsys)  # fmt: skip
+    assert err == ("crosslens plan: error: --seq-len 4096 is longer than EleutherAI/pythia-70m's context of 2048 "
+                   "tokens; pass --seq-len 2048 or less")  # fmt: skip
+    folder = tmp_path / "suite"
+    folder.mkdir()  # a local suite's config.json gives the context under the key its family uses
+    (folder / "config.json").write_text(json.dumps({"hidden_size": 8, "num_hidden_layers": 2, "vocab_size": 100, "n_positions": 32}))
+    assert model_spec_for(str(folder)).n_ctx == 32
 
 
 def test_plan_cli_errors_areone_line_exit_2(capsys):

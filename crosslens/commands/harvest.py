@@ -52,6 +52,18 @@ def check_hooks(suite, hooks: list[str]) -> None:
             raise CLIError(f"--hook {problem}")
 
 
+def check_context(suite, seq_len: int) -> None:
+    """Refuse a --seq-len beyond the longest sequence ``suite``'s models read (when its config says)."""
+    from crosslens.commands.inputs import suite_context
+
+    context = suite_context(suite)
+    if context is not None and seq_len > context:
+        raise CLIError(
+            f"--seq-len {seq_len} is longer than the model's context of {context} tokens (its config.json); "
+            f"pass --seq-len {context} or less"
+        )
+
+
 def token_source(args: argparse.Namespace, recipe) -> tuple[str, object]:
     """Where harvest's tokens come from: ("text", [paths]), ("dataset", "NAME:COLUMN") or ("pico", None)."""
     if args.text:
@@ -131,16 +143,11 @@ def token_tables(args: argparse.Namespace, recipe, source: tuple[str, object], t
 def check_sizes(suite, hooks: list[str], seq_len: int, n_tokens: int, store_dtype: str, outs: list) -> int | None:
     """Refuse, before anything is allocated or written, a --seq-len beyond the model's context and
     a harvest whose token table or stores do not fit; returns the stores' bytes when known."""
-    from crosslens.commands.inputs import check_harvest_fits, suite_config, suite_context
+    from crosslens.commands.inputs import check_harvest_fits, suite_config
     from crosslens.core.devices import DTYPE_BYTES
     from crosslens.plan import hook_width, spec_from_hf_config
 
-    context = suite_context(suite)
-    if context is not None and seq_len > context:
-        raise CLIError(
-            f"--seq-len {seq_len} is longer than the model's context of {context} tokens (its config.json); "
-            f"pass --seq-len {context} or less"
-        )
+    check_context(suite, seq_len)
     config = suite_config(suite)
     widths = None
     try:

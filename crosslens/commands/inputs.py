@@ -20,6 +20,7 @@ import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one t
 from crosslens.core.devices import available_memory
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import free_disk
+from crosslens.plan import config_context
 
 if TYPE_CHECKING:
     from crosslens.checkpoints.suite import CheckpointSuite
@@ -56,8 +57,7 @@ def suite_n_layers(suite: CheckpointSuite) -> int | None:
 
 def suite_context(suite: CheckpointSuite) -> int | None:
     """The longest sequence ``suite``'s snapshots take (n_ctx / max_position_embeddings)."""
-    keys = ("n_ctx", "max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-    return _first_int(suite_config(suite) or {}, keys)
+    return config_context(suite_config(suite) or {})
 
 
 def _first_int(config: dict, keys: Sequence[str]) -> int | None:

@@ -30,7 +30,7 @@ from crosslens.pico.evals import PicoEvaluator, check_targets, format_eval_table
 from crosslens.tasks.grammar import PicoGrammar
 from crosslens.pico.tokenizer import END_OF_TEXT, train_tokenizer, word_level_tokenizer
 from crosslens.pico.config import FORMAT_VERSION, PicoConfig
-from crosslens.pico.train import make_model, make_optimizer, model_context, train
+from crosslens.pico.train import make_model, make_optimizer, train
 
 if TYPE_CHECKING:
     from crosslens.checkpoints import CheckpointSuite
@@ -212,7 +212,7 @@ def _build(config: PicoConfig, root: Path, progress: bool) -> None:
     tokenizer, corpus = _prepare_data(config)
     evaluator = PicoEvaluator(
         tokenizer, corpus.heldout(config.n_eval_sequences), n_pairs=config.n_eval_pairs, seed=config.seed,
-        extra_tasks=_eval_tasks(config.eval_pairs), max_tokens=model_context(config),
+        extra_tasks=_eval_tasks(config.eval_pairs), max_tokens=config.model_context,
     )  # fmt: skip
     model = make_model(config, vocab_size=len(tokenizer))
     optimizer = make_optimizer(config, model)

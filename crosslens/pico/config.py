@@ -111,6 +111,11 @@ class PicoConfig:
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len
 
+    @property
+    def model_context(self) -> int:
+        """The most tokens a pico model reads (its ``max_position_embeddings``, TransformerLens's ``n_ctx``)."""
+        return max(2048, self.seq_len)
+
     @classmethod
     def small(cls, **overrides) -> "PicoConfig":
         """A smaller, faster configuration (tests; about 10 s on one core).

@@ -15,11 +15,6 @@ from crosslens.core.progress import progress_bar
 from crosslens.pico.config import PicoConfig
 
 
-def model_context(config: PicoConfig) -> int:
-    """The most tokens a pico model reads (its ``max_position_embeddings``, TransformerLens's ``n_ctx``)."""
-    return max(2048, config.seq_len)
-
-
 def make_model(config: PicoConfig, vocab_size: int) -> GPTNeoXForCausalLM:
     """A freshly initialised GPT-NeoX (Pythia's architecture: rotary, parallel residual, untied)."""
     hf_config = GPTNeoXConfig(
@@ -29,7 +24,7 @@ def make_model(config: PicoConfig, vocab_size: int) -> GPTNeoXForCausalLM:
         num_attention_heads=config.n_heads,
         intermediate_size=config.d_mlp,
         hidden_act="gelu",
-        max_position_embeddings=model_context(config),
+        max_position_embeddings=config.model_context,
         rotary_pct=config.rotary_pct,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": config.rotary_pct},
         use_parallel_residual=True,
