@@ -157,14 +157,9 @@ def harvest_stage(
     ``dtype`` is the store's; ``model_dtype`` what the snapshot models run in, on ``device``."""
     from crosslens.activations import harvest_activations, tokens_from_dataset, tokens_from_pico
 
-    if seq_len < 2:
-        raise ValueError(f"seq_len={seq_len} is too short; use seq_len >= 2.")
+    budget = TokenBudget(TokenBudget.n_tokens if n_tokens is None else n_tokens, seq_len, heldout_tokens=0)
     if n_seqs is None:
-        if n_tokens is None:
-            n_tokens = TokenBudget.n_tokens
-        if n_tokens < 1:
-            raise ValueError(f"n_tokens={n_tokens} must be >= 1.")
-        n_seqs = max(1, n_tokens // seq_len)
+        n_seqs = budget.n_rows
     tokenizer = suite.tokenizer()
     if dataset:
         name, _, column = dataset.partition(":")

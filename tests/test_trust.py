@@ -326,8 +326,10 @@ def test_every_size_flag_is_checked_with_a_short_error_naming_it(words, flag, ca
 def test_harvest_stage_refuses_a_zero_token_budget_instead_of_using_the_default():
     from crosslens.demo import harvest_stage
 
-    with pytest.raises(ValueError, match="n_tokens=0"):
+    with pytest.raises(ValueError, match="n_tokens must be >= 1, got 0"):
         harvest_stage(None, hooks=[HOOK], n_tokens=0, out_dir="unused")
+    with pytest.raises(ValueError, match="seq_len must be >= 2, got 1"):
+        harvest_stage(None, hooks=[HOOK], seq_len=1, out_dir="unused")
 
 
 # --------------------------------------------------------------------------- damaged inputs
