@@ -359,3 +359,39 @@ def test_train_recipe_without_a_store_harvests_what_plan_sizes(fake_hub, tmp_pat
     assert f"{run / 'activations'} holds a store harvested with other token or snapshot flags (differs in:" in err
     assert f"`crosslens harvest --recipe {recipe} --out {run / 'activations'} --overwrite` with these flags" in err
     assert "ends that run's --resume" in one_line_exit_2([*base, "--resume"], capsys)
+
+
+def test_train_recipe_takes_a_store_of_some_of_its_snapshots_as_harvest_recipe_steps_writes(fake_hub, tmp_path, capsys):
+    """`harvest --recipe R --steps ...` writes a store of some of R's snapshots; `train --recipe R
+    --store` trains on it, and refuses a store of snapshots R does not list, or in another order."""
+    import random
+
+    from crosslens.commands.train import _in_order_among
+    from hf_cache import FAKE_WORDS
+
+    rng = random.Random(0)
+    text = tmp_path / "words.txt"
+    text.write_text("\n\n".join(" ".join(rng.choice(list(FAKE_WORDS)) for _ in range(80)) for _ in range(40)))
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        "model: EleutherAI/pythia-14m\nsteps: [0, 1000, 2000]\nhook: blocks.0.hook_resid_post\n"
+        "context: 16\nn_tokens: 256\narchitecture: crosscoder\nd_sae: 16\nbatch_size: 32\n"
+    )
+    store = tmp_path / "store"
+    harvest = ["harvest", "--recipe", str(recipe), "--steps", "0,2000", "--text", str(text), "--heldout-tokens", "0",
+               "--device", "cpu"]  # fmt: skip
+    assert main([*harvest, "--out", str(store)]) == 0
+    train = ["train", "--recipe", str(recipe), "--store", str(store), "--n-steps", "2", "--device", "cpu", "--spliced-seqs", "0"]
+    assert main([*train, "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "final" / "cfg.json").read_text())["n_snapshots"] == 2
+    capsys.readouterr()
+    other = tmp_path / "other.yaml"
+    other.write_text(recipe.read_text().replace("steps: [0, 1000, 2000]", "steps: [0, 1000]"))
+    err = one_line_exit_2([*train, "--recipe", str(other), "--out", str(tmp_path / "run2")], capsys)
+    assert err.endswith(f"holds EleutherAI/pythia-14m at 2 snapshots, not recipe other's EleutherAI/pythia-14m at its 2 "
+                        f"or some of them; harvest it with `crosslens harvest --recipe other` (--steps or --n-snapshots "
+                        "pick some) or drop --recipe"), err  # fmt: skip
+    assert _in_order_among(["step0", "step2000"], ["step0", "step1000", "step2000"])
+    assert not _in_order_among(["step2000", "step0"], ["step0", "step1000", "step2000"])
+    assert not _in_order_among(["step0", "step0"], ["step0", "step1000"])
+    assert _in_order_among(["step0", "step143000"], ["step0", "main"])  # "main": the latest revision, any name

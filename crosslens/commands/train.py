@@ -44,14 +44,19 @@ def _check_store_matches_recipe(store_path: str, recipe) -> None:
     model = str(store.manifest["spec"]["suite"].get("model_id", ""))
     revisions = [str(entry.get("revision")) for entry in store.manifest["snapshots"]]
     wanted = recipe.snapshot_labels()
-    same = model.lower() == recipe.model.lower() and len(revisions) == len(wanted) and all(
-        w == "main" or w == r for w, r in zip(wanted, revisions)
-    )
-    if not same:
+    if model.lower() != recipe.model.lower() or not _in_order_among(revisions, wanted):
         raise CLIError(
             f"the store {store_path} holds {model} at {len(revisions)} snapshots, not recipe {recipe.name}'s "
-            f"{recipe.model} at {len(wanted)}; harvest it with `crosslens harvest --recipe {recipe.name}` or drop --recipe"
+            f"{recipe.model} at its {len(wanted)} or some of them; harvest it with `crosslens harvest --recipe "
+            f"{recipe.name}` (--steps or --n-snapshots pick some) or drop --recipe"
         )
+
+
+def _in_order_among(revisions: list[str], labels: list[str]) -> bool:
+    """Whether ``revisions`` are some of ``labels``, in their order, as ``harvest --recipe`` with
+    ``--steps`` or ``--n-snapshots`` selects them; a label "main" stands for any revision."""
+    remaining = iter(labels)
+    return all(any(label in ("main", revision) for label in remaining) for revision in revisions)
 
 
 def _harvest_for_recipe(args: argparse.Namespace, recipe, config: CrosscoderRunnerConfig, device: str, model_dtype: str) -> str:
