@@ -77,6 +77,40 @@ def test_a_store_of_other_revisions_is_refused_by_evaluate_and_analyze(world, tm
     assert not (tmp_path / "r.html").exists()
 
 
+def test_the_library_refuses_a_store_or_hook_that_is_not_the_crosscoders_partner(world, tmp_path):
+    from crosslens.analysis import analyze_crosscoder
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+    from crosslens.training.runner import evaluate_crosscoder
+
+    crosscoder = load_crosscoder_folder(world["run"] / "final")
+    models = {"step0": tiny_neox(seed=0), "step10": tiny_neox(seed=1), "step30": tiny_neox(seed=2)}
+    other = harvest(write_local_suite(tmp_path / "suite", models, make_word_tokenizer()), tmp_path / "store")
+    for function in (evaluate_crosscoder, analyze_crosscoder):
+        call = (lambda **kw: function(crosscoder, **kw)) if function is analyze_crosscoder else (
+            lambda store, hook=None: function(crosscoder, store, hook))  # fmt: skip
+        with pytest.raises(PartnerMismatchError, match=rf"given to {function.__name__} and the store {other.path} do not "
+                           r"match: .*\[step0, step10, step20\] vs \[step0, step10, step30\]"):  # fmt: skip
+            call(store=other)
+        with pytest.raises(PartnerMismatchError, match=rf"given to {function.__name__} reads {HOOK}, not hook '{OTHER_HOOK}'"):
+            call(store=ActivationStore.open(world["heldout"]), hook=OTHER_HOOK)
+    assert len(evaluate_crosscoder(crosscoder, ActivationStore.open(world["heldout"]))["explained_variance"]) == 3
+
+
+def test_a_folded_crosscoder_evaluates_as_its_unfolded_self(world):
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+    from crosslens.training.runner import evaluate_crosscoder
+
+    store = ActivationStore.open(world["store"])  # the factors folded are this store's
+    crosscoder = load_crosscoder_folder(world["run"] / "final")
+    unfolded = evaluate_crosscoder(crosscoder, store)
+    crosscoder.fold_activation_norm_scaling_factors()
+    folded = evaluate_crosscoder(crosscoder, store)
+    assert folded["l0"] == pytest.approx(unfolded["l0"], rel=1e-5) and folded["dead_features"] == unfolded["dead_features"]
+    for key in ("explained_variance", "mse"):
+        assert folded[key] == pytest.approx(unfolded[key], rel=1e-4, abs=1e-6), key
+    assert min(unfolded["explained_variance"]) > -1  # a trained crosscoder, not a degenerate one
+
+
 def test_a_store_of_the_same_revisions_with_other_weights_is_refused(world, tmp_path, capsys):
     other = harvest(write_suite(tmp_path / "suite", seeds=(0, 1, 3)), tmp_path / "store").path
     err = refusal(["evaluate", str(world["run"]), "--store", str(other), "--device", "cpu"], capsys)

@@ -113,6 +113,23 @@ def check_crosscoder_store(crosscoder: Any, store: ActivationStore, *, crosscode
         )
 
 
+def check_recorded_partner(crosscoder: Any, store: Any, hook: str | None, *, used_by: str) -> None:
+    """The library's check of a crosscoder handed a store (and maybe a ``hook``): where the
+    crosscoder records what it was trained on, a ``hook`` other than its own is refused, and so is
+    an :class:`ActivationStore` that :func:`check_crosscoder_store` refuses. A crosscoder built in
+    memory records nothing, and an in-memory source (held-out activations a runner harvested) has
+    no manifest: those are the caller's to pair."""
+    if crosscoder_record_problem(crosscoder) is not None:
+        return
+    recorded = metadata_value(crosscoder, "hook_name")
+    if hook is not None and hook != recorded:
+        raise PartnerMismatchError(
+            f"the crosscoder given to {used_by} reads {recorded}, not hook {hook!r}; pass hook={recorded!r} or None"
+        )
+    if isinstance(store, ActivationStore):
+        check_crosscoder_store(crosscoder, store, crosscoder_name=f"given to {used_by}")
+
+
 def pair_heldout(store: ActivationStore, heldout: ActivationStore) -> None:
     """Record in the held-out store's manifest the seal of the store it was split from."""
     manifest = read_manifest(heldout.path)

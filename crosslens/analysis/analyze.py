@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from crosslens.activations.partners import check_recorded_partner
 from crosslens.analysis.contexts import top_activating_contexts
 from crosslens.analysis.evolution import EvolutionConfig
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis, metadata_dict, snapshots_from_metadata
@@ -47,13 +48,15 @@ def analyze_crosscoder(
     classes, drift, dimensionality). With an activation store it adds firing frequencies
     (never-firing latents become ``dead``), the probe validation and top-activating
     contexts (decoded with ``tokenizer`` when given). Steps come from ``steps``, else the
-    crosscoder's provenance metadata, else the store's snapshot list.
+    crosscoder's provenance metadata, else the store's snapshot list. A store or hook that is not
+    the crosscoder's partner (other snapshots, hook or width than it records) is refused.
 
     ``device`` is where the feature dimensionality (quadratic in ``d_sae``) is computed.
     Returns the analysis and the report; ``report.write(path)`` saves it.
     """
     frequency = None
     if store is not None:
+        check_recorded_partner(crosscoder, store, hook, used_by="analyze_crosscoder")
         hook = resolve_hook(store, hook or _metadata_hook(crosscoder, store))
         frequency = firing_frequency(store, crosscoder, hook=hook, n_tokens=n_frequency_tokens)
         if steps is None and not _has_provenance_steps(crosscoder):
