@@ -230,6 +230,38 @@ def test_a_resume_on_edited_text_at_the_same_path_is_refused(inputs, tmp_path, c
     assert err.count("\n") == 1
 
 
+def test_a_library_resume_on_other_snapshots_or_another_model_dtype_is_refused(inputs, tmp_path):
+    """The runner names the snapshots and the models' dtype in what it trains on itself, so a
+    resume on another suite (the same revision names in another folder) or dtype is refused
+    whatever ``stream`` description the caller passes."""
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.core.errors import StoreChangedError
+    from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig
+
+    suite = CheckpointSuite.local(inputs[0])
+    other = CheckpointSuite.local(_write_suite(tmp_path / "other", seeds=[3, 4, 5]))
+    tokens_NL = torch.randint(2, len(WORDS) + 2, (32, 16), generator=torch.Generator().manual_seed(0))
+    config = CrosscoderRunnerConfig(
+        store_path="", out_dir=str(tmp_path / "run"), hook_name=HOOK, sae=ArchitectureConfig(d_sae=16), n_steps=2,
+        train_batch_size_tokens=32, checkpoint_every=2, progress=False,
+    )  # fmt: skip
+
+    def run(on, resume: bool, model_dtype=torch.float32) -> None:
+        runner = StreamingTrainingRunner(config, on, tokens_NL[:24], tokens_NL[24:], {"note": "api"}, model_dtype=model_dtype)
+        try:
+            runner.run(resume=resume, overwrite=not resume)
+        finally:
+            runner.close()
+
+    run(suite, False)
+    with pytest.raises(StoreChangedError, match=rf"the snapshots differ from those {tmp_path / 'run'} trained on up to final "
+                       rf"\({inputs[0]} at step0, step10, step20 then, {tmp_path / 'other'} at step0, step10, step20 now\)"):  # fmt: skip
+        run(other, True)
+    with pytest.raises(StoreChangedError, match="the snapshot models ran in float32 up to final of .*, now in bfloat16"):
+        run(suite, True, torch.bfloat16)
+    run(suite, True)  # the same snapshots and dtype: the finished run is taken
+
+
 def test_the_spliced_loss_is_measured_on_the_heldout_rows_and_sealed(streamed, inputs, tmp_path):
     """quality.json's spliced loss is the one the library gives on harvest's held-out rows (the same
     token rows), with the snapshot models loaded whole; the table joins the run's seal."""

@@ -34,6 +34,7 @@ from crosslens.activations.harvest import harvest_rows
 from crosslens.activations.partners import RowDigests
 from crosslens.activations.streaming import ResidentSnapshotProvider
 from crosslens.activations.tokens import kept_tokens, tokens_sha256
+from crosslens.core.devices import dtype_name
 from crosslens.core.errors import StoreChangedError
 from crosslens.core.hashing import json_sha256
 from crosslens.core.paths import TRAINED_ROWS_NAME
@@ -41,6 +42,7 @@ from crosslens.core.launch import launched_by_torchrun
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh
 from crosslens.training.config import CrosscoderRunnerConfig
+from crosslens.training.records import read_record
 from crosslens.training.runner import CrosscoderTrainingRunner, new_training_crosscoder, resolve_precision
 
 EVAL_TOKENS = 8192
@@ -191,11 +193,20 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         return {**self.config_record(), "stream": self.stream}
 
     def store_identity(self) -> dict[str, Any]:
-        """What this run trains on: the stream's description and its token tables' hash."""
+        """What this run trains on: the snapshots and the dtype their models run in, the
+        stream's description, and its token tables' hash. The snapshots are named by the suite
+        the runner holds, not by the description a caller passed, so that a resume on another
+        suite is refused whoever describes it."""
+        snapshots = {
+            "model_id": self.suite.model_id, "family": self.suite.family,
+            "root": None if self.suite.root is None else str(self.suite.root),
+            "revisions": [ref.revision for ref in self.suite.snapshots],
+        }  # fmt: skip
+        spec = {"snapshots": snapshots, "model_dtype": dtype_name(self.model_dtype), "stream": self.stream}
         return {
-            "fingerprint": json_sha256(self.stream),
+            "fingerprint": json_sha256(spec),
             "content_sha256": json_sha256([tokens_sha256(self.train_NL), tokens_sha256(self.heldout_NL)]),
-            "hook": self.hook, "path": "(streamed: no store)", "spec": self.stream,
+            "hook": self.hook, "path": "(streamed: no store)", "spec": spec,
         }  # fmt: skip
 
     def _write_data_record(self) -> None:
@@ -207,10 +218,18 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         try:
             super()._check_resumable(checkpoint, run_file)
         except StoreChangedError:
-            raise StoreChangedError(
-                f"the streamed tokens differ from those {self.out_dir} trained on up to {checkpoint.name} "
-                "(the text, dataset or tokenizer changed); resume with the same inputs, or start a new run in another --out."
-            ) from None
+            started_on, now = read_record(checkpoint).get("store", {}), self.store_identity()
+            old, new = started_on.get("spec") or {}, now["spec"]
+            if old.get("snapshots") != new["snapshots"]:
+                what = (f"the snapshots differ from those {self.out_dir} trained on up to {checkpoint.name} "
+                        f"({_snapshots(old)} then, {_snapshots(new)} now)")  # fmt: skip
+            elif old.get("model_dtype") != new["model_dtype"]:
+                what = (f"the snapshot models ran in {old.get('model_dtype')} up to {checkpoint.name} of {self.out_dir}, "
+                        f"now in {new['model_dtype']}")  # fmt: skip
+            else:
+                what = (f"the streamed tokens differ from those {self.out_dir} trained on up to {checkpoint.name} "
+                        "(the text, dataset or tokenizer changed)")  # fmt: skip
+            raise StoreChangedError(f"{what}; resume with the same inputs, or start a new run in another --out.") from None
 
     # ------------------------------------------------------------ held-out activations
     def heldout_activations(self) -> HeldoutActivations | None:
@@ -236,3 +255,10 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         """Free the resident models."""
         if self.provider is not None:
             self.provider.close()
+
+
+def _snapshots(spec: dict[str, Any]) -> str:
+    """The snapshots a streamed run's identity names, for a message: the suite's folder or model
+    id, and its revisions."""
+    snapshots = spec.get("snapshots") or {}
+    return f"{snapshots.get('root') or snapshots.get('model_id')} at {', '.join(snapshots.get('revisions') or ['?'])}"
