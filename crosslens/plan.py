@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,8 +35,8 @@ from crosslens.architectures import uses_k
 from crosslens.core.devices import DTYPE_BYTES, GPUS
 from crosslens.core.units import format_bytes
 from crosslens.core.errors import CrosslensError
-from crosslens.core.hooks import block_index, hook_problem
-from crosslens.activations.budget import TokenBudget
+from crosslens.core.hooks import block_index, hook_problem, hook_width
+from crosslens.activations.budget import TokenBudget, chunk_buffer_bytes, chunk_seqs_for
 from crosslens.training.config import (
     AUTOCAST_CHOICES,
     ArchitectureConfig,
@@ -207,13 +206,6 @@ def model_spec_for(suite: str) -> ModelSpec:
         f"crosslens does not know the sizes of {suite!r} and no config.json of it is cached; use a model "
         "from `crosslens plan --list-models`, a local suite folder, or a --recipe"
     )
-
-
-def hook_width(model: ModelSpec, hook: str) -> int:
-    """``d_in`` of a per-token hook: ``d_mlp`` for ``mlp.hook_pre``/``mlp.hook_post``, else ``d_model``."""
-    if re.search(r"mlp\.hook_(pre|post)", hook):
-        return model.d_mlp
-    return model.d_model
 
 
 # ----------------------------------------------------------------------------- plan
@@ -392,7 +384,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     """Every figure of the plan, as a JSON-able dict (bytes, FLOPs, seconds)."""
     m = cfg.model
     S, F = cfg.n_snapshots, cfg.d_sae
-    D = hook_width(m, cfg.hook)
+    D = hook_width(cfg.hook, m.d_model, m.d_mlp)
     Pd, Ps = cfg.data_parallel, cfg.snapshot_parallel
     S_r = math.ceil(S / Ps)
     B_r = math.ceil(cfg.batch_size / Pd)
@@ -464,7 +456,8 @@ def _memory_bytes(cfg: PlanConfig, param_bytes: int, S_r: int, B_r: int, D: int,
     truncated = m.params_through_layer(layer) if layer is not None else m.n_params
     memory["resident_models_full"] = S_r * m.n_params * DTYPE_BYTES[cfg.model_dtype]
     memory["resident_models_truncated"] = S_r * truncated * DTYPE_BYTES[cfg.model_dtype]
-    memory["total_streaming"] = memory["total_training"] + memory["resident_models_truncated"]
+    memory["stream_chunks"] = chunk_buffer_bytes(cfg.seq_len, S_r, D, DTYPE_BYTES[cfg.model_dtype])
+    memory["total_streaming"] = memory["total_training"] + memory["resident_models_truncated"] + memory["stream_chunks"]
     return memory
 
 
@@ -573,6 +566,8 @@ def format_plan(plan: dict[str, Any]) -> str:
             f"{option} {n or 'none'}" for option, n in fewest["per_option"].items()) + f" ({_bytes(fewest['device_bytes'])} GPU)"))  # fmt: skip
     rows.append((f"resident models ({i['model_dtype']})", f"{_bytes(mem['resident_models_full'])} whole, "
                  f"{_bytes(mem['resident_models_truncated'])} cut after the hooked block"))  # fmt: skip
+    rows.append(("stream chunk buffers (2)", f"{_bytes(mem['stream_chunks'])}  ({chunk_seqs_for(i['seq_len']) * i['seq_len']:,} "
+                 f"tokens x {mesh['snapshots_per_rank']} snapshots x d_in, {i['model_dtype']})"))  # fmt: skip
     rows.append(("total, streaming", _bytes(mem["total_streaming"])))
 
     section("disk for an activation store and its held-out split (tokens x S x d_in)")
@@ -679,7 +674,6 @@ __all__ = [
     "default_mesh",
     "estimate_n_params",
     "format_plan",
-    "hook_width",
     "known_model",
     "known_models",
     "make_plan",

@@ -395,3 +395,25 @@ def test_train_recipe_takes_a_store_of_some_of_its_snapshots_as_harvest_recipe_s
     assert not _in_order_among(["step2000", "step0"], ["step0", "step1000", "step2000"])
     assert not _in_order_among(["step0", "step0"], ["step0", "step1000"])
     assert _in_order_among(["step0", "step143000"], ["step0", "main"])  # "main": the latest revision, any name
+
+
+def test_the_streaming_total_counts_the_chunk_buffers_train_stream_counts(tmp_path):
+    """The plan's streaming peak holds what `train --stream` says it needs before loading a model
+    (the truncated models and the two chunk buffers), at the hook's width."""
+    from types import SimpleNamespace
+
+    from crosslens.activations.budget import chunk_buffer_bytes
+    from crosslens.commands.stream import resident_memory
+
+    folder = tmp_path / "suite"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"hidden_size": 8, "intermediate_size": 32, "num_hidden_layers": 2,
+                                                    "vocab_size": 100, "max_position_embeddings": 64}))  # fmt: skip
+    suite = SimpleNamespace(root=folder, model_id="tiny")
+    for hook, width in (("blocks.0.hook_resid_post", 8), ("blocks.0.mlp.hook_post", 32)):
+        cfg = PlanConfig(model=model_spec_for(str(folder)), n_snapshots=3, hook=hook, seq_len=16, model_dtype="bfloat16", device="cpu")
+        mem = make_plan(cfg)["memory_bytes"]
+        assert mem["stream_chunks"] == chunk_buffer_bytes(16, 3, width, 2) == 2 * 256 * 16 * 3 * width * 2
+        assert mem["total_streaming"] == mem["total_training"] + mem["resident_models_truncated"] + mem["stream_chunks"]
+        need, _ = resident_memory(suite, hook, "bfloat16", 3, 16)
+        assert need == mem["resident_models_truncated"] + mem["stream_chunks"], hook

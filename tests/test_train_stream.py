@@ -437,7 +437,7 @@ def test_torchrun_with_two_processes_trains_the_one_process_crosscoder(snapshot_
 def test_streamed_chunks_hold_at_most_65536_token_positions():
     """The chunk is the shuffle buffer, on the training device for every snapshot: rows of 1024 (Ge et
     al.'s context) give 64 rows a chunk, short rows keep the provider's 256."""
-    from crosslens.training.streaming import CHUNK_TOKENS, chunk_seqs_for
+    from crosslens.activations.budget import CHUNK_TOKENS, chunk_seqs_for
 
     assert CHUNK_TOKENS == 65536
     assert [chunk_seqs_for(n) for n in (16, 64, 256, 1024, 2048, 100_000)] == [256, 256, 256, 64, 32, 1]

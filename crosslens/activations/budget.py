@@ -68,4 +68,22 @@ class TokenBudget:
         return cls(**values)
 
 
-__all__ = ["MAX_DEFAULT_HELDOUT_TOKENS", "TokenBudget"]
+CHUNK_TOKENS = 1 << 16
+"""Token positions per streamed chunk at the most: the chunk is the shuffle buffer, held on the
+training device for every snapshot (twice while the next one is harvested), so at Ge et al.'s
+shape (32 snapshots, d_in 768, rows of 1024) 256 rows would take 26 GB in float32."""
+
+
+def chunk_seqs_for(seq_len: int) -> int:
+    """Rows per streamed chunk: 256 (the provider's default) up to :data:`CHUNK_TOKENS` positions."""
+    return max(1, min(256, CHUNK_TOKENS // max(1, seq_len)))
+
+
+def chunk_buffer_bytes(seq_len: int, n_snapshots: int, d_in: int, dtype_bytes: int) -> int:
+    """Bytes of the two chunk buffers ``train --stream`` holds on one rank (the one served and the
+    one harvested meanwhile): :func:`chunk_seqs_for` rows of ``seq_len`` at each of the rank's
+    ``n_snapshots``, ``d_in`` values each, in the models' dtype."""
+    return 2 * chunk_seqs_for(seq_len) * seq_len * n_snapshots * d_in * dtype_bytes
+
+
+__all__ = ["CHUNK_TOKENS", "MAX_DEFAULT_HELDOUT_TOKENS", "TokenBudget", "chunk_buffer_bytes", "chunk_seqs_for"]

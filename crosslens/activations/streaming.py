@@ -28,6 +28,7 @@ from crosslens.activations.forward import keep_first_blocks
 from crosslens.activations.harvest import harvest_rows, load_snapshot
 from crosslens.activations.provider import OnTheFlyProvider, epoch_rng, norm_factors_of
 from crosslens.core.devices import available_memory, release_model
+from crosslens.core.hooks import hook_width
 
 CALIBRATION_SEQS = 64
 """Sequences (the same on every rank) that the normalisation factors are measured on."""
@@ -137,7 +138,8 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
                 # resident for the whole run: blocks past the hook would only hold memory
                 model = keep_first_blocks(model, self.first_n_layers).to(self.model_dtype, print_details=False)
                 if i == 0:
-                    self._check_fits(model_bytes(model), model.cfg.d_model, device)
+                    d_in = hook_width(self.hook, model.cfg.d_model, model.cfg.d_mlp or model.cfg.d_model)
+                    self._check_fits(model_bytes(model), d_in, device)
                 self.provenance.append(record)
                 models.append(model)
         except BaseException:
@@ -146,7 +148,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
             raise
         return models
 
-    def _check_fits(self, one_model: int, d_model: int, device: torch.device) -> None:
+    def _check_fits(self, one_model: int, d_in: int, device: torch.device) -> None:
         """Refuse, as the first model loads, models and chunk buffers that would not fit."""
         free = available_memory(device)
         if free is None:
@@ -156,7 +158,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         # with prefetch the next one fills while this one is served
         n_chunks = 2 if self.prefetch else 1
         rows = self.chunk_seqs * self.token_ids_NL.shape[1]
-        chunks = n_chunks * rows * n_models * d_model * self.buffer_dtype.itemsize
+        chunks = n_chunks * rows * n_models * d_in * self.buffer_dtype.itemsize
         shared = torch.device(self.device).type == device.type
         # the first model is already resident, so it counts against what is left
         budget = int((free + one_model) * self.memory_fraction)

@@ -145,7 +145,8 @@ def check_sizes(suite, hooks: list[str], seq_len: int, n_tokens: int, store_dtyp
     a harvest whose token table or stores do not fit; returns the stores' bytes when known."""
     from crosslens.commands.inputs import check_harvest_fits, suite_config
     from crosslens.core.devices import DTYPE_BYTES
-    from crosslens.plan import hook_width, spec_from_hf_config
+    from crosslens.core.hooks import hook_width
+    from crosslens.plan import spec_from_hf_config
 
     check_context(suite, seq_len)
     config = suite_config(suite)
@@ -155,7 +156,7 @@ def check_sizes(suite, hooks: list[str], seq_len: int, n_tokens: int, store_dtyp
     except (TypeError, ValueError):  # a config without the usual size fields: the disk check is skipped
         spec = None
     if spec is not None:
-        widths = [hook_width(spec, hook) for hook in hooks]
+        widths = [hook_width(hook, spec.d_model, spec.d_mlp) for hook in hooks]
     return check_harvest_fits(n_tokens, len(suite.snapshots), widths, DTYPE_BYTES[store_dtype], outs)
 
 

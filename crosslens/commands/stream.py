@@ -51,11 +51,12 @@ def resident_memory(
     """Bytes ``n_models`` resident snapshot models of ``suite`` need (kept up to ``hook``'s block),
     and with ``seq_len`` the two chunk buffers they fill (served and prefetched, in the models'
     dtype), and how that was counted; None when the model's sizes are unknown here."""
+    from crosslens.activations.budget import chunk_buffer_bytes, chunk_seqs_for
     from crosslens.activations.forward import stop_layer_for
     from crosslens.core.devices import DTYPE_BYTES
+    from crosslens.core.hooks import hook_width
     from crosslens.core.units import format_bytes
     from crosslens.plan import PlanError, model_spec_for
-    from crosslens.training.streaming import chunk_seqs_for
 
     try:
         spec = model_spec_for(str(suite.root) if suite.root is not None else suite.model_id)
@@ -67,9 +68,9 @@ def resident_memory(
     how = f"{n_models} x {params:,} parameters (blocks 0-{n_blocks - 1} of {spec.n_layers}, {model_dtype})"
     need = n_models * params * DTYPE_BYTES[model_dtype]
     if seq_len is not None:
-        rows = chunk_seqs_for(seq_len) * seq_len
-        chunks = 2 * rows * n_models * spec.d_model * DTYPE_BYTES[model_dtype]
-        how += f" + 2 chunks of {rows:,} tokens x {n_models} snapshots x d {spec.d_model} ({format_bytes(chunks)})"
+        d_in = hook_width(hook, spec.d_model, spec.d_mlp)
+        chunks = chunk_buffer_bytes(seq_len, n_models, d_in, DTYPE_BYTES[model_dtype])
+        how += f" + 2 chunks of {chunk_seqs_for(seq_len) * seq_len:,} tokens x {n_models} snapshots x d {d_in} ({format_bytes(chunks)})"
         need += chunks
     return need, how
 

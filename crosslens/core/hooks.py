@@ -46,6 +46,12 @@ def block_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def hook_width(hook: str, d_model: int, d_mlp: int) -> int:
+    """``d_in`` of a per-token hook of a model of widths ``d_model`` and ``d_mlp``: ``d_mlp`` for
+    ``mlp.hook_pre``/``mlp.hook_post``, else ``d_model``."""
+    return d_mlp if re.search(r"mlp\.hook_(pre|post)", hook) else d_model
+
+
 def as_block_zero(hook: str) -> str:
     """``hook`` with its block index (if any) replaced by 0: the form :func:`hook_points` holds."""
     return _BLOCK.sub("blocks.0.", hook, count=1)

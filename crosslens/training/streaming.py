@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
+from crosslens.activations.budget import chunk_seqs_for
 from crosslens.activations.harvest import harvest_rows
 from crosslens.activations.partners import RowDigests
 from crosslens.activations.streaming import ResidentSnapshotProvider
@@ -72,17 +73,6 @@ class HeldoutActivations:
         self.resolve_hook(hook)
         acts_NSD = self.acts_NSD[torch.as_tensor(idx)]
         return acts_NSD * self.norm_factors_S[None, :, None] if normalize else acts_NSD
-
-
-CHUNK_TOKENS = 1 << 16
-"""Token positions per streamed chunk at the most: the chunk is the shuffle buffer, held on the
-training device for every snapshot (twice while the next one is harvested), so at Ge et al.'s
-shape (32 snapshots, d_in 768, rows of 1024) 256 rows would take 26 GB in float32."""
-
-
-def chunk_seqs_for(seq_len: int) -> int:
-    """Rows per streamed chunk: 256 (the provider's default) up to :data:`CHUNK_TOKENS` positions."""
-    return max(1, min(256, CHUNK_TOKENS // max(1, seq_len)))
 
 
 class StreamingTrainingRunner(CrosscoderTrainingRunner):
