@@ -96,6 +96,15 @@ def test_the_library_refuses_a_store_or_hook_that_is_not_the_crosscoders_partner
     assert len(evaluate_crosscoder(crosscoder, ActivationStore.open(world["heldout"]))["explained_variance"]) == 3
 
 
+def test_loading_a_run_folder_as_a_crosscoder_names_its_final_folder(world):
+    from crosslens import load_crosscoder
+
+    with pytest.raises(FileNotFoundError, match=rf"^{world['run']} is a `crosslens train` run folder, not a crosscoder "
+                       rf"folder; pass its crosscoder, {world['run'] / 'final'}$"):  # fmt: skip
+        load_crosscoder(world["run"])
+    assert load_crosscoder(world["run"] / "final").cfg.n_snapshots == 3
+
+
 def test_a_folded_crosscoder_evaluates_as_its_unfolded_self(world):
     from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.training.runner import evaluate_crosscoder

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.core.errors import DamagedCrosscoderError
+from crosslens.core.paths import FINAL_DIRNAME
 from crosslens.core.weightfiles import UnreadableHeaderError, safetensors_header, tensor_shapes
 
 CFG_NAME = "cfg.json"
@@ -53,6 +54,11 @@ def check_crosscoder_folder(folder: str | os.PathLike, *, fix: str | None = None
     folder = Path(folder)
     cfg_path, weights_path = folder / CFG_NAME, folder / WEIGHTS_NAME
     if not cfg_path.is_file():
+        if (folder / FINAL_DIRNAME / CFG_NAME).is_file():
+            raise FileNotFoundError(
+                f"{folder} is a `crosslens train` run folder, not a crosscoder folder; pass its crosscoder, "
+                f"{folder / FINAL_DIRNAME}"
+            )
         raise FileNotFoundError(f"{folder} holds no {CFG_NAME}; pass the folder a crosscoder was saved to")
     fix = fix or FIX
     cfg = _read_cfg(cfg_path, fix)
