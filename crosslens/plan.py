@@ -272,7 +272,7 @@ class PlanConfig:
         for flag, value, least in (("--n-snapshots", self.n_snapshots, 1), ("--n-tokens", self.n_tokens, 1),
                                    ("--d-sae", self.d_sae, 1), ("--batch-size", self.batch_size, 1),
                                    ("--n-steps", self.n_steps, 1), ("--seq-len", self.seq_len, 2),
-                                   ("--heldout-tokens", self.heldout_tokens, 0)):  # fmt: skip
+                                   ("--heldout-tokens", self.heldout_tokens, 0), ("--k", self.k, 1)):  # fmt: skip
             if value is not None and value < least:
                 raise PlanError(f"{flag} must be >= {least}, got {value}")
         if uses_k(self.architecture) and self.k > self.d_sae:

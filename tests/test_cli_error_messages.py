@@ -173,6 +173,34 @@ def test_a_config_validation_error_names_the_flag_not_the_field(run, tmp_path, c
     assert "error: --lr-decay-fraction must be in [0, 1), got 1.5" in err and "lr_decay_fraction" not in err, err
 
 
+def test_a_bound_above_is_refused_by_the_flag_and_every_bound_by_the_config_as_built(run, tmp_path, capsys):
+    """Each field's bounds are written once on it and checked as the config is built, so the
+    library refuses what the command line refuses, before a store is hashed."""
+    from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig, LoggingConfig
+
+    store, _ = run
+    argv = ["train", "--store", str(store), "--out", str(tmp_path / "r"), "--sparsity-warm-up-fraction", "5"]
+    assert "error: --sparsity-warm-up-fraction must be in [0, 1], got 5.0" in cli_error(argv, capsys)
+    assert not (tmp_path / "r").exists()
+    refused = [
+        (ArchitectureConfig, {"sparsity_warm_up_fraction": 5.0}, "sparsity_warm_up_fraction must be in [0, 1], got 5.0"),
+        (ArchitectureConfig, {"decoder_init_norm": 0.0}, "decoder_init_norm must be > 0, got 0.0"),
+        (ArchitectureConfig, {"sparsity_coefficient": -1.0}, "sparsity_coefficient must be >= 0, got -1.0"),
+        (ArchitectureConfig, {"architecture": "crosscoder", "k": 0}, "k must be >= 1, got 0"),
+        (CrosscoderRunnerConfig, {"lr": float("nan")}, "lr must be > 0, got nan"),
+        (CrosscoderRunnerConfig, {"lr_warm_up_steps": -5}, "lr_warm_up_steps must be >= 0, got -5"),
+        (CrosscoderRunnerConfig, {"lr_decay_fraction": 1.0}, "lr_decay_fraction must be in [0, 1), got 1.0"),
+        (LoggingConfig, {"wandb_log_frequency": 0}, "wandb_log_frequency must be >= 1, got 0"),
+    ]
+    for cls, values, message in refused:
+        if cls is CrosscoderRunnerConfig:
+            values = {"store_path": "s", "out_dir": "o", **values}
+        with pytest.raises(ValueError) as error:
+            cls(**values)
+        assert str(error.value) == message
+    assert ArchitectureConfig(sparsity_warm_up_fraction=1.0, sparsity_coefficient=0.0).sparsity_warm_up_fraction == 1.0
+
+
 def test_field_names_become_flags_only_in_a_message_about_fields():
     from crosslens.cli import train as train_command
 

@@ -261,6 +261,8 @@ def test_plan_tells_harvested_tokens_from_training_tokens(capsys):
         _tiny(heldout_tokens=-1)
     with pytest.raises(PlanError, match="--seq-len must be >= 2"):
         _tiny(seq_len=1)
+    with pytest.raises(PlanError, match="--k must be >= 1, got 0"):
+        _tiny(architecture="topk_crosscoder", k=0)
     with pytest.raises(PlanError, match="--k 17 exceeds --d-sae 16"):  # as train refuses it
         _tiny(architecture="topk_crosscoder", k=17)
     assert main(["plan", "--hook", "blocks.1.hook_resid_post", "--device", "cpu", "--n-tokens", "1000", "--seq-len", "16",

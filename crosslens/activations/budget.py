@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from crosslens.core.minimums import check_minimums
+from crosslens.core.bounds import check_bounds
 
 MAX_DEFAULT_HELDOUT_TOKENS = 16_384
 """The default held-out share, a tenth of the budget, stops here: enough rows for a stable quality
@@ -30,7 +30,7 @@ class TokenBudget:
     :data:`MAX_DEFAULT_HELDOUT_TOKENS`."""
 
     def __post_init__(self) -> None:
-        check_minimums(self)
+        check_bounds(self)
 
     @property
     def n_rows(self) -> int:

@@ -8,7 +8,9 @@ the dataclass. A field whose type is itself a dataclass (a nested config, as SAE
 
 - ``flag``: the flag's name; a ``--no-...`` flag on a bool field that defaults to True turns it off.
 - ``choices``: the allowed values.
-- ``min`` (and ``strictly``): numbers below it (or equal, with ``strictly``) are refused where parsed.
+- ``min`` (and ``strictly``): numbers below it (or equal, with ``strictly``) are refused where parsed;
+  ``max`` (and ``max_strictly``) as the config is built (:mod:`crosslens.core.bounds`), in a message
+  that :func:`name_flags` writes with the flag.
 - ``cli``: False keeps a field off the command line (library-only settings).
 - ``positional``: the field is a positional argument, shown as its ``metavar``.
 - ``default_from``: ``(config class, field name)``, for a flag that sets a field of a config

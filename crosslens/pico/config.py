@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crosslens.core.minimums import check_minimums
+from crosslens.core.bounds import check_bounds
 
 
 FORMAT_VERSION = 1
@@ -89,7 +89,7 @@ class PicoConfig:
             object.__setattr__(self, "corpus", tuple(str(path) for path in self.corpus))
         if isinstance(self.corpus, tuple) and not self.corpus:
             raise ValueError("PicoConfig.corpus is an empty list; pass None for the grammar or some text files")
-        check_minimums(self, "PicoConfig.")
+        check_bounds(self, "PicoConfig.")
         if self.d_model % self.n_heads:
             raise ValueError(f"PicoConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if not 0 < self.rotary_pct <= 1:

@@ -23,6 +23,7 @@ from crosslens.architectures import (
     defaults_for,
     uses_k,
 )
+from crosslens.core.bounds import check_bounds
 from crosslens.training.memory import OPTIMIZER_STATES
 
 LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
@@ -66,10 +67,7 @@ class LoggingConfig:
     """"online", "offline" or "disabled"; None reads WANDB_MODE."""
 
     def __post_init__(self) -> None:
-        if self.wandb_log_frequency < 1:
-            raise ValueError(f"wandb_log_frequency must be >= 1, got {self.wandb_log_frequency}.")
-        if self.eval_every_n_wandb_logs < 0:
-            raise ValueError(f"eval_every_n_wandb_logs must be >= 0, got {self.eval_every_n_wandb_logs}.")
+        check_bounds(self)
         if self.wandb_mode not in (None, "online", "offline", "disabled"):
             raise ValueError(f"wandb_mode must be online, offline, disabled or None, got {self.wandb_mode!r}.")
 
@@ -92,16 +90,16 @@ class ArchitectureConfig:
     """Number of shared features."""
     k: int = field(default=DEFAULT_K, metadata={"min": 1})
     """Active features per token of topk_crosscoder and batchtopk_crosscoder."""
-    sparsity_coefficient: float | None = field(default=None, metadata={"flag": "--sparsity", "min": 0.0})
+    sparsity_coefficient: float | None = field(default=None, metadata={"flag": "--sparsity", "min": 0})
     """lambda of the sparsity penalty (L1 for crosscoder, tanh for jumprelu_crosscoder, the L1
     term beside k for topk_crosscoder and batchtopk_crosscoder); None: the architecture's
     default (crosslens.architectures, shape-scaled for JumpReLU)."""
-    sparsity_warm_up_fraction: float | None = field(default=None, metadata={"min": 0.0})
+    sparsity_warm_up_fraction: float | None = field(default=None, metadata={"min": 0, "max": 1})
     """Fraction of the steps over which lambda rises linearly from 0; None: the architecture's
     (5% ReLU, 10% JumpReLU)."""
-    decoder_init_norm: float = field(default=DEFAULT_DECODER_INIT_NORM, metadata={"min": 0.0, "strictly": True})
+    decoder_init_norm: float = field(default=DEFAULT_DECODER_INIT_NORM, metadata={"min": 0, "strictly": True})
     """Norm of every decoder row W_dec[i, s] at initialisation (Bayazit et al.)."""
-    target_l0: float | None = field(default=None, metadata={"min": 0.0, "strictly": True})
+    target_l0: float | None = field(default=None, metadata={"min": 0, "strictly": True})
     """jumprelu_crosscoder only: active features per token that lambda is steered to during
     training (lambda starts at --sparsity or its default and is multiplied each step after
     the warm-up by (L0 / target_l0) ** 0.01); None keeps lambda fixed."""
@@ -115,8 +113,7 @@ class ArchitectureConfig:
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURE_NAMES:
             raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {sorted(ARCHITECTURE_NAMES)}.")
-        if self.d_sae < 1:
-            raise ValueError(f"d_sae must be >= 1, got {self.d_sae}.")
+        check_bounds(self)
         if uses_k(self.architecture) and not 1 <= self.k <= self.d_sae:
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}.")
         if self.target_l0 is not None and self.architecture != "jumprelu_crosscoder":
@@ -131,8 +128,6 @@ class ArchitectureConfig:
             raise ValueError(
                 f"sparse_step (--sparse-step) is the JumpReLU crosscoder's; {self.architecture} has none: leave it at auto."
             )
-        if self.target_l0 is not None and not self.target_l0 > 0:
-            raise ValueError(f"target_l0 must be > 0, got {self.target_l0}.")
         defaults = defaults_for(self.architecture)
         if self.sparsity_coefficient is None and not defaults.sparsity_per_shape:
             self.sparsity_coefficient = defaults.sparsity_coefficient
@@ -296,11 +291,11 @@ class CrosscoderRunnerConfig:
     """Optimizer steps (one batch each)."""
     train_batch_size_tokens: int = field(default=1024, metadata={"flag": "--batch-size", "min": 1})
     """Tokens per batch."""
-    lr: float | None = field(default=None, metadata={"min": 0.0, "strictly": True})
+    lr: float | None = field(default=None, metadata={"min": 0, "strictly": True})
     """Adam learning rate; None: the architecture's (crosslens.architectures)."""
     lr_warm_up_steps: int = field(default=0, metadata={"min": 0})
     """Linear learning-rate warm-up steps."""
-    lr_decay_fraction: float = field(default=0.2, metadata={"min": 0.0})
+    lr_decay_fraction: float = field(default=0.2, metadata={"min": 0, "max": 1, "max_strictly": True})
     """Final fraction of steps with linear decay to 0 (Bayazit et al.: 20%)."""
     seed: int = 0
     """Seeds initialisation and the batch order."""
@@ -338,15 +333,9 @@ class CrosscoderRunnerConfig:
     """W&B logging."""
 
     def __post_init__(self) -> None:
-        for name in ("n_steps", "train_batch_size_tokens", "snapshot_parallel", "micro_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        check_bounds(self)
         if self.train_batch_size_tokens % self.micro_batches:
             raise ValueError(micro_batch_error(self.train_batch_size_tokens, self.micro_batches))
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0 (0 disables checkpoints), got {self.checkpoint_every}.")
-        if not 0 <= self.lr_decay_fraction < 1:
-            raise ValueError(f"lr_decay_fraction must be in [0, 1), got {self.lr_decay_fraction}.")
         if self.autocast_dtype not in AUTOCAST_CHOICES:
             raise ValueError(f"autocast_dtype must be one of {AUTOCAST_CHOICES}, got {self.autocast_dtype!r}.")
         if self.optimizer_state not in ("auto", *OPTIMIZER_STATES):
