@@ -117,3 +117,26 @@ def test_bad_rank_arguments_are_refused(suite, token_ids):
         provider(suite, token_ids, data_rank=2, data_size=2)
     with pytest.raises(ValueError, match="indices of the suite's 3 snapshots"):
         provider(suite, token_ids, snapshots=[3])
+    with pytest.raises(ValueError, match=r"snapshots must name each snapshot once, got \[2, 2\]"):
+        provider(suite, token_ids, snapshots=[2, 2])
+
+
+def test_given_inputs_are_checked_not_broadcast_or_crashed_on(suite, token_ids):
+    """Norm factors are one per snapshot served, dtypes may be named, and token ids the models
+    cannot read are refused naming the snapshot and the fix."""
+    from crosslens.core.errors import SnapshotMismatchError
+
+    with pytest.raises(ValueError, match=r"norm_factors holds 1 numbers for 2 snapshots; pass one per snapshot served"):
+        provider(suite, token_ids, snapshots=BLOCK, normalize=True, norm_factors=[2.0]).norm_factors
+    with pytest.raises(ValueError, match=r"norm_factors must be one finite positive number per snapshot"):
+        provider(suite, token_ids, snapshots=BLOCK, normalize=True, norm_factors=[2.0, -1.0])
+    given = provider(suite, token_ids, snapshots=BLOCK, normalize=True, norm_factors=[2.0, 3.0])
+    assert given.norm_factors.tolist() == [2.0, 3.0]
+    named = provider(suite, token_ids, snapshots=[0], model_dtype="bf16")
+    assert named.model_dtype == named.buffer_dtype == torch.bfloat16
+    named.close()
+    beyond = token_ids.clone()
+    beyond[0, 1] = 100_000
+    with pytest.raises(SnapshotMismatchError, match=r"token id 100000 is outside snapshot 'step0''s vocabulary of \d+; "
+                       "build the tokens with this suite's tokenizer"):  # fmt: skip
+        next(iter(provider(suite, beyond, snapshots=[0])))

@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 
 from crosslens.activations.forward import stop_layer_for
 from crosslens.activations.harvest import check_suite, harvest_rows, load_snapshot, snapshot_identities
+from crosslens.activations.resume import check_tokens_fit
 from crosslens.activations.store import ActivationStore
 from crosslens.activations.tokens import kept_tokens
 from crosslens.core.devices import release_model
@@ -221,6 +222,9 @@ class OnTheFlyProvider(_Batching):
         self.model_device = model_device
         self.harvest_batch_size = harvest_batch_size
         self._norm_factors = None if norm_factors is None else torch.as_tensor(norm_factors, dtype=torch.float32)
+        if self._norm_factors is not None and (self._norm_factors.ndim != 1 or not bool(
+                (torch.isfinite(self._norm_factors) & (self._norm_factors > 0)).all())):  # fmt: skip
+            raise ValueError(f"norm_factors must be one finite positive number per snapshot, got {norm_factors}.")
         self._cached_chunk: tuple[tuple[int, int], torch.Tensor] | None = None
         self._d_in: int | None = None
         stop_at_layer = stop_layer_for([hook])
@@ -252,10 +256,19 @@ class OnTheFlyProvider(_Batching):
 
     @property
     def norm_factors(self) -> Float[torch.Tensor, " n_snapshots"]:
-        """sqrt(d_in) / mean norm per snapshot, measured on the first chunk of epoch 0 unless given."""
+        """sqrt(d_in) / mean norm per snapshot served, measured unless given."""
         if self._norm_factors is None:
-            self._norm_factors = norm_factors_of(self._chunk(0, 0))
+            self._norm_factors = self._measured_norm_factors()
+        elif len(self._norm_factors) != self.n_snapshots:  # given: one per snapshot served, not broadcast
+            raise ValueError(
+                f"norm_factors holds {len(self._norm_factors)} numbers for {self.n_snapshots} snapshots; "
+                "pass one per snapshot served."
+            )
         return self._norm_factors
+
+    def _measured_norm_factors(self) -> Float[torch.Tensor, " n_snapshots"]:
+        """sqrt(d_in) / mean norm per snapshot, measured on the first chunk of epoch 0."""
+        return norm_factors_of(self._chunk(0, 0))
 
     def _chunks(self, epoch: int) -> list[np.ndarray]:
         seq_order = epoch_rng(self.seed, epoch).permutation(self.token_ids_NL.shape[0])
@@ -275,6 +288,7 @@ class OnTheFlyProvider(_Batching):
                 first_n_layers=self.first_n_layers, identity=self._identities()[s],
             )  # fmt: skip
             try:
+                check_tokens_fit(model, self.token_ids_NL, ref.revision)
                 rows = harvest_rows(model, tokens, keep, [self.hook], batch_size=self.harvest_batch_size)
             finally:
                 release_model(model)

@@ -246,20 +246,26 @@ def check_snapshot(
                 revisions=(other["revision"], record["revision"]),
                 sha256=sha,
             )
-    if int(token_ids_NL.max()) >= model.cfg.d_vocab:
+    check_tokens_fit(model, token_ids_NL, record["revision"], retry=" A retry with the shorter rows replaces what this run wrote.")
+    manifest["snapshots"][s] = {**record, "source": recorded.get("source")}
+
+
+def check_tokens_fit(model: HookedTransformer, token_ids_NL: torch.Tensor, revision: str, retry: str = "") -> None:
+    """Refuse a token table the snapshot ``model`` cannot read: an id beyond its vocabulary, or
+    rows longer than its context (``retry`` is said after the fix for the latter)."""
+    if token_ids_NL.numel() and int(token_ids_NL.max()) >= model.cfg.d_vocab:
         raise SnapshotMismatchError(
-            f"token id {int(token_ids_NL.max())} is outside snapshot {record['revision']!r}'s vocabulary "
+            f"token id {int(token_ids_NL.max())} is outside snapshot {revision!r}'s vocabulary "
             f"of {model.cfg.d_vocab}; build the tokens with this suite's tokenizer.",
-            revision=record["revision"],
+            revision=revision,
         )
     if token_ids_NL.shape[1] > model.cfg.n_ctx:
         raise SnapshotMismatchError(
             f"the token table's rows of {token_ids_NL.shape[1]} tokens are longer than snapshot "
-            f"{record['revision']!r}'s context of {model.cfg.n_ctx}; build them with seq_len <= {model.cfg.n_ctx} "
-            "(`crosslens harvest --seq-len`). A retry with the shorter rows replaces what this run wrote.",
-            revision=record["revision"],
+            f"{revision!r}'s context of {model.cfg.n_ctx}; build them with seq_len <= {model.cfg.n_ctx} "
+            f"(`crosslens harvest --seq-len`).{retry}",
+            revision=revision,
         )
-    manifest["snapshots"][s] = {**record, "source": recorded.get("source")}
 
 
 def check_width(manifest: dict, hook: str, d_in: int, revision: str) -> None:

@@ -26,8 +26,9 @@ from jaxtyping import Float, Int
 
 from crosslens.activations.forward import keep_first_blocks
 from crosslens.activations.harvest import harvest_rows, load_snapshot
+from crosslens.activations.resume import check_tokens_fit
 from crosslens.activations.provider import OnTheFlyProvider, epoch_rng, norm_factors_of
-from crosslens.core.devices import available_memory, release_model
+from crosslens.core.devices import available_memory, dtype_name, release_model
 from crosslens.core.hooks import hook_width
 
 CALIBRATION_SEQS = 64
@@ -36,6 +37,11 @@ CALIBRATION_SEQS = 64
 
 class ModelsDoNotFitError(MemoryError):
     """The resident snapshot models would not fit in the memory available for them."""
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``dtype``, or the torch dtype a name (``"bfloat16"``, ``"bf16"``, ...) spells."""
+    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype_name(dtype))
 
 
 def model_bytes(model: torch.nn.Module) -> int:
@@ -55,8 +61,8 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         snapshots: suite indices of the snapshots this process keeps and serves (default all).
         data_rank, data_size: this process's share of each chunk's sequences (sequence j
             of a chunk goes to data rank ``j % data_size``).
-        model_dtype: dtype the models run in (bfloat16/float16 halve their memory);
-            activations are served as float32.
+        model_dtype: dtype the models run in, or its name (bfloat16/float16 halve their
+            memory); activations are served as float32.
         buffer_dtype: dtype of the chunk buffer (default ``model_dtype``: the rows exactly as
             the models give them, in half the memory of float32 for half-precision models).
         prefetch: harvest the next chunk in a background thread while this one is served.
@@ -70,8 +76,8 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         snapshots: Sequence[int] | None = None,
         data_rank: int = 0,
         data_size: int = 1,
-        model_dtype: torch.dtype = torch.float32,
-        buffer_dtype: torch.dtype | None = None,
+        model_dtype: torch.dtype | str = torch.float32,
+        buffer_dtype: torch.dtype | str | None = None,
         memory_fraction: float = 0.9,
         prefetch: bool = True,
         compile: bool | None = None,
@@ -85,6 +91,9 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
             raise ValueError(
                 f"snapshots must be indices of the suite's {n_all} snapshots, got {snapshots}."
             )
+        if len(set(self.snapshot_indices)) != len(self.snapshot_indices):
+            raise ValueError(f"snapshots must name each snapshot once, got {snapshots}.")
+        model_dtype, buffer_dtype = _as_dtype(model_dtype), None if buffer_dtype is None else _as_dtype(buffer_dtype)
         if not 0 <= data_rank < data_size:
             raise ValueError(f"data_rank={data_rank} must be in [0, data_size={data_size}).")
         if not 0 < memory_fraction <= 1:
@@ -135,6 +144,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
                     self.suite, ref, device=device, reference_tokenizer=reference,
                     first_n_layers=self.first_n_layers, identity=self._identities()[self.snapshot_indices[i]],
                 )  # fmt: skip
+                check_tokens_fit(model, self.token_ids_NL, ref.revision)
                 # resident for the whole run: blocks past the hook would only hold memory
                 model = keep_first_blocks(model, self.first_n_layers).to(self.model_dtype, print_details=False)
                 if i == 0:
@@ -199,14 +209,11 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         # the split is a fixed stride of one permutation per epoch, so the count is per epoch
         return int(self.keep_NL[torch.from_numpy(seqs)].sum()) if seqs.size else 0
 
-    @property
-    def norm_factors(self) -> Float[torch.Tensor, " n_snapshots"]:
+    def _measured_norm_factors(self) -> Float[torch.Tensor, " n_snapshots"]:
         """sqrt(d_in) / mean norm per held snapshot, measured on the first
         ``CALIBRATION_SEQS`` sequences (the same tokens on every rank)."""
-        if self._norm_factors is None:
-            seqs = torch.arange(min(CALIBRATION_SEQS, self.token_ids_NL.shape[0]))
-            self._norm_factors = norm_factors_of(self._harvest(seqs)).cpu()
-        return self._norm_factors
+        seqs = torch.arange(min(CALIBRATION_SEQS, self.token_ids_NL.shape[0]))
+        return norm_factors_of(self._harvest(seqs)).cpu()
 
     def _harvest(
         self, seqs: torch.Tensor, order: torch.Tensor | None = None

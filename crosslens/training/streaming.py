@@ -92,6 +92,9 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
     ) -> None:  # fmt: skip
         if not config.hook_name:
             raise ValueError("streaming needs config.hook_name: there is no store to take the only hook from")
+        for name, table in (("train_NL", train_NL), ("heldout_NL", heldout_NL)):
+            if table.ndim != 2:
+                raise ValueError(f"{name} must be token rows [n, seq_len], got shape {tuple(table.shape)}.")
         self.config, self.store, self.suite = resolve_precision(config, len(suite), None), None, suite
         self.hook, self.stream = config.hook_name, dict(stream)
         self.train_NL, self.heldout_NL = train_NL, heldout_NL
