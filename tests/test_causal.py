@@ -601,6 +601,21 @@ def test_reldec_is_one_mechanism_and_folding_leaves_it_alone():
     assert not torch.allclose(rel_dec(folded.W_dec), before, atol=1e-3)
 
 
+def test_every_decoder_measure_takes_a_crosscoder_as_rel_dec_does():
+    from crosslens.analysis import direction_drift, feature_dimensionality
+    from crosslens.analysis.geometry import pairwise_rel_dec
+
+    crosscoder = make_crosscoder("jumprelu_crosscoder")
+    folded = copy.deepcopy(crosscoder)
+    folded.fold_activation_norm_scaling_factors([0.5 * 2.0**s for s in range(N_SNAPSHOTS)])
+    for measure in (direction_drift, feature_dimensionality, pairwise_rel_dec):
+        expected = measure(crosscoder.W_dec)
+        for given in (crosscoder, folded):
+            torch.testing.assert_close(measure(given), expected, equal_nan=True)
+    with pytest.raises(TypeError, match="expected a decoder tensor .* or a crosscoder, got list"):
+        feature_dimensionality([1.0])
+
+
 def test_relie_one_vs_all_and_pairwise_on_a_hand_made_table():
     ie = torch.tensor([[3.0, -1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, -2.0], [0.0, 0.0, -5.0]])
     expected = torch.tensor([[0.75, 0.25, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.25, 0.25, 0.5], [0.0, 0.0, 1.0]])

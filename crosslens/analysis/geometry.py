@@ -1,4 +1,5 @@
-"""Geometry of the per-snapshot decoders: direction drift, RelDec, feature dimensionality."""
+"""Geometry of the per-snapshot decoders: direction drift, RelDec, feature dimensionality. Each
+measure takes a decoder tensor or a crosscoder (read in the space it was trained in)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from crosslens.crosscoders.folding import training_space_decoder
 _EPS = 1e-12
 
 
-def _check_decoder(W_dec: torch.Tensor) -> torch.Tensor:
+def _check_decoder(W_dec: torch.Tensor | Any) -> torch.Tensor:
+    """The decoder ``[d_sae, n_snapshots, d_in]`` of a decoder tensor, or of a crosscoder in the
+    normalised space it was trained in (:func:`crosslens.crosscoders.folding.training_space_decoder`),
+    so that a measure is the same before and after folding."""
+    if not isinstance(W_dec, torch.Tensor):
+        if not hasattr(W_dec, "W_dec"):
+            raise TypeError(f"expected a decoder tensor [d_sae, n_snapshots, d_in] or a crosscoder, got {type(W_dec).__name__}")
+        W_dec = training_space_decoder(W_dec)
     if W_dec.ndim != 3:
         raise ValueError(
             f"W_dec has shape {tuple(W_dec.shape)}; expected [d_sae, n_snapshots, d_in] "
@@ -30,7 +38,7 @@ def _unit(x: torch.Tensor, min_norm: float) -> torch.Tensor:
 
 
 def direction_drift(
-    W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"] | Any,
     min_norm: float = 0.0,
 ) -> tuple[Float[torch.Tensor, "d_sae n_snapshots_minus_1"], Float[torch.Tensor, "d_sae n_snapshots"]]:
     """How far each feature's direction moves between snapshots.
@@ -57,13 +65,11 @@ def rel_dec(
     :func:`crosslens.causal.reldec` of ``crosscoder.decoder_norms()``.
     Rows sum to 1; a feature with all-zero decoders gets the uniform ``1 / n_snapshots``.
     """
-    if not isinstance(W_dec, torch.Tensor):
-        W_dec = training_space_decoder(W_dec)
     return one_vs_all_share(_check_decoder(W_dec).norm(dim=-1))
 
 
 def pairwise_rel_dec(
-    W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"] | Any,
 ) -> Float[torch.Tensor, "d_sae n_snapshots n_snapshots"]:
     """Pairwise RelDec ``||W_dec[i,a]|| / (||W_dec[i,a]|| + ||W_dec[i,b]||)``.
 
@@ -77,7 +83,7 @@ def pairwise_rel_dec(
 
 
 def feature_dimensionality(
-    W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    W_dec: Float[torch.Tensor, "d_sae n_snapshots d_in"] | Any,
     chunk_size: int = 4096,
     progress: bool = False,
 ) -> Float[torch.Tensor, "d_sae n_snapshots"]:
