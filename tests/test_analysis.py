@@ -410,6 +410,9 @@ def test_top_activating_contexts_windows():
     assert (only.seq, only.pos, only.activation) == (0, 3, 2.0)
     assert only.token_ids == [1, 2, 3, 4] and only.focus == 2
     assert top_activating_contexts(store, _SliceCrosscoder(), [], progress=False) == {}
+    for wrong in ([2], [-1]):  # not a feature of the two: refused, not an IndexError or the last feature
+        with pytest.raises(ValueError, match=r"feature indices must be in \[0, 2\)"):
+            top_activating_contexts(store, _SliceCrosscoder(), wrong, progress=False)
 
 
 # ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 from crosslens.analysis.probes import encode_in_batches, reads_normalized
 from crosslens.core.hooks import resolve_hook
 from crosslens.core.progress import progress_bar
+from crosslens.core.tensors import feature_index
 
 if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder
@@ -108,7 +109,7 @@ def top_activating_contexts(
     Tokens on which the feature is 0 are never returned, so a feature may get fewer than
     ``k`` contexts.
     """
-    features = [int(f) for f in features]
+    features = feature_index(features, int(crosscoder.W_dec.shape[0])).tolist()
     if not features:
         return {}
     if k < 1 or left < 0 or right < 0:

@@ -26,6 +26,7 @@ from jaxtyping import Float
 
 from crosslens.core.hooks import resolve_hook
 from crosslens.core.progress import progress_bar
+from crosslens.core.tensors import feature_index
 from crosslens.crosscoders.folding import is_folded
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ def probe_validation(
             )
         pick = torch.randperm(len(eligible), generator=gen)[:n_features]
         features = sorted(eligible[pick].tolist())
-    features = [int(f) for f in features]
+    features = feature_index(features, len(counts_F)).tolist()
     rare = [f for f in features if counts_F[f] < 2 or counts_F[f] > n - 2]
     if rare:
         warnings.warn(

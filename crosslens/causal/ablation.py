@@ -46,6 +46,7 @@ from crosslens.causal.splice import (
     splice,
 )
 from crosslens.core.progress import progress_bar
+from crosslens.core.tensors import feature_index
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.tasks.base import TaskDataset, TokenizedTask
@@ -70,9 +71,7 @@ def ablation_edit(
         raise ValueError(f"ablation mode must be 'zero' or 'mean', got {mode!r}")
     if mode == "mean" and (mean_codes is None or mean_codes.shape != (d_sae,)):
         raise ValueError(f"mean-ablation needs mean_codes of shape [{d_sae}]; compute them with mean_feature_codes")
-    index = torch.as_tensor(features, dtype=torch.long).flatten()
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= d_sae):
-        raise ValueError(f"feature indices must be in [0, {d_sae}), got min {int(index.min())}, max {int(index.max())}")
+    index = feature_index(features, d_sae)
     ablate_F = torch.zeros(d_sae, dtype=torch.bool)
     ablate_F[index] = True
     if keep_only:

@@ -25,6 +25,15 @@ def row_counts(mask: Bool[torch.Tensor, "... n"]) -> Int[torch.Tensor, "..."]:
     return mask.view(torch.uint8).sum(dim=-1, dtype=torch.int32)
 
 
+def feature_index(features: Any, d_sae: int) -> Int[torch.Tensor, " n"]:
+    """``features`` (indices of a dictionary's features) as a flat long tensor, refused unless each
+    is in ``[0, d_sae)``: a negative index would silently count from the end."""
+    index = torch.as_tensor(features, dtype=torch.long).flatten()
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= d_sae):
+        raise ValueError(f"feature indices must be in [0, {d_sae}), got min {int(index.min())}, max {int(index.max())}")
+    return index
+
+
 def one_vs_all_share(values: torch.Tensor) -> torch.Tensor:
     """``|v_c| / sum_c' |v_c'|`` along the last axis; rows that are all zero get ``1 / n``.
 
