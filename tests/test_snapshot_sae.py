@@ -73,7 +73,7 @@ def test_jumprelu_threshold_is_rescaled_by_the_snapshot_decoder_norm():
     live = norms_F > 0
     torch.testing.assert_close(sae.threshold[live], crosscoder.threshold[live] / norms_F[live])
     assert torch.isinf(sae.threshold[~live]).all() and (~live).sum() == 5
-    with pytest.raises(ValueError, match=r"snapshot must be an int in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"snapshot must be an int in \[-3, 3\) for this crosscoder \(-1: the last\), got 3"):
         crosscoder.snapshot_sae(3)
     assert torch.equal(crosscoder.snapshot_sae(-1).W_dec, crosscoder.snapshot_sae(2).W_dec)
 

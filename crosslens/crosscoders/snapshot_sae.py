@@ -182,7 +182,7 @@ def snapshot_sae(
         )
     S = cfg.n_snapshots
     if not isinstance(snapshot, int) or not -S <= snapshot < S:
-        raise ValueError(f"snapshot must be an int in [0, {S}) for this crosscoder, got {snapshot!r}.")
+        raise ValueError(f"snapshot must be an int in [-{S}, {S}) for this crosscoder (-1: the last), got {snapshot!r}.")
     s = snapshot % S
     codec = SnapshotCodec(crosscoder, s, norm_factors)
     common = dict(
