@@ -613,6 +613,8 @@ def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]
     bound (``forward_bound``), so the tokens/s are a ceiling and the hours a floor."""
     if gpu not in GPUS:
         raise PlanError(f"no utilisation figures for GPU {gpu!r}; choose one of {sorted(GPUS)} (--gpu)")
+    if not plan["inputs"]["device"].startswith("cuda"):
+        raise PlanError(f"the stream prediction is for a GPU: plan for device cuda, not {plan['inputs']['device']}")
     if plan["inputs"]["autocast"] != "bfloat16":
         raise PlanError(
             "the stream prediction times the crosscoder step under bfloat16 autocast, as measured for every "

@@ -109,6 +109,9 @@ def test_plan_stream_prediction_is_the_hand_computation(capsys):
     assert "10,042 tokens/s: 22.1 h" in capsys.readouterr().out
     with pytest.raises(Exception, match="no utilisation figures for GPU 'v100'"):
         stream_prediction(plan, "v100")
+    on_cpu = make_plan(plan_config_from_recipe(load_recipe("ge2025-pythia-160m"), model_dtype="bfloat16", device="cpu"))
+    with pytest.raises(Exception, match="^the stream prediction is for a GPU: plan for device cuda, not cpu$"):
+        stream_prediction(on_cpu)
 
 
 def test_plan_bounds_a_stream_of_float32_models_by_the_float32_peak(capsys):
