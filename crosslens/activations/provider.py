@@ -46,7 +46,7 @@ def _check_one_batch(n_tokens: int, batch_size: int, drop_last: bool) -> None:
         raise ValueError(
             f"only {n_tokens} training tokens, fewer than one batch of {batch_size}, and drop_last=True "
             "would serve nothing; use a smaller batch_size (`crosslens train --batch-size`), harvest more "
-            "tokens (`crosslens harvest --n-tokens`), or pass drop_last=False."
+            "tokens (`crosslens harvest --n-tokens`), or, for a provider of your own, pass drop_last=False."
         )
 
 
