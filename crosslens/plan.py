@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.architectures import uses_k
-from crosslens.core.devices import DTYPE_BYTES, GPUS
+from crosslens.core.devices import DTYPE_BYTES, GPUS, device_problem
 from crosslens.core.units import format_bytes
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import block_index, hook_problem, hook_width
@@ -307,9 +307,8 @@ class PlanConfig:
             )
         if self.model_dtype not in DTYPE_BYTES:
             raise PlanError(f"model dtype must be one of {sorted(DTYPE_BYTES)} (--dtype)")
-        kind = self.device.split(":")[0]
-        if kind not in DEFAULT_TFLOPS:
-            raise PlanError(f"unknown device {self.device!r}; use cpu, cuda, cuda:N or mps (--device)")
+        if problem := device_problem(self.device):
+            raise PlanError(problem)
         if self.tflops is not None and not self.tflops > 0:
             raise PlanError(f"--tflops must be > 0, got {self.tflops}")
         if self.link_gbps is not None and not self.link_gbps > 0:

@@ -234,3 +234,15 @@ def test_release_model_returns_the_freed_heap_to_the_system(monkeypatch):
     if platform.libc_ver()[0] == "glibc":
         monkeypatch.undo()
         assert devices._malloc_trim() is not None  # this machine's C library has it
+
+
+def test_a_device_misspelt_is_refused_where_the_config_is_built_not_by_torch():
+    from crosslens.core.devices import device_problem
+    from crosslens.training.config import CrosscoderRunnerConfig
+
+    assert [device_problem(d) for d in ("cpu", "cuda", "cuda:3", "cpu:0", "MPS", " cuda ")] == [None] * 6
+    for wrong in ("gpu", "cuda:x", "meta", "cuda:"):
+        assert device_problem(wrong) == f"unknown device {wrong!r}; use one of cpu, cuda, cuda:N or mps (--device)"
+    with pytest.raises(ValueError, match=r"^unknown device 'gpu'; use one of cpu, cuda, cuda:N or mps \(--device\)$"):
+        CrosscoderRunnerConfig(store_path="s", out_dir="o", device="gpu")
+    assert CrosscoderRunnerConfig(store_path="s", out_dir="o", device="cuda:1").device == "cuda:1"  # not resolved here

@@ -82,6 +82,15 @@ models are bounded by ``float32_tflops`` instead."""
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 """Device types crosslens accepts (``cuda:N`` names one GPU)."""
 
+
+def device_problem(device: str) -> str | None:
+    """What is wrong with the spelling of ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``), or
+    None; whether this machine has it is :func:`resolve_device`'s question."""
+    kind, colon, index = str(device).strip().lower().partition(":")
+    if kind in DEVICE_KINDS and (not colon or index.isdigit()):
+        return None
+    return f"unknown device {str(device)!r}; use one of cpu, cuda, cuda:N or mps (--device)"
+
 DTYPE_ALIASES: dict[str, str] = {
     "float32": "float32",
     "fp32": "float32",
