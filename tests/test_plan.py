@@ -419,3 +419,16 @@ def test_the_streaming_total_counts_the_chunk_buffers_train_stream_counts(tmp_pa
         assert mem["total_streaming"] == mem["total_training"] + mem["resident_models_truncated"] + mem["stream_chunks"]
         need, _ = resident_memory(suite, hook, "bfloat16", 3, 16)
         assert need == mem["resident_models_truncated"] + mem["stream_chunks"], hook
+
+
+def test_token_budget_counts_whole_rows_and_takes_counts_written_as_floats():
+    from crosslens.activations.budget import TokenBudget
+
+    budget = TokenBudget(1e5, 64)  # a count written as 1e5 is the int 100,000
+    assert budget.n_tokens == 100_000 and isinstance(budget.n_rows, int)
+    assert (budget.n_rows, budget.table_tokens, budget.heldout, budget.heldout_rows) == (1562, 1562 * 64, 10_000, 156)
+    assert TokenBudget(10**6).heldout == 16_384 and TokenBudget(10, 64).n_rows == 1  # capped; at least one row
+    with pytest.raises(TypeError, match=r"^n_tokens must be a whole number of tokens, got 100.5$"):
+        TokenBudget(100.5)
+    with pytest.raises(ValueError, match=r"^seq_len must be >= 2, got 1$"):
+        TokenBudget(100, 1)

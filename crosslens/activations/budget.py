@@ -30,6 +30,12 @@ class TokenBudget:
     :data:`MAX_DEFAULT_HELDOUT_TOKENS`."""
 
     def __post_init__(self) -> None:
+        for name in ("n_tokens", "seq_len", "heldout_tokens"):  # a count written 1e5 is taken, 1.5 refused
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, name, int(value))
+            elif value is not None and not isinstance(value, int):
+                raise TypeError(f"{name} must be a whole number of tokens, got {value!r}")
         check_bounds(self)
 
     @property
