@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from crosslens.activations import ActivationStore
 from crosslens.activations.partners import HELDOUT_OF, STORE_SEAL_KEY, pair_heldout, store_seal
@@ -94,6 +95,32 @@ def test_the_library_refuses_a_store_or_hook_that_is_not_the_crosscoders_partner
         with pytest.raises(PartnerMismatchError, match=rf"given to {function.__name__} reads {HOOK}, not hook '{OTHER_HOOK}'"):
             call(store=ActivationStore.open(world["heldout"]), hook=OTHER_HOOK)
     assert len(evaluate_crosscoder(crosscoder, ActivationStore.open(world["heldout"]))["explained_variance"]) == 3
+
+
+def test_the_causal_stage_refuses_a_model_or_hook_that_is_not_the_crosscoders(world):
+    """A loaded snapshot model says which checkpoint it is; spliced in as another of the
+    crosscoder's snapshots, or at another hook than the crosscoder's, it is refused."""
+    from crosslens.causal import splice, spliced_loss
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+
+    crosscoder = load_crosscoder_folder(world["run"] / "final")
+    suite = CheckpointSuite.local(world["suite"])
+    models = [suite.load(i) for i in range(3)]
+    with pytest.raises(PartnerMismatchError, match=r"the model given as snapshot 0 is \S+ at step20, but the crosscoder's "
+                       r"snapshot 0 is \S+ at step0; pass that snapshot's model"):  # fmt: skip
+        with splice(models[2], crosscoder, snapshot=0):
+            pass
+    tokens = torch.randint(4, 20, (2, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(PartnerMismatchError, match="the model given as snapshot 0 is .* at step20"):
+        spliced_loss(models[::-1], crosscoder, tokens)
+    with pytest.raises(ValueError, match=rf"the crosscoder reads {HOOK}, not hook '{OTHER_HOOK}'"):
+        with splice(models[0], crosscoder, snapshot=0, hook=OTHER_HOOK):
+            pass
+    assert [row["snapshot"] for row in spliced_loss(models, crosscoder, tokens)] == ["0", "1", "2"]
+    with splice(models[1], crosscoder, snapshot=1) as state:
+        models[1](tokens)
+    assert state.n_calls == 1
 
 
 def test_loading_a_run_folder_as_a_crosscoder_names_its_final_folder(world):

@@ -295,7 +295,7 @@ def ablation_curves(
     if not exact:
         acts_all = None
     rows: list[dict[str, Any]] = []
-    pairs = iter_snapshot_models(models, table.snapshots)
+    pairs = iter_snapshot_models(models, table.snapshots, crosscoder)
     bar = progress_bar(pairs, total=len(table.snapshots), show=progress, desc="ablation curves")
     for column, (index, model) in enumerate(bar):
         codes = exact_codes(crosscoder, acts_all, index, norm_factors=norm_factors) if acts_all is not None else None

@@ -34,6 +34,7 @@ from crosslens.causal.ie_table import IETable
 from crosslens.causal.splice import (
     SnapshotModels,
     activations_at,
+    check_snapshot_model,
     collect_activations,
     exact_codes,
     final_residual_from_hook,
@@ -178,6 +179,7 @@ def attribute_snapshot(
     """
     hook = crosscoder_hook(crosscoder, hook)
     check_metric(task, metric, logit_diff)
+    check_snapshot_model(crosscoder, snapshot, model)
     codec = SnapshotCodec(crosscoder, snapshot, norm_factors)
     acts_clean, acts_patch, codes_clean, codes_patch = _snapshot_inputs(
         model, hook, codec, task, acts_clean, acts_patch, codes_clean, codes_patch
@@ -459,7 +461,7 @@ def attribute(
         activations = collect_task_activations(models, hook, tokenized, progress=progress)
 
     results = []
-    for index, model in iter_snapshot_models(models, chosen):
+    for index, model in iter_snapshot_models(models, chosen, crosscoder):
         inputs = exact_snapshot_inputs(crosscoder, activations, index, norm_factors) if activations is not None else {}
         results.append(
             attribute_snapshot(model, crosscoder, tokenized, snapshot=index, hook=hook, config=config, metric=metric,

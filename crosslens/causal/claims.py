@@ -176,7 +176,7 @@ def stable_claim_rows(
     hook = crosscoder_hook(crosscoders[0], None)
     name, tokenized = tokenize_task(task, models)
     acts_clean, _ = collect_task_activations(models, hook, tokenized)
-    _, model = next(iter_snapshot_models(models, [snapshot]))
+    _, model = next(iter_snapshot_models(models, [snapshot], crosscoders[0]))
     rows = [
         snapshot_ablation_rows(
             model, crosscoder, tokenized, ie_F, snapshot=snapshot, label=label, task_name=name, ks=used, hook=hook,

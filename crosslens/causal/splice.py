@@ -45,7 +45,10 @@ import torch
 from jaxtyping import Bool, Float, Int
 from transformer_lens import HookedTransformer
 
+from crosslens.activations.store import snapshot_label
+from crosslens.core.errors import PartnerMismatchError
 from crosslens.core.hooks import block_index, crosscoder_hook
+from crosslens.core.metadata import metadata_value
 from crosslens.core.progress import progress_bar
 from crosslens.crosscoders.protocol import Crosscoder
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
@@ -145,19 +148,44 @@ def activations_at(
     return torch.cat(out, dim=0)
 
 
+def check_snapshot_model(crosscoder: Any, snapshot: int, model: Any) -> None:
+    """Refuse ``model`` as the crosscoder's snapshot ``snapshot`` when both say which checkpoint
+    they are and the two differ: the model's ``crosslens_snapshot`` (as a suite loads it) against
+    the crosscoder's record of its snapshots (model id, revision and step). A model built by hand,
+    or a crosscoder without the record, is the caller's to pair."""
+    info = getattr(model, "crosslens_snapshot", None)
+    suite = metadata_value(crosscoder, "suite") or {}
+    recorded = suite.get("snapshots") or []
+    if info is None or not 0 <= snapshot < len(recorded):
+        return
+    want, have = recorded[snapshot], info.to_dict()
+    same_model = suite.get("model_id") in (None, info.model_id)
+    if not same_model or snapshot_label(want) != snapshot_label(have) or want.get("step") != have.get("step"):
+        raise PartnerMismatchError(
+            f"the model given as snapshot {snapshot} is {info.model_id} at {snapshot_label(have)}, but the crosscoder's "
+            f"snapshot {snapshot} is {suite.get('model_id')} at {snapshot_label(want)}; pass that snapshot's model "
+            "(the crosscoder's snapshots in order: a suite selected at its steps)"
+        )
+
+
 def iter_snapshot_models(
-    models: SnapshotModels, indices: Sequence[int] | None = None
+    models: SnapshotModels, indices: Sequence[int] | None = None, crosscoder: Any = None
 ) -> Iterator[tuple[int, HookedTransformer]]:
-    """``(snapshot index, model)`` one at a time from a CheckpointSuite or a sequence of models."""
+    """``(snapshot index, model)`` one at a time from a CheckpointSuite or a sequence of models;
+    with ``crosscoder``, each model is checked to be its snapshot (:func:`check_snapshot_model`)."""
     if hasattr(models, "load") and hasattr(models, "snapshots"):  # a CheckpointSuite
         chosen = range(len(models)) if indices is None else indices
         for index in chosen:
             model = models.load(index)
+            if crosscoder is not None:
+                check_snapshot_model(crosscoder, index, model)
             yield index, model
             del model
         return
     models = list(models)
     for index in range(len(models)) if indices is None else indices:
+        if crosscoder is not None:
+            check_snapshot_model(crosscoder, index, models[index])
         yield index, models[index]
 
 
@@ -169,15 +197,16 @@ def collect_activations(
     *,
     batch_size: int = 64,
     progress: bool = False,
+    crosscoder: Any = None,
 ) -> Float[torch.Tensor, "n seq n_snapshots d_in"]:
     """Every snapshot's activation at ``hook`` for the same tokens (exact mode's input).
 
     ``models`` is a CheckpointSuite (loaded one model at a time) or a sequence of
-    HookedTransformers in snapshot order.
+    HookedTransformers in snapshot order; with ``crosscoder``, each is checked to be its snapshot.
     """
     per_snapshot = []
     n = len(models) if hasattr(models, "__len__") else None
-    for _, model in progress_bar(iter_snapshot_models(models), total=n, desc=f"activations at {hook}", show=progress):
+    for _, model in progress_bar(iter_snapshot_models(models, crosscoder=crosscoder), total=n, desc=f"activations at {hook}", show=progress):
         per_snapshot.append(activations_at(model, hook, tokens, attention_mask, batch_size).cpu())
     return torch.stack(per_snapshot, dim=2)
 
@@ -249,6 +278,7 @@ def splice(
         raise ValueError(f"error must be 'keep', 'detach' or 'drop', got {error!r}")
     hook = crosscoder_hook(crosscoder, hook)
     _check_hook(model, hook)
+    check_snapshot_model(crosscoder, snapshot, model)
     codec = SnapshotCodec(crosscoder, snapshot, norm_factors)
     state = SpliceState()
 

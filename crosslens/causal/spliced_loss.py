@@ -122,11 +122,11 @@ def spliced_loss(
     _check_inputs(tokens_NL, ablation)
     hook = crosscoder_hook(crosscoder, hook)
     n_snapshots = crosscoder.cfg.n_snapshots
-    acts_NLSD = collect_activations(models, hook, tokens_NL, batch_size=batch_size, progress=progress)
+    acts_NLSD = collect_activations(models, hook, tokens_NL, batch_size=batch_size, progress=progress, crosscoder=crosscoder)
     if acts_NLSD.shape[2] != n_snapshots:
         raise ValueError(f"the crosscoder reads {n_snapshots} snapshots but {acts_NLSD.shape[2]} models were given")
     rows = []
-    spliced_runs = progress_bar(iter_snapshot_models(models), total=n_snapshots, desc="spliced loss", show=progress)
+    spliced_runs = progress_bar(iter_snapshot_models(models, crosscoder=crosscoder), total=n_snapshots, desc="spliced loss", show=progress)
     for s, model in spliced_runs:
         codec = SnapshotCodec(crosscoder, s, norm_factors)
         codes = exact_codes(crosscoder, acts_NLSD, s, norm_factors=norm_factors)

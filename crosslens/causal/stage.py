@@ -246,7 +246,7 @@ def _attribute_and_ablate(
     once for both (the curves rank features by that snapshot's own IE); also each pair's clean
     metric per snapshot (``[n_examples, n_snapshots]``)."""
     results, rows = [], []
-    for column, (index, model) in enumerate(iter_snapshot_models(models, chosen)):
+    for column, (index, model) in enumerate(iter_snapshot_models(models, chosen, crosscoder)):
         inputs = exact_snapshot_inputs(crosscoder, activations, index) if activations is not None else {}
         attribution = attribute_snapshot(
             model, crosscoder, tokenized, snapshot=index, hook=hook, config=config, progress=progress, **inputs

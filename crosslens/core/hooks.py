@@ -155,10 +155,13 @@ def recorded_hook(crosscoder: Any) -> str | None:
 
 
 def crosscoder_hook(crosscoder: Any, hook: str | None = None) -> str:
-    """``hook``, or else the hook recorded in the crosscoder's metadata (:func:`recorded_hook`)."""
-    if hook is not None:
-        return hook
+    """``hook``, or else the hook recorded in the crosscoder's metadata (:func:`recorded_hook`);
+    a ``hook`` other than the recorded one is refused: the crosscoder reads only its own."""
     recorded = recorded_hook(crosscoder)
+    if hook is not None:
+        if recorded is not None and hook != recorded:
+            raise ValueError(f"the crosscoder reads {recorded}, not hook {hook!r}; pass hook={recorded!r} or None")
+        return hook
     if recorded is None:
         raise ValueError(
             "the crosscoder's metadata records no hook_name; pass hook=, e.g. 'blocks.1.hook_resid_post'"
