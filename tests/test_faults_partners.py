@@ -123,6 +123,17 @@ def test_the_causal_stage_refuses_a_model_or_hook_that_is_not_the_crosscoders(wo
     assert state.n_calls == 1
 
 
+def test_analyze_of_a_checkpoint_writes_its_own_report_beside_the_runs(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(world["store"], run, n_steps=4, checkpoint_every=2)
+    assert main(["analyze", "--crosscoder", str(run), "--device", "cpu"]) == 0
+    report = (run / "report.html").read_bytes()
+    checkpoint = next(p for p in sorted(run.iterdir()) if p.name.startswith("step_"))
+    assert main(["analyze", "--crosscoder", str(checkpoint), "--device", "cpu"]) == 0
+    assert f"report: {run / f'report-{checkpoint.name}.html'}" in capsys.readouterr().out
+    assert (run / "report.html").read_bytes() == report  # the finished run's report is not overwritten
+
+
 def test_loading_a_run_folder_as_a_crosscoder_names_its_final_folder(world):
     from crosslens import load_crosscoder
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from crosslens.commands.common import CLIError, crosscoder_folder_arg, device_and_dtype
+from crosslens.core.paths import FINAL_DIRNAME
 
 
 def analyze(args: argparse.Namespace) -> int:
@@ -16,6 +17,17 @@ def analyze(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     folder = crosscoder_folder_arg(args.run_dir, "RUN_DIR")
     return _write_report(folder, args.store, args.out, args)
+
+
+def _default_report(folder: Path, run_dir: Path | None) -> Path:
+    """Where ``analyze`` writes without ``--out``: the run's report.html for its final crosscoder,
+    ``report-<checkpoint>.html`` beside it for one of its checkpoints (which must not overwrite
+    the finished run's report), report.html here for a crosscoder outside a run."""
+    if run_dir is None:
+        return Path("report.html")
+    if Path(folder).resolve() == (run_dir / FINAL_DIRNAME).resolve():
+        return run_dir / "report.html"
+    return run_dir / f"report-{Path(folder).name}.html"
 
 
 def _write_report(folder: Path, store: str | None, out: str | None, args: argparse.Namespace) -> int:
@@ -38,7 +50,7 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
     if store is not None and not Path(store).exists():
         raise CLIError(f"--store {store}: the path does not exist; pass the store `crosslens harvest --out` wrote")
     store = store or run_store(run_dir)
-    out_path = check_output_file(Path(out) if out else (run_dir or Path(".")) / "report.html")  # before the analysis
+    out_path = check_output_file(Path(out) if out else _default_report(folder, run_dir))  # before the analysis
     record = crosscoder_suite_record(folder)
     dtype = dtype_name(args.dtype) if args.dtype else None
     crosscoder = load_crosscoder_folder(folder, device=device, dtype=dtype)
