@@ -432,3 +432,18 @@ def test_token_budget_counts_whole_rows_and_takes_counts_written_as_floats():
         TokenBudget(100.5)
     with pytest.raises(ValueError, match=r"^seq_len must be >= 2, got 1$"):
         TokenBudget(100, 1)
+
+
+def test_plan_refuses_snapshots_an_olmo_or_bloom_recipe_does_not_hold(capsys):
+    """Only the hub lists those suites, but the recipe's own labels say what harvest would find."""
+    err = one_line_exit_2(["plan", "--recipe", "bayazit2025-olmo-1b", "--n-snapshots", "30"], capsys)
+    assert err == "crosslens plan: error: --n-snapshots 30: recipe bayazit2025-olmo-1b lists 5 snapshots; pass --n-snapshots 5 or fewer"
+    err = one_line_exit_2(["plan", "--recipe", "bayazit2025-olmo-1b", "--steps", "1000,7"], capsys)
+    assert err == ("crosslens plan: error: --steps: 7 is not among the 5 snapshots of recipe bayazit2025-olmo-1b "
+                   "(1000, 2000, 16000, 137000, 1454000)")  # fmt: skip
+    err = one_line_exit_2(["plan", "--recipe", "bayazit2025-bloom-1b1", "--steps", "1000,7,8"], capsys)
+    assert "--steps: 8 is not among the 4 snapshots of recipe bayazit2025-bloom-1b1 (1000, 10000, 100000, main)" in err
+    assert main(["plan", "--recipe", "bayazit2025-bloom-1b1", "--steps", "1000,7", "--json"]) == 0  # 7 may be main's
+    assert json.loads(capsys.readouterr().out)["inputs"]["n_snapshots"] == 2
+    assert main(["plan", "--recipe", "bayazit2025-olmo-1b", "--n-snapshots", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["inputs"]["n_snapshots"] == 3

@@ -30,6 +30,8 @@ def plan(args: argparse.Namespace) -> int:
     if n_snapshots is None and recipe is not None:
         n_snapshots = recipe.n_snapshots
     listed = listed_suite(args, recipe)
+    if listed is None and recipe is not None and args.suite is None:
+        _check_recipe_choice(recipe, args.steps, args.n_snapshots)
     if listed is not None:  # the snapshots harvest and train --stream would read (all, without a choice)
         from_recipe = recipe.name if recipe is not None and args.suite is None else None
         n_snapshots = len(select_snapshots(listed, args.steps, args.n_snapshots, args.suite or "pico", from_recipe))
@@ -123,6 +125,23 @@ def _wider_snapshot_axis(args: argparse.Namespace, cfg, plan: dict) -> str | Non
         f"(--snapshot-parallel {snap}, a {data}x{snap} mesh of the same {cfg.world_size} ranks, holds "
         f"{format_bytes(other)} per rank for training against {format_bytes(plan['memory_bytes']['total_training'])})"
     )
+
+
+def _check_recipe_choice(recipe, steps: list[int] | None, n_snapshots: int | None) -> None:
+    """Refuse ``--steps``/``--n-snapshots`` that a recipe whose suite only the hub can list
+    (OLMo, BLOOM) does not hold, from its own snapshot labels, as harvest would refuse them."""
+    from crosslens.checkpoints.snapshot import parse_step
+
+    labels = recipe.snapshot_labels()
+    count = len(steps) if steps else None
+    if n_snapshots is not None and n_snapshots > (count or len(labels)):
+        among = f"--steps picks {count}" if count else f"recipe {recipe.name} lists {len(labels)}"
+        raise CLIError(f"--n-snapshots {n_snapshots}: {among} snapshots; pass --n-snapshots {count or len(labels)} or fewer")
+    known = {parse_step(label) for label in labels if label != "main"}
+    unknown = [step for step in steps or [] if step not in known]
+    if len(unknown) > labels.count("main"):  # "main" is the last revision, whose step only the hub says
+        listed = ", ".join(str(parse_step(label)) if label != "main" else "main" for label in labels)
+        raise CLIError(f"--steps: {unknown[labels.count('main')]} is not among the {len(labels)} snapshots of recipe {recipe.name} ({listed})")
 
 
 def listed_suite(args: argparse.Namespace, recipe):
