@@ -162,6 +162,17 @@ def test_seq_len_beyond_the_context_is_refused_before_writing_and_the_retry_work
     assert f"activation store: {out} (" in succeeds(run_harvest(suite, out, "--seq-len", "64"), capsys)
 
 
+def test_an_out_that_is_a_file_is_refused_naming_the_flag(suite, store, tmp_path, capsys):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    err = one_line_error(run_harvest(suite, taken), capsys)
+    assert err == f"crosslens harvest: error: --out {taken} is a file, not a folder; pass a folder path for the activation store"
+    for mode in (["--store", str(store)], ["--stream", "--suite", str(suite), "--hook", HOOK]):
+        err = one_line_error(["crosslens", "train", *mode, "--out", str(taken), "--device", "cpu"], capsys)
+        assert err == f"crosslens train: error: --out {taken} is a file, not a folder; pass a folder path for the run"
+    assert taken.read_text() == "mine"
+
+
 def test_train_stream_refuses_seq_len_beyond_the_context_before_loading_a_model(suite, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["crosslens", "train", "--stream", "--suite", str(suite), "--hook", HOOK, "--out", str(out), "--device", "cpu",

@@ -19,6 +19,9 @@ def harvest(args: argparse.Namespace) -> int:
     device, model_dtype = device_and_dtype(args)
     suite = selected_suite(args, recipe)
     check_hooks(suite, hooks)  # before any model loads or anything is written
+    from crosslens.commands.inputs import check_output_folder
+
+    check_output_folder(args.out, holds="the activation store")
     if (Path(args.out) / RUN_CONFIG_NAME).is_file():  # --overwrite replaces a store, never a run's files
         raise CLIError(f"--out {args.out} is a training run's folder (it holds {RUN_CONFIG_NAME}); harvest into another folder")
     source = token_source(args, recipe)

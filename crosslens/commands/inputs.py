@@ -126,6 +126,12 @@ def text_documents(paths: Sequence[str | Path], *, encoding: str = "utf-8", toke
     return documents
 
 
+def check_output_folder(path: str | Path, flag: str = "--out", holds: str = "its results") -> None:
+    """Refuse a folder path a command writes into when a file is there already, naming ``flag``."""
+    if Path(path).expanduser().exists() and not Path(path).expanduser().is_dir():
+        raise CrosslensError(f"{flag} {path} is a file, not a folder; pass a folder path for {holds}")
+
+
 def check_output_file(path: str | Path, flag: str = "--out", example: str = "report.html") -> Path:
     """``path`` of a file a command writes when its work is done (a report, a table), with its
     folder made now: a folder that cannot be made or written is refused before the work starts,

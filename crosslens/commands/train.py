@@ -91,12 +91,14 @@ def _harvest_for_recipe(args: argparse.Namespace, recipe, config: CrosscoderRunn
 
 
 def train(args: argparse.Namespace) -> int:
+    from crosslens.commands.inputs import check_output_folder
     from crosslens.training.runfolder import check_not_being_written, check_run_start, owned_run_folder
     from crosslens.training.runner import CrosscoderTrainingRunner
 
     from crosslens.commands.stream import check_stream_flags, train_stream
 
     check_stream_flags(args)
+    check_output_folder(args.out_dir, holds="the run")
     device, model_dtype = device_and_dtype(args)
     recipe = load_recipe_arg(args.recipe) if args.recipe else None
     if args.stream:
