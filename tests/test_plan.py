@@ -154,6 +154,9 @@ def test_plan_cli_errors_areone_line_exit_2(capsys):
     assert "unknown recipe 'nope'" in one_line_exit_2(["plan", "--recipe", "nope"], capsys)
     assert "--mesh" in one_line_exit_2(["plan", "--recipe", "ge2025-pythia-160m", "--mesh", "1x64"], capsys)
     assert "--mesh" in one_line_exit_2(["plan", "--recipe", "ge2025-pythia-160m", "--mesh", "2by4"], capsys)
+    with pytest.raises(SystemExit):  # not taken as one rank, nor blamed on --mesh
+        main(["plan", "--recipe", "ge2025-pythia-160m", "--world-size", "0"])
+    assert "argument --world-size: must be >= 1, got 0" in capsys.readouterr().err
     assert "--n-snapshots" in one_line_exit_2(["plan", "--suite", "allenai/OLMo-1B-0724-hf", "--hook", "x"], capsys)
     assert "sizes of 'gpt2'" in one_line_exit_2(["plan", "--suite", "gpt2", "--n-snapshots", "2", "--hook", "blocks.0.hook_resid_post"], capsys)
 

@@ -44,7 +44,7 @@ class PlanFlags:
     autocast: str | None = field(default=None, metadata={"choices": AUTOCAST_CHOICES, "default_from": (RUNNER, "autocast_dtype")})
     """Precision of the crosscoder step, as train --autocast ("auto": bfloat16 on cuda); bfloat16 adds its weight
     copies to the memory."""
-    world_size: int | None = None
+    world_size: int | None = field(default=None, metadata={"min": 1})
     """Ranks of the torchrun job (default: --snapshot-parallel)."""
     snapshot_parallel: int | None = field(default=None, metadata={"default_from": (RUNNER, "snapshot_parallel")})
     """Ranks on the snapshot axis, as train --snapshot-parallel; the rest of --world-size split each batch."""
