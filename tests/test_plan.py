@@ -326,6 +326,7 @@ def test_recipe_plan_trains_as_train_recipe_does(capsys):
 def test_train_recipe_offline_names_the_missing_weights(offline_hf_home, tmp_path, capsys):
     err = one_line_exit_2(["train", "--recipe", "ge2025-pythia-160m", "--out", str(tmp_path), "--device", "cpu"], capsys)
     assert "EleutherAI/pythia-160m at step0 and 31 more" in err and "HF_HUB_OFFLINE" in err
+    assert err.endswith("go online, or harvest where the weights are and train on that store (`crosslens train --store`)")
     err = one_line_exit_2(["train", "--out", str(tmp_path), "--device", "cpu"], capsys)
     assert "--store" in err and "--recipe" in err
 

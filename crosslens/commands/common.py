@@ -218,5 +218,5 @@ def missing_weights(recipe) -> str | None:
     return (
         f"recipe {recipe.name} needs the weights of {recipe.model} at {absent[0]}{more}, which are not in the "
         f"Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids downloading them; "
-        "go online, or pass --store with activations harvested elsewhere"
+        "go online, or harvest where the weights are and train on that store (`crosslens train --store`)"
     )
