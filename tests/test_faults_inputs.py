@@ -162,6 +162,14 @@ def test_seq_len_beyond_the_context_is_refused_before_writing_and_the_retry_work
     assert f"activation store: {out} (" in succeeds(run_harvest(suite, out, "--seq-len", "64"), capsys)
 
 
+def test_two_token_sources_are_refused_not_one_ignored(suite, tmp_path, capsys):
+    text = tmp_path / "words.txt"
+    text.write_text(SENTENCE)
+    err = one_line_error(run_harvest(suite, tmp_path / "store", "--text", str(text), "--dataset", "wikitext:text"), capsys)
+    assert err == "crosslens harvest: error: --text and --dataset name two token sources; pass one of them"
+    assert not (tmp_path / "store").exists()
+
+
 def test_an_out_that_is_a_file_is_refused_naming_the_flag(suite, store, tmp_path, capsys):
     taken = tmp_path / "notes.txt"
     taken.write_text("mine")

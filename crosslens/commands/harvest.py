@@ -69,6 +69,8 @@ def check_context(suite, seq_len: int) -> None:
 
 def token_source(args: argparse.Namespace, recipe) -> tuple[str, object]:
     """Where harvest's tokens come from: ("text", [paths]), ("dataset", "NAME:COLUMN") or ("pico", None)."""
+    if args.text and args.dataset:
+        raise CLIError("--text and --dataset name two token sources; pass one of them")
     if args.text:
         missing = [t for t in args.text if not Path(t).exists()]
         if missing:
