@@ -7,13 +7,15 @@ the crosscoder's settings. ``crosslens plan --recipe NAME`` sizes it offline;
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import difflib
+from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from crosslens.architectures import ARCHITECTURE_NAMES
 from crosslens.core.errors import CrosslensError
+from crosslens.core.paths import looks_like_path
 
 
 class RecipeError(CrosslensError):
@@ -66,10 +68,13 @@ class Recipe:
     """dtype an activation store of this recipe is written in."""
     notes: str = ""
     """What the recipe assumes beyond the papers' stated values."""
-    extra: dict = field(default_factory=dict)
-    """Unrecognised keys (kept, ignored)."""
 
     def __post_init__(self) -> None:
+        if looks_like_path(self.model):
+            raise RecipeError(
+                f"recipe {self.name!r}: model {self.model!r} is a folder; a recipe names a hub model id (e.g. "
+                "EleutherAI/pythia-160m). For a local suite, pass it to the command with --suite FOLDER"
+            )
         if (self.steps is None) == (self.revisions is None):
             raise RecipeError(f"recipe {self.name!r} must give exactly one of steps: or revisions:")
         if self.architecture not in ARCHITECTURE_NAMES:
@@ -159,22 +164,43 @@ def recipe_from_dict(data: dict[str, Any], name: str | None = None) -> Recipe:
     """A :class:`Recipe` from a parsed YAML mapping."""
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {name!r} is not a mapping of settings")
-    known = {f.name for f in fields(Recipe)} - {"extra"}
-    kwargs = {k: v for k, v in data.items() if k in known}
+    known = [f.name for f in fields(Recipe)]
+    label = repr(data.get("name") or name or "recipe")
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else f"; the keys are {', '.join(known)}"
+        raise RecipeError(f"recipe {label}: unknown key {unknown[0]!r}{hint}")
+    kwargs = dict(data)
     kwargs.setdefault("name", name or "recipe")
     missing = sorted({"model", "hook", "n_tokens", "architecture", "d_sae", "batch_size"} - set(kwargs))
     if missing:
-        raise RecipeError(f"recipe {kwargs['name']!r} lacks {', '.join(missing)}")
+        raise RecipeError(f"recipe {label} lacks {', '.join(missing)}")
     for key in ("steps", "revisions"):
         if kwargs.get(key) is not None:
-            kwargs[key] = tuple(int(s) if key == "steps" else str(s) for s in kwargs[key])
+            values = kwargs[key] if isinstance(kwargs[key], (list, tuple)) else [kwargs[key]]
+            kwargs[key] = tuple(_whole(s, label, key) if key == "steps" else str(s) for s in values)
     for key in ("n_tokens", "d_sae", "batch_size", "context", "k"):
         if kwargs.get(key) is not None:
-            kwargs[key] = int(kwargs[key])
+            kwargs[key] = _whole(kwargs[key], label, key)
     for key in ("lr", "sparsity", "sparsity_warm_up_fraction", "lr_decay_fraction", "decoder_init_norm"):
         if kwargs.get(key) is not None:
-            kwargs[key] = float(kwargs[key])
-    return Recipe(**kwargs, extra={k: v for k, v in data.items() if k not in known})
+            try:
+                kwargs[key] = float(kwargs[key])
+            except (TypeError, ValueError):
+                raise RecipeError(f"recipe {label}: {key} must be a number, got {kwargs[key]!r}") from None
+    return Recipe(**kwargs)
+
+
+def _whole(value: Any, label: str, key: str) -> int:
+    """``value`` as an int: YAML reads ``1e6`` as a string, which counts as the number it spells."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number.is_integer():
+        raise RecipeError(f"recipe {label}: {key} must be a whole number, got {value!r}")
+    return int(value) if isinstance(value, int) else int(number)
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:

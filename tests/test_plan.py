@@ -451,3 +451,27 @@ def test_plan_refuses_snapshots_an_olmo_or_bloom_recipe_does_not_hold(capsys):
     assert json.loads(capsys.readouterr().out)["inputs"]["n_snapshots"] == 2
     assert main(["plan", "--recipe", "bayazit2025-olmo-1b", "--n-snapshots", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["inputs"]["n_snapshots"] == 3
+
+
+def test_a_recipe_file_is_read_strictly_naming_the_key_at_fault(tmp_path, capsys):
+    from crosslens.recipes import RecipeError, recipe_from_dict
+
+    base = {"model": "EleutherAI/pythia-14m", "steps": [0, 1000], "hook": "blocks.0.hook_resid_post", "n_tokens": "1e6",
+            "architecture": "crosscoder", "d_sae": 16, "batch_size": 32}  # fmt: skip
+    assert recipe_from_dict(base, "r").n_tokens == 1_000_000  # YAML's string "1e6" is the number it spells
+    refused = [
+        ({"sparsity_coef": 3}, "recipe 'r': unknown key 'sparsity_coef' (did you mean sparsity?)"),
+        ({"lr": "abc"}, "recipe 'r': lr must be a number, got 'abc'"),
+        ({"d_sae": 16.5}, "recipe 'r': d_sae must be a whole number, got 16.5"),
+        ({"steps": [0, "x"]}, "recipe 'r': steps must be a whole number, got 'x'"),
+        ({"model": str(tmp_path)}, f"recipe 'r': model {str(tmp_path)!r} is a folder; a recipe names a hub model id"),
+    ]
+    for change, message in refused:
+        with pytest.raises(RecipeError) as error:
+            recipe_from_dict({**base, **change}, "r")
+        assert str(error.value).startswith(message), str(error.value)
+    path = tmp_path / "mine.yaml"
+    path.write_text("model: EleutherAI/pythia-14m\nsteps: [0, 1000]\nhook: blocks.0.hook_resid_post\nn_tokens: 1e6\n"
+                    "architecture: crosscoder\nd_sae: 16\nbatch_size: 32\nsparsity_coef: 3\n")  # fmt: skip
+    err = one_line_exit_2(["plan", "--recipe", str(path)], capsys)
+    assert err == "crosslens plan: error: recipe 'mine': unknown key 'sparsity_coef' (did you mean sparsity?)"

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from pathlib import Path
+
+from crosslens.core.paths import looks_like_path
 
 
 class CLIError(Exception):
@@ -33,14 +34,6 @@ def reset_peak_memory(device: str) -> None:
     from crosslens.core.devices import reset_peak_memory
 
     reset_peak_memory(device)
-
-
-def looks_like_path(spec: str) -> bool:
-    """Whether ``spec`` is meant as a folder rather than a hub id (``owner/name``) or ``pico``:
-    it starts with ``/``, ``.`` or ``~``, ends with a separator, or has more than one ``/``."""
-    if spec.startswith(("/", ".", "~")) or spec.endswith(("/", "\\")) or "\\" in spec:
-        return True
-    return os.sep in spec and spec.count("/") != 1
 
 
 def missing_path_error(spec: str, flag: str | None = "--suite") -> CLIError:

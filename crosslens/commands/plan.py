@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crosslens.commands.common import CLIError, load_recipe_arg, looks_like_path, missing_path_error, select_snapshots
+from crosslens.commands.common import CLIError, load_recipe_arg, missing_path_error, select_snapshots
+from crosslens.core.paths import looks_like_path
 
 
 def plan(args: argparse.Namespace) -> int:

@@ -145,7 +145,8 @@ def suite_build(args: argparse.Namespace) -> int:
 def suite_list(args: argparse.Namespace) -> int:
     from crosslens.checkpoints.trajectory import group_by_stage
     from crosslens.checkpoints import list_revisions
-    from crosslens.commands.common import looks_like_path, missing_path_error, pico_listing
+    from crosslens.commands.common import missing_path_error, pico_listing
+    from crosslens.core.paths import looks_like_path
 
     spec = args.model
     if spec == "pico":  # what --suite pico means elsewhere; listing it needs no build

@@ -93,3 +93,11 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
         if (p / TRAINER_STATE_FILENAME).exists() and checkpoint_step(p.name) is not None
     ]
     return max(found, key=lambda p: checkpoint_step(p.name), default=None)
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether ``spec`` is meant as a folder rather than a hub id (``owner/name``) or ``pico``:
+    it starts with ``/``, ``.`` or ``~``, ends with a separator, or has more than one ``/``."""
+    if spec.startswith(("/", ".", "~")) or spec.endswith(("/", "\\")) or "\\" in spec:
+        return True
+    return os.sep in spec and spec.count("/") != 1
