@@ -90,7 +90,8 @@ def _check_together(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         return
     k, d_sae = args.sae__k, args.sae__d_sae
     if uses_k(args.sae__architecture) and k > d_sae:
-        parser.error(f"--k {k} exceeds --d-sae {d_sae}; a top-k crosscoder keeps at most d_sae features")
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices["train"].error(f"--k {k} exceeds --d-sae {d_sae}; a top-k crosscoder keeps at most d_sae features")
 
 
 def main(argv: list[str] | None = None) -> int:
