@@ -216,6 +216,27 @@ def test_a_resume_on_other_tokens_is_refused(streamed, inputs, tmp_path, capsys)
     assert "another configuration (differs in stream.tokens.source:" in err and str(other) in err and err.count("\n") == 1
 
 
+def test_a_streamed_run_and_a_store_run_do_not_resume_as_each_other(streamed, inputs, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(streamed[0], out)
+    store = tmp_path / "store"
+    assert main(["harvest", *data_flags(inputs), "--hook", HOOK, "--device", "cpu", "--out", str(store)]) == 0
+    capsys.readouterr()
+    flags = ["train", "--store", str(store), "--n-steps", "6", "--batch-size", "32", "--d-sae", "32", "--checkpoint-every", "2",
+             "--device", "cpu", "--out", str(out), "--resume"]  # fmt: skip
+    err = one_line_exit_2(flags, capsys)
+    assert err == (f"crosslens train: error: {out} holds a run that was streamed from resident models: resume it with "
+                   "`crosslens train --stream` and its flags, or pick a new --out.")  # fmt: skip
+    stored = tmp_path / "stored"
+    assert main([*flags[:-3], "--out", str(stored)]) == 0
+    capsys.readouterr()
+    err = one_line_exit_2(stream_flags(inputs, stored, "--resume"), capsys)
+    assert err == (f"crosslens train: error: {stored} holds a run that trained on a store: resume it with --store, "
+                   "without --stream, or pick a new --out.")  # fmt: skip
+
+
 def test_a_resume_on_edited_text_at_the_same_path_is_refused(inputs, tmp_path, capsys):
     text = tmp_path / "words.txt"
     text.write_text(inputs[1].read_text())

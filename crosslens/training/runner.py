@@ -199,6 +199,10 @@ class CrosscoderTrainingRunner:
         """Refuse other settings or another store before a single batch is read."""
         record = read_record(checkpoint)
         current, sealed = self._settings(), record.get("settings")
+        if sealed is not None and ("stream" in sealed) != ("stream" in current):
+            how = ("was streamed from resident models: resume it with `crosslens train --stream` and its flags"
+                   if "stream" in sealed else "trained on a store: resume it with --store, without --stream")  # fmt: skip
+            raise ValueError(f"{self.out_dir} holds a run that {how}, or pick a new --out.")
         if sealed != current:
             differs = "; ".join(differing_settings(sealed or {}, current))
             raise ValueError(
