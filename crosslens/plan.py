@@ -543,7 +543,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     epochs = i["training_tokens"] / i["harvested_tokens"]
     held = f" + {_count(i['heldout_tokens'])} held out" if i["heldout_tokens"] else ""
     rows.append(("data", f"{_count(i['harvested_tokens'])} tokens harvested{held} (rows of {i['seq_len']}); {i['n_steps']} steps x batch "
-                         f"{i['batch_size']} = {_count(i['training_tokens'])} training tokens ({epochs:.3g} epoch{'' if epochs == 1 else 's'})"))  # fmt: skip
+                         f"{i['batch_size']} = {_count(i['training_tokens'])} training tokens ({epochs:.3g} epoch{'' if f'{epochs:.3g}' == '1' else 's'})"))  # fmt: skip
     rows.append(("mesh", f"{mesh['data']} data x {mesh['snapshot']} snapshot = {mesh['world_size']} rank(s) on "
                          f"{i['device']}; per rank {mesh['snapshots_per_rank']} snapshots, batch {mesh['batch_per_rank']}"))  # fmt: skip
 
