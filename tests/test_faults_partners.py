@@ -92,8 +92,11 @@ def test_the_library_refuses_a_store_or_hook_that_is_not_the_crosscoders_partner
         with pytest.raises(PartnerMismatchError, match=rf"given to {function.__name__} and the store {other.path} do not "
                            r"match: .*\[step0, step10, step20\] vs \[step0, step10, step30\]"):  # fmt: skip
             call(store=other)
-        with pytest.raises(PartnerMismatchError, match=rf"given to {function.__name__} reads {HOOK}, not hook '{OTHER_HOOK}'"):
+        with pytest.raises(PartnerMismatchError, match=rf"^the crosscoder reads {HOOK}, not hook '{OTHER_HOOK}'"):
             call(store=ActivationStore.open(world["heldout"]), hook=OTHER_HOOK)
+    crosscoder.cfg.metadata.suite = {}  # a record of the hook alone still refuses another hook
+    with pytest.raises(PartnerMismatchError, match=rf"^the crosscoder reads {HOOK}, not hook '{OTHER_HOOK}'"):
+        evaluate_crosscoder(crosscoder, ActivationStore.open(world["heldout"]), OTHER_HOOK)
     assert len(evaluate_crosscoder(crosscoder, ActivationStore.open(world["heldout"]))["explained_variance"]) == 3
 
 
@@ -107,14 +110,17 @@ def test_the_causal_stage_refuses_a_model_or_hook_that_is_not_the_crosscoders(wo
     crosscoder = load_crosscoder_folder(world["run"] / "final")
     suite = CheckpointSuite.local(world["suite"])
     models = [suite.load(i) for i in range(3)]
-    with pytest.raises(PartnerMismatchError, match=r"the model given as snapshot 0 is \S+ at step20, but the crosscoder's "
-                       r"snapshot 0 is \S+ at step0; pass that snapshot's model"):  # fmt: skip
+    with pytest.raises(PartnerMismatchError, match=r"the model given as snapshot 0 is step20, but the crosscoder's "
+                       r"snapshot 0 is step0; pass that snapshot's model"):  # fmt: skip
         with splice(models[2], crosscoder, snapshot=0):
             pass
     tokens = torch.randint(4, 20, (2, 8), generator=torch.Generator().manual_seed(0))
-    with pytest.raises(PartnerMismatchError, match="the model given as snapshot 0 is .* at step20"):
+    with pytest.raises(PartnerMismatchError, match="the model given as snapshot 0 is step20"):
         spliced_loss(models[::-1], crosscoder, tokens)
-    with pytest.raises(ValueError, match=rf"the crosscoder reads {HOOK}, not hook '{OTHER_HOOK}'"):
+    moved = CheckpointSuite.local(shutil.copytree(world["suite"], world["root"] / "suite-copy", dirs_exist_ok=True))
+    with splice(moved.load(0), crosscoder, snapshot=0):  # the same checkpoints in another folder
+        pass
+    with pytest.raises(PartnerMismatchError, match=rf"the crosscoder reads {HOOK}, not hook '{OTHER_HOOK}'"):
         with splice(models[0], crosscoder, snapshot=0, hook=OTHER_HOOK):
             pass
     assert [row["snapshot"] for row in spliced_loss(models, crosscoder, tokens)] == ["0", "1", "2"]
@@ -147,15 +153,30 @@ def test_a_folded_crosscoder_evaluates_as_its_unfolded_self(world):
     from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.training.runner import evaluate_crosscoder
 
-    store = ActivationStore.open(world["store"])  # the factors folded are this store's
     crosscoder = load_crosscoder_folder(world["run"] / "final")
-    unfolded = evaluate_crosscoder(crosscoder, store)
+    stores = [ActivationStore.open(world[name]) for name in ("store", "heldout")]  # the heldout's factors are its own
+    assert not torch.equal(stores[0].norm_factors(HOOK), stores[1].norm_factors(HOOK))
+    unfolded = [evaluate_crosscoder(crosscoder, store) for store in stores]
     crosscoder.fold_activation_norm_scaling_factors()
-    folded = evaluate_crosscoder(crosscoder, store)
-    assert folded["l0"] == pytest.approx(unfolded["l0"], rel=1e-5) and folded["dead_features"] == unfolded["dead_features"]
-    for key in ("explained_variance", "mse"):
-        assert folded[key] == pytest.approx(unfolded[key], rel=1e-4, abs=1e-6), key
-    assert min(unfolded["explained_variance"]) > -1  # a trained crosscoder, not a degenerate one
+    for store, before in zip(stores, unfolded):
+        folded = evaluate_crosscoder(crosscoder, store)
+        assert folded["l0"] == pytest.approx(before["l0"], rel=1e-5) and folded["dead_features"] == before["dead_features"]
+        for key in ("explained_variance", "mse"):
+            assert folded[key] == pytest.approx(before[key], rel=1e-4, abs=1e-6), key
+        assert min(before["explained_variance"]) > -1  # a trained crosscoder, not a degenerate one
+
+
+def test_a_store_of_the_same_checkpoints_harvested_in_another_dtype_is_the_crosscoders_partner(world, tmp_path, capsys):
+    """The weights' hash depends on the dtype they were loaded in; the files' digest decides."""
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+    from crosslens.training.runner import evaluate_crosscoder
+
+    bf16 = harvest(world["suite"], tmp_path / "store", model_dtype="bfloat16")
+    crosscoder = load_crosscoder_folder(world["run"] / "final")
+    recorded = crosscoder.cfg.metadata.suite["snapshots"][0]["weights_sha256"]
+    assert bf16.snapshots[0]["weights_sha256"] != recorded  # what used to be compared
+    assert len(evaluate_crosscoder(crosscoder, bf16)["explained_variance"]) == 3
+    assert main(["evaluate", str(world["run"]), "--store", str(bf16.path), "--device", "cpu"]) == 0
 
 
 def test_a_store_of_the_same_revisions_with_other_weights_is_refused(world, tmp_path, capsys):

@@ -22,6 +22,7 @@ from jaxtyping import Int
 
 from crosslens.activations.store import ActivationStore, read_manifest, snapshot_label, write_manifest
 from crosslens.core.errors import PartnerMismatchError
+from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.metadata import metadata_value
 
 HELDOUT_OF = "heldout_of"
@@ -56,9 +57,9 @@ def unverifiable_snapshots(recorded: Sequence[dict], offered: Sequence[dict]) ->
 def snapshot_problem(recorded: Sequence[dict], offered: Sequence[dict], *, require_identity: bool = True) -> str | None:
     """Why the snapshots ``offered`` are not the ``recorded`` ones, in order (None when they are).
 
-    Labels (revision and step) must agree; every identity both sides know (the weights'
-    sha256, the files' digest, the hub commit) must agree, and with ``require_identity`` at
-    least one must be known for each snapshot."""
+    Labels (revision and step) must agree; so must the files' identities both sides know (their
+    digest, the hub commit), or where they share none, the weights' sha256. With
+    ``require_identity`` at least one identity must be known on both sides for each snapshot."""
     want, have = [snapshot_label(e) for e in recorded], [snapshot_label(e) for e in offered]
     steps = lambda entries: [e.get("step") for e in entries]  # noqa: E731
     if want != have or steps(recorded) != steps(offered):
@@ -66,7 +67,9 @@ def snapshot_problem(recorded: Sequence[dict], offered: Sequence[dict], *, requi
     for mine, theirs in zip(recorded, offered):
         a, b = _identity(mine), _identity(theirs)
         shared = [key for key in a if a[key] is not None and b[key] is not None]
-        differs = [key for key in shared if a[key] != b[key]]
+        # the files' identity decides where both sides know it: weights_sha256 hashes the weights
+        # in the dtype they were loaded in, so one checkpoint loaded in two dtypes has two
+        differs = [key for key in ([k for k in shared if k != "weights_sha256"] or shared) if a[key] != b[key]]
         if differs:
             return f"snapshot {snapshot_label(mine)} has other weights ({differs[0]} {str(a[differs[0]])[:12]}... vs {str(b[differs[0]])[:12]}...)"
         if not shared and require_identity:
@@ -114,19 +117,15 @@ def check_crosscoder_store(crosscoder: Any, store: ActivationStore, *, crosscode
 
 
 def check_recorded_partner(crosscoder: Any, store: Any, hook: str | None, *, used_by: str) -> None:
-    """The library's check of a crosscoder handed a store (and maybe a ``hook``): where the
-    crosscoder records what it was trained on, a ``hook`` other than its own is refused, and so is
-    an :class:`ActivationStore` that :func:`check_crosscoder_store` refuses. A crosscoder built in
-    memory records nothing, and an in-memory source (held-out activations a runner harvested) has
-    no manifest: those are the caller's to pair."""
-    if crosscoder_record_problem(crosscoder) is not None:
-        return
-    recorded = metadata_value(crosscoder, "hook_name")
-    if hook is not None and hook != recorded:
-        raise PartnerMismatchError(
-            f"the crosscoder given to {used_by} reads {recorded}, not hook {hook!r}; pass hook={recorded!r} or None"
-        )
-    if isinstance(store, ActivationStore):
+    """The library's check of a crosscoder handed a store (and maybe a ``hook``): a ``hook`` other
+    than the one the crosscoder records is refused (:func:`~crosslens.core.hooks.crosscoder_hook`),
+    and so is an :class:`ActivationStore` that :func:`check_crosscoder_store` refuses, where the
+    crosscoder records what it was trained on. A crosscoder built in memory records nothing, and an
+    in-memory source (held-out activations a runner harvested) has no manifest: those are the
+    caller's to pair."""
+    if hook is not None:
+        crosscoder_hook(crosscoder, hook)
+    if isinstance(store, ActivationStore) and crosscoder_record_problem(crosscoder) is None:
         check_crosscoder_store(crosscoder, store, crosscoder_name=f"given to {used_by}")
 
 

@@ -36,7 +36,7 @@ of the same token:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -151,20 +151,20 @@ def activations_at(
 def check_snapshot_model(crosscoder: Any, snapshot: int, model: Any) -> None:
     """Refuse ``model`` as the crosscoder's snapshot ``snapshot`` when both say which checkpoint
     they are and the two differ: the model's ``crosslens_snapshot`` (as a suite loads it) against
-    the crosscoder's record of its snapshots (model id, revision and step). A model built by hand,
-    or a crosscoder without the record, is the caller's to pair."""
+    the crosscoder's record of its snapshots, by revision and step. Neither the model id (a local
+    suite's is its folder's name, which a copy changes) nor the weights' hash (taken in the dtype
+    the weights were loaded in) is compared. A model built by hand, or a crosscoder without the
+    record, is the caller's to pair."""
     info = getattr(model, "crosslens_snapshot", None)
-    suite = metadata_value(crosscoder, "suite") or {}
-    recorded = suite.get("snapshots") or []
-    if info is None or not 0 <= snapshot < len(recorded):
+    recorded = (metadata_value(crosscoder, "suite") or {}).get("snapshots") or []
+    if info is None or not 0 <= snapshot < len(recorded) or not isinstance(recorded[snapshot], Mapping):
         return
     want, have = recorded[snapshot], info.to_dict()
-    same_model = suite.get("model_id") in (None, info.model_id)
-    if not same_model or snapshot_label(want) != snapshot_label(have) or want.get("step") != have.get("step"):
+    if snapshot_label(want) != snapshot_label(have) or want.get("step") != have.get("step"):
         raise PartnerMismatchError(
-            f"the model given as snapshot {snapshot} is {info.model_id} at {snapshot_label(have)}, but the crosscoder's "
-            f"snapshot {snapshot} is {suite.get('model_id')} at {snapshot_label(want)}; pass that snapshot's model "
-            "(the crosscoder's snapshots in order: a suite selected at its steps)"
+            f"the model given as snapshot {snapshot} is {snapshot_label(have)}, but the crosscoder's snapshot {snapshot} "
+            f"is {snapshot_label(want)}; pass that snapshot's model (the crosscoder's snapshots in order: a suite "
+            "selected at its steps)"
         )
 
 

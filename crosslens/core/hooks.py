@@ -22,6 +22,7 @@ import re
 import warnings
 from typing import Any
 
+from crosslens.core.errors import PartnerMismatchError
 from crosslens.core.metadata import metadata_value
 
 EXAMPLE_HOOK = "blocks.0.hook_resid_post"
@@ -160,7 +161,7 @@ def crosscoder_hook(crosscoder: Any, hook: str | None = None) -> str:
     recorded = recorded_hook(crosscoder)
     if hook is not None:
         if recorded is not None and hook != recorded:
-            raise ValueError(f"the crosscoder reads {recorded}, not hook {hook!r}; pass hook={recorded!r} or None")
+            raise PartnerMismatchError(f"the crosscoder reads {recorded}, not hook {hook!r}; pass hook={recorded!r} or None")
         return hook
     if recorded is None:
         raise ValueError(

@@ -37,6 +37,21 @@ def is_folded(crosscoder: Crosscoder) -> bool:
     return isinstance(folded_S, torch.Tensor) and not bool(torch.all(folded_S == 1))
 
 
+def folded_factors(crosscoder: Crosscoder) -> torch.Tensor:
+    """The per-snapshot factors ``c_s`` in the crosscoder's weights ``[n_snapshots]``: its
+    ``folded_norm_factors`` buffer, else (folded by a crosscoder without one) its metadata's
+    factors, else ones. A folded crosscoder reads ``x_s / c_s`` where an unfolded one reads the
+    normalised ``x_s``, and returns its reconstruction divided by ``c_s``."""
+    n_snapshots = crosscoder.cfg.n_snapshots
+    folded_S = getattr(crosscoder, "folded_norm_factors", None)
+    if isinstance(folded_S, torch.Tensor) and folded_S.numel() == n_snapshots:
+        return folded_S.detach().float().flatten()
+    recorded = metadata_value(crosscoder, "activation_norm_factors")
+    if bool(metadata_value(crosscoder, "activation_norm_factors_folded")) and recorded is not None:
+        return torch.as_tensor(recorded, dtype=torch.float32).flatten()
+    return torch.ones(n_snapshots)
+
+
 def training_space_decoder(crosscoder: Crosscoder) -> torch.Tensor:
     """``W_dec [d_sae, n_snapshots, d_in]`` in the normalised space the crosscoder was trained
     in: the stored weights times the folded factors, so folding changes nothing here."""

@@ -45,7 +45,7 @@ from crosslens.core.metadata import metadata_value
 from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, checkpoint_dirname, checkpoint_step
 from crosslens.core.seeding import seeded
 from crosslens.crosscoders.base import set_crosscoder_metadata
-from crosslens.crosscoders.folding import is_folded
+from crosslens.crosscoders.folding import folded_factors
 from crosslens.distributed import init_mesh, shard_batches
 from crosslens.training.config import RUN_STORE_SEAL, CrosscoderRunnerConfig, CrosscoderTrainerConfig, resolved_autocast
 from crosslens.training.factory import build_training_crosscoder
@@ -448,24 +448,21 @@ def evaluate_crosscoder(
 
     Use a store harvested from tokens the crosscoder was not trained on. A store that is not the
     crosscoder's partner (other snapshots, hook or width than it records) is refused. The metrics
-    are on activations normalised with the store's factors, as in training: a crosscoder with its
-    factors folded into its weights reads the raw activations, and its input and output are
-    normalised for the metrics, so folding leaves them as they were.
+    are on activations normalised with the store's factors, as in training. A crosscoder with its
+    factors folded into its weights is given those activations with its folding undone
+    (:func:`~crosslens.crosscoders.folding.folded_factors`), so folding leaves every number as it was.
     """
     check_recorded_partner(crosscoder, store, hook, used_by="evaluate_crosscoder")
     hook = store.resolve_hook(hook or metadata_value(crosscoder, "hook_name"))
-    folded = is_folded(crosscoder)
-    factors_1S1 = store.norm_factors(hook).to(crosscoder.device)[None, :, None] if folded else None
+    folded_1S1 = folded_factors(crosscoder).to(crosscoder.device)[None, :, None]
     n = min(n_tokens, store.n_tokens)
     fired = None
     xs, xhats, fs = [], [], []
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n))
-        x_BSD = store.read(hook, idx, normalize=not folded).to(crosscoder.device)
-        f_BF = crosscoder.encode(x_BSD)
-        xhat_BSD = crosscoder.decode(f_BF)
-        if folded:
-            x_BSD, xhat_BSD = x_BSD * factors_1S1, xhat_BSD * factors_1S1
+        x_BSD = store.read(hook, idx, normalize=True).to(crosscoder.device)
+        f_BF = crosscoder.encode(x_BSD / folded_1S1)
+        xhat_BSD = crosscoder.decode(f_BF) * folded_1S1
         xs.append(x_BSD)
         xhats.append(xhat_BSD)
         fs.append(f_BF)
