@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.architectures import uses_k
-from crosslens.core.devices import DTYPE_BYTES, GPUS, device_problem
+from crosslens.core.devices import DTYPE_BYTES, GPUS, DeviceError, device_spelling
 from crosslens.core.units import format_bytes
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import block_index, hook_problem, hook_width
@@ -307,8 +307,10 @@ class PlanConfig:
             )
         if self.model_dtype not in DTYPE_BYTES:
             raise PlanError(f"model dtype must be one of {sorted(DTYPE_BYTES)} (--dtype)")
-        if problem := device_problem(self.device):
-            raise PlanError(problem)
+        try:
+            self.device = device_spelling(self.device)
+        except DeviceError as error:
+            raise PlanError(str(error)) from None
         if self.tflops is not None and not self.tflops > 0:
             raise PlanError(f"--tflops must be > 0, got {self.tflops}")
         if self.link_gbps is not None and not self.link_gbps > 0:

@@ -55,7 +55,7 @@ def test_resolve_device_refuses_what_this_machine_lacks(monkeypatch):
         resolve_device("mps")
     with pytest.raises(DeviceError, match="unknown device 'gpu'"):
         resolve_device("gpu")
-    with pytest.raises(DeviceError, match="not supported"):
+    with pytest.raises(DeviceError, match="unknown device 'meta'; use one of cpu, cuda, cuda:N or mps"):
         resolve_device("meta")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -237,12 +237,17 @@ def test_release_model_returns_the_freed_heap_to_the_system(monkeypatch):
 
 
 def test_a_device_misspelt_is_refused_where_the_config_is_built_not_by_torch():
-    from crosslens.core.devices import device_problem
+    from crosslens.core.devices import device_spelling
+    from crosslens.plan import ModelSpec, PlanConfig
     from crosslens.training.config import CrosscoderRunnerConfig
 
-    assert [device_problem(d) for d in ("cpu", "cuda", "cuda:3", "cpu:0", "MPS", " cuda ")] == [None] * 6
+    given = ("cpu", "cuda", "cuda:3", "cpu:0", "MPS", " cuda ")
+    assert [device_spelling(d) for d in given] == ["cpu", "cuda", "cuda:3", "cpu:0", "mps", "cuda"]
     for wrong in ("gpu", "cuda:x", "meta", "cuda:"):
-        assert device_problem(wrong) == f"unknown device {wrong!r}; use one of cpu, cuda, cuda:N or mps (--device)"
+        with pytest.raises(DeviceError, match=rf"^unknown device {wrong!r}; use one of cpu, cuda, cuda:N or mps \(--device\)$"):
+            device_spelling(wrong)
     with pytest.raises(ValueError, match=r"^unknown device 'gpu'; use one of cpu, cuda, cuda:N or mps \(--device\)$"):
         CrosscoderRunnerConfig(store_path="s", out_dir="o", device="gpu")
-    assert CrosscoderRunnerConfig(store_path="s", out_dir="o", device="cuda:1").device == "cuda:1"  # not resolved here
+    assert CrosscoderRunnerConfig(store_path="s", out_dir="o", device=" CUDA:1").device == "cuda:1"  # not resolved here
+    tiny = ModelSpec(name="tiny", d_model=8, n_layers=2, d_mlp=32, vocab=100, n_params=2000)
+    assert PlanConfig(model=tiny, n_snapshots=2, hook="blocks.1.hook_resid_post", device="CUDA").device == "cuda"

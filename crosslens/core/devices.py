@@ -83,13 +83,16 @@ DEVICE_KINDS = ("cpu", "cuda", "mps")
 """Device types crosslens accepts (``cuda:N`` names one GPU)."""
 
 
-def device_problem(device: str) -> str | None:
-    """What is wrong with the spelling of ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``), or
-    None; whether this machine has it is :func:`resolve_device`'s question."""
-    kind, colon, index = str(device).strip().lower().partition(":")
+def device_spelling(device: Any) -> str:
+    """``device`` as crosslens spells it (``cpu``, ``cuda``, ``cuda:N``, ``mps``: lower case, no
+    spaces), or a :class:`DeviceError` naming the fix; whether this machine has it is
+    :func:`resolve_device`'s question."""
+    text = str(device).strip().lower()
+    kind, colon, index = text.partition(":")
     if kind in DEVICE_KINDS and (not colon or index.isdigit()):
-        return None
-    return f"unknown device {str(device)!r}; use one of cpu, cuda, cuda:N or mps (--device)"
+        return text
+    raise DeviceError(f"unknown device {str(device)!r}; use one of cpu, cuda, cuda:N or mps (--device)")
+
 
 DTYPE_ALIASES: dict[str, str] = {
     "float32": "float32",
@@ -136,15 +139,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     import torch
     if device is None:
         return torch.device(default_device())
-    text = str(device).strip().lower()
-    try:
-        resolved = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise DeviceError(
-            f"unknown device {str(device)!r}; use one of cpu, cuda, cuda:N or mps (--device)"
-        ) from None
-    if resolved.type not in DEVICE_KINDS:
-        raise DeviceError(f"device {str(device)!r} is not supported; use one of cpu, cuda, cuda:N or mps (--device)")
+    resolved = torch.device(device_spelling(device))
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"device {str(device)!r} requested but no CUDA GPU is available here; use --device cpu")

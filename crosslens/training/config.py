@@ -24,7 +24,7 @@ from crosslens.architectures import (
     uses_k,
 )
 from crosslens.core.bounds import check_bounds
-from crosslens.core.devices import device_problem
+from crosslens.core.devices import device_spelling
 from crosslens.training.memory import OPTIMIZER_STATES
 
 LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
@@ -335,8 +335,7 @@ class CrosscoderRunnerConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self)
-        if problem := device_problem(self.device):
-            raise ValueError(problem)
+        self.device = device_spelling(self.device)
         if self.train_batch_size_tokens % self.micro_batches:
             raise ValueError(micro_batch_error(self.train_batch_size_tokens, self.micro_batches))
         if self.autocast_dtype not in AUTOCAST_CHOICES:
