@@ -276,7 +276,7 @@ class PlanConfig:
             if value is not None and value < least:
                 raise PlanError(f"{flag} must be >= {least}, got {value}")
         if uses_k(self.architecture) and self.k > self.d_sae:
-            raise PlanError(f"--k {self.k} exceeds --d-sae {self.d_sae}; a top-k crosscoder keeps at most d_sae features")
+            raise PlanError(f"--k must be at most --d-sae ({self.d_sae}) for a top-k crosscoder, got {self.k}")
         if self.data_parallel < 1 or self.snapshot_parallel < 1:
             raise PlanError("mesh axes must be >= 1 (--mesh DATAxSNAPSHOT)")
         if self.snapshot_parallel > self.n_snapshots:

@@ -266,7 +266,7 @@ def test_plan_tells_harvested_tokens_from_training_tokens(capsys):
         _tiny(seq_len=1)
     with pytest.raises(PlanError, match="--k must be >= 1, got 0"):
         _tiny(architecture="topk_crosscoder", k=0)
-    with pytest.raises(PlanError, match="--k 17 exceeds --d-sae 16"):  # as train refuses it
+    with pytest.raises(PlanError, match=r"^--k must be at most --d-sae \(16\) for a top-k crosscoder, got 17$"):  # as train
         _tiny(architecture="topk_crosscoder", k=17)
     assert main(["plan", "--hook", "blocks.1.hook_resid_post", "--device", "cpu", "--n-tokens", "1000", "--seq-len", "16",
                  "--n-steps", "30", "--batch-size", "100"]) == 0  # fmt: skip
@@ -475,3 +475,15 @@ def test_a_recipe_file_is_read_strictly_naming_the_key_at_fault(tmp_path, capsys
                     "architecture: crosscoder\nd_sae: 16\nbatch_size: 32\nsparsity_coef: 3\n")  # fmt: skip
     err = one_line_exit_2(["plan", "--recipe", str(path)], capsys)
     assert err == "crosslens plan: error: recipe 'mine': unknown key 'sparsity_coef' (did you mean sparsity?)"
+
+
+def test_a_recipes_k_is_checked_against_the_d_sae_given_not_the_default_k(tmp_path):
+    from crosslens.recipes import recipe_from_dict
+
+    recipe = recipe_from_dict({"model": "EleutherAI/pythia-14m", "steps": [0, 1000], "hook": "blocks.0.hook_resid_post",
+                               "n_tokens": 1000, "architecture": "topk_crosscoder", "k": 8, "d_sae": 64, "batch_size": 32}, "r")  # fmt: skip
+    parser = build_parser()
+    config = train_config(parser.parse_args(["train", "--store", "s", "--out", "o", "--d-sae", "16"]), recipe)
+    assert (config.sae.k, config.sae.d_sae) == (8, 16)  # below the default k of 32: the recipe's 8 counts
+    with pytest.raises(ValueError, match=r"^k must be at most d_sae \(4\) for a top-k crosscoder, got 8$"):
+        train_config(parser.parse_args(["train", "--store", "s", "--out", "o", "--d-sae", "4"]), recipe)

@@ -321,7 +321,7 @@ def test_every_size_flag_is_checked_with_a_short_error_naming_it(words, flag, ca
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) <= 2 and flag in err[0]
-    assert err[0].startswith(f"crosslens {words[0]}: error: "), err  # the command's own parser speaks
+    assert err[0].startswith(f"crosslens {words[0]}: error: "), err  # the command speaks, not the top-level parser
 
 
 def test_harvest_stage_refuses_a_zero_token_budget_instead_of_using_the_default():

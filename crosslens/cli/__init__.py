@@ -14,7 +14,6 @@ import importlib
 import os
 import sys
 
-from crosslens.architectures import uses_k
 from crosslens.cli import attribute, demo, harvest, plan, pretrained, report, suite, train
 from crosslens.commands.flags import add_flags, field_defaults, field_flags, iter_fields, name_flags
 from crosslens.cli.spec import Subcommand
@@ -84,16 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_together(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Checks that involve two flags."""
-    if getattr(args, "command", None) != "train":
-        return
-    k, d_sae = args.sae__k, args.sae__d_sae
-    if uses_k(args.sae__architecture) and k > d_sae:
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        commands.choices["train"].error(f"--k {k} exceeds --d-sae {d_sae}; a top-k crosscoder keeps at most d_sae features")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("CROSSLENS_DEBUG") == "1"
@@ -101,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
-    _check_together(parser, args)
     import warnings
 
     formatwarning = warnings.formatwarning

@@ -115,8 +115,8 @@ class ArchitectureConfig:
         if self.architecture not in ARCHITECTURE_NAMES:
             raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {sorted(ARCHITECTURE_NAMES)}.")
         check_bounds(self)
-        if uses_k(self.architecture) and not 1 <= self.k <= self.d_sae:
-            raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}.")
+        if uses_k(self.architecture) and self.k > self.d_sae:
+            raise ValueError(f"k must be at most d_sae ({self.d_sae}) for a top-k crosscoder, got {self.k}")
         if self.target_l0 is not None and self.architecture != "jumprelu_crosscoder":
             raise ValueError(
                 f"target_l0 steers JumpReLU's lambda; {self.architecture} sets its sparsity with "
