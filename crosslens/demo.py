@@ -158,6 +158,7 @@ def harvest_stage(
     from crosslens.activations import harvest_activations, tokens_from_dataset, tokens_from_pico
 
     budget = TokenBudget(TokenBudget.n_tokens if n_tokens is None else n_tokens, seq_len, heldout_tokens=0)
+    seq_len = budget.seq_len
     if n_seqs is None:
         n_seqs = budget.n_rows
     tokenizer = suite.tokenizer()

@@ -434,6 +434,12 @@ def test_token_budget_counts_whole_rows_and_takes_counts_written_as_floats():
     assert TokenBudget(10**6).heldout == 16_384 and TokenBudget(10, 64).n_rows == 1  # capped; at least one row
     with pytest.raises(TypeError, match=r"^n_tokens must be a whole number of tokens, got 100.5$"):
         TokenBudget(100.5)
+    with pytest.raises(TypeError, match=r"^seq_len must be a whole number of tokens, got True$"):
+        TokenBudget(100, True)
+    import numpy as np
+    import torch
+
+    assert TokenBudget(np.int64(1000), torch.tensor(64)).n_rows == 15  # any integer type
     with pytest.raises(ValueError, match=r"^seq_len must be >= 2, got 1$"):
         TokenBudget(100, 1)
 

@@ -5,6 +5,7 @@ without torch."""
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +33,8 @@ class TokenBudget:
     def __post_init__(self) -> None:
         for name in ("n_tokens", "seq_len", "heldout_tokens"):  # a count written 1e5 is taken, 1.5 refused
             value = getattr(self, name)
-            if isinstance(value, float) and value.is_integer():
-                object.__setattr__(self, name, int(value))
-            elif value is not None and not isinstance(value, int):
-                raise TypeError(f"{name} must be a whole number of tokens, got {value!r}")
+            if value is not None:
+                object.__setattr__(self, name, _whole(value, name))
         check_bounds(self)
 
     @property
@@ -72,6 +71,17 @@ class TokenBudget:
         values = {} if recipe is None else {"n_tokens": recipe.n_tokens, "seq_len": recipe.context}
         values.update({name: value for name, value in given.items() if value is not None})
         return cls(**values)
+
+
+def _whole(value: Any, name: str) -> int:
+    """``value`` as an int: any integer type, or a float with no fraction (``1e5``); not a bool."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+    raise TypeError(f"{name} must be a whole number of tokens, got {value!r}")
 
 
 CHUNK_TOKENS = 1 << 16
