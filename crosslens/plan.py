@@ -143,18 +143,25 @@ def known_model(model_id: str) -> ModelSpec | None:
 CONTEXT_KEYS = ("n_ctx", "max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 """The config.json keys that give a model's longest sequence, in the order they are trusted."""
 
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
+"""The config.json keys that give a model's number of blocks, in the order they are trusted."""
+
+
+def config_int(config: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    """The first of ``keys`` a Hugging Face ``config`` gives as an int, or None."""
+    return next((config[key] for key in keys if isinstance(config.get(key), int)), None)
+
 
 def config_context(config: dict[str, Any]) -> int | None:
     """The longest sequence a model with Hugging Face ``config`` reads, or None if it does not say."""
-    for key in CONTEXT_KEYS:
-        if isinstance(config.get(key), int):
-            return config[key]
-    return None
+    return config_int(config, CONTEXT_KEYS)
 
 
 def spec_from_hf_config(config: dict[str, Any], name: str, source: str) -> ModelSpec:
     d = int(config.get("hidden_size") or config.get("n_embed") or config.get("d_model"))
-    n_layers = int(config.get("num_hidden_layers") or config.get("n_layer") or config.get("n_layers"))
+    n_layers = config_int(config, LAYER_KEYS)
+    if n_layers is None:
+        raise PlanError(f"{source} gives no number of blocks (one of {', '.join(LAYER_KEYS)})")
     d_mlp = int(config.get("intermediate_size") or config.get("d_mlp") or 4 * d)
     vocab = int(config.get("vocab_size") or config.get("embedding_size"))
     tied = bool(config.get("tie_word_embeddings", config.get("weight_tying", False)))
@@ -457,7 +464,7 @@ def _memory_bytes(cfg: PlanConfig, param_bytes: int, S_r: int, B_r: int, D: int,
     truncated = m.params_through_layer(layer) if layer is not None else m.n_params
     memory["resident_models_full"] = S_r * m.n_params * DTYPE_BYTES[cfg.model_dtype]
     memory["resident_models_truncated"] = S_r * truncated * DTYPE_BYTES[cfg.model_dtype]
-    memory["stream_chunks"] = chunk_buffer_bytes(cfg.seq_len, S_r, D, DTYPE_BYTES[cfg.model_dtype])
+    memory["stream_chunks"] = chunk_buffer_bytes(chunk_seqs_for(cfg.seq_len) * cfg.seq_len, S_r, D, DTYPE_BYTES[cfg.model_dtype])
     memory["total_streaming"] = memory["total_training"] + memory["resident_models_truncated"] + memory["stream_chunks"]
     return memory
 

@@ -419,7 +419,7 @@ def test_the_streaming_total_counts_the_chunk_buffers_train_stream_counts(tmp_pa
     for hook, width in (("blocks.0.hook_resid_post", 8), ("blocks.0.mlp.hook_post", 32)):
         cfg = PlanConfig(model=model_spec_for(str(folder)), n_snapshots=3, hook=hook, seq_len=16, model_dtype="bfloat16", device="cpu")
         mem = make_plan(cfg)["memory_bytes"]
-        assert mem["stream_chunks"] == chunk_buffer_bytes(16, 3, width, 2) == 2 * 256 * 16 * 3 * width * 2
+        assert mem["stream_chunks"] == chunk_buffer_bytes(256 * 16, 3, width, 2) == 2 * 256 * 16 * 3 * width * 2
         assert mem["total_streaming"] == mem["total_training"] + mem["resident_models_truncated"] + mem["stream_chunks"]
         need, _ = resident_memory(suite, hook, "bfloat16", 3, 16)
         assert need == mem["resident_models_truncated"] + mem["stream_chunks"], hook
@@ -452,7 +452,8 @@ def test_plan_refuses_snapshots_an_olmo_or_bloom_recipe_does_not_hold(capsys):
     assert err == ("crosslens plan: error: --steps: 7 is not among the 5 snapshots of recipe bayazit2025-olmo-1b "
                    "(1000, 2000, 16000, 137000, 1454000)")  # fmt: skip
     err = one_line_exit_2(["plan", "--recipe", "bayazit2025-bloom-1b1", "--steps", "1000,7,8"], capsys)
-    assert "--steps: 8 is not among the 4 snapshots of recipe bayazit2025-bloom-1b1 (1000, 10000, 100000, main)" in err
+    assert err.endswith("--steps: 7, 8 are not among the 4 snapshots of recipe bayazit2025-bloom-1b1 (1000, 10000, 100000, "
+                        "main); at most 1 of them can be main's")  # fmt: skip
     assert main(["plan", "--recipe", "bayazit2025-bloom-1b1", "--steps", "1000,7", "--json"]) == 0  # 7 may be main's
     assert json.loads(capsys.readouterr().out)["inputs"]["n_snapshots"] == 2
     assert main(["plan", "--recipe", "bayazit2025-olmo-1b", "--n-snapshots", "3", "--json"]) == 0

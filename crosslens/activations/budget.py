@@ -95,11 +95,12 @@ def chunk_seqs_for(seq_len: int) -> int:
     return max(1, min(256, CHUNK_TOKENS // max(1, seq_len)))
 
 
-def chunk_buffer_bytes(seq_len: int, n_snapshots: int, d_in: int, dtype_bytes: int) -> int:
-    """Bytes of the two chunk buffers ``train --stream`` holds on one rank (the one served and the
-    one harvested meanwhile): :func:`chunk_seqs_for` rows of ``seq_len`` at each of the rank's
-    ``n_snapshots``, ``d_in`` values each, in the models' dtype."""
-    return 2 * chunk_seqs_for(seq_len) * seq_len * n_snapshots * d_in * dtype_bytes
+def chunk_buffer_bytes(chunk_tokens: int, n_snapshots: int, d_in: int, dtype_bytes: int, n_chunks: int = 2) -> int:
+    """Bytes of the chunk buffers a streaming rank holds: ``n_chunks`` (the one served and, with
+    prefetch, the one harvested meanwhile) of ``chunk_tokens`` positions at each of its
+    ``n_snapshots``, ``d_in`` values each, in the buffer's dtype. ``train --stream``'s chunks hold
+    :func:`chunk_seqs_for` rows."""
+    return n_chunks * chunk_tokens * n_snapshots * d_in * dtype_bytes
 
 
 __all__ = ["CHUNK_TOKENS", "MAX_DEFAULT_HELDOUT_TOKENS", "TokenBudget", "chunk_buffer_bytes", "chunk_seqs_for"]

@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
+from crosslens.activations.budget import chunk_buffer_bytes
 from crosslens.activations.forward import keep_first_blocks
 from crosslens.activations.harvest import harvest_rows, load_snapshot
 from crosslens.activations.resume import check_tokens_fit
 from crosslens.activations.provider import OnTheFlyProvider, epoch_rng, norm_factors_of
-from crosslens.core.devices import available_memory, dtype_name, release_model
+from crosslens.core.devices import as_dtype, available_memory, release_model
 from crosslens.core.hooks import hook_width
 
 CALIBRATION_SEQS = 64
@@ -37,11 +38,6 @@ CALIBRATION_SEQS = 64
 
 class ModelsDoNotFitError(MemoryError):
     """The resident snapshot models would not fit in the memory available for them."""
-
-
-def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """``dtype``, or the torch dtype a name (``"bfloat16"``, ``"bf16"``, ...) spells."""
-    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype_name(dtype))
 
 
 def model_bytes(model: torch.nn.Module) -> int:
@@ -93,7 +89,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
             )
         if len(set(self.snapshot_indices)) != len(self.snapshot_indices):
             raise ValueError(f"snapshots must name each snapshot once, got {snapshots}.")
-        model_dtype, buffer_dtype = _as_dtype(model_dtype), None if buffer_dtype is None else _as_dtype(buffer_dtype)
+        model_dtype, buffer_dtype = as_dtype(model_dtype), None if buffer_dtype is None else as_dtype(buffer_dtype)
         if not 0 <= data_rank < data_size:
             raise ValueError(f"data_rank={data_rank} must be in [0, data_size={data_size}).")
         if not 0 < memory_fraction <= 1:
@@ -168,7 +164,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         # with prefetch the next one fills while this one is served
         n_chunks = 2 if self.prefetch else 1
         rows = self.chunk_seqs * self.token_ids_NL.shape[1]
-        chunks = n_chunks * rows * n_models * d_in * self.buffer_dtype.itemsize
+        chunks = chunk_buffer_bytes(rows, n_models, d_in, self.buffer_dtype.itemsize, n_chunks)
         shared = torch.device(self.device).type == device.type
         # the first model is already resident, so it counts against what is left
         budget = int((free + one_model) * self.memory_fraction)

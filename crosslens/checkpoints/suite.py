@@ -54,7 +54,7 @@ from crosslens.checkpoints.trajectory import (
     parse_stage,
     place_on_trajectory,
 )
-from crosslens.core.devices import release_model, resolve_dtype
+from crosslens.core.devices import as_dtype, release_model
 from crosslens.core.errors import (
     CrosslensError,
     DuplicateSnapshotError,
@@ -341,7 +341,7 @@ class CheckpointSuite:
         it (else it is read from the files).
         """
         ref = self._ref(snapshot)
-        dtype = _as_dtype(dtype)
+        dtype = as_dtype(dtype)
         if first_n_layers is None:
             return self._with_info(ref, self._load_hooked(ref, device, dtype))
         if first_n_layers < 1:
@@ -621,6 +621,3 @@ def _not_in_cache(error: BaseException) -> bool:
     return False
 
 
-def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """A torch dtype as given (any, e.g. float64 for a gradient check); a name as the CLI reads it."""
-    return dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype)

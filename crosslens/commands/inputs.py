@@ -20,7 +20,7 @@ import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one t
 from crosslens.core.devices import available_memory
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import free_disk
-from crosslens.plan import config_context
+from crosslens.plan import LAYER_KEYS, config_context, config_int
 
 if TYPE_CHECKING:
     from crosslens.checkpoints.suite import CheckpointSuite
@@ -52,19 +52,12 @@ def suite_config(suite: CheckpointSuite) -> dict | None:
 
 def suite_n_layers(suite: CheckpointSuite) -> int | None:
     """The number of transformer blocks of ``suite``'s first snapshot, read from its config.json."""
-    return _first_int(suite_config(suite) or {}, ("num_hidden_layers", "n_layer", "n_layers", "num_layers"))
+    return config_int(suite_config(suite) or {}, LAYER_KEYS)
 
 
 def suite_context(suite: CheckpointSuite) -> int | None:
     """The longest sequence ``suite``'s snapshots take (n_ctx / max_position_embeddings)."""
     return config_context(suite_config(suite) or {})
-
-
-def _first_int(config: dict, keys: Sequence[str]) -> int | None:
-    for key in keys:
-        if isinstance(config.get(key), int):
-            return config[key]
-    return None
 
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:

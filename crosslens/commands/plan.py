@@ -140,9 +140,14 @@ def _check_recipe_choice(recipe, steps: list[int] | None, n_snapshots: int | Non
         raise CLIError(f"--n-snapshots {n_snapshots}: {among} snapshots; pass --n-snapshots {count or len(labels)} or fewer")
     known = {parse_step(label) for label in labels if label != "main"}
     unknown = [step for step in steps or [] if step not in known]
-    if len(unknown) > labels.count("main"):  # "main" is the last revision, whose step only the hub says
+    mains = labels.count("main")  # "main" is the last revision, whose step only the hub says
+    if len(unknown) > mains:
         listed = ", ".join(str(parse_step(label)) if label != "main" else "main" for label in labels)
-        raise CLIError(f"--steps: {unknown[labels.count('main')]} is not among the {len(labels)} snapshots of recipe {recipe.name} ({listed})")
+        main_may = f"; at most {mains} of them can be main's" if mains else ""
+        raise CLIError(
+            f"--steps: {', '.join(map(str, unknown))} {'is' if len(unknown) == 1 else 'are'} not among the {len(labels)} "
+            f"snapshots of recipe {recipe.name} ({listed}){main_may}"
+        )
 
 
 def listed_suite(args: argparse.Namespace, recipe):

@@ -69,8 +69,9 @@ def resident_memory(
     need = n_models * params * DTYPE_BYTES[model_dtype]
     if seq_len is not None:
         d_in = hook_width(hook, spec.d_model, spec.d_mlp)
-        chunks = chunk_buffer_bytes(seq_len, n_models, d_in, DTYPE_BYTES[model_dtype])
-        how += f" + 2 chunks of {chunk_seqs_for(seq_len) * seq_len:,} tokens x {n_models} snapshots x d {d_in} ({format_bytes(chunks)})"
+        rows = chunk_seqs_for(seq_len) * seq_len
+        chunks = chunk_buffer_bytes(rows, n_models, d_in, DTYPE_BYTES[model_dtype])
+        how += f" + 2 chunks of {rows:,} tokens x {n_models} snapshots x d {d_in} ({format_bytes(chunks)})"
         need += chunks
     return need, how
 
@@ -144,6 +145,8 @@ def stream_record(suite, hook: str, source: tuple[str, object], budget, model_dt
     """What run.json says the run streamed, in place of a store path: the token source with its
     local paths absolute (so that a resume from another folder, or the harvest ``analyze`` names,
     reads the same files) and, for text read in another encoding than UTF-8, that encoding."""
+    from crosslens.training.streaming import suite_record
+
     kind, value = source
     tokens: dict = {"kind": kind, "source": value}
     if kind == "text":
@@ -155,10 +158,7 @@ def stream_record(suite, hook: str, source: tuple[str, object], budget, model_dt
         if Path(name).exists():  # a local text file or folder
             tokens["source"] = str(Path(name).resolve()) + colon + column
     return {
-        "suite": {"model_id": suite.model_id, "family": suite.family,
-                  "root": None if suite.root is None else str(suite.root),
-                  "steps": [int(s) for s in suite.steps], "revisions": [r.revision for r in suite.snapshots]},
-        "hook": hook, "tokens": tokens, "n_tokens": budget.n_tokens, "seq_len": budget.seq_len,
+        "suite": suite_record(suite), "hook": hook, "tokens": tokens, "n_tokens": budget.n_tokens, "seq_len": budget.seq_len,
         "heldout_tokens": budget.heldout, "model_dtype": model_dtype,
     }  # fmt: skip
 

@@ -172,6 +172,13 @@ def resolve_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
     return getattr(torch, dtype_name(dtype))
 
 
+def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch dtype as given (any, e.g. float64 for a gradient check); a name as the CLI reads it
+    (:func:`resolve_dtype`)."""
+    import torch
+    return dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype)
+
+
 def is_accelerator(device: str | torch.device) -> bool:
     """Whether ``device`` is a GPU-like device (CUDA or MPS)."""
     import torch

@@ -75,6 +75,15 @@ class HeldoutActivations:
         return acts_NSD * self.norm_factors_S[None, :, None] if normalize else acts_NSD
 
 
+def suite_record(suite: Any) -> dict[str, Any]:
+    """Which snapshots a streamed run reads, as its run.json and its resume identity name them:
+    the suite's model id, family, folder (a local suite) and each snapshot's step and revision."""
+    return {
+        "model_id": suite.model_id, "family": suite.family, "root": None if suite.root is None else str(suite.root),
+        "steps": [int(s) for s in suite.steps], "revisions": [r.revision for r in suite.snapshots],
+    }  # fmt: skip
+
+
 class StreamingTrainingRunner(CrosscoderTrainingRunner):
     """Trains one crosscoder from resident snapshot models; ``run(resume=True)`` continues a run.
 
@@ -190,12 +199,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         stream's description, and its token tables' hash. The snapshots are named by the suite
         the runner holds, not by the description a caller passed, so that a resume on another
         suite is refused whoever describes it."""
-        snapshots = {
-            "model_id": self.suite.model_id, "family": self.suite.family,
-            "root": None if self.suite.root is None else str(self.suite.root),
-            "revisions": [ref.revision for ref in self.suite.snapshots],
-        }  # fmt: skip
-        spec = {"snapshots": snapshots, "model_dtype": dtype_name(self.model_dtype), "stream": self.stream}
+        spec = {"snapshots": suite_record(self.suite), "model_dtype": dtype_name(self.model_dtype), "stream": self.stream}
         return {
             "fingerprint": json_sha256(spec),
             "content_sha256": json_sha256([tokens_sha256(self.train_NL), tokens_sha256(self.heldout_NL)]),
