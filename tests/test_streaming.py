@@ -127,7 +127,7 @@ def test_given_inputs_are_checked_not_broadcast_or_crashed_on(suite, token_ids):
     from crosslens.core.errors import SnapshotMismatchError
 
     with pytest.raises(ValueError, match=r"norm_factors holds 1 numbers for 2 snapshots; pass one per snapshot served"):
-        provider(suite, token_ids, snapshots=BLOCK, normalize=True, norm_factors=[2.0]).norm_factors
+        provider(suite, token_ids, snapshots=BLOCK, normalize=True, norm_factors=[2.0])  # refused before any model loads
     with pytest.raises(ValueError, match=r"norm_factors must be one finite positive number per snapshot"):
         provider(suite, token_ids, snapshots=BLOCK, normalize=True, norm_factors=[2.0, -1.0])
     given = provider(suite, token_ids, snapshots=BLOCK, normalize=True, norm_factors=[2.0, 3.0])
@@ -140,3 +140,7 @@ def test_given_inputs_are_checked_not_broadcast_or_crashed_on(suite, token_ids):
     with pytest.raises(SnapshotMismatchError, match=r"token id 100000 is outside snapshot 'step0''s vocabulary of \d+; "
                        "build the tokens with this suite's tokenizer"):  # fmt: skip
         next(iter(provider(suite, beyond, snapshots=[0])))
+    from crosslens.activations.provider import OnTheFlyProvider
+
+    with pytest.raises(SnapshotMismatchError, match=r"token id 100000 is outside snapshot 'step0''s vocabulary"):
+        next(iter(OnTheFlyProvider(suite, HOOK, beyond, 40, chunk_seqs=5, n_epochs=1, normalize=False)))

@@ -225,6 +225,12 @@ class OnTheFlyProvider(_Batching):
         if self._norm_factors is not None and (self._norm_factors.ndim != 1 or not bool(
                 (torch.isfinite(self._norm_factors) & (self._norm_factors > 0)).all())):  # fmt: skip
             raise ValueError(f"norm_factors must be one finite positive number per snapshot, got {norm_factors}.")
+        if self._norm_factors is not None and len(self._norm_factors) != self.n_snapshots:  # not broadcast
+            raise ValueError(
+                f"norm_factors holds {len(self._norm_factors)} numbers for {self.n_snapshots} snapshots; "
+                "pass one per snapshot served."
+            )
+        self._fits_checked: set[int] = set()
         self._cached_chunk: tuple[tuple[int, int], torch.Tensor] | None = None
         self._d_in: int | None = None
         stop_at_layer = stop_layer_for([hook])
@@ -259,11 +265,6 @@ class OnTheFlyProvider(_Batching):
         """sqrt(d_in) / mean norm per snapshot served, measured unless given."""
         if self._norm_factors is None:
             self._norm_factors = self._measured_norm_factors()
-        elif len(self._norm_factors) != self.n_snapshots:  # given: one per snapshot served, not broadcast
-            raise ValueError(
-                f"norm_factors holds {len(self._norm_factors)} numbers for {self.n_snapshots} snapshots; "
-                "pass one per snapshot served."
-            )
         return self._norm_factors
 
     def _measured_norm_factors(self) -> Float[torch.Tensor, " n_snapshots"]:
@@ -288,7 +289,9 @@ class OnTheFlyProvider(_Batching):
                 first_n_layers=self.first_n_layers, identity=self._identities()[s],
             )  # fmt: skip
             try:
-                check_tokens_fit(model, self.token_ids_NL, ref.revision)
+                if s not in self._fits_checked:  # once per snapshot: the table does not change
+                    check_tokens_fit(model, self.token_ids_NL, ref.revision)
+                    self._fits_checked.add(s)
                 rows = harvest_rows(model, tokens, keep, [self.hook], batch_size=self.harvest_batch_size)
             finally:
                 release_model(model)

@@ -79,9 +79,8 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         compile: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
-        suite, batch_size = self.suite, self.batch_size
-        n_all = len(suite)
+        # the snapshots served are known before the base class checks what it is given against them
+        n_all = len(args[0] if args else kwargs["suite"])
         self.snapshot_indices = list(range(n_all) if snapshots is None else snapshots)
         if not self.snapshot_indices or not all(0 <= s < n_all for s in self.snapshot_indices):
             raise ValueError(
@@ -89,6 +88,8 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
             )
         if len(set(self.snapshot_indices)) != len(self.snapshot_indices):
             raise ValueError(f"snapshots must name each snapshot once, got {snapshots}.")
+        super().__init__(*args, **kwargs)
+        batch_size = self.batch_size
         model_dtype, buffer_dtype = as_dtype(model_dtype), None if buffer_dtype is None else as_dtype(buffer_dtype)
         if not 0 <= data_rank < data_size:
             raise ValueError(f"data_rank={data_rank} must be in [0, data_size={data_size}).")
