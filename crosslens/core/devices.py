@@ -94,7 +94,6 @@ def device_spelling(device: Any) -> str:
     raise DeviceError(f"unknown device {str(device)!r}; use one of cpu, cuda, cuda:N or mps (--device)")
 
 
-
 DTYPE_ALIASES: dict[str, str] = {
     "float32": "float32",
     "fp32": "float32",
