@@ -569,6 +569,9 @@ def test_causal_stage_labels_the_ablation_and_drops_ks_above_d_sae(snapshots, to
     assert summary.keep_only_restored_final[str(D_SAE)] == pytest.approx(1.0, abs=1e-4)
     html = result.paths.report.read_text()
     assert "mean-ablation" in html and "Keep-only restoration" in html
+    # IE = m(patch) - m(clean) and the metric is negative when the model is right: a feature that
+    # helps has a positive IE
+    assert "a positive IE means the feature helps the correct answer" in html
 
 
 def test_ablation_curves_across_snapshots(snapshots, tokenizer, jumprelu):

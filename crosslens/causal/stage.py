@@ -407,7 +407,8 @@ def causal_report(
     report.add_text(
         f"metric = {metric_formula(table.config.get('metric'))}: negative means the model is right "
         "(prefers the correct continuation), and more negative means more confident. An IE is the change in "
-        "this metric when a feature is patched: a negative IE means the feature helps the correct answer. "
+        "this metric when a feature is patched: a positive IE means the feature helps the correct answer (taking it "
+        "away moves the metric towards the wrong one). "
         "metric (patched): the metric with the hook's activation over the prompt set to the patch point, the far "
         "end of each integration path (the corrupted prompt's activation, or zero where the task has no corrupted "
         "prompt). error-node IE: the part of that change carried by the crosscoder's error term."
