@@ -128,6 +128,9 @@ def test_registry_entry_and_model_card(trained_run, pushed):
         row = f"| {s} | {revision} | {[0, 10, 100][s]} |  | {evaluation['variance_explained'][s]:.3f} | {evaluation['l0'][s]:.1f} |"
         assert row in card
     assert "| context_size | 16 |" in card and "| dataset_path | synthetic:random |" in card
+    for row in ("| n_steps | 30 |", "| batch_size (tokens) | 64 |", "| lr | 0.003 |", "| training tokens | 1920 |", "| seed | 0 |"):
+        assert row in card, row  # the run's settings, read from its run.json
+    assert "| k |" not in card  # JumpReLU has no k
     assert "## Feature classes" in card
     counts = card.split("## Feature classes")[1]
     numbers = [int(part.split()[-1].rstrip(".")) for part in counts.split(":", 1)[1].split("\n")[0].split(",")]

@@ -32,6 +32,7 @@ import torch
 import yaml
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+from crosslens.architectures import uses_k
 from crosslens.core.paths import FINAL_DIRNAME, QUALITY_NAME, RUN_CONFIG_NAME
 
 if TYPE_CHECKING:
@@ -393,11 +394,16 @@ def _training_settings(
     for key in ("context_size", "prepend_bos", "dataset_path", "exclude_special_tokens", "l0", "num_dead_features"):
         if meta.get(key) is not None:
             settings.append((key, meta.get(key)))
-    for key in ("n_steps", "batch_size", "lr", "sparsity_coefficient", "k", "seed"):
-        if run_config and run_config.get(key) is not None:
-            settings.append((key, run_config[key]))
-    if run_config and run_config.get("n_steps") and run_config.get("batch_size"):
-        settings.append(("training tokens", int(run_config["n_steps"]) * int(run_config["batch_size"])))
+    if run_config:  # run.json: the runner config, with the architecture's settings under "sae"
+        sae = run_config.get("sae") or {}
+        steps, batch = run_config.get("n_steps"), run_config.get("train_batch_size_tokens")
+        for key, value in (("n_steps", steps), ("batch_size (tokens)", batch), ("lr", run_config.get("lr")),
+                           ("sparsity_coefficient", sae.get("sparsity_coefficient")),
+                           ("k", sae.get("k") if uses_k(cfg.architecture()) else None), ("seed", run_config.get("seed"))):  # fmt: skip
+            if value is not None:
+                settings.append((key, value))
+        if steps and batch:
+            settings.append(("training tokens", int(steps) * int(batch)))
     return settings
 
 
