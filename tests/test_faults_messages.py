@@ -119,9 +119,40 @@ def test_a_10000_character_sentence_is_refused_naming_its_line_and_the_context(t
     assert len(long["sentence_good"]) > 9900
     pairs = write_lines(tmp_path / "pairs.jsonl", ["# long", "", json.dumps(GOOD), json.dumps(long)])
     err = cli_error(["attribute", "--crosscoder", str(run), "--suite", str(suite), "--task", str(pairs),
-                     "--out", str(tmp_path / "ie.csv"), "--n-examples", "2"], capsys)  # fmt: skip
+                     "--out", str(tmp_path / "ie.json"), "--n-examples", "2"], capsys)  # fmt: skip
     assert f"{pairs}, line 4:" in err and "more than the model's context of 64" in err, err
     assert len(err) < 1000, err  # the sentence is not printed whole
+
+
+def test_attribute_of_several_tasks_takes_the_one_task_flags_and_says_where_its_tables_are(trained, tmp_path, capsys):
+    """Several languages run through the same flags as one task: --allow-chance, --out (a .json:
+    the report goes beside it, the tables one per task), a --task given with --task-file, and the
+    section for `crosslens report`."""
+    suite, run = trained
+
+    def refused(argv: list[str]) -> str:  # the error line; the stage's progress bars may come first
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main(argv)
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crosslens attribute: error:")]
+        return line
+
+    rows = [{**GOOD, "language": language} for language in ("en", "xx")]
+    multi = write_lines(tmp_path / "multi.jsonl", [json.dumps(row) for row in rows for _ in range(2)])
+    base = ["attribute", "--crosscoder", str(run), "--suite", str(suite), "--task-file", str(multi), "--n-examples", "2"]
+    err = refused([*base, "--out", str(tmp_path / "a.json")])
+    assert "no behaviour" in err and "--allow-chance" in err, err  # two pairs a language: at chance everywhere
+    assert refused([*base, "--out", str(tmp_path / "a.html")]) == (
+        f"crosslens attribute: error: --out {tmp_path / 'a.html'}: the IE table is a .json file; pass e.g. --out {tmp_path / 'a.json'}")
+    err = refused([*base, "--task", "agreement_pp", "--out", str(tmp_path / "a.json")])  # taken, not dropped
+    assert "two tasks are in language" in err or "agreement_pp" in err, err
+    assert main([*base, "--allow-chance", "--out", str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr().out
+    tables = tmp_path / "a_causal"
+    assert f"IE tables: one per task, {tables}/<task>/ie_table.json (not {tmp_path / 'a.json'})" in out
+    assert sorted(p.parent.name for p in tables.glob("*/ie_table.json")) == ["multi_en", "multi_xx"]
+    assert f"section saved to {run / 'sections' / 'attribution-multi_en_multi_xx.json'}" in out
+    assert (tmp_path / "a.html").is_file() and out.startswith("metric = ")
 
 
 # ---------------------------------------------------------------------------- registry files

@@ -126,26 +126,32 @@ def language_attribution_sections(
     n_examples: int = 64,
     out: str | Path | None = None,
     seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
     **stage_kwargs: Any,
 ) -> list:
     """The causal stage for several tasks together, one per language (task names such as
     ``agreement_multilingual_fr``, or loaded :class:`TaskDataset` s, e.g. from
     ``load_multilingual_blimp``), with RelIE per language side by side
-    (:func:`crosslens.causal.languages.run_language_tasks`). Returns the comparison
-    section followed by each language's own report."""
+    (:func:`crosslens.causal.languages.run_language_tasks`). The models and a crosscoder folder
+    load on ``device`` (the models in ``dtype``), as for :func:`attribution_sections`. Returns the
+    comparison section followed by each language's own report."""
     from crosslens.causal.languages import language_of, run_language_tasks
+    from crosslens.checkpoints.on_device import on_device
 
-    crosscoder = load_crosscoder(crosscoder)
+    crosscoder = load_crosscoder(crosscoder, device=str(device))
+    suite = on_device(suite, device, dtype)
     tokenizer = suite.tokenizer()
     datasets = [_task_dataset(task, tokenizer, n_examples, seed) for task in tasks]
     out_dir = causal_out_dir(out, "languages")
     combined = run_language_tasks(suite, crosscoder, datasets, out_dir, **stage_kwargs)
     print(f"causal stage for {len(datasets)} languages: files in {out_dir}")
     labels = next(iter(combined["results"].values())).summary.snapshots
-    header = "".join(f"{language_of(d):>10s}" for d in datasets)
+    width = 1 + max(9, *(len(language_of(d)) for d in datasets))
+    header = "".join(f"{language_of(d):>{width}s}" for d in datasets)
     print(f"  {'metric':>12s}{header}")
     for column, label in enumerate(labels):
-        values = "".join(f"{r.summary.metric_clean[column]:+10.3f}" for r in combined["results"].values())
+        values = "".join(f"{r.summary.metric_clean[column]:+{width}.3f}" for r in combined["results"].values())
         print(f"  {label:>12s}{values}")
     for language, result in combined["results"].items():
         chance = [b["label"] for b in result.summary.behaviour if b["at_chance"]]

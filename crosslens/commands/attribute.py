@@ -15,9 +15,11 @@ TASK_DEFAULT = "agreement_pp"
 def attribute(args: argparse.Namespace) -> int:
     from crosslens.causal.demo import attribution_sections, causal_out_dir
     from crosslens.commands.inputs import check_output_file
-    from crosslens.commands.runs import crosscoder_suite_record, run_folder, save_section
+    from crosslens.commands.runs import crosscoder_suite_record
 
     folder = crosscoder_folder_arg(args.crosscoder, "--crosscoder")
+    if Path(args.out).suffix != ".json":  # plots, tables and report.html go beside it, named after it
+        raise CLIError(f"--out {args.out}: the IE table is a .json file; pass e.g. --out {Path(args.out).with_suffix('.json')}")
     check_output_file(args.out, example="attribution.json")  # before any model loads
     device, dtype = device_and_dtype(args)
     steps = args.steps
@@ -30,20 +32,23 @@ def attribute(args: argparse.Namespace) -> int:
         print(f"suite: {suite_spec} (recorded with the crosscoder; --suite overrides)")
     suite = resolve_suite(suite_spec, steps, args.n_snapshots)
     _check_snapshots(record, suite, folder, args)  # before any model loads
+    print(metric_sign())
     if len(tasks) > 1:  # several languages: run together, RelIE per language side by side
         from crosslens.causal.demo import language_attribution_sections
-        from crosslens.checkpoints.on_device import on_device
 
         with _task_flag_errors(args):
             sections = language_attribution_sections(
-                on_device(suite, device, dtype), str(folder), tasks, n_examples=args.n_examples, out=args.out
-            )
+                suite, str(folder), tasks, n_examples=args.n_examples, out=args.out, device=device, dtype=dtype,
+                allow_chance=args.allow_chance,
+            )  # fmt: skip
         report = Path(args.out).with_suffix(".html")
         sections[0].write(report)
+        print(f"IE tables: one per task, {causal_out_dir(args.out, 'languages')}/<task>/ie_table.json (not {args.out})")
         print(f"report: {report}")
+        names = [t if isinstance(t, str) else t.name for t in tasks]
+        _save_section(sections[0], folder, f"attribution-{'_'.join(names)}")
         return 0
     task = tasks[0]
-    print(metric_sign())
     summaries: list = []
     with _task_flag_errors(args):
         sections = attribution_sections(
@@ -62,11 +67,24 @@ def attribute(args: argparse.Namespace) -> int:
     print(f"IE table: {args.out}")
     print(f"plots and tables: {causal_out_dir(args.out, name)}")
     print(f"report: {report}")
-    run_dir = run_folder(folder)
-    if run_dir is not None:
-        saved = save_section(sections[0], run_dir, f"attribution-{name}")
-        print(f"section saved to {saved}; `crosslens report {run_dir}` puts it into report.html")
+    _save_section(sections[0], folder, f"attribution-{name}")
     return 0
+
+
+def _save_section(section, folder: Path, name: str) -> None:
+    """Save the report section in the run folder of ``folder`` for ``crosslens report``, when
+    ``folder`` is the run's final crosscoder (a checkpoint's would join the final crosscoder's report)."""
+    from crosslens.commands.runs import run_folder, save_section
+    from crosslens.core.paths import FINAL_DIRNAME
+
+    run_dir = run_folder(folder)
+    if run_dir is None:
+        return
+    if Path(folder).resolve() != (run_dir / FINAL_DIRNAME).resolve():
+        print(f"section not saved: {folder} is a checkpoint of {run_dir}, whose report describes its final crosscoder")
+        return
+    saved = save_section(section, run_dir, name)
+    print(f"section saved to {saved}; `crosslens report {run_dir}` puts it into report.html")
 
 
 def metric_sign() -> str:
@@ -134,21 +152,23 @@ def _tasks_from_args(args: argparse.Namespace) -> list:
     from crosslens.tasks.blimp import load_task_file
 
     tasks: list = []
-    files = [args.task_file] if args.task_file else []
-    for part in ([] if args.task_file and args.task == TASK_DEFAULT else multilingual_tasks(args.task)):
+    files = [("--task-file", args.task_file)] if args.task_file else []
+    task_given = "task" in getattr(args, "explicit", ()) or not args.task_file  # the default joins no --task-file
+    for part in multilingual_tasks(args.task) if task_given else []:
         looks_like_file = Path(part).suffix.lower() in (".jsonl", ".json", ".txt", ".tsv") or "/" in part
         if looks_like_file or Path(part).is_file():
-            files.append(part)
+            files.append(("--task", part))
         else:
             tasks.append(part)
-    for path in files:
+    for flag, path in files:
         if not Path(path).is_file():
-            raise CLIError(f"--task {path}: no such file; pass a task name (e.g. agreement_pp) or a pairs file")
+            fix = "pass a task name (e.g. agreement_pp) or a pairs file" if flag == "--task" else "pass a pairs file"
+            raise CLIError(f"{flag} {path}: no such file; {fix}")
         try:
             on_invalid = "skip" if args.skip_invalid else "raise"
             tasks.extend(load_task_file(path, on_invalid=on_invalid).values())
         except ValueError as error:
-            raise CLIError(f"--task {path}: {error}") from None
+            raise CLIError(f"{flag} {path}: {error}") from None
     if not tasks:
         raise CLIError("--task names no task; pass e.g. --task agreement_pp or --task PAIRS.jsonl")
     from crosslens.tasks import list_tasks
