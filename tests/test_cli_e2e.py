@@ -103,7 +103,7 @@ def test_readme_walkthrough_runs_start_to_end(tmp_path, monkeypatch, capsys):
     assert len(re.findall(r"metric [+-]\d\.\d{3} \((prefers (correct|wrong)|no behaviour: accuracy \d+%)", text)) == 4
     assert (tmp_path / "run" / "sections" / "attribution-pairs.json").exists()
     # every pair the BPE can score is used (6 of 24 had one-token words), multi-token ones counted
-    scored = re.search(r"^pairs: 8 of the 24 in the file scored \(--n-examples caps it\), (\d) of them with multi-token", text, re.M)
+    scored = re.search(r"^pairs: 8 of the 24 read from the file scored \(--n-examples caps them\), (\d) of them with multi-token", text, re.M)
     assert scored and int(scored.group(1)) > 0
     assert "crosslens: warning" not in text
     # a pair the tokenizer cannot score (the prompt's trailing space merges into the continuation): one line naming --task

@@ -112,6 +112,27 @@ def test_pairs_files_load_by_their_format(tmp_path):
         load_task_file(bad)
 
 
+def test_skipping_invalid_lines_reaches_every_pairs_format(tmp_path):
+    """on_invalid="skip" (`attribute --skip-invalid`) passes over a line that is not JSON in every
+    JSON format, as it does in BLiMP files; without it the line is named; CLAMS labels take any case."""
+    from crosslens.tasks.blimp import MinimalPairFormatError
+
+    rows = {
+        "multi.jsonl": [{"sentence_good": "The keys are here.", "sentence_bad": "The keys is here.", "language": "en"}],
+        "ours.jsonl": [{"clean": "The keys", "correct": " are", "wrong": " is"}, {"clean": "The keys", "correct": " are"}],
+    }
+    for name, records in rows.items():
+        path = tmp_path / name
+        path.write_text('{"sentence_good": "broken\n' + "\n".join(json.dumps(r) for r in records) + "\n")
+        with pytest.raises(MinimalPairFormatError, match=rf"{name}, line 1: not valid JSON"):
+            load_task_file(path)
+        (task,) = load_task_file(path, on_invalid="skip").values()
+        assert len(task) == 1, name  # the broken line, and a pair missing a field, passed over
+    clams = tmp_path / "lower.txt"
+    clams.write_text("true\tThe keys are here .\nfalse\tThe keys is here .\n")
+    assert task_file_format(clams) == "clams" and len(load_task_file(clams)["lower"]) == 1
+
+
 def test_hook_names_are_checked_without_a_model():
     assert hook_problem("blocks.1.hook_resid_post", 2) is None
     assert hook_problem("blocks.0.attn.hook_z", None) is None

@@ -61,7 +61,7 @@ def attribute(args: argparse.Namespace) -> int:
     if not isinstance(task, str):
         summary = summaries[0]
         print(
-            f"pairs: {summary.n_examples} of the {len(task)} in the file scored (--n-examples caps it), "
+            f"pairs: {summary.n_examples} of the {len(task)} read from the file scored (--n-examples caps them), "
             f"{summary.n_multi_token} of them with multi-token continuations"
         )
     print(f"IE table: {args.out}")

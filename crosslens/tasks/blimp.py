@@ -309,11 +309,12 @@ def _language_of(record: dict[str, Any], language_key: str, path: Path, line_no:
     return str(record[language_key])
 
 
-def languages_in(path: str | Path, *, language_key: str = "language") -> list[str]:
-    """The languages a multilingual BLiMP-format JSONL file holds, in order of first appearance."""
+def languages_in(path: str | Path, *, language_key: str = "language", skip_invalid: bool = False) -> list[str]:
+    """The languages a multilingual BLiMP-format JSONL file holds, in order of first appearance
+    (lines that are not JSON objects refused, or passed over with ``skip_invalid``)."""
     path = Path(path)
     seen: dict[str, None] = {}
-    for line_no, record in json_lines(path):
+    for line_no, record in json_lines(path, skip_invalid):
         seen.setdefault(_language_of(record, language_key, path, line_no), None)
     return list(seen)
 
@@ -331,7 +332,7 @@ def load_multilingual_blimp(
     :func:`load_blimp_jsonl` with ``language=`` would. `limit` applies per language.
     """
     path = Path(path)
-    present = languages_in(path, language_key=language_key)
+    present = languages_in(path, language_key=language_key, skip_invalid=on_invalid == "skip")
     chosen = present if languages is None else list(languages)
     missing = [lang for lang in chosen if lang not in present]
     if missing:
@@ -404,13 +405,17 @@ def _limit_after_parsing(candidates: list, limit: int | None, tokenizer: Any, on
     return kept
 
 
-def load_pairs_jsonl(path: str | Path, *, name: str | None = None) -> TaskDataset:
-    """A task written by :meth:`TaskDataset.to_jsonl` (or by hand in that format)."""
+def load_pairs_jsonl(path: str | Path, *, name: str | None = None, on_invalid: OnInvalid = "raise") -> TaskDataset:
+    """A task written by :meth:`TaskDataset.to_jsonl` (or by hand in that format); a line that is
+    not such a pair is refused naming it, or (``on_invalid="skip"``) passed over."""
+    _check_on_invalid(on_invalid)
     path = Path(path)
     pairs = []
-    for line_no, record in json_lines(path):
+    for line_no, record in json_lines(path, skip_invalid=on_invalid == "skip"):
         missing = {"clean", "correct", "wrong"} - set(record)
         if missing:
+            if on_invalid == "skip":
+                continue
             raise MinimalPairFormatError(
                 f"{path}, line {line_no}: missing field(s) {sorted(missing)}; each line needs clean, correct, wrong"
             )
@@ -425,21 +430,24 @@ def load_pairs_jsonl(path: str | Path, *, name: str | None = None) -> TaskDatase
                 )
             )
         except ValueError as error:
+            if on_invalid == "skip":
+                continue
             raise MinimalPairFormatError(f"{path}, line {line_no}: {error}") from None
     if not pairs:
         raise MinimalPairFormatError(f"{path} holds no pairs; each line needs clean, correct, wrong")
     return TaskDataset(name=name or path.stem, pairs=tuple(pairs), description=f"minimal pairs from {path.name}")
 
 
-def task_file_format(path: str | Path) -> str:
+def task_file_format(path: str | Path, *, skip_invalid: bool = False) -> str:
     """``"blimp"``, ``"multilingual"``, ``"crosslens"`` or ``"clams"``: the format of a pairs file,
-    from its first record (JSON lines) or its layout (CLAMS ``LABEL<TAB>sentence`` text)."""
+    from its first records (JSON lines; one that is not an object refused, or passed over with
+    ``skip_invalid``) or its layout (CLAMS ``LABEL<TAB>sentence`` text, labels in any case)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a BLiMP, crosslens JSONL or CLAMS file")
     first = next((line for _, line in numbered_lines(path)), "")
     if first.lstrip().startswith("{"):
-        records = [record for _, record in itertools.islice(json_lines(path), 200)]
+        records = [record for _, record in itertools.islice(json_lines(path, skip_invalid), 200)]
         keys = set().union(*(r.keys() for r in records))
         if {"sentence_good", "sentence_bad"} <= keys:
             return "multilingual" if "language" in keys else "blimp"
@@ -449,7 +457,7 @@ def task_file_format(path: str | Path) -> str:
             f"{path}: JSON lines with neither sentence_good/sentence_bad (BLiMP) nor clean/correct/wrong "
             f"(crosslens) fields; its fields are {sorted(keys)}"
         )
-    if "\t" in first and first.split("\t", 1)[0].strip() in ("True", "False"):
+    if "\t" in first and first.split("\t", 1)[0].strip().lower() in ("true", "false"):
         return "clams"
     raise MinimalPairFormatError(
         f"{path}: not a pairs file; expected BLiMP JSONL (sentence_good, sentence_bad), crosslens JSONL "
@@ -460,7 +468,7 @@ def task_file_format(path: str | Path) -> str:
 def load_task_file(path: str | Path, *, tokenizer: Any = None, on_invalid: OnInvalid = "raise") -> dict[str, TaskDataset]:
     """Every task in a pairs file, by name: one for a BLiMP, CLAMS or crosslens file (named after
     the file), one per language for a MultiBLiMP-style file (see :func:`task_file_format`)."""
-    kind = task_file_format(path)
+    kind = task_file_format(path, skip_invalid=on_invalid == "skip")
     if kind == "multilingual":
         by_language = load_multilingual_blimp(path, tokenizer=tokenizer, on_invalid=on_invalid)
         return {task.name: task for task in by_language.values()}
@@ -469,5 +477,5 @@ def load_task_file(path: str | Path, *, tokenizer: Any = None, on_invalid: OnInv
     elif kind == "clams":
         task = load_clams(path, tokenizer=tokenizer, on_invalid=on_invalid)
     else:
-        task = load_pairs_jsonl(path)
+        task = load_pairs_jsonl(path, on_invalid=on_invalid)
     return {task.name: task}
