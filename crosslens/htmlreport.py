@@ -195,7 +195,10 @@ class Report:
         return self
 
     def extend(self, other: Report) -> Report:
-        """Append all sections of another report (e.g. one built by another stage)."""
+        """Append all sections of another report (e.g. one built by another stage), under a heading
+        of its title (when it has its own), so that several such reports stay told apart."""
+        if other.title and other.title != self.title:
+            self.add_heading(other.title)
         for block in other._blocks:
             fragment, anchor = block.html, block.anchor
             if block.kind == "figure" and anchor is not None:

@@ -501,6 +501,7 @@ def test_report_builder(tmp_path):
     assert '<td class="">1.235</td>' in page and "&mdash;" in page and "showing 1 of 2 rows" in page
     assert 'id="first"' in page and 'id="first-2"' in page and 'href="#attribution"' in page
     assert 'id="first-3"' in page and 'href="#first-3"' in page  # re-anchored by extend()
+    assert page.index('id="other"') < page.index('id="attribution"')  # the appended report under its title
     # plotly.js once, in the head; one div per figure, ids unique after extend().
     bundles = [k for k, script in enumerate(_scripts(page)) if len(script) > 1_000_000]
     assert len(bundles) == 1 and len(_scripts(page[: page.index("</head>")])) == 1
