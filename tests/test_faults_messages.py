@@ -194,6 +194,20 @@ def test_a_release_defined_twice_in_one_file_is_refused_naming_both_lines(tmp_pa
         pretrained_directory()
 
 
+def test_registry_values_of_the_wrong_kind_are_named_with_their_release_and_field(tmp_path, monkeypatch, capsys):
+    registry = tmp_path / "registry.yaml"
+    monkeypatch.setenv("CROSSLENS_PRETRAINED", str(registry))
+    cases = [
+        ("revisions: [step0, step1]}", "revisions: [step0, step1], steps: [0, x]}", "suite.steps must be whole numbers, got [0, 'x']"),
+        ("path: blocks.0.hook_resid_post}", "path: blocks.0.hook_resid_post, l0: [a, b]}", "entry 'blocks.0.hook_resid_post': l0 must be a number or 2 numbers"),
+        ("path: blocks.0.hook_resid_post}", "path: blocks.0.hook_resid_post, l0: true}", "l0 must be a number or 2 numbers (one per revision), got True"),
+    ]  # fmt: skip
+    for old, new, message in cases:
+        registry.write_text(RELEASE_YAML.replace(old, new))
+        err = cli_error(["pretrained", "list"], capsys)
+        assert f"{registry}: release 'tiny': " in err and message in err, err
+
+
 # ---------------------------------------------------------------------------- suite commands
 def test_suite_list_offline_with_a_mistyped_name_says_it_is_not_a_known_suite(offline_hf_home, capsys):
     err = cli_error(["suite", "list", "EleutherAI/pythia-160mm"], capsys)

@@ -323,6 +323,8 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
     if steps is not None:
         if not isinstance(steps, Sequence) or len(steps) != len(revisions):
             raise fail(f"suite.steps must list one step per revision ({len(revisions)}).")
+        if not all(isinstance(step, int) and not isinstance(step, bool) for step in steps):
+            raise fail(f"suite.steps must be whole numbers, got {list(steps)}.")
         if any(b < a for a, b in zip(steps, steps[1:])):
             raise fail(f"suite.steps {list(steps)} are not in training order.")
     S = len(revisions)
@@ -386,9 +388,10 @@ def _per_snapshot(value: Any, n_snapshots: int, where: str) -> tuple[float, ...]
     """A number (the same at every snapshot) or one number per snapshot."""
     if value is None:
         return None
-    if isinstance(value, (int, float)):
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731  (YAML's true is no number)
+    if number(value):
         return (float(value),) * n_snapshots
-    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == n_snapshots:
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == n_snapshots and all(map(number, value)):
         return tuple(float(v) for v in value)
     raise PretrainedRegistryError(f"{where} must be a number or {n_snapshots} numbers (one per revision), got {value!r}.")
 
