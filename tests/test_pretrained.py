@@ -264,3 +264,20 @@ def test_wandb_run_id_in_metadata_and_model_artifact_offline(trained_run, tmp_pa
     assert files == {"cfg.json", "sae_weights.safetensors"}
     history = [r for r in records if r.WhichOneof("record_type") == "history"]
     assert len(history) == 2  # steps 2 and 4, from wandb_log_frequency=2
+
+
+def test_a_release_absent_from_the_offline_cache_is_named_with_the_fix(offline_hf_home, monkeypatch):
+    from crosslens.pretrained.load import pretrained_folder
+
+    monkeypatch.setenv("CROSSLENS_PRETRAINED", "")
+    spec = {"repo_id": "me/absent", "model": "EleutherAI/pythia-14m",
+            "suite": {"family": "pythia", "model_id": "EleutherAI/pythia-14m", "revisions": ["step0", "step1"]},
+            "saes": [{"id": HOOK, "path": HOOK}]}  # fmt: skip
+    register_release("absent", spec)
+    try:
+        for load in (load_pretrained, pretrained_folder):
+            with pytest.raises(PretrainedRegistryError, match=rf"^me/absent/{HOOK} is not in the Hugging Face cache \(.*\) "
+                               "and HF_HUB_OFFLINE=1 forbids downloading it; go online once"):  # fmt: skip
+                load("absent", HOOK)
+    finally:
+        unregister_release("absent")

@@ -74,7 +74,8 @@ def load_pretrained(
         crosscoder = SAE.from_pretrained(
             repo_id, folder, device=device, dtype=dtype, force_download=force_download, converter=converter
         )
-    except (RuntimeError, ValueError, TypeError, KeyError, OSError, SafetensorError):
+    except (RuntimeError, ValueError, TypeError, KeyError, OSError, SafetensorError) as error:
+        _refuse_uncached(error, repo_id, folder)
         if loader_name == SAE_LENS_LOADER:  # name the damaged cached file, when that is what failed
             _check_cached_folder(repo_id, folder, release, crosscoder_id)
         raise
@@ -150,11 +151,28 @@ def pretrained_folder(release: str, crosscoder_id: str, force_download: bool = F
             f"release {release!r} is stored in another layout (conversion_func {lookup.conversion_func!r}); "
             "load it with crosslens.load_pretrained instead of as a folder."
         )
-    paths = [
-        hf_hub_download(repo_id=repo_id, filename=f"{folder}/{name}", force_download=force_download)
-        for name in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME)
-    ]
+    try:
+        paths = [
+            hf_hub_download(repo_id=repo_id, filename=f"{folder}/{name}", force_download=force_download)
+            for name in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME)
+        ]
+    except OSError as error:
+        _refuse_uncached(error, repo_id, folder)
+        raise
     return Path(paths[0]).parent
+
+
+def _refuse_uncached(error: BaseException, repo_id: str, folder: str) -> None:
+    """Say, for a download that offline mode refused, which repo is missing from which cache and
+    the fix, in place of huggingface_hub's general advice."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(error, LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE:
+        raise PretrainedRegistryError(
+            f"{repo_id}/{folder} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 "
+            "forbids downloading it; go online once (unset HF_HUB_OFFLINE), or point HF_HOME at a cache that holds it"
+        ) from None
 
 
 def resolve_crosscoder_path(value: str) -> str:
