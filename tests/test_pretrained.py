@@ -212,6 +212,18 @@ def test_cli_push_prints_the_registry_entry(trained_run, stubbed_hub, capsys):
     assert exit_info.value.code == 2 and "--repo" in capsys.readouterr().err
 
 
+def test_push_offline_says_it_needs_the_hub_before_measuring(trained_run, offline_hf_home, capsys, monkeypatch):
+    import crosslens.pretrained.push as push_module
+
+    monkeypatch.setattr(push_module, "_store_evaluation", lambda *a, **k: pytest.fail("measured before the hub was asked"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["push", str(trained_run), "--repo", "someone/cc"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err == (
+        "crosslens push: error: pushing to someone/cc needs the hub, which HF_HUB_OFFLINE=1 forbids; unset it and log "
+        "in to the hub, or write the folder with push_to_hub(..., api=LocalHubApi()) for air-gapped sharing")  # fmt: skip
+
+
 def test_runner_fills_saelens_training_metadata(trained_run):
     meta = json.loads((trained_run / "final" / "cfg.json").read_text())["metadata"]
     assert meta["context_size"] == 16 and meta["model_class_name"] == "HookedTransformer"

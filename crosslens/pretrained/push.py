@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
+from huggingface_hub.errors import OfflineModeIsEnabled
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.architectures import uses_k
+from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import FINAL_DIRNAME, QUALITY_NAME, RUN_CONFIG_NAME
 
 if TYPE_CHECKING:
@@ -127,6 +129,17 @@ def push_to_hub(
     crosscoder_id = crosscoder_id or meta.get("hook_name") or "crosscoder"
     release = release or default_release_name(repo_id)
 
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    try:  # the repo first: a hub out of reach is said before the store is measured
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    except OfflineModeIsEnabled:
+        raise CrosslensError(
+            f"pushing to {repo_id} needs the hub, which HF_HUB_OFFLINE=1 forbids; unset it and log in to the hub, "
+            "or write the folder with push_to_hub(..., api=LocalHubApi()) for air-gapped sharing"
+        ) from None
     evaluation = _store_evaluation(crosscoder, folder, store_path or (run_config or {}).get("store_path"), n_eval_tokens)
     spliced = run_spliced_loss(folder, run_config, crosscoder)
     if fold_normalization and not meta.get("activation_norm_factors_folded") and meta.get("activation_norm_factors"):
@@ -135,11 +148,6 @@ def push_to_hub(
     publication = Publication(crosscoder, repo_id, crosscoder_id, release, evaluation, spliced, run_config, class_counts)
     card, entry = model_card(publication), registry_entry(publication)
 
-    if api is None:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     with tempfile.TemporaryDirectory() as tmp:
         crosscoder.save_model(tmp)
         api.upload_folder(
