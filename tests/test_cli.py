@@ -133,6 +133,16 @@ def test_zero_or_negative_sizes_name_their_flag(argv, flag, capsys):
 def test_suite_build_names_the_flag_when_the_sizes_clash(capsys):
     err = one_line_error(["suite", "build", "--d-model", "30", "--n-heads", "4"], capsys)
     assert "--d-model=30 must be divisible by n_heads=4" in err and "PicoConfig" not in err
+    err = one_line_error(["suite", "build", "--small", "--long"], capsys)  # not one of them dropped
+    assert err == "crosslens suite build: error: --small and --long name two configurations; pass one of them"
+
+
+def test_a_shipped_task_refuses_fewer_than_one_pair_whatever_its_kind():
+    from crosslens.tasks import get_task
+
+    for name in ("agreement_pp", "agreement_multilingual_en"):
+        with pytest.raises(ValueError, match=rf"^{name}: n must be at least 1, got -1$"):
+            get_task(name, n=-1)
 
 
 def test_debug_shows_the_traceback(capsys):

@@ -39,6 +39,8 @@ def _build_config(args: argparse.Namespace):
 
     from crosslens.pico import PicoConfig
 
+    if args.small and args.long:
+        raise CLIError("--small and --long name two configurations; pass one of them")
     base = PicoConfig.small() if args.small else PicoConfig.long() if args.long else PicoConfig()
     changes = {field: getattr(args, flag) for flag, field in BUILD_FLAGS.items() if getattr(args, flag) is not None}
     if args.d_model is not None:

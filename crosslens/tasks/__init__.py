@@ -166,7 +166,9 @@ def task_for_tokenizer(name: str, tokenizer, n: int = 64, seed: int = 0) -> Task
 
 
 def get_task(name: str, n: int = 64, seed: int = 0) -> TaskDataset:
-    """A shipped task by name (see :func:`list_tasks`)."""
+    """A shipped task by name (see :func:`list_tasks`), ``n`` pairs of it (at least 1)."""
+    if n < 1:
+        raise ValueError(f"{name}: n must be at least 1, got {n}")
     if name in _GENERATORS:
         return _GENERATORS[name](n, seed)
     if name in PICO_TASKS:
