@@ -574,6 +574,15 @@ def test_causal_stage_labels_the_ablation_and_drops_ks_above_d_sae(snapshots, to
     assert "a positive IE means the feature helps the correct answer" in html
 
 
+def test_a_snapshot_the_crosscoder_lacks_is_refused_naming_its_range(snapshots, tokenizer, jumprelu, tmp_path):
+    from crosslens.causal import run_causal_stage
+
+    task = agreement_pairs("simple", n=4, seed=5)
+    for wrong in ([7], [0, 0], [-1]):
+        with pytest.raises(ValueError, match=rf"snapshots must be distinct indices of the crosscoder's 3 snapshots \(0..2\), got \{wrong}"):
+            run_causal_stage(snapshots, jumprelu, task, tmp_path, tokenizer=tokenizer, snapshots=wrong, progress=False)
+
+
 def test_ablation_curves_across_snapshots(snapshots, tokenizer, jumprelu):
     task = agreement_pairs("simple", n=4, seed=5)
     table = attribute(snapshots, jumprelu, task, tokenizer=tokenizer, snapshots=[0, 2], config=AttributionConfig(n_steps=2), progress=False)

@@ -378,6 +378,17 @@ def snapshot_labels(models: SnapshotModels, n: int) -> list[str]:
     return [f"s{i}" for i in range(n)]
 
 
+def chosen_snapshots(snapshots: Sequence[int] | None, n_models: int) -> list[int]:
+    """The snapshot indices to work on: ``snapshots``, each checked to be one of the ``n_models``
+    snapshots, or all of them."""
+    if snapshots is None:
+        return list(range(n_models))
+    chosen = [int(s) for s in snapshots]
+    if not all(0 <= s < n_models for s in chosen) or len(set(chosen)) != len(chosen):
+        raise ValueError(f"snapshots must be distinct indices of the crosscoder's {n_models} snapshots (0..{n_models - 1}), got {list(snapshots)}")
+    return chosen
+
+
 def check_models_match(models: SnapshotModels, crosscoder: Crosscoder) -> int:
     n_models = len(models)
     if n_models != crosscoder.cfg.n_snapshots:
@@ -453,7 +464,7 @@ def attribute(
     n_models = check_models_match(models, crosscoder)
     name, tokenized = tokenize_task(task, models, tokenizer)
     check_metric(tokenized, metric, logit_diff)
-    chosen = list(range(n_models)) if snapshots is None else [int(s) for s in snapshots]
+    chosen = chosen_snapshots(snapshots, n_models)
 
     if config.mode != "exact":
         activations = None

@@ -20,6 +20,7 @@ from crosslens.causal.attribution import (
     logit_diff,
     attribute_snapshot,
     check_models_match,
+    chosen_snapshots,
     collect_task_activations,
     exact_snapshot_inputs,
     snapshot_labels,
@@ -197,7 +198,7 @@ def run_causal_stage(
     hook = crosscoder_hook(crosscoder, hook)
     n_models = check_models_match(models, crosscoder)
     name, tokenized = tokenize_task(task, models, tokenizer)
-    chosen = list(range(n_models)) if snapshots is None else [int(s) for s in snapshots]
+    chosen = chosen_snapshots(snapshots, n_models)
     activations = None
     if config.mode == "exact":
         activations = collect_task_activations(models, hook, tokenized, progress=progress)
