@@ -214,6 +214,15 @@ def test_attribute_refuses_a_suite_with_other_weights_under_the_same_steps(world
     assert "snapshot step20 has other weights" in err
 
 
+def test_attribute_on_a_suite_without_the_crosscoders_steps_names_the_suite_not_a_flag_never_given(world, tmp_path, capsys):
+    models = {"step0": tiny_neox(seed=0), "step10": tiny_neox(seed=1), "step30": tiny_neox(seed=2)}
+    other = write_local_suite(tmp_path / "suite", models, make_word_tokenizer())
+    err = refusal(["attribute", "--crosscoder", str(world["run"]), "--suite", str(other), "--device", "cpu"], capsys)
+    assert err.startswith(f"crosslens attribute: error: --suite {other} does not hold the crosscoder's snapshots "
+                          "(steps 0,10,20): step20 is not among"), err  # fmt: skip
+    assert err.endswith("; pass the suite it was trained on")
+
+
 def test_run_json_store_is_absolute_and_checked_by_seal(world, tmp_path, monkeypatch, capsys):
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir(), second.mkdir()

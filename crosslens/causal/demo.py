@@ -112,9 +112,10 @@ def _print_snapshots(summary: Any, *, model_lines: bool = True) -> None:
     if behaviours and behaviours[-1].at_chance:
         print(f"  {where}: not shown, no behaviour there")
         return
-    restored = ", ".join(
-        f"top-{k} {value:.0%}" for k, value in summary.keep_only_restored_final.items() if value is not None
-    )
+    restored = ", ".join(  # a share that rounds to zero is 0%, whichever side of it
+        f"top-{k} {value:.0%}".replace("-0%", "0%") for k, value in summary.keep_only_restored_final.items()
+        if value is not None
+    )  # fmt: skip
     print(f"  {where}: {restored}")
 
 

@@ -30,7 +30,15 @@ def attribute(args: argparse.Namespace) -> int:
     suite_spec = args.suite or record.get("root") or record.get("model_id") or "pico"
     if args.suite is None and suite_spec != "pico":
         print(f"suite: {suite_spec} (recorded with the crosscoder; --suite overrides)")
-    suite = resolve_suite(suite_spec, steps, args.n_snapshots)
+    try:
+        suite = resolve_suite(suite_spec, steps, args.n_snapshots)
+    except CLIError as error:
+        if args.steps is not None or not str(error).startswith("--steps"):
+            raise
+        raise CLIError(  # the steps are the crosscoder's, not a flag the user gave
+            f"--suite {suite_spec} does not hold the crosscoder's snapshots (steps {','.join(map(str, steps))}): "
+            f"{str(error).removeprefix('--steps: ')}; pass the suite it was trained on"
+        ) from None
     _check_snapshots(record, suite, folder, args)  # before any model loads
     print(metric_sign())
     if len(tasks) > 1:  # several languages: run together, RelIE per language side by side
