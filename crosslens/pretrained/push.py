@@ -85,9 +85,9 @@ class PushResult:
         return registry_yaml(self.registry_entry)
 
 
-def _store_evaluation(crosscoder: Any, folder: Path, store_path: str | Path | None, n_tokens: int) -> dict | None:
-    """Per-snapshot explained variance and L0 on ``n_tokens`` of the store, once it is checked to be
-    the crosscoder's (the card states these figures); None when there is no store at hand."""
+def _partner_store(crosscoder: Any, folder: Path, store_path: str | Path | None) -> Any:
+    """The store the card's figures are measured on, opened and checked to be the crosscoder's;
+    None when there is no store at hand."""
     if store_path is None or not Path(store_path).exists():
         return None
     from crosslens.activations import ActivationStore
@@ -95,6 +95,13 @@ def _store_evaluation(crosscoder: Any, folder: Path, store_path: str | Path | No
 
     store = ActivationStore.open(store_path)
     check_crosscoder_store(crosscoder, store, crosscoder_name=folder)
+    return store
+
+
+def _store_evaluation(crosscoder: Any, store: Any, n_tokens: int) -> dict | None:
+    """Per-snapshot explained variance and L0 on ``n_tokens`` of the checked ``store`` (None: none)."""
+    if store is None:
+        return None
     return evaluate_per_snapshot(crosscoder, store, crosscoder.cfg.metadata.get("hook_name"), n_tokens=n_tokens)
 
 
@@ -129,18 +136,19 @@ def push_to_hub(
     crosscoder_id = crosscoder_id or meta.get("hook_name") or "crosscoder"
     release = release or default_release_name(repo_id)
 
+    store = _partner_store(crosscoder, folder, store_path or (run_config or {}).get("store_path"))
     if api is None:
         from huggingface_hub import HfApi
 
         api = HfApi()
-    try:  # the repo first: a hub out of reach is said before the store is measured
+    try:  # the repo before the measurement: a hub out of reach is said before the store is read
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     except OfflineModeIsEnabled:
         raise CrosslensError(
             f"pushing to {repo_id} needs the hub, which HF_HUB_OFFLINE=1 forbids; unset it and log in to the hub, "
             "or write the folder with push_to_hub(..., api=LocalHubApi()) for air-gapped sharing"
         ) from None
-    evaluation = _store_evaluation(crosscoder, folder, store_path or (run_config or {}).get("store_path"), n_eval_tokens)
+    evaluation = _store_evaluation(crosscoder, store, n_eval_tokens)
     spliced = run_spliced_loss(folder, run_config, crosscoder)
     if fold_normalization and not meta.get("activation_norm_factors_folded") and meta.get("activation_norm_factors"):
         crosscoder.fold_activation_norm_scaling_factors()
