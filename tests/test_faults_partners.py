@@ -138,6 +138,8 @@ def test_analyze_of_a_checkpoint_writes_its_own_report_beside_the_runs(world, tm
     assert main(["analyze", "--crosscoder", str(checkpoint), "--device", "cpu"]) == 0
     assert f"report: {run / f'report-{checkpoint.name}.html'}" in capsys.readouterr().out
     assert (run / "report.html").read_bytes() == report  # the finished run's report is not overwritten
+    err = refusal(["analyze", "--crosscoder", str(run), "--out", str(tmp_path / "r.json")], capsys)
+    assert err == f"crosslens analyze: error: --out {tmp_path / 'r.json'}: the report is an HTML page; pass e.g. --out {tmp_path / 'r.html'}"
 
 
 def test_loading_a_run_folder_as_a_crosscoder_names_its_final_folder(world):
