@@ -58,6 +58,9 @@ def test_a_truncated_weights_file_is_named_by_every_command_that_loads_it(traine
     err = cli_error(["analyze", "--crosscoder", str(bare)], capsys)
     damaged = bare / "sae_weights.safetensors"
     assert f"{damaged} is damaged" in err and "truncated" in err and "retrain" in err, err
+    err = cli_error(["report", str(bare)], capsys)  # report rebuilds a run's report: a bare crosscoder has none
+    assert err == (f"crosslens report: error: RUN_DIR {bare}: not a `crosslens train` run folder, so it has no report "
+                   f"to rebuild; for any crosscoder, `crosslens analyze --crosscoder {bare}` writes one")  # fmt: skip
 
 
 @pytest.mark.parametrize(

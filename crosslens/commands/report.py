@@ -15,7 +15,14 @@ def analyze(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
+    from crosslens.commands.runs import run_folder
+
     folder = crosscoder_folder_arg(args.run_dir, "RUN_DIR")
+    if run_folder(folder) is None:  # a pretrained release or a crosscoder saved by hand has no run's report
+        raise CLIError(
+            f"RUN_DIR {args.run_dir}: not a `crosslens train` run folder, so it has no report to rebuild; "
+            f"for any crosscoder, `crosslens analyze --crosscoder {args.run_dir}` writes one"
+        )
     return _write_report(folder, args.store, args.out, args)
 
 
