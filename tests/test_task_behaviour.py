@@ -88,7 +88,7 @@ def test_a_model_at_chance_everywhere_is_refused_or_marked(tokenizer, tmp_path):
     models = [tiny_model(tokenizer, seed, blind=True) for seed in (0, 1)]
     with pytest.raises(NoBehaviourError, match=r"at chance on its 12 pairs at every snapshot \(accuracy 50%-50%.*--allow-chance"):
         stage(models, task, tokenizer, tmp_path / "refused", allow_chance=False)
-    assert not (tmp_path / "refused" / "summary.json").exists()  # nothing presented
+    assert not (tmp_path / "refused").exists()  # nothing presented, and no empty folder left behind
 
     result = stage(models, task, tokenizer, tmp_path / "marked")
     summary = json.loads(result.paths.summary.read_text())

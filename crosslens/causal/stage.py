@@ -193,7 +193,8 @@ def run_causal_stage(
     ablation together; per-snapshot mode loads each once.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the work
     crosscoder = load_crosscoder(crosscoder)
     hook = crosscoder_hook(crosscoder, hook)
     n_models = check_models_match(models, crosscoder)
@@ -210,6 +211,8 @@ def run_causal_stage(
     )  # fmt: skip
     behaviours = behaviour_per_snapshot(metric_NS, table.snapshot_labels)
     if not allow_chance and all(b.at_chance for b in behaviours):
+        if made and not any(out.iterdir()):  # nothing was written: leave no empty folder behind
+            out.rmdir()
         raise NoBehaviourError(no_behaviour_message(name, behaviours))
     result = _relie_of(table, crosscoder, top_k, thresholds, effect_floor, n_boot, behaviours)
     report = causal_report(
