@@ -176,7 +176,7 @@ def test_a_store_of_the_same_checkpoints_harvested_in_another_dtype_is_the_cross
     bf16 = harvest(world["suite"], tmp_path / "store", model_dtype="bfloat16")
     crosscoder = load_crosscoder_folder(world["run"] / "final")
     recorded = crosscoder.cfg.metadata.suite["snapshots"][0]["weights_sha256"]
-    assert bf16.snapshots[0]["weights_sha256"] != recorded  # what used to be compared
+    assert bf16.snapshots[0]["weights_sha256"] != recorded  # the weights hash differs; the files digest decides
     assert len(evaluate_crosscoder(crosscoder, bf16)["explained_variance"]) == 3
     assert main(["evaluate", str(world["run"]), "--store", str(bf16.path), "--device", "cpu"]) == 0
 
