@@ -20,7 +20,7 @@ from jaxtyping import Float, Int
 
 from crosslens.activations.forward import stop_layer_for
 from crosslens.activations.harvest import check_suite, harvest_rows, load_snapshot, snapshot_identities
-from crosslens.activations.resume import check_tokens_fit
+from crosslens.activations.resume import check_tokens_fit, largest_token_id
 from crosslens.activations.store import ActivationStore
 from crosslens.activations.tokens import kept_tokens
 from crosslens.core.devices import release_model
@@ -230,7 +230,7 @@ class OnTheFlyProvider(_Batching):
                 f"norm_factors holds {len(self._norm_factors)} numbers for {self.n_snapshots} snapshots; "
                 "pass one per snapshot served."
             )
-        self._fits_checked: set[int] = set()
+        self._largest_id = largest_token_id(self.token_ids_NL)  # checked against each snapshot's vocabulary
         self._cached_chunk: tuple[tuple[int, int], torch.Tensor] | None = None
         self._d_in: int | None = None
         stop_at_layer = stop_layer_for([hook])
@@ -289,9 +289,7 @@ class OnTheFlyProvider(_Batching):
                 first_n_layers=self.first_n_layers, identity=self._identities()[s],
             )  # fmt: skip
             try:
-                if s not in self._fits_checked:  # once per snapshot: the table does not change
-                    check_tokens_fit(model, self.token_ids_NL, ref.revision)
-                    self._fits_checked.add(s)
+                check_tokens_fit(model, ref.revision, self._largest_id, self.token_ids_NL.shape[1])
                 rows = harvest_rows(model, tokens, keep, [self.hook], batch_size=self.harvest_batch_size)
             finally:
                 release_model(model)

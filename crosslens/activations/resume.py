@@ -246,22 +246,30 @@ def check_snapshot(
                 revisions=(other["revision"], record["revision"]),
                 sha256=sha,
             )
-    check_tokens_fit(model, token_ids_NL, record["revision"], retry=" A retry with the shorter rows replaces what this run wrote.")
+    retry = " A retry with the shorter rows replaces what this run wrote."
+    check_tokens_fit(model, record["revision"], largest_token_id(token_ids_NL), token_ids_NL.shape[1], retry=retry)
     manifest["snapshots"][s] = {**record, "source": recorded.get("source")}
 
 
-def check_tokens_fit(model: HookedTransformer, token_ids_NL: torch.Tensor, revision: str, retry: str = "") -> None:
-    """Refuse a token table the snapshot ``model`` cannot read: an id beyond its vocabulary, or
-    rows longer than its context (``retry`` is said after the fix for the latter)."""
-    if token_ids_NL.numel() and int(token_ids_NL.max()) >= model.cfg.d_vocab:
+def largest_token_id(token_ids_NL: torch.Tensor) -> int:
+    """The largest id of a token table (-1 when it is empty): what :func:`check_tokens_fit` checks."""
+    return int(token_ids_NL.max()) if token_ids_NL.numel() else -1
+
+
+def check_tokens_fit(model: HookedTransformer, revision: str, largest_id: int, seq_len: int, retry: str = "") -> None:
+    """Refuse a token table the snapshot ``model`` cannot read: its ``largest_id`` beyond the
+    model's vocabulary, or rows of ``seq_len`` longer than its context (``retry`` is said after the
+    fix for the latter). The table's largest id is taken once (:func:`largest_token_id`), however
+    many snapshots check it."""
+    if largest_id >= model.cfg.d_vocab:
         raise SnapshotMismatchError(
-            f"token id {int(token_ids_NL.max())} is outside snapshot {revision!r}'s vocabulary "
+            f"token id {largest_id} is outside snapshot {revision!r}'s vocabulary "
             f"of {model.cfg.d_vocab}; build the tokens with this suite's tokenizer.",
             revision=revision,
         )
-    if token_ids_NL.shape[1] > model.cfg.n_ctx:
+    if seq_len > model.cfg.n_ctx:
         raise SnapshotMismatchError(
-            f"the token table's rows of {token_ids_NL.shape[1]} tokens are longer than snapshot "
+            f"the token table's rows of {seq_len} tokens are longer than snapshot "
             f"{revision!r}'s context of {model.cfg.n_ctx}; build them with seq_len <= {model.cfg.n_ctx} "
             f"(`crosslens harvest --seq-len`).{retry}",
             revision=revision,

@@ -141,7 +141,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
                     self.suite, ref, device=device, reference_tokenizer=reference,
                     first_n_layers=self.first_n_layers, identity=self._identities()[self.snapshot_indices[i]],
                 )  # fmt: skip
-                check_tokens_fit(model, self.token_ids_NL, ref.revision)
+                check_tokens_fit(model, ref.revision, self._largest_id, self.token_ids_NL.shape[1])
                 # resident for the whole run: blocks past the hook would only hold memory
                 model = keep_first_blocks(model, self.first_n_layers).to(self.model_dtype, print_details=False)
                 if i == 0:
