@@ -18,9 +18,8 @@ def attribute(args: argparse.Namespace) -> int:
     from crosslens.commands.runs import crosscoder_suite_record
 
     folder = crosscoder_folder_arg(args.crosscoder, "--crosscoder")
-    if Path(args.out).suffix != ".json":  # plots, tables and report.html go beside it, named after it
-        raise CLIError(f"--out {args.out}: the IE table is a .json file; pass e.g. --out {Path(args.out).with_suffix('.json')}")
-    check_output_file(args.out, example="attribution.json")  # before any model loads
+    # before any model loads; plots, tables and report.html go beside the table, named after it
+    check_output_file(args.out, example="attribution.json", suffixes=(".json",), kind="the IE table is a .json file")
     device, dtype = device_and_dtype(args)
     steps = args.steps
     record = crosscoder_suite_record(folder)

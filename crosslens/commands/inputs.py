@@ -125,14 +125,19 @@ def check_output_folder(path: str | Path, flag: str = "--out", holds: str = "its
         raise CrosslensError(f"{flag} {path} is a file, not a folder; pass a folder path for {holds}")
 
 
-def check_output_file(path: str | Path, flag: str = "--out", example: str = "report.html") -> Path:
+def check_output_file(
+    path: str | Path, flag: str = "--out", example: str = "report.html", suffixes: Sequence[str] = (), kind: str = ""
+) -> Path:
     """``path`` of a file a command writes when its work is done (a report, a table), with its
     folder made now: a folder that cannot be made or written is refused before the work starts,
     naming ``flag`` and the path. The check writes and removes a file there, as permission bits
-    alone miss read-only and virtual file systems (and say yes to root)."""
+    alone miss read-only and virtual file systems (and say yes to root). With ``suffixes``, a path
+    ending otherwise is refused, saying ``kind`` (what the file is)."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise CrosslensError(f"{flag} {path} is a folder; pass a file path, e.g. {flag} {path / example}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise CrosslensError(f"{flag} {path}: {kind}; pass e.g. {flag} {path.with_suffix(suffixes[0])}")
     fix = f"pass {flag} a path in a folder you can write"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

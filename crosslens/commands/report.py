@@ -57,9 +57,9 @@ def _write_report(folder: Path, store: str | None, out: str | None, args: argpar
     if store is not None and not Path(store).exists():
         raise CLIError(f"--store {store}: the path does not exist; pass the store `crosslens harvest --out` wrote")
     store = store or run_store(run_dir)
-    if out and not Path(out).is_dir() and Path(out).suffix.lower() not in (".html", ".htm"):  # a folder: named below
-        raise CLIError(f"--out {out}: the report is an HTML page; pass e.g. --out {Path(out).with_suffix('.html')}")
-    out_path = check_output_file(Path(out) if out else _default_report(folder, run_dir))  # before the analysis
+    out_path = check_output_file(  # before the analysis
+        Path(out) if out else _default_report(folder, run_dir), suffixes=(".html", ".htm"), kind="the report is an HTML page"
+    )
     record = crosscoder_suite_record(folder)
     dtype = dtype_name(args.dtype) if args.dtype else None
     crosscoder = load_crosscoder_folder(folder, device=device, dtype=dtype)
