@@ -81,13 +81,12 @@ def attribute(args: argparse.Namespace) -> int:
 def _save_section(section, folder: Path, name: str) -> None:
     """Save the report section in the run folder of ``folder`` for ``crosslens report``, when
     ``folder`` is the run's final crosscoder (a checkpoint's would join the final crosscoder's report)."""
-    from crosslens.commands.runs import run_folder, save_section
-    from crosslens.core.paths import FINAL_DIRNAME
+    from crosslens.commands.runs import is_final_crosscoder, run_folder, save_section
 
     run_dir = run_folder(folder)
     if run_dir is None:
         return
-    if Path(folder).resolve() != (run_dir / FINAL_DIRNAME).resolve():
+    if not is_final_crosscoder(folder, run_dir):
         print(f"section not saved: {folder} is a checkpoint of {run_dir}, whose report describes its final crosscoder")
         return
     saved = save_section(section, run_dir, name)

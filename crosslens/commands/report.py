@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from crosslens.commands.common import CLIError, crosscoder_folder_arg, device_and_dtype
-from crosslens.core.paths import FINAL_DIRNAME
 
 
 def analyze(args: argparse.Namespace) -> int:
@@ -30,9 +29,11 @@ def _default_report(folder: Path, run_dir: Path | None) -> Path:
     """Where ``analyze`` writes without ``--out``: the run's report.html for its final crosscoder,
     ``report-<checkpoint>.html`` beside it for one of its checkpoints (which must not overwrite
     the finished run's report), report.html here for a crosscoder outside a run."""
+    from crosslens.commands.runs import is_final_crosscoder
+
     if run_dir is None:
         return Path("report.html")
-    if Path(folder).resolve() == (run_dir / FINAL_DIRNAME).resolve():
+    if is_final_crosscoder(folder, run_dir):
         return run_dir / "report.html"
     return run_dir / f"report-{Path(folder).name}.html"
 

@@ -55,6 +55,12 @@ def run_folder(crosscoder_path: str | Path) -> Path | None:
     return None
 
 
+def is_final_crosscoder(folder: str | Path, run_dir: Path) -> bool:
+    """Whether ``folder`` is the final crosscoder of the run in ``run_dir`` (not one of its
+    checkpoints): the one the run's report and its saved sections describe."""
+    return Path(folder).resolve() == (run_dir / FINAL_DIRNAME).resolve()
+
+
 def run_store(run_dir: Path | None) -> str | None:
     """The activation store a run trained on, from its run.json (None when it names none, or the
     store is gone). The store found there must carry the seal run.json recorded: a path alone
