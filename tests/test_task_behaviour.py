@@ -135,7 +135,9 @@ def test_only_the_snapshots_at_chance_are_marked(tokenizer, tmp_path, capsys):
     _print_snapshots(result.summary)
     printed = capsys.readouterr().out
     assert "no behaviour at s0: the model is at chance there" in printed
-    assert re.search(r"^ +s0  metric \+0\.000 \(no behaviour: accuracy 50% \[\d+%, \d+%\] of 12 pairs", printed, re.M)
+    assert re.search(r"^ +s0  metric \+0\.000 \(no behaviour: accuracy 50% \[\d+%, \d+%\] of 12 pairs, metric sd \d", printed, re.M)
+    (s0_line,) = [line for line in printed.splitlines() if line.strip().startswith("s0 ")]
+    assert len(re.findall(r"[+-]\d\.\d{3}", s0_line)) == 1, f"the metric is printed once: {s0_line}"
     assert re.search(r"^ +s1  metric -\d\.\d{3} \(prefers correct\)  snapshot-specific features \d+$", printed, re.M)
     html = result.paths.report.read_text()
     assert "neither: no behaviour (at chance)" in html and "Keep-only restoration at s1" in html

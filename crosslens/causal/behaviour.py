@@ -66,11 +66,13 @@ class SnapshotBehaviour:
     def at_chance(self) -> bool:
         return self.ci_low <= CHANCE <= self.ci_high
 
-    def describe(self) -> str:
-        """``accuracy 45% [25%, 66%] of 20 pairs, metric +0.012 sd 0.040``."""
+    def describe(self, *, with_mean: bool = True) -> str:
+        """``accuracy 45% [25%, 66%] of 20 pairs, metric +0.012 sd 0.040``; without the mean
+        (``..., metric sd 0.040``) where the line already prints the snapshot's metric."""
+        mean = f" {self.metric_mean:+.3f}" if with_mean else ""
         return (
             f"accuracy {self.accuracy:.0%} [{self.ci_low:.0%}, {self.ci_high:.0%}] of {self.n_pairs} pairs, "
-            f"metric {self.metric_mean:+.3f} sd {self.metric_sd:.3f}"
+            f"metric{mean} sd {self.metric_sd:.3f}"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def _print_snapshots(summary: Any, *, model_lines: bool = True) -> None:
             print(f"  {note}")
         for column, (label, clean) in enumerate(zip(summary.snapshots, summary.metric_clean)):
             if column not in behaving:
-                print(f"  {label:>12s}  metric {clean:+.3f} (no behaviour: {behaviours[column].describe()})")
+                print(f"  {label:>12s}  metric {clean:+.3f} (no behaviour: {behaviours[column].describe(with_mean=False)})")
                 continue
             side = "prefers correct" if clean < 0 else "prefers wrong"
             print(f"  {label:>12s}  metric {clean:+.3f} ({side})  snapshot-specific features {specific[column]}")
