@@ -4,6 +4,8 @@ through the registry offline, registry errors, CLI, training metadata and the W&
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -187,6 +189,15 @@ def test_cli_pretrained_list_show_and_release_id_folders(pushed, capsys):
     assert main(["pretrained", "show", RELEASE]) == 0
     out = capsys.readouterr().out
     assert "step10 (step 10)" in out and "variance_explained" in out
+    assert "ce_loss_score" not in out, "the fixture's run measured no spliced loss"
+
+    spec = yaml.safe_load(pushed.registry_yaml)
+    spec[RELEASE]["saes"][0].update(ce_loss_score=[0.5, 0.91, 0.97], kl_div_with_sae=[0.2, 0.03, 0.01], spliced_ablation="zero")
+    Path(os.environ["CROSSLENS_PRETRAINED"]).write_text(yaml.safe_dump(spec))
+    assert main(["pretrained", "show", RELEASE]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^ +ce_loss_score +0\.5 0\.91 0\.97 \(zero-ablation floor\)$", out, re.M)
+    assert re.search(r"^ +kl_div_with_sae +0\.2 0\.03 0\.01$", out, re.M)
     with pytest.raises(SystemExit) as exit_info:
         main(["pretrained", "show", "tiny-crosscoder"])
     assert exit_info.value.code == 2 and "did you mean 'tiny-crosscoders'" in capsys.readouterr().err

@@ -38,9 +38,16 @@ def pretrained_show(args: argparse.Namespace) -> int:
     for entry in release.entries.values():
         print(f"\n  {entry.id}  path={entry.path}  hook={entry.hook_name}  arch={entry.architecture}"
               f"  normalisation folded={entry.normalization_folded}")  # fmt: skip
-        for name, values in (("variance_explained", entry.variance_explained), ("l0", entry.l0)):
+        ablation = f" ({entry.spliced_ablation}-ablation floor)" if entry.spliced_ablation else ""
+        rows = (
+            ("variance_explained", entry.variance_explained, ""),
+            ("l0", entry.l0, ""),
+            ("ce_loss_score", entry.ce_loss_score, ablation),
+            ("kl_div_with_sae", entry.kl_div_with_sae, ""),
+        )
+        for name, values, note in rows:
             if values is not None:
-                print(f"    {name:<18} " + " ".join(f"{v:.3g}" for v in values))
+                print(f"    {name:<18} " + " ".join(f"{v:.3g}" for v in values) + note)
         if entry.wandb_run:
             print(f"    wandb              {entry.wandb_run}")
     return 0
