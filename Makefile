@@ -1,17 +1,20 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Each creates .venv (once), installs torch==2.13.0 first (a CPU wheel; an
-# unpinned torch would pull gigabytes of CUDA packages), then crosslens.
+# Each creates .venv (once), installs torch==2.13.0 first, then crosslens. Which
+# build of torch comes is the index's choice: the project's machines serve the CPU
+# wheel; on a stock machine PyPI's is the CUDA build (gigabytes), which
+# `make TORCH_INDEX=https://download.pytorch.org/whl/cpu demo` avoids.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH_INDEX ?=
 
 .PHONY: demo test install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
