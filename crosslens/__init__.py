@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from crosslens.core.lazy import lazy_attributes
 
-__version__ = "0.1.0"
+__version__ = "0.3.0.dev0"
 
 # the public surface of the top-level package (docs/API.md); each name is imported on first use
 _LAZY = {

@@ -29,7 +29,8 @@ class AttributeFlags:
     n_examples: int = field(default=64, metadata={"min": 1})
     """Minimal pairs to score."""
     out: str = "attribution.json"
-    """The IE table; plots and report.html go beside it."""
+    """The IE table (a .json file); the report is written beside it with .html, plots and tables in a
+    STEM_causal/ folder. With several tasks, each task's IE table goes in that folder instead."""
     allow_chance: bool = False
     """Attribute even when the model is at chance on the pairs at every snapshot (accuracy's 95% interval
     contains 50%), which is refused by default: there is no behaviour to attribute. Every snapshot at chance

@@ -11,7 +11,7 @@ from crosslens.cli.spec import Subcommand
 @dataclass
 class DemoFlags:
     out: str | None = None
-    """Output folder (default: $CROSSLENS_HOME/demo)."""
+    """Output folder (default: $CROSSLENS_HOME/demo, or demo-fast with --fast)."""
     fast: bool = False
     """Small settings, for a quick look."""
     force: bool = False

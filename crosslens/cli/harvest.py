@@ -18,7 +18,7 @@ class HarvestFlags:
     hook: list[str] | None = field(default=None, metadata={"action": "append"})
     """Hook name; repeat for several."""
     store_dtype: str | None = None
-    """dtype the store is written in (default: --dtype, or the recipe's)."""
+    """dtype the store is written in (default: the recipe's store dtype with --recipe, else --dtype)."""
     overwrite: bool = False
     """Discard whatever store --out holds, and its OUT-heldout, and harvest afresh."""
 

@@ -47,6 +47,7 @@ __all__ = [
     "load_clams",
     "load_multilingual_blimp",
     "load_pairs_jsonl",
+    "task_for_tokenizer",
 ]
 
 PICO_TASKS = ("pico_agreement_simple", "pico_agreement_pp", "pico_agreement_rc", "pico_ioi")
