@@ -41,6 +41,7 @@ a tiny shape (fractions and memory there mean nothing; it checks that the script
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -49,7 +50,7 @@ import torch
 
 import crosslens.crosscoders as cc
 from crosslens.core.devices import counted_cuda_syncs
-from crosslens.crosscoders import sparse_kernels
+from crosslens.crosscoders import jumprelu_kernels, sparse_kernels
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.memory import OPTIMIZER_STATES, parameter_counts, step_peak_bytes
 from crosslens.training.optim import clipped_step
@@ -198,14 +199,19 @@ def gather_sweep(a: argparse.Namespace, device: str) -> None:
               f"{both[False] * 1e3:6.2f} ms ({both[False] / both[True]:4.2f}x; VALUES_IN_WEIGHT_PASS)")  # fmt: skip
 
 
-def step_paths(arch: str, trained: bool, device: str) -> list[str]:
+def step_paths(arch: str, trained: bool, device: str, autocast: str | None) -> list[str]:
     """The implementations measured for one row: JumpReLU at a trained sparsity with the
     dense kernels and from its active pairs (``sparse_step``), the latter also with the
-    window summed by the fused Triton kernel (``WINDOW_KERNEL``); TopK/BatchTopK through
-    ``embedding_bag`` and, where Triton is there, the Triton gather-sum kernels."""
+    window summed by the fused Triton kernel (``WINDOW_KERNEL``), and under autocast on CUDA
+    the dense kernels' block functions op by op (``eager-blocks``) beside their compiled
+    default (``jumprelu_kernels.COMPILE_ON_CUDA``); TopK/BatchTopK through ``embedding_bag``
+    and, where Triton is there, the Triton gather-sum kernels."""
     triton_there = sparse_kernels.sparse_backend(torch.device(device)) == "triton"
+    eager_blocks = ["eager-blocks"] if autocast and device.startswith("cuda") and arch == "jumprelu_crosscoder" else []
     if arch == "jumprelu_crosscoder" and trained:
-        return ["dense", "sparse", "window-kernel"] if triton_there else ["dense", "sparse"]
+        return ["dense", *eager_blocks, "sparse", *(["window-kernel"] if triton_there else [])]
+    if arch == "jumprelu_crosscoder":
+        return ["default", *eager_blocks]
     if arch.endswith("topk_crosscoder"):
         return ["embedding_bag", "sparse"] if triton_there else ["embedding_bag"]
     return ["default"]
@@ -217,8 +223,9 @@ def make_trainer(
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"k": a.k} if arch.endswith("topk_crosscoder") else {}
     if arch == "jumprelu_crosscoder" and path != "default":
-        extra["sparse_step"] = path != "dense"
+        extra["sparse_step"] = path not in ("dense", "eager-blocks")
     sparse_kernels.WINDOW_KERNEL = path == "window-kernel"
+    jumprelu_kernels.COMPILE_ON_CUDA = path != "eager-blocks"
     sparse_kernels.BACKEND = "eager" if path == "embedding_bag" else None
     torch.manual_seed(0)
     sae = train_cls(train_cfg_cls(d_in=a.d_in, d_sae=a.d_sae, n_snapshots=a.S, device=device, **extra))
@@ -368,6 +375,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def row_or_failure(
+    arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool, times: dict[str, float],
+    path: str,
+) -> str:
+    """:func:`step_row`, or the row's failure in one line (out of memory, a kernel that does not
+    compile) so that the rows after it are still measured."""
+    try:
+        return step_row(arch, a, device, autocast, trained, times, path)
+    except Exception as error:  # noqa: BLE001  one row's failure is that row's result
+        message = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    gc.collect()  # the failed row's trainer, now that the traceback holding it is gone
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    precision = "bf16" if autocast else "fp32"
+    return f"{arch:22s} {precision:5s} {'trained' if trained else 'fresh':8s} {path:13s} FAILED {message}"
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if not a.small and not torch.cuda.is_available():
@@ -395,8 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     for arch in a.only or list(cc.ARCHITECTURES):
         for autocast in (None, "bfloat16"):
             for trained in (False, True):
-                for path in step_paths(arch, trained, device):
-                    print(step_row(arch, a, device, autocast, trained, times, path), flush=True)
+                for path in step_paths(arch, trained, device, autocast):
+                    print(row_or_failure(arch, a, device, autocast, trained, times, path), flush=True)
     return 0
 
 

@@ -859,6 +859,28 @@ def test_gpu_benchmark_runs_end_to_end_small_on_cpu():
     topk = [r for r in rows if "topk" in r]  # the trained rows: 5% of the features dead, decoded
     assert topk and all(("4 dead (5%)" in r) == (" trained " in r) for r in topk)
     assert "floor, dense" in done.stdout and "floor, sparse" in done.stdout
+    assert "FAILED" not in done.stdout
+
+
+def test_a_failing_gpu_benchmark_row_prints_its_failure_and_the_rows_go_on(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    rows = iter([torch.OutOfMemoryError("CUDA out of memory.\nTried to allocate 9.00 GiB"), "the next row"])
+
+    def step_row(*args):
+        row = next(rows)
+        if isinstance(row, Exception):
+            raise row
+        return row
+
+    monkeypatch.setattr(gpu, "step_row", step_row)
+    failed = gpu.row_or_failure("jumprelu_crosscoder", None, "cpu", "bfloat16", True, {}, "dense")
+    assert failed.split()[:5] == ["jumprelu_crosscoder", "bf16", "trained", "dense", "FAILED"]
+    assert failed.endswith("OutOfMemoryError: CUDA out of memory. Tried to allocate 9.00 GiB")
+    assert gpu.row_or_failure("jumprelu_crosscoder", None, "cpu", None, False, {}, "default") == "the next row"
 
 
 def test_gpu_benchmark_refuses_a_dead_share_outside_0_to_1():

@@ -338,3 +338,51 @@ def test_compiled_kernels_match_the_old_implementation(monkeypatch):
         torch.testing.assert_close(out_new.losses[key], out_old.losses[key], rtol=1e-5, atol=1e-6)
     for name, grad in grads_old.items():
         torch.testing.assert_close(grads_new[name], grad, rtol=1e-5, atol=1e-6, msg=f"gradient of {name}")
+
+
+def test_the_block_functions_are_compiled_on_cuda_and_eager_elsewhere(monkeypatch):
+    from crosslens.crosscoders.jumprelu_ops import backward_block, forward_block
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # no CUDA needed: only the choice is made
+    shape = (2048, 32, 24576)
+    assert kernels.block_function("forward", *shape, cpu) == (forward_block, kernels.token_block(*shape, cpu))
+    assert kernels.block_function("backward", *shape, cpu) == (backward_block, kernels.token_block(*shape, cpu))
+    compiled, block = kernels.block_function("forward", *shape, cuda)
+    assert compiled is not forward_block and compiled is kernels.block_function("forward", 64, 2, 8, cuda)[0]
+    assert block == kernels.DEVICE_BLOCK_ELEMENTS // (32 * 24576), "compiled on CUDA, still in blocks"
+    assert kernels.block_function("backward", *shape, cuda)[0] not in (backward_block, compiled)
+    monkeypatch.setattr(kernels, "COMPILE_ON_CUDA", False)
+    assert kernels.block_function("forward", *shape, cuda)[0] is forward_block
+    kernels.use_compiled_kernels(True)
+    try:  # asked for everywhere: a CPU too, the whole batch at once
+        assert kernels.block_function("forward", *shape, cpu) == (compiled, 2048)
+        assert kernels.block_function("forward", *shape, cuda) == (compiled, block)
+    finally:
+        kernels.use_compiled_kernels(False)
+    assert kernels.block_function("forward", *shape, cpu)[0] is forward_block
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_block_functions_equal_the_eager_ones_on_cuda(monkeypatch, dtype):
+    """The gate and code to the bit, the sums and gradients to float order, at a shape that
+    takes several blocks (and a last, shorter one)."""
+    monkeypatch.setattr(kernels, "DEVICE_BLOCK_ELEMENTS", 4 * 3 * 512)  # blocks of 170 tokens, last of 10
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    N, S, F_ = 520, 4, 512
+    h0 = torch.randn(N, F_, device="cuda", generator=gen).to(dtype)
+    norms = torch.rand(F_, S, device="cuda", generator=gen) + 0.5
+    t0 = torch.rand(F_, device="cuda", generator=gen) * 0.5
+    upstream = torch.randn(S, N, F_, device="cuda", generator=gen).to(dtype)
+    results = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(kernels, "COMPILE_ON_CUDA", compiled)
+        h, t, n = h0.clone().requires_grad_(), t0.clone().requires_grad_(), norms.clone().requires_grad_()
+        f, score, open_any = kernels.snapshot_gate_and_score(h, n, t, bandwidth=0.1, tanh_scale=4.0)
+        ((f * upstream).sum() + score.sum()).backward()
+        results[compiled] = (f.detach(), open_any, score.detach(), h.grad, n.grad, t.grad)
+    fast, eager = results[True], results[False]
+    assert torch.equal(fast[0], eager[0]) and torch.equal(fast[1], eager[1]), "gate and code to the bit"
+    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    for name, a, b in zip(("score sums", "h", "norms", "threshold"), fast[2:], eager[2:]):
+        torch.testing.assert_close(a.float(), b.float(), **tolerance, msg=name)

@@ -84,19 +84,53 @@ def token_block(n_tokens: int, n_snapshots: int, n_features: int, device: torch.
     return max(1, min(n_tokens, block_elements(device) // max(1, n_snapshots * n_features)))
 
 
+COMPILE_ON_CUDA = True
+"""Whether the per-snapshot block functions (:func:`~crosslens.crosscoders.jumprelu_ops.forward_block`,
+:func:`~crosslens.crosscoders.jumprelu_ops.backward_block`) run through ``torch.compile`` on
+CUDA. They are the dense JumpReLU step's elementwise work, which a bf16 step takes while the
+code is too dense for the step from the pairs (a fresh crosscoder, or the first batches of
+a run): half a dozen kernels over each ``[S, block, F]`` block forward and about fifteen
+backward when run op by op (at Ge et al.'s shape 1.6 G elements a pass), against a fused
+read of the inputs and one write of the outputs each way compiled. The gates are the eager ones to the
+bit (the same float32 product and comparison); the tanh sums differ in their order.
+``benchmarks/gpu.py``'s bf16 JumpReLU rows time both (``eager-blocks``). The first block
+compiles for its shape, and the first of another shape (the last block of a batch, another
+batch size) once more for any shape (``torch.compile``'s automatic dynamic shapes), so a run
+or a test process compiles each function about twice per dtype."""
+
 _COMPILED: dict[str, Any] = {}
+_COMPILE_EVERYWHERE = False
 
 
 def use_compiled_kernels(enabled: bool = True) -> None:
-    """Run the block functions through ``torch.compile`` (a few fused loops instead of a
-    dozen elementwise ops each way; the first step of each shape then compiles, tens of
-    seconds on a CPU). Off by default, on with ``CROSSLENS_COMPILE_KERNELS=1`` in the
-    environment; ``benchmarks/train.py --compile`` measures both."""
-    if not enabled:
-        _COMPILED.clear()
-    elif not _COMPILED:
-        _COMPILED["forward"] = torch.compile(forward_block, dynamic=False)
-        _COMPILED["backward"] = torch.compile(backward_block, dynamic=False)
+    """Run the block functions through ``torch.compile`` on every device, a CPU included (a
+    few fused loops instead of a dozen elementwise ops each way; the first step of each shape
+    then compiles, tens of seconds on a CPU). Off by default but on CUDA
+    (:data:`COMPILE_ON_CUDA`), on with ``CROSSLENS_COMPILE_KERNELS=1`` in the environment;
+    ``benchmarks/train.py --compile`` measures both on a CPU."""
+    global _COMPILE_EVERYWHERE
+    _COMPILE_EVERYWHERE = enabled
+
+
+def _compiled(name: str) -> Any:
+    if not _COMPILED:
+        _COMPILED["forward"] = torch.compile(forward_block)
+        _COMPILED["backward"] = torch.compile(backward_block)
+    return _COMPILED[name]
+
+
+def block_function(name: str, n_tokens: int, n_snapshots: int, n_features: int, device: torch.device) -> tuple[Any, int]:
+    """``(function, tokens per block)`` for the ``"forward"`` or ``"backward"`` block function on
+    ``device``: compiled on CUDA (:data:`COMPILE_ON_CUDA`) or everywhere when asked
+    (:func:`use_compiled_kernels`), else the eager one. Compiled on a CPU it takes the whole
+    batch at once (its fused loops keep no ``[S, N, F]`` temporary but their outputs); else in
+    blocks of :func:`token_block`."""
+    compiled = _COMPILE_EVERYWHERE or (device.type == "cuda" and COMPILE_ON_CUDA)
+    if not compiled:
+        eager = forward_block if name == "forward" else backward_block
+        return eager, token_block(n_tokens, n_snapshots, n_features, device)
+    whole = device.type == "cpu"
+    return _compiled(name), n_tokens if whole else token_block(n_tokens, n_snapshots, n_features, device)
 
 
 if os.environ.get("CROSSLENS_COMPILE_KERNELS") == "1":  # a switch for the CLI and scripts
@@ -132,8 +166,7 @@ class SnapshotGateAndScore(torch.autograd.Function):
         S = norms_FS.shape[1]
         norms_S1F = norms_FS.T.contiguous()[:, None, :]
         scale_S1F = (tanh_scale * norms_FS.T).contiguous()[:, None, :]
-        block = N if _COMPILED else token_block(N, S, F_, h_NF.device)
-        run_block = _COMPILED.get("forward", forward_block)
+        run_block, block = block_function("forward", N, S, F_, h_NF.device)
         if block >= N:
             f_SNF, open_anywhere_NF, score_sum_F = run_block(h_NF, norms_S1F, scale_S1F, threshold_F)
         else:
@@ -160,8 +193,7 @@ class SnapshotGateAndScore(torch.autograd.Function):
         scale_S1F = ctx.tanh_scale * norms_S1F
         if grad_score_F is None:
             grad_score_F = h_NF.new_zeros(F_)
-        block = N if _COMPILED else token_block(N, S, F_, h_NF.device)
-        run_block = _COMPILED.get("backward", backward_block)
+        run_block, block = block_function("backward", N, S, F_, h_NF.device)
         grad_h_NF = torch.empty_like(h_NF)
         grad_norms_SF = norms_S1F.new_zeros(S, F_)
         window_grad_SF = norms_S1F.new_zeros(S, F_)
