@@ -81,6 +81,40 @@ def random_pairs(device: str, groups: int, seed: int = 0) -> tuple[ActivePairs, 
     return pairs, W_FGD, values_AG, grad_NGD
 
 
+def test_the_gathers_launch_with_the_block_and_warps_the_module_holds_at_the_call(monkeypatch):
+    """A sweep (``gpu.py --gathers``) sets the module's constants between calls: each launch
+    takes them then, not as they were at import; every launch makes the tensors' device current."""
+    from crosslens.crosscoders import triton_kernels as tk
+
+    launches, devices = [], []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(kwargs)
+
+    @contextlib.contextmanager
+    def launching_on(tensor):
+        devices.append(tensor.device)
+        yield
+
+    for kernel in ("_gather_rows", "_pair_dots"):
+        monkeypatch.setattr(tk, kernel, Recorder())
+    monkeypatch.setattr(tk, "launching_on", launching_on)
+    pairs, W_FGD, values_AG, grad_NGD = random_pairs("cpu", 1)
+    W_FGD, values_AG = W_FGD.detach(), values_AG.detach()
+    for block, warps in ((512, 8), (1024, 4)):
+        monkeypatch.setattr(tk, "COLUMN_BLOCK", block)
+        monkeypatch.setattr(tk, "GATHER_WARPS", warps)
+        tk.decode(W_FGD, values_AG, pairs)
+        tk.weight_grad(grad_NGD, values_AG, pairs)
+        assert [(k["BLOCK"], k["num_warps"]) for k in launches[-2:]] == [(block, warps)] * 2
+    monkeypatch.setattr(tk, "PAIR_BLOCK", 8)
+    monkeypatch.setattr(tk, "PAIR_COLUMNS", 64)
+    tk.values_grad(grad_NGD, W_FGD, pairs)
+    assert (launches[-1]["PAIRS"], launches[-1]["BLOCK"]) == (8, 64)
+    assert len(devices) == len(launches) == 5
+
+
 def check_against_dense(backend: str, device: str, groups: int) -> None:
     pairs, W_FGD, values_AG, grad_NGD = random_pairs(device, groups)
     code_NFG = torch.zeros(B, F, groups, device=device).index_put((pairs.token_A, pairs.feature_A), values_AG)

@@ -123,8 +123,9 @@ def _pair_dots(
 def _gather(
     n_rows: int, src_GD: torch.Tensor, values_AG: torch.Tensor, order: torch.Tensor | None,
     src_row_A: torch.Tensor, starts: torch.Tensor, base: tuple[torch.Tensor, torch.Tensor] | None = None,
-    out: torch.Tensor | None = None, dots: tuple[torch.Tensor, torch.Tensor] | None = None, block: int = COLUMN_BLOCK,
+    out: torch.Tensor | None = None, dots: tuple[torch.Tensor, torch.Tensor] | None = None, block: int | None = None,
 ) -> torch.Tensor:  # fmt: skip
+    block = COLUMN_BLOCK if block is None else block  # read at the call: a sweep sets the constant
     _, G, D = src_GD.shape
     accumulate = out is not None
     if accumulate and base is not None:
@@ -206,10 +207,11 @@ def values_grad(
     n_pairs = pairs.feature_A.shape[0]
     out = torch.empty(n_pairs, G, dtype=torch.float32, device=W_FGD.device)
     if n_pairs:
-        _pair_dots[(triton.cdiv(n_pairs, PAIR_BLOCK), G)](
-            out, grad_NGD, W_FGD, pairs.token_A, pairs.feature_A, n_pairs, G * D, D, G,
-            PAIRS=PAIR_BLOCK, BLOCK=PAIR_COLUMNS,
-        )  # fmt: skip
+        with launching_on(out):
+            _pair_dots[(triton.cdiv(n_pairs, PAIR_BLOCK), G)](
+                out, grad_NGD, W_FGD, pairs.token_A, pairs.feature_A, n_pairs, G * D, D, G,
+                PAIRS=PAIR_BLOCK, BLOCK=PAIR_COLUMNS,
+            )  # fmt: skip
     return out.to(dtype or grad_NGD.dtype)
 
 
@@ -247,8 +249,9 @@ def _window_dots(
         else:
             dots = tl.dot(g, w, dots)
     both = real_n[:, None] & real_f[None, :]
-    h = tl.load(h_ptr + tokens[:, None] * stride_hn + features[None, :] * stride_hf, mask=both, other=0.0)
-    window = tl.load(window_ptr + tokens[:, None] * stride_wn + features[None, :] * stride_wf, mask=both, other=0)
+    rows = tokens[:, None].to(tl.int64)  # a token-major [N, F] past 2^31 entries
+    h = tl.load(h_ptr + rows * stride_hn + features[None, :] * stride_hf, mask=both, other=0.0)
+    window = tl.load(window_ptr + rows * stride_wn + features[None, :] * stride_wf, mask=both, other=0)
     norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
     t = tl.load(t_ptr + features, mask=real_f, other=0.0)
     distance = h.to(tl.float32) * norm[None, :] - t[None, :]
