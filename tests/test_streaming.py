@@ -84,6 +84,15 @@ def test_norm_factors_agree_across_data_ranks(suite, token_ids):
     assert factors[0].shape == (2,) and torch.equal(factors[0], factors[1])
 
 
+def test_normalised_batches_are_the_raw_rows_times_the_factors(suite, token_ids):
+    p = provider(suite, token_ids, snapshots=BLOCK, normalize=True)
+    raw = provider(suite, token_ids, snapshots=BLOCK)
+    for scaled, plain in zip(p, raw, strict=True):
+        assert torch.equal(scaled, plain * p.norm_factors[None, :, None])
+    p.close()
+    raw.close()
+
+
 def test_models_that_do_not_fit_are_refused_with_the_fix(suite, token_ids, monkeypatch):
     monkeypatch.setattr(streaming, "available_memory", lambda device: 1000)
     p = provider(suite, token_ids, snapshots=[0, 1, 2])

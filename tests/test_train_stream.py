@@ -494,3 +494,49 @@ def test_an_eval_store_that_cannot_serve_the_run_is_refused_before_any_model_loa
         main(stream_flags(inputs, tmp_path / "run", "--eval-store", str(tmp_path / "nope")))
     assert exited.value.code == 2
     assert "--eval-store" in capsys.readouterr().err
+
+
+def test_the_heldout_harvest_waits_for_the_background_one(inputs, tmp_path, monkeypatch):
+    """A run ends with the next chunk harvested aside (the stream has no last epoch); the held-out
+    rows go through the same resident models (``provider.models()``, which waits for it) after
+    that harvest, never beside it."""
+    import threading
+    import time
+
+    from crosslens.activations import streaming as provider_module
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.training import streaming as runner_module
+    from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig
+
+    lock, running, overlaps = threading.Lock(), [0], []
+    original = provider_module.harvest_rows
+
+    def harvest(*args, slow: bool, **kwargs):
+        with lock:
+            running[0] += 1
+            overlaps.append(running[0] > 1)
+        try:
+            if slow and threading.current_thread() is not threading.main_thread():  # the harvest aside
+                time.sleep(1.0)
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(runner_module, "chunk_seqs_for", lambda seq_len: 2)  # several chunks an epoch
+    monkeypatch.setattr(provider_module, "harvest_rows", lambda *a, **k: harvest(*a, slow=True, **k))
+    monkeypatch.setattr(runner_module, "harvest_rows", lambda *a, **k: harvest(*a, slow=False, **k))
+    tokens_NL = torch.randint(2, len(WORDS) + 2, (32, 16), generator=torch.Generator().manual_seed(0))
+    config = CrosscoderRunnerConfig(
+        store_path="", out_dir=str(tmp_path / "run"), hook_name=HOOK, sae=ArchitectureConfig(d_sae=16), n_steps=2,
+        train_batch_size_tokens=16, checkpoint_every=0, progress=False,
+    )  # fmt: skip
+    runner = StreamingTrainingRunner(config, CheckpointSuite.local(inputs[0]), tokens_NL[:24], tokens_NL[24:], {"note": "api"})
+    try:
+        runner.run(resume=False, overwrite=True)
+        assert runner.provider._pending is not None, "the run left a chunk harvesting aside"
+        heldout = runner.heldout_activations()
+    finally:
+        runner.close()
+    assert heldout is not None and heldout.acts_NSD.shape[1] == 3
+    assert len(overlaps) > 3 and not any(overlaps)

@@ -103,12 +103,19 @@ def harvest_rows(
     n_kept, row = int(keep_NL.sum()), 0
     # The hooks go on once for all batches (run_with_cache would add them and then reset
     # every hook point of the model on each batch).
+    # The kept rows' flat indices come from the host's mask (no device sync to find them), and
+    # the tokens and indices go to the device once: a copy from host memory per batch would
+    # wait for the device's queued work each time.
+    seq_len = token_ids_NL.shape[1]
+    kept_A = keep_NL.flatten().nonzero().squeeze(1)
+    batch_ends = torch.cumsum(keep_NL.sum(dim=1), 0)[batch_size - 1 :: batch_size].tolist()
+    batch_ends.append(n_kept)
+    token_ids_NL, kept_A = token_ids_NL.to(device), kept_A.to(device)
     with ForwardToHooks(model, hooks, compile=compile) as forward:
-        for start in range(0, token_ids_NL.shape[0], batch_size):
+        for number, start in enumerate(range(0, token_ids_NL.shape[0], batch_size)):
             tokens_BL = token_ids_NL[start : start + batch_size]
-            # the kept rows' flat indices, from the host's mask: no device sync to find them
-            kept_K = keep_NL[start : start + batch_size].flatten().nonzero().squeeze(1)
-            acts = forward(tokens_BL.to(device))
+            kept_K = kept_A[row : batch_ends[number]] - start * seq_len  # flat indices within the batch
+            acts = forward(tokens_BL)
             for hook in hooks:
                 if tuple(acts[hook].shape[:2]) != tuple(tokens_BL.shape):
                     raise ValueError(

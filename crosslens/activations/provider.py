@@ -309,11 +309,12 @@ class OnTheFlyProvider(_Batching):
         self, acts_NSD: torch.Tensor, carry: torch.Tensor | None, factors: torch.Tensor | None
     ) -> Generator[torch.Tensor, None, torch.Tensor | None]:
         """Yield the whole batches of ``carry`` followed by ``acts_NSD``, each scaled by ``factors``
-        in float32 as it is cut (the chunk itself stays in its own dtype); return what is left."""
+        (on the chunk's device) in float32 as it is cut (the chunk itself stays in its own
+        dtype); return what is left."""
 
         def scaled(part: torch.Tensor) -> torch.Tensor:
             part = part.float()
-            return part * factors.to(part.device) if factors is not None else part
+            return part * factors if factors is not None else part
 
         lo = 0
         if carry is not None:
@@ -332,7 +333,11 @@ class OnTheFlyProvider(_Batching):
 
     def batches(self, start: int = 0) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
         """Float32 batches from batch index ``start`` on; chunks before it are never harvested."""
+        # measured (a harvest of its own) before any chunk is prefetched
         factors = self.norm_factors[None, :, None] if self.normalize else None
+        # copied to a chunk's device once: a copy from host memory per batch would wait for the
+        # device's queued work (the previous training step) before every batch
+        factors_on: dict[torch.device, torch.Tensor] = {}
         kept_per_seq = self.keep_NL.sum(dim=1).numpy()
         epoch, first = divmod(start, self.batches_per_epoch)
         while self.n_epochs is None or epoch < self.n_epochs:
@@ -348,7 +353,9 @@ class OnTheFlyProvider(_Batching):
                 acts_NSD = self._chunk(epoch, index)[position - chunk_start : served - chunk_start]
                 position += acts_NSD.shape[0]
                 self._prefetch(*((epoch, index + 1) if position < served else (epoch + 1, 0)))
-                carry = yield from self._cut(acts_NSD, carry, factors)
+                if factors is not None and acts_NSD.device not in factors_on:
+                    factors_on[acts_NSD.device] = factors.to(acts_NSD.device)
+                carry = yield from self._cut(acts_NSD, carry, None if factors is None else factors_on[acts_NSD.device])
             if carry is not None:  # only when not drop_last: the epoch's last, smaller batch
                 yield carry.to(self.device)
             epoch, first = epoch + 1, 0

@@ -217,9 +217,12 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
     ) -> Float[torch.Tensor, "n n_snapshots d_in"]:
         """The kept rows of ``seqs`` at every held snapshot, as one buffer on ``device`` in
         ``buffer_dtype``; with ``order``, row i of the buffer is harvested row ``order[i]``."""
-        tokens, keep = self.token_ids_NL[seqs], self.keep_NL[seqs]
+        models = self._resident_models()
+        # one copy of the tokens and the order to the devices for every snapshot's forward
+        tokens, keep = self.token_ids_NL[seqs].to(models[0].cfg.device), self.keep_NL[seqs]
+        order = None if order is None else order.to(self.device)
         buffer_NSD: torch.Tensor | None = None
-        for s, model in enumerate(self._resident_models()):
+        for s, model in enumerate(models):
             rows_ND = harvest_rows(
                 model, tokens, keep, [self.hook], batch_size=self.harvest_batch_size,
                 out_device=self.device, out_dtype=self.buffer_dtype, compile=self.compile,
@@ -227,7 +230,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
             if buffer_NSD is None:
                 shape = (rows_ND.shape[0], self.n_snapshots, rows_ND.shape[1])
                 buffer_NSD = torch.empty(shape, device=self.device, dtype=self.buffer_dtype)
-            buffer_NSD[:, s] = rows_ND if order is None else rows_ND.index_select(0, order.to(rows_ND.device))
+            buffer_NSD[:, s] = rows_ND if order is None else rows_ND.index_select(0, order)
         self._d_in = int(buffer_NSD.shape[-1])
         return buffer_NSD
 
