@@ -800,6 +800,19 @@ def test_auto_precision_on_cuda_is_bfloat16(store_path, tmp_path):
     assert (config.autocast_dtype, config.optimizer_state) == ("bfloat16", "float32")
 
 
+def test_auto_adam_state_on_a_mesh_is_float32_whatever_one_gpu_would_hold(store_path, tmp_path, monkeypatch):
+    """A mesh rank holds a share of the step, and bfloat16 moments train in one process only: "auto"
+    sized the whole step against one GPU and could pick what the trainer then refuses."""
+    from crosslens.training.runner import resolve_precision
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    # no CUDA device is asked for its memory (there is none here), so the choice is made without it
+    config = resolve_precision(run_config(store_path, tmp_path / "run", device="cuda"), 2, 32)
+    assert (config.autocast_dtype, config.optimizer_state) == ("bfloat16", "float32")
+    chosen = run_config(store_path, tmp_path / "run", device="cuda", optimizer_state="bfloat16")
+    assert resolve_precision(chosen, 2, 32).optimizer_state == "bfloat16"  # asked for: the trainer's to refuse
+
+
 # ------------------------------------------------------------ memory of each Adam-state option
 def test_plan_peak_per_optimizer_state_at_ge_et_al_widest_dictionary():
     from crosslens.plan import ModelSpec, PlanConfig, make_plan

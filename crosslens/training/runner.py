@@ -366,11 +366,12 @@ def resolve_precision(config: CrosscoderRunnerConfig, n_snapshots: int, d_in: in
     bfloat16 Adam moments where the step would not fit the CUDA device with float32 ones. A
     step predicted not to fit the CUDA device even so is warned of, with the micro-batches that
     fit (in one process; `crosslens plan --mesh` sizes a rank of a mesh). ``d_in`` None (a
-    streaming run, whose width is known once a model loads): float32 moments."""
+    streaming run, whose width is known once a model loads), or a mesh (whose ranks hold a
+    share each, and where bfloat16 moments are refused): float32 moments."""
     kind = torch.device(config.device).type
     on_cuda, autocast = kind == "cuda", resolved_autocast(config.autocast_dtype, kind)
     state = config.optimizer_state
-    if d_in is None:
+    if d_in is None or world_size() > 1:
         return replace(config, autocast_dtype=autocast, optimizer_state="float32" if state == "auto" else state)
     device_bytes = torch.cuda.get_device_properties(torch.device(config.device)).total_memory if on_cuda else None
     shape = (n_snapshots, d_in, config.sae.d_sae, config.train_batch_size_tokens, config.sae.architecture)
