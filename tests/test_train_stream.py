@@ -453,6 +453,13 @@ def test_torchrun_with_two_processes_trains_the_one_process_crosscoder(snapshot_
     mesh_quality = json.loads((tmp_path / "mesh" / "quality.json").read_text())["rows"]
     one_quality = json.loads((streamed[0] / "quality.json").read_text())["rows"]
     assert [r["crosscoder"] for r in mesh_quality] == pytest.approx([r["crosscoder"] for r in one_quality], abs=1e-4)
+    if snapshot_parallel == "2":
+        # resumed, the finished run is taken and its quality measured again: the held-out rows need
+        # every snapshot's norm factor, gathered from both ranks (not from rank 0 alone)
+        resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr[-6000:]
+        again = json.loads((tmp_path / "mesh" / "quality.json").read_text())["rows"]
+        assert [r["crosscoder"] for r in again] == [r["crosscoder"] for r in mesh_quality]
 
 
 def test_streamed_chunks_hold_at_most_65536_token_positions():

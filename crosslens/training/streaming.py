@@ -237,6 +237,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         _, keep_NL = kept_tokens(self.suite.tokenizer(), self.heldout_NL, True, None)
         n_rows = int(torch.searchsorted(keep_NL.sum(1).cumsum(0), EVAL_TOKENS).item()) + 1
         tokens_NL, keep_NL = self.heldout_NL[:n_rows], keep_NL[:n_rows]
+        norm_factors_S = self.norm_factors()  # on every rank: measured by all of them on a resumed run
         mine: dict[int, torch.Tensor] = {}
         if self.mesh is None or self.mesh[0].data_rank == 0:
             for s, model in zip(self.provider.snapshot_indices, self.provider.models()):
@@ -246,7 +247,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
             return None
         acts_NSD = torch.stack([every[s].float().cpu() for s in range(self.n_snapshots)], dim=1)
         records = [{"revision": ref.revision, "step": int(ref.step)} for ref in self.suite.snapshots]
-        return HeldoutActivations(acts_NSD, self.norm_factors(), self.hook, records)
+        return HeldoutActivations(acts_NSD, norm_factors_S, self.hook, records)
 
     def close(self) -> None:
         """Free the resident models."""
