@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -910,3 +911,35 @@ def test_gpu_benchmark_without_cuda_prints_one_line_and_exits_0():
                           timeout=120, env=benchmark_env())  # fmt: skip
     assert done.returncode == 0
     assert len(done.stdout.strip().splitlines()) == 1 and "no CUDA device" in done.stdout
+
+
+# ------------------------------------------------------------ checkpoints across GPUs
+def test_a_checkpoints_config_puts_each_torchrun_worker_on_its_own_gpu(monkeypatch):
+    from crosslens.training.trainer import saved_config
+
+    state = {"trainer_cfg": asdict(CrosscoderTrainerConfig(total_steps=3, device="cuda:0"))}
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert saved_config(state).device == "cuda:0"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert saved_config(state).device == "cuda:3"  # written by rank 0, read by rank 3
+    state = {"trainer_cfg": asdict(CrosscoderTrainerConfig(total_steps=3, device="cpu"))}
+    assert saved_config(state).device == "cpu"
+
+
+@NO_CUDA
+def test_a_cuda_checkpoint_holds_its_own_gpus_rng_state_and_resumes(tmp_path):
+    """Only the trainer's GPU's generator is saved: a resume where other GPUs, or fewer, are
+    visible restores that one."""
+    cfg = CrosscoderTrainerConfig(total_steps=4, lr=3e-3, device="cuda", activation_scale_check="off",
+                                  checkpoint_dir=str(tmp_path))  # fmt: skip
+    trainer = CrosscoderTrainer(make_sae("crosscoder"), cfg)
+    for x in batches(2, 1.0):
+        trainer.step(x)
+    torch.cuda.manual_seed(7)
+    want = torch.cuda.get_rng_state()
+    checkpoint = trainer.save_checkpoint()
+    saved = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)["rng"]["cuda"]
+    assert torch.is_tensor(saved) and torch.equal(saved, want)
+    torch.cuda.manual_seed(8)
+    CrosscoderTrainer.from_checkpoint(checkpoint)
+    assert torch.equal(torch.cuda.get_rng_state(), want)

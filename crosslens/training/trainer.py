@@ -35,7 +35,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -56,6 +56,7 @@ from safetensors.torch import load_file
 from sae_lens.constants import SAE_WEIGHTS_FILENAME
 
 from crosslens.core.errors import storage_errors
+from crosslens.core.launch import local_rank_device
 from crosslens.core.paths import FINAL_DIRNAME, TRAINER_STATE_FILENAME, checkpoint_dirname
 from crosslens.core.progress import progress_bar
 from crosslens.core.seeding import seed_everything
@@ -453,8 +454,9 @@ class CrosscoderTrainer:
             "numpy": np.random.get_state(),
             "python": random.getstate(),
         }
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        device = torch.device(self.cfg.device)
+        if device.type == "cuda":  # the trainer's own GPU: a resume may see other GPUs, or fewer
+            rng["cuda"] = torch.cuda.get_rng_state(device)
         torch.save(
             {
                 "trainer_cfg": asdict(self.cfg),
@@ -517,18 +519,20 @@ class CrosscoderTrainer:
         torch.set_rng_state(rng["torch"].cpu())
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        device = torch.device(self.cfg.device)
+        if "cuda" in rng and device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
 
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, cfg: CrosscoderTrainerConfig | None = None, *, mesh: Mesh | None = None
     ) -> "CrosscoderTrainer":
         """Rebuild crosscoder and trainer from a checkpoint (config from it unless given),
-        on any mesh: the checkpoint holds the whole crosscoder whatever mesh wrote it."""
+        on any mesh: the checkpoint holds the whole crosscoder whatever mesh wrote it. The saved
+        config names the device of the rank that wrote it; under torchrun each rank takes its own."""
         path = Path(path)
         state = torch.load(path / TRAINER_STATE_FILENAME, map_location="cpu", weights_only=False)
-        cfg = cfg or CrosscoderTrainerConfig.from_dict(state["trainer_cfg"])
+        cfg = cfg or saved_config(state)
         with open(path / SAE_CFG_FILENAME) as f:
             sae_cfg_dict = {**json.load(f), "device": cfg.device}
         sae_cfg = TrainingSAEConfig.from_dict(sae_cfg_dict)
@@ -539,6 +543,13 @@ class CrosscoderTrainer:
         trainer = cls(sae, cfg, mesh=mesh)
         trainer.load_checkpoint(path)
         return trainer
+
+
+def saved_config(state: dict[str, Any]) -> CrosscoderTrainerConfig:
+    """The trainer config a checkpoint's state holds, on this worker's own GPU under torchrun
+    (the saved one names the device of the rank that wrote it)."""
+    saved = CrosscoderTrainerConfig.from_dict(state["trainer_cfg"])
+    return replace(saved, device=local_rank_device(saved.device))
 
 
 def _open_batches(batches: BatchSource, start_step: int) -> Iterator[Batch]:
