@@ -292,3 +292,24 @@ def test_snapshot_parallel_streaming_training_equals_one_process(tmp_path):
     want = load_file(tmp_path / "one" / "final" / "sae_weights.safetensors")
     for name in want:
         assert (got[name] - want[name]).abs().max() <= ATOL, name
+
+
+def test_a_torchrun_job_leaves_with_the_others_when_it_succeeds_and_at_once_when_it_raises(monkeypatch):
+    """A worker that raises must not wait at the closing barrier: the others may be waiting in a
+    collective it will never join, and would hold it there for the whole timeout."""
+    import crosslens.core.launch as launch
+    import crosslens.distributed as distributed
+    from crosslens.commands.common import torchrun_job
+
+    left: list[bool] = []
+    monkeypatch.setattr(distributed, "shutdown", lambda wait=True: left.append(wait))
+    monkeypatch.setattr(launch, "launched_by_torchrun", lambda: True)
+    with torchrun_job():
+        pass
+    with pytest.raises(RuntimeError, match="out of memory"), torchrun_job():
+        raise RuntimeError("CUDA out of memory")
+    assert left == [True, False]
+    monkeypatch.setattr(launch, "launched_by_torchrun", lambda: False)
+    with torchrun_job():
+        pass
+    assert left == [True, False]

@@ -131,16 +131,22 @@ def select_snapshots(suite, steps: list[int] | None, n_snapshots: int | None, sp
 
 @contextlib.contextmanager
 def torchrun_job():
-    """Under torchrun: leave the process group cleanly when the command ends (a process that
-    exits with a live mesh aborts at teardown); elsewhere nothing."""
+    """Under torchrun: leave the process group when the block ends (a process that exits with a
+    live mesh aborts at teardown), with the other workers where it succeeded, at once where it
+    raised; elsewhere nothing. Work one worker does alone after the others are done (rank 0's
+    quality table) goes after the block: the others would wait for it at the barrier, which
+    times out."""
+    from crosslens.core.launch import launched_by_torchrun
+    from crosslens.distributed import shutdown
+
     try:
         yield
-    finally:
-        from crosslens.core.launch import launched_by_torchrun
-        from crosslens.distributed import shutdown
-
+    except BaseException:
         if launched_by_torchrun():
-            shutdown()
+            shutdown(wait=False)
+        raise
+    if launched_by_torchrun():
+        shutdown()
 
 
 def fail(flag: str, message: str) -> None:

@@ -200,10 +200,10 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
             raise CLIError(str(error)) from None
         finally:
             runner.close()
-        if runner.is_main:
-            print(f"crosscoder saved to {runner.final_path}")
-            report_quality(runner, heldout, args, model_dtype)
-        print_peak_memory(runner.device)
+    if runner.is_main:  # the other workers have left: the table takes as long as it takes
+        print(f"crosscoder saved to {runner.final_path}")
+        report_quality(runner, heldout, args, model_dtype)
+    print_peak_memory(runner.device)
     return 0
 
 

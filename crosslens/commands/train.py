@@ -92,6 +92,7 @@ def _harvest_for_recipe(args: argparse.Namespace, recipe, config: CrosscoderRunn
 
 def train(args: argparse.Namespace) -> int:
     from crosslens.commands.inputs import check_output_folder
+    from crosslens.core.launch import is_main_process
     from crosslens.training.runfolder import check_not_being_written, check_run_start, owned_run_folder
     from crosslens.training.runner import CrosscoderTrainingRunner
 
@@ -117,14 +118,14 @@ def train(args: argparse.Namespace) -> int:
     if args.eval_store is not None:
         _check_eval_store(config.store_path, args.eval_store, config.hook_name)
     runner = CrosscoderTrainingRunner(config)
-    with torchrun_job():
-        runner.join_mesh()
-        # held across training and the quality table, so no other run writes between them
-        with owned_run_folder(runner.out_dir, enabled=runner.is_main):
+    # held across training and the quality table, so no other run writes between them
+    with owned_run_folder(runner.out_dir, enabled=is_main_process()):
+        with torchrun_job():
+            runner.join_mesh()
             runner.run(resume=args.resume, overwrite=args.overwrite)
-            if runner.is_main:
-                _save_quality(runner, args, device, model_dtype)
-        print_peak_memory(runner.device)
+        if runner.is_main:  # the other workers have left: the table takes as long as it takes
+            _save_quality(runner, args, device, model_dtype)
+    print_peak_memory(runner.device)
     return 0
 
 

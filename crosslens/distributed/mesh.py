@@ -159,8 +159,12 @@ def local_layout(n_snapshots: int) -> tuple[MeshLayout, LocalCollectives]:
     return MeshLayout(1, 1, 0, n_snapshots), LocalCollectives(n_snapshots)
 
 
-def shutdown() -> None:
-    """Leave the job cleanly: exiting with a live mesh aborts the process at teardown."""
+def shutdown(*, wait: bool = True) -> None:
+    """Leave the job cleanly: exiting with a live mesh aborts the process at teardown. ``wait``
+    (a job that succeeded): at a barrier with the other workers first. A worker that failed
+    leaves at once: the others may wait in a collective it will never join, and torchrun stops
+    them when it exits."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
