@@ -54,6 +54,7 @@ from crosslens.activations.team import HarvestTeam
 from crosslens.activations.tokens import check_same_tokenizer, kept_tokens
 from crosslens.core.devices import release_model
 from crosslens.core.errors import StoreLockedError, storage_errors
+from crosslens.core.launch import local_rank_device
 from crosslens.core.locks import exclusive_lock
 from crosslens.core.progress import progress_bar
 
@@ -237,7 +238,8 @@ def harvest_activations(
     identities = snapshot_identities(suite)  # before writing: refuses damaged, uncached and duplicate snapshots
 
     root = Path(out_dir)
-    team = _join_team(distributed)
+    team = _join_team(distributed, device)
+    device = local_rank_device(device) if team.world_size > 1 else device  # each worker its own GPU
     # a full disk or an unwritable folder is one line naming the folder; what was finished is kept
     with storage_errors(root, "the activation store", fix="harvest into another folder (out_dir, `--out`)"):
         if team.is_main:
@@ -267,9 +269,9 @@ def _checked_token_table(token_ids_NL: torch.Tensor, *, batch_size: int, shard_t
     return token_ids_NL.detach().cpu().long().contiguous()
 
 
-def _join_team(distributed: bool | None) -> HarvestTeam:
+def _join_team(distributed: bool | None, device: str | torch.device) -> HarvestTeam:
     """The torchrun job to harvest with (``None``: whenever run under torchrun), or one process."""
-    team = HarvestTeam.from_torchrun() if distributed in (None, True) else HarvestTeam()
+    team = HarvestTeam.from_torchrun(device) if distributed in (None, True) else HarvestTeam()
     if distributed and team.world_size == 1:
         raise ValueError("distributed=True needs a torchrun job: torchrun --nproc_per_node=N -m crosslens harvest ...")
     return team

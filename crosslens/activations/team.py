@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -10,6 +11,11 @@ from crosslens.activations.resume import check_width
 from crosslens.activations.store import shard_relpath
 from crosslens.core.errors import DuplicateSnapshotError
 from crosslens.core.launch import launched_by_torchrun
+from crosslens.core.process_group import join_process_group
+
+EXCHANGE_TIMEOUT = timedelta(days=7)
+"""How long a harvesting rank waits for the others at a round's exchange: a round ends when its
+slowest unit is written, which the job's collective timeout could not bound."""
 
 
 class HarvestTeam:
@@ -23,20 +29,25 @@ class HarvestTeam:
     job resumes from the last merged round.
     """
 
-    def __init__(self, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, rank: int = 0, world_size: int = 1, group: Any = None) -> None:
         self.rank, self.world_size = rank, world_size
+        self.group = group
+        """The gloo group the team's exchanges go through (None: the job's default group)."""
 
     @classmethod
-    def from_torchrun(cls) -> "HarvestTeam":
-        """The running ``torchrun`` job (joined here if needed), else a team of one."""
+    def from_torchrun(cls, device: str | torch.device = "cpu") -> "HarvestTeam":
+        """The running ``torchrun`` job (joined here if needed, this worker's GPU current where
+        ``device`` is CUDA), else a team of one."""
         import torch.distributed as dist
 
         if not launched_by_torchrun():
             return cls()
-        if not dist.is_initialized():
-            # the exchange is small metadata (gloo); NCCL too, for a training mesh that follows
-            dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size())
+        join_process_group(device)
+        # A round's exchange waits for the slowest rank's harvest of its unit, and the last round
+        # for a whole snapshot where some ranks have none left: hours at a real suite's size,
+        # far past the collectives' timeout, which stays for the training that may follow.
+        group = dist.new_group(backend="gloo", timeout=EXCHANGE_TIMEOUT)
+        return cls(dist.get_rank(), dist.get_world_size(), group)
 
     @property
     def is_main(self) -> bool:
@@ -65,7 +76,7 @@ class HarvestTeam:
         import torch.distributed as dist
 
         box = [manifest]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
 
     def merge(self, manifest: dict, unit: tuple[int, list[int]] | None) -> dict:
@@ -84,7 +95,7 @@ class HarvestTeam:
                 "d_in": manifest["d_in"],
             }
         everyone: list[Any] = [None] * self.world_size
-        dist.all_gather_object(everyone, mine)
+        dist.all_gather_object(everyone, mine, group=self.group)
         for part in everyone:
             if part is None:
                 continue
@@ -108,4 +119,4 @@ class HarvestTeam:
         if self.world_size > 1:
             import torch.distributed as dist
 
-            dist.barrier()
+            dist.barrier(group=self.group)

@@ -6,25 +6,22 @@ group*); ranks that share a ``snapshot_rank`` hold the same snapshots and see di
 tokens (a *data group*). Snapshots are split into contiguous blocks, the first
 ``S % snapshot_size`` blocks one larger, so any S works with any snapshot axis size.
 
-NCCL is used on CUDA and gloo on CPU. Every collective has a timeout, so a rank that dies
-makes its peers fail with an error instead of waiting forever (``torchrun`` also stops
-the whole job when one worker exits non-zero).
+NCCL is used on CUDA and gloo on CPU (:mod:`crosslens.core.process_group`). Every collective,
+the axis groups' included, has the job's timeout, so a rank that dies makes its peers fail
+with an error instead of waiting forever (``torchrun`` also stops the whole job when one
+worker exits non-zero).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from crosslens.core.launch import local_rank_device, world_size
+from crosslens.core.launch import world_size
+from crosslens.core.process_group import collective_timeout, join_process_group
 from crosslens.crosscoders.collectives import LocalCollectives, MeshCollectives
-
-DEFAULT_TIMEOUT_S = 600.0
-"""Seconds a collective may wait for a peer before the job fails (CROSSLENS_DIST_TIMEOUT)."""
 
 
 def snapshot_blocks(n_snapshots: int, snapshot_size: int) -> list[range]:
@@ -99,11 +96,6 @@ class MeshLayout:
         return slice(self.data_rank * per_rank, (self.data_rank + 1) * per_rank)
 
 
-def default_backend(device: str | torch.device) -> str:
-    """NCCL for CUDA tensors, with gloo beside it for CPU tensors and Python objects."""
-    return "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
-
-
 def init_mesh(
     n_snapshots: int,
     *,
@@ -117,23 +109,13 @@ def init_mesh(
     size is the data axis. Returns the layout, its collectives and this rank's device
     (``cuda:LOCAL_RANK`` on CUDA).
     """
-    from torch.distributed.device_mesh import init_device_mesh
-
     n_ranks = world_size()
     if n_ranks % snapshot_parallel:
         raise ValueError(
             f"--snapshot-parallel {snapshot_parallel} does not divide the {n_ranks} "
             "processes; pick a divisor of --nproc_per_node."
         )
-    device = torch.device(local_rank_device(device))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if timeout_s is None:
-        timeout_s = float(os.environ.get("CROSSLENS_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
-    if not dist.is_initialized():
-        dist.init_process_group(
-            backend=default_backend(device), timeout=timedelta(seconds=timeout_s)
-        )
+    device = join_process_group(device, timeout_s)
     data_size = n_ranks // snapshot_parallel
     layout = MeshLayout(
         data_size=data_size,
@@ -141,17 +123,32 @@ def init_mesh(
         rank=dist.get_rank(),
         n_snapshots=n_snapshots,
     )
-    mesh = init_device_mesh(
-        device.type, (data_size, snapshot_parallel), mesh_dim_names=("data", "snapshot")
-    )
+    data_group, snapshot_group = _axis_groups(layout, collective_timeout(timeout_s))
     collectives = MeshCollectives(
-        data_group=mesh.get_group("data"),
-        snapshot_group=mesh.get_group("snapshot"),
+        data_group=data_group,
+        snapshot_group=snapshot_group,
         data_size=data_size,
         snapshot_size=snapshot_parallel,
         n_snapshots_total=n_snapshots,
     )
     return layout, collectives, device
+
+
+def _axis_groups(layout: MeshLayout, timeout) -> tuple[dist.ProcessGroup, dist.ProcessGroup]:
+    """This rank's data group (the ranks of its snapshot block) and snapshot group (the ranks of
+    its data slice). Every rank creates every group, in one order, as ``new_group`` requires;
+    each takes the job's timeout (a group made without one would wait torch's default)."""
+    D, S = layout.data_size, layout.snapshot_size
+    mine: dict[str, dist.ProcessGroup] = {}
+    for axis, members in (
+        ("data", [[d * S + s for d in range(D)] for s in range(S)]),
+        ("snapshot", [[d * S + s for s in range(S)] for d in range(D)]),
+    ):
+        for ranks in members:
+            group = dist.new_group(ranks, timeout=timeout)
+            if layout.rank in ranks:
+                mine[axis] = group
+    return mine["data"], mine["snapshot"]
 
 
 def local_layout(n_snapshots: int) -> tuple[MeshLayout, LocalCollectives]:
