@@ -313,3 +313,27 @@ def test_a_torchrun_job_leaves_with_the_others_when_it_succeeds_and_at_once_when
     with torchrun_job():
         pass
     assert left == [True, False]
+
+
+def test_snapshot_sums_add_bfloat16_shares_in_float32(monkeypatch):
+    """Three ranks' partial pre-activations under autocast: summed in bfloat16 they would round
+    at each addition (1 + 2^-8 + 2^-8 gives 1), in float32 once (1 + 2^-7, which bfloat16 holds)."""
+    from crosslens.crosscoders import collectives as module
+    from crosslens.crosscoders.collectives import MeshCollectives
+
+    others = [torch.full((2, 3), 2.0**-8), torch.full((2, 3), 2.0**-8)]  # the two other ranks' shares
+    seen: list[torch.dtype] = []
+
+    def all_reduce(tensor, op=None, group=None):
+        seen.append(tensor.dtype)
+        for share in others:
+            tensor += share.to(tensor.dtype)
+
+    monkeypatch.setattr(module.dist, "all_reduce", all_reduce)
+    mesh = MeshCollectives(data_group=None, snapshot_group=None, data_size=1, snapshot_size=3, n_snapshots_total=3)
+    h = torch.ones(2, 3, dtype=torch.bfloat16, requires_grad=True)
+    out = mesh.snapshot_sum(h)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, torch.full((2, 3), 1 + 2.0**-7, dtype=torch.bfloat16))
+    out.backward(torch.ones_like(out))
+    assert h.grad.dtype == torch.bfloat16 and torch.equal(h.grad, out.detach())
+    assert seen == [torch.float32, torch.float32]

@@ -29,22 +29,28 @@ import torch.distributed as dist
 from torch.autograd import Function
 
 
+def _float32_sum(tensor: torch.Tensor, group: Any) -> torch.Tensor:
+    """Every rank's ``tensor`` summed in float32, returned in its own dtype: a bfloat16 share (a
+    partial pre-activation under autocast) summed in bfloat16 would round at every addition,
+    where one process's matmul rounds once."""
+    out = tensor.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    return out.to(tensor.dtype)
+
+
 class _AllReduceSum(Function):
     """all-reduce(SUM) whose backward is all-reduce(SUM) of the gradient: the gradient of
-    ``sum_r L_r`` when every rank's loss share ``L_r`` reads the reduced tensor."""
+    ``sum_r L_r`` when every rank's loss share ``L_r`` reads the reduced tensor. Both sums run
+    in float32 (:func:`_float32_sum`)."""
 
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
         ctx.group = group
-        out = tensor.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-        return out
+        return _float32_sum(tensor, group)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad, None
+        return _float32_sum(grad, ctx.group), None
 
 
 class LocalCollectives:
