@@ -337,3 +337,24 @@ def test_snapshot_sums_add_bfloat16_shares_in_float32(monkeypatch):
     out.backward(torch.ones_like(out))
     assert h.grad.dtype == torch.bfloat16 and torch.equal(h.grad, out.detach())
     assert seen == [torch.float32, torch.float32]
+
+
+def test_a_rank_reads_its_block_of_a_saved_crosscoder_alone(tmp_path):
+    """What a resuming mesh rank reads from the checkpoint's weights file is what slicing the
+    whole file gives, for every block of an uneven split."""
+    from safetensors.torch import load_file, save_file
+
+    from crosslens.crosscoders.base import SNAPSHOT_AXES
+    from crosslens.distributed.sharding import read_state_block, slice_state_dict
+
+    g = torch.Generator().manual_seed(0)
+    state = {"W_enc": torch.randn(5, 4, 6, generator=g), "W_dec": torch.randn(6, 5, 4, generator=g),
+             "b_dec": torch.randn(5, 4, generator=g), "b_enc": torch.randn(6, generator=g),
+             "threshold": torch.rand(6, generator=g)}  # fmt: skip
+    assert {"W_enc", "W_dec", "b_dec"} <= set(SNAPSHOT_AXES)
+    save_file(state, tmp_path / "w.safetensors")
+    whole = load_file(tmp_path / "w.safetensors")
+    for block in snapshot_blocks(5, 2) + [range(0, 5)]:
+        got, want = read_state_block(tmp_path / "w.safetensors", block), slice_state_dict(whole, block)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), block
+        assert got["W_dec"].shape == (6, len(block), 4)

@@ -5,7 +5,9 @@ factors ``[S_r]``) of its block ``S_r`` of snapshots, as an ordinary crosscoder 
 whose ``cfg.n_snapshots`` is ``|S_r|``; ``b_enc`` and per-feature parameters (JumpReLU's
 threshold) are replicated. Adam's moments follow their parameters. Gathering returns the
 state of the single-process crosscoder, so checkpoints are written in the ordinary
-SAELens layout and a run saved by any mesh resumes on any other.
+SAELens layout and a run saved by any mesh resumes on any other. It is gathered on rank 0
+alone, in host memory, one tensor at a time: the mesh exists because the whole crosscoder
+does not fit one GPU, and rank 0 alone writes it.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors import safe_open
 from torch import nn
 
 from crosslens.crosscoders.base import SNAPSHOT_AXES, CrosscoderMixin
@@ -36,6 +40,23 @@ def slice_state_dict(state: Mapping[str, torch.Tensor], block: range) -> dict[st
     for name, tensor in state.items():
         axis = SNAPSHOT_AXES.get(name)
         out[name] = tensor if axis is None else tensor.narrow(axis, block.start, len(block)).clone()
+    return out
+
+
+def read_state_block(path: str | Path, block: range) -> dict[str, torch.Tensor]:
+    """The entries of a saved whole crosscoder (a safetensors file) that a rank holding ``block``
+    keeps, read without the rest of the file: :func:`slice_state_dict` of the file's state."""
+    out = {}
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():
+            axis = SNAPSHOT_AXES.get(name)
+            if axis is None:
+                out[name] = f.get_tensor(name)
+                continue
+            view = f.get_slice(name)
+            index = [slice(None)] * len(view.get_shape())
+            index[axis] = slice(block.start, block.stop)
+            out[name] = view[tuple(index)]
     return out
 
 
@@ -64,46 +85,61 @@ def shard_crosscoder(full: nn.Module, layout: MeshLayout, collectives: LocalColl
 
 def _gather_snapshot_axis(
     tensor: torch.Tensor, axis: int, layout: MeshLayout, collectives: MeshCollectives
-) -> torch.Tensor:
-    """Concatenate every snapshot rank's block of ``tensor`` along ``axis`` (uneven blocks padded)."""
+) -> torch.Tensor | None:
+    """Every snapshot rank's block of ``tensor`` concatenated along ``axis``, in host memory on
+    rank 0, None elsewhere (uneven blocks padded on the way). Only the snapshot group of data
+    rank 0 sends: the other data ranks hold the same blocks."""
+    if layout.data_rank != 0:
+        return None
     blocks = snapshot_blocks(layout.n_snapshots, layout.snapshot_size)
     widest = max(len(b) for b in blocks)
-    pad = widest - tensor.shape[axis]
+    part = tensor.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+    pad = widest - part.shape[axis]
     if pad:
-        shape = list(tensor.shape)
+        shape = list(part.shape)
         shape[axis] = pad
-        tensor = torch.cat([tensor, tensor.new_zeros(shape)], dim=axis)
-    parts = [torch.empty_like(tensor) for _ in blocks]
-    dist.all_gather(parts, tensor.contiguous(), group=collectives.snapshot_group)
+        part = torch.cat([part, part.new_zeros(shape)], dim=axis)
+    parts = [torch.empty_like(part) for _ in blocks] if layout.is_main else None
+    dist.gather(part, parts, dst=0, group=collectives.snapshot_group)
+    if parts is None:
+        return None
     return torch.cat([p.narrow(axis, 0, len(b)) for p, b in zip(parts, blocks)], dim=axis)
+
+
+def _on_main(tensor: torch.Tensor, layout: MeshLayout) -> torch.Tensor | None:
+    """A tensor every rank holds whole, in host memory on rank 0 (None elsewhere)."""
+    return tensor.detach().to("cpu", copy=True) if layout.is_main else None
 
 
 @torch.no_grad()
 def gather_state_dict(
     local: nn.Module, layout: MeshLayout, collectives: LocalCollectives
-) -> dict[str, torch.Tensor]:
-    """The full crosscoder's state dict, on every rank (a collective: call it on all ranks)."""
+) -> dict[str, torch.Tensor] | None:
+    """The full crosscoder's state dict in host memory on rank 0, None elsewhere (a collective:
+    call it on all ranks)."""
     state = local.state_dict()
-    if layout.snapshot_size == 1:
-        return {name: t.detach().clone() for name, t in state.items()}
-    assert isinstance(collectives, MeshCollectives)
-    return {
-        name: (
-            t.detach().clone()
-            if name not in SNAPSHOT_AXES
-            else _gather_snapshot_axis(t.detach(), SNAPSHOT_AXES[name], layout, collectives)
-        )
-        for name, t in state.items()
-    }
+    gathered = {}
+    for name, tensor in state.items():
+        if layout.snapshot_size == 1 or name not in SNAPSHOT_AXES:
+            gathered[name] = _on_main(tensor, layout)
+        else:
+            assert isinstance(collectives, MeshCollectives)
+            gathered[name] = _gather_snapshot_axis(tensor, SNAPSHOT_AXES[name], layout, collectives)
+    return gathered if layout.is_main else None
 
 
-def full_crosscoder(local: nn.Module, layout: MeshLayout, collectives: LocalCollectives) -> nn.Module:
-    """A plain (single-process) copy of the whole crosscoder (a collective)."""
+def full_crosscoder(local: nn.Module, layout: MeshLayout, collectives: LocalCollectives) -> nn.Module | None:
+    """A plain (single-process) copy of the whole crosscoder, in host memory on rank 0, None
+    elsewhere (a collective). Its config names the device the run trains on, as a one-process
+    run's does."""
     state = gather_state_dict(local, layout, collectives)
+    if state is None:
+        return None
+    config = dataclasses.replace(_local_config(local.cfg, layout.n_snapshots), device="cpu")
     with torch.random.fork_rng(devices=[]):
-        full = type(local)(_local_config(local.cfg, layout.n_snapshots))
-    full = full.to(local.W_dec.device)
+        full = type(local)(config)
     full.load_state_dict(state)
+    full.cfg.device = local.cfg.device
     return full
 
 
@@ -121,10 +157,11 @@ def gather_optimizer_state(
     layout: MeshLayout,
     collectives: LocalCollectives,
 ) -> dict[str, Any]:
-    """The optimizer state dict the single-process crosscoder would have (a collective)."""
+    """The optimizer state dict the single-process crosscoder would have, in host memory on rank 0,
+    None elsewhere (a collective)."""
     state = optimizer.state_dict()
     if layout.snapshot_size == 1:
-        return state
+        return state if layout.is_main else None
     assert isinstance(collectives, MeshCollectives)
     names = parameter_names(optimizer, module)
     gathered = {}
@@ -138,6 +175,8 @@ def gather_optimizer_state(
             )
             for key, value in per_param.items()
         }
+    if not layout.is_main:
+        return None
     return {"state": gathered, "param_groups": state["param_groups"]}
 
 

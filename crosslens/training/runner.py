@@ -229,7 +229,7 @@ class CrosscoderTrainingRunner:
         trainer.record = {"settings": self._settings(), "store": self.store_identity()}
         return trainer
 
-    def run(self, *, resume: bool = False, overwrite: bool = False) -> SAE:
+    def run(self, *, resume: bool = False, overwrite: bool = False) -> SAE | None:
         """Train (or continue) and return the inference crosscoder saved in ``final_path``.
 
         The folder is locked while this runs. A new run refuses a folder holding another run's
@@ -237,7 +237,8 @@ class CrosscoderTrainingRunner:
         newest verified checkpoint, or returns the crosscoder of a run that finished with these
         settings. A Ctrl-C or SIGTERM stops between two steps: the step reached is checkpointed
         and :class:`TrainingInterrupted` says how to continue. Under torchrun every rank calls
-        this; rank 0 writes the files."""
+        this; rank 0 writes the files and gets the crosscoder, the other ranks None (on a mesh
+        the whole crosscoder need not fit one of their GPUs)."""
         self.join_mesh()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with owned_run_folder(self.out_dir, enabled=self.is_main):
@@ -277,18 +278,25 @@ class CrosscoderTrainingRunner:
                 "run the same command with --resume to measure its quality",
                 signum=request.signum,
             )
-        return SAE.load_from_disk(str(self.final_path), device=self.device)
+        return self._final_crosscoder()
+
+    def _final_crosscoder(self) -> SAE | None:
+        """The saved inference crosscoder on rank 0's device; None on a mesh's other ranks."""
+        return SAE.load_from_disk(str(self.final_path), device=self.device) if self.is_main else None
 
     def _write_data_record(self) -> None:
         """Write what the run seals beside its crosscoder to say which rows it trained on: nothing
         for a run on a store, whose sealed identity names them."""
 
-    def _finished(self, run_file: Path) -> SAE:
+    def _finished(self, run_file: Path) -> SAE | None:
         """The crosscoder of the finished run in the folder, once its settings and store are these."""
         self._check_resumable(self.final_path, run_file)
         self.finished_before = True
-        print(f"{self.out_dir} holds this run, finished: nothing to train (--overwrite instead of --resume trains it again)")
-        return SAE.load_from_disk(str(self.final_path), device=self.device)
+        if self.is_main:
+            print(
+                f"{self.out_dir} holds this run, finished: nothing to train (--overwrite instead of --resume trains it again)"
+            )
+        return self._final_crosscoder()
 
     def _all_ranks_barrier(self) -> None:
         if self.mesh is not None and self.mesh[1].is_distributed:

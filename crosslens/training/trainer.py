@@ -52,7 +52,6 @@ from sae_lens.saes.sae import (
     TrainStepOutput,
 )
 from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
-from safetensors.torch import load_file
 from sae_lens.constants import SAE_WEIGHTS_FILENAME
 
 from crosslens.core.errors import storage_errors
@@ -69,10 +68,10 @@ from crosslens.distributed.sharding import (
     full_crosscoder,
     gather_optimizer_state,
     parameter_names,
+    read_state_block,
     reduce_gradients,
     shard_crosscoder,
     slice_optimizer_state,
-    slice_state_dict,
 )
 from crosslens.training.checks import check_activation_scale
 from crosslens.training.config import DEAD_FEATURE_WINDOW_TOKENS, CrosscoderTrainerConfig, dead_feature_window
@@ -141,7 +140,8 @@ class CrosscoderTrainer:
                 "ReLUTrainingCrosscoder) or use SAELens's SAETrainer for plain SAEs."
             )
         self.layout, self.collectives = mesh or local_layout(sae.cfg.n_snapshots)
-        self.sae = shard_crosscoder(sae.to(cfg.device), self.layout, self.collectives)
+        # sliced where it stands, then moved: a mesh rank's GPU holds its block, not the whole
+        self.sae = shard_crosscoder(sae, self.layout, self.collectives).to(cfg.device)
         self.cfg = cfg
         self.n_steps = 0
         self.n_tokens = 0
@@ -477,9 +477,9 @@ class CrosscoderTrainer:
             path / TRAINER_STATE_FILENAME,
         )
 
-    def full_crosscoder(self) -> TrainingSAE[Any]:
-        """The whole crosscoder as one plain module (gathered from every rank on a mesh:
-        a collective, so every rank must call it)."""
+    def full_crosscoder(self) -> TrainingSAE[Any] | None:
+        """The whole crosscoder as one plain module: gathered on a mesh (a collective, so every
+        rank must call it) into rank 0's host memory, None on the other ranks."""
         if not self.collectives.is_distributed:
             return self.sae
         return full_crosscoder(self.sae, self.layout, self.collectives)
@@ -497,12 +497,15 @@ class CrosscoderTrainer:
                 f"{state_file} not found; pass a folder written by save_checkpoint "
                 "(checkpoint_dir/step_XXXXXXXX), e.g. latest_checkpoint(checkpoint_dir)."
             )
-        # checkpoints hold the whole crosscoder; a mesh rank keeps its block of it
-        weights = load_file(path / SAE_WEIGHTS_FILENAME)
+        # checkpoints hold the whole crosscoder; a mesh rank reads its block of it alone
+        weights = read_state_block(path / SAE_WEIGHTS_FILENAME, self.layout.snapshots)
         self.sae.process_state_dict_for_loading(weights)
-        self.sae.load_state_dict(slice_state_dict(weights, self.layout.snapshots))
-        # numpy's RNG state is not a tensor, so this file needs the full unpickler
-        state = torch.load(state_file, map_location=self.cfg.device, weights_only=False)
+        self.sae.load_state_dict(weights)
+        # numpy's RNG state is not a tensor, so this file needs the full unpickler; off the CPU it
+        # is mapped, not read, so a rank's host holds its block of the moments, not all of them
+        # (on a CPU the moments must be fresh tensors, as a run's own: kernels round by alignment)
+        on_cpu = torch.device(self.cfg.device).type == "cpu"
+        state = torch.load(state_file, map_location="cpu", weights_only=False, mmap=not on_cpu)
         names = parameter_names(self.optimizer, self.sae)
         load_optimizer_state(self.optimizer, slice_optimizer_state(state["optimizer"], names, self.layout.snapshots))
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -533,8 +536,8 @@ class CrosscoderTrainer:
         path = Path(path)
         state = torch.load(path / TRAINER_STATE_FILENAME, map_location="cpu", weights_only=False)
         cfg = cfg or saved_config(state)
-        with open(path / SAE_CFG_FILENAME) as f:
-            sae_cfg_dict = {**json.load(f), "device": cfg.device}
+        with open(path / SAE_CFG_FILENAME) as f:  # built in host memory: the trainer moves its block
+            sae_cfg_dict = {**json.load(f), "device": "cpu"}
         sae_cfg = TrainingSAEConfig.from_dict(sae_cfg_dict)
         # Build fresh tensors and copy the weights in (load_checkpoint) rather than
         # SAE.load_from_disk, whose tensors sit where safetensors put them: CPU kernels
