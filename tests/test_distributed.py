@@ -223,9 +223,13 @@ def test_torchrun_crosslens_train_matches_a_plain_run(tmp_path):
     tokens = tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
     store = harvest_activations(suite, [HOOK], tokens, tmp_path / "store", shard_tokens=SHARD_TOKENS, progress=False)
     flags = ["--store", str(store.path), "--n-steps", "4", "--batch-size", "32", "--d-sae", "64",
-             "--arch", "jumprelu_crosscoder", "--checkpoint-every", "2", "--device", "cpu"]  # fmt: skip
+             "--arch", "jumprelu_crosscoder", "--checkpoint-every", "2", "--device", "cpu",
+             "--wandb", "--wandb-log-frequency", "2"]  # fmt: skip
     assert main(["train", *flags, "--out", str(tmp_path / "plain")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
+    import wandb
+
+    wandb.teardown()  # flushes the offline run file
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120", "WANDB_MODE": "offline"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "crosslens",
            "train", *flags, "--out", str(tmp_path / "mesh"), "--snapshot-parallel", "2"]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -236,6 +240,24 @@ def test_torchrun_crosslens_train_matches_a_plain_run(tmp_path):
     assert got.keys() == want.keys()
     for name in want:
         assert (got[name] - want[name]).abs().max() <= ATOL, name
+    # the mesh logs the job's loss and each of its terms, not rank 0's share of them
+    logged = {run: _logged_losses(tmp_path / run) for run in ("plain", "mesh")}
+    assert len(logged["plain"]) == 2 and {"losses/overall_loss", "losses/mse_loss"} <= set(logged["plain"][0])
+    for plain, mesh in zip(logged["plain"], logged["mesh"], strict=True):
+        assert mesh.keys() == plain.keys()
+        assert all(mesh[k] == pytest.approx(plain[k], rel=1e-4, abs=1e-6) for k in plain), (mesh, plain)
+
+
+def _logged_losses(run_dir: Path) -> list[dict[str, float]]:
+    """The ``losses/*`` of each history record an offline W&B run of ``run_dir`` wrote."""
+    import json
+
+    from wandb_files import item_values, wandb_records
+
+    # training's run, and the same run reopened to add the spliced loss to its summary: in time order
+    records = [r for f in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb")) for r in wandb_records(f)]
+    history = [r.history for r in records if r.WhichOneof("record_type") == "history"]
+    return [{k: json.loads(v) for k, v in item_values(h.item).items() if k.startswith("losses/")} for h in history]
 
 
 # ---------------------------------------------------------- streaming, no disk

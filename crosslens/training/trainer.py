@@ -310,10 +310,11 @@ class CrosscoderTrainer:
                 output = self.step(batch)
                 pbar.update(1)
                 if self.collectives.is_distributed and self._is_log_step(self.n_steps):
-                    # every rank holds a share of the loss; all take part in the sum
-                    output.loss = output.loss.new_tensor(
-                        self.collectives.world_sum_scalar(output.loss.item())
-                    )
+                    # every rank holds a share of the loss and of each of its terms; all take part
+                    output.loss = output.loss.new_tensor(self.collectives.world_sum_scalar(output.loss.item()))
+                    output.losses = {
+                        name: self.collectives.world_sum_scalar(float(value)) for name, value in output.losses.items()
+                    }
                 if wandb_run is not None and self._is_log_step(self.n_steps):
                     now = time.perf_counter()
                     elapsed = max(now - last_log_time, 1e-9)
