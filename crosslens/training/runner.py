@@ -118,6 +118,7 @@ class CrosscoderTrainingRunner:
 
     def _batches(self, start_step: int):
         cfg = self.config
+        # on a mesh each global batch is cut in host memory and only this rank's part moves
         batches = iter(
             ActivationProvider(
                 self.store,
@@ -126,10 +127,12 @@ class CrosscoderTrainingRunner:
                 seed=cfg.seed,
                 drop_last=True,
                 start_batch=start_step,
-                device=self.device,
+                device=self.device if self.mesh is None else "cpu",
             )
         )
-        return batches if self.mesh is None else shard_batches(batches, self.mesh[0])
+        if self.mesh is None:
+            return batches
+        return (part_BSD.to(self.device) for part_BSD in shard_batches(batches, self.mesh[0]))
 
     def _trainer_config(self) -> CrosscoderTrainerConfig:
         cfg = self.config
