@@ -380,3 +380,34 @@ def test_a_rank_reads_its_block_of_a_saved_crosscoder_alone(tmp_path):
         got, want = read_state_block(tmp_path / "w.safetensors", block), slice_state_dict(whole, block)
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), block
         assert got["W_dec"].shape == (6, len(block), 4)
+
+
+def test_data_replicas_clip_by_one_norm_past_two_snapshot_ranks(monkeypatch):
+    """Each data rank's snapshot group sums the block norms in an order of its own; the replicas
+    then take the smallest sum, so they clip alike (here the other replica's sum is 1 ulp lower)."""
+    from torch import nn
+
+    from crosslens.crosscoders.collectives import MeshCollectives
+    from crosslens.distributed import sharding
+
+    other_replica = {}
+
+    def all_reduce(tensor, op=None, group=None):
+        if group == "data" and op == sharding.dist.ReduceOp.MIN:
+            other_replica["seen"] = float(tensor)
+            tensor.copy_(torch.minimum(tensor, torch.nextafter(tensor, torch.zeros(()))))
+
+    monkeypatch.setattr(sharding.dist, "all_reduce", all_reduce)
+    monkeypatch.setattr("crosslens.crosscoders.collectives.dist.all_reduce", all_reduce)
+    module = nn.Module()
+    module.W_dec = nn.Parameter(torch.zeros(2, 1, 3))
+    module.b_enc = nn.Parameter(torch.zeros(2))
+    module.W_dec.grad, module.b_enc.grad = torch.full((2, 1, 3), 0.5), torch.full((2,), 1.0)
+    for snapshot_size, replicas_agree in ((2, False), (3, True)):
+        other_replica.clear()
+        mesh = MeshCollectives(data_group="data", snapshot_group="snapshot", data_size=2,
+                               snapshot_size=snapshot_size, n_snapshots_total=3)  # fmt: skip
+        norm = sharding.grad_norm(module, mesh)
+        sharded_sq = torch.tensor(6 * 0.25)
+        want = (torch.nextafter(sharded_sq, torch.zeros(())) if replicas_agree else sharded_sq) + 2.0
+        assert ("seen" in other_replica) == replicas_agree and torch.equal(norm, want.sqrt())

@@ -248,6 +248,10 @@ def grad_norm(module: nn.Module, collectives: LocalCollectives) -> torch.Tensor:
             replicated_sq = replicated_sq + sq
     if collectives.snapshot_size > 1:
         dist.all_reduce(sharded_sq, group=collectives.snapshot_group)
+    if collectives.snapshot_size > 2:
+        # each data rank's snapshot group adds the same shares, in an order of its own past two
+        # ranks: the replicas of a block take one value, or their weights drift apart unseen
+        sharded_sq = collectives.data_min(sharded_sq)
     return (sharded_sq + replicated_sq).sqrt()
 
 
