@@ -41,6 +41,7 @@ from crosslens.training.config import (
     AUTOCAST_CHOICES,
     ArchitectureConfig,
     CrosscoderRunnerConfig,
+    checkpoint_interval,
     micro_batch_error,
     resolved_autocast,
 )
@@ -240,6 +241,8 @@ class PlanConfig:
     """Global tokens per optimizer step (split over the data axis)."""
     n_steps: int = CrosscoderRunnerConfig.n_steps
     """Optimizer steps: ``n_steps * batch_size`` training tokens, which may revisit the harvested ones."""
+    checkpoint_every: int | None = CrosscoderRunnerConfig.checkpoint_every
+    """Steps between the run's checkpoints (0: none; None: train's default cadence)."""
     k: int = ArchitectureConfig.k
     """Active features per token of (batch)top-k crosscoders."""
     data_parallel: int = 1
@@ -413,6 +416,12 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     store_elements = (harvested + heldout) * S * D  # the store and its held-out split
     disk = {name: store_elements * nbytes for name, nbytes in DTYPE_BYTES.items()}
     disk["per_snapshot_float16"] = (harvested + heldout) * D * 2
+    every = checkpoint_interval(cfg.n_steps, cfg.checkpoint_every)
+    whole = sum(full_counts.values())
+    checkpoints = {  # each: the float32 weights and Adam's two moments (float32, or bfloat16 ones)
+        "every": every, "count": cfg.n_steps // every if every else 0,
+        "bytes_each": {"float32": whole * 3 * F32, "bfloat16": whole * (F32 + 2 * 2)},
+    }  # fmt: skip
 
     flops = _flop_counts(cfg, S, D, layers_run)
     comm = _communication_bytes(cfg, param_bytes, B_r, cfg.n_steps)
@@ -450,6 +459,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         },  # fmt: skip
         "memory_bytes": memory,
         "disk_bytes": disk,
+        "checkpoints": checkpoints,
         "flops": flops,
         "communication_bytes": comm,
         "seconds": seconds,
@@ -582,6 +592,15 @@ def format_plan(plan: dict[str, Any]) -> str:
     for name in DTYPE_BYTES:
         rows.append((name, _bytes(disk[name])))
     rows.append(("float16, one snapshot", _bytes(disk["per_snapshot_float16"])))
+    ckpt = plan["checkpoints"]
+    section("checkpoints (the whole crosscoder and Adam's moments, each kept)")
+    if ckpt["count"]:
+        each = ckpt["bytes_each"]
+        rows.append(("written", f"{ckpt['count']:,}, every {ckpt['every']:,} steps (--checkpoint-every)"))
+        rows.append(("each", f"{_bytes(each['float32'])} with float32 Adam state, {_bytes(each['bfloat16'])} with bfloat16"))
+        rows.append(("all of them", f"{_bytes(ckpt['count'] * each['float32'])} with float32 Adam state"))
+    else:
+        rows.append(("written", "none (--checkpoint-every 0, or fewer steps than one interval)"))
 
     section("FLOPs")
     rows.append(("crosscoder step, per token", f"{_count(flops['crosscoder_train_per_token'])}  (10 S D F: fwd 4SDF, bwd 6SDF)"))

@@ -109,6 +109,24 @@ def test_ge_recipe_has_32_pythia_steps_and_40_tb_of_fp16_store():
     assert plan["inputs"]["n_steps"] == 390_625
 
 
+def test_a_run_checkpoints_about_20_times_and_the_plan_counts_their_disk(capsys):
+    """Ge et al.'s run at train's old every-500-steps cadence would write 781 checkpoints of
+    13.5 GiB: 10 TiB. The default is about 20 a run, at least 500 steps apart, and the plan says
+    what they hold."""
+    from crosslens.training.config import CrosscoderRunnerConfig, checkpoint_interval
+
+    assert [checkpoint_interval(n, None) for n in (100, 1_500, 10_000, 20_000, 390_625)] == [500, 500, 500, 1_000, 19_531]
+    assert (checkpoint_interval(390_625, 0), checkpoint_interval(390_625, 7)) == (0, 7)
+    assert CrosscoderRunnerConfig(store_path="s", out_dir="o", n_steps=390_625).checkpoint_interval == 19_531
+    plan = make_plan(plan_config_from_recipe(load_recipe("ge2025-pythia-160m")))
+    whole = plan["parameters"]["whole_crosscoder"]
+    assert whole == 2 * 32 * 768 * 24_576 + 32 * 768 + 2 * 24_576
+    assert plan["checkpoints"] == {"every": 19_531, "count": 20, "bytes_each": {"float32": 12 * whole, "bfloat16": 8 * whole}}
+    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--checkpoint-every", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "781, every 500 steps (--checkpoint-every)" in out and "10.30 TiB with float32 Adam state" in out
+
+
 def test_per_rank_memory_shrinks_with_the_snapshot_axis():
     recipe = load_recipe("ge2025-pythia-160m")
     states = [

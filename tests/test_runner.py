@@ -103,3 +103,13 @@ def test_runner_reuses_a_store_its_caller_holds(store_path, tmp_path, monkeypatc
     assert len(opened) == 1  # without one, the runner opens (and verifies) the store itself
     with pytest.raises(ValueError, match="not config.store_path"):
         CrosscoderTrainingRunner(_config(tmp_path / "elsewhere", tmp_path / "run"), store=store)
+
+
+def test_the_trainer_checkpoints_at_the_runs_resolved_cadence(store_path, tmp_path):
+    """Unset, --checkpoint-every is about 20 checkpoints a run (at least 500 steps apart); 0 and a
+    number are the trainer's as given."""
+    runner = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run", n_steps=20_000, checkpoint_every=None))
+    assert runner.config.checkpoint_every is None and runner._trainer_config().checkpoint_every == 1_000
+    for given in (0, 30):
+        runner = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run", checkpoint_every=given))
+        assert runner._trainer_config().checkpoint_every == given

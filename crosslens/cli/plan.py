@@ -36,6 +36,8 @@ class PlanFlags:
     """k of (batch)top-k, as train --k."""
     n_steps: int | None = field(default=None, metadata={"default_from": (RUNNER, "n_steps")})
     """Optimizer steps, as train --n-steps (a --recipe's: its token budget at --batch-size)."""
+    checkpoint_every: int | None = field(default=None, metadata={"min": 0})
+    """Steps between checkpoints, as train --checkpoint-every (default: about 20 a run, at least 500 steps apart)."""
     batch_size: int | None = field(default=None, metadata={"flag": "--batch-size", "default_from": (RUNNER, "train_batch_size_tokens")})
     """Global tokens per step, as train --batch-size."""
     micro_batches: int | None = field(default=None, metadata={"default_from": (RUNNER, "micro_batches")})

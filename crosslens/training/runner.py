@@ -144,7 +144,7 @@ class CrosscoderTrainingRunner:
             device=self.device,
             seed=cfg.seed,
             checkpoint_dir=str(self.checkpoint_dir),
-            checkpoint_every=cfg.checkpoint_every,
+            checkpoint_every=cfg.checkpoint_interval,
             autocast_dtype="bfloat16" if cfg.autocast_dtype == "bfloat16" else None,
             optimizer_state_dtype=cfg.optimizer_state,
             fused_clip=cfg.fused_clip,
