@@ -156,7 +156,7 @@ def gather_optimizer_state(
     module: nn.Module,
     layout: MeshLayout,
     collectives: LocalCollectives,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """The optimizer state dict the single-process crosscoder would have, in host memory on rank 0,
     None elsewhere (a collective)."""
     state = optimizer.state_dict()
