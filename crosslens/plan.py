@@ -243,6 +243,8 @@ class PlanConfig:
     """Optimizer steps: ``n_steps * batch_size`` training tokens, which may revisit the harvested ones."""
     checkpoint_every: int | None = CrosscoderRunnerConfig.checkpoint_every
     """Steps between the run's checkpoints (0: none; None: train's default cadence)."""
+    keep_checkpoints: int = CrosscoderRunnerConfig.keep_checkpoints
+    """Newest checkpoints the run keeps (0: every one)."""
     k: int = ArchitectureConfig.k
     """Active features per token of (batch)top-k crosscoders."""
     data_parallel: int = 1
@@ -418,8 +420,11 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     disk["per_snapshot_float16"] = (harvested + heldout) * D * 2
     every = checkpoint_interval(cfg.n_steps, cfg.checkpoint_every)
     whole = sum(full_counts.values())
+    count = cfg.n_steps // every if every else 0
     checkpoints = {  # each: the float32 weights and Adam's two moments (float32, or bfloat16 ones)
-        "every": every, "count": cfg.n_steps // every if every else 0,
+        "every": every, "count": count, "kept": min(count, cfg.keep_checkpoints) if cfg.keep_checkpoints else count,
+        # the kept ones and one being written before the oldest goes
+        "at_once": min(count, cfg.keep_checkpoints + 1) if cfg.keep_checkpoints else count,
         "bytes_each": {"float32": whole * 3 * F32, "bfloat16": whole * (F32 + 2 * 2)},
     }  # fmt: skip
 
@@ -593,12 +598,13 @@ def format_plan(plan: dict[str, Any]) -> str:
         rows.append((name, _bytes(disk[name])))
     rows.append(("float16, one snapshot", _bytes(disk["per_snapshot_float16"])))
     ckpt = plan["checkpoints"]
-    section("checkpoints (the whole crosscoder and Adam's moments, each kept)")
+    section("checkpoints (the whole crosscoder and Adam's moments)")
     if ckpt["count"]:
         each = ckpt["bytes_each"]
         rows.append(("written", f"{ckpt['count']:,}, every {ckpt['every']:,} steps (--checkpoint-every)"))
         rows.append(("each", f"{_bytes(each['float32'])} with float32 Adam state, {_bytes(each['bfloat16'])} with bfloat16"))
-        rows.append(("all of them", f"{_bytes(ckpt['count'] * each['float32'])} with float32 Adam state"))
+        rows.append(("on disk at once", f"{_bytes(ckpt['at_once'] * each['float32'])}: {ckpt['at_once']:,} checkpoints "
+                     f"({ckpt['kept']:,} kept, --keep-checkpoints), float32 Adam state"))  # fmt: skip
     else:
         rows.append(("written", "none (--checkpoint-every 0, or fewer steps than one interval)"))
 

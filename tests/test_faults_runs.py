@@ -155,7 +155,7 @@ def test_a_new_run_in_a_finished_folder_needs_overwrite_which_removes_the_old_re
 
 def test_a_folder_with_checkpoints_is_not_silently_started_over(store, tmp_path, capsys):
     run = tmp_path / "run"
-    train(store, run, n_steps=N_STEPS, checkpoint_every=10)
+    train(store, run, n_steps=N_STEPS, checkpoint_every=10, keep_checkpoints=0)
     for late in ("step_00000040", "step_00000020", "step_00000030", "final"):  # as a kill after step 10 leaves it
         shutil.rmtree(run / late)
     (run / RUN_SEAL_NAME).unlink()

@@ -121,10 +121,14 @@ def test_a_run_checkpoints_about_20_times_and_the_plan_counts_their_disk(capsys)
     plan = make_plan(plan_config_from_recipe(load_recipe("ge2025-pythia-160m")))
     whole = plan["parameters"]["whole_crosscoder"]
     assert whole == 2 * 32 * 768 * 24_576 + 32 * 768 + 2 * 24_576
-    assert plan["checkpoints"] == {"every": 19_531, "count": 20, "bytes_each": {"float32": 12 * whole, "bfloat16": 8 * whole}}
-    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--checkpoint-every", "500"]) == 0
+    assert plan["checkpoints"] == {
+        "every": 19_531, "count": 20, "kept": 2, "at_once": 3, "bytes_each": {"float32": 12 * whole, "bfloat16": 8 * whole},
+    }  # fmt: skip
+    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--checkpoint-every", "500", "--keep-checkpoints", "0"]) == 0
     out = capsys.readouterr().out
-    assert "781, every 500 steps (--checkpoint-every)" in out and "10.30 TiB with float32 Adam state" in out
+    assert "781, every 500 steps (--checkpoint-every)" in out and "10.30 TiB: 781 checkpoints (781 kept" in out
+    assert main(["plan", "--recipe", "ge2025-pythia-160m"]) == 0
+    assert "40.50 GiB: 3 checkpoints (2 kept, --keep-checkpoints)" in capsys.readouterr().out
 
 
 def test_per_rank_memory_shrinks_with_the_snapshot_axis():

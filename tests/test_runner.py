@@ -113,3 +113,27 @@ def test_the_trainer_checkpoints_at_the_runs_resolved_cadence(store_path, tmp_pa
     for given in (0, 30):
         runner = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run", checkpoint_every=given))
         assert runner._trainer_config().checkpoint_every == given
+
+
+def test_a_run_keeps_its_newest_checkpoints(store_path, tmp_path):
+    """Each checkpoint holds the whole crosscoder and Adam's moments (13.5 GiB at Ge et al.'s shape):
+    a run keeps the newest two, the one before the newest for a resume if the newest is damaged."""
+    for keep, kept in ((2, ["step_00000045", "step_00000060"]), (0, [f"step_{s:08d}" for s in (15, 30, 45, 60)])):
+        run = tmp_path / f"keep{keep}"
+        CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=15, keep_checkpoints=keep)).run()
+        assert sorted(p.name for p in run.glob("step_*")) == kept
+        assert (run / "final" / "sae_weights.safetensors").is_file()
+
+
+def test_a_run_whose_checkpoints_the_disk_cannot_hold_is_refused_before_its_first_step(store_path, tmp_path, monkeypatch):
+    from crosslens.core import paths
+    from crosslens.core.errors import StorageError
+
+    monkeypatch.setattr(paths, "free_disk", lambda folder: 1000)
+    run = tmp_path / "run"
+    runner = CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=15))
+    with pytest.raises(StorageError, match=r"has 1000 B free, and the run's checkpoints need about .* \(3 checkpoints of "
+                       r".* at once, and the final crosscoder\); .*\(--keep-checkpoints, --checkpoint-every\)"):  # fmt: skip
+        runner.run()
+    assert not list(run.glob("step_*")) and not (run / "final").exists()
+    CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=0)).run(overwrite=True)  # no checkpoints: no need

@@ -38,6 +38,8 @@ class PlanFlags:
     """Optimizer steps, as train --n-steps (a --recipe's: its token budget at --batch-size)."""
     checkpoint_every: int | None = field(default=None, metadata={"min": 0})
     """Steps between checkpoints, as train --checkpoint-every (default: about 20 a run, at least 500 steps apart)."""
+    keep_checkpoints: int | None = field(default=None, metadata={"min": 0, "default_from": (RUNNER, "keep_checkpoints")})
+    """Newest checkpoints kept, as train --keep-checkpoints (0: every one)."""
     batch_size: int | None = field(default=None, metadata={"flag": "--batch-size", "default_from": (RUNNER, "train_batch_size_tokens")})
     """Global tokens per step, as train --batch-size."""
     micro_batches: int | None = field(default=None, metadata={"default_from": (RUNNER, "micro_batches")})

@@ -45,7 +45,7 @@ def plan(args: argparse.Namespace) -> int:
         "hook": args.hook, "n_tokens": args.n_tokens, "seq_len": args.seq_len, "heldout_tokens": args.heldout_tokens,
         "d_sae": args.d_sae, "architecture": args.architecture, "k": args.k, "batch_size": args.batch_size,
         "n_steps": args.n_steps, "micro_batches": args.micro_batches, "autocast": args.autocast,
-        "checkpoint_every": args.checkpoint_every,
+        "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,
     }  # fmt: skip
     if recipe is None and args.hook is None:
         raise CLIError("plan needs --hook NAME (or --recipe NAME)")

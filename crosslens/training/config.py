@@ -320,6 +320,9 @@ class CrosscoderRunnerConfig:
     checkpoint_every: int | None = field(default=None, metadata={"min": 0})
     """Steps between resumable checkpoints; 0: none; None: about 20 a run (n_steps // 20), at least
     500 steps apart."""
+    keep_checkpoints: int = field(default=2, metadata={"min": 0})
+    """Newest checkpoints kept: an older one is removed once a newer one is written and sealed (the
+    one before the newest stays for a resume if the newest is damaged); 0: every one."""
     device: str = field(default="cpu", metadata={"cli": False})
     """Where training runs (under torchrun, cuda means this rank's cuda:LOCAL_RANK)."""
     snapshot_parallel: int = field(default=1, metadata={"min": 1})

@@ -197,6 +197,39 @@ class RunFolderState:
         return None if self.checkpoint is None else checkpoint_step(self.checkpoint.name)
 
 
+def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
+    """Remove every checkpoint of ``run_dir`` but the newest ``keep`` (0: remove none); returns the
+    removed folders."""
+    if keep < 1:
+        return []
+    steps = sorted(
+        (p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p.name) is not None),
+        key=lambda p: checkpoint_step(p.name),
+    )
+    removed = steps[:-keep]
+    for folder in removed:
+        shutil.rmtree(folder)
+    return removed
+
+
+def checkpoint_space_problem(run_dir: str | Path, bytes_each: int, at_once: int, final_bytes: int) -> str | None:
+    """Why ``run_dir``'s disk cannot hold a run's checkpoints, or None: ``at_once`` of ``bytes_each``
+    (those kept, and one being written before the oldest goes), and the final crosscoder."""
+    from crosslens.core.paths import free_disk
+    from crosslens.core.units import format_bytes
+
+    free = free_disk(Path(run_dir))
+    needed = at_once * bytes_each + final_bytes
+    if free is None or free >= needed:
+        return None
+    return (
+        f"the disk of {run_dir} has {format_bytes(free)} free, and the run's checkpoints need about "
+        f"{format_bytes(needed)} ({at_once} checkpoints of {format_bytes(bytes_each)} at once, and the final "
+        "crosscoder); free space there, train into another --out, or keep fewer checkpoints "
+        "(--keep-checkpoints, --checkpoint-every)"
+    )
+
+
 def newest_verified_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest checkpoint whose sealed record verifies (older ones are tried in turn)."""
     steps = [p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p.name) is not None]

@@ -39,7 +39,7 @@ from sae_lens.saes.sae import SAE
 from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.activations.partners import STORE_SEAL_KEY, check_recorded_partner, store_seal
 from crosslens.architectures import sparsity_coefficient_for
-from crosslens.core.errors import StoreChangedError
+from crosslens.core.errors import StorageError, StoreChangedError
 from crosslens.core.launch import launched_by_torchrun, world_size
 from crosslens.core.metadata import metadata_value
 from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, checkpoint_dirname, checkpoint_step
@@ -49,14 +49,16 @@ from crosslens.crosscoders.folding import folded_factors
 from crosslens.distributed import init_mesh, shard_batches
 from crosslens.training.config import RUN_STORE_SEAL, CrosscoderRunnerConfig, CrosscoderTrainerConfig, resolved_autocast
 from crosslens.training.factory import build_training_crosscoder
-from crosslens.training.memory import choose_optimizer_state, fit_problem
+from crosslens.training.memory import choose_optimizer_state, fit_problem, parameter_counts
 from crosslens.training.interrupts import StopRequest, TrainingInterrupted, stop_between_steps
 from crosslens.training.records import read_record, record_problem, write_record
 from crosslens.training.runfolder import (
     check_run_start,
+    checkpoint_space_problem,
     clear_run_results,
     newest_verified_checkpoint,
     owned_run_folder,
+    prune_checkpoints,
     refuse_store_folder,
     seal_run,
 )
@@ -230,7 +232,23 @@ class CrosscoderTrainingRunner:
         else:
             trainer = _SealedTrainer.from_checkpoint(checkpoint, self._trainer_config(), mesh=self.mesh)
         trainer.record = {"settings": self._settings(), "store": self.store_identity()}
+        trainer.keep_checkpoints = self.config.keep_checkpoints
         return trainer
+
+    def _check_checkpoint_space(self, trainer: CrosscoderTrainer) -> None:
+        """Refuse a run whose checkpoints the folder's disk cannot hold, before its first step
+        rather than at a checkpoint hours in."""
+        cfg, sae = self.config, trainer.sae.cfg
+        every = cfg.checkpoint_interval
+        count = cfg.n_steps // every if every else 0
+        if not count:
+            return
+        whole = sum(parameter_counts(trainer.layout.n_snapshots, sae.d_in, sae.d_sae, cfg.sae.architecture).values())
+        state_bytes = 2 if cfg.optimizer_state == "bfloat16" else 4
+        at_once = min(count, cfg.keep_checkpoints + 1) if cfg.keep_checkpoints else count  # one being written
+        problem = checkpoint_space_problem(self.out_dir, whole * (4 + 2 * state_bytes), at_once, whole * 4)
+        if problem is not None:
+            raise StorageError(problem, folder=str(self.out_dir))
 
     def run(self, *, resume: bool = False, overwrite: bool = False) -> SAE | None:
         """Train (or continue) and return the inference crosscoder saved in ``final_path``.
@@ -268,6 +286,8 @@ class CrosscoderTrainingRunner:
                 if self.store is not None:
                     print(data_line(self.config, self.store.n_tokens))
             trainer = self._trainer(resume_from)
+            if self.is_main:
+                self._check_checkpoint_space(trainer)
             with stop_between_steps(enabled=self.mesh is None) as request:
                 trainer.fit(self._stoppable_batches(trainer, request), resume_from=resume_from)
             if self.is_main:
@@ -339,14 +359,18 @@ class CrosscoderTrainingRunner:
 
 
 class _SealedTrainer(CrosscoderTrainer):
-    """A trainer whose checkpoints are sealed with a record (see ``crosslens.training.records``)."""
+    """A trainer whose checkpoints are sealed with a record (see ``crosslens.training.records``),
+    the older ones removed past the newest ``keep_checkpoints`` (0: none removed)."""
 
     record: dict[str, Any] = {}
+    keep_checkpoints: int = 0
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         saved = super().save_checkpoint(path)
         if self.is_main:
             write_record(saved, **self.record)
+            if path is None:  # the run's own cadence, in its folder
+                prune_checkpoints(saved.parent, self.keep_checkpoints)
         self._barrier()
         return saved
 
