@@ -153,3 +153,22 @@ def test_given_inputs_are_checked_not_broadcast_or_crashed_on(suite, token_ids):
 
     with pytest.raises(SnapshotMismatchError, match=r"token id 100000 is outside snapshot 'step0''s vocabulary"):
         next(iter(OnTheFlyProvider(suite, HOOK, beyond, 40, chunk_seqs=5, n_epochs=1, normalize=False)))
+
+
+def test_a_token_tables_hash_is_its_shape_and_int64_bytes_whatever_its_dtype_and_layout():
+    """The hash runs.json records: the same for an int32 table, a transposed view and an empty one as
+    for its contiguous int64 bytes, read without a copy of a table already in that form."""
+    import hashlib
+
+    import numpy as np
+
+    from crosslens.activations.tokens import tokens_sha256
+
+    def by_bytes(table: torch.Tensor) -> str:
+        array = np.ascontiguousarray(table.numpy().astype(np.int64))
+        return hashlib.sha256(repr(array.shape).encode() + array.tobytes()).hexdigest()
+
+    table = torch.randint(0, 50_000, (7, 5), generator=torch.Generator().manual_seed(0))
+    for variant in (table, table.int(), table.T.contiguous().T, table[:0]):
+        assert tokens_sha256(variant) == by_bytes(variant)
+    assert tokens_sha256(table) != tokens_sha256(table.reshape(5, 7))

@@ -216,7 +216,7 @@ class OnTheFlyProvider(_Batching):
         self._tokenizer = suite.tokenizer()
         self._per_model_tokenizer = check_suite(suite)
         _, self.keep_NL = kept_tokens(self._tokenizer, self.token_ids_NL, exclude_bos, exclude_token_ids)
-        self.n_tokens = int(self.keep_NL.sum())
+        self.n_tokens = int(torch.count_nonzero(self.keep_NL))  # no int64 copy of the mask
         _check_one_batch(self.n_tokens, batch_size, drop_last)
         self.chunk_seqs = chunk_seqs
         self.model_device = model_device

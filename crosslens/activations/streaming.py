@@ -88,6 +88,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
             )
         if len(set(self.snapshot_indices)) != len(self.snapshot_indices):
             raise ValueError(f"snapshots must name each snapshot once, got {snapshots}.")
+        self._epoch_chunks: tuple[int, list[np.ndarray]] | None = None
         super().__init__(*args, **kwargs)
         batch_size = self.batch_size
         model_dtype, buffer_dtype = as_dtype(model_dtype), None if buffer_dtype is None else as_dtype(buffer_dtype)
@@ -193,18 +194,19 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
 
     # ------------------------------------------------------------------ tokens
     def _chunks(self, epoch: int) -> list[np.ndarray]:
-        # every rank draws the same sequence order; data rank d takes every d-th sequence
-        seq_order = epoch_rng(self.seed, epoch).permutation(self.token_ids_NL.shape[0])
-        chunk = self.chunk_seqs * self.data_size
-        return [
-            seq_order[lo : lo + chunk][self.data_rank :: self.data_size]
-            for lo in range(0, seq_order.size, chunk)
-        ]
+        # every rank draws the same sequence order; data rank d takes every d-th sequence. Kept for
+        # the epoch: the stream asks once a chunk, and an epoch of Ge et al.'s table has 12,207
+        if self._epoch_chunks is None or self._epoch_chunks[0] != epoch:
+            seq_order = epoch_rng(self.seed, epoch).permutation(self.token_ids_NL.shape[0])
+            chunk = self.chunk_seqs * self.data_size
+            chunks = [seq_order[lo : lo + chunk][self.data_rank :: self.data_size] for lo in range(0, seq_order.size, chunk)]
+            self._epoch_chunks = (epoch, chunks)
+        return self._epoch_chunks[1]
 
     def _count_rank_tokens(self) -> int:
         seqs = np.concatenate(self._chunks(0)) if self.token_ids_NL.shape[0] else np.array([], int)
         # the split is a fixed stride of one permutation per epoch, so the count is per epoch
-        return int(self.keep_NL[torch.from_numpy(seqs)].sum()) if seqs.size else 0
+        return int(torch.count_nonzero(self.keep_NL[torch.from_numpy(seqs)])) if seqs.size else 0
 
     def _measured_norm_factors(self) -> Float[torch.Tensor, " n_snapshots"]:
         """sqrt(d_in) / mean norm per held snapshot, measured on the first

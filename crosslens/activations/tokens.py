@@ -186,9 +186,10 @@ def keep_mask(
 
 def tokens_sha256(token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"]) -> str:
     """A content hash of a token table (shape and int64 values)."""
-    array = np.ascontiguousarray(token_ids_NL.detach().cpu().numpy().astype(np.int64))
+    # no copy where the table is already contiguous int64 (a full-size one is 6.4 GB)
+    array = np.ascontiguousarray(token_ids_NL.detach().cpu().numpy().astype(np.int64, copy=False))
     digest = hashlib.sha256(repr(array.shape).encode())
-    digest.update(array.tobytes())
+    digest.update(array)  # its buffer, not a bytes copy
     return digest.hexdigest()
 
 

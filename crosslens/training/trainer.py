@@ -535,8 +535,8 @@ class CrosscoderTrainer:
         on any mesh: the checkpoint holds the whole crosscoder whatever mesh wrote it. The saved
         config names the device of the rank that wrote it; under torchrun each rank takes its own."""
         path = Path(path)
-        state = torch.load(path / TRAINER_STATE_FILENAME, map_location="cpu", weights_only=False)
-        cfg = cfg or saved_config(state)
+        if cfg is None:  # mapped, not read: only its config is wanted here (load_checkpoint reads the rest)
+            cfg = saved_config(torch.load(path / TRAINER_STATE_FILENAME, map_location="cpu", weights_only=False, mmap=True))
         with open(path / SAE_CFG_FILENAME) as f:  # built in host memory: the trainer moves its block
             sae_cfg_dict = {**json.load(f), "device": "cpu"}
         sae_cfg = TrainingSAEConfig.from_dict(sae_cfg_dict)
