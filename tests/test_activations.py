@@ -435,3 +435,16 @@ def test_on_the_fly_provider_matches_the_store_without_writing(suite, token_ids,
     assert factors.shape == (3,) and torch.all(factors > 0)
     first = next(iter(normalised))
     torch.testing.assert_close(first, raw[0] * factors[None, :, None])
+
+
+def test_texts_encoded_in_batches_are_the_texts_encoded_one_by_one(monkeypatch):
+    """A fast tokenizer encodes a batch of documents on every core; the ids are those of one call
+    per document, for a batch that ends mid-stream, empty texts and words outside the vocabulary."""
+    from crosslens.activations import tokens
+
+    tokenizer = _tokenizer(WORDS)
+    texts = ["", *_texts(10), "zzz unknown words here", " ".join(_texts(3))]
+    monkeypatch.setattr(tokens, "ENCODE_BATCH", 4)
+    one_by_one = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+    assert list(tokens.encoded(tokenizer, iter(texts))) == one_by_one
+    assert any(one_by_one) and not one_by_one[0]

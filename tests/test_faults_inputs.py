@@ -117,7 +117,8 @@ def test_text_of_mostly_unknown_words_is_refused_naming_the_file_and_the_share(s
 
 
 # ----------------------------------------------------------------------------- sizes
-def test_a_token_budget_beyond_memory_is_refused_at_once_with_its_numbers(suite, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("command", ["harvest", "train --stream"])
+def test_a_token_budget_beyond_memory_is_refused_at_once_with_its_numbers(suite, tmp_path, capsys, monkeypatch, command):
     import crosslens.commands.harvest as harvest_command
 
     def must_not_build(*args, **kwargs):
@@ -125,13 +126,13 @@ def test_a_token_budget_beyond_memory_is_refused_at_once_with_its_numbers(suite,
 
     monkeypatch.setattr(harvest_command, "_token_table", must_not_build)
     out = tmp_path / "store"
-    argv = ["crosslens", "harvest", "--suite", str(suite), "--hook", HOOK, "--out", str(out), "--device", "cpu",
+    argv = ["crosslens", *command.split(), "--suite", str(suite), "--hook", HOOK, "--out", str(out), "--device", "cpu",
             "--n-tokens", "1e12"]  # fmt: skip
     err = one_line_error(argv, capsys)
     n_tokens = (10**12 // 64 + 16_384 // 64) * 64  # rows of the default --seq-len 64, held-out rows included
     need = format_bytes(n_tokens * inputs_module.TOKEN_TABLE_BYTES_PER_TOKEN)
     match = re.fullmatch(
-        rf"crosslens harvest: error: --n-tokens: a table of {n_tokens:,} tokens needs about {re.escape(need)} of "
+        rf"crosslens {command.split()[0]}: error: --n-tokens: a table of {n_tokens:,} tokens needs about {re.escape(need)} of "
         r"memory while it is built, and ([\d.]+ \w+) is available; lower --n-tokens \(\+ --heldout-tokens\) to "
         r"at most about ([\d,]+)",
         err,

@@ -33,9 +33,9 @@ if TYPE_CHECKING:
 MAX_UNKNOWN_SHARE = 0.25
 # Characters of each file tokenized for that check: enough for a stable share, cheap on any file.
 UNKNOWN_SAMPLE_CHARS = 200_000
-# Bytes of memory per token of the token table while it is built: packing holds each token as
-# a Python int in a list (about 36 B) beside the int64 table it becomes and its held-out copy.
-TOKEN_TABLE_BYTES_PER_TOKEN = 48
+# Bytes of memory per token of the token table while it is built and split: the int64 table
+# packing fills, the copy its split into training and held-out rows makes, and the kept-token masks.
+TOKEN_TABLE_BYTES_PER_TOKEN = 20
 
 
 def suite_config(suite: CheckpointSuite) -> dict | None:
@@ -162,13 +162,9 @@ def folder_bytes(folder: str | Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
 
 
-def check_harvest_fits(
-    n_tokens: int, n_snapshots: int, widths: Sequence[int] | None, value_bytes: int, outs: Sequence[str | Path]
-) -> int | None:
-    """Refuse a harvest of ``n_tokens`` (token table rows x seq_len, held-out rows included) whose
-    token table cannot fit in memory, or whose stores (``outs``) cannot fit on their disk, before
-    anything is allocated or written. Returns the stores' bytes (None when ``widths``, the values
-    per token of each hook, are unknown)."""
+def check_token_table_fits(n_tokens: int) -> None:
+    """Refuse a token table of ``n_tokens`` (rows x seq_len, held-out rows included) that cannot be
+    built in the memory available, before its text is read."""
     from crosslens.core.units import format_bytes
 
     table = n_tokens * TOKEN_TABLE_BYTES_PER_TOKEN
@@ -179,6 +175,18 @@ def check_harvest_fits(
             f"built, and {format_bytes(memory)} is available; lower --n-tokens (+ --heldout-tokens) to at most "
             f"about {memory // TOKEN_TABLE_BYTES_PER_TOKEN:,}"
         )
+
+
+def check_harvest_fits(
+    n_tokens: int, n_snapshots: int, widths: Sequence[int] | None, value_bytes: int, outs: Sequence[str | Path]
+) -> int | None:
+    """Refuse a harvest of ``n_tokens`` (token table rows x seq_len, held-out rows included) whose
+    token table cannot fit in memory, or whose stores (``outs``) cannot fit on their disk, before
+    anything is allocated or written. Returns the stores' bytes (None when ``widths``, the values
+    per token of each hook, are unknown)."""
+    from crosslens.core.units import format_bytes
+
+    check_token_table_fits(n_tokens)
     if widths is None:
         return None
     per_token = n_snapshots * sum(widths) * value_bytes

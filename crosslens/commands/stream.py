@@ -171,6 +171,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     from crosslens.activations.streaming import ModelsDoNotFitError
     from crosslens.commands.common import print_peak_memory, reset_peak_memory, torchrun_job
     from crosslens.commands.harvest import check_context, check_hooks, selected_suite, token_budget, token_source, token_tables
+    from crosslens.commands.inputs import check_token_table_fits
     from crosslens.core.launch import is_main_process, local_rank_device
     from crosslens.training.streaming import StreamingTrainingRunner
 
@@ -184,6 +185,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     source = token_source(args, recipe)
     budget = token_budget(args, recipe)
     check_context(suite, budget.seq_len)
+    check_token_table_fits((budget.n_rows + budget.heldout_rows) * budget.seq_len)
     check_memory(suite, config.hook_name, model_dtype, local_rank_device(device), config.snapshot_parallel, budget.seq_len)
     hint = slow_forward_hint(model_dtype, device)
     if hint is not None and is_main_process():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 from jaxtyping import Int
 
@@ -36,28 +37,47 @@ def pack_documents(
     if n_seqs is not None and n_seqs < 1:
         raise ValueError(f"n_seqs={n_seqs} must be >= 1 (or None for all documents).")
     body_len = seq_len - (1 if bos_token_id is not None else 0)
-    prefix = [bos_token_id] if bos_token_id is not None else []
-    rows: list[list[int]] = []
-    stream: list[int] = []
+    eos = np.array([eos_token_id] if eos_token_id is not None else [], dtype=np.int64)
+    # Rows go into int64 arrays as they fill (8 bytes a token; a Python int in a list is about 36):
+    # into the table itself where its length is known, else into blocks joined at the end.
+    table = np.empty((n_seqs, seq_len), dtype=np.int64) if n_seqs is not None else None
+    blocks: list[np.ndarray] = []
+    n_rows = 0
+    # the tokens not yet in a row, joined only once they fill one: each token is copied a bounded
+    # number of times however short the documents
+    pending: list[np.ndarray] = []
+    n_pending = 0
     for doc in documents:
-        stream.extend(int(t) for t in doc)
-        if eos_token_id is not None:
-            stream.append(int(eos_token_id))
-        start = 0  # walk an offset rather than re-slicing the stream: long documents stay linear
-        while len(stream) - start >= body_len and (n_seqs is None or len(rows) < n_seqs):
-            rows.append(prefix + stream[start : start + body_len])
-            start += body_len
-        del stream[:start]
-        if n_seqs is not None and len(rows) >= n_seqs:
+        piece = np.asarray(doc, dtype=np.int64).reshape(-1)
+        pending += [piece, eos]
+        n_pending += len(piece) + len(eos)
+        if n_pending < body_len:
+            continue
+        stream = np.concatenate(pending)
+        n_full = len(stream) // body_len
+        if n_seqs is not None:
+            n_full = min(n_full, n_seqs - n_rows)
+        if n_full:
+            body = stream[: n_full * body_len].reshape(n_full, body_len)
+            rows = table[n_rows : n_rows + n_full] if table is not None else np.empty((n_full, seq_len), dtype=np.int64)
+            if bos_token_id is not None:
+                rows[:, 0] = bos_token_id
+            rows[:, seq_len - body_len :] = body
+            if table is None:
+                blocks.append(rows)
+            n_rows += n_full
+        pending = [stream[n_full * body_len :]]
+        n_pending = len(pending[0])
+        if n_seqs is not None and n_rows >= n_seqs:
             break
-    if not rows:
+    if not n_rows:
         raise ValueError(
             f"the documents hold fewer than {body_len} tokens, not enough for one row of "
             f"seq_len={seq_len}; give more text or a shorter seq_len."
         )
-    if n_seqs is not None and len(rows) < n_seqs:
+    if n_seqs is not None and n_rows < n_seqs:
         raise ValueError(
-            f"the documents fill only {len(rows)} rows of seq_len={seq_len}, but n_seqs={n_seqs} "
+            f"the documents fill only {n_rows} rows of seq_len={seq_len}, but n_seqs={n_seqs} "
             "were asked for; give more text or ask for fewer tokens."
         )
-    return torch.tensor(rows, dtype=torch.long)
+    return torch.from_numpy(table if table is not None else np.concatenate(blocks))
