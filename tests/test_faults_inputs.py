@@ -20,7 +20,7 @@ from crosslens.cli import build_parser, main
 from crosslens.commands.common import CLIError
 from crosslens.core.units import format_bytes
 from crosslens.core.errors import StorageError
-from hf_cache import FAKE_WORDS
+from hf_cache import FAKE_WORDS, make_word_tokenizer
 from trust_fixtures import HOOK, harvest, one_torch_thread, token_table, train, write_suite
 
 SENTENCE = "the old dog sees a small bird near the big tree and the young cat runs quickly"
@@ -333,3 +333,24 @@ def test_a_batch_larger_than_the_store_names_the_batch_size_flag(store):
     opened = ActivationStore.open(store)
     with pytest.raises(ValueError, match=r"fewer than one batch of 100000.*`crosslens train --batch-size`"):
         iter(ActivationProvider(opened, HOOK, 100_000, drop_last=True))
+
+
+def test_a_file_of_records_is_read_by_its_text_column_and_refused_as_text(tmp_path, capsys):
+    """A .jsonl file read as plain text would tokenize its markup ({"text": ...) without a word:
+    --text refuses it with the --dataset that reads it, and --dataset reads its text column."""
+    from argparse import Namespace
+
+    from crosslens.activations.tokens import tokenize_texts, tokens_from_dataset
+    from crosslens.commands.harvest import token_source
+
+    words = FAKE_WORDS[:6]
+    texts = [" ".join(words[i % 6 : i % 6 + 3]) for i in range(120)]
+    records = tmp_path / "corpus.jsonl"
+    records.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    with pytest.raises(CLIError, match=rf"--text {records}: a \.jsonl file holds records, not text; pass --dataset "
+                       rf"{records}:COLUMN, its text column \(e\.g\. --dataset {records}:text\)"):  # fmt: skip
+        token_source(Namespace(text=[str(records)], dataset=None), None)
+    assert token_source(Namespace(text=None, dataset=str(records)), None) == ("dataset", str(records))
+    tokenizer = make_word_tokenizer()
+    got = tokens_from_dataset(tokenizer, str(records), 8, 10)
+    assert torch.equal(got, tokenize_texts(tokenizer, texts, 8, n_seqs=10))

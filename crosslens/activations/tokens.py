@@ -131,13 +131,22 @@ def _no_column_error(name: str | None, column: str, columns: Sequence[str]) -> C
     )
 
 
+RECORD_FILES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+"""Suffixes of local files whose lines or rows are records with a text column, and the
+``datasets`` builder that reads each: read as plain text they would be tokenized markup and all."""
+
+
 def _load_named_dataset(name: str, column: str, *, config_name: str | None, split: str, streaming: bool) -> Any:
-    """``datasets.load_dataset(name, ...)``; a name that cannot be loaded (not on the Hub, not in
-    the local cache while offline, no network) is refused naming ``--dataset`` and what to do."""
+    """``datasets.load_dataset(name, ...)``, or a local file of records (:data:`RECORD_FILES`) read
+    by its builder; a name that cannot be loaded (not on the Hub, not in the local cache while
+    offline, no network) is refused naming ``--dataset`` and what to do."""
     import datasets
 
     from crosslens.checkpoints.hub import hub_offline, is_network_error
 
+    builder = RECORD_FILES.get(Path(name).suffix.lower())
+    if builder is not None and Path(name).is_file():
+        return datasets.load_dataset(builder, data_files=str(name), split="train", streaming=streaming)
     try:
         return datasets.load_dataset(name, config_name, split=split, streaming=streaming)
     except Exception as error:  # noqa: BLE001 - network errors come from whichever HTTP client the hub uses
