@@ -516,3 +516,20 @@ def test_a_recipes_k_is_checked_against_the_d_sae_given_not_the_default_k(tmp_pa
     assert (config.sae.k, config.sae.d_sae) == (8, 16)  # below the default k of 32: the recipe's 8 counts
     with pytest.raises(ValueError, match=r"^k must be at most d_sae \(4\) for a top-k crosscoder, got 8$"):
         train_config(parser.parse_args(["train", "--store", "s", "--out", "o", "--d-sae", "4"]), recipe)
+
+
+def test_train_recipe_offline_names_a_revision_cached_without_its_weights(offline_hf_home, tmp_path, capsys):
+    """A revision whose config is cached but whose weights file is not would be found only as its
+    model loads, after every token is read: it is named before."""
+    from hf_cache import make_word_tokenizer, repo_folder, tiny_neox, write_fake_hub_repo
+
+    write_fake_hub_repo(offline_hf_home, "EleutherAI/pythia-14m", {"step0": tiny_neox(seed=0), "step1000": tiny_neox(seed=1)},
+                        make_word_tokenizer())  # fmt: skip
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("model: EleutherAI/pythia-14m\nsteps: [0, 1000]\nhook: blocks.0.hook_resid_post\ndataset: x\n"
+                      "context: 16\nn_tokens: 400\narchitecture: crosscoder\nd_sae: 16\nbatch_size: 32\n")  # fmt: skip
+    commit = (repo_folder(offline_hf_home, "EleutherAI/pythia-14m") / "refs" / "step1000").read_text().strip()
+    (repo_folder(offline_hf_home, "EleutherAI/pythia-14m") / "snapshots" / commit / "model.safetensors").unlink()
+    capsys.readouterr()  # the fake repo's own progress bars
+    err = one_line_exit_2(["train", "--recipe", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu"], capsys)
+    assert "needs the weights of EleutherAI/pythia-14m at step1000, which are not in the Hugging Face cache" in err

@@ -195,11 +195,17 @@ def recipe_suite(recipe):
     return recipe.suite()
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+"""The files a Hugging Face checkpoint keeps its weights in, one of which each revision has."""
+
+
 def missing_weights(recipe) -> str | None:
     """One line naming the recipe's snapshots whose weights cannot be reached, or None.
 
     Online, the hub is assumed reachable (loading reports its own errors). Offline
-    (``HF_HUB_OFFLINE=1``), each revision's config.json must be in the Hugging Face cache.
+    (``HF_HUB_OFFLINE=1``), each revision's config.json and weights file (or its index) must be in
+    the Hugging Face cache: a revision without one would be found only as its model loads, after
+    the tokens are read.
     """
     from crosslens.checkpoints.hub import hub_offline
 
@@ -210,7 +216,10 @@ def missing_weights(recipe) -> str | None:
     labels = [label for label in recipe.snapshot_labels() if label != "main"]
     if recipe.family == "pythia":
         labels = [f"step{s}" for s in recipe.steps]
-    absent = [r for r in labels if not isinstance(try_to_load_from_cache(recipe.model, "config.json", revision=r), str)]
+    def cached(name: str, revision: str) -> bool:
+        return isinstance(try_to_load_from_cache(recipe.model, name, revision=revision), str)
+
+    absent = [r for r in labels if not (cached("config.json", r) and any(cached(name, r) for name in WEIGHT_FILES))]
     if not absent:
         return None
     more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
