@@ -132,8 +132,33 @@ def test_a_run_whose_checkpoints_the_disk_cannot_hold_is_refused_before_its_firs
     monkeypatch.setattr(paths, "free_disk", lambda folder: 1000)
     run = tmp_path / "run"
     runner = CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=15))
-    with pytest.raises(StorageError, match=r"has 1000 B free, and the run's checkpoints need about .* \(3 checkpoints of "
-                       r".* at once, and the final crosscoder\); .*\(--keep-checkpoints, --checkpoint-every\)"):  # fmt: skip
+    with pytest.raises(StorageError, match=r"has 1000 B free, and the run's checkpoints need about .* more \(3 checkpoints "
+                       r"of .* at once, and the final crosscoder\); .*\(--keep-checkpoints, --checkpoint-every\)"):  # fmt: skip
         runner.run()
     assert not list(run.glob("step_*")) and not (run / "final").exists()
     CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=0)).run(overwrite=True)  # no checkpoints: no need
+
+
+def test_the_checkpoints_already_written_count_towards_the_space_a_resume_needs(tmp_path, monkeypatch):
+    """Two checkpoints of 100 B are there and two more are to come: kept two at a time, the disk
+    needs one more checkpoint's room (three at once, then two and the final); kept all, both more
+    and the final."""
+    from crosslens.core import paths
+    from crosslens.training.runfolder import checkpoint_space_problem
+
+    for step in (15, 30):
+        (tmp_path / f"step_{step:08d}").mkdir()
+        (tmp_path / f"step_{step:08d}" / "weights").write_bytes(b"x" * 100)
+    for keep, needed in ((2, 100), (0, 240)):
+        monkeypatch.setattr(paths, "free_disk", lambda folder, free=needed: free)
+        assert checkpoint_space_problem(tmp_path, 100, 40, to_write=2, keep=keep) is None
+        monkeypatch.setattr(paths, "free_disk", lambda folder, free=needed - 1: free)
+        assert f"need about {needed} B more" in checkpoint_space_problem(tmp_path, 100, 40, to_write=2, keep=keep)
+
+
+def test_a_run_resumes_with_its_checkpoints_spaced_and_kept_otherwise(store_path, tmp_path, capsys):
+    """Neither the cadence nor how many checkpoints are kept changes what a run trains."""
+    run = tmp_path / "run"
+    CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=15, keep_checkpoints=2)).run()
+    again = CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=None, keep_checkpoints=0)).run(resume=True)
+    assert again is not None and "holds this run, finished: nothing to train" in capsys.readouterr().out

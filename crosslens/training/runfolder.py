@@ -212,19 +212,28 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
     return removed
 
 
-def checkpoint_space_problem(run_dir: str | Path, bytes_each: int, at_once: int, final_bytes: int) -> str | None:
-    """Why ``run_dir``'s disk cannot hold a run's checkpoints, or None: ``at_once`` of ``bytes_each``
-    (those kept, and one being written before the oldest goes), and the final crosscoder."""
+def checkpoint_space_problem(run_dir: str | Path, bytes_each: int, final_bytes: int, *, to_write: int, keep: int) -> str | None:
+    """Why ``run_dir``'s disk cannot hold the rest of a run, or None: ``to_write`` more checkpoints of
+    ``bytes_each``, the newest ``keep`` kept (0: every one) and one more while it is written, then
+    the final crosscoder. The checkpoints already there count towards those kept."""
     from crosslens.core.paths import free_disk
     from crosslens.core.units import format_bytes
 
+    there = [p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p.name) is not None]
+    there_bytes = sum(f.stat().st_size for p in there for f in p.rglob("*") if f.is_file())
+    if keep:
+        total = len(there) + to_write
+        at_once = min(keep + 1, total)
+        needed = max(at_once * bytes_each, min(keep, total) * bytes_each + final_bytes) - there_bytes
+    else:
+        at_once = len(there) + to_write
+        needed = to_write * bytes_each + final_bytes
     free = free_disk(Path(run_dir))
-    needed = at_once * bytes_each + final_bytes
     if free is None or free >= needed:
         return None
     return (
         f"the disk of {run_dir} has {format_bytes(free)} free, and the run's checkpoints need about "
-        f"{format_bytes(needed)} ({at_once} checkpoints of {format_bytes(bytes_each)} at once, and the final "
+        f"{format_bytes(needed)} more ({at_once} checkpoints of {format_bytes(bytes_each)} at once, and the final "
         "crosscoder); free space there, train into another --out, or keep fewer checkpoints "
         "(--keep-checkpoints, --checkpoint-every)"
     )

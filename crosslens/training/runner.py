@@ -240,13 +240,13 @@ class CrosscoderTrainingRunner:
         rather than at a checkpoint hours in."""
         cfg, sae = self.config, trainer.sae.cfg
         every = cfg.checkpoint_interval
-        count = cfg.n_steps // every if every else 0
-        if not count:
+        to_write = cfg.n_steps // every - trainer.n_steps // every if every else 0  # a resumed run has written some
+        if not to_write:
             return
         whole = sum(parameter_counts(trainer.layout.n_snapshots, sae.d_in, sae.d_sae, cfg.sae.architecture).values())
         state_bytes = 2 if cfg.optimizer_state == "bfloat16" else 4
-        at_once = min(count, cfg.keep_checkpoints + 1) if cfg.keep_checkpoints else count  # one being written
-        problem = checkpoint_space_problem(self.out_dir, whole * (4 + 2 * state_bytes), at_once, whole * 4)
+        each = whole * (4 + 2 * state_bytes)
+        problem = checkpoint_space_problem(self.out_dir, each, whole * 4, to_write=to_write, keep=cfg.keep_checkpoints)
         if problem is not None:
             raise StorageError(problem, folder=str(self.out_dir))
 
@@ -439,9 +439,11 @@ def data_line(config: CrosscoderRunnerConfig, store_tokens: int) -> str:
 
 
 def _resume_settings(config: dict[str, Any]) -> dict[str, Any]:
-    # where things live, how they are checked, and on what hardware: a run may resume
-    # elsewhere, on another device, on another mesh or in micro-batches that fit another GPU
-    where = ("out_dir", "store_path", RUN_STORE_SEAL, "verify_store", "progress", "device", "snapshot_parallel", "micro_batches")
+    # where things live, how they are checked, on what hardware, and how often the run is saved:
+    # a run may resume elsewhere, on another device, on another mesh, in micro-batches that fit
+    # another GPU, or with its checkpoints spaced and kept otherwise (none changes what it trains)
+    where = ("out_dir", "store_path", RUN_STORE_SEAL, "verify_store", "progress", "device", "snapshot_parallel", "micro_batches",
+             "checkpoint_every", "keep_checkpoints")  # fmt: skip
     return {key: value for key, value in config.items() if key not in where}
 
 
