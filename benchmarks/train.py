@@ -388,7 +388,7 @@ def compiled_rows(args: argparse.Namespace, x: torch.Tensor) -> None:
         rounds=args.rounds,
         warmup=1,
     )
-    jumprelu_kernels.use_compiled_kernels(False)
+    jumprelu_kernels.use_compiled_kernels(None)
     print("{:<34}{:>10}{:>8}".format("variant", "tokens/s", "ratio"))
     for name, seconds in times.items():
         print(f"{name:<34}{args.batch / seconds:>10.0f}{times['ref'] / seconds:>8.2f}")

@@ -354,3 +354,14 @@ def test_a_file_of_records_is_read_by_its_text_column_and_refused_as_text(tmp_pa
     tokenizer = make_word_tokenizer()
     got = tokens_from_dataset(tokenizer, str(records), 8, 10)
     assert torch.equal(got, tokenize_texts(tokenizer, texts, 8, n_seqs=10))
+
+
+def test_every_torchrun_worker_on_a_machine_builds_its_own_token_table(monkeypatch):
+    n_tokens = 1_000_000
+    one = n_tokens * inputs_module.TOKEN_TABLE_BYTES_PER_TOKEN
+    monkeypatch.setattr(inputs_module, "available_memory", lambda device: 2 * one)
+    inputs_module.check_token_table_fits(n_tokens)  # one worker: it fits
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    with pytest.raises(Exception, match=r"a table of 1,000,000 tokens, one for each of the 8 workers on this machine, "
+                       r"needs about .* lower --n-tokens \(\+ --heldout-tokens\) to at most about 250,000"):  # fmt: skip
+        inputs_module.check_token_table_fits(n_tokens)

@@ -333,7 +333,7 @@ def test_compiled_kernels_match_the_old_implementation(monkeypatch):
         out_new, grads_new = _run(new, x)
         out_old, grads_old = _run(old, x)
     finally:
-        kernels.use_compiled_kernels(False)
+        kernels.use_compiled_kernels(None)
     for key in ("mse_loss", "l0_loss"):
         torch.testing.assert_close(out_new.losses[key], out_old.losses[key], rtol=1e-5, atol=1e-6)
     for name, grad in grads_old.items():
@@ -351,14 +351,23 @@ def test_the_block_functions_are_compiled_on_cuda_and_eager_elsewhere(monkeypatc
     assert compiled is not forward_block and compiled is kernels.block_function("forward", 64, 2, 8, cuda)[0]
     assert block == kernels.DEVICE_BLOCK_ELEMENTS // (32 * 24576), "compiled on CUDA, still in blocks"
     assert kernels.block_function("backward", *shape, cuda)[0] not in (backward_block, compiled)
+    import crosslens.core.devices as devices
+
+    with monkeypatch.context() as no_triton:  # Inductor's CUDA code is Triton
+        no_triton.setattr(devices, "_triton_installed", lambda: False)
+        assert kernels.block_function("forward", *shape, cuda)[0] is forward_block
     monkeypatch.setattr(kernels, "COMPILE_ON_CUDA", False)
     assert kernels.block_function("forward", *shape, cuda)[0] is forward_block
     kernels.use_compiled_kernels(True)
-    try:  # asked for everywhere: a CPU too, the whole batch at once
-        assert kernels.block_function("forward", *shape, cpu) == (compiled, 2048)
+    try:  # asked for everywhere: a CPU too, the whole batch at once, compiled for its one shape
+        whole, n = kernels.block_function("forward", *shape, cpu)
+        assert n == 2048 and whole not in (forward_block, compiled)
         assert kernels.block_function("forward", *shape, cuda) == (compiled, block)
+        kernels.use_compiled_kernels(False)  # asked for nowhere: CUDA's default too
+        monkeypatch.setattr(kernels, "COMPILE_ON_CUDA", True)
+        assert kernels.block_function("forward", *shape, cuda)[0] is forward_block
     finally:
-        kernels.use_compiled_kernels(False)
+        kernels.use_compiled_kernels(None)
     assert kernels.block_function("forward", *shape, cpu)[0] is forward_block
 
 

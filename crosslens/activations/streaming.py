@@ -196,12 +196,13 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
     def _chunks(self, epoch: int) -> list[np.ndarray]:
         # every rank draws the same sequence order; data rank d takes every d-th sequence. Kept for
         # the epoch: the stream asks once a chunk, and an epoch of Ge et al.'s table has 12,207
-        if self._epoch_chunks is None or self._epoch_chunks[0] != epoch:
+        cached = self._epoch_chunks  # read once: the prefetch thread may put another epoch's there
+        if cached is None or cached[0] != epoch:
             seq_order = epoch_rng(self.seed, epoch).permutation(self.token_ids_NL.shape[0])
             chunk = self.chunk_seqs * self.data_size
             chunks = [seq_order[lo : lo + chunk][self.data_rank :: self.data_size] for lo in range(0, seq_order.size, chunk)]
-            self._epoch_chunks = (epoch, chunks)
-        return self._epoch_chunks[1]
+            cached = self._epoch_chunks = (epoch, chunks)
+        return cached[1]
 
     def _count_rank_tokens(self) -> int:
         seqs = np.concatenate(self._chunks(0)) if self.token_ids_NL.shape[0] else np.array([], int)

@@ -164,16 +164,21 @@ def folder_bytes(folder: str | Path) -> int:
 
 def check_token_table_fits(n_tokens: int) -> None:
     """Refuse a token table of ``n_tokens`` (rows x seq_len, held-out rows included) that cannot be
-    built in the memory available, before its text is read."""
+    built in the memory available, before its text is read: one for every torchrun worker on this
+    machine, each of which builds its own."""
+    import os
+
     from crosslens.core.units import format_bytes
 
-    table = n_tokens * TOKEN_TABLE_BYTES_PER_TOKEN
+    workers = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    table = n_tokens * TOKEN_TABLE_BYTES_PER_TOKEN * workers
     memory = available_memory("cpu")
     if memory is not None and table > memory:
+        each = f", one for each of the {workers} workers on this machine," if workers > 1 else ""
         raise CrosslensError(
-            f"--n-tokens: a table of {n_tokens:,} tokens needs about {format_bytes(table)} of memory while it is "
+            f"--n-tokens: a table of {n_tokens:,} tokens{each} needs about {format_bytes(table)} of memory while it is "
             f"built, and {format_bytes(memory)} is available; lower --n-tokens (+ --heldout-tokens) to at most "
-            f"about {memory // TOKEN_TABLE_BYTES_PER_TOKEN:,}"
+            f"about {memory // (TOKEN_TABLE_BYTES_PER_TOKEN * workers):,}"
         )
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float
 
+from crosslens.core.devices import kernel_backend
 from crosslens.core.tensors import host_ints, row_counts
 from crosslens.crosscoders.jumprelu_ops import (
     PaddedRows,
@@ -98,39 +99,46 @@ compiles for its shape, and the first of another shape (the last block of a batc
 batch size) once more for any shape (``torch.compile``'s automatic dynamic shapes), so a run
 or a test process compiles each function about twice per dtype."""
 
-_COMPILED: dict[str, Any] = {}
-_COMPILE_EVERYWHERE = False
+_COMPILED: dict[tuple[str, bool], Any] = {}
+_COMPILE: bool | None = None
 
 
-def use_compiled_kernels(enabled: bool = True) -> None:
+def use_compiled_kernels(enabled: bool | None = True) -> None:
     """Run the block functions through ``torch.compile`` on every device, a CPU included (a
     few fused loops instead of a dozen elementwise ops each way; the first step of each shape
-    then compiles, tens of seconds on a CPU). Off by default but on CUDA
-    (:data:`COMPILE_ON_CUDA`), on with ``CROSSLENS_COMPILE_KERNELS=1`` in the environment;
-    ``benchmarks/train.py --compile`` measures both on a CPU."""
-    global _COMPILE_EVERYWHERE
-    _COMPILE_EVERYWHERE = enabled
+    then compiles, tens of seconds on a CPU), or (False) on none; None: the default, compiled
+    on CUDA where Triton is there (:data:`COMPILE_ON_CUDA`). On everywhere with
+    ``CROSSLENS_COMPILE_KERNELS=1`` in the environment; ``benchmarks/train.py --compile``
+    measures both on a CPU."""
+    global _COMPILE
+    _COMPILE = enabled
 
 
-def _compiled(name: str) -> Any:
-    if not _COMPILED:
-        _COMPILED["forward"] = torch.compile(forward_block)
-        _COMPILED["backward"] = torch.compile(backward_block)
-    return _COMPILED[name]
+def _compiled(name: str, *, whole_batch: bool) -> Any:
+    """The compiled block function: for a whole batch (a CPU's: one shape a batch size), or for
+    blocks, whose last is shorter (compiled once more, for any shape)."""
+    key = (name, whole_batch)
+    if key not in _COMPILED:
+        function = forward_block if name == "forward" else backward_block
+        _COMPILED[key] = torch.compile(function, dynamic=False if whole_batch else None)
+    return _COMPILED[key]
 
 
 def block_function(name: str, n_tokens: int, n_snapshots: int, n_features: int, device: torch.device) -> tuple[Any, int]:
     """``(function, tokens per block)`` for the ``"forward"`` or ``"backward"`` block function on
-    ``device``: compiled on CUDA (:data:`COMPILE_ON_CUDA`) or everywhere when asked
-    (:func:`use_compiled_kernels`), else the eager one. Compiled on a CPU it takes the whole
-    batch at once (its fused loops keep no ``[S, N, F]`` temporary but their outputs); else in
-    blocks of :func:`token_block`."""
-    compiled = _COMPILE_EVERYWHERE or (device.type == "cuda" and COMPILE_ON_CUDA)
+    ``device``: compiled on CUDA with Triton (:data:`COMPILE_ON_CUDA`; Inductor's CUDA code is
+    Triton) or as :func:`use_compiled_kernels` says, else the eager one. Compiled on a CPU it
+    takes the whole batch at once (its fused loops keep no ``[S, N, F]`` temporary but their
+    outputs); else in blocks of :func:`token_block`."""
+    if _COMPILE is None:
+        compiled = device.type == "cuda" and COMPILE_ON_CUDA and kernel_backend(device) == "triton"
+    else:
+        compiled = _COMPILE
     if not compiled:
         eager = forward_block if name == "forward" else backward_block
         return eager, token_block(n_tokens, n_snapshots, n_features, device)
     whole = device.type == "cpu"
-    return _compiled(name), n_tokens if whole else token_block(n_tokens, n_snapshots, n_features, device)
+    return _compiled(name, whole_batch=whole), n_tokens if whole else token_block(n_tokens, n_snapshots, n_features, device)
 
 
 if os.environ.get("CROSSLENS_COMPILE_KERNELS") == "1":  # a switch for the CLI and scripts

@@ -524,8 +524,12 @@ class CrosscoderTrainer:
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         device = torch.device(self.cfg.device)
-        if "cuda" in rng and device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
+        cuda_state = rng.get("cuda")
+        if isinstance(cuda_state, (list, tuple)):  # written as every visible GPU's: this GPU's, if it had one
+            index = device.index or 0
+            cuda_state = cuda_state[index] if index < len(cuda_state) else None
+        if cuda_state is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_state.cpu(), device)
 
     @classmethod
     def from_checkpoint(
