@@ -195,10 +195,6 @@ def recipe_suite(recipe):
     return recipe.suite()
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-"""The files a Hugging Face checkpoint keeps its weights in, one of which each revision has."""
-
-
 def missing_weights(recipe) -> str | None:
     """One line naming the recipe's snapshots whose weights cannot be reached, or None.
 
@@ -213,13 +209,16 @@ def missing_weights(recipe) -> str | None:
         return None
     from huggingface_hub import constants, try_to_load_from_cache
 
+    from crosslens.checkpoints.identity import fully_cached
+
     labels = [label for label in recipe.snapshot_labels() if label != "main"]
     if recipe.family == "pythia":
         labels = [f"step{s}" for s in recipe.steps]
-    def cached(name: str, revision: str) -> bool:
-        return isinstance(try_to_load_from_cache(recipe.model, name, revision=revision), str)
+    def cached(revision: str) -> bool:  # its config, and a weights file as the loader looks for one
+        config = try_to_load_from_cache(recipe.model, "config.json", revision=revision)
+        return isinstance(config, str) and fully_cached(recipe.model, revision)
 
-    absent = [r for r in labels if not (cached("config.json", r) and any(cached(name, r) for name in WEIGHT_FILES))]
+    absent = [r for r in labels if not cached(r)]
     if not absent:
         return None
     more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
