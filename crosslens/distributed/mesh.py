@@ -136,19 +136,12 @@ def init_mesh(
 
 def _axis_groups(layout: MeshLayout, timeout) -> tuple[dist.ProcessGroup, dist.ProcessGroup]:
     """This rank's data group (the ranks of its snapshot block) and snapshot group (the ranks of
-    its data slice). Every rank creates every group, in one order, as ``new_group`` requires;
-    each takes the job's timeout (a group made without one would wait torch's default)."""
+    its data slice), each with the job's timeout (a group made without one would wait torch's
+    default)."""
     D, S = layout.data_size, layout.snapshot_size
-    mine: dict[str, dist.ProcessGroup] = {}
-    for axis, members in (
-        ("data", [[d * S + s for d in range(D)] for s in range(S)]),
-        ("snapshot", [[d * S + s for s in range(S)] for d in range(D)]),
-    ):
-        for ranks in members:
-            group = dist.new_group(ranks, timeout=timeout)
-            if layout.rank in ranks:
-                mine[axis] = group
-    return mine["data"], mine["snapshot"]
+    data, _ = dist.new_subgroups_by_enumeration([[d * S + s for d in range(D)] for s in range(S)], timeout=timeout)
+    snapshot, _ = dist.new_subgroups_by_enumeration([[d * S + s for s in range(S)] for d in range(D)], timeout=timeout)
+    return data, snapshot
 
 
 def local_layout(n_snapshots: int) -> tuple[MeshLayout, LocalCollectives]:
