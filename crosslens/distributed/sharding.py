@@ -138,7 +138,7 @@ def full_crosscoder(local: nn.Module, layout: MeshLayout, collectives: LocalColl
     config = dataclasses.replace(_local_config(local.cfg, layout.n_snapshots), device="cpu")
     with torch.random.fork_rng(devices=[]):
         full = type(local)(config)
-    full.load_state_dict(state)
+    full.load_state_dict(state, assign=True)  # the gathered tensors are fresh copies: no second copy
     full.cfg.device = local.cfg.device
     return full
 
