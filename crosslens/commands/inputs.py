@@ -19,7 +19,7 @@ from jaxtyping import Int
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.devices import available_memory
 from crosslens.core.errors import CrosslensError
-from crosslens.core.paths import free_disk
+from crosslens.core.paths import folder_bytes, free_disk
 from crosslens.plan import LAYER_KEYS, config_context, config_int
 
 if TYPE_CHECKING:
@@ -154,12 +154,6 @@ def check_output_file(
     os.close(handle)
     os.unlink(probe)
     return path
-
-
-def folder_bytes(folder: str | Path) -> int:
-    """Bytes of the files under ``folder`` (0 when it does not exist)."""
-    root = Path(folder)
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
 
 
 def check_token_table_fits(n_tokens: int) -> None:

@@ -84,15 +84,23 @@ def checkpoint_step(name: str) -> int | None:
 
 
 
+def checkpoint_folders(checkpoint_dir: str | Path) -> list[Path]:
+    """The checkpoint folders (``step_XXXXXXXX``) under ``checkpoint_dir``, oldest step first."""
+    found = [p for p in Path(checkpoint_dir).glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p.name) is not None]
+    return sorted(found, key=lambda p: checkpoint_step(p.name))
+
+
 def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     """The resumable checkpoint (one holding ``trainer_state.pt``) with the highest step under
     ``checkpoint_dir``, if any."""
-    found = [
-        p
-        for p in Path(checkpoint_dir).glob(f"{CHECKPOINT_PREFIX}*")
-        if (p / TRAINER_STATE_FILENAME).exists() and checkpoint_step(p.name) is not None
-    ]
-    return max(found, key=lambda p: checkpoint_step(p.name), default=None)
+    found = [p for p in checkpoint_folders(checkpoint_dir) if (p / TRAINER_STATE_FILENAME).exists()]
+    return found[-1] if found else None
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Bytes of the files under ``folder`` (0 when it does not exist)."""
+    root = Path(folder)
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
 
 
 def looks_like_path(spec: str) -> bool:

@@ -31,7 +31,6 @@ from crosslens.core.errors import CrosslensError
 from crosslens.core.hashing import file_sha256
 from crosslens.core.locks import exclusive_lock, lock_holder
 from crosslens.core.paths import (
-    CHECKPOINT_PREFIX,
     FINAL_DIRNAME,
     QUALITY_NAME,
     RUN_CONFIG_NAME,
@@ -39,7 +38,9 @@ from crosslens.core.paths import (
     RUN_SEAL_NAME,
     SECTIONS_DIR,
     TRAINED_ROWS_NAME,
+    checkpoint_folders,
     checkpoint_step,
+    folder_bytes,
 )
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
 from crosslens.training.records import RECORD_NAME, record_problem
@@ -202,11 +203,7 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
     removed folders."""
     if keep < 1:
         return []
-    steps = sorted(
-        (p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p.name) is not None),
-        key=lambda p: checkpoint_step(p.name),
-    )
-    removed = steps[:-keep]
+    removed = checkpoint_folders(run_dir)[:-keep]
     for folder in removed:
         shutil.rmtree(folder)
     return removed
@@ -216,11 +213,11 @@ def checkpoint_space_problem(run_dir: str | Path, bytes_each: int, final_bytes: 
     """Why ``run_dir``'s disk cannot hold the rest of a run, or None: ``to_write`` more checkpoints of
     ``bytes_each``, the newest ``keep`` kept (0: every one) and one more while it is written, then
     the final crosscoder. The checkpoints already there count towards those kept."""
-    from crosslens.core.paths import free_disk
+    from crosslens.core.paths import free_disk  # looked up at the call: tests give it a disk of their own
     from crosslens.core.units import format_bytes
 
-    there = [p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p.name) is not None]
-    there_bytes = sum(f.stat().st_size for p in there for f in p.rglob("*") if f.is_file())
+    there = checkpoint_folders(run_dir)
+    there_bytes = sum(folder_bytes(p) for p in there)
     if keep:
         total = len(there) + to_write
         at_once = min(keep + 1, total)
@@ -241,8 +238,7 @@ def checkpoint_space_problem(run_dir: str | Path, bytes_each: int, final_bytes: 
 
 def newest_verified_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest checkpoint whose sealed record verifies (older ones are tried in turn)."""
-    steps = [p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p.name) is not None]
-    for folder in sorted(steps, key=lambda p: checkpoint_step(p.name), reverse=True):
+    for folder in reversed(checkpoint_folders(run_dir)):
         problem = record_problem(folder)
         if problem is None:
             return folder
