@@ -45,7 +45,7 @@ from crosslens.training.config import (
     micro_batch_error,
     resolved_autocast,
 )
-from crosslens.training.memory import activation_bytes, parameter_counts, training_memory
+from crosslens.training.memory import activation_bytes, checkpoint_bytes, parameter_counts, training_memory
 
 F32 = 4
 ARCHITECTURES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
@@ -425,7 +425,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         "every": every, "count": count, "kept": min(count, cfg.keep_checkpoints) if cfg.keep_checkpoints else count,
         # the kept ones and one being written before the oldest goes
         "at_once": min(count, cfg.keep_checkpoints + 1) if cfg.keep_checkpoints else count,
-        "bytes_each": {"float32": whole * 3 * F32, "bfloat16": whole * (F32 + 2 * 2)},
+        "bytes_each": {option: checkpoint_bytes(whole, option) for option in ("float32", "bfloat16")},
     }  # fmt: skip
 
     flops = _flop_counts(cfg, S, D, layers_run)

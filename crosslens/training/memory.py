@@ -103,6 +103,14 @@ def optimizer_state_bytes(n_params: int, option: str) -> int:
     return weights + 2 * n_params * BF16 + min(CHUNK, n_params) * F32 * CHUNK_TEMPORARIES
 
 
+def checkpoint_bytes(n_params: int, option: str) -> int:
+    """Disk bytes of one checkpoint of ``n_params`` parameters: the float32 weights and Adam's two
+    moments, float32 or bfloat16 (``option``)."""
+    if option not in OPTIMIZER_STATES:
+        raise ValueError(f"optimizer state option must be one of {OPTIMIZER_STATES}, got {option!r}.")
+    return n_params * (F32 + 2 * (F32 if option == "float32" else BF16))
+
+
 def step_peak_bytes(
     S: int, D: int, F: int, B: int, architecture: str, micro_batches: int = 1, autocast: bool = False
 ) -> dict[str, int]:

@@ -49,7 +49,7 @@ from crosslens.crosscoders.folding import folded_factors
 from crosslens.distributed import init_mesh, shard_batches
 from crosslens.training.config import RUN_STORE_SEAL, CrosscoderRunnerConfig, CrosscoderTrainerConfig, resolved_autocast
 from crosslens.training.factory import build_training_crosscoder
-from crosslens.training.memory import choose_optimizer_state, fit_problem, parameter_counts
+from crosslens.training.memory import checkpoint_bytes, choose_optimizer_state, fit_problem, parameter_counts
 from crosslens.training.interrupts import StopRequest, TrainingInterrupted, stop_between_steps
 from crosslens.training.records import read_record, record_problem, write_record
 from crosslens.training.runfolder import (
@@ -244,8 +244,7 @@ class CrosscoderTrainingRunner:
         if not to_write:
             return
         whole = sum(parameter_counts(trainer.layout.n_snapshots, sae.d_in, sae.d_sae, cfg.sae.architecture).values())
-        state_bytes = 2 if cfg.optimizer_state == "bfloat16" else 4
-        each = whole * (4 + 2 * state_bytes)
+        each = checkpoint_bytes(whole, cfg.optimizer_state)
         problem = checkpoint_space_problem(self.out_dir, each, whole * 4, to_write=to_write, keep=cfg.keep_checkpoints)
         if problem is not None:
             raise StorageError(problem, folder=str(self.out_dir))
