@@ -44,6 +44,7 @@ from crosslens.activations.resume import (
     check_known_weights,
     check_snapshot,
     check_width,
+    largest_token_id,
     new_manifest,
     snapshot_identities,
     start_or_resume,
@@ -342,6 +343,7 @@ def _harvest_locked(
     writer = ThreadPoolExecutor(max_workers=1)
     pending: list[tuple[str, Future, dict]] = []
     save = team.world_size == 1  # on a team, rank 0 saves the merged manifest after each round
+    largest_id = largest_token_id(token_ids_NL)  # once for every snapshot that checks it
     try:
         for round_ in range(team.n_rounds(n_snapshots, len(shards))):
             unit = units[round_] if round_ < len(units) else None
@@ -349,7 +351,7 @@ def _harvest_locked(
                 _harvest_unit(
                     suite, unit, manifest, root, hooks, token_ids_NL, keep_NL, bar, writer, pending, save=save,
                     tokenizer=tokenizer, batch_size=batch_size, device=device, model_dtype=model_dtype,
-                    identity=identities[unit[0]],
+                    identity=identities[unit[0]], largest_id=largest_id,
                 )  # fmt: skip
                 if not save:  # the round's files are merged across the team: wait for them
                     _record_written(root, manifest, pending, save=save)
@@ -398,6 +400,7 @@ def _harvest_unit(
     device: str | torch.device,
     model_dtype: str,
     identity: dict | None = None,
+    largest_id: int,
 ) -> None:
     """Load snapshot ``s`` once and write the missing ones among its shards ``ks``."""
     s, ks = unit
@@ -413,7 +416,7 @@ def _harvest_unit(
         first_n_layers=None if stop_at_layer is None else max(1, stop_at_layer), identity=identity,
     )  # fmt: skip
     try:
-        check_snapshot(manifest, s, record, model, token_ids_NL)
+        check_snapshot(manifest, s, record, model, largest_id, token_ids_NL.shape[1])
         for k in todo:
             a, b = shards[k]["seq_start"], shards[k]["seq_stop"]
             rows = harvest_rows(

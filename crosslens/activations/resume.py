@@ -231,10 +231,9 @@ def check_known_weights(manifest: dict | None, s: int, sha: str | None, revision
         )
 
 
-def check_snapshot(
-    manifest: dict, s: int, record: dict, model: HookedTransformer, token_ids_NL: torch.Tensor
-) -> None:
-    """Refuse changed weights (vs. a previous run), duplicate weights and too-small vocabularies."""
+def check_snapshot(manifest: dict, s: int, record: dict, model: HookedTransformer, largest_id: int, seq_len: int) -> None:
+    """Refuse changed weights (vs. a previous run), duplicate weights, and a token table (its
+    :func:`largest_token_id`, its rows' ``seq_len``) the model cannot read."""
     recorded = manifest["snapshots"][s]
     sha = record.get("weights_sha256")
     check_known_weights(manifest, s, sha, record["revision"])
@@ -247,7 +246,7 @@ def check_snapshot(
                 sha256=sha,
             )
     retry = " A retry with the shorter rows replaces what this run wrote."
-    check_tokens_fit(model, record["revision"], largest_token_id(token_ids_NL), token_ids_NL.shape[1], retry=retry)
+    check_tokens_fit(model, record["revision"], largest_id, seq_len, retry=retry)
     manifest["snapshots"][s] = {**record, "source": recorded.get("source")}
 
 
