@@ -36,7 +36,7 @@ from crosslens.core.devices import DTYPE_BYTES, GPUS, DeviceError, device_spelli
 from crosslens.core.units import format_bytes
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import block_index, hook_problem, hook_width
-from crosslens.activations.budget import TokenBudget, chunk_buffer_bytes, chunk_seqs_for
+from crosslens.activations.budget import TokenBudget, chunk_buffer_bytes, chunk_tokens_for
 from crosslens.training.config import (
     AUTOCAST_CHOICES,
     ArchitectureConfig,
@@ -479,7 +479,7 @@ def _memory_bytes(cfg: PlanConfig, param_bytes: int, S_r: int, B_r: int, D: int,
     truncated = m.params_through_layer(layer) if layer is not None else m.n_params
     memory["resident_models_full"] = S_r * m.n_params * DTYPE_BYTES[cfg.model_dtype]
     memory["resident_models_truncated"] = S_r * truncated * DTYPE_BYTES[cfg.model_dtype]
-    memory["stream_chunks"] = chunk_buffer_bytes(chunk_seqs_for(cfg.seq_len) * cfg.seq_len, S_r, D, DTYPE_BYTES[cfg.model_dtype])
+    memory["stream_chunks"] = chunk_buffer_bytes(chunk_tokens_for(cfg.seq_len), S_r, D, DTYPE_BYTES[cfg.model_dtype])
     memory["total_streaming"] = memory["total_training"] + memory["resident_models_truncated"] + memory["stream_chunks"]
     return memory
 
@@ -589,7 +589,7 @@ def format_plan(plan: dict[str, Any]) -> str:
             f"{option} {n or 'none'}" for option, n in fewest["per_option"].items()) + f" ({_bytes(fewest['device_bytes'])} GPU)"))  # fmt: skip
     rows.append((f"resident models ({i['model_dtype']})", f"{_bytes(mem['resident_models_full'])} whole, "
                  f"{_bytes(mem['resident_models_truncated'])} cut after the hooked block"))  # fmt: skip
-    rows.append(("stream chunk buffers (2)", f"{_bytes(mem['stream_chunks'])}  ({chunk_seqs_for(i['seq_len']) * i['seq_len']:,} "
+    rows.append(("stream chunk buffers (2)", f"{_bytes(mem['stream_chunks'])}  ({chunk_tokens_for(i['seq_len']):,} "
                  f"tokens x {mesh['snapshots_per_rank']} snapshots x d_in, {i['model_dtype']})"))  # fmt: skip
     rows.append(("total, streaming", _bytes(mem["total_streaming"])))
 

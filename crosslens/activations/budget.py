@@ -95,6 +95,11 @@ def chunk_seqs_for(seq_len: int) -> int:
     return max(1, min(256, CHUNK_TOKENS // max(1, seq_len)))
 
 
+def chunk_tokens_for(seq_len: int) -> int:
+    """Token positions of a streamed chunk: :func:`chunk_seqs_for` rows of ``seq_len``."""
+    return chunk_seqs_for(seq_len) * seq_len
+
+
 def chunk_buffer_bytes(chunk_tokens: int, n_snapshots: int, d_in: int, dtype_bytes: int, n_chunks: int = 2) -> int:
     """Bytes of the chunk buffers a streaming rank holds: ``n_chunks`` (the one served and, with
     prefetch, the one harvested meanwhile) of ``chunk_tokens`` positions at each of its

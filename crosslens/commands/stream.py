@@ -51,7 +51,7 @@ def resident_memory(
     """Bytes ``n_models`` resident snapshot models of ``suite`` need (kept up to ``hook``'s block),
     and with ``seq_len`` the two chunk buffers they fill (served and prefetched, in the models'
     dtype), and how that was counted; None when the model's sizes are unknown here."""
-    from crosslens.activations.budget import chunk_buffer_bytes, chunk_seqs_for
+    from crosslens.activations.budget import chunk_buffer_bytes, chunk_tokens_for
     from crosslens.activations.forward import stop_layer_for
     from crosslens.core.devices import DTYPE_BYTES
     from crosslens.core.hooks import hook_width
@@ -69,7 +69,7 @@ def resident_memory(
     need = n_models * params * DTYPE_BYTES[model_dtype]
     if seq_len is not None:
         d_in = hook_width(hook, spec.d_model, spec.d_mlp)
-        rows = chunk_seqs_for(seq_len) * seq_len
+        rows = chunk_tokens_for(seq_len)
         chunks = chunk_buffer_bytes(rows, n_models, d_in, DTYPE_BYTES[model_dtype])
         how += f" + 2 chunks of {rows:,} tokens x {n_models} snapshots x d {d_in} ({format_bytes(chunks)})"
         need += chunks
