@@ -204,7 +204,7 @@ def step_paths(arch: str, trained: bool, device: str, autocast: str | None) -> l
     dense kernels and from its active pairs (``sparse_step``), the latter also with the
     window summed by the fused Triton kernel (``WINDOW_KERNEL``), and under autocast on CUDA
     the dense kernels' block functions op by op (``eager-blocks``) beside their compiled
-    default (``jumprelu_kernels.COMPILE_ON_CUDA``); TopK/BatchTopK through ``embedding_bag``
+    default (``jumprelu_kernels.use_compiled_kernels``); TopK/BatchTopK through ``embedding_bag``
     and, where Triton is there, the Triton gather-sum kernels."""
     triton_there = sparse_kernels.sparse_backend(torch.device(device)) == "triton"
     eager_blocks = ["eager-blocks"] if autocast and device.startswith("cuda") and arch == "jumprelu_crosscoder" else []
@@ -225,7 +225,7 @@ def make_trainer(
     if arch == "jumprelu_crosscoder" and path != "default":
         extra["sparse_step"] = path not in ("dense", "eager-blocks")
     sparse_kernels.WINDOW_KERNEL = path == "window-kernel"
-    jumprelu_kernels.COMPILE_ON_CUDA = path != "eager-blocks"
+    jumprelu_kernels.use_compiled_kernels(False if path == "eager-blocks" else None)
     sparse_kernels.BACKEND = "eager" if path == "embedding_bag" else None
     torch.manual_seed(0)
     sae = train_cls(train_cfg_cls(d_in=a.d_in, d_sae=a.d_sae, n_snapshots=a.S, device=device, **extra))

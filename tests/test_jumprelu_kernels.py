@@ -4,6 +4,7 @@ inputs whose gates are open at some snapshots and shut at others."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -356,19 +357,34 @@ def test_the_block_functions_are_compiled_on_cuda_and_eager_elsewhere(monkeypatc
     with monkeypatch.context() as no_triton:  # Inductor's CUDA code is Triton
         no_triton.setattr(devices, "_triton_installed", lambda: False)
         assert kernels.block_function("forward", *shape, cuda)[0] is forward_block
-    monkeypatch.setattr(kernels, "COMPILE_ON_CUDA", False)
-    assert kernels.block_function("forward", *shape, cuda)[0] is forward_block
     kernels.use_compiled_kernels(True)
     try:  # asked for everywhere: a CPU too, the whole batch at once, compiled for its one shape
         whole, n = kernels.block_function("forward", *shape, cpu)
         assert n == 2048 and whole not in (forward_block, compiled)
         assert kernels.block_function("forward", *shape, cuda) == (compiled, block)
         kernels.use_compiled_kernels(False)  # asked for nowhere: CUDA's default too
-        monkeypatch.setattr(kernels, "COMPILE_ON_CUDA", True)
-        assert kernels.block_function("forward", *shape, cuda)[0] is forward_block
+        assert kernels.block_function("forward", *shape, cuda) == (forward_block, block)
     finally:
         kernels.use_compiled_kernels(None)
     assert kernels.block_function("forward", *shape, cpu)[0] is forward_block
+
+
+@pytest.mark.parametrize("setting, on_cpu, on_cuda", [("0", False, False), ("1", True, True), ("", False, True)])
+def test_the_environment_sets_where_the_block_functions_are_compiled(setting, on_cpu, on_cuda):
+    """``CROSSLENS_COMPILE_KERNELS`` 0 or 1 is :func:`use_compiled_kernels` False or True for a
+    process; unset, the default: compiled on CUDA with Triton."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import torch, crosslens.crosscoders.jumprelu_kernels as k, crosslens.core.devices as d\n"
+        "from crosslens.crosscoders.jumprelu_ops import forward_block\n"
+        "d._triton_installed = lambda: True\n"
+        "print([k.block_function('forward', 8, 2, 4, torch.device(t))[0] is not forward_block for t in ('cpu', 'cuda')])"
+    )
+    env = {**os.environ, "CROSSLENS_COMPILE_KERNELS": setting}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str([on_cpu, on_cuda])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -384,12 +400,15 @@ def test_compiled_block_functions_equal_the_eager_ones_on_cuda(monkeypatch, dtyp
     t0 = torch.rand(F_, device="cuda", generator=gen) * 0.5
     upstream = torch.randn(S, N, F_, device="cuda", generator=gen).to(dtype)
     results = {}
-    for compiled in (True, False):
-        monkeypatch.setattr(kernels, "COMPILE_ON_CUDA", compiled)
-        h, t, n = h0.clone().requires_grad_(), t0.clone().requires_grad_(), norms.clone().requires_grad_()
-        f, score, open_any = kernels.snapshot_gate_and_score(h, n, t, bandwidth=0.1, tanh_scale=4.0)
-        ((f * upstream).sum() + score.sum()).backward()
-        results[compiled] = (f.detach(), open_any, score.detach(), h.grad, n.grad, t.grad)
+    try:
+        for compiled in (True, False):
+            kernels.use_compiled_kernels(compiled)
+            h, t, n = h0.clone().requires_grad_(), t0.clone().requires_grad_(), norms.clone().requires_grad_()
+            f, score, open_any = kernels.snapshot_gate_and_score(h, n, t, bandwidth=0.1, tanh_scale=4.0)
+            ((f * upstream).sum() + score.sum()).backward()
+            results[compiled] = (f.detach(), open_any, score.detach(), h.grad, n.grad, t.grad)
+    finally:
+        kernels.use_compiled_kernels(None)
     fast, eager = results[True], results[False]
     assert torch.equal(fast[0], eager[0]) and torch.equal(fast[1], eager[1]), "gate and code to the bit"
     tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)

@@ -85,31 +85,29 @@ def token_block(n_tokens: int, n_snapshots: int, n_features: int, device: torch.
     return max(1, min(n_tokens, block_elements(device) // max(1, n_snapshots * n_features)))
 
 
-COMPILE_ON_CUDA = True
-"""Whether the per-snapshot block functions (:func:`~crosslens.crosscoders.jumprelu_ops.forward_block`,
-:func:`~crosslens.crosscoders.jumprelu_ops.backward_block`) run through ``torch.compile`` on
-CUDA. They are the dense JumpReLU step's elementwise work, which a bf16 step takes while the
-code is too dense for the step from the pairs (a fresh crosscoder, or the first batches of
-a run): half a dozen kernels over each ``[S, block, F]`` block forward and about fifteen
-backward when run op by op (at Ge et al.'s shape 1.6 G elements a pass), against a fused
-read of the inputs and one write of the outputs each way compiled. The gates are the eager ones to the
-bit (the same float32 product and comparison); the tanh sums differ in their order.
-``benchmarks/gpu.py``'s bf16 JumpReLU rows time both (``eager-blocks``). The first block
-compiles for its shape, and the first of another shape (the last block of a batch, another
-batch size) once more for any shape (``torch.compile``'s automatic dynamic shapes), so a run
-or a test process compiles each function about twice per dtype."""
-
 _COMPILED: dict[tuple[str, bool], Any] = {}
 _COMPILE: bool | None = None
 
 
 def use_compiled_kernels(enabled: bool | None = True) -> None:
-    """Run the block functions through ``torch.compile`` on every device, a CPU included (a
-    few fused loops instead of a dozen elementwise ops each way; the first step of each shape
-    then compiles, tens of seconds on a CPU), or (False) on none; None: the default, compiled
-    on CUDA where Triton is there (:data:`COMPILE_ON_CUDA`). On everywhere with
-    ``CROSSLENS_COMPILE_KERNELS=1`` in the environment; ``benchmarks/train.py --compile``
-    measures both on a CPU."""
+    """Whether the per-snapshot block functions (:func:`~crosslens.crosscoders.jumprelu_ops.forward_block`,
+    :func:`~crosslens.crosscoders.jumprelu_ops.backward_block`) run through ``torch.compile``:
+    True on every device, a CPU included (the first step of each shape then compiles, tens of
+    seconds on a CPU); False on none; None, the default, on CUDA where Triton is there
+    (Inductor's CUDA code is Triton). ``CROSSLENS_COMPILE_KERNELS=1`` or ``=0`` in the
+    environment sets True or False for the CLI and scripts.
+
+    They are the dense JumpReLU step's elementwise work, which a step takes while the code is
+    too dense for the step from the pairs (a fresh crosscoder, or the first batches of a run):
+    half a dozen kernels over each ``[S, block, F]`` block forward and about fifteen backward
+    when run op by op (at Ge et al.'s shape 1.6 G elements a pass), against a fused read of
+    the inputs and one write of the outputs each way compiled. The gates are the eager ones to
+    the bit (the same float32 product and comparison); the tanh sums differ in their order.
+    ``benchmarks/gpu.py``'s bf16 JumpReLU rows time both on CUDA (``eager-blocks``) and
+    ``benchmarks/train.py --compile`` on a CPU. The first block compiles for its shape, and the
+    first of another shape (the last block of a batch, another batch size) once more for any
+    shape (``torch.compile``'s automatic dynamic shapes), so a run or a test process compiles
+    each function about twice per dtype."""
     global _COMPILE
     _COMPILE = enabled
 
@@ -126,12 +124,11 @@ def _compiled(name: str, *, whole_batch: bool) -> Any:
 
 def block_function(name: str, n_tokens: int, n_snapshots: int, n_features: int, device: torch.device) -> tuple[Any, int]:
     """``(function, tokens per block)`` for the ``"forward"`` or ``"backward"`` block function on
-    ``device``: compiled on CUDA with Triton (:data:`COMPILE_ON_CUDA`; Inductor's CUDA code is
-    Triton) or as :func:`use_compiled_kernels` says, else the eager one. Compiled on a CPU it
+    ``device``: compiled or eager as :func:`use_compiled_kernels` says. Compiled on a CPU it
     takes the whole batch at once (its fused loops keep no ``[S, N, F]`` temporary but their
     outputs); else in blocks of :func:`token_block`."""
     if _COMPILE is None:
-        compiled = device.type == "cuda" and COMPILE_ON_CUDA and kernel_backend(device) == "triton"
+        compiled = device.type == "cuda" and kernel_backend(device) == "triton"
     else:
         compiled = _COMPILE
     if not compiled:
@@ -141,8 +138,8 @@ def block_function(name: str, n_tokens: int, n_snapshots: int, n_features: int, 
     return _compiled(name, whole_batch=whole), n_tokens if whole else token_block(n_tokens, n_snapshots, n_features, device)
 
 
-if os.environ.get("CROSSLENS_COMPILE_KERNELS") == "1":  # a switch for the CLI and scripts
-    use_compiled_kernels(True)
+if os.environ.get("CROSSLENS_COMPILE_KERNELS") in ("0", "1"):  # a switch for the CLI and scripts
+    use_compiled_kernels(os.environ["CROSSLENS_COMPILE_KERNELS"] == "1")
 
 
 class SnapshotGateAndScore(torch.autograd.Function):
