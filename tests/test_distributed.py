@@ -382,32 +382,32 @@ def test_a_rank_reads_its_block_of_a_saved_crosscoder_alone(tmp_path):
         assert got["W_dec"].shape == (6, len(block), 4)
 
 
-def test_data_replicas_clip_by_one_norm_past_two_snapshot_ranks(monkeypatch):
-    """Each data rank's snapshot group sums the block norms in an order of its own; the replicas
-    then take the smallest sum, so they clip alike (here the other replica's sum is 1 ulp lower)."""
+def test_every_rank_of_a_snapshot_group_clips_by_one_norm_whatever_its_place(monkeypatch):
+    """The snapshot blocks' squared norms are added in rank order on every rank, so each rank of
+    the group, and each data replica's group, takes the same norm to the bit. The shares here
+    are ones whose float32 sum depends on its order."""
     from torch import nn
 
     from crosslens.crosscoders.collectives import MeshCollectives
     from crosslens.distributed import sharding
 
-    other_replica = {}
+    shares = [1.0, 2.0**-24, 2.0**-24]  # (1 + e) + e == 1, but 1 + (e + e) > 1
+    assert (torch.tensor(1.0) + shares[1]) + shares[2] != torch.tensor(1.0) + (torch.tensor(shares[1]) + shares[2])
+    norms = []
+    for rank, share in enumerate(shares):
 
-    def all_reduce(tensor, op=None, group=None):
-        if group == "data" and op == sharding.dist.ReduceOp.MIN:
-            other_replica["seen"] = float(tensor)
-            tensor.copy_(torch.minimum(tensor, torch.nextafter(tensor, torch.zeros(()))))
+        def all_gather(out, tensor, group=None, rank=rank):
+            assert group == "snapshot" and float(tensor) == shares[rank]
+            for i, value in enumerate(shares):
+                out[i].fill_(value)
 
-    monkeypatch.setattr(sharding.dist, "all_reduce", all_reduce)
-    monkeypatch.setattr("crosslens.crosscoders.collectives.dist.all_reduce", all_reduce)
-    module = nn.Module()
-    module.W_dec = nn.Parameter(torch.zeros(2, 1, 3))
-    module.b_enc = nn.Parameter(torch.zeros(2))
-    module.W_dec.grad, module.b_enc.grad = torch.full((2, 1, 3), 0.5), torch.full((2,), 1.0)
-    for snapshot_size, replicas_agree in ((2, False), (3, True)):
-        other_replica.clear()
+        monkeypatch.setattr(sharding.dist, "all_gather", all_gather)
+        module = nn.Module()
+        module.W_dec = nn.Parameter(torch.zeros(1, 1, 1))
+        module.b_enc = nn.Parameter(torch.zeros(1))
+        module.W_dec.grad, module.b_enc.grad = torch.full((1, 1, 1), share**0.5), torch.full((1,), 0.5)
         mesh = MeshCollectives(data_group="data", snapshot_group="snapshot", data_size=2,
-                               snapshot_size=snapshot_size, n_snapshots_total=3)  # fmt: skip
-        norm = sharding.grad_norm(module, mesh)
-        sharded_sq = torch.tensor(6 * 0.25)
-        want = (torch.nextafter(sharded_sq, torch.zeros(())) if replicas_agree else sharded_sq) + 2.0
-        assert ("seen" in other_replica) == replicas_agree and torch.equal(norm, want.sqrt())
+                               snapshot_size=3, n_snapshots_total=3)  # fmt: skip
+        norms.append(sharding.grad_norm(module, mesh))
+    in_rank_order = (torch.tensor(shares[0]) + shares[1]) + shares[2]
+    assert all(torch.equal(n, (in_rank_order + 0.25).sqrt()) for n in norms), norms

@@ -247,11 +247,14 @@ def grad_norm(module: nn.Module, collectives: LocalCollectives) -> torch.Tensor:
         else:
             replicated_sq = replicated_sq + sq
     if collectives.snapshot_size > 1:
-        dist.all_reduce(sharded_sq, group=collectives.snapshot_group)
-    if collectives.snapshot_size > 2:
-        # each data rank's snapshot group adds the same shares, in an order of its own past two
-        # ranks: the replicas of a block take one value, or their weights drift apart unseen
-        sharded_sq = collectives.data_min(sharded_sq)
+        # the shares are added here in rank order, not by an all-reduce: past two ranks each
+        # data rank's snapshot group would add them in an order of its own, and replicas of a
+        # block that clip by norms a rounding apart drift apart unseen
+        shares = [torch.empty_like(sharded_sq) for _ in range(collectives.snapshot_size)]
+        dist.all_gather(shares, sharded_sq, group=collectives.snapshot_group)
+        sharded_sq = shares[0]
+        for share in shares[1:]:
+            sharded_sq = sharded_sq + share
     return (sharded_sq + replicated_sq).sqrt()
 
 
