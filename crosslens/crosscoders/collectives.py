@@ -99,9 +99,9 @@ class LocalCollectives:
         """Sum over every rank (differentiable)."""
         return tensor
 
-    def world_sum_scalar(self, value: float) -> float:
-        """Sum of a Python number over every rank."""
-        return value
+    def world_sum_floats(self, values: list[float]) -> list[float]:
+        """Each of some Python numbers summed over every rank, in one collective."""
+        return list(values)
 
     # ------------------------------------------------------------- loss shares
     def mean_over_snapshots_and_tokens(self, values_SNF: torch.Tensor) -> torch.Tensor:
@@ -187,10 +187,10 @@ class MeshCollectives(LocalCollectives):
             return tensor
         return _AllReduceSum.apply(tensor, None)
 
-    def world_sum_scalar(self, value: float) -> float:
-        out = torch.tensor([value], dtype=torch.float64, device=_group_device())
+    def world_sum_floats(self, values: list[float]) -> list[float]:
+        out = torch.tensor(values, dtype=torch.float64, device=_group_device())
         dist.all_reduce(out)
-        return float(out.item())
+        return out.tolist()
 
     def mean_over_snapshots_and_tokens(self, values_SNF: torch.Tensor) -> torch.Tensor:
         n_tokens = self.global_batch(values_SNF.shape[1])

@@ -311,10 +311,12 @@ class CrosscoderTrainer:
                 pbar.update(1)
                 if self.collectives.is_distributed and self._is_log_step(self.n_steps):
                     # every rank holds a share of the loss and of each of its terms; all take part
-                    output.loss = output.loss.new_tensor(self.collectives.world_sum_scalar(output.loss.item()))
-                    output.losses = {
-                        name: self.collectives.world_sum_scalar(float(value)) for name, value in output.losses.items()
-                    }
+                    names = list(output.losses)
+                    loss, *terms = self.collectives.world_sum_floats(
+                        [output.loss.item(), *(float(output.losses[name]) for name in names)]
+                    )
+                    output.loss = output.loss.new_tensor(loss)
+                    output.losses = dict(zip(names, terms))
                 if wandb_run is not None and self._is_log_step(self.n_steps):
                     now = time.perf_counter()
                     elapsed = max(now - last_log_time, 1e-9)
