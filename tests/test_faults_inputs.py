@@ -77,6 +77,23 @@ def test_a_binary_text_file_is_refused_before_anything_is_written(suite, tmp_pat
     assert not out.exists()
 
 
+def test_text_files_are_read_only_as_far_as_the_token_table_needs(suite, tmp_path, capsys):
+    """A folder's files are read one at a time while they are tokenized: one past what the table
+    needs is never opened (a corpus folder may be far larger than memory), and one that is
+    needed is checked as it is read. The tokenizer reads a batch of documents ahead, so a.txt
+    holds more than one batch."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text((SENTENCE + "\n\n") * 300)  # 300 documents, 4,800 words
+    (corpus / "b.txt").write_bytes(bytes(range(256)) * 8)  # binary, sorted after a.txt
+    printed = succeeds(run_harvest(suite, tmp_path / "store", "--text", str(corpus)), capsys)
+    assert f"activation store: {tmp_path / 'store'} (" in printed
+    (corpus / "a.txt").write_text(SENTENCE)  # now too short: b.txt is needed, and refused
+    err = one_line_error(run_harvest(suite, tmp_path / "again", "--text", str(corpus)), capsys)
+    assert err == f"crosslens harvest: error: {corpus / 'b.txt'} looks binary (a NUL byte at offset 0), not text; pass text files (--text)"
+    assert not (tmp_path / "again").exists()
+
+
 def test_a_latin1_file_is_refused_as_utf8_and_accepted_with_its_encoding(suite, tmp_path, capsys):
     text = tmp_path / "latin1.txt"
     # one word in twelve is unknown (café), well under the refused share

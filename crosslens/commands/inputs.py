@@ -9,7 +9,7 @@ import codecs
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,23 +100,27 @@ def check_known_tokens(tokenizer: Any, token_ids: Sequence[int] | torch.Tensor, 
         )
 
 
-def text_documents(paths: Sequence[str | Path], *, encoding: str = "utf-8", tokenizer: Any = None) -> list[str]:
-    """The documents of text files and folders of ``*.txt`` files, split as the pico build splits them.
+def text_documents(paths: Sequence[str | Path], *, encoding: str = "utf-8", tokenizer: Any = None) -> Iterator[str]:
+    """The documents of text files and folders of ``*.txt`` files, split as the pico build splits
+    them: lazily, one file read at a time, so a token table that fills before the last file
+    never reads the rest (a corpus folder may be far larger than memory).
 
     Each file is decoded strictly (:func:`read_text`); given the ``tokenizer``, a file whose
     text is mostly unknown tokens is refused (:func:`check_known_tokens`).
     """
     from crosslens.pico.corpus import split_documents, text_files
 
-    documents: list[str] = []
+    any_text = False
     for path in text_files(list(paths)):
         text = read_text(path, encoding)
         if tokenizer is not None:
             check_known_tokens(tokenizer, tokenizer.encode(text[:UNKNOWN_SAMPLE_CHARS], add_special_tokens=False), str(path))
-        documents += split_documents(text)
-    if not documents:
+        documents = split_documents(text)
+        del text  # the file's documents alone are held while they are tokenized
+        any_text = any_text or bool(documents)
+        yield from documents
+    if not any_text:
         raise ValueError(f"the text files {[str(p) for p in paths]} hold no text")
-    return documents
 
 
 def check_output_folder(path: str | Path, flag: str = "--out", holds: str = "its results") -> None:
