@@ -592,6 +592,17 @@ def test_save_load_round_trip(arch, tmp_path):
         torch.testing.assert_close(loaded(x), training(x), rtol=0, atol=0)
         torch.testing.assert_close(as_inference(x), training(x))
 
+    # and the inference folder (a run's final/) loads as the training class, encoding alike; a
+    # BatchTopK one is refused there, as it keeps neither k nor the running threshold
+    if arch == "batchtopk_crosscoder":  # as wide as the default k, which a training config starts from
+        make_training(arch, S=2, D=3, F=32).save_inference_model(tmp_path / "infer32")
+        with pytest.raises(ValueError, match="saved for inference .* load it with SAE.load_from_disk"):
+            TrainingSAE.load_from_disk(tmp_path / "infer32")
+    else:
+        as_training = TrainingSAE.load_from_disk(tmp_path / "infer")
+        assert type(as_training) is type(training)
+        torch.testing.assert_close(as_training.encode(x), loaded.encode(x), rtol=0, atol=0)
+
     # folded inference model survives a second round trip unchanged
     loaded.fold_activation_norm_scaling_factors()
     loaded.save_model(tmp_path / "folded")

@@ -102,6 +102,17 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
             "topk_threshold", torch.zeros((), dtype=torch.float64, device=self.device)
         )
 
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_loading(state_dict)
+        if "threshold" in state_dict and "topk_threshold" not in state_dict:
+            # the inference form (a run's final/) keeps neither k nor the running threshold
+            # as training had them: loaded into this class it would train on with guessed ones
+            raise ValueError(
+                "this folder holds a BatchTopK crosscoder saved for inference (a fixed threshold, without the "
+                "k it was trained with); load it with SAE.load_from_disk, or load a training checkpoint "
+                "(the run's checkpoints/step_*) with TrainingSAE.load_from_disk to train on"
+            )
+
     def _apply(self, *args: Any, **kwargs: Any) -> Any:
         out = super()._apply(*args, **kwargs)
         # .to(dtype) casts every float buffer (the load paths call it); keep float64
