@@ -448,3 +448,26 @@ def test_texts_encoded_in_batches_are_the_texts_encoded_one_by_one(monkeypatch):
     one_by_one = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
     assert list(tokens.encoded(tokenizer, iter(texts))) == one_by_one
     assert any(one_by_one) and not one_by_one[0]
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_a_crosscoder_trained_on_a_provider_records_its_hook_and_factors(store, tmp_path, normalize):
+    """Trained by the trainer alone (no runner), a crosscoder still says which hook fed it and
+    by what factors its activations were scaled: its snapshot SAEs and the spliced loss read
+    raw activations through them. Unnormalised, it records none, and ones are applied."""
+    from sae_lens import SAE
+
+    import crosslens.crosscoders as cc
+    from crosslens.crosscoders.folding import resolve_norm_factors
+    from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
+
+    _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES["crosscoder"]
+    sae = train_cls(train_cfg_cls(d_in=32, d_sae=16, n_snapshots=3))
+    provider = ActivationProvider(store, HOOK, 64, n_epochs=1, normalize=normalize)
+    cfg = CrosscoderTrainerConfig(total_steps=2, checkpoint_dir=str(tmp_path), activation_scale_check="warn" if normalize else "off")
+    CrosscoderTrainer(sae, cfg).fit(provider)
+    saved = SAE.load_from_disk(str(tmp_path / "final"))
+    assert saved.cfg.metadata.hook_name == HOOK
+    recorded = saved.cfg.metadata.activation_norm_factors
+    assert recorded == (store.norm_factors(HOOK).tolist() if normalize else None)
+    assert resolve_norm_factors(saved).tolist() == pytest.approx(store.norm_factors(HOOK).tolist() if normalize else [1.0] * 3)

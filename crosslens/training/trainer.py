@@ -60,7 +60,7 @@ from crosslens.core.paths import FINAL_DIRNAME, TRAINER_STATE_FILENAME, checkpoi
 from crosslens.core.progress import progress_bar
 from crosslens.core.seeding import seed_everything
 from crosslens.core.tensors import row_counts
-from crosslens.crosscoders.base import CrosscoderTrainingMixin
+from crosslens.crosscoders.base import CrosscoderTrainingMixin, set_crosscoder_metadata
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.crosscoders.weight_grads import Handoff, taking_handoff
 from crosslens.distributed.mesh import MeshLayout, local_layout
@@ -286,6 +286,7 @@ class CrosscoderTrainer:
             self.load_checkpoint(resume_from)
         elif self.n_steps == 0:
             seed_everything(self.cfg.seed)
+        record_provider(self.sae.cfg, batches)
         batch_iter = _open_batches(batches, self.n_steps)
         log_here = self.cfg.logger.log_to_wandb and self.is_main
         wandb_run, owns_run = self._start_wandb() if log_here else (None, False)
@@ -553,6 +554,18 @@ class CrosscoderTrainer:
         trainer = cls(sae, cfg, mesh=mesh)
         trainer.load_checkpoint(path)
         return trainer
+
+
+def record_provider(cfg: Any, batches: BatchSource) -> None:
+    """An activation provider's hook and normalisation factors in the crosscoder's metadata,
+    where the caller recorded none (the runners record them with the suite): a crosscoder
+    trained on normalised activations that did not say so would be read as trained on raw
+    ones by every later stage (its snapshot SAEs, splicing, the quality table)."""
+    hook = getattr(batches, "hook", None)
+    if isinstance(hook, str) and cfg.metadata.hook_name is None:
+        set_crosscoder_metadata(cfg, hook_name=hook)
+    if getattr(batches, "normalize", False) and cfg.metadata.activation_norm_factors is None:
+        set_crosscoder_metadata(cfg, activation_norm_factors=batches.norm_factors)
 
 
 def saved_config(state: dict[str, Any]) -> CrosscoderTrainerConfig:
