@@ -49,14 +49,15 @@ SplicedAblation = Literal["zero", "mean"]
 def _next_token_stats(
     logits_NLV: Float[torch.Tensor, "n seq d_vocab"],
     tokens_NL: Int[torch.Tensor, "n seq"],
-    clean_logprobs_NLV: Float[torch.Tensor, "n seq d_vocab"] | None,
+    clean_logprobs_NPV: Float[torch.Tensor, "n seq-1 d_vocab"] | None,
 ) -> tuple[float, float]:
-    """(summed cross-entropy, summed KL from the clean distribution) over the predicting positions."""
+    """(summed cross-entropy, summed KL from the clean distribution) over the predicting positions
+    (``P``: every position but the last, whose next token is not in the row)."""
     logprobs = F.log_softmax(logits_NLV[:, :-1].double(), dim=-1)
     ce = -logprobs.gather(-1, tokens_NL[:, 1:, None]).sum()
-    if clean_logprobs_NLV is None:
+    if clean_logprobs_NPV is None:
         return float(ce), 0.0
-    kl = (clean_logprobs_NLV.exp() * (clean_logprobs_NLV - logprobs)).sum()
+    kl = (clean_logprobs_NPV.exp() * (clean_logprobs_NPV - logprobs)).sum()
     return float(ce), float(kl)
 
 
@@ -163,7 +164,7 @@ def _spliced_row(
         rows_b = slice(start, start + batch_size)
         tokens = tokens_NL[rows_b].to(device)
         clean_logits = model(tokens)
-        clean_logprobs = F.log_softmax(clean_logits[:, :-1].double(), dim=-1)
+        clean_logprobs_NPV = F.log_softmax(clean_logits[:, :-1].double(), dim=-1)
         recon = reconstruct(rows_b).to(device, dtype)
         floor = floor_D.to(device, dtype).expand_as(recon)
         for name, logits in (
@@ -171,7 +172,7 @@ def _spliced_row(
             ("spliced", run_from_hook(model, hook, recon, tokens)),
             ("ablated", run_from_hook(model, hook, floor, tokens)),
         ):
-            ce, kl = _next_token_stats(logits, tokens, None if name == "clean" else clean_logprobs)
+            ce, kl = _next_token_stats(logits, tokens, None if name == "clean" else clean_logprobs_NPV)
             sums[name][0] += ce
             sums[name][1] += kl
     n_predicted = tokens_NL.shape[0] * (tokens_NL.shape[1] - 1)

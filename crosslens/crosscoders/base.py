@@ -285,8 +285,8 @@ class CrosscoderMixin:
 
     def decode_active(
         self,
-        indices: Int[torch.Tensor, "n k"],
-        values: Float[torch.Tensor, "n k"],
+        indices: Int[torch.Tensor, "n k"] | Int[torch.Tensor, " pairs"],
+        values: Float[torch.Tensor, "n k"] | Float[torch.Tensor, " pairs"],
         *,
         offsets: Int[torch.Tensor, " n"] | None = None,
         add_bias: bool = True,
