@@ -66,6 +66,22 @@ def test_snapshot_sae_equals_the_per_snapshot_mode(arch, folded, apply_b_dec):
         torch.testing.assert_close(sae(acts_ND), codec.decode(codec.encode_single(acts_ND)), rtol=1e-5, atol=1e-5)
 
 
+def test_a_snapshot_sae_attaches_only_where_its_crosscoder_read():
+    """A hook other than the crosscoder's is refused (attached there, a HookedSAETransformer would
+    run the SAE on activations it never saw, or skip a misspelt hook with a log line); with no
+    hook recorded, the one given is the SAE's."""
+    from crosslens.core.errors import PartnerMismatchError
+
+    crosscoder = random_crosscoder("crosscoder")
+    assert crosscoder.snapshot_sae(0, hook_name=HOOK).cfg.metadata.hook_name == HOOK
+    for other in (HOOK.replace("resid_post", "resid_pre"), HOOK[:-1]):
+        with pytest.raises(PartnerMismatchError, match=f"the crosscoder reads {HOOK}, not hook '{other}'"):
+            crosscoder.snapshot_sae(0, hook_name=other)
+    crosscoder.cfg.metadata.hook_name = None
+    assert crosscoder.snapshot_sae(0).cfg.metadata.hook_name is None
+    assert crosscoder.snapshot_sae(0, hook_name=HOOK[:-1]).cfg.metadata.hook_name == HOOK[:-1]
+
+
 def test_jumprelu_threshold_is_rescaled_by_the_snapshot_decoder_norm():
     crosscoder = random_crosscoder("jumprelu_crosscoder")
     sae = crosscoder.snapshot_sae(1)

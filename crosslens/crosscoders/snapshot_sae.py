@@ -52,7 +52,7 @@ from sae_lens.saes.sae import SAE, SAEMetadata
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
-from crosslens.core.hooks import recorded_hook
+from crosslens.core.hooks import crosscoder_hook, recorded_hook
 from crosslens.crosscoders.folding import resolve_norm_factors
 from crosslens.crosscoders.protocol import Crosscoder
 
@@ -168,7 +168,8 @@ def snapshot_sae(
             (negative indices count from the end).
         norm_factors: per-snapshot normalisation factors, as for :class:`SnapshotCodec`;
             default: the metadata's, unless folded.
-        hook_name: the hook the SAE attaches to; default: the crosscoder's ``hook_name``.
+        hook_name: the hook the SAE attaches to; default: the crosscoder's ``hook_name``
+            (another than the one the crosscoder records is refused).
 
     Returns:
         a ``StandardSAE``, ``JumpReLUSAE`` or ``TopKSAE`` (see the module docstring) whose
@@ -260,7 +261,7 @@ def _snapshot_metadata(crosscoder: Crosscoder, s: int, hook_name: str | None) ->
     snapshots = suite.get("snapshots") or []
     entry = dict(snapshots[s]) if s < len(snapshots) else {}
     meta.update(
-        hook_name=hook_name or recorded_hook(crosscoder),
+        hook_name=recorded_hook(crosscoder) if hook_name is None else crosscoder_hook(crosscoder, hook_name),
         model_name=suite.get("model_id") or crosscoder.cfg.metadata.get("model_name"),
         crosscoder_architecture=crosscoder.cfg.architecture(),
         crosscoder_n_snapshots=crosscoder.cfg.n_snapshots,

@@ -315,6 +315,10 @@ def model_card(publication: Publication) -> str:
         "sae = crosscoder.snapshot_sae(s)  # checkpoint s as a plain SAELens SAE, for HookedSAETransformer",
         "```",
         "",
+        "A snapshot SAE reads checkpoint s's activation alone (the crosscoder's per-snapshot mode), so it "
+        "reconstructs less well than the crosscoder, which reads the token at every checkpoint; the figures "
+        "below are the crosscoder's.",
+        "",
         "Inputs are `[..., n_snapshots, d_in]`: the activation of one token at every checkpoint below, in order.",
         "",
         "## Checkpoints",
