@@ -123,7 +123,9 @@ def test_the_causal_stage_refuses_a_model_or_hook_that_is_not_the_crosscoders(wo
     with pytest.raises(PartnerMismatchError, match=rf"the crosscoder reads {HOOK}, not hook '{OTHER_HOOK}'"):
         with splice(models[0], crosscoder, snapshot=0, hook=OTHER_HOOK):
             pass
-    assert [row["snapshot"] for row in spliced_loss(models, crosscoder, tokens)] == ["0", "1", "2"]
+    # the rows are named by the crosscoder's snapshots, as the models say they are
+    named = [row["snapshot"] for row in spliced_loss(models, crosscoder, tokens)]
+    assert named == [m.crosslens_snapshot.to_dict()["revision"] for m in models] and named[0] == "step0"
     with splice(models[1], crosscoder, snapshot=1) as state:
         models[1](tokens)
     assert state.n_calls == 1

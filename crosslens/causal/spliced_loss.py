@@ -35,6 +35,7 @@ from crosslens.causal.splice import (
     SnapshotModels, activations_at, collect_activations, exact_codes, iter_snapshot_models, run_from_hook,
 )
 from crosslens.core.hooks import crosscoder_hook
+from crosslens.core.metadata import metadata_value
 from crosslens.core.progress import progress_bar
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 
@@ -118,11 +119,16 @@ def spliced_loss(
     HookedTransformers in the crosscoder's snapshot order; ``hook`` defaults to the hook
     the crosscoder records. ``norm_factors`` as for
     :class:`~crosslens.crosscoders.snapshot_sae.SnapshotCodec`. ``progress`` shows a bar per
-    pass over the snapshots (their activations, then the spliced runs).
+    pass over the snapshots (their activations, then the spliced runs). ``labels`` name the rows;
+    by default the snapshots the crosscoder records (their revisions, as every crosslens table
+    names them), else their indices.
     """
     _check_inputs(tokens_NL, ablation)
     hook = crosscoder_hook(crosscoder, hook)
     n_snapshots = crosscoder.cfg.n_snapshots
+    if labels is None:
+        recorded = (metadata_value(crosscoder, "suite") or {}).get("snapshots") or []
+        labels = [snapshot_label(entry) for entry in recorded] if len(recorded) == n_snapshots else None
     acts_NLSD = collect_activations(models, hook, tokens_NL, batch_size=batch_size, progress=progress, crosscoder=crosscoder)
     if acts_NLSD.shape[2] != n_snapshots:
         raise ValueError(f"the crosscoder reads {n_snapshots} snapshots but {acts_NLSD.shape[2]} models were given")
