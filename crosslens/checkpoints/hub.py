@@ -56,6 +56,21 @@ def is_network_error(error: BaseException) -> bool:
     )
 
 
+def not_in_cache(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is huggingface_hub's "not in the local
+    cache, and downloads are off" (transformers wraps it in an ``OSError`` of its own)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, LocalEntryNotFoundError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def _cached_model_ids() -> list[str]:
     try:
         return [repo.repo_id for repo in huggingface_hub.scan_cache_dir(hub_constants.HF_HUB_CACHE).repos]

@@ -21,7 +21,7 @@ from crosslens.checkpoints.convert import (
     processing_flags,
     quiet_loading,
 )
-from crosslens.checkpoints.hub import cached_revisions, hub_offline, list_revisions, pythia_steps_for
+from crosslens.checkpoints.hub import cached_revisions, hub_offline, list_revisions, not_in_cache, pythia_steps_for
 from crosslens.checkpoints.identity import (
     cached_snapshot,
     snapshot_identity,
@@ -481,7 +481,7 @@ class CheckpointSuite:
                     break
                 except (OSError, ValueError) as error:  # ValueError: tokenizer_config.json without tokenizer.json
                     errors.append(f"{source}@{location.get('revision', 'main')}: {error}")
-                    offline_misses += self.family != "local" and hub_offline() and _not_in_cache(error)
+                    offline_misses += self.family != "local" and hub_offline() and not_in_cache(error)
             else:
                 if offline_misses == len(errors):  # one line for what each source's long error says
                     raise CrosslensError(self._offline_tokenizer_message())
@@ -602,22 +602,3 @@ class CheckpointSuite:
     def _tokenizer_at(self, ref: SnapshotRef | None) -> PreTrainedTokenizerBase:
         source, location = self._hf_source(ref)
         return AutoTokenizer.from_pretrained(source, **location)
-
-
-
-
-def _not_in_cache(error: BaseException) -> bool:
-    """Whether ``error`` (or an error it was raised from) is huggingface_hub's "not in the local
-    cache, and downloads are off" (transformers wraps it in an ``OSError`` of its own)."""
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, LocalEntryNotFoundError):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
-
-

@@ -166,9 +166,10 @@ def _refuse_uncached(error: BaseException, repo_id: str, folder: str) -> None:
     """Say, for a download that offline mode refused, which repo is missing from which cache and
     the fix, in place of huggingface_hub's general advice."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    if isinstance(error, LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE:
+    from crosslens.checkpoints.hub import hub_offline, not_in_cache
+
+    if hub_offline() and not_in_cache(error):
         raise PretrainedRegistryError(
             f"{repo_id}/{folder} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 "
             "forbids downloading it; go online once (unset HF_HUB_OFFLINE), or point HF_HOME at a cache that holds it"
