@@ -201,6 +201,68 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(streamed, inputs, tmp_path
     assert sha256(out / WEIGHTS) == sha256(streamed[0] / WEIGHTS)
 
 
+def test_a_resume_on_other_weights_under_the_same_names_is_refused(inputs, tmp_path, monkeypatch, capsys):
+    """A suite folder rebuilt under the same revision names holds other models: the checkpoint's
+    record of each snapshot's weights tells them apart once they load, before a step is taken."""
+    import shutil
+
+    suite = shutil.copytree(inputs[0], tmp_path / "suite")
+    out = tmp_path / "run"
+    batches = StreamingTrainingRunner._batches
+
+    def interrupting(self, start_step):
+        for i, batch in enumerate(batches(self, start_step)):
+            if start_step + i == 3:
+                raise KeyboardInterrupt
+            yield batch
+
+    flags = stream_flags(inputs, out)
+    flags[flags.index(str(inputs[0]))] = str(suite)
+    monkeypatch.setattr(StreamingTrainingRunner, "_batches", interrupting)
+    with pytest.raises(SystemExit):
+        main(flags)
+    monkeypatch.setattr(StreamingTrainingRunner, "_batches", batches)
+    _write_suite(suite, seeds=[0, 5, 2])  # snapshot step10 retrained from another seed
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        main([*flags, "--resume"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.count("\n") == 1, err
+    assert f"the snapshot models' weights differ from those {out} trained on up to step_00000002 (step10: " in err
+    assert not (out / WEIGHTS).exists()
+
+
+def test_the_run_folder_stays_locked_through_the_quality_table(inputs, tmp_path, monkeypatch):
+    """Another process cannot take the folder between training and the table (an --overwrite
+    there would leave one run's table sealed beside another's crosscoder)."""
+    import crosslens.commands.stream as stream_command
+
+    out, seen = tmp_path / "run", {}
+    report = stream_command.report_quality
+
+    def probing(runner, *args):
+        probe = f"from crosslens.training.runfolder import check_not_being_written as c; c({str(out)!r})"
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+        seen["refused"] = done.returncode != 0 and "is being written by" in done.stderr
+        return report(runner, *args)
+
+    monkeypatch.setattr(stream_command, "report_quality", probing)
+    assert main(stream_flags(inputs, out)) == 0
+    assert seen == {"refused": True}
+
+
+def test_a_resume_of_a_finished_run_keeps_its_quality_table(streamed, inputs, tmp_path, capsys):
+    import shutil
+
+    out = shutil.copytree(streamed[0], tmp_path / "run")
+    table = (out / "quality.json").read_bytes()
+    capsys.readouterr()
+    assert main(stream_flags(inputs, out, "--resume")) == 0
+    printed = capsys.readouterr().out
+    assert f"its quality table: {out / 'quality.json'}" in printed and "crosscoder saved to" not in printed
+    assert (out / "quality.json").read_bytes() == table
+
+
 def test_a_resume_on_other_tokens_is_refused(streamed, inputs, tmp_path, capsys):
     import shutil
 

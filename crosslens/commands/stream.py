@@ -173,6 +173,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     from crosslens.commands.harvest import check_context, check_hooks, selected_suite, token_budget, token_source, token_tables
     from crosslens.commands.inputs import check_token_table_fits
     from crosslens.core.launch import is_main_process, local_rank_device
+    from crosslens.training.runfolder import owned_run_folder
     from crosslens.training.streaming import StreamingTrainingRunner
 
     device = config.device
@@ -194,19 +195,33 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     record = stream_record(suite, config.hook_name, source, budget, model_dtype, args.encoding)
     runner = StreamingTrainingRunner(config, suite, train_NL, heldout_NL, record, model_dtype=getattr(torch, model_dtype))
     reset_peak_memory(device)
-    with torchrun_job():
-        try:
-            runner.run(resume=args.resume, overwrite=args.overwrite)
-            heldout = runner.heldout_activations()
-        except ModelsDoNotFitError as error:  # the estimate above fitted, the loaded models did not
-            raise CLIError(str(error)) from None
-        finally:
-            runner.close()
-    if runner.is_main:  # the other workers have left: the table takes as long as it takes
-        print(f"crosscoder saved to {runner.final_path}")
-        report_quality(runner, heldout, args, model_dtype)
+    # held across training and the quality table, so no other run writes between them
+    with owned_run_folder(runner.out_dir, enabled=is_main_process()):
+        with torchrun_job():
+            try:
+                runner.run(resume=args.resume, overwrite=args.overwrite)
+                kept = _kept_quality(runner, args)
+                heldout = None if kept is not None else runner.heldout_activations()
+            except ModelsDoNotFitError as error:  # the estimate above fitted, the loaded models did not
+                raise CLIError(str(error)) from None
+            finally:
+                runner.close()
+        if runner.is_main and kept is not None:
+            print(f"its quality table: {kept}")
+        elif runner.is_main:  # the other workers have left: the table takes as long as it takes
+            print(f"crosscoder saved to {runner.final_path}")
+            report_quality(runner, heldout, args, model_dtype)
     print_peak_memory(runner.device)
     return 0
+
+
+def _kept_quality(runner, args: argparse.Namespace) -> Path | None:
+    """The quality table of a finished run that --resume found, which it keeps (as `train` on a
+    store does) unless --eval-store names where to measure it again; None when one is measured."""
+    from crosslens.core.paths import QUALITY_NAME
+
+    quality = Path(runner.out_dir) / QUALITY_NAME
+    return quality if runner.finished_before and args.eval_store is None and quality.is_file() else None
 
 
 def report_quality(runner, heldout, args: argparse.Namespace, model_dtype: str) -> None:

@@ -111,6 +111,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         self.out_dir, self.device, self.mesh = Path(config.out_dir), config.device, None
         self.provider: ResidentSnapshotProvider | None = None
         self._norm_factors_S: torch.Tensor | None = None
+        self.finished_before = False
 
     @property
     def n_snapshots(self) -> int:
@@ -205,6 +206,26 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
             "content_sha256": json_sha256([tokens_sha256(self.train_NL), tokens_sha256(self.heldout_NL)]),
             "hook": self.hook, "path": "(streamed: no store)", "spec": spec,
         }  # fmt: skip
+
+    def _trainer(self, checkpoint: Path | None):
+        trainer = super()._trainer(checkpoint)
+        if checkpoint is not None:
+            self._check_same_weights(trainer.sae.cfg.metadata.get("suite") or {}, checkpoint)
+        return trainer
+
+    def _check_same_weights(self, recorded: dict[str, Any], checkpoint: Path) -> None:
+        """Refuse to continue on snapshot models whose weights differ from those the checkpoint
+        trained on (a suite folder rebuilt under the same revision names): the identity names
+        the snapshots before any model loads, their weights are known once they have."""
+        then = [entry.get("weights_sha256") for entry in recorded.get("snapshots") or []]
+        now = [entry.get("weights_sha256") for entry in self.provenance()["snapshots"]]
+        changed = [self.suite.snapshots[s].revision for s, (a, b) in enumerate(zip(then, now)) if a and b and a != b]
+        if changed:
+            raise StoreChangedError(
+                f"the snapshot models' weights differ from those {self.out_dir} trained on up to {checkpoint.name} "
+                f"({', '.join(changed)}: another model under the same names); resume with the same models, or start "
+                "a new run in another --out."
+            )
 
     def _write_data_record(self) -> None:
         """The training rows' digests (no store keeps the rows), so that ``evaluate`` can count
