@@ -280,9 +280,9 @@ def test_micro_batches_on_a_mesh_equal_one_process(tmp_path, snapshot_parallel):
     mesh_tests.assert_same_weights(tmp_path / "mesh", reference)
 
 
-def test_a_run_resumes_in_more_micro_batches(store_path, tmp_path):  # noqa: F811
+def test_a_run_resumes_in_more_micro_batches(store_path, tmp_path, capsys):  # noqa: F811
     """Micro-batches fit a run to its GPU, as the mesh does: a run resumed on a smaller GPU in
-    more micro-batches continues (to float rounding), where another setting is refused."""
+    more micro-batches continues (to float rounding, and says so), where another setting is refused."""
     runner = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run"))
     trained = runner.run()
     straight = {name: getattr(trained, name).detach().clone() for name in ("W_enc", "W_dec", "b_enc", "b_dec")}
@@ -291,6 +291,9 @@ def test_a_run_resumes_in_more_micro_batches(store_path, tmp_path):  # noqa: F81
     shutil.rmtree(runner.final_path)
     with pytest.raises(ValueError, match=r"another configuration \(differs in lr"):
         CrosscoderTrainingRunner(_config(store_path, tmp_path / "run", micro_batches=4, lr=1e-3)).run(resume=True)
+    capsys.readouterr()
     resumed = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run", micro_batches=4)).run(resume=True)
+    assert ("--resume: micro_batches 4 (the run started with 1): the same training to float rounding, not the "
+            "bytes an uninterrupted run would end in") in capsys.readouterr().out  # fmt: skip
     for name, value in straight.items():
         torch.testing.assert_close(getattr(resumed, name), value, rtol=0, atol=PARAMETER_ATOL, msg=name)

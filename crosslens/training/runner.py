@@ -215,9 +215,12 @@ class CrosscoderTrainingRunner:
                 "resume with the same settings, pass --overwrite to start again, or pick a new --out."
             )
         try:
-            previous = _resume_settings(json.loads(run_file.read_text()))
+            started = json.loads(run_file.read_text())
+            previous = _resume_settings(started)
         except (OSError, ValueError, AttributeError):
-            previous = None
+            started, previous = {}, None
+        if self.is_main and previous is not None:
+            self._say_what_changes_the_bytes(started)
         if previous != sealed and self.is_main:  # run.json missing or damaged: the sealed record is the truth
             print(f"{run_file} was missing or damaged; rewritten from {checkpoint.name}'s record", file=sys.stderr)
             run_file.write_text(json.dumps(self.run_record(), indent=2))
@@ -225,6 +228,16 @@ class CrosscoderTrainingRunner:
         same_store = started_on.get("content_sha256") == now["content_sha256"]
         if not same_store or started_on.get("fingerprint") != now["fingerprint"]:
             raise StoreChangedError(_store_changed_message(started_on, now, checkpoint))
+
+    def _say_what_changes_the_bytes(self, started: dict[str, Any]) -> None:
+        """Name the hardware settings a resume changes: each trains the same steps, but rounds
+        otherwise, so the run no longer ends in the bytes an uninterrupted run would."""
+        now = self.config_record()
+        changed = [f"{key} {now[key]!r} (the run started with {started[key]!r})"
+                   for key in BYTE_LAYOUT_SETTINGS if key in started and started[key] != now.get(key)]  # fmt: skip
+        if changed:
+            print(f"--resume: {', '.join(changed)}: the same training to float rounding, not the bytes an "
+                  "uninterrupted run would end in")  # fmt: skip
 
     def _trainer(self, checkpoint: Path | None) -> CrosscoderTrainer:
         if checkpoint is None:
@@ -435,6 +448,11 @@ def data_line(config: CrosscoderRunnerConfig, store_tokens: int) -> str:
         f"{tokens:,} tokens, "
         f"{tokens / store_tokens:,.2f} passes over the store's {store_tokens:,}"
     )
+
+
+BYTE_LAYOUT_SETTINGS = ("device", "snapshot_parallel", "micro_batches")
+"""Settings a resume may change that round the same training otherwise (another device's
+kernels, another mesh's sums, another split of the batch)."""
 
 
 def _resume_settings(config: dict[str, Any]) -> dict[str, Any]:
