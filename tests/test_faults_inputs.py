@@ -94,6 +94,13 @@ def test_text_files_are_read_only_as_far_as_the_token_table_needs(suite, tmp_pat
     assert not (tmp_path / "again").exists()
 
 
+def test_text_files_of_blank_lines_are_refused_naming_the_flag(suite, tmp_path, capsys):
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n\n")
+    err = one_line_error(run_harvest(suite, tmp_path / "store", "--text", str(blank)), capsys)
+    assert err == f"crosslens harvest: error: --text {blank}: the files hold no text (blank lines at most); pass files of text"
+
+
 def test_a_latin1_file_is_refused_as_utf8_and_accepted_with_its_encoding(suite, tmp_path, capsys):
     text = tmp_path / "latin1.txt"
     # one word in twelve is unknown (café), well under the refused share
@@ -371,6 +378,27 @@ def test_a_file_of_records_is_read_by_its_text_column_and_refused_as_text(tmp_pa
     tokenizer = make_word_tokenizer()
     got = tokens_from_dataset(tokenizer, str(records), 8, 10)
     assert torch.equal(got, tokenize_texts(tokenizer, texts, 8, n_seqs=10))
+
+
+@pytest.mark.parametrize(
+    "content, column, says",
+    [
+        ("", "text", r"the file does not read as json records \(StopIteration\); check the file \(\.jsonl: one JSON object per line\)"),
+        ('{"text": "a b c"}\nnot json\n', "text", r"the file does not read as json records \(JSON parse error: .*\); check the file"),
+        ('{"text": "a b c", "id": 3}\n', "id", r"row 0 holds int \('3'\), not text, in column 'id'; name a column of text"),
+        ('{"text": "a b c"}\n{"text": null}\n', "text", r"row 1 holds NoneType \('None'\), not text, in column 'text'"),
+    ],
+    ids=["empty", "not-json", "numbers", "null"],
+)
+def test_a_file_of_records_that_does_not_read_as_text_is_named_with_the_flag(tmp_path, content, column, says):
+    from crosslens.activations.tokens import tokens_from_dataset
+    from crosslens.core.errors import CrosslensError
+
+    records = tmp_path / "corpus.jsonl"
+    records.write_text(content)
+    flag = f"--dataset {records}" + ("" if column == "text" else f":{column}")
+    with pytest.raises(CrosslensError, match=f"^{re.escape(flag)}: {says}"):
+        tokens_from_dataset(make_word_tokenizer(), str(records), 8, 10, column=column)
 
 
 def test_every_torchrun_worker_on_a_machine_builds_its_own_token_table(monkeypatch):

@@ -109,11 +109,31 @@ def tokens_from_dataset(
     if column_names is not None and column not in column_names:
         raise _no_column_error(name, column, column_names)
 
+    def rows() -> Iterator[Any]:
+        local_file = name is not None and Path(name).is_file()
+        iterator = iter(dataset)
+        while True:
+            try:
+                row = next(iterator)
+            except StopIteration:
+                return
+            except Exception as error:  # noqa: BLE001 - the readers of local files raise their own kinds
+                if not local_file:
+                    raise
+                raise _unreadable_file_error(name, error) from None
+            yield row
+
     def texts() -> Iterator[str]:
-        for row in dataset:
+        for index, row in enumerate(rows()):
             if column not in row:  # a streamed dataset knows its columns only from its rows
                 raise _no_column_error(name, column, list(row))
-            yield row[column]
+            text = row[column]
+            if not isinstance(text, str):
+                raise CrosslensError(
+                    f"{_dataset_flag(name, column)}: row {index} holds {type(text).__name__} ({str(text)[:40]!r}), not "
+                    f"text, in column {column!r}; name a column of text, or drop the rows without it"
+                )
+            yield text
 
     return tokenize_texts(tokenizer, texts(), seq_len, n_seqs=n_seqs, prepend_bos=prepend_bos)
 
@@ -121,6 +141,15 @@ def tokens_from_dataset(
 def _dataset_flag(name: str | None, column: str) -> str:
     """The ``--dataset`` value that names ``name``'s ``column``."""
     return f"--dataset {name}" + ("" if column == "text" else f":{column}")
+
+
+def _unreadable_file_error(name: str, error: BaseException) -> CrosslensError:
+    detail = " ".join(str(error).split())[:160] or type(error).__name__
+    kind = RECORD_FILES.get(Path(name).suffix.lower(), "records")
+    return CrosslensError(
+        f"--dataset {name}: the file does not read as {kind} records ({detail}); check the file "
+        "(.jsonl: one JSON object per line), or pass a plain text file with --text"
+    )
 
 
 def _no_column_error(name: str | None, column: str, columns: Sequence[str]) -> CrosslensError:
@@ -146,7 +175,10 @@ def _load_named_dataset(name: str, column: str, *, config_name: str | None, spli
 
     builder = RECORD_FILES.get(Path(name).suffix.lower())
     if builder is not None and Path(name).is_file():
-        return datasets.load_dataset(builder, data_files=str(name), split="train", streaming=streaming)
+        try:
+            return datasets.load_dataset(builder, data_files=str(name), split="train", streaming=streaming)
+        except Exception as error:  # noqa: BLE001 - an empty or damaged file: each builder raises its own
+            raise _unreadable_file_error(name, error) from None
     try:
         return datasets.load_dataset(name, config_name, split=split, streaming=streaming)
     except Exception as error:  # noqa: BLE001 - network errors come from whichever HTTP client the hub uses

@@ -120,7 +120,7 @@ def text_documents(paths: Sequence[str | Path], *, encoding: str = "utf-8", toke
         any_text = any_text or bool(documents)
         yield from documents
     if not any_text:
-        raise ValueError(f"the text files {[str(p) for p in paths]} hold no text")
+        raise ValueError(f"--text {' '.join(map(str, paths))}: the files hold no text (blank lines at most); pass files of text")
 
 
 def check_output_folder(path: str | Path, flag: str = "--out", holds: str = "its results") -> None:
