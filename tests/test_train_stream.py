@@ -162,6 +162,18 @@ def test_evaluate_counts_the_training_rows_of_a_store_from_the_sealed_row_digest
     assert f"{copy / TRAINED_ROWS_NAME} is not the file the run was sealed with" in err
 
 
+def test_row_digests_are_written_in_the_same_bytes_every_time(tmp_path):
+    """The file is sealed into its run, so the same rows must give the same file (safetensors
+    orders several metadata entries anew for each file it writes)."""
+    from crosslens.activations.partners import RowDigests
+
+    rows = RowDigests.of(torch.arange(48).reshape(3, 16))
+    for i in range(20):
+        rows.save(tmp_path / f"{i}.safetensors")
+    assert len({(tmp_path / f"{i}.safetensors").read_bytes() for i in range(20)}) == 1
+    assert RowDigests.load(tmp_path / "0.safetensors") == rows
+
+
 def test_overwrite_replaces_a_finished_streamed_run_and_its_row_digests(streamed, inputs, tmp_path, capsys):
     import shutil
 

@@ -200,7 +200,10 @@ class RowDigests:
         from safetensors.torch import save_file
 
         digests_N16 = torch.frombuffer(bytearray(b"".join(self.digests)), dtype=torch.uint8).reshape(-1, 16)
-        save_file({"digests": digests_N16}, str(path), metadata={"format": ROW_DIGESTS_FORMAT, "seq_len": str(self.seq_len)})
+        # one metadata entry: safetensors writes several in an order of the process's own, and
+        # the file is sealed into the run, whose seal must come out the same for the same run
+        tensors = {"digests": digests_N16, "seq_len": torch.tensor([self.seq_len], dtype=torch.int64)}
+        save_file(tensors, str(path), metadata={"format": ROW_DIGESTS_FORMAT})
 
     @classmethod
     def load(cls, path: str | Path) -> RowDigests:
@@ -209,10 +212,10 @@ class RowDigests:
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                metadata, digests_N16 = f.metadata() or {}, f.get_tensor("digests")
+                metadata, digests_N16, seq_len_1 = f.metadata() or {}, f.get_tensor("digests"), f.get_tensor("seq_len")
             if metadata.get("format") != ROW_DIGESTS_FORMAT or digests_N16.dtype != torch.uint8 or digests_N16.shape[-1:] != (16,):
                 raise ValueError(f"not a {ROW_DIGESTS_FORMAT} file")
-            seq_len = int(metadata["seq_len"])
+            seq_len = int(seq_len_1.item())
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise PartnerMismatchError(f"{path} cannot be read as a run's row digests ({error}); train the run again") from None
         return cls(seq_len, tuple(bytes(row.tolist()) for row in digests_N16))
