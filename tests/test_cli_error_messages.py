@@ -210,6 +210,10 @@ def test_field_names_become_flags_only_in_a_message_about_fields():
     assert name_flags("micro_batches (--micro-batches) must be >= 1, got 0.", flags) == "--micro-batches must be >= 1, got 0."
     assert name_flags("lr must be > 0, got -1.", flags) == "--lr must be > 0, got -1."
     assert name_flags("k must be in [1, d_sae=32], got 40.", flags) == "--k must be in [1, --d-sae=32], got 40."
+    changed = ("run holds a run with another configuration (differs in sae.d_sae: 64 in the run, 32 now; "
+               "stream.tokens.kind: 'text' in the run, 'dataset' now; train_batch_size_tokens: 32 in the run, 64 now); "
+               "resume with the same settings")  # fmt: skip
+    assert name_flags(changed, flags) == changed.replace("sae.d_sae", "--d-sae").replace("train_batch_size_tokens", "--batch-size")
     for prose in ("out of memory on cuda:0", "the store holds hooks ['a']", "seed 3 is taken",
                   "cannot read /tmp/lr_decay_fraction/x"):  # fmt: skip
         assert name_flags(prose, flags) == prose

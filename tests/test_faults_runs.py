@@ -210,7 +210,7 @@ def test_resume_with_another_d_sae_is_refused_naming_it(store, finished_run, tmp
     with pytest.raises(ValueError, match=r"differs in sae\.d_sae: 32 in the run, 64 now"):
         train(store, run, n_steps=N_STEPS, checkpoint_every=EVERY, d_sae=64, resume=True)
     line = cli_error(cli_train(store, run, "--resume", "--d-sae", "64", "--seed", "3"), capsys)
-    assert "sae.d_sae: 32 in the run, 64 now" in line and "seed: 0 in the run, 3 now" in line
+    assert "--d-sae: 32 in the run, 64 now" in line and "--seed: 0 in the run, 3 now" in line  # the flags
     assert tree_bytes(run) == before  # nothing retrained over the finished run
 
     # the same settings: finished, nothing trained, the folder untouched

@@ -167,6 +167,8 @@ def field_flags(classes: tuple[type, ...]) -> dict[str, str]:
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+_CHANGED_SETTING = re.compile(r"(?:(?<=differs in )|(?<=; ))([A-Za-z_][\w.]*): (?=[^;]* in the run, )")
+"""A setting in :func:`crosslens.training.runner.differing_settings`'s list, before its values."""
 
 
 def name_flags(message: str, flags: dict[str, str]) -> str:
@@ -176,7 +178,9 @@ def name_flags(message: str, flags: dict[str, str]) -> str:
 
     Only a message that starts with a field name is one: it then names snake_case fields anywhere
     (and a one-word field only as its first word, where it cannot be an ordinary word of prose).
-    Anything else is returned unchanged."""
+    So is each setting a resume finds changed (``differs in sae.d_sae: 64 in the run, 32 now;
+    ...``), named by its last part's flag where one sets it. Anything else is returned unchanged."""
+    message = _CHANGED_SETTING.sub(lambda m: flags.get(m.group(1).rsplit(".", 1)[-1], m.group(1)) + ": ", message)
     first = _IDENTIFIER.match(message)
     if first is None or first.group() not in flags:
         return message
