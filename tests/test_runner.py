@@ -157,8 +157,11 @@ def test_the_checkpoints_already_written_count_towards_the_space_a_resume_needs(
 
 
 def test_a_run_resumes_with_its_checkpoints_spaced_and_kept_otherwise(store_path, tmp_path, capsys):
-    """Neither the cadence nor how many checkpoints are kept changes what a run trains."""
+    """Neither the cadence nor how many checkpoints are kept, nor how it logs, changes what a run trains."""
+    from crosslens.training.config import LoggingConfig
+
     run = tmp_path / "run"
     CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=15, keep_checkpoints=2)).run()
-    again = CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=None, keep_checkpoints=0)).run(resume=True)
+    logged = LoggingConfig(wandb_log_frequency=7, run_name="again")
+    again = CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=None, keep_checkpoints=0, logger=logged)).run(resume=True)
     assert again is not None and "holds this run, finished: nothing to train" in capsys.readouterr().out

@@ -456,11 +456,12 @@ kernels, another mesh's sums, another split of the batch)."""
 
 
 def _resume_settings(config: dict[str, Any]) -> dict[str, Any]:
-    # where things live, how they are checked, on what hardware, and how often the run is saved:
-    # a run may resume elsewhere, on another device, on another mesh, in micro-batches that fit
-    # another GPU, or with its checkpoints spaced and kept otherwise (none changes what it trains)
+    # where things live, how they are checked, on what hardware, and how often the run is saved
+    # and logged: a run may resume elsewhere, on another device, on another mesh, in micro-batches
+    # that fit another GPU, with its checkpoints spaced and kept otherwise, or logged otherwise
+    # (none changes what it trains)
     where = ("out_dir", "store_path", RUN_STORE_SEAL, "verify_store", "progress", "device", "snapshot_parallel", "micro_batches",
-             "checkpoint_every", "keep_checkpoints")  # fmt: skip
+             "checkpoint_every", "keep_checkpoints", "logger")  # fmt: skip
     return {key: value for key, value in config.items() if key not in where}
 
 
