@@ -72,7 +72,8 @@ def test_a_store_of_other_revisions_is_refused_by_evaluate_and_analyze(world, tm
     other = harvest(write_local_suite(tmp_path / "suite", models, make_word_tokenizer()), tmp_path / "store").path
     err = refusal(["evaluate", str(world["run"]), "--store", str(other), "--device", "cpu"], capsys)
     assert str(world["run"] / "final") in err and str(other) in err
-    assert "[step0, step10, step20] vs [step0, step10, step30]" in err and "--steps 0,10,20" in err
+    assert "[step0, step10, step20] vs [step0, step10, step30]" in err
+    assert f"(`crosslens harvest --suite {world['suite']} --steps 0,10,20 --hook {HOOK}`)" in err  # the crosscoder's suite
     err = refusal(["analyze", "--crosscoder", str(world["run"]), "--store", str(other), "--out", str(tmp_path / "r.html")], capsys)
     assert "[step0, step10, step20] vs [step0, step10, step30]" in err
     assert not (tmp_path / "r.html").exists()

@@ -442,7 +442,7 @@ def test_no_heldout_tokens_means_no_table_and_says_how_to_get_one(inputs, tmp_pa
     flags[flags.index("--heldout-tokens") + 1] = "0"
     assert main(flags) == 0
     printed = capsys.readouterr().out
-    assert "no held-out tokens (--heldout-tokens 0): no quality table" in printed
+    assert "no held-out tokens: no quality table; pass --heldout-tokens 16 or more (a row of --seq-len), or --eval-store STORE, for one" in printed
     assert "Changing model dtype" not in printed  # TransformerLens's line for every snapshot loaded
     assert json.loads((out / "run.json").read_text())["stream"]["heldout_tokens"] == 0
     assert not (out / "quality.json").exists()

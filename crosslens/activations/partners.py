@@ -12,7 +12,7 @@ bytes are checked by ``ActivationStore.open(verify="full")``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,14 @@ def crosscoder_record_problem(crosscoder: Any) -> str | None:
     return f"records no {' and no '.join(missing)} it was trained on" if missing else None
 
 
+def harvest_command(suite: Mapping[str, Any], snapshots: Sequence[Mapping[str, Any]], hook: str) -> str:
+    """The ``crosslens harvest`` that writes a store of ``snapshots`` of the suite a record names
+    (its folder, else its model id) at ``hook``."""
+    name = suite.get("root") or suite.get("model_id")
+    steps = ",".join(str(entry.get("step")) for entry in snapshots)
+    return f"crosslens harvest {f'--suite {name} ' if name else ''}--steps {steps} --hook {hook}"
+
+
 def check_crosscoder_store(crosscoder: Any, store: ActivationStore, *, crosscoder_name: str | Path) -> None:
     """Refuse ``store`` unless it holds the crosscoder's snapshots (same identities, same order)
     at the crosscoder's hook and width."""
@@ -98,10 +106,9 @@ def check_crosscoder_store(crosscoder: Any, store: ActivationStore, *, crosscode
     hook = metadata_value(crosscoder, "hook_name")
     problem = snapshot_problem(recorded, store.snapshots)
     if problem:
-        steps = ",".join(str(e.get("step")) for e in recorded)
         raise PartnerMismatchError(
             f"{where} do not match: {problem}; pass a store harvested from the crosscoder's snapshots "
-            f"(`crosslens harvest --steps {steps} --hook {hook}`)"
+            f"(`{harvest_command(metadata_value(crosscoder, 'suite'), recorded, hook)}`)"
         )
     if hook not in store.hooks:
         raise PartnerMismatchError(
@@ -160,10 +167,10 @@ def check_eval_store(training: ActivationStore, evaluation: ActivationStore, hoo
     where = f"{flag} {evaluation.path} and the training store {training.path}"
     problem = snapshot_problem(training.snapshots, evaluation.snapshots)
     if problem:
-        steps = ",".join(str(e.get("step")) for e in training.snapshots)
+        suite = training.manifest.get("spec", {}).get("suite") or {}
         raise PartnerMismatchError(
             f"{where} do not match: {problem}; pass a store harvested from the same snapshots "
-            f"(`crosslens harvest --steps {steps} --hook {hook}`)"
+            f"(`{harvest_command(suite, training.snapshots, hook)}`)"
         )
     if hook not in evaluation.hooks:
         raise PartnerMismatchError(

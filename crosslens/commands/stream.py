@@ -246,7 +246,9 @@ def report_quality(runner, heldout, args: argparse.Namespace, model_dtype: str) 
         log_run_spliced(runner, spliced)
         return
     if heldout is None:
-        print("no held-out tokens (--heldout-tokens 0): no quality table; pass --eval-store STORE for one")
+        seq_len = int(runner.train_NL.shape[1])
+        print(f"no held-out tokens: no quality table; pass --heldout-tokens {seq_len} or more (a row of --seq-len), "
+              "or --eval-store STORE, for one")  # fmt: skip
         return
     where = f"{heldout.n_tokens} held-out tokens harvested from the resident models"
     crosscoder = load_crosscoder_folder(runner.final_path, device=str(runner.device))
