@@ -167,6 +167,23 @@ def test_a_folder_with_checkpoints_is_not_silently_started_over(store, tmp_path,
     assert tree_bytes(run) == before
 
 
+def test_a_resume_whose_checkpoints_are_all_damaged_says_so(store, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(store, run, n_steps=N_STEPS, checkpoint_every=10, keep_checkpoints=0)
+    shutil.rmtree(run / "final")
+    (run / RUN_SEAL_NAME).unlink()
+    for step in (10, 20, 30, 40):  # each cut short
+        weights = run / f"step_{step:08d}" / "sae_weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(cli_train(store, run, "--resume"))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"crosslens train: error: --resume: {run} holds a run's results (step_00000010/, step_00000020/, "
+                    "step_00000030/, step_00000040/), but no checkpoint or finished run in it verifies; "
+                    "pass --overwrite to remove them and start again, or pick another --out")  # fmt: skip
+
+
 def test_a_killed_new_run_beside_an_old_final_is_refused_by_every_reader(store, finished_run, tmp_path, capsys):
     # an older crosslens started a new run here and was killed: run.json describes it, final/ the old one
     run = copy_tree(finished_run, tmp_path / "run")

@@ -298,6 +298,11 @@ def check_run_start(run_dir: str | Path, *, resume: bool, overwrite: bool) -> Ru
         raise RunFolderInUseError(
             f"{run_dir} holds a run at step {state.step}; pass --resume to continue or --overwrite to start again"
         )
+    if resume:
+        raise RunFolderInUseError(
+            f"--resume: {run_dir} holds a run's results ({_listed(state.leftovers)}), but no checkpoint or finished "
+            "run in it verifies; pass --overwrite to remove them and start again, or pick another --out"
+        )
     raise RunFolderInUseError(
         f"{run_dir} holds another run's results ({_listed(state.leftovers)}) and no checkpoint to continue; "
         "pass --overwrite to remove them and start again, or pick another --out"
