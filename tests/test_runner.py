@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -154,6 +155,25 @@ def test_the_checkpoints_already_written_count_towards_the_space_a_resume_needs(
         assert checkpoint_space_problem(tmp_path, 100, 40, to_write=2, keep=keep) is None
         monkeypatch.setattr(paths, "free_disk", lambda folder, free=needed - 1: free)
         assert f"need about {needed} B more" in checkpoint_space_problem(tmp_path, 100, 40, to_write=2, keep=keep)
+
+
+def test_a_checkpoint_sealed_with_a_setting_a_resume_may_now_change_still_resumes(store_path, tmp_path, monkeypatch, capsys):
+    """A run checkpointed while its logging settings were still compared on resume (its record
+    holds them) resumes once they no longer are, to the bytes of an uninterrupted run."""
+    import crosslens.training.runner as runner_module
+
+    straight = CrosscoderTrainingRunner(_config(store_path, tmp_path / "straight")).run()
+    comparing = runner_module._resume_settings
+    monkeypatch.setattr(runner_module, "_resume_settings", lambda config: {**comparing(config), "logger": config["logger"]})
+    run = tmp_path / "run"
+    runner = CrosscoderTrainingRunner(_config(store_path, run))
+    runner.run()
+    shutil.rmtree(runner.checkpoint_dir / "step_00000060")  # as if it died after step 30's checkpoint
+    shutil.rmtree(runner.final_path)
+    monkeypatch.undo()
+    resumed = CrosscoderTrainingRunner(_config(store_path, run)).run(resume=True)
+    assert "--resume: continuing from" in capsys.readouterr().out
+    assert torch.equal(resumed.W_dec, straight.W_dec)
 
 
 def test_a_run_resumes_with_its_checkpoints_spaced_and_kept_otherwise(store_path, tmp_path, capsys):

@@ -204,6 +204,8 @@ class CrosscoderTrainingRunner:
         """Refuse other settings or another store before a single batch is read."""
         record = read_record(checkpoint)
         current, sealed = self._settings(), record.get("settings")
+        if sealed is not None:  # a record sealed before a setting joined those a resume may change
+            sealed = _resume_settings(sealed)
         if sealed is not None and ("stream" in sealed) != ("stream" in current):
             how = ("was streamed from resident models: resume it with `crosslens train --stream` and its flags"
                    if "stream" in sealed else "trained on a store: resume it with --store, without --stream")  # fmt: skip
@@ -215,12 +217,9 @@ class CrosscoderTrainingRunner:
                 "resume with the same settings, pass --overwrite to start again, or pick a new --out."
             )
         try:
-            started = json.loads(run_file.read_text())
-            previous = _resume_settings(started)
+            previous = _resume_settings(json.loads(run_file.read_text()))
         except (OSError, ValueError, AttributeError):
-            started, previous = {}, None
-        if self.is_main and previous is not None:
-            self._say_what_changes_the_bytes(started)
+            previous = None
         if previous != sealed and self.is_main:  # run.json missing or damaged: the sealed record is the truth
             print(f"{run_file} was missing or damaged; rewritten from {checkpoint.name}'s record", file=sys.stderr)
             run_file.write_text(json.dumps(self.run_record(), indent=2))
@@ -229,9 +228,15 @@ class CrosscoderTrainingRunner:
         if not same_store or started_on.get("fingerprint") != now["fingerprint"]:
             raise StoreChangedError(_store_changed_message(started_on, now, checkpoint))
 
-    def _say_what_changes_the_bytes(self, started: dict[str, Any]) -> None:
+    def _say_what_changes_the_bytes(self, run_file: Path) -> None:
         """Name the hardware settings a resume changes: each trains the same steps, but rounds
         otherwise, so the run no longer ends in the bytes an uninterrupted run would."""
+        try:
+            started = json.loads(run_file.read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(started, dict):
+            return
         now = self.config_record()
         changed = [f"{key} {now[key]!r} (the run started with {started[key]!r})"
                    for key in BYTE_LAYOUT_SETTINGS if key in started and started[key] != now.get(key)]  # fmt: skip
@@ -291,6 +296,7 @@ class CrosscoderTrainingRunner:
                     step = checkpoint_step(Path(resume_from).name)
                     of = "" if step is None else f" (step {step} of {self.config.n_steps})"
                     print(f"--resume: continuing from {resume_from}{of}")
+                    self._say_what_changes_the_bytes(run_file)
             elif self.is_main:
                 run_file.write_text(json.dumps(self.run_record(), indent=2))
             if self.is_main:
