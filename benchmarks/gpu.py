@@ -199,6 +199,11 @@ def gather_sweep(a: argparse.Namespace, device: str) -> None:
               f"{both[False] * 1e3:6.2f} ms ({both[False] / both[True]:4.2f}x; VALUES_IN_WEIGHT_PASS)")  # fmt: skip
 
 
+PROCESS_COMPILE = jumprelu_kernels.compiled_kernels_setting()
+"""The process's compile setting (``CROSSLENS_COMPILE_KERNELS``), which every row but the
+``eager-blocks`` ones keeps."""
+
+
 def step_paths(arch: str, trained: bool, device: str, autocast: str | None) -> list[str]:
     """The implementations measured for one row: JumpReLU at a trained sparsity with the
     dense kernels and from its active pairs (``sparse_step``), the latter also with the
@@ -225,7 +230,7 @@ def make_trainer(
     if arch == "jumprelu_crosscoder" and path != "default":
         extra["sparse_step"] = path not in ("dense", "eager-blocks")
     sparse_kernels.WINDOW_KERNEL = path == "window-kernel"
-    jumprelu_kernels.use_compiled_kernels(False if path == "eager-blocks" else None)
+    jumprelu_kernels.use_compiled_kernels(False if path == "eager-blocks" else PROCESS_COMPILE)
     sparse_kernels.BACKEND = "eager" if path == "embedding_bag" else None
     torch.manual_seed(0)
     sae = train_cls(train_cfg_cls(d_in=a.d_in, d_sae=a.d_sae, n_snapshots=a.S, device=device, **extra))

@@ -366,6 +366,7 @@ def compiled_rows(args: argparse.Namespace, x: torch.Tensor) -> None:
     eager_step = crosslens_step_fn("jumprelu_crosscoder", S, D, F_, args.k)
     compiled_step = crosslens_step_fn("jumprelu_crosscoder", S, D, F_, args.k)
     compiled_ref = reference_step_fn(S, D, F_, compile=True)
+    process_setting = jumprelu_kernels.compiled_kernels_setting()
 
     def with_kernels(compiled: bool, step: Callable[[torch.Tensor], None]) -> Callable[[], None]:
         def run() -> None:
@@ -388,7 +389,7 @@ def compiled_rows(args: argparse.Namespace, x: torch.Tensor) -> None:
         rounds=args.rounds,
         warmup=1,
     )
-    jumprelu_kernels.use_compiled_kernels(None)
+    jumprelu_kernels.use_compiled_kernels(process_setting)
     print("{:<34}{:>10}{:>8}".format("variant", "tokens/s", "ratio"))
     for name, seconds in times.items():
         print(f"{name:<34}{args.batch / seconds:>10.0f}{times['ref'] / seconds:>8.2f}")

@@ -369,10 +369,12 @@ def test_the_block_functions_are_compiled_on_cuda_and_eager_elsewhere(monkeypatc
     assert kernels.block_function("forward", *shape, cpu)[0] is forward_block
 
 
-@pytest.mark.parametrize("setting, on_cpu, on_cuda", [("0", False, False), ("1", True, True), ("", False, True)])
+@pytest.mark.parametrize(
+    "setting, on_cpu, on_cuda", [("0", False, False), ("1", True, True), ("", False, True), ("yes", False, True)]
+)
 def test_the_environment_sets_where_the_block_functions_are_compiled(setting, on_cpu, on_cuda):
     """``CROSSLENS_COMPILE_KERNELS`` 0 or 1 is :func:`use_compiled_kernels` False or True for a
-    process; unset, the default: compiled on CUDA with Triton."""
+    process; unset, the default: compiled on CUDA with Triton; another value is named and ignored."""
     import subprocess
     import sys
 
@@ -383,8 +385,9 @@ def test_the_environment_sets_where_the_block_functions_are_compiled(setting, on
         "print([k.block_function('forward', 8, 2, 4, torch.device(t))[0] is not forward_block for t in ('cpu', 'cuda')])"
     )
     env = {**os.environ, "CROSSLENS_COMPILE_KERNELS": setting}
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == str([on_cpu, on_cuda])
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == str([on_cpu, on_cuda])
+    assert ("CROSSLENS_COMPILE_KERNELS='yes' is ignored: set 1" in done.stderr) == (setting == "yes"), done.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

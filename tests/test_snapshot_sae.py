@@ -75,7 +75,7 @@ def test_a_snapshot_sae_attaches_only_where_its_crosscoder_read():
     crosscoder = random_crosscoder("crosscoder")
     assert crosscoder.snapshot_sae(0, hook_name=HOOK).cfg.metadata.hook_name == HOOK
     for other in (HOOK.replace("resid_post", "resid_pre"), HOOK[:-1]):
-        with pytest.raises(PartnerMismatchError, match=f"the crosscoder reads {HOOK}, not hook '{other}'"):
+        with pytest.raises(PartnerMismatchError, match=f"the crosscoder reads {HOOK}, not hook '{other}'; pass hook_name='{HOOK}'"):
             crosscoder.snapshot_sae(0, hook_name=other)
     crosscoder.cfg.metadata.hook_name = None
     assert crosscoder.snapshot_sae(0).cfg.metadata.hook_name is None

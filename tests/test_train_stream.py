@@ -172,6 +172,13 @@ def test_row_digests_are_written_in_the_same_bytes_every_time(tmp_path):
         rows.save(tmp_path / f"{i}.safetensors")
     assert len({(tmp_path / f"{i}.safetensors").read_bytes() for i in range(20)}) == 1
     assert RowDigests.load(tmp_path / "0.safetensors") == rows
+    from safetensors.torch import save_file
+
+    from crosslens.core.errors import PartnerMismatchError
+
+    save_file({"digests": torch.zeros(3, 16, dtype=torch.uint8)}, str(tmp_path / "other.safetensors"))  # no seq_len
+    with pytest.raises(PartnerMismatchError, match="cannot be read as a run's row digests .*; train the run again"):
+        RowDigests.load(tmp_path / "other.safetensors")
 
 
 def test_overwrite_replaces_a_finished_streamed_run_and_its_row_digests(streamed, inputs, tmp_path, capsys):
@@ -242,6 +249,28 @@ def test_a_resume_on_other_weights_under_the_same_names_is_refused(inputs, tmp_p
     assert refused.value.code == 2 and err.count("\n") == 1, err
     assert f"the snapshot models' weights differ from those {out} trained on up to step_00000002 (step10: " in err
     assert not (out / WEIGHTS).exists()
+
+    # a finished run stopped before its table: measured on resume, but not on other models
+    import crosslens.commands.stream as stream_command
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+
+    _write_suite(suite, seeds=[0, 1, 2])
+    finished = tmp_path / "finished"
+    flags[flags.index(str(out))] = str(finished)
+    monkeypatch.setattr(stream_command, "report_quality", stopped)
+    with pytest.raises(SystemExit):
+        main(flags)
+    monkeypatch.undo()
+    assert (finished / WEIGHTS).exists() and not (finished / "quality.json").exists()
+    _write_suite(suite, seeds=[0, 5, 2])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*flags, "--resume"])
+    err = capsys.readouterr().err
+    assert f"the snapshot models' weights differ from those {finished} trained on up to final (step10: " in err, err
+    assert not (finished / "quality.json").exists()
 
 
 def test_the_run_folder_stays_locked_through_the_quality_table(inputs, tmp_path, monkeypatch):

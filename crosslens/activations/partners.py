@@ -84,12 +84,25 @@ def crosscoder_record_problem(crosscoder: Any) -> str | None:
     return f"records no {' and no '.join(missing)} it was trained on" if missing else None
 
 
+def harvest_words(suite: Mapping[str, Any], revisions: Sequence[str], steps: Sequence[int], hook: str) -> list[str]:
+    """The words of a ``crosslens harvest`` of those snapshots of the suite a record names (its
+    folder, else its model id, with the one ingredient a staged suite's revisions name) at ``hook``."""
+    from crosslens.checkpoints.trajectory import parse_ingredient
+
+    spec = str(suite.get("root") or suite.get("model_id") or "")
+    ingredients = {parse_ingredient(str(r)) for r in revisions} - {None}
+    if spec and suite.get("root") is None and "@" not in spec and len(ingredients) == 1:
+        spec += f"@ingredient{ingredients.pop()}"
+    words = ["crosslens", "harvest", *(["--suite", spec] if spec else [])]
+    return [*words, "--steps", ",".join(str(int(step)) for step in steps), "--hook", hook]
+
+
 def harvest_command(suite: Mapping[str, Any], snapshots: Sequence[Mapping[str, Any]], hook: str) -> str:
-    """The ``crosslens harvest`` that writes a store of ``snapshots`` of the suite a record names
-    (its folder, else its model id) at ``hook``."""
-    name = suite.get("root") or suite.get("model_id")
-    steps = ",".join(str(entry.get("step")) for entry in snapshots)
-    return f"crosslens harvest {f'--suite {name} ' if name else ''}--steps {steps} --hook {hook}"
+    """:func:`harvest_words` of a record's snapshots (``{"revision", "step", ...}``), as one shell line."""
+    import shlex
+
+    revisions = [str(entry.get("revision")) for entry in snapshots]
+    return shlex.join(harvest_words(suite, revisions, [int(entry["step"]) for entry in snapshots], hook))
 
 
 def check_crosscoder_store(crosscoder: Any, store: ActivationStore, *, crosscoder_name: str | Path) -> None:
@@ -215,7 +228,7 @@ class RowDigests:
     @classmethod
     def load(cls, path: str | Path) -> RowDigests:
         """The digests saved at ``path``; a file of another format is refused, naming it."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -223,7 +236,7 @@ class RowDigests:
             if metadata.get("format") != ROW_DIGESTS_FORMAT or digests_N16.dtype != torch.uint8 or digests_N16.shape[-1:] != (16,):
                 raise ValueError(f"not a {ROW_DIGESTS_FORMAT} file")
             seq_len = int(seq_len_1.item())
-        except (OSError, ValueError, KeyError, RuntimeError) as error:
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
             raise PartnerMismatchError(f"{path} cannot be read as a run's row digests ({error}); train the run again") from None
         return cls(seq_len, tuple(bytes(row.tolist()) for row in digests_N16))
 

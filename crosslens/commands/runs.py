@@ -112,17 +112,12 @@ def streamed_store_command(run_dir: Path | None) -> str | None:
     weights (the resident models are loaded so, then cast), which the store must match."""
     import shlex
 
-    from crosslens.checkpoints.trajectory import parse_ingredient
+    from crosslens.activations.partners import harvest_words
 
     try:
         stream = json.loads((run_dir / RUN_CONFIG_NAME).read_text())["stream"]  # type: ignore[operator]
         suite, tokens = stream["suite"], stream["tokens"]
-        spec = str(suite.get("root") or suite["model_id"])
-        ingredients = {parse_ingredient(str(r)) for r in suite.get("revisions") or []} - {None}
-        if suite.get("root") is None and "@" not in spec and len(ingredients) == 1:  # a staged suite's one ingredient
-            spec += f"@ingredient{ingredients.pop()}"
-        words = ["crosslens", "harvest", "--suite", spec]
-        words += ["--steps", ",".join(str(int(step)) for step in suite["steps"]), "--hook", str(stream["hook"])]
+        words = harvest_words(suite, suite.get("revisions") or [], suite["steps"], str(stream["hook"]))
         words += ["--n-tokens", str(int(stream["n_tokens"])), "--seq-len", str(int(stream["seq_len"]))]
         words += ["--heldout-tokens", str(int(stream["heldout_tokens"]))]
     except (OSError, ValueError, KeyError, TypeError):

@@ -201,6 +201,12 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
             try:
                 runner.run(resume=args.resume, overwrite=args.overwrite)
                 kept = _kept_quality(runner, args)
+                if runner.mesh is not None:  # rank 0's answer: whether every rank takes part in the harvest
+                    import torch.distributed as dist
+
+                    box = [kept]
+                    dist.broadcast_object_list(box, src=0)
+                    kept = box[0]
                 heldout = None if kept is not None else runner.heldout_activations()
             except ModelsDoNotFitError as error:  # the estimate above fitted, the loaded models did not
                 raise CLIError(str(error)) from None

@@ -155,16 +155,19 @@ def recorded_hook(crosscoder: Any) -> str | None:
     return str(recorded) if recorded else None
 
 
-def crosscoder_hook(crosscoder: Any, hook: str | None = None) -> str:
+def crosscoder_hook(crosscoder: Any, hook: str | None = None, *, parameter: str = "hook") -> str:
     """``hook``, or else the hook recorded in the crosscoder's metadata (:func:`recorded_hook`);
-    a ``hook`` other than the recorded one is refused: the crosscoder reads only its own."""
+    a ``hook`` other than the recorded one is refused: the crosscoder reads only its own.
+    ``parameter`` is the caller's name for ``hook``, which the messages name."""
     recorded = recorded_hook(crosscoder)
     if hook is not None:
         if recorded is not None and hook != recorded:
-            raise PartnerMismatchError(f"the crosscoder reads {recorded}, not hook {hook!r}; pass hook={recorded!r} or None")
+            raise PartnerMismatchError(
+                f"the crosscoder reads {recorded}, not hook {hook!r}; pass {parameter}={recorded!r} or None"
+            )
         return hook
     if recorded is None:
         raise ValueError(
-            "the crosscoder's metadata records no hook_name; pass hook=, e.g. 'blocks.1.hook_resid_post'"
+            f"the crosscoder's metadata records no hook_name; pass {parameter}=, e.g. 'blocks.1.hook_resid_post'"
         )
     return recorded

@@ -110,7 +110,7 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
             raise ValueError(
                 "this folder holds a BatchTopK crosscoder saved for inference (a fixed threshold, without the "
                 "k it was trained with); load it with SAE.load_from_disk, or load a training checkpoint "
-                "(the run's checkpoints/step_*) with TrainingSAE.load_from_disk to train on"
+                "(one of the run's step_* folders) with TrainingSAE.load_from_disk to train on"
             )
 
     def _apply(self, *args: Any, **kwargs: Any) -> Any:

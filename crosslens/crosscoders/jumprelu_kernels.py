@@ -112,6 +112,12 @@ def use_compiled_kernels(enabled: bool | None = True) -> None:
     _COMPILE = enabled
 
 
+def compiled_kernels_setting() -> bool | None:
+    """What :func:`use_compiled_kernels` last set (the environment's switch, else None): for code
+    that changes the setting for a while and gives the process's back."""
+    return _COMPILE
+
+
 def _compiled(name: str, *, whole_batch: bool) -> Any:
     """The compiled block function: for a whole batch (a CPU's: one shape a batch size), or for
     blocks, whose last is shorter (compiled once more, for any shape)."""
@@ -138,8 +144,19 @@ def block_function(name: str, n_tokens: int, n_snapshots: int, n_features: int, 
     return _compiled(name, whole_batch=whole), n_tokens if whole else token_block(n_tokens, n_snapshots, n_features, device)
 
 
-if os.environ.get("CROSSLENS_COMPILE_KERNELS") in ("0", "1"):  # a switch for the CLI and scripts
-    use_compiled_kernels(os.environ["CROSSLENS_COMPILE_KERNELS"] == "1")
+def _environment_switch() -> None:
+    """``CROSSLENS_COMPILE_KERNELS`` 0 or 1, a switch for the CLI and scripts; another value is
+    named, not taken for either."""
+    value = os.environ.get("CROSSLENS_COMPILE_KERNELS")
+    if value in ("0", "1"):
+        use_compiled_kernels(value == "1")
+    elif value:
+        import warnings
+
+        warnings.warn(f"CROSSLENS_COMPILE_KERNELS={value!r} is ignored: set 1 (compile everywhere) or 0 (nowhere)", stacklevel=2)
+
+
+_environment_switch()
 
 
 class SnapshotGateAndScore(torch.autograd.Function):

@@ -261,7 +261,7 @@ def _snapshot_metadata(crosscoder: Crosscoder, s: int, hook_name: str | None) ->
     snapshots = suite.get("snapshots") or []
     entry = dict(snapshots[s]) if s < len(snapshots) else {}
     meta.update(
-        hook_name=recorded_hook(crosscoder) if hook_name is None else crosscoder_hook(crosscoder, hook_name),
+        hook_name=crosscoder_hook(crosscoder, hook_name, parameter="hook_name") if hook_name else recorded_hook(crosscoder),
         model_name=suite.get("model_id") or crosscoder.cfg.metadata.get("model_name"),
         crosscoder_architecture=crosscoder.cfg.architecture(),
         crosscoder_n_snapshots=crosscoder.cfg.n_snapshots,

@@ -23,12 +23,14 @@ resident models after training) behind the part of the store interface the quali
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
+from sae_lens.constants import SAE_CFG_FILENAME
 
 from crosslens.activations.budget import chunk_seqs_for
 from crosslens.activations.harvest import harvest_rows
@@ -255,6 +257,9 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         torchrun; rank 0 gets them all, the others None). None when no rows are held out."""
         if not len(self.heldout_NL):
             return None
+        if self.finished_before:  # a finished run's table measured again: on the models it trained on
+            cfg = json.loads((self.final_path / SAE_CFG_FILENAME).read_text())
+            self._check_same_weights((cfg.get("metadata") or {}).get("suite") or {}, self.final_path)
         _, keep_NL = kept_tokens(self.suite.tokenizer(), self.heldout_NL, True, None)
         n_rows = int(torch.searchsorted(keep_NL.sum(1).cumsum(0), EVAL_TOKENS).item()) + 1
         tokens_NL, keep_NL = self.heldout_NL[:n_rows], keep_NL[:n_rows]

@@ -286,7 +286,8 @@ class CrosscoderTrainer:
             self.load_checkpoint(resume_from)
         elif self.n_steps == 0:
             seed_everything(self.cfg.seed)
-        record_provider(self.sae.cfg, batches)
+        if not self.collectives.is_distributed:  # a mesh rank's provider serves its snapshot block alone
+            record_provider(self.sae.cfg, batches)
         batch_iter = _open_batches(batches, self.n_steps)
         log_here = self.cfg.logger.log_to_wandb and self.is_main
         wandb_run, owns_run = self._start_wandb() if log_here else (None, False)
@@ -564,8 +565,9 @@ def record_provider(cfg: Any, batches: BatchSource) -> None:
     hook = getattr(batches, "hook", None)
     if isinstance(hook, str) and cfg.metadata.hook_name is None:
         set_crosscoder_metadata(cfg, hook_name=hook)
-    if getattr(batches, "normalize", False) and cfg.metadata.activation_norm_factors is None:
-        set_crosscoder_metadata(cfg, activation_norm_factors=batches.norm_factors)
+    factors = getattr(batches, "norm_factors", None) if getattr(batches, "normalize", False) else None
+    if factors is not None and cfg.metadata.activation_norm_factors is None:
+        set_crosscoder_metadata(cfg, activation_norm_factors=factors)
 
 
 def saved_config(state: dict[str, Any]) -> CrosscoderTrainerConfig:
