@@ -234,6 +234,10 @@ def test_a_per_snapshot_sae_is_spliced_on_the_model_scale(world, baseline_sae):
     assert row["kl_div_with_sae"] == pytest.approx(float(kl), rel=1e-4)
     with pytest.raises(ValueError, match="trained at 'blocks.0.hook_resid_post', not 'blocks.1.hook_resid_post'"):
         sae_spliced_loss(suite, {2: baseline_sae}, tokens, hook="blocks.1.hook_resid_post")
+    # unlabelled, the row is named by the snapshot the SAE records, as the crosscoder's rows are
+    with one_torch_thread():
+        (named,) = sae_spliced_loss(suite, {2: baseline_sae}, tokens[:2], hook=HOOK).values()
+    assert named["snapshot"] == store.snapshots[2]["revision"]
 
 
 def test_demo_quality_stage_puts_the_saes_beside_the_crosscoder(world, capsys):

@@ -210,6 +210,8 @@ def sae_spliced_loss(
 ) -> dict[int, dict[str, Any]]:
     """The rows of :func:`spliced_loss` for plain per-snapshot SAELens SAEs: ``saes`` maps a
     snapshot index to the SAE trained on that snapshot alone, spliced into that snapshot's model.
+    Rows are named by ``labels`` (indexed by snapshot), else by the snapshot each SAE's metadata
+    records (its revision), else by index.
 
     An SAE that reads normalised activations records the factor in
     ``cfg.metadata["activation_norm_factor"]`` (as :mod:`crosslens.training.baselines`'s do):
@@ -232,9 +234,16 @@ def sae_spliced_loss(
             x = acts_NLD[rows_b].to(sae.W_enc.device, sae.W_enc.dtype) * factor
             return sae.decode(sae.encode(x)) / factor
 
-        label = labels[s] if labels is not None else str(s)
+        label = labels[s] if labels is not None else _sae_snapshot_label(sae, s)
         rows[s] = _spliced_row(model, hook, tokens_NL, acts_NLD, reconstruct, ablation, batch_size, label)
     return rows
+
+
+def _sae_snapshot_label(sae: Any, s: int) -> str:
+    """The snapshot an SAE's metadata names (its revision, as :func:`spliced_loss` names the
+    crosscoder's rows), else its index."""
+    entry = sae.cfg.metadata.get("snapshot")
+    return snapshot_label(entry) if isinstance(entry, Mapping) and ("revision" in entry or "step" in entry) else str(s)
 
 
 def format_spliced_loss(rows: Sequence[dict[str, Any]]) -> str:
