@@ -466,7 +466,7 @@ def _resume_settings(config: dict[str, Any]) -> dict[str, Any]:
     # and logged: a run may resume elsewhere, on another device, on another mesh, in micro-batches
     # that fit another GPU, with its checkpoints spaced and kept otherwise, or logged otherwise
     # (none changes what it trains)
-    where = ("out_dir", "store_path", RUN_STORE_SEAL, "verify_store", "progress", "device", "snapshot_parallel", "micro_batches",
+    where = ("out_dir", "store_path", RUN_STORE_SEAL, "verify_store", "progress", *BYTE_LAYOUT_SETTINGS,
              "checkpoint_every", "keep_checkpoints", "logger")  # fmt: skip
     return {key: value for key, value in config.items() if key not in where}
 
