@@ -110,18 +110,12 @@ def tokens_from_dataset(
         raise _no_column_error(name, column, column_names)
 
     def rows() -> Iterator[Any]:
-        local_file = name is not None and Path(name).is_file()
-        iterator = iter(dataset)
-        while True:
-            try:
-                row = next(iterator)
-            except StopIteration:
-                return
-            except Exception as error:  # noqa: BLE001 - the readers of local files raise their own kinds
-                if not local_file:
-                    raise
-                raise _unreadable_file_error(name, error) from None
-            yield row
+        try:  # what the dataset raises as it is read; its consumer's errors do not pass through here
+            yield from dataset
+        except Exception as error:  # noqa: BLE001 - the readers of local files raise their own kinds
+            if name is None or not Path(name).is_file():
+                raise
+            raise _unreadable_file_error(name, error) from None
 
     def texts() -> Iterator[str]:
         for index, row in enumerate(rows()):
