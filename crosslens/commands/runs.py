@@ -132,6 +132,15 @@ def streamed_store_command(run_dir: Path | None) -> str | None:
     return shlex.join(words)
 
 
+def kept_quality_table(runner: Any, eval_store: str | None) -> Path | None:
+    """The quality table of a finished run that --resume found, which the run keeps unless
+    --eval-store names where to measure it again; None when one is to be measured."""
+    from crosslens.core.paths import QUALITY_NAME
+
+    quality = Path(runner.out_dir) / QUALITY_NAME
+    return quality if runner.finished_before and eval_store is None and quality.is_file() else None
+
+
 def open_heldout(store_path: str | Path) -> Any:
     """The held-out store ``crosslens harvest`` wrote beside ``store_path``, re-hashed and checked
     to be split from that store (None when there is none)."""

@@ -172,6 +172,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     from crosslens.commands.common import print_peak_memory, reset_peak_memory, torchrun_job
     from crosslens.commands.harvest import check_context, check_hooks, selected_suite, token_budget, token_source, token_tables
     from crosslens.commands.inputs import check_token_table_fits
+    from crosslens.commands.runs import kept_quality_table
     from crosslens.core.launch import is_main_process, local_rank_device
     from crosslens.training.runfolder import owned_run_folder
     from crosslens.training.streaming import StreamingTrainingRunner
@@ -200,7 +201,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
         with torchrun_job():
             try:
                 runner.run(resume=args.resume, overwrite=args.overwrite)
-                kept = _kept_quality(runner, args)
+                kept = kept_quality_table(runner, args.eval_store)
                 if runner.mesh is not None:  # rank 0's answer: whether every rank takes part in the harvest
                     import torch.distributed as dist
 
@@ -219,15 +220,6 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
             report_quality(runner, heldout, args, model_dtype)
     print_peak_memory(runner.device)
     return 0
-
-
-def _kept_quality(runner, args: argparse.Namespace) -> Path | None:
-    """The quality table of a finished run that --resume found, which it keeps (as `train` on a
-    store does) unless --eval-store names where to measure it again; None when one is measured."""
-    from crosslens.core.paths import QUALITY_NAME
-
-    quality = Path(runner.out_dir) / QUALITY_NAME
-    return quality if runner.finished_before and args.eval_store is None and quality.is_file() else None
 
 
 def report_quality(runner, heldout, args: argparse.Namespace, model_dtype: str) -> None:

@@ -144,13 +144,15 @@ def _save_quality(runner, args: argparse.Namespace, device: str, model_dtype: st
     """Print the quality table and seal it into the run (a finished run found by --resume keeps its
     own, unless --eval-store names where to measure it again); the spliced-loss figures also go to
     the W&B run's summary when training logged to W&B."""
+    from crosslens.commands.runs import kept_quality_table
     from crosslens.commands.spliced import log_run_spliced
     from crosslens.training.runfolder import seal_run
 
-    quality = runner.out_dir / QUALITY_NAME
-    if runner.finished_before and quality.is_file() and args.eval_store is None:
-        print(f"its quality table: {quality}")
+    kept = kept_quality_table(runner, args.eval_store)
+    if kept is not None:
+        print(f"its quality table: {kept}")
         return
+    quality = runner.out_dir / QUALITY_NAME
     print(f"crosscoder saved to {runner.final_path}")
     spliced = print_quality(
         runner.final_path, runner.config.store_path, args.eval_store, device, save_to=quality,
