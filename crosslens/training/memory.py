@@ -93,10 +93,14 @@ def autocast_bytes(S: int, D: int, F: int) -> int:
     return BF16 * 2 * S * D * F  # W_enc and W_dec are S * D * F each
 
 
-def optimizer_state_bytes(n_params: int, option: str) -> int:
-    """Device bytes of parameters, gradients and Adam's moments under ``option``."""
+def _check_option(option: str) -> None:
     if option not in OPTIMIZER_STATES:
         raise ValueError(f"optimizer state option must be one of {OPTIMIZER_STATES}, got {option!r}.")
+
+
+def optimizer_state_bytes(n_params: int, option: str) -> int:
+    """Device bytes of parameters, gradients and Adam's moments under ``option``."""
+    _check_option(option)
     weights = 2 * n_params * F32  # parameters and gradients
     if option == "float32":
         return weights + 2 * n_params * F32
@@ -106,8 +110,7 @@ def optimizer_state_bytes(n_params: int, option: str) -> int:
 def checkpoint_bytes(n_params: int, option: str) -> int:
     """Disk bytes of one checkpoint of ``n_params`` parameters: the float32 weights and Adam's two
     moments, float32 or bfloat16 (``option``)."""
-    if option not in OPTIMIZER_STATES:
-        raise ValueError(f"optimizer state option must be one of {OPTIMIZER_STATES}, got {option!r}.")
+    _check_option(option)
     return n_params * (F32 + 2 * (F32 if option == "float32" else BF16))
 
 

@@ -76,6 +76,7 @@ from crosslens.distributed.sharding import (
 from crosslens.training.checks import check_activation_scale
 from crosslens.training.config import DEAD_FEATURE_WINDOW_TOKENS, CrosscoderTrainerConfig, dead_feature_window
 from crosslens.training.guard import check_finite_step
+from crosslens.training.memory import checkpoint_bytes
 from crosslens.training.micro import micro_batched_pass
 from crosslens.training.optim import (
     clipped_step,
@@ -444,8 +445,7 @@ class CrosscoderTrainer:
         if not self.is_main:
             self._barrier()
             return path
-        # the weights, and Adam's two moments of each in the trainer state
-        needed = 3 * sum(p.numel() * p.element_size() for p in full.parameters())
+        needed = checkpoint_bytes(sum(p.numel() for p in full.parameters()), "float32")
         # torch.save reports a full disk as a RuntimeError from its zip writer: both become one line
         with storage_errors(path.parent, f"checkpoint {path.name}", needed=needed, fix="train into another folder (`--out`)"):
             self._write_checkpoint(full, optimizer_state, path)
