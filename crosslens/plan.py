@@ -42,6 +42,7 @@ from crosslens.training.config import (
     ArchitectureConfig,
     CrosscoderRunnerConfig,
     checkpoint_interval,
+    checkpoints_on_disk,
     micro_batch_error,
     resolved_autocast,
 )
@@ -421,10 +422,9 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     every = checkpoint_interval(cfg.n_steps, cfg.checkpoint_every)
     whole = sum(full_counts.values())
     count = cfg.n_steps // every if every else 0
+    kept, at_once = checkpoints_on_disk(count, cfg.keep_checkpoints)
     checkpoints = {  # each: the float32 weights and Adam's two moments (float32, or bfloat16 ones)
-        "every": every, "count": count, "kept": min(count, cfg.keep_checkpoints) if cfg.keep_checkpoints else count,
-        # the kept ones and one being written before the oldest goes
-        "at_once": min(count, cfg.keep_checkpoints + 1) if cfg.keep_checkpoints else count,
+        "every": every, "count": count, "kept": kept, "at_once": at_once,
         "bytes_each": {option: checkpoint_bytes(whole, option) for option in ("float32", "bfloat16")},
     }  # fmt: skip
 
@@ -459,7 +459,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
             "batch_per_rank": B_r,
         },  # fmt: skip
         "parameters": {
-            "per_rank": counts, "per_rank_total": n_params_rank, "whole_crosscoder": sum(full_counts.values()),
+            "per_rank": counts, "per_rank_total": n_params_rank, "whole_crosscoder": whole,
             "sharded_over_snapshot_axis": list(SHARDED), "replicated": [k for k in counts if k not in SHARDED],
         },  # fmt: skip
         "memory_bytes": memory,

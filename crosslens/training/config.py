@@ -61,6 +61,15 @@ def checkpoint_interval(n_steps: int, checkpoint_every: int | None) -> int:
     return max(MIN_CHECKPOINT_STEPS, n_steps // CHECKPOINTS_PER_RUN)
 
 
+def checkpoints_on_disk(count: int, keep: int) -> tuple[int, int]:
+    """``(kept, at_once)`` of a run that writes ``count`` checkpoints and keeps the newest ``keep``
+    (0: every one): those left at the end, and the most on disk together (the kept ones and the
+    one being written before the oldest goes)."""
+    if not keep:
+        return count, count
+    return min(count, keep), min(count, keep + 1)
+
+
 @dataclass
 class LoggingConfig:
     """Weights & Biases logging (SAELens's ``LoggingConfig`` names)."""

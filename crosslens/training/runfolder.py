@@ -43,6 +43,7 @@ from crosslens.core.paths import (
     folder_bytes,
 )
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
+from crosslens.training.config import checkpoints_on_disk
 from crosslens.training.records import RECORD_NAME, record_problem
 
 RUN_SEAL_FORMAT = "crosslens.run/1"
@@ -218,12 +219,10 @@ def checkpoint_space_problem(run_dir: str | Path, bytes_each: int, final_bytes: 
 
     there = checkpoint_folders(run_dir)
     there_bytes = sum(folder_bytes(p) for p in there)
+    kept, at_once = checkpoints_on_disk(len(there) + to_write, keep)
     if keep:
-        total = len(there) + to_write
-        at_once = min(keep + 1, total)
-        needed = max(at_once * bytes_each, min(keep, total) * bytes_each + final_bytes) - there_bytes
+        needed = max(at_once * bytes_each, kept * bytes_each + final_bytes) - there_bytes
     else:
-        at_once = len(there) + to_write
         needed = to_write * bytes_each + final_bytes
     free = free_disk(Path(run_dir))
     if free is None or free >= needed:
