@@ -77,6 +77,22 @@ def as_hook_list(hooks: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+KeptIndex = tuple[torch.Tensor, list[int], int]
+"""The kept rows' flat indices (on the forward's device), where each batch's rows end among
+them, and their count: :func:`kept_index`."""
+
+
+def kept_index(keep_NL: Bool[torch.Tensor, "n_seqs seq_len"], batch_size: int, device: str | torch.device) -> KeptIndex:
+    """Where the kept rows of ``keep_NL`` are, for :func:`harvest_rows` in batches of
+    ``batch_size`` sequences: from the host's mask (no device sync to find them), copied to
+    ``device`` once (a copy from host memory waits for the device's queued work)."""
+    n_kept = int(keep_NL.sum())
+    kept_A = keep_NL.flatten().nonzero().squeeze(1)
+    batch_ends = torch.cumsum(keep_NL.sum(dim=1), 0)[batch_size - 1 :: batch_size].tolist()
+    batch_ends.append(n_kept)
+    return kept_A.to(device), batch_ends, n_kept
+
+
 @torch.inference_mode()
 def harvest_rows(
     model: HookedTransformer,
@@ -90,29 +106,28 @@ def harvest_rows(
     out_device: str | torch.device = "cpu",
     out_dtype: torch.dtype = torch.float32,
     compile: bool | None = False,
+    kept: KeptIndex | None = None,
 ) -> dict[str, Float[torch.Tensor, "n_kept d_in"]]:
     """Run ``model`` on the sequences and return each hook's activations at kept tokens.
 
     Rows come in (sequence, position) order, on ``out_device`` in ``out_dtype``; trailing
     dims of a hook (e.g. heads) are flattened into ``d_in``. ``on_batch(n_kept)`` is called
-    after each forward pass. ``compile`` as :class:`ForwardToHooks`.
+    after each forward pass. ``compile`` as :class:`ForwardToHooks`. ``kept``: :func:`kept_index`
+    of ``keep_NL`` at ``batch_size`` on the forward's device, where a caller runs several models
+    on the same rows.
     """
     hooks = list(hooks)
     if device is None:
         device = model.cfg.device
     # rows go straight into one output per hook (no concatenation afterwards)
     out: dict[str, torch.Tensor] = {}
-    n_kept, row = int(keep_NL.sum()), 0
+    row = 0
     # The hooks go on once for all batches (run_with_cache would add them and then reset
-    # every hook point of the model on each batch).
-    # The kept rows' flat indices come from the host's mask (no device sync to find them), and
-    # the tokens and indices go to the device once: a copy from host memory per batch would
-    # wait for the device's queued work each time.
+    # every hook point of the model on each batch). The tokens and the kept rows' indices go to
+    # the device once, not per batch (``kept``, given: once for several models' calls).
     seq_len = token_ids_NL.shape[1]
-    kept_A = keep_NL.flatten().nonzero().squeeze(1)
-    batch_ends = torch.cumsum(keep_NL.sum(dim=1), 0)[batch_size - 1 :: batch_size].tolist()
-    batch_ends.append(n_kept)
-    token_ids_NL, kept_A = token_ids_NL.to(device), kept_A.to(device)
+    kept_A, batch_ends, n_kept = kept if kept is not None else kept_index(keep_NL, batch_size, device)
+    token_ids_NL = token_ids_NL.to(device)
     with ForwardToHooks(model, hooks, compile=compile) as forward:
         for number, start in enumerate(range(0, token_ids_NL.shape[0], batch_size)):
             tokens_BL = token_ids_NL[start : start + batch_size]

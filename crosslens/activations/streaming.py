@@ -26,7 +26,7 @@ from jaxtyping import Float, Int
 
 from crosslens.activations.budget import chunk_buffer_bytes
 from crosslens.activations.forward import keep_first_blocks
-from crosslens.activations.harvest import harvest_rows, load_snapshot
+from crosslens.activations.harvest import harvest_rows, kept_index, load_snapshot
 from crosslens.activations.resume import check_tokens_fit
 from crosslens.activations.provider import OnTheFlyProvider, epoch_rng, norm_factors_of
 from crosslens.core.devices import as_dtype, available_memory, release_model
@@ -221,14 +221,17 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         """The kept rows of ``seqs`` at every held snapshot, as one buffer on ``device`` in
         ``buffer_dtype``; with ``order``, row i of the buffer is harvested row ``order[i]``."""
         models = self._resident_models()
-        # one copy of the tokens and the order to the devices for every snapshot's forward
-        tokens, keep = self.token_ids_NL[seqs].to(models[0].cfg.device), self.keep_NL[seqs]
+        # one copy of the tokens, the kept rows' indices and the order to the devices for every
+        # snapshot's forward
+        model_device = models[0].cfg.device
+        tokens, keep = self.token_ids_NL[seqs].to(model_device), self.keep_NL[seqs]
+        kept = kept_index(keep, self.harvest_batch_size, model_device)
         order = None if order is None else order.to(self.device)
         buffer_NSD: torch.Tensor | None = None
         for s, model in enumerate(models):
             rows_ND = harvest_rows(
                 model, tokens, keep, [self.hook], batch_size=self.harvest_batch_size,
-                out_device=self.device, out_dtype=self.buffer_dtype, compile=self.compile,
+                out_device=self.device, out_dtype=self.buffer_dtype, compile=self.compile, kept=kept,
             )[self.hook]  # fmt: skip
             if buffer_NSD is None:
                 shape = (rows_ND.shape[0], self.n_snapshots, rows_ND.shape[1])
