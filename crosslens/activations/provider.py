@@ -271,7 +271,17 @@ class OnTheFlyProvider(_Batching):
         """sqrt(d_in) / mean norm per snapshot, measured on the first chunk of epoch 0."""
         return norm_factors_of(self._chunk(0, 0))
 
+    _epoch_chunks: tuple[int, list[np.ndarray]] | None = None
+
     def _chunks(self, epoch: int) -> list[np.ndarray]:
+        """The epoch's chunks of sequence indices, drawn once an epoch: the stream asks once a
+        chunk, and an epoch of Ge et al.'s table has 12,207."""
+        cached = self._epoch_chunks  # read once: a prefetch thread may put another epoch's there
+        if cached is None or cached[0] != epoch:
+            cached = self._epoch_chunks = (epoch, self._draw_chunks(epoch))
+        return cached[1]
+
+    def _draw_chunks(self, epoch: int) -> list[np.ndarray]:
         seq_order = epoch_rng(self.seed, epoch).permutation(self.token_ids_NL.shape[0])
         return [seq_order[lo : lo + self.chunk_seqs] for lo in range(0, seq_order.size, self.chunk_seqs)]
 
@@ -335,9 +345,6 @@ class OnTheFlyProvider(_Batching):
         """Float32 batches from batch index ``start`` on; chunks before it are never harvested."""
         # measured (a harvest of its own) before any chunk is prefetched
         factors = self.norm_factors[None, :, None] if self.normalize else None
-        # copied to a chunk's device once: a copy from host memory per batch would wait for the
-        # device's queued work (the previous training step) before every batch
-        factors_on: dict[torch.device, torch.Tensor] = {}
         kept_per_seq = self.keep_NL.sum(dim=1).numpy()
         epoch, first = divmod(start, self.batches_per_epoch)
         while self.n_epochs is None or epoch < self.n_epochs:
@@ -353,9 +360,10 @@ class OnTheFlyProvider(_Batching):
                 acts_NSD = self._chunk(epoch, index)[position - chunk_start : served - chunk_start]
                 position += acts_NSD.shape[0]
                 self._prefetch(*((epoch, index + 1) if position < served else (epoch + 1, 0)))
-                if factors is not None and acts_NSD.device not in factors_on:
-                    factors_on[acts_NSD.device] = factors.to(acts_NSD.device)
-                carry = yield from self._cut(acts_NSD, carry, None if factors is None else factors_on[acts_NSD.device])
+                if factors is not None:  # copied to the chunks' device once (then .to returns it as it is): a
+                    # copy from host memory per batch would wait for the device's queued work each time
+                    factors = factors.to(acts_NSD.device)
+                carry = yield from self._cut(acts_NSD, carry, factors)
             if carry is not None:  # only when not drop_last: the epoch's last, smaller batch
                 yield carry.to(self.device)
             epoch, first = epoch + 1, 0

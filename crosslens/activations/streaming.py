@@ -88,7 +88,6 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
             )
         if len(set(self.snapshot_indices)) != len(self.snapshot_indices):
             raise ValueError(f"snapshots must name each snapshot once, got {snapshots}.")
-        self._epoch_chunks: tuple[int, list[np.ndarray]] | None = None
         super().__init__(*args, **kwargs)
         batch_size = self.batch_size
         model_dtype, buffer_dtype = as_dtype(model_dtype), None if buffer_dtype is None else as_dtype(buffer_dtype)
@@ -193,16 +192,11 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         self._models = None
 
     # ------------------------------------------------------------------ tokens
-    def _chunks(self, epoch: int) -> list[np.ndarray]:
-        # every rank draws the same sequence order; data rank d takes every d-th sequence. Kept for
-        # the epoch: the stream asks once a chunk, and an epoch of Ge et al.'s table has 12,207
-        cached = self._epoch_chunks  # read once: the prefetch thread may put another epoch's there
-        if cached is None or cached[0] != epoch:
-            seq_order = epoch_rng(self.seed, epoch).permutation(self.token_ids_NL.shape[0])
-            chunk = self.chunk_seqs * self.data_size
-            chunks = [seq_order[lo : lo + chunk][self.data_rank :: self.data_size] for lo in range(0, seq_order.size, chunk)]
-            cached = self._epoch_chunks = (epoch, chunks)
-        return cached[1]
+    def _draw_chunks(self, epoch: int) -> list[np.ndarray]:
+        # every rank draws the same sequence order; data rank d takes every d-th sequence
+        seq_order = epoch_rng(self.seed, epoch).permutation(self.token_ids_NL.shape[0])
+        chunk = self.chunk_seqs * self.data_size
+        return [seq_order[lo : lo + chunk][self.data_rank :: self.data_size] for lo in range(0, seq_order.size, chunk)]
 
     def _count_rank_tokens(self) -> int:
         seqs = np.concatenate(self._chunks(0)) if self.token_ids_NL.shape[0] else np.array([], int)
