@@ -159,6 +159,13 @@ RECORD_FILES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv"
 ``datasets`` builder that reads each: read as plain text they would be tokenized markup and all."""
 
 
+def record_builder(path: str | Path) -> str | None:
+    """The ``datasets`` builder of a local file of records (:data:`RECORD_FILES`), None for
+    anything else (a text file, a folder, a dataset name)."""
+    builder = RECORD_FILES.get(Path(path).suffix.lower())
+    return builder if builder is not None and Path(path).is_file() else None
+
+
 def _load_named_dataset(name: str, column: str, *, config_name: str | None, split: str, streaming: bool) -> Any:
     """``datasets.load_dataset(name, ...)``, or a local file of records (:data:`RECORD_FILES`) read
     by its builder; a name that cannot be loaded (not on the Hub, not in the local cache while
@@ -167,8 +174,8 @@ def _load_named_dataset(name: str, column: str, *, config_name: str | None, spli
 
     from crosslens.checkpoints.hub import hub_offline, is_network_error
 
-    builder = RECORD_FILES.get(Path(name).suffix.lower())
-    if builder is not None and Path(name).is_file():
+    builder = record_builder(name)
+    if builder is not None:
         try:
             return datasets.load_dataset(builder, data_files=str(name), split="train", streaming=streaming)
         except Exception as error:  # noqa: BLE001 - an empty or damaged file: each builder raises its own

@@ -69,7 +69,7 @@ def check_context(suite, seq_len: int) -> None:
 
 def token_source(args: argparse.Namespace, recipe) -> tuple[str, object]:
     """Where harvest's tokens come from: ("text", [paths]), ("dataset", "NAME:COLUMN") or ("pico", None)."""
-    from crosslens.activations.tokens import RECORD_FILES
+    from crosslens.activations.tokens import record_builder
 
     if args.text and args.dataset:
         raise CLIError("--text and --dataset name two token sources; pass one of them")
@@ -77,7 +77,7 @@ def token_source(args: argparse.Namespace, recipe) -> tuple[str, object]:
         missing = [t for t in args.text if not Path(t).exists()]
         if missing:
             raise CLIError(f"--text {missing[0]}: no such file or folder")
-        records = [t for t in args.text if Path(t).is_file() and Path(t).suffix.lower() in RECORD_FILES]
+        records = [t for t in args.text if record_builder(t)]
         if records:
             raise CLIError(
                 f"--text {records[0]}: a {Path(records[0]).suffix} file holds records, not text; pass "
@@ -89,7 +89,7 @@ def token_source(args: argparse.Namespace, recipe) -> tuple[str, object]:
         raise CLIError(f"recipe {recipe.name} records no dataset; pass --dataset NAME:COLUMN or --text FILE")
     if dataset:
         dataset = dataset.removeprefix("dataset:")
-        if Path(dataset).is_file() and Path(dataset).suffix.lower() in RECORD_FILES:
+        if record_builder(dataset):
             return "dataset", dataset  # records: their "text" column (FILE:COLUMN names another)
         if Path(dataset).is_file() or (Path(dataset).is_dir() and not (Path(dataset) / "dataset_info.json").exists()):
             return "text", [dataset]  # a text file or a folder of .txt files given as --dataset
