@@ -164,11 +164,10 @@ def check_token_table_fits(n_tokens: int) -> None:
     """Refuse a token table of ``n_tokens`` (rows x seq_len, held-out rows included) that cannot be
     built in the memory available, before its text is read: one for every torchrun worker on this
     machine, each of which builds its own."""
-    import os
-
+    from crosslens.core.launch import local_world_size
     from crosslens.core.units import format_bytes
 
-    workers = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    workers = local_world_size()
     table = n_tokens * TOKEN_TABLE_BYTES_PER_TOKEN * workers
     memory = available_memory("cpu")
     if memory is not None and table > memory:

@@ -11,7 +11,6 @@ the same resident models.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from crosslens.commands.common import CLIError
@@ -86,14 +85,14 @@ def check_memory(
     import torch
 
     from crosslens.activations import streaming
+    from crosslens.core.launch import is_main_process, local_world_size
     from crosslens.core.units import format_bytes
-    from crosslens.core.launch import is_main_process
 
     n_models = math.ceil(len(suite) / snapshot_parallel)
     counted = resident_memory(suite, hook, model_dtype, n_models, seq_len)
     free = streaming.available_memory(torch.device(device))
     # processes on one machine share its RAM; on an accelerator each has its own device
-    sharers = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if torch.device(device).type == "cpu" else 1
+    sharers = local_world_size() if torch.device(device).type == "cpu" else 1
     if counted is None:
         if is_main_process():
             print(f"resident snapshot models: sizes of {suite.model_id} unknown here; checked as the first one loads")
@@ -187,7 +186,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     source = token_source(args, recipe)
     budget = token_budget(args, recipe)
     check_context(suite, budget.seq_len)
-    check_token_table_fits((budget.n_rows + budget.heldout_rows) * budget.seq_len)
+    check_token_table_fits(budget.table_tokens + budget.heldout_table_tokens)
     check_memory(suite, config.hook_name, model_dtype, local_rank_device(device), config.snapshot_parallel, budget.seq_len)
     hint = slow_forward_hint(model_dtype, device)
     if hint is not None and is_main_process():

@@ -32,6 +32,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def local_world_size() -> int:
+    """How many of the job's workers run on this machine (1 outside ``torchrun``)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def is_main_process() -> bool:
     """Whether this is the worker that prints and writes for the whole job (rank 0)."""
     return rank() == 0
