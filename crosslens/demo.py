@@ -27,7 +27,7 @@ import torch
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.activations.budget import TokenBudget
 from crosslens.architectures import PICO_DEMO_JUMPRELU_SPARSITY
-from crosslens.core.paths import CHECKPOINT_PREFIX, QUALITY_NAME, RUN_CONFIG_NAME
+from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME, checkpoint_folders
 from crosslens.training.config import ArchitectureConfig
 
 
@@ -231,7 +231,7 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
 
     # continue from the last checkpoint of an interrupted run; a folder without one starts afresh,
     # without the CLI's line about a --resume the demo's user never gave
-    resume = any(Path(runner.checkpoint_dir).glob(f"{CHECKPOINT_PREFIX}*"))  # the runner verifies them
+    resume = bool(checkpoint_folders(runner.checkpoint_dir))  # the runner verifies them
     try:
         return runner.run(resume=resume)
     except RunFolderInUseError as refused:  # results no checkpoint continues: the demo owns its folder

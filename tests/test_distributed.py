@@ -248,6 +248,39 @@ def test_torchrun_crosslens_train_matches_a_plain_run(tmp_path):
         assert all(mesh[k] == pytest.approx(plain[k], rel=1e-4, abs=1e-6) for k in plain), (mesh, plain)
 
 
+def test_a_run_resumed_by_more_processes_says_its_bytes_differ_and_ends_where_the_plain_run_does(tmp_path, capsys):
+    """A plain run resumed under torchrun as two data ranks goes on (the batch split in two
+    rounds otherwise) and says so; run.json keeps the process count it started with."""
+    import json
+
+    from test_activations import HOOK, N_SEQS, SEQ_LEN, SHARD_TOKENS, _open_suite, _texts, _write_suite
+
+    from crosslens.activations import harvest_activations, tokenize_texts
+    from crosslens.cli import main
+
+    suite = _open_suite(_write_suite(tmp_path / "suite", seeds=[0, 1]))
+    tokens = tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
+    store = harvest_activations(suite, [HOOK], tokens, tmp_path / "store", shard_tokens=SHARD_TOKENS, progress=False)
+    flags = ["--store", str(store.path), "--n-steps", "4", "--batch-size", "32", "--d-sae", "64",
+             "--arch", "crosscoder", "--checkpoint-every", "2", "--device", "cpu", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(["train", *flags]) == 0
+    want = load_file(tmp_path / "run" / "final" / "sae_weights.safetensors")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["world_size"] == 1
+    shutil.rmtree(tmp_path / "run" / "final")
+    shutil.rmtree(tmp_path / "run" / "step_00000004")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "crosslens",
+           "train", *flags, "--resume"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-6000:]
+    assert ("--resume: world_size 2 (the run started with 1): the same training to float rounding, not the bytes "
+            "an uninterrupted run would end in") in done.stdout  # fmt: skip
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["world_size"] == 1
+    got = load_file(tmp_path / "run" / "final" / "sae_weights.safetensors")
+    for name in want:
+        assert (got[name] - want[name]).abs().max() <= ATOL, name
+
+
 def _logged_losses(run_dir: Path) -> list[dict[str, float]]:
     """The ``losses/*`` of each history record an offline W&B run of ``run_dir`` wrote."""
     import json

@@ -66,6 +66,14 @@ def finished_run(store, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def cli_run(store, tmp_path_factory) -> Path:
+    """The run ``cli_train`` ends in, uninterrupted."""
+    out = tmp_path_factory.mktemp("runs") / "cli"
+    assert main(cli_train(store, out)) == 0
+    return out
+
+
 def train(store: Path, out: Path, *, resume: bool = False, overwrite: bool = False, **overrides):
     return CrosscoderTrainingRunner(run_config(store, out, **overrides)).run(resume=resume, overwrite=overwrite)
 
@@ -263,9 +271,8 @@ def test_an_interrupt_before_the_first_checkpoint_keeps_its_steps_and_resumes_to
     assert (run / last).read_bytes() == (finished_run / last).read_bytes()
 
 
-def test_ctrl_c_from_the_cli_says_how_to_continue_and_that_is_true(store, tmp_path, monkeypatch, capsys):
-    run, straight = tmp_path / "run", tmp_path / "straight"
-    assert main(cli_train(store, straight)) == 0
+def test_ctrl_c_from_the_cli_says_how_to_continue_and_that_is_true(store, cli_run, tmp_path, monkeypatch, capsys):
+    run, straight = tmp_path / "run", cli_run
     interrupt_at(monkeypatch, 12, signal.SIGINT)
     with pytest.raises(SystemExit) as stopped:
         main(cli_train(store, run))
@@ -280,6 +287,28 @@ def test_ctrl_c_from_the_cli_says_how_to_continue_and_that_is_true(store, tmp_pa
     capsys.readouterr()
     assert main(cli_train(store, run, "--resume")) == 0  # finished: reported, not retrained
     assert "holds this run, finished: nothing to train" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("at", "said"), [
+    (1, "interrupted before its first checkpoint; run the same command with --resume to start it again"),
+    (EVERY + 5, "interrupted; run the same command with --resume to continue from its last checkpoint"),
+])  # fmt: skip
+def test_a_ctrl_c_that_stops_at_once_names_what_resume_does(at, said, store, cli_run, tmp_path, monkeypatch, capsys):
+    run, real, calls = tmp_path / "run", CrosscoderTrainer.step, {"n": 0}
+
+    def step_then_stop(self, batch):  # a second Ctrl-C: training stops without a checkpoint of its own
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(CrosscoderTrainer, "step", step_then_stop)
+    with pytest.raises(SystemExit) as stopped:
+        main(cli_train(store, run))
+    monkeypatch.undo()
+    assert stopped.value.code == 130 and capsys.readouterr().err.strip().splitlines()[-1] == f"crosslens train: {said}"
+    assert main(cli_train(store, run, "--resume")) == 0
+    assert final_files(run) == final_files(cli_run)
 
 
 # --------------------------------------------------------------------------- readers

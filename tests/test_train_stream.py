@@ -545,6 +545,7 @@ def test_torchrun_with_two_processes_trains_the_one_process_crosscoder(snapshot_
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-6000:]
     assert done.stdout.count("crosscoder saved to") == 1 and done.stdout.count("they fit") == 1
+    assert json.loads((tmp_path / "mesh" / "run.json").read_text())["world_size"] == 2
     from crosslens.architectures import JUMPRELU_LR
 
     got, want = load_file(tmp_path / "mesh" / WEIGHTS), load_file(streamed[0] / WEIGHTS)

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         module, _, function = args.run.partition(":")
         return int(getattr(importlib.import_module(module), function)(args) or 0)
     except KeyboardInterrupt as interrupt:
-        print(f"crosslens {args.command}: {_interrupted(args.command, interrupt)}", file=sys.stderr)
+        said = _interrupted(args.command, interrupt, getattr(args, "out_dir", None))
+        print(f"crosslens {args.command}: {said}", file=sys.stderr)
         raise SystemExit(128 + getattr(interrupt, "signum", 2)) from None
     except SystemExit as exit_:
         if debug or exit_.code in (None, 0) or isinstance(exit_.code, int):
@@ -117,12 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _interrupted(command: str, interrupt: KeyboardInterrupt) -> str:
+def _interrupted(command: str, interrupt: KeyboardInterrupt, out_dir: str | None = None) -> str:
     """What an interrupt kept and how to go on: training says it itself when it stopped between
-    steps; a train stopped anywhere else goes on from its last checkpoint with --resume."""
+    steps; a train stopped anywhere else goes on from its last checkpoint with --resume, or,
+    stopped before its first one, starts again with it."""
     if str(interrupt):
         return str(interrupt)
     if command == "train":
+        from crosslens.core.paths import checkpoint_folders
+
+        if out_dir is not None and not checkpoint_folders(out_dir):
+            return "interrupted before its first checkpoint; run the same command with --resume to start it again"
         return "interrupted; run the same command with --resume to continue from its last checkpoint"
     return "interrupted (finished work is kept; run the same command to resume)"
 

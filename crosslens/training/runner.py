@@ -187,11 +187,16 @@ class CrosscoderTrainingRunner:
         """The runner config as JSON values."""
         return _jsonable(asdict(self.config))
 
+    def launch_record(self) -> dict[str, Any]:
+        """How many processes train: not a config field (torchrun decides it), but a resume on
+        another count splits the batch otherwise."""
+        return {"world_size": 1 if self.mesh is None else self.mesh[0].world_size}
+
     def run_record(self) -> dict[str, Any]:
-        """What run.json holds: the runner config, with the store's absolute path and its seal, so
-        a reader finds the store from any working directory and can tell whether it is still the
-        one trained on."""
-        values = self.config_record()
+        """What run.json holds: the runner config and its launch, with the store's absolute path
+        and its seal, so a reader finds the store from any working directory and can tell whether
+        it is still the one trained on."""
+        values = {**self.config_record(), **self.launch_record()}
         values["store_path"] = str(Path(self.store.path).resolve())
         values[RUN_STORE_SEAL] = store_seal(self.store)
         return values
@@ -237,7 +242,7 @@ class CrosscoderTrainingRunner:
             return
         if not isinstance(started, dict):
             return
-        now = self.config_record()
+        now = {**self.config_record(), **self.launch_record()}
         changed = [f"{key} {now[key]!r} (the run started with {started[key]!r})"
                    for key in BYTE_LAYOUT_SETTINGS if key in started and started[key] != now.get(key)]  # fmt: skip
         if changed:
@@ -456,7 +461,7 @@ def data_line(config: CrosscoderRunnerConfig, store_tokens: int) -> str:
     )
 
 
-BYTE_LAYOUT_SETTINGS = ("device", "snapshot_parallel", "micro_batches")
+BYTE_LAYOUT_SETTINGS = ("device", "snapshot_parallel", "micro_batches", "world_size")
 """Settings a resume may change that round the same training otherwise (another device's
 kernels, another mesh's sums, another split of the batch)."""
 

@@ -194,8 +194,8 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
 
     # ------------------------------------------------------------ identity and records
     def run_record(self) -> dict[str, Any]:
-        """The runner config and, in place of a store, what the run streamed."""
-        return {**self.config_record(), "stream": self.stream}
+        """The runner config and its launch and, in place of a store, what the run streamed."""
+        return {**self.config_record(), **self.launch_record(), "stream": self.stream}
 
     def store_identity(self) -> dict[str, Any]:
         """What this run trains on: the snapshots and the dtype their models run in, the
