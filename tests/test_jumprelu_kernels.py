@@ -395,7 +395,7 @@ def test_the_environment_sets_where_the_block_functions_are_compiled(setting, on
 def test_compiled_block_functions_equal_the_eager_ones_on_cuda(monkeypatch, dtype):
     """The gate and code to the bit, the sums and gradients to float order, at a shape that
     takes several blocks (and a last, shorter one)."""
-    monkeypatch.setattr(kernels, "DEVICE_BLOCK_ELEMENTS", 4 * 3 * 512)  # blocks of 170 tokens, last of 10
+    monkeypatch.setattr(kernels, "DEVICE_BLOCK_ELEMENTS", 4 * 170 * 512)  # blocks of 170 tokens, last of 10
     gen = torch.Generator(device="cuda").manual_seed(3)
     N, S, F_ = 520, 4, 512
     h0 = torch.randn(N, F_, device="cuda", generator=gen).to(dtype)
