@@ -135,6 +135,26 @@ def test_keep_mask_drops_position_zero_and_special_ids():
     assert keep_mask(ids, exclude_bos=False, exclude_token_ids=()).all()
 
 
+@pytest.mark.parametrize("exclude_bos", [True, False])
+def test_the_positions_a_dictionary_records_are_the_positions_it_kept(exclude_bos):
+    """``position_record`` (SAELens's seqpos_slice and exclude_special_tokens) read back by
+    ``recorded_keep_mask`` is ``keep_mask``; SAELens's ``True`` is the tokenizer's special tokens."""
+    from types import SimpleNamespace
+
+    from crosslens.activations.tokens import position_record, recorded_keep_mask
+
+    ids = torch.tensor([[0, 4, 5, 0], [2, 6, 1, 7]])
+    record = position_record(exclude_bos=exclude_bos, exclude_token_ids=[1, 0])
+    assert record == {"seqpos_slice": [1, None] if exclude_bos else [None], "exclude_special_tokens": [0, 1]}
+    kept = keep_mask(ids, exclude_bos=exclude_bos, exclude_token_ids=[0, 1])
+    assert torch.equal(recorded_keep_mask(ids, record["seqpos_slice"], record["exclude_special_tokens"]), kept)
+    assert recorded_keep_mask(ids, None, None).all() and recorded_keep_mask(ids, [None], False).all()
+    tokenizer = SimpleNamespace(pad_token_id=None, bos_token_id=0, eos_token_id=1)
+    assert torch.equal(recorded_keep_mask(ids, record["seqpos_slice"], True, tokenizer), kept)
+    with pytest.raises(ValueError, match="pass the tokenizer"):
+        recorded_keep_mask(ids, None, True)
+
+
 def test_tokens_from_local_dataset_match_tokenizing_the_texts(suite):
     import datasets
 

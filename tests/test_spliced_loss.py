@@ -22,34 +22,48 @@ def tokens(tokenizer):
     return torch.randint(3, len(tokenizer), (5, 12), generator=generator)
 
 
-def _by_hand(model, tokens, replacement):
-    """Mean next-token cross-entropy and logits with the hook's activation set to ``replacement``."""
+def _by_hand(model, tokens, replacement, counted):
+    """Mean next-token cross-entropy over the ``counted`` predicting positions, and the logits,
+    with the hook's activation set to ``replacement``."""
     def put(activation, hook):
         return replacement if replacement is not None else activation
 
     with torch.no_grad():
         logits = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, put)])
-    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).double(), tokens[:, 1:].reshape(-1))
+    ce = F.cross_entropy(logits[:, :-1][counted].double(), tokens[:, 1:][counted])
     return float(ce), logits
 
 
+@pytest.mark.parametrize("recorded", [False, True], ids=["every-position", "recorded-positions"])
 @pytest.mark.parametrize("ablation", ["zero", "mean"])
-def test_spliced_loss_matches_a_by_hand_computation(snapshots, tokens, ablation):
+def test_spliced_loss_matches_a_by_hand_computation(snapshots, tokens, ablation, recorded):
+    """The reconstruction replaces the activation where the crosscoder was trained (as its metadata
+    records it: position 0 and one token id left out) and the losses are averaged there; the floor
+    replaces every position. A crosscoder that records nothing is spliced everywhere."""
     crosscoder = make_crosscoder("jumprelu_crosscoder")
+    trained = torch.ones_like(tokens, dtype=torch.bool)
+    if recorded:
+        left_out = int(tokens[1, 4])
+        crosscoder.cfg.metadata["seqpos_slice"] = [1, None]
+        crosscoder.cfg.metadata["exclude_special_tokens"] = [left_out]
+        trained = (tokens != left_out) & (torch.arange(tokens.shape[1]) > 0)
+        assert 0 < (~trained[:, 1:]).sum() < trained.sum()
     rows = spliced_loss(snapshots, crosscoder, tokens, ablation=ablation, labels=["a", "b", "c"])
     acts = collect_activations(snapshots, HOOK, tokens)
-    n = tokens.shape[0] * (tokens.shape[1] - 1)
+    counted = trained[:, :-1]
+    n = int(counted.sum())
     for s, (model, row) in enumerate(zip(snapshots, rows)):
         recon = SnapshotCodec(crosscoder, s).decode(exact_codes(crosscoder, acts, s))
-        floor = acts[:, :, s].mean(dim=(0, 1)).expand_as(recon) if ablation == "mean" else torch.zeros_like(recon)
-        clean, clean_logits = _by_hand(model, tokens, None)
-        spliced, spliced_logits = _by_hand(model, tokens, recon)
-        ablated, _ = _by_hand(model, tokens, floor)
+        recon = torch.where(trained[..., None], recon, acts[:, :, s])
+        floor = acts[:, :, s][trained].mean(dim=0).expand_as(recon) if ablation == "mean" else torch.zeros_like(recon)
+        clean, clean_logits = _by_hand(model, tokens, None, counted)
+        spliced, spliced_logits = _by_hand(model, tokens, recon, counted)
+        ablated, _ = _by_hand(model, tokens, floor, counted)
         kl = F.kl_div(
-            F.log_softmax(spliced_logits[:, :-1].double(), -1), F.log_softmax(clean_logits[:, :-1].double(), -1),
+            F.log_softmax(spliced_logits[:, :-1][counted].double(), -1), F.log_softmax(clean_logits[:, :-1][counted].double(), -1),
             log_target=True, reduction="sum",
         ) / n  # fmt: skip
-        assert row["snapshot"] == "abc"[s] and row["ablation"] == ablation
+        assert row["snapshot"] == "abc"[s] and row["ablation"] == ablation and row["n_positions"] == n
         assert row["ce_loss_without_sae"] == pytest.approx(clean, rel=1e-5)
         assert row["ce_loss_with_sae"] == pytest.approx(spliced, rel=1e-5)
         assert row["ce_loss_with_ablation"] == pytest.approx(ablated, rel=1e-5)
@@ -103,6 +117,9 @@ def test_spliced_loss_refuses_what_it_cannot_measure(snapshots, tokens):
         spliced_loss(snapshots, crosscoder, tokens[:, :1])
     with pytest.raises(ValueError, match="reads 3 snapshots but 2 models"):
         spliced_loss(snapshots[:2], crosscoder, tokens)
+    crosscoder.cfg.metadata["seqpos_slice"] = [1, None]
+    with pytest.raises(ValueError, match="none of the 5 token rows has a position the dictionary was trained on"):
+        spliced_loss(snapshots, crosscoder, tokens[:, :2])
 
 
 def test_evaluate_prints_the_spliced_loss_of_a_trained_run(tmp_path, capsys):

@@ -198,23 +198,30 @@ def baseline_sae(world):
 
 def test_a_per_snapshot_sae_is_spliced_on_the_model_scale(world, baseline_sae):
     """By hand: the SAE encodes the activation times its snapshot's norm factor, and its
-    reconstruction divided by it replaces the activation in that snapshot's model."""
+    reconstruction divided by it replaces the activation in that snapshot's model at the positions
+    the store trained it on (BOS and the excluded tokens stay clean; the losses are averaged there)."""
     import torch.nn.functional as F
 
     from crosslens.activations import ActivationStore
+    from crosslens.activations.tokens import keep_mask
     from crosslens.checkpoints import CheckpointSuite
 
     store = ActivationStore.open(world["store"])
     factor = float(store.norm_factors(HOOK)[2])
     assert baseline_sae.cfg.metadata["activation_norm_factor"] == pytest.approx(factor) and factor != pytest.approx(1.0)
     tokens = store.sequences[:N_SEQS]
+    spec = store.manifest["spec"]
+    trained = keep_mask(tokens, exclude_bos=spec["exclude_bos"], exclude_token_ids=spec["exclude_token_ids"])
+    assert spec["exclude_bos"] and not trained[:, 0].any() and trained.sum() > tokens.shape[0]
+    counted = trained[:, :-1]
     with one_torch_thread():
         suite = CheckpointSuite.local(world["suite"])
         rows = sae_spliced_loss(suite, {2: baseline_sae}, tokens, hook=HOOK, labels=["a", "b", "c"])
         model = suite.load(2)
 
         def spliced(activation, hook):
-            return baseline_sae.decode(baseline_sae.encode(activation * factor)) / factor
+            recon = baseline_sae.decode(baseline_sae.encode(activation * factor)) / factor
+            return torch.where(trained[..., None], recon, activation)
 
         with torch.no_grad():
             clean = model(tokens)
@@ -222,12 +229,12 @@ def test_a_per_snapshot_sae_is_spliced_on_the_model_scale(world, baseline_sae):
             zeroed = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, lambda a, hook: torch.zeros_like(a))])
 
     def ce(x):
-        return float(F.cross_entropy(x[:, :-1].reshape(-1, x.shape[-1]).double(), tokens[:, 1:].reshape(-1)))
+        return float(F.cross_entropy(x[:, :-1][counted].double(), tokens[:, 1:][counted]))
 
-    kl = F.kl_div(F.log_softmax(logits[:, :-1].double(), -1), F.log_softmax(clean[:, :-1].double(), -1),
-                  log_target=True, reduction="sum") / (tokens.shape[0] * (tokens.shape[1] - 1))  # fmt: skip
+    kl = F.kl_div(F.log_softmax(logits[:, :-1][counted].double(), -1), F.log_softmax(clean[:, :-1][counted].double(), -1),
+                  log_target=True, reduction="sum") / counted.sum()  # fmt: skip
     (row,) = rows.values()
-    assert list(rows) == [2] and row["snapshot"] == "c"
+    assert list(rows) == [2] and row["snapshot"] == "c" and row["n_positions"] == int(counted.sum())
     assert row["ce_loss_without_sae"] == pytest.approx(ce(clean), rel=1e-5)
     assert row["ce_loss_with_sae"] == pytest.approx(ce(logits), rel=1e-5)
     assert row["ce_loss_with_ablation"] == pytest.approx(ce(zeroed), rel=1e-5)

@@ -248,6 +248,32 @@ def keep_mask(
     return keep_NL
 
 
+def position_record(*, exclude_bos: bool, exclude_token_ids: Sequence[int]) -> dict[str, Any]:
+    """Which positions :func:`keep_mask` keeps, in SAELens's metadata words: ``seqpos_slice``
+    (``[1, None]`` drops position 0) and ``exclude_special_tokens`` (the excluded ids)."""
+    return {"seqpos_slice": [1, None] if exclude_bos else [None], "exclude_special_tokens": sorted(int(i) for i in exclude_token_ids)}
+
+
+def recorded_keep_mask(
+    token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"],
+    seqpos_slice: Sequence[int | None] | None,
+    exclude_special_tokens: Sequence[int] | bool | None,
+    tokenizer: Any = None,
+) -> Bool[torch.Tensor, "n_seqs seq_len"]:
+    """The positions a dictionary was trained on, from its :func:`position_record`: every
+    position where it records neither (``exclude_special_tokens=True``, SAELens's "the
+    tokenizer's special tokens", needs ``tokenizer``)."""
+    keep_NL = torch.zeros_like(token_ids_NL, dtype=torch.bool)
+    keep_NL[:, slice(*(seqpos_slice or [None]))] = True
+    if exclude_special_tokens is True:
+        if tokenizer is None:
+            raise ValueError("exclude_special_tokens=True names the tokenizer's special tokens: pass the tokenizer")
+        exclude_special_tokens = default_excluded_ids(tokenizer)
+    if exclude_special_tokens:
+        keep_NL &= ~torch.isin(token_ids_NL, torch.tensor(list(exclude_special_tokens), dtype=token_ids_NL.dtype))
+    return keep_NL
+
+
 def tokens_sha256(token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"]) -> str:
     """A content hash of a token table (shape and int64 values)."""
     # no copy where the table is already contiguous int64 (a full-size one is 6.4 GB)

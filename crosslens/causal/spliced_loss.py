@@ -18,7 +18,14 @@ model's, ``kl_div_with_sae`` and ``kl_div_with_ablation``, gives
 formulas for the same quantities (its ``model_performance_preservation`` and
 ``model_behavior_preservation`` metrics); ``ablation`` names the floor.
 
-Every position but the last predicts the next token; all of them are averaged.
+The reconstruction replaces the activation only at the positions the dictionary was trained
+on, as its metadata records them (SAELens's ``seqpos_slice`` and ``exclude_special_tokens``:
+BOS and the excluded tokens keep their clean activation, which the dictionary never learnt to
+reconstruct), and the losses are averaged over the positions it replaced that predict a next
+token (every one but the last), as SAELens's evaluation does with special tokens excluded. The
+ablation floor replaces every position, as SAELens's and Bayazit et al.'s floors do; a mean
+floor is the mean over the trained positions. A dictionary that records neither is spliced at
+every position.
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 
 from crosslens.activations.store import snapshot_label
+from crosslens.activations.tokens import recorded_keep_mask
 from crosslens.causal.splice import (
     SnapshotModels, activations_at, collect_activations, exact_codes, iter_snapshot_models, run_from_hook,
 )
@@ -51,15 +59,26 @@ def _next_token_stats(
     logits_NLV: Float[torch.Tensor, "n seq d_vocab"],
     tokens_NL: Int[torch.Tensor, "n seq"],
     clean_logprobs_NPV: Float[torch.Tensor, "n seq-1 d_vocab"] | None,
+    counted_NP: Bool[torch.Tensor, "n seq-1"],
 ) -> tuple[float, float]:
-    """(summed cross-entropy, summed KL from the clean distribution) over the predicting positions
-    (``P``: every position but the last, whose next token is not in the row)."""
+    """(summed cross-entropy, summed KL from the clean distribution) over the counted predicting
+    positions (``P``: every position but the last, whose next token is not in the row)."""
     logprobs = F.log_softmax(logits_NLV[:, :-1].double(), dim=-1)
-    ce = -logprobs.gather(-1, tokens_NL[:, 1:, None]).sum()
+    ce = -logprobs.gather(-1, tokens_NL[:, 1:, None])[..., 0][counted_NP].sum()
     if clean_logprobs_NPV is None:
         return float(ce), 0.0
-    kl = (clean_logprobs_NPV.exp() * (clean_logprobs_NPV - logprobs)).sum()
+    kl = (clean_logprobs_NPV.exp() * (clean_logprobs_NPV - logprobs)).sum(-1)[counted_NP].sum()
     return float(ce), float(kl)
+
+
+def trained_positions(
+    dictionary: Any, tokens_NL: Int[torch.Tensor, "n seq"], tokenizer: Any = None
+) -> Bool[torch.Tensor, "n seq"]:
+    """The positions of ``tokens_NL`` that ``dictionary`` (a crosscoder or a SAELens SAE) was
+    trained on, as its metadata records them (every position where it records nothing)."""
+    return recorded_keep_mask(
+        tokens_NL, metadata_value(dictionary, "seqpos_slice"), metadata_value(dictionary, "exclude_special_tokens"), tokenizer
+    )
 
 
 MIN_FLOOR_COST = 0.05
@@ -142,7 +161,8 @@ def spliced_loss(
             return codec.decode(codes[rows_b])
 
         label = labels[s] if labels is not None else str(s)
-        rows.append(_spliced_row(model, hook, tokens_NL, acts_NLSD[:, :, s], reconstruct, ablation, batch_size, label))
+        positions_NL = trained_positions(crosscoder, tokens_NL, getattr(model, "tokenizer", None))
+        rows.append(_spliced_row(model, hook, tokens_NL, acts_NLSD[:, :, s], reconstruct, ablation, batch_size, label, positions_NL))
     return rows
 
 
@@ -161,27 +181,35 @@ def _spliced_row(
     ablation: SplicedAblation,
     batch_size: int,
     label: str,
+    positions_NL: Bool[torch.Tensor, "n seq"],
 ) -> dict[str, Any]:
-    """One snapshot's row: ``reconstruct(rows)`` gives the model-scale reconstruction of those token rows."""
-    floor_D = acts_NLD.mean(dim=(0, 1)) if ablation == "mean" else torch.zeros(acts_NLD.shape[-1])
+    """One snapshot's row: ``reconstruct(rows)`` gives the model-scale reconstruction of those
+    token rows, spliced in at ``positions_NL`` (the clean activation elsewhere)."""
+    n_predicted = int(positions_NL[:, :-1].sum())
+    if n_predicted == 0:
+        raise ValueError(
+            f"none of the {tokens_NL.shape[0]} token rows has a position the dictionary was trained on before its last "
+            "(its seqpos_slice and exclude_special_tokens leave none out of BOS and special tokens): pass longer rows of text"
+        )
+    floor_D = acts_NLD[positions_NL].mean(dim=0) if ablation == "mean" else torch.zeros(acts_NLD.shape[-1])
     sums = {"clean": [0.0, 0.0], "spliced": [0.0, 0.0], "ablated": [0.0, 0.0]}
     device, dtype = model.cfg.device, next(model.parameters()).dtype
     for start in range(0, tokens_NL.shape[0], batch_size):
         rows_b = slice(start, start + batch_size)
         tokens = tokens_NL[rows_b].to(device)
+        spliced_NL1 = positions_NL[rows_b, :, None].to(device)
         clean_logits = model(tokens)
         clean_logprobs_NPV = F.log_softmax(clean_logits[:, :-1].double(), dim=-1)
-        recon = reconstruct(rows_b).to(device, dtype)
+        recon = torch.where(spliced_NL1, reconstruct(rows_b).to(device, dtype), acts_NLD[rows_b].to(device, dtype))
         floor = floor_D.to(device, dtype).expand_as(recon)
         for name, logits in (
             ("clean", clean_logits),
             ("spliced", run_from_hook(model, hook, recon, tokens)),
             ("ablated", run_from_hook(model, hook, floor, tokens)),
         ):
-            ce, kl = _next_token_stats(logits, tokens, None if name == "clean" else clean_logprobs_NPV)
+            ce, kl = _next_token_stats(logits, tokens, None if name == "clean" else clean_logprobs_NPV, spliced_NL1[:, :-1, 0])
             sums[name][0] += ce
             sums[name][1] += kl
-    n_predicted = tokens_NL.shape[0] * (tokens_NL.shape[1] - 1)
     ce_clean, ce_spliced, ce_ablated = (sums[k][0] / n_predicted for k in ("clean", "spliced", "ablated"))
     kl_spliced, kl_ablated = (sums[k][1] / n_predicted for k in ("spliced", "ablated"))
     return {
@@ -194,6 +222,7 @@ def _spliced_row(
         "kl_div_with_sae": kl_spliced,
         "kl_div_with_ablation": kl_ablated,
         "kl_div_score": _score(kl_ablated, kl_spliced, 0.0),
+        "n_positions": n_predicted,
     }
 
 
@@ -235,7 +264,8 @@ def sae_spliced_loss(
             return sae.decode(sae.encode(x)) / factor
 
         label = labels[s] if labels is not None else _sae_snapshot_label(sae, s)
-        rows[s] = _spliced_row(model, hook, tokens_NL, acts_NLD, reconstruct, ablation, batch_size, label)
+        positions_NL = trained_positions(sae, tokens_NL, getattr(model, "tokenizer", None))
+        rows[s] = _spliced_row(model, hook, tokens_NL, acts_NLD, reconstruct, ablation, batch_size, label, positions_NL)
     return rows
 
 

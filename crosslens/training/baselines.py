@@ -42,6 +42,7 @@ from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
 from crosslens.activations import ActivationProvider, ActivationStore
+from crosslens.activations.tokens import position_record
 from crosslens.architectures import BASELINE_OF, DEFAULT_LR, TRAINING_DEFAULTS
 from crosslens.core.seeding import seeded
 from crosslens.training.config import dead_feature_window
@@ -178,13 +179,14 @@ def inference_sae(training_sae: TrainingSAE[Any]) -> SAE[Any]:
 
 
 def _snapshot_metadata(store: ActivationStore, hook: str, snapshot: int) -> dict[str, Any]:
-    suite = store.manifest.get("spec", {}).get("suite", {})
+    spec = store.manifest.get("spec", {})
     return {
         "hook_name": hook,
-        "model_name": suite.get("model_id"),
+        "model_name": spec.get("suite", {}).get("model_id"),
         "snapshot": dict(store.snapshots[snapshot], index=snapshot),
         "activation_norm_factor": float(store.norm_factors(hook)[snapshot]),
         "store_fingerprint": store.fingerprint,
+        **position_record(exclude_bos=bool(spec.get("exclude_bos")), exclude_token_ids=spec.get("exclude_token_ids", [])),
     }
 
 

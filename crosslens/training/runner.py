@@ -38,6 +38,7 @@ from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.activations.partners import STORE_SEAL_KEY, check_recorded_partner, store_seal
+from crosslens.activations.tokens import position_record
 from crosslens.architectures import sparsity_coefficient_for
 from crosslens.core.errors import StorageError, StoreChangedError
 from crosslens.core.launch import launched_by_torchrun, world_size
@@ -561,8 +562,7 @@ def training_data_metadata(store: ActivationStore, dataset_path: str | None = No
         "model_class_name": "HookedTransformer",
         "context_size": int(spec["seq_len"]),
         "prepend_bos": prepend_bos,
-        "exclude_special_tokens": excluded,
-        "seqpos_slice": [1, None] if spec.get("exclude_bos") else [None],
+        **position_record(exclude_bos=bool(spec.get("exclude_bos")), exclude_token_ids=excluded),
         "dataset_path": dataset_path or spec.get("dataset_path") or spec.get("dataset"),
     }
 

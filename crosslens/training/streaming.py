@@ -36,7 +36,7 @@ from crosslens.activations.budget import chunk_seqs_for
 from crosslens.activations.harvest import harvest_rows
 from crosslens.activations.partners import RowDigests
 from crosslens.activations.streaming import ResidentSnapshotProvider
-from crosslens.activations.tokens import kept_tokens, tokens_sha256
+from crosslens.activations.tokens import kept_tokens, position_record, tokens_sha256
 from crosslens.core.devices import dtype_name
 from crosslens.core.errors import StoreChangedError
 from crosslens.core.hashing import json_sha256
@@ -188,7 +188,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         return {
             "model_name": self.suite.model_id, "model_class_name": "HookedTransformer",
             "context_size": int(self.train_NL.shape[1]), "prepend_bos": prepend_bos,
-            "exclude_special_tokens": excluded, "seqpos_slice": [1, None],
+            **position_record(exclude_bos=True, exclude_token_ids=excluded),
             "dataset_path": self.config.dataset_path or self.stream.get("tokens", {}).get("source"),
         }  # fmt: skip
 
