@@ -133,6 +133,15 @@ def test_readme_walkthrough_runs_start_to_end(tmp_path, monkeypatch, capsys):
     assert "explained variance per snapshot on --store store" in text
     assert len(re.findall(r"^step\d+ ", text, re.M)) == 4
 
+    # Bayazit et al.'s per-token threshold reaches the IE table, and is recorded there (last: each
+    # attribute run saves the run's attribution section again)
+    tables = {}
+    for name, extra in (("default", []), ("thresholded", ["--ie-threshold", "1e9"])):
+        run(["attribute", "--crosscoder", "run", "--task", "pairs.jsonl", "--out", f"{name}.json", *SMALL["attribute"].split(), *extra], capsys)
+        tables[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert tables["default"]["config"]["threshold"] is None and tables["thresholded"]["config"]["threshold"] == 1e9
+    assert tables["default"]["rows"] and not tables["thresholded"]["rows"]  # the rows of non-zero IE
+
 
 def test_real_suites_walkthrough_commands_that_run_offline(fake_hub, capsys):
     """`suite list` and `plan` of the "Using real suites" block answer offline (the rest download)."""

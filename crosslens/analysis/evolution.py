@@ -42,9 +42,11 @@ stretch, then present again (see :data:`PRESENCE_MODES`, :attr:`Lifetimes.dip`).
 PRESENCE_MODES: tuple[str, ...] = ("robust", "decoder_norm")
 """How :func:`feature_lifetimes` reads presence (``EvolutionConfig.presence``).
 
-- ``decoder_norm`` (Ge et al. 2025): present where the decoder norm is at least
-  ``emergence_threshold`` of the feature's peak; a feature emerges where its *last*
-  on-period starts, so a feature that dips and comes back "emerges" at the return.
+- ``decoder_norm`` (after Ge et al. 2025, who read presence from decoder norms; the paper's
+  summary gives no threshold or rule, so the two here are crosslens's): present where the
+  decoder norm is at least ``emergence_threshold`` of the feature's peak; a feature emerges
+  where its *last* on-period starts, so a feature that dips and comes back "emerges" at the
+  return.
 - ``robust`` (default): a return after a dip is not an emergence. A feature emerges
   where its *first* on-period starts; a later off-stretch followed by a return is
   recorded as a dip (:attr:`Lifetimes.dip`, :attr:`Lifetimes.recovery`), the
@@ -99,7 +101,7 @@ class EvolutionConfig:
     """When firing frequencies are given, features firing on at most this fraction of the
     sampled tokens are ``dead`` too (0: dead means never fired on the sample)."""
     presence: str = "robust"
-    """``robust`` or ``decoder_norm`` (Ge et al.); see :data:`PRESENCE_MODES`."""
+    """``robust`` or ``decoder_norm`` (after Ge et al.); see :data:`PRESENCE_MODES`."""
     firing_floor: float = 0.1
     """Robust mode with per-snapshot firing: a snapshot where the feature fires on less
     than this fraction of its peak per-snapshot firing rate counts as absent."""

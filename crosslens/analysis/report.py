@@ -93,8 +93,8 @@ def _add_overview(report: Report, analysis: EvolutionAnalysis) -> None:
         )
     else:
         presence_text = (
-            f"decoder norm is at least {cfg.emergence_threshold:g} of its peak (Ge et al.'s decoder-norm "
-            "presence); it emerges at the first snapshot from which it stays present"
+            f"decoder norm is at least {cfg.emergence_threshold:g} of its peak (decoder-norm presence, "
+            "after Ge et al.); it emerges at the first snapshot from which it stays present"
         )
     report.add_text(
         f"{analysis.d_sae} crosscoder features over {analysis.n_snapshots} snapshots "

@@ -138,7 +138,9 @@ def spliced_loss(
     HookedTransformers in the crosscoder's snapshot order; ``hook`` defaults to the hook
     the crosscoder records. ``norm_factors`` as for
     :class:`~crosslens.crosscoders.snapshot_sae.SnapshotCodec`. ``progress`` shows a bar per
-    pass over the snapshots (their activations, then the spliced runs). ``labels`` name the rows;
+    pass over the snapshots (their activations, then the spliced runs). The reconstruction goes in
+    at the positions the crosscoder was trained on (:func:`trained_positions`; each row's
+    ``n_positions`` counts those that predict a next token). ``labels`` name the rows;
     by default the snapshots the crosscoder records (their revisions, as every crosslens table
     names them), else their indices.
     """
@@ -245,7 +247,8 @@ def sae_spliced_loss(
     An SAE that reads normalised activations records the factor in
     ``cfg.metadata["activation_norm_factor"]`` (as :mod:`crosslens.training.baselines`'s do):
     it encodes ``a * c`` and its reconstruction is divided by ``c``, back to the model's scale.
-    One without that record reads the activation as it is.
+    One without that record reads the activation as it is. Each SAE is spliced at the
+    positions its metadata records it was trained on (:func:`trained_positions`).
     """
     _check_inputs(tokens_NL, ablation)
     rows: dict[int, dict[str, Any]] = {}

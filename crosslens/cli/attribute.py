@@ -31,6 +31,11 @@ class AttributeFlags:
     out: str = "attribution.json"
     """The IE table (a .json file); the report is written beside it with .html, plots and tables in a
     STEM_causal/ folder. With several tasks, each task's IE table goes in that folder instead."""
+    ie_threshold: float | None = field(default=None, metadata={"min": 0})
+    """Zero each per-token |IE| at or below this before averaging over a prompt's positions, as Bayazit et
+    al. do at 0.1 (their code makes it optional). Unset, every effect is kept and a feature is classed only
+    where its IE clears a noise floor (2% of the mean clean-to-patched metric gap, with a bootstrap
+    interval), so the classes are not the paper's exactly."""
     allow_chance: bool = False
     """Attribute even when the model is at chance on the pairs at every snapshot (accuracy's 95% interval
     contains 50%), which is refused by default: there is no behaviour to attribute. Every snapshot at chance

@@ -13,6 +13,7 @@ TASK_DEFAULT = "agreement_pp"
 
 
 def attribute(args: argparse.Namespace) -> int:
+    from crosslens.causal.attribution import AttributionConfig
     from crosslens.causal.demo import attribution_sections, causal_out_dir
     from crosslens.commands.inputs import check_output_file
     from crosslens.commands.runs import crosscoder_suite_record
@@ -40,13 +41,14 @@ def attribute(args: argparse.Namespace) -> int:
         ) from None
     _check_snapshots(record, suite, folder, args)  # before any model loads
     print(metric_sign())
+    config = AttributionConfig(threshold=args.ie_threshold)
     if len(tasks) > 1:  # several languages: run together, RelIE per language side by side
         from crosslens.causal.demo import language_attribution_sections
 
         with _task_flag_errors(args):
             sections = language_attribution_sections(
                 suite, str(folder), tasks, n_examples=args.n_examples, out=args.out, device=device, dtype=dtype,
-                allow_chance=args.allow_chance,
+                allow_chance=args.allow_chance, config=config,
             )  # fmt: skip
         report = Path(args.out).with_suffix(".html")
         sections[0].write(report)
@@ -60,7 +62,7 @@ def attribute(args: argparse.Namespace) -> int:
     with _task_flag_errors(args):
         sections = attribution_sections(
             suite, str(folder), task=task, n_examples=args.n_examples, out=args.out, device=device, dtype=dtype,
-            summaries=summaries, allow_chance=args.allow_chance,
+            summaries=summaries, allow_chance=args.allow_chance, config=config,
         )  # fmt: skip
     report = Path(args.out).with_suffix(".html")
     sections[0].write(report)

@@ -33,8 +33,11 @@ Straight-through estimator: the gate passes gradient to ``h`` where open and, th
 rectangle kernel of width ``jumprelu_bandwidth`` around the threshold, to ``t_i``:
 ``d/dt_i = -(t_i / (||W_dec[i, s]|| * eps)) * [|h_i ||W_dec[i,s]|| - t_i| < eps/2]``
 times the upstream gradient, summed over tokens and snapshots. This is the JumpReLU
-estimator applied to ``h * ||W_dec[i, s]||`` and divided back by the norm, so with one
-snapshot and unit decoder norms it equals SAELens's JumpReLU gradient.
+estimator of Rajamanoharan et al. (SAELens's) applied to ``h * ||W_dec[i, s]||`` and divided
+back by the norm, so with one snapshot and unit decoder norms it equals SAELens's JumpReLU
+gradient. Ge et al.'s papers do not spell out their estimator; Llamascopium's code has had
+other forms (a learnt log-threshold, a window gradient not scaled by the upstream one), so
+this one is SAELens's choice, not a reproduction of theirs.
 
 Sparsity loss (Ge et al.):
 
