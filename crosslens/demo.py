@@ -210,8 +210,9 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
     run_file = out_dir / RUN_CONFIG_NAME
     if run_file.exists():
         try:
-            recorded = {k: v for k, v in json.loads(run_file.read_text()).items() if k != RUN_STORE_SEAL}
-            wanted = json.loads(json.dumps({k: v for k, v in runner.run_record().items() if k != RUN_STORE_SEAL}))
+            skip = {RUN_STORE_SEAL, *runner.launch_record()}  # the demo runs in one process, whatever a folder records
+            recorded = {k: v for k, v in json.loads(run_file.read_text()).items() if k not in skip}
+            wanted = json.loads(json.dumps({k: v for k, v in runner.run_record().items() if k not in skip}))
             changed = sorted(k for k in recorded.keys() | wanted.keys() if recorded.get(k) != wanted.get(k))
         except (ValueError, AttributeError):  # a damaged run.json
             changed = [RUN_CONFIG_NAME]
@@ -237,6 +238,17 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
     except RunFolderInUseError as refused:  # results no checkpoint continues: the demo owns its folder
         print(f"{refused}: retraining the crosscoder in {out_dir}")
         return runner.run(overwrite=True)
+
+
+def _current_quality(quality: Any) -> bool:
+    """Whether a demo's cached quality.json holds this version's table: the explained variance
+    and a spliced loss measured where the crosscoder trained."""
+    if not (isinstance(quality, dict) and "rows" in quality):
+        return False
+    from crosslens.causal.spliced_loss import spliced_where_trained
+
+    spliced = quality.get("spliced_loss")
+    return spliced is None or spliced_where_trained(spliced)
 
 
 def _store_trained_on(runner) -> str | None:
@@ -487,9 +499,9 @@ def run_demo(
     crosscoder = train_stage(train_store, out_dir / "crosscoder", config, force=force, device=device)
     quality_file = out_dir / "crosscoder" / QUALITY_NAME
     quality = json.loads(quality_file.read_text()) if quality_file.exists() and not force else None
-    if isinstance(quality, dict) and "rows" in quality:  # written after the crosscoder it describes
+    if _current_quality(quality):  # written after the crosscoder it describes
         print(format_demo_quality(quality))
-    else:  # none yet, or an older demo's table without the spliced loss
+    else:  # none yet, or an older demo's table without the spliced loss or with every position spliced
         quality = quality_stage(crosscoder, train_store, eval_store, config, suite, device=device, dtype=dtype)
         quality_file.write_text(json.dumps(quality, indent=1, default=str))
         from crosslens.training.runfolder import seal_run

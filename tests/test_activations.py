@@ -151,6 +151,10 @@ def test_the_positions_a_dictionary_records_are_the_positions_it_kept(exclude_bo
     assert recorded_keep_mask(ids, None, None).all() and recorded_keep_mask(ids, [None], False).all()
     tokenizer = SimpleNamespace(pad_token_id=None, bos_token_id=0, eos_token_id=1)
     assert torch.equal(recorded_keep_mask(ids, record["seqpos_slice"], True, tokenizer), kept)
+    # SAELens's special tokens are more than crosslens's default exclusions: its separator too
+    with_sep = SimpleNamespace(pad_token_id=None, bos_token_id=0, eos_token_id=1, sep_token_id=6)
+    assert torch.equal(recorded_keep_mask(ids, [None], True, with_sep), keep_mask(ids, exclude_bos=False, exclude_token_ids=[0, 1, 6]))
+    assert torch.equal(recorded_keep_mask(ids, [2, None, None], None)[0], torch.tensor([False, False, True, True]))
     with pytest.raises(ValueError, match="pass the tokenizer"):
         recorded_keep_mask(ids, None, True)
 

@@ -449,7 +449,7 @@ def test_plots_show_the_analysis(case_analysis):
     # Robust presence (the default): case 4 dips and recovers, so it is an initialization feature.
     assert by_name["persistent"] == {100: 1, 1000: 1, 10: 1, 100_000: 1}
     assert by_name["transient"] == {10: 1, 100: 1}
-    assert "(3 initialization features emerge at step 0, not shown)" in hist.layout.title.text
+    assert "(3 initialization features, present from random initialization (step 0), not shown)" in hist.layout.title.text
 
     traj = feature_trajectories(case_analysis, [3, 0])
     lines = [t for t in traj.data if t.mode == "lines+markers"]
@@ -521,9 +521,14 @@ def test_a_suite_without_step_0_names_its_first_step_for_initialization_features
     late = EvolutionAnalysis.from_decoder(case_analysis.W_dec, [step + 64 for step in STEPS])
     assert late.features_of_class("initialization") == case_analysis.features_of_class("initialization")
     title = emergence_histogram(late).layout.title.text
-    assert "(3 initialization features, present from the first snapshot, step 64, not shown)" in title
-    assert "present from the first snapshot, step 64 (the suite has no step 0" in evolution_report(late).write(tmp_path / "late.html").read_text()
+    assert "(3 initialization features, present from the first snapshot, step 64 (some may have formed by then), not shown)" in title
+    page = evolution_report(late).write(tmp_path / "late.html").read_text()
+    assert "initialization: present from the first snapshot, step 64 (some may have formed by then)" in page
     assert "present from random initialization (step 0)" in evolution_report(case_analysis).write(tmp_path / "zero.html").read_text()
+    # no steps recorded: the indices stand in for them, and step 0 says nothing of initialization
+    unknown = EvolutionAnalysis.from_decoder(case_analysis.W_dec)
+    assert unknown.steps[0] == 0 and unknown.steps_are_indices and not case_analysis.steps_are_indices
+    assert unknown.initialization_words() == "from the first snapshot (no training steps recorded)"
 
 
 def test_evolution_report_sections(case_analysis, tmp_path):

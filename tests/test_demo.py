@@ -1,5 +1,7 @@
 """The demo's own logic (the stages themselves are tested in their modules and tutorials)."""
 
+import json
+
 from crosslens.demo import _choose_steps
 
 PICO_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 96, 144, 192, 240, 288, 336, 384, 432, 480, 528, 576, 624, 640]
@@ -15,6 +17,18 @@ def test_choose_steps_keeps_ends_and_covers_early_and_late_training():
 
 def test_choose_steps_returns_everything_when_asked_for_more():
     assert _choose_steps(PICO_STEPS, 30) == PICO_STEPS
+
+
+def test_a_cached_quality_table_is_reused_only_with_the_splice_this_version_measures():
+    """An older demo's quality.json (no spliced loss at all, or one that spliced every position)
+    is measured again; this version's, or a table whose spliced loss was skipped, is reused."""
+    from crosslens.demo import _current_quality
+
+    row = {"snapshot": "step0", "ce_loss_score": 1.0}
+    assert not _current_quality([{"kind": "ev"}]) and not _current_quality(None)
+    assert not _current_quality({"rows": [], "spliced_loss": {"crosscoder": [row]}})
+    assert _current_quality({"rows": [], "spliced_loss": {"crosscoder": [{**row, "n_positions": 60}]}})
+    assert _current_quality({"rows": [], "spliced_loss": None})
 
 
 def test_train_stage_reuses_its_crosscoder_and_retrains_on_new_settings(tmp_path, capsys):
@@ -43,6 +57,13 @@ def test_train_stage_reuses_its_crosscoder_and_retrains_on_new_settings(tmp_path
     again = train_stage(tmp_path / "store", tmp_path / "run", config)
     assert "reusing trained crosscoder" in capsys.readouterr().out
     assert torch.equal(first.W_dec, again.W_dec)
+    # a folder whose run.json predates its process count: the demo runs in one process, so reused
+    run_file = tmp_path / "run" / "run.json"
+    recorded = json.loads(run_file.read_text())
+    assert recorded.pop("world_size") == 1
+    run_file.write_text(json.dumps(recorded, indent=2))
+    train_stage(tmp_path / "store", tmp_path / "run", config)
+    assert "reusing trained crosscoder" in capsys.readouterr().out
     train_stage(tmp_path / "store", tmp_path / "run", replace(config, n_steps=30))
     assert f"demo settings changed (n_steps): retraining the crosscoder in {tmp_path / 'run'}" in capsys.readouterr().out
     other = torch.randint(3, FAKE_VOCAB_SIZE, (16, 16), generator=torch.Generator().manual_seed(1))

@@ -72,6 +72,23 @@ def test_spliced_loss_matches_a_by_hand_computation(snapshots, tokens, ablation,
         assert row["kl_div_with_sae"] > 0 and row["ce_loss_with_sae"] != pytest.approx(clean)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_spliced_loss_takes_models_and_token_rows_on_cuda(snapshots, tokens):
+    """The rows ``HookedTransformer.to_tokens`` gives on a GPU: the recorded positions' mask is
+    built there and brought beside the activations, which the splice keeps on the host."""
+    import copy
+
+    crosscoder = make_crosscoder("jumprelu_crosscoder")
+    crosscoder.cfg.metadata["seqpos_slice"] = [1, None]
+    crosscoder.cfg.metadata["exclude_special_tokens"] = [int(tokens[1, 4])]
+    on_cpu = spliced_loss(snapshots, crosscoder, tokens, ablation="mean")
+    on_cuda = spliced_loss([copy.deepcopy(m).to("cuda") for m in snapshots], crosscoder, tokens.cuda(), ablation="mean")
+    for cpu_row, cuda_row in zip(on_cpu, on_cuda, strict=True):
+        assert cuda_row["n_positions"] == cpu_row["n_positions"]
+        for name in ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation", "kl_div_with_sae"):
+            assert cuda_row[name] == pytest.approx(cpu_row[name], rel=1e-4, abs=1e-6), name
+
+
 def _identity_crosscoder():
     """A ReLU crosscoder that reconstructs every snapshot exactly: features 2(sD + d) and
     2(sD + d) + 1 carry the positive and negative parts of snapshot s's coordinate d."""

@@ -139,12 +139,25 @@ def test_report_shows_the_spliced_table_with_raw_losses_and_the_floor(world, tmp
         assert main(["report", str(world["run"]), "--out", str(out), "--device", "cpu"]) == 0
     page = out.read_text()
     assert "Spliced-model loss" in page and "CE zero-ablated" in page and "KL zero-ablated" in page
+    assert "The reconstruction replaced the positions the crosscoder was trained on" in page
     body = page[page.index("Crosscoder spliced into each snapshot"):]
     for row in library_rows(world):
         cells = [row["snapshot"], row["ce_loss_without_sae"], row["ce_loss_with_sae"], row["ce_loss_with_ablation"],
                  recovered_share(row), row["kl_div_with_sae"], row["kl_div_with_ablation"]]  # fmt: skip
         expected = "".join(f'<td class="{"text" if isinstance(c, str) else ""}">{format_cell(c)}</td>' for c in cells)
         assert expected in body
+
+
+def test_a_record_that_spliced_every_position_says_so():
+    """A quality.json measured before the splice kept BOS and the excluded tokens clean: its
+    rows do not count their positions, and the report, model card and registry entry say what it spliced."""
+    from crosslens.causal.spliced_loss import positions_sentence, spliced_where_trained
+
+    old = {"n_seqs": 4, "seq_len": 16, "crosscoder": [{"snapshot": "step0"}, {"snapshot": "step8"}]}
+    new = {**old, "crosscoder": [{"snapshot": "step0", "n_positions": 52}, {"snapshot": "step8", "n_positions": 52}]}
+    assert not spliced_where_trained(old) and spliced_where_trained(new)
+    assert positions_sentence(old).startswith("The reconstruction replaced every position")
+    assert "averaged over the 52 of 60 predicting positions it replaced" in positions_sentence(new)
 
 
 def test_report_without_spliced_figures_has_no_section(world, tmp_path):
@@ -169,7 +182,11 @@ def test_push_puts_the_spliced_figures_in_the_registry_entry_and_model_card(worl
     assert entry["kl_div_with_sae"] == pytest.approx([r["kl_div_with_sae"] for r in rows], abs=1e-5)
     (parsed,) = parse_registry(result.registry_yaml, source="pushed").values()
     assert parsed.entries[entry["id"]].ce_loss_score == tuple(entry["ce_loss_score"])
+    assert entry["spliced_positions"] == parsed.entries[entry["id"]].spliced_positions == "trained"
     assert "## Spliced-model loss" in result.card and "CE zero-ablated" in result.card
+    assert f"averaged over the {rows[0]['n_positions']:,} of" in result.card and "kept their clean activation" in result.card
+    with pytest.raises(PretrainedRegistryError, match="spliced_positions must be trained or every, got 'some'"):
+        parse_registry(result.registry_yaml.replace("spliced_positions: trained", "spliced_positions: some"), source="edited")
     for r in rows:
         line = (f"| {r['snapshot']} | {r['ce_loss_without_sae']:.4f} | {r['ce_loss_with_sae']:.4f} | "
                 f"{r['ce_loss_with_ablation']:.4f} | {percent_or_na(recovered_share(r))} | {r['kl_div_with_sae']:.4f} |")  # fmt: skip

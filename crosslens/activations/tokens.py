@@ -244,7 +244,8 @@ def keep_mask(
     if exclude_bos:
         keep_NL[:, 0] = False
     if len(exclude_token_ids):
-        keep_NL &= ~torch.isin(token_ids_NL, torch.tensor(list(exclude_token_ids), dtype=token_ids_NL.dtype))
+        excluded = torch.tensor(list(exclude_token_ids), dtype=token_ids_NL.dtype, device=token_ids_NL.device)
+        keep_NL &= ~torch.isin(token_ids_NL, excluded)
     return keep_NL
 
 
@@ -261,17 +262,18 @@ def recorded_keep_mask(
     tokenizer: Any = None,
 ) -> Bool[torch.Tensor, "n_seqs seq_len"]:
     """The positions a dictionary was trained on, from its :func:`position_record`: every
-    position where it records neither (``exclude_special_tokens=True``, SAELens's "the
-    tokenizer's special tokens", needs ``tokenizer``)."""
-    keep_NL = torch.zeros_like(token_ids_NL, dtype=torch.bool)
-    keep_NL[:, slice(*(seqpos_slice or [None]))] = True
+    position where it records neither. ``exclude_special_tokens=True`` is SAELens's "the
+    tokenizer's special tokens" (``sae_lens.util.get_special_token_ids``), which needs
+    ``tokenizer``."""
     if exclude_special_tokens is True:
         if tokenizer is None:
             raise ValueError("exclude_special_tokens=True names the tokenizer's special tokens: pass the tokenizer")
-        exclude_special_tokens = default_excluded_ids(tokenizer)
-    if exclude_special_tokens:
-        keep_NL &= ~torch.isin(token_ids_NL, torch.tensor(list(exclude_special_tokens), dtype=token_ids_NL.dtype))
-    return keep_NL
+        from sae_lens.util import get_special_token_ids
+
+        exclude_special_tokens = get_special_token_ids(tokenizer)
+    in_slice_L = torch.zeros(token_ids_NL.shape[1], dtype=torch.bool, device=token_ids_NL.device)
+    in_slice_L[slice(*(seqpos_slice or [None]))] = True
+    return keep_mask(token_ids_NL, exclude_bos=False, exclude_token_ids=exclude_special_tokens or ()) & in_slice_L
 
 
 def tokens_sha256(token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"]) -> str:

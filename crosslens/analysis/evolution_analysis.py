@@ -54,6 +54,8 @@ class EvolutionAnalysis:
     snapshot_frequency: Float[torch.Tensor, "d_sae n_snapshots"] | None = field(default=None, repr=False)
     """Optional per-snapshot firing rate of each feature (robust presence, see
     :func:`~crosslens.analysis.probes.firing_frequency` with ``per_snapshot=True``)."""
+    steps_are_indices: bool = False
+    """True when no training steps were known and the snapshot indices stand in for them."""
     norms: Float[torch.Tensor, "d_sae n_snapshots"] = field(init=False, repr=False)
     """Raw decoder norms."""
     normalized: Float[torch.Tensor, "d_sae n_snapshots"] = field(init=False, repr=False)
@@ -108,10 +110,10 @@ class EvolutionAnalysis:
         """Analyse a raw decoder tensor; ``steps`` defaults to the snapshot indices."""
         if W_dec.ndim != 3:
             raise ValueError(f"W_dec has shape {tuple(W_dec.shape)}; expected [d_sae, n_snapshots, d_in].")
-        steps = list(steps) if steps is not None else list(range(W_dec.shape[1]))
         return cls(
             W_dec=W_dec,
-            steps=steps,
+            steps=list(steps) if steps is not None else list(range(W_dec.shape[1])),
+            steps_are_indices=steps is None,
             tokens_seen=list(tokens_seen) if tokens_seen is not None else [],
             config=config or EvolutionConfig(),
             metadata=dict(metadata or {}),
@@ -233,6 +235,15 @@ class EvolutionAnalysis:
     def class_counts(self) -> dict[str, int]:
         counts = Counter(self.classes)
         return {name: counts.get(name, 0) for name in FEATURE_CLASSES}
+
+    def initialization_words(self) -> str:
+        """When the ``initialization`` class's features are known to be present: from random
+        initialization (Ge et al.'s meaning) only where the first snapshot is step 0."""
+        if self.steps_are_indices:
+            return "from the first snapshot (no training steps recorded)"
+        if self.steps[0] == 0:
+            return "from random initialization (step 0)"
+        return f"from the first snapshot, step {self.steps[0]:,} (some may have formed by then)"
 
     def features_of_class(self, name: str) -> list[int]:
         if name not in FEATURE_CLASSES:

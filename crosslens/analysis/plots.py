@@ -123,9 +123,8 @@ def emergence_histogram(analysis: EvolutionAnalysis) -> go.Figure:
     """How many features emerge at each step, on a log step axis, stacked by class.
 
     Initialization features (present from the first snapshot) have no place on a log axis
-    when it is step 0; their count is in the title, which names the first snapshot's step
-    when a suite starts later (then "initialization" means present by that step). Dead
-    features are left out.
+    when it is step 0; their count is in the title, with what the class means for these
+    snapshots (:meth:`EvolutionAnalysis.initialization_words`). Dead features are left out.
     """
     lt = analysis.lifetimes
     n_init = len(analysis.features_of_class("initialization"))
@@ -148,18 +147,12 @@ def emergence_histogram(analysis: EvolutionAnalysis) -> go.Figure:
         )
     fig.update_layout(
         barmode="stack",
-        title=f"Emergence steps of emergent features ({_initialization_words(n_init, analysis.steps[0])}, not shown)",
+        title=f"Emergence steps of emergent features ({n_init} initialization features, present {analysis.initialization_words()}, not shown)",
         xaxis=log_axis(plotted, title="emergence step", max_ticks=10, label=lambda s: _format_step(int(s))),
         yaxis={"title": "features"},
         height=400,
     )
     return fig
-
-
-def _initialization_words(n_init: int, first_step: int) -> str:
-    if first_step == 0:
-        return f"{n_init} initialization features emerge at step 0"
-    return f"{n_init} initialization features, present from the first snapshot, step {_format_step(first_step)}"
 
 
 def _log_bar_widths(steps: Sequence[int]) -> dict[int, float]:

@@ -122,12 +122,6 @@ def _add_overview(report: Report, analysis: EvolutionAnalysis) -> None:
     report.add_table(analysis.snapshot_table(), title="Snapshots")
 
 
-def _initialization_meaning(first_step: int) -> str:
-    if first_step == 0:
-        return "present from random initialization (step 0)"
-    return f"present from the first snapshot, step {first_step:,} (the suite has no step 0: some may have formed by then)"
-
-
 def _add_feature_classes(report: Report, analysis: EvolutionAnalysis) -> None:
     report.add_heading("Feature classes")
     counts = analysis.class_counts()
@@ -140,7 +134,7 @@ def _add_feature_classes(report: Report, analysis: EvolutionAnalysis) -> None:
         percent=["fraction"],
     )
     report.add_text(
-        f"initialization: {_initialization_meaning(analysis.steps[0])} (kept in this class even if it fades later). "
+        f"initialization: present {analysis.initialization_words()}, kept in this class even if it fades later. "
         "persistent: emerges later and survives to the last snapshot. transient: emerges later, then fades. "
         "dead: never carries weight, was never trained, or never fires."
     )

@@ -22,7 +22,8 @@ The reconstruction replaces the activation only at the positions the dictionary 
 on, as its metadata records them (SAELens's ``seqpos_slice`` and ``exclude_special_tokens``:
 BOS and the excluded tokens keep their clean activation, which the dictionary never learnt to
 reconstruct), and the losses are averaged over the positions it replaced that predict a next
-token (every one but the last), as SAELens's evaluation does with special tokens excluded. The
+token (every one but the last), as SAELens's evaluation averages its cross-entropy with special
+tokens excluded (its KL also counts the last position; here the KL has the CE's positions). The
 ablation floor replaces every position, as SAELens's and Bayazit et al.'s floors do; a mean
 floor is the mean over the trained positions. A dictionary that records neither is spliced at
 every position.
@@ -187,6 +188,7 @@ def _spliced_row(
 ) -> dict[str, Any]:
     """One snapshot's row: ``reconstruct(rows)`` gives the model-scale reconstruction of those
     token rows, spliced in at ``positions_NL`` (the clean activation elsewhere)."""
+    positions_NL = positions_NL.cpu()  # beside the activations, which are on the host; token rows may not be
     n_predicted = int(positions_NL[:, :-1].sum())
     if n_predicted == 0:
         raise ValueError(
@@ -384,6 +386,29 @@ def format_comparison(record: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def spliced_where_trained(record: Mapping[str, Any]) -> bool:
+    """Whether a ``"spliced_loss"`` record was measured with the reconstruction kept to the
+    positions the crosscoder trained on (its rows count them); a record from before that rule
+    spliced every position, BOS and the excluded tokens included."""
+    return all("n_positions" in row for row in record["crosscoder"])
+
+
+def positions_sentence(record: Mapping[str, Any]) -> str:
+    """What a record's splice replaced, as the report and the model card say it."""
+    if not spliced_where_trained(record):
+        return (
+            "The reconstruction replaced every position, BOS and the excluded tokens included, which the crosscoder "
+            "never trained on (measured before crosslens kept them clean); `crosslens evaluate --spliced-loss` "
+            "measures it again."
+        )
+    counted = record["crosscoder"][0]["n_positions"] if record["crosscoder"] else 0
+    return (
+        f"The reconstruction replaced the positions the crosscoder was trained on (BOS and the excluded tokens kept "
+        f"their clean activation); the losses are averaged over the {counted:,} of "
+        f"{record['n_seqs'] * (record['seq_len'] - 1):,} predicting positions it replaced. The floor replaced every position."
+    )
+
+
 def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
     """Append the spliced-model loss of a ``"spliced_loss"`` record to a report: the raw losses
     beside the recovered share (the share alone misleads where the floor costs little), and the
@@ -394,10 +419,10 @@ def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
         f"Each snapshot's model run on {record['n_seqs']} token rows of {record['measured_on']} with the activation "
         f"at the hook replaced by the crosscoder's reconstruction (no error term). CE recovered = (CE {floor}-ablated "
         f"- CE spliced) / (CE {floor}-ablated - CE clean), the floor being the activation "
-        + ("zeroed" if floor == "zero" else "replaced by its mean over the tokens")
+        + ("zeroed" if floor == "zero" else "replaced by its mean over the trained positions")
         + "; it is ill-conditioned where the floor costs little, so read it with the raw losses, and it is left "
         f"out (shown as —) where the floor costs under {MIN_FLOOR_COST} nats over clean. KL is the mean "
-        "divergence of the next-token distribution from the clean model's."
+        "divergence of the next-token distribution from the clean model's. " + positions_sentence(record)
     )
     table = [
         {
@@ -418,4 +443,4 @@ def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
     return report
 
 
-__all__ = ["MIN_FLOOR_COST", "SplicedAblation", "add_baselines", "add_spliced_loss_section", "spliced_record", "comparison_rows", "format_comparison", "format_spliced_loss", "recovered_share", "sae_spliced_loss", "spliced_loss"]
+__all__ = ["MIN_FLOOR_COST", "SplicedAblation", "add_baselines", "add_spliced_loss_section", "spliced_record", "comparison_rows", "format_comparison", "format_spliced_loss", "positions_sentence", "recovered_share", "sae_spliced_loss", "spliced_loss", "spliced_where_trained", "trained_positions"]

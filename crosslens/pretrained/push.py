@@ -372,7 +372,7 @@ def _checkpoint_section(snapshots: list[dict[str, Any]], evaluation: dict[str, A
 
 def _spliced_section(spliced: dict[str, Any]) -> list[str]:
     """The model card's spliced-model loss per checkpoint: raw losses beside the recovered share."""
-    from crosslens.causal.spliced_loss import MIN_FLOOR_COST, percent_or_na, recovered_share  # loads TransformerLens
+    from crosslens.causal.spliced_loss import MIN_FLOOR_COST, percent_or_na, positions_sentence, recovered_share  # loads TransformerLens
 
     floor = spliced["ablation"]
     lines = [
@@ -393,7 +393,7 @@ def _spliced_section(spliced: dict[str, Any]) -> list[str]:
         f"reconstruction. CE recovered is (CE {floor}-ablated - CE spliced) / (CE {floor}-ablated - CE clean); it "
         f"means little where ablating costs little, so the raw losses stand beside it, and it reads n/a where "
         f"ablating costs under {MIN_FLOOR_COST} nats. KL is the mean divergence "
-        "of the next-token distribution from the clean model's.",
+        "of the next-token distribution from the clean model's. " + positions_sentence(spliced),
         "",
     ]
     return lines
@@ -457,6 +457,9 @@ def registry_entry(publication: Publication) -> dict[str, Any]:
         entry["ce_loss_score"] = [round(row["ce_loss_score"], 4) for row in spliced["crosscoder"]]
         entry["kl_div_with_sae"] = [round(row["kl_div_with_sae"], 5) for row in spliced["crosscoder"]]
         entry["spliced_ablation"] = spliced["ablation"]
+        from crosslens.causal.spliced_loss import spliced_where_trained  # loads TransformerLens
+
+        entry["spliced_positions"] = "trained" if spliced_where_trained(spliced) else "every"
     entry["normalization_folded"] = bool(meta.get("activation_norm_factors_folded"))
     link = wandb_link(meta)
     if link and link.startswith("http"):

@@ -25,6 +25,7 @@ needs on top. A release, in YAML::
           ce_loss_score: [1.0, 0.99, 0.95]  # CE recovered spliced into each snapshot (SAELens's name)
           kl_div_with_sae: [0.001, 0.03, 0.13]  # KL from the clean model, per snapshot
           spliced_ablation: zero           # the floor of ce_loss_score: zero or mean ablation
+          spliced_positions: trained       # spliced where it trained (BOS, special tokens clean) or at every position
           normalization_folded: true       # weights read raw activations
           wandb_run: https://wandb.ai/...  # optional
 
@@ -63,6 +64,7 @@ _ENTRY_KEYS = {
     "ce_loss_score",
     "kl_div_with_sae",
     "spliced_ablation",
+    "spliced_positions",
     "normalization_folded",
     "wandb_run",
     "neuronpedia",
@@ -104,6 +106,10 @@ class PretrainedCrosscoderEntry:
     """KL divergence from the clean model with each snapshot's reconstruction spliced in."""
     spliced_ablation: str | None = None
     """The floor of ``ce_loss_score``: ``zero`` or ``mean`` ablation."""
+    spliced_positions: str | None = None
+    """Where the reconstruction was spliced: ``trained`` (the positions it was trained on; BOS
+    and the excluded tokens clean, as SAELens's evaluation does) or ``every`` (every position,
+    as crosslens measured before it kept them clean)."""
     normalization_folded: bool | None = None
     """True when the weights read raw activations (normalisation folded in)."""
     wandb_run: str | None = None
@@ -354,6 +360,7 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
             ce_loss_score=_per_snapshot(item.get("ce_loss_score"), S, f"{where}: entry {entry_id!r}: ce_loss_score"),
             kl_div_with_sae=_per_snapshot(item.get("kl_div_with_sae"), S, f"{where}: entry {entry_id!r}: kl_div_with_sae"),
             spliced_ablation=_spliced_ablation(item, f"{where}: entry {entry_id!r}"),
+            spliced_positions=_spliced_positions(item, f"{where}: entry {entry_id!r}"),
             normalization_folded=item.get("normalization_folded"),
             wandb_run=item.get("wandb_run"),
             neuronpedia=item.get("neuronpedia"),
@@ -382,6 +389,13 @@ def _spliced_ablation(item: Mapping[str, Any], where: str) -> str | None:
     if floor is None and item.get("ce_loss_score") is not None:
         raise PretrainedRegistryError(f"{where}: ce_loss_score needs spliced_ablation (zero or mean): the floor it is measured against.")
     return floor
+
+
+def _spliced_positions(item: Mapping[str, Any], where: str) -> str | None:
+    positions = item.get("spliced_positions")
+    if positions not in (None, "trained", "every"):
+        raise PretrainedRegistryError(f"{where}: spliced_positions must be trained or every, got {positions!r}.")
+    return positions
 
 
 def _per_snapshot(value: Any, n_snapshots: int, where: str) -> tuple[float, ...] | None:
