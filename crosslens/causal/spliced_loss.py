@@ -192,8 +192,8 @@ def _spliced_row(
     n_predicted = int(positions_NL[:, :-1].sum())
     if n_predicted == 0:
         raise ValueError(
-            f"none of the {tokens_NL.shape[0]} token rows has a position the dictionary was trained on before its last "
-            "(its seqpos_slice and exclude_special_tokens leave none out of BOS and special tokens): pass longer rows of text"
+            f"none of the {tokens_NL.shape[0]} token rows has a position the dictionary was trained on (by its recorded "
+            "seqpos_slice and exclude_special_tokens) before its last: pass longer rows of text"
         )
     floor_D = acts_NLD[positions_NL].mean(dim=0) if ablation == "mean" else torch.zeros(acts_NLD.shape[-1])
     sums = {"clean": [0.0, 0.0], "spliced": [0.0, 0.0], "ablated": [0.0, 0.0]}

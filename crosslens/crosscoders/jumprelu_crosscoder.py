@@ -35,9 +35,9 @@ rectangle kernel of width ``jumprelu_bandwidth`` around the threshold, to ``t_i`
 times the upstream gradient, summed over tokens and snapshots. This is the JumpReLU
 estimator of Rajamanoharan et al. (SAELens's) applied to ``h * ||W_dec[i, s]||`` and divided
 back by the norm, so with one snapshot and unit decoder norms it equals SAELens's JumpReLU
-gradient. Ge et al.'s papers do not spell out their estimator; Llamascopium's code has had
-other forms (a learnt log-threshold, a window gradient not scaled by the upstream one), so
-this one is SAELens's choice, not a reproduction of theirs.
+gradient. Ge et al. do not spell out their estimator (a stored version of Llamascopium's
+code, their library, learns a log-threshold and does not scale the window's gradient by the
+upstream one), so this is SAELens's choice, not a reproduction of theirs.
 
 Sparsity loss (Ge et al.):
 
