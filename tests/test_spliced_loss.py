@@ -189,3 +189,12 @@ def test_a_floor_that_costs_almost_nothing_gets_no_recovered_share():
     assert [line.split()[-2] for line in beside.splitlines()[2:]] == ["n/a", "n/a", "101.5%", "101.5%"]
     assert [line[:12].strip() for line in beside.splitlines()[2:]] == ["step0", "", "step2", ""]
     assert "topk SAE" in beside and max(map(len, beside.splitlines())) <= 80  # narrow, one line per model
+    # an SAE averaged over other positions than the crosscoder's (it records others, or none) is named
+    counted = {"crosscoder": [{**flat, "n_positions": 60}, {**real, "n_positions": 60}]}
+    same = format_comparison({**counted, "baselines": {"topk": [{**flat, "n_positions": 60}, {**real, "n_positions": 60}]}})
+    other = format_comparison({**counted, "baselines": {"topk": [{**flat, "n_positions": 60}, {**real, "n_positions": 64}]}})
+    assert same.splitlines()[-1].split()[:2] == ["topk", "SAE"]  # no note
+    assert other.splitlines()[-1] == (
+        "averaged over other positions than the crosscoder's (its trained positions differ): topk SAE at step2 "
+        "(64 against 60); their CE spliced and KL do not compare with its row"
+    )

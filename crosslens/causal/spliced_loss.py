@@ -368,6 +368,24 @@ def comparison_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def positions_note(record: Mapping[str, Any]) -> str:
+    """The line under the side-by-side table naming the SAE rows averaged over other positions
+    than the crosscoder's (an SAE that records other trained positions, or none); "" when none is."""
+    counts = {row["snapshot"]: row.get("n_positions") for row in record["crosscoder"]}
+    differ = [
+        f"{arch} SAE at {row['snapshot']} ({row.get('n_positions')} against {counts[row['snapshot']]})"
+        for arch, rows in (record.get("baselines") or {}).items()
+        for row in rows
+        if row["snapshot"] in counts and row.get("n_positions") != counts[row["snapshot"]]
+    ]
+    if not differ:
+        return ""
+    return (
+        f"averaged over other positions than the crosscoder's (its trained positions differ): {', '.join(differ)}; "
+        "their CE spliced and KL do not compare with its row"
+    )
+
+
 def format_comparison(record: Mapping[str, Any]) -> str:
     """:func:`comparison_rows` as a plain-text table, the snapshot named once per group. Clean
     and floor losses are :func:`format_spliced_loss`'s, printed first; so is the line that
@@ -383,7 +401,8 @@ def format_comparison(record: Mapping[str, Any]) -> str:
             f"{snapshot:>12s}  {row['model']:<14s}  {row['CE spliced']:10.4f}  "
             f"{percent_or_na(row['CE recovered']):>12s}  {row['KL spliced']:10.4f}"
         )
-    return "\n".join(lines)
+    note = positions_note(record)
+    return "\n".join(lines + ([note] if note else []))
 
 
 def spliced_where_trained(record: Mapping[str, Any]) -> bool:
@@ -440,7 +459,9 @@ def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
     beside = comparison_rows(record)
     if beside:
         report.add_table(beside, title="Crosscoder and per-snapshot SAEs of the same width and L0", percent=["CE recovered"])
+        if positions_note(record):
+            report.add_text(positions_note(record).capitalize() + ".")
     return report
 
 
-__all__ = ["MIN_FLOOR_COST", "SplicedAblation", "add_baselines", "add_spliced_loss_section", "spliced_record", "comparison_rows", "format_comparison", "format_spliced_loss", "positions_sentence", "recovered_share", "sae_spliced_loss", "spliced_loss", "spliced_where_trained", "trained_positions"]
+__all__ = ["MIN_FLOOR_COST", "SplicedAblation", "add_baselines", "add_spliced_loss_section", "spliced_record", "comparison_rows", "format_comparison", "format_spliced_loss", "positions_note", "positions_sentence", "recovered_share", "sae_spliced_loss", "spliced_loss", "spliced_where_trained", "trained_positions"]
