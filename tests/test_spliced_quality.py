@@ -158,6 +158,9 @@ def test_a_record_that_spliced_every_position_says_so():
     assert not spliced_where_trained(old) and spliced_where_trained(new)
     assert positions_sentence(old).startswith("The reconstruction replaced every position")
     assert "averaged over the 52 of 60 predicting positions it replaced" in positions_sentence(new)
+    # a crosscoder that records no trained positions (one from another library) is spliced everywhere, and said so
+    unrecorded = {**old, "crosscoder": [{"snapshot": "step0", "n_positions": 60}]}
+    assert positions_sentence(unrecorded).startswith("The reconstruction replaced every position: the crosscoder records none")
 
 
 def test_report_without_spliced_figures_has_no_section(world, tmp_path):

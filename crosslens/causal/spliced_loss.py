@@ -421,10 +421,16 @@ def positions_sentence(record: Mapping[str, Any]) -> str:
             "measures it again."
         )
     counted = record["crosscoder"][0]["n_positions"] if record["crosscoder"] else 0
+    predicting = record["n_seqs"] * (record["seq_len"] - 1)
+    if counted == predicting:  # a crosscoder that records no position left out, or rows that hold none
+        return (
+            f"The reconstruction replaced every position: the crosscoder records none of them as left out of its "
+            f"training; the losses are averaged over all {predicting:,} predicting positions."
+        )
     return (
         f"The reconstruction replaced the positions the crosscoder was trained on (BOS and the excluded tokens kept "
-        f"their clean activation); the losses are averaged over the {counted:,} of "
-        f"{record['n_seqs'] * (record['seq_len'] - 1):,} predicting positions it replaced. The floor replaced every position."
+        f"their clean activation); the losses are averaged over the {counted:,} of {predicting:,} predicting "
+        "positions it replaced. The floor replaced every position."
     )
 
 
