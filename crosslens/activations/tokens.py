@@ -249,6 +249,13 @@ def keep_mask(
     return keep_NL
 
 
+def bos_prepended(token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"], excluded: Sequence[int]) -> bool:
+    """Whether the rows were built with BOS prepended (SAELens's ``prepend_bos``): every row
+    starts with the same token, one of the ``excluded`` ids."""
+    first_N = token_ids_NL[:, 0]
+    return bool(len(first_N)) and bool((first_N == first_N[0]).all()) and int(first_N[0]) in excluded
+
+
 def position_record(*, exclude_bos: bool, exclude_token_ids: Sequence[int]) -> dict[str, Any]:
     """Which positions :func:`keep_mask` keeps, in SAELens's metadata words: ``seqpos_slice``
     (``[1, None]`` drops position 0) and ``exclude_special_tokens`` (the excluded ids)."""

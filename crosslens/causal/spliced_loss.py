@@ -465,8 +465,9 @@ def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
     beside = comparison_rows(record)
     if beside:
         report.add_table(beside, title="Crosscoder and per-snapshot SAEs of the same width and L0", percent=["CE recovered"])
-        if positions_note(record):
-            report.add_text(positions_note(record).capitalize() + ".")
+        note = positions_note(record)
+        if note:
+            report.add_text(note.capitalize() + ".")
     return report
 
 

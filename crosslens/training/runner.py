@@ -38,7 +38,7 @@ from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.activations.partners import STORE_SEAL_KEY, check_recorded_partner, store_seal
-from crosslens.activations.tokens import position_record
+from crosslens.activations.tokens import bos_prepended, position_record
 from crosslens.architectures import sparsity_coefficient_for
 from crosslens.core.errors import StorageError, StoreChangedError
 from crosslens.core.launch import launched_by_torchrun, world_size
@@ -554,14 +554,11 @@ def training_data_metadata(store: ActivationStore, dataset_path: str | None = No
     or not) and ``dataset_path`` (None when the store does not record it)."""
     spec = store.manifest["spec"]
     excluded = [int(i) for i in spec.get("exclude_token_ids", [])]
-    first_tokens = store.sequences[:, 0]
-    # BOS was prepended when every row starts with the same special token
-    prepend_bos = bool(len(first_tokens)) and bool((first_tokens == first_tokens[0]).all()) and int(first_tokens[0]) in excluded
     return {
         "model_name": spec["suite"].get("model_id"),
         "model_class_name": "HookedTransformer",
         "context_size": int(spec["seq_len"]),
-        "prepend_bos": prepend_bos,
+        "prepend_bos": bos_prepended(store.sequences, excluded),
         **position_record(exclude_bos=bool(spec.get("exclude_bos")), exclude_token_ids=excluded),
         "dataset_path": dataset_path or spec.get("dataset_path") or spec.get("dataset"),
     }

@@ -36,7 +36,7 @@ from crosslens.activations.budget import chunk_seqs_for
 from crosslens.activations.harvest import harvest_rows
 from crosslens.activations.partners import RowDigests
 from crosslens.activations.streaming import ResidentSnapshotProvider
-from crosslens.activations.tokens import kept_tokens, position_record, tokens_sha256
+from crosslens.activations.tokens import bos_prepended, kept_tokens, position_record, tokens_sha256
 from crosslens.core.devices import dtype_name
 from crosslens.core.errors import StoreChangedError
 from crosslens.core.hashing import json_sha256
@@ -183,11 +183,9 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
     def _data_metadata(self) -> dict[str, Any]:
         """SAELens's training-data fields, as ``training_data_metadata`` reads them from a store."""
         excluded, _ = kept_tokens(self.suite.tokenizer(), self.train_NL, True, None)
-        first = self.train_NL[:, 0]
-        prepend_bos = bool(len(first)) and bool((first == first[0]).all()) and int(first[0]) in excluded
         return {
             "model_name": self.suite.model_id, "model_class_name": "HookedTransformer",
-            "context_size": int(self.train_NL.shape[1]), "prepend_bos": prepend_bos,
+            "context_size": int(self.train_NL.shape[1]), "prepend_bos": bos_prepended(self.train_NL, excluded),
             **position_record(exclude_bos=True, exclude_token_ids=excluded),
             "dataset_path": self.config.dataset_path or self.stream.get("tokens", {}).get("source"),
         }  # fmt: skip
