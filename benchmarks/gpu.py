@@ -351,6 +351,10 @@ def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 
     print(prof.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=60), flush=True)
 
 
+PRECISIONS = {"fp32": None, "bf16": "bfloat16"}
+"""``--precision``'s names, and the autocast dtype each one trains under."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--small", action="store_true", help="the whole script on the CPU at a tiny shape")
@@ -370,6 +374,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gathers", action="store_true", help="time the sparse decode's Triton gathers for each block size tried")
     p.add_argument("--profile", action="store_true", help="after each row, its kernels over 3 steps by time (torch.profiler)")
     p.add_argument("--micro-batches", type=int, default=1, help="train each batch in this many micro-batches (train --micro-batches)")
+    p.add_argument("--precision", choices=PRECISIONS, action="append",
+                   help="the step rows' precisions (repeatable; default both): fp32, or bf16 autocast")  # fmt: skip
     a = p.parse_args(argv)
     if not 0 <= a.dead < 1:
         p.error(f"--dead {a.dead}: give the share of features counted dead, from 0 up to below 1 (e.g. 0.05)")
@@ -422,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.gathers:
         gather_sweep(a, device)
     for arch in a.only or list(cc.ARCHITECTURES):
-        for autocast in (None, "bfloat16"):
+        for autocast in (PRECISIONS[p] for p in a.precision or PRECISIONS):
             for trained in (False, True):
                 for path in step_paths(arch, trained, device, autocast):
                     print(row_or_failure(arch, a, device, autocast, trained, times, path), flush=True)

@@ -20,6 +20,9 @@ tiny shape in seconds (its numbers mean nothing; it checks that the script works
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/stream_gpu.py
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/stream_gpu.py --small
+
+Writing the suite is CPU work: ``--suite-dir DIR --write-only`` in the background while another
+benchmark times the GPU, then ``--suite-dir DIR --written`` here, saves its minute of device time.
 """
 
 from __future__ import annotations
@@ -78,6 +81,16 @@ def write_suite(root: Path, shape: dict, n: int) -> CheckpointSuite:
                 p.copy_(0.02 * torch.randn(p.shape, generator=g))
         model.save_pretrained(root / f"step{s}")
         tokenizer.save_pretrained(root / f"step{s}")
+    return CheckpointSuite.local(root)
+
+
+def written_suite(root: Path, n: int) -> CheckpointSuite:
+    """The suite a ``--write-only`` run left in ``root``, refused unless all ``n`` snapshots are there."""
+    missing = [f"step{s}" for s in range(n) if not (root / f"step{s}" / "config.json").is_file()]
+    if missing:
+        raise SystemExit(f"benchmarks/stream_gpu.py --written: {root} lacks {', '.join(missing[:3])}"
+                         f"{' ...' if len(missing) > 3 else ''}; run with --write-only first, or leave out --written")  # fmt: skip
+    print(f"suite: {n} random-init snapshots, written earlier to {root}")
     return CheckpointSuite.local(root)
 
 
@@ -169,7 +182,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="compile the snapshot models' forward (provider and floor); --no-compile: eager only")  # fmt: skip
     p.add_argument("--run-tokens", type=float, default=800e6, help="tokens of the whole run, for the hours")
     p.add_argument("--suite-dir", type=Path, default=None, help="where to write the suite (default: a temporary folder)")
+    p.add_argument("--write-only", action="store_true",
+                   help="write the suite to --suite-dir and stop (CPU work another command's GPU timings can overlap)")
+    p.add_argument("--written", action="store_true",
+                   help="take the suite an earlier --write-only run left in --suite-dir instead of writing it")  # fmt: skip
     a = p.parse_args(argv)
+    if (a.write_only or a.written) and a.suite_dir is None:
+        p.error("--write-only and --written name the suite's folder: add --suite-dir DIR")
     a.optimizer_state = "float32"
     if a.small:
         for key, value in SMALL.items():
@@ -180,11 +199,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(a: argparse.Namespace, device: str, root: Path) -> None:
     shape = SMALL_MODEL if a.small else PYTHIA_160M
     a.d_in = shape["hidden_size"]
+    if a.write_only:
+        start = time.perf_counter()
+        write_suite(root, shape, a.S)
+        print(f"suite: {a.S} random-init snapshots, d_model {shape['hidden_size']}, written to {root} in "
+              f"{time.perf_counter() - start:.0f} s")  # fmt: skip
+        return
+    suite = written_suite(root, a.S) if a.written else None
     peak = matmul_peak(a.peak_n, device, a.rounds)
     print(f"bf16 matmul peak: {peak / 1e12:,.1f} TFLOP/s")
-    start = time.perf_counter()
-    suite = write_suite(root, shape, a.S)
-    print(f"suite: {a.S} random-init snapshots, d_model {shape['hidden_size']}, written in {time.perf_counter() - start:.0f} s")
+    if suite is None:
+        start = time.perf_counter()
+        suite = write_suite(root, shape, a.S)
+        print(f"suite: {a.S} random-init snapshots, d_model {shape['hidden_size']}, written in {time.perf_counter() - start:.0f} s")
     n_seqs = 8 * a.chunk_seqs
     tokens = torch.randint(3, shape["vocab_size"], (n_seqs, a.seq_len), generator=torch.Generator().manual_seed(0))
     provider = ResidentSnapshotProvider(suite, a.hook, tokens, a.batch, model_dtype=torch.bfloat16, device=device,
@@ -213,7 +240,7 @@ def run(a: argparse.Namespace, device: str, root: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    if not a.small and not torch.cuda.is_available():
+    if not a.small and not a.write_only and not torch.cuda.is_available():
         print("benchmarks/stream_gpu.py: no CUDA device here, nothing measured (--small runs its logic on the CPU)")
         return 0
     device = "cpu" if a.small else "cuda"

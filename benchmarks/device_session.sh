@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole GPU measurement in one device call, its logs under $OUT: the CUDA tests, the training
+# step of every architecture against its floors, and streamed training end to end. Writing the
+# streamed run's suite is CPU work, so it runs in the background while the tests and the step's
+# rows time the GPU. Each part has its own limit inside SECONDS (default 585), so that a part cut
+# short still leaves the later ones their time, and whatever ran is in $OUT.
+#
+#   benchmarks/device_session.sh [SECONDS] [TESTS...]      # on the device, in the project's root
+#
+# TESTS: pytest's arguments (default: the tests with cuda in their names, from the files that hold
+# the CUDA twins of the kernels, which pass or skip on a CPU in CI); the step's rows are bf16 alone
+# (gpu.py --precision bf16) because the float32 ones are minutes of device time that change
+# little from session to session; run gpu.py without it for them.
+set -u
+budget=${1:-585}
+shift || true
+tests=("$@")
+[ ${#tests[@]} -gt 0 ] || tests=(-k cuda tests/test_sparse_step.py tests/test_gpu_step.py tests/test_jumprelu_kernels.py
+                                 tests/test_forward_to_hook.py tests/test_weight_grads.py tests/test_spliced_loss.py)
+out=${OUT:-/tmp/device_session}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+left() { echo $((budget - SECONDS)); }
+stamp() { echo "[$SECONDS s] $*" | tee -a "$out/session.log"; }
+
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$out/gpu.txt" 2>&1
+OMP_NUM_THREADS=4 timeout $((budget * 50 / 100)) nice -n 10 python3 benchmarks/stream_gpu.py --suite-dir /tmp/suite --write-only > "$out/suite.log" 2>&1 &
+writer=$!
+
+stamp "tests"
+timeout $((budget * 22 / 100)) python3 -m pytest -q -rfEs -p no:cacheprovider "${tests[@]}" > "$out/tests.log" 2>&1
+stamp "tests: exit $? ($(tail -n 1 "$out/tests.log"))"
+
+stamp "training step"
+timeout $((budget * 32 / 100)) python3 benchmarks/gpu.py --precision bf16 --steps 5 --rounds 5 --gathers 2>&1 \
+    | grep -v Warning > "$out/gpu.log"
+stamp "training step: exit ${PIPESTATUS[0]}"
+
+wait $writer
+stamp "suite: $(grep '^suite:' "$out/suite.log" || echo 'not written: see suite.log')"
+stamp "end to end, $(left) s left"
+timeout $(($(left) > 30 ? $(left) : 30)) python3 benchmarks/stream_gpu.py --suite-dir /tmp/suite --written --steps 40 --rounds 3 2>&1 \
+    | grep -v "Warning\|Writing\|Changing" > "$out/stream.log"
+stamp "end to end: exit ${PIPESTATUS[0]}"
