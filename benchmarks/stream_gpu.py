@@ -139,13 +139,14 @@ def provider_rate(provider: ResidentSnapshotProvider, a: argparse.Namespace, dev
 
 
 def end_to_end(
-    provider: ResidentSnapshotProvider, arch: str, a: argparse.Namespace, device: str, window_kernel: bool = False
+    provider: ResidentSnapshotProvider, arch: str, a: argparse.Namespace, device: str, window_kernel: bool
 ) -> tuple[float, str]:
     """Tokens/s of streamed training steps, and (JumpReLU) the first batch's active share,
     which decides whether the step runs from the active pairs (``sparse_step_pays``);
-    ``window_kernel``: the window summed by the fused Triton kernel (``WINDOW_KERNEL``)."""
+    ``window_kernel``: the window summed by the fused Triton kernel (``WINDOW_KERNEL``) or by
+    masked matmuls."""
     trainer = make_trainer(arch, a, device, "bfloat16")
-    sparse_kernels.WINDOW_KERNEL = window_kernel
+    default_window, sparse_kernels.WINDOW_KERNEL = sparse_kernels.WINDOW_KERNEL, window_kernel
     batches = provider.batches(0)
     first = next(batches)
     set_sparsity(trainer, first, a.l0)
@@ -158,6 +159,7 @@ def end_to_end(
         trainer.step(next(batches))
     sync(device)
     batches.close()
+    sparse_kernels.WINDOW_KERNEL = default_window
     return a.steps * a.batch / (time.perf_counter() - start), share
 
 
@@ -226,13 +228,15 @@ def run(a: argparse.Namespace, device: str, root: Path) -> None:
     label = "compiled" if a.compile and not a.small else "eager"
     print(f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the {label} forward alone, "
           f"{trunk_attention(models[0], None)} attention)", flush=True)  # fmt: skip
-    rows = [("jumprelu_crosscoder", True, False), ("crosscoder", True, False), ("jumprelu_crosscoder", False, False)]
+    default = sparse_kernels.WINDOW_KERNEL
+    rows = [("jumprelu_crosscoder", True, default), ("crosscoder", True, default), ("jumprelu_crosscoder", False, default)]
     if sparse_kernels.sparse_backend(torch.device(device)) == "triton":
-        rows.append(("jumprelu_crosscoder", True, True))
+        rows.append(("jumprelu_crosscoder", True, not default))
     for arch, prefetch, window_kernel in rows:
         provider.prefetch = prefetch
         rate, share = end_to_end(provider, arch, a, device, window_kernel)
-        label = f"{arch}{' + window kernel' if window_kernel else ''}"
+        window = "" if window_kernel == default else " + window kernel" if window_kernel else ", window by matmuls"
+        label = f"{arch}{window}"
         print(f"end to end, {label:36s} bf16, prefetch {'on ' if prefetch else 'off'}: {rate:10,.0f} tok/s; "
               f"{a.run_tokens / 1e6:,.0f}M tokens in {a.run_tokens / rate / 3600:.1f} h{share}", flush=True)  # fmt: skip
     provider.close()

@@ -167,6 +167,7 @@ def test_triton_gather_gives_weight_and_values_grad_in_one_pass(device, groups, 
         want_W = triton_kernels.weight_grad(grad_NGD, values_AG, pairs, norm_term, torch.float32, sums[0])
         want_v = triton_kernels.values_grad(grad_NGD, read_FGD, pairs, torch.float32)
         with pytest.MonkeyPatch.context() as one_pass:
+            one_pass.setattr(triton_kernels, "VALUES_IN_WEIGHT_PASS", True)
             if width == D * S:  # the one pass: no second gather of the rows for the dot products
                 one_pass.setattr(triton_kernels, "values_grad", lambda *_, **__: pytest.fail("took two passes"))
             got_W, got_v = triton_kernels.weight_and_values_grad(
