@@ -48,7 +48,7 @@ PYTHIA_160M = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads
 SMALL_MODEL = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 64,
                "vocab_size": 64, "max_position_embeddings": 64, "rotary_pct": 0.25}  # fmt: skip
 SMALL = {"S": 2, "hook": "blocks.1.hook_resid_post", "seqs": 4, "seq_len": 16, "batch": 32, "d_sae": 64,
-         "l0": 8, "chunk_seqs": 8, "steps": 6, "peak_n": 64, "rounds": 2, "backend": "aot_eager"}  # fmt: skip
+         "l0": 8, "chunk_seqs": 8, "steps": 6, "warmup": 1, "peak_n": 64, "rounds": 2, "backend": "aot_eager"}  # fmt: skip
 WORDS = "the a cat dog sees runs park tree old big small is and with on in".split()
 
 
@@ -152,7 +152,8 @@ def end_to_end(
     set_sparsity(trainer, first, a.l0)
     share = active_share(trainer, first)
     del first
-    trainer.step(next(batches))  # warm-up
+    for _ in range(a.warmup):  # each new count of pairs can compile a Triton specialisation
+        trainer.step(next(batches))
     sync(device)
     start = time.perf_counter()
     for _ in range(a.steps):
@@ -177,6 +178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--l0", type=float, default=100.0, help="the trained sparsity the threshold/bias is set to")
     p.add_argument("--chunk-seqs", type=int, default=128, help="sequences per provider chunk (two are resident with prefetch)")
     p.add_argument("--steps", type=int, default=300, help="timed end-to-end steps per architecture")
+    p.add_argument("--warmup", type=int, default=10,
+                   help="untimed end-to-end steps first: the kernels' compiles for the batches' shapes")  # fmt: skip
     p.add_argument("--rounds", type=int, default=10, help="timed forwards (median)")
     p.add_argument("--peak-n", type=int, default=8192, help="matmul side for the bf16 peak")
     p.add_argument("--backend", default="inductor", help="torch.compile backend of the compiled forward")

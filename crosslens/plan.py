@@ -666,7 +666,7 @@ def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]
     }
     tokens_per_second = 1 / sum(seconds_per_token.values())
     return {
-        "gpu": gpu, "peak_tflops": device.peak_tflops, "forward_fraction": forward_rate / peak,
+        "gpu": gpu, "peak_tflops": device.peak_tflops, "measured_on": device.measured_on, "forward_fraction": forward_rate / peak,
         "forward_bound": forward_bound, "crosscoder_fraction": crosscoder_share, "tokens_per_second": tokens_per_second,
         **{f"{part}_tokens_per_second": 1 / seconds for part, seconds in seconds_per_token.items()},
         "hours": plan["inputs"]["training_tokens"] / tokens_per_second / 3600,

@@ -448,6 +448,7 @@ def test_jumprelu_sparse_step_either_way_of_summing_the_window(device, share, mo
     """The entries shut everywhere but inside the window, through the masked matmuls or
     one gathered dot product per (entry, snapshot) pair."""
     dense = jumprelu_run(device, True, False)
+    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", False)  # the fused kernel's own test: window-kernel
     monkeypatch.setattr(sparse_kernels, "WINDOW_MATMUL_SHARE", share)
     modes = window_modes(monkeypatch)
     assert_same_run(jumprelu_run(device, True, True), dense)
@@ -505,13 +506,9 @@ def dense_window_sums(grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, half_widt
     return (dots_SNF * inside_SNF).sum(dim=1).T, inside_SNF.sum(dim=1).T.double()
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["token-major", "feature-major"])
-def test_triton_window_dots_equal_the_dense_sums(device, layout, triton_backend):
+def window_operands(device: str, layout: str) -> list[torch.Tensor]:
     """Shapes that fill no tile evenly (70 tokens, 100 features, d_in 72), a window of a
-    third of the entries and about half of those inside at each snapshot."""
-    from crosslens.crosscoders import triton_kernels
-
+    third of the entries and about half of those inside at each snapshot (half-width 0.6)."""
     g = torch.Generator().manual_seed(3)
     N, F_, S_, D_ = 70, 100, 3, 72
     h_NF = torch.randn(N, F_, generator=g)
@@ -522,12 +519,30 @@ def test_triton_window_dots_equal_the_dense_sums(device, layout, triton_backend)
     t_F = torch.rand(F_, generator=g) * 0.5
     W_FSD = torch.randn(F_, S_, D_, generator=g)
     grad_SND = torch.randn(S_, N, D_, generator=g)
-    args = [x.to(device) for x in (grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F)]
-    sums, counts = triton_kernels.window_dots(*args, 0.6)
+    return [x.to(device) for x in (grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F)]
+
+
+def check_window_dots(window_dots, args: list[torch.Tensor]) -> None:
+    sums, counts = window_dots(*args, 0.6)
     want_sums, want_counts = dense_window_sums(*args, 0.6)
-    assert 0.1 < float(want_counts.sum()) / (N * F_ * S_) < 0.3
+    assert 0.1 < float(want_counts.sum()) / want_counts.numel() / args[0].shape[1] < 0.3
     torch.testing.assert_close(counts.double(), want_counts, rtol=0, atol=0)
     torch.testing.assert_close(sums.double(), want_sums, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["token-major", "feature-major"])
+def test_eager_window_dots_equal_the_dense_sums(layout):
+    """The window kernel's eager twin, what a backend without Triton would sum the window with."""
+    check_window_dots(sparse_kernels.eager_window_dots, window_operands("cpu", layout))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["token-major", "feature-major"])
+def test_triton_window_dots_equal_the_dense_sums(device, layout, triton_backend):
+    from crosslens.crosscoders import triton_kernels
+
+    args = window_operands(device, layout)
+    check_window_dots(triton_kernels.window_dots, args)
     if device == "cpu":  # the interpreter's bfloat16 dot products are not the hardware's
         return
     # under autocast the gradient is bfloat16 and the kernel rounds W to it as it loads it, so
@@ -583,7 +598,9 @@ def test_the_step_from_pairs_pays_for_few_open_entries_and_a_narrow_window(monke
     assert pays(open_limit, window_limit)
     assert not pays(open_limit + 1, 0)
     assert not pays(10, window_limit + 1)
-    assert not pays(10, window_limit + 1, "triton")  # the kernel is off by default
+    assert pays(10, window_limit + 1, "triton")  # the kernel is on by default
+    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", False)
+    assert not pays(10, window_limit + 1, "triton")
     monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", True)
     assert pays(10, n - 10, "triton") and not pays(10, n - 10, "eager")
     assert not pays(open_limit + 1, 0, "triton")

@@ -254,6 +254,8 @@ def test_the_decoder_gradient_pass_giving_the_values_gradient_compiles_for_an_h1
     values = torch.randn(pairs.token_A.shape[0], groups, generator=g)
     grad = torch.randn(n, groups, d, generator=g).to(dtype)
 
+    monkeypatch.setattr(triton_kernels, "VALUES_IN_WEIGHT_PASS", True)
+
     def passes() -> None:
         triton_kernels.weight_and_values_grad(grad, values, pairs, W.to(dtype), (W, torch.rand(f, groups)), torch.float32)
         triton_kernels.weight_and_values_grad(grad, values, pairs, W.to(dtype), out=torch.zeros(f, groups, d))

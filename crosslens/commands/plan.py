@@ -188,7 +188,7 @@ def format_stream_prediction(p: dict) -> str:
         (f"crosscoder step at {p['crosscoder_fraction']:.1%} of peak", f"{p['crosscoder_tokens_per_second']:,.0f} tokens/s"),
         ("together (one GPU per rank)", f"{bound}{p['tokens_per_second']:,.0f} tokens/s: {'at least ' if bound else ''}{p['hours']:.1f} h"),
     ]
-    title = f"[train --stream end to end on {p['gpu']} ({p['peak_tflops']:g} TFLOP/s bf16 peak), utilisation as measured on an H100]"
+    title = f"[train --stream end to end on {p['gpu']} ({p['peak_tflops']:g} TFLOP/s bf16 peak), utilisation as measured on {p['measured_on']}]"
     lines = ["", title, *(f"{label:<44}{value}" for label, value in rows)]
     if p["forward_bound"]:
         lines.append("float32 models run off the tensor cores; --dtype bfloat16 runs them at the measured share")

@@ -63,20 +63,38 @@ class GpuSpec:
     """Share of the peak the snapshot models' forward to the hook sustains."""
     crosscoder: dict[str, float]
     """Share of the peak each architecture's bf16 crosscoder training step sustains."""
+    measured_on: str
+    """The GPU the shares were timed on (another model's where they are assumed)."""
+
+
+H200_CROSSCODER_SHARES: dict[str, float] = {
+    "crosscoder": 0.397,
+    "jumprelu_crosscoder": 0.305,
+    "topk_crosscoder": 0.428,
+    "batchtopk_crosscoder": 0.416,
+}
+"""The same shares measured on an H200 by ``benchmarks/gpu.py`` (bf16 rows at a trained
+sparsity): JumpReLU from its active pairs with the window kernel, the path its streamed run
+takes there (2.6% of the entries active at L0 100); TopK and BatchTopK from their pairs with 5%
+of the features dead."""
 
 
 GPUS = {
-    "h100": GpuSpec(81559 << 20, peak_tflops=989.0, float32_tflops=67.0, forward=0.23, crosscoder=H100_CROSSCODER_SHARES),
-    "h200": GpuSpec(143771 << 20, peak_tflops=989.0, float32_tflops=67.0, forward=0.23, crosscoder=H100_CROSSCODER_SHARES),
-    "a100": GpuSpec(81920 << 20, peak_tflops=312.0, float32_tflops=19.5, forward=0.23, crosscoder=H100_CROSSCODER_SHARES),
+    "h100": GpuSpec(81559 << 20, peak_tflops=989.0, float32_tflops=67.0, forward=0.23, crosscoder=H100_CROSSCODER_SHARES,
+                      measured_on="an H100"),
+    "h200": GpuSpec(143771 << 20, peak_tflops=989.0, float32_tflops=67.0, forward=0.42, crosscoder=H200_CROSSCODER_SHARES,
+                      measured_on="an H200"),
+    "a100": GpuSpec(81920 << 20, peak_tflops=312.0, float32_tflops=19.5, forward=0.23, crosscoder=H100_CROSSCODER_SHARES,
+                      measured_on="an H100, assumed for the A100"),
 }
 """The GPUs ``--gpu`` names (H100 SXM 80 GB, H200 141 GB, A100 80 GB). Peaks are NVIDIA's
-dense figures. The shares were measured on an H100: forward 0.23 by
-``benchmarks/stream_gpu.py`` (a compiled random-init Pythia-160M forward to block 6 of 7 at
-32 x 1024 tokens, with TransformerLens's attention; the SDPA trunk that CUDA now takes is not
-timed yet), the crosscoder's in :data:`H100_CROSSCODER_SHARES`. The H200 and A100
-rows assume the H100's shares. The forward's share was measured with bfloat16 models; float32
-models are bounded by ``float32_tflops`` instead."""
+dense figures. The forward's share is ``benchmarks/stream_gpu.py``'s compiled random-init
+Pythia-160M forward to block 6 of 7 at 32 x 1024 tokens: 0.23 on an H100 with
+TransformerLens's attention, 0.42 on an H200 through SDPA, the trunk CUDA takes now (the H100
+row keeps its older figure until it is timed that way). The crosscoder's shares are
+:data:`H100_CROSSCODER_SHARES` and :data:`H200_CROSSCODER_SHARES`; the A100 row assumes the
+H100's. The forward's share was measured with bfloat16 models; float32 models are bounded by
+``float32_tflops`` instead."""
 
 
 DEVICE_KINDS = ("cpu", "cuda", "mps")
@@ -256,7 +274,8 @@ def counted_cuda_syncs() -> Iterator[list[str]]:
             yield messages
         finally:
             torch.cuda.set_sync_debug_mode(previous)
-    messages.extend(str(w.message) for w in caught if "synchroniz" in str(w.message))
+    # the debug mode also warns, once a process, that it is a prototype: not a synchronisation
+    messages.extend(str(w.message) for w in caught if "called a synchronizing" in str(w.message))
 
 
 def available_memory(device: str | torch.device = "cpu") -> int | None:

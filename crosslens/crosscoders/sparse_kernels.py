@@ -155,6 +155,27 @@ def eager_weight_and_values_grad(
     return grad_W, eager_values_grad(grad_NGD, read_FGD, pairs, values_dtype)
 
 
+def eager_window_dots(
+    grad_SND: Float[torch.Tensor, "S N D"], W_FSD: Float[torch.Tensor, "F S D"], h_NF: Float[torch.Tensor, "N F"],
+    window_NF: Bool[torch.Tensor, "N F"], norms_FS: Float[torch.Tensor, "F S"], t_F: Float[torch.Tensor, " F"],
+    half_width: float,
+) -> tuple[Float[torch.Tensor, "F S"], Float[torch.Tensor, "F S"]]:  # fmt: skip
+    """The twin of the fused window kernel (``triton_kernels.window_dots``), one snapshot at a
+    time: the window's entries inside ``half_width`` of the threshold, and one masked product
+    ``<grad, W>`` over every (token, feature), W rounded to the gradient's dtype as the kernel
+    loads it, in float32."""
+    S, F_ = grad_SND.shape[0], W_FSD.shape[0]
+    sums_FS = torch.zeros(F_, S, dtype=torch.float32, device=grad_SND.device)
+    counts_FS = torch.zeros_like(sums_FS)
+    h_NF, t_F = h_NF.float(), t_F.float()
+    for s in range(S):
+        inside_NF = window_NF & ((h_NF * norms_FS[:, s].float() - t_F).abs() < half_width)
+        dots_NF = float32_product(grad_SND[s], W_FSD[:, s].to(grad_SND.dtype).T)
+        sums_FS[:, s] = (dots_NF * inside_NF).sum(dim=0)
+        counts_FS[:, s] = inside_NF.sum(dim=0)
+    return sums_FS, counts_FS
+
+
 def _implementation(backend: str) -> Any:
     if backend == "triton":
         from crosslens.crosscoders import triton_kernels
@@ -168,6 +189,7 @@ class _Eager:
     values_grad = staticmethod(eager_values_grad)
     weight_grad = staticmethod(eager_weight_grad)
     weight_and_values_grad = staticmethod(eager_weight_and_values_grad)
+    window_dots = staticmethod(eager_window_dots)
 
 
 _EAGER = _Eager()
