@@ -199,6 +199,10 @@ def gather_sweep(a: argparse.Namespace, device: str) -> None:
               f"{both[False] * 1e3:6.2f} ms ({both[False] / both[True]:4.2f}x; VALUES_IN_WEIGHT_PASS)")  # fmt: skip
 
 
+PROCESS_WINDOW_KERNEL = sparse_kernels.WINDOW_KERNEL
+"""The window's default (``WINDOW_KERNEL``), which every row keeps but the two that name a
+window: ``sparse`` (masked matmuls) and ``window-kernel``."""
+
 PROCESS_COMPILE = jumprelu_kernels.compiled_kernels_setting()
 """The process's compile setting (``CROSSLENS_COMPILE_KERNELS``), which every row but the
 ``eager-blocks`` ones keeps."""
@@ -229,7 +233,7 @@ def make_trainer(
     extra = {"k": a.k} if arch.endswith("topk_crosscoder") else {}
     if arch == "jumprelu_crosscoder" and path != "default":
         extra["sparse_step"] = path not in ("dense", "eager-blocks")
-    sparse_kernels.WINDOW_KERNEL = path == "window-kernel"
+    sparse_kernels.WINDOW_KERNEL = {"sparse": False, "window-kernel": True}.get(path, PROCESS_WINDOW_KERNEL)
     jumprelu_kernels.use_compiled_kernels(False if path == "eager-blocks" else PROCESS_COMPILE)
     sparse_kernels.BACKEND = "eager" if path == "embedding_bag" else None
     torch.manual_seed(0)

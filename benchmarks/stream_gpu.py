@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu import active_share, make_trainer, matmul_peak, seconds_per_call, set_sparsity, sync  # noqa: E402
+from gpu import PROCESS_WINDOW_KERNEL, active_share, make_trainer, matmul_peak, seconds_per_call, set_sparsity, sync  # noqa: E402
 
 from crosslens.activations.forward import forward_to_hook, trunk_attention  # noqa: E402
 from crosslens.activations.streaming import ResidentSnapshotProvider  # noqa: E402
@@ -146,7 +146,7 @@ def end_to_end(
     ``window_kernel``: the window summed by the fused Triton kernel (``WINDOW_KERNEL``) or by
     masked matmuls."""
     trainer = make_trainer(arch, a, device, "bfloat16")
-    default_window, sparse_kernels.WINDOW_KERNEL = sparse_kernels.WINDOW_KERNEL, window_kernel
+    sparse_kernels.WINDOW_KERNEL = window_kernel
     batches = provider.batches(0)
     first = next(batches)
     set_sparsity(trainer, first, a.l0)
@@ -160,7 +160,6 @@ def end_to_end(
         trainer.step(next(batches))
     sync(device)
     batches.close()
-    sparse_kernels.WINDOW_KERNEL = default_window
     return a.steps * a.batch / (time.perf_counter() - start), share
 
 
@@ -231,7 +230,7 @@ def run(a: argparse.Namespace, device: str, root: Path) -> None:
     label = "compiled" if a.compile and not a.small else "eager"
     print(f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the {label} forward alone, "
           f"{trunk_attention(models[0], None)} attention)", flush=True)  # fmt: skip
-    default = sparse_kernels.WINDOW_KERNEL
+    default = PROCESS_WINDOW_KERNEL
     rows = [("jumprelu_crosscoder", True, default), ("crosscoder", True, default), ("jumprelu_crosscoder", False, default)]
     if sparse_kernels.sparse_backend(torch.device(device)) == "triton":
         rows.append(("jumprelu_crosscoder", True, not default))
