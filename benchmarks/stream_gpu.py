@@ -88,8 +88,9 @@ def written_suite(root: Path, n: int) -> CheckpointSuite:
     """The suite a ``--write-only`` run left in ``root``, refused unless all ``n`` snapshots are there."""
     missing = [f"step{s}" for s in range(n) if not (root / f"step{s}" / "config.json").is_file()]
     if missing:
-        raise SystemExit(f"benchmarks/stream_gpu.py --written: {root} lacks {', '.join(missing[:3])}"
-                         f"{' ...' if len(missing) > 3 else ''}; run with --write-only first, or leave out --written")  # fmt: skip
+        print(f"benchmarks/stream_gpu.py --written: {root} lacks {', '.join(missing[:3])}"
+              f"{' ...' if len(missing) > 3 else ''}; run with --write-only first, or leave out --written", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
     print(f"suite: {n} random-init snapshots, written earlier to {root}")
     return CheckpointSuite.local(root)
 
