@@ -34,7 +34,8 @@ a tiny shape (fractions and memory there mean nothing; it checks that the script
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py                     # Ge et al.: S 32, d_in 768, d_sae 24576, B 2048
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --d-sae 98304 --only jumprelu_crosscoder --optimizer-state bfloat16 --micro-batches 8
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --small
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --only topk_crosscoder --profile   # where a row's time goes
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --only topk_crosscoder --state trained --profile   # where a row's time goes
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --only jumprelu_crosscoder --memory-peak          # what its peak holds
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --only topk_crosscoder --gathers   # the gathers' launch sizes
 """
 
@@ -44,6 +45,7 @@ import argparse
 import gc
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -227,7 +229,7 @@ def step_paths(arch: str, trained: bool, device: str, autocast: str | None) -> l
 
 
 def make_trainer(
-    arch: str, a: argparse.Namespace, device: str, autocast: str | None, path: str = "default"
+    arch: str, a: argparse.Namespace, device: str, autocast: str | None, path: str = "default", lr: float = 1e-5
 ) -> CrosscoderTrainer:
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"k": a.k} if arch.endswith("topk_crosscoder") else {}
@@ -238,7 +240,7 @@ def make_trainer(
     sparse_kernels.BACKEND = "eager" if path == "embedding_bag" else None
     torch.manual_seed(0)
     sae = train_cls(train_cfg_cls(d_in=a.d_in, d_sae=a.d_sae, n_snapshots=a.S, device=device, **extra))
-    cfg = CrosscoderTrainerConfig(total_steps=10**6, lr=1e-5, device=device, autocast_dtype=autocast,
+    cfg = CrosscoderTrainerConfig(total_steps=10**6, lr=lr, device=device, autocast_dtype=autocast,
                                   optimizer_state_dtype=a.optimizer_state, micro_batches=a.micro_batches,
                                   activation_scale_check="off")  # fmt: skip
     return CrosscoderTrainer(sae, cfg)
@@ -308,6 +310,8 @@ def step_row(
     waits = syncs_per_step(step, device)
     if a.profile:  # after the row's own figures, which its extra steps would move
         print_profile(step, device, f"{arch} {autocast or 'fp32'} {path}")
+    if a.memory_peak:
+        print_memory_peak(step, device, f"{arch} {autocast or 'fp32'} {path}")
     precision = "bf16" if autocast else "fp32"
     state = "trained" if trained else "fresh"
     del trainer
@@ -338,6 +342,60 @@ def syncs_per_step(fn: Callable[[], None], device: str) -> str:
     with counted_cuda_syncs() as syncs:
         fn()
     return f"  {len(syncs)} sync{'s' if len(syncs) != 1 else ''}/step"
+
+
+def allocation_site(frames: list[dict]) -> str:
+    """Where an allocation was made: the innermost frame in crosslens's own code, else the
+    innermost frame outside torch, as ``file.py:line function``."""
+    ours = [f for f in frames if "/crosslens/" in f.get("filename", "")]
+    others = [f for f in frames if "/torch/" not in f.get("filename", "")]
+    frame = (ours or others or frames or [{}])[0]
+    return f"{frame.get('filename', '?').rsplit('/', 1)[-1]}:{frame.get('line', '?')} {frame.get('name', '?')}"
+
+
+def peak_breakdown(events: list[dict], before: int, top: int = 8) -> tuple[int, list[tuple[str, int]]]:
+    """The largest allocated total over a CUDA memory trace's ``events`` (``before``: the bytes
+    allocated when the trace started), and what was allocated during the trace and still alive
+    then: bytes per :func:`allocation_site`, largest first. Frees of blocks allocated before
+    the trace count against the total too."""
+    live: dict[int, tuple[int, str]] = {}
+    total = peak = before
+    at_peak: dict[int, tuple[int, str]] = {}
+    for event in events:
+        if event["action"] == "alloc":
+            live[event["addr"]] = (event["size"], allocation_site(event.get("frames", [])))
+            total += event["size"]
+            if total > peak:
+                peak, at_peak = total, dict(live)
+        elif event["action"] == "free_completed":
+            live.pop(event["addr"], None)
+            total -= event["size"]
+    sites: Counter[str] = Counter()
+    for size, site in at_peak.values():
+        sites[site] += size
+    return peak, sites.most_common(top)
+
+
+def print_memory_peak(fn: Callable[[], None], device: str, label: str) -> None:
+    """One call of ``fn`` under CUDA's allocation history: its peak, what was held before it
+    (parameters, Adam's state, the bfloat16 weight copies), and the allocations alive at the
+    peak by the line that made them."""
+    if not device.startswith("cuda"):
+        return
+    sync(device)
+    before = torch.cuda.memory_allocated()
+    torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
+    try:
+        fn()
+        sync(device)
+        events = torch.cuda.memory._snapshot()["device_traces"][torch.cuda.current_device()]
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    peak, sites = peak_breakdown(events, before)
+    print(f"memory peak of one step, {label}: {peak / 2**30:.2f} GiB, {before / 2**30:.2f} of it held before the step; "
+          f"alive at the peak beyond that:")  # fmt: skip
+    for site, size in sites:
+        print(f"  {size / 2**30:7.3f} GiB  {site}")
 
 
 def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 3) -> None:
@@ -377,7 +435,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--optimizer-state", choices=OPTIMIZER_STATES, default="float32")
     p.add_argument("--gathers", action="store_true", help="time the sparse decode's Triton gathers for each block size tried")
     p.add_argument("--profile", action="store_true", help="after each row, its kernels over 3 steps by time (torch.profiler)")
+    p.add_argument("--memory-peak", action="store_true",
+                   help="after each row, one step under CUDA's allocation history: what is alive at its peak, by allocating line")  # fmt: skip
     p.add_argument("--micro-batches", type=int, default=1, help="train each batch in this many micro-batches (train --micro-batches)")
+    p.add_argument("--path", action="append",
+                   help="the step rows' paths to run (repeatable; default all), e.g. window-kernel, sparse, dense")  # fmt: skip
+    p.add_argument("--state", choices=("fresh", "trained"), action="append",
+                   help="the step rows' states to run (repeatable; default both)")  # fmt: skip
     p.add_argument("--precision", choices=PRECISIONS, action="append",
                    help="the step rows' precisions (repeatable; default both): fp32, or bf16 autocast")  # fmt: skip
     a = p.parse_args(argv)
@@ -433,8 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         gather_sweep(a, device)
     for arch in a.only or list(cc.ARCHITECTURES):
         for autocast in (PRECISIONS[p] for p in a.precision or PRECISIONS):
-            for trained in (False, True):
-                for path in step_paths(arch, trained, device, autocast):
+            for trained in (state == "trained" for state in a.state or ("fresh", "trained")):
+                for path in (p for p in step_paths(arch, trained, device, autocast) if not a.path or p in a.path):
                     print(row_or_failure(arch, a, device, autocast, trained, times, path), flush=True)
     return 0
 

@@ -13,7 +13,8 @@ In one run, with nothing downloaded:
    forward alone (the compiled per-snapshot rate / S);
 4. end to end, provider -> ``CrosscoderTrainer.step`` under bf16 autocast at Ge et al.'s shape
    (S 32, d_in 768, d_sae 24576, batch 2048), JumpReLU and ReLU, the threshold or bias set to
-   ``--l0`` on the first batch; tokens/s and the hours for ``--run-tokens`` (800M).
+   ``--l0`` on the first batch and held there (:data:`HOLD_LR`); tokens/s, the hours for
+   ``--run-tokens`` (800M), and the L0 (JumpReLU: the active share) the timed steps ran at.
 
 Without CUDA it prints one line and exits 0; ``--small`` runs the same logic on the CPU at a
 tiny shape in seconds (its numbers mean nothing; it checks that the script works).
@@ -49,6 +50,15 @@ SMALL_MODEL = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads":
                "vocab_size": 64, "max_position_embeddings": 64, "rotary_pct": 0.25}  # fmt: skip
 SMALL = {"S": 2, "hook": "blocks.1.hook_resid_post", "seqs": 4, "seq_len": 16, "batch": 32, "d_sae": 64,
          "l0": 8, "chunk_seqs": 8, "steps": 6, "warmup": 1, "peak_n": 64, "rounds": 2, "backend": "aot_eager"}  # fmt: skip
+HOLD_LR = 1e-9
+"""Learning rate of the streamed steps. Their trained state is synthetic (the threshold or
+bias bisected on the first batch, Adam's moments fresh), and Adam's first steps move each
+weight by about the learning rate in the sign of its gradient. On these snapshots'
+activations, which share a direction, that moves every pre-activation the same way: at lr
+1e-5 the JumpReLU L0 runs away within a dozen steps, past ``SPARSE_STEP_SHARE``, and the
+steps time the dense kernels instead of the step from pairs (``scripts/held_sparsity.py``
+measures it). A trained run's sparsity is steady; this rate keeps the synthetic one so (each
+row prints its L0 at the first and last timed step), and a step's work does not depend on it."""
 WORDS = "the a cat dog sees runs park tree old big small is and with on in".split()
 
 
@@ -142,11 +152,12 @@ def provider_rate(provider: ResidentSnapshotProvider, a: argparse.Namespace, dev
 def end_to_end(
     provider: ResidentSnapshotProvider, arch: str, a: argparse.Namespace, device: str, window_kernel: bool
 ) -> tuple[float, str]:
-    """Tokens/s of streamed training steps, and (JumpReLU) the first batch's active share,
-    which decides whether the step runs from the active pairs (``sparse_step_pays``);
+    """Tokens/s of streamed training steps, and what the timed steps held: the L0 of the first
+    and last, and (JumpReLU) the share of entries active on the first and last batch, which
+    decides whether the step runs from the active pairs (``sparse_step_pays``);
     ``window_kernel``: the window summed by the fused Triton kernel (``WINDOW_KERNEL``) or by
-    masked matmuls."""
-    trainer = make_trainer(arch, a, device, "bfloat16")
+    masked matmuls. The steps run at ``--lr`` (:data:`HOLD_LR`)."""
+    trainer = make_trainer(arch, a, device, "bfloat16", lr=a.lr)
     sparse_kernels.WINDOW_KERNEL = window_kernel
     batches = provider.batches(0)
     first = next(batches)
@@ -156,12 +167,19 @@ def end_to_end(
     for _ in range(a.warmup):  # each new count of pairs can compile a Triton specialisation
         trainer.step(next(batches))
     sync(device)
+    l0s = []  # the steps' L0 as device tensors, read after the timing (a read waits for the device)
     start = time.perf_counter()
     for _ in range(a.steps):
-        trainer.step(next(batches))
+        batch = next(batches)
+        trainer.step(batch)
+        l0s.append(trainer.last_l0)
     sync(device)
+    rate = a.steps * a.batch / (time.perf_counter() - start)
     batches.close()
-    return a.steps * a.batch / (time.perf_counter() - start), share
+    held = f"  L0 {float(l0s[0]):.0f} -> {float(l0s[-1]):.0f}"
+    if share:
+        held += f"; first batch {share.strip()}; last batch {active_share(trainer, batch).strip()}"
+    return rate, held
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -176,6 +194,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--micro-batches", type=int, default=1, help="micro-batches per crosscoder step (gradient accumulation)")
     p.add_argument("--l0", type=float, default=100.0, help="the trained sparsity the threshold/bias is set to")
+    p.add_argument("--lr", type=float, default=HOLD_LR,
+                   help="learning rate of the streamed steps (default: one that holds the trained sparsity; HOLD_LR)")  # fmt: skip
     p.add_argument("--chunk-seqs", type=int, default=128, help="sequences per provider chunk (two are resident with prefetch)")
     p.add_argument("--steps", type=int, default=300, help="timed end-to-end steps per architecture")
     p.add_argument("--warmup", type=int, default=10,
@@ -237,11 +257,11 @@ def run(a: argparse.Namespace, device: str, root: Path) -> None:
         rows.append(("jumprelu_crosscoder", True, not default))
     for arch, prefetch, window_kernel in rows:
         provider.prefetch = prefetch
-        rate, share = end_to_end(provider, arch, a, device, window_kernel)
+        rate, held = end_to_end(provider, arch, a, device, window_kernel)
         window = "" if window_kernel == default else " + window kernel" if window_kernel else ", window by matmuls"
         label = f"{arch}{window}"
         print(f"end to end, {label:36s} bf16, prefetch {'on ' if prefetch else 'off'}: {rate:10,.0f} tok/s; "
-              f"{a.run_tokens / 1e6:,.0f}M tokens in {a.run_tokens / rate / 3600:.1f} h{share}", flush=True)  # fmt: skip
+              f"{a.run_tokens / 1e6:,.0f}M tokens in {a.run_tokens / rate / 3600:.1f} h{held}", flush=True)  # fmt: skip
     provider.close()
 
 

@@ -898,6 +898,36 @@ def test_a_failing_gpu_benchmark_row_prints_its_failure_and_the_rows_go_on(monke
     assert gpu.row_or_failure("jumprelu_crosscoder", None, "cpu", None, False, {}, "default") == "the next row"
 
 
+def test_the_memory_peak_is_read_from_the_allocation_trace():
+    """``gpu.py --memory-peak`` replays CUDA's allocation trace: the peak counts what was held
+    before the step and frees of blocks made before it, and lists what the step allocated and
+    still held at the peak by the crosslens line that made it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+
+    def frames(line):
+        torch_frame = {"filename": "/site-packages/torch/nn/functional.py", "line": 1, "name": "linear"}
+        return [torch_frame, {"filename": "/repo/crosslens/crosscoders/base.py", "line": line, "name": "hidden_pre"}]
+
+    events = [
+        {"action": "alloc", "addr": 1, "size": 100, "frames": frames(10)},
+        {"action": "alloc", "addr": 2, "size": 50, "frames": frames(20)},
+        {"action": "free_requested", "addr": 1, "size": 100},  # freed once its stream is done: not yet
+        {"action": "free_completed", "addr": 1, "size": 100},
+        {"action": "free_completed", "addr": 99, "size": 30},  # made before the trace
+        {"action": "alloc", "addr": 3, "size": 200, "frames": frames(20)},
+        {"action": "alloc", "addr": 4, "size": 10, "frames": [{"filename": "/repo/benchmarks/gpu.py", "line": 5, "name": "step"}]},
+        {"action": "free_completed", "addr": 3, "size": 200},
+    ]
+    peak, sites = gpu.peak_breakdown(events, before=1000)
+    assert peak == 1000 - 30 + 50 + 200 + 10
+    assert sites == [("base.py:20 hidden_pre", 250), ("gpu.py:5 step", 10)]
+    assert gpu.peak_breakdown([], before=7) == (7, [])
+
+
 def test_gpu_benchmark_refuses_a_dead_share_outside_0_to_1():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--dead", "2"], capture_output=True,
                           text=True, timeout=120, env=benchmark_env())  # fmt: skip

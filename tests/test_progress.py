@@ -48,3 +48,20 @@ def test_trainer_bar_shows_unless_tqdm_disable_is_set(monkeypatch, capsys):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     _fit_three_steps()
     assert "Training crosscoder" not in capsys.readouterr().err
+
+
+def test_trainer_bar_shows_the_loss_and_l0_once_a_log_interval_without_wandb(monkeypatch, capsys):
+    """A run without W&B still sees how its loss and sparsity go (a JumpReLU run's L0 also says
+    whether its step runs from the active pairs), read from the device once a log interval."""
+    from crosslens.training.config import LoggingConfig
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    torch.manual_seed(0)
+    sae = ReLUTrainingCrosscoder(ReLUTrainingCrosscoderConfig(d_in=8, d_sae=8, n_snapshots=2))
+    cfg = CrosscoderTrainerConfig(total_steps=4, activation_scale_check="off", logger=LoggingConfig(wandb_log_frequency=2))
+    trainer = CrosscoderTrainer(sae, cfg)
+    trainer.fit([torch.randn(16, 2, 8)] * 4)
+    err = capsys.readouterr().err
+    shown = err.rsplit("Training crosscoder", 1)[1]
+    assert f"l0={float(trainer.last_l0):.1f}" in shown and "loss=" in shown
+    assert not trainer.cfg.logger.log_to_wandb

@@ -75,6 +75,10 @@ def test_the_benchmark_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch, capsys)
     for line in ("provider:", "end to end, jumprelu_crosscoder", "end to end, crosscoder"):
         assert line in out
     assert out.count("M tokens in ") == 3 and "prefetch off" in out
+    # each row says the sparsity its timed steps ran at, and HOLD_LR held it there
+    held = [line.split("  L0 ")[1].split(";")[0].split(" -> ") for line in out.splitlines() if line.startswith("end to end")]
+    assert len(held) == 3 and all(abs(float(last) - float(first)) <= 1 for first, last in held)
+    assert out.count("first batch active") == out.count("last batch active") == 2
 
 
 def test_the_benchmark_without_cuda_says_so(monkeypatch, capsys):

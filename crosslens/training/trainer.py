@@ -328,8 +328,9 @@ class CrosscoderTrainer:
                     if self.cfg.logger.histogram_every and self.n_steps % self.cfg.logger.histogram_every == 0:
                         log.update(self.histogram_dict())
                     wandb_run.log(log, step=self.n_steps)
-                    pbar.set_postfix(loss=f"{output.loss.item():.4g}")
                     last_log_time, last_log_tokens = time.perf_counter(), self.n_tokens
+                if self._shows_progress(self.n_steps):  # a read of the device, once a log interval
+                    pbar.set_postfix(loss=f"{output.loss.item():.4g}", l0=f"{float(self.last_l0):.1f}")
                 if self.cfg.checkpoint_every and self.n_steps % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint()
             self.set_final_sae_metadata(output, wandb_run)
@@ -378,6 +379,13 @@ class CrosscoderTrainer:
 
     def _is_log_step(self, step: int) -> bool:
         return self.cfg.logger.log_to_wandb and step % self.cfg.logger.wandb_log_frequency == 0
+
+    def _shows_progress(self, step: int) -> bool:
+        """Whether the progress bar shows this step's loss and L0: once a log interval, with or
+        without W&B; on a mesh only where the loss was summed over the ranks (a log step)."""
+        if self.collectives.is_distributed:
+            return self._is_log_step(step)
+        return step % self.cfg.logger.wandb_log_frequency == 0
 
     # ----------------------------------------------------------------- logging
     @torch.no_grad()

@@ -1,0 +1,108 @@
+"""How far a synthetic "trained" JumpReLU crosscoder's sparsity moves under Adam, per learning rate.
+
+``benchmarks/stream_gpu.py`` and ``benchmarks/gpu.py`` time the step at a trained sparsity by
+bisecting the threshold on one batch until L0 is ``--l0``; Adam's moments are fresh. This script
+takes that state on the activations ``stream_gpu.py`` streams (random-init Pythia-160M-shaped
+snapshots at ``blocks.6.hook_resid_post``, through :class:`ResidentSnapshotProvider`) and on
+Gaussian ones (``gpu.py``'s batch), steps it at each ``--lr``, and prints per step the L0 on the
+step's batch and the open and window shares on a batch no step trains on, the two numbers
+that decide whether the step runs from the active pairs
+(:func:`~crosslens.crosscoders.sparse_kernels.sparse_step_pays`).
+
+The harvest is the slow part on a CPU (about 6 min for 12 batches of 512 tokens at 32 snapshots);
+it is kept in ``--out`` and reused.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/held_sparsity.py --out /tmp/held-sparsity   # ~15 min, 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from gpu import make_trainer, set_sparsity  # noqa: E402
+from stream_gpu import PYTHIA_160M, write_suite, written_suite  # noqa: E402
+
+from crosslens.activations.streaming import ResidentSnapshotProvider  # noqa: E402
+from crosslens.crosscoders import sparse_kernels  # noqa: E402
+
+HOOK = "blocks.6.hook_resid_post"
+
+
+def streamed_batches(out: Path, a: argparse.Namespace) -> torch.Tensor:
+    """``[n, batch, S, d_in]``: full batches the provider serves from the suite, harvested once."""
+    cached = out / f"batches-S{a.S}-B{a.batch}.pt"
+    if cached.is_file():
+        return torch.load(cached)
+    root = out / "suite"
+    shape = dict(PYTHIA_160M, num_hidden_layers=7)  # the provider keeps blocks 0..6 of the hook's model
+    suite = written_suite(root, a.S) if (root / f"step{a.S - 1}" / "config.json").is_file() else write_suite(root, shape, a.S)
+    n_seqs = a.batches * a.batch // a.seq_len + 1
+    tokens = torch.randint(3, shape["vocab_size"], (n_seqs, a.seq_len), generator=torch.Generator().manual_seed(0))
+    provider = ResidentSnapshotProvider(suite, HOOK, tokens, a.batch, model_dtype=torch.float32, device=a.device,
+                                        model_device=a.device, chunk_seqs=n_seqs, harvest_batch_size=8, compile=False,
+                                        prefetch=False)  # fmt: skip
+    start = time.perf_counter()
+    served = [b for b, _ in zip(provider.batches(0), range(a.batches + 1)) if b.shape[0] == a.batch][: a.batches]
+    provider.close()
+    print(f"harvested {len(served)} batches of {a.batch} tokens at {a.S} snapshots in {time.perf_counter() - start:.0f} s")
+    batches = torch.stack(served).cpu()
+    torch.save(batches, cached)
+    return batches
+
+
+@torch.no_grad()
+def shares(trainer, x_BSD: torch.Tensor) -> tuple[float, float]:
+    sae = trainer.sae
+    h_BF = sae.hidden_pre(x_BSD)
+    entries = sparse_kernels.active_entries(
+        h_BF, sae.snapshot_norms(), sae.threshold.to(h_BF.dtype), sae.cfg.jumprelu_bandwidth / 2
+    )
+    n = entries.active_NF.numel()
+    return entries.n_open / n, entries.n_window / n
+
+
+def run(batches: torch.Tensor, label: str, lr: float, a: argparse.Namespace) -> None:
+    trainer = make_trainer("jumprelu_crosscoder", a, a.device, None, lr=lr)
+    first, held_out = batches[0].to(a.device), batches[-1].to(a.device)
+    set_sparsity(trainer, first, a.l0)
+    print(f"{label}, lr {lr:g}: L0 set to {a.l0:g} on the first batch")
+    for i in range(a.steps):
+        trainer.step(batches[1 + i % (len(batches) - 2)].to(a.device))
+        open_share, window_share = shares(trainer, held_out)
+        pays = "" if open_share <= sparse_kernels.SPARSE_STEP_SHARE else "  (past SPARSE_STEP_SHARE: the dense kernels)"
+        print(f"  step {i + 1:3d}  L0 {float(trainer.last_l0):7.1f}  held-out batch: open {open_share:.2%}, "
+              f"window {window_share:.2%}{pays}", flush=True)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="folder for the suite and the harvested batches (reused)")
+    p.add_argument("--S", type=int, default=32, help="snapshots")
+    p.add_argument("--d-sae", type=int, default=6144)
+    p.add_argument("--batch", type=int, default=512, help="tokens a step")
+    p.add_argument("--batches", type=int, default=11, help="batches harvested (one sets the sparsity, one is held out)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--l0", type=float, default=25.0, help="the trained L0 (0.41%% open at d_sae 6144, as 100 at 24576)")
+    p.add_argument("--lr", type=float, action="append", help="learning rates (repeatable; default 1e-5 and 1e-9)")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    a.d_in, a.k, a.optimizer_state, a.micro_batches = PYTHIA_160M["hidden_size"], 64, "float32", 1
+    torch.manual_seed(0)
+    a.out.mkdir(parents=True, exist_ok=True)
+    streamed = streamed_batches(a.out, a)
+    gaussian = torch.randn(streamed.shape, generator=torch.Generator().manual_seed(0))
+    for lr in a.lr or [1e-5, 1e-9]:
+        run(streamed, "streamed activations", lr, a)
+    run(gaussian, "Gaussian activations", (a.lr or [1e-5])[0], a)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
