@@ -150,18 +150,21 @@ def provider_rate(provider: ResidentSnapshotProvider, a: argparse.Namespace, dev
 
 
 def end_to_end(
-    provider: ResidentSnapshotProvider, arch: str, a: argparse.Namespace, device: str, window_kernel: bool
-) -> tuple[float, str]:
+    provider: ResidentSnapshotProvider, arch: str, a: argparse.Namespace, device: str, window_kernel: bool,
+    trained: bool = True,
+) -> tuple[float, str]:  # fmt: skip
     """Tokens/s of streamed training steps, and what the timed steps held: the L0 of the first
     and last, and (JumpReLU) the share of entries active on the first and last batch, which
     decides whether the step runs from the active pairs (``sparse_step_pays``);
     ``window_kernel``: the window summed by the fused Triton kernel (``WINDOW_KERNEL``) or by
-    masked matmuls. The steps run at ``--lr`` (:data:`HOLD_LR`)."""
+    masked matmuls; ``trained``: the threshold or bias set to ``--l0`` on the first batch, else
+    freshly initialised (a run's first steps). The steps run at ``--lr`` (:data:`HOLD_LR`)."""
     trainer = make_trainer(arch, a, device, "bfloat16", lr=a.lr)
     sparse_kernels.WINDOW_KERNEL = window_kernel
     batches = provider.batches(0)
     first = next(batches)
-    set_sparsity(trainer, first, a.l0)
+    if trained:
+        set_sparsity(trainer, first, a.l0)
     share = active_share(trainer, first)
     del first
     for _ in range(a.warmup):  # each new count of pairs can compile a Triton specialisation
@@ -252,14 +255,18 @@ def run(a: argparse.Namespace, device: str, root: Path) -> None:
     print(f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the {label} forward alone, "
           f"{trunk_attention(models[0], None)} attention)", flush=True)  # fmt: skip
     default = PROCESS_WINDOW_KERNEL
-    rows = [("jumprelu_crosscoder", True, default), ("crosscoder", True, default), ("jumprelu_crosscoder", False, default)]
+    # (architecture, prefetch, window kernel, trained); the fresh row is the rate of a run's
+    # first steps, before its sparsity term has made the code sparse enough for the pairs
+    rows = [("jumprelu_crosscoder", True, default, True), ("crosscoder", True, default, True),
+            ("jumprelu_crosscoder", False, default, True)]  # fmt: skip
     if sparse_kernels.sparse_backend(torch.device(device)) == "triton":
-        rows.append(("jumprelu_crosscoder", True, not default))
-    for arch, prefetch, window_kernel in rows:
+        rows.append(("jumprelu_crosscoder", True, not default, True))
+    rows.append(("jumprelu_crosscoder", True, default, False))
+    for arch, prefetch, window_kernel, trained in rows:
         provider.prefetch = prefetch
-        rate, held = end_to_end(provider, arch, a, device, window_kernel)
+        rate, held = end_to_end(provider, arch, a, device, window_kernel, trained)
         window = "" if window_kernel == default else " + window kernel" if window_kernel else ", window by matmuls"
-        label = f"{arch}{window}"
+        label = f"{arch}{window}{'' if trained else ', fresh'}"
         print(f"end to end, {label:36s} bf16, prefetch {'on ' if prefetch else 'off'}: {rate:10,.0f} tok/s; "
               f"{a.run_tokens / 1e6:,.0f}M tokens in {a.run_tokens / rate / 3600:.1f} h{held}", flush=True)  # fmt: skip
     provider.close()

@@ -74,11 +74,13 @@ def test_the_benchmark_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch, capsys)
     assert 0 < sdpa_difference < 0.01  # bf16 rounding apart: SDPA's softmax is float32 inside
     for line in ("provider:", "end to end, jumprelu_crosscoder", "end to end, crosscoder"):
         assert line in out
-    assert out.count("M tokens in ") == 3 and "prefetch off" in out
+    assert out.count("M tokens in ") == 4 and "prefetch off" in out
+    assert "end to end, jumprelu_crosscoder, fresh" in out  # a run's first, dense steps
     # each row says the sparsity its timed steps ran at, and HOLD_LR held it there
-    held = [line.split("  L0 ")[1].split(";")[0].split(" -> ") for line in out.splitlines() if line.startswith("end to end")]
-    assert len(held) == 3 and all(abs(float(last) - float(first)) <= 1 for first, last in held)
-    assert out.count("first batch active") == out.count("last batch active") == 2
+    rows = [line for line in out.splitlines() if line.startswith("end to end")]
+    held = [row.split("  L0 ")[1].split(";")[0].split(" -> ") for row in rows]
+    assert len(held) == 4 and all(abs(float(last) - float(first)) <= 1 for first, last in held)
+    assert out.count("first batch active") == out.count("last batch active") == 3
 
 
 def test_the_benchmark_without_cuda_says_so(monkeypatch, capsys):
