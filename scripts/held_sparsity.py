@@ -9,10 +9,11 @@ step's batch and the open and window shares on a batch no step trains on, the tw
 that decide whether the step runs from the active pairs
 (:func:`~crosslens.crosscoders.sparse_kernels.sparse_step_pays`).
 
-The harvest is the slow part on a CPU (about 6 min for 12 batches of 512 tokens at 32 snapshots);
+The harvest is the slow part on a CPU (about 8 min for 11 batches of 512 tokens at 32 snapshots);
 it is kept in ``--out`` and reused.
 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/held_sparsity.py --out /tmp/held-sparsity   # ~15 min, 2 cores
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/held_sparsity.py --out /tmp/hs --small      # seconds: the logic only
 """
 
 from __future__ import annotations
@@ -26,25 +27,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from gpu import make_trainer, set_sparsity  # noqa: E402
-from stream_gpu import PYTHIA_160M, write_suite, written_suite  # noqa: E402
+from stream_gpu import PYTHIA_160M, SMALL_MODEL, write_suite, written_suite  # noqa: E402
 
 from crosslens.activations.streaming import ResidentSnapshotProvider  # noqa: E402
 from crosslens.crosscoders import sparse_kernels  # noqa: E402
 
-HOOK = "blocks.6.hook_resid_post"
+SMALL = {"S": 2, "d_sae": 64, "batch": 32, "batches": 4, "seq_len": 16, "steps": 2, "l0": 4.0, "hook": "blocks.1.hook_resid_post"}
+"""``--small``: the script's logic at a tiny shape in seconds (its numbers mean nothing)."""
 
 
 def streamed_batches(out: Path, a: argparse.Namespace) -> torch.Tensor:
     """``[n, batch, S, d_in]``: full batches the provider serves from the suite, harvested once."""
-    cached = out / f"batches-S{a.S}-B{a.batch}.pt"
+    cached = out / f"batches-S{a.S}-B{a.batch}{'-small' if a.small else ''}.pt"
     if cached.is_file():
         return torch.load(cached)
-    root = out / "suite"
-    shape = dict(PYTHIA_160M, num_hidden_layers=7)  # the provider keeps blocks 0..6 of the hook's model
+    root = out / ("suite-small" if a.small else "suite")
+    # the provider keeps the blocks up to the hook's
+    shape = SMALL_MODEL if a.small else dict(PYTHIA_160M, num_hidden_layers=7)
     suite = written_suite(root, a.S) if (root / f"step{a.S - 1}" / "config.json").is_file() else write_suite(root, shape, a.S)
     n_seqs = a.batches * a.batch // a.seq_len + 1
     tokens = torch.randint(3, shape["vocab_size"], (n_seqs, a.seq_len), generator=torch.Generator().manual_seed(0))
-    provider = ResidentSnapshotProvider(suite, HOOK, tokens, a.batch, model_dtype=torch.float32, device=a.device,
+    provider = ResidentSnapshotProvider(suite, a.hook, tokens, a.batch, model_dtype=torch.float32, device=a.device,
                                         model_device=a.device, chunk_seqs=n_seqs, harvest_batch_size=8, compile=False,
                                         prefetch=False)  # fmt: skip
     start = time.perf_counter()
@@ -92,8 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--l0", type=float, default=25.0, help="the trained L0 (0.41%% open at d_sae 6144, as 100 at 24576)")
     p.add_argument("--lr", type=float, action="append", help="learning rates (repeatable; default 1e-5 and 1e-9)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--small", action="store_true", help="a tiny shape, in seconds (checks the script works)")
     a = p.parse_args(argv)
-    a.d_in, a.k, a.optimizer_state, a.micro_batches = PYTHIA_160M["hidden_size"], 64, "float32", 1
+    a.hook = "blocks.6.hook_resid_post"
+    if a.small:
+        for key, value in SMALL.items():
+            setattr(a, key, value)
+    a.d_in = (SMALL_MODEL if a.small else PYTHIA_160M)["hidden_size"]
+    a.k, a.optimizer_state, a.micro_batches = 64, "float32", 1
     torch.manual_seed(0)
     a.out.mkdir(parents=True, exist_ok=True)
     streamed = streamed_batches(a.out, a)

@@ -147,3 +147,28 @@ def test_plan_bounds_a_stream_of_float32_models_by_the_float32_peak(capsys):
     assert "predicted for the crosscoder step under bfloat16 autocast" in out and "tokens/s" not in out
     assert "--dtype bfloat16" in slow_forward_hint("float32", "cuda:0")
     assert slow_forward_hint("bfloat16", "cuda:0") is None and slow_forward_hint("float32", "cpu") is None
+
+
+def test_the_held_sparsity_script_runs_on_the_cpu(tmp_path, monkeypatch, capsys):
+    """``scripts/held_sparsity.py --small``: each learning rate and the Gaussian batches print one
+    line a step, with the L0 and the shares that decide the step's path; the harvest is kept in
+    ``--out`` and reused."""
+    import importlib.util
+
+    monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path / "home"))
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("held_sparsity", root / "scripts" / "held_sparsity.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--small", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    headers = [line for line in out.splitlines() if "L0 set to 4" in line]
+    assert [h.split(":")[0] for h in headers] == [
+        "streamed activations, lr 1e-05", "streamed activations, lr 1e-09", "Gaussian activations, lr 1e-05"
+    ]
+    steps = [line for line in out.splitlines() if line.lstrip().startswith("step ")]
+    assert len(steps) == 6 and all("held-out batch: open " in line and "window " in line for line in steps)
+    assert "harvested 4 batches of 32 tokens at 2 snapshots" in out
+    assert script.main(["--small", "--out", str(tmp_path / "out"), "--lr", "1e-6"]) == 0
+    again = capsys.readouterr().out
+    assert "harvested" not in again and "lr 1e-06" in again  # the batches came from --out
