@@ -10,7 +10,8 @@
 # GATHERS=1 adds gpu.py's sweep of the gathers' launch sizes (about 30 s); PROFILE=1 adds, after the
 # end-to-end run, torch.profiler's kernel tables of the JumpReLU and TopK steps (gpu.py --profile).
 # Last, as long as the budget lasts, the 98,304-feature dictionary's bf16 rows at 16 micro-batches,
-# fresh and trained from pairs (peak against plan). Every step row is followed by what is alive at its memory peak (--memory-peak).
+# fresh and trained from pairs (peak against plan). Every step row is followed by what is alive at
+# its memory peak (--memory-peak).
 #
 # TESTS: pytest's arguments (default: the tests with cuda in their names, from the files that hold
 # the CUDA twins of the kernels, which pass or skip on a CPU in CI); the step's rows are bf16 alone

@@ -42,6 +42,7 @@ a tiny shape (fractions and memory there mean nothing; it checks that the script
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import statistics
 import time
@@ -208,6 +209,10 @@ window: ``sparse`` (masked matmuls) and ``window-kernel``."""
 PROCESS_COMPILE = jumprelu_kernels.compiled_kernels_setting()
 """The process's compile setting (``CROSSLENS_COMPILE_KERNELS``), which every row but the
 ``eager-blocks`` ones keeps."""
+
+
+PATHS = ("default", "dense", "eager-blocks", "sparse", "window-kernel", "embedding_bag")
+"""Every implementation :func:`step_paths` names (``--path``)."""
 
 
 def step_paths(arch: str, trained: bool, device: str, autocast: str | None) -> list[str]:
@@ -382,15 +387,19 @@ def print_memory_peak(fn: Callable[[], None], device: str, label: str) -> None:
     peak by the line that made them."""
     if not device.startswith("cuda"):
         return
-    sync(device)
-    before = torch.cuda.memory_allocated()
-    torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
     try:
+        sync(device)
+        before = torch.cuda.memory_allocated()
+        torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
         fn()
         sync(device)
         events = torch.cuda.memory._snapshot()["device_traces"][torch.cuda.current_device()]
+    except Exception as error:  # noqa: BLE001  the row's own figures stand without it
+        print(f"memory peak of one step, {label}: not recorded ({type(error).__name__}: {error})")
+        return
     finally:
-        torch.cuda.memory._record_memory_history(enabled=None)
+        with contextlib.suppress(Exception):  # where recording never started
+            torch.cuda.memory._record_memory_history(enabled=None)
     peak, sites = peak_breakdown(events, before)
     print(f"memory peak of one step, {label}: {peak / 2**30:.2f} GiB, {before / 2**30:.2f} of it held before the step; "
           f"alive at the peak beyond that:")  # fmt: skip
@@ -438,8 +447,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-peak", action="store_true",
                    help="after each row, one step under CUDA's allocation history: what is alive at its peak, by allocating line")  # fmt: skip
     p.add_argument("--micro-batches", type=int, default=1, help="train each batch in this many micro-batches (train --micro-batches)")
-    p.add_argument("--path", action="append",
-                   help="the step rows' paths to run (repeatable; default all), e.g. window-kernel, sparse, dense")  # fmt: skip
+    p.add_argument("--path", action="append", choices=PATHS,
+                   help="the step rows' paths to run (repeatable; default all that apply; step_paths)")  # fmt: skip
     p.add_argument("--state", choices=("fresh", "trained"), action="append",
                    help="the step rows' states to run (repeatable; default both)")  # fmt: skip
     p.add_argument("--precision", choices=PRECISIONS, action="append",

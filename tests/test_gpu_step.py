@@ -928,6 +928,19 @@ def test_the_memory_peak_is_read_from_the_allocation_trace():
     assert gpu.peak_breakdown([], before=7) == (7, [])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a recording that cannot start")
+def test_a_memory_peak_that_cannot_be_recorded_leaves_the_row_standing(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    gpu.print_memory_peak(lambda: None, "cuda", "crosscoder bf16 default")  # no CUDA here: nothing records
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("memory peak of one step, crosscoder bf16 default: not recorded (")
+    assert len(out.splitlines()) == 1
+
+
 def test_gpu_benchmark_refuses_a_dead_share_outside_0_to_1():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--dead", "2"], capture_output=True,
                           text=True, timeout=120, env=benchmark_env())  # fmt: skip
