@@ -275,16 +275,22 @@ def set_sparsity(trainer: CrosscoderTrainer, x_BSD: torch.Tensor, target: float)
 
 
 @torch.no_grad()
-def active_share(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> str:
-    """A JumpReLU batch's share of (token, feature) entries the sparse step reads: open at
-    some snapshot, or inside the threshold's window at some (the rule of ``sparse_step``)."""
+def batch_entries(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> sparse_kernels.ActiveEntries:
+    """A JumpReLU batch's (token, feature) entries that the step from pairs reads: open at some
+    snapshot, or inside the threshold's window at some (the rule of ``sparse_step``)."""
     sae = trainer.sae
-    if not hasattr(sae.cfg, "jumprelu_bandwidth"):
-        return ""
     h_BF = sae.hidden_pre(x_BSD)
-    entries = sparse_kernels.active_entries(
+    return sparse_kernels.active_entries(
         h_BF, sae.snapshot_norms(), sae.threshold.to(h_BF.dtype), sae.cfg.jumprelu_bandwidth / 2
     )
+
+
+def active_share(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> str:
+    """A JumpReLU batch's share of active entries (:func:`batch_entries`) and of open ones,
+    and whether the step from pairs pays for them; "" for the other architectures."""
+    if not hasattr(trainer.sae.cfg, "jumprelu_bandwidth"):
+        return ""
+    entries = batch_entries(trainer, x_BSD)
     n = entries.active_NF.numel()
     pays = "pays" if sparse_kernels.sparse_step_pays(entries) else "does not pay"
     active = (entries.n_open + entries.n_window) / n

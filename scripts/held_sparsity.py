@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from gpu import make_trainer, set_sparsity  # noqa: E402
+from gpu import batch_entries, make_trainer, set_sparsity  # noqa: E402
 from stream_gpu import PYTHIA_160M, SMALL_MODEL, write_suite, written_suite  # noqa: E402
 
 from crosslens.activations.streaming import ResidentSnapshotProvider  # noqa: E402
@@ -59,17 +59,6 @@ def streamed_batches(out: Path, a: argparse.Namespace) -> torch.Tensor:
     return batches
 
 
-@torch.no_grad()
-def shares(trainer, x_BSD: torch.Tensor) -> tuple[float, float]:
-    sae = trainer.sae
-    h_BF = sae.hidden_pre(x_BSD)
-    entries = sparse_kernels.active_entries(
-        h_BF, sae.snapshot_norms(), sae.threshold.to(h_BF.dtype), sae.cfg.jumprelu_bandwidth / 2
-    )
-    n = entries.active_NF.numel()
-    return entries.n_open / n, entries.n_window / n
-
-
 def run(batches: torch.Tensor, label: str, lr: float, a: argparse.Namespace) -> None:
     trainer = make_trainer("jumprelu_crosscoder", a, a.device, None, lr=lr)
     first, held_out = batches[0].to(a.device), batches[-1].to(a.device)
@@ -77,10 +66,12 @@ def run(batches: torch.Tensor, label: str, lr: float, a: argparse.Namespace) -> 
     print(f"{label}, lr {lr:g}: L0 set to {a.l0:g} on the first batch")
     for i in range(a.steps):
         trainer.step(batches[1 + i % (len(batches) - 2)].to(a.device))
-        open_share, window_share = shares(trainer, held_out)
-        pays = "" if open_share <= sparse_kernels.SPARSE_STEP_SHARE else "  (past SPARSE_STEP_SHARE: the dense kernels)"
-        print(f"  step {i + 1:3d}  L0 {float(trainer.last_l0):7.1f}  held-out batch: open {open_share:.2%}, "
-              f"window {window_share:.2%}{pays}", flush=True)  # fmt: skip
+        entries = batch_entries(trainer, held_out)
+        n = entries.active_NF.numel()
+        # as the step would decide on a GPU, where the window kernel runs
+        pays = "" if sparse_kernels.sparse_step_pays(entries, "triton") else "  (the step from pairs does not pay: dense kernels)"
+        print(f"  step {i + 1:3d}  L0 {float(trainer.last_l0):7.1f}  held-out batch: open {entries.n_open / n:.2%}, "
+              f"window {entries.n_window / n:.2%}{pays}", flush=True)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--small", action="store_true", help="a tiny shape, in seconds (checks the script works)")
     a = p.parse_args(argv)
+    if not all(lr > 0 for lr in a.lr or []):
+        p.error(f"--lr {' '.join(f'{lr:g}' for lr in a.lr)}: every learning rate must be above 0")
     a.hook = "blocks.6.hook_resid_post"
     if a.small:
         for key, value in SMALL.items():

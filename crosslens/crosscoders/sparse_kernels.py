@@ -468,9 +468,9 @@ WINDOW_KERNEL = True
 """Sum the window's decoder gradient with the fused Triton kernel
 (:func:`crosslens.crosscoders.triton_kernels.window_dots`) where the Triton backend runs:
 one matmul tile of ``<grad, W>`` per (tokens, features, snapshot) block, masked in
-registers, whatever the window's share, and no work in forward. On an H200 it took the
-trained bf16 step from pairs from 41,394 to 44,704 tokens/s and streamed training from 23,001
-to 26,915, with one wait for the GPU a step instead of two. ``False`` sums the window by
+registers, whatever the window's share, and no work in forward: faster than the masked
+matmuls on a GPU at a trained sparsity, and one wait for the GPU a step instead of two
+(``benchmarks/gpu.py``'s window-kernel rows time it beside them). ``False`` sums the window by
 masked matmuls (:class:`ShutWindow`), which is what runs where Triton does not."""
 
 

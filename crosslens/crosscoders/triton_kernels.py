@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from crosslens.crosscoders.active_pairs import ActivePairs
 
 COLUMN_BLOCK = 1024
-"""Columns of one program of ``_gather_rows``: on an H200 (``benchmarks/gpu.py --gathers``) 1,024
-gathered and scattered rows 1.3-1.6x faster than 256 in bfloat16, and as fast or faster in float32."""
+"""Columns of one program of ``_gather_rows``: the fastest block that ``benchmarks/gpu.py
+--gathers`` found for gathering and scattering rows, in bfloat16 and in float32."""
 
 GATHER_WARPS = 4
 """Warps of one program of ``_gather_rows``: with :data:`COLUMN_BLOCK`, the elements each
@@ -46,9 +46,8 @@ thread loads from a pair's row in one step of its loop over the pairs."""
 VALUES_IN_WEIGHT_PASS = False
 """Whether :func:`weight_and_values_grad` gives the values' gradient from the decoder-gradient
 pass (one gather of the gradient's rows) rather than from a second pass of its own
-(:func:`values_grad`). ``benchmarks/gpu.py --gathers`` times both: on an H200 the block
-reduction each pair adds to the gather's loop cost more than the second gather saves (two
-passes 0.80x the time of one in bfloat16, 0.95x in float32)."""
+(:func:`values_grad`). ``benchmarks/gpu.py --gathers`` times both: the block reduction each
+pair adds to the gather's loop costs more than the second gather saves, in either dtype."""
 
 MIN_DOTS_BLOCK = 128
 """Fewest columns a block of the decoder-gradient pass may have for it to give the values'
@@ -58,8 +57,8 @@ gather keeps its :data:`COLUMN_BLOCK` (a narrower block leaves most of its threa
 d_in of Pythia, OLMo and BLOOM is a multiple of 256, GPT-2 XL's 1600 only of 64)."""
 
 PAIR_BLOCK, PAIR_COLUMNS = 32, 64
-"""Pairs of one program of ``_pair_dots``, and the columns of each it reads at a time: on an
-H200 32 x 64 beat 16 x 128, 8 x 256 and 16 x 256 in both dtypes (``gpu.py --gathers``)."""
+"""Pairs of one program of ``_pair_dots``, and the columns of each it reads at a time: the
+fastest of the tiles ``benchmarks/gpu.py --gathers`` tries, in both dtypes."""
 
 
 @triton.jit

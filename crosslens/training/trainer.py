@@ -382,10 +382,10 @@ class CrosscoderTrainer:
 
     def _shows_progress(self, step: int) -> bool:
         """Whether the progress bar shows this step's loss and L0: once a log interval, with or
-        without W&B; on a mesh only where the loss was summed over the ranks (a log step)."""
-        if self.collectives.is_distributed:
-            return self._is_log_step(step)
-        return step % self.cfg.logger.wandb_log_frequency == 0
+        without W&B; on a mesh only where the loss was summed over the ranks (a W&B log step)."""
+        return self._is_log_step(step) or (
+            not self.collectives.is_distributed and step % self.cfg.logger.wandb_log_frequency == 0
+        )
 
     # ----------------------------------------------------------------- logging
     @torch.no_grad()
