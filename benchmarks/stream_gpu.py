@@ -215,6 +215,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--written", action="store_true",
                    help="take the suite an earlier --write-only run left in --suite-dir instead of writing it")  # fmt: skip
     a = p.parse_args(argv)
+    if not a.lr > 0:
+        p.error(f"--lr {a.lr}: give a learning rate above 0 (the default, {HOLD_LR:g}, holds the trained sparsity)")
     if (a.write_only or a.written) and a.suite_dir is None:
         p.error("--write-only and --written name the suite's folder: add --suite-dir DIR")
     a.optimizer_state = "float32"

@@ -172,3 +172,14 @@ def test_the_held_sparsity_script_runs_on_the_cpu(tmp_path, monkeypatch, capsys)
     assert script.main(["--small", "--out", str(tmp_path / "out"), "--lr", "1e-6"]) == 0
     again = capsys.readouterr().out
     assert "harvested" not in again and "lr 1e-06" in again  # the batches came from --out
+
+
+def test_the_benchmark_refuses_a_learning_rate_of_zero_in_one_line(capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import stream_gpu
+
+    with pytest.raises(SystemExit) as exit_info:
+        stream_gpu.parse_args(["--lr", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("error: --lr 0.0: give a learning rate above 0 (the default, 1e-09, holds the trained sparsity)")
