@@ -234,8 +234,9 @@ def step_paths(arch: str, trained: bool, device: str, autocast: str | None) -> l
 
 
 def make_trainer(
-    arch: str, a: argparse.Namespace, device: str, autocast: str | None, path: str = "default", lr: float = 1e-5
-) -> CrosscoderTrainer:
+    arch: str, a: argparse.Namespace, device: str, autocast: str | None, path: str = "default", lr: float = 1e-5,
+    seed: int = 0,
+) -> CrosscoderTrainer:  # fmt: skip
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"k": a.k} if arch.endswith("topk_crosscoder") else {}
     if arch == "jumprelu_crosscoder" and path != "default":
@@ -243,7 +244,7 @@ def make_trainer(
     sparse_kernels.WINDOW_KERNEL = {"sparse": False, "window-kernel": True}.get(path, PROCESS_WINDOW_KERNEL)
     jumprelu_kernels.use_compiled_kernels(False if path == "eager-blocks" else PROCESS_COMPILE)
     sparse_kernels.BACKEND = "eager" if path == "embedding_bag" else None
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     sae = train_cls(train_cfg_cls(d_in=a.d_in, d_sae=a.d_sae, n_snapshots=a.S, device=device, **extra))
     cfg = CrosscoderTrainerConfig(total_steps=10**6, lr=lr, device=device, autocast_dtype=autocast,
                                   optimizer_state_dtype=a.optimizer_state, micro_batches=a.micro_batches,

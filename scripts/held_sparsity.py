@@ -60,7 +60,7 @@ def streamed_batches(out: Path, a: argparse.Namespace) -> torch.Tensor:
 
 
 def run(batches: torch.Tensor, label: str, lr: float, a: argparse.Namespace) -> None:
-    trainer = make_trainer("jumprelu_crosscoder", a, a.device, None, lr=lr)
+    trainer = make_trainer("jumprelu_crosscoder", a, a.device, None, lr=lr, seed=a.seed)
     first, held_out = batches[0].to(a.device), batches[-1].to(a.device)
     set_sparsity(trainer, first, a.l0)
     print(f"{label}, lr {lr:g}: L0 set to {a.l0:g} on the first batch")
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--l0", type=float, default=25.0, help="the trained L0 (0.41%% open at d_sae 6144, as 100 at 24576)")
     p.add_argument("--lr", type=float, action="append", help="learning rates (repeatable; default 1e-5 and 1e-9)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="the crosscoder's initialisation and the Gaussian batches")
     p.add_argument("--small", action="store_true", help="a tiny shape, in seconds (checks the script works)")
     a = p.parse_args(argv)
     if not all(lr > 0 for lr in a.lr or []):
@@ -96,10 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             setattr(a, key, value)
     a.d_in = (SMALL_MODEL if a.small else PYTHIA_160M)["hidden_size"]
     a.k, a.optimizer_state, a.micro_batches = 64, "float32", 1
-    torch.manual_seed(0)
     a.out.mkdir(parents=True, exist_ok=True)
     streamed = streamed_batches(a.out, a)
-    gaussian = torch.randn(streamed.shape, generator=torch.Generator().manual_seed(0))
+    gaussian = torch.randn(streamed.shape, generator=torch.Generator().manual_seed(a.seed))
     for lr in a.lr or [1e-5, 1e-9]:
         run(streamed, "streamed activations", lr, a)
     run(gaussian, "Gaussian activations", (a.lr or [1e-5])[0], a)
