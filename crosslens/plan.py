@@ -381,8 +381,9 @@ def crosscoder_flops(S: int, D: int, F: int, *, k: int | None = None) -> int:
 
     Dense: forward ``2SDF`` (encode) + ``2SDF`` (decode); backward ``2SDF`` for dW_enc,
     ``2SDF`` for dW_dec and ``2SDF`` for the code's gradient, none for the input: ``10 SDF``.
-    With ``k`` (a top-k code decoded sparsely): ``4 SDF + 6 k S D``. crosslens decodes
-    densely, so the dense figure is what it spends.
+    With ``k`` (a top-k code decoded from its active pairs): ``4 SDF + 6 k S D``, the work
+    a TopK step does where ``sparse_decode`` holds. Times in the plan count the dense figure
+    at a measured share of the peak (``GPUS``), so the sparse path's saving shows in that share.
     """
     if k is None:
         return 10 * S * D * F
@@ -611,7 +612,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     section("FLOPs")
     rows.append(("crosscoder step, per token", f"{_count(flops['crosscoder_train_per_token'])}  (10 S D F: fwd 4SDF, bwd 6SDF)"))
     if "crosscoder_train_per_token_sparse_decode" in flops:
-        rows.append(("  with a sparse top-k decode", f"{_count(flops['crosscoder_train_per_token_sparse_decode'])}  (crosslens decodes densely)"))
+        rows.append(("  with a sparse top-k decode", f"{_count(flops['crosscoder_train_per_token_sparse_decode'])}  (4 S D F + 6 k S D: only the k active features decoded)"))
     rows.append(("snapshot models to the hook, per token", f"{_count(flops['snapshot_models_forward_per_token'])}  (all S snapshots)"))
     rows.append(("crosscoder training, total", _flops(flops["crosscoder_train_total"])))
     rows.append(("snapshot forwards, harvest", _flops(flops["snapshot_models_forward_harvest"])))
