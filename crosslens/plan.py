@@ -641,6 +641,8 @@ def format_plan(plan: dict[str, Any]) -> str:
 def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]:
     """``train --stream``'s time on one ``gpu`` per rank, from the FLOPs per token at the shares of
     :data:`~crosslens.core.devices.GPUS`: provider and trainer share the GPU, so their seconds per token add.
+    ``hours`` times every step at a trained crosscoder's sparsity, ``fresh_hours`` at a fresh one's,
+    which a run's first steps take: how many is not known before the run (its L0 curve says).
 
     The forward's share was measured with 16-bit snapshot models. Float32 models run their matmuls
     off the tensor cores, at no more than the GPU's float32 peak: for them the forward's rate is that
@@ -661,16 +663,22 @@ def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]
     crosscoder_share = device.crosscoder[plan["inputs"]["architecture"]]
     forward_share = mesh["snapshots_per_rank"] / plan["inputs"]["n_snapshots"]  # data ranks harvest alike
     share = forward_share / mesh["data"]
+    fresh_share = device.fresh.get(plan["inputs"]["architecture"], crosscoder_share)
     seconds_per_token = {
         "forward": flops["snapshot_models_forward_per_token"] * forward_share / forward_rate,
         "crosscoder": flops["crosscoder_train_per_token"] * share / (peak * crosscoder_share),
     }
     tokens_per_second = 1 / sum(seconds_per_token.values())
+    fresh_step = flops["crosscoder_train_per_token"] * share / (peak * fresh_share)
+    fresh_tokens_per_second = 1 / (seconds_per_token["forward"] + fresh_step)
+    tokens = plan["inputs"]["training_tokens"]
     return {
         "gpu": gpu, "peak_tflops": device.peak_tflops, "measured_on": device.measured_on, "forward_fraction": forward_rate / peak,
         "forward_bound": forward_bound, "crosscoder_fraction": crosscoder_share, "tokens_per_second": tokens_per_second,
         **{f"{part}_tokens_per_second": 1 / seconds for part, seconds in seconds_per_token.items()},
-        "hours": plan["inputs"]["training_tokens"] / tokens_per_second / 3600,
+        "hours": tokens / tokens_per_second / 3600,
+        "fresh_crosscoder_fraction": fresh_share, "fresh_tokens_per_second": fresh_tokens_per_second,
+        "fresh_hours": tokens / fresh_tokens_per_second / 3600,
     }  # fmt: skip
 
 

@@ -149,6 +149,37 @@ def test_plan_bounds_a_stream_of_float32_models_by_the_float32_peak(capsys):
     assert slow_forward_hint("bfloat16", "cuda:0") is None and slow_forward_hint("float32", "cpu") is None
 
 
+def test_plan_bounds_the_run_by_a_fresh_crosscoders_step(capsys):
+    """A fresh JumpReLU crosscoder runs its dense kernels: the plan prints that rate and the hours
+    if every step ran at it, beside the trained rate; where the fresh step is no slower (ReLU, or an
+    H100 whose JumpReLU share is the dense one) it prints no such row."""
+    from crosslens.__main__ import main
+    from crosslens.plan import make_plan, plan_config_from_recipe, stream_prediction
+    from crosslens.recipes import load_recipe
+
+    recipe = load_recipe("ge2025-pythia-160m")
+    plan = make_plan(plan_config_from_recipe(recipe, model_dtype="bfloat16"))
+    h200 = stream_prediction(plan, "h200")
+    forward = 1 / h200["forward_tokens_per_second"]
+    step = 10 * 32 * 768 * 24576
+    assert h200["fresh_tokens_per_second"] == pytest.approx(1 / (forward + step / (989e12 * 0.161)), rel=1e-12)
+    assert h200["tokens_per_second"] == pytest.approx(1 / (forward + step / (989e12 * 0.305)), rel=1e-12)
+    assert h200["fresh_hours"] == pytest.approx(800_000_000 / h200["fresh_tokens_per_second"] / 3600)
+    assert round(h200["hours"], 1) == 6.5 and round(h200["fresh_hours"], 1) == 10.5
+    h100 = stream_prediction(plan, "h100")
+    assert h100["fresh_tokens_per_second"] == h100["tokens_per_second"]
+
+    argv = ["plan", "--recipe", "ge2025-pythia-160m", "--stream", "--dtype", "bfloat16", "--gpu"]
+    assert main([*argv, "h200"]) == 0
+    out = capsys.readouterr().out
+    assert "34,055 tokens/s: 6.5 h" in out
+    assert "with a fresh crosscoder's step at 16.1%   21,154 tokens/s: 10.5 h if every step ran so" in out
+    assert main([*argv, "h100"]) == 0
+    assert "fresh crosscoder" not in capsys.readouterr().out
+    assert main([*argv, "h200", "--arch", "crosscoder"]) == 0
+    assert "fresh crosscoder" not in capsys.readouterr().out
+
+
 def test_the_held_sparsity_script_runs_on_the_cpu(tmp_path, monkeypatch, capsys):
     """``scripts/held_sparsity.py --small``: each learning rate and the Gaussian batches print one
     line a step, with the L0 and the shares that decide the step's path; the harvest is kept in

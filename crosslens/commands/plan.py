@@ -188,8 +188,16 @@ def format_stream_prediction(p: dict) -> str:
         (f"crosscoder step at {p['crosscoder_fraction']:.1%} of peak", f"{p['crosscoder_tokens_per_second']:,.0f} tokens/s"),
         ("together (one GPU per rank)", f"{bound}{p['tokens_per_second']:,.0f} tokens/s: {'at least ' if bound else ''}{p['hours']:.1f} h"),
     ]
+    slower_fresh = p["fresh_tokens_per_second"] < p["tokens_per_second"]
+    if slower_fresh:  # JumpReLU: its first steps run dense until fewer than 1/32 of the entries are open
+        rows.append((
+            f"  with a fresh crosscoder's step at {p['fresh_crosscoder_fraction']:.1%}",
+            f"{bound}{p['fresh_tokens_per_second']:,.0f} tokens/s: {'at least ' if bound else ''}{p['fresh_hours']:.1f} h if every step ran so",
+        ))  # fmt: skip
     title = f"[train --stream end to end on {p['gpu']} ({p['peak_tflops']:g} TFLOP/s bf16 peak), utilisation as measured on {p['measured_on']}]"
     lines = ["", title, *(f"{label:<44}{value}" for label, value in rows)]
+    if slower_fresh:
+        lines.append("a run's first steps, until its code is sparse, take the fresh step; its L0 curve shows how many")
     if p["forward_bound"]:
         lines.append("float32 models run off the tensor cores; --dtype bfloat16 runs them at the measured share")
     return "\n".join(lines)

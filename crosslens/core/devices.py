@@ -63,6 +63,11 @@ class GpuSpec:
     """Share of the peak the snapshot models' forward to the hook sustains."""
     crosscoder: dict[str, float]
     """Share of the peak each architecture's bf16 crosscoder training step sustains."""
+    fresh: dict[str, float]
+    """The shares of a freshly initialised crosscoder's step where it runs other kernels than a
+    trained one's: a run's first steps, before its code is sparse (a fresh JumpReLU crosscoder
+    opens about a third of its entries and takes its dense kernels until fewer than 1/32 are
+    open). An architecture missing here runs its first steps at its ``crosscoder`` share."""
     measured_on: str
     """The GPU the shares were timed on (another model's where they are assumed)."""
 
@@ -79,22 +84,30 @@ takes there (2.6% of the entries active at L0 100); TopK and BatchTopK from thei
 of the features dead."""
 
 
+H200_FRESH_SHARES: dict[str, float] = {"jumprelu_crosscoder": 0.161}
+"""The H200's bf16 row of ``benchmarks/gpu.py`` for a fresh JumpReLU crosscoder: 35% of its
+entries open, through its compiled dense kernels. The other architectures' fresh rows were no
+slower than their trained ones (ReLU within 2%; TopK and BatchTopK faster, with no dead
+feature to decode), so their trained shares stand for them."""
+
+
 GPUS = {
     "h100": GpuSpec(81559 << 20, peak_tflops=989.0, float32_tflops=67.0, forward=0.23, crosscoder=H100_CROSSCODER_SHARES,
-                      measured_on="an H100"),
+                      fresh={}, measured_on="an H100"),
     "h200": GpuSpec(143771 << 20, peak_tflops=989.0, float32_tflops=67.0, forward=0.42, crosscoder=H200_CROSSCODER_SHARES,
-                      measured_on="an H200"),
+                      fresh=H200_FRESH_SHARES, measured_on="an H200"),
     "a100": GpuSpec(81920 << 20, peak_tflops=312.0, float32_tflops=19.5, forward=0.23, crosscoder=H100_CROSSCODER_SHARES,
-                      measured_on="an H100, assumed for the A100"),
+                      fresh={}, measured_on="an H100, assumed for the A100"),
 }
 """The GPUs ``--gpu`` names (H100 SXM 80 GB, H200 141 GB, A100 80 GB). Peaks are NVIDIA's
 dense figures. The forward's share is ``benchmarks/stream_gpu.py``'s compiled random-init
 Pythia-160M forward to block 6 of 7 at 32 x 1024 tokens: 0.23 on an H100 with
 TransformerLens's attention, 0.42 on an H200 through SDPA, the trunk CUDA takes now (the H100
 row keeps its older figure until it is timed that way). The crosscoder's shares are
-:data:`H100_CROSSCODER_SHARES` and :data:`H200_CROSSCODER_SHARES`; the A100 row assumes the
-H100's. The forward's share was measured with bfloat16 models; float32 models are bounded by
-``float32_tflops`` instead."""
+:data:`H100_CROSSCODER_SHARES` and :data:`H200_CROSSCODER_SHARES`, and for a fresh crosscoder
+:data:`H200_FRESH_SHARES`; the H100 needs none, its JumpReLU share having been timed on the
+dense kernels a fresh crosscoder takes. The A100 row assumes the H100's. The forward's share
+was measured with bfloat16 models; float32 models are bounded by ``float32_tflops`` instead."""
 
 
 DEVICE_KINDS = ("cpu", "cuda", "mps")
