@@ -64,7 +64,8 @@ class PlanFlags:
     """Device kind the run will use: cpu, cuda, cuda:N or mps (default cuda; nothing is checked here)."""
     stream: bool = False
     """Also predict `crosslens train --stream` end to end on one GPU per rank, from the shares of the --gpu's peak
-    that the snapshot models' forward and each architecture's step sustained on an H100."""
+    that the snapshot models' forward and each architecture's step sustained there (the A100's: an H100's), at a
+    trained crosscoder's sparsity and, where it is slower, a fresh one's."""
     gpu: str = "h100"
     """GPU (h100, h200 or a100) the --stream prediction and, on cuda, the fewest fitting --micro-batches are for."""
 
