@@ -664,13 +664,16 @@ def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]
     forward_share = mesh["snapshots_per_rank"] / plan["inputs"]["n_snapshots"]  # data ranks harvest alike
     share = forward_share / mesh["data"]
     fresh_share = device.fresh.get(plan["inputs"]["architecture"], crosscoder_share)
+
+    def step_seconds(step_share: float) -> float:  # per token, at that share of the peak
+        return flops["crosscoder_train_per_token"] * share / (peak * step_share)
+
     seconds_per_token = {
         "forward": flops["snapshot_models_forward_per_token"] * forward_share / forward_rate,
-        "crosscoder": flops["crosscoder_train_per_token"] * share / (peak * crosscoder_share),
+        "crosscoder": step_seconds(crosscoder_share),
     }
     tokens_per_second = 1 / sum(seconds_per_token.values())
-    fresh_step = flops["crosscoder_train_per_token"] * share / (peak * fresh_share)
-    fresh_tokens_per_second = 1 / (seconds_per_token["forward"] + fresh_step)
+    fresh_tokens_per_second = 1 / (seconds_per_token["forward"] + step_seconds(fresh_share))
     tokens = plan["inputs"]["training_tokens"]
     return {
         "gpu": gpu, "peak_tflops": device.peak_tflops, "measured_on": device.measured_on, "forward_fraction": forward_rate / peak,

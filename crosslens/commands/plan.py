@@ -179,6 +179,7 @@ def listed_suite(args: argparse.Namespace, recipe):
 
 def format_stream_prediction(p: dict) -> str:
     bound = "at most " if p["forward_bound"] else ""
+    at_least = "at least " if p["forward_bound"] else ""  # the hours, where the tokens/s are a ceiling
     forward = (
         f"float32 snapshot forwards, {p['forward_fraction'] * p['peak_tflops']:g} TFLOP/s peak"
         if p["forward_bound"] else f"snapshot forwards at {p['forward_fraction']:.1%} of peak"
@@ -186,13 +187,13 @@ def format_stream_prediction(p: dict) -> str:
     rows = [
         (forward, f"{bound}{p['forward_tokens_per_second']:,.0f} tokens/s"),
         (f"crosscoder step at {p['crosscoder_fraction']:.1%} of peak", f"{p['crosscoder_tokens_per_second']:,.0f} tokens/s"),
-        ("together (one GPU per rank)", f"{bound}{p['tokens_per_second']:,.0f} tokens/s: {'at least ' if bound else ''}{p['hours']:.1f} h"),
+        ("together (one GPU per rank)", f"{bound}{p['tokens_per_second']:,.0f} tokens/s: {at_least}{p['hours']:.1f} h"),
     ]
     slower_fresh = p["fresh_tokens_per_second"] < p["tokens_per_second"]
     if slower_fresh:  # JumpReLU: its first steps run dense until fewer than 1/32 of the entries are open
         rows.append((
             f"  with a fresh crosscoder's step at {p['fresh_crosscoder_fraction']:.1%}",
-            f"{bound}{p['fresh_tokens_per_second']:,.0f} tokens/s: {'at least ' if bound else ''}{p['fresh_hours']:.1f} h if every step ran so",
+            f"{bound}{p['fresh_tokens_per_second']:,.0f} tokens/s: {at_least}{p['fresh_hours']:.1f} h if every step ran so",
         ))  # fmt: skip
     title = f"[train --stream end to end on {p['gpu']} ({p['peak_tflops']:g} TFLOP/s bf16 peak), utilisation as measured on {p['measured_on']}]"
     lines = ["", title, *(f"{label:<44}{value}" for label, value in rows)]
