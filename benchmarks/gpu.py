@@ -22,6 +22,10 @@
    at the trained sparsity with ``sparse_step`` off and on, TopK/BatchTopK through
    ``embedding_bag`` and through the Triton gather-sum kernels.
 
+With ``--window-tiles`` it times the JumpReLU window kernel (``triton_kernels.window_dots``) at
+the shape in bfloat16 for each tile in :data:`WINDOW_TILES`, checks each one's sums against the
+first's, and launches the fastest in the rows that follow.
+
 With ``--gathers`` it first times the sparse decode's three Triton gathers on their own, at
 the shape's TopK pairs (``k`` per token), for each block size and warp count it tries, with the
 rows read in bfloat16 (autocast) and float32: milliseconds, the bandwidth that the rows and
@@ -200,6 +204,59 @@ def gather_sweep(a: argparse.Namespace, device: str) -> None:
         tk.VALUES_IN_WEIGHT_PASS = True
         print(f"  {str(dtype)[6:]:9s} weight and values gradient: one pass {both[True] * 1e3:6.2f} ms, two passes "
               f"{both[False] * 1e3:6.2f} ms ({both[False] / both[True]:4.2f}x; VALUES_IN_WEIGHT_PASS)")  # fmt: skip
+
+
+WINDOW_TILES = ((128, 128, 64, 8, 4), (64, 64, 64, 8, 3), (128, 64, 64, 8, 3), (64, 128, 64, 8, 3),
+                (128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (256, 64, 64, 8, 3), (128, 128, 64, 8, 2))
+"""``(tokens, features, depth, warps, stages)`` of the window kernel tried by ``--window-tiles``
+(:class:`~crosslens.crosscoders.triton_kernels.WindowTile`); the first is the default. Each
+compiles for an H100 in bfloat16 with no spilled register where d_in and the tokens are
+multiples of 16, as at Ge et al.'s shape."""
+
+
+def window_sweep(a: argparse.Namespace, device: str) -> None:
+    """The JumpReLU window kernel's sums at the shape, in bfloat16, for each launch tried, each
+    checked against the first's; the fastest is kept for the rows that follow (and printed)."""
+    if sparse_kernels.sparse_backend(torch.device(device)) != "triton":
+        print("window tiles: no Triton kernels here, nothing timed")
+        return
+    from crosslens.crosscoders import triton_kernels as tk
+
+    S, N, D, F_ = a.S, a.batch, a.d_in, a.d_sae
+    g = torch.Generator(device=device).manual_seed(0)
+    grad_SND = torch.randn(S, N, D, device=device, generator=g).to(torch.bfloat16)
+    W_FSD = (torch.randn(F_, S, D, device=device, generator=g) / D**0.5).to(torch.bfloat16)
+    h_NF = torch.rand(F_, N, device=device, generator=g).to(torch.bfloat16).T  # feature-major, as the encoder leaves it
+    window_NF = torch.rand(N, F_, device=device, generator=g) < 0.02  # a trained crosscoder's share
+    norms_FS = torch.rand(F_, S, device=device, generator=g)
+    t_F = torch.full((F_,), 0.25, device=device)
+    args = (grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, 0.1)
+    flops = 2 * S * N * F_ * D
+    default, timed = tk.WINDOW_TILE, {}
+    want = None
+    print(f"window tiles: {S} snapshots x {N} tokens x {F_} features, d_in {D}, bfloat16")
+    for tokens, features, depth, warps, stages in WINDOW_TILES:
+        tile = tk.WindowTile(tokens, features, depth, warps, stages)
+        tk.WINDOW_TILE = tile
+        try:
+            sums, counts = tk.window_dots(*args)
+            seconds = seconds_per_call(lambda: tk.window_dots(*args), device, a.rounds)
+        except Exception as error:  # noqa: BLE001  a launch that does not compile is that line's result
+            print(f"  {tokens:3d} x {features:3d} x {depth:2d}, {warps} warps, {stages} stages: FAILED {str(error)[:160]}")
+            continue
+        want = want or (sums, counts)
+        differs = (sums - want[0]).abs().max().item() / want[0].abs().max().item()
+        same_counts = torch.equal(counts, want[1])
+        timed[tile] = seconds
+        first = timed[next(iter(timed))]
+        print(f"  {tokens:3d} x {features:3d} x {depth:2d}, {warps} warps, {stages} stages: {seconds * 1e3:6.2f} ms "
+              f"({flops / seconds / 1e12:5.0f} TFLOP/s, {first / seconds:4.2f}x the first); sums differ "
+              f"{differs:.1e} of the largest, counts {'equal' if same_counts else 'DIFFER'}")  # fmt: skip
+    best = min(timed, key=timed.get) if timed else default
+    tk.WINDOW_TILE = best
+    print(f"  the rows below launch {best} (WINDOW_TILE; the default is {default})")
+    del args, grad_SND, W_FSD, h_NF, window_NF
+    torch.cuda.empty_cache()
 
 
 PROCESS_WINDOW_KERNEL = sparse_kernels.WINDOW_KERNEL
@@ -450,6 +507,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", choices=list(cc.ARCHITECTURES), action="append", help="architectures to run (repeatable)")
     p.add_argument("--optimizer-state", choices=OPTIMIZER_STATES, default="float32")
     p.add_argument("--gathers", action="store_true", help="time the sparse decode's Triton gathers for each block size tried")
+    p.add_argument("--window-tiles", action="store_true",
+                   help="time the JumpReLU window kernel for each tile tried, and keep the fastest for the rows")  # fmt: skip
     p.add_argument("--profile", action="store_true", help="after each row, its kernels over 3 steps by time (torch.profiler)")
     p.add_argument("--memory-peak", action="store_true",
                    help="after each row, one step under CUDA's allocation history: what is alive at its peak, by allocating line")  # fmt: skip
@@ -511,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; torch's fused Adam: {against_plain('torch')}" if "torch" in passes else ""))  # fmt: skip
     if a.gathers:
         gather_sweep(a, device)
+    if a.window_tiles:
+        window_sweep(a, device)
     for arch in a.only or list(cc.ARCHITECTURES):
         for autocast in (PRECISIONS[p] for p in a.precision or PRECISIONS):
             for trained in (state == "trained" for state in a.state or ("fresh", "trained")):

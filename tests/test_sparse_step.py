@@ -506,11 +506,11 @@ def dense_window_sums(grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, half_widt
     return (dots_SNF * inside_SNF).sum(dim=1).T, inside_SNF.sum(dim=1).T.double()
 
 
-def window_operands(device: str, layout: str) -> list[torch.Tensor]:
-    """Shapes that fill no tile evenly (70 tokens, 100 features, d_in 72), a window of a
-    third of the entries and about half of those inside at each snapshot (half-width 0.6)."""
+def window_operands(device: str, layout: str, N: int = 70, D_: int = 72) -> list[torch.Tensor]:
+    """Shapes that fill no tile evenly (70 tokens, 100 features, d_in 72, by default), a window
+    of a third of the entries and about half of those inside at each snapshot (half-width 0.6)."""
     g = torch.Generator().manual_seed(3)
-    N, F_, S_, D_ = 70, 100, 3, 72
+    F_, S_ = 100, 3
     h_NF = torch.randn(N, F_, generator=g)
     if layout == "feature-major":
         h_NF = h_NF.T.contiguous().T
@@ -551,6 +551,35 @@ def test_triton_window_dots_equal_the_dense_sums(device, layout, triton_backend)
     from_float32 = triton_kernels.window_dots(*args, 0.6)
     args[1] = args[1].to(torch.bfloat16)
     assert all(map(torch.equal, triton_kernels.window_dots(*args, 0.6), from_float32))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, triton_backend, monkeypatch):
+    """bfloat16 rows with d_in and the tokens multiples of ``ALIGNMENT`` take the wide tile
+    (``WINDOW_TILE``, 128 x 128 where the others take 64 x 64): its sums are the dense ones of
+    the same bfloat16 numbers."""
+    from crosslens.crosscoders import triton_kernels
+
+    kernel, launched = triton_kernels._window_dots, []
+
+    class Recorded:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launched.append(kwargs)
+                return kernel[grid](*args, **kwargs)
+
+            return launch
+
+    monkeypatch.setattr(triton_kernels, "_window_dots", Recorded())
+    wide = triton_kernels.WINDOW_TILE
+    assert wide.tokens > triton_kernels.WINDOW_TILE_NARROW.tokens
+    args = window_operands(device, "feature-major", N=144, D_=64)
+    if device == "cpu":  # the interpreter's bfloat16 dots are not the hardware's: the tile's masks and sums in float32
+        monkeypatch.setattr(triton_kernels, "WINDOW_TILE_NARROW", wide)
+    else:
+        args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
+    check_window_dots(triton_kernels.window_dots, args)
+    assert [(k["BLOCK_N"], k["BLOCK_F"], k["num_stages"]) for k in launched] == [(wide.tokens, wide.features, wide.stages)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -793,3 +822,19 @@ def test_the_cuda_defaults_write_the_decoders_gradient_once(arch):
     if jumprelu:
         set_trained_sparsity(sae, x_BSD, share=0.01)
     assert nodes_into(step_loss(sae, x_BSD, dead_mask(sae)), sae.W_dec) == ["SparseDecodeBackward"]
+
+
+def test_the_rows_matmuls_read_operands_padded_to_an_aligned_count():
+    """TopK's auxiliary rows (any number of dead features) reach cuBLAS as a multiple of
+    ``ROW_ALIGNMENT`` rows, zeros after them, and their values with as many columns, zeros too:
+    the products are the unpadded ones."""
+    g = torch.Generator().manual_seed(0)
+    W_FGD = torch.randn(F, 1, S * D, generator=g)
+    rows_R, values_NR = torch.tensor([1, 4, 6]), torch.randn(5, 3, generator=g)
+    rows_RK = sparse_kernels._rows(W_FGD, rows_R, None)
+    padded_NR = sparse_kernels._padded_values(values_NR, 3)
+    assert rows_RK.shape == (sparse_kernels.ROW_ALIGNMENT, S * D) and padded_NR.shape == (5, sparse_kernels.ROW_ALIGNMENT)
+    assert torch.equal(rows_RK[:3], W_FGD[rows_R, 0]) and rows_RK[3:].abs().max() == 0
+    assert torch.equal(padded_NR[:, :3], values_NR) and padded_NR[:, 3:].abs().max() == 0
+    assert sparse_kernels._padded_values(padded_NR, 3) is padded_NR  # already padded: as it is
+    torch.testing.assert_close(sparse_kernels.dense_rows_decode(W_FGD, (rows_R, values_NR)), values_NR @ W_FGD[rows_R, 0])

@@ -156,11 +156,14 @@ def test_the_sparse_decode_kernels_compile_for_an_h100(groups, dtype, monkeypatc
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_window_kernel_compiles_for_an_h100(dtype, monkeypatch):
+@pytest.mark.parametrize("N, D", [(70, 40), (70, 64), (144, 40), (144, 64)])
+def test_the_window_kernel_compiles_for_an_h100(dtype, N, D, monkeypatch):
+    """Both tiles: the wide one where bfloat16 rows and tokens are aligned, the narrow one
+    elsewhere."""
     from crosslens.crosscoders import triton_kernels
 
     g = torch.Generator().manual_seed(1)
-    S, N, D, F_ = 3, 70, 40, 90  # past one tile on each axis, d_in not a multiple of its block
+    S, F_ = 3, 90  # past one tile on each axis (with the narrow tile); d_in not a multiple of its block, or aligned
     grad_SND = torch.randn(S, N, D, generator=g).to(dtype)
     W_FSD = torch.randn(F_, S, D, generator=g).to(dtype)
     h_NF = torch.randn(F_, N, generator=g).to(dtype).T  # feature-major, as the encoder leaves it
@@ -170,7 +173,13 @@ def test_the_window_kernel_compiles_for_an_h100(dtype, monkeypatch):
     def window() -> None:
         triton_kernels.window_dots(grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, 0.05)
 
-    assert compile_recorded(triton_kernels, "_window_dots", window, monkeypatch) == 1
+    wide = dtype == torch.bfloat16 and D % triton_kernels.ALIGNMENT == 0 == N % triton_kernels.ALIGNMENT
+    tile = triton_kernels.WINDOW_TILE if wide else triton_kernels.WINDOW_TILE_NARROW
+
+    def launched(compiled: Any) -> None:
+        assert compiled.metadata.num_warps == tile.warps and compiled.metadata.num_stages == tile.stages
+
+    assert compile_recorded(triton_kernels, "_window_dots", window, monkeypatch, launched) == 1
 
 
 @pytest.mark.parametrize("copied", [False, True])

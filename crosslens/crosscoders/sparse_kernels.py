@@ -259,14 +259,37 @@ class SparseDecode(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 _add_rows_grad(sum_FGD, rows_R, values_NR.to(ctx.grad_dtype), grad_rows_NK)
             if ctx.needs_input_grad[7]:
-                grad_rows_v = (grad_rows_NK @ _rows(read_FGD, rows_R, ctx.grad_dtype).T).to(values_NR.dtype)
+                grad_rows_v = (grad_rows_NK @ _rows(read_FGD, rows_R, ctx.grad_dtype).T)[:, : rows_R.shape[0]]
+                grad_rows_v = grad_rows_v.to(values_NR.dtype)
         return grad_W, grad_v, None, None, None, None, None, grad_rows_v
 
 
+ROW_ALIGNMENT = 8
+"""Rows of a :data:`DenseRows` matmul are padded with zeros to a multiple of this: cuBLAS takes
+its fast kernels only where every matrix's leading dimension is a multiple of 16 bytes, and
+the rows' count (how many features are dead) is any number. Unpadded, cuBLAS runs TopK's three
+auxiliary matmuls in older architectures' kernels, at a sixth to an eighth of an H100's bfloat16
+peak at Ge et al.'s shape with 1,229 features dead (``benchmarks/gpu.py --profile``)."""
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ROW_ALIGNMENT) * ROW_ALIGNMENT
+
+
 def _rows(W_FGD: torch.Tensor, rows_R: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    """``W[rows_R]`` as ``[R, G * D]`` in ``dtype`` (W's where None): the rows a
-    :data:`DenseRows` decode reads."""
-    return W_FGD.index_select(0, rows_R).reshape(rows_R.shape[0], -1).to(dtype or W_FGD.dtype)
+    """``W[rows_R]`` as ``[R', G * D]`` in ``dtype`` (W's where None): the rows a
+    :data:`DenseRows` decode reads, with zero rows after them up to ``R' =`` ``R`` rounded up
+    to :data:`ROW_ALIGNMENT`."""
+    R = rows_R.shape[0]
+    rows_RK = W_FGD.index_select(0, rows_R).reshape(R, -1).to(dtype or W_FGD.dtype)
+    return F.pad(rows_RK, (0, 0, 0, _aligned(R) - R)) if R % ROW_ALIGNMENT else rows_RK
+
+
+def _padded_values(values_NR: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """``values_NR`` (``n_rows`` columns, or already padded) with zero columns up to the rows
+    :func:`_rows` gives."""
+    pad = _aligned(n_rows) - values_NR.shape[1]
+    return F.pad(values_NR, (0, pad)) if pad else values_NR
 
 
 def dense_rows_decode(
@@ -280,7 +303,7 @@ def dense_rows_decode(
     block = weight_block(W_FGD) if torch.is_grad_enabled() and W_FGD.requires_grad else None
     if block is not None:
         return _BlockRowsDecode.apply(W_FGD, rows_R, values_NR, dtype, block)
-    return values_NR.to(dtype or values_NR.dtype) @ _rows(W_FGD, rows_R, dtype)
+    return _padded_values(values_NR.to(dtype or values_NR.dtype), rows_R.shape[0]) @ _rows(W_FGD, rows_R, dtype)
 
 
 class _BlockRowsDecode(torch.autograd.Function):
@@ -296,7 +319,7 @@ class _BlockRowsDecode(torch.autograd.Function):
     ) -> torch.Tensor:  # fmt: skip
         dtype = dtype or autocast_dtype(W_FGD.device) or values_NR.dtype
         rows_RK = _rows(W_FGD, rows_R, dtype)
-        values_low = values_NR.to(dtype)
+        values_low = _padded_values(values_NR.to(dtype), rows_R.shape[0])
         ctx.save_for_backward(W_FGD, rows_R, rows_RK, values_low)
         ctx.block, ctx.values_dtype = block, values_NR.dtype
         with torch.autocast(W_FGD.device.type, enabled=False):
@@ -308,7 +331,7 @@ class _BlockRowsDecode(torch.autograd.Function):
         grad_NK = grad_NK.to(rows_RK.dtype)
         grad_values = grad_W = None
         if ctx.needs_input_grad[2]:
-            grad_values = (grad_NK @ rows_RK.T).to(ctx.values_dtype)
+            grad_values = (grad_NK @ rows_RK.T)[:, : rows_R.shape[0]].to(ctx.values_dtype)
         if ctx.needs_input_grad[0]:
             if ctx.block.open:
                 _add_rows_grad(ctx.block.sum_buffer(W_FGD), rows_R, values_low, grad_NK)
@@ -321,9 +344,10 @@ def _add_rows_grad(
     grad_FGD: torch.Tensor, rows_R: torch.Tensor, values_NR: torch.Tensor, grad_NK: torch.Tensor
 ) -> torch.Tensor:
     """Add to ``grad_FGD`` (W's gradient, or a sum for it) the gradient of ``values_NR @
-    W[rows_R]``: ``values.T @ grad`` (:func:`~crosslens.crosscoders.weight_grads.float32_product`)
-    at the rows; returns ``grad_FGD``."""
-    rows_grad_RK = float32_product(values_NR.T, grad_NK)
+    W[rows_R]``: ``values.T @ grad`` (:func:`~crosslens.crosscoders.weight_grads.float32_product`,
+    its operand padded as :func:`_rows` pads) at the rows; returns ``grad_FGD``."""
+    R = rows_R.shape[0]
+    rows_grad_RK = float32_product(_padded_values(values_NR, R).T, grad_NK)[:R]
     grad_FGD.view(grad_FGD.shape[0], -1).index_add_(0, rows_R, rows_grad_RK.to(grad_FGD.dtype))
     return grad_FGD
 

@@ -24,6 +24,7 @@ the second gather of every pair's gradient row and decoder row that ``_pair_dots
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -218,15 +219,41 @@ def values_grad(
     return out.to(dtype or grad_NGD.dtype)
 
 
-WINDOW_BLOCKS = {"BLOCK_N": 64, "BLOCK_F": 64, "BLOCK_K": 64}
-"""Tile of one ``_window_dots`` program: tokens x features, and the ``d_in`` slice of each
-step of its inner product."""
+@dataclass(frozen=True)
+class WindowTile:
+    """One launch of ``_window_dots``: its tile and the compiler's options."""
 
-WINDOW_WARPS = 8
-"""Warps of one ``_window_dots`` program. Its epilogue holds four ``BLOCK_N x BLOCK_F`` tiles
-(the dot products, ``h``, the window and the distances): compiled for an H100 with 4 warps
-it takes all 255 registers a thread may have, and spills to the stack in float32; with 8,
-128 (bfloat16) or 148 (float32) and no spill (``tests/test_triton_compiles.py``)."""
+    tokens: int
+    """Tokens of a tile (``BLOCK_N``)."""
+    features: int
+    """Features of a tile (``BLOCK_F``)."""
+    depth: int
+    """The ``d_in`` slice of each step of its inner product (``BLOCK_K``)."""
+    warps: int
+    """Warps of one program. The epilogue holds four ``tokens x features`` tiles (the dot
+    products, ``h``, the window and the distances) in registers: a tile too large for its warps
+    spills to the stack (``tests/test_triton_compiles.py`` fails on any spill)."""
+    stages: int
+    """Loads in flight along ``d_in`` (Triton's software pipeline)."""
+
+
+WINDOW_TILE = WindowTile(tokens=128, features=128, depth=64, warps=8, stages=4)
+"""The launch for a bfloat16 (or float16) gradient, whose products run on the tensor cores, with
+``d_in`` and the tokens multiples of :data:`ALIGNMENT`: the fastest of the tiles ``benchmarks/gpu.py
+--window-tiles`` tries at Ge et al.'s shape on an H100 (1.59x the narrow tile), taking 214
+registers a thread and no stack."""
+
+WINDOW_TILE_NARROW = WindowTile(tokens=64, features=64, depth=64, warps=8, stages=3)
+"""The launch for a float32 gradient, whose products are exact float32 FMAs (no tensor cores),
+and where ``d_in`` or the tokens are no multiple of :data:`ALIGNMENT`, whose loads of the
+gradient's rows or of ``h``'s columns the compiler then cannot vectorise: :data:`WINDOW_TILE`
+spills to the stack there on an H100. With 4 warps this tile takes all 255 registers a thread
+may have in float32 and spills; with 8, 106."""
+
+ALIGNMENT = 16
+"""Triton specialises a launch for integers divisible by 16, which lets it vectorise the loads
+they offset: every d_in of Pythia, OLMo and BLOOM is, and so is a batch of 2048 tokens in up to
+128 micro-batches."""
 
 
 @triton.jit
@@ -276,16 +303,19 @@ def window_dots(
     in a fixed order afterwards."""
     S, N, D = grad_SND.shape
     F_ = W_FSD.shape[0]
-    blocks = WINDOW_BLOCKS
-    n_blocks = triton.cdiv(N, blocks["BLOCK_N"])
+    ieee = grad_SND.dtype == torch.float32
+    aligned = D % ALIGNMENT == 0 and N % ALIGNMENT == 0
+    tile = WINDOW_TILE if aligned and not ieee else WINDOW_TILE_NARROW  # read at the call: a sweep sets it
+    n_blocks = triton.cdiv(N, tile.tokens)
     sums = torch.empty(n_blocks, F_, S, dtype=torch.float32, device=grad_SND.device)
     counts = torch.empty_like(sums)
     window = window_NF.view(torch.uint8)
-    grid = (n_blocks, triton.cdiv(F_, blocks["BLOCK_F"]), S)
+    grid = (n_blocks, triton.cdiv(F_, tile.features), S)
     with launching_on(sums):
         _window_dots[grid](
             sums, counts, grad_SND.contiguous(), W_FSD.contiguous(), h_NF, window, norms_FS.contiguous(), t_F.contiguous(),
             N, F_, S, D, h_NF.stride(0), h_NF.stride(1), window.stride(0), window.stride(1), half_width,
-            IEEE=grad_SND.dtype == torch.float32, **blocks, num_warps=WINDOW_WARPS,
+            BLOCK_N=tile.tokens, BLOCK_F=tile.features, BLOCK_K=tile.depth, IEEE=ieee,
+            num_warps=tile.warps, num_stages=tile.stages,
         )  # fmt: skip
     return sums.sum(dim=0), counts.sum(dim=0)
