@@ -44,8 +44,8 @@ def test_small_plan_matches_hand_computation():
     mem = plan["memory_bytes"]
     assert mem["parameters"] == 1088 * 4 and mem["adam_state"] == 2 * 1088 * 4
     assert mem["training_state"] == 4 * 1088 * 4
-    # 3*B*S*D + 4*B*F + 3*S*B*F floats
-    assert mem["activations_per_batch"] == 4 * (3 * 8 * 4 * 8 + 4 * 8 * 16 + 3 * 4 * 8 * 16)
+    # 3*B*S*D + 4*B*F floats (JumpReLU's per-snapshot gate is never whole on CUDA)
+    assert mem["activations_per_batch"] == 4 * (3 * 8 * 4 * 8 + 4 * 8 * 16)
     assert plan["disk_bytes"]["float16"] == 1024 * 4 * 8 * 2 and plan["disk_bytes"]["float32"] == 1024 * 4 * 8 * 4
     assert plan["flops"]["crosscoder_train_per_token"] == 10 * 4 * 8 * 16
     # params per layer (2000 - 2*100*8) / 2 = 200; to block 1: 2 layers; attention 2*L*ctx*d

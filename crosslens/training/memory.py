@@ -49,16 +49,17 @@ def parameter_counts(S: int, D: int, F: int, architecture: str) -> dict[str, int
     return counts
 
 
-def activation_bytes(
-    B: int, S: int, D: int, F: int, architecture: str, micro_batches: int = 1, autocast: bool = False
-) -> dict[str, int]:
+def activation_bytes(B: int, S: int, D: int, F: int, micro_batches: int = 1, autocast: bool = False) -> dict[str, int]:
     """Estimated float32 bytes alive at the peak of one training step on one rank
     (``B`` local tokens, ``S`` local snapshots), trained in ``micro_batches`` of ``b = B / N``:
 
     - snapshot-wide: the input ``x``, the reconstruction and its gradient: ``3 b S D``;
-    - latent: pre-activation, code and their gradients: ``4 b F``;
-    - JumpReLU only: the per-snapshot code ``[S, b, F]``, its gradient and the backward
-      pass's distance temporary: ``3 S b F``;
+    - latent: pre-activation, code and their gradients: ``4 b F``, for every architecture.
+      JumpReLU's per-snapshot gate ``[S, b, F]`` is never whole on CUDA: its compiled kernels
+      and its step from the pairs hold what ReLU's step holds (``benchmarks/gpu.py
+      --memory-peak`` on an H100: 20.88 GiB against ReLU's 20.79 at Ge et al.'s shape, and
+      64.2 GiB for the 98,304-feature dictionary in one micro-batch). Its eager blocks
+      (``CROSSLENS_COMPILE_KERNELS=0``, and a CPU) hold about five 1 GiB blocks more;
     - with N > 1, the whole batch kept for the step's statistics and its input: inputs and
       reconstructions ``3 B S D``, codes and pre-activations ``2 B F`` (a gradient-free pass's
       encoder products are the pre-activations the micro-batches then take,
@@ -73,8 +74,6 @@ def activation_bytes(
     """
     b = B // micro_batches
     parts = {"inputs and reconstructions": 3 * b * S * D * F32, "latent codes": 4 * b * F * F32}
-    if architecture == "jumprelu_crosscoder":
-        parts["per-snapshot JumpReLU codes"] = 3 * S * b * F * F32
     if micro_batches > 1:
         kept_operands = 2 * B * (S * D + F) * (BF16 if autocast else F32)
         parts["whole batch kept"] = (3 * B * S * D + 2 * B * F) * F32 + kept_operands
@@ -120,7 +119,7 @@ def step_peak_bytes(
     """Predicted device peak of one training step per optimizer-state option, the step in
     float32 or (``autocast``) under bfloat16 autocast."""
     n_params = sum(parameter_counts(S, D, F, architecture).values())
-    act = sum(activation_bytes(B, S, D, F, architecture, micro_batches, autocast).values())
+    act = sum(activation_bytes(B, S, D, F, micro_batches, autocast).values())
     act += autocast_bytes(S, D, F) if autocast else 0
     return {option: optimizer_state_bytes(n_params, option) + act for option in OPTIMIZER_STATES}
 
@@ -169,8 +168,9 @@ def fit_problem(
     for state, cast in [(state, cast) for state in states for cast in dict.fromkeys((autocast, False))]:
         fewest = smallest_fitting_micro_batches(S, D, F, B, architecture, state, device_bytes, cast)
         if fewest is not None and all(fewest < n for n, _ in fixes):
-            flags = f"--micro-batches {fewest}" + " --optimizer-state bfloat16" * (state != option)
-            fixes.append((fewest, flags + " --autocast none" * (cast != autocast)))
+            flags = [f"--micro-batches {fewest}"] * (fewest != micro_batches)
+            flags += ["--optimizer-state bfloat16"] * (state != option) + ["--autocast none"] * (cast != autocast)
+            fixes.append((fewest, " ".join(flags)))
     if not fixes:
         return f"{said}, in any number of micro-batches; put snapshots on more GPUs (--snapshot-parallel under torchrun)"
     return f"{said}; {' or '.join(flags for _, flags in fixes[:2])} fits (crosslens plan prints the peak of each)"
@@ -187,7 +187,7 @@ def training_memory(
     param_bytes = sum(parameter_counts(S, D, F, architecture).values()) * F32
     memory: dict[str, Any] = {"parameters": param_bytes, "gradients": param_bytes, "adam_state": 2 * param_bytes}
     memory["training_state"] = sum(memory.values())
-    act = activation_bytes(B, S, D, F, architecture, micro_batches, autocast)
+    act = activation_bytes(B, S, D, F, micro_batches, autocast)
     memory.update(micro_batches=micro_batches, activations_per_batch=sum(act.values()), activations_breakdown=act)
     memory["autocast_copies"] = autocast_bytes(S, D, F) if autocast else 0
     memory["total_training"] = memory["training_state"] + memory["activations_per_batch"] + memory["autocast_copies"]
