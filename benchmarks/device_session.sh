@@ -7,9 +7,10 @@
 #
 #   benchmarks/device_session.sh [SECONDS] [TESTS...]      # on the device, in the project's root
 #
-# GATHERS=1 adds gpu.py's sweep of the gathers' launch sizes (about 30 s); PROFILE=1 adds, after the
+# GATHERS=1 adds gpu.py's sweep of the gathers' launch sizes (about 30 s), TILES=1 its sweep of the
+# JumpReLU window kernel's tiles (about 40 s; the rows then launch the fastest); PROFILE=1 adds, after the
 # end-to-end run, torch.profiler's kernel tables of the JumpReLU and TopK steps (gpu.py --profile).
-# Last, as long as the budget lasts, the 98,304-feature dictionary's bf16 rows at 16 micro-batches,
+# Last, as long as the budget lasts, the 98,304-feature dictionary's bf16 rows in one step (it fits at 64.2 GiB),
 # fresh and trained from pairs (peak against plan). Every step row is followed by what is alive at
 # its memory peak (--memory-peak).
 #
@@ -39,14 +40,14 @@ timeout $((budget * 22 / 100)) python3 -m pytest -q -rfEs -p no:cacheprovider --
 stamp "tests: exit $? ($(tail -n 1 "$out/tests.log"))"
 
 stamp "training step"
-timeout $((budget * 22 / 100)) python3 benchmarks/gpu.py --precision bf16 --steps 5 --rounds 5 --memory-peak ${GATHERS:+--gathers} 2>&1 \
+timeout $((budget * 22 / 100)) python3 benchmarks/gpu.py --precision bf16 --steps 5 --rounds 5 --memory-peak ${GATHERS:+--gathers} ${TILES:+--window-tiles} 2>&1 \
     | grep -v Warning > "$out/gpu.log"
 stamp "training step: exit ${PIPESTATUS[0]}"
 
 wait $writer
 stamp "suite: $(grep '^suite:' "$out/suite.log" || echo 'not written: see suite.log')"
 stamp "end to end, $(left) s left"
-timeout $((budget * 45 / 100)) python3 benchmarks/stream_gpu.py --suite-dir /tmp/suite --written --steps 40 --rounds 3 2>&1 \
+timeout $((budget * 45 / 100)) python3 benchmarks/stream_gpu.py --suite-dir /tmp/suite --written --chunks 2 --rounds 3 2>&1 \
     | grep -v "Warning\|Writing\|Changing" > "$out/stream.log"
 stamp "end to end: exit ${PIPESTATUS[0]}"
 
@@ -59,6 +60,6 @@ fi
 
 stamp "the 98,304-feature dictionary, $(left) s left"
 timeout $(($(left) > 30 ? $(left) : 30)) python3 benchmarks/gpu.py --d-sae 98304 --only jumprelu_crosscoder --precision bf16 \
-    --optimizer-state bfloat16 --micro-batches 16 --steps 2 --rounds 2 --memory-peak \
+    --optimizer-state bfloat16 --micro-batches 1 --steps 2 --rounds 2 --memory-peak \
     --path default --path window-kernel 2>&1 | grep -v Warning > "$out/wide.log"
 stamp "the 98,304-feature dictionary: exit ${PIPESTATUS[0]}"

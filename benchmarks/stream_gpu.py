@@ -15,6 +15,9 @@ In one run, with nothing downloaded:
    (S 32, d_in 768, d_sae 24576, batch 2048), JumpReLU and ReLU, the threshold or bias set to
    ``--l0`` on the first batch and held there (:data:`HOLD_LR`); tokens/s, the hours for
    ``--run-tokens`` (800M), and the L0 (JumpReLU: the active share) the timed steps ran at.
+   The timed steps are ``--chunks`` whole chunks of the provider's, from the first batch of a
+   chunk on: each chunk's forward (the harvest, or the wait for the prefetched one) is then
+   timed with the steps it feeds. A run of steps inside one chunk times the steps alone.
 
 Without CUDA it prints one line and exits 0; ``--small`` runs the same logic on the CPU at a
 tiny shape in seconds (its numbers mean nothing; it checks that the script works).
@@ -49,7 +52,7 @@ PYTHIA_160M = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads
 SMALL_MODEL = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 64,
                "vocab_size": 64, "max_position_embeddings": 64, "rotary_pct": 0.25}  # fmt: skip
 SMALL = {"S": 2, "hook": "blocks.1.hook_resid_post", "seqs": 4, "seq_len": 16, "batch": 32, "d_sae": 64,
-         "l0": 8, "chunk_seqs": 8, "steps": 6, "warmup": 1, "peak_n": 64, "rounds": 2, "backend": "aot_eager"}  # fmt: skip
+         "l0": 8, "chunk_seqs": 8, "chunks": 2, "warmup": 1, "peak_n": 64, "rounds": 2, "backend": "aot_eager"}  # fmt: skip
 HOLD_LR = 1e-9
 """Learning rate of the streamed steps. Their trained state is synthetic (the threshold or
 bias bisected on the first batch, Adam's moments fresh), and Adam's first steps move each
@@ -138,7 +141,7 @@ def provider_rate(provider: ResidentSnapshotProvider, a: argparse.Namespace, dev
     """Tokens/s of batches served after the first chunk (which is harvested before timing starts)."""
     batches = provider.batches(0)
     next(batches)
-    per_chunk = a.chunk_seqs * a.seq_len // a.batch
+    per_chunk = batches_per_chunk(a)
     sync(device)
     start, n = time.perf_counter(), 0
     for _ in range(2 * per_chunk):
@@ -147,6 +150,19 @@ def provider_rate(provider: ResidentSnapshotProvider, a: argparse.Namespace, dev
     sync(device)
     batches.close()
     return n / (time.perf_counter() - start)
+
+
+def batches_per_chunk(a: argparse.Namespace) -> int:
+    """Crosscoder batches in one chunk of the provider's (``--chunk-seqs`` sequences)."""
+    return a.chunk_seqs * a.seq_len // a.batch
+
+
+def untimed_steps(warmup: int, per_chunk: int) -> int:
+    """Steps before the timed ones, after the first batch (which sets the sparsity): the warm-up
+    (each new count of pairs can compile a Triton specialisation), then the rest of the chunk it
+    ends in, so that the timing starts with a chunk's first batch, where its forward runs."""
+    served = 1 + warmup
+    return warmup + (-served) % per_chunk
 
 
 def end_to_end(
@@ -167,17 +183,19 @@ def end_to_end(
         set_sparsity(trainer, first, a.l0)
     share = active_share(trainer, first)
     del first
-    for _ in range(a.warmup):  # each new count of pairs can compile a Triton specialisation
+    per_chunk = batches_per_chunk(a)
+    for _ in range(untimed_steps(a.warmup, per_chunk)):
         trainer.step(next(batches))
     sync(device)
     l0s = []  # the steps' L0 as device tensors, read after the timing (a read waits for the device)
+    steps = a.chunks * per_chunk
     start = time.perf_counter()
-    for _ in range(a.steps):
+    for _ in range(steps):
         batch = next(batches)
         trainer.step(batch)
         l0s.append(trainer.last_l0)
     sync(device)
-    rate = a.steps * a.batch / (time.perf_counter() - start)
+    rate = steps * a.batch / (time.perf_counter() - start)
     batches.close()
     held = f"  L0 {float(l0s[0]):.0f} -> {float(l0s[-1]):.0f}"
     if share:
@@ -200,7 +218,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=HOLD_LR,
                    help="learning rate of the streamed steps (default: one that holds the trained sparsity; HOLD_LR)")  # fmt: skip
     p.add_argument("--chunk-seqs", type=int, default=128, help="sequences per provider chunk (two are resident with prefetch)")
-    p.add_argument("--steps", type=int, default=300, help="timed end-to-end steps per architecture")
+    p.add_argument("--chunks", type=int, default=3,
+                   help="timed end-to-end chunks per row: every step of each, and its forward")  # fmt: skip
     p.add_argument("--warmup", type=int, default=10,
                    help="untimed end-to-end steps first: the kernels' compiles for the batches' shapes")  # fmt: skip
     p.add_argument("--rounds", type=int, default=10, help="timed forwards (median)")
@@ -223,6 +242,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.small:
         for key, value in SMALL.items():
             setattr(a, key, value)
+    if a.chunks < 1 or (a.chunk_seqs * a.seq_len) % a.batch:
+        p.error(f"--chunks {a.chunks}, --chunk-seqs {a.chunk_seqs} x --seq-len {a.seq_len} tokens and --batch {a.batch}: "
+                "time at least one chunk, of a whole number of batches")  # fmt: skip
     return a
 
 
@@ -256,6 +278,7 @@ def run(a: argparse.Namespace, device: str, root: Path) -> None:
     label = "compiled" if a.compile and not a.small else "eager"
     print(f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the {label} forward alone, "
           f"{trunk_attention(models[0], None)} attention)", flush=True)  # fmt: skip
+    print(f"each end-to-end row times {a.chunks} chunk(s) of {batches_per_chunk(a)} steps, their forwards included")
     default = PROCESS_WINDOW_KERNEL
     # (architecture, prefetch, window kernel, trained); the fresh row is the rate of a run's
     # first steps, before its sparsity term has made the code sparse enough for the pairs

@@ -35,17 +35,16 @@ if TYPE_CHECKING:
 
 
 H100_CROSSCODER_SHARES: dict[str, float] = {
-    "crosscoder": 0.267,
-    "jumprelu_crosscoder": 0.074,
-    "topk_crosscoder": 0.276,
-    "batchtopk_crosscoder": 0.263,
+    "crosscoder": 0.335,
+    "jumprelu_crosscoder": 0.275,
+    "topk_crosscoder": 0.384,
+    "batchtopk_crosscoder": 0.386,
 }
 """Share of the bf16 peak (counting the dense step's ``10 S D F`` FLOPs per token) each
 architecture's bf16 training step sustains on an H100 at Ge et al.'s shape (S 32, d_in 768,
-d_sae 24,576, batch 2048), as ``benchmarks/gpu.py`` measures it: TopK and BatchTopK through
-the Triton gather-sum kernels at k 64; JumpReLU with its dense kernels, the path the measured
-streamed run took, its first batches' window being wider than the step from the active pairs
-then allowed (from the pairs at a trained sparsity it sustains about 0.17)."""
+d_sae 24,576, batch 2048) at a trained sparsity, as ``benchmarks/gpu.py`` measures it: JumpReLU
+from its active pairs with the window kernel (2.6% of the entries active at L0 100), the path a
+trained run takes; TopK and BatchTopK from their pairs at k 64, with 5% of the features dead."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +83,12 @@ takes there (2.6% of the entries active at L0 100); TopK and BatchTopK from thei
 of the features dead."""
 
 
+H100_FRESH_SHARES: dict[str, float] = {"jumprelu_crosscoder": 0.141}
+"""The H100's bf16 row of ``benchmarks/gpu.py`` for a fresh JumpReLU crosscoder (35% of its
+entries open, through its compiled dense kernels); as on the H200, the other architectures'
+fresh rows are no slower than their trained ones."""
+
+
 H200_FRESH_SHARES: dict[str, float] = {"jumprelu_crosscoder": 0.161}
 """The H200's bf16 row of ``benchmarks/gpu.py`` for a fresh JumpReLU crosscoder: 35% of its
 entries open, through its compiled dense kernels. The other architectures' fresh rows were no
@@ -92,22 +97,21 @@ feature to decode), so their trained shares stand for them."""
 
 
 GPUS = {
-    "h100": GpuSpec(81559 << 20, peak_tflops=989.0, float32_tflops=67.0, forward=0.23, crosscoder=H100_CROSSCODER_SHARES,
-                      fresh={}, measured_on="an H100"),
+    "h100": GpuSpec(81559 << 20, peak_tflops=989.0, float32_tflops=67.0, forward=0.456, crosscoder=H100_CROSSCODER_SHARES,
+                      fresh=H100_FRESH_SHARES, measured_on="an H100"),
     "h200": GpuSpec(143771 << 20, peak_tflops=989.0, float32_tflops=67.0, forward=0.42, crosscoder=H200_CROSSCODER_SHARES,
                       fresh=H200_FRESH_SHARES, measured_on="an H200"),
-    "a100": GpuSpec(81920 << 20, peak_tflops=312.0, float32_tflops=19.5, forward=0.23, crosscoder=H100_CROSSCODER_SHARES,
-                      fresh={}, measured_on="an H100, assumed for the A100"),
+    "a100": GpuSpec(81920 << 20, peak_tflops=312.0, float32_tflops=19.5, forward=0.456, crosscoder=H100_CROSSCODER_SHARES,
+                      fresh=H100_FRESH_SHARES, measured_on="an H100, assumed for the A100"),
 }
 """The GPUs ``--gpu`` names (H100 SXM 80 GB, H200 141 GB, A100 80 GB). Peaks are NVIDIA's
 dense figures. The forward's share is ``benchmarks/stream_gpu.py``'s compiled random-init
-Pythia-160M forward to block 6 of 7 at 32 x 1024 tokens: 0.23 on an H100 with
-TransformerLens's attention, 0.42 on an H200 through SDPA, the trunk CUDA takes now (the H100
-row keeps its older figure until it is timed that way). The crosscoder's shares are
+Pythia-160M forward to block 6 of 7 at 32 x 1024 tokens with attention through SDPA (the trunk
+CUDA takes): 0.456 on an H100, 0.42 on an H200. The crosscoder's shares are
 :data:`H100_CROSSCODER_SHARES` and :data:`H200_CROSSCODER_SHARES`, and for a fresh crosscoder
-:data:`H200_FRESH_SHARES`; the H100 needs none, its JumpReLU share having been timed on the
-dense kernels a fresh crosscoder takes. The A100 row assumes the H100's. The forward's share
-was measured with bfloat16 models; float32 models are bounded by ``float32_tflops`` instead."""
+:data:`H100_FRESH_SHARES` and :data:`H200_FRESH_SHARES`. The A100 row assumes the H100's. The
+forward's share was measured with bfloat16 models; float32 models are bounded by
+``float32_tflops`` instead."""
 
 
 DEVICE_KINDS = ("cpu", "cuda", "mps")
