@@ -259,7 +259,7 @@ class SparseDecode(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 _add_rows_grad(sum_FGD, rows_R, values_NR.to(ctx.grad_dtype), grad_rows_NK)
             if ctx.needs_input_grad[7]:
-                grad_rows_v = (grad_rows_NK @ _rows(read_FGD, rows_R, ctx.grad_dtype).T)[:, : rows_R.shape[0]]
+                grad_rows_v = _rows_values_grad(grad_rows_NK, _rows(read_FGD, rows_R, ctx.grad_dtype), rows_R)
                 grad_rows_v = grad_rows_v.to(values_NR.dtype)
         return grad_W, grad_v, None, None, None, None, None, grad_rows_v
 
@@ -281,8 +281,9 @@ def _rows(W_FGD: torch.Tensor, rows_R: torch.Tensor, dtype: torch.dtype | None) 
     :data:`DenseRows` decode reads, with zero rows after them up to ``R' =`` ``R`` rounded up
     to :data:`ROW_ALIGNMENT`."""
     R = rows_R.shape[0]
-    rows_RK = W_FGD.index_select(0, rows_R).reshape(R, -1).to(dtype or W_FGD.dtype)
-    return F.pad(rows_RK, (0, 0, 0, _aligned(R) - R)) if R % ROW_ALIGNMENT else rows_RK
+    rows_RK = W_FGD.new_zeros(_aligned(R), W_FGD.shape[1] * W_FGD.shape[2], dtype=dtype or W_FGD.dtype)
+    rows_RK[:R] = W_FGD.index_select(0, rows_R).reshape(R, -1)  # rounded as it is written
+    return rows_RK
 
 
 def _padded_values(values_NR: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -290,6 +291,12 @@ def _padded_values(values_NR: torch.Tensor, n_rows: int) -> torch.Tensor:
     :func:`_rows` gives."""
     pad = _aligned(n_rows) - values_NR.shape[1]
     return F.pad(values_NR, (0, pad)) if pad else values_NR
+
+
+def _rows_values_grad(grad_NK: torch.Tensor, rows_RK: torch.Tensor, rows_R: torch.Tensor) -> torch.Tensor:
+    """The gradient of a :data:`DenseRows` decode's values, ``grad @ W[rows_R].T``, from the
+    padded rows :func:`_rows` gives, with the padding's columns left out."""
+    return (grad_NK @ rows_RK.T)[:, : rows_R.shape[0]]
 
 
 def dense_rows_decode(
@@ -331,7 +338,7 @@ class _BlockRowsDecode(torch.autograd.Function):
         grad_NK = grad_NK.to(rows_RK.dtype)
         grad_values = grad_W = None
         if ctx.needs_input_grad[2]:
-            grad_values = (grad_NK @ rows_RK.T)[:, : rows_R.shape[0]].to(ctx.values_dtype)
+            grad_values = _rows_values_grad(grad_NK, rows_RK, rows_R).to(ctx.values_dtype)
         if ctx.needs_input_grad[0]:
             if ctx.block.open:
                 _add_rows_grad(ctx.block.sum_buffer(W_FGD), rows_R, values_low, grad_NK)
