@@ -8,7 +8,8 @@
 #   benchmarks/device_session.sh [SECONDS] [TESTS...]      # on the device, in the project's root
 #
 # GATHERS=1 adds gpu.py's sweep of the gathers' launch sizes (about 30 s), TILES=1 its sweep of the
-# JumpReLU window kernel's tiles (about 40 s; the rows then launch the fastest); PROFILE=1 adds, after the
+# JumpReLU window kernel's launches (triton_kernels.WINDOW_TILES, about 40 s; the step's rows then
+# launch the fastest, the end-to-end run the default WINDOW_TILE); PROFILE=1 adds, after the
 # end-to-end run, torch.profiler's kernel tables of the JumpReLU and TopK steps (gpu.py --profile).
 # Last, as long as the budget lasts, the 98,304-feature dictionary's bf16 rows in one step (it fits at 64.2 GiB),
 # fresh and trained from pairs (peak against plan). Every step row is followed by what is alive at
@@ -40,7 +41,8 @@ timeout $((budget * 22 / 100)) python3 -m pytest -q -rfEs -p no:cacheprovider --
 stamp "tests: exit $? ($(tail -n 1 "$out/tests.log"))"
 
 stamp "training step"
-timeout $((budget * 22 / 100)) python3 benchmarks/gpu.py --precision bf16 --steps 5 --rounds 5 --memory-peak ${GATHERS:+--gathers} ${TILES:+--window-tiles} 2>&1 \
+step_share=$([ -n "${TILES:-}" ] && echo 30 || echo 22)  # the sweep's compiles and timings: about 40 s more
+timeout $((budget * step_share / 100)) python3 benchmarks/gpu.py --precision bf16 --steps 5 --rounds 5 --memory-peak ${GATHERS:+--gathers} ${TILES:+--window-tiles} 2>&1 \
     | grep -v Warning > "$out/gpu.log"
 stamp "training step: exit ${PIPESTATUS[0]}"
 

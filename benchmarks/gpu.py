@@ -23,8 +23,8 @@
    ``embedding_bag`` and through the Triton gather-sum kernels.
 
 With ``--window-tiles`` it times the JumpReLU window kernel (``triton_kernels.window_dots``) at
-the shape in bfloat16 for each tile in :data:`WINDOW_TILES`, checks each one's sums against the
-first's, and launches the fastest in the rows that follow.
+the shape in bfloat16 for each launch in ``triton_kernels.WINDOW_TILES``, checks each one's sums
+against the first's, and launches the fastest in the rows that follow.
 
 With ``--gathers`` it first times the sparse decode's three Triton gathers on their own, at
 the shape's TopK pairs (``k`` per token), for each block size and warp count it tries, with the
@@ -206,14 +206,6 @@ def gather_sweep(a: argparse.Namespace, device: str) -> None:
               f"{both[False] * 1e3:6.2f} ms ({both[False] / both[True]:4.2f}x; VALUES_IN_WEIGHT_PASS)")  # fmt: skip
 
 
-WINDOW_TILES = ((128, 128, 64, 8, 4), (64, 64, 64, 8, 3), (128, 64, 64, 8, 3), (64, 128, 64, 8, 3),
-                (128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (256, 64, 64, 8, 3), (128, 128, 64, 8, 2))
-"""``(tokens, features, depth, warps, stages)`` of the window kernel tried by ``--window-tiles``
-(:class:`~crosslens.crosscoders.triton_kernels.WindowTile`); the first is the default. Each
-compiles for an H100 in bfloat16 with no spilled register where d_in and the tokens are
-multiples of 16, as at Ge et al.'s shape."""
-
-
 def window_sweep(a: argparse.Namespace, device: str) -> None:
     """The JumpReLU window kernel's sums at the shape, in bfloat16, for each launch tried, each
     checked against the first's; the fastest is kept for the rows that follow (and printed)."""
@@ -235,21 +227,23 @@ def window_sweep(a: argparse.Namespace, device: str) -> None:
     default, timed = tk.WINDOW_TILE, {}
     want = None
     print(f"window tiles: {S} snapshots x {N} tokens x {F_} features, d_in {D}, bfloat16")
-    for tokens, features, depth, warps, stages in WINDOW_TILES:
-        tile = tk.WindowTile(tokens, features, depth, warps, stages)
+    for tile in tk.WINDOW_TILES:
         tk.WINDOW_TILE = tile
+        programs = "one snapshot a program" if tile.snapshots is None else f"{tile.snapshots:2d} snapshots, TMA"
+        label = f"{tile.tokens:3d} x {tile.features:3d} x {tile.depth:2d}, {tile.warps} warps, {tile.stages} stages"
+        label += f", {programs}"
         try:
             sums, counts = tk.window_dots(*args)
             seconds = seconds_per_call(lambda: tk.window_dots(*args), device, a.rounds)
         except Exception as error:  # noqa: BLE001  a launch that does not compile is that line's result
-            print(f"  {tokens:3d} x {features:3d} x {depth:2d}, {warps} warps, {stages} stages: FAILED {str(error)[:160]}")
+            print(f"  {label}: FAILED {str(error)[:160]}")
             continue
         want = want or (sums, counts)
         differs = (sums - want[0]).abs().max().item() / want[0].abs().max().item()
         same_counts = torch.equal(counts, want[1])
         timed[tile] = seconds
         first = timed[next(iter(timed))]
-        print(f"  {tokens:3d} x {features:3d} x {depth:2d}, {warps} warps, {stages} stages: {seconds * 1e3:6.2f} ms "
+        print(f"  {label}: {seconds * 1e3:6.2f} ms "
               f"({flops / seconds / 1e12:5.0f} TFLOP/s, {first / seconds:4.2f}x the first); sums differ "
               f"{differs:.1e} of the largest, counts {'equal' if same_counts else 'DIFFER'}")  # fmt: skip
     best = min(timed, key=timed.get) if timed else default

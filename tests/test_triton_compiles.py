@@ -49,6 +49,9 @@ def signature(kernel: Any, args: tuple, kwargs: dict) -> tuple[dict[str, str], d
     """Triton's ``(signature, constexprs, attrs)`` of one launch of ``kernel``: ``attrs`` marks the
     pointers and integers divisible by 16, as a launch specialises them (what lets the compiler
     vectorise loads and stores, and so what the device compiles)."""
+    from triton.runtime.jit import mangle_type
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
     values = {**dict(zip(kernel.arg_names, args)), **kwargs}
     types, constexprs, attrs = {}, {}, {}
     for i, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
@@ -56,6 +59,8 @@ def signature(kernel: Any, args: tuple, kwargs: dict) -> tuple[dict[str, str], d
         aligned = False
         if param.is_constexpr:
             types[name], constexprs[name] = "constexpr", value
+        elif isinstance(value, TensorDescriptor):  # its dtype and block shape, as a launch mangles it
+            types[name] = mangle_type(value)
         elif isinstance(value, torch.Tensor):
             types[name] = "*" + TRITON_TYPES[value.dtype]
             aligned = value.data_ptr() % 16 == 0
@@ -162,17 +167,7 @@ def test_the_window_kernel_compiles_for_an_h100(dtype, N, D, monkeypatch):
     elsewhere."""
     from crosslens.crosscoders import triton_kernels
 
-    g = torch.Generator().manual_seed(1)
-    S, F_ = 3, 90  # past one tile on each axis (with the narrow tile); d_in not a multiple of its block, or aligned
-    grad_SND = torch.randn(S, N, D, generator=g).to(dtype)
-    W_FSD = torch.randn(F_, S, D, generator=g).to(dtype)
-    h_NF = torch.randn(F_, N, generator=g).to(dtype).T  # feature-major, as the encoder leaves it
-    window_NF = torch.rand(N, F_, generator=g) < 0.1
-    norms_FS, t_F = torch.rand(F_, S, generator=g), torch.rand(F_, generator=g)
-
-    def window() -> None:
-        triton_kernels.window_dots(grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, 0.05)
-
+    window = window_launch(dtype, N, D)  # d_in not a multiple of the tile's block, or aligned
     wide = dtype == torch.bfloat16 and D % triton_kernels.ALIGNMENT == 0 == N % triton_kernels.ALIGNMENT
     tile = triton_kernels.WINDOW_TILE if wide else triton_kernels.WINDOW_TILE_NARROW
 
@@ -180,6 +175,44 @@ def test_the_window_kernel_compiles_for_an_h100(dtype, N, D, monkeypatch):
         assert compiled.metadata.num_warps == tile.warps and compiled.metadata.num_stages == tile.stages
 
     assert compile_recorded(triton_kernels, "_window_dots", window, monkeypatch, launched) == 1
+
+
+def window_launch(dtype: torch.dtype, N: int, D: int) -> Any:
+    """A call of ``window_dots`` at 3 snapshots, 90 features, ``N`` tokens and d_in ``D``."""
+    from crosslens.crosscoders import triton_kernels
+
+    g = torch.Generator().manual_seed(1)
+    S, F_ = 3, 90  # past one tile on each axis (with the narrow tile)
+    grad_SND = torch.randn(S, N, D, generator=g).to(dtype)
+    W_FSD = torch.randn(F_, S, D, generator=g).to(dtype)
+    h_NF = torch.randn(F_, N, generator=g).to(dtype).T  # feature-major, as the encoder leaves it
+    window_NF = torch.rand(N, F_, generator=g) < 0.1
+    norms_FS, t_F = torch.rand(F_, S, generator=g), torch.rand(F_, generator=g)
+    return lambda: triton_kernels.window_dots(grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, 0.05)
+
+
+def swept_tiles() -> tuple:
+    if not HAS_TRITON:
+        return ()
+    from crosslens.crosscoders import triton_kernels
+
+    return triton_kernels.WINDOW_TILES
+
+
+@pytest.mark.parametrize("tile", swept_tiles(), ids=str)
+def test_every_window_launch_the_benchmark_sweeps_compiles_for_an_h100(tile, monkeypatch):
+    """Each of ``WINDOW_TILES`` in bfloat16 at an aligned shape: the kernel its ``snapshots``
+    names, with its tile, and the row blocks of ``_window_dots_across`` copied by the TMA."""
+    from crosslens.crosscoders import triton_kernels
+
+    monkeypatch.setattr(triton_kernels, "WINDOW_TILE", tile)
+
+    def launched(compiled: Any) -> None:
+        assert (compiled.metadata.num_warps, compiled.metadata.num_stages) == (tile.warps, tile.stages)
+        assert ("cp.async.bulk.tensor" in compiled.asm["ptx"]) == (tile.snapshots is not None)
+
+    name = "_window_dots" if tile.snapshots is None else "_window_dots_across"
+    assert compile_recorded(triton_kernels, name, window_launch(torch.bfloat16, 144, 64), monkeypatch, launched) == 1
 
 
 @pytest.mark.parametrize("copied", [False, True])

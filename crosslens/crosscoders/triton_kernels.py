@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from crosslens.core.devices import launching_on
 
@@ -221,7 +222,8 @@ def values_grad(
 
 @dataclass(frozen=True)
 class WindowTile:
-    """One launch of ``_window_dots``: its tile and the compiler's options."""
+    """One launch of the window sums (``_window_dots`` or ``_window_dots_across``): its tile and
+    the compiler's options."""
 
     tokens: int
     """Tokens of a tile (``BLOCK_N``)."""
@@ -235,6 +237,13 @@ class WindowTile:
     spills to the stack (``tests/test_triton_compiles.py`` fails on any spill)."""
     stages: int
     """Loads in flight along ``d_in`` (Triton's software pipeline)."""
+    snapshots: int | None = None
+    """Snapshots one program sums, from ``_window_dots_across``: it loads its ``h`` and window
+    tiles once and holds them in registers while it runs one ``d_in`` loop per snapshot, flattened
+    into a single pipelined loop whose row blocks the tensor memory accelerator copies, so the next
+    snapshot's rows are in flight while one snapshot's sums are masked and written. For the
+    aligned half-precision launch only (:data:`WINDOW_TILE`). ``None``: ``_window_dots``, one
+    program per snapshot, which loads its ``h`` and window tiles after its ``d_in`` loop."""
 
 
 WINDOW_TILE = WindowTile(tokens=128, features=128, depth=64, warps=8, stages=4)
@@ -250,10 +259,36 @@ gradient's rows or of ``h``'s columns the compiler then cannot vectorise: :data:
 spills to the stack there on an H100. With 4 warps this tile takes all 255 registers a thread
 may have in float32 and spills; with 8, 106."""
 
+WINDOW_TILES = (
+    WINDOW_TILE, WindowTile(128, 64, 64, 8, 3), WindowTile(64, 128, 64, 8, 3),
+    WindowTile(128, 64, 64, 8, 4, snapshots=1), WindowTile(128, 64, 64, 8, 4, snapshots=8),
+    WindowTile(128, 64, 64, 8, 4, snapshots=32), WindowTile(128, 64, 64, 8, 3, snapshots=32),
+    WindowTile(64, 128, 64, 8, 4, snapshots=8), WindowTile(64, 128, 64, 8, 4, snapshots=32),
+)  # fmt: skip
+"""The launches of the aligned half-precision window sums that ``benchmarks/gpu.py --window-tiles``
+times against each other, the default first. Each compiles for an H100 with no spilled register
+(``tests/test_triton_compiles.py``). The 128 x 128 tile of ``_window_dots_across`` spills (40 to 48
+bytes a thread at 3 or 4 stages): the ``h`` tile it holds through its loop does not fit beside the
+accumulator."""
+
 ALIGNMENT = 16
 """Triton specialises a launch for integers divisible by 16, which lets it vectorise the loads
 they offset: every d_in of Pythia, OLMo and BLOOM is, and so is a batch of 2048 tokens in up to
 128 micro-batches."""
+
+
+@triton.jit
+def _window_tile(token_block, feature_block, n_tokens, n_features, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):
+    tokens = token_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    features = (feature_block * BLOCK_F + tl.arange(0, BLOCK_F)).to(tl.int64)
+    return tokens, features, tokens < n_tokens, features < n_features
+
+
+@triton.jit
+def _store_window_sums(sums_ptr, counts_ptr, dots, inside, token_block, features, real_f, n_features, n_snapshots, s):
+    out = (token_block * n_features + features) * n_snapshots + s
+    tl.store(sums_ptr + out, tl.sum(tl.where(inside, dots, 0.0), axis=0), mask=real_f)
+    tl.store(counts_ptr + out, tl.sum(inside.to(tl.float32), axis=0), mask=real_f)
 
 
 @triton.jit
@@ -264,9 +299,7 @@ def _window_dots(
 ):  # fmt: skip
     # token blocks vary fastest, so consecutive programs share their W[features, s] tile
     token_block, s = tl.program_id(0), tl.program_id(2)
-    tokens = token_block * BLOCK_N + tl.arange(0, BLOCK_N)
-    features = (tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)).to(tl.int64)
-    real_n, real_f = tokens < n_tokens, features < n_features
+    tokens, features, real_n, real_f = _window_tile(token_block, tl.program_id(1), n_tokens, n_features, BLOCK_N, BLOCK_F)
     grad_rows = grad_ptr + (s * n_tokens + tokens[:, None].to(tl.int64)) * d_in
     w_rows = w_ptr + (features[None, :] * n_snapshots + s) * d_in
     dots = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
@@ -286,9 +319,35 @@ def _window_dots(
     t = tl.load(t_ptr + features, mask=real_f, other=0.0)
     distance = h.to(tl.float32) * norm[None, :] - t[None, :]
     inside = both & (window != 0) & (tl.abs(distance) < half_width)
-    out = (token_block * n_features + features) * n_snapshots + s
-    tl.store(sums_ptr + out, tl.sum(tl.where(inside, dots, 0.0), axis=0), mask=real_f)
-    tl.store(counts_ptr + out, tl.sum(inside.to(tl.float32), axis=0), mask=real_f)
+    _store_window_sums(sums_ptr, counts_ptr, dots, inside, token_block, features, real_f, n_features, n_snapshots, s)
+
+
+@triton.jit
+def _window_dots_across(
+    sums_ptr, counts_ptr, grad_desc, w_desc, h_ptr, window_ptr, norms_ptr, t_ptr,
+    n_tokens, n_features, n_snapshots, d_in, stride_hn, stride_hf, stride_wn, stride_wf, half_width,
+    BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, SNAPSHOTS: tl.constexpr,
+):  # fmt: skip
+    # _window_dots's sums, added in the same order, for the snapshots [s0, s0 + SNAPSHOTS), with
+    # the row blocks copied by the tensor memory accelerator (no address registers)
+    token_block, feature_block, s0 = tl.program_id(0), tl.program_id(1), tl.program_id(2) * SNAPSHOTS
+    tokens, features, real_n, real_f = _window_tile(token_block, feature_block, n_tokens, n_features, BLOCK_N, BLOCK_F)
+    both = real_n[:, None] & real_f[None, :]
+    rows = tokens[:, None].to(tl.int64)
+    h = tl.load(h_ptr + rows * stride_hn + features[None, :] * stride_hf, mask=both, other=0.0)
+    window = tl.load(window_ptr + rows * stride_wn + features[None, :] * stride_wf, mask=both, other=0) != 0
+    # one tile held across the snapshots: h inside the window, NaN (never inside) outside it
+    h_window = tl.where(both & window, h, float("nan"))
+    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
+    for s in tl.range(s0, tl.minimum(s0 + SNAPSHOTS, n_snapshots), flatten=True):
+        dots = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
+        for k0 in range(0, d_in, BLOCK_K):
+            g = grad_desc.load([s, token_block * BLOCK_N, k0]).reshape(BLOCK_N, BLOCK_K)
+            w = w_desc.load([feature_block * BLOCK_F, s, k0]).reshape(BLOCK_F, BLOCK_K)
+            dots = tl.dot(g, w.T, dots)
+        norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
+        inside = tl.abs(h_window.to(tl.float32) * norm[None, :] - t[None, :]) < half_width
+        _store_window_sums(sums_ptr, counts_ptr, dots, inside, token_block, features, real_f, n_features, n_snapshots, s)
 
 
 def window_dots(
@@ -300,22 +359,32 @@ def window_dots(
     ``<grad[s, n], W[i, s]>`` and their count. Each program forms its ``<grad, W>`` tile with
     one matmul over ``d_in`` (in ``grad``'s dtype, float32 accumulation) and applies the mask
     in registers, so no ``[F, N]`` mask is written; the token blocks' partial sums are added
-    in a fixed order afterwards."""
+    in a fixed order afterwards. Aligned half-precision rows take :data:`WINDOW_TILE`, the others
+    :data:`WINDOW_TILE_NARROW`, each read at the call (a sweep sets them)."""
     S, N, D = grad_SND.shape
     F_ = W_FSD.shape[0]
     ieee = grad_SND.dtype == torch.float32
-    aligned = D % ALIGNMENT == 0 and N % ALIGNMENT == 0
-    tile = WINDOW_TILE if aligned and not ieee else WINDOW_TILE_NARROW  # read at the call: a sweep sets it
+    grad_SND, W_FSD = grad_SND.contiguous(), W_FSD.contiguous()
+    aligned = D % ALIGNMENT == 0 and N % ALIGNMENT == 0 and grad_SND.data_ptr() % 16 == 0 == W_FSD.data_ptr() % 16
+    tile = WINDOW_TILE if aligned and not ieee else WINDOW_TILE_NARROW
     n_blocks = triton.cdiv(N, tile.tokens)
     sums = torch.empty(n_blocks, F_, S, dtype=torch.float32, device=grad_SND.device)
     counts = torch.empty_like(sums)
     window = window_NF.view(torch.uint8)
-    grid = (n_blocks, triton.cdiv(F_, tile.features), S)
+    if tile.snapshots is None:
+        kernel, rows, block = _window_dots, (grad_SND, W_FSD), {"IEEE": ieee}
+    else:  # the TMA copies rows of the dtype it is given: W's, rounded to the gradient's
+        kernel, block = _window_dots_across, {"SNAPSHOTS": tile.snapshots}
+        rows = (
+            TensorDescriptor.from_tensor(grad_SND, [1, tile.tokens, tile.depth]),
+            TensorDescriptor.from_tensor(W_FSD.to(grad_SND.dtype), [tile.features, 1, tile.depth]),
+        )
+    grid = (n_blocks, triton.cdiv(F_, tile.features), triton.cdiv(S, tile.snapshots or 1))
     with launching_on(sums):
-        _window_dots[grid](
-            sums, counts, grad_SND.contiguous(), W_FSD.contiguous(), h_NF, window, norms_FS.contiguous(), t_F.contiguous(),
+        kernel[grid](
+            sums, counts, *rows, h_NF, window, norms_FS.contiguous(), t_F.contiguous(),
             N, F_, S, D, h_NF.stride(0), h_NF.stride(1), window.stride(0), window.stride(1), half_width,
-            BLOCK_N=tile.tokens, BLOCK_F=tile.features, BLOCK_K=tile.depth, IEEE=ieee,
+            BLOCK_N=tile.tokens, BLOCK_F=tile.features, BLOCK_K=tile.depth, **block,
             num_warps=tile.warps, num_stages=tile.stages,
         )  # fmt: skip
     return sums.sum(dim=0), counts.sum(dim=0)
