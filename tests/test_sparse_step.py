@@ -470,14 +470,22 @@ def window_modes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("window_kernel", [False, True], ids=["window-matmuls", "window-kernel"])
+@pytest.mark.parametrize(
+    "window_kernel", [False, True, "across"], ids=["window-matmuls", "window-kernel", "window-across"]
+)
 def test_jumprelu_sparse_step_through_triton(device, window_kernel, triton_backend, sparse_calls, monkeypatch):
+    """``window-across``: the window summed by ``_window_dots_across``, two snapshots a program."""
     dense = jumprelu_run(device, True, False)
-    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", window_kernel)
+    if window_kernel == "across":
+        from crosslens.crosscoders import triton_kernels
+
+        across = triton_kernels.WindowTile(32, 64, 16, 4, 2, snapshots=2)
+        monkeypatch.setattr(triton_kernels, "WINDOW_TILE_NARROW", across)
+    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", bool(window_kernel))
     modes = window_modes(monkeypatch)
     assert_same_run(jumprelu_run(device, True, True), dense)
     assert len(sparse_calls) == STEPS + 1
-    assert ("kernel" in modes) == window_kernel and len(modes) == STEPS + 1
+    assert ("kernel" in modes) == bool(window_kernel) and len(modes) == STEPS + 1
 
 
 def test_the_window_matmuls_dot_in_float32_under_autocast():

@@ -241,9 +241,10 @@ class WindowTile:
     """Snapshots one program sums, from ``_window_dots_across``: it loads its ``h`` and window
     tiles once and holds them in registers while it runs one ``d_in`` loop per snapshot, flattened
     into a single pipelined loop whose row blocks the tensor memory accelerator copies, so the next
-    snapshot's rows are in flight while one snapshot's sums are masked and written. For the
-    aligned half-precision launch only (:data:`WINDOW_TILE`). ``None``: ``_window_dots``, one
-    program per snapshot, which loads its ``h`` and window tiles after its ``d_in`` loop."""
+    snapshot's rows are in flight while one snapshot's sums are masked and written; its rows'
+    addresses must be 16-byte aligned, which :data:`WINDOW_TILE`'s are. ``None``:
+    ``_window_dots``, one program per snapshot, which loads its ``h`` and window tiles after its
+    ``d_in`` loop."""
 
 
 WINDOW_TILE = WindowTile(tokens=128, features=128, depth=64, warps=8, stages=4)
@@ -327,6 +328,7 @@ def _window_dots_across(
     sums_ptr, counts_ptr, grad_desc, w_desc, h_ptr, window_ptr, norms_ptr, t_ptr,
     n_tokens, n_features, n_snapshots, d_in, stride_hn, stride_hf, stride_wn, stride_wf, half_width,
     BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, SNAPSHOTS: tl.constexpr,
+    IEEE: tl.constexpr,
 ):  # fmt: skip
     # _window_dots's sums, added in the same order, for the snapshots [s0, s0 + SNAPSHOTS), with
     # the row blocks copied by the tensor memory accelerator (no address registers)
@@ -344,7 +346,10 @@ def _window_dots_across(
         for k0 in range(0, d_in, BLOCK_K):
             g = grad_desc.load([s, token_block * BLOCK_N, k0]).reshape(BLOCK_N, BLOCK_K)
             w = w_desc.load([feature_block * BLOCK_F, s, k0]).reshape(BLOCK_F, BLOCK_K)
-            dots = tl.dot(g, w.T, dots)
+            if IEEE:
+                dots = tl.dot(g, w.T, dots, input_precision="ieee")
+            else:
+                dots = tl.dot(g, w.T, dots)
         norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
         inside = tl.abs(h_window.to(tl.float32) * norm[None, :] - t[None, :]) < half_width
         _store_window_sums(sums_ptr, counts_ptr, dots, inside, token_block, features, real_f, n_features, n_snapshots, s)
@@ -374,7 +379,7 @@ def window_dots(
     if tile.snapshots is None:
         kernel, rows, block = _window_dots, (grad_SND, W_FSD), {"IEEE": ieee}
     else:  # the TMA copies rows of the dtype it is given: W's, rounded to the gradient's
-        kernel, block = _window_dots_across, {"SNAPSHOTS": tile.snapshots}
+        kernel, block = _window_dots_across, {"SNAPSHOTS": tile.snapshots, "IEEE": ieee}
         rows = (
             TensorDescriptor.from_tensor(grad_SND, [1, tile.tokens, tile.depth]),
             TensorDescriptor.from_tensor(W_FSD.to(grad_SND.dtype), [tile.features, 1, tile.depth]),
