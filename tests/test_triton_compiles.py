@@ -7,7 +7,13 @@ has), down to the cubin that ``ptxas`` writes, and that no thread spills registe
 
 Each wrapper runs on CPU tensors with its kernel replaced by a recorder of the launch, so the
 signatures compiled are the ones the wrapper would launch with, for each dtype a step gives it
-(float32, and bfloat16 under autocast).
+(float32, and bfloat16 under autocast), specialised as triton's JIT specialises them.
+
+CI compiles with the triton these machines install (3.9); the GPU machine has 3.6, whose
+registers differ. To check that one too:
+
+    .venv/bin/python -m pip install -q --no-deps --target /tmp/t36 triton==3.6.0
+    PYTHONPATH=/tmp/t36 TRITON_DEFAULT_FP_FUSION=1 .venv/bin/python -m pytest -q tests/test_triton_compiles.py
 """
 
 from __future__ import annotations
@@ -28,11 +34,6 @@ pytestmark = pytest.mark.skipif(
 H100 = ("cuda", 90, 32)
 """Backend, compute capability and warp size of the target."""
 
-TRITON_TYPES = {
-    torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
-    torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1",
-}  # fmt: skip
-
 
 class Launches:
     """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kwargs)`` records the
@@ -46,33 +47,29 @@ class Launches:
 
 
 def signature(kernel: Any, args: tuple, kwargs: dict) -> tuple[dict[str, str], dict[str, Any], dict[tuple[int], list]]:
-    """Triton's ``(signature, constexprs, attrs)`` of one launch of ``kernel``: ``attrs`` marks the
-    pointers and integers divisible by 16, as a launch specialises them (what lets the compiler
-    vectorise loads and stores, and so what the device compiles)."""
-    from triton.runtime.jit import mangle_type
-    from triton.tools.tensor_descriptor import TensorDescriptor
+    """Triton's ``(signature, constexprs, attrs)`` of one launch of ``kernel``, specialised as the
+    JIT specialises a launch for an H100 (triton's own ``specialize_impl``): ``attrs`` marks the
+    pointers and integers divisible by 16, and an integer equal to 1 (a unit stride, say) becomes
+    a constant, which is what lets the compiler vectorise the loads it offsets."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
 
+    backend = make_backend(GPUTarget(*H100))
     values = {**dict(zip(kernel.arg_names, args)), **kwargs}
     types, constexprs, attrs = {}, {}, {}
     for i, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
         value = values[name]
-        aligned = False
         if param.is_constexpr:
-            types[name], constexprs[name] = "constexpr", value
-        elif isinstance(value, TensorDescriptor):  # its dtype and block shape, as a launch mangles it
-            types[name] = mangle_type(value)
-        elif isinstance(value, torch.Tensor):
-            types[name] = "*" + TRITON_TYPES[value.dtype]
-            aligned = value.data_ptr() % 16 == 0
-        elif isinstance(value, bool):
-            types[name] = "i1"
-        elif isinstance(value, int):
-            types[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-            aligned = value % 16 == 0
+            kind, key = "constexpr", value
         else:
-            types[name] = "fp32"
-        if aligned:
-            attrs[(i,)] = [["tt.divisibility", 16]]
+            specialize, align = not param.do_not_specialize, not param.do_not_specialize_on_alignment
+            kind, key = native_specialize_impl(backend, value, param.is_const, specialize, align)
+        types[name] = kind
+        if kind == "constexpr":
+            constexprs[name] = key
+        elif isinstance(key, str) and key:
+            attrs[(i,)] = backend.parse_attr(key)
     return types, constexprs, attrs
 
 
