@@ -286,6 +286,35 @@ def _window_tile(token_block, feature_block, n_tokens, n_features, BLOCK_N: tl.c
 
 
 @triton.jit
+def _window_entries(
+    h_ptr, window_ptr, t_ptr, tokens, features, real_n, real_f, stride_hn, stride_hf, stride_wn, stride_wf
+):  # fmt: skip
+    """The tile's ``h``, which of its entries are in the window, and the features' thresholds."""
+    both = real_n[:, None] & real_f[None, :]
+    rows = tokens[:, None].to(tl.int64)  # a token-major [N, F] past 2^31 entries
+    h = tl.load(h_ptr + rows * stride_hn + features[None, :] * stride_hf, mask=both, other=0.0)
+    window = tl.load(window_ptr + rows * stride_wn + features[None, :] * stride_wf, mask=both, other=0)
+    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
+    return h, both & (window != 0), t
+
+
+@triton.jit
+def _in_band(h, t, norms_ptr, half_width, features, real_f, n_snapshots, s):
+    """Whether ``h * norm[s] - t`` lies inside the threshold's band, entry by entry."""
+    norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
+    return tl.abs(h.to(tl.float32) * norm[None, :] - t[None, :]) < half_width
+
+
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr):
+    if IEEE:  # a float32 gradient's exact products
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
 def _store_window_sums(sums_ptr, counts_ptr, dots, inside, token_block, features, real_f, n_features, n_snapshots, s):
     out = (token_block * n_features + features) * n_snapshots + s
     tl.store(sums_ptr + out, tl.sum(tl.where(inside, dots, 0.0), axis=0), mask=real_f)
@@ -308,18 +337,11 @@ def _window_dots(
         k = k0 + tl.arange(0, BLOCK_K)
         g = tl.load(grad_rows + k[None, :], mask=real_n[:, None] & (k < d_in)[None, :], other=0.0)
         w = tl.load(w_rows + k[:, None], mask=(k < d_in)[:, None] & real_f[None, :], other=0.0).to(g.dtype)
-        if IEEE:
-            dots = tl.dot(g, w, dots, input_precision="ieee")
-        else:
-            dots = tl.dot(g, w, dots)
-    both = real_n[:, None] & real_f[None, :]
-    rows = tokens[:, None].to(tl.int64)  # a token-major [N, F] past 2^31 entries
-    h = tl.load(h_ptr + rows * stride_hn + features[None, :] * stride_hf, mask=both, other=0.0)
-    window = tl.load(window_ptr + rows * stride_wn + features[None, :] * stride_wf, mask=both, other=0)
-    norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
-    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
-    distance = h.to(tl.float32) * norm[None, :] - t[None, :]
-    inside = both & (window != 0) & (tl.abs(distance) < half_width)
+        dots = _dot(g, w, dots, IEEE)
+    h, in_window, t = _window_entries(
+        h_ptr, window_ptr, t_ptr, tokens, features, real_n, real_f, stride_hn, stride_hf, stride_wn, stride_wf
+    )
+    inside = in_window & _in_band(h, t, norms_ptr, half_width, features, real_f, n_snapshots, s)
     _store_window_sums(sums_ptr, counts_ptr, dots, inside, token_block, features, real_f, n_features, n_snapshots, s)
 
 
@@ -334,24 +356,18 @@ def _window_dots_across(
     # the row blocks copied by the tensor memory accelerator (no address registers)
     token_block, feature_block, s0 = tl.program_id(0), tl.program_id(1), tl.program_id(2) * SNAPSHOTS
     tokens, features, real_n, real_f = _window_tile(token_block, feature_block, n_tokens, n_features, BLOCK_N, BLOCK_F)
-    both = real_n[:, None] & real_f[None, :]
-    rows = tokens[:, None].to(tl.int64)
-    h = tl.load(h_ptr + rows * stride_hn + features[None, :] * stride_hf, mask=both, other=0.0)
-    window = tl.load(window_ptr + rows * stride_wn + features[None, :] * stride_wf, mask=both, other=0) != 0
-    # one tile held across the snapshots: h inside the window, NaN (never inside) outside it
-    h_window = tl.where(both & window, h, float("nan"))
-    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
+    h, in_window, t = _window_entries(
+        h_ptr, window_ptr, t_ptr, tokens, features, real_n, real_f, stride_hn, stride_hf, stride_wn, stride_wf
+    )
+    # one tile held across the snapshots: h in the window, NaN (never in the band) outside it
+    h_window = tl.where(in_window, h, float("nan"))
     for s in tl.range(s0, tl.minimum(s0 + SNAPSHOTS, n_snapshots), flatten=True):
         dots = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
         for k0 in range(0, d_in, BLOCK_K):
             g = grad_desc.load([s, token_block * BLOCK_N, k0]).reshape(BLOCK_N, BLOCK_K)
             w = w_desc.load([feature_block * BLOCK_F, s, k0]).reshape(BLOCK_F, BLOCK_K)
-            if IEEE:
-                dots = tl.dot(g, w.T, dots, input_precision="ieee")
-            else:
-                dots = tl.dot(g, w.T, dots)
-        norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
-        inside = tl.abs(h_window.to(tl.float32) * norm[None, :] - t[None, :]) < half_width
+            dots = _dot(g, w.T, dots, IEEE)
+        inside = _in_band(h_window, t, norms_ptr, half_width, features, real_f, n_snapshots, s)
         _store_window_sums(sums_ptr, counts_ptr, dots, inside, token_block, features, real_f, n_features, n_snapshots, s)
 
 
