@@ -96,8 +96,11 @@ def compile_recorded(module: Any, name: str, run: Any, monkeypatch: pytest.Monke
         options = {key: kwargs[key] for key in LAUNCH_OPTIONS if key in kwargs}
         compiled = triton.compile(ASTSource(kernel, types, constexprs, attrs), target=GPUTarget(*H100), options=options)
         assert compiled.asm["cubin"], f"{name} {types} {constexprs}: no cubin"
-        spilled = stack_bytes(compiled.asm["cubin"])
-        assert spilled in (None, 0), f"{name} {types} {constexprs} {options}: {spilled} bytes of stack a thread"
+        usage = resource_usage(compiled.asm["cubin"])
+        if usage is not None:  # shown by `pytest -rP`: what the launch asks of each thread
+            registers, spilled = usage
+            print(f"{name} {constexprs} {options}: {registers} registers, {spilled} bytes of stack a thread")
+            assert spilled == 0, f"{name} {types} {constexprs} {options}: {spilled} bytes of stack a thread"
         if check is not None:
             check(compiled)
     return len(seen)
@@ -107,9 +110,10 @@ LAUNCH_OPTIONS = ("num_warps", "num_stages")
 """A launch's keywords that are the compiler's options, not the kernel's arguments."""
 
 
-def stack_bytes(cubin: bytes) -> int | None:
-    """The stack a thread of this cubin's kernel uses (spilled registers), as ``cuobjdump``
-    (shipped with triton's CUDA backend) reports it; None where there is no ``cuobjdump``."""
+def resource_usage(cubin: bytes) -> tuple[int, int] | None:
+    """The registers and the stack (spilled registers, in bytes) a thread of this cubin's kernel
+    uses, as ``cuobjdump`` (shipped with triton's CUDA backend) reports them; None where there is
+    no ``cuobjdump``."""
     import os
     import re
     import subprocess
@@ -124,9 +128,9 @@ def stack_bytes(cubin: bytes) -> int | None:
         f.write(cubin)
         f.flush()
         usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-    found = re.search(r"STACK:(\d+)", usage)
-    assert found, usage
-    return int(found.group(1))
+    registers, stack = re.search(r"REG:(\d+)", usage), re.search(r"STACK:(\d+)", usage)
+    assert registers and stack, usage
+    return int(registers.group(1)), int(stack.group(1))
 
 
 @pytest.fixture(autouse=True)

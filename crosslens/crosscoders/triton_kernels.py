@@ -250,15 +250,15 @@ class WindowTile:
 WINDOW_TILE = WindowTile(tokens=128, features=128, depth=64, warps=8, stages=4)
 """The launch for a bfloat16 (or float16) gradient, whose products run on the tensor cores, with
 ``d_in`` and the tokens multiples of :data:`ALIGNMENT`: the fastest of the tiles ``benchmarks/gpu.py
---window-tiles`` tries at Ge et al.'s shape on an H100 (1.59x the 64 x 64 tile), taking 186
-registers a thread and no stack with the GPU machine's triton 3.6 (167 with 3.9)."""
+--window-tiles`` tries at Ge et al.'s shape on an H100 (1.59x the 64 x 64 tile), with no stack
+(``pytest -rP tests/test_triton_compiles.py`` prints each launch's registers)."""
 
 WINDOW_TILE_NARROW = WindowTile(tokens=64, features=64, depth=32, warps=8, stages=3)
 """The launch for a float32 gradient, whose products are exact float32 FMAs (no tensor cores),
 and where ``d_in`` or the tokens are no multiple of :data:`ALIGNMENT`, whose loads of the
 gradient's rows or of ``h``'s columns the compiler then cannot vectorise: :data:`WINDOW_TILE`
-spills to the stack there on an H100. So does this tile with a ``d_in`` slice of 64 in float32
-(8 bytes a thread with triton 3.9, 48 with the GPU machine's 3.6), and with 4 warps."""
+spills to the stack there on an H100. So does this tile with a ``d_in`` slice of 64 in float32,
+with triton 3.9 and with the GPU machine's 3.6, and with 4 warps."""
 
 WINDOW_TILES = (
     WINDOW_TILE, WindowTile(128, 64, 64, 8, 3), WindowTile(64, 128, 64, 8, 3),
@@ -269,8 +269,8 @@ WINDOW_TILES = (
 """The launches of the aligned half-precision window sums that ``benchmarks/gpu.py --window-tiles``
 times against each other, the default first. Each compiles for an H100 with no spilled register
 (``tests/test_triton_compiles.py``), with triton 3.9 and with the GPU machine's 3.6. The 128 x 128
-tile of ``_window_dots_across`` spills (88 bytes a thread with 3.9, 536 with 3.6): the ``h`` tile it
-holds through its loop does not fit beside the accumulator."""
+tile of ``_window_dots_across`` spills with either: the ``h`` tile it holds through its loop does
+not fit beside the accumulator."""
 
 ALIGNMENT = 16
 """Triton specialises a launch for integers divisible by 16, which lets it vectorise the loads
