@@ -466,18 +466,23 @@ def print_memory_peak(fn: Callable[[], None], device: str, label: str) -> None:
 
 
 def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 3) -> None:
-    """The kernels of ``calls`` calls of ``fn`` by their own time on the device (CPU: host time)."""
+    """The kernels of ``calls`` calls of ``fn`` by their own time on the device (CPU: host time);
+    then the same ops split by their inputs' shapes, since one op's average over calls of every
+    size says neither which calls cost nor whether a call repeats once per snapshot."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.startswith("cuda")
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         for _ in range(calls):
             fn()
         sync(device)
     print(f"profile, {calls} steps: {label}")
     sort = "self_device_time_total" if cuda else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=60), flush=True)
+    print(f"profile by input shapes, {calls} steps: {label}")
+    by_shape = prof.key_averages(group_by_input_shape=True)
+    print(by_shape.table(sort_by=sort, row_limit=25, max_name_column_width=40, max_shapes_column_width=60), flush=True)
 
 
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}

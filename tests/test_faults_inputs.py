@@ -351,11 +351,12 @@ def test_a_pairs_file_error_names_the_skip_invalid_flag_which_skips(tmp_path):
     assert len(task.pairs) == 2
 
 
-def test_a_batch_larger_than_the_store_names_the_batch_size_flag(store):
+def test_a_batch_larger_than_the_store_names_the_batch_size_and_token_flags(store):
     from crosslens.activations import ActivationProvider, ActivationStore
 
     opened = ActivationStore.open(store)
-    with pytest.raises(ValueError, match=r"fewer than one batch of 100000.*`crosslens train --batch-size`"):
+    flags = r"`crosslens train --batch-size`.*`--n-tokens` of `crosslens harvest` or of `crosslens train --stream`"
+    with pytest.raises(ValueError, match=rf"fewer than one batch of 100000.*{flags}"):
         iter(ActivationProvider(opened, HOOK, 100_000, drop_last=True))
 
 
