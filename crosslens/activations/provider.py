@@ -46,7 +46,8 @@ def _check_one_batch(n_tokens: int, batch_size: int, drop_last: bool) -> None:
         raise ValueError(
             f"only {n_tokens} training tokens, fewer than one batch of {batch_size}, and drop_last=True "
             "would serve nothing; use a smaller batch_size (`crosslens train --batch-size`), take more "
-            "tokens (`--n-tokens` of `crosslens harvest` or of `crosslens train --stream`), or, for a provider of your own, pass drop_last=False."
+            "tokens (`--n-tokens` of `crosslens harvest` or of `crosslens train --stream`), or, for a "
+            "provider of your own, pass drop_last=False."
         )
 
 
