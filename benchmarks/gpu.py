@@ -229,9 +229,7 @@ def window_sweep(a: argparse.Namespace, device: str) -> None:
     print(f"window tiles: {S} snapshots x {N} tokens x {F_} features, d_in {D}, bfloat16")
     for tile in tk.WINDOW_TILES:
         tk.WINDOW_TILE = tile
-        programs = "one snapshot a program" if tile.snapshots is None else f"{tile.snapshots:2d} snapshots, TMA"
         label = f"{tile.tokens:3d} x {tile.features:3d} x {tile.depth:2d}, {tile.warps} warps, {tile.stages} stages"
-        label += f", {programs}"
         try:
             sums, counts = tk.window_dots(*args)
             seconds = seconds_per_call(lambda: tk.window_dots(*args), device, a.rounds)

@@ -470,22 +470,14 @@ def window_modes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(
-    "window_kernel", [False, True, "across"], ids=["window-matmuls", "window-kernel", "window-across"]
-)
+@pytest.mark.parametrize("window_kernel", [False, True], ids=["window-matmuls", "window-kernel"])
 def test_jumprelu_sparse_step_through_triton(device, window_kernel, triton_backend, sparse_calls, monkeypatch):
-    """``window-across``: the window summed by ``_window_dots_across``, two snapshots a program."""
     dense = jumprelu_run(device, True, False)
-    if window_kernel == "across":
-        from crosslens.crosscoders import triton_kernels
-
-        across = triton_kernels.WindowTile(32, 64, 16, 4, 2, snapshots=2)
-        monkeypatch.setattr(triton_kernels, "WINDOW_TILE_NARROW", across)
-    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", bool(window_kernel))
+    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", window_kernel)
     modes = window_modes(monkeypatch)
     assert_same_run(jumprelu_run(device, True, True), dense)
     assert len(sparse_calls) == STEPS + 1
-    assert ("kernel" in modes) == bool(window_kernel) and len(modes) == STEPS + 1
+    assert ("kernel" in modes) == window_kernel and len(modes) == STEPS + 1
 
 
 def test_the_window_matmuls_dot_in_float32_under_autocast():
@@ -588,36 +580,6 @@ def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, trit
         args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
     check_window_dots(triton_kernels.window_dots, args)
     assert [(k["BLOCK_N"], k["BLOCK_F"], k["num_stages"]) for k in launched] == [(wide.tokens, wide.features, wide.stages)]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("snapshots", [1, 2, 8])
-def test_triton_window_dots_across_snapshots_equal_one_program_a_snapshot(
-    device, snapshots, triton_backend, monkeypatch
-):
-    """``_window_dots_across`` (a program sums several snapshots, holding its ``h`` tile, with its
-    rows copied by the TMA): at 3 snapshots, 2 leave the last program one, 8 more than there are.
-    Its sums add the same products in the same order as one program a snapshot, so they are
-    those very sums under the interpreter (float32), and the dense ones in bfloat16 on CUDA."""
-    from crosslens.crosscoders import triton_kernels
-
-    plain = triton_kernels.WindowTile(128, 64, 64, 8, 4)
-    across = triton_kernels.WindowTile(128, 64, 64, 8, 4, snapshots=snapshots)
-    for N, D_ in [(144, 64), (70, 72)]:  # aligned; and d_in past a block, tokens past a tile (the TMA's zeros)
-        args = window_operands(device, "feature-major", N=N, D_=D_)
-        if device == "cuda":
-            args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
-        launch = "WINDOW_TILE" if device == "cuda" else "WINDOW_TILE_NARROW"  # the tile float32 rows take
-        if device == "cuda" and N % triton_kernels.ALIGNMENT:
-            continue  # there unaligned rows take the narrow tile, which is no TMA launch
-        monkeypatch.setattr(triton_kernels, launch, plain)
-        want = triton_kernels.window_dots(*args, 0.6)
-        monkeypatch.setattr(triton_kernels, launch, across)
-        got = triton_kernels.window_dots(*args, 0.6)
-        assert torch.equal(got[1], want[1])
-        if device == "cpu":
-            assert torch.equal(got[0], want[0])
-        check_window_dots(triton_kernels.window_dots, args)
 
 
 @pytest.mark.parametrize("device", DEVICES)

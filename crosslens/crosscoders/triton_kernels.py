@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from crosslens.core.devices import launching_on
 
@@ -222,8 +221,7 @@ def values_grad(
 
 @dataclass(frozen=True)
 class WindowTile:
-    """One launch of the window sums (``_window_dots`` or ``_window_dots_across``): its tile and
-    the compiler's options."""
+    """One launch of the window sums (``_window_dots``): its tile and the compiler's options."""
 
     tokens: int
     """Tokens of a tile (``BLOCK_N``)."""
@@ -237,14 +235,6 @@ class WindowTile:
     spills to the stack (``tests/test_triton_compiles.py`` fails on any spill)."""
     stages: int
     """Loads in flight along ``d_in`` (Triton's software pipeline)."""
-    snapshots: int | None = None
-    """Snapshots one program sums, from ``_window_dots_across``: it loads its ``h`` and window
-    tiles once and holds them in registers while it runs one ``d_in`` loop per snapshot, flattened
-    into a single pipelined loop whose row blocks the tensor memory accelerator copies, so the next
-    snapshot's rows are in flight while one snapshot's sums are masked and written; its rows'
-    addresses must be 16-byte aligned, which :data:`WINDOW_TILE`'s are. ``None``:
-    ``_window_dots``, one program per snapshot, which loads its ``h`` and window tiles after its
-    ``d_in`` loop."""
 
 
 WINDOW_TILE = WindowTile(tokens=128, features=128, depth=64, warps=8, stages=4)
@@ -260,65 +250,20 @@ gradient's rows or of ``h``'s columns the compiler then cannot vectorise: :data:
 spills to the stack there on an H100. So does this tile with a ``d_in`` slice of 64 in float32,
 with triton 3.9 and with the GPU machine's 3.6, and with 4 warps."""
 
-WINDOW_TILES = (
-    WINDOW_TILE, WindowTile(128, 64, 64, 8, 3), WindowTile(64, 128, 64, 8, 3),
-    WindowTile(128, 64, 64, 8, 4, snapshots=1), WindowTile(128, 64, 64, 8, 4, snapshots=8),
-    WindowTile(128, 64, 64, 8, 4, snapshots=32), WindowTile(128, 64, 64, 8, 3, snapshots=32),
-    WindowTile(64, 128, 64, 8, 4, snapshots=8), WindowTile(64, 128, 64, 8, 4, snapshots=32),
-)  # fmt: skip
+WINDOW_TILES = (WINDOW_TILE, WindowTile(128, 64, 64, 8, 3), WindowTile(64, 128, 64, 8, 3))
 """The launches of the aligned half-precision window sums that ``benchmarks/gpu.py --window-tiles``
 times against each other, the default first. Each compiles for an H100 with no spilled register
-(``tests/test_triton_compiles.py``), with triton 3.9 and with the GPU machine's 3.6. The 128 x 128
-tile of ``_window_dots_across`` spills with either: the ``h`` tile it holds through its loop does
-not fit beside the accumulator."""
+(``tests/test_triton_compiles.py``), with triton 3.9 and with the GPU machine's 3.6. On an H100 the
+other two take 1.2x and 1.3x the default's time. So did every other way of running one tile's
+snapshots that was tried: one program summing 8 or 32 snapshots while it held its ``h`` tile, with
+rows copied by the TMA (1.3x at best), and the programs of a tile's snapshots launched one after
+another, so that its ``h`` entries came from the L2 cache (0.96x to 1.00x; the kernel's time is its
+products and epilogue, not its reads of ``h``)."""
 
 ALIGNMENT = 16
 """Triton specialises a launch for integers divisible by 16, which lets it vectorise the loads
 they offset: every d_in of Pythia, OLMo and BLOOM is, and so is a batch of 2048 tokens in up to
 128 micro-batches."""
-
-
-@triton.jit
-def _window_tile(token_block, feature_block, n_tokens, n_features, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):
-    tokens = token_block * BLOCK_N + tl.arange(0, BLOCK_N)
-    features = (feature_block * BLOCK_F + tl.arange(0, BLOCK_F)).to(tl.int64)
-    return tokens, features, tokens < n_tokens, features < n_features
-
-
-@triton.jit
-def _window_entries(
-    h_ptr, window_ptr, t_ptr, tokens, features, real_n, real_f, stride_hn, stride_hf, stride_wn, stride_wf
-):  # fmt: skip
-    """The tile's ``h``, which of its entries are in the window, and the features' thresholds."""
-    both = real_n[:, None] & real_f[None, :]
-    rows = tokens[:, None].to(tl.int64)  # a token-major [N, F] past 2^31 entries
-    h = tl.load(h_ptr + rows * stride_hn + features[None, :] * stride_hf, mask=both, other=0.0)
-    window = tl.load(window_ptr + rows * stride_wn + features[None, :] * stride_wf, mask=both, other=0)
-    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
-    return h, both & (window != 0), t
-
-
-@triton.jit
-def _in_band(h, t, norms_ptr, half_width, features, real_f, n_snapshots, s):
-    """Whether ``h * norm[s] - t`` lies inside the threshold's band, entry by entry."""
-    norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
-    return tl.abs(h.to(tl.float32) * norm[None, :] - t[None, :]) < half_width
-
-
-@triton.jit
-def _dot(a, b, acc, IEEE: tl.constexpr):
-    if IEEE:  # a float32 gradient's exact products
-        acc = tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        acc = tl.dot(a, b, acc)
-    return acc
-
-
-@triton.jit
-def _store_window_sums(sums_ptr, counts_ptr, dots, inside, token_block, features, real_f, n_features, n_snapshots, s):
-    out = (token_block * n_features + features) * n_snapshots + s
-    tl.store(sums_ptr + out, tl.sum(tl.where(inside, dots, 0.0), axis=0), mask=real_f)
-    tl.store(counts_ptr + out, tl.sum(inside.to(tl.float32), axis=0), mask=real_f)
 
 
 @triton.jit
@@ -329,7 +274,9 @@ def _window_dots(
 ):  # fmt: skip
     # token blocks vary fastest, so consecutive programs share their W[features, s] tile
     token_block, s = tl.program_id(0), tl.program_id(2)
-    tokens, features, real_n, real_f = _window_tile(token_block, tl.program_id(1), n_tokens, n_features, BLOCK_N, BLOCK_F)
+    tokens = token_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    features = (tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)).to(tl.int64)
+    real_n, real_f = tokens < n_tokens, features < n_features
     grad_rows = grad_ptr + (s * n_tokens + tokens[:, None].to(tl.int64)) * d_in
     w_rows = w_ptr + (features[None, :] * n_snapshots + s) * d_in
     dots = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
@@ -337,38 +284,21 @@ def _window_dots(
         k = k0 + tl.arange(0, BLOCK_K)
         g = tl.load(grad_rows + k[None, :], mask=real_n[:, None] & (k < d_in)[None, :], other=0.0)
         w = tl.load(w_rows + k[:, None], mask=(k < d_in)[:, None] & real_f[None, :], other=0.0).to(g.dtype)
-        dots = _dot(g, w, dots, IEEE)
-    h, in_window, t = _window_entries(
-        h_ptr, window_ptr, t_ptr, tokens, features, real_n, real_f, stride_hn, stride_hf, stride_wn, stride_wf
-    )
-    inside = in_window & _in_band(h, t, norms_ptr, half_width, features, real_f, n_snapshots, s)
-    _store_window_sums(sums_ptr, counts_ptr, dots, inside, token_block, features, real_f, n_features, n_snapshots, s)
-
-
-@triton.jit
-def _window_dots_across(
-    sums_ptr, counts_ptr, grad_desc, w_desc, h_ptr, window_ptr, norms_ptr, t_ptr,
-    n_tokens, n_features, n_snapshots, d_in, stride_hn, stride_hf, stride_wn, stride_wf, half_width,
-    BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, SNAPSHOTS: tl.constexpr,
-    IEEE: tl.constexpr,
-):  # fmt: skip
-    # _window_dots's sums, added in the same order, for the snapshots [s0, s0 + SNAPSHOTS), with
-    # the row blocks copied by the tensor memory accelerator (no address registers)
-    token_block, feature_block, s0 = tl.program_id(0), tl.program_id(1), tl.program_id(2) * SNAPSHOTS
-    tokens, features, real_n, real_f = _window_tile(token_block, feature_block, n_tokens, n_features, BLOCK_N, BLOCK_F)
-    h, in_window, t = _window_entries(
-        h_ptr, window_ptr, t_ptr, tokens, features, real_n, real_f, stride_hn, stride_hf, stride_wn, stride_wf
-    )
-    # one tile held across the snapshots: h in the window, NaN (never in the band) outside it
-    h_window = tl.where(in_window, h, float("nan"))
-    for s in tl.range(s0, tl.minimum(s0 + SNAPSHOTS, n_snapshots), flatten=True):
-        dots = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
-        for k0 in range(0, d_in, BLOCK_K):
-            g = grad_desc.load([s, token_block * BLOCK_N, k0]).reshape(BLOCK_N, BLOCK_K)
-            w = w_desc.load([feature_block * BLOCK_F, s, k0]).reshape(BLOCK_F, BLOCK_K)
-            dots = _dot(g, w.T, dots, IEEE)
-        inside = _in_band(h_window, t, norms_ptr, half_width, features, real_f, n_snapshots, s)
-        _store_window_sums(sums_ptr, counts_ptr, dots, inside, token_block, features, real_f, n_features, n_snapshots, s)
+        if IEEE:
+            dots = tl.dot(g, w, dots, input_precision="ieee")
+        else:
+            dots = tl.dot(g, w, dots)
+    both = real_n[:, None] & real_f[None, :]
+    rows = tokens[:, None].to(tl.int64)  # a token-major [N, F] past 2^31 entries
+    h = tl.load(h_ptr + rows * stride_hn + features[None, :] * stride_hf, mask=both, other=0.0)
+    window = tl.load(window_ptr + rows * stride_wn + features[None, :] * stride_wf, mask=both, other=0)
+    norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
+    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
+    distance = h.to(tl.float32) * norm[None, :] - t[None, :]
+    inside = both & (window != 0) & (tl.abs(distance) < half_width)
+    out = (token_block * n_features + features) * n_snapshots + s
+    tl.store(sums_ptr + out, tl.sum(tl.where(inside, dots, 0.0), axis=0), mask=real_f)
+    tl.store(counts_ptr + out, tl.sum(inside.to(tl.float32), axis=0), mask=real_f)
 
 
 def window_dots(
@@ -392,20 +322,12 @@ def window_dots(
     sums = torch.empty(n_blocks, F_, S, dtype=torch.float32, device=grad_SND.device)
     counts = torch.empty_like(sums)
     window = window_NF.view(torch.uint8)
-    if tile.snapshots is None:
-        kernel, rows, block = _window_dots, (grad_SND, W_FSD), {"IEEE": ieee}
-    else:  # the TMA copies rows of the dtype it is given: W's, rounded to the gradient's
-        kernel, block = _window_dots_across, {"SNAPSHOTS": tile.snapshots, "IEEE": ieee}
-        rows = (
-            TensorDescriptor.from_tensor(grad_SND, [1, tile.tokens, tile.depth]),
-            TensorDescriptor.from_tensor(W_FSD.to(grad_SND.dtype), [tile.features, 1, tile.depth]),
-        )
-    grid = (n_blocks, triton.cdiv(F_, tile.features), triton.cdiv(S, tile.snapshots or 1))
+    grid = (n_blocks, triton.cdiv(F_, tile.features), S)
     with launching_on(sums):
-        kernel[grid](
-            sums, counts, *rows, h_NF, window, norms_FS.contiguous(), t_F.contiguous(),
+        _window_dots[grid](
+            sums, counts, grad_SND, W_FSD, h_NF, window, norms_FS.contiguous(), t_F.contiguous(),
             N, F_, S, D, h_NF.stride(0), h_NF.stride(1), window.stride(0), window.stride(1), half_width,
-            BLOCK_N=tile.tokens, BLOCK_F=tile.features, BLOCK_K=tile.depth, **block,
+            BLOCK_N=tile.tokens, BLOCK_F=tile.features, BLOCK_K=tile.depth, IEEE=ieee,
             num_warps=tile.warps, num_stages=tile.stages,
         )  # fmt: skip
     return sums.sum(dim=0), counts.sum(dim=0)
