@@ -10,6 +10,7 @@ CUDA where there is one."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from collections import Counter
 
@@ -470,14 +471,23 @@ def window_modes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("window_kernel", [False, True], ids=["window-matmuls", "window-kernel"])
-def test_jumprelu_sparse_step_through_triton(device, window_kernel, triton_backend, sparse_calls, monkeypatch):
+@pytest.mark.parametrize(
+    "window", ["matmuls", "kernel", "feature-rows"], ids=["window-matmuls", "window-kernel", "window-feature-rows"]
+)
+def test_jumprelu_sparse_step_through_triton(device, window, triton_backend, sparse_calls, monkeypatch):
+    """``window-feature-rows``: the window kernel with its tiles' features as rows."""
     dense = jumprelu_run(device, True, False)
-    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", window_kernel)
+    if window == "feature-rows":
+        from crosslens.crosscoders import triton_kernels
+
+        for launch in ("WINDOW_TILE", "WINDOW_TILE_NARROW"):
+            tile = getattr(triton_kernels, launch)
+            monkeypatch.setattr(triton_kernels, launch, dataclasses.replace(tile, feature_rows=True))
+    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", window != "matmuls")
     modes = window_modes(monkeypatch)
     assert_same_run(jumprelu_run(device, True, True), dense)
     assert len(sparse_calls) == STEPS + 1
-    assert ("kernel" in modes) == window_kernel and len(modes) == STEPS + 1
+    assert ("kernel" in modes) == (window != "matmuls") and len(modes) == STEPS + 1
 
 
 def test_the_window_matmuls_dot_in_float32_under_autocast():
@@ -580,6 +590,26 @@ def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, trit
         args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
     check_window_dots(triton_kernels.window_dots, args)
     assert [(k["BLOCK_N"], k["BLOCK_F"], k["num_stages"]) for k in launched] == [(wide.tokens, wide.features, wide.stages)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(144, 64), (70, 72)], ids=["aligned", "ragged"])
+def test_triton_window_dots_with_features_as_rows_equal_the_dense_sums(
+    device, shape, triton_backend, monkeypatch
+):
+    """A tile with its features as rows (``feature_rows``) sums each feature along a row of its
+    products: the same counts, and the dense sums, for rows that fill its tiles and rows that do
+    not, in float32 under the interpreter and in bfloat16 on CUDA."""
+    from crosslens.crosscoders import triton_kernels
+
+    N, D_ = shape
+    args = window_operands(device, "feature-major", N=N, D_=D_)
+    if device == "cuda":
+        args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
+    for launch in ("WINDOW_TILE", "WINDOW_TILE_NARROW"):
+        tile = getattr(triton_kernels, launch)
+        monkeypatch.setattr(triton_kernels, launch, dataclasses.replace(tile, feature_rows=True))
+    check_window_dots(triton_kernels.window_dots, args)
 
 
 @pytest.mark.parametrize("device", DEVICES)

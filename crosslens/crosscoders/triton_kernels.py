@@ -235,6 +235,12 @@ class WindowTile:
     spills to the stack (``tests/test_triton_compiles.py`` fails on any spill)."""
     stages: int
     """Loads in flight along ``d_in`` (Triton's software pipeline)."""
+    feature_rows: bool = False
+    """Whether the tile's rows are its features and its columns its tokens, rather than the
+    other way round: the products are then ``W[features, s] @ grad[s, tokens].T``, and each
+    feature's sum over the tile's tokens runs along a row of the accumulator, which the tensor
+    cores' layout keeps within one warp; down a column it crosses the warps, through shared
+    memory."""
 
 
 WINDOW_TILE = WindowTile(tokens=128, features=128, depth=64, warps=8, stages=4)
@@ -250,15 +256,20 @@ gradient's rows or of ``h``'s columns the compiler then cannot vectorise: :data:
 spills to the stack there on an H100. So does this tile with a ``d_in`` slice of 64 in float32,
 with triton 3.9 and with the GPU machine's 3.6, and with 4 warps."""
 
-WINDOW_TILES = (WINDOW_TILE, WindowTile(128, 64, 64, 8, 3), WindowTile(64, 128, 64, 8, 3))
+WINDOW_TILES = (
+    WINDOW_TILE, WindowTile(128, 64, 64, 8, 3), WindowTile(64, 128, 64, 8, 3),
+    WindowTile(128, 128, 64, 8, 4, feature_rows=True), WindowTile(128, 128, 64, 8, 3, feature_rows=True),
+    WindowTile(64, 128, 64, 4, 4, feature_rows=True),
+)  # fmt: skip
 """The launches of the aligned half-precision window sums that ``benchmarks/gpu.py --window-tiles``
 times against each other, the default first. Each compiles for an H100 with no spilled register
 (``tests/test_triton_compiles.py``), with triton 3.9 and with the GPU machine's 3.6. On an H100 the
-other two take 1.2x and 1.3x the default's time. So did every other way of running one tile's
+next two take 1.2x and 1.3x the default's time. So did every other way of running one tile's
 snapshots that was tried: one program summing 8 or 32 snapshots while it held its ``h`` tile, with
 rows copied by the TMA (1.3x at best), and the programs of a tile's snapshots launched one after
 another, so that its ``h`` entries came from the L2 cache (0.96x to 1.00x; the kernel's time is its
-products and epilogue, not its reads of ``h``)."""
+products and epilogue, not its reads of ``h``). The ``feature_rows`` launches, which sum each
+feature within a warp, are untimed."""
 
 ALIGNMENT = 16
 """Triton specialises a launch for integers divisible by 16, which lets it vectorise the loads
@@ -270,35 +281,58 @@ they offset: every d_in of Pythia, OLMo and BLOOM is, and so is a batch of 2048 
 def _window_dots(
     sums_ptr, counts_ptr, grad_ptr, w_ptr, h_ptr, window_ptr, norms_ptr, t_ptr,
     n_tokens, n_features, n_snapshots, d_in, stride_hn, stride_hf, stride_wn, stride_wf, half_width,
-    BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_ROWS: tl.constexpr,
+    IEEE: tl.constexpr,
 ):  # fmt: skip
     # token blocks vary fastest, so consecutive programs share their W[features, s] tile
     token_block, s = tl.program_id(0), tl.program_id(2)
     tokens = token_block * BLOCK_N + tl.arange(0, BLOCK_N)
     features = (tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)).to(tl.int64)
     real_n, real_f = tokens < n_tokens, features < n_features
-    grad_rows = grad_ptr + (s * n_tokens + tokens[:, None].to(tl.int64)) * d_in
-    w_rows = w_ptr + (features[None, :] * n_snapshots + s) * d_in
-    dots = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
+    # the tile's two axes: tokens by features, or features by tokens; tokens in int64 for a
+    # token-major [N, F] past 2^31 entries
+    if FEATURE_ROWS:
+        tokens_2, features_2 = tokens[None, :].to(tl.int64), features[:, None]
+        real_n, real_f = real_n[None, :], real_f[:, None]
+        dots = tl.zeros([BLOCK_F, BLOCK_N], dtype=tl.float32)
+    else:
+        tokens_2, features_2 = tokens[:, None].to(tl.int64), features[None, :]
+        real_n, real_f = real_n[:, None], real_f[None, :]
+        dots = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
+    grad_rows, w_rows = grad_ptr + (s * n_tokens + tokens_2) * d_in, w_ptr + (features_2 * n_snapshots + s) * d_in
     for k0 in range(0, d_in, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        g = tl.load(grad_rows + k[None, :], mask=real_n[:, None] & (k < d_in)[None, :], other=0.0)
-        w = tl.load(w_rows + k[:, None], mask=(k < d_in)[:, None] & real_f[None, :], other=0.0).to(g.dtype)
+        if FEATURE_ROWS:  # W[features, s] [F, K] times grad[s, tokens] transposed [K, N]
+            w = tl.load(w_rows + k[None, :], mask=real_f & (k < d_in)[None, :], other=0.0)
+            g = tl.load(grad_rows + k[:, None], mask=real_n & (k < d_in)[:, None], other=0.0)
+            a, b = w.to(g.dtype), g
+        else:  # grad[s, tokens] [N, K] times W[features, s] transposed [K, F]
+            g = tl.load(grad_rows + k[None, :], mask=real_n & (k < d_in)[None, :], other=0.0)
+            w = tl.load(w_rows + k[:, None], mask=real_f & (k < d_in)[:, None], other=0.0)
+            a, b = g, w.to(g.dtype)
         if IEEE:
-            dots = tl.dot(g, w, dots, input_precision="ieee")
+            dots = tl.dot(a, b, dots, input_precision="ieee")
         else:
-            dots = tl.dot(g, w, dots)
-    both = real_n[:, None] & real_f[None, :]
-    rows = tokens[:, None].to(tl.int64)  # a token-major [N, F] past 2^31 entries
-    h = tl.load(h_ptr + rows * stride_hn + features[None, :] * stride_hf, mask=both, other=0.0)
-    window = tl.load(window_ptr + rows * stride_wn + features[None, :] * stride_wf, mask=both, other=0)
-    norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
-    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
-    distance = h.to(tl.float32) * norm[None, :] - t[None, :]
+            dots = tl.dot(a, b, dots)
+    both = real_n & real_f
+    h = tl.load(h_ptr + tokens_2 * stride_hn + features_2 * stride_hf, mask=both, other=0.0)
+    window = tl.load(window_ptr + tokens_2 * stride_wn + features_2 * stride_wf, mask=both, other=0)
+    feature_in = features < n_features
+    norm = tl.load(norms_ptr + features * n_snapshots + s, mask=feature_in, other=0.0)
+    t = tl.load(t_ptr + features, mask=feature_in, other=0.0)
+    if FEATURE_ROWS:
+        distance = h.to(tl.float32) * norm[:, None] - t[:, None]
+    else:
+        distance = h.to(tl.float32) * norm[None, :] - t[None, :]
     inside = both & (window != 0) & (tl.abs(distance) < half_width)
+    # each feature's sum over the tile's tokens: along a row, or down a column
+    if FEATURE_ROWS:
+        sums, counts = tl.sum(tl.where(inside, dots, 0.0), axis=1), tl.sum(inside.to(tl.float32), axis=1)
+    else:
+        sums, counts = tl.sum(tl.where(inside, dots, 0.0), axis=0), tl.sum(inside.to(tl.float32), axis=0)
     out = (token_block * n_features + features) * n_snapshots + s
-    tl.store(sums_ptr + out, tl.sum(tl.where(inside, dots, 0.0), axis=0), mask=real_f)
-    tl.store(counts_ptr + out, tl.sum(inside.to(tl.float32), axis=0), mask=real_f)
+    tl.store(sums_ptr + out, sums, mask=feature_in)
+    tl.store(counts_ptr + out, counts, mask=feature_in)
 
 
 def window_dots(
@@ -327,7 +361,7 @@ def window_dots(
         _window_dots[grid](
             sums, counts, grad_SND, W_FSD, h_NF, window, norms_FS.contiguous(), t_F.contiguous(),
             N, F_, S, D, h_NF.stride(0), h_NF.stride(1), window.stride(0), window.stride(1), half_width,
-            BLOCK_N=tile.tokens, BLOCK_F=tile.features, BLOCK_K=tile.depth, IEEE=ieee,
-            num_warps=tile.warps, num_stages=tile.stages,
+            BLOCK_N=tile.tokens, BLOCK_F=tile.features, BLOCK_K=tile.depth, FEATURE_ROWS=tile.feature_rows,
+            IEEE=ieee, num_warps=tile.warps, num_stages=tile.stages,
         )  # fmt: skip
     return sums.sum(dim=0), counts.sum(dim=0)
