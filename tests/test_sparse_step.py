@@ -470,6 +470,15 @@ def window_modes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return modes
 
 
+def features_as_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both window launches with their tiles' features as rows (``WindowTile.feature_rows``)."""
+    from crosslens.crosscoders import triton_kernels
+
+    for launch in ("WINDOW_TILE", "WINDOW_TILE_NARROW"):
+        tile = getattr(triton_kernels, launch)
+        monkeypatch.setattr(triton_kernels, launch, dataclasses.replace(tile, feature_rows=True))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "window", ["matmuls", "kernel", "feature-rows"], ids=["window-matmuls", "window-kernel", "window-feature-rows"]
@@ -478,11 +487,7 @@ def test_jumprelu_sparse_step_through_triton(device, window, triton_backend, spa
     """``window-feature-rows``: the window kernel with its tiles' features as rows."""
     dense = jumprelu_run(device, True, False)
     if window == "feature-rows":
-        from crosslens.crosscoders import triton_kernels
-
-        for launch in ("WINDOW_TILE", "WINDOW_TILE_NARROW"):
-            tile = getattr(triton_kernels, launch)
-            monkeypatch.setattr(triton_kernels, launch, dataclasses.replace(tile, feature_rows=True))
+        features_as_rows(monkeypatch)
     monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", window != "matmuls")
     modes = window_modes(monkeypatch)
     assert_same_run(jumprelu_run(device, True, True), dense)
@@ -606,9 +611,7 @@ def test_triton_window_dots_with_features_as_rows_equal_the_dense_sums(
     args = window_operands(device, "feature-major", N=N, D_=D_)
     if device == "cuda":
         args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
-    for launch in ("WINDOW_TILE", "WINDOW_TILE_NARROW"):
-        tile = getattr(triton_kernels, launch)
-        monkeypatch.setattr(triton_kernels, launch, dataclasses.replace(tile, feature_rows=True))
+    features_as_rows(monkeypatch)
     check_window_dots(triton_kernels.window_dots, args)
 
 
