@@ -293,33 +293,32 @@ def _window_dots(
     # token-major [N, F] past 2^31 entries
     if FEATURE_ROWS:
         tokens_2, features_2 = tokens[None, :].to(tl.int64), features[:, None]
-        real_n, real_f = real_n[None, :], real_f[:, None]
+        real_n2, real_f2 = real_n[None, :], real_f[:, None]
         dots = tl.zeros([BLOCK_F, BLOCK_N], dtype=tl.float32)
     else:
         tokens_2, features_2 = tokens[:, None].to(tl.int64), features[None, :]
-        real_n, real_f = real_n[:, None], real_f[None, :]
+        real_n2, real_f2 = real_n[:, None], real_f[None, :]
         dots = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
     grad_rows, w_rows = grad_ptr + (s * n_tokens + tokens_2) * d_in, w_ptr + (features_2 * n_snapshots + s) * d_in
     for k0 in range(0, d_in, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         if FEATURE_ROWS:  # W[features, s] [F, K] times grad[s, tokens] transposed [K, N]
-            w = tl.load(w_rows + k[None, :], mask=real_f & (k < d_in)[None, :], other=0.0)
-            g = tl.load(grad_rows + k[:, None], mask=real_n & (k < d_in)[:, None], other=0.0)
+            w = tl.load(w_rows + k[None, :], mask=real_f2 & (k < d_in)[None, :], other=0.0)
+            g = tl.load(grad_rows + k[:, None], mask=real_n2 & (k < d_in)[:, None], other=0.0)
             a, b = w.to(g.dtype), g
         else:  # grad[s, tokens] [N, K] times W[features, s] transposed [K, F]
-            g = tl.load(grad_rows + k[None, :], mask=real_n & (k < d_in)[None, :], other=0.0)
-            w = tl.load(w_rows + k[:, None], mask=real_f & (k < d_in)[:, None], other=0.0)
+            g = tl.load(grad_rows + k[None, :], mask=real_n2 & (k < d_in)[None, :], other=0.0)
+            w = tl.load(w_rows + k[:, None], mask=real_f2 & (k < d_in)[:, None], other=0.0)
             a, b = g, w.to(g.dtype)
         if IEEE:
             dots = tl.dot(a, b, dots, input_precision="ieee")
         else:
             dots = tl.dot(a, b, dots)
-    both = real_n & real_f
+    both = real_n2 & real_f2
     h = tl.load(h_ptr + tokens_2 * stride_hn + features_2 * stride_hf, mask=both, other=0.0)
     window = tl.load(window_ptr + tokens_2 * stride_wn + features_2 * stride_wf, mask=both, other=0)
-    feature_in = features < n_features
-    norm = tl.load(norms_ptr + features * n_snapshots + s, mask=feature_in, other=0.0)
-    t = tl.load(t_ptr + features, mask=feature_in, other=0.0)
+    norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
+    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
     if FEATURE_ROWS:
         distance = h.to(tl.float32) * norm[:, None] - t[:, None]
     else:
@@ -331,8 +330,8 @@ def _window_dots(
     else:
         sums, counts = tl.sum(tl.where(inside, dots, 0.0), axis=0), tl.sum(inside.to(tl.float32), axis=0)
     out = (token_block * n_features + features) * n_snapshots + s
-    tl.store(sums_ptr + out, sums, mask=feature_in)
-    tl.store(counts_ptr + out, counts, mask=feature_in)
+    tl.store(sums_ptr + out, sums, mask=real_f)
+    tl.store(counts_ptr + out, counts, mask=real_f)
 
 
 def window_dots(
