@@ -245,8 +245,8 @@ class WindowTile:
 
 WINDOW_TILE = WindowTile(tokens=128, features=128, depth=64, warps=8, stages=4)
 """The launch for a bfloat16 (or float16) gradient, whose products run on the tensor cores, with
-``d_in`` and the tokens multiples of :data:`ALIGNMENT`: the fastest of the tiles ``benchmarks/gpu.py
---window-tiles`` tries at Ge et al.'s shape on an H100 (1.59x the 64 x 64 tile), with no stack
+``d_in`` and the tokens multiples of :data:`ALIGNMENT`: the fastest of the launches ``benchmarks/gpu.py
+--window-tiles`` times at Ge et al.'s shape on an H100, with no stack
 (``pytest -rP tests/test_triton_compiles.py`` prints each launch's registers)."""
 
 WINDOW_TILE_NARROW = WindowTile(tokens=64, features=64, depth=32, warps=8, stages=3)
@@ -263,13 +263,11 @@ WINDOW_TILES = (
 )  # fmt: skip
 """The launches of the aligned half-precision window sums that ``benchmarks/gpu.py --window-tiles``
 times against each other, the default first. Each compiles for an H100 with no spilled register
-(``tests/test_triton_compiles.py``), with triton 3.9 and with the GPU machine's 3.6. On an H100 the
-next two take 1.2x and 1.3x the default's time. So did every other way of running one tile's
-snapshots that was tried: one program summing 8 or 32 snapshots while it held its ``h`` tile, with
-rows copied by the TMA (1.3x at best), and the programs of a tile's snapshots launched one after
-another, so that its ``h`` entries came from the L2 cache (0.96x to 1.00x; the kernel's time is its
-products and epilogue, not its reads of ``h``). The ``feature_rows`` launches, which sum each
-feature within a warp, are untimed."""
+(``tests/test_triton_compiles.py``), with triton 3.9 and with the GPU machine's 3.6. One program per
+tile and snapshot, launched in plain order: a program that sums several snapshots while it holds
+its ``h`` tile, and an order that runs a tile's snapshots one after another so that ``h`` comes
+from the L2 cache, were both slower or no faster on an H100, since the kernel's time is its
+products and epilogue, not its reads of ``h``."""
 
 ALIGNMENT = 16
 """Triton specialises a launch for integers divisible by 16, which lets it vectorise the loads
