@@ -57,7 +57,7 @@ import torch
 
 import crosslens.crosscoders as cc
 from crosslens.core.devices import counted_cuda_syncs
-from crosslens.crosscoders import jumprelu_kernels, sparse_kernels
+from crosslens.crosscoders import compiled, sparse_kernels
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.memory import OPTIMIZER_STATES, parameter_counts, step_peak_bytes
 from crosslens.training.optim import clipped_step
@@ -256,30 +256,32 @@ PROCESS_WINDOW_KERNEL = sparse_kernels.WINDOW_KERNEL
 """The window's default (``WINDOW_KERNEL``), which every row keeps but the two that name a
 window: ``sparse`` (masked matmuls) and ``window-kernel``."""
 
-PROCESS_COMPILE = jumprelu_kernels.compiled_kernels_setting()
+PROCESS_COMPILE = compiled.compiled_kernels_setting()
 """The process's compile setting (``CROSSLENS_COMPILE_KERNELS``), which every row but the
-``eager-blocks`` ones keeps."""
+``eager`` ones keeps."""
 
 
-PATHS = ("default", "dense", "eager-blocks", "sparse", "window-kernel", "embedding_bag")
+PATHS = ("default", "dense", "eager", "sparse", "window-kernel", "embedding_bag")
 """Every implementation :func:`step_paths` names (``--path``)."""
 
 
 def step_paths(arch: str, trained: bool, device: str, autocast: str | None) -> list[str]:
     """The implementations measured for one row: JumpReLU at a trained sparsity with the
     dense kernels and from its active pairs (``sparse_step``), the latter also with the
-    window summed by the fused Triton kernel (``WINDOW_KERNEL``), and under autocast on CUDA
-    the dense kernels' block functions op by op (``eager-blocks``) beside their compiled
-    default (``jumprelu_kernels.use_compiled_kernels``); TopK/BatchTopK through ``embedding_bag``
-    and, where Triton is there, the Triton gather-sum kernels."""
+    window summed by the fused Triton kernel (``WINDOW_KERNEL``); TopK/BatchTopK through
+    ``embedding_bag`` and, where Triton is there, the Triton gather-sum kernels. Under
+    autocast on CUDA, beside the compiled elementwise functions (the JumpReLU block functions
+    and the losses, :func:`~crosslens.crosscoders.compiled.use_compiled_kernels`), the same
+    step with them op by op (``eager``): JumpReLU's dense step, and TopK's trained one from
+    the Triton kernels."""
     triton_there = sparse_kernels.sparse_backend(torch.device(device)) == "triton"
-    eager_blocks = ["eager-blocks"] if autocast and device.startswith("cuda") and arch == "jumprelu_crosscoder" else []
+    eager = ["eager"] if autocast and device.startswith("cuda") else []
     if arch == "jumprelu_crosscoder" and trained:
-        return ["dense", *eager_blocks, "sparse", *(["window-kernel"] if triton_there else [])]
+        return ["dense", *eager, "sparse", *(["window-kernel"] if triton_there else [])]
     if arch == "jumprelu_crosscoder":
-        return ["default", *eager_blocks]
+        return ["default", *eager]
     if arch.endswith("topk_crosscoder"):
-        return ["embedding_bag", "sparse"] if triton_there else ["embedding_bag"]
+        return ["embedding_bag", "sparse", *(eager if trained else [])] if triton_there else ["embedding_bag"]
     return ["default"]
 
 
@@ -290,9 +292,9 @@ def make_trainer(
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"k": a.k} if arch.endswith("topk_crosscoder") else {}
     if arch == "jumprelu_crosscoder" and path != "default":
-        extra["sparse_step"] = path not in ("dense", "eager-blocks")
+        extra["sparse_step"] = path not in ("dense", "eager")
     sparse_kernels.WINDOW_KERNEL = {"sparse": False, "window-kernel": True}.get(path, PROCESS_WINDOW_KERNEL)
-    jumprelu_kernels.use_compiled_kernels(False if path == "eager-blocks" else PROCESS_COMPILE)
+    compiled.use_compiled_kernels(False if path == "eager" else PROCESS_COMPILE)
     sparse_kernels.BACKEND = "eager" if path == "embedding_bag" else None
     torch.manual_seed(seed)
     sae = train_cls(train_cfg_cls(d_in=a.d_in, d_sae=a.d_sae, n_snapshots=a.S, device=device, **extra))

@@ -14,8 +14,8 @@ in the same run on the same machine.
    the pairs' kernels (``sparse_kernels.gather_decode_and_norms``), which is why a CPU keeps
    the former. Then TopK's auxiliary decode of 5% dead features: as pairs, against the matmul
    over the dead rows that the step runs.
-4. With ``--compile``: the JumpReLU step with its gate/score kernels through
-   ``torch.compile`` (``jumprelu_kernels.use_compiled_kernels``), and the reference with
+4. With ``--compile``: the JumpReLU step with its gate/score kernels and its loss through
+   ``torch.compile`` (``compiled.use_compiled_kernels``), and the reference with
    its loss through ``torch.compile``, both against the eager reference.
    Goal: JumpReLU >= 0.8x the reference.
 5. With ``--trained RUN_DIR`` (a JumpReLU run, e.g. the demo's
@@ -360,17 +360,17 @@ def trained_rows(args: argparse.Namespace) -> None:
 
 def compiled_rows(args: argparse.Namespace, x: torch.Tensor) -> None:
     """4: torch.compile on and off, each against the eager reference of the same run."""
-    from crosslens.crosscoders import jumprelu_kernels
+    from crosslens.crosscoders import compiled as switch
 
     S, D, F_ = args.n_snapshots, args.d_in, args.d_sae
     eager_step = crosslens_step_fn("jumprelu_crosscoder", S, D, F_, args.k)
     compiled_step = crosslens_step_fn("jumprelu_crosscoder", S, D, F_, args.k)
     compiled_ref = reference_step_fn(S, D, F_, compile=True)
-    process_setting = jumprelu_kernels.compiled_kernels_setting()
+    process_setting = switch.compiled_kernels_setting()
 
     def with_kernels(compiled: bool, step: Callable[[torch.Tensor], None]) -> Callable[[], None]:
         def run() -> None:
-            jumprelu_kernels.use_compiled_kernels(compiled)
+            switch.use_compiled_kernels(compiled)
             step(x)
 
         return run
@@ -389,7 +389,7 @@ def compiled_rows(args: argparse.Namespace, x: torch.Tensor) -> None:
         rounds=args.rounds,
         warmup=1,
     )
-    jumprelu_kernels.use_compiled_kernels(process_setting)
+    switch.use_compiled_kernels(process_setting)
     print("{:<34}{:>10}{:>8}".format("variant", "tokens/s", "ratio"))
     for name, seconds in times.items():
         print(f"{name:<34}{args.batch / seconds:>10.0f}{times['ref'] / seconds:>8.2f}")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from sae_lens.saes.sae import TrainStepInput
 
+import crosslens.crosscoders.compiled as compiled_switch
 import crosslens.crosscoders.jumprelu_kernels as kernels
 from crosslens.crosscoders import JumpReLUTrainingCrosscoder, JumpReLUTrainingCrosscoderConfig
 from crosslens.crosscoders.base import CrosscoderPass
@@ -327,14 +328,14 @@ def test_gradient_without_the_score_matches_old_straight_through():
 @pytest.mark.slow  # torch.compile takes tens of seconds on 2 CPU cores
 def test_compiled_kernels_match_the_old_implementation(monkeypatch):
     monkeypatch.setattr(kernels, "GATHER_SHARE", -1.0)  # the per-snapshot kernel, which compiles
-    kernels.use_compiled_kernels(True)
+    compiled_switch.use_compiled_kernels(True)
     try:
         new, old = _pair(3)
         x = 3 * torch.randn(37, 4, 6, generator=torch.Generator().manual_seed(9))
         out_new, grads_new = _run(new, x)
         out_old, grads_old = _run(old, x)
     finally:
-        kernels.use_compiled_kernels(None)
+        compiled_switch.use_compiled_kernels(None)
     for key in ("mse_loss", "l0_loss"):
         torch.testing.assert_close(out_new.losses[key], out_old.losses[key], rtol=1e-5, atol=1e-6)
     for name, grad in grads_old.items():
@@ -357,15 +358,15 @@ def test_the_block_functions_are_compiled_on_cuda_and_eager_elsewhere(monkeypatc
     with monkeypatch.context() as no_triton:  # Inductor's CUDA code is Triton
         no_triton.setattr(devices, "_triton_installed", lambda: False)
         assert kernels.block_function("forward", *shape, cuda)[0] is forward_block
-    kernels.use_compiled_kernels(True)
+    compiled_switch.use_compiled_kernels(True)
     try:  # asked for everywhere: a CPU too, the whole batch at once, compiled for its one shape
         whole, n = kernels.block_function("forward", *shape, cpu)
         assert n == 2048 and whole not in (forward_block, compiled)
         assert kernels.block_function("forward", *shape, cuda) == (compiled, block)
-        kernels.use_compiled_kernels(False)  # asked for nowhere: CUDA's default too
+        compiled_switch.use_compiled_kernels(False)  # asked for nowhere: CUDA's default too
         assert kernels.block_function("forward", *shape, cuda) == (forward_block, block)
     finally:
-        kernels.use_compiled_kernels(None)
+        compiled_switch.use_compiled_kernels(None)
     assert kernels.block_function("forward", *shape, cpu)[0] is forward_block
 
 
@@ -405,13 +406,13 @@ def test_compiled_block_functions_equal_the_eager_ones_on_cuda(monkeypatch, dtyp
     results = {}
     try:
         for compiled in (True, False):
-            kernels.use_compiled_kernels(compiled)
+            compiled_switch.use_compiled_kernels(compiled)
             h, t, n = h0.clone().requires_grad_(), t0.clone().requires_grad_(), norms.clone().requires_grad_()
             f, score, open_any = kernels.snapshot_gate_and_score(h, n, t, bandwidth=0.1, tanh_scale=4.0)
             ((f * upstream).sum() + score.sum()).backward()
             results[compiled] = (f.detach(), open_any, score.detach(), h.grad, n.grad, t.grad)
     finally:
-        kernels.use_compiled_kernels(None)
+        compiled_switch.use_compiled_kernels(None)
     fast, eager = results[True], results[False]
     assert torch.equal(fast[0], eager[0]) and torch.equal(fast[1], eager[1]), "gate and code to the bit"
     tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)

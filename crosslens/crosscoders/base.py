@@ -45,6 +45,7 @@ from sae_lens.saes.sae import SAEMetadata, TrainStepInput, TrainStepOutput
 from torch import nn
 
 from crosslens.crosscoders.collectives import LocalCollectives
+from crosslens.crosscoders.compiled import compiled, compiles_on
 from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
 from crosslens.crosscoders.snapshot_sae import snapshot_sae
 from crosslens.crosscoders.folding import is_folded
@@ -433,6 +434,39 @@ class CrosscoderMixin:
         return weights_path, cfg_path
 
 
+def squared_errors(
+    recon_NSD: Float[torch.Tensor, "n n_snapshots d_in"],
+    x_NSD: Float[torch.Tensor, "n n_snapshots d_in"],
+    aux_recon_NSD: Float[torch.Tensor, "n n_snapshots d_in"] | None = None,
+) -> tuple[Float[torch.Tensor, " n"], Float[torch.Tensor, " n"] | None]:
+    """``(sum_s ||x_hat_s - x_s||^2, sum_s ||a_s - (x_s - x_hat_s)||^2)`` per token: the
+    reconstruction's squared error and, given an auxiliary reconstruction ``a`` (TopK's
+    dead features), its squared error against the residual ``x - x_hat``, which is detached
+    (the auxiliary loss trains the dead features alone). ``x`` is compared in ``x_hat``'s dtype."""
+    target_NSD = x_NSD.to(recon_NSD.dtype)
+    sq_err_N = (recon_NSD - target_NSD).pow(2).sum(dim=(-2, -1))
+    if aux_recon_NSD is None:
+        return sq_err_N, None
+    residual_NSD = (target_NSD - recon_NSD).detach()
+    return sq_err_N, (aux_recon_NSD - residual_NSD).pow(2).sum(dim=(-2, -1))
+
+
+def reconstruction_errors(
+    recon_NSD: Float[torch.Tensor, "n n_snapshots d_in"],
+    x_NSD: Float[torch.Tensor, "n n_snapshots d_in"],
+    aux_recon_NSD: Float[torch.Tensor, "n n_snapshots d_in"] | None = None,
+) -> tuple[Float[torch.Tensor, " n"], Float[torch.Tensor, " n"] | None]:
+    """:func:`squared_errors`, compiled where
+    :func:`~crosslens.crosscoders.compiled.use_compiled_kernels` says (CUDA by default). Op by
+    op, the two errors take about ten passes over ``[N, S, D]`` tensors forward and backward
+    (the cast of ``x``, the differences, their squares, the squares' gradients); compiled, one
+    read of the inputs forward, and one read of them and one write of the two gradients
+    backward."""
+    if compiles_on(recon_NSD.device):
+        return compiled(squared_errors)(recon_NSD, x_NSD, aux_recon_NSD)
+    return squared_errors(recon_NSD, x_NSD, aux_recon_NSD)
+
+
 class CrosscoderTrainingMixin(CrosscoderMixin):
     """Training loss plumbing. Each architecture implements ``_training_encode``
     (fills a :class:`CrosscoderPass` up to the code), ``_training_decode`` and
@@ -502,8 +536,9 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         fwd = self.training_pass(step_input.sae_in, step_input.dead_neuron_mask)
-        target_NSD = fwd.x_NSD.to(fwd.recon_NSD.dtype)
-        sq_err_N = (fwd.recon_NSD - target_NSD).pow(2).sum(dim=(-2, -1))
+        sq_err_N, aux_sq_err_N = reconstruction_errors(fwd.recon_NSD, fwd.x_NSD, fwd.extras.get("aux_recon_NSD"))
+        if aux_sq_err_N is not None:
+            fwd.extras["aux_sq_err_N"] = aux_sq_err_N
         mse_loss = self.collectives.token_mean(sq_err_N)
         losses = {"mse_loss": mse_loss, **self._sparsity_losses(step_input, fwd)}
         loss = torch.stack(list(losses.values())).sum()

@@ -22,7 +22,8 @@ and gradients (to the order of float sums):
 * :func:`snapshot_gate_and_score` (:class:`SnapshotGateAndScore`): the per-snapshot code
   ``[S, N, F]`` itself, a cache-sized block of tokens at a time, recomputing gates and
   scores in backward so that nothing else of that size is kept;
-  :func:`use_compiled_kernels` fuses its block functions with ``torch.compile``. The
+  :func:`block_function` fuses its block functions with ``torch.compile`` where
+  :func:`~crosslens.crosscoders.compiled.use_compiled_kernels` says. The
   decoder is then a batched matmul over snapshots.
 
 A micro-batched step's gradient-free pass needs the score sums alone:
@@ -33,14 +34,13 @@ The tensor arithmetic itself lives in :mod:`crosslens.crosscoders.jumprelu_ops`.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
 
-from crosslens.core.devices import kernel_backend
 from crosslens.core.tensors import host_ints, row_counts
+from crosslens.crosscoders.compiled import compiled, compiles_on
 from crosslens.crosscoders.jumprelu_ops import (
     PaddedRows,
     backward_block,
@@ -85,78 +85,25 @@ def token_block(n_tokens: int, n_snapshots: int, n_features: int, device: torch.
     return max(1, min(n_tokens, block_elements(device) // max(1, n_snapshots * n_features)))
 
 
-_COMPILED: dict[tuple[str, bool], Any] = {}
-_COMPILE: bool | None = None
-
-
-def use_compiled_kernels(enabled: bool | None = True) -> None:
-    """Whether the per-snapshot block functions (:func:`~crosslens.crosscoders.jumprelu_ops.forward_block`,
-    :func:`~crosslens.crosscoders.jumprelu_ops.backward_block`) run through ``torch.compile``:
-    True on every device, a CPU included (the first step of each shape then compiles, tens of
-    seconds on a CPU); False on none; None, the default, on CUDA where Triton is there
-    (Inductor's CUDA code is Triton). ``CROSSLENS_COMPILE_KERNELS=1`` or ``=0`` in the
-    environment sets True or False for the CLI and scripts.
+def block_function(name: str, n_tokens: int, n_snapshots: int, n_features: int, device: torch.device) -> tuple[Any, int]:
+    """``(function, tokens per block)`` for the ``"forward"`` or ``"backward"`` block function on
+    ``device``: compiled or eager as :func:`~crosslens.crosscoders.compiled.use_compiled_kernels`
+    says. Compiled on a CPU it takes the whole batch at once (its fused loops keep no ``[S, N,
+    F]`` temporary but their outputs), compiled for its one shape; else in blocks of
+    :func:`token_block`, whose last is shorter (compiled once more, for any shape).
 
     They are the dense JumpReLU step's elementwise work, which a step takes while the code is
     too dense for the step from the pairs (a fresh crosscoder, or the first batches of a run):
     half a dozen kernels over each ``[S, block, F]`` block forward and about fifteen backward
     when run op by op (at Ge et al.'s shape 1.6 G elements a pass), against a fused read of
     the inputs and one write of the outputs each way compiled. The gates are the eager ones to
-    the bit (the same float32 product and comparison); the tanh sums differ in their order.
-    ``benchmarks/gpu.py``'s bf16 JumpReLU rows time both on CUDA (``eager-blocks``) and
-    ``benchmarks/train.py --compile`` on a CPU. The first block compiles for its shape, and the
-    first of another shape (the last block of a batch, another batch size) once more for any
-    shape (``torch.compile``'s automatic dynamic shapes), so a run or a test process compiles
-    each function about twice per dtype."""
-    global _COMPILE
-    _COMPILE = enabled
-
-
-def compiled_kernels_setting() -> bool | None:
-    """What :func:`use_compiled_kernels` last set (the environment's switch, else None): for code
-    that changes the setting for a while and gives the process's back."""
-    return _COMPILE
-
-
-def _compiled(name: str, *, whole_batch: bool) -> Any:
-    """The compiled block function: for a whole batch (a CPU's: one shape a batch size), or for
-    blocks, whose last is shorter (compiled once more, for any shape)."""
-    key = (name, whole_batch)
-    if key not in _COMPILED:
-        function = forward_block if name == "forward" else backward_block
-        _COMPILED[key] = torch.compile(function, dynamic=False if whole_batch else None)
-    return _COMPILED[key]
-
-
-def block_function(name: str, n_tokens: int, n_snapshots: int, n_features: int, device: torch.device) -> tuple[Any, int]:
-    """``(function, tokens per block)`` for the ``"forward"`` or ``"backward"`` block function on
-    ``device``: compiled or eager as :func:`use_compiled_kernels` says. Compiled on a CPU it
-    takes the whole batch at once (its fused loops keep no ``[S, N, F]`` temporary but their
-    outputs); else in blocks of :func:`token_block`."""
-    if _COMPILE is None:
-        compiled = device.type == "cuda" and kernel_backend(device) == "triton"
-    else:
-        compiled = _COMPILE
-    if not compiled:
-        eager = forward_block if name == "forward" else backward_block
-        return eager, token_block(n_tokens, n_snapshots, n_features, device)
-    whole = device.type == "cpu"
-    return _compiled(name, whole_batch=whole), n_tokens if whole else token_block(n_tokens, n_snapshots, n_features, device)
-
-
-def _environment_switch() -> None:
-    """``CROSSLENS_COMPILE_KERNELS`` 0 or 1, a switch for the CLI and scripts; another value is
-    named, not taken for either."""
-    value = os.environ.get("CROSSLENS_COMPILE_KERNELS")
-    if value in ("0", "1"):
-        use_compiled_kernels(value == "1")
-    elif value:
-        import warnings
-
-        warnings.warn(f"CROSSLENS_COMPILE_KERNELS={value!r} is ignored: set 1 (compile everywhere) or 0 (nowhere)", stacklevel=2)
-
-
-_environment_switch()
+    the bit (the same float32 product and comparison); the tanh sums differ in their order."""
+    function = forward_block if name == "forward" else backward_block
+    if not compiles_on(device):
+        return function, token_block(n_tokens, n_snapshots, n_features, device)
+    if device.type == "cpu":
+        return compiled(function, dynamic=False), n_tokens
+    return compiled(function), token_block(n_tokens, n_snapshots, n_features, device)
 
 
 class SnapshotGateAndScore(torch.autograd.Function):

@@ -222,10 +222,17 @@ class TopKTrainingCrosscoder(
         )
 
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
-        fwd.extras["aux"] = self.aux_rows(fwd)
+        """The step's decode, and the auxiliary code's in ``fwd.extras["aux_recon_NSD"]``
+        (without the decoder bias), whose squared error the reconstruction's pass computes
+        beside its own (:func:`~crosslens.crosscoders.base.reconstruction_errors`)."""
+        aux = fwd.extras["aux"] = self.aux_rows(fwd)
         if not self.uses_sparse_decode:
-            return self.decode_dense(fwd.feature_acts_NF)
-        return self.decode_kept(fwd, *self._kept(fwd))
+            out = self.decode_dense(fwd.feature_acts_NF)
+        else:
+            out = self.decode_kept(fwd, *self._kept(fwd))
+        if aux is not None and "aux_recon_NSD" not in fwd.extras:
+            fwd.extras["aux_recon_NSD"] = dense_rows_decode(self.W_dec, aux[0]).reshape(-1, self.cfg.n_snapshots, self.cfg.d_in)
+        return out
 
     def _kept(self, fwd: CrosscoderPass) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(indices, values, offsets)`` of the kept pairs, as :meth:`decode_kept` takes them."""
@@ -273,14 +280,10 @@ class TopKTrainingCrosscoder(
 
     def aux_k_loss(self, fwd: CrosscoderPass) -> torch.Tensor:
         """Auxiliary-k loss: the top dead features (:meth:`aux_rows`) reconstruct the live
-        features' residual, without the decoder bias."""
+        features' residual, without the decoder bias (their squared error per token is
+        ``fwd.extras["aux_sq_err_N"]``)."""
         aux = fwd.extras["aux"]
         if aux is None:
             return fwd.recon_NSD.new_zeros(())
-        rows, scale = aux
-        aux_recon_NSD = fwd.extras.get("aux_recon_NSD")
-        if aux_recon_NSD is None:
-            aux_recon_NSD = dense_rows_decode(self.W_dec, rows).reshape(-1, self.cfg.n_snapshots, self.cfg.d_in)
-        residual_NSD = (fwd.x_NSD.to(fwd.recon_NSD.dtype) - fwd.recon_NSD).detach()
-        aux_loss = self.collectives.token_mean((aux_recon_NSD - residual_NSD).pow(2).sum(dim=(-2, -1)))
-        return self.cfg.aux_loss_coefficient * scale * aux_loss
+        aux_loss = self.collectives.token_mean(fwd.extras["aux_sq_err_N"])
+        return self.cfg.aux_loss_coefficient * aux[1] * aux_loss
