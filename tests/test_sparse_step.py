@@ -57,7 +57,7 @@ def triton_backend(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureReque
 @LAUNCHES
 @pytest.mark.parametrize(
     "tests",
-    ["gather or window_dots", pytest.param("not (gather or window_dots)", marks=pytest.mark.slow)],  # the steps: minutes
+    ["gather or window_dots or entry_masks", pytest.param("not (gather or window_dots or entry_masks)", marks=pytest.mark.slow)],  # the steps: minutes
     ids=["kernels", "steps"],
 )
 def test_triton_kernels_under_the_interpreter(tests):
@@ -543,6 +543,41 @@ def check_window_dots(window_dots, args: list[torch.Tensor]) -> None:
     assert 0.1 < float(want_counts.sum()) / want_counts.numel() / args[0].shape[1] < 0.3
     torch.testing.assert_close(counts.double(), want_counts, rtol=0, atol=0)
     torch.testing.assert_close(sums.double(), want_sums, rtol=1e-5, atol=1e-4)
+
+
+def entry_operands(device: str, layout: str, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """``(h_NF, low_F, high_F, t_F)`` at 70 tokens by 1,030 features (no tile filled evenly, either
+    way round). Each threshold is the rounded product ``h[0, i] * low_i``, and a third of the
+    features have ``low == high``: token 0 then sits on the gate, shut only where the difference
+    is rounded as torch rounds it (a fused multiply-add would open about half of those)."""
+    g = torch.Generator().manual_seed(8)
+    N, F_ = 70, 1030
+    h_NF = torch.randn(N, F_, generator=g).to(dtype)
+    low_F = torch.rand(F_, generator=g) + 0.5
+    high_F = low_F + torch.rand(F_, generator=g) * 0.5
+    high_F[::3] = low_F[::3]
+    t_F = h_NF[0].float() * low_F
+    if layout == "feature-major":
+        h_NF = h_NF.T.contiguous().T
+    return tuple(x.to(device) for x in (h_NF, low_F, high_F, t_F))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["token-major", "feature-major"])
+def test_triton_entry_masks_equal_the_eager_ones(device, layout, dtype, triton_backend):
+    """Bit for bit: the open and active entries, their counts, and the masks in ``h``'s layout."""
+    from crosslens.crosscoders import triton_kernels
+
+    operands = entry_operands(device, layout, dtype)
+    open_NF, active_NF, *counts = triton_kernels.entry_masks(*operands, 0.3)
+    want_open, want_active, *want_counts = sparse_kernels.eager_entry_masks(*operands, 0.3)
+    assert torch.equal(open_NF, want_open) and torch.equal(active_NF, want_active)
+    n_open, n_active = (int(n) for n in counts)
+    assert [n_open, n_active] == [int(n) for n in want_counts] == [int(want_open.sum()), int(want_active.sum())]
+    assert open_NF.stride() == active_NF.stride() == want_open.stride() == operands[0].stride()
+    on_the_gate = ~want_open[0, ::3]  # token 0 where low == high: distance exactly 0 somewhere
+    assert on_the_gate.sum() > 100 and 0 < n_open < n_active < open_NF.numel()
 
 
 @pytest.mark.parametrize("layout", ["token-major", "feature-major"])

@@ -110,7 +110,7 @@ def compile_recorded(module: Any, name: str, run: Any, monkeypatch: pytest.Monke
     return len(seen)
 
 
-LAUNCH_OPTIONS = ("num_warps", "num_stages")
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion")
 """A launch's keywords that are the compiler's options, not the kernel's arguments."""
 
 
@@ -305,3 +305,56 @@ def test_the_decoder_gradient_pass_giving_the_values_gradient_compiles_for_an_h1
         triton_kernels.weight_and_values_grad(grad, values, pairs, W.to(dtype), out=torch.zeros(f, groups, d))
 
     assert compile_recorded(triton_kernels, "_gather_rows", passes, monkeypatch) == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["token-major", "feature-major"])
+def test_the_entry_masks_kernel_compiles_for_an_h100_rounding_as_torch(layout, dtype, monkeypatch):
+    """Its distances ``h * norm - t`` round twice, as torch's do: the launch turns off the
+    contraction into one fused multiply-add that the device's default would make (shown here by
+    compiling the same launch with it on)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from crosslens.crosscoders import triton_kernels
+    from test_sparse_step import entry_operands
+
+    operands = entry_operands("cpu", layout, dtype)
+    kernel = triton_kernels._entry_masks
+
+    def two_roundings(compiled: Any) -> None:
+        ptx = compiled.asm["ptx"]
+        assert "mul.rn.f32" in ptx and "sub.rn.f32" in ptx and "fma.rn.f32" not in ptx, "the distances are contracted"
+
+    run = lambda: triton_kernels.entry_masks(*operands, 0.3)  # noqa: E731
+    assert compile_recorded(triton_kernels, "_entry_masks", run, monkeypatch, two_roundings) == 1
+    recorder = Launches(kernel)
+    monkeypatch.setattr(triton_kernels, "_entry_masks", recorder)
+    run()
+    (args, kwargs), = recorder.calls
+    types, constexprs, attrs = signature(kernel, args, kwargs)
+    fused = triton.compile(ASTSource(kernel, types, constexprs, attrs), target=GPUTarget(*H100),
+                           options={"num_warps": kwargs["num_warps"], "enable_fp_fusion": True})  # fmt: skip
+    assert "fma.rn.f32" in fused.asm["ptx"], "a fused multiply-add is what the check above would catch"
+
+
+def test_the_entry_masks_kernel_reads_h_16_bytes_at_a_time_where_the_shape_allows(monkeypatch):
+    """At a shape whose sizes are multiples of 16 (Ge et al.'s 2048 tokens by 24,576 features),
+    each thread reads its elements of ``h`` 16 bytes at a time and writes its mask bytes 8 at a
+    time, either way round."""
+    from crosslens.crosscoders import triton_kernels
+
+    g = torch.Generator().manual_seed(9)
+    h_NF = torch.randn(256, 96, generator=g)
+    low_F, high_F, t_F = (torch.rand(96, generator=g) for _ in range(3))
+
+    def vectorised(compiled: Any) -> None:
+        ptx = compiled.asm["ptx"]
+        assert "ld.global.v4.b32" in ptx and "st.global.v2.b32" in ptx, "the pass's reads or writes are not vectorised"
+
+    def both_layouts() -> None:
+        triton_kernels.entry_masks(h_NF, low_F, high_F, t_F, 0.3)
+        triton_kernels.entry_masks(h_NF.T.contiguous().T, low_F, high_F, t_F, 0.3)
+
+    assert compile_recorded(triton_kernels, "_entry_masks", both_layouts, monkeypatch, vectorised) == 2

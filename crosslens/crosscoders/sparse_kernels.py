@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 
 from crosslens.core.devices import autocast_dtype, kernel_backend
 from crosslens.core.tensors import host_ints, norm_gradient_scale
@@ -176,6 +176,24 @@ def eager_window_dots(
     return sums_FS, counts_FS
 
 
+def eager_entry_masks(
+    h_NF: Float[torch.Tensor, "n d_sae"], low_F: Float[torch.Tensor, " d_sae"], high_F: Float[torch.Tensor, " d_sae"],
+    t_F: Float[torch.Tensor, " d_sae"], half_width: float,
+) -> tuple[Bool[torch.Tensor, "n d_sae"], Bool[torch.Tensor, "n d_sae"], Int[torch.Tensor, ""], Int[torch.Tensor, ""]]:  # fmt: skip
+    """``(open_NF, active_NF, n_open, n_active)`` for each feature's smallest and largest norm:
+    the entries whose distance ``h * norm - t`` is above 0 at one of the two, those above 0 or
+    inside ``half_width`` at one of them or between, and how many of each (on the device). The
+    twin of the Triton kernel (``triton_kernels.entry_masks``), which rounds every product and
+    difference as this does."""
+    d_lo_NF = (h_NF * low_F).sub_(t_F)
+    d_hi_NF = (h_NF * high_F).sub_(t_F)
+    d_max_NF = torch.maximum(d_lo_NF, d_hi_NF)
+    d_min_NF = torch.minimum(d_lo_NF, d_hi_NF, out=d_lo_NF)
+    open_NF = d_max_NF > 0
+    active_NF = open_NF | ((d_min_NF < half_width) & (d_max_NF > -half_width))
+    return open_NF, active_NF, open_NF.sum(), active_NF.sum()
+
+
 def _implementation(backend: str) -> Any:
     if backend == "triton":
         from crosslens.crosscoders import triton_kernels
@@ -190,6 +208,7 @@ class _Eager:
     weight_grad = staticmethod(eager_weight_grad)
     weight_and_values_grad = staticmethod(eager_weight_and_values_grad)
     window_dots = staticmethod(eager_window_dots)
+    entry_masks = staticmethod(eager_entry_masks)
 
 
 _EAGER = _Eager()
@@ -632,18 +651,17 @@ class ActiveEntries:
 
 
 def active_entries(
-    h_NF: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor, half_width: float
+    h_NF: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor, half_width: float, backend: str | None = None
 ) -> ActiveEntries:
     """The entries open at some snapshot or inside the window at some, and those open at
     some. ``h * norm - t`` is monotone in the norm, so the smallest and largest of a
-    feature's norms bound it at every snapshot (the same two roundings)."""
-    d_lo_NF = (h_NF * norms_FS.min(dim=1).values).sub_(threshold_F)
-    d_hi_NF = (h_NF * norms_FS.max(dim=1).values).sub_(threshold_F)
-    d_max_NF = torch.maximum(d_lo_NF, d_hi_NF)
-    d_min_NF = torch.minimum(d_lo_NF, d_hi_NF, out=d_lo_NF)
-    open_NF = d_max_NF > 0
-    active_NF = open_NF | ((d_min_NF < half_width) & (d_max_NF > -half_width))
-    n_open, n_active = host_ints(open_NF.sum(), active_NF.sum())
+    feature's norms bound it at every snapshot (the same two roundings): where the Triton
+    kernels run (``backend``, as :func:`sparse_backend` chooses), one pass over ``h``, else
+    :func:`eager_entry_masks`."""
+    low_F, high_F = norms_FS.min(dim=1).values, norms_FS.max(dim=1).values
+    masks = _implementation(backend or sparse_backend(h_NF.device)).entry_masks
+    open_NF, active_NF, n_open_t, n_active_t = masks(h_NF, low_F, high_F, threshold_F, half_width)
+    n_open, n_active = host_ints(n_open_t, n_active_t)
     return ActiveEntries(active_NF, open_NF, n_open, n_active - n_open)
 
 

@@ -20,6 +20,12 @@ loads the gradient rows of that feature's pairs anyway, so it writes each pair's
 over its block, and the blocks of a group are added in a fixed order afterwards. That spares
 the second gather of every pair's gradient row and decoder row that ``_pair_dots`` makes
 (about 13 GB a step for TopK at Ge et al.'s shape).
+
+Two more serve the JumpReLU step from the pairs. ``_window_dots`` sums the threshold's window
+(:func:`window_dots`). ``_entry_masks`` lists which entries that step works on
+(:func:`entry_masks`, for ``sparse_kernels.active_entries``): one read of the pre-activations and
+one write of each mask, where op by op the products, differences, extremes and comparisons
+make a dozen passes over ``[N, F]``.
 """
 
 from __future__ import annotations
@@ -362,3 +368,71 @@ def window_dots(
             IEEE=ieee, num_warps=tile.warps, num_stages=tile.stages,
         )  # fmt: skip
     return sums.sum(dim=0), counts.sum(dim=0)
+
+
+ENTRY_ROWS, ENTRY_COLUMNS, ENTRY_WARPS = 4, 512, 8
+"""The tile of one program of ``_entry_masks``, rows by columns of ``h``'s storage, and its
+warps: 8 elements a thread, read along the contiguous axis. A pass bound by memory: more
+elements a thread (4 x 1024 on 4 warps) take about 150 registers, which leaves an H100 few
+warps in flight to hide the reads' latency; this launch takes about 60."""
+
+
+@triton.jit
+def _entry_masks(
+    open_ptr, active_ptr, counts_ptr, h_ptr, low_ptr, high_ptr, t_ptr, n_rows, n_columns, half_width,
+    FEATURE_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    columns = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    real_r, real_c = rows < n_rows, columns < n_columns
+    real = real_r[:, None] & real_c[None, :]
+    at = rows.to(tl.int64)[:, None] * n_columns + columns[None, :]
+    h = tl.load(h_ptr + at, mask=real, other=0.0).to(tl.float32)
+    # each feature's smallest and largest norm and its threshold, along the rows or the columns
+    if FEATURE_ROWS:
+        low = tl.load(low_ptr + rows, mask=real_r, other=0.0).to(tl.float32)[:, None]
+        high = tl.load(high_ptr + rows, mask=real_r, other=0.0).to(tl.float32)[:, None]
+        t = tl.load(t_ptr + rows, mask=real_r, other=0.0).to(tl.float32)[:, None]
+    else:
+        low = tl.load(low_ptr + columns, mask=real_c, other=0.0).to(tl.float32)[None, :]
+        high = tl.load(high_ptr + columns, mask=real_c, other=0.0).to(tl.float32)[None, :]
+        t = tl.load(t_ptr + columns, mask=real_c, other=0.0).to(tl.float32)[None, :]
+    # two roundings each (the launch turns off fused multiply-adds), as torch computes them
+    d_low = h * low - t
+    d_high = h * high - t
+    d_max = tl.maximum(d_low, d_high, propagate_nan=tl.PropagateNan.ALL)
+    d_min = tl.minimum(d_low, d_high, propagate_nan=tl.PropagateNan.ALL)
+    is_open = real & (d_max > 0)
+    active = is_open | (real & (d_min < half_width) & (d_max > -half_width))
+    tl.store(open_ptr + at, is_open.to(tl.uint8), mask=real)
+    tl.store(active_ptr + at, active.to(tl.uint8), mask=real)
+    program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+    tl.store(counts_ptr + 2 * program, tl.sum(tl.sum(is_open.to(tl.int32), axis=1), axis=0))
+    tl.store(counts_ptr + 2 * program + 1, tl.sum(tl.sum(active.to(tl.int32), axis=1), axis=0))
+
+
+def entry_masks(
+    h_NF: torch.Tensor, low_F: torch.Tensor, high_F: torch.Tensor, t_F: torch.Tensor, half_width: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(open_NF, active_NF, n_open, n_active)`` as ``sparse_kernels.eager_entry_masks`` gives
+    them, bit for bit, in one read of ``h`` (token-major or feature-major, as the encoder leaves
+    it) and one write of each mask, which has ``h``'s layout; the counts are each program's,
+    added after."""
+    feature_rows = not h_NF.is_contiguous() and h_NF.T.is_contiguous()
+    if not (feature_rows or h_NF.is_contiguous()):
+        h_NF = h_NF.contiguous()
+    open_NF = torch.empty_like(h_NF, dtype=torch.bool)
+    active_NF = torch.empty_like(h_NF, dtype=torch.bool)
+    h_RC, open_RC, active_RC = (h_NF.T, open_NF.T, active_NF.T) if feature_rows else (h_NF, open_NF, active_NF)
+    n_rows, n_columns = h_RC.shape
+    grid = (triton.cdiv(n_rows, ENTRY_ROWS), triton.cdiv(n_columns, ENTRY_COLUMNS))
+    counts = torch.empty(grid[0] * grid[1], 2, dtype=torch.int32, device=h_NF.device)
+    with launching_on(counts):
+        _entry_masks[grid](
+            open_RC.view(torch.uint8), active_RC.view(torch.uint8), counts, h_RC, low_F.contiguous(),
+            high_F.contiguous(), t_F.contiguous(), n_rows, n_columns, half_width,
+            FEATURE_ROWS=feature_rows, BLOCK_R=ENTRY_ROWS, BLOCK_C=ENTRY_COLUMNS, num_warps=ENTRY_WARPS,
+            enable_fp_fusion=False,
+        )  # fmt: skip
+    n_open, n_active = counts.sum(dim=0)
+    return open_NF, active_NF, n_open, n_active
