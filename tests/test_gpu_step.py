@@ -182,7 +182,8 @@ def test_triton_update_writing_row_norms_is_the_update_and_the_norms(device, d, 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_the_kernels_refuse_what_they_would_read_wrong():
     """Row norms only of a whole parameter's rows, in its shape; only contiguous tensors (a
-    kernel reads them flat): refused before anything is launched."""
+    kernel reads them flat); the entry masks only in the dtypes whose arithmetic torch does in
+    float32: refused before anything is launched."""
     from crosslens.training import triton_adam
 
     p = torch.zeros(4, 8)
@@ -194,6 +195,12 @@ def test_the_kernels_refuse_what_they_would_read_wrong():
         triton_adam.update(p, torch.zeros(8, 4).T, p.clone(), p.clone(), None, HYPER)
     with pytest.raises(ValueError, match="row_norms takes a float32 tensor of at least 2 dimensions"):
         triton_adam.row_norms(torch.zeros(8))
+    from crosslens.crosscoders import triton_kernels
+
+    h, per_feature = torch.zeros(4, 8), torch.zeros(8)
+    for args in ((h.double(), per_feature, per_feature, per_feature), (h, per_feature.bfloat16(), per_feature, per_feature)):
+        with pytest.raises(ValueError, match="entry_masks computes in float32 from a float32 or half-precision h"):
+            triton_kernels.entry_masks(*args, 0.1)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_CUDA)])

@@ -417,7 +417,15 @@ def entry_masks(
     """``(open_NF, active_NF, n_open, n_active)`` as ``sparse_kernels.eager_entry_masks`` gives
     them, bit for bit, in one read of ``h`` (token-major or feature-major, as the encoder leaves
     it) and one write of each mask, which has ``h``'s layout; the counts are each program's,
-    added after."""
+    added after. It computes in float32, as torch does for half-precision ``h`` and float32
+    norms and thresholds (the step's); other dtypes, which torch would compute in another
+    precision, are refused."""
+    per_feature = {low_F.dtype, high_F.dtype, t_F.dtype}
+    if h_NF.dtype not in (torch.float32, torch.bfloat16, torch.float16) or per_feature != {torch.float32}:
+        raise ValueError(
+            f"entry_masks computes in float32 from a float32 or half-precision h and float32 norms and thresholds; "
+            f"got h {h_NF.dtype}, norms {low_F.dtype} and {high_F.dtype}, thresholds {t_F.dtype}"
+        )
     feature_rows = not h_NF.is_contiguous() and h_NF.T.is_contiguous()
     if not (feature_rows or h_NF.is_contiguous()):
         h_NF = h_NF.contiguous()
