@@ -580,6 +580,19 @@ def test_triton_entry_masks_equal_the_eager_ones(device, layout, dtype, triton_b
     assert on_the_gate.sum() > 100 and 0 < n_open < n_active < open_NF.numel()
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_entries_in_dtypes_the_kernel_does_not_take_are_listed_eagerly(monkeypatch):
+    """A crosscoder held in bfloat16 has bfloat16 norms and thresholds, whose arithmetic torch
+    does in bfloat16: the step lists its entries with the eager twin, not the float32 kernel
+    (which, launched here on a CPU outside the interpreter, would fail)."""
+    monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")
+    h_NF, low_F, high_F, t_F = (x.bfloat16() for x in entry_operands("cpu", "feature-major", torch.float32))
+    entries = sparse_kernels.active_entries(h_NF, torch.stack((low_F, high_F), dim=1), t_F, 0.3)
+    want_open, want_active, n_open, n_active = sparse_kernels.eager_entry_masks(h_NF, low_F, high_F, t_F, 0.3)
+    assert torch.equal(entries.open_NF, want_open) and torch.equal(entries.active_NF, want_active)
+    assert (entries.n_open, entries.n_window) == (int(n_open), int(n_active - n_open))
+
+
 @pytest.mark.parametrize("layout", ["token-major", "feature-major"])
 def test_eager_window_dots_equal_the_dense_sums(layout):
     """The window kernel's eager twin, what a backend without Triton would sum the window with."""

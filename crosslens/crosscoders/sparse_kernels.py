@@ -656,11 +656,13 @@ def active_entries(
     """The entries open at some snapshot or inside the window at some, and those open at
     some. ``h * norm - t`` is monotone in the norm, so the smallest and largest of a
     feature's norms bound it at every snapshot (the same two roundings): where the Triton
-    kernels run (``backend``, as :func:`sparse_backend` chooses), one pass over ``h``, else
-    :func:`eager_entry_masks`."""
+    kernels run (``backend``, as :func:`sparse_backend` chooses) and take the dtypes, one pass
+    over ``h``, else :func:`eager_entry_masks`."""
     low_F, high_F = norms_FS.min(dim=1).values, norms_FS.max(dim=1).values
-    masks = _implementation(backend or sparse_backend(h_NF.device)).entry_masks
-    open_NF, active_NF, n_open_t, n_active_t = masks(h_NF, low_F, high_F, threshold_F, half_width)
+    kernels = _implementation(backend or sparse_backend(h_NF.device))
+    if kernels is not _EAGER and not kernels.entry_masks_take(h_NF, low_F, high_F, threshold_F):
+        kernels = _EAGER
+    open_NF, active_NF, n_open_t, n_active_t = kernels.entry_masks(h_NF, low_F, high_F, threshold_F, half_width)
     n_open, n_active = host_ints(n_open_t, n_active_t)
     return ActiveEntries(active_NF, open_NF, n_open, n_active - n_open)
 

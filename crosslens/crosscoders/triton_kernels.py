@@ -411,17 +411,21 @@ def _entry_masks(
     tl.store(counts_ptr + 2 * program + 1, tl.sum(tl.sum(active.to(tl.int32), axis=1), axis=0))
 
 
+def entry_masks_take(h_NF: torch.Tensor, *per_feature: torch.Tensor) -> bool:
+    """Whether :func:`entry_masks` computes as torch would for these dtypes: in float32, which
+    torch does for a float32 or half-precision ``h`` with float32 norms and thresholds (the
+    step's, whose parameters are float32); a crosscoder held in another dtype computes in that."""
+    return h_NF.dtype in (torch.float32, torch.bfloat16, torch.float16) and all(t.dtype == torch.float32 for t in per_feature)
+
+
 def entry_masks(
     h_NF: torch.Tensor, low_F: torch.Tensor, high_F: torch.Tensor, t_F: torch.Tensor, half_width: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(open_NF, active_NF, n_open, n_active)`` as ``sparse_kernels.eager_entry_masks`` gives
     them, bit for bit, in one read of ``h`` (token-major or feature-major, as the encoder leaves
     it) and one write of each mask, which has ``h``'s layout; the counts are each program's,
-    added after. It computes in float32, as torch does for half-precision ``h`` and float32
-    norms and thresholds (the step's); other dtypes, which torch would compute in another
-    precision, are refused."""
-    per_feature = {low_F.dtype, high_F.dtype, t_F.dtype}
-    if h_NF.dtype not in (torch.float32, torch.bfloat16, torch.float16) or per_feature != {torch.float32}:
+    added after. Only where :func:`entry_masks_take` the dtypes."""
+    if not entry_masks_take(h_NF, low_F, high_F, t_F):
         raise ValueError(
             f"entry_masks computes in float32 from a float32 or half-precision h and float32 norms and thresholds; "
             f"got h {h_NF.dtype}, norms {low_F.dtype} and {high_F.dtype}, thresholds {t_F.dtype}"
