@@ -388,15 +388,15 @@ def _entry_masks(
     real = real_r[:, None] & real_c[None, :]
     at = rows.to(tl.int64)[:, None] * n_columns + columns[None, :]
     h = tl.load(h_ptr + at, mask=real, other=0.0).to(tl.float32)
-    # each feature's smallest and largest norm and its threshold, along the rows or the columns
+    # each feature's smallest and largest norm and its threshold (float32), along the rows or the columns
+    features, real_f = (rows, real_r) if FEATURE_ROWS else (columns, real_c)
+    low = tl.load(low_ptr + features, mask=real_f, other=0.0)
+    high = tl.load(high_ptr + features, mask=real_f, other=0.0)
+    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
     if FEATURE_ROWS:
-        low = tl.load(low_ptr + rows, mask=real_r, other=0.0).to(tl.float32)[:, None]
-        high = tl.load(high_ptr + rows, mask=real_r, other=0.0).to(tl.float32)[:, None]
-        t = tl.load(t_ptr + rows, mask=real_r, other=0.0).to(tl.float32)[:, None]
+        low, high, t = low[:, None], high[:, None], t[:, None]
     else:
-        low = tl.load(low_ptr + columns, mask=real_c, other=0.0).to(tl.float32)[None, :]
-        high = tl.load(high_ptr + columns, mask=real_c, other=0.0).to(tl.float32)[None, :]
-        t = tl.load(t_ptr + columns, mask=real_c, other=0.0).to(tl.float32)[None, :]
+        low, high, t = low[None, :], high[None, :], t[None, :]
     # two roundings each (the launch turns off fused multiply-adds), as torch computes them
     d_low = h * low - t
     d_high = h * high - t
