@@ -443,12 +443,12 @@ def squared_errors(
     reconstruction's squared error and, given an auxiliary reconstruction ``a`` (TopK's
     dead features), its squared error against the residual ``x - x_hat``, which is detached
     (the auxiliary loss trains the dead features alone). ``x`` is compared in ``x_hat``'s dtype."""
-    target_NSD = x_NSD.to(recon_NSD.dtype)
-    sq_err_N = (recon_NSD - target_NSD).pow(2).sum(dim=(-2, -1))
+    error_NSD = recon_NSD - x_NSD.to(recon_NSD.dtype)
+    sq_err_N = error_NSD.pow(2).sum(dim=(-2, -1))
     if aux_recon_NSD is None:
         return sq_err_N, None
-    residual_NSD = (target_NSD - recon_NSD).detach()
-    return sq_err_N, (aux_recon_NSD - residual_NSD).pow(2).sum(dim=(-2, -1))
+    # a - (x - x_hat) is a + (x_hat - x) exactly: negating a difference rounds nothing
+    return sq_err_N, (aux_recon_NSD + error_NSD.detach()).pow(2).sum(dim=(-2, -1))
 
 
 def reconstruction_errors(
