@@ -198,8 +198,10 @@ def test_the_kernels_refuse_what_they_would_read_wrong():
     from crosslens.crosscoders import triton_kernels
 
     h, per_feature = torch.zeros(4, 8), torch.zeros(8)
-    for args in ((h.double(), per_feature, per_feature, per_feature), (h, per_feature.bfloat16(), per_feature, per_feature)):
-        with pytest.raises(ValueError, match="entry_masks computes in float32 from a float32 or half-precision h"):
+    refused = ((h.double(), per_feature, per_feature, per_feature), (h, per_feature.bfloat16(), per_feature, per_feature),
+               (h, per_feature, per_feature, per_feature.double()))  # fmt: skip
+    for args in refused:
+        with pytest.raises(ValueError, match="entry_masks computes in float32 from float32 norms, and h and thresholds"):
             triton_kernels.entry_masks(*args, 0.1)
 
 

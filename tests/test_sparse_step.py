@@ -545,31 +545,43 @@ def check_window_dots(window_dots, args: list[torch.Tensor]) -> None:
     torch.testing.assert_close(sums.double(), want_sums, rtol=1e-5, atol=1e-4)
 
 
-def entry_operands(device: str, layout: str, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def entry_operands(
+    device: str, layout: str, dtype: torch.dtype, threshold_dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, ...]:
     """``(h_NF, low_F, high_F, t_F)`` at 70 tokens by 1,030 features (no tile filled evenly, either
     way round). Each threshold is the rounded product ``h[0, i] * low_i``, and a third of the
     features have ``low == high``: token 0 then sits on the gate, shut only where the difference
-    is rounded as torch rounds it (a fused multiply-add would open about half of those)."""
+    is rounded as torch rounds it (a fused multiply-add would open about half of those). With
+    half-precision thresholds (a step under autocast), those features' norms are 1 and token 0's
+    ``h`` is a half-precision number, so that it sits on the gate too."""
     g = torch.Generator().manual_seed(8)
     N, F_ = 70, 1030
     h_NF = torch.randn(N, F_, generator=g).to(dtype)
     low_F = torch.rand(F_, generator=g) + 0.5
     high_F = low_F + torch.rand(F_, generator=g) * 0.5
+    if threshold_dtype != torch.float32:
+        h_NF[0] = h_NF[0].to(threshold_dtype).to(dtype)
+        low_F[::3] = 1.0
     high_F[::3] = low_F[::3]
-    t_F = h_NF[0].float() * low_F
+    t_F = (h_NF[0].float() * low_F).to(threshold_dtype)
     if layout == "feature-major":
         h_NF = h_NF.T.contiguous().T
     return tuple(x.to(device) for x in (h_NF, low_F, high_F, t_F))
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "dtype, threshold_dtype",
+    [(torch.float32, torch.float32), (torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16)],
+    ids=["float32", "bfloat16-h", "bfloat16-h-and-thresholds"],
+)
 @pytest.mark.parametrize("layout", ["token-major", "feature-major"])
-def test_triton_entry_masks_equal_the_eager_ones(device, layout, dtype, triton_backend):
-    """Bit for bit: the open and active entries, their counts, and the masks in ``h``'s layout."""
+def test_triton_entry_masks_equal_the_eager_ones(device, layout, dtype, threshold_dtype, triton_backend):
+    """Bit for bit: the open and active entries, their counts, and the masks in ``h``'s layout;
+    with the thresholds in bfloat16 too, as a step under autocast compares them."""
     from crosslens.crosscoders import triton_kernels
 
-    operands = entry_operands(device, layout, dtype)
+    operands = entry_operands(device, layout, dtype, threshold_dtype)
     open_NF, active_NF, *counts = triton_kernels.entry_masks(*operands, 0.3)
     want_open, want_active, *want_counts = sparse_kernels.eager_entry_masks(*operands, 0.3)
     assert torch.equal(open_NF, want_open) and torch.equal(active_NF, want_active)
@@ -582,15 +594,38 @@ def test_triton_entry_masks_equal_the_eager_ones(device, layout, dtype, triton_b
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_entries_in_dtypes_the_kernel_does_not_take_are_listed_eagerly(monkeypatch):
-    """A crosscoder held in bfloat16 has bfloat16 norms and thresholds, whose arithmetic torch
-    does in bfloat16: the step lists its entries with the eager twin, not the float32 kernel
-    (which, launched here on a CPU outside the interpreter, would fail)."""
+    """A crosscoder held in bfloat16 has bfloat16 norms, whose products with ``h`` torch rounds
+    to bfloat16: the step lists its entries with the eager twin, not the float32 kernel (which,
+    launched here on a CPU outside the interpreter, would fail)."""
     monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")
     h_NF, low_F, high_F, t_F = (x.bfloat16() for x in entry_operands("cpu", "feature-major", torch.float32))
     entries = sparse_kernels.active_entries(h_NF, torch.stack((low_F, high_F), dim=1), t_F, 0.3)
     want_open, want_active, n_open, n_active = sparse_kernels.eager_entry_masks(h_NF, low_F, high_F, t_F, 0.3)
     assert torch.equal(entries.open_NF, want_open) and torch.equal(entries.active_NF, want_active)
     assert (entries.n_open, entries.n_window) == (int(n_open), int(n_active - n_open))
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_a_step_under_autocast_lists_its_entries_with_the_kernel(monkeypatch):
+    """Under autocast the encoder leaves ``h`` in bfloat16, the step compares it with its
+    thresholds rounded to bfloat16, and the decoder norms stay float32: dtypes the kernel
+    takes, so the step's entries are listed in one pass and not by the eager twin's dozen."""
+    from crosslens.crosscoders import triton_kernels
+
+    class Listed(Exception):
+        """The step reached the kernel (stopped there: no Triton kernel runs on a CPU)."""
+
+    def reached(h_NF, low_F, high_F, t_F, half_width):
+        raise Listed(h_NF.dtype, low_F.dtype, high_F.dtype, t_F.dtype)
+
+    monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")
+    monkeypatch.setattr(triton_kernels, "entry_masks", reached)
+    sae = make_sae("jumprelu_crosscoder", "cpu", sparse_step=True)
+    x_BSD = batches(1, "cpu")[0]
+    set_trained_sparsity(sae, x_BSD)
+    with torch.autocast("cpu", torch.bfloat16), pytest.raises(Listed) as listed:
+        sae.training_pass(x_BSD)
+    assert listed.value.args == (torch.bfloat16, torch.float32, torch.float32, torch.bfloat16)
 
 
 @pytest.mark.parametrize("layout", ["token-major", "feature-major"])

@@ -322,7 +322,7 @@ def _window_dots(
     h = tl.load(h_ptr + tokens_2 * stride_hn + features_2 * stride_hf, mask=both, other=0.0)
     window = tl.load(window_ptr + tokens_2 * stride_wn + features_2 * stride_wf, mask=both, other=0)
     norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
-    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
+    t = tl.load(t_ptr + features, mask=real_f, other=0.0).to(tl.float32)
     if FEATURE_ROWS:
         distance = h.to(tl.float32) * norm[:, None] - t[:, None]
     else:
@@ -388,11 +388,12 @@ def _entry_masks(
     real = real_r[:, None] & real_c[None, :]
     at = rows.to(tl.int64)[:, None] * n_columns + columns[None, :]
     h = tl.load(h_ptr + at, mask=real, other=0.0).to(tl.float32)
-    # each feature's smallest and largest norm and its threshold (float32), along the rows or the columns
+    # each feature's smallest and largest norm (float32) and its threshold (widened exactly), along the rows or
+    # the columns
     features, real_f = (rows, real_r) if FEATURE_ROWS else (columns, real_c)
     low = tl.load(low_ptr + features, mask=real_f, other=0.0)
     high = tl.load(high_ptr + features, mask=real_f, other=0.0)
-    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
+    t = tl.load(t_ptr + features, mask=real_f, other=0.0).to(tl.float32)
     if FEATURE_ROWS:
         low, high, t = low[:, None], high[:, None], t[:, None]
     else:
@@ -411,11 +412,17 @@ def _entry_masks(
     tl.store(counts_ptr + 2 * program + 1, tl.sum(tl.sum(active.to(tl.int32), axis=1), axis=0))
 
 
-def entry_masks_take(h_NF: torch.Tensor, *per_feature: torch.Tensor) -> bool:
-    """Whether :func:`entry_masks` computes as torch would for these dtypes: in float32, which
-    torch does for a float32 or half-precision ``h`` with float32 norms and thresholds (the
-    step's, whose parameters are float32); a crosscoder held in another dtype computes in that."""
-    return h_NF.dtype in (torch.float32, torch.bfloat16, torch.float16) and all(t.dtype == torch.float32 for t in per_feature)
+ENTRY_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+"""What :func:`entry_masks` reads ``h`` and the thresholds in: each widens to float32 exactly."""
+
+
+def entry_masks_take(h_NF: torch.Tensor, low_F: torch.Tensor, high_F: torch.Tensor, t_F: torch.Tensor) -> bool:
+    """Whether :func:`entry_masks` computes as torch would for these dtypes: in float32. Torch
+    does for float32 norms, whatever the float dtypes of ``h`` and of the thresholds (a step
+    under autocast compares a bfloat16 ``h`` with bfloat16 thresholds, and its norms are
+    float32); half-precision norms, a crosscoder held in that dtype, round its products there."""
+    norms_float32 = low_F.dtype == high_F.dtype == torch.float32
+    return norms_float32 and h_NF.dtype in ENTRY_DTYPES and t_F.dtype in ENTRY_DTYPES
 
 
 def entry_masks(
@@ -427,7 +434,7 @@ def entry_masks(
     added after. Only where :func:`entry_masks_take` the dtypes."""
     if not entry_masks_take(h_NF, low_F, high_F, t_F):
         raise ValueError(
-            f"entry_masks computes in float32 from a float32 or half-precision h and float32 norms and thresholds; "
+            f"entry_masks computes in float32 from float32 norms, and h and thresholds in float32 or half precision; "
             f"got h {h_NF.dtype}, norms {low_F.dtype} and {high_F.dtype}, thresholds {t_F.dtype}"
         )
     feature_rows = not h_NF.is_contiguous() and h_NF.T.is_contiguous()
