@@ -808,6 +808,43 @@ def test_the_topk_sparse_decode_waits_for_nothing(arch, monkeypatch):
     assert step_reads(sae, batches(1, "cpu")[0]) == Counter()
 
 
+@pytest.mark.parametrize("arch", ["topk_crosscoder", "batchtopk_crosscoder"])
+def test_topk_lists_its_dead_features_from_a_copy_queued_before_the_encode(arch, monkeypatch):
+    """The one list the auxiliary loss sizes its code by: started before the encode is queued
+    (on CUDA its read then waits for the mask alone), and read once, as the mask's entries."""
+    from crosslens.core.tensors import HostListing
+
+    sae = make_sae(arch, "cpu")
+    order: list[str] = []
+    start, encode = HostListing.start, sae._training_encode
+    monkeypatch.setattr(HostListing, "start", classmethod(lambda cls, mask: order.append("listed") or start(mask)))
+    monkeypatch.setattr(sae, "_training_encode", lambda x: order.append("encoded") or encode(x))
+    with HostReads() as reads:
+        fwd = sae.training_pass(batches(1, "cpu")[0], dead_mask(sae))
+    assert order == ["listed", "encoded"] and reads.counts == Counter({"nonzero": 1})
+    rows, n_dead = fwd.dead_rows.rows()
+    assert torch.equal(rows, dead_mask(sae).nonzero().flatten()) and n_dead == F // 4
+    assert fwd.extras["aux"][0][0] is rows
+
+
+@NO_CUDA
+@pytest.mark.parametrize("arch", ["topk_crosscoder", "batchtopk_crosscoder"])
+def test_topk_with_dead_features_never_drains_the_device_on_cuda(arch):
+    """Listing the dead features waits for the copy queued before the encode (an event), not
+    for the whole queue: the step, auxiliary loss included, has no device-wide sync."""
+    sae = make_sae(arch, "cuda")
+    step_input = TrainStepInput(
+        sae_in=batches(1, "cuda")[0], coefficients=sae_coefficients(sae), dead_neuron_mask=dead_mask(sae),
+        n_training_steps=0, is_logging_step=False,
+    )  # fmt: skip
+    sae.training_forward_pass(step_input).loss.backward()  # compiles the kernels first
+    torch.cuda.synchronize()
+    with counted_cuda_syncs() as syncs:
+        out = sae.training_forward_pass(step_input)
+        out.loss.backward()
+    assert syncs == [] and float(out.losses["auxiliary_reconstruction_loss"]) > 0
+
+
 @NO_CUDA
 def test_the_jumprelu_step_from_pairs_syncs_once_on_cuda(monkeypatch):
     monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", HAS_TRITON)

@@ -6,10 +6,13 @@
   decoder norms every crosscoder's sparsity term differentiates), and
   :func:`norm_gradient_scale`, what that gradient multiplies each row by.
 - :func:`host_ints`: integer scalars read to the host together, with one wait for the device.
+- :class:`HostListing`: a bool vector's true entries, listed on the host from a copy queued
+  early, so that reading them later does not wait for the work queued since.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -86,3 +89,40 @@ def host_ints(*scalars: torch.Tensor) -> list[int]:
     read waits for every kernel queued before it, so a step that needs several counts (to
     size what it gathers) reads them together."""
     return torch.stack(scalars).tolist()
+
+
+@dataclass
+class HostListing:
+    """The indices of a bool vector's true entries, whose count sizes later work. On a GPU a
+    ``nonzero`` waits until the device has run everything queued before it, and then the device
+    idles until the host queues more; instead :meth:`start` queues a copy of the vector to pinned
+    host memory as soon as it is computed, and :meth:`rows` waits for that copy alone (an event),
+    while the device goes on with what was queued after it. Elsewhere, the vector's ``nonzero``."""
+
+    mask: Bool[torch.Tensor, " n"]
+    host: Bool[torch.Tensor, " n"]
+    copied: Any = None
+    """The CUDA event recorded after the copy; None off CUDA, where ``host`` is ``mask``."""
+    listed: tuple[Int[torch.Tensor, " rows"], int] | None = field(default=None, repr=False)
+
+    @classmethod
+    def start(cls, mask: Bool[torch.Tensor, " n"]) -> HostListing:
+        if mask.device.type != "cuda":
+            return cls(mask, mask)
+        host = torch.empty(mask.shape, dtype=torch.bool, pin_memory=True)
+        host.copy_(mask, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return cls(mask, host, copied)
+
+    def rows(self) -> tuple[Int[torch.Tensor, " rows"], int]:
+        """``(indices on the mask's device, how many)``, listed once."""
+        if self.listed is None:
+            if self.copied is None:
+                rows = self.mask.nonzero().flatten()
+            else:
+                self.copied.synchronize()
+                # from pinned memory, so that the copy to the device is queued, not waited for
+                rows = self.host.nonzero().flatten().pin_memory().to(self.mask.device, non_blocking=True)
+            self.listed = (rows, rows.numel())
+        return self.listed

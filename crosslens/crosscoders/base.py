@@ -44,6 +44,7 @@ from jaxtyping import Bool, Float, Int
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput, TrainStepOutput
 from torch import nn
 
+from crosslens.core.tensors import HostListing
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.crosscoders.compiled import compiled, compiles_on
 from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
@@ -187,6 +188,9 @@ class CrosscoderPass:
     recon_NSD: torch.Tensor = None  # type: ignore[assignment]  # set by training_pass
     dead_neuron_mask_F: torch.Tensor | None = None
     """The step's dead features (SAELens's ``dead_neuron_mask``), where the step has them."""
+    dead_rows: HostListing | None = None
+    """Their indices, listed on the host from a copy queued before the encode, where the
+    architecture reads them (:meth:`CrosscoderMixin.reads_dead_rows`)."""
     extras: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -529,10 +533,19 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
     ) -> CrosscoderPass:  # fmt: skip
         self.check_input_shape(sae_in)
         x_NSD = sae_in.reshape(-1, self.cfg.n_snapshots, self.cfg.d_in)
+        listing = None
+        if dead_neuron_mask is not None and self.reads_dead_rows():
+            # queued ahead of the encode, so that reading the list waits for the mask alone
+            listing = HostListing.start(dead_neuron_mask.to(torch.bool))
         fwd = self._training_encode(x_NSD)
-        fwd.dead_neuron_mask_F = dead_neuron_mask
+        fwd.dead_neuron_mask_F, fwd.dead_rows = dead_neuron_mask, listing
         fwd.recon_NSD = self._finish_decode(self._training_decode(fwd))
         return fwd
+
+    def reads_dead_rows(self) -> bool:
+        """Whether the training pass reads the indices of the dead features (to size work by
+        their count), so that :meth:`training_pass` lists them (``fwd.dead_rows``)."""
+        return False
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         fwd = self.training_pass(step_input.sae_in, step_input.dead_neuron_mask)

@@ -252,20 +252,22 @@ class TopKTrainingCrosscoder(
         idx_NK, vals_NK = fwd.extras["idx_NK"], fwd.extras["vals_NK"]
         return (vals_NK * fwd.extras["norm_sums_F"][idx_NK]).sum(dim=-1)
 
+    def reads_dead_rows(self) -> bool:
+        """The auxiliary loss decodes the dead features (:meth:`aux_rows`), where it is on."""
+        return self.cfg.aux_loss_coefficient != 0
+
     def aux_rows(self, fwd: CrosscoderPass) -> tuple[DenseRows, float] | None:
         """The auxiliary code ``((dead_R, values_NR), scale)``: each token's ``aux_k`` dead
         features with the largest ``h_i * sum_s ||W_dec[i, s]||`` keep their ``h`` (the others
         0) over the dead features ``dead_R``, and the loss's scale ``min(n_dead / aux_k, 1)``;
         None where no feature is dead, or where the loss is off (``aux_loss_coefficient`` 0).
-        Listing the dead features is the step's one read of the device. While no more are
-        dead than ``aux_k`` (``S * d_in / 2`` by default, so nearly always), every token keeps
-        every dead feature: the code is dense over those rows, and its decode a matmul over
-        them."""
-        dead_F = fwd.dead_neuron_mask_F
-        if dead_F is None or self.cfg.aux_loss_coefficient == 0:
+        Their count sizes the code: the step's one read of the device, listed from a copy
+        queued before the encode (``fwd.dead_rows``). While no more are dead than ``aux_k``
+        (``S * d_in / 2`` by default, so nearly always), every token keeps every dead feature:
+        the code is dense over those rows, and its decode a matmul over them."""
+        if fwd.dead_rows is None:  # no mask, or the loss is off (reads_dead_rows)
             return None
-        dead_R = dead_F.to(torch.bool).nonzero().flatten()
-        n_dead = dead_R.numel()
+        dead_R, n_dead = fwd.dead_rows.rows()
         if n_dead == 0:
             return None
         aux_k = self.cfg.aux_k or self.total_snapshots * self.cfg.d_in // 2
