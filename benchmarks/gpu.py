@@ -272,8 +272,8 @@ def step_paths(arch: str, trained: bool, device: str, autocast: str | None) -> l
     ``embedding_bag`` and, where Triton is there, the Triton gather-sum kernels. Under
     autocast on CUDA, beside the compiled elementwise functions (the JumpReLU block functions
     and the losses, :func:`~crosslens.crosscoders.compiled.use_compiled_kernels`), the same
-    step with them op by op (``eager``): JumpReLU's dense step, and TopK's trained one from
-    the Triton kernels."""
+    step with them op by op (``eager``): JumpReLU's dense step, and TopK's from the Triton
+    kernels."""
     triton_there = sparse_kernels.sparse_backend(torch.device(device)) == "triton"
     eager = ["eager"] if autocast and device.startswith("cuda") else []
     if arch == "jumprelu_crosscoder" and trained:
@@ -281,7 +281,7 @@ def step_paths(arch: str, trained: bool, device: str, autocast: str | None) -> l
     if arch == "jumprelu_crosscoder":
         return ["default", *eager]
     if arch.endswith("topk_crosscoder"):
-        return ["embedding_bag", "sparse", *(eager if trained else [])] if triton_there else ["embedding_bag"]
+        return ["embedding_bag", "sparse", *eager] if triton_there else ["embedding_bag"]
     return ["default"]
 
 
@@ -469,12 +469,14 @@ def print_memory_peak(fn: Callable[[], None], device: str, label: str) -> None:
 def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 3) -> None:
     """The kernels of ``calls`` calls of ``fn`` by their own time on the device (CPU: host time);
     then the same ops split by their inputs' shapes, since one op's average over calls of every
-    size says neither which calls cost nor whether a call repeats once per snapshot."""
+    size says neither which calls cost nor whether a call repeats once per snapshot; then, on
+    CUDA, that time by the line of crosslens that launched it (:func:`time_by_line`), and the
+    time the device sat idle between kernels (:func:`idle_gaps`), which no kernel table shows."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.startswith("cuda")
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
-    with profile(activities=activities, record_shapes=True) as prof:
+    with profile(activities=activities, record_shapes=True, with_stack=cuda) as prof:
         for _ in range(calls):
             fn()
         sync(device)
@@ -484,6 +486,54 @@ def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 
     print(f"profile by input shapes, {calls} steps: {label}")
     by_shape = prof.key_averages(group_by_input_shape=True)
     print(by_shape.table(sort_by=sort, row_limit=25, max_name_column_width=40, max_shapes_column_width=60), flush=True)
+    if cuda:
+        try:  # the profiler's event API moves between torch versions: the tables above stand anyway
+            print(f"device time by the line of crosslens that launched it, per step: {label}")
+            for line, ms in time_by_line(prof.events(), calls):
+                print(f"  {ms:7.3f} ms  {line}")
+            print(idle_gaps(prof.events(), calls), flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"  (no line or gap tables: {type(e).__name__}: {e})")
+
+
+def time_by_line(events: list, calls: int, top: int = 25) -> list[tuple[str, float]]:
+    """Each CPU op's own device time (the kernels it launched), summed by the innermost frame
+    of crosslens's code above it (``with_stack``): where a kernel table's ``copy_`` or ``mul``
+    comes from. Milliseconds per call, the largest first."""
+    times: Counter[str] = Counter()
+    for e in events:
+        if e.device_type != torch.autograd.DeviceType.CPU or not e.self_device_time_total:
+            continue
+        frame, up = "(no crosslens frame)", e
+        while up is not None:
+            if "crosslens/" in up.name and ".py(" in up.name:
+                frame = up.name[up.name.index("crosslens/") :]
+                break
+            up = up.cpu_parent
+        times[frame] += e.self_device_time_total / 1e3 / calls
+    return times.most_common(top)
+
+
+def idle_gaps(events: list, calls: int, top: int = 8) -> str:
+    """The device's idle time between its first and last kernel: the whole span, the time some
+    kernel ran, the rest per step, and the longest gaps with the kernels either side of each (a
+    gap after a sync is the host catching up with the device)."""
+    kernels = sorted(
+        (e for e in events if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda e: e.time_range.start
+    )
+    busy, end, gaps = 0.0, kernels[0].time_range.start, []
+    for before, k in zip([None, *kernels], kernels):
+        start, stop = k.time_range.start, k.time_range.end
+        if start > end and before is not None:
+            gaps.append((start - end, before.name, k.name))
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    span = end - kernels[0].time_range.start
+    lines = [f"device idle: span {span / 1e3 / calls:.2f} ms per step, kernels running {busy / 1e3 / calls:.2f}, "
+             f"idle {(span - busy) / 1e3 / calls:.2f} ({len(gaps) / calls:.0f} gaps per step); the longest:"]  # fmt: skip
+    for gap, before, after in sorted(gaps, reverse=True)[:top]:
+        lines.append(f"  {gap / 1e3:6.3f} ms  after {before[:50]}  before {after[:50]}")
+    return "\n".join(lines)
 
 
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}
