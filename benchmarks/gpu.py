@@ -488,36 +488,79 @@ def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 
     print(by_shape.table(sort_by=sort, row_limit=25, max_name_column_width=40, max_shapes_column_width=60), flush=True)
     if cuda:
         try:  # the profiler's event API moves between torch versions: the tables above stand anyway
-            print(f"device time by the line of crosslens that launched it, per step: {label}")
-            for line, ms in time_by_line(prof.events(), calls):
+            events = prof.events()
+            n_frames = sum(python_frame(e) and "crosslens/" in e.name for e in events)
+            print(f"device time by the line of crosslens that launched it, per step: {label} "
+                  f"({n_frames} of crosslens's Python frames recorded)")  # fmt: skip
+            for line, ms in time_by_line(events, calls):
                 print(f"  {ms:7.3f} ms  {line}")
-            print(idle_gaps(prof.events(), calls), flush=True)
+            print(idle_gaps(events, calls), flush=True)
         except Exception as e:  # noqa: BLE001
             print(f"  (no line or gap tables: {type(e).__name__}: {e})")
 
 
+def python_frame(e) -> bool:
+    """Whether a profiler event is a Python function's (``with_stack``): ``path(line): name``."""
+    return bool(getattr(e, "is_python_function", False)) or (".py(" in e.name and "): " in e.name)
+
+
+def launch_sites(events: list) -> dict[int, str]:
+    """Each device kernel's launching line of crosslens: the innermost Python frame under
+    ``crosslens/`` whose time on the host holds the launch (the CUDA runtime call that shares the
+    kernel's correlation id), on the launching thread where that thread has frames (the autograd
+    engine runs backward on its own). Triton's kernels and torch's alike; "(none)" for a launch
+    outside crosslens's frames, and for kernels whose launch the profiler did not keep."""
+    import bisect
+
+    cuda = torch.autograd.DeviceType.CUDA
+    kernels = [e for e in events if e.device_type == cuda]
+    # the runtime's calls (cudaLaunchKernel, cuLaunchKernel, cudaMemcpyAsync, ...) share their kernel's id
+    launches = {e.id: e for e in events if e.device_type != cuda and e.name.startswith("cu") and not python_frame(e)}
+    by_thread: dict[object, list] = {}
+    for e in events:
+        if e.device_type != cuda and python_frame(e) and "crosslens/" in e.name:
+            by_thread.setdefault(e.thread, []).append(e)
+    by_thread[None] = [f for fs in list(by_thread.values()) for f in fs]
+    frames = {thread: sorted(fs, key=lambda f: f.time_range.start) for thread, fs in by_thread.items()}
+    starts = {thread: [f.time_range.start for f in fs] for thread, fs in frames.items()}
+
+    def innermost(thread: object, t: float) -> str | None:
+        """The latest-starting frame that holds ``t``: the first found looking back from ``t``."""
+        fs = frames.get(thread, [])
+        for i in range(bisect.bisect_right(starts.get(thread, []), t) - 1, -1, -1):
+            if fs[i].time_range.end >= t:
+                return fs[i].name[fs[i].name.index("crosslens/") :]
+        return None
+
+    sites = {}
+    for k in kernels:
+        launch = launches.get(k.id)
+        if launch is None:
+            sites[k.id] = "(none)"
+            continue
+        t = launch.time_range.start
+        sites[k.id] = innermost(launch.thread, t) or innermost(None, t) or "(none)"
+    return sites
+
+
 def time_by_line(events: list, calls: int, top: int = 25) -> list[tuple[str, float]]:
-    """Each CPU op's own device time (the kernels it launched), summed by the innermost frame
-    of crosslens's code above it (``with_stack``): where a kernel table's ``copy_`` or ``mul``
-    comes from. Milliseconds per call, the largest first."""
+    """The device's kernel time by the line of crosslens that launched it (:func:`launch_sites`):
+    where a kernel table's ``copy_`` or ``mul`` comes from. Milliseconds per call, the largest
+    first."""
+    sites = launch_sites(events)
     times: Counter[str] = Counter()
     for e in events:
-        if e.device_type != torch.autograd.DeviceType.CPU or not e.self_device_time_total:
-            continue
-        frame, up = "(no crosslens frame)", e
-        while up is not None:
-            if "crosslens/" in up.name and ".py(" in up.name:
-                frame = up.name[up.name.index("crosslens/") :]
-                break
-            up = up.cpu_parent
-        times[frame] += e.self_device_time_total / 1e3 / calls
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            times[sites.get(e.id, "(none)")] += (e.time_range.end - e.time_range.start) / 1e3 / calls
     return times.most_common(top)
 
 
 def idle_gaps(events: list, calls: int, top: int = 8) -> str:
     """The device's idle time between its first and last kernel: the whole span, the time some
-    kernel ran, the rest per step, and the longest gaps with the kernels either side of each (a
-    gap after a sync is the host catching up with the device)."""
+    kernel ran, the rest per step, and the longest gaps with the kernels either side of each and
+    the line that launched the one after (a gap after a sync is the host catching up with the
+    device, and that line is where it caught up)."""
+    sites = launch_sites(events)
     kernels = sorted(
         (e for e in events if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda e: e.time_range.start
     )
@@ -525,14 +568,14 @@ def idle_gaps(events: list, calls: int, top: int = 8) -> str:
     for before, k in zip([None, *kernels], kernels):
         start, stop = k.time_range.start, k.time_range.end
         if start > end and before is not None:
-            gaps.append((start - end, before.name, k.name))
+            gaps.append((start - end, before.name, k.name, sites.get(k.id, "(none)")))
         busy += max(0.0, stop - max(start, end))
         end = max(end, stop)
     span = end - kernels[0].time_range.start
     lines = [f"device idle: span {span / 1e3 / calls:.2f} ms per step, kernels running {busy / 1e3 / calls:.2f}, "
              f"idle {(span - busy) / 1e3 / calls:.2f} ({len(gaps) / calls:.0f} gaps per step); the longest:"]  # fmt: skip
-    for gap, before, after in sorted(gaps, reverse=True)[:top]:
-        lines.append(f"  {gap / 1e3:6.3f} ms  after {before[:50]}  before {after[:50]}")
+    for gap, before, after, site in sorted(gaps, reverse=True)[:top]:
+        lines.append(f"  {gap / 1e3:6.3f} ms  after {before[:40]}  before {after[:40]}  launched at {site}")
     return "\n".join(lines)
 
 

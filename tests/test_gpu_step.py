@@ -938,6 +938,49 @@ def test_the_memory_peak_is_read_from_the_allocation_trace():
     assert gpu.peak_breakdown([], before=7) == (7, [])
 
 
+def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_the_gaps():
+    """``gpu.py --profile`` finds each kernel's launch (the runtime call sharing its id) inside the
+    innermost frame of crosslens on the launching thread (backward's own thread included, and
+    any thread's frames where that one has none), and sums the device's idle time between
+    kernels, naming the line that launched the kernel after each gap."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    CPU, CUDA = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+
+    def event(name, device, start, end, id=0, thread=1):
+        return SimpleNamespace(name=name, device_type=device, time_range=SimpleNamespace(start=start, end=end),
+                               id=id, thread=thread, is_python_function=".py(" in name)  # fmt: skip
+
+    events = [
+        event("/repo/crosslens/training/trainer.py(258): step", CPU, 0, 1000),
+        event("/repo/crosslens/crosscoders/base.py(533): training_pass", CPU, 10, 50),
+        event("/repo/crosslens/crosscoders/sparse_kernels.py(585): backward", CPU, 60, 900, thread=2),
+        event("/usr/lib/python3/threading.py(10): run", CPU, 61, 80, thread=2),  # not crosslens's
+        event("cudaLaunchKernel", CPU, 20, 21, id=11),
+        event("cuLaunchKernel", CPU, 70, 71, id=12, thread=2),
+        event("cudaMemcpyAsync", CPU, 55, 56, id=13),
+        event("cudaLaunchKernel", CPU, 1500, 1501, id=14, thread=3),  # outside every frame
+        event("addmm", CUDA, 100, 200, id=11),
+        event("_window_dots", CUDA, 300, 400, id=12),
+        event("Memcpy DtoH", CUDA, 1300, 1400, id=13),
+        event("unlaunched", CUDA, 1400, 1500, id=99),
+        event("late", CUDA, 1600, 1700, id=14),
+    ]
+    assert gpu.launch_sites(events) == {
+        11: "crosslens/crosscoders/base.py(533): training_pass", 12: "crosslens/crosscoders/sparse_kernels.py(585): backward",
+        13: "crosslens/training/trainer.py(258): step", 99: "(none)", 14: "(none)",
+    }  # fmt: skip
+    assert gpu.time_by_line(events, calls=2)[0] == ("(none)", 0.1)
+    gaps = gpu.idle_gaps(events, calls=1).splitlines()
+    assert gaps[0].startswith("device idle: span 1.60 ms per step, kernels running 0.50, idle 1.10 (3 gaps per step)")
+    assert gaps[1].split() == ["0.900", "ms", "after", "_window_dots", "before", "Memcpy", "DtoH", "launched", "at",
+                               "crosslens/training/trainer.py(258):", "step"]  # fmt: skip
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a recording that cannot start")
 def test_a_memory_peak_that_cannot_be_recorded_leaves_the_row_standing(capsys):
     import importlib.util
