@@ -10,7 +10,6 @@ CUDA where there is one."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 from collections import Counter
 
@@ -470,24 +469,10 @@ def window_modes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return modes
 
 
-def features_as_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both window launches with their tiles' features as rows (``WindowTile.feature_rows``)."""
-    from crosslens.crosscoders import triton_kernels
-
-    for launch in ("WINDOW_TILE", "WINDOW_TILE_NARROW"):
-        tile = getattr(triton_kernels, launch)
-        monkeypatch.setattr(triton_kernels, launch, dataclasses.replace(tile, feature_rows=True))
-
-
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(
-    "window", ["matmuls", "kernel", "feature-rows"], ids=["window-matmuls", "window-kernel", "window-feature-rows"]
-)
+@pytest.mark.parametrize("window", ["matmuls", "kernel"], ids=["window-matmuls", "window-kernel"])
 def test_jumprelu_sparse_step_through_triton(device, window, triton_backend, sparse_calls, monkeypatch):
-    """``window-feature-rows``: the window kernel with its tiles' features as rows."""
     dense = jumprelu_run(device, True, False)
-    if window == "feature-rows":
-        features_as_rows(monkeypatch)
     monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", window != "matmuls")
     modes = window_modes(monkeypatch)
     assert_same_run(jumprelu_run(device, True, True), dense)
@@ -678,24 +663,6 @@ def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, trit
         args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
     check_window_dots(triton_kernels.window_dots, args)
     assert [(k["BLOCK_N"], k["BLOCK_F"], k["num_stages"]) for k in launched] == [(wide.tokens, wide.features, wide.stages)]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", [(144, 64), (70, 72)], ids=["aligned", "ragged"])
-def test_triton_window_dots_with_features_as_rows_equal_the_dense_sums(
-    device, shape, triton_backend, monkeypatch
-):
-    """A tile with its features as rows (``feature_rows``) sums each feature along a row of its
-    products: the same counts, and the dense sums, for rows that fill its tiles and rows that do
-    not, in float32 under the interpreter and in bfloat16 on CUDA."""
-    from crosslens.crosscoders import triton_kernels
-
-    N, D_ = shape
-    args = window_operands(device, "feature-major", N=N, D_=D_)
-    if device == "cuda":
-        args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
-    features_as_rows(monkeypatch)
-    check_window_dots(triton_kernels.window_dots, args)
 
 
 @pytest.mark.parametrize("device", DEVICES)

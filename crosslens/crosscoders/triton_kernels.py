@@ -241,12 +241,6 @@ class WindowTile:
     spills to the stack (``tests/test_triton_compiles.py`` fails on any spill)."""
     stages: int
     """Loads in flight along ``d_in`` (Triton's software pipeline)."""
-    feature_rows: bool = False
-    """Whether the tile's rows are its features and its columns its tokens, rather than the
-    other way round: the products are then ``W[features, s] @ grad[s, tokens].T``, and each
-    feature's sum over the tile's tokens runs along a row of the accumulator, which the tensor
-    cores' layout keeps within one warp; down a column it crosses the warps, through shared
-    memory."""
 
 
 WINDOW_TILE = WindowTile(tokens=128, features=128, depth=64, warps=8, stages=4)
@@ -262,18 +256,16 @@ gradient's rows or of ``h``'s columns the compiler then cannot vectorise: :data:
 spills to the stack there on an H100. So does this tile with a ``d_in`` slice of 64 in float32,
 with triton 3.9 and with the GPU machine's 3.6, and with 4 warps."""
 
-WINDOW_TILES = (
-    WINDOW_TILE, WindowTile(128, 64, 64, 8, 3), WindowTile(64, 128, 64, 8, 3),
-    WindowTile(128, 128, 64, 8, 4, feature_rows=True), WindowTile(128, 128, 64, 8, 3, feature_rows=True),
-    WindowTile(64, 128, 64, 4, 4, feature_rows=True),
-)  # fmt: skip
+WINDOW_TILES = (WINDOW_TILE, WindowTile(128, 64, 64, 8, 3), WindowTile(64, 128, 64, 8, 3))
 """The launches of the aligned half-precision window sums that ``benchmarks/gpu.py --window-tiles``
 times against each other, the default first. Each compiles for an H100 with no spilled register
 (``tests/test_triton_compiles.py``), with triton 3.9 and with the GPU machine's 3.6. One program per
-tile and snapshot, launched in plain order: a program that sums several snapshots while it holds
-its ``h`` tile, and an order that runs a tile's snapshots one after another so that ``h`` comes
-from the L2 cache, were both slower or no faster on an H100, since the kernel's time is its
-products and epilogue, not its reads of ``h``."""
+tile and snapshot, launched in plain order, tokens as the tile's rows: a program that sums several
+snapshots while it holds its ``h`` tile, an order that runs a tile's snapshots one after another
+so that ``h`` comes from the L2 cache, and tiles with the features as rows (each feature's sum
+along a row of the products, within a warp) were slower or at most a few percent faster alone on
+an H100, under 1% of the step, since the kernel's time is its products, not its reads of ``h``
+or its sums."""
 
 ALIGNMENT = 16
 """Triton specialises a launch for integers divisible by 16, which lets it vectorise the loads
@@ -285,35 +277,24 @@ they offset: every d_in of Pythia, OLMo and BLOOM is, and so is a batch of 2048 
 def _window_dots(
     sums_ptr, counts_ptr, grad_ptr, w_ptr, h_ptr, window_ptr, norms_ptr, t_ptr,
     n_tokens, n_features, n_snapshots, d_in, stride_hn, stride_hf, stride_wn, stride_wf, half_width,
-    BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, FEATURE_ROWS: tl.constexpr,
-    IEEE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     # token blocks vary fastest, so consecutive programs share their W[features, s] tile
     token_block, s = tl.program_id(0), tl.program_id(2)
     tokens = token_block * BLOCK_N + tl.arange(0, BLOCK_N)
     features = (tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)).to(tl.int64)
     real_n, real_f = tokens < n_tokens, features < n_features
-    # the tile's two axes: tokens by features, or features by tokens; tokens in int64 for a
-    # token-major [N, F] past 2^31 entries
-    if FEATURE_ROWS:
-        tokens_2, features_2 = tokens[None, :].to(tl.int64), features[:, None]
-        real_n2, real_f2 = real_n[None, :], real_f[:, None]
-        dots = tl.zeros([BLOCK_F, BLOCK_N], dtype=tl.float32)
-    else:
-        tokens_2, features_2 = tokens[:, None].to(tl.int64), features[None, :]
-        real_n2, real_f2 = real_n[:, None], real_f[None, :]
-        dots = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
+    # tokens by features; tokens in int64 for a token-major [N, F] past 2^31 entries
+    tokens_2, features_2 = tokens[:, None].to(tl.int64), features[None, :]
+    real_n2, real_f2 = real_n[:, None], real_f[None, :]
+    dots = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
     grad_rows, w_rows = grad_ptr + (s * n_tokens + tokens_2) * d_in, w_ptr + (features_2 * n_snapshots + s) * d_in
     for k0 in range(0, d_in, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        if FEATURE_ROWS:  # W[features, s] [F, K] times grad[s, tokens] transposed [K, N]
-            w = tl.load(w_rows + k[None, :], mask=real_f2 & (k < d_in)[None, :], other=0.0)
-            g = tl.load(grad_rows + k[:, None], mask=real_n2 & (k < d_in)[:, None], other=0.0)
-            a, b = w.to(g.dtype), g
-        else:  # grad[s, tokens] [N, K] times W[features, s] transposed [K, F]
-            g = tl.load(grad_rows + k[None, :], mask=real_n2 & (k < d_in)[None, :], other=0.0)
-            w = tl.load(w_rows + k[:, None], mask=real_f2 & (k < d_in)[:, None], other=0.0)
-            a, b = g, w.to(g.dtype)
+        # grad[s, tokens] [N, K] times W[features, s] transposed [K, F]
+        g = tl.load(grad_rows + k[None, :], mask=real_n2 & (k < d_in)[None, :], other=0.0)
+        w = tl.load(w_rows + k[:, None], mask=real_f2 & (k < d_in)[:, None], other=0.0)
+        a, b = g, w.to(g.dtype)
         if IEEE:
             dots = tl.dot(a, b, dots, input_precision="ieee")
         else:
@@ -323,16 +304,10 @@ def _window_dots(
     window = tl.load(window_ptr + tokens_2 * stride_wn + features_2 * stride_wf, mask=both, other=0)
     norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
     t = tl.load(t_ptr + features, mask=real_f, other=0.0).to(tl.float32)
-    if FEATURE_ROWS:
-        distance = h.to(tl.float32) * norm[:, None] - t[:, None]
-    else:
-        distance = h.to(tl.float32) * norm[None, :] - t[None, :]
+    distance = h.to(tl.float32) * norm[None, :] - t[None, :]
     inside = both & (window != 0) & (tl.abs(distance) < half_width)
-    # each feature's sum over the tile's tokens: along a row, or down a column
-    if FEATURE_ROWS:
-        sums, counts = tl.sum(tl.where(inside, dots, 0.0), axis=1), tl.sum(inside.to(tl.float32), axis=1)
-    else:
-        sums, counts = tl.sum(tl.where(inside, dots, 0.0), axis=0), tl.sum(inside.to(tl.float32), axis=0)
+    # each feature's sum over the tile's tokens, down a column
+    sums, counts = tl.sum(tl.where(inside, dots, 0.0), axis=0), tl.sum(inside.to(tl.float32), axis=0)
     out = (token_block * n_features + features) * n_snapshots + s
     tl.store(sums_ptr + out, sums, mask=real_f)
     tl.store(counts_ptr + out, counts, mask=real_f)
@@ -364,8 +339,8 @@ def window_dots(
         _window_dots[grid](
             sums, counts, grad_SND, W_FSD, h_NF, window, norms_FS.contiguous(), t_F.contiguous(),
             N, F_, S, D, h_NF.stride(0), h_NF.stride(1), window.stride(0), window.stride(1), half_width,
-            BLOCK_N=tile.tokens, BLOCK_F=tile.features, BLOCK_K=tile.depth, FEATURE_ROWS=tile.feature_rows,
-            IEEE=ieee, num_warps=tile.warps, num_stages=tile.stages,
+            BLOCK_N=tile.tokens, BLOCK_F=tile.features, BLOCK_K=tile.depth, IEEE=ieee,
+            num_warps=tile.warps, num_stages=tile.stages,
         )  # fmt: skip
     return sums.sum(dim=0), counts.sum(dim=0)
 
