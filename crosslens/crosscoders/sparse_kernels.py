@@ -603,8 +603,11 @@ class ShutWindow(torch.autograd.Function):
 
 
 def _snapshot_major(grad_NSD: torch.Tensor) -> Float[torch.Tensor, "n_snapshots n d_in"]:
-    """The gradient the window sums read: snapshot-major, in autocast's dtype where it is on."""
-    return grad_NSD.to(autocast_dtype(grad_NSD.device) or grad_NSD.dtype).transpose(0, 1).contiguous()
+    """The gradient the window sums read: snapshot-major, in autocast's dtype where it is on; one
+    copy that rounds as it transposes (the same numbers as rounding, then transposing)."""
+    N, S, D = grad_NSD.shape
+    out_SND = grad_NSD.new_empty((S, N, D), dtype=autocast_dtype(grad_NSD.device) or grad_NSD.dtype)
+    return out_SND.copy_(grad_NSD.transpose(0, 1))
 
 
 def _window_matmuls(
