@@ -468,14 +468,16 @@ def print_memory_peak(fn: Callable[[], None], device: str, label: str) -> None:
 def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 3) -> None:
     """The kernels of ``calls`` calls of ``fn`` by their own time on the device (CPU: host time);
     then the same ops split by their inputs' shapes, since one op's average over calls of every
-    size says neither which calls cost nor whether a call repeats once per snapshot; then, on
-    CUDA, that time by the line of crosslens that launched it (:func:`time_by_line`), and the
-    time the device sat idle between kernels (:func:`idle_gaps`), which no kernel table shows."""
+    size says neither which calls cost nor whether a call repeats once per snapshot. On CUDA
+    then, the time the device sat idle between kernels (:func:`idle_gaps`), which no kernel
+    table shows; and, from ``calls`` more under Python's tracing (which slows the host, so its
+    gaps are wider), the device's time by the line of crosslens that launched each kernel
+    (:func:`time_by_line`) and the lines after the longest gaps."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.startswith("cuda")
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
-    with profile(activities=activities, record_shapes=True, with_stack=cuda) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         for _ in range(calls):
             fn()
         sync(device)
@@ -485,17 +487,23 @@ def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 
     print(f"profile by input shapes, {calls} steps: {label}")
     by_shape = prof.key_averages(group_by_input_shape=True)
     print(by_shape.table(sort_by=sort, row_limit=25, max_name_column_width=40, max_shapes_column_width=60), flush=True)
-    if cuda:
-        try:  # the profiler's event API moves between torch versions: the tables above stand anyway
-            events = prof.events()
-            n_frames = sum(python_frame(e) and "crosslens/" in e.name for e in events)
-            print(f"device time by the line of crosslens that launched it, per step: {label} "
-                  f"({n_frames} of crosslens's Python frames recorded)")  # fmt: skip
-            for line, ms in time_by_line(events, calls):
-                print(f"  {ms:7.3f} ms  {line}")
-            print(idle_gaps(events, calls), flush=True)
-        except Exception as e:  # noqa: BLE001
-            print(f"  (no line or gap tables: {type(e).__name__}: {e})")
+    if not cuda:
+        return
+    try:  # the profiler's event API moves between torch versions: the tables above stand anyway
+        print(idle_gaps(prof.events(), calls, top=4), flush=True)
+        with profile(activities=activities, with_stack=True) as traced:
+            for _ in range(calls):
+                fn()
+            sync(device)
+        events = traced.events()
+        n_frames = sum(python_frame(e) and "crosslens/" in e.name for e in events)
+        print(f"device time by the line of crosslens that launched it, per step, under Python's tracing: {label} "
+              f"({n_frames} of crosslens's Python frames recorded)")  # fmt: skip
+        for line, ms in time_by_line(events, calls):
+            print(f"  {ms:7.3f} ms  {line}")
+        print(idle_gaps(events, calls), flush=True)
+    except Exception as e:  # noqa: BLE001
+        print(f"  (no idle or line tables: {type(e).__name__}: {e})")
 
 
 def python_frame(e) -> bool:
