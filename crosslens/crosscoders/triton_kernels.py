@@ -363,8 +363,8 @@ def _entry_masks(
     real = real_r[:, None] & real_c[None, :]
     at = rows.to(tl.int64)[:, None] * n_columns + columns[None, :]
     h = tl.load(h_ptr + at, mask=real, other=0.0).to(tl.float32)
-    # each feature's smallest and largest norm (float32) and its threshold (widened exactly), along the rows or
-    # the columns
+    # each feature's smallest and largest norm (float32) and its threshold (widened exactly), along
+    # the rows or the columns
     features, real_f = (rows, real_r) if FEATURE_ROWS else (columns, real_c)
     low = tl.load(low_ptr + features, mask=real_f, other=0.0)
     high = tl.load(high_ptr + features, mask=real_f, other=0.0)
