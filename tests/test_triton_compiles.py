@@ -307,12 +307,16 @@ def test_the_decoder_gradient_pass_giving_the_values_gradient_compiles_for_an_h1
     assert compile_recorded(triton_kernels, "_gather_rows", passes, monkeypatch) == 2
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "dtype, threshold_dtype",
+    [(torch.float32, torch.float32), (torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16)],
+    ids=["float32", "bfloat16-h", "bfloat16-h-and-thresholds"],
+)
 @pytest.mark.parametrize("layout", ["token-major", "feature-major"])
-def test_the_entry_masks_kernel_compiles_for_an_h100_rounding_as_torch(layout, dtype, monkeypatch):
+def test_the_entry_masks_kernel_compiles_for_an_h100_rounding_as_torch(layout, dtype, threshold_dtype, monkeypatch):
     """Its distances ``h * norm - t`` round twice, as torch's do: the launch turns off the
     contraction into one fused multiply-add that the device's default would make (shown here by
-    compiling the same launch with it on)."""
+    compiling the same launch with it on); with the thresholds in bfloat16 too, as under autocast."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -320,7 +324,7 @@ def test_the_entry_masks_kernel_compiles_for_an_h100_rounding_as_torch(layout, d
     from crosslens.crosscoders import triton_kernels
     from test_sparse_step import entry_operands
 
-    operands = entry_operands("cpu", layout, dtype)
+    operands = entry_operands("cpu", layout, dtype, threshold_dtype)
     kernel = triton_kernels._entry_masks
 
     def two_roundings(compiled: Any) -> None:

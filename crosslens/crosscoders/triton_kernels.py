@@ -263,9 +263,8 @@ times against each other, the default first. Each compiles for an H100 with no s
 tile and snapshot, launched in plain order, tokens as the tile's rows: a program that sums several
 snapshots while it holds its ``h`` tile, an order that runs a tile's snapshots one after another
 so that ``h`` comes from the L2 cache, and tiles with the features as rows (each feature's sum
-along a row of the products, within a warp) were slower or at most a few percent faster alone on
-an H100, under 1% of the step, since the kernel's time is its products, not its reads of ``h``
-or its sums."""
+along a row of the products, within a warp) were slower on an H100, or faster alone by too little
+to show in the step, since the kernel's time is its products, not its reads of ``h`` or its sums."""
 
 ALIGNMENT = 16
 """Triton specialises a launch for integers divisible by 16, which lets it vectorise the loads
