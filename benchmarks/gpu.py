@@ -32,6 +32,11 @@ rows read in bfloat16 (autocast) and float32: milliseconds, the bandwidth that t
 gradient rows gathered would take from memory (more than the memory's where the L2 cache holds
 rows that several pairs read), and the speed-up over the default launch, timed in the same run.
 
+With ``--repeat-steps N`` it times no rows: for each architecture, precision and state asked for,
+it trains N steps of the default path twice from the same seed and batch, and says whether the
+parameters came out the same bytes, or which differ and by how much at most: what a run's
+reproducibility on the device can rest on.
+
 Without CUDA it prints one line and exits 0. ``--small`` runs the same logic on the CPU at
 a tiny shape (fractions and memory there mean nothing; it checks that the script works).
 
@@ -41,6 +46,7 @@ a tiny shape (fractions and memory there mean nothing; it checks that the script
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --only topk_crosscoder --state trained --profile   # where a row's time goes
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --only jumprelu_crosscoder --memory-peak          # what its peak holds
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --only topk_crosscoder --gathers   # the gathers' launch sizes
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu.py --precision bf16 --state trained --repeat-steps 5   # the same bytes twice?
 """
 
 from __future__ import annotations
@@ -586,6 +592,33 @@ def idle_gaps(events: list, calls: int, top: int = 8) -> str:
     return "\n".join(lines)
 
 
+def repeat_check(arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool) -> str:
+    """``a.repeat_steps`` steps of the row's default path, twice from the same seed and batch
+    (the trained state set the same way each time): "same bytes", or the parameters that
+    differ with their largest difference."""
+
+    def parameters_after() -> dict[str, torch.Tensor]:
+        trainer = make_trainer(arch, a, device, autocast)
+        g = torch.Generator(device=device).manual_seed(0)
+        x_BSD = torch.randn(a.batch, a.S, a.d_in, device=device, generator=g)
+        if trained and not arch.endswith("topk_crosscoder"):
+            set_sparsity(trainer, x_BSD, a.l0)
+        step, _ = with_dead_features(trainer, x_BSD, a.dead if trained and arch.endswith("topk_crosscoder") else 0.0)
+        for _ in range(a.repeat_steps):
+            step()
+        out = {name: p.detach().clone() for name, p in trainer.sae.named_parameters()}
+        del trainer
+        gc.collect()
+        return out
+
+    first = parameters_after()
+    second = parameters_after()
+    differ = [f"{name} (at most {float((first[name] - second[name]).abs().max()):.2e})"
+              for name in first if not torch.equal(first[name], second[name])]  # fmt: skip
+    label = f"{arch:22s} {'bf16' if autocast else 'fp32':5s} {'trained' if trained else 'fresh':8s}"
+    return f"repeat, {label} {a.repeat_steps} steps twice: " + ("same bytes" if not differ else "differ: " + ", ".join(differ))
+
+
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}
 """``--precision``'s names, and the autocast dtype each one trains under."""
 
@@ -619,6 +652,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the step rows' states to run (repeatable; default both)")  # fmt: skip
     p.add_argument("--precision", choices=PRECISIONS, action="append",
                    help="the step rows' precisions (repeatable; default both): fp32, or bf16 autocast")  # fmt: skip
+    p.add_argument("--repeat-steps", type=int, default=0,
+                   help="instead of the rows: train this many steps twice per row and compare the bytes")  # fmt: skip
     a = p.parse_args(argv)
     if not 0 <= a.dead < 1:
         p.error(f"--dead {a.dead}: give the share of features counted dead, from 0 up to below 1 (e.g. 0.05)")
@@ -675,6 +710,9 @@ def main(argv: list[str] | None = None) -> int:
     for arch in a.only or list(cc.ARCHITECTURES):
         for autocast in (PRECISIONS[p] for p in a.precision or PRECISIONS):
             for trained in (state == "trained" for state in a.state or ("fresh", "trained")):
+                if a.repeat_steps:
+                    print(repeat_check(arch, a, device, autocast, trained), flush=True)
+                    continue
                 for path in (p for p in step_paths(arch, trained, device, autocast) if not a.path or p in a.path):
                     print(row_or_failure(arch, a, device, autocast, trained, times, path), flush=True)
     return 0

@@ -938,6 +938,24 @@ def test_the_memory_peak_is_read_from_the_allocation_trace():
     assert gpu.peak_breakdown([], before=7) == (7, [])
 
 
+def test_the_repeat_check_says_whether_two_runs_gave_the_same_bytes(monkeypatch):
+    """``gpu.py --repeat-steps``: a CPU's steps repeat to the byte; two runs that start from
+    different weights are reported as differing, parameter by parameter."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    a = gpu.parse_args(["--small", "--repeat-steps", "2"])
+    line = gpu.repeat_check("topk_crosscoder", a, "cpu", "bfloat16", True)
+    assert line.split() == ["repeat,", "topk_crosscoder", "bf16", "trained", "2", "steps", "twice:", "same", "bytes"]
+    seeds = iter([0, 1])
+    make_trainer = gpu.make_trainer
+    monkeypatch.setattr(gpu, "make_trainer", lambda *args, **kw: make_trainer(*args, seed=next(seeds), **kw))
+    line = gpu.repeat_check("crosscoder", a, "cpu", None, False)
+    assert line.split(": ")[1] == "differ" and "W_enc (at most" in line and "W_dec (at most" in line
+
+
 def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_the_gaps():
     """``gpu.py --profile`` finds each kernel's launch (the runtime call sharing its id) inside the
     innermost frame of crosslens on the launching thread (backward's own thread included, and
