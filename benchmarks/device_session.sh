@@ -11,9 +11,12 @@
 # JumpReLU window kernel's launches (triton_kernels.WINDOW_TILES, about 40 s; the step's rows then
 # launch the fastest, the end-to-end run the default WINDOW_TILE); PROFILE=1 adds, after the
 # end-to-end run, torch.profiler's kernel tables of the JumpReLU and TopK steps (gpu.py --profile).
-# Last, as long as the budget lasts, the 98,304-feature dictionary's bf16 rows in one step (it fits at 64.2 GiB),
-# fresh and trained from pairs (peak against plan). Every step row is followed by what is alive at
-# its memory peak (--memory-peak).
+# REPEAT=1 adds, after the step's rows, whether each architecture's trained step repeats to the byte
+# (gpu.py --repeat-steps 5, about a minute). Last, as long as the budget lasts, the 98,304-feature
+# dictionary's bf16 rows in one step (it fits at 64.2 GiB), fresh and trained from pairs (peak
+# against plan). Every step row is followed by what is alive at its memory peak (--memory-peak).
+# STREAM=0 leaves out the end-to-end part (the suite's writing too) and WIDE=0 the 98,304-feature
+# rows, for a session that works on the step alone.
 #
 # TESTS: pytest's arguments (default: the tests with cuda in their names, from the files that hold
 # the CUDA twins of the kernels, which pass or skip on a CPU in CI); the step's rows are bf16 alone
@@ -24,7 +27,8 @@ budget=${1:-585}
 shift || true
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(-k cuda tests/test_sparse_step.py tests/test_gpu_step.py tests/test_jumprelu_kernels.py
-                                 tests/test_forward_to_hook.py tests/test_weight_grads.py tests/test_spliced_loss.py)
+                                 tests/test_forward_to_hook.py tests/test_weight_grads.py tests/test_spliced_loss.py
+                                 tests/test_compiled_losses.py)
 out=${OUT:-/tmp/device_session}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -33,8 +37,11 @@ stamp() { echo "[$SECONDS s] $*" | tee -a "$out/session.log"; }
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$out/gpu.txt" 2>&1
-OMP_NUM_THREADS=4 timeout $((budget * 50 / 100)) nice -n 10 python3 benchmarks/stream_gpu.py --suite-dir /tmp/suite --write-only > "$out/suite.log" 2>&1 &
-writer=$!
+stream=${STREAM:-1}
+if [ "$stream" != 0 ]; then
+    OMP_NUM_THREADS=4 timeout $((budget * 50 / 100)) nice -n 10 python3 benchmarks/stream_gpu.py --suite-dir /tmp/suite --write-only > "$out/suite.log" 2>&1 &
+    writer=$!
+fi
 
 stamp "tests"
 timeout $((budget * 22 / 100)) python3 -m pytest -q -rfEs -p no:cacheprovider --continue-on-collection-errors "${tests[@]}" > "$out/tests.log" 2>&1
@@ -46,12 +53,21 @@ timeout $((budget * step_share / 100)) python3 benchmarks/gpu.py --precision bf1
     | grep -v Warning > "$out/gpu.log"
 stamp "training step: exit ${PIPESTATUS[0]}"
 
-wait $writer
-stamp "suite: $(grep '^suite:' "$out/suite.log" || echo 'not written: see suite.log')"
-stamp "end to end, $(left) s left"
-timeout $((budget * 45 / 100)) python3 benchmarks/stream_gpu.py --suite-dir /tmp/suite --written --chunks 2 --rounds 3 2>&1 \
-    | grep -v "Warning\|Writing\|Changing" > "$out/stream.log"
-stamp "end to end: exit ${PIPESTATUS[0]}"
+if [ -n "${REPEAT:-}" ]; then
+    stamp "the same bytes twice, $(left) s left"
+    timeout $((budget * 15 / 100)) python3 benchmarks/gpu.py --precision bf16 --state trained --repeat-steps 5 --rounds 2 2>&1 \
+        | grep -v Warning > "$out/repeat.log"
+    stamp "the same bytes twice: exit ${PIPESTATUS[0]}"
+fi
+
+if [ "$stream" != 0 ]; then
+    wait $writer
+    stamp "suite: $(grep '^suite:' "$out/suite.log" || echo 'not written: see suite.log')"
+    stamp "end to end, $(left) s left"
+    timeout $((budget * 45 / 100)) python3 benchmarks/stream_gpu.py --suite-dir /tmp/suite --written --chunks 2 --rounds 3 2>&1 \
+        | grep -v "Warning\|Writing\|Changing" > "$out/stream.log"
+    stamp "end to end: exit ${PIPESTATUS[0]}"
+fi
 
 if [ -n "${PROFILE:-}" ]; then
     stamp "profile of the sparse steps, $(left) s left"
@@ -60,8 +76,10 @@ if [ -n "${PROFILE:-}" ]; then
     stamp "profile: exit ${PIPESTATUS[0]}"
 fi
 
-stamp "the 98,304-feature dictionary, $(left) s left"
-timeout $(($(left) > 30 ? $(left) : 30)) python3 benchmarks/gpu.py --d-sae 98304 --only jumprelu_crosscoder --precision bf16 \
-    --optimizer-state bfloat16 --micro-batches 1 --steps 2 --rounds 2 --memory-peak \
-    --path default --path window-kernel 2>&1 | grep -v Warning > "$out/wide.log"
-stamp "the 98,304-feature dictionary: exit ${PIPESTATUS[0]}"
+if [ "${WIDE:-1}" != 0 ]; then
+    stamp "the 98,304-feature dictionary, $(left) s left"
+    timeout $(($(left) > 30 ? $(left) : 30)) python3 benchmarks/gpu.py --d-sae 98304 --only jumprelu_crosscoder --precision bf16 \
+        --optimizer-state bfloat16 --micro-batches 1 --steps 2 --rounds 2 --memory-peak \
+        --path default --path window-kernel 2>&1 | grep -v Warning > "$out/wide.log"
+    stamp "the 98,304-feature dictionary: exit ${PIPESTATUS[0]}"
+fi
