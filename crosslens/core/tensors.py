@@ -112,7 +112,7 @@ class HostListing:
         host = torch.empty(mask.shape, dtype=torch.bool, pin_memory=True)
         host.copy_(mask, non_blocking=True)
         copied = torch.cuda.Event()
-        copied.record()
+        copied.record(torch.cuda.current_stream(mask.device))  # the copy's stream, whichever device is current
         return cls(mask, host, copied)
 
     def rows(self) -> tuple[Int[torch.Tensor, " rows"], int]:
