@@ -283,33 +283,28 @@ def _window_dots(
     tokens = token_block * BLOCK_N + tl.arange(0, BLOCK_N)
     features = (tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)).to(tl.int64)
     real_n, real_f = tokens < n_tokens, features < n_features
-    # tokens by features; tokens in int64 for a token-major [N, F] past 2^31 entries
-    tokens_2, features_2 = tokens[:, None].to(tl.int64), features[None, :]
-    real_n2, real_f2 = real_n[:, None], real_f[None, :]
+    grad_rows = grad_ptr + (s * n_tokens + tokens[:, None].to(tl.int64)) * d_in
+    w_rows = w_ptr + (features[None, :] * n_snapshots + s) * d_in
     dots = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
-    grad_rows, w_rows = grad_ptr + (s * n_tokens + tokens_2) * d_in, w_ptr + (features_2 * n_snapshots + s) * d_in
     for k0 in range(0, d_in, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        # grad[s, tokens] [N, K] times W[features, s] transposed [K, F]
-        g = tl.load(grad_rows + k[None, :], mask=real_n2 & (k < d_in)[None, :], other=0.0)
-        w = tl.load(w_rows + k[:, None], mask=real_f2 & (k < d_in)[:, None], other=0.0)
-        a, b = g, w.to(g.dtype)
+        g = tl.load(grad_rows + k[None, :], mask=real_n[:, None] & (k < d_in)[None, :], other=0.0)
+        w = tl.load(w_rows + k[:, None], mask=(k < d_in)[:, None] & real_f[None, :], other=0.0).to(g.dtype)
         if IEEE:
-            dots = tl.dot(a, b, dots, input_precision="ieee")
+            dots = tl.dot(g, w, dots, input_precision="ieee")
         else:
-            dots = tl.dot(a, b, dots)
-    both = real_n2 & real_f2
-    h = tl.load(h_ptr + tokens_2 * stride_hn + features_2 * stride_hf, mask=both, other=0.0)
-    window = tl.load(window_ptr + tokens_2 * stride_wn + features_2 * stride_wf, mask=both, other=0)
+            dots = tl.dot(g, w, dots)
+    both = real_n[:, None] & real_f[None, :]
+    rows = tokens[:, None].to(tl.int64)  # a token-major [N, F] past 2^31 entries
+    h = tl.load(h_ptr + rows * stride_hn + features[None, :] * stride_hf, mask=both, other=0.0)
+    window = tl.load(window_ptr + rows * stride_wn + features[None, :] * stride_wf, mask=both, other=0)
     norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
-    t = tl.load(t_ptr + features, mask=real_f, other=0.0).to(tl.float32)
+    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
     distance = h.to(tl.float32) * norm[None, :] - t[None, :]
     inside = both & (window != 0) & (tl.abs(distance) < half_width)
-    # each feature's sum over the tile's tokens, down a column
-    sums, counts = tl.sum(tl.where(inside, dots, 0.0), axis=0), tl.sum(inside.to(tl.float32), axis=0)
     out = (token_block * n_features + features) * n_snapshots + s
-    tl.store(sums_ptr + out, sums, mask=real_f)
-    tl.store(counts_ptr + out, counts, mask=real_f)
+    tl.store(sums_ptr + out, tl.sum(tl.where(inside, dots, 0.0), axis=0), mask=real_f)
+    tl.store(counts_ptr + out, tl.sum(inside.to(tl.float32), axis=0), mask=real_f)
 
 
 def window_dots(
