@@ -355,6 +355,21 @@ def active_share(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> str:
     return f"  active {active:.2%} (open {entries.n_open / n:.2%}; the step from pairs {pays})"
 
 
+def row_step(
+    arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool, path: str = "default"
+) -> tuple[CrosscoderTrainer, torch.Tensor, Callable[[], None], str]:
+    """A row's ``(trainer, batch, one step, the note on its dead features)``: the batch from seed 0
+    and, trained, the JumpReLU threshold or ReLU bias set to ``--l0``, or TopK's ``--dead`` share of
+    features counted dead before each step."""
+    trainer = make_trainer(arch, a, device, autocast, path)
+    g = torch.Generator(device=device).manual_seed(0)
+    x_BSD = torch.randn(a.batch, a.S, a.d_in, device=device, generator=g)
+    if trained and not arch.endswith("topk_crosscoder"):
+        set_sparsity(trainer, x_BSD, a.l0)
+    step, dead = with_dead_features(trainer, x_BSD, a.dead if trained and arch.endswith("topk_crosscoder") else 0.0)
+    return trainer, x_BSD, step, dead
+
+
 def step_row(
     arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool, times: dict[str, float],
     path: str = "default",
@@ -362,12 +377,7 @@ def step_row(
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    trainer = make_trainer(arch, a, device, autocast, path)
-    g = torch.Generator(device=device).manual_seed(0)
-    x_BSD = torch.randn(a.batch, a.S, a.d_in, device=device, generator=g)
-    if trained and not arch.endswith("topk_crosscoder"):
-        set_sparsity(trainer, x_BSD, a.l0)
-    step, dead = with_dead_features(trainer, x_BSD, a.dead if trained and arch.endswith("topk_crosscoder") else 0.0)
+    trainer, x_BSD, step, dead = row_step(arch, a, device, autocast, trained, path)
     seconds = seconds_per_call(step, device, a.steps)
     l0 = float(trainer.last_l0)
     sparse = arch.endswith("topk_crosscoder") or (trained and arch == "jumprelu_crosscoder")
@@ -502,12 +512,13 @@ def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 
                 fn()
             sync(device)
         events = traced.events()
+        sites = launch_sites(events)
         n_frames = sum(python_frame(e) and "crosslens/" in e.name for e in events)
         print(f"device time by the line of crosslens that launched it, per step, under Python's tracing: {label} "
               f"({n_frames} of crosslens's Python frames recorded)")  # fmt: skip
-        for line, ms in time_by_line(events, calls):
+        for line, ms in time_by_line(events, calls, sites):
             print(f"  {ms:7.3f} ms  {line}")
-        print(idle_gaps(events, calls), flush=True)
+        print(idle_gaps(events, calls, sites), flush=True)
     except Exception as e:  # noqa: BLE001
         print(f"  (no idle or line tables: {type(e).__name__}: {e})")
 
@@ -556,11 +567,10 @@ def launch_sites(events: list) -> dict[int, str]:
     return sites
 
 
-def time_by_line(events: list, calls: int, top: int = 25) -> list[tuple[str, float]]:
-    """The device's kernel time by the line of crosslens that launched it (:func:`launch_sites`):
-    where a kernel table's ``copy_`` or ``mul`` comes from. Milliseconds per call, the largest
-    first."""
-    sites = launch_sites(events)
+def time_by_line(events: list, calls: int, sites: dict[int, str], top: int = 25) -> list[tuple[str, float]]:
+    """The device's kernel time by the line of crosslens that launched it (``sites``, from
+    :func:`launch_sites`): where a kernel table's ``copy_`` or ``mul`` comes from. Milliseconds per
+    call, the largest first."""
     times: Counter[str] = Counter()
     for e in events:
         if e.device_type == torch.autograd.DeviceType.CUDA:
@@ -568,12 +578,11 @@ def time_by_line(events: list, calls: int, top: int = 25) -> list[tuple[str, flo
     return times.most_common(top)
 
 
-def idle_gaps(events: list, calls: int, top: int = 8) -> str:
+def idle_gaps(events: list, calls: int, sites: dict[int, str] | None = None, top: int = 8) -> str:
     """The device's idle time between its first and last kernel: the whole span, the time some
-    kernel ran, the rest per step, and the longest gaps with the kernels either side of each and
-    the line that launched the one after (a gap after a sync is the host catching up with the
-    device, and that line is where it caught up)."""
-    sites = launch_sites(events)
+    kernel ran, the rest per step, and the longest gaps with the kernels either side of each and,
+    given ``sites`` (:func:`launch_sites`), the line that launched the one after (a gap after a
+    sync is the host catching up with the device, and that line is where it caught up)."""
     kernels = sorted(
         (e for e in events if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda e: e.time_range.start
     )
@@ -581,14 +590,15 @@ def idle_gaps(events: list, calls: int, top: int = 8) -> str:
     for before, k in zip([None, *kernels], kernels):
         start, stop = k.time_range.start, k.time_range.end
         if start > end and before is not None:
-            gaps.append((start - end, before.name, k.name, sites.get(k.id, "(none)")))
+            site = "" if sites is None else f"  launched at {sites.get(k.id, '(none)')}"
+            gaps.append((start - end, before.name, k.name, site))
         busy += max(0.0, stop - max(start, end))
         end = max(end, stop)
     span = end - kernels[0].time_range.start
     lines = [f"device idle: span {span / 1e3 / calls:.2f} ms per step, kernels running {busy / 1e3 / calls:.2f}, "
              f"idle {(span - busy) / 1e3 / calls:.2f} ({len(gaps) / calls:.0f} gaps per step); the longest:"]  # fmt: skip
     for gap, before, after, site in sorted(gaps, reverse=True)[:top]:
-        lines.append(f"  {gap / 1e3:6.3f} ms  after {before[:40]}  before {after[:40]}  launched at {site}")
+        lines.append(f"  {gap / 1e3:6.3f} ms  after {before[:40]}  before {after[:40]}{site}")
     return "\n".join(lines)
 
 
@@ -598,12 +608,7 @@ def repeat_check(arch: str, a: argparse.Namespace, device: str, autocast: str | 
     differ with their largest difference."""
 
     def parameters_after() -> dict[str, torch.Tensor]:
-        trainer = make_trainer(arch, a, device, autocast)
-        g = torch.Generator(device=device).manual_seed(0)
-        x_BSD = torch.randn(a.batch, a.S, a.d_in, device=device, generator=g)
-        if trained and not arch.endswith("topk_crosscoder"):
-            set_sparsity(trainer, x_BSD, a.l0)
-        step, _ = with_dead_features(trainer, x_BSD, a.dead if trained and arch.endswith("topk_crosscoder") else 0.0)
+        trainer, _, step, _ = row_step(arch, a, device, autocast, trained)
         for _ in range(a.repeat_steps):
             step()
         out = {name: p.detach().clone() for name, p in trainer.sae.named_parameters()}
@@ -657,6 +662,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if not 0 <= a.dead < 1:
         p.error(f"--dead {a.dead}: give the share of features counted dead, from 0 up to below 1 (e.g. 0.05)")
+    if a.repeat_steps < 0:
+        p.error(f"--repeat-steps {a.repeat_steps}: give how many steps to train twice, 1 or more (0: time the rows)")
     if a.small:
         for key, value in SMALL.items():
             setattr(a, key, value)

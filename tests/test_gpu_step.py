@@ -992,11 +992,13 @@ def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_t
         11: "crosslens/crosscoders/base.py(533): training_pass", 12: "crosslens/crosscoders/sparse_kernels.py(585): backward",
         13: "crosslens/training/trainer.py(258): step", 99: "(none)", 14: "(none)",
     }  # fmt: skip
-    assert gpu.time_by_line(events, calls=2)[0] == ("(none)", 0.1)
-    gaps = gpu.idle_gaps(events, calls=1).splitlines()
+    sites = gpu.launch_sites(events)
+    assert gpu.time_by_line(events, 2, sites)[0] == ("(none)", 0.1)
+    gaps = gpu.idle_gaps(events, 1, sites).splitlines()
     assert gaps[0].startswith("device idle: span 1.60 ms per step, kernels running 0.50, idle 1.10 (3 gaps per step)")
     assert gaps[1].split() == ["0.900", "ms", "after", "_window_dots", "before", "Memcpy", "DtoH", "launched", "at",
                                "crosslens/training/trainer.py(258):", "step"]  # fmt: skip
+    assert gpu.idle_gaps(events, 1).splitlines()[1].split() == ["0.900", "ms", "after", "_window_dots", "before", "Memcpy", "DtoH"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a recording that cannot start")
@@ -1017,6 +1019,10 @@ def test_gpu_benchmark_refuses_a_dead_share_outside_0_to_1():
                           text=True, timeout=120, env=benchmark_env())  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--dead 2.0: give the share of features counted dead, from 0 up to below 1" in done.stderr
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--repeat-steps", "-1"], capture_output=True,
+                          text=True, timeout=120, env=benchmark_env())  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--repeat-steps -1: give how many steps to train twice, 1 or more" in done.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
