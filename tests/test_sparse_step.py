@@ -794,6 +794,67 @@ def test_topk_lists_its_dead_features_from_a_copy_queued_before_the_encode(arch,
     assert fwd.extras["aux"][0][0] is rows
 
 
+def dead_listing_trainer(micro_batches: int = 1) -> CrosscoderTrainer:
+    """A TopK trainer whose features die after one silent step, so that most steps have some."""
+    cfg = CrosscoderTrainerConfig(total_steps=4, lr=3e-3, device="cpu", activation_scale_check="off",
+                                  dead_feature_window_tokens=1, micro_batches=micro_batches)  # fmt: skip
+    return CrosscoderTrainer(make_sae("topk_crosscoder", "cpu"), cfg)
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_the_trainer_lists_the_next_steps_dead_features_before_this_steps_backward(micro_batches, monkeypatch):
+    """The trainer counts where features fired before it queues the backward (one batch) or
+    the optimizer (micro-batches), and starts the listing of the next step's dead features
+    there; the next step's pass reads that listing, of the mask the trainer's
+    ``dead_features`` gives at the step's start, and starts none of its own."""
+    from crosslens.core.tensors import HostListing
+
+    trainer = dead_listing_trainer(micro_batches)
+    sae, events, passes = trainer.sae, [], []
+    start, training_pass = HostListing.start, sae.training_pass
+    monkeypatch.setattr(HostListing, "start", classmethod(lambda cls, mask: events.append("listed") or start(mask)))
+    monkeypatch.setattr(sae, "training_pass", lambda x, mask=None, rows=None: passes.append((mask, rows)) or training_pass(x, mask, rows))
+    sae.W_enc.register_hook(lambda grad: events.append("backward"))
+    n_dead = []
+    for step, x_BSD in enumerate(batches(4, "cpu")):
+        dead_F, events[:], passes[:] = trainer.dead_features, [], []
+        ahead = trainer.dead_ahead
+        trainer.step(x_BSD)
+        mask, rows = passes[0]
+        assert torch.equal(mask, dead_F) and all(p == (mask, rows) for p in passes)
+        n_dead.append(int(dead_F.sum()))
+        if step == 0:  # nothing was listed ahead of the first step: its pass lists the mask
+            assert ahead is None and rows is None and events[0] == "listed"
+        else:
+            assert rows is ahead[2] and mask is ahead[1] and ahead[0] == step
+        assert trainer.dead_ahead[0] == step + 1 and trainer.dead_ahead[2].mask is trainer.dead_ahead[1]
+        if micro_batches == 1:
+            assert events[-2:] == ["listed", "backward"]
+    assert max(n_dead[1:]) > 0, n_dead
+
+
+def test_the_dead_features_listed_ahead_train_to_the_same_bytes():
+    """A step that lists its own dead features and one that reads those the step before
+    listed give the same weights, step after step."""
+    runs = []
+    for ahead in (True, False):
+        trainer = dead_listing_trainer()
+        for x_BSD in batches(4, "cpu"):
+            if not ahead:
+                trainer.dead_ahead = None
+            trainer.step(x_BSD)
+        runs.append({name: p.detach().clone() for name, p in trainer.sae.named_parameters()})
+    assert all(torch.equal(runs[0][name], runs[1][name]) for name in runs[0])
+
+
+def test_a_listing_of_another_tensor_than_the_dead_mask_is_refused():
+    from crosslens.core.tensors import HostListing
+
+    sae = make_sae("topk_crosscoder", "cpu")
+    with pytest.raises(ValueError, match="dead_rows lists another tensor than dead_neuron_mask"):
+        sae.training_pass(batches(1, "cpu")[0], dead_mask(sae), HostListing.start(dead_mask(sae)))
+
+
 @NO_CUDA
 @pytest.mark.parametrize("arch", ["topk_crosscoder", "batchtopk_crosscoder"])
 def test_topk_with_dead_features_never_drains_the_device_on_cuda(arch):

@@ -179,6 +179,17 @@ class MicroBatchStep:
 
 
 @dataclass
+class CrosscoderStepInput(TrainStepInput):
+    """SAELens's step input, with the dead features' listing where the trainer started it
+    before the step."""
+
+    dead_rows: HostListing | None = None
+    """A listing of ``dead_neuron_mask`` (the same tensor) started before the step, so that
+    reading it waits for none of the step's work; None: the pass starts one where it reads
+    them (:meth:`CrosscoderTrainingMixin.training_pass`)."""
+
+
+@dataclass
 class CrosscoderPass:
     """Intermediate tensors of one training forward pass (leading axes flattened to N)."""
 
@@ -189,8 +200,8 @@ class CrosscoderPass:
     dead_neuron_mask_F: torch.Tensor | None = None
     """The step's dead features (SAELens's ``dead_neuron_mask``), where the step has them."""
     dead_rows: HostListing | None = None
-    """Their indices, listed on the host from a copy queued before the encode, where the
-    architecture reads them (:meth:`CrosscoderMixin.reads_dead_rows`)."""
+    """Their indices, listed on the host from a copy queued before the encode at the latest,
+    where the architecture reads them (:meth:`CrosscoderMixin.reads_dead_rows`)."""
     extras: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -529,14 +540,24 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
         return [{"params": params, "lr": lr}]
 
     def training_pass(
-        self, sae_in: Float[torch.Tensor, "... n_snapshots d_in"], dead_neuron_mask: Bool[torch.Tensor, " d_sae"] | None = None
-    ) -> CrosscoderPass:  # fmt: skip
+        self,
+        sae_in: Float[torch.Tensor, "... n_snapshots d_in"],
+        dead_neuron_mask: Bool[torch.Tensor, " d_sae"] | None = None,
+        dead_rows: HostListing | None = None,
+    ) -> CrosscoderPass:
+        """The step's encode and decode; ``dead_rows``: a listing of ``dead_neuron_mask``
+        already started (:class:`CrosscoderStepInput`), else one is started here."""
         self.check_input_shape(sae_in)
         x_NSD = sae_in.reshape(-1, self.cfg.n_snapshots, self.cfg.d_in)
         listing = None
         if dead_neuron_mask is not None and self.reads_dead_rows():
+            if dead_rows is not None and dead_rows.mask is not dead_neuron_mask:
+                raise ValueError(
+                    "dead_rows lists another tensor than dead_neuron_mask; start it with "
+                    "HostListing.start(dead_neuron_mask), or pass dead_rows=None."
+                )
             # queued ahead of the encode, so that reading the list waits for the mask alone
-            listing = HostListing.start(dead_neuron_mask.to(torch.bool))
+            listing = dead_rows or HostListing.start(dead_neuron_mask.to(torch.bool))
         fwd = self._training_encode(x_NSD)
         fwd.dead_neuron_mask_F, fwd.dead_rows = dead_neuron_mask, listing
         fwd.recon_NSD = self._finish_decode(self._training_decode(fwd))
@@ -548,7 +569,8 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
         return False
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        fwd = self.training_pass(step_input.sae_in, step_input.dead_neuron_mask)
+        dead_rows = step_input.dead_rows if isinstance(step_input, CrosscoderStepInput) else None
+        fwd = self.training_pass(step_input.sae_in, step_input.dead_neuron_mask, dead_rows)
         sq_err_N, aux_sq_err_N = reconstruction_errors(fwd.recon_NSD, fwd.x_NSD, fwd.extras.get("aux_recon_NSD"))
         if aux_sq_err_N is not None:
             fwd.extras["aux_sq_err_N"] = aux_sq_err_N

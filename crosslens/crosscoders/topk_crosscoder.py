@@ -262,7 +262,8 @@ class TopKTrainingCrosscoder(
         0) over the dead features ``dead_R``, and the loss's scale ``min(n_dead / aux_k, 1)``;
         None where no feature is dead, or where the loss is off (``aux_loss_coefficient`` 0).
         Their count sizes the code: the step's one read of the device, listed from a copy
-        queued before the encode (``fwd.dead_rows``). While no more are dead than ``aux_k``
+        queued before the encode at the latest (``fwd.dead_rows``; the trainer queues it
+        during the step before). While no more are dead than ``aux_k``
         (``S * d_in / 2`` by default, so nearly always), every token keeps every dead feature:
         the code is dense over those rows, and its decode a matmul over them."""
         if fwd.dead_rows is None:  # no mask, or the loss is off (reads_dead_rows)

@@ -44,13 +44,7 @@ import torch
 from jaxtyping import Float
 from sae_lens.constants import SAE_CFG_FILENAME
 from sae_lens.registry import get_sae_training_class
-from sae_lens.saes.sae import (
-    TrainCoefficientConfig,
-    TrainingSAE,
-    TrainingSAEConfig,
-    TrainStepInput,
-    TrainStepOutput,
-)
+from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainingSAEConfig, TrainStepOutput
 from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
 from sae_lens.constants import SAE_WEIGHTS_FILENAME
 
@@ -59,8 +53,8 @@ from crosslens.core.launch import local_rank_device
 from crosslens.core.paths import FINAL_DIRNAME, TRAINER_STATE_FILENAME, checkpoint_dirname
 from crosslens.core.progress import progress_bar
 from crosslens.core.seeding import seed_everything
-from crosslens.core.tensors import row_counts
-from crosslens.crosscoders.base import CrosscoderTrainingMixin, set_crosscoder_metadata
+from crosslens.core.tensors import HostListing, row_counts
+from crosslens.crosscoders.base import CrosscoderStepInput, CrosscoderTrainingMixin, set_crosscoder_metadata
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.crosscoders.weight_grads import Handoff, taking_handoff
 from crosslens.distributed.mesh import MeshLayout, local_layout
@@ -153,6 +147,10 @@ class CrosscoderTrainer:
         self.window_tokens = 0
         self.last_l0: torch.Tensor | float | None = None
         """Mean active features per token on the latest batch (recorded as the final l0)."""
+        self.dead_ahead: tuple[int, torch.Tensor, HostListing] | None = None
+        """``(step, dead features, their listing)``: the next step's dead features, counted and
+        their listing started before this step's backward was queued, where the crosscoder
+        reads their indices (:meth:`_count_firing`); None once used, or after a load."""
 
         if cfg.optimizer_state_dtype != "float32" and self.collectives.is_distributed:
             raise ValueError(
@@ -206,13 +204,16 @@ class CrosscoderTrainer:
 
     @property
     def dead_feature_window_tokens(self) -> int:
+        return self._dead_window(self.n_steps, self.n_tokens)
+
+    def _dead_window(self, n_steps: int, n_tokens: int) -> int:
         """The configured window, or the default for this run's tokens (its steps times the
         tokens each step has taken; before the first step nothing has been silent anyway)."""
         if self.cfg.dead_feature_window_tokens is not None:
             return self.cfg.dead_feature_window_tokens
-        if self.n_steps == 0:
+        if n_steps == 0:
             return DEAD_FEATURE_WINDOW_TOKENS
-        return dead_feature_window(self.cfg.total_steps * self.n_tokens // self.n_steps)
+        return dead_feature_window(self.cfg.total_steps * n_tokens // n_steps)
 
     @property
     def is_main(self) -> bool:
@@ -238,23 +239,28 @@ class CrosscoderTrainer:
             return torch.autocast(x_BSD.device.type, torch.bfloat16, enabled=self.cfg.autocast_dtype == "bfloat16")
 
         # one step's settings, the same for each of its micro-batches
-        coefficients, dead_F, logging = self.coefficients, self.dead_features, self._is_log_step(self.n_steps + 1)
+        coefficients, logging = self.coefficients, self._is_log_step(self.n_steps + 1)
+        ahead, self.dead_ahead = self.dead_ahead, None
+        dead_F, dead_rows = ahead[1:] if ahead is not None and ahead[0] == self.n_steps else (self.dead_features, None)
 
-        def step_input(x: torch.Tensor) -> TrainStepInput:
-            return TrainStepInput(
+        def step_input(x: torch.Tensor) -> CrosscoderStepInput:
+            return CrosscoderStepInput(
                 sae_in=x,
                 coefficients=coefficients,
                 dead_neuron_mask=dead_F,
                 n_training_steps=self.n_steps,
                 is_logging_step=logging,
+                dead_rows=dead_rows,
             )
 
         with taking_handoff(self.handoff):
             if self.cfg.micro_batches > 1:
                 output = micro_batched_pass(self.sae, x_BSD, self.cfg.micro_batches, step_input, autocast)
+                n_batch = self._count_firing(output.feature_acts)
             else:
                 with autocast():
                     output = self.sae.training_forward_pass(step_input(x_BSD))
+                n_batch = self._count_firing(output.feature_acts)
                 output.loss.backward()
         reduce_gradients(self.sae, self.collectives)
         clipped_step(self.optimizer, self.sae, self.collectives, self.cfg.max_grad_norm, fused=self.cfg.fused_clip)
@@ -262,22 +268,32 @@ class CrosscoderTrainer:
         self.lr_scheduler.step()
         for scheduler in self.coefficient_schedulers.values():
             scheduler.step()
+        self.n_steps += 1
+        self.n_tokens += n_batch
+        # Stop at a non-finite loss, and before any checkpoint of non-finite weights.
+        check_finite_step(self, output.loss)
+        return output
 
+    def _count_firing(self, feature_acts_NF: torch.Tensor) -> int:
+        """Counts where each feature fired on the step's tokens, and returns the step's global
+        token count. Called before the backward is queued: the next step's dead features are
+        then known, and where the crosscoder reads their indices, their listing's copy
+        (:class:`HostListing`) is queued ahead of this step's backward and optimizer, so that
+        the next step reads it without waiting for the device to finish this one."""
         with torch.no_grad():
-            n_local = output.feature_acts.shape[0]
+            n_local = feature_acts_NF.shape[0]
             n_batch = self.collectives.global_batch(n_local)
-            fired_F = row_counts((output.feature_acts != 0).T)  # tokens each feature fired on
+            fired_F = row_counts((feature_acts_NF != 0).T)  # tokens each feature fired on
             self.tokens_since_fired += n_batch
             # masked_fill_, not [mask] = 0: a boolean index lists the mask's entries, a device sync
             self.tokens_since_fired.masked_fill_(self.collectives.data_any(fired_F > 0), 0)
             self.window_fire_counts += self.collectives.data_sum(fired_F)
             self.window_tokens += n_batch
             self.last_l0 = fired_F.sum() / n_local  # a tensor: no device sync per step
-        self.n_steps += 1
-        self.n_tokens += n_batch
-        # Stop at a non-finite loss, and before any checkpoint of non-finite weights.
-        check_finite_step(self, output.loss)
-        return output
+            if self.sae.reads_dead_rows():
+                dead_F = self.tokens_since_fired > self._dead_window(self.n_steps + 1, self.n_tokens + n_batch)
+                self.dead_ahead = (self.n_steps + 1, dead_F, HostListing.start(dead_F))
+        return n_batch
 
     def fit(
         self, batches: BatchSource, *, resume_from: str | Path | None = None
@@ -527,6 +543,7 @@ class CrosscoderTrainer:
         self.n_steps = state["n_steps"]
         self.n_tokens = state["n_tokens"]
         self.tokens_since_fired = state["tokens_since_fired"].to(self.cfg.device)
+        self.dead_ahead = None
         self.window_fire_counts = state["window_fire_counts"].to(self.cfg.device)
         self.window_tokens = state["window_tokens"]
         self.last_l0 = state.get("last_l0")
