@@ -637,11 +637,17 @@ def test_triton_window_dots_equal_the_dense_sums(device, layout, triton_backend)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, triton_backend, monkeypatch):
+@pytest.mark.parametrize("early", [False, True], ids=["operands-after", "operands-early"])
+def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, early, triton_backend, monkeypatch):
     """bfloat16 rows with d_in and the tokens multiples of ``ALIGNMENT`` take the wide tile
     (``WINDOW_TILE``, 128 x 128 where the others take 64 x 64): its sums are the dense ones of
-    the same bfloat16 numbers."""
+    the same bfloat16 numbers, whether the mask's operands are read before the products or
+    after them (``WindowTile.early``)."""
+    import dataclasses
+
     from crosslens.crosscoders import triton_kernels
+
+    monkeypatch.setattr(triton_kernels, "WINDOW_TILE", dataclasses.replace(triton_kernels.WINDOW_TILE, early=early))
 
     kernel, launched = triton_kernels._window_dots, []
 
@@ -662,7 +668,9 @@ def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, trit
     else:
         args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
     check_window_dots(triton_kernels.window_dots, args)
-    assert [(k["BLOCK_N"], k["BLOCK_F"], k["num_stages"]) for k in launched] == [(wide.tokens, wide.features, wide.stages)]
+    assert [(k["BLOCK_N"], k["BLOCK_F"], k["num_stages"], k["EARLY"]) for k in launched] == [
+        (wide.tokens, wide.features, wide.stages, early)
+    ]
 
 
 @pytest.mark.parametrize("device", DEVICES)

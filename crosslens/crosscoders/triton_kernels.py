@@ -241,6 +241,10 @@ class WindowTile:
     spills to the stack (``tests/test_triton_compiles.py`` fails on any spill)."""
     stages: int
     """Loads in flight along ``d_in`` (Triton's software pipeline)."""
+    early: bool = False
+    """Read the mask's operands (the tile's ``h`` and window entries, the norms and thresholds)
+    before the loop over ``d_in`` rather than after it, so that their reads from memory run while
+    the products do, for the registers that hold them through the loop."""
 
 
 WINDOW_TILE = WindowTile(tokens=128, features=128, depth=64, warps=8, stages=4)
@@ -256,7 +260,12 @@ gradient's rows or of ``h``'s columns the compiler then cannot vectorise: :data:
 spills to the stack there on an H100. So does this tile with a ``d_in`` slice of 64 in float32,
 with triton 3.9 and with the GPU machine's 3.6, and with 4 warps."""
 
-WINDOW_TILES = (WINDOW_TILE, WindowTile(128, 64, 64, 8, 3), WindowTile(64, 128, 64, 8, 3))
+WINDOW_TILES = (
+    WINDOW_TILE,
+    WindowTile(128, 128, 64, 8, 4, early=True),
+    WindowTile(128, 64, 64, 8, 3),
+    WindowTile(64, 128, 64, 8, 3),
+)
 """The launches of the aligned half-precision window sums that ``benchmarks/gpu.py --window-tiles``
 times against each other, the default first. Each compiles for an H100 with no spilled register
 (``tests/test_triton_compiles.py``), with triton 3.9 and with the GPU machine's 3.6. One program per
@@ -273,10 +282,24 @@ they offset: every d_in of Pythia, OLMo and BLOOM is, and so is a batch of 2048 
 
 
 @triton.jit
+def _window_mask_operands(
+    h_ptr, window_ptr, norms_ptr, t_ptr, tokens, features, real_n, real_f, s, n_snapshots,
+    stride_hn, stride_hf, stride_wn, stride_wf,
+):  # fmt: skip
+    both = real_n[:, None] & real_f[None, :]
+    rows = tokens[:, None].to(tl.int64)  # a token-major [N, F] past 2^31 entries
+    h = tl.load(h_ptr + rows * stride_hn + features[None, :] * stride_hf, mask=both, other=0.0)
+    window = tl.load(window_ptr + rows * stride_wn + features[None, :] * stride_wf, mask=both, other=0)
+    norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
+    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
+    return both, h, window, norm, t
+
+
+@triton.jit
 def _window_dots(
     sums_ptr, counts_ptr, grad_ptr, w_ptr, h_ptr, window_ptr, norms_ptr, t_ptr,
     n_tokens, n_features, n_snapshots, d_in, stride_hn, stride_hf, stride_wn, stride_wf, half_width,
-    BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, EARLY: tl.constexpr,
 ):  # fmt: skip
     # token blocks vary fastest, so consecutive programs share their W[features, s] tile
     token_block, s = tl.program_id(0), tl.program_id(2)
@@ -285,6 +308,11 @@ def _window_dots(
     real_n, real_f = tokens < n_tokens, features < n_features
     grad_rows = grad_ptr + (s * n_tokens + tokens[:, None].to(tl.int64)) * d_in
     w_rows = w_ptr + (features[None, :] * n_snapshots + s) * d_in
+    if EARLY:
+        both, h, window, norm, t = _window_mask_operands(
+            h_ptr, window_ptr, norms_ptr, t_ptr, tokens, features, real_n, real_f, s, n_snapshots,
+            stride_hn, stride_hf, stride_wn, stride_wf,
+        )  # fmt: skip
     dots = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
     for k0 in range(0, d_in, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
@@ -294,12 +322,11 @@ def _window_dots(
             dots = tl.dot(g, w, dots, input_precision="ieee")
         else:
             dots = tl.dot(g, w, dots)
-    both = real_n[:, None] & real_f[None, :]
-    rows = tokens[:, None].to(tl.int64)  # a token-major [N, F] past 2^31 entries
-    h = tl.load(h_ptr + rows * stride_hn + features[None, :] * stride_hf, mask=both, other=0.0)
-    window = tl.load(window_ptr + rows * stride_wn + features[None, :] * stride_wf, mask=both, other=0)
-    norm = tl.load(norms_ptr + features * n_snapshots + s, mask=real_f, other=0.0)
-    t = tl.load(t_ptr + features, mask=real_f, other=0.0)
+    if not EARLY:
+        both, h, window, norm, t = _window_mask_operands(
+            h_ptr, window_ptr, norms_ptr, t_ptr, tokens, features, real_n, real_f, s, n_snapshots,
+            stride_hn, stride_hf, stride_wn, stride_wf,
+        )  # fmt: skip
     distance = h.to(tl.float32) * norm[None, :] - t[None, :]
     inside = both & (window != 0) & (tl.abs(distance) < half_width)
     out = (token_block * n_features + features) * n_snapshots + s
@@ -333,7 +360,7 @@ def window_dots(
         _window_dots[grid](
             sums, counts, grad_SND, W_FSD, h_NF, window, norms_FS.contiguous(), t_F.contiguous(),
             N, F_, S, D, h_NF.stride(0), h_NF.stride(1), window.stride(0), window.stride(1), half_width,
-            BLOCK_N=tile.tokens, BLOCK_F=tile.features, BLOCK_K=tile.depth, IEEE=ieee,
+            BLOCK_N=tile.tokens, BLOCK_F=tile.features, BLOCK_K=tile.depth, IEEE=ieee, EARLY=tile.early,
             num_warps=tile.warps, num_stages=tile.stages,
         )  # fmt: skip
     return sums.sum(dim=0), counts.sum(dim=0)
