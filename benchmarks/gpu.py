@@ -236,7 +236,7 @@ def window_sweep(a: argparse.Namespace, device: str) -> None:
     for tile in tk.WINDOW_TILES:
         tk.WINDOW_TILE = tile
         label = f"{tile.tokens:3d} x {tile.features:3d} x {tile.depth:2d}, {tile.warps} warps, {tile.stages} stages"
-        label += ", mask operands read early" if tile.early else ""
+        label += (", mask operands read early" if tile.early else "") + (", persistent" if tile.persistent else "")
         try:
             sums, counts = tk.window_dots(*args)
             seconds = seconds_per_call(lambda: tk.window_dots(*args), device, a.rounds)

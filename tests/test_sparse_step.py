@@ -637,24 +637,25 @@ def test_triton_window_dots_equal_the_dense_sums(device, layout, triton_backend)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("early", [False, True], ids=["operands-after", "operands-early"])
-def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, early, triton_backend, monkeypatch):
+@pytest.mark.parametrize("variant", [{}, {"early": True}, {"persistent": True}], ids=["plain", "early", "persistent"])
+def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, variant, triton_backend, monkeypatch):
     """bfloat16 rows with d_in and the tokens multiples of ``ALIGNMENT`` take the wide tile
     (``WINDOW_TILE``, 128 x 128 where the others take 64 x 64): its sums are the dense ones of
-    the same bfloat16 numbers, whether the mask's operands are read before the products or
-    after them (``WindowTile.early``)."""
+    the same bfloat16 numbers; so are those of its launches with the mask's operands read
+    before the products (``WindowTile.early``) and with programs that each walk several tiles
+    (``WindowTile.persistent``; 2 programs for 6 tiles on a CPU)."""
     import dataclasses
 
     from crosslens.crosscoders import triton_kernels
 
-    monkeypatch.setattr(triton_kernels, "WINDOW_TILE", dataclasses.replace(triton_kernels.WINDOW_TILE, early=early))
+    monkeypatch.setattr(triton_kernels, "WINDOW_TILE", dataclasses.replace(triton_kernels.WINDOW_TILE, **variant))
 
     kernel, launched = triton_kernels._window_dots, []
 
     class Recorded:
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
-                launched.append(kwargs)
+                launched.append({**kwargs, "grid": grid})
                 return kernel[grid](*args, **kwargs)
 
             return launch
@@ -668,9 +669,12 @@ def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, earl
     else:
         args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
     check_window_dots(triton_kernels.window_dots, args)
-    assert [(k["BLOCK_N"], k["BLOCK_F"], k["num_stages"], k["EARLY"]) for k in launched] == [
-        (wide.tokens, wide.features, wide.stages, early)
+    assert [(k["BLOCK_N"], k["BLOCK_F"], k["num_stages"], k["EARLY"], k["PERSISTENT"]) for k in launched] == [
+        (wide.tokens, wide.features, wide.stages, wide.early, wide.persistent)
     ]
+    n_tiles = 2 * 1 * 3  # token blocks, feature blocks, snapshots
+    programs = min(n_tiles, triton_kernels.multiprocessors(args[0].device))
+    assert launched[0]["grid"] == ((programs,) if wide.persistent else (2, 1, 3))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -30,6 +30,7 @@ make a dozen passes over ``[N, F]``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -245,6 +246,10 @@ class WindowTile:
     """Read the mask's operands (the tile's ``h`` and window entries, the norms and thresholds)
     before the loop over ``d_in`` rather than after it, so that their reads from memory run while
     the products do, for the registers that hold them through the loop."""
+    persistent: bool = False
+    """Launch one program per multiprocessor, each walking tiles in the grid's order, instead of
+    one program per tile: the compiler can then start a tile's loads while the one before
+    forms its mask and sums."""
 
 
 WINDOW_TILE = WindowTile(tokens=128, features=128, depth=64, warps=8, stages=4)
@@ -263,6 +268,7 @@ with triton 3.9 and with the GPU machine's 3.6, and with 4 warps."""
 WINDOW_TILES = (
     WINDOW_TILE,
     WindowTile(128, 128, 64, 8, 4, early=True),
+    WindowTile(128, 64, 64, 8, 4, persistent=True),
     WindowTile(128, 64, 64, 8, 3),
     WindowTile(64, 128, 64, 8, 3),
 )
@@ -300,11 +306,38 @@ def _window_dots(
     sums_ptr, counts_ptr, grad_ptr, w_ptr, h_ptr, window_ptr, norms_ptr, t_ptr,
     n_tokens, n_features, n_snapshots, d_in, stride_hn, stride_hf, stride_wn, stride_wf, half_width,
     BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, EARLY: tl.constexpr,
+    PERSISTENT: tl.constexpr,
+):  # fmt: skip
+    if PERSISTENT:
+        # a program per multiprocessor walks the tiles in the grid's order; flattened, the
+        # compiler may pipeline the next tile's loads under this one's mask and sums
+        n_token_blocks, n_feature_blocks = tl.cdiv(n_tokens, BLOCK_N), tl.cdiv(n_features, BLOCK_F)
+        n_tiles = n_token_blocks * n_feature_blocks * n_snapshots
+        for tile in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), flatten=True):
+            _window_tile(
+                sums_ptr, counts_ptr, grad_ptr, w_ptr, h_ptr, window_ptr, norms_ptr, t_ptr,
+                n_tokens, n_features, n_snapshots, d_in, stride_hn, stride_hf, stride_wn, stride_wf, half_width,
+                tile % n_token_blocks, tile // n_token_blocks % n_feature_blocks, tile // (n_token_blocks * n_feature_blocks),
+                BLOCK_N, BLOCK_F, BLOCK_K, IEEE, EARLY,
+            )  # fmt: skip
+    else:
+        _window_tile(
+            sums_ptr, counts_ptr, grad_ptr, w_ptr, h_ptr, window_ptr, norms_ptr, t_ptr,
+            n_tokens, n_features, n_snapshots, d_in, stride_hn, stride_hf, stride_wn, stride_wf, half_width,
+            tl.program_id(0), tl.program_id(1), tl.program_id(2), BLOCK_N, BLOCK_F, BLOCK_K, IEEE, EARLY,
+        )  # fmt: skip
+
+
+@triton.jit
+def _window_tile(
+    sums_ptr, counts_ptr, grad_ptr, w_ptr, h_ptr, window_ptr, norms_ptr, t_ptr,
+    n_tokens, n_features, n_snapshots, d_in, stride_hn, stride_hf, stride_wn, stride_wf, half_width,
+    token_block, feature_block, s,
+    BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, EARLY: tl.constexpr,
 ):  # fmt: skip
     # token blocks vary fastest, so consecutive programs share their W[features, s] tile
-    token_block, s = tl.program_id(0), tl.program_id(2)
     tokens = token_block * BLOCK_N + tl.arange(0, BLOCK_N)
-    features = (tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)).to(tl.int64)
+    features = (feature_block * BLOCK_F + tl.arange(0, BLOCK_F)).to(tl.int64)
     real_n, real_f = tokens < n_tokens, features < n_features
     grad_rows = grad_ptr + (s * n_tokens + tokens[:, None].to(tl.int64)) * d_in
     w_rows = w_ptr + (features[None, :] * n_snapshots + s) * d_in
@@ -334,6 +367,14 @@ def _window_dots(
     tl.store(counts_ptr + out, tl.sum(inside.to(tl.float32), axis=0), mask=real_f)
 
 
+def multiprocessors(device: torch.device) -> int:
+    """A CUDA device's multiprocessors; elsewhere (Triton's interpreter) 2, so that each program
+    of a persistent launch walks several tiles."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2
+
+
 def window_dots(
     grad_SND: torch.Tensor, W_FSD: torch.Tensor, h_NF: torch.Tensor, window_NF: torch.Tensor,
     norms_FS: torch.Tensor, t_F: torch.Tensor, half_width: float,
@@ -356,11 +397,14 @@ def window_dots(
     counts = torch.empty_like(sums)
     window = window_NF.view(torch.uint8)
     grid = (n_blocks, triton.cdiv(F_, tile.features), S)
+    if tile.persistent:
+        grid = (min(math.prod(grid), multiprocessors(grad_SND.device)),)
     with launching_on(sums):
         _window_dots[grid](
             sums, counts, grad_SND, W_FSD, h_NF, window, norms_FS.contiguous(), t_F.contiguous(),
             N, F_, S, D, h_NF.stride(0), h_NF.stride(1), window.stride(0), window.stride(1), half_width,
             BLOCK_N=tile.tokens, BLOCK_F=tile.features, BLOCK_K=tile.depth, IEEE=ieee, EARLY=tile.early,
+            PERSISTENT=tile.persistent,
             num_warps=tile.warps, num_stages=tile.stages,
         )  # fmt: skip
     return sums.sum(dim=0), counts.sum(dim=0)
