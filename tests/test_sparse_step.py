@@ -838,8 +838,8 @@ def test_the_trainer_lists_the_next_steps_dead_features_before_this_steps_backwa
         if step == 0:  # nothing was listed ahead of the first step: its pass lists the mask
             assert ahead is None and rows is None and events[0] == "listed"
         else:
-            assert rows is ahead[2] and mask is ahead[1] and ahead[0] == step
-        assert trainer.dead_ahead[0] == step + 1 and trainer.dead_ahead[2].mask is trainer.dead_ahead[1]
+            assert rows is ahead.rows and mask is ahead.dead_F and ahead.step == step
+        assert trainer.dead_ahead.step == step + 1 and trainer.dead_ahead.rows.mask is trainer.dead_ahead.dead_F
         if micro_batches == 1:
             assert events[-2:] == ["listed", "backward"]
     assert max(n_dead[1:]) > 0, n_dead
@@ -857,6 +857,36 @@ def test_the_dead_features_listed_ahead_train_to_the_same_bytes():
             trainer.step(x_BSD)
         runs.append({name: p.detach().clone() for name, p in trainer.sae.named_parameters()})
     assert all(torch.equal(runs[0][name], runs[1][name]) for name in runs[0])
+
+
+@pytest.mark.parametrize("change", ["counts written", "window changed", "checkpoint loaded"])
+def test_dead_features_counted_ahead_are_not_used_once_their_inputs_change(change, tmp_path, monkeypatch):
+    """A caller that writes the firing counts between steps (as ``benchmarks/gpu.py`` marks
+    features dead), changes the window, or loads a checkpoint gets the dead features of the
+    counts as they then stand, not those counted during the step before."""
+    import dataclasses
+
+    trainer = dead_listing_trainer()
+    x_BSD = batches(2, "cpu")
+    trainer.step(x_BSD[0])
+    if change == "checkpoint loaded":
+        trainer.save_checkpoint(tmp_path / "ckpt")
+        trainer.tokens_since_fired.fill_(0)  # the counts a later step would have had
+        trainer.step(x_BSD[1])
+        trainer.load_checkpoint(tmp_path / "ckpt")
+    assert trainer.dead_ahead.holds(trainer.n_steps, trainer.tokens_since_fired, trainer.dead_feature_window_tokens) == (
+        change != "checkpoint loaded"
+    )
+    if change == "counts written":
+        trainer.tokens_since_fired.masked_fill_(dead_mask(trainer.sae), trainer.dead_feature_window_tokens + 1)
+    elif change == "window changed":
+        trainer.cfg = dataclasses.replace(trainer.cfg, dead_feature_window_tokens=10**9)
+    want = trainer.dead_features
+    passes, training_pass = [], trainer.sae.training_pass
+    monkeypatch.setattr(trainer.sae, "training_pass", lambda x, mask=None, rows=None: passes.append((mask, rows)) or training_pass(x, mask, rows))
+    trainer.step(x_BSD[1])
+    (mask, rows), = passes
+    assert rows is None and torch.equal(mask, want)
 
 
 def test_a_listing_of_another_tensor_than_the_dead_mask_is_refused():

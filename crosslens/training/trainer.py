@@ -35,13 +35,13 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from sae_lens.constants import SAE_CFG_FILENAME
 from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainingSAEConfig, TrainStepOutput
@@ -114,6 +114,28 @@ def crosscoder_metrics(
     return out
 
 
+@dataclass(frozen=True)
+class DeadAhead:
+    """A step's dead features, counted during the step before, and their listing
+    (:class:`HostListing`) started there."""
+
+    step: int
+    """The step they are for."""
+    counts_F: Int[torch.Tensor, " d_sae"]
+    """The ``tokens_since_fired`` tensor they were counted from."""
+    version: int
+    """Its in-place version then: any write since, a caller's included, makes them stale."""
+    window: int
+    """The dead-feature window they were counted with."""
+    dead_F: Bool[torch.Tensor, " d_sae"]
+    rows: HostListing
+
+    def holds(self, step: int, counts_F: torch.Tensor, window: int) -> bool:
+        """Whether they are still the dead features of ``step``, counted from ``counts_F`` as it
+        stands, with ``window``."""
+        return (step, window) == (self.step, self.window) and counts_F is self.counts_F and counts_F._version == self.version
+
+
 class CrosscoderTrainer:
     """Trains any registered crosscoder training class on ``[batch, S, d_in]`` batches.
 
@@ -147,10 +169,10 @@ class CrosscoderTrainer:
         self.window_tokens = 0
         self.last_l0: torch.Tensor | float | None = None
         """Mean active features per token on the latest batch (recorded as the final l0)."""
-        self.dead_ahead: tuple[int, torch.Tensor, HostListing] | None = None
-        """``(step, dead features, their listing)``: the next step's dead features, counted and
-        their listing started before this step's backward was queued, where the crosscoder
-        reads their indices (:meth:`_count_firing`); None once used, or after a load."""
+        self.dead_ahead: DeadAhead | None = None
+        """The next step's dead features, counted and their listing started before this step's
+        backward was queued, where the crosscoder reads their indices (:meth:`_count_firing`);
+        a step takes them only while they hold (:meth:`DeadAhead.holds`), else counts its own."""
 
         if cfg.optimizer_state_dtype != "float32" and self.collectives.is_distributed:
             raise ValueError(
@@ -241,7 +263,10 @@ class CrosscoderTrainer:
         # one step's settings, the same for each of its micro-batches
         coefficients, logging = self.coefficients, self._is_log_step(self.n_steps + 1)
         ahead, self.dead_ahead = self.dead_ahead, None
-        dead_F, dead_rows = ahead[1:] if ahead is not None and ahead[0] == self.n_steps else (self.dead_features, None)
+        if ahead is not None and ahead.holds(self.n_steps, self.tokens_since_fired, self.dead_feature_window_tokens):
+            dead_F, dead_rows = ahead.dead_F, ahead.rows
+        else:
+            dead_F, dead_rows = self.dead_features, None
 
         def step_input(x: torch.Tensor) -> CrosscoderStepInput:
             return CrosscoderStepInput(
@@ -291,8 +316,10 @@ class CrosscoderTrainer:
             self.window_tokens += n_batch
             self.last_l0 = fired_F.sum() / n_local  # a tensor: no device sync per step
             if self.sae.reads_dead_rows():
-                dead_F = self.tokens_since_fired > self._dead_window(self.n_steps + 1, self.n_tokens + n_batch)
-                self.dead_ahead = (self.n_steps + 1, dead_F, HostListing.start(dead_F))
+                window = self._dead_window(self.n_steps + 1, self.n_tokens + n_batch)
+                counts_F = self.tokens_since_fired
+                dead_F = counts_F > window
+                self.dead_ahead = DeadAhead(self.n_steps + 1, counts_F, counts_F._version, window, dead_F, HostListing.start(dead_F))
         return n_batch
 
     def fit(
@@ -543,7 +570,6 @@ class CrosscoderTrainer:
         self.n_steps = state["n_steps"]
         self.n_tokens = state["n_tokens"]
         self.tokens_since_fired = state["tokens_since_fired"].to(self.cfg.device)
-        self.dead_ahead = None
         self.window_fire_counts = state["window_fire_counts"].to(self.cfg.device)
         self.window_tokens = state["window_tokens"]
         self.last_l0 = state.get("last_l0")
