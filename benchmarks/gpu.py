@@ -230,16 +230,22 @@ def window_sweep(a: argparse.Namespace, device: str) -> None:
     t_F = torch.full((F_,), 0.25, device=device)
     args = (grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, 0.1)
     flops = 2 * S * N * F_ * D
+    n_window = int(window_NF.sum())
     default, timed = tk.WINDOW_TILE, {}
     want = None
     print(f"window tiles: {S} snapshots x {N} tokens x {F_} features, d_in {D}, bfloat16")
-    for tile in tk.WINDOW_TILES:
-        tk.WINDOW_TILE = tile
-        label = f"{tile.tokens:3d} x {tile.features:3d} x {tile.depth:2d}, {tile.warps} warps, {tile.stages} stages"
-        label += (", mask operands read early" if tile.early else "") + (", persistent" if tile.persistent else "")
+    gather = "entries by feature (window_gather)"
+    for tile in (*tk.WINDOW_TILES, gather):
+        if tile == gather:  # not a tile: the last line, the window summed from its listed entries
+            label, call = gather, lambda: tk.window_gather(*args, n_window)
+        else:
+            tk.WINDOW_TILE = tile
+            label = f"{tile.tokens:3d} x {tile.features:3d} x {tile.depth:2d}, {tile.warps} warps, {tile.stages} stages"
+            label += (", mask operands read early" if tile.early else "") + (", persistent" if tile.persistent else "")
+            call = lambda: tk.window_dots(*args)  # noqa: E731
         try:
-            sums, counts = tk.window_dots(*args)
-            seconds = seconds_per_call(lambda: tk.window_dots(*args), device, a.rounds)
+            sums, counts = call()
+            seconds = seconds_per_call(call, device, a.rounds)
         except Exception as error:  # noqa: BLE001  a launch that does not compile is that line's result
             print(f"  {label}: FAILED {str(error)[:160]}")
             continue
@@ -252,6 +258,11 @@ def window_sweep(a: argparse.Namespace, device: str) -> None:
               f"({flops / seconds / 1e12:5.0f} TFLOP/s, {first / seconds:4.2f}x the first); sums differ "
               f"{differs:.1e} of the largest, counts {'equal' if same_counts else 'DIFFER'}")  # fmt: skip
     best = min(timed, key=timed.get) if timed else default
+    if best == gather:
+        global ROWS_WINDOW_GATHER
+        ROWS_WINDOW_GATHER = True
+        best = min((tile for tile in timed if tile != gather), key=timed.get, default=default)
+        print("  the rows below sum the window from its entries by feature (WINDOW_GATHER)")
     tk.WINDOW_TILE = best
     print(f"  the rows below launch {best} (WINDOW_TILE; the default is {default})")
     del args, grad_SND, W_FSD, h_NF, window_NF
@@ -259,22 +270,27 @@ def window_sweep(a: argparse.Namespace, device: str) -> None:
 
 
 PROCESS_WINDOW_KERNEL = sparse_kernels.WINDOW_KERNEL
-"""The window's default (``WINDOW_KERNEL``), which every row keeps but the two that name a
-window: ``sparse`` (masked matmuls) and ``window-kernel``."""
+"""The window's default (``WINDOW_KERNEL``), which every row keeps but the three that name a
+window: ``sparse`` (masked matmuls), ``window-kernel`` and ``window-gather``."""
+
+ROWS_WINDOW_GATHER = False
+"""``triton_kernels.WINDOW_GATHER`` for the rows that name no window sum: on where the sweep
+(``--window-tiles``) found the listed entries faster than every tile."""
 
 PROCESS_COMPILE = compiled.compiled_kernels_setting()
 """The process's compile setting (``CROSSLENS_COMPILE_KERNELS``), which every row but the
 ``eager`` ones keeps."""
 
 
-PATHS = ("default", "dense", "eager", "sparse", "window-kernel", "embedding_bag")
+PATHS = ("default", "dense", "eager", "sparse", "window-kernel", "window-gather", "embedding_bag")
 """Every implementation :func:`step_paths` names (``--path``)."""
 
 
 def step_paths(arch: str, trained: bool, device: str, autocast: str | None) -> list[str]:
     """The implementations measured for one row: JumpReLU at a trained sparsity with the
     dense kernels and from its active pairs (``sparse_step``), the latter also with the
-    window summed by the fused Triton kernel (``WINDOW_KERNEL``); TopK/BatchTopK through
+    window summed by the fused Triton kernel (``WINDOW_KERNEL``), in tiles and from its entries
+    listed by feature (``triton_kernels.WINDOW_GATHER``); TopK/BatchTopK through
     ``embedding_bag`` and, where Triton is there, the Triton gather-sum kernels. Under
     autocast on CUDA, beside the compiled elementwise functions (the JumpReLU block functions
     and the losses, :func:`~crosslens.crosscoders.compiled.use_compiled_kernels`), the same
@@ -283,7 +299,7 @@ def step_paths(arch: str, trained: bool, device: str, autocast: str | None) -> l
     triton_there = sparse_kernels.sparse_backend(torch.device(device)) == "triton"
     eager = ["eager"] if autocast and device.startswith("cuda") else []
     if arch == "jumprelu_crosscoder" and trained:
-        return ["dense", *eager, "sparse", *(["window-kernel"] if triton_there else [])]
+        return ["dense", *eager, "sparse", *(["window-kernel", "window-gather"] if triton_there else [])]
     if arch == "jumprelu_crosscoder":
         return ["default", *eager]
     if arch.endswith("topk_crosscoder"):
@@ -299,7 +315,11 @@ def make_trainer(
     extra = {"k": a.k} if arch.endswith("topk_crosscoder") else {}
     if arch == "jumprelu_crosscoder" and path != "default":
         extra["sparse_step"] = path not in ("dense", "eager")
-    sparse_kernels.WINDOW_KERNEL = {"sparse": False, "window-kernel": True}.get(path, PROCESS_WINDOW_KERNEL)
+    sparse_kernels.WINDOW_KERNEL = {"sparse": False, "window-kernel": True, "window-gather": True}.get(path, PROCESS_WINDOW_KERNEL)
+    if sparse_kernels.sparse_backend(torch.device(device)) == "triton":
+        from crosslens.crosscoders import triton_kernels as tk
+
+        tk.WINDOW_GATHER = {"window-kernel": False, "window-gather": True}.get(path, ROWS_WINDOW_GATHER)
     compiled.use_compiled_kernels(False if path == "eager" else PROCESS_COMPILE)
     sparse_kernels.BACKEND = "eager" if path == "embedding_bag" else None
     torch.manual_seed(seed)

@@ -470,14 +470,20 @@ def window_modes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("window", ["matmuls", "kernel"], ids=["window-matmuls", "window-kernel"])
+@pytest.mark.parametrize("window", ["matmuls", "kernel", "gather"], ids=["window-matmuls", "window-kernel", "window-gather"])
 def test_jumprelu_sparse_step_through_triton(device, window, triton_backend, sparse_calls, monkeypatch):
+    from crosslens.crosscoders import triton_kernels
+
     dense = jumprelu_run(device, True, False)
     monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", window != "matmuls")
+    monkeypatch.setattr(triton_kernels, "WINDOW_GATHER", window == "gather")
+    gathers, window_gather = [], triton_kernels.window_gather
+    monkeypatch.setattr(triton_kernels, "window_gather", lambda *args: gathers.append(args[-1]) or window_gather(*args))
     modes = window_modes(monkeypatch)
     assert_same_run(jumprelu_run(device, True, True), dense)
     assert len(sparse_calls) == STEPS + 1
     assert ("kernel" in modes) == (window != "matmuls") and len(modes) == STEPS + 1
+    assert len(gathers) == (STEPS + 1 if window == "gather" else 0) and all(n > 0 for n in gathers)
 
 
 def test_the_window_matmuls_dot_in_float32_under_autocast():
@@ -634,6 +640,37 @@ def test_triton_window_dots_equal_the_dense_sums(device, layout, triton_backend)
     from_float32 = triton_kernels.window_dots(*args, 0.6)
     args[1] = args[1].to(torch.bfloat16)
     assert all(map(torch.equal, triton_kernels.window_dots(*args, 0.6), from_float32))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["token-major", "feature-major"])
+def test_triton_window_gather_equals_the_dense_sums(device, layout, triton_backend, monkeypatch):
+    """The window summed from its entries listed by feature (``window_gather``), which
+    ``window_dots`` takes with ``WINDOW_GATHER`` and the window's count: the dense sums, and in
+    bfloat16 on CUDA the tiles' sums up to the order of float sums."""
+    from crosslens.crosscoders import triton_kernels
+
+    args = window_operands(device, layout)
+    n_window = int(args[3].sum())
+    monkeypatch.setattr(triton_kernels, "WINDOW_GATHER", True)
+    kernel, launched = triton_kernels._window_gather, []
+
+    class Recorded:
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(triton_kernels, "_window_gather", Recorded())
+    check_window_dots(lambda *a: triton_kernels.window_dots(*a, n_window), args)
+    assert launched == [(100, 1)]  # a program per feature and block of 4 snapshots (3 here)
+    if device == "cpu":  # the interpreter's bfloat16 numbers are not the hardware's
+        return
+    args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
+    gathered = triton_kernels.window_gather(*args, 0.6, n_window)
+    monkeypatch.setattr(triton_kernels, "WINDOW_GATHER", False)
+    tiled = triton_kernels.window_dots(*args, 0.6, n_window)
+    assert torch.equal(gathered[1], tiled[1])
+    torch.testing.assert_close(gathered[0], tiled[0], rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("device", DEVICES)

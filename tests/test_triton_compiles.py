@@ -182,6 +182,22 @@ def test_the_window_kernel_compiles_for_an_h100(dtype, N, D, monkeypatch):
     assert compile_recorded(triton_kernels, "_window_dots", window, monkeypatch, launched) == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("D", [40, 64, 768])
+def test_the_window_gather_compiles_for_an_h100(dtype, D, monkeypatch):
+    from crosslens.crosscoders import triton_kernels
+
+    g = torch.Generator().manual_seed(1)
+    S, N, F_ = 3, 70, 90
+    grad_SND = torch.randn(S, N, D, generator=g).to(dtype)
+    W_FSD = torch.randn(F_, S, D, generator=g)
+    h_NF = torch.randn(F_, N, generator=g).to(dtype).T
+    window_NF = torch.rand(N, F_, generator=g) < 0.1
+    norms_FS, t_F = torch.rand(F_, S, generator=g), torch.rand(F_, generator=g)
+    gather = lambda: triton_kernels.window_gather(grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, 0.05, int(window_NF.sum()))  # noqa: E731
+    assert compile_recorded(triton_kernels, "_window_gather", gather, monkeypatch) == 1
+
+
 def window_launch(dtype: torch.dtype, N: int, D: int) -> Any:
     """A call of ``window_dots`` at 3 snapshots, 90 features, ``N`` tokens and d_in ``D``."""
     from crosslens.crosscoders import triton_kernels

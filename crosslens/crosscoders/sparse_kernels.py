@@ -158,12 +158,13 @@ def eager_weight_and_values_grad(
 def eager_window_dots(
     grad_SND: Float[torch.Tensor, "S N D"], W_FSD: Float[torch.Tensor, "F S D"], h_NF: Float[torch.Tensor, "N F"],
     window_NF: Bool[torch.Tensor, "N F"], norms_FS: Float[torch.Tensor, "F S"], t_F: Float[torch.Tensor, " F"],
-    half_width: float,
+    half_width: float, n_window: int | None = None,
 ) -> tuple[Float[torch.Tensor, "F S"], Float[torch.Tensor, "F S"]]:  # fmt: skip
     """The twin of the fused window kernel (``triton_kernels.window_dots``), one snapshot at a
     time: the window's entries inside ``half_width`` of the threshold, and one masked product
     ``<grad, W>`` over every (token, feature), W rounded to the gradient's dtype as the kernel
-    loads it, in float32."""
+    loads it, in float32. ``n_window``, the window's count, which the kernels may list it by,
+    is not needed here."""
     S, F_ = grad_SND.shape[0], W_FSD.shape[0]
     sums_FS = torch.zeros(F_, S, dtype=torch.float32, device=grad_SND.device)
     counts_FS = torch.zeros_like(sums_FS)
@@ -549,7 +550,7 @@ class ShutWindow(torch.autograd.Function):
         (N, F_), S = h_NF.shape, W_dec_FSD.shape[1]
         ctx.gate, ctx.backend, ctx.n_features = gate, backend, F_
         if WINDOW_KERNEL and backend == "triton":
-            ctx.mode = "kernel"
+            ctx.mode, ctx.n_window = "kernel", n_window
             # the kernel rounds W to the gradient's dtype as it loads it: the rounded copy is the
             # same numbers in half the bytes
             W_FSD = W_dec_FSD if read_FSD is None else read_FSD
@@ -583,7 +584,7 @@ class ShutWindow(torch.autograd.Function):
                 W_dec_FSD, h_NF, window_NF, norms_FS, t_F = ctx.saved_tensors
                 grad_SND = _snapshot_major(grad_recon_NSD)
                 grad_f_FS, counts_FS = _implementation(ctx.backend).window_dots(
-                    grad_SND, W_dec_FSD, h_NF, window_NF, norms_FS, t_F, bandwidth / 2
+                    grad_SND, W_dec_FSD, h_NF, window_NF, norms_FS, t_F, bandwidth / 2, ctx.n_window
                 )
             else:
                 W_dec_FSD, flat_W, feature_W, inside_WS, norms_FS, t_F = ctx.saved_tensors

@@ -375,9 +375,92 @@ def multiprocessors(device: torch.device) -> int:
     return 2
 
 
+WINDOW_GATHER = False
+"""Sum the window from its entries listed by feature (:func:`window_gather`) where the caller
+knows their count, instead of in dense tiles (``_window_dots``): work in proportion to the
+entries inside the window rather than to every (token, feature, snapshot).
+``benchmarks/gpu.py --window-tiles`` times it beside the tiles."""
+
+GATHER_ENTRIES, GATHER_SNAPSHOTS, GATHER_COLUMNS, GATHER_WINDOW_WARPS = 16, 4, 128, 4
+"""The block of one step of :func:`window_gather`'s loop: window entries by snapshots by
+``d_in`` columns of the gradient's rows (8,192 elements, 64 a thread on 4 warps)."""
+
+
+@triton.jit
+def _window_gather(
+    sums_ptr, counts_ptr, grad_ptr, w_ptr, token_ptr, h_ptr, starts_ptr, norms_ptr, t_ptr,
+    n_tokens, n_snapshots, d_in, half_width,
+    BLOCK_E: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    # features vary fastest, so the programs running together read one block of snapshots'
+    # gradient rows, which the L2 cache holds
+    feature = tl.program_id(0).to(tl.int64)
+    snapshots = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    real_s = snapshots < n_snapshots
+    start, end = tl.load(starts_ptr + feature), tl.load(starts_ptr + feature + 1)
+    norm = tl.load(norms_ptr + feature * n_snapshots + snapshots, mask=real_s, other=0.0)
+    t = tl.load(t_ptr + feature)
+    counts = tl.zeros([BLOCK_S], dtype=tl.float32)
+    for e0 in range(start, end, BLOCK_E):
+        e = e0 + tl.arange(0, BLOCK_E)
+        real_e = e < end
+        distance = tl.load(h_ptr + e, mask=real_e, other=0.0).to(tl.float32)[:, None] * norm[None, :] - t
+        inside = real_e[:, None] & real_s[None, :] & (tl.abs(distance) < half_width)
+        counts += tl.sum(inside.to(tl.float32), axis=0)
+    sums = tl.zeros([BLOCK_S], dtype=tl.float32)
+    for d0 in range(0, d_in, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        real_d = d < d_in
+        rows_sum = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
+        for e0 in range(start, end, BLOCK_E):
+            e = e0 + tl.arange(0, BLOCK_E)
+            real_e = e < end
+            distance = tl.load(h_ptr + e, mask=real_e, other=0.0).to(tl.float32)[:, None] * norm[None, :] - t
+            inside = real_e[:, None] & real_s[None, :] & (tl.abs(distance) < half_width)
+            token = tl.load(token_ptr + e, mask=real_e, other=0).to(tl.int64)
+            rows = (snapshots[None, :].to(tl.int64) * n_tokens + token[:, None]) * d_in
+            # a row outside the window is not read at all (masked lanes load nothing)
+            g = tl.load(grad_ptr + rows[:, :, None] + d[None, None, :], mask=inside[:, :, None] & real_d[None, None, :], other=0.0)
+            rows_sum += tl.sum(g.to(tl.float32), axis=0)
+        w = tl.load(w_ptr + (feature * n_snapshots + snapshots[:, None]) * d_in + d[None, :], mask=real_s[:, None] & real_d[None, :], other=0.0)
+        sums += tl.sum(rows_sum * w.to(grad_ptr.dtype.element_ty).to(tl.float32), axis=1)
+    out = feature * n_snapshots + snapshots
+    tl.store(sums_ptr + out, sums, mask=real_s)
+    tl.store(counts_ptr + out, counts, mask=real_s)
+
+
+def window_gather(
+    grad_SND: torch.Tensor, W_FSD: torch.Tensor, h_NF: torch.Tensor, window_NF: torch.Tensor,
+    norms_FS: torch.Tensor, t_F: torch.Tensor, half_width: float, n_window: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """:func:`window_dots`'s ``(sums_FS, counts_FS)`` from the ``n_window`` entries of
+    ``window_NF`` listed by feature: each program takes one feature and a block of snapshots,
+    adds up the gradient rows of the feature's entries inside the window at each (in float32;
+    a row outside is never read), and dots that sum with ``W[i, s]`` rounded to the gradient's
+    dtype. Its reads grow with the entries inside the window, where the tiles' products grow with
+    every (token, feature, snapshot); the sums are the tiles' up to the order of float sums."""
+    S, N, D = grad_SND.shape
+    F_ = W_FSD.shape[0]
+    device = grad_SND.device
+    feature_W, token_W = torch.nonzero_static(window_NF.T, size=n_window).T  # by feature, then token
+    starts = torch.zeros(F_ + 1, dtype=torch.int64, device=device)
+    starts[1:] = torch.bincount(feature_W, minlength=F_).cumsum(0)
+    h_W = h_NF[token_W, feature_W]
+    sums = torch.empty(F_, S, dtype=torch.float32, device=device)
+    counts = torch.empty_like(sums)
+    grid = (F_, triton.cdiv(S, GATHER_SNAPSHOTS))
+    with launching_on(sums):
+        _window_gather[grid](
+            sums, counts, grad_SND.contiguous(), W_FSD.contiguous(), token_W.contiguous(), h_W, starts,
+            norms_FS.float().contiguous(), t_F.float().contiguous(), N, S, D, half_width,
+            BLOCK_E=GATHER_ENTRIES, BLOCK_S=GATHER_SNAPSHOTS, BLOCK_D=GATHER_COLUMNS, num_warps=GATHER_WINDOW_WARPS,
+        )  # fmt: skip
+    return sums, counts
+
+
 def window_dots(
     grad_SND: torch.Tensor, W_FSD: torch.Tensor, h_NF: torch.Tensor, window_NF: torch.Tensor,
-    norms_FS: torch.Tensor, t_F: torch.Tensor, half_width: float,
+    norms_FS: torch.Tensor, t_F: torch.Tensor, half_width: float, n_window: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """``(sums_FS, counts_FS)`` over the entries ``(n, i)`` of ``window_NF`` whose distance
     ``h[n, i] * norms[i, s] - t[i]`` lies inside ``half_width`` at snapshot ``s``: the sum of
@@ -385,7 +468,10 @@ def window_dots(
     one matmul over ``d_in`` (in ``grad``'s dtype, float32 accumulation) and applies the mask
     in registers, so no ``[F, N]`` mask is written; the token blocks' partial sums are added
     in a fixed order afterwards. Aligned half-precision rows take :data:`WINDOW_TILE`, the others
-    :data:`WINDOW_TILE_NARROW`, each read at the call (a sweep sets them)."""
+    :data:`WINDOW_TILE_NARROW`, each read at the call (a sweep sets them). With
+    :data:`WINDOW_GATHER` and the window's count ``n_window``, :func:`window_gather` instead."""
+    if WINDOW_GATHER and n_window is not None:
+        return window_gather(grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, half_width, n_window)
     S, N, D = grad_SND.shape
     F_ = W_FSD.shape[0]
     ieee = grad_SND.dtype == torch.float32
