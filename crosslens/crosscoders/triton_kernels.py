@@ -21,8 +21,9 @@ over its block, and the blocks of a group are added in a fixed order afterwards.
 the second gather of every pair's gradient row and decoder row that ``_pair_dots`` makes
 (about 13 GB a step for TopK at Ge et al.'s shape).
 
-Two more serve the JumpReLU step from the pairs. ``_window_dots`` sums the threshold's window
-(:func:`window_dots`). ``_entry_masks`` lists which entries that step works on
+Three more serve the JumpReLU step from the pairs. ``_window_dots`` sums the threshold's window
+in dense tiles (:func:`window_dots`), ``_window_gather`` from its entries listed by feature
+(:func:`window_gather`). ``_entry_masks`` lists which entries that step works on
 (:func:`entry_masks`, for ``sparse_kernels.active_entries``): one read of the pre-activations and
 one write of each mask, where op by op the products, differences, extremes and comparisons
 make a dozen passes over ``[N, F]``.
