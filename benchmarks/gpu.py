@@ -215,6 +215,7 @@ def gather_sweep(a: argparse.Namespace, device: str) -> None:
 def window_sweep(a: argparse.Namespace, device: str) -> None:
     """The JumpReLU window kernel's sums at the shape, in bfloat16, for each launch tried, each
     checked against the first's; the fastest is kept for the rows that follow (and printed)."""
+    global ROWS_WINDOW_GATHER
     if sparse_kernels.sparse_backend(torch.device(device)) != "triton":
         print("window tiles: no Triton kernels here, nothing timed")
         return
@@ -259,7 +260,6 @@ def window_sweep(a: argparse.Namespace, device: str) -> None:
               f"{differs:.1e} of the largest, counts {'equal' if same_counts else 'DIFFER'}")  # fmt: skip
     best = min(timed, key=timed.get) if timed else default
     if best == gather:
-        global ROWS_WINDOW_GATHER
         ROWS_WINDOW_GATHER = True
         best = min((tile for tile in timed if tile != gather), key=timed.get, default=default)
         print("  the rows below sum the window from its entries by feature (WINDOW_GATHER)")
