@@ -388,6 +388,16 @@ GATHER_ENTRIES, GATHER_SNAPSHOTS, GATHER_COLUMNS, GATHER_WINDOW_WARPS = 16, 4, 1
 
 
 @triton.jit
+def _gathered_inside(h_ptr, e0, end, norm, t, real_s, half_width, BLOCK_E: tl.constexpr):
+    """A block of a feature's window entries from ``e0`` (before ``end``), and which of them lie
+    inside the window at each snapshot of the block."""
+    e = e0 + tl.arange(0, BLOCK_E)
+    real_e = e < end
+    distance = tl.load(h_ptr + e, mask=real_e, other=0.0).to(tl.float32)[:, None] * norm[None, :] - t
+    return e, real_e, real_e[:, None] & real_s[None, :] & (tl.abs(distance) < half_width)
+
+
+@triton.jit
 def _window_gather(
     sums_ptr, counts_ptr, grad_ptr, w_ptr, token_ptr, h_ptr, starts_ptr, norms_ptr, t_ptr,
     n_tokens, n_snapshots, d_in, half_width,
@@ -401,12 +411,11 @@ def _window_gather(
     start, end = tl.load(starts_ptr + feature), tl.load(starts_ptr + feature + 1)
     norm = tl.load(norms_ptr + feature * n_snapshots + snapshots, mask=real_s, other=0.0)
     t = tl.load(t_ptr + feature)
+    # counted in a pass of their own, which reads h alone: inside the sums' loop the count's
+    # registers make an unaligned d_in spill
     counts = tl.zeros([BLOCK_S], dtype=tl.float32)
     for e0 in range(start, end, BLOCK_E):
-        e = e0 + tl.arange(0, BLOCK_E)
-        real_e = e < end
-        distance = tl.load(h_ptr + e, mask=real_e, other=0.0).to(tl.float32)[:, None] * norm[None, :] - t
-        inside = real_e[:, None] & real_s[None, :] & (tl.abs(distance) < half_width)
+        _, _, inside = _gathered_inside(h_ptr, e0, end, norm, t, real_s, half_width, BLOCK_E)
         counts += tl.sum(inside.to(tl.float32), axis=0)
     sums = tl.zeros([BLOCK_S], dtype=tl.float32)
     for d0 in range(0, d_in, BLOCK_D):
@@ -414,10 +423,7 @@ def _window_gather(
         real_d = d < d_in
         rows_sum = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
         for e0 in range(start, end, BLOCK_E):
-            e = e0 + tl.arange(0, BLOCK_E)
-            real_e = e < end
-            distance = tl.load(h_ptr + e, mask=real_e, other=0.0).to(tl.float32)[:, None] * norm[None, :] - t
-            inside = real_e[:, None] & real_s[None, :] & (tl.abs(distance) < half_width)
+            e, real_e, inside = _gathered_inside(h_ptr, e0, end, norm, t, real_s, half_width, BLOCK_E)
             token = tl.load(token_ptr + e, mask=real_e, other=0).to(tl.int64)
             rows = (snapshots[None, :].to(tl.int64) * n_tokens + token[:, None]) * d_in
             # a row outside the window is not read at all (masked lanes load nothing)
