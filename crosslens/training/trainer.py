@@ -127,8 +127,12 @@ class DeadAhead:
     """Its in-place version then: any write since, a caller's included, makes them stale."""
     window: int
     """The dead-feature window they were counted with."""
-    dead_F: Bool[torch.Tensor, " d_sae"]
     rows: HostListing
+    """The listing of the dead features (its ``mask``)."""
+
+    @property
+    def dead_F(self) -> Bool[torch.Tensor, " d_sae"]:
+        return self.rows.mask
 
     def holds(self, step: int, counts_F: torch.Tensor, window: int) -> bool:
         """Whether they are still the dead features of ``step``, counted from ``counts_F`` as it
@@ -319,7 +323,7 @@ class CrosscoderTrainer:
                 window = self._dead_window(self.n_steps + 1, self.n_tokens + n_batch)
                 counts_F = self.tokens_since_fired
                 dead_F = counts_F > window
-                self.dead_ahead = DeadAhead(self.n_steps + 1, counts_F, counts_F._version, window, dead_F, HostListing.start(dead_F))
+                self.dead_ahead = DeadAhead(self.n_steps + 1, counts_F, counts_F._version, window, HostListing.start(dead_F))
         return n_batch
 
     def fit(
