@@ -421,18 +421,23 @@ def step_row(
 
 
 def with_dead_features(trainer: CrosscoderTrainer, x_BSD: torch.Tensor, share: float) -> tuple[Callable[[], None], str]:
-    """One training step on ``x_BSD``, with every ``1 / share``-th feature counted dead before
-    it (a step resets the count of those that fire); and the row's note of it."""
+    """One training step on ``x_BSD``, with every ``1 / share``-th feature dead; and the row's note
+    of it. A dead feature's encoder column is zeroed and its bias set below every live
+    pre-activation on the batch by as much again, so that it never fires, and its count is set
+    past the window once: the trainer's own counting then keeps it dead, as a trained crosscoder's
+    dead features stay, and the dead features the trainer lists during a step for the next one
+    hold (a write to the counts before every step would make each step count them anew)."""
     if share <= 0:
         return lambda: trainer.step(x_BSD), ""
-    d_sae = trainer.sae.cfg.d_sae
+    sae = trainer.sae
+    d_sae = sae.cfg.d_sae
     dead_F = torch.arange(d_sae, device=x_BSD.device) % round(1 / share) == 0
-
-    def step() -> None:
-        trainer.tokens_since_fired.masked_fill_(dead_F, trainer.dead_feature_window_tokens + 1)
-        trainer.step(x_BSD)
-
-    return step, f"  {int(dead_F.sum())} dead ({share:.0%}), decoded by the auxiliary loss"
+    with torch.no_grad():
+        spread = float(sae.hidden_pre(x_BSD).abs().max())
+        sae.W_enc[..., dead_F] = 0.0
+        sae.b_enc[dead_F] = -(2 * spread + 1)
+    trainer.tokens_since_fired.masked_fill_(dead_F, trainer.dead_feature_window_tokens + 1)
+    return lambda: trainer.step(x_BSD), f"  {int(dead_F.sum())} dead ({share:.0%}), decoded by the auxiliary loss"
 
 
 def syncs_per_step(fn: Callable[[], None], device: str) -> str:

@@ -898,9 +898,9 @@ def test_the_dead_features_listed_ahead_train_to_the_same_bytes():
 
 @pytest.mark.parametrize("change", ["counts written", "window changed", "checkpoint loaded"])
 def test_dead_features_counted_ahead_are_not_used_once_their_inputs_change(change, tmp_path, monkeypatch):
-    """A caller that writes the firing counts between steps (as ``benchmarks/gpu.py`` marks
-    features dead), changes the window, or loads a checkpoint gets the dead features of the
-    counts as they then stand, not those counted during the step before."""
+    """A caller that writes the firing counts between steps (marking features dead, say),
+    changes the window, or loads a checkpoint gets the dead features of the counts as they then
+    stand, not those counted during the step before."""
     import dataclasses
 
     trainer = dead_listing_trainer()
