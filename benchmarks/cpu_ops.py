@@ -15,7 +15,7 @@
 2b/2c. The encoder matmul writing h feature-major against token-major plus a transposed
    copy; the code's gradient and the window's sums from S per-snapshot products against two matmuls.
 4. The JumpReLU step at initialisation with the padded rows worked in blocks of 2^17,
-   2^19 (the default, ``jumprelu_kernels.ROW_BLOCK_ELEMENTS``) and 2^21 elements.
+   2^19 (the default, the plan's ``row_block_elements``) and 2^21 elements.
 5. With ``--profile``: ``torch.profiler``'s costliest operators of that step.
 6. A micro-batched JumpReLU step's gradient-free pass for one micro-batch: the score sums alone
    (``jumprelu_kernels.snapshot_score_sums``) against the training pass's encode and gated decode.
@@ -35,6 +35,7 @@ import time
 import torch
 
 from crosslens.core.tensors import row_counts
+from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.crosscoders import JumpReLUTrainingCrosscoder, JumpReLUTrainingCrosscoderConfig, jumprelu_kernels, jumprelu_ops
 
 from train import crosslens_step_fn, reference_step_fn, time_alternating
@@ -65,38 +66,46 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also print the JumpReLU step's costliest operators")
     args = parser.parse_args()
     torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    elementwise_rows(args.rounds)
+    x_BSD = step_rows(args)
+    gradient_free_pass(x_BSD[: x_BSD.shape[0] // 8], args.rounds)
+    bfloat16_state_chunk(args.rounds)
+
+
+def elementwise_rows(rounds: int) -> None:
+    """1 and 2: the elementwise ops and matmuls the JumpReLU step is made of, each way."""
     F_, N, S, D = 8192, 512, 8, 128
     x_FN = torch.randn(F_, N)
     mask_FN = torch.rand(F_, N) < 0.3
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     out_FN = torch.empty_like(x_FN)  # written in place: the op itself, without a fresh output's page faults
     ratio_rows("1a. tanh of [8192, 512], into an existing tensor", {
         "2 * sigmoid(2x) - 1 (the 2 folded in a scale)": lambda: torch.sigmoid(x_FN, out=out_FN).mul_(2).sub_(1),
         "torch.tanh": lambda: torch.tanh(x_FN, out=out_FN),
-    }, args.rounds)  # fmt: skip
+    }, rounds)  # fmt: skip
     ratio_rows("1b. true entries per row of a bool [8192, 512]", {
         "row_counts (bytes summed as int32)": lambda: row_counts(mask_FN),
         "mask.sum(dim=1)": lambda: mask_FN.sum(dim=1),
         "torch.count_nonzero(mask, dim=1)": lambda: torch.count_nonzero(mask_FN, dim=1),
-    }, args.rounds)  # fmt: skip
+    }, rounds)  # fmt: skip
     ratio_rows("1c. zero a float [8192, 512] outside a mask, into an existing tensor", {
         "x * mask": lambda: torch.mul(x_FN, mask_FN, out=out_FN),
         "torch.where(mask, x, 0)": lambda: torch.where(mask_FN, x_FN, torch.zeros(()), out=out_FN),
         "masked_fill_(~mask, 0)": lambda: out_FN.masked_fill_(~mask_FN, 0.0),
-    }, args.rounds)  # fmt: skip
+    }, rounds)  # fmt: skip
     lhs_a, lhs_b, grad = torch.randn(F_, N), torch.randn(F_, N), torch.randn(N, S * D)
     stacked = torch.cat([lhs_a, lhs_b])
     ratio_rows("2. W_dec's gradient and the window sum: [8192, 512] @ [512, 1024] twice", {
         "two matmuls": lambda: (lhs_a @ grad, lhs_b @ grad),
         "one stacked [16384, 512] matmul": lambda: stacked @ grad,
-    }, args.rounds)  # fmt: skip
+    }, rounds)  # fmt: skip
 
     x_NX, W_XF, b_F = torch.randn(N, S * D), torch.randn(S * D, F_), torch.randn(F_)
     ratio_rows("2b. the encoder matmul, h wanted feature-major ([8192, 512] contiguous)", {
         "addmm writing [F, N]": lambda: torch.addmm(b_F[:, None], W_XF.T, x_NX.T),
         "addmm writing [N, F], then a transposed copy": lambda: torch.addmm(b_F, x_NX, W_XF).T.contiguous(),
-    }, args.rounds)  # fmt: skip
+    }, rounds)  # fmt: skip
     W_FSD, mask_f = torch.randn(F_, S, D), mask_FN.float()
 
     def two_matmuls() -> None:  # the code's gradient, then the window's sums over tokens, dotted with W_dec
@@ -108,8 +117,12 @@ def main() -> None:
             W_FSD, grad, lambda s: mask_f
         ),
         "two matmuls, then a dot with W_dec": two_matmuls,
-    }, args.rounds)  # fmt: skip
+    }, rounds)  # fmt: skip
 
+
+def step_rows(args: argparse.Namespace) -> torch.Tensor:
+    """3 and 4 (and 5 with ``--profile``): whole training steps; returns their batch."""
+    F_, N, S, D = 8192, 512, 8, 128
     x_BSD = torch.randn(N, S, D)
     print("\n3. one training step (B 512, S 8, D 128, F 8192): wall ms, minor page faults, system ms")
     steps = {
@@ -121,18 +134,12 @@ def main() -> None:
         wall, faults, system = faults_per_step(step, x_BSD)
         print(f"   {name:<24}{wall:8.1f} ms {faults:10.0f} faults {system:8.1f} ms system")
 
-    jumprelu = steps["jumprelu_crosscoder"]
-    default = jumprelu_kernels.ROW_BLOCK_ELEMENTS
+    default = KernelPlan.resolve("cpu").row_block_elements
 
     def with_block(elements: int):
-        def run() -> None:
-            jumprelu_kernels.ROW_BLOCK_ELEMENTS = elements
-            try:
-                jumprelu(x_BSD)
-            finally:
-                jumprelu_kernels.ROW_BLOCK_ELEMENTS = default
-
-        return run
+        plan = KernelPlan.resolve("cpu", row_block_elements=elements)
+        step = crosslens_step_fn("jumprelu_crosscoder", S, D, F_, 32, plan=plan)
+        return lambda: step(x_BSD)
 
     ratio_rows("4. JumpReLU step at initialisation, padded rows in blocks of", {
         f"2^{e} elements" + (" (default)" if 1 << e == default else ""): with_block(1 << e) for e in (19, 17, 21)
@@ -142,11 +149,10 @@ def main() -> None:
 
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             for _ in range(3):
-                jumprelu(x_BSD)
+                steps["jumprelu_crosscoder"](x_BSD)
         print("\n5. torch.profiler, three JumpReLU steps at initialisation (times include the profiler's own)")
         print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=30))
-    gradient_free_pass(x_BSD[: N // 8], args.rounds)
-    bfloat16_state_chunk(args.rounds)
+    return x_BSD
 
 
 def gradient_free_pass(x_bSD: torch.Tensor, rounds: int) -> None:

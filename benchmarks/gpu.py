@@ -19,12 +19,14 @@
    ``crosslens plan`` predicts for it (:func:`~crosslens.training.memory.step_peak_bytes`,
    the row's precision, Adam state and micro-batches) and their ratio. Where a row has
    a sparse implementation it is measured beside the dense one (``step_paths``): JumpReLU
-   at the trained sparsity with ``sparse_step`` off and on, TopK/BatchTopK through
-   ``embedding_bag`` and through the Triton gather-sum kernels.
+   at the trained sparsity with the plan's ``jumprelu_sparse`` off and on, TopK/BatchTopK through
+   ``embedding_bag`` and through the Triton gather-sum kernels. Each row's
+   :class:`~crosslens.crosscoders.kernel_plan.KernelPlan` is the device's default with the
+   row's path changed (:func:`row_plan`).
 
-With ``--window-tiles`` it times the JumpReLU window kernel (``triton_kernels.window_dots``) at
-the shape in bfloat16 for each launch in ``triton_kernels.WINDOW_TILES``, checks each one's sums
-against the first's, and launches the fastest in the rows that follow.
+With ``--window-tiles`` it times the JumpReLU window kernel (``TritonKernels.window_dots``) at
+the shape in bfloat16 for each launch in :data:`WINDOW_TILES`, checks each one's sums against
+the first's, and launches the fastest in the rows that follow.
 
 With ``--gathers`` it first times the sparse decode's three Triton gathers on their own, at
 the shape's TopK pairs (``k`` per token), for each block size and warp count it tries, with the
@@ -52,28 +54,28 @@ a tiny shape (fractions and memory there mean nothing; it checks that the script
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import gc
 import statistics
+import sys
 import time
-from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 import crosslens.crosscoders as cc
 from crosslens.core.devices import counted_cuda_syncs
-from crosslens.crosscoders import compiled, sparse_kernels
+from crosslens.crosscoders.jumprelu_pairs import ActiveEntries, active_entries, sparse_step_pays
+from crosslens.crosscoders.kernel_plan import KernelPlan, WindowTile
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.memory import OPTIMIZER_STATES, parameter_counts, step_peak_bytes
 from crosslens.training.optim import clipped_step
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profiling import print_memory_peak, print_profile, sync  # noqa: E402
+
 SMALL = {"S": 2, "d_in": 8, "d_sae": 64, "batch": 32, "k": 4, "l0": 8, "steps": 2, "peak_n": 64}
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def seconds_per_call(fn: Callable[[], None], device: str, n: int) -> float:
@@ -104,7 +106,7 @@ def optimizer_pass(S: int, D: int, F: int, device: str, state: str, kind: str = 
     """The optimizer's pass over a crosscoder's parameters (gradient norm, clip folded into Adam),
     of the ``kind`` :data:`OPTIMIZER_PASSES` names."""
     from crosslens.crosscoders.collectives import LocalCollectives
-    from crosslens.crosscoders.weight_grads import Handoff
+    from crosslens.crosscoders.prepared_weights import WeightWrites
     from crosslens.training.optim import make_optimizer, writes_row_norms
 
     module = torch.nn.Module()
@@ -114,18 +116,18 @@ def optimizer_pass(S: int, D: int, F: int, device: str, state: str, kind: str = 
         p.grad = torch.randn(shape, device=device)
         module.register_parameter(name, p)
     params = [{"params": list(module.parameters())}]
-    norms = kind in ("step", "copies") and writes_row_norms(state, torch.device(device))
-    wanted = {(id(module.W_dec), "norms")} | ({(id(module.W_enc), "copy"), (id(module.W_dec), "copy")} if kind == "copies" else set())
-    handoff = Handoff(torch.bfloat16 if kind == "copies" else None, norms, wanted=wanted)
+    plan = KernelPlan.resolve(device)
+    norms = kind in ("step", "copies") and writes_row_norms(state, plan)
+    copies = (module.W_enc, module.W_dec) if kind == "copies" else ()
+    writes = WeightWrites(copies, torch.bfloat16 if copies else None, (module.W_dec,) if norms else ())
     if kind == "torch":
         opt = torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.999), fused=True)
     else:
         opt = make_optimizer(params, lr=1e-4, betas=(0.9, 0.999), state_dtype=state, seed=0,
-                             device=torch.device(device), handoff=handoff)  # fmt: skip
+                             device=torch.device(device), plan=plan)  # fmt: skip
 
     def run() -> None:
-        clipped_step(opt, module, LocalCollectives(), 1.0, fused=True)
-        handoff.let_go()  # taken by the next step in training
+        clipped_step(opt, module, LocalCollectives(), 1.0, fused=True, writes=writes)  # what it writes is let go
 
     return run
 
@@ -150,22 +152,32 @@ def floors(a: argparse.Namespace, device: str) -> dict[str, float]:
     return {"dense": matmuls5 + opt, "sparse": matmuls2 + opt, "optimizer": opt, "passes": passes}
 
 
-GATHER_BLOCKS = ((256, 4), (512, 4), (1024, 4), (1024, 8), (2048, 8))
-"""``(COLUMN_BLOCK, num_warps)`` of the gather kernel tried by ``--gathers``; the first is the
-kernel's default."""
+GATHER_BLOCKS = ((1024, 4), (256, 4), (512, 4), (1024, 8), (2048, 8))
+"""``(column_block, gather_warps)`` of the gather kernel tried by ``--gathers``; the first is the
+plan's default."""
 
-PAIR_DOT_BLOCKS = ((16, 128), (8, 256), (32, 64), (16, 256))
-"""``(PAIR_BLOCK, PAIR_COLUMNS)`` of the pairs' dot products tried by ``--gathers``; the
-first is the default."""
+PAIR_DOT_BLOCKS = ((32, 64), (16, 128), (8, 256), (16, 256))
+"""``(pair_block, pair_columns)`` of the pairs' dot products tried by ``--gathers``; the first
+is the plan's default."""
+
+WINDOW_TILES = (
+    WindowTile(128, 128, 64, 8, 4),
+    WindowTile(128, 64, 64, 8, 3),
+    WindowTile(64, 128, 64, 8, 3),
+)
+"""The launches of the aligned half-precision window sums that ``--window-tiles`` times against
+each other, the plan's default first. Each compiles for an H100 with no spilled register
+(``tests/test_triton_compiles.py``)."""
 
 
 def gather_sweep(a: argparse.Namespace, device: str) -> None:
-    """The three gathers of the sparse decode at TopK's pairs for each launch tried."""
-    if sparse_kernels.sparse_backend(torch.device(device)) != "triton":
+    """The gathers of the sparse decode at TopK's pairs for each launch tried."""
+    base = KernelPlan.resolve(device)
+    if base.backend != "triton":
         print("gathers: no Triton kernels here, nothing timed")
         return
-    from crosslens.crosscoders import triton_kernels as tk
     from crosslens.crosscoders.active_pairs import ActivePairs
+    from crosslens.crosscoders.triton_kernels import TritonKernels
 
     F_, K = a.d_sae, a.S * a.d_in
     g = torch.Generator(device=device).manual_seed(0)
@@ -175,14 +187,13 @@ def gather_sweep(a: argparse.Namespace, device: str) -> None:
     W = torch.randn(F_, 1, K, device=device, generator=g)
     values = torch.randn(n_pairs, 1, device=device, generator=g)
     scale = torch.rand(F_, a.S, device=device, generator=g)
-    defaults = tk.COLUMN_BLOCK, tk.PAIR_BLOCK, tk.PAIR_COLUMNS, tk.GATHER_WARPS
     print(f"gathers: {n_pairs:,} pairs of {a.batch} tokens x k {a.k}, rows of {K} columns")
     for dtype in (torch.bfloat16, torch.float32):
         read, grad = W.to(dtype), torch.randn(a.batch, 1, K, device=device, generator=g).to(dtype)
         row_bytes = K * read.element_size()
         first: list[float] = []  # the default launch's times, what each line's speed-up is against
         for block, warps in GATHER_BLOCKS:
-            tk.COLUMN_BLOCK, tk.GATHER_WARPS = block, warps
+            tk = TritonKernels(dataclasses.replace(base, column_block=block, gather_warps=warps))
             decode = seconds_per_call(lambda: tk.decode(read, values, pairs), device, a.rounds)
             weight = seconds_per_call(
                 lambda: tk.weight_grad(grad, values, pairs, (W, scale), dtype=torch.float32), device, a.rounds
@@ -192,34 +203,23 @@ def gather_sweep(a: argparse.Namespace, device: str) -> None:
                   f"({n_pairs * row_bytes / decode / 1e12:5.2f} TB/s, {first[0] / decode:4.2f}x the default), "
                   f"weight gradient {weight * 1e3:6.2f} ms ({(n_pairs * row_bytes + 2 * F_ * K * 4) / weight / 1e12:5.2f} "
                   f"TB/s, {first[1] / weight:4.2f}x)")  # fmt: skip
-        tk.COLUMN_BLOCK, tk.GATHER_WARPS = defaults[0], defaults[3]
         first = []
         for pair_block, columns in PAIR_DOT_BLOCKS:
-            tk.PAIR_BLOCK, tk.PAIR_COLUMNS = pair_block, columns
+            tk = TritonKernels(dataclasses.replace(base, pair_block=pair_block, pair_columns=columns))
             dots = seconds_per_call(lambda: tk.values_grad(grad, read, pairs, dtype=torch.float32), device, a.rounds)
             first = first or [dots]
             print(f"  {str(dtype)[6:]:9s} pair dots, {pair_block:2d} pairs x {columns:3d} columns: {dots * 1e3:6.2f} ms "
                   f"({2 * n_pairs * row_bytes / dots / 1e12:5.2f} TB/s, {first[0] / dots:4.2f}x the default)")  # fmt: skip
-        tk.PAIR_BLOCK, tk.PAIR_COLUMNS = defaults[1], defaults[2]
-        both = {}
-        for one_pass in (True, False):
-            tk.VALUES_IN_WEIGHT_PASS = one_pass
-            both[one_pass] = seconds_per_call(
-                lambda: tk.weight_and_values_grad(grad, values, pairs, read, (W, scale), torch.float32), device, a.rounds
-            )  # fmt: skip
-        tk.VALUES_IN_WEIGHT_PASS = True
-        print(f"  {str(dtype)[6:]:9s} weight and values gradient: one pass {both[True] * 1e3:6.2f} ms, two passes "
-              f"{both[False] * 1e3:6.2f} ms ({both[False] / both[True]:4.2f}x; VALUES_IN_WEIGHT_PASS)")  # fmt: skip
 
 
-def window_sweep(a: argparse.Namespace, device: str) -> None:
+def window_sweep(a: argparse.Namespace, device: str) -> WindowTile | None:
     """The JumpReLU window kernel's sums at the shape, in bfloat16, for each launch tried, each
-    checked against the first's; the fastest is kept for the rows that follow (and printed)."""
-    global ROWS_WINDOW_GATHER
-    if sparse_kernels.sparse_backend(torch.device(device)) != "triton":
+    checked against the first's; returns the fastest, for the rows that follow (None: none timed)."""
+    base = KernelPlan.resolve(device)
+    if base.backend != "triton":
         print("window tiles: no Triton kernels here, nothing timed")
-        return
-    from crosslens.crosscoders import triton_kernels as tk
+        return None
+    from crosslens.crosscoders.triton_kernels import TritonKernels
 
     S, N, D, F_ = a.S, a.batch, a.d_in, a.d_sae
     g = torch.Generator(device=device).manual_seed(0)
@@ -231,19 +231,12 @@ def window_sweep(a: argparse.Namespace, device: str) -> None:
     t_F = torch.full((F_,), 0.25, device=device)
     args = (grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, 0.1)
     flops = 2 * S * N * F_ * D
-    n_window = int(window_NF.sum())
-    default, timed = tk.WINDOW_TILE, {}
+    default, timed = base.window_tile, {}
     want = None
     print(f"window tiles: {S} snapshots x {N} tokens x {F_} features, d_in {D}, bfloat16")
-    gather = "entries by feature (window_gather)"
-    for tile in (*tk.WINDOW_TILES, gather):
-        if tile == gather:  # not a tile: the last line, the window summed from its listed entries
-            label, call = gather, lambda: tk.window_gather(*args, n_window)
-        else:
-            tk.WINDOW_TILE = tile
-            label = f"{tile.tokens:3d} x {tile.features:3d} x {tile.depth:2d}, {tile.warps} warps, {tile.stages} stages"
-            label += (", mask operands read early" if tile.early else "") + (", persistent" if tile.persistent else "")
-            call = lambda: tk.window_dots(*args)  # noqa: E731
+    for tile in WINDOW_TILES:
+        label = f"{tile.tokens:3d} x {tile.features:3d} x {tile.depth:2d}, {tile.warps} warps, {tile.stages} stages"
+        call = lambda kernels=TritonKernels(dataclasses.replace(base, window_tile=tile)): kernels.window_dots(*args)  # noqa: E731
         try:
             sums, counts = call()
             seconds = seconds_per_call(call, device, a.rounds)
@@ -259,52 +252,50 @@ def window_sweep(a: argparse.Namespace, device: str) -> None:
               f"({flops / seconds / 1e12:5.0f} TFLOP/s, {first / seconds:4.2f}x the first); sums differ "
               f"{differs:.1e} of the largest, counts {'equal' if same_counts else 'DIFFER'}")  # fmt: skip
     best = min(timed, key=timed.get) if timed else default
-    if best == gather:
-        ROWS_WINDOW_GATHER = True
-        best = min((tile for tile in timed if tile != gather), key=timed.get, default=default)
-        print("  the rows below sum the window from its entries by feature (WINDOW_GATHER)")
-    tk.WINDOW_TILE = best
-    print(f"  the rows below launch {best} (WINDOW_TILE; the default is {default})")
+    print(f"  the rows below launch {best} (the plan's window_tile; its default is {default})")
     del args, grad_SND, W_FSD, h_NF, window_NF
     torch.cuda.empty_cache()
+    return best
 
 
-PROCESS_WINDOW_KERNEL = sparse_kernels.WINDOW_KERNEL
-"""The window's default (``WINDOW_KERNEL``), which every row keeps but the three that name a
-window: ``sparse`` (masked matmuls), ``window-kernel`` and ``window-gather``."""
-
-ROWS_WINDOW_GATHER = False
-"""``triton_kernels.WINDOW_GATHER`` for the rows that name no window sum: on where the sweep
-(``--window-tiles``) found the listed entries faster than every tile."""
-
-PROCESS_COMPILE = compiled.compiled_kernels_setting()
-"""The process's compile setting (``CROSSLENS_COMPILE_KERNELS``), which every row but the
-``eager`` ones keeps."""
-
-
-PATHS = ("default", "dense", "eager", "sparse", "window-kernel", "window-gather", "embedding_bag")
+PATHS = ("default", "dense", "eager", "sparse", "embedding_bag")
 """Every implementation :func:`step_paths` names (``--path``)."""
 
 
 def step_paths(arch: str, trained: bool, device: str, autocast: str | None) -> list[str]:
     """The implementations measured for one row: JumpReLU at a trained sparsity with the
-    dense kernels and from its active pairs (``sparse_step``), the latter also with the
-    window summed by the fused Triton kernel (``WINDOW_KERNEL``), in tiles and from its entries
-    listed by feature (``triton_kernels.WINDOW_GATHER``); TopK/BatchTopK through
-    ``embedding_bag`` and, where Triton is there, the Triton gather-sum kernels. Under
+    dense kernels and from its active pairs (the plan's ``jumprelu_sparse``); TopK/BatchTopK
+    through ``embedding_bag`` and, where Triton is there, the Triton gather-sum kernels. Under
     autocast on CUDA, beside the compiled elementwise functions (the JumpReLU block functions
-    and the losses, :func:`~crosslens.crosscoders.compiled.use_compiled_kernels`), the same
-    step with them op by op (``eager``): JumpReLU's dense step, and TopK's from the Triton
-    kernels."""
-    triton_there = sparse_kernels.sparse_backend(torch.device(device)) == "triton"
+    and the losses, the plan's ``compile``), the same step with them op by op (``eager``):
+    JumpReLU's dense step, and TopK's from the Triton kernels."""
+    triton_there = KernelPlan.resolve(device).backend == "triton"
     eager = ["eager"] if autocast and device.startswith("cuda") else []
     if arch == "jumprelu_crosscoder" and trained:
-        return ["dense", *eager, "sparse", *(["window-kernel", "window-gather"] if triton_there else [])]
+        return ["dense", *eager, "sparse"]
     if arch == "jumprelu_crosscoder":
         return ["default", *eager]
     if arch.endswith("topk_crosscoder"):
         return ["embedding_bag", "sparse", *eager] if triton_there else ["embedding_bag"]
     return ["default"]
+
+
+def row_plan(arch: str, a: argparse.Namespace, device: str, path: str = "default") -> KernelPlan:
+    """The plan a row trains with: the device's default (with the window tile ``--window-tiles``
+    chose, if it ran), the row's ``path`` changed: JumpReLU's ``dense`` and ``eager`` steps
+    without its step from pairs, ``sparse`` always with it; ``eager`` with the elementwise chains
+    op by op; ``embedding_bag`` with the eager gather-sums (the optimizer's pass stays the
+    device's)."""
+    plan = KernelPlan.resolve(device)
+    if getattr(a, "window_tile", None) is not None:
+        plan = dataclasses.replace(plan, window_tile=a.window_tile)
+    if arch == "jumprelu_crosscoder" and path != "default":
+        plan = dataclasses.replace(plan, jumprelu_sparse=path not in ("dense", "eager"))
+    if path == "eager":
+        plan = dataclasses.replace(plan, compile=False)
+    if path == "embedding_bag":
+        plan = dataclasses.replace(plan, backend="eager")
+    return plan
 
 
 def make_trainer(
@@ -313,21 +304,12 @@ def make_trainer(
 ) -> CrosscoderTrainer:  # fmt: skip
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"k": a.k} if arch.endswith("topk_crosscoder") else {}
-    if arch == "jumprelu_crosscoder" and path != "default":
-        extra["sparse_step"] = path not in ("dense", "eager")
-    sparse_kernels.WINDOW_KERNEL = {"sparse": False, "window-kernel": True, "window-gather": True}.get(path, PROCESS_WINDOW_KERNEL)
-    if sparse_kernels.sparse_backend(torch.device(device)) == "triton":
-        from crosslens.crosscoders import triton_kernels as tk
-
-        tk.WINDOW_GATHER = {"window-kernel": False, "window-gather": True}.get(path, ROWS_WINDOW_GATHER)
-    compiled.use_compiled_kernels(False if path == "eager" else PROCESS_COMPILE)
-    sparse_kernels.BACKEND = "eager" if path == "embedding_bag" else None
     torch.manual_seed(seed)
     sae = train_cls(train_cfg_cls(d_in=a.d_in, d_sae=a.d_sae, n_snapshots=a.S, device=device, **extra))
     cfg = CrosscoderTrainerConfig(total_steps=10**6, lr=lr, device=device, autocast_dtype=autocast,
                                   optimizer_state_dtype=a.optimizer_state, micro_batches=a.micro_batches,
                                   activation_scale_check="off")  # fmt: skip
-    return CrosscoderTrainer(sae, cfg)
+    return CrosscoderTrainer(sae, cfg, plan=row_plan(arch, a, device, path))
 
 
 @torch.no_grad()
@@ -354,13 +336,13 @@ def set_sparsity(trainer: CrosscoderTrainer, x_BSD: torch.Tensor, target: float)
 
 
 @torch.no_grad()
-def batch_entries(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> sparse_kernels.ActiveEntries:
+def batch_entries(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> ActiveEntries:
     """A JumpReLU batch's (token, feature) entries that the step from pairs reads: open at some
-    snapshot, or inside the threshold's window at some (the rule of ``sparse_step``)."""
+    snapshot, or inside the threshold's window at some."""
     sae = trainer.sae
     h_BF = sae.hidden_pre(x_BSD)
-    return sparse_kernels.active_entries(
-        h_BF, sae.snapshot_norms(), sae.threshold.to(h_BF.dtype), sae.cfg.jumprelu_bandwidth / 2
+    return active_entries(
+        h_BF, sae.snapshot_norms(), sae.threshold.to(h_BF.dtype), sae.cfg.jumprelu_bandwidth / 2, trainer.plan
     )
 
 
@@ -371,7 +353,7 @@ def active_share(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> str:
         return ""
     entries = batch_entries(trainer, x_BSD)
     n = entries.active_NF.numel()
-    pays = "pays" if sparse_kernels.sparse_step_pays(entries) else "does not pay"
+    pays = "pays" if sparse_step_pays(entries, trainer.plan) else "does not pay"
     active = (entries.n_open + entries.n_window) / n
     return f"  active {active:.2%} (open {entries.n_open / n:.2%}; the step from pairs {pays})"
 
@@ -447,185 +429,6 @@ def syncs_per_step(fn: Callable[[], None], device: str) -> str:
     with counted_cuda_syncs() as syncs:
         fn()
     return f"  {len(syncs)} sync{'s' if len(syncs) != 1 else ''}/step"
-
-
-def allocation_site(frames: list[dict]) -> str:
-    """Where an allocation was made: the innermost frame in crosslens's own code, else the
-    innermost frame outside torch, as ``file.py:line function``."""
-    ours = [f for f in frames if "/crosslens/" in f.get("filename", "")]
-    others = [f for f in frames if "/torch/" not in f.get("filename", "")]
-    frame = (ours or others or frames or [{}])[0]
-    return f"{frame.get('filename', '?').rsplit('/', 1)[-1]}:{frame.get('line', '?')} {frame.get('name', '?')}"
-
-
-def peak_breakdown(events: list[dict], before: int, top: int = 8) -> tuple[int, list[tuple[str, int]]]:
-    """The largest allocated total over a CUDA memory trace's ``events`` (``before``: the bytes
-    allocated when the trace started), and what was allocated during the trace and still alive
-    then: bytes per :func:`allocation_site`, largest first. Frees of blocks allocated before
-    the trace count against the total too."""
-    live: dict[int, tuple[int, str]] = {}
-    total = peak = before
-    at_peak: dict[int, tuple[int, str]] = {}
-    for event in events:
-        if event["action"] == "alloc":
-            live[event["addr"]] = (event["size"], allocation_site(event.get("frames", [])))
-            total += event["size"]
-            if total > peak:
-                peak, at_peak = total, dict(live)
-        elif event["action"] == "free_completed":
-            live.pop(event["addr"], None)
-            total -= event["size"]
-    sites: Counter[str] = Counter()
-    for size, site in at_peak.values():
-        sites[site] += size
-    return peak, sites.most_common(top)
-
-
-def print_memory_peak(fn: Callable[[], None], device: str, label: str) -> None:
-    """One call of ``fn`` under CUDA's allocation history: its peak, what was held before it
-    (parameters, Adam's state, the bfloat16 weight copies), and the allocations alive at the
-    peak by the line that made them."""
-    if not device.startswith("cuda"):
-        return
-    try:
-        sync(device)
-        before = torch.cuda.memory_allocated()
-        torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
-        fn()
-        sync(device)
-        events = torch.cuda.memory._snapshot()["device_traces"][torch.cuda.current_device()]
-    except Exception as error:  # noqa: BLE001  the row's own figures stand without it
-        print(f"memory peak of one step, {label}: not recorded ({type(error).__name__}: {error})")
-        return
-    finally:
-        with contextlib.suppress(Exception):  # where recording never started
-            torch.cuda.memory._record_memory_history(enabled=None)
-    peak, sites = peak_breakdown(events, before)
-    print(f"memory peak of one step, {label}: {peak / 2**30:.2f} GiB, {before / 2**30:.2f} of it held before the step; "
-          f"alive at the peak beyond that:")  # fmt: skip
-    for site, size in sites:
-        print(f"  {size / 2**30:7.3f} GiB  {site}")
-
-
-def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 3) -> None:
-    """The kernels of ``calls`` calls of ``fn`` by their own time on the device (CPU: host time);
-    then the same ops split by their inputs' shapes, since one op's average over calls of every
-    size says neither which calls cost nor whether a call repeats once per snapshot. On CUDA
-    then, the time the device sat idle between kernels (:func:`idle_gaps`), which no kernel
-    table shows; and, from ``calls`` more under Python's tracing (which slows the host, so its
-    gaps are wider), the device's time by the line of crosslens that launched each kernel
-    (:func:`time_by_line`) and the lines after the longest gaps."""
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = device.startswith("cuda")
-    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
-    with profile(activities=activities, record_shapes=True) as prof:
-        for _ in range(calls):
-            fn()
-        sync(device)
-    print(f"profile, {calls} steps: {label}")
-    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=60), flush=True)
-    print(f"profile by input shapes, {calls} steps: {label}")
-    by_shape = prof.key_averages(group_by_input_shape=True)
-    print(by_shape.table(sort_by=sort, row_limit=25, max_name_column_width=40, max_shapes_column_width=60), flush=True)
-    if not cuda:
-        return
-    try:  # the profiler's event API moves between torch versions: the tables above stand anyway
-        print(idle_gaps(prof.events(), calls, top=4), flush=True)
-        with profile(activities=activities, with_stack=True) as traced:
-            for _ in range(calls):
-                fn()
-            sync(device)
-        events = traced.events()
-        sites = launch_sites(events)
-        n_frames = sum(python_frame(e) and "crosslens/" in e.name for e in events)
-        print(f"device time by the line of crosslens that launched it, per step, under Python's tracing: {label} "
-              f"({n_frames} of crosslens's Python frames recorded)")  # fmt: skip
-        for line, ms in time_by_line(events, calls, sites):
-            print(f"  {ms:7.3f} ms  {line}")
-        print(idle_gaps(events, calls, sites), flush=True)
-    except Exception as e:  # noqa: BLE001
-        print(f"  (no idle or line tables: {type(e).__name__}: {e})")
-
-
-def python_frame(e) -> bool:
-    """Whether a profiler event is a Python function's (``with_stack``): ``path(line): name``."""
-    return bool(getattr(e, "is_python_function", False)) or (".py(" in e.name and "): " in e.name)
-
-
-def launch_sites(events: list) -> dict[int, str]:
-    """Each device kernel's launching line of crosslens: the innermost Python frame under
-    ``crosslens/`` whose time on the host holds the launch (the CUDA runtime call that shares the
-    kernel's correlation id), on the launching thread where that thread has frames (the autograd
-    engine runs backward on its own). Triton's kernels and torch's alike; "(none)" for a launch
-    outside crosslens's frames, and for kernels whose launch the profiler did not keep."""
-    import bisect
-
-    cuda = torch.autograd.DeviceType.CUDA
-    kernels = [e for e in events if e.device_type == cuda]
-    # the runtime's calls (cudaLaunchKernel, cuLaunchKernel, cudaMemcpyAsync, ...) share their kernel's id
-    launches = {e.id: e for e in events if e.device_type != cuda and e.name.startswith("cu") and not python_frame(e)}
-    by_thread: dict[object, list] = {}
-    for e in events:
-        if e.device_type != cuda and python_frame(e) and "crosslens/" in e.name:
-            by_thread.setdefault(e.thread, []).append(e)
-    by_thread[None] = [f for fs in list(by_thread.values()) for f in fs]
-    frames = {thread: sorted(fs, key=lambda f: f.time_range.start) for thread, fs in by_thread.items()}
-    starts = {thread: [f.time_range.start for f in fs] for thread, fs in frames.items()}
-
-    def innermost(thread: object, t: float) -> str | None:
-        """The latest-starting frame that holds ``t``: the first found looking back from ``t``."""
-        fs = frames.get(thread, [])
-        for i in range(bisect.bisect_right(starts.get(thread, []), t) - 1, -1, -1):
-            if fs[i].time_range.end >= t:
-                return fs[i].name[fs[i].name.index("crosslens/") :]
-        return None
-
-    sites = {}
-    for k in kernels:
-        launch = launches.get(k.id)
-        if launch is None:
-            sites[k.id] = "(none)"
-            continue
-        t = launch.time_range.start
-        sites[k.id] = innermost(launch.thread, t) or innermost(None, t) or "(none)"
-    return sites
-
-
-def time_by_line(events: list, calls: int, sites: dict[int, str], top: int = 25) -> list[tuple[str, float]]:
-    """The device's kernel time by the line of crosslens that launched it (``sites``, from
-    :func:`launch_sites`): where a kernel table's ``copy_`` or ``mul`` comes from. Milliseconds per
-    call, the largest first."""
-    times: Counter[str] = Counter()
-    for e in events:
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            times[sites.get(e.id, "(none)")] += (e.time_range.end - e.time_range.start) / 1e3 / calls
-    return times.most_common(top)
-
-
-def idle_gaps(events: list, calls: int, sites: dict[int, str] | None = None, top: int = 8) -> str:
-    """The device's idle time between its first and last kernel: the whole span, the time some
-    kernel ran, the rest per step, and the longest gaps with the kernels either side of each and,
-    given ``sites`` (:func:`launch_sites`), the line that launched the one after (a gap after a
-    sync is the host catching up with the device, and that line is where it caught up)."""
-    kernels = sorted(
-        (e for e in events if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda e: e.time_range.start
-    )
-    busy, end, gaps = 0.0, kernels[0].time_range.start, []
-    for before, k in zip([None, *kernels], kernels):
-        start, stop = k.time_range.start, k.time_range.end
-        if start > end and before is not None:
-            site = "" if sites is None else f"  launched at {sites.get(k.id, '(none)')}"
-            gaps.append((start - end, before.name, k.name, site))
-        busy += max(0.0, stop - max(start, end))
-        end = max(end, stop)
-    span = end - kernels[0].time_range.start
-    lines = [f"device idle: span {span / 1e3 / calls:.2f} ms per step, kernels running {busy / 1e3 / calls:.2f}, "
-             f"idle {(span - busy) / 1e3 / calls:.2f} ({len(gaps) / calls:.0f} gaps per step); the longest:"]  # fmt: skip
-    for gap, before, after, site in sorted(gaps, reverse=True)[:top]:
-        lines.append(f"  {gap / 1e3:6.3f} ms  after {before[:40]}  before {after[:40]}{site}")
-    return "\n".join(lines)
 
 
 def repeat_check(arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool) -> str:
@@ -738,8 +541,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; torch's fused Adam: {against_plain('torch')}" if "torch" in passes else ""))  # fmt: skip
     if a.gathers:
         gather_sweep(a, device)
-    if a.window_tiles:
-        window_sweep(a, device)
+    a.window_tile = window_sweep(a, device) if a.window_tiles else None
     for arch in a.only or list(cc.ARCHITECTURES):
         for autocast in (PRECISIONS[p] for p in a.precision or PRECISIONS):
             for trained in (state == "trained" for state in a.state or ("fresh", "trained")):

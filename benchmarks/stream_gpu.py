@@ -40,12 +40,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu import PROCESS_WINDOW_KERNEL, active_share, make_trainer, matmul_peak, seconds_per_call, set_sparsity, sync  # noqa: E402
+from gpu import active_share, make_trainer, matmul_peak, seconds_per_call, set_sparsity, sync  # noqa: E402
 
 from crosslens.activations.forward import forward_to_hook, trunk_attention  # noqa: E402
 from crosslens.activations.streaming import ResidentSnapshotProvider  # noqa: E402
 from crosslens.checkpoints import CheckpointSuite  # noqa: E402
-from crosslens.crosscoders import sparse_kernels  # noqa: E402
 
 PYTHIA_160M = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
                "vocab_size": 50304, "max_position_embeddings": 2048, "rotary_pct": 0.25}  # fmt: skip
@@ -58,7 +57,7 @@ HOLD_LR = 1e-9
 bias bisected on the first batch, Adam's moments fresh), and Adam's first steps move each
 weight by about the learning rate in the sign of its gradient. On these snapshots'
 activations, which share a direction, that moves every pre-activation the same way: at lr
-1e-5 the JumpReLU L0 runs away within a dozen steps, past ``SPARSE_STEP_SHARE``, and the
+1e-5 the JumpReLU L0 runs away within a dozen steps, past the plan's ``sparse_step_share``, and the
 steps time the dense kernels instead of the step from pairs (``scripts/held_sparsity.py``
 measures it). A trained run's sparsity is steady; this rate keeps the synthetic one so (each
 row prints its L0 at the first and last timed step), and a step's work does not depend on it."""
@@ -166,17 +165,14 @@ def untimed_steps(warmup: int, per_chunk: int) -> int:
 
 
 def end_to_end(
-    provider: ResidentSnapshotProvider, arch: str, a: argparse.Namespace, device: str, window_kernel: bool,
-    trained: bool = True,
+    provider: ResidentSnapshotProvider, arch: str, a: argparse.Namespace, device: str, trained: bool = True,
 ) -> tuple[float, str]:  # fmt: skip
     """Tokens/s of streamed training steps, and what the timed steps held: the L0 of the first
     and last, and (JumpReLU) the share of entries active on the first and last batch, which
     decides whether the step runs from the active pairs (``sparse_step_pays``);
-    ``window_kernel``: the window summed by the fused Triton kernel (``WINDOW_KERNEL``) or by
-    masked matmuls; ``trained``: the threshold or bias set to ``--l0`` on the first batch, else
+    ``trained``: the threshold or bias set to ``--l0`` on the first batch, else
     freshly initialised (a run's first steps). The steps run at ``--lr`` (:data:`HOLD_LR`)."""
     trainer = make_trainer(arch, a, device, "bfloat16", lr=a.lr)
-    sparse_kernels.WINDOW_KERNEL = window_kernel
     batches = provider.batches(0)
     first = next(batches)
     if trained:
@@ -279,19 +275,14 @@ def run(a: argparse.Namespace, device: str, root: Path) -> None:
     print(f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the {label} forward alone, "
           f"{trunk_attention(models[0], None)} attention)", flush=True)  # fmt: skip
     print(f"each end-to-end row times {a.chunks} chunk(s) of {batches_per_chunk(a)} steps, their forwards included")
-    default = PROCESS_WINDOW_KERNEL
-    # (architecture, prefetch, window kernel, trained); the fresh row is the rate of a run's
-    # first steps, before its sparsity term has made the code sparse enough for the pairs
-    rows = [("jumprelu_crosscoder", True, default, True), ("crosscoder", True, default, True),
-            ("jumprelu_crosscoder", False, default, True)]  # fmt: skip
-    if sparse_kernels.sparse_backend(torch.device(device)) == "triton":
-        rows.append(("jumprelu_crosscoder", True, not default, True))
-    rows.append(("jumprelu_crosscoder", True, default, False))
-    for arch, prefetch, window_kernel, trained in rows:
+    # (architecture, prefetch, trained); the fresh row is the rate of a run's first steps, before
+    # its sparsity term has made the code sparse enough for the pairs
+    rows = [("jumprelu_crosscoder", True, True), ("crosscoder", True, True), ("jumprelu_crosscoder", False, True),
+            ("jumprelu_crosscoder", True, False)]  # fmt: skip
+    for arch, prefetch, trained in rows:
         provider.prefetch = prefetch
-        rate, held = end_to_end(provider, arch, a, device, window_kernel, trained)
-        window = "" if window_kernel == default else " + window kernel" if window_kernel else ", window by matmuls"
-        label = f"{arch}{window}{'' if trained else ', fresh'}"
+        rate, held = end_to_end(provider, arch, a, device, trained)
+        label = f"{arch}{'' if trained else ', fresh'}"
         print(f"end to end, {label:36s} bf16, prefetch {'on ' if prefetch else 'off'}: {rate:10,.0f} tok/s; "
               f"{a.run_tokens / 1e6:,.0f}M tokens in {a.run_tokens / rate / 3600:.1f} h{held}", flush=True)  # fmt: skip
     provider.close()

@@ -15,8 +15,8 @@ in the same run on the same machine.
    the former. Then TopK's auxiliary decode of 5% dead features: as pairs, against the matmul
    over the dead rows that the step runs.
 4. With ``--compile``: the JumpReLU step with its gate/score kernels and its loss through
-   ``torch.compile`` (``compiled.use_compiled_kernels``), and the reference with
-   its loss through ``torch.compile``, both against the eager reference.
+   ``torch.compile`` (a plan with ``compile=True``), and the reference with its loss through
+   ``torch.compile``, both against the eager reference.
    Goal: JumpReLU >= 0.8x the reference.
 5. With ``--trained RUN_DIR`` (a JumpReLU run, e.g. the demo's
    ``~/.cache/crosslens/demo/crosscoder``): the JumpReLU step at that trained crosscoder's
@@ -55,6 +55,7 @@ import crosslens.crosscoders as cc
 from crosslens.core.tensors import row_norms
 from crosslens.crosscoders import sparse_kernels
 from crosslens.crosscoders.active_pairs import ActivePairs
+from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 
 
@@ -92,31 +93,21 @@ def reference_step_fn(S: int, D: int, F_: int, compile: bool = False) -> Callabl
     return step
 
 
+CPU_PLAN = KernelPlan.resolve("cpu")
+PER_SNAPSHOT_KERNEL = KernelPlan.resolve("cpu", gather_share=-1.0)
+"""JumpReLU's gated decode turned off: the [S, N, F] kernel it replaced (which it still falls
+back to when many gates are mixed)."""
+
+
 def crosslens_step_fn(
-    arch: str, S: int, D: int, F_: int, k: int, micro_batches: int = 1, **kw: object
+    arch: str, S: int, D: int, F_: int, k: int, micro_batches: int = 1, plan: KernelPlan = CPU_PLAN
 ) -> Callable[[torch.Tensor], None]:
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"k": k} if "topk" in arch else {}
-    sae = train_cls(train_cfg_cls(d_in=D, d_sae=F_, n_snapshots=S, **extra, **kw))
+    sae = train_cls(train_cfg_cls(d_in=D, d_sae=F_, n_snapshots=S, **extra))
     cfg = CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, micro_batches=micro_batches)
-    trainer = CrosscoderTrainer(sae, cfg)
+    trainer = CrosscoderTrainer(sae, cfg, plan=plan)
     return lambda x: trainer.step(x)
-
-
-def per_snapshot_kernel(step: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor], None]:
-    """``step`` with JumpReLU's gated decode turned off: the [S, N, F] kernel it replaced
-    (which it still falls back to when many gates are mixed)."""
-    from crosslens.crosscoders import jumprelu_kernels
-
-    def run(x: torch.Tensor) -> None:
-        share = jumprelu_kernels.GATHER_SHARE
-        jumprelu_kernels.GATHER_SHARE = -1.0
-        try:
-            step(x)
-        finally:
-            jumprelu_kernels.GATHER_SHARE = share
-
-    return run
 
 
 def time_alternating(
@@ -141,7 +132,7 @@ def matmul_flops_per_s(B: int, K: int, N: int, rounds: int) -> float:
     return 2 * B * K * N / t
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -159,33 +150,50 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.d_in, args.n_snapshots, args.d_sae, args.batch = 32, 4, 2048, 256
+    return args
+
+
+VARIANTS = {
+    "crosscoder": CPU_PLAN,
+    "jumprelu_crosscoder": CPU_PLAN,
+    "jumprelu_crosscoder (per-snapshot kernel)": PER_SNAPSHOT_KERNEL,
+    "topk_crosscoder (dense decode)": KernelPlan.resolve("cpu", topk_sparse_decode=False),
+    "topk_crosscoder (sparse decode)": KernelPlan.resolve("cpu", topk_sparse_decode=True),
+    "batchtopk_crosscoder (dense)": KernelPlan.resolve("cpu", topk_sparse_decode=False),
+    "batchtopk_crosscoder (sparse)": KernelPlan.resolve("cpu", topk_sparse_decode=True),
+}
+"""Section 1's rows: each architecture's step with the plan it runs."""
+
+
+def main() -> None:
+    args = parse_args()
     S, D, F_, B, k = args.n_snapshots, args.d_in, args.d_sae, args.batch, args.k
     torch.manual_seed(0)
     x = torch.randn(B, S, D)
     print(f"shapes: batch {B}, n_snapshots {S}, d_in {D}, d_sae {F_}, k {k}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    variants = {label: plan for label, plan in VARIANTS.items() if args.only in label}
+    step_rows(args, x, variants)
+    if args.compile:
+        compiled_rows(args, x)
+    if args.trained:
+        trained_rows(args)
+    if args.micro_batches:
+        micro_batch_rows(args, x)
+    if any("topk" in label for label in variants):
+        decode_rows(args)
 
-    # 1 + 2: tokens/s against the reference, FLOP/s against a plain matmul
+
+def step_rows(args: argparse.Namespace, x: torch.Tensor, variants: dict[str, KernelPlan]) -> None:
+    """1 + 2: tokens/s against the reference, FLOP/s against a plain matmul."""
+    S, D, F_, B, k = args.n_snapshots, args.d_in, args.d_sae, args.batch, args.k
     dense_flops = 10 * B * S * D * F_
     mm_rate = matmul_flops_per_s(B, S * D, F_, args.rounds)
     print(f"\nplain matmul [{B}, {S * D}] @ [{S * D}, {F_}]: {mm_rate / 1e9:.1f} GFLOP/s")
     header = ("architecture", "tokens/s", "ref tokens/s", "ratio", "GFLOP/s", "of matmul")
     print("\n{:<44}{:>10}{:>14}{:>8}{:>10}{:>11}".format(*header))
-    variants = {
-        "crosscoder": {},
-        "jumprelu_crosscoder": {},
-        "jumprelu_crosscoder (per-snapshot kernel)": {},
-        "topk_crosscoder (dense decode)": {"sparse_decode": False},
-        "topk_crosscoder (sparse decode)": {"sparse_decode": True},
-        "batchtopk_crosscoder (dense)": {"sparse_decode": False},
-        "batchtopk_crosscoder (sparse)": {"sparse_decode": True},
-    }
-    variants = {label: kw for label, kw in variants.items() if args.only in label}
-    for label, kw in variants.items():
-        arch = label.split()[0]
-        ours = crosslens_step_fn(arch, S, D, F_, k, **kw)
-        if "per-snapshot kernel" in label:
-            ours = per_snapshot_kernel(ours)
+    for label, plan in variants.items():
+        ours = crosslens_step_fn(label.split()[0], S, D, F_, k, plan=plan)
         times = time_alternating(
             {
                 "ref": lambda step=reference_step_fn(S, D, F_): step(x),
@@ -198,16 +206,10 @@ def main() -> None:
         print(f"{label:<44}{B / times['ours']:>10.0f}{B / times['ref']:>14.0f}"
               f"{times['ref'] / times['ours']:>8.2f}{rate / 1e9:>10.1f}{rate / mm_rate:>11.2f}")
 
-    if args.compile:
-        compiled_rows(args, x)
-    if args.trained:
-        trained_rows(args)
-    if args.micro_batches:
-        micro_batch_rows(args, x)
-    if not any("topk" in label for label in variants):
-        return
 
-    # 3: decode only, forward + backward
+def decode_rows(args: argparse.Namespace) -> None:
+    """3: the TopK decode alone, forward + backward, three ways."""
+    S, D, F_, B, k = args.n_snapshots, args.d_in, args.d_sae, args.batch, args.k
     W_dec = torch.randn(F_, S * D, requires_grad=True)
     h = torch.randn(B, F_).relu()
     idx = h.topk(k, dim=-1).indices.sort(dim=-1).values
@@ -239,7 +241,7 @@ def main() -> None:
 
     def pairs_node() -> None:
         norms = torch.linalg.vector_norm(W_dec.detach().view(F_, S, D), dim=-1)
-        out, norms, _ = sparse_kernels.gather_decode_and_norms(W_FGD, vals.reshape(-1, 1), pairs, norms, "eager")
+        out, norms, _ = sparse_kernels.gather_decode_and_norms(W_FGD, vals.reshape(-1, 1), pairs, norms, CPU_PLAN)
         ((out.view(B, -1) * upstream).sum() + norms.sum()).backward()
         W_dec.grad = vals.grad = None
 
@@ -330,7 +332,7 @@ def trained_rows(args: argparse.Namespace) -> None:
           f"at every snapshot {classes.open_all_FN.float().mean():.1%} ({rows}), mixed "
           f"{classes.mixed_open_flat.numel() / n:.1%}; gated decode: {classes.sparse_ok}; window: {window}")
     trainer = CrosscoderTrainer(  # the saved crosscoder is folded: it reads raw activations
-        sae, CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, activation_scale_check="off")
+        sae, CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, activation_scale_check="off"), plan=CPU_PLAN
     )
     ref = reference_step_fn(S, D, F_)
     turn = [0]
@@ -339,10 +341,10 @@ def trained_rows(args: argparse.Namespace) -> None:
         turn[0] += 1
         return batches[turn[0] // 2 % len(batches)]
 
-    per_snapshot_trainer = CrosscoderTrainer(
-        copy.deepcopy(sae), CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, activation_scale_check="off")
-    )
-    per_snapshot = per_snapshot_kernel(per_snapshot_trainer.step)
+    per_snapshot = CrosscoderTrainer(
+        copy.deepcopy(sae), CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, activation_scale_check="off"),
+        plan=PER_SNAPSHOT_KERNEL,
+    ).step
 
     times = time_alternating(
         {
@@ -360,36 +362,25 @@ def trained_rows(args: argparse.Namespace) -> None:
 
 def compiled_rows(args: argparse.Namespace, x: torch.Tensor) -> None:
     """4: torch.compile on and off, each against the eager reference of the same run."""
-    from crosslens.crosscoders import compiled as switch
-
     S, D, F_ = args.n_snapshots, args.d_in, args.d_sae
-    eager_step = crosslens_step_fn("jumprelu_crosscoder", S, D, F_, args.k)
-    compiled_step = crosslens_step_fn("jumprelu_crosscoder", S, D, F_, args.k)
+    eager_step = crosslens_step_fn("jumprelu_crosscoder", S, D, F_, args.k, plan=KernelPlan.resolve("cpu", compile=False))
+    compiled_step = crosslens_step_fn("jumprelu_crosscoder", S, D, F_, args.k, plan=KernelPlan.resolve("cpu", compile=True))
     compiled_ref = reference_step_fn(S, D, F_, compile=True)
-    process_setting = switch.compiled_kernels_setting()
-
-    def with_kernels(compiled: bool, step: Callable[[torch.Tensor], None]) -> Callable[[], None]:
-        def run() -> None:
-            switch.use_compiled_kernels(compiled)
-            step(x)
-
-        return run
 
     start = time.perf_counter()
-    with_kernels(True, compiled_step)()
+    compiled_step(x)
     compiled_ref(x)
     print(f"\ntorch.compile: first steps (compiling) took {time.perf_counter() - start:.0f} s")
     times = time_alternating(
         {
             "ref": lambda step=reference_step_fn(S, D, F_): step(x),
             "ref compiled": lambda: compiled_ref(x),
-            "jumprelu eager": with_kernels(False, eager_step),
-            "jumprelu compiled kernels": with_kernels(True, compiled_step),
+            "jumprelu eager": lambda: eager_step(x),
+            "jumprelu compiled kernels": lambda: compiled_step(x),
         },
         rounds=args.rounds,
         warmup=1,
     )
-    switch.use_compiled_kernels(process_setting)
     print("{:<34}{:>10}{:>8}".format("variant", "tokens/s", "ratio"))
     for name, seconds in times.items():
         print(f"{name:<34}{args.batch / seconds:>10.0f}{times['ref'] / seconds:>8.2f}")

@@ -1,7 +1,9 @@
 """The crosscoder architectures by name, with their training defaults and where each comes from.
 
-The one table keyed by architecture name that does not need the architectures' classes
-(those are registered with SAELens by :mod:`crosslens.crosscoders`). Everything that needs a
+The one table keyed by architecture name (:data:`TRAINING_DEFAULTS`): an architecture is its
+module under ``crosslens/crosscoders/`` (its classes, math and snapshot SAE) plus its entry
+here, which names that module and its defaults; :mod:`crosslens.crosscoders` imports the
+modules listed and registers their classes with SAELens. Everything that needs a
 default reads it here: the architectures' own configs, ``crosslens train`` and its
 :class:`~crosslens.training.config.CrosscoderRunnerConfig`, the planted benchmark, the
 per-snapshot SAE baselines and ``crosslens plan``. An explicit value (``--lr``,
@@ -22,7 +24,7 @@ planted data (``JUMPRELU_LR``, ``RELU_LR``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 DEFAULT_DECODER_INIT_NORM = 0.08
@@ -58,6 +60,8 @@ class TrainingDefaults:
     """Fraction of training over which lambda warms up from 0."""
     decoder_init_norm: float = DEFAULT_DECODER_INIT_NORM
     """Norm of every decoder row at initialisation."""
+    module: str = ""
+    """The module holding the architecture's classes (its ``CLASSES``)."""
     k: int = DEFAULT_K
     """Active features per token for the TopK-style architectures (unused by the others)."""
     coefficient_field: str = "l1_coefficient"
@@ -123,13 +127,14 @@ _TOPK = TrainingDefaults(
 
 TRAINING_DEFAULTS: dict[str, TrainingDefaults] = {
     "crosscoder": TrainingDefaults(
-        lr=RELU_LR, sparsity_coefficient=RELU_L1, sparsity_warm_up=0.05,
+        module="crosslens.crosscoders.crosscoder", lr=RELU_LR, sparsity_coefficient=RELU_L1, sparsity_warm_up=0.05,
         source=(
             "Bayazit et al.: 5% warm-up, decoder norm 0.08; lambda 1 (theirs: 2) and lr 3e-3 measured on "
             "five planted generators and pico"
         ),
     ),
     "jumprelu_crosscoder": TrainingDefaults(
+        module="crosslens.crosscoders.jumprelu_crosscoder",
         lr=JUMPRELU_LR, sparsity_coefficient=JUMPRELU_L0, sparsity_per_shape=True, sparsity_warm_up=0.1,
         coefficient_field="l0_coefficient", warm_up_field="l0_warm_up_steps",
         source=(
@@ -137,8 +142,8 @@ TRAINING_DEFAULTS: dict[str, TrainingDefaults] = {
             "on five planted generators (Ge et al.'s 0.3 sits at ratio 1)"
         ),
     ),
-    "topk_crosscoder": _TOPK,
-    "batchtopk_crosscoder": _TOPK,
+    "topk_crosscoder": replace(_TOPK, module="crosslens.crosscoders.topk_crosscoder"),
+    "batchtopk_crosscoder": replace(_TOPK, module="crosslens.crosscoders.batchtopk_crosscoder"),
 }  # fmt: skip
 
 PICO_DEMO_JUMPRELU_SPARSITY = 0.5

@@ -11,16 +11,13 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# set before huggingface_hub is imported, which reads it once (a shell's HF_HUB_OFFLINE=0 included)
+os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("WANDB_MODE", "offline")
 # Tests never read or write the user's crosslens cache (suites, weights hashes, demo output):
 # a warm cache from an earlier run would change which code paths a test takes.
 os.environ["CROSSLENS_HOME"] = tempfile.mkdtemp(prefix="crosslens-test-home-")
 atexit.register(shutil.rmtree, os.environ["CROSSLENS_HOME"], ignore_errors=True)
-
-import huggingface_hub.constants as _hub_constants  # noqa: E402  (after the env is set)
-
-_hub_constants.HF_HUB_OFFLINE = True
 
 from hf_cache import (  # noqa: E402
     activate_offline_hf_home,

@@ -468,9 +468,8 @@ def test_texts_encoded_in_batches_are_the_texts_encoded_one_by_one(monkeypatch):
 
     tokenizer = _tokenizer(WORDS)
     texts = ["", *_texts(10), "zzz unknown words here", " ".join(_texts(3))]
-    monkeypatch.setattr(tokens, "ENCODE_BATCH", 4)
     one_by_one = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
-    assert list(tokens.encoded(tokenizer, iter(texts))) == one_by_one
+    assert list(tokens.encoded(tokenizer, iter(texts), batch_size=4)) == one_by_one
     assert any(one_by_one) and not one_by_one[0]
 
 

@@ -4,13 +4,15 @@ the crosscoders that use them, in float32, on a CPU here and on CUDA where there
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
-from crosslens.crosscoders import compiled as switch
 from crosslens.crosscoders.base import reconstruction_errors, squared_errors
+from crosslens.crosscoders.kernel_plan import KernelPlan
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
 S, D, F = 3, 8, 64
@@ -21,15 +23,12 @@ def errors_and_grads(
 ) -> tuple[torch.Tensor, ...]:
     """The two errors and, for the loss ``sum(sq) + 3 sum(aux)``, the gradients of the
     reconstruction and of the auxiliary reconstruction."""
-    switch.use_compiled_kernels(compiled)
-    try:
-        recon = recon0.clone().requires_grad_()
-        aux = None if aux0 is None else aux0.clone().requires_grad_()
-        sq_N, aux_N = reconstruction_errors(recon, x, aux)
-        loss = sq_N.sum() if aux_N is None else sq_N.sum() + 3 * aux_N.sum()
-        loss.backward()
-    finally:
-        switch.use_compiled_kernels(None)
+    plan = KernelPlan.resolve(x.device, compile=compiled)
+    recon = recon0.clone().requires_grad_()
+    aux = None if aux0 is None else aux0.clone().requires_grad_()
+    sq_N, aux_N = reconstruction_errors(recon, x, aux, plan)
+    loss = sq_N.sum() if aux_N is None else sq_N.sum() + 3 * aux_N.sum()
+    loss.backward()
     if aux is None:
         return sq_N.detach(), recon.grad
     return sq_N.detach(), recon.grad, aux_N.detach(), aux.grad
@@ -59,31 +58,22 @@ def test_the_auxiliary_error_trains_the_auxiliary_reconstruction_alone(compiled)
     """The residual it is compared with is detached: the reconstruction gets no gradient from it."""
     gen = torch.Generator().manual_seed(5)
     recon, x, aux = (torch.randn(9, S, D, generator=gen) for _ in range(3))
-    switch.use_compiled_kernels(compiled)
-    try:
-        recon.requires_grad_(), aux.requires_grad_()
-        _, aux_N = reconstruction_errors(recon, x, aux)
-        aux_N.sum().backward()
-    finally:
-        switch.use_compiled_kernels(None)
+    recon.requires_grad_(), aux.requires_grad_()
+    _, aux_N = reconstruction_errors(recon, x, aux, KernelPlan.resolve("cpu", compile=compiled))
+    aux_N.sum().backward()
     assert recon.grad is None or not recon.grad.any()
     torch.testing.assert_close(aux.grad, 2 * (aux - (x - recon)).detach(), rtol=1e-6, atol=1e-6)
 
 
-def test_the_errors_compile_where_the_switch_says():
+def test_the_errors_compile_where_the_plan_says():
     """Eager on a CPU by default, bit for bit the eager function; compiled where asked."""
     gen = torch.Generator().manual_seed(6)
     recon, x, aux = (torch.randn(5, S, D, generator=gen) for _ in range(3))
-    assert not switch.compiles_on(torch.device("cpu"))
+    assert not KernelPlan.resolve("cpu").compile or os.environ.get("CROSSLENS_COMPILE_KERNELS") == "1"
     for a, b in zip(reconstruction_errors(recon, x, aux), squared_errors(recon, x, aux)):
         assert torch.equal(a, b)
-    switch.use_compiled_kernels(True)
-    try:
-        assert switch.compiles_on(torch.device("cpu")) and switch.compiles_on(torch.device("cuda"))
-        switch.use_compiled_kernels(False)
-        assert not switch.compiles_on(torch.device("cuda"))
-    finally:
-        switch.use_compiled_kernels(None)
+    assert KernelPlan.resolve("cpu", compile=True).compile and KernelPlan.resolve("cuda", compile=True).compile
+    assert not KernelPlan.resolve("cuda", compile=False).compile
 
 
 def twenty_steps(arch: str, device: str, compiled: bool) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -95,23 +85,20 @@ def twenty_steps(arch: str, device: str, compiled: bool) -> tuple[list[dict[str,
     batches = [torch.randn(32, S, D, generator=gen).to(device) for _ in range(20)]
     dead_F = torch.zeros(F, dtype=torch.bool, device=device)
     dead_F[::4] = True
-    switch.use_compiled_kernels(compiled)
-    try:
-        torch.manual_seed(0)
-        sae = train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S, device=device, **extra))
-        optimizer = torch.optim.Adam(sae.parameters(), lr=3e-3)
-        losses, first_grads = [], {}
-        for x in batches:
-            out = sae.training_forward_pass(TrainStepInput(
-                sae_in=x, coefficients={"l1": 0.1}, dead_neuron_mask=dead_F, n_training_steps=0, is_logging_step=False,
-            ))  # fmt: skip
-            optimizer.zero_grad()
-            out.loss.backward()
-            first_grads = first_grads or {name: p.grad.clone() for name, p in sae.named_parameters()}
-            optimizer.step()
-            losses.append({name: value.item() for name, value in out.losses.items()})
-    finally:
-        switch.use_compiled_kernels(None)
+    torch.manual_seed(0)
+    sae = train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S, device=device, **extra))
+    sae.use_kernel_plan(KernelPlan.resolve(device, compile=compiled))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    losses, first_grads = [], {}
+    for x in batches:
+        out = sae.training_forward_pass(TrainStepInput(
+            sae_in=x, coefficients={"l1": 0.1}, dead_neuron_mask=dead_F, n_training_steps=0, is_logging_step=False,
+        ))  # fmt: skip
+        optimizer.zero_grad()
+        out.loss.backward()
+        first_grads = first_grads or {name: p.grad.clone() for name, p in sae.named_parameters()}
+        optimizer.step()
+        losses.append({name: value.item() for name, value in out.losses.items()})
     return losses, first_grads, {name: p.detach().clone() for name, p in sae.named_parameters()}
 
 

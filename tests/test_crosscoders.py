@@ -29,16 +29,19 @@ from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
 from crosslens.crosscoders.base import set_crosscoder_metadata
-from crosslens.crosscoders.jumprelu_kernels import snapshot_gate_and_score
+from crosslens.crosscoders.jumprelu_dense import snapshot_gate_and_score
+from crosslens.crosscoders.kernel_plan import KernelPlan
 
 ARCHS = list(cc.ARCHITECTURES)
 
 
-def make_training(arch: str, *, S: int = 2, D: int = 3, F: int = 4, **kw):
+def make_training(arch: str, *, S: int = 2, D: int = 3, F: int = 4, sparse_decode: bool | None = None, **kw):
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     if "topk" in arch:
         kw.setdefault("k", 2)
-    return train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S, **kw))
+    sae = train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S, **kw))
+    sae.use_kernel_plan(KernelPlan.resolve("cpu", topk_sparse_decode=sparse_decode))
+    return sae
 
 
 def make_inference(arch: str, *, S: int = 2, D: int = 3, F: int = 4, **kw):

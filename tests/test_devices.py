@@ -225,12 +225,12 @@ def test_release_model_returns_the_freed_heap_to_the_system(monkeypatch):
 
     calls = []
     monkeypatch.setattr(devices, "_malloc_trim", lambda: calls.append)
-    monkeypatch.setattr(devices, "_resident_after_trim", None)  # no trim yet in this process
+    heap = devices.HeapTrim()  # no trim yet
     model = torch.nn.Linear(8, 8)
-    devices.release_model(model)
+    devices.release_model(model, heap=heap)
     assert model.weight.device.type == "meta" and calls == [0]
     monkeypatch.setattr(devices, "_malloc_trim", lambda: None)  # no glibc: nothing to call
-    devices.release_model(torch.nn.Linear(2, 2))
+    devices.release_model(torch.nn.Linear(2, 2), heap=heap)
     if platform.libc_ver()[0] == "glibc":
         monkeypatch.undo()
         assert devices._malloc_trim() is not None  # this machine's C library has it

@@ -22,7 +22,7 @@ from hf_cache import (
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-import crosslens.checkpoints.suite as suite_module
+import crosslens.checkpoints.suite_tokenizer as suite_tokenizer
 from crosslens.checkpoints import CheckpointSuite, MixedIngredientsError, list_revisions
 from crosslens.checkpoints.trajectory import (
     group_by_stage,
@@ -98,7 +98,7 @@ def _family_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture
 def hub(_family_files: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
     activate_offline_hf_home(monkeypatch, _family_files["hf_home"])
-    monkeypatch.setattr(suite_module, "_TOKENIZER_FALLBACK_LOGGED", set())
+    suite_tokenizer._TOKENIZER_FALLBACK_LOGGED.clear()  # each test sees the fallback said once
     return _family_files
 
 

@@ -98,22 +98,22 @@ def test_sliced_norm_sum_is_the_whole_shard_cast_bit_for_bit(dtype, rows_per_sli
 
 
 def test_release_model_trims_the_heap_only_once_the_process_has_grown(monkeypatch):
-    """The first release trims; later ones only when resident memory is more than
-    HEAP_GROWTH_TO_TRIM above what it was after the last trim."""
+    """The first release trims; later ones only when resident memory is more than the heap's
+    growth above what it was after the last trim."""
     trims, resident = [], [1000 << 20]
     monkeypatch.setattr(devices, "_malloc_trim", lambda: trims.append)
     monkeypatch.setattr(devices, "resident_bytes", lambda: resident[0])
-    monkeypatch.setattr(devices, "_resident_after_trim", None)
-    release = lambda: devices.release_model(torch.nn.Linear(4, 4))  # noqa: E731
+    heap = devices.HeapTrim()  # no trim yet
+    release = lambda: devices.release_model(torch.nn.Linear(4, 4), heap=heap)  # noqa: E731
 
     release()
-    assert trims == [0] and devices._resident_after_trim == 1000 << 20
-    resident[0] = int((1000 << 20) * (1 + devices.HEAP_GROWTH_TO_TRIM))  # at the margin: kept
+    assert trims == [0] and heap.resident_after == 1000 << 20
+    resident[0] = int((1000 << 20) * (1 + heap.growth))  # at the margin: kept
     release()
     assert trims == [0]
     resident[0] += 1 << 20  # past it: given back
     release()
-    assert trims == [0, 0] and devices._resident_after_trim == resident[0]
+    assert trims == [0, 0] and heap.resident_after == resident[0]
     monkeypatch.setattr(devices, "resident_bytes", lambda: None)  # unreadable: trim every time
     release()
     release()

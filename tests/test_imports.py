@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "demo": 5,
     # 6: what each command does, callable as a library
     "commands": 6,
+    "browser": 6,  # <- core, dashboards (the feature database's schema); stdlib only, no torch
     # 7: entry points
     "cli": 7,  # the parser, generated from config dataclasses
     "__main__": 8,
@@ -51,8 +52,8 @@ LAYERS: dict[str, int] = {
 }
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts)
+def _module_name(path: Path, root: Path = PACKAGE_ROOT) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
@@ -79,9 +80,10 @@ def _type_checking_lines(tree: ast.AST) -> set[int]:
     return lines
 
 
-def _imports(path: Path) -> list[tuple[str, int, bool]]:
-    """(imported crosslens module, line, type-only) for every import in ``path``."""
-    module = _module_name(path)
+def _imports(path: Path, root: Path = PACKAGE_ROOT) -> list[tuple[str, int, bool]]:
+    """(imported crosslens module, line, type-only) for every import in ``path``, a module of the
+    package at ``root``."""
+    module = _module_name(path, root)
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     tree = ast.parse(path.read_text(encoding="utf-8"))
     type_only = _type_checking_lines(tree)
@@ -188,12 +190,7 @@ def test_the_walker_sees_lazy_and_relative_imports(tmp_path):
         "if TYPE_CHECKING:\n"
         "    from crosslens.causal import stage\n"
     )
-    global PACKAGE_ROOT
-    saved, PACKAGE_ROOT = PACKAGE_ROOT, tmp_path / "crosslens"
-    try:
-        found = {(target, type_only) for target, _, type_only in _imports(source)}
-    finally:
-        PACKAGE_ROOT = saved
+    found = {(target, type_only) for target, _, type_only in _imports(source, tmp_path / "crosslens")}
     assert found == {
         ("crosslens.demo_pkg", False),
         ("crosslens.cli", False),

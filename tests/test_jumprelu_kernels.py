@@ -11,11 +11,16 @@ import pytest
 import torch
 from sae_lens.saes.sae import TrainStepInput
 
-import crosslens.crosscoders.compiled as compiled_switch
+import crosslens.crosscoders.jumprelu_dense as dense
 import crosslens.crosscoders.jumprelu_kernels as kernels
+from crosslens.crosscoders.jumprelu_ops import forward_block
 from crosslens.crosscoders import JumpReLUTrainingCrosscoder, JumpReLUTrainingCrosscoderConfig
 from crosslens.crosscoders.base import CrosscoderPass
 from crosslens.crosscoders.collectives import LocalCollectives
+from crosslens.crosscoders.kernel_plan import KernelPlan
+
+CPU = KernelPlan.resolve("cpu", compile=False)
+CUDA = KernelPlan.resolve("cuda", compile=None)  # a plan only: resolving it needs no CUDA
 
 
 # ------------------------------------------ the reference: the unblocked implementation
@@ -92,18 +97,18 @@ def _run(cc, x: torch.Tensor):
 # many mixed gates), or the gated decode with each of its three ways of summing the window,
 # its entries open everywhere gathered one at a time or packed into padded rows (in blocks
 # of a few rows, or all at once).
-GATHER = {"PADDING_LIMIT": 0.0}
-ROWS = {"PADDING_LIMIT": float("inf"), "ROW_BLOCK_ELEMENTS": 50}
+GATHER = {"padding_limit": 0.0}
+ROWS = {"padding_limit": float("inf"), "row_block_elements": 50}
 PATHS = {
-    "dense-blocks": {"CPU_BLOCK_ELEMENTS": 200, "GATHER_SHARE": -1.0},
-    "dense-one-block": {"CPU_BLOCK_ELEMENTS": 1 << 20, "GATHER_SHARE": -1.0},
-    "gathered": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "gathered", "SPARSE_ENTRY_CHUNK": 64, **GATHER},
-    "matmul": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "matmul", **GATHER},
-    "per_snapshot": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "per_snapshot", **GATHER},
-    "rows-gathered": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "gathered", "SPARSE_ENTRY_CHUNK": 64, **ROWS},
-    "rows-matmul": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "matmul", **ROWS},
-    "rows-per_snapshot": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "per_snapshot", **ROWS},
-    "rows-one-block": {"GATHER_SHARE": 1.0, "WINDOW_MODE": "matmul", "PADDING_LIMIT": float("inf")},
+    "dense-blocks": {"cpu_block_elements": 200, "gather_share": -1.0},
+    "dense-one-block": {"cpu_block_elements": 1 << 20, "gather_share": -1.0},
+    "gathered": {"gather_share": 1.0, "window_mode": "gathered", "sparse_entry_chunk": 64, **GATHER},
+    "matmul": {"gather_share": 1.0, "window_mode": "matmul", **GATHER},
+    "per_snapshot": {"gather_share": 1.0, "window_mode": "per_snapshot", **GATHER},
+    "rows-gathered": {"gather_share": 1.0, "window_mode": "gathered", "sparse_entry_chunk": 64, **ROWS},
+    "rows-matmul": {"gather_share": 1.0, "window_mode": "matmul", **ROWS},
+    "rows-per_snapshot": {"gather_share": 1.0, "window_mode": "per_snapshot", **ROWS},
+    "rows-one-block": {"gather_share": 1.0, "window_mode": "matmul", "padding_limit": float("inf")},
 }
 
 
@@ -139,11 +144,10 @@ def _count_padded_rows(monkeypatch) -> list[int]:
 )
 @pytest.mark.parametrize("collectives", ["default", "local"])
 def test_loss_and_every_gradient_match_the_old_implementation(monkeypatch, path, cfg, collectives):
-    for name, value in PATHS[path].items():
-        monkeypatch.setattr(kernels, name, value)
     gated_decodes = _count_gated_decodes(monkeypatch)
     padded = _count_padded_rows(monkeypatch)
     new, old = _pair(3, **cfg)
+    new.use_kernel_plan(KernelPlan.resolve("cpu", **PATHS[path]))
     if collectives == "local":  # the object a one-rank mesh run holds, with the snapshot count set
         new.collectives = LocalCollectives(n_snapshots_total=4)
         old.collectives = LocalCollectives(n_snapshots_total=4)
@@ -208,10 +212,8 @@ def test_entry_classes_equal_a_per_snapshot_count_on_edge_cases():
 @pytest.mark.parametrize("padding_limit", [0.0, float("inf")])
 def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, window_mode, padding_limit):
     """The function alone, with upstream gradients on the decode and on the scores."""
-    monkeypatch.setattr(kernels, "GATHER_SHARE", 1.0)
-    monkeypatch.setattr(kernels, "WINDOW_MODE", window_mode)
-    monkeypatch.setattr(kernels, "PADDING_LIMIT", padding_limit)
-    monkeypatch.setattr(kernels, "ROW_BLOCK_ELEMENTS", 40)  # several blocks of rows
+    # several blocks of rows
+    plan = KernelPlan.resolve("cpu", gather_share=1.0, window_mode=window_mode, padding_limit=padding_limit, row_block_elements=40)
     gen = torch.Generator().manual_seed(2)
     N, F_, S, D = 40, 30, 3, 5
     h = torch.randn(N, F_, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -223,13 +225,13 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, 
     grad_score = torch.randn(F_, generator=gen, dtype=torch.float64)
     kw = {"bandwidth": 0.4, "tanh_scale": 2.0}
 
-    recon, score, open_any, shared = kernels.snapshot_gated_decode(h, W_dec, threshold, norm_factors_S=factors, **kw)
+    recon, score, open_any, shared = kernels.snapshot_gated_decode(h, W_dec, threshold, norm_factors_S=factors, plan=plan, **kw)
     torch.autograd.backward([recon, score], [grad_recon, grad_score])
     grads = [t.grad.clone() for t in (h, threshold, W_dec)]
     for t in (h, threshold, W_dec):
         t.grad = None
     norms = W_dec.norm(dim=-1) * factors  # the reference: autograd's norm backward
-    f_SNF, score_ref, open_ref = kernels.snapshot_gate_and_score(h, norms, threshold, **kw)
+    f_SNF, score_ref, open_ref = dense.snapshot_gate_and_score(h, norms, threshold, **kw)
     recon_ref = torch.bmm(f_SNF, W_dec.transpose(0, 1)).transpose(0, 1)
     torch.autograd.backward([recon_ref, score_ref], [grad_recon, grad_score])
 
@@ -246,7 +248,7 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, 
         torch.testing.assert_close(grad, t.grad, msg=f"gradient of {name}")
     # W_dec's gradient has a part through the scores' norms, which the gated decode adds itself
     W_dec.grad = None
-    f_SNF, _, _ = kernels.snapshot_gate_and_score(h, norms.detach(), threshold, **kw)
+    f_SNF, _, _ = dense.snapshot_gate_and_score(h, norms.detach(), threshold, **kw)
     recon_no_norms = torch.bmm(f_SNF, W_dec.transpose(0, 1)).transpose(0, 1)
     torch.autograd.backward([recon_no_norms], [grad_recon])
     assert not torch.allclose(grads[2], W_dec.grad)
@@ -258,7 +260,7 @@ def test_score_sums_alone_are_those_of_the_gate_and_score(monkeypatch, dtype, la
     """The scores without the code, from the open entries alone in chunks, equal the
     per-snapshot kernel's (the same gates; tanh from a sigmoid, sums in another order), and an
     entry open at one snapshot only, or exactly on its gate, counts as there."""
-    monkeypatch.setattr(kernels, "CPU_BLOCK_ELEMENTS", 4 * 500)  # several chunks of entries
+    plan = KernelPlan.resolve("cpu", cpu_block_elements=4 * 500)  # several chunks of entries
     gen = torch.Generator().manual_seed(3)
     N, F_, S = 300, 40, 4
     h = torch.randn(N, F_, generator=gen).to(dtype)
@@ -272,11 +274,11 @@ def test_score_sums_alone_are_those_of_the_gate_and_score(monkeypatch, dtype, la
     h[7, 4] = threshold[4] / norms[4, 0]  # near the gate (equal after rounding, or not)
     kw = {"tanh_scale": 2.5}
     # the per-snapshot kernel's block function over the whole batch, its sums kept in float32
-    expected = kernels.forward_block(h, norms.T[:, None], (2.5 * norms).T[:, None], threshold)[2]
+    expected = forward_block(h, norms.T[:, None], (2.5 * norms).T[:, None], threshold)[2]
     open_NF = (h[None] * norms.T[:, None] > threshold).any(0)
     assert 0 < open_NF.float().mean() < 0.5
-    monkeypatch.setattr(kernels, "SnapshotGateAndScore", None)  # the scores alone use nothing of it
-    got = kernels.snapshot_score_sums(h, norms, threshold, **kw)
+    monkeypatch.setattr(dense, "SnapshotGateAndScore", None)  # the scores alone use nothing of it
+    got = kernels.snapshot_score_sums(h, norms, threshold, plan=plan, **kw)
     assert got.dtype == torch.float32 and got[2] == 0 and got[1] > 0
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -300,13 +302,13 @@ def test_the_gated_decode_runs_where_few_gates_are_mixed(monkeypatch):
 
 
 def test_block_size_follows_the_device():
-    assert kernels.token_block(4096, 8, 8192, torch.device("cpu")) == kernels.CPU_BLOCK_ELEMENTS // (8 * 8192)
-    assert kernels.token_block(4096, 8, 8192, torch.device("meta")) == 4096  # one block off the CPU at this size
-    # Ge et al.'s shape: [S, block, F] temporaries of DEVICE_BLOCK_ELEMENTS, not the whole batch
-    assert kernels.token_block(2048, 32, 24576, torch.device("meta")) == kernels.DEVICE_BLOCK_ELEMENTS // (32 * 24576)
-    assert kernels.token_block(2048, 32, 24576, torch.device("meta")) < 2048
-    assert kernels.token_block(3, 8, 8192, torch.device("cpu")) == 3
-    assert kernels.token_block(100, 1 << 12, 1 << 12, torch.device("cpu")) == 1  # never zero
+    assert dense.token_block(4096, 8, 8192, torch.device("cpu")) == CPU.cpu_block_elements // (8 * 8192)
+    assert dense.token_block(4096, 8, 8192, torch.device("meta")) == 4096  # one block off the CPU at this size
+    # Ge et al.'s shape: [S, block, F] temporaries of the plan's device block, not the whole batch
+    assert dense.token_block(2048, 32, 24576, torch.device("meta")) == CPU.device_block_elements // (32 * 24576)
+    assert dense.token_block(2048, 32, 24576, torch.device("meta")) < 2048
+    assert dense.token_block(3, 8, 8192, torch.device("cpu")) == 3
+    assert dense.token_block(100, 1 << 12, 1 << 12, torch.device("cpu")) == 1  # never zero
 
 
 def test_gradient_without_the_score_matches_old_straight_through():
@@ -315,7 +317,7 @@ def test_gradient_without_the_score_matches_old_straight_through():
     norms = torch.rand(3, 2, generator=gen) + 0.5
     t = torch.tensor([0.1, 0.3, 0.2], requires_grad=True)
     upstream = torch.randn(2, 6, 3, generator=gen)
-    f_new, _, _ = kernels.snapshot_gate_and_score(h, norms, t, bandwidth=0.8, tanh_scale=4.0)
+    f_new, _, _ = dense.snapshot_gate_and_score(h, norms, t, bandwidth=0.8, tanh_scale=4.0)
     (f_new * upstream).sum().backward()
     grads_new = (h.grad.clone(), t.grad.clone())
     h.grad = t.grad = None
@@ -326,64 +328,53 @@ def test_gradient_without_the_score_matches_old_straight_through():
 
 
 @pytest.mark.slow  # torch.compile takes tens of seconds on 2 CPU cores
-def test_compiled_kernels_match_the_old_implementation(monkeypatch):
-    monkeypatch.setattr(kernels, "GATHER_SHARE", -1.0)  # the per-snapshot kernel, which compiles
-    compiled_switch.use_compiled_kernels(True)
-    try:
-        new, old = _pair(3)
-        x = 3 * torch.randn(37, 4, 6, generator=torch.Generator().manual_seed(9))
-        out_new, grads_new = _run(new, x)
-        out_old, grads_old = _run(old, x)
-    finally:
-        compiled_switch.use_compiled_kernels(None)
+def test_compiled_kernels_match_the_old_implementation():
+    new, old = _pair(3)
+    new.use_kernel_plan(KernelPlan.resolve("cpu", compile=True, gather_share=-1.0))  # the per-snapshot kernel, which compiles
+    x = 3 * torch.randn(37, 4, 6, generator=torch.Generator().manual_seed(9))
+    out_new, grads_new = _run(new, x)
+    out_old, grads_old = _run(old, x)
     for key in ("mse_loss", "l0_loss"):
         torch.testing.assert_close(out_new.losses[key], out_old.losses[key], rtol=1e-5, atol=1e-6)
     for name, grad in grads_old.items():
         torch.testing.assert_close(grads_new[name], grad, rtol=1e-5, atol=1e-6, msg=f"gradient of {name}")
 
 
-def test_the_block_functions_are_compiled_on_cuda_and_eager_elsewhere(monkeypatch):
-    from crosslens.crosscoders.jumprelu_ops import backward_block, forward_block
+def test_the_block_functions_are_compiled_on_cuda_and_eager_elsewhere():
+    from crosslens.crosscoders.jumprelu_ops import backward_block
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # no CUDA needed: only the choice is made
+    fast = KernelPlan(backend="triton", compile=True, adam="kernel", adam_backend="triton", handoff_norms=True)
     shape = (2048, 32, 24576)
-    assert kernels.block_function("forward", *shape, cpu) == (forward_block, kernels.token_block(*shape, cpu))
-    assert kernels.block_function("backward", *shape, cpu) == (backward_block, kernels.token_block(*shape, cpu))
-    compiled, block = kernels.block_function("forward", *shape, cuda)
-    assert compiled is not forward_block and compiled is kernels.block_function("forward", 64, 2, 8, cuda)[0]
-    assert block == kernels.DEVICE_BLOCK_ELEMENTS // (32 * 24576), "compiled on CUDA, still in blocks"
-    assert kernels.block_function("backward", *shape, cuda)[0] not in (backward_block, compiled)
-    import crosslens.core.devices as devices
-
-    with monkeypatch.context() as no_triton:  # Inductor's CUDA code is Triton
-        no_triton.setattr(devices, "_triton_installed", lambda: False)
-        assert kernels.block_function("forward", *shape, cuda)[0] is forward_block
-    compiled_switch.use_compiled_kernels(True)
-    try:  # asked for everywhere: a CPU too, the whole batch at once, compiled for its one shape
-        whole, n = kernels.block_function("forward", *shape, cpu)
-        assert n == 2048 and whole not in (forward_block, compiled)
-        assert kernels.block_function("forward", *shape, cuda) == (compiled, block)
-        compiled_switch.use_compiled_kernels(False)  # asked for nowhere: CUDA's default too
-        assert kernels.block_function("forward", *shape, cuda) == (forward_block, block)
-    finally:
-        compiled_switch.use_compiled_kernels(None)
-    assert kernels.block_function("forward", *shape, cpu)[0] is forward_block
+    assert dense.block_function("forward", *shape, cpu, CPU) == (forward_block, dense.token_block(*shape, cpu))
+    assert dense.block_function("backward", *shape, cpu, CPU) == (backward_block, dense.token_block(*shape, cpu))
+    compiled, block = dense.block_function("forward", *shape, cuda, fast)
+    assert compiled is not forward_block and compiled is dense.block_function("forward", 64, 2, 8, cuda, fast)[0]
+    assert block == fast.device_block_elements // (32 * 24576), "compiled on CUDA, still in blocks"
+    assert dense.block_function("backward", *shape, cuda, fast)[0] not in (backward_block, compiled)
+    no_triton = KernelPlan(backend="eager", compile=False)  # CUDA without triton: Inductor's CUDA code is Triton
+    assert dense.block_function("forward", *shape, cuda, no_triton)[0] is forward_block
+    # asked for everywhere: a CPU too, the whole batch at once, compiled for its one shape
+    whole, n = dense.block_function("forward", *shape, cpu, KernelPlan.resolve("cpu", compile=True))
+    assert n == 2048 and whole not in (forward_block, compiled)
+    # asked for nowhere: CUDA's default too
+    assert dense.block_function("forward", *shape, cuda, KernelPlan.resolve("cuda", compile=False)) == (forward_block, block)
+    assert dense.block_function("forward", *shape, cpu)[0] is forward_block
 
 
 @pytest.mark.parametrize(
     "setting, on_cpu, on_cuda", [("0", False, False), ("1", True, True), ("", False, True), ("yes", False, True)]
 )
 def test_the_environment_sets_where_the_block_functions_are_compiled(setting, on_cpu, on_cuda):
-    """``CROSSLENS_COMPILE_KERNELS`` 0 or 1 is :func:`use_compiled_kernels` False or True for a
-    process; unset, the default: compiled on CUDA with Triton; another value is named and ignored."""
+    """``CROSSLENS_COMPILE_KERNELS`` 0 or 1 is a plan's ``compile`` False or True for a process;
+    unset, the default: compiled on CUDA with Triton; another value is named and ignored."""
     import subprocess
     import sys
 
     probe = (
-        "import torch, crosslens.crosscoders.jumprelu_kernels as k, crosslens.core.devices as d\n"
-        "from crosslens.crosscoders.jumprelu_ops import forward_block\n"
-        "d._triton_installed = lambda: True\n"
-        "print([k.block_function('forward', 8, 2, 4, torch.device(t))[0] is not forward_block for t in ('cpu', 'cuda')])"
+        "import crosslens.crosscoders.kernel_plan as kp\n"
+        "kp.triton_installed = lambda: True\n"  # the CUDA default holds where triton is installed
+        "print([kp.KernelPlan.resolve(t).compile for t in ('cpu', 'cuda')])"
     )
     env = {**os.environ, "CROSSLENS_COMPILE_KERNELS": setting}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
@@ -396,7 +387,6 @@ def test_the_environment_sets_where_the_block_functions_are_compiled(setting, on
 def test_compiled_block_functions_equal_the_eager_ones_on_cuda(monkeypatch, dtype):
     """The gate and code to the bit, the sums and gradients to float order, at a shape that
     takes several blocks (and a last, shorter one)."""
-    monkeypatch.setattr(kernels, "DEVICE_BLOCK_ELEMENTS", 4 * 170 * 512)  # blocks of 170 tokens, last of 10
     gen = torch.Generator(device="cuda").manual_seed(3)
     N, S, F_ = 520, 4, 512
     h0 = torch.randn(N, F_, device="cuda", generator=gen).to(dtype)
@@ -404,15 +394,12 @@ def test_compiled_block_functions_equal_the_eager_ones_on_cuda(monkeypatch, dtyp
     t0 = torch.rand(F_, device="cuda", generator=gen) * 0.5
     upstream = torch.randn(S, N, F_, device="cuda", generator=gen).to(dtype)
     results = {}
-    try:
-        for compiled in (True, False):
-            compiled_switch.use_compiled_kernels(compiled)
-            h, t, n = h0.clone().requires_grad_(), t0.clone().requires_grad_(), norms.clone().requires_grad_()
-            f, score, open_any = kernels.snapshot_gate_and_score(h, n, t, bandwidth=0.1, tanh_scale=4.0)
-            ((f * upstream).sum() + score.sum()).backward()
-            results[compiled] = (f.detach(), open_any, score.detach(), h.grad, n.grad, t.grad)
-    finally:
-        compiled_switch.use_compiled_kernels(None)
+    for compiled in (True, False):
+        plan = KernelPlan.resolve("cuda", compile=compiled, device_block_elements=4 * 170 * 512)  # blocks of 170 tokens, last of 10
+        h, t, n = h0.clone().requires_grad_(), t0.clone().requires_grad_(), norms.clone().requires_grad_()
+        f, score, open_any = dense.snapshot_gate_and_score(h, n, t, bandwidth=0.1, tanh_scale=4.0, plan=plan)
+        ((f * upstream).sum() + score.sum()).backward()
+        results[compiled] = (f.detach(), open_any, score.detach(), h.grad, n.grad, t.grad)
     fast, eager = results[True], results[False]
     assert torch.equal(fast[0], eager[0]) and torch.equal(fast[1], eager[1]), "gate and code to the bit"
     tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)

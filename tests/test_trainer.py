@@ -16,7 +16,7 @@ import crosslens.crosscoders as cc
 from wandb_files import item_values, wandb_records
 
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig, LoggingConfig, latest_checkpoint
-from crosslens.training.trainer import crosscoder_metrics
+from crosslens.training.metrics import crosscoder_metrics
 
 S, D, F, B = 2, 8, 32, 16
 ARCHS = list(cc.ARCHITECTURES)

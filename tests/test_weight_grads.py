@@ -8,11 +8,12 @@ import torch
 
 import crosslens.crosscoders as cc
 from crosslens.core.tensors import row_norms
+from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.crosscoders.regated_decode import snapshot_decode
 from crosslens.crosscoders.weight_grads import (
     deferred_weight_grads,
     float32_product,
     row_norms_now,
-    snapshot_decode,
     weight_block,
     weight_matmul,
     weight_row_norms,
@@ -211,7 +212,7 @@ def test_a_deferred_block_adds_to_a_gradient_already_there_drops_its_rows_on_an_
 
 
 STEP_CASES = [(arch, {}, False) for arch in cc.ARCHITECTURES] + [
-    ("jumprelu_crosscoder", {"sparse_step": True}, False),  # the step from pairs (CUDA's, trained)
+    ("jumprelu_crosscoder", {"jumprelu_sparse": True}, False),  # the step from pairs (CUDA's, trained)
     ("jumprelu_crosscoder", {}, True),  # under autocast: the gate per snapshot and its batched matmul
     ("jumprelu_crosscoder", {"closed_gate_decoder_grad": True}, False),  # the shared code's decoder gradient
     ("jumprelu_crosscoder", {"closed_gate_decoder_grad": True}, True),
@@ -240,7 +241,10 @@ def test_micro_batches_write_the_weight_gradients_once_at_the_end(arch, settings
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"crosscoder": {"l1_coefficient": 0.05}, "jumprelu_crosscoder": {"l0_coefficient": 0.01}}.get(arch, {"k": 4})
     torch.manual_seed(0)
+    plan = KernelPlan.resolve("cpu", jumprelu_sparse=settings.get("jumprelu_sparse"))
+    settings = {key: value for key, value in settings.items() if key != "jumprelu_sparse"}
     sae = train_cls(train_cfg_cls(**{"d_in": 8, "d_sae": 32, "n_snapshots": 2, **extra, **settings}))
+    sae.use_kernel_plan(plan)
     x = torch.randn(32, 2, 8)
     dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     dead[:6] = True
@@ -613,7 +617,7 @@ def test_the_shared_code_decode_is_the_closed_gate_decoder_gradient(autocast):
     decode's, and the decoder's gradient at every snapshot the shared code's (closed gates
     included): what a second decode of the closed entries times ``W - W.detach()`` gave, without
     that decode or its ``[S, N, F]`` code kept, and in float32 under autocast."""
-    from crosslens.crosscoders.weight_grads import shared_code_decode
+    from crosslens.crosscoders.regated_decode import shared_code_decode
 
     gen = torch.Generator().manual_seed(5)
     S, N_, F_, D = 3, 20, 16, 8

@@ -325,19 +325,7 @@ def _harvest_locked(
     team = team or HarvestTeam()
     manifest = None
     if team.is_main:
-        manifest = start_or_resume(root, spec, overwrite=overwrite, verify_hashes=verify_hashes)
-        if manifest is None:
-            manifest = new_manifest(spec, keep_NL, suite.snapshots, identities)
-        else:
-            check_identities(root, manifest, identities)
-        for s, entry in enumerate(provenance.get("snapshots", [])):  # hashes of snapshots loaded earlier, if any
-            check_known_weights(manifest, s, entry.get("weights_sha256"), entry.get("revision"))
-        if TOKENS_NAME not in manifest["files"]:
-            manifest["files"][TOKENS_NAME] = _write_tokens(
-                root,
-                {"sequences": token_ids_NL, "token_ids": token_ids_NL[keep_NL], "positions": keep_NL.nonzero()},
-            )
-            write_manifest(root, manifest)
+        manifest = _opened_manifest(suite, token_ids_NL, keep_NL, root, spec, provenance, identities, overwrite, verify_hashes)
     manifest = team.share(manifest)
 
     shards, n_tokens, n_snapshots = manifest["shards"], manifest["n_tokens"], manifest["n_snapshots"]
@@ -386,6 +374,28 @@ def _harvest_locked(
         }
         manifest["complete"] = True
         write_manifest(root, manifest)
+
+
+def _opened_manifest(
+    suite: CheckpointSuite, token_ids_NL: torch.Tensor, keep_NL: torch.Tensor, root: Path, spec: dict,
+    provenance: dict, identities: list[dict | None], overwrite: bool, verify_hashes: bool,
+) -> dict:  # fmt: skip
+    """The store's manifest, resumed (its snapshots' identities checked against the files) or
+    new, with the token tables written."""
+    manifest = start_or_resume(root, spec, overwrite=overwrite, verify_hashes=verify_hashes)
+    if manifest is None:
+        manifest = new_manifest(spec, keep_NL, suite.snapshots, identities)
+    else:
+        check_identities(root, manifest, identities)
+    for s, entry in enumerate(provenance.get("snapshots", [])):  # hashes of snapshots loaded earlier, if any
+        check_known_weights(manifest, s, entry.get("weights_sha256"), entry.get("revision"))
+    if TOKENS_NAME not in manifest["files"]:
+        manifest["files"][TOKENS_NAME] = _write_tokens(
+            root,
+            {"sequences": token_ids_NL, "token_ids": token_ids_NL[keep_NL], "positions": keep_NL.nonzero()},
+        )
+        write_manifest(root, manifest)
+    return manifest
 
 
 def _shard_tokens(shards: list[dict], k: int) -> int:

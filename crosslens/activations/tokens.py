@@ -53,18 +53,14 @@ def tokenize_texts(
     )
 
 
-ENCODE_BATCH = 256
-"""Documents a tokenizer encodes in one call: a fast (Rust) tokenizer spreads a batch over the
-cores, where one call per document runs on one (800M tokens: 10-25 minutes that way)."""
-
-
-def encoded(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> Iterator[list[int]]:
+def encoded(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], batch_size: int = 256) -> Iterator[list[int]]:
     """Each text's token ids, without special tokens (``tokenizer.encode(text, add_special_tokens=False)``),
-    encoded :data:`ENCODE_BATCH` texts a call; lazy, reading at most one batch ahead."""
+    encoded ``batch_size`` texts a call (a fast, Rust, tokenizer spreads a batch over the cores,
+    where one call per document runs on one); lazy, reading at most one batch ahead."""
     batch: list[str] = []
     for text in texts:
         batch.append(text)
-        if len(batch) == ENCODE_BATCH:
+        if len(batch) == batch_size:
             yield from _encode_batch(tokenizer, batch)
             batch = []
     if batch:

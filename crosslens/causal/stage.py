@@ -215,6 +215,14 @@ def run_causal_stage(
             out.rmdir()
         raise NoBehaviourError(no_behaviour_message(name, behaviours))
     result = _relie_of(table, crosscoder, top_k, thresholds, effect_floor, n_boot, behaviours)
+    return _write_stage(out, table, result, rows, tokenized, ablation, behaviours, thresholds)
+
+
+def _write_stage(
+    out: Path, table: IETable, result: _RelIEResult, rows: list[dict], tokenized: Any, ablation: AblationMode,
+    behaviours: list, thresholds: RelIEThresholds,
+) -> CausalStageResult:  # fmt: skip
+    """The stage's report and files in ``out`` (:class:`CausalStagePaths`), and its result."""
     report = causal_report(
         table, result.selected, result.relie, result.reldec, rows, thresholds, behaviours, labels=result.labels
     )

@@ -6,9 +6,8 @@ names the fix when the request cannot be met on this machine. One table of spell
 (:data:`DTYPE_ALIASES`) and one of sizes (:data:`DTYPE_BYTES`) serve every stage that
 names a dtype. The memory side: peak-memory counters, byte formatting, and
 :func:`release_model`, the one way a stage frees a model it is done with; and
-:func:`counted_cuda_syncs`, how often a step waits for the GPU; and
-:func:`kernel_backend`, where the Triton kernels run; :func:`autocast_dtype`, the dtype a step
-under autocast rounds its weights to.
+:func:`counted_cuda_syncs`, how often a step waits for the GPU; and :func:`autocast_dtype`, the
+dtype a step under autocast rounds its weights to.
 
 Dtype semantics across crosslens: ``dtype`` is what the *snapshot models* run in
 (harvesting, streaming, attribution; bfloat16/float16 halve their memory). Crosscoder
@@ -220,17 +219,6 @@ def is_accelerator(device: str | torch.device) -> bool:
     return torch.device(device).type in ("cuda", "mps")
 
 
-def kernel_backend(device: str | torch.device, forced: str | None = None) -> str:
-    """Which of crosslens's kernels run on ``device``: ``"triton"`` on CUDA with triton
-    installed (it is no dependency of the package), else ``"eager"``, each kernel's twin for
-    everywhere else; ``forced`` where a test sets one (``"triton"`` on a CPU needs
-    ``TRITON_INTERPRET=1``)."""
-    import torch
-    if forced is not None:
-        return forced
-    return "triton" if torch.device(device).type == "cuda" and _triton_installed() else "eager"
-
-
 def launching_on(tensor: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
     """Around a Triton launch on ``tensor``'s data: its CUDA device made current, since Triton
     launches on the current device, not on the tensors' (a run on ``cuda:1`` would otherwise
@@ -244,13 +232,6 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     the crosscoder step rounds its weights to."""
     import torch
     return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-
-
-@functools.cache
-def _triton_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("triton") is not None
 
 
 def reset_peak_memory(device: str | torch.device) -> None:
@@ -329,46 +310,53 @@ def peak_memory_line(device: str | torch.device) -> str | None:
     return f"peak accelerator memory on {torch.device(device)}: {format_bytes(peak)}"
 
 
-HEAP_GROWTH_TO_TRIM = 0.10
-"""`release_model` returns glibc's free heap to the system once the process's resident memory
-is this fraction above what it was right after the previous return."""
+class HeapTrim:
+    """When :func:`release_model` returns glibc's free heap to the system: once the process's
+    resident memory is :attr:`growth` above what it was right after the previous return (always
+    where resident memory cannot be read). Not on every release: the pages given back fault in
+    again (and are zeroed) as soon as the next model and its batches allocate, which costs a few
+    percent of a small model's harvest for no memory saved."""
 
-_resident_after_trim: int | None = None
+    def __init__(self, growth: float = 0.10) -> None:
+        self.growth = growth
+        """The fraction of growth that calls for a trim."""
+        self.resident_after: int | None = None
+        """Resident bytes right after the last trim (None: none yet)."""
+
+    def __call__(self) -> None:
+        """``malloc_trim(0)`` where the C library is glibc and the process has grown enough."""
+        trim = _malloc_trim()
+        if trim is None:
+            return
+        resident = resident_bytes()
+        if resident is not None and self.resident_after is not None:
+            if resident <= self.resident_after * (1 + self.growth):
+                return
+        trim(0)
+        self.resident_after = resident_bytes()
 
 
-def release_model(model: torch.nn.Module) -> None:
+_HEAP_TRIM = HeapTrim()
+"""The process's one heap: every release counts towards its growth."""
+
+
+def release_model(model: torch.nn.Module, *, heap: HeapTrim | None = None) -> None:
     """Free a model's tensors now, even while callers still hold the model.
 
     Its parameters and buffers move to the ``meta`` device (no memory; far cheaper than a
     garbage-collector pass, and it works whatever still references the module), then
     CUDA's cached blocks go back to the driver so the next model has the memory, and, once
-    the process has grown by `HEAP_GROWTH_TO_TRIM` since the last time, glibc's free heap goes
-    back to the system: models loaded after freed ones can land on fragmented heap, so that
-    memory would otherwise grow with the number of snapshots. Not on every release: the pages
-    given back fault in again (and are zeroed) as soon as the next model and its batches
-    allocate, which costs a few percent of a small model's harvest for no memory saved.
+    the process has grown enough since the last time (``heap``, the process's
+    :class:`HeapTrim` by default), glibc's free heap goes back to the system: models loaded
+    after freed ones can land on fragmented heap, so that memory would otherwise grow with the
+    number of snapshots.
     """
     import torch
 
     torch.nn.Module.to(model, device="meta")
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    _trim_heap()
-
-
-def _trim_heap() -> None:
-    """``malloc_trim(0)`` where the C library is glibc and the process has grown by
-    `HEAP_GROWTH_TO_TRIM` since the last trim (always where resident memory cannot be read)."""
-    global _resident_after_trim
-    trim = _malloc_trim()
-    if trim is None:
-        return
-    resident = resident_bytes()
-    if resident is not None and _resident_after_trim is not None:
-        if resident <= _resident_after_trim * (1 + HEAP_GROWTH_TO_TRIM):
-            return
-    trim(0)
-    _resident_after_trim = resident_bytes()
+    (heap or _HEAP_TRIM)()
 
 
 def resident_bytes() -> int | None:

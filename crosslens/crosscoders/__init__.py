@@ -1,8 +1,9 @@
 """Multi-snapshot crosscoders as SAELens architectures.
 
-Importing this package registers four architectures with SAELens, so
-``SAE.from_dict``, ``SAE.load_from_disk``, ``TrainingSAE.load_from_disk`` and
-SAELens's ``SAETrainer`` accept them:
+Importing this package registers the architectures :data:`crosslens.architectures.TRAINING_DEFAULTS`
+lists with SAELens, so ``SAE.from_dict``, ``SAE.load_from_disk``, ``TrainingSAE.load_from_disk``
+and SAELens's ``SAETrainer`` accept them. Each is one module here (its configs, its inference
+and training classes as ``CLASSES``, its math and its snapshot SAE's gate) and that one entry:
 
 - ``crosscoder``: ReLU, decoder-norm-weighted L1 (Anthropic; Bayazit et al.)
 - ``jumprelu_crosscoder``: per-snapshot JumpReLU gate, tanh sparsity loss (Ge et al.)
@@ -12,8 +13,10 @@ SAELens's ``SAETrainer`` accept them:
 One snapshot of a crosscoder is :class:`crosslens.crosscoders.snapshot_sae.SnapshotCodec`
 (on the model's own activation scale; exported as ``crosslens.causal.SnapshotCodec``), or
 :func:`snapshot_sae` (the same view as a plain SAELens SAE, for ``HookedSAETransformer``). Attaching a whole crosscoder to a ``HookedSAETransformer`` raises
-an error that says so (:class:`crosslens.crosscoders.base.CrosscoderMetadata`).
+an error that says so (:class:`crosslens.crosscoders.config.CrosscoderMetadata`).
 """
+
+from importlib import import_module
 
 from sae_lens.registry import (
     SAE_CLASS_REGISTRY,
@@ -22,6 +25,7 @@ from sae_lens.registry import (
     register_sae_training_class,
 )
 
+from crosslens.architectures import TRAINING_DEFAULTS
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderTrainingMixin
 from crosslens.crosscoders.batchtopk_crosscoder import (
     BatchTopKCrosscoder,
@@ -49,33 +53,9 @@ from crosslens.crosscoders.topk_crosscoder import (
     TopKTrainingCrosscoderConfig,
 )
 
-# architecture -> (inference class, inference config, training class, training config)
-ARCHITECTURES = {
-    "crosscoder": (
-        ReLUCrosscoder,
-        ReLUCrosscoderConfig,
-        ReLUTrainingCrosscoder,
-        ReLUTrainingCrosscoderConfig,
-    ),
-    "jumprelu_crosscoder": (
-        JumpReLUCrosscoder,
-        JumpReLUCrosscoderConfig,
-        JumpReLUTrainingCrosscoder,
-        JumpReLUTrainingCrosscoderConfig,
-    ),
-    "topk_crosscoder": (
-        TopKCrosscoder,
-        TopKCrosscoderConfig,
-        TopKTrainingCrosscoder,
-        TopKTrainingCrosscoderConfig,
-    ),
-    "batchtopk_crosscoder": (
-        BatchTopKCrosscoder,
-        BatchTopKCrosscoderConfig,
-        BatchTopKTrainingCrosscoder,
-        BatchTopKTrainingCrosscoderConfig,
-    ),
-}
+ARCHITECTURES = {name: import_module(entry.module).CLASSES for name, entry in TRAINING_DEFAULTS.items()}
+"""Architecture -> (inference class, inference config, training class, training config): each
+module :data:`crosslens.architectures.TRAINING_DEFAULTS` lists, by its ``CLASSES``."""
 
 
 def _register() -> None:

@@ -28,25 +28,25 @@ strength; ``W_enc[s] = W_dec[:, s].T``; biases start at zero.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
-from sae_lens.saes.sae import SAEMetadata, TrainStepInput, TrainStepOutput
+from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from torch import nn
 
 from crosslens.core.tensors import HostListing
 from crosslens.crosscoders.collectives import LocalCollectives
-from crosslens.crosscoders.compiled import compiled, compiles_on
+from crosslens.crosscoders.compiled import compiled
+from crosslens.crosscoders.kernel_plan import KernelPlan, plan_for
 from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
 from crosslens.crosscoders.snapshot_sae import snapshot_sae
 from crosslens.crosscoders.folding import is_folded
@@ -58,114 +58,6 @@ SNAPSHOT_AXES = {"W_enc": 0, "W_dec": 1, "b_dec": 0, "folded_norm_factors": 0}
 rank holds a contiguous block of that axis; every other entry is replicated."""
 
 _LOCAL = LocalCollectives()
-
-
-class CrosscoderMetadata(SAEMetadata):
-    """A crosscoder's ``SAEMetadata``, saved and loaded like any SAE's, with no single output hook.
-
-    Code that attaches an SAE at one hook of one model (SAELens's
-    ``HookedSAETransformer.add_sae``, hence ``run_with_saes``, ``run_with_cache_with_saes``
-    and ``saes()``; its ``SAETransformerBridge``) asks the SAE where it writes,
-    ``cfg.metadata.hook_name_out``, before attaching anything. A crosscoder has no such hook:
-    the hook hands it ``[batch, pos, d_model]`` from one model, and it would read the
-    positions as its snapshots (silently, when there are as many positions as snapshots).
-    So the question is answered with an error that names the fix, ``snapshot_sae(s)``.
-    """
-
-    __slots__ = ("_attached_as",)  # a slot, not an attribute: it stays out of cfg.json
-
-    @property
-    def hook_name_out(self) -> str:
-        architecture, n = getattr(self, "_attached_as", None) or ("crosscoder", "n_snapshots")
-        raise ValueError(
-            f"cannot attach a {architecture} to a HookedSAETransformer: a hook gives "
-            f"[batch, pos, d_model] from one model, and the crosscoder would read the positions "
-            f"as its {n} snapshots. Attach one snapshot instead: "
-            f"model.add_sae(crosscoder.snapshot_sae(s)) with s in [0, {n}) the snapshot this "
-            "model is (crosscoder.cfg.metadata.suite['snapshots'][s]['revision']); "
-            "crosslens.crosscoders.as_hooked_sae_transformer(model) makes a suite's model one."
-        )
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> CrosscoderMetadata:
-        copied = CrosscoderMetadata(**copy.deepcopy(self.__dict__, memo))
-        copied.__setstate__((copied.__dict__, getattr(self, "_attached_as", None)))
-        return copied
-
-    def __getstate__(self) -> tuple[dict[str, Any], Any]:  # type: ignore[override]
-        return self.__dict__, getattr(self, "_attached_as", None)
-
-    def __setstate__(self, state: tuple[dict[str, Any], Any]) -> None:  # type: ignore[override]
-        self.__dict__.update(state[0])
-        self._attached_as = state[1]
-
-
-@dataclass(kw_only=True)
-class CrosscoderConfigFields:
-    """Fields every crosscoder config adds to SAELens's ``SAEConfig``.
-
-    ``d_in`` (from SAEConfig) is the width of one snapshot's activation.
-    """
-
-    if TYPE_CHECKING:  # SAEConfig's fields, for the checks below
-        d_in: int
-        d_sae: int
-        normalize_activations: str
-        reshape_activations: str
-
-    n_snapshots: int
-    """Number of training snapshots S read per token; inputs are [..., S, d_in]."""
-    apply_b_dec_to_input: bool = False
-    """Subtract b_dec from the input before encoding (off, as in Anthropic's crosscoders)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # SAELens builds plain SAEMetadata (from_dict, deepcopy, inference configs); whatever
-        # metadata a crosscoder config is given becomes a CrosscoderMetadata.
-        if name == "metadata" and not isinstance(value, CrosscoderMetadata):
-            value = CrosscoderMetadata(**(value.to_dict() if isinstance(value, SAEMetadata) else dict(value)))
-        super().__setattr__(name, value)
-        if name in ("metadata", "n_snapshots") and isinstance(self.__dict__.get("metadata"), CrosscoderMetadata):
-            self.metadata._attached_as = (self.architecture(), self.__dict__.get("n_snapshots", "n_snapshots"))  # type: ignore[attr-defined]
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.n_snapshots, int) or self.n_snapshots < 1:
-            raise ValueError(
-                f"n_snapshots must be a positive int, got {self.n_snapshots!r}; "
-                "set it to the number of snapshots stacked in each batch."
-            )
-        if self.d_in < 1 or self.d_sae < 1:
-            raise ValueError(
-                f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}."
-            )
-        if self.normalize_activations != "none":
-            raise ValueError(
-                "crosscoders need normalize_activations='none', got "
-                f"{self.normalize_activations!r}: normalise each snapshot in the "
-                "activation store and fold the factors afterwards with "
-                "fold_activation_norm_scaling_factors(factors_S)."
-            )
-        if self.reshape_activations != "none":
-            raise ValueError(
-                "crosscoders need reshape_activations='none', got "
-                f"{self.reshape_activations!r}: flatten hook_z heads before stacking "
-                "snapshots."
-            )
-        super().__post_init__()  # type: ignore[misc]
-
-
-@dataclass(kw_only=True)
-class CrosscoderTrainingConfigFields(CrosscoderConfigFields):
-    """Fields every crosscoder training config adds to SAELens's ``TrainingSAEConfig``."""
-
-    decoder_init_norm: float = DEFAULT_DECODER_INIT_NORM  # type: ignore[assignment]
-    """Initial norm of every (feature, snapshot) decoder row W_dec[i, s]."""
-
-    def __post_init__(self) -> None:
-        if self.decoder_init_norm is None or not self.decoder_init_norm > 0:
-            raise ValueError(
-                f"decoder_init_norm must be > 0, got {self.decoder_init_norm}; "
-                "Bayazit et al. use 0.08."
-            )
-        super().__post_init__()
 
 
 @dataclass
@@ -222,6 +114,18 @@ class CrosscoderMixin:
     collectives: LocalCollectives = _LOCAL
     """How snapshots and tokens held by other processes are reached; a plain process holds
     them all. ``crosslens.distributed.shard_crosscoder`` sets a mesh's collectives."""
+    _kernel_plan: KernelPlan | None = None
+
+    def use_kernel_plan(self, plan: KernelPlan | None) -> None:
+        """Run the training step's kernels as ``plan`` says (the trainer hands over its run's
+        plan); None: the device's default plan."""
+        self._kernel_plan = plan
+
+    @property
+    def kernel_plan(self) -> KernelPlan:
+        """The plan this crosscoder's kernels follow: the one handed over, else the default plan
+        of the device its weights are on."""
+        return plan_for(self.W_dec.device, self._kernel_plan)
 
     @property
     def n_snapshots(self) -> int:
@@ -437,6 +341,13 @@ class CrosscoderMixin:
         }
 
     # ---------------------------------------------------------------- sharing
+    def snapshot_gate(self, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
+        """The SAELens SAE whose gate is this architecture's snapshot-``s`` gate in per-snapshot
+        mode, and its weights: ``state`` holds the snapshot's raw-scale weights
+        (``SnapshotCodec.raw_weights``), ``common`` the fields every SAE config of the view shares
+        (see :mod:`crosslens.crosscoders.snapshot_sae`). Each architecture defines its own."""
+        raise NotImplementedError(f"{type(self).__name__} defines no snapshot_gate: snapshot_sae cannot translate its gate")
+
     def snapshot_sae(self, s: int, **kwargs: Any) -> Any:
         """Snapshot ``s`` as a plain SAELens SAE on the raw activation scale, for
         ``HookedSAETransformer.add_sae`` and any SAE tool; see
@@ -470,14 +381,14 @@ def reconstruction_errors(
     recon_NSD: Float[torch.Tensor, "n n_snapshots d_in"],
     x_NSD: Float[torch.Tensor, "n n_snapshots d_in"],
     aux_recon_NSD: Float[torch.Tensor, "n n_snapshots d_in"] | None = None,
+    plan: KernelPlan | None = None,
 ) -> tuple[Float[torch.Tensor, " n"], Float[torch.Tensor, " n"] | None]:
-    """:func:`squared_errors`, compiled where
-    :func:`~crosslens.crosscoders.compiled.use_compiled_kernels` says (CUDA by default). Op by
+    """:func:`squared_errors`, compiled where the plan says (``compile``: CUDA by default). Op by
     op, the two errors take about ten passes over ``[N, S, D]`` tensors forward and backward
     (the cast of ``x``, the differences, their squares, the squares' gradients); compiled, one
     read of the inputs forward, and one read of them and one write of the two gradients
     backward."""
-    if compiles_on(recon_NSD.device):
+    if plan_for(recon_NSD.device, plan).compile:
         return compiled(squared_errors)(recon_NSD, x_NSD, aux_recon_NSD)
     return squared_errors(recon_NSD, x_NSD, aux_recon_NSD)
 
@@ -571,7 +482,9 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         dead_rows = step_input.dead_rows if isinstance(step_input, CrosscoderStepInput) else None
         fwd = self.training_pass(step_input.sae_in, step_input.dead_neuron_mask, dead_rows)
-        sq_err_N, aux_sq_err_N = reconstruction_errors(fwd.recon_NSD, fwd.x_NSD, fwd.extras.get("aux_recon_NSD"))
+        sq_err_N, aux_sq_err_N = reconstruction_errors(
+            fwd.recon_NSD, fwd.x_NSD, fwd.extras.get("aux_recon_NSD"), self.kernel_plan
+        )
         if aux_sq_err_N is not None:
             fwd.extras["aux_sq_err_N"] = aux_sq_err_N
         mse_loss = self.collectives.token_mean(sq_err_N)

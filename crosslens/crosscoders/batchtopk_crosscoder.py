@@ -24,12 +24,14 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
+from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAE
 from torch import nn
 
 from crosslens.crosscoders.active_pairs import run_starts
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass
 from crosslens.crosscoders.config import CrosscoderConfig
+from crosslens.crosscoders.snapshot_sae import divide_or_inf, non_negative_threshold
 from crosslens.crosscoders.topk_crosscoder import (
     TopKTrainingCrosscoder,
     TopKTrainingCrosscoderConfig,
@@ -58,10 +60,25 @@ class BatchTopKTrainingCrosscoderConfig(TopKTrainingCrosscoderConfig, architectu
         super().__post_init__()
 
 
+@torch.no_grad()
+def _snapshot_gate(self: Any, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A ``JumpReLUSAE`` with threshold ``t_i / w_i`` (``w_i = sum_s n_is``), as SAELens itself
+    saves BatchTopK SAEs for inference: the inference class's fixed threshold, or the training
+    class's one running threshold for every feature. Codes equal."""
+    dtype = self.W_dec.dtype
+    if "threshold" in dict(self.named_parameters()):
+        t_F = self.threshold.detach().to(dtype)
+    else:
+        t_F = self.topk_threshold.detach().to(dtype).expand(self.cfg.d_sae)
+    state["threshold"] = divide_or_inf(non_negative_threshold(t_F, ARCHITECTURE), self.snapshot_norms().detach().sum(dim=1))
+    return JumpReLUSAE(JumpReLUSAEConfig(**common)), state
+
+
 class BatchTopKCrosscoder(CrosscoderMixin, SAE[BatchTopKCrosscoderConfig]):
     """Inference BatchTopK crosscoder with a fixed threshold per feature."""
 
     threshold: nn.Parameter
+    snapshot_gate = _snapshot_gate
 
     def initialize_weights(self) -> None:
         super().initialize_weights()
@@ -93,6 +110,7 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
     """Training BatchTopK crosscoder; saves for inference as :class:`BatchTopKCrosscoder`."""
 
     cfg: BatchTopKTrainingCrosscoderConfig  # type: ignore[assignment]
+    snapshot_gate = _snapshot_gate
     topk_threshold: torch.Tensor
 
     def __init__(self, cfg: BatchTopKTrainingCrosscoderConfig, use_error_term: bool = False):
@@ -221,3 +239,8 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
 def _offer(flat_scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     """A part's largest ``n_keep`` scores: the whole batch's top ``n_keep`` are among its parts' offers."""
     return flat_scores.topk(min(n_keep, flat_scores.numel()), sorted=False).values
+
+
+CLASSES = (BatchTopKCrosscoder, BatchTopKCrosscoderConfig, BatchTopKTrainingCrosscoder, BatchTopKTrainingCrosscoderConfig)
+"""What :mod:`crosslens.crosscoders` registers with SAELens under ``batchtopk_crosscoder``: (inference class,
+inference config, training class, training config)."""

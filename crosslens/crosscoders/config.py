@@ -14,12 +14,122 @@ saved crosscoder) returns it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig
+from sae_lens.saes.sae import SAEConfig, SAEMetadata, TrainingSAEConfig
 
-from crosslens.crosscoders.base import CrosscoderConfigFields, CrosscoderTrainingConfigFields
+from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
+
+
+class CrosscoderMetadata(SAEMetadata):
+    """A crosscoder's ``SAEMetadata``, saved and loaded like any SAE's, with no single output hook.
+
+    Code that attaches an SAE at one hook of one model (SAELens's
+    ``HookedSAETransformer.add_sae``, hence ``run_with_saes``, ``run_with_cache_with_saes``
+    and ``saes()``; its ``SAETransformerBridge``) asks the SAE where it writes,
+    ``cfg.metadata.hook_name_out``, before attaching anything. A crosscoder has no such hook:
+    the hook hands it ``[batch, pos, d_model]`` from one model, and it would read the
+    positions as its snapshots (silently, when there are as many positions as snapshots).
+    So the question is answered with an error that names the fix, ``snapshot_sae(s)``.
+    """
+
+    __slots__ = ("_attached_as",)  # a slot, not an attribute: it stays out of cfg.json
+
+    @property
+    def hook_name_out(self) -> str:
+        architecture, n = getattr(self, "_attached_as", None) or ("crosscoder", "n_snapshots")
+        raise ValueError(
+            f"cannot attach a {architecture} to a HookedSAETransformer: a hook gives "
+            f"[batch, pos, d_model] from one model, and the crosscoder would read the positions "
+            f"as its {n} snapshots. Attach one snapshot instead: "
+            f"model.add_sae(crosscoder.snapshot_sae(s)) with s in [0, {n}) the snapshot this "
+            "model is (crosscoder.cfg.metadata.suite['snapshots'][s]['revision']); "
+            "crosslens.crosscoders.as_hooked_sae_transformer(model) makes a suite's model one."
+        )
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CrosscoderMetadata:
+        copied = CrosscoderMetadata(**copy.deepcopy(self.__dict__, memo))
+        copied.__setstate__((copied.__dict__, getattr(self, "_attached_as", None)))
+        return copied
+
+    def __getstate__(self) -> tuple[dict[str, Any], Any]:  # type: ignore[override]
+        return self.__dict__, getattr(self, "_attached_as", None)
+
+    def __setstate__(self, state: tuple[dict[str, Any], Any]) -> None:  # type: ignore[override]
+        self.__dict__.update(state[0])
+        self._attached_as = state[1]
+
+
+@dataclass(kw_only=True)
+class CrosscoderConfigFields:
+    """Fields every crosscoder config adds to SAELens's ``SAEConfig``.
+
+    ``d_in`` (from SAEConfig) is the width of one snapshot's activation.
+    """
+
+    if TYPE_CHECKING:  # SAEConfig's fields, for the checks below
+        d_in: int
+        d_sae: int
+        normalize_activations: str
+        reshape_activations: str
+
+    n_snapshots: int
+    """Number of training snapshots S read per token; inputs are [..., S, d_in]."""
+    apply_b_dec_to_input: bool = False
+    """Subtract b_dec from the input before encoding (off, as in Anthropic's crosscoders)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # SAELens builds plain SAEMetadata (from_dict, deepcopy, inference configs); whatever
+        # metadata a crosscoder config is given becomes a CrosscoderMetadata.
+        if name == "metadata" and not isinstance(value, CrosscoderMetadata):
+            value = CrosscoderMetadata(**(value.to_dict() if isinstance(value, SAEMetadata) else dict(value)))
+        super().__setattr__(name, value)
+        if name in ("metadata", "n_snapshots") and isinstance(self.__dict__.get("metadata"), CrosscoderMetadata):
+            self.metadata._attached_as = (self.architecture(), self.__dict__.get("n_snapshots", "n_snapshots"))  # type: ignore[attr-defined]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_snapshots, int) or self.n_snapshots < 1:
+            raise ValueError(
+                f"n_snapshots must be a positive int, got {self.n_snapshots!r}; "
+                "set it to the number of snapshots stacked in each batch."
+            )
+        if self.d_in < 1 or self.d_sae < 1:
+            raise ValueError(
+                f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}."
+            )
+        if self.normalize_activations != "none":
+            raise ValueError(
+                "crosscoders need normalize_activations='none', got "
+                f"{self.normalize_activations!r}: normalise each snapshot in the "
+                "activation store and fold the factors afterwards with "
+                "fold_activation_norm_scaling_factors(factors_S)."
+            )
+        if self.reshape_activations != "none":
+            raise ValueError(
+                "crosscoders need reshape_activations='none', got "
+                f"{self.reshape_activations!r}: flatten hook_z heads before stacking "
+                "snapshots."
+            )
+        super().__post_init__()  # type: ignore[misc]
+
+
+@dataclass(kw_only=True)
+class CrosscoderTrainingConfigFields(CrosscoderConfigFields):
+    """Fields every crosscoder training config adds to SAELens's ``TrainingSAEConfig``."""
+
+    decoder_init_norm: float = DEFAULT_DECODER_INIT_NORM  # type: ignore[assignment]
+    """Initial norm of every (feature, snapshot) decoder row W_dec[i, s]."""
+
+    def __post_init__(self) -> None:
+        if self.decoder_init_norm is None or not self.decoder_init_norm > 0:
+            raise ValueError(
+                f"decoder_init_norm must be > 0, got {self.decoder_init_norm}; "
+                "Bayazit et al. use 0.08."
+            )
+        super().__post_init__()
+
 
 
 class _NamedArchitecture:

@@ -21,10 +21,12 @@ undo it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainStepInput
+from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
@@ -65,6 +67,11 @@ class _ReLUCrosscoderMath(CrosscoderMixin):
         return self._finish_decode(self.decode_dense(feature_acts))
 
 
+    def snapshot_gate(self, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
+        """``f = ReLU(h)``: a ``StandardSAE``, codes equal."""
+        return StandardSAE(StandardSAEConfig(**common)), state
+
+
 class ReLUCrosscoder(_ReLUCrosscoderMath, SAE[ReLUCrosscoderConfig]):
     """Inference ReLU crosscoder: ``forward(x [..., S, D]) -> x_hat [..., S, D]``."""
 
@@ -92,3 +99,8 @@ class ReLUTrainingCrosscoder(
         per_token_N = fwd.feature_acts_NF @ self.snapshot_norm_sums()
         l1 = self.collectives.token_mean_replicated(per_token_N)
         return {"l1_loss": step_input.coefficients["l1"] * l1}
+
+
+CLASSES = (ReLUCrosscoder, ReLUCrosscoderConfig, ReLUTrainingCrosscoder, ReLUTrainingCrosscoderConfig)
+"""What :mod:`crosslens.crosscoders` registers with SAELens under ``crosscoder``: (inference class,
+inference config, training class, training config)."""

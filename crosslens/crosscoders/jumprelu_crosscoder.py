@@ -23,11 +23,11 @@ which the other architectures do not do. :mod:`crosslens.crosscoders.jumprelu_ke
 avoids it: where a feature's gate is the same at every snapshot its per-snapshot code is
 the shared code, decoded with the plain crosscoder's one matmul, and only entries whose
 gate differs between snapshots, and the tanh scores of open entries, are worked out per
-snapshot. ``benchmarks/train.py`` measures it. At a trained crosscoder's sparsity on CUDA
-(``sparse_step``) the step reads only the active entries: those open at some snapshot, or
-inside the threshold's window at some, gathered as (token, feature) pairs and decoded by
-gather-sum kernels (:mod:`crosslens.crosscoders.sparse_kernels`); ``benchmarks/gpu.py``
-measures both.
+snapshot. At a trained crosscoder's sparsity on CUDA (the run's plan, ``jumprelu_sparse``)
+the step reads only the active entries: those open at some snapshot, or inside the
+threshold's window at some, gathered as (token, feature) pairs and decoded by gather-sum
+kernels (:mod:`crosslens.crosscoders.jumprelu_pairs`). ``benchmarks/train.py`` and
+``benchmarks/gpu.py`` measure them.
 
 Straight-through estimator: the gate passes gradient to ``h`` where open and, through a
 rectangle kernel of width ``jumprelu_bandwidth`` around the threshold, to ``t_i``:
@@ -58,14 +58,17 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
+from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainStepInput, TrainStepOutput
 from torch import nn
 
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
 from crosslens.architectures import sparsity_coefficient_for
-from crosslens.crosscoders.jumprelu_kernels import snapshot_gate_and_score, snapshot_gated_decode, snapshot_score_sums
-from crosslens.crosscoders.weight_grads import shared_code_decode
+from crosslens.crosscoders.jumprelu_dense import snapshot_gate_and_score
+from crosslens.crosscoders.jumprelu_kernels import snapshot_gated_decode, snapshot_score_sums
+from crosslens.crosscoders.snapshot_sae import divide_or_inf, non_negative_threshold
+from crosslens.crosscoders.regated_decode import shared_code_decode
 
 ARCHITECTURE = "jumprelu_crosscoder"
 
@@ -113,14 +116,6 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=AR
     tanh sparsity term) and keeps the norm it had when the gate closed. It gives every
     row a gradient but does not lower the norm left at absent snapshots (that follows
     excess firing, set by the sparsity coefficient), so it is off by default."""
-    sparse_step: bool | None = None
-    """Gate, score and decode a batch from its active (token, feature) entries alone (open
-    at some snapshot, or inside the threshold's window at some) with gather-sum kernels,
-    instead of dense matmuls over every entry; the same values and gradients up to the
-    order of float sums. None: on CUDA for each batch whose open and window entries are few
-    enough that it pays (:func:`~crosslens.crosscoders.sparse_kernels.sparse_step_pays`: a
-    trained crosscoder's sparsity, not a fresh one's); False: never; True: always (also on
-    a CPU, where the dense kernels are faster)."""
 
     def __post_init__(self) -> None:
         if self.l0_coefficient is None:
@@ -207,6 +202,16 @@ class _JumpReLUCrosscoderMath(CrosscoderMixin):
         return self.decode_per_snapshot(torch.where(self._gates(f), f[..., None, :], 0.0))
 
 
+    @torch.no_grad()
+    def snapshot_gate(self, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
+        """A ``JumpReLUSAE``: feature i opens at snapshot s when ``h_i n_is > t_i``, i.e. when
+        ``h_i > t_i / n_is`` (infinite where ``n_is = 0``: such a feature never reaches s). Codes
+        equal."""
+        t_F = non_negative_threshold(self.threshold.detach().to(self.W_dec.dtype), ARCHITECTURE)
+        state["threshold"] = divide_or_inf(t_F, self.snapshot_norms().detach()[:, s])
+        return JumpReLUSAE(JumpReLUSAEConfig(**common)), state
+
+
 class JumpReLUCrosscoder(_JumpReLUCrosscoderMath, SAE[JumpReLUCrosscoderConfig]):
     """Inference JumpReLU crosscoder."""
 
@@ -290,14 +295,16 @@ class JumpReLUTrainingCrosscoder(
             # in the training pass's layout: a micro-batched step's passes share the product
             h_NF = self.hidden_pre(x, feature_major=not self.cfg.closed_gate_decoder_grad)
             threshold_F = self.threshold.to(h_NF.dtype)  # as _training_encode compares it
-            score_sum_F += snapshot_score_sums(h_NF, norms_FS, threshold_F, tanh_scale=self.cfg.tanh_scale)
+            score_sum_F += snapshot_score_sums(
+                h_NF, norms_FS, threshold_F, tanh_scale=self.cfg.tanh_scale, plan=self.kernel_plan
+            )
         n_tokens = self.collectives.global_batch(sum(x.shape[0] for x in chunks))
         return {"p_F": self.collectives.world_sum(score_sum_F) / (n_tokens * self.total_snapshots)}
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD, feature_major=not self.cfg.closed_gate_decoder_grad)
         threshold_F = self.threshold.to(h_NF.dtype)
-        kernel_args = {"bandwidth": self.cfg.jumprelu_bandwidth, "tanh_scale": self.cfg.tanh_scale}
+        kernel_args = {"bandwidth": self.cfg.jumprelu_bandwidth, "tanh_scale": self.cfg.tanh_scale, "plan": self.kernel_plan}
         shared_NF = None
         if self.cfg.closed_gate_decoder_grad:  # its decode reads the per-snapshot code
             f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
@@ -306,9 +313,8 @@ class JumpReLUTrainingCrosscoder(
             extras = {"f_SNF": f_SNF, "score_sum_F": score_sum_F}
         else:  # decoded with the gates, without an [S, N, F] code; the norms are its own
             recon_NSD, score_sum_F, open_anywhere_NF, shared_NF = snapshot_gated_decode(
-                h_NF, self.W_dec, threshold_F, norm_factors_S=self.folded_norm_factors,
-                sparse=self.cfg.sparse_step, **kernel_args,
-            )  # fmt: skip
+                h_NF, self.W_dec, threshold_F, norm_factors_S=self.folded_norm_factors, **kernel_args
+            )
             extras = {"recon_NSD": recon_NSD, "score_sum_F": score_sum_F}
         if shared_NF is None or self.collectives.snapshot_size > 1:  # other ranks' gates count too
             with torch.no_grad():  # (a product with the mask: several times faster than torch.where on a CPU)
@@ -360,3 +366,8 @@ class JumpReLUTrainingCrosscoder(
             l0 = (active / n_tokens).clamp_min(1e-3)
             self.l0_scale.mul_((l0 / self.cfg.target_l0) ** self.cfg.l0_controller_gain)
         fwd.metrics["l0_scale"] = self.l0_scale.detach().clone()
+
+
+CLASSES = (JumpReLUCrosscoder, JumpReLUCrosscoderConfig, JumpReLUTrainingCrosscoder, JumpReLUTrainingCrosscoderConfig)
+"""What :mod:`crosslens.crosscoders` registers with SAELens under ``jumprelu_crosscoder``: (inference class,
+inference config, training class, training config)."""

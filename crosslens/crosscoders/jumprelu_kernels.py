@@ -6,25 +6,25 @@ Every gate ``[h_i * ||W_dec[i, s]|| > t_i]`` and every score ``tanh(c * f_{i,s} 
 norms ``[F, S]`` and the threshold ``[F]``. Three implementations compute the same values
 and gradients (to the order of float sums):
 
-* :func:`crosslens.crosscoders.sparse_kernels.sparse_gated_decode`: the entries open at
-  some snapshot, or inside the threshold's window at some, gathered as (token, feature)
-  pairs; gate, scores, decode and decoder gradients from those pairs (gather-sum kernels,
-  Triton's on CUDA). :func:`snapshot_gated_decode` takes it on CUDA where it pays
-  (:func:`~crosslens.crosscoders.sparse_kernels.sparse_step_pays`: few entries open and,
-  unless a fused kernel sums it, a narrow window; a trained crosscoder), or when asked.
-* :func:`snapshot_gated_decode` (training's default elsewhere): :class:`EntryClasses` sorts each
+* :func:`crosslens.crosscoders.jumprelu_pairs.sparse_gated_decode` (CUDA's fast path): the
+  entries open at some snapshot, or inside the threshold's window at some, gathered as
+  (token, feature) pairs; gate, scores, decode and decoder gradients from those pairs
+  (gather-sum kernels, Triton's on CUDA). :func:`snapshot_gated_decode` takes it on CUDA where
+  it pays (:func:`~crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`: few entries open; a
+  trained crosscoder), or where the plan asks for it.
+* :class:`SnapshotGatedDecode` (the CPU's fast path): :class:`EntryClasses` sorts each
   (token, feature) entry by whether its gate is open at every snapshot, at none or at
   some, from the smallest and largest norm alone. Entries open everywhere are decoded with
   one ``[N, F] @ [F, S*D]`` matmul, as in a plain crosscoder; the rest work per snapshot
   on gathered entries (:class:`SnapshotGatedDecode`). Freshly initialised crosscoders
   (equal norms) have no mixed entries, and trained ones few. With many mixed entries it
   falls back to the second implementation.
-* :func:`snapshot_gate_and_score` (:class:`SnapshotGateAndScore`): the per-snapshot code
-  ``[S, N, F]`` itself, a cache-sized block of tokens at a time, recomputing gates and
-  scores in backward so that nothing else of that size is kept;
-  :func:`block_function` fuses its block functions with ``torch.compile`` where
-  :func:`~crosslens.crosscoders.compiled.use_compiled_kernels` says. The
-  decoder is then a batched matmul over snapshots.
+* :func:`snapshot_gate_and_score` (:class:`SnapshotGateAndScore`, the reference, and CUDA's
+  step while the code is dense): the per-snapshot code ``[S, N, F]`` itself, a cache-sized
+  block of tokens at a time, recomputing gates and scores in backward so that nothing else of
+  that size is kept; its module :mod:`crosslens.crosscoders.jumprelu_dense` fuses its block functions with
+  ``torch.compile`` where the plan says (``compile``). The decoder is then a batched matmul
+  over snapshots.
 
 A micro-batched step's gradient-free pass needs the score sums alone:
 :func:`snapshot_score_sums` scores the entries open at some snapshot and nothing else.
@@ -37,16 +37,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 
 from crosslens.core.tensors import host_ints, row_counts
-from crosslens.crosscoders.compiled import compiled, compiles_on
 from crosslens.crosscoders.jumprelu_ops import (
     PaddedRows,
-    backward_block,
     code_grad_and_window_sums,
     flat_nonzero,
-    forward_block,
     padded_score_backward,
     padded_score_sums,
     pair_score_sums,
@@ -55,152 +52,11 @@ from crosslens.crosscoders.jumprelu_ops import (
     tanh_from_sigmoid,
     threshold_gradient,
 )
-from crosslens.crosscoders.sparse_kernels import active_entries, sparse_gated_decode, sparse_step_pays
-from crosslens.crosscoders.weight_grads import row_norms_now, snapshot_decode, weight_block, weight_row_norms
-
-CPU_BLOCK_ELEMENTS = 1 << 22
-"""Elements of one ``[S, block, F]`` block on a CPU: 16 MiB in float32, about half of a
-32 MiB L3 cache: larger blocks spill out of it, smaller ones pay per-op overhead."""
-
-
-DEVICE_BLOCK_ELEMENTS = 1 << 28
-"""Elements of one ``[S, block, F]`` (or ``[rows, S, P]``) block off the CPU: 1 GiB in
-float32. A block of that size already runs each elementwise kernel at memory bandwidth; the
-whole batch at once at Ge et al.'s shape (S 32, F 24,576, 2048 tokens) makes temporaries
-of 6 GiB each, which with a dozen of them alive in backward leave no room for the
-snapshot models of a streamed run."""
-
-
-def block_elements(device: torch.device, on_cpu: int | None = None) -> int:
-    """Elements of one block of per-snapshot work on ``device``: on a CPU ``on_cpu`` (each kind
-    of block has its own cache budget there; :data:`CPU_BLOCK_ELEMENTS` by default),
-    :data:`DEVICE_BLOCK_ELEMENTS` elsewhere."""
-    if device.type != "cpu":
-        return DEVICE_BLOCK_ELEMENTS
-    return CPU_BLOCK_ELEMENTS if on_cpu is None else on_cpu
-
-
-def token_block(n_tokens: int, n_snapshots: int, n_features: int, device: torch.device) -> int:
-    """Tokens per ``[S, block, F]`` block: about :func:`block_elements` elements."""
-    return max(1, min(n_tokens, block_elements(device) // max(1, n_snapshots * n_features)))
-
-
-def block_function(name: str, n_tokens: int, n_snapshots: int, n_features: int, device: torch.device) -> tuple[Any, int]:
-    """``(function, tokens per block)`` for the ``"forward"`` or ``"backward"`` block function on
-    ``device``: compiled or eager as :func:`~crosslens.crosscoders.compiled.use_compiled_kernels`
-    says. Compiled on a CPU it takes the whole batch at once (its fused loops keep no ``[S, N,
-    F]`` temporary but their outputs), compiled for its one shape; else in blocks of
-    :func:`token_block`, whose last is shorter (compiled once more, for any shape).
-
-    They are the dense JumpReLU step's elementwise work, which a step takes while the code is
-    too dense for the step from the pairs (a fresh crosscoder, or the first batches of a run):
-    half a dozen kernels over each ``[S, block, F]`` block forward and about fifteen backward
-    when run op by op (at Ge et al.'s shape 1.6 G elements a pass), against a fused read of
-    the inputs and one write of the outputs each way compiled. The gates are the eager ones to
-    the bit (the same float32 product and comparison); the tanh sums differ in their order."""
-    function = forward_block if name == "forward" else backward_block
-    if not compiles_on(device):
-        return function, token_block(n_tokens, n_snapshots, n_features, device)
-    if device.type == "cpu":
-        return compiled(function, dynamic=False), n_tokens
-    return compiled(function), token_block(n_tokens, n_snapshots, n_features, device)
-
-
-class SnapshotGateAndScore(torch.autograd.Function):
-    """Gated per-snapshot code, summed tanh scores and the any-snapshot gate of a batch.
-
-    Inputs: ``h_NF`` (shared pre-activation), ``norms_FS`` (decoder norms in the training
-    space), ``threshold_F``, ``bandwidth`` (eps) and ``tanh_scale`` (c). Outputs:
-
-    * ``f_SNF = h * [h * norms_s > t]`` (snapshot-major, for one batched decoder matmul);
-    * ``score_sum_F = sum over tokens and snapshots of tanh(c * f * norms_s)``;
-    * ``open_anywhere_NF``: the gate is open at some snapshot (no gradient).
-
-    Gradients: to ``h`` through open gates; to the norms through the scores only; to the
-    threshold through the rectangle kernel, ``-(t / (norms_s * eps)) * [|h norms_s - t| <
-    eps / 2]`` times the upstream gradient of ``f`` (which, from the scores, is ``c *
-    norms_s`` where a gate is shut: the straight-through estimate of the L0 term).
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        h_NF: Float[torch.Tensor, "n d_sae"],
-        norms_FS: Float[torch.Tensor, "d_sae n_snapshots"],
-        threshold_F: Float[torch.Tensor, " d_sae"],
-        bandwidth: float,
-        tanh_scale: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        N, F_ = h_NF.shape
-        S = norms_FS.shape[1]
-        norms_S1F = norms_FS.T.contiguous()[:, None, :]
-        scale_S1F = (tanh_scale * norms_FS.T).contiguous()[:, None, :]
-        run_block, block = block_function("forward", N, S, F_, h_NF.device)
-        if block >= N:
-            f_SNF, open_anywhere_NF, score_sum_F = run_block(h_NF, norms_S1F, scale_S1F, threshold_F)
-        else:
-            f_SNF = h_NF.new_empty(S, N, F_)
-            open_anywhere_NF = torch.empty(N, F_, dtype=torch.bool, device=h_NF.device)
-            score_sum_F = h_NF.new_zeros(F_, dtype=torch.float32)
-            for a in range(0, N, block):
-                f_SNF[:, a : a + block], open_anywhere_NF[a : a + block], sums_F = run_block(
-                    h_NF[a : a + block], norms_S1F, scale_S1F, threshold_F
-                )
-                score_sum_F += sums_F
-        ctx.save_for_backward(h_NF, norms_S1F, threshold_F)
-        ctx.bandwidth, ctx.tanh_scale = bandwidth, tanh_scale
-        ctx.mark_non_differentiable(open_anywhere_NF)
-        return f_SNF, score_sum_F.to(h_NF.dtype), open_anywhere_NF
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any, grad_f_SNF: torch.Tensor | None, grad_score_F: torch.Tensor | None, _grad_open: Any
-    ) -> tuple[Any, ...]:
-        h_NF, norms_S1F, threshold_F = ctx.saved_tensors
-        N, F_ = h_NF.shape
-        S = norms_S1F.shape[0]
-        scale_S1F = ctx.tanh_scale * norms_S1F
-        if grad_score_F is None:
-            grad_score_F = h_NF.new_zeros(F_)
-        run_block, block = block_function("backward", N, S, F_, h_NF.device)
-        grad_h_NF = torch.empty_like(h_NF)
-        grad_norms_SF = norms_S1F.new_zeros(S, F_)
-        window_grad_SF = norms_S1F.new_zeros(S, F_)
-        for a in range(0, N, block):
-            h_BF = h_NF[a : a + block]
-            grad_h_NF[a : a + block], norms_part_SF, window_part_SF = run_block(
-                h_BF, norms_S1F, scale_S1F, threshold_F,
-                _grad_of_code(grad_f_SNF, a, block, h_BF, S), grad_score_F, ctx.bandwidth / 2,
-            )  # fmt: skip
-            grad_norms_SF += norms_part_SF
-            window_grad_SF += window_part_SF
-        grad_norms_FS = (grad_norms_SF * ctx.tanh_scale).T
-        grad_threshold_F = threshold_gradient(window_grad_SF.T, norms_S1F[:, 0].T, threshold_F, ctx.bandwidth)
-        return grad_h_NF, grad_norms_FS, grad_threshold_F, None, None
-
-
-def _grad_of_code(
-    grad_f_SNF: torch.Tensor | None, start: int, block: int, h_BF: torch.Tensor, n_snapshots: int
-) -> Float[torch.Tensor, "n_snapshots block d_sae"]:
-    """The upstream gradient of the code for one block (zeros when the code was unused)."""
-    if grad_f_SNF is None:
-        return h_BF.new_zeros(n_snapshots, *h_BF.shape)
-    return grad_f_SNF[:, start : start + block]
-
-
-def snapshot_gate_and_score(
-    h_NF: Float[torch.Tensor, "n d_sae"],
-    norms_FS: Float[torch.Tensor, "d_sae n_snapshots"],
-    threshold_F: Float[torch.Tensor, " d_sae"],
-    *,
-    bandwidth: float,
-    tanh_scale: float,
-) -> tuple[
-    Float[torch.Tensor, "n_snapshots n d_sae"], Float[torch.Tensor, " d_sae"], Bool[torch.Tensor, "n d_sae"]
-]:
-    """``(f_SNF, score_sum_F, open_anywhere_NF)``; see :class:`SnapshotGateAndScore`."""
-    return SnapshotGateAndScore.apply(h_NF, norms_FS, threshold_F, bandwidth, tanh_scale)
-
+from crosslens.crosscoders.jumprelu_dense import snapshot_gate_and_score
+from crosslens.crosscoders.jumprelu_pairs import active_entries, sparse_gated_decode, sparse_step_pays
+from crosslens.crosscoders.kernel_plan import KernelPlan, plan_for
+from crosslens.crosscoders.regated_decode import snapshot_decode
+from crosslens.crosscoders.weight_grads import row_norms_now, weight_block, weight_row_norms
 
 def snapshot_score_sums(
     h_NF: Float[torch.Tensor, "n d_sae"],
@@ -208,6 +64,7 @@ def snapshot_score_sums(
     threshold_F: Float[torch.Tensor, " d_sae"],
     *,
     tanh_scale: float,
+    plan: KernelPlan | None = None,
 ) -> Float[torch.Tensor, " d_sae"]:
     """``sum over tokens and snapshots of tanh(c * f * norms_s)``, float32, for the gated code
     ``f = h * [h * norms_s > t]``: the score sums of :func:`snapshot_gated_decode` without its
@@ -223,7 +80,7 @@ def snapshot_score_sums(
         open_NF |= h_NF * norms_FS.max(dim=1).values > threshold_F
         (n_open,) = host_ints(open_NF.sum())
         token_A, feature_A = torch.nonzero_static(open_NF, size=n_open).unbind(1)
-        step = max(1, block_elements(h_NF.device) // S)
+        step = max(1, plan_for(h_NF.device, plan).block_elements(h_NF.device) // S)
         for a in range(0, n_open, step):
             part = slice(a, a + step)
             h_A = h_NF[token_A[part], feature_A[part]]
@@ -259,36 +116,6 @@ def snapshot_score_sums(
 # tanh is computed from a sigmoid (see crosslens.crosscoders.jumprelu_ops).
 # ----------------------------------------------------------------------------------------
 
-SPARSE_ENTRY_CHUNK = 1 << 20
-"""Elements ``pairs * D`` gathered at once for the work per (entry, snapshot) pair."""
-
-GATHER_SHARE = 1 / 16
-"""Largest share of (token, feature) entries worth gathering for work per snapshot. Above
-it, mixed gates fall back to :class:`SnapshotGateAndScore`, the window of entries inside
-it at some snapshots only is summed with one mask and one matmul per snapshot, and that of
-entries inside it at every snapshot with one matmul. Gathering whole entries (all S rows)
-breaks even with a mask and a matmul per snapshot at about 7% of entries on a CPU;
-gathering only the pairs inside the window is cheaper than that, so this limit errs on
-the side of the matmuls."""
-
-WINDOW_MODE: str | None = None
-"""Force one way of summing the threshold window (``"per_snapshot"``, ``"matmul"`` or
-``"gathered"``, see :class:`EntryClasses`); None chooses by the shares above. For tests."""
-
-PADDING_LIMIT = 2.0
-"""Pack the entries open at every snapshot into :class:`PaddedRows` when the ``[F, P]``
-matrix has at most this many slots per entry. Where one feature is open for far more
-tokens than the others (a trained crosscoder's frequent features), padding every row to
-its length costs more than gathering the entries one at a time, which is done instead.
-0 always gathers and ``inf`` always pads (for tests)."""
-
-ROW_BLOCK_ELEMENTS = 1 << 19
-"""Elements of one ``[features, S, P]`` block of padded-row work on a CPU: 2 MiB in
-float32, so a block's few temporaries stay in cache instead of going to memory (a fresh
-multi-megabyte temporary also costs page faults on every step); smaller blocks pay
-per-op overhead (``benchmarks/cpu_ops.py`` compares 2^17, 2^19 and 2^21)."""
-
-
 class EntryClasses:
     """Where each (token, feature) entry's gate and threshold window stand across
     snapshots, from the smallest and largest decoder norm of each feature, and how
@@ -301,7 +128,10 @@ class EntryClasses:
         norms_FS: torch.Tensor,
         threshold_F: torch.Tensor,
         half_width: float,
+        plan: KernelPlan | None = None,
     ) -> None:
+        self.plan = plan = plan_for(h_NF.device, plan)
+        """The plan whose shares and block sizes the classes and the step follow."""
         self.h_FN = h_NF.detach().T.contiguous()  # no copy when h was made feature-major
         threshold_F1 = threshold_F[:, None]
         # the same two roundings as h * norms - t per snapshot (no fused multiply-add)
@@ -314,7 +144,7 @@ class EntryClasses:
         self.open_any_FN = d_max_FN > 0
         self.all_open_flat = flat_nonzero(self.open_all_FN)
         self.mixed_open_flat = flat_nonzero(self.open_any_FN & ~self.open_all_FN)
-        gather_limit = GATHER_SHARE * self.h_FN.numel()
+        gather_limit = plan.gather_share * self.h_FN.numel()
         self.sparse_ok = self.mixed_open_flat.numel() <= gather_limit
         """Few enough mixed gates for :class:`SnapshotGatedDecode`."""
         self.open_rows: PaddedRows | None = None
@@ -322,14 +152,14 @@ class EntryClasses:
         if self.sparse_ok and self.all_open_flat.numel():
             counts_F = row_counts(self.open_all_FN)
             width = int(counts_F.max())
-            if counts_F.numel() * width <= PADDING_LIMIT * self.all_open_flat.numel():
+            if counts_F.numel() * width <= plan.padding_limit * self.all_open_flat.numel():
                 self.open_rows = PaddedRows(self.all_open_flat, counts_F, width, self.h_FN.shape[1])
 
         self.window_all_FN = (d_min_FN > -half_width) & (d_max_FN < half_width)
         window_some_FN = (d_min_FN < half_width) & (d_max_FN > -half_width)
         window_mixed_flat = flat_nonzero(window_some_FN & ~self.window_all_FN)
         n_window_all = int(torch.count_nonzero(self.window_all_FN))
-        mode = WINDOW_MODE or (
+        mode = plan.window_mode or (
             "per_snapshot"
             if window_mixed_flat.numel() > gather_limit
             else "matmul" if n_window_all > gather_limit else "gathered"
@@ -355,17 +185,18 @@ class EntryClasses:
         return torch.cat([self.all_open_flat, self.mixed_open_flat])
 
 
-def _row_blocks(rows: PaddedRows, n_snapshots: int, device: torch.device) -> list[slice]:
-    """Slices of padded rows whose ``[rows, S, P]`` work fits :func:`block_elements`
-    (``ROW_BLOCK_ELEMENTS`` on a CPU)."""
+def _row_blocks(rows: PaddedRows, n_snapshots: int, device: torch.device, plan: KernelPlan) -> list[slice]:
+    """Slices of padded rows whose ``[rows, S, P]`` work fits the plan's block elements (its
+    ``row_block_elements`` on a CPU)."""
     n_rows, width = rows.shape
-    step = max(1, block_elements(device, ROW_BLOCK_ELEMENTS) // max(1, n_snapshots * width))
+    step = max(1, plan.block_elements(device, plan.row_block_elements) // max(1, n_snapshots * width))
     return [slice(a, a + step) for a in range(0, n_rows, step)]
 
 
-def _pair_chunks(n_pairs: int, d_in: int) -> list[slice]:
-    """Slices of gathered (entry, snapshot) pairs holding about ``SPARSE_ENTRY_CHUNK`` elements each."""
-    step = max(1, SPARSE_ENTRY_CHUNK // max(1, d_in))
+def _pair_chunks(n_pairs: int, d_in: int, plan: KernelPlan) -> list[slice]:
+    """Slices of gathered (entry, snapshot) pairs holding about the plan's ``sparse_entry_chunk``
+    elements each."""
+    step = max(1, plan.sparse_entry_chunk // max(1, d_in))
     return [slice(a, a + step) for a in range(0, n_pairs, step)]
 
 
@@ -410,7 +241,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         rows = classes.open_rows
         h_FP = None if rows is None else rows.pad(h_flat.index_select(0, classes.all_open_flat))
         if rows is not None:
-            padded_score_sums(_row_blocks(rows, S, h_FP.device), h_FP, scale2_FS, score_sum_F)
+            padded_score_sums(_row_blocks(rows, S, h_FP.device, classes.plan), h_FP, scale2_FS, score_sum_F)
 
         # the other entries open somewhere: gates and scores per snapshot, one entry at a time
         flat_g = classes.gathered_flat
@@ -438,7 +269,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         pair_h = h_g1[:, 0].index_select(0, pair_g) * pair_sign
         W_rows = W_dec_FSD.reshape(F_ * S, D)
         recon_rows = recon_flat.view(N * S, D)
-        for chunk in _pair_chunks(pair_g.numel(), D):
+        for chunk in _pair_chunks(pair_g.numel(), D, classes.plan):
             W_pD = W_rows.index_select(0, pair_row_F[chunk])
             recon_rows.index_add_(0, pair_row_N[chunk], pair_h[chunk, None] * W_pD)
 
@@ -528,7 +359,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
             else:  # the gathered window pairs include these entries' scores
                 window = None
             grad_norms_FS, rows_window_sech_FS, grad_h_FP = padded_score_backward(
-                _row_blocks(rows, S, ctx.h_FP.device), ctx.h_FP, scale_FS, grad_score_F, window
+                _row_blocks(rows, S, ctx.h_FP.device, classes.plan), ctx.h_FP, scale_FS, grad_score_F, window
             )
             window_sech_FS += rows_window_sech_FS
             grad_h_flat.index_add_(0, flat_a, rows.take(grad_h_FP))
@@ -544,7 +375,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         # decoder, the corrections of mixed gates: each (entry, snapshot) pair
         grad_rows, W_rows = grad_flat.view(N * S, D), W_dec_FSD.reshape(F_ * S, D)
         grad_W_rows = grad_W_flat.view(F_ * S, D)
-        for chunk in _pair_chunks(pair_flat.numel(), D):
+        for chunk in _pair_chunks(pair_flat.numel(), D, classes.plan):
             grad_pD = grad_rows.index_select(0, pair_row_N[chunk])
             dec_p = torch.linalg.vecdot(grad_pD, W_rows.index_select(0, pair_row_F[chunk]))
             grad_h_flat.index_add_(0, pair_flat[chunk], dec_p.mul_(pair_sign[chunk]))
@@ -576,7 +407,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         pair_f = torch.where(open_p, h_w.index_select(0, pair_w), 0.0)
         pair_sech = sech2_times(sigmoid_of_twice(pair_f, pair_scale * 2), grad_score_F.index_select(0, pair_i))
         window_flat_FS = window_grad_FS.view(-1)
-        for chunk in _pair_chunks(pair_w.numel(), D):
+        for chunk in _pair_chunks(pair_w.numel(), D, classes.plan):
             dec_p = torch.linalg.vecdot(
                 grad_rows.index_select(0, pair_row_N[chunk]), W_rows.index_select(0, pair_row_F[chunk])
             )
@@ -604,7 +435,7 @@ def snapshot_gated_decode(
     norm_factors_S: Float[torch.Tensor, " n_snapshots"],
     bandwidth: float,
     tanh_scale: float,
-    sparse: bool | None = None,
+    plan: KernelPlan | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)``: the decode of the
     per-snapshot gated code (no bias), the summed tanh scores, the any-snapshot gate and
@@ -613,28 +444,30 @@ def snapshot_gated_decode(
     ``CrosscoderMixin.snapshot_norms``).
 
     Three implementations, the same values and gradients up to the order of float sums
-    (and tanh's rounding: the gated decode computes it from a sigmoid):
-    :func:`crosslens.crosscoders.sparse_kernels.sparse_gated_decode` from the active pairs
-    alone, with ``sparse=True``, or with ``sparse=None`` on CUDA where
-    :func:`~crosslens.crosscoders.sparse_kernels.sparse_step_pays`; else :class:`SnapshotGatedDecode`
-    when few entries are mixed (not under autocast, whose matmul dtypes its gathered
-    updates do not follow); else the per-snapshot :class:`SnapshotGateAndScore` and a
-    batched matmul.
+    (and tanh's rounding: the gated decode computes it from a sigmoid), as the plan picks
+    (``jumprelu_sparse``): :func:`crosslens.crosscoders.jumprelu_pairs.sparse_gated_decode`
+    from the active pairs alone, always, or by default on CUDA where
+    :func:`~crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`; else
+    :class:`SnapshotGatedDecode` when few entries are mixed (not under autocast, whose matmul
+    dtypes its gathered updates do not follow); else the per-snapshot
+    :class:`SnapshotGateAndScore` and a batched matmul.
     """
+    plan = plan_for(h_NF.device, plan)
+    sparse = plan.jumprelu_sparse
     raw_FS = None  # the decoder norms without gradient, once computed (one pass over W_dec)
     if sparse or (sparse is None and h_NF.device.type == "cuda"):
         raw_FS = row_norms_now(W_dec_FSD)
         with torch.no_grad():
-            entries = active_entries(h_NF.detach(), raw_FS * norm_factors_S, threshold_F.detach(), bandwidth / 2)
-        if sparse or sparse_step_pays(entries):
+            entries = active_entries(h_NF.detach(), raw_FS * norm_factors_S, threshold_F.detach(), bandwidth / 2, plan)
+        if sparse or sparse_step_pays(entries, plan):
             gate = (bandwidth, tanh_scale)
-            return sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, (raw_FS, norm_factors_S), entries, gate)
+            return sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, (raw_FS, norm_factors_S), entries, gate, plan)
     classes = None
     if not torch.is_autocast_enabled(h_NF.device.type):
         with torch.no_grad():
             raw_norms_FS = row_norms_now(W_dec_FSD) if raw_FS is None else raw_FS
             norms_FS = raw_norms_FS * norm_factors_S
-            classes = EntryClasses(h_NF, norms_FS, threshold_F, bandwidth / 2)
+            classes = EntryClasses(h_NF, norms_FS, threshold_F, bandwidth / 2, plan)
     if classes is not None and classes.sparse_ok:
         return SnapshotGatedDecode.apply(
             h_NF, W_dec_FSD, threshold_F, norms_FS, raw_norms_FS, norm_factors_S, classes, bandwidth, tanh_scale
@@ -642,7 +475,7 @@ def snapshot_gated_decode(
     norms_FS = weight_row_norms(W_dec_FSD, known=raw_FS) * norm_factors_S
     h_NF = h_NF.contiguous()  # the blocks of the gate are token-major
     f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
-        h_NF, norms_FS, threshold_F, bandwidth=bandwidth, tanh_scale=tanh_scale
+        h_NF, norms_FS, threshold_F, bandwidth=bandwidth, tanh_scale=tanh_scale, plan=plan
     )
     recon_SND = snapshot_decode(f_SNF, W_dec_FSD, (h_NF, norms_FS, threshold_F))
     with torch.no_grad():

@@ -18,7 +18,7 @@ snapshot's activation of the token.)
 A ``HookedSAETransformer`` hook hands an SAE ``[batch, pos, d_model]`` from one model, so the
 crosscoder itself cannot sit there. ``snapshot_sae(crosscoder, s)`` builds the SAE that
 does what the codec's per-snapshot mode does, from the codec's raw-scale weights; only the
-gate is translated, architecture by architecture (``n_is = ||W_dec[i, s]||`` in the
+gate is translated, by each architecture's ``snapshot_gate`` (``n_is = ||W_dec[i, s]||`` in the
 normalised training space, ``w_i = sum_s n_is``):
 
 - ``crosscoder`` (ReLU) -> ``StandardSAE``: ``f = ReLU(h)``. Codes equal.
@@ -47,10 +47,7 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
-from sae_lens.saes.sae import SAE, SAEMetadata
-from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
-from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+from sae_lens.saes.sae import SAEMetadata
 
 from crosslens.core.hooks import crosscoder_hook, recorded_hook
 from crosslens.crosscoders.folding import resolve_norm_factors
@@ -195,47 +192,13 @@ def snapshot_sae(
         normalize_activations="none",
     )
     with torch.no_grad():
-        sae, state = _gate_as_sae(crosscoder, s, codec.raw_weights(), common)
+        sae, state = crosscoder.snapshot_gate(s, codec.raw_weights(), common)
         sae.load_state_dict({k: v.to(codec.dtype).contiguous().clone() for k, v in state.items()})
     sae.cfg.metadata = _snapshot_metadata(crosscoder, s, hook_name)
     return sae
 
 
-def _gate_as_sae(
-    crosscoder: Crosscoder, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]
-) -> tuple[SAE[Any], dict[str, torch.Tensor]]:
-    """The SAELens class whose gate is the crosscoder's snapshot-s gate, and its weights."""
-    arch = crosscoder.cfg.architecture()
-    dtype = crosscoder.W_dec.dtype
-    norms_FS = crosscoder.snapshot_norms().detach()
-    if arch == "crosscoder":
-        return StandardSAE(StandardSAEConfig(**common)), state
-    if arch == "jumprelu_crosscoder":
-        t_F = _non_negative(crosscoder.threshold.detach().to(dtype), arch)
-        state["threshold"] = _divide_or_inf(t_F, norms_FS[:, s])
-        return JumpReLUSAE(JumpReLUSAEConfig(**common)), state
-    if arch == "batchtopk_crosscoder":
-        if "threshold" in dict(crosscoder.named_parameters()):
-            t_F = crosscoder.threshold.detach().to(dtype)
-        else:  # the training class keeps one running threshold
-            t_F = crosscoder.topk_threshold.detach().to(dtype).expand(crosscoder.cfg.d_sae)
-        state["threshold"] = _divide_or_inf(_non_negative(t_F, arch), norms_FS.sum(dim=1))
-        return JumpReLUSAE(JumpReLUSAEConfig(**common)), state
-    if arch == "topk_crosscoder":
-        w_F = norms_FS.sum(dim=1)
-        state["W_enc"] = state["W_enc"] * w_F
-        state["b_enc"] = state["b_enc"] * w_F
-        # a feature with no decoder anywhere scores 0 and reconstructs nothing
-        state["W_dec"] = torch.where(w_F[:, None] > 0, state["W_dec"] / w_F.clamp(min=1e-30)[:, None], 0.0)
-        config = TopKSAEConfig(k=int(crosscoder.cfg.k), rescale_acts_by_decoder_norm=False, **common)
-        return TopKSAE(config), state
-    raise ValueError(
-        f"snapshot_sae does not know architecture {arch!r}; it handles crosscoder, "
-        "jumprelu_crosscoder, topk_crosscoder and batchtopk_crosscoder."
-    )
-
-
-def _non_negative(t_F: torch.Tensor, arch: str) -> torch.Tensor:
+def non_negative_threshold(t_F: torch.Tensor, arch: str) -> torch.Tensor:
     # Training projects thresholds to >= 0 before each step, so the last Adam step can leave
     # a few slightly negative. There the crosscoder also passes small negative pre-activations,
     # which a JumpReLUSAE (ReLU then gate) cannot; say so rather than differ silently.
@@ -250,7 +213,7 @@ def _non_negative(t_F: torch.Tensor, arch: str) -> torch.Tensor:
     return t_F.clamp(min=0)
 
 
-def _divide_or_inf(t_F: torch.Tensor, norms_F: torch.Tensor) -> torch.Tensor:
+def divide_or_inf(t_F: torch.Tensor, norms_F: torch.Tensor) -> torch.Tensor:
     """``t / n``, infinite where ``n == 0`` (the gate ``h n > t >= 0`` never opens there)."""
     return torch.where(norms_F > 0, t_F / norms_F.clamp(min=1e-30), torch.inf)
 

@@ -36,10 +36,12 @@ code is ``ReLU(h)`` where SAELens's is ``ReLU(h) * ||W_dec||``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainStepInput
+from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
@@ -49,15 +51,12 @@ from crosslens.crosscoders.sparse_kernels import (
     autocast_copy,
     dense_rows_decode,
     gather_decode_and_norms,
-    sparse_backend,
 )
 from crosslens.architectures import DEFAULT_K, TOPK_L1
+from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.crosscoders.weight_grads import row_norms_now, weight_block
 
 ARCHITECTURE = "topk_crosscoder"
-
-SPARSE_DECODE_MAX_DENSITY = 1 / 16
-"""Auto mode decodes sparsely when k / d_sae is at most this."""
 
 
 @dataclass(kw_only=True)
@@ -82,8 +81,6 @@ class TopKTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=ARCHIT
     """Weight of the auxiliary-k loss on dead features (SAELens's default; OpenAI used 1/32)."""
     aux_k: int | None = None
     """Dead features used by the auxiliary loss; None means n_snapshots * d_in // 2."""
-    sparse_decode: bool | None = None
-    """Decode only the active features in training; None decides by k / d_sae <= 1/16."""
     l1_coefficient: float = TOPK_L1
     """Weight of the L1 term on the kept codes, ``f_i * sum_s ||W_dec[i, s]||`` (the ReLU
     crosscoder's), which keeps decoder rows near zero at snapshots where their feature is
@@ -127,6 +124,20 @@ class _TopKCrosscoderMath(CrosscoderMixin):
         return self._finish_decode(self.decode_dense(feature_acts))
 
 
+    @torch.no_grad()
+    def snapshot_gate(self, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
+        """A ``TopKSAE`` whose code is the score TopK ranks, ``ReLU(h_i) w_i`` with ``w_i = sum_s
+        n_is``: its encoder and bias scaled by ``w_i`` and its decoder rows divided by it. Same
+        active features, same reconstruction; the code is the crosscoder's times ``w_i``."""
+        w_F = self.snapshot_norms().detach().sum(dim=1)
+        state["W_enc"] = state["W_enc"] * w_F
+        state["b_enc"] = state["b_enc"] * w_F
+        # a feature with no decoder anywhere scores 0 and reconstructs nothing
+        state["W_dec"] = torch.where(w_F[:, None] > 0, state["W_dec"] / w_F.clamp(min=1e-30)[:, None], 0.0)
+        config = TopKSAEConfig(k=int(self.cfg.k), rescale_acts_by_decoder_norm=False, **common)
+        return TopKSAE(config), state
+
+
 class TopKCrosscoder(_TopKCrosscoderMath, SAE[TopKCrosscoderConfig]):
     """Inference TopK crosscoder."""
 
@@ -138,20 +149,23 @@ class TopKTrainingCrosscoder(
 
     @property
     def uses_sparse_decode(self) -> bool:
-        if self.cfg.sparse_decode is None:
-            return self.cfg.k <= self.cfg.d_sae * SPARSE_DECODE_MAX_DENSITY
-        return bool(self.cfg.sparse_decode)
+        """Whether the step decodes only the kept features, as the plan says (``topk_sparse_decode``;
+        by default where ``k / d_sae`` is at most its ``topk_sparse_density``)."""
+        plan = self.kernel_plan
+        if plan.topk_sparse_decode is None:
+            return self.cfg.k <= self.cfg.d_sae * plan.topk_sparse_density
+        return plan.topk_sparse_decode
 
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {"l1": TrainCoefficientConfig(value=self.cfg.l1_coefficient, warm_up_steps=self.cfg.l1_warm_up_steps)}
 
-    def _kernels(self) -> str | None:
-        """The backend of the pairs' kernels where they decode (CUDA, and any micro-batched
-        step); None where ``embedding_bag`` does (a CPU, where its own backward is faster than the
+    def _kernels(self) -> KernelPlan | None:
+        """The plan whose pairs' kernels decode (CUDA, and any micro-batched step); None where
+        ``embedding_bag`` does (the eager backend, where its own backward is faster than the
         eager sums, but writes a decoder-sized gradient, which a micro-batched step adds up once
         per micro-batch where the pairs' kernels add their rows to the step's sum)."""
-        backend = sparse_backend(self.W_dec.device)
-        return None if backend == "eager" and weight_block(self.W_dec) is None else backend
+        plan = self.kernel_plan
+        return None if plan.backend == "eager" and weight_block(self.W_dec) is None else plan
 
     def _one_group(self, W_FSD: torch.Tensor | None) -> torch.Tensor | None:
         """``W_dec`` (or its rounded copy) as the kernels' one group, ``[F, 1, S * d_in]``."""
@@ -182,7 +196,7 @@ class TopKTrainingCrosscoder(
         if raw_FS is None:
             return self.decode_active(indices, values, offsets=offsets)
         aux = fwd.extras["aux"]
-        read = autocast_copy(self.W_dec, indices.numel())
+        read = autocast_copy(self.W_dec, indices.numel(), self.kernel_plan)
         out, raw_FS, aux_recon = gather_decode_and_norms(
             self._one_group(self.W_dec), values.reshape(-1, 1), self._pairs(indices, offsets), raw_FS,
             self._kernels(), self._one_group(read), None if aux is None else aux[0],
@@ -290,3 +304,8 @@ class TopKTrainingCrosscoder(
             return fwd.recon_NSD.new_zeros(())
         aux_loss = self.collectives.token_mean(fwd.extras["aux_sq_err_N"])
         return self.cfg.aux_loss_coefficient * aux[1] * aux_loss
+
+
+CLASSES = (TopKCrosscoder, TopKCrosscoderConfig, TopKTrainingCrosscoder, TopKTrainingCrosscoderConfig)
+"""What :mod:`crosslens.crosscoders` registers with SAELens under ``topk_crosscoder``: (inference class,
+inference config, training class, training config)."""

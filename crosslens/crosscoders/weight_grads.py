@@ -35,9 +35,9 @@ The block takes the decoder's other weight-sized gradients off the micro-batches
   block, and their gradient ``W * grad_norm / norm`` (:func:`~crosslens.core.tensors.row_norms`)
   is summed as the small ``grad_norm / norm`` and multiplied by ``W`` once at the end;
 * the decodes that are not one weight matmul: JumpReLU's per-snapshot decode
-  (:func:`snapshot_decode`) keeps what regates its code (the pre-activation, norms and
+  (:func:`~crosslens.crosscoders.regated_decode.snapshot_decode`) keeps what regates its code (the pre-activation, norms and
   threshold; the code is ``S`` times larger), and its closed-gate variant
-  (:func:`shared_code_decode`) the shared code, as one matmul's operands; the gated decode of
+  (:func:`~crosslens.crosscoders.regated_decode.shared_code_decode`) the shared code, as one matmul's operands; the gated decode of
   :mod:`~crosslens.crosscoders.jumprelu_kernels` keeps its dense part's operands as a matmul
   does and adds its per-snapshot corrections to the block's float32 sum
   (:meth:`WeightBlock.sum_buffer`); the pairs' kernels of
@@ -47,26 +47,21 @@ The block takes the decoder's other weight-sized gradients off the micro-batches
 So no weight-sized tensor is written per micro-batch; each weight's gradient is written once,
 when the block ends. And a micro-batch's encoder product is computed once a step: the
 gradient-free pass that comes first leaves it in the block (:func:`kept_products`), and the
-micro-batch's own pass takes it. (:func:`snapshot_decode` regates under autocast outside a block too: its
+micro-batch's own pass takes it. (:func:`~crosslens.crosscoders.regated_decode.snapshot_decode` regates under autocast outside a block too: its
 decoder gradient is then float32, and the ``[S, N, F]`` code is not kept for backward.)
 
 Between steps the weights normally change only in the optimizer's pass, which reads and
 writes every element anyway (any other in-place edit is caught by the weight's version counter,
-and the step then rounds the weight itself). So the trainer's Adam can write each weight's rounded copy as it updates it
-(:class:`Handoff`), and the next step, run inside :func:`taking_handoff`, takes that copy
-where :func:`rounded` would read the float32 weight again to make it: the same bytes, one
-weight-sized float32 read fewer per weight and step. The optimizer writes copies of the
-weights the step before rounded, so a path that reads a weight in float32 costs nothing. In
-the same way its Triton pass writes the decoder norms the step before read, summed as it writes
-the new rows (the same values up to the order of the float32 sum).
+and the step then rounds the weight itself). So the trainer's Adam can write each weight's rounded copy as it updates it,
+and the next step takes that copy where :func:`rounded` would read the float32 weight again to
+make it; likewise the decoder norms (:mod:`crosslens.crosscoders.prepared_weights`).
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +71,7 @@ from jaxtyping import Float
 
 from crosslens.core.devices import autocast_dtype
 from crosslens.core.tensors import norm_gradient_scale, row_norms
+from crosslens.crosscoders.prepared_weights import handed_row_norms, parameter_of, written_copy
 
 
 def float32_product(a_NK: torch.Tensor, b_KM: torch.Tensor) -> Float[torch.Tensor, "n m"]:
@@ -95,18 +91,11 @@ def _has_out_dtype() -> bool:
     return "dtype" in torch.ops.aten.mm.overloads()
 
 
-def _parameter(W: torch.Tensor) -> torch.Tensor | None:
-    """The tensor ``W`` is all of, laid out the same (a parameter reshaped to a matrix), or None."""
-    root = W if W._base is None else W._base
-    same = W.is_contiguous() and root.is_contiguous() and W.numel() == root.numel()
-    return root if same and W.data_ptr() == root.data_ptr() else None
-
-
 def _operands(a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, feature_major: bool) -> tuple[Any, ...]:
     """What makes two products of :func:`weight_matmul` the same: the input's memory, layout,
     dtype and version, the weight's and the bias's identity and version, the output's layout and
     the autocast dtype."""
-    root = _parameter(W)
+    root = parameter_of(W)
     a_key = (a.data_ptr(), a.shape, a.stride(), a.dtype, a.device, a._version)
     bias_key = None if bias is None else (id(bias), bias._version)
     return (id(root), root._version, W.shape, bias_key, *a_key, feature_major, autocast_dtype(a.device))
@@ -139,26 +128,26 @@ class WeightBlock:
     """False once the block has ended: a backward after it writes its gradient itself."""
 
     def holds(self, W: torch.Tensor) -> bool:
-        root = _parameter(W)
+        root = parameter_of(W)
         return root is not None and id(root) in self.weights
 
     def round(self, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``W`` (a matrix view of a listed weight) rounded to ``dtype``, once per block (the
-        optimizer's copy where :func:`taking_handoff` holds one)."""
+        optimizer's copy where it prepared one)."""
         if W.dtype == dtype:
             return W
-        root = _parameter(W)
+        root = parameter_of(W)
 
         def make(detached: torch.Tensor) -> torch.Tensor:
-            written = _written_copy(root, dtype)
+            written = written_copy(root, dtype)
             return written if written is not None else detached.to(dtype)
 
         return self._once(self.rounded, root, make).view(W.shape)
 
     def row_norms(self, W: torch.Tensor) -> Float[torch.Tensor, "..."]:
         """The norms of ``W``'s rows along its last dimension (``W`` a listed weight itself),
-        without gradient, once per block (the optimizer's where :func:`taking_handoff` holds them)."""
-        root = _parameter(W)
+        without gradient, once per block (the optimizer's where it prepared them)."""
+        root = parameter_of(W)
         return self._once(self.norms, root, lambda _: _row_norms_of(root))
 
     @staticmethod
@@ -173,21 +162,21 @@ class WeightBlock:
 
     def keep(self, W: torch.Tensor, a_low: torch.Tensor, grad_NM: torch.Tensor) -> None:
         """A matmul's operands: ``W``'s gradient has ``a_low.T @ grad_NM`` added at the end."""
-        self.kept.setdefault(id(_parameter(W)), []).append((a_low, a_low._version, grad_NM, grad_NM._version))
+        self.kept.setdefault(id(parameter_of(W)), []).append((a_low, a_low._version, grad_NM, grad_NM._version))
 
     def keep_regated(
         self, W: torch.Tensor, h_NF: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor, grad_SND: torch.Tensor
     ) -> None:
-        """A :func:`snapshot_decode`'s inputs: ``W``'s gradient ``[F, S, D]`` has, at each
+        """A :func:`~crosslens.crosscoders.regated_decode.snapshot_decode`'s inputs: ``W``'s gradient ``[F, S, D]`` has, at each
         snapshot, the regated code's ``f_s.T @ grad_s`` added at the end."""
         parts = (h_NF, norms_FS, threshold_F, grad_SND)
-        self.regated.setdefault(id(_parameter(W)), []).append((*parts, tuple(t._version for t in parts)))
+        self.regated.setdefault(id(parameter_of(W)), []).append((*parts, tuple(t._version for t in parts)))
 
     def add_norm_scale(self, W: torch.Tensor, scale: torch.Tensor) -> bool:
         """Add ``scale`` (``grad_norm / norm`` for norms of the rows of ``W`` along its root's last
         dimension) to what the end multiplies ``W`` by; False where ``scale`` does not have one
         entry per such row (then the caller writes the gradient itself)."""
-        root = _parameter(W)
+        root = parameter_of(W)
         if root is None or scale.numel() * root.shape[-1] != root.numel():
             return False
         self._note_version(root)
@@ -199,14 +188,14 @@ class WeightBlock:
     def sum_buffer(self, W: torch.Tensor) -> torch.Tensor:
         """The block's float32 sum for ``W``'s gradient, in ``W``'s shape: a kernel adds the rows it
         touches to it, and the end adds it to ``.grad``."""
-        root = _parameter(W)
+        root = parameter_of(W)
         total = self.sums.get(id(root))
         if total is None:
             total = self.sums[id(root)] = torch.zeros(root.shape, dtype=torch.float32, device=root.device)
         return total.view(W.shape)
 
     def leave_product(self, a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, feature_major: bool, out: torch.Tensor) -> None:
-        self.products.append((id(_parameter(W)), _operands(a, W, bias, feature_major), out._version, a, out))
+        self.products.append((id(parameter_of(W)), _operands(a, W, bias, feature_major), out._version, a, out))
 
     def take_product(self, a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, feature_major: bool) -> torch.Tensor | None:
         """The product a gradient-free pass left for these very operands (the same memory,
@@ -220,7 +209,7 @@ class WeightBlock:
             if kept_operands == operands and out._version == version:
                 del self.products[i]
                 return out
-        weight = id(_parameter(W))
+        weight = id(parameter_of(W))
         self.products = [entry for entry in self.products if entry[0] != weight]
         return None
 
@@ -287,7 +276,7 @@ _MODIFIED_IN_PLACE = (
     "before modifying it."
 )
 
-_TWICE = (
+TWICE = (
     "a crosscoder weight matmul was differentiated twice; its operands are freed by the first "
     "backward (retain_graph=True does not keep them): run the forward again."
 )
@@ -323,121 +312,13 @@ def weight_block(W: torch.Tensor) -> WeightBlock | None:
 def rounded(W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``W`` detached and rounded to ``dtype``: inside a :func:`deferred_weight_grads` block that
     lists it, the block's one copy for all its micro-batches; else the copy the optimizer wrote
-    (inside :func:`taking_handoff`) or a copy made now."""
+    (:mod:`~crosslens.crosscoders.prepared_weights`) or a copy made now."""
     block = weight_block(W)
     if block is not None:
         return block.round(W, dtype)
-    root = _parameter(W)
-    written = None if root is None else _written_copy(root, dtype)
+    root = parameter_of(W)
+    written = None if root is None else written_copy(root, dtype)
     return written.view(W.shape) if written is not None else W.detach().to(dtype)
-
-
-@dataclass(eq=False)
-class Handoff:
-    """What the optimizer's pass over a weight writes beside it for the next step, which would
-    otherwise read the float32 weight once more to make it: the weight rounded to
-    :attr:`copy_dtype` (the copy autocast's matmuls read, :func:`rounded`) and, with
-    :attr:`norms`, the Euclidean norms of its rows along the last dimension (the decoder norms
-    every sparsity term reads, :func:`row_norms_now`, :func:`weight_row_norms`). The optimizer
-    writes what :attr:`wanted` lists (:meth:`blank`, :meth:`blank_norms`, then :meth:`put`);
-    inside :func:`taking_handoff` each is handed over once, and only while its weight's version
-    counter says it is unchanged since. An in-place edit through ``.data`` escapes that counter
-    (as it escapes autograd's own checks): edit a parameter under ``torch.no_grad()`` instead."""
-
-    copy_dtype: torch.dtype | None = None
-    """The dtype of the rounded copies written; None: none."""
-    norms: bool = False
-    """Whether row norms are written."""
-    norms_of: Callable[[torch.Tensor], torch.Tensor] | None = None
-    """How the optimizer sums the norms it writes, for a step to compute them the same way where
-    none were written (its first, after a resume or an in-place edit), so that the run's bytes do
-    not depend on which it took; None: ``torch.linalg.vector_norm``, the eager pass's."""
-    made: dict[tuple[int, str], tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = field(default_factory=dict)
-    """By the weight's ``id`` and what it is (``"copy"``, ``"norms"``): the weight (weakly, so
-    that a new tensor given a freed one's ``id`` is not taken for it), its version when this was
-    written, and the tensor written."""
-    wanted: set[tuple[int, str]] = field(default_factory=set)
-    """The ``(id, what)`` of what the latest step made of each weight, to be written next."""
-
-    def blank(self, W: torch.Tensor) -> torch.Tensor | None:
-        """Where ``W``'s rounded copy is to be written, or None where no step wants it."""
-        if self.copy_dtype is None or (id(W), "copy") not in self.wanted:
-            return None
-        return torch.empty_like(W, dtype=self.copy_dtype)
-
-    def blank_norms(self, W: torch.Tensor) -> torch.Tensor | None:
-        """Where the norms of ``W``'s rows are to be written (float32), or None where no step
-        wants them."""
-        if not self.norms or W.dim() < 2 or (id(W), "norms") not in self.wanted:
-            return None
-        return torch.empty(W.shape[:-1], dtype=torch.float32, device=W.device)
-
-    def put(self, W: torch.Tensor, copy: torch.Tensor | None, norms: torch.Tensor | None) -> None:
-        """``copy`` and ``norms`` (None: not written) are those of ``W`` as it is now."""
-        for what, value in (("copy", copy), ("norms", norms)):
-            if value is not None:
-                self.made[(id(W), what)] = (weakref.ref(W), W._version, value)
-
-    def let_go(self) -> None:
-        """Drop what was not taken: no step will take it (the optimizer's next pass, or the end
-        of training)."""
-        self.made.clear()
-
-    def take(self, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-        """``W``'s rounded copy, once, if written in ``dtype`` and ``W`` is unchanged since; and
-        the next optimizer pass is to write one again."""
-        if self.copy_dtype != dtype:
-            return None
-        return self._take(W, "copy")
-
-    def take_norms(self, W: torch.Tensor) -> torch.Tensor | None:
-        """The norms of ``W``'s rows, once, if written and ``W`` is unchanged since; and the next
-        optimizer pass is to write them again."""
-        return self._take(W, "norms") if self.norms else None
-
-    def _take(self, W: torch.Tensor, what: str) -> torch.Tensor | None:
-        self.wanted.add((id(W), what))
-        ref, version, value = self.made.pop((id(W), what), (None, None, None))
-        return value if value is not None and ref() is W and version == W._version else None
-
-
-@contextmanager
-def taking_handoff(handoff: Handoff | None) -> Iterator[None]:
-    """Inside (one training step's forward and backward), :func:`rounded` and the decoder norms
-    take what the optimizer wrote in ``handoff`` rather than reading the weight again, and note
-    each weight they read for the optimizer to write next; what is not taken is let go at the end
-    (the optimizer's next pass would make it stale). ``None``: nothing to take."""
-    if handoff is None:
-        yield
-        return
-    if getattr(_state, "handoff", None) is not None:
-        raise RuntimeError("taking_handoff blocks do not nest")
-    handoff.wanted.clear()
-    _state.handoff = handoff
-    try:
-        yield
-    finally:
-        _state.handoff = None
-        handoff.let_go()
-
-
-def _written_copy(root: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    handoff = getattr(_state, "handoff", None)
-    return None if handoff is None or root.dtype == dtype else handoff.take(root, dtype)
-
-
-def handed_row_norms(W: torch.Tensor) -> torch.Tensor | None:
-    """Inside :func:`taking_handoff` whose optimizer writes row norms, for a parameter ``W``: the
-    norms of its rows as the optimizer wrote them for this step (``W`` unchanged since), else
-    computed as it computes them (:attr:`Handoff.norms_of`); None elsewhere: then they are
-    computed as a step computes them."""
-    handoff = getattr(_state, "handoff", None)
-    if handoff is None or not handoff.norms or W.dim() < 2 or _parameter(W) is not W:
-        return None
-    written = handoff.take_norms(W)
-    if written is None and handoff.norms_of is not None:
-        return handoff.norms_of(W.detach())
-    return written
 
 
 def _row_norms_of(root: torch.Tensor) -> torch.Tensor:
@@ -452,7 +333,7 @@ def row_norms_now(W: torch.Tensor) -> Float[torch.Tensor, "..."]:
     lists ``W``, the block's (computed once for all its micro-batches); the optimizer's where it
     writes them (:func:`handed_row_norms`)."""
     block = weight_block(W)
-    if block is not None and _parameter(W) is W:
+    if block is not None and parameter_of(W) is W:
         return block.row_norms(W).clone()  # the caller may edit its copy; the block's stays
     return _row_norms_of(W)
 
@@ -460,7 +341,7 @@ def row_norms_now(W: torch.Tensor) -> Float[torch.Tensor, "..."]:
 @contextmanager
 def deferred_weight_grads(weights: Sequence[torch.Tensor]) -> Iterator[None]:
     """Inside, the gradients to ``weights`` of :func:`weight_matmul`, :func:`weight_row_norms`,
-    :func:`snapshot_decode` and the kernels that ask :func:`weight_block` are not written by each
+    ``regated_decode.snapshot_decode`` and the kernels that ask :func:`weight_block` are not written by each
     backward: each keeps what it needs, and on leaving the block each weight's gradient is added
     to its ``.grad`` in one pass (see the module docstring). So it suits ``.backward()``, not
     ``torch.autograd.grad`` asked for a listed weight (which gets no gradient inside the block).
@@ -537,7 +418,7 @@ class _WeightMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         if any(need and kept is None for need, kept in zip(ctx.needs_input_grad[:2], (ctx.W_low, ctx.a_low), strict=True)):
-            raise RuntimeError(_TWICE)
+            raise RuntimeError(TWICE)
         check_unchanged((ctx.a_low, ctx.W_low), ctx.versions)
         grad_NM = grad.T if ctx.feature_major else grad
         grad_a = grad_W = grad_bias = None
@@ -573,7 +454,7 @@ def weight_matmul(
     gradient-free product under autocast in such a block: autocast's, on the block's copy).
     In a block, a product :func:`kept_products` left for these operands is taken, not computed."""
     block = weight_block(W_KM)
-    dtype = _product_dtype(W_KM, block)
+    dtype = product_dtype(W_KM, block)
     if block is not None and block.products and dtype is not None and torch.is_grad_enabled():
         known = block.take_product(a_NK, W_KM, bias_M, feature_major)
         if known is not None:
@@ -587,7 +468,7 @@ def weight_matmul(
     return out
 
 
-def _product_dtype(W: torch.Tensor, block: WeightBlock | None) -> torch.dtype | None:
+def product_dtype(W: torch.Tensor, block: WeightBlock | None) -> torch.dtype | None:
     """The dtype this module's product reads ``W`` in, or None where the plain op serves: under
     autocast (a float32 ``W``) autocast's, where ``W`` takes a gradient or, without one, where a
     block holds a copy to share; in a block without autocast, ``W``'s own (its gradient is the
@@ -625,7 +506,7 @@ def weight_row_norms(
     :func:`deferred_weight_grads` block that lists ``W``, the block's norms, their gradient
     summed over the block's micro-batches and multiplied by ``W`` once at its end."""
     block = weight_block(W)
-    if block is None or _parameter(W) is not W:
+    if block is None or parameter_of(W) is not W:
         return row_norms(W, known if known is not None else handed_row_norms(W))
     if not (torch.is_grad_enabled() and W.requires_grad):
         return block.row_norms(W).clone()
@@ -635,7 +516,7 @@ def weight_row_norms(
 def regated_weight_grad(
     regated: Sequence[tuple[torch.Tensor, ...]], out_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"]
 ) -> Float[torch.Tensor, "d_sae n_snapshots d_in"]:
-    """Add to ``out_FSD`` (float32) the decoder's gradient of :func:`snapshot_decode`s given as
+    """Add to ``out_FSD`` (float32) the decoder's gradient of ``regated_decode.snapshot_decode`` calls given as
     ``(h_NF, norms_FS, threshold_F, grad_SND)``: at each snapshot ``s``, the code ``h * [h *
     norms[:, s] > t]`` of all of them stacked, in the dtype the forward's matmul read it (the
     output gradient's), times their output gradients stacked, one float32 product
@@ -651,90 +532,3 @@ def regated_weight_grad(
         with torch.autocast(out_FSD.device.type, enabled=False):
             out_FSD[:, s] += float32_product(f_BF.T, grad_SBD[s])
     return out_FSD
-
-
-class _RegatedDecode(torch.autograd.Function):
-    """:func:`snapshot_decode` under autocast or in a block, and :func:`shared_code_decode`: the
-    forward autocast's batched matmul (on the block's rounded copy in a block; the weight's own
-    dtype without autocast); the decoder's gradient in float32, or its parts kept for the block,
-    from ``code`` rather than the saved ``[S, N, F]`` code: the code regated from ``(h, norms,
-    threshold)``, or ``(shared_NF,)``, one code for every snapshot."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, f_SNF: torch.Tensor, W_FSD: torch.Tensor, code: tuple[torch.Tensor, ...], dtype: torch.dtype,
-        block: WeightBlock | None,
-    ) -> torch.Tensor:  # fmt: skip
-        W_low = rounded(W_FSD, dtype)  # the block's copy in a block
-        with torch.autocast(f_SNF.device.type, enabled=False):
-            out = torch.bmm(f_SNF.to(dtype), W_low.transpose(0, 1))
-        ctx.W_low = W_low if ctx.needs_input_grad[0] else None
-        ctx.code = code if ctx.needs_input_grad[1] else None
-        # kept on ctx, not saved (the rounded weight is the block's), so checked by hand
-        ctx.versions = tuple(t._version for t in (W_low, *code))
-        ctx.block, ctx.f_dtype, ctx.weight, ctx.n_code = block, f_SNF.dtype, W_FSD, len(code)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_SND: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        if any(need and kept is None for need, kept in zip(ctx.needs_input_grad[:2], (ctx.W_low, ctx.code), strict=True)):
-            raise RuntimeError(_TWICE)
-        check_unchanged((ctx.W_low, *(ctx.code or (None,) * ctx.n_code)), ctx.versions)
-        grad_f = grad_W = None
-        if ctx.needs_input_grad[0]:
-            with torch.autocast(grad_SND.device.type, enabled=False):
-                grad_f = torch.bmm(grad_SND.to(ctx.W_low.dtype), ctx.W_low.permute(1, 2, 0)).to(ctx.f_dtype)
-            ctx.W_low = None
-        if ctx.needs_input_grad[1]:
-            W, block = ctx.weight, (ctx.block if ctx.block is not None and ctx.block.open else None)
-            if len(ctx.code) == 1:  # one code for every snapshot: one matmul over [N, S * D]
-                F_, S, D = W.shape
-                shared_NF = ctx.code[0]
-                grad_NX = grad_SND.transpose(0, 1).reshape(-1, S * D).to(shared_NF.dtype)
-                if block is not None:
-                    block.keep(W.view(F_, S * D), shared_NF, grad_NX)
-                else:
-                    with torch.autocast(grad_SND.device.type, enabled=False):
-                        grad_W = float32_product(shared_NF.T, grad_NX).view(F_, S, D).to(W.dtype)
-            elif block is not None:
-                block.keep_regated(W, *ctx.code, grad_SND)
-            else:
-                grad_W = regated_weight_grad([(*ctx.code, grad_SND)], W.new_zeros(W.shape, dtype=torch.float32))
-                grad_W = grad_W.to(W.dtype)
-            ctx.code = None
-        return grad_f, grad_W, None, None, None
-
-
-def snapshot_decode(
-    f_SNF: Float[torch.Tensor, "n_snapshots n d_sae"],
-    W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
-    gate: tuple[Float[torch.Tensor, "n d_sae"], Float[torch.Tensor, "d_sae n_snapshots"], Float[torch.Tensor, " d_sae"]],
-) -> Float[torch.Tensor, "n_snapshots n d_in"]:
-    """``f_s @ W_dec[:, s]`` at every snapshot, ``[S, N, D]``, of the JumpReLU code ``f_SNF = h *
-    [h * norms_s > t]`` that ``gate = (h_NF, norms_FS, threshold_F)`` (without gradient) gives.
-    Under autocast (a float32 decoder) or in a :func:`deferred_weight_grads` block that lists
-    the decoder, the decoder's gradient is computed from the code regated from ``gate``, so the
-    ``[S, N, F]`` code is not kept for backward, and in float32 (:class:`_RegatedDecode`);
-    else the plain batched matmul (but for a gradient-free product under autocast in such a
-    block: autocast's, on the block's copy)."""
-    block = weight_block(W_dec_FSD)
-    dtype = _product_dtype(W_dec_FSD, block)
-    if dtype is None:
-        return torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))
-    return _RegatedDecode.apply(f_SNF, W_dec_FSD, tuple(t.detach() for t in gate), dtype, block)
-
-
-def shared_code_decode(
-    f_SNF: Float[torch.Tensor, "n_snapshots n d_sae"],
-    W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
-    shared_NF: Float[torch.Tensor, "n d_sae"],
-) -> Float[torch.Tensor, "n_snapshots n d_in"]:
-    """``f_s @ W_dec[:, s]`` at every snapshot, ``[S, N, D]``, as :func:`snapshot_decode`, with
-    the decoder's gradient at every snapshot that of the shared code ``shared_NF`` (without
-    gradient): ``shared.T @ grad_s``, closed gates included (JumpReLU's
-    ``closed_gate_decoder_grad``). The code's gradient is the decode's. One ``[F, N] @ [N, S *
-    D]`` product, in float32 or kept in a :func:`deferred_weight_grads` block; the ``[S, N, F]``
-    code is not kept for backward."""
-    block = weight_block(W_dec_FSD)
-    dtype = _product_dtype(W_dec_FSD, block) or W_dec_FSD.dtype
-    return _RegatedDecode.apply(f_SNF, W_dec_FSD, (shared_NF.detach().to(dtype),), dtype, block)

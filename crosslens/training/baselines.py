@@ -47,7 +47,7 @@ from crosslens.architectures import BASELINE_OF, DEFAULT_LR, TRAINING_DEFAULTS
 from crosslens.core.seeding import seeded
 from crosslens.training.config import dead_feature_window
 from crosslens.training.factory import build_training_model
-from crosslens.training.trainer import crosscoder_metrics
+from crosslens.training.metrics import crosscoder_metrics
 
 # architecture -> (SAELens training class, its config)
 BASELINE_ARCHITECTURES: dict[str, tuple[type[TrainingSAE[Any]], type[Any]]] = {

@@ -1,13 +1,17 @@
 """The trainer's optimizer step: Adam, the gradient clip folded into it, and Adam with its
 moments stored in bfloat16 for dictionaries whose float32 state does not fit.
 
-With float32 moments on CUDA (triton installed) the step is crosslens's own pass over each
-parameter (:class:`KernelAdam`, one Triton kernel, :mod:`crosslens.training.triton_adam`), which
-reads and writes what torch's fused Adam does and, where the trainer asks, also writes what the
-next step would otherwise make by reading a float32 weight once more
-(:class:`~crosslens.crosscoders.weight_grads.Handoff`): under bfloat16 autocast the new weights
+With float32 moments, where the run's plan says so (CUDA with triton installed, by default:
+:class:`~crosslens.crosscoders.kernel_plan.KernelPlan`'s ``adam``), the step is crosslens's own
+pass over each parameter (:class:`KernelAdam`, one Triton kernel,
+:mod:`crosslens.training.triton_adam`), which reads and writes what torch's fused Adam does and,
+where the trainer asks by argument (``step(writes=...)``,
+:class:`~crosslens.crosscoders.weight_grads.WeightWrites`), also writes what the next step would
+otherwise make by reading a float32 weight once more: under bfloat16 autocast the new weights
 rounded to bfloat16, the copies the next step's matmuls read, and (the Triton pass) the norms of
-the decoder's rows, which every sparsity term reads. :class:`BFloat16StateAdam` writes them too.
+the decoder's rows, which every sparsity term reads. It returns what it wrote
+(:class:`~crosslens.crosscoders.weight_grads.PreparedWeights`). :class:`BFloat16StateAdam` writes
+them too.
 
 Clipping costs a read of every gradient for the global norm; torch's ``clip_grad_norm_``
 then reads and writes every gradient again to scale it before Adam reads it a third time.
@@ -39,9 +43,9 @@ import torch
 from jaxtyping import Int
 from torch import nn
 
-from crosslens.core.devices import kernel_backend
 from crosslens.crosscoders.collectives import LocalCollectives
-from crosslens.crosscoders.weight_grads import Handoff
+from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.crosscoders.prepared_weights import PreparedWeights, WeightWrites
 from crosslens.distributed.sharding import clip_coefficient, clip_grad_norm, grad_norm
 from crosslens.training.memory import CHUNK
 
@@ -51,43 +55,24 @@ passes, several times faster for a crosscoder's large weight tensors. It is
 deterministic, but its rounding differs from the unfused Adam's."""
 
 
-BACKEND: str | None = None
-"""Force ``"eager"`` or ``"triton"`` for the optimizer's update (``"triton"`` on a CPU needs
-``TRITON_INTERPRET=1``); None takes the Triton kernels where they compile
-(:func:`~crosslens.core.devices.kernel_backend`): :class:`KernelAdam`'s and
-:class:`BFloat16StateAdam`'s. With float32 moments ``"eager"`` also means torch's Adam (unless
-``KERNEL_ADAM``). For tests, and for a GPU whose Triton fails."""
-
-KERNEL_ADAM: bool | None = None
-"""Force :class:`KernelAdam` (True) or torch's Adam (False) for float32 moments; None takes
-:class:`KernelAdam` where its Triton kernel compiles (``BACKEND`` then picks its update). For
-tests, and for a GPU where torch's fused Adam is the faster."""
-
-HANDOFF_NORMS: bool | None = None
-"""Force (True) or stop (False) the optimizer's writing of the decoder's row norms for the next
-step (:func:`writes_row_norms`); None: where its pass is the Triton kernel. For tests (the eager
-pass computes the norms the step would) and for timing both ways."""
+def writes_row_norms(state_dtype: str, plan: KernelPlan) -> bool:
+    """Whether the trainer's Adam with ``state_dtype`` moments writes the norms of the rows of the
+    weights whose norms a step reads (the decoder's), for the next step to take: where the plan
+    asks for it and the pass is the Triton kernel, which sums them as it writes each row. An eager
+    pass would read the weight once more for them, as the step does, so it leaves them to the
+    step."""
+    kernel = state_dtype == "bfloat16" or plan.adam == "kernel"
+    return plan.handoff_norms and kernel and plan.adam_backend == "triton"
 
 
-def writes_row_norms(state_dtype: str, device: torch.device) -> bool:
-    """Whether the trainer's Adam with ``state_dtype`` moments on ``device`` writes the norms of
-    the rows of the weights whose norms a step reads (the decoder's), for the next step to take:
-    where its pass is the Triton kernel, which sums them as it writes each row. An eager pass
-    would read the weight once more for them, as the step does, so it leaves them to the step."""
-    if HANDOFF_NORMS is not None:
-        return HANDOFF_NORMS
-    kernel = state_dtype == "bfloat16" or KERNEL_ADAM is not False
-    return kernel and kernel_backend(device, BACKEND) == "triton"
-
-
-def row_norms_of_the_pass(device: torch.device) -> Any:
-    """How the optimizer's pass on ``device`` sums the row norms it writes, for a step that finds
-    none written to sum them the same way (:attr:`~crosslens.crosscoders.weight_grads.Handoff.norms_of`):
-    the Triton kernel's order where the pass is the kernel, else None (``torch.linalg.vector_norm``,
-    the eager pass's)."""
-    if kernel_backend(device, BACKEND) != "triton":
+def row_norms_of_the_pass(plan: KernelPlan) -> Any:
+    """How the optimizer's pass sums the row norms it writes, for a step that finds none written
+    to sum them the same way (:attr:`~crosslens.crosscoders.weight_grads.StepWeights.norms_of`):
+    the Triton kernel's order where the pass is the kernel, else None
+    (``torch.linalg.vector_norm``, the eager pass's)."""
+    if plan.adam_backend != "triton":
         return None
-    from crosslens.training import triton_adam
+    from crosslens.training import triton_adam  # triton is needed only where it runs
 
     return triton_adam.row_norms
 
@@ -128,15 +113,8 @@ def noise_key(seed: int, step: int, index: int) -> int:
     return _as_int64(z)
 
 
-NOISE_BLOCK = 1 << 16
-"""Elements of :func:`rounding_noise` mixed at a time on a CPU: its two int64 buffers stay in
-cache through the dozen passes, which makes it faster than drawing the noise with
-``torch.randint``; mixed whole, a chunk's noise took three times as long. An accelerator mixes
-a chunk whole (a block would cost a dozen launches)."""
-
-
 def rounding_noise(
-    key: int, start: int, n: int, device: torch.device | str = "cpu"
+    key: int, start: int, n: int, device: torch.device | str = "cpu", block: int = 1 << 16
 ) -> tuple[Int[torch.Tensor, " n"], Int[torch.Tensor, " n"]]:
     """The rounding noise of elements ``start .. start + n`` of one parameter, drawn with
     ``key`` (:func:`noise_key`): int32 in ``[0, 2^16)``, one tensor for each moment, the part
@@ -144,8 +122,10 @@ def rounding_noise(
     takes SplitMix64's output for counter ``key + (e + 1) * GOLDEN`` (the generator's ``e``-th
     draw), the first moment its bits 32-47, the second its bits 48-63; int64 arithmetic wraps as
     the unsigned arithmetic does, so these are the Triton kernel's draws to the bit
-    (:func:`crosslens.training.triton_adam.noise`)."""
-    block = NOISE_BLOCK if torch.device(device).type == "cpu" else max(n, 1)
+    (:func:`crosslens.training.triton_adam.noise`). On a CPU ``block`` elements are mixed at a
+    time (the plan's ``noise_block``: its two int64 buffers stay in cache through the dozen
+    passes); an accelerator mixes a chunk whole (a block would cost a dozen launches)."""
+    block = block if torch.device(device).type == "cpu" else max(n, 1)
     noise_m, noise_v = (torch.empty(n, dtype=torch.int32, device=device) for _ in range(2))
     z_all, scratch_all = (torch.empty(min(n, block), dtype=torch.int64, device=device) for _ in range(2))
     for first in range(0, n, block):
@@ -194,26 +174,26 @@ def eager_update(
 
 def eager_chunk_update(
     p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, key: int, start: int,
-    grad_scale: torch.Tensor | None, hyper: Hyper, copy: torch.Tensor | None = None,
+    grad_scale: torch.Tensor | None, hyper: Hyper, copy: torch.Tensor | None = None, noise_block: int = 1 << 16,
 ) -> None:  # fmt: skip
     """Adam's update of one chunk in place, in float32 temporaries: ``p`` float32, ``g`` its
     gradient, ``m`` and ``v`` the bfloat16 moments, stored with the rounding noise of ``key``
     (:func:`noise_key`) at the chunk's elements (it starts at element ``start`` of its
     parameter), ``grad_scale`` a divisor of ``g``; ``copy`` receives the new ``p`` rounded. The
     twin of :func:`crosslens.training.triton_adam.chunk_update`."""
-    noise_m, noise_v = rounding_noise(key, start, p.numel(), p.device)  # drawn first: fewer temporaries at once
+    noise_m, noise_v = rounding_noise(key, start, p.numel(), p.device, noise_block)  # drawn first: fewer temporaries at once
     m_new, v_new = m.float(), v.float()
     eager_update(p, g, m_new, v_new, grad_scale, hyper, copy)
     m.copy_(round_stochastic(m_new, noise_m))
     v.copy_(round_stochastic(v_new, noise_v))
 
 
-def _update_for(device: torch.device, *, chunked: bool) -> Any:
-    """The update that runs on ``device``: the Triton kernel's wrapper where it compiles (or
-    ``BACKEND`` forces it), else its eager twin; ``chunked``: for bfloat16 moments, a chunk at a
-    time (:func:`eager_chunk_update`'s signature), else float32 moments (:func:`eager_update`'s)."""
-    if kernel_backend(device, BACKEND) == "triton":
-        from crosslens.training import triton_adam
+def _update_for(plan: KernelPlan, *, chunked: bool) -> Any:
+    """The update the plan's ``adam_backend`` names: the Triton kernel's wrapper, else its eager
+    twin; ``chunked``: for bfloat16 moments, a chunk at a time (:func:`eager_chunk_update`'s
+    signature), else float32 moments (:func:`eager_update`'s)."""
+    if plan.adam_backend == "triton":
+        from crosslens.training import triton_adam  # triton is needed only where it runs
 
         return triton_adam.chunk_update if chunked else triton_adam.update
     return eager_chunk_update if chunked else eager_update
@@ -232,15 +212,15 @@ def _advance(state: dict[str, Any], group: dict[str, Any]) -> Hyper:
 
 
 def _updates(
-    optimizer: KernelAdam | BFloat16StateAdam, moments: torch.dtype
+    optimizer: KernelAdam | BFloat16StateAdam, moments: torch.dtype, writes: WeightWrites | None,
+    prepared: PreparedWeights,
 ) -> Iterator[tuple[int, torch.Tensor, dict[str, Any], Hyper, torch.Tensor | None, torch.Tensor | None]]:
     """Each parameter of ``optimizer`` with a gradient, for its update: its place among the
     optimizer's parameters, the parameter, its state (made on its first step, the moments zeros in
     ``moments``), the step's constants, and where its rounded copy and its rows' norms go (None
-    where they are not asked for). After each update, the write is counted in the parameter's
-    version (a kernel's store is invisible to autograd) and what was written beside it, made from
-    that version, is handed over."""
-    handoff = optimizer.handoff
+    where ``writes`` does not ask for them). After each update, the write is counted in the
+    parameter's version (a kernel's store is invisible to autograd) and what was written beside
+    it, made from that version, goes into ``prepared``."""
     pairs = [(group, p) for group in optimizer.param_groups for p in group["params"]]
     for place, (group, p) in enumerate(pairs):
         if p.grad is None:
@@ -250,35 +230,37 @@ def _updates(
             state["step"] = torch.tensor(0.0, dtype=torch.float64)
             state["exp_avg"] = torch.zeros_like(p, dtype=moments, memory_format=torch.contiguous_format)
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=moments, memory_format=torch.contiguous_format)
-        copy, norms = (None, None) if handoff is None else (handoff.blank(p), handoff.blank_norms(p))
+        copy, norms = (None, None) if writes is None else (writes.copy_of(p), writes.norms_of(p))
         yield place, p, state, _advance(state, group), copy, norms
         torch.autograd.graph.increment_version(p)
-        if handoff is not None:
-            handoff.put(p, copy, norms)
+        prepared.put(p, copy, norms)
 
 
 class KernelAdam(torch.optim.Adam):
     """torch's Adam (no weight decay, no amsgrad), whose step is one pass over each parameter:
-    the Triton kernel where it compiles, :func:`eager_update` elsewhere. Its state and
+    the Triton kernel or :func:`eager_update`, as the plan's ``adam_backend`` says. Its state and
     hyperparameters are torch's, so a checkpoint moves between the two. Like torch's fused
-    Adam it divides the gradients by ``grad_scale``; for each weight ``handoff`` asks for, it also
+    Adam it divides the gradients by ``grad_scale``; for each weight ``writes`` asks for, it also
     writes the new weight rounded, or its rows' norms (see the module docstring)."""
 
     def __init__(
-        self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, handoff: Handoff | None = None
+        self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, plan: KernelPlan
     ):  # fmt: skip
         super().__init__(params, lr=lr, betas=betas, eps=eps)
         self.grad_scale: torch.Tensor | None = None
         """A divisor of every gradient, as torch's fused Adam takes it (the clip's 1 / c)."""
-        self.handoff = handoff
+        self.plan = plan
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> None:
+    def step(self, closure: Any = None, *, writes: WeightWrites | None = None) -> PreparedWeights:  # type: ignore[override]
         assert closure is None, "KernelAdam takes no closure"
         self._check()
-        for _, p, state, hyper, copy, norms in _updates(self, torch.float32):
+        prepared = PreparedWeights()
+        update = _update_for(self.plan, chunked=False)
+        for _, p, state, hyper, copy, norms in _updates(self, torch.float32, writes, prepared):
             moments = (state["exp_avg"], state["exp_avg_sq"])
-            _update_for(p.device, chunked=False)(p, p.grad.contiguous(), *moments, self.grad_scale, hyper, copy, norms)
+            update(p, p.grad.contiguous(), *moments, self.grad_scale, hyper, copy, norms)
+        return prepared
 
     def _check(self) -> None:
         """Refuse, before any parameter moves, what this Adam does not do."""
@@ -298,26 +280,27 @@ class KernelAdam(torch.optim.Adam):
 class BFloat16StateAdam(torch.optim.Optimizer):
     """Adam (no weight decay, no amsgrad) with bfloat16 moments, stored with stochastic rounding
     whose noise :func:`rounding_noise` draws from ``seed``; float32 parameters. For each weight
-    ``handoff`` asks for, it also writes the new weight rounded, or its rows' norms (see the module
+    ``writes`` asks for, it also writes the new weight rounded, or its rows' norms (see the module
     docstring)."""
 
     def __init__(
-        self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, seed: int,
-        handoff: Handoff | None = None,
+        self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, seed: int, plan: KernelPlan,
     ):  # fmt: skip
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         self.seed = seed
         self.grad_scale: torch.Tensor | None = None
         """A divisor of every gradient, as torch's fused Adam takes it (the clip's 1 / c)."""
-        self.handoff = handoff
+        self.plan = plan
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> None:
+    def step(self, closure: Any = None, *, writes: WeightWrites | None = None) -> PreparedWeights:  # type: ignore[override]
         assert closure is None, "BFloat16StateAdam takes no closure"
-        for place, p, state, hyper, copy, norms in _updates(self, torch.bfloat16):
-            update = _update_for(p.device, chunked=True)
+        prepared = PreparedWeights()
+        kernel = self.plan.adam_backend == "triton"
+        update = _update_for(self.plan, chunked=True)
+        for place, p, state, hyper, copy, norms in _updates(self, torch.bfloat16, writes, prepared):
             key = noise_key(self.seed, int(state["step"].item()), place)
-            if update is not eager_chunk_update:  # the kernel holds no temporaries: the whole parameter at once
+            if kernel:  # the kernel holds no temporaries: the whole parameter at once
                 grad = p.grad.contiguous()
                 update(p, grad, state["exp_avg"], state["exp_avg_sq"], key, 0, self.grad_scale, hyper, copy, norms)
                 continue
@@ -326,9 +309,10 @@ class BFloat16StateAdam(torch.optim.Optimizer):
             for start in range(0, p.numel(), CHUNK):
                 p_c, g_c, m_c, v_c = (t[start : start + CHUNK] for t in flats)
                 copy_c = None if copy is None else copy.view(-1)[start : start + CHUNK]
-                update(p_c, g_c, m_c, v_c, key, start, self.grad_scale, hyper, copy_c)
+                update(p_c, g_c, m_c, v_c, key, start, self.grad_scale, hyper, copy_c, self.plan.noise_block)
             if norms is not None:
                 torch.linalg.vector_norm(p, dim=-1, out=norms)
+        return prepared
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "rounding_seed": self.seed}
@@ -371,17 +355,15 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str,
 
 def make_optimizer(
     param_groups: list[dict[str, Any]], *, lr: float, betas: tuple[float, float], state_dtype: str, seed: int,
-    device: torch.device, handoff: Handoff | None = None,
+    device: torch.device, plan: KernelPlan,
 ) -> torch.optim.Optimizer:  # fmt: skip
     """The trainer's Adam: with bfloat16 moments, or with float32 ones :class:`KernelAdam` where
-    its Triton kernel compiles, else torch's, fused where the device has the kernel. ``handoff``:
-    where the optimizer writes the rounded weights and row norms the next step takes (torch's Adam
-    writes none)."""
+    the plan says (``adam``), else torch's, fused where the device has the kernel (torch's Adam
+    writes nothing beside the weights)."""
     if state_dtype == "bfloat16":
-        return BFloat16StateAdam(param_groups, lr=lr, betas=betas, seed=seed, handoff=handoff)
-    kernel = KERNEL_ADAM if KERNEL_ADAM is not None else kernel_backend(device, BACKEND) == "triton"
-    if kernel:
-        return KernelAdam(param_groups, lr=lr, betas=betas, handoff=handoff)
+        return BFloat16StateAdam(param_groups, lr=lr, betas=betas, seed=seed, plan=plan)
+    if plan.adam == "kernel":
+        return KernelAdam(param_groups, lr=lr, betas=betas, plan=plan)
     return torch.optim.Adam(param_groups, lr=lr, betas=betas, fused=device.type in FUSED_ADAM_DEVICES or None)
 
 
@@ -392,6 +374,14 @@ def takes_grad_scale(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(optimizer, torch.optim.Adam) and all(g.get("fused") for g in optimizer.param_groups)
 
 
+def _step(optimizer: torch.optim.Optimizer, writes: WeightWrites | None) -> PreparedWeights | None:
+    """``optimizer.step``, asking crosslens's Adams for ``writes``; what they wrote, else None."""
+    if isinstance(optimizer, (BFloat16StateAdam, KernelAdam)):
+        return optimizer.step(writes=writes)
+    optimizer.step()
+    return None
+
+
 def clipped_step(
     optimizer: torch.optim.Optimizer,
     module: nn.Module,
@@ -399,24 +389,23 @@ def clipped_step(
     max_norm: float | None,
     *,
     fused: bool,
-) -> None:
+    writes: WeightWrites | None = None,
+) -> PreparedWeights | None:
     """Clip the gradient's global norm to ``max_norm`` (None: no clip) and take Adam's step;
     ``fused``: the clip coefficient goes into Adam's own pass (see the module docstring),
-    else torch's ``clip_grad_norm_`` scales the gradients first."""
+    else torch's ``clip_grad_norm_`` scales the gradients first. ``writes``: what the pass is to
+    write beside the weights for the next step; returns what it wrote (None: torch's Adam)."""
     if max_norm is None:
-        optimizer.step()
-        return
+        return _step(optimizer, writes)
     if not fused:
         clip_grad_norm(module, max_norm, collectives)
-        optimizer.step()
-        return
+        return _step(optimizer, writes)
     coef = clip_coefficient(grad_norm(module, collectives), max_norm)
     if not takes_grad_scale(optimizer):
         torch._foreach_mul_([p.grad for p in module.parameters() if p.grad is not None], coef)
-        optimizer.step()
-        return
+        return _step(optimizer, writes)
     optimizer.grad_scale = coef.reciprocal()  # type: ignore[attr-defined]
     try:
-        optimizer.step()
+        return _step(optimizer, writes)
     finally:
         optimizer.grad_scale = None  # type: ignore[attr-defined]

@@ -63,7 +63,9 @@ from crosslens.training.runfolder import (
     refuse_store_folder,
     seal_run,
 )
-from crosslens.training.trainer import CrosscoderTrainer, crosscoder_metrics
+from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.training.metrics import crosscoder_metrics
+from crosslens.training.trainer import CrosscoderTrainer
 
 class CrosscoderTrainingRunner:
     """Trains one crosscoder from an activation store; ``run(resume=True)`` continues a run."""
@@ -189,9 +191,9 @@ class CrosscoderTrainingRunner:
         return _jsonable(asdict(self.config))
 
     def launch_record(self) -> dict[str, Any]:
-        """How many processes train: not a config field (torchrun decides it), but a resume on
-        another count splits the batch otherwise."""
-        return {"world_size": 1 if self.mesh is None else self.mesh[0].world_size}
+        """How many processes train (not a config field: torchrun decides it, but a resume on
+        another count splits the batch otherwise), and the kernels they run."""
+        return {"world_size": 1 if self.mesh is None else self.mesh[0].world_size, "kernel_plan": self.kernel_plan.to_dict()}
 
     def run_record(self) -> dict[str, Any]:
         """What run.json holds: the runner config and its launch, with the store's absolute path
@@ -244,17 +246,27 @@ class CrosscoderTrainingRunner:
         if not isinstance(started, dict):
             return
         now = {**self.config_record(), **self.launch_record()}
-        changed = [f"{key} {now[key]!r} (the run started with {started[key]!r})"
-                   for key in BYTE_LAYOUT_SETTINGS if key in started and started[key] != now.get(key)]  # fmt: skip
+        keys = [key for key in BYTE_LAYOUT_SETTINGS if key in started and started[key] != now.get(key)]
+        if "kernel_plan" in keys and len(keys) > 1:  # another device or mesh: its plan follows
+            keys.remove("kernel_plan")
+        changed = [f"{key} {now[key]!r} (the run started with {started[key]!r})" for key in keys]
         if changed:
             print(f"--resume: {', '.join(changed)}: the same training to float rounding, not the bytes an "
                   "uninterrupted run would end in")  # fmt: skip
 
+    @property
+    def kernel_plan(self) -> KernelPlan:
+        """Which kernels the run's step and optimizer take: resolved once from the device the run
+        trains on and its settings (``--sparse-step``), printed, and recorded in run.json."""
+        sparse = {"auto": None, "on": True, "off": False}[self.config.sae.sparse_step]
+        return KernelPlan.resolve(self.device, jumprelu_sparse=sparse)
+
     def _trainer(self, checkpoint: Path | None) -> CrosscoderTrainer:
+        plan = self.kernel_plan
         if checkpoint is None:
-            trainer = _SealedTrainer(self._new_crosscoder(), self._trainer_config(), mesh=self.mesh)
+            trainer = _SealedTrainer(self._new_crosscoder(), self._trainer_config(), mesh=self.mesh, plan=plan)
         else:
-            trainer = _SealedTrainer.from_checkpoint(checkpoint, self._trainer_config(), mesh=self.mesh)
+            trainer = _SealedTrainer.from_checkpoint(checkpoint, self._trainer_config(), mesh=self.mesh, plan=plan)
         trainer.record = {"settings": self._settings(), "store": self.store_identity()}
         trainer.keep_checkpoints = self.config.keep_checkpoints
         return trainer
@@ -307,6 +319,7 @@ class CrosscoderTrainingRunner:
                 run_file.write_text(json.dumps(self.run_record(), indent=2))
             if self.is_main:
                 print(precision_line(self.config))
+                print(self.kernel_plan.describe())
                 if self.store is not None:
                     print(data_line(self.config, self.store.n_tokens))
             trainer = self._trainer(resume_from)
@@ -408,8 +421,6 @@ def new_training_crosscoder(config: CrosscoderRunnerConfig, *, d_in: int, n_snap
     if sparsity is None:
         sparsity = sparsity_coefficient_for(sae.architecture, n_snapshots=n_snapshots, d_in=d_in, d_sae=sae.d_sae)
     jumprelu_only: dict[str, Any] = {} if sae.target_l0 is None else {"target_l0": sae.target_l0}
-    if sae.sparse_step != "auto":
-        jumprelu_only["sparse_step"] = sae.sparse_step == "on"
     with seeded(config.seed, device):
         return build_training_crosscoder(
             sae.architecture, d_in=d_in, n_snapshots=n_snapshots, d_sae=sae.d_sae, k=sae.k,
@@ -462,9 +473,9 @@ def data_line(config: CrosscoderRunnerConfig, store_tokens: int) -> str:
     )
 
 
-BYTE_LAYOUT_SETTINGS = ("device", "snapshot_parallel", "micro_batches", "world_size")
+BYTE_LAYOUT_SETTINGS = ("device", "snapshot_parallel", "micro_batches", "world_size", "kernel_plan")
 """Settings a resume may change that round the same training otherwise (another device's
-kernels, another mesh's sums, another split of the batch)."""
+kernels, another mesh's sums, another split of the batch, another plan's kernels)."""
 
 
 def _resume_settings(config: dict[str, Any]) -> dict[str, Any]:

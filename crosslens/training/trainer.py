@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -56,7 +54,8 @@ from crosslens.core.seeding import seed_everything
 from crosslens.core.tensors import HostListing, row_counts
 from crosslens.crosscoders.base import CrosscoderStepInput, CrosscoderTrainingMixin, set_crosscoder_metadata
 from crosslens.crosscoders.collectives import LocalCollectives
-from crosslens.crosscoders.weight_grads import Handoff, taking_handoff
+from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.crosscoders.prepared_weights import StepWeights
 from crosslens.distributed.mesh import MeshLayout, local_layout
 from crosslens.distributed.sharding import (
     full_crosscoder,
@@ -79,39 +78,12 @@ from crosslens.training.optim import (
     row_norms_of_the_pass,
     writes_row_norms,
 )
+from crosslens.training.wandb_log import histograms, log_model_artifact, start_wandb, step_log
 
 Batch = Float[torch.Tensor, "batch n_snapshots d_in"]
 BatchSource = Union[Iterable[Batch], Callable[[int], Iterator[Batch]]]
 Mesh = tuple[MeshLayout, LocalCollectives]
 """Where a trainer sits in a ``(data, snapshot)`` mesh (``crosslens.distributed.init_mesh``)."""
-
-
-@torch.no_grad()
-def crosscoder_metrics(
-    x: Float[torch.Tensor, "batch n_snapshots d_in"],
-    x_hat: Float[torch.Tensor, "batch n_snapshots d_in"],
-    feature_acts: Float[torch.Tensor, "batch d_sae"],
-) -> dict[str, float]:
-    """Reconstruction and sparsity metrics of one batch.
-
-    Per snapshot s: ``explained_variance = 1 - sum_b ||x_hat_s - x_s||^2 /
-    sum_b ||x_s - mean_b x_s||^2`` and ``mse = mean_b ||x_hat_s - x_s||^2`` (summed over
-    d_in, so the snapshots' MSEs add up to the loss's reconstruction term);
-    ``l0`` = mean number of non-zero features per token.
-    """
-    x = x.float()
-    sq_err_BS = (x_hat.float() - x).pow(2).sum(dim=-1)
-    var_BS = (x - x.mean(dim=0)).pow(2).sum(dim=-1)
-    ev_S = 1 - sq_err_BS.sum(dim=0) / var_BS.sum(dim=0)
-    mse_S = sq_err_BS.mean(dim=0)
-    out = {
-        "metrics/explained_variance": (1 - sq_err_BS.sum() / var_BS.sum()).item(),
-        "metrics/l0": (feature_acts != 0).sum(dim=-1).float().mean().item(),
-    }
-    for s, (ev, mse) in enumerate(zip(ev_S.tolist(), mse_S.tolist())):
-        out[f"metrics/explained_variance/snapshot_{s}"] = ev
-        out[f"metrics/mse/snapshot_{s}"] = mse
-    return out
 
 
 @dataclass(frozen=True)
@@ -152,7 +124,8 @@ class CrosscoderTrainer:
     """
 
     def __init__(
-        self, sae: TrainingSAE[Any], cfg: CrosscoderTrainerConfig, *, mesh: Mesh | None = None
+        self, sae: TrainingSAE[Any], cfg: CrosscoderTrainerConfig, *, mesh: Mesh | None = None,
+        plan: KernelPlan | None = None,
     ):
         if not isinstance(sae, CrosscoderTrainingMixin):
             raise TypeError(
@@ -164,6 +137,9 @@ class CrosscoderTrainer:
         # sliced where it stands, then moved: a mesh rank's GPU holds its block, not the whole
         self.sae = shard_crosscoder(sae, self.layout, self.collectives).to(cfg.device)
         self.cfg = cfg
+        self.plan = plan if plan is not None else KernelPlan.resolve(cfg.device)
+        """Which kernels the step and the optimizer run (:class:`KernelPlan`), handed to both."""
+        self.sae.use_kernel_plan(self.plan)
         self.n_steps = 0
         self.n_tokens = 0
         self.wandb_run_id: str | None = None
@@ -184,13 +160,12 @@ class CrosscoderTrainer:
                 "on a mesh keep float32 Adam state (shard the snapshots over more ranks instead)."
             )
         copy_dtype = torch.bfloat16 if cfg.autocast_dtype == "bfloat16" else None
-        device = torch.device(cfg.device)
-        norms = writes_row_norms(cfg.optimizer_state_dtype, device)
-        norms_of = row_norms_of_the_pass(device) if norms else None
-        self.handoff = Handoff(copy_dtype, norms, norms_of) if copy_dtype is not None or norms else None
-        """What the optimizer's pass writes for the next step: under autocast the weights rounded
-        for its matmuls (crosslens's Adam and the bfloat16-state Adam), and where that pass is the
-        Triton kernel the decoder's row norms (torch's Adam writes neither)."""
+        norms = writes_row_norms(cfg.optimizer_state_dtype, self.plan)
+        self.step_weights = StepWeights(copy_dtype, norms, row_norms_of_the_pass(self.plan) if norms else None)
+        """What the optimizer's pass writes for the next step, asked for by argument: under
+        autocast the weights rounded for its matmuls (crosslens's Adam and the bfloat16-state
+        Adam), and where that pass is the Triton kernel the decoder's row norms (torch's Adam
+        writes neither)."""
         self.optimizer = make_optimizer(
             self.sae.optimizer_param_groups(cfg.lr),
             lr=cfg.lr,
@@ -198,7 +173,7 @@ class CrosscoderTrainer:
             state_dtype=cfg.optimizer_state_dtype,
             seed=cfg.seed,
             device=torch.device(cfg.device),
-            handoff=self.handoff,
+            plan=self.plan,
         )
         assert cfg.lr_end is not None  # set in __post_init__
         self.lr_scheduler = get_lr_scheduler(
@@ -282,7 +257,7 @@ class CrosscoderTrainer:
                 dead_rows=dead_rows,
             )
 
-        with taking_handoff(self.handoff):
+        with self.step_weights.reading():
             if self.cfg.micro_batches > 1:
                 output = micro_batched_pass(self.sae, x_BSD, self.cfg.micro_batches, step_input, autocast)
                 n_batch = self._count_firing(output.feature_acts)
@@ -292,7 +267,10 @@ class CrosscoderTrainer:
                 n_batch = self._count_firing(output.feature_acts)
                 output.loss.backward()
         reduce_gradients(self.sae, self.collectives)
-        clipped_step(self.optimizer, self.sae, self.collectives, self.cfg.max_grad_norm, fused=self.cfg.fused_clip)
+        self.step_weights.prepared = clipped_step(
+            self.optimizer, self.sae, self.collectives, self.cfg.max_grad_norm,
+            fused=self.cfg.fused_clip, writes=self.step_weights.writes(),
+        )  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
         for scheduler in self.coefficient_schedulers.values():
@@ -338,7 +316,7 @@ class CrosscoderTrainer:
             record_provider(self.sae.cfg, batches)
         batch_iter = _open_batches(batches, self.n_steps)
         log_here = self.cfg.logger.log_to_wandb and self.is_main
-        wandb_run, owns_run = self._start_wandb() if log_here else (None, False)
+        wandb_run, owns_run = start_wandb(self) if log_here else (None, False)
         if wandb_run is not None:  # also the caller's run: the crosscoder's metadata names it
             self.wandb_run_id = self.wandb_run_id or wandb_run.id
         pbar = progress_bar(
@@ -371,9 +349,9 @@ class CrosscoderTrainer:
                     now = time.perf_counter()
                     elapsed = max(now - last_log_time, 1e-9)
                     tokens_per_s = (self.n_tokens - last_log_tokens) / elapsed
-                    log = self.log_dict(output, tokens_per_s=tokens_per_s)
+                    log = step_log(self, output, tokens_per_s=tokens_per_s)
                     if self.cfg.logger.histogram_every and self.n_steps % self.cfg.logger.histogram_every == 0:
-                        log.update(self.histogram_dict())
+                        log.update(histograms(self))
                     wandb_run.log(log, step=self.n_steps)
                     last_log_time, last_log_tokens = time.perf_counter(), self.n_tokens
                 if self._shows_progress(self.n_steps):  # a read of the device, once a log interval
@@ -387,12 +365,11 @@ class CrosscoderTrainer:
                 if self.is_main:
                     final.save_inference_model(final_dir)
                     if wandb_run is not None and self.cfg.logger.log_model_artifact:
-                        self.log_model_artifact(wandb_run, final_dir)
+                        log_model_artifact(self, wandb_run, final_dir)
                 self._barrier()
         finally:
             pbar.close()
-            if self.handoff is not None:  # no step comes to take them
-                self.handoff.let_go()
+            self.step_weights.prepared = None  # no step comes to take them
             if owns_run and wandb_run is not None:
                 wandb_run.finish()
         return self.sae
@@ -413,17 +390,6 @@ class CrosscoderTrainer:
             meta.wandb_project = getattr(wandb_run, "project", None) or self.cfg.logger.wandb_project
             meta.wandb_entity = getattr(wandb_run, "entity", None) or self.cfg.logger.wandb_entity
 
-    def log_model_artifact(self, wandb_run: Any, folder: Path) -> None:
-        """The saved crosscoder folder as a W&B ``model`` artifact, named as SAELens names its
-        SAE artifacts (``sae.get_name()`` with "/" replaced)."""
-        import wandb
-
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", self.sae.get_name().replace("/", "__"))
-        artifact = wandb.Artifact(name, type="model", metadata={"n_steps": self.n_steps, "n_tokens": self.n_tokens})
-        for file in sorted(folder.iterdir()):
-            artifact.add_file(str(file))
-        wandb_run.log_artifact(artifact, aliases=["final"])
-
     def _is_log_step(self, step: int) -> bool:
         return self.cfg.logger.log_to_wandb and step % self.cfg.logger.wandb_log_frequency == 0
 
@@ -433,57 +399,6 @@ class CrosscoderTrainer:
         return self._is_log_step(step) or (
             not self.collectives.is_distributed and step % self.cfg.logger.wandb_log_frequency == 0
         )
-
-    # ----------------------------------------------------------------- logging
-    @torch.no_grad()
-    def log_dict(
-        self, output: TrainStepOutput, *, tokens_per_s: float | None = None
-    ) -> dict[str, Any]:
-        """Scalar metrics of the latest step; resets the dense-feature window."""
-        log: dict[str, Any] = {"losses/overall_loss": output.loss.item()}
-        for name, value in output.losses.items():
-            log[f"losses/{name}"] = float(value)
-        log.update(crosscoder_metrics(output.sae_in, output.sae_out, output.feature_acts))
-        for name, value in output.metrics.items():
-            log[f"metrics/{name}"] = float(value() if callable(value) else value)
-        frequency_F = self.window_fire_counts.float() / max(self.window_tokens, 1)
-        log["sparsity/dead_features"] = int(self.dead_features.sum())
-        log["sparsity/dense_features"] = int((frequency_F > self.cfg.dense_feature_threshold).sum())
-        log["details/current_learning_rate"] = self.optimizer.param_groups[0]["lr"]
-        log["details/n_tokens"] = self.n_tokens
-        for name, value in self.coefficients.items():
-            log[f"details/{name}_coefficient"] = value
-        if tokens_per_s is not None:
-            log["performance/tokens_per_second"] = tokens_per_s
-        self.window_fire_counts.zero_()
-        self.window_tokens = 0
-        return log
-
-    @torch.no_grad()
-    def histogram_dict(self) -> dict[str, Any]:
-        import wandb
-
-        return {name: wandb.Histogram(values) for name, values in self.sae.log_histograms().items()}
-
-    def _start_wandb(self) -> tuple[Any, bool]:
-        import wandb
-
-        if wandb.run is not None:  # the caller's run: log into it, leave it open
-            return wandb.run, False
-        if self.cfg.logger.wandb_dir is not None:
-            os.makedirs(self.cfg.logger.wandb_dir, exist_ok=True)
-        run = wandb.init(
-            project=self.cfg.logger.wandb_project,
-            name=self.cfg.logger.run_name,
-            entity=self.cfg.logger.wandb_entity,
-            dir=self.cfg.logger.wandb_dir,
-            mode=self.cfg.logger.wandb_mode,  # type: ignore[arg-type]
-            id=self.wandb_run_id,
-            resume="allow" if self.wandb_run_id else None,
-            config={"trainer": asdict(self.cfg), "crosscoder": self.sae.cfg.to_dict()},
-        )
-        self.wandb_run_id = run.id
-        return run, True
 
     # ------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
@@ -592,7 +507,8 @@ class CrosscoderTrainer:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, cfg: CrosscoderTrainerConfig | None = None, *, mesh: Mesh | None = None
+        cls, path: str | Path, cfg: CrosscoderTrainerConfig | None = None, *, mesh: Mesh | None = None,
+        plan: KernelPlan | None = None,
     ) -> "CrosscoderTrainer":
         """Rebuild crosscoder and trainer from a checkpoint (config from it unless given),
         on any mesh: the checkpoint holds the whole crosscoder whatever mesh wrote it. The saved
@@ -607,7 +523,7 @@ class CrosscoderTrainer:
         # SAE.load_from_disk, whose tensors sit where safetensors put them: CPU kernels
         # round differently on differently aligned memory, and resume must be exact.
         sae = get_sae_training_class(sae_cfg.architecture())[0](sae_cfg)
-        trainer = cls(sae, cfg, mesh=mesh)
+        trainer = cls(sae, cfg, mesh=mesh, plan=plan)
         trainer.load_checkpoint(path)
         return trainer
 
