@@ -16,8 +16,8 @@ Sources: Bayazit et al. (ReLU crosscoder: L1 weighted by decoder norms, lambda 2
 over 5% of steps, decoder rows at norm 0.08, Adam at 5e-5; crosslens's lambda is 1, ``RELU_L1``);
 Ge et al. (JumpReLU crosscoder: tanh sparsity, lambda 0.3 at Pythia-160M's shape warmed up
 over 10%, lr 5e-5); and
-measurements of ours on the pico suite and the planted set (NOTES.md). The papers' 5e-5 is for hundreds of millions of tokens; on the
-pico-sized runs crosslens is tested on, 1e-3 converges in the step budget (NOTES.md) for the
+measurements of ours on the pico suite and the planted set. The papers' 5e-5 is for hundreds of millions of tokens; on the
+pico-sized runs crosslens is tested on, 1e-3 converges in the step budget for the
 TopK-style crosscoders, and the JumpReLU and ReLU crosscoders need 3e-3 to converge in it on
 planted data (``JUMPRELU_LR``, ``RELU_LR``).
 """
@@ -35,7 +35,7 @@ DEFAULT_K = 32
 
 DEFAULT_LR = 1e-3
 """The TopK and BatchTopK crosscoders' learning rate, and CrosscoderTrainerConfig's: measured to
-converge within the pico demo's step budget (NOTES.md); the papers' 5e-5 is for runs of hundreds
+converge within the pico demo's step budget; the papers' 5e-5 is for runs of hundreds
 of millions of tokens. The JumpReLU and ReLU crosscoders have their own (``JUMPRELU_LR``,
 ``RELU_LR``); at 3e-3 or 1e-2 TopK still absorbs co-firing partners on the ``correlated`` planted
 set as it does at 1e-3, so its rate stays."""
@@ -85,7 +85,7 @@ weakest features still unlearnt after 3000 steps (45 after 6000); at 3e-3 seeds 
 (exact 1.00). On pico (d_sae 1024, seeds 0 and 1) it fires about half as many latents per token
 (mean L0 7.3 against 13.3) for 0.3 points less explained variance (98.0% against 98.3%), the
 spliced models recover the same loss within the seed spread, and 544 of 1024 latents stay dead
-against 150 (docs/notes/issue-25-robust.md). ``correlated`` still misses on one seed (0.80),
+against 150 (benchmarks/README.md, "Planted features recovered"). ``correlated`` still misses on one seed (0.80),
 where latents absorb co-firing partners; 1e-2 passes it only by leaving most latents dead (923
 of 1024 on pico)."""
 
@@ -151,7 +151,7 @@ PICO_DEMO_JUMPRELU_SPARSITY = 0.5
 ``n_snapshots * d_in / d_sae`` where the shape-scaled default would give 0.45. At the JumpReLU
 lr (3e-3), lambda 0.15 / 0.25 / 0.35 / 0.5 give mean L0 20 / 16 / 14 / 11, held-out explained
 variance at the last snapshot 99.0 / 98.8 / 98.7 / 98.5%, and two seeds matching on 24 / 30 /
-35 / 40% of live features at decoder cos >= 0.7 (docs/notes/issue-25-stability.md); 0.5 keeps
+35 / 40% of live features at decoder cos >= 0.7 (benchmarks/README.md, "Defaults on pico"); 0.5 keeps
 the most seed-stable code of those."""
 
 ARCHITECTURE_NAMES: tuple[str, ...] = tuple(TRAINING_DEFAULTS)

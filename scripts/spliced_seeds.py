@@ -1,5 +1,5 @@
 """Spliced-model loss of the demo's crosscoder and of per-snapshot SAEs of the same width and
-L0, over crosscoder seeds: mean and spread of the figures in docs/notes/issue-25.md.
+L0, over crosscoder seeds: mean and spread of the figures in benchmarks/README.md ("Spliced-model loss").
 
 Each seed trains the demo's JumpReLU crosscoder (``DemoConfig()``: 12 pico snapshots, d_sae
 1024, 1500 steps) on the demo's training store, and the per-snapshot JumpReLU and TopK SAEs

@@ -778,7 +778,7 @@ def test_one_token_path_equals_the_summed_log_probability_path(snapshots, task, 
 def test_one_token_results_are_the_previous_implementations(snapshots, task, acts_all):
     """Frozen from the implementation before multi-token support (commit d14e4ae, same fixtures):
     the one-token path must keep giving these numbers. They matched it bit for bit
-    (docs/notes/issue-14-multitoken.md has the script)."""
+    (``scripts/multitoken_one_token_identity.py`` measures it)."""
     crosscoder = make_crosscoder("jumprelu_crosscoder")
     model = snapshots[1]
     result = attribute_snapshot(model, crosscoder, task, snapshot=1, config=AttributionConfig(n_steps=4, batch_size=4))

@@ -22,7 +22,7 @@ def test_every_registered_architecture_has_defaults():
 def test_each_architecture_trains_at_its_one_learning_rate():
     """The runner's lr comes from the architecture's table entry: 1e-3 for the TopK-style
     crosscoders, 3e-3 for the JumpReLU and ReLU crosscoders (slower to converge at 1e-3 on the
-    planted generators: docs/notes/issue-25-robust.md)."""
+    planted generators: benchmarks/README.md)."""
     from crosslens.architectures import JUMPRELU_LR, RELU_LR
     from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig, CrosscoderTrainerConfig
 
@@ -51,7 +51,7 @@ def test_sparsity_defaults_per_entry_point():
     assert cc.ARCHITECTURES["topk_crosscoder"][3](**shape).k == cc.ARCHITECTURES["batchtopk_crosscoder"][3](**shape).k == 32
     assert cc.ARCHITECTURES["topk_crosscoder"][3](**shape).l1_coefficient == 0.25
     assert cc.ARCHITECTURES["batchtopk_crosscoder"][3](**shape).l1_coefficient == 0.25
-    # the demo keeps its measured value (its seeded figures in NOTES.md depend on it)
+    # the demo keeps its measured value (its seeded figures in benchmarks/README.md depend on it)
     assert DemoConfig().sae.sparsity_coefficient == PICO_DEMO_JUMPRELU_SPARSITY == 0.5
     # warm-ups: Bayazit et al. 5% (ReLU), Ge et al. 10% (JumpReLU); the baselines use their crosscoder's
     assert {a: d.sparsity_warm_up for a, d in TRAINING_DEFAULTS.items() if d.sparsity_warm_up} == {

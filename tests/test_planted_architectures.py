@@ -9,7 +9,7 @@ through :func:`crosslens.training.planted.train_planted`.
   configuration of ``scripts/planted_benchmark.py`` (6000 steps of 512 tokens) and the
   issue's targets for each of 3 seeds: >= 90% recovered at decoder cosine >= 0.9, mean
   max-cosine >= 0.9 at every snapshot, emergence snapshot and class exact for >= 90% of the
-  recovered. The numbers are in docs/notes/issue-11.md.
+  recovered. The numbers are in benchmarks/README.md ("Planted features recovered").
 - ``test_planted_recovery_short_run`` (CI, about 80 CPU-seconds): one seed, 3000 steps of 256
   tokens. Recovery is still climbing at that length, so the bars are 80% recovered and 85%
   exact timelines (the old JumpReLU default recovered 52-54% even with the full run); the

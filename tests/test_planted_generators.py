@@ -111,7 +111,7 @@ ABSORBED = pytest.mark.xfail(
         "absorption: where pairs co-fire on 80% of tokens, ReLU's and TopK's latents for one feature write "
         "part of its partner (absorbing_fraction 0.28-0.42, against 0.03-0.07 for JumpReLU), 0.80-0.95 "
         "recovered, and that code ends at a lower training objective than a run started at the planted "
-        "code; docs/notes/issue-25-robust.md, 'Eighth session' and 'Tenth session'"
+        "code; benchmarks/README.md, 'Planted features recovered'"
     ),
 )
 """The cells that miss the bars for a measured reason; strict, so a cell that starts passing says so."""

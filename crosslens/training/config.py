@@ -36,7 +36,7 @@ DEAD_FEATURE_WINDOW_SHARE = 1 / 30
 """On a shorter run, the window is this share of the run's tokens. A window of a third of the
 run (1M tokens of a 3M-token planted run) leaves TopK's aux loss too little of training to
 revive latents, and BatchTopK then keeps latents that each carry parts of two features
-(docs/notes/issue-25-robust.md: the planted recovery with both windows)."""
+(benchmarks/README.md, "Planted features recovered")."""
 
 
 def dead_feature_window(run_tokens: int) -> int:
