@@ -8,8 +8,8 @@
 #   benchmarks/device_session.sh [SECONDS] [TESTS...]      # on the device, in the project's root
 #
 # GATHERS=1 adds gpu.py's sweep of the gathers' launch sizes (about 30 s), TILES=1 its sweep of the
-# JumpReLU window kernel's launches (triton_kernels.WINDOW_TILES, about 40 s; the step's rows then
-# launch the fastest, the end-to-end run the default WINDOW_TILE); PROFILE=1 adds, after the
+# JumpReLU window kernel's launches (gpu.py's WINDOW_TILES, about 40 s; the step's rows then
+# launch the fastest, the end-to-end run the plan's default window_tile); PROFILE=1 adds, after the
 # end-to-end run, torch.profiler's kernel tables of the JumpReLU and TopK steps (gpu.py --profile).
 # REPEAT=1 adds, after the step's rows, whether each architecture's trained step repeats to the byte
 # (gpu.py --repeat-steps 5, about a minute). Last, as long as the budget lasts, the 98,304-feature
@@ -72,7 +72,7 @@ fi
 if [ -n "${PROFILE:-}" ]; then
     stamp "profile of the sparse steps, $(left) s left"
     timeout $((budget * 20 / 100)) python3 benchmarks/gpu.py --precision bf16 --only jumprelu_crosscoder --only topk_crosscoder \
-        --state trained --path window-kernel --path sparse --profile --steps 5 --rounds 5 2>&1 | grep -v Warning > "$out/profile.log"
+        --state trained --path sparse --profile --steps 5 --rounds 5 2>&1 | grep -v Warning > "$out/profile.log"
     stamp "profile: exit ${PIPESTATUS[0]}"
 fi
 
@@ -80,6 +80,6 @@ if [ "${WIDE:-1}" != 0 ]; then
     stamp "the 98,304-feature dictionary, $(left) s left"
     timeout $(($(left) > 30 ? $(left) : 30)) python3 benchmarks/gpu.py --d-sae 98304 --only jumprelu_crosscoder --precision bf16 \
         --optimizer-state bfloat16 --micro-batches 1 --steps 2 --rounds 2 --memory-peak \
-        --path default --path window-kernel 2>&1 | grep -v Warning > "$out/wide.log"
+        --path default --path sparse 2>&1 | grep -v Warning > "$out/wide.log"
     stamp "the 98,304-feature dictionary: exit ${PIPESTATUS[0]}"
 fi

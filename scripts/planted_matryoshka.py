@@ -9,7 +9,8 @@ the sparsity terms are unchanged. Prints the same columns as ``planted_generator
     PYTHONPATH=. python scripts/planted_matryoshka.py --prefixes 48 --jobs 2
     PYTHONPATH=. python scripts/planted_matryoshka.py --prefixes 16 32 64 --jobs 2
 
-The TopK crosscoder trains with its dense decode here (``sparse_decode=False``, the same sums):
+The TopK crosscoder trains with its dense decode here (a plan with ``topk_sparse_decode=False``,
+the same sums):
 its sparse decode builds the code without a gradient, and a prefix's decode needs one.
 """
 
@@ -26,6 +27,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from planted_generators import edit_losses, run_grid, run_one, table  # noqa: E402
+
+from crosslens.crosscoders.kernel_plan import KernelPlan  # noqa: E402
 
 
 def nested_reconstruction(crosscoder, prefixes: tuple[int, ...]) -> None:
@@ -44,6 +47,9 @@ def nested_reconstruction(crosscoder, prefixes: tuple[int, ...]) -> None:
     edit_losses(crosscoder, nested)
 
 
+DENSE_TOPK = KernelPlan.resolve("cpu", topk_sparse_decode=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prefixes", nargs="+", type=int, required=True, help="prefix lengths, each below d_sae (128)")
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     init = functools.partial(nested_reconstruction, prefixes=tuple(args.prefixes))
     grid = [
-        (g, a, s, None, {"init": init, **({"sparse_decode": False} if a == "topk_crosscoder" else {})}, {})
+        (g, a, s, None, {"init": init, **({"plan": DENSE_TOPK} if a == "topk_crosscoder" else {})}, {})
         for g in args.generator
         for a in args.arch
         for s in args.seeds

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.distributed import init_mesh, shard_batches, shutdown
 from crosslens.training.runner import build_training_crosscoder
 from crosslens.training.config import CrosscoderTrainerConfig
@@ -33,21 +34,23 @@ PAIRS_ARCHS = ("jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
 """The architectures with a step from the active pairs (``--pairs-path``)."""
 
 
-def make_crosscoder(arch: str, pairs_path: bool = False):
+def make_crosscoder(arch: str):
     torch.manual_seed(1234)
-    extra = {"sparse_step": True} if pairs_path and arch == "jumprelu_crosscoder" else {}
     return build_training_crosscoder(
-        arch, d_in=D, n_snapshots=S, d_sae=F, k=4, sparsity_coefficient=0.5, sparsity_warm_up_steps=2, **extra
+        arch, d_in=D, n_snapshots=S, d_sae=F, k=4, sparsity_coefficient=0.5, sparsity_warm_up_steps=2
     )
 
 
-def take_the_pairs_path() -> None:
-    """The sparse steps as they run on CUDA (the decode's node differentiating the norms, the
-    JumpReLU step from its pairs), with the eager sums in the Triton kernels' place."""
-    from crosslens.crosscoders import sparse_kernels
+def take_the_pairs_path(device: str) -> KernelPlan:
+    """The plan of the sparse steps as they run on CUDA (the Triton backend: TopK's decode from its
+    pairs, whose node differentiates the norms; the JumpReLU step from its pairs), with the eager
+    sums in the Triton kernels' place: the plan's kernels are handed out as the eager twins. TopK
+    decodes from its pairs here although k / d_sae (1/8) is above the default's density."""
+    from crosslens.crosscoders import jumprelu_pairs, sparse_kernels
 
-    sparse_kernels.BACKEND = "triton"
-    sparse_kernels._implementation = lambda backend: sparse_kernels._EAGER
+    eager = lambda plan: sparse_kernels.EagerKernels(plan)  # noqa: E731
+    sparse_kernels.kernels_for = jumprelu_pairs.kernels_for = eager
+    return KernelPlan.resolve(device, backend="triton", jumprelu_sparse=True, topk_sparse_decode=True)
 
 
 def global_batches(start: int = 0):
@@ -101,19 +104,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pairs-path", action="store_true", help="the sparse architectures, through their CUDA path")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if args.pairs_path:
-        take_the_pairs_path()
     layout, collectives, device = init_mesh(S, snapshot_parallel=args.snapshot_parallel, device=args.device)
     mesh = (layout, collectives)
+    plan = take_the_pairs_path(str(device)) if args.pairs_path else None
     try:
         for arch in PAIRS_ARCHS if args.pairs_path else ARCHS:
             out = args.out / arch
             cfg = trainer_config(out, args.steps, str(device), args.micro_batches)
             if args.resume:
                 checkpoint = latest_checkpoint(out)
-                trainer = CrosscoderTrainer.from_checkpoint(checkpoint, cfg, mesh=mesh)
+                trainer = CrosscoderTrainer.from_checkpoint(checkpoint, cfg, mesh=mesh, plan=plan)
             else:
-                trainer = CrosscoderTrainer(make_crosscoder(arch, args.pairs_path), cfg, mesh=mesh)
+                trainer = CrosscoderTrainer(make_crosscoder(arch), cfg, mesh=mesh, plan=plan)
 
             def batches(start: int):
                 stream = interrupting(global_batches(start), args.interrupt_at, start)

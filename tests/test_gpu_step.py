@@ -5,6 +5,7 @@ at a tiny shape."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -17,7 +18,8 @@ import pytest
 import torch
 
 import crosslens.crosscoders as cc
-from crosslens.crosscoders.weight_grads import Handoff
+from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.crosscoders.prepared_weights import StepWeights
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training import optim
 from crosslens.training.optim import (
@@ -41,6 +43,8 @@ def benchmark_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 S, D, F, B = 2, 8, 32, 16
 ARCHS = list(cc.ARCHITECTURES)
+CPU = KernelPlan.resolve("cpu")
+"""A CPU's default plan: torch's Adam for float32 moments, the eager passes of crosslens's."""
 DIRECTIONS = torch.randn(12, S, D, generator=torch.Generator().manual_seed(0))
 
 
@@ -60,9 +64,12 @@ def make_sae(arch: str):
     return train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S, **extra))
 
 
-def train(arch: str, steps: int = 20, scale: float = 1.0, **kw) -> tuple[CrosscoderTrainer, list[float]]:
+def train(
+    arch: str, steps: int = 20, scale: float = 1.0, plan: KernelPlan | None = None, **kw
+) -> tuple[CrosscoderTrainer, list[float]]:
+    """A trainer that ran ``steps`` steps with ``plan`` (the device's default where None), and its losses."""
     cfg = CrosscoderTrainerConfig(total_steps=steps, lr=3e-3, activation_scale_check="off", **kw)
-    trainer = CrosscoderTrainer(make_sae(arch), cfg)
+    trainer = CrosscoderTrainer(make_sae(arch), cfg, plan=plan)
     losses = [trainer.step(x).loss.item() for x in batches(steps, scale)]
     return trainer, losses
 
@@ -107,15 +114,14 @@ HYPER = (0.9, 0.999, 1e-3 / (1 - 0.9**3), math.sqrt(1 - 0.999**3), 1e-8)
 
 
 @pytest.fixture
-def kernel_adam(request, monkeypatch):
-    """The trainer's float32 Adam is :class:`KernelAdam`, with the update ``backend`` names
-    (the Triton kernel runs on a CPU only under the interpreter)."""
+def kernel_adam(request) -> KernelPlan:
+    """A CPU's plan whose float32 Adam is :class:`KernelAdam`, with the update ``backend`` names
+    (the Triton kernel runs on a CPU only under the interpreter), which writes the decoder's
+    row norms where that update is the Triton kernel (as CUDA's default plan does)."""
     backend = request.param
     if backend == "triton":
         skip_outside_the_interpreter("cpu")
-    monkeypatch.setattr(optim, "KERNEL_ADAM", True)
-    monkeypatch.setattr(optim, "BACKEND", backend)
-    return backend
+    return KernelPlan.resolve("cpu", adam="kernel", adam_backend=backend, handoff_norms=True)
 
 
 @pytest.mark.parametrize("copied", [False, True], ids=["plain", "copied"])
@@ -202,7 +208,7 @@ def test_the_kernels_refuse_what_they_would_read_wrong():
                (h, per_feature, per_feature, per_feature.double()))  # fmt: skip
     for args in refused:
         with pytest.raises(ValueError, match="entry_masks computes in float32 from float32 norms, and h and thresholds"):
-            triton_kernels.entry_masks(*args, 0.1)
+            triton_kernels.TritonKernels.entry_masks(*args, 0.1)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_CUDA)])
@@ -234,17 +240,17 @@ def test_a_run_taking_the_kernels_norms_resumes_to_the_same_bytes_on_cpu(arch, t
         extra = {"l0_coefficient": 0.01} if arch == "jumprelu_crosscoder" else {"k": 4}
         sae = train_cls(train_cfg_cls(d_in=96, d_sae=F, n_snapshots=S, **extra))
         cfg = CrosscoderTrainerConfig(total_steps=8, lr=3e-3, activation_scale_check="off", checkpoint_dir=str(tmp_path / folder))
-        return CrosscoderTrainer(sae, cfg)
+        return CrosscoderTrainer(sae, cfg, plan=kernel_adam)
 
     xs = list(torch.randn(8, B, S, 96, generator=torch.Generator().manual_seed(2)))
     whole = trainer("a")
-    assert whole.handoff.norms and whole.handoff.norms_of is not None  # the Triton pass's default
+    assert whole.step_weights.norms and whole.step_weights.norms_of is not None  # the Triton pass's default
     whole.fit(xs)
     first = trainer("b")
     for x in xs[:3]:
         first.step(x)
     checkpoint = first.save_checkpoint()
-    resumed = CrosscoderTrainer.from_checkpoint(checkpoint)
+    resumed = CrosscoderTrainer.from_checkpoint(checkpoint, plan=kernel_adam)
     resumed.fit(xs, resume_from=checkpoint)
     for name, p in parameters(whole).items():
         assert torch.equal(parameters(resumed)[name], p), name
@@ -277,10 +283,8 @@ def test_triton_copies_round_as_torch_does(device):
 def test_kernel_adam_follows_torch_adam_for_20_steps_on_cpu(arch, kernel_adam):
     """The trainer with crosslens's Adam against torch's fused Adam, float32, the clip acting on
     every step: the same parameters to float32 rounding, and state torch's Adam can load."""
-    with pytest.MonkeyPatch.context() as torch_adam:
-        torch_adam.setattr(optim, "KERNEL_ADAM", False)
-        reference, reference_losses = train(arch, scale=30.0)
-    trainer, losses = train(arch, scale=30.0)
+    reference, reference_losses = train(arch, scale=30.0, plan=dataclasses.replace(kernel_adam, adam="torch"))
+    trainer, losses = train(arch, scale=30.0, plan=kernel_adam)
     assert isinstance(trainer.optimizer, KernelAdam) and not isinstance(reference.optimizer, KernelAdam)
     for name, p in parameters(reference).items():
         assert not torch.equal(p, make_sae(arch).state_dict()[name]), name  # it trained
@@ -297,10 +301,12 @@ def test_a_checkpoint_moves_between_kernel_adam_and_torch_adam(first, tmp_path, 
     cfg = dict(total_steps=8, lr=3e-3, activation_scale_check="off")
     xs = [30.0 * x for x in batches(8)]  # the clip acts
 
+    def adam(kernel: bool) -> KernelPlan:
+        return dataclasses.replace(kernel_adam, adam="kernel" if kernel else "torch")
+
     def trainer(kernel: bool, folder: str) -> CrosscoderTrainer:
-        with pytest.MonkeyPatch.context() as choice:
-            choice.setattr(optim, "KERNEL_ADAM", kernel)
-            return CrosscoderTrainer(make_sae("crosscoder"), CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / folder)))
+        config = CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / folder))
+        return CrosscoderTrainer(make_sae("crosscoder"), config, plan=adam(kernel))
 
     whole = trainer(first == "kernel", "whole")
     whole.fit(xs)
@@ -308,9 +314,7 @@ def test_a_checkpoint_moves_between_kernel_adam_and_torch_adam(first, tmp_path, 
     for x in xs[:3]:
         start.step(x)
     checkpoint = start.save_checkpoint()
-    with pytest.MonkeyPatch.context() as choice:
-        choice.setattr(optim, "KERNEL_ADAM", first != "kernel")
-        resumed = CrosscoderTrainer.from_checkpoint(checkpoint)
+    resumed = CrosscoderTrainer.from_checkpoint(checkpoint, plan=adam(first != "kernel"))
     assert isinstance(resumed.optimizer, KernelAdam) == (first != "kernel")
     if first == "kernel":
         assert resumed.optimizer.param_groups[0]["fused"] and optim.takes_grad_scale(resumed.optimizer)
@@ -326,7 +330,7 @@ def test_triton_adam_counts_its_writes_in_the_versions_on_cpu(kernel_adam):
     """A kernel's store is invisible to autograd: the optimizer counts it in each parameter's
     version, or a copy made before it (another optimizer's, on the same weights) would pass
     for current."""
-    trainer, _ = train("crosscoder", steps=1)
+    trainer, _ = train("crosscoder", steps=1, plan=kernel_adam)
     before = {name: p._version for name, p in trainer.sae.named_parameters()}
     trainer.step(batches(1)[0])
     assert all(p._version > before[name] for name, p in trainer.sae.named_parameters()), before
@@ -335,7 +339,7 @@ def test_triton_adam_counts_its_writes_in_the_versions_on_cpu(kernel_adam):
 @pytest.mark.parametrize("kernel_adam", ["eager"], indirect=True)
 def test_kernel_adam_refuses_what_it_does_not_do_before_moving_anything(kernel_adam):
     w, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(2))
-    opt = KernelAdam([{"params": [w]}, {"params": [b], "weight_decay": 0.1}], lr=0.1, betas=(0.9, 0.999))
+    opt = KernelAdam([{"params": [w]}, {"params": [b], "weight_decay": 0.1}], lr=0.1, betas=(0.9, 0.999), plan=kernel_adam)
     w.grad, b.grad = torch.ones(4), torch.ones(2)
     with pytest.raises(ValueError, match="no weight decay"):
         opt.step()
@@ -343,20 +347,19 @@ def test_kernel_adam_refuses_what_it_does_not_do_before_moving_anything(kernel_a
     half = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
     half.grad = torch.ones(4, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="contiguous float32"):
-        KernelAdam([half], lr=0.1, betas=(0.9, 0.999)).step()
+        KernelAdam([half], lr=0.1, betas=(0.9, 0.999), plan=kernel_adam).step()
 
 
 def train_copying(
     arch: str, steps: int, *, copies: bool, norms: bool = False, between: Any = None, autocast: str | None = "bfloat16",
-    **kw,
+    plan: KernelPlan | None = None, **kw,
 ) -> CrosscoderTrainer:  # fmt: skip
-    """``steps`` steps under bfloat16 autocast (or ``autocast``, None: float32), taking the optimizer's rounded
-    weights (``copies``) and decoder norms (``norms``), or making them in each step;
+    """``steps`` steps with ``plan`` under bfloat16 autocast (or ``autocast``, None: float32), taking the
+    optimizer's rounded weights (``copies``) and decoder norms (``norms``), or making them in each step;
     ``between(trainer)`` runs after each step."""
     cfg = CrosscoderTrainerConfig(total_steps=steps, lr=3e-3, activation_scale_check="off", autocast_dtype=autocast, **kw)
-    trainer = CrosscoderTrainer(make_sae(arch), cfg)
-    handoff = Handoff(torch.bfloat16 if copies else None, norms) if copies or norms else None
-    trainer.handoff = trainer.optimizer.handoff = handoff
+    trainer = CrosscoderTrainer(make_sae(arch), cfg, plan=plan)
+    trainer.step_weights = StepWeights(torch.bfloat16 if copies else None, norms)
     for x in batches(steps):
         trainer.step(x)
         if between is not None:
@@ -375,15 +378,15 @@ def test_the_optimizers_rounded_weights_give_the_steps_bytes_on_cpu(arch, micro_
     copies: the same bytes as rounding them there (in one batch, in micro-batches, and with
     bfloat16 moments); and it does read them: a copy spoilt after the optimizer wrote it
     changes the next step."""
-    kw = dict(micro_batches=micro_batches, optimizer_state_dtype=state)
+    kw = dict(micro_batches=micro_batches, optimizer_state_dtype=state, plan=kernel_adam)
     reference = parameters(train_copying(arch, 6, copies=False, **kw))
     trainer = train_copying(arch, 6, copies=True, **kw)
-    assert (id(trainer.sae.W_enc), "copy") in trainer.handoff.made  # written by the last step, for the next
+    assert (id(trainer.sae.W_enc), "copy") in trainer.step_weights.prepared.made  # written by the last step, for the next
     for name, p in parameters(trainer).items():
         assert torch.equal(p, reference[name]), name
 
     def spoil(trainer: CrosscoderTrainer) -> None:
-        for *_, copy in trainer.handoff.made.values():
+        for *_, copy in trainer.step_weights.prepared.made.values():
             copy.mul_(0.5)
 
     spoilt = parameters(train_copying(arch, 3, copies=True, between=spoil, **kw))
@@ -403,15 +406,15 @@ def test_the_optimizers_decoder_norms_give_the_steps_bytes_on_cpu(arch, micro_ba
     those of a run that computes them (in float32 and under autocast, in one batch and in
     micro-batches, with float32 and bfloat16 moments); and the step does take them: norms spoilt
     after the optimizer wrote them change the next step."""
-    kw = dict(micro_batches=micro_batches, optimizer_state_dtype=state, autocast=autocast)
+    kw = dict(micro_batches=micro_batches, optimizer_state_dtype=state, autocast=autocast, plan=kernel_adam)
     reference = parameters(train_copying(arch, 6, copies=False, **kw))
     trainer = train_copying(arch, 6, copies=False, norms=True, **kw)
-    assert set(trainer.handoff.made) == {(id(trainer.sae.W_dec), "norms")}  # every architecture reads them
+    assert set(trainer.step_weights.prepared.made) == {(id(trainer.sae.W_dec), "norms")}  # every architecture reads them
     for name, p in parameters(trainer).items():
         assert torch.equal(p, reference[name]), name
 
     def spoil(trainer: CrosscoderTrainer) -> None:
-        for *_, norms in trainer.handoff.made.values():
+        for *_, norms in trainer.step_weights.prepared.made.values():
             norms.mul_(0.5)
 
     spoilt = parameters(train_copying(arch, 3, copies=False, norms=True, between=spoil, **kw))
@@ -424,11 +427,9 @@ def test_the_optimizers_decoder_norms_give_the_steps_bytes_on_cpu(arch, micro_ba
 def test_the_triton_pass_hands_the_next_step_its_decoder_norms_on_cpu(arch, kernel_adam):
     """Where the optimizer's pass is the Triton kernel the trainer takes the norms from it by
     default: the run follows one computing them to float32 rounding (the sums differ in order)."""
-    reference, _ = train(arch, steps=10)
-    with pytest.MonkeyPatch.context() as off:
-        off.setattr(optim, "HANDOFF_NORMS", False)
-        plain, _ = train(arch, steps=10)
-    assert plain.handoff is None and reference.handoff.norms
+    reference, _ = train(arch, steps=10, plan=kernel_adam)
+    plain, _ = train(arch, steps=10, plan=dataclasses.replace(kernel_adam, handoff_norms=False))
+    assert not plain.step_weights.active and reference.step_weights.norms
     for name, p in parameters(plain).items():
         torch.testing.assert_close(parameters(reference)[name], p, rtol=1e-4, atol=1e-6, msg=name)
 
@@ -442,11 +443,11 @@ def test_a_weight_edited_in_place_after_the_optimizer_is_rounded_afresh(micro_ba
 
     def edit(trainer: CrosscoderTrainer, spoil: bool = False) -> None:
         if spoil:
-            for *_, written in trainer.handoff.made.values():
+            for *_, written in trainer.step_weights.prepared.made.values():
                 written.zero_()
         trainer.sae.fold_and_get_W_dec_norm()
 
-    kw = dict(micro_batches=micro_batches)
+    kw = dict(micro_batches=micro_batches, plan=kernel_adam)
     reference = parameters(train_copying("jumprelu_crosscoder", 4, copies=False, between=edit, **kw))
     spoilt = lambda t: edit(t, spoil=True)  # noqa: E731
     edited = parameters(train_copying("jumprelu_crosscoder", 4, copies=True, norms=True, between=spoilt, **kw))
@@ -460,14 +461,19 @@ def test_a_run_taking_copies_resumes_to_the_same_bytes(tmp_path, kernel_adam):
     gives the bytes the uninterrupted run's taken copies gave."""
     cfg = dict(total_steps=8, lr=3e-3, activation_scale_check="off", autocast_dtype="bfloat16")
     xs = batches(8)
-    whole = CrosscoderTrainer(make_sae("jumprelu_crosscoder"), CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / "a")))
+
+    def trainer(folder: str) -> CrosscoderTrainer:
+        config = CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / folder))
+        return CrosscoderTrainer(make_sae("jumprelu_crosscoder"), config, plan=kernel_adam)
+
+    whole = trainer("a")
     whole.fit(xs)
-    assert not whole.handoff.made  # let go when training ends
-    first = CrosscoderTrainer(make_sae("jumprelu_crosscoder"), CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / "b")))
+    assert whole.step_weights.prepared is None  # let go when training ends
+    first = trainer("b")
     for x in xs[:3]:
         first.step(x)
     checkpoint = first.save_checkpoint()
-    resumed = CrosscoderTrainer.from_checkpoint(checkpoint)
+    resumed = CrosscoderTrainer.from_checkpoint(checkpoint, plan=kernel_adam)
     assert isinstance(resumed.optimizer, KernelAdam)
     resumed.fit(xs, resume_from=checkpoint)
     for name, p in parameters(whole).items():
@@ -485,10 +491,9 @@ def test_kernel_adam_is_the_cuda_default_and_torch_adam_the_cpu_one():
 @NO_CUDA
 def test_kernel_adam_on_cuda_follows_torch_adam_and_its_copies_give_the_steps_bytes():
     def run(kernel: bool, copies: bool = True) -> dict[str, torch.Tensor]:
-        with pytest.MonkeyPatch.context() as choice:
-            choice.setattr(optim, "KERNEL_ADAM", kernel)
-            trainer = train_copying("jumprelu_crosscoder", 20, copies=copies, device="cuda")
-            return {name: p.cpu() for name, p in parameters(trainer).items()}
+        plan = KernelPlan.resolve("cuda", adam="kernel" if kernel else "torch")
+        trainer = train_copying("jumprelu_crosscoder", 20, copies=copies, device="cuda", plan=plan)
+        return {name: p.cpu() for name, p in parameters(trainer).items()}
 
     kernel, plain, torch_adam = run(True), run(True, copies=False), run(False)
     for name, p in kernel.items():
@@ -500,14 +505,13 @@ def test_kernel_adam_on_cuda_follows_torch_adam_and_its_copies_give_the_steps_by
 @pytest.mark.parametrize("state", ["float32", "bfloat16"])
 def test_on_cuda_the_step_takes_the_kernels_decoder_norms_and_follows_a_step_computing_them(state):
     def run(norms: bool | None) -> CrosscoderTrainer:
-        with pytest.MonkeyPatch.context() as choice:
-            choice.setattr(optim, "HANDOFF_NORMS", norms)
-            trainer, _ = train("jumprelu_crosscoder", device="cuda", optimizer_state_dtype=state)
-            return trainer
+        plan = KernelPlan.resolve("cuda") if norms is None else KernelPlan.resolve("cuda", handoff_norms=norms)
+        trainer, _ = train("jumprelu_crosscoder", device="cuda", optimizer_state_dtype=state, plan=plan)
+        return trainer
 
     taking, computing = run(None), run(False)
-    assert taking.handoff.norms  # the default on CUDA, where the pass is the kernel
-    assert computing.handoff is None or not computing.handoff.norms  # none at all without autocast's copies
+    assert taking.step_weights.norms  # the default on CUDA, where the pass is the kernel
+    assert not computing.step_weights.active or not computing.step_weights.norms  # none at all without autocast's copies
     for name, p in parameters(computing).items():
         torch.testing.assert_close(parameters(taking)[name].cpu(), p.cpu(), rtol=1e-4, atol=1e-6, msg=name)
 
@@ -532,18 +536,16 @@ def splitmix64_draw(key: int, element: int) -> tuple[int, int]:
     return (z >> 32) & 0xFFFF, z >> 48
 
 
-def test_rounding_noise_is_splitmix64_of_its_element_in_any_chunk(monkeypatch):
+def test_rounding_noise_is_splitmix64_of_its_element_in_any_chunk():
     """Each element's noise is the generator's draw at that element, whichever chunk draws it:
     past 2^32 elements too (a 98,304-feature decoder has 2.4 billion), so chunked eager updates
     and the kernel's one pass over a parameter store the same bytes; mixed in a CPU's blocks or
     whole (as on an accelerator), the same."""
     key = noise_key(1234, 7, 3)
-    n = 3 * optim.NOISE_BLOCK + 5  # not whole blocks
-    blocked = rounding_noise(key, 3, n)
-    monkeypatch.setattr(optim, "NOISE_BLOCK", 1 << 40)
-    whole = rounding_noise(key, 3, n)
+    n = 3 * CPU.noise_block + 5  # not whole blocks
+    blocked = rounding_noise(key, 3, n, block=CPU.noise_block)
+    whole = rounding_noise(key, 3, n, block=1 << 40)
     assert all(torch.equal(a, b) for a, b in zip(blocked, whole))
-    monkeypatch.undo()
     for start in (0, 5, 2**32 - 3, 3 * 2**32 + 11):
         m, v = rounding_noise(key, start, 8)
         assert m.dtype == v.dtype == torch.int32
@@ -655,8 +657,8 @@ def test_bfloat16_state_on_cuda_takes_the_kernel():
     from crosslens.training import optim, triton_adam
 
     want = triton_adam.chunk_update if HAS_TRITON else optim.eager_chunk_update
-    assert optim._update_for(torch.device("cuda"), chunked=True) is want
-    assert optim._update_for(torch.device("cpu"), chunked=True) is optim.eager_chunk_update
+    assert optim._update_for(KernelPlan.resolve("cuda"), chunked=True) is want
+    assert optim._update_for(KernelPlan.resolve("cpu"), chunked=True) is optim.eager_chunk_update
 
 
 def test_bfloat16_state_resumes_to_the_same_bytes(tmp_path):
@@ -688,11 +690,11 @@ def test_bfloat16_state_refuses_a_state_whose_noise_came_from_a_saved_generator(
     """A state saved when the rounding noise was drawn from a generator would resume to other
     bytes than its run would have reached: it is refused, with what to do."""
     param = torch.nn.Parameter(torch.zeros(4))
-    old = BFloat16StateAdam([param], lr=1e-3, betas=(0.9, 0.999), seed=0).state_dict()
+    old = BFloat16StateAdam([param], lr=1e-3, betas=(0.9, 0.999), seed=0, plan=CPU).state_dict()
     del old["rounding_seed"]
     old["rounding_generator"] = torch.Generator().get_state()
     with pytest.raises(ValueError, match="earlier crosslens.*crosslens version the run started with"):
-        BFloat16StateAdam([param], lr=1e-3, betas=(0.9, 0.999), seed=0).load_state_dict(old)
+        BFloat16StateAdam([param], lr=1e-3, betas=(0.9, 0.999), seed=0, plan=CPU).load_state_dict(old)
 
 
 def test_bfloat16_state_resumes_with_the_seed_it_was_saved_with():
@@ -700,7 +702,7 @@ def test_bfloat16_state_resumes_with_the_seed_it_was_saved_with():
     saved one, so its next step stores the moments the saved run stores."""
     def made(seed: int) -> tuple[torch.nn.Parameter, BFloat16StateAdam]:
         param = torch.nn.Parameter(torch.linspace(-1, 1, 5000))
-        return param, BFloat16StateAdam([param], lr=1e-3, betas=(0.9, 0.999), seed=seed)
+        return param, BFloat16StateAdam([param], lr=1e-3, betas=(0.9, 0.999), seed=seed, plan=CPU)
 
     def step(param: torch.nn.Parameter, opt: BFloat16StateAdam) -> None:
         param.grad = torch.linspace(1, 2, 5000) * 1e-3
@@ -726,7 +728,7 @@ def test_the_step_count_goes_on_past_float32s_last_integer():
     rounding noise of step 2^24 again: the count is float64, and a float32 one (torch's Adam's, or
     a state it saved) is widened at the next step."""
     param = torch.nn.Parameter(torch.linspace(-1, 1, 300))
-    opt = BFloat16StateAdam([param], lr=1e-3, betas=(0.9, 0.999), seed=3)
+    opt = BFloat16StateAdam([param], lr=1e-3, betas=(0.9, 0.999), seed=3, plan=CPU)
     param.grad = torch.ones(300) * 1e-3
     opt.step()
     assert opt.state[param]["step"].dtype == torch.float64
@@ -914,9 +916,9 @@ def test_the_memory_peak_is_read_from_the_allocation_trace():
     still held at the peak by the crosslens line that made it."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
+    spec = importlib.util.spec_from_file_location("gpu_profiling", ROOT / "benchmarks" / "profiling.py")
+    profiling = importlib.util.module_from_spec(spec)  # gpu.py's profiles and memory peaks
+    spec.loader.exec_module(profiling)
 
     def frames(line):
         torch_frame = {"filename": "/site-packages/torch/nn/functional.py", "line": 1, "name": "linear"}
@@ -932,10 +934,10 @@ def test_the_memory_peak_is_read_from_the_allocation_trace():
         {"action": "alloc", "addr": 4, "size": 10, "frames": [{"filename": "/repo/benchmarks/gpu.py", "line": 5, "name": "step"}]},
         {"action": "free_completed", "addr": 3, "size": 200},
     ]
-    peak, sites = gpu.peak_breakdown(events, before=1000)
+    peak, sites = profiling.peak_breakdown(events, before=1000)
     assert peak == 1000 - 30 + 50 + 200 + 10
     assert sites == [("base.py:20 hidden_pre", 250), ("gpu.py:5 step", 10)]
-    assert gpu.peak_breakdown([], before=7) == (7, [])
+    assert profiling.peak_breakdown([], before=7) == (7, [])
 
 
 def test_the_repeat_check_says_whether_two_runs_gave_the_same_bytes(monkeypatch):
@@ -964,9 +966,9 @@ def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_t
     import importlib.util
     from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
+    spec = importlib.util.spec_from_file_location("gpu_profiling", ROOT / "benchmarks" / "profiling.py")
+    profiling = importlib.util.module_from_spec(spec)  # gpu.py's profiles and memory peaks
+    spec.loader.exec_module(profiling)
     CPU, CUDA = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
 
     def event(name, device, start, end, id=0, thread=1):
@@ -988,17 +990,17 @@ def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_t
         event("unlaunched", CUDA, 1400, 1500, id=99),
         event("late", CUDA, 1600, 1700, id=14),
     ]
-    assert gpu.launch_sites(events) == {
+    assert profiling.launch_sites(events) == {
         11: "crosslens/crosscoders/base.py(533): training_pass", 12: "crosslens/crosscoders/sparse_kernels.py(585): backward",
         13: "crosslens/training/trainer.py(258): step", 99: "(none)", 14: "(none)",
     }  # fmt: skip
-    sites = gpu.launch_sites(events)
-    assert gpu.time_by_line(events, 2, sites)[0] == ("(none)", 0.1)
-    gaps = gpu.idle_gaps(events, 1, sites).splitlines()
+    sites = profiling.launch_sites(events)
+    assert profiling.time_by_line(events, 2, sites)[0] == ("(none)", 0.1)
+    gaps = profiling.idle_gaps(events, 1, sites).splitlines()
     assert gaps[0].startswith("device idle: span 1.60 ms per step, kernels running 0.50, idle 1.10 (3 gaps per step)")
     assert gaps[1].split() == ["0.900", "ms", "after", "_window_dots", "before", "Memcpy", "DtoH", "launched", "at",
                                "crosslens/training/trainer.py(258):", "step"]  # fmt: skip
-    assert gpu.idle_gaps(events, 1).splitlines()[1].split() == ["0.900", "ms", "after", "_window_dots", "before", "Memcpy", "DtoH"]
+    assert profiling.idle_gaps(events, 1).splitlines()[1].split() == ["0.900", "ms", "after", "_window_dots", "before", "Memcpy", "DtoH"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a recording that cannot start")

@@ -1,6 +1,6 @@
 """The sparse step's kernels equal the eager step they replace: the gather-sum decode and
 its two gradients against dense products; the JumpReLU step from its active pairs
-(``sparse_step=True``) against the dense-kernel step, at a trained crosscoder's sparsity
+(a plan's ``jumprelu_sparse=True``) against the dense-kernel step, at a trained crosscoder's sparsity
 and freshly initialised; TopK and BatchTopK through the Triton kernels against
 ``embedding_bag`` and the dense decode. Loss, every parameter gradient, and the
 parameters after 20 Adam steps, in float32. On a CPU the Triton kernels run under
@@ -10,7 +10,7 @@ CUDA where there is one."""
 from __future__ import annotations
 
 import contextlib
-import sys
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -20,14 +20,16 @@ from sae_lens.saes.sae import TrainStepInput
 import crosslens.crosscoders as cc
 from crosslens.core.devices import counted_cuda_syncs
 from crosslens.core.tensors import row_norms
-from crosslens.crosscoders import jumprelu_kernels, sparse_kernels, weight_grads
+from crosslens.crosscoders import jumprelu_kernels, jumprelu_pairs, sparse_kernels, weight_grads
 from crosslens.crosscoders.active_pairs import ActivePairs, run_starts
-from crosslens.crosscoders.sparse_kernels import gather_decode
+from crosslens.crosscoders.jumprelu_pairs import ActiveEntries, active_entries, sparse_step_pays
+from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.crosscoders.sparse_kernels import EagerKernels, gather_decode
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from host_reads import HostReads, counted
-from interpreted import HAS_TRITON, LAUNCHES, run_under_the_interpreter, skip_outside_the_interpreter
+from interpreted import HAS_TRITON, INTERPRETED, LAUNCHES, run_under_the_interpreter, skip_outside_the_interpreter
 
-S, D, F, B, STEPS = 3, 8, 64, 32, 20
+S, D, F, B = 3, 8, 64, 32
 NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=NO_CUDA)]
 
@@ -36,21 +38,36 @@ INTERPRETED_STEPS = 5
 """Adam steps of a Triton step test under the interpreter (a Python loop per kernel
 program: seconds per step); 20 on CUDA and for the eager kernels."""
 
+STEPS = INTERPRETED_STEPS if INTERPRETED else 20
+"""Adam steps of a run: :data:`INTERPRETED_STEPS` in the interpreter's process, which runs the
+Triton tests' cpu cases alone (:func:`test_triton_kernels_under_the_interpreter`), else 20."""
+
+
+def eager_plan(device: str, **fields) -> KernelPlan:
+    """The device's default plan with the eager kernels (on CUDA too), and ``fields`` replaced."""
+    return KernelPlan.resolve(device, backend="eager", **fields)
+
 
 @pytest.fixture
-def triton_backend(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
-    """The Triton kernels: compiled on CUDA; on a CPU interpreted, which works only where
-    TRITON_INTERPRET=1 was set before triton loaded (sae_lens imports it), so
+def triton_backend(request: pytest.FixtureRequest) -> KernelPlan:
+    """A plan with the Triton kernels: compiled on CUDA; on a CPU interpreted, which works only
+    where TRITON_INTERPRET=1 was set before triton loaded (sae_lens imports it), so
     :func:`test_triton_kernels_under_the_interpreter` runs these tests in such a process."""
-    skip_outside_the_interpreter(request.node.callspec.params.get("device", "cpu"))
-    from crosslens.crosscoders import triton_kernels
+    device = request.node.callspec.params.get("device", "cpu")
+    skip_outside_the_interpreter(device)
+    return KernelPlan.resolve(device, backend="triton")
 
-    monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")
-    # these shapes' rows are a few columns a group: blocks of 8 so that the one pass runs
-    monkeypatch.setattr(triton_kernels, "MIN_DOTS_BLOCK", 8)
-    if request.node.callspec.params.get("device", "cpu") == "cpu":
-        monkeypatch.setattr(sys.modules[__name__], "STEPS", INTERPRETED_STEPS)
-    return "triton"
+
+@pytest.fixture
+def pairs_path_with_eager_sums(monkeypatch: pytest.MonkeyPatch) -> KernelPlan:
+    """The sparse steps' path as a plan with the Triton backend takes it (TopK's decode from its
+    pairs, whose node differentiates the norms), with the eager sums in the Triton kernels'
+    place: the plan's kernels are handed out as :class:`EagerKernels` (which launch on a CPU
+    outside the interpreter)."""
+    eager = lambda plan: EagerKernels(plan)  # noqa: E731
+    monkeypatch.setattr(sparse_kernels, "kernels_for", eager)
+    monkeypatch.setattr(jumprelu_pairs, "kernels_for", eager)
+    return KernelPlan.resolve("cpu", backend="triton")
 
 
 @LAUNCHES
@@ -81,9 +98,10 @@ def random_pairs(device: str, groups: int, seed: int = 0) -> tuple[ActivePairs, 
     return pairs, W_FGD, values_AG, grad_NGD
 
 
-def test_the_gathers_launch_with_the_block_and_warps_the_module_holds_at_the_call(monkeypatch):
-    """A sweep (``gpu.py --gathers``) sets the module's constants between calls: each launch
-    takes them then, not as they were at import; every launch makes the tensors' device current."""
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_the_gathers_launch_with_the_block_and_warps_of_their_plan(monkeypatch):
+    """A sweep (``gpu.py --gathers``) launches the kernels of one plan after another's: each
+    launch takes its own plan's tunings; every launch makes the tensors' device current."""
     from crosslens.crosscoders import triton_kernels as tk
 
     launches, devices = [], []
@@ -103,24 +121,21 @@ def test_the_gathers_launch_with_the_block_and_warps_the_module_holds_at_the_cal
     pairs, W_FGD, values_AG, grad_NGD = random_pairs("cpu", 1)
     W_FGD, values_AG = W_FGD.detach(), values_AG.detach()
     for block, warps in ((512, 8), (1024, 4)):
-        monkeypatch.setattr(tk, "COLUMN_BLOCK", block)
-        monkeypatch.setattr(tk, "GATHER_WARPS", warps)
-        tk.decode(W_FGD, values_AG, pairs)
-        tk.weight_grad(grad_NGD, values_AG, pairs)
+        kernels = tk.TritonKernels(KernelPlan(backend="triton", column_block=block, gather_warps=warps))
+        kernels.decode(W_FGD, values_AG, pairs)
+        kernels.weight_grad(grad_NGD, values_AG, pairs)
         assert [(k["BLOCK"], k["num_warps"]) for k in launches[-2:]] == [(block, warps)] * 2
-    monkeypatch.setattr(tk, "PAIR_BLOCK", 8)
-    monkeypatch.setattr(tk, "PAIR_COLUMNS", 64)
-    tk.values_grad(grad_NGD, W_FGD, pairs)
+    tk.TritonKernels(KernelPlan(backend="triton", pair_block=8, pair_columns=64)).values_grad(grad_NGD, W_FGD, pairs)
     assert (launches[-1]["PAIRS"], launches[-1]["BLOCK"]) == (8, 64)
     assert len(devices) == len(launches) == 5
 
 
-def check_against_dense(backend: str, device: str, groups: int) -> None:
+def check_against_dense(plan: KernelPlan, device: str, groups: int) -> None:
     pairs, W_FGD, values_AG, grad_NGD = random_pairs(device, groups)
     code_NFG = torch.zeros(B, F, groups, device=device).index_put((pairs.token_A, pairs.feature_A), values_AG)
     dense_NGD = torch.einsum("nfg,fgd->ngd", code_NFG, W_FGD)
     dense_grads = torch.autograd.grad(dense_NGD, (W_FGD, values_AG), grad_NGD)
-    out_NGD = gather_decode(W_FGD, values_AG, pairs, backend)
+    out_NGD = gather_decode(W_FGD, values_AG, pairs, plan)
     grads = torch.autograd.grad(out_NGD, (W_FGD, values_AG), grad_NGD)
     torch.testing.assert_close(out_NGD, dense_NGD, rtol=1e-5, atol=1e-5)
     assert out_NGD[3].abs().max() == 0
@@ -132,7 +147,7 @@ def check_against_dense(backend: str, device: str, groups: int) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("groups", [1, S])
 def test_eager_gather_decode_equals_the_dense_products(device, groups):
-    check_against_dense("eager", device, groups)
+    check_against_dense(eager_plan(device), device, groups)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -141,52 +156,15 @@ def test_triton_gather_decode_equals_the_dense_products(device, groups, triton_b
     check_against_dense(triton_backend, device, groups)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("groups", [1, S])
-@pytest.mark.parametrize("mode", ["plain", "norms", "accumulate"])
-def test_triton_gather_gives_weight_and_values_grad_in_one_pass(device, groups, mode, triton_backend):
-    """The decoder-gradient pass that also gives the values' gradient (from the rounded copy):
-    the decoder's gradient is the plain pass's to the bit (one step, with the norms' term, or
-    added to a micro-batched step's sum), the values' gradient the dot products' to float32
-    rounding; a group whose width has no power-of-two factor of 8 takes the two passes."""
-    from crosslens.crosscoders import triton_kernels
-
-    for width in (D * S, 12 * S):  # blocks of 8 columns; widths of 12 or 36 a group: the two passes
-        g = torch.Generator().manual_seed(5)
-        active_NF = torch.rand(B, F, generator=g) < 0.1
-        active_NF[:, 5] = False
-        pairs = ActivePairs.from_mask(active_NF.to(device), int(active_NF.sum()))
-        shape = (F, groups, width // groups)
-        W_FGD = torch.randn(shape, generator=g).to(device)
-        read_FGD = W_FGD.to(torch.bfloat16)
-        values_AG = torch.randn(pairs.token_A.shape[0], groups, generator=g).to(device)
-        grad_NGD = torch.randn(B, *shape[1:], generator=g).to(device).to(torch.bfloat16)
-        norm_term = (W_FGD, torch.rand(F, S, generator=g).to(device)) if mode == "norms" else None
-        sums = [torch.randn(shape, generator=g).to(device) for _ in range(2)] if mode == "accumulate" else [None, None]
-        sums[1] = None if sums[0] is None else sums[0].clone()
-        want_W = triton_kernels.weight_grad(grad_NGD, values_AG, pairs, norm_term, torch.float32, sums[0])
-        want_v = triton_kernels.values_grad(grad_NGD, read_FGD, pairs, torch.float32)
-        with pytest.MonkeyPatch.context() as one_pass:
-            one_pass.setattr(triton_kernels, "VALUES_IN_WEIGHT_PASS", True)
-            if width == D * S:  # the one pass: no second gather of the rows for the dot products
-                one_pass.setattr(triton_kernels, "values_grad", lambda *_, **__: pytest.fail("took two passes"))
-            got_W, got_v = triton_kernels.weight_and_values_grad(
-                grad_NGD, values_AG, pairs, read_FGD, norm_term, torch.float32, sums[1], torch.float32
-            )  # fmt: skip
-        assert torch.equal(got_W, want_W), width
-        torch.testing.assert_close(got_v, want_v, rtol=1e-5, atol=1e-5, msg=str(width))
-        assert got_v.abs().max() > 0 and got_v.shape == (pairs.token_A.shape[0], groups)
-
-
-def check_rounded_copy(backend: str, device: str) -> None:
+def check_rounded_copy(plan: KernelPlan, device: str) -> None:
     """Read from W rounded to bfloat16, the decode and the values' gradient are those of the
     rounded weights, in float32; the decoder's gradient is W's (it does not read W)."""
     pairs, W_FGD, values_AG, grad_NGD = random_pairs(device, S)
     read_FGD = W_FGD.detach().to(torch.bfloat16)
-    out_NGD = gather_decode(W_FGD, values_AG, pairs, backend, read_FGD)
+    out_NGD = gather_decode(W_FGD, values_AG, pairs, plan, read_FGD)
     grads = torch.autograd.grad(out_NGD, (W_FGD, values_AG), grad_NGD)
     rounded_FGD = read_FGD.float().requires_grad_()
-    want_NGD = gather_decode(rounded_FGD, values_AG, pairs, backend)
+    want_NGD = gather_decode(rounded_FGD, values_AG, pairs, plan)
     want = torch.autograd.grad(want_NGD, (rounded_FGD, values_AG), grad_NGD)
     assert out_NGD.dtype == grads[0].dtype == grads[1].dtype == torch.float32
     assert not torch.equal(read_FGD.float(), W_FGD)  # the rounding is seen
@@ -195,16 +173,16 @@ def check_rounded_copy(backend: str, device: str) -> None:
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=name)
 
 
-def check_rounded_gradient(backend: str, device: str) -> None:
+def check_rounded_gradient(plan: KernelPlan, device: str) -> None:
     """Decoded under autocast, backward reads the output's gradient rounded to bfloat16: both
     gradients are those of the rounded gradient, in float32 (the values' and W's dtype)."""
     pairs, W_FGD, values_AG, grad_NGD = random_pairs(device, S)
     with torch.autocast(device, torch.bfloat16):
-        out_NGD = gather_decode(W_FGD, values_AG, pairs, backend)
+        out_NGD = gather_decode(W_FGD, values_AG, pairs, plan)
     grads = torch.autograd.grad(out_NGD, (W_FGD, values_AG), grad_NGD)
     rounded_NGD = grad_NGD.to(torch.bfloat16).float()
     assert not torch.equal(rounded_NGD, grad_NGD)  # the rounding is seen
-    want = torch.autograd.grad(gather_decode(W_FGD, values_AG, pairs, backend), (W_FGD, values_AG), rounded_NGD)
+    want = torch.autograd.grad(gather_decode(W_FGD, values_AG, pairs, plan), (W_FGD, values_AG), rounded_NGD)
     for got, expected, name in zip(grads, want, ("W", "values")):
         assert got.dtype == torch.float32, name
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=name)
@@ -212,8 +190,8 @@ def check_rounded_gradient(backend: str, device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_eager_gather_decode_reads_the_rounded_copy(device):
-    check_rounded_copy("eager", device)
-    check_rounded_gradient("eager", device)
+    check_rounded_copy(eager_plan(device), device)
+    check_rounded_gradient(eager_plan(device), device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -231,7 +209,7 @@ def assert_same_sums(got: torch.Tensor, want: torch.Tensor, backend: str) -> Non
         assert torch.equal(got, want)
 
 
-def check_decode_and_norms(backend: str, device: str, groups: int) -> None:
+def check_decode_and_norms(plan: KernelPlan, device: str, groups: int) -> None:
     """The decode's node, given W's norms per snapshot (``[F, S]``, whatever the groups),
     returns them differentiable, and the matmul decode of a few rows (TopK's auxiliary code):
     W's one gradient equals the sum of the decode's, the norms' (each row's slice at each
@@ -247,29 +225,29 @@ def check_decode_and_norms(backend: str, device: str, groups: int) -> None:
     grad_NK = torch.randn(pairs.n_tokens, S * D, generator=g).to(device)
     norms_FS = torch.linalg.vector_norm(W_FGD.detach().reshape(F, S, D), dim=-1)
     out_NGD, got_FS, rows_NK = sparse_kernels.gather_decode_and_norms(
-        W_FGD, values_AG, pairs, norms_FS, backend, rows=(rows_R, values_NR)
+        W_FGD, values_AG, pairs, norms_FS, plan, rows=(rows_R, values_NR)
     )
     inputs = (W_FGD, values_AG, values_NR)
     grads = torch.autograd.grad((out_NGD, got_FS, rows_NK), inputs, (grad_NGD, grad_FS, grad_NK))
-    want_NGD = gather_decode(W_FGD, values_AG, pairs, backend)
+    want_NGD = gather_decode(W_FGD, values_AG, pairs, plan)
     want_FS = row_norms(W_FGD.reshape(F, S, D))
     want_NK = values_NR @ W_FGD.reshape(F, S * D)[rows_R]
     want = torch.autograd.grad((want_NGD, want_FS, want_NK), inputs, (grad_NGD, grad_FS, grad_NK))
-    assert_same_sums(out_NGD, want_NGD, backend)
+    assert_same_sums(out_NGD, want_NGD, plan.backend)
     assert torch.equal(got_FS, want_FS) and got_FS.requires_grad
     torch.testing.assert_close(rows_NK, want_NK, rtol=1e-6, atol=1e-6)
     for got, expected, name in zip(grads, want, ("W", "values", "the rows' values")):
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=name)
     assert grads[0].isfinite().all() and grads[0][7].abs().max() > 0  # the rows' part alone
-    decode_only_NGD = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, backend)[0]
+    decode_only_NGD = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, plan)[0]
     alone = torch.autograd.grad(decode_only_NGD, W_FGD, grad_NGD)[0]
-    decode_NGD = gather_decode(W_FGD, values_AG, pairs, backend)
-    assert_same_sums(alone, torch.autograd.grad(decode_NGD, W_FGD, grad_NGD)[0], backend)
-    norms_only = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, backend)[1]
+    decode_NGD = gather_decode(W_FGD, values_AG, pairs, plan)
+    assert_same_sums(alone, torch.autograd.grad(decode_NGD, W_FGD, grad_NGD)[0], plan.backend)
+    norms_only = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, plan)[1]
     assert torch.autograd.grad(norms_only, W_FGD, grad_FS)[0][7].abs().max() == 0
 
 
-def check_block_sums(backend: str, device: str, groups: int) -> None:
+def check_block_sums(plan: KernelPlan, device: str, groups: int) -> None:
     """In a micro-batched step (a ``deferred_weight_grads`` block listing W) the node hands W's
     gradient to the block, the pairs' and the rows' parts added to its float32 sum, the norms'
     part as a scale: the gradient written when the block ends is the one two plain backwards
@@ -287,7 +265,7 @@ def check_block_sums(backend: str, device: str, groups: int) -> None:
     def backwards() -> None:
         for pairs, values_AG, rows, grads in micro_batches:
             norms_FS = weight_grads.row_norms_now(W_FSD)
-            outs = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, backend, rows=rows)
+            outs = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, plan, rows=rows)
             torch.autograd.backward(outs, grads)
 
     backwards()
@@ -309,8 +287,10 @@ def check_block_sums(backend: str, device: str, groups: int) -> None:
 @pytest.mark.parametrize("check", [check_decode_and_norms, check_block_sums], ids=["one-step", "micro-batched"])
 def test_gather_decode_and_norms_write_one_gradient(device, groups, backend, check, request):
     if backend == "triton":  # compiled on CUDA, interpreted in its own process on a CPU
-        request.getfixturevalue("triton_backend")
-    check(backend, device, groups)
+        plan = request.getfixturevalue("triton_backend")
+    else:
+        plan = eager_plan(device)
+    check(plan, device, groups)
 
 
 def test_gather_decode_and_norms_refuses_norms_that_do_not_split_the_rows():
@@ -327,12 +307,21 @@ def test_gather_decode_and_norms_refuses_rows_without_a_value_per_token_and_row(
 
 
 # ---------------------------------------------------------------- the whole step
-def make_sae(arch: str, device: str, **extra):
+def make_sae(
+    arch: str, device: str, plan: KernelPlan | None = None, *, sparse_step: bool | None = None,
+    sparse_decode: bool | None = True, **extra,
+):  # fmt: skip
+    """A training crosscoder whose step runs ``plan`` (the device's default where None) with the
+    JumpReLU step from the pairs as ``sparse_step`` says and TopK's decode from its pairs as
+    ``sparse_decode`` does (the plan's ``jumprelu_sparse`` and ``topk_sparse_decode``)."""
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     if arch != "jumprelu_crosscoder":
-        extra = {"k": 4, "sparse_decode": True, **extra}
+        extra = {"k": 4, **extra}
     torch.manual_seed(0)
-    return train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S, device=device, **extra))
+    sae = train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S, device=device, **extra))
+    plan = plan if plan is not None else KernelPlan.resolve(device)
+    sae.use_kernel_plan(dataclasses.replace(plan, jumprelu_sparse=sparse_step, topk_sparse_decode=sparse_decode))
+    return sae
 
 
 @torch.no_grad()
@@ -372,7 +361,7 @@ def run(sae, xs: list[torch.Tensor], autocast: str | None = None) -> tuple[float
     loss, grads = loss_and_grads(sae, xs[0])
     cfg = CrosscoderTrainerConfig(total_steps=len(xs), lr=3e-3, device=str(xs[0].device), autocast_dtype=autocast,
                                   activation_scale_check="off")  # fmt: skip
-    trainer = CrosscoderTrainer(sae, cfg)
+    trainer = CrosscoderTrainer(sae, cfg, plan=sae.kernel_plan)
     losses = [trainer.step(x).loss.item() for x in xs]
     return loss, grads, losses, {name: p.detach().clone() for name, p in sae.named_parameters()}
 
@@ -402,8 +391,10 @@ def sparse_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def jumprelu_run(device: str, trained: bool, sparse_step: bool | None, autocast: str | None = None) -> tuple:
-    sae = make_sae("jumprelu_crosscoder", device, l0_coefficient=0.3, sparse_step=sparse_step)
+def jumprelu_run(
+    device: str, trained: bool, sparse_step: bool | None, autocast: str | None = None, plan: KernelPlan | None = None
+) -> tuple:
+    sae = make_sae("jumprelu_crosscoder", device, plan, l0_coefficient=0.3, sparse_step=sparse_step)
     xs = batches(STEPS, device)
     if trained:
         l0 = set_trained_sparsity(sae, xs[0])
@@ -411,7 +402,7 @@ def jumprelu_run(device: str, trained: bool, sparse_step: bool | None, autocast:
     # entries open everywhere, shut but inside the window, and (trained) open at some snapshots only
     with torch.no_grad():
         h_BF, norms_FS = sae.hidden_pre(xs[0]), sae.snapshot_norms()
-        entries = sparse_kernels.active_entries(h_BF, norms_FS, sae.threshold, 0.025)
+        entries = active_entries(h_BF, norms_FS, sae.threshold, 0.025, sae.kernel_plan)
         open_everywhere_BF = h_BF * norms_FS.min(dim=1).values > sae.threshold
     assert entries.n_window == int(entries.window_NF().sum()) > 0 and open_everywhere_BF.any()
     assert (entries.open_NF & ~open_everywhere_BF).any() == trained  # fresh: every norm equal
@@ -442,67 +433,28 @@ def test_jumprelu_sparse_step_under_bfloat16_autocast(device, sparse_calls):
         assert 0 < (params[name] - p).norm() < (fp32_params[name] - p).norm(), name
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("share", [0.0, 1.0], ids=["matmuls", "gathered"])
-def test_jumprelu_sparse_step_either_way_of_summing_the_window(device, share, monkeypatch):
-    """The entries shut everywhere but inside the window, through the masked matmuls or
-    one gathered dot product per (entry, snapshot) pair."""
-    dense = jumprelu_run(device, True, False)
-    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", False)  # the fused kernel's own test: window-kernel
-    monkeypatch.setattr(sparse_kernels, "WINDOW_MATMUL_SHARE", share)
-    modes = window_modes(monkeypatch)
-    assert_same_run(jumprelu_run(device, True, True), dense)
-    assert modes == ["matmuls" if share == 0.0 else "pairs"] * (STEPS + 1)
-
-
 def window_modes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """How each ShutWindow pass sums its window: "pairs", "matmuls" or "kernel"."""
+    """How each ShutWindow pass sums its window: "kernel" (Triton's window kernel) or "eager"
+    (its eager twin)."""
     modes: list[str] = []
-    original = sparse_kernels.ShutWindow.forward
+    original = jumprelu_pairs.ShutWindow.forward
 
     def forward(ctx, *args):
         out = original(ctx, *args)
-        modes.append(ctx.mode)
+        modes.append("eager" if isinstance(ctx.ops, EagerKernels) else "kernel")
         return out
 
-    monkeypatch.setattr(sparse_kernels.ShutWindow, "forward", staticmethod(forward))
+    monkeypatch.setattr(jumprelu_pairs.ShutWindow, "forward", staticmethod(forward))
     return modes
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("window", ["matmuls", "kernel", "gather"], ids=["window-matmuls", "window-kernel", "window-gather"])
-def test_jumprelu_sparse_step_through_triton(device, window, triton_backend, sparse_calls, monkeypatch):
-    from crosslens.crosscoders import triton_kernels
-
-    dense = jumprelu_run(device, True, False)
-    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", window != "matmuls")
-    monkeypatch.setattr(triton_kernels, "WINDOW_GATHER", window == "gather")
-    gathers, window_gather = [], triton_kernels.window_gather
-    monkeypatch.setattr(triton_kernels, "window_gather", lambda *args: gathers.append(args[-1]) or window_gather(*args))
+def test_jumprelu_sparse_step_through_triton(device, triton_backend, sparse_calls, monkeypatch):
+    dense = jumprelu_run(device, True, False, plan=triton_backend)
     modes = window_modes(monkeypatch)
-    assert_same_run(jumprelu_run(device, True, True), dense)
+    assert_same_run(jumprelu_run(device, True, True, plan=triton_backend), dense)
     assert len(sparse_calls) == STEPS + 1
-    assert ("kernel" in modes) == (window != "matmuls") and len(modes) == STEPS + 1
-    assert len(gathers) == (STEPS + 1 if window == "gather" else 0) and all(n > 0 for n in gathers)
-
-
-def test_the_window_matmuls_dot_in_float32_under_autocast():
-    """On CUDA the window's backward runs under the forward's autocast (``custom_bwd``), which
-    would round ``linalg.vecdot`` to bfloat16 (CPU's autocast lists it too): each matmul is in
-    the gradient's bfloat16, each dot of its result with W in float32, as without autocast."""
-    g = torch.Generator().manual_seed(4)
-    N, F_, S_, D_ = 24, 30, 3, 16
-    grad_NSD, W_FSD = torch.randn(N, S_, D_, generator=g), torch.randn(F_, S_, D_, generator=g)
-    flat_W = torch.randperm(F_ * N, generator=g)[:200].sort().values  # window entries, feature-major
-    inside_WS = torch.rand(200, S_, generator=g) < 0.5
-    with torch.autocast("cpu", torch.bfloat16):
-        got = sparse_kernels._window_matmuls(grad_NSD, W_FSD, flat_W, inside_WS)
-    grad_SND = grad_NSD.to(torch.bfloat16).transpose(0, 1)
-    for s in range(S_):
-        mask_FN = torch.zeros(F_ * N, dtype=torch.bfloat16).index_copy_(0, flat_W, inside_WS[:, s].to(torch.bfloat16))
-        summed_FD = (mask_FN.view(F_, N) @ grad_SND[s]).float()
-        assert got.dtype == torch.float32
-        assert torch.equal(got[:, s], torch.linalg.vecdot(summed_FD, W_FSD[:, s]))
+    assert "kernel" in modes and len(modes) == STEPS + 1
 
 
 def dense_window_sums(grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, half_width):
@@ -570,10 +522,10 @@ def entry_operands(
 def test_triton_entry_masks_equal_the_eager_ones(device, layout, dtype, threshold_dtype, triton_backend):
     """Bit for bit: the open and active entries, their counts, and the masks in ``h``'s layout;
     with the thresholds in bfloat16 too, as a step under autocast compares them."""
-    from crosslens.crosscoders import triton_kernels
+    from crosslens.crosscoders.triton_kernels import TritonKernels
 
     operands = entry_operands(device, layout, dtype, threshold_dtype)
-    open_NF, active_NF, *counts = triton_kernels.entry_masks(*operands, 0.3)
+    open_NF, active_NF, *counts = TritonKernels(triton_backend).entry_masks(*operands, 0.3)
     want_open, want_active, *want_counts = sparse_kernels.eager_entry_masks(*operands, 0.3)
     assert torch.equal(open_NF, want_open) and torch.equal(active_NF, want_active)
     n_open, n_active = (int(n) for n in counts)
@@ -584,13 +536,13 @@ def test_triton_entry_masks_equal_the_eager_ones(device, layout, dtype, threshol
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-def test_entries_in_dtypes_the_kernel_does_not_take_are_listed_eagerly(monkeypatch):
+def test_entries_in_dtypes_the_kernel_does_not_take_are_listed_eagerly():
     """A crosscoder held in bfloat16 has bfloat16 norms, whose products with ``h`` torch rounds
     to bfloat16: the step lists its entries with the eager twin, not the float32 kernel (which,
     launched here on a CPU outside the interpreter, would fail)."""
-    monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")
+    triton = KernelPlan.resolve("cpu", backend="triton")
     h_NF, low_F, high_F, t_F = (x.bfloat16() for x in entry_operands("cpu", "feature-major", torch.float32))
-    entries = sparse_kernels.active_entries(h_NF, torch.stack((low_F, high_F), dim=1), t_F, 0.3)
+    entries = active_entries(h_NF, torch.stack((low_F, high_F), dim=1), t_F, 0.3, triton)
     want_open, want_active, n_open, n_active = sparse_kernels.eager_entry_masks(h_NF, low_F, high_F, t_F, 0.3)
     assert torch.equal(entries.open_NF, want_open) and torch.equal(entries.active_NF, want_active)
     assert (entries.n_open, entries.n_window) == (int(n_open), int(n_active - n_open))
@@ -609,9 +561,8 @@ def test_a_step_under_autocast_lists_its_entries_with_the_kernel(monkeypatch):
     def reached(h_NF, low_F, high_F, t_F, half_width):
         raise Listed(h_NF.dtype, low_F.dtype, high_F.dtype, t_F.dtype)
 
-    monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")
-    monkeypatch.setattr(triton_kernels, "entry_masks", reached)
-    sae = make_sae("jumprelu_crosscoder", "cpu", sparse_step=True)
+    monkeypatch.setattr(triton_kernels.TritonKernels, "entry_masks", staticmethod(reached))
+    sae = make_sae("jumprelu_crosscoder", "cpu", KernelPlan.resolve("cpu", backend="triton"), sparse_step=True)
     x_BSD = batches(1, "cpu")[0]
     set_trained_sparsity(sae, x_BSD)
     with torch.autocast("cpu", torch.bfloat16), pytest.raises(Listed) as listed:
@@ -628,64 +579,27 @@ def test_eager_window_dots_equal_the_dense_sums(layout):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["token-major", "feature-major"])
 def test_triton_window_dots_equal_the_dense_sums(device, layout, triton_backend):
-    from crosslens.crosscoders import triton_kernels
+    from crosslens.crosscoders.triton_kernels import TritonKernels
 
+    kernels = TritonKernels(triton_backend)
     args = window_operands(device, layout)
-    check_window_dots(triton_kernels.window_dots, args)
+    check_window_dots(kernels.window_dots, args)
     if device == "cpu":  # the interpreter's bfloat16 dot products are not the hardware's
         return
     # under autocast the gradient is bfloat16 and the kernel rounds W to it as it loads it, so
     # the rounded copy the step passes under autocast gives the very same sums
     args[0] = args[0].to(torch.bfloat16)
-    from_float32 = triton_kernels.window_dots(*args, 0.6)
+    from_float32 = kernels.window_dots(*args, 0.6)
     args[1] = args[1].to(torch.bfloat16)
-    assert all(map(torch.equal, triton_kernels.window_dots(*args, 0.6), from_float32))
+    assert all(map(torch.equal, kernels.window_dots(*args, 0.6), from_float32))
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["token-major", "feature-major"])
-def test_triton_window_gather_equals_the_dense_sums(device, layout, triton_backend, monkeypatch):
-    """The window summed from its entries listed by feature (``window_gather``), which
-    ``window_dots`` takes with ``WINDOW_GATHER`` and the window's count: the dense sums, and in
-    bfloat16 on CUDA the tiles' sums up to the order of float sums."""
-    from crosslens.crosscoders import triton_kernels
-
-    args = window_operands(device, layout)
-    n_window = int(args[3].sum())
-    monkeypatch.setattr(triton_kernels, "WINDOW_GATHER", True)
-    kernel, launched = triton_kernels._window_gather, []
-
-    class Recorded:
-        def __getitem__(self, grid):
-            launched.append(grid)
-            return kernel[grid]
-
-    monkeypatch.setattr(triton_kernels, "_window_gather", Recorded())
-    check_window_dots(lambda *a: triton_kernels.window_dots(*a, n_window), args)
-    assert launched == [(100, 1)]  # a program per feature and block of 4 snapshots (3 here)
-    if device == "cpu":  # the interpreter's bfloat16 numbers are not the hardware's
-        return
-    args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
-    gathered = triton_kernels.window_gather(*args, 0.6, n_window)
-    monkeypatch.setattr(triton_kernels, "WINDOW_GATHER", False)
-    tiled = triton_kernels.window_dots(*args, 0.6, n_window)
-    assert torch.equal(gathered[1], tiled[1])
-    torch.testing.assert_close(gathered[0], tiled[0], rtol=1e-4, atol=1e-3)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("variant", [{}, {"early": True}, {"persistent": True}], ids=["plain", "early", "persistent"])
-def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, variant, triton_backend, monkeypatch):
+def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, triton_backend, monkeypatch):
     """bfloat16 rows with d_in and the tokens multiples of ``ALIGNMENT`` take the wide tile
-    (``WINDOW_TILE``, 128 x 128 where the others take 64 x 64): its sums are the dense ones of
-    the same bfloat16 numbers; so are those of its launches with the mask's operands read
-    before the products (``WindowTile.early``) and with programs that each walk several tiles
-    (``WindowTile.persistent``; 2 programs for 6 tiles on a CPU)."""
-    import dataclasses
-
+    (the plan's ``window_tile``, 128 x 128 where the others take 64 x 64): its sums are the
+    dense ones of the same bfloat16 numbers."""
     from crosslens.crosscoders import triton_kernels
-
-    monkeypatch.setattr(triton_kernels, "WINDOW_TILE", dataclasses.replace(triton_kernels.WINDOW_TILE, **variant))
 
     kernel, launched = triton_kernels._window_dots, []
 
@@ -698,20 +612,17 @@ def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, vari
             return launch
 
     monkeypatch.setattr(triton_kernels, "_window_dots", Recorded())
-    wide = triton_kernels.WINDOW_TILE
-    assert wide.tokens > triton_kernels.WINDOW_TILE_NARROW.tokens
+    plan = triton_backend
+    wide = plan.window_tile
+    assert wide.tokens > plan.window_tile_narrow.tokens
     args = window_operands(device, "feature-major", N=144, D_=64)
     if device == "cpu":  # the interpreter's bfloat16 dots are not the hardware's: the tile's masks and sums in float32
-        monkeypatch.setattr(triton_kernels, "WINDOW_TILE_NARROW", wide)
+        plan = dataclasses.replace(plan, window_tile_narrow=wide)
     else:
         args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
-    check_window_dots(triton_kernels.window_dots, args)
-    assert [(k["BLOCK_N"], k["BLOCK_F"], k["num_stages"], k["EARLY"], k["PERSISTENT"]) for k in launched] == [
-        (wide.tokens, wide.features, wide.stages, wide.early, wide.persistent)
-    ]
-    n_tiles = 2 * 1 * 3  # token blocks, feature blocks, snapshots
-    programs = min(n_tiles, triton_kernels.multiprocessors(args[0].device))
-    assert launched[0]["grid"] == ((programs,) if wide.persistent else (2, 1, 3))
+    check_window_dots(triton_kernels.TritonKernels(plan).window_dots, args)
+    assert [(k["BLOCK_N"], k["BLOCK_F"], k["num_stages"]) for k in launched] == [(wide.tokens, wide.features, wide.stages)]
+    assert launched[0]["grid"] == (2, 1, 3)  # token blocks, feature blocks, snapshots
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -723,48 +634,45 @@ def test_jumprelu_sparse_step_by_default_only_on_cuda_at_a_trained_sparsity(devi
     sae = make_sae("jumprelu_crosscoder", device, jumprelu_bandwidth=0.002)  # few entries inside the window
     if trained:
         set_trained_sparsity(sae, x_BSD, share=0.01)
-        entries = sparse_kernels.active_entries(
-            sae.hidden_pre(x_BSD).detach(), sae.snapshot_norms().detach(), sae.threshold.detach(), 0.001
+        entries = active_entries(
+            sae.hidden_pre(x_BSD).detach(), sae.snapshot_norms().detach(), sae.threshold.detach(), 0.001, sae.kernel_plan
         )
-        assert entries.n_open > 0 and sparse_kernels.sparse_step_pays(entries)
+        assert entries.n_open > 0 and sparse_step_pays(entries, sae.kernel_plan)
     loss_and_grads(sae, x_BSD)
     assert len(sparse_calls) == int(device == "cuda" and trained)
 
 
-def topk_run(arch: str, device: str, **extra) -> tuple:
-    return run(make_sae(arch, device, **extra), batches(STEPS, device))
+def topk_run(arch: str, device: str, plan: KernelPlan | None = None, **extra) -> tuple:
+    return run(make_sae(arch, device, plan, **extra), batches(STEPS, device))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["topk_crosscoder", "batchtopk_crosscoder"])
-def test_topk_triton_decode_equals_embedding_bag_and_dense(device, arch, triton_backend, monkeypatch):
-    got = topk_run(arch, device)
-    monkeypatch.setattr(sparse_kernels, "BACKEND", "eager")
-    assert_same_run(got, topk_run(arch, device))
-    assert_same_run(got, topk_run(arch, device, sparse_decode=False))
+def test_topk_triton_decode_equals_embedding_bag_and_dense(device, arch, triton_backend):
+    got = topk_run(arch, device, triton_backend)
+    eager = eager_plan(device)
+    assert_same_run(got, topk_run(arch, device, eager))
+    assert_same_run(got, topk_run(arch, device, eager, sparse_decode=False))
 
 
-def test_the_step_from_pairs_pays_for_few_open_entries_and_a_narrow_window(monkeypatch):
-    """Open entries are gathered at every snapshot, so their share decides; the window's
-    entries cost the masked matmuls or gathers in proportion, the fused kernel a fixed sum."""
+def test_the_step_from_pairs_pays_for_few_open_entries_whatever_the_window():
+    """Open entries are gathered at every snapshot, so their share (the plan's
+    ``sparse_step_share``) decides; the window kernel sums the window's entries at a fixed cost."""
     n = 3200
+    eager, triton = KernelPlan(backend="eager"), KernelPlan(backend="triton")
 
-    def pays(n_open: int, n_window: int, backend: str = "eager") -> bool:
+    def pays(n_open: int, n_window: int, plan: KernelPlan = eager) -> bool:
         open_, active = torch.zeros(2, n, dtype=torch.bool)
         open_[:n_open], active[: n_open + n_window] = True, True
-        entries = sparse_kernels.ActiveEntries(active, open_, n_open, n_window)
-        return sparse_kernels.sparse_step_pays(entries, backend)
+        entries = ActiveEntries(active, open_, n_open, n_window)
+        return sparse_step_pays(entries, plan)
 
-    open_limit, window_limit = int(n * sparse_kernels.SPARSE_STEP_SHARE), int(n * sparse_kernels.WINDOW_STEP_SHARE)
+    open_limit, window_limit = int(n * eager.sparse_step_share), n // 10  # a tenth of the entries in the window
     assert pays(open_limit, window_limit)
     assert not pays(open_limit + 1, 0)
-    assert not pays(10, window_limit + 1)
-    assert pays(10, window_limit + 1, "triton")  # the kernel is on by default
-    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", False)
-    assert not pays(10, window_limit + 1, "triton")
-    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", True)
-    assert pays(10, n - 10, "triton") and not pays(10, n - 10, "eager")
-    assert not pays(open_limit + 1, 0, "triton")
+    assert pays(10, window_limit + 1, triton)  # the kernel is on by default
+    assert pays(10, n - 10, triton)
+    assert not pays(open_limit + 1, 0, triton)
 
 
 # ---------------------------------------------------------------- waits for the device
@@ -801,26 +709,22 @@ def step_reads(sae, x_BSD: torch.Tensor, *modules) -> Counter:
     return reads + mode.counts
 
 
-@pytest.mark.parametrize("window", ["matmuls", "pairs"])
-def test_the_jumprelu_step_from_pairs_waits_for_the_device_once_for_its_counts(window, monkeypatch):
-    """One read of the open and window counts sizes every list of the step; without the
-    fused kernel the window's own mode choice reads one more."""
+def test_the_jumprelu_step_from_pairs_waits_for_the_device_once_for_its_counts():
+    """One read of the open and window counts sizes every list of the step; the window kernel
+    (here its eager twin) decides in backward which entries are inside, with no read."""
     sae = make_sae("jumprelu_crosscoder", "cpu", l0_coefficient=0.3, sparse_step=True)
     x_BSD = batches(1, "cpu")[0]
     set_trained_sparsity(sae, x_BSD)
-    monkeypatch.setattr(sparse_kernels, "WINDOW_MATMUL_SHARE", 0.0 if window == "matmuls" else 1.0)
-    reads = step_reads(sae, x_BSD, sparse_kernels)
-    assert reads == Counter({"host_ints": 1, "item": 1}), reads
+    reads = step_reads(sae, x_BSD, jumprelu_pairs)
+    assert reads == Counter({"host_ints": 1}), reads
 
 
 @pytest.mark.parametrize("arch", ["topk_crosscoder", "batchtopk_crosscoder"])
-def test_the_topk_sparse_decode_waits_for_nothing(arch, monkeypatch):
+def test_the_topk_sparse_decode_waits_for_nothing(arch, pairs_path_with_eager_sums):
     """TopK and BatchTopK (one process, no micro-batches, no dead features) list their pairs
     and decode from them as on CUDA without a read: the pairs' path that the Triton backend
     takes, here with the eager sums in the kernels' place."""
-    monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")
-    monkeypatch.setattr(sparse_kernels, "_implementation", lambda backend: sparse_kernels._EAGER)
-    sae = make_sae(arch, "cpu")
+    sae = make_sae(arch, "cpu", pairs_path_with_eager_sums)
     assert step_reads(sae, batches(1, "cpu")[0]) == Counter()
 
 
@@ -847,7 +751,8 @@ def dead_listing_trainer(micro_batches: int = 1) -> CrosscoderTrainer:
     """A TopK trainer whose features die after one silent step, so that most steps have some."""
     cfg = CrosscoderTrainerConfig(total_steps=4, lr=3e-3, device="cpu", activation_scale_check="off",
                                   dead_feature_window_tokens=1, micro_batches=micro_batches)  # fmt: skip
-    return CrosscoderTrainer(make_sae("topk_crosscoder", "cpu"), cfg)
+    sae = make_sae("topk_crosscoder", "cpu")
+    return CrosscoderTrainer(sae, cfg, plan=sae.kernel_plan)
 
 
 @pytest.mark.parametrize("micro_batches", [1, 2])
@@ -953,8 +858,9 @@ def test_topk_with_dead_features_never_drains_the_device_on_cuda(arch):
 
 
 @NO_CUDA
-def test_the_jumprelu_step_from_pairs_syncs_once_on_cuda(monkeypatch):
-    monkeypatch.setattr(sparse_kernels, "WINDOW_KERNEL", HAS_TRITON)
+def test_the_jumprelu_step_from_pairs_syncs_once_on_cuda():
+    """The window is summed by the plan's kernels (Triton's, or their eager twin without triton)
+    in backward, with no read: the step's one sync is its open and window counts."""
     sae = make_sae("jumprelu_crosscoder", "cuda", l0_coefficient=0.3, sparse_step=True)
     x_BSD = batches(1, "cuda")[0]
     set_trained_sparsity(sae, x_BSD)
@@ -966,11 +872,11 @@ def test_the_jumprelu_step_from_pairs_syncs_once_on_cuda(monkeypatch):
     torch.cuda.synchronize()
     with counted_cuda_syncs() as syncs:
         sae.training_forward_pass(step_input).loss.backward()
-    assert len(syncs) == (1 if HAS_TRITON else 2), syncs
+    assert len(syncs) == 1, syncs
 
 
 @pytest.mark.parametrize("arch", ["topk_crosscoder", "batchtopk_crosscoder"])
-def test_topk_pairs_under_autocast_read_the_rounded_decoder_once_a_pass(arch, monkeypatch):
+def test_topk_pairs_under_autocast_read_the_rounded_decoder_once_a_pass(arch, monkeypatch, pairs_path_with_eager_sums):
     """Under autocast the pairs' path reads ``W_dec`` rounded to bfloat16, one copy a pass
     (its auxiliary decode reads the same), where there are enough pairs to pay for it, and
     trains as the dense decode does under autocast, to bfloat16's precision."""
@@ -979,23 +885,21 @@ def test_topk_pairs_under_autocast_read_the_rounded_decoder_once_a_pass(arch, mo
     copies: list[torch.dtype | None] = []
     original = sparse_kernels.autocast_copy
 
-    def copy(W, n_pairs):
-        out = original(W, n_pairs)
+    def copy(W, n_pairs, plan=None):
+        out = original(W, n_pairs, plan)
         copies.append(None if out is None else out.dtype)
         return out
 
     monkeypatch.setattr(topk_crosscoder, "autocast_copy", copy)
-    monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")
-    monkeypatch.setattr(sparse_kernels, "_implementation", lambda backend: sparse_kernels._EAGER)
-    run(make_sae(arch, "cpu"), batches(STEPS, "cpu"), "bfloat16")
+    pairs = pairs_path_with_eager_sums
+    run(make_sae(arch, "cpu", pairs), batches(STEPS, "cpu"), "bfloat16")
     # the gradient check's pass in float32 (its auxiliary decode too: every fourth feature is
     # dead there), then every step; k 4 for 32 tokens is 128 pairs, twice the 64 rows
     assert copies == [None] + [torch.bfloat16] * STEPS
     # the curves without the auxiliary loss, whose dead-feature count jumps by whole features
     # at bfloat16's rounding differences
-    _, _, losses, _ = run(make_sae(arch, "cpu", aux_loss_coefficient=0.0), batches(STEPS, "cpu"), "bfloat16")
-    monkeypatch.setattr(sparse_kernels, "BACKEND", "eager")
-    dense = make_sae(arch, "cpu", sparse_decode=False, aux_loss_coefficient=0.0)
+    _, _, losses, _ = run(make_sae(arch, "cpu", pairs, aux_loss_coefficient=0.0), batches(STEPS, "cpu"), "bfloat16")
+    dense = make_sae(arch, "cpu", eager_plan("cpu"), sparse_decode=False, aux_loss_coefficient=0.0)
     _, _, dense_losses, _ = run(dense, batches(STEPS, "cpu"), "bfloat16")
     assert losses == pytest.approx(dense_losses, rel=5e-3)
     with torch.autocast("cpu", torch.bfloat16):
@@ -1038,7 +942,7 @@ def step_loss(sae, x_BSD: torch.Tensor, dead_F: torch.Tensor | None = None) -> t
 
 
 @pytest.mark.parametrize("arch", ["jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"])
-def test_the_sparse_steps_write_the_decoders_gradient_once(arch, monkeypatch):
+def test_the_sparse_steps_write_the_decoders_gradient_once(arch, request):
     """The step from pairs differentiates the decoder norms in its decode's node, and TopK's
     decodes its auxiliary code there too, so W_dec's gradient (the pairs' sums, the norms' part
     and the dead rows') is written once. TopK's decode through ``embedding_bag`` (a CPU's), the
@@ -1055,9 +959,7 @@ def test_the_sparse_steps_write_the_decoders_gradient_once(arch, monkeypatch):
         assert nodes_into(step_loss(sae, x_BSD), sae.W_dec) == [decode, "_RowNormsBackward"]
         aux = nodes_into(step_loss(sae, x_BSD, dead_mask(sae)), sae.W_dec)
         assert aux == sorted([decode, "IndexSelectBackward0", "_RowNormsBackward"])
-    monkeypatch.setattr(sparse_kernels, "BACKEND", "triton")  # the pairs' path, with the eager sums
-    monkeypatch.setattr(sparse_kernels, "_implementation", lambda backend: sparse_kernels._EAGER)
-    pairs = make_sae(arch, "cpu")
+    pairs = make_sae(arch, "cpu", request.getfixturevalue("pairs_path_with_eager_sums"))  # with the eager sums
     assert nodes_into(step_loss(pairs, x_BSD), pairs.W_dec) == ["SparseDecodeBackward"]
     assert nodes_into(step_loss(pairs, x_BSD, dead_mask(pairs)), pairs.W_dec) == ["SparseDecodeBackward"]
 

@@ -22,12 +22,16 @@ with 3.9 alone.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from crosslens.crosscoders.kernel_plan import KernelPlan
 from interpreted import HAS_TRITON, INTERPRETED
 from test_sparse_step import S, random_pairs
 
@@ -37,6 +41,16 @@ pytestmark = pytest.mark.skipif(
 
 H100 = ("cuda", 90, 32)
 """Backend, compute capability and warp size of the target."""
+
+PLAN = KernelPlan(backend="triton")
+"""The Triton kernels with the plan's default tunings, as CUDA's default plan launches them."""
+
+
+def triton_kernels_of(plan: KernelPlan = PLAN) -> Any:
+    """``TritonKernels(plan)``: the wrappers whose launches are compiled."""
+    from crosslens.crosscoders.triton_kernels import TritonKernels
+
+    return TritonKernels(plan)
 
 
 class Launches:
@@ -153,15 +167,17 @@ def test_the_sparse_decode_kernels_compile_for_an_h100(groups, dtype, monkeypatc
     read_FGD = W_FGD.to(dtype)  # the rounded copy a step reads under autocast
     scale_FS = torch.rand(W_FGD.shape[0], 2)
 
+    kernels = triton_kernels_of()
+
     def gathers() -> None:
-        triton_kernels.decode(read_FGD, values_AG, pairs)
-        triton_kernels.weight_grad(grad_NGD, values_AG, pairs, dtype=torch.float32)
-        triton_kernels.weight_grad(grad_NGD, values_AG, pairs, (W_FGD, scale_FS), dtype=torch.float32)
+        kernels.decode(read_FGD, values_AG, pairs)
+        kernels.weight_grad(grad_NGD, values_AG, pairs, dtype=torch.float32)
+        kernels.weight_grad(grad_NGD, values_AG, pairs, (W_FGD, scale_FS), dtype=torch.float32)
         # a micro-batched step's: added to the block's float32 sum
-        triton_kernels.weight_grad(grad_NGD, values_AG, pairs, out=torch.zeros(W_FGD.shape))
+        kernels.weight_grad(grad_NGD, values_AG, pairs, out=torch.zeros(W_FGD.shape))
 
     assert compile_recorded(triton_kernels, "_gather_rows", gathers, monkeypatch) == 4
-    dots = lambda: triton_kernels.values_grad(grad_NGD, read_FGD, pairs, dtype=torch.float32)  # noqa: E731
+    dots = lambda: kernels.values_grad(grad_NGD, read_FGD, pairs, dtype=torch.float32)  # noqa: E731
     assert compile_recorded(triton_kernels, "_pair_dots", dots, monkeypatch) == 1
 
 
@@ -174,7 +190,7 @@ def test_the_window_kernel_compiles_for_an_h100(dtype, N, D, monkeypatch):
 
     window = window_launch(dtype, N, D)  # d_in not a multiple of the tile's block, or aligned
     wide = dtype == torch.bfloat16 and D % triton_kernels.ALIGNMENT == 0 == N % triton_kernels.ALIGNMENT
-    tile = triton_kernels.WINDOW_TILE if wide else triton_kernels.WINDOW_TILE_NARROW
+    tile = PLAN.window_tile if wide else PLAN.window_tile_narrow
 
     def launched(compiled: Any) -> None:
         assert compiled.metadata.num_warps == tile.warps and compiled.metadata.num_stages == tile.stages
@@ -182,26 +198,10 @@ def test_the_window_kernel_compiles_for_an_h100(dtype, N, D, monkeypatch):
     assert compile_recorded(triton_kernels, "_window_dots", window, monkeypatch, launched) == 1
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("D", [40, 64, 768])
-def test_the_window_gather_compiles_for_an_h100(dtype, D, monkeypatch):
-    from crosslens.crosscoders import triton_kernels
-
-    g = torch.Generator().manual_seed(1)
-    S, N, F_ = 3, 70, 90
-    grad_SND = torch.randn(S, N, D, generator=g).to(dtype)
-    W_FSD = torch.randn(F_, S, D, generator=g)
-    h_NF = torch.randn(F_, N, generator=g).to(dtype).T
-    window_NF = torch.rand(N, F_, generator=g) < 0.1
-    norms_FS, t_F = torch.rand(F_, S, generator=g), torch.rand(F_, generator=g)
-    gather = lambda: triton_kernels.window_gather(grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, 0.05, int(window_NF.sum()))  # noqa: E731
-    assert compile_recorded(triton_kernels, "_window_gather", gather, monkeypatch) == 1
-
-
-def window_launch(dtype: torch.dtype, N: int, D: int) -> Any:
-    """A call of ``window_dots`` at 3 snapshots, 90 features, ``N`` tokens and d_in ``D``."""
-    from crosslens.crosscoders import triton_kernels
-
+def window_launch(dtype: torch.dtype, N: int, D: int, plan: KernelPlan = PLAN) -> Any:
+    """A call of ``window_dots`` at 3 snapshots, 90 features, ``N`` tokens and d_in ``D``, with
+    ``plan``'s tiles."""
+    kernels = triton_kernels_of(plan)
     g = torch.Generator().manual_seed(1)
     S, F_ = 3, 90  # past one tile on each axis (with the narrow tile)
     grad_SND = torch.randn(S, N, D, generator=g).to(dtype)
@@ -209,15 +209,16 @@ def window_launch(dtype: torch.dtype, N: int, D: int) -> Any:
     h_NF = torch.randn(F_, N, generator=g).to(dtype).T  # feature-major, as the encoder leaves it
     window_NF = torch.rand(N, F_, generator=g) < 0.1
     norms_FS, t_F = torch.rand(F_, S, generator=g), torch.rand(F_, generator=g)
-    return lambda: triton_kernels.window_dots(grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, 0.05)
+    return lambda: kernels.window_dots(grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, 0.05)
 
 
 def swept_tiles() -> tuple:
-    if not HAS_TRITON:
-        return ()
-    from crosslens.crosscoders import triton_kernels
-
-    return triton_kernels.WINDOW_TILES
+    """``benchmarks/gpu.py``'s ``WINDOW_TILES``: the launches ``--window-tiles`` times."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", path)
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    return gpu.WINDOW_TILES
 
 
 @pytest.mark.parametrize("tile", swept_tiles(), ids=str)
@@ -225,12 +226,12 @@ def test_every_window_launch_the_benchmark_sweeps_compiles_for_an_h100(tile, mon
     """Each of ``WINDOW_TILES`` in bfloat16 at an aligned shape, with its tile and options."""
     from crosslens.crosscoders import triton_kernels
 
-    monkeypatch.setattr(triton_kernels, "WINDOW_TILE", tile)
+    plan = dataclasses.replace(PLAN, window_tile=tile)
 
     def launched(compiled: Any) -> None:
         assert (compiled.metadata.num_warps, compiled.metadata.num_stages) == (tile.warps, tile.stages)
 
-    assert compile_recorded(triton_kernels, "_window_dots", window_launch(torch.bfloat16, 144, 64), monkeypatch, launched) == 1
+    assert compile_recorded(triton_kernels, "_window_dots", window_launch(torch.bfloat16, 144, 64, plan), monkeypatch, launched) == 1
 
 
 @pytest.mark.parametrize("copied", [False, True])
@@ -299,30 +300,6 @@ def test_the_row_norms_kernel_compiles_for_an_h100(d, monkeypatch):
     assert compile_recorded(triton_adam, "_row_pass", lambda: triton_adam.row_norms(x), monkeypatch) == 1
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_decoder_gradient_pass_giving_the_values_gradient_compiles_for_an_h100(dtype, monkeypatch):
-    """At Ge et al.'s d_in (blocks of 256 columns, three a snapshot): with the norms' term, and
-    added to a micro-batched step's sum."""
-    from crosslens.crosscoders import triton_kernels
-    from crosslens.crosscoders.active_pairs import ActivePairs
-
-    g = torch.Generator().manual_seed(5)
-    n, f, groups, d = 16, 24, 2, 768
-    active = torch.rand(n, f, generator=g) < 0.2
-    pairs = ActivePairs.from_mask(active, int(active.sum()))
-    W = torch.randn(f, groups, d, generator=g)
-    values = torch.randn(pairs.token_A.shape[0], groups, generator=g)
-    grad = torch.randn(n, groups, d, generator=g).to(dtype)
-
-    monkeypatch.setattr(triton_kernels, "VALUES_IN_WEIGHT_PASS", True)
-
-    def passes() -> None:
-        triton_kernels.weight_and_values_grad(grad, values, pairs, W.to(dtype), (W, torch.rand(f, groups)), torch.float32)
-        triton_kernels.weight_and_values_grad(grad, values, pairs, W.to(dtype), out=torch.zeros(f, groups, d))
-
-    assert compile_recorded(triton_kernels, "_gather_rows", passes, monkeypatch) == 2
-
-
 @pytest.mark.parametrize(
     "dtype, threshold_dtype",
     [(torch.float32, torch.float32), (torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16)],
@@ -347,7 +324,7 @@ def test_the_entry_masks_kernel_compiles_for_an_h100_rounding_as_torch(layout, d
         ptx = compiled.asm["ptx"]
         assert "mul.rn.f32" in ptx and "sub.rn.f32" in ptx and "fma.rn.f32" not in ptx, "the distances are contracted"
 
-    run = lambda: triton_kernels.entry_masks(*operands, 0.3)  # noqa: E731
+    run = lambda: triton_kernels_of().entry_masks(*operands, 0.3)  # noqa: E731
     assert compile_recorded(triton_kernels, "_entry_masks", run, monkeypatch, two_roundings) == 1
     recorder = Launches(kernel)
     monkeypatch.setattr(triton_kernels, "_entry_masks", recorder)
@@ -374,7 +351,7 @@ def test_the_entry_masks_kernel_reads_h_16_bytes_at_a_time_where_the_shape_allow
         assert "ld.global.v4.b32" in ptx and "st.global.v2.b32" in ptx, "the pass's reads or writes are not vectorised"
 
     def both_layouts() -> None:
-        triton_kernels.entry_masks(h_NF, low_F, high_F, t_F, 0.3)
-        triton_kernels.entry_masks(h_NF.T.contiguous().T, low_F, high_F, t_F, 0.3)
+        triton_kernels_of().entry_masks(h_NF, low_F, high_F, t_F, 0.3)
+        triton_kernels_of().entry_masks(h_NF.T.contiguous().T, low_F, high_F, t_F, 0.3)
 
     assert compile_recorded(triton_kernels, "_entry_masks", both_layouts, monkeypatch, vectorised) == 2

@@ -257,8 +257,8 @@ ROW_ALIGNMENT = 8
 """Rows of a :data:`DenseRows` matmul are padded with zeros to a multiple of this: cuBLAS takes
 its fast kernels only where every matrix's leading dimension is a multiple of 16 bytes, and
 the rows' count (how many features are dead) is any number. Unpadded, cuBLAS runs TopK's three
-auxiliary matmuls in older architectures' kernels, at a sixth to an eighth of an H100's bfloat16
-peak at Ge et al.'s shape with 1,229 features dead (``benchmarks/gpu.py --profile``)."""
+auxiliary matmuls in older architectures' kernels, far below the GPU's bfloat16 peak
+(``benchmarks/gpu.py --profile`` shows it)."""
 
 
 def _aligned(n: int) -> int:

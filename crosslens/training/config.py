@@ -47,7 +47,7 @@ def dead_feature_window(run_tokens: int) -> int:
 CHECKPOINTS_PER_RUN = 20
 """Checkpoints a run writes by default. Each holds the whole crosscoder and Adam's two moments:
 14.5 GB at Ge et al.'s shape (1.21 B parameters). One every 500 steps of their 390,625 would
-fill 11 TB, and at 1 GB/s add 14.5 s of writing to every 37 s of training at 28,000 tokens/s."""
+fill 11 TB, and writing each would take a good share of the time the 500 steps train."""
 
 MIN_CHECKPOINT_STEPS = 500
 """Fewest steps between two default checkpoints, for short runs."""

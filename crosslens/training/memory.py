@@ -57,9 +57,8 @@ def activation_bytes(B: int, S: int, D: int, F: int, micro_batches: int = 1, aut
     - latent: pre-activation, code and their gradients: ``4 b F``, for every architecture.
       JumpReLU's per-snapshot gate ``[S, b, F]`` is never whole on CUDA: its compiled kernels
       and its step from the pairs hold what ReLU's step holds (``benchmarks/gpu.py
-      --memory-peak`` on an H100: 20.88 GiB against ReLU's 20.79 at Ge et al.'s shape, and
-      64.2 GiB for the 98,304-feature dictionary in one micro-batch). Its eager blocks
-      (``CROSSLENS_COMPILE_KERNELS=0``, and a CPU) hold about five 1 GiB blocks more;
+      --memory-peak`` measures it; ``benchmarks/README.md``). Its eager blocks (a plan without
+      ``compile``, and a CPU) hold about five 1 GiB blocks more;
     - with N > 1, the whole batch kept for the step's statistics and its input: inputs and
       reconstructions ``3 B S D``, codes and pre-activations ``2 B F`` (a gradient-free pass's
       encoder products are the pre-activations the micro-batches then take,

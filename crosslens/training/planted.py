@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from crosslens.architectures import defaults_for, sparsity_coefficient_for, uses_k
+from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.training.config import CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder
 from crosslens.training.trainer import CrosscoderTrainer
@@ -38,6 +39,7 @@ def train_planted(
     lr_decay_fraction: float = 0.2,
     dead_feature_window_tokens: int | None = None,
     init: Callable[[Any], None] | None = None,
+    plan: KernelPlan | None = None,
     **crosscoder_overrides: Any,
 ):
     """A crosscoder of ``architecture`` trained on ``planted``'s batches for ``n_steps``.
@@ -52,6 +54,7 @@ def train_planted(
     ``dead_feature_window_tokens`` is the trainer's (None: its default for the run's length);
     ``init``, when given, is called on the built crosscoder before training and may set
     its weights in place (``scripts/planted_objective.py`` starts from the planted code);
+    ``plan``: the kernels the step runs (the device's default plan where None);
     ``crosscoder_overrides`` go to the crosscoder's config.
     """
     defaults = defaults_for(architecture)
@@ -93,6 +96,7 @@ def train_planted(
             dead_feature_window_tokens=dead_feature_window_tokens,
             save_final=False,
         ),
+        plan=plan,
     )
     trainer.fit(planted.batches(batch_size, seed=1000 + seed))
     crosscoder.eval()
