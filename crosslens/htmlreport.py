@@ -33,7 +33,41 @@ caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom:
 .context { font-family: ui-monospace, monospace; white-space: pre-wrap; font-size: .85rem; }
 mark { background: #ffd54f; }
 nav ul { columns: 2; }
+a.feature-link:not([href]) { color: inherit; text-decoration: none; }
 """
+
+FEATURE_COLUMNS = ("feature",)
+"""Table columns whose integer cells are crosscoder feature ids, rendered as :func:`feature_link`."""
+
+# ``crosslens browse RUN`` serves the report at /report, so a relative "feature/ID" resolves to the
+# feature's page there. Opened as a file there is no such page: the links fall back to plain text.
+# Plotly traces whose ``meta`` is {"link": "feature"} open the clicked feature the same way (its id
+# from ``meta.feature``, else the point's first customdata value).
+_FEATURE_LINK_SCRIPT = """
+(function () {
+  var served = location.protocol === "http:" || location.protocol === "https:";
+  document.querySelectorAll("a.feature-link").forEach(function (a) {
+    if (!served) { a.removeAttribute("href"); a.title = "crosslens browse RUN shows this feature"; }
+  });
+  if (!served) return;
+  document.querySelectorAll(".plotly-graph-div").forEach(function (div) {
+    if (!div.on) return;
+    div.on("plotly_click", function (event) {
+      var point = event.points && event.points[0];
+      var meta = point && point.data.meta;
+      if (!meta || meta.link !== "feature") return;
+      var id = meta.feature !== undefined ? meta.feature : (point.customdata || [])[0];
+      if (Number.isInteger(id)) location.href = "feature/" + id;
+    });
+  });
+})();
+"""
+
+
+def feature_link(feature: int) -> str:
+    """A feature id as a link to its page in ``crosslens browse`` (relative, so it resolves from
+    the report served at /report; plain text where the report is opened as a file)."""
+    return f'<a class="feature-link" href="feature/{int(feature)}">{int(feature)}</a>'
 
 
 def spaced(positions: Sequence[float], min_gap: float) -> list[float]:
@@ -84,6 +118,12 @@ def format_cell(value: Any, percent: bool = False) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return html.escape(str(value))
+
+
+def _cell(value: Any, percent: bool, feature: bool) -> str:
+    if feature and isinstance(value, int) and not isinstance(value, bool):
+        return feature_link(value)
+    return format_cell(value, percent)
 
 
 class Report:
@@ -148,10 +188,12 @@ class Report:
         columns: Sequence[str] | None = None,
         max_rows: int | None = None,
         percent: Collection[str] = (),
+        feature_columns: Collection[str] = FEATURE_COLUMNS,
     ) -> Report:
         """A table from a list of dicts (one per row); ``columns`` picks and orders keys, and
         the columns named in ``percent`` hold fractions shown as percentages (0.988 as 98.8%),
-        so a table reads in the units its paragraph and the console use."""
+        so a table reads in the units its paragraph and the console use. Integer cells of the
+        ``feature_columns`` link to the feature's page (:func:`feature_link`)."""
         rows = list(rows)
         if columns is None:
             columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -167,7 +209,7 @@ class Report:
         )
         body = "".join(
             "<tr>"
-            + "".join(f'<td class="{"" if numeric[c] else "text"}">{format_cell(r.get(c), c in percent)}</td>' for c in columns)
+            + "".join(f'<td class="{"" if numeric[c] else "text"}">{_cell(r.get(c), c in percent, c in feature_columns)}</td>' for c in columns)
             + "</tr>"
             for r in shown
         )
@@ -240,6 +282,8 @@ class Report:
         plotly_js = f"<script>{plotly.offline.get_plotlyjs()}</script>" if self._n_figures else ""
         subtitle = f'<p class="caption">{html.escape(self.subtitle)}</p>' if self.subtitle else ""
         body = "\n".join(b.html for b in self._blocks)
+        if 'class="feature-link"' in body or '"link":"feature"' in body:
+            body += f"\n<script>{_FEATURE_LINK_SCRIPT}</script>"
         return (
             '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f"<title>{html.escape(self.title)}</title>\n<style>{_STYLE}</style>\n{plotly_js}\n</head>\n"

@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "demo": 5,
     # 6: what each command does, callable as a library
     "commands": 6,
+    "exports": 6,  # <- core, crosscoders, activations, training (run seal), dashboards (the database's schema)
     "browser": 6,  # <- core, dashboards (the feature database's schema); stdlib only, no torch
     # 7: entry points
     "cli": 7,  # the parser, generated from config dataclasses

@@ -89,6 +89,7 @@ def evolution_heatmap(
                 "feature %{customdata[0]} (%{customdata[1]})<br>step %{customdata[2]}<br>norm %{z:.3f}<extra></extra>"
             ),
             colorscale="Viridis",
+            meta={"link": "feature"},  # a click opens the row's feature in crosslens browse
             zmin=0.0,
             zmax=1.0 if normalized else None,
             colorbar={"title": "norm / peak" if normalized else "decoder norm"},
@@ -190,6 +191,7 @@ def feature_trajectories(
                 mode="lines+markers",
                 name=f"#{i} ({analysis.classes[i]})",
                 customdata=analysis.steps,
+                meta={"link": "feature", "feature": i},
                 hovertemplate=f"feature {i}<br>step %{{customdata}}<br>norm %{{y:.3f}}<extra></extra>",
             )
         )

@@ -25,6 +25,7 @@ from crosslens.analysis.plots import (
 )
 from crosslens.analysis.probes import ProbeValidation
 from crosslens.htmlreport import Report  # noqa: F401  (re-exported: crosslens.analysis.Report)
+from crosslens.htmlreport import feature_link
 from crosslens.htmlreport import format_cell as _format_cell
 
 
@@ -202,7 +203,7 @@ def _add_contexts(report: Report, analysis: EvolutionAnalysis, contexts: Mapping
         )
         emergence = analysis.emergence_step(feature) if feature < analysis.d_sae else None
         report.add_html(
-            f"<table><caption>feature {feature} ({html.escape(cls)}, emerges at step "
+            f"<table><caption>feature {feature_link(feature)} ({html.escape(cls)}, emerges at step "
             f"{_format_cell(emergence)})</caption><thead><tr><th>activation</th>"
             f'<th class="text">context</th></tr></thead><tbody>{lines}</tbody></table>'
         )

@@ -1,0 +1,173 @@
+"""The feature database, opened read-only for the browser: a small pool of connections shared by
+the server's threads, and the run's facts every page needs (read once, at start).
+
+:func:`open_database` is the one place that finds and opens the file; the layout itself is
+:mod:`crosslens.dashboards.schema`.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sqlite3
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crosslens.core.errors import CrosslensError
+from crosslens.dashboards import schema
+
+FEATURE_CLASSES = ("initialization", "persistent", "transient", "dead")
+"""crosslens.analysis's classes, in the order pages list them."""
+
+
+class DatabaseProblem(CrosslensError):
+    """The run has no feature database, or the file is not one crosslens can read."""
+
+
+def database_path(run_dir: str | Path, database: str | Path | None = None) -> Path:
+    """Where the run's feature database is: ``database`` when given, RUN itself when it names a
+    file, else RUN/dashboards.sqlite. Raises :class:`DatabaseProblem` naming the fix."""
+    run = Path(run_dir)
+    if database is not None:
+        path = Path(database)
+    elif run.is_file():
+        path = run
+    else:
+        if not run.is_dir():
+            raise DatabaseProblem(f"{run}: no such folder: pass the --out folder of crosslens train.")
+        path = run / schema.DATABASE_NAME
+    if not path.is_file():
+        raise DatabaseProblem(f"{run}: no feature database ({path.name}): run `crosslens dashboards {run}` first.")
+    return path
+
+
+def open_database(run_dir: str | Path, database: str | Path | None = None) -> sqlite3.Connection:
+    """A read-only connection to the run's feature database, checked against the schema's layout:
+    a foreign or damaged file raises :class:`DatabaseProblem` with the fix."""
+    path = database_path(run_dir, database)
+    connection = None
+    try:
+        connection = _connect(path)
+        problem = schema.schema_problem(connection)
+    except sqlite3.DatabaseError as error:
+        problem = f"damaged or not SQLite ({error})"
+    if problem is not None:
+        if connection is not None:
+            connection.close()
+        raise DatabaseProblem(f"{path}: {problem}: rebuild it with `crosslens dashboards {run_dir}`.")
+    return connection
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    connection.execute("PRAGMA query_only = 1")
+    # the database is read far more than its size in pages: map it, and keep more of it cached
+    connection.execute("PRAGMA mmap_size = 8589934592")
+    connection.execute("PRAGMA cache_size = -65536")
+    return connection
+
+
+# --------------------------------------------------------------------------- blobs
+def _unpack(code: str, size: int) -> Any:
+    def unpack(blob: bytes | None) -> list:
+        if not blob:
+            return []
+        return list(struct.unpack(f"<{len(blob) // size}{code}", blob))
+
+    return unpack
+
+
+ints = _unpack("i", 4)
+"""``<i4`` blob -> list of ints."""
+counts = _unpack("I", 4)
+"""``<u4`` blob -> list of ints."""
+floats = _unpack("f", 4)
+"""``<f4`` blob -> list of floats."""
+halves = _unpack("e", 2)
+"""``<f2`` blob -> list of floats."""
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class RunFacts:
+    """What every page shows about the run, read once when the server starts."""
+
+    path: Path
+    meta: dict[str, Any]
+    snapshots: list[dict[str, Any]]
+    tasks: list[dict[str, Any]]
+    classes: dict[str, int]
+    relie_classes: list[str]
+    n_features: int
+    vocabulary: list[str] = field(repr=False)
+    complete: bool = True
+    """False when the sealed record beside the database is missing (dashboards did not finish)."""
+
+    def token(self, token_id: int) -> str:
+        return self.vocabulary[token_id] if 0 <= token_id < len(self.vocabulary) else f"<{token_id}>"
+
+    @property
+    def n_snapshots(self) -> int:
+        return len(self.snapshots)
+
+
+def read_run_facts(connection: sqlite3.Connection, path: Path) -> RunFacts:
+    """The meta table, snapshots, tasks, class counts and vocabulary of an opened database."""
+    meta = {key: json.loads(value) for key, value in connection.execute("SELECT key, value FROM meta")}
+    snapshots = [
+        {"snapshot": s, "revision": revision, "step": step, "tokens_seen": seen, "label": label}
+        for s, revision, step, seen, label in connection.execute(
+            "SELECT snapshot, revision, step, tokens_seen, label FROM snapshots ORDER BY snapshot"
+        )
+    ]
+    tasks = [
+        {"task": task, "metric": metric, "n_examples": n, "source": source}
+        for task, metric, n, source in connection.execute("SELECT task, metric, n_examples, source FROM tasks ORDER BY task")
+    ]
+    found = dict(connection.execute("SELECT class, count(*) FROM features GROUP BY class").fetchall())
+    classes = {name: found.pop(name, 0) for name in FEATURE_CLASSES} | found
+    relie = [row[0] for row in connection.execute("SELECT DISTINCT relie_class FROM causal WHERE relie_class IS NOT NULL")]
+    size = connection.execute("SELECT coalesce(max(token_id) + 1, 0) FROM vocabulary").fetchone()[0]
+    vocabulary = [f"<{i}>" for i in range(size)]
+    for token_id, text in connection.execute("SELECT token_id, text FROM vocabulary"):
+        vocabulary[token_id] = text
+    return RunFacts(
+        path=path, meta=meta, snapshots=snapshots, tasks=tasks, classes=classes, relie_classes=sorted(relie),
+        n_features=sum(classes.values()), vocabulary=vocabulary,
+        complete=(path.parent / schema.RECORD_NAME).is_file(),
+    )  # fmt: skip
+
+
+class Database:
+    """The feature database for a threaded server: read-only connections handed out one per
+    request (SQLite connections are not shared between threads at once), opened as needed."""
+
+    def __init__(self, run_dir: str | Path, database: str | Path | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        first = open_database(run_dir, database)
+        self.path = database_path(run_dir, database)
+        self.facts = read_run_facts(first, self.path)
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._idle.put(first)
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        try:
+            connection = self._idle.get_nowait()
+        except queue.Empty:
+            connection = _connect(self.path)
+        try:
+            yield connection
+        finally:
+            self._idle.put(connection)
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return

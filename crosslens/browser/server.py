@@ -1,0 +1,275 @@
+"""``crosslens browse RUN``: the feature database as a local web app, served the way TensorBoard
+is (one process, one port on 127.0.0.1, a URL printed, Ctrl-C to stop).
+
+Pages (one static HTML page and vanilla JS from ``crosslens/browser/static``; plotly.js from the
+``plotly`` package, so nothing is fetched from the network). The page shows two views and moves
+between them without reloading, so plotly.js is compiled once per tab:
+
+* ``/``: the feature list: search, filters, sort, pages (its state lives in the URL);
+* ``/feature/ID?snapshot=S``: one feature through training (S = -1: the crosscoder's own code);
+* ``/report``: the run's report.html, whose feature ids link to their pages.
+
+JSON API (every error is ``{"error": "one line"}`` with status 400 or 404):
+
+* ``/api/run``: the run: snapshots, classes and their counts, tasks, sortable columns, budget;
+* ``/api/features?...``: a page of the feature list (parameters: :func:`~crosslens.browser.queries.parse_query`);
+* ``/api/feature/ID``: one feature's facts, per-snapshot series, histograms, logit effects, causal scores;
+* ``/api/feature/ID/contexts[?snapshot=S]``: its top and quantile contexts at every reading, or at S.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import importlib.resources
+import json
+import re
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from crosslens.browser.config import DEFAULT_PORT, HOST, BrowseConfig
+from crosslens.browser.database import Database
+from crosslens.browser.feature import NoSuchFeature, feature_contexts, feature_detail
+from crosslens.browser.queries import FEATURE_SORTS, SNAPSHOT_SORTS, STATES, QueryError, feature_page, parse_query
+from crosslens.core.errors import CrosslensError
+
+REPORT_NAME = "report.html"
+"""The run's report (``crosslens analyze`` / ``crosslens report``), served at ``/report``."""
+
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+          ".svg": "image/svg+xml"}  # fmt: skip
+_PAGES = {"/": "app.html"}
+
+
+class Assets:
+    """The static files, read once: each served under a content-hashed URL (``?v=``) and cached
+    by the browser for good; the HTML pages, whose links carry those hashes, are never cached."""
+
+    def __init__(self) -> None:
+        root = importlib.resources.files("crosslens.browser") / "static"
+        files = {item.name: item.read_bytes() for item in root.iterdir() if item.is_file() and not item.name.startswith(".")}
+        files["plotly.min.js"] = (importlib.resources.files("plotly") / "package_data" / "plotly.min.js").read_bytes()
+        self.version = {name: hashlib.sha256(data).hexdigest()[:12] for name, data in files.items()}
+
+        def stamp(match: re.Match[bytes]) -> bytes:
+            version = self.version.get(match[2].decode(), "0").encode()
+            return match[1] + b'="/static/' + match[2] + b"?v=" + version + b'"'
+
+        self.files = {
+            name: re.sub(rb'(src|href)="/static/([\w.-]+)"', stamp, data) if name.endswith(".html") else data
+            for name, data in files.items()
+        }
+
+
+class BrowserServer(ThreadingHTTPServer):
+    """The browser's HTTP server over one feature database."""
+
+    daemon_threads = True
+
+    def __init__(self, database: Database, config: BrowseConfig, report: Path) -> None:
+        self.database, self.config, self.report, self.assets = database, config, report, Assets()
+        try:
+            super().__init__((HOST, config.port), BrowserHandler)
+        except OSError as error:
+            database.close()
+            if error.errno == errno.EADDRINUSE:
+                raise CrosslensError(
+                    f"port {config.port} on {HOST} is in use (another crosslens browse or TensorBoard?): "
+                    "pick another with --port, or --port 0 for any free port."
+                ) from None
+            if error.errno == errno.EACCES:
+                raise CrosslensError(f"port {config.port} needs privileges: pick one above 1023 with --port.") from None
+            raise
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/"
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.database.close()
+
+    def run_summary(self) -> dict[str, Any]:
+        facts = self.database.facts
+        return {
+            "database": str(facts.path), "size_bytes": facts.path.stat().st_size, "complete": facts.complete,
+            "n_features": facts.n_features, "n_snapshots": facts.n_snapshots, "snapshots": facts.snapshots,
+            "classes": facts.classes, "tasks": facts.tasks, "relie_classes": facts.relie_classes,
+            "sorts": {"feature": FEATURE_SORTS, "snapshot": ["at_" + c for c in SNAPSHOT_SORTS]}, "states": list(STATES),
+            "crosscoder": facts.meta.get("crosscoder"), "suite": facts.meta.get("suite"),
+            "budget": facts.meta.get("budget"), "n_tokens": facts.meta.get("n_tokens"),
+            "histogram_edges": facts.meta.get("histogram_edges"), "report": self.report.is_file(),
+            "page_size": self.config.page_size,
+        }  # fmt: skip
+
+
+class BrowserHandler(BaseHTTPRequestHandler):
+    """Routes a GET to a page, a static file, the report or the JSON API."""
+
+    server: BrowserServer
+    protocol_version = "HTTP/1.1"  # keep-alive: a page's few requests share one connection
+    # headers and body go out in separate writes: with Nagle's algorithm on, the body waits for
+    # the client's delayed ACK of the headers (40 ms on Linux) before it is sent
+    disable_nagle_algorithm = True
+
+    _ROUTES = (
+        (re.compile(r"/api/run"), "_api_run"),
+        (re.compile(r"/api/features"), "_api_features"),
+        (re.compile(r"/api/feature/(\d+)"), "_api_feature"),
+        (re.compile(r"/api/feature/(\d+)/contexts"), "_api_contexts"),
+        (re.compile(r"/feature/(\d+)/?"), "_feature_page"),
+        (re.compile(r"/static/([\w.-]+)"), "_static"),
+        (re.compile(r"/report"), "_report"),
+        (re.compile(r"/favicon.ico"), "_favicon"),
+    )
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if not self._host_allowed():
+            return self._send(HTTPStatus.FORBIDDEN, b"forbidden host\n", "text/plain; charset=utf-8")
+        url = urlsplit(self.path)
+        self.params = {key: values[-1] for key, values in parse_qs(url.query, keep_blank_values=True).items()}
+        if url.path in _PAGES:
+            return self._static(_PAGES[url.path])
+        for pattern, name in self._ROUTES:
+            match = pattern.fullmatch(url.path)
+            if match:
+                try:
+                    return getattr(self, name)(*match.groups())
+                except (QueryError, NoSuchFeature) as error:
+                    status = HTTPStatus.NOT_FOUND if isinstance(error, NoSuchFeature) else HTTPStatus.BAD_REQUEST
+                    return self._json({"error": str(error.args[0])}, status)
+        if url.path.startswith("/api/"):
+            return self._json({"error": f"no API endpoint {url.path}"}, HTTPStatus.NOT_FOUND)
+        return self._send(HTTPStatus.NOT_FOUND, _not_found(url.path), _TYPES[".html"])
+
+    def _host_allowed(self) -> bool:
+        """Only requests addressed to this machine: a page elsewhere whose name resolves to
+        127.0.0.1 (DNS rebinding) cannot read the database through the visitor's browser."""
+        host = self.headers.get("Host")
+        return host is None or host.rsplit(":", 1)[0] in (HOST, "localhost", "[::1]")
+
+    # ----------------------------------------------------------------- API
+    def _api_run(self) -> None:
+        self._json(self.server.run_summary())
+
+    def _api_features(self) -> None:
+        facts = self.server.database.facts
+        query = parse_query(self.params, facts, self.server.config.page_size)
+        with self.server.database.connection() as connection:
+            self._json(feature_page(connection, query, facts))
+
+    def _api_feature(self, feature: str) -> None:
+        with self.server.database.connection() as connection:
+            self._json(feature_detail(connection, int(feature), self.server.database.facts))
+
+    def _api_contexts(self, feature: str) -> None:
+        snapshot = self.params.get("snapshot")
+        if snapshot is not None and not re.fullmatch(r"-?\d+", snapshot):
+            raise QueryError(f"snapshot={snapshot}: not a whole number.")
+        with self.server.database.connection() as connection:
+            payload = feature_contexts(
+                connection, int(feature), self.server.database.facts, None if snapshot is None else int(snapshot)
+            )
+        self._json(payload)
+
+    # ----------------------------------------------------------------- pages and files
+    def _feature_page(self, feature: str) -> None:
+        self._static("app.html")
+
+    def _static(self, name: str) -> None:
+        data = self.server.assets.files.get(name)
+        if data is None:
+            return self._send(HTTPStatus.NOT_FOUND, _not_found(f"/static/{name}"), _TYPES[".html"])
+        cache = "no-cache" if name.endswith(".html") or "v" not in self.params else "public, max-age=31536000, immutable"
+        self._send(HTTPStatus.OK, data, _TYPES.get(Path(name).suffix, "application/octet-stream"), cache)
+
+    def _report(self) -> None:
+        report = self.server.report
+        if not report.is_file():
+            page = _page(
+                "No report yet",
+                f"<p>{_escape(report)} does not exist: <code>crosslens report {_escape(report.parent)}</code> writes it.</p>",
+            )
+            return self._send(HTTPStatus.NOT_FOUND, page, _TYPES[".html"])
+        self._send(HTTPStatus.OK, report.read_bytes(), _TYPES[".html"], "no-cache")
+
+    def _favicon(self) -> None:
+        self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon", "public, max-age=86400")
+
+    # ----------------------------------------------------------------- responses
+    def _json(self, payload: Any, status: HTTPStatus = HTTPStatus.OK) -> None:
+        started = time.perf_counter()
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        self._send(status, body, "application/json", "no-store", f"json;dur={1000 * (time.perf_counter() - started):.1f}")
+
+    def _send(self, status: HTTPStatus, body: bytes, kind: str, cache: str = "no-store", timing: str = "") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", cache)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if timing:
+            self.send_header("Server-Timing", timing)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET  # noqa: N815
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        if self.server.config.log_requests:
+            super().log_message(format, *args)
+
+
+def _escape(value: object) -> str:
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _page(title: str, body: str) -> bytes:
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_escape(title)}</title>'
+        f'<link rel="stylesheet" href="/static/style.css"></head><body class="plain"><h1>{_escape(title)}</h1>{body}'
+        '<p><a href="/">feature list</a></p></body></html>'
+    ).encode()
+
+
+def _not_found(path: str) -> bytes:
+    return _page("Not found", f"<p>Nothing at <code>{_escape(path)}</code>.</p>")
+
+
+def make_server(run_dir: str | Path, config: BrowseConfig = BrowseConfig()) -> BrowserServer:
+    """The server over ``run_dir``'s feature database, bound (port 0: a free one) but not yet serving."""
+    database = Database(run_dir, config.database)
+    return BrowserServer(database, config, database.path.parent / REPORT_NAME)
+
+
+def browse(
+    run_dir: str | Path, *, port: int = DEFAULT_PORT, database: str | Path | None = None, page_size: int = 50,
+    log_requests: bool = False,
+) -> None:  # fmt: skip
+    """Serve ``run_dir``'s feature database at http://127.0.0.1:PORT/ until Ctrl-C (the fields of
+    :class:`~crosslens.browser.config.BrowseConfig`). A port in use, a run without a feature
+    database or a file that is not one raises a one-line :class:`~crosslens.core.errors.CrosslensError`."""
+    config = BrowseConfig(port=port, database=None if database is None else str(database), page_size=page_size,
+                          log_requests=log_requests)  # fmt: skip
+    server = make_server(run_dir, config)
+    facts = server.database.facts
+    if not facts.complete:
+        print(f"note: {facts.path} has no sealed record beside it: crosslens dashboards did not finish; "
+              "pages show what it wrote.")  # fmt: skip
+    print(f"crosslens browse: {facts.n_features} features x {facts.n_snapshots} snapshots at {server.url} "
+          "(Ctrl-C to stop)", flush=True)  # fmt: skip
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("\nstopped.")
+    finally:
+        server.server_close()
