@@ -1,0 +1,131 @@
+"""An unfinished pass, kept in ``RUN/dashboards.partial/``, and what is already in the run folder.
+
+When the pass stops (Ctrl-C, a signal, an error) it saves its accumulators with the number of
+batches done; so does a pass that finished, before the database is written from it. The state
+file is written under a name of its own and renamed into place, then the sealed record
+(``partial.json``) naming it, its sha256 and the inputs (partners and settings) it was computed
+from, so a reader finds either the previous save or this one. A later call with the same inputs
+continues from it; a call with other inputs, or a damaged save, is refused unless told to
+overwrite (nothing already computed is thrown away silently).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crosslens.core.hashing import file_sha256
+from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
+from crosslens.dashboards.accumulate import PassState
+from crosslens.dashboards.config import DashboardsError
+from crosslens.dashboards.record import database_problem, read_record
+from crosslens.dashboards.schema import DATABASE_NAME, RECORD_NAME
+
+PARTIAL_DIR = "dashboards.partial"
+PARTIAL_RECORD = "partial.json"
+PARTIAL_KEY = "partial_sha256"
+PARTIAL_FORMAT = "crosslens.dashboards.partial/1"
+
+
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), for comparisons with a record."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def differences(recorded: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ between two records."""
+    out = []
+    for key in sorted(set(recorded) | set(current)):
+        a, b = recorded.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def save_partial(run_dir: Path, state: PassState, inputs: dict[str, Any]) -> Path:
+    """Save ``state`` (the pass after ``state.position`` batches) for a later call to continue."""
+    folder = run_dir / PARTIAL_DIR
+    folder.mkdir(exist_ok=True)
+    name = f"state_{state.position:09d}.pt"
+    tmp = folder / f"{name}.tmp"
+    torch.save(state.to_saved(), tmp)
+    os.replace(tmp, folder / name)
+    record = {
+        "format": PARTIAL_FORMAT, "inputs": as_json(inputs), "state": name, "state_sha256": file_sha256(folder / name),
+        "position": state.position, "tokens": state.tokens,
+    }  # fmt: skip
+    write_sealed(folder / PARTIAL_RECORD, record, PARTIAL_KEY)
+    for old in folder.glob("state_*.pt*"):
+        if old.name != name:
+            old.unlink()
+    return folder
+
+
+def load_partial(run_dir: Path, inputs: dict[str, Any], device: torch.device, overwrite: bool) -> PassState | None:
+    """The saved pass over these ``inputs`` (None when there is none, or ``overwrite`` drops it)."""
+    folder = run_dir / PARTIAL_DIR
+    if not folder.exists():
+        return None
+    if overwrite:
+        shutil.rmtree(folder)
+        return None
+    fix = f"pass --overwrite to start the pass again (or remove {folder})"
+    try:
+        record = read_sealed(folder / PARTIAL_RECORD, PARTIAL_KEY)
+        if record.get("format") != PARTIAL_FORMAT:
+            raise UnreadableRecordError(f"format {record.get('format')!r}, not {PARTIAL_FORMAT}")
+    except (OSError, UnreadableRecordError, BrokenSealError) as error:
+        raise DashboardsError(f"{folder} holds a damaged unfinished pass ({error}); {fix}") from None
+    changed = differences(record.get("inputs") or {}, as_json(inputs))
+    if changed:
+        raise DashboardsError(
+            f"{folder} holds an unfinished pass over other inputs ({', '.join(changed)} differ); run the command that "
+            f"started it again to finish it, or {fix}"
+        )
+    path = folder / str(record["state"])
+    if not path.is_file() or file_sha256(path) != record.get("state_sha256"):
+        raise DashboardsError(f"{folder} holds a damaged unfinished pass ({path.name} is missing or altered); {fix}")
+    try:
+        return PassState.from_saved(torch.load(path, map_location="cpu", weights_only=True), device)
+    except (RuntimeError, ValueError, TypeError, KeyError) as error:
+        raise DashboardsError(f"{folder} holds a damaged unfinished pass ({error}); {fix}") from None
+
+
+def remove_partial(run_dir: Path) -> None:
+    shutil.rmtree(run_dir / PARTIAL_DIR, ignore_errors=True)
+
+
+def existing_database(run_dir: Path, inputs: dict[str, Any], overwrite: bool) -> str:
+    """What the run folder already holds: ``"none"``; ``"current"`` (a verified database of these
+    inputs: nothing to do); ``"replace"`` (to be replaced: ``overwrite``, or the database an
+    interrupted call of these inputs left unsealed). Anything else is refused, naming the fix."""
+    database, record_path = run_dir / DATABASE_NAME, run_dir / RECORD_NAME
+    if not database.exists() and not record_path.exists():
+        return "none"
+    if not record_path.exists():
+        if overwrite or (run_dir / PARTIAL_DIR).is_dir():
+            return "replace"
+        raise DashboardsError(
+            f"{database} was not written by a finished `crosslens dashboards` (no {RECORD_NAME} beside it); "
+            "pass --overwrite to replace it, or move it away"
+        )
+    try:
+        record = read_record(run_dir)
+        problem = database_problem(run_dir, record)
+    except DashboardsError as error:
+        record, problem = None, str(error).split("; rebuild")[0]
+    if problem is None and record is not None:
+        changed = differences({"partners": record.get("partners"), "settings": record.get("settings")}, as_json(inputs))
+        if not changed:
+            return "current"
+        problem = f"{database} holds dashboards computed from other inputs ({', '.join(changed)} differ)"
+    if overwrite:
+        return "replace"
+    raise DashboardsError(f"{problem}; pass --overwrite to replace it")

@@ -1,0 +1,123 @@
+"""The feature database's sealed record, and the one reader that checks it.
+
+``RUN/dashboards.json`` is written last, once ``RUN/dashboards.sqlite`` is in place: the
+database's sha256 and size, the partners it was computed from (the run's seal, the crosscoder's
+weights, the token source, the suite, the attribution files) and the settings (budget, tokens,
+seed), sealed by its own checksum (:mod:`crosslens.core.sealed`). A database without it was
+never finished; one whose bytes differ from it was damaged or edited; one whose run seal differs
+from the run folder's was computed before the run was trained again.
+
+:func:`open_database` is the reader: read-only (``mode=ro``), after those checks and
+:func:`~crosslens.dashboards.schema.schema_problem`. Hashing a database of a few GB takes
+seconds, so a check is remembered per file by its size and modification time, as
+:func:`crosslens.training.runfolder.check_run` does for a run.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from crosslens.core.hashing import file_sha256
+from crosslens.core.paths import RUN_SEAL_NAME
+from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
+from crosslens.dashboards.config import DashboardsError
+from crosslens.dashboards.schema import DATABASE_NAME, RECORD_NAME, schema_problem
+
+RECORD_FORMAT = "crosslens.dashboards.record/1"
+RECORD_KEY = "record_sha256"
+VERIFY_MODES = ("full", "size", "none")
+
+_HASHED: dict[Path, tuple[int, int, str]] = {}
+"""Databases already hashed: path -> (size, mtime_ns, sha256)."""
+
+
+def database_sha256(path: Path) -> str:
+    """The file's sha256, hashed again only when its size or modification time changed."""
+    stat = path.stat()
+    key = path.resolve()
+    known = _HASHED.get(key)
+    if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+        return known[2]
+    digest = file_sha256(path)
+    _HASHED[key] = (stat.st_size, stat.st_mtime_ns, digest)
+    return digest
+
+
+def run_seal_sha256(run_dir: Path) -> str | None:
+    """sha256 of the run's seal file (None when the run has none)."""
+    seal = run_dir / RUN_SEAL_NAME
+    return file_sha256(seal) if seal.is_file() else None
+
+
+def write_record(run_dir: Path, partners: dict[str, Any], settings: dict[str, Any], n_tokens: int) -> dict[str, Any]:
+    """Seal the finished database of ``run_dir`` with what it was computed from (written last)."""
+    path = run_dir / DATABASE_NAME
+    record = {
+        "format": RECORD_FORMAT, "database": DATABASE_NAME, "database_sha256": database_sha256(path),
+        "database_bytes": path.stat().st_size, "partners": partners, "settings": settings, "n_tokens": n_tokens,
+    }  # fmt: skip
+    return write_sealed(run_dir / RECORD_NAME, record, RECORD_KEY)
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    """The sealed record beside the run's database; :class:`DashboardsError` naming the fix when it
+    is missing, unreadable or fails its seal."""
+    path = run_dir / RECORD_NAME
+    if not path.is_file():
+        raise DashboardsError(
+            f"{run_dir / DATABASE_NAME} has no sealed record beside it ({RECORD_NAME}): `crosslens dashboards` did not "
+            f"finish it; run `crosslens dashboards {run_dir}` again"
+        )
+    try:
+        record = read_sealed(path, RECORD_KEY)
+    except (UnreadableRecordError, BrokenSealError) as error:
+        raise DashboardsError(f"{path} is damaged ({error}); rebuild the database with `crosslens dashboards {run_dir} --overwrite`") from None
+    if record.get("format") != RECORD_FORMAT or record.get("database") != DATABASE_NAME:
+        raise DashboardsError(f"{path} is not a record of `crosslens dashboards` ({record.get('format')}); rebuild it with `crosslens dashboards {run_dir} --overwrite`")
+    return record
+
+
+def database_problem(run_dir: Path, record: dict[str, Any], verify: str = "full") -> str | None:
+    """Why the run's database is not the file ``record`` vouches for, for this run (None when it is)."""
+    path = run_dir / DATABASE_NAME
+    if not path.is_file():
+        return f"{path} is missing"
+    recorded_run = (record.get("partners") or {}).get("run")
+    if recorded_run is not None and recorded_run != run_seal_sha256(run_dir):
+        return f"{path} was computed for an earlier run in {run_dir} (the run was trained again since)"
+    if verify != "none" and path.stat().st_size != record.get("database_bytes"):
+        return f"{path} is not the file `crosslens dashboards` wrote (its size differs: damaged or edited)"
+    if verify == "full" and database_sha256(path) != record.get("database_sha256"):
+        return f"{path} is not the file `crosslens dashboards` wrote (its sha256 differs: damaged or edited)"
+    return None
+
+
+def open_database(run_dir: str | Path, *, verify: str | bool = "full") -> sqlite3.Connection:
+    """The run's feature database, read-only, once its sealed record, its bytes and its layout check out.
+
+    ``verify``: "full" (size and sha256, remembered per file by size and time; ``True``), "size"
+    (sizes only) or "none" (the record and the layout only; ``False``). Raises
+    :class:`~crosslens.dashboards.config.DashboardsError` with the fix when the run has no
+    database, the database was not finished, is damaged, edited, foreign or of another run."""
+    run_dir = Path(run_dir)
+    verify = {True: "full", False: "none"}.get(verify, verify)  # type: ignore[arg-type]
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES} (or True/False), got {verify!r}")
+    path = run_dir / DATABASE_NAME
+    if not path.is_file():
+        raise DashboardsError(f"{run_dir} has no feature database ({DATABASE_NAME}); run `crosslens dashboards {run_dir}` first")
+    problem = database_problem(run_dir, read_record(run_dir), verify)
+    if problem is not None:
+        raise DashboardsError(f"{problem}; rebuild it with `crosslens dashboards {run_dir} --overwrite`")
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        problem = schema_problem(connection)
+    except sqlite3.DatabaseError as error:
+        problem, connection = f"not a readable SQLite database ({error})", None
+    if problem is not None:
+        if connection is not None:
+            connection.close()
+        raise DashboardsError(f"{path} is {problem}; rebuild it with `crosslens dashboards {run_dir} --overwrite`")
+    return connection

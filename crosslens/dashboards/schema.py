@@ -1,0 +1,194 @@
+"""The feature database: every feature of a crosscoder at every snapshot, in one SQLite file.
+
+``crosslens dashboards RUN`` writes ``RUN/dashboards.sqlite``; ``crosslens browse RUN`` and
+``crosslens export RUN`` read it. It is plain SQLite from the standard library, so any SQL
+client can query it::
+
+    sqlite3 RUN/dashboards.sqlite "SELECT feature, class, emergence_step FROM features
+                                   WHERE class = 'transient' ORDER BY density DESC LIMIT 10"
+
+Two readings of a feature's activation are stored, told apart by ``snapshot``:
+
+* ``snapshot`` 0 .. S-1: the feature's code in the crosscoder's *per-snapshot mode*
+  (:meth:`crosslens.crosscoders.snapshot_sae.SnapshotCodec.encode_single`): snapshot s's
+  activation alone, the other snapshots' inputs absent. It is what snapshot s's model makes
+  the feature read, the same code the snapshot's SAELens SAE (``snapshot_sae``) gives, so the
+  contexts a feature fires on can differ from snapshot to snapshot.
+* ``snapshot`` -1 (:data:`ALL_SNAPSHOTS`): the crosscoder's own code, read from every
+  snapshot's activation of the token at once.
+
+Every table below is created by :func:`create_schema`; :data:`FORMAT` names the layout and is
+stored in ``meta``, so a reader refuses a file of another layout (or a foreign SQLite file)
+with :func:`schema_problem`. Blobs are little-endian numpy arrays of the dtype named in each
+column's description (``np.frombuffer(blob, dtype="<i4")``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+FORMAT = "crosslens.dashboards/1"
+"""The layout's name and version, ``meta['format']``."""
+
+DATABASE_NAME = "dashboards.sqlite"
+"""The database's file name inside the run folder."""
+
+RECORD_NAME = "dashboards.json"
+"""The sealed record beside it: the database's sha256 and the partners it was computed from
+(run seal, crosscoder weights, token source, suite), written last."""
+
+ALL_SNAPSHOTS = -1
+"""``snapshot`` value of rows about the crosscoder's own code (every snapshot read at once)."""
+
+CONTEXT_KINDS = ("top", "quantile")
+"""``contexts.kind``: the top-activating tokens, or tokens sampled across the activation
+quantiles of the firing tokens (as SAEDashboard shows beside the top ones)."""
+
+TABLES: dict[str, str] = {
+    "meta": """
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,   -- see META_KEYS
+    value TEXT NOT NULL       -- JSON
+)""",
+    "snapshots": """
+CREATE TABLE snapshots (
+    snapshot    INTEGER PRIMARY KEY,  -- 0 .. S-1, the crosscoder's snapshot index
+    revision    TEXT NOT NULL,        -- the checkpoint's revision ("step1000", ...)
+    step        INTEGER NOT NULL,     -- training step (along the trajectory for staged runs)
+    tokens_seen INTEGER,              -- NULL where the family does not publish it
+    label       TEXT NOT NULL         -- how pages name it ("step1000")
+)""",
+    "features": """
+CREATE TABLE features (
+    feature            INTEGER PRIMARY KEY,  -- 0 .. d_sae-1
+    class              TEXT NOT NULL,        -- initialization | persistent | transient | dead (crosslens.analysis)
+    emergence_snapshot INTEGER,              -- NULL: never present (dead)
+    emergence_step     INTEGER,
+    peak_snapshot      INTEGER,
+    peak_step          INTEGER,
+    fade_snapshot      INTEGER,              -- NULL: never faded
+    fade_step          INTEGER,
+    dip_step           INTEGER,              -- NULL: no dip-and-recover
+    recovery_step      INTEGER,
+    peak_decoder_norm  REAL NOT NULL,        -- the largest of its decoder norms over snapshots
+    density            REAL NOT NULL,        -- share of the tokens on which the crosscoder's code is > 0
+    mean_activation    REAL,                 -- mean code over those tokens (NULL: never fired)
+    max_activation     REAL NOT NULL,        -- 0 where it never fired
+    relevance          REAL                  -- largest |IE| over tasks and snapshots (NULL: the run has no attribution)
+)""",
+    "feature_snapshots": """
+CREATE TABLE feature_snapshots (
+    feature             INTEGER NOT NULL,
+    snapshot            INTEGER NOT NULL,  -- 0 .. S-1 (per-snapshot mode)
+    decoder_norm        REAL NOT NULL,     -- ||W_dec[feature, snapshot]|| as crosslens.analysis reads it
+    relative_norm       REAL NOT NULL,     -- decoder_norm / peak_decoder_norm (presence reads this)
+    density             REAL NOT NULL,     -- share of the tokens on which the per-snapshot code is > 0
+    mean_activation     REAL,              -- mean over those tokens (NULL: never fired)
+    max_activation      REAL NOT NULL,
+    histogram           BLOB NOT NULL,     -- <u4 counts of firing tokens per bin of meta.histogram_edges (end bins also count beyond)
+    logit_top_ids       BLOB NOT NULL,     -- <i4 token ids the decoder direction promotes most ...
+    logit_top_values    BLOB NOT NULL,     -- <f4 ... and by how much (direct logit effect)
+    logit_bottom_ids    BLOB NOT NULL,     -- <i4 token ids it suppresses most ...
+    logit_bottom_values BLOB NOT NULL,     -- <f4 ... (most negative first)
+    PRIMARY KEY (feature, snapshot)
+) WITHOUT ROWID""",
+    "contexts": """
+CREATE TABLE contexts (
+    feature     INTEGER NOT NULL,
+    snapshot    INTEGER NOT NULL,  -- 0 .. S-1, or -1 for the crosscoder's own code
+    kind        TEXT NOT NULL,     -- 'top' or 'quantile' (CONTEXT_KINDS)
+    rank        INTEGER NOT NULL,  -- 0 = strongest of its kind
+    seq         INTEGER NOT NULL,  -- token row (sequence) of the focus token
+    pos         INTEGER NOT NULL,  -- its position in the sequence
+    activation  REAL NOT NULL,     -- the feature's activation on the focus token
+    quantile    REAL,              -- kind 'quantile': the quantile of the firing activations it was drawn at
+    first_pos   INTEGER NOT NULL,  -- position of the window's first token
+    token_ids   BLOB NOT NULL,     -- <i4 the window's token ids
+    activations BLOB NOT NULL,     -- <f2 the feature's activation (same snapshot reading) on each window token (0: not in the store, e.g. BOS)
+    PRIMARY KEY (feature, snapshot, kind, rank)
+) WITHOUT ROWID""",
+    "vocabulary": """
+CREATE TABLE vocabulary (
+    token_id INTEGER PRIMARY KEY,
+    text     TEXT NOT NULL   -- the token as it reads inside a window (its leading space kept)
+)""",
+    "tasks": """
+CREATE TABLE tasks (
+    task       TEXT PRIMARY KEY,  -- the attribution section's task name
+    metric     TEXT NOT NULL,     -- what IE is the effect on (e.g. summed_logprob_diff)
+    n_examples INTEGER NOT NULL,
+    source     TEXT NOT NULL      -- the run's file it was read from
+)""",
+    "causal": """
+CREATE TABLE causal (
+    task        TEXT NOT NULL,
+    feature     INTEGER NOT NULL,
+    snapshot    INTEGER NOT NULL,  -- 0 .. S-1
+    ie          REAL NOT NULL,     -- integrated-gradient indirect effect on the task metric
+    relie       REAL,              -- its share of the feature's IE over snapshots (RelIE)
+    relie_class TEXT,              -- other | shared | specific | below_floor | no_behaviour (NULL: not classed)
+    ablation    REAL,              -- the metric's change when the feature alone is ablated (NULL: not measured)
+    PRIMARY KEY (task, feature, snapshot)
+) WITHOUT ROWID""",
+    "context_search": """
+CREATE VIRTUAL TABLE context_search USING fts5(
+    text,                     -- the feature's context windows as text (rowid = feature)
+    tokenize = 'trigram',
+    detail = 'none'
+)""",
+}
+"""Every table's SQL, in creation order."""
+
+INDEXES: tuple[str, ...] = (
+    "CREATE INDEX features_class ON features (class, feature)",
+    "CREATE INDEX features_emergence ON features (emergence_step)",
+    "CREATE INDEX features_density ON features (density)",
+    "CREATE INDEX features_max_activation ON features (max_activation)",
+    "CREATE INDEX features_peak_norm ON features (peak_decoder_norm)",
+    "CREATE INDEX features_relevance ON features (relevance)",
+    "CREATE INDEX feature_snapshots_density ON feature_snapshots (snapshot, density)",
+    "CREATE INDEX feature_snapshots_norm ON feature_snapshots (snapshot, decoder_norm)",
+    "CREATE INDEX feature_snapshots_max ON feature_snapshots (snapshot, max_activation)",
+    "CREATE INDEX causal_feature ON causal (feature, task, snapshot)",
+)
+"""Indexes for the browser's filters and sorts; created after the rows are written."""
+
+META_KEYS: dict[str, str] = {
+    "format": "FORMAT",
+    "crosslens_version": "the crosslens that wrote it",
+    "run": "the run folder's seal (sha256 of RUN/crosslens_run.json) when written",
+    "crosscoder": "{architecture, d_sae, d_in, n_snapshots, hook_name, weights_sha256}",
+    "suite": "the suite's provenance as the crosscoder records it (model_id, snapshots)",
+    "tokens": "where the tokens came from: {store: seal, seq_len} or {stream: suite, token source, budget, seq_len}",
+    "n_tokens": "how many tokens every statistic was computed over",
+    "budget": "{n_tokens, top_k, n_quantile, window, n_logits, n_bins, reservoir, seed}: what was kept per feature and "
+    "snapshot (reservoir: the seeded sample of firing tokens the quantile contexts are picked from)",
+    "histogram_edges": "the activation histogram's bin edges (JSON list of floats, shared by every row)",
+    "activation": "which reading of the activation the rows hold (see the module docstring)",
+    "attribution": "the attribution files the tasks and causal rows were read from: {file: sha256} ({} for none)",
+}
+"""What ``meta`` holds (values are JSON)."""
+
+
+def create_schema(connection: sqlite3.Connection) -> None:
+    """Create every table (not the indexes: :data:`INDEXES` go in after the bulk insert)."""
+    for sql in TABLES.values():
+        connection.execute(sql)
+
+
+def schema_problem(connection: sqlite3.Connection) -> str | None:
+    """Why ``connection`` is not a feature database of :data:`FORMAT` (None when it is): a
+    foreign SQLite file, a database of another layout, or one missing a table."""
+    try:
+        names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    except sqlite3.DatabaseError as error:
+        return f"not an SQLite database ({error})"
+    missing = [name for name in TABLES if name not in names]
+    if "meta" in missing:
+        return "not a crosslens feature database (no meta table)"
+    row = connection.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+    if row is None or row[0] != f'"{FORMAT}"':
+        return f"written in another layout ({row[0] if row else 'none'}), not {FORMAT}"
+    if missing:
+        return f"incomplete: no {', '.join(missing)} table"
+    return None
