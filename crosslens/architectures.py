@@ -7,8 +7,8 @@ modules listed and registers their classes with SAELens. Everything that needs a
 default reads it here: the architectures' own configs, ``crosslens train`` and its
 :class:`~crosslens.training.config.CrosscoderRunnerConfig`, the planted benchmark, the
 per-snapshot SAE baselines and ``crosslens plan``. An explicit value (``--lr``,
-``--sparsity``, the :class:`~crosslens.demo.DemoConfig`'s ``sae``) always wins. This module imports
-nothing heavy, so ``crosslens --help`` can show the defaults. A recipe
+``--sparsity``, the :class:`~crosslens.cli.demo_stages.DemoConfig`'s ``sae``) always wins. This
+module imports nothing heavy, so ``crosslens --help`` can show the defaults. A recipe
 (``crosslens/data/recipes/*.yaml``) reproduces a paper's run and carries that paper's
 numbers (Ge et al.'s lambda 0.3 and lr 5e-5), which override this table.
 

@@ -7,7 +7,7 @@ snapshots at ``blocks.6.hook_resid_post``, through :class:`ResidentSnapshotProvi
 Gaussian ones (``gpu.py``'s batch), steps it at each ``--lr``, and prints per step the L0 on the
 step's batch and the open and window shares on a batch no step trains on, the two numbers
 that decide whether the step runs from the active pairs
-(:func:`~crosslens.crosscoders.sparse_kernels.sparse_step_pays`).
+(:func:`~crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`).
 
 The harvest is the slow part on a CPU (about 8 min for 11 batches of 512 tokens at 32 snapshots);
 it is kept in ``--out`` and reused.
@@ -30,7 +30,7 @@ from gpu import batch_entries, make_trainer, set_sparsity  # noqa: E402
 from stream_gpu import PYTHIA_160M, SMALL_MODEL, write_suite, written_suite  # noqa: E402
 
 from crosslens.activations.streaming import ResidentSnapshotProvider  # noqa: E402
-from crosslens.crosscoders import sparse_kernels  # noqa: E402
+from crosslens.crosscoders.jumprelu_pairs import sparse_step_pays  # noqa: E402
 
 SMALL = {"S": 2, "d_sae": 64, "batch": 32, "batches": 4, "seq_len": 16, "steps": 2, "l0": 4.0, "hook": "blocks.1.hook_resid_post"}
 """``--small``: the script's logic at a tiny shape in seconds (its numbers mean nothing)."""
@@ -69,7 +69,7 @@ def run(batches: torch.Tensor, label: str, lr: float, a: argparse.Namespace) -> 
         entries = batch_entries(trainer, held_out)
         n = entries.active_NF.numel()
         # as the step would decide on a GPU, where the window kernel runs
-        pays = "" if sparse_kernels.sparse_step_pays(entries, "triton") else "  (the step from pairs does not pay: dense kernels)"
+        pays = "" if sparse_step_pays(entries, trainer.plan) else "  (the step from pairs does not pay: dense kernels)"
         print(f"  step {i + 1:3d}  L0 {float(trainer.last_l0):7.1f}  held-out batch: open {entries.n_open / n:.2%}, "
               f"window {entries.n_window / n:.2%}{pays}", flush=True)  # fmt: skip
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from crosslens.analysis.stability import THRESHOLDS, seed_stability, stability_summary
-from crosslens.demo import DemoConfig, _pico_jumprelu, stability_analyses, train_stage
+from crosslens.cli.demo_stages import DemoConfig, _pico_jumprelu, stability_analyses, train_stage
 from crosslens.training.config import ArchitectureConfig
 
 GRID = ("jumprelu_crosscoder:1024:1500", "jumprelu_crosscoder:256:1500", "topk_crosscoder:1024:1500")
@@ -48,7 +48,7 @@ def _stores(args):
 
     if args.store:
         return ActivationStore.open(args.store), ActivationStore.open(args.eval_store or args.store)
-    from crosslens.demo import _choose_steps, _harvest_or_reuse, suite_stage
+    from crosslens.cli.demo_stages import _choose_steps, _harvest_or_reuse, suite_stage
 
     config = DemoConfig()
     suite, _ = suite_stage()

@@ -18,7 +18,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from crosslens.demo import DemoConfig, _choose_steps, _harvest_or_reuse, quality_stage, suite_stage, train_stage
+from crosslens.cli.demo_stages import DemoConfig, _choose_steps, _harvest_or_reuse, quality_stage, suite_stage, train_stage
 
 FIGURES = ("ce_loss_score", "kl_div_with_sae")
 

@@ -33,6 +33,7 @@ from feature_db import FeatureDbShape, write_feature_database
 from crosslens.browser import BrowseConfig, DatabaseProblem, make_server
 from crosslens.core.errors import CrosslensError
 from crosslens.dashboards import schema
+from crosslens.dashboards.record import write_record
 from crosslens.htmlreport import Report
 
 CHROMIUM = "/usr/bin/chromium"
@@ -47,7 +48,7 @@ SHAPE = FeatureDbShape(n_features=64, n_snapshots=6, tasks=("agreement", "ioi"))
 def run_dir(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
     write_feature_database(run / schema.DATABASE_NAME, SHAPE)
-    (run / schema.RECORD_NAME).write_text("{}")
+    write_record(run, partners={}, settings={}, n_tokens=0)  # sealed as crosslens dashboards seals one
     figure = go.Figure(go.Scatter(x=[0, 1], y=[1, 2], meta={"link": "feature", "feature": 7}))
     report = Report("a run").add_table([{"feature": 5, "density": 0.25}, {"feature": 9, "density": 0.5}], title="features")
     report.add_figure(figure).write(run / "report.html")
@@ -285,12 +286,25 @@ def test_a_missing_foreign_or_damaged_database_is_one_line_naming_the_fix(tmp_pa
         make_server(tmp_path / "nowhere")
     foreign = tmp_path / schema.DATABASE_NAME
     sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(DatabaseProblem, match=r"has no sealed record beside it .*; run `crosslens dashboards .*` again"):
+        make_server(tmp_path)  # the run's own database is the one `crosslens dashboards` sealed, or none
+    named = BrowseConfig(port=0, database=str(foreign))
     with pytest.raises(DatabaseProblem, match=r"not a crosslens feature database \(no meta table\): rebuild it with `crosslens dashboards"):
-        make_server(tmp_path)
+        make_server(tmp_path, named)
     foreign.write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(DatabaseProblem) as error:
-        make_server(tmp_path)
+        make_server(tmp_path, named)
     assert "rebuild it with `crosslens dashboards" in str(error.value) and "\n" not in str(error.value)
+    write_feature_database(foreign, FeatureDbShape(n_features=8, n_snapshots=3))
+    write_record(tmp_path, partners={}, settings={}, n_tokens=0)
+    make_server(tmp_path).server_close()  # sealed: served
+    with open(foreign, "r+b") as file:  # one byte changed after the seal
+        file.seek(-5, 2)
+        byte = file.read(1)
+        file.seek(-5, 2)
+        file.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(DatabaseProblem, match=r"sha256 differs: damaged or edited\); rebuild it with `crosslens dashboards .* --overwrite`"):
+        make_server(tmp_path)
     other = tmp_path / "other.sqlite"
     write_feature_database(other, FeatureDbShape(n_features=8, n_snapshots=3))
     with sqlite3.connect(other) as db:

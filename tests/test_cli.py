@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from crosslens.cli import build_parser, main
-from crosslens.commands.common import CLIError, resolve_suite
+from crosslens.cli.common import CLIError, resolve_suite
 
 SUBCOMMANDS = [
     ["demo"],
@@ -171,7 +171,7 @@ TINY_BUILD = ["--n-layers", "1", "--d-model", "16", "--n-heads", "2", "--train-s
 
 
 def test_suite_build_root_keeps_a_custom_suite(tmp_path, capsys, monkeypatch):
-    from crosslens.pico.build import default_root, is_built
+    from crosslens.pico.config import default_root, is_built
     from crosslens.pico import pico_suite
     from crosslens.pico.train import PicoConfig
 
@@ -197,7 +197,7 @@ def test_suite_build_root_keeps_a_custom_suite(tmp_path, capsys, monkeypatch):
 
 
 def test_harvest_takes_a_text_file_given_as_dataset(tmp_path):
-    from crosslens.commands.harvest import token_source as _token_source
+    from crosslens.cli.harvest import token_source as _token_source
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("One document.\n\nAnother one.\n")
@@ -215,7 +215,7 @@ def test_suite_build_flags_show_and_set_the_pico_config_fields(capsys):
     import dataclasses
 
     from crosslens.cli.suite import SuiteBuildFlags
-    from crosslens.commands.suite import BUILD_FLAGS
+    from crosslens.cli.suite import BUILD_FLAGS
     from crosslens.pico.config import PicoConfig
 
     shown = {f.name: f.metadata["default_from"] for f in dataclasses.fields(SuiteBuildFlags) if "default_from" in f.metadata}

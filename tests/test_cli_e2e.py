@@ -27,6 +27,7 @@ SMALL = {
     "train": "--d-sae 64 --n-steps 40 --batch-size 128 --checkpoint-every 0",
     "attribute": "--n-examples 8 --allow-chance",  # 32 training steps leave the model at chance on the pairs
     "analyze": "",
+    "dashboards": "",
 }
 
 
@@ -70,9 +71,9 @@ def test_readme_walkthrough_runs_start_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path / "home"))
     write_corpus(tmp_path)
     commands = readme_commands("Your own text")
-    assert [" ".join(c[:2]) if c[0] == "suite" else c[0] for c in commands] == list(SMALL)
+    assert [" ".join(c[:2]) if c[0] == "suite" else c[0] for c in commands] == [*SMALL, "browse"]
     out = {}
-    for words in commands:
+    for words in commands[:-1]:  # browse serves until Ctrl-C: tests/test_features_cli.py runs it
         name = " ".join(words[:2]) if words[0] == "suite" else words[0]
         out[name] = run(words + SMALL[name].split(), capsys)
 
@@ -121,6 +122,10 @@ def test_readme_walkthrough_runs_start_to_end(tmp_path, monkeypatch, capsys):
     contexts = html[html.index('id="top-activating-contexts"') :]
     assert "<mark>" in contexts and re.search(r"\b(The|the|to)\b", contexts)
     assert "Task metric per snapshot" in html and "correct preferred" in html
+
+    # dashboards: the feature database in the run folder, and the README's next command printed
+    assert (tmp_path / "run" / "dashboards.sqlite").is_file()
+    assert f"browse it: crosslens {' '.join(commands[-1])}" in out["dashboards"]
 
     # report RUN_DIR rebuilds the same page from disk
     first = html

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from crosslens.cli import main
-from crosslens.commands.flags import field_flags, name_flags
+from crosslens.cli.flags import field_flags, name_flags
 from trust_fixtures import HOOK, OTHER_HOOK, harvest, one_torch_thread, train, write_suite
 
 TOKENS = ["--n-tokens", "200", "--seq-len", "16", "--heldout-tokens", "0"]

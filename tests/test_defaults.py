@@ -35,7 +35,7 @@ def test_each_architecture_trains_at_its_one_learning_rate():
 
 
 def test_sparsity_defaults_per_entry_point():
-    from crosslens.demo import DemoConfig
+    from crosslens.cli.demo_stages import DemoConfig
     from crosslens.training import baselines
 
     shape = dict(n_snapshots=8, d_in=64, d_sae=128)

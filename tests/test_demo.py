@@ -2,7 +2,7 @@
 
 import json
 
-from crosslens.demo import _choose_steps
+from crosslens.cli.demo_stages import _choose_steps
 
 PICO_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 96, 144, 192, 240, 288, 336, 384, 432, 480, 528, 576, 624, 640]
 
@@ -22,7 +22,7 @@ def test_choose_steps_returns_everything_when_asked_for_more():
 def test_a_cached_quality_table_is_reused_only_with_the_splice_this_version_measures():
     """An older demo's quality.json (no spliced loss at all, or one that spliced every position)
     is measured again; this version's, or a table whose spliced loss was skipped, is reused."""
-    from crosslens.demo import _current_quality
+    from crosslens.cli.demo_stages import _current_quality
 
     row = {"snapshot": "step0", "ce_loss_score": 1.0}
     assert not _current_quality([{"kind": "ev"}]) and not _current_quality(None)
@@ -40,7 +40,7 @@ def test_train_stage_reuses_its_crosscoder_and_retrains_on_new_settings(tmp_path
 
     from crosslens.activations import harvest_activations
     from crosslens.checkpoints import CheckpointSuite
-    from crosslens.demo import DemoConfig, train_stage
+    from crosslens.cli.demo_stages import DemoConfig, train_stage
     from crosslens.training.config import ArchitectureConfig
     from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
 

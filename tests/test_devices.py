@@ -238,7 +238,7 @@ def test_release_model_returns_the_freed_heap_to_the_system(monkeypatch):
 
 def test_a_device_misspelt_is_refused_where_the_config_is_built_not_by_torch():
     from crosslens.core.devices import device_spelling
-    from crosslens.plan import ModelSpec, PlanConfig
+    from crosslens.training import ModelSpec, PlanConfig
     from crosslens.training.config import CrosscoderRunnerConfig
 
     given = ("cpu", "cuda", "cuda:3", "cpu:0", "MPS", " cuda ")

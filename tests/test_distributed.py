@@ -354,7 +354,7 @@ def test_a_torchrun_job_leaves_with_the_others_when_it_succeeds_and_at_once_when
     collective it will never join, and would hold it there for the whole timeout."""
     import crosslens.core.launch as launch
     import crosslens.distributed as distributed
-    from crosslens.commands.common import torchrun_job
+    from crosslens.cli.common import torchrun_job
 
     left: list[bool] = []
     monkeypatch.setattr(distributed, "shutdown", lambda wait=True: left.append(wait))

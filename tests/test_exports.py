@@ -18,6 +18,7 @@ from crosslens.core.hashing import file_sha256
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 from crosslens.dashboards import schema
+from crosslens.dashboards.record import write_record
 from crosslens.exports import ExportError, SnapshotBenchSAE, export_run, load_bench_sae
 from crosslens.exports.run import MANIFEST_NAME
 
@@ -80,6 +81,7 @@ def seed_database(run_dir: Path, *, seed: int = 0) -> dict:
             seeded[(f, s)] = {"counts": counts, "top_ids": top_ids, "density": 0.01 * (f + 1)}
     db.commit()
     db.close()
+    write_record(run_dir, partners={}, settings={}, n_tokens=320)  # sealed as crosslens dashboards seals one
     return seeded
 
 
@@ -397,23 +399,30 @@ def test_neuronpedia_needs_a_sound_database(tiny, tmp_path):
     run = tf.copy_tree(tiny / "run", tmp_path / "run")
     (run / schema.DATABASE_NAME).unlink(missing_ok=True)
     assert "has no feature database (dashboards.sqlite); run `crosslens dashboards" in one_line_error(tmp_path, run, format="neuronpedia")
+    (run / schema.RECORD_NAME).unlink(missing_ok=True)
     (run / schema.DATABASE_NAME).write_bytes(b"not a database at all" * 100)
+    assert "has no sealed record beside it" in one_line_error(tmp_path, run, format="neuronpedia")
+    write_record(run, partners={}, settings={}, n_tokens=0)  # sealed, yet not SQLite
     assert "rebuild it with `crosslens dashboards" in one_line_error(tmp_path, run, format="neuronpedia")
     foreign = sqlite3.connect(run / schema.DATABASE_NAME.replace(".sqlite", "2.sqlite"))
     foreign.execute("CREATE TABLE t (x)")
     foreign.close()
     (run / schema.DATABASE_NAME.replace(".sqlite", "2.sqlite")).replace(run / schema.DATABASE_NAME)
+    write_record(run, partners={}, settings={}, n_tokens=0)
     assert "not a crosslens feature database" in one_line_error(tmp_path, run, format="neuronpedia")
     seed_database(run)
     db = sqlite3.connect(run / schema.DATABASE_NAME)
     db.execute("DELETE FROM feature_snapshots WHERE feature = 7 AND snapshot = 2")
     db.commit()
     db.close()
+    assert "sha256 differs: damaged or edited" in one_line_error(tmp_path, run, format="neuronpedia")
+    write_record(run, partners={}, settings={}, n_tokens=0)  # even a sealed one is checked row by row
     assert "no row for feature 7 at snapshot step20 (it is incomplete)" in one_line_error(tmp_path, run, format="neuronpedia")
     db = sqlite3.connect(run / schema.DATABASE_NAME)
     db.execute("UPDATE meta SET value = ? WHERE key = 'crosscoder'", (json.dumps({"weights_sha256": "f" * 64}),))
     db.commit()
     db.close()
+    write_record(run, partners={}, settings={}, n_tokens=0)
     assert "computed for another crosscoder" in one_line_error(tmp_path, run, format="neuronpedia")
     assert not (tmp_path / "out").exists()
 

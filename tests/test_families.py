@@ -31,7 +31,7 @@ from crosslens.checkpoints.trajectory import (
     place_on_trajectory,
 )
 from crosslens.cli import main
-from crosslens.commands.common import resolve_suite
+from crosslens.cli.common import resolve_suite
 from crosslens.core.errors import UnknownRevisionError
 from crosslens.tasks import (
     MinimalPairFormatError,

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import crosslens.activations.harvest as harvest_module
-import crosslens.commands.inputs as inputs_module
+import crosslens.cli.inputs as inputs_module
 from crosslens.cli import build_parser, main
-from crosslens.commands.common import CLIError
+from crosslens.cli.common import CLIError
 from crosslens.core.units import format_bytes
 from crosslens.core.errors import StorageError
 from hf_cache import FAKE_WORDS, make_word_tokenizer
@@ -143,7 +143,7 @@ def test_text_of_mostly_unknown_words_is_refused_naming_the_file_and_the_share(s
 # ----------------------------------------------------------------------------- sizes
 @pytest.mark.parametrize("command", ["harvest", "train --stream"])
 def test_a_token_budget_beyond_memory_is_refused_at_once_with_its_numbers(suite, tmp_path, capsys, monkeypatch, command):
-    import crosslens.commands.harvest as harvest_command
+    import crosslens.cli.harvest as harvest_command
 
     def must_not_build(*args, **kwargs):
         raise AssertionError("the token table was built: the budget must be refused from the sizes alone")
@@ -337,7 +337,7 @@ def test_a_non_store_folder_names_the_overwrite_flag(suite, tmp_path, capsys):
 
 
 def test_a_pairs_file_error_names_the_skip_invalid_flag_which_skips(tmp_path):
-    from crosslens.commands.attribute import _tasks_from_args
+    from crosslens.cli.attribute import _tasks_from_args
 
     pairs = tmp_path / "pairs.jsonl"
     good = {"sentence_good": "The dog runs.", "sentence_bad": "The dog run."}
@@ -366,7 +366,7 @@ def test_a_file_of_records_is_read_by_its_text_column_and_refused_as_text(tmp_pa
     from argparse import Namespace
 
     from crosslens.activations.tokens import tokenize_texts, tokens_from_dataset
-    from crosslens.commands.harvest import token_source
+    from crosslens.cli.harvest import token_source
 
     words = FAKE_WORDS[:6]
     texts = [" ".join(words[i % 6 : i % 6 + 3]) for i in range(120)]

@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from crosslens.activations import ActivationStore
-from crosslens.activations.partners import HELDOUT_OF, STORE_SEAL_KEY, pair_heldout, store_seal
+from crosslens.activations.partners import HELDOUT_OF, STORE_SEAL_KEY, open_heldout, pair_heldout, store_seal
 from crosslens.activations.store import CorruptShardError, shard_relpath
 from crosslens.cli import main
-from crosslens.commands.evaluate import print_quality
-from crosslens.commands.runs import open_heldout, run_store
+from crosslens.cli.quality import print_quality
 from crosslens.core.errors import PartnerMismatchError
+from crosslens.training.runfolder import run_store
 from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
 from trust_fixtures import HOOK, OTHER_HOOK, harvest, one_torch_thread, token_table, train, write_suite
 

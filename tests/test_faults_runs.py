@@ -23,7 +23,7 @@ from sae_lens import SAE
 
 import crosslens
 from crosslens.cli import main
-from crosslens.commands.runs import crosscoder_folder, run_folder, run_store
+from crosslens.training.runfolder import crosscoder_folder, run_folder, run_store
 from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME, RUN_LOCK_NAME, RUN_SEAL_NAME
 from crosslens.pretrained.push import LocalHubApi, push_to_hub
 from crosslens.training.interrupts import TrainingInterrupted

@@ -827,7 +827,7 @@ def test_auto_adam_state_on_a_mesh_is_float32_whatever_one_gpu_would_hold(store_
 
 # ------------------------------------------------------------ memory of each Adam-state option
 def test_plan_peak_per_optimizer_state_at_ge_et_al_widest_dictionary():
-    from crosslens.plan import ModelSpec, PlanConfig, make_plan
+    from crosslens.training import ModelSpec, PlanConfig, make_plan
 
     gpt2 = ModelSpec(name="gpt2", d_model=768, n_layers=12, d_mlp=3072, vocab=50257, n_params=124_000_000)
     n = 2 * 32 * 768 * 98_304 + 32 * 768 + 2 * 98_304  # W_enc, W_dec, b_dec, b_enc, threshold
@@ -848,7 +848,7 @@ def test_plan_peak_per_optimizer_state_at_ge_et_al_widest_dictionary():
 
 
 def test_autocast_copies_count_only_where_the_step_runs_under_autocast():
-    from crosslens.plan import PlanConfig, make_plan, model_spec_for
+    from crosslens.training import PlanConfig, make_plan, model_spec_for
 
     def copies(device, autocast):
         cfg = PlanConfig(model=model_spec_for("pico"), n_snapshots=4, hook="blocks.1.hook_resid_post",

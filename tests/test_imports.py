@@ -34,20 +34,17 @@ LAYERS: dict[str, int] = {
     "activations": 3,  # <- checkpoints (and the pico grammar from tasks as its default text)
     "distributed": 3,  # <- crosscoders
     # 4: the stages that use a crosscoder
-    "training": 4,  # <- crosscoders, distributed, activations
+    "training": 4,  # <- crosscoders, distributed, activations, pico (sizing a run, recipes)
     "analysis": 4,  # <- crosscoders (duck-typed), activations
     "causal": 4,  # <- crosscoders, tasks
-    # 5: what strings the stages together
-    "recipes": 5,
-    "plan": 5,
+    # 5: built on the stages
     "pretrained": 5,
-    "demo": 5,
-    # 6: what each command does, callable as a library
-    "commands": 6,
+    "dashboards": 5,
+    # 6: what reads the stages' outputs
     "exports": 6,  # <- core, crosscoders, activations, training (run seal), dashboards (the database's schema)
     "browser": 6,  # <- core, dashboards (the feature database's schema); stdlib only, no torch
-    # 7: entry points
-    "cli": 7,  # the parser, generated from config dataclasses
+    # 7: the application layer: one module per command, its flags generated from config dataclasses
+    "cli": 7,
     "__main__": 8,
     "__init__": 8,  # crosslens/__init__.py resolves its public names lazily
 }

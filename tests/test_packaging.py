@@ -79,8 +79,8 @@ def test_installed_wheel_reads_its_data(wheel: Path, tmp_path: Path) -> None:
         """
         import crosslens, pathlib, sys
         assert pathlib.Path(crosslens.__file__).parent.parent == pathlib.Path(sys.argv[1]), crosslens.__file__
-        from crosslens.recipes import list_recipes, load_recipe
-        from crosslens.plan import known_models
+        from crosslens.training.recipes import list_recipes, load_recipe
+        from crosslens.training.model_sizes import known_models
         from crosslens.pretrained.registry import pretrained_directory
         from crosslens.tasks import multilingual_agreement
         recipes = list_recipes()

@@ -23,7 +23,7 @@ from crosslens.pico import (
     sample_documents,
 )
 from crosslens.pico.evals import check_targets
-from crosslens.pico.build import is_built
+from crosslens.pico.config import is_built
 from crosslens.pico.tokenizer import word_level_tokenizer
 from crosslens.pico.corpus import GrammarCorpus
 from crosslens.pico.evals import heldout_pairs

@@ -10,20 +10,10 @@ import pytest
 from crosslens.checkpoints.schedules import PYTHIA_STEPS
 from crosslens.core.units import format_bytes
 from crosslens.cli import build_parser, main
-from crosslens.commands.train import train_config
-from crosslens.plan import (
-    ModelSpec,
-    PlanConfig,
-    PlanError,
-    crosscoder_flops,
-    default_mesh,
-    estimate_n_params,
-    known_model,
-    make_plan,
-    model_spec_for,
-    plan_config_from_recipe,
-)
-from crosslens.recipes import list_recipes, load_recipe
+from crosslens.cli.train import train_config
+from crosslens.training.model_sizes import ModelSpec, PlanError, estimate_n_params, known_model, model_spec_for
+from crosslens.training.recipes import list_recipes, load_recipe
+from crosslens.training.sizing import PlanConfig, crosscoder_flops, default_mesh, make_plan, plan_config_from_recipe
 from trust_fixtures import one_line_exit_2
 
 TINY = ModelSpec(name="tiny", d_model=8, n_layers=2, d_mlp=32, vocab=100, n_params=2000)
@@ -190,7 +180,7 @@ def test_plan_cli_table_and_json(capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan["mesh"]["snapshot"] == 8 and plan["mesh"]["snapshots_per_rank"] == 4
     assert plan["inputs"]["tflops"] == 100.0 and plan["inputs"]["tflops_assumed"]
-    expected = make_plan(plan_config_from_recipe(load_recipe("ge2025-pythia-160m"), snapshot_parallel=8, model_dtype="float32"))
+    expected = make_plan(plan_config_from_recipe(load_recipe("ge2025-pythia-160m"), snapshot_parallel=8, model_dtype="bfloat16"))
     assert plan == json.loads(json.dumps(expected))
     assert main(["plan", "--suite", "pythia-70m", "--n-snapshots", "4", "--hook", "blocks.3.hook_resid_post",
                  "--d-sae", "4096", "--tflops", "20"]) == 0  # fmt: skip
@@ -223,7 +213,7 @@ def _plan_json(argv: list[str], capsys) -> dict:
 def test_plan_defaults_are_train_and_harvest_defaults(capsys):
     """A plan of the flags harvest and train were given sizes the run they make: one default
     each, in the configs those commands build."""
-    from crosslens.commands.harvest import token_budget
+    from crosslens.cli.harvest import token_budget
 
     parser = build_parser()
     hook = "blocks.1.hook_resid_post"
@@ -299,7 +289,7 @@ def test_the_data_axis_splits_the_crosscoder_step_but_not_the_streamed_forwards(
     """Under train --stream every rank of the data axis harvests the whole chunk of its snapshots
     (so that any mesh trains the one-process crosscoder) and trains on its rows: a second data rank
     halves the crosscoder's share of a rank's time, not the forwards'."""
-    from crosslens.plan import stream_prediction
+    from crosslens.training.sizing import stream_prediction
 
     one, two = make_plan(_tiny()), make_plan(_tiny(data_parallel=2))
 
@@ -394,7 +384,7 @@ def test_train_recipe_takes_a_store_of_some_of_its_snapshots_as_harvest_recipe_s
     --store` trains on it, and refuses a store of snapshots R does not list, or in another order."""
     import random
 
-    from crosslens.commands.train import _in_order_among
+    from crosslens.cli.train import _in_order_among
     from hf_cache import FAKE_WORDS
 
     rng = random.Random(0)
@@ -431,7 +421,7 @@ def test_the_streaming_total_counts_the_chunk_buffers_train_stream_counts(tmp_pa
     from types import SimpleNamespace
 
     from crosslens.activations.budget import chunk_buffer_bytes
-    from crosslens.commands.stream import resident_memory
+    from crosslens.cli.train import resident_memory
 
     folder = tmp_path / "suite"
     folder.mkdir()
@@ -483,7 +473,7 @@ def test_plan_refuses_snapshots_an_olmo_or_bloom_recipe_does_not_hold(capsys):
 
 
 def test_a_recipe_file_is_read_strictly_naming_the_key_at_fault(tmp_path, capsys):
-    from crosslens.recipes import RecipeError, recipe_from_dict
+    from crosslens.training.recipes import RecipeError, recipe_from_dict
 
     base = {"model": "EleutherAI/pythia-14m", "steps": [0, 1000], "hook": "blocks.0.hook_resid_post", "n_tokens": "1e6",
             "architecture": "crosscoder", "d_sae": 16, "batch_size": 32}  # fmt: skip
@@ -507,7 +497,7 @@ def test_a_recipe_file_is_read_strictly_naming_the_key_at_fault(tmp_path, capsys
 
 
 def test_a_recipes_k_is_checked_against_the_d_sae_given_not_the_default_k(tmp_path):
-    from crosslens.recipes import recipe_from_dict
+    from crosslens.training.recipes import recipe_from_dict
 
     recipe = recipe_from_dict({"model": "EleutherAI/pythia-14m", "steps": [0, 1000], "hook": "blocks.0.hook_resid_post",
                                "n_tokens": 1000, "architecture": "topk_crosscoder", "k": 8, "d_sae": 64, "batch_size": 32}, "r")  # fmt: skip

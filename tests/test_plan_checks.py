@@ -10,8 +10,8 @@ import pytest
 
 from crosslens.cli import main
 from crosslens.pico import PicoConfig
-from crosslens.pico.build import default_root
-from crosslens.plan import default_mesh
+from crosslens.pico.config import default_root
+from crosslens.training.sizing import default_mesh
 from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
 from trust_fixtures import one_line_exit_2
 

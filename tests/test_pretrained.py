@@ -202,7 +202,7 @@ def test_cli_pretrained_list_show_and_release_id_folders(pushed, capsys):
         main(["pretrained", "show", "tiny-crosscoder"])
     assert exit_info.value.code == 2 and "did you mean 'tiny-crosscoders'" in capsys.readouterr().err
 
-    from crosslens.commands.common import resolve_crosscoder_arg as _resolve_crosscoder_arg
+    from crosslens.cli.common import resolve_crosscoder_arg as _resolve_crosscoder_arg
 
     folder = Path(_resolve_crosscoder_arg(f"{RELEASE}/{HOOK}"))
     assert (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file()

@@ -192,7 +192,7 @@ def _summary(specific: list[int]) -> SimpleNamespace:
 
 
 def test_demo_lines_say_what_no_specific_feature_means(capsys):
-    from crosslens.causal.demo import _print_snapshots
+    from crosslens.causal.sections import _print_snapshots
 
     _print_snapshots(_summary([0, 0]))
     printed = capsys.readouterr().out
@@ -203,7 +203,7 @@ def test_demo_lines_say_what_no_specific_feature_means(capsys):
 
 
 def test_a_second_crosscoder_does_not_print_the_model_again(capsys):
-    from crosslens.causal.demo import _print_snapshots
+    from crosslens.causal.sections import _print_snapshots
 
     _print_snapshots(_summary([0, 3]), model_lines=False)
     printed = capsys.readouterr().out
@@ -212,7 +212,7 @@ def test_a_second_crosscoder_does_not_print_the_model_again(capsys):
 
 
 def test_the_claims_across_seeds_read_as_a_sentence_and_a_list():
-    from crosslens.demo import add_claims_text
+    from crosslens.cli.demo_stages import add_claims_text
     from crosslens.htmlreport import Report
 
     text = (

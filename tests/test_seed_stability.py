@@ -142,7 +142,7 @@ def test_the_stable_claims_rank_only_stable_features_and_give_their_spread():
 
 def _stability_lines(store, root, seeds) -> str:
     from crosslens.activations import ActivationStore
-    from crosslens.demo import stability_analyses
+    from crosslens.cli.demo_stages import stability_analyses
 
     crosscoders = [
         train(store, root / f"seed{seed}", seed=seed, architecture="jumprelu_crosscoder", sparsity_coefficient=0.05)

@@ -63,7 +63,7 @@ def assert_same_rows(saved: list[dict], expected: list[dict]) -> None:
 
 
 def test_train_quality_json_holds_the_spliced_rows_and_stays_sealed(world):
-    from crosslens.commands.runs import crosscoder_folder
+    from crosslens.training.runfolder import crosscoder_folder
 
     quality = json.loads((world["run"] / QUALITY_NAME).read_text())
     spliced = quality["spliced_loss"]
@@ -272,7 +272,7 @@ def test_demo_quality_stage_puts_the_saes_beside_the_crosscoder(world, capsys):
     from crosslens.causal.spliced_loss import format_comparison
     from crosslens.checkpoints import CheckpointSuite
     from crosslens.crosscoders.saved import load_crosscoder_folder
-    from crosslens.demo import DemoConfig, quality_stage
+    from crosslens.cli.demo_stages import DemoConfig, quality_stage
     from crosslens.training.config import ArchitectureConfig
 
     store = ActivationStore.open(world["store"])

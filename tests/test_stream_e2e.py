@@ -109,8 +109,9 @@ def test_the_benchmark_without_cuda_says_so(monkeypatch, capsys):
 
 def test_plan_stream_prediction_is_the_hand_computation(capsys):
     from crosslens.__main__ import main
-    from crosslens.plan import known_model, make_plan, plan_config_from_recipe, stream_prediction
-    from crosslens.recipes import load_recipe
+    from crosslens.training.model_sizes import known_model
+    from crosslens.training.sizing import make_plan, plan_config_from_recipe, stream_prediction
+    from crosslens.training.recipes import load_recipe
 
     recipe = load_recipe("ge2025-pythia-160m")
     plan = make_plan(plan_config_from_recipe(recipe, model_dtype="bfloat16"))
@@ -140,9 +141,9 @@ def test_plan_bounds_a_stream_of_float32_models_by_the_float32_peak(capsys):
     """The forward's measured share is for 16-bit models; float32 ones get at most the GPU's float32
     peak, so the prediction is a ceiling, said as one."""
     from crosslens.__main__ import main
-    from crosslens.commands.stream import slow_forward_hint
-    from crosslens.plan import make_plan, plan_config_from_recipe, stream_prediction
-    from crosslens.recipes import load_recipe
+    from crosslens.cli.train import slow_forward_hint
+    from crosslens.training.sizing import make_plan, plan_config_from_recipe, stream_prediction
+    from crosslens.training.recipes import load_recipe
 
     recipe = load_recipe("ge2025-pythia-160m")
     half = stream_prediction(make_plan(plan_config_from_recipe(recipe, model_dtype="bfloat16")), "h100")
@@ -153,15 +154,17 @@ def test_plan_bounds_a_stream_of_float32_models_by_the_float32_peak(capsys):
     assert half["forward_tokens_per_second"] / full["forward_tokens_per_second"] == pytest.approx(0.456 * 989 / 67)
     assert full["hours"] > half["hours"]
     assert main(["plan", "--recipe", "ge2025-pythia-160m", "--stream"]) == 0
+    assert "at most" not in capsys.readouterr().out  # on CUDA the snapshot models default to bf16
+    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--stream", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out
     assert "at most 17,268 tokens/s" in out and "at most 12,481 tokens/s: at least 17.8 h" in out
-    assert "--dtype bfloat16" in out
+    assert "bfloat16 (the default on CUDA) runs them at the measured share" in out
     assert main(["plan", "--recipe", "ge2025-pythia-160m", "--stream", "--device", "cpu"]) == 0
     assert "predicted for a GPU: --device cuda, not cpu" in capsys.readouterr().out
     assert main(["plan", "--recipe", "ge2025-pythia-160m", "--stream", "--autocast", "none"]) == 0
     out = capsys.readouterr().out
     assert "predicted for the crosscoder step under bfloat16 autocast" in out and "tokens/s" not in out
-    assert "--dtype bfloat16" in slow_forward_hint("float32", "cuda:0")
+    assert "without the flag they run in bfloat16" in slow_forward_hint("float32", "cuda:0")
     assert slow_forward_hint("bfloat16", "cuda:0") is None and slow_forward_hint("float32", "cpu") is None
 
 
@@ -170,8 +173,8 @@ def test_plan_bounds_the_run_by_a_fresh_crosscoders_step(capsys):
     if every step ran at it, beside the trained rate; where the fresh step is no slower (ReLU) it
     prints no such row."""
     from crosslens.__main__ import main
-    from crosslens.plan import make_plan, plan_config_from_recipe, stream_prediction
-    from crosslens.recipes import load_recipe
+    from crosslens.training.sizing import make_plan, plan_config_from_recipe, stream_prediction
+    from crosslens.training.recipes import load_recipe
 
     recipe = load_recipe("ge2025-pythia-160m")
     plan = make_plan(plan_config_from_recipe(recipe, model_dtype="bfloat16"))

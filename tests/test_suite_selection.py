@@ -10,9 +10,9 @@ import pytest
 
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.cli import main
-from crosslens.commands.common import CLIError, resolve_suite
+from crosslens.cli.common import CLIError, resolve_suite
 from crosslens.pico import PicoConfig
-from crosslens.pico.build import default_root
+from crosslens.pico.config import default_root
 from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
 from trust_fixtures import one_line_exit_2
 
@@ -65,7 +65,7 @@ def test_library_select_refuses_more_snapshots_than_the_suite_holds():
 
 
 def test_pico_selection_is_checked_on_its_listed_steps_without_a_build():
-    from crosslens.commands.common import pico_listing, select_snapshots
+    from crosslens.cli.common import pico_listing, select_snapshots
 
     listed, built = pico_listing()
     assert not built and listed.steps == PICO_STEPS

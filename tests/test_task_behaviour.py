@@ -103,7 +103,7 @@ def test_a_model_at_chance_everywhere_is_refused_or_marked(tokenizer, tmp_path):
 
 
 def test_a_model_above_chance_is_attributed_as_before(tokenizer, tmp_path, capsys):
-    from crosslens.causal.demo import _print_snapshots
+    from crosslens.causal.sections import _print_snapshots
 
     models = [tiny_model(tokenizer, seed) for seed in (0, 1)]
     task = preferred_by(models[1], tokenizer, agreement_pairs("simple", n=12, seed=1))
@@ -121,7 +121,7 @@ def test_a_model_above_chance_is_attributed_as_before(tokenizer, tmp_path, capsy
 
 def test_only_the_snapshots_at_chance_are_marked(tokenizer, tmp_path, capsys):
     """As the pico demo's step 0: an untrained snapshot at chance beside one that does the task."""
-    from crosslens.causal.demo import _print_snapshots
+    from crosslens.causal.sections import _print_snapshots
 
     trained = tiny_model(tokenizer, 1)
     task = preferred_by(trained, tokenizer, agreement_pairs("simple", n=12, seed=1))

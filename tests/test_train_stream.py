@@ -97,7 +97,7 @@ def test_the_heldout_quality_table_is_measured_on_harvests_heldout_rows(streamed
 
     import crosslens.crosscoders  # noqa: F401
     from crosslens.activations import ActivationStore
-    from crosslens.commands.runs import heldout_store_path
+    from crosslens.activations.partners import heldout_store_path
     from crosslens.training.runner import evaluate_crosscoder
 
     out, printed = streamed
@@ -136,7 +136,7 @@ def test_evaluate_counts_the_training_rows_of_a_store_from_the_sealed_row_digest
     and a digest file that is not the one sealed is refused."""
     from crosslens.activations import ActivationStore
     from crosslens.activations.partners import RowDigests
-    from crosslens.commands.runs import heldout_store_path
+    from crosslens.activations.partners import heldout_store_path
     from crosslens.core.paths import TRAINED_ROWS_NAME
 
     out, _ = streamed
@@ -251,7 +251,7 @@ def test_a_resume_on_other_weights_under_the_same_names_is_refused(inputs, tmp_p
     assert not (out / WEIGHTS).exists()
 
     # a finished run stopped before its table: measured on resume, but not on other models
-    import crosslens.commands.stream as stream_command
+    import crosslens.cli.train as stream_command
 
     def stopped(*args):
         raise KeyboardInterrupt
@@ -276,7 +276,7 @@ def test_a_resume_on_other_weights_under_the_same_names_is_refused(inputs, tmp_p
 def test_the_run_folder_stays_locked_through_the_quality_table(inputs, tmp_path, monkeypatch):
     """Another process cannot take the folder between training and the table (an --overwrite
     there would leave one run's table sealed beside another's crosscoder)."""
-    import crosslens.commands.stream as stream_command
+    import crosslens.cli.train as stream_command
 
     out, seen = tmp_path / "run", {}
     report = stream_command.report_quality
@@ -391,8 +391,8 @@ def test_the_spliced_loss_is_measured_on_the_heldout_rows_and_sealed(streamed, i
     token rows), with the snapshot models loaded whole; the table joins the run's seal."""
     from crosslens.activations import ActivationStore
     from crosslens.causal.spliced_loss import spliced_record
-    from crosslens.commands.common import resolve_suite
-    from crosslens.commands.runs import heldout_store_path
+    from crosslens.cli.common import resolve_suite
+    from crosslens.activations.partners import heldout_store_path
     from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.training.runfolder import run_problem
 
@@ -446,8 +446,8 @@ def test_the_harvest_named_for_a_streamed_run_keeps_what_chose_its_tokens(tmp_pa
     import shlex
 
     from crosslens.activations import TokenBudget
-    from crosslens.commands.runs import streamed_store_command
-    from crosslens.commands.stream import stream_record
+    from crosslens.training.runfolder import streamed_store_command
+    from crosslens.cli.train import stream_record
 
     class Staged:  # what stream_record reads of a suite
         model_id, family, root, steps = "allenai/OLMo-2-0425-1B", "olmo", None, (1000, 2000)
@@ -576,20 +576,22 @@ def test_streamed_chunks_hold_at_most_65536_token_positions():
 
 
 def test_both_runners_build_the_crosscoder_the_jumprelu_flags_ask_for(tmp_path):
-    """--target-l0 and --sparse-step reach the crosscoder whichever runner builds it (the store's
-    runner and --stream's share new_training_crosscoder)."""
+    """--target-l0 reaches the crosscoder and --sparse-step the run's kernel plan whichever runner
+    builds them (the store's runner and --stream's share new_training_crosscoder and the plan)."""
     from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig
-    from crosslens.training.runner import new_training_crosscoder
+    from crosslens.training.runner import CrosscoderTrainingRunner, new_training_crosscoder, run_kernel_plan
     from crosslens.training.streaming import StreamingTrainingRunner
 
     sae = ArchitectureConfig(architecture="jumprelu_crosscoder", d_sae=16, target_l0=3.0, sparse_step="off")
     config = CrosscoderRunnerConfig(store_path="", out_dir=str(tmp_path), sae=sae, n_steps=10)
     crosscoder = new_training_crosscoder(config, d_in=8, n_snapshots=2, device="cpu")
-    assert (crosscoder.cfg.target_l0, crosscoder.cfg.sparse_step) == (3.0, False)
+    assert (crosscoder.cfg.target_l0, run_kernel_plan(config, "cpu").jumprelu_sparse) == (3.0, False)
     assert new_training_crosscoder(config, d_in=8, n_snapshots=2, device="cpu").W_dec.equal(crosscoder.W_dec)  # seeded
     plain = CrosscoderRunnerConfig(store_path="", out_dir=str(tmp_path), sae=ArchitectureConfig(d_sae=16), n_steps=10)
     assert (new_training_crosscoder(plain, d_in=8, n_snapshots=2, device="cpu").cfg.target_l0, plain.sae.sparse_step) == (None, "auto")
+    assert run_kernel_plan(plain, "cpu").jumprelu_sparse is None
     assert "new_training_crosscoder" in StreamingTrainingRunner._new_crosscoder.__code__.co_names
+    assert StreamingTrainingRunner.kernel_plan is CrosscoderTrainingRunner.kernel_plan
     with pytest.raises(ValueError, match=r"sparse_step \(--sparse-step\) is the JumpReLU crosscoder's"):
         ArchitectureConfig(architecture="topk_crosscoder", sparse_step="on")
 

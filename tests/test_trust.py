@@ -325,7 +325,7 @@ def test_every_size_flag_is_checked_with_a_short_error_naming_it(words, flag, ca
 
 
 def test_harvest_stage_refuses_a_zero_token_budget_instead_of_using_the_default():
-    from crosslens.demo import harvest_stage
+    from crosslens.cli.demo_stages import harvest_stage
 
     with pytest.raises(ValueError, match="n_tokens must be >= 1, got 0"):
         harvest_stage(None, hooks=[HOOK], n_tokens=0, out_dir="unused")

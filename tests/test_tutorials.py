@@ -18,7 +18,7 @@ import pytest
 from nbclient import NotebookClient
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
-NOTEBOOKS = ("01_quickstart.ipynb", "02_attribution.ipynb", "03_sharing.ipynb")
+NOTEBOOKS = ("01_quickstart.ipynb", "02_attribution.ipynb", "03_sharing.ipynb", "04_browsing.ipynb")
 KERNEL_NAME = "crosslens-tutorial-test"
 CELL_TIMEOUT_S = 600
 """Seconds per cell; the slowest, the small pico build, takes under a minute on 2 idle cores."""
@@ -179,3 +179,21 @@ def test_sharing_pushes_loads_and_runs_a_snapshot_sae(
     assert summary["card_starts"].startswith("---\nlibrary_name: saelens\n")
     # the notebook pushed into its own HF cache, in the hub's cache layout
     assert (out / "03_sharing" / "hf_home" / "hub" / "models--my-org--pico-crosscoders" / "refs" / "main").is_file()
+
+
+def test_browsing_computes_serves_and_exports_every_feature(
+    tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notebook, out = execute("04_browsing.ipynb", tmp_path, tutorial_env, monkeypatch)
+    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
+    summary = json.loads((out / "04_browsing" / "summary.json").read_text())
+    assert summary["small"] is True and summary["n_snapshots"] == 3 and summary["d_sae"] == 64
+    assert sum(summary["class_counts"].values()) == 64
+    assert len(summary["trajectory"]) == 3 and all(0 < row[2] <= 1 for row in summary["trajectory"][-1:])
+    assert summary["context_text"].count("[") >= 1  # the focus token is marked in its window
+    assert {"feature", "class", "series", "histograms", "logits"} <= set(summary["api_keys"])
+    # one Neuronpedia source and one SAEBench SAE per snapshot
+    sources = {name.split("/")[0] for name in summary["neuronpedia_files"] if "/" in name}
+    assert len(sources) == 3 and len(summary["saebench_folders"]) == 3
+    # the exported SAE fires where the database says the snapshot's reading fires
+    assert summary["density_gap"] < 1e-3  # measured: 0 (the same float32 code on the same tokens)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from crosslens.commands.inputs import split_rows
+from crosslens.cli.inputs import split_rows
 from crosslens.core.hooks import hook_problem
 from crosslens.pico import PicoGrammar, sample_documents
 from crosslens.pico.tokenizer import train_tokenizer, word_level_tokenizer

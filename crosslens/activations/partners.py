@@ -3,15 +3,17 @@
 A crosscoder records the snapshots it was trained on (each with its revision, step and
 weight identities, from the store manifest's ``snapshots``), its hook and its training
 store's seal (:func:`store_seal`). A held-out store records the seal of the store it was
-split from (``heldout_of`` in its manifest). The checks here compare those records with
-the partner actually handed over and refuse, in one line naming both sides and the fix,
-anything that does not match or cannot be matched. They read manifests only; the shard
-bytes are checked by ``ActivationStore.open(verify="full")``.
+split from (``heldout_of`` in its manifest), and lives beside it (:func:`heldout_store_path`;
+:func:`open_heldout` opens it checked). The checks here compare those records with the partner
+actually handed over and refuse, in one line naming both sides and the fix, anything that does
+not match or cannot be matched. They read manifests only; the shard bytes are checked by
+``ActivationStore.open(verify="full")``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +21,15 @@ from typing import Any
 
 import torch
 from jaxtyping import Int
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from crosslens.activations.store import ActivationStore, read_manifest, snapshot_label, write_manifest
+from crosslens.checkpoints.trajectory import parse_ingredient
 from crosslens.core.errors import PartnerMismatchError
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.metadata import metadata_value
+from crosslens.core.paths import HELDOUT_SUFFIX
 
 HELDOUT_OF = "heldout_of"
 """Manifest key of a held-out store: the seal of the store it was split from."""
@@ -87,8 +93,6 @@ def crosscoder_record_problem(crosscoder: Any) -> str | None:
 def harvest_words(suite: Mapping[str, Any], revisions: Sequence[str], steps: Sequence[int], hook: str) -> list[str]:
     """The words of a ``crosslens harvest`` of those snapshots of the suite a record names (its
     folder, else its model id, with the one ingredient a staged suite's revisions name) at ``hook``."""
-    from crosslens.checkpoints.trajectory import parse_ingredient
-
     spec = str(suite.get("root") or suite.get("model_id") or "")
     ingredients = {parse_ingredient(str(r)) for r in revisions} - {None}
     if spec and suite.get("root") is None and "@" not in spec and len(ingredients) == 1:
@@ -99,8 +103,6 @@ def harvest_words(suite: Mapping[str, Any], revisions: Sequence[str], steps: Seq
 
 def harvest_command(suite: Mapping[str, Any], snapshots: Sequence[Mapping[str, Any]], hook: str) -> str:
     """:func:`harvest_words` of a record's snapshots (``{"revision", "step", ...}``), as one shell line."""
-    import shlex
-
     revisions = [str(entry.get("revision")) for entry in snapshots]
     return shlex.join(harvest_words(suite, revisions, [int(entry["step"]) for entry in snapshots], hook))
 
@@ -155,6 +157,23 @@ def pair_heldout(store: ActivationStore, heldout: ActivationStore) -> None:
     manifest[HELDOUT_OF] = store_seal(store)
     write_manifest(heldout.path, manifest)
     heldout.manifest = manifest
+
+
+def heldout_store_path(store_path: str | Path) -> Path:
+    """Where ``crosslens harvest`` puts the held-out activations of the store at ``store_path``."""
+    path = Path(store_path)
+    return path.with_name(path.name + HELDOUT_SUFFIX)
+
+
+def open_heldout(store_path: str | Path) -> ActivationStore | None:
+    """The held-out store ``crosslens harvest`` wrote beside ``store_path``, re-hashed and checked
+    to be split from that store (None when there is none)."""
+    path = heldout_store_path(store_path)
+    if not path.exists():
+        return None
+    heldout = ActivationStore.open(path, verify="full")
+    check_heldout(ActivationStore.open(store_path, verify="none"), heldout)
+    return heldout
 
 
 def check_heldout(store: ActivationStore, heldout: ActivationStore) -> None:
@@ -217,8 +236,6 @@ class RowDigests:
         return cls(int(table_NL.shape[1]), tuple(_row_digest(row) for row in table_NL.cpu().long()))
 
     def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
         digests_N16 = torch.frombuffer(bytearray(b"".join(self.digests)), dtype=torch.uint8).reshape(-1, 16)
         # one metadata entry: safetensors writes several in an order of the process's own, and
         # the file is sealed into the run, whose seal must come out the same for the same run
@@ -228,8 +245,6 @@ class RowDigests:
     @classmethod
     def load(cls, path: str | Path) -> RowDigests:
         """The digests saved at ``path``; a file of another format is refused, naming it."""
-        from safetensors import SafetensorError, safe_open
-
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata, digests_N16, seq_len_1 = f.metadata() or {}, f.get_tensor("digests"), f.get_tensor("seq_len")

@@ -10,7 +10,7 @@ and notebooks serve it from a thread).
 from __future__ import annotations
 
 from crosslens.browser.config import DEFAULT_PORT, HOST, BrowseConfig
-from crosslens.browser.database import DatabaseProblem, open_database
+from crosslens.browser.database import DatabaseProblem
 from crosslens.browser.server import BrowserServer, browse, make_server
 
-__all__ = ["DEFAULT_PORT", "HOST", "BrowseConfig", "BrowserServer", "DatabaseProblem", "browse", "make_server", "open_database"]
+__all__ = ["DEFAULT_PORT", "HOST", "BrowseConfig", "BrowserServer", "DatabaseProblem", "browse", "make_server"]

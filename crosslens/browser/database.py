@@ -19,6 +19,8 @@ from typing import Any
 
 from crosslens.core.errors import CrosslensError
 from crosslens.dashboards import schema
+from crosslens.dashboards.config import DashboardsError
+from crosslens.dashboards.record import database_problem, read_record
 
 FEATURE_CLASSES = ("initialization", "persistent", "transient", "dead")
 """crosslens.analysis's classes, in the order pages list them."""
@@ -46,9 +48,14 @@ def database_path(run_dir: str | Path, database: str | Path | None = None) -> Pa
 
 
 def open_database(run_dir: str | Path, database: str | Path | None = None) -> sqlite3.Connection:
-    """A read-only connection to the run's feature database, checked against the schema's layout:
-    a foreign or damaged file raises :class:`DatabaseProblem` with the fix."""
+    """A read-only connection to the run's feature database, checked against the schema's layout
+    and, for the run's own database, against its sealed record (the file `crosslens dashboards`
+    wrote, for this run: :mod:`crosslens.dashboards.record`); a ``database`` named explicitly is
+    read as it is (:attr:`RunFacts.complete` then says it was not verified). A foreign, damaged,
+    unsealed or stale file raises :class:`DatabaseProblem` with the fix."""
     path = database_path(run_dir, database)
+    if database is None and Path(run_dir).is_dir():
+        _check_sealed(Path(run_dir))
     connection = None
     try:
         connection = _connect(path)
@@ -60,6 +67,17 @@ def open_database(run_dir: str | Path, database: str | Path | None = None) -> sq
             connection.close()
         raise DatabaseProblem(f"{path}: {problem}: rebuild it with `crosslens dashboards {run_dir}`.")
     return connection
+
+
+def _check_sealed(run_dir: Path) -> None:
+    """Refuse the run's database where its sealed record does not vouch for it (checked by size and
+    sha256, which the record module remembers per file)."""
+    try:
+        problem = database_problem(run_dir, read_record(run_dir), "full")
+    except DashboardsError as error:
+        raise DatabaseProblem(str(error)) from None
+    if problem is not None:
+        raise DatabaseProblem(f"{problem}; rebuild it with `crosslens dashboards {run_dir} --overwrite`")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -105,7 +123,7 @@ class RunFacts:
     n_features: int
     vocabulary: list[str] = field(repr=False)
     complete: bool = True
-    """False when the sealed record beside the database is missing (dashboards did not finish)."""
+    """False for a database file named explicitly, whose sealed record was not checked."""
 
     def token(self, token_id: int) -> str:
         return self.vocabulary[token_id] if 0 <= token_id < len(self.vocabulary) else f"<{token_id}>"
@@ -115,7 +133,7 @@ class RunFacts:
         return len(self.snapshots)
 
 
-def read_run_facts(connection: sqlite3.Connection, path: Path) -> RunFacts:
+def read_run_facts(connection: sqlite3.Connection, path: Path, verified: bool = True) -> RunFacts:
     """The meta table, snapshots, tasks, class counts and vocabulary of an opened database."""
     meta = {key: json.loads(value) for key, value in connection.execute("SELECT key, value FROM meta")}
     snapshots = [
@@ -138,7 +156,7 @@ def read_run_facts(connection: sqlite3.Connection, path: Path) -> RunFacts:
     return RunFacts(
         path=path, meta=meta, snapshots=snapshots, tasks=tasks, classes=classes, relie_classes=sorted(relie),
         n_features=sum(classes.values()), vocabulary=vocabulary,
-        complete=(path.parent / schema.RECORD_NAME).is_file(),
+        complete=verified,
     )  # fmt: skip
 
 
@@ -150,7 +168,7 @@ class Database:
         self.run_dir = Path(run_dir)
         first = open_database(run_dir, database)
         self.path = database_path(run_dir, database)
-        self.facts = read_run_facts(first, self.path)
+        self.facts = read_run_facts(first, self.path, verified=database is None)
         self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._idle.put(first)
 

@@ -263,8 +263,7 @@ def browse(
     server = make_server(run_dir, config)
     facts = server.database.facts
     if not facts.complete:
-        print(f"note: {facts.path} has no sealed record beside it: crosslens dashboards did not finish; "
-              "pages show what it wrote.")  # fmt: skip
+        print(f"note: {facts.path} is read as it is: its sealed record was not checked (it was named with --database).")
     print(f"crosslens browse: {facts.n_features} features x {facts.n_snapshots} snapshots at {server.url} "
           "(Ctrl-C to stop)", flush=True)  # fmt: skip
     try:

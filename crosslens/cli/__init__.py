@@ -1,22 +1,47 @@
-"""The ``crosslens`` command line, generated from config dataclasses.
+"""The application layer: the ``crosslens`` command line, one module per command.
 
-Each subcommand is declared in a small module of this package (its flags as dataclass
-fields, see :mod:`crosslens.commands.flags`) and run by a function of :mod:`crosslens.commands`,
-imported only when the command runs, so ``crosslens --help`` imports neither torch nor
-TransformerLens. Every error reaches the user as one or two lines naming the flag to change
-(``--debug`` shows the traceback).
+Each command module holds the command's flags (dataclass fields, or the config dataclasses
+themselves: the docstring under a field is its ``--help``, its default is written once, see
+:mod:`crosslens.cli.flags`), its :class:`Subcommand` declaration and the function that runs it:
+:mod:`~crosslens.cli.demo`, :mod:`~crosslens.cli.suite` (build, list),
+:mod:`~crosslens.cli.harvest`, :mod:`~crosslens.cli.train` (``--stream`` too),
+:mod:`~crosslens.cli.evaluate`, :mod:`~crosslens.cli.analyze`, :mod:`~crosslens.cli.report`,
+:mod:`~crosslens.cli.attribute`, :mod:`~crosslens.cli.dashboards`, :mod:`~crosslens.cli.browse`,
+:mod:`~crosslens.cli.export`, :mod:`~crosslens.cli.plan` and :mod:`~crosslens.cli.pretrained`
+(list, show, push). What several commands share is in a few modules: :mod:`~crosslens.cli.flags`
+(flags from dataclasses), :mod:`~crosslens.cli.options` (flag groups), :mod:`~crosslens.cli.common`
+(the CLIError, suites, recipes, devices, torchrun jobs), :mod:`~crosslens.cli.inputs` (checks of a
+command's inputs before any model loads) and :mod:`~crosslens.cli.quality` (the quality table a
+trained crosscoder is reported with). The demo's stages are in :mod:`~crosslens.cli.demo_stages`.
+What a run costs is sized beside training (:mod:`crosslens.training.sizing`); recipes live there
+too (:mod:`crosslens.training.recipes`), since a recipe is the settings of a training run and the
+sizing, the library and the commands all read it, while nothing in it is about a command line.
+
+Imports. ``crosslens --help`` imports every command module, and must stay quick: a command
+module, and the shared modules it imports at its top (flags, options, common), import at their
+top only what needs no torch. A command's functions import torch, TransformerLens, SAELens and the
+stages that load them (and :mod:`~crosslens.cli.inputs`, :mod:`~crosslens.cli.quality` and
+:mod:`~crosslens.cli.demo_stages`, which import them) inside themselves. That is the one reason an
+import stays inside a function in this package; wandb, whose import takes seconds, is imported
+only where a run that logged to W&B needs it.
+
+Errors. Every error reaches the user as one or two lines naming the flag to change (``--debug``
+shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
+import warnings
 
-from crosslens.cli import attribute, demo, harvest, plan, pretrained, report, suite, train
-from crosslens.commands.flags import add_flags, field_defaults, field_flags, iter_fields, name_flags
-from crosslens.cli.spec import Subcommand
+from crosslens.cli import analyze, attribute, browse, dashboards, demo, evaluate, export, harvest, plan, pretrained, report, suite, train
+from crosslens.cli.common import CLIError
+from crosslens.cli.flags import Subcommand, add_flags, build, explicit, field_defaults, field_flags, iter_fields, name_flags
+from crosslens.cli.train import train_config
+from crosslens.core.errors import CrosslensError  # a ValueError; named for the reader
+from crosslens.core.paths import checkpoint_folders
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -26,10 +51,13 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     suite.LIST,
     harvest.COMMAND,
     train.COMMAND,
-    report.ANALYZE,
-    report.REPORT,
-    report.EVALUATE,
+    analyze.COMMAND,
+    report.COMMAND,
+    evaluate.COMMAND,
     attribute.COMMAND,
+    dashboards.COMMAND,
+    browse.COMMAND,
+    export.COMMAND,
     plan.COMMAND,
     pretrained.LIST,
     pretrained.SHOW,
@@ -90,14 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
-    import warnings
-
     formatwarning = warnings.formatwarning
     if not debug:  # warnings as one line each, without the source line that raised them
         warnings.formatwarning = lambda message, category, *_, **__: f"crosslens: warning: {message}\n"
     try:
-        module, _, function = args.run.partition(":")
-        return int(getattr(importlib.import_module(module), function)(args) or 0)
+        return int(args.run(args) or 0)
     except KeyboardInterrupt as interrupt:
         said = _interrupted(args.command, interrupt, getattr(args, "out_dir", None))
         print(f"crosslens {args.command}: {said}", file=sys.stderr)
@@ -125,8 +150,6 @@ def _interrupted(command: str, interrupt: KeyboardInterrupt, out_dir: str | None
     if str(interrupt):
         return str(interrupt)
     if command == "train":
-        from crosslens.core.paths import checkpoint_folders
-
         if out_dir is not None and not checkpoint_folders(out_dir):
             return "interrupted before its first checkpoint; run the same command with --resume to start it again"
         return "interrupted; run the same command with --resume to continue from its last checkpoint"
@@ -141,9 +164,6 @@ def _command_name(args: argparse.Namespace) -> str:
 
 def _one_line_error(command: str, message: str, err: BaseException | None) -> None:
     """Print an error as one or two lines and exit with status 2 (see --debug for the traceback)."""
-    from crosslens.commands.common import CLIError
-    from crosslens.core.errors import CrosslensError  # a ValueError; named for the reader
-
     message = " ".join(message.split()) or type(err).__name__
     expected = err is None or isinstance(err, (CLIError, CrosslensError, ValueError, FileNotFoundError))
     if not expected:  # not a known input error: name its type, and where to see more
@@ -154,4 +174,14 @@ def _one_line_error(command: str, message: str, err: BaseException | None) -> No
     raise SystemExit(2) from None
 
 
-__all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main"]
+__all__ = [
+    "CLIError",
+    "SUBCOMMANDS",
+    "Subcommand",
+    "add_flags",
+    "build",
+    "build_parser",
+    "explicit",
+    "main",
+    "train_config",
+]

@@ -1,64 +1,223 @@
-"""Flags several subcommands share, declared once: the device and dtype, which snapshots, and
-which tokens."""
+"""What several commands share: the CLIError they raise, the device and dtype flags resolved,
+the suite a ``--suite`` names, recipes and their weights, crosscoder folders, torchrun jobs.
+
+Torch-free at import, as every module the parser reads: the stages that load torch are imported
+inside the helpers that need them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+import contextlib
+import sys
+from pathlib import Path
 
-from crosslens.activations.budget import TokenBudget
-from crosslens.commands.flags import int_list
-
-
-@dataclass
-class DeviceFlags:
-    """Where a command computes."""
-
-    device: str | None = None
-    """cpu, cuda, cuda:N or mps (default: cuda if available, else mps, else cpu)."""
-    dtype: str | None = None
-    """dtype of the snapshot models: float32/fp32 (default), bfloat16/bf16, float16/fp16; crosscoder
-    parameters stay float32."""
+import crosslens.core.launch as launch
+from crosslens.core.devices import dtype_name, peak_memory_line, resolve_device
+from crosslens.core.errors import UnknownRevisionError
+from crosslens.core.paths import looks_like_path
+from crosslens.pico.config import MODEL_ID, PicoConfig, default_root, is_built
+from crosslens.training.recipes import Recipe
 
 
-@dataclass
-class SuiteFlags:
-    """Which suite, and which of its snapshots."""
-
-    suite: str | None = None
-    """'pico' (the embedded suite, built if missing), a local folder of checkpoints, or a hub model id:
-    EleutherAI/pythia-*, allenai/OLMo-*-hf, allenai/OLMo-2-*, allenai/Olmo-3-*, bigscience/bloom-*-intermediate;
-    for OLMo-2/3 add @ingredientK to pick one stage-2 ingredient (default: pico)."""
-    steps: list[int] | None = field(default=None, metadata={"parse": int_list})
-    """Comma-separated training steps to use (default: all, or --n-snapshots spaced)."""
-    n_snapshots: int | None = field(default=None, metadata={"min": 1})
-    """Pick this many snapshots, dense early and sparse late (log spacing)."""
+class CLIError(Exception):
+    """Bad command-line input: printed as one line, exit status 2, no traceback."""
 
 
-@dataclass
-class TokenBudgetFlags:
-    """How many tokens, in rows of what length, and how many are held out (the fields of
-    :class:`~crosslens.activations.budget.TokenBudget`, where their defaults live)."""
+def device_and_dtype(args: argparse.Namespace, produces_activations: bool = False) -> tuple[str, str]:
+    """The checked ``(device, dtype)`` strings of ``--device``/``--dtype`` (e.g. ``("cuda:0", "bfloat16")``).
 
-    n_tokens: int | None = field(default=None, metadata={"default_from": (TokenBudget, "n_tokens")})
-    """Token budget, before exclusions (a --recipe's is its own)."""
-    seq_len: int | None = field(default=None, metadata={"default_from": (TokenBudget, "seq_len")})
-    """Tokens per sequence (a --recipe's is its context)."""
-    heldout_tokens: int | None = field(default=None, metadata={"default_from": (TokenBudget, "heldout_tokens")})
-    """Tokens (a seeded random sample of rows) kept out of training for the held-out quality table:
-    harvest writes them to OUT-heldout, train --stream harvests them from its resident models
-    (default: 10% of --n-tokens, at most 16384; 0: none). OUT-heldout records the seal of OUT, and
-    readers refuse it for any other store."""
+    Without ``--dtype``, snapshot models whose activations a command harvests or streams run in
+    bfloat16 on CUDA: float32 keeps their forward off the tensor cores, several times slower, and a
+    crosscoder trained on bf16 activations measures the same (README, "bf16 snapshot models").
+    Everywhere else, and on a CPU, where bf16 buys no speed, the default is float32."""
+    device = str(resolve_device(args.device))
+    if args.dtype:
+        return device, dtype_name(args.dtype)
+    return device, "bfloat16" if produces_activations and device.startswith("cuda") else "float32"
 
 
-@dataclass
-class TokenFlags:
-    """Which tokens activations are harvested on."""
+def print_peak_memory(device: str) -> None:
+    line = peak_memory_line(device)
+    if line is not None:
+        print(line)
 
-    text: list[str] | None = field(default=None, metadata={"nargs": "+", "metavar": "FILE|DIR"})
-    """Your text: text files or folders of .txt files (split into documents at blank lines, or every
-    ~2000 characters)."""
-    encoding: str = "utf-8"
-    """Encoding of the --text files (e.g. latin-1, cp1252); a file that does not decode in it is refused."""
-    dataset: str | None = None
-    """NAME:COLUMN of a datasets dataset (a text file or folder also works; default: the recipe's, else
-    the pico grammar)."""
+
+def missing_path_error(spec: str, flag: str | None = "--suite") -> CLIError:
+    where = f"{flag} {spec}" if flag else spec
+    return CLIError(
+        f"{where}: the path does not exist; pass a folder of checkpoints (e.g. one `crosslens suite build --root` wrote)"
+    )
+
+
+def pico_listing():
+    """``(suite, built)``: the suite ``--suite pico`` means. Built, the suite itself; not yet built,
+    the snapshots its default config will have (steps and folders, never loaded), so the steps
+    can be listed and checked without the build."""
+    from crosslens.checkpoints import CheckpointSuite, SnapshotRef
+
+    config = PicoConfig()
+    root = default_root(config)
+    if is_built(root, config):
+        return CheckpointSuite.local(root), True
+    refs = [SnapshotRef(i, f"step{s}", s, None) for i, s in enumerate(config.checkpoint_steps)]
+    folders = {ref.revision: root / ref.revision for ref in refs}
+    return CheckpointSuite("local", MODEL_ID, refs, folders=folders, root=root), False
+
+
+def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | None = None, flag: str = "--suite"):
+    """Turn a ``--suite`` string into a :class:`CheckpointSuite`, then select snapshots."""
+    from crosslens.checkpoints import CheckpointSuite, MixedIngredientsError
+    from crosslens.pico.build import pico_suite
+
+    given = spec
+    if spec == "pico":
+        listed, built = pico_listing()
+        if not built:  # a bad --steps/--n-snapshots is refused before the build, not after it
+            select_snapshots(listed, steps, n_snapshots, given)
+        suite = pico_suite()
+    elif Path(spec).expanduser().exists():
+        suite = CheckpointSuite.local(Path(spec).expanduser())
+    elif looks_like_path(spec):
+        raise missing_path_error(spec, flag)
+    else:
+        spec, _, ingredient = spec.partition("@ingredient")  # OLMo-2/3: one stage-2 ingredient
+        lowered = spec.lower()
+        if ingredient and ("olmo" not in lowered or not ingredient.isdigit()):
+            raise CLIError(f"{flag} {spec}@ingredient{ingredient}: pass an OLMo-2/3 repo and a number, e.g. @ingredient1")
+        if "pythia" in lowered:
+            suite = CheckpointSuite.pythia(spec)
+        elif "olmo" in lowered:
+            try:
+                suite = CheckpointSuite.olmo(spec, ingredient=int(ingredient) if ingredient else None)
+            except MixedIngredientsError as error:  # its message names the --suite NAME@ingredientK to pass
+                print(f"crosslens: {error}", file=sys.stderr)
+                raise SystemExit(2) from None
+        elif "bloom" in lowered:
+            suite = CheckpointSuite.bloom(spec)
+        else:
+            raise CLIError(
+                f"{flag} {spec}: no such local folder, and cannot tell which family {spec!r} is; pass 'pico', "
+                "a local folder of checkpoints, or a hub id naming pythia, OLMo or bloom"
+            )
+    return select_snapshots(suite, steps, n_snapshots, given)
+
+
+def select_snapshots(suite, steps: list[int] | None, n_snapshots: int | None, spec: str, recipe: str | None = None):
+    """``suite`` narrowed to ``--steps``, then to ``--n-snapshots`` log-spaced ones. A step the
+    suite does not list, or more snapshots than it holds, is refused, naming the suite: ``spec``
+    (what ``--suite`` said, whose `crosslens suite list` shows the snapshots), or the ``recipe``
+    whose steps the suite is."""
+    name = f"recipe {recipe}" if recipe else spec
+    listing = "" if recipe else f"; `crosslens suite list {spec}` lists them"
+    if steps is not None:
+        try:
+            suite = suite.select(steps=steps)
+        except UnknownRevisionError as error:
+            nearest = f"; nearest: {', '.join(error.nearest)}" if error.nearest else ""
+            raise CLIError(f"--steps: {error.requested} is not among the {len(suite)} snapshots of {name}{nearest}{listing}") from None
+        except ValueError as error:
+            raise CLIError(f"--steps: {error}") from None
+    if n_snapshots is not None:
+        if n_snapshots > len(suite):
+            among = f"--steps picks {len(suite)} snapshots" if steps is not None else f"{name} lists {len(suite)} snapshots"
+            raise CLIError(f"--n-snapshots {n_snapshots}: {among}; pass --n-snapshots {len(suite)} or fewer{listing}")
+        try:
+            suite = suite.select(n=n_snapshots, spacing="log")
+        except ValueError as error:
+            raise CLIError(f"--n-snapshots: {error}") from None
+    return suite
+
+
+@contextlib.contextmanager
+def torchrun_job():
+    """Under torchrun: leave the process group when the block ends (a process that exits with a
+    live mesh aborts at teardown), with the other workers where it succeeded, at once where it
+    raised; elsewhere nothing. Work one worker does alone after the others are done (rank 0's
+    quality table) goes after the block: the others would wait for it at the barrier, which
+    times out."""
+    import crosslens.distributed as distributed
+
+    try:
+        yield
+    except BaseException:
+        if launch.launched_by_torchrun():
+            distributed.shutdown(wait=False)
+        raise
+    if launch.launched_by_torchrun():
+        distributed.shutdown()
+
+
+def fail(flag: str, message: str) -> None:
+    """One line naming the flag to change, exit status 2, no traceback (see main)."""
+    raise CLIError(f"{flag}: {message}")
+
+
+def resolve_crosscoder_arg(value: str, flag: str = "--crosscoder") -> str:
+    """A crosscoder folder, or RELEASE/ID of a registered release (fetched into the HF cache)."""
+    from crosslens.pretrained.load import resolve_crosscoder_path  # reads the registry's YAML
+
+    if Path(value).exists():
+        return value
+    try:
+        return resolve_crosscoder_path(value)
+    except (ValueError, OSError) as exc:  # unknown release/id, or not downloadable
+        fail(flag, str(exc))
+    raise AssertionError("unreachable")
+
+
+def crosscoder_folder_arg(value: str, flag: str) -> Path:
+    """A crosscoder folder from a run folder, its final/ folder, or RELEASE/ID; one-line errors naming ``flag``."""
+    from crosslens.training.runfolder import crosscoder_folder
+
+    if not Path(value).exists():
+        if value.startswith(("/", "./", "../", "~")) or value.count("/") != 1:
+            raise CLIError(f"{flag} {value}: the path does not exist; pass the --out folder of `crosslens train`")
+        value = resolve_crosscoder_arg(value, flag)
+    try:
+        return crosscoder_folder(value)
+    except FileNotFoundError as error:
+        raise CLIError(f"{flag}: {error}") from None
+
+
+def recipe_suite(recipe: Recipe):
+    """The recipe's suite, after checking (offline) that its weights are in the HF cache."""
+    missing = missing_weights(recipe)
+    if missing:
+        raise CLIError(missing)
+    return recipe.suite()
+
+
+def missing_weights(recipe: Recipe) -> str | None:
+    """One line naming the recipe's snapshots whose weights cannot be reached, or None.
+
+    Online, the hub is assumed reachable (loading reports its own errors). Offline
+    (``HF_HUB_OFFLINE=1``), each revision's config.json and weights file (or its index) must be in
+    the Hugging Face cache: a revision without one would be found only as its model loads, after
+    the tokens are read.
+    """
+    from crosslens.checkpoints.hub import hub_offline
+
+    if not hub_offline():
+        return None
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from crosslens.checkpoints.identity import fully_cached
+
+    labels = [label for label in recipe.snapshot_labels() if label != "main"]
+    if recipe.family == "pythia":
+        labels = [f"step{s}" for s in recipe.steps]
+
+    def cached(revision: str) -> bool:  # its config, and a weights file as the loader looks for one
+        config = try_to_load_from_cache(recipe.model, "config.json", revision=revision)
+        return isinstance(config, str) and fully_cached(recipe.model, revision)
+
+    absent = [r for r in labels if not cached(r)]
+    if not absent:
+        return None
+    more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+    return (
+        f"recipe {recipe.name} needs the weights of {recipe.model} at {absent[0]}{more}, which are not in the "
+        f"Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids downloading them; "
+        "go online, or harvest where the weights are and train on that store (`crosslens train --store`)"
+    )

@@ -1,11 +1,30 @@
-"""``crosslens demo``: the whole pipeline on the embedded pico suite."""
+"""``crosslens demo``: every stage on the embedded pico suite, each one cached and resumable.
+
+Stages (outputs under ``--out``, default ``$CROSSLENS_HOME/demo``):
+
+1. suite      build (or reuse) the pico suite; print its per-checkpoint learning table
+2. harvest    activations at the middle residual stream for every chosen snapshot
+              (a training store and a held-out store)
+3. train      a multi-snapshot crosscoder; quality table vs per-snapshot SAELens SAEs
+4. attribute  integrated-gradient attribution, RelIE and ablation curves for agreement
+              across an attractor
+5. analyze    feature evolution from decoder norms -> crosscoder/report.html (with stage 4's
+              sections)
+6. dashboards every feature at every snapshot -> crosscoder/dashboards.sqlite, for
+              ``crosslens browse``
+
+A second run reuses every finished stage; ``--force`` recomputes them. The stages, the demo's
+settings and the pipeline are in :mod:`crosslens.cli.demo_stages`.
+"""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
-from crosslens.cli.common import DeviceFlags
-from crosslens.cli.spec import Subcommand
+from crosslens.cli.common import device_and_dtype
+from crosslens.cli.flags import Subcommand
+from crosslens.cli.options import DeviceFlags
 
 
 @dataclass
@@ -18,6 +37,12 @@ class DemoFlags:
     """Recompute every stage."""
 
 
-COMMAND = Subcommand(
-    ("demo",), "the whole pipeline on the embedded pico suite", (DemoFlags, DeviceFlags), "crosslens.commands.demo:demo"
-)
+def demo(args: argparse.Namespace) -> int:
+    from crosslens.cli.demo_stages import run_demo
+
+    device, dtype = device_and_dtype(args)
+    run_demo(out_dir=args.out, fast=args.fast, force=args.force, device=device, dtype=dtype)
+    return 0
+
+
+COMMAND = Subcommand(("demo",), "the whole pipeline on the embedded pico suite", (DemoFlags, DeviceFlags), demo)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from crosslens.cli.spec import Subcommand
+from crosslens.cli.common import fail
+from crosslens.cli.flags import Subcommand
 
 
 @dataclass
@@ -36,21 +39,90 @@ class PushFlags:
     """Upload with normalisation unfolded (reads normalised inputs)."""
 
 
+def pretrained_list(args: argparse.Namespace) -> int:
+    from crosslens.pretrained.registry import PRETRAINED_ENV, pretrained_directory  # reads YAML
+
+    directory = pretrained_directory()  # a broken registry file: its error names the file and CROSSLENS_PRETRAINED
+    if not directory:
+        print(f"no pretrained crosscoder releases; add YAML files with {PRETRAINED_ENV}=a.yaml:b.yaml")
+        return 0
+    width = max(len(name) for name in directory)
+    for name, release in sorted(directory.items()):
+        ids = ", ".join(release.entries)
+        print(f"{name:<{width}}  {release.repo_id}  {release.model}  {release.n_snapshots} snapshots  [{ids}]")
+    return 0
+
+
+def pretrained_show(args: argparse.Namespace) -> int:
+    from crosslens.pretrained.registry import get_release  # reads YAML
+
+    try:
+        release = get_release(args.release)
+    except ValueError as exc:  # unknown release (nearest names listed) or a malformed registry
+        fail("RELEASE", str(exc))
+    suite = release.suite
+    print(f"release   {release.release}  (from {release.source})")
+    print(f"repo_id   {release.repo_id}")
+    print(f"model     {release.model}  ({suite.get('family', '?')} suite)")
+    steps = list(suite.get("steps") or [None] * release.n_snapshots)
+    print("snapshots " + ", ".join(f"{r} (step {st})" for r, st in zip(release.revisions, steps)))
+    for entry in release.entries.values():
+        print(f"\n  {entry.id}  path={entry.path}  hook={entry.hook_name}  arch={entry.architecture}"
+              f"  normalisation folded={entry.normalization_folded}")  # fmt: skip
+        ablation = f" ({entry.spliced_ablation}-ablation floor)" if entry.spliced_ablation else ""
+        rows = (
+            ("variance_explained", entry.variance_explained, ""),
+            ("l0", entry.l0, ""),
+            ("ce_loss_score", entry.ce_loss_score, ablation),
+            ("kl_div_with_sae", entry.kl_div_with_sae, ""),
+        )
+        for name, values, note in rows:
+            if values is not None:
+                print(f"    {name:<18} " + " ".join(f"{v:.3g}" for v in values) + note)
+        if entry.wandb_run:
+            print(f"    wandb              {entry.wandb_run}")
+    return 0
+
+
+def push(args: argparse.Namespace) -> int:
+    from crosslens.pretrained.push import push_to_hub
+
+    if not Path(args.run_dir).is_dir():
+        fail("RUN_DIR", f"{args.run_dir} is not a folder; pass the --out folder of `crosslens train`.")
+    if args.repo.count("/") != 1 or not all(args.repo.split("/")):
+        fail("--repo", f"must be ORG/NAME, got {args.repo!r}.")
+    try:
+        result = push_to_hub(
+            args.run_dir,
+            args.repo,
+            private=args.private,
+            crosscoder_id=args.id,
+            release=args.release,
+            store_path=args.store,
+            fold_normalization=not args.no_fold,
+        )
+    except FileNotFoundError as exc:
+        fail("RUN_DIR", str(exc))
+    print(f"uploaded {result.crosscoder_id} to https://huggingface.co/{result.repo_id}")
+    print("registry entry (paste into a file named by CROSSLENS_PRETRAINED, or crosslens/data/pretrained_crosscoders.yaml):\n")
+    print(result.registry_yaml)
+    return 0
+
 LIST = Subcommand(
     ("pretrained", "list"),
     "list the releases (packaged and CROSSLENS_PRETRAINED files)",
     (NoFlags,),
-    "crosslens.commands.pretrained:pretrained_list",
+    pretrained_list,
 )
 SHOW = Subcommand(
     ("pretrained", "show"),
     "one release: repo, suite revisions, crosscoders and their quality",
     (ShowFlags,),
-    "crosslens.commands.pretrained:pretrained_show",
+    pretrained_show,
 )
 PUSH = Subcommand(
     ("push",),
     "upload a trained crosscoder to the Hugging Face hub with a model card",
     (PushFlags,),
-    "crosslens.commands.pretrained:push",
+    push,
 )

@@ -1,13 +1,56 @@
-"""``crosslens train``: its flags are the fields of the runner config (and its nested
-architecture and logging configs), plus what only the command needs."""
+"""``crosslens train``: a crosscoder from an activation store, from a recipe's suite (harvested
+into the run folder first), or ``--stream``ed from snapshot models kept in memory.
+
+Settings come in three layers, later ones winning field by field: the defaults of
+:class:`~crosslens.training.config.CrosscoderRunnerConfig` (whose fields are the flags, with its
+nested architecture and logging configs), a ``--recipe``'s values, and the flags given.
+
+``--stream`` writes nothing but the run folder. Its suite, snapshot and token flags are
+``harvest``'s and mean the same (the same tokens, the same held-out rows). Before any model loads
+the command prints what the resident models need against what the device has, and refuses a run
+that cannot fit; after training it reports the quality table on the held-out rows, harvested from
+the same resident models.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from crosslens.cli.common import DeviceFlags, SuiteFlags, TokenBudgetFlags, TokenFlags
-from crosslens.cli.spec import Subcommand
+from crosslens.activations.budget import chunk_buffer_bytes, chunk_tokens_for
+from crosslens.cli.common import CLIError, device_and_dtype, print_peak_memory, torchrun_job
+from crosslens.cli.flags import Subcommand, build, explicit
+from crosslens.cli.harvest import (
+    check_context,
+    check_hooks,
+    harvest_stores,
+    selected_suite,
+    token_budget,
+    token_source,
+    token_tables,
+)
+from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, TokenFlags
+from crosslens.core.devices import DTYPE_BYTES, reset_peak_memory
+from crosslens.core.hooks import hook_width
+from crosslens.core.launch import is_main_process, local_rank_device, local_world_size
+from crosslens.core.paths import QUALITY_NAME
+from crosslens.core.units import format_bytes
 from crosslens.training.config import CrosscoderRunnerConfig
+from crosslens.training.model_sizes import PlanError, model_spec_for
+from crosslens.training.recipes import load_recipe
+
+DATA_FLAGS = {
+    "suite": "--suite", "steps": "--steps", "n_snapshots": "--n-snapshots", "text": "--text",
+    "n_tokens": "--n-tokens", "seq_len": "--seq-len", "heldout_tokens": "--heldout-tokens",
+}  # fmt: skip
+"""Flags that say what ``--stream`` harvests (``--dataset`` too); a ``--recipe`` without ``--store``
+harvests a store first, and they say what goes into it."""
+
+MEMORY_FRACTION = 0.9
+"""Share of the free memory the resident models may take (the provider's own check uses it too)."""
 
 
 @dataclass
@@ -38,13 +81,385 @@ class TrainFlags:
     """Remove another run's results from --out (run.json, final/, checkpoints, quality.json, report
     sections) and train anew; without it, train refuses a folder holding them."""
     dtype: str | None = None
-    """dtype of the snapshot models when a --recipe harvests or --stream keeps them resident (float32,
-    bfloat16, float16); crosscoder parameters stay float32."""
+    """dtype of the snapshot models (float32, bfloat16, float16; default: bfloat16 on CUDA when a --recipe
+    harvests or --stream keeps them resident, else float32); crosscoder parameters stay float32."""
+
+
+def train_config(args: argparse.Namespace, recipe=None, **fixed) -> CrosscoderRunnerConfig:
+    """The runner config of a ``train`` command line: the config's defaults, then the recipe's
+    values, then the flags given; ``fixed`` (the resolved store path and device) last. A recipe
+    without ``--n-steps`` trains on its token budget at the batch size in force."""
+    flags = explicit(args, CrosscoderRunnerConfig)
+    layers = [recipe.training_settings() if recipe is not None else {}, flags]
+    if recipe is not None and "n_steps" not in flags:
+        batch = flags.get("train_batch_size_tokens") or recipe.batch_size
+        layers.append({"n_steps": recipe.steps_at(batch)})
+    fixed.setdefault("store_path", args.store_path or "")
+    return build(CrosscoderRunnerConfig, *layers, fixed)
+
+
+def train(args: argparse.Namespace) -> int:
+    from crosslens.cli.inputs import check_output_folder
+    from crosslens.training.runfolder import check_not_being_written, check_run_start, owned_run_folder
+    from crosslens.training.runner import CrosscoderTrainingRunner
+
+    check_stream_flags(args)
+    check_output_folder(args.out_dir, holds="the run")
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    harvests = args.stream or (recipe is not None and args.store_path is None)
+    device, model_dtype = device_and_dtype(args, produces_activations=harvests)
+    if args.stream:
+        return train_stream(args, recipe, train_config(args, recipe, device=device, store_path=""), model_dtype)
+    if args.store_path is None and recipe is None:
+        raise CLIError("train needs --store DIR (an activation store), --stream (no store), or --recipe NAME")
+    config = train_config(args, recipe, device=device)
+    reset_peak_memory(device)
+    if args.store_path is not None:
+        if recipe is not None:
+            _check_store_matches_recipe(args.store_path, recipe)
+    else:  # refuse a folder that cannot take the run before harvesting into it
+        check_not_being_written(config.out_dir)
+        check_run_start(config.out_dir, resume=args.resume, overwrite=args.overwrite)
+        config.store_path = _harvest_for_recipe(args, recipe, config, device, model_dtype)
+    if args.eval_store is not None:
+        _check_eval_store(config.store_path, args.eval_store, config.hook_name)
+    runner = CrosscoderTrainingRunner(config)
+    # held across training and the quality table, so no other run writes between them
+    with owned_run_folder(runner.out_dir, enabled=is_main_process()):
+        with torchrun_job():
+            runner.join_mesh()
+            runner.run(resume=args.resume, overwrite=args.overwrite)
+        if runner.is_main:  # the other workers have left: the table takes as long as it takes
+            _save_quality(runner, args, device, model_dtype)
+    print_peak_memory(runner.device)
+    return 0
+
+
+def _check_store_matches_recipe(store_path: str, recipe) -> None:
+    from crosslens.activations import ActivationStore
+
+    store = ActivationStore.open(store_path, verify="none")
+    model = str(store.manifest["spec"]["suite"].get("model_id", ""))
+    revisions = [str(entry.get("revision")) for entry in store.manifest["snapshots"]]
+    wanted = recipe.snapshot_labels()
+    if model.lower() != recipe.model.lower() or not _in_order_among(revisions, wanted):
+        raise CLIError(
+            f"the store {store_path} holds {model} at {len(revisions)} snapshots, not recipe {recipe.name}'s "
+            f"{recipe.model} at its {len(wanted)} or some of them; harvest it with `crosslens harvest --recipe "
+            f"{recipe.name}` (--steps or --n-snapshots pick some) or drop --recipe"
+        )
+
+
+def _in_order_among(revisions: list[str], labels: list[str]) -> bool:
+    """Whether ``revisions`` are some of ``labels``, in their order, as ``harvest --recipe`` with
+    ``--steps`` or ``--n-snapshots`` selects them; a label "main" stands for any revision."""
+    remaining = iter(labels)
+    return all(any(label in ("main", revision) for label in remaining) for revision in revisions)
+
+
+def _harvest_for_recipe(args: argparse.Namespace, recipe, config: CrosscoderRunnerConfig, device: str, model_dtype: str) -> str:
+    """Harvest into ``<out>/activations`` (resumable) what ``harvest --recipe NAME --out
+    <out>/activations`` with the same token flags writes, its held-out split beside it, and return
+    the store path. So ``crosslens plan --recipe NAME`` sizes it, and the quality table is held out."""
+    from crosslens.activations import StoreMismatchError
+
+    suite = selected_suite(args, recipe)  # refuses, in one line, weights not in the cache offline
+    check_hooks(suite, [config.hook_name])
+    source = token_source(args, recipe)
+    out = Path(args.out_dir) / "activations"
+    harvest_args = argparse.Namespace(**{**vars(args), "out": str(out), "store_dtype": None, "overwrite": False})
+    try:
+        store, _ = harvest_stores(harvest_args, suite, [config.hook_name], recipe, source, local_rank_device(device), model_dtype)
+    except StoreMismatchError as error:  # train's --overwrite keeps the store by design: say what to do here
+        if not error.differs:
+            raise
+        replace = (
+            "the run there trained on it, so replacing it ends that run's --resume"
+            if args.resume else f"to replace it, run `crosslens harvest --recipe {args.recipe} --out {out} --overwrite` "
+            "with these flags, then train with --overwrite"
+        )  # fmt: skip
+        raise CLIError(
+            f"{out} holds a store harvested with other token or snapshot flags (differs in: {', '.join(error.differs)}): "
+            f"pass the ones it was harvested with (--n-tokens, --seq-len, --heldout-tokens, --text, --dataset, "
+            f"--steps, --n-snapshots, --suite), or train in another --out; {replace}"
+        ) from None
+    return str(store.path)
+
+
+def _check_eval_store(store_path: str, eval_store: str, hook: str) -> None:
+    """Refuse an --eval-store that cannot serve the crosscoder before training it, not after."""
+    from crosslens.activations import ActivationStore
+    from crosslens.activations.partners import check_eval_store
+
+    training = ActivationStore.open(store_path, verify="none")
+    if not Path(eval_store).exists():
+        raise CLIError(f"--eval-store {eval_store}: the path does not exist; pass a store written by `crosslens harvest`")
+    check_eval_store(training, ActivationStore.open(eval_store, verify="none"), training.resolve_hook(hook or None))
+
+
+def _save_quality(runner, args: argparse.Namespace, device: str, model_dtype: str | None) -> None:
+    """Print the quality table and seal it into the run (a finished run found by --resume keeps its
+    own, unless --eval-store names where to measure it again); the spliced-loss figures also go to
+    the W&B run's summary when training logged to W&B."""
+    from crosslens.cli.quality import log_run_spliced, print_quality
+    from crosslens.training.runfolder import kept_quality_table, seal_run
+
+    kept = kept_quality_table(runner, args.eval_store)
+    if kept is not None:
+        print(f"its quality table: {kept}")
+        return
+    quality = runner.out_dir / QUALITY_NAME
+    print(f"crosscoder saved to {runner.final_path}")
+    spliced = print_quality(
+        runner.final_path, runner.config.store_path, args.eval_store, device, save_to=quality,
+        spliced_seqs=args.spliced_seqs, spliced_ablation=args.spliced_ablation, model_dtype=model_dtype,
+        trained_on=runner.store.sequences,
+    )  # fmt: skip
+    seal_run(runner.out_dir)
+    log_run_spliced(runner, spliced)
+
+
+# --------------------------------------------------------------------------- --stream
+def check_stream_flags(args: argparse.Namespace) -> None:
+    """Refuse, in one line, the flag combinations that make no sense with or without ``--stream``."""
+    if args.stream:
+        if args.store_path is not None:
+            raise CLIError("--stream trains without a store: drop --store (or drop --stream to train on the store)")
+        return
+    if args.recipe is not None and args.store_path is None:  # they choose what the recipe's store holds
+        return
+    given = [flag for name, flag in DATA_FLAGS.items() if getattr(args, name) is not None]
+    if args.dataset is not None:
+        given.append("--dataset")
+    if given:
+        raise CLIError(
+            f"{', '.join(given)} choose the tokens and snapshots --stream (or a --recipe without --store) harvests; "
+            f"add --stream, or drop {'it' if len(given) == 1 else 'them'} (a store already holds its tokens)"
+        )
+
+
+def resident_memory(
+    suite, hook: str, model_dtype: str, n_models: int, seq_len: int | None = None
+) -> tuple[int, str] | None:
+    """Bytes ``n_models`` resident snapshot models of ``suite`` need (kept up to ``hook``'s block),
+    and with ``seq_len`` the two chunk buffers they fill (served and prefetched, in the models'
+    dtype), and how that was counted; None when the model's sizes are unknown here."""
+    from crosslens.activations.forward import stop_layer_for
+
+    try:
+        spec = model_spec_for(str(suite.root) if suite.root is not None else suite.model_id)
+    except PlanError:
+        return None
+    stop = stop_layer_for([hook])
+    n_blocks = spec.n_layers if stop is None else min(spec.n_layers, max(1, stop))
+    params = spec.params_through_layer(n_blocks - 1) if n_blocks < spec.n_layers else spec.n_params
+    how = f"{n_models} x {params:,} parameters (blocks 0-{n_blocks - 1} of {spec.n_layers}, {model_dtype})"
+    need = n_models * params * DTYPE_BYTES[model_dtype]
+    if seq_len is not None:
+        d_in = hook_width(hook, spec.d_model, spec.d_mlp)
+        rows = chunk_tokens_for(seq_len)
+        chunks = chunk_buffer_bytes(rows, n_models, d_in, DTYPE_BYTES[model_dtype])
+        how += f" + 2 chunks of {rows:,} tokens x {n_models} snapshots x d {d_in} ({format_bytes(chunks)})"
+        need += chunks
+    return need, how
+
+
+def check_memory(
+    suite, hook: str, model_dtype: str, device: str, snapshot_parallel: int, seq_len: int | None = None
+) -> None:
+    """Print the resident models' need (and their chunk buffers') against the free memory, and refuse
+    when they do not fit."""
+    import torch
+
+    from crosslens.activations import streaming
+
+    n_models = math.ceil(len(suite) / snapshot_parallel)
+    counted = resident_memory(suite, hook, model_dtype, n_models, seq_len)
+    free = streaming.available_memory(torch.device(device))
+    # processes on one machine share its RAM; on an accelerator each has its own device
+    sharers = local_world_size() if torch.device(device).type == "cpu" else 1
+    if counted is None:
+        if is_main_process():
+            print(f"resident snapshot models: sizes of {suite.model_id} unknown here; checked as the first one loads")
+        return
+    need, how = counted
+    budget = None if free is None else int(free * MEMORY_FRACTION) // sharers
+    fits = budget is None or need <= budget
+    where = f"{format_bytes(budget)} of {device} available per process" if budget is not None else f"free memory of {device} unknown"
+    line = f"resident snapshot models: {how} = {format_bytes(need)} per process; {where}: {'they fit' if fits else 'they do NOT fit'}"
+    if not fits:
+        raise CLIError(
+            f"{line}; hold fewer snapshots per process (torchrun ... --snapshot-parallel P), run them in "
+            "--dtype bfloat16, pick fewer --n-snapshots, or harvest a store (crosslens harvest)"
+        )
+    if is_main_process():
+        print(line)
+
+
+def check_stream_eval_store(path: str, hook: str, suite) -> None:
+    """Refuse, before any model loads, an --eval-store that cannot serve the streamed crosscoder: missing,
+    without its hook, or of other steps. Its snapshots' weights are compared after training, against the
+    identities the loaded models record."""
+    from crosslens.activations import ActivationStore
+
+    if not Path(path).exists():
+        raise CLIError(f"--eval-store {path}: the path does not exist; pass a store written by `crosslens harvest`")
+    store = ActivationStore.open(path, verify="none")
+    steps = [ref.step for ref in suite.snapshots]
+    if hook not in store.hooks:
+        raise CLIError(f"--eval-store {path} holds {', '.join(store.hooks)}, not {hook}; pass a store harvested with --hook {hook}")
+    if [entry.get("step") for entry in store.snapshots] != steps:
+        raise CLIError(
+            f"--eval-store {path} holds other snapshots than the streamed ones; pass a store harvested with "
+            f"--steps {','.join(map(str, steps))} --hook {hook}"
+        )
+
+
+def slow_forward_hint(model_dtype: str, device: str) -> str | None:
+    """The line saying that float32 snapshot models on a GPU (asked for with --dtype) forego its
+    tensor cores, or None."""
+    if model_dtype != "float32" or not device.startswith("cuda"):
+        return None
+    return (
+        "the snapshot models run in float32 (--dtype float32), off the tensor cores: without the flag they run "
+        "in bfloat16, their forward several times faster (crosslens plan --stream shows both)"
+    )
+
+
+def stream_record(suite, hook: str, source: tuple[str, object], budget, model_dtype: str, encoding: str = "utf-8") -> dict:
+    """What run.json says the run streamed, in place of a store path: the token source with its
+    local paths absolute (so that a resume from another folder, or the harvest ``analyze`` names,
+    reads the same files) and, for text read in another encoding than UTF-8, that encoding."""
+    from crosslens.training.streaming import suite_record
+
+    kind, value = source
+    tokens: dict = {"kind": kind, "source": value}
+    if kind == "text":
+        tokens["source"] = [str(Path(v).resolve()) for v in value]  # type: ignore[attr-defined]
+        if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+            tokens["encoding"] = encoding
+    elif kind == "dataset":
+        name, colon, column = str(value).partition(":")
+        if Path(name).exists():  # a local text file or folder
+            tokens["source"] = str(Path(name).resolve()) + colon + column
+    return {
+        "suite": suite_record(suite), "hook": hook, "tokens": tokens, "n_tokens": budget.n_tokens, "seq_len": budget.seq_len,
+        "heldout_tokens": budget.heldout, "model_dtype": model_dtype,
+    }  # fmt: skip
+
+
+def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> int:
+    """``train --stream``: check everything, say whether the models fit, train, report held-out quality.
+    ``config`` is the runner config ``train`` made of the flags (with no store)."""
+    import torch
+    import torch.distributed as dist
+
+    from crosslens.activations.streaming import ModelsDoNotFitError
+    from crosslens.cli.inputs import check_token_table_fits
+    from crosslens.training.runfolder import kept_quality_table, owned_run_folder
+    from crosslens.training.streaming import StreamingTrainingRunner
+
+    device = config.device
+    if not config.hook_name:
+        raise CLIError("train --stream needs --hook NAME (e.g. --hook blocks.0.hook_resid_post), or a --recipe")
+    suite = selected_suite(args, recipe)
+    check_hooks(suite, [config.hook_name])
+    if args.eval_store is not None:
+        check_stream_eval_store(args.eval_store, config.hook_name, suite)
+    source = token_source(args, recipe)
+    budget = token_budget(args, recipe)
+    check_context(suite, budget.seq_len)
+    check_token_table_fits(budget.table_tokens + budget.heldout_table_tokens)
+    check_memory(suite, config.hook_name, model_dtype, local_rank_device(device), config.snapshot_parallel, budget.seq_len)
+    hint = slow_forward_hint(model_dtype, device)
+    if hint is not None and is_main_process():
+        print(hint)
+    train_NL, heldout_NL = token_tables(args, recipe, source, suite.tokenizer())
+    record = stream_record(suite, config.hook_name, source, budget, model_dtype, args.encoding)
+    runner = StreamingTrainingRunner(config, suite, train_NL, heldout_NL, record, model_dtype=getattr(torch, model_dtype))
+    reset_peak_memory(device)
+    # held across training and the quality table, so no other run writes between them
+    with owned_run_folder(runner.out_dir, enabled=is_main_process()):
+        with torchrun_job():
+            try:
+                runner.run(resume=args.resume, overwrite=args.overwrite)
+                kept = kept_quality_table(runner, args.eval_store)
+                if runner.mesh is not None:  # rank 0's answer: whether every rank takes part in the harvest
+                    box = [kept]
+                    dist.broadcast_object_list(box, src=0)
+                    kept = box[0]
+                heldout = None if kept is not None else runner.heldout_activations()
+            except ModelsDoNotFitError as error:  # the estimate above fitted, the loaded models did not
+                raise CLIError(str(error)) from None
+            finally:
+                runner.close()
+        if runner.is_main and kept is not None:
+            print(f"its quality table: {kept}")
+        elif runner.is_main:  # the other workers have left: the table takes as long as it takes
+            print(f"crosscoder saved to {runner.final_path}")
+            report_quality(runner, heldout, args, model_dtype)
+    print_peak_memory(runner.device)
+    return 0
+
+
+def report_quality(runner, heldout, args: argparse.Namespace, model_dtype: str) -> None:
+    """Print and save (OUT/quality.json) the quality table on --eval-store, else on the held-out rows,
+    with the spliced-model loss on the first --spliced-seqs of those rows (the snapshot models loaded
+    whole, one at a time, once the resident ones are gone)."""
+    from crosslens.cli.quality import format_quality, log_run_spliced, print_quality, quality_rows
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+    from crosslens.training.runfolder import seal_run
+
+    save_to = Path(runner.out_dir) / QUALITY_NAME
+    if args.eval_store is not None:
+        spliced = print_quality(
+            runner.final_path, "", args.eval_store, runner.device, save_to=save_to, spliced_seqs=args.spliced_seqs,
+            spliced_ablation=args.spliced_ablation, model_dtype=model_dtype, trained_on=runner.train_NL,
+        )  # fmt: skip
+        seal_run(runner.out_dir)
+        log_run_spliced(runner, spliced)
+        return
+    if heldout is None:
+        seq_len = int(runner.train_NL.shape[1])
+        print(f"no held-out tokens: no quality table; pass --heldout-tokens {seq_len} or more (a row of --seq-len), "
+              "or --eval-store STORE, for one")  # fmt: skip
+        return
+    where = f"{heldout.n_tokens} held-out tokens harvested from the resident models"
+    crosscoder = load_crosscoder_folder(runner.final_path, device=str(runner.device))
+    rows, result = quality_rows(crosscoder, heldout)
+    print(format_quality(rows, result, "held-out tokens (harvested from the resident models)"))
+    record = {"measured_on": where, "rows": rows, "dead_features": result["dead_features"]}
+    spliced = _heldout_spliced(runner, crosscoder, args, model_dtype)
+    if spliced is not None:
+        record["spliced_loss"] = spliced
+    save_to.write_text(json.dumps(record, indent=1))
+    seal_run(runner.out_dir)  # the table joins the run's seal, as `crosslens train`'s does
+    log_run_spliced(runner, spliced)
+
+
+def _heldout_spliced(runner, crosscoder, args: argparse.Namespace, model_dtype: str) -> dict | None:
+    """The spliced-loss record on the first ``--spliced-seqs`` held-out rows; None for 0."""
+    from crosslens.causal.spliced_loss import format_spliced_loss, tokens_spliced_record
+    from crosslens.checkpoints.on_device import on_device
+    from crosslens.cli.quality import spliced_heading
+
+    n_seqs = min(args.spliced_seqs, len(runner.heldout_NL))
+    if n_seqs <= 0:
+        return None
+    suite = on_device(runner.suite, str(runner.device), model_dtype)
+    snapshots = [ref.to_dict() for ref in suite.snapshots]
+    spliced = tokens_spliced_record(
+        suite, crosscoder, runner.heldout_NL[:n_seqs], snapshots, "held-out rows of the streamed tokens",
+        args.spliced_ablation,
+    )  # fmt: skip
+    print(spliced_heading(spliced))
+    print(format_spliced_loss(spliced["crosscoder"]))
+    return spliced
 
 
 COMMAND = Subcommand(
     ("train",),
     "train a crosscoder on an activation store, or streamed from resident snapshot models",
     (TrainFlags, CrosscoderRunnerConfig, SuiteFlags, TokenBudgetFlags, TokenFlags, DeviceFlags),
-    "crosslens.commands.train:train",
+    train,
 )

@@ -1,6 +1,6 @@
 """Bounds written on a config dataclass's fields (``field(metadata={"min": ..., "max": ...})``),
 checked where the config is built; the command line's flags refuse numbers below ``min`` as they
-parse (:mod:`crosslens.commands.flags`), and a config's message names the field, which the command
+parse (:mod:`crosslens.cli.flags`), and a config's message names the field, which the command
 line rewrites as its flag.
 
 - ``min``: the least value (``strictly``: values equal to it are refused too);

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.dashboards.sources import Batch
 
 _MASK = (1 << 31) - 1

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.hashing import file_sha256
 from crosslens.core.paths import SECTIONS_DIR
 from crosslens.dashboards.config import DashboardsError

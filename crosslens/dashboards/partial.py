@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.hashing import file_sha256
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
 from crosslens.dashboards.accumulate import PassState

@@ -18,18 +18,20 @@ writes the same bytes for the same run. Bad input is refused before anything is 
 :class:`ExportError` whose one line names the fix.
 """
 
-from crosslens.exports.config import FORMATS, ExportConfig, ExportError
-from crosslens.exports.run import MANIFEST_NAME, export_run, run_export
-from crosslens.exports.saebench import BenchSAEConfig, SnapshotBenchSAE, load_bench_sae
+from crosslens.core.lazy import lazy_attributes
 
-__all__ = [
-    "FORMATS",
-    "MANIFEST_NAME",
-    "BenchSAEConfig",
-    "ExportConfig",
-    "ExportError",
-    "SnapshotBenchSAE",
-    "export_run",
-    "load_bench_sae",
-    "run_export",
-]
+_LAZY = {
+    "FORMATS": "crosslens.exports.config",
+    "ExportConfig": "crosslens.exports.config",
+    "ExportError": "crosslens.exports.config",
+    "MANIFEST_NAME": "crosslens.exports.run",
+    "export_run": "crosslens.exports.run",
+    "run_export": "crosslens.exports.run",
+    "BenchSAEConfig": "crosslens.exports.saebench",
+    "SnapshotBenchSAE": "crosslens.exports.saebench",
+    "load_bench_sae": "crosslens.exports.saebench",
+}
+
+__all__ = list(_LAZY)
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from safetensors.numpy import save_file
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.metadata import metadata_value
 from crosslens.core.paths import RUN_CONFIG_NAME
 from crosslens.exports.config import ExportError

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.metadata import metadata_value
 from crosslens.exports.config import ExportError
 from crosslens.exports.run import ExportContext, SnapshotRef

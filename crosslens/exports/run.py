@@ -23,7 +23,9 @@ from typing import Any
 from crosslens.core.hashing import file_sha256
 from crosslens.core.metadata import metadata_value
 from crosslens.core.paths import FINAL_DIRNAME, RUN_SEAL_NAME
-from crosslens.dashboards.schema import DATABASE_NAME, schema_problem
+from crosslens.dashboards.config import DashboardsError
+from crosslens.dashboards.record import open_database
+from crosslens.dashboards.schema import DATABASE_NAME
 from crosslens.exports.config import ExportConfig, ExportError
 
 MANIFEST_NAME = "crosslens_export.json"
@@ -70,23 +72,12 @@ Writer = Callable[[ExportContext, Path], dict[str, Any]]
 
 
 def open_feature_database(run_dir: str | os.PathLike) -> sqlite3.Connection:
-    """The run's feature database, opened read-only and checked against its schema.
-
-    The one place exports open it: once ``crosslens.dashboards`` has its own reader, this is the
-    function to point at it."""
-    run_dir = Path(run_dir)
-    path = run_dir / DATABASE_NAME
-    if not path.is_file():
-        raise ExportError(f"{run_dir} has no feature database ({DATABASE_NAME}); run `crosslens dashboards {run_dir}` first")
+    """The run's feature database, read-only, once its sealed record, bytes and layout check out
+    (:func:`crosslens.dashboards.open_database`); an :class:`ExportError` naming the fix else."""
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as error:
-        raise ExportError(f"{path} cannot be opened ({error}); rebuild it with `crosslens dashboards {run_dir}`") from None
-    problem = schema_problem(connection)
-    if problem is not None:
-        connection.close()
-        raise ExportError(f"{path} is {problem}; rebuild it with `crosslens dashboards {run_dir}`")
-    return connection
+        return open_database(Path(run_dir))
+    except DashboardsError as error:
+        raise ExportError(str(error)) from None
 
 
 def check_run_folder(run_dir: Path) -> None:

@@ -46,6 +46,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.metadata import metadata_value
 from crosslens.exports.run import ExportContext, SnapshotRef
 

@@ -23,41 +23,19 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 from crosslens.core.locks import exclusive_lock
-from crosslens.core.paths import crosslens_home
 from crosslens.core.sealed import write_json_atomically
 from crosslens.pico.corpus import GrammarCorpus, TextCorpus, read_user_corpus
 from crosslens.pico.evals import PicoEvaluator, check_targets, format_eval_table, format_targets
+from crosslens.tasks.blimp import load_task_file
 from crosslens.tasks.grammar import PicoGrammar
 from crosslens.pico.tokenizer import END_OF_TEXT, train_tokenizer, word_level_tokenizer
-from crosslens.pico.config import FORMAT_VERSION, PicoConfig
+from crosslens.pico.config import FORMAT_VERSION, MODEL_ID, SUITE_FILE, PicoConfig, default_root, is_built
 from crosslens.pico.train import make_model, make_optimizer, train
 
 if TYPE_CHECKING:
     from crosslens.checkpoints import CheckpointSuite
 
-SUITE_FILE = "suite.json"
 STATE_DIR = "_build"
-MODEL_ID = "crosslens/pico"
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-
-
-def default_root(config: PicoConfig) -> Path:
-    """Where a config's suite lives by default: ``$CROSSLENS_HOME/suites/pico-<config hash>``."""
-    return crosslens_home() / "suites" / f"pico-{config.config_hash()}"
-
-
-def is_built(root: str | Path, config: PicoConfig | None = None) -> bool:
-    """Whether ``root`` holds a complete pico suite (built from ``config``, when given)."""
-    root = Path(root)
-    try:
-        manifest = json.loads((root / SUITE_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    if config is not None and manifest.get("build", {}).get("config_hash") != config.config_hash():
-        return False
-    return all(
-        (root / snapshot["revision"] / name).is_file() for snapshot in manifest["snapshots"] for name in CHECKPOINT_FILES
-    )
 
 
 def _check_root(root: Path, config: PicoConfig, force: bool) -> None:
@@ -201,8 +179,6 @@ def _eval_tasks(path: str | None) -> dict[str, Any]:
     """The user's minimal pairs scored at every checkpoint (one task per language for MultiBLiMP-style files)."""
     if path is None:
         return {}
-    from crosslens.tasks.blimp import load_task_file
-
     return load_task_file(path)
 
 
@@ -285,7 +261,7 @@ def pico_suite(
     (whatever config built it); a missing one is built from the default config.
     """
     if config is None and root is not None and is_built(root):
-        from crosslens.checkpoints import CheckpointSuite
+        from crosslens.checkpoints import CheckpointSuite  # lazy: the checkpoints stage imports heavier modules
 
         return CheckpointSuite.local(root)
     config = config if config is not None else PicoConfig()

@@ -1,7 +1,8 @@
-"""What determines a pico suite: :class:`PicoConfig` and its checkpoint schedule.
+"""What determines a pico suite: :class:`PicoConfig`, its checkpoint schedule, and where a
+config's suite lives and whether it is built there.
 
-Nothing here imports torch, so ``crosslens suite build --help`` shows these defaults without
-loading the trainer.
+Nothing here imports torch, so ``crosslens suite build --help`` shows these defaults, and a plan
+sizes the suite, without loading the trainer.
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crosslens.core.bounds import check_bounds
+from crosslens.core.paths import crosslens_home
 
 
 FORMAT_VERSION = 1
 """Bump when the grammar, tokenizer or training code changes what a config builds (old caches go stale)."""
+
+SUITE_FILE = "suite.json"
+MODEL_ID = "crosslens/pico"
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
 def pythia_like_schedule(n_steps: int, log_until: int, every: int) -> tuple[int, ...]:
@@ -159,3 +165,22 @@ class PicoConfig:
         if self.eval_pairs is not None and Path(self.eval_pairs).is_file():
             digest.update(hashlib.sha256(Path(self.eval_pairs).read_bytes()).digest())
         return digest.hexdigest()[:12]
+
+
+def default_root(config: PicoConfig) -> Path:
+    """Where a config's suite lives by default: ``$CROSSLENS_HOME/suites/pico-<config hash>``."""
+    return crosslens_home() / "suites" / f"pico-{config.config_hash()}"
+
+
+def is_built(root: str | Path, config: PicoConfig | None = None) -> bool:
+    """Whether ``root`` holds a complete pico suite (built from ``config``, when given)."""
+    root = Path(root)
+    try:
+        manifest = json.loads((root / SUITE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if config is not None and manifest.get("build", {}).get("config_hash") != config.config_hash():
+        return False
+    return all(
+        (root / snapshot["revision"] / name).is_file() for snapshot in manifest["snapshots"] for name in CHECKPOINT_FILES
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from jaxtyping import Float
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+
 
 @torch.no_grad()
 def crosscoder_metrics(

@@ -15,19 +15,30 @@ refuse a folder whose seal is missing or broken, or whose files are not the ones
 Start. A new run may start only where no other run's results are (:func:`check_run_start`):
 ``overwrite`` removes them first, ``resume`` continues the newest verified checkpoint or
 finds the run finished.
+
+Read. The commands read a finished run through the functions at the end: its crosscoder
+(:func:`crosscoder_folder`), the store it trained on, checked against the seal ``run.json``
+records (:func:`run_store`), the harvest that rewrites a streamed run's tokens, and the report
+sections other commands save into it. Each checks the folder's seal first.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from crosslens.activations.store import MANIFEST_NAME
-from crosslens.core.errors import CrosslensError
+import crosslens.core.paths as core_paths
+from crosslens.activations.partners import harvest_words, store_seal
+from crosslens.activations.store import MANIFEST_NAME, ActivationStore
+from crosslens.core.errors import CrosslensError, PartnerMismatchError
 from crosslens.core.hashing import file_sha256
 from crosslens.core.locks import exclusive_lock, lock_holder
 from crosslens.core.paths import (
@@ -43,7 +54,8 @@ from crosslens.core.paths import (
     folder_bytes,
 )
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
-from crosslens.training.config import checkpoints_on_disk
+from crosslens.core.units import format_bytes
+from crosslens.training.config import RUN_STORE_SEAL, checkpoints_on_disk
 from crosslens.training.records import RECORD_NAME, record_problem
 
 RUN_SEAL_FORMAT = "crosslens.run/1"
@@ -214,9 +226,6 @@ def checkpoint_space_problem(run_dir: str | Path, bytes_each: int, final_bytes: 
     """Why ``run_dir``'s disk cannot hold the rest of a run, or None: ``to_write`` more checkpoints of
     ``bytes_each``, the newest ``keep`` kept (0: every one) and one more while it is written, then
     the final crosscoder. The checkpoints already there count towards those kept."""
-    from crosslens.core.paths import free_disk  # looked up at the call: tests give it a disk of their own
-    from crosslens.core.units import format_bytes
-
     there = checkpoint_folders(run_dir)
     there_bytes = sum(folder_bytes(p) for p in there)
     kept, at_once = checkpoints_on_disk(len(there) + to_write, keep)
@@ -224,7 +233,7 @@ def checkpoint_space_problem(run_dir: str | Path, bytes_each: int, final_bytes: 
         needed = max(at_once * bytes_each, kept * bytes_each + final_bytes) - there_bytes
     else:
         needed = to_write * bytes_each + final_bytes
-    free = free_disk(Path(run_dir))
+    free = core_paths.free_disk(Path(run_dir))  # looked up at the call: tests give it a disk of their own
     if free is None or free >= needed:
         return None
     return (
@@ -322,3 +331,126 @@ def clear_run_results(run_dir: str | Path, *, everything: bool) -> None:
                 shutil.rmtree(path)
             else:
                 path.unlink()
+
+
+# --------------------------------------------------------------------------- reading a finished run
+def crosscoder_folder(path: str | Path) -> Path:
+    """The saved crosscoder inside a ``crosslens train`` run folder (``RUN_DIR/final``), or ``path``
+    itself when it holds one (``cfg.json``); a run's crosscoder only once the run is sealed."""
+    path = Path(path)
+    if (path / FINAL_DIRNAME / "cfg.json").is_file() or is_run_folder(path):
+        check_run(path)
+        return path / FINAL_DIRNAME
+    if (path / "cfg.json").is_file():
+        run = enclosing_run(path)
+        if run is not None:
+            check_run(run)
+        return path
+    raise FileNotFoundError(
+        f"{path} holds no trained crosscoder (no cfg.json, nor final/cfg.json); pass the --out folder of "
+        "`crosslens train` or its final/ folder"
+    )
+
+
+def run_folder(crosscoder_path: str | Path) -> Path | None:
+    """The ``crosslens train`` run folder a crosscoder folder belongs to (None if it is not in one),
+    once its seal verifies."""
+    path = Path(crosscoder_path)
+    for candidate in (path, path.parent):
+        if is_run_folder(candidate):
+            check_run(candidate)
+            return candidate
+    return None
+
+
+def is_final_crosscoder(folder: str | Path, run_dir: Path) -> bool:
+    """Whether ``folder`` is the final crosscoder of the run in ``run_dir`` (not one of its
+    checkpoints): the one the run's report and its saved sections describe."""
+    return Path(folder).resolve() == (run_dir / FINAL_DIRNAME).resolve()
+
+
+def run_store(run_dir: Path | None) -> str | None:
+    """The activation store a run trained on, from its run.json (None when it names none, or the
+    store is gone). The store found there must carry the seal run.json recorded: a path alone
+    (another store written there since, a relative path read from another folder) decides nothing."""
+    if run_dir is None:
+        return None
+    check_run(run_dir)
+    try:
+        values = json.loads((run_dir / RUN_CONFIG_NAME).read_text())
+        store, sealed = values.get("store_path"), values.get(RUN_STORE_SEAL)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not store or not Path(store).exists():
+        return None
+    fix = "pass --store with the store it was trained on"
+    if not sealed:
+        raise PartnerMismatchError(
+            f"{run_dir / RUN_CONFIG_NAME} names the store {store} but records no seal for it, so it cannot be told from "
+            f"another store at that path; {fix}"
+        )
+    found = store_seal(ActivationStore.open(store, verify="none"))
+    if found != sealed:
+        raise PartnerMismatchError(
+            f"the store at {store} is not the one the run {run_dir} trained on (content {found['content_sha256'][:12]}... "
+            f"vs {str(sealed.get('content_sha256'))[:12]}... recorded in {RUN_CONFIG_NAME}); {fix}"
+        )
+    return store
+
+
+def recorded_store(run_dir: Path | None) -> str | None:
+    """The store path a run's run.json names, whether or not anything is there now."""
+    try:
+        return json.loads((run_dir / RUN_CONFIG_NAME).read_text()).get("store_path") or None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def streamed_store_command(run_dir: Path | None) -> str | None:
+    """For a run trained with ``train --stream`` (its run.json's ``stream`` entry), the ``crosslens
+    harvest`` command that writes a store of the tokens it trained on, from the same snapshots at
+    the same hook, beside the run folder; None for a run trained on a store. The snapshot models
+    run in float32 there whatever ``--dtype`` the run gave them: the run recorded their float32
+    weights (the resident models are loaded so, then cast), which the store must match."""
+    try:
+        stream = json.loads((run_dir / RUN_CONFIG_NAME).read_text())["stream"]  # type: ignore[operator]
+        suite, tokens = stream["suite"], stream["tokens"]
+        words = harvest_words(suite, suite.get("revisions") or [], suite["steps"], str(stream["hook"]))
+        words += ["--n-tokens", str(int(stream["n_tokens"])), "--seq-len", str(int(stream["seq_len"]))]
+        words += ["--heldout-tokens", str(int(stream["heldout_tokens"]))]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if tokens.get("kind") == "text":
+        words += ["--text", *map(str, tokens["source"])]
+        if tokens.get("encoding") is not None:
+            words += ["--encoding", str(tokens["encoding"])]
+    elif tokens.get("kind") == "dataset":
+        words += ["--dataset", str(tokens["source"])]
+    words += ["--out", str(Path(run_dir).resolve().with_name(Path(run_dir).resolve().name + "-store"))]  # type: ignore[arg-type]
+    return shlex.join(words)
+
+
+def kept_quality_table(runner: Any, eval_store: str | None) -> Path | None:
+    """The quality table of a finished run that --resume found, which the run keeps unless
+    --eval-store names where to measure it again; None when one is to be measured."""
+    quality = Path(runner.out_dir) / QUALITY_NAME
+    return quality if runner.finished_before and eval_store is None and quality.is_file() else None
+
+
+def crosscoder_suite_record(crosscoder_path: str | Path) -> dict[str, Any]:
+    """The suite provenance saved with a crosscoder (family, model_id, root, snapshots), or {}."""
+    try:
+        cfg = json.loads((Path(crosscoder_path) / "cfg.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    suite = (cfg.get("metadata") or {}).get("suite")
+    return suite if isinstance(suite, dict) else {}
+
+
+def save_section(report: Any, run_dir: Path, name: str) -> Path:
+    """Save a report section (anything with ``to_dict``) into ``run_dir/sections/NAME.json`` for
+    ``crosslens report`` to merge."""
+    path = run_dir / SECTIONS_DIR / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_dict()))
+    return path

@@ -256,10 +256,9 @@ class CrosscoderTrainingRunner:
 
     @property
     def kernel_plan(self) -> KernelPlan:
-        """Which kernels the run's step and optimizer take: resolved once from the device the run
-        trains on and its settings (``--sparse-step``), printed, and recorded in run.json."""
-        sparse = {"auto": None, "on": True, "off": False}[self.config.sae.sparse_step]
-        return KernelPlan.resolve(self.device, jumprelu_sparse=sparse)
+        """Which kernels the run's step and optimizer take (:func:`run_kernel_plan`), printed and
+        recorded in run.json."""
+        return run_kernel_plan(self.config, self.device)
 
     def _trainer(self, checkpoint: Path | None) -> CrosscoderTrainer:
         plan = self.kernel_plan
@@ -410,6 +409,13 @@ class _SealedTrainer(CrosscoderTrainer):
                 prune_checkpoints(saved.parent, self.keep_checkpoints)
         self._barrier()
         return saved
+
+
+def run_kernel_plan(config: CrosscoderRunnerConfig, device: Any) -> KernelPlan:
+    """The :class:`KernelPlan` of a run: the default of the device it trains on, with the run's
+    settings' choices (``--sparse-step``)."""
+    sparse = {"auto": None, "on": True, "off": False}[config.sae.sparse_step]
+    return KernelPlan.resolve(device, jumprelu_sparse=sparse)
 
 
 def new_training_crosscoder(config: CrosscoderRunnerConfig, *, d_in: int, n_snapshots: int, device: Any):

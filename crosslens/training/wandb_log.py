@@ -1,6 +1,9 @@
 """W&B logging of a crosscoder trainer's run: the run, each logged step's metrics under SAELens's
 keys, the decoder-norm histograms and the final crosscoder as a model artifact. ``wandb`` is
-imported where a run logs to it (it is heavy, and a run without W&B never needs it)."""
+imported where a run logs to it (it is heavy, and a run without W&B never needs it).
+
+Each function takes the :class:`~crosslens.training.trainer.CrosscoderTrainer` that logs (typed
+``Any`` here: the trainer imports this module, and this module reads only its attributes)."""
 
 from __future__ import annotations
 
@@ -8,18 +11,16 @@ import os
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from sae_lens.saes.sae import TrainStepOutput
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.training.metrics import crosscoder_metrics
 
-if TYPE_CHECKING:
-    from crosslens.training.trainer import CrosscoderTrainer
 
-
-def log_model_artifact(trainer: CrosscoderTrainer, wandb_run: Any, folder: Path) -> None:
+def log_model_artifact(trainer: Any, wandb_run: Any, folder: Path) -> None:
     """The saved crosscoder folder as a W&B ``model`` artifact, named as SAELens names its
     SAE artifacts (``sae.get_name()`` with "/" replaced)."""
     import wandb
@@ -32,7 +33,7 @@ def log_model_artifact(trainer: CrosscoderTrainer, wandb_run: Any, folder: Path)
 
 
 @torch.no_grad()
-def step_log(trainer: CrosscoderTrainer, output: TrainStepOutput, *, tokens_per_s: float | None = None) -> dict[str, Any]:
+def step_log(trainer: Any, output: TrainStepOutput, *, tokens_per_s: float | None = None) -> dict[str, Any]:
     """Scalar metrics of ``trainer``'s latest step, under SAELens's W&B keys; resets the
     dense-feature window."""
     log: dict[str, Any] = {"losses/overall_loss": output.loss.item()}
@@ -55,13 +56,13 @@ def step_log(trainer: CrosscoderTrainer, output: TrainStepOutput, *, tokens_per_
     return log
 
 @torch.no_grad()
-def histograms(trainer: CrosscoderTrainer) -> dict[str, Any]:
+def histograms(trainer: Any) -> dict[str, Any]:
     """The decoder norms of every snapshot as W&B histograms."""
     import wandb
 
     return {name: wandb.Histogram(values) for name, values in trainer.sae.log_histograms().items()}
 
-def start_wandb(trainer: CrosscoderTrainer) -> tuple[Any, bool]:
+def start_wandb(trainer: Any) -> tuple[Any, bool]:
     """The W&B run to log into, and whether this call started it (the caller's open run is
     taken as it is)."""
     import wandb

@@ -66,7 +66,7 @@ CL.loadRun = async function () {
   if (!run.report) report.remove();
   if (!run.complete) {
     document.querySelector("header.bar").after(CL.el("div", { class: "notice",
-      text: "crosslens dashboards did not finish writing this database (no sealed record): some features may be missing." }));
+      text: "This database was named with --database and read as it is: its sealed record was not checked." }));
   }
   return run;
 };

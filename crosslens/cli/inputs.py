@@ -1,7 +1,7 @@
 """Checks and preparation of a command's inputs before any model loads or anything is written:
 the model's depth and context, the documents of text files (decoded strictly, mostly known
 tokens), whether a harvest's token table and store fit in memory and on disk, and the held-out
-split of a token table."""
+split of a token table. Imported by the commands' functions: it imports torch."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ from jaxtyping import Int
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.devices import available_memory
 from crosslens.core.errors import CrosslensError
+from crosslens.core.launch import local_world_size
 from crosslens.core.paths import folder_bytes, free_disk
-from crosslens.plan import LAYER_KEYS, config_context, config_int
+from crosslens.core.units import format_bytes
+from crosslens.pico.corpus import split_documents, text_files
+from crosslens.training.model_sizes import LAYER_KEYS, config_context, config_int
 
 if TYPE_CHECKING:
     from crosslens.checkpoints.suite import CheckpointSuite
@@ -108,8 +111,6 @@ def text_documents(paths: Sequence[str | Path], *, encoding: str = "utf-8", toke
     Each file is decoded strictly (:func:`read_text`); given the ``tokenizer``, a file whose
     text is mostly unknown tokens is refused (:func:`check_known_tokens`).
     """
-    from crosslens.pico.corpus import split_documents, text_files
-
     any_text = False
     for path in text_files(list(paths)):
         text = read_text(path, encoding)
@@ -164,9 +165,6 @@ def check_token_table_fits(n_tokens: int) -> None:
     """Refuse a token table of ``n_tokens`` (rows x seq_len, held-out rows included) that cannot be
     built in the memory available, before its text is read: one for every torchrun worker on this
     machine, each of which builds its own."""
-    from crosslens.core.launch import local_world_size
-    from crosslens.core.units import format_bytes
-
     workers = local_world_size()
     table = n_tokens * TOKEN_TABLE_BYTES_PER_TOKEN * workers
     memory = available_memory("cpu")
@@ -186,8 +184,6 @@ def check_harvest_fits(
     token table cannot fit in memory, or whose stores (``outs``) cannot fit on their disk, before
     anything is allocated or written. Returns the stores' bytes (None when ``widths``, the values
     per token of each hook, are unknown)."""
-    from crosslens.core.units import format_bytes
-
     check_token_table_fits(n_tokens)
     if widths is None:
         return None

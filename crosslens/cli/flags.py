@@ -1,4 +1,5 @@
-"""Command-line flags generated from config dataclasses: a setting is one field.
+"""Command-line flags generated from config dataclasses: a setting is one field; and what a
+subcommand is (:class:`Subcommand`): its words, its help, and the dataclasses its flags come from.
 
 Each field of a dataclass becomes one flag, ``--field-name`` unless its metadata names
 another (``field(..., metadata={"flag": "--batch-size"})``); the docstring under the field is
@@ -36,9 +37,27 @@ import textwrap
 import types
 import typing
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 MISSING = dataclasses.MISSING
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``crosslens`` subcommand."""
+
+    words: tuple[str, ...]
+    """The command's words: ("train",) or ("suite", "build")."""
+    help: str
+    """One line for ``crosslens --help``."""
+    flags: tuple[type, ...]
+    """Dataclasses whose fields are the flags, in order; a field name an earlier one declares is
+    taken from the earlier one (a command overriding a shared flag's meaning)."""
+    run: Callable[[argparse.Namespace], int]
+    """The function of the command's module that runs it with the parsed namespace."""
+    description: str | None = None
+    """Longer text for the command's own ``--help``."""
 
 
 def _number_at_least(minimum: float, kind: type = int, *, strictly: bool = False) -> Callable[[str], Any]:

@@ -1,4 +1,6 @@
-"""The causal stage as the demo and ``crosslens attribute`` run it."""
+"""The causal stage as report sections, the way the demo and ``crosslens attribute`` run it:
+for one task (:func:`attribution_sections`) or one task per language
+(:func:`language_attribution_sections`), with what each snapshot showed printed as it goes."""
 
 from __future__ import annotations
 
@@ -8,7 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crosslens.causal.behaviour import SnapshotBehaviour, behaving_columns, chance_note
+from crosslens.causal.languages import language_of, run_language_tasks
 from crosslens.causal.stage import load_crosscoder, metric_formula, run_causal_stage
+from crosslens.checkpoints.on_device import on_device
 from crosslens.core.paths import crosslens_home
 from crosslens.tasks import TaskTokenizationError, task_for_tokenizer
 
@@ -56,8 +61,6 @@ def attribution_sections(
     (:class:`crosslens.causal.behaviour.NoBehaviourError`), and is what ``crosslens attribute``
     passes unless told otherwise.
     """
-    from crosslens.checkpoints.on_device import on_device
-
     crosscoder = load_crosscoder(crosscoder, device=str(device))
     suite = on_device(suite, device, dtype)
     dataset = _task_dataset(task, suite.tokenizer(), n_examples, seed)
@@ -84,8 +87,6 @@ def _print_snapshots(summary: Any, *, model_lines: bool = True) -> None:
     """The per-snapshot lines and the final keep-only restoration; a snapshot at chance is
     printed with its accuracy instead of a feature count, and no restoration of it is shown.
     Where no snapshot has a snapshot-specific feature, a line says what that zero means."""
-    from crosslens.causal.behaviour import SnapshotBehaviour, behaving_columns, chance_note
-
     behaviours = [SnapshotBehaviour(**{k: v for k, v in b.items() if k != "at_chance"}) for b in summary.behaviour]
     behaving = behaving_columns(behaviours, len(summary.snapshots))
     specific = summary.specific_per_snapshot
@@ -137,9 +138,6 @@ def language_attribution_sections(
     (:func:`crosslens.causal.languages.run_language_tasks`). The models and a crosscoder folder
     load on ``device`` (the models in ``dtype``), as for :func:`attribution_sections`. Returns the
     comparison section followed by each language's own report."""
-    from crosslens.causal.languages import language_of, run_language_tasks
-    from crosslens.checkpoints.on_device import on_device
-
     crosscoder = load_crosscoder(crosscoder, device=str(device))
     suite = on_device(suite, device, dtype)
     tokenizer = suite.tokenizer()

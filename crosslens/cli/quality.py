@@ -1,30 +1,46 @@
-"""``crosslens evaluate`` and the quality table ``train`` prints: held-out explained variance per
-snapshot, L0 and dead features of a saved crosscoder."""
+"""The quality table a command reports for a saved crosscoder (``train`` after training,
+``evaluate`` on demand): held-out explained variance per snapshot, L0 and dead features, and the
+spliced-model loss, printed and saved as ``quality.json``, whose ``"spliced_loss"`` entry is::
+
+    {"ablation": "zero", "n_seqs": 16, "seq_len": 64, "measured_on": STORE, "crosscoder": [row, ...]}
+
+with one :func:`~crosslens.causal.spliced_loss.spliced_loss` row per snapshot (the demo adds
+``"baselines"``: the per-snapshot SAEs' rows, by architecture). The spliced-loss figures also go
+to the summary of the W&B run training logged to.
+
+Imported by the commands' functions: it imports torch and the stages.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from crosslens.commands.common import CLIError, crosscoder_folder_arg, device_and_dtype
+from crosslens.activations import ActivationStore
+from crosslens.activations.partners import check_crosscoder_store, open_heldout, shared_sequences, store_seal
+from crosslens.causal.spliced_loss import format_spliced_loss, spliced_record
+from crosslens.checkpoints.on_device import on_device
+from crosslens.cli.common import CLIError, resolve_suite
+from crosslens.core.errors import CrosslensError
+from crosslens.crosscoders.saved import load_crosscoder_folder
+from crosslens.training.comparison import format_quality_table, quality_table
+from crosslens.training.runner import evaluate_crosscoder
+
+WANDB_SUMMARY_KEYS = ("ce_loss_score", "kl_div_with_sae")
+"""The per-snapshot figures a W&B run's summary carries, under spliced/<name>/<snapshot>."""
 
 
 def quality_rows(crosscoder: Any, eval_store: Any, hook: str | None = None) -> tuple[list[dict], dict]:
     """:func:`quality_table` rows (explained variance per snapshot, mean L0, d_sae) and the raw
     evaluation (with ``dead_features``) of ``crosscoder`` on ``eval_store``."""
-    from crosslens.training.comparison import quality_table
-    from crosslens.training.runner import evaluate_crosscoder
-
     result = evaluate_crosscoder(crosscoder, eval_store, hook)
     return quality_table(result, {}, eval_store.snapshots, d_sae=int(crosscoder.cfg.d_sae)), result
 
 
 def format_quality(rows: list[dict], result: dict, where: str) -> str:
     """The quality table with a line saying which tokens it was measured on and the dead features."""
-    from crosslens.training.comparison import format_quality_table
-
     d_sae = next(r["crosscoder"] for r in rows if r["kind"] == "d_sae")
     return (
         f"explained variance per snapshot on {where} ({result['n_tokens']} tokens):\n"
@@ -37,10 +53,10 @@ def print_quality(
     crosscoder_path, store_path: str, eval_store: str | None, device: str, save_to: Path | None = None,
     eval_flag: str = "--eval-store", spliced_seqs: int = 0, spliced_ablation: str = "zero",
     model_dtype: str | None = None, trained_on: Any = None,
-) -> dict | None:
+) -> dict | None:  # fmt: skip
     """The quality table of a saved crosscoder: held-out explained variance per snapshot, L0, dead features,
     and with ``spliced_seqs`` > 0 the spliced-model loss per snapshot on that many token rows of the same
-    store (:mod:`crosslens.commands.spliced`), which is returned.
+    store, which is returned.
 
     The store measured on is re-hashed (the training store, which training has just hashed:
     sizes only) and checked against the crosscoder's snapshots and hook before anything is computed.
@@ -48,11 +64,6 @@ def print_quality(
     :class:`~crosslens.activations.partners.RowDigests`) where known; an ``eval_store``
     whose sequences it holds is said to be partly (or wholly) training data, in the table's heading
     and in ``save_to``."""
-    from crosslens.activations import ActivationStore
-    from crosslens.activations.partners import check_crosscoder_store, store_seal
-    from crosslens.commands.runs import open_heldout
-    from crosslens.crosscoders.saved import load_crosscoder_folder
-
     crosscoder = load_crosscoder_folder(crosscoder_path, device=device)
     heldout = None if eval_store is not None else open_heldout(store_path)
     if eval_store is not None:
@@ -83,8 +94,6 @@ def print_quality(
 def _training_overlap(store, trained_on: Any, where: str) -> tuple[str, int | None]:
     """``where`` with what is known of ``store``'s sequences among the training ones, and their
     count (None when the training tokens are not at hand); a store that shares any is said aloud."""
-    from crosslens.activations.partners import shared_sequences
-
     if trained_on is None:
         return f"{where} (not compared with the training tokens, which are not at hand)", None
     seen, total = shared_sequences(store.sequences, trained_on), len(store.sequences)
@@ -99,13 +108,8 @@ def _training_overlap(store, trained_on: Any, where: str) -> tuple[str, int | No
 def _spliced_quality(crosscoder, store, n_seqs: int, ablation: str, device: str, model_dtype: str | None) -> dict | None:
     """The spliced-loss record printed under the quality table; None (said, not silent) when the
     store's snapshot models cannot be loaded, so a finished training run still gets its table."""
-    from crosslens.causal.spliced_loss import format_spliced_loss
-    from crosslens.commands.spliced import measure_spliced, spliced_heading
-
     if n_seqs <= 0:
         return None
-    from crosslens.core.errors import CrosslensError
-
     try:
         spliced = measure_spliced(crosscoder, store, n_seqs, ablation, device, model_dtype)
     except (CLIError, CrosslensError, OSError) as reason:  # the models are not at hand (moved, offline)
@@ -117,49 +121,62 @@ def _spliced_quality(crosscoder, store, n_seqs: int, ablation: str, device: str,
     return spliced
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    from crosslens.commands.runs import crosscoder_folder
-
-    device, _ = device_and_dtype(args)
-    folder = crosscoder_folder_arg(args.crosscoder, "CROSSCODER")
-    if not Path(args.store).exists():
-        raise CLIError(f"--store {args.store}: the path does not exist; pass an activation store written by `crosslens harvest`")
-    path = crosscoder_folder(folder)
-    print_quality(path, args.store, args.store, device, eval_flag="--store", trained_on=_training_tokens(path))
-    if args.spliced_loss:
-        print_spliced_loss(crosscoder_folder(folder), args.store, args, device)
-    return 0
+def store_suite(store: Any, device: str, dtype: str | None, flag: str = "--store"):
+    """The snapshot models ``store`` was harvested from, as a CheckpointSuite on ``device``."""
+    record = store.manifest["spec"].get("suite") or {}
+    spec = record.get("root") or record.get("model_id")
+    if not spec:
+        raise CLIError(f"{flag} {store.path}: its manifest records no suite, so the snapshot models cannot be loaded")
+    steps = [int(s["step"]) for s in store.snapshots]
+    return on_device(resolve_suite(spec, steps, None), device, dtype or "float32")
 
 
-def _training_tokens(crosscoder_path: Path) -> Any:
-    """The token table the crosscoder was trained on, from its run's store, or the digests of its
-    rows a streamed run sealed with it (None when neither is at hand: the store gone or replaced)."""
-    from crosslens.activations import ActivationStore
-    from crosslens.activations.partners import RowDigests
-    from crosslens.commands.runs import run_folder, run_store
-    from crosslens.core.errors import CrosslensError
-    from crosslens.core.paths import TRAINED_ROWS_NAME
+def measure_spliced(
+    crosscoder: Any, store: Any, n_seqs: int, ablation: str, device: str, dtype: str | None = None
+) -> dict[str, Any]:
+    """The ``"spliced_loss"`` record of ``crosscoder`` on the first ``n_seqs`` token rows of ``store``."""
+    return spliced_record(store_suite(store, device, dtype), crosscoder, store, n_seqs, ablation)  # type: ignore[arg-type]
 
-    run_dir = run_folder(crosscoder_path)
-    if run_dir is not None and (run_dir / TRAINED_ROWS_NAME).is_file():  # sealed with the run: run_folder checked it
-        return RowDigests.load(run_dir / TRAINED_ROWS_NAME)
+
+def spliced_heading(record: dict[str, Any], where: str | None = None) -> str:
+    """The line above the printed table: how many token rows of which store, and the floor."""
+    return (
+        f"spliced-model loss per snapshot on {record['n_seqs']} rows of {where or record['measured_on']} "
+        f"({record['ablation']}-ablation floor):"
+    )
+
+
+def wandb_summary(record: dict[str, Any]) -> dict[str, float]:
+    """``spliced/<figure>/<snapshot>`` for each figure of :data:`WANDB_SUMMARY_KEYS`."""
+    return {f"spliced/{key}/{row['snapshot']}": float(row[key]) for row in record["crosscoder"] for key in WANDB_SUMMARY_KEYS}
+
+
+def log_spliced_to_wandb(logger: Any, run_id: str | None, record: dict[str, Any]) -> None:
+    """Put the spliced-loss figures into the summary of the W&B run training logged to: the
+    caller's open run, else the run ``run_id`` reopened (``logger`` is the run's LoggingConfig)."""
+    import wandb  # seconds to import, and only a run that logged to W&B gets here
+
+    summary = wandb_summary(record)
+    if wandb.run is not None:
+        wandb.run.summary.update(summary)
+        return
+    if not run_id:
+        print("spliced loss not logged to W&B: the run records no W&B run id")
+        return
+    run = wandb.init(
+        project=logger.wandb_project, entity=logger.wandb_entity, dir=logger.wandb_dir, mode=logger.wandb_mode,
+        id=run_id, resume="allow",
+    )  # fmt: skip
     try:
-        store = run_store(run_dir)
-    except CrosslensError:  # the path now holds another store: its rows say nothing of training
-        return None
-    return None if store is None else ActivationStore.open(store, verify="none").sequences
+        run.summary.update(summary)
+    finally:
+        run.finish()
 
 
-def print_spliced_loss(crosscoder_path: Path, store_path: str, args: argparse.Namespace, device: str) -> None:
-    """The spliced-model loss per snapshot (:func:`crosslens.causal.spliced_loss`) on the first
-    ``--spliced-seqs`` token rows of the store, with the snapshot models of the suite it records."""
-    from crosslens.activations import ActivationStore
-    from crosslens.causal.spliced_loss import format_spliced_loss
-    from crosslens.commands.spliced import measure_spliced, spliced_heading
-    from crosslens.crosscoders.saved import load_crosscoder_folder
-
-    store = ActivationStore.open(store_path, verify="none")  # print_quality has just verified it
-    crosscoder = load_crosscoder_folder(crosscoder_path, device=device)
-    record = measure_spliced(crosscoder, store, args.spliced_seqs, args.spliced_ablation, device, args.dtype)
-    print(spliced_heading(record, store_path))
-    print(format_spliced_loss(record["crosscoder"]))
+def log_run_spliced(runner: Any, spliced: dict[str, Any] | None) -> None:
+    """The spliced-loss figures into the summary of the W&B run a training runner logged to, if any."""
+    logger = runner.config.logger
+    if spliced is None or not logger.log_to_wandb:
+        return
+    run_id = load_crosscoder_folder(runner.final_path).cfg.metadata.get("wandb_run_id")
+    log_spliced_to_wandb(replace(logger, wandb_dir=logger.wandb_dir or str(runner.out_dir)), run_id, spliced)

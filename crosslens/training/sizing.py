@@ -1,4 +1,4 @@
-"""``crosslens plan``: what a crosscoder run will cost, before spending anything.
+"""What a crosscoder run will cost, before spending anything (``crosslens plan`` prints it).
 
 For a suite (model sizes), a hook, a token budget, a step count, ``d_sae``, an architecture and a
 ``data x snapshot`` device mesh, :func:`make_plan` computes, per rank:
@@ -6,7 +6,7 @@ For a suite (model sizes), a hook, a token budget, a step count, ``d_sae``, an a
 - crosscoder parameters, gradients and Adam state. ``W_enc [S, D, F]``, ``W_dec [F, S, D]``
   and ``b_dec [S, D]`` are sharded over the snapshot axis (a rank holds ``S_r`` snapshots);
   ``b_enc [F]`` and the JumpReLU ``threshold [F]`` are replicated. All float32.
-- activation memory of one training step in ``micro_batches`` (estimate, :func:`activation_bytes`; on cuda the fewest that fit);
+- activation memory of one training step in ``micro_batches`` (estimate, :func:`~crosslens.training.memory.activation_bytes`; on cuda the fewest that fit);
 - the resident snapshot models a streaming rank keeps (its ``S_r`` models), whole and
   truncated after the hooked block;
 - disk for an activation store in each dtype: ``tokens x S x d_in x bytes``;
@@ -17,26 +17,20 @@ For a suite (model sizes), a hook, a token budget, a step count, ``d_sae``, an a
   pass, plus ``[F]`` terms; on the data axis the gradient of the rank's parameter shard;
 - wall time at a stated sustained throughput (``tflops``).
 
-Nothing here loads a model: sizes come from crosslens's table of known models
-(``crosslens/data/models.json``), the pico config, a local suite's ``config.json`` or a
-cached Hugging Face config.
+Nothing here loads a model or imports torch: sizes come from
+:mod:`crosslens.training.model_sizes`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
+from crosslens.activations.budget import TokenBudget, chunk_buffer_bytes, chunk_tokens_for
 from crosslens.architectures import uses_k
 from crosslens.core.devices import DTYPE_BYTES, GPUS, DeviceError, device_spelling
-from crosslens.core.units import format_bytes
-from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import block_index, hook_problem, hook_width
-from crosslens.activations.budget import TokenBudget, chunk_buffer_bytes, chunk_tokens_for
 from crosslens.training.config import (
     AUTOCAST_CHOICES,
     ArchitectureConfig,
@@ -46,7 +40,8 @@ from crosslens.training.config import (
     micro_batch_error,
     resolved_autocast,
 )
-from crosslens.training.memory import activation_bytes, checkpoint_bytes, parameter_counts, training_memory
+from crosslens.training.memory import checkpoint_bytes, parameter_counts, training_memory
+from crosslens.training.model_sizes import ModelSpec, PlanError, known_model, model_spec_for
 
 F32 = 4
 ARCHITECTURES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
@@ -64,160 +59,6 @@ DEFAULT_LINK_GBPS = {"cpu": 1.0, "mps": 10.0, "cuda": 50.0}
 cpu: 1 (gloo over a 10 Gb/s network or shared memory); mps: 10."""
 
 
-class PlanError(CrosslensError):
-    """A plan's inputs are incomplete or inconsistent."""
-
-
-# ----------------------------------------------------------------------------- models
-@dataclass(frozen=True)
-class ModelSpec:
-    """The sizes of one model that matter for planning."""
-
-    name: str
-    """Model id or suite name."""
-    d_model: int
-    """Residual-stream width."""
-    n_layers: int
-    """Transformer blocks."""
-    d_mlp: int
-    """MLP hidden width."""
-    vocab: int
-    """Embedding rows (padded vocabulary)."""
-    n_params: int
-    """Total parameters, embeddings included."""
-    tied_embeddings: bool = False
-    """Whether unembedding shares the embedding matrix."""
-    n_heads: int = 0
-    """Attention heads (informational)."""
-    n_ctx: int | None = None
-    """The longest sequence the model reads; None where the source does not say (not checked)."""
-    source: str = ""
-    """Where the sizes come from."""
-
-    @property
-    def embedding_params(self) -> int:
-        """Parameters of the embedding (and untied unembedding) matrices."""
-        return self.vocab * self.d_model * (1 if self.tied_embeddings else 2)
-
-    @property
-    def params_per_layer(self) -> float:
-        """Non-embedding parameters per block (final norms spread over the blocks)."""
-        return (self.n_params - self.embedding_params) / self.n_layers
-
-    def params_through_layer(self, layer: int) -> int:
-        """Parameters a model truncated after block ``layer`` keeps (input embedding + blocks 0..layer)."""
-        return int(self.vocab * self.d_model + (layer + 1) * self.params_per_layer)
-
-
-def estimate_n_params(d_model: int, n_layers: int, d_mlp: int, vocab: int, *, tied: bool, gated: bool = False) -> int:
-    """Parameters of a decoder-only transformer with biases and two LayerNorms per block
-    (GPT-NeoX/BLOOM style): ``L (4d^2 + 2 d d_mlp + 9d + d_mlp) + V d (x2 untied) + 2d``.
-    ``gated`` (SwiGLU) adds a third ``d x d_mlp`` matrix. Exact for Pythia; BLOOM adds an
-    embedding LayerNorm (2d); OLMo has no biases (an overestimate of a fraction of a percent)."""
-    n_mats = 3 if gated else 2
-    per_layer = 4 * d_model * d_model + n_mats * d_model * d_mlp + 9 * d_model + d_mlp
-    return n_layers * per_layer + vocab * d_model * (1 if tied else 2) + 2 * d_model
-
-
-def _models_table() -> dict[str, Any]:
-    return json.loads((resources.files("crosslens") / "data" / "models.json").read_text())
-
-
-def known_model(model_id: str) -> ModelSpec | None:
-    """Sizes of a model in crosslens's table (Pythia 14m..12b, OLMo-1B-0724, OLMo-2-1B,
-    BLOOM-1b1), by hub id or short alias, case-insensitively; None if absent."""
-    table = _models_table()
-    lowered = {k.lower(): k for k in table["models"]}
-    aliases = {k.lower(): v for k, v in table["aliases"].items()}
-    key = model_id.strip().lower()
-    key = aliases.get(key, lowered.get(key, key)).lower()
-    if key not in lowered:
-        return None
-    name = lowered[key]
-    row = table["models"][name]
-    return ModelSpec(
-        name=name, d_model=row["d_model"], n_layers=row["n_layers"], d_mlp=row["d_mlp"], vocab=row["vocab"],
-        n_params=row["n_params"], tied_embeddings=row["tied_embeddings"], n_heads=row["n_heads"],
-        n_ctx=row["n_ctx"], source="crosslens table of known models",
-    )  # fmt: skip
-
-
-CONTEXT_KEYS = ("n_ctx", "max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-"""The config.json keys that give a model's longest sequence, in the order they are trusted."""
-
-LAYER_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
-"""The config.json keys that give a model's number of blocks, in the order they are trusted."""
-
-
-def config_int(config: dict[str, Any], keys: tuple[str, ...]) -> int | None:
-    """The first of ``keys`` a Hugging Face ``config`` gives as an int, or None."""
-    return next((config[key] for key in keys if isinstance(config.get(key), int)), None)
-
-
-def config_context(config: dict[str, Any]) -> int | None:
-    """The longest sequence a model with Hugging Face ``config`` reads, or None if it does not say."""
-    return config_int(config, CONTEXT_KEYS)
-
-
-def spec_from_hf_config(config: dict[str, Any], name: str, source: str) -> ModelSpec:
-    d = int(config.get("hidden_size") or config.get("n_embed") or config.get("d_model"))
-    n_layers = config_int(config, LAYER_KEYS)
-    if n_layers is None:
-        raise PlanError(f"{source} gives no number of blocks (one of {', '.join(LAYER_KEYS)})")
-    d_mlp = int(config.get("intermediate_size") or config.get("d_mlp") or 4 * d)
-    vocab = int(config.get("vocab_size") or config.get("embedding_size"))
-    tied = bool(config.get("tie_word_embeddings", config.get("weight_tying", False)))
-    gated = str(config.get("hidden_act", config.get("activation_type", ""))).lower() in ("silu", "swiglu")
-    n_heads = int(config.get("num_attention_heads") or config.get("n_head") or 0)
-    return ModelSpec(
-        name=name, d_model=d, n_layers=n_layers, d_mlp=d_mlp, vocab=vocab, tied_embeddings=tied, n_heads=n_heads,
-        n_params=estimate_n_params(d, n_layers, d_mlp, vocab, tied=tied, gated=gated), n_ctx=config_context(config),
-        source=source,
-    )  # fmt: skip
-
-
-def model_spec_for(suite: str) -> ModelSpec:
-    """Sizes for a ``--suite`` value: ``pico``, a local suite folder, or a hub model id
-    (crosslens's table, else a Hugging Face config already in the local cache)."""
-    if suite == "pico":
-        from crosslens.pico import PicoConfig
-        from crosslens.pico.build import default_root, is_built
-
-        cfg = PicoConfig()
-        root = default_root(cfg)
-        if is_built(root, cfg):  # the built suite's own config (exact vocabulary)
-            suite = str(root)
-        else:
-            vocab = cfg.bpe_vocab_size
-            return ModelSpec(
-                name="crosslens/pico", d_model=cfg.d_model, n_layers=cfg.n_layers, d_mlp=cfg.d_mlp, vocab=vocab,
-                n_heads=cfg.n_heads, n_params=estimate_n_params(cfg.d_model, cfg.n_layers, cfg.d_mlp, vocab, tied=False),
-                n_ctx=cfg.model_context, source="PicoConfig defaults (suite not built; vocabulary approximate)",
-            )  # fmt: skip
-    path = Path(suite)
-    if path.is_dir():
-        configs = sorted(path.glob("config.json")) or sorted(path.glob("*/config.json"))
-        if not configs:
-            raise PlanError(f"{suite} holds no config.json (nor */config.json); point --suite at a suite folder")
-        return spec_from_hf_config(json.loads(configs[0].read_text()), suite, f"{configs[0]}")
-    known = known_model(suite)
-    if known is not None:
-        return known
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(suite, "config.json")
-    except Exception:  # noqa: BLE001 - any failure means "not cached"
-        cached = None
-    if isinstance(cached, str):
-        return spec_from_hf_config(json.loads(Path(cached).read_text()), suite, f"cached {cached}")
-    raise PlanError(
-        f"crosslens does not know the sizes of {suite!r} and no config.json of it is cached; use a model "
-        "from `crosslens plan --list-models`, a local suite folder, or a --recipe"
-    )
-
-
-# ----------------------------------------------------------------------------- plan
 @dataclass
 class PlanConfig:
     """What to plan: model, snapshots, hook, data, crosscoder, mesh, device. The defaults of the
@@ -524,120 +365,6 @@ def _communication_bytes(cfg: PlanConfig, param_bytes: int, B_r: int, n_steps: i
     return comm
 
 
-# ----------------------------------------------------------------------------- output
-def _count(n: float) -> str:
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.3g}"
-
-
-def _flops(n: float) -> str:
-    return _count(n) if abs(n) < 1e15 else f"{n:.3g}".replace("e+", "e")
-
-
-def _bytes(n: float) -> str:
-    return format_bytes(n)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
-def format_plan(plan: dict[str, Any]) -> str:
-    """The plan as a readable two-column table."""
-    i, mesh, mem, disk = plan["inputs"], plan["mesh"], plan["memory_bytes"], plan["disk_bytes"]
-    flops, comm, secs, params = plan["flops"], plan["communication_bytes"], plan["seconds"], plan["parameters"]
-    rows: list[tuple[str, str]] = []
-
-    def section(title: str) -> None:
-        rows.append(("", ""))
-        rows.append((f"[{title}]", ""))
-
-    rows.append((f"plan: {plan['name']}", ""))
-    rows.append(("model", f"{i['model']}: d_model {i['d_model']}, {i['n_layers']} layers, vocab {i['vocab']}, "
-                          f"{_count(i['n_params'])} params ({i['model_source']})"))  # fmt: skip
-    rows.append(("crosscoder", f"{i['architecture']} at {i['hook']}: S={i['n_snapshots']} snapshots x d_in {i['d_in']} "
-                               f"-> d_sae {i['d_sae']} ({_count(params['whole_crosscoder'])} params)"))  # fmt: skip
-    epochs = i["training_tokens"] / i["harvested_tokens"]
-    held = f" + {_count(i['heldout_tokens'])} held out" if i["heldout_tokens"] else ""
-    rows.append(("data", f"{_count(i['harvested_tokens'])} tokens harvested{held} (rows of {i['seq_len']}); {i['n_steps']} steps x batch "
-                         f"{i['batch_size']} = {_count(i['training_tokens'])} training tokens ({epochs:.3g} epoch{'' if f'{epochs:.3g}' == '1' else 's'})"))  # fmt: skip
-    rows.append(("mesh", f"{mesh['data']} data x {mesh['snapshot']} snapshot = {mesh['world_size']} rank(s) on "
-                         f"{i['device']}; per rank {mesh['snapshots_per_rank']} snapshots, batch {mesh['batch_per_rank']}"))  # fmt: skip
-
-    section("memory per rank")
-    rows.append(("parameters (float32)", f"{_bytes(mem['parameters'])}  ({_count(params['per_rank_total'])}: "
-                 + ", ".join(f"{k} {_count(v)}" for k, v in params["per_rank"].items()) + ")"))  # fmt: skip
-    rows.append(("gradients", _bytes(mem["gradients"])))
-    rows.append(("Adam state (2 copies)", _bytes(mem["adam_state"])))
-    rows.append(("training state", _bytes(mem["training_state"])))
-    rows.append((f"activations per batch{f' in {n} micro-batches' if (n := mem['micro_batches']) > 1 else ''} (est.)", f"{_bytes(mem['activations_per_batch'])}  ("
-                 + ", ".join(f"{k} {_bytes(v)}" for k, v in mem["activations_breakdown"].items()) + ")"))  # fmt: skip
-    if mem["autocast_copies"]:
-        rows.append(("bfloat16 autocast (--autocast)", f"{_bytes(mem['autocast_copies'])}  (bfloat16 copies of W_enc and W_dec)"))
-    rows.append(("total, training from a store", _bytes(mem["total_training"])))
-    for option, held in mem["optimizer_state_options"].items():
-        rows.append((f"  peak with {option} Adam state", _bytes(held["peak"])))
-    if fewest := mem.get("fewest_micro_batches"):
-        rows.append((f"  fewest --micro-batches under {fewest['headroom']:.0%} of {fewest['gpu']}", ", ".join(
-            f"{option} {n or 'none'}" for option, n in fewest["per_option"].items()) + f" ({_bytes(fewest['device_bytes'])} GPU)"))  # fmt: skip
-    rows.append((f"resident models ({i['model_dtype']})", f"{_bytes(mem['resident_models_full'])} whole, "
-                 f"{_bytes(mem['resident_models_truncated'])} cut after the hooked block"))  # fmt: skip
-    rows.append(("stream chunk buffers (2)", f"{_bytes(mem['stream_chunks'])}  ({chunk_tokens_for(i['seq_len']):,} "
-                 f"tokens x {mesh['snapshots_per_rank']} snapshots x d_in, {i['model_dtype']})"))  # fmt: skip
-    rows.append(("total, streaming", _bytes(mem["total_streaming"])))
-
-    section("disk for an activation store and its held-out split (tokens x S x d_in)")
-    for name in DTYPE_BYTES:
-        rows.append((name, _bytes(disk[name])))
-    rows.append(("float16, one snapshot", _bytes(disk["per_snapshot_float16"])))
-    ckpt = plan["checkpoints"]
-    section("checkpoints (the whole crosscoder and Adam's moments)")
-    if ckpt["count"]:
-        each = ckpt["bytes_each"]
-        rows.append(("written", f"{ckpt['count']:,}, every {ckpt['every']:,} steps (--checkpoint-every)"))
-        rows.append(("each", f"{_bytes(each['float32'])} with float32 Adam state, {_bytes(each['bfloat16'])} with bfloat16"))
-        rows.append(("on disk at once", f"{_bytes(ckpt['at_once'] * each['float32'])}: {ckpt['at_once']:,} checkpoints "
-                     f"({ckpt['kept']:,} kept, --keep-checkpoints), float32 Adam state"))  # fmt: skip
-    else:
-        rows.append(("written", "none (--checkpoint-every 0, or fewer steps than one interval)"))
-
-    section("FLOPs")
-    rows.append(("crosscoder step, per token", f"{_count(flops['crosscoder_train_per_token'])}  (10 S D F: fwd 4SDF, bwd 6SDF)"))
-    if "crosscoder_train_per_token_sparse_decode" in flops:
-        rows.append(("  with a sparse top-k decode", f"{_count(flops['crosscoder_train_per_token_sparse_decode'])}  (4 S D F + 6 k S D: only the k active features decoded)"))
-    rows.append(("snapshot models to the hook, per token", f"{_count(flops['snapshot_models_forward_per_token'])}  (all S snapshots)"))
-    rows.append(("crosscoder training, total", _flops(flops["crosscoder_train_total"])))
-    rows.append(("snapshot forwards, harvest", _flops(flops["snapshot_models_forward_harvest"])))
-    rows.append(("snapshot forwards, streaming", _flops(flops["snapshot_models_forward_streaming"])))
-
-    section("communication per step, per rank (ring all-reduce)")
-    rows.append(("snapshot axis", f"{_bytes(comm['snapshot_axis_sent_per_rank'])} sent "
-                 f"(payload {_bytes(comm['snapshot_axis_payload'])}: [B_rank, d_sae] float32 fwd + bwd, and [d_sae] terms)"))  # fmt: skip
-    rows.append(("data axis", f"{_bytes(comm['data_axis_sent_per_rank'])} sent "
-                 f"(payload {_bytes(comm['data_axis_payload'])}: the rank's gradient shard)"))  # fmt: skip
-    rows.append(("whole run", _bytes(comm["sent_per_rank_total"])))
-
-    assumed = " (assumed; --tflops)" if i["tflops_assumed"] else ""
-    section(f"wall time at {i['tflops']:g} TFLOP/s per rank{assumed}")
-    rows.append(("train from a store", _duration(secs["train_from_store"])))
-    rows.append(("harvest the store first", _duration(secs["harvest"])))
-    rows.append(("train streaming", _duration(secs["train_streaming"])))
-    link_assumed = " (assumed; --link-gbps)" if i["link_gbps_assumed"] else ""
-    rows.append((f"+ communication at {i['link_gbps']:g} GB/s{link_assumed}", _duration(secs["communication"])))
-    rows.append(("", "compute and communication, not overlapped; excludes disk reads and idle time"))
-
-    width = max(len(label) for label, value in rows if value and label)
-    return "\n".join(f"{label:<{width}}  {value}".rstrip() if value else label for label, value in rows)
-
-
 def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]:
     """``train --stream``'s time on one ``gpu`` per rank, from the FLOPs per token at the shares of
     :data:`~crosslens.core.devices.GPUS`: provider and trainer share the GPU, so their seconds per token add.
@@ -685,17 +412,8 @@ def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]
     }  # fmt: skip
 
 
-def plan_to_json(plan: dict[str, Any]) -> str:
-    return json.dumps(plan, indent=2, sort_keys=False)
-
-
-def known_models() -> list[str]:
-    """Model ids in crosslens's table of known sizes."""
-    return sorted(_models_table()["models"])
-
-
 def plan_config_from_recipe(recipe: Any, **overrides: Any) -> PlanConfig:
-    """A :class:`PlanConfig` for a :class:`crosslens.recipes.Recipe`; ``overrides`` win
+    """A :class:`PlanConfig` for a :class:`~crosslens.training.recipes.Recipe`; ``overrides`` win
     (None values are ignored). Without ``n_steps`` the plan trains on the recipe's token budget
     at the batch size in force, as ``train --recipe`` does."""
     model = known_model(recipe.model) or model_spec_for(recipe.model)
@@ -709,24 +427,3 @@ def plan_config_from_recipe(recipe: Any, **overrides: Any) -> PlanConfig:
     values.update({k: v for k, v in overrides.items() if v is not None})
     values.setdefault("n_steps", recipe.steps_at(values["batch_size"]))
     return PlanConfig(**values)
-
-
-__all__ = [
-    "DEFAULT_TFLOPS",
-    "ModelSpec",
-    "PlanConfig",
-    "PlanError",
-    "activation_bytes",
-    "crosscoder_flops",
-    "default_mesh",
-    "estimate_n_params",
-    "format_plan",
-    "known_model",
-    "known_models",
-    "make_plan",
-    "model_spec_for",
-    "parameter_counts",
-    "plan_config_from_recipe",
-    "ring_allreduce_bytes",
-    "stream_prediction",
-]

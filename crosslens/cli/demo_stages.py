@@ -1,16 +1,6 @@
-"""``crosslens demo``: every stage on the embedded pico suite, each one cached and resumable.
-
-Stages (outputs under ``out_dir``, default ``$CROSSLENS_HOME/demo``):
-
-1. suite      build (or reuse) the pico suite; print its per-checkpoint learning table
-2. harvest    activations at the middle residual stream for every chosen snapshot
-              (a training store and a held-out store)
-3. train      a multi-snapshot crosscoder; quality table vs per-snapshot SAELens SAEs
-4. attribute  integrated-gradient attribution, RelIE and ablation curves for agreement
-              across an attractor
-5. analyze    feature evolution from decoder norms -> report.html (with stage 4's sections)
-
-A second run reuses every finished stage; ``--force`` recomputes them.
+"""The demo's settings (:class:`DemoConfig`), its stages and :func:`run_demo`, which runs them
+in order on the embedded pico suite, each one cached and resumable (see :mod:`crosslens.cli.demo`).
+Imported by the ``demo`` command's function: it imports torch and every stage.
 """
 
 from __future__ import annotations
@@ -25,10 +15,44 @@ from typing import Any
 import torch
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+from crosslens.activations import (
+    ActivationStore,
+    StoreMismatchError,
+    harvest_activations,
+    tokens_from_dataset,
+    tokens_from_pico,
+)
 from crosslens.activations.budget import TokenBudget
+from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder
+from crosslens.analysis.probes import firing_frequency
+from crosslens.analysis.report import Report
+from crosslens.analysis.stability import add_stability_section, format_stability, seed_stability, stable_features
 from crosslens.architectures import PICO_DEMO_JUMPRELU_SPARSITY
-from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME, checkpoint_folders
-from crosslens.training.config import ArchitectureConfig
+from crosslens.causal.claims import format_stable_claims, stable_claim_rows, stable_claims_over_seeds
+from crosslens.causal.ie_table import IETable
+from crosslens.causal.sections import attribution_sections, causal_out_dir
+from crosslens.causal.spliced_loss import (
+    add_baselines,
+    add_spliced_loss_section,
+    format_comparison,
+    format_spliced_loss,
+    spliced_record,
+    spliced_where_trained,
+)
+from crosslens.checkpoints import CheckpointSuite, spaced_steps
+from crosslens.checkpoints.on_device import on_device
+from crosslens.core.errors import DamagedManifestError
+from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME, checkpoint_folders, crosslens_home
+from crosslens.crosscoders.saved import load_crosscoder_folder
+from crosslens.pico.build import build_pico_suite
+from crosslens.pico.config import PicoConfig, default_root, is_built
+from crosslens.pico.evals import format_eval_table, format_targets
+from crosslens.tasks import task_for_tokenizer
+from crosslens.training.comparison import compare_with_saes, format_quality_table, quality_table
+from crosslens.training.config import RUN_STORE_SEAL, ArchitectureConfig, CrosscoderRunnerConfig
+from crosslens.training.records import read_record, record_problem
+from crosslens.training.runfolder import RunFolderInUseError, seal_run
+from crosslens.training.runner import CrosscoderTrainingRunner, evaluate_crosscoder
 
 
 @dataclass
@@ -72,7 +96,7 @@ class DemoConfig:
     """Training steps of each extra seed (None: ``n_steps``, so every seed trains alike). At
     half the main run, seeds 1 and 2 match seed 0 on fewer features: 30.5% of live features
     at decoder cos >= 0.7 against 36.8% with every seed at 1500 steps
-    (docs/notes/issue-25-stability.md). Shorter extra seeds are named in the printout."""
+    (benchmarks/README.md, seed stability). Shorter extra seeds are named in the printout."""
     task: str = "agreement_pp"
     """The task of the causal stage and of the claims over seeds."""
     claim_min_cosine: float = 0.7
@@ -101,8 +125,6 @@ def _banner(text: str) -> None:
 
 def _choose_steps(available: list[int], n: int) -> list[int]:
     """``n`` steps: half log-spaced (early learning is fast), half evenly over training."""
-    from crosslens.checkpoints import spaced_steps
-
     if n >= len(available):
         return list(available)
     n_log = n // 2
@@ -120,11 +142,6 @@ def _choose_steps(available: list[int], n: int) -> list[int]:
 
 def suite_stage(*, force: bool = False, small: bool = False):
     """Build (or reuse) the pico suite and print its learning table."""
-    from crosslens.checkpoints import CheckpointSuite
-    from crosslens.pico import PicoConfig, build_pico_suite, format_eval_table
-    from crosslens.pico.build import default_root, is_built
-    from crosslens.pico.evals import format_targets
-
     config = PicoConfig.small() if small else PicoConfig()
     cached = not force and is_built(default_root(config), config)
     root = build_pico_suite(config, force=force, progress=True)
@@ -155,8 +172,6 @@ def harvest_stage(
     """Tokens from the pico grammar (or ``dataset`` = NAME:COLUMN), harvested at ``hooks``.
 
     ``dtype`` is the store's; ``model_dtype`` what the snapshot models run in, on ``device``."""
-    from crosslens.activations import harvest_activations, tokens_from_dataset, tokens_from_pico
-
     budget = TokenBudget(TokenBudget.n_tokens if n_tokens is None else n_tokens, seq_len, heldout_tokens=0)
     seq_len = budget.seq_len
     if n_seqs is None:
@@ -174,9 +189,6 @@ def harvest_stage(
 
 def _harvest_or_reuse(suite, *, out_dir, force: bool, **settings):
     """The store in ``out_dir`` when it was built from exactly these inputs, else a fresh harvest."""
-    from crosslens.activations import StoreMismatchError
-    from crosslens.core.errors import DamagedManifestError
-
     try:
         return harvest_stage(suite, out_dir=out_dir, overwrite=force, **settings)
     except (StoreMismatchError, DamagedManifestError) as reason:
@@ -187,11 +199,6 @@ def _harvest_or_reuse(suite, *, out_dir, force: bool, **settings):
 def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, device: str = "cpu"):
     """Train (or resume, or reuse) the demo's crosscoder on ``store`` (an open
     ``ActivationStore``, reused as it is, or its path)."""
-    from crosslens.crosscoders.saved import load_crosscoder_folder
-    from crosslens.training.records import record_problem
-    from crosslens.training.config import RUN_STORE_SEAL
-    from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
-
     out_dir = Path(out_dir)
     if force and out_dir.exists():
         shutil.rmtree(out_dir)
@@ -228,8 +235,6 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
         elif record_problem(runner.final_path) is None:
             print(f"reusing trained crosscoder {runner.final_path}")
             return load_crosscoder_folder(runner.final_path, device=device)
-    from crosslens.training.runfolder import RunFolderInUseError
-
     # continue from the last checkpoint of an interrupted run; a folder without one starts afresh,
     # without the CLI's line about a --resume the demo's user never gave
     resume = bool(checkpoint_folders(runner.checkpoint_dir))  # the runner verifies them
@@ -245,16 +250,12 @@ def _current_quality(quality: Any) -> bool:
     and a spliced loss measured where the crosscoder trained."""
     if not (isinstance(quality, dict) and "rows" in quality):
         return False
-    from crosslens.causal.spliced_loss import spliced_where_trained
-
     spliced = quality.get("spliced_loss")
     return spliced is None or spliced_where_trained(spliced)
 
 
 def _store_trained_on(runner) -> str | None:
     """Content hash of the store the run in ``runner.out_dir`` trained on (None: nothing verifiable)."""
-    from crosslens.training.records import read_record, record_problem
-
     for folder in (runner.final_path, runner.verified_checkpoint()):
         if folder is not None and record_problem(folder) is None:
             return read_record(folder).get("store", {}).get("content_sha256")
@@ -266,9 +267,6 @@ def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, suite
     """Held-out explained variance per snapshot, beside per-snapshot SAELens SAEs of the same
     width and L0 trained on a few snapshots; with ``suite``, each one also spliced into its
     snapshot's model on ``config.spliced_seqs`` held-out rows. Returns ``{"rows", "spliced_loss"}``."""
-    from crosslens.training.comparison import compare_with_saes, quality_table
-    from crosslens.training.runner import evaluate_crosscoder
-
     saes: dict = {}
     if config.baseline_snapshots > 0:
         S = eval_store.n_snapshots
@@ -288,9 +286,6 @@ def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, suite
         )
     quality = {"rows": rows, "spliced_loss": None}
     if suite is not None and config.spliced_seqs > 0:
-        from crosslens.causal.spliced_loss import add_baselines, spliced_record
-        from crosslens.checkpoints.on_device import on_device
-
         models = on_device(suite, device, dtype)
         quality["spliced_loss"] = spliced_record(models, crosscoder, eval_store, config.spliced_seqs)
         add_baselines(quality["spliced_loss"], models, saes, eval_store, config.hook)
@@ -301,9 +296,6 @@ def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, suite
 def format_demo_quality(quality: dict) -> str:
     """The demo's quality table, then the spliced-model loss: every snapshot, and the crosscoder
     beside the per-snapshot SAEs where they were trained."""
-    from crosslens.causal.spliced_loss import format_comparison, format_spliced_loss
-    from crosslens.training.comparison import format_quality_table
-
     parts = [format_quality_table(quality["rows"])]
     spliced = quality.get("spliced_loss")
     if spliced:
@@ -323,10 +315,6 @@ def analyze_stage(
     """Feature-evolution analysis of a crosscoder (object or folder) -> HTML report path.
 
     A folder is loaded on ``device`` (default cpu) in ``dtype`` (default float32)."""
-    from crosslens.activations import ActivationStore
-    from crosslens.analysis import analyze_crosscoder
-    from crosslens.crosscoders.saved import load_crosscoder_folder
-
     if isinstance(crosscoder, (str, Path)):
         crosscoder = load_crosscoder_folder(crosscoder, device=str(device or "cpu"), dtype=str(dtype) if dtype else None)
     if store is None and store_path is not None:
@@ -348,8 +336,6 @@ def attribute_stage(
     (and appends the stage's summary to ``summaries`` when given). The snapshot models run
     on ``device`` in ``dtype``; the crosscoder loads on ``device``. ``model_lines=False``:
     the model's metric per snapshot is not printed again (an extra crosscoder seed)."""
-    from crosslens.causal.demo import attribution_sections
-
     return attribution_sections(
         suite, crosscoder, task=task, n_examples=n_examples, out=out, seed=seed, device=device, dtype=dtype,
         summaries=summaries, model_lines=model_lines,
@@ -359,9 +345,6 @@ def attribute_stage(
 def stability_analyses(crosscoders, store, n_tokens: int = 16384) -> tuple[list, list[float]]:
     """Each crosscoder's evolution analysis with its firing frequency on ``store`` (so latents
     that never fire count as dead and stay out of seed matching), and its mean L0 there."""
-    from crosslens.analysis import EvolutionAnalysis
-    from crosslens.analysis.probes import firing_frequency
-
     analyses, l0 = [], []
     for crosscoder in crosscoders:
         frequency_F = firing_frequency(store, crosscoder, n_tokens=n_tokens)
@@ -378,10 +361,6 @@ def seeds_stage(
     threshold of :data:`~crosslens.analysis.stability.THRESHOLDS`, and the causal claims
     counting only features with a match in every seed, as mean +/- sd over seeds; returns a
     report section."""
-    from crosslens.analysis.report import Report
-    from crosslens.analysis.stability import add_stability_section, format_stability, seed_stability, stable_features
-    from crosslens.causal.claims import format_stable_claims
-
     crosscoders, summaries, labels = [crosscoder], [main_summary], [f"seed {config.seed}"]
     for seed in config.extra_seeds:
         seed_config = replace(config, seed=seed, n_steps=config.extra_seed_steps or config.n_steps)
@@ -443,12 +422,6 @@ _UNSTATED = ("snapshot", "keep_only_claim", "min_restored")
 def _stable_claims(suite, crosscoders, summaries, stable, labels, out_dir, config, *, device, dtype) -> dict:
     """:func:`~crosslens.causal.claims.stable_claims_over_seeds` at the last snapshot, each seed's
     features ranked by the IE its causal stage wrote."""
-    from crosslens.causal.claims import stable_claim_rows, stable_claims_over_seeds
-    from crosslens.causal.demo import causal_out_dir
-    from crosslens.causal.ie_table import IETable
-    from crosslens.checkpoints.on_device import on_device
-    from crosslens.tasks import task_for_tokenizer
-
     folders = [out_dir] + [out_dir / f"seed{seed}" for seed in config.extra_seeds]
     tables = [IETable.load(causal_out_dir(f, s.task) / "ie_table.json") for f, s in zip(folders, summaries)]
     models = on_device(suite, device, dtype)
@@ -469,22 +442,19 @@ def run_demo(
 ) -> Path:  # fmt: skip
     """Run every stage; return the report path. Models and crosscoder run on ``device``;
     ``dtype`` is the snapshot models' (harvest and attribution)."""
-    from crosslens.activations import ActivationStore
-    from crosslens.core.paths import crosslens_home
-
     config = config or (DemoConfig.fast() if fast else DemoConfig())
     out_dir = Path(out_dir) if out_dir is not None else crosslens_home() / ("demo-fast" if fast else "demo")
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     torch.manual_seed(config.seed)
 
-    _banner("1/5 pico suite: a tiny Pythia-architecture model trained from scratch")
+    _banner("1/6 pico suite: a tiny Pythia-architecture model trained from scratch")
     suite, _ = suite_stage(force=force)
     steps = list(config.snapshot_steps) if config.snapshot_steps else _choose_steps(suite.steps, config.n_snapshots)
     suite = suite.select(steps=steps)
     print(f"crosscoding {len(steps)} snapshots: steps {steps}")
 
-    _banner(f"2/5 harvest {config.hook} across snapshots (one model resident at a time)")
+    _banner(f"2/6 harvest {config.hook} across snapshots (one model resident at a time)")
     train_store = _harvest_or_reuse(
         suite, hooks=[config.hook], n_seqs=config.n_train_seqs, seq_len=config.seq_len,
         out_dir=out_dir / "acts-train", seed=config.seed, force=force, device=device, model_dtype=dtype,
@@ -495,7 +465,7 @@ def run_demo(
     )  # fmt: skip
     print(f"train store: {train_store.n_tokens} tokens x {train_store.n_snapshots} snapshots x d_in {train_store.d_in}")
 
-    _banner(f"3/5 train a {config.sae.architecture} (d_sae {config.sae.d_sae})")
+    _banner(f"3/6 train a {config.sae.architecture} (d_sae {config.sae.d_sae})")
     crosscoder = train_stage(train_store, out_dir / "crosscoder", config, force=force, device=device)
     quality_file = out_dir / "crosscoder" / QUALITY_NAME
     quality = json.loads(quality_file.read_text()) if quality_file.exists() and not force else None
@@ -504,34 +474,46 @@ def run_demo(
     else:  # none yet, or an older demo's table without the spliced loss or with every position spliced
         quality = quality_stage(crosscoder, train_store, eval_store, config, suite, device=device, dtype=dtype)
         quality_file.write_text(json.dumps(quality, indent=1, default=str))
-        from crosslens.training.runfolder import seal_run
-
         seal_run(out_dir / "crosscoder")  # the table joins the run's seal, as `crosslens train`'s does
 
-    _banner("4/5 causal role: IG attribution, RelIE and ablations on agreement across an attractor")
+    _banner("4/6 causal role: IG attribution, RelIE and ablations on agreement across an attractor")
     summaries: list = []
     sections = attribute_stage(
         suite, crosscoder, task=config.task, n_examples=config.n_task_examples, out=out_dir, seed=config.seed, device=device,
         dtype=dtype, summaries=summaries,
     )  # fmt: skip
     if quality.get("spliced_loss"):
-        from crosslens.analysis.report import Report
-        from crosslens.causal.spliced_loss import add_spliced_loss_section
-
         sections.append(add_spliced_loss_section(Report("spliced"), quality["spliced_loss"]))
     if config.extra_seeds:
         sections.append(
             seeds_stage(suite, train_store, out_dir, config, crosscoder, summaries[0], force=force, device=device, dtype=dtype)
         )
-    _banner("5/5 feature evolution from per-snapshot decoder norms -> report.html")
+    _banner("5/6 feature evolution from per-snapshot decoder norms -> report.html")
     report_path, analysis, _ = analyze_stage(
-        crosscoder, store=ActivationStore.open(train_store.path), out=out_dir / "report.html",
+        crosscoder, store=ActivationStore.open(train_store.path), out=out_dir / "crosscoder" / "report.html",
         tokenizer=suite.tokenizer(), extra_sections=sections, device=device,
     )  # fmt: skip
     print(_class_summary(analysis))
     print(f"\nreport: {report_path}")
+
+    _banner("6/6 every feature at every snapshot -> the feature database")
+    dashboards_stage(out_dir, config, train_store, force=force, device=device)
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return report_path
+
+
+def dashboards_stage(out_dir: Path, config: DemoConfig, train_store, *, force: bool = False, device: str = "cpu") -> Path:
+    """The run's feature database (every feature's contexts, densities, logit effects and the
+    causal stage's scores), browsable with ``crosslens browse``; reused when already computed for
+    these inputs."""
+    from crosslens.dashboards import DashboardsConfig, compute_dashboards
+
+    run = out_dir / "crosscoder"
+    ie_table = causal_out_dir(out_dir, config.task) / "ie_table.json"
+    settings = DashboardsConfig(attribution=[str(ie_table)] if ie_table.is_file() else None, seed=config.seed, overwrite=force)
+    path = compute_dashboards(run, store=train_store.path, config=settings, device=device)
+    print(f"browse every feature: crosslens browse {run}")
+    return path
 
 
 def _class_summary(analysis: Any) -> str:

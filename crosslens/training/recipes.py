@@ -3,6 +3,9 @@
 A recipe names a model suite (model id + steps or revisions), a hook, a token budget and
 the crosscoder's settings. ``crosslens plan --recipe NAME`` sizes it offline;
 ``crosslens harvest/train --recipe NAME`` use its values as defaults (explicit flags win).
+
+Light to import, for ``crosslens --help``: YAML is read, and the checkpoints stage (torch)
+loaded, only when a recipe is loaded or its suite listed.
 """
 
 from __future__ import annotations
@@ -132,7 +135,9 @@ class Recipe:
     def suite(self):
         """The recipe's :class:`CheckpointSuite` (lists revisions: needs the hub or the HF cache,
         except for Pythia, whose steps crosslens knows)."""
+        # here, not at the top: the checkpoints stage imports torch, which reading a recipe never needs
         from crosslens.checkpoints import CheckpointSuite, list_revisions
+        from crosslens.checkpoints.snapshot import parse_step
 
         if self.family == "pythia":
             return CheckpointSuite.pythia(self.model, steps=list(self.steps or ()))
@@ -145,8 +150,6 @@ class Recipe:
         if self.family == "olmo":
             return CheckpointSuite.olmo(self.model, revisions=revisions)
         if self.family == "bloom":
-            from crosslens.checkpoints.snapshot import parse_step
-
             return CheckpointSuite.bloom(self.model, steps=[int(parse_step(r)) for r in revisions])
         raise RecipeError(f"recipe {self.name!r}: cannot tell the family of {self.model!r}")
 
@@ -205,7 +208,7 @@ def _whole(value: Any, label: str, key: str) -> int:
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """A shipped recipe by name (see :func:`list_recipes`), or a recipe YAML file by path."""
-    import yaml
+    import yaml  # here, not at the top: `crosslens --help` imports this module, and never reads YAML
 
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():

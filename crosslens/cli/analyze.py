@@ -1,0 +1,159 @@
+"""``crosslens analyze``: the feature-evolution report of a saved crosscoder (a run's, a
+checkpoint's or a pretrained release's), with the sections other commands saved in its run folder
+(``crosslens attribute``); ``crosslens report`` rebuilds a run's report the same way."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crosslens.cli.common import CLIError, crosscoder_folder_arg, device_and_dtype
+from crosslens.cli.flags import Subcommand
+from crosslens.cli.options import LoadedCrosscoderFlags
+from crosslens.core.devices import dtype_name
+from crosslens.core.hooks import recorded_hook
+from crosslens.core.paths import QUALITY_NAME, SECTIONS_DIR
+
+
+@dataclass
+class AnalyzeFlags:
+    crosscoder: str = field(metadata={"flag": "--crosscoder"})
+    """The --out folder of crosslens train (RUN_DIR or RUN_DIR/final), or RELEASE/ID."""
+    store: str | None = None
+    """Activation store, for firing frequencies, probes and top contexts (default: the one the run trained on);
+    re-hashed against its manifest, and refused unless it holds the crosscoder's snapshots and hook."""
+    out: str | None = None
+    """Report file (default: RUN_DIR/report.html, else report.html)."""
+
+
+def analyze(args: argparse.Namespace) -> int:
+    folder = crosscoder_folder_arg(args.crosscoder, "--crosscoder")
+    return write_report(folder, args.store, args.out, args)
+
+
+def _default_report(folder: Path, run_dir: Path | None) -> Path:
+    """Where ``analyze`` writes without ``--out``: the run's report.html for its final crosscoder,
+    ``report-<checkpoint>.html`` beside it for one of its checkpoints (which must not overwrite
+    the finished run's report), report.html here for a crosscoder outside a run."""
+    from crosslens.training.runfolder import is_final_crosscoder
+
+    if run_dir is None:
+        return Path("report.html")
+    if is_final_crosscoder(folder, run_dir):
+        return run_dir / "report.html"
+    return run_dir / f"report-{Path(folder).name}.html"
+
+
+def write_report(folder: Path, store: str | None, out: str | None, args: argparse.Namespace) -> int:
+    """Analyse the crosscoder in ``folder`` and write report.html, with the sections other commands
+    saved in its run folder (``crosslens attribute``)."""
+    from crosslens.activations import ActivationStore
+    from crosslens.activations.partners import check_crosscoder_store
+    from crosslens.analysis import analyze_crosscoder
+    from crosslens.causal.spliced_loss import add_spliced_loss_section
+    from crosslens.cli.inputs import check_output_file
+    from crosslens.crosscoders.saved import load_crosscoder_folder
+    from crosslens.training.runfolder import crosscoder_suite_record, run_folder, run_store
+
+    device, _ = device_and_dtype(args)
+    run_dir = run_folder(folder)
+    if store is not None and not Path(store).exists():
+        raise CLIError(f"--store {store}: the path does not exist; pass the store `crosslens harvest --out` wrote")
+    store = store or run_store(run_dir)
+    out_path = check_output_file(  # before the analysis
+        Path(out) if out else _default_report(folder, run_dir), suffixes=(".html", ".htm"), kind="the report is an HTML page"
+    )
+    record = crosscoder_suite_record(folder)
+    dtype = dtype_name(args.dtype) if args.dtype else None
+    crosscoder = load_crosscoder_folder(folder, device=device, dtype=dtype)
+    hook = recorded_hook(crosscoder)
+    opened = ActivationStore.open(store, verify="full") if store else None
+    if opened is not None:
+        check_crosscoder_store(crosscoder, opened, crosscoder_name=folder)
+    tokenizer = suite_tokenizer(record) if store else None
+    analysis, report = analyze_crosscoder(
+        crosscoder, store=opened, tokenizer=tokenizer,
+        title=suite_title(record, hook), device=device,
+    )  # fmt: skip
+    spliced = _spliced_record(run_dir)
+    if spliced is not None:
+        add_spliced_loss_section(report, spliced)
+    sections = saved_sections(run_dir)
+    for section in sections:
+        report.extend(section)
+    report.write(out_path)
+    print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
+    if store is None:
+        _say_no_store(run_dir)
+    if sections:
+        print(f"with {len(sections)} saved section(s) from {run_dir / 'sections'}")
+    print(f"report: {out_path}")
+    return 0
+
+
+def _say_no_store(run_dir: Path | None) -> None:
+    """What a report without a store lacks, and where the store the run trained on is to be had."""
+    from crosslens.training.runfolder import recorded_store, streamed_store_command
+
+    gone, harvest = recorded_store(run_dir), streamed_store_command(run_dir)
+    print(f"the store the run trained on, {gone} (its run.json), is not there: pass --store with where it is now"
+          if gone else "no activation store (--store)",
+          "; the report has no firing frequencies, probes or top contexts, and no feature is classed dead "
+          "(that needs firing frequencies)", sep="")  # fmt: skip
+    if harvest is not None:
+        print(f"the run streamed its activations (train --stream); `{harvest}` writes a store of the tokens "
+              "it trained on, to pass as --store")  # fmt: skip
+
+
+def _spliced_record(run_dir: Path | None) -> dict | None:
+    """The spliced-loss record of the run's quality.json (sealed with the run), when it has one."""
+    path = None if run_dir is None else Path(run_dir) / QUALITY_NAME
+    if path is None or not path.is_file():
+        return None
+    quality = json.loads(path.read_text())
+    return quality.get("spliced_loss") if isinstance(quality, dict) else None
+
+
+def saved_sections(run_dir: Path | None) -> list[Any]:
+    """The report sections saved in a run folder, in name order."""
+    from crosslens.analysis.report import Report
+
+    if run_dir is None or not (run_dir / SECTIONS_DIR).is_dir():
+        return []
+    return [Report.from_dict(json.loads(p.read_text())) for p in sorted((run_dir / SECTIONS_DIR).glob("*.json"))]
+
+
+def suite_title(record: dict[str, Any], hook: str | None = None) -> str:
+    """A report title naming the suite: its folder for local suites (every pico build has the
+    model id crosslens/pico), else its model id."""
+    name = record.get("model_id") or "crosscoder"
+    if record.get("root"):
+        name = f"{Path(record['root']).name} ({name})" if name != Path(record["root"]).name else name
+    return f"crosslens: {name}" + (f", {hook}" if hook else "")
+
+
+def suite_tokenizer(record: dict[str, Any]) -> Any:
+    """The tokenizer of the suite a crosscoder was trained on, for decoding contexts (None if unreachable)."""
+    from transformers import AutoTokenizer
+
+    from crosslens.checkpoints import CheckpointSuite
+
+    try:
+        if record.get("root") and Path(record["root"]).is_dir():
+            return CheckpointSuite.local(record["root"]).tokenizer()
+        if record.get("model_id"):
+            return AutoTokenizer.from_pretrained(record["model_id"])
+    except Exception:  # noqa: BLE001 - contexts then show token ids, and say so
+        return None
+    return None
+
+
+COMMAND = Subcommand(
+    ("analyze",),
+    "feature evolution report from a trained crosscoder",
+    (AnalyzeFlags, LoadedCrosscoderFlags),
+    analyze,
+)

@@ -1,0 +1,80 @@
+"""``crosslens dashboards RUN``: every feature of a trained crosscoder at every snapshot, in one pass
+over the tokens, into the run's feature database (``RUN/dashboards.sqlite``, read by ``crosslens
+browse`` and ``crosslens export``).
+
+The tokens come from the run's activation store (the one its run.json records, or ``--store``), or
+with ``--stream`` from the suite's snapshot models kept resident, harvested as they are read: the
+suite, snapshot and token flags are ``train --stream``'s and mean the same (without them, the
+crosscoder's own snapshots and the pico grammar's tokens, as ``train --stream`` takes by default).
+The pass is resumable: Ctrl-C saves it, and the same command continues it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crosslens.cli.common import CLIError, device_and_dtype
+from crosslens.cli.flags import Subcommand, build, explicit
+from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, TokenFlags
+from crosslens.dashboards.config import DashboardsConfig
+
+
+@dataclass
+class DashboardsFlags:
+    run_dir: str = field(metadata={"positional": True, "metavar": "RUN"})
+    """The run folder (crosslens train's --out) whose final crosscoder the dashboards describe."""
+    store: str | None = None
+    """Activation store to read the tokens from (default: the store the run was trained on, as its
+    run.json records it); refused unless it holds the crosscoder's snapshots and hook."""
+    stream: bool = False
+    """Read the tokens from the suite's snapshot models kept in memory, no store on disk (the suite,
+    snapshot and token flags as for train --stream)."""
+
+
+def dashboards(args: argparse.Namespace) -> int:
+    from crosslens.core.units import format_bytes
+    from crosslens.dashboards import compute_dashboards
+
+    run = Path(args.run_dir)
+    if args.stream and args.store is not None:
+        raise CLIError("--store and --stream each say where the tokens come from: pass one of them")
+    config = build(DashboardsConfig, explicit(args, DashboardsConfig))
+    device, model_dtype = device_and_dtype(args, produces_activations=args.stream)
+    stream = _stream_source(args, run) if args.stream else None
+    path = compute_dashboards(
+        run, store=args.store, stream=stream, config=config, device=device, model_dtype=model_dtype
+    )  # fmt: skip
+    print(f"feature database: {path} ({format_bytes(path.stat().st_size)})")
+    print(f"browse it: crosslens browse {run}")
+    return 0
+
+
+def _stream_source(args: argparse.Namespace, run: Path):
+    """The :class:`~crosslens.dashboards.StreamSource` of ``train --stream``'s flags: by default the
+    suite and snapshots the crosscoder records."""
+    from crosslens.cli.common import resolve_suite
+    from crosslens.cli.harvest import token_budget, token_source, token_tables
+    from crosslens.cli.train import stream_record
+    from crosslens.dashboards import StreamSource
+    from crosslens.training.runfolder import crosscoder_suite_record
+
+    record = crosscoder_suite_record(run)
+    spec = args.suite or record.get("root") or record.get("model_id") or "pico"
+    steps = args.steps
+    if steps is None and args.n_snapshots is None:
+        steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
+    suite = resolve_suite(spec, steps, args.n_snapshots)
+    source, budget = token_source(args, None), token_budget(args, None)
+    train_NL, _ = token_tables(args, None, source, suite.tokenizer())
+    tokens = stream_record(suite, "", source, budget, "", args.encoding)["tokens"]
+    return StreamSource(suite, train_NL, spec={**tokens, "n_tokens": budget.n_tokens, "seq_len": budget.seq_len})
+
+
+COMMAND = Subcommand(
+    ("dashboards",),
+    "every feature at every snapshot (contexts, densities, logit effects, causal scores) into RUN/dashboards.sqlite",
+    (DashboardsFlags, DashboardsConfig, SuiteFlags, TokenBudgetFlags, TokenFlags, DeviceFlags),
+    dashboards,
+)

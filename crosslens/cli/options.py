@@ -1,0 +1,72 @@
+"""Flags several subcommands share, declared once: the device and dtype, which snapshots, which
+tokens, and the dtype a saved crosscoder loads in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from crosslens.activations.budget import TokenBudget
+from crosslens.cli.flags import int_list
+
+
+@dataclass
+class DeviceFlags:
+    """Where a command computes."""
+
+    device: str | None = None
+    """cpu, cuda, cuda:N or mps (default: cuda if available, else mps, else cpu)."""
+    dtype: str | None = None
+    """dtype of the snapshot models: float32/fp32, bfloat16/bf16, float16/fp16 (default: bfloat16 on CUDA
+    where their activations are harvested or streamed, else float32); crosscoder parameters stay float32."""
+
+
+@dataclass
+class SuiteFlags:
+    """Which suite, and which of its snapshots."""
+
+    suite: str | None = None
+    """'pico' (the embedded suite, built if missing), a local folder of checkpoints, or a hub model id:
+    EleutherAI/pythia-*, allenai/OLMo-*-hf, allenai/OLMo-2-*, allenai/Olmo-3-*, bigscience/bloom-*-intermediate;
+    for OLMo-2/3 add @ingredientK to pick one stage-2 ingredient (default: pico)."""
+    steps: list[int] | None = field(default=None, metadata={"parse": int_list})
+    """Comma-separated training steps to use (default: all, or --n-snapshots spaced)."""
+    n_snapshots: int | None = field(default=None, metadata={"min": 1})
+    """Pick this many snapshots, dense early and sparse late (log spacing)."""
+
+
+@dataclass
+class TokenBudgetFlags:
+    """How many tokens, in rows of what length, and how many are held out (the fields of
+    :class:`~crosslens.activations.budget.TokenBudget`, where their defaults live)."""
+
+    n_tokens: int | None = field(default=None, metadata={"default_from": (TokenBudget, "n_tokens")})
+    """Token budget, before exclusions (a --recipe's is its own)."""
+    seq_len: int | None = field(default=None, metadata={"default_from": (TokenBudget, "seq_len")})
+    """Tokens per sequence (a --recipe's is its context)."""
+    heldout_tokens: int | None = field(default=None, metadata={"default_from": (TokenBudget, "heldout_tokens")})
+    """Tokens (a seeded random sample of rows) kept out of training for the held-out quality table:
+    harvest writes them to OUT-heldout, train --stream harvests them from its resident models
+    (default: 10% of --n-tokens, at most 16384; 0: none). OUT-heldout records the seal of OUT, and
+    readers refuse it for any other store."""
+
+
+@dataclass
+class TokenFlags:
+    """Which tokens activations are harvested on."""
+
+    text: list[str] | None = field(default=None, metadata={"nargs": "+", "metavar": "FILE|DIR"})
+    """Your text: text files or folders of .txt files (split into documents at blank lines, or every
+    ~2000 characters)."""
+    encoding: str = "utf-8"
+    """Encoding of the --text files (e.g. latin-1, cp1252); a file that does not decode in it is refused."""
+    dataset: str | None = None
+    """NAME:COLUMN of a datasets dataset (a text file or folder also works; default: the recipe's, else
+    the pico grammar)."""
+
+
+@dataclass
+class LoadedCrosscoderFlags(DeviceFlags):
+    """Where a saved crosscoder is loaded, and in which dtype."""
+
+    dtype: str | None = None
+    """dtype the crosscoder is loaded in (default: its saved dtype)."""
