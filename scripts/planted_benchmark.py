@@ -5,7 +5,9 @@ Trains each crosscoder architecture with the defaults ``crosslens train`` uses (
 ``PlantedConfig.hard()`` (8 snapshots, d_in 64, 48 features with known emergence and fade)
 and scores the decoder against the planted truth (:func:`crosslens.analysis.planted_scores`):
 recovered features (decoder cosine >= 0.9 where the feature is present), mean max-cosine
-at the worst snapshot, emergence snapshot and class exact among the recovered, and SAELens's mean correlation coefficient.
+at the worst snapshot, emergence snapshot and class exact among the recovered, and SAELens's mean correlation coefficient,
+with the dead latents beside them (latents that fire on none of 20,000 sampled tokens: the
+width a code leaves unused, where a missed feature could have gone).
 
     PYTHONPATH=. python scripts/planted_benchmark.py                 # 4 architectures x 3 seeds
     PYTHONPATH=. python scripts/planted_benchmark.py --before        # and the naive settings, for contrast
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{scores['n_recovered']}/{scores['n_planted']}, min mmcs {scores['min_mmcs']:.3f}, timeline exact "
                     f"{scores['timeline_accuracy']:.2f}, SAELens MCC {scores['sae_lens_mcc']:.3f}, precision "
                     f"{scores.get('sae_lens_precision', 0):.3f}, absent-snapshot norm {scores['absent_norm']:.3f}, "
-                    f"L0 {scores['l0']:.2f}, {scores['seconds']:.0f} s",
+                    f"L0 {scores['l0']:.2f}, dead latents {scores['dead']}, {scores['seconds']:.0f} s",
                     flush=True,
                 )
 
@@ -146,8 +148,9 @@ def _table(runs: dict[str, list[dict]], args: argparse.Namespace, before: bool) 
         f"k {K} (TopK/BatchTopK); mean +/- sd over seeds\n"
     )
     print("| architecture | recovered (of 48) | min over snapshots of mean max-cos | emergence+class exact "
-          "(of recovered) | SAELens MCC | SAELens firing precision | norm at absent snapshots (of peak) | L0 |")
-    print("|---|---|---|---|---|---|---|---|")
+          "(of recovered) | SAELens MCC | SAELens firing precision | norm at absent snapshots (of peak) | L0 "
+          f"| dead latents (of {args.d_sae}) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     all_pass = True
     for arch, scores in runs.items():
         recovered = [s["recovered_fraction"] for s in scores]
@@ -160,7 +163,8 @@ def _table(runs: dict[str, list[dict]], args: argparse.Namespace, before: bool) 
             f"{_mean_sd(timeline)} | {_mean_sd([s['sae_lens_mcc'] for s in scores])} | "
             f"{_mean_sd([s.get('sae_lens_precision', 0.0) for s in scores])} | "
             f"{_mean_sd([s['absent_norm'] for s in scores])} | "
-            f"{_mean_sd([s['l0'] for s in scores])} |" + ("" if passed else " (below target)")
+            f"{_mean_sd([s['l0'] for s in scores])} | {_mean_sd([s['dead'] for s in scores])} |"
+            + ("" if passed else " (below target)")
         )
     return all_pass
 

@@ -9,7 +9,8 @@ generator and architecture, the recovered fraction (planted features matched one
 decoder cosine >= 0.9 where the feature is present) and the exact-emergence fraction
 (emergence snapshot and class exact, among the recovered) as mean +/- sd and the per-seed
 values, the share of matched latents that absorb other planted features
-(:mod:`crosslens.analysis.absorption`), and the latents' L0.
+(:mod:`crosslens.analysis.absorption`), the latents' L0 and the dead latents (firing on none of
+20,000 sampled tokens).
 
     PYTHONPATH=. python scripts/planted_generators.py --jobs 2                  # 4 generators x 4 x 3 seeds
     PYTHONPATH=. python scripts/planted_generators.py --steps 1000 --seeds 0    # a short look first
@@ -105,7 +106,7 @@ def run_one(generator: str, arch: str, seed: int, steps: int | None, overrides: 
     crosscoder = train_planted(planted, arch, seed=seed, **training, **overrides)
     result = score(planted, crosscoder, before=False, seconds=time.perf_counter() - start)
     keys = (
-        "n_recovered", "n_planted", "recovered_fraction", "timeline_accuracy", "min_mmcs", "l0", "seconds",
+        "n_recovered", "n_planted", "recovered_fraction", "timeline_accuracy", "min_mmcs", "l0", "dead", "seconds",
         "absorbing_fraction", "absorbed_share_median",
     )
     summary = {k: result[k] for k in keys}
@@ -121,9 +122,13 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} +/- {sd:.3f} ({', '.join(f'{v:.2f}' for v in values)})"
 
 
+def _counts(values: list[int]) -> str:
+    return f"{statistics.fmean(values):.1f} ({', '.join(str(v) for v in values)})"
+
+
 def table(runs: list[dict]) -> bool:
-    print("| generator | architecture | recovered | exact emergence | absorbing | L0 | lambda at end |")
-    print("|---|---|---|---|---|---|---|")
+    print("| generator | architecture | recovered | exact emergence | absorbing | L0 | dead latents | lambda at end |")
+    print("|---|---|---|---|---|---|---|---|")
     all_pass = True
     groups: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
@@ -138,7 +143,8 @@ def table(runs: list[dict]) -> bool:
         print(
             f"| {generator} | {arch} | {_cell(recovered)} | {_cell(exact)} | "
             f"{_cell([r['absorbing_fraction'] for r in group])} | "
-            f"{statistics.fmean(r['l0'] for r in group):.2f} | {_cell(lam) if lam else '-'} |"
+            f"{statistics.fmean(r['l0'] for r in group):.2f} | {_counts([r['dead'] for r in group])} | "
+            f"{_cell(lam) if lam else '-'} |"
             + ("" if passed else " below target")
         )
     return all_pass

@@ -164,17 +164,17 @@ def test_sae_and_one_snapshot_crosscoder_evaluate_alike(one_snapshot_store, cros
 # ------------------------------------------------------------------ the table
 
 
-def _metrics(ev: float, l0: float, d_sae: int = 128) -> dict:
-    return {"explained_variance": ev, "mse": 1.0 - ev, "l0": l0, "d_sae": d_sae}
+def _metrics(ev: float, l0: float, d_sae: int = 128, dead: int = 0) -> dict:
+    return {"explained_variance": ev, "mse": 1.0 - ev, "l0": l0, "d_sae": d_sae, "dead_features": dead}
 
 
 def test_quality_table_rows_and_rendering():
-    crosscoder_eval = {"explained_variance": [0.5, 0.9, 0.95, 0.97], "l0": 30.0}
+    crosscoder_eval = {"explained_variance": [0.5, 0.9, 0.95, 0.97], "l0": 30.0, "dead_features": 12}
     baselines = {
-        ("topk", 1): _metrics(0.91, 30.0),
-        ("topk", 3): _metrics(0.96, 30.0),
-        ("standard", 3): _metrics(0.934, 27.0),
-        ("standard", 1): _metrics(0.88, 35.0),
+        ("topk", 1): _metrics(0.91, 30.0, dead=4),
+        ("topk", 3): _metrics(0.96, 30.0, dead=6),
+        ("standard", 3): _metrics(0.934, 27.0, dead=3),
+        ("standard", 1): _metrics(0.88, 35.0, dead=2),
     }
     snapshots = [{"step": step, "revision": f"step{step}"} for step in (0, 16, 64, 640)]
     rows = quality_table(crosscoder_eval, baselines, snapshots, d_sae=128, sparsity={"topk": "k=30"})
@@ -200,6 +200,8 @@ def test_quality_table_rows_and_rendering():
     assert first_step.split()[1:] == ["50.0%"]  # blank baseline cells
     (l0_line,) = [line for line in lines if line.startswith("mean L0")]
     assert l0_line.split()[2:] == ["30.0", "31.0", "30.0"]
+    (dead_line,) = [line for line in lines if line.startswith("dead latents")]  # beside the sparsity
+    assert dead_line.split()[2:] == ["12", "2.5", "5"] and lines.index(dead_line) == lines.index(l0_line) + 1
     assert any(line.startswith("d_sae") and line.split()[1:] == ["128", "128", "128"] for line in lines)
     assert any(line.startswith("sparsity") and line.split()[1:] == ["k=30"] for line in lines)
     # a rule separates the snapshots from the summary

@@ -14,6 +14,16 @@ activations differ from another's:
   1.6 per token, per-snapshot magnitudes 0.5-1.5 (decoder norms that change up to 3x
   between snapshots), 1-3 snapshot transients, adjacent-snapshot cosine 0.9, noise 0.03.
 
+Three more hold the kinds of feature a crosscoder loses first, many of each in one set
+(8 snapshots, d_in 64, 48 features, as ``hard``), with weaker and more varied features than
+the others (``_WEAK``):
+
+- ``rare``: 16 transients living 1-4 snapshots and firing on 1-4% of tokens each.
+- ``cofiring``: 12 correlated pairs (half the features), their partners copying the
+  first's firing on 30%, 60% or 90% of tokens.
+- ``late``: 18 persistent features born at snapshot 3 or later, firing on 1.5-3.5% of
+  tokens.
+
 Every generator normalises its batches as the activation store does. Build one with
 ``PlantedConfig.preset(name, seed)``.
 """
@@ -28,6 +38,15 @@ _SHARED: dict[str, Any] = dict(
 )  # fmt: skip
 """What every generator keeps: coefficients 1 +/- 0.3, per-feature scales 0.7-1.4,
 normalised batches."""
+
+_WEAK: dict[str, Any] = dict(
+    coefficient_min=0.5, coefficient_max=1.5, feature_scale_min=0.5, feature_scale_max=2.0, magnitude_min=0.7,
+    magnitude_max=1.3, adjacent_cosine=0.93, noise_std=0.05,
+)  # fmt: skip
+"""What ``rare``, ``cofiring`` and ``late`` set on top of the shared settings: weaker and
+more varied features than the others', as in ``scripts/planted_independent.py`` (coefficients
+1 +/- 0.5, per-feature scales 0.5-2, directions drifting by cosine 0.93 per snapshot, noise
+0.05), so that a rare feature is also often a weak one."""
 
 GENERATORS: dict[str, dict[str, Any]] = {
     "zipf": dict(
@@ -44,6 +63,21 @@ GENERATORS: dict[str, dict[str, Any]] = {
         n_snapshots=5, d_in=128, n_features=48, n_initialization=14, n_initialization_fading=8, n_transient=12,
         firing_prob_min=0.01, firing_prob_max=0.06, magnitude_min=0.5, magnitude_max=1.5, n_correlated_pairs=8,
         transient_lengths=(1, 2, 3), adjacent_cosine=0.9, noise_std=0.03,
+    ),
+    "rare": dict(
+        **_WEAK, n_snapshots=8, d_in=64, n_features=48, n_initialization=14, n_initialization_fading=6,
+        n_transient=16, firing_prob_min=0.01, firing_prob_max=0.06, transient_firing=(0.01, 0.04),
+        n_correlated_pairs=4, transient_lengths=(1, 2, 3, 4),
+    ),
+    "cofiring": dict(
+        **_WEAK, n_snapshots=8, d_in=64, n_features=48, n_initialization=14, n_initialization_fading=6,
+        n_transient=12, firing_prob_min=0.01, firing_prob_max=0.05, n_correlated_pairs=12,
+        pair_correlations=(0.3, 0.6, 0.9), transient_lengths=(2, 3, 4),
+    ),
+    "late": dict(
+        **_WEAK, n_snapshots=8, d_in=64, n_features=48, n_initialization=14, n_initialization_fading=6,
+        n_transient=10, firing_prob_min=0.01, firing_prob_max=0.06, persistent_firing=(0.015, 0.035),
+        persistent_emergence_min=3, n_correlated_pairs=4, transient_lengths=(2, 3),
     ),
 }  # fmt: skip
 """What each generator sets on top of the shared settings, by name (``PlantedConfig``

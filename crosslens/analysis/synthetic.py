@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from crosslens.analysis.absorption import ABSORBING_SHARE, absorbed_shares
 from crosslens.analysis.evolution import NO_STEP
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
+from crosslens.analysis.planted_draws import class_firing, drift, firing_probabilities, plant_schedules, spread_directions
 
 _EPS = 1e-12
 
@@ -95,6 +96,18 @@ class PlantedConfig:
     normalize: bool = False
     """Scale every snapshot so its mean activation norm is sqrt(d_in), as the activation
     store does (factors measured on a fixed sample, folded into the planted decoder)."""
+    pair_correlations: tuple[float, ...] | None = None
+    """Per-pair shares of copied firing, cycled over the pairs (pair k gets entry
+    k mod length), so one set holds pairs at several strengths; None: every pair at
+    ``pair_correlation``."""
+    transient_firing: tuple[float, float] | None = None
+    """Firing probability range (uniform) of the transient features, which then need not
+    fire like the rest; None: the common draw."""
+    persistent_firing: tuple[float, float] | None = None
+    """The same for the persistent features (emerging after snapshot 0, never fading)."""
+    persistent_emergence_min: int = 1
+    """Earliest snapshot a persistent feature emerges at; their emergences cycle over
+    [persistent_emergence_min, n_snapshots - 1] (late births when raised)."""
 
     def __post_init__(self) -> None:
         if self.n_snapshots < 3:
@@ -132,8 +145,20 @@ class PlantedConfig:
                 f"n_correlated_pairs={self.n_correlated_pairs} needs 2 features each out of "
                 f"n_features={self.n_features}; use 0 <= n_correlated_pairs <= n_features // 2."
             )
-        if not 0.0 <= self.pair_correlation <= 1.0:
-            raise ValueError(f"pair_correlation={self.pair_correlation} is a share of tokens; use [0, 1].")
+        for share in (self.pair_correlation, *(self.pair_correlations or ())):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"pair correlation {share} is a share of tokens; use [0, 1].")
+        if self.pair_correlations is not None and not self.pair_correlations:
+            raise ValueError("pair_correlations is empty; give at least one share or None.")
+        for name in ("transient_firing", "persistent_firing"):
+            span = getattr(self, name)
+            if span is not None and not (len(span) == 2 and 0.0 < span[0] <= span[1] <= 1.0):
+                raise ValueError(f"{name}={span}: give (low, high) with 0 < low <= high <= 1, or None.")
+        if not 1 <= self.persistent_emergence_min <= self.n_snapshots - 1:
+            raise ValueError(
+                f"persistent_emergence_min={self.persistent_emergence_min}: a persistent feature emerges "
+                f"after snapshot 0 and by the last, so use [1, n_snapshots - 1={self.n_snapshots - 1}]."
+            )
         if self.transient_lengths is not None:
             if not self.transient_lengths or not all(1 <= n <= self.n_snapshots - 2 for n in self.transient_lengths):
                 raise ValueError(
@@ -205,7 +230,7 @@ class PlantedEvolution:
     steps: list[int] = field(default_factory=list)
     """Training step of each snapshot."""
     pairs: list[tuple[int, int]] = field(default_factory=list)
-    """Correlated pairs (a, b): b copies a's firing on ``pair_correlation`` of tokens."""
+    """Correlated pairs (a, b): b copies a's firing on its share of tokens (:attr:`pair_shares`)."""
     norm_factors: Float[torch.Tensor, " n_snapshots"] | None = None
     """Per-snapshot factor applied to activations and noise (None: 1, no normalisation)."""
 
@@ -214,17 +239,17 @@ class PlantedEvolution:
         config = config or PlantedConfig()
         gen = torch.Generator().manual_seed(config.seed)
         n_feat, n_snap = config.n_features, config.n_snapshots
-        emergence, fade = _plant_schedules(config, gen)
+        emergence, fade = plant_schedules(config, gen)
 
-        start_FD = _spread_directions(n_feat, config.d_in, gen)
-        directions_FSD = _drift(start_FD, n_snap, config.adjacent_cosine, gen)
+        start_FD = spread_directions(n_feat, config.d_in, gen)
+        directions_FSD = drift(start_FD, n_snap, config.adjacent_cosine, gen)
 
         snapshot_1S = torch.arange(n_snap)[None, :]
         present_FS = (snapshot_1S >= emergence[:, None]) & ((fade[:, None] == NO_STEP) | (snapshot_1S < fade[:, None]))
         scale_FS = config.magnitude_min + (config.magnitude_max - config.magnitude_min) * torch.rand(
             n_feat, n_snap, generator=gen
         )
-        firing = _firing_probabilities(config, torch.rand(n_feat, generator=gen))
+        firing = firing_probabilities(config, torch.rand(n_feat, generator=gen))
         steps = list(config.steps) if config.steps is not None else [0] + [2**k for k in range(n_snap - 1)]
         # Options beyond the original generator draw after everything above, so configs
         # that leave them off build exactly as before.
@@ -236,8 +261,10 @@ class PlantedEvolution:
         if config.n_correlated_pairs:
             order = torch.randperm(n_feat, generator=gen).tolist()
             pairs = [(order[2 * k], order[2 * k + 1]) for k in range(config.n_correlated_pairs)]
-            for a, b in pairs:
-                firing[b] = firing[a]
+        if config.transient_firing is not None or config.persistent_firing is not None:
+            firing = class_firing(config, emergence, fade, firing, gen)
+        for a, b in pairs:
+            firing[b] = firing[a]
         planted = cls(
             config=config,
             directions=directions_FSD,
@@ -266,10 +293,15 @@ class PlantedEvolution:
         the second feature of a correlated pair taking the first one's firing on the copied
         share of tokens."""
         probs_F = self.firing_probs.double().clone()
-        for first, second in self.pairs:
-            share = self.config.pair_correlation
+        for (first, second), share in zip(self.pairs, self.pair_shares.tolist()):
             probs_F[second] = share * probs_F[first] + (1 - share) * probs_F[second]
         return float(probs_F.sum())
+
+    @property
+    def pair_shares(self) -> Float[torch.Tensor, " n_pairs"]:
+        """Share of tokens on which each pair's second feature copies the first's firing."""
+        shares = self.config.pair_correlations or (self.config.pair_correlation,)
+        return torch.tensor([shares[k % len(shares)] for k in range(len(self.pairs))])
 
     @property
     def classes(self) -> list[str]:
@@ -299,7 +331,7 @@ class PlantedEvolution:
             n, cfg.n_features, generator=generator
         )
         if self.pairs:
-            copy_NP = torch.rand(n, len(self.pairs), generator=generator) < cfg.pair_correlation
+            copy_NP = torch.rand(n, len(self.pairs), generator=generator) < self.pair_shares
             first = [a for a, _ in self.pairs]
             second = [b for _, b in self.pairs]
             fires_NF[:, second] = torch.where(copy_NP, fires_NF[:, first], fires_NF[:, second])
@@ -317,66 +349,6 @@ class PlantedEvolution:
         gen = torch.Generator().manual_seed(seed)
         while True:
             yield self.sample(batch_size, gen)[0]
-
-
-def _firing_probabilities(config: PlantedConfig, u_F: torch.Tensor) -> torch.Tensor:
-    """Per-feature firing probabilities from uniform draws ``u_F`` in [0, 1)."""
-    lo, hi = config.firing_prob_min, config.firing_prob_max
-    if config.firing_log_uniform:
-        return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u_F)
-    return lo + (hi - lo) * u_F
-
-
-def _plant_schedules(config: PlantedConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Emergence and fade snapshot of every feature, spread evenly over the snapshots."""
-    n_snap = config.n_snapshots
-    n_persistent = config.n_features - config.n_initialization - config.n_initialization_fading - config.n_transient
-    emergence: list[int] = []
-    fade: list[int] = []
-    emergence += [0] * config.n_initialization
-    fade += [NO_STEP] * config.n_initialization
-    for k in range(config.n_initialization_fading):
-        emergence.append(0)
-        fade.append(1 + k % (n_snap - 1))
-    # Transient windows [e, f) with 1 <= e < f <= n_snap - 1, cycled so every snapshot is used.
-    windows = [(e, f) for e in range(1, n_snap - 1) for f in range(e + 1, n_snap)]
-    if config.transient_lengths is not None:
-        windows = [(e, f) for e, f in windows if f - e in config.transient_lengths]
-    order = torch.randperm(len(windows), generator=gen).tolist()
-    for k in range(config.n_transient):
-        e, f = windows[order[k % len(windows)]]
-        emergence.append(e)
-        fade.append(f)
-    for k in range(n_persistent):
-        emergence.append(1 + k % (n_snap - 1))
-        fade.append(NO_STEP)
-    perm = torch.randperm(config.n_features, generator=gen)
-    return torch.tensor(emergence)[perm], torch.tensor(fade)[perm]
-
-
-def _spread_directions(n: int, d: int, gen: torch.Generator) -> torch.Tensor:
-    """``n`` unit vectors in ``d`` dims: orthonormal when ``n <= d``, otherwise spread apart
-    with SAELens's synthetic-data orthogonaliser (superposition)."""
-    if n <= d:
-        q_DN, _ = torch.linalg.qr(torch.randn(d, n, generator=gen))
-        return q_DN.T.contiguous()
-    from sae_lens.synthetic import orthogonalize_embeddings
-
-    return orthogonalize_embeddings(torch.randn(n, d, generator=gen), num_steps=100)
-
-
-def _drift(start_FD: torch.Tensor, n_snapshots: int, cosine: float, gen: torch.Generator) -> torch.Tensor:
-    """Random walk on the sphere with a fixed cosine between consecutive steps."""
-    sine = math.sqrt(max(0.0, 1.0 - cosine**2))
-    current_FD = start_FD / start_FD.norm(dim=-1, keepdim=True)
-    out = [current_FD]
-    for _ in range(n_snapshots - 1):
-        step_FD = torch.randn(current_FD.shape, generator=gen)
-        step_FD = step_FD - (step_FD * current_FD).sum(-1, keepdim=True) * current_FD
-        step_FD = step_FD / step_FD.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-        current_FD = cosine * current_FD + sine * step_FD
-        out.append(current_FD)
-    return torch.stack(out, dim=1)
 
 
 # ---------------------------------------------------------------------------

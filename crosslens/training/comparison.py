@@ -52,6 +52,9 @@ def quality_table(
 
     - ``kind="ev"``: one per snapshot, explained variance; also ``<column>_l0`` per column.
     - ``kind="l0"``: mean L0 of each column over its snapshots.
+    - ``kind="dead"``: latents that never fire on the evaluated tokens (``dead_features``),
+      each baseline's mean over its snapshots; None where an evaluation does not count them.
+      Printed beside the sparsity because a code's unused width is what a sparser code pays.
     - ``kind="d_sae"``: width of each column (the crosscoder's from ``d_sae``).
     - ``kind="sparsity"``: how each column's sparsity was set, when ``sparsity`` is given.
     """
@@ -81,13 +84,17 @@ def quality_table(
         return {"kind": kind, "label": label, "snapshot": None, "step": None}
 
     l0_row, width_row = summary("l0", "mean L0"), summary("d_sae", "d_sae")
+    dead_row = summary("dead", "dead latents")
     l0_row["crosscoder"], width_row["crosscoder"] = crosscoder_eval.get("l0"), d_sae
+    dead_row["crosscoder"] = crosscoder_eval.get("dead_features")
     for arch in columns[1:]:
         evals = [m for (a, _), m in sorted(baselines.items()) if a == arch]
         l0_row[arch] = sum(m["l0"] for m in evals) / len(evals)
+        dead = [m.get("dead_features") for m in evals]
+        dead_row[arch] = None if None in dead else sum(dead) / len(dead)
         widths = {m.get("d_sae") for m in evals} - {None}
         width_row[arch] = widths.pop() if len(widths) == 1 else None
-    rows += [l0_row, width_row]
+    rows += [l0_row, dead_row, width_row]
     if sparsity:
         sparsity_row = summary("sparsity", "sparsity")
         sparsity_row.update({col: sparsity.get(col) for col in columns})
@@ -107,12 +114,15 @@ def _cell(kind: str, value: Any) -> str:
         return f"{100 * value:.1f}%"
     if kind == "l0":
         return f"{value:.1f}"
+    if kind == "dead":
+        return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
     return str(value)
 
 
 def format_quality_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Render :func:`quality_table` rows for a terminal: one line per snapshot with each
-    column's explained variance, then mean L0, d_sae (and sparsity settings) below a rule.
+    column's explained variance, then mean L0, dead latents, d_sae (and sparsity settings)
+    below a rule.
     Blank cells are baselines not trained at that snapshot."""
     columns = _table_columns(rows)
     header = ["", *[f"{col} EV" for col in columns]]
