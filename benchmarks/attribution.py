@@ -69,6 +69,69 @@ def load_models(args: argparse.Namespace):
     return picked, picked.tokenizer(), f"{suite.model_id} ({len(picked)} of {len(suite)} snapshots)"
 
 
+def random_crosscoder(models, acts_clean, task, args: argparse.Namespace):
+    """A JumpReLU crosscoder with a unit-scale random code on normalised inputs (about half the
+    features fire), its norm factors taken from the clean activations."""
+    S, d_in, F = len(models), acts_clean.shape[-1], args.d_sae
+    crosscoder = crosscoders.JumpReLUCrosscoder(crosscoders.JumpReLUCrosscoderConfig(d_in=d_in, d_sae=F, n_snapshots=S))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        crosscoder.W_enc.copy_(torch.randn(S, d_in, F, generator=generator) / (S * d_in) ** 0.5)
+        crosscoder.W_dec.copy_(torch.randn(F, S, d_in, generator=generator) / F**0.5)
+        crosscoder.threshold.fill_(0.0)
+    mean_norms = acts_clean[task.feature_mask()].norm(dim=-1).mean(0)
+    crosscoder.cfg.metadata.activation_norm_factors = (d_in**0.5 / mean_norms).tolist()
+    crosscoder.cfg.metadata.hook_name = args.hook
+    return crosscoder
+
+
+def feature_space_ie(model, codec, task, inputs, args: argparse.Namespace, full_forward: bool, batched: bool) -> torch.Tensor:
+    """IG over (codes, error) with every path point decoded, reduced like attribute_snapshot."""
+    positions_all = task.feature_mask()
+    ie_sum = torch.zeros(args.d_sae, dtype=torch.float64)
+    for start in range(0, len(task), args.batch_size):
+        rows = slice(start, start + args.batch_size)
+        part = task[rows]
+        with torch.no_grad():
+            f_clean, e_clean, f_patch, e_patch = ig_endpoints(
+                codec, inputs["acts_clean"][rows], inputs["codes_clean"][rows],
+                inputs["acts_patch"][rows], inputs["codes_patch"][rows], positions_all[rows],
+            )  # fmt: skip
+        batch, seq = part.clean_tokens.shape
+
+        def metric_fn(f_K, e_K):
+            k = f_K.shape[0]
+            acts = (codec.decode(f_K) + e_K).reshape(k * batch, seq, -1)
+            tokens, mask = part.clean_tokens.repeat(k, 1), part.mask.long().repeat(k, 1)
+            if full_forward:
+                with model.hooks(fwd_hooks=[(args.hook, lambda activation, hook: acts)]):
+                    logits = model(tokens, attention_mask=mask)
+            else:
+                logits = run_from_hook(model, args.hook, acts, tokens, mask)
+            last = logits[torch.arange(k * batch), part.last_pos.repeat(k)]
+            return logit_diff(last, part.correct_ids.repeat(k), part.wrong_ids.repeat(k)).reshape(k, batch)
+
+        result = integrated_gradients(metric_fn, f_clean, f_patch, e_clean, e_patch, n_steps=args.n_steps, batched=batched)
+        n_positions = positions_all[rows].sum(1).clamp(min=1)
+        ie_sum += (result.features.sum(1) / n_positions[:, None]).sum(0).double()
+    return (ie_sum / len(task)).float()
+
+
+def time_variants(variants: dict, repeats: int) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
+    """Each variant once to warm up, then interleaved repeats (so load from other processes hits
+    all alike): the times and the last result of each."""
+    for variant in variants.values():
+        variant()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    results: dict[str, torch.Tensor] = {}
+    for _ in range(repeats):
+        for name, variant in variants.items():
+            start = time.perf_counter()
+            results[name] = variant()
+            times[name].append(time.perf_counter() - start)
+    return times, results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default=None, help="local suite folder (default: the pico suite)")
@@ -90,63 +153,16 @@ def main() -> None:
     task = get_task(args.task, n=args.n_examples, seed=0).tokenize(tokenizer)
     snapshot = len(models) - 1
     model = models.load(snapshot) if hasattr(models, "load") else models[snapshot]
-    d_in = model.cfg.d_model
-    crosscoder = crosscoders.JumpReLUCrosscoder(
-        crosscoders.JumpReLUCrosscoderConfig(d_in=d_in, d_sae=args.d_sae, n_snapshots=len(models))
-    )
     acts_clean = collect_activations(models, args.hook, task.clean_tokens, task.mask.long())
     acts_patch = collect_activations(models, args.hook, task.corrupted_tokens, task.mask.long())
-    S, F = len(models), args.d_sae
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # unit-scale random code on normalised inputs; about half the features fire
-        crosscoder.W_enc.copy_(torch.randn(S, d_in, F, generator=generator) / (S * d_in) ** 0.5)
-        crosscoder.W_dec.copy_(torch.randn(F, S, d_in, generator=generator) / F**0.5)
-        crosscoder.threshold.fill_(0.0)
-    real = task.feature_mask()
-    mean_norms = acts_clean[real].norm(dim=-1).mean(0)
-    crosscoder.cfg.metadata.activation_norm_factors = (d_in**0.5 / mean_norms).tolist()
-    crosscoder.cfg.metadata.hook_name = args.hook
+    crosscoder = random_crosscoder(models, acts_clean, task, args)
     inputs = {
         "acts_clean": acts_clean[:, :, snapshot],
         "acts_patch": acts_patch[:, :, snapshot],
         "codes_clean": exact_codes(crosscoder, acts_clean, snapshot),
         "codes_patch": exact_codes(crosscoder, acts_patch, snapshot),
     }
-
     codec = SnapshotCodec(crosscoder, snapshot)
-    positions_all = task.feature_mask()
-
-    def feature_space_ie(full_forward: bool, batched: bool) -> torch.Tensor:
-        """IG over (codes, error) with every path point decoded, reduced like attribute_snapshot."""
-        ie_sum = torch.zeros(args.d_sae, dtype=torch.float64)
-        for start in range(0, len(task), args.batch_size):
-            rows = slice(start, start + args.batch_size)
-            part = task[rows]
-            with torch.no_grad():
-                f_clean, e_clean, f_patch, e_patch = ig_endpoints(
-                    codec, inputs["acts_clean"][rows], inputs["codes_clean"][rows],
-                    inputs["acts_patch"][rows], inputs["codes_patch"][rows], positions_all[rows],
-                )  # fmt: skip
-            batch, seq = part.clean_tokens.shape
-
-            def metric_fn(f_K, e_K):
-                k = f_K.shape[0]
-                acts = (codec.decode(f_K) + e_K).reshape(k * batch, seq, -1)
-                tokens, mask = part.clean_tokens.repeat(k, 1), part.mask.long().repeat(k, 1)
-                if full_forward:
-                    with model.hooks(fwd_hooks=[(args.hook, lambda activation, hook: acts)]):
-                        logits = model(tokens, attention_mask=mask)
-                else:
-                    logits = run_from_hook(model, args.hook, acts, tokens, mask)
-                last = logits[torch.arange(k * batch), part.last_pos.repeat(k)]
-                return logit_diff(last, part.correct_ids.repeat(k), part.wrong_ids.repeat(k)).reshape(k, batch)
-
-            result = integrated_gradients(
-                metric_fn, f_clean, f_patch, e_clean, e_patch, n_steps=args.n_steps, batched=batched
-            )
-            n_positions = positions_all[rows].sum(1).clamp(min=1)
-            ie_sum += (result.features.sum(1) / n_positions[:, None]).sum(0).double()
-        return (ie_sum / len(task)).float()
 
     def crosslens_ie(steps_per_pass: int | None) -> torch.Tensor:
         config = AttributionConfig(n_steps=args.n_steps, batch_size=args.batch_size, steps_per_pass=steps_per_pass)
@@ -155,19 +171,10 @@ def main() -> None:
     variants = {
         "crosslens": lambda: crosslens_ie(None),
         "crosslens, one pass per step": lambda: crosslens_ie(1),
-        "feature-space, batched": lambda: feature_space_ie(full_forward=False, batched=True),
-        "baseline loop": lambda: feature_space_ie(full_forward=True, batched=False),
+        "feature-space, batched": lambda: feature_space_ie(model, codec, task, inputs, args, full_forward=False, batched=True),
+        "baseline loop": lambda: feature_space_ie(model, codec, task, inputs, args, full_forward=True, batched=False),
     }
-    for variant in variants.values():
-        variant()  # warm-up
-    # Interleaved repeats, best time each, so load from other processes hits all alike.
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    results: dict[str, torch.Tensor] = {}
-    for _ in range(args.repeats):
-        for name, variant in variants.items():
-            start = time.perf_counter()
-            results[name] = variant()
-            times[name].append(time.perf_counter() - start)
+    times, results = time_variants(variants, args.repeats)
 
     print(f"model: {description}; hook {args.hook}; task {args.task}, {len(task)} examples, "
           f"seq {task.clean_tokens.shape[1]}")  # fmt: skip

@@ -39,6 +39,7 @@ from feature_db import FeatureDbShape, vocabulary, write_feature_database  # noq
 
 from crosslens.browser import BrowseConfig, make_server  # noqa: E402
 from crosslens.dashboards import schema  # noqa: E402
+from crosslens.dashboards.record import write_record  # noqa: E402
 
 GOAL_MS = 300.0
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -67,13 +68,18 @@ def database(out: Path, shape: FeatureDbShape, rebuild: bool) -> Path:
             with sqlite3.connect(path) as db:
                 stored = json.loads(db.execute("SELECT value FROM meta WHERE key = 'tokens'").fetchone()[0])["synthetic"]
             if stored == json.loads(json.dumps(asdict(shape))):
-                return path
+                return seal(out, path)
         except (sqlite3.Error, TypeError, KeyError):
             pass
     started = time.perf_counter()
     write_feature_database(path, shape)
-    (out / schema.RECORD_NAME).write_text("{}")
     print(f"built the synthetic database in {time.perf_counter() - started:.0f} s")
+    return seal(out, path)
+
+
+def seal(out: Path, path: Path) -> Path:
+    """Seal the database as `crosslens dashboards` seals one (the browser serves no other)."""
+    write_record(out, partners={}, settings={}, n_tokens=0)
     return path
 
 

@@ -9,14 +9,15 @@ exactly as before.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from crosslens.analysis.evolution import NO_STEP
 
-if TYPE_CHECKING:
-    from crosslens.analysis.synthetic import PlantedConfig
+PlantedConfig = Any
+"""A :class:`crosslens.analysis.synthetic.PlantedConfig`, named here without importing that
+module, which imports this one."""
 
 _EPS = 1e-12
 
