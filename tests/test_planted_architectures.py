@@ -103,3 +103,14 @@ def test_planted_targets_over_three_seeds(planted, arch):
     planted, acts_NSD = planted
     for seed in (0, 1, 2):
         _check(planted, acts_NSD, arch, seed=seed, min_recovered=0.9, min_timeline=0.9, n_steps=6000, batch_size=512)
+
+
+@pytest.mark.parametrize(("arch", "field"), [("jumprelu_crosscoder", "l0_warm_up_steps"), ("crosscoder", "l1_warm_up_steps")])
+def test_the_sparsity_warm_up_share_reaches_the_crosscoder(planted, arch, field):
+    from crosslens.architectures import defaults_for
+
+    planted_set, _ = planted
+    default = train_planted(planted_set, arch, n_steps=20, batch_size=64)
+    ramped = train_planted(planted_set, arch, n_steps=20, batch_size=64, sparsity_warm_up=0.5)
+    assert getattr(default.cfg, field) == int(20 * defaults_for(arch).sparsity_warm_up)
+    assert getattr(ramped.cfg, field) == 10

@@ -36,6 +36,7 @@ def train_planted(
     k: int | None = None,
     lr: float | None = None,
     sparsity_coefficient: float | None = None,
+    sparsity_warm_up: float | None = None,
     lr_decay_fraction: float = 0.2,
     dead_feature_window_tokens: int | None = None,
     init: Callable[[Any], None] | None = None,
@@ -51,6 +52,8 @@ def train_planted(
     real models' dictionaries, 20 times what planted sets fire; ``None`` here takes about
     1.5 times the planted set's mean L0 (:attr:`PlantedEvolution.mean_l0`), at least 1.
     A planted set without ``mean_l0`` must be given ``k`` for the TopK-style architectures.
+    ``sparsity_warm_up`` is the share of ``n_steps`` over which the sparsity coefficient ramps
+    from 0 (None: the architecture's default, :func:`crosslens.architectures.defaults_for`);
     ``dead_feature_window_tokens`` is the trainer's (None: its default for the run's length);
     ``init``, when given, is called on the built crosscoder before training and may set
     its weights in place (``scripts/planted_objective.py`` starts from the planted code);
@@ -71,7 +74,7 @@ def train_planted(
         coefficient = sparsity_coefficient_for(
             architecture, n_snapshots=planted.config.n_snapshots, d_in=planted.config.d_in, d_sae=d_sae
         )
-    warm_up = int(n_steps * defaults.sparsity_warm_up)
+    warm_up = int(n_steps * (defaults.sparsity_warm_up if sparsity_warm_up is None else sparsity_warm_up))
     torch.manual_seed(seed)
     crosscoder = build_training_crosscoder(
         architecture,
