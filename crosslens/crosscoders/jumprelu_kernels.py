@@ -200,6 +200,122 @@ def _pair_chunks(n_pairs: int, d_in: int, plan: KernelPlan) -> list[slice]:
     return [slice(a, a + step) for a in range(0, n_pairs, step)]
 
 
+def _code_grad(
+    classes: EntryClasses, norms_FS: torch.Tensor, threshold_F: torch.Tensor, W_dec_FSD: torch.Tensor,
+    grad_flat: torch.Tensor, grad_score_F: torch.Tensor, half_width: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The code's gradient from the decoder's matmul, feature-major ``[F, N]``, with the threshold
+    window's decoder sums and shut entries' score sums per (feature, snapshot) where the window is
+    summed from masks (see code_grad_and_window_sums); zeros for those otherwise."""
+    h_FN = classes.h_FN
+    F_, S = norms_FS.shape
+    window_grad_FS = norms_FS.new_zeros(F_, S)
+    window_sech_FS = norms_FS.new_zeros(F_, S)
+    if classes.window_per_snapshot:  # many entries inside at some snapshots only
+        shut_FN = ~classes.open_any_FN
+
+        def window_mask(s: int) -> torch.Tensor:
+            window_FN = (h_FN * norms_FS[:, s, None]).sub_(threshold_F[:, None]).abs_() < half_width
+            window_sech_FS[:, s] += row_counts(window_FN & shut_FN) * grad_score_F
+            return window_FN.to(grad_flat.dtype)
+
+        grad_h_FN, window_grad_FS = code_grad_and_window_sums(W_dec_FSD, grad_flat, window_mask)
+    elif classes.dense_window:  # many entries inside at every snapshot
+        window_all_FN = classes.window_all_FN.to(grad_flat.dtype)
+        grad_h_FN, window_grad_FS = code_grad_and_window_sums(W_dec_FSD, grad_flat, lambda s: window_all_FN)
+    else:
+        grad_h_FN = torch.mm(W_dec_FSD.reshape(F_, -1), grad_flat.T)
+    return grad_h_FN, window_grad_FS, window_sech_FS
+
+
+def _add_row_scores(
+    grad_h_flat: torch.Tensor, window_sech_FS: torch.Tensor, classes: EntryClasses, h_FP: torch.Tensor | None,
+    norms_FS: torch.Tensor, threshold_F: torch.Tensor, scale_FS: torch.Tensor, grad_score_F: torch.Tensor,
+    half_width: float,
+) -> torch.Tensor:
+    """The scores' backward for the entries packed into rows (open at every snapshot): their code
+    gradient added to ``grad_h_flat``, their window sech sums to ``window_sech_FS``; returns the
+    norms' gradient ``[F, S]`` (zeros where no rows were packed)."""
+    rows: PaddedRows | None = classes.open_rows
+    if rows is None:
+        return norms_FS.new_zeros(norms_FS.shape)
+    flat_a = classes.all_open_flat
+    if classes.window_per_snapshot:
+        valid_FP = rows.pad(torch.ones_like(flat_a, dtype=torch.bool))
+        window: Any = (norms_FS, threshold_F, valid_FP, half_width)
+    elif classes.dense_window:
+        window = rows.pad(classes.window_all_FN.view(-1).index_select(0, flat_a).to(classes.h_FN.dtype))
+    else:  # the gathered window pairs include these entries' scores
+        window = None
+    grad_norms_FS, rows_window_sech_FS, grad_h_FP = padded_score_backward(
+        _row_blocks(rows, norms_FS.shape[1], h_FP.device, classes.plan), h_FP, scale_FS, grad_score_F, window
+    )
+    window_sech_FS += rows_window_sech_FS
+    grad_h_flat.index_add_(0, flat_a, rows.take(grad_h_FP))
+    return grad_norms_FS
+
+
+def _add_gathered_window(
+    window_sech_FS: torch.Tensor, classes: EntryClasses, h_flat: torch.Tensor, sech_gS: torch.Tensor,
+    norms_FS: torch.Tensor, threshold_F: torch.Tensor, grad_score_F: torch.Tensor, half_width: float,
+) -> None:
+    """Add the gathered entries' sech terms inside the threshold's window (``sech_gS`` is
+    overwritten), and where the window is dense, the shut entries' score gradient."""
+    flat_g = classes.gathered_flat
+    i_g = torch.div(flat_g, classes.h_FN.shape[1], rounding_mode="floor")
+    if classes.window_per_snapshot:
+        h_g1 = h_flat.index_select(0, flat_g)[:, None]
+        distance_gS = h_g1 * norms_FS.index_select(0, i_g) - threshold_F.index_select(0, i_g)[:, None]
+        window_sech_FS.index_add_(0, i_g, sech_gS.masked_fill_(distance_gS.abs_() >= half_width, 0.0))
+    elif classes.dense_window:
+        inside_g1 = classes.window_all_FN.view(-1).index_select(0, flat_g)[:, None]
+        window_sech_FS.index_add_(0, i_g, sech_gS.masked_fill_(~inside_g1, 0.0))
+        shut_F = row_counts(classes.window_all_FN & ~classes.open_any_FN)
+        window_sech_FS += (shut_F * grad_score_F)[:, None]
+
+
+def _add_window_pairs(
+    window_grad_FS: torch.Tensor, classes: EntryClasses, h_flat: torch.Tensor, norms_FS: torch.Tensor,
+    threshold_F: torch.Tensor, scale_FS: torch.Tensor, grad_score_F: torch.Tensor, grad_rows: torch.Tensor,
+    W_rows: torch.Tensor, half_width: float,
+) -> None:
+    """Add to ``window_grad_FS`` the window terms of the entries gathered for it alone: each
+    (entry, snapshot) pair inside the window, its decoder dot product and its score part."""
+    N = classes.h_FN.shape[1]
+    S, D = norms_FS.shape[1], W_rows.shape[1]
+    flat_w = classes.window_gathered_flat
+    i_w = torch.div(flat_w, N, rounding_mode="floor")
+    h_w = h_flat.index_select(0, flat_w)
+    distance_wS = h_w[:, None] * norms_FS.index_select(0, i_w) - threshold_F.index_select(0, i_w)[:, None]
+    pair_w, pair_s = (distance_wS.abs() < half_width).nonzero(as_tuple=True)
+    pair_i = i_w.index_select(0, pair_w)
+    pair_row_F = pair_i * S + pair_s  # also the (feature, snapshot) index of [F, S]
+    pair_row_N = (flat_w - i_w * N).index_select(0, pair_w) * S + pair_s
+    pair_scale = scale_FS.view(-1).index_select(0, pair_row_F)
+    open_p = distance_wS[pair_w, pair_s] > 0
+    pair_f = torch.where(open_p, h_w.index_select(0, pair_w), 0.0)
+    pair_sech = sech2_times(sigmoid_of_twice(pair_f, pair_scale * 2), grad_score_F.index_select(0, pair_i))
+    window_flat_FS = window_grad_FS.view(-1)
+    for chunk in _pair_chunks(pair_w.numel(), D, classes.plan):
+        dec_p = torch.linalg.vecdot(grad_rows.index_select(0, pair_row_N[chunk]), W_rows.index_select(0, pair_row_F[chunk]))
+        window_flat_FS.index_add_(0, pair_row_F[chunk], torch.addcmul(dec_p, pair_sech[chunk], pair_scale[chunk]))
+
+
+def _add_norms_part(
+    grad_W_FSD: torch.Tensor, block: Any, grad_raw_norms_FS: torch.Tensor, raw_norms_FS: torch.Tensor, W_dec_FSD: torch.Tensor
+) -> torch.Tensor | None:
+    """W_dec's gradient with its decoder norms' part added, as autograd's norm backward would give
+    it: W * (grad of ||W|| / ||W||), zero where a row's norm is 0. None where a micro-batch's
+    block holds all of it."""
+    per_row_FS = grad_raw_norms_FS.div_(raw_norms_FS).masked_fill_(raw_norms_FS == 0, 0.0)
+    if block is None:
+        return grad_W_FSD.addcmul_(W_dec_FSD, per_row_FS[..., None])
+    if block.add_norm_scale(W_dec_FSD, per_row_FS):
+        return None
+    # only a weight whose rows are not W_dec's [F, S] would get here
+    raise ValueError(f"decoder norms of shape {tuple(per_row_FS.shape)} do not split a weight of shape {tuple(W_dec_FSD.shape)} into rows")
+
+
 class SnapshotGatedDecode(torch.autograd.Function):
     """Per-snapshot gated decode, summed tanh scores and any-snapshot gate of a batch,
     without an ``[S, N, F]`` tensor.
@@ -292,9 +408,8 @@ class SnapshotGatedDecode(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, grad_recon_NSD: torch.Tensor | None, grad_score_F: torch.Tensor | None, _grad_open: Any, _grad_shared: Any
     ) -> tuple[Any, ...]:
-        # Longer than a function should be, on purpose: one fused pass over the saved
-        # tensors, in which the decoder, score and window parts share the gradient's
-        # per-snapshot products, the sech values and the index tensors computed once here.
+        # One fused pass over the saved tensors: the decoder, score and window parts share the
+        # gradient's per-snapshot products, the sech values and the index tensors.
         (
             norms_FS, raw_norms_FS, norm_factors_S, threshold_F, W_dec_FSD, dense_FN, f_dense_FN, open_gS, f_gS, sigmoid_gS,
             pair_flat, pair_row_N, pair_row_F, pair_sign, pair_h,
@@ -303,7 +418,6 @@ class SnapshotGatedDecode(torch.autograd.Function):
         h_FN = classes.h_FN
         F_, N = h_FN.shape
         S, D = W_dec_FSD.shape[1:]
-        W_flat = W_dec_FSD.reshape(F_, S * D)
         scale_FS = ctx.tanh_scale * norms_FS
         h_flat = h_FN.view(-1)
         grad_flat = (
@@ -318,22 +432,9 @@ class SnapshotGatedDecode(torch.autograd.Function):
         # with the window's decoder sums (see code_grad_and_window_sums). W_dec's gradient is
         # returned as its own tensor (not a view), so that autograd can add the decoder
         # norms' part to it in place.
-        window_grad_FS = norms_FS.new_zeros(F_, S)
-        window_sech_FS = norms_FS.new_zeros(F_, S)
-        if classes.window_per_snapshot:  # many entries inside at some snapshots only
-            shut_FN = ~classes.open_any_FN
-
-            def window_mask(s: int) -> torch.Tensor:
-                window_FN = (h_FN * norms_FS[:, s, None]).sub_(threshold_F[:, None]).abs_() < half_width
-                window_sech_FS[:, s] += row_counts(window_FN & shut_FN) * grad_score_F
-                return window_FN.to(grad_flat.dtype)
-
-            grad_h_FN, window_grad_FS = code_grad_and_window_sums(W_dec_FSD, grad_flat, window_mask)
-        elif classes.dense_window:  # many entries inside at every snapshot
-            window_all_FN = classes.window_all_FN.to(grad_flat.dtype)
-            grad_h_FN, window_grad_FS = code_grad_and_window_sums(W_dec_FSD, grad_flat, lambda s: window_all_FN)
-        else:
-            grad_h_FN = torch.mm(W_flat, grad_flat.T)
+        grad_h_FN, window_grad_FS, window_sech_FS = _code_grad(
+            classes, norms_FS, threshold_F, W_dec_FSD, grad_flat, grad_score_F, half_width
+        )
         grad_h_flat = grad_h_FN.mul_(dense_FN).view(-1)
         block = ctx.block if ctx.block is not None and ctx.block.open else None
         if block is None:
@@ -347,22 +448,9 @@ class SnapshotGatedDecode(torch.autograd.Function):
         # scores of the entries packed into rows. Their window part is the scores' gradient
         # where a gate is open and grad * c * norm where shut (tanh(0) = 0): sech is summed
         # over tokens first and multiplied by c * norm per (feature, snapshot) after.
-        rows: PaddedRows | None = classes.open_rows
-        grad_norms_FS = norms_FS.new_zeros(F_, S)
-        if rows is not None:
-            flat_a = classes.all_open_flat
-            if classes.window_per_snapshot:
-                valid_FP = rows.pad(torch.ones_like(flat_a, dtype=torch.bool))
-                window: Any = (norms_FS, threshold_F, valid_FP, half_width)
-            elif classes.dense_window:
-                window = rows.pad(classes.window_all_FN.view(-1).index_select(0, flat_a).to(h_FN.dtype))
-            else:  # the gathered window pairs include these entries' scores
-                window = None
-            grad_norms_FS, rows_window_sech_FS, grad_h_FP = padded_score_backward(
-                _row_blocks(rows, S, ctx.h_FP.device, classes.plan), ctx.h_FP, scale_FS, grad_score_F, window
-            )
-            window_sech_FS += rows_window_sech_FS
-            grad_h_flat.index_add_(0, flat_a, rows.take(grad_h_FP))
+        grad_norms_FS = _add_row_scores(
+            grad_h_flat, window_sech_FS, classes, ctx.h_FP, norms_FS, threshold_F, scale_FS, grad_score_F, half_width
+        )
 
         # scores of the gathered entries: grad * sech^2, times c * norm for the code, c * f for the norm
         flat_g = classes.gathered_flat
@@ -383,47 +471,17 @@ class SnapshotGatedDecode(torch.autograd.Function):
 
         # the threshold's window: the code's gradient summed over tokens inside it, per
         # (feature, snapshot); its decoder part from the masks above, its score part here
-        if classes.window_per_snapshot:
-            h_g1 = h_flat.index_select(0, flat_g)[:, None]
-            distance_gS = h_g1 * norms_FS.index_select(0, i_g) - threshold_F.index_select(0, i_g)[:, None]
-            window_sech_FS.index_add_(0, i_g, sech_gS.masked_fill_(distance_gS.abs_() >= half_width, 0.0))
-        elif classes.dense_window:
-            inside_g1 = classes.window_all_FN.view(-1).index_select(0, flat_g)[:, None]
-            window_sech_FS.index_add_(0, i_g, sech_gS.masked_fill_(~inside_g1, 0.0))
-            shut_F = row_counts(classes.window_all_FN & ~classes.open_any_FN)
-            window_sech_FS += (shut_F * grad_score_F)[:, None]
+        _add_gathered_window(window_sech_FS, classes, h_flat, sech_gS, norms_FS, threshold_F, grad_score_F, half_width)
         window_grad_FS += window_sech_FS * scale_FS
         # the other entries inside it somewhere: each (entry, snapshot) pair inside it
-        flat_w = classes.window_gathered_flat
-        i_w = torch.div(flat_w, N, rounding_mode="floor")
-        h_w = h_flat.index_select(0, flat_w)
-        distance_wS = h_w[:, None] * norms_FS.index_select(0, i_w) - threshold_F.index_select(0, i_w)[:, None]
-        pair_w, pair_s = (distance_wS.abs() < half_width).nonzero(as_tuple=True)
-        pair_i = i_w.index_select(0, pair_w)
-        pair_row_F = pair_i * S + pair_s  # also the (feature, snapshot) index of [F, S]
-        pair_row_N = (flat_w - i_w * N).index_select(0, pair_w) * S + pair_s
-        pair_scale = scale_FS.view(-1).index_select(0, pair_row_F)
-        open_p = distance_wS[pair_w, pair_s] > 0
-        pair_f = torch.where(open_p, h_w.index_select(0, pair_w), 0.0)
-        pair_sech = sech2_times(sigmoid_of_twice(pair_f, pair_scale * 2), grad_score_F.index_select(0, pair_i))
-        window_flat_FS = window_grad_FS.view(-1)
-        for chunk in _pair_chunks(pair_w.numel(), D, classes.plan):
-            dec_p = torch.linalg.vecdot(
-                grad_rows.index_select(0, pair_row_N[chunk]), W_rows.index_select(0, pair_row_F[chunk])
-            )
-            window_flat_FS.index_add_(0, pair_row_F[chunk], torch.addcmul(dec_p, pair_sech[chunk], pair_scale[chunk]))
+        _add_window_pairs(
+            window_grad_FS, classes, h_flat, norms_FS, threshold_F, scale_FS, grad_score_F, grad_rows, W_rows, half_width
+        )
 
         grad_threshold_F = threshold_gradient(window_grad_FS, norms_FS, threshold_F, ctx.bandwidth)
-        # the norms' part of W_dec's gradient, as autograd's norm backward would give it:
-        # W * (grad of ||W|| / ||W||), zero where a row's norm is 0
-        grad_raw_norms_FS = grad_norms_FS.mul_(ctx.tanh_scale).mul_(norm_factors_S)
-        per_row_FS = grad_raw_norms_FS.div_(raw_norms_FS).masked_fill_(raw_norms_FS == 0, 0.0)
-        if block is None:
-            grad_W_FSD.addcmul_(W_dec_FSD, per_row_FS[..., None])
-        elif block.add_norm_scale(W_dec_FSD, per_row_FS):
-            grad_W_FSD = None  # all of it is the block's
-        else:  # only a weight whose rows are not W_dec's [F, S] would get here
-            raise ValueError(f"decoder norms of shape {tuple(per_row_FS.shape)} do not split a weight of shape {tuple(W_dec_FSD.shape)} into rows")
+        grad_W_FSD = _add_norms_part(
+            grad_W_FSD, block, grad_norms_FS.mul_(ctx.tanh_scale).mul_(norm_factors_S), raw_norms_FS, W_dec_FSD
+        )
         return grad_h_FN.T, grad_W_FSD, grad_threshold_F, None, None, None, None, None, None
 
 
