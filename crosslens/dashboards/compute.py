@@ -105,15 +105,11 @@ def compute_dashboards(
 
 def check_run_folder(run_dir: Path) -> None:
     """Refuse a folder that is not a finished run with a final crosscoder, naming the fix."""
-    from crosslens.training.runfolder import check_run
+    from crosslens.training.runfolder import check_run, finished_run_problem
 
-    if not run_dir.is_dir():
-        raise DashboardsError(f"{run_dir} is not a folder; pass the --out folder of `crosslens train`")
-    if not (run_dir / FINAL_DIRNAME / "cfg.json").is_file():
-        raise DashboardsError(
-            f"{run_dir} has no final crosscoder ({FINAL_DIRNAME}/cfg.json): its training did not finish; finish it "
-            "with `crosslens train --resume` and the flags it was started with, or pass the --out folder of a finished run"
-        )
+    problem = finished_run_problem(run_dir)
+    if problem is not None:
+        raise DashboardsError(problem)
     check_run(run_dir)
 
 

@@ -82,15 +82,11 @@ def open_feature_database(run_dir: str | os.PathLike) -> sqlite3.Connection:
 
 def check_run_folder(run_dir: Path) -> None:
     """Refuse a folder that is not a finished run: no final crosscoder, or a seal that fails."""
-    from crosslens.training.runfolder import check_run
+    from crosslens.training.runfolder import check_run, finished_run_problem
 
-    if not run_dir.is_dir():
-        raise ExportError(f"{run_dir} is not a folder; pass the --out folder of `crosslens train`")
-    if not (run_dir / FINAL_DIRNAME / "cfg.json").is_file():
-        raise ExportError(
-            f"{run_dir} has no final crosscoder ({FINAL_DIRNAME}/cfg.json); finish its training with "
-            "`crosslens train --resume`, or pass the --out folder of a finished run"
-        )
+    problem = finished_run_problem(run_dir)
+    if problem is not None:
+        raise ExportError(problem)
     check_run(run_dir)
 
 

@@ -168,6 +168,19 @@ def _signature(run_dir: Path) -> tuple:
     return tuple((name, None if st is None else (st.st_size, st.st_mtime_ns)) for name, st in stats)
 
 
+def finished_run_problem(run_dir: Path) -> str | None:
+    """Why ``run_dir`` is not the folder of a run whose training finished (no folder, or no final
+    crosscoder), naming the fix; None where it is. :func:`check_run` checks its seal after."""
+    if not run_dir.is_dir():
+        return f"{run_dir} is not a folder; pass the --out folder of `crosslens train`"
+    if not (run_dir / FINAL_DIRNAME / "cfg.json").is_file():
+        return (
+            f"{run_dir} has no final crosscoder ({FINAL_DIRNAME}/cfg.json); finish its training with "
+            "`crosslens train --resume` and the flags it was started with, or pass the --out folder of a finished run"
+        )
+    return None
+
+
 def check_run(run_dir: str | Path) -> None:
     """Refuse a run folder being written, or one that is not a finished, sealed run, naming the file."""
     run_dir = Path(run_dir)
