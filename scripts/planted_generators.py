@@ -107,7 +107,7 @@ def run_one(generator: str, arch: str, seed: int, steps: int | None, overrides: 
     result = score(planted, crosscoder, before=False, seconds=time.perf_counter() - start)
     keys = (
         "n_recovered", "n_planted", "recovered_fraction", "timeline_accuracy", "min_mmcs", "l0", "dead", "seconds",
-        "absorbing_fraction", "absorbed_share_median",
+        "absorbing_fraction", "absorbed_share_median", "absent_above_threshold", "present_below_threshold",
     )
     summary = {k: result[k] for k in keys}
     summary.update(generator=generator, arch=arch, seed=seed)

@@ -93,6 +93,29 @@ def test_leaked_norm_without_firing_is_not_presence():
         EvolutionConfig(presence="norm")
 
 
+def test_small_norm_at_snapshot_zero_does_not_make_an_initialization_feature():
+    # Features born at snapshot 1 and 4 whose learned rows keep some norm at snapshot 0:
+    # below the presence line (0.25 of peak), above it without firing there (0.45), and
+    # above it while firing at a tenth of the peak rate (a real but weak presence).
+    norms = torch.tensor([
+        [0.25, 0.8, 1.0, 1.0, 0.9, 0.9],
+        [0.45, 0.0, 0.0, 0.0, 0.9, 1.0],
+        [0.45, 0.9, 1.0, 1.0, 0.9, 0.9],
+    ])  # fmt: skip
+    firing = torch.tensor([
+        [0.001, 0.02, 0.02, 0.02, 0.02, 0.02],
+        [0.0015, 0.0, 0.0, 0.0, 0.03, 0.03],
+        [0.002, 0.02, 0.02, 0.02, 0.02, 0.02],
+    ])  # fmt: skip
+    robust = feature_lifetimes(norms, ROBUST, snapshot_frequency=firing)
+    assert robust.emergence.tolist() == [1, 4, 0]
+    analysis = EvolutionAnalysis.from_decoder(_decoder(norms), [0, 1, 2, 4, 8, 16], config=ROBUST, snapshot_frequency=firing)
+    assert analysis.classes == ["persistent", "persistent", "initialization"]
+    # Norms alone read the second row as present at snapshot 0, then dipping.
+    by_norm = feature_lifetimes(norms, ROBUST)
+    assert by_norm.emergence.tolist() == [1, 0, 0] and by_norm.dip.tolist() == [NO_STEP, 1, NO_STEP]
+
+
 def _decoder(norms: torch.Tensor, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     directions = torch.randn(*norms.shape, 16, generator=gen)

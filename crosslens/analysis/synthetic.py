@@ -501,7 +501,9 @@ def planted_scores(
     there) and ``sae_lens_uniqueness`` (share of live learned latents whose best planted
     match is their own). Leakage: ``absent_norm`` (mean normalised decoder norm of the
     recovered latents at snapshots where their planted feature is absent) and
-    ``absent_above_threshold`` (share of those at or above the emergence threshold).
+    ``absent_above_threshold`` (share of those at or above the emergence threshold), and
+    ``present_below_threshold`` (share of their norms where the feature is present that fall
+    under it): the two errors the threshold trades.
     Absorption (:mod:`crosslens.analysis.absorption`): ``absorbing_fraction`` (matched
     latents that carry other planted features at >= ``ABSORBING_SHARE`` of their own) and
     ``absorbed_share_median`` (the median of that share over matched latents). With
@@ -531,6 +533,8 @@ def planted_scores(
         )
     absent = [analysis.normalized[j][~planted.present[i]] for j, i in match.recovered]
     absent_FS = torch.cat(absent) if absent else torch.zeros(0)
+    present = [analysis.normalized[j][planted.present[i]] for j, i in match.recovered]
+    present_FS = torch.cat(present) if present else torch.zeros(0)
     if codes is not None and coefficients is not None and match.recovered:
         from sae_lens.synthetic import compute_classification_metrics
 
@@ -551,6 +555,9 @@ def planted_scores(
         absent_norm=float(absent_FS.mean()) if absent_FS.numel() else 0.0,
         absent_above_threshold=float((absent_FS >= analysis.config.emergence_threshold).float().mean())
         if absent_FS.numel()
+        else 0.0,
+        present_below_threshold=float((present_FS < analysis.config.emergence_threshold).float().mean())
+        if present_FS.numel()
         else 0.0,
         recovered_fraction=result["n_recovered"] / result["n_planted"],
         min_mmcs=min(mmcs),

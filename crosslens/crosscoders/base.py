@@ -445,6 +445,15 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
         self._after_training_pass(fwd)
         return fwd.metrics
 
+    def latent_rows(self) -> list[tuple[nn.Parameter, int]]:
+        """Each parameter that holds one slice per latent, with the axis the latents lie along:
+        what resampling a latent rewrites, and whose optimizer state it clears."""
+        return [(self.W_enc, 2), (self.W_dec, 0), (self.b_enc, 0)]  # type: ignore[attr-defined]
+
+    def reset_latent_state(self, idx_L: torch.Tensor) -> None:
+        """Return the training state the latents ``idx_L`` hold beside their weights to its
+        initial value (none here; JumpReLU's thresholds)."""
+
     def optimizer_param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Adam param groups; JumpReLU gives its threshold a smaller learning rate."""
         params = [p for p in self.parameters() if p.requires_grad]  # type: ignore[attr-defined]

@@ -263,6 +263,12 @@ class JumpReLUTrainingCrosscoder(
             )
         }
 
+    def latent_rows(self) -> list[tuple[nn.Parameter, int]]:
+        return [*super().latent_rows(), (self.threshold, 0)]
+
+    def reset_latent_state(self, idx_L: torch.Tensor) -> None:
+        self.threshold.data[idx_L] = self.cfg.jumprelu_init_threshold
+
     def optimizer_param_groups(self, lr: float) -> list[dict[str, Any]]:
         others = [
             p for name, p in self.named_parameters() if name != "threshold" and p.requires_grad

@@ -126,6 +126,12 @@ class ArchitectureConfig:
     (5% ReLU, 10% JumpReLU)."""
     decoder_init_norm: float = field(default=DEFAULT_DECODER_INIT_NORM, metadata={"min": 0, "strictly": True})
     """Norm of every decoder row W_dec[i, s] at initialisation (Bayazit et al.)."""
+    resample_dead: int | None = field(default=None, metadata={"min": 0})
+    """Times during training that silent latents (firing on under a tenth of the mean
+    latent's rate since the last time) are pointed at the worst-reconstructed tokens, evenly
+    spaced through the first two thirds of the steps (crosslens.training.resample); 0: never;
+    None: the architecture's (4 for JumpReLU, whose shut gates pass no gradient; 0 for the
+    others)."""
     target_l0: float | None = field(default=None, metadata={"min": 0, "strictly": True})
     """jumprelu_crosscoder only: active features per token that lambda is steered to during
     training (lambda starts at --sparsity or its default and is multiplied each step after
@@ -160,6 +166,8 @@ class ArchitectureConfig:
             self.sparsity_coefficient = defaults.sparsity_coefficient
         if self.sparsity_warm_up_fraction is None:
             self.sparsity_warm_up_fraction = defaults.sparsity_warm_up
+        if self.resample_dead is None:
+            self.resample_dead = defaults.resample_dead
 
 
 @dataclass
@@ -206,6 +214,12 @@ class CrosscoderTrainerConfig:
     """A feature silent for more than this many tokens is dead (feeds TopK's aux loss). None:
     1M tokens, or a thirtieth of the run's tokens where that is fewer
     (:func:`dead_feature_window`)."""
+    resample_dead: int = 0
+    """Times silent latents are resampled, evenly spaced through the first two thirds of
+    training (:func:`crosslens.training.resample.resample_steps`); 0: never."""
+    resample_below_share: float = 0.1
+    """A latent is silent when it fired, since the previous resampling, on less than this share
+    of the mean latent's rate (L0 / d_sae)."""
     dense_feature_threshold: float = 0.1
     """A feature firing on more than this fraction of tokens in a logging window is dense."""
     device: str = "cpu"
@@ -258,6 +272,10 @@ class CrosscoderTrainerConfig:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}.")
         if self.dead_feature_window_tokens is not None and self.dead_feature_window_tokens < 1:
             raise ValueError("dead_feature_window_tokens must be >= 1.")
+        if self.resample_dead < 0:
+            raise ValueError(f"resample_dead must be >= 0 (0: never), got {self.resample_dead}.")
+        if not 0 < self.resample_below_share < 1:
+            raise ValueError(f"resample_below_share must be in (0, 1), got {self.resample_below_share}.")
         if not 0 < self.dense_feature_threshold <= 1:
             raise ValueError("dense_feature_threshold must be in (0, 1].")
         if self.checkpoint_every < 0:

@@ -39,6 +39,7 @@ def train_planted(
     sparsity_warm_up: float | None = None,
     lr_decay_fraction: float = 0.2,
     dead_feature_window_tokens: int | None = None,
+    resample_dead: int | None = None,
     init: Callable[[Any], None] | None = None,
     plan: KernelPlan | None = None,
     **crosscoder_overrides: Any,
@@ -55,6 +56,7 @@ def train_planted(
     ``sparsity_warm_up`` is the share of ``n_steps`` over which the sparsity coefficient ramps
     from 0 (None: the architecture's default, :func:`crosslens.architectures.defaults_for`);
     ``dead_feature_window_tokens`` is the trainer's (None: its default for the run's length);
+    ``resample_dead``: times silent latents are resampled (None: the architecture's default);
     ``init``, when given, is called on the built crosscoder before training and may set
     its weights in place (``scripts/planted_objective.py`` starts from the planted code);
     ``plan``: the kernels the step runs (the device's default plan where None);
@@ -97,6 +99,7 @@ def train_planted(
             lr_decay_steps=int(n_steps * lr_decay_fraction),
             seed=seed,
             dead_feature_window_tokens=dead_feature_window_tokens,
+            resample_dead=defaults.resample_dead if resample_dead is None else resample_dead,
             save_final=False,
         ),
         plan=plan,

@@ -154,6 +154,7 @@ class CrosscoderTrainingRunner:
             optimizer_state_dtype=cfg.optimizer_state,
             fused_clip=cfg.fused_clip,
             micro_batches=cfg.micro_batches,
+            resample_dead=int(cfg.sae.resample_dead or 0),
             logger=replace(cfg.logger, wandb_dir=cfg.logger.wandb_dir or str(self.out_dir)),
         )
 

@@ -71,6 +71,7 @@ from crosslens.training.config import DEAD_FEATURE_WINDOW_TOKENS, CrosscoderTrai
 from crosslens.training.guard import check_finite_step
 from crosslens.training.memory import checkpoint_bytes
 from crosslens.training.micro import micro_batched_pass
+from crosslens.training.resample import clear_adam_rows, resample_latents, resample_steps, silent_latents, token_draw_generator
 from crosslens.training.optim import (
     clipped_step,
     load_optimizer_state,
@@ -147,6 +148,13 @@ class CrosscoderTrainer:
         self.tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=cfg.device)
         self.window_fire_counts = torch.zeros(d_sae, dtype=torch.long, device=cfg.device)
         self.window_tokens = 0
+        self.resample_at = resample_steps(cfg.total_steps, cfg.resample_dead)
+        """Steps after which silent latents are resampled (:mod:`crosslens.training.resample`)."""
+        self.resample_counts = torch.zeros(d_sae, dtype=torch.long, device=cfg.device)
+        """Tokens each latent fired on since the last resampling, over ``resample_tokens``."""
+        self.resample_tokens = 0
+        self.resampled: dict[int, int] = {}
+        """Latents resampled at each step where some were."""
         self.last_l0: torch.Tensor | float | None = None
         """Mean active features per token on the latest batch (recorded as the final l0)."""
         self.dead_ahead: DeadAhead | None = None
@@ -277,6 +285,8 @@ class CrosscoderTrainer:
             scheduler.step()
         self.n_steps += 1
         self.n_tokens += n_batch
+        if self.n_steps in self.resample_at:
+            self._resample(x_BSD)
         # Stop at a non-finite loss, and before any checkpoint of non-finite weights.
         check_finite_step(self, output.loss)
         return output
@@ -294,8 +304,12 @@ class CrosscoderTrainer:
             self.tokens_since_fired += n_batch
             # masked_fill_, not [mask] = 0: a boolean index lists the mask's entries, a device sync
             self.tokens_since_fired.masked_fill_(self.collectives.data_any(fired_F > 0), 0)
-            self.window_fire_counts += self.collectives.data_sum(fired_F)
+            fired_all_F = self.collectives.data_sum(fired_F)
+            self.window_fire_counts += fired_all_F
             self.window_tokens += n_batch
+            if self.resample_at:
+                self.resample_counts += fired_all_F
+                self.resample_tokens += n_batch
             self.last_l0 = fired_F.sum() / n_local  # a tensor: no device sync per step
             if self.sae.reads_dead_rows():
                 window = self._dead_window(self.n_steps + 1, self.n_tokens + n_batch)
@@ -303,6 +317,21 @@ class CrosscoderTrainer:
                 dead_F = counts_F > window
                 self.dead_ahead = DeadAhead(self.n_steps + 1, counts_F, counts_F._version, window, HostListing.start(dead_F))
         return n_batch
+
+    def _resample(self, x_BSD: torch.Tensor) -> None:
+        """Resample the latents silent since the last time, from this step's batch."""
+        silent_F = silent_latents(self.resample_counts, self.resample_tokens, self.cfg.resample_below_share)
+        rate_F = self.resample_counts.double() / max(self.resample_tokens, 1)
+        self.resample_counts.zero_()
+        self.resample_tokens = 0
+        if not bool(silent_F.any()):
+            return
+        generator = token_draw_generator(self.cfg.seed, self.n_steps)
+        x_NSD = x_BSD.reshape(-1, *x_BSD.shape[-2:])
+        idx_L = resample_latents(self.sae, x_NSD, silent_F, rate_F, generator, data_rank=self.layout.data_rank)
+        clear_adam_rows(self.optimizer, self.sae.latent_rows(), idx_L)
+        self.step_weights.prepared = None  # what the optimizer wrote predates the new rows
+        self.resampled[self.n_steps] = len(idx_L)
 
     def fit(
         self, batches: BatchSource, *, resume_from: str | Path | None = None
@@ -445,6 +474,9 @@ class CrosscoderTrainer:
                 "tokens_since_fired": self.tokens_since_fired.cpu(),
                 "window_fire_counts": self.window_fire_counts.cpu(),
                 "window_tokens": self.window_tokens,
+                "resample_counts": self.resample_counts.cpu(),
+                "resample_tokens": self.resample_tokens,
+                "resampled": self.resampled,
                 "last_l0": None if self.last_l0 is None else float(self.last_l0),
                 "rng": rng,
                 "wandb_run_id": self.wandb_run_id,
@@ -491,6 +523,9 @@ class CrosscoderTrainer:
         self.tokens_since_fired = state["tokens_since_fired"].to(self.cfg.device)
         self.window_fire_counts = state["window_fire_counts"].to(self.cfg.device)
         self.window_tokens = state["window_tokens"]
+        self.resample_counts = state["resample_counts"].to(self.cfg.device)
+        self.resample_tokens = state["resample_tokens"]
+        self.resampled = dict(state["resampled"])
         self.last_l0 = state.get("last_l0")
         self.wandb_run_id = state["wandb_run_id"]
         rng = state["rng"]
