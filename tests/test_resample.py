@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import crosslens.crosscoders as cc
 from crosslens.crosscoders.base import CrosscoderStepInput
@@ -165,3 +166,15 @@ def test_resampling_is_on_by_default_for_jumprelu_alone():
     assert CrosscoderTrainerConfig(total_steps=10).resample_dead == 0
     with pytest.raises(ValueError, match="resample_below_share"):
         CrosscoderTrainerConfig(total_steps=10, resample_below_share=0)
+
+
+def test_the_saved_jumprelu_crosscoder_keeps_its_thresholds_at_or_above_zero(tmp_path):
+    # training projects the threshold before each pass; the last step's update has none after it
+    sae = jumprelu()
+    with torch.no_grad():
+        sae.threshold[:2] = -1e-28
+        sae.threshold[2] = 0.2
+    sae.save_inference_model(tmp_path)
+    saved = load_file(str(tmp_path / "sae_weights.safetensors"))["threshold"]
+    assert saved[:2].tolist() == [0.0, 0.0] and float(saved[2]) == pytest.approx(0.2)
+    assert float(sae.threshold[0].detach()) < 0  # the training crosscoder itself is left as it was

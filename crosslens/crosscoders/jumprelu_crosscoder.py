@@ -250,6 +250,9 @@ class JumpReLUTrainingCrosscoder(
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_saving_inference(state_dict)
         state_dict.pop("l0_scale", None)
+        # every training pass reads the threshold projected to >= 0; the last step's update,
+        # which no pass followed, can leave a threshold held at 0 a rounding error below it
+        state_dict["threshold"] = state_dict["threshold"].clamp(min=0.0)
 
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_loading(state_dict)
