@@ -5,6 +5,7 @@ inputs whose gates are open at some snapshots and shut at others."""
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -112,29 +113,38 @@ PATHS = {
 }
 
 
-def _count_gated_decodes(monkeypatch) -> list[int]:
-    calls = [0]
-    apply = kernels.SnapshotGatedDecode.apply
+@pytest.fixture
+def calls():
+    """Counts the calls of the Python functions a test watches (``calls.watch(f)``) through
+    ``sys.setprofile``: it observes which path ran without replacing anything."""
+    counter = CallCounter()
+    previous = sys.getprofile()
+    sys.setprofile(counter.profile)
+    try:
+        yield counter
+    finally:
+        sys.setprofile(previous)
 
-    def counting_apply(*args: Any) -> Any:
-        calls[0] += 1
-        return apply(*args)
 
-    monkeypatch.setattr(kernels.SnapshotGatedDecode, "apply", counting_apply)
-    return calls
+class CallCounter:
+    def __init__(self) -> None:
+        self.counts: dict[Any, list[int]] = {}
+
+    def watch(self, function: Any) -> list[int]:
+        return self.counts.setdefault(function.__code__, [0])
+
+    def profile(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and (count := self.counts.get(frame.f_code)) is not None:
+            count[0] += 1
 
 
-def _count_padded_rows(monkeypatch) -> list[int]:
+def _count_gated_decodes(calls: CallCounter) -> list[int]:
+    return calls.watch(kernels.SnapshotGatedDecode.forward)
+
+
+def _count_padded_rows(calls: CallCounter) -> list[int]:
     """How many times entries open everywhere were packed into padded rows."""
-    calls = [0]
-    init = kernels.PaddedRows.__init__
-
-    def counting_init(self, *args: Any) -> None:
-        calls[0] += 1
-        init(self, *args)
-
-    monkeypatch.setattr(kernels.PaddedRows, "__init__", counting_init)
-    return calls
+    return calls.watch(kernels.PaddedRows.__init__)
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -143,9 +153,9 @@ def _count_padded_rows(monkeypatch) -> list[int]:
     [{}, {"sparsity_target": None}, {"closed_gate_decoder_grad": True}, {"tanh_scale": 1.5, "jumprelu_bandwidth": 0.3}],
 )
 @pytest.mark.parametrize("collectives", ["default", "local"])
-def test_loss_and_every_gradient_match_the_old_implementation(monkeypatch, path, cfg, collectives):
-    gated_decodes = _count_gated_decodes(monkeypatch)
-    padded = _count_padded_rows(monkeypatch)
+def test_loss_and_every_gradient_match_the_old_implementation(calls, path, cfg, collectives):
+    gated_decodes = _count_gated_decodes(calls)
+    padded = _count_padded_rows(calls)
     new, old = _pair(3, **cfg)
     new.use_kernel_plan(KernelPlan.resolve("cpu", **PATHS[path]))
     if collectives == "local":  # the object a one-rank mesh run holds, with the snapshot count set
@@ -210,7 +220,7 @@ def test_entry_classes_equal_a_per_snapshot_count_on_edge_cases():
 
 @pytest.mark.parametrize("window_mode", ["gathered", "matmul", "per_snapshot"])
 @pytest.mark.parametrize("padding_limit", [0.0, float("inf")])
-def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, window_mode, padding_limit):
+def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(window_mode, padding_limit):
     """The function alone, with upstream gradients on the decode and on the scores."""
     # several blocks of rows
     plan = KernelPlan.resolve("cpu", gather_share=1.0, window_mode=window_mode, padding_limit=padding_limit, row_block_elements=40)
@@ -256,7 +266,7 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(monkeypatch, 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["token-major", "feature-major"])
-def test_score_sums_alone_are_those_of_the_gate_and_score(monkeypatch, dtype, layout):
+def test_score_sums_alone_are_those_of_the_gate_and_score(calls, dtype, layout):
     """The scores without the code, from the open entries alone in chunks, equal the
     per-snapshot kernel's (the same gates; tanh from a sigmoid, sums in another order), and an
     entry open at one snapshot only, or exactly on its gate, counts as there."""
@@ -277,20 +287,18 @@ def test_score_sums_alone_are_those_of_the_gate_and_score(monkeypatch, dtype, la
     expected = forward_block(h, norms.T[:, None], (2.5 * norms).T[:, None], threshold)[2]
     open_NF = (h[None] * norms.T[:, None] > threshold).any(0)
     assert 0 < open_NF.float().mean() < 0.5
-    def unused(*args: Any) -> None:
-        raise AssertionError("the scores alone use nothing of SnapshotGateAndScore")
-
-    monkeypatch.setattr(dense.SnapshotGateAndScore, "apply", unused)
+    gate_and_score = calls.watch(dense.SnapshotGateAndScore.forward)
     got = kernels.snapshot_score_sums(h, norms, threshold, plan=plan, **kw)
+    assert gate_and_score[0] == 0, "the scores alone use nothing of SnapshotGateAndScore"
     assert got.dtype == torch.float32 and got[2] == 0 and got[1] > 0
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_the_gated_decode_runs_where_few_gates_are_mixed(monkeypatch):
+def test_the_gated_decode_runs_where_few_gates_are_mixed(calls):
     """At initialisation every snapshot's decoder norm is the same, so no gate is mixed and
     the gated decode runs; with gates mixed for most entries the per-snapshot kernel does."""
-    gated_decodes = _count_gated_decodes(monkeypatch)
-    padded = _count_padded_rows(monkeypatch)
+    gated_decodes = _count_gated_decodes(calls)
+    padded = _count_padded_rows(calls)
     torch.manual_seed(0)
     cc = JumpReLUTrainingCrosscoder(JumpReLUTrainingCrosscoderConfig(d_in=16, d_sae=256, n_snapshots=4))
     x = torch.randn(64, 4, 16)
@@ -387,7 +395,7 @@ def test_the_environment_sets_where_the_block_functions_are_compiled(setting, on
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_block_functions_equal_the_eager_ones_on_cuda(monkeypatch, dtype):
+def test_compiled_block_functions_equal_the_eager_ones_on_cuda(dtype):
     """The gate and code to the bit, the sums and gradients to float order, at a shape that
     takes several blocks (and a last, shorter one)."""
     gen = torch.Generator(device="cuda").manual_seed(3)
