@@ -482,6 +482,26 @@ def planted_recovery(analysis: EvolutionAnalysis, planted: PlantedEvolution, min
     }
 
 
+def _leakage_scores(analysis: EvolutionAnalysis, planted: PlantedEvolution, recovered: list[tuple[int, int]]) -> dict[str, float]:
+    """``planted_scores``' leakage keys, from the recovered ``(learned, planted)`` pairs'
+    normalised decoder norms where the planted feature is absent and where it is present."""
+    line = analysis.config.emergence_threshold
+
+    def norms(present: bool) -> torch.Tensor:
+        rows = [analysis.normalized[j][planted.present[i] == present] for j, i in recovered]
+        return torch.cat(rows) if rows else torch.zeros(0)
+
+    def mean(values: torch.Tensor) -> float:
+        return float(values.float().mean()) if values.numel() else 0.0
+
+    absent_FS, present_FS = norms(False), norms(True)
+    return {
+        "absent_norm": mean(absent_FS),
+        "absent_above_threshold": mean(absent_FS >= line),
+        "present_below_threshold": mean(present_FS < line),
+    }
+
+
 def planted_scores(
     analysis: EvolutionAnalysis,
     planted: PlantedEvolution,
@@ -531,10 +551,6 @@ def planted_scores(
         per_snapshot.append(
             mean_correlation_coefficient(truth_PSD[present, s], W_FSD[:, s]) if bool(present.any()) else float("nan")
         )
-    absent = [analysis.normalized[j][~planted.present[i]] for j, i in match.recovered]
-    absent_FS = torch.cat(absent) if absent else torch.zeros(0)
-    present = [analysis.normalized[j][planted.present[i]] for j, i in match.recovered]
-    present_FS = torch.cat(present) if present else torch.zeros(0)
     if codes is not None and coefficients is not None and match.recovered:
         from sae_lens.synthetic import compute_classification_metrics
 
@@ -552,13 +568,7 @@ def planted_scores(
         absorbed_share_median=statistics.median(shares) if shares else 0.0,
     )
     result.update(
-        absent_norm=float(absent_FS.mean()) if absent_FS.numel() else 0.0,
-        absent_above_threshold=float((absent_FS >= analysis.config.emergence_threshold).float().mean())
-        if absent_FS.numel()
-        else 0.0,
-        present_below_threshold=float((present_FS < analysis.config.emergence_threshold).float().mean())
-        if present_FS.numel()
-        else 0.0,
+        **_leakage_scores(analysis, planted, match.recovered),
         recovered_fraction=result["n_recovered"] / result["n_planted"],
         min_mmcs=min(mmcs),
         timeline_accuracy=sum(exact) / len(exact) if exact else 0.0,

@@ -63,14 +63,7 @@ def train_planted(
     ``crosscoder_overrides`` go to the crosscoder's config.
     """
     defaults = defaults_for(architecture)
-    if k is None:
-        mean_l0 = getattr(planted, "mean_l0", None)
-        if mean_l0 is None and uses_k(architecture):
-            raise ValueError(
-                f"train_planted({architecture!r}) needs k: the planted set has no mean_l0 to derive TopK's "
-                f"active latents per token from; pass k= (about 1.5 times the planted features firing per token)."
-            )
-        k = max(1, round(1.5 * mean_l0)) if mean_l0 is not None else defaults.k
+    k = _planted_k(planted, architecture) if k is None else k
     coefficient = sparsity_coefficient
     if coefficient is None:
         coefficient = sparsity_coefficient_for(
@@ -107,3 +100,14 @@ def train_planted(
     trainer.fit(planted.batches(batch_size, seed=1000 + seed))
     crosscoder.eval()
     return crosscoder
+
+
+def _planted_k(planted: PlantedEvolution, architecture: str) -> int:
+    """TopK's active latents per token for ``planted``: 1.5 times its mean L0, at least 1."""
+    mean_l0 = getattr(planted, "mean_l0", None)
+    if mean_l0 is None and uses_k(architecture):
+        raise ValueError(
+            f"train_planted({architecture!r}) needs k: the planted set has no mean_l0 to derive TopK's "
+            f"active latents per token from; pass k= (about 1.5 times the planted features firing per token)."
+        )
+    return max(1, round(1.5 * mean_l0)) if mean_l0 is not None else defaults_for(architecture).k
