@@ -15,8 +15,11 @@
 # (gpu.py --repeat-steps 5, about a minute). Last, as long as the budget lasts, the 98,304-feature
 # dictionary's bf16 rows in one step (it fits at 64.2 GiB), fresh and trained from pairs (peak
 # against plan). Every step row is followed by what is alive at its memory peak (--memory-peak).
-# STREAM=0 leaves out the end-to-end part (the suite's writing too) and WIDE=0 the 98,304-feature
-# rows, for a session that works on the step alone.
+# STREAM=0 leaves out the end-to-end part and WIDE=0 the 98,304-feature rows, for a session that
+# works on the step alone. CLI=1 adds, after the step's rows, the real `crosslens train --recipe
+# ge2025-pythia-160m --stream` from a fresh crosscoder on the same suite (benchmarks/user_run.py,
+# CLI_TOKENS tokens, default 4M; within 55% of the budget): with it, run
+# `STREAM=0 WIDE=0 CLI=1 benchmarks/device_session.sh 585`.
 #
 # TESTS: pytest's arguments (default: the tests with cuda in their names, from the files that hold
 # the CUDA twins of the kernels, which pass or skip on a CPU in CI); the step's rows are bf16 alone
@@ -38,7 +41,7 @@ stamp() { echo "[$SECONDS s] $*" | tee -a "$out/session.log"; }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$out/gpu.txt" 2>&1
 stream=${STREAM:-1}
-if [ "$stream" != 0 ]; then
+if [ "$stream" != 0 ] || [ -n "${CLI:-}" ]; then
     OMP_NUM_THREADS=4 timeout $((budget * 50 / 100)) nice -n 10 python3 benchmarks/stream_gpu.py --suite-dir /tmp/suite --write-only > "$out/suite.log" 2>&1 &
     writer=$!
 fi
@@ -60,8 +63,20 @@ if [ -n "${REPEAT:-}" ]; then
     stamp "the same bytes twice: exit ${PIPESTATUS[0]}"
 fi
 
-if [ "$stream" != 0 ]; then
+if [ -n "${CLI:-}" ]; then
     wait $writer
+    stamp "suite: $(grep '^suite:' "$out/suite.log" || echo 'not written: see suite.log')"
+    stamp "the real command from a fresh crosscoder, $(left) s left"
+    timeout $((budget * 65 / 100)) python3 benchmarks/user_run.py --suite-dir /tmp/suite --written --work /tmp/user \
+        --n-tokens "${CLI_TOKENS:-4000000}" --timeout $((budget * 55 / 100)) --json "$out/user_run.json" \
+        -- --keep-checkpoints 1 2>&1 | grep -v Warning > "$out/user_run.log"
+    status=${PIPESTATUS[0]}
+    cp /tmp/user/train.out /tmp/user/run/train_log.jsonl /tmp/user/run/run.json "$out/" 2>/dev/null
+    stamp "the real command: exit $status"
+fi
+
+if [ "$stream" != 0 ]; then
+    [ -n "${CLI:-}" ] || wait $writer
     stamp "suite: $(grep '^suite:' "$out/suite.log" || echo 'not written: see suite.log')"
     stamp "end to end, $(left) s left"
     timeout $((budget * 45 / 100)) python3 benchmarks/stream_gpu.py --suite-dir /tmp/suite --written --chunks 2 --rounds 3 2>&1 \

@@ -3,7 +3,7 @@
 In one run, with nothing downloaded:
 
 1. builds a local suite of ``--S`` random-init snapshots with Pythia-160M's shape (a
-   GPTNeoXConfig, bf16 weights, a tiny word tokenizer: only token ids matter) and loads them
+   GPTNeoXConfig, bf16 weights, a word-level tokenizer with a word per token id) and loads them
    as a :class:`ResidentSnapshotProvider` does (truncated after the hooked block);
 2. the forward floor: one snapshot to the hook at ``--seqs x --seq-len`` tokens, eager,
    compiled, and compiled with attention through SDPA (the provider's path on CUDA;
@@ -61,14 +61,15 @@ activations, which share a direction, that moves every pre-activation the same w
 steps time the dense kernels instead of the step from pairs (``scripts/held_sparsity.py``
 measures it). A trained run's sparsity is steady; this rate keeps the synthetic one so (each
 row prints its L0 at the first and last timed step), and a step's work does not depend on it."""
-WORDS = "the a cat dog sees runs park tree old big small is and with on in".split()
 
 
-def word_tokenizer():
+def word_tokenizer(vocab_size: int):
+    """A word-level tokenizer with a word for each token id: ``w3`` ... after the three specials,
+    so that a text of random words is random tokens over the whole vocabulary."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(["<|endoftext|>", "<unk>", "<pad>", *WORDS])}
+    vocab = {w: i for i, w in enumerate(["<|endoftext|>", "<unk>", "<pad>", *(f"w{i}" for i in range(3, vocab_size))])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
@@ -83,7 +84,7 @@ def write_suite(root: Path, shape: dict, n: int) -> CheckpointSuite:
     config = GPTNeoXConfig(**shape, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
     config.architectures = ["GPTNeoXForCausalLM"]
     model = GPTNeoXForCausalLM(config).to(torch.bfloat16).eval()
-    tokenizer = word_tokenizer()
+    tokenizer = word_tokenizer(shape["vocab_size"])
     for s in range(n):
         g = torch.Generator().manual_seed(s)
         for name, p in model.named_parameters():

@@ -323,8 +323,8 @@ def test_world_size_alone_plans_trains_default_mesh_and_names_the_wider_snapshot
 
 
 def test_recipe_plan_trains_as_train_recipe_does(capsys):
-    """With --recipe the steps are the recipe's token budget at the batch size in force, as
-    `train --recipe` runs them; --n-steps wins over both."""
+    """With --recipe the steps see the token budget in force (the recipe's, or --n-tokens) once at
+    the batch size in force, as `train --recipe` runs them; --n-steps wins over both."""
     recipe = load_recipe("ge2025-pythia-160m")
     parser = build_parser()
     for extra in ([], ["--batch-size", "1024"], ["--n-steps", "77"]):
@@ -333,6 +333,12 @@ def test_recipe_plan_trains_as_train_recipe_does(capsys):
         assert (inputs["n_steps"], inputs["batch_size"]) == (trained.n_steps, trained.train_batch_size_tokens), extra
         assert (inputs["n_tokens"], inputs["seq_len"]) == (recipe.n_tokens, recipe.context)
     assert inputs["n_steps"] == 77 and inputs["training_tokens"] == 77 * recipe.batch_size
+    # a smaller budget is seen once, not cycled through for the recipe's 390,625 steps
+    for extra in (["--n-tokens", "4000000"], ["--n-tokens", "4000000", "--batch-size", "1024"]):
+        inputs = _plan_json(["--recipe", recipe.name, "--stream", *extra], capsys)["inputs"]
+        trained = train_config(parser.parse_args(["train", "--recipe", recipe.name, "--stream", "--out", "o", *extra]), recipe)
+        assert inputs["n_steps"] == trained.n_steps == 4_000_000 // trained.train_batch_size_tokens, extra
+    assert trained.n_steps == 3906
 
 
 def test_train_recipe_offline_names_the_missing_weights(offline_hf_home, tmp_path, capsys):

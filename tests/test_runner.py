@@ -12,6 +12,8 @@ from sae_lens import SAE
 import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectures with SAELens)
 from crosslens.activations import harvest_activations
 from crosslens.checkpoints import CheckpointSuite
+from crosslens.core.paths import TRAIN_LOG_NAME
+from crosslens.training.run_log import read_run_log
 from crosslens.training.runner import (
     CrosscoderTrainingRunner,
     evaluate_crosscoder,
@@ -124,6 +126,10 @@ def test_a_run_keeps_its_newest_checkpoints(store_path, tmp_path):
         CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=15, keep_checkpoints=keep)).run()
         assert sorted(p.name for p in run.glob("step_*")) == kept
         assert (run / "final" / "sae_weights.safetensors").is_file()
+        logged = [r["step"] for r in read_run_log(run / TRAIN_LOG_NAME) if r["kind"] == "checkpoint"]
+        assert logged == [15, 30, 45, 60]  # written, whether kept or not
+    CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=0)).run(overwrite=True)
+    assert [r["kind"] for r in read_run_log(run / TRAIN_LOG_NAME)] == ["start", "step", "final"]  # at step 50
 
 
 def test_a_run_whose_checkpoints_the_disk_cannot_hold_is_refused_before_its_first_step(store_path, tmp_path, monkeypatch):

@@ -23,6 +23,8 @@ from test_activations import HOOK, WORDS, _write_suite  # noqa: E402
 from trust_fixtures import one_line_exit_2, one_torch_thread  # noqa: E402
 
 from crosslens.cli import main  # noqa: E402
+from crosslens.core.paths import TRAIN_LOG_NAME  # noqa: E402
+from crosslens.training.run_log import read_run_log  # noqa: E402
 from crosslens.training.streaming import StreamingTrainingRunner  # noqa: E402
 
 WEIGHTS = Path("final") / "sae_weights.safetensors"
@@ -88,6 +90,8 @@ def test_a_streamed_run_trains_without_a_store_and_says_what_it_streamed(streame
     assert len(cfg["metadata"]["activation_norm_factors"]) == 3
     assert [s["step"] for s in cfg["metadata"]["suite"]["snapshots"]] == [0, 10, 20]
     assert all(s["weights_sha256"] for s in cfg["metadata"]["suite"]["snapshots"])
+    kinds = [r["kind"] for r in read_run_log(out / TRAIN_LOG_NAME)]  # 6 steps: no log interval of 50 ends
+    assert kinds == ["start", "checkpoint", "checkpoint", "checkpoint", "final", "evaluation"]
 
 
 def test_the_heldout_quality_table_is_measured_on_harvests_heldout_rows(streamed, inputs, tmp_path):
@@ -334,6 +338,7 @@ def test_a_streamed_run_and_a_store_run_do_not_resume_as_each_other(streamed, in
                    "`crosslens train --stream` and its flags, or pick a new --out.")  # fmt: skip
     stored = tmp_path / "stored"
     assert main([*flags[:-3], "--out", str(stored)]) == 0
+    assert read_run_log(stored / TRAIN_LOG_NAME)[-1]["kind"] == "evaluation"
     capsys.readouterr()
     err = one_line_exit_2(stream_flags(inputs, stored, "--resume"), capsys)
     assert err == (f"crosslens train: error: {stored} holds a run that trained on a store: resume it with --store, "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,18 +89,20 @@ class TrainFlags:
 def train_config(args: argparse.Namespace, recipe=None, **fixed) -> CrosscoderRunnerConfig:
     """The runner config of a ``train`` command line: the config's defaults, then the recipe's
     values, then the flags given; ``fixed`` (the resolved store path and device) last. A recipe
-    without ``--n-steps`` trains on its token budget at the batch size in force."""
+    without ``--n-steps`` sees its token budget (``--n-tokens`` where given) once, at the batch
+    size in force."""
     flags = explicit(args, CrosscoderRunnerConfig)
     layers = [recipe.training_settings() if recipe is not None else {}, flags]
     if recipe is not None and "n_steps" not in flags:
         batch = flags.get("train_batch_size_tokens") or recipe.batch_size
-        layers.append({"n_steps": recipe.steps_at(batch)})
+        layers.append({"n_steps": recipe.steps_at(batch, getattr(args, "n_tokens", None))})
     fixed.setdefault("store_path", args.store_path or "")
     return build(CrosscoderRunnerConfig, *layers, fixed)
 
 
 def train(args: argparse.Namespace) -> int:
     from crosslens.cli.inputs import check_output_folder
+    from crosslens.training.run_log import append_record
     from crosslens.training.runfolder import check_not_being_written, check_run_start, owned_run_folder
     from crosslens.training.runner import CrosscoderTrainingRunner
 
@@ -130,7 +133,9 @@ def train(args: argparse.Namespace) -> int:
             runner.join_mesh()
             runner.run(resume=args.resume, overwrite=args.overwrite)
         if runner.is_main:  # the other workers have left: the table takes as long as it takes
-            _save_quality(runner, args, device, model_dtype)
+            evaluation = time.perf_counter()
+            if _save_quality(runner, args, device, model_dtype):
+                append_record(runner.out_dir, "evaluation", seconds=round(time.perf_counter() - evaluation, 4))
     print_peak_memory(runner.device)
     return 0
 
@@ -197,17 +202,17 @@ def _check_eval_store(store_path: str, eval_store: str, hook: str) -> None:
     check_eval_store(training, ActivationStore.open(eval_store, verify="none"), training.resolve_hook(hook or None))
 
 
-def _save_quality(runner, args: argparse.Namespace, device: str, model_dtype: str | None) -> None:
+def _save_quality(runner, args: argparse.Namespace, device: str, model_dtype: str | None) -> bool:
     """Print the quality table and seal it into the run (a finished run found by --resume keeps its
     own, unless --eval-store names where to measure it again); the spliced-loss figures also go to
-    the W&B run's summary when training logged to W&B."""
+    the W&B run's summary when training logged to W&B. Whether it measured the table."""
     from crosslens.cli.quality import log_run_spliced, print_quality
     from crosslens.training.runfolder import kept_quality_table, seal_run
 
     kept = kept_quality_table(runner, args.eval_store)
     if kept is not None:
         print(f"its quality table: {kept}")
-        return
+        return False
     quality = runner.out_dir / QUALITY_NAME
     print(f"crosscoder saved to {runner.final_path}")
     spliced = print_quality(
@@ -217,6 +222,7 @@ def _save_quality(runner, args: argparse.Namespace, device: str, model_dtype: st
     )  # fmt: skip
     seal_run(runner.out_dir)
     log_run_spliced(runner, spliced)
+    return True
 
 
 # --------------------------------------------------------------------------- --stream
@@ -356,6 +362,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
 
     from crosslens.activations.streaming import ModelsDoNotFitError
     from crosslens.cli.inputs import check_token_table_fits
+    from crosslens.training.run_log import append_record
     from crosslens.training.runfolder import kept_quality_table, owned_run_folder
     from crosslens.training.streaming import StreamingTrainingRunner
 
@@ -383,6 +390,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
         with torchrun_job():
             try:
                 runner.run(resume=args.resume, overwrite=args.overwrite)
+                evaluation = time.perf_counter()  # the held-out harvest, the table and the spliced loss
                 kept = kept_quality_table(runner, args.eval_store)
                 if runner.mesh is not None:  # rank 0's answer: whether every rank takes part in the harvest
                     box = [kept]
@@ -398,6 +406,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
         elif runner.is_main:  # the other workers have left: the table takes as long as it takes
             print(f"crosscoder saved to {runner.final_path}")
             report_quality(runner, heldout, args, model_dtype)
+            append_record(runner.out_dir, "evaluation", seconds=round(time.perf_counter() - evaluation, 4))
     print_peak_memory(runner.device)
     return 0
 

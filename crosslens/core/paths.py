@@ -11,6 +11,7 @@ A run folder (``crosslens train --out RUN``)::
     RUN/run.json                the runner's configuration (RUN_CONFIG_NAME)
     RUN/quality.json            the quality table ``train`` prints (QUALITY_NAME)
     RUN/trained_rows.safetensors  a streamed run's training rows as digests (TRAINED_ROWS_NAME)
+    RUN/train_log.jsonl         the run's own log: metrics, checkpoints and evaluation, timed (TRAIN_LOG_NAME)
     RUN/step_00001000/          a checkpoint (CHECKPOINT_PREFIX + 8-digit step), resumable when
                                 it holds trainer_state.pt (TRAINER_STATE_FILENAME)
     RUN/final/                  the trained crosscoder (FINAL_DIRNAME)
@@ -38,6 +39,9 @@ QUALITY_NAME = "quality.json"
 TRAINED_ROWS_NAME = "trained_rows.safetensors"
 """A run trained without a store (``train --stream``) keeps no copy of its token rows; this file
 holds a 16-byte digest of each, so that a store can be checked for rows it trained on."""
+TRAIN_LOG_NAME = "train_log.jsonl"
+"""The run's own log, one JSON object a line (:mod:`crosslens.training.run_log`); not sealed, since
+its seconds differ from run to run."""
 CHECKPOINT_PREFIX = "step_"
 """A checkpoint folder's name is this prefix and the step, zero-padded to 8 digits."""
 TRAINER_STATE_FILENAME = "trainer_state.pt"

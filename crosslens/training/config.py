@@ -83,7 +83,8 @@ class LoggingConfig:
     run_name: str | None = field(default=None, metadata={"flag": "--wandb-run-name"})
     """W&B run name; None lets W&B pick one."""
     wandb_log_frequency: int = field(default=50, metadata={"min": 1})
-    """Steps between W&B logs of the scalar metrics."""
+    """Steps between logs of the scalar metrics: the progress bar's, the run's train_log.jsonl,
+    and W&B's."""
     eval_every_n_wandb_logs: int = field(default=10, metadata={"min": 0})
     """Per-snapshot decoder-norm histograms every this many scalar logs; 0: none."""
     log_model_artifact: bool = field(default=True, metadata={"cli": False})
@@ -232,6 +233,9 @@ class CrosscoderTrainerConfig:
     """Save a resumable checkpoint every this many steps; 0 disables."""
     save_final: bool = True
     """Save the trained crosscoder for inference to checkpoint_dir/final."""
+    log_path: str | None = None
+    """The run's own log (:mod:`crosslens.training.run_log`): metrics every
+    ``logger.wandb_log_frequency`` steps and each checkpoint's seconds; None: none."""
     autocast_dtype: str | None = None
     """Run the crosscoder's forward and backward under torch.autocast in this dtype
     ("bfloat16"); parameters, gradients and Adam stay float32. None: float32 throughout."""

@@ -95,10 +95,10 @@ class Recipe:
         """Optimizer steps to see ``n_tokens`` at ``batch_size``."""
         return self.steps_at(self.batch_size)
 
-    def steps_at(self, batch_size: int) -> int:
-        """Optimizer steps to see ``n_tokens`` at ``batch_size``: what ``train --recipe`` runs
-        when ``--n-steps`` is not given."""
-        return max(1, self.n_tokens // batch_size)
+    def steps_at(self, batch_size: int, n_tokens: int | None = None) -> int:
+        """Optimizer steps to see ``n_tokens`` (default: the recipe's) once at ``batch_size``: what
+        ``train --recipe`` runs when ``--n-steps`` is not given."""
+        return max(1, (self.n_tokens if n_tokens is None else n_tokens) // batch_size)
 
     @property
     def family(self) -> str:

@@ -48,6 +48,7 @@ from crosslens.core.paths import (
     RUN_LOCK_NAME,
     RUN_SEAL_NAME,
     SECTIONS_DIR,
+    TRAIN_LOG_NAME,
     TRAINED_ROWS_NAME,
     checkpoint_folders,
     checkpoint_step,
@@ -332,14 +333,15 @@ def check_run_start(run_dir: str | Path, *, resume: bool, overwrite: bool) -> Ru
 
 def clear_run_results(run_dir: str | Path, *, everything: bool) -> None:
     """Remove the seal and ``quality.json`` (they describe a crosscoder about to be replaced); with
-    ``everything``, also ``run.json``, ``final/``, the checkpoints, report sections and the report.
+    ``everything``, also ``run.json``, the run log, ``final/``, the checkpoints, report sections and
+    the report.
     Whatever else is in the folder (a recipe's ``activations/`` store) stays."""
     run_dir = Path(run_dir)
     (run_dir / RUN_SEAL_NAME).unlink(missing_ok=True)  # first: a folder half cleared is never sealed
     if not run_dir.is_dir():
         return
     for path in sorted(run_dir.iterdir()):
-        if path.name == QUALITY_NAME or (everything and (path.name == RUN_CONFIG_NAME or _is_result(path))):
+        if path.name == QUALITY_NAME or (everything and (path.name in (RUN_CONFIG_NAME, TRAIN_LOG_NAME) or _is_result(path))):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:

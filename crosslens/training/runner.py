@@ -43,7 +43,7 @@ from crosslens.architectures import sparsity_coefficient_for
 from crosslens.core.errors import StorageError, StoreChangedError
 from crosslens.core.launch import launched_by_torchrun, world_size
 from crosslens.core.metadata import metadata_value
-from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, checkpoint_dirname, checkpoint_step
+from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, TRAIN_LOG_NAME, checkpoint_dirname, checkpoint_step
 from crosslens.core.seeding import seeded
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.crosscoders.folding import folded_factors
@@ -150,6 +150,7 @@ class CrosscoderTrainingRunner:
             seed=cfg.seed,
             checkpoint_dir=str(self.checkpoint_dir),
             checkpoint_every=cfg.checkpoint_interval,
+            log_path=str(self.out_dir / TRAIN_LOG_NAME),
             autocast_dtype="bfloat16" if cfg.autocast_dtype == "bfloat16" else None,
             optimizer_state_dtype=cfg.optimizer_state,
             fused_clip=cfg.fused_clip,

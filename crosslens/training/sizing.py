@@ -414,8 +414,8 @@ def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]
 
 def plan_config_from_recipe(recipe: Any, **overrides: Any) -> PlanConfig:
     """A :class:`PlanConfig` for a :class:`~crosslens.training.recipes.Recipe`; ``overrides`` win
-    (None values are ignored). Without ``n_steps`` the plan trains on the recipe's token budget
-    at the batch size in force, as ``train --recipe`` does."""
+    (None values are ignored). Without ``n_steps`` the plan sees its token budget once at the
+    batch size in force, as ``train --recipe`` does."""
     model = known_model(recipe.model) or model_spec_for(recipe.model)
     values: dict[str, Any] = dict(
         model=model, n_snapshots=recipe.n_snapshots, hook=recipe.hook, n_tokens=recipe.n_tokens,
@@ -425,5 +425,5 @@ def plan_config_from_recipe(recipe: Any, **overrides: Any) -> PlanConfig:
     if recipe.k is not None:
         values["k"] = recipe.k
     values.update({k: v for k, v in overrides.items() if v is not None})
-    values.setdefault("n_steps", recipe.steps_at(values["batch_size"]))
+    values.setdefault("n_steps", recipe.steps_at(values["batch_size"], values["n_tokens"]))
     return PlanConfig(**values)

@@ -71,6 +71,7 @@ from crosslens.training.config import DEAD_FEATURE_WINDOW_TOKENS, CrosscoderTrai
 from crosslens.training.guard import check_finite_step
 from crosslens.training.memory import checkpoint_bytes
 from crosslens.training.micro import micro_batched_pass
+from crosslens.training.run_log import RunLog
 from crosslens.training.resample import clear_adam_rows, resample_latents, resample_steps, silent_latents, token_draw_generator
 from crosslens.training.optim import (
     clipped_step,
@@ -348,12 +349,11 @@ class CrosscoderTrainer:
         wandb_run, owns_run = start_wandb(self) if log_here else (None, False)
         if wandb_run is not None:  # also the caller's run: the crosscoder's metadata names it
             self.wandb_run_id = self.wandb_run_id or wandb_run.id
-        pbar = progress_bar(
-            total=self.cfg.total_steps,
-            initial=self.n_steps,
-            desc="Training crosscoder",
-            show=self.is_main,
-        )
+        pbar = progress_bar(total=self.cfg.total_steps, initial=self.n_steps, desc="Training crosscoder", show=self.is_main)
+        run_log = RunLog.begin(
+            self.cfg.log_path if self.is_main else None, step=self.n_steps, total_steps=self.cfg.total_steps,
+            d_sae=int(self.sae.cfg.d_sae),
+        )  # fmt: skip
         last_log_time, last_log_tokens = time.perf_counter(), self.n_tokens
         output = None
         try:
@@ -366,7 +366,7 @@ class CrosscoderTrainer:
                     )
                 output = self.step(batch)
                 pbar.update(1)
-                if self.collectives.is_distributed and self._is_log_step(self.n_steps):
+                if self.collectives.is_distributed and self._shows_progress(self.n_steps):
                     # every rank holds a share of the loss and of each of its terms; all take part
                     names = list(output.losses)
                     loss, *terms = self.collectives.world_sum_floats(
@@ -384,15 +384,19 @@ class CrosscoderTrainer:
                     wandb_run.log(log, step=self.n_steps)
                     last_log_time, last_log_tokens = time.perf_counter(), self.n_tokens
                 if self._shows_progress(self.n_steps):  # a read of the device, once a log interval
-                    pbar.set_postfix(loss=f"{output.loss.item():.4g}", l0=f"{float(self.last_l0):.1f}")
+                    loss, l0 = output.loss.item(), float(self.last_l0)
+                    pbar.set_postfix(loss=f"{loss:.4g}", l0=f"{l0:.1f}")
+                    self._log_step(run_log, loss, l0)
                 if self.cfg.checkpoint_every and self.n_steps % self.cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
+                    with run_log.timed("checkpoint", self.cfg.device, step=self.n_steps):
+                        self.save_checkpoint()
             self.set_final_sae_metadata(output, wandb_run)
             if self.cfg.checkpoint_dir is not None and self.cfg.save_final:
                 final_dir = Path(self.cfg.checkpoint_dir) / FINAL_DIRNAME
                 final = self.full_crosscoder()
                 if self.is_main:
-                    final.save_inference_model(final_dir)
+                    with run_log.timed("final", self.cfg.device):
+                        final.save_inference_model(final_dir)
                     if wandb_run is not None and self.cfg.logger.log_model_artifact:
                         log_model_artifact(self, wandb_run, final_dir)
                 self._barrier()
@@ -420,14 +424,18 @@ class CrosscoderTrainer:
             meta.wandb_entity = getattr(wandb_run, "entity", None) or self.cfg.logger.wandb_entity
 
     def _is_log_step(self, step: int) -> bool:
-        return self.cfg.logger.log_to_wandb and step % self.cfg.logger.wandb_log_frequency == 0
+        return self.cfg.logger.log_to_wandb and self._shows_progress(step)
 
     def _shows_progress(self, step: int) -> bool:
-        """Whether the progress bar shows this step's loss and L0: once a log interval, with or
-        without W&B; on a mesh only where the loss was summed over the ranks (a W&B log step)."""
-        return self._is_log_step(step) or (
-            not self.collectives.is_distributed and step % self.cfg.logger.wandb_log_frequency == 0
-        )
+        """Whether this step's loss and L0 are read (for the progress bar, the run log and W&B):
+        once a log interval; on a mesh every rank sums its share of the loss there."""
+        return step % self.cfg.logger.wandb_log_frequency == 0
+
+    def _log_step(self, run_log: RunLog, loss: float, l0: float) -> None:
+        run_log.write(
+            "step", step=self.n_steps, n_tokens=self.n_tokens, seconds=run_log.seconds(), loss=loss, l0=l0,
+            lr=self.optimizer.param_groups[0]["lr"], coefficients=self.coefficients,
+        )  # fmt: skip
 
     # ------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: str | Path | None = None) -> Path:

@@ -1,0 +1,329 @@
+"""Ge et al.'s run as a user runs it: ``crosslens train --recipe ge2025-pythia-160m --stream``
+from a fresh crosscoder on one GPU, timed from the run's own log.
+
+In one run, with nothing downloaded:
+
+1. writes a local suite of 32 random-init snapshots with Pythia-160M's shape (``step0`` ...
+   ``step31``, :func:`stream_gpu.write_suite`; a word-level tokenizer with a word for every
+   token id) and a seeded text of random words from it, so the tokens are random over the
+   whole vocabulary;
+2. runs the real command in a subprocess::
+
+       crosslens train --recipe ge2025-pythia-160m --stream --suite SUITE --steps 0,...,31 \\
+           --text WORDS --n-tokens N --out RUN
+
+   with everything else the recipe's or the CLI's defaults: N tokens seen once at batch 2,048,
+   context 2,048, d_sae 24,576, JumpReLU, bf16 snapshot models on CUDA, the provider's chunking, a checkpoint
+   every twentieth of the steps (at least 500 apart), the held-out quality table and the
+   spliced loss. Flags after ``--`` go to the command as well (they win);
+3. reads ``RUN/train_log.jsonl`` and ``RUN/run.json`` and prints, per log interval (50 steps),
+   the L0, the share of (token, feature) entries open at some snapshot and the path the
+   JumpReLU step takes at that share (:func:`crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`:
+   dense kernels, or the active pairs); then tokens/s per phase (the first interval, which
+   holds the compiles, apart), the step at which the sparse path starts, the seconds in
+   checkpoints, the final save, the evaluation and the start-up (loading the models), and the
+   hours for ``--run-tokens`` (800M) at each phase's rate with the recipe's checkpoints, beside
+   what ``crosslens plan --recipe ge2025-pythia-160m --stream`` predicts for this GPU.
+
+Random-init snapshots on random tokens do not sparsify as real ones do, so the dense phase's
+rate is the figure that bounds a real run, whatever its data's L0 curve.
+
+``--timeout`` stops the command (the run's log up to then is read all the same), so one device
+call can hold the whole measurement. Without CUDA it prints one line and exits 0; ``--small``
+runs the same logic on the CPU at a tiny shape (its numbers mean nothing; it checks the script).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/user_run.py --n-tokens 4000000 --timeout 420
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/user_run.py --small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stream_gpu import PYTHIA_160M, SMALL_MODEL, write_suite, written_suite  # noqa: E402
+
+RECIPE = "ge2025-pythia-160m"
+GOALS = {"dense": 28_000, "sparse": 37_000}
+"""Tokens/s end to end the run should reach while its code is dense (800M tokens in under 8 h
+whatever the data) and once it runs the sparse path (800M tokens in 6 h)."""
+PLAN_TOLERANCE = 0.15
+"""How far the measured rate may be from ``plan --stream``'s prediction."""
+SMALL_FLAGS = ["--hook", "blocks.1.hook_resid_post", "--d-sae", "64", "--seq-len", "16", "--batch-size", "32",
+               "--wandb-log-frequency", "8", "--checkpoint-every", "32", "--spliced-seqs", "2", "--device", "cpu"]  # fmt: skip
+"""``--small``: SMALL_MODEL's hook, and a crosscoder, sequences and batches to match."""
+
+
+# --------------------------------------------------------------------------- the command
+def write_words(path: Path, n_words: int, vocab_size: int, seed: int = 0) -> None:
+    """``n_words`` random words of the suite's tokenizer, in documents of 1,000 words."""
+    ids = np.random.default_rng(seed).integers(3, vocab_size, n_words)
+    words = np.char.add("w", ids.astype(str))
+    with path.open("w") as f:
+        for start in range(0, n_words, 1000):
+            f.write(" ".join(words[start : start + 1000]) + "\n\n")
+
+
+def train_command(a: argparse.Namespace, suite: Path, text: Path, run: Path) -> list[str]:
+    steps = ",".join(str(s) for s in range(a.S))
+    command = [sys.executable, "-m", "crosslens", "train", "--recipe", RECIPE, "--stream", "--suite", str(suite),
+               "--steps", steps, "--text", str(text), "--n-tokens", str(a.n_tokens), "--out", str(run)]  # fmt: skip
+    return command + (SMALL_FLAGS if a.small else []) + a.extra
+
+
+def run_command(command: list[str], log: Path, timeout: float | None) -> tuple[float, int | None]:
+    """Run ``command`` with its output in ``log``: ``(wall seconds, exit status)``, the status None
+    where ``timeout`` stopped it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+    began = time.perf_counter()
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            status = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.terminate()  # a SIGTERM stops between two steps and checkpoints the step reached
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            status = None
+    return time.perf_counter() - began, status
+
+
+# --------------------------------------------------------------------------- reading the run's log
+def step_path(share: float, plan: dict[str, Any], architecture: str, device: str) -> str:
+    """The path a step takes at this open share: ``"sparse"`` (the active pairs) or ``"dense"``
+    (the dense kernels); ``"-"`` for an architecture without the two."""
+    if architecture != "jumprelu_crosscoder":
+        return "-"
+    sparse = plan.get("jumprelu_sparse")
+    if sparse is None:
+        sparse = device.startswith("cuda") and share <= plan["sparse_step_share"]
+    return "sparse" if sparse else "dense"
+
+
+def intervals(records: list[dict[str, Any]], run: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per log interval of the run's last fit: its steps, tokens and seconds (without
+    the checkpoints written inside it), the L0 and open share at its end, and its phase: the
+    path its steps took where the shares at both ends agree, ``"switch"`` where they do not, and
+    ``"first"`` for the first interval, which holds the compiles."""
+    start = max(i for i, r in enumerate(records) if r["kind"] == "start")
+    plan, architecture, device = run["kernel_plan"], run["sae"]["architecture"], run["device"]
+    previous = {"step": records[start]["step"], "n_tokens": None, "seconds": 0.0, "path": None}
+    rows, checkpoint_seconds = [], 0.0
+    for record in records[start + 1 :]:
+        if record["kind"] == "checkpoint":
+            checkpoint_seconds += record["seconds"]
+        if record["kind"] != "step":
+            continue
+        share = record["l0"] / records[start]["d_sae"]
+        path = step_path(share, plan, architecture, device)
+        tokens_before = previous["n_tokens"]
+        if tokens_before is None:  # the first interval: tokens per step from this record
+            tokens_before = record["n_tokens"] * previous["step"] // record["step"]
+        seconds = record["seconds"] - previous["seconds"] - checkpoint_seconds
+        phase = "first" if previous["path"] is None else path if path == previous["path"] else "switch"
+        rows.append({"step": record["step"], "l0": record["l0"], "share": share, "path": path, "phase": phase,
+                     "tokens": record["n_tokens"] - tokens_before, "seconds": seconds,
+                     "tokens_per_second": (record["n_tokens"] - tokens_before) / max(seconds, 1e-9)})  # fmt: skip
+        previous, checkpoint_seconds = {**record, "path": path}, 0.0
+    return rows
+
+
+def phase_rates(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Tokens, seconds and tokens/s of each phase over its intervals."""
+    phases: dict[str, dict[str, float]] = {}
+    for row in rows:
+        phase = phases.setdefault(row["phase"], {"intervals": 0, "tokens": 0, "seconds": 0.0})
+        phase["intervals"] += 1
+        phase["tokens"] += row["tokens"]
+        phase["seconds"] += row["seconds"]
+    for phase in phases.values():
+        phase["tokens_per_second"] = phase["tokens"] / max(phase["seconds"], 1e-9)
+    return phases
+
+
+def sparse_start(rows: list[dict[str, Any]]) -> int | None:
+    """The first logged step from which every logged step took the sparse path."""
+    first = None
+    for row in rows:
+        first = (first or row["step"]) if row["path"] == "sparse" else None
+    return first
+
+
+def time_split(records: list[dict[str, Any]], rows: list[dict[str, Any]], wall: float) -> dict[str, float]:
+    """Where the command's ``wall`` seconds went: the logged steps (``rows``), the checkpoints, the
+    final save, the evaluation, and the rest: start-up (tokenizing, loading the models) and the
+    steps after the last log."""
+    start = max(i for i, r in enumerate(records) if r["kind"] == "start")
+    tail = records[start + 1 :]
+    last = max((i for i, r in enumerate(tail) if r["kind"] == "step"), default=-1)
+    checkpoints = [r["seconds"] for r in tail if r["kind"] == "checkpoint"]
+    after_last = sum(r["seconds"] for r in tail[last + 1 :] if r["kind"] in ("checkpoint", "final"))
+    final = sum(r["seconds"] for r in tail if r["kind"] == "final")
+    evaluation = sum(r["seconds"] for r in tail if r["kind"] == "evaluation")
+    fit = (tail[last]["seconds"] if last >= 0 else 0.0) + after_last
+    return {"steps": sum(r["seconds"] for r in rows), "checkpoints": sum(checkpoints), "n_checkpoints": len(checkpoints),
+            "final": final, "evaluation": evaluation, "rest": wall - fit - evaluation}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- projection and goals
+def run_hours(tokens_per_second: float, split: dict[str, float], run_tokens: float, batch: int) -> float:
+    """Hours of a ``run_tokens`` run at ``tokens_per_second``, with the checkpoints the recipe's
+    cadence writes at the measured seconds each, and this run's start-up, final save and evaluation."""
+    from crosslens.training.config import checkpoint_interval
+
+    n_steps = int(run_tokens) // batch
+    n_checkpoints = n_steps // checkpoint_interval(n_steps, None)
+    each = split["checkpoints"] / split["n_checkpoints"] if split["n_checkpoints"] else 0.0
+    fixed = split["rest"] + split["final"] + split["evaluation"]
+    return (run_tokens / tokens_per_second + n_checkpoints * each + fixed) / 3600
+
+
+def gpu_name() -> str | None:
+    """crosslens's name for this CUDA device (``crosslens plan --gpu``), None where it has no figures."""
+    import torch
+
+    from crosslens.core.devices import GPUS
+
+    name = torch.cuda.get_device_name(0).lower()
+    return next((gpu for gpu in GPUS if gpu in name), None)
+
+
+def plan_prediction(model_dtype: str, gpu: str) -> dict[str, Any]:
+    """What ``crosslens plan --recipe ge2025-pythia-160m --stream --gpu GPU`` predicts."""
+    from crosslens.training.recipes import load_recipe
+    from crosslens.training.sizing import make_plan, plan_config_from_recipe, stream_prediction
+
+    return stream_prediction(make_plan(plan_config_from_recipe(load_recipe(RECIPE), model_dtype=model_dtype)), gpu)
+
+
+def verdicts(phases: dict[str, dict[str, float]], predicted: dict[str, Any] | None) -> list[str]:
+    """The goals, each met or not, for the phases the run reached."""
+    lines = []
+    for phase, goal in GOALS.items():
+        if phase in phases:
+            rate = phases[phase]["tokens_per_second"]
+            lines.append(f"goal, {phase}: {rate:,.0f} tok/s against {goal:,} ({'met' if rate >= goal else 'NOT met'})")
+    if predicted is not None:
+        for phase, key in (("dense", "fresh_tokens_per_second"), ("sparse", "tokens_per_second")):
+            if phase in phases:
+                ratio = phases[phase]["tokens_per_second"] / predicted[key]
+                ok = abs(ratio - 1) <= PLAN_TOLERANCE
+                lines.append(f"goal, plan --stream within {PLAN_TOLERANCE:.0%} ({phase}): measured/predicted "
+                             f"{ratio:.2f} ({'met' if ok else 'NOT met'})")  # fmt: skip
+    return lines
+
+
+def report(records: list[dict[str, Any]], run: dict[str, Any], wall: float, a: argparse.Namespace) -> dict[str, Any]:
+    """Print what the run's log says and return it as one record."""
+    rows = intervals(records, run)
+    print(f"{'step':>8} {'L0':>9} {'open':>7} {'path':>6} {'phase':>6} {'tok/s':>9}")
+    for row in rows:
+        print(f"{row['step']:8d} {row['l0']:9.1f} {row['share']:7.2%} {row['path']:>6} {row['phase']:>6} "
+              f"{row['tokens_per_second']:9,.0f}")  # fmt: skip
+    phases = phase_rates(rows)
+    for phase, p in phases.items():
+        print(f"phase {phase:6s}: {p['intervals']:3d} intervals, {p['tokens']:12,d} tokens in {p['seconds']:8.1f} s: "
+              f"{p['tokens_per_second']:9,.0f} tok/s")  # fmt: skip
+    start = sparse_start(rows)
+    print("sparse path: " + (f"from step {start}" if start is not None else "not reached"))
+    split = time_split(records, rows, wall)
+    print(f"seconds: steps {split['steps']:.1f}, {split['n_checkpoints']} checkpoints {split['checkpoints']:.1f}, "
+          f"final save {split['final']:.1f}, evaluation {split['evaluation']:.1f}, start-up and the rest "
+          f"{split['rest']:.1f}; the command {wall:.1f}")  # fmt: skip
+    batch = run["train_batch_size_tokens"]
+    gpu = None if a.small else gpu_name()
+    predicted = plan_prediction(run["stream"]["model_dtype"], gpu) if gpu is not None else None
+    hours = {phase: run_hours(p["tokens_per_second"], split, a.run_tokens, batch)
+             for phase, p in phases.items() if phase in ("dense", "sparse")}  # fmt: skip
+    for phase, h in hours.items():
+        print(f"{a.run_tokens / 1e6:,.0f}M tokens at the {phase} rate: {h:.1f} h, with the recipe's checkpoints")
+    if predicted is not None:
+        print(f"plan --stream --gpu {gpu}: {predicted['fresh_tokens_per_second']:,.0f} tok/s fresh "
+              f"({predicted['fresh_hours']:.1f} h), {predicted['tokens_per_second']:,.0f} tok/s trained ({predicted['hours']:.1f} h)")  # fmt: skip
+    elif not a.small:
+        print("plan --stream has no figures for this GPU: no prediction to compare")
+    for line in verdicts(phases, predicted):
+        print(line)
+    return {"intervals": rows, "phases": phases, "sparse_from": start, "seconds": split, "hours": hours,
+            "gpu": gpu, "predicted": predicted, "wall": wall}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- main
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ours, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--small", action="store_true", help="the whole script on the CPU at a tiny shape")
+    p.add_argument("--n-tokens", type=int, default=None, help="training tokens (default 4,000,000; --small 4,096)")
+    p.add_argument("--run-tokens", type=float, default=800e6, help="tokens of the whole run, for the hours")
+    p.add_argument("--timeout", type=float, default=None, help="stop the command after this many seconds")
+    p.add_argument("--work", type=Path, default=None, help="folder for the text and the run (default: a temporary one)")
+    p.add_argument("--suite-dir", type=Path, default=None, help="where to write the suite (default: inside --work)")
+    p.add_argument("--written", action="store_true",
+                   help="take the suite an earlier `stream_gpu.py --write-only` left in --suite-dir")  # fmt: skip
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    a = p.parse_args(ours)
+    if a.written and a.suite_dir is None:
+        p.error("--written names the suite's folder: add --suite-dir DIR")
+    a.extra, a.S = extra, 2 if a.small else 32
+    a.n_tokens = a.n_tokens or (4096 if a.small else 4_000_000)
+    return a
+
+
+def measure(a: argparse.Namespace, work: Path) -> dict[str, Any] | None:
+    shape = SMALL_MODEL if a.small else PYTHIA_160M
+    suite_dir = a.suite_dir or work / "suite"
+    began = time.perf_counter()
+    written_suite(suite_dir, a.S) if a.written else write_suite(suite_dir, shape, a.S)
+    text = work / "words.txt"
+    write_words(text, int(a.n_tokens * 1.2) + 20_000, shape["vocab_size"])
+    print(f"suite and text ready in {time.perf_counter() - began:.0f} s")
+    run, log = work / "run", work / "train.out"
+    command = train_command(a, suite_dir, text, run)
+    print("$ crosslens " + " ".join(command[3:]), flush=True)
+    wall, status = run_command(command, log, a.timeout)
+    said = log.read_text().splitlines()
+    print(f"the command {'stopped by --timeout' if status is None else f'exited {status}'} after {wall:.0f} s")
+    if status not in (0, None) or not (run / "train_log.jsonl").is_file():
+        print("\n".join(said[-20:]))
+        return None
+    from crosslens.training.run_log import read_run_log
+
+    return report(read_run_log(run / "train_log.jsonl"), json.loads((run / "run.json").read_text()), wall, a)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(sys.argv[1:] if argv is None else argv)
+    if not a.small:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("benchmarks/user_run.py: no CUDA device here, nothing measured (--small runs its logic on the CPU)")
+            return 0
+    if a.work is not None:
+        a.work.mkdir(parents=True, exist_ok=True)
+        figures = measure(a, a.work)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            figures = measure(a, Path(tmp))
+    if figures is None:
+        return 1
+    if a.json is not None:
+        a.json.write_text(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
