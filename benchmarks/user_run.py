@@ -29,7 +29,9 @@ Random-init snapshots on random tokens do not sparsify as real ones do, so the d
 rate is the figure that bounds a real run, whatever its data's L0 curve.
 
 ``--timeout`` stops the command (the run's log up to then is read all the same), so one device
-call can hold the whole measurement. Without CUDA it prints one line and exits 0; ``--small``
+call can hold the whole measurement. ``--read RUN`` runs nothing and reports the log of any run
+folder ``crosslens train`` wrote, on any device (the step from which a CUDA run would take the
+sparse path included). Without CUDA it prints one line and exits 0; ``--small``
 runs the same logic on the CPU at a tiny shape (its numbers mean nothing; it checks the script).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/user_run.py --n-tokens 4000000 --timeout 420
@@ -46,7 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -154,18 +156,18 @@ def phase_rates(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return phases
 
 
-def sparse_start(rows: list[dict[str, Any]]) -> int | None:
-    """The first logged step from which every logged step took the sparse path."""
+def steady_from(rows: list[dict[str, Any]], holds: Callable[[dict[str, Any]], bool]) -> int | None:
+    """The first logged step from which ``holds`` is true of every logged step."""
     first = None
     for row in rows:
-        first = (first or row["step"]) if row["path"] == "sparse" else None
+        first = (first or row["step"]) if holds(row) else None
     return first
 
 
-def time_split(records: list[dict[str, Any]], rows: list[dict[str, Any]], wall: float) -> dict[str, float]:
+def time_split(records: list[dict[str, Any]], rows: list[dict[str, Any]], wall: float | None) -> dict[str, float]:
     """Where the command's ``wall`` seconds went: the logged steps (``rows``), the checkpoints, the
     final save, the evaluation, and the rest: start-up (tokenizing, loading the models) and the
-    steps after the last log."""
+    steps after the last log (0 where ``wall`` is not known)."""
     start = max(i for i, r in enumerate(records) if r["kind"] == "start")
     tail = records[start + 1 :]
     last = max((i for i, r in enumerate(tail) if r["kind"] == "step"), default=-1)
@@ -175,7 +177,7 @@ def time_split(records: list[dict[str, Any]], rows: list[dict[str, Any]], wall: 
     evaluation = sum(r["seconds"] for r in tail if r["kind"] == "evaluation")
     fit = (tail[last]["seconds"] if last >= 0 else 0.0) + after_last
     return {"steps": sum(r["seconds"] for r in rows), "checkpoints": sum(checkpoints), "n_checkpoints": len(checkpoints),
-            "final": final, "evaluation": evaluation, "rest": wall - fit - evaluation}  # fmt: skip
+            "final": final, "evaluation": evaluation, "rest": 0.0 if wall is None else wall - fit - evaluation}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- projection and goals
@@ -189,6 +191,12 @@ def run_hours(tokens_per_second: float, split: dict[str, float], run_tokens: flo
     each = split["checkpoints"] / split["n_checkpoints"] if split["n_checkpoints"] else 0.0
     fixed = split["rest"] + split["final"] + split["evaluation"]
     return (run_tokens / tokens_per_second + n_checkpoints * each + fixed) / 3600
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def gpu_name() -> str | None:
@@ -226,8 +234,9 @@ def verdicts(phases: dict[str, dict[str, float]], predicted: dict[str, Any] | No
     return lines
 
 
-def report(records: list[dict[str, Any]], run: dict[str, Any], wall: float, a: argparse.Namespace) -> dict[str, Any]:
-    """Print what the run's log says and return it as one record."""
+def report(records: list[dict[str, Any]], run: dict[str, Any], wall: float | None, a: argparse.Namespace) -> dict[str, Any]:
+    """Print what the run's log says and return it as one record; ``wall``: the command's seconds,
+    None where they are not known (``--read``)."""
     rows = intervals(records, run)
     print(f"{'step':>8} {'L0':>9} {'open':>7} {'path':>6} {'phase':>6} {'tok/s':>9}")
     for row in rows:
@@ -237,14 +246,18 @@ def report(records: list[dict[str, Any]], run: dict[str, Any], wall: float, a: a
     for phase, p in phases.items():
         print(f"phase {phase:6s}: {p['intervals']:3d} intervals, {p['tokens']:12,d} tokens in {p['seconds']:8.1f} s: "
               f"{p['tokens_per_second']:9,.0f} tok/s")  # fmt: skip
-    start = sparse_start(rows)
-    print("sparse path: " + (f"from step {start}" if start is not None else "not reached"))
+    start = steady_from(rows, lambda row: row["path"] == "sparse")
+    share = run["kernel_plan"]["sparse_step_share"]
+    sparse_enough = steady_from(rows, lambda row: row["share"] <= share)
+    print("sparse path: " + (f"from step {start}" if start is not None else "not reached") + "; the open share at most "
+          f"{share:.4g} (where a CUDA run takes it) " + (f"from step {sparse_enough}" if sparse_enough else "never"))  # fmt: skip
     split = time_split(records, rows, wall)
     print(f"seconds: steps {split['steps']:.1f}, {split['n_checkpoints']} checkpoints {split['checkpoints']:.1f}, "
-          f"final save {split['final']:.1f}, evaluation {split['evaluation']:.1f}, start-up and the rest "
-          f"{split['rest']:.1f}; the command {wall:.1f}")  # fmt: skip
+          f"final save {split['final']:.1f}, evaluation {split['evaluation']:.1f}"
+          + ("" if wall is None else f", start-up and the rest {split['rest']:.1f}; the command {wall:.1f}"))  # fmt: skip
     batch = run["train_batch_size_tokens"]
-    gpu = None if a.small else gpu_name()
+    on_gpu = run["device"].startswith("cuda") and not a.small
+    gpu = gpu_name() if on_gpu and torch_cuda() else None
     predicted = plan_prediction(run["stream"]["model_dtype"], gpu) if gpu is not None else None
     hours = {phase: run_hours(p["tokens_per_second"], split, a.run_tokens, batch)
              for phase, p in phases.items() if phase in ("dense", "sparse")}  # fmt: skip
@@ -253,11 +266,12 @@ def report(records: list[dict[str, Any]], run: dict[str, Any], wall: float, a: a
     if predicted is not None:
         print(f"plan --stream --gpu {gpu}: {predicted['fresh_tokens_per_second']:,.0f} tok/s fresh "
               f"({predicted['fresh_hours']:.1f} h), {predicted['tokens_per_second']:,.0f} tok/s trained ({predicted['hours']:.1f} h)")  # fmt: skip
-    elif not a.small:
+    elif on_gpu:
         print("plan --stream has no figures for this GPU: no prediction to compare")
-    for line in verdicts(phases, predicted):
+    for line in verdicts(phases, predicted) if on_gpu else []:  # the goals are for a GPU
         print(line)
-    return {"intervals": rows, "phases": phases, "sparse_from": start, "seconds": split, "hours": hours,
+    return {"intervals": rows, "phases": phases, "sparse_from": start, "sparse_enough_from": sparse_enough,
+            "seconds": split, "hours": hours,
             "gpu": gpu, "predicted": predicted, "wall": wall}  # fmt: skip
 
 
@@ -274,6 +288,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--written", action="store_true",
                    help="take the suite an earlier `stream_gpu.py --write-only` left in --suite-dir")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--read", type=Path, default=None, metavar="RUN",
+                   help="run nothing: read the log of a run folder that `crosslens train` wrote, on any device")  # fmt: skip
     a = p.parse_args(ours)
     if a.written and a.suite_dir is None:
         p.error("--written names the suite's folder: add --suite-dir DIR")
@@ -304,8 +320,20 @@ def measure(a: argparse.Namespace, work: Path) -> dict[str, Any] | None:
     return report(read_run_log(run / "train_log.jsonl"), json.loads((run / "run.json").read_text()), wall, a)
 
 
+def read(run: Path, a: argparse.Namespace) -> dict[str, Any]:
+    """The report of a run folder's log, without running anything."""
+    from crosslens.training.run_log import read_run_log
+
+    return report(read_run_log(run / "train_log.jsonl"), json.loads((run / "run.json").read_text()), None, a)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(sys.argv[1:] if argv is None else argv)
+    if a.read is not None:
+        figures = read(a.read, a)
+        if a.json is not None:
+            a.json.write_text(json.dumps(figures, indent=1))
+        return 0
     if not a.small:
         import torch
 

@@ -958,6 +958,23 @@ def test_the_repeat_check_says_whether_two_runs_gave_the_same_bytes(monkeypatch)
     assert line.split(": ")[1] == "differ" and "W_enc (at most" in line and "W_dec (at most" in line
 
 
+@NO_CUDA
+@pytest.mark.parametrize("arch", ARCHS)
+def test_on_cuda_steps_from_one_seed_repeat_to_the_byte(arch):
+    """One GPU, one seed, one batch: five steps of the path a run takes under bf16 autocast, fresh
+    and at a trained sparsity, give the same parameters to the byte twice (``gpu.py
+    --repeat-steps`` measures the same at Ge et al.'s shape)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    a = gpu.parse_args(["--small", "--repeat-steps", "5"])
+    for trained in (False, True):
+        line = gpu.repeat_check(arch, a, "cuda", "bfloat16", trained)
+        assert line.endswith("twice: same bytes"), line
+
+
 def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_the_gaps():
     """``gpu.py --profile`` finds each kernel's launch (the runtime call sharing its id) inside the
     innermost frame of crosslens on the launching thread (backward's own thread included, and
