@@ -116,29 +116,26 @@ def step_path(share: float, plan: dict[str, Any], architecture: str, device: str
 
 
 def intervals(records: list[dict[str, Any]], run: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per log interval of the run's last fit: its steps, tokens and seconds (without
-    the checkpoints written inside it), the L0 and open share at its end, and its phase: the
-    path its steps took where the shares at both ends agree, ``"switch"`` where they do not, and
-    ``"first"`` for the first interval, which holds the compiles."""
-    start = max(i for i, r in enumerate(records) if r["kind"] == "start")
+    """One row per log interval: its steps, tokens and seconds (without the checkpoints written
+    inside it), the L0 and open share at its end, and its phase: the path its steps took where
+    the shares at both ends agree, ``"switch"`` where they do not, and ``"first"`` for the first
+    interval of each fit (a resume starts one), which holds the compiles."""
     plan, architecture, device = run["kernel_plan"], run["sae"]["architecture"], run["device"]
-    previous = {"step": records[start]["step"], "n_tokens": None, "seconds": 0.0, "path": None}
-    rows, checkpoint_seconds = [], 0.0
-    for record in records[start + 1 :]:
-        if record["kind"] == "checkpoint":
+    rows, previous, checkpoint_seconds, d_sae = [], None, 0.0, None
+    for record in records:
+        if record["kind"] == "start":  # a fit's seconds count from its start
+            previous, checkpoint_seconds, d_sae = {"step": record["step"], "seconds": 0.0, "path": None}, 0.0, record["d_sae"]
+        elif record["kind"] == "checkpoint":
             checkpoint_seconds += record["seconds"]
         if record["kind"] != "step":
             continue
-        share = record["l0"] / records[start]["d_sae"]
+        share = record["l0"] / d_sae
         path = step_path(share, plan, architecture, device)
-        tokens_before = previous["n_tokens"]
-        if tokens_before is None:  # the first interval: tokens per step from this record
-            tokens_before = record["n_tokens"] * previous["step"] // record["step"]
+        tokens = record["n_tokens"] * (record["step"] - previous["step"]) // record["step"]
         seconds = record["seconds"] - previous["seconds"] - checkpoint_seconds
         phase = "first" if previous["path"] is None else path if path == previous["path"] else "switch"
         rows.append({"step": record["step"], "l0": record["l0"], "share": share, "path": path, "phase": phase,
-                     "tokens": record["n_tokens"] - tokens_before, "seconds": seconds,
-                     "tokens_per_second": (record["n_tokens"] - tokens_before) / max(seconds, 1e-9)})  # fmt: skip
+                     "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9)})  # fmt: skip
         previous, checkpoint_seconds = {**record, "path": path}, 0.0
     return rows
 
@@ -168,16 +165,12 @@ def time_split(records: list[dict[str, Any]], rows: list[dict[str, Any]], wall: 
     """Where the command's ``wall`` seconds went: the logged steps (``rows``), the checkpoints, the
     final save, the evaluation, and the rest: start-up (tokenizing, loading the models) and the
     steps after the last log (0 where ``wall`` is not known)."""
-    start = max(i for i, r in enumerate(records) if r["kind"] == "start")
-    tail = records[start + 1 :]
-    last = max((i for i, r in enumerate(tail) if r["kind"] == "step"), default=-1)
-    checkpoints = [r["seconds"] for r in tail if r["kind"] == "checkpoint"]
-    after_last = sum(r["seconds"] for r in tail[last + 1 :] if r["kind"] in ("checkpoint", "final"))
-    final = sum(r["seconds"] for r in tail if r["kind"] == "final")
-    evaluation = sum(r["seconds"] for r in tail if r["kind"] == "evaluation")
-    fit = (tail[last]["seconds"] if last >= 0 else 0.0) + after_last
-    return {"steps": sum(r["seconds"] for r in rows), "checkpoints": sum(checkpoints), "n_checkpoints": len(checkpoints),
-            "final": final, "evaluation": evaluation, "rest": 0.0 if wall is None else wall - fit - evaluation}  # fmt: skip
+    checkpoints = [r["seconds"] for r in records if r["kind"] == "checkpoint"]
+    split = {"steps": sum(r["seconds"] for r in rows), "checkpoints": sum(checkpoints), "n_checkpoints": len(checkpoints),
+             "final": sum(r["seconds"] for r in records if r["kind"] == "final"),
+             "evaluation": sum(r["seconds"] for r in records if r["kind"] == "evaluation")}  # fmt: skip
+    counted = split["steps"] + split["checkpoints"] + split["final"] + split["evaluation"]
+    return {**split, "rest": 0.0 if wall is None else wall - counted}
 
 
 # --------------------------------------------------------------------------- projection and goals

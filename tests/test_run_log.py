@@ -26,7 +26,7 @@ def test_the_trainer_logs_each_interval_and_times_checkpoints_and_the_final_save
     trainer.fit(make_batches)
     records = read_run_log(log)
     assert [(r["kind"], r.get("step")) for r in records] == [
-        ("start", 0), ("step", 4), ("checkpoint", 6), ("step", 8), ("step", 12), ("checkpoint", 12), ("final", None),
+        ("start", 0), ("step", 4), ("checkpoint", 6), ("step", 8), ("step", 12), ("checkpoint", 12), ("final", 12),
     ]  # fmt: skip
     assert records[0]["total_steps"] == 12 and records[0]["d_sae"] == 32
     steps = [r for r in records if r["kind"] == "step"]
@@ -63,6 +63,15 @@ def test_a_resume_keeps_the_log_up_to_its_checkpoint_and_reads_as_one_run(tmp_pa
     # the same steps with the same losses and the same checkpoints, once each
     assert _without_seconds(resumed) == _without_seconds(straight)
     assert [r["step"] for r in resumed if r["kind"] == "checkpoint"] == [4, 8, 12]
+
+    # killed after its final save, before the quality table was sealed: the resume from the last
+    # checkpoint saves the crosscoder again and the log holds that save once, not two
+    append_record(run, "evaluation", seconds=1.0)
+    CrosscoderTrainer.from_checkpoint(latest_checkpoint(run)).fit(make_batches)
+    records = read_run_log(log)
+    assert [r["kind"] for r in records].count("final") == 1 and records[-1]["kind"] == "final"
+    assert "evaluation" not in [r["kind"] for r in records]
+    assert [r["step"] for r in records if r["kind"] == "start"] == [0, 8, 12]
 
 
 def test_a_log_is_refused_at_the_line_that_is_not_a_record(tmp_path):

@@ -52,11 +52,12 @@ def test_the_intervals_phases_and_where_the_time_went_by_hand():
     assert user_run.run_hours(40_960, split, 800e6, 2048) == pytest.approx((800e6 / 40_960 + 20 * 3.5 + 71) / 3600)
 
 
-def test_a_resumed_log_is_read_from_its_last_start_and_the_path_follows_the_plan():
-    resumed = [*RECORDS[:4], {"kind": "start", "step": 100, "total_steps": 250, "d_sae": 3200}, *RECORDS[4:]]
-    rows = user_run.intervals(resumed, RUN)
-    assert [(r["step"], r["phase"], r["tokens"]) for r in rows] == [
-        (150, "first", TOKENS), (200, "sparse", TOKENS), (250, "sparse", TOKENS),
+def test_a_resume_starts_a_first_interval_of_its_own_and_the_path_follows_the_plan():
+    fit = [{"kind": "start", "step": 100, "total_steps": 250, "d_sae": 3200}, _step(150, 8.0, 90), *RECORDS[5:]]
+    rows = user_run.intervals([*RECORDS[:4], *fit], RUN)  # the seconds count from each fit's start
+    assert [(r["step"], r["phase"], r["tokens"], r["seconds"]) for r in rows] == [
+        (50, "first", TOKENS, 10.0), (100, "dense", TOKENS, 4.0), (150, "first", TOKENS, 8.0),
+        (200, "sparse", TOKENS, 14.5), (250, "sparse", TOKENS, 2.5),
     ]  # fmt: skip
     assert user_run.step_path(0.01, RUN["kernel_plan"], "jumprelu_crosscoder", "cpu") == "dense"  # CUDA alone
     assert user_run.step_path(0.5, {"jumprelu_sparse": True}, "jumprelu_crosscoder", "cpu") == "sparse"

@@ -9,11 +9,12 @@ went (``benchmarks/user_run.py`` reads it). Each record has a ``kind``:
   (wall time since this fit began, read after the step's loss came back from the device, so
   the step had finished), ``loss``, ``l0``, ``lr`` and the loss ``coefficients``;
 - ``checkpoint``: its ``step`` and the ``seconds`` writing it took;
-- ``final``: the ``seconds`` saving the trained crosscoder took;
+- ``final``: the ``step`` and the ``seconds`` saving the trained crosscoder took;
 - ``evaluation``: the ``seconds`` the quality table took (written by ``crosslens train``).
 
 A resume drops what the interrupted run wrote after the checkpoint it continues from, so the
-step records read as one run, and its ``start`` record says where it picked up. The seconds
+step records read as one run (a final save or evaluation before it is dropped too: the resume
+writes its own), and its ``start`` record says where it picked up. The seconds
 differ from one run to the next, so the log is not sealed with the run.
 """
 
@@ -36,6 +37,10 @@ class RunLogError(CrosslensError):
     """A run log that cannot be read."""
 
 
+_BEFORE_A_CHECKPOINT = ("start", "step", "checkpoint")
+"""The records a run writes up to a checkpoint, each with its step."""
+
+
 class RunLog:
     """Appends records to one run's log; with ``path`` None (a mesh's other ranks, a trainer
     without a run folder) it writes nothing."""
@@ -47,11 +52,14 @@ class RunLog:
     @classmethod
     def begin(cls, path: str | Path | None, *, step: int, **facts: Any) -> RunLog:
         """The log of a fit starting at ``step``: a fresh run's log starts empty; a resumed one
-        keeps the records up to ``step``. Writes the ``start`` record."""
+        keeps the starts, steps and checkpoints up to ``step`` (a final save or an evaluation
+        came after it, of a crosscoder the resume replaces). Writes the ``start`` record."""
         log = cls(path)
         if log.path is not None:
             log.path.parent.mkdir(parents=True, exist_ok=True)
-            kept = [r for r in read_run_log(log.path) if r.get("step", 0) <= step] if step and log.path.is_file() else []
+            kept = []
+            if step and log.path.is_file():
+                kept = [r for r in read_run_log(log.path) if r["kind"] in _BEFORE_A_CHECKPOINT and r["step"] <= step]
             log.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         log.write("start", step=step, **facts)
         return log

@@ -395,7 +395,7 @@ class CrosscoderTrainer:
                 final_dir = Path(self.cfg.checkpoint_dir) / FINAL_DIRNAME
                 final = self.full_crosscoder()
                 if self.is_main:
-                    with run_log.timed("final", self.cfg.device):
+                    with run_log.timed("final", self.cfg.device, step=self.n_steps):
                         final.save_inference_model(final_dir)
                     if wandb_run is not None and self.cfg.logger.log_model_artifact:
                         log_model_artifact(self, wandb_run, final_dir)
