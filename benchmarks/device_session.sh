@@ -16,10 +16,12 @@
 # dictionary's bf16 rows in one step (it fits at 64.2 GiB), fresh and trained from pairs (peak
 # against plan). Every step row is followed by what is alive at its memory peak (--memory-peak).
 # STREAM=0 leaves out the end-to-end part and WIDE=0 the 98,304-feature rows, for a session that
-# works on the step alone. CLI=1 adds, after the step's rows, the real `crosslens train --recipe
-# ge2025-pythia-160m --stream` from a fresh crosscoder on the same suite (benchmarks/user_run.py,
-# CLI_TOKENS tokens, default 4M; within 55% of the budget): with it, run
-# `STREAM=0 WIDE=0 CLI=1 benchmarks/device_session.sh 585`.
+# works on the step alone; STEP=0 leaves out the step's rows. CLI=1 adds, after the step's rows,
+# the real `crosslens train --recipe ge2025-pythia-160m --stream` from a fresh crosscoder on the
+# same suite (benchmarks/user_run.py, CLI_TOKENS tokens, default 2M: about 100 s of steps, one
+# checkpoint, the final save and the quality table), in what is left of the budget; it needs
+# about 330 s, so leave out the step's rows (STEP=0) and the other late parts, and run few tests:
+#   STEP=0 STREAM=0 WIDE=0 CLI=1 REPEAT=1 benchmarks/device_session.sh 585 -k "cuda and repeat" tests/test_gpu_step.py
 #
 # TESTS: pytest's arguments (default: the tests with cuda in their names, from the files that hold
 # the CUDA twins of the kernels, which pass or skip on a CPU in CI); the step's rows are bf16 alone
@@ -50,11 +52,13 @@ stamp "tests"
 timeout $((budget * 22 / 100)) python3 -m pytest -q -rfEs -p no:cacheprovider --continue-on-collection-errors "${tests[@]}" > "$out/tests.log" 2>&1
 stamp "tests: exit $? ($(tail -n 1 "$out/tests.log"))"
 
-stamp "training step"
-step_share=$([ -n "${TILES:-}" ] && echo 30 || echo 22)  # the sweep's compiles and timings: about 40 s more
-timeout $((budget * step_share / 100)) python3 benchmarks/gpu.py --precision bf16 --steps 5 --rounds 5 --memory-peak ${GATHERS:+--gathers} ${TILES:+--window-tiles} 2>&1 \
-    | grep -v Warning > "$out/gpu.log"
-stamp "training step: exit ${PIPESTATUS[0]}"
+if [ "${STEP:-1}" != 0 ]; then
+    stamp "training step"
+    step_share=$([ -n "${TILES:-}" ] && echo 30 || echo 22)  # the sweep's compiles and timings: about 40 s more
+    timeout $((budget * step_share / 100)) python3 benchmarks/gpu.py --precision bf16 --steps 5 --rounds 5 --memory-peak ${GATHERS:+--gathers} ${TILES:+--window-tiles} 2>&1 \
+        | grep -v Warning > "$out/gpu.log"
+    stamp "training step: exit ${PIPESTATUS[0]}"
+fi
 
 if [ -n "${REPEAT:-}" ]; then
     stamp "the same bytes twice, $(left) s left"
@@ -67,9 +71,10 @@ if [ -n "${CLI:-}" ]; then
     wait $writer
     stamp "suite: $(grep '^suite:' "$out/suite.log" || echo 'not written: see suite.log')"
     stamp "the real command from a fresh crosscoder, $(left) s left"
-    timeout $((budget * 65 / 100)) python3 benchmarks/user_run.py --suite-dir /tmp/suite --written --work /tmp/user \
-        --n-tokens "${CLI_TOKENS:-4000000}" --timeout $((budget * 55 / 100)) --json "$out/user_run.json" \
-        -- --keep-checkpoints 1 2>&1 | grep -v Warning > "$out/user_run.log"
+    # the command gets what is left but 90 s: a SIGTERM then checkpoints the step it reached
+    timeout $(($(left) > 40 ? $(left) - 10 : 30)) python3 benchmarks/user_run.py --suite-dir /tmp/suite --written \
+        --work /tmp/user --n-tokens "${CLI_TOKENS:-2000000}" --timeout $(($(left) > 120 ? $(left) - 90 : 30)) \
+        --json "$out/user_run.json" -- --keep-checkpoints 1 2>&1 | grep -v Warning > "$out/user_run.log"
     status=${PIPESTATUS[0]}
     cp /tmp/user/train.out /tmp/user/run/train_log.jsonl /tmp/user/run/run.json "$out/" 2>/dev/null
     stamp "the real command: exit $status"

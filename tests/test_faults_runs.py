@@ -24,10 +24,11 @@ from sae_lens import SAE
 import crosslens
 from crosslens.cli import main
 from crosslens.training.runfolder import crosscoder_folder, run_folder, run_store
-from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME, RUN_LOCK_NAME, RUN_SEAL_NAME
+from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME, RUN_LOCK_NAME, RUN_SEAL_NAME, TRAIN_LOG_NAME
 from crosslens.pretrained.push import LocalHubApi, push_to_hub
 from crosslens.training.interrupts import TrainingInterrupted
 from crosslens.training.records import RECORD_NAME, record_problem
+from crosslens.training.run_log import read_run_log
 from crosslens.training.runfolder import (
     RunFolderInUseError,
     RunFolderLockedError,
@@ -154,7 +155,9 @@ def test_a_new_run_in_a_finished_folder_needs_overwrite_which_removes_the_old_re
 
     train(store, run, n_steps=20, checkpoint_every=0, d_sae=16, overwrite=True)
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["activations", "crosslens_run.json", "final", "run.json", RUN_LOCK_NAME]  # old checkpoints gone
+    # old checkpoints gone; the log is the new run's
+    assert names == ["activations", "crosslens_run.json", "final", "run.json", RUN_LOCK_NAME, TRAIN_LOG_NAME]
+    assert [r["kind"] for r in read_run_log(run / TRAIN_LOG_NAME)] == ["start", "final"]  # 20 steps: no log interval
     assert json.loads((run / "final" / "cfg.json").read_text())["d_sae"] == 16
     assert json.loads((run / RUN_CONFIG_NAME).read_text())["n_steps"] == 20
     assert (run / "activations" / "keep").read_text() == "kept"

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import TRAIN_LOG_NAME
 
