@@ -1054,7 +1054,7 @@ def test_gpu_benchmark_without_cuda_prints_one_line_and_exits_0():
 
 # ------------------------------------------------------------ checkpoints across GPUs
 def test_a_checkpoints_config_puts_each_torchrun_worker_on_its_own_gpu(monkeypatch):
-    from crosslens.training.trainer import saved_config
+    from crosslens.training.trainer_state import saved_config
 
     state = {"trainer_cfg": asdict(CrosscoderTrainerConfig(total_steps=3, device="cuda:0"))}
     monkeypatch.delenv("LOCAL_RANK", raising=False)

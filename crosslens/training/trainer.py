@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from sae_lens.constants import SAE_CFG_FILENAME
@@ -47,7 +45,6 @@ from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
 from sae_lens.constants import SAE_WEIGHTS_FILENAME
 
 from crosslens.core.errors import storage_errors
-from crosslens.core.launch import local_rank_device
 from crosslens.core.paths import FINAL_DIRNAME, TRAINER_STATE_FILENAME, checkpoint_dirname
 from crosslens.core.progress import progress_bar
 from crosslens.core.seeding import seed_everything
@@ -72,6 +69,7 @@ from crosslens.training.guard import check_finite_step
 from crosslens.training.memory import checkpoint_bytes
 from crosslens.training.micro import micro_batched_pass
 from crosslens.training.run_log import RunLog
+from crosslens.training.trainer_state import restore_trainer_state, saved_config, trainer_state
 from crosslens.training.resample import clear_adam_rows, resample_latents, resample_steps, silent_latents, token_draw_generator
 from crosslens.training.optim import (
     clipped_step,
@@ -461,36 +459,7 @@ class CrosscoderTrainer:
 
     def _write_checkpoint(self, full: TrainingSAE[Any], optimizer_state: dict, path: Path) -> None:
         full.save_model(path)
-        rng: dict[str, Any] = {
-            "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-        }
-        device = torch.device(self.cfg.device)
-        if device.type == "cuda":  # the trainer's own GPU: a resume may see other GPUs, or fewer
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        torch.save(
-            {
-                "trainer_cfg": asdict(self.cfg),
-                "n_steps": self.n_steps,
-                "n_tokens": self.n_tokens,
-                "optimizer": optimizer_state,
-                "lr_scheduler": self.lr_scheduler.state_dict(),
-                "coefficient_schedulers": {
-                    name: s.state_dict() for name, s in self.coefficient_schedulers.items()
-                },
-                "tokens_since_fired": self.tokens_since_fired.cpu(),
-                "window_fire_counts": self.window_fire_counts.cpu(),
-                "window_tokens": self.window_tokens,
-                "resample_counts": self.resample_counts.cpu(),
-                "resample_tokens": self.resample_tokens,
-                "resampled": self.resampled,
-                "last_l0": None if self.last_l0 is None else float(self.last_l0),
-                "rng": rng,
-                "wandb_run_id": self.wandb_run_id,
-            },
-            path / TRAINER_STATE_FILENAME,
-        )
+        torch.save(trainer_state(self, optimizer_state), path / TRAINER_STATE_FILENAME)
 
     def full_crosscoder(self) -> TrainingSAE[Any] | None:
         """The whole crosscoder as one plain module: gathered on a mesh (a collective, so every
@@ -523,30 +492,7 @@ class CrosscoderTrainer:
         state = torch.load(state_file, map_location="cpu", weights_only=False, mmap=not on_cpu)
         names = parameter_names(self.optimizer, self.sae)
         load_optimizer_state(self.optimizer, slice_optimizer_state(state["optimizer"], names, self.layout.snapshots))
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        for name, s_state in state["coefficient_schedulers"].items():
-            self.coefficient_schedulers[name].load_state_dict(s_state)
-        self.n_steps = state["n_steps"]
-        self.n_tokens = state["n_tokens"]
-        self.tokens_since_fired = state["tokens_since_fired"].to(self.cfg.device)
-        self.window_fire_counts = state["window_fire_counts"].to(self.cfg.device)
-        self.window_tokens = state["window_tokens"]
-        self.resample_counts = state["resample_counts"].to(self.cfg.device)
-        self.resample_tokens = state["resample_tokens"]
-        self.resampled = dict(state["resampled"])
-        self.last_l0 = state.get("last_l0")
-        self.wandb_run_id = state["wandb_run_id"]
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"].cpu())
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        device = torch.device(self.cfg.device)
-        cuda_state = rng.get("cuda")
-        if isinstance(cuda_state, (list, tuple)):  # written as every visible GPU's: this GPU's, if it had one
-            index = device.index or 0
-            cuda_state = cuda_state[index] if index < len(cuda_state) else None
-        if cuda_state is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(cuda_state.cpu(), device)
+        restore_trainer_state(self, state)
 
     @classmethod
     def from_checkpoint(
@@ -582,13 +528,6 @@ def record_provider(cfg: Any, batches: BatchSource) -> None:
     factors = getattr(batches, "norm_factors", None) if getattr(batches, "normalize", False) else None
     if factors is not None and cfg.metadata.activation_norm_factors is None:
         set_crosscoder_metadata(cfg, activation_norm_factors=factors)
-
-
-def saved_config(state: dict[str, Any]) -> CrosscoderTrainerConfig:
-    """The trainer config a checkpoint's state holds, on this worker's own GPU under torchrun
-    (the saved one names the device of the rank that wrote it)."""
-    saved = CrosscoderTrainerConfig.from_dict(state["trainer_cfg"])
-    return replace(saved, device=local_rank_device(saved.device))
 
 
 def _open_batches(batches: BatchSource, start_step: int) -> Iterator[Batch]:
