@@ -61,6 +61,10 @@ activations, which share a direction, that moves every pre-activation the same w
 steps time the dense kernels instead of the step from pairs (``scripts/held_sparsity.py``
 measures it). A trained run's sparsity is steady; this rate keeps the synthetic one so (each
 row prints its L0 at the first and last timed step), and a step's work does not depend on it."""
+ROWS = {"jumprelu": ("jumprelu_crosscoder", True, True), "relu": ("crosscoder", True, True),
+        "no-prefetch": ("jumprelu_crosscoder", False, True), "fresh": ("jumprelu_crosscoder", True, False)}  # fmt: skip
+"""The end-to-end rows by name: (architecture, prefetch, trained). The fresh row is the rate of a
+run's first steps, before its sparsity term has made the code sparse enough for the pairs."""
 
 
 def word_tokenizer(vocab_size: int):
@@ -224,6 +228,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default="inductor", help="torch.compile backend of the compiled forward")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="compile the snapshot models' forward (provider and floor); --no-compile: eager only")  # fmt: skip
+    p.add_argument("--row", choices=list(ROWS), action="append",
+                   help="end-to-end rows to time (repeatable; default all): e.g. --row fresh --seq-len 2048 "
+                        "--chunk-seqs 32 for the recipe's shape, which benchmarks/user_run.py runs")  # fmt: skip
     p.add_argument("--run-tokens", type=float, default=800e6, help="tokens of the whole run, for the hours")
     p.add_argument("--suite-dir", type=Path, default=None, help="where to write the suite (default: a temporary folder)")
     p.add_argument("--write-only", action="store_true",
@@ -276,11 +283,7 @@ def run(a: argparse.Namespace, device: str, root: Path) -> None:
     print(f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the {label} forward alone, "
           f"{trunk_attention(models[0], None)} attention)", flush=True)  # fmt: skip
     print(f"each end-to-end row times {a.chunks} chunk(s) of {batches_per_chunk(a)} steps, their forwards included")
-    # (architecture, prefetch, trained); the fresh row is the rate of a run's first steps, before
-    # its sparsity term has made the code sparse enough for the pairs
-    rows = [("jumprelu_crosscoder", True, True), ("crosscoder", True, True), ("jumprelu_crosscoder", False, True),
-            ("jumprelu_crosscoder", True, False)]  # fmt: skip
-    for arch, prefetch, trained in rows:
+    for arch, prefetch, trained in (ROWS[row] for row in a.row or ROWS):
         provider.prefetch = prefetch
         rate, held = end_to_end(provider, arch, a, device, trained)
         label = f"{arch}{'' if trained else ', fresh'}"

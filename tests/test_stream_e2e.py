@@ -82,6 +82,9 @@ def test_the_benchmark_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch, capsys)
     assert len(held) == 4 and all(abs(float(last) - float(first)) <= 1 for first, last in held)
     assert out.count("first batch active") == out.count("last batch active") == 3
     assert "each end-to-end row times 2 chunk(s) of 4 steps, their forwards included" in out
+    assert stream_gpu.main(["--small", "--suite-dir", str(tmp_path / "suite"), "--written", "--row", "fresh"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("end to end")]
+    assert len(rows) == 1 and rows[0].startswith("end to end, jumprelu_crosscoder, fresh")
 
 
 def test_the_benchmark_times_whole_chunks_with_their_forwards():
