@@ -12,10 +12,10 @@ In one run, with nothing downloaded:
        crosslens train --recipe ge2025-pythia-160m --stream --suite SUITE --steps 0,...,31 \\
            --text WORDS --n-tokens N --out RUN
 
-   with everything else the recipe's or the CLI's defaults: N tokens seen once at batch 2,048,
-   context 2,048, d_sae 24,576, JumpReLU, bf16 snapshot models on CUDA, the provider's chunking, a checkpoint
-   every twentieth of the steps (at least 500 apart), the held-out quality table and the
-   spliced loss. Flags after ``--`` go to the command as well (they win);
+   with everything else the recipe's or the CLI's defaults: N tokens seen once at batch
+   2,048, context 2,048, d_sae 24,576, JumpReLU, bf16 snapshot models on CUDA, the provider's
+   chunking, a checkpoint every twentieth of the steps (at least 500 apart), the held-out
+   quality table and the spliced loss. Flags after ``--`` go to the command as well (they win);
 3. reads ``RUN/train_log.jsonl`` and ``RUN/run.json`` and prints, per log interval (50 steps),
    the L0, the share of (token, feature) entries open at some snapshot and the path the
    JumpReLU step takes at that share (:func:`crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`:
@@ -31,8 +31,8 @@ rate is the figure that bounds a real run, whatever its data's L0 curve.
 ``--timeout`` stops the command (the run's log up to then is read all the same), so one device
 call can hold the whole measurement. ``--read RUN`` runs nothing and reports the log of any run
 folder ``crosslens train`` wrote, on any device (the step from which a CUDA run would take the
-sparse path included). Without CUDA it prints one line and exits 0; ``--small``
-runs the same logic on the CPU at a tiny shape (its numbers mean nothing; it checks the script).
+sparse path included). Without CUDA it prints one line and exits 0; ``--small`` runs the same
+logic on the CPU at a tiny shape (its numbers mean nothing; it checks the script).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/user_run.py --n-tokens 4000000 --timeout 420
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/user_run.py --small

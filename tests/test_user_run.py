@@ -95,3 +95,15 @@ def test_the_script_runs_the_command_and_reads_its_log_on_the_cpu(tmp_path, caps
     read = json.loads((tmp_path / "read.json").read_text())
     assert read["intervals"] == figures["intervals"] and read["seconds"]["rest"] == 0.0
     assert "$ crosslens" not in capsys.readouterr().out
+
+
+def test_without_cuda_the_script_says_so_in_one_line(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert user_run.main([]) == 0
+    assert capsys.readouterr().out == (
+        "benchmarks/user_run.py: no CUDA device here, nothing measured (--small runs its logic on the CPU)\n"
+    )
+    with pytest.raises(SystemExit):
+        user_run.parse_args(["--written"])  # the suite's folder is needed
