@@ -69,7 +69,7 @@ fi
 
 if [ -n "${CLI:-}" ]; then
     wait $writer
-    stamp "suite: $(grep '^suite:' "$out/suite.log" || echo 'not written: see suite.log')"
+    stamp "$(grep '^suite:' "$out/suite.log" || echo 'suite: not written, see suite.log')"
     stamp "the real command from a fresh crosscoder, $(left) s left"
     # the command gets what is left but 90 s: a SIGTERM then checkpoints the step it reached
     timeout $(($(left) > 40 ? $(left) - 10 : 30)) python3 benchmarks/user_run.py --suite-dir /tmp/suite --written \
@@ -82,7 +82,7 @@ fi
 
 if [ "$stream" != 0 ]; then
     [ -n "${CLI:-}" ] || wait $writer
-    stamp "suite: $(grep '^suite:' "$out/suite.log" || echo 'not written: see suite.log')"
+    stamp "$(grep '^suite:' "$out/suite.log" || echo 'suite: not written, see suite.log')"
     stamp "end to end, $(left) s left"
     timeout $((budget * 45 / 100)) python3 benchmarks/stream_gpu.py --suite-dir /tmp/suite --written --chunks 2 --rounds 3 2>&1 \
         | grep -v "Warning\|Writing\|Changing" > "$out/stream.log"
