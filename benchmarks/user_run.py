@@ -105,13 +105,19 @@ def run_command(command: list[str], log: Path, timeout: float | None) -> tuple[f
 
 # --------------------------------------------------------------------------- reading the run's log
 def step_path(share: float, plan: dict[str, Any], architecture: str, device: str) -> str:
-    """The path a step takes at this open share: ``"sparse"`` (the active pairs) or ``"dense"``
-    (the dense kernels); ``"-"`` for an architecture without the two."""
+    """The path a step takes at this open share under the run's plan (``run.json``'s
+    ``kernel_plan``), as :func:`crosslens.crosscoders.jumprelu_kernels.snapshot_gated_decode`
+    picks it: ``"sparse"`` (the active pairs) or ``"dense"`` (the dense kernels); ``"-"`` for an
+    architecture without the two."""
+    from crosslens.crosscoders.jumprelu_pairs import open_share_pays
+    from crosslens.crosscoders.kernel_plan import KernelPlan
+
     if architecture != "jumprelu_crosscoder":
         return "-"
-    sparse = plan.get("jumprelu_sparse")
-    if sparse is None:
-        sparse = device.startswith("cuda") and share <= plan["sparse_step_share"]
+    kernels = KernelPlan.from_dict(plan)
+    sparse = kernels.jumprelu_sparse
+    if sparse is None:  # the plan leaves it to the step: on CUDA, where it pays
+        sparse = device.startswith("cuda") and open_share_pays(share, 1.0, kernels)
     return "sparse" if sparse else "dense"
 
 
@@ -240,8 +246,12 @@ def report(records: list[dict[str, Any]], run: dict[str, Any], wall: float | Non
         print(f"phase {phase:6s}: {p['intervals']:3d} intervals, {p['tokens']:12,d} tokens in {p['seconds']:8.1f} s: "
               f"{p['tokens_per_second']:9,.0f} tok/s")  # fmt: skip
     start = steady_from(rows, lambda row: row["path"] == "sparse")
-    share = run["kernel_plan"]["sparse_step_share"]
-    sparse_enough = steady_from(rows, lambda row: row["share"] <= share)
+    from crosslens.crosscoders.jumprelu_pairs import open_share_pays
+    from crosslens.crosscoders.kernel_plan import KernelPlan
+
+    kernels = KernelPlan.from_dict(run["kernel_plan"])
+    share = kernels.sparse_step_share
+    sparse_enough = steady_from(rows, lambda row: open_share_pays(row["share"], 1.0, kernels))
     print("sparse path: " + (f"from step {start}" if start is not None else "not reached") + "; the open share at most "
           f"{share:.4g} (where a CUDA run takes it) " + (f"from step {sparse_enough}" if sparse_enough else "never"))  # fmt: skip
     split = time_split(records, rows, wall)

@@ -31,9 +31,15 @@ from crosslens.crosscoders.sparse_kernels import EagerKernels, autocast_copy, ga
 
 
 def sparse_step_pays(entries: ActiveEntries, plan: KernelPlan) -> bool:
-    """Whether the step from the pairs is the cheaper one for these entries: at most the plan's
-    ``sparse_step_share`` of them open at some snapshot."""
-    return entries.n_open <= plan.sparse_step_share * entries.active_NF.numel()
+    """Whether the step from the pairs is the cheaper one for these entries (:func:`open_share_pays`)."""
+    return open_share_pays(entries.n_open, entries.active_NF.numel(), plan)
+
+
+def open_share_pays(n_open: float, n_entries: float, plan: KernelPlan) -> bool:
+    """Whether ``n_open`` of ``n_entries`` (token, feature) entries open at some snapshot are few
+    enough for the step from the pairs: at most the plan's ``sparse_step_share`` of them (a run's
+    log gives them per token: its L0 of d_sae)."""
+    return n_open <= plan.sparse_step_share * n_entries
 
 
 class JumpGate(torch.autograd.Function):
