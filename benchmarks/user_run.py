@@ -77,7 +77,7 @@ def write_words(path: Path, n_words: int, vocab_size: int, seed: int = 0) -> Non
 
 
 def train_command(a: argparse.Namespace, suite: Path, text: Path, run: Path) -> list[str]:
-    steps = ",".join(str(s) for s in range(a.S))
+    steps = ",".join(str(s) for s in range(a.n_snapshots))
     command = [sys.executable, "-m", "crosslens", "train", "--recipe", RECIPE, "--stream", "--suite", str(suite),
                "--steps", steps, "--text", str(text), "--n-tokens", str(a.n_tokens), "--out", str(run)]  # fmt: skip
     return command + (SMALL_FLAGS if a.small else []) + a.extra
@@ -296,7 +296,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a = p.parse_args(ours)
     if a.written and a.suite_dir is None:
         p.error("--written names the suite's folder: add --suite-dir DIR")
-    a.extra, a.S = extra, 2 if a.small else 32
+    a.extra, a.n_snapshots = extra, 2 if a.small else 32
     a.n_tokens = a.n_tokens or (4096 if a.small else 4_000_000)
     return a
 
@@ -305,7 +305,7 @@ def measure(a: argparse.Namespace, work: Path) -> dict[str, Any] | None:
     shape = SMALL_MODEL if a.small else PYTHIA_160M
     suite_dir = a.suite_dir or work / "suite"
     began = time.perf_counter()
-    written_suite(suite_dir, a.S) if a.written else write_suite(suite_dir, shape, a.S)
+    written_suite(suite_dir, a.n_snapshots) if a.written else write_suite(suite_dir, shape, a.n_snapshots)
     text = work / "words.txt"
     write_words(text, int(a.n_tokens * 1.2) + 20_000, shape["vocab_size"])
     print(f"suite and text ready in {time.perf_counter() - began:.0f} s")
