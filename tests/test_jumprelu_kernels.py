@@ -357,20 +357,20 @@ def test_the_block_functions_are_compiled_on_cuda_and_eager_elsewhere():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # no CUDA needed: only the choice is made
     fast = KernelPlan(backend="triton", compile=True, adam="kernel", adam_backend="triton", handoff_norms=True)
     shape = (2048, 32, 24576)
-    assert dense.block_function("forward", *shape, cpu, CPU) == (forward_block, dense.token_block(*shape, cpu))
-    assert dense.block_function("backward", *shape, cpu, CPU) == (backward_block, dense.token_block(*shape, cpu))
-    compiled, block = dense.block_function("forward", *shape, cuda, fast)
-    assert compiled is not forward_block and compiled is dense.block_function("forward", 64, 2, 8, cuda, fast)[0]
+    assert dense.block_function(forward_block, *shape, cpu, CPU) == (forward_block, dense.token_block(*shape, cpu))
+    assert dense.block_function(backward_block, *shape, cpu, CPU) == (backward_block, dense.token_block(*shape, cpu))
+    compiled, block = dense.block_function(forward_block, *shape, cuda, fast)
+    assert compiled is not forward_block and compiled is dense.block_function(forward_block, 64, 2, 8, cuda, fast)[0]
     assert block == fast.device_block_elements // (32 * 24576), "compiled on CUDA, still in blocks"
-    assert dense.block_function("backward", *shape, cuda, fast)[0] not in (backward_block, compiled)
+    assert dense.block_function(backward_block, *shape, cuda, fast)[0] not in (backward_block, compiled)
     no_triton = KernelPlan(backend="eager", compile=False)  # CUDA without triton: Inductor's CUDA code is Triton
-    assert dense.block_function("forward", *shape, cuda, no_triton)[0] is forward_block
+    assert dense.block_function(forward_block, *shape, cuda, no_triton)[0] is forward_block
     # asked for everywhere: a CPU too, the whole batch at once, compiled for its one shape
-    whole, n = dense.block_function("forward", *shape, cpu, KernelPlan.resolve("cpu", compile=True))
+    whole, n = dense.block_function(forward_block, *shape, cpu, KernelPlan.resolve("cpu", compile=True))
     assert n == 2048 and whole not in (forward_block, compiled)
     # asked for nowhere: CUDA's default too
-    assert dense.block_function("forward", *shape, cuda, KernelPlan.resolve("cuda", compile=False)) == (forward_block, block)
-    assert dense.block_function("forward", *shape, cpu)[0] is forward_block
+    assert dense.block_function(forward_block, *shape, cuda, KernelPlan.resolve("cuda", compile=False)) == (forward_block, block)
+    assert dense.block_function(forward_block, *shape, cpu)[0] is forward_block
 
 
 @pytest.mark.parametrize(

@@ -377,18 +377,29 @@ def assert_same_run(got, want, rtol: float = 1e-5, atol: float = 1e-6) -> None:
         torch.testing.assert_close(params[name], p, rtol=rtol, atol=atol, msg=name)
 
 
-@pytest.fixture
-def sparse_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many JumpReLU passes ran from their active pairs."""
+def passes_through(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """A list that grows by one each time a JumpReLU pass calls ``jumprelu_kernels.<name>``."""
     calls: list[int] = []
-    original = jumprelu_kernels.sparse_gated_decode
+    original = getattr(jumprelu_kernels, name)
 
-    def counted(*args, **kwargs):
+    def count(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(jumprelu_kernels, "sparse_gated_decode", counted)
+    monkeypatch.setattr(jumprelu_kernels, name, count)
     return calls
+
+
+@pytest.fixture
+def sparse_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many JumpReLU passes ran from their active pairs alone."""
+    return passes_through(monkeypatch, "sparse_gated_decode")
+
+
+@pytest.fixture
+def split_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many JumpReLU passes ran split (:mod:`crosslens.crosscoders.jumprelu_split`)."""
+    return passes_through(monkeypatch, "split_gated_decode")
 
 
 def jumprelu_run(
@@ -431,6 +442,74 @@ def test_jumprelu_sparse_step_under_bfloat16_autocast(device, sparse_calls):
     assert losses == pytest.approx(dense_losses, rel=5e-3)
     for name, p in dense_params.items():
         assert 0 < (params[name] - p).norm() < (fp32_params[name] - p).norm(), name
+
+
+def split_run(
+    device: str, parted: bool, sparse_step: bool | None, plan: KernelPlan | None = None, autocast: str | None = None
+) -> tuple:
+    """A JumpReLU run whose code is dense (about a fifth of the entries open), with a narrow
+    window, from equal norms or norms parted a little between snapshots, as early in a run."""
+    sae = make_sae("jumprelu_crosscoder", device, plan, l0_coefficient=0.3, sparse_step=sparse_step, jumprelu_bandwidth=0.002)
+    if parted:
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(2)
+            sae.W_dec.mul_(torch.empty(F, S, 1).uniform_(0.8, 1.2, generator=g).to(device))
+    return run(sae, batches(STEPS, device), autocast)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("parted", [True, False], ids=["parted", "fresh"])
+def test_jumprelu_split_step_equals_the_dense_step(device, parted, split_calls, sparse_calls):
+    """While too many entries are open for the step from the pairs (here over 1/8), the split
+    step decodes those open everywhere with the shared code's matmul and the rest from their
+    pairs, and trains as the dense kernels do."""
+    dense = split_run(device, parted, False)
+    plan = eager_plan(device, jumprelu_split=True, sparse_step_share=1 / 8, split_rest_share=1 / 8)
+    assert_same_run(split_run(device, parted, None, plan), dense)
+    assert len(split_calls) == STEPS + 1 and not sparse_calls
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_jumprelu_split_step_under_bfloat16_autocast(device, split_calls):
+    """Under autocast the split step decodes the entries open everywhere in bfloat16, as the
+    dense kernels' batched matmul does, and its pairs in float32: after 20 Adam steps each
+    parameter is closer to the dense kernels' under autocast than those are to float32's."""
+    _, _, dense_losses, dense_params = split_run(device, True, False, autocast="bfloat16")
+    _, _, _, fp32_params = split_run(device, True, False)
+    plan = eager_plan(device, jumprelu_split=True, sparse_step_share=1 / 8, split_rest_share=1 / 8)
+    _, _, losses, params = split_run(device, True, None, plan, autocast="bfloat16")
+    assert len(split_calls) == STEPS + 1
+    assert losses == pytest.approx(dense_losses, rel=5e-3)
+    for name, p in dense_params.items():
+        assert 0 < (params[name] - p).norm() < (fp32_params[name] - p).norm(), name
+
+
+def test_jumprelu_split_step_in_micro_batches(split_calls):
+    """In micro-batches (the decoder's gradient summed by the step's weight block) the split step
+    trains as the dense kernels do."""
+    def micro_batched(sparse_step: bool | None, plan: KernelPlan | None) -> tuple[list[float], dict]:
+        sae = make_sae("jumprelu_crosscoder", "cpu", plan, l0_coefficient=0.3, sparse_step=sparse_step, jumprelu_bandwidth=0.002)
+        cfg = CrosscoderTrainerConfig(total_steps=6, lr=3e-3, device="cpu", micro_batches=2, activation_scale_check="off")
+        trainer = CrosscoderTrainer(sae, cfg, plan=sae.kernel_plan)
+        losses = [trainer.step(x).loss.item() for x in batches(6, "cpu")]
+        return losses, {name: p.detach().clone() for name, p in sae.named_parameters()}
+
+    dense_losses, dense_params = micro_batched(False, None)
+    losses, params = micro_batched(None, eager_plan("cpu", jumprelu_split=True, sparse_step_share=1 / 8, split_rest_share=1 / 8))
+    assert len(split_calls) >= 6 * 2
+    assert losses == pytest.approx(dense_losses, rel=1e-5)
+    for name, p in dense_params.items():
+        torch.testing.assert_close(params[name], p, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_split_step_falls_back_where_the_rest_is_too_dense(split_calls, sparse_calls):
+    """Where even the entries not open everywhere are too many for the pairs, the step takes the
+    dense kernels; where all the open entries are few enough, the step from all the pairs."""
+    plan = eager_plan("cpu", jumprelu_split=True, sparse_step_share=1 / 8, split_rest_share=1 / 1000)
+    assert_same_run(split_run("cpu", True, None, plan), split_run("cpu", True, False))
+    assert not split_calls and not sparse_calls
+    split_run("cpu", True, None, dataclasses.replace(plan, sparse_step_share=1.0))
+    assert not split_calls and len(sparse_calls) == STEPS + 1
 
 
 def window_modes(monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -29,10 +29,11 @@ def token_block(n_tokens: int, n_snapshots: int, n_features: int, device: torch.
 
 
 def block_function(
-    name: str, n_tokens: int, n_snapshots: int, n_features: int, device: torch.device, plan: KernelPlan | None = None
+    function: Any, n_tokens: int, n_snapshots: int, n_features: int, device: torch.device, plan: KernelPlan | None = None
 ) -> tuple[Any, int]:
-    """``(function, tokens per block)`` for the ``"forward"`` or ``"backward"`` block function on
-    ``device``: compiled or eager as the plan says (``compile``). Compiled on a CPU it takes the
+    """``(function, tokens per block)`` for a block function of
+    :mod:`~crosslens.crosscoders.jumprelu_ops` over ``[S, block, F]`` on ``device``: compiled or
+    eager as the plan says (``compile``). Compiled on a CPU it takes the
     whole batch at once (its fused loops keep no ``[S, N, F]`` temporary but their outputs),
     compiled for its one shape; else in blocks of :func:`token_block`, whose last is shorter
     (compiled once more, for any shape).
@@ -43,7 +44,6 @@ def block_function(
     when run op by op (at Ge et al.'s shape 1.6 G elements a pass), against a fused read of
     the inputs and one write of the outputs each way compiled. The gates are the eager ones to
     the bit (the same float32 product and comparison); the tanh sums differ in their order."""
-    function = forward_block if name == "forward" else backward_block
     plan = plan_for(device, plan)
     if not plan.compile:
         return function, token_block(n_tokens, n_snapshots, n_features, device, plan)
@@ -82,7 +82,7 @@ class SnapshotGateAndScore(torch.autograd.Function):
         S = norms_FS.shape[1]
         norms_S1F = norms_FS.T.contiguous()[:, None, :]
         scale_S1F = (tanh_scale * norms_FS.T).contiguous()[:, None, :]
-        run_block, block = block_function("forward", N, S, F_, h_NF.device, plan)
+        run_block, block = block_function(forward_block, N, S, F_, h_NF.device, plan)
         if block >= N:
             f_SNF, open_anywhere_NF, score_sum_F = run_block(h_NF, norms_S1F, scale_S1F, threshold_F)
         else:
@@ -109,7 +109,7 @@ class SnapshotGateAndScore(torch.autograd.Function):
         scale_S1F = ctx.tanh_scale * norms_S1F
         if grad_score_F is None:
             grad_score_F = h_NF.new_zeros(F_)
-        run_block, block = block_function("backward", N, S, F_, h_NF.device, ctx.plan)
+        run_block, block = block_function(backward_block, N, S, F_, h_NF.device, ctx.plan)
         grad_h_NF = torch.empty_like(h_NF)
         grad_norms_SF = norms_S1F.new_zeros(S, F_)
         window_grad_SF = norms_S1F.new_zeros(S, F_)

@@ -3,7 +3,7 @@ gated decode, without ``[S, N, F]`` temporaries where it can.
 
 Every gate ``[h_i * ||W_dec[i, s]|| > t_i]`` and every score ``tanh(c * f_{i,s} *
 ||W_dec[i, s]||)`` is a function of the shared pre-activation ``h [N, F]``, the decoder
-norms ``[F, S]`` and the threshold ``[F]``. Three implementations compute the same values
+norms ``[F, S]`` and the threshold ``[F]``. Four implementations compute the same values
 and gradients (to the order of float sums):
 
 * :func:`crosslens.crosscoders.jumprelu_pairs.sparse_gated_decode` (CUDA's fast path): the
@@ -12,6 +12,10 @@ and gradients (to the order of float sums):
   (gather-sum kernels, Triton's on CUDA). :func:`snapshot_gated_decode` takes it on CUDA where
   it pays (:func:`~crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`: few entries open; a
   trained crosscoder), or where the plan asks for it.
+* :func:`crosslens.crosscoders.jumprelu_split.split_gated_decode` (where the plan's
+  ``jumprelu_split`` asks for it, while the code is too dense for the pairs): the entries open
+  at every snapshot and outside the window there through the shared code's one matmul, the rest
+  from their pairs as above, where the rest are few.
 * :class:`SnapshotGatedDecode` (the CPU's fast path): :class:`EntryClasses` sorts each
   (token, feature) entry by whether its gate is open at every snapshot, at none or at
   some, from the smallest and largest norm alone. Entries open everywhere are decoded with
@@ -54,6 +58,7 @@ from crosslens.crosscoders.jumprelu_ops import (
 )
 from crosslens.crosscoders.jumprelu_dense import snapshot_gate_and_score
 from crosslens.crosscoders.jumprelu_pairs import active_entries, sparse_gated_decode, sparse_step_pays
+from crosslens.crosscoders.jumprelu_split import everywhere_and_rest, split_gated_decode, split_step_pays
 from crosslens.crosscoders.kernel_plan import KernelPlan, plan_for
 from crosslens.crosscoders.regated_decode import snapshot_decode
 from crosslens.crosscoders.weight_grads import row_norms_now, weight_block, weight_row_norms
@@ -501,25 +506,32 @@ def snapshot_gated_decode(
     ``||W_dec[i, s]|| * norm_factors_S[s]`` (the training space's, as
     ``CrosscoderMixin.snapshot_norms``).
 
-    Three implementations, the same values and gradients up to the order of float sums
+    Four implementations, the same values and gradients up to the order of float sums
     (and tanh's rounding: the gated decode computes it from a sigmoid), as the plan picks
-    (``jumprelu_sparse``): :func:`crosslens.crosscoders.jumprelu_pairs.sparse_gated_decode`
-    from the active pairs alone, always, or by default on CUDA where
-    :func:`~crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`; else
-    :class:`SnapshotGatedDecode` when few entries are mixed (not under autocast, whose matmul
+    (``jumprelu_sparse``, ``jumprelu_split``):
+    :func:`crosslens.crosscoders.jumprelu_pairs.sparse_gated_decode` from the active pairs
+    alone, always, or by default on CUDA where
+    :func:`~crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`; else, with
+    ``jumprelu_split``, :func:`~crosslens.crosscoders.jumprelu_split.split_gated_decode` where
+    the entries not open at every snapshot pay; else :class:`SnapshotGatedDecode` when few entries are mixed (not under autocast, whose matmul
     dtypes its gathered updates do not follow); else the per-snapshot
     :class:`SnapshotGateAndScore` and a batched matmul.
     """
     plan = plan_for(h_NF.device, plan)
     sparse = plan.jumprelu_sparse
     raw_FS = None  # the decoder norms without gradient, once computed (one pass over W_dec)
-    if sparse or (sparse is None and h_NF.device.type == "cuda"):
+    if sparse or (sparse is None and (h_NF.device.type == "cuda" or plan.jumprelu_split)):
         raw_FS = row_norms_now(W_dec_FSD)
+        gate, norms = (bandwidth, tanh_scale), (raw_FS, norm_factors_S)
         with torch.no_grad():
-            entries = active_entries(h_NF.detach(), raw_FS * norm_factors_S, threshold_F.detach(), bandwidth / 2, plan)
+            args = (h_NF.detach(), raw_FS * norm_factors_S, threshold_F.detach(), bandwidth / 2)
+            entries = active_entries(*args, plan)
         if sparse or sparse_step_pays(entries, plan):
-            gate = (bandwidth, tanh_scale)
-            return sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, (raw_FS, norm_factors_S), entries, gate, plan)
+            return sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, entries, gate, plan)
+        if plan.jumprelu_split:
+            split = everywhere_and_rest(*args, entries)
+            if split_step_pays(split[1], plan):
+                return split_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, split, gate, plan)
     classes = None
     if not torch.is_autocast_enabled(h_NF.device.type):
         with torch.no_grad():

@@ -68,6 +68,26 @@ def backward_block(
     return grad_h_BF, grad_norms_SF, window_grad_SF
 
 
+def everywhere_score_block(h_BF: torch.Tensor, everywhere_BF: torch.Tensor, scale_S1F: torch.Tensor) -> torch.Tensor:
+    """One block's score sums ``[F]`` of the entries open at every snapshot (``everywhere_BF``),
+    whose code is ``h`` at each: ``tanh(c * h * norm_s)`` summed over those tokens and every
+    snapshot, the mask as a product."""
+    score_SBF = torch.tanh(h_BF * scale_S1F)
+    return (score_SBF * everywhere_BF).sum(dim=(0, 1), dtype=torch.float32)
+
+
+def everywhere_score_grad_block(
+    h_BF: torch.Tensor, everywhere_BF: torch.Tensor, scale_S1F: torch.Tensor, grad_score_F: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`everywhere_score_block`'s sums: to ``h`` ``[B, F]``, and to the
+    norms before the factor c ``[S, F]``."""
+    score_SBF = torch.tanh(h_BF * scale_S1F)
+    sech_grad_SBF = torch.ops.aten.tanh_backward(grad_score_F.expand_as(score_SBF), score_SBF) * everywhere_BF
+    grad_norms_SF = (sech_grad_SBF * h_BF).sum(dim=1)
+    grad_h_BF = (sech_grad_SBF * scale_S1F).sum(dim=0)
+    return grad_h_BF, grad_norms_SF
+
+
 def threshold_gradient(
     window_grad_FS: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor, bandwidth: float
 ) -> torch.Tensor:

@@ -86,6 +86,12 @@ class KernelPlan:
     jumprelu_sparse: bool | None = None
     """JumpReLU's step from the active pairs: always (True), never (False), or where it pays
     (None: on CUDA, at most :attr:`sparse_step_share` of the entries open)."""
+    jumprelu_split: bool = False
+    """Where the JumpReLU step from all the pairs does not pay: decode the entries open at every
+    snapshot (outside the threshold's window) with the shared code's one matmul and the rest
+    from their pairs (:mod:`crosslens.crosscoders.jumprelu_split`), where the rest are few
+    enough (:attr:`split_rest_share`), instead of the per-snapshot code ``[S, N, F]``. Needs
+    the step from the pairs (``jumprelu_sparse`` not False)."""
     topk_sparse_decode: bool | None = None
     """TopK and BatchTopK decode from their kept pairs (True) or with the dense matmul (False);
     None: where ``k / d_sae`` is at most :attr:`topk_sparse_density`."""
@@ -95,6 +101,11 @@ class KernelPlan:
     step works from the pairs rather than with the dense kernels: each open entry is gathered,
     decoded and differentiated at every snapshot, which costs about what the dense step does
     near 4% open; a trained crosscoder is well inside, a fresh one (about 30% open) outside."""
+    split_rest_share: float = 1 / 64
+    """Largest share of (token, feature) entries open at some snapshot but not open everywhere
+    outside the window for which the split step (``jumprelu_split``) reads them from pairs: the
+    split step pays the shared code's matmuls and scores on top of the pairs, so it needs
+    fewer of them than the step from all the pairs does (:attr:`sparse_step_share`)."""
     gather_share: float = 1 / 16
     """Largest share of entries the dense CPU step gathers for work per snapshot; above it,
     mixed gates fall back to the per-snapshot code and the window is summed with matmuls."""
@@ -186,6 +197,8 @@ class KernelPlan:
     def describe(self) -> str:
         """One line for a run's printout: the choices, not the tunings."""
         sparse = {True: "always", False: "never", None: "where it pays"}[self.jumprelu_sparse]
+        if self.jumprelu_split and self.jumprelu_sparse is not False:
+            sparse += ", split where dense"
         topk = {True: "always", False: "never", None: "where k is sparse enough"}[self.topk_sparse_decode]
         adam = "crosslens's one-pass Adam" if self.adam == "kernel" else "torch's Adam"
         return (
