@@ -10,7 +10,8 @@
 # GATHERS=1 adds gpu.py's sweep of the gathers' launch sizes (about 30 s), TILES=1 its sweep of the
 # JumpReLU window kernel's launches (gpu.py's WINDOW_TILES, about 40 s; the step's rows then
 # launch the fastest, the end-to-end run the plan's default window_tile); PROFILE=1 adds, after the
-# end-to-end run, torch.profiler's kernel tables of the JumpReLU and TopK steps (gpu.py --profile).
+# end-to-end run, torch.profiler's kernel tables of the JumpReLU and TopK steps (gpu.py --profile),
+# trained from their pairs, and JumpReLU's fresh and young (code still dense) steps, dense and split.
 # REPEAT=1 adds, after the step's rows, whether each architecture's trained step repeats to the byte
 # (gpu.py --repeat-steps 5, about a minute). Last, as long as the budget lasts, the 98,304-feature
 # dictionary's bf16 rows in one step (it fits at 64.2 GiB), fresh and trained from pairs (peak
@@ -33,7 +34,7 @@ shift || true
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(-k cuda tests/test_sparse_step.py tests/test_gpu_step.py tests/test_jumprelu_kernels.py
                                  tests/test_forward_to_hook.py tests/test_weight_grads.py tests/test_spliced_loss.py
-                                 tests/test_compiled_losses.py)
+                                 tests/test_compiled_losses.py tests/test_jumprelu_split.py)
 out=${OUT:-/tmp/device_session}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -94,12 +95,17 @@ if [ -n "${PROFILE:-}" ]; then
     timeout $((budget * 20 / 100)) python3 benchmarks/gpu.py --precision bf16 --only jumprelu_crosscoder --only topk_crosscoder \
         --state trained --path sparse --profile --steps 5 --rounds 5 2>&1 | grep -v Warning > "$out/profile.log"
     stamp "profile: exit ${PIPESTATUS[0]}"
+    stamp "profile of JumpReLU's dense and split steps, $(left) s left"
+    timeout $((budget * 20 / 100)) python3 benchmarks/gpu.py --precision bf16 --only jumprelu_crosscoder \
+        --state fresh --state young --path default --path split --profile --steps 5 --rounds 5 2>&1 \
+        | grep -v Warning > "$out/profile_dense.log"
+    stamp "profile of the dense steps: exit ${PIPESTATUS[0]}"
 fi
 
 if [ "${WIDE:-1}" != 0 ]; then
     stamp "the 98,304-feature dictionary, $(left) s left"
     timeout $(($(left) > 30 ? $(left) : 30)) python3 benchmarks/gpu.py --d-sae 98304 --only jumprelu_crosscoder --precision bf16 \
         --optimizer-state bfloat16 --micro-batches 1 --steps 2 --rounds 2 --memory-peak \
-        --path default --path sparse 2>&1 | grep -v Warning > "$out/wide.log"
+        --state fresh --state trained --path default --path sparse 2>&1 | grep -v Warning > "$out/wide.log"
     stamp "the 98,304-feature dictionary: exit ${PIPESTATUS[0]}"
 fi

@@ -19,8 +19,10 @@
    ``crosslens plan`` predicts for it (:func:`~crosslens.training.memory.step_peak_bytes`,
    the row's precision, Adam state and micro-batches) and their ratio. Where a row has
    a sparse implementation it is measured beside the dense one (``step_paths``): JumpReLU
-   at the trained sparsity with the plan's ``jumprelu_sparse`` off and on, TopK/BatchTopK through
-   ``embedding_bag`` and through the Triton gather-sum kernels. Each row's
+   at the trained sparsity with the plan's ``jumprelu_sparse`` off and on, and fresh and young
+   (:func:`set_young`: some steps into a run, its code still dense) with its default step and
+   split (the plan's ``jumprelu_split``), TopK/BatchTopK through ``embedding_bag`` and through
+   the Triton gather-sum kernels. Each row's
    :class:`~crosslens.crosscoders.kernel_plan.KernelPlan` is the device's default with the
    row's path changed (:func:`row_plan`).
 
@@ -67,6 +69,7 @@ import torch
 import crosslens.crosscoders as cc
 from crosslens.core.devices import counted_cuda_syncs
 from crosslens.crosscoders.jumprelu_pairs import ActiveEntries, active_entries, sparse_step_pays
+from crosslens.crosscoders.jumprelu_split import everywhere_and_rest, split_step_pays
 from crosslens.crosscoders.kernel_plan import KernelPlan, WindowTile
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.memory import OPTIMIZER_STATES, parameter_counts, step_peak_bytes
@@ -258,23 +261,31 @@ def window_sweep(a: argparse.Namespace, device: str) -> WindowTile | None:
     return best
 
 
-PATHS = ("default", "dense", "eager", "sparse", "embedding_bag")
+STATES = ("fresh", "young", "trained")
+"""The crosscoder's state in a row (``--state``): freshly initialised; young (JumpReLU alone,
+:func:`set_young`); at a trained sparsity."""
+
+PATHS = ("default", "dense", "eager", "sparse", "split", "embedding_bag")
 """Every implementation :func:`step_paths` names (``--path``)."""
 
 
-def step_paths(arch: str, trained: bool, device: str, autocast: str | None) -> list[str]:
+def step_paths(arch: str, state: str, device: str, autocast: str | None) -> list[str]:
     """The implementations measured for one row: JumpReLU at a trained sparsity with the
-    dense kernels and from its active pairs (the plan's ``jumprelu_sparse``); TopK/BatchTopK
+    dense kernels and from its active pairs (the plan's ``jumprelu_sparse``), fresh also split
+    (the entries open everywhere through the shared code's matmul, the plan's
+    ``jumprelu_split``); TopK/BatchTopK
     through ``embedding_bag`` and, where Triton is there, the Triton gather-sum kernels. Under
     autocast on CUDA, beside the compiled elementwise functions (the JumpReLU block functions
     and the losses, the plan's ``compile``), the same step with them op by op (``eager``):
     JumpReLU's dense step, and TopK's from the Triton kernels."""
     triton_there = KernelPlan.resolve(device).backend == "triton"
     eager = ["eager"] if autocast and device.startswith("cuda") else []
-    if arch == "jumprelu_crosscoder" and trained:
+    if arch == "jumprelu_crosscoder" and state == "trained":
         return ["dense", *eager, "sparse"]
     if arch == "jumprelu_crosscoder":
-        return ["default", *eager]
+        return ["default", "split", *(eager if state == "fresh" else [])]
+    if state == "young":
+        return []
     if arch.endswith("topk_crosscoder"):
         return ["embedding_bag", "sparse", *eager] if triton_there else ["embedding_bag"]
     return ["default"]
@@ -283,13 +294,15 @@ def step_paths(arch: str, trained: bool, device: str, autocast: str | None) -> l
 def row_plan(arch: str, a: argparse.Namespace, device: str, path: str = "default") -> KernelPlan:
     """The plan a row trains with: the device's default (with the window tile ``--window-tiles``
     chose, if it ran), the row's ``path`` changed: JumpReLU's ``dense`` and ``eager`` steps
-    without its step from pairs, ``sparse`` always with it; ``eager`` with the elementwise chains
+    without its step from pairs, ``sparse`` always with it, ``split`` split while dense; ``eager`` with the elementwise chains
     op by op; ``embedding_bag`` with the eager gather-sums (the optimizer's pass stays the
     device's)."""
     plan = KernelPlan.resolve(device)
     if getattr(a, "window_tile", None) is not None:
         plan = dataclasses.replace(plan, window_tile=a.window_tile)
-    if arch == "jumprelu_crosscoder" and path != "default":
+    if arch == "jumprelu_crosscoder" and path == "split":
+        plan = dataclasses.replace(plan, jumprelu_split=True)
+    elif arch == "jumprelu_crosscoder" and path != "default":
         plan = dataclasses.replace(plan, jumprelu_sparse=path not in ("dense", "eager"))
     if path == "eager":
         plan = dataclasses.replace(plan, compile=False)
@@ -318,6 +331,17 @@ def l0_of(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def set_young(trainer: CrosscoderTrainer, x_BSD: torch.Tensor, open_share: float) -> float:
+    """A JumpReLU crosscoder some steps into a run, its code still too dense for the step from
+    the pairs: the decoder 30 times its initial norms, so that the threshold's window is as
+    narrow against ``h * norm`` as after a real run's first steps (where it holds about 1% of the
+    entries), and the threshold set so that ``open_share`` of the entries are open; the norms stay
+    equal over snapshots, so every open entry is open everywhere. Returns the L0 reached."""
+    trainer.sae.W_dec.mul_(30.0)
+    return set_sparsity(trainer, x_BSD, open_share * trainer.sae.cfg.d_sae)
+
+
+@torch.no_grad()
 def set_sparsity(trainer: CrosscoderTrainer, x_BSD: torch.Tensor, target: float) -> float:
     """Bisect the JumpReLU threshold (or the ReLU crosscoder's negative bias) until the L0 on
     ``x_BSD`` is ``target``; returns the L0 reached."""
@@ -336,54 +360,62 @@ def set_sparsity(trainer: CrosscoderTrainer, x_BSD: torch.Tensor, target: float)
 
 
 @torch.no_grad()
-def batch_entries(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> ActiveEntries:
-    """A JumpReLU batch's (token, feature) entries that the step from pairs reads: open at some
-    snapshot, or inside the threshold's window at some."""
+def batch_entries(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> tuple[ActiveEntries, ActiveEntries]:
+    """A JumpReLU batch's (token, feature) entries that the step from pairs reads (open at some
+    snapshot, or inside the threshold's window at some), and those of them that the split step
+    reads from pairs (not open everywhere outside the window)."""
     sae = trainer.sae
     h_BF = sae.hidden_pre(x_BSD)
-    return active_entries(
-        h_BF, sae.snapshot_norms(), sae.threshold.to(h_BF.dtype), sae.cfg.jumprelu_bandwidth / 2, trainer.plan
-    )
+    args = (h_BF, sae.snapshot_norms(), sae.threshold.to(h_BF.dtype), sae.cfg.jumprelu_bandwidth / 2)
+    entries = active_entries(*args, trainer.plan)
+    return entries, everywhere_and_rest(*args, entries)[1]
 
 
 def active_share(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> str:
     """A JumpReLU batch's share of active entries (:func:`batch_entries`) and of open ones,
-    and whether the step from pairs pays for them; "" for the other architectures."""
+    whether the step from pairs pays for them and, where not, the share the split step reads
+    from pairs and whether that pays; "" for the other architectures."""
     if not hasattr(trainer.sae.cfg, "jumprelu_bandwidth"):
         return ""
-    entries = batch_entries(trainer, x_BSD)
+    entries, rest = batch_entries(trainer, x_BSD)
     n = entries.active_NF.numel()
     pays = "pays" if sparse_step_pays(entries, trainer.plan) else "does not pay"
+    if pays != "pays":
+        split = "pays" if split_step_pays(rest, trainer.plan) else "does not pay"
+        pays += f"; split, {rest.n_open / n:.2%} open from pairs: {split}"
     active = (entries.n_open + entries.n_window) / n
     return f"  active {active:.2%} (open {entries.n_open / n:.2%}; the step from pairs {pays})"
 
 
 def row_step(
-    arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool, path: str = "default"
+    arch: str, a: argparse.Namespace, device: str, autocast: str | None, state: str, path: str = "default"
 ) -> tuple[CrosscoderTrainer, torch.Tensor, Callable[[], None], str]:
     """A row's ``(trainer, batch, one step, the note on its dead features)``: the batch from seed 0
     and, trained, the JumpReLU threshold or ReLU bias set to ``--l0``, or TopK's ``--dead`` share of
-    features counted dead before each step."""
+    features counted dead before each step; young (JumpReLU), :func:`set_young`."""
     trainer = make_trainer(arch, a, device, autocast, path)
     g = torch.Generator(device=device).manual_seed(0)
     x_BSD = torch.randn(a.batch, a.S, a.d_in, device=device, generator=g)
+    trained = state == "trained"
     if trained and not arch.endswith("topk_crosscoder"):
         set_sparsity(trainer, x_BSD, a.l0)
+    if state == "young":
+        set_young(trainer, x_BSD, a.young_open)
     step, dead = with_dead_features(trainer, x_BSD, a.dead if trained and arch.endswith("topk_crosscoder") else 0.0)
     return trainer, x_BSD, step, dead
 
 
 def step_row(
-    arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool, times: dict[str, float],
+    arch: str, a: argparse.Namespace, device: str, autocast: str | None, state: str, times: dict[str, float],
     path: str = "default",
 ) -> str:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    trainer, x_BSD, step, dead = row_step(arch, a, device, autocast, trained, path)
+    trainer, x_BSD, step, dead = row_step(arch, a, device, autocast, state, path)
     seconds = seconds_per_call(step, device, a.steps)
     l0 = float(trainer.last_l0)
-    sparse = arch.endswith("topk_crosscoder") or (trained and arch == "jumprelu_crosscoder")
+    sparse = arch.endswith("topk_crosscoder") or (state == "trained" and arch == "jumprelu_crosscoder")
     floor = times["sparse" if sparse else "dense"]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
     planned = step_peak_bytes(a.S, a.d_in, a.d_sae, a.batch, arch, a.micro_batches, autocast == "bfloat16")
@@ -395,7 +427,6 @@ def step_row(
     if a.memory_peak:
         print_memory_peak(step, device, f"{arch} {autocast or 'fp32'} {path}")
     precision = "bf16" if autocast else "fp32"
-    state = "trained" if trained else "fresh"
     del trainer
     return (f"{arch:22s} {precision:5s} {state:8s} {path:13s} L0 {l0:8.1f}  {a.batch / seconds:10,.0f} tok/s  "
             f"{floor / seconds:6.1%} of the {'sparse' if sparse else 'dense'} floor  peak {peak:6.1f} GiB "
@@ -431,13 +462,13 @@ def syncs_per_step(fn: Callable[[], None], device: str) -> str:
     return f"  {len(syncs)} sync{'s' if len(syncs) != 1 else ''}/step"
 
 
-def repeat_check(arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool) -> str:
+def repeat_check(arch: str, a: argparse.Namespace, device: str, autocast: str | None, state: str) -> str:
     """``a.repeat_steps`` steps of the row's default path, twice from the same seed and batch
     (the trained state set the same way each time): "same bytes", or the parameters that
     differ with their largest difference."""
 
     def parameters_after() -> dict[str, torch.Tensor]:
-        trainer, _, step, _ = row_step(arch, a, device, autocast, trained)
+        trainer, _, step, _ = row_step(arch, a, device, autocast, state)
         for _ in range(a.repeat_steps):
             step()
         out = {name: p.detach().clone() for name, p in trainer.sae.named_parameters()}
@@ -449,7 +480,7 @@ def repeat_check(arch: str, a: argparse.Namespace, device: str, autocast: str | 
     second = parameters_after()
     differ = [f"{name} (at most {float((first[name] - second[name]).abs().max()):.2e})"
               for name in first if not torch.equal(first[name], second[name])]  # fmt: skip
-    label = f"{arch:22s} {'bf16' if autocast else 'fp32':5s} {'trained' if trained else 'fresh':8s}"
+    label = f"{arch:22s} {'bf16' if autocast else 'fp32':5s} {state:8s}"
     return f"repeat, {label} {a.repeat_steps} steps twice: " + ("same bytes" if not differ else "differ: " + ", ".join(differ))
 
 
@@ -466,6 +497,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--k", type=int, default=64, help="TopK/BatchTopK k")
     p.add_argument("--l0", type=float, default=100.0, help="the trained sparsity the bias/threshold is set to")
+    p.add_argument("--young-open", type=float, default=0.08,
+                   help="JumpReLU's young rows: the share of (token, feature) entries open")  # fmt: skip
     p.add_argument("--dead", type=float, default=0.05,
                    help="TopK/BatchTopK's trained rows: the share of features counted dead, which the auxiliary loss decodes")  # fmt: skip
     p.add_argument("--steps", type=int, default=10, help="timed steps per row (median)")
@@ -482,7 +515,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--micro-batches", type=int, default=1, help="train each batch in this many micro-batches (train --micro-batches)")
     p.add_argument("--path", action="append", choices=PATHS,
                    help="the step rows' paths to run (repeatable; default all that apply; step_paths)")  # fmt: skip
-    p.add_argument("--state", choices=("fresh", "trained"), action="append",
+    p.add_argument("--state", choices=STATES, action="append",
                    help="the step rows' states to run (repeatable; default both)")  # fmt: skip
     p.add_argument("--precision", choices=PRECISIONS, action="append",
                    help="the step rows' precisions (repeatable; default both): fp32, or bf16 autocast")  # fmt: skip
@@ -501,20 +534,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def row_or_failure(
-    arch: str, a: argparse.Namespace, device: str, autocast: str | None, trained: bool, times: dict[str, float],
+    arch: str, a: argparse.Namespace, device: str, autocast: str | None, state: str, times: dict[str, float],
     path: str,
 ) -> str:
     """:func:`step_row`, or the row's failure in one line (out of memory, a kernel that does not
     compile) so that the rows after it are still measured."""
     try:
-        return step_row(arch, a, device, autocast, trained, times, path)
+        return step_row(arch, a, device, autocast, state, times, path)
     except Exception as error:  # noqa: BLE001  one row's failure is that row's result
         message = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
     gc.collect()  # the failed row's trainer, now that the traceback holding it is gone
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     precision = "bf16" if autocast else "fp32"
-    return f"{arch:22s} {precision:5s} {'trained' if trained else 'fresh':8s} {path:13s} FAILED {message}"
+    return f"{arch:22s} {precision:5s} {state:8s} {path:13s} FAILED {message}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -544,12 +577,13 @@ def main(argv: list[str] | None = None) -> int:
     a.window_tile = window_sweep(a, device) if a.window_tiles else None
     for arch in a.only or list(cc.ARCHITECTURES):
         for autocast in (PRECISIONS[p] for p in a.precision or PRECISIONS):
-            for trained in (state == "trained" for state in a.state or ("fresh", "trained")):
+            for state in a.state or STATES:
                 if a.repeat_steps:
-                    print(repeat_check(arch, a, device, autocast, trained), flush=True)
+                    if state != "young":
+                        print(repeat_check(arch, a, device, autocast, state), flush=True)
                     continue
-                for path in (p for p in step_paths(arch, trained, device, autocast) if not a.path or p in a.path):
-                    print(row_or_failure(arch, a, device, autocast, trained, times, path), flush=True)
+                for path in (p for p in step_paths(arch, state, device, autocast) if not a.path or p in a.path):
+                    print(row_or_failure(arch, a, device, autocast, state, times, path), flush=True)
     return 0
 
 

@@ -66,7 +66,7 @@ def run(batches: torch.Tensor, label: str, lr: float, a: argparse.Namespace) -> 
     print(f"{label}, lr {lr:g}: L0 set to {a.l0:g} on the first batch")
     for i in range(a.steps):
         trainer.step(batches[1 + i % (len(batches) - 2)].to(a.device))
-        entries = batch_entries(trainer, held_out)
+        entries, _ = batch_entries(trainer, held_out)
         n = entries.active_NF.numel()
         # as the step would decide on a GPU, where the window kernel runs
         pays = "" if sparse_step_pays(entries, trainer.plan) else "  (the step from pairs does not pay: dense kernels)"

@@ -875,12 +875,16 @@ def test_gpu_benchmark_runs_end_to_end_small_on_cpu():
                           text=True, timeout=300, env=benchmark_env())  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if "tok/s" in line and " L0 " in line]
-    # architectures x precisions x (fresh, trained), and JumpReLU trained from its active pairs
-    # beside the dense kernels (TopK's Triton rows need CUDA)
-    assert len(rows) == 4 * 2 * 2 + 2
-    assert [r.split()[:4] for r in rows if r.split()[3] == "sparse"] == [
-        ["jumprelu_crosscoder", precision, "trained", "sparse"] for precision in ("fp32", "bf16")
-    ]
+    # architectures x precisions x (fresh, trained); JumpReLU trained from its active pairs beside
+    # the dense kernels, fresh and young split beside the default (TopK's Triton rows need CUDA)
+    assert len(rows) == 4 * 2 * 2 + 2 + 2 + 2 * 2
+    for path, states in (("sparse", ["trained"]), ("split", ["fresh", "young"])):
+        assert [r.split()[:4] for r in rows if r.split()[3] == path] == [
+            ["jumprelu_crosscoder", precision, state, path] for precision in ("fp32", "bf16") for state in states
+        ]
+    assert {r.split()[0] for r in rows if r.split()[2] == "young"} == {"jumprelu_crosscoder"}
+    young = [r for r in rows if " young " in r]  # 8% of the entries open: L0 about 5 of 64
+    assert all(4.0 <= float(r.split(" L0 ")[1].split()[0]) <= 6.0 and "split, " in r for r in young)
     trained_l0 = [float(r.split(" L0 ")[1].split()[0]) for r in rows if "trained" in r and "topk" not in r]
     assert trained_l0 and all(6.0 <= l0 <= 10.0 for l0 in trained_l0)  # --small sets L0 8
     topk = [r for r in rows if "topk" in r]  # the trained rows: 5% of the features dead, decoded
@@ -904,10 +908,10 @@ def test_a_failing_gpu_benchmark_row_prints_its_failure_and_the_rows_go_on(monke
         return row
 
     monkeypatch.setattr(gpu, "step_row", step_row)
-    failed = gpu.row_or_failure("jumprelu_crosscoder", None, "cpu", "bfloat16", True, {}, "dense")
+    failed = gpu.row_or_failure("jumprelu_crosscoder", None, "cpu", "bfloat16", "trained", {}, "dense")
     assert failed.split()[:5] == ["jumprelu_crosscoder", "bf16", "trained", "dense", "FAILED"]
     assert failed.endswith("OutOfMemoryError: CUDA out of memory. Tried to allocate 9.00 GiB")
-    assert gpu.row_or_failure("jumprelu_crosscoder", None, "cpu", None, False, {}, "default") == "the next row"
+    assert gpu.row_or_failure("jumprelu_crosscoder", None, "cpu", None, "fresh", {}, "default") == "the next row"
 
 
 def test_the_memory_peak_is_read_from_the_allocation_trace():
@@ -949,12 +953,12 @@ def test_the_repeat_check_says_whether_two_runs_gave_the_same_bytes(monkeypatch)
     gpu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu)
     a = gpu.parse_args(["--small", "--repeat-steps", "2"])
-    line = gpu.repeat_check("topk_crosscoder", a, "cpu", "bfloat16", True)
+    line = gpu.repeat_check("topk_crosscoder", a, "cpu", "bfloat16", "trained")
     assert line.split() == ["repeat,", "topk_crosscoder", "bf16", "trained", "2", "steps", "twice:", "same", "bytes"]
     seeds = iter([0, 1])
     make_trainer = gpu.make_trainer
     monkeypatch.setattr(gpu, "make_trainer", lambda *args, **kw: make_trainer(*args, seed=next(seeds), **kw))
-    line = gpu.repeat_check("crosscoder", a, "cpu", None, False)
+    line = gpu.repeat_check("crosscoder", a, "cpu", None, "fresh")
     assert line.split(": ")[1] == "differ" and "W_enc (at most" in line and "W_dec (at most" in line
 
 
@@ -970,8 +974,8 @@ def test_on_cuda_steps_from_one_seed_repeat_to_the_byte(arch):
     gpu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu)
     a = gpu.parse_args(["--small", "--repeat-steps", "5"])
-    for trained in (False, True):
-        line = gpu.repeat_check(arch, a, "cuda", "bfloat16", trained)
+    for state in ("fresh", "trained"):
+        line = gpu.repeat_check(arch, a, "cuda", "bfloat16", state)
         assert line.endswith("twice: same bytes"), line
 
 
