@@ -4,10 +4,10 @@ An entry (token n, feature i) whose gate is open at every snapshot, and whose co
 ``h * ||W_dec[i, s]|| - t`` is at least half the threshold's window at every snapshot, has the
 code ``h`` at each snapshot and gives the threshold no gradient: its decode is the shared
 code's, one ``[N, F] @ [F, S*D]`` matmul as in a plain crosscoder, and its scores are ``sum_s
-tanh(c * h * ||W_dec[i, s]||)``. Such entries are nearly every open entry of a young
-crosscoder: its norms start equal at every snapshot, and while the code is dense they part
-slowly (on the pico demo's store, entries open at some snapshots only were under a tenth of
-the open ones until fewer than 1/32 of all entries were open).
+tanh(c * h * ||W_dec[i, s]||)``. Such entries are most of a young crosscoder's open entries
+(on the pico demo's store, about five in six from its tenth step until fewer than 1/32 of all
+entries were open): its norms start equal at every snapshot and part slowly while the code is
+dense.
 
 :func:`split_gated_decode` decodes those entries with the matmul and scores them with
 :class:`EverywhereScores` (fused reductions over the snapshots where the plan compiles), and
