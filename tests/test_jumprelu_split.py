@@ -87,6 +87,21 @@ def test_split_decode_equals_the_per_snapshot_reference(parted, feature_major):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow  # torch.compile takes tens of seconds on 2 CPU cores
+def test_split_decode_compiled_on_a_cpu_equals_the_eager_one():
+    """The score blocks through torch.compile (CUDA's default; here on a CPU, whole batch) give
+    the eager blocks' values and gradients, in float32 and in bfloat16 under autocast."""
+    for dtype in (torch.float32, torch.bfloat16):
+        ops = operands(True, True)
+        ops["h_NF"] = ops["h_NF"].to(dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            fast, _ = split(ops, KernelPlan.resolve("cpu", compile=True))
+            eager, _ = split(ops, KernelPlan.resolve("cpu", compile=False))
+        assert torch.equal(fast[2], eager[2])
+        for a, b in zip((fast[0], fast[1], *fast[4:]), (eager[0], eager[1], *eager[4:])):
+            torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-4)
+
+
 def test_the_scores_of_entries_open_everywhere_in_blocks_equal_one_block():
     """Token blocks (and a shorter last one) sum to the whole batch's scores and gradients."""
     ops = operands(True, False)
@@ -109,12 +124,13 @@ def test_the_scores_of_entries_open_everywhere_in_blocks_equal_one_block():
 @NO_CUDA
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_split_decode_compiled_on_cuda_equals_the_eager_one(dtype):
-    """The plan's compiled score blocks and Triton pairs against the eager twins, on CUDA, with
-    bfloat16 pre-activations as under autocast."""
+    """The plan's compiled score blocks and Triton pairs against the eager twins, on CUDA; in
+    bfloat16 under autocast, as a step runs (the encoder's pre-activations in bfloat16)."""
     ops = {k: v.cuda() for k, v in operands(True, True).items()}
     ops["h_NF"] = ops["h_NF"].to(dtype)
-    fast, _ = split(ops, KernelPlan.resolve("cuda", device_block_elements=S * F * 10))
-    eager, _ = split(ops, KernelPlan.resolve("cuda", backend="eager", compile=False))
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        fast, _ = split(ops, KernelPlan.resolve("cuda", device_block_elements=S * F * 10))
+        eager, _ = split(ops, KernelPlan.resolve("cuda", backend="eager", compile=False))
     assert torch.equal(fast[2], eager[2])
     tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     for a, b in zip((fast[0], fast[1], *fast[4:]), (eager[0], eager[1], *eager[4:])):
