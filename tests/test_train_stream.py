@@ -78,7 +78,8 @@ def streamed(inputs, tmp_path_factory) -> tuple[Path, str]:
 def test_a_streamed_run_trains_without_a_store_and_says_what_it_streamed(streamed, inputs):
     out, printed = streamed
     assert "resident snapshot models: 3 x" in printed and "they fit" in printed
-    assert f"crosscoder saved to {out / 'final'}" in printed
+    assert f"crosscoder saved to {out / 'final'}; its training log: {out / 'train_log.jsonl'}" in printed
+    assert (out / "train_log.jsonl").is_file()
     assert not list(out.rglob("*.npy")) and not list(out.rglob("manifest.json"))  # no store anywhere
     record = json.loads((out / "run.json").read_text())
     stream = record["stream"]

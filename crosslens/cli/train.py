@@ -37,7 +37,7 @@ from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, Tok
 from crosslens.core.devices import DTYPE_BYTES, reset_peak_memory
 from crosslens.core.hooks import hook_width
 from crosslens.core.launch import is_main_process, local_rank_device, local_world_size
-from crosslens.core.paths import QUALITY_NAME
+from crosslens.core.paths import QUALITY_NAME, TRAIN_LOG_NAME
 from crosslens.core.units import format_bytes
 from crosslens.training.config import CrosscoderRunnerConfig
 from crosslens.training.model_sizes import PlanError, model_spec_for
@@ -202,6 +202,11 @@ def _check_eval_store(store_path: str, eval_store: str, hook: str) -> None:
     check_eval_store(training, ActivationStore.open(eval_store, verify="none"), training.resolve_hook(hook or None))
 
 
+def saved_line(runner) -> str:
+    """Where a finished run's crosscoder and its training log are."""
+    return f"crosscoder saved to {runner.final_path}; its training log: {runner.out_dir / TRAIN_LOG_NAME}"
+
+
 def _save_quality(runner, args: argparse.Namespace, device: str, model_dtype: str | None) -> bool:
     """Print the quality table and seal it into the run (a finished run found by --resume keeps its
     own, unless --eval-store names where to measure it again); the spliced-loss figures also go to
@@ -214,7 +219,7 @@ def _save_quality(runner, args: argparse.Namespace, device: str, model_dtype: st
         print(f"its quality table: {kept}")
         return False
     quality = runner.out_dir / QUALITY_NAME
-    print(f"crosscoder saved to {runner.final_path}")
+    print(saved_line(runner))
     spliced = print_quality(
         runner.final_path, runner.config.store_path, args.eval_store, device, save_to=quality,
         spliced_seqs=args.spliced_seqs, spliced_ablation=args.spliced_ablation, model_dtype=model_dtype,
@@ -404,7 +409,7 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
         if runner.is_main and kept is not None:
             print(f"its quality table: {kept}")
         elif runner.is_main:  # the other workers have left: the table takes as long as it takes
-            print(f"crosscoder saved to {runner.final_path}")
+            print(saved_line(runner))
             report_quality(runner, heldout, args, model_dtype)
             append_record(runner.out_dir, "evaluation", seconds=round(time.perf_counter() - evaluation, 4))
     print_peak_memory(runner.device)
