@@ -513,7 +513,9 @@ def snapshot_gated_decode(
     alone, always, or by default on CUDA where
     :func:`~crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`; else, with
     ``jumprelu_split``, :func:`~crosslens.crosscoders.jumprelu_split.split_gated_decode` where
-    the entries not open at every snapshot pay; else :class:`SnapshotGatedDecode` when few entries are mixed (not under autocast, whose matmul
+    the entries not open at every snapshot are few
+    (:func:`~crosslens.crosscoders.jumprelu_split.split_step_pays`); else
+    :class:`SnapshotGatedDecode` when few entries are mixed (not under autocast, whose matmul
     dtypes its gathered updates do not follow); else the per-snapshot
     :class:`SnapshotGateAndScore` and a batched matmul.
     """

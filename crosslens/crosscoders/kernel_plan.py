@@ -85,13 +85,14 @@ class KernelPlan:
     pass is the Triton kernel, which sums them as it writes each row)."""
     jumprelu_sparse: bool | None = None
     """JumpReLU's step from the active pairs: always (True), never (False), or where it pays
-    (None: on CUDA, at most :attr:`sparse_step_share` of the entries open)."""
+    (None: on CUDA, or on any device with :attr:`jumprelu_split`, at most
+    :attr:`sparse_step_share` of the entries open)."""
     jumprelu_split: bool = False
     """Where the JumpReLU step from all the pairs does not pay: decode the entries open at every
     snapshot (outside the threshold's window) with the shared code's one matmul and the rest
     from their pairs (:mod:`crosslens.crosscoders.jumprelu_split`), where the rest are few
     enough (:attr:`split_rest_share`), instead of the per-snapshot code ``[S, N, F]``. Needs
-    the step from the pairs (``jumprelu_sparse`` not False)."""
+    ``jumprelu_sparse`` None (True takes the pairs always, False never)."""
     topk_sparse_decode: bool | None = None
     """TopK and BatchTopK decode from their kept pairs (True) or with the dense matmul (False);
     None: where ``k / d_sae`` is at most :attr:`topk_sparse_density`."""
@@ -197,7 +198,7 @@ class KernelPlan:
     def describe(self) -> str:
         """One line for a run's printout: the choices, not the tunings."""
         sparse = {True: "always", False: "never", None: "where it pays"}[self.jumprelu_sparse]
-        if self.jumprelu_split and self.jumprelu_sparse is not False:
+        if self.jumprelu_split and self.jumprelu_sparse is None:
             sparse += ", split where dense"
         topk = {True: "always", False: "never", None: "where k is sparse enough"}[self.topk_sparse_decode]
         adam = "crosslens's one-pass Adam" if self.adam == "kernel" else "torch's Adam"
