@@ -53,6 +53,22 @@ def take_the_pairs_path(device: str) -> KernelPlan:
     return KernelPlan.resolve(device, backend="triton", jumprelu_sparse=True, topk_sparse_decode=True)
 
 
+def take_the_split_path(device: str) -> tuple[KernelPlan, list[int]]:
+    """A plan whose JumpReLU step runs split at every pass (the step from all the pairs never pays,
+    the split step always does), and a list that grows by one at each split pass."""
+    from crosslens.crosscoders import jumprelu_kernels
+
+    passes: list[int] = []
+    split = jumprelu_kernels.split_gated_decode
+
+    def count(*args, **kwargs):
+        passes.append(1)
+        return split(*args, **kwargs)
+
+    jumprelu_kernels.split_gated_decode = count
+    return KernelPlan.resolve(device, jumprelu_split=True, sparse_step_share=0.0, split_rest_share=1.0), passes
+
+
 def global_batches(start: int = 0):
     """Seeded global batches; batch i is the same whoever asks and from wherever."""
     step = start
@@ -102,13 +118,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cpu", help="cuda runs the mesh on NCCL, one GPU per process")
     parser.add_argument("--fail-rank", type=int, default=None, help="this rank dies at step 2 of the first run")
     parser.add_argument("--pairs-path", action="store_true", help="the sparse architectures, through their CUDA path")
+    parser.add_argument("--split-path", action="store_true", help="JumpReLU alone, its step split at every pass")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     layout, collectives, device = init_mesh(S, snapshot_parallel=args.snapshot_parallel, device=args.device)
     mesh = (layout, collectives)
     plan = take_the_pairs_path(str(device)) if args.pairs_path else None
+    archs = PAIRS_ARCHS if args.pairs_path else ARCHS
+    if args.split_path:
+        plan, split_passes = take_the_split_path(str(device))
+        archs = ("jumprelu_crosscoder",)
     try:
-        for arch in PAIRS_ARCHS if args.pairs_path else ARCHS:
+        for arch in archs:
             out = args.out / arch
             cfg = trainer_config(out, args.steps, str(device), args.micro_batches)
             if args.resume:
@@ -127,6 +148,8 @@ def main(argv: list[str]) -> int:
                 trainer.fit(batches, resume_from=None)
             except Interrupted:
                 pass
+        if args.split_path:
+            print(f"rank {layout.rank}: {len(split_passes)} split passes")
     finally:
         shutdown()
     return 0

@@ -28,7 +28,8 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 ATOL = 1e-5
 
 
-def torchrun(nproc: int, *args: str, timeout: float = 300) -> None:
+def torchrun(nproc: int, *args: str, timeout: float = 300) -> str:
+    """What the workers printed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -36,6 +37,7 @@ def torchrun(nproc: int, *args: str, timeout: float = 300) -> None:
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +91,16 @@ def test_the_pairs_path_on_a_snapshot_mesh_equals_single_process(tmp_path, refer
     snapshot ranks, ends where the single-process run of the CPU path ends."""
     torchrun(2, "--out", str(tmp_path), "--snapshot-parallel", "2", "--pairs-path")
     assert_same_weights(tmp_path, reference, worker.PAIRS_ARCHS)
+
+
+def test_the_split_step_on_a_snapshot_mesh_equals_single_process(tmp_path, reference):
+    """JumpReLU's split step on two snapshot ranks (each splits its own snapshots' entries, the
+    gates open anywhere joined across ranks) ends where the single-process run ends."""
+    printed = torchrun(2, "--out", str(tmp_path), "--snapshot-parallel", "2", "--split-path")
+    assert_same_weights(tmp_path, reference, ("jumprelu_crosscoder",))
+    assert sorted(line for line in printed.splitlines() if "split passes" in line) == [
+        f"rank {rank}: 6 split passes" for rank in (0, 1)
+    ]
 
 
 def test_2x2_mesh_training_equals_single_process(mesh_2x2_run, reference):
