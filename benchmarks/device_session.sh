@@ -11,7 +11,8 @@
 # JumpReLU window kernel's launches (gpu.py's WINDOW_TILES, about 40 s; the step's rows then
 # launch the fastest, the end-to-end run the plan's default window_tile); PROFILE=1 adds, after the
 # end-to-end run, torch.profiler's kernel tables of the JumpReLU and TopK steps (gpu.py --profile),
-# trained from their pairs, and JumpReLU's fresh and young (code still dense) steps, dense and split.
+# trained from their pairs, and JumpReLU's fresh and young (code still dense) steps: the default (split
+# on CUDA while young) and the dense kernels.
 # REPEAT=1 adds, after the step's rows, whether each architecture's trained step repeats to the byte
 # (gpu.py --repeat-steps 5, about a minute). Last, as long as the budget lasts, the 98,304-feature
 # dictionary's bf16 rows in one step (it fits at 64.2 GiB), fresh and trained from pairs (peak
@@ -97,7 +98,7 @@ if [ -n "${PROFILE:-}" ]; then
     stamp "profile: exit ${PIPESTATUS[0]}"
     stamp "profile of JumpReLU's dense and split steps, $(left) s left"
     timeout $((budget * 20 / 100)) python3 benchmarks/gpu.py --precision bf16 --only jumprelu_crosscoder \
-        --state fresh --state young --path default --path split --profile --steps 5 --rounds 5 2>&1 \
+        --state fresh --state young --path default --path dense --profile --steps 5 --rounds 5 2>&1 \
         | grep -v Warning > "$out/profile_dense.log"
     stamp "profile of the dense steps: exit ${PIPESTATUS[0]}"
 fi

@@ -19,10 +19,10 @@
    ``crosslens plan`` predicts for it (:func:`~crosslens.training.memory.step_peak_bytes`,
    the row's precision, Adam state and micro-batches) and their ratio. Where a row has
    a sparse implementation it is measured beside the dense one (``step_paths``): JumpReLU
-   at the trained sparsity with the plan's ``jumprelu_sparse`` off and on, and fresh and young
-   (:func:`set_young`: some steps into a run, its code still dense) with its default step and
-   split (the plan's ``jumprelu_split``), TopK/BatchTopK through ``embedding_bag`` and through
-   the Triton gather-sum kernels. Each row's
+   at the trained sparsity with the plan's ``jumprelu_sparse`` off and on, and young
+   (:func:`set_young`: some steps into a run, its code still dense) by its default step (split
+   on CUDA, the plan's ``jumprelu_split``) and by the dense kernels, TopK/BatchTopK through
+   ``embedding_bag`` and through the Triton gather-sum kernels. Each row's
    :class:`~crosslens.crosscoders.kernel_plan.KernelPlan` is the device's default with the
    row's path changed (:func:`row_plan`).
 
@@ -68,8 +68,8 @@ import torch
 
 import crosslens.crosscoders as cc
 from crosslens.core.devices import counted_cuda_syncs
-from crosslens.crosscoders.jumprelu_pairs import ActiveEntries, active_entries, sparse_step_pays
-from crosslens.crosscoders.jumprelu_split import everywhere_and_rest, split_step_pays
+from crosslens.crosscoders.jumprelu_pairs import ActiveEntries, active_entries
+from crosslens.crosscoders.jumprelu_split import everywhere_and_rest
 from crosslens.crosscoders.kernel_plan import KernelPlan, WindowTile
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.memory import OPTIMIZER_STATES, parameter_counts, step_peak_bytes
@@ -265,15 +265,15 @@ STATES = ("fresh", "young", "trained")
 """The crosscoder's state in a row (``--state``): freshly initialised; young (JumpReLU alone,
 :func:`set_young`); at a trained sparsity."""
 
-PATHS = ("default", "dense", "eager", "sparse", "split", "embedding_bag")
+PATHS = ("default", "dense", "eager", "sparse", "embedding_bag")
 """Every implementation :func:`step_paths` names (``--path``)."""
 
 
 def step_paths(arch: str, state: str, device: str, autocast: str | None) -> list[str]:
     """The implementations measured for one row: JumpReLU at a trained sparsity with the
-    dense kernels and from its active pairs (the plan's ``jumprelu_sparse``), fresh also split
-    (the entries open everywhere through the shared code's matmul, the plan's
-    ``jumprelu_split``); TopK/BatchTopK
+    dense kernels and from its active pairs (the plan's ``jumprelu_sparse``), young by its
+    default step (split, on CUDA: the plan's ``jumprelu_split``) and the dense kernels;
+    TopK/BatchTopK
     through ``embedding_bag`` and, where Triton is there, the Triton gather-sum kernels. Under
     autocast on CUDA, beside the compiled elementwise functions (the JumpReLU block functions
     and the losses, the plan's ``compile``), the same step with them op by op (``eager``):
@@ -282,8 +282,10 @@ def step_paths(arch: str, state: str, device: str, autocast: str | None) -> list
     eager = ["eager"] if autocast and device.startswith("cuda") else []
     if arch == "jumprelu_crosscoder" and state == "trained":
         return ["dense", *eager, "sparse"]
+    if arch == "jumprelu_crosscoder" and state == "young":
+        return ["default", "dense"]
     if arch == "jumprelu_crosscoder":
-        return ["default", "split", *(eager if state == "fresh" else [])]
+        return ["default", *eager]
     if state == "young":
         return []
     if arch.endswith("topk_crosscoder"):
@@ -294,15 +296,13 @@ def step_paths(arch: str, state: str, device: str, autocast: str | None) -> list
 def row_plan(arch: str, a: argparse.Namespace, device: str, path: str = "default") -> KernelPlan:
     """The plan a row trains with: the device's default (with the window tile ``--window-tiles``
     chose, if it ran), the row's ``path`` changed: JumpReLU's ``dense`` and ``eager`` steps
-    without its step from pairs, ``sparse`` always with it, ``split`` split while dense; ``eager`` with the elementwise chains
-    op by op; ``embedding_bag`` with the eager gather-sums (the optimizer's pass stays the
-    device's)."""
+    without its step from pairs (nor the split step), ``sparse`` always with it; ``eager`` with
+    the elementwise chains op by op; ``embedding_bag`` with the eager gather-sums (the
+    optimizer's pass stays the device's)."""
     plan = KernelPlan.resolve(device)
     if getattr(a, "window_tile", None) is not None:
         plan = dataclasses.replace(plan, window_tile=a.window_tile)
-    if arch == "jumprelu_crosscoder" and path == "split":
-        plan = dataclasses.replace(plan, jumprelu_split=True)
-    elif arch == "jumprelu_crosscoder" and path != "default":
+    if arch == "jumprelu_crosscoder" and path != "default":
         plan = dataclasses.replace(plan, jumprelu_sparse=path not in ("dense", "eager"))
     if path == "eager":
         plan = dataclasses.replace(plan, compile=False)
@@ -372,19 +372,16 @@ def batch_entries(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> tuple[Acti
 
 
 def active_share(trainer: CrosscoderTrainer, x_BSD: torch.Tensor) -> str:
-    """A JumpReLU batch's share of active entries (:func:`batch_entries`) and of open ones,
-    whether the step from pairs pays for them and, where not, the share the split step reads
-    from pairs and whether that pays; "" for the other architectures."""
+    """A JumpReLU batch's share of active entries (:func:`batch_entries`), of open ones and of
+    those the split step reads from pairs, and the implementations the row's training passes
+    took (``pass_paths``); "" for the other architectures."""
     if not hasattr(trainer.sae.cfg, "jumprelu_bandwidth"):
         return ""
     entries, rest = batch_entries(trainer, x_BSD)
     n = entries.active_NF.numel()
-    pays = "pays" if sparse_step_pays(entries, trainer.plan) else "does not pay"
-    if pays != "pays":
-        split = "pays" if split_step_pays(rest, trainer.plan) else "does not pay"
-        pays += f"; split, {rest.n_open / n:.2%} open from pairs: {split}"
     active = (entries.n_open + entries.n_window) / n
-    return f"  active {active:.2%} (open {entries.n_open / n:.2%}; the step from pairs {pays})"
+    paths = ", ".join(f"{path} {count}" for path, count in sorted(trainer.sae.pass_paths.items()))
+    return f"  active {active:.2%} (open {entries.n_open / n:.2%}, not open everywhere {rest.n_open / n:.2%}; passes: {paths})"
 
 
 def row_step(

@@ -53,20 +53,10 @@ def take_the_pairs_path(device: str) -> KernelPlan:
     return KernelPlan.resolve(device, backend="triton", jumprelu_sparse=True, topk_sparse_decode=True)
 
 
-def take_the_split_path(device: str) -> tuple[KernelPlan, list[int]]:
-    """A plan whose JumpReLU step runs split at every pass (the step from all the pairs never pays,
-    the split step always does), and a list that grows by one at each split pass."""
-    from crosslens.crosscoders import jumprelu_kernels
-
-    passes: list[int] = []
-    split = jumprelu_kernels.split_gated_decode
-
-    def count(*args, **kwargs):
-        passes.append(1)
-        return split(*args, **kwargs)
-
-    jumprelu_kernels.split_gated_decode = count
-    return KernelPlan.resolve(device, jumprelu_split=True, sparse_step_share=0.0, split_rest_share=1.0), passes
+def take_the_split_path(device: str) -> KernelPlan:
+    """A plan whose JumpReLU step runs split at every pass: the step from all the pairs never
+    pays, the split step always does."""
+    return KernelPlan.resolve(device, jumprelu_split=True, sparse_step_share=0.0, split_rest_share=1.0)
 
 
 def global_batches(start: int = 0):
@@ -126,8 +116,7 @@ def main(argv: list[str]) -> int:
     plan = take_the_pairs_path(str(device)) if args.pairs_path else None
     archs = PAIRS_ARCHS if args.pairs_path else ARCHS
     if args.split_path:
-        plan, split_passes = take_the_split_path(str(device))
-        archs = ("jumprelu_crosscoder",)
+        plan, archs = take_the_split_path(str(device)), ("jumprelu_crosscoder",)
     try:
         for arch in archs:
             out = args.out / arch
@@ -148,8 +137,8 @@ def main(argv: list[str]) -> int:
                 trainer.fit(batches, resume_from=None)
             except Interrupted:
                 pass
-        if args.split_path:
-            print(f"rank {layout.rank}: {len(split_passes)} split passes")
+            if args.split_path:
+                print(f"rank {layout.rank}: {trainer.sae.pass_paths['split']} split passes")
     finally:
         shutdown()
     return 0

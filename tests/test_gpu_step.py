@@ -876,15 +876,18 @@ def test_gpu_benchmark_runs_end_to_end_small_on_cpu():
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if "tok/s" in line and " L0 " in line]
     # architectures x precisions x (fresh, trained); JumpReLU trained from its active pairs beside
-    # the dense kernels, fresh and young split beside the default (TopK's Triton rows need CUDA)
-    assert len(rows) == 4 * 2 * 2 + 2 + 2 + 2 * 2
-    for path, states in (("sparse", ["trained"]), ("split", ["fresh", "young"])):
-        assert [r.split()[:4] for r in rows if r.split()[3] == path] == [
-            ["jumprelu_crosscoder", precision, state, path] for precision in ("fp32", "bf16") for state in states
+    # the dense kernels, and young by its default step and the dense kernels (TopK's Triton rows
+    # need CUDA)
+    assert len(rows) == 4 * 2 * 2 + 2 + 2 * 2
+    for path, state in (("sparse", "trained"), ("dense", "trained"), ("dense", "young")):
+        assert [r.split()[:4] for r in rows if r.split()[2:4] == [state, path]] == [
+            ["jumprelu_crosscoder", precision, state, path] for precision in ("fp32", "bf16")
         ]
     assert {r.split()[0] for r in rows if r.split()[2] == "young"} == {"jumprelu_crosscoder"}
     young = [r for r in rows if " young " in r]  # 8% of the entries open: L0 about 5 of 64
-    assert all(4.0 <= float(r.split(" L0 ")[1].split()[0]) <= 6.0 and "split, " in r for r in young)
+    assert all(4.0 <= float(r.split(" L0 ")[1].split()[0]) <= 6.0 and "passes: " in r for r in young)
+    # the path each row's passes took: under autocast on a CPU, the per-snapshot code
+    assert all("passes: per snapshot" in r for r in young if " bf16 " in r)
     trained_l0 = [float(r.split(" L0 ")[1].split()[0]) for r in rows if "trained" in r and "topk" not in r]
     assert trained_l0 and all(6.0 <= l0 <= 10.0 for l0 in trained_l0)  # --small sets L0 8
     topk = [r for r in rows if "topk" in r]  # the trained rows: 5% of the features dead, decoded

@@ -235,7 +235,7 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(window_mode, 
     grad_score = torch.randn(F_, generator=gen, dtype=torch.float64)
     kw = {"bandwidth": 0.4, "tanh_scale": 2.0}
 
-    recon, score, open_any, shared = kernels.snapshot_gated_decode(h, W_dec, threshold, norm_factors_S=factors, plan=plan, **kw)
+    recon, score, open_any, shared, _ = kernels.snapshot_gated_decode(h, W_dec, threshold, norm_factors_S=factors, plan=plan, **kw)
     torch.autograd.backward([recon, score], [grad_recon, grad_score])
     grads = [t.grad.clone() for t in (h, threshold, W_dec)]
     for t in (h, threshold, W_dec):

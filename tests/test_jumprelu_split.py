@@ -138,8 +138,11 @@ def test_split_decode_compiled_on_cuda_equals_the_eager_one(dtype):
 
 
 def test_the_plan_names_the_split_step_and_reads_records_without_it():
-    """A run's printout says where the split step runs; a run.json written before the plan had it
-    reads back with the split off."""
+    """The split step is CUDA's default (with the Triton kernels of its pairs), not a CPU's; a run's
+    printout says where it runs; a run.json written before the plan had it reads back with the
+    split off."""
+    cuda = KernelPlan.resolve("cuda")  # no device needed: only the choice is made
+    assert cuda.jumprelu_split == (cuda.backend == "triton") and not KernelPlan.resolve("cpu").jumprelu_split
     assert "from the active pairs where it pays, split where dense;" in KernelPlan(jumprelu_split=True).describe()
     for always_or_never in (True, False):
         assert "split" not in KernelPlan(jumprelu_split=True, jumprelu_sparse=always_or_never).describe()

@@ -321,7 +321,13 @@ def make_sae(
     sae = train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S, device=device, **extra))
     plan = plan if plan is not None else KernelPlan.resolve(device)
     sae.use_kernel_plan(dataclasses.replace(plan, jumprelu_sparse=sparse_step, topk_sparse_decode=sparse_decode))
+    _made.append(sae)
     return sae
+
+
+_made: list = []
+"""The crosscoders :func:`make_sae` made during the running test (the ``passes`` fixture counts
+their passes)."""
 
 
 @torch.no_grad()
@@ -377,29 +383,17 @@ def assert_same_run(got, want, rtol: float = 1e-5, atol: float = 1e-6) -> None:
         torch.testing.assert_close(params[name], p, rtol=rtol, atol=atol, msg=name)
 
 
-def passes_through(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
-    """A list that grows by one each time a JumpReLU pass calls ``jumprelu_kernels.<name>``."""
-    calls: list[int] = []
-    original = getattr(jumprelu_kernels, name)
-
-    def count(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(jumprelu_kernels, name, count)
-    return calls
+@pytest.fixture(autouse=True)
+def _forget_the_crosscoders_made():
+    yield
+    _made.clear()
 
 
 @pytest.fixture
-def sparse_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many JumpReLU passes ran from their active pairs alone."""
-    return passes_through(monkeypatch, "sparse_gated_decode")
-
-
-@pytest.fixture
-def split_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many JumpReLU passes ran split (:mod:`crosslens.crosscoders.jumprelu_split`)."""
-    return passes_through(monkeypatch, "split_gated_decode")
+def passes():
+    """``passes(path)``: how many JumpReLU training passes of the crosscoders this test made
+    (:func:`make_sae`) took that implementation (``jumprelu_kernels.PATHS``)."""
+    return lambda path: sum(sae.pass_paths[path] for sae in _made if hasattr(sae, "pass_paths"))
 
 
 def jumprelu_run(
@@ -422,15 +416,15 @@ def jumprelu_run(
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("trained", [True, False], ids=["trained", "fresh"])
-def test_jumprelu_sparse_step_equals_the_dense_step(device, trained, sparse_calls):
+def test_jumprelu_sparse_step_equals_the_dense_step(device, trained, passes):
     dense = jumprelu_run(device, trained, False)
-    assert not sparse_calls
+    assert passes("pairs") == 0
     assert_same_run(jumprelu_run(device, trained, True), dense)
-    assert len(sparse_calls) == STEPS + 1  # the gradient check's pass and every step
+    assert passes("pairs") == STEPS + 1  # the gradient check's pass and every step
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_jumprelu_sparse_step_under_bfloat16_autocast(device, sparse_calls):
+def test_jumprelu_sparse_step_under_bfloat16_autocast(device, passes):
     """Under autocast (CUDA's default precision) the sparse step gates, scores and decodes
     in float32 where the dense kernels follow the autocast dtype: the runs agree to
     bfloat16's precision, not bit for bit. After 20 Adam steps each parameter is closer to
@@ -438,7 +432,7 @@ def test_jumprelu_sparse_step_under_bfloat16_autocast(device, sparse_calls):
     _, _, dense_losses, dense_params = jumprelu_run(device, True, False, "bfloat16")
     _, _, _, fp32_params = jumprelu_run(device, True, False)
     _, _, losses, params = jumprelu_run(device, True, True, "bfloat16")
-    assert len(sparse_calls) == STEPS + 1
+    assert passes("pairs") == STEPS + 1
     assert losses == pytest.approx(dense_losses, rel=5e-3)
     for name, p in dense_params.items():
         assert 0 < (params[name] - p).norm() < (fp32_params[name] - p).norm(), name
@@ -459,18 +453,18 @@ def split_run(
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("parted", [True, False], ids=["parted", "fresh"])
-def test_jumprelu_split_step_equals_the_dense_step(device, parted, split_calls, sparse_calls):
+def test_jumprelu_split_step_equals_the_dense_step(device, parted, passes):
     """While too many entries are open for the step from the pairs (here over 1/8), the split
     step decodes those open everywhere with the shared code's matmul and the rest from their
     pairs, and trains as the dense kernels do."""
     dense = split_run(device, parted, False)
     plan = eager_plan(device, jumprelu_split=True, sparse_step_share=1 / 8, split_rest_share=1 / 8)
     assert_same_run(split_run(device, parted, None, plan), dense)
-    assert len(split_calls) == STEPS + 1 and not sparse_calls
+    assert passes("split") == STEPS + 1 and passes("pairs") == 0
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_jumprelu_split_step_under_bfloat16_autocast(device, split_calls):
+def test_jumprelu_split_step_under_bfloat16_autocast(device, passes):
     """Under autocast the split step decodes the entries open everywhere in bfloat16, as the
     dense kernels' batched matmul does, and its pairs in float32: after 20 Adam steps each
     parameter is closer to the dense kernels' under autocast than those are to float32's."""
@@ -478,13 +472,13 @@ def test_jumprelu_split_step_under_bfloat16_autocast(device, split_calls):
     _, _, _, fp32_params = split_run(device, True, False)
     plan = eager_plan(device, jumprelu_split=True, sparse_step_share=1 / 8, split_rest_share=1 / 8)
     _, _, losses, params = split_run(device, True, None, plan, autocast="bfloat16")
-    assert len(split_calls) == STEPS + 1
+    assert passes("split") == STEPS + 1
     assert losses == pytest.approx(dense_losses, rel=5e-3)
     for name, p in dense_params.items():
         assert 0 < (params[name] - p).norm() < (fp32_params[name] - p).norm(), name
 
 
-def test_jumprelu_split_step_in_micro_batches(split_calls):
+def test_jumprelu_split_step_in_micro_batches(passes):
     """In micro-batches (the decoder's gradient summed by the step's weight block) the split step
     trains as the dense kernels do."""
     def micro_batched(sparse_step: bool | None, plan: KernelPlan | None) -> tuple[list[float], dict]:
@@ -496,20 +490,20 @@ def test_jumprelu_split_step_in_micro_batches(split_calls):
 
     dense_losses, dense_params = micro_batched(False, None)
     losses, params = micro_batched(None, eager_plan("cpu", jumprelu_split=True, sparse_step_share=1 / 8, split_rest_share=1 / 8))
-    assert len(split_calls) >= 6 * 2
+    assert passes("split") >= 6 * 2
     assert losses == pytest.approx(dense_losses, rel=1e-5)
     for name, p in dense_params.items():
         torch.testing.assert_close(params[name], p, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_the_split_step_falls_back_where_the_rest_is_too_dense(split_calls, sparse_calls):
+def test_the_split_step_falls_back_where_the_rest_is_too_dense(passes):
     """Where even the entries not open everywhere are too many for the pairs, the step takes the
     dense kernels; where all the open entries are few enough, the step from all the pairs."""
     plan = eager_plan("cpu", jumprelu_split=True, sparse_step_share=1 / 8, split_rest_share=1 / 1000)
     assert_same_run(split_run("cpu", True, None, plan), split_run("cpu", True, False))
-    assert not split_calls and not sparse_calls
+    assert passes("split") == 0 and passes("pairs") == 0
     split_run("cpu", True, None, dataclasses.replace(plan, sparse_step_share=1.0))
-    assert not split_calls and len(sparse_calls) == STEPS + 1
+    assert passes("split") == 0 and passes("pairs") == STEPS + 1
 
 
 def window_modes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -528,11 +522,11 @@ def window_modes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_jumprelu_sparse_step_through_triton(device, triton_backend, sparse_calls, monkeypatch):
+def test_jumprelu_sparse_step_through_triton(device, triton_backend, passes, monkeypatch):
     dense = jumprelu_run(device, True, False, plan=triton_backend)
     modes = window_modes(monkeypatch)
     assert_same_run(jumprelu_run(device, True, True, plan=triton_backend), dense)
-    assert len(sparse_calls) == STEPS + 1
+    assert passes("pairs") == STEPS + 1
     assert "kernel" in modes and len(modes) == STEPS + 1
 
 
@@ -706,7 +700,7 @@ def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, trit
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("trained", [True, False], ids=["trained", "fresh"])
-def test_jumprelu_sparse_step_by_default_only_on_cuda_at_a_trained_sparsity(device, trained, sparse_calls):
+def test_jumprelu_sparse_step_by_default_only_on_cuda_at_a_trained_sparsity(device, trained, passes):
     """Where the step from the pairs pays: L0 here is 1% of d_sae, a trained crosscoder's
     share at scale (a fresh one's is about 30%)."""
     x_BSD = batches(1, device)[0]
@@ -718,7 +712,7 @@ def test_jumprelu_sparse_step_by_default_only_on_cuda_at_a_trained_sparsity(devi
         )
         assert entries.n_open > 0 and sparse_step_pays(entries, sae.kernel_plan)
     loss_and_grads(sae, x_BSD)
-    assert len(sparse_calls) == int(device == "cuda" and trained)
+    assert passes("pairs") == int(device == "cuda" and trained)
 
 
 def topk_run(arch: str, device: str, plan: KernelPlan | None = None, **extra) -> tuple:

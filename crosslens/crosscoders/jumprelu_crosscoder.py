@@ -52,6 +52,7 @@ this equals SAELens's JumpReLU ``tanh`` sparsity loss. The threshold trains at
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -237,6 +238,9 @@ class JumpReLUTrainingCrosscoder(
         super().__init__(cfg, use_error_term)
         # lambda = the scheduled l0 coefficient times this factor (1 without target_l0)
         self.register_buffer("l0_scale", torch.ones((), dtype=torch.float64, device=self.device))
+        # training passes since the crosscoder was made, by the implementation that gated and
+        # decoded them (jumprelu_kernels.PATHS): what a benchmark or a test reads of the plan's choice
+        self.pass_paths: Counter[str] = Counter()
 
     def initialize_weights(self) -> None:
         super().initialize_weights()
@@ -319,11 +323,13 @@ class JumpReLUTrainingCrosscoder(
             f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
                 h_NF, self.snapshot_norms(), threshold_F, **kernel_args
             )
+            self.pass_paths["per snapshot"] += 1
             extras = {"f_SNF": f_SNF, "score_sum_F": score_sum_F}
         else:  # decoded with the gates, without an [S, N, F] code; the norms are its own
-            recon_NSD, score_sum_F, open_anywhere_NF, shared_NF = snapshot_gated_decode(
+            recon_NSD, score_sum_F, open_anywhere_NF, shared_NF, path = snapshot_gated_decode(
                 h_NF, self.W_dec, threshold_F, norm_factors_S=self.folded_norm_factors, **kernel_args
             )
+            self.pass_paths[path] += 1
             extras = {"recon_NSD": recon_NSD, "score_sum_F": score_sum_F}
         if shared_NF is None or self.collectives.snapshot_size > 1:  # other ranks' gates count too
             with torch.no_grad():  # (a product with the mask: several times faster than torch.where on a CPU)

@@ -13,7 +13,7 @@ and gradients (to the order of float sums):
   it pays (:func:`~crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`: few entries open; a
   trained crosscoder), or where the plan asks for it.
 * :func:`crosslens.crosscoders.jumprelu_split.split_gated_decode` (where the plan's
-  ``jumprelu_split`` asks for it, while the code is too dense for the pairs): the entries open
+  ``jumprelu_split`` asks for it, by default on CUDA, while the code is too dense for the pairs): the entries open
   at every snapshot and outside the window there through the shared code's one matmul, the rest
   from their pairs as above, where the rest are few.
 * :class:`SnapshotGatedDecode` (the CPU's fast path): :class:`EntryClasses` sorts each
@@ -490,6 +490,11 @@ class SnapshotGatedDecode(torch.autograd.Function):
         return grad_h_FN.T, grad_W_FSD, grad_threshold_F, None, None, None, None, None, None
 
 
+PATHS = ("pairs", "split", "entry classes", "per snapshot")
+"""The implementations of :func:`snapshot_gated_decode`, by the name it returns: the step from
+the active pairs, the split step, :class:`SnapshotGatedDecode` and the per-snapshot code."""
+
+
 def snapshot_gated_decode(
     h_NF: Float[torch.Tensor, "n d_sae"],
     W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
@@ -499,12 +504,13 @@ def snapshot_gated_decode(
     bandwidth: float,
     tanh_scale: float,
     plan: KernelPlan | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)``: the decode of the
-    per-snapshot gated code (no bias), the summed tanh scores, the any-snapshot gate and
-    the shared code ``h * open_anywhere`` (no gradient), for decoder norms
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF, path)``: the decode of the
+    per-snapshot gated code (no bias), the summed tanh scores, the any-snapshot gate, the
+    shared code ``h * open_anywhere`` (no gradient), for decoder norms
     ``||W_dec[i, s]|| * norm_factors_S[s]`` (the training space's, as
-    ``CrosscoderMixin.snapshot_norms``).
+    ``CrosscoderMixin.snapshot_norms``), and which implementation computed them (one of
+    :data:`PATHS`).
 
     Four implementations, the same values and gradients up to the order of float sums
     (and tanh's rounding: the gated decode computes it from a sigmoid), as the plan picks
@@ -529,11 +535,11 @@ def snapshot_gated_decode(
             args = (h_NF.detach(), raw_FS * norm_factors_S, threshold_F.detach(), bandwidth / 2)
             entries = active_entries(*args, plan)
         if sparse or sparse_step_pays(entries, plan):
-            return sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, entries, gate, plan)
+            return (*sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, entries, gate, plan), "pairs")
         if plan.jumprelu_split:
             split = everywhere_and_rest(*args, entries)
             if split_step_pays(split[1], plan):
-                return split_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, split, gate, plan)
+                return (*split_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, split, gate, plan), "split")
     classes = None
     if not torch.is_autocast_enabled(h_NF.device.type):
         with torch.no_grad():
@@ -541,9 +547,10 @@ def snapshot_gated_decode(
             norms_FS = raw_norms_FS * norm_factors_S
             classes = EntryClasses(h_NF, norms_FS, threshold_F, bandwidth / 2, plan)
     if classes is not None and classes.sparse_ok:
-        return SnapshotGatedDecode.apply(
+        decoded = SnapshotGatedDecode.apply(
             h_NF, W_dec_FSD, threshold_F, norms_FS, raw_norms_FS, norm_factors_S, classes, bandwidth, tanh_scale
         )
+        return (*decoded, "entry classes")
     norms_FS = weight_row_norms(W_dec_FSD, known=raw_FS) * norm_factors_S
     h_NF = h_NF.contiguous()  # the blocks of the gate are token-major
     f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
@@ -552,4 +559,4 @@ def snapshot_gated_decode(
     recon_SND = snapshot_decode(f_SNF, W_dec_FSD, (h_NF, norms_FS, threshold_F))
     with torch.no_grad():
         shared_NF = h_NF * open_anywhere_NF
-    return recon_SND.transpose(0, 1), score_sum_F, open_anywhere_NF, shared_NF
+    return recon_SND.transpose(0, 1), score_sum_F, open_anywhere_NF, shared_NF, "per snapshot"

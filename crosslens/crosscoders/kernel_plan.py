@@ -91,8 +91,8 @@ class KernelPlan:
     """Where the JumpReLU step from all the pairs does not pay: decode the entries open at every
     snapshot (outside the threshold's window) with the shared code's one matmul and the rest
     from their pairs (:mod:`crosslens.crosscoders.jumprelu_split`), where the rest are few
-    enough (:attr:`split_rest_share`), instead of the per-snapshot code ``[S, N, F]``. Needs
-    ``jumprelu_sparse`` None (True takes the pairs always, False never)."""
+    enough (:attr:`split_rest_share`), instead of the per-snapshot code ``[S, N, F]`` (CUDA's
+    default). Needs ``jumprelu_sparse`` None (True takes the pairs always, False never)."""
     topk_sparse_decode: bool | None = None
     """TopK and BatchTopK decode from their kept pairs (True) or with the dense matmul (False);
     None: where ``k / d_sae`` is at most :attr:`topk_sparse_density`."""
@@ -106,7 +106,9 @@ class KernelPlan:
     """Largest share of (token, feature) entries open at some snapshot but not open everywhere
     outside the window for which the split step (``jumprelu_split``) reads them from pairs: the
     split step pays the shared code's matmuls and scores on top of the pairs, so it needs
-    fewer of them than the step from all the pairs does (:attr:`sparse_step_share`)."""
+    fewer of them than the step from all the pairs does (:attr:`sparse_step_share`). The default
+    is estimated from the costs of the dense step and of the step from the pairs;
+    ``benchmarks/gpu.py``'s young rows time the split step against the dense one."""
     gather_share: float = 1 / 16
     """Largest share of entries the dense CPU step gathers for work per snapshot; above it,
     mixed gates fall back to the per-snapshot code and the window is summed with matmuls."""
@@ -166,8 +168,8 @@ class KernelPlan:
     @classmethod
     def resolve(cls, device: str | torch.device, *, compile: bool | None = None, **overrides: Any) -> KernelPlan:
         """The default plan for ``device``: the Triton kernels, crosslens's Adam, the optimizer's
-        norms and compiled elementwise chains on CUDA where triton is installed; the eager twins
-        and torch's Adam elsewhere. ``compile`` None takes :data:`COMPILE_ENV` where it is set;
+        norms, compiled elementwise chains and JumpReLU's split step on CUDA where triton is
+        installed; the eager twins and torch's Adam elsewhere. ``compile`` None takes :data:`COMPILE_ENV` where it is set;
         ``overrides`` replace fields."""
         fast = torch.device(device).type == "cuda" and triton_installed()
         backend = "triton" if fast else "eager"
@@ -177,6 +179,7 @@ class KernelPlan:
             adam="kernel" if fast else "torch",
             adam_backend=backend,
             handoff_norms=fast,
+            jumprelu_split=fast,
         )
         if compile is None:
             plan = dataclasses.replace(plan, compile=_compile_from_environment(plan.compile))
