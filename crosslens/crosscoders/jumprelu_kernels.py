@@ -535,7 +535,8 @@ def snapshot_gated_decode(
             args = (h_NF.detach(), raw_FS * norm_factors_S, threshold_F.detach(), bandwidth / 2)
             entries = active_entries(*args, plan)
         if sparse or sparse_step_pays(entries, plan):
-            return (*sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, entries, gate, plan), "pairs")
+            *decoded, _ = sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, entries, gate, plan)
+            return (*decoded, "pairs")
         if plan.jumprelu_split:
             split = everywhere_and_rest(*args, entries)
             if split_step_pays(split[1], plan):

@@ -160,16 +160,19 @@ def sparse_gated_decode(
     entries: ActiveEntries,
     gate: tuple[float, float],
     plan: KernelPlan | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The JumpReLU step's ``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)``
-    from the active ``entries`` (:func:`active_entries`): those open at some
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The JumpReLU step's ``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF,
+    norms_FS)`` from the active ``entries`` (:func:`active_entries`): those open at some
     snapshot gated, scored and decoded at every snapshot, those shut at every snapshot
     but inside the window at some left to :class:`ShutWindow`; for ``norms = (raw_FS,
     norm_factors_S)``, the decoder norms ``||W_dec[i, s]||`` computed without gradient (the
     decode's node differentiates them, :func:`gather_decode_and_norms`) and the factors to
     the training space, and ``gate = (bandwidth, tanh_scale)``; the values and gradients of
     :func:`crosslens.crosscoders.jumprelu_kernels.snapshot_gated_decode`. Gate, scores and
-    values are computed in float32 whatever the autocast dtype of h."""
+    values are computed in float32 whatever the autocast dtype of h. ``norms_FS`` are the
+    training space's decoder norms, differentiable through the decode's node, whose one pass
+    writes W's gradient from the pairs and the norms: further scores read them at no
+    further pass (:func:`crosslens.crosscoders.jumprelu_split.split_gated_decode`)."""
     bandwidth, tanh_scale = gate
     plan = plan_for(h_NF.device, plan)
     raw_FS, norm_factors_S = norms
@@ -186,7 +189,8 @@ def sparse_gated_decode(
     f_AS = JumpGate.apply(h_A, norms_FS.float().index_select(0, pairs.feature_A), t_A, bandwidth)
     read_FSD = autocast_copy(W_dec_FSD, entries.n_open, plan)
     recon_NSD, raw_FS, _ = gather_decode_and_norms(W_dec_FSD, f_AS, pairs, raw_FS, plan, read_FSD)
-    norms_AS = (raw_FS * norm_factors_S).float().index_select(0, pairs.feature_A)
+    decoded_norms_FS = raw_FS * norm_factors_S
+    norms_AS = decoded_norms_FS.float().index_select(0, pairs.feature_A)
     score_A = torch.tanh(f_AS * norms_AS * tanh_scale).sum(dim=1)
     score_sum_F = score_A.new_zeros(F_).index_add(0, pairs.feature_A, score_A)
     with torch.no_grad():
@@ -196,4 +200,4 @@ def sparse_gated_decode(
             recon_NSD, score_sum_F, threshold_F,
             h_NF.detach(), (W_dec_FSD.detach(), read_FSD), norms_FS.detach(), entries.window_NF(), gate, kernels_for(plan),
         )  # fmt: skip
-    return recon_NSD, score_sum_F.to(h_NF.dtype), open_any_NF, shared_NF
+    return recon_NSD, score_sum_F.to(h_NF.dtype), open_any_NF, shared_NF, decoded_norms_FS

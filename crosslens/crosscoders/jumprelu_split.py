@@ -33,7 +33,7 @@ from crosslens.crosscoders.jumprelu_dense import block_function
 from crosslens.crosscoders.jumprelu_ops import everywhere_score_block, everywhere_score_grad_block
 from crosslens.crosscoders.jumprelu_pairs import ActiveEntries, sparse_gated_decode
 from crosslens.crosscoders.kernel_plan import KernelPlan, plan_for
-from crosslens.crosscoders.weight_grads import weight_matmul, weight_row_norms
+from crosslens.crosscoders.weight_grads import weight_matmul
 
 
 def everywhere_and_rest(
@@ -125,12 +125,12 @@ def split_gated_decode(
     ``gate = (bandwidth, tanh_scale)``."""
     everywhere_NF, rest = split
     plan = plan_for(h_NF.device, plan)
-    raw_FS, norm_factors_S = norms
     F_, S, D = W_dec_FSD.shape
-    recon_NSD, score_sum_F, _, _ = sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, rest, gate, plan)
+    # its norms come differentiable from the decode's node: their gradient from the scores below
+    # joins that node's one pass over W
+    recon_NSD, score_sum_F, _, _, norms_FS = sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, rest, gate, plan)
     shared_NF = h_NF * everywhere_NF
     recon_NX = weight_matmul(shared_NF, W_dec_FSD.reshape(F_, S * D))
-    norms_FS = weight_row_norms(W_dec_FSD, known=raw_FS) * norm_factors_S
     everywhere_F = EverywhereScores.apply(h_NF, norms_FS, everywhere_NF, gate[1], plan)
     open_anywhere_NF = rest.open_NF | everywhere_NF
     with torch.no_grad():
