@@ -273,8 +273,8 @@ def step_paths(arch: str, state: str, device: str, autocast: str | None) -> list
     """The implementations measured for one row: JumpReLU at a trained sparsity with the
     dense kernels and from its active pairs (the plan's ``jumprelu_sparse``), young by its
     default step (split, on CUDA: the plan's ``jumprelu_split``) and the dense kernels;
-    TopK/BatchTopK
-    through ``embedding_bag`` and, where Triton is there, the Triton gather-sum kernels. Under
+    TopK/BatchTopK through ``embedding_bag`` and, where Triton is there, the Triton gather-sum
+    kernels. Under
     autocast on CUDA, beside the compiled elementwise functions (the JumpReLU block functions
     and the losses, the plan's ``compile``), the same step with them op by op (``eager``):
     JumpReLU's dense step, and TopK's from the Triton kernels."""
@@ -513,7 +513,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--path", action="append", choices=PATHS,
                    help="the step rows' paths to run (repeatable; default all that apply; step_paths)")  # fmt: skip
     p.add_argument("--state", choices=STATES, action="append",
-                   help="the step rows' states to run (repeatable; default both)")  # fmt: skip
+                   help="the step rows' states to run (repeatable; default all three; young is JumpReLU's alone)")  # fmt: skip
     p.add_argument("--precision", choices=PRECISIONS, action="append",
                    help="the step rows' precisions (repeatable; default both): fp32, or bf16 autocast")  # fmt: skip
     p.add_argument("--repeat-steps", type=int, default=0,
