@@ -442,6 +442,36 @@ def test_provider_is_reproducible_and_resumes_at_any_batch(store):
     )
 
 
+class _CountingStore:
+    """A store that lists how many rows each read asks for."""
+
+    def __init__(self, store):
+        self.store, self.rows = store, []
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def read(self, hook, idx, **kw):
+        self.rows.append(len(idx))
+        return self.store.read(hook, idx, **kw)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_provider_stops_at_the_batch_asked_for_and_reads_nothing_past_it(store, drop_last):
+    provider = ActivationProvider(store, HOOK, 50, buffer_tokens=100, normalize=False, drop_last=drop_last)
+    per_epoch = provider.batches_per_epoch
+    reference = [b for b, _ in zip(provider.batches(0), range(2 * per_epoch + 2))]
+    for start, stop in ((0, 3), (2, per_epoch + 3), (per_epoch - 1, 2 * per_epoch + 1), (4, 4)):
+        served = list(provider.batches(start, stop=stop))
+        assert len(served) == stop - start
+        assert all(torch.equal(a, b) for a, b in zip(served, reference[start:stop]))
+    counting = _CountingStore(store)
+    list(ActivationProvider(counting, HOOK, 50, buffer_tokens=100, drop_last=drop_last).batches(0, stop=3))
+    assert counting.rows == [100, 50]  # the windows up to batch 3, not the rest of the epoch
+    with pytest.raises(ValueError, match=r"start=5, stop=4.*start <= stop"):
+        next(provider.batches(5, stop=4))
+
+
 def test_on_the_fly_provider_matches_the_store_without_writing(suite, token_ids, store):
     everything = _rows([store.read(HOOK, slice(None), normalize=False)])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,6 +92,31 @@ def test_normalised_batches_are_the_raw_rows_times_the_factors(suite, token_ids)
         assert torch.equal(scaled, plain * p.norm_factors[None, :, None])
     p.close()
     raw.close()
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_a_run_that_stops_at_batch_k_prefetches_no_chunk_past_it(suite, token_ids, drop_last):
+    """Endless epochs, as a training run streams them: batch k is its last, so the chunk after it
+    is not harvested in the background (on a GPU, one chunk's forward through every snapshot)."""
+    p = ResidentSnapshotProvider(suite, HOOK, token_ids, 40, chunk_seqs=5, snapshots=BLOCK, drop_last=drop_last)
+    per_epoch = p.batches_per_epoch
+    endless = p.batches(0)
+    reference = [next(endless) for _ in range(per_epoch)]
+    assert p._pending[0] == (1, 0)  # without a stop the next epoch's first chunk is on its way
+    endless.close()
+    reference += list(p.batches(per_epoch, stop=per_epoch + 2))
+    ends = np.cumsum([int(p.keep_NL[torch.from_numpy(c)].sum()) for c in p._chunks(0)])
+    in_first_chunk = int(ends[0]) // 40  # the batches wholly inside chunk 0
+    assert in_first_chunk >= 1
+    for start, stop, last_chunk in ((0, in_first_chunk, (0, 0)), (1, per_epoch, None), (2, per_epoch + 2, None)):
+        served = list(p.batches(start, stop=stop))
+        assert len(served) == stop - start
+        assert all(torch.equal(a, b) for a, b in zip(served, reference[start:stop]))
+        pending = None if p._pending is None else p._pending[0]
+        assert pending is None, (start, stop, pending)
+        if last_chunk is not None:
+            assert p._cached_chunk[0] == last_chunk
+    p.close()
 
 
 def test_models_that_do_not_fit_are_refused_with_the_fix(suite, token_ids, monkeypatch):

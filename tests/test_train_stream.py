@@ -616,9 +616,8 @@ def test_an_eval_store_that_cannot_serve_the_run_is_refused_before_any_model_loa
 
 
 def test_the_heldout_harvest_waits_for_the_background_one(inputs, tmp_path, monkeypatch):
-    """A run ends with the next chunk harvested aside (the stream has no last epoch); the held-out
-    rows go through the same resident models (``provider.models()``, which waits for it) after
-    that harvest, never beside it."""
+    """While a chunk harvests aside, the held-out rows go through the same resident models
+    (``provider.models()``, which waits for it) after that harvest, never beside it."""
     import threading
     import time
 
@@ -653,7 +652,10 @@ def test_the_heldout_harvest_waits_for_the_background_one(inputs, tmp_path, monk
     runner = StreamingTrainingRunner(config, CheckpointSuite.local(inputs[0]), tokens_NL[:24], tokens_NL[24:], {"note": "api"})
     try:
         runner.run(resume=False, overwrite=True)
-        assert runner.provider._pending is not None, "the run left a chunk harvesting aside"
+        # the run prefetched nothing past its last step: a stream read on past it harvests aside
+        assert runner.provider._pending is None
+        next(runner.provider.batches(2))
+        assert runner.provider._pending is not None, "no chunk harvesting aside"
         heldout = runner.heldout_activations()
     finally:
         runner.close()

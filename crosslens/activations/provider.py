@@ -71,6 +71,26 @@ class _Batching:
         self.batch_size, self.seed, self.normalize, self.drop_last = batch_size, seed, normalize, drop_last
         self.n_epochs, self.start_batch, self.device = n_epochs, start_batch, torch.device(device)
 
+    @property
+    def batches_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def _first_batch(self, start: int, stop: int | None) -> tuple[int, int]:
+        """``(epoch, batch within it)`` of batch ``start``, refusing a ``stop`` before it."""
+        if start < 0 or (stop is not None and stop < start):
+            raise ValueError(f"batches(start={start}, stop={stop}): need 0 <= start <= stop.")
+        return divmod(start, self.batches_per_epoch)
+
+    def _serves_epoch(self, epoch: int, stop: int | None) -> bool:
+        """Whether any batch of ``epoch`` comes before ``stop`` and within ``n_epochs``."""
+        return (self.n_epochs is None or epoch < self.n_epochs) and (stop is None or epoch * self.batches_per_epoch < stop)
+
+    def _epoch_end(self, epoch: int, stop: int | None, served: int) -> int:
+        """Where ``epoch``'s token stream ends: after its ``served`` tokens, or at batch ``stop``."""
+        if stop is None:
+            return served
+        return min(served, (stop - epoch * self.batches_per_epoch) * self.batch_size)
+
 
 class ActivationProvider(_Batching):
     """Shuffled batches from an :class:`ActivationStore`.
@@ -142,17 +162,19 @@ class ActivationProvider(_Batching):
     def __iter__(self) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
         return self.batches(self.start_batch)
 
-    def batches(self, start: int = 0) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
-        """Batches from batch index ``start`` on (counting from the first batch of epoch 0)."""
-        epoch, first = divmod(start, self.batches_per_epoch)
+    def batches(self, start: int = 0, stop: int | None = None) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
+        """Batches ``start`` to ``stop`` (counting from the first batch of epoch 0; ``stop`` None:
+        to the end of the last epoch); nothing past ``stop`` is read."""
+        epoch, first = self._first_batch(start, stop)
         executor = ThreadPoolExecutor(max_workers=1) if self.prefetch else None
         try:
-            while self.n_epochs is None or epoch < self.n_epochs:
+            while self._serves_epoch(epoch, stop):
                 order = self.epoch_order(epoch)
                 served = self.batches_per_epoch * self.batch_size if self.drop_last else order.size
+                end = self._epoch_end(epoch, stop, served)
                 windows = [
-                    order[lo : min(lo + self.buffer_rows, served)]
-                    for lo in range(first * self.batch_size, served, self.buffer_rows)
+                    order[lo : min(lo + self.buffer_rows, end)]
+                    for lo in range(first * self.batch_size, end, self.buffer_rows)
                 ]
                 pending = self._submit(executor, windows[0]) if windows else None
                 for i in range(len(windows)):
@@ -342,25 +364,30 @@ class OnTheFlyProvider(_Batching):
     def __iter__(self) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
         return self.batches(self.start_batch)
 
-    def batches(self, start: int = 0) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
-        """Float32 batches from batch index ``start`` on; chunks before it are never harvested."""
+    def batches(self, start: int = 0, stop: int | None = None) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
+        """Float32 batches ``start`` to ``stop`` (None: to the end of the last epoch); chunks
+        before ``start`` are never harvested, nor those after ``stop`` prefetched."""
         # measured (a harvest of its own) before any chunk is prefetched
         factors = self.norm_factors[None, :, None] if self.normalize else None
         kept_per_seq = self.keep_NL.sum(dim=1).numpy()
-        epoch, first = divmod(start, self.batches_per_epoch)
-        while self.n_epochs is None or epoch < self.n_epochs:
+        epoch, first = self._first_batch(start, stop)
+        served = self.batches_per_epoch * self.batch_size if self.drop_last else self.n_tokens
+        while self._serves_epoch(epoch, stop):
             chunks = self._chunks(epoch)
             chunk_ends = np.cumsum([kept_per_seq[c].sum() for c in chunks])
-            served = self.batches_per_epoch * self.batch_size if self.drop_last else self.n_tokens
+            end = self._epoch_end(epoch, stop, served)
             position = first * self.batch_size  # in the epoch's token stream
             carry: torch.Tensor | None = None
             for index in range(int(np.searchsorted(chunk_ends, position, side="right")), len(chunks)):
-                if position >= served:
+                if position >= end:
                     break
                 chunk_start = int(chunk_ends[index - 1]) if index else 0
-                acts_NSD = self._chunk(epoch, index)[position - chunk_start : served - chunk_start]
+                acts_NSD = self._chunk(epoch, index)[position - chunk_start : end - chunk_start]
                 position += acts_NSD.shape[0]
-                self._prefetch(*((epoch, index + 1) if position < served else (epoch + 1, 0)))
+                if position < end:
+                    self._prefetch(epoch, index + 1)
+                elif self._serves_epoch(epoch + 1, stop):
+                    self._prefetch(epoch + 1, 0)
                 if factors is not None:  # copied to the chunks' device once (then .to returns it as it is): a
                     # copy from host memory per batch would wait for the device's queued work each time
                     factors = factors.to(acts_NSD.device)

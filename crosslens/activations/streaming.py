@@ -256,7 +256,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
     # ------------------------------------------------------------------ prefetch
     def _prefetch(self, epoch: int, index: int) -> None:
         """Harvest chunk ``index`` of ``epoch`` in the background while the current one is served."""
-        if not self.prefetch or (self.n_epochs is not None and epoch >= self.n_epochs):
+        if not self.prefetch:
             return
         if self._pending is not None and self._pending[0] == (epoch, index):
             return

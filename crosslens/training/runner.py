@@ -124,17 +124,11 @@ class CrosscoderTrainingRunner:
     def _batches(self, start_step: int):
         cfg = self.config
         # on a mesh each global batch is cut in host memory and only this rank's part moves
-        batches = iter(
-            ActivationProvider(
-                self.store,
-                self.hook,
-                batch_size=cfg.train_batch_size_tokens,
-                seed=cfg.seed,
-                drop_last=True,
-                start_batch=start_step,
-                device=self.device if self.mesh is None else "cpu",
-            )
-        )
+        provider = ActivationProvider(
+            self.store, self.hook, batch_size=cfg.train_batch_size_tokens, seed=cfg.seed, drop_last=True,
+            device=self.device if self.mesh is None else "cpu",
+        )  # fmt: skip
+        batches = provider.batches(start_step, stop=cfg.n_steps)  # nothing read past the run's last step
         if self.mesh is None:
             return batches
         return (part_BSD.to(self.device) for part_BSD in shard_batches(batches, self.mesh[0]))

@@ -141,7 +141,8 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         )  # fmt: skip
 
     def _batches(self, start_step: int) -> Iterator[torch.Tensor]:
-        batches = self.provider.batches(start_step)
+        # no chunk harvested past the run's last step
+        batches = self.provider.batches(start_step, stop=self.config.n_steps)
         if self.mesh is None or self.mesh[0].data_size == 1:
             return batches
         rows = self.mesh[0].batch_rows(self.config.train_batch_size_tokens)
