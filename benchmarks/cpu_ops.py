@@ -3,9 +3,10 @@
 1. Elementwise choices on an ``[8192, 512]`` (token, feature) matrix: ``torch.tanh``
    against ``2 * sigmoid(2x) - 1``; a bool mask's ``sum(dim)`` and
    ``count_nonzero(dim)`` against summing its bytes (``crosslens.core.tensors.row_counts``);
-   ``torch.where(mask, x, 0)`` and ``masked_fill`` against ``x * mask``. Each is written into
-   an existing tensor, which times the op itself (a fresh 16 MiB output's page faults,
-   section 3, can cost more than the op and vary with what the allocator reuses).
+   ``torch.where(mask, x, 0)``, ``masked_fill`` and ``x * mask_values(mask)`` against
+   ``x * mask``, each written into an existing tensor, which times the op itself (a fresh 16 MiB
+   output's page faults, section 3, can cost more than the op and vary with what the allocator
+   reuses); a bool mask converted to float32 through its bytes (``mask_values``) and as it is.
 2. The two ``[F, B] @ [B, S*D]`` matmuls of the JumpReLU backward (W_dec's gradient and
    the threshold window) against one stacked ``[2F, B]`` matmul.
 3. Minor page faults and system time per training step of the reference, the ReLU and
@@ -34,7 +35,7 @@ import time
 
 import torch
 
-from crosslens.core.tensors import row_counts
+from crosslens.core.tensors import mask_values, row_counts
 from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.crosscoders import JumpReLUTrainingCrosscoder, JumpReLUTrainingCrosscoderConfig, jumprelu_kernels, jumprelu_ops
 
@@ -89,10 +90,16 @@ def elementwise_rows(rounds: int) -> None:
         "mask.sum(dim=1)": lambda: mask_FN.sum(dim=1),
         "torch.count_nonzero(mask, dim=1)": lambda: torch.count_nonzero(mask_FN, dim=1),
     }, rounds)  # fmt: skip
+    values_FN = mask_values(mask_FN, x_FN.dtype)
     ratio_rows("1c. zero a float [8192, 512] outside a mask, into an existing tensor", {
         "x * mask": lambda: torch.mul(x_FN, mask_FN, out=out_FN),
+        "x * mask_values(mask)": lambda: torch.mul(x_FN, values_FN, out=out_FN),
         "torch.where(mask, x, 0)": lambda: torch.where(mask_FN, x_FN, torch.zeros(()), out=out_FN),
         "masked_fill_(~mask, 0)": lambda: out_FN.masked_fill_(~mask_FN, 0.0),
+    }, rounds)  # fmt: skip
+    ratio_rows("1d. a bool [8192, 512] as float32 (a fresh tensor)", {
+        "mask_values (its bytes converted)": lambda: mask_values(mask_FN, torch.float32),
+        "mask.to(torch.float32)": lambda: mask_FN.to(torch.float32),
     }, rounds)  # fmt: skip
     lhs_a, lhs_b, grad = torch.randn(F_, N), torch.randn(F_, N), torch.randn(N, S * D)
     stacked = torch.cat([lhs_a, lhs_b])

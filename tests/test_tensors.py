@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from crosslens.core.tensors import row_norms
+from crosslens.core.tensors import mask_values, row_counts, row_norms
 
 
 def test_row_norms_match_autograds_norm_and_its_gradient():
@@ -21,3 +21,14 @@ def test_row_norms_match_autograds_norm_and_its_gradient():
     torch.testing.assert_close(got_grad, want_grad)
     assert got_grad[2, 1].abs().max() == 0 and got_grad.abs().max() > 0
     assert torch.autograd.gradcheck(row_norms, (torch.randn(3, 5, dtype=torch.float64, requires_grad=True),))
+
+
+def test_bool_masks_counted_and_converted_through_their_bytes_give_what_torch_gives():
+    mask = torch.rand(37, 53, generator=torch.Generator().manual_seed(0)) < 0.3
+    for view in (mask, mask.T, mask[:, 5:40:3]):  # contiguous, transposed and strided
+        assert torch.equal(row_counts(view), view.sum(dim=-1).int())
+        for dtype in (torch.float32, torch.bfloat16, torch.float64):
+            values = mask_values(view, dtype)
+            assert values.dtype == dtype and values.shape == view.shape
+            assert torch.equal(values, view.to(dtype))
+    assert mask_values(mask, torch.float32).unique().tolist() == [0.0, 1.0]

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
-from crosslens.core.tensors import host_ints, row_counts
+from crosslens.core.tensors import host_ints, mask_values, row_counts
 from crosslens.crosscoders.jumprelu_ops import (
     PaddedRows,
     code_grad_and_window_sums,
@@ -222,11 +222,11 @@ def _code_grad(
         def window_mask(s: int) -> torch.Tensor:
             window_FN = (h_FN * norms_FS[:, s, None]).sub_(threshold_F[:, None]).abs_() < half_width
             window_sech_FS[:, s] += row_counts(window_FN & shut_FN) * grad_score_F
-            return window_FN.to(grad_flat.dtype)
+            return mask_values(window_FN, grad_flat.dtype)
 
         grad_h_FN, window_grad_FS = code_grad_and_window_sums(W_dec_FSD, grad_flat, window_mask)
     elif classes.dense_window:  # many entries inside at every snapshot
-        window_all_FN = classes.window_all_FN.to(grad_flat.dtype)
+        window_all_FN = mask_values(classes.window_all_FN, grad_flat.dtype)
         grad_h_FN, window_grad_FS = code_grad_and_window_sums(W_dec_FSD, grad_flat, lambda s: window_all_FN)
     else:
         grad_h_FN = torch.mm(W_dec_FSD.reshape(F_, -1), grad_flat.T)
@@ -249,7 +249,7 @@ def _add_row_scores(
         valid_FP = rows.pad(torch.ones_like(flat_a, dtype=torch.bool))
         window: Any = (norms_FS, threshold_F, valid_FP, half_width)
     elif classes.dense_window:
-        window = rows.pad(classes.window_all_FN.view(-1).index_select(0, flat_a).to(classes.h_FN.dtype))
+        window = rows.pad(mask_values(classes.window_all_FN.view(-1).index_select(0, flat_a), classes.h_FN.dtype))
     else:  # the gathered window pairs include these entries' scores
         window = None
     grad_norms_FS, rows_window_sech_FS, grad_h_FP = padded_score_backward(
@@ -378,8 +378,8 @@ class SnapshotGatedDecode(torch.autograd.Function):
         # per (entry, snapshot) pair: + h where a mostly shut gate is open, - h where a
         # mostly open one is shut. Rows of [N * S, D] and [F * S, D].
         mostly_open_g = open_gS.sum(dim=1) * 2 > S
-        dense_FN = classes.open_all_FN.clone()
-        dense_FN.view(-1)[flat_g[mostly_open_g]] = True
+        dense_FN = mask_values(classes.open_all_FN, h_FN.dtype)  # a float mask: its products are faster
+        dense_FN.view(-1)[flat_g[mostly_open_g]] = 1.0
         # (a product with the mask: several times faster than torch.where on a CPU)
         f_dense_FN = h_FN * dense_FN
         recon_flat = f_dense_FN.T @ W_flat
