@@ -17,6 +17,7 @@ from wandb_files import item_values, wandb_records
 
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig, LoggingConfig, latest_checkpoint
 from crosslens.training.metrics import crosscoder_metrics
+from crosslens.training.run_log import read_run_log
 
 S, D, F, B = 2, 8, 32, 16
 ARCHS = list(cc.ARCHITECTURES)
@@ -204,6 +205,7 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path):
     cfg = trainer_cfg(
         total_steps=6,
         lr_decay_steps=0,
+        log_path=str(tmp_path / "train_log.jsonl"),
         logger=LoggingConfig(
             log_to_wandb=True,
             wandb_mode="offline",
@@ -249,6 +251,12 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path):
     }
     assert not any(k.startswith("weights/") for k in rows[0])
     assert float(rows[0]["details/l1_coefficient"]) == pytest.approx(0.05 * 2 / 5)
+    # W&B's tokens/s is read off the run log's clock: the log's tokens over its seconds
+    steps = [r for r in read_run_log(tmp_path / "train_log.jsonl") if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [2, 4, 6]
+    for row, (before, after) in zip(rows[1:], zip(steps, steps[1:])):
+        rate = (after["n_tokens"] - before["n_tokens"]) / (after["seconds"] - before["seconds"])
+        assert float(row["performance/tokens_per_second"]) == pytest.approx(rate, rel=1e-9)
 
 
 def test_saelens_trainer_trains_a_crosscoder():

@@ -7,7 +7,8 @@ went (``benchmarks/user_run.py`` reads it). Each record has a ``kind``:
   ``total_steps`` and ``d_sae``;
 - ``step``: every ``logger.wandb_log_frequency`` steps, the ``step``, ``n_tokens``, ``seconds``
   (wall time since this fit began, read after the step's loss came back from the device, so
-  the step had finished), ``loss``, ``l0``, ``lr`` and the loss ``coefficients``;
+  the step had finished; W&B's ``performance/tokens_per_second`` is the tokens over these
+  seconds since the last record), ``loss``, ``l0``, ``lr`` and the loss ``coefficients``;
 - ``checkpoint``: its ``step`` and the ``seconds`` writing it took;
 - ``final``: the ``step`` and the ``seconds`` saving the trained crosscoder took;
 - ``evaluation``: the ``seconds`` the quality table took (written by ``crosslens train``).

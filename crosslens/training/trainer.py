@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,7 +351,7 @@ class CrosscoderTrainer:
             self.cfg.log_path if self.is_main else None, step=self.n_steps, total_steps=self.cfg.total_steps,
             d_sae=int(self.sae.cfg.d_sae),
         )  # fmt: skip
-        last_log_time, last_log_tokens = time.perf_counter(), self.n_tokens
+        last_seconds, last_tokens = run_log.seconds(), self.n_tokens
         output = None
         try:
             while self.n_steps < self.cfg.total_steps:
@@ -372,19 +371,15 @@ class CrosscoderTrainer:
                     )
                     output.loss = output.loss.new_tensor(loss)
                     output.losses = dict(zip(names, terms))
-                if wandb_run is not None and self._is_log_step(self.n_steps):
-                    now = time.perf_counter()
-                    elapsed = max(now - last_log_time, 1e-9)
-                    tokens_per_s = (self.n_tokens - last_log_tokens) / elapsed
-                    log = step_log(self, output, tokens_per_s=tokens_per_s)
-                    if self.cfg.logger.histogram_every and self.n_steps % self.cfg.logger.histogram_every == 0:
-                        log.update(histograms(self))
-                    wandb_run.log(log, step=self.n_steps)
-                    last_log_time, last_log_tokens = time.perf_counter(), self.n_tokens
                 if self._shows_progress(self.n_steps):  # a read of the device, once a log interval
                     loss, l0 = output.loss.item(), float(self.last_l0)
+                    seconds = run_log.seconds()  # after the read: the step has finished
                     pbar.set_postfix(loss=f"{loss:.4g}", l0=f"{l0:.1f}")
-                    self._log_step(run_log, loss, l0)
+                    self._log_step(run_log, loss, l0, seconds)
+                    if wandb_run is not None:  # the run log's clock: both say the same tokens/s
+                        rate = (self.n_tokens - last_tokens) / max(seconds - last_seconds, 1e-9)
+                        self._log_to_wandb(wandb_run, output, rate)
+                    last_seconds, last_tokens = seconds, self.n_tokens
                 if self.cfg.checkpoint_every and self.n_steps % self.cfg.checkpoint_every == 0:
                     with run_log.timed("checkpoint", self.cfg.device, step=self.n_steps):
                         self.save_checkpoint()
@@ -429,11 +424,17 @@ class CrosscoderTrainer:
         once a log interval; on a mesh every rank sums its share of the loss there."""
         return step % self.cfg.logger.wandb_log_frequency == 0
 
-    def _log_step(self, run_log: RunLog, loss: float, l0: float) -> None:
+    def _log_step(self, run_log: RunLog, loss: float, l0: float, seconds: float) -> None:
         run_log.write(
-            "step", step=self.n_steps, n_tokens=self.n_tokens, seconds=run_log.seconds(), loss=loss, l0=l0,
+            "step", step=self.n_steps, n_tokens=self.n_tokens, seconds=seconds, loss=loss, l0=l0,
             lr=self.optimizer.param_groups[0]["lr"], coefficients=self.coefficients,
         )  # fmt: skip
+
+    def _log_to_wandb(self, wandb_run: Any, output: TrainStepOutput, tokens_per_s: float) -> None:
+        log = step_log(self, output, tokens_per_s=tokens_per_s)
+        if self.cfg.logger.histogram_every and self.n_steps % self.cfg.logger.histogram_every == 0:
+            log.update(histograms(self))
+        wandb_run.log(log, step=self.n_steps)
 
     # ------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
