@@ -30,7 +30,8 @@ in the same run on the same machine.
    the last, ``crosslens.crosscoders.weight_grads.deferred_weight_grads``).
 
 Timings alternate between the compared variants and report medians, so a noisy shared
-machine biases neither side.
+machine biases neither side. Section 1's ratio is the median over rounds of each round's ratio
+of its two adjacent timings, with their range beside it: what the machine's drift leaves.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py            # d_in 128, S 8, F 8192, B 512
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train.py --quick    # small shapes, seconds
@@ -110,10 +111,8 @@ def crosslens_step_fn(
     return lambda x: trainer.step(x)
 
 
-def time_alternating(
-    fns: dict[str, Callable[[], None]], rounds: int, warmup: int
-) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved round by round."""
+def time_rounds(fns: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each call of each function, calls interleaved round by round."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -123,7 +122,14 @@ def time_alternating(
             start = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples
+
+
+def time_alternating(
+    fns: dict[str, Callable[[], None]], rounds: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved round by round."""
+    return {name: statistics.median(s) for name, s in time_rounds(fns, rounds, warmup).items()}
 
 
 def matmul_flops_per_s(B: int, K: int, N: int, rounds: int) -> float:
@@ -141,7 +147,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--d-sae", type=int, default=8192)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="d_in 32, S 4, d_sae 2048, batch 256")
     parser.add_argument("--only", default="", help="run only the architectures whose label contains this")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd variants (4.)")
@@ -190,11 +196,11 @@ def step_rows(args: argparse.Namespace, x: torch.Tensor, variants: dict[str, Ker
     dense_flops = 10 * B * S * D * F_
     mm_rate = matmul_flops_per_s(B, S * D, F_, args.rounds)
     print(f"\nplain matmul [{B}, {S * D}] @ [{S * D}, {F_}]: {mm_rate / 1e9:.1f} GFLOP/s")
-    header = ("architecture", "tokens/s", "ref tokens/s", "ratio", "GFLOP/s", "of matmul")
-    print("\n{:<44}{:>10}{:>14}{:>8}{:>10}{:>11}".format(*header))
+    header = ("architecture", "tokens/s", "ref tokens/s", "ratio", "(rounds)", "GFLOP/s", "of matmul")
+    print("\n{:<44}{:>10}{:>14}{:>8}{:>12}{:>10}{:>11}".format(*header))
     for label, plan in variants.items():
         ours = crosslens_step_fn(label.split()[0], S, D, F_, k, plan=plan)
-        times = time_alternating(
+        samples = time_rounds(
             {
                 "ref": lambda step=reference_step_fn(S, D, F_): step(x),
                 "ours": lambda step=ours: step(x),
@@ -202,9 +208,13 @@ def step_rows(args: argparse.Namespace, x: torch.Tensor, variants: dict[str, Ker
             rounds=args.rounds,
             warmup=1,
         )
+        times = {name: statistics.median(s) for name, s in samples.items()}
+        # each round's ratio of two adjacent timings: a shared machine's drift cancels in it
+        ratios = sorted(r / o for r, o in zip(samples["ref"], samples["ours"]))
+        spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
         rate = dense_flops / times["ours"]  # dense-equivalent FLOPs, so sparse shows its gain
         print(f"{label:<44}{B / times['ours']:>10.0f}{B / times['ref']:>14.0f}"
-              f"{times['ref'] / times['ours']:>8.2f}{rate / 1e9:>10.1f}{rate / mm_rate:>11.2f}")
+              f"{statistics.median(ratios):>8.2f}{spread:>12}{rate / 1e9:>10.1f}{rate / mm_rate:>11.2f}")
 
 
 def decode_rows(args: argparse.Namespace) -> None:
