@@ -73,6 +73,7 @@ class _Batching:
 
     @property
     def batches_per_epoch(self) -> int:
+        """Batches in one epoch: each provider counts its own tokens."""
         raise NotImplementedError
 
     def _first_batch(self, start: int, stop: int | None) -> tuple[int, int]:

@@ -30,8 +30,8 @@ def row_counts(mask: Bool[torch.Tensor, "... n"]) -> Int[torch.Tensor, "..."]:
 
 
 def mask_values(mask: Bool[torch.Tensor, "..."], dtype: torch.dtype) -> torch.Tensor:
-    """``mask`` as 0 and 1 of ``dtype``, converted from its bytes: on a CPU about four times as
-    fast as converting the bool tensor itself, and a float product with it about twice as fast
+    """``mask`` as 0 and 1 of ``dtype``, converted from its bytes: on a CPU about three times as
+    fast as converting the bool tensor itself, and a product with it about three times as fast
     as one with the bool mask (``benchmarks/cpu_ops.py``, 1c and 1d)."""
     return mask.view(torch.uint8).to(dtype)
 
