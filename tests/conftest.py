@@ -6,6 +6,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +19,22 @@ os.environ.setdefault("WANDB_MODE", "offline")
 # a warm cache from an earlier run would change which code paths a test takes.
 os.environ["CROSSLENS_HOME"] = tempfile.mkdtemp(prefix="crosslens-test-home-")
 atexit.register(shutil.rmtree, os.environ["CROSSLENS_HOME"], ignore_errors=True)
+# Nor the user's Hugging Face cache: huggingface_hub reads its cache's path once, at import, so
+# the path is fixed here to a link that each test points at its own fake cache
+# (hf_cache.offline_hf_home_at), and that names an empty cache between them.
+_HF_ROOT = Path(tempfile.mkdtemp(prefix="crosslens-test-hf-"))
+atexit.register(shutil.rmtree, _HF_ROOT, ignore_errors=True)
+(_HF_ROOT / "empty").mkdir()
+(_HF_ROOT / "hub").symlink_to(_HF_ROOT / "empty", target_is_directory=True)
+os.environ["HF_HOME"] = str(_HF_ROOT / "home")
+os.environ["HF_HUB_CACHE"] = str(_HF_ROOT / "hub")
+os.environ.pop("HUGGINGFACE_HUB_CACHE", None)  # an older name that would win over HF_HUB_CACHE
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["CROSSLENS_TEST_EMPTY_HUB"] = str(_HF_ROOT / "empty")
 
 from hf_cache import (  # noqa: E402
-    activate_offline_hf_home,
     make_word_tokenizer,
+    offline_hf_home_at,
     tiny_bloom,
     tiny_neox,
     tiny_olmo,
@@ -72,15 +85,16 @@ def _fake_hub_files(tmp_path_factory: pytest.TempPathFactory) -> FakeHub:
 
 
 @pytest.fixture
-def fake_hub(_fake_hub_files: FakeHub, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
+def fake_hub(_fake_hub_files: FakeHub) -> Iterator[FakeHub]:
     """Offline HF cache holding tiny Pythia (pythia-14m, pythia-70m), OLMo (OLMo-1B-hf)
     and BLOOM (bloom-560m-intermediate) checkpoint repos under their real names."""
-    activate_offline_hf_home(monkeypatch, _fake_hub_files.hf_home)
-    return _fake_hub_files
+    with offline_hf_home_at(_fake_hub_files.hf_home):
+        yield _fake_hub_files
 
 
 @pytest.fixture
-def offline_hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def offline_hf_home(tmp_path: Path) -> Iterator[Path]:
     """An empty, offline HF cache for this test; write repos into it with
     `hf_cache.write_fake_hub_repo`."""
-    return activate_offline_hf_home(monkeypatch, tmp_path / "hf_home")
+    with offline_hf_home_at(tmp_path / "hf_home") as hf_home:
+        yield hf_home

@@ -6,19 +6,19 @@ downloads (``hub/models--ORG--NAME/refs/<revision>`` holds a commit hash,
 code (``AutoModelForCausalLM.from_pretrained("EleutherAI/pythia-14m", revision="step1000")``,
 TransformerLens's checkpoint loader, ...) resolves them as if they had been downloaded.
 
-`activate_offline_hf_home` points the running process at such a cache. huggingface_hub
-copies its environment variables into module constants at import time, so setting the
-environment alone is not enough inside one pytest process: the constants are patched too.
+`offline_hf_home_at` points the running process at such a cache. huggingface_hub copies its
+environment into module constants at import time, so the test session fixes the cache's path
+once, to a link (``conftest.py``), and a test re-points the link.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
@@ -180,25 +180,35 @@ def write_fake_hub_repo(
     return folder
 
 
-def activate_offline_hf_home(monkeypatch: pytest.MonkeyPatch, hf_home: str | os.PathLike) -> Path:
-    """Point huggingface_hub (and so transformers) at `hf_home`, offline, until the test ends."""
-    import huggingface_hub.constants as hub_constants
-
+@contextmanager
+def offline_hf_home_at(hf_home: str | os.PathLike) -> Iterator[Path]:
+    """Serve `hf_home`'s hub cache (``hf_home/hub``) as this process's Hugging Face cache, offline,
+    inside the block. huggingface_hub reads the cache's path once, at import; the test session
+    sets that path (``HF_HUB_CACHE``, in ``conftest.py``) to a link, which this points at
+    `hf_home`, and back at an empty cache after the block: no module of huggingface_hub is
+    edited."""
     hf_home = Path(hf_home)
-    hub_cache = hf_home / "hub"
-    hub_cache.mkdir(parents=True, exist_ok=True)
-    for name, value in {
-        "HF_HOME": str(hf_home),
-        "HF_HUB_CACHE": str(hub_cache),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(hub_constants, "HF_HOME", str(hf_home))
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(hub_cache))
-    monkeypatch.setattr(hub_constants, "HUGGINGFACE_HUB_CACHE", str(hub_cache))
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    return hf_home
+    (hf_home / "hub").mkdir(parents=True, exist_ok=True)
+    _point_hub_cache(hf_home / "hub")
+    try:
+        yield hf_home
+    finally:
+        _point_hub_cache(Path(os.environ["CROSSLENS_TEST_EMPTY_HUB"]))
+
+
+def _point_hub_cache(target: Path) -> None:
+    from huggingface_hub import constants
+
+    link = Path(os.environ["HF_HUB_CACHE"])
+    if not link.is_symlink() or Path(constants.HF_HUB_CACHE) != link:
+        raise RuntimeError(
+            f"huggingface_hub's cache is {constants.HF_HUB_CACHE}, not the test session's link {link}: "
+            "tests/conftest.py sets HF_HUB_CACHE before anything imports huggingface_hub"
+        )
+    staged = link.with_name(link.name + ".next")
+    staged.unlink(missing_ok=True)
+    staged.symlink_to(target.resolve(), target_is_directory=True)
+    os.replace(staged, link)  # one rename: the link always names a cache
 
 
 def write_local_suite(

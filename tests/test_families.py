@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 import torch
 from tiny_crosscoders import random_crosscoder
 from hf_cache import (
-    activate_offline_hf_home,
     make_word_tokenizer,
+    offline_hf_home_at,
     tiny_bloom,
     tiny_olmo2,
     tiny_olmo3,
@@ -96,10 +97,10 @@ def _family_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture
-def hub(_family_files: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
-    activate_offline_hf_home(monkeypatch, _family_files["hf_home"])
+def hub(_family_files: dict) -> Iterator[dict]:
     suite_tokenizer._TOKENIZER_FALLBACK_LOGGED.clear()  # each test sees the fallback said once
-    return _family_files
+    with offline_hf_home_at(_family_files["hf_home"]):
+        yield _family_files
 
 
 def assert_matches_hf(model, hf_model, other_hf_model=None) -> None:
