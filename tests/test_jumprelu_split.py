@@ -71,7 +71,8 @@ def backward(recon_NSD, score_F, open_NF, shared_NF, h, W, t) -> tuple[torch.Ten
 @pytest.mark.parametrize("feature_major", [False, True], ids=["token-major", "feature-major"])
 def test_split_decode_equals_the_per_snapshot_reference(parted, feature_major):
     ops = operands(parted, feature_major)
-    got, (everywhere_NF, rest) = split(ops, KernelPlan.resolve("cpu"))
+    got, (everywhere_NF, rest, open_NF) = split(ops, KernelPlan.resolve("cpu"))
+    assert torch.equal(open_NF, rest.open_NF | everywhere_NF)  # the two parts are all the open entries
     want = reference(ops)
     # every class is there: open everywhere outside the window, open everywhere but inside it at
     # some snapshot, open at some snapshots only (parted alone), shut everywhere inside the window

@@ -38,9 +38,10 @@ from crosslens.crosscoders.weight_grads import weight_matmul
 
 def everywhere_and_rest(
     h_NF: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor, half_width: float, entries: ActiveEntries
-) -> tuple[Bool[torch.Tensor, "n d_sae"], ActiveEntries]:
-    """``(everywhere_NF, rest)``: the entries open at every snapshot and outside the window at
-    every one, and the other active ``entries``, counted (one more wait for the device).
+) -> tuple[Bool[torch.Tensor, "n d_sae"], ActiveEntries, Bool[torch.Tensor, "n d_sae"]]:
+    """``(everywhere_NF, rest, open_NF)``: the entries open at every snapshot and outside the
+    window at every one, the other active ``entries``, counted (one more wait for the device),
+    and ``entries``' own mask of those open at some snapshot (both parts together).
     ``h * norm - t`` grows with the norm for ``h > 0`` (the same two roundings as the
     per-snapshot gate), so it is at least ``half_width`` everywhere where it is at the smallest
     norm; for ``h <= 0`` it is at most ``-t <= 0`` there."""
@@ -49,13 +50,14 @@ def everywhere_and_rest(
         everywhere_NF = distance_NF >= half_width
         del distance_NF
         (n_everywhere,) = host_ints(torch.count_nonzero(everywhere_NF))
+        elsewhere_NF = ~everywhere_NF
         rest = replace(
             entries,
-            active_NF=entries.active_NF & ~everywhere_NF,
-            open_NF=entries.open_NF & ~everywhere_NF,
+            active_NF=entries.active_NF & elsewhere_NF,
+            open_NF=entries.open_NF & elsewhere_NF,
             n_open=entries.n_open - n_everywhere,
         )
-    return everywhere_NF, rest
+    return everywhere_NF, rest, entries.open_NF
 
 
 def split_step_pays(rest: ActiveEntries, plan: KernelPlan) -> bool:
@@ -112,18 +114,18 @@ def split_gated_decode(
     W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
     threshold_F: Float[torch.Tensor, " d_sae"],
     norms: tuple[Float[torch.Tensor, "d_sae n_snapshots"], Float[torch.Tensor, " n_snapshots"]],
-    split: tuple[Bool[torch.Tensor, "n d_sae"], ActiveEntries],
+    split: tuple[Bool[torch.Tensor, "n d_sae"], ActiveEntries, Bool[torch.Tensor, "n d_sae"]],
     gate: tuple[float, float],
     plan: KernelPlan | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)`` of
     :func:`~crosslens.crosscoders.jumprelu_kernels.snapshot_gated_decode`, for ``split =
-    (everywhere_NF, rest)`` from :func:`everywhere_and_rest`: the entries of ``everywhere_NF``
+    (everywhere_NF, rest, open_anywhere_NF)`` from :func:`everywhere_and_rest`: the entries of ``everywhere_NF``
     through the shared code's matmul and :class:`EverywhereScores`, ``rest`` through
     :func:`~crosslens.crosscoders.jumprelu_pairs.sparse_gated_decode` (which also sums the
     window of the entries shut everywhere). ``norms = (raw_FS, norm_factors_S)`` as there, and
     ``gate = (bandwidth, tanh_scale)``."""
-    everywhere_NF, rest = split
+    everywhere_NF, rest, open_anywhere_NF = split
     plan = plan_for(h_NF.device, plan)
     F_, S, D = W_dec_FSD.shape
     # its norms come differentiable from the decode's node: their gradient from the scores below
@@ -132,7 +134,6 @@ def split_gated_decode(
     shared_NF = h_NF * everywhere_NF
     recon_NX = weight_matmul(shared_NF, W_dec_FSD.reshape(F_, S * D))
     everywhere_F = EverywhereScores.apply(h_NF, norms_FS, everywhere_NF, gate[1], plan)
-    open_anywhere_NF = rest.open_NF | everywhere_NF
     with torch.no_grad():
         shared_code_NF = h_NF * open_anywhere_NF
     score_sum_F = (score_sum_F.float() + everywhere_F).to(h_NF.dtype)
