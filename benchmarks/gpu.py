@@ -274,10 +274,9 @@ def step_paths(arch: str, state: str, device: str, autocast: str | None) -> list
     dense kernels and from its active pairs (the plan's ``jumprelu_sparse``), young by its
     default step (split, on CUDA: the plan's ``jumprelu_split``) and the dense kernels;
     TopK/BatchTopK through ``embedding_bag`` and, where Triton is there, the Triton gather-sum
-    kernels. Under
-    autocast on CUDA, beside the compiled elementwise functions (the JumpReLU block functions
-    and the losses, the plan's ``compile``), the same step with them op by op (``eager``):
-    JumpReLU's dense step, and TopK's from the Triton kernels."""
+    kernels. Under autocast on CUDA, beside the compiled elementwise functions (the JumpReLU
+    block functions and the losses, the plan's ``compile``), the same step with them op by op
+    (``eager``): JumpReLU's dense step, and TopK's from the Triton kernels."""
     triton_there = KernelPlan.resolve(device).backend == "triton"
     eager = ["eager"] if autocast and device.startswith("cuda") else []
     if arch == "jumprelu_crosscoder" and state == "trained":

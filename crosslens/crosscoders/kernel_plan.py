@@ -169,8 +169,8 @@ class KernelPlan:
     def resolve(cls, device: str | torch.device, *, compile: bool | None = None, **overrides: Any) -> KernelPlan:
         """The default plan for ``device``: the Triton kernels, crosslens's Adam, the optimizer's
         norms, compiled elementwise chains and JumpReLU's split step on CUDA where triton is
-        installed; the eager twins and torch's Adam elsewhere. ``compile`` None takes :data:`COMPILE_ENV` where it is set;
-        ``overrides`` replace fields."""
+        installed; the eager twins and torch's Adam elsewhere. ``compile`` None takes
+        :data:`COMPILE_ENV` where it is set; ``overrides`` replace fields."""
         fast = torch.device(device).type == "cuda" and triton_installed()
         backend = "triton" if fast else "eager"
         plan = cls(
