@@ -19,8 +19,8 @@ In one run, with nothing downloaded:
 3. reads ``RUN/train_log.jsonl`` and ``RUN/run.json`` and prints, per log interval (50 steps),
    the L0, the share of (token, feature) entries open at some snapshot and the path the
    JumpReLU step takes at that share (:func:`crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`:
-   the dense kernels or the split step, or the active pairs); then tokens/s per phase (the first interval, which
-   holds the compiles, apart), the step at which the sparse path starts, the seconds in
+   the dense kernels or the split step, or the active pairs); then tokens/s per phase (the first
+   interval, which holds the compiles, apart), the step at which the sparse path starts, the seconds in
    checkpoints, the final save, the evaluation and the start-up (loading the models), and the
    hours for ``--run-tokens`` (800M) at each phase's rate with the recipe's checkpoints, beside
    what ``crosslens plan --recipe ge2025-pythia-160m --stream`` predicts for this GPU.

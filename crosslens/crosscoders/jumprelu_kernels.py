@@ -13,9 +13,9 @@ and gradients (to the order of float sums):
   it pays (:func:`~crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`: few entries open; a
   trained crosscoder), or where the plan asks for it.
 * :func:`crosslens.crosscoders.jumprelu_split.split_gated_decode` (where the plan's
-  ``jumprelu_split`` asks for it, by default on CUDA, while the code is too dense for the pairs): the entries open
-  at every snapshot and outside the window there through the shared code's one matmul, the rest
-  from their pairs as above, where the rest are few.
+  ``jumprelu_split`` asks for it, by default on CUDA, while the code is too dense for the
+  pairs): the entries open at every snapshot and outside the window there through the shared
+  code's one matmul, the rest from their pairs as above, where the rest are few.
 * :class:`SnapshotGatedDecode` (the CPU's fast path): :class:`EntryClasses` sorts each
   (token, feature) entry by whether its gate is open at every snapshot, at none or at
   some, from the smallest and largest norm alone. Entries open everywhere are decoded with
