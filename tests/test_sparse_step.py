@@ -451,6 +451,12 @@ def split_run(
     return run(sae, batches(STEPS, device), autocast)
 
 
+def split_plan(device: str, rest_share: float = 1 / 8) -> KernelPlan:
+    """The eager plan with the split step, which takes over where over 1/8 of the entries are
+    open and at most ``rest_share`` of them are not open everywhere."""
+    return eager_plan(device, jumprelu_split=True, sparse_step_share=1 / 8, split_rest_share=rest_share)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("parted", [True, False], ids=["parted", "fresh"])
 def test_jumprelu_split_step_equals_the_dense_step(device, parted, passes):
@@ -458,7 +464,7 @@ def test_jumprelu_split_step_equals_the_dense_step(device, parted, passes):
     step decodes those open everywhere with the shared code's matmul and the rest from their
     pairs, and trains as the dense kernels do."""
     dense = split_run(device, parted, False)
-    plan = eager_plan(device, jumprelu_split=True, sparse_step_share=1 / 8, split_rest_share=1 / 8)
+    plan = split_plan(device)
     assert_same_run(split_run(device, parted, None, plan), dense)
     assert passes("split") == STEPS + 1 and passes("pairs") == 0
 
@@ -470,7 +476,7 @@ def test_jumprelu_split_step_under_bfloat16_autocast(device, passes):
     parameter is closer to the dense kernels' under autocast than those are to float32's."""
     _, _, dense_losses, dense_params = split_run(device, True, False, autocast="bfloat16")
     _, _, _, fp32_params = split_run(device, True, False)
-    plan = eager_plan(device, jumprelu_split=True, sparse_step_share=1 / 8, split_rest_share=1 / 8)
+    plan = split_plan(device)
     _, _, losses, params = split_run(device, True, None, plan, autocast="bfloat16")
     assert passes("split") == STEPS + 1
     assert losses == pytest.approx(dense_losses, rel=5e-3)
@@ -489,7 +495,7 @@ def test_jumprelu_split_step_in_micro_batches(passes):
         return losses, {name: p.detach().clone() for name, p in sae.named_parameters()}
 
     dense_losses, dense_params = micro_batched(False, None)
-    losses, params = micro_batched(None, eager_plan("cpu", jumprelu_split=True, sparse_step_share=1 / 8, split_rest_share=1 / 8))
+    losses, params = micro_batched(None, split_plan("cpu"))
     assert passes("split") >= 6 * 2
     assert losses == pytest.approx(dense_losses, rel=1e-5)
     for name, p in dense_params.items():
@@ -499,7 +505,7 @@ def test_jumprelu_split_step_in_micro_batches(passes):
 def test_the_split_step_falls_back_where_the_rest_is_too_dense(passes):
     """Where even the entries not open everywhere are too many for the pairs, the step takes the
     dense kernels; where all the open entries are few enough, the step from all the pairs."""
-    plan = eager_plan("cpu", jumprelu_split=True, sparse_step_share=1 / 8, split_rest_share=1 / 1000)
+    plan = split_plan("cpu", rest_share=1 / 1000)
     assert_same_run(split_run("cpu", True, None, plan), split_run("cpu", True, False))
     assert passes("split") == 0 and passes("pairs") == 0
     split_run("cpu", True, None, dataclasses.replace(plan, sparse_step_share=1.0))
