@@ -128,6 +128,8 @@ def test_resident_bytes_reads_this_process():
         assert resident is None
         return
     assert resident is not None and 10 << 20 < resident < 1 << 40
-    block = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, touched
-    assert devices.resident_bytes() - resident > 48 << 20
+    # 128 MiB, touched: the count must grow by most of it (other pages of the process may leave
+    # memory meanwhile, under the pressure of the other test worker: 16 MiB have)
+    block = torch.ones(128 << 20, dtype=torch.uint8)
+    assert devices.resident_bytes() - resident > 80 << 20
     del block
