@@ -13,6 +13,7 @@ from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
 from crosslens.activations import ActivationStore, harvest_activations
 from crosslens.checkpoints import CheckpointSuite
+from crosslens.core.seeding import seeded
 from crosslens.crosscoders import ARCHITECTURES
 from crosslens.training.baselines import (
     _next_coefficient,
@@ -20,6 +21,8 @@ from crosslens.training.baselines import (
     calibrate_sparsity_coefficient,
     evaluate_sae,
     inference_sae,
+    snapshot_batches,
+    threshold_at_l0,
     train_snapshot_sae,
 )
 from crosslens.training.comparison import compare_with_saes, format_quality_table, quality_table
@@ -94,6 +97,40 @@ def test_jumprelu_quadratic_loss_pulls_l0_to_the_target(store):
     l0 = evaluate_sae(sae, store, HOOK, 2)["l0"]
     assert untrained_l0 > 20
     assert abs(l0 - 8) < abs(untrained_l0 - 8) / 2
+
+
+def _first_batch(store, snapshot, batch_size, *, seed):
+    batches = snapshot_batches(store, HOOK, snapshot, batch_size, seed=seed)
+    try:
+        return next(batches)
+    finally:
+        batches.close()
+
+
+def test_threshold_at_l0_fires_the_target_on_its_batch(store):
+    torch.manual_seed(0)
+    sae = build_training_sae("jumprelu", d_in=D_IN, d_sae=D_SAE, target_l0=8)
+    x_BD = _first_batch(store, 1, 100, seed=0)
+    _, hidden_pre_BF = sae.encode_with_hidden_pre(x_BD)
+    for target in (1, 8, 2.5):
+        threshold = threshold_at_l0(sae, x_BD, target)
+        assert threshold > 0
+        assert int((hidden_pre_BF > threshold).sum()) == round(target * 100)
+    # more latents than have a positive pre-activation: a JumpReLU threshold stops at 0
+    assert int((hidden_pre_BF > 0).sum()) < D_SAE * 100
+    assert threshold_at_l0(sae, x_BD, D_SAE) == 0.0
+
+
+def test_jumprelu_baseline_starts_at_its_target_l0(store):
+    settings = {**TRAIN, "n_steps": 2}
+    sae = train_snapshot_sae(store, HOOK, 1, "jumprelu", D_SAE, target_l0=8, **settings)
+    with seeded(TRAIN["seed"], "cpu"):  # the same initial weights, and the run's first batch
+        fresh = build_training_sae("jumprelu", d_in=D_IN, d_sae=D_SAE, target_l0=8)
+    first_BD = _first_batch(store, 1, TRAIN["batch_size"], seed=TRAIN["seed"])
+    details = sae.cfg.metadata.training_architecture_details
+    assert details["jumprelu_init_threshold"] == threshold_at_l0(fresh, first_BD, 8) > 0.01
+    given = train_snapshot_sae(store, HOOK, 1, "jumprelu", D_SAE, target_l0=8, jumprelu_init_threshold=0.02, **settings)
+    assert given.cfg.metadata.training_architecture_details["jumprelu_init_threshold"] == 0.02
 
 
 def test_training_is_reproducible_from_the_seed(store):

@@ -19,16 +19,29 @@ def test_choose_steps_returns_everything_when_asked_for_more():
     assert _choose_steps(PICO_STEPS, 30) == PICO_STEPS
 
 
-def test_a_cached_quality_table_is_reused_only_with_the_splice_this_version_measures():
-    """An older demo's quality.json (no spliced loss at all, or one that spliced every position)
-    is measured again; this version's, or a table whose spliced loss was skipped, is reused."""
-    from crosslens.cli.demo_stages import _current_quality
+def test_a_cached_quality_table_is_reused_only_with_the_splice_and_baselines_this_run_measures():
+    """An older demo's quality.json (no spliced loss at all, one that spliced every position, or
+    baselines trained otherwise) is measured again; this version's, or a table whose spliced loss
+    was skipped, is reused."""
+    from dataclasses import replace
 
+    from crosslens.cli.demo_stages import DemoConfig, _current_quality, baseline_settings
+
+    config = DemoConfig.fast()
+    baselines = json.loads(json.dumps(baseline_settings(config)))  # as quality.json keeps it
     row = {"snapshot": "step0", "ce_loss_score": 1.0}
-    assert not _current_quality([{"kind": "ev"}]) and not _current_quality(None)
-    assert not _current_quality({"rows": [], "spliced_loss": {"crosscoder": [row]}})
-    assert _current_quality({"rows": [], "spliced_loss": {"crosscoder": [{**row, "n_positions": 60}]}})
-    assert _current_quality({"rows": [], "spliced_loss": None})
+    assert not _current_quality([{"kind": "ev"}], config) and not _current_quality(None, config)
+    assert not _current_quality({"rows": [], "spliced_loss": {"crosscoder": [row]}, "baselines": baselines}, config)
+    spliced = {"crosscoder": [{**row, "n_positions": 60}]}
+    assert _current_quality({"rows": [], "spliced_loss": spliced, "baselines": baselines}, config)
+    assert _current_quality({"rows": [], "spliced_loss": None, "baselines": baselines}, config)
+    # a table from before the baselines' settings were recorded, or from other settings
+    assert not _current_quality({"rows": [], "spliced_loss": spliced}, config)
+    for changed in (dict(baseline_steps=50), dict(seed=3), dict(baseline_snapshots=2), dict(spliced_seqs=8)):
+        assert not _current_quality({"rows": [], "spliced_loss": spliced, "baselines": baselines}, replace(config, **changed))
+    assert not _current_quality(
+        {"rows": [], "spliced_loss": spliced, "baselines": {**baselines, "jumprelu_threshold_start": "0.01"}}, config
+    )
 
 
 def test_train_stage_reuses_its_crosscoder_and_retrains_on_new_settings(tmp_path, capsys):

@@ -48,6 +48,7 @@ from crosslens.pico.build import build_pico_suite
 from crosslens.pico.config import PicoConfig, default_root, is_built
 from crosslens.pico.evals import format_eval_table, format_targets
 from crosslens.tasks import task_for_tokenizer
+from crosslens.training.baselines import JUMPRELU_THRESHOLD_START
 from crosslens.training.comparison import compare_with_saes, format_quality_table, quality_table
 from crosslens.training.config import RUN_STORE_SEAL, ArchitectureConfig, CrosscoderRunnerConfig
 from crosslens.training.records import read_record, record_problem
@@ -245,10 +246,13 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
         return runner.run(overwrite=True)
 
 
-def _current_quality(quality: Any) -> bool:
-    """Whether a demo's cached quality.json holds this version's table: the explained variance
-    and a spliced loss measured where the crosscoder trained."""
+def _current_quality(quality: Any, config: DemoConfig) -> bool:
+    """Whether a demo's cached quality.json holds this version's table: the explained variance,
+    baseline SAEs trained as ``config`` and this version train them, and a spliced loss
+    measured where the crosscoder trained."""
     if not (isinstance(quality, dict) and "rows" in quality):
+        return False
+    if quality.get("baselines") != baseline_settings(config):
         return False
     spliced = quality.get("spliced_loss")
     return spliced is None or spliced_where_trained(spliced)
@@ -262,6 +266,22 @@ def _store_trained_on(runner) -> str | None:
     return None
 
 
+BASELINE_ARCHITECTURES = ("jumprelu", "topk")
+"""The demo's per-snapshot SAELens SAEs. No L1 ("standard") baseline: at the crosscoder's L0
+it needs far more than ``baseline_steps`` to converge (25-50% explained variance on pico), a
+baseline set up to lose. JumpReLU and TopK SAEs reach the crosscoder's L0 directly."""
+
+
+def baseline_settings(config: DemoConfig) -> dict[str, Any]:
+    """What the demo's baseline SAEs and spliced loss depend on besides the crosscoder and the
+    stores, as the quality record keeps it: a cached table measured otherwise is measured again."""
+    return {
+        "architectures": list(BASELINE_ARCHITECTURES), "snapshots": config.baseline_snapshots,
+        "steps": config.baseline_steps, "batch_size": config.train_batch_size_tokens, "seed": config.seed,
+        "spliced_seqs": config.spliced_seqs, "jumprelu_threshold_start": JUMPRELU_THRESHOLD_START,
+    }  # fmt: skip
+
+
 def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, suite=None, *,
                   device: str = "cpu", dtype: str = "float32") -> dict:  # fmt: skip
     """Held-out explained variance per snapshot, beside per-snapshot SAELens SAEs of the same
@@ -272,11 +292,8 @@ def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, suite
         S = eval_store.n_snapshots
         n = min(config.baseline_snapshots, S)
         picks = [S - 1] if n == 1 else sorted({round(i * (S - 1) / (n - 1)) for i in range(n)})
-        # No L1 ("standard") baseline: at the crosscoder's L0 it needs far more than
-        # baseline_steps to converge (25-50% explained variance here), a baseline set up to
-        # lose. JumpReLU and TopK SAEs reach the crosscoder's L0 directly.
         rows = compare_with_saes(
-            train_store, config.hook, crosscoder, snapshots=picks, architectures=("jumprelu", "topk"),
+            train_store, config.hook, crosscoder, snapshots=picks, architectures=BASELINE_ARCHITECTURES,
             n_steps=config.baseline_steps, batch_size=config.train_batch_size_tokens, seed=config.seed, eval_store=eval_store,
             trained=saes,
         )  # fmt: skip
@@ -284,7 +301,7 @@ def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, suite
         rows = quality_table(
             evaluate_crosscoder(crosscoder, eval_store, config.hook), {}, eval_store.snapshots, d_sae=config.sae.d_sae
         )
-    quality = {"rows": rows, "spliced_loss": None}
+    quality = {"rows": rows, "spliced_loss": None, "baselines": baseline_settings(config)}
     if suite is not None and config.spliced_seqs > 0:
         models = on_device(suite, device, dtype)
         quality["spliced_loss"] = spliced_record(models, crosscoder, eval_store, config.spliced_seqs)
@@ -469,9 +486,9 @@ def run_demo(
     crosscoder = train_stage(train_store, out_dir / "crosscoder", config, force=force, device=device)
     quality_file = out_dir / "crosscoder" / QUALITY_NAME
     quality = json.loads(quality_file.read_text()) if quality_file.exists() and not force else None
-    if _current_quality(quality):  # written after the crosscoder it describes
+    if _current_quality(quality, config):  # written after the crosscoder it describes
         print(format_demo_quality(quality))
-    else:  # none yet, or an older demo's table without the spliced loss or with every position spliced
+    else:  # none yet, or an older demo's table: baselines trained otherwise, or a spliced loss without or over every position
         quality = quality_stage(crosscoder, train_store, eval_store, config, suite, device=device, dtype=dtype)
         quality_file.write_text(json.dumps(quality, indent=1, default=str))
         seal_run(out_dir / "crosscoder")  # the table joins the run's seal, as `crosslens train`'s does

@@ -14,7 +14,11 @@ them with the definitions of :func:`evaluate_crosscoder`:
 Matching sparsity. ``topk`` keeps ``k = round(target_l0)`` features per token.
 ``jumprelu`` uses SAELens's ``quadratic`` sparsity loss (Gemma Scope 2), which pulls
 each token's L0 towards ``target_l0`` by itself (with the straight-through gradient
-passed to the pre-activations, so it gets there in a short run). ``standard`` (ReLU +
+passed to the pre-activations, so it gets there in a short run), and starts from a
+threshold at which the first batch's L0 already is the target
+(:func:`threshold_at_l0`): from SAELens's fixed 0.01, where half the latents fire, the
+loss drives most latents below the threshold for good before they learn anything, and
+SAELens's trainer never revives them. ``standard`` (ReLU +
 L1) has no such knob, so :func:`calibrate_sparsity_coefficient` searches the L1
 coefficient with a few full-length runs. The achieved L0 of every baseline goes into
 the table, so a comparison at mismatched sparsity shows as such.
@@ -25,6 +29,7 @@ normalisation factor of their snapshot is recorded in ``cfg.metadata`` and not f
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import tempfile
@@ -62,6 +67,10 @@ DEFAULT_SPARSITY_COEFFICIENT = {"standard": 5.0, "jumprelu": 1.0}
 # warm-up of the sparsity coefficient as a fraction of training: that of the crosscoder
 # each baseline is compared with (crosslens.architectures)
 BASELINE_SPARSITY_WARM_UP = {sae: TRAINING_DEFAULTS[cc].sparsity_warm_up for sae, cc in BASELINE_OF.items()}
+JUMPRELU_THRESHOLD_START = "threshold_at_l0"
+"""Where a ``jumprelu`` baseline with a target L0 starts its thresholds (:func:`threshold_at_l0`
+of its first batch); tables of baselines record it, so that one measured from another start is
+not taken for this one's."""
 
 
 def open_store(store: ActivationStore | str | os.PathLike) -> ActivationStore:
@@ -169,6 +178,19 @@ def build_training_sae(
     )  # fmt: skip
 
 
+@torch.no_grad()
+def threshold_at_l0(training_sae: TrainingSAE[Any], x_BD: Float[torch.Tensor, "batch d_in"], target_l0: float) -> float:
+    """The JumpReLU threshold at which ``training_sae`` fires ``target_l0`` latents per row of
+    ``x_BD`` on average: the ``round(target_l0 * batch)``-th largest pre-activation, or 0 where
+    fewer pre-activations than that are positive (a JumpReLU threshold is not negative)."""
+    _, hidden_pre_BF = training_sae.encode_with_hidden_pre(x_BD.to(training_sae.device, training_sae.dtype))
+    values = hidden_pre_BF.flatten().float()
+    n_fire = min(values.numel(), max(1, round(target_l0 * x_BD.shape[0])))
+    # a latent fires above its threshold, so just below the n_fire-th largest value n_fire fire
+    kth = values.kthvalue(values.numel() - n_fire + 1).values
+    return max(0.0, float(torch.nextafter(kth, kth.new_tensor(-math.inf))))
+
+
 def inference_sae(training_sae: TrainingSAE[Any]) -> SAE[Any]:
     """The inference SAE of a training SAE, through SAELens's own save/load path
     (``save_inference_model`` then ``SAE.load_from_disk``), so TopK's decoder-norm folding
@@ -216,7 +238,9 @@ def train_snapshot_sae(
     learning rate ``lr`` (default 1e-3) decaying linearly to 0 over the last
     ``lr_decay_fraction`` of ``n_steps``, sparsity coefficient warmed up over
     ``sparsity_warm_up_fraction`` (5% standard, 10% jumprelu). See :func:`build_training_sae`
-    for ``k``, ``sparsity_coefficient``, ``target_l0`` and ``config_overrides``.
+    for ``k``, ``sparsity_coefficient``, ``target_l0`` and ``config_overrides``. A ``jumprelu``
+    SAE with a ``target_l0`` starts every threshold at :func:`threshold_at_l0` of its first
+    batch, unless ``config_overrides`` sets ``jumprelu_init_threshold``.
     ``cfg.metadata`` records the hook, the snapshot and its normalisation factor.
     """
     store = open_store(store)
@@ -258,10 +282,20 @@ def train_snapshot_sae(
         )
         batches = snapshot_batches(store, hook, snapshot, batch_size, seed=seed, device=device)
         try:
-            trained = SAETrainer(cfg=trainer_cfg, sae=training_sae, data_provider=batches).fit()
+            first_BD = next(batches)
+            if architecture == "jumprelu" and target_l0 is not None and "jumprelu_init_threshold" not in config_overrides:
+                _start_threshold_at(training_sae, threshold_at_l0(training_sae, first_BD, target_l0))
+            data = itertools.chain([first_BD], batches)
+            trained = SAETrainer(cfg=trainer_cfg, sae=training_sae, data_provider=data).fit()
         finally:
             batches.close()
         return inference_sae(trained)
+
+
+def _start_threshold_at(training_sae: TrainingSAE[Any], threshold: float) -> None:
+    """Every latent's initial threshold, also in the config the saved SAE records."""
+    training_sae.threshold.data.fill_(threshold)
+    training_sae.cfg.jumprelu_init_threshold = threshold
 
 
 @torch.no_grad()
