@@ -24,12 +24,16 @@ from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import CrosslensError
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
+from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME
+from crosslens.core.sealed import write_sealed
 from crosslens.dashboards import (
-    DashboardsConfig, DashboardsError, DashboardsInterrupted, StreamSource, compute_dashboards, ge_prediction,
-    open_database, schema,
+    DashboardsConfig, DashboardsError, DashboardsInterrupted, StaleDatabaseError, StreamSource, compute_dashboards,
+    ge_prediction, open_database, schema,
 )  # fmt: skip
 from crosslens.dashboards import compute as compute_module
 from crosslens.dashboards.accumulate import token_keys
+from crosslens.dashboards.record import RECORD_FORMAT, RECORD_KEY
+from crosslens.training.runfolder import seal_run
 
 CONFIG = dict(top_k=4, n_quantile=3, window=3, reservoir=6, batch_size=48, n_bins=12, n_logits=5)
 """Small enough that the first batch floods the kept contexts and later ones merge a few."""
@@ -362,6 +366,43 @@ def test_a_damaged_or_foreign_database_is_refused_and_kept(tiny, tmp_path):
     with pytest.raises(DashboardsError) as refused:
         open_database(run)
     assert "damaged" in one_line(refused.value)
+
+
+def test_a_database_outlives_a_new_quality_table_not_a_new_training(tiny, tmp_path):
+    run = fresh_run(tiny, tmp_path)
+    database = compute(run)
+    good = database.read_bytes()
+    # the quality table measured again (crosslens evaluate, the demo) reseals the same crosscoder
+    (run / QUALITY_NAME).write_text(json.dumps({"rows": [], "spliced_loss": None}))
+    seal_run(run)
+    open_database(run).close()
+    assert compute(run) == database and database.read_bytes() == good
+    # another run sealed into the folder: a database of the earlier one
+    config = json.loads((run / RUN_CONFIG_NAME).read_text())
+    (run / RUN_CONFIG_NAME).write_text(json.dumps({**config, "seed": config.get("seed", 0) + 1}))
+    seal_run(run)
+    with pytest.raises(DashboardsError) as refused:
+        open_database(run)
+    assert "computed for an earlier run" in one_line(refused.value) and "--overwrite" in str(refused.value)
+    with pytest.raises(StaleDatabaseError) as refused:
+        compute(run)
+    assert "computed for an earlier run" in refused.value.problem and "--overwrite" not in refused.value.problem
+    assert database.read_bytes() == good
+
+
+def test_a_record_of_an_earlier_crosslens_is_refused_naming_the_rebuild(tiny, tmp_path):
+    run = fresh_run(tiny, tmp_path)
+    compute(run)
+    path = run / schema.RECORD_NAME
+    record = json.loads(path.read_text())
+    write_sealed(path, {**record, "format": "crosslens.dashboards.record/1"}, RECORD_KEY)
+    with pytest.raises(DashboardsError) as refused:
+        open_database(run)
+    assert "written by an earlier crosslens" in one_line(refused.value) and "--overwrite" in str(refused.value)
+    with pytest.raises(StaleDatabaseError) as refused:
+        compute(run)
+    assert "written by an earlier crosslens" in refused.value.problem
+    assert json.loads(compute(run, overwrite=True).with_name(schema.RECORD_NAME).read_text())["format"] == RECORD_FORMAT
 
 
 def test_other_inputs_and_a_damaged_saved_pass_are_refused(tiny, tmp_path, monkeypatch):

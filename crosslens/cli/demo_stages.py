@@ -523,12 +523,16 @@ def dashboards_stage(out_dir: Path, config: DemoConfig, train_store, *, force: b
     """The run's feature database (every feature's contexts, densities, logit effects and the
     causal stage's scores), browsable with ``crosslens browse``; reused when already computed for
     these inputs."""
-    from crosslens.dashboards import DashboardsConfig, compute_dashboards
+    from crosslens.dashboards import DashboardsConfig, StaleDatabaseError, compute_dashboards
 
     run = out_dir / "crosscoder"
     ie_table = causal_out_dir(out_dir, config.task) / "ie_table.json"
     settings = DashboardsConfig(attribution=[str(ie_table)] if ie_table.is_file() else None, seed=config.seed, overwrite=force)
-    path = compute_dashboards(run, store=train_store.path, config=settings, device=device)
+    try:
+        path = compute_dashboards(run, store=train_store.path, config=settings, device=device)
+    except StaleDatabaseError as refused:  # the demo owns its folder: an older database is replaced
+        print(f"{refused.problem}: computing it again")
+        path = compute_dashboards(run, store=train_store.path, config=replace(settings, overwrite=True), device=device)
     print(f"browse every feature: crosslens browse {run}")
     return path
 

@@ -76,7 +76,7 @@ _LAZY = {
         name: "crosslens.dashboards.config"
         for name in (
             "DEFAULT_N_TOKENS", "GE_SHAPE", "Budget", "DashboardsConfig", "DashboardsError", "DashboardsInterrupted",
-            "ge_prediction", "predict_database_bytes", "resolve_budget",
+            "StaleDatabaseError", "ge_prediction", "predict_database_bytes", "resolve_budget",
         )
     },
 }  # fmt: skip

@@ -41,7 +41,7 @@ from crosslens.dashboards.database import (
 from crosslens.dashboards.logits import logit_effects, raw_directions, vocabulary_pieces
 from crosslens.dashboards.partial import existing_database, load_partial, remove_partial, save_partial
 from crosslens.dashboards.readings import Readings
-from crosslens.dashboards.record import run_seal_sha256, write_record
+from crosslens.dashboards.record import trained_run_sha256, write_record
 from crosslens.dashboards.rows import ReadingStats, context_rows, quantile_contexts, search_texts, top_contexts
 from crosslens.dashboards.sources import StoreTokens, StreamSource, StreamTokens, TokenSource, recorded_suite
 
@@ -175,7 +175,7 @@ def partners(run_dir: Path, source: TokenSource, record: dict[str, Any], causal:
         {key: entry.get(key) for key in ("revision", "step", "weights_sha256")} for entry in record.get("snapshots") or []
     ]}  # fmt: skip
     return {
-        "run": run_seal_sha256(run_dir), "crosscoder": file_sha256(run_dir / FINAL_DIRNAME / WEIGHTS_NAME),
+        "run": trained_run_sha256(run_dir), "crosscoder": file_sha256(run_dir / FINAL_DIRNAME / WEIGHTS_NAME),
         "tokens": source.record(), "suite": suite, "attribution": dict(sorted(causal.sources.items())),
     }  # fmt: skip
 

@@ -53,6 +53,16 @@ class DashboardsError(CrosslensError):
     names the fix."""
 
 
+class StaleDatabaseError(DashboardsError):
+    """The run folder holds a finished database that is not this call's (another run, other
+    inputs, damaged or of an earlier crosslens), and the call may not replace it; ``problem``
+    says which, without the fix."""
+
+    def __init__(self, problem: str):
+        super().__init__(f"{problem}; pass --overwrite to replace it")
+        self.problem = problem
+
+
 class DashboardsInterrupted(KeyboardInterrupt):
     """The pass stopped on Ctrl-C (or a signal); what it had computed is saved and the message says
     how to continue."""

@@ -23,7 +23,7 @@ import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one t
 from crosslens.core.hashing import file_sha256
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
 from crosslens.dashboards.accumulate import PassState
-from crosslens.dashboards.config import DashboardsError
+from crosslens.dashboards.config import DashboardsError, StaleDatabaseError
 from crosslens.dashboards.record import database_problem, read_record
 from crosslens.dashboards.schema import DATABASE_NAME, RECORD_NAME
 
@@ -129,4 +129,4 @@ def existing_database(run_dir: Path, inputs: dict[str, Any], overwrite: bool) ->
         problem = f"{database} holds dashboards computed from other inputs ({', '.join(changed)} differ)"
     if overwrite:
         return "replace"
-    raise DashboardsError(f"{problem}; pass --overwrite to replace it")
+    raise StaleDatabaseError(problem)

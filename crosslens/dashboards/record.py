@@ -1,11 +1,14 @@
 """The feature database's sealed record, and the one reader that checks it.
 
 ``RUN/dashboards.json`` is written last, once ``RUN/dashboards.sqlite`` is in place: the
-database's sha256 and size, the partners it was computed from (the run's seal, the crosscoder's
-weights, the token source, the suite, the attribution files) and the settings (budget, tokens,
-seed), sealed by its own checksum (:mod:`crosslens.core.sealed`). A database without it was
-never finished; one whose bytes differ from it was damaged or edited; one whose run seal differs
-from the run folder's was computed before the run was trained again.
+database's sha256 and size, the partners it was computed from (the run as training left it, the
+crosscoder's weights, the token source, the suite, the attribution files) and the settings
+(budget, tokens, seed), sealed by its own checksum (:mod:`crosslens.core.sealed`). A database
+without it was never finished; one whose bytes differ from it was damaged or edited; one whose
+run differs from the run folder's was computed before the run was trained again.
+
+The run is named by :func:`trained_run_sha256`: its seal's entries less the quality table, which
+``crosslens evaluate`` and the demo measure again and reseal without touching the crosscoder.
 
 :func:`open_database` is the reader: read-only (``mode=ro``), after those checks and
 :func:`~crosslens.dashboards.schema.schema_problem`. Hashing a database of a few GB takes
@@ -15,17 +18,21 @@ seconds, so a check is remembered per file by its size and modification time, as
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from crosslens.core.hashing import file_sha256
-from crosslens.core.paths import RUN_SEAL_NAME
+from crosslens.core.paths import QUALITY_NAME, RUN_SEAL_NAME
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
 from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.schema import DATABASE_NAME, RECORD_NAME, schema_problem
 
-RECORD_FORMAT = "crosslens.dashboards.record/1"
+RECORD_FORMAT = "crosslens.dashboards.record/2"
+EARLIER_FORMATS = ("crosslens.dashboards.record/1",)
+"""Records of earlier crosslens versions, which named the run by its whole seal."""
 RECORD_KEY = "record_sha256"
 VERIFY_MODES = ("full", "size", "none")
 
@@ -45,10 +52,19 @@ def database_sha256(path: Path) -> str:
     return digest
 
 
-def run_seal_sha256(run_dir: Path) -> str | None:
-    """sha256 of the run's seal file (None when the run has none)."""
+def trained_run_sha256(run_dir: Path) -> str | None:
+    """The run as training left it: a sha256 of its seal's entries (``run.json``, ``final/``'s
+    record, the rows a streamed run trained on) without the quality table; None without a seal.
+    A seal that does not parse gives its file's sha256, which no record holds."""
     seal = run_dir / RUN_SEAL_NAME
-    return file_sha256(seal) if seal.is_file() else None
+    if not seal.is_file():
+        return None
+    try:
+        files = dict(json.loads(seal.read_text())["files"])
+    except (ValueError, KeyError, TypeError):
+        return file_sha256(seal)
+    files.pop(QUALITY_NAME, None)
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def write_record(run_dir: Path, partners: dict[str, Any], settings: dict[str, Any], n_tokens: int) -> dict[str, Any]:
@@ -74,6 +90,8 @@ def read_record(run_dir: Path) -> dict[str, Any]:
         record = read_sealed(path, RECORD_KEY)
     except (UnreadableRecordError, BrokenSealError) as error:
         raise DashboardsError(f"{path} is damaged ({error}); rebuild the database with `crosslens dashboards {run_dir} --overwrite`") from None
+    if record.get("format") in EARLIER_FORMATS:
+        raise DashboardsError(f"{path} was written by an earlier crosslens ({record['format']}); rebuild the database with `crosslens dashboards {run_dir} --overwrite`")
     if record.get("format") != RECORD_FORMAT or record.get("database") != DATABASE_NAME:
         raise DashboardsError(f"{path} is not a record of `crosslens dashboards` ({record.get('format')}); rebuild it with `crosslens dashboards {run_dir} --overwrite`")
     return record
@@ -85,7 +103,7 @@ def database_problem(run_dir: Path, record: dict[str, Any], verify: str = "full"
     if not path.is_file():
         return f"{path} is missing"
     recorded_run = (record.get("partners") or {}).get("run")
-    if recorded_run is not None and recorded_run != run_seal_sha256(run_dir):
+    if recorded_run is not None and recorded_run != trained_run_sha256(run_dir):
         return f"{path} was computed for an earlier run in {run_dir} (the run was trained again since)"
     if verify != "none" and path.stat().st_size != record.get("database_bytes"):
         return f"{path} is not the file `crosslens dashboards` wrote (its size differs: damaged or edited)"

@@ -156,7 +156,7 @@ INDEXES: tuple[str, ...] = (
 META_KEYS: dict[str, str] = {
     "format": "FORMAT",
     "crosslens_version": "the crosslens that wrote it",
-    "run": "the run folder's seal (sha256 of RUN/crosslens_run.json) when written",
+    "run": "the run as training left it when written (a sha256 of RUN/crosslens_run.json's entries, quality.json's aside)",
     "crosscoder": "{architecture, d_sae, d_in, n_snapshots, hook_name, weights_sha256}",
     "suite": "the suite's provenance as the crosscoder records it (model_id, snapshots)",
     "tokens": "where the tokens came from: {store: seal, seq_len} or {stream: suite, token source, budget, seq_len}",
