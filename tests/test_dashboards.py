@@ -372,7 +372,7 @@ def test_a_database_outlives_a_new_quality_table_not_a_new_training(tiny, tmp_pa
     run = fresh_run(tiny, tmp_path)
     database = compute(run)
     good = database.read_bytes()
-    # the quality table measured again (crosslens evaluate, the demo) reseals the same crosscoder
+    # the quality table measured again (train --resume --eval-store, the demo) reseals the same crosscoder
     (run / QUALITY_NAME).write_text(json.dumps({"rows": [], "spliced_loss": None}))
     seal_run(run)
     open_database(run).close()

@@ -8,7 +8,8 @@ without it was never finished; one whose bytes differ from it was damaged or edi
 run differs from the run folder's was computed before the run was trained again.
 
 The run is named by :func:`trained_run_sha256`: its seal's entries less the quality table, which
-``crosslens evaluate`` and the demo measure again and reseal without touching the crosscoder.
+``crosslens train --resume --eval-store`` and the demo measure again and reseal without
+touching the crosscoder.
 
 :func:`open_database` is the reader: read-only (``mode=ro``), after those checks and
 :func:`~crosslens.dashboards.schema.schema_problem`. Hashing a database of a few GB takes
