@@ -90,10 +90,15 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device here; run this where one is.")
         return 1
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    # true float32 for the parity check: no TF32 in matmuls (torch's setter) or in cuDNN (its scoped flags)
+    torch.set_float32_matmul_precision("highest")
+    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+        return measure(args.steps)
+
+
+def measure(steps: int) -> int:
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    parity(args.steps)
+    parity(steps)
     print("2. one training step, float32 weights")
     for arch in ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"):
         throughput("demo-like", arch, 8, 128, 16384, 1024)

@@ -8,7 +8,9 @@ as TransformerLens's ``W_E``). Refused: an assignment to ``module.CONSTANT`` (pl
 annotated), ``setattr(module, "CONSTANT", ...)`` and ``monkeypatch.setattr(module, "CONSTANT",
 ...)`` or its dotted-string form, for any module of this repository, and a function's ``global
 CONSTANT``; the same for a host library's modules (huggingface_hub reads its cache folder once, at
-import: the test session fixes it to a link that each test re-points, ``tests/hf_cache.py``).
+import: the test session fixes it to a link that each test re-points, ``tests/hf_cache.py``), and
+an assignment to any of torch's process-wide switches under ``torch.backends`` (lower case there:
+``allow_tf32``), which have setters and scoped ``flags`` context managers instead.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def rebindings(source: str) -> list[tuple[int, str]]:
             for part in ast.walk(target):
                 if isinstance(part, ast.Attribute) and CONSTANT.match(part.attr):
                     found.append((node.lineno, f"assigns {ast.unparse(part)}"))
+            if isinstance(target, ast.Attribute) and ast.unparse(target.value).startswith("torch.backends"):
+                found.append((node.lineno, f"assigns {ast.unparse(target)}"))
         if isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)):
             name = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
             if name == "setattr" and node.args:
@@ -73,8 +77,9 @@ def test_the_detector_sees_every_form():
         "def f():\n    global ROWS\n    ROWS = 3\n"
         "self.value = 1\nm.lower = 2\nmonkeypatch.setattr(m, 'function', None)\nmodel.embed.W_E = 0\n"
         "import huggingface_hub.constants as hub\nmonkeypatch.setattr(hub, 'HF_HUB_CACHE', '/tmp')\n"
+        "torch.backends.cuda.matmul.allow_tf32 = False\ntorch.set_float32_matmul_precision('highest')\n"
     )
-    assert [line for line, _ in rebindings(source)] == [2, 3, 4, 5, 6, 8, 15]
+    assert sorted(line for line, _ in rebindings(source)) == [2, 3, 4, 5, 6, 8, 15, 16]
 
 
 @pytest.mark.parametrize("path", python_files(), ids=lambda p: str(p.relative_to(REPO)))
