@@ -54,6 +54,8 @@ SECTIONS_DIR = "sections"
 """Report sections other stages add to a run folder (``crosslens attribute``), merged by ``crosslens report``."""
 RUN_SEAL_NAME = "crosslens_run.json"
 """The sealed record of a finished run: the sha256 of its run.json, final/ record, quality.json and row digests."""
+RUN_SEAL_KEY = "run_sha256"
+"""The key of that record's own checksum (:mod:`crosslens.core.sealed`)."""
 RUN_LOCK_NAME = "train.lock"
 """The lock file of a run folder, held while a ``crosslens train`` process writes it."""
 

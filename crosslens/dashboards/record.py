@@ -19,14 +19,12 @@ seconds, so a check is remembered per file by its size and modification time, as
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-from crosslens.core.hashing import file_sha256
-from crosslens.core.paths import QUALITY_NAME, RUN_SEAL_NAME
+from crosslens.core.hashing import file_sha256, json_sha256
+from crosslens.core.paths import QUALITY_NAME, RUN_SEAL_KEY, RUN_SEAL_NAME
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
 from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.schema import DATABASE_NAME, RECORD_NAME, schema_problem
@@ -56,16 +54,16 @@ def database_sha256(path: Path) -> str:
 def trained_run_sha256(run_dir: Path) -> str | None:
     """The run as training left it: a sha256 of its seal's entries (``run.json``, ``final/``'s
     record, the rows a streamed run trained on) without the quality table; None without a seal.
-    A seal that does not parse gives its file's sha256, which no record holds."""
+    A seal that is unreadable or fails its checksum gives its file's sha256, which no record holds."""
     seal = run_dir / RUN_SEAL_NAME
     if not seal.is_file():
         return None
     try:
-        files = dict(json.loads(seal.read_text())["files"])
-    except (ValueError, KeyError, TypeError):
+        files = dict(read_sealed(seal, RUN_SEAL_KEY).get("files") or {})
+    except (UnreadableRecordError, BrokenSealError, TypeError, ValueError):
         return file_sha256(seal)
     files.pop(QUALITY_NAME, None)
-    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return json_sha256(files)
 
 
 def write_record(run_dir: Path, partners: dict[str, Any], settings: dict[str, Any], n_tokens: int) -> dict[str, Any]:

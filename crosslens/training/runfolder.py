@@ -46,6 +46,7 @@ from crosslens.core.paths import (
     QUALITY_NAME,
     RUN_CONFIG_NAME,
     RUN_LOCK_NAME,
+    RUN_SEAL_KEY,
     RUN_SEAL_NAME,
     SECTIONS_DIR,
     TRAIN_LOG_NAME,
@@ -60,7 +61,6 @@ from crosslens.training.config import RUN_STORE_SEAL, checkpoints_on_disk
 from crosslens.training.records import RECORD_NAME, record_problem
 
 RUN_SEAL_FORMAT = "crosslens.run/1"
-RUN_SEAL_KEY = "run_sha256"
 REPORT_NAME = "report.html"
 """Where ``crosslens report`` writes by default: inside the run folder, describing its crosscoder."""
 FINAL_RECORD = f"{FINAL_DIRNAME}/{RECORD_NAME}"
