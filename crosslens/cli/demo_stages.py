@@ -266,7 +266,7 @@ def _store_trained_on(runner) -> str | None:
     return None
 
 
-BASELINE_ARCHITECTURES = ("jumprelu", "topk")
+DEMO_BASELINES = ("jumprelu", "topk")
 """The demo's per-snapshot SAELens SAEs. No L1 ("standard") baseline: at the crosscoder's L0
 it needs far more than ``baseline_steps`` to converge (25-50% explained variance on pico), a
 baseline set up to lose. JumpReLU and TopK SAEs reach the crosscoder's L0 directly."""
@@ -276,7 +276,7 @@ def baseline_settings(config: DemoConfig) -> dict[str, Any]:
     """What the demo's baseline SAEs and spliced loss depend on besides the crosscoder and the
     stores, as the quality record keeps it: a cached table measured otherwise is measured again."""
     return {
-        "architectures": list(BASELINE_ARCHITECTURES), "snapshots": config.baseline_snapshots,
+        "architectures": list(DEMO_BASELINES), "snapshots": config.baseline_snapshots,
         "steps": config.baseline_steps, "batch_size": config.train_batch_size_tokens, "seed": config.seed,
         "spliced_seqs": config.spliced_seqs, "jumprelu_threshold_start": JUMPRELU_THRESHOLD_START,
     }  # fmt: skip
@@ -293,7 +293,7 @@ def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, suite
         n = min(config.baseline_snapshots, S)
         picks = [S - 1] if n == 1 else sorted({round(i * (S - 1) / (n - 1)) for i in range(n)})
         rows = compare_with_saes(
-            train_store, config.hook, crosscoder, snapshots=picks, architectures=BASELINE_ARCHITECTURES,
+            train_store, config.hook, crosscoder, snapshots=picks, architectures=DEMO_BASELINES,
             n_steps=config.baseline_steps, batch_size=config.train_batch_size_tokens, seed=config.seed, eval_store=eval_store,
             trained=saes,
         )  # fmt: skip
