@@ -35,6 +35,7 @@ import torch
 from jaxtyping import Int
 
 from crosslens.activations.sdpa import sdpa_refusal, sdpa_trunk
+from crosslens.core.compiling import compile_function
 from crosslens.core.hooks import block_index, opt_in_problem
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ def _compiled_trunk(attention: str, backend: str) -> Callable[..., torch.Tensor]
     (Dynamo's guards on constants that a model makes from numpy, as BLOOM's attention scale,
     fail under inference mode)."""
     if (attention, backend) not in _compiled_trunks:
-        compiled = torch.compile(TRUNKS[attention], backend=backend, dynamic=False)
+        compiled = compile_function(TRUNKS[attention], backend=backend, dynamic=False)
 
         def run(model: HookedTransformer, tokens_BL: torch.Tensor, stop: int) -> torch.Tensor:
             with torch.inference_mode(False), torch.no_grad():

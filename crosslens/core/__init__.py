@@ -20,6 +20,7 @@ submodule you need; this package imports a submodule only when it is first named
 - :mod:`crosslens.core.packing`: packing tokenized documents into fixed-length rows
 - :mod:`crosslens.core.lazy`: package attributes imported on first use
 - :mod:`crosslens.core.tensors`: small tensor helpers (row counts, one-vs-all shares)
+- :mod:`crosslens.core.compiling`: ``torch.compile`` whose calls never meet another thread's compile
 - :mod:`crosslens.core.cpu_math`: torch's CPU math library started on one thread, so that its first call is exact
 - :mod:`crosslens.core.weightfiles`: a safetensors file's header: tensor shapes, whether the file is whole
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 from crosslens.core.lazy import lazy_attributes
 
 __all__ = [
+    "compiling",
     "cpu_math",
     "devices",
     "errors",

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
+from crosslens.core.compiling import compile_function
 
 _COMPILED: dict[tuple[Callable[..., Any], bool | None], Callable[..., Any]] = {}
 """Each function's compiled form, made once a process (a cache, not a setting)."""
@@ -31,5 +31,5 @@ def compiled(function: Callable[..., Any], *, dynamic: bool | None = None) -> Ca
     each about twice per dtype."""
     key = (function, dynamic)
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(function, dynamic=dynamic)
+        _COMPILED[key] = compile_function(function, dynamic=dynamic)
     return _COMPILED[key]
