@@ -34,14 +34,17 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
-import crosslens.crosscoders as crosscoders  # noqa: E402
+import crosslens.crosscoders as crosscoders
 from crosslens.causal import AttributionConfig, SnapshotCodec, integrated_gradients
-from crosslens.causal.attribution import attribute_snapshot, logit_diff
+from crosslens.causal.attribution import (
+    attribute_snapshot,
+    ig_endpoints,
+    logit_diff,
+)
 from crosslens.causal.splice import collect_activations, exact_codes, run_from_hook
-from crosslens.causal.attribution import ig_endpoints  # noqa: E402
-from crosslens.tasks import get_task  # noqa: E402
+from crosslens.tasks import get_task
 
 
 def load_models(args: argparse.Namespace):
@@ -49,16 +52,26 @@ def load_models(args: argparse.Namespace):
     if args.random:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-        from crosslens.tasks.grammar import PicoGrammar
         from crosslens.pico.tokenizer import word_level_tokenizer
+        from crosslens.tasks.grammar import PicoGrammar
 
         tokenizer = word_level_tokenizer(PicoGrammar().vocabulary())
         models = []
         for seed in range(args.n_snapshots):
             cfg = HookedTransformerConfig(
-                n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=64, d_vocab=len(tokenizer),
-                act_fn="gelu", normalization_type="LN", positional_embedding_type="rotary", rotary_dim=8, seed=seed,
-            )  # fmt: skip
+                n_layers=2,
+                d_model=128,
+                n_heads=4,
+                d_head=32,
+                d_mlp=512,
+                n_ctx=64,
+                d_vocab=len(tokenizer),
+                act_fn="gelu",
+                normalization_type="LN",
+                positional_embedding_type="rotary",
+                rotary_dim=8,
+                seed=seed,
+            )
             models.append(HookedTransformer(cfg).eval())
         return models, tokenizer, "random pico-shaped model (2 layers, d_model 128)"
     from crosslens.checkpoints import CheckpointSuite
@@ -85,7 +98,9 @@ def random_crosscoder(models, acts_clean, task, args: argparse.Namespace):
     return crosscoder
 
 
-def feature_space_ie(model, codec, task, inputs, args: argparse.Namespace, full_forward: bool, batched: bool) -> torch.Tensor:
+def feature_space_ie(
+    model, codec, task, inputs, args: argparse.Namespace, full_forward: bool, batched: bool
+) -> torch.Tensor:
     """IG over (codes, error) with every path point decoded, reduced like attribute_snapshot."""
     positions_all = task.feature_mask()
     ie_sum = torch.zeros(args.d_sae, dtype=torch.float64)
@@ -94,9 +109,13 @@ def feature_space_ie(model, codec, task, inputs, args: argparse.Namespace, full_
         part = task[rows]
         with torch.no_grad():
             f_clean, e_clean, f_patch, e_patch = ig_endpoints(
-                codec, inputs["acts_clean"][rows], inputs["codes_clean"][rows],
-                inputs["acts_patch"][rows], inputs["codes_patch"][rows], positions_all[rows],
-            )  # fmt: skip
+                codec,
+                inputs["acts_clean"][rows],
+                inputs["codes_clean"][rows],
+                inputs["acts_patch"][rows],
+                inputs["codes_patch"][rows],
+                positions_all[rows],
+            )
         batch, seq = part.clean_tokens.shape
 
         def metric_fn(f_K, e_K):
@@ -111,7 +130,9 @@ def feature_space_ie(model, codec, task, inputs, args: argparse.Namespace, full_
             last = logits[torch.arange(k * batch), part.last_pos.repeat(k)]
             return logit_diff(last, part.correct_ids.repeat(k), part.wrong_ids.repeat(k)).reshape(k, batch)
 
-        result = integrated_gradients(metric_fn, f_clean, f_patch, e_clean, e_patch, n_steps=args.n_steps, batched=batched)
+        result = integrated_gradients(
+            metric_fn, f_clean, f_patch, e_clean, e_patch, n_steps=args.n_steps, batched=batched
+        )
         n_positions = positions_all[rows].sum(1).clamp(min=1)
         ie_sum += (result.features.sum(1) / n_positions[:, None]).sum(0).double()
     return (ie_sum / len(task)).float()
@@ -166,20 +187,28 @@ def main() -> None:
 
     def crosslens_ie(steps_per_pass: int | None) -> torch.Tensor:
         config = AttributionConfig(n_steps=args.n_steps, batch_size=args.batch_size, steps_per_pass=steps_per_pass)
-        return attribute_snapshot(model, crosscoder, task, snapshot=snapshot, hook=args.hook, config=config, **inputs).ie
+        return attribute_snapshot(
+            model, crosscoder, task, snapshot=snapshot, hook=args.hook, config=config, **inputs
+        ).ie
 
     variants = {
         "crosslens": lambda: crosslens_ie(None),
         "crosslens, one pass per step": lambda: crosslens_ie(1),
-        "feature-space, batched": lambda: feature_space_ie(model, codec, task, inputs, args, full_forward=False, batched=True),
+        "feature-space, batched": lambda: feature_space_ie(
+            model, codec, task, inputs, args, full_forward=False, batched=True
+        ),
         "baseline loop": lambda: feature_space_ie(model, codec, task, inputs, args, full_forward=True, batched=False),
     }
     times, results = time_variants(variants, args.repeats)
 
-    print(f"model: {description}; hook {args.hook}; task {args.task}, {len(task)} examples, "
-          f"seq {task.clean_tokens.shape[1]}")  # fmt: skip
-    print(f"crosscoder: jumprelu, d_sae {args.d_sae}; n_steps {args.n_steps}; {args.batch_size} examples per pass; "
-          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"model: {description}; hook {args.hook}; task {args.task}, {len(task)} examples, "
+        f"seq {task.clean_tokens.shape[1]}"
+    )
+    print(
+        f"crosscoder: jumprelu, d_sae {args.d_sae}; n_steps {args.n_steps}; {args.batch_size} examples per pass; "
+        f"torch threads {torch.get_num_threads()}"
+    )
     reference = results["crosslens"]
     best = {name: min(values) for name, values in times.items()}
     scale = float(reference.abs().max())

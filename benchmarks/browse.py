@@ -35,11 +35,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from feature_db import FeatureDbShape, vocabulary, write_feature_database  # noqa: E402
+from feature_db import FeatureDbShape, vocabulary, write_feature_database
 
-from crosslens.browser import BrowseConfig, make_server  # noqa: E402
-from crosslens.dashboards import schema  # noqa: E402
-from crosslens.dashboards.record import write_record  # noqa: E402
+from crosslens.browser import BrowseConfig, make_server
+from crosslens.dashboards import schema
+from crosslens.dashboards.record import write_record
 
 GOAL_MS = 300.0
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -66,7 +66,9 @@ def database(out: Path, shape: FeatureDbShape, rebuild: bool) -> Path:
     if path.is_file() and not rebuild:
         try:
             with sqlite3.connect(path) as db:
-                stored = json.loads(db.execute("SELECT value FROM meta WHERE key = 'tokens'").fetchone()[0])["synthetic"]
+                stored = json.loads(db.execute("SELECT value FROM meta WHERE key = 'tokens'").fetchone()[0])[
+                    "synthetic"
+                ]
             if stored == json.loads(json.dumps(asdict(shape))):
                 return seal(out, path)
         except (sqlite3.Error, TypeError, KeyError):
@@ -89,9 +91,18 @@ def chromium():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='crosslens-bench-')}", "--window-size=1400,1000"):  # fmt: skip
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='crosslens-bench-')}",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     os.environ.setdefault("SE_OFFLINE", "true")
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -102,7 +113,9 @@ def visit(driver, url: str, mark: str) -> float:
     driver.get(url)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        found = driver.execute_script(f"const m = performance.getEntriesByName('{mark}'); return m.length ? m[0].startTime : null")
+        found = driver.execute_script(
+            f"const m = performance.getEntriesByName('{mark}'); return m.length ? m[0].startTime : null"
+        )
         if found is not None:
             return float(found)
         time.sleep(0.01)
@@ -112,30 +125,37 @@ def visit(driver, url: str, mark: str) -> float:
 def in_page(driver, href: str, view: str) -> float:
     """Milliseconds from asking the open page for ``href`` (what a click on its link does) until
     that view is drawn."""
-    return float(driver.execute_async_script(
-        "const [href, view, done] = arguments; const before = CL.timings.length; CL.navigate(href);"
-        "(function wait() { const t = CL.timings; if (t.length > before && t[t.length - 1].view === view)"
-        " done(t[t.length - 1].ms); else setTimeout(wait, 2); })();",
-        href, view,
-    ))  # fmt: skip
+    return float(
+        driver.execute_async_script(
+            "const [href, view, done] = arguments; const before = CL.timings.length; CL.navigate(href);"
+            "(function wait() { const t = CL.timings; if (t.length > before && t[t.length - 1].view === view)"
+            " done(t[t.length - 1].ms); else setTimeout(wait, 2); })();",
+            href,
+            view,
+        )
+    )
 
 
 def typed_search(driver, text: str) -> float:
     """Milliseconds from the search's request (Enter in the open list page) to its rows drawn."""
-    return float(driver.execute_async_script(
-        "const [text, done] = arguments; const input = document.getElementById('q');"
-        "const before = Number(document.body.dataset.request); input.value = text; const t0 = performance.now();"
-        "input.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter'}));"
-        "(function wait() { if (Number(document.body.dataset.request) > before && document.body.dataset.state === 'ready')"
-        " done(performance.now() - t0); else requestAnimationFrame(wait); })();",
-        text,
-    ))  # fmt: skip
+    return float(
+        driver.execute_async_script(
+            "const [text, done] = arguments; const input = document.getElementById('q');"
+            "const before = Number(document.body.dataset.request); input.value = text; const t0 = performance.now();"
+            "input.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter'}));"
+            "(function wait() { if (Number(document.body.dataset.request) > before && document.body.dataset.state === 'ready')"
+            " done(performance.now() - t0); else requestAnimationFrame(wait); })();",
+            text,
+        )
+    )
 
 
 def report(name: str, times: list[float]) -> bool:
     met = max(times) <= GOAL_MS
-    print(f"{name:<42} median {statistics.median(times):6.1f} ms   max {max(times):6.1f} ms   "
-          f"goal <= {GOAL_MS:.0f} ms: {'met' if met else 'NOT met'}   runs: {' '.join(f'{t:.0f}' for t in times)}")  # fmt: skip
+    print(
+        f"{name:<42} median {statistics.median(times):6.1f} ms   max {max(times):6.1f} ms   "
+        f"goal <= {GOAL_MS:.0f} ms: {'met' if met else 'NOT met'}   runs: {' '.join(f'{t:.0f}' for t in times)}"
+    )
     return met
 
 
@@ -145,17 +165,29 @@ def main() -> None:
     parser.add_argument("--snapshots", type=int, default=32)
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "crosslens-browse-bench"))
-    parser.add_argument("--rebuild", action="store_true", help="write the database again even if one of this shape is there")
+    parser.add_argument(
+        "--rebuild", action="store_true", help="write the database again even if one of this shape is there"
+    )
     args = parser.parse_args()
 
     budget = default_budget()
-    shape = FeatureDbShape(n_features=args.features, n_snapshots=args.snapshots, vocab_size=50_277, n_bins=32,
-                           tasks=("agreement", "ioi"), causal_fraction=0.02, pool=20, **budget)  # fmt: skip
+    shape = FeatureDbShape(
+        n_features=args.features,
+        n_snapshots=args.snapshots,
+        vocab_size=50_277,
+        n_bins=32,
+        tasks=("agreement", "ioi"),
+        causal_fraction=0.02,
+        pool=20,
+        **budget,
+    )
     out = Path(args.out)
     path = database(out, shape, args.rebuild)
-    print(f"database: {path}  {path.stat().st_size / 1e9:.2f} GB  ({args.features} features x {args.snapshots} snapshots, "
-          f"top {budget['top_k']} + {budget['n_quantile']} quantile contexts of {2 * budget['window'] + 1} tokens, "
-          f"{budget['n_logits']} logits)")  # fmt: skip
+    print(
+        f"database: {path}  {path.stat().st_size / 1e9:.2f} GB  ({args.features} features x {args.snapshots} snapshots, "
+        f"top {budget['top_k']} + {budget['n_quantile']} quantile contexts of {2 * budget['window'] + 1} tokens, "
+        f"{budget['n_logits']} logits)"
+    )
 
     server = make_server(out, BrowseConfig(port=0))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -182,7 +214,10 @@ def main() -> None:
             opened.append(in_page(driver, feature(), "feature"))
             in_page(driver, "/", "list")
         with sqlite3.connect(path) as db:
-            hits = [db.execute("SELECT count(*) FROM context_search WHERE text LIKE ?", (f"%{q}%",)).fetchone()[0] for q in queries]
+            hits = [
+                db.execute("SELECT count(*) FROM context_search WHERE text LIKE ?", (f"%{q}%",)).fetchone()[0]
+                for q in queries
+            ]
         print(f"search strings: {', '.join(repr(q) for q in queries)} (matching {min(hits)} to {max(hits)} features)")
         ok = report("feature page, opened from the list", opened)
         ok &= report("search over all features, typed", typed)

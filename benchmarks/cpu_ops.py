@@ -34,12 +34,16 @@ import resource
 import time
 
 import torch
+from train import crosslens_step_fn, reference_step_fn, time_alternating
 
 from crosslens.core.tensors import mask_values, row_counts
+from crosslens.crosscoders import (
+    JumpReLUTrainingCrosscoder,
+    JumpReLUTrainingCrosscoderConfig,
+    jumprelu_kernels,
+    jumprelu_ops,
+)
 from crosslens.crosscoders.kernel_plan import KernelPlan
-from crosslens.crosscoders import JumpReLUTrainingCrosscoder, JumpReLUTrainingCrosscoderConfig, jumprelu_kernels, jumprelu_ops
-
-from train import crosslens_step_fn, reference_step_fn, time_alternating
 
 
 def ratio_rows(title: str, fns: dict, rounds: int) -> None:
@@ -81,50 +85,78 @@ def elementwise_rows(rounds: int) -> None:
     mask_FN = torch.rand(F_, N) < 0.3
 
     out_FN = torch.empty_like(x_FN)  # written in place: the op itself, without a fresh output's page faults
-    ratio_rows("1a. tanh of [8192, 512], into an existing tensor", {
-        "2 * sigmoid(2x) - 1 (the 2 folded in a scale)": lambda: torch.sigmoid(x_FN, out=out_FN).mul_(2).sub_(1),
-        "torch.tanh": lambda: torch.tanh(x_FN, out=out_FN),
-    }, rounds)  # fmt: skip
-    ratio_rows("1b. true entries per row of a bool [8192, 512]", {
-        "row_counts (bytes summed as int32)": lambda: row_counts(mask_FN),
-        "mask.sum(dim=1)": lambda: mask_FN.sum(dim=1),
-        "torch.count_nonzero(mask, dim=1)": lambda: torch.count_nonzero(mask_FN, dim=1),
-    }, rounds)  # fmt: skip
+    ratio_rows(
+        "1a. tanh of [8192, 512], into an existing tensor",
+        {
+            "2 * sigmoid(2x) - 1 (the 2 folded in a scale)": lambda: torch.sigmoid(x_FN, out=out_FN).mul_(2).sub_(1),
+            "torch.tanh": lambda: torch.tanh(x_FN, out=out_FN),
+        },
+        rounds,
+    )
+    ratio_rows(
+        "1b. true entries per row of a bool [8192, 512]",
+        {
+            "row_counts (bytes summed as int32)": lambda: row_counts(mask_FN),
+            "mask.sum(dim=1)": lambda: mask_FN.sum(dim=1),
+            "torch.count_nonzero(mask, dim=1)": lambda: torch.count_nonzero(mask_FN, dim=1),
+        },
+        rounds,
+    )
     values_FN = mask_values(mask_FN, x_FN.dtype)
-    ratio_rows("1c. zero a float [8192, 512] outside a mask, into an existing tensor", {
-        "x * mask": lambda: torch.mul(x_FN, mask_FN, out=out_FN),
-        "x * mask_values(mask)": lambda: torch.mul(x_FN, values_FN, out=out_FN),
-        "torch.where(mask, x, 0)": lambda: torch.where(mask_FN, x_FN, torch.zeros(()), out=out_FN),
-        "masked_fill_(~mask, 0)": lambda: out_FN.masked_fill_(~mask_FN, 0.0),
-    }, rounds)  # fmt: skip
-    ratio_rows("1d. a bool [8192, 512] as float32 (a fresh tensor)", {
-        "mask_values (its bytes converted)": lambda: mask_values(mask_FN, torch.float32),
-        "mask.to(torch.float32)": lambda: mask_FN.to(torch.float32),
-    }, rounds)  # fmt: skip
+    ratio_rows(
+        "1c. zero a float [8192, 512] outside a mask, into an existing tensor",
+        {
+            "x * mask": lambda: torch.mul(x_FN, mask_FN, out=out_FN),
+            "x * mask_values(mask)": lambda: torch.mul(x_FN, values_FN, out=out_FN),
+            "torch.where(mask, x, 0)": lambda: torch.where(mask_FN, x_FN, torch.zeros(()), out=out_FN),
+            "masked_fill_(~mask, 0)": lambda: out_FN.masked_fill_(~mask_FN, 0.0),
+        },
+        rounds,
+    )
+    ratio_rows(
+        "1d. a bool [8192, 512] as float32 (a fresh tensor)",
+        {
+            "mask_values (its bytes converted)": lambda: mask_values(mask_FN, torch.float32),
+            "mask.to(torch.float32)": lambda: mask_FN.to(torch.float32),
+        },
+        rounds,
+    )
     lhs_a, lhs_b, grad = torch.randn(F_, N), torch.randn(F_, N), torch.randn(N, S * D)
     stacked = torch.cat([lhs_a, lhs_b])
-    ratio_rows("2. W_dec's gradient and the window sum: [8192, 512] @ [512, 1024] twice", {
-        "two matmuls": lambda: (lhs_a @ grad, lhs_b @ grad),
-        "one stacked [16384, 512] matmul": lambda: stacked @ grad,
-    }, rounds)  # fmt: skip
+    ratio_rows(
+        "2. W_dec's gradient and the window sum: [8192, 512] @ [512, 1024] twice",
+        {
+            "two matmuls": lambda: (lhs_a @ grad, lhs_b @ grad),
+            "one stacked [16384, 512] matmul": lambda: stacked @ grad,
+        },
+        rounds,
+    )
 
     x_NX, W_XF, b_F = torch.randn(N, S * D), torch.randn(S * D, F_), torch.randn(F_)
-    ratio_rows("2b. the encoder matmul, h wanted feature-major ([8192, 512] contiguous)", {
-        "addmm writing [F, N]": lambda: torch.addmm(b_F[:, None], W_XF.T, x_NX.T),
-        "addmm writing [N, F], then a transposed copy": lambda: torch.addmm(b_F, x_NX, W_XF).T.contiguous(),
-    }, rounds)  # fmt: skip
+    ratio_rows(
+        "2b. the encoder matmul, h wanted feature-major ([8192, 512] contiguous)",
+        {
+            "addmm writing [F, N]": lambda: torch.addmm(b_F[:, None], W_XF.T, x_NX.T),
+            "addmm writing [N, F], then a transposed copy": lambda: torch.addmm(b_F, x_NX, W_XF).T.contiguous(),
+        },
+        rounds,
+    )
     W_FSD, mask_f = torch.randn(F_, S, D), mask_FN.float()
 
     def two_matmuls() -> None:  # the code's gradient, then the window's sums over tokens, dotted with W_dec
         W_FSD.view(F_, -1) @ grad.T
         ((mask_f @ grad).view(F_, S, D) * W_FSD).sum(dim=-1)
 
-    ratio_rows("2c. the code's gradient and the threshold window's decoder sums", {
-        "per-snapshot products (code_grad_and_window_sums)": lambda: jumprelu_ops.code_grad_and_window_sums(
-            W_FSD, grad, lambda s: mask_f
-        ),
-        "two matmuls, then a dot with W_dec": two_matmuls,
-    }, rounds)  # fmt: skip
+    ratio_rows(
+        "2c. the code's gradient and the threshold window's decoder sums",
+        {
+            "per-snapshot products (code_grad_and_window_sums)": lambda: jumprelu_ops.code_grad_and_window_sums(
+                W_FSD, grad, lambda s: mask_f
+            ),
+            "two matmuls, then a dot with W_dec": two_matmuls,
+        },
+        rounds,
+    )
 
 
 def step_rows(args: argparse.Namespace) -> torch.Tensor:
@@ -148,9 +180,11 @@ def step_rows(args: argparse.Namespace) -> torch.Tensor:
         step = crosslens_step_fn("jumprelu_crosscoder", S, D, F_, 32, plan=plan)
         return lambda: step(x_BSD)
 
-    ratio_rows("4. JumpReLU step at initialisation, padded rows in blocks of", {
-        f"2^{e} elements" + (" (default)" if 1 << e == default else ""): with_block(1 << e) for e in (19, 17, 21)
-    }, max(3, args.rounds // 2))  # fmt: skip
+    ratio_rows(
+        "4. JumpReLU step at initialisation, padded rows in blocks of",
+        {f"2^{e} elements" + (" (default)" if 1 << e == default else ""): with_block(1 << e) for e in (19, 17, 21)},
+        max(3, args.rounds // 2),
+    )
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -176,10 +210,14 @@ def gradient_free_pass(x_bSD: torch.Tensor, rounds: int) -> None:
         jumprelu_kernels.snapshot_score_sums(h_NF, sae.snapshot_norms(), sae.threshold, tanh_scale=tanh_scale)
 
     with torch.no_grad():
-        ratio_rows(f"6. a micro-batched JumpReLU step's gradient-free pass, one micro-batch of {x_bSD.shape[0]} tokens", {
-            "encode, gated decode (_training_encode)": lambda: sae._training_encode(x_bSD),
-            "encode, scores (snapshot_score_sums)": scores_alone,
-        }, rounds)  # fmt: skip
+        ratio_rows(
+            f"6. a micro-batched JumpReLU step's gradient-free pass, one micro-batch of {x_bSD.shape[0]} tokens",
+            {
+                "encode, gated decode (_training_encode)": lambda: sae._training_encode(x_bSD),
+                "encode, scores (snapshot_score_sums)": scores_alone,
+            },
+            rounds,
+        )
 
 
 def bfloat16_state_chunk(rounds: int) -> None:
@@ -200,12 +238,16 @@ def bfloat16_state_chunk(rounds: int) -> None:
         m.copy_(optim.round_stochastic(m_new, noise[0]))
         v.copy_(optim.round_stochastic(v_new, noise[1]))
 
-    ratio_rows(f"7. the bfloat16-state Adam update of one {CHUNK:,}-element chunk", {
-        "noise from torch.randint": drawn_by_randint,
-        "noise from the counter (eager_chunk_update)": lambda: optim.eager_chunk_update(
-            p, grad, m, v, optim.noise_key(0, 1, 0), 0, None, hyper
-        ),
-    }, rounds)  # fmt: skip
+    ratio_rows(
+        f"7. the bfloat16-state Adam update of one {CHUNK:,}-element chunk",
+        {
+            "noise from torch.randint": drawn_by_randint,
+            "noise from the counter (eager_chunk_update)": lambda: optim.eager_chunk_update(
+                p, grad, m, v, optim.noise_key(0, 1, 0), 0, None, hyper
+            ),
+        },
+        rounds,
+    )
 
 
 if __name__ == "__main__":

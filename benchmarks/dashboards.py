@@ -104,19 +104,29 @@ def column_code(readings: Readings, acts_NSD: torch.Tensor, j: int, f: int) -> t
 
 
 @torch.inference_mode()
-def feature_loop(source, readings: Readings, plan, budget, edges: torch.Tensor, features: list[int], held: list | None) -> float:
+def feature_loop(
+    source, readings: Readings, plan, budget, edges: torch.Tensor, features: list[int], held: list | None
+) -> float:
     """Seconds per feature of the per-feature loop over the plan's batches (``held``: read once)."""
     start = time.perf_counter()
     for f in features:
-        state = PassState.empty(readings.n_readings, 1, budget.top_k, budget.reservoir, budget.window, budget.n_bins, "cpu")
+        state = PassState.empty(
+            readings.n_readings, 1, budget.top_k, budget.reservoir, budget.window, budget.n_bins, "cpu"
+        )
         state = replace(state, edges_B1=edges)
         for index, (a, b) in enumerate(plan):
             batch = held[index] if held is not None else source.read(a, b, torch.device("cpu"))
             updates = [
-                update_reading(state, j, column_code(readings, batch.acts_NSD, j, f), batch, budget.window,
-                               token_keys(batch.row_ids_N, j, 0))
+                update_reading(
+                    state,
+                    j,
+                    column_code(readings, batch.acts_NSD, j, f),
+                    batch,
+                    budget.window,
+                    token_keys(batch.row_ids_N, j, 0),
+                )
                 for j in range(readings.n_readings)
-            ]  # fmt: skip
+            ]
             state = apply_updates(state, updates, int(batch.row_ids_N.numel()))
     return (time.perf_counter() - start) / len(features)
 
@@ -127,12 +137,16 @@ def check_columns(source, readings: Readings, plan) -> None:
     with torch.inference_mode():
         for j, code_NF in readings.codes(batch.acts_NSD):
             for f in (0, code_NF.shape[1] // 2, code_NF.shape[1] - 1):
-                torch.testing.assert_close(column_code(readings, batch.acts_NSD, j, f), code_NF[:, f : f + 1], rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(
+                    column_code(readings, batch.acts_NSD, j, f), code_NF[:, f : f + 1], rtol=1e-4, atol=1e-5
+                )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, default=crosslens_home() / "demo" / "crosscoder", help="a finished run folder")
+    parser.add_argument(
+        "--run", type=Path, default=crosslens_home() / "demo" / "crosscoder", help="a finished run folder"
+    )
     parser.add_argument("--store", type=Path, default=None, help="its store (default: the one its run.json names)")
     parser.add_argument("--sample", type=int, default=16, help="features timed in the per-feature loop")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides")
@@ -156,13 +170,23 @@ def main() -> None:
         n_contexts = db.execute("SELECT count(*) FROM contexts").fetchone()[0]
         size = database.stat().st_size
         budget = resolve_budget(config, F, S, vocab_size=db.execute("SELECT count(*) FROM vocabulary").fetchone()[0])
-        predicted = predict_database_bytes(F, S, budget, vocab_size=db.execute("SELECT count(*) FROM vocabulary").fetchone()[0])
-        print(f"\n1. one pass: {F:,} features x {S} snapshots (+ the crosscoder's own code) over {meta['n_tokens']:,} tokens")
+        predicted = predict_database_bytes(
+            F, S, budget, vocab_size=db.execute("SELECT count(*) FROM vocabulary").fetchone()[0]
+        )
+        print(
+            f"\n1. one pass: {F:,} features x {S} snapshots (+ the crosscoder's own code) over {meta['n_tokens']:,} tokens"
+        )
         print(f"   pass over the tokens    {pass_seconds[0]:8.2f} s")
-        print(f"   whole command           {total:8.2f} s   (logit effects, evolution analysis, database writing included)")
-        print(f"   database                {format_size(size)}   (predicted at most {format_size(predicted)}; {n_contexts:,} contexts)")
+        print(
+            f"   whole command           {total:8.2f} s   (logit effects, evolution analysis, database writing included)"
+        )
+        print(
+            f"   database                {format_size(size)}   (predicted at most {format_size(predicted)}; {n_contexts:,} contexts)"
+        )
         complete = n_features == F and pairs == F * S
-        print(f"   complete                {'yes' if complete else 'NO'}: {n_features:,} features, {pairs:,} feature x snapshot rows of {F * S:,}")
+        print(
+            f"   complete                {'yes' if complete else 'NO'}: {n_features:,} features, {pairs:,} feature x snapshot rows of {F * S:,}"
+        )
         # the per-feature loop, through the library's own pieces
         from crosslens.activations.store import ActivationStore
         from crosslens.crosscoders.saved import load_crosscoder_folder
@@ -179,12 +203,18 @@ def main() -> None:
         held = [source.read(a, b, torch.device("cpu")) for a, b in plan]
         in_memory = feature_loop(source, readings, plan, budget, edges, features, held)
         print(f"\n2. per-feature loop: {len(features)} features timed, extrapolated to all {F:,}")
-        print(f"   store read per feature  {reread:8.3f} s/feature -> {reread * F:9.1f} s   ratio {reread * F / pass_seconds[0]:6.1f}x   (goal >= 20x)")
-        print(f"   batches held in memory  {in_memory:8.3f} s/feature -> {in_memory * F:9.1f} s   ratio {in_memory * F / pass_seconds[0]:6.1f}x")
+        print(
+            f"   store read per feature  {reread:8.3f} s/feature -> {reread * F:9.1f} s   ratio {reread * F / pass_seconds[0]:6.1f}x   (goal >= 20x)"
+        )
+        print(
+            f"   batches held in memory  {in_memory:8.3f} s/feature -> {in_memory * F:9.1f} s   ratio {in_memory * F / pass_seconds[0]:6.1f}x"
+        )
     print(f"   (load average {os.getloadavg()[0]:.1f} at the end: the two sides ran one after the other)")
     budget, predicted = ge_prediction()
-    print(f"\n3. Ge et al.'s shape (24,576 features x 32 snapshots), default budget: top {budget.top_k}, "
-          f"{budget.n_quantile} quantile contexts of +-{budget.window} tokens, {budget.n_logits} logits")  # fmt: skip
+    print(
+        f"\n3. Ge et al.'s shape (24,576 features x 32 snapshots), default budget: top {budget.top_k}, "
+        f"{budget.n_quantile} quantile contexts of +-{budget.window} tokens, {budget.n_logits} logits"
+    )
     print(f"   predicted database      at most {format_size(predicted)}   (goal < 5 GB)")
 
 

@@ -79,9 +79,9 @@ def worker(args: argparse.Namespace) -> None:
 
         setattr(dist, name, counted)
 
+    from crosslens.architectures import defaults_for
     from crosslens.distributed import init_mesh, shard_batches, shutdown
     from crosslens.training.config import CrosscoderTrainerConfig
-    from crosslens.architectures import defaults_for
     from crosslens.training.factory import build_training_crosscoder
     from crosslens.training.trainer import CrosscoderTrainer
 
@@ -89,12 +89,14 @@ def worker(args: argparse.Namespace) -> None:
     layout, collectives, _ = init_mesh(S, snapshot_parallel=args.snapshot_parallel)
     torch.manual_seed(0)
     sae = build_training_crosscoder(
-        args.arch, d_in=D, n_snapshots=S, d_sae=F, k=args.k,
+        args.arch,
+        d_in=D,
+        n_snapshots=S,
+        d_sae=F,
+        k=args.k,
         sparsity_coefficient=defaults_for(args.arch).sparsity_coefficient,
     )
-    cfg = CrosscoderTrainerConfig(
-        total_steps=args.warmup + args.steps, lr=1e-4, checkpoint_dir=args.out, seed=0
-    )
+    cfg = CrosscoderTrainerConfig(total_steps=args.warmup + args.steps, lr=1e-4, checkpoint_dir=args.out, seed=0)
     trainer = CrosscoderTrainer(sae, cfg, mesh=(layout, collectives))
 
     def global_batches():
@@ -140,6 +142,7 @@ def two_process_ceiling() -> float:
     """How much faster two single-threaded processes run a matmul loop than one: the most
     any 2-process speed-up of a compute-bound step can reach on this machine (2.0 with two
     free physical cores; less when the cores share execution units or are busy)."""
+
     def run(n: int) -> float:
         procs = [subprocess.Popen([sys.executable, "-c", MATMUL], stdout=subprocess.PIPE, text=True) for _ in range(n)]
         return max(float(p.communicate()[0]) for p in procs)
@@ -152,11 +155,33 @@ def two_process_ceiling() -> float:
 def launch(args: argparse.Namespace, arch: str, mode: tuple[int, int], out: Path) -> dict:
     nproc, snapshot_parallel = mode
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        __file__, "--worker", "--arch", arch, "--snapshot-parallel", str(snapshot_parallel),
-        "--out", str(out), "--snapshots", str(args.snapshots), "--d-in", str(args.d_in),
-        "--d-sae", str(args.d_sae), "--batch", str(args.batch), "--steps", str(args.steps),
-        "--warmup", str(args.warmup), "--k", str(args.k),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        __file__,
+        "--worker",
+        "--arch",
+        arch,
+        "--snapshot-parallel",
+        str(snapshot_parallel),
+        "--out",
+        str(out),
+        "--snapshots",
+        str(args.snapshots),
+        "--d-in",
+        str(args.d_in),
+        "--d-sae",
+        str(args.d_sae),
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--k",
+        str(args.k),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -191,10 +216,14 @@ def main() -> None:
         return worker(args)
 
     S, D, F, B = args.snapshots, args.d_in, args.d_sae, args.batch
-    print(f"machine: {os.cpu_count()} CPUs; two single-threaded processes run a matmul loop "
-          f"{two_process_ceiling():.2f}x as fast as one (the ceiling for the speed-ups below)")
-    print(f"shape: {S} snapshots, d_in {D}, d_sae {F}, batch {B}; 1 torch thread per process; "
-          f"{args.steps} timed steps after {args.warmup} warm-up")
+    print(
+        f"machine: {os.cpu_count()} CPUs; two single-threaded processes run a matmul loop "
+        f"{two_process_ceiling():.2f}x as fast as one (the ceiling for the speed-ups below)"
+    )
+    print(
+        f"shape: {S} snapshots, d_in {D}, d_sae {F}, batch {B}; 1 torch thread per process; "
+        f"{args.steps} timed steps after {args.warmup} warm-up"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.arch:
             results = {}
@@ -205,15 +234,19 @@ def main() -> None:
             base = results["1 process"]
             base_rate = B / (sum(base["step_s"]) / len(base["step_s"]))
             print(f"\n{arch}")
-            print(f"  {'mode':24s} {'tokens/s':>10s} {'speed-up':>9s} {'efficiency':>10s} "
-                  f"{'MB/step measured':>17s} {'MB/step formula':>16s} {'max |dW|':>9s}")
+            print(
+                f"  {'mode':24s} {'tokens/s':>10s} {'speed-up':>9s} {'efficiency':>10s} "
+                f"{'MB/step measured':>17s} {'MB/step formula':>16s} {'max |dW|':>9s}"
+            )
             for label, mode in MODES.items():
                 r = results[label]
                 rate = B / (sum(r["step_s"]) / len(r["step_s"]))
                 formula = bytes_per_step(arch, mode, S, D, F, B, args.k)
                 diff = 0.0 if label == "1 process" else max_weight_difference(r["out"], base["out"])
-                print(f"  {label:24s} {rate:10.0f} {rate / base_rate:8.2f}x {rate / base_rate / mode[0]:9.0%} "
-                      f"{r['bytes_per_step'] / 1e6:17.2f} {formula / 1e6:16.2f} {diff:9.1e}")
+                print(
+                    f"  {label:24s} {rate:10.0f} {rate / base_rate:8.2f}x {rate / base_rate / mode[0]:9.0%} "
+                    f"{r['bytes_per_step'] / 1e6:17.2f} {formula / 1e6:16.2f} {diff:9.1e}"
+                )
 
 
 if __name__ == "__main__":

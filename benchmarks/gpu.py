@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import statistics
 import sys
@@ -76,7 +77,7 @@ from crosslens.training.memory import OPTIMIZER_STATES, parameter_counts, step_p
 from crosslens.training.optim import clipped_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profiling import print_memory_peak, print_profile, sync  # noqa: E402
+from profiling import print_memory_peak, print_profile, sync
 
 SMALL = {"S": 2, "d_in": 8, "d_sae": 64, "batch": 32, "k": 4, "l0": 8, "steps": 2, "peak_n": 64}
 
@@ -126,8 +127,9 @@ def optimizer_pass(S: int, D: int, F: int, device: str, state: str, kind: str = 
     if kind == "torch":
         opt = torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.999), fused=True)
     else:
-        opt = make_optimizer(params, lr=1e-4, betas=(0.9, 0.999), state_dtype=state, seed=0,
-                             device=torch.device(device), plan=plan)  # fmt: skip
+        opt = make_optimizer(
+            params, lr=1e-4, betas=(0.9, 0.999), state_dtype=state, seed=0, device=torch.device(device), plan=plan
+        )
 
     def run() -> None:
         clipped_step(opt, module, LocalCollectives(), 1.0, fused=True, writes=writes)  # what it writes is let go
@@ -135,22 +137,28 @@ def optimizer_pass(S: int, D: int, F: int, device: str, state: str, kind: str = 
     return run
 
 
-def floors(a: argparse.Namespace, device: str) -> dict[str, float]:
-    """Seconds per step of the dense and sparse floors at the benchmarked shape (with the step's
-    own optimizer pass), and of each optimizer pass (:data:`OPTIMIZER_PASSES`) alone."""
+def matmul_seconds(a: argparse.Namespace, device: str) -> tuple[float, float]:
+    """Seconds of the encoder's 2 bf16 matmuls (forward, weight gradient) and of all 5 (with the
+    decoder's forward, input and weight gradients) at the benchmarked shape."""
     B, K, F = a.batch, a.S * a.d_in, a.d_sae
     x = torch.randn(B, K, device=device, dtype=torch.bfloat16)
     W = torch.randn(K, F, device=device, dtype=torch.bfloat16)
     h = torch.randn(B, F, device=device, dtype=torch.bfloat16)
-    encoder = lambda: (x @ W, x.T @ h)  # noqa: E731  forward, weight gradient
-    decoder = lambda: (h @ W.T, h @ W.T, h.T @ x)  # noqa: E731  forward, input and weight gradients
-    matmuls2 = seconds_per_call(encoder, device, a.rounds)
-    matmuls5 = matmuls2 + seconds_per_call(decoder, device, a.rounds)
-    del x, W, h
+    encoder = seconds_per_call(lambda: (x @ W, x.T @ h), device, a.rounds)
+    return encoder, encoder + seconds_per_call(lambda: (h @ W.T, h @ W.T, h.T @ x), device, a.rounds)
+
+
+def floors(a: argparse.Namespace, device: str) -> dict[str, float]:
+    """Seconds per step of the dense and sparse floors at the benchmarked shape (with the step's
+    own optimizer pass), and of each optimizer pass (:data:`OPTIMIZER_PASSES`) alone."""
+    matmuls2, matmuls5 = matmul_seconds(a, device)
+    F = a.d_sae
     passes = {}
     for kind in OPTIMIZER_PASSES:
         if kind != "torch" or a.optimizer_state == "float32":
-            passes[kind] = seconds_per_call(optimizer_pass(a.S, a.d_in, F, device, a.optimizer_state, kind), device, a.rounds)
+            passes[kind] = seconds_per_call(
+                optimizer_pass(a.S, a.d_in, F, device, a.optimizer_state, kind), device, a.rounds
+            )
     opt = passes["step"]
     return {"dense": matmuls5 + opt, "sparse": matmuls2 + opt, "optimizer": opt, "passes": passes}
 
@@ -202,17 +210,21 @@ def gather_sweep(a: argparse.Namespace, device: str) -> None:
                 lambda: tk.weight_grad(grad, values, pairs, (W, scale), dtype=torch.float32), device, a.rounds
             )
             first = first or [decode, weight]
-            print(f"  {str(dtype)[6:]:9s} gather rows, block {block:5d}, {warps} warps: decode {decode * 1e3:6.2f} ms "
-                  f"({n_pairs * row_bytes / decode / 1e12:5.2f} TB/s, {first[0] / decode:4.2f}x the default), "
-                  f"weight gradient {weight * 1e3:6.2f} ms ({(n_pairs * row_bytes + 2 * F_ * K * 4) / weight / 1e12:5.2f} "
-                  f"TB/s, {first[1] / weight:4.2f}x)")  # fmt: skip
+            print(
+                f"  {str(dtype)[6:]:9s} gather rows, block {block:5d}, {warps} warps: decode {decode * 1e3:6.2f} ms "
+                f"({n_pairs * row_bytes / decode / 1e12:5.2f} TB/s, {first[0] / decode:4.2f}x the default), "
+                f"weight gradient {weight * 1e3:6.2f} ms ({(n_pairs * row_bytes + 2 * F_ * K * 4) / weight / 1e12:5.2f} "
+                f"TB/s, {first[1] / weight:4.2f}x)"
+            )
         first = []
         for pair_block, columns in PAIR_DOT_BLOCKS:
             tk = TritonKernels(dataclasses.replace(base, pair_block=pair_block, pair_columns=columns))
             dots = seconds_per_call(lambda: tk.values_grad(grad, read, pairs, dtype=torch.float32), device, a.rounds)
             first = first or [dots]
-            print(f"  {str(dtype)[6:]:9s} pair dots, {pair_block:2d} pairs x {columns:3d} columns: {dots * 1e3:6.2f} ms "
-                  f"({2 * n_pairs * row_bytes / dots / 1e12:5.2f} TB/s, {first[0] / dots:4.2f}x the default)")  # fmt: skip
+            print(
+                f"  {str(dtype)[6:]:9s} pair dots, {pair_block:2d} pairs x {columns:3d} columns: {dots * 1e3:6.2f} ms "
+                f"({2 * n_pairs * row_bytes / dots / 1e12:5.2f} TB/s, {first[0] / dots:4.2f}x the default)"
+            )
 
 
 def window_sweep(a: argparse.Namespace, device: str) -> WindowTile | None:
@@ -232,14 +244,14 @@ def window_sweep(a: argparse.Namespace, device: str) -> WindowTile | None:
     window_NF = torch.rand(N, F_, device=device, generator=g) < 0.02  # a trained crosscoder's share
     norms_FS = torch.rand(F_, S, device=device, generator=g)
     t_F = torch.full((F_,), 0.25, device=device)
-    args = (grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, 0.1)
+    window_args = (grad_SND, W_FSD, h_NF, window_NF, norms_FS, t_F, 0.1)
     flops = 2 * S * N * F_ * D
     default, timed = base.window_tile, {}
     want = None
     print(f"window tiles: {S} snapshots x {N} tokens x {F_} features, d_in {D}, bfloat16")
     for tile in WINDOW_TILES:
         label = f"{tile.tokens:3d} x {tile.features:3d} x {tile.depth:2d}, {tile.warps} warps, {tile.stages} stages"
-        call = lambda kernels=TritonKernels(dataclasses.replace(base, window_tile=tile)): kernels.window_dots(*args)  # noqa: E731
+        call = functools.partial(TritonKernels(dataclasses.replace(base, window_tile=tile)).window_dots, *window_args)
         try:
             sums, counts = call()
             seconds = seconds_per_call(call, device, a.rounds)
@@ -251,12 +263,14 @@ def window_sweep(a: argparse.Namespace, device: str) -> WindowTile | None:
         same_counts = torch.equal(counts, want[1])
         timed[tile] = seconds
         first = timed[next(iter(timed))]
-        print(f"  {label}: {seconds * 1e3:6.2f} ms "
-              f"({flops / seconds / 1e12:5.0f} TFLOP/s, {first / seconds:4.2f}x the first); sums differ "
-              f"{differs:.1e} of the largest, counts {'equal' if same_counts else 'DIFFER'}")  # fmt: skip
+        print(
+            f"  {label}: {seconds * 1e3:6.2f} ms "
+            f"({flops / seconds / 1e12:5.0f} TFLOP/s, {first / seconds:4.2f}x the first); sums differ "
+            f"{differs:.1e} of the largest, counts {'equal' if same_counts else 'DIFFER'}"
+        )
     best = min(timed, key=timed.get) if timed else default
     print(f"  the rows below launch {best} (the plan's window_tile; its default is {default})")
-    del args, grad_SND, W_FSD, h_NF, window_NF
+    del call, window_args, grad_SND, W_FSD, h_NF, window_NF
     torch.cuda.empty_cache()
     return best
 
@@ -311,16 +325,27 @@ def row_plan(arch: str, a: argparse.Namespace, device: str, path: str = "default
 
 
 def make_trainer(
-    arch: str, a: argparse.Namespace, device: str, autocast: str | None, path: str = "default", lr: float = 1e-5,
+    arch: str,
+    a: argparse.Namespace,
+    device: str,
+    autocast: str | None,
+    path: str = "default",
+    lr: float = 1e-5,
     seed: int = 0,
-) -> CrosscoderTrainer:  # fmt: skip
+) -> CrosscoderTrainer:
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"k": a.k} if arch.endswith("topk_crosscoder") else {}
     torch.manual_seed(seed)
     sae = train_cls(train_cfg_cls(d_in=a.d_in, d_sae=a.d_sae, n_snapshots=a.S, device=device, **extra))
-    cfg = CrosscoderTrainerConfig(total_steps=10**6, lr=lr, device=device, autocast_dtype=autocast,
-                                  optimizer_state_dtype=a.optimizer_state, micro_batches=a.micro_batches,
-                                  activation_scale_check="off")  # fmt: skip
+    cfg = CrosscoderTrainerConfig(
+        total_steps=10**6,
+        lr=lr,
+        device=device,
+        autocast_dtype=autocast,
+        optimizer_state_dtype=a.optimizer_state,
+        micro_batches=a.micro_batches,
+        activation_scale_check="off",
+    )
     return CrosscoderTrainer(sae, cfg, plan=row_plan(arch, a, device, path))
 
 
@@ -402,7 +427,12 @@ def row_step(
 
 
 def step_row(
-    arch: str, a: argparse.Namespace, device: str, autocast: str | None, state: str, times: dict[str, float],
+    arch: str,
+    a: argparse.Namespace,
+    device: str,
+    autocast: str | None,
+    state: str,
+    times: dict[str, float],
     path: str = "default",
 ) -> str:
     if device.startswith("cuda"):
@@ -424,9 +454,11 @@ def step_row(
         print_memory_peak(step, device, f"{arch} {autocast or 'fp32'} {path}")
     precision = "bf16" if autocast else "fp32"
     del trainer
-    return (f"{arch:22s} {precision:5s} {state:8s} {path:13s} L0 {l0:8.1f}  {a.batch / seconds:10,.0f} tok/s  "
-            f"{floor / seconds:6.1%} of the {'sparse' if sparse else 'dense'} floor  peak {peak:6.1f} GiB "
-            f"(plan {plan:.1f}, {peak / plan:.2f}x){waits}{share}{dead}")  # fmt: skip
+    return (
+        f"{arch:22s} {precision:5s} {state:8s} {path:13s} L0 {l0:8.1f}  {a.batch / seconds:10,.0f} tok/s  "
+        f"{floor / seconds:6.1%} of the {'sparse' if sparse else 'dense'} floor  peak {peak:6.1f} GiB "
+        f"(plan {plan:.1f}, {peak / plan:.2f}x){waits}{share}{dead}"
+    )
 
 
 def with_dead_features(trainer: CrosscoderTrainer, x_BSD: torch.Tensor, share: float) -> tuple[Callable[[], None], str]:
@@ -474,10 +506,15 @@ def repeat_check(arch: str, a: argparse.Namespace, device: str, autocast: str | 
 
     first = parameters_after()
     second = parameters_after()
-    differ = [f"{name} (at most {float((first[name] - second[name]).abs().max()):.2e})"
-              for name in first if not torch.equal(first[name], second[name])]  # fmt: skip
+    differ = [
+        f"{name} (at most {float((first[name] - second[name]).abs().max()):.2e})"
+        for name in first
+        if not torch.equal(first[name], second[name])
+    ]
     label = f"{arch:22s} {'bf16' if autocast else 'fp32':5s} {state:8s}"
-    return f"repeat, {label} {a.repeat_steps} steps twice: " + ("same bytes" if not differ else "differ: " + ", ".join(differ))
+    return f"repeat, {label} {a.repeat_steps} steps twice: " + (
+        "same bytes" if not differ else "differ: " + ", ".join(differ)
+    )
 
 
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}
@@ -493,30 +530,69 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--k", type=int, default=64, help="TopK/BatchTopK k")
     p.add_argument("--l0", type=float, default=100.0, help="the trained sparsity the bias/threshold is set to")
-    p.add_argument("--young-open", type=float, default=0.08,
-                   help="JumpReLU's young rows: the share of (token, feature) entries open")  # fmt: skip
-    p.add_argument("--dead", type=float, default=0.05,
-                   help="TopK/BatchTopK's trained rows: the share of features counted dead, which the auxiliary loss decodes")  # fmt: skip
+    p.add_argument(
+        "--young-open",
+        type=float,
+        default=0.08,
+        help="JumpReLU's young rows: the share of (token, feature) entries open",
+    )
+    p.add_argument(
+        "--dead",
+        type=float,
+        default=0.05,
+        help="TopK/BatchTopK's trained rows: the share of features counted dead, which the auxiliary loss decodes",
+    )
     p.add_argument("--steps", type=int, default=10, help="timed steps per row (median)")
     p.add_argument("--rounds", type=int, default=10, help="timed calls per floor (median)")
     p.add_argument("--peak-n", type=int, default=8192, help="matmul side for the bf16 peak")
     p.add_argument("--only", choices=list(cc.ARCHITECTURES), action="append", help="architectures to run (repeatable)")
     p.add_argument("--optimizer-state", choices=OPTIMIZER_STATES, default="float32")
-    p.add_argument("--gathers", action="store_true", help="time the sparse decode's Triton gathers for each block size tried")
-    p.add_argument("--window-tiles", action="store_true",
-                   help="time the JumpReLU window kernel for each tile tried, and keep the fastest for the rows")  # fmt: skip
-    p.add_argument("--profile", action="store_true", help="after each row, its kernels over 3 steps by time (torch.profiler)")
-    p.add_argument("--memory-peak", action="store_true",
-                   help="after each row, one step under CUDA's allocation history: what is alive at its peak, by allocating line")  # fmt: skip
-    p.add_argument("--micro-batches", type=int, default=1, help="train each batch in this many micro-batches (train --micro-batches)")
-    p.add_argument("--path", action="append", choices=PATHS,
-                   help="the step rows' paths to run (repeatable; default all that apply; step_paths)")  # fmt: skip
-    p.add_argument("--state", choices=STATES, action="append",
-                   help="the step rows' states to run (repeatable; default all three; young is JumpReLU's alone)")  # fmt: skip
-    p.add_argument("--precision", choices=PRECISIONS, action="append",
-                   help="the step rows' precisions (repeatable; default both): fp32, or bf16 autocast")  # fmt: skip
-    p.add_argument("--repeat-steps", type=int, default=0,
-                   help="instead of the rows: train this many steps twice per row and compare the bytes")  # fmt: skip
+    p.add_argument(
+        "--gathers", action="store_true", help="time the sparse decode's Triton gathers for each block size tried"
+    )
+    p.add_argument(
+        "--window-tiles",
+        action="store_true",
+        help="time the JumpReLU window kernel for each tile tried, and keep the fastest for the rows",
+    )
+    p.add_argument(
+        "--profile", action="store_true", help="after each row, its kernels over 3 steps by time (torch.profiler)"
+    )
+    p.add_argument(
+        "--memory-peak",
+        action="store_true",
+        help="after each row, one step under CUDA's allocation history: what is alive at its peak, by allocating line",
+    )
+    p.add_argument(
+        "--micro-batches",
+        type=int,
+        default=1,
+        help="train each batch in this many micro-batches (train --micro-batches)",
+    )
+    p.add_argument(
+        "--path",
+        action="append",
+        choices=PATHS,
+        help="the step rows' paths to run (repeatable; default all that apply; step_paths)",
+    )
+    p.add_argument(
+        "--state",
+        choices=STATES,
+        action="append",
+        help="the step rows' states to run (repeatable; default all three; young is JumpReLU's alone)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        action="append",
+        help="the step rows' precisions (repeatable; default both): fp32, or bf16 autocast",
+    )
+    p.add_argument(
+        "--repeat-steps",
+        type=int,
+        default=0,
+        help="instead of the rows: train this many steps twice per row and compare the bytes",
+    )
     a = p.parse_args(argv)
     if not 0 <= a.dead < 1:
         p.error(f"--dead {a.dead}: give the share of features counted dead, from 0 up to below 1 (e.g. 0.05)")
@@ -530,7 +606,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def row_or_failure(
-    arch: str, a: argparse.Namespace, device: str, autocast: str | None, state: str, times: dict[str, float],
+    arch: str,
+    a: argparse.Namespace,
+    device: str,
+    autocast: str | None,
+    state: str,
+    times: dict[str, float],
     path: str,
 ) -> str:
     """:func:`step_row`, or the row's failure in one line (out of memory, a kernel that does not
@@ -552,22 +633,29 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks/gpu.py: no CUDA device here, nothing measured (--small runs its logic on the CPU)")
         return 0
     device = "cpu" if a.small else "cuda"
-    print(f"shape: S {a.S}, d_in {a.d_in}, d_sae {a.d_sae}, batch {a.batch} in {a.micro_batches} micro-batch(es); "
-          f"Adam state {a.optimizer_state}; device {device}")
+    print(
+        f"shape: S {a.S}, d_in {a.d_in}, d_sae {a.d_sae}, batch {a.batch} in {a.micro_batches} micro-batch(es); "
+        f"Adam state {a.optimizer_state}; device {device}"
+    )
     peak = matmul_peak(a.peak_n, device, a.rounds)
     print(f"bf16 matmul peak: {peak / 1e12:,.1f} TFLOP/s")
     times = floors(a, device)
     flops = 10 * a.batch * a.S * a.d_in * a.d_sae
-    print(f"floor, dense (5 matmuls + optimizer):  {a.batch / times['dense']:10,.0f} tok/s "
-          f"(matmuls at {(flops / (times['dense'] - times['optimizer'])) / peak:.0%} of peak)")  # fmt: skip
+    print(
+        f"floor, dense (5 matmuls + optimizer):  {a.batch / times['dense']:10,.0f} tok/s "
+        f"(matmuls at {(flops / (times['dense'] - times['optimizer'])) / peak:.0%} of peak)"
+    )
     print(f"floor, sparse (2 matmuls + optimizer): {a.batch / times['sparse']:10,.0f} tok/s")
     passes = times["passes"]
+
     def against_plain(kind: str) -> str:
         return f"{passes[kind] * 1e3:.2f} ms ({passes[kind] / passes['plain']:.2f}x the plain pass)"
 
-    print(f"optimizer pass (norm + fused clip/Adam): {passes['plain'] * 1e3:.2f} ms; the step's, writing W_dec's "
-          f"row norms too: {against_plain('step')}; and the bf16 weights: {against_plain('copies')}"
-          + (f"; torch's fused Adam: {against_plain('torch')}" if "torch" in passes else ""))  # fmt: skip
+    print(
+        f"optimizer pass (norm + fused clip/Adam): {passes['plain'] * 1e3:.2f} ms; the step's, writing W_dec's "
+        f"row norms too: {against_plain('step')}; and the bf16 weights: {against_plain('copies')}"
+        + (f"; torch's fused Adam: {against_plain('torch')}" if "torch" in passes else "")
+    )
     if a.gathers:
         gather_sweep(a, device)
     a.window_tile = window_sweep(a, device) if a.window_tiles else None

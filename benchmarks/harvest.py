@@ -32,12 +32,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
-from crosslens.activations.tokens import build_token_ids, keep_mask
 from crosslens.activations import harvest_activations
-from crosslens.activations.tokens import default_excluded_ids  # noqa: E402
-from crosslens.checkpoints import weights_cache  # noqa: E402
+from crosslens.activations.tokens import (
+    build_token_ids,
+    default_excluded_ids,
+    keep_mask,
+)
+from crosslens.checkpoints import weights_cache
 
 
 # --------------------------------------------------------------------------- suites
@@ -147,10 +150,25 @@ def child(args: argparse.Namespace) -> None:
 
 def measure_memory(args: argparse.Namespace, suite_spec: str, method: str, n_snapshots: int) -> dict:
     command = [
-        sys.executable, __file__, "--child", method, "--suite", suite_spec, "--n-snapshots", str(n_snapshots),
-        "--hook", args.hook, "--n-tokens", str(args.n_tokens), "--seq-len", str(args.seq_len),
-        "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-    ]  # fmt: skip
+        sys.executable,
+        __file__,
+        "--child",
+        method,
+        "--suite",
+        suite_spec,
+        "--n-snapshots",
+        str(n_snapshots),
+        "--hook",
+        args.hook,
+        "--n-tokens",
+        str(args.n_tokens),
+        "--seq-len",
+        str(args.seq_len),
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(args.threads),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{method} with {n_snapshots} snapshots failed:\n{done.stderr[-3000:]}")
@@ -205,10 +223,12 @@ def bench_suite(args: argparse.Namespace, suite_spec: str, label: str) -> None:
                 run_crosslens(suite, args.hook, ids, store, args.batch_size)
                 ours[state].append(time.perf_counter() - t0)
                 shutil.rmtree(store)
-        print("\n1. throughput (tokens x snapshots / s, model loading included, best of %d)" % args.repeats)
+        print(f"\n1. throughput (tokens x snapshots / s, model loading included, best of {args.repeats})")
         print(f"   baseline         {work / min(base):12,.0f}   ({min(base):.2f} s)")
         for state, label in (("cold", "first harvest"), ("warm", "later harvests")):
-            print(f"   crosslens {state}   {work / min(ours[state]):12,.0f}   ({min(ours[state]):.2f} s, written to disk; {label})")
+            print(
+                f"   crosslens {state}   {work / min(ours[state]):12,.0f}   ({min(ours[state]):.2f} s, written to disk; {label})"
+            )
         for state in ("cold", "warm"):
             print(f"   ratio {state}       {min(base) / min(ours[state]):12.2f}x   (goal >= 2x)")
 
@@ -216,9 +236,10 @@ def bench_suite(args: argparse.Namespace, suite_spec: str, label: str) -> None:
         for dtype in ("float32", "bfloat16", "float16"):
             store = run_crosslens(suite, args.hook, ids, Path(tmp) / dtype, args.batch_size, dtype=dtype)
             per = store.nbytes() / (store.n_tokens * store.n_snapshots)
-            print(f"   {dtype:9s} {per:8.1f}   (d_in {store.d_in}; data {store.d_in * (4 if dtype == 'float32' else 2)})")
+            print(
+                f"   {dtype:9s} {per:8.1f}   (d_in {store.d_in}; data {store.d_in * (4 if dtype == 'float32' else 2)})"
+            )
             shutil.rmtree(Path(tmp) / dtype)
-
 
 
 def main() -> None:
@@ -230,11 +251,15 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--synthetic", type=int, default=0, metavar="D_MODEL", help="also bench a random suite this wide")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--synthetic", type=int, default=0, metavar="D_MODEL", help="also bench a random suite this wide"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
         help="torch CPU threads (default 1: on a shared machine, spinning OpenMP threads make timings erratic)",
-    )  # fmt: skip
+    )
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--child", choices=["crosslens", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--n-snapshots", type=int, default=0, help=argparse.SUPPRESS)

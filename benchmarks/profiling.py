@@ -68,8 +68,10 @@ def print_memory_peak(fn: Callable[[], None], device: str, label: str) -> None:
         with contextlib.suppress(Exception):  # where recording never started
             torch.cuda.memory._record_memory_history(enabled=None)
     peak, sites = peak_breakdown(events, before)
-    print(f"memory peak of one step, {label}: {peak / 2**30:.2f} GiB, {before / 2**30:.2f} of it held before the step; "
-          f"alive at the peak beyond that:")  # fmt: skip
+    print(
+        f"memory peak of one step, {label}: {peak / 2**30:.2f} GiB, {before / 2**30:.2f} of it held before the step; "
+        f"alive at the peak beyond that:"
+    )
     for site, size in sites:
         print(f"  {size / 2**30:7.3f} GiB  {site}")
 
@@ -107,8 +109,10 @@ def print_profile(fn: Callable[[], None], device: str, label: str, calls: int = 
         events = traced.events()
         sites = launch_sites(events)
         n_frames = sum(python_frame(e) and "crosslens/" in e.name for e in events)
-        print(f"device time by the line of crosslens that launched it, per step, under Python's tracing: {label} "
-              f"({n_frames} of crosslens's Python frames recorded)")  # fmt: skip
+        print(
+            f"device time by the line of crosslens that launched it, per step, under Python's tracing: {label} "
+            f"({n_frames} of crosslens's Python frames recorded)"
+        )
         for line, ms in time_by_line(events, calls, sites):
             print(f"  {ms:7.3f} ms  {line}")
         print(idle_gaps(events, calls, sites), flush=True)
@@ -188,8 +192,10 @@ def idle_gaps(events: list, calls: int, sites: dict[int, str] | None = None, top
         busy += max(0.0, stop - max(start, end))
         end = max(end, stop)
     span = end - kernels[0].time_range.start
-    lines = [f"device idle: span {span / 1e3 / calls:.2f} ms per step, kernels running {busy / 1e3 / calls:.2f}, "
-             f"idle {(span - busy) / 1e3 / calls:.2f} ({len(gaps) / calls:.0f} gaps per step); the longest:"]  # fmt: skip
+    lines = [
+        f"device idle: span {span / 1e3 / calls:.2f} ms per step, kernels running {busy / 1e3 / calls:.2f}, "
+        f"idle {(span - busy) / 1e3 / calls:.2f} ({len(gaps) / calls:.0f} gaps per step); the longest:"
+    ]
     for gap, before, after, site in sorted(gaps, reverse=True)[:top]:
         lines.append(f"  {gap / 1e3:6.3f} ms  after {before[:40]}  before {after[:40]}{site}")
     return "\n".join(lines)

@@ -40,18 +40,45 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu import active_share, make_trainer, matmul_peak, seconds_per_call, set_sparsity, sync  # noqa: E402
+from gpu import active_share, make_trainer, matmul_peak, seconds_per_call, set_sparsity, sync
 
-from crosslens.activations.forward import forward_to_hook, trunk_attention  # noqa: E402
-from crosslens.activations.streaming import ResidentSnapshotProvider  # noqa: E402
-from crosslens.checkpoints import CheckpointSuite  # noqa: E402
+from crosslens.activations.forward import forward_to_hook, trunk_attention
+from crosslens.activations.streaming import ResidentSnapshotProvider
+from crosslens.checkpoints import CheckpointSuite
 
-PYTHIA_160M = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-               "vocab_size": 50304, "max_position_embeddings": 2048, "rotary_pct": 0.25}  # fmt: skip
-SMALL_MODEL = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 64,
-               "vocab_size": 64, "max_position_embeddings": 64, "rotary_pct": 0.25}  # fmt: skip
-SMALL = {"S": 2, "hook": "blocks.1.hook_resid_post", "seqs": 4, "seq_len": 16, "batch": 32, "d_sae": 64,
-         "l0": 8, "chunk_seqs": 8, "chunks": 2, "warmup": 1, "peak_n": 64, "rounds": 2, "backend": "aot_eager"}  # fmt: skip
+PYTHIA_160M = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "vocab_size": 50304,
+    "max_position_embeddings": 2048,
+    "rotary_pct": 0.25,
+}
+SMALL_MODEL = {
+    "hidden_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "vocab_size": 64,
+    "max_position_embeddings": 64,
+    "rotary_pct": 0.25,
+}
+SMALL = {
+    "S": 2,
+    "hook": "blocks.1.hook_resid_post",
+    "seqs": 4,
+    "seq_len": 16,
+    "batch": 32,
+    "d_sae": 64,
+    "l0": 8,
+    "chunk_seqs": 8,
+    "chunks": 2,
+    "warmup": 1,
+    "peak_n": 64,
+    "rounds": 2,
+    "backend": "aot_eager",
+}
 HOLD_LR = 1e-9
 """Learning rate of the streamed steps. Their trained state is synthetic (the threshold or
 bias bisected on the first batch, Adam's moments fresh), and Adam's first steps move each
@@ -61,8 +88,12 @@ activations, which share a direction, that moves every pre-activation the same w
 steps time the dense kernels instead of the step from pairs (``scripts/held_sparsity.py``
 measures it). A trained run's sparsity is steady; this rate keeps the synthetic one so (each
 row prints its L0 at the first and last timed step), and a step's work does not depend on it."""
-ROWS = {"jumprelu": ("jumprelu_crosscoder", True, True), "relu": ("crosscoder", True, True),
-        "no-prefetch": ("jumprelu_crosscoder", False, True), "fresh": ("jumprelu_crosscoder", True, False)}  # fmt: skip
+ROWS = {
+    "jumprelu": ("jumprelu_crosscoder", True, True),
+    "relu": ("crosscoder", True, True),
+    "no-prefetch": ("jumprelu_crosscoder", False, True),
+    "fresh": ("jumprelu_crosscoder", True, False),
+}
 """The end-to-end rows by name: (architecture, prefetch, trained). The fresh row is the rate of a
 run's first steps, before its sparsity term has made the code sparse enough for the pairs."""
 
@@ -76,8 +107,13 @@ def word_tokenizer(vocab_size: int):
     vocab = {w: i for i, w in enumerate(["<|endoftext|>", "<unk>", "<pad>", *(f"w{i}" for i in range(3, vocab_size))])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   unk_token="<unk>", pad_token="<pad>")  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
 
 
 @torch.no_grad()
@@ -105,8 +141,11 @@ def written_suite(root: Path, n: int) -> CheckpointSuite:
     """The suite a ``--write-only`` run left in ``root``, refused unless all ``n`` snapshots are there."""
     missing = [f"step{s}" for s in range(n) if not (root / f"step{s}" / "config.json").is_file()]
     if missing:
-        print(f"benchmarks/stream_gpu.py --written: {root} lacks {', '.join(missing[:3])}"
-              f"{' ...' if len(missing) > 3 else ''}; run with --write-only first, or leave out --written", file=sys.stderr)  # fmt: skip
+        print(
+            f"benchmarks/stream_gpu.py --written: {root} lacks {', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}; run with --write-only first, or leave out --written",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     print(f"suite: {n} random-init snapshots, written earlier to {root}")
     return CheckpointSuite.local(root)
@@ -121,7 +160,9 @@ def forward_flops_per_token(model, seq_len: int) -> float:
 def forward_floor(model, a: argparse.Namespace, device: str, peak: float) -> float:
     """Prints the forward to the hook eager, compiled, and compiled with the trunk's attention
     through SDPA; returns the tokens/s (one snapshot) of the path the provider takes."""
-    tokens = torch.randint(3, model.cfg.d_vocab, (a.seqs, a.seq_len), device=device, generator=torch.Generator(device).manual_seed(0))
+    tokens = torch.randint(
+        3, model.cfg.d_vocab, (a.seqs, a.seq_len), device=device, generator=torch.Generator(device).manual_seed(0)
+    )
     flops = forward_flops_per_token(model, a.seq_len) * tokens.numel()
     paths = [("eager", False, "hooked"), ("compiled", True, "hooked"), ("compiled, SDPA attention", True, "sdpa")]
     rates = {}
@@ -129,14 +170,22 @@ def forward_floor(model, a: argparse.Namespace, device: str, peak: float) -> flo
         run = lambda: forward_to_hook(model, tokens, a.hook, compile=compile, backend=a.backend, attention=attention)  # noqa: E731
         seconds = seconds_per_call(run, device, a.rounds)
         rates[compile, attention] = tokens.numel() / seconds
-        print(f"forward to {a.hook}, {label:25s} {a.seqs} x {a.seq_len}: {rates[compile, attention]:12,.0f} tok/s per snapshot "
-              f"({flops / seconds / peak:.0%} of the bf16 peak); {a.S} snapshots: {rates[compile, attention] / a.S:10,.0f} tok/s")  # fmt: skip
+        print(
+            f"forward to {a.hook}, {label:25s} {a.seqs} x {a.seq_len}: {rates[compile, attention]:12,.0f} tok/s per snapshot "
+            f"({flops / seconds / peak:.0%} of the bf16 peak); {a.S} snapshots: {rates[compile, attention] / a.S:10,.0f} tok/s"
+        )
     if a.compile:
-        acts = {(compile, attention): forward_to_hook(model, tokens, a.hook, compile=compile, backend=a.backend, attention=attention).float()
-                for _, compile, attention in paths}  # fmt: skip
+        acts = {
+            (compile, attention): forward_to_hook(
+                model, tokens, a.hook, compile=compile, backend=a.backend, attention=attention
+            ).float()
+            for _, compile, attention in paths
+        }
         eager = acts[False, "hooked"]
-        print(f"compiled vs eager activations: max |difference| {float((acts[True, 'hooked'] - eager).abs().max()):.3g} (bf16); "
-              f"compiled SDPA vs eager: {float((acts[True, 'sdpa'] - eager).abs().max()):.3g}")  # fmt: skip
+        print(
+            f"compiled vs eager activations: max |difference| {float((acts[True, 'hooked'] - eager).abs().max()):.3g} (bf16); "
+            f"compiled SDPA vs eager: {float((acts[True, 'sdpa'] - eager).abs().max()):.3g}"
+        )
     provider_path = (a.compile and not a.small, trunk_attention(model, None))
     return rates.get(provider_path, rates[False, "hooked"])
 
@@ -170,8 +219,12 @@ def untimed_steps(warmup: int, per_chunk: int) -> int:
 
 
 def end_to_end(
-    provider: ResidentSnapshotProvider, arch: str, a: argparse.Namespace, device: str, trained: bool = True,
-) -> tuple[float, str]:  # fmt: skip
+    provider: ResidentSnapshotProvider,
+    arch: str,
+    a: argparse.Namespace,
+    device: str,
+    trained: bool = True,
+) -> tuple[float, str]:
     """Tokens/s of streamed training steps, and what the timed steps held: the L0 of the first
     and last, and (JumpReLU) the share of entries active on the first and last batch, which
     decides whether the step runs from the active pairs (``sparse_step_pays``);
@@ -214,29 +267,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=2048, help="crosscoder batch, tokens")
     p.add_argument("--d-sae", type=int, default=24576)
     p.add_argument("--k", type=int, default=64)
-    p.add_argument("--micro-batches", type=int, default=1, help="micro-batches per crosscoder step (gradient accumulation)")
+    p.add_argument(
+        "--micro-batches", type=int, default=1, help="micro-batches per crosscoder step (gradient accumulation)"
+    )
     p.add_argument("--l0", type=float, default=100.0, help="the trained sparsity the threshold/bias is set to")
-    p.add_argument("--lr", type=float, default=HOLD_LR,
-                   help="learning rate of the streamed steps (default: one that holds the trained sparsity; HOLD_LR)")  # fmt: skip
-    p.add_argument("--chunk-seqs", type=int, default=128, help="sequences per provider chunk (two are resident with prefetch)")
-    p.add_argument("--chunks", type=int, default=3,
-                   help="timed end-to-end chunks per row: every step of each, and its forward")  # fmt: skip
-    p.add_argument("--warmup", type=int, default=10,
-                   help="untimed end-to-end steps first: the kernels' compiles for the batches' shapes")  # fmt: skip
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=HOLD_LR,
+        help="learning rate of the streamed steps (default: one that holds the trained sparsity; HOLD_LR)",
+    )
+    p.add_argument(
+        "--chunk-seqs", type=int, default=128, help="sequences per provider chunk (two are resident with prefetch)"
+    )
+    p.add_argument(
+        "--chunks", type=int, default=3, help="timed end-to-end chunks per row: every step of each, and its forward"
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=10,
+        help="untimed end-to-end steps first: the kernels' compiles for the batches' shapes",
+    )
     p.add_argument("--rounds", type=int, default=10, help="timed forwards (median)")
     p.add_argument("--peak-n", type=int, default=8192, help="matmul side for the bf16 peak")
     p.add_argument("--backend", default="inductor", help="torch.compile backend of the compiled forward")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                   help="compile the snapshot models' forward (provider and floor); --no-compile: eager only")  # fmt: skip
-    p.add_argument("--row", choices=list(ROWS), action="append",
-                   help="end-to-end rows to time (repeatable; default all): e.g. --row fresh --seq-len 2048 "
-                        "--chunk-seqs 32 for the recipe's shape, which benchmarks/user_run.py runs")  # fmt: skip
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compile the snapshot models' forward (provider and floor); --no-compile: eager only",
+    )
+    p.add_argument(
+        "--row",
+        choices=list(ROWS),
+        action="append",
+        help="end-to-end rows to time (repeatable; default all): e.g. --row fresh --seq-len 2048 "
+        "--chunk-seqs 32 for the recipe's shape, which benchmarks/user_run.py runs",
+    )
     p.add_argument("--run-tokens", type=float, default=800e6, help="tokens of the whole run, for the hours")
-    p.add_argument("--suite-dir", type=Path, default=None, help="where to write the suite (default: a temporary folder)")
-    p.add_argument("--write-only", action="store_true",
-                   help="write the suite to --suite-dir and stop (CPU work another command's GPU timings can overlap)")
-    p.add_argument("--written", action="store_true",
-                   help="take the suite an earlier --write-only run left in --suite-dir instead of writing it")  # fmt: skip
+    p.add_argument(
+        "--suite-dir", type=Path, default=None, help="where to write the suite (default: a temporary folder)"
+    )
+    p.add_argument(
+        "--write-only",
+        action="store_true",
+        help="write the suite to --suite-dir and stop (CPU work another command's GPU timings can overlap)",
+    )
+    p.add_argument(
+        "--written",
+        action="store_true",
+        help="take the suite an earlier --write-only run left in --suite-dir instead of writing it",
+    )
     a = p.parse_args(argv)
     if not a.lr > 0:
         p.error(f"--lr {a.lr}: give a learning rate above 0 (the default, {HOLD_LR:g}, holds the trained sparsity)")
@@ -247,8 +329,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for key, value in SMALL.items():
             setattr(a, key, value)
     if a.chunks < 1 or (a.chunk_seqs * a.seq_len) % a.batch:
-        p.error(f"--chunks {a.chunks}, --chunk-seqs {a.chunk_seqs} x --seq-len {a.seq_len} tokens and --batch {a.batch}: "
-                "time at least one chunk, of a whole number of batches")  # fmt: skip
+        p.error(
+            f"--chunks {a.chunks}, --chunk-seqs {a.chunk_seqs} x --seq-len {a.seq_len} tokens and --batch {a.batch}: "
+            "time at least one chunk, of a whole number of batches"
+        )
     return a
 
 
@@ -258,8 +342,10 @@ def run(a: argparse.Namespace, device: str, root: Path) -> None:
     if a.write_only:
         start = time.perf_counter()
         write_suite(root, shape, a.S)
-        print(f"suite: {a.S} random-init snapshots, d_model {shape['hidden_size']}, written to {root} in "
-              f"{time.perf_counter() - start:.0f} s")  # fmt: skip
+        print(
+            f"suite: {a.S} random-init snapshots, d_model {shape['hidden_size']}, written to {root} in "
+            f"{time.perf_counter() - start:.0f} s"
+        )
         return
     suite = written_suite(root, a.S) if a.written else None
     peak = matmul_peak(a.peak_n, device, a.rounds)
@@ -267,28 +353,47 @@ def run(a: argparse.Namespace, device: str, root: Path) -> None:
     if suite is None:
         start = time.perf_counter()
         suite = write_suite(root, shape, a.S)
-        print(f"suite: {a.S} random-init snapshots, d_model {shape['hidden_size']}, written in {time.perf_counter() - start:.0f} s")
+        print(
+            f"suite: {a.S} random-init snapshots, d_model {shape['hidden_size']}, written in {time.perf_counter() - start:.0f} s"
+        )
     n_seqs = 8 * a.chunk_seqs
     tokens = torch.randint(3, shape["vocab_size"], (n_seqs, a.seq_len), generator=torch.Generator().manual_seed(0))
-    provider = ResidentSnapshotProvider(suite, a.hook, tokens, a.batch, model_dtype=torch.bfloat16, device=device,
-                                        model_device=device, chunk_seqs=a.chunk_seqs, harvest_batch_size=a.seqs,
-                                        compile=a.compile and not a.small)  # fmt: skip
+    provider = ResidentSnapshotProvider(
+        suite,
+        a.hook,
+        tokens,
+        a.batch,
+        model_dtype=torch.bfloat16,
+        device=device,
+        model_device=device,
+        chunk_seqs=a.chunk_seqs,
+        harvest_batch_size=a.seqs,
+        compile=a.compile and not a.small,
+    )
     start = time.perf_counter()
     models = provider.models()
     resident = sum(p.numel() * p.element_size() for m in models for p in m.parameters()) / 2**30
-    print(f"loaded {len(models)} models ({models[0].cfg.n_layers} blocks each, {resident:.2f} GiB) in {time.perf_counter() - start:.0f} s")
+    print(
+        f"loaded {len(models)} models ({models[0].cfg.n_layers} blocks each, {resident:.2f} GiB) in {time.perf_counter() - start:.0f} s"
+    )
     forward = forward_floor(models[0], a, device, peak)
     rate = provider_rate(provider, a, device)
     label = "compiled" if a.compile and not a.small else "eager"
-    print(f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the {label} forward alone, "
-          f"{trunk_attention(models[0], None)} attention)", flush=True)  # fmt: skip
+    print(
+        f"provider: {rate:10,.0f} tok/s ({rate / (forward / a.S):.0%} of the {label} forward alone, "
+        f"{trunk_attention(models[0], None)} attention)",
+        flush=True,
+    )
     print(f"each end-to-end row times {a.chunks} chunk(s) of {batches_per_chunk(a)} steps, their forwards included")
     for arch, prefetch, trained in (ROWS[row] for row in a.row or ROWS):
         provider.prefetch = prefetch
         rate, held = end_to_end(provider, arch, a, device, trained)
         label = f"{arch}{'' if trained else ', fresh'}"
-        print(f"end to end, {label:36s} bf16, prefetch {'on ' if prefetch else 'off'}: {rate:10,.0f} tok/s; "
-              f"{a.run_tokens / 1e6:,.0f}M tokens in {a.run_tokens / rate / 3600:.1f} h{held}", flush=True)  # fmt: skip
+        print(
+            f"end to end, {label:36s} bf16, prefetch {'on ' if prefetch else 'off'}: {rate:10,.0f} tok/s; "
+            f"{a.run_tokens / 1e6:,.0f}M tokens in {a.run_tokens / rate / 3600:.1f} h{held}",
+            flush=True,
+        )
     provider.close()
 
 
@@ -298,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks/stream_gpu.py: no CUDA device here, nothing measured (--small runs its logic on the CPU)")
         return 0
     device = "cpu" if a.small else "cuda"
-    print(f"shape: S {a.S}, hook {a.hook}, forward {a.seqs} x {a.seq_len}, d_sae {a.d_sae}, batch {a.batch}; device {device}")
+    print(
+        f"shape: S {a.S}, hook {a.hook}, forward {a.seqs} x {a.seq_len}, d_sae {a.d_sae}, batch {a.batch}; device {device}"
+    )
     if a.suite_dir is not None:
         run(a, device, a.suite_dir)
     else:

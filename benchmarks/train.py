@@ -125,9 +125,7 @@ def time_rounds(fns: dict[str, Callable[[], None]], rounds: int, warmup: int) ->
     return samples
 
 
-def time_alternating(
-    fns: dict[str, Callable[[], None]], rounds: int, warmup: int
-) -> dict[str, float]:
+def time_alternating(fns: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict[str, float]:
     """Median seconds per call of each function, calls interleaved round by round."""
     return {name: statistics.median(s) for name, s in time_rounds(fns, rounds, warmup).items()}
 
@@ -139,9 +137,7 @@ def matmul_flops_per_s(B: int, K: int, N: int, rounds: int) -> float:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--d-in", type=int, default=128)
     parser.add_argument("--n-snapshots", type=int, default=8)
     parser.add_argument("--d-sae", type=int, default=8192)
@@ -176,8 +172,10 @@ def main() -> None:
     S, D, F_, B, k = args.n_snapshots, args.d_in, args.d_sae, args.batch, args.k
     torch.manual_seed(0)
     x = torch.randn(B, S, D)
-    print(f"shapes: batch {B}, n_snapshots {S}, d_in {D}, d_sae {F_}, k {k}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"shapes: batch {B}, n_snapshots {S}, d_in {D}, d_sae {F_}, k {k}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     variants = {label: plan for label, plan in VARIANTS.items() if args.only in label}
     step_rows(args, x, variants)
     if args.compile:
@@ -213,8 +211,10 @@ def step_rows(args: argparse.Namespace, x: torch.Tensor, variants: dict[str, Ker
         ratios = sorted(r / o for r, o in zip(samples["ref"], samples["ours"]))
         spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
         rate = dense_flops / times["ours"]  # dense-equivalent FLOPs, so sparse shows its gain
-        print(f"{label:<44}{B / times['ours']:>10.0f}{B / times['ref']:>14.0f}"
-              f"{statistics.median(ratios):>8.2f}{spread:>12}{rate / 1e9:>10.1f}{rate / mm_rate:>11.2f}")
+        print(
+            f"{label:<44}{B / times['ours']:>10.0f}{B / times['ref']:>14.0f}"
+            f"{statistics.median(ratios):>8.2f}{spread:>12}{rate / 1e9:>10.1f}{rate / mm_rate:>11.2f}"
+        )
 
 
 def decode_rows(args: argparse.Namespace) -> None:
@@ -257,7 +257,8 @@ def decode_rows(args: argparse.Namespace) -> None:
 
     print_both(
         "decode and decoder norms, forward+backward",
-        {"the pairs' eager node": pairs_node, "embedding_bag + row_norms": embedding_bag_and_norms}, args.rounds,
+        {"the pairs' eager node": pairs_node, "embedding_bag + row_norms": embedding_bag_and_norms},
+        args.rounds,
     )
 
     # TopK's auxiliary decode: every token keeps every dead feature (while fewer are dead than
@@ -277,7 +278,8 @@ def decode_rows(args: argparse.Namespace) -> None:
 
     print_both(
         f"auxiliary decode of {dead.numel()} dead features, forward+backward",
-        {"pairs (embedding_bag)": aux_pairs, "matmul over the dead rows": aux_matmul}, args.rounds,
+        {"pairs (embedding_bag)": aux_pairs, "matmul over the dead rows": aux_matmul},
+        args.rounds,
     )
 
 
@@ -286,7 +288,9 @@ def print_both(title: str, fns: dict[str, Callable[[], None]], rounds: int) -> N
     the first."""
     times = time_alternating(fns, rounds=rounds, warmup=2)
     (first, t_first), (second, t_second) = times.items()
-    print(f"{title}: {first} {t_first * 1e3:.1f} ms, {second} {t_second * 1e3:.1f} ms, speed-up {t_first / t_second:.2f}x")
+    print(
+        f"{title}: {first} {t_first * 1e3:.1f} ms, {second} {t_second * 1e3:.1f} ms, speed-up {t_first / t_second:.2f}x"
+    )
 
 
 def micro_batch_rows(args: argparse.Namespace, x: torch.Tensor) -> None:
@@ -326,21 +330,30 @@ def trained_rows(args: argparse.Namespace) -> None:
     D = sae.cfg.d_in
     store = ActivationStore.open(run_cfg["store_path"], verify="none")
     rows = torch.randperm(store.n_tokens, generator=torch.Generator().manual_seed(0))
-    batches = [store.read(run_cfg["hook"], rows[a : a + B].sort().values, normalize=False)
-               for a in range(0, min(store.n_tokens, 8 * B) - B + 1, B)]  # fmt: skip
+    batches = [
+        store.read(run_cfg["hook"], rows[a : a + B].sort().values, normalize=False)
+        for a in range(0, min(store.n_tokens, 8 * B) - B + 1, B)
+    ]
     with torch.no_grad():
         h_NF = sae.hidden_pre(batches[0])
         classes = jumprelu_kernels.EntryClasses(
             h_NF, sae.snapshot_norms(), sae.threshold, sae.cfg.jumprelu_bandwidth / 2
         )
     n = h_NF.numel()
-    window = ("a mask and a matmul per snapshot" if classes.window_per_snapshot
-              else "one matmul" if classes.dense_window else "gathered rows")  # fmt: skip
+    window = (
+        "a mask and a matmul per snapshot"
+        if classes.window_per_snapshot
+        else "one matmul"
+        if classes.dense_window
+        else "gathered rows"
+    )
     print(f"\ntrained crosscoder {run}: batch {B}, n_snapshots {S}, d_in {D}, d_sae {F_}")
     rows = "padded rows" if classes.open_rows is not None else "gathered"
-    print(f"  (token, feature) entries open at some snapshot {classes.open_any_FN.float().mean():.1%}, "
-          f"at every snapshot {classes.open_all_FN.float().mean():.1%} ({rows}), mixed "
-          f"{classes.mixed_open_flat.numel() / n:.1%}; gated decode: {classes.sparse_ok}; window: {window}")
+    print(
+        f"  (token, feature) entries open at some snapshot {classes.open_any_FN.float().mean():.1%}, "
+        f"at every snapshot {classes.open_all_FN.float().mean():.1%} ({rows}), mixed "
+        f"{classes.mixed_open_flat.numel() / n:.1%}; gated decode: {classes.sparse_ok}; window: {window}"
+    )
     trainer = CrosscoderTrainer(  # the saved crosscoder is folded: it reads raw activations
         sae, CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, activation_scale_check="off"), plan=CPU_PLAN
     )
@@ -352,7 +365,8 @@ def trained_rows(args: argparse.Namespace) -> None:
         return batches[turn[0] // 2 % len(batches)]
 
     per_snapshot = CrosscoderTrainer(
-        copy.deepcopy(sae), CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, activation_scale_check="off"),
+        copy.deepcopy(sae),
+        CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, activation_scale_check="off"),
         plan=PER_SNAPSHOT_KERNEL,
     ).step
 
@@ -373,8 +387,12 @@ def trained_rows(args: argparse.Namespace) -> None:
 def compiled_rows(args: argparse.Namespace, x: torch.Tensor) -> None:
     """4: torch.compile on and off, each against the eager reference of the same run."""
     S, D, F_ = args.n_snapshots, args.d_in, args.d_sae
-    eager_step = crosslens_step_fn("jumprelu_crosscoder", S, D, F_, args.k, plan=KernelPlan.resolve("cpu", compile=False))
-    compiled_step = crosslens_step_fn("jumprelu_crosscoder", S, D, F_, args.k, plan=KernelPlan.resolve("cpu", compile=True))
+    eager_step = crosslens_step_fn(
+        "jumprelu_crosscoder", S, D, F_, args.k, plan=KernelPlan.resolve("cpu", compile=False)
+    )
+    compiled_step = crosslens_step_fn(
+        "jumprelu_crosscoder", S, D, F_, args.k, plan=KernelPlan.resolve("cpu", compile=True)
+    )
     compiled_ref = reference_step_fn(S, D, F_, compile=True)
 
     start = time.perf_counter()

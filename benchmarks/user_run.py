@@ -47,13 +47,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream_gpu import PYTHIA_160M, SMALL_MODEL, write_suite, written_suite  # noqa: E402
+from stream_gpu import PYTHIA_160M, SMALL_MODEL, write_suite, written_suite
 
 RECIPE = "ge2025-pythia-160m"
 GOALS = {"dense": 28_000, "sparse": 37_000}
@@ -61,8 +62,24 @@ GOALS = {"dense": 28_000, "sparse": 37_000}
 whatever the data) and once it runs the sparse path (800M tokens in 6 h)."""
 PLAN_TOLERANCE = 0.15
 """How far the measured rate may be from ``plan --stream``'s prediction."""
-SMALL_FLAGS = ["--hook", "blocks.1.hook_resid_post", "--d-sae", "64", "--seq-len", "16", "--batch-size", "32",
-               "--wandb-log-frequency", "8", "--checkpoint-every", "32", "--spliced-seqs", "2", "--device", "cpu"]  # fmt: skip
+SMALL_FLAGS = [
+    "--hook",
+    "blocks.1.hook_resid_post",
+    "--d-sae",
+    "64",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "32",
+    "--wandb-log-frequency",
+    "8",
+    "--checkpoint-every",
+    "32",
+    "--spliced-seqs",
+    "2",
+    "--device",
+    "cpu",
+]
 """``--small``: SMALL_MODEL's hook, and a crosscoder, sequences and batches to match."""
 
 
@@ -78,8 +95,25 @@ def write_words(path: Path, n_words: int, vocab_size: int, seed: int = 0) -> Non
 
 def train_command(a: argparse.Namespace, suite: Path, text: Path, run: Path) -> list[str]:
     steps = ",".join(str(s) for s in range(a.n_snapshots))
-    command = [sys.executable, "-m", "crosslens", "train", "--recipe", RECIPE, "--stream", "--suite", str(suite),
-               "--steps", steps, "--text", str(text), "--n-tokens", str(a.n_tokens), "--out", str(run)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "crosslens",
+        "train",
+        "--recipe",
+        RECIPE,
+        "--stream",
+        "--suite",
+        str(suite),
+        "--steps",
+        steps,
+        "--text",
+        str(text),
+        "--n-tokens",
+        str(a.n_tokens),
+        "--out",
+        str(run),
+    ]
     return command + (SMALL_FLAGS if a.small else []) + a.extra
 
 
@@ -131,7 +165,11 @@ def intervals(records: list[dict[str, Any]], run: dict[str, Any]) -> list[dict[s
     rows, previous, checkpoint_seconds, d_sae = [], None, 0.0, None
     for record in records:
         if record["kind"] == "start":  # a fit's seconds count from its start
-            previous, checkpoint_seconds, d_sae = {"step": record["step"], "seconds": 0.0, "path": None}, 0.0, record["d_sae"]
+            previous, checkpoint_seconds, d_sae = (
+                {"step": record["step"], "seconds": 0.0, "path": None},
+                0.0,
+                record["d_sae"],
+            )
         elif record["kind"] == "checkpoint":
             checkpoint_seconds += record["seconds"]
         if record["kind"] != "step":
@@ -141,8 +179,18 @@ def intervals(records: list[dict[str, Any]], run: dict[str, Any]) -> list[dict[s
         tokens = record["n_tokens"] * (record["step"] - previous["step"]) // record["step"]
         seconds = record["seconds"] - previous["seconds"] - checkpoint_seconds
         phase = "first" if previous["path"] is None else path if path == previous["path"] else "switch"
-        rows.append({"step": record["step"], "l0": record["l0"], "share": share, "path": path, "phase": phase,
-                     "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9)})  # fmt: skip
+        rows.append(
+            {
+                "step": record["step"],
+                "l0": record["l0"],
+                "share": share,
+                "path": path,
+                "phase": phase,
+                "tokens": tokens,
+                "seconds": seconds,
+                "tokens_per_second": tokens / max(seconds, 1e-9),
+            }
+        )
         previous, checkpoint_seconds = {**record, "path": path}, 0.0
     return rows
 
@@ -173,9 +221,13 @@ def time_split(records: list[dict[str, Any]], rows: list[dict[str, Any]], wall: 
     final save, the evaluation, and the rest: start-up (tokenizing, loading the models) and the
     steps after the last log (0 where ``wall`` is not known)."""
     checkpoints = [r["seconds"] for r in records if r["kind"] == "checkpoint"]
-    split = {"steps": sum(r["seconds"] for r in rows), "checkpoints": sum(checkpoints), "n_checkpoints": len(checkpoints),
-             "final": sum(r["seconds"] for r in records if r["kind"] == "final"),
-             "evaluation": sum(r["seconds"] for r in records if r["kind"] == "evaluation")}  # fmt: skip
+    split = {
+        "steps": sum(r["seconds"] for r in rows),
+        "checkpoints": sum(checkpoints),
+        "n_checkpoints": len(checkpoints),
+        "final": sum(r["seconds"] for r in records if r["kind"] == "final"),
+        "evaluation": sum(r["seconds"] for r in records if r["kind"] == "evaluation"),
+    }
     counted = split["steps"] + split["checkpoints"] + split["final"] + split["evaluation"]
     return {**split, "rest": 0.0 if wall is None else wall - counted}
 
@@ -229,23 +281,31 @@ def verdicts(phases: dict[str, dict[str, float]], predicted: dict[str, Any] | No
             if phase in phases:
                 ratio = phases[phase]["tokens_per_second"] / predicted[key]
                 ok = abs(ratio - 1) <= PLAN_TOLERANCE
-                lines.append(f"goal, plan --stream within {PLAN_TOLERANCE:.0%} ({phase}): measured/predicted "
-                             f"{ratio:.2f} ({'met' if ok else 'NOT met'})")  # fmt: skip
+                lines.append(
+                    f"goal, plan --stream within {PLAN_TOLERANCE:.0%} ({phase}): measured/predicted "
+                    f"{ratio:.2f} ({'met' if ok else 'NOT met'})"
+                )
     return lines
 
 
-def report(records: list[dict[str, Any]], run: dict[str, Any], wall: float | None, a: argparse.Namespace) -> dict[str, Any]:
+def report(
+    records: list[dict[str, Any]], run: dict[str, Any], wall: float | None, a: argparse.Namespace
+) -> dict[str, Any]:
     """Print what the run's log says and return it as one record; ``wall``: the command's seconds,
     None where they are not known (``--read``)."""
     rows = intervals(records, run)
     print(f"{'step':>8} {'L0':>9} {'open':>7} {'path':>6} {'phase':>6} {'tok/s':>9}")
     for row in rows:
-        print(f"{row['step']:8d} {row['l0']:9.1f} {row['share']:7.2%} {row['path']:>6} {row['phase']:>6} "
-              f"{row['tokens_per_second']:9,.0f}")  # fmt: skip
+        print(
+            f"{row['step']:8d} {row['l0']:9.1f} {row['share']:7.2%} {row['path']:>6} {row['phase']:>6} "
+            f"{row['tokens_per_second']:9,.0f}"
+        )
     phases = phase_rates(rows)
     for phase, p in phases.items():
-        print(f"phase {phase:6s}: {p['intervals']:3d} intervals, {p['tokens']:12,d} tokens in {p['seconds']:8.1f} s: "
-              f"{p['tokens_per_second']:9,.0f} tok/s")  # fmt: skip
+        print(
+            f"phase {phase:6s}: {p['intervals']:3d} intervals, {p['tokens']:12,d} tokens in {p['seconds']:8.1f} s: "
+            f"{p['tokens_per_second']:9,.0f} tok/s"
+        )
     start = steady_from(rows, lambda row: row["path"] == "sparse")
     from crosslens.crosscoders.jumprelu_pairs import open_share_pays
     from crosslens.crosscoders.kernel_plan import KernelPlan
@@ -253,30 +313,47 @@ def report(records: list[dict[str, Any]], run: dict[str, Any], wall: float | Non
     kernels = KernelPlan.from_dict(run["kernel_plan"])
     share = kernels.sparse_step_share
     sparse_enough = steady_from(rows, lambda row: open_share_pays(row["share"], 1.0, kernels))
-    print("sparse path: " + (f"from step {start}" if start is not None else "not reached") + "; the open share at most "
-          f"{share:.4g} (where a CUDA run takes it) " + (f"from step {sparse_enough}" if sparse_enough else "never"))  # fmt: skip
+    print(
+        "sparse path: " + (f"from step {start}" if start is not None else "not reached") + "; the open share at most "
+        f"{share:.4g} (where a CUDA run takes it) " + (f"from step {sparse_enough}" if sparse_enough else "never")
+    )
     split = time_split(records, rows, wall)
-    print(f"seconds: steps {split['steps']:.1f}, {split['n_checkpoints']} checkpoints {split['checkpoints']:.1f}, "
-          f"final save {split['final']:.1f}, evaluation {split['evaluation']:.1f}"
-          + ("" if wall is None else f", start-up and the rest {split['rest']:.1f}; the command {wall:.1f}"))  # fmt: skip
+    print(
+        f"seconds: steps {split['steps']:.1f}, {split['n_checkpoints']} checkpoints {split['checkpoints']:.1f}, "
+        f"final save {split['final']:.1f}, evaluation {split['evaluation']:.1f}"
+        + ("" if wall is None else f", start-up and the rest {split['rest']:.1f}; the command {wall:.1f}")
+    )
     batch = run["train_batch_size_tokens"]
     on_gpu = run["device"].startswith("cuda") and not a.small
     gpu = gpu_name() if on_gpu and torch_cuda() else None
     predicted = plan_prediction(run["stream"]["model_dtype"], gpu) if gpu is not None else None
-    hours = {phase: run_hours(p["tokens_per_second"], split, a.run_tokens, batch)
-             for phase, p in phases.items() if phase in ("dense", "sparse")}  # fmt: skip
+    hours = {
+        phase: run_hours(p["tokens_per_second"], split, a.run_tokens, batch)
+        for phase, p in phases.items()
+        if phase in ("dense", "sparse")
+    }
     for phase, h in hours.items():
         print(f"{a.run_tokens / 1e6:,.0f}M tokens at the {phase} rate: {h:.1f} h, with the recipe's checkpoints")
     if predicted is not None:
-        print(f"plan --stream --gpu {gpu}: {predicted['fresh_tokens_per_second']:,.0f} tok/s fresh "
-              f"({predicted['fresh_hours']:.1f} h), {predicted['tokens_per_second']:,.0f} tok/s trained ({predicted['hours']:.1f} h)")  # fmt: skip
+        print(
+            f"plan --stream --gpu {gpu}: {predicted['fresh_tokens_per_second']:,.0f} tok/s fresh "
+            f"({predicted['fresh_hours']:.1f} h), {predicted['tokens_per_second']:,.0f} tok/s trained ({predicted['hours']:.1f} h)"
+        )
     elif on_gpu:
         print("plan --stream has no figures for this GPU: no prediction to compare")
     for line in verdicts(phases, predicted) if on_gpu else []:  # the goals are for a GPU
         print(line)
-    return {"intervals": rows, "phases": phases, "sparse_from": start, "sparse_enough_from": sparse_enough,
-            "seconds": split, "hours": hours,
-            "gpu": gpu, "predicted": predicted, "wall": wall}  # fmt: skip
+    return {
+        "intervals": rows,
+        "phases": phases,
+        "sparse_from": start,
+        "sparse_enough_from": sparse_enough,
+        "seconds": split,
+        "hours": hours,
+        "gpu": gpu,
+        "predicted": predicted,
+        "wall": wall,
+    }
 
 
 # --------------------------------------------------------------------------- main
@@ -289,11 +366,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=None, help="stop the command after this many seconds")
     p.add_argument("--work", type=Path, default=None, help="folder for the text and the run (default: a temporary one)")
     p.add_argument("--suite-dir", type=Path, default=None, help="where to write the suite (default: inside --work)")
-    p.add_argument("--written", action="store_true",
-                   help="take the suite an earlier `stream_gpu.py --write-only` left in --suite-dir")  # fmt: skip
+    p.add_argument(
+        "--written",
+        action="store_true",
+        help="take the suite an earlier `stream_gpu.py --write-only` left in --suite-dir",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    p.add_argument("--read", type=Path, default=None, metavar="RUN",
-                   help="run nothing: read the log of a run folder that `crosslens train` wrote, on any device")  # fmt: skip
+    p.add_argument(
+        "--read",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="run nothing: read the log of a run folder that `crosslens train` wrote, on any device",
+    )
     a = p.parse_args(ours)
     if a.written and a.suite_dir is None:
         p.error("--written names the suite's folder: add --suite-dir DIR")

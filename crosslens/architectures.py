@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-
 DEFAULT_DECODER_INIT_NORM = 0.08
 """Norm of every decoder row at initialisation (Bayazit et al.)."""
 
@@ -129,7 +128,10 @@ _TOPK = TrainingDefaults(
 
 TRAINING_DEFAULTS: dict[str, TrainingDefaults] = {
     "crosscoder": TrainingDefaults(
-        module="crosslens.crosscoders.crosscoder", lr=RELU_LR, sparsity_coefficient=RELU_L1, sparsity_warm_up=0.05,
+        module="crosslens.crosscoders.crosscoder",
+        lr=RELU_LR,
+        sparsity_coefficient=RELU_L1,
+        sparsity_warm_up=0.05,
         source=(
             "Bayazit et al.: 5% warm-up, decoder norm 0.08; lambda 1 (theirs: 2) and lr 3e-3 measured on "
             "five planted generators and pico"
@@ -137,8 +139,13 @@ TRAINING_DEFAULTS: dict[str, TrainingDefaults] = {
     ),
     "jumprelu_crosscoder": TrainingDefaults(
         module="crosslens.crosscoders.jumprelu_crosscoder",
-        lr=JUMPRELU_LR, sparsity_coefficient=JUMPRELU_L0, sparsity_per_shape=True, sparsity_warm_up=0.1,
-        coefficient_field="l0_coefficient", warm_up_field="l0_warm_up_steps", resample_dead=4,
+        lr=JUMPRELU_LR,
+        sparsity_coefficient=JUMPRELU_L0,
+        sparsity_per_shape=True,
+        sparsity_warm_up=0.1,
+        coefficient_field="l0_coefficient",
+        warm_up_field="l0_warm_up_steps",
+        resample_dead=4,
         source=(
             "Ge et al.: 10% warm-up; lambda 0.45 per unit of n_snapshots*d_in/d_sae and lr 3e-3 measured "
             "on five planted generators (Ge et al.'s 0.3 sits at ratio 1); silent latents resampled 4 "
@@ -147,7 +154,7 @@ TRAINING_DEFAULTS: dict[str, TrainingDefaults] = {
     ),
     "topk_crosscoder": replace(_TOPK, module="crosslens.crosscoders.topk_crosscoder"),
     "batchtopk_crosscoder": replace(_TOPK, module="crosslens.crosscoders.batchtopk_crosscoder"),
-}  # fmt: skip
+}
 
 PICO_DEMO_JUMPRELU_SPARSITY = 0.5
 """The demo's JumpReLU lambda on pico (12 snapshots x 128 dims, d_sae 1024): 0.33 per unit of

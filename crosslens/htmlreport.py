@@ -91,7 +91,13 @@ def log_axis(
         logs = {math.log10(v): v for v in shown}
         span = max(logs) - min(logs)
         shown = [logs[p] for p in spaced(sorted(logs), span / max_ticks)]
-    return {"title": title, "type": "log", "tickmode": "array", "tickvals": shown, "ticktext": [label(v) for v in shown]}
+    return {
+        "title": title,
+        "type": "log",
+        "tickmode": "array",
+        "tickvals": shown,
+        "ticktext": [label(v) for v in shown],
+    }
 
 
 @dataclass(frozen=True)
@@ -209,7 +215,10 @@ class Report:
         )
         body = "".join(
             "<tr>"
-            + "".join(f'<td class="{"" if numeric[c] else "text"}">{_cell(r.get(c), c in percent, c in feature_columns)}</td>' for c in columns)
+            + "".join(
+                f'<td class="{"" if numeric[c] else "text"}">{_cell(r.get(c), c in percent, c in feature_columns)}</td>'
+                for c in columns
+            )
             + "</tr>"
             for r in shown
         )

@@ -34,7 +34,9 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--snapshots", type=int, nargs="+", default=[0, 6, 11], help="store indices (the demo's: 0 6 11)")
+    parser.add_argument(
+        "--snapshots", type=int, nargs="+", default=[0, 6, 11], help="store indices (the demo's: 0 6 11)"
+    )
     parser.add_argument("--starts", nargs="+", default=["0.01", "target"], help="fixed thresholds, or target")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
@@ -52,8 +54,18 @@ def main() -> int:
             fixed = {} if start == "target" else {"jumprelu_init_threshold": float(start)}
             results = []
             for seed in args.seeds:
-                sae = train_snapshot_sae(train, HOOK, snapshot, "jumprelu", 1024, target_l0=target, n_steps=1000,
-                                         batch_size=512, seed=seed, **fixed)  # fmt: skip
+                sae = train_snapshot_sae(
+                    train,
+                    HOOK,
+                    snapshot,
+                    "jumprelu",
+                    1024,
+                    target_l0=target,
+                    n_steps=1000,
+                    batch_size=512,
+                    seed=seed,
+                    **fixed,
+                )
                 results.append(evaluate_sae(sae, held, HOOK, snapshot))
             ev = spread([r["explained_variance"] for r in results], 100.0)
             l0 = spread([r["l0"] for r in results])

@@ -32,17 +32,53 @@ def crosslens(*args: str) -> None:
 def harvest(out: Path, dtype: str, n_tokens: int) -> Path:
     store = out / f"store-{dtype}"
     if not (store / "manifest.json").exists():
-        crosslens("harvest", "--suite", "pico", "--n-snapshots", "12", "--hook", HOOK, "--n-tokens", str(n_tokens),
-                  "--dtype", dtype, "--device", "cpu", "--out", str(store))  # fmt: skip
+        crosslens(
+            "harvest",
+            "--suite",
+            "pico",
+            "--n-snapshots",
+            "12",
+            "--hook",
+            HOOK,
+            "--n-tokens",
+            str(n_tokens),
+            "--dtype",
+            dtype,
+            "--device",
+            "cpu",
+            "--out",
+            str(store),
+        )
     return store
 
 
 def train(out: Path, store: Path, dtype: str, seed: int) -> Path:
     run = out / f"run-{dtype}-seed{seed}"
     if not (run / "crosslens_run.json").exists():
-        crosslens("train", "--store", str(store), "--arch", "jumprelu_crosscoder", "--d-sae", "1024", "--sparsity", "0.5",
-                  "--n-steps", "1500", "--batch-size", "512", "--seed", str(seed), "--spliced-seqs", "0",
-                  "--device", "cpu", "--out", str(run), "--overwrite")  # fmt: skip
+        crosslens(
+            "train",
+            "--store",
+            str(store),
+            "--arch",
+            "jumprelu_crosscoder",
+            "--d-sae",
+            "1024",
+            "--sparsity",
+            "0.5",
+            "--n-steps",
+            "1500",
+            "--batch-size",
+            "512",
+            "--seed",
+            str(seed),
+            "--spliced-seqs",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            str(run),
+            "--overwrite",
+        )
     return run
 
 

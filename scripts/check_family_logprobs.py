@@ -15,7 +15,7 @@ import torch
 from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from hf_cache import make_word_tokenizer, tiny_bloom, tiny_neox, tiny_olmo, tiny_olmo2, tiny_olmo3  # noqa: E402
+from hf_cache import make_word_tokenizer, tiny_bloom, tiny_neox, tiny_olmo, tiny_olmo2, tiny_olmo3
 
 from crosslens.checkpoints.convert import hf_to_hooked
 

@@ -55,28 +55,39 @@ def main() -> None:
         for name, threads in labels:
             torch.set_num_threads(threads)
             config = CrosscoderRunnerConfig(
-                store_path=str(stores["t1-0"].path), out_dir=str(root / f"run-{name}"),
-                sae=ArchitectureConfig(d_sae=args.d_sae), n_steps=args.n_steps, train_batch_size_tokens=args.batch_size, checkpoint_every=0, progress=False,
-            )  # fmt: skip
+                store_path=str(stores["t1-0"].path),
+                out_dir=str(root / f"run-{name}"),
+                sae=ArchitectureConfig(d_sae=args.d_sae),
+                n_steps=args.n_steps,
+                train_batch_size_tokens=args.batch_size,
+                checkpoint_every=0,
+                progress=False,
+            )
             runs[name] = CrosscoderTrainingRunner(config).run()
 
         acts = {name: store.read(hook, slice(None), normalize=False) for name, store in stores.items()}
         shard = "acts/blocks.0.hook_resid_post/snap003_shard0000.npy"
-        print(f"stage    | repeat, 1 thread | repeat, {many} threads | 1 vs {many} threads: max |diff| (relative to max |value|)")
+        print(
+            f"stage    | repeat, 1 thread | repeat, {many} threads | 1 vs {many} threads: max |diff| (relative to max |value|)"
+        )
         print("---------|------------------|-------------------|-----------------------------------------------")
         same1 = sha(stores["t1-0"].path / shard) == sha(stores["t1-1"].path / shard)
         same2 = sha(stores["t2-0"].path / shard) == sha(stores["t2-1"].path / shard)
         diff = (acts["t1-0"] - acts["t2-0"]).abs().max().item()
         scale = acts["t1-0"].abs().max().item()
-        print(f"harvest  | {'identical' if same1 else 'DIFFERS':16} | {'identical' if same2 else 'DIFFERS':17} | "
-              f"{diff:.3g} ({diff / scale:.2g})")  # fmt: skip
+        print(
+            f"harvest  | {'identical' if same1 else 'DIFFERS':16} | {'identical' if same2 else 'DIFFERS':17} | "
+            f"{diff:.3g} ({diff / scale:.2g})"
+        )
         weights = "final/sae_weights.safetensors"
         same1 = sha(root / "run-t1-0" / weights) == sha(root / "run-t1-1" / weights)
         same2 = sha(root / "run-t2-0" / weights) == sha(root / "run-t2-1" / weights)
         w1, w2 = runs["t1-0"].W_dec.detach(), runs["t2-0"].W_dec.detach()
         diff, scale = (w1 - w2).abs().max().item(), w1.abs().max().item()
-        print(f"train    | {'identical' if same1 else 'DIFFERS':16} | {'identical' if same2 else 'DIFFERS':17} | "
-              f"{diff:.3g} ({diff / scale:.2g}) after {args.n_steps} steps (W_dec)")  # fmt: skip
+        print(
+            f"train    | {'identical' if same1 else 'DIFFERS':16} | {'identical' if same2 else 'DIFFERS':17} | "
+            f"{diff:.3g} ({diff / scale:.2g}) after {args.n_steps} steps (W_dec)"
+        )
         mine = {"acts": acts["t1-0"].contiguous(), "W_dec": w1.contiguous()}
         if args.save:
             save_file(mine, args.save)
@@ -84,7 +95,9 @@ def main() -> None:
             other = load_file(args.against)
             for key, value in mine.items():
                 diff = (value - other[key]).abs().max().item()
-                print(f"vs {args.against}: {key} max |diff| {diff:.3g} (relative {diff / value.abs().max().item():.2g})")
+                print(
+                    f"vs {args.against}: {key} max |diff| {diff:.3g} (relative {diff / value.abs().max().item():.2g})"
+                )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,13 @@ def build(arch: str, S: int, D: int, F: int, device: str):
 
     torch.manual_seed(0)
     return build_training_crosscoder(
-        arch, d_in=D, n_snapshots=S, d_sae=F, k=32, sparsity_coefficient=defaults_for(arch).sparsity_coefficient, device=device
+        arch,
+        d_in=D,
+        n_snapshots=S,
+        d_sae=F,
+        k=32,
+        sparsity_coefficient=defaults_for(arch).sparsity_coefficient,
+        device=device,
     )
 
 
@@ -56,9 +62,9 @@ def parity(steps: int) -> None:
 
 
 def throughput(label: str, arch: str, S: int, D: int, F: int, B: int, n: int = 10, autocast: str | None = None) -> None:
+    from crosslens.training.config import CrosscoderTrainerConfig
     from crosslens.training.model_sizes import ModelSpec  # noqa: F401
     from crosslens.training.sizing import PlanConfig, make_plan  # noqa: F401
-    from crosslens.training.config import CrosscoderTrainerConfig
     from crosslens.training.trainer import CrosscoderTrainer
 
     torch.cuda.empty_cache()
@@ -78,8 +84,10 @@ def throughput(label: str, arch: str, S: int, D: int, F: int, B: int, n: int = 1
     peak = torch.cuda.max_memory_allocated() / 2**30
     flops = 6 * B * S * D * F  # encoder + dense decoder, forward and backward
     label = f"{label}{' bf16' if autocast else ''}"
-    print(f"   {label:15s} {arch:22s} {B / step_s:12,.0f} tokens/s  {step_s * 1e3:8.1f} ms/step  "
-          f"{flops / step_s / 1e12:6.1f} TFLOP/s (dense-equivalent)  peak {peak:6.2f} GiB")
+    print(
+        f"   {label:15s} {arch:22s} {B / step_s:12,.0f} tokens/s  {step_s * 1e3:8.1f} ms/step  "
+        f"{flops / step_s / 1e12:6.1f} TFLOP/s (dense-equivalent)  peak {peak:6.2f} GiB"
+    )
     del trainer, sae, data
 
 

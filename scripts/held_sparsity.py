@@ -26,13 +26,22 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from gpu import batch_entries, make_trainer, set_sparsity  # noqa: E402
-from stream_gpu import PYTHIA_160M, SMALL_MODEL, write_suite, written_suite  # noqa: E402
+from gpu import batch_entries, make_trainer, set_sparsity
+from stream_gpu import PYTHIA_160M, SMALL_MODEL, write_suite, written_suite
 
-from crosslens.activations.streaming import ResidentSnapshotProvider  # noqa: E402
-from crosslens.crosscoders.jumprelu_pairs import sparse_step_pays  # noqa: E402
+from crosslens.activations.streaming import ResidentSnapshotProvider
+from crosslens.crosscoders.jumprelu_pairs import sparse_step_pays
 
-SMALL = {"S": 2, "d_sae": 64, "batch": 32, "batches": 4, "seq_len": 16, "steps": 2, "l0": 4.0, "hook": "blocks.1.hook_resid_post"}
+SMALL = {
+    "S": 2,
+    "d_sae": 64,
+    "batch": 32,
+    "batches": 4,
+    "seq_len": 16,
+    "steps": 2,
+    "l0": 4.0,
+    "hook": "blocks.1.hook_resid_post",
+}
 """``--small``: the script's logic at a tiny shape in seconds (its numbers mean nothing)."""
 
 
@@ -44,16 +53,32 @@ def streamed_batches(out: Path, a: argparse.Namespace) -> torch.Tensor:
     root = out / ("suite-small" if a.small else "suite")
     # the provider keeps the blocks up to the hook's
     shape = SMALL_MODEL if a.small else dict(PYTHIA_160M, num_hidden_layers=7)
-    suite = written_suite(root, a.S) if (root / f"step{a.S - 1}" / "config.json").is_file() else write_suite(root, shape, a.S)
+    suite = (
+        written_suite(root, a.S)
+        if (root / f"step{a.S - 1}" / "config.json").is_file()
+        else write_suite(root, shape, a.S)
+    )
     n_seqs = a.batches * a.batch // a.seq_len + 1
     tokens = torch.randint(3, shape["vocab_size"], (n_seqs, a.seq_len), generator=torch.Generator().manual_seed(0))
-    provider = ResidentSnapshotProvider(suite, a.hook, tokens, a.batch, model_dtype=torch.float32, device=a.device,
-                                        model_device=a.device, chunk_seqs=n_seqs, harvest_batch_size=8, compile=False,
-                                        prefetch=False)  # fmt: skip
+    provider = ResidentSnapshotProvider(
+        suite,
+        a.hook,
+        tokens,
+        a.batch,
+        model_dtype=torch.float32,
+        device=a.device,
+        model_device=a.device,
+        chunk_seqs=n_seqs,
+        harvest_batch_size=8,
+        compile=False,
+        prefetch=False,
+    )
     start = time.perf_counter()
     served = [b for b, _ in zip(provider.batches(0), range(a.batches + 1)) if b.shape[0] == a.batch][: a.batches]
     provider.close()
-    print(f"harvested {len(served)} batches of {a.batch} tokens at {a.S} snapshots in {time.perf_counter() - start:.0f} s")
+    print(
+        f"harvested {len(served)} batches of {a.batch} tokens at {a.S} snapshots in {time.perf_counter() - start:.0f} s"
+    )
     batches = torch.stack(served).cpu()
     torch.save(batches, cached)
     return batches
@@ -70,8 +95,11 @@ def run(batches: torch.Tensor, label: str, lr: float, a: argparse.Namespace) -> 
         n = entries.active_NF.numel()
         # as the step would decide on a GPU, where the window kernel runs
         pays = "" if sparse_step_pays(entries, trainer.plan) else "  (the step from pairs does not pay: dense kernels)"
-        print(f"  step {i + 1:3d}  L0 {float(trainer.last_l0):7.1f}  held-out batch: open {entries.n_open / n:.2%}, "
-              f"window {entries.n_window / n:.2%}{pays}", flush=True)  # fmt: skip
+        print(
+            f"  step {i + 1:3d}  L0 {float(trainer.last_l0):7.1f}  held-out batch: open {entries.n_open / n:.2%}, "
+            f"window {entries.n_window / n:.2%}{pays}",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,15 +2,19 @@
 
 Usage: python scripts/keep_only_restoration.py [DEMO_DIR]   (default $CROSSLENS_HOME/demo)
 """
-import json, sys, time
+
+import json
+import sys
+
 import torch
-import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectures with SAELens)
 from sae_lens import SAE
-from crosslens.checkpoints import CheckpointSuite
+
+import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectures with SAELens)
+from crosslens.causal.ablation import ablate, mean_feature_codes, task_metric, top_k_features
 from crosslens.causal.attribution import tokenize_task
 from crosslens.causal.ie_table import IETable
-from crosslens.causal.ablation import ablate, mean_feature_codes, task_metric, top_k_features
 from crosslens.causal.splice import collect_activations, exact_codes
+from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.tasks import task_for_tokenizer
 
@@ -38,13 +42,27 @@ last_mask = torch.zeros_like(feat_mask)
 last_mask[torch.arange(len(task)), task.last_pos] = True
 means = mean_feature_codes(codes, feat_mask)
 d_sae = cc.cfg.d_sae
-print(f"d_sae {d_sae}; active on task: {int((codes[feat_mask] != 0).any(0).sum())}; "
-      f"mean L0 per token {float((codes[feat_mask] != 0).sum(-1).float().mean()):.1f}")
+print(
+    f"d_sae {d_sae}; active on task: {int((codes[feat_mask] != 0).any(0).sum())}; "
+    f"mean L0 per token {float((codes[feat_mask] != 0).sum(-1).float().mean()):.1f}"
+)
+
 
 def metric(features, mode, where, keep_only=True):
-    with ablate(model, cc, snapshot=snap, features=features, mode=mode, keep_only=keep_only,
-                mean_codes=means if mode == "mean" else None, hook=hook, codes=codes, positions=where):
+    with ablate(
+        model,
+        cc,
+        snapshot=snap,
+        features=features,
+        mode=mode,
+        keep_only=keep_only,
+        mean_codes=means if mode == "mean" else None,
+        hook=hook,
+        codes=codes,
+        positions=where,
+    ):
         return float(task_metric(model, task).mean())
+
 
 m_clean = float(task_metric(model, task).mean())
 KS = [10, 20, 50, 100, 200]
@@ -63,7 +81,11 @@ for mode in ("zero", "mean"):
         print(json.dumps(out))
 json.dump(rows, open(f"{DEMO}/keep_only_restoration.json", "w"), indent=1)
 print(f"\nclean m = {m_clean:+.3f}")
-print("| ablation | positions | ablate-all m | ablate top-10 m | " + " | ".join(f"keep {k}: m (restore / vs chance)" for k in KS) + " |")
+print(
+    "| ablation | positions | ablate-all m | ablate top-10 m | "
+    + " | ".join(f"keep {k}: m (restore / vs chance)" for k in KS)
+    + " |"
+)
 for r in rows:
     cells = " | ".join(f"{r[f'keep{k}']:+.2f} ({r[f'restore{k}']:.0%} / {r[f'restore_vs_chance{k}']:.0%})" for k in KS)
     print(f"| {r['mode']} | {r['where']} | {r['ablate_all']:+.2f} | {r['ablate_top10']:+.2f} | {cells} |")
@@ -85,13 +107,19 @@ dense = torch.nonzero(freq > 0.5).flatten()
 print("dense (>50% of task tokens) features:", dense.tolist(), "IE:", [round(float(ie[f]), 4) for f in dense])
 for k in (10, 20, 50):
     keep = torch.unique(torch.cat([top_k_features(ie, k), dense]))
-    print(f"zero keep top-{k} + dense ({len(keep)} features): {metric(keep, 'zero', feat_mask):+.2f}; mean: {metric(keep, 'mean', feat_mask):+.2f}")
+    print(
+        f"zero keep top-{k} + dense ({len(keep)} features): {metric(keep, 'zero', feat_mask):+.2f}; mean: {metric(keep, 'mean', feat_mask):+.2f}"
+    )
 
 # Feature 901 (rank ~90 by |IE|, IE ~ 0, on 40% of task tokens, large code): does it hold the restoration?
 big = torch.nonzero((freq > 0.2) & (means > 1.0)).flatten()
 print("frequent large-code features:", big.tolist(), "IE:", [round(float(ie[f]), 4) for f in big])
-print(f"ablate only 901: zero {metric([901], 'zero', feat_mask, keep_only=False):+.2f}, mean {metric([901], 'mean', feat_mask, keep_only=False):+.2f}")
+print(
+    f"ablate only 901: zero {metric([901], 'zero', feat_mask, keep_only=False):+.2f}, mean {metric([901], 'mean', feat_mask, keep_only=False):+.2f}"
+)
 for k in (3, 10, 20, 50):
     for extra_name, extra in (("901", torch.tensor([901])), ("frequent large-code", big)):
         keep = torch.unique(torch.cat([top_k_features(ie, k), extra]))
-        print(f"keep top-{k} + {extra_name} ({len(keep)}): zero {metric(keep, 'zero', feat_mask):+.2f}, mean {metric(keep, 'mean', feat_mask):+.2f}")
+        print(
+            f"keep top-{k} + {extra_name} ({len(keep)}): zero {metric(keep, 'zero', feat_mask):+.2f}, mean {metric(keep, 'mean', feat_mask):+.2f}"
+        )

@@ -39,15 +39,25 @@ def compute(path: str) -> None:
     config = AttributionConfig(n_steps=4, batch_size=4)
     one = attribute_snapshot(snapshots[1], crosscoder, task, snapshot=1, config=config, keep_per_token=True)
     table = attribute(snapshots, crosscoder, task, config=AttributionConfig(n_steps=3), progress=False)
-    codes = exact_codes(crosscoder, collect_activations(snapshots, fixtures.HOOK, task.clean_tokens, task.mask.long()), 1)
-    rows = ablation_curve(snapshots[1], crosscoder, task, one.ie, snapshot=1, ks=[1, 5, 64], codes=codes, keep_only=True,
-                          batch_size=4)  # fmt: skip
+    codes = exact_codes(
+        crosscoder, collect_activations(snapshots, fixtures.HOOK, task.clean_tokens, task.mask.long()), 1
+    )
+    rows = ablation_curve(
+        snapshots[1], crosscoder, task, one.ie, snapshot=1, ks=[1, 5, 64], codes=codes, keep_only=True, batch_size=4
+    )
     results = {
-        "metric_clean": one.metric_clean, "metric_patch": one.metric_patch, "ie": one.ie, "per_token": one.per_token,
-        "error_ie": torch.tensor(one.error_ie), "total_ie": one.total_ie, "table_ie": table.ie,
-        "table_clean": table.metric_clean, "table_patch": table.metric_patch,
-        "keep_only_curve": torch.tensor([r["metric"] for r in rows]), "task_metric": task_metric(snapshots[1], task),
-    }  # fmt: skip
+        "metric_clean": one.metric_clean,
+        "metric_patch": one.metric_patch,
+        "ie": one.ie,
+        "per_token": one.per_token,
+        "error_ie": torch.tensor(one.error_ie),
+        "total_ie": one.total_ie,
+        "table_ie": table.ie,
+        "table_clean": table.metric_clean,
+        "table_patch": table.metric_patch,
+        "keep_only_curve": torch.tensor([r["metric"] for r in rows]),
+        "task_metric": task_metric(snapshots[1], task),
+    }
     torch.save(results, path)
     print(f"saved {len(results)} results to {path}")
 

@@ -31,7 +31,7 @@ import time
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import torch  # noqa: E402
+import torch
 
 from crosslens.analysis import (
     EvolutionAnalysis,
@@ -41,7 +41,7 @@ from crosslens.analysis import (
     planted_scores,
 )
 from crosslens.analysis.probes import firing_frequency
-from crosslens.training.planted import train_planted  # noqa: E402
+from crosslens.training.planted import train_planted
 
 ARCHITECTURES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
 K = 2
@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--d-sae", type=int, default=128)
-    parser.add_argument(
-        "--before", action="store_true", help="also score the naive settings (trains JumpReLU twice)"
-    )
+    parser.add_argument("--before", action="store_true", help="also score the naive settings (trains JumpReLU twice)")
     parser.add_argument(
         "--raw", action="store_true", help="un-normalised batches (the trainer warns: UnnormalizedActivationsWarning)"
     )
@@ -147,9 +145,11 @@ def _table(runs: dict[str, list[dict]], args: argparse.Namespace, before: bool) 
         f"\n{label}: {len(args.seeds)} seeds, {args.steps} steps x {args.batch_size} tokens, d_sae {args.d_sae}, "
         f"k {K} (TopK/BatchTopK); mean +/- sd over seeds\n"
     )
-    print("| architecture | recovered (of 48) | min over snapshots of mean max-cos | emergence+class exact "
-          "(of recovered) | SAELens MCC | SAELens firing precision | norm at absent snapshots (of peak) | L0 "
-          f"| dead latents (of {args.d_sae}) |")
+    print(
+        "| architecture | recovered (of 48) | min over snapshots of mean max-cos | emergence+class exact "
+        "(of recovered) | SAELens MCC | SAELens firing precision | norm at absent snapshots (of peak) | L0 "
+        f"| dead latents (of {args.d_sae}) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     all_pass = True
     for arch, scores in runs.items():

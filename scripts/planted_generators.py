@@ -42,16 +42,16 @@ from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from crosslens.analysis import PlantedConfig, PlantedEvolution  # noqa: E402
-from crosslens.analysis.planted_generators import GENERATORS  # noqa: E402
-from crosslens.architectures import uses_k  # noqa: E402
-from crosslens.training.planted import train_planted  # noqa: E402
+from crosslens.analysis import PlantedConfig, PlantedEvolution
+from crosslens.analysis.planted_generators import GENERATORS
+from crosslens.architectures import uses_k
+from crosslens.training.planted import train_planted
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from planted_benchmark import ARCHITECTURES, score  # noqa: E402
-from planted_independent import IndependentConfig, IndependentPlanted  # noqa: E402
+from planted_benchmark import ARCHITECTURES, score
+from planted_independent import IndependentConfig, IndependentPlanted
 
 INDEPENDENT = "independent"
 """The generator of ``scripts/planted_independent.py``, which shares no sampling code with the presets."""
@@ -106,8 +106,18 @@ def run_one(generator: str, arch: str, seed: int, steps: int | None, overrides: 
     crosscoder = train_planted(planted, arch, seed=seed, **training, **overrides)
     result = score(planted, crosscoder, before=False, seconds=time.perf_counter() - start)
     keys = (
-        "n_recovered", "n_planted", "recovered_fraction", "timeline_accuracy", "min_mmcs", "l0", "dead", "seconds",
-        "absorbing_fraction", "absorbed_share_median", "absent_above_threshold", "present_below_threshold",
+        "n_recovered",
+        "n_planted",
+        "recovered_fraction",
+        "timeline_accuracy",
+        "min_mmcs",
+        "l0",
+        "dead",
+        "seconds",
+        "absorbing_fraction",
+        "absorbed_share_median",
+        "absent_above_threshold",
+        "present_below_threshold",
     )
     summary = {k: result[k] for k in keys}
     summary.update(generator=generator, arch=arch, seed=seed)
@@ -144,23 +154,26 @@ def table(runs: list[dict]) -> bool:
             f"| {generator} | {arch} | {_cell(recovered)} | {_cell(exact)} | "
             f"{_cell([r['absorbing_fraction'] for r in group])} | "
             f"{statistics.fmean(r['l0'] for r in group):.2f} | {_counts([r['dead'] for r in group])} | "
-            f"{_cell(lam) if lam else '-'} |"
-            + ("" if passed else " below target")
+            f"{_cell(lam) if lam else '-'} |" + ("" if passed else " below target")
         )
     return all_pass
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", nargs="+", default=[*GENERATORS, INDEPENDENT], choices=["hard", *GENERATORS, INDEPENDENT])
+    parser.add_argument(
+        "--generator", nargs="+", default=[*GENERATORS, INDEPENDENT], choices=["hard", *GENERATORS, INDEPENDENT]
+    )
     parser.add_argument("--arch", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, help="training steps (default: train_planted's)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override a train_planted argument")
     parser.add_argument(
-        "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override a train_planted argument"
-    )
-    parser.add_argument(
-        "--planted", nargs="*", default=[], metavar="FIELD=VALUE", help="override a PlantedConfig (IndependentConfig) field of the generator"
+        "--planted",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a PlantedConfig (IndependentConfig) field of the generator",
     )
     parser.add_argument("--k", type=int, help="k of TopK/BatchTopK (default: train_planted's, from the set's mean L0)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")

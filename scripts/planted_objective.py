@@ -31,16 +31,16 @@ import sys
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import torch  # noqa: E402
-from sae_lens.saes.sae import TrainStepInput  # noqa: E402
+import torch
+from sae_lens.saes.sae import TrainStepInput
 
-from crosslens.analysis import PlantedConfig, PlantedEvolution  # noqa: E402
-from crosslens.analysis.planted_generators import GENERATORS  # noqa: E402
-from crosslens.training.planted import train_planted  # noqa: E402
+from crosslens.analysis import PlantedConfig, PlantedEvolution
+from crosslens.analysis.planted_generators import GENERATORS
+from crosslens.training.planted import train_planted
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from planted_benchmark import ARCHITECTURES, score  # noqa: E402
-from planted_generators import field_values, run_grid, with_k  # noqa: E402
+from planted_benchmark import ARCHITECTURES, score
+from planted_generators import field_values, run_grid, with_k
 
 INITS = ("default", "planted")
 OBJECTIVE_TOKENS = 16_384
@@ -68,15 +68,16 @@ def final_objective(crosscoder, planted: PlantedEvolution) -> dict[str, float]:
     """The training loss terms on held-out tokens, every coefficient at its full value
     (a copy runs the training pass, so running statistics of the crosscoder stay as trained)."""
     model = copy.deepcopy(crosscoder).train()
-    coefficients = {
-        name: float(getattr(c, "value", c)) for name, c in model.get_coefficients().items()
-    }
+    coefficients = {name: float(getattr(c, "value", c)) for name, c in model.get_coefficients().items()}
     acts_NSD, _ = planted.sample(OBJECTIVE_TOKENS, torch.Generator().manual_seed(11))
     totals: dict[str, float] = {}
     for x_BSD in acts_NSD.split(4096):
         out = model.training_forward_pass(
             TrainStepInput(
-                sae_in=x_BSD, coefficients=coefficients, dead_neuron_mask=None, n_training_steps=10**9,
+                sae_in=x_BSD,
+                coefficients=coefficients,
+                dead_neuron_mask=None,
+                n_training_steps=10**9,
                 is_logging_step=False,
             )
         )
@@ -94,15 +95,23 @@ def run_one(generator: str, arch: str, seed: int, init: str, overrides: dict) ->
     )
     scores = score(planted, crosscoder, before=False, seconds=0.0)
     return dict(
-        generator=generator, arch=arch, seed=seed, init=init,
-        recovered=scores["recovered_fraction"], exact=scores["timeline_accuracy"],
-        absorbing=scores["absorbing_fraction"], l0=scores["l0"], dead=scores["dead"],
+        generator=generator,
+        arch=arch,
+        seed=seed,
+        init=init,
+        recovered=scores["recovered_fraction"],
+        exact=scores["timeline_accuracy"],
+        absorbing=scores["absorbing_fraction"],
+        l0=scores["l0"],
+        dead=scores["dead"],
         objective=final_objective(crosscoder, planted),
-    )  # fmt: skip
+    )
 
 
 def table(runs: list[dict]) -> None:
-    print("| generator | architecture | seed | start | recovered | exact | absorbing | L0 | dead | reconstruction | sparsity | objective |")
+    print(
+        "| generator | architecture | seed | start | recovered | exact | absorbing | L0 | dead | reconstruction | sparsity | objective |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         o = r["objective"]

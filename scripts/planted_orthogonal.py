@@ -22,10 +22,10 @@ import sys
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from planted_generators import edit_losses, run_grid, run_one, table  # noqa: E402
+from planted_generators import edit_losses, run_grid, run_one, table
 
 
 def orthogonality_penalty(crosscoder, gamma: float) -> None:

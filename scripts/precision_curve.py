@@ -21,15 +21,21 @@ def batches(n: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     directions = torch.randn(N_TRUE, S, D, generator=g)
     directions = directions / directions.norm(dim=-1, keepdim=True) * D**0.5 / 3
-    return [torch.einsum("bf,fsd->bsd", torch.rand(B, N_TRUE, generator=g) * (torch.rand(B, N_TRUE, generator=g) < 0.1), directions)
-            for _ in range(n)]  # fmt: skip
+    return [
+        torch.einsum(
+            "bf,fsd->bsd", torch.rand(B, N_TRUE, generator=g) * (torch.rand(B, N_TRUE, generator=g) < 0.1), directions
+        )
+        for _ in range(n)
+    ]
 
 
 def curve(arch: str, steps: int, seed: int, **kw) -> list[float]:
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     torch.manual_seed(seed)
     sae = train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S))
-    trainer = CrosscoderTrainer(sae, CrosscoderTrainerConfig(total_steps=steps, lr=1e-3, activation_scale_check="off", **kw))
+    trainer = CrosscoderTrainer(
+        sae, CrosscoderTrainerConfig(total_steps=steps, lr=1e-3, activation_scale_check="off", **kw)
+    )
     return [trainer.step(x).loss.item() for x in batches(steps)]
 
 
@@ -49,14 +55,19 @@ def main() -> None:
 
     for arch in ("crosscoder", "jumprelu_crosscoder"):
         refs = [curve(arch, a.steps, seed) for seed in range(a.seeds)]
-        for label, kw in (("bf16 autocast", {"autocast_dtype": "bfloat16"}), ("bf16 Adam state", {"optimizer_state_dtype": "bfloat16"})):
+        for label, kw in (
+            ("bf16 autocast", {"autocast_dtype": "bfloat16"}),
+            ("bf16 Adam state", {"optimizer_state_dtype": "bfloat16"}),
+        ):
             ends, worsts = [], []
             for seed, ref in enumerate(refs):
                 low = curve(arch, a.steps, seed, **kw)
                 ends.append(mean(low) / mean(ref) - 1)
                 worsts.append(max(abs(b - r) / r for r, b in zip(ref, low)))
-            print(f"{arch:20s} {label:16s} last-10% mean loss against fp32 {spread(ends)}; "
-                  f"worst step {spread(worsts).replace('+', '')}  ({a.seeds} seeds)")  # fmt: skip
+            print(
+                f"{arch:20s} {label:16s} last-10% mean loss against fp32 {spread(ends)}; "
+                f"worst step {spread(worsts).replace('+', '')}  ({a.seeds} seeds)"
+            )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ def main() -> int:
     args = parser.parse_args()
     browser = next((b for b in BROWSERS if shutil.which(b)), None)
     if browser is None:
-        print(f"no headless browser found (tried {', '.join(BROWSERS)}); install chromium-headless-shell", file=sys.stderr)
+        print(
+            f"no headless browser found (tried {', '.join(BROWSERS)}); install chromium-headless-shell", file=sys.stderr
+        )
         return 2
     if not args.report.is_file():
         print(f"{args.report}: no such file", file=sys.stderr)
@@ -39,10 +41,19 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     whole = args.out / "whole.png"
     subprocess.run(
-        [browser, "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={whole}",
-         f"--window-size={args.width},{args.max_height}", "--virtual-time-budget=30000", args.report.resolve().as_uri()],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            browser,
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={whole}",
+            f"--window-size={args.width},{args.max_height}",
+            "--virtual-time-budget=30000",
+            args.report.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+    )
     image = Image.open(whole)
     ink = np.where(np.asarray(image.convert("L")).min(axis=1) < 250)[0]
     height = int(ink.max()) + 20 if len(ink) else image.height

@@ -37,7 +37,11 @@ GRID = ("jumprelu_crosscoder:1024:1500", "jumprelu_crosscoder:256:1500", "topk_c
 
 def _cell_config(cell: str, seed: int) -> DemoConfig:
     arch, d_sae, steps, *coefficient = cell.split(":")
-    sae = _pico_jumprelu(d_sae=int(d_sae)) if arch == "jumprelu_crosscoder" else ArchitectureConfig(arch, d_sae=int(d_sae))
+    sae = (
+        _pico_jumprelu(d_sae=int(d_sae))
+        if arch == "jumprelu_crosscoder"
+        else ArchitectureConfig(arch, d_sae=int(d_sae))
+    )
     if coefficient:
         sae = replace(sae, sparsity_coefficient=float(coefficient[0]))
     return replace(DemoConfig(), sae=sae, n_steps=int(steps), seed=seed)
@@ -79,8 +83,7 @@ def _per_snapshot(analyses) -> list[str]:
     lines = []
     for s in range(a.n_snapshots):
         one = [
-            EvolutionAnalysis.from_decoder(x.W_dec[:, s : s + 1], frequency=(~x.lifetimes.dead).float())
-            for x in (a, b)
+            EvolutionAnalysis.from_decoder(x.W_dec[:, s : s + 1], frequency=(~x.lifetimes.dead).float()) for x in (a, b)
         ]
         matched = stability_summary(seed_stability(one, thresholds=THRESHOLDS))
         lines.append(
@@ -97,7 +100,9 @@ def main() -> None:
     parser.add_argument("--eval-store", help="held-out store for firing frequencies (default: --store)")
     parser.add_argument("--grid", nargs="+", default=list(GRID), help="cells ARCH:D_SAE:STEPS[:LAMBDA]")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--folders", nargs="+", help="only compare these trained crosscoders (run or checkpoint folders)")
+    parser.add_argument(
+        "--folders", nargs="+", help="only compare these trained crosscoders (run or checkpoint folders)"
+    )
     parser.add_argument("--per-snapshot", action="store_true", help="with --folders: the per-snapshot view")
     args = parser.parse_args()
     torch.set_num_threads(1)

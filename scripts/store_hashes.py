@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import harvest as hb  # noqa: E402
-import torch  # noqa: E402
+import harvest as hb
+import torch
 
-from crosslens.activations import harvest_activations  # noqa: E402
+from crosslens.activations import harvest_activations
 
 torch.set_num_threads(1)
 STORES = {

@@ -19,7 +19,10 @@ def main() -> None:
     W_KM = (torch.randn(768, 4096, generator=gen) * 0.02).requires_grad_()
     grad_NM = torch.randn(2048, 4096, generator=gen).bfloat16()
     exact_KM = x_NK.bfloat16().double().T @ grad_NM.double()
-    for name, matmul in (("autocast's matmul", lambda: x_NK @ W_KM), ("weight_matmul", lambda: weight_matmul(x_NK, W_KM))):
+    for name, matmul in (
+        ("autocast's matmul", lambda: x_NK @ W_KM),
+        ("weight_matmul", lambda: weight_matmul(x_NK, W_KM)),
+    ):
         W_KM.grad = None
         with torch.autocast("cpu", torch.bfloat16):
             out_NM = matmul()

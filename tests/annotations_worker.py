@@ -37,11 +37,11 @@ def check_arrays(function: typing.Any) -> typing.Any:
 def main(out: Path) -> None:
     with install_import_hook("crosslens", "annotations_worker.check_arrays"):
         import torch
+        from test_activations import HOOK, SEQ_LEN, _open_suite, _texts, _write_suite
 
         from crosslens import ArchitectureConfig, CrosscoderRunnerConfig, CrosscoderTrainingRunner, evaluate_crosscoder
         from crosslens.activations import harvest_activations, tokenize_texts
         from crosslens.causal import SnapshotCodec, spliced_loss
-        from test_activations import HOOK, SEQ_LEN, _open_suite, _texts, _write_suite
 
     suite = _open_suite(_write_suite(out / "suite", seeds=[0, 1, 2]))
     tokens_NL = tokenize_texts(suite.tokenizer(), _texts(120), SEQ_LEN, n_seqs=24)
@@ -49,9 +49,14 @@ def main(out: Path) -> None:
     x_NSD = store.read(HOOK, torch.arange(6), normalize=True)
     for arch in ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"):
         config = CrosscoderRunnerConfig(
-            store_path=str(store.path), out_dir=str(out / arch), hook_name=HOOK, n_steps=6, train_batch_size_tokens=32,
-            sae=ArchitectureConfig(architecture=arch, d_sae=64, k=4), progress=False,
-        )  # fmt: skip
+            store_path=str(store.path),
+            out_dir=str(out / arch),
+            hook_name=HOOK,
+            n_steps=6,
+            train_batch_size_tokens=32,
+            sae=ArchitectureConfig(architecture=arch, d_sae=64, k=4),
+            progress=False,
+        )
         crosscoder = CrosscoderTrainingRunner(config).run()
         crosscoder.decode(crosscoder.encode(x_NSD))
         crosscoder(x_NSD.reshape(2, 3, *x_NSD.shape[1:]))

@@ -32,7 +32,7 @@ os.environ.pop("HUGGINGFACE_HUB_CACHE", None)  # an older name that would win ov
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["CROSSLENS_TEST_EMPTY_HUB"] = str(_HF_ROOT / "empty")
 
-from hf_cache import (  # noqa: E402
+from hf_cache import (
     make_word_tokenizer,
     offline_hf_home_at,
     tiny_bloom,
@@ -70,10 +70,7 @@ def _fake_hub_files(tmp_path_factory: pytest.TempPathFactory) -> FakeHub:
             "step4000",
         ),
         OLMO_REPO: (
-            {
-                f"step{s}-tokens{4 * s // 1000}B": tiny_olmo(seed=s)
-                for s in (1000, 2000, 3000)
-            },
+            {f"step{s}-tokens{4 * s // 1000}B": tiny_olmo(seed=s) for s in (1000, 2000, 3000)},
             "step3000-tokens12B",
         ),
         BLOOM_REPO: ({f"global_step{s}": tiny_bloom(seed=s) for s in (1000, 10000)}, None),

@@ -9,10 +9,10 @@ from __future__ import annotations
 import sys
 
 import torch
+from test_activations import HOOKS, N_SEQS, SEQ_LEN, SHARD_TOKENS, _open_suite, _texts
 
 from crosslens.activations import harvest_activations, tokenize_texts
 from crosslens.distributed import shutdown
-from test_activations import HOOKS, N_SEQS, SEQ_LEN, SHARD_TOKENS, _open_suite, _texts
 
 
 def main(suite_dir: str, out_dir: str) -> int:

@@ -18,9 +18,9 @@ import torch
 
 from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.distributed import init_mesh, shard_batches, shutdown
-from crosslens.training.runner import build_training_crosscoder
-from crosslens.training.config import CrosscoderTrainerConfig
 from crosslens.training import CrosscoderTrainer, latest_checkpoint
+from crosslens.training.config import CrosscoderTrainerConfig
+from crosslens.training.runner import build_training_crosscoder
 
 ARCHS = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
 S, D, F, B = 5, 8, 32, 16  # five snapshots: uneven blocks over two snapshot ranks

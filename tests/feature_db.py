@@ -100,15 +100,25 @@ def write_feature_database(path: str | Path, shape: FeatureDbShape = FeatureDbSh
 
 
 def _write_meta(connection: sqlite3.Connection, shape: FeatureDbShape, steps: list[int], edges: np.ndarray) -> None:
-    budget = {"n_tokens": 4096 * shape.n_features, "top_k": shape.top_k, "n_quantile": shape.n_quantile,
-              "window": shape.window, "n_logits": shape.n_logits}  # fmt: skip
+    budget = {
+        "n_tokens": 4096 * shape.n_features,
+        "top_k": shape.top_k,
+        "n_quantile": shape.n_quantile,
+        "window": shape.window,
+        "n_logits": shape.n_logits,
+    }
     meta = {
         "format": schema.FORMAT,
         "crosslens_version": "synthetic",
         "run": "0" * 64,
-        "crosscoder": {"architecture": "jumprelu_crosscoder", "d_sae": shape.n_features, "d_in": 768,
-                       "n_snapshots": shape.n_snapshots, "hook_name": "blocks.6.hook_resid_post",
-                       "weights_sha256": "0" * 64},  # fmt: skip
+        "crosscoder": {
+            "architecture": "jumprelu_crosscoder",
+            "d_sae": shape.n_features,
+            "d_in": 768,
+            "n_snapshots": shape.n_snapshots,
+            "hook_name": "blocks.6.hook_resid_post",
+            "weights_sha256": "0" * 64,
+        },
         "suite": {"model_id": "synthetic/pythia-160m", "snapshots": [f"step{s}" for s in steps]},
         "tokens": {"synthetic": asdict(shape)},
         "n_tokens": budget["n_tokens"],
@@ -143,8 +153,11 @@ def _write_features(connection: sqlite3.Connection, shape: FeatureDbShape, steps
     since = (s_S[None] - emergence[:, None]) / np.maximum(1, peak - emergence)[:, None]
     rise = np.where(since < 0, 0.05, 0.4 + 0.6 * np.clip(since, 0, 1))
     after = (s_S[None] - peak[:, None]) / np.maximum(1, fade - peak)[:, None]
-    fall = np.where(fade[:, None] < 0, 1 - 0.4 * (s_S[None] - peak[:, None]) / S,
-                    np.where(s_S[None] >= fade[:, None], 0.03, 1 - 0.5 * after))  # fmt: skip
+    fall = np.where(
+        fade[:, None] < 0,
+        1 - 0.4 * (s_S[None] - peak[:, None]) / S,
+        np.where(s_S[None] >= fade[:, None], 0.03, 1 - 0.5 * after),
+    )
     relative = np.where(s_S[None] <= peak[:, None], rise, fall) * rng.uniform(0.95, 1.0, (F, S))
     relative[np.arange(F), peak] = 1.0
     relative[cls == 3] = rng.uniform(0.9, 1.0, (int((cls == 3).sum()), S))
@@ -166,14 +179,25 @@ def _write_features(connection: sqlite3.Connection, shape: FeatureDbShape, steps
     rows = []
     for f in range(F):
         e = int(emergence[f])
-        rows.append((
-            f, _class_name(cls[f]), None if e < 0 else e, step(emergence, f),
-            None if cls[f] == 3 else int(peak[f]), None if cls[f] == 3 else steps[peak[f]],
-            None if fade[f] < 0 else int(fade[f]), step(fade, f),
-            steps[e + 1] if dip[f] else None, steps[e + 2] if dip[f] else None,
-            float(norms[f].max()), float(f_density[f]), None if cls[f] == 3 else float(mean_act[f][fires[f]].mean()),
-            float(f_max[f]), None,
-        ))  # fmt: skip
+        rows.append(
+            (
+                f,
+                _class_name(cls[f]),
+                None if e < 0 else e,
+                step(emergence, f),
+                None if cls[f] == 3 else int(peak[f]),
+                None if cls[f] == 3 else steps[peak[f]],
+                None if fade[f] < 0 else int(fade[f]),
+                step(fade, f),
+                steps[e + 1] if dip[f] else None,
+                steps[e + 2] if dip[f] else None,
+                float(norms[f].max()),
+                float(f_density[f]),
+                None if cls[f] == 3 else float(mean_act[f][fires[f]].mean()),
+                float(f_max[f]),
+                None,
+            )
+        )
     connection.executemany(f"INSERT INTO features VALUES ({', '.join('?' * 15)})", rows)
     _write_feature_snapshots(connection, shape, rng, norms, relative, density, mean_act, max_act, edges)
     return {"cls": cls, "fires": fires, "max_act": max_act, "f_max": f_max, "edges": edges}
@@ -200,9 +224,17 @@ def _write_feature_snapshots(connection, shape, rng, norms, relative, density, m
     mean_list = [None if np.isnan(m) else float(m) for m in mean_act.reshape(n)]
     connection.executemany(
         f"INSERT INTO feature_snapshots VALUES ({', '.join('?' * 12)})",
-        zip(feature_n.tolist(), snapshot_n.tolist(), norms.reshape(n).tolist(), relative.reshape(n).tolist(),
-            density.reshape(n).tolist(), mean_list, max_act.reshape(n).tolist(), *blobs),
-    )  # fmt: skip
+        zip(
+            feature_n.tolist(),
+            snapshot_n.tolist(),
+            norms.reshape(n).tolist(),
+            relative.reshape(n).tolist(),
+            density.reshape(n).tolist(),
+            mean_list,
+            max_act.reshape(n).tolist(),
+            *blobs,
+        ),
+    )
 
 
 def _split(data: bytes, n: int) -> list[bytes]:
@@ -222,7 +254,7 @@ def _write_contexts(connection, shape: FeatureDbShape, lives: dict, words: list[
 
 
 def _context_block(shape: FeatureDbShape, lives: dict, features: np.ndarray, words: list[str], rng):
-    S, W, P = shape.n_snapshots, 2 * shape.window + 1, shape.pool
+    W, P = 2 * shape.window + 1, shape.pool
     F = len(features)
     # each feature's pool of windows; its contexts at every snapshot are drawn from it
     pool_FPW = rng.integers(0, shape.vocab_size, (F, P, W)).astype("<i4")
@@ -248,9 +280,19 @@ def _context_block(shape: FeatureDbShape, lives: dict, features: np.ndarray, wor
     feature_n = (features[np.repeat(f_idx, C)]).tolist()
     snapshot_n = (np.repeat(r_idx, C) - 1).tolist()
     act_n = acts_nW[:, shape.window].astype("<f2").astype(float)  # the focus activation as stored
-    rows = zip(feature_n, snapshot_n, kinds * n_pairs, ranks * n_pairs, rng.integers(0, 10_000, n).tolist(),
-               pos_n.tolist(), act_n.tolist(), quantiles * n_pairs, (pos_n - shape.window + cut_n).tolist(),
-               id_blobs, act_blobs)  # fmt: skip
+    rows = zip(
+        feature_n,
+        snapshot_n,
+        kinds * n_pairs,
+        ranks * n_pairs,
+        rng.integers(0, 10_000, n).tolist(),
+        pos_n.tolist(),
+        act_n.tolist(),
+        quantiles * n_pairs,
+        (pos_n - shape.window + cut_n).tolist(),
+        id_blobs,
+        act_blobs,
+    )
     live = np.unique(f_idx)
     texts = [(int(features[f]), "\n".join("".join(words[t] for t in window) for window in pool_FPW[f])) for f in live]
     return rows, texts

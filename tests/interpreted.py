@@ -43,8 +43,19 @@ def run_under_the_interpreter(test_file: str, selection: str) -> None:
     """Run the tests of ``test_file`` that ``-k selection`` picks in a process with
     ``TRITON_INTERPRET=1``; every one must pass, none be skipped."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", test_file,
-               "-k", selection]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "not slow",
+        test_file,
+        "-k",
+        selection,
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert " passed" in done.stdout and " skipped" not in done.stdout, done.stdout[-2000:]

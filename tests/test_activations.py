@@ -108,9 +108,7 @@ def token_ids(suite) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def store(suite, token_ids, tmp_path_factory) -> ActivationStore:
     out = tmp_path_factory.mktemp("store")
-    return harvest_activations(
-        suite, HOOKS, token_ids, out, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False
-    )
+    return harvest_activations(suite, HOOKS, token_ids, out, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -153,7 +151,9 @@ def test_the_positions_a_dictionary_records_are_the_positions_it_kept(exclude_bo
     assert torch.equal(recorded_keep_mask(ids, record["seqpos_slice"], True, tokenizer), kept)
     # SAELens's special tokens are more than crosslens's default exclusions: its separator too
     with_sep = SimpleNamespace(pad_token_id=None, bos_token_id=0, eos_token_id=1, sep_token_id=6)
-    assert torch.equal(recorded_keep_mask(ids, [None], True, with_sep), keep_mask(ids, exclude_bos=False, exclude_token_ids=[0, 1, 6]))
+    assert torch.equal(
+        recorded_keep_mask(ids, [None], True, with_sep), keep_mask(ids, exclude_bos=False, exclude_token_ids=[0, 1, 6])
+    )
     assert torch.equal(recorded_keep_mask(ids, [2, None, None], None)[0], torch.tensor([False, False, True, True]))
     with pytest.raises(ValueError, match="pass the tokenizer"):
         recorded_keep_mask(ids, None, True)
@@ -275,8 +275,8 @@ def test_unknown_or_non_token_hooks_are_refused(suite, token_ids, tmp_path):
 
 
 def test_pico_tokens_are_reproducible_rows_of_grammar_words():
-    from crosslens.tasks.grammar import PicoGrammar
     from crosslens.pico.tokenizer import word_level_tokenizer
+    from crosslens.tasks.grammar import PicoGrammar
 
     tokenizer = word_level_tokenizer(PicoGrammar().vocabulary())
     rows = tokens_from_pico(tokenizer, 32, 6, seed=0)
@@ -517,10 +517,14 @@ def test_a_crosscoder_trained_on_a_provider_records_its_hook_and_factors(store, 
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES["crosscoder"]
     sae = train_cls(train_cfg_cls(d_in=32, d_sae=16, n_snapshots=3))
     provider = ActivationProvider(store, HOOK, 64, n_epochs=1, normalize=normalize)
-    cfg = CrosscoderTrainerConfig(total_steps=2, checkpoint_dir=str(tmp_path), activation_scale_check="warn" if normalize else "off")
+    cfg = CrosscoderTrainerConfig(
+        total_steps=2, checkpoint_dir=str(tmp_path), activation_scale_check="warn" if normalize else "off"
+    )
     CrosscoderTrainer(sae, cfg).fit(provider)
     saved = SAE.load_from_disk(str(tmp_path / "final"))
     assert saved.cfg.metadata.hook_name == HOOK
     recorded = saved.cfg.metadata.activation_norm_factors
     assert recorded == (store.norm_factors(HOOK).tolist() if normalize else None)
-    assert resolve_norm_factors(saved).tolist() == pytest.approx(store.norm_factors(HOOK).tolist() if normalize else [1.0] * 3)
+    assert resolve_norm_factors(saved).tolist() == pytest.approx(
+        store.norm_factors(HOOK).tolist() if normalize else [1.0] * 3
+    )

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import plotly.graph_objects as go
 import pytest
 import torch
+from trust_fixtures import one_torch_thread
 
-from crosslens.analysis.evolution import NO_STEP, decoder_norm_table, feature_lifetimes, normalize_norms
 from crosslens.analysis import (
     EvolutionAnalysis,
     EvolutionConfig,
@@ -23,7 +23,7 @@ from crosslens.analysis import (
     rel_dec,
     top_activating_contexts,
 )
-from crosslens.analysis.report import Report
+from crosslens.analysis.evolution import NO_STEP, decoder_norm_table, feature_lifetimes, normalize_norms
 from crosslens.analysis.geometry import pairwise_rel_dec, total_dimensionality, turning_point
 from crosslens.analysis.plots import (
     drift_curve,
@@ -32,7 +32,7 @@ from crosslens.analysis.plots import (
     feature_trajectories,
     probe_scatter,
 )
-from trust_fixtures import one_torch_thread
+from crosslens.analysis.report import Report
 
 # Normalised timelines (each row's peak is 1) with the expected (emergence, peak, fade, class)
 # under the default thresholds (emergence 0.3, fade 0.2) in Ge et al.'s decoder-norm mode;
@@ -449,7 +449,9 @@ def test_plots_show_the_analysis(case_analysis):
     # Robust presence (the default): case 4 dips and recovers, so it is an initialization feature.
     assert by_name["persistent"] == {100: 1, 1000: 1, 10: 1, 100_000: 1}
     assert by_name["transient"] == {10: 1, 100: 1}
-    assert "(3 initialization features, present from random initialization (step 0), not shown)" in hist.layout.title.text
+    assert (
+        "(3 initialization features, present from random initialization (step 0), not shown)" in hist.layout.title.text
+    )
 
     traj = feature_trajectories(case_analysis, [3, 0])
     lines = [t for t in traj.data if t.mode == "lines+markers"]
@@ -521,10 +523,16 @@ def test_a_suite_without_step_0_names_its_first_step_for_initialization_features
     late = EvolutionAnalysis.from_decoder(case_analysis.W_dec, [step + 64 for step in STEPS])
     assert late.features_of_class("initialization") == case_analysis.features_of_class("initialization")
     title = emergence_histogram(late).layout.title.text
-    assert "(3 initialization features, present from the first snapshot, step 64 (some may have formed by then), not shown)" in title
+    assert (
+        "(3 initialization features, present from the first snapshot, step 64 (some may have formed by then), not shown)"
+        in title
+    )
     page = evolution_report(late).write(tmp_path / "late.html").read_text()
     assert "initialization: present from the first snapshot, step 64 (some may have formed by then)" in page
-    assert "present from random initialization (step 0)" in evolution_report(case_analysis).write(tmp_path / "zero.html").read_text()
+    assert (
+        "present from random initialization (step 0)"
+        in evolution_report(case_analysis).write(tmp_path / "zero.html").read_text()
+    )
     # no steps recorded: the indices stand in for them, and step 0 says nothing of initialization
     unknown = EvolutionAnalysis.from_decoder(case_analysis.W_dec)
     assert unknown.steps[0] == 0 and unknown.steps_are_indices and not case_analysis.steps_are_indices
@@ -558,7 +566,9 @@ def test_evolution_report_sections(case_analysis, tmp_path):
     # Case 4 dips at step 10 and returns at 100: robust emergence 0, Ge et al.'s reading 100.
     assert "1 of 9 live features dip below 0.2" in page
     dip_table = page.split("strongest dip-and-recover features</caption>")[1].split("</table>")[0]
-    assert "emergence_<wbr>step (decoder_<wbr>norm)" in dip_table and dip_table.endswith("<td class=\"\">100</td></tr></tbody>")
+    assert "emergence_<wbr>step (decoder_<wbr>norm)" in dip_table and dip_table.endswith(
+        '<td class="">100</td></tr></tbody>'
+    )
     assert "blocks.0.hook_resid_post" in page
     from crosslens.analysis.probes import ProbeValidation
 

@@ -38,7 +38,9 @@ SURFACE = documented_surface()
 
 def test_doc_lists_every_subpackage() -> None:
     packages = {
-        f"crosslens.{p.name}" for p in (REPO / "crosslens").iterdir() if (p / "__init__.py").is_file() and p.name != "data"
+        f"crosslens.{p.name}"
+        for p in (REPO / "crosslens").iterdir()
+        if (p / "__init__.py").is_file() and p.name != "data"
     }
     assert packages - {"crosslens.recipes"} <= set(SURFACE), sorted(packages - set(SURFACE))
     assert all(len(names) >= 4 for names in SURFACE.values()), {m: len(n) for m, n in SURFACE.items()}
@@ -102,7 +104,9 @@ def test_top_level_import_stays_light() -> None:
     import subprocess
     import sys
 
-    probe = "import sys, crosslens; print(sorted(m for m in ('torch', 'transformer_lens', 'sae_lens') if m in sys.modules))"
+    probe = (
+        "import sys, crosslens; print(sorted(m for m in ('torch', 'transformer_lens', 'sae_lens') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
     assert crosslens.CrosscoderTrainingRunner.__name__ == "CrosscoderTrainingRunner"  # resolves on first use

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
 from sae_lens import SAE
 from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
@@ -27,7 +28,6 @@ from crosslens.training.baselines import (
 )
 from crosslens.training.comparison import compare_with_saes, format_quality_table, quality_table
 from crosslens.training.runner import evaluate_crosscoder
-from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
 
 HOOK = "blocks.0.hook_resid_post"
 STEPS = (0, 10, 100)
@@ -307,7 +307,9 @@ def test_compare_with_saes_end_to_end(store):
     assert sparsity_row["standard"].startswith("l1=")
     text = format_quality_table(rows)
     # rows named by the suite's revisions (here its folder names), as its other tables are
-    assert any(line.startswith("step100 ") for line in text.splitlines()) and "mean L0" in text and "jumprelu EV" in text
+    assert (
+        any(line.startswith("step100 ") for line in text.splitlines()) and "mean L0" in text and "jumprelu EV" in text
+    )
 
 
 def test_compare_can_calibrate_standard_once(store):
@@ -316,8 +318,16 @@ def test_compare_can_calibrate_standard_once(store):
     crosscoder = cc_cls(cc_cfg_cls(d_in=D_IN, d_sae=D_SAE, n_snapshots=len(STEPS), k=10))
 
     rows = compare_with_saes(
-        store, HOOK, crosscoder, snapshots=[0, 1, 2], architectures=("standard",), calibrate="once",
-        n_steps=30, batch_size=128, lr=3e-3, progress=False,
+        store,
+        HOOK,
+        crosscoder,
+        snapshots=[0, 1, 2],
+        architectures=("standard",),
+        calibrate="once",
+        n_steps=30,
+        batch_size=128,
+        lr=3e-3,
+        progress=False,
     )
 
     ev_rows = [r for r in rows if r["kind"] == "ev"]
@@ -334,8 +344,12 @@ def test_compare_refuses_an_eval_store_of_other_snapshots(store, one_snapshot_st
     crosscoder = ARCHITECTURES["topk_crosscoder"][0](
         ARCHITECTURES["topk_crosscoder"][1](d_in=D_IN, d_sae=D_SAE, n_snapshots=len(STEPS), k=6)
     )
-    with pytest.raises(ValueError, match=r"other snapshots than store \(snapshots \[step0, step10, step100\] vs \[step10\]\); harvest"):
-        compare_with_saes(store, HOOK, crosscoder, snapshots=[0], eval_store=one_snapshot_store, n_steps=1, progress=False)
+    with pytest.raises(
+        ValueError, match=r"other snapshots than store \(snapshots \[step0, step10, step100\] vs \[step10\]\); harvest"
+    ):
+        compare_with_saes(
+            store, HOOK, crosscoder, snapshots=[0], eval_store=one_snapshot_store, n_steps=1, progress=False
+        )
 
 
 def test_bad_inputs_name_the_fix(store):

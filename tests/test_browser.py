@@ -50,7 +50,9 @@ def run_dir(tmp_path_factory) -> Path:
     write_feature_database(run / schema.DATABASE_NAME, SHAPE)
     write_record(run, partners={}, settings={}, n_tokens=0)  # sealed as crosslens dashboards seals one
     figure = go.Figure(go.Scatter(x=[0, 1], y=[1, 2], meta={"link": "feature", "feature": 7}))
-    report = Report("a run").add_table([{"feature": 5, "density": 0.25}, {"feature": 9, "density": 0.5}], title="features")
+    report = Report("a run").add_table(
+        [{"feature": 5, "density": 0.25}, {"feature": 9, "density": 0.5}], title="features"
+    )
     report.add_figure(figure).write(run / "report.html")
     return run
 
@@ -84,8 +86,19 @@ class Oracle:
         self.texts = dict(db.execute("SELECT rowid, text FROM context_search").fetchall())
         self.vocab = dict(db.execute("SELECT token_id, text FROM vocabulary").fetchall())
 
-    def select(self, *, q="", ids=(), classes=(), emerged=(None, None), at=None, state="", task="", relie_class="",
-               min_relevance=None) -> list[int]:  # fmt: skip
+    def select(
+        self,
+        *,
+        q="",
+        ids=(),
+        classes=(),
+        emerged=(None, None),
+        at=None,
+        state="",
+        task="",
+        relie_class="",
+        min_relevance=None,
+    ) -> list[int]:
         out = []
         for f, row in sorted(self.features.items()):
             e = row["emergence_snapshot"]
@@ -124,8 +137,10 @@ class Oracle:
             "SELECT token_ids, activations, activation FROM contexts WHERE feature = ? AND snapshot = ? AND kind = ? ORDER BY rank",
             (feature, snapshot, kind),
         )
-        return [([self.vocab[t] for t in np.frombuffer(ids, "<i4")], np.frombuffer(acts, "<f2").astype(float).tolist(), a)
-                for ids, acts, a in rows]  # fmt: skip
+        return [
+            ([self.vocab[t] for t in np.frombuffer(ids, "<i4")], np.frombuffer(acts, "<f2").astype(float).tolist(), a)
+            for ids, acts, a in rows
+        ]
 
     def a_search_string(self, length: int) -> str:
         """A string of ``length`` characters that occurs in some features' texts but not in all."""
@@ -169,7 +184,10 @@ def test_the_feature_list_answers_what_the_database_holds(server, oracle):
         ({"class": "transient,dead"}, {"classes": ("transient", "dead")}),
         ({"emerged_from": steps[1], "emerged_to": steps[3]}, {"emerged": (steps[1], steps[3])}),
         ({"at": 2, "state": "fires"}, {"at": 2, "state": "fires"}),
-        ({"at": 3, "state": "present", "class": "persistent"}, {"at": 3, "state": "present", "classes": ("persistent",)}),
+        (
+            {"at": 3, "state": "present", "class": "persistent"},
+            {"at": 3, "state": "present", "classes": ("persistent",)},
+        ),
         ({"at": 3, "state": "absent"}, {"at": 3, "state": "absent"}),
         ({"at": 4, "state": "emerges"}, {"at": 4, "state": "emerges"}),
         ({"task": "ioi", "min_relevance": 0.05}, {"task": "ioi", "min_relevance": 0.05}),
@@ -200,6 +218,7 @@ def test_the_feature_list_sorts_on_any_stored_metric_and_pages(server, oracle):
         def value(f):
             v = oracle.snap[(f, at)][column] if at is not None else oracle.features[f][column]
             return (v is None, -(v or 0), f)
+
         return value
 
     for column in ("density", "max_activation", "peak_decoder_norm", "relevance", "emergence_step"):
@@ -247,11 +266,16 @@ def test_a_feature_answers_what_the_database_holds(server, oracle):
     for s in range(SHAPE.n_snapshots):
         row = oracle.snap[(feature, s)]
         assert [detail["series"][c][s] for c in ("decoder_norm", "density", "max_activation")] == [
-            row["decoder_norm"], row["density"], row["max_activation"]]  # fmt: skip
+            row["decoder_norm"],
+            row["density"],
+            row["max_activation"],
+        ]
         assert detail["histograms"][s] == np.frombuffer(row["histogram"], "<u4").tolist()
         top = [oracle.vocab[t] for t in np.frombuffer(row["logit_top_ids"], "<i4")]
         assert [t for t, _ in detail["logits"][s]["top"]] == top
-        assert [v for _, v in detail["logits"][s]["bottom"]] == pytest.approx(np.frombuffer(row["logit_bottom_values"], "<f4"), abs=1e-4)
+        assert [v for _, v in detail["logits"][s]["bottom"]] == pytest.approx(
+            np.frombuffer(row["logit_bottom_values"], "<f4"), abs=1e-4
+        )
     for r in (r for r in oracle.causal if r["feature"] == feature):
         assert detail["causal"][r["task"]]["ie"][r["snapshot"]] == r["ie"]
     status, contexts = get(server, f"/api/feature/{feature}/contexts")
@@ -280,16 +304,23 @@ def test_a_port_in_use_is_one_line_naming_the_fix(run_dir):
 
 
 def test_a_missing_foreign_or_damaged_database_is_one_line_naming_the_fix(tmp_path):
-    with pytest.raises(DatabaseProblem, match=r"no feature database \(dashboards.sqlite\): run `crosslens dashboards .*` first"):
+    with pytest.raises(
+        DatabaseProblem, match=r"no feature database \(dashboards.sqlite\): run `crosslens dashboards .*` first"
+    ):
         make_server(tmp_path)
     with pytest.raises(DatabaseProblem, match="no such folder"):
         make_server(tmp_path / "nowhere")
     foreign = tmp_path / schema.DATABASE_NAME
     sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.close()
-    with pytest.raises(DatabaseProblem, match=r"has no sealed record beside it .*; run `crosslens dashboards .*` again"):
+    with pytest.raises(
+        DatabaseProblem, match=r"has no sealed record beside it .*; run `crosslens dashboards .*` again"
+    ):
         make_server(tmp_path)  # the run's own database is the one `crosslens dashboards` sealed, or none
     named = BrowseConfig(port=0, database=str(foreign))
-    with pytest.raises(DatabaseProblem, match=r"not a crosslens feature database \(no meta table\): rebuild it with `crosslens dashboards"):
+    with pytest.raises(
+        DatabaseProblem,
+        match=r"not a crosslens feature database \(no meta table\): rebuild it with `crosslens dashboards",
+    ):
         make_server(tmp_path, named)
     foreign.write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(DatabaseProblem) as error:
@@ -303,7 +334,10 @@ def test_a_missing_foreign_or_damaged_database_is_one_line_naming_the_fix(tmp_pa
         byte = file.read(1)
         file.seek(-5, 2)
         file.write(bytes([byte[0] ^ 1]))
-    with pytest.raises(DatabaseProblem, match=r"sha256 differs: damaged or edited\); rebuild it with `crosslens dashboards .* --overwrite`"):
+    with pytest.raises(
+        DatabaseProblem,
+        match=r"sha256 differs: damaged or edited\); rebuild it with `crosslens dashboards .* --overwrite`",
+    ):
         make_server(tmp_path)
     other = tmp_path / "other.sqlite"
     write_feature_database(other, FeatureDbShape(n_features=8, n_snapshots=3))
@@ -314,9 +348,11 @@ def test_a_missing_foreign_or_damaged_database_is_one_line_naming_the_fix(tmp_pa
 
 
 def test_browse_prints_its_url_serves_without_torch_and_stops_on_ctrl_c(run_dir):
-    code = ("import atexit, sys; from crosslens.browser import browse; "
-            "atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules)); "
-            f"browse({str(run_dir)!r}, port=0)")  # fmt: skip
+    code = (
+        "import atexit, sys; from crosslens.browser import browse; "
+        "atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules)); "
+        f"browse({str(run_dir)!r}, port=0)"
+    )
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
@@ -375,9 +411,18 @@ def driver():
     options.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="crosslens-chromium-")
     # a closed machine: no sandbox, GPU, QUIC, sync, component updates or background fetches
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", "--window-size=1400,1000"):  # fmt: skip
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for a driver online
     chrome = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -406,12 +451,18 @@ def list_update(driver, action) -> None:
     """Do ``action`` on the list page and wait for the list it asks for."""
     before = driver.execute_script("return Number(document.body.dataset.request || 0)")
     action()
-    wait_for(lambda: driver.execute_script(
-        f"return Number(document.body.dataset.request) > {before} && document.body.dataset.state === 'ready'"), what="list")
+    wait_for(
+        lambda: driver.execute_script(
+            f"return Number(document.body.dataset.request) > {before} && document.body.dataset.state === 'ready'"
+        ),
+        what="list",
+    )
 
 
 def shown_features(driver) -> list[int]:
-    return driver.execute_script("return [...document.querySelectorAll('table.features tbody tr')].map(r => Number(r.dataset.feature))")
+    return driver.execute_script(
+        "return [...document.querySelectorAll('table.features tbody tr')].map(r => Number(r.dataset.feature))"
+    )
 
 
 def screenshot(driver, name: str) -> None:
@@ -439,11 +490,18 @@ def test_the_list_page_searches_filters_sorts_and_pages(driver, server, oracle):
     assert shown_features(driver) == oracle.select(q=needle)
     assert driver.find_element(By.ID, "summary").text.startswith(f"{len(oracle.select(q=needle))} of 64 features")
     screenshot(driver, "list_search")
-    list_update(driver, lambda: driver.find_element(By.CSS_SELECTOR, "#q").clear() or driver.find_element(By.ID, "q").send_keys(Keys.ENTER))
+    list_update(
+        driver,
+        lambda: (
+            driver.find_element(By.CSS_SELECTOR, "#q").clear() or driver.find_element(By.ID, "q").send_keys(Keys.ENTER)
+        ),
+    )
 
     list_update(driver, lambda: driver.find_element(By.CSS_SELECTOR, "#classes input[value=transient]").click())
     assert shown_features(driver) == oracle.select(classes=("transient",))
-    chips = driver.execute_script("return [...document.querySelectorAll('table.features tbody .chip')].map(c => c.textContent)")
+    chips = driver.execute_script(
+        "return [...document.querySelectorAll('table.features tbody .chip')].map(c => c.textContent)"
+    )
     assert set(chips) == {"transient"}
 
     from selenium.webdriver.support.select import Select
@@ -452,9 +510,14 @@ def test_the_list_page_searches_filters_sorts_and_pages(driver, server, oracle):
     list_update(driver, lambda: Select(driver.find_element(By.ID, "state")).select_by_value("fires"))
     assert shown_features(driver) == oracle.select(classes=("transient",), at=3, state="fires")
     list_update(driver, lambda: driver.find_element(By.CSS_SELECTOR, "th[data-sort=at_density]").click())
-    want = sorted(oracle.select(classes=("transient",), at=3, state="fires"), key=lambda f: (-oracle.snap[(f, 3)]["density"], f))
+    want = sorted(
+        oracle.select(classes=("transient",), at=3, state="fires"), key=lambda f: (-oracle.snap[(f, 3)]["density"], f)
+    )
     assert shown_features(driver) == want
-    assert all(part in driver.current_url for part in ("class=transient", "at=3", "state=fires", "sort=at_density", "order=desc"))
+    assert all(
+        part in driver.current_url
+        for part in ("class=transient", "at=3", "state=fires", "sort=at_density", "order=desc")
+    )
     screenshot(driver, "list_filtered")
     open_page(driver, server, driver.current_url.removeprefix(server.url.rstrip("/")))  # the URL is the state
     assert shown_features(driver) == want
@@ -488,7 +551,9 @@ def check_reading(driver, oracle, feature: int, reading: int) -> None:
     else:
         assert histogram["y"] == np.frombuffer(oracle.snap[(feature, reading)]["histogram"], "<u4").tolist()
         top = [oracle.vocab[t] for t in np.frombuffer(oracle.snap[(feature, reading)]["logit_top_ids"], "<i4")]
-        shown = driver.execute_script("return [...document.querySelectorAll('table.logit[data-kind=top] .tokpill')].map(t => t.textContent)")
+        shown = driver.execute_script(
+            "return [...document.querySelectorAll('table.logit[data-kind=top] .tokpill')].map(t => t.textContent)"
+        )
         assert shown == [t.replace("\n", "\u21b5") for t in top]
     assert driver.current_url.endswith(f"?snapshot={reading}")
 
@@ -498,7 +563,9 @@ def test_the_feature_page_plots_what_the_database_holds_and_switches_snapshots(d
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.select import Select
 
-    feature = next(f for f in sorted({r["feature"] for r in oracle.causal}) if oracle.features[f]["class"] == "transient")
+    feature = next(
+        f for f in sorted({r["feature"] for r in oracle.causal}) if oracle.features[f]["class"] == "transient"
+    )
     S = SHAPE.n_snapshots
     open_page(driver, server, f"/feature/{feature}?snapshot=2")
     assert driver.find_element(By.ID, "title").text == f"Feature #{feature}"
@@ -511,8 +578,12 @@ def test_the_feature_page_plots_what_the_database_holds_and_switches_snapshots(d
     assert traces["emergence"]["x"] == [oracle.features[feature]["emergence_snapshot"]]
     causal = {t["name"]: t["y"] for t in plotted(driver, "plot-causal")}
     for task in SHAPE.tasks:
-        rows = sorted((r for r in oracle.causal if r["feature"] == feature and r["task"] == task), key=lambda r: r["snapshot"])
-        assert causal[f"IE ({task})"] == [r["ie"] for r in rows] and causal[f"RelIE ({task})"] == [r["relie"] for r in rows]
+        rows = sorted(
+            (r for r in oracle.causal if r["feature"] == feature and r["task"] == task), key=lambda r: r["snapshot"]
+        )
+        assert causal[f"IE ({task})"] == [r["ie"] for r in rows] and causal[f"RelIE ({task})"] == [
+            r["relie"] for r in rows
+        ]
     check_reading(driver, oracle, feature, 2)
     screenshot(driver, "feature")
 
@@ -529,8 +600,13 @@ def test_the_feature_page_plots_what_the_database_holds_and_switches_snapshots(d
     wait_for(lambda: driver.execute_script("return document.body.dataset.reading") == str(S - 1), what="last reading")
     check_reading(driver, oracle, feature, S - 1)
     driver.find_element(By.ID, "feature-next").click()
-    wait_for(lambda: driver.execute_script("return document.body.dataset.state") == "ready" and
-             driver.find_element(By.ID, "title").text == f"Feature #{feature + 1}", what="next feature")  # fmt: skip
+    wait_for(
+        lambda: (
+            driver.execute_script("return document.body.dataset.state") == "ready"
+            and driver.find_element(By.ID, "title").text == f"Feature #{feature + 1}"
+        ),
+        what="next feature",
+    )
     assert driver.current_url.endswith(f"/feature/{feature + 1}?snapshot={S - 1}")
 
 
@@ -542,14 +618,21 @@ def test_the_reports_features_open_their_pages(driver, server, run_dir):
     wait_for(lambda: driver.current_url.endswith("/report"), what="report")
     driver.find_element(By.CSS_SELECTOR, "a.feature-link[href='feature/9']").click()
     wait_for(lambda: driver.execute_script("return document.body.dataset.state") == "ready", what="feature 9")
-    assert driver.current_url.startswith(server.url + "feature/9?") and driver.find_element(By.ID, "title").text == "Feature #9"
+    assert (
+        driver.current_url.startswith(server.url + "feature/9?")
+        and driver.find_element(By.ID, "title").text == "Feature #9"
+    )
     driver.get(server.url + "report")
     wait_for(lambda: driver.execute_script("return document.readyState") == "complete", what="report")
-    driver.execute_script("const d = document.querySelector('.plotly-graph-div'); "
-                          "d.emit('plotly_click', {points: [{data: d.data[0], customdata: null}]})")  # fmt: skip
+    driver.execute_script(
+        "const d = document.querySelector('.plotly-graph-div'); "
+        "d.emit('plotly_click', {points: [{data: d.data[0], customdata: null}]})"
+    )
     wait_for(lambda: driver.current_url.startswith(server.url + "feature/7"), what="feature 7 from the plot")
     driver.get((run_dir / "report.html").as_uri())  # opened as a file, the ids read as plain text
-    assert driver.execute_script("return [...document.querySelectorAll('a.feature-link')].map(a => a.hasAttribute('href'))") == [False, False]
+    assert driver.execute_script(
+        "return [...document.querySelectorAll('a.feature-link')].map(a => a.hasAttribute('href'))"
+    ) == [False, False]
 
 
 def test_moving_between_the_list_and_a_feature_keeps_the_list_as_it_was(driver, server, oracle):
@@ -557,16 +640,26 @@ def test_moving_between_the_list_and_a_feature_keeps_the_list_as_it_was(driver, 
 
     open_page(driver, server, "/?class=persistent&sort=max_activation&order=desc")
     shown = shown_features(driver)
-    assert shown == sorted(oracle.select(classes=("persistent",)), key=lambda f: (-oracle.features[f]["max_activation"], f))
+    assert shown == sorted(
+        oracle.select(classes=("persistent",)), key=lambda f: (-oracle.features[f]["max_activation"], f)
+    )
     driver.execute_script("window.PAGE_ID = 'kept'")  # gone if a link reloads the page
     driver.find_element(By.CSS_SELECTOR, f"tr[data-feature='{shown[1]}'] td.id a").click()
-    wait_for(lambda: driver.execute_script("return document.body.dataset.view === 'feature' && document.body.dataset.state === 'ready'"),
-             what="feature view")  # fmt: skip
+    wait_for(
+        lambda: driver.execute_script(
+            "return document.body.dataset.view === 'feature' && document.body.dataset.state === 'ready'"
+        ),
+        what="feature view",
+    )
     assert driver.find_element(By.ID, "title").text == f"Feature #{shown[1]}"
     assert driver.current_url.endswith(f"/feature/{shown[1]}?snapshot=-1")
     driver.back()
-    wait_for(lambda: driver.execute_script("return document.body.dataset.view === 'list' && document.body.dataset.state === 'ready'"),
-             what="list view")  # fmt: skip
+    wait_for(
+        lambda: driver.execute_script(
+            "return document.body.dataset.view === 'list' && document.body.dataset.state === 'ready'"
+        ),
+        what="list view",
+    )
     assert shown_features(driver) == shown and "class=persistent" in driver.current_url
     assert driver.execute_script("return window.PAGE_ID") == "kept"
     driver.forward()
@@ -575,6 +668,10 @@ def test_moving_between_the_list_and_a_feature_keeps_the_list_as_it_was(driver, 
     wait_for(lambda: driver.find_element(By.ID, "feature-error").is_displayed(), what="the error")
     assert "feature 999: this database holds features 0 to 63." in driver.find_element(By.ID, "feature-error").text
     driver.find_element(By.CSS_SELECTOR, "#feature-error a").click()
-    wait_for(lambda: driver.execute_script("return document.body.dataset.view === 'list' && document.body.dataset.state === 'ready'"),
-             what="back to the list")  # fmt: skip
+    wait_for(
+        lambda: driver.execute_script(
+            "return document.body.dataset.view === 'list' && document.body.dataset.state === 'ready'"
+        ),
+        what="back to the list",
+    )
     assert driver.execute_script("return window.PAGE_ID") == "kept"

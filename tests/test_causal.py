@@ -33,15 +33,14 @@ from crosslens.causal import (
     task_metric,
 )
 from crosslens.causal.ablation import ablation_curve, ablation_edit
-from crosslens.causal.attribution import attribute_snapshot, logit_diff
+from crosslens.causal.attribution import attribute_snapshot, ig_endpoints, logit_diff
 from crosslens.causal.ig import attribution_patching
-from crosslens.causal.splice import collect_activations, exact_codes, run_from_hook
-from crosslens.causal.relie import select_top_features
-from crosslens.causal.attribution import ig_endpoints
 from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
+from crosslens.causal.relie import select_top_features
+from crosslens.causal.splice import collect_activations, exact_codes, run_from_hook
 from crosslens.tasks import MinimalPair, TaskDataset
-from crosslens.tasks.agreement import agreement_pairs
 from crosslens.tasks import agreement as lexicon
+from crosslens.tasks.agreement import agreement_pairs
 
 HOOK = "blocks.0.hook_resid_post"
 N_SNAPSHOTS, D_MODEL, D_SAE = 3, 32, 64
@@ -77,9 +76,16 @@ def snapshots(tokenizer) -> list[HookedTransformer]:
     out = []
     for seed in range(N_SNAPSHOTS):
         cfg = HookedTransformerConfig(
-            n_layers=2, d_model=D_MODEL, n_ctx=24, d_head=8, n_heads=4, d_vocab=len(tokenizer),
-            act_fn="gelu", normalization_type="LN", seed=seed,
-        )  # fmt: skip
+            n_layers=2,
+            d_model=D_MODEL,
+            n_ctx=24,
+            d_head=8,
+            n_heads=4,
+            d_vocab=len(tokenizer),
+            act_fn="gelu",
+            normalization_type="LN",
+            seed=seed,
+        )
         model = HookedTransformer(cfg)
         model.eval()
         out.append(model)
@@ -212,7 +218,9 @@ def test_spliced_model_sees_the_reconstruction_on_its_own_scale(snapshots, task,
             logits(model, task)
     torch.testing.assert_close(seen["acts"], expected, rtol=1e-5, atol=1e-5)
     # with the factors ignored the model would see a different activation
-    with splice(model, crosscoder, snapshot=2, codes=exact_codes(crosscoder, acts_all, 2), error="drop", norm_factors=[1.0] * 3):
+    with splice(
+        model, crosscoder, snapshot=2, codes=exact_codes(crosscoder, acts_all, 2), error="drop", norm_factors=[1.0] * 3
+    ):
         with model.hooks(fwd_hooks=[(HOOK, capture)]):
             logits(model, task)
     assert float((seen["acts"] - expected).abs().max()) > 1e-2
@@ -233,15 +241,27 @@ def test_per_snapshot_codes_use_only_that_snapshots_encoder(acts_all):
         torch.testing.assert_close(codec_1.encode_single(a_ND), codec_1.encode(a_ND[:, None]), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("hook", ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.hook_mlp_out"])
+@pytest.mark.parametrize(
+    "hook", ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.hook_mlp_out"]
+)
 @pytest.mark.parametrize("positions", ["standard", "rotary"])
 def test_run_from_hook_matches_a_full_forward_pass(hook, positions, snapshots, task):
     model = snapshots[0]
     if positions == "rotary":  # GPT-NeoX / Pythia style: positions enter inside every attention layer
         cfg = HookedTransformerConfig(
-            n_layers=2, d_model=D_MODEL, n_ctx=24, d_head=8, n_heads=4, d_vocab=model.cfg.d_vocab, act_fn="gelu",
-            normalization_type="LN", positional_embedding_type="rotary", rotary_dim=4, parallel_attn_mlp=True, seed=5,
-        )  # fmt: skip
+            n_layers=2,
+            d_model=D_MODEL,
+            n_ctx=24,
+            d_head=8,
+            n_heads=4,
+            d_vocab=model.cfg.d_vocab,
+            act_fn="gelu",
+            normalization_type="LN",
+            positional_embedding_type="rotary",
+            rotary_dim=4,
+            parallel_attn_mlp=True,
+            seed=5,
+        )
         model = HookedTransformer(cfg).eval()
     with torch.no_grad():
         full, cache = model.run_with_cache(task.clean_tokens, attention_mask=task.mask.long(), names_filter=[hook])
@@ -268,9 +288,7 @@ def test_integrated_gradients_matches_captum():
     f_clean, f_patch = torch.randn(3, 6, generator=generator), torch.randn(3, 6, generator=generator)
     e_clean, e_patch = torch.randn(3, 4, generator=generator), torch.randn(3, 4, generator=generator)
     captum = IntegratedGradients(lambda f, e: metric(f, e))
-    ref_f, ref_e = captum.attribute(
-        (f_patch, e_patch), baselines=(f_clean, e_clean), n_steps=10, method="riemann_left"
-    )
+    ref_f, ref_e = captum.attribute((f_patch, e_patch), baselines=(f_clean, e_clean), n_steps=10, method="riemann_left")
     for batched in (True, 3, False):
         ours = integrated_gradients(metric, f_clean, f_patch, e_clean, e_patch, n_steps=10, batched=batched)
         torch.testing.assert_close(ours.features, ref_f, rtol=0, atol=1e-4)
@@ -319,10 +337,17 @@ def test_model_attribution_matches_captum(snapshots, task, acts_all, jumprelu):
     acts_patch_all = collect_activations(snapshots, HOOK, task.corrupted_tokens, task.mask.long())
     codes_patch = exact_codes(jumprelu, acts_patch_all, s)
     ours = attribute_snapshot(
-        model, jumprelu, task, snapshot=s, acts_clean=acts_all[:, :, s], acts_patch=acts_patch_all[:, :, s],
-        codes_clean=codes_clean, codes_patch=codes_patch, config=AttributionConfig(n_steps=10, batch_size=4),
+        model,
+        jumprelu,
+        task,
+        snapshot=s,
+        acts_clean=acts_all[:, :, s],
+        acts_patch=acts_patch_all[:, :, s],
+        codes_clean=codes_clean,
+        codes_patch=codes_patch,
+        config=AttributionConfig(n_steps=10, batch_size=4),
         keep_per_token=True,
-    )  # fmt: skip
+    )
 
     codec = SnapshotCodec(jumprelu, s)
     positions = task.feature_mask()
@@ -333,7 +358,9 @@ def test_model_attribution_matches_captum(snapshots, task, acts_all, jumprelu):
 
     def forward(f, e):
         repeats = f.shape[0] // len(task)
-        out = run_from_hook(model, HOOK, codec.decode(f) + e, task.clean_tokens.repeat(repeats, 1), task.mask.long().repeat(repeats, 1))
+        out = run_from_hook(
+            model, HOOK, codec.decode(f) + e, task.clean_tokens.repeat(repeats, 1), task.mask.long().repeat(repeats, 1)
+        )
         last = out[torch.arange(out.shape[0]), task.last_pos.repeat(repeats)]
         return logit_diff(last, task.correct_ids.repeat(repeats), task.wrong_ids.repeat(repeats))
 
@@ -360,7 +387,9 @@ def test_model_attribution_completeness_and_batching(snapshots, task, jumprelu):
     assert change > 0.05  # the corrupted prompt really moves the metric
     assert gaps[40] < gaps[4] / 5
     assert gaps[40] < 0.03 * change  # stated tolerance: within 3% of the metric change at n = 40
-    looped = attribute_snapshot(model, jumprelu, task, snapshot=2, config=AttributionConfig(n_steps=5, steps_per_pass=1, batch_size=2))
+    looped = attribute_snapshot(
+        model, jumprelu, task, snapshot=2, config=AttributionConfig(n_steps=5, steps_per_pass=1, batch_size=2)
+    )
     batched = attribute_snapshot(model, jumprelu, task, snapshot=2, config=AttributionConfig(n_steps=5))
     torch.testing.assert_close(looped.ie, batched.ie, rtol=0, atol=1e-5)
     assert looped.error_ie == pytest.approx(batched.error_ie, abs=1e-5)
@@ -371,7 +400,9 @@ def test_zero_patch_task_and_per_token_threshold(snapshots, tokenizer, jumprelu)
     pairs = [MinimalPair(p.clean, p.correct, p.wrong) for p in agreement_pairs("simple", n=5, seed=1)]
     plain = TaskDataset(name="plain", pairs=tuple(pairs)).tokenize(tokenizer)
     model = snapshots[0]
-    result = attribute_snapshot(model, jumprelu, plain, snapshot=0, config=AttributionConfig(n_steps=8), keep_per_token=True)
+    result = attribute_snapshot(
+        model, jumprelu, plain, snapshot=0, config=AttributionConfig(n_steps=8), keep_per_token=True
+    )
     b_dec = jumprelu.b_dec[0].detach() / FACTORS[0]
     positions = plain.feature_mask()
 
@@ -390,20 +421,29 @@ def test_zero_patch_task_and_per_token_threshold(snapshots, tokenizer, jumprelu)
     kept = torch.where(result.per_token.abs() > threshold, result.per_token, 0.0)
     manual = (kept.sum(1) / positions.sum(1, keepdim=True)).mean(0)
     torch.testing.assert_close(thresholded.ie, manual, rtol=0, atol=1e-6)
-    summed = attribute_snapshot(model, jumprelu, plain, snapshot=0, config=AttributionConfig(n_steps=8, reduce_positions="sum"))
+    summed = attribute_snapshot(
+        model, jumprelu, plain, snapshot=0, config=AttributionConfig(n_steps=8, reduce_positions="sum")
+    )
     torch.testing.assert_close(summed.ie, result.per_token.sum(1).mean(0), rtol=0, atol=1e-6)
 
 
 def test_attribute_across_snapshots_gives_a_tidy_table(snapshots, tokenizer, tmp_path):
     crosscoder = make_crosscoder("topk_crosscoder")
     task = agreement_pairs("rc", n=4, seed=2)
-    table = attribute(snapshots, crosscoder, task, tokenizer=tokenizer, config=AttributionConfig(n_steps=3), progress=False)
+    table = attribute(
+        snapshots, crosscoder, task, tokenizer=tokenizer, config=AttributionConfig(n_steps=3), progress=False
+    )
     assert table.ie.shape == (D_SAE, N_SNAPSHOTS) and table.snapshots == [0, 1, 2] and table.task == "agreement_rc"
     assert bool((table.ie != 0).any(dim=0).all())
     per_snapshot = attribute(
-        snapshots, crosscoder, task, tokenizer=tokenizer, snapshots=[1],
-        config=AttributionConfig(n_steps=3, mode="per_snapshot"), progress=False,
-    )  # fmt: skip
+        snapshots,
+        crosscoder,
+        task,
+        tokenizer=tokenizer,
+        snapshots=[1],
+        config=AttributionConfig(n_steps=3, mode="per_snapshot"),
+        progress=False,
+    )
     assert per_snapshot.ie.shape == (D_SAE, 1) and per_snapshot.snapshot_labels == ["s1"]
     assert not torch.allclose(per_snapshot.ie[:, 0], table.ie[:, 1])
     rows = table.rows()
@@ -423,9 +463,17 @@ def test_causal_stage_writes_tables_and_report(snapshots, tokenizer, tmp_path, j
 
     task = agreement_pairs("pp", n=4, seed=7)
     result = run_causal_stage(
-        snapshots, jumprelu, task, tmp_path, tokenizer=tokenizer, config=AttributionConfig(n_steps=2),
-        top_k=3, ks=(1, 3), n_random=1, progress=False,
-    )  # fmt: skip
+        snapshots,
+        jumprelu,
+        task,
+        tmp_path,
+        tokenizer=tokenizer,
+        config=AttributionConfig(n_steps=2),
+        top_k=3,
+        ks=(1, 3),
+        n_random=1,
+        progress=False,
+    )
     paths = result.paths
     assert all(p.is_file() for p in (paths.ie_table, paths.relie, paths.ablation_curves, paths.report, paths.summary))
     assert json.loads(paths.summary.read_text()) == result.summary.to_dict()
@@ -441,7 +489,9 @@ def test_causal_stage_writes_tables_and_report(snapshots, tokenizer, tmp_path, j
     assert table.ie_per_example.shape == (4, D_SAE, N_SNAPSHOTS)
     torch.testing.assert_close(table.ie_per_example.mean(0), table.ie, atol=1e-5, rtol=1e-4)
     ie, low, high = (np.asarray(relie_file[k]) for k in ("ie", "ie_ci95_low", "ie_ci95_high"))
-    assert ie.shape == low.shape == (len(selected), N_SNAPSHOTS) and (low <= ie + 1e-6).all() and (ie <= high + 1e-6).all()
+    assert (
+        ie.shape == low.shape == (len(selected), N_SNAPSHOTS) and (low <= ie + 1e-6).all() and (ie <= high + 1e-6).all()
+    )
     assert len(relie_file["classed"]) == len(selected) and relie_file["effect_floor"] > 0
     below = [c for row in relie_file["classes"] for c in row if c == "below_floor"]
     assert len(below) == N_SNAPSHOTS * relie_file["classed"].count(False)
@@ -484,8 +534,16 @@ def test_causal_stage_loads_each_snapshot_once_per_pass(snapshots, tokenizer, tm
     table = attribute(snapshots, jumprelu, task, tokenizer=tokenizer, config=options["config"], progress=False)
     torch.testing.assert_close(plain.table.ie, table.ie)
     rows = ablation_curves(
-        snapshots, jumprelu, task, table, ks=[1, 3], n_random=1, tokenizer=tokenizer, exact=mode == "exact", progress=False
-    )  # fmt: skip
+        snapshots,
+        jumprelu,
+        task,
+        table,
+        ks=[1, 3],
+        n_random=1,
+        tokenizer=tokenizer,
+        exact=mode == "exact",
+        progress=False,
+    )
     assert [r["metric"] for r in plain.ablation_rows] == pytest.approx([r["metric"] for r in rows], abs=1e-6)
     assert [(r["label"], r["k"], r["selection"]) for r in plain.ablation_rows] == [
         (r["label"], r["k"], r["selection"]) for r in rows
@@ -512,10 +570,14 @@ def test_ablation_edits_only_the_chosen_features():
 def test_ablation_curve_end_points(snapshots, task, acts_all, jumprelu):
     model = snapshots[1]
     codes = exact_codes(jumprelu, acts_all, 1)
-    ie = attribute_snapshot(model, jumprelu, task, snapshot=1, codes_clean=codes, config=AttributionConfig(n_steps=4)).ie
+    ie = attribute_snapshot(
+        model, jumprelu, task, snapshot=1, codes_clean=codes, config=AttributionConfig(n_steps=4)
+    ).ie
     clean = float(task_metric(model, task).mean())
     ablate_rows = ablation_curve(model, jumprelu, task, ie, snapshot=1, ks=[0, 3, D_SAE], codes=codes, n_random=2)
-    keep_rows = ablation_curve(model, jumprelu, task, ie, snapshot=1, ks=[0, D_SAE], codes=codes, keep_only=True, n_random=1)
+    keep_rows = ablation_curve(
+        model, jumprelu, task, ie, snapshot=1, ks=[0, D_SAE], codes=codes, keep_only=True, n_random=1
+    )
     by = {(r["selection"], r["k"]): r["metric"] for r in ablate_rows}
     assert by[("none", 0)] == pytest.approx(clean, abs=1e-5)
     assert by[("top", 0)] == pytest.approx(clean, abs=1e-5)  # ablating nothing
@@ -523,7 +585,9 @@ def test_ablation_curve_end_points(snapshots, task, acts_all, jumprelu):
     assert kept[("top", D_SAE)] == pytest.approx(clean, abs=1e-5)  # keeping everything
     assert kept[("top", 0)] == pytest.approx(by[("top", D_SAE)], abs=1e-5)  # keep none == ablate all
     assert len([r for r in ablate_rows if r["selection"] == "random" and r["k"] == 3]) == 2
-    chunked = ablation_curve(model, jumprelu, task, ie, snapshot=1, ks=[0, 3, D_SAE], codes=codes, n_random=2, batch_size=4)
+    chunked = ablation_curve(
+        model, jumprelu, task, ie, snapshot=1, ks=[0, 3, D_SAE], codes=codes, n_random=2, batch_size=4
+    )
     assert [r["metric"] for r in chunked] == pytest.approx([r["metric"] for r in ablate_rows], abs=1e-5)
     assert by[("top", 3)] != pytest.approx(clean, abs=1e-4)
 
@@ -531,12 +595,16 @@ def test_ablation_curve_end_points(snapshots, task, acts_all, jumprelu):
 def test_keep_only_curve_reports_the_all_ablated_floor_and_restoration(snapshots, task, acts_all, jumprelu):
     model = snapshots[1]
     codes = exact_codes(jumprelu, acts_all, 1)
-    ie = attribute_snapshot(model, jumprelu, task, snapshot=1, codes_clean=codes, config=AttributionConfig(n_steps=4)).ie
+    ie = attribute_snapshot(
+        model, jumprelu, task, snapshot=1, codes_clean=codes, config=AttributionConfig(n_steps=4)
+    ).ie
     for mode in ("zero", "mean"):
         keep_rows = ablation_curve(
             model, jumprelu, task, ie, snapshot=1, ks=[2, D_SAE], codes=codes, mode=mode, keep_only=True, n_random=0
-        )  # fmt: skip
-        ablate_rows = ablation_curve(model, jumprelu, task, ie, snapshot=1, ks=[D_SAE], codes=codes, mode=mode, n_random=0)
+        )
+        ablate_rows = ablation_curve(
+            model, jumprelu, task, ie, snapshot=1, ks=[D_SAE], codes=codes, mode=mode, n_random=0
+        )
         clean = next(r["metric"] for r in keep_rows if r["selection"] == "none")
         floor = [r for r in keep_rows if r["selection"] == "all"]
         assert len(floor) == 1 and floor[0]["ablation"] == mode
@@ -558,9 +626,18 @@ def test_causal_stage_labels_the_ablation_and_drops_ks_above_d_sae(snapshots, to
 
     task = agreement_pairs("pp", n=4, seed=7)
     result = run_causal_stage(
-        snapshots, jumprelu, task, tmp_path, tokenizer=tokenizer, config=AttributionConfig(n_steps=2),
-        top_k=2, ks=(2, D_SAE, 10 * D_SAE), ablation="mean", n_random=0, progress=False,
-    )  # fmt: skip
+        snapshots,
+        jumprelu,
+        task,
+        tmp_path,
+        tokenizer=tokenizer,
+        config=AttributionConfig(n_steps=2),
+        top_k=2,
+        ks=(2, D_SAE, 10 * D_SAE),
+        ablation="mean",
+        n_random=0,
+        progress=False,
+    )
     rows = json.loads(result.paths.ablation_curves.read_text())
     assert {r["ablation"] for r in rows} == {"mean"}
     assert {r["k"] for r in rows if r["selection"] == "top"} == {2, D_SAE}
@@ -579,13 +656,24 @@ def test_a_snapshot_the_crosscoder_lacks_is_refused_naming_its_range(snapshots, 
 
     task = agreement_pairs("simple", n=4, seed=5)
     for wrong in ([7], [0, 0], [-1]):
-        with pytest.raises(ValueError, match=rf"snapshots must be distinct indices of the crosscoder's 3 snapshots \(0..2\), got \{wrong}"):
+        with pytest.raises(
+            ValueError,
+            match=rf"snapshots must be distinct indices of the crosscoder's 3 snapshots \(0..2\), got \{wrong}",
+        ):
             run_causal_stage(snapshots, jumprelu, task, tmp_path, tokenizer=tokenizer, snapshots=wrong, progress=False)
 
 
 def test_ablation_curves_across_snapshots(snapshots, tokenizer, jumprelu):
     task = agreement_pairs("simple", n=4, seed=5)
-    table = attribute(snapshots, jumprelu, task, tokenizer=tokenizer, snapshots=[0, 2], config=AttributionConfig(n_steps=2), progress=False)
+    table = attribute(
+        snapshots,
+        jumprelu,
+        task,
+        tokenizer=tokenizer,
+        snapshots=[0, 2],
+        config=AttributionConfig(n_steps=2),
+        progress=False,
+    )
     rows = ablation_curves(snapshots, jumprelu, task, table, ks=[1, 4], n_random=1, tokenizer=tokenizer, progress=False)
     assert {r["snapshot"] for r in rows} == {0, 2} and {r["keep_only"] for r in rows} == {False, True}
     assert {r["label"] for r in rows} == {"s0", "s2"}
@@ -597,8 +685,8 @@ def test_ablation_curves_across_snapshots(snapshots, tokenizer, jumprelu):
 def test_reldec_is_one_mechanism_and_folding_leaves_it_alone():
     """analysis.rel_dec (on a crosscoder or W_dec) and causal.reldec (on decoder norms) are
     one ratio, taken in the training space, so folding the normalisation changes neither."""
-    from crosslens.crosscoders.folding import is_folded
     from crosslens.analysis import rel_dec
+    from crosslens.crosscoders.folding import is_folded
 
     crosscoder = make_crosscoder("jumprelu_crosscoder")
     before = reldec(crosscoder.decoder_norms())
@@ -680,7 +768,12 @@ def multi_token_pairs(n: int = 6, corrupted: bool = True) -> tuple[MinimalPair, 
         tail = tails[index % len(tails)]
         wrong_tail = tail if index % 2 else tails[(index + 1) % len(tails)]
         pairs.append(
-            MinimalPair(pair.clean, pair.correct + tail, pair.wrong + wrong_tail, corrupted=pair.corrupted if corrupted else None)
+            MinimalPair(
+                pair.clean,
+                pair.correct + tail,
+                pair.wrong + wrong_tail,
+                corrupted=pair.corrupted if corrupted else None,
+            )
         )
     return tuple(pairs)
 
@@ -712,7 +805,10 @@ def test_multi_token_task_lays_out_both_continuations(multi_task):
         for side in (0, 1):
             n = int(lengths[row, side])
             real = sequences.tokens[row, side][sequences.mask[row, side]].tolist()
-            expected = multi_task.clean_tokens[row, :prompt_len].tolist() + multi_task.continuation_tokens[row, side, :n].tolist()
+            expected = (
+                multi_task.clean_tokens[row, :prompt_len].tolist()
+                + multi_task.continuation_tokens[row, side, :n].tolist()
+            )
             assert real == expected
             assert sequences.target_pos[row, side, :n].tolist() == list(range(prompt_len - 1, prompt_len - 1 + n))
 
@@ -722,7 +818,9 @@ def test_multi_token_metric_is_the_summed_log_probability_difference(snapshots, 
     expected = torch.tensor([hand_metric(model, tokenizer, pair) for pair in multi_token_pairs()])
     torch.testing.assert_close(task_metric(model, multi_task), expected, rtol=1e-5, atol=1e-5)
     # the same number through the IG path (run from the hook, the crosscoder spliced with its error term)
-    result = attribute_snapshot(model, jumprelu, multi_task, snapshot=1, config=AttributionConfig(n_steps=2, batch_size=4))
+    result = attribute_snapshot(
+        model, jumprelu, multi_task, snapshot=1, config=AttributionConfig(n_steps=2, batch_size=4)
+    )
     torch.testing.assert_close(result.metric_clean, expected, rtol=1e-5, atol=1e-5)
     assert bool((expected != 0).all()) and len({round(float(v), 3) for v in expected}) == len(expected)
 
@@ -733,7 +831,9 @@ def test_multi_token_ig_completeness(snapshots, tokenizer, multi_task):
     for task in (multi_task, zero_patch):
         gaps = []
         for n_steps in (16, 256):
-            result = attribute_snapshot(snapshots[2], crosscoder, task, snapshot=2, config=AttributionConfig(n_steps=n_steps))
+            result = attribute_snapshot(
+                snapshots[2], crosscoder, task, snapshot=2, config=AttributionConfig(n_steps=n_steps)
+            )
             gaps.append(float(result.completeness_gap().abs().max()))
         delta = (result.metric_patch - result.metric_clean).abs()
         assert float(delta.min()) > 0.05  # the patch moves the metric, so completeness says something
@@ -786,9 +886,20 @@ def test_one_token_results_are_the_previous_implementations(snapshots, task, act
     torch.testing.assert_close(result.metric_patch, torch.tensor(FROZEN_METRIC_PATCH), rtol=0, atol=1e-5)
     assert float(result.ie.sum()) == pytest.approx(FROZEN_IE_SUM, abs=1e-5)
     assert result.error_ie == pytest.approx(FROZEN_ERROR_IE, abs=1e-5)
-    rows = ablation_curve(model, crosscoder, task, result.ie, snapshot=1, ks=[1, 5, 64], codes=exact_codes(crosscoder, acts_all, 1),
-                          keep_only=True, batch_size=4)  # fmt: skip
-    torch.testing.assert_close(torch.tensor([r["metric"] for r in rows]), torch.tensor(FROZEN_KEEP_ONLY_CURVE), rtol=0, atol=1e-5)
+    rows = ablation_curve(
+        model,
+        crosscoder,
+        task,
+        result.ie,
+        snapshot=1,
+        ks=[1, 5, 64],
+        codes=exact_codes(crosscoder, acts_all, 1),
+        keep_only=True,
+        batch_size=4,
+    )
+    torch.testing.assert_close(
+        torch.tensor([r["metric"] for r in rows]), torch.tensor(FROZEN_KEEP_ONLY_CURVE), rtol=0, atol=1e-5
+    )
 
 
 def test_multi_token_ablation_curve_end_points(snapshots, multi_task, tokenizer, jumprelu):
@@ -797,9 +908,21 @@ def test_multi_token_ablation_curve_end_points(snapshots, multi_task, tokenizer,
     model = snapshots[1]
     clean = float(task_metric(model, multi_task).mean())
     ie = attribute_snapshot(model, jumprelu, multi_task, snapshot=1, config=AttributionConfig(n_steps=2)).ie
-    ablated = ablation_curve(model, jumprelu, multi_task, ie, snapshot=1, ks=[0, 5, D_SAE], codes=codes, n_random=0, batch_size=4)
-    kept = ablation_curve(model, jumprelu, multi_task, ie, snapshot=1, ks=[0, D_SAE], codes=codes, n_random=0, keep_only=True,
-                          batch_size=4)  # fmt: skip
+    ablated = ablation_curve(
+        model, jumprelu, multi_task, ie, snapshot=1, ks=[0, 5, D_SAE], codes=codes, n_random=0, batch_size=4
+    )
+    kept = ablation_curve(
+        model,
+        jumprelu,
+        multi_task,
+        ie,
+        snapshot=1,
+        ks=[0, D_SAE],
+        codes=codes,
+        n_random=0,
+        keep_only=True,
+        batch_size=4,
+    )
     by = {(r["selection"], r["k"]): r["metric"] for r in ablated}
     keep = {(r["selection"], r["k"]): r["metric"] for r in kept}
     assert by[("none", 0)] == pytest.approx(clean, abs=1e-5) and by[("top", 0)] == pytest.approx(clean, abs=1e-5)
@@ -828,8 +951,18 @@ def test_causal_stage_on_a_multi_token_task(snapshots, tokenizer, tmp_path, jump
     from crosslens.causal import run_causal_stage
 
     task = TaskDataset(name="multi", pairs=multi_token_pairs())
-    result = run_causal_stage(snapshots, jumprelu, task, tmp_path, config=AttributionConfig(n_steps=2), ks=(1, 5), tokenizer=tokenizer,
-                              n_random=1, n_boot=50, progress=False)  # fmt: skip
+    result = run_causal_stage(
+        snapshots,
+        jumprelu,
+        task,
+        tmp_path,
+        config=AttributionConfig(n_steps=2),
+        ks=(1, 5),
+        tokenizer=tokenizer,
+        n_random=1,
+        n_boot=50,
+        progress=False,
+    )
     summary = json.loads(result.paths.summary.read_text())
     assert summary["metric"] == "summed_logprob_diff" and summary["n_multi_token"] == 4
     expected = torch.tensor([hand_metric(snapshots[-1], tokenizer, pair) for pair in multi_token_pairs()]).mean()
@@ -838,11 +971,38 @@ def test_causal_stage_on_a_multi_token_task(snapshots, tokenizer, tmp_path, jump
     assert "log p(wrong) - log p(correct), each summed over" in result.paths.report.read_text()
 
 
-
-
 # Computed by the one-token implementation (commit d14e4ae) on the fixtures above.
-FROZEN_METRIC_CLEAN = [-2.3462438583374023, 2.9201316833496094, -1.6093305349349976, 1.2303048372268677, -1.1109037399291992, 1.3608430624008179]
-FROZEN_METRIC_PATCH = [-3.293194055557251, 3.0816009044647217, -1.0784692764282227, 1.4864749908447266, -1.3648936748504639, 1.5979712009429932]
+FROZEN_METRIC_CLEAN = [
+    -2.3462438583374023,
+    2.9201316833496094,
+    -1.6093305349349976,
+    1.2303048372268677,
+    -1.1109037399291992,
+    1.3608430624008179,
+]
+FROZEN_METRIC_PATCH = [
+    -3.293194055557251,
+    3.0816009044647217,
+    -1.0784692764282227,
+    1.4864749908447266,
+    -1.3648936748504639,
+    1.5979712009429932,
+]
 FROZEN_IE_SUM = 0.1104346439242363
 FROZEN_ERROR_IE = -0.1140919029712677
-FROZEN_KEEP_ONLY_CURVE = [0.07413375377655029, 0.17993122339248657, 0.1638563722372055, 0.18575789034366608, 0.1638563722372055, 0.20525096356868744, 0.035789310932159424, 0.5003601908683777, 0.3140523433685303, 0.10370656102895737, 0.07413361221551895, 0.07413361221551895, 0.07413361221551895, 0.07413361221551895]
+FROZEN_KEEP_ONLY_CURVE = [
+    0.07413375377655029,
+    0.17993122339248657,
+    0.1638563722372055,
+    0.18575789034366608,
+    0.1638563722372055,
+    0.20525096356868744,
+    0.035789310932159424,
+    0.5003601908683777,
+    0.3140523433685303,
+    0.10370656102895737,
+    0.07413361221551895,
+    0.07413361221551895,
+    0.07413361221551895,
+    0.07413361221551895,
+]

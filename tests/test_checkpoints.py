@@ -118,7 +118,10 @@ def test_local_suite_json(tmp_path):
     spec = {
         "family": "local",
         "model_id": "crosslens/pico",
-        "snapshots": [{"revision": "step8", "step": 8, "tokens_seen": 8192}, {"revision": "step0", "step": 0, "tokens_seen": 0}],
+        "snapshots": [
+            {"revision": "step8", "step": 8, "tokens_seen": 8192},
+            {"revision": "step0", "step": 0, "tokens_seen": 0},
+        ],
     }
     write_local_suite(tmp_path, models, make_word_tokenizer(), suite_json=spec)
     suite = CheckpointSuite.local(tmp_path)
@@ -154,7 +157,7 @@ def test_iter_models_frees_each_model_before_loading_the_next(fake_hub, monkeypa
 
     monkeypatch.setattr(suite, "load", recording_load)
     held = []
-    for info, model in suite.iter_models(progress=False):
+    for _info, model in suite.iter_models(progress=False):
         weight_refs.append(weakref.ref(model.embed.W_E))
         held.append(model)  # even a caller that keeps the model does not keep its weights
     assert alive_at_load == [[], [False], [False, False]]
@@ -313,8 +316,9 @@ def test_suite_tokenizer_is_the_repo_tokenizer(fake_hub):
 
 
 def test_list_revisions_online_asks_the_hub(fake_hub, monkeypatch):
-    import huggingface_hub
     from types import SimpleNamespace
+
+    import huggingface_hub
 
     import crosslens.checkpoints.hub as hub
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from crosslens.cli import build_parser, main
 from crosslens.cli.common import CLIError, resolve_suite
@@ -76,13 +76,21 @@ def test_suite_list_of_an_unknown_repo_is_one_line(offline_hf_home, capsys):
 
 
 def test_a_suite_path_that_does_not_exist_says_so(capsys, tmp_path):
-    err = one_line_error(["harvest", "--suite", "/no/such/path", "--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path / "o")], capsys)
+    err = one_line_error(
+        ["harvest", "--suite", "/no/such/path", "--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path / "o")],
+        capsys,
+    )
     assert "--suite /no/such/path: the path does not exist" in err and "family" not in err
-    err = one_line_error(["harvest", "--suite", "someone/gpt2", "--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path / "o")], capsys)
+    err = one_line_error(
+        ["harvest", "--suite", "someone/gpt2", "--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path / "o")],
+        capsys,
+    )
     assert "--suite someone/gpt2: no such local folder, and cannot tell which family" in err
 
 
-@pytest.mark.parametrize("command", [["analyze", "--crosscoder"], ["attribute", "--crosscoder"], ["evaluate"], ["report"]])
+@pytest.mark.parametrize(
+    "command", [["analyze", "--crosscoder"], ["attribute", "--crosscoder"], ["evaluate"], ["report"]]
+)
 def test_a_crosscoder_path_that_does_not_exist_says_so(command, capsys, tmp_path):
     extra = ["--store", str(tmp_path)] if command == ["evaluate"] else []
     err = one_line_error([*command, "/no/such/path", *extra], capsys)
@@ -97,7 +105,10 @@ def test_a_folder_without_a_crosscoder_is_refused_naming_the_flag(capsys, tmp_pa
 
 @pytest.mark.parametrize(
     "hook, problem",
-    [("blocks.9.hook_resid_post", "names block 9, but the model has blocks 0..1"), ("blocks.0.resid", "not a TransformerLens hook")],
+    [
+        ("blocks.9.hook_resid_post", "names block 9, but the model has blocks 0..1"),
+        ("blocks.0.resid", "not a TransformerLens hook"),
+    ],
 )
 def test_an_unknown_hook_is_refused_before_any_model_loads(fake_hub, capsys, tmp_path, monkeypatch, hook, problem):
     from crosslens.checkpoints import CheckpointSuite
@@ -166,13 +177,27 @@ def test_help_imports_neither_transformer_lens_nor_sae_lens():
 
 
 # ---------------------------------------------------------------------------- suite build --root
-TINY_BUILD = ["--n-layers", "1", "--d-model", "16", "--n-heads", "2", "--train-steps", "16", "--checkpoints", "16",
-              "--seq-len", "16", "--batch-size", "2"]  # fmt: skip
+TINY_BUILD = [
+    "--n-layers",
+    "1",
+    "--d-model",
+    "16",
+    "--n-heads",
+    "2",
+    "--train-steps",
+    "16",
+    "--checkpoints",
+    "16",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "2",
+]
 
 
 def test_suite_build_root_keeps_a_custom_suite(tmp_path, capsys, monkeypatch):
-    from crosslens.pico.config import default_root, is_built
     from crosslens.pico import pico_suite
+    from crosslens.pico.config import default_root, is_built
     from crosslens.pico.train import PicoConfig
 
     monkeypatch.setenv("CROSSLENS_HOME", str(tmp_path / "home"))
@@ -201,11 +226,17 @@ def test_harvest_takes_a_text_file_given_as_dataset(tmp_path):
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("One document.\n\nAnother one.\n")
-    args = build_parser().parse_args(["harvest", "--hook", "blocks.0.hook_resid_post", "--out", "o", "--dataset", str(corpus)])
+    args = build_parser().parse_args(
+        ["harvest", "--hook", "blocks.0.hook_resid_post", "--out", "o", "--dataset", str(corpus)]
+    )
     assert _token_source(args, None) == ("text", [str(corpus)])
-    args = build_parser().parse_args(["harvest", "--hook", "blocks.0.hook_resid_post", "--out", "o", "--text", str(tmp_path)])
+    args = build_parser().parse_args(
+        ["harvest", "--hook", "blocks.0.hook_resid_post", "--out", "o", "--text", str(tmp_path)]
+    )
     assert _token_source(args, None) == ("text", [str(tmp_path)])
-    args = build_parser().parse_args(["harvest", "--hook", "blocks.0.hook_resid_post", "--out", "o", "--dataset", "wikitext:text"])
+    args = build_parser().parse_args(
+        ["harvest", "--hook", "blocks.0.hook_resid_post", "--out", "o", "--dataset", "wikitext:text"]
+    )
     assert _token_source(args, None) == ("dataset", "wikitext:text")
 
 
@@ -214,11 +245,12 @@ def test_suite_build_flags_show_and_set_the_pico_config_fields(capsys):
     command maps onto that field, and its help shows that field's default."""
     import dataclasses
 
-    from crosslens.cli.suite import SuiteBuildFlags
-    from crosslens.cli.suite import BUILD_FLAGS
+    from crosslens.cli.suite import BUILD_FLAGS, SuiteBuildFlags
     from crosslens.pico.config import PicoConfig
 
-    shown = {f.name: f.metadata["default_from"] for f in dataclasses.fields(SuiteBuildFlags) if "default_from" in f.metadata}
+    shown = {
+        f.name: f.metadata["default_from"] for f in dataclasses.fields(SuiteBuildFlags) if "default_from" in f.metadata
+    }
     assert {flag: name for flag, (_, name) in shown.items()} == BUILD_FLAGS
     assert all(owner is PicoConfig for owner, _ in shown.values())
     with pytest.raises(SystemExit):

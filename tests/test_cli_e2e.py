@@ -83,7 +83,10 @@ def test_readme_walkthrough_runs_start_to_end(tmp_path, monkeypatch, capsys):
     assert all(isinstance(row["extra"]["pairs"], float) for row in manifest["evals"])
     assert all(row["simple"] is not None for row in manifest["evals"])  # BPE pieces scored, not skipped
     assert re.search(r"^ +step +tokens +loss +pairs$", out["suite build"], re.M)  # no grammar columns on user text
-    assert "pairs columns: share of pairs whose correct continuation has the higher summed log-probability" in out["suite build"]
+    assert (
+        "pairs columns: share of pairs whose correct continuation has the higher summed log-probability"
+        in out["suite build"]
+    )
 
     # harvest: a store and a held-out store of other rows
     assert "held-out store" in out["harvest"]
@@ -104,11 +107,17 @@ def test_readme_walkthrough_runs_start_to_end(tmp_path, monkeypatch, capsys):
     assert len(re.findall(r"metric [+-]\d\.\d{3} \((prefers (correct|wrong)|no behaviour: accuracy \d+%)", text)) == 4
     assert (tmp_path / "run" / "sections" / "attribution-pairs.json").exists()
     # every pair the BPE can score is used (6 of 24 had one-token words), multi-token ones counted
-    scored = re.search(r"^pairs: 8 of the 24 read from the file scored \(--n-examples caps them\), (\d) of them with multi-token", text, re.M)
+    scored = re.search(
+        r"^pairs: 8 of the 24 read from the file scored \(--n-examples caps them\), (\d) of them with multi-token",
+        text,
+        re.M,
+    )
     assert scored and int(scored.group(1)) > 0
     assert "crosslens: warning" not in text
     # a pair the tokenizer cannot score (the prompt's trailing space merges into the continuation): one line naming --task
-    (tmp_path / "bad.jsonl").write_text(json.dumps({"clean": "The dogs near ", "correct": "the cat", "wrong": "a cat"}) + "\n")
+    (tmp_path / "bad.jsonl").write_text(
+        json.dumps({"clean": "The dogs near ", "correct": "the cat", "wrong": "a cat"}) + "\n"
+    )
     with pytest.raises(SystemExit) as stopped:
         main(["attribute", "--crosscoder", "run", "--task", "bad.jsonl"])
     error = capsys.readouterr().err.strip().splitlines()
@@ -142,7 +151,20 @@ def test_readme_walkthrough_runs_start_to_end(tmp_path, monkeypatch, capsys):
     # attribute run saves the run's attribution section again)
     tables = {}
     for name, extra in (("default", []), ("thresholded", ["--ie-threshold", "1e9"])):
-        run(["attribute", "--crosscoder", "run", "--task", "pairs.jsonl", "--out", f"{name}.json", *SMALL["attribute"].split(), *extra], capsys)
+        run(
+            [
+                "attribute",
+                "--crosscoder",
+                "run",
+                "--task",
+                "pairs.jsonl",
+                "--out",
+                f"{name}.json",
+                *SMALL["attribute"].split(),
+                *extra,
+            ],
+            capsys,
+        )
         tables[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert tables["default"]["config"]["threshold"] is None and tables["thresholded"]["config"]["threshold"] == 1e9
     assert tables["default"]["rows"] and not tables["thresholded"]["rows"]  # the rows of non-zero IE

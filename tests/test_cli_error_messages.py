@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from trust_fixtures import HOOK, OTHER_HOOK, harvest, one_torch_thread, train, write_suite
 
 from crosslens.cli import main
 from crosslens.cli.flags import field_flags, name_flags
-from trust_fixtures import HOOK, OTHER_HOOK, harvest, one_torch_thread, train, write_suite
 
 TOKENS = ["--n-tokens", "200", "--seq-len", "16", "--heldout-tokens", "0"]
 
@@ -65,7 +65,16 @@ def test_a_hook_that_never_fires_is_refused_before_anything_is_written(suite, tm
 
 
 def test_train_stream_refuses_a_hook_that_never_fires(suite, tmp_path, capsys):
-    argv = ["train", "--stream", "--suite", str(suite), "--hook", "blocks.0.hook_attn_in", "--out", str(tmp_path / "run")]
+    argv = [
+        "train",
+        "--stream",
+        "--suite",
+        str(suite),
+        "--hook",
+        "blocks.0.hook_attn_in",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     err = cli_error([*argv, *TOKENS], capsys)
     assert "--hook 'blocks.0.hook_attn_in' never fires" in err and "KeyError" not in err, err
 
@@ -75,7 +84,9 @@ def test_a_loaded_model_refuses_an_opt_in_hook_unless_its_flag_is_on():
 
     from crosslens.activations.forward import ForwardToHooks
 
-    cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2, d_mlp=16, d_vocab=10, act_fn="relu")
+    cfg = HookedTransformerConfig(
+        n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2, d_mlp=16, d_vocab=10, act_fn="relu"
+    )
     model = HookedTransformer(cfg).eval()
     with pytest.raises(ValueError, match=r"never fires: .*cfg\.use_attn_in, which is off in this model.*--hook"):
         ForwardToHooks(model, ["blocks.0.hook_attn_in"])
@@ -183,7 +194,11 @@ def test_a_bound_above_is_refused_by_the_flag_and_every_bound_by_the_config_as_b
     assert "error: --sparsity-warm-up-fraction must be in [0, 1], got 5.0" in cli_error(argv, capsys)
     assert not (tmp_path / "r").exists()
     refused = [
-        (ArchitectureConfig, {"sparsity_warm_up_fraction": 5.0}, "sparsity_warm_up_fraction must be in [0, 1], got 5.0"),
+        (
+            ArchitectureConfig,
+            {"sparsity_warm_up_fraction": 5.0},
+            "sparsity_warm_up_fraction must be in [0, 1], got 5.0",
+        ),
         (ArchitectureConfig, {"decoder_init_norm": 0.0}, "decoder_init_norm must be > 0, got 0.0"),
         (ArchitectureConfig, {"sparsity_coefficient": -1.0}, "sparsity_coefficient must be >= 0, got -1.0"),
         (ArchitectureConfig, {"architecture": "crosscoder", "k": 0}, "k must be >= 1, got 0"),
@@ -207,21 +222,42 @@ def test_field_names_become_flags_only_in_a_message_about_fields():
     flags = field_flags(train_command.COMMAND.flags)
     assert flags["store_path"] == "--store" and flags["lr_decay_fraction"] == "--lr-decay-fraction"
     assert "verify_store" not in flags  # --no-verify sets it False: naming it would say the opposite
-    assert name_flags("micro_batches (--micro-batches) must be >= 1, got 0.", flags) == "--micro-batches must be >= 1, got 0."
+    assert (
+        name_flags("micro_batches (--micro-batches) must be >= 1, got 0.", flags)
+        == "--micro-batches must be >= 1, got 0."
+    )
     assert name_flags("lr must be > 0, got -1.", flags) == "--lr must be > 0, got -1."
     assert name_flags("k must be in [1, d_sae=32], got 40.", flags) == "--k must be in [1, --d-sae=32], got 40."
-    changed = ("run holds a run with another configuration (differs in sae.d_sae: 64 in the run, 32 now; "
-               "stream.tokens.kind: 'text' in the run, 'dataset' now; train_batch_size_tokens: 32 in the run, 64 now); "
-               "resume with the same settings")  # fmt: skip
-    assert name_flags(changed, flags) == changed.replace("sae.d_sae", "--d-sae").replace("train_batch_size_tokens", "--batch-size")
-    for prose in ("out of memory on cuda:0", "the store holds hooks ['a']", "seed 3 is taken",
-                  "cannot read /tmp/lr_decay_fraction/x"):  # fmt: skip
+    changed = (
+        "run holds a run with another configuration (differs in sae.d_sae: 64 in the run, 32 now; "
+        "stream.tokens.kind: 'text' in the run, 'dataset' now; train_batch_size_tokens: 32 in the run, 64 now); "
+        "resume with the same settings"
+    )
+    assert name_flags(changed, flags) == changed.replace("sae.d_sae", "--d-sae").replace(
+        "train_batch_size_tokens", "--batch-size"
+    )
+    for prose in (
+        "out of memory on cuda:0",
+        "the store holds hooks ['a']",
+        "seed 3 is taken",
+        "cannot read /tmp/lr_decay_fraction/x",
+    ):
         assert name_flags(prose, flags) == prose
 
 
 # ---------------------------------------------------------------------------- --suite offline
 def test_a_hub_suite_missing_from_the_cache_offline_is_one_short_line(offline_hf_home, tmp_path, capsys):
-    argv = ["harvest", "--suite", "EleutherAI/pythia-14m", "--steps", "0,1000", "--hook", HOOK, "--out", str(tmp_path / "s")]
+    argv = [
+        "harvest",
+        "--suite",
+        "EleutherAI/pythia-14m",
+        "--steps",
+        "0,1000",
+        "--hook",
+        HOOK,
+        "--out",
+        str(tmp_path / "s"),
+    ]
     err = cli_error([*argv, *TOKENS], capsys)
     assert "EleutherAI/pythia-14m is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in err, err
     assert "--suite" in err and "hf download EleutherAI/pythia-14m" in err, err

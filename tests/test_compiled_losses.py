@@ -14,7 +14,10 @@ import crosslens.crosscoders as cc
 from crosslens.crosscoders.base import reconstruction_errors, squared_errors
 from crosslens.crosscoders.kernel_plan import KernelPlan
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
 S, D, F = 3, 8, 64
 
 
@@ -76,7 +79,9 @@ def test_the_errors_compile_where_the_plan_says():
     assert not KernelPlan.resolve("cuda", compile=False).compile
 
 
-def twenty_steps(arch: str, device: str, compiled: bool) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def twenty_steps(
+    arch: str, device: str, compiled: bool
+) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """20 float32 Adam steps of ``arch`` with a quarter of its features dead (TopK's auxiliary
     loss on): the losses of each step, the first step's gradients and the last parameters."""
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
@@ -91,9 +96,15 @@ def twenty_steps(arch: str, device: str, compiled: bool) -> tuple[list[dict[str,
     optimizer = torch.optim.Adam(sae.parameters(), lr=3e-3)
     losses, first_grads = [], {}
     for x in batches:
-        out = sae.training_forward_pass(TrainStepInput(
-            sae_in=x, coefficients={"l1": 0.1}, dead_neuron_mask=dead_F, n_training_steps=0, is_logging_step=False,
-        ))  # fmt: skip
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=x,
+                coefficients={"l1": 0.1},
+                dead_neuron_mask=dead_F,
+                n_training_steps=0,
+                is_logging_step=False,
+            )
+        )
         optimizer.zero_grad()
         out.loss.backward()
         first_grads = first_grads or {name: p.grad.clone() for name, p in sae.named_parameters()}

@@ -67,7 +67,9 @@ def _square_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_a_compiled_call_waits_for_the_other_threads_compile():
-    outcome = _race(compile_function(_square_sum, backend=_backend()), compile_function(lambda x: x + 1, backend="eager"))
+    outcome = _race(
+        compile_function(_square_sum, backend=_backend()), compile_function(lambda x: x + 1, backend="eager")
+    )
     assert outcome.get("error") is None
     torch.testing.assert_close(outcome["value"], torch.full((3,), 2.0))
     assert outcome["after_the_compile"]

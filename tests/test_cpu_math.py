@@ -29,14 +29,22 @@ print(((first.double() - exact).abs() / (exact.abs() * 2.0**-23)).max().item())
 
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="the race needs two threads")
 def test_the_first_math_call_after_importing_crosslens_is_exact():
-    modules = ["crosslens.core.tensors", "crosslens.core.packing", "crosslens.core.seeding", "crosslens.tasks.sequences"]
+    modules = [
+        "crosslens.core.tensors",
+        "crosslens.core.packing",
+        "crosslens.core.seeding",
+        "crosslens.tasks.sequences",
+    ]
     errors = []
     for case in range(16):
         module = modules[case % len(modules)]
         done = subprocess.run(
             [sys.executable, "-c", FIRST_CALL.format(module=module, op="sqrt")],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "2"},
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "OMP_NUM_THREADS": "2"},
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         errors.append((module, float(done.stdout.split()[-1])))
     assert all(ulps <= 1 for _, ulps in errors), [e for e in errors if e[1] > 1]
@@ -64,9 +72,13 @@ def test_every_module_that_imports_torch_reaches_cpu_math():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    files = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
-             for p in (root / "crosslens").rglob("*.py")}  # fmt: skip
-    imports = {module: {n for n in _top_level_imports(path) if n == "torch" or n in files} for module, path in files.items()}
+    files = {
+        ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in (root / "crosslens").rglob("*.py")
+    }
+    imports = {
+        module: {n for n in _top_level_imports(path) if n == "torch" or n in files} for module, path in files.items()
+    }
     for module in files:  # importing a module runs its packages' __init__ first
         parts = module.split(".")
         imports[module] |= {".".join(parts[:i]) for i in range(1, len(parts))} & files.keys()
@@ -78,5 +90,7 @@ def test_every_module_that_imports_torch_reaches_cpu_math():
         return any(reaches(n, seen) for n in imports.get(module, ()) if n != "torch" and n not in seen)
 
     exempt = {"crosslens.core.cpu_math", "crosslens.training.triton_adam", "crosslens.crosscoders.triton_kernels"}
-    missing = sorted(m for m, names in imports.items() if "torch" in names and m not in exempt and not reaches(m, set()))
+    missing = sorted(
+        m for m, names in imports.items() if "torch" in names and m not in exempt and not reaches(m, set())
+    )
     assert not missing, f"import crosslens.core.cpu_math in these modules (they import torch): {missing}"

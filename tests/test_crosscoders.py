@@ -54,7 +54,7 @@ def make_inference(arch: str, *, S: int = 2, D: int = 3, F: int = 4, **kw):
 @torch.no_grad()
 def randomize(sae, seed: int = 0, threshold: float | None = None) -> None:
     gen = torch.Generator().manual_seed(seed)
-    for name, p in sae.named_parameters():
+    for _name, p in sae.named_parameters():
         p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype) * 0.5)
     if hasattr(sae, "threshold"):
         sae.threshold.fill_(0.2 if threshold is None else threshold)
@@ -75,10 +75,7 @@ def naive_hidden(sae, x):
     """h[b][i] = b_enc[i] + sum_s sum_d x[b][s][d] W_enc[s][d][i], by loops."""
     W, b, xs = sae.W_enc.tolist(), sae.b_enc.tolist(), x.tolist()
     S, D, F = len(W), len(W[0]), len(b)
-    return [
-        [b[i] + sum(xb[s][d] * W[s][d][i] for s in range(S) for d in range(D)) for i in range(F)]
-        for xb in xs
-    ]
+    return [[b[i] + sum(xb[s][d] * W[s][d][i] for s in range(S) for d in range(D)) for i in range(F)] for xb in xs]
 
 
 def naive_norms(sae):
@@ -188,10 +185,7 @@ def test_jumprelu_loss_by_hand():
     assert any(gate[b][0][i] != gate[b][1][i] for b in range(4) for i in range(4)), "need mixed gates"
     code = [[[h[b][i] * gate[b][s][i] for i in range(4)] for s in range(2)] for b in range(4)]
     mse = naive_sq_err(x, naive_recon(sae, code))
-    p = [
-        sum(math.tanh(c * code[b][s][i] * norms[i][s]) for b in range(4) for s in range(2)) / 8
-        for i in range(4)
-    ]
+    p = [sum(math.tanh(c * code[b][s][i] * norms[i][s]) for b in range(4) for s in range(2)) / 8 for i in range(4)]
     sparsity = lam * sum(pi * (1 + pi / q) for pi in p)
     assert out.losses["mse_loss"].item() == pytest.approx(mse, rel=1e-5)
     assert out.losses["l0_loss"].item() == pytest.approx(sparsity, rel=1e-5)
@@ -226,7 +220,9 @@ def test_jumprelu_straight_through_gradient_by_hand():
 
 @pytest.mark.parametrize("sparse", [False, True])
 def test_topk_loss_by_hand(sparse):
-    sae = make_training("topk_crosscoder", k=2, aux_loss_coefficient=0.5, aux_k=2, sparse_decode=sparse, l1_coefficient=0.3)
+    sae = make_training(
+        "topk_crosscoder", k=2, aux_loss_coefficient=0.5, aux_k=2, sparse_decode=sparse, l1_coefficient=0.3
+    )
     randomize(sae, 6)
     x = torch.randn(3, 2, 3, generator=torch.Generator().manual_seed(7))
     dead = torch.tensor([True, False, True, True])
@@ -246,9 +242,7 @@ def test_topk_loss_by_hand(sparse):
         chosen = sorted([0, 2, 3], key=lambda i: -hb[i] * nsum[i])[:2]
         aux_code = [hb[i] if i in chosen else 0.0 for i in range(4)]
         aux_recon = naive_recon(sae, [[aux_code, aux_code]], bias=False)[0]
-        aux += sum(
-            (aux_recon[s][d] - (xs[b][s][d] - recon[b][s][d])) ** 2 for s in range(2) for d in range(3)
-        )
+        aux += sum((aux_recon[s][d] - (xs[b][s][d] - recon[b][s][d])) ** 2 for s in range(2) for d in range(3))
     aux = 0.5 * min(3 / 2, 1.0) * aux / 3
     # L1 on the kept codes, weighted by each feature's decoder norms summed over snapshots
     l1 = 0.3 * sum(cb[i] * nsum[i] for cb in code for i in range(4)) / 3
@@ -342,9 +336,7 @@ def test_jumprelu_matches_saelens_jumprelu():
 
     # training: SAELens's tanh sparsity loss is ours without the quadratic term (q=None);
     # with unit decoder norms the gates, losses and STE gradients coincide
-    ours_t = make_training(
-        "jumprelu_crosscoder", S=1, D=6, F=10, sparsity_target=None, jumprelu_bandwidth=1.0
-    )
+    ours_t = make_training("jumprelu_crosscoder", S=1, D=6, F=10, sparsity_target=None, jumprelu_bandwidth=1.0)
     randomize(ours_t, 12, threshold=0.4)
     with torch.no_grad():
         ours_t.W_dec /= ours_t.W_dec.norm(dim=-1, keepdim=True)
@@ -377,9 +369,7 @@ def test_jumprelu_matches_saelens_jumprelu():
 def test_topk_matches_saelens_topk(sparse):
     ours = make_inference("topk_crosscoder", S=1, D=6, F=10, k=3)
     randomize(ours, 13)
-    ref = TopKSAE(
-        TopKSAEConfig(d_in=6, d_sae=10, k=3, apply_b_dec_to_input=False, rescale_acts_by_decoder_norm=True)
-    )
+    ref = TopKSAE(TopKSAEConfig(d_in=6, d_sae=10, k=3, apply_b_dec_to_input=False, rescale_acts_by_decoder_norm=True))
     _copy_to_saelens(ours, ref)
     # SAELens's code is ReLU(h) * ||W_dec||, ours ReLU(h)
     torch.testing.assert_close(ours.encode(X1) * ours.decoder_norms()[:, 0], ref.encode(X1[:, 0]))
@@ -389,9 +379,7 @@ def test_topk_matches_saelens_topk(sparse):
     ours_t = make_training("topk_crosscoder", S=1, D=6, F=10, k=3, sparse_decode=sparse, l1_coefficient=0.0)
     randomize(ours_t, 13)
     ref_t = TopKTrainingSAE(
-        TopKTrainingSAEConfig(
-            d_in=6, d_sae=10, k=3, apply_b_dec_to_input=False, rescale_acts_by_decoder_norm=True
-        )
+        TopKTrainingSAEConfig(d_in=6, d_sae=10, k=3, apply_b_dec_to_input=False, rescale_acts_by_decoder_norm=True)
     )
     _copy_to_saelens(ours_t, ref_t)
     dead = torch.tensor([True, False] * 5)
@@ -420,9 +408,7 @@ def test_batchtopk_matches_saelens_batchtopk(tmp_path):
     assert out.losses["auxiliary_reconstruction_loss"] > 0
     for name in ("mse_loss", "auxiliary_reconstruction_loss"):
         torch.testing.assert_close(out.losses[name], out_ref.losses[name])
-    torch.testing.assert_close(
-        out.feature_acts * ours_t.decoder_norms()[:, 0], out_ref.feature_acts
-    )
+    torch.testing.assert_close(out.feature_acts * ours_t.decoder_norms()[:, 0], out_ref.feature_acts)
     torch.testing.assert_close(ours_t.topk_threshold, ref_t.topk_threshold)
     out.loss.backward()
     out_ref.loss.backward()

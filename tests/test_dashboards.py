@@ -6,30 +6,37 @@ refusal in one line naming the fix."""
 from __future__ import annotations
 
 import json
-import signal
 import os
 import shutil
+import signal
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 import trust_fixtures as tf
+
 from crosslens.activations import ActivationStore, harvest_activations
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.probes import reads_normalized
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import CrosslensError
-from crosslens.crosscoders.saved import load_crosscoder_folder
-from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME
 from crosslens.core.sealed import write_sealed
+from crosslens.crosscoders.saved import load_crosscoder_folder
+from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 from crosslens.dashboards import (
-    DashboardsConfig, DashboardsError, DashboardsInterrupted, StaleDatabaseError, StreamSource, compute_dashboards,
-    ge_prediction, open_database, schema,
-)  # fmt: skip
+    DashboardsConfig,
+    DashboardsError,
+    DashboardsInterrupted,
+    StaleDatabaseError,
+    StreamSource,
+    compute_dashboards,
+    ge_prediction,
+    open_database,
+    schema,
+)
 from crosslens.dashboards import compute as compute_module
 from crosslens.dashboards.accumulate import token_keys
 from crosslens.dashboards.record import RECORD_FORMAT, RECORD_KEY
@@ -93,10 +100,17 @@ def check_feature(db, f: int, j: int, code_N: np.ndarray, store, row_ids: np.nda
     snapshot, K, n = j - 1, CONFIG["top_k"], len(code_N)
     firing = np.nonzero(code_N > 0)[0]
     if j == 0:
-        density, mean, peak = rows(db, "SELECT density, mean_activation, max_activation FROM features WHERE feature = ?", f)[0]
+        density, mean, peak = rows(
+            db, "SELECT density, mean_activation, max_activation FROM features WHERE feature = ?", f
+        )[0]
     else:
-        density, mean, peak, hist = rows(db, "SELECT density, mean_activation, max_activation, histogram FROM feature_snapshots "
-                                          "WHERE feature = ? AND snapshot = ?", f, snapshot)[0]  # fmt: skip
+        density, mean, peak, hist = rows(
+            db,
+            "SELECT density, mean_activation, max_activation, histogram FROM feature_snapshots "
+            "WHERE feature = ? AND snapshot = ?",
+            f,
+            snapshot,
+        )[0]
         bins = np.searchsorted(np.asarray(edges[1:-1]), code_N[firing].astype(np.float64), side="right")
         assert np.frombuffer(hist, "<u4").tolist() == np.bincount(bins, minlength=len(edges) - 1).tolist()
     assert round(density * n) == len(firing)
@@ -106,13 +120,18 @@ def check_feature(db, f: int, j: int, code_N: np.ndarray, store, row_ids: np.nda
         assert mean == pytest.approx(float(code_N[firing].astype(np.float64).mean()), rel=1e-4)
     sequences = store.sequences.numpy()
     seq_len = sequences.shape[1]
-    contexts = rows(db, "SELECT kind, rank, seq, pos, activation, quantile, first_pos, token_ids, activations FROM contexts "
-                    "WHERE feature = ? AND snapshot = ? ORDER BY kind DESC, rank", f, snapshot)  # fmt: skip
+    contexts = rows(
+        db,
+        "SELECT kind, rank, seq, pos, activation, quantile, first_pos, token_ids, activations FROM contexts "
+        "WHERE feature = ? AND snapshot = ? ORDER BY kind DESC, rank",
+        f,
+        snapshot,
+    )
     top = [c for c in contexts if c[0] == "top"]
     best = firing[np.lexsort((row_ids[firing], -code_N[firing]))][:K]  # ties: the earlier token
     assert [(c[2], c[3]) for c in top] == [divmod(int(row_ids[i]), seq_len) for i in best]
     assert [c[4] for c in top] == pytest.approx(code_N[best].tolist(), rel=1e-5)
-    for kind, rank, seq, pos, act, quantile, first, ids, acts in contexts:
+    for _kind, _rank, seq, pos, _act, _quantile, first, ids, acts in contexts:
         last = first + len(np.frombuffer(ids, "<i4")) - 1
         assert first == max(0, pos - CONFIG["window"]) and last == min(seq_len - 1, pos + CONFIG["window"])
         assert np.frombuffer(ids, "<i4").tolist() == sequences[seq, first : last + 1].tolist()
@@ -148,9 +167,16 @@ def test_every_statistic_equals_the_feature_by_feature_computation(tiny, tmp_pat
             check_feature(db, f, j, code_NF[:, f], store, row_ids, where, edges)
     # decoder norms, class and lifetime: the analysis of `crosslens analyze`, with the crosscoder's firing rate
     analysis = EvolutionAnalysis.from_crosscoder(cc, frequency=torch.from_numpy((codes[0] > 0).mean(0)).float())
-    table = rows(db, "SELECT feature, class, emergence_step, peak_step, fade_step, dip_step, recovery_step FROM features ORDER BY feature")
-    assert table == [tuple(r[k] for k in ("feature", "class", "emergence_step", "peak_step", "fade_step", "dip_step", "recovery_step"))
-                     for r in analysis.feature_table()]  # fmt: skip
+    table = rows(
+        db,
+        "SELECT feature, class, emergence_step, peak_step, fade_step, dip_step, recovery_step FROM features ORDER BY feature",
+    )
+    assert table == [
+        tuple(
+            r[k] for k in ("feature", "class", "emergence_step", "peak_step", "fade_step", "dip_step", "recovery_step")
+        )
+        for r in analysis.feature_table()
+    ]
     norms = np.array(rows(db, "SELECT decoder_norm, relative_norm FROM feature_snapshots ORDER BY feature, snapshot"))
     assert norms[:, 0] == pytest.approx(analysis.norms.flatten().double().numpy(), rel=1e-6)
     assert norms[:, 1] == pytest.approx(analysis.normalized.flatten().double().numpy(), rel=1e-6)
@@ -162,13 +188,24 @@ def test_every_statistic_equals_the_feature_by_feature_computation(tiny, tmp_pat
         assert type(model.ln_final).__name__ == "LayerNormPre"
         d_FD = cc.W_dec[:, s].detach() / factors[s]
         logits_FV = (d_FD - d_FD.mean(-1, keepdim=True)) @ model.W_U.detach()
-        got = rows(db, "SELECT logit_top_ids, logit_top_values, logit_bottom_ids, logit_bottom_values FROM feature_snapshots "
-                   "WHERE snapshot = ? ORDER BY feature", s)  # fmt: skip
-        top, bottom = logits_FV.topk(CONFIG["n_logits"], dim=1), logits_FV.topk(CONFIG["n_logits"], dim=1, largest=False)
+        got = rows(
+            db,
+            "SELECT logit_top_ids, logit_top_values, logit_bottom_ids, logit_bottom_values FROM feature_snapshots "
+            "WHERE snapshot = ? ORDER BY feature",
+            s,
+        )
+        top, bottom = (
+            logits_FV.topk(CONFIG["n_logits"], dim=1),
+            logits_FV.topk(CONFIG["n_logits"], dim=1, largest=False),
+        )
         assert [np.frombuffer(g[0], "<i4").tolist() for g in got] == top.indices.tolist()
-        assert np.stack([np.frombuffer(g[1], "<f4") for g in got]) == pytest.approx(top.values.numpy(), rel=1e-4, abs=1e-6)
+        assert np.stack([np.frombuffer(g[1], "<f4") for g in got]) == pytest.approx(
+            top.values.numpy(), rel=1e-4, abs=1e-6
+        )
         assert [np.frombuffer(g[2], "<i4").tolist() for g in got] == bottom.indices.tolist()
-        assert np.stack([np.frombuffer(g[3], "<f4") for g in got]) == pytest.approx(bottom.values.numpy(), rel=1e-4, abs=1e-6)
+        assert np.stack([np.frombuffer(g[3], "<f4") for g in got]) == pytest.approx(
+            bottom.values.numpy(), rel=1e-4, abs=1e-6
+        )
     assert path == run / schema.DATABASE_NAME
 
 
@@ -181,7 +218,11 @@ def test_every_feature_and_snapshot_has_its_rows(tiny, tmp_path):
     pairs = set(rows(db, "SELECT feature, snapshot FROM feature_snapshots"))
     assert pairs == {(f, s) for f in range(F) for s in range(S)}
     assert [r[0] for r in rows(db, "SELECT snapshot FROM snapshots ORDER BY snapshot")] == list(range(S))
-    assert rows(db, "SELECT revision, step FROM snapshots ORDER BY snapshot") == [("step0", 0), ("step10", 10), ("step20", 20)]
+    assert rows(db, "SELECT revision, step FROM snapshots ORDER BY snapshot") == [
+        ("step0", 0),
+        ("step10", 10),
+        ("step20", 20),
+    ]
     # a feature that fires at a reading has its top contexts there, and is searchable by them
     fired = set(rows(db, "SELECT feature, snapshot FROM feature_snapshots WHERE density > 0"))
     fired |= {(f, -1) for (f,) in rows(db, "SELECT feature FROM features WHERE density > 0")}
@@ -189,14 +230,17 @@ def test_every_feature_and_snapshot_has_its_rows(tiny, tmp_path):
     searchable = {f for (f,) in rows(db, "SELECT rowid FROM context_search")}
     assert searchable == {f for f, _ in fired}
     vocabulary = dict(rows(db, "SELECT token_id, text FROM vocabulary"))
-    feature, ids = rows(db, "SELECT feature, token_ids FROM contexts WHERE kind = 'top' ORDER BY feature, snapshot LIMIT 1")[0]
+    feature, ids = rows(
+        db, "SELECT feature, token_ids FROM contexts WHERE kind = 'top' ORDER BY feature, snapshot LIMIT 1"
+    )[0]
     text = "".join(vocabulary[t] for t in np.frombuffer(ids, "<i4").tolist())
     assert (feature,) in rows(db, "SELECT rowid FROM context_search WHERE text LIKE ?", f"%{text[-12:]}%")
     meta = {key: json.loads(value) for key, value in rows(db, "SELECT key, value FROM meta")}
     assert set(meta) >= set(schema.META_KEYS)
     assert meta["n_tokens"] == 360 and meta["tokens"]["seq_len"] == 16
     assert {k: meta["budget"][k] for k in ("top_k", "n_quantile", "window", "n_logits")} == {
-        k: CONFIG[k] for k in ("top_k", "n_quantile", "window", "n_logits")}  # fmt: skip
+        k: CONFIG[k] for k in ("top_k", "n_quantile", "window", "n_logits")
+    }
     with pytest.raises(sqlite3.OperationalError):
         db.execute("DELETE FROM features")  # read-only
 
@@ -254,15 +298,26 @@ def write_attribution(folder: Path, d_sae: int = 32) -> dict:
 
     generator = torch.Generator().manual_seed(1)
     ie = torch.randn(d_sae, 3, generator=generator) * (torch.rand(d_sae, 1, generator=generator) < 0.5)
-    table = IETable("toy", [0, 1, 2], ie, torch.zeros(3), torch.zeros(3), torch.zeros(3), ["step0", "step10", "step20"],
-                    config={"metric": "logit_diff", "n_examples": 8})  # fmt: skip
+    table = IETable(
+        "toy",
+        [0, 1, 2],
+        ie,
+        torch.zeros(3),
+        torch.zeros(3),
+        torch.zeros(3),
+        ["step0", "step10", "step20"],
+        config={"metric": "logit_diff", "n_examples": 8},
+    )
     folder.mkdir(parents=True)
     table.save(folder / "ie_table.json")
     selected = [int(f) for f in torch.nonzero(ie.abs().amax(1) > 1).flatten()]
     classes = [["specific", "other", "shared"] for _ in selected]
     (folder / "relie.json").write_text(json.dumps({"features": selected, "classes": classes}))
-    curves = [{"snapshot": s, "k": k, "selection": sel, "keep_only": False, "metric": 1.0 + k * (s + 1)}
-              for s in range(3) for k, sel in ((0, "none"), (1, "top"))]  # fmt: skip
+    curves = [
+        {"snapshot": s, "k": k, "selection": sel, "keep_only": False, "metric": 1.0 + k * (s + 1)}
+        for s in range(3)
+        for k, sel in ((0, "none"), (1, "top"))
+    ]
     (folder / "ablation_curves.json").write_text(json.dumps(curves))
     (folder / "summary.json").write_text(json.dumps({"metric": "summed_logprob_diff", "n_examples": 12}))
     return {"ie": ie, "selected": selected}
@@ -275,7 +330,9 @@ def test_causal_scores_come_from_the_attribution_files(tiny, tmp_path):
     db = open_database(run)
     ie = made["ie"]
     assert rows(db, "SELECT * FROM tasks") == [("toy", "summed_logprob_diff", 12, "attribution_causal/ie_table.json")]
-    causal = rows(db, "SELECT feature, snapshot, ie, relie, relie_class, ablation FROM causal ORDER BY feature, snapshot")
+    causal = rows(
+        db, "SELECT feature, snapshot, ie, relie, relie_class, ablation FROM causal ORDER BY feature, snapshot"
+    )
     live = [int(f) for f in torch.nonzero(ie.abs().amax(1) > 0).flatten()]
     assert sorted({c[0] for c in causal}) == live
     top = {s: int(torch.sort(ie[:, s].abs(), descending=True, stable=True).indices[0]) for s in range(3)}
@@ -299,17 +356,24 @@ def test_bad_runs_stores_and_attributions_are_refused_in_one_line(tiny, tmp_path
     suite = CheckpointSuite.local(tiny / "suite")
     other_suite = tf.write_suite(tmp_path / "other-suite", seeds=(5, 6, 7))
     stores = {
-        "snapshots": lambda out: harvest_activations(suite.select(steps=[0, 10]), tf.HOOK, tf.token_table(), out, progress=False),
+        "snapshots": lambda out: harvest_activations(
+            suite.select(steps=[0, 10]), tf.HOOK, tf.token_table(), out, progress=False
+        ),
         "hook": lambda out: tf.harvest(tiny / "suite", out, hooks=tf.OTHER_HOOK),
         "weights": lambda out: tf.harvest(other_suite, out),
-    }  # fmt: skip
+    }
     for what, make in stores.items():
         make(tmp_path / what)
         with pytest.raises(CrosslensError) as refused:
             with tf.one_torch_thread():
-                compute_dashboards(run, store=tmp_path / what, config=DashboardsConfig(**CONFIG), device="cpu", progress=False)
+                compute_dashboards(
+                    run, store=tmp_path / what, config=DashboardsConfig(**CONFIG), device="cpu", progress=False
+                )
         message = one_line(refused.value)
-        assert "pass a store" in message and {"snapshots": "snapshots [", "hook": "--hook", "weights": "other weights"}[what] in message
+        assert (
+            "pass a store" in message
+            and {"snapshots": "snapshots [", "hook": "--hook", "weights": "other weights"}[what] in message
+        )
     moved = tf.copy_tree(tiny / "store", tmp_path / "moved-store")
     values = json.loads((run / "run.json").read_text())
     shutil.rmtree(tiny / "store")

@@ -30,7 +30,9 @@ def test_each_architecture_trains_at_its_one_learning_rate():
     assert JUMPRELU_LR == RELU_LR == 3e-3
     expected = {"crosscoder": RELU_LR, "jumprelu_crosscoder": JUMPRELU_LR}
     for arch in TRAINING_DEFAULTS:
-        config = CrosscoderRunnerConfig(store_path="unused", out_dir="unused", sae=ArchitectureConfig(architecture=arch))
+        config = CrosscoderRunnerConfig(
+            store_path="unused", out_dir="unused", sae=ArchitectureConfig(architecture=arch)
+        )
         assert config.lr == TRAINING_DEFAULTS[arch].lr == expected.get(arch, DEFAULT_LR)
 
 
@@ -41,21 +43,30 @@ def test_sparsity_defaults_per_entry_point():
     shape = dict(n_snapshots=8, d_in=64, d_sae=128)
     assert sparsity_coefficient_for("jumprelu_crosscoder", **shape) == pytest.approx(0.45 * 8 * 64 / 128)
     assert sparsity_coefficient_for("crosscoder", **shape) == 1.0
-    assert sparsity_coefficient_for("topk_crosscoder", **shape) == sparsity_coefficient_for("batchtopk_crosscoder", **shape) == 0.25
+    assert (
+        sparsity_coefficient_for("topk_crosscoder", **shape)
+        == sparsity_coefficient_for("batchtopk_crosscoder", **shape)
+        == 0.25
+    )
     # the architectures' own configs default to the same table
     import crosslens.crosscoders as cc
 
     assert cc.ARCHITECTURES["jumprelu_crosscoder"][3](**shape).l0_coefficient == pytest.approx(0.45 * 8 * 64 / 128)
     assert cc.ARCHITECTURES["jumprelu_crosscoder"][3](**shape, l0_coefficient=0.3).l0_coefficient == 0.3
     assert cc.ARCHITECTURES["crosscoder"][3](**shape).l1_coefficient == 1.0
-    assert cc.ARCHITECTURES["topk_crosscoder"][3](**shape).k == cc.ARCHITECTURES["batchtopk_crosscoder"][3](**shape).k == 32
+    assert (
+        cc.ARCHITECTURES["topk_crosscoder"][3](**shape).k
+        == cc.ARCHITECTURES["batchtopk_crosscoder"][3](**shape).k
+        == 32
+    )
     assert cc.ARCHITECTURES["topk_crosscoder"][3](**shape).l1_coefficient == 0.25
     assert cc.ARCHITECTURES["batchtopk_crosscoder"][3](**shape).l1_coefficient == 0.25
     # the demo keeps its measured value (its seeded figures in benchmarks/README.md depend on it)
     assert DemoConfig().sae.sparsity_coefficient == PICO_DEMO_JUMPRELU_SPARSITY == 0.5
     # warm-ups: Bayazit et al. 5% (ReLU), Ge et al. 10% (JumpReLU); the baselines use their crosscoder's
     assert {a: d.sparsity_warm_up for a, d in TRAINING_DEFAULTS.items() if d.sparsity_warm_up} == {
-        "crosscoder": 0.05, "jumprelu_crosscoder": 0.1
+        "crosscoder": 0.05,
+        "jumprelu_crosscoder": 0.1,
     }
     assert baselines.BASELINE_SPARSITY_WARM_UP == {"standard": 0.05, "jumprelu": 0.1, "topk": 0.0}
 
@@ -64,13 +75,16 @@ def test_one_builder_translates_sparsity_for_crosscoders_and_saes():
     from crosslens.training.baselines import build_training_sae
     from crosslens.training.factory import build_training_crosscoder
 
-    relu = build_training_crosscoder("crosscoder", d_in=8, n_snapshots=2, d_sae=16, sparsity_coefficient=1.5,
-                                     sparsity_warm_up_steps=7)  # fmt: skip
+    relu = build_training_crosscoder(
+        "crosscoder", d_in=8, n_snapshots=2, d_sae=16, sparsity_coefficient=1.5, sparsity_warm_up_steps=7
+    )
     assert (relu.cfg.l1_coefficient, relu.cfg.l1_warm_up_steps) == (1.5, 7)
     jump = build_training_crosscoder("jumprelu_crosscoder", d_in=8, n_snapshots=2, d_sae=16, sparsity_coefficient=0.4)
     assert (jump.cfg.l0_coefficient, jump.cfg.l0_warm_up_steps) == (0.4, 0)
     assert build_training_crosscoder("topk_crosscoder", d_in=8, n_snapshots=2, d_sae=16, k=3).cfg.k == 3
-    topk = build_training_crosscoder("batchtopk_crosscoder", d_in=8, n_snapshots=2, d_sae=16, k=3, sparsity_coefficient=0.1)
+    topk = build_training_crosscoder(
+        "batchtopk_crosscoder", d_in=8, n_snapshots=2, d_sae=16, k=3, sparsity_coefficient=0.1
+    )
     assert (topk.cfg.k, topk.cfg.l1_coefficient, topk.cfg.l1_warm_up_steps) == (3, 0.1, 0)
     standard = build_training_sae("standard", d_in=8, d_sae=16, sparsity_warm_up_steps=4)
     assert (standard.cfg.l1_coefficient, standard.cfg.l1_warm_up_steps) == (5.0, 4)
@@ -80,8 +94,8 @@ def test_one_builder_translates_sparsity_for_crosscoders_and_saes():
 
 
 def test_decoder_init_norm_and_k_come_from_the_table():
-    from crosslens.crosscoders import base as crosscoder_base
     from crosslens.architectures import DEFAULT_DECODER_INIT_NORM, DEFAULT_K
+    from crosslens.crosscoders import base as crosscoder_base
     from crosslens.training.runner import CrosscoderRunnerConfig
 
     config = CrosscoderRunnerConfig(store_path="unused", out_dir="unused")

@@ -38,7 +38,9 @@ def test_a_cached_quality_table_is_reused_only_with_the_splice_and_baselines_thi
     # a table from before the baselines' settings were recorded, or from other settings
     assert not _current_quality({"rows": [], "spliced_loss": spliced}, config)
     for changed in (dict(baseline_steps=50), dict(seed=3), dict(baseline_snapshots=2), dict(spliced_seqs=8)):
-        assert not _current_quality({"rows": [], "spliced_loss": spliced, "baselines": baselines}, replace(config, **changed))
+        assert not _current_quality(
+            {"rows": [], "spliced_loss": spliced, "baselines": baselines}, replace(config, **changed)
+        )
     assert not _current_quality(
         {"rows": [], "spliced_loss": spliced, "baselines": {**baselines, "jumprelu_threshold_start": "0.01"}}, config
     )
@@ -50,21 +52,24 @@ def test_train_stage_reuses_its_crosscoder_and_retrains_on_new_settings(tmp_path
     from dataclasses import replace
 
     import torch
+    from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
 
     from crosslens.activations import harvest_activations
     from crosslens.checkpoints import CheckpointSuite
     from crosslens.cli.demo_stages import DemoConfig, train_stage
     from crosslens.training.config import ArchitectureConfig
-    from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
 
     hook = "blocks.0.hook_resid_post"
     write_local_suite(tmp_path / "suite", {f"step{s}": tiny_neox(seed=s) for s in (0, 10)}, make_word_tokenizer())
     tokens = torch.randint(3, FAKE_VOCAB_SIZE, (16, 16), generator=torch.Generator().manual_seed(0))
     harvest_activations(CheckpointSuite.local(tmp_path / "suite"), hook, tokens, tmp_path / "store", progress=False)
     config = replace(
-        DemoConfig(), hook=hook, sae=ArchitectureConfig("jumprelu_crosscoder", d_sae=32), n_steps=20,
+        DemoConfig(),
+        hook=hook,
+        sae=ArchitectureConfig("jumprelu_crosscoder", d_sae=32),
+        n_steps=20,
         train_batch_size_tokens=64,
-    )  # fmt: skip
+    )
     first = train_stage(tmp_path / "store", tmp_path / "run", config)
     assert "--resume" not in capsys.readouterr().out  # a flag the demo's user never gave
     again = train_stage(tmp_path / "store", tmp_path / "run", config)
@@ -78,7 +83,9 @@ def test_train_stage_reuses_its_crosscoder_and_retrains_on_new_settings(tmp_path
     train_stage(tmp_path / "store", tmp_path / "run", config)
     assert "reusing trained crosscoder" in capsys.readouterr().out
     train_stage(tmp_path / "store", tmp_path / "run", replace(config, n_steps=30))
-    assert f"demo settings changed (n_steps): retraining the crosscoder in {tmp_path / 'run'}" in capsys.readouterr().out
+    assert (
+        f"demo settings changed (n_steps): retraining the crosscoder in {tmp_path / 'run'}" in capsys.readouterr().out
+    )
     other = torch.randint(3, FAKE_VOCAB_SIZE, (16, 16), generator=torch.Generator().manual_seed(1))
     harvest_activations(
         CheckpointSuite.local(tmp_path / "suite"), hook, other, tmp_path / "store", progress=False, overwrite=True

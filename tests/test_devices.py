@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from trust_fixtures import one_line_exit_2
 
 from crosslens.checkpoints.on_device import on_device
 from crosslens.cli import main
-from trust_fixtures import one_line_exit_2
 from crosslens.core import devices
 from crosslens.core.devices import (
     DeviceError,
@@ -66,10 +66,18 @@ def test_resolve_device_refuses_what_this_machine_lacks(monkeypatch):
 
 @pytest.mark.parametrize(
     "spelling, expected",
-    [("float32", torch.float32), ("fp32", torch.float32), ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16),
-     ("float16", torch.float16), ("FP16", torch.float16), ("torch.bfloat16", torch.bfloat16),
-     (torch.float16, torch.float16), (None, torch.float32)],
-)  # fmt: skip
+    [
+        ("float32", torch.float32),
+        ("fp32", torch.float32),
+        ("bfloat16", torch.bfloat16),
+        ("bf16", torch.bfloat16),
+        ("float16", torch.float16),
+        ("FP16", torch.float16),
+        ("torch.bfloat16", torch.bfloat16),
+        (torch.float16, torch.float16),
+        (None, torch.float32),
+    ],
+)
 def test_resolve_dtype_spellings(spelling, expected):
     assert resolve_dtype(spelling) is expected
 
@@ -132,13 +140,17 @@ def test_cli_refuses_an_absent_device_in_one_line(monkeypatch, capsys, tmp_path)
     _no_accelerators(monkeypatch)
     err = one_line_exit_2(["train", "--store", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cuda"], capsys)
     assert "--device cpu" in err and err.startswith("crosslens train: error:")
-    err = one_line_exit_2(["harvest", "--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path), "--dtype", "int8"], capsys)
+    err = one_line_exit_2(
+        ["harvest", "--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path), "--dtype", "int8"], capsys
+    )
     assert "--dtype" in err
     err = one_line_exit_2(["suite", "build", "--dtype", "bf16"], capsys)
     assert "float32" in err
 
 
-@pytest.mark.parametrize("words", [["demo"], ["suite", "build"], ["harvest"], ["train"], ["analyze"], ["attribute"], ["plan"]])
+@pytest.mark.parametrize(
+    "words", [["demo"], ["suite", "build"], ["harvest"], ["train"], ["analyze"], ["attribute"], ["plan"]]
+)
 def test_every_computing_subcommand_takes_device_and_dtype(words, capsys):
     with pytest.raises(SystemExit):
         main([*words, "--help"])
@@ -169,9 +181,13 @@ def test_help_imports_neither_transformer_lens_nor_sae_lens():
 
 def test_python_dash_m_crosslens_help():
     result = subprocess.run(
-        [sys.executable, "-m", "crosslens", "--help"], capture_output=True, text=True, timeout=120, cwd=REPO,
+        [sys.executable, "-m", "crosslens", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: crosslens") and "plan" in result.stdout
 
@@ -244,7 +260,9 @@ def test_a_device_misspelt_is_refused_where_the_config_is_built_not_by_torch():
     given = ("cpu", "cuda", "cuda:3", "cpu:0", "MPS", " cuda ")
     assert [device_spelling(d) for d in given] == ["cpu", "cuda", "cuda:3", "cpu:0", "mps", "cuda"]
     for wrong in ("gpu", "cuda:x", "meta", "cuda:"):
-        with pytest.raises(DeviceError, match=rf"^unknown device {wrong!r}; use one of cpu, cuda, cuda:N or mps \(--device\)$"):
+        with pytest.raises(
+            DeviceError, match=rf"^unknown device {wrong!r}; use one of cpu, cuda, cuda:N or mps \(--device\)$"
+        ):
             device_spelling(wrong)
     with pytest.raises(ValueError, match=r"^unknown device 'gpu'; use one of cpu, cuda, cuda:N or mps \(--device\)$"):
         CrosscoderRunnerConfig(store_path="s", out_dir="o", device="gpu")

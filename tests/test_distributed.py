@@ -18,11 +18,11 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-import distributed_worker as worker  # noqa: E402
+import distributed_worker as worker
 
 from crosslens.distributed import MeshLayout, shard_batches
 from crosslens.distributed.mesh import snapshot_blocks
-from crosslens.training import CrosscoderTrainer, latest_checkpoint  # noqa: E402
+from crosslens.training import CrosscoderTrainer, latest_checkpoint
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 ATOL = 1e-5
@@ -32,8 +32,13 @@ def torchrun(nproc: int, *args: str, timeout: float = 300) -> str:
     """What the workers printed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={nproc}", str(WORKER), *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(WORKER),
+        *args,
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
@@ -77,9 +82,7 @@ def mesh_2x2_run(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize(
-    "nproc,snapshot_parallel", [(2, 1), (2, 2)], ids=["data-parallel-2", "snapshot-parallel-2"]
-)
+@pytest.mark.parametrize("nproc,snapshot_parallel", [(2, 1), (2, 2)], ids=["data-parallel-2", "snapshot-parallel-2"])
 def test_two_process_training_equals_single_process(tmp_path, reference, nproc, snapshot_parallel):
     torchrun(nproc, "--out", str(tmp_path), "--snapshot-parallel", str(snapshot_parallel))
     assert_same_weights(tmp_path, reference)
@@ -132,8 +135,20 @@ def test_a_rank_that_dies_takes_the_job_down(tmp_path):
     """No peer waits forever on a collective: the job ends (within subprocess.run's timeout,
     which fails the test if it hangs), failed, naming the error."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "20"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-           "--out", str(tmp_path), "--snapshot-parallel", "2", "--fail-rank", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(WORKER),
+        "--out",
+        str(tmp_path),
+        "--snapshot-parallel",
+        "2",
+        "--fail-rank",
+        "1",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode != 0
     assert "rank died on purpose" in done.stderr
@@ -169,8 +184,16 @@ HARVEST_WORKER = Path(__file__).with_name("distributed_harvest_worker.py")
 
 def torchrun_harvest(nproc: int, suite_dir: Path, out: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(HARVEST_WORKER), str(suite_dir), str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(HARVEST_WORKER),
+        str(suite_dir),
+        str(out),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
 
@@ -234,16 +257,45 @@ def test_torchrun_crosslens_train_matches_a_plain_run(tmp_path):
     suite = _open_suite(_write_suite(tmp_path / "suite", seeds=[0, 1, 2]))
     tokens = tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
     store = harvest_activations(suite, [HOOK], tokens, tmp_path / "store", shard_tokens=SHARD_TOKENS, progress=False)
-    flags = ["--store", str(store.path), "--n-steps", "4", "--batch-size", "32", "--d-sae", "64",
-             "--arch", "jumprelu_crosscoder", "--checkpoint-every", "2", "--device", "cpu",
-             "--wandb", "--wandb-log-frequency", "2"]  # fmt: skip
+    flags = [
+        "--store",
+        str(store.path),
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "32",
+        "--d-sae",
+        "64",
+        "--arch",
+        "jumprelu_crosscoder",
+        "--checkpoint-every",
+        "2",
+        "--device",
+        "cpu",
+        "--wandb",
+        "--wandb-log-frequency",
+        "2",
+    ]
     assert main(["train", *flags, "--out", str(tmp_path / "plain")]) == 0
     import wandb
 
     wandb.teardown()  # flushes the offline run file
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "crosslens",
-           "train", *flags, "--out", str(tmp_path / "mesh"), "--snapshot-parallel", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "crosslens",
+        "train",
+        *flags,
+        "--out",
+        str(tmp_path / "mesh"),
+        "--snapshot-parallel",
+        "2",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-6000:]
     assert done.stdout.count("crosscoder saved to") == 1  # rank 0 speaks for the job
@@ -273,20 +325,48 @@ def test_a_run_resumed_by_more_processes_says_its_bytes_differ_and_ends_where_th
     suite = _open_suite(_write_suite(tmp_path / "suite", seeds=[0, 1]))
     tokens = tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
     store = harvest_activations(suite, [HOOK], tokens, tmp_path / "store", shard_tokens=SHARD_TOKENS, progress=False)
-    flags = ["--store", str(store.path), "--n-steps", "4", "--batch-size", "32", "--d-sae", "64",
-             "--arch", "crosscoder", "--checkpoint-every", "2", "--device", "cpu", "--out", str(tmp_path / "run")]  # fmt: skip
+    flags = [
+        "--store",
+        str(store.path),
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "32",
+        "--d-sae",
+        "64",
+        "--arch",
+        "crosscoder",
+        "--checkpoint-every",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(["train", *flags]) == 0
     want = load_file(tmp_path / "run" / "final" / "sae_weights.safetensors")
     assert json.loads((tmp_path / "run" / "run.json").read_text())["world_size"] == 1
     shutil.rmtree(tmp_path / "run" / "final")
     shutil.rmtree(tmp_path / "run" / "step_00000004")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "crosslens",
-           "train", *flags, "--resume"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "crosslens",
+        "train",
+        *flags,
+        "--resume",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-6000:]
-    assert ("--resume: world_size 2 (the run started with 1): the same training to float rounding, not the bytes "
-            "an uninterrupted run would end in") in done.stdout  # fmt: skip
+    assert (
+        "--resume: world_size 2 (the run started with 1): the same training to float rounding, not the bytes "
+        "an uninterrupted run would end in"
+    ) in done.stdout
     assert json.loads((tmp_path / "run" / "run.json").read_text())["world_size"] == 1
     got = load_file(tmp_path / "run" / "final" / "sae_weights.safetensors")
     for name in want:
@@ -331,9 +411,13 @@ def stream_trainer_parts(provider, out_dir):
 
     torch.manual_seed(7)
     sae = worker.build_training_crosscoder(
-        "jumprelu_crosscoder", d_in=provider.d_in, n_snapshots=len(provider.suite), d_sae=48,
-        sparsity_coefficient=0.3, sparsity_warm_up_steps=2,
-    )  # fmt: skip
+        "jumprelu_crosscoder",
+        d_in=provider.d_in,
+        n_snapshots=len(provider.suite),
+        d_sae=48,
+        sparsity_coefficient=0.3,
+        sparsity_warm_up_steps=2,
+    )
     cfg = CrosscoderTrainerConfig(total_steps=5, lr=1e-3, checkpoint_dir=str(out_dir), seed=0)
     return sae, cfg
 
@@ -350,8 +434,17 @@ def test_snapshot_parallel_streaming_training_equals_one_process(tmp_path):
     CrosscoderTrainer(sae, cfg).fit(provider.batches)
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(STREAM_WORKER), str(suite_dir), str(tmp_path / "two"), "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(STREAM_WORKER),
+        str(suite_dir),
+        str(tmp_path / "two"),
+        "2",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-6000:]
     assert not list((tmp_path / "two").rglob("*.npy"))  # no activation ever touched the disk
@@ -415,9 +508,13 @@ def test_a_rank_reads_its_block_of_a_saved_crosscoder_alone(tmp_path):
     from crosslens.distributed.sharding import read_state_block, slice_state_dict
 
     g = torch.Generator().manual_seed(0)
-    state = {"W_enc": torch.randn(5, 4, 6, generator=g), "W_dec": torch.randn(6, 5, 4, generator=g),
-             "b_dec": torch.randn(5, 4, generator=g), "b_enc": torch.randn(6, generator=g),
-             "threshold": torch.rand(6, generator=g)}  # fmt: skip
+    state = {
+        "W_enc": torch.randn(5, 4, 6, generator=g),
+        "W_dec": torch.randn(6, 5, 4, generator=g),
+        "b_dec": torch.randn(5, 4, generator=g),
+        "b_enc": torch.randn(6, generator=g),
+        "threshold": torch.rand(6, generator=g),
+    }
     assert {"W_enc", "W_dec", "b_dec"} <= set(SNAPSHOT_AXES)
     save_file(state, tmp_path / "w.safetensors")
     whole = load_file(tmp_path / "w.safetensors")
@@ -451,8 +548,9 @@ def test_every_rank_of_a_snapshot_group_clips_by_one_norm_whatever_its_place(mon
         module.W_dec = nn.Parameter(torch.zeros(1, 1, 1))
         module.b_enc = nn.Parameter(torch.zeros(1))
         module.W_dec.grad, module.b_enc.grad = torch.full((1, 1, 1), share**0.5), torch.full((1,), 0.5)
-        mesh = MeshCollectives(data_group="data", snapshot_group="snapshot", data_size=2,
-                               snapshot_size=3, n_snapshots_total=3)  # fmt: skip
+        mesh = MeshCollectives(
+            data_group="data", snapshot_group="snapshot", data_size=2, snapshot_size=3, n_snapshots_total=3
+        )
         norms.append(sharding.grad_norm(module, mesh))
     in_rank_order = (torch.tensor(shares[0]) + shares[1]) + shares[2]
     assert all(torch.equal(n, (in_rank_order + 0.25).sqrt()) for n in norms), norms

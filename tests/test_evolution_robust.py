@@ -11,8 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crosslens.analysis.absorption import ABSORBING_SHARE, absorbed_shares
-from crosslens.analysis.evolution import NO_STEP, feature_lifetimes, presence_strength
 from crosslens.analysis import (
     EvolutionAnalysis,
     EvolutionConfig,
@@ -20,6 +18,8 @@ from crosslens.analysis import (
     PlantedEvolution,
     planted_scores,
 )
+from crosslens.analysis.absorption import ABSORBING_SHARE, absorbed_shares
+from crosslens.analysis.evolution import NO_STEP, feature_lifetimes, presence_strength
 from crosslens.analysis.report import Report
 from crosslens.analysis.stability import add_stability_section, match_features, seed_stability
 
@@ -97,19 +97,25 @@ def test_small_norm_at_snapshot_zero_does_not_make_an_initialization_feature():
     # Features born at snapshot 1 and 4 whose learned rows keep some norm at snapshot 0:
     # below the presence line (0.25 of peak), above it without firing there (0.45), and
     # above it while firing at a tenth of the peak rate (a real but weak presence).
-    norms = torch.tensor([
-        [0.25, 0.8, 1.0, 1.0, 0.9, 0.9],
-        [0.45, 0.0, 0.0, 0.0, 0.9, 1.0],
-        [0.45, 0.9, 1.0, 1.0, 0.9, 0.9],
-    ])  # fmt: skip
-    firing = torch.tensor([
-        [0.001, 0.02, 0.02, 0.02, 0.02, 0.02],
-        [0.0015, 0.0, 0.0, 0.0, 0.03, 0.03],
-        [0.002, 0.02, 0.02, 0.02, 0.02, 0.02],
-    ])  # fmt: skip
+    norms = torch.tensor(
+        [
+            [0.25, 0.8, 1.0, 1.0, 0.9, 0.9],
+            [0.45, 0.0, 0.0, 0.0, 0.9, 1.0],
+            [0.45, 0.9, 1.0, 1.0, 0.9, 0.9],
+        ]
+    )
+    firing = torch.tensor(
+        [
+            [0.001, 0.02, 0.02, 0.02, 0.02, 0.02],
+            [0.0015, 0.0, 0.0, 0.0, 0.03, 0.03],
+            [0.002, 0.02, 0.02, 0.02, 0.02, 0.02],
+        ]
+    )
     robust = feature_lifetimes(norms, ROBUST, snapshot_frequency=firing)
     assert robust.emergence.tolist() == [1, 4, 0]
-    analysis = EvolutionAnalysis.from_decoder(_decoder(norms), [0, 1, 2, 4, 8, 16], config=ROBUST, snapshot_frequency=firing)
+    analysis = EvolutionAnalysis.from_decoder(
+        _decoder(norms), [0, 1, 2, 4, 8, 16], config=ROBUST, snapshot_frequency=firing
+    )
     assert analysis.classes == ["persistent", "persistent", "initialization"]
     # Norms alone read the second row as present at snapshot 0, then dipping.
     by_norm = feature_lifetimes(norms, ROBUST)
@@ -129,7 +135,9 @@ def test_seed_stability_matches_features_and_compares_their_timelines():
     other = truth[perm].clone()
     # The second "seed" misses 4 features (random rows) and dates 2 others later.
     other[:4] = torch.randn(4, 6, 32, generator=torch.Generator().manual_seed(4))
-    late = [k for k in range(4, 32) if int(planted.emergence[perm[k]]) == 0 and int(planted.fade[perm[k]]) == NO_STEP][:2]
+    late = [k for k in range(4, 32) if int(planted.emergence[perm[k]]) == 0 and int(planted.fade[perm[k]]) == NO_STEP][
+        :2
+    ]
     other[late, 0] *= 0.2  # below the 0.3 presence line: emerges at snapshot 1
     a = EvolutionAnalysis.from_decoder(truth, planted.steps)
     b = EvolutionAnalysis.from_decoder(other, planted.steps)

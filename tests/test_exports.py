@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import trust_fixtures as tf
 from safetensors.numpy import load_file
 
-import trust_fixtures as tf
 from crosslens.core.hashing import file_sha256
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
@@ -51,28 +51,51 @@ def seed_database(run_dir: Path, *, seed: int = 0) -> dict:
     schema.create_schema(db)
     meta = {
         "format": schema.FORMAT,
-        "crosscoder": {"d_sae": D_SAE, "n_snapshots": N_SNAPSHOTS, "weights_sha256": file_sha256(run_dir / "final" / "sae_weights.safetensors")},
+        "crosscoder": {
+            "d_sae": D_SAE,
+            "n_snapshots": N_SNAPSHOTS,
+            "weights_sha256": file_sha256(run_dir / "final" / "sae_weights.safetensors"),
+        },
         "n_tokens": 320,
         "histogram_edges": EDGES,
         "tokens": {"store": {"content_sha256": "0" * 64}, "seq_len": 16},
     }
     db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
-    db.executemany("INSERT INTO snapshots VALUES (?, ?, ?, NULL, ?)", [(s, r, 10 * s, r) for s, r in enumerate(REVISIONS)])
+    db.executemany(
+        "INSERT INTO snapshots VALUES (?, ?, ?, NULL, ?)", [(s, r, 10 * s, r) for s, r in enumerate(REVISIONS)]
+    )
     db.executemany("INSERT INTO vocabulary VALUES (?, ?)", [(i, f" w{i}") for i in range(VOCAB)])
     seeded = {}
     for f in range(D_SAE):
         db.execute(
-            "INSERT INTO features (feature, class, peak_decoder_norm, density, max_activation) VALUES (?, 'persistent', 1, 0.1, 3)", (f,)
+            "INSERT INTO features (feature, class, peak_decoder_norm, density, max_activation) VALUES (?, 'persistent', 1, 0.1, 3)",
+            (f,),
         )
         for s in range(N_SNAPSHOTS):
             counts = np.zeros(len(EDGES) - 1, "<u4")
             counts[2:5] = rng.integers(1, 9, 3)
             top_ids = rng.integers(0, 64, 4).astype("<i4")  # ids >= 60 are not in the vocabulary
-            row = (f, s, 0.5, 0.5, 0.01 * (f + 1), 1.0, 3.5, counts.tobytes(), top_ids.tobytes(),
-                   rng.normal(size=4).astype("<f4").tobytes(), rng.integers(0, 60, 4).astype("<i4").tobytes(),
-                   np.sort(rng.normal(size=4)).astype("<f4").tobytes())
+            row = (
+                f,
+                s,
+                0.5,
+                0.5,
+                0.01 * (f + 1),
+                1.0,
+                3.5,
+                counts.tobytes(),
+                top_ids.tobytes(),
+                rng.normal(size=4).astype("<f4").tobytes(),
+                rng.integers(0, 60, 4).astype("<i4").tobytes(),
+                np.sort(rng.normal(size=4)).astype("<f4").tobytes(),
+            )
             db.execute("INSERT INTO feature_snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-            windows = [("top", 0, 3.5, None), ("top", 1, 3.0, None), ("quantile", 0, 1.0, 0.25), ("quantile", 1, 2.0, 0.75)]
+            windows = [
+                ("top", 0, 3.5, None),
+                ("top", 1, 3.0, None),
+                ("quantile", 0, 1.0, 0.25),
+                ("quantile", 1, 2.0, 0.75),
+            ]
             for kind, rank, act, q in windows:
                 ids = rng.integers(0, 60, 5).astype("<i4")
                 acts = rng.uniform(0, act, 5).astype("<f2")
@@ -156,20 +179,32 @@ def test_neuronpedia_export_has_saedashboards_schema(tiny, seeded, tmp_path):
     assert [s["neuronpedia_source_id"] for s in sources] == [f"0-res-crosslens__{r}" for r in REVISIONS]
     for source, revision in zip(sources, REVISIONS):
         folder = out / source["folder"]
-        assert sorted(p.name for p in folder.iterdir()) == ["batch-0.json", "batch-1.json", "batch-2.json", "skipped_indexes.json"]
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "batch-0.json",
+            "batch-1.json",
+            "batch-2.json",
+            "skipped_indexes.json",
+        ]
         check_shape(json.loads((folder / "skipped_indexes.json").read_text()), NP_SKIPPED, "skipped")
         features = []
         for n in range(3):
             batch = json.loads((folder / f"batch-{n}.json").read_text())
             check_shape(batch, NP_BATCH, f"batch-{n}")
-            assert (batch["model_id"], batch["layer"], batch["sae_set"], batch["sae_id_suffix"]) == ("suite", 0, "res-crosslens", revision)
+            assert (batch["model_id"], batch["layer"], batch["sae_set"], batch["sae_id_suffix"]) == (
+                "suite",
+                0,
+                "res-crosslens",
+                revision,
+            )
             features += batch["features"]
         assert [f["feature_index"] for f in features] == list(range(D_SAE))  # every feature, in order
         for feature in features:
             check_shape(feature, NP_FEATURE, f"feature {feature['feature_index']}")
             for activation in feature["activations"]:
                 check_shape(activation, NP_ACTIVATION, "activation")
-                assert 0 <= activation["qualifying_token_index"] < len(activation["tokens"]) == len(activation["values"])
+                assert (
+                    0 <= activation["qualifying_token_index"] < len(activation["tokens"]) == len(activation["values"])
+                )
 
 
 def test_neuronpedia_values_come_from_the_database_and_the_decoder(tiny, seeded, tmp_path):
@@ -191,7 +226,9 @@ def test_neuronpedia_values_come_from_the_database_and_the_decoder(tiny, seeded,
     top3 = torch.topk(direction, 3)
     assert feature["neuron_alignment_indices"] == top3.indices.tolist()
     assert feature["neuron_alignment_values"] == pytest.approx(top3.values.tolist(), abs=1e-5)
-    assert feature["neuron_alignment_l1"] == pytest.approx((top3.values.abs() / direction.abs().sum()).tolist(), abs=1e-5)
+    assert feature["neuron_alignment_l1"] == pytest.approx(
+        (top3.values.abs() / direction.abs().sum()).tolist(), abs=1e-5
+    )
     assert feature["correlated_neurons_indices"] == feature["logits_hist_data_bar_values"] == feature["vector"] == []
 
 
@@ -206,7 +243,17 @@ def test_neuronpedia_values_come_from_the_database_and_the_decoder(tiny, seeded,
 # downgrade numpy and transformers in crosslens's environment and add a CUDA stack, so this test
 # checks the documented format instead, and the load with delphi's LatentDataset is the optional
 # test below.
-DELPHI_CONFIG_KEYS = ["dataset_repo", "dataset_split", "dataset_name", "dataset_column", "batch_size", "cache_ctx_len", "n_tokens", "n_splits", "model_name"]
+DELPHI_CONFIG_KEYS = [
+    "dataset_repo",
+    "dataset_split",
+    "dataset_name",
+    "dataset_column",
+    "batch_size",
+    "cache_ctx_len",
+    "n_tokens",
+    "n_splits",
+    "model_name",
+]
 
 
 def expected_firings(tiny: Path, snapshot: int) -> dict[tuple[int, int, int], float]:
@@ -250,7 +297,9 @@ def test_delphi_cache_has_delphis_layout_and_every_firing(tiny, tmp_path):
             loc = data["locations"].astype(np.int64)
             assert loc[:, 2].max() <= last - first  # sharded by latent, local indices
             assert np.all(np.diff(loc[:, 0] * 10**6 + loc[:, 1] * 10**3 + loc[:, 2]) > 0)  # delphi's order
-            found.update({(a, b, c + first): float(v) for (a, b, c), v in zip(loc.tolist(), data["activations"].tolist())})
+            found.update(
+                {(a, b, c + first): float(v) for (a, b, c), v in zip(loc.tolist(), data["activations"].tolist())}
+            )
         expected = expected_firings(tiny, s)
         assert found.keys() == expected.keys()
         assert all(found[key] == pytest.approx(value, rel=2e-3, abs=1e-4) for key, value in expected.items())
@@ -276,9 +325,15 @@ def test_delphi_loads_the_cache_with_its_own_loader(tiny, tmp_path):
     module = f"{tf.HOOK}@step10"
     config = json.loads((out / "latents" / module / "config.json").read_text())
     dataset = LatentDataset(
-        out / "latents", SamplerConfig(), ConstructorConfig(), modules=[module], tokenizer=AutoTokenizer.from_pretrained(config["model_name"])
+        out / "latents",
+        SamplerConfig(),
+        ConstructorConfig(),
+        modules=[module],
+        tokenizer=AutoTokenizer.from_pretrained(config["model_name"]),
     )
-    assert torch.equal(dataset.tokens, torch.from_numpy(load_file(str(out / "latents" / module / "0_15.safetensors"))["tokens"]))
+    assert torch.equal(
+        dataset.tokens, torch.from_numpy(load_file(str(out / "latents" / module / "0_15.safetensors"))["tokens"])
+    )
     latents = {int(data.latent.latent_index) for buffer in dataset.buffers for data in buffer}
     assert latents == {c for _, _, c in expected_firings(tiny, 1)}
 
@@ -290,11 +345,28 @@ def test_delphi_loads_the_cache_with_its_own_loader(tiny, tmp_path):
 # sae_bench/custom_saes/base_sae.py and custom_saes/README.md ask of a custom SAE. sae-bench is not
 # installed here: it requires numpy < 2 and datasets < 4, below what crosslens's environment has.
 CUSTOM_SAE_CONFIG_FIELDS = [
-    "model_name", "d_in", "d_sae", "hook_layer", "hook_name", "context_size", "hook_head_index", "architecture",
-    "apply_b_dec_to_input", "finetuning_scaling_factor", "activation_fn_str", "prepend_bos", "normalize_activations",
-    "dtype", "device", "dataset_path", "dataset_trust_remote_code", "seqpos_slice", "training_tokens",
-    "sae_lens_training_version", "neuronpedia_id",
-]  # fmt: skip
+    "model_name",
+    "d_in",
+    "d_sae",
+    "hook_layer",
+    "hook_name",
+    "context_size",
+    "hook_head_index",
+    "architecture",
+    "apply_b_dec_to_input",
+    "finetuning_scaling_factor",
+    "activation_fn_str",
+    "prepend_bos",
+    "normalize_activations",
+    "dtype",
+    "device",
+    "dataset_path",
+    "dataset_trust_remote_code",
+    "seqpos_slice",
+    "training_tokens",
+    "sae_lens_training_version",
+    "neuronpedia_id",
+]
 
 
 def random_crosscoder(architecture: str):
@@ -315,7 +387,9 @@ def random_crosscoder(architecture: str):
     return crosscoder
 
 
-@pytest.mark.parametrize("architecture", ["crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"])
+@pytest.mark.parametrize(
+    "architecture", ["crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"]
+)
 def test_bench_sae_is_saebenchs_interface_over_the_per_snapshot_mode(architecture):
     crosscoder = random_crosscoder(architecture)
     x = torch.randn(64, 16, generator=torch.Generator().manual_seed(2)) * 2
@@ -326,7 +400,12 @@ def test_bench_sae_is_saebenchs_interface_over_the_per_snapshot_mode(architectur
         assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(24), atol=1e-5) and sae.check_decoder_norms()
         assert isinstance(sae.device, torch.device) and sae.dtype == torch.float32
         assert list(sae.cfg.to_dict())[: len(CUSTOM_SAE_CONFIG_FIELDS)] == CUSTOM_SAE_CONFIG_FIELDS
-        assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.hook_layer, sae.cfg.hook_name) == (16, 24, 2, "blocks.2.hook_resid_post")
+        assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.hook_layer, sae.cfg.hook_name) == (
+            16,
+            24,
+            2,
+            "blocks.2.hook_resid_post",
+        )
         assert sae.cfg.dtype == "float32" and sae.cfg.model_from_pretrained_kwargs == {}
         codec = SnapshotCodec(crosscoder, s)
         with torch.no_grad():
@@ -345,7 +424,12 @@ def test_saebench_export_loads_back(tiny, tmp_path):
     for s, revision in ((1, "step10"), (2, "step20")):
         assert sorted(p.name for p in (out / revision).iterdir()) == ["cfg.json", "sae_weights.safetensors"]
         sae = load_bench_sae(out / revision)
-        assert (sae.cfg.snapshot, sae.cfg.step, sae.cfg.model_name, sae.cfg.architecture) == (revision, 10 * s, "suite", "standard")
+        assert (sae.cfg.snapshot, sae.cfg.step, sae.cfg.model_name, sae.cfg.architecture) == (
+            revision,
+            10 * s,
+            "suite",
+            "standard",
+        )
         # what SAEBench's _standardize_sae_cfg (sae_bench_utils/general_utils.py) refuses to go without
         assert None not in (sae.cfg.hook_name, sae.cfg.hook_layer, sae.cfg.model_name)
         codec = SnapshotCodec(crosscoder, s)
@@ -380,7 +464,9 @@ def test_bad_input_is_refused_in_one_line_naming_the_fix(tiny, seeded, tmp_path)
     unfinished.mkdir()
     (unfinished / "run.json").write_text("{}")
     assert "has no final crosscoder (final/cfg.json); finish its training" in one_line_error(tmp_path, unfinished)
-    assert "which this run does not have; pick from step0, step10, step20" in one_line_error(tmp_path, run, snapshots=["step5"])
+    assert "which this run does not have; pick from step0, step10, step20" in one_line_error(
+        tmp_path, run, snapshots=["step5"]
+    )
     assert "lies inside the run folder" in one_line_error(tmp_path, run, out=run / "exports")
 
     existing = export_run(run, format="saebench", out=tmp_path / "out")
@@ -391,14 +477,18 @@ def test_bad_input_is_refused_in_one_line_naming_the_fix(tiny, seeded, tmp_path)
     assert tf.tree_bytes(existing) == {**before, "notes.txt": b"mine"}  # nothing lost
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "data.csv").write_text("x")
-    assert "holds no crosslens export; pick a new or empty folder" in one_line_error(tmp_path, run, out=tmp_path / "other")
+    assert "holds no crosslens export; pick a new or empty folder" in one_line_error(
+        tmp_path, run, out=tmp_path / "other"
+    )
     assert not list(tmp_path.glob(".*.partial"))
 
 
 def test_neuronpedia_needs_a_sound_database(tiny, tmp_path):
     run = tf.copy_tree(tiny / "run", tmp_path / "run")
     (run / schema.DATABASE_NAME).unlink(missing_ok=True)
-    assert "has no feature database (dashboards.sqlite); run `crosslens dashboards" in one_line_error(tmp_path, run, format="neuronpedia")
+    assert "has no feature database (dashboards.sqlite); run `crosslens dashboards" in one_line_error(
+        tmp_path, run, format="neuronpedia"
+    )
     (run / schema.RECORD_NAME).unlink(missing_ok=True)
     (run / schema.DATABASE_NAME).write_bytes(b"not a database at all" * 100)
     assert "has no sealed record beside it" in one_line_error(tmp_path, run, format="neuronpedia")
@@ -417,7 +507,9 @@ def test_neuronpedia_needs_a_sound_database(tiny, tmp_path):
     db.close()
     assert "sha256 differs: damaged or edited" in one_line_error(tmp_path, run, format="neuronpedia")
     write_record(run, partners={}, settings={}, n_tokens=0)  # even a sealed one is checked row by row
-    assert "no row for feature 7 at snapshot step20 (it is incomplete)" in one_line_error(tmp_path, run, format="neuronpedia")
+    assert "no row for feature 7 at snapshot step20 (it is incomplete)" in one_line_error(
+        tmp_path, run, format="neuronpedia"
+    )
     db = sqlite3.connect(run / schema.DATABASE_NAME)
     db.execute("UPDATE meta SET value = ? WHERE key = 'crosscoder'", (json.dumps({"weights_sha256": "f" * 64}),))
     db.commit()

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from tiny_crosscoders import random_crosscoder
 from hf_cache import (
     make_word_tokenizer,
     offline_hf_home_at,
@@ -20,6 +19,7 @@ from hf_cache import (
     tiny_olmo3,
     write_fake_hub_repo,
 )
+from tiny_crosscoders import random_crosscoder
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -76,7 +76,9 @@ def _family_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tokenizer = make_word_tokenizer()
     fakes = {
         OLMO2_REPO: {r: tiny_olmo2(seed=i) for i, r in enumerate(OLMO2_REVISIONS)},
-        OLMO3_REPO: {r: tiny_olmo3(seed=10 + i) for i, r in enumerate(("stage1-step1000-tokens4B", "stage1-step2000-tokens8B"))},
+        OLMO3_REPO: {
+            r: tiny_olmo3(seed=10 + i) for i, r in enumerate(("stage1-step1000-tokens4B", "stage1-step2000-tokens8B"))
+        },
     }
     for repo, revisions in fakes.items():
         write_fake_hub_repo(hf_home, repo, revisions, tokenizer)
@@ -85,13 +87,19 @@ def _family_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # the released model's repo has the tokenizer.
     fakes[BLOOM_INTERMEDIATE] = {"global_step1000": tiny_bloom(seed=21), "global_step2000": tiny_bloom(seed=22)}
     write_fake_hub_repo(
-        hf_home, BLOOM_INTERMEDIATE, {"global_step1000": fakes[BLOOM_INTERMEDIATE]["global_step1000"]}, tokenizer,
+        hf_home,
+        BLOOM_INTERMEDIATE,
+        {"global_step1000": fakes[BLOOM_INTERMEDIATE]["global_step1000"]},
+        tokenizer,
         tokenizer_files="config-only",
-    )  # fmt: skip
+    )
     write_fake_hub_repo(
-        hf_home, BLOOM_INTERMEDIATE, {"global_step2000": fakes[BLOOM_INTERMEDIATE]["global_step2000"]}, None,
+        hf_home,
+        BLOOM_INTERMEDIATE,
+        {"global_step2000": fakes[BLOOM_INTERMEDIATE]["global_step2000"]},
+        None,
         tokenizer_files="none",
-    )  # fmt: skip
+    )
     write_fake_hub_repo(hf_home, BLOOM_BASE, {"main": tiny_bloom(seed=23)}, tokenizer)
     return {"hf_home": hf_home, "models": fakes, "tokenizer": tokenizer}
 
@@ -123,7 +131,9 @@ def test_olmo2_loads_with_hf_log_probs_along_the_trajectory(hub, caplog):
             assert model.cfg.original_architecture == "Olmo2ForCausalLM"
             assert (model.cfg.d_model, model.cfg.n_layers, model.cfg.d_vocab) == (32, 2, 64)
             assert model.cfg.normalization_type == "RMS"  # post-norm: nothing folded
-            assert_matches_hf(model, fakes[info.revision], fakes["stage1-step1000-tokens3B"] if info.index != 1 else None)
+            assert_matches_hf(
+                model, fakes[info.revision], fakes["stage1-step1000-tokens3B"] if info.index != 1 else None
+            )
             seen.append((info.revision, info.step, info.tokens_seen))
     assert not [r for r in caplog.records if "fold_ln" in r.getMessage()]
     B = 10**9
@@ -181,9 +191,10 @@ def test_stage_parsers_and_trajectory_order():
     assert starts[2].after == ("stage1-step1000-tokens3B",)
     # Stage 1's end comes from the known (listed) revisions, not only the suite's.
     refs, _ = place_on_trajectory(
-        ["stage1-step500-tokens2B", "stage2-ingredient1-step1000-tokens3B"], family="olmo",
+        ["stage1-step500-tokens2B", "stage2-ingredient1-step1000-tokens3B"],
+        family="olmo",
         known=["stage1-step500-tokens2B", "stage1-step4000-tokens12B"],
-    )  # fmt: skip
+    )
     assert [r.step for r in refs] == [500, 5000] and refs[1].tokens_seen == 15 * 10**9
     with pytest.raises(ValueError, match="stage 1's last revision"):
         place_on_trajectory(["stage2-ingredient1-step1000-tokens3B"], family="olmo")
@@ -204,7 +215,9 @@ def test_mixed_ingredients_are_refused_listing_them(hub, capsys):
     message = str(caught.value)
     assert "ingredient 1" in message and "ingredient 2" in message and "ingredient=1" in message
     with pytest.raises(MixedIngredientsError):
-        CheckpointSuite.olmo(OLMO2_REPO, ["stage2-ingredient1-step1000-tokens3B", "stage2-ingredient2-step1000-tokens3B"])
+        CheckpointSuite.olmo(
+            OLMO2_REPO, ["stage2-ingredient1-step1000-tokens3B", "stage2-ingredient2-step1000-tokens3B"]
+        )
     # The same refusal for any suite, however built.
     refs, _ = place_on_trajectory(["stage2-ingredient2-step1000-tokens3B"], family="olmo", known=OLMO2_REVISIONS)
     with pytest.raises(MixedIngredientsError):
@@ -295,9 +308,12 @@ def _word_tokenizer_for(tasks) -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<unk>",
+        tokenizer_object=backend,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
         pad_token="<pad>",
-    )  # fmt: skip
+    )
 
 
 def test_shipped_multilingual_agreement_gives_one_task_per_language():
@@ -312,8 +328,11 @@ def test_shipped_multilingual_agreement_gives_one_task_per_language():
     assert {(p.correct, p.wrong) for p in tasks["es"].pairs} == {(" está", " están"), (" están", " está")}
     assert get_task("agreement_multilingual_en", n=4).pairs == tasks["en"].pairs[:4]
     assert multilingual_tasks("agreement_multilingual, agreement_pp") == [
-        "agreement_multilingual_en", "agreement_multilingual_fr", "agreement_multilingual_es", "agreement_pp",
-    ]  # fmt: skip
+        "agreement_multilingual_en",
+        "agreement_multilingual_fr",
+        "agreement_multilingual_es",
+        "agreement_pp",
+    ]
 
 
 def test_blimp_loader_language_field(tmp_path):
@@ -348,18 +367,33 @@ def test_attribute_runs_languages_together_with_relie_side_by_side(tmp_path):
     tasks = [replace(t, pairs=t.pairs[:6]) for t in multilingual_agreement().values()]
     tokenizer = _word_tokenizer_for(tasks)
     cfg = HookedTransformerConfig(
-        n_layers=1, d_model=16, n_ctx=32, d_head=4, n_heads=4, d_vocab=len(tokenizer), act_fn="gelu",
-        normalization_type="LN", seed=0,
-    )  # fmt: skip
+        n_layers=1,
+        d_model=16,
+        n_ctx=32,
+        d_head=4,
+        n_heads=4,
+        d_vocab=len(tokenizer),
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=0,
+    )
     snapshot_models = []
     for seed in (0, 1):
         torch.manual_seed(seed)
         snapshot_models.append(HookedTransformer(cfg).eval())
     crosscoder = random_crosscoder(n_snapshots=2, d_in=16, d_sae=24, hook="blocks.0.hook_resid_post")
     combined = run_language_tasks(
-        snapshot_models, crosscoder, tasks, tmp_path, tokenizer=tokenizer, config=AttributionConfig(n_steps=2),
-        top_k=3, ks=(1, 2), n_random=1, progress=False,
-    )  # fmt: skip
+        snapshot_models,
+        crosscoder,
+        tasks,
+        tmp_path,
+        tokenizer=tokenizer,
+        config=AttributionConfig(n_steps=2),
+        top_k=3,
+        ks=(1, 2),
+        n_random=1,
+        progress=False,
+    )
     assert list(combined["results"]) == ["en", "fr", "es"]
     saved = json.loads((tmp_path / "relie_by_language.json").read_text())
     assert saved["languages"] == ["en", "fr", "es"] and saved["features"] == combined["features"].tolist()
@@ -381,19 +415,39 @@ def test_cli_attribute_runs_a_multilingual_task_file(tmp_path, capsys):
     write_local_suite(tmp_path / "suite", {f"step{s}": tiny_neox(seed=40 + s) for s in (0, 1)}, make_word_tokenizer())
     task_file = tmp_path / "agreement.jsonl"
     rows = [  # two made-up "languages" in the fake hub's word list, 3 pairs each
-        ("xx", "the cat sees", "the cat see"), ("xx", "the dogs see", "the dogs sees"),
-        ("xx", "the man walks", "the man walk"), ("yy", "a bird eats", "a bird eat"),
-        ("yy", "the women walk", "the women walks"), ("yy", "a child runs", "a child run"),
-    ]  # fmt: skip
-    task_file.write_text("".join(json.dumps({"sentence_good": g, "sentence_bad": b, "language": l}) + "\n" for l, g, b in rows))
+        ("xx", "the cat sees", "the cat see"),
+        ("xx", "the dogs see", "the dogs sees"),
+        ("xx", "the man walks", "the man walk"),
+        ("yy", "a bird eats", "a bird eat"),
+        ("yy", "the women walk", "the women walks"),
+        ("yy", "a child runs", "a child run"),
+    ]
+    task_file.write_text(
+        "".join(json.dumps({"sentence_good": g, "sentence_bad": b, "language": lang}) + "\n" for lang, g, b in rows)
+    )
     crosscoder = random_crosscoder(n_snapshots=2, d_in=32, d_sae=16, hook="blocks.0.hook_resid_post")
     # as training records it: the snapshots it was trained on, which attribute checks the suite against
-    crosscoder.cfg.metadata.suite = {"family": "local", "root": str(tmp_path / "suite"),
-                                     "snapshots": [ref.to_dict() for ref in CheckpointSuite.local(tmp_path / "suite").snapshots]}  # fmt: skip
+    crosscoder.cfg.metadata.suite = {
+        "family": "local",
+        "root": str(tmp_path / "suite"),
+        "snapshots": [ref.to_dict() for ref in CheckpointSuite.local(tmp_path / "suite").snapshots],
+    }
     crosscoder.save_model(str(tmp_path / "cc"))
     out = tmp_path / "attr.json"
-    argv = ["attribute", "--suite", str(tmp_path / "suite"), "--crosscoder", str(tmp_path / "cc"),
-            "--task-file", str(task_file), "--n-examples", "3", "--out", str(out), "--allow-chance"]  # fmt: skip
+    argv = [
+        "attribute",
+        "--suite",
+        str(tmp_path / "suite"),
+        "--crosscoder",
+        str(tmp_path / "cc"),
+        "--task-file",
+        str(task_file),
+        "--n-examples",
+        "3",
+        "--out",
+        str(out),
+        "--allow-chance",
+    ]
     assert main(argv) == 0  # untrained snapshots are at chance: --allow-chance, as for one task
     printed = capsys.readouterr().out
     assert "causal stage for 2 languages" in printed and "xx" in printed and "yy" in printed

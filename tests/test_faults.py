@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from trust_fixtures import HOOK, copy_tree, harvest, one_torch_thread, run_config, train, tree_bytes, write_suite
 
 from crosslens.activations import harvest as harvest_module
 from crosslens.activations.store import LOCK_NAME, MANIFEST_NAME, TOKENS_NAME, shard_relpath
@@ -36,7 +37,6 @@ from crosslens.core.errors import CrosslensError
 from crosslens.training import runner as runner_module
 from crosslens.training.records import RECORD_NAME, record_problem
 from crosslens.training.runner import CrosscoderTrainingRunner
-from trust_fixtures import HOOK, copy_tree, harvest, one_torch_thread, run_config, train, tree_bytes, write_suite
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="kills run in forked children (POSIX)")
 
@@ -134,7 +134,12 @@ def tear(path: Path) -> None:
 
 def harvest_kill_point(seed: int) -> tuple[str, Callable[[], None]]:
     rng = random.Random(f"harvest-{seed}")
-    kinds = ["during a forward pass", "mid-way through a shard", "after a shard's rename", "mid-way through the manifest"]
+    kinds = [
+        "during a forward pass",
+        "mid-way through a shard",
+        "after a shard's rename",
+        "mid-way through the manifest",
+    ]
     kind = kinds[seed % 4]
     if kind == "during a forward pass":
         n = rng.randint(1, 15)
@@ -176,8 +181,12 @@ def train_kill_point(seed: int) -> tuple[str, Callable[[], None]]:
     rng = random.Random(f"train-{seed}")
     from crosslens.training.trainer import CrosscoderTrainer
 
-    kind = ["before an optimizer step", "mid-way through a checkpoint file", "before a checkpoint's seal",
-            "before the final crosscoder's seal"][seed % 4]  # fmt: skip
+    kind = [
+        "before an optimizer step",
+        "mid-way through a checkpoint file",
+        "before a checkpoint's seal",
+        "before the final crosscoder's seal",
+    ][seed % 4]
     if kind == "before an optimizer step":
         n = rng.randint(1, N_STEPS)
         arm = lambda: on_nth_call(CrosscoderTrainer, "step", n, lambda real, *a, **k: die())  # noqa: E731

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_cache import FAKE_WORDS, make_word_tokenizer
+from trust_fixtures import HOOK, harvest, one_torch_thread, token_table, train, write_suite
 
 import crosslens.activations.harvest as harvest_module
 import crosslens.cli.inputs as inputs_module
 from crosslens.cli import build_parser, main
 from crosslens.cli.common import CLIError
-from crosslens.core.units import format_bytes
 from crosslens.core.errors import StorageError
-from hf_cache import FAKE_WORDS, make_word_tokenizer
-from trust_fixtures import HOOK, harvest, one_torch_thread, token_table, train, write_suite
+from crosslens.core.units import format_bytes
 
 SENTENCE = "the old dog sees a small bird near the big tree and the young cat runs quickly"
 
@@ -45,8 +45,24 @@ def store(suite, tmp_path_factory) -> Path:
 
 
 def run_harvest(suite: Path, out: Path, *flags: str) -> list[str]:
-    argv = ["harvest", "--suite", str(suite), "--hook", HOOK, "--out", str(out), "--device", "cpu",
-            "--n-tokens", "256", "--seq-len", "16", "--heldout-tokens", "0", *flags]  # fmt: skip
+    argv = [
+        "harvest",
+        "--suite",
+        str(suite),
+        "--hook",
+        HOOK,
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--n-tokens",
+        "256",
+        "--seq-len",
+        "16",
+        "--heldout-tokens",
+        "0",
+        *flags,
+    ]
     return ["crosslens", *argv]
 
 
@@ -73,7 +89,10 @@ def test_a_binary_text_file_is_refused_before_anything_is_written(suite, tmp_pat
     binary.write_bytes(bytes(range(256)) * 8)
     out = tmp_path / "store"
     err = one_line_error(run_harvest(suite, out, "--text", str(binary)), capsys)
-    assert err == f"crosslens harvest: error: {binary} looks binary (a NUL byte at offset 0), not text; pass text files (--text)"
+    assert (
+        err
+        == f"crosslens harvest: error: {binary} looks binary (a NUL byte at offset 0), not text; pass text files (--text)"
+    )
     assert not out.exists()
 
 
@@ -90,7 +109,10 @@ def test_text_files_are_read_only_as_far_as_the_token_table_needs(suite, tmp_pat
     assert f"activation store: {tmp_path / 'store'} (" in printed
     (corpus / "a.txt").write_text(SENTENCE)  # now too short: b.txt is needed, and refused
     err = one_line_error(run_harvest(suite, tmp_path / "again", "--text", str(corpus)), capsys)
-    assert err == f"crosslens harvest: error: {corpus / 'b.txt'} looks binary (a NUL byte at offset 0), not text; pass text files (--text)"
+    assert (
+        err
+        == f"crosslens harvest: error: {corpus / 'b.txt'} looks binary (a NUL byte at offset 0), not text; pass text files (--text)"
+    )
     assert not (tmp_path / "again").exists()
 
 
@@ -98,7 +120,10 @@ def test_text_files_of_blank_lines_are_refused_naming_the_flag(suite, tmp_path, 
     blank = tmp_path / "blank.txt"
     blank.write_text("\n  \n\n")
     err = one_line_error(run_harvest(suite, tmp_path / "store", "--text", str(blank)), capsys)
-    assert err == f"crosslens harvest: error: --text {blank}: the files hold no text (blank lines at most); pass files of text"
+    assert (
+        err
+        == f"crosslens harvest: error: --text {blank}: the files hold no text (blank lines at most); pass files of text"
+    )
 
 
 def test_a_latin1_file_is_refused_as_utf8_and_accepted_with_its_encoding(suite, tmp_path, capsys):
@@ -108,8 +133,10 @@ def test_a_latin1_file_is_refused_as_utf8_and_accepted_with_its_encoding(suite, 
     offset = text.read_bytes().index(b"\xe9")
     out = tmp_path / "store"
     err = one_line_error(run_harvest(suite, out, "--text", str(text)), capsys)
-    assert err == (f"crosslens harvest: error: {text} is not valid utf-8 (byte 0xe9 at offset {offset}); "
-                   "pass --encoding NAME (e.g. --encoding latin-1)")  # fmt: skip
+    assert err == (
+        f"crosslens harvest: error: {text} is not valid utf-8 (byte 0xe9 at offset {offset}); "
+        "pass --encoding NAME (e.g. --encoding latin-1)"
+    )
     assert not out.exists()
     printed = succeeds(run_harvest(suite, out, "--text", str(text), "--encoding", "latin-1"), capsys)
     assert f"activation store: {out} (" in printed
@@ -131,8 +158,10 @@ def test_text_of_mostly_unknown_words_is_refused_naming_the_file_and_the_share(s
     text.write_text(" ".join((known + unknown) * 50))  # 6 of every 9 words unknown
     out = tmp_path / "store"
     err = one_line_error(run_harvest(suite, out, "--text", str(text)), capsys)
-    assert err == (f"crosslens harvest: error: {text}: 67% of its tokens are unknown to the suite's tokenizer "
-                   "(at most 25% is accepted); is it in the model's language, and in the --encoding given?")  # fmt: skip
+    assert err == (
+        f"crosslens harvest: error: {text}: 67% of its tokens are unknown to the suite's tokenizer "
+        "(at most 25% is accepted); is it in the model's language, and in the --encoding given?"
+    )
     assert not out.exists()
     # a file of known words with an unknown one in twelve passes the same check
     ok = tmp_path / "ok.txt"
@@ -142,7 +171,9 @@ def test_text_of_mostly_unknown_words_is_refused_naming_the_file_and_the_share(s
 
 # ----------------------------------------------------------------------------- sizes
 @pytest.mark.parametrize("command", ["harvest", "train --stream"])
-def test_a_token_budget_beyond_memory_is_refused_at_once_with_its_numbers(suite, tmp_path, capsys, monkeypatch, command):
+def test_a_token_budget_beyond_memory_is_refused_at_once_with_its_numbers(
+    suite, tmp_path, capsys, monkeypatch, command
+):
     import crosslens.cli.harvest as harvest_command
 
     def must_not_build(*args, **kwargs):
@@ -150,8 +181,20 @@ def test_a_token_budget_beyond_memory_is_refused_at_once_with_its_numbers(suite,
 
     monkeypatch.setattr(harvest_command, "_token_table", must_not_build)
     out = tmp_path / "store"
-    argv = ["crosslens", *command.split(), "--suite", str(suite), "--hook", HOOK, "--out", str(out), "--device", "cpu",
-            "--n-tokens", "1e12"]  # fmt: skip
+    argv = [
+        "crosslens",
+        *command.split(),
+        "--suite",
+        str(suite),
+        "--hook",
+        HOOK,
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--n-tokens",
+        "1e12",
+    ]
     err = one_line_error(argv, capsys)
     n_tokens = (10**12 // 64 + 16_384 // 64) * 64  # rows of the default --seq-len 64, held-out rows included
     need = format_bytes(n_tokens * inputs_module.TOKEN_TABLE_BYTES_PER_TOKEN)
@@ -172,17 +215,21 @@ def test_a_store_beyond_the_free_disk_is_refused_with_its_numbers(suite, tmp_pat
     err = one_line_error(run_harvest(suite, out, "--n-tokens", "4096"), capsys)
     # 4096 tokens x 3 snapshots x d_model 32 x float32, plus 32 B per token of the token file
     store = 4096 * (3 * 32 * 4 + 32)
-    assert err == (f"crosslens harvest: error: --out {out}: the store needs about {format_bytes(store)} (4,096 tokens "
-                   f"x 3 snapshots x 32 values x 4 B) and its disk has {format_bytes(100_000)} free; free space, lower "
-                   "--n-tokens or --n-snapshots, pass --store-dtype bfloat16, or harvest into another --out")  # fmt: skip
+    assert err == (
+        f"crosslens harvest: error: --out {out}: the store needs about {format_bytes(store)} (4,096 tokens "
+        f"x 3 snapshots x 32 values x 4 B) and its disk has {format_bytes(100_000)} free; free space, lower "
+        "--n-tokens or --n-snapshots, pass --store-dtype bfloat16, or harvest into another --out"
+    )
     assert not out.exists()
 
 
 def test_seq_len_beyond_the_context_is_refused_before_writing_and_the_retry_works(suite, tmp_path, capsys):
     out = tmp_path / "store"
     err = one_line_error(run_harvest(suite, out, "--seq-len", "128"), capsys)
-    assert err == ("crosslens harvest: error: --seq-len 128 is longer than the model's context of 64 tokens "
-                   "(its config.json); pass --seq-len 64 or less")  # fmt: skip
+    assert err == (
+        "crosslens harvest: error: --seq-len 128 is longer than the model's context of 64 tokens "
+        "(its config.json); pass --seq-len 64 or less"
+    )
     assert not out.exists()
     assert f"activation store: {out} (" in succeeds(run_harvest(suite, out, "--seq-len", "64"), capsys)
 
@@ -190,7 +237,9 @@ def test_seq_len_beyond_the_context_is_refused_before_writing_and_the_retry_work
 def test_two_token_sources_are_refused_not_one_ignored(suite, tmp_path, capsys):
     text = tmp_path / "words.txt"
     text.write_text(SENTENCE)
-    err = one_line_error(run_harvest(suite, tmp_path / "store", "--text", str(text), "--dataset", "wikitext:text"), capsys)
+    err = one_line_error(
+        run_harvest(suite, tmp_path / "store", "--text", str(text), "--dataset", "wikitext:text"), capsys
+    )
     assert err == "crosslens harvest: error: --text and --dataset name two token sources; pass one of them"
     assert not (tmp_path / "store").exists()
 
@@ -199,7 +248,10 @@ def test_an_out_that_is_a_file_is_refused_naming_the_flag(suite, store, tmp_path
     taken = tmp_path / "notes.txt"
     taken.write_text("mine")
     err = one_line_error(run_harvest(suite, taken), capsys)
-    assert err == f"crosslens harvest: error: --out {taken} is a file, not a folder; pass a folder path for the activation store"
+    assert (
+        err
+        == f"crosslens harvest: error: --out {taken} is a file, not a folder; pass a folder path for the activation store"
+    )
     for mode in (["--store", str(store)], ["--stream", "--suite", str(suite), "--hook", HOOK]):
         err = one_line_error(["crosslens", "train", *mode, "--out", str(taken), "--device", "cpu"], capsys)
         assert err == f"crosslens train: error: --out {taken} is a file, not a folder; pass a folder path for the run"
@@ -208,11 +260,32 @@ def test_an_out_that_is_a_file_is_refused_naming_the_flag(suite, store, tmp_path
 
 def test_train_stream_refuses_seq_len_beyond_the_context_before_loading_a_model(suite, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["crosslens", "train", "--stream", "--suite", str(suite), "--hook", HOOK, "--out", str(out), "--device", "cpu",
-            "--n-tokens", "256", "--seq-len", "128", "--heldout-tokens", "0", "--n-steps", "1"]  # fmt: skip
+    argv = [
+        "crosslens",
+        "train",
+        "--stream",
+        "--suite",
+        str(suite),
+        "--hook",
+        HOOK,
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--n-tokens",
+        "256",
+        "--seq-len",
+        "128",
+        "--heldout-tokens",
+        "0",
+        "--n-steps",
+        "1",
+    ]
     err = one_line_error(argv, capsys)
-    assert err == ("crosslens train: error: --seq-len 128 is longer than the model's context of 64 tokens "
-                   "(its config.json); pass --seq-len 64 or less")  # fmt: skip
+    assert err == (
+        "crosslens train: error: --seq-len 128 is longer than the model's context of 64 tokens "
+        "(its config.json); pass --seq-len 64 or less"
+    )
     assert "resident snapshot models" not in capsys.readouterr().out
     assert not out.exists()
 
@@ -264,8 +337,11 @@ def test_an_unwritable_store_folder_is_one_line(suite, tmp_path, monkeypatch):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
     monkeypatch.setattr(harvest_module, "write_npy_atomic", refused)
-    with pytest.raises(StorageError, match=rf"cannot write the activation store in {re.escape(str(tmp_path / 's'))}: "
-                       r"permission denied \(.*snap000_shard0000.npy\); make the folder writable"):  # fmt: skip
+    with pytest.raises(
+        StorageError,
+        match=rf"cannot write the activation store in {re.escape(str(tmp_path / 's'))}: "
+        r"permission denied \(.*snap000_shard0000.npy\); make the folder writable",
+    ):
         harvest(suite, tmp_path / "s")
 
 
@@ -278,7 +354,9 @@ def test_a_real_full_disk_during_harvest_is_one_error_naming_the_folder(suite, t
     try:
         with pytest.raises(StorageError) as info:  # 400 x 16 tokens x 3 snapshots x 32 x 4 B: 2.4 MB
             harvest(suite, mount / "store", tokens=token_table(n_seqs=400))
-        assert str(info.value).startswith(f"no space left on the disk of {mount / 'store'} while writing the activation store (")
+        assert str(info.value).startswith(
+            f"no space left on the disk of {mount / 'store'} while writing the activation store ("
+        )
         assert info.value.folder == str(mount / "store")
     finally:
         subprocess.run(["umount", str(mount)], check=True)
@@ -344,8 +422,11 @@ def test_a_pairs_file_error_names_the_skip_invalid_flag_which_skips(tmp_path):
     empty = {"sentence_good": "", "sentence_bad": "The dog run."}
     pairs.write_text("".join(json.dumps(line) + "\n" for line in (good, empty, good)))
     argv = ["attribute", "--crosscoder", "run", "--task", str(pairs)]
-    with pytest.raises(CLIError, match=r"line 2: 'sentence_good' is '', not a sentence; fix the line \(pass on_invalid='skip' \(`crosslens attribute "
-                       r"--skip-invalid`\) to drop such lines\)"):  # fmt: skip
+    with pytest.raises(
+        CLIError,
+        match=r"line 2: 'sentence_good' is '', not a sentence; fix the line \(pass on_invalid='skip' \(`crosslens attribute "
+        r"--skip-invalid`\) to drop such lines\)",
+    ):
         _tasks_from_args(build_parser().parse_args(argv))
     (task,) = _tasks_from_args(build_parser().parse_args([*argv, "--skip-invalid"]))
     assert len(task.pairs) == 2
@@ -372,8 +453,11 @@ def test_a_file_of_records_is_read_by_its_text_column_and_refused_as_text(tmp_pa
     texts = [" ".join(words[i % 6 : i % 6 + 3]) for i in range(120)]
     records = tmp_path / "corpus.jsonl"
     records.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
-    with pytest.raises(CLIError, match=rf"--text {records}: a \.jsonl file holds records, not text; pass --dataset "
-                       rf"{records}:COLUMN, its text column \(e\.g\. --dataset {records}:text\)"):  # fmt: skip
+    with pytest.raises(
+        CLIError,
+        match=rf"--text {records}: a \.jsonl file holds records, not text; pass --dataset "
+        rf"{records}:COLUMN, its text column \(e\.g\. --dataset {records}:text\)",
+    ):
         token_source(Namespace(text=[str(records)], dataset=None), None)
     assert token_source(Namespace(text=None, dataset=str(records)), None) == ("dataset", str(records))
     tokenizer = make_word_tokenizer()
@@ -384,9 +468,21 @@ def test_a_file_of_records_is_read_by_its_text_column_and_refused_as_text(tmp_pa
 @pytest.mark.parametrize(
     "content, column, says",
     [
-        ("", "text", r"the file does not read as json records \(StopIteration\); check the file \(\.jsonl: one JSON object per line\)"),
-        ('{"text": "a b c"}\nnot json\n', "text", r"the file does not read as json records \(JSON parse error: .*\); check the file"),
-        ('{"text": "a b c", "id": 3}\n', "id", r"row 0 holds int \('3'\), not text, in column 'id'; name a column of text"),
+        (
+            "",
+            "text",
+            r"the file does not read as json records \(StopIteration\); check the file \(\.jsonl: one JSON object per line\)",
+        ),
+        (
+            '{"text": "a b c"}\nnot json\n',
+            "text",
+            r"the file does not read as json records \(JSON parse error: .*\); check the file",
+        ),
+        (
+            '{"text": "a b c", "id": 3}\n',
+            "id",
+            r"row 0 holds int \('3'\), not text, in column 'id'; name a column of text",
+        ),
         ('{"text": "a b c"}\n{"text": null}\n', "text", r"row 1 holds NoneType \('None'\), not text, in column 'text'"),
     ],
     ids=["empty", "not-json", "numbers", "null"],
@@ -408,6 +504,9 @@ def test_every_torchrun_worker_on_a_machine_builds_its_own_token_table(monkeypat
     monkeypatch.setattr(inputs_module, "available_memory", lambda device: 2 * one)
     inputs_module.check_token_table_fits(n_tokens)  # one worker: it fits
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    with pytest.raises(Exception, match=r"a table of 1,000,000 tokens, one for each of the 8 workers on this machine, "
-                       r"needs about .* lower --n-tokens \(\+ --heldout-tokens\) to at most about 250,000"):  # fmt: skip
+    with pytest.raises(
+        Exception,
+        match=r"a table of 1,000,000 tokens, one for each of the 8 workers on this machine, "
+        r"needs about .* lower --n-tokens \(\+ --heldout-tokens\) to at most about 250,000",
+    ):
         inputs_module.check_token_table_fits(n_tokens)

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from trust_fixtures import harvest, one_torch_thread, train, write_suite
 
 from crosslens.cli import main
 from crosslens.core.errors import DamagedCrosscoderError
-from trust_fixtures import harvest, one_torch_thread, train, write_suite
 
 
 def cli_error(argv: list[str], capsys) -> str:
@@ -62,17 +62,25 @@ def test_a_truncated_weights_file_is_named_by_every_command_that_loads_it(traine
     damaged = bare / "sae_weights.safetensors"
     assert f"{damaged} is damaged" in err and "truncated" in err and "retrain" in err, err
     err = cli_error(["report", str(bare)], capsys)  # report rebuilds a run's report: a bare crosscoder has none
-    assert err == (f"crosslens report: error: RUN_DIR {bare}: not a `crosslens train` run folder, so it has no report "
-                   f"to rebuild; for any crosscoder, `crosslens analyze --crosscoder {bare}` writes one")  # fmt: skip
+    assert err == (
+        f"crosslens report: error: RUN_DIR {bare}: not a `crosslens train` run folder, so it has no report "
+        f"to rebuild; for any crosscoder, `crosslens analyze --crosscoder {bare}` writes one"
+    )
 
 
 @pytest.mark.parametrize(
     "edit, expected",
     [
         (lambda text: text[: len(text) // 2], "cfg.json is not valid JSON (line 1"),
-        (lambda text: json.dumps({**json.loads(text), "d_sae": 64}), "W_dec is [32, 3, 32] in the weights but d_sae=64"),
+        (
+            lambda text: json.dumps({**json.loads(text), "d_sae": 64}),
+            "W_dec is [32, 3, 32] in the weights but d_sae=64",
+        ),
         (lambda text: json.dumps({**json.loads(text), "n_snapshots": 2}), "n_snapshots=2"),
-        (lambda text: json.dumps({**json.loads(text), "architecture": "crosscoderr"}), "names architecture 'crosscoderr'"),
+        (
+            lambda text: json.dumps({**json.loads(text), "architecture": "crosscoderr"}),
+            "names architecture 'crosscoderr'",
+        ),
     ],
     ids=["not-json", "d_sae", "n_snapshots", "architecture"],
 )
@@ -124,8 +132,22 @@ def test_a_10000_character_sentence_is_refused_naming_its_line_and_the_context(t
     long = {"sentence_good": long_prompt + " is here", "sentence_bad": long_prompt + " are here"}
     assert len(long["sentence_good"]) > 9900
     pairs = write_lines(tmp_path / "pairs.jsonl", ["# long", "", json.dumps(GOOD), json.dumps(long)])
-    err = cli_error(["attribute", "--crosscoder", str(run), "--suite", str(suite), "--task", str(pairs),
-                     "--out", str(tmp_path / "ie.json"), "--n-examples", "2"], capsys)  # fmt: skip
+    err = cli_error(
+        [
+            "attribute",
+            "--crosscoder",
+            str(run),
+            "--suite",
+            str(suite),
+            "--task",
+            str(pairs),
+            "--out",
+            str(tmp_path / "ie.json"),
+            "--n-examples",
+            "2",
+        ],
+        capsys,
+    )
     assert f"{pairs}, line 4:" in err and "more than the model's context of 64" in err, err
     assert len(err) < 1000, err  # the sentence is not printed whole
 
@@ -140,16 +162,29 @@ def test_attribute_of_several_tasks_takes_the_one_task_flags_and_says_where_its_
         capsys.readouterr()
         with pytest.raises(SystemExit):
             main(argv)
-        (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crosslens attribute: error:")]
+        (line,) = [
+            line for line in capsys.readouterr().err.splitlines() if line.startswith("crosslens attribute: error:")
+        ]
         return line
 
     rows = [{**GOOD, "language": language} for language in ("en", "xx")]
     multi = write_lines(tmp_path / "multi.jsonl", [json.dumps(row) for row in rows for _ in range(2)])
-    base = ["attribute", "--crosscoder", str(run), "--suite", str(suite), "--task-file", str(multi), "--n-examples", "2"]
+    base = [
+        "attribute",
+        "--crosscoder",
+        str(run),
+        "--suite",
+        str(suite),
+        "--task-file",
+        str(multi),
+        "--n-examples",
+        "2",
+    ]
     err = refused([*base, "--out", str(tmp_path / "a.json")])
     assert "no behaviour" in err and "--allow-chance" in err, err  # two pairs a language: at chance everywhere
     assert refused([*base, "--out", str(tmp_path / "a.html")]) == (
-        f"crosslens attribute: error: --out {tmp_path / 'a.html'}: the IE table is a .json file; pass e.g. --out {tmp_path / 'a.json'}")
+        f"crosslens attribute: error: --out {tmp_path / 'a.html'}: the IE table is a .json file; pass e.g. --out {tmp_path / 'a.json'}"
+    )
     err = refused([*base, "--task", "agreement_pp", "--out", str(tmp_path / "a.json")])  # taken, not dropped
     assert "two tasks are in language" in err or "agreement_pp" in err, err
     assert main([*base, "--allow-chance", "--out", str(tmp_path / "a.json")]) == 0
@@ -193,7 +228,9 @@ def test_a_release_defined_twice_in_one_file_is_refused_naming_both_lines(tmp_pa
     registry = tmp_path / "registry.yaml"
     registry.write_text(RELEASE_YAML + RELEASE_YAML.replace("someone/tiny", "someone/other"))
     monkeypatch.setenv("CROSSLENS_PRETRAINED", str(registry))
-    with pytest.raises(PretrainedRegistryError, match=r"registry.yaml: release 'tiny' is defined twice, at line 2 and at line 9"):
+    with pytest.raises(
+        PretrainedRegistryError, match=r"registry.yaml: release 'tiny' is defined twice, at line 2 and at line 9"
+    ):
         pretrained_directory()
     registry.write_text(RELEASE_YAML.replace("  model: EleutherAI/pythia-14m\n", "  model: a/b\n  model: c/d\n"))
     with pytest.raises(PretrainedRegistryError, match=r"key 'model' appears twice, at line 4 and at line 5"):
@@ -204,10 +241,22 @@ def test_registry_values_of_the_wrong_kind_are_named_with_their_release_and_fiel
     registry = tmp_path / "registry.yaml"
     monkeypatch.setenv("CROSSLENS_PRETRAINED", str(registry))
     cases = [
-        ("revisions: [step0, step1]}", "revisions: [step0, step1], steps: [0, x]}", "suite.steps must be whole numbers, got [0, 'x']"),
-        ("path: blocks.0.hook_resid_post}", "path: blocks.0.hook_resid_post, l0: [a, b]}", "entry 'blocks.0.hook_resid_post': l0 must be a number or 2 numbers"),
-        ("path: blocks.0.hook_resid_post}", "path: blocks.0.hook_resid_post, l0: true}", "l0 must be a number or 2 numbers (one per revision), got True"),
-    ]  # fmt: skip
+        (
+            "revisions: [step0, step1]}",
+            "revisions: [step0, step1], steps: [0, x]}",
+            "suite.steps must be whole numbers, got [0, 'x']",
+        ),
+        (
+            "path: blocks.0.hook_resid_post}",
+            "path: blocks.0.hook_resid_post, l0: [a, b]}",
+            "entry 'blocks.0.hook_resid_post': l0 must be a number or 2 numbers",
+        ),
+        (
+            "path: blocks.0.hook_resid_post}",
+            "path: blocks.0.hook_resid_post, l0: true}",
+            "l0 must be a number or 2 numbers (one per revision), got True",
+        ),
+    ]
     for old, new, message in cases:
         registry.write_text(RELEASE_YAML.replace(old, new))
         err = cli_error(["pretrained", "list"], capsys)
@@ -228,13 +277,18 @@ def test_suite_list_without_a_network_is_one_line(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-m", "crosslens", "suite", "list", "EleutherAI/pythia-160mm"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     err = done.stderr.strip()
     assert done.returncode == 2, (done.returncode, err)
     assert 1 <= len(err.splitlines()) <= 2 and "Traceback" not in err, err
     assert "--debug for the traceback" not in err, err
-    assert "cannot reach the Hugging Face hub" in err and "EleutherAI/pythia-160mm" in err and "check the name" in err, err
+    assert (
+        "cannot reach the Hugging Face hub" in err and "EleutherAI/pythia-160mm" in err and "check the name" in err
+    ), err
     assert "HF_HUB_OFFLINE=1" in err, err
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
+from trust_fixtures import HOOK, OTHER_HOOK, harvest, one_torch_thread, token_table, train, write_suite
 
 from crosslens.activations import ActivationStore
 from crosslens.activations.partners import HELDOUT_OF, STORE_SEAL_KEY, open_heldout, pair_heldout, store_seal
@@ -26,8 +28,6 @@ from crosslens.cli import main
 from crosslens.cli.quality import print_quality
 from crosslens.core.errors import PartnerMismatchError
 from crosslens.training.runfolder import run_store
-from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
-from trust_fixtures import HOOK, OTHER_HOOK, harvest, one_torch_thread, token_table, train, write_suite
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,8 +73,12 @@ def test_a_store_of_other_revisions_is_refused_by_evaluate_and_analyze(world, tm
     err = refusal(["evaluate", str(world["run"]), "--store", str(other), "--device", "cpu"], capsys)
     assert str(world["run"] / "final") in err and str(other) in err
     assert "[step0, step10, step20] vs [step0, step10, step30]" in err
-    assert f"(`crosslens harvest --suite {world['suite']} --steps 0,10,20 --hook {HOOK}`)" in err  # the crosscoder's suite
-    err = refusal(["analyze", "--crosscoder", str(world["run"]), "--store", str(other), "--out", str(tmp_path / "r.html")], capsys)
+    assert (
+        f"(`crosslens harvest --suite {world['suite']} --steps 0,10,20 --hook {HOOK}`)" in err
+    )  # the crosscoder's suite
+    err = refusal(
+        ["analyze", "--crosscoder", str(world["run"]), "--store", str(other), "--out", str(tmp_path / "r.html")], capsys
+    )
     assert "[step0, step10, step20] vs [step0, step10, step30]" in err
     assert not (tmp_path / "r.html").exists()
 
@@ -88,10 +92,16 @@ def test_the_library_refuses_a_store_or_hook_that_is_not_the_crosscoders_partner
     models = {"step0": tiny_neox(seed=0), "step10": tiny_neox(seed=1), "step30": tiny_neox(seed=2)}
     other = harvest(write_local_suite(tmp_path / "suite", models, make_word_tokenizer()), tmp_path / "store")
     for function in (evaluate_crosscoder, analyze_crosscoder):
-        call = (lambda **kw: function(crosscoder, **kw)) if function is analyze_crosscoder else (
-            lambda store, hook=None: function(crosscoder, store, hook))  # fmt: skip
-        with pytest.raises(PartnerMismatchError, match=rf"given to {function.__name__} and the store {other.path} do not "
-                           r"match: .*\[step0, step10, step20\] vs \[step0, step10, step30\]"):  # fmt: skip
+        call = (
+            (lambda function=function, **kw: function(crosscoder, **kw))
+            if function is analyze_crosscoder
+            else (lambda store, hook=None, function=function: function(crosscoder, store, hook))
+        )
+        with pytest.raises(
+            PartnerMismatchError,
+            match=rf"given to {function.__name__} and the store {other.path} do not "
+            r"match: .*\[step0, step10, step20\] vs \[step0, step10, step30\]",
+        ):
             call(store=other)
         with pytest.raises(PartnerMismatchError, match=rf"^the crosscoder reads {HOOK}, not hook '{OTHER_HOOK}'"):
             call(store=ActivationStore.open(world["heldout"]), hook=OTHER_HOOK)
@@ -111,8 +121,11 @@ def test_the_causal_stage_refuses_a_model_or_hook_that_is_not_the_crosscoders(wo
     crosscoder = load_crosscoder_folder(world["run"] / "final")
     suite = CheckpointSuite.local(world["suite"])
     models = [suite.load(i) for i in range(3)]
-    with pytest.raises(PartnerMismatchError, match=r"the model given as snapshot 0 is step20, but the crosscoder's "
-                       r"snapshot 0 is step0; pass that snapshot's model"):  # fmt: skip
+    with pytest.raises(
+        PartnerMismatchError,
+        match=r"the model given as snapshot 0 is step20, but the crosscoder's "
+        r"snapshot 0 is step0; pass that snapshot's model",
+    ):
         with splice(models[2], crosscoder, snapshot=0):
             pass
     tokens = torch.randint(4, 20, (2, 8), generator=torch.Generator().manual_seed(0))
@@ -142,14 +155,20 @@ def test_analyze_of_a_checkpoint_writes_its_own_report_beside_the_runs(world, tm
     assert f"report: {run / f'report-{checkpoint.name}.html'}" in capsys.readouterr().out
     assert (run / "report.html").read_bytes() == report  # the finished run's report is not overwritten
     err = refusal(["analyze", "--crosscoder", str(run), "--out", str(tmp_path / "r.json")], capsys)
-    assert err == f"crosslens analyze: error: --out {tmp_path / 'r.json'}: the report is an HTML page; pass e.g. --out {tmp_path / 'r.html'}"
+    assert (
+        err
+        == f"crosslens analyze: error: --out {tmp_path / 'r.json'}: the report is an HTML page; pass e.g. --out {tmp_path / 'r.html'}"
+    )
 
 
 def test_loading_a_run_folder_as_a_crosscoder_names_its_final_folder(world):
     from crosslens import load_crosscoder
 
-    with pytest.raises(FileNotFoundError, match=rf"^{world['run']} is a `crosslens train` run folder, not a crosscoder "
-                       rf"folder; pass its crosscoder, {world['run'] / 'final'}$"):  # fmt: skip
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"^{world['run']} is a `crosslens train` run folder, not a crosscoder "
+        rf"folder; pass its crosscoder, {world['run'] / 'final'}$",
+    ):
         load_crosscoder(world["run"])
     assert load_crosscoder(world["run"] / "final").cfg.n_snapshots == 3
 
@@ -165,7 +184,9 @@ def test_a_folded_crosscoder_evaluates_as_its_unfolded_self(world):
     crosscoder.fold_activation_norm_scaling_factors()
     for store, before in zip(stores, unfolded):
         folded = evaluate_crosscoder(crosscoder, store)
-        assert folded["l0"] == pytest.approx(before["l0"], rel=1e-5) and folded["dead_features"] == before["dead_features"]
+        assert (
+            folded["l0"] == pytest.approx(before["l0"], rel=1e-5) and folded["dead_features"] == before["dead_features"]
+        )
         for key in ("explained_variance", "mse"):
             assert folded[key] == pytest.approx(before[key], rel=1e-4, abs=1e-6), key
         assert min(before["explained_variance"]) > -1  # a trained crosscoder, not a degenerate one
@@ -207,8 +228,20 @@ def test_a_crosscoder_without_its_record_is_refused_not_trusted(world, tmp_path,
 
 
 def test_attribute_refuses_steps_other_than_the_crosscoders(world, capsys):
-    err = refusal(["attribute", "--crosscoder", str(world["run"]), "--suite", str(world["suite"]), "--steps", "0,10",
-                   "--device", "cpu"], capsys)  # fmt: skip
+    err = refusal(
+        [
+            "attribute",
+            "--crosscoder",
+            str(world["run"]),
+            "--suite",
+            str(world["suite"]),
+            "--steps",
+            "0,10",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert "[step0, step10, step20] vs [step0, step10]" in err and "--steps 0,10,20" in err
     assert not (world["run"] / "sections").exists()
 
@@ -219,12 +252,16 @@ def test_attribute_refuses_a_suite_with_other_weights_under_the_same_steps(world
     assert "snapshot step20 has other weights" in err
 
 
-def test_attribute_on_a_suite_without_the_crosscoders_steps_names_the_suite_not_a_flag_never_given(world, tmp_path, capsys):
+def test_attribute_on_a_suite_without_the_crosscoders_steps_names_the_suite_not_a_flag_never_given(
+    world, tmp_path, capsys
+):
     models = {"step0": tiny_neox(seed=0), "step10": tiny_neox(seed=1), "step30": tiny_neox(seed=2)}
     other = write_local_suite(tmp_path / "suite", models, make_word_tokenizer())
     err = refusal(["attribute", "--crosscoder", str(world["run"]), "--suite", str(other), "--device", "cpu"], capsys)
-    assert err.startswith(f"crosslens attribute: error: --suite {other} does not hold the crosscoder's snapshots "
-                          "(steps 0,10,20): step20 is not among"), err  # fmt: skip
+    assert err.startswith(
+        f"crosslens attribute: error: --suite {other} does not hold the crosscoder's snapshots "
+        "(steps 0,10,20): step20 is not among"
+    ), err
     assert err.endswith("; pass the suite it was trained on")
 
 
@@ -284,8 +321,21 @@ def test_a_heldout_store_left_from_an_earlier_harvest_is_refused(world, tmp_path
 
 def test_harvest_overwrite_replaces_or_removes_the_heldout_store(world, tmp_path, capsys):
     out = tmp_path / "store"
-    common = ["harvest", "--suite", str(world["suite"]), "--hook", HOOK, "--n-tokens", "256", "--seq-len", "16",
-              "--out", str(out), "--device", "cpu"]  # fmt: skip
+    common = [
+        "harvest",
+        "--suite",
+        str(world["suite"]),
+        "--hook",
+        HOOK,
+        "--n-tokens",
+        "256",
+        "--seq-len",
+        "16",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main([*common, "--heldout-tokens", "64"]) == 0
     assert open_heldout(out) is not None
     assert main([*common, "--n-tokens", "240", "--heldout-tokens", "48", "--overwrite"]) == 0
@@ -304,7 +354,9 @@ def test_cfg_json_bytes_do_not_depend_on_dict_order(world, tmp_path):
     crosscoder = SAE.load_from_disk(str(world["run"] / "final"))
     saved = (world["run"] / "final" / "cfg.json").read_text()
     assert saved == json.dumps(json.loads(saved), sort_keys=True)
-    assert json.loads(saved)["metadata"][STORE_SEAL_KEY] == store_seal(ActivationStore.open(world["store"], verify="none"))
+    assert json.loads(saved)["metadata"][STORE_SEAL_KEY] == store_seal(
+        ActivationStore.open(world["store"], verify="none")
+    )
     crosscoder.save_model(tmp_path / "a")
     metadata = crosscoder.cfg.metadata
     keys = [k for k in vars(metadata) if not k.startswith("_")]

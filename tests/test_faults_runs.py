@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 from sae_lens import SAE
+from trust_fixtures import copy_tree, harvest, one_torch_thread, run_config, tree_bytes, write_suite
 
 import crosslens
 from crosslens.cli import main
-from crosslens.training.runfolder import crosscoder_folder, run_folder, run_store
 from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME, RUN_LOCK_NAME, RUN_SEAL_NAME, TRAIN_LOG_NAME
 from crosslens.pretrained.push import LocalHubApi, push_to_hub
 from crosslens.training.interrupts import TrainingInterrupted
@@ -33,11 +33,13 @@ from crosslens.training.runfolder import (
     RunFolderInUseError,
     RunFolderLockedError,
     UnsealedRunError,
+    crosscoder_folder,
+    run_folder,
     run_problem,
+    run_store,
 )
 from crosslens.training.runner import CrosscoderTrainingRunner
 from crosslens.training.trainer import CrosscoderTrainer
-from trust_fixtures import copy_tree, harvest, one_torch_thread, run_config, tree_bytes, write_suite
 
 N_STEPS, EVERY = 40, 30  # one periodic checkpoint, at step 30
 READERS = {
@@ -85,9 +87,30 @@ def final_files(run: Path) -> dict[str, bytes]:
 
 
 def cli_train(store: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--store", str(store), "--out", str(out), "--arch", "crosscoder", "--d-sae", "32",
-            "--n-steps", str(N_STEPS), "--batch-size", "64", "--lr", "3e-3", "--sparsity", "0.01",
-            "--checkpoint-every", str(EVERY), "--device", "cpu", *extra]  # fmt: skip
+    return [
+        "train",
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--arch",
+        "crosscoder",
+        "--d-sae",
+        "32",
+        "--n-steps",
+        str(N_STEPS),
+        "--batch-size",
+        "64",
+        "--lr",
+        "3e-3",
+        "--sparsity",
+        "0.01",
+        "--checkpoint-every",
+        str(EVERY),
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def cli_error(argv: list[str], capsys) -> str:
@@ -118,10 +141,17 @@ def interrupt_at(monkeypatch, step: int, signum: int) -> None:
 def test_a_second_train_into_a_locked_folder_is_refused_and_readers_wait(store, finished_run, tmp_path, capsys):
     run = copy_tree(finished_run, tmp_path / "run")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from crosslens.core.locks import exclusive_lock\n"
-         f"with exclusive_lock({str(run / RUN_LOCK_NAME)!r}):\n print('held', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(crosslens.__file__).parents[1])},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys; from crosslens.core.locks import exclusive_lock\n"
+            f"with exclusive_lock({str(run / RUN_LOCK_NAME)!r}):\n print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(crosslens.__file__).parents[1])},
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         before = tree_bytes(run)
@@ -130,7 +160,7 @@ def test_a_second_train_into_a_locked_folder_is_refused_and_readers_wait(store, 
         line = cli_error(cli_train(store, run, "--overwrite"), capsys)
         assert f"process {holder.pid}" in line and "is writing" in line
         assert tree_bytes(run) == before  # nothing removed, nothing written
-        for name, read in READERS.items():
+        for _name, read in READERS.items():
             with pytest.raises(RunFolderLockedError, match=f"being written by process {holder.pid}"):
                 read(run)
     finally:
@@ -140,7 +170,9 @@ def test_a_second_train_into_a_locked_folder_is_refused_and_readers_wait(store, 
 
 
 # --------------------------------------------------------------------------- one run per folder
-def test_a_new_run_in_a_finished_folder_needs_overwrite_which_removes_the_old_results(store, finished_run, tmp_path, capsys):
+def test_a_new_run_in_a_finished_folder_needs_overwrite_which_removes_the_old_results(
+    store, finished_run, tmp_path, capsys
+):
     run = copy_tree(finished_run, tmp_path / "run")
     (run / "sections").mkdir()
     (run / "sections" / "attribution.json").write_text("{}")
@@ -190,9 +222,11 @@ def test_a_resume_whose_checkpoints_are_all_damaged_says_so(store, tmp_path, cap
     with pytest.raises(SystemExit):
         main(cli_train(store, run, "--resume"))
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == (f"crosslens train: error: --resume: {run} holds a run's results (step_00000010/, step_00000020/, "
-                    "step_00000030/, step_00000040/), but no checkpoint or finished run in it verifies; "
-                    "pass --overwrite to remove them and start again, or pick another --out")  # fmt: skip
+    assert last == (
+        f"crosslens train: error: --resume: {run} holds a run's results (step_00000010/, step_00000020/, "
+        "step_00000030/, step_00000040/), but no checkpoint or finished run in it verifies; "
+        "pass --overwrite to remove them and start again, or pick another --out"
+    )
 
 
 def test_a_killed_new_run_beside_an_old_final_is_refused_by_every_reader(store, finished_run, tmp_path, capsys):
@@ -200,7 +234,7 @@ def test_a_killed_new_run_beside_an_old_final_is_refused_by_every_reader(store, 
     run = copy_tree(finished_run, tmp_path / "run")
     config = json.loads((run / RUN_CONFIG_NAME).read_text())
     (run / RUN_CONFIG_NAME).write_text(json.dumps({**config, "seed": 7, "n_steps": 4000}, indent=2))
-    for name, read in READERS.items():
+    for _name, read in READERS.items():
         with pytest.raises(UnsealedRunError, match=f"{run / RUN_CONFIG_NAME} is not the file the run was sealed with"):
             read(run)
     line = cli_error(["evaluate", str(run), "--store", str(store)], capsys)
@@ -214,7 +248,7 @@ def test_a_killed_new_run_beside_an_old_final_is_refused_by_every_reader(store, 
         interrupt_at(patch, 5, signal.SIGINT)
         train(store, run, n_steps=N_STEPS, checkpoint_every=EVERY, seed=7, overwrite=True)
     assert not (run / RUN_SEAL_NAME).exists() and not (run / "final").exists()
-    for name, read in READERS.items():
+    for _name, read in READERS.items():
         with pytest.raises(UnsealedRunError, match=f"{run / RUN_SEAL_NAME} is missing: the run there did not finish"):
             read(run)
 
@@ -292,10 +326,13 @@ def test_ctrl_c_from_the_cli_says_how_to_continue_and_that_is_true(store, cli_ru
     assert "holds this run, finished: nothing to train" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("at", "said"), [
-    (1, "interrupted before its first checkpoint; run the same command with --resume to start it again"),
-    (EVERY + 5, "interrupted; run the same command with --resume to continue from its last checkpoint"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("at", "said"),
+    [
+        (1, "interrupted before its first checkpoint; run the same command with --resume to start it again"),
+        (EVERY + 5, "interrupted; run the same command with --resume to continue from its last checkpoint"),
+    ],
+)
 def test_a_ctrl_c_that_stops_at_once_names_what_resume_does(at, said, store, cli_run, tmp_path, monkeypatch, capsys):
     run, real, calls = tmp_path / "run", CrosscoderTrainer.step, {"n": 0}
 
@@ -327,7 +364,9 @@ def test_push_and_evaluate_refuse_an_unsealed_folder(fault, store, finished_run,
         (run / RUN_SEAL_NAME).write_text(json.dumps(seal))
         named = f"{run / RUN_SEAL_NAME} fails its own checksum"
     else:
-        (run / "final" / "sae_weights.safetensors").write_bytes((run / "step_00000030" / "sae_weights.safetensors").read_bytes())
+        (run / "final" / "sae_weights.safetensors").write_bytes(
+            (run / "step_00000030" / "sae_weights.safetensors").read_bytes()
+        )
         named = f"{run / 'final'}: sae_weights.safetensors"
     with pytest.raises(UnsealedRunError) as refused:
         push_to_hub(run, "someone/cc", api=LocalHubApi(tmp_path / "hub"))

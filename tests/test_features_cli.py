@@ -16,8 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 import trust_fixtures as tf
+
 from crosslens.cli import SUBCOMMANDS, main
 
 FLAGS = ["--top-k", "4", "--window", "3", "--batch-size", "48", "--device", "cpu"]
@@ -69,8 +69,11 @@ def test_dashboards_then_browse_then_export(run, tmp_path, capsys):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen(
         [sys.executable, "-m", "crosslens", "browse", str(run), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         url, deadline = None, time.monotonic() + 60
         while url is None and time.monotonic() < deadline:

@@ -6,7 +6,13 @@ import pytest
 import torch
 from hf_cache import make_word_tokenizer, tiny_bloom, tiny_neox, tiny_olmo, tiny_olmo2, tiny_olmo3, write_local_suite
 
-from crosslens.activations.forward import ForwardToHooks, forward_to_hook, keep_first_blocks, residual_stop, trunk_attention
+from crosslens.activations.forward import (
+    ForwardToHooks,
+    forward_to_hook,
+    keep_first_blocks,
+    residual_stop,
+    trunk_attention,
+)
 from crosslens.activations.sdpa import sdpa_refusal
 from crosslens.checkpoints import CheckpointSuite
 
@@ -140,7 +146,10 @@ def test_the_trunk_with_sdpa_attention_gives_run_with_cache_activations(sdpa_mod
 
 def test_the_compiled_trunk_with_sdpa_attention_gives_run_with_cache_activations(sdpa_model):
     hook = "blocks.2.hook_resid_post"
-    with torch.inference_mode(), ForwardToHooks(sdpa_model, [hook], compile=True, backend="aot_eager", attention="sdpa") as forward:
+    with (
+        torch.inference_mode(),
+        ForwardToHooks(sdpa_model, [hook], compile=True, backend="aot_eager", attention="sdpa") as forward,
+    ):
         got = forward(TOKENS)[hook]
     torch.testing.assert_close(got, _cached(sdpa_model, hook), rtol=0, atol=1e-5)
 
@@ -155,7 +164,9 @@ def test_the_compiled_sdpa_trunk_compiles_once_for_every_snapshot_model(tmp_path
     torch._dynamo.reset()  # no graph from an earlier test
     counters.clear()
     for i in range(3):
-        forward_to_hook(suite.load(i), TOKENS, "blocks.1.hook_resid_post", compile=True, backend="aot_eager", attention="sdpa")
+        forward_to_hook(
+            suite.load(i), TOKENS, "blocks.1.hook_resid_post", compile=True, backend="aot_eager", attention="sdpa"
+        )
     assert counters["stats"]["unique_graphs"] == 1
 
 
@@ -168,7 +179,10 @@ def test_the_trunk_attention_is_chosen_by_device_and_refused_where_sdpa_would_di
         trunk_attention(model, "flash")
     model.cfg.attn_scores_soft_cap = 30.0  # Gemma-2's tanh cap: SDPA has no such step
     assert sdpa_refusal(model) == "its config sets attn_scores_soft_cap=30.0"
-    with pytest.raises(ValueError, match="attention='sdpa' cannot run this model: its config sets attn_scores_soft_cap=30.0; use attention='hooked'"):
+    with pytest.raises(
+        ValueError,
+        match="attention='sdpa' cannot run this model: its config sets attn_scores_soft_cap=30.0; use attention='hooked'",
+    ):
         ForwardToHooks(model, ["blocks.0.hook_resid_post"], attention="sdpa")
     with ForwardToHooks(model, ["blocks.0.hook_resid_post"]) as forward:
         assert forward.attention == "hooked"
@@ -183,7 +197,9 @@ def test_the_trunk_attention_is_chosen_by_device_and_refused_where_sdpa_would_di
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_cuda_the_compiled_trunk_takes_flash_attention_and_keeps_the_activations(tmp_path):
-    write_local_suite(tmp_path, {"step0": tiny_neox(seed=9, num_hidden_layers=3, max_position_embeddings=256)}, make_word_tokenizer())
+    write_local_suite(
+        tmp_path, {"step0": tiny_neox(seed=9, num_hidden_layers=3, max_position_embeddings=256)}, make_word_tokenizer()
+    )
     model = CheckpointSuite.local(tmp_path).load(0, device="cuda", dtype=torch.bfloat16)
     tokens = torch.randint(3, 50, (4, 256), generator=torch.Generator().manual_seed(1)).cuda()
     hook = "blocks.2.hook_resid_post"

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 import torch
+from interpreted import HAS_TRITON, LAUNCHES, run_under_the_interpreter, skip_outside_the_interpreter
 
 import crosslens.crosscoders as cc
 from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.crosscoders.prepared_weights import StepWeights
-from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
-from crosslens.training import optim
+from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig, optim
 from crosslens.training.optim import (
     BFloat16StateAdam,
     KernelAdam,
@@ -31,7 +31,6 @@ from crosslens.training.optim import (
     round_stochastic,
     rounding_noise,
 )
-from interpreted import HAS_TRITON, LAUNCHES, run_under_the_interpreter, skip_outside_the_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -41,6 +40,8 @@ def benchmark_env() -> dict[str, str]:
     """The environment for a benchmark script: this checkout first on the path, whatever else was there kept."""
     path = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
 S, D, F, B = 2, 8, 32, 16
 ARCHS = list(cc.ARCHITECTURES)
 CPU = KernelPlan.resolve("cpu")
@@ -59,7 +60,9 @@ def batches(n: int, scale: float = 1.0) -> list[torch.Tensor]:
 
 def make_sae(arch: str):
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
-    extra = {"crosscoder": {"l1_coefficient": 0.05}, "jumprelu_crosscoder": {"l0_coefficient": 0.01}}.get(arch, {"k": 4})
+    extra = {"crosscoder": {"l1_coefficient": 0.05}, "jumprelu_crosscoder": {"l0_coefficient": 0.01}}.get(
+        arch, {"k": 4}
+    )
     torch.manual_seed(0)
     return train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S, **extra))
 
@@ -142,7 +145,9 @@ def test_triton_float32_update_equals_the_eager_update(device, scaled, copied):
     eager_update(*want[:1], grad, *want[1:], scale, HYPER)
     got = [t.to(device, copy=True) for t in (p, m, v)]
     copy = torch.full((n,), float("nan"), dtype=torch.bfloat16, device=device) if copied else None
-    triton_adam.update(got[0], grad.to(device), got[1], got[2], None if scale is None else scale.to(device), HYPER, copy)
+    triton_adam.update(
+        got[0], grad.to(device), got[1], got[2], None if scale is None else scale.to(device), HYPER, copy
+    )
     assert (got[0].cpu() != p).float().mean() > 0.99  # the parameters moved
     for name, value, expected in zip(("p", "exp_avg", "exp_avg_sq"), got, want):
         torch.testing.assert_close(value.cpu(), expected, rtol=1e-6, atol=1e-9, msg=name)
@@ -176,7 +181,9 @@ def test_triton_update_writing_row_norms_is_the_update_and_the_norms(device, d, 
         if state == "float32":
             triton_adam.update(got[0], grad.to(device), got[1], got[2], scale, HYPER, copy, norms)
         else:
-            triton_adam.chunk_update(got[0], grad.to(device), got[1], got[2], noise_key(5, 3, 1), 0, scale, HYPER, copy, norms)
+            triton_adam.chunk_update(
+                got[0], grad.to(device), got[1], got[2], noise_key(5, 3, 1), 0, scale, HYPER, copy, norms
+            )
         runs.append(([t.cpu() for t in (*got, copy)], norms))
     (flat, _), (by_rows, norms) = runs
     assert (flat[0] != p).float().mean() > 0.99  # the parameters moved
@@ -204,10 +211,15 @@ def test_the_kernels_refuse_what_they_would_read_wrong():
     from crosslens.crosscoders import triton_kernels
 
     h, per_feature = torch.zeros(4, 8), torch.zeros(8)
-    refused = ((h.double(), per_feature, per_feature, per_feature), (h, per_feature.bfloat16(), per_feature, per_feature),
-               (h, per_feature, per_feature, per_feature.double()))  # fmt: skip
+    refused = (
+        (h.double(), per_feature, per_feature, per_feature),
+        (h, per_feature.bfloat16(), per_feature, per_feature),
+        (h, per_feature, per_feature, per_feature.double()),
+    )
     for args in refused:
-        with pytest.raises(ValueError, match="entry_masks computes in float32 from float32 norms, and h and thresholds"):
+        with pytest.raises(
+            ValueError, match="entry_masks computes in float32 from float32 norms, and h and thresholds"
+        ):
             triton_kernels.TritonKernels.entry_masks(*args, 0.1)
 
 
@@ -239,7 +251,9 @@ def test_a_run_taking_the_kernels_norms_resumes_to_the_same_bytes_on_cpu(arch, t
         torch.manual_seed(0)
         extra = {"l0_coefficient": 0.01} if arch == "jumprelu_crosscoder" else {"k": 4}
         sae = train_cls(train_cfg_cls(d_in=96, d_sae=F, n_snapshots=S, **extra))
-        cfg = CrosscoderTrainerConfig(total_steps=8, lr=3e-3, activation_scale_check="off", checkpoint_dir=str(tmp_path / folder))
+        cfg = CrosscoderTrainerConfig(
+            total_steps=8, lr=3e-3, activation_scale_check="off", checkpoint_dir=str(tmp_path / folder)
+        )
         return CrosscoderTrainer(sae, cfg, plan=kernel_adam)
 
     xs = list(torch.randn(8, B, S, 96, generator=torch.Generator().manual_seed(2)))
@@ -264,8 +278,14 @@ def test_triton_copies_round_as_torch_does(device):
     skip_outside_the_interpreter(device)
     from crosslens.training import triton_adam
 
-    ties = torch.tensor([0x3F808000, 0x3F818000, 0xBF808000, 0xBF818000, 0x3F80FFFF, 0x7F7FFFFF, 0x00018000,
-                         0x80000001], dtype=torch.int64).to(torch.int32).view(torch.float32)  # fmt: skip
+    ties = (
+        torch.tensor(
+            [0x3F808000, 0x3F818000, 0xBF808000, 0xBF818000, 0x3F80FFFF, 0x7F7FFFFF, 0x00018000, 0x80000001],
+            dtype=torch.int64,
+        )
+        .to(torch.int32)
+        .view(torch.float32)
+    )
     specials = torch.tensor([float("inf"), float("-inf"), 0.0, -0.0, 1e-40, 3.0e38, -3.0e38])
     p = torch.cat([ties, specials, torch.randn(1000, generator=torch.Generator().manual_seed(0))]).to(device)
     nan = torch.tensor([float("nan")], device=device)
@@ -339,7 +359,9 @@ def test_triton_adam_counts_its_writes_in_the_versions_on_cpu(kernel_adam):
 @pytest.mark.parametrize("kernel_adam", ["eager"], indirect=True)
 def test_kernel_adam_refuses_what_it_does_not_do_before_moving_anything(kernel_adam):
     w, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(2))
-    opt = KernelAdam([{"params": [w]}, {"params": [b], "weight_decay": 0.1}], lr=0.1, betas=(0.9, 0.999), plan=kernel_adam)
+    opt = KernelAdam(
+        [{"params": [w]}, {"params": [b], "weight_decay": 0.1}], lr=0.1, betas=(0.9, 0.999), plan=kernel_adam
+    )
     w.grad, b.grad = torch.ones(4), torch.ones(2)
     with pytest.raises(ValueError, match="no weight decay"):
         opt.step()
@@ -351,13 +373,22 @@ def test_kernel_adam_refuses_what_it_does_not_do_before_moving_anything(kernel_a
 
 
 def train_copying(
-    arch: str, steps: int, *, copies: bool, norms: bool = False, between: Any = None, autocast: str | None = "bfloat16",
-    plan: KernelPlan | None = None, **kw,
-) -> CrosscoderTrainer:  # fmt: skip
+    arch: str,
+    steps: int,
+    *,
+    copies: bool,
+    norms: bool = False,
+    between: Any = None,
+    autocast: str | None = "bfloat16",
+    plan: KernelPlan | None = None,
+    **kw,
+) -> CrosscoderTrainer:
     """``steps`` steps with ``plan`` under bfloat16 autocast (or ``autocast``, None: float32), taking the
     optimizer's rounded weights (``copies``) and decoder norms (``norms``), or making them in each step;
     ``between(trainer)`` runs after each step."""
-    cfg = CrosscoderTrainerConfig(total_steps=steps, lr=3e-3, activation_scale_check="off", autocast_dtype=autocast, **kw)
+    cfg = CrosscoderTrainerConfig(
+        total_steps=steps, lr=3e-3, activation_scale_check="off", autocast_dtype=autocast, **kw
+    )
     trainer = CrosscoderTrainer(make_sae(arch), cfg, plan=plan)
     trainer.step_weights = StepWeights(torch.bfloat16 if copies else None, norms)
     for x in batches(steps):
@@ -367,8 +398,11 @@ def train_copying(
     return trainer
 
 
-COPYING = [pytest.param(arch, n, state, id=f"{arch}-{n}-{state}") for arch in ARCHS for n, state in
-           ((1, "float32"), (2, "float32"), (1, "bfloat16"))]  # fmt: skip
+COPYING = [
+    pytest.param(arch, n, state, id=f"{arch}-{n}-{state}")
+    for arch in ARCHS
+    for n, state in ((1, "float32"), (2, "float32"), (1, "bfloat16"))
+]
 
 
 @pytest.mark.parametrize("kernel_adam", ["eager", "triton"], indirect=True)
@@ -381,7 +415,10 @@ def test_the_optimizers_rounded_weights_give_the_steps_bytes_on_cpu(arch, micro_
     kw = dict(micro_batches=micro_batches, optimizer_state_dtype=state, plan=kernel_adam)
     reference = parameters(train_copying(arch, 6, copies=False, **kw))
     trainer = train_copying(arch, 6, copies=True, **kw)
-    assert (id(trainer.sae.W_enc), "copy") in trainer.step_weights.prepared.made  # written by the last step, for the next
+    assert (
+        id(trainer.sae.W_enc),
+        "copy",
+    ) in trainer.step_weights.prepared.made  # written by the last step, for the next
     for name, p in parameters(trainer).items():
         assert torch.equal(p, reference[name]), name
 
@@ -394,8 +431,11 @@ def test_the_optimizers_rounded_weights_give_the_steps_bytes_on_cpu(arch, micro_
     assert not torch.equal(spoilt["W_enc"], unspoilt["W_enc"])
 
 
-HANDING_NORMS = [pytest.param(arch, n, state, autocast, id=f"{arch}-{n}-{state}-{autocast}") for arch in ARCHS
-                 for n, state, autocast in ((1, "float32", None), (2, "float32", "bfloat16"), (1, "bfloat16", None))]  # fmt: skip
+HANDING_NORMS = [
+    pytest.param(arch, n, state, autocast, id=f"{arch}-{n}-{state}-{autocast}")
+    for arch in ARCHS
+    for n, state, autocast in ((1, "float32", None), (2, "float32", "bfloat16"), (1, "bfloat16", None))
+]
 
 
 @pytest.mark.parametrize("kernel_adam", ["eager"], indirect=True)
@@ -409,7 +449,9 @@ def test_the_optimizers_decoder_norms_give_the_steps_bytes_on_cpu(arch, micro_ba
     kw = dict(micro_batches=micro_batches, optimizer_state_dtype=state, autocast=autocast, plan=kernel_adam)
     reference = parameters(train_copying(arch, 6, copies=False, **kw))
     trainer = train_copying(arch, 6, copies=False, norms=True, **kw)
-    assert set(trainer.step_weights.prepared.made) == {(id(trainer.sae.W_dec), "norms")}  # every architecture reads them
+    assert set(trainer.step_weights.prepared.made) == {
+        (id(trainer.sae.W_dec), "norms")
+    }  # every architecture reads them
     for name, p in parameters(trainer).items():
         assert torch.equal(p, reference[name]), name
 
@@ -511,7 +553,9 @@ def test_on_cuda_the_step_takes_the_kernels_decoder_norms_and_follows_a_step_com
 
     taking, computing = run(None), run(False)
     assert taking.step_weights.norms  # the default on CUDA, where the pass is the kernel
-    assert not computing.step_weights.active or not computing.step_weights.norms  # none at all without autocast's copies
+    assert (
+        not computing.step_weights.active or not computing.step_weights.norms
+    )  # none at all without autocast's copies
     for name, p in parameters(computing).items():
         torch.testing.assert_close(parameters(taking)[name].cpu(), p.cpu(), rtol=1e-4, atol=1e-6, msg=name)
 
@@ -611,8 +655,9 @@ def test_triton_bfloat16_state_update_equals_the_eager_update(device, scaled):
     eager_chunk_update(want[0], grad, want[1], want[2], key, start, scale, hyper)
     got = [t.to(device, copy=True) for t in (p, m, v)]
     copy = torch.empty(n, dtype=torch.bfloat16, device=device)
-    triton_adam.chunk_update(got[0], grad.to(device), got[1], got[2], key, start,
-                             None if scale is None else scale.to(device), hyper, copy)  # fmt: skip
+    triton_adam.chunk_update(
+        got[0], grad.to(device), got[1], got[2], key, start, None if scale is None else scale.to(device), hyper, copy
+    )
     assert torch.equal(copy, got[0].to(torch.bfloat16))  # the new parameters rounded, to the bit
     got = [t.cpu() for t in got]
     assert (got[0] != p).float().mean() > 0.99  # the parameters moved
@@ -664,9 +709,13 @@ def test_bfloat16_state_on_cuda_takes_the_kernel():
 def test_bfloat16_state_resumes_to_the_same_bytes(tmp_path):
     cfg = dict(total_steps=10, lr=3e-3, activation_scale_check="off", optimizer_state_dtype="bfloat16")
     xs = batches(10)
-    whole = CrosscoderTrainer(make_sae("crosscoder"), CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / "a")))
+    whole = CrosscoderTrainer(
+        make_sae("crosscoder"), CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / "a"))
+    )
     whole.fit(xs)
-    first = CrosscoderTrainer(make_sae("crosscoder"), CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / "b")))
+    first = CrosscoderTrainer(
+        make_sae("crosscoder"), CrosscoderTrainerConfig(**cfg, checkpoint_dir=str(tmp_path / "b"))
+    )
     for x in xs[:4]:
         first.step(x)
     checkpoint = first.save_checkpoint()
@@ -700,6 +749,7 @@ def test_bfloat16_state_refuses_a_state_whose_noise_came_from_a_saved_generator(
 def test_bfloat16_state_resumes_with_the_seed_it_was_saved_with():
     """The noise's seed travels in the state: an optimizer made with another seed takes the
     saved one, so its next step stores the moments the saved run stores."""
+
     def made(seed: int) -> tuple[torch.nn.Parameter, BFloat16StateAdam]:
         param = torch.nn.Parameter(torch.linspace(-1, 1, 5000))
         return param, BFloat16StateAdam([param], lr=1e-3, betas=(0.9, 0.999), seed=seed, plan=CPU)
@@ -752,9 +802,10 @@ HOOK = "blocks.0.hook_resid_post"
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory):
+    from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
+
     from crosslens.activations import harvest_activations
     from crosslens.checkpoints import CheckpointSuite
-    from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
 
     root = tmp_path_factory.mktemp("suite")
     write_local_suite(root, {f"step{s}": tiny_neox(seed=s) for s in (0, 10)}, make_word_tokenizer())
@@ -767,8 +818,16 @@ def store_path(tmp_path_factory):
 def run_config(store_path, out_dir, **kw):
     from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig
 
-    return CrosscoderRunnerConfig(store_path=str(store_path), out_dir=str(out_dir), n_steps=3, train_batch_size_tokens=32,
-                                  checkpoint_every=0, progress=False, sae=ArchitectureConfig("crosscoder", d_sae=16), **kw)  # fmt: skip
+    return CrosscoderRunnerConfig(
+        store_path=str(store_path),
+        out_dir=str(out_dir),
+        n_steps=3,
+        train_batch_size_tokens=32,
+        checkpoint_every=0,
+        progress=False,
+        sae=ArchitectureConfig("crosscoder", d_sae=16),
+        **kw,
+    )
 
 
 def test_auto_precision_on_cpu_is_float32_and_run_json_records_it(store_path, tmp_path, capsys):
@@ -782,14 +841,20 @@ def test_auto_precision_on_cpu_is_float32_and_run_json_records_it(store_path, tm
     runner.run()
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert (record["autocast_dtype"], record["optimizer_state"], record["fused_clip"]) == ("none", "float32", True)
-    assert "precision: crosscoder step in float32 (--autocast), float32 parameters, float32 Adam state" in capsys.readouterr().out
+    assert (
+        "precision: crosscoder step in float32 (--autocast), float32 parameters, float32 Adam state"
+        in capsys.readouterr().out
+    )
 
 
 def test_chosen_precision_reaches_the_trainer(store_path, tmp_path):
     from crosslens.training.runner import CrosscoderTrainingRunner
 
-    runner = CrosscoderTrainingRunner(run_config(store_path, tmp_path / "run", autocast_dtype="bfloat16",
-                                                 optimizer_state="bfloat16", fused_clip=False))  # fmt: skip
+    runner = CrosscoderTrainingRunner(
+        run_config(
+            store_path, tmp_path / "run", autocast_dtype="bfloat16", optimizer_state="bfloat16", fused_clip=False
+        )
+    )
     cfg = runner._trainer_config()
     assert (cfg.autocast_dtype, cfg.optimizer_state_dtype, cfg.fused_clip) == ("bfloat16", "bfloat16", False)
 
@@ -798,7 +863,9 @@ def test_autocast_flag_takes_none_and_refuses_others():
     from crosslens.cli import build_parser
 
     parser = build_parser()
-    args = parser.parse_args(["train", "--store", "s", "--out", "o", "--autocast", "none", "--optimizer-state", "bfloat16"])
+    args = parser.parse_args(
+        ["train", "--store", "s", "--out", "o", "--autocast", "none", "--optimizer-state", "bfloat16"]
+    )
     assert (args.autocast_dtype, args.optimizer_state) == ("none", "bfloat16")
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--store", "s", "--out", "o", "--autocast", "float16"])
@@ -836,9 +903,22 @@ def test_plan_peak_per_optimizer_state_at_ge_et_al_widest_dictionary():
     chunk = (1 << 22) * 4 * 6  # six float32 temporaries of a 4M-element chunk
     copies = 2 * 2 * 32 * 768 * 98_304  # bfloat16 W_enc and W_dec (their gradients come in float32)
     for autocast, extra in (("none", 0), ("auto", copies), ("bfloat16", copies)):
-        plan = make_plan(PlanConfig(model=gpt2, n_snapshots=32, hook="blocks.5.hook_resid_post", n_tokens=10**6,
-                                    d_sae=98_304, architecture="jumprelu_crosscoder", batch_size=2048, seq_len=128,
-                                    device="cuda", tflops=1.0, link_gbps=1.0, autocast=autocast))  # fmt: skip
+        plan = make_plan(
+            PlanConfig(
+                model=gpt2,
+                n_snapshots=32,
+                hook="blocks.5.hook_resid_post",
+                n_tokens=10**6,
+                d_sae=98_304,
+                architecture="jumprelu_crosscoder",
+                batch_size=2048,
+                seq_len=128,
+                device="cuda",
+                tflops=1.0,
+                link_gbps=1.0,
+                autocast=autocast,
+            )
+        )
         options = plan["memory_bytes"]["optimizer_state_options"]
         assert options["float32"] == {"device": 16 * n, "peak": 16 * n + acts + extra}
         assert options["bfloat16"] == {"device": 12 * n + chunk, "peak": 12 * n + chunk + acts + extra}
@@ -851,8 +931,15 @@ def test_autocast_copies_count_only_where_the_step_runs_under_autocast():
     from crosslens.training import PlanConfig, make_plan, model_spec_for
 
     def copies(device, autocast):
-        cfg = PlanConfig(model=model_spec_for("pico"), n_snapshots=4, hook="blocks.1.hook_resid_post",
-                         n_tokens=10**5, d_sae=256, device=device, autocast=autocast)  # fmt: skip
+        cfg = PlanConfig(
+            model=model_spec_for("pico"),
+            n_snapshots=4,
+            hook="blocks.1.hook_resid_post",
+            n_tokens=10**5,
+            d_sae=256,
+            device=device,
+            autocast=autocast,
+        )
         return make_plan(cfg)["memory_bytes"]["autocast_copies"]
 
     d_in = model_spec_for("pico").d_model
@@ -871,8 +958,13 @@ def test_auto_state_is_bfloat16_only_when_float32_does_not_fit():
 
 # ------------------------------------------------------------ benchmarks/gpu.py
 def test_gpu_benchmark_runs_end_to_end_small_on_cpu():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--small"], capture_output=True,
-                          text=True, timeout=300, env=benchmark_env())  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--small"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=benchmark_env(),
+    )
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if "tok/s" in line and " L0 " in line]
     # architectures x precisions x (fresh, trained); JumpReLU trained from its active pairs beside
@@ -938,7 +1030,12 @@ def test_the_memory_peak_is_read_from_the_allocation_trace():
         {"action": "free_completed", "addr": 1, "size": 100},
         {"action": "free_completed", "addr": 99, "size": 30},  # made before the trace
         {"action": "alloc", "addr": 3, "size": 200, "frames": frames(20)},
-        {"action": "alloc", "addr": 4, "size": 10, "frames": [{"filename": "/repo/benchmarks/gpu.py", "line": 5, "name": "step"}]},
+        {
+            "action": "alloc",
+            "addr": 4,
+            "size": 10,
+            "frames": [{"filename": "/repo/benchmarks/gpu.py", "line": 5, "name": "step"}],
+        },
         {"action": "free_completed", "addr": 3, "size": 200},
     ]
     peak, sites = profiling.peak_breakdown(events, before=1000)
@@ -996,8 +1093,14 @@ def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_t
     CPU, CUDA = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
 
     def event(name, device, start, end, id=0, thread=1):
-        return SimpleNamespace(name=name, device_type=device, time_range=SimpleNamespace(start=start, end=end),
-                               id=id, thread=thread, is_python_function=".py(" in name)  # fmt: skip
+        return SimpleNamespace(
+            name=name,
+            device_type=device,
+            time_range=SimpleNamespace(start=start, end=end),
+            id=id,
+            thread=thread,
+            is_python_function=".py(" in name,
+        )
 
     events = [
         event("/repo/crosslens/training/trainer.py(258): step", CPU, 0, 1000),
@@ -1015,16 +1118,38 @@ def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_t
         event("late", CUDA, 1600, 1700, id=14),
     ]
     assert profiling.launch_sites(events) == {
-        11: "crosslens/crosscoders/base.py(533): training_pass", 12: "crosslens/crosscoders/sparse_kernels.py(585): backward",
-        13: "crosslens/training/trainer.py(258): step", 99: "(none)", 14: "(none)",
-    }  # fmt: skip
+        11: "crosslens/crosscoders/base.py(533): training_pass",
+        12: "crosslens/crosscoders/sparse_kernels.py(585): backward",
+        13: "crosslens/training/trainer.py(258): step",
+        99: "(none)",
+        14: "(none)",
+    }
     sites = profiling.launch_sites(events)
     assert profiling.time_by_line(events, 2, sites)[0] == ("(none)", 0.1)
     gaps = profiling.idle_gaps(events, 1, sites).splitlines()
     assert gaps[0].startswith("device idle: span 1.60 ms per step, kernels running 0.50, idle 1.10 (3 gaps per step)")
-    assert gaps[1].split() == ["0.900", "ms", "after", "_window_dots", "before", "Memcpy", "DtoH", "launched", "at",
-                               "crosslens/training/trainer.py(258):", "step"]  # fmt: skip
-    assert profiling.idle_gaps(events, 1).splitlines()[1].split() == ["0.900", "ms", "after", "_window_dots", "before", "Memcpy", "DtoH"]
+    assert gaps[1].split() == [
+        "0.900",
+        "ms",
+        "after",
+        "_window_dots",
+        "before",
+        "Memcpy",
+        "DtoH",
+        "launched",
+        "at",
+        "crosslens/training/trainer.py(258):",
+        "step",
+    ]
+    assert profiling.idle_gaps(events, 1).splitlines()[1].split() == [
+        "0.900",
+        "ms",
+        "after",
+        "_window_dots",
+        "before",
+        "Memcpy",
+        "DtoH",
+    ]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a recording that cannot start")
@@ -1041,20 +1166,35 @@ def test_a_memory_peak_that_cannot_be_recorded_leaves_the_row_standing(capsys):
 
 
 def test_gpu_benchmark_refuses_a_dead_share_outside_0_to_1():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--dead", "2"], capture_output=True,
-                          text=True, timeout=120, env=benchmark_env())  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--dead", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=benchmark_env(),
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--dead 2.0: give the share of features counted dead, from 0 up to below 1" in done.stderr
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--repeat-steps", "-1"], capture_output=True,
-                          text=True, timeout=120, env=benchmark_env())  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--repeat-steps", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=benchmark_env(),
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--repeat-steps -1: give how many steps to train twice, 1 or more" in done.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 def test_gpu_benchmark_without_cuda_prints_one_line_and_exits_0():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py")], capture_output=True, text=True,
-                          timeout=120, env=benchmark_env())  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=benchmark_env(),
+    )
     assert done.returncode == 0
     assert len(done.stdout.strip().splitlines()) == 1 and "no CUDA device" in done.stdout
 
@@ -1076,8 +1216,9 @@ def test_a_checkpoints_config_puts_each_torchrun_worker_on_its_own_gpu(monkeypat
 def test_a_cuda_checkpoint_holds_its_own_gpus_rng_state_and_resumes(tmp_path):
     """Only the trainer's GPU's generator is saved: a resume where other GPUs, or fewer, are
     visible restores that one."""
-    cfg = CrosscoderTrainerConfig(total_steps=4, lr=3e-3, device="cuda", activation_scale_check="off",
-                                  checkpoint_dir=str(tmp_path))  # fmt: skip
+    cfg = CrosscoderTrainerConfig(
+        total_steps=4, lr=3e-3, device="cuda", activation_scale_check="off", checkpoint_dir=str(tmp_path)
+    )
     trainer = CrosscoderTrainer(make_sae("crosscoder"), cfg)
     for x in batches(2, 1.0):
         trainer.step(x)

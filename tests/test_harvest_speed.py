@@ -15,6 +15,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from hf_cache import make_word_tokenizer
+from trust_fixtures import HOOK, harvest, one_torch_thread, token_table, write_suite
 
 from crosslens.activations.harvest import stored_norm_sum
 from crosslens.activations.store import from_storage, shard_relpath, to_storage
@@ -22,8 +24,6 @@ from crosslens.activations.tokens import default_excluded_ids, keep_mask
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core import devices
 from crosslens.core.errors import TokenizerMismatchError
-from hf_cache import make_word_tokenizer
-from trust_fixtures import HOOK, harvest, one_torch_thread, token_table, write_suite
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,9 @@ def test_identical_tokenizer_files_are_not_loaded_again(suite_root, tmp_path, mo
     suite = CheckpointSuite.local(suite_root)
     loaded = []
     real = CheckpointSuite._tokenizer_at
-    monkeypatch.setattr(CheckpointSuite, "_tokenizer_at", lambda self, ref: loaded.append(ref.revision) or real(self, ref))
+    monkeypatch.setattr(
+        CheckpointSuite, "_tokenizer_at", lambda self, ref: loaded.append(ref.revision) or real(self, ref)
+    )
     assert suite.check_same_tokenizer() == ("step0", "step10", "step20")
     assert loaded == []  # every folder holds the reference's own tokenizer files
 

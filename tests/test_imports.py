@@ -168,7 +168,9 @@ def test_no_upward_or_sideways_import():
     for (source, dest), places in sorted(_edges().items()):
         runtime = [p for p in places if not p.endswith("(TYPE_CHECKING)")]
         if runtime and LAYERS.get(dest, 99) >= LAYERS.get(source, -1):
-            bad += [f"{source} (layer {LAYERS.get(source)}) imports {dest} (layer {LAYERS.get(dest)}): {p}" for p in runtime]
+            bad += [
+                f"{source} (layer {LAYERS.get(source)}) imports {dest} (layer {LAYERS.get(dest)}): {p}" for p in runtime
+            ]
     assert not bad, "imports against the layering:\n" + "\n".join(bad)
 
 
@@ -206,5 +208,7 @@ def test_no_module_imports_another_modules_private_names():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("crosslens"):
                 private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
                 if private:
-                    bad.append(f"{path.relative_to(PACKAGE_ROOT.parent)}:{node.lineno} imports {private} from {node.module}")
+                    bad.append(
+                        f"{path.relative_to(PACKAGE_ROOT.parent)}:{node.lineno} imports {private} from {node.module}"
+                    )
     assert not bad, "\n".join(bad)

@@ -14,7 +14,11 @@ def _crosscoder(closed_gate_decoder_grad: bool) -> JumpReLUTrainingCrosscoder:
     torch.manual_seed(0)
     cc = JumpReLUTrainingCrosscoder(
         JumpReLUTrainingCrosscoderConfig(
-            d_in=8, d_sae=6, n_snapshots=3, jumprelu_init_threshold=0.01, closed_gate_decoder_grad=closed_gate_decoder_grad
+            d_in=8,
+            d_sae=6,
+            n_snapshots=3,
+            jumprelu_init_threshold=0.01,
+            closed_gate_decoder_grad=closed_gate_decoder_grad,
         )
     )
     with torch.no_grad():
@@ -25,7 +29,9 @@ def _crosscoder(closed_gate_decoder_grad: bool) -> JumpReLUTrainingCrosscoder:
 def _step(cc):
     x = 10 * torch.randn(64, 3, 8, generator=torch.Generator().manual_seed(1))
     out = cc.training_forward_pass(
-        TrainStepInput(sae_in=x, coefficients={"l0": 1.0}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False)
+        TrainStepInput(
+            sae_in=x, coefficients={"l0": 1.0}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False
+        )
     )
     out.loss.backward()
     return out
@@ -37,7 +43,9 @@ def test_closed_gate_row_gets_gradient_only_with_the_option():
     # Same forward pass (to the order of float sums: only the plain one may take the gated decode).
     torch.testing.assert_close(out_plain.sae_out, out_fixed.sae_out, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(out_plain.loss, out_fixed.loss, rtol=1e-6, atol=0)
-    f_SNF = fixed._training_encode(10 * torch.randn(64, 3, 8, generator=torch.Generator().manual_seed(1))).extras["f_SNF"]
+    f_SNF = fixed._training_encode(10 * torch.randn(64, 3, 8, generator=torch.Generator().manual_seed(1))).extras[
+        "f_SNF"
+    ]
     fires = (f_SNF[:, :, 0] != 0).any(dim=1)
     assert bool(fires[0]) and not bool(fires[2])  # open at snapshot 0, shut at snapshot 2
     assert float(plain.W_dec.grad[0, 2].norm()) == 0.0  # frozen without the option

@@ -14,10 +14,10 @@ from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders.jumprelu_dense as dense
 import crosslens.crosscoders.jumprelu_kernels as kernels
-from crosslens.crosscoders.jumprelu_ops import forward_block
 from crosslens.crosscoders import JumpReLUTrainingCrosscoder, JumpReLUTrainingCrosscoderConfig
 from crosslens.crosscoders.base import CrosscoderPass
 from crosslens.crosscoders.collectives import LocalCollectives
+from crosslens.crosscoders.jumprelu_ops import forward_block
 from crosslens.crosscoders.kernel_plan import KernelPlan
 
 CPU = KernelPlan.resolve("cpu", compile=False)
@@ -223,7 +223,9 @@ def test_entry_classes_equal_a_per_snapshot_count_on_edge_cases():
 def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(window_mode, padding_limit):
     """The function alone, with upstream gradients on the decode and on the scores."""
     # several blocks of rows
-    plan = KernelPlan.resolve("cpu", gather_share=1.0, window_mode=window_mode, padding_limit=padding_limit, row_block_elements=40)
+    plan = KernelPlan.resolve(
+        "cpu", gather_share=1.0, window_mode=window_mode, padding_limit=padding_limit, row_block_elements=40
+    )
     gen = torch.Generator().manual_seed(2)
     N, F_, S, D = 40, 30, 3, 5
     h = torch.randn(N, F_, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -235,7 +237,9 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(window_mode, 
     grad_score = torch.randn(F_, generator=gen, dtype=torch.float64)
     kw = {"bandwidth": 0.4, "tanh_scale": 2.0}
 
-    recon, score, open_any, shared, _ = kernels.snapshot_gated_decode(h, W_dec, threshold, norm_factors_S=factors, plan=plan, **kw)
+    recon, score, open_any, shared, _ = kernels.snapshot_gated_decode(
+        h, W_dec, threshold, norm_factors_S=factors, plan=plan, **kw
+    )
     torch.autograd.backward([recon, score], [grad_recon, grad_score])
     grads = [t.grad.clone() for t in (h, threshold, W_dec)]
     for t in (h, threshold, W_dec):
@@ -248,7 +252,7 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(window_mode, 
     # gates mixed both ways: open at most snapshots (decoded by the matmul, minus the shut
     # ones) and at few (plus the open ones)
     n_open_NF = (h[None] * norms.T[:, None] > threshold).sum(dim=0)
-    assert ((n_open_NF == 1).any() and (n_open_NF == 2).any()), "S = 3: one open, or two"
+    assert (n_open_NF == 1).any() and (n_open_NF == 2).any(), "S = 3: one open, or two"
     assert (n_open_NF == 3).any(), "and open everywhere (the padded rows)"
     torch.testing.assert_close(recon, recon_ref)
     torch.testing.assert_close(score, score_ref, rtol=1e-6, atol=0)  # both sum the scores in float32
@@ -341,7 +345,9 @@ def test_gradient_without_the_score_matches_old_straight_through():
 @pytest.mark.slow  # torch.compile takes tens of seconds on 2 CPU cores
 def test_compiled_kernels_match_the_old_implementation():
     new, old = _pair(3)
-    new.use_kernel_plan(KernelPlan.resolve("cpu", compile=True, gather_share=-1.0))  # the per-snapshot kernel, which compiles
+    new.use_kernel_plan(
+        KernelPlan.resolve("cpu", compile=True, gather_share=-1.0)
+    )  # the per-snapshot kernel, which compiles
     x = 3 * torch.randn(37, 4, 6, generator=torch.Generator().manual_seed(9))
     out_new, grads_new = _run(new, x)
     out_old, grads_old = _run(old, x)
@@ -369,7 +375,10 @@ def test_the_block_functions_are_compiled_on_cuda_and_eager_elsewhere():
     whole, n = dense.block_function(forward_block, *shape, cpu, KernelPlan.resolve("cpu", compile=True))
     assert n == 2048 and whole not in (forward_block, compiled)
     # asked for nowhere: CUDA's default too
-    assert dense.block_function(forward_block, *shape, cuda, KernelPlan.resolve("cuda", compile=False)) == (forward_block, block)
+    assert dense.block_function(forward_block, *shape, cuda, KernelPlan.resolve("cuda", compile=False)) == (
+        forward_block,
+        block,
+    )
     assert dense.block_function(forward_block, *shape, cpu)[0] is forward_block
 
 
@@ -406,7 +415,9 @@ def test_compiled_block_functions_equal_the_eager_ones_on_cuda(dtype):
     upstream = torch.randn(S, N, F_, device="cuda", generator=gen).to(dtype)
     results = {}
     for compiled in (True, False):
-        plan = KernelPlan.resolve("cuda", compile=compiled, device_block_elements=4 * 170 * 512)  # blocks of 170 tokens, last of 10
+        plan = KernelPlan.resolve(
+            "cuda", compile=compiled, device_block_elements=4 * 170 * 512
+        )  # blocks of 170 tokens, last of 10
         h, t, n = h0.clone().requires_grad_(), t0.clone().requires_grad_(), norms.clone().requires_grad_()
         f, score, open_any = dense.snapshot_gate_and_score(h, n, t, bandwidth=0.1, tanh_scale=4.0, plan=plan)
         ((f * upstream).sum() + score.sum()).backward()

@@ -83,7 +83,9 @@ def test_split_decode_equals_the_per_snapshot_reference(parted, feature_major):
     assert ((distance_SNF > 0).any(dim=0) & ~open_everywhere_NF).any() == parted
     assert rest.n_window > 0 and rest.n_open == int((want[2] & ~everywhere_NF).sum())
     assert torch.equal(got[2], want[2]) and torch.equal(got[3], want[3]), "gates and shared code to the bit"
-    for name, a, b in zip(("recon", "scores", "h", "W_dec", "threshold"), (got[0], got[1], *got[4:]), (want[0], want[1], *want[4:])):
+    for name, a, b in zip(
+        ("recon", "scores", "h", "W_dec", "threshold"), (got[0], got[1], *got[4:]), (want[0], want[1], *want[4:])
+    ):
         assert b.abs().max() > 0, name
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
 

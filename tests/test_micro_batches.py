@@ -12,17 +12,23 @@ import shutil
 import pytest
 import torch
 from sae_lens.saes.sae import TrainStepInput
+from test_runner import _config, store_path  # noqa: F401  (a fixture: a tiny harvested store)
 
 import crosslens.crosscoders as cc
-from crosslens.core.paths import RUN_CONFIG_NAME
 from crosslens.cli import main
+from crosslens.core.devices import GPUS
+from crosslens.core.paths import RUN_CONFIG_NAME
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.config import CrosscoderRunnerConfig
-from crosslens.core.devices import GPUS
-from crosslens.training.memory import AUTO_HEADROOM, choose_optimizer_state, fit_problem, smallest_fitting_micro_batches, step_peak_bytes
+from crosslens.training.memory import (
+    AUTO_HEADROOM,
+    choose_optimizer_state,
+    fit_problem,
+    smallest_fitting_micro_batches,
+    step_peak_bytes,
+)
 from crosslens.training.micro import micro_batched_pass
 from crosslens.training.runner import CrosscoderTrainingRunner
-from test_runner import _config, store_path  # noqa: F401  (a fixture: a tiny harvested store)
 
 S, D, F, B = 2, 8, 32, 32
 ARCHS = list(cc.ARCHITECTURES)
@@ -57,9 +63,13 @@ def make_sae(arch: str, **kw):
 
 def trainer_cfg(**kw) -> CrosscoderTrainerConfig:
     base = dict(
-        total_steps=20, lr=3e-3, lr_warm_up_steps=3, lr_decay_steps=5,
-        dead_feature_window_tokens=2 * B, activation_scale_check="off",
-    )  # fmt: skip
+        total_steps=20,
+        lr=3e-3,
+        lr_warm_up_steps=3,
+        lr_decay_steps=5,
+        dead_feature_window_tokens=2 * B,
+        activation_scale_check="off",
+    )
     return CrosscoderTrainerConfig(**{**base, **kw})
 
 
@@ -78,7 +88,14 @@ def test_one_micro_batch_is_a_plain_forward_backward_adam_step(arch):
     clip, no dead features): forward, backward, fused Adam; the same bytes."""
     steps, lr = 5, 3e-3
     sae = make_sae(arch, **NO_WARM_UP.get(arch, {}))
-    plain = trainer_cfg(total_steps=steps, lr=lr, lr_warm_up_steps=0, lr_decay_steps=0, max_grad_norm=None, dead_feature_window_tokens=10**9)
+    plain = trainer_cfg(
+        total_steps=steps,
+        lr=lr,
+        lr_warm_up_steps=0,
+        lr_decay_steps=0,
+        max_grad_norm=None,
+        dead_feature_window_tokens=10**9,
+    )
     CrosscoderTrainer(sae, plain).fit(make_batches)
 
     ref = make_sae(arch, **NO_WARM_UP.get(arch, {}))
@@ -121,7 +138,8 @@ def _no_autocast():
 
 @pytest.mark.parametrize(
     ("arch", "settings"),
-    [(arch, {}) for arch in ARCHS] + [("jumprelu_crosscoder", {"target_l0": None}), ("jumprelu_crosscoder", {"sparsity_target": None})],
+    [(arch, {}) for arch in ARCHS]
+    + [("jumprelu_crosscoder", {"target_l0": None}), ("jumprelu_crosscoder", {"sparsity_target": None})],
 )
 def test_four_micro_batches_give_the_whole_batch_gradient_and_output(arch, settings):
     whole, grads_1, _ = one_step_gradients(arch, 1, **settings)
@@ -150,7 +168,13 @@ def test_jumprelus_quadratic_term_needs_the_whole_batchs_p():
     naive.load_state_dict(sae.state_dict())
     naive.train()
     x = next(make_batches())
-    micro_batched_pass(naive, x, 4, lambda x_b: TrainStepInput(x_b, {"l0": 0.3}, torch.zeros(F, dtype=torch.bool), 10, False), _no_autocast)
+    micro_batched_pass(
+        naive,
+        x,
+        4,
+        lambda x_b: TrainStepInput(x_b, {"l0": 0.3}, torch.zeros(F, dtype=torch.bool), 10, False),
+        _no_autocast,
+    )
     gap = (naive.W_enc.grad - grads_1["W_enc"]).abs().max() / grads_1["W_enc"].abs().max()
     assert gap > 1e-3
 
@@ -216,7 +240,9 @@ def test_the_widest_dictionary_fits_an_h100_in_one_micro_batch_with_bfloat16_sta
     assert one["bfloat16"] / gib == pytest.approx(57.66, abs=0.01)
     assert cast["bfloat16"] / gib == pytest.approx(66.66, abs=0.01)
     for n in (2, 4, 8, 16):
-        assert step_peak_bytes(*shape, micro_batches=n, autocast=True)["bfloat16"] / cast["bfloat16"] == pytest.approx(1, abs=0.02)
+        assert step_peak_bytes(*shape, micro_batches=n, autocast=True)["bfloat16"] / cast["bfloat16"] == pytest.approx(
+            1, abs=0.02
+        )
     h100 = GPUS["h100"].memory_bytes
     assert smallest_fitting_micro_batches(*shape, "bfloat16", h100, autocast=True) == 1
     assert smallest_fitting_micro_batches(*shape, "float32", h100) is None  # 72 GiB of float32 state alone
@@ -275,7 +301,9 @@ def test_a_step_that_does_not_fit_is_told_the_micro_batches_that_do():
     assert said.startswith("the training step is predicted to peak at 84.6 GiB with float32 Adam state")
     assert said.endswith("; --optimizer-state bfloat16 fits (crosslens plan prints the peak of each)")
     said = fit_problem(*shape, "bfloat16", h100 // 4)
-    assert said.endswith("in any number of micro-batches; put snapshots on more GPUs (--snapshot-parallel under torchrun)")
+    assert said.endswith(
+        "in any number of micro-batches; put snapshots on more GPUs (--snapshot-parallel under torchrun)"
+    )
     device = int(2100 * (1 << 20) / AUTO_HEADROOM)  # between the 8 micro-batches' peak and one's
     said = fit_problem(*WIDE_CODE, "bfloat16", device, autocast=True)
     assert said.startswith("the training step is predicted to peak at 2.2 GiB with bfloat16 Adam state")
@@ -296,8 +324,12 @@ def test_micro_batches_on_a_mesh_equal_one_process(tmp_path, snapshot_parallel):
     worker, reference = mesh_tests.worker, tmp_path / "reference"
     torch.set_num_threads(1)
     for arch in worker.ARCHS:
-        CrosscoderTrainer(worker.make_crosscoder(arch), worker.trainer_config(reference / arch, 6)).fit(worker.global_batches)
-    mesh_tests.torchrun(2, "--out", str(tmp_path / "mesh"), "--snapshot-parallel", snapshot_parallel, "--micro-batches", "2")
+        CrosscoderTrainer(worker.make_crosscoder(arch), worker.trainer_config(reference / arch, 6)).fit(
+            worker.global_batches
+        )
+    mesh_tests.torchrun(
+        2, "--out", str(tmp_path / "mesh"), "--snapshot-parallel", snapshot_parallel, "--micro-batches", "2"
+    )
     mesh_tests.assert_same_weights(tmp_path / "mesh", reference)
 
 
@@ -314,7 +346,9 @@ def test_a_run_resumes_in_more_micro_batches(store_path, tmp_path, capsys):  # n
         CrosscoderTrainingRunner(_config(store_path, tmp_path / "run", micro_batches=4, lr=1e-3)).run(resume=True)
     capsys.readouterr()
     resumed = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run", micro_batches=4)).run(resume=True)
-    assert ("--resume: micro_batches 4 (the run started with 1): the same training to float rounding, not the "
-            "bytes an uninterrupted run would end in") in capsys.readouterr().out  # fmt: skip
+    assert (
+        "--resume: micro_batches 4 (the run started with 1): the same training to float rounding, not the "
+        "bytes an uninterrupted run would end in"
+    ) in capsys.readouterr().out
     for name, value in straight.items():
         torch.testing.assert_close(getattr(resumed, name), value, rtol=0, atol=PARAMETER_ATOL, msg=name)

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
 import crosslens.pico.build as pico_build
+from crosslens.core.hashing import weights_sha256
 from crosslens.pico import (
     PicoConfig,
     PicoGrammar,
@@ -22,13 +23,11 @@ from crosslens.pico import (
     pico_suite,
     sample_documents,
 )
-from crosslens.pico.evals import check_targets
 from crosslens.pico.config import is_built
-from crosslens.pico.tokenizer import word_level_tokenizer
 from crosslens.pico.corpus import GrammarCorpus
-from crosslens.pico.evals import heldout_pairs
+from crosslens.pico.evals import check_targets, heldout_pairs
+from crosslens.pico.tokenizer import word_level_tokenizer
 from crosslens.pico.train import make_model, make_optimizer, train
-from crosslens.core.hashing import weights_sha256
 
 GRAMMAR = PicoGrammar()
 
@@ -36,9 +35,17 @@ GRAMMAR = PicoGrammar()
 def tiny_config(**overrides) -> PicoConfig:
     """A model too small to learn much, for tests of the build machinery (a few seconds)."""
     settings = dict(
-        d_model=32, n_heads=2, d_mlp=64, seq_len=16, batch_size=4, n_steps=15, log_checkpoints_until=1,
-        checkpoint_every=1, n_eval_pairs=8, n_eval_sequences=2,
-    )  # fmt: skip
+        d_model=32,
+        n_heads=2,
+        d_mlp=64,
+        seq_len=16,
+        batch_size=4,
+        n_steps=15,
+        log_checkpoints_until=1,
+        checkpoint_every=1,
+        n_eval_pairs=8,
+        n_eval_sequences=2,
+    )
     return PicoConfig(**{**settings, **overrides})
 
 
@@ -89,7 +96,7 @@ def test_simple_pairs_and_verb_forms() -> None:
     for pair in pairs:
         (plural,) = _noun_numbers(pair.clean.split())
         form = (pair.correct.strip(), pair.wrong.strip())
-        assert form[::-1 if plural else 1] in verb_pairs, pair
+        assert form[:: -1 if plural else 1] in verb_pairs, pair
     assert GRAMMAR.agreement_pairs("simple", 20, seed=1) == pairs[:20]  # seeded
     assert [p.clean for p in GRAMMAR.agreement_pairs("simple", 20, seed=2)] != [p.clean for p in pairs[:20]]
     with pytest.raises(ValueError, match="agreement kind"):
@@ -360,8 +367,16 @@ def test_user_dataset_corpus(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- targets, HookedTransformer
 def test_check_targets_reads_the_phases() -> None:
     def row(step, simple, pp, rc):
-        return {"step": step, "tokens_seen": step, "loss": 1.0, "simple": simple, "pp": pp, "rc": rc,
-                "ioi": 0.5, "nearest_noun": 1 - (pp + rc) / 2}  # fmt: skip
+        return {
+            "step": step,
+            "tokens_seen": step,
+            "loss": 1.0,
+            "simple": simple,
+            "pp": pp,
+            "rc": rc,
+            "ioi": 0.5,
+            "nearest_noun": 1 - (pp + rc) / 2,
+        }
 
     rows = [row(0, 0.5, 0.5, 0.5), row(10, 0.97, 0.2, 0.3), row(20, 0.99, 0.8, 0.9), row(30, 0.99, 0.97, 0.96)]
     targets = check_targets(rows)
@@ -387,8 +402,12 @@ def test_the_targets_printout_says_a_never_reached_accuracy_in_words():
     from crosslens.pico.evals import format_targets
 
     targets = {
-        "chance_at_step0": True, "simple_before_attractor": True, "simple_learned_at": 96,
-        "attractor_learned_at": None, "final_agreement_learned": False, "nearest_noun_phase_steps": [],
-    }  # fmt: skip
+        "chance_at_step0": True,
+        "simple_before_attractor": True,
+        "simple_learned_at": 96,
+        "attractor_learned_at": None,
+        "final_agreement_learned": False,
+        "nearest_noun_phase_steps": [],
+    }
     line = format_targets(targets).splitlines()[1]
     assert line == "[ok  ] simple agreement reaches 95% at step 96, attractor agreement (pp and rc) at no checkpoint"

@@ -6,23 +6,35 @@ import json
 from argparse import Namespace
 
 import pytest
+from trust_fixtures import one_line_exit_2
 
 from crosslens.checkpoints.schedules import PYTHIA_STEPS
-from crosslens.core.units import format_bytes
 from crosslens.cli import build_parser, main
 from crosslens.cli.train import train_config
+from crosslens.core.units import format_bytes
 from crosslens.training.model_sizes import ModelSpec, PlanError, estimate_n_params, known_model, model_spec_for
 from crosslens.training.recipes import list_recipes, load_recipe
 from crosslens.training.sizing import PlanConfig, crosscoder_flops, default_mesh, make_plan, plan_config_from_recipe
-from trust_fixtures import one_line_exit_2
 
 TINY = ModelSpec(name="tiny", d_model=8, n_layers=2, d_mlp=32, vocab=100, n_params=2000)
 
 
 def _tiny(**kw) -> PlanConfig:
-    values = dict(model=TINY, n_snapshots=4, hook="blocks.1.hook_resid_post", n_tokens=1024, d_sae=16,
-                  architecture="jumprelu_crosscoder", batch_size=8, n_steps=1000 // 8, seq_len=16, heldout_tokens=0,
-                  device="cuda", tflops=1.0, link_gbps=1.0)  # fmt: skip
+    values = dict(
+        model=TINY,
+        n_snapshots=4,
+        hook="blocks.1.hook_resid_post",
+        n_tokens=1024,
+        d_sae=16,
+        architecture="jumprelu_crosscoder",
+        batch_size=8,
+        n_steps=1000 // 8,
+        seq_len=16,
+        heldout_tokens=0,
+        device="cuda",
+        tflops=1.0,
+        link_gbps=1.0,
+    )
     values.update(kw)
     return PlanConfig(**values)
 
@@ -105,15 +117,25 @@ def test_a_run_checkpoints_about_20_times_and_the_plan_counts_their_disk(capsys)
     what they hold."""
     from crosslens.training.config import CrosscoderRunnerConfig, checkpoint_interval
 
-    assert [checkpoint_interval(n, None) for n in (100, 1_500, 10_000, 20_000, 390_625)] == [500, 500, 500, 1_000, 19_531]
+    assert [checkpoint_interval(n, None) for n in (100, 1_500, 10_000, 20_000, 390_625)] == [
+        500,
+        500,
+        500,
+        1_000,
+        19_531,
+    ]
     assert (checkpoint_interval(390_625, 0), checkpoint_interval(390_625, 7)) == (0, 7)
     assert CrosscoderRunnerConfig(store_path="s", out_dir="o", n_steps=390_625).checkpoint_interval == 19_531
     plan = make_plan(plan_config_from_recipe(load_recipe("ge2025-pythia-160m")))
     whole = plan["parameters"]["whole_crosscoder"]
     assert whole == 2 * 32 * 768 * 24_576 + 32 * 768 + 2 * 24_576
     assert plan["checkpoints"] == {
-        "every": 19_531, "count": 20, "kept": 2, "at_once": 3, "bytes_each": {"float32": 12 * whole, "bfloat16": 8 * whole},
-    }  # fmt: skip
+        "every": 19_531,
+        "count": 20,
+        "kept": 2,
+        "at_once": 3,
+        "bytes_each": {"float32": 12 * whole, "bfloat16": 8 * whole},
+    }
     assert main(["plan", "--recipe", "ge2025-pythia-160m", "--checkpoint-every", "500", "--keep-checkpoints", "0"]) == 0
     out = capsys.readouterr().out
     assert "781, every 500 steps (--checkpoint-every)" in out and "10.30 TiB: 781 checkpoints (781 kept" in out
@@ -148,17 +170,40 @@ def test_plan_config_refuses_inconsistent_meshes():
 
 
 def test_plan_refuses_seq_len_beyond_the_models_context(capsys, tmp_path):
-    with pytest.raises(PlanError, match=r"--seq-len 17 is longer than tiny's context of 16 tokens; pass --seq-len 16 or less"):
-        PlanConfig(model=ModelSpec(**{**TINY.__dict__, "n_ctx": 16}), n_snapshots=2, hook="blocks.1.hook_resid_post", seq_len=17)
+    with pytest.raises(
+        PlanError, match=r"--seq-len 17 is longer than tiny's context of 16 tokens; pass --seq-len 16 or less"
+    ):
+        PlanConfig(
+            model=ModelSpec(**{**TINY.__dict__, "n_ctx": 16}),
+            n_snapshots=2,
+            hook="blocks.1.hook_resid_post",
+            seq_len=17,
+        )
     assert _tiny(seq_len=10**6).seq_len == 10**6  # a model whose context is not known is not checked
     assert known_model("pythia-160m").n_ctx == 2048 and known_model("allenai/OLMo-2-0425-1B").n_ctx == 4096
-    err = one_line_exit_2(["plan", "--suite", "pythia-70m", "--n-snapshots", "2", "--hook", "blocks.0.hook_resid_post",
-                           "--seq-len", "4096"], capsys)  # fmt: skip
-    assert err == ("crosslens plan: error: --seq-len 4096 is longer than EleutherAI/pythia-70m's context of 2048 "
-                   "tokens; pass --seq-len 2048 or less")  # fmt: skip
+    err = one_line_exit_2(
+        [
+            "plan",
+            "--suite",
+            "pythia-70m",
+            "--n-snapshots",
+            "2",
+            "--hook",
+            "blocks.0.hook_resid_post",
+            "--seq-len",
+            "4096",
+        ],
+        capsys,
+    )
+    assert err == (
+        "crosslens plan: error: --seq-len 4096 is longer than EleutherAI/pythia-70m's context of 2048 "
+        "tokens; pass --seq-len 2048 or less"
+    )
     folder = tmp_path / "suite"
     folder.mkdir()  # a local suite's config.json gives the context under the key its family uses
-    (folder / "config.json").write_text(json.dumps({"hidden_size": 8, "num_hidden_layers": 2, "vocab_size": 100, "n_positions": 32}))
+    (folder / "config.json").write_text(
+        json.dumps({"hidden_size": 8, "num_hidden_layers": 2, "vocab_size": 100, "n_positions": 32})
+    )
     assert model_spec_for(str(folder)).n_ctx == 32
 
 
@@ -170,20 +215,42 @@ def test_plan_cli_errors_areone_line_exit_2(capsys):
         main(["plan", "--recipe", "ge2025-pythia-160m", "--world-size", "0"])
     assert "argument --world-size: must be >= 1, got 0" in capsys.readouterr().err
     assert "--n-snapshots" in one_line_exit_2(["plan", "--suite", "allenai/OLMo-1B-0724-hf", "--hook", "x"], capsys)
-    assert "sizes of 'gpt2'" in one_line_exit_2(["plan", "--suite", "gpt2", "--n-snapshots", "2", "--hook", "blocks.0.hook_resid_post"], capsys)
+    assert "sizes of 'gpt2'" in one_line_exit_2(
+        ["plan", "--suite", "gpt2", "--n-snapshots", "2", "--hook", "blocks.0.hook_resid_post"], capsys
+    )
 
 
 def test_plan_cli_table_and_json(capsys):
     assert main(["plan", "--list-recipes"]) == 0
     assert capsys.readouterr().out.count("\n") == 4
-    assert main(["plan", "--recipe", "ge2025-pythia-160m", "--world-size", "8", "--snapshot-parallel", "8", "--json"]) == 0
+    assert (
+        main(["plan", "--recipe", "ge2025-pythia-160m", "--world-size", "8", "--snapshot-parallel", "8", "--json"]) == 0
+    )
     plan = json.loads(capsys.readouterr().out)
     assert plan["mesh"]["snapshot"] == 8 and plan["mesh"]["snapshots_per_rank"] == 4
     assert plan["inputs"]["tflops"] == 100.0 and plan["inputs"]["tflops_assumed"]
-    expected = make_plan(plan_config_from_recipe(load_recipe("ge2025-pythia-160m"), snapshot_parallel=8, model_dtype="bfloat16"))
+    expected = make_plan(
+        plan_config_from_recipe(load_recipe("ge2025-pythia-160m"), snapshot_parallel=8, model_dtype="bfloat16")
+    )
     assert plan == json.loads(json.dumps(expected))
-    assert main(["plan", "--suite", "pythia-70m", "--n-snapshots", "4", "--hook", "blocks.3.hook_resid_post",
-                 "--d-sae", "4096", "--tflops", "20"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "plan",
+                "--suite",
+                "pythia-70m",
+                "--n-snapshots",
+                "4",
+                "--hook",
+                "blocks.3.hook_resid_post",
+                "--d-sae",
+                "4096",
+                "--tflops",
+                "20",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "training state" in out and "wall time at 20 TFLOP/s per rank" in out
 
@@ -221,23 +288,43 @@ def test_plan_defaults_are_train_and_harvest_defaults(capsys):
     trained = train_config(parser.parse_args(["train", "--store", "s", "--out", "o"]), None)
     budget = token_budget(parser.parse_args(["harvest", "--out", "o", "--hook", hook]), None)
     n_tokens, seq_len, heldout = budget.n_tokens, budget.seq_len, budget.heldout
-    assert (inputs["d_sae"], inputs["architecture"], inputs["k"]) == (trained.sae.d_sae, trained.sae.architecture, trained.sae.k)
+    assert (inputs["d_sae"], inputs["architecture"], inputs["k"]) == (
+        trained.sae.d_sae,
+        trained.sae.architecture,
+        trained.sae.k,
+    )
     assert (inputs["batch_size"], inputs["n_steps"]) == (trained.train_batch_size_tokens, trained.n_steps)
     assert inputs["training_tokens"] == trained.training_tokens
-    assert (inputs["n_tokens"], inputs["seq_len"], inputs["heldout_tokens"]) == (n_tokens, seq_len, heldout) == (200_000, 64, 16_384)
+    assert (
+        (inputs["n_tokens"], inputs["seq_len"], inputs["heldout_tokens"])
+        == (n_tokens, seq_len, heldout)
+        == (200_000, 64, 16_384)
+    )
     assert inputs["harvested_tokens"] == budget.table_tokens == 200_000
     # the same flags, given to each command, mean the same numbers
     flags = ["--d-sae", "96", "--arch", "topk_crosscoder", "--k", "7", "--batch-size", "512", "--n-steps", "40"]
-    inputs = _plan_json(["--hook", hook, "--device", "cpu", *flags, "--n-tokens", "5000", "--seq-len", "32"], capsys)["inputs"]
+    inputs = _plan_json(["--hook", hook, "--device", "cpu", *flags, "--n-tokens", "5000", "--seq-len", "32"], capsys)[
+        "inputs"
+    ]
     trained = train_config(parser.parse_args(["train", "--store", "s", "--out", "o", *flags]), None)
-    assert (inputs["d_sae"], inputs["architecture"], inputs["k"]) == (96, "topk_crosscoder", 7) == (
-        trained.sae.d_sae, trained.sae.architecture, trained.sae.k)  # fmt: skip
+    assert (
+        (inputs["d_sae"], inputs["architecture"], inputs["k"])
+        == (96, "topk_crosscoder", 7)
+        == (trained.sae.d_sae, trained.sae.architecture, trained.sae.k)
+    )
     assert (inputs["batch_size"], inputs["n_steps"], inputs["training_tokens"]) == (512, 40, trained.training_tokens)
-    assert (inputs["n_tokens"], inputs["seq_len"], inputs["harvested_tokens"], inputs["heldout_tokens"]) == (5000, 32, 4992, 480)
+    assert (inputs["n_tokens"], inputs["seq_len"], inputs["harvested_tokens"], inputs["heldout_tokens"]) == (
+        5000,
+        32,
+        4992,
+        480,
+    )
     # the help shows each default from its one source
     help_text = " ".join(parser._subparsers._group_actions[0].choices["plan"].format_help().split())
     assert "--d-sae D_SAE Shared features, as train --d-sae. (default: 1024)" in help_text
-    assert "--n-tokens N_TOKENS Token budget, before exclusions (a --recipe's is its own). (default: 200000)" in help_text
+    assert (
+        "--n-tokens N_TOKENS Token budget, before exclusions (a --recipe's is its own). (default: 200000)" in help_text
+    )
     assert "--context" not in help_text
     from crosslens.activations.budget import MAX_DEFAULT_HELDOUT_TOKENS
 
@@ -258,9 +345,14 @@ def test_plan_tells_harvested_tokens_from_training_tokens(capsys):
     for key in ("crosscoder_train_total", "snapshot_models_forward_streaming"):
         assert more_steps["flops"][key] == 4 * base["flops"][key]
         assert more_tokens["flops"][key] == base["flops"][key]
-    assert more_steps["communication_bytes"]["sent_per_rank_total"] == 4 * base["communication_bytes"]["sent_per_rank_total"]
+    assert (
+        more_steps["communication_bytes"]["sent_per_rank_total"]
+        == 4 * base["communication_bytes"]["sent_per_rank_total"]
+    )
     assert more_tokens["disk_bytes"]["float32"] == 4 * base["disk_bytes"]["float32"]
-    assert more_tokens["flops"]["snapshot_models_forward_harvest"] == 4 * base["flops"]["snapshot_models_forward_harvest"]
+    assert (
+        more_tokens["flops"]["snapshot_models_forward_harvest"] == 4 * base["flops"]["snapshot_models_forward_harvest"]
+    )
     assert more_steps["seconds"]["harvest"] == base["seconds"]["harvest"]
     assert more_steps["seconds"]["train_streaming"] == pytest.approx(4 * base["seconds"]["train_streaming"])
     # the held-out split is harvested once, by both paths, and stored beside the store, in whole
@@ -278,11 +370,34 @@ def test_plan_tells_harvested_tokens_from_training_tokens(capsys):
         _tiny(seq_len=1)
     with pytest.raises(PlanError, match="--k must be >= 1, got 0"):
         _tiny(architecture="topk_crosscoder", k=0)
-    with pytest.raises(PlanError, match=r"^--k must be at most --d-sae \(16\) for a top-k crosscoder, got 17$"):  # as train
+    with pytest.raises(
+        PlanError, match=r"^--k must be at most --d-sae \(16\) for a top-k crosscoder, got 17$"
+    ):  # as train
         _tiny(architecture="topk_crosscoder", k=17)
-    assert main(["plan", "--hook", "blocks.1.hook_resid_post", "--device", "cpu", "--n-tokens", "1000", "--seq-len", "16",
-                 "--n-steps", "30", "--batch-size", "100"]) == 0  # fmt: skip
-    assert "992 tokens harvested + 96 held out (rows of 16); 30 steps x batch 100 = 3k training tokens (3.02 epochs)" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "plan",
+                "--hook",
+                "blocks.1.hook_resid_post",
+                "--device",
+                "cpu",
+                "--n-tokens",
+                "1000",
+                "--seq-len",
+                "16",
+                "--n-steps",
+                "30",
+                "--batch-size",
+                "100",
+            ]
+        )
+        == 0
+    )
+    assert (
+        "992 tokens harvested + 96 held out (rows of 16); 30 steps x batch 100 = 3k training tokens (3.02 epochs)"
+        in capsys.readouterr().out
+    )
 
 
 def test_the_data_axis_splits_the_crosscoder_step_but_not_the_streamed_forwards():
@@ -299,8 +414,10 @@ def test_the_data_axis_splits_the_crosscoder_step_but_not_the_streamed_forwards(
     assert two["seconds"]["train_from_store"] == pytest.approx(one["seconds"]["train_from_store"] / 2)
     assert forwards(two) == pytest.approx(forwards(one)) and forwards(one) > 0
     recipe = load_recipe("ge2025-pythia-160m")
-    alone, paired = (stream_prediction(make_plan(plan_config_from_recipe(recipe, model_dtype="bfloat16", data_parallel=d)))
-                     for d in (1, 2))  # fmt: skip
+    alone, paired = (
+        stream_prediction(make_plan(plan_config_from_recipe(recipe, model_dtype="bfloat16", data_parallel=d)))
+        for d in (1, 2)
+    )
     assert paired["forward_tokens_per_second"] == pytest.approx(alone["forward_tokens_per_second"])
     assert paired["crosscoder_tokens_per_second"] == pytest.approx(2 * alone["crosscoder_tokens_per_second"])
 
@@ -319,7 +436,8 @@ def test_world_size_alone_plans_trains_default_mesh_and_names_the_wider_snapshot
     out = capsys.readouterr().out
     assert "4 data x 2 snapshot = 8 rank(s)" in out and "(--snapshot-parallel" not in out
     assert "does not divide --world-size 6" in one_line_exit_2(
-        ["plan", "--recipe", "ge2025-pythia-160m", "--world-size", "6", "--snapshot-parallel", "4"], capsys)
+        ["plan", "--recipe", "ge2025-pythia-160m", "--world-size", "6", "--snapshot-parallel", "4"], capsys
+    )
 
 
 def test_recipe_plan_trains_as_train_recipe_does(capsys):
@@ -336,15 +454,21 @@ def test_recipe_plan_trains_as_train_recipe_does(capsys):
     # a smaller budget is seen once, not cycled through for the recipe's 390,625 steps
     for extra in (["--n-tokens", "4000000"], ["--n-tokens", "4000000", "--batch-size", "1024"]):
         inputs = _plan_json(["--recipe", recipe.name, "--stream", *extra], capsys)["inputs"]
-        trained = train_config(parser.parse_args(["train", "--recipe", recipe.name, "--stream", "--out", "o", *extra]), recipe)
+        trained = train_config(
+            parser.parse_args(["train", "--recipe", recipe.name, "--stream", "--out", "o", *extra]), recipe
+        )
         assert inputs["n_steps"] == trained.n_steps == 4_000_000 // trained.train_batch_size_tokens, extra
     assert trained.n_steps == 3906
 
 
 def test_train_recipe_offline_names_the_missing_weights(offline_hf_home, tmp_path, capsys):
-    err = one_line_exit_2(["train", "--recipe", "ge2025-pythia-160m", "--out", str(tmp_path), "--device", "cpu"], capsys)
+    err = one_line_exit_2(
+        ["train", "--recipe", "ge2025-pythia-160m", "--out", str(tmp_path), "--device", "cpu"], capsys
+    )
     assert "EleutherAI/pythia-160m at step0 and 31 more" in err and "HF_HUB_OFFLINE" in err
-    assert err.endswith("go online, or harvest where the weights are and train on that store (`crosslens train --store`)")
+    assert err.endswith(
+        "go online, or harvest where the weights are and train on that store (`crosslens train --store`)"
+    )
     err = one_line_exit_2(["train", "--out", str(tmp_path), "--device", "cpu"], capsys)
     assert "--store" in err and "--recipe" in err
 
@@ -355,8 +479,9 @@ def test_train_recipe_without_a_store_harvests_what_plan_sizes(fake_hub, tmp_pat
     is held out; the flags that choose those tokens are taken, not refused."""
     import random
 
-    from crosslens.activations import ActivationStore
     from hf_cache import FAKE_WORDS
+
+    from crosslens.activations import ActivationStore
 
     words = list(FAKE_WORDS)
     rng = random.Random(0)
@@ -390,8 +515,9 @@ def test_train_recipe_takes_a_store_of_some_of_its_snapshots_as_harvest_recipe_s
     --store` trains on it, and refuses a store of snapshots R does not list, or in another order."""
     import random
 
-    from crosslens.cli.train import _in_order_among
     from hf_cache import FAKE_WORDS
+
+    from crosslens.cli.train import _in_order_among
 
     rng = random.Random(0)
     text = tmp_path / "words.txt"
@@ -402,19 +528,44 @@ def test_train_recipe_takes_a_store_of_some_of_its_snapshots_as_harvest_recipe_s
         "context: 16\nn_tokens: 256\narchitecture: crosscoder\nd_sae: 16\nbatch_size: 32\n"
     )
     store = tmp_path / "store"
-    harvest = ["harvest", "--recipe", str(recipe), "--steps", "0,2000", "--text", str(text), "--heldout-tokens", "0",
-               "--device", "cpu"]  # fmt: skip
+    harvest = [
+        "harvest",
+        "--recipe",
+        str(recipe),
+        "--steps",
+        "0,2000",
+        "--text",
+        str(text),
+        "--heldout-tokens",
+        "0",
+        "--device",
+        "cpu",
+    ]
     assert main([*harvest, "--out", str(store)]) == 0
-    train = ["train", "--recipe", str(recipe), "--store", str(store), "--n-steps", "2", "--device", "cpu", "--spliced-seqs", "0"]
+    train = [
+        "train",
+        "--recipe",
+        str(recipe),
+        "--store",
+        str(store),
+        "--n-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--spliced-seqs",
+        "0",
+    ]
     assert main([*train, "--out", str(tmp_path / "run")]) == 0
     assert json.loads((tmp_path / "run" / "final" / "cfg.json").read_text())["n_snapshots"] == 2
     capsys.readouterr()
     other = tmp_path / "other.yaml"
     other.write_text(recipe.read_text().replace("steps: [0, 1000, 2000]", "steps: [0, 1000]"))
     err = one_line_exit_2([*train, "--recipe", str(other), "--out", str(tmp_path / "run2")], capsys)
-    assert err.endswith(f"holds EleutherAI/pythia-14m at 2 snapshots, not recipe other's EleutherAI/pythia-14m at its 2 "
-                        f"or some of them; harvest it with `crosslens harvest --recipe other` (--steps or --n-snapshots "
-                        "pick some) or drop --recipe"), err  # fmt: skip
+    assert err.endswith(
+        "holds EleutherAI/pythia-14m at 2 snapshots, not recipe other's EleutherAI/pythia-14m at its 2 "
+        "or some of them; harvest it with `crosslens harvest --recipe other` (--steps or --n-snapshots "
+        "pick some) or drop --recipe"
+    ), err
     assert _in_order_among(["step0", "step2000"], ["step0", "step1000", "step2000"])
     assert not _in_order_among(["step2000", "step0"], ["step0", "step1000", "step2000"])
     assert not _in_order_among(["step0", "step0"], ["step0", "step1000"])
@@ -431,11 +582,27 @@ def test_the_streaming_total_counts_the_chunk_buffers_train_stream_counts(tmp_pa
 
     folder = tmp_path / "suite"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"hidden_size": 8, "intermediate_size": 32, "num_hidden_layers": 2,
-                                                    "vocab_size": 100, "max_position_embeddings": 64}))  # fmt: skip
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "hidden_size": 8,
+                "intermediate_size": 32,
+                "num_hidden_layers": 2,
+                "vocab_size": 100,
+                "max_position_embeddings": 64,
+            }
+        )
+    )
     suite = SimpleNamespace(root=folder, model_id="tiny")
     for hook, width in (("blocks.0.hook_resid_post", 8), ("blocks.0.mlp.hook_post", 32)):
-        cfg = PlanConfig(model=model_spec_for(str(folder)), n_snapshots=3, hook=hook, seq_len=16, model_dtype="bfloat16", device="cpu")
+        cfg = PlanConfig(
+            model=model_spec_for(str(folder)),
+            n_snapshots=3,
+            hook=hook,
+            seq_len=16,
+            model_dtype="bfloat16",
+            device="cpu",
+        )
         mem = make_plan(cfg)["memory_bytes"]
         assert mem["stream_chunks"] == chunk_buffer_bytes(256 * 16, 3, width, 2) == 2 * 256 * 16 * 3 * width * 2
         assert mem["total_streaming"] == mem["total_training"] + mem["resident_models_truncated"] + mem["stream_chunks"]
@@ -465,13 +632,20 @@ def test_token_budget_counts_whole_rows_and_takes_counts_written_as_floats():
 def test_plan_refuses_snapshots_an_olmo_or_bloom_recipe_does_not_hold(capsys):
     """Only the hub lists those suites, but the recipe's own labels say what harvest would find."""
     err = one_line_exit_2(["plan", "--recipe", "bayazit2025-olmo-1b", "--n-snapshots", "30"], capsys)
-    assert err == "crosslens plan: error: --n-snapshots 30: recipe bayazit2025-olmo-1b lists 5 snapshots; pass --n-snapshots 5 or fewer"
+    assert (
+        err
+        == "crosslens plan: error: --n-snapshots 30: recipe bayazit2025-olmo-1b lists 5 snapshots; pass --n-snapshots 5 or fewer"
+    )
     err = one_line_exit_2(["plan", "--recipe", "bayazit2025-olmo-1b", "--steps", "1000,7"], capsys)
-    assert err == ("crosslens plan: error: --steps: 7 is not among the 5 snapshots of recipe bayazit2025-olmo-1b "
-                   "(1000, 2000, 16000, 137000, 1454000)")  # fmt: skip
+    assert err == (
+        "crosslens plan: error: --steps: 7 is not among the 5 snapshots of recipe bayazit2025-olmo-1b "
+        "(1000, 2000, 16000, 137000, 1454000)"
+    )
     err = one_line_exit_2(["plan", "--recipe", "bayazit2025-bloom-1b1", "--steps", "1000,7,8"], capsys)
-    assert err.endswith("--steps: 7, 8 are not among the 4 snapshots of recipe bayazit2025-bloom-1b1 (1000, 10000, 100000, "
-                        "main); at most 1 of them can be main's")  # fmt: skip
+    assert err.endswith(
+        "--steps: 7, 8 are not among the 4 snapshots of recipe bayazit2025-bloom-1b1 (1000, 10000, 100000, "
+        "main); at most 1 of them can be main's"
+    )
     assert main(["plan", "--recipe", "bayazit2025-bloom-1b1", "--steps", "1000,7", "--json"]) == 0  # 7 may be main's
     assert json.loads(capsys.readouterr().out)["inputs"]["n_snapshots"] == 2
     assert main(["plan", "--recipe", "bayazit2025-olmo-1b", "--n-snapshots", "3", "--json"]) == 0
@@ -481,8 +655,15 @@ def test_plan_refuses_snapshots_an_olmo_or_bloom_recipe_does_not_hold(capsys):
 def test_a_recipe_file_is_read_strictly_naming_the_key_at_fault(tmp_path, capsys):
     from crosslens.training.recipes import RecipeError, recipe_from_dict
 
-    base = {"model": "EleutherAI/pythia-14m", "steps": [0, 1000], "hook": "blocks.0.hook_resid_post", "n_tokens": "1e6",
-            "architecture": "crosscoder", "d_sae": 16, "batch_size": 32}  # fmt: skip
+    base = {
+        "model": "EleutherAI/pythia-14m",
+        "steps": [0, 1000],
+        "hook": "blocks.0.hook_resid_post",
+        "n_tokens": "1e6",
+        "architecture": "crosscoder",
+        "d_sae": 16,
+        "batch_size": 32,
+    }
     assert recipe_from_dict(base, "r").n_tokens == 1_000_000  # YAML's string "1e6" is the number it spells
     refused = [
         ({"sparsity_coef": 3}, "recipe 'r': unknown key 'sparsity_coef' (did you mean sparsity?)"),
@@ -496,8 +677,10 @@ def test_a_recipe_file_is_read_strictly_naming_the_key_at_fault(tmp_path, capsys
             recipe_from_dict({**base, **change}, "r")
         assert str(error.value).startswith(message), str(error.value)
     path = tmp_path / "mine.yaml"
-    path.write_text("model: EleutherAI/pythia-14m\nsteps: [0, 1000]\nhook: blocks.0.hook_resid_post\nn_tokens: 1e6\n"
-                    "architecture: crosscoder\nd_sae: 16\nbatch_size: 32\nsparsity_coef: 3\n")  # fmt: skip
+    path.write_text(
+        "model: EleutherAI/pythia-14m\nsteps: [0, 1000]\nhook: blocks.0.hook_resid_post\nn_tokens: 1e6\n"
+        "architecture: crosscoder\nd_sae: 16\nbatch_size: 32\nsparsity_coef: 3\n"
+    )
     err = one_line_exit_2(["plan", "--recipe", str(path)], capsys)
     assert err == "crosslens plan: error: recipe 'mine': unknown key 'sparsity_coef' (did you mean sparsity?)"
 
@@ -505,8 +688,19 @@ def test_a_recipe_file_is_read_strictly_naming_the_key_at_fault(tmp_path, capsys
 def test_a_recipes_k_is_checked_against_the_d_sae_given_not_the_default_k(tmp_path):
     from crosslens.training.recipes import recipe_from_dict
 
-    recipe = recipe_from_dict({"model": "EleutherAI/pythia-14m", "steps": [0, 1000], "hook": "blocks.0.hook_resid_post",
-                               "n_tokens": 1000, "architecture": "topk_crosscoder", "k": 8, "d_sae": 64, "batch_size": 32}, "r")  # fmt: skip
+    recipe = recipe_from_dict(
+        {
+            "model": "EleutherAI/pythia-14m",
+            "steps": [0, 1000],
+            "hook": "blocks.0.hook_resid_post",
+            "n_tokens": 1000,
+            "architecture": "topk_crosscoder",
+            "k": 8,
+            "d_sae": 64,
+            "batch_size": 32,
+        },
+        "r",
+    )
     parser = build_parser()
     config = train_config(parser.parse_args(["train", "--store", "s", "--out", "o", "--d-sae", "16"]), recipe)
     assert (config.sae.k, config.sae.d_sae) == (8, 16)  # below the default k of 32: the recipe's 8 counts
@@ -519,11 +713,17 @@ def test_train_recipe_offline_names_a_revision_cached_without_its_weights(offlin
     model loads, after every token is read: it is named before."""
     from hf_cache import make_word_tokenizer, repo_folder, tiny_neox, write_fake_hub_repo
 
-    write_fake_hub_repo(offline_hf_home, "EleutherAI/pythia-14m", {"step0": tiny_neox(seed=0), "step1000": tiny_neox(seed=1)},
-                        make_word_tokenizer())  # fmt: skip
+    write_fake_hub_repo(
+        offline_hf_home,
+        "EleutherAI/pythia-14m",
+        {"step0": tiny_neox(seed=0), "step1000": tiny_neox(seed=1)},
+        make_word_tokenizer(),
+    )
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text("model: EleutherAI/pythia-14m\nsteps: [0, 1000]\nhook: blocks.0.hook_resid_post\ndataset: x\n"
-                      "context: 16\nn_tokens: 400\narchitecture: crosscoder\nd_sae: 16\nbatch_size: 32\n")  # fmt: skip
+    recipe.write_text(
+        "model: EleutherAI/pythia-14m\nsteps: [0, 1000]\nhook: blocks.0.hook_resid_post\ndataset: x\n"
+        "context: 16\nn_tokens: 400\narchitecture: crosscoder\nd_sae: 16\nbatch_size: 32\n"
+    )
     commit = (repo_folder(offline_hf_home, "EleutherAI/pythia-14m") / "refs" / "step1000").read_text().strip()
     (repo_folder(offline_hf_home, "EleutherAI/pythia-14m") / "snapshots" / commit / "model.safetensors").unlink()
     capsys.readouterr()  # the fake repo's own progress bars

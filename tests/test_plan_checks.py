@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
+from trust_fixtures import one_line_exit_2
 
 from crosslens.cli import main
 from crosslens.pico import PicoConfig
 from crosslens.pico.config import default_root
 from crosslens.training.sizing import default_mesh
-from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
-from trust_fixtures import one_line_exit_2
 
 HOOK = "blocks.0.hook_resid_post"
 RECIPE = "ge2025-pythia-160m"
@@ -34,7 +34,9 @@ def test_plan_refuses_more_pico_snapshots_than_listed_as_harvest_does(tmp_path, 
     n = len(PicoConfig().checkpoint_steps)
     err = one_line_exit_2(["plan", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "100"], capsys)
     assert "--n-snapshots 100" in err and f"--n-snapshots {n} or fewer" in err
-    harvest = one_line_exit_2(["harvest", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "100", "--out", str(tmp_path / "s")], capsys)
+    harvest = one_line_exit_2(
+        ["harvest", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "100", "--out", str(tmp_path / "s")], capsys
+    )
     assert err.split("error: ", 1)[1] == harvest.split("error: ", 1)[1]
     assert plan_json(["--suite", "pico", "--hook", HOOK, "--n-snapshots", str(n)], capsys)["inputs"]["n_snapshots"] == n
     assert not default_root(PicoConfig()).exists()  # planning builds nothing
@@ -68,14 +70,19 @@ def test_plan_refuses_a_name_that_is_no_hook(suite, capsys):
 
 
 def test_plan_refuses_a_block_the_model_does_not_have(capsys):
-    err = one_line_exit_2(["plan", "--suite", "EleutherAI/pythia-160m", "--hook", "blocks.40.hook_resid_post", "--n-snapshots", "2"], capsys)
+    err = one_line_exit_2(
+        ["plan", "--suite", "EleutherAI/pythia-160m", "--hook", "blocks.40.hook_resid_post", "--n-snapshots", "2"],
+        capsys,
+    )
     assert "--hook" in err and "block 40" in err and "12" in err
     err = one_line_exit_2(["plan", "--recipe", RECIPE, "--hook", "blocks.0.nonsense"], capsys)
     assert "--hook 'blocks.0.nonsense' is not a TransformerLens hook name" in err
 
 
 def test_a_hub_suite_not_listed_offline_is_still_sized_from_the_table(capsys):
-    plan = plan_json(["--suite", "allenai/OLMo-1B-0724-hf", "--hook", "blocks.3.mlp.hook_post", "--n-snapshots", "40"], capsys)
+    plan = plan_json(
+        ["--suite", "allenai/OLMo-1B-0724-hf", "--hook", "blocks.3.mlp.hook_post", "--n-snapshots", "40"], capsys
+    )
     assert plan["inputs"]["n_snapshots"] == 40 and plan["inputs"]["d_in"] == plan["inputs"]["d_model"] * 4
 
 
@@ -97,10 +104,17 @@ def test_plan_refuses_a_mesh_whose_data_axis_does_not_divide_the_batch(capsys):
     err = one_line_exit_2(["plan", "--recipe", RECIPE, "--mesh", "3x3"], capsys)
     assert err.startswith("crosslens plan: error: --mesh 3x3:") and "--batch-size" in err
     assert "--mesh 1x9" in err  # the same 9 ranks, a data axis of 1 divides any batch
-    err = one_line_exit_2(["plan", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "4", "--mesh", "3x1", "--batch-size", "4096"], capsys)
+    err = one_line_exit_2(
+        ["plan", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "4", "--mesh", "3x1", "--batch-size", "4096"],
+        capsys,
+    )
     assert "--mesh 3x1" in err and "--batch-size 4095" in err
-    plan = plan_json(["--recipe", RECIPE, "--mesh", "2x3"], capsys)  # 32 snapshots over 3 ranks: uneven, as train allows
-    assert plan["mesh"]["batch_per_rank"] * 2 == plan["inputs"]["batch_size"] and plan["mesh"]["snapshots_per_rank"] == 11
+    plan = plan_json(
+        ["--recipe", RECIPE, "--mesh", "2x3"], capsys
+    )  # 32 snapshots over 3 ranks: uneven, as train allows
+    assert (
+        plan["mesh"]["batch_per_rank"] * 2 == plan["inputs"]["batch_size"] and plan["mesh"]["snapshots_per_rank"] == 11
+    )
 
 
 def test_the_default_mesh_keeps_the_batch_divisible(capsys):
@@ -113,12 +127,17 @@ def test_the_default_mesh_keeps_the_batch_divisible(capsys):
 @pytest.mark.parametrize("hook", ["nonsense", "blocks.0.hook_nonsense"])
 def test_plan_and_harvest_refuse_a_hook_in_the_same_words(hook, local_suite, tmp_path, capsys):
     plan = one_line_exit_2(["plan", "--suite", str(local_suite), "--hook", hook, "--n-snapshots", "2"], capsys)
-    harvest = one_line_exit_2(["harvest", "--suite", str(local_suite), "--hook", hook, "--out", str(tmp_path / "s")], capsys)
+    harvest = one_line_exit_2(
+        ["harvest", "--suite", str(local_suite), "--hook", hook, "--out", str(tmp_path / "s")], capsys
+    )
     assert plan.split("error: ", 1)[1] == harvest.split("error: ", 1)[1]
 
 
 def test_a_world_size_no_mesh_of_which_divides_the_batch_names_the_flags_given(capsys):
-    err = one_line_exit_2(["plan", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "2", "--world-size", "6", "--batch-size", "4096"], capsys)
+    err = one_line_exit_2(
+        ["plan", "--suite", "pico", "--hook", HOOK, "--n-snapshots", "2", "--world-size", "6", "--batch-size", "4096"],
+        capsys,
+    )
     assert err.startswith("crosslens plan: error: --world-size 6 with --snapshot-parallel 1:") and "--mesh" not in err
     assert err.endswith("pass --batch-size 4092")  # no snapshot axis of 2 snapshots leaves a data axis dividing 4096
     err = one_line_exit_2(["plan", "--recipe", RECIPE, "--world-size", "6"], capsys)

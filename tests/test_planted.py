@@ -13,9 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from trust_fixtures import one_torch_thread
 
 import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectures with SAELens)
-from crosslens.analysis.evolution import NO_STEP
 from crosslens.analysis import (
     EvolutionAnalysis,
     PlantedConfig,
@@ -24,9 +24,9 @@ from crosslens.analysis import (
     probe_validation,
     top_activating_contexts,
 )
+from crosslens.analysis.evolution import NO_STEP
 from crosslens.analysis.probes import firing_frequency
 from crosslens.analysis.synthetic import match_planted, planted_mmcs, planted_recovery
-from trust_fixtures import one_torch_thread
 
 N_STEPS = 2000
 BATCH = 256

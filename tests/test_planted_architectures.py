@@ -105,7 +105,9 @@ def test_planted_targets_over_three_seeds(planted, arch):
         _check(planted, acts_NSD, arch, seed=seed, min_recovered=0.9, min_timeline=0.9, n_steps=6000, batch_size=512)
 
 
-@pytest.mark.parametrize(("arch", "field"), [("jumprelu_crosscoder", "l0_warm_up_steps"), ("crosscoder", "l1_warm_up_steps")])
+@pytest.mark.parametrize(
+    ("arch", "field"), [("jumprelu_crosscoder", "l0_warm_up_steps"), ("crosscoder", "l1_warm_up_steps")]
+)
 def test_the_sparsity_warm_up_share_reaches_the_crosscoder(planted, arch, field):
     from crosslens.architectures import defaults_for
 

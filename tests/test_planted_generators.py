@@ -80,7 +80,9 @@ def test_new_planted_options_are_checked_and_leave_old_sets_alone():
     plain = PlantedEvolution.build(PlantedConfig(**base))
     same = PlantedEvolution.build(PlantedConfig(**base, pair_correlations=(0.5,)))
     assert torch.equal(plain.firing_probs, same.firing_probs) and torch.equal(plain.decoder, same.decoder)
-    assert torch.equal(plain.sample(100, torch.Generator().manual_seed(0))[0], same.sample(100, torch.Generator().manual_seed(0))[0])
+    assert torch.equal(
+        plain.sample(100, torch.Generator().manual_seed(0))[0], same.sample(100, torch.Generator().manual_seed(0))[0]
+    )
     for bad in (
         dict(pair_correlations=(0.5, 1.5)),
         dict(pair_correlations=()),
@@ -133,7 +135,6 @@ def test_target_l0_steers_lambda_and_resumes_exactly(tmp_path):
     assert torch.allclose(loaded.encode(x), straight.encode(x))
 
 
-
 # CI: the JumpReLU crosscoder at its defaults, 1000 steps of 512 tokens, one generator per test.
 # Recovery is still climbing at that length: seed 0 reached (recovered, exact) 0.96, 0.98
 # on zipf, 0.93, 0.97 on correlated and 0.71, 0.94 on wide (scripts/planted_generators.py
@@ -142,9 +143,13 @@ def test_target_l0_steers_lambda_and_resumes_exactly(tmp_path):
 # 0.92, 0.93 and late 0.94, 1.00. The bars are those numbers less about 0.1, to catch a
 # regression without holding CI to the full run's bars (the slow test's).
 SHORT_BARS = {
-    "zipf": (0.85, 0.85), "correlated": (0.8, 0.85), "wide": (0.6, 0.85),
-    "rare": (0.8, 0.85), "cofiring": (0.8, 0.8), "late": (0.8, 0.85),
-}  # fmt: skip
+    "zipf": (0.85, 0.85),
+    "correlated": (0.8, 0.85),
+    "wide": (0.6, 0.85),
+    "rare": (0.8, 0.85),
+    "cofiring": (0.8, 0.8),
+    "late": (0.8, 0.85),
+}
 
 
 @pytest.mark.parametrize("generator", sorted(GENERATORS))

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
 from huggingface_hub import HfApi
-from safetensors.torch import load_file
 from sae_lens import SAE
+from safetensors.torch import load_file
+from wandb_files import wandb_records
 
 import crosslens
 import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectures with SAELens)
-from wandb_files import wandb_records
-
 from crosslens.activations import harvest_activations
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.cli import main
@@ -35,7 +35,6 @@ from crosslens.pretrained import (
 from crosslens.pretrained.push import push_to_hub
 from crosslens.training.config import ArchitectureConfig, LoggingConfig
 from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
-from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
 
 HOOK = "blocks.0.hook_resid_post"
 REPO = "crosslens-test/tiny-crosscoders"
@@ -52,9 +51,16 @@ def trained_run(tmp_path_factory):
     harvest_activations(CheckpointSuite.local(root), HOOK, tokens, store, progress=False)
     run_dir = tmp_path_factory.mktemp("run")
     config = CrosscoderRunnerConfig(
-        store_path=str(store), out_dir=str(run_dir), sae=ArchitectureConfig(architecture="jumprelu_crosscoder", d_sae=32),
-        n_steps=30, train_batch_size_tokens=64, lr=3e-3, checkpoint_every=0, progress=False, dataset_path="synthetic:random",
-    )  # fmt: skip
+        store_path=str(store),
+        out_dir=str(run_dir),
+        sae=ArchitectureConfig(architecture="jumprelu_crosscoder", d_sae=32),
+        n_steps=30,
+        train_batch_size_tokens=64,
+        lr=3e-3,
+        checkpoint_every=0,
+        progress=False,
+        dataset_path="synthetic:random",
+    )
     CrosscoderTrainingRunner(config).run()
     return run_dir
 
@@ -130,7 +136,13 @@ def test_registry_entry_and_model_card(trained_run, pushed):
         row = f"| {s} | {revision} | {[0, 10, 100][s]} |  | {evaluation['variance_explained'][s]:.3f} | {evaluation['l0'][s]:.1f} |"
         assert row in card
     assert "| context_size | 16 |" in card and "| dataset_path | synthetic:random |" in card
-    for row in ("| n_steps | 30 |", "| batch_size (tokens) | 64 |", "| lr | 0.003 |", "| training tokens | 1920 |", "| seed | 0 |"):
+    for row in (
+        "| n_steps | 30 |",
+        "| batch_size (tokens) | 64 |",
+        "| lr | 0.003 |",
+        "| training tokens | 1920 |",
+        "| seed | 0 |",
+    ):
         assert row in card, row  # the run's settings, read from its run.json
     assert "| k |" not in card  # JumpReLU has no k
     assert "## Feature classes" in card
@@ -192,7 +204,9 @@ def test_cli_pretrained_list_show_and_release_id_folders(pushed, capsys):
     assert "ce_loss_score" not in out, "the fixture's run measured no spliced loss"
 
     spec = yaml.safe_load(pushed.registry_yaml)
-    spec[RELEASE]["saes"][0].update(ce_loss_score=[0.5, 0.91, 0.97], kl_div_with_sae=[0.2, 0.03, 0.01], spliced_ablation="zero")
+    spec[RELEASE]["saes"][0].update(
+        ce_loss_score=[0.5, 0.91, 0.97], kl_div_with_sae=[0.2, 0.03, 0.01], spliced_ablation="zero"
+    )
     Path(os.environ["CROSSLENS_PRETRAINED"]).write_text(yaml.safe_dump(spec))
     assert main(["pretrained", "show", RELEASE]) == 0
     out = capsys.readouterr().out
@@ -226,13 +240,16 @@ def test_cli_push_prints_the_registry_entry(trained_run, stubbed_hub, capsys):
 def test_push_offline_says_it_needs_the_hub_before_measuring(trained_run, offline_hf_home, capsys, monkeypatch):
     import crosslens.pretrained.push as push_module
 
-    monkeypatch.setattr(push_module, "_store_evaluation", lambda *a, **k: pytest.fail("measured before the hub was asked"))
+    monkeypatch.setattr(
+        push_module, "_store_evaluation", lambda *a, **k: pytest.fail("measured before the hub was asked")
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(["push", str(trained_run), "--repo", "someone/cc"])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and err == (
         "crosslens push: error: pushing to someone/cc needs the hub, which HF_HUB_OFFLINE=1 forbids; unset it and log "
-        "in to the hub, or write the folder with push_to_hub(..., api=LocalHubApi()) for air-gapped sharing")  # fmt: skip
+        "in to the hub, or write the folder with push_to_hub(..., api=LocalHubApi()) for air-gapped sharing"
+    )
 
 
 def test_runner_fills_saelens_training_metadata(trained_run):
@@ -249,14 +266,20 @@ def test_runner_fills_saelens_training_metadata(trained_run):
 def test_saelens_names_are_the_only_names():
     from crosslens.training import CrosscoderTrainerConfig, LoggingConfig
 
-    cfg = CrosscoderTrainerConfig(total_steps=10, logger=LoggingConfig(run_name="r", wandb_log_frequency=5, eval_every_n_wandb_logs=2))
+    cfg = CrosscoderTrainerConfig(
+        total_steps=10, logger=LoggingConfig(run_name="r", wandb_log_frequency=5, eval_every_n_wandb_logs=2)
+    )
     assert (cfg.logger.run_name, cfg.logger.wandb_log_frequency, cfg.logger.histogram_every) == ("r", 5, 10)
     with pytest.raises(TypeError):
         CrosscoderTrainerConfig(total_steps=10, wandb_run_name="b")
     runner_cfg = CrosscoderRunnerConfig(
-        store_path="s", out_dir="o", logger=LoggingConfig(run_name="x", wandb_log_frequency=7), hook_name="h",
-        n_steps=10, train_batch_size_tokens=100,
-    )  # fmt: skip
+        store_path="s",
+        out_dir="o",
+        logger=LoggingConfig(run_name="x", wandb_log_frequency=7),
+        hook_name="h",
+        n_steps=10,
+        train_batch_size_tokens=100,
+    )
     assert (runner_cfg.logger.run_name, runner_cfg.logger.wandb_log_frequency, runner_cfg.hook_name) == ("x", 7, "h")
     assert (runner_cfg.n_steps, runner_cfg.train_batch_size_tokens, runner_cfg.training_tokens) == (10, 100, 1000)
     assert CrosscoderRunnerConfig.from_dict(asdict(runner_cfg)) == runner_cfg  # run.json round-trips
@@ -270,10 +293,17 @@ def test_wandb_run_id_in_metadata_and_model_artifact_offline(trained_run, tmp_pa
     run_dir = tmp_path / "run"
     store = json.loads((trained_run / "run.json").read_text())["store_path"]
     config = CrosscoderRunnerConfig(
-        store_path=store, out_dir=str(run_dir), sae=ArchitectureConfig(architecture="crosscoder", d_sae=16), n_steps=4,
-        train_batch_size_tokens=32, checkpoint_every=0, progress=False,
-        logger=LoggingConfig(log_to_wandb=True, wandb_project="crosslens-test", run_name="artifact-check", wandb_log_frequency=2),
-    )  # fmt: skip
+        store_path=store,
+        out_dir=str(run_dir),
+        sae=ArchitectureConfig(architecture="crosscoder", d_sae=16),
+        n_steps=4,
+        train_batch_size_tokens=32,
+        checkpoint_every=0,
+        progress=False,
+        logger=LoggingConfig(
+            log_to_wandb=True, wandb_project="crosslens-test", run_name="artifact-check", wandb_log_frequency=2
+        ),
+    )
     CrosscoderTrainingRunner(config).run()
     wandb.teardown()  # flushes the offline run file
     (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
@@ -293,14 +323,20 @@ def test_a_release_absent_from_the_offline_cache_is_named_with_the_fix(offline_h
     from crosslens.pretrained.load import pretrained_folder
 
     monkeypatch.setenv("CROSSLENS_PRETRAINED", "")
-    spec = {"repo_id": "me/absent", "model": "EleutherAI/pythia-14m",
-            "suite": {"family": "pythia", "model_id": "EleutherAI/pythia-14m", "revisions": ["step0", "step1"]},
-            "saes": [{"id": HOOK, "path": HOOK}]}  # fmt: skip
+    spec = {
+        "repo_id": "me/absent",
+        "model": "EleutherAI/pythia-14m",
+        "suite": {"family": "pythia", "model_id": "EleutherAI/pythia-14m", "revisions": ["step0", "step1"]},
+        "saes": [{"id": HOOK, "path": HOOK}],
+    }
     register_release("absent", spec)
     try:
         for load in (load_pretrained, pretrained_folder):
-            with pytest.raises(PretrainedRegistryError, match=rf"^me/absent/{HOOK} is not in the Hugging Face cache \(.*\) "
-                               "and HF_HUB_OFFLINE=1 forbids downloading it; go online once"):  # fmt: skip
+            with pytest.raises(
+                PretrainedRegistryError,
+                match=rf"^me/absent/{HOOK} is not in the Hugging Face cache \(.*\) "
+                "and HF_HUB_OFFLINE=1 forbids downloading it; go online once",
+            ):
                 load("absent", HOOK)
     finally:
         unregister_release("absent")

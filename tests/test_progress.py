@@ -58,7 +58,9 @@ def test_trainer_bar_shows_the_loss_and_l0_once_a_log_interval_without_wandb(mon
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     torch.manual_seed(0)
     sae = ReLUTrainingCrosscoder(ReLUTrainingCrosscoderConfig(d_in=8, d_sae=8, n_snapshots=2))
-    cfg = CrosscoderTrainerConfig(total_steps=4, activation_scale_check="off", logger=LoggingConfig(wandb_log_frequency=2))
+    cfg = CrosscoderTrainerConfig(
+        total_steps=4, activation_scale_check="off", logger=LoggingConfig(wandb_log_frequency=2)
+    )
     trainer = CrosscoderTrainer(sae, cfg)
     trainer.fit([torch.randn(16, 2, 8)] * 4)
     err = capsys.readouterr().err

@@ -127,11 +127,27 @@ def _curve_rows(n_snapshots: int) -> list[dict]:
     for s in range(n_snapshots):
         for keep_only in (False, True):
             for k in (1, 3, 10, 30, 100):
-                rows.append({"snapshot": s, "label": f"step{s}", "keep_only": keep_only, "selection": "top", "k": k,
-                             "metric": -1.0 + 0.01 * k})  # fmt: skip
+                rows.append(
+                    {
+                        "snapshot": s,
+                        "label": f"step{s}",
+                        "keep_only": keep_only,
+                        "selection": "top",
+                        "k": k,
+                        "metric": -1.0 + 0.01 * k,
+                    }
+                )
                 for draw in range(2):
-                    rows.append({"snapshot": s, "label": f"step{s}", "keep_only": keep_only, "selection": "random",
-                                 "k": k, "metric": -1.0 + 0.001 * k * (draw + 1)})  # fmt: skip
+                    rows.append(
+                        {
+                            "snapshot": s,
+                            "label": f"step{s}",
+                            "keep_only": keep_only,
+                            "selection": "random",
+                            "k": k,
+                            "metric": -1.0 + 0.001 * k * (draw + 1),
+                        }
+                    )
     return rows
 
 
@@ -183,12 +199,27 @@ def test_relie_scatter_panels_fit_reldec_and_share_relie():
 
 # ---------------------------------------------------------------------------- demo lines
 def _summary(specific: list[int]) -> SimpleNamespace:
-    behaviour = [{"label": f"s{c}", "accuracy": 1.0, "ci_low": 0.8, "ci_high": 1.0, "n_pairs": 12,
-                  "metric_mean": -1.0, "metric_sd": 0.1, "at_chance": False} for c in range(2)]  # fmt: skip
+    behaviour = [
+        {
+            "label": f"s{c}",
+            "accuracy": 1.0,
+            "ci_low": 0.8,
+            "ci_high": 1.0,
+            "n_pairs": 12,
+            "metric_mean": -1.0,
+            "metric_sd": 0.1,
+            "at_chance": False,
+        }
+        for c in range(2)
+    ]
     return SimpleNamespace(
-        behaviour=behaviour, snapshots=["s0", "s1"], metric_clean=[-1.0, -2.0], specific_per_snapshot=specific,
-        ablation="zero", keep_only_restored_final={1: 0.5},
-    )  # fmt: skip
+        behaviour=behaviour,
+        snapshots=["s0", "s1"],
+        metric_clean=[-1.0, -2.0],
+        specific_per_snapshot=specific,
+        ablation="zero",
+        keep_only_restored_final={1: 0.5},
+    )
 
 
 def test_demo_lines_say_what_no_specific_feature_means(capsys):
@@ -242,7 +273,10 @@ def test_long_snake_case_headers_can_wrap_at_their_underscores():
 def test_percent_columns_print_fractions_as_the_console_does():
     from crosslens.htmlreport import Report
 
-    rows = [{"snapshot": "step8", "CE recovered": 0.98834, "KL": 0.0031}, {"snapshot": "step0", "CE recovered": None, "KL": 0.0016}]
+    rows = [
+        {"snapshot": "step8", "CE recovered": 0.98834, "KL": 0.0031},
+        {"snapshot": "step0", "CE recovered": None, "KL": 0.0016},
+    ]
     page = Report("t").add_table(rows, percent=["CE recovered"]).render().replace(' class=""', "")
     assert "<td>98.8%</td>" in page and "<td>&mdash;</td>" in page  # a share left out stays a dash
     assert "<td>0.0031</td>" in page  # other numbers keep four significant digits

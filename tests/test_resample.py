@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import crosslens.crosscoders as cc
-from crosslens.crosscoders.base import CrosscoderStepInput
 from crosslens.architectures import defaults_for
+from crosslens.crosscoders.base import CrosscoderStepInput
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig, latest_checkpoint
 from crosslens.training.config import ArchitectureConfig
 from crosslens.training.resample import (
@@ -72,8 +72,10 @@ def test_a_resampled_latent_points_at_a_residual_and_fires_at_the_median_rate():
     for name, p in sae.named_parameters():  # only the silent latents' slices moved
         axis = 2 if name == "W_enc" else 0
         if p.shape[axis] == F:
-            assert torch.equal(p.detach().index_select(axis, live.nonzero().flatten()),
-                               before[name].index_select(axis, live.nonzero().flatten())), name  # fmt: skip
+            assert torch.equal(
+                p.detach().index_select(axis, live.nonzero().flatten()),
+                before[name].index_select(axis, live.nonzero().flatten()),
+            ), name
     flat_residual = torch.nn.functional.normalize(residual_NSD.flatten(1), dim=1)
     dec_median = before["W_dec"][live].flatten(1).norm(dim=1).median()
     enc_median = before["W_enc"][:, :, live].flatten(0, 1).norm(dim=0).median()
@@ -115,9 +117,15 @@ def test_clearing_adam_rows_zeroes_the_latents_slices_of_each_moment():
     sae = jumprelu()
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3)
     x_NSD = next(batches())
-    sae.training_forward_pass(CrosscoderStepInput(
-        sae_in=x_NSD, coefficients={"l0": 0.05}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False,
-    )).loss.backward()  # fmt: skip
+    sae.training_forward_pass(
+        CrosscoderStepInput(
+            sae_in=x_NSD,
+            coefficients={"l0": 0.05},
+            dead_neuron_mask=None,
+            n_training_steps=0,
+            is_logging_step=False,
+        )
+    ).loss.backward()
     optimizer.step()
     idx = torch.tensor([1, 4])
     clear_adam_rows(optimizer, sae.latent_rows(), idx)
@@ -130,7 +138,9 @@ def test_clearing_adam_rows_zeroes_the_latents_slices_of_each_moment():
 
 
 def _trainer_cfg(**kw) -> CrosscoderTrainerConfig:
-    base = dict(total_steps=24, lr=3e-3, lr_decay_steps=4, resample_dead=2, save_final=False, activation_scale_check="off")
+    base = dict(
+        total_steps=24, lr=3e-3, lr_decay_steps=4, resample_dead=2, save_final=False, activation_scale_check="off"
+    )
     return CrosscoderTrainerConfig(**{**base, **kw})
 
 
@@ -159,7 +169,11 @@ def test_training_resamples_silent_latents_and_a_resumed_run_does_the_same(tmp_p
 
 
 def test_resampling_is_on_by_default_for_jumprelu_alone():
-    assert ArchitectureConfig(architecture="jumprelu_crosscoder").resample_dead == defaults_for("jumprelu_crosscoder").resample_dead == 4
+    assert (
+        ArchitectureConfig(architecture="jumprelu_crosscoder").resample_dead
+        == defaults_for("jumprelu_crosscoder").resample_dead
+        == 4
+    )
     for arch in ("crosscoder", "topk_crosscoder", "batchtopk_crosscoder"):
         assert ArchitectureConfig(architecture=arch).resample_dead == 0
     assert ArchitectureConfig(architecture="crosscoder", resample_dead=3).resample_dead == 3

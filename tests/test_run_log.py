@@ -19,15 +19,24 @@ def _without_seconds(records):
 def test_the_trainer_logs_each_interval_and_times_checkpoints_and_the_final_save(tmp_path):
     log = tmp_path / "train_log.jsonl"
     cfg = trainer_cfg(
-        total_steps=12, checkpoint_dir=str(tmp_path), checkpoint_every=6, log_path=str(log),
+        total_steps=12,
+        checkpoint_dir=str(tmp_path),
+        checkpoint_every=6,
+        log_path=str(log),
         logger=LoggingConfig(wandb_log_frequency=4),
-    )  # fmt: skip
+    )
     trainer = CrosscoderTrainer(make_sae("jumprelu_crosscoder"), cfg)
     trainer.fit(make_batches)
     records = read_run_log(log)
     assert [(r["kind"], r.get("step")) for r in records] == [
-        ("start", 0), ("step", 4), ("checkpoint", 6), ("step", 8), ("step", 12), ("checkpoint", 12), ("final", 12),
-    ]  # fmt: skip
+        ("start", 0),
+        ("step", 4),
+        ("checkpoint", 6),
+        ("step", 8),
+        ("step", 12),
+        ("checkpoint", 12),
+        ("final", 12),
+    ]
     assert records[0]["total_steps"] == 12 and records[0]["d_sae"] == 32
     steps = [r for r in records if r["kind"] == "step"]
     assert [r["n_tokens"] for r in steps] == [4 * B, 8 * B, 12 * B]

@@ -7,7 +7,9 @@ import shutil
 
 import pytest
 import torch
+from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
 from sae_lens import SAE
+from trust_fixtures import run_config
 
 import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectures with SAELens)
 from crosslens.activations import harvest_activations
@@ -18,8 +20,6 @@ from crosslens.training.runner import (
     CrosscoderTrainingRunner,
     evaluate_crosscoder,
 )
-from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
-from trust_fixtures import run_config
 
 HOOK = "blocks.0.hook_resid_post"
 
@@ -78,7 +78,10 @@ def test_runner_resume_matches_uninterrupted_run(store_path, tmp_path, capsys):
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
         assert torch.equal(getattr(straight, name), getattr(resumed, name)), name
     n_steps = _config(store_path, tmp_path / "run").n_steps
-    assert f"--resume: continuing from {runner.checkpoint_dir / 'step_00000030'} (step 30 of {n_steps})" in capsys.readouterr().out
+    assert (
+        f"--resume: continuing from {runner.checkpoint_dir / 'step_00000030'} (step 30 of {n_steps})"
+        in capsys.readouterr().out
+    )
 
 
 def test_resume_with_other_settings_is_refused(store_path, tmp_path):
@@ -99,7 +102,9 @@ def test_runner_reuses_a_store_its_caller_holds(store_path, tmp_path, monkeypatc
     store = ActivationStore.open(store_path)
     opened = []
     original = ActivationStore.open.__func__
-    monkeypatch.setattr(ActivationStore, "open", classmethod(lambda cls, *a, **k: opened.append(a) or original(cls, *a, **k)))
+    monkeypatch.setattr(
+        ActivationStore, "open", classmethod(lambda cls, *a, **k: opened.append(a) or original(cls, *a, **k))
+    )
     runner = CrosscoderTrainingRunner(_config(store_path, tmp_path / "run"), store=store)
     assert runner.store is store and opened == []
     CrosscoderTrainingRunner(_config(store_path, tmp_path / "run"))
@@ -132,18 +137,25 @@ def test_a_run_keeps_its_newest_checkpoints(store_path, tmp_path):
     assert [r["kind"] for r in read_run_log(run / TRAIN_LOG_NAME)] == ["start", "step", "final"]  # at step 50
 
 
-def test_a_run_whose_checkpoints_the_disk_cannot_hold_is_refused_before_its_first_step(store_path, tmp_path, monkeypatch):
+def test_a_run_whose_checkpoints_the_disk_cannot_hold_is_refused_before_its_first_step(
+    store_path, tmp_path, monkeypatch
+):
     from crosslens.core import paths
     from crosslens.core.errors import StorageError
 
     monkeypatch.setattr(paths, "free_disk", lambda folder: 1000)
     run = tmp_path / "run"
     runner = CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=15))
-    with pytest.raises(StorageError, match=r"has 1000 B free, and the run's checkpoints need about .* more \(3 checkpoints "
-                       r"of .* at once, and the final crosscoder\); .*\(--keep-checkpoints, --checkpoint-every\)"):  # fmt: skip
+    with pytest.raises(
+        StorageError,
+        match=r"has 1000 B free, and the run's checkpoints need about .* more \(3 checkpoints "
+        r"of .* at once, and the final crosscoder\); .*\(--keep-checkpoints, --checkpoint-every\)",
+    ):
         runner.run()
     assert not list(run.glob("step_*")) and not (run / "final").exists()
-    CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=0)).run(overwrite=True)  # no checkpoints: no need
+    CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=0)).run(
+        overwrite=True
+    )  # no checkpoints: no need
 
 
 def test_the_checkpoints_already_written_count_towards_the_space_a_resume_needs(tmp_path, monkeypatch):
@@ -163,14 +175,18 @@ def test_the_checkpoints_already_written_count_towards_the_space_a_resume_needs(
         assert f"need about {needed} B more" in checkpoint_space_problem(tmp_path, 100, 40, to_write=2, keep=keep)
 
 
-def test_a_checkpoint_sealed_with_a_setting_a_resume_may_now_change_still_resumes(store_path, tmp_path, monkeypatch, capsys):
+def test_a_checkpoint_sealed_with_a_setting_a_resume_may_now_change_still_resumes(
+    store_path, tmp_path, monkeypatch, capsys
+):
     """A run checkpointed while its logging settings were still compared on resume (its record
     holds them) resumes once they no longer are, to the bytes of an uninterrupted run."""
     import crosslens.training.runner as runner_module
 
     straight = CrosscoderTrainingRunner(_config(store_path, tmp_path / "straight")).run()
     comparing = runner_module._resume_settings
-    monkeypatch.setattr(runner_module, "_resume_settings", lambda config: {**comparing(config), "logger": config["logger"]})
+    monkeypatch.setattr(
+        runner_module, "_resume_settings", lambda config: {**comparing(config), "logger": config["logger"]}
+    )
     run = tmp_path / "run"
     runner = CrosscoderTrainingRunner(_config(store_path, run))
     runner.run()
@@ -189,5 +205,7 @@ def test_a_run_resumes_with_its_checkpoints_spaced_and_kept_otherwise(store_path
     run = tmp_path / "run"
     CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=15, keep_checkpoints=2)).run()
     logged = LoggingConfig(wandb_log_frequency=7, run_name="again")
-    again = CrosscoderTrainingRunner(_config(store_path, run, checkpoint_every=None, keep_checkpoints=0, logger=logged)).run(resume=True)
+    again = CrosscoderTrainingRunner(
+        _config(store_path, run, checkpoint_every=None, keep_checkpoints=0, logger=logged)
+    ).run(resume=True)
     assert again is not None and "holds this run, finished: nothing to train" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from trust_fixtures import harvest, one_torch_thread, train, write_suite
 
 from crosslens.analysis import EvolutionAnalysis
 from crosslens.analysis.stability import (
@@ -22,7 +23,6 @@ from crosslens.causal.claims import (
     stable_ks,
     stable_ranking_ie,
 )
-from trust_fixtures import harvest, one_torch_thread, train, write_suite
 
 D = 8
 
@@ -92,7 +92,9 @@ def test_stable_features_need_a_match_in_every_other_seed():
 
 def _curve(snapshot: int, clean: float, ablated: dict[int, float], restored: dict[int, float]) -> list[dict]:
     rows = [{"snapshot": snapshot, "k": 0, "selection": "none", "keep_only": False, "metric": clean}]
-    rows += [{"snapshot": snapshot, "k": k, "selection": "top", "keep_only": False, "metric": m} for k, m in ablated.items()]
+    rows += [
+        {"snapshot": snapshot, "k": k, "selection": "top", "keep_only": False, "metric": m} for k, m in ablated.items()
+    ]
     rows += [{"snapshot": snapshot, "k": 0, "selection": "all", "keep_only": True, "metric": 0.0}]
     rows += [
         {"snapshot": snapshot, "k": k, "selection": "top", "keep_only": True, "metric": 0.0, "restored": r}

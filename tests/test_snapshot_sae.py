@@ -75,7 +75,9 @@ def test_a_snapshot_sae_attaches_only_where_its_crosscoder_read():
     crosscoder = random_crosscoder("crosscoder")
     assert crosscoder.snapshot_sae(0, hook_name=HOOK).cfg.metadata.hook_name == HOOK
     for other in (HOOK.replace("resid_post", "resid_pre"), HOOK[:-1]):
-        with pytest.raises(PartnerMismatchError, match=f"the crosscoder reads {HOOK}, not hook '{other}'; pass hook_name='{HOOK}'"):
+        with pytest.raises(
+            PartnerMismatchError, match=f"the crosscoder reads {HOOK}, not hook '{other}'; pass hook_name='{HOOK}'"
+        ):
             crosscoder.snapshot_sae(0, hook_name=other)
     crosscoder.cfg.metadata.hook_name = None
     assert crosscoder.snapshot_sae(0).cfg.metadata.hook_name is None
@@ -89,7 +91,9 @@ def test_jumprelu_threshold_is_rescaled_by_the_snapshot_decoder_norm():
     live = norms_F > 0
     torch.testing.assert_close(sae.threshold[live], crosscoder.threshold[live] / norms_F[live])
     assert torch.isinf(sae.threshold[~live]).all() and (~live).sum() == 5
-    with pytest.raises(ValueError, match=r"snapshot must be an int in \[-3, 3\) for this crosscoder \(-1: the last\), got 3"):
+    with pytest.raises(
+        ValueError, match=r"snapshot must be an int in \[-3, 3\) for this crosscoder \(-1: the last\), got 3"
+    ):
         crosscoder.snapshot_sae(3)
     assert torch.equal(crosscoder.snapshot_sae(-1).W_dec, crosscoder.snapshot_sae(2).W_dec)
 
@@ -106,7 +110,9 @@ def test_negative_thresholds_warn():
 def tiny_hooked_sae_transformer() -> HookedSAETransformer:
     from transformer_lens import HookedTransformerConfig
 
-    cfg = HookedTransformerConfig(n_layers=1, d_model=D, d_head=4, n_heads=4, n_ctx=8, d_vocab=20, act_fn="gelu", seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=1, d_model=D, d_head=4, n_heads=4, n_ctx=8, d_vocab=20, act_fn="gelu", seed=0
+    )
     return HookedSAETransformer(cfg)
 
 
@@ -120,7 +126,9 @@ def test_snapshot_sae_runs_in_a_hooked_sae_transformer():
     acts = clean_cache[HOOK]
     codec = SnapshotCodec(crosscoder, 2)
     torch.testing.assert_close(cache[f"{HOOK}.hook_sae_acts_post"], codec.encode_single(acts), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(cache[f"{HOOK}.hook_sae_recons"], codec.decode(codec.encode_single(acts)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        cache[f"{HOOK}.hook_sae_recons"], codec.decode(codec.encode_single(acts)), rtol=1e-5, atol=1e-5
+    )
     assert logits.shape == (2, 8, 20) and not model.acts_to_saes  # removed after the run
 
 

@@ -15,19 +15,19 @@ from collections import Counter
 
 import pytest
 import torch
+from host_reads import HostReads, counted
+from interpreted import HAS_TRITON, INTERPRETED, LAUNCHES, run_under_the_interpreter, skip_outside_the_interpreter
 from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
 from crosslens.core.devices import counted_cuda_syncs
 from crosslens.core.tensors import row_norms
-from crosslens.crosscoders import jumprelu_kernels, jumprelu_pairs, sparse_kernels, weight_grads
+from crosslens.crosscoders import jumprelu_pairs, sparse_kernels, weight_grads
 from crosslens.crosscoders.active_pairs import ActivePairs, run_starts
 from crosslens.crosscoders.jumprelu_pairs import ActiveEntries, active_entries, sparse_step_pays
 from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.crosscoders.sparse_kernels import EagerKernels, gather_decode
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
-from host_reads import HostReads, counted
-from interpreted import HAS_TRITON, INTERPRETED, LAUNCHES, run_under_the_interpreter, skip_outside_the_interpreter
 
 S, D, F, B = 3, 8, 64, 32
 NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -73,7 +73,10 @@ def pairs_path_with_eager_sums(monkeypatch: pytest.MonkeyPatch) -> KernelPlan:
 @LAUNCHES
 @pytest.mark.parametrize(
     "tests",
-    ["gather or window_dots or entry_masks", pytest.param("not (gather or window_dots or entry_masks)", marks=pytest.mark.slow)],  # the steps: minutes
+    [
+        "gather or window_dots or entry_masks",
+        pytest.param("not (gather or window_dots or entry_masks)", marks=pytest.mark.slow),
+    ],  # the steps: minutes
     ids=["kernels", "steps"],
 )
 def test_triton_kernels_under_the_interpreter(tests):
@@ -86,7 +89,9 @@ def batches(n: int, device: str) -> list[torch.Tensor]:
 
 
 # ---------------------------------------------------------------- the kernels alone
-def random_pairs(device: str, groups: int, seed: int = 0) -> tuple[ActivePairs, torch.Tensor, torch.Tensor, torch.Tensor]:
+def random_pairs(
+    device: str, groups: int, seed: int = 0
+) -> tuple[ActivePairs, torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     active_NF = torch.rand(B, F, generator=g) < 0.1
     active_NF[3] = False  # a token without pairs
@@ -259,7 +264,11 @@ def check_block_sums(plan: KernelPlan, device: str, groups: int) -> None:
     for seed in (0, 1):
         pairs, _, values_AG, grad_NGD = random_pairs(device, groups, seed)
         rows = (torch.tensor([2, 5, 9]).to(device), torch.randn(pairs.n_tokens, 3, generator=g).to(device))
-        grads = (grad_NGD, torch.randn(F, S, generator=g).to(device), torch.randn(pairs.n_tokens, S * D, generator=g).to(device))
+        grads = (
+            grad_NGD,
+            torch.randn(F, S, generator=g).to(device),
+            torch.randn(pairs.n_tokens, S * D, generator=g).to(device),
+        )
         micro_batches.append((pairs, values_AG, rows, grads))
 
     def backwards() -> None:
@@ -308,9 +317,14 @@ def test_gather_decode_and_norms_refuses_rows_without_a_value_per_token_and_row(
 
 # ---------------------------------------------------------------- the whole step
 def make_sae(
-    arch: str, device: str, plan: KernelPlan | None = None, *, sparse_step: bool | None = None,
-    sparse_decode: bool | None = True, **extra,
-):  # fmt: skip
+    arch: str,
+    device: str,
+    plan: KernelPlan | None = None,
+    *,
+    sparse_step: bool | None = None,
+    sparse_decode: bool | None = True,
+    **extra,
+):
     """A training crosscoder whose step runs ``plan`` (the device's default where None) with the
     JumpReLU step from the pairs as ``sparse_step`` says and TopK's decode from its pairs as
     ``sparse_decode`` does (the plan's ``jumprelu_sparse`` and ``topk_sparse_decode``)."""
@@ -345,9 +359,12 @@ def set_trained_sparsity(sae, x_BSD: torch.Tensor, share: float = 0.1) -> float:
 def loss_and_grads(sae, x_BSD: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
     sae.zero_grad()
     step_input = TrainStepInput(
-        sae_in=x_BSD, coefficients=sae_coefficients(sae), dead_neuron_mask=dead_mask(sae),
-        n_training_steps=0, is_logging_step=False,
-    )  # fmt: skip
+        sae_in=x_BSD,
+        coefficients=sae_coefficients(sae),
+        dead_neuron_mask=dead_mask(sae),
+        n_training_steps=0,
+        is_logging_step=False,
+    )
     out = sae.training_forward_pass(step_input)
     out.loss.backward()
     return out.loss.item(), {name: p.grad.clone() for name, p in sae.named_parameters()}
@@ -365,8 +382,9 @@ def dead_mask(sae) -> torch.Tensor:
 
 def run(sae, xs: list[torch.Tensor], autocast: str | None = None) -> tuple[float, dict, list[float], dict]:
     loss, grads = loss_and_grads(sae, xs[0])
-    cfg = CrosscoderTrainerConfig(total_steps=len(xs), lr=3e-3, device=str(xs[0].device), autocast_dtype=autocast,
-                                  activation_scale_check="off")  # fmt: skip
+    cfg = CrosscoderTrainerConfig(
+        total_steps=len(xs), lr=3e-3, device=str(xs[0].device), autocast_dtype=autocast, activation_scale_check="off"
+    )
     trainer = CrosscoderTrainer(sae, cfg, plan=sae.kernel_plan)
     losses = [trainer.step(x).loss.item() for x in xs]
     return loss, grads, losses, {name: p.detach().clone() for name, p in sae.named_parameters()}
@@ -443,7 +461,9 @@ def split_run(
 ) -> tuple:
     """A JumpReLU run whose code is dense (about a fifth of the entries open), with a narrow
     window, from equal norms or norms parted a little between snapshots, as early in a run."""
-    sae = make_sae("jumprelu_crosscoder", device, plan, l0_coefficient=0.3, sparse_step=sparse_step, jumprelu_bandwidth=0.002)
+    sae = make_sae(
+        "jumprelu_crosscoder", device, plan, l0_coefficient=0.3, sparse_step=sparse_step, jumprelu_bandwidth=0.002
+    )
     if parted:
         with torch.no_grad():
             g = torch.Generator().manual_seed(2)
@@ -487,9 +507,14 @@ def test_jumprelu_split_step_under_bfloat16_autocast(device, passes):
 def test_jumprelu_split_step_in_micro_batches(passes):
     """In micro-batches (the decoder's gradient summed by the step's weight block) the split step
     trains as the dense kernels do."""
+
     def micro_batched(sparse_step: bool | None, plan: KernelPlan | None) -> tuple[list[float], dict]:
-        sae = make_sae("jumprelu_crosscoder", "cpu", plan, l0_coefficient=0.3, sparse_step=sparse_step, jumprelu_bandwidth=0.002)
-        cfg = CrosscoderTrainerConfig(total_steps=6, lr=3e-3, device="cpu", micro_batches=2, activation_scale_check="off")
+        sae = make_sae(
+            "jumprelu_crosscoder", "cpu", plan, l0_coefficient=0.3, sparse_step=sparse_step, jumprelu_bandwidth=0.002
+        )
+        cfg = CrosscoderTrainerConfig(
+            total_steps=6, lr=3e-3, device="cpu", micro_batches=2, activation_scale_check="off"
+        )
         trainer = CrosscoderTrainer(sae, cfg, plan=sae.kernel_plan)
         losses = [trainer.step(x).loss.item() for x in batches(6, "cpu")]
         return losses, {name: p.detach().clone() for name, p in sae.named_parameters()}
@@ -700,7 +725,9 @@ def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, trit
     else:
         args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
     check_window_dots(triton_kernels.TritonKernels(plan).window_dots, args)
-    assert [(k["BLOCK_N"], k["BLOCK_F"], k["num_stages"]) for k in launched] == [(wide.tokens, wide.features, wide.stages)]
+    assert [(k["BLOCK_N"], k["BLOCK_F"], k["num_stages"]) for k in launched] == [
+        (wide.tokens, wide.features, wide.stages)
+    ]
     assert launched[0]["grid"] == (2, 1, 3)  # token blocks, feature blocks, snapshots
 
 
@@ -714,7 +741,11 @@ def test_jumprelu_sparse_step_by_default_only_on_cuda_at_a_trained_sparsity(devi
     if trained:
         set_trained_sparsity(sae, x_BSD, share=0.01)
         entries = active_entries(
-            sae.hidden_pre(x_BSD).detach(), sae.snapshot_norms().detach(), sae.threshold.detach(), 0.001, sae.kernel_plan
+            sae.hidden_pre(x_BSD).detach(),
+            sae.snapshot_norms().detach(),
+            sae.threshold.detach(),
+            0.001,
+            sae.kernel_plan,
         )
         assert entries.n_open > 0 and sparse_step_pays(entries, sae.kernel_plan)
     loss_and_grads(sae, x_BSD)
@@ -781,9 +812,12 @@ def step_reads(sae, x_BSD: torch.Tensor, *modules) -> Counter:
             stack.enter_context(counted(module, "host_ints", reads))
         mode = stack.enter_context(HostReads())
         step_input = TrainStepInput(
-            sae_in=x_BSD, coefficients=sae_coefficients(sae), dead_neuron_mask=None,
-            n_training_steps=0, is_logging_step=False,
-        )  # fmt: skip
+            sae_in=x_BSD,
+            coefficients=sae_coefficients(sae),
+            dead_neuron_mask=None,
+            n_training_steps=0,
+            is_logging_step=False,
+        )
         sae.training_forward_pass(step_input).loss.backward()
     return reads + mode.counts
 
@@ -828,8 +862,14 @@ def test_topk_lists_its_dead_features_from_a_copy_queued_before_the_encode(arch,
 
 def dead_listing_trainer(micro_batches: int = 1) -> CrosscoderTrainer:
     """A TopK trainer whose features die after one silent step, so that most steps have some."""
-    cfg = CrosscoderTrainerConfig(total_steps=4, lr=3e-3, device="cpu", activation_scale_check="off",
-                                  dead_feature_window_tokens=1, micro_batches=micro_batches)  # fmt: skip
+    cfg = CrosscoderTrainerConfig(
+        total_steps=4,
+        lr=3e-3,
+        device="cpu",
+        activation_scale_check="off",
+        dead_feature_window_tokens=1,
+        micro_batches=micro_batches,
+    )
     sae = make_sae("topk_crosscoder", "cpu")
     return CrosscoderTrainer(sae, cfg, plan=sae.kernel_plan)
 
@@ -846,7 +886,11 @@ def test_the_trainer_lists_the_next_steps_dead_features_before_this_steps_backwa
     sae, events, passes = trainer.sae, [], []
     start, training_pass = HostListing.start, sae.training_pass
     monkeypatch.setattr(HostListing, "start", classmethod(lambda cls, mask: events.append("listed") or start(mask)))
-    monkeypatch.setattr(sae, "training_pass", lambda x, mask=None, rows=None: passes.append((mask, rows)) or training_pass(x, mask, rows))
+    monkeypatch.setattr(
+        sae,
+        "training_pass",
+        lambda x, mask=None, rows=None: passes.append((mask, rows)) or training_pass(x, mask, rows),
+    )
     sae.W_enc.register_hook(lambda grad: events.append("backward"))
     n_dead = []
     for step, x_BSD in enumerate(batches(4, "cpu")):
@@ -895,18 +939,22 @@ def test_dead_features_counted_ahead_are_not_used_once_their_inputs_change(chang
         trainer.tokens_since_fired.fill_(0)  # the counts a later step would have had
         trainer.step(x_BSD[1])
         trainer.load_checkpoint(tmp_path / "ckpt")
-    assert trainer.dead_ahead.holds(trainer.n_steps, trainer.tokens_since_fired, trainer.dead_feature_window_tokens) == (
-        change != "checkpoint loaded"
-    )
+    assert trainer.dead_ahead.holds(
+        trainer.n_steps, trainer.tokens_since_fired, trainer.dead_feature_window_tokens
+    ) == (change != "checkpoint loaded")
     if change == "counts written":
         trainer.tokens_since_fired.masked_fill_(dead_mask(trainer.sae), trainer.dead_feature_window_tokens + 1)
     elif change == "window changed":
         trainer.cfg = dataclasses.replace(trainer.cfg, dead_feature_window_tokens=10**9)
     want = trainer.dead_features
     passes, training_pass = [], trainer.sae.training_pass
-    monkeypatch.setattr(trainer.sae, "training_pass", lambda x, mask=None, rows=None: passes.append((mask, rows)) or training_pass(x, mask, rows))
+    monkeypatch.setattr(
+        trainer.sae,
+        "training_pass",
+        lambda x, mask=None, rows=None: passes.append((mask, rows)) or training_pass(x, mask, rows),
+    )
     trainer.step(x_BSD[1])
-    (mask, rows), = passes
+    ((mask, rows),) = passes
     assert rows is None and torch.equal(mask, want)
 
 
@@ -925,9 +973,12 @@ def test_topk_with_dead_features_never_drains_the_device_on_cuda(arch):
     for the whole queue: the step, auxiliary loss included, has no device-wide sync."""
     sae = make_sae(arch, "cuda")
     step_input = TrainStepInput(
-        sae_in=batches(1, "cuda")[0], coefficients=sae_coefficients(sae), dead_neuron_mask=dead_mask(sae),
-        n_training_steps=0, is_logging_step=False,
-    )  # fmt: skip
+        sae_in=batches(1, "cuda")[0],
+        coefficients=sae_coefficients(sae),
+        dead_neuron_mask=dead_mask(sae),
+        n_training_steps=0,
+        is_logging_step=False,
+    )
     sae.training_forward_pass(step_input).loss.backward()  # compiles the kernels first
     torch.cuda.synchronize()
     with counted_cuda_syncs() as syncs:
@@ -944,9 +995,12 @@ def test_the_jumprelu_step_from_pairs_syncs_once_on_cuda():
     x_BSD = batches(1, "cuda")[0]
     set_trained_sparsity(sae, x_BSD)
     step_input = TrainStepInput(
-        sae_in=x_BSD, coefficients=sae_coefficients(sae), dead_neuron_mask=None,
-        n_training_steps=0, is_logging_step=False,
-    )  # fmt: skip
+        sae_in=x_BSD,
+        coefficients=sae_coefficients(sae),
+        dead_neuron_mask=None,
+        n_training_steps=0,
+        is_logging_step=False,
+    )
     sae.training_forward_pass(step_input).loss.backward()  # compiles the kernels first
     torch.cuda.synchronize()
     with counted_cuda_syncs() as syncs:
@@ -1014,9 +1068,12 @@ def nodes_into(loss: torch.Tensor, param: torch.Tensor) -> list[str]:
 
 def step_loss(sae, x_BSD: torch.Tensor, dead_F: torch.Tensor | None = None) -> torch.Tensor:
     step_input = TrainStepInput(
-        sae_in=x_BSD, coefficients=sae_coefficients(sae), dead_neuron_mask=dead_F,
-        n_training_steps=0, is_logging_step=False,
-    )  # fmt: skip
+        sae_in=x_BSD,
+        coefficients=sae_coefficients(sae),
+        dead_neuron_mask=dead_F,
+        n_training_steps=0,
+        is_logging_step=False,
+    )
     return sae.training_forward_pass(step_input).loss
 
 
@@ -1047,7 +1104,10 @@ def test_topk_without_its_auxiliary_loss_decodes_no_dead_features():
     """With ``aux_loss_coefficient`` 0 the dead features are neither listed nor decoded."""
     x_BSD = batches(1, "cpu")[0]
     sae = make_sae("topk_crosscoder", "cpu", aux_loss_coefficient=0.0)
-    assert nodes_into(step_loss(sae, x_BSD, dead_mask(sae)), sae.W_dec) == ["EmbeddingBagBackward0", "_RowNormsBackward"]
+    assert nodes_into(step_loss(sae, x_BSD, dead_mask(sae)), sae.W_dec) == [
+        "EmbeddingBagBackward0",
+        "_RowNormsBackward",
+    ]
 
 
 @NO_CUDA
@@ -1074,8 +1134,13 @@ def test_the_rows_matmuls_read_operands_padded_to_an_aligned_count():
     rows_R, values_NR = torch.tensor([1, 4, 6]), torch.randn(5, 3, generator=g)
     rows_RK = sparse_kernels._rows(W_FGD, rows_R, None)
     padded_NR = sparse_kernels._padded_values(values_NR, 3)
-    assert rows_RK.shape == (sparse_kernels.ROW_ALIGNMENT, S * D) and padded_NR.shape == (5, sparse_kernels.ROW_ALIGNMENT)
+    assert rows_RK.shape == (sparse_kernels.ROW_ALIGNMENT, S * D) and padded_NR.shape == (
+        5,
+        sparse_kernels.ROW_ALIGNMENT,
+    )
     assert torch.equal(rows_RK[:3], W_FGD[rows_R, 0]) and rows_RK[3:].abs().max() == 0
     assert torch.equal(padded_NR[:, :3], values_NR) and padded_NR[:, 3:].abs().max() == 0
     assert sparse_kernels._padded_values(padded_NR, 3) is padded_NR  # already padded: as it is
-    torch.testing.assert_close(sparse_kernels.dense_rows_decode(W_FGD, (rows_R, values_NR)), values_NR @ W_FGD[rows_R, 0])
+    torch.testing.assert_close(
+        sparse_kernels.dense_rows_decode(W_FGD, (rows_R, values_NR)), values_NR @ W_FGD[rows_R, 0]
+    )

@@ -4,16 +4,21 @@ crosscoders whose answers are known (a perfect one recovers everything, an empty
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
+from test_causal import D_MODEL, HOOK, N_SNAPSHOTS, _one_torch_thread, make_crosscoder, snapshots, tokenizer  # noqa: F401
 
 import crosslens.crosscoders as crosscoders
 from crosslens.causal.splice import collect_activations, exact_codes
-from crosslens.causal.spliced_loss import MIN_FLOOR_COST, format_comparison, format_spliced_loss, recovered_share, spliced_loss
+from crosslens.causal.spliced_loss import (
+    MIN_FLOOR_COST,
+    format_comparison,
+    format_spliced_loss,
+    recovered_share,
+    spliced_loss,
+)
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
-from test_causal import D_MODEL, HOOK, N_SNAPSHOTS, _one_torch_thread, make_crosscoder, snapshots, tokenizer  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +30,7 @@ def tokens(tokenizer):
 def _by_hand(model, tokens, replacement, counted):
     """Mean next-token cross-entropy over the ``counted`` predicting positions, and the logits,
     with the hook's activation set to ``replacement``."""
+
     def put(activation, hook):
         return replacement if replacement is not None else activation
 
@@ -59,10 +65,15 @@ def test_spliced_loss_matches_a_by_hand_computation(snapshots, tokens, ablation,
         clean, clean_logits = _by_hand(model, tokens, None, counted)
         spliced, spliced_logits = _by_hand(model, tokens, recon, counted)
         ablated, _ = _by_hand(model, tokens, floor, counted)
-        kl = F.kl_div(
-            F.log_softmax(spliced_logits[:, :-1][counted].double(), -1), F.log_softmax(clean_logits[:, :-1][counted].double(), -1),
-            log_target=True, reduction="sum",
-        ) / n  # fmt: skip
+        kl = (
+            F.kl_div(
+                F.log_softmax(spliced_logits[:, :-1][counted].double(), -1),
+                F.log_softmax(clean_logits[:, :-1][counted].double(), -1),
+                log_target=True,
+                reduction="sum",
+            )
+            / n
+        )
         assert row["snapshot"] == "abc"[s] and row["ablation"] == ablation and row["n_positions"] == n
         assert row["ce_loss_without_sae"] == pytest.approx(clean, rel=1e-5)
         assert row["ce_loss_with_sae"] == pytest.approx(spliced, rel=1e-5)
@@ -112,18 +123,24 @@ def test_a_perfect_reconstruction_recovers_all_and_an_empty_one_nothing(snapshot
     for row in perfect:
         assert row["ce_loss_with_sae"] == pytest.approx(row["ce_loss_without_sae"], abs=1e-5)
         assert row["ce_loss_score"] == pytest.approx(1.0, abs=1e-4)
-        assert row["kl_div_with_sae"] == pytest.approx(0.0, abs=1e-6) and row["kl_div_score"] == pytest.approx(1.0, abs=1e-4)
+        assert row["kl_div_with_sae"] == pytest.approx(0.0, abs=1e-6) and row["kl_div_score"] == pytest.approx(
+            1.0, abs=1e-4
+        )
     empty = _identity_crosscoder()
     with torch.no_grad():
         empty.W_dec.zero_()
     for row in spliced_loss(snapshots, empty, tokens):
         assert row["ce_loss_with_sae"] == pytest.approx(row["ce_loss_with_ablation"], rel=1e-6)
-        assert row["ce_loss_score"] == pytest.approx(0.0, abs=1e-5) and row["kl_div_score"] == pytest.approx(0.0, abs=1e-5)
+        assert row["ce_loss_score"] == pytest.approx(0.0, abs=1e-5) and row["kl_div_score"] == pytest.approx(
+            0.0, abs=1e-5
+        )
     # these tiny random models barely use the hook, so every table cell reads n/a
     assert all(row["ce_loss_with_ablation"] - row["ce_loss_without_sae"] < MIN_FLOOR_COST for row in perfect)
     table = format_spliced_loss(perfect).splitlines()
     assert "CE recovered" in table[0] and len(table) == 2 + N_SNAPSHOTS + 1
-    assert [line.split()[-2] for line in table[2:-1]] == ["n/a"] * N_SNAPSHOTS and table[-1].startswith("n/a at 0, 1, 2")
+    assert [line.split()[-2] for line in table[2:-1]] == ["n/a"] * N_SNAPSHOTS and table[-1].startswith(
+        "n/a at 0, 1, 2"
+    )
 
 
 def test_spliced_loss_refuses_what_it_cannot_measure(snapshots, tokens):
@@ -142,25 +159,44 @@ def test_spliced_loss_refuses_what_it_cannot_measure(snapshots, tokens):
 def test_evaluate_prints_the_spliced_loss_of_a_trained_run(tmp_path, capsys):
     """``crosslens evaluate --spliced-loss`` loads the suite the store records and prints one row
     per snapshot, the same numbers as the library function on the same rows."""
+    from trust_fixtures import HOOK, harvest, one_torch_thread, train, write_suite
+
     from crosslens.activations import ActivationStore
     from crosslens.checkpoints import CheckpointSuite
     from crosslens.cli import main
     from crosslens.crosscoders.saved import load_crosscoder_folder
-    from trust_fixtures import HOOK, harvest, one_torch_thread, train, write_suite
 
     with one_torch_thread():
         suite_root = write_suite(tmp_path / "suite")
         harvest(suite_root, tmp_path / "store")
         train(tmp_path / "store", tmp_path / "run", checkpoint_every=0)
         capsys.readouterr()
-        assert main(["evaluate", str(tmp_path / "run"), "--store", str(tmp_path / "store"), "--spliced-loss",
-                     "--spliced-seqs", "4", "--spliced-ablation", "mean"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(tmp_path / "run"),
+                    "--store",
+                    str(tmp_path / "store"),
+                    "--spliced-loss",
+                    "--spliced-seqs",
+                    "4",
+                    "--spliced-ablation",
+                    "mean",
+                ]
+            )
+            == 0
+        )
         out = capsys.readouterr().out
         store = ActivationStore.open(tmp_path / "store")
         rows = spliced_loss(
-            CheckpointSuite.local(suite_root), load_crosscoder_folder(tmp_path / "run" / "final"),
-            store.sequences[:4], hook=HOOK, ablation="mean", labels=[s["revision"] for s in store.snapshots],
-        )  # fmt: skip
+            CheckpointSuite.local(suite_root),
+            load_crosscoder_folder(tmp_path / "run" / "final"),
+            store.sequences[:4],
+            hook=HOOK,
+            ablation="mean",
+            labels=[s["revision"] for s in store.snapshots],
+        )
     assert "spliced-model loss per snapshot on 4 rows" in out and "mean-ablation floor" in out
     assert format_spliced_loss(rows) in out
     assert [row["snapshot"] for row in rows] == ["step0", "step10", "step20"]
@@ -171,9 +207,15 @@ def test_a_floor_that_costs_almost_nothing_gets_no_recovered_share():
     share is a ratio of two differences near their noise; the tables print n/a and say why."""
 
     def row(snapshot: str, clean: float, spliced: float, ablated: float) -> dict:
-        return dict(snapshot=snapshot, ablation="zero", ce_loss_without_sae=clean, ce_loss_with_sae=spliced,
-                    ce_loss_with_ablation=ablated, ce_loss_score=(ablated - spliced) / (ablated - clean),
-                    kl_div_with_sae=0.001)  # fmt: skip
+        return dict(
+            snapshot=snapshot,
+            ablation="zero",
+            ce_loss_without_sae=clean,
+            ce_loss_with_sae=spliced,
+            ce_loss_with_ablation=ablated,
+            ce_loss_score=(ablated - spliced) / (ablated - clean),
+            kl_div_with_sae=0.001,
+        )
 
     flat = row("step0", 5.7059, 5.7079, 5.7038)  # the floor is below the clean loss: a score of 190%
     thin = row("step1", 5.0, 5.01, 5.0 + MIN_FLOOR_COST / 2)
@@ -191,8 +233,12 @@ def test_a_floor_that_costs_almost_nothing_gets_no_recovered_share():
     assert "topk SAE" in beside and max(map(len, beside.splitlines())) <= 80  # narrow, one line per model
     # an SAE averaged over other positions than the crosscoder's (it records others, or none) is named
     counted = {"crosscoder": [{**flat, "n_positions": 60}, {**real, "n_positions": 60}]}
-    same = format_comparison({**counted, "baselines": {"topk": [{**flat, "n_positions": 60}, {**real, "n_positions": 60}]}})
-    other = format_comparison({**counted, "baselines": {"topk": [{**flat, "n_positions": 60}, {**real, "n_positions": 64}]}})
+    same = format_comparison(
+        {**counted, "baselines": {"topk": [{**flat, "n_positions": 60}, {**real, "n_positions": 60}]}}
+    )
+    other = format_comparison(
+        {**counted, "baselines": {"topk": [{**flat, "n_positions": 60}, {**real, "n_positions": 64}]}}
+    )
     assert same.splitlines()[-1].split()[:2] == ["topk", "SAE"]  # no note
     assert other.splitlines()[-1] == (
         "averaged over other positions than the crosscoder's (its trained positions differ): topk SAE at step2 "

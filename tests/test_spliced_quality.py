@@ -11,21 +11,47 @@ from pathlib import Path
 
 import pytest
 import torch
-
+from trust_fixtures import HOOK, harvest, one_torch_thread, write_suite
 from wandb_files import item_values, wandb_records
 
-from crosslens.causal.spliced_loss import format_spliced_loss, percent_or_na, recovered_share, sae_spliced_loss, spliced_loss
+from crosslens.causal.spliced_loss import (
+    format_spliced_loss,
+    percent_or_na,
+    recovered_share,
+    sae_spliced_loss,
+    spliced_loss,
+)
 from crosslens.cli import main
 from crosslens.core.paths import QUALITY_NAME
-from trust_fixtures import HOOK, harvest, one_torch_thread, write_suite
 
 N_SEQS = 4
 
 
 def cli_train(store: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--store", str(store), "--out", str(out), "--arch", "crosscoder", "--d-sae", "32",
-            "--n-steps", "30", "--batch-size", "64", "--lr", "3e-3", "--sparsity", "0.01",
-            "--checkpoint-every", "0", "--device", "cpu", *extra]  # fmt: skip
+    return [
+        "train",
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--arch",
+        "crosscoder",
+        "--d-sae",
+        "32",
+        "--n-steps",
+        "30",
+        "--batch-size",
+        "64",
+        "--lr",
+        "3e-3",
+        "--sparsity",
+        "0.01",
+        "--checkpoint-every",
+        "0",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +73,13 @@ def library_rows(world, ablation: str = "zero") -> list[dict]:
     store = ActivationStore.open(world["store"])
     with one_torch_thread():
         return spliced_loss(
-            CheckpointSuite.local(world["suite"]), load_crosscoder_folder(world["run"] / "final"),
-            store.sequences[:N_SEQS], hook=HOOK, ablation=ablation, labels=[s["revision"] for s in store.snapshots],
-        )  # fmt: skip
+            CheckpointSuite.local(world["suite"]),
+            load_crosscoder_folder(world["run"] / "final"),
+            store.sequences[:N_SEQS],
+            hook=HOOK,
+            ablation=ablation,
+            labels=[s["revision"] for s in store.snapshots],
+        )
 
 
 def assert_same_rows(saved: list[dict], expected: list[dict]) -> None:
@@ -140,10 +170,17 @@ def test_report_shows_the_spliced_table_with_raw_losses_and_the_floor(world, tmp
     page = out.read_text()
     assert "Spliced-model loss" in page and "CE zero-ablated" in page and "KL zero-ablated" in page
     assert "The reconstruction replaced the positions the crosscoder was trained on" in page
-    body = page[page.index("Crosscoder spliced into each snapshot"):]
+    body = page[page.index("Crosscoder spliced into each snapshot") :]
     for row in library_rows(world):
-        cells = [row["snapshot"], row["ce_loss_without_sae"], row["ce_loss_with_sae"], row["ce_loss_with_ablation"],
-                 recovered_share(row), row["kl_div_with_sae"], row["kl_div_with_ablation"]]  # fmt: skip
+        cells = [
+            row["snapshot"],
+            row["ce_loss_without_sae"],
+            row["ce_loss_with_sae"],
+            row["ce_loss_with_ablation"],
+            recovered_share(row),
+            row["kl_div_with_sae"],
+            row["kl_div_with_ablation"],
+        ]
         expected = "".join(f'<td class="{"text" if isinstance(c, str) else ""}">{format_cell(c)}</td>' for c in cells)
         assert expected in body
 
@@ -160,7 +197,9 @@ def test_a_record_that_spliced_every_position_says_so():
     assert "averaged over the 52 of 60 predicting positions it replaced" in positions_sentence(new)
     # a crosscoder that records no trained positions (one from another library) is spliced everywhere, and said so
     unrecorded = {**old, "crosscoder": [{"snapshot": "step0", "n_positions": 60}]}
-    assert positions_sentence(unrecorded).startswith("The reconstruction replaced every position: the crosscoder records none")
+    assert positions_sentence(unrecorded).startswith(
+        "The reconstruction replaced every position: the crosscoder records none"
+    )
 
 
 def test_report_without_spliced_figures_has_no_section(world, tmp_path):
@@ -187,12 +226,19 @@ def test_push_puts_the_spliced_figures_in_the_registry_entry_and_model_card(worl
     assert parsed.entries[entry["id"]].ce_loss_score == tuple(entry["ce_loss_score"])
     assert entry["spliced_positions"] == parsed.entries[entry["id"]].spliced_positions == "trained"
     assert "## Spliced-model loss" in result.card and "CE zero-ablated" in result.card
-    assert f"averaged over the {rows[0]['n_positions']:,} of" in result.card and "kept their clean activation" in result.card
+    assert (
+        f"averaged over the {rows[0]['n_positions']:,} of" in result.card
+        and "kept their clean activation" in result.card
+    )
     with pytest.raises(PretrainedRegistryError, match="spliced_positions must be trained or every, got 'some'"):
-        parse_registry(result.registry_yaml.replace("spliced_positions: trained", "spliced_positions: some"), source="edited")
+        parse_registry(
+            result.registry_yaml.replace("spliced_positions: trained", "spliced_positions: some"), source="edited"
+        )
     for r in rows:
-        line = (f"| {r['snapshot']} | {r['ce_loss_without_sae']:.4f} | {r['ce_loss_with_sae']:.4f} | "
-                f"{r['ce_loss_with_ablation']:.4f} | {percent_or_na(recovered_share(r))} | {r['kl_div_with_sae']:.4f} |")  # fmt: skip
+        line = (
+            f"| {r['snapshot']} | {r['ce_loss_without_sae']:.4f} | {r['ce_loss_with_sae']:.4f} | "
+            f"{r['ce_loss_with_ablation']:.4f} | {percent_or_na(recovered_share(r))} | {r['kl_div_with_sae']:.4f} |"
+        )
         assert line in result.card
     without_floor = result.registry_yaml.replace("spliced_ablation: zero", "")
     with pytest.raises(PretrainedRegistryError, match="ce_loss_score needs spliced_ablation"):
@@ -251,8 +297,15 @@ def test_a_per_snapshot_sae_is_spliced_on_the_model_scale(world, baseline_sae):
     def ce(x):
         return float(F.cross_entropy(x[:, :-1][counted].double(), tokens[:, 1:][counted]))
 
-    kl = F.kl_div(F.log_softmax(logits[:, :-1][counted].double(), -1), F.log_softmax(clean[:, :-1][counted].double(), -1),
-                  log_target=True, reduction="sum") / counted.sum()  # fmt: skip
+    kl = (
+        F.kl_div(
+            F.log_softmax(logits[:, :-1][counted].double(), -1),
+            F.log_softmax(clean[:, :-1][counted].double(), -1),
+            log_target=True,
+            reduction="sum",
+        )
+        / counted.sum()
+    )
     (row,) = rows.values()
     assert list(rows) == [2] and row["snapshot"] == "c" and row["n_positions"] == int(counted.sum())
     assert row["ce_loss_without_sae"] == pytest.approx(ce(clean), rel=1e-5)
@@ -271,23 +324,33 @@ def test_demo_quality_stage_puts_the_saes_beside_the_crosscoder(world, capsys):
     from crosslens.activations import ActivationStore
     from crosslens.causal.spliced_loss import format_comparison
     from crosslens.checkpoints import CheckpointSuite
-    from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.cli.demo_stages import DemoConfig, quality_stage
+    from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.training.config import ArchitectureConfig
 
     store = ActivationStore.open(world["store"])
-    config = DemoConfig(hook=HOOK, sae=ArchitectureConfig("crosscoder", d_sae=32), baseline_snapshots=1,
-                        baseline_steps=20, train_batch_size_tokens=64, spliced_seqs=N_SEQS)  # fmt: skip
+    config = DemoConfig(
+        hook=HOOK,
+        sae=ArchitectureConfig("crosscoder", d_sae=32),
+        baseline_snapshots=1,
+        baseline_steps=20,
+        train_batch_size_tokens=64,
+        spliced_seqs=N_SEQS,
+    )
     with one_torch_thread():
         quality = quality_stage(
-            load_crosscoder_folder(world["run"] / "final"), store, store, config, CheckpointSuite.local(world["suite"]),
-        )  # fmt: skip
+            load_crosscoder_folder(world["run"] / "final"),
+            store,
+            store,
+            config,
+            CheckpointSuite.local(world["suite"]),
+        )
     out = capsys.readouterr().out
     spliced = quality["spliced_loss"]
     assert_same_rows(spliced["crosscoder"], library_rows(world))
     assert set(spliced["baselines"]) == {"jumprelu", "topk"}
     last = spliced["crosscoder"][-1]
-    for arch, (row,) in spliced["baselines"].items():  # one baseline snapshot: the last
+    for _arch, (row,) in spliced["baselines"].items():  # one baseline snapshot: the last
         assert row["snapshot"] == last["snapshot"] == "step20"
         assert row["ce_loss_without_sae"] == pytest.approx(last["ce_loss_without_sae"], rel=1e-9)
         assert row["ce_loss_with_ablation"] == pytest.approx(last["ce_loss_with_ablation"], rel=1e-9)

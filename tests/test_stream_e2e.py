@@ -21,7 +21,9 @@ HOOK = "blocks.1.hook_mlp_out"
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     root = tmp_path_factory.mktemp("suite")
-    write_local_suite(root, {f"step{s}": tiny_neox(seed=60 + s, num_hidden_layers=3) for s in range(2)}, make_word_tokenizer())
+    write_local_suite(
+        root, {f"step{s}": tiny_neox(seed=60 + s, num_hidden_layers=3) for s in range(2)}, make_word_tokenizer()
+    )
     return CheckpointSuite.local(root)
 
 
@@ -115,8 +117,8 @@ def test_the_benchmark_without_cuda_says_so():
 def test_plan_stream_prediction_is_the_hand_computation(capsys):
     from crosslens.__main__ import main
     from crosslens.training.model_sizes import known_model
-    from crosslens.training.sizing import make_plan, plan_config_from_recipe, stream_prediction
     from crosslens.training.recipes import load_recipe
+    from crosslens.training.sizing import make_plan, plan_config_from_recipe, stream_prediction
 
     recipe = load_recipe("ge2025-pythia-160m")
     plan = make_plan(plan_config_from_recipe(recipe, model_dtype="bfloat16"))
@@ -147,8 +149,8 @@ def test_plan_bounds_a_stream_of_float32_models_by_the_float32_peak(capsys):
     peak, so the prediction is a ceiling, said as one."""
     from crosslens.__main__ import main
     from crosslens.cli.train import slow_forward_hint
-    from crosslens.training.sizing import make_plan, plan_config_from_recipe, stream_prediction
     from crosslens.training.recipes import load_recipe
+    from crosslens.training.sizing import make_plan, plan_config_from_recipe, stream_prediction
 
     recipe = load_recipe("ge2025-pythia-160m")
     half = stream_prediction(make_plan(plan_config_from_recipe(recipe, model_dtype="bfloat16")), "h100")
@@ -178,8 +180,8 @@ def test_plan_bounds_the_run_by_a_fresh_crosscoders_step(capsys):
     if every step ran at it, beside the trained rate; where the fresh step is no slower (ReLU) it
     prints no such row."""
     from crosslens.__main__ import main
-    from crosslens.training.sizing import make_plan, plan_config_from_recipe, stream_prediction
     from crosslens.training.recipes import load_recipe
+    from crosslens.training.sizing import make_plan, plan_config_from_recipe, stream_prediction
 
     recipe = load_recipe("ge2025-pythia-160m")
     plan = make_plan(plan_config_from_recipe(recipe, model_dtype="bfloat16"))
@@ -191,7 +193,9 @@ def test_plan_bounds_the_run_by_a_fresh_crosscoders_step(capsys):
     assert h200["fresh_hours"] == pytest.approx(800_000_000 / h200["fresh_tokens_per_second"] / 3600)
     assert round(h200["hours"], 1) == 6.5 and round(h200["fresh_hours"], 1) == 10.5
     h100 = stream_prediction(plan, "h100")
-    assert h100["fresh_tokens_per_second"] == pytest.approx(1 / (1 / h100["forward_tokens_per_second"] + step / (989e12 * 0.141)))
+    assert h100["fresh_tokens_per_second"] == pytest.approx(
+        1 / (1 / h100["forward_tokens_per_second"] + step / (989e12 * 0.141))
+    )
     assert h100["fresh_tokens_per_second"] < h100["tokens_per_second"]
 
     argv = ["plan", "--recipe", "ge2025-pythia-160m", "--stream", "--dtype", "bfloat16", "--gpu"]
@@ -200,7 +204,10 @@ def test_plan_bounds_the_run_by_a_fresh_crosscoders_step(capsys):
     assert "34,055 tokens/s: 6.5 h" in out
     assert "with a fresh crosscoder's step at 16.1%   21,154 tokens/s: 10.5 h if every step ran so" in out
     assert main([*argv, "h100"]) == 0
-    assert "with a fresh crosscoder's step at 14.1%   19,262 tokens/s: 11.5 h if every step ran so" in capsys.readouterr().out
+    assert (
+        "with a fresh crosscoder's step at 14.1%   19,262 tokens/s: 11.5 h if every step ran so"
+        in capsys.readouterr().out
+    )
     assert main([*argv, "h200", "--arch", "crosscoder"]) == 0
     assert "fresh crosscoder" not in capsys.readouterr().out
 
@@ -220,7 +227,9 @@ def test_the_held_sparsity_script_runs_on_the_cpu(tmp_path, monkeypatch, capsys)
     out = capsys.readouterr().out
     headers = [line for line in out.splitlines() if "L0 set to 4" in line]
     assert [h.split(":")[0] for h in headers] == [
-        "streamed activations, lr 1e-05", "streamed activations, lr 1e-09", "Gaussian activations, lr 1e-05"
+        "streamed activations, lr 1e-05",
+        "streamed activations, lr 1e-09",
+        "Gaussian activations, lr 1e-05",
     ]
     steps = [line for line in out.splitlines() if line.lstrip().startswith("step ")]
     assert len(steps) == 6 and all("held-out batch: open " in line and "window " in line for line in steps)
@@ -238,4 +247,6 @@ def test_the_benchmark_refuses_a_learning_rate_of_zero_in_one_line(capsys):
         stream_gpu.parse_args(["--lr", "0"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].endswith("error: --lr 0.0: give a learning rate above 0 (the default, 1e-09, holds the trained sparsity)")
+    assert err[-1].endswith(
+        "error: --lr 0.0: give a learning rate above 0 (the default, 1e-09, holds the trained sparsity)"
+    )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_activations import HOOK, store, suite, suite_root, token_ids  # noqa: F401  (fixtures)
 
 from crosslens.activations import streaming
 from crosslens.activations.streaming import ModelsDoNotFitError, ResidentSnapshotProvider
-from test_activations import HOOK, store, suite, suite_root, token_ids  # noqa: F401  (fixtures)
 
 BLOCK = [0, 2]  # a snapshot rank holding the first and last snapshot
 
@@ -53,9 +53,7 @@ def test_each_data_rank_streams_store_rows_of_its_snapshots(suite, token_ids, st
 def test_models_load_once_and_resume_serves_the_same_batches(suite, token_ids, monkeypatch):
     loads = []
     original = streaming.load_snapshot
-    monkeypatch.setattr(
-        streaming, "load_snapshot", lambda *a, **k: loads.append(a[1].revision) or original(*a, **k)
-    )
+    monkeypatch.setattr(streaming, "load_snapshot", lambda *a, **k: loads.append(a[1].revision) or original(*a, **k))
     p = provider(suite, token_ids, snapshots=BLOCK)
     batches = list(p)
     assert len(loads) == 2 and len(batches) > 3
@@ -162,7 +160,9 @@ def test_given_inputs_are_checked_not_broadcast_or_crashed_on(suite, token_ids):
     from crosslens.core.errors import SnapshotMismatchError
 
     with pytest.raises(ValueError, match=r"norm_factors holds 1 numbers for 2 snapshots; pass one per snapshot served"):
-        provider(suite, token_ids, snapshots=BLOCK, normalize=True, norm_factors=[2.0])  # refused before any model loads
+        provider(
+            suite, token_ids, snapshots=BLOCK, normalize=True, norm_factors=[2.0]
+        )  # refused before any model loads
     with pytest.raises(ValueError, match=r"norm_factors must be one finite positive number per snapshot"):
         provider(suite, token_ids, snapshots=BLOCK, normalize=True, norm_factors=[2.0, -1.0])
     given = provider(suite, token_ids, snapshots=BLOCK, normalize=True, norm_factors=[2.0, 3.0])
@@ -172,8 +172,11 @@ def test_given_inputs_are_checked_not_broadcast_or_crashed_on(suite, token_ids):
     named.close()
     beyond = token_ids.clone()
     beyond[0, 1] = 100_000
-    with pytest.raises(SnapshotMismatchError, match=r"token id 100000 is outside snapshot 'step0''s vocabulary of \d+; "
-                       "build the tokens with this suite's tokenizer"):  # fmt: skip
+    with pytest.raises(
+        SnapshotMismatchError,
+        match=r"token id 100000 is outside snapshot 'step0''s vocabulary of \d+; "
+        "build the tokens with this suite's tokenizer",
+    ):
         next(iter(provider(suite, beyond, snapshots=[0])))
     from crosslens.activations.provider import OnTheFlyProvider
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 
 import pytest
+from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
+from trust_fixtures import one_line_exit_2
 
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.cli import main
 from crosslens.cli.common import CLIError, resolve_suite
 from crosslens.pico import PicoConfig
 from crosslens.pico.config import default_root
-from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
-from trust_fixtures import one_line_exit_2
 
 HOOK = "blocks.0.hook_resid_post"
 PICO_STEPS = PicoConfig().checkpoint_steps
@@ -29,8 +29,24 @@ def local_suite(tmp_path_factory):
 
 def test_harvest_refuses_more_pico_snapshots_than_listed_before_building(tmp_path, capsys):
     out = tmp_path / "store"
-    err = one_line_exit_2(["harvest", "--suite", "pico", "--n-snapshots", "100", "--hook", HOOK, "--n-tokens", "200",
-                  "--seq-len", "16", "--out", str(out)], capsys)  # fmt: skip
+    err = one_line_exit_2(
+        [
+            "harvest",
+            "--suite",
+            "pico",
+            "--n-snapshots",
+            "100",
+            "--hook",
+            HOOK,
+            "--n-tokens",
+            "200",
+            "--seq-len",
+            "16",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     n = len(PICO_STEPS)
     assert err.startswith("crosslens harvest: error: --n-snapshots 100:")
     assert f"lists {n} snapshots" in err and f"--n-snapshots {n} or fewer" in err and "crosslens suite list pico" in err
@@ -39,14 +55,41 @@ def test_harvest_refuses_more_pico_snapshots_than_listed_before_building(tmp_pat
 
 
 def test_train_stream_refuses_the_same_selection(tmp_path, capsys):
-    err = one_line_exit_2(["train", "--stream", "--suite", "pico", "--n-snapshots", "100", "--hook", HOOK,
-                  "--out", str(tmp_path / "run"), "--device", "cpu"], capsys)  # fmt: skip
+    err = one_line_exit_2(
+        [
+            "train",
+            "--stream",
+            "--suite",
+            "pico",
+            "--n-snapshots",
+            "100",
+            "--hook",
+            HOOK,
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert "--n-snapshots 100" in err and f"--n-snapshots {len(PICO_STEPS)} or fewer" in err
 
 
 def test_a_local_suite_refuses_more_snapshots_than_it_holds(local_suite, tmp_path, capsys):
-    err = one_line_exit_2(["harvest", "--suite", str(local_suite), "--n-snapshots", "5", "--hook", HOOK,
-                  "--out", str(tmp_path / "store")], capsys)  # fmt: skip
+    err = one_line_exit_2(
+        [
+            "harvest",
+            "--suite",
+            str(local_suite),
+            "--n-snapshots",
+            "5",
+            "--hook",
+            HOOK,
+            "--out",
+            str(tmp_path / "store"),
+        ],
+        capsys,
+    )
     assert "--n-snapshots 5" in err and "lists 3 snapshots" in err and "--n-snapshots 3 or fewer" in err
     assert list(resolve_suite(str(local_suite), n_snapshots=3).steps) == [0, 10, 100]
     assert list(resolve_suite(str(local_suite), n_snapshots=2).steps) == [0, 100]

@@ -20,11 +20,11 @@ from crosslens.tasks import (
     load_clams,
     load_pairs_jsonl,
 )
-from crosslens.tasks.agreement import agreement_pairs
-from crosslens.tasks.ioi import ioi_pairs
-from crosslens.tasks.blimp import pair_from_sentences
 from crosslens.tasks import agreement as lexicon
 from crosslens.tasks import ioi as ioi_lexicon
+from crosslens.tasks.agreement import agreement_pairs
+from crosslens.tasks.blimp import pair_from_sentences
+from crosslens.tasks.ioi import ioi_pairs
 
 
 def word_tokenizer(extra: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
@@ -132,8 +132,8 @@ def test_get_task_registry():
 
 
 def test_pico_tasks_are_single_pico_tokens():
-    from crosslens.tasks.grammar import PicoGrammar
     from crosslens.pico.tokenizer import word_level_tokenizer
+    from crosslens.tasks.grammar import PicoGrammar
 
     pico_tokenizer = word_level_tokenizer(PicoGrammar().vocabulary())
     for name in ("pico_agreement_simple", "pico_agreement_pp", "pico_agreement_rc", "pico_ioi"):
@@ -169,7 +169,9 @@ def test_check_tokenizer_names_the_offending_example(tokenizer):
     multi = MinimalPair("The pilots", " aren't", " isn't")
     task = TaskDataset(name="contractions", pairs=(good, multi))
     # several tokens are fine, but these three are the unknown token
-    with pytest.raises(TaskTokenizationError, match=r"example 1 \(clean='The pilots'\).*3 tokens, 3 of them the unknown"):
+    with pytest.raises(
+        TaskTokenizationError, match=r"example 1 \(clean='The pilots'\).*3 tokens, 3 of them the unknown"
+    ):
         task.check_tokenizer(tokenizer)
     unknown = TaskDataset(name="unknown", pairs=(MinimalPair("The pilot", " sings", " sing"),))
     with pytest.raises(TaskTokenizationError, match="unknown token"):
@@ -190,10 +192,28 @@ def test_shipped_tasks_tokenize_with_their_lexicon(tokenizer):
         assert tokenized.corrupted_tokens.shape == tokenized.clean_tokens.shape
         assert bool((tokenized.correct_ids != tokenized.wrong_ids).all())
     ioi_tokenizer = word_tokenizer(
-        ioi_lexicon.NAMES + ioi_lexicon.PLACES + ioi_lexicon.OBJECTS
-        + ("When", "After", "While", "Then", "went", "arrived", "at", "were", "walked", "into", "gave", "handed",
-           "passed", "offered", "threw", "met")
-    )  # fmt: skip
+        ioi_lexicon.NAMES
+        + ioi_lexicon.PLACES
+        + ioi_lexicon.OBJECTS
+        + (
+            "When",
+            "After",
+            "While",
+            "Then",
+            "went",
+            "arrived",
+            "at",
+            "were",
+            "walked",
+            "into",
+            "gave",
+            "handed",
+            "passed",
+            "offered",
+            "threw",
+            "met",
+        )
+    )
     ioi_pairs(n=16).check_tokenizer(ioi_tokenizer)
 
 
@@ -220,11 +240,25 @@ def _write_blimp(path, rows):
 
 def test_blimp_jsonl_loader(tmp_path, tokenizer):
     rows = [
-        {"sentence_good": "The pilots near the tower are tired.", "sentence_bad": "The pilots near the tower is tired.",
-         "UID": "agreement_pp", "pairID": "0"},
-        {"sentence_good": "The nurse was busy.", "sentence_bad": "The nurse were busy.", "UID": "agreement_pp", "pairID": "1"},
-        {"sentence_good": "The nurse was busy.", "sentence_bad": "The nurse was busy.", "UID": "agreement_pp", "pairID": "2"},
-    ]  # fmt: skip
+        {
+            "sentence_good": "The pilots near the tower are tired.",
+            "sentence_bad": "The pilots near the tower is tired.",
+            "UID": "agreement_pp",
+            "pairID": "0",
+        },
+        {
+            "sentence_good": "The nurse was busy.",
+            "sentence_bad": "The nurse were busy.",
+            "UID": "agreement_pp",
+            "pairID": "1",
+        },
+        {
+            "sentence_good": "The nurse was busy.",
+            "sentence_bad": "The nurse was busy.",
+            "UID": "agreement_pp",
+            "pairID": "2",
+        },
+    ]
     path = _write_blimp(tmp_path / "regular_agreement.jsonl", rows)
     with pytest.raises(MinimalPairFormatError, match=r"regular_agreement.jsonl, line 3: .*same words"):
         load_blimp_jsonl(path)
@@ -238,7 +272,9 @@ def test_blimp_jsonl_loader(tmp_path, tokenizer):
     assert tokenized.corrupted_tokens is None and len(tokenized) == 2
     assert len(load_blimp_jsonl(path, on_invalid="skip", limit=1)) == 1
 
-    renamed = _write_blimp(tmp_path / "other.jsonl", [{"sen": "The nurse was busy.", "wrong_sen": "The nurse were busy."}])
+    renamed = _write_blimp(
+        tmp_path / "other.jsonl", [{"sen": "The nurse was busy.", "wrong_sen": "The nurse were busy."}]
+    )
     with pytest.raises(MinimalPairFormatError, match="pass good_key=/bad_key="):
         load_blimp_jsonl(renamed)
     assert load_blimp_jsonl(renamed, good_key="sen", bad_key="wrong_sen")[0].wrong == " were"
@@ -333,9 +369,14 @@ def test_tokenize_keeps_each_continuations_tokens():
 def test_unscorable_examples_are_refused_naming_the_fix(tokenizer):
     from tokenizers import normalizers
 
-    merged = TaskDataset(name="merged", pairs=(MinimalPair("The pilot", " is", " are"), MinimalPair("Th", "e pilot is", "e pilots")))
-    with pytest.raises(TaskTokenizationError, match=r"example 1 \(clean='Th'\): correct continuation 'e pilot is' merges with "
-                       r"the end of the prompt.*start the continuation with its leading space"):  # fmt: skip
+    merged = TaskDataset(
+        name="merged", pairs=(MinimalPair("The pilot", " is", " are"), MinimalPair("Th", "e pilot is", "e pilots"))
+    )
+    with pytest.raises(
+        TaskTokenizationError,
+        match=r"example 1 \(clean='Th'\): correct continuation 'e pilot is' merges with "
+        r"the end of the prompt.*start the continuation with its leading space",
+    ):
         merged.check_tokenizer(word_tokenizer(extra=("Th",)))
     assert merged.filter_tokenizable(word_tokenizer(extra=("Th",))).pairs == merged.pairs[:1]
     assert list(merged.problems(word_tokenizer(extra=("Th",)))) == [1]
@@ -346,7 +387,9 @@ def test_unscorable_examples_are_refused_naming_the_fix(tokenizer):
         return PreTrainedTokenizerFast(tokenizer_object=inner, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>")
 
     dropped = TaskDataset(name="dropped", pairs=(MinimalPair("The pilot", " ~", " is"),))
-    with pytest.raises(TaskTokenizationError, match=r"correct continuation ' ~' tokenizes to no tokens after the prompt.*pick a"):
+    with pytest.raises(
+        TaskTokenizationError, match=r"correct continuation ' ~' tokenizes to no tokens after the prompt.*pick a"
+    ):
         dropped.tokenize(normalized(normalizers.Replace("~", "")))
     same = TaskDataset(name="same", pairs=(MinimalPair("the pilot", " Is", " is"),))
     with pytest.raises(TaskTokenizationError, match=r"tokenize to the same tokens.*cannot tell them apart"):

@@ -19,13 +19,13 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_activations import HOOK, WORDS, _write_suite  # noqa: E402
-from trust_fixtures import one_line_exit_2, one_torch_thread  # noqa: E402
+from test_activations import HOOK, WORDS, _write_suite
+from trust_fixtures import one_line_exit_2, one_torch_thread
 
-from crosslens.cli import main  # noqa: E402
-from crosslens.core.paths import TRAIN_LOG_NAME  # noqa: E402
-from crosslens.training.run_log import read_run_log  # noqa: E402
-from crosslens.training.streaming import StreamingTrainingRunner  # noqa: E402
+from crosslens.cli import main
+from crosslens.core.paths import TRAIN_LOG_NAME
+from crosslens.training.run_log import read_run_log
+from crosslens.training.streaming import StreamingTrainingRunner
 
 WEIGHTS = Path("final") / "sae_weights.safetensors"
 
@@ -48,14 +48,41 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
 
 def data_flags(inputs) -> list[str]:
     suite, text = inputs
-    return ["--suite", str(suite), "--text", str(text), "--n-tokens", "512", "--seq-len", "16", "--heldout-tokens", "128"]
+    return [
+        "--suite",
+        str(suite),
+        "--text",
+        str(text),
+        "--n-tokens",
+        "512",
+        "--seq-len",
+        "16",
+        "--heldout-tokens",
+        "128",
+    ]
 
 
 def stream_flags(inputs, out: Path, *extra: str) -> list[str]:
     return [
-        "train", "--stream", *data_flags(inputs), "--hook", HOOK, "--n-steps", "6", "--batch-size", "32",
-        "--d-sae", "32", "--checkpoint-every", "2", "--device", "cpu", "--out", str(out), *extra,
-    ]  # fmt: skip
+        "train",
+        "--stream",
+        *data_flags(inputs),
+        "--hook",
+        HOOK,
+        "--n-steps",
+        "6",
+        "--batch-size",
+        "32",
+        "--d-sae",
+        "32",
+        "--checkpoint-every",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def sha256(path: Path) -> str:
@@ -86,7 +113,12 @@ def test_a_streamed_run_trains_without_a_store_and_says_what_it_streamed(streame
     assert record["store_path"] == ""
     assert stream["suite"]["steps"] == [0, 10, 20] and stream["suite"]["root"] == str(inputs[0])
     assert stream["hook"] == HOOK and stream["tokens"] == {"kind": "text", "source": [str(inputs[1])]}
-    assert (stream["n_tokens"], stream["seq_len"], stream["heldout_tokens"], stream["model_dtype"]) == (512, 16, 128, "float32")
+    assert (stream["n_tokens"], stream["seq_len"], stream["heldout_tokens"], stream["model_dtype"]) == (
+        512,
+        16,
+        128,
+        "float32",
+    )
     cfg = json.loads((out / "final" / "cfg.json").read_text())
     assert len(cfg["metadata"]["activation_norm_factors"]) == 3
     assert [s["step"] for s in cfg["metadata"]["suite"]["snapshots"]] == [0, 10, 20]
@@ -113,7 +145,9 @@ def test_the_heldout_quality_table_is_measured_on_harvests_heldout_rows(streamed
     assert [(r["label"], r["step"]) for r in ev_rows] == [("step0", 0), ("step10", 10), ("step20", 20)]
     assert [r["snapshot"] for r in saved["spliced_loss"]["crosscoder"]] == ["step0", "step10", "step20"]
 
-    assert main(["harvest", *data_flags(inputs), "--hook", HOOK, "--out", str(tmp_path / "store"), "--device", "cpu"]) == 0
+    assert (
+        main(["harvest", *data_flags(inputs), "--hook", HOOK, "--out", str(tmp_path / "store"), "--device", "cpu"]) == 0
+    )
     heldout = ActivationStore.open(heldout_store_path(tmp_path / "store"))
     crosscoder = SAE.load_from_disk(str(out / "final"))
     factors = torch.tensor(json.loads((out / "final" / "cfg.json").read_text())["metadata"]["activation_norm_factors"])
@@ -140,8 +174,7 @@ def test_evaluate_counts_the_training_rows_of_a_store_from_the_sealed_row_digest
     store of the same tokens says every row was trained on, on its held-out split that none was,
     and a digest file that is not the one sealed is refused."""
     from crosslens.activations import ActivationStore
-    from crosslens.activations.partners import RowDigests
-    from crosslens.activations.partners import heldout_store_path
+    from crosslens.activations.partners import RowDigests, heldout_store_path
     from crosslens.core.paths import TRAINED_ROWS_NAME
 
     out, _ = streamed
@@ -321,7 +354,9 @@ def test_a_resume_on_other_tokens_is_refused(streamed, inputs, tmp_path, capsys)
     with pytest.raises(SystemExit):
         main(flags)
     err = capsys.readouterr().err
-    assert "another configuration (differs in stream.tokens.source:" in err and str(other) in err and err.count("\n") == 1
+    assert (
+        "another configuration (differs in stream.tokens.source:" in err and str(other) in err and err.count("\n") == 1
+    )
 
 
 def test_a_streamed_run_and_a_store_run_do_not_resume_as_each_other(streamed, inputs, tmp_path, capsys):
@@ -332,18 +367,38 @@ def test_a_streamed_run_and_a_store_run_do_not_resume_as_each_other(streamed, in
     store = tmp_path / "store"
     assert main(["harvest", *data_flags(inputs), "--hook", HOOK, "--device", "cpu", "--out", str(store)]) == 0
     capsys.readouterr()
-    flags = ["train", "--store", str(store), "--n-steps", "6", "--batch-size", "32", "--d-sae", "32", "--checkpoint-every", "2",
-             "--device", "cpu", "--out", str(out), "--resume"]  # fmt: skip
+    flags = [
+        "train",
+        "--store",
+        str(store),
+        "--n-steps",
+        "6",
+        "--batch-size",
+        "32",
+        "--d-sae",
+        "32",
+        "--checkpoint-every",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--resume",
+    ]
     err = one_line_exit_2(flags, capsys)
-    assert err == (f"crosslens train: error: {out} holds a run that was streamed from resident models: resume it with "
-                   "`crosslens train --stream` and its flags, or pick a new --out.")  # fmt: skip
+    assert err == (
+        f"crosslens train: error: {out} holds a run that was streamed from resident models: resume it with "
+        "`crosslens train --stream` and its flags, or pick a new --out."
+    )
     stored = tmp_path / "stored"
     assert main([*flags[:-3], "--out", str(stored)]) == 0
     assert read_run_log(stored / TRAIN_LOG_NAME)[-1]["kind"] == "evaluation"
     capsys.readouterr()
     err = one_line_exit_2(stream_flags(inputs, stored, "--resume"), capsys)
-    assert err == (f"crosslens train: error: {stored} holds a run that trained on a store: resume it with --store, "
-                   "without --stream, or pick a new --out.")  # fmt: skip
+    assert err == (
+        f"crosslens train: error: {stored} holds a run that trained on a store: resume it with --store, "
+        "without --stream, or pick a new --out."
+    )
 
 
 def test_a_resume_on_edited_text_at_the_same_path_is_refused(inputs, tmp_path, capsys):
@@ -372,22 +427,35 @@ def test_a_library_resume_on_other_snapshots_or_another_model_dtype_is_refused(i
     other = CheckpointSuite.local(_write_suite(tmp_path / "other", seeds=[3, 4, 5]))
     tokens_NL = torch.randint(2, len(WORDS) + 2, (32, 16), generator=torch.Generator().manual_seed(0))
     config = CrosscoderRunnerConfig(
-        store_path="", out_dir=str(tmp_path / "run"), hook_name=HOOK, sae=ArchitectureConfig(d_sae=16), n_steps=2,
-        train_batch_size_tokens=32, checkpoint_every=2, progress=False,
-    )  # fmt: skip
+        store_path="",
+        out_dir=str(tmp_path / "run"),
+        hook_name=HOOK,
+        sae=ArchitectureConfig(d_sae=16),
+        n_steps=2,
+        train_batch_size_tokens=32,
+        checkpoint_every=2,
+        progress=False,
+    )
 
     def run(on, resume: bool, model_dtype=torch.float32) -> None:
-        runner = StreamingTrainingRunner(config, on, tokens_NL[:24], tokens_NL[24:], {"note": "api"}, model_dtype=model_dtype)
+        runner = StreamingTrainingRunner(
+            config, on, tokens_NL[:24], tokens_NL[24:], {"note": "api"}, model_dtype=model_dtype
+        )
         try:
             runner.run(resume=resume, overwrite=not resume)
         finally:
             runner.close()
 
     run(suite, False)
-    with pytest.raises(StoreChangedError, match=rf"the snapshots differ from those {tmp_path / 'run'} trained on up to final "
-                       rf"\({inputs[0]} at step0, step10, step20 then, {tmp_path / 'other'} at step0, step10, step20 now\)"):  # fmt: skip
+    with pytest.raises(
+        StoreChangedError,
+        match=rf"the snapshots differ from those {tmp_path / 'run'} trained on up to final "
+        rf"\({inputs[0]} at step0, step10, step20 then, {tmp_path / 'other'} at step0, step10, step20 now\)",
+    ):
         run(other, True)
-    with pytest.raises(StoreChangedError, match="the snapshot models ran in float32 up to final of .*, now in bfloat16"):
+    with pytest.raises(
+        StoreChangedError, match="the snapshot models ran in float32 up to final of .*, now in bfloat16"
+    ):
         run(suite, True, torch.bfloat16)
     run(suite, True)  # the same snapshots and dtype: the finished run is taken
 
@@ -396,19 +464,24 @@ def test_the_spliced_loss_is_measured_on_the_heldout_rows_and_sealed(streamed, i
     """quality.json's spliced loss is the one the library gives on harvest's held-out rows (the same
     token rows), with the snapshot models loaded whole; the table joins the run's seal."""
     from crosslens.activations import ActivationStore
+    from crosslens.activations.partners import heldout_store_path
     from crosslens.causal.spliced_loss import spliced_record
     from crosslens.cli.common import resolve_suite
-    from crosslens.activations.partners import heldout_store_path
     from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.training.runfolder import run_problem
 
     out, printed = streamed
-    assert "spliced-model loss per snapshot on 8 rows of held-out rows of the streamed tokens (zero-ablation floor)" in printed
+    assert (
+        "spliced-model loss per snapshot on 8 rows of held-out rows of the streamed tokens (zero-ablation floor)"
+        in printed
+    )
     saved = json.loads((out / "quality.json").read_text())["spliced_loss"]
     assert (saved["n_seqs"], saved["seq_len"], saved["ablation"]) == (8, 16, "zero")
     assert run_problem(out) is None
 
-    assert main(["harvest", *data_flags(inputs), "--hook", HOOK, "--out", str(tmp_path / "store"), "--device", "cpu"]) == 0
+    assert (
+        main(["harvest", *data_flags(inputs), "--hook", HOOK, "--out", str(tmp_path / "store"), "--device", "cpu"]) == 0
+    )
     heldout = ActivationStore.open(heldout_store_path(tmp_path / "store"))
     want = spliced_record(resolve_suite(str(inputs[0])), load_crosscoder_folder(out / "final"), heldout, 8)
     assert [r["snapshot"] for r in saved["crosscoder"]] == [r["snapshot"] for r in want["crosscoder"]]
@@ -437,11 +510,29 @@ def test_analyze_names_the_harvest_that_gives_a_streamed_run_its_store(dtype, st
     flags = dict(zip(words[2::2], words[3::2]))
     assert (flags["--suite"], flags["--steps"], flags["--hook"]) == (str(inputs[0].resolve()), "0,10,20", HOOK)
     assert (flags["--n-tokens"], flags["--seq-len"], flags["--heldout-tokens"], flags["--text"]) == (
-        "512", "16", "128", str(inputs[1].resolve()))  # fmt: skip
+        "512",
+        "16",
+        "128",
+        str(inputs[1].resolve()),
+    )
     assert "--dtype" not in flags
     assert main([*words[1:], "--device", "cpu"]) == 0
-    assert main(["analyze", "--crosscoder", str(out), "--store", str(out) + "-store", "--device", "cpu",
-                 "--out", str(out.parent / "b.html")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "analyze",
+                "--crosscoder",
+                str(out),
+                "--store",
+                str(out) + "-store",
+                "--device",
+                "cpu",
+                "--out",
+                str(out.parent / "b.html"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "no activation store" not in printed and "the run streamed" not in printed
 
@@ -452,8 +543,8 @@ def test_the_harvest_named_for_a_streamed_run_keeps_what_chose_its_tokens(tmp_pa
     import shlex
 
     from crosslens.activations import TokenBudget
-    from crosslens.training.runfolder import streamed_store_command
     from crosslens.cli.train import stream_record
+    from crosslens.training.runfolder import streamed_store_command
 
     class Staged:  # what stream_record reads of a suite
         model_id, family, root, steps = "allenai/OLMo-2-0425-1B", "olmo", None, (1000, 2000)
@@ -477,7 +568,10 @@ def test_no_heldout_tokens_means_no_table_and_says_how_to_get_one(inputs, tmp_pa
     flags[flags.index("--heldout-tokens") + 1] = "0"
     assert main(flags) == 0
     printed = capsys.readouterr().out
-    assert "no held-out tokens: no quality table; pass --heldout-tokens 16 or more (a row of --seq-len), or --eval-store STORE, for one" in printed
+    assert (
+        "no held-out tokens: no quality table; pass --heldout-tokens 16 or more (a row of --seq-len), or --eval-store STORE, for one"
+        in printed
+    )
     assert "Changing model dtype" not in printed  # TransformerLens's line for every snapshot loaded
     assert json.loads((out / "run.json").read_text())["stream"]["heldout_tokens"] == 0
     assert not (out / "quality.json").exists()
@@ -487,12 +581,27 @@ def test_no_heldout_tokens_means_no_table_and_says_how_to_get_one(inputs, tmp_pa
     "flags,says",
     [
         (["--stream", "--store", "S"], "--stream trains without a store: drop --store"),
-        (["--store", "S", "--n-tokens", "100", "--suite", "pico"], "--suite, --n-tokens choose the tokens and snapshots --stream"),
-        (["--store", "S", "--dataset", "x:text"], "--dataset choose the tokens and snapshots --stream (or a --recipe without --store) harvests; add --stream"),
+        (
+            ["--store", "S", "--n-tokens", "100", "--suite", "pico"],
+            "--suite, --n-tokens choose the tokens and snapshots --stream",
+        ),
+        (
+            ["--store", "S", "--dataset", "x:text"],
+            "--dataset choose the tokens and snapshots --stream (or a --recipe without --store) harvests; add --stream",
+        ),
         (["--stream", "--suite", "SUITE"], "train --stream needs --hook NAME"),
-        (["--stream", "--suite", "SUITE", "--hook", "blocks.9.hook_resid_post"], "names block 9, but the model has blocks 0..1"),
+        (
+            ["--stream", "--suite", "SUITE", "--hook", "blocks.9.hook_resid_post"],
+            "names block 9, but the model has blocks 0..1",
+        ),
     ],
-    ids=["stream-and-store", "data-flags-without-stream", "dataset-without-stream-or-recipe", "no-hook", "hook-past-the-model"],
+    ids=[
+        "stream-and-store",
+        "data-flags-without-stream",
+        "dataset-without-stream-or-recipe",
+        "no-hook",
+        "hook-past-the-model",
+    ],
 )
 def test_flag_combinations_that_make_no_sense_are_refused_in_one_line(flags, says, inputs, tmp_path, capsys):
     flags = [str(inputs[0]) if f == "SUITE" else f for f in flags]
@@ -545,9 +654,15 @@ def test_models_larger_than_estimated_are_refused_as_they_load_in_one_line(input
 def test_torchrun_with_two_processes_trains_the_one_process_crosscoder(snapshot_parallel, streamed, inputs, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "crosslens",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "crosslens",
         *stream_flags(inputs, tmp_path / "mesh", "--snapshot-parallel", snapshot_parallel),
-    ]  # fmt: skip
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-6000:]
     assert done.stdout.count("crosscoder saved to") == 1 and done.stdout.count("they fit") == 1
@@ -594,7 +709,10 @@ def test_both_runners_build_the_crosscoder_the_jumprelu_flags_ask_for(tmp_path):
     assert (crosscoder.cfg.target_l0, run_kernel_plan(config, "cpu").jumprelu_sparse) == (3.0, False)
     assert new_training_crosscoder(config, d_in=8, n_snapshots=2, device="cpu").W_dec.equal(crosscoder.W_dec)  # seeded
     plain = CrosscoderRunnerConfig(store_path="", out_dir=str(tmp_path), sae=ArchitectureConfig(d_sae=16), n_steps=10)
-    assert (new_training_crosscoder(plain, d_in=8, n_snapshots=2, device="cpu").cfg.target_l0, plain.sae.sparse_step) == (None, "auto")
+    assert (
+        new_training_crosscoder(plain, d_in=8, n_snapshots=2, device="cpu").cfg.target_l0,
+        plain.sae.sparse_step,
+    ) == (None, "auto")
     assert run_kernel_plan(plain, "cpu").jumprelu_sparse is None
     assert "new_training_crosscoder" in StreamingTrainingRunner._new_crosscoder.__code__.co_names
     assert StreamingTrainingRunner.kernel_plan is CrosscoderTrainingRunner.kernel_plan
@@ -602,7 +720,9 @@ def test_both_runners_build_the_crosscoder_the_jumprelu_flags_ask_for(tmp_path):
         ArchitectureConfig(architecture="topk_crosscoder", sparse_step="on")
 
 
-def test_an_eval_store_that_cannot_serve_the_run_is_refused_before_any_model_loads(inputs, tmp_path, capsys, monkeypatch):
+def test_an_eval_store_that_cannot_serve_the_run_is_refused_before_any_model_loads(
+    inputs, tmp_path, capsys, monkeypatch
+):
     import crosslens.activations.streaming as streaming
 
     def no_loading(*args, **kwargs):
@@ -646,10 +766,18 @@ def test_the_heldout_harvest_waits_for_the_background_one(inputs, tmp_path, monk
     monkeypatch.setattr(runner_module, "harvest_rows", lambda *a, **k: harvest(*a, slow=False, **k))
     tokens_NL = torch.randint(2, len(WORDS) + 2, (32, 16), generator=torch.Generator().manual_seed(0))
     config = CrosscoderRunnerConfig(
-        store_path="", out_dir=str(tmp_path / "run"), hook_name=HOOK, sae=ArchitectureConfig(d_sae=16), n_steps=2,
-        train_batch_size_tokens=16, checkpoint_every=0, progress=False,
-    )  # fmt: skip
-    runner = StreamingTrainingRunner(config, CheckpointSuite.local(inputs[0]), tokens_NL[:24], tokens_NL[24:], {"note": "api"})
+        store_path="",
+        out_dir=str(tmp_path / "run"),
+        hook_name=HOOK,
+        sae=ArchitectureConfig(d_sae=16),
+        n_steps=2,
+        train_batch_size_tokens=16,
+        checkpoint_every=0,
+        progress=False,
+    )
+    runner = StreamingTrainingRunner(
+        config, CheckpointSuite.local(inputs[0]), tokens_NL[:24], tokens_NL[24:], {"note": "api"}
+    )
     try:
         runner.run(resume=False, overwrite=True)
         # the run prefetched nothing past its last step: a stream read on past it harvests aside

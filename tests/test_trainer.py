@@ -11,10 +11,9 @@ import torch
 from sae_lens import SAE
 from sae_lens.config import SAETrainerConfig
 from sae_lens.training.sae_trainer import SAETrainer
-
-import crosslens.crosscoders as cc
 from wandb_files import item_values, wandb_records
 
+import crosslens.crosscoders as cc
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig, LoggingConfig, latest_checkpoint
 from crosslens.training.metrics import crosscoder_metrics
 from crosslens.training.run_log import read_run_log
@@ -176,8 +175,14 @@ def test_training_learns_the_synthetic_features(arch, tmp_path):
     sae = make_sae(arch)
     held_out = next(make_batches(10_000))
     before = crosscoder_metrics(held_out, sae(held_out), sae.encode(held_out))
-    cfg = trainer_cfg(total_steps=100, lr=1e-2, lr_warm_up_steps=0, lr_decay_steps=0,
-                      dead_feature_window_tokens=10_000, checkpoint_dir=str(tmp_path))
+    cfg = trainer_cfg(
+        total_steps=100,
+        lr=1e-2,
+        lr_warm_up_steps=0,
+        lr_decay_steps=0,
+        dead_feature_window_tokens=10_000,
+        checkpoint_dir=str(tmp_path),
+    )
     CrosscoderTrainer(sae, cfg).fit(make_batches)
     sae.eval()
     after = crosscoder_metrics(held_out, sae(held_out), sae.encode(held_out))
@@ -263,9 +268,7 @@ def test_saelens_trainer_trains_a_crosscoder():
     sae = make_sae("topk_crosscoder")
     held_out = next(make_batches(10_000))
     mse_before = (sae(held_out) - held_out).pow(2).sum((-2, -1)).mean().item()
-    cfg = SAETrainerConfig(
-        total_training_samples=60 * B, train_batch_size_samples=B, lr=1e-2, lr_end=1e-3
-    )
+    cfg = SAETrainerConfig(total_training_samples=60 * B, train_batch_size_samples=B, lr=1e-2, lr_end=1e-3)
     SAETrainer(cfg, sae, data_provider=make_batches()).fit()
     mse_after = (sae(held_out) - held_out).pow(2).sum((-2, -1)).mean().item()
     assert mse_after < 0.5 * mse_before

@@ -30,10 +30,10 @@ from typing import Any
 
 import pytest
 import torch
-
-from crosslens.crosscoders.kernel_plan import KernelPlan
 from interpreted import HAS_TRITON, INTERPRETED
 from test_sparse_step import S, random_pairs
+
+from crosslens.crosscoders.kernel_plan import KernelPlan
 
 pytestmark = pytest.mark.skipif(
     not HAS_TRITON or INTERPRETED, reason="needs triton, and its compiler rather than the interpreter"
@@ -231,7 +231,12 @@ def test_every_window_launch_the_benchmark_sweeps_compiles_for_an_h100(tile, mon
     def launched(compiled: Any) -> None:
         assert (compiled.metadata.num_warps, compiled.metadata.num_stages) == (tile.warps, tile.stages)
 
-    assert compile_recorded(triton_kernels, "_window_dots", window_launch(torch.bfloat16, 144, 64, plan), monkeypatch, launched) == 1
+    assert (
+        compile_recorded(
+            triton_kernels, "_window_dots", window_launch(torch.bfloat16, 144, 64, plan), monkeypatch, launched
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize("copied", [False, True])
@@ -252,7 +257,9 @@ def test_the_adam_kernels_compile_for_an_h100(scaled, copied, monkeypatch):
         triton_adam.update(p, grad, m, v, scale, hyper, copy)
 
     def bfloat16_state() -> None:
-        triton_adam.chunk_update(p, grad, m_low, v_low, -(2**62) - 5, 2**32, scale, hyper, copy)  # a key and start past 32 bits
+        triton_adam.chunk_update(
+            p, grad, m_low, v_low, -(2**62) - 5, 2**32, scale, hyper, copy
+        )  # a key and start past 32 bits
 
     def vectorised(compiled: Any) -> None:
         # a pass bound by memory: each thread moves its float32 elements 16 bytes at a time
@@ -311,11 +318,11 @@ def test_the_entry_masks_kernel_compiles_for_an_h100_rounding_as_torch(layout, d
     contraction into one fused multiply-add that the device's default would make (shown here by
     compiling the same launch with it on); with the thresholds in bfloat16 too, as under autocast."""
     import triton
+    from test_sparse_step import entry_operands
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from crosslens.crosscoders import triton_kernels
-    from test_sparse_step import entry_operands
 
     operands = entry_operands("cpu", layout, dtype, threshold_dtype)
     kernel = triton_kernels._entry_masks
@@ -329,10 +336,13 @@ def test_the_entry_masks_kernel_compiles_for_an_h100_rounding_as_torch(layout, d
     recorder = Launches(kernel)
     monkeypatch.setattr(triton_kernels, "_entry_masks", recorder)
     run()
-    (args, kwargs), = recorder.calls
+    ((args, kwargs),) = recorder.calls
     types, constexprs, attrs = signature(kernel, args, kwargs)
-    fused = triton.compile(ASTSource(kernel, types, constexprs, attrs), target=GPUTarget(*H100),
-                           options={"num_warps": kwargs["num_warps"], "enable_fp_fusion": True})  # fmt: skip
+    fused = triton.compile(
+        ASTSource(kernel, types, constexprs, attrs),
+        target=GPUTarget(*H100),
+        options={"num_warps": kwargs["num_warps"], "enable_fp_fusion": True},
+    )
     assert "fma.rn.f32" in fused.asm["ptx"], "a fused multiply-add is what the check above would catch"
 
 

@@ -16,6 +16,21 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from trust_fixtures import (
+    HOOK,
+    OTHER_HOOK,
+    copy_tree,
+    harvest,
+    one_line_exit_2,
+    one_torch_thread,
+    resave_snapshot,
+    run_config,
+    sha256,
+    token_table,
+    train,
+    tree_bytes,
+    write_suite,
+)
 
 from crosslens.activations import ActivationStore, CorruptShardError, StoreMismatchError
 from crosslens.activations import harvest as harvest_module
@@ -34,21 +49,6 @@ from crosslens.core.errors import (
 from crosslens.core.locks import exclusive_lock
 from crosslens.tasks.blimp import MinimalPairFormatError, load_blimp_jsonl, load_clams
 from crosslens.training.runner import CrosscoderTrainingRunner
-from trust_fixtures import (
-    HOOK,
-    OTHER_HOOK,
-    copy_tree,
-    one_line_exit_2,
-    harvest,
-    one_torch_thread,
-    resave_snapshot,
-    run_config,
-    sha256,
-    token_table,
-    train,
-    tree_bytes,
-    write_suite,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -227,9 +227,7 @@ def test_duplicate_weights_are_refused_before_anything_is_written(tmp_path):
     suite = write_suite(tmp_path / "suite", seeds=(0, 1, 1))
     with pytest.raises(DuplicateSnapshotError, match=r"'step10' and 'step20'.*Nothing was written"):
         harvest(suite, tmp_path / "store")
-    assert not (tmp_path / "store").exists() or not any(
-        p.name != LOCK_NAME for p in (tmp_path / "store").iterdir()
-    )
+    assert not (tmp_path / "store").exists() or not any(p.name != LOCK_NAME for p in (tmp_path / "store").iterdir())
     resave_snapshot(suite, "step20", seed=2)  # fix the revision and run again
     store = harvest(suite, tmp_path / "store")
     assert store.n_snapshots == 3
@@ -410,7 +408,17 @@ def test_an_eval_store_of_another_hook_is_refused_before_training_starts(store_p
     other = tmp_path / "other_hook"
     harvest(suite_root, other, hooks=OTHER_HOOK)
     err = one_line_exit_2(
-        ["train", "--store", str(store_path), "--out", str(tmp_path / "run"), "--n-steps", "5", "--eval-store", str(other)],
+        [
+            "train",
+            "--store",
+            str(store_path),
+            "--out",
+            str(tmp_path / "run"),
+            "--n-steps",
+            "5",
+            "--eval-store",
+            str(other),
+        ],
         capsys,
     )
     assert f"--eval-store {other}" in err and f"pass a store harvested with --hook {HOOK}" in err
@@ -427,8 +435,19 @@ def test_an_eval_store_holding_training_sequences_is_said_to_be_training_data(st
     harvest(suite_root, seen, tokens=torch.cat([token_table()[:4], token_table(4, seed=1)]))
     fresh = tmp_path / "fresh"
     harvest(suite_root, fresh, tokens=token_table(8, seed=2))
-    run = ["train", "--store", str(store_path), "--arch", "crosscoder", "--d-sae", "16", "--n-steps", "4",
-           "--batch-size", "32"]  # fmt: skip
+    run = [
+        "train",
+        "--store",
+        str(store_path),
+        "--arch",
+        "crosscoder",
+        "--d-sae",
+        "16",
+        "--n-steps",
+        "4",
+        "--batch-size",
+        "32",
+    ]
     assert main([*run, "--out", str(tmp_path / "a"), "--eval-store", str(seen)]) == 0
     out = capsys.readouterr().out
     assert f"note: 4 of 8 sequences of --eval-store {seen} are training sequences" in out
@@ -451,15 +470,49 @@ def test_a_run_and_a_store_never_share_a_folder(store_path, suite_root, tmp_path
     assert "is an activation store" in err
     assert tree_bytes(store) == before
     run = tmp_path / "run"
-    assert main(["train", "--store", str(store), "--out", str(run), "--arch", "crosscoder", "--d-sae", "16",
-                 "--n-steps", "2", "--batch-size", "32"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--store",
+                str(store),
+                "--out",
+                str(run),
+                "--arch",
+                "crosscoder",
+                "--d-sae",
+                "16",
+                "--n-steps",
+                "2",
+                "--batch-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     # 2 x 32 tokens over the store's 24 x 15 kept tokens
-    assert f"data: 2 steps (--n-steps) x 32 tokens (--batch-size) = 64 tokens, {64 / ActivationStore.open(store).n_tokens:,.2f} passes" in out
+    assert (
+        f"data: 2 steps (--n-steps) x 32 tokens (--batch-size) = 64 tokens, {64 / ActivationStore.open(store).n_tokens:,.2f} passes"
+        in out
+    )
     err = one_line_exit_2(
-        ["harvest", "--suite", str(suite_root), "--hook", HOOK, "--n-tokens", "64", "--seq-len", "16", "--out", str(run),
-         "--overwrite"], capsys,
-    )  # fmt: skip
+        [
+            "harvest",
+            "--suite",
+            str(suite_root),
+            "--hook",
+            HOOK,
+            "--n-tokens",
+            "64",
+            "--seq-len",
+            "16",
+            "--out",
+            str(run),
+            "--overwrite",
+        ],
+        capsys,
+    )
     assert "is a training run's folder" in err and "run.json" in err
     assert (run / "run.json").is_file() and not (run / "manifest.json").exists()
 
@@ -467,8 +520,21 @@ def test_a_run_and_a_store_never_share_a_folder(store_path, suite_root, tmp_path
 def test_resume_says_when_there_is_nothing_to_resume_and_measures_a_finished_run_on_a_new_eval_store(
     store_path, suite_root, tmp_path, capsys
 ):
-    run = ["train", "--store", str(store_path), "--out", str(tmp_path / "run"), "--arch", "crosscoder",
-           "--d-sae", "16", "--n-steps", "2", "--batch-size", "32"]  # fmt: skip
+    run = [
+        "train",
+        "--store",
+        str(store_path),
+        "--out",
+        str(tmp_path / "run"),
+        "--arch",
+        "crosscoder",
+        "--d-sae",
+        "16",
+        "--n-steps",
+        "2",
+        "--batch-size",
+        "32",
+    ]
     assert main([*run, "--resume"]) == 0
     assert "--resume: no checkpoint under" in capsys.readouterr().out
     fresh = tmp_path / "fresh"
@@ -492,8 +558,26 @@ def test_harvest_says_when_the_held_out_share_is_less_than_a_row(suite_root, tmp
 def test_analyze_names_a_training_store_that_has_moved(store_path, tmp_path, capsys):
     store = copy_tree(store_path, tmp_path / "store")
     run = tmp_path / "run"
-    assert main(["train", "--store", str(store), "--out", str(run), "--arch", "crosscoder", "--d-sae", "16",
-                 "--n-steps", "2", "--batch-size", "32"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--store",
+                str(store),
+                "--out",
+                str(run),
+                "--arch",
+                "crosscoder",
+                "--d-sae",
+                "16",
+                "--n-steps",
+                "2",
+                "--batch-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     store.rename(tmp_path / "moved")
     capsys.readouterr()
     assert main(["analyze", "--crosscoder", str(run), "--out", str(tmp_path / "report.html")]) == 0
@@ -512,8 +596,26 @@ def test_overlap_is_counted_by_token_values_and_a_replaced_training_store_compar
     assert shared_sequences(table, table[:, :8]) == 0  # other lengths share no whole row
     store = copy_tree(store_path, tmp_path / "store")
     run = tmp_path / "run"
-    assert main(["train", "--store", str(store), "--out", str(run), "--arch", "crosscoder", "--d-sae", "16",
-                 "--n-steps", "2", "--batch-size", "32"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--store",
+                str(store),
+                "--out",
+                str(run),
+                "--arch",
+                "crosscoder",
+                "--d-sae",
+                "16",
+                "--n-steps",
+                "2",
+                "--batch-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     harvest(suite_root, store, tokens=token_table(8, seed=3), overwrite=True)  # another store at the run's path
     capsys.readouterr()
     assert main(["evaluate", str(run), "--store", str(store_path)]) == 0

@@ -11,10 +11,15 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import user_run  # noqa: E402
+import user_run
 
-RUN = {"kernel_plan": {"jumprelu_sparse": None, "sparse_step_share": 1 / 32}, "sae": {"architecture": "jumprelu_crosscoder"},
-       "device": "cuda", "train_batch_size_tokens": 2048, "stream": {"model_dtype": "bfloat16"}}  # fmt: skip
+RUN = {
+    "kernel_plan": {"jumprelu_sparse": None, "sparse_step_share": 1 / 32},
+    "sae": {"architecture": "jumprelu_crosscoder"},
+    "device": "cuda",
+    "train_batch_size_tokens": 2048,
+    "stream": {"model_dtype": "bfloat16"},
+}
 TOKENS = 50 * 2048
 
 
@@ -25,19 +30,27 @@ def _step(step: int, seconds: float, l0: float) -> dict:
 # d_sae 3,200: the sparse path from an L0 of 100 (1/32 of the entries)
 RECORDS = [
     {"kind": "start", "step": 0, "total_steps": 250, "d_sae": 3200},
-    _step(50, 10.0, 800), _step(100, 14.0, 500), {"kind": "checkpoint", "step": 100, "seconds": 3.0},
-    _step(150, 20.0, 90), _step(200, 22.5, 80), _step(250, 25.0, 100),
-    {"kind": "checkpoint", "step": 250, "seconds": 4.0}, {"kind": "final", "seconds": 2.0},
+    _step(50, 10.0, 800),
+    _step(100, 14.0, 500),
+    {"kind": "checkpoint", "step": 100, "seconds": 3.0},
+    _step(150, 20.0, 90),
+    _step(200, 22.5, 80),
+    _step(250, 25.0, 100),
+    {"kind": "checkpoint", "step": 250, "seconds": 4.0},
+    {"kind": "final", "seconds": 2.0},
     {"kind": "evaluation", "seconds": 30.0},
-]  # fmt: skip
+]
 
 
 def test_the_intervals_phases_and_where_the_time_went_by_hand():
     rows = user_run.intervals(RECORDS, RUN)
     assert [(r["step"], r["path"], r["phase"]) for r in rows] == [
-        (50, "dense", "first"), (100, "dense", "dense"), (150, "sparse", "switch"), (200, "sparse", "sparse"),
+        (50, "dense", "first"),
+        (100, "dense", "dense"),
+        (150, "sparse", "switch"),
+        (200, "sparse", "sparse"),
         (250, "sparse", "sparse"),
-    ]  # fmt: skip
+    ]
     # the checkpoint written at step 100 is taken out of the interval after it: 20 - 14 - 3 seconds
     assert [r["seconds"] for r in rows] == [10.0, 4.0, 3.0, 2.5, 2.5]
     assert rows[0]["share"] == 0.25 and rows[-1]["share"] == 1 / 32
@@ -48,7 +61,14 @@ def test_the_intervals_phases_and_where_the_time_went_by_hand():
     assert user_run.steady_from(rows, lambda row: row["path"] == "sparse") == 150
     assert user_run.steady_from(rows, lambda row: row["l0"] < 95) is None  # step 250's L0 is 100
     split = user_run.time_split(RECORDS, rows, wall=100.0)
-    assert split == {"steps": 22.0, "checkpoints": 7.0, "n_checkpoints": 2, "final": 2.0, "evaluation": 30.0, "rest": 39.0}
+    assert split == {
+        "steps": 22.0,
+        "checkpoints": 7.0,
+        "n_checkpoints": 2,
+        "final": 2.0,
+        "evaluation": 30.0,
+        "rest": 39.0,
+    }
     # 800M tokens at 40,960 tok/s, the recipe's 20 checkpoints at 3.5 s, and 71 s of the rest
     assert user_run.run_hours(40_960, split, 800e6, 2048) == pytest.approx((800e6 / 40_960 + 20 * 3.5 + 71) / 3600)
 
@@ -57,9 +77,12 @@ def test_a_resume_starts_a_first_interval_of_its_own_and_the_path_follows_the_pl
     fit = [{"kind": "start", "step": 100, "total_steps": 250, "d_sae": 3200}, _step(150, 8.0, 90), *RECORDS[5:]]
     rows = user_run.intervals([*RECORDS[:4], *fit], RUN)  # the seconds count from each fit's start
     assert [(r["step"], r["phase"], r["tokens"], r["seconds"]) for r in rows] == [
-        (50, "first", TOKENS, 10.0), (100, "dense", TOKENS, 4.0), (150, "first", TOKENS, 8.0),
-        (200, "sparse", TOKENS, 14.5), (250, "sparse", TOKENS, 2.5),
-    ]  # fmt: skip
+        (50, "first", TOKENS, 10.0),
+        (100, "dense", TOKENS, 4.0),
+        (150, "first", TOKENS, 8.0),
+        (200, "sparse", TOKENS, 14.5),
+        (250, "sparse", TOKENS, 2.5),
+    ]
     assert user_run.step_path(0.01, RUN["kernel_plan"], "jumprelu_crosscoder", "cpu") == "dense"  # CUDA alone
     assert user_run.step_path(0.5, {"jumprelu_sparse": True}, "jumprelu_crosscoder", "cpu") == "sparse"
     assert user_run.step_path(0.01, {"jumprelu_sparse": False}, "jumprelu_crosscoder", "cuda") == "dense"
@@ -106,6 +129,9 @@ def test_without_cuda_the_script_says_so_in_one_line():
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout == "benchmarks/user_run.py: no CUDA device here, nothing measured (--small runs its logic on the CPU)\n"
+    assert (
+        done.stdout
+        == "benchmarks/user_run.py: no CUDA device here, nothing measured (--small runs its logic on the CPU)\n"
+    )
     with pytest.raises(SystemExit):
         user_run.parse_args(["--written"])  # the suite's folder is needed

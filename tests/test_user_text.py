@@ -12,9 +12,9 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from crosslens.cli.inputs import split_rows
 from crosslens.core.hooks import hook_problem
 from crosslens.pico import PicoGrammar, sample_documents
-from crosslens.pico.tokenizer import train_tokenizer, word_level_tokenizer
 from crosslens.pico.corpus import TextCorpus, split_documents, text_files
 from crosslens.pico.evals import continuation_logprob_diffs, pair_logit_diffs
+from crosslens.pico.tokenizer import train_tokenizer, word_level_tokenizer
 from crosslens.tasks import MinimalPair
 from crosslens.tasks.blimp import load_task_file, task_file_format
 
@@ -43,7 +43,11 @@ def test_heldout_rows_are_whole_documents_sampled_across_the_corpus():
     tokenizer = word_level_tokenizer([f"d{i}" for i in range(200)] + ["the", "dog", "runs"])
 
     def doc_ids(ids_N) -> set[int]:
-        return {int(t[1:]) for t in tokenizer.convert_ids_to_tokens(ids_N.flatten().tolist()) if t[:1] == "d" and t[1:].isdigit()}
+        return {
+            int(t[1:])
+            for t in tokenizer.convert_ids_to_tokens(ids_N.flatten().tolist())
+            if t[:1] == "d" and t[1:].isdigit()
+        }
 
     corpus = TextCorpus(documents, tokenizer, seq_len=16, batch_size=4, seed=0, n_heldout_rows=20)
     held = doc_ids(corpus.heldout(20))
@@ -58,8 +62,14 @@ def test_heldout_rows_are_whole_documents_sampled_across_the_corpus():
 
 def _tiny_model(vocab_size: int) -> GPTNeoXForCausalLM:
     torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    config = GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     return GPTNeoXForCausalLM(config).eval()
 
 
@@ -86,7 +96,10 @@ def test_multi_token_continuations_are_summed_over_their_tokens():
             logprobs = model(torch.tensor([ids])).logits[0].log_softmax(-1)
         return float(sum(logprobs[t - 1, ids[t]] for t in range(len(prompt), len(ids))))
 
-    assert len(tokenizer.encode(" walks", add_special_tokens=False)) > 1 or len(tokenizer.encode(" walk", add_special_tokens=False)) > 1
+    assert (
+        len(tokenizer.encode(" walks", add_special_tokens=False)) > 1
+        or len(tokenizer.encode(" walk", add_special_tokens=False)) > 1
+    )
     expected = summed(" walk") - summed(" walks")
     assert float(continuation_logprob_diffs(model, tokenizer, [pair])[0]) == pytest.approx(expected, abs=1e-4)
 
@@ -99,11 +112,23 @@ def test_pairs_files_load_by_their_format(tmp_path):
     clams = tmp_path / "clams.txt"
     clams.write_text("True\tThe keys are here .\nFalse\tThe keys is here .\n")
     multi = tmp_path / "multi.jsonl"
-    multi.write_text("\n".join(json.dumps({"sentence_good": g, "sentence_bad": b, "language": lang}) for g, b, lang in [
-        ("The keys are here.", "The keys is here.", "en"), ("Les clés sont ici.", "Les clés est ici.", "fr")]))  # fmt: skip
+    multi.write_text(
+        "\n".join(
+            json.dumps({"sentence_good": g, "sentence_bad": b, "language": lang})
+            for g, b, lang in [
+                ("The keys are here.", "The keys is here.", "en"),
+                ("Les clés sont ici.", "Les clés est ici.", "fr"),
+            ]
+        )
+    )
     assert [task_file_format(p) for p in (blimp, ours, clams, multi)] == ["blimp", "crosslens", "clams", "multilingual"]
     (task,) = load_task_file(blimp).values()
-    assert (task.name, task.pairs[0].clean, task.pairs[0].correct, task.pairs[0].wrong) == ("agr", "The keys", " are", " is")
+    assert (task.name, task.pairs[0].clean, task.pairs[0].correct, task.pairs[0].wrong) == (
+        "agr",
+        "The keys",
+        " are",
+        " is",
+    )
     assert load_task_file(ours)["ours"].pairs[0].wrong == " is"
     assert sorted(load_task_file(multi)) == ["multi_en", "multi_fr"]
     bad = tmp_path / "bad.jsonl"
@@ -119,7 +144,10 @@ def test_skipping_invalid_lines_reaches_every_pairs_format(tmp_path):
 
     rows = {
         "multi.jsonl": [{"sentence_good": "The keys are here.", "sentence_bad": "The keys is here.", "language": "en"}],
-        "ours.jsonl": [{"clean": "The keys", "correct": " are", "wrong": " is"}, {"clean": "The keys", "correct": " are"}],
+        "ours.jsonl": [
+            {"clean": "The keys", "correct": " are", "wrong": " is"},
+            {"clean": "The keys", "correct": " are"},
+        ],
     }
     for name, records in rows.items():
         path = tmp_path / name
@@ -168,10 +196,16 @@ def _analysis():
     from crosslens.analysis import EvolutionAnalysis
 
     timelines = [
-        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.5, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.6, 1.0],
-        [0.0, 0.4, 1.0, 0.5, 0.1, 0.0], [0.0, 0.0, 0.7, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 1.0, 1.0],
-    ]  # fmt: skip
-    direction = torch.nn.functional.normalize(torch.randn(len(timelines), 1, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        [0.0, 0.0, 0.5, 1.0, 1.0, 1.0],
+        [0.0, 0.0, 0.0, 0.0, 0.6, 1.0],
+        [0.0, 0.4, 1.0, 0.5, 0.1, 0.0],
+        [0.0, 0.0, 0.7, 1.0, 1.0, 1.0],
+        [0.0, 0.0, 0.0, 0.0, 1.0, 1.0],
+    ]
+    direction = torch.nn.functional.normalize(
+        torch.randn(len(timelines), 1, 8, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
     W_dec = torch.tensor(timelines)[:, :, None] * direction
     return EvolutionAnalysis.from_decoder(W_dec, steps=[0, 10, 100, 1000, 10_000, 100_000])
 
@@ -197,4 +231,6 @@ def test_heatmap_shows_its_sort_by_emergence():
     assert emergence == sorted(emergence) and len(set(emergence)) > 2  # a staircase, rising down the rows
     labels = list(fig.layout.yaxis.ticktext)
     steps = analysis.steps
-    assert labels == [f"from {steps[e]}" if steps[e] < 1000 else f"from {steps[e] // 1000}k" for e in sorted(set(emergence))]
+    assert labels == [
+        f"from {steps[e]}" if steps[e] < 1000 else f"from {steps[e] // 1000}k" for e in sorted(set(emergence))
+    ]

@@ -174,7 +174,9 @@ def test_deferred_gradients_are_one_matmul_over_the_micro_batches(autocast, feat
             out.backward(whole_grad(n0, n0 + 16).to(out.dtype))
             assert W.grad is None and b.grad is not None  # the weight's waits, the bias's does not
     assert W.grad.dtype == torch.float32
-    torch.testing.assert_close(W.grad, ref_W if not autocast else _float32_reference(a, grad, feature_major), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(
+        W.grad, ref_W if not autocast else _float32_reference(a, grad, feature_major), rtol=1e-6, atol=1e-5
+    )
     torch.testing.assert_close(b.grad, ref_b, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(a.grad, ref_a, rtol=0, atol=0)
     if autocast:
@@ -239,7 +241,9 @@ def test_micro_batches_write_the_weight_gradients_once_at_the_end(arch, settings
     from crosslens.training.micro import micro_batched_pass
 
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
-    extra = {"crosscoder": {"l1_coefficient": 0.05}, "jumprelu_crosscoder": {"l0_coefficient": 0.01}}.get(arch, {"k": 4})
+    extra = {"crosscoder": {"l1_coefficient": 0.05}, "jumprelu_crosscoder": {"l0_coefficient": 0.01}}.get(
+        arch, {"k": 4}
+    )
     torch.manual_seed(0)
     plan = KernelPlan.resolve("cpu", jumprelu_sparse=settings.get("jumprelu_sparse"))
     settings = {key: value for key, value in settings.items() if key != "jumprelu_sparse"}
@@ -364,7 +368,9 @@ def test_row_norms_in_a_block_are_computed_once_and_their_gradient_multiplies_th
             norms.backward(grad)
             assert W.grad is None
         assert block.row_norms(W) is block.row_norms(W)  # one pass over W for all the micro-batches
-        assert torch.equal(row_norms_now(W), block.row_norms(W)) and row_norms_now(W) is not block.row_norms(W)  # a copy
+        assert torch.equal(row_norms_now(W), block.row_norms(W)) and row_norms_now(W) is not block.row_norms(
+            W
+        )  # a copy
     assert [g for g in arrivals if g is not None] == []
     torch.testing.assert_close(W.grad, want, rtol=1e-6, atol=1e-6)
 
@@ -515,7 +521,9 @@ def test_a_micro_batched_step_multiplies_each_micro_batch_by_the_encoder_once(ar
         with monkeypatch.context() as patch:
             if not keep:
                 patch.setattr(micro, "kept_products", contextlib.nullcontext)
-            out = micro.micro_batched_pass(sae, x, 4, step_input, lambda: torch.autocast("cpu", torch.bfloat16, enabled=autocast))
+            out = micro.micro_batched_pass(
+                sae, x, 4, step_input, lambda: torch.autocast("cpu", torch.bfloat16, enabled=autocast)
+            )
         tensors = [out.sae_out, out.hidden_pre, *(p.grad for p in sae.parameters())]
         return products.count((S * D, F_)), out.loss, tensors
 
@@ -563,7 +571,9 @@ def test_a_kept_product_is_taken_once_and_only_for_the_very_same_operands():
 
 @pytest.mark.parametrize("arch", ["jumprelu_crosscoder", "batchtopk_crosscoder"])
 @pytest.mark.parametrize("edit", ["in place", "b_dec subtracted"])
-def test_a_micro_batched_step_with_an_edited_pre_activation_or_input_trains_as_without_kept_products(arch, edit, monkeypatch):
+def test_a_micro_batched_step_with_an_edited_pre_activation_or_input_trains_as_without_kept_products(
+    arch, edit, monkeypatch
+):
     """A hook that edits the pre-activation in place runs in both passes, so the kept product is
     not taken (and the hook's edit is applied once a pass, as without kept products); an input
     made afresh in each pass (``apply_b_dec_to_input``) is not matched, and the products are let

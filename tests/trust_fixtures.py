@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
 
 from crosslens.activations import harvest_activations
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.training.config import ArchitectureConfig
 from crosslens.training.runner import CrosscoderRunnerConfig, CrosscoderTrainingRunner
-from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
 
 HOOK = "blocks.0.hook_resid_post"
 OTHER_HOOK = "blocks.1.hook_resid_post"

@@ -12,8 +12,8 @@ The budget imports nothing heavy and the other names resolve on first use, so th
 
 from __future__ import annotations
 
-from crosslens.core.lazy import lazy_attributes
 from crosslens.activations.budget import TokenBudget
+from crosslens.core.lazy import lazy_attributes
 
 _LAZY = {
     "ActivationProvider": "crosslens.activations.provider",

@@ -221,7 +221,9 @@ class ForwardToHooks:
 
     def __call__(self, tokens_BL: Int[torch.Tensor, "batch pos"]) -> dict[str, torch.Tensor]:
         if self._stack is None:
-            raise RuntimeError("ForwardToHooks runs inside its context: `with ForwardToHooks(model, hooks) as forward:`.")
+            raise RuntimeError(
+                "ForwardToHooks runs inside its context: `with ForwardToHooks(model, hooks) as forward:`."
+            )
         if self._direct is not None:
             return {self.hooks[0]: self._trunk(self.model, tokens_BL, self._direct)}
         if self._split_at is not None:
@@ -251,5 +253,8 @@ def forward_to_hook(
     attention: str | None = None,
 ) -> torch.Tensor:
     """``hook``'s activation for ``tokens_BL``, in the model's dtype, with nothing past it computed."""
-    with torch.inference_mode(), ForwardToHooks(model, [hook], compile=compile, backend=backend, attention=attention) as forward:
+    with (
+        torch.inference_mode(),
+        ForwardToHooks(model, [hook], compile=compile, backend=backend, attention=attention) as forward,
+    ):
         return forward(tokens_BL.to(model.cfg.device))[hook]

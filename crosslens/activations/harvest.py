@@ -26,6 +26,18 @@ import torch
 from jaxtyping import Bool, Float, Int
 from safetensors.torch import save_file
 
+from crosslens.activations.forward import ForwardToHooks, stop_layer_for
+from crosslens.activations.resume import (
+    check_identities,
+    check_known_weights,
+    check_snapshot,
+    check_width,
+    largest_token_id,
+    new_manifest,
+    snapshot_identities,
+    start_or_resume,
+    store_spec,
+)
 from crosslens.activations.store import (
     LOCK_NAME,
     TOKENS_NAME,
@@ -39,18 +51,6 @@ from crosslens.activations.store import (
     write_manifest,
     write_npy_atomic,
 )
-from crosslens.activations.resume import (
-    check_identities,
-    check_known_weights,
-    check_snapshot,
-    check_width,
-    largest_token_id,
-    new_manifest,
-    snapshot_identities,
-    start_or_resume,
-    store_spec,
-)
-from crosslens.activations.forward import ForwardToHooks, stop_layer_for
 from crosslens.activations.team import HarvestTeam
 from crosslens.activations.tokens import check_same_tokenizer, kept_tokens
 from crosslens.core.devices import release_model
@@ -247,9 +247,15 @@ def harvest_activations(
     provenance = suite.provenance()
     model_dtype = str(model_dtype).removeprefix("torch.")
     spec = store_spec(
-        provenance, hooks, token_ids_NL, dtype=dtype, exclude_bos=exclude_bos,
-        exclude_token_ids=exclude_token_ids, shard_tokens=shard_tokens, model_dtype=model_dtype,
-    )  # fmt: skip
+        provenance,
+        hooks,
+        token_ids_NL,
+        dtype=dtype,
+        exclude_bos=exclude_bos,
+        exclude_token_ids=exclude_token_ids,
+        shard_tokens=shard_tokens,
+        model_dtype=model_dtype,
+    )
     per_model_tokenizer = check_suite(suite)
     identities = snapshot_identities(suite)  # before writing: refuses damaged, uncached and duplicate snapshots
 
@@ -262,13 +268,30 @@ def harvest_activations(
             root.mkdir(parents=True, exist_ok=True)
         team.barrier()
         # rank 0 holds the folder's lock for the whole team; the others write only their own shards
-        lock = exclusive_lock(root / LOCK_NAME, on_busy=_refuse_concurrent_harvest(root)) if team.is_main else nullcontext()
+        lock = (
+            exclusive_lock(root / LOCK_NAME, on_busy=_refuse_concurrent_harvest(root))
+            if team.is_main
+            else nullcontext()
+        )
         with lock:
             _harvest_locked(
-                suite, hooks, token_ids_NL, keep_NL, root, spec, provenance, identities,
-                tokenizer=tokenizer if per_model_tokenizer else None, batch_size=batch_size, device=device,
-                model_dtype=model_dtype, overwrite=overwrite, verify_hashes=verify_hashes, progress=progress, team=team,
-            )  # fmt: skip
+                suite,
+                hooks,
+                token_ids_NL,
+                keep_NL,
+                root,
+                spec,
+                provenance,
+                identities,
+                tokenizer=tokenizer if per_model_tokenizer else None,
+                batch_size=batch_size,
+                device=device,
+                model_dtype=model_dtype,
+                overwrite=overwrite,
+                verify_hashes=verify_hashes,
+                progress=progress,
+                team=team,
+            )
     team.barrier()  # the store is complete and unlocked for every rank
     return ActivationStore.open(root, verify="none")
 
@@ -325,7 +348,9 @@ def _harvest_locked(
     team = team or HarvestTeam()
     manifest = None
     if team.is_main:
-        manifest = _opened_manifest(suite, token_ids_NL, keep_NL, root, spec, provenance, identities, overwrite, verify_hashes)
+        manifest = _opened_manifest(
+            suite, token_ids_NL, keep_NL, root, spec, provenance, identities, overwrite, verify_hashes
+        )
     manifest = team.share(manifest)
 
     shards, n_tokens, n_snapshots = manifest["shards"], manifest["n_tokens"], manifest["n_snapshots"]
@@ -352,10 +377,24 @@ def _harvest_locked(
             unit = units[round_] if round_ < len(units) else None
             if unit is not None:
                 _harvest_unit(
-                    suite, unit, manifest, root, hooks, token_ids_NL, keep_NL, bar, writer, pending, save=save,
-                    tokenizer=tokenizer, batch_size=batch_size, device=device, model_dtype=model_dtype,
-                    identity=identities[unit[0]], largest_id=largest_id,
-                )  # fmt: skip
+                    suite,
+                    unit,
+                    manifest,
+                    root,
+                    hooks,
+                    token_ids_NL,
+                    keep_NL,
+                    bar,
+                    writer,
+                    pending,
+                    save=save,
+                    tokenizer=tokenizer,
+                    batch_size=batch_size,
+                    device=device,
+                    model_dtype=model_dtype,
+                    identity=identities[unit[0]],
+                    largest_id=largest_id,
+                )
                 if not save:  # the round's files are merged across the team: wait for them
                     _record_written(root, manifest, pending, save=save)
             if not save:
@@ -365,7 +404,9 @@ def _harvest_locked(
     finally:
         bar.close()
         writer.shutdown(wait=True)
-        _record_written(root, manifest, pending, only_successful=True, save=save)  # keep what an interrupted run finished
+        _record_written(
+            root, manifest, pending, only_successful=True, save=save
+        )  # keep what an interrupted run finished
 
     if team.is_main:
         manifest["norm_factors"] = {hook: norm_factors_from_manifest(manifest, hook) for hook in hooks}
@@ -377,9 +418,16 @@ def _harvest_locked(
 
 
 def _opened_manifest(
-    suite: CheckpointSuite, token_ids_NL: torch.Tensor, keep_NL: torch.Tensor, root: Path, spec: dict,
-    provenance: dict, identities: list[dict | None], overwrite: bool, verify_hashes: bool,
-) -> dict:  # fmt: skip
+    suite: CheckpointSuite,
+    token_ids_NL: torch.Tensor,
+    keep_NL: torch.Tensor,
+    root: Path,
+    spec: dict,
+    provenance: dict,
+    identities: list[dict | None],
+    overwrite: bool,
+    verify_hashes: bool,
+) -> dict:
     """The store's manifest, resumed (its snapshots' identities checked against the files) or
     new, with the token tables written."""
     manifest = start_or_resume(root, spec, overwrite=overwrite, verify_hashes=verify_hashes)
@@ -437,9 +485,14 @@ def _harvest_unit(
     bar.set_postfix_str(f"snapshot {ref.revision}")
     stop_at_layer = stop_layer_for(hooks)
     record, model = load_snapshot(
-        suite, ref, device=device, reference_tokenizer=tokenizer, model_dtype=model_dtype,
-        first_n_layers=None if stop_at_layer is None else max(1, stop_at_layer), identity=identity,
-    )  # fmt: skip
+        suite,
+        ref,
+        device=device,
+        reference_tokenizer=tokenizer,
+        model_dtype=model_dtype,
+        first_n_layers=None if stop_at_layer is None else max(1, stop_at_layer),
+        identity=identity,
+    )
     try:
         check_snapshot(manifest, s, record, model, largest_id, token_ids_NL.shape[1])
         for k in todo:
@@ -518,5 +571,3 @@ def _record_written(
     pending.clear()
     if recorded and save:
         write_manifest(root, manifest)
-
-

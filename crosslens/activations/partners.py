@@ -48,7 +48,11 @@ def store_seal(store: ActivationStore) -> dict[str, str]:
 
 def _identity(entry: dict[str, Any]) -> dict[str, Any]:
     source = entry.get("source") or {}
-    return {"weights_sha256": entry.get("weights_sha256"), "digest": source.get("digest"), "commit": source.get("commit")}
+    return {
+        "weights_sha256": entry.get("weights_sha256"),
+        "digest": source.get("digest"),
+        "commit": source.get("commit"),
+    }
 
 
 def unverifiable_snapshots(recorded: Sequence[dict], offered: Sequence[dict]) -> list[str]:
@@ -86,7 +90,11 @@ def snapshot_problem(recorded: Sequence[dict], offered: Sequence[dict], *, requi
 def crosscoder_record_problem(crosscoder: Any) -> str | None:
     """What a crosscoder lacks to be checked against a partner (None when it records it all)."""
     suite = metadata_value(crosscoder, "suite") or {}
-    missing = [name for name, value in (("snapshots", suite.get("snapshots")), ("hook", metadata_value(crosscoder, "hook_name"))) if not value]
+    missing = [
+        name
+        for name, value in (("snapshots", suite.get("snapshots")), ("hook", metadata_value(crosscoder, "hook_name")))
+        if not value
+    ]
     return f"records no {' and no '.join(missing)} it was trained on" if missing else None
 
 
@@ -192,7 +200,9 @@ def check_heldout(store: ActivationStore, heldout: ActivationStore) -> None:
         )
 
 
-def check_eval_store(training: ActivationStore, evaluation: ActivationStore, hook: str, flag: str = "--eval-store") -> None:
+def check_eval_store(
+    training: ActivationStore, evaluation: ActivationStore, hook: str, flag: str = "--eval-store"
+) -> None:
     """Refuse, before a crosscoder is trained on ``training`` at ``hook``, a store to evaluate it on
     that could not serve it: other snapshots, or not that hook at that width. The same check
     :func:`check_crosscoder_store` makes once the crosscoder exists, made early."""
@@ -248,11 +258,17 @@ class RowDigests:
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata, digests_N16, seq_len_1 = f.metadata() or {}, f.get_tensor("digests"), f.get_tensor("seq_len")
-            if metadata.get("format") != ROW_DIGESTS_FORMAT or digests_N16.dtype != torch.uint8 or digests_N16.shape[-1:] != (16,):
+            if (
+                metadata.get("format") != ROW_DIGESTS_FORMAT
+                or digests_N16.dtype != torch.uint8
+                or digests_N16.shape[-1:] != (16,)
+            ):
                 raise ValueError(f"not a {ROW_DIGESTS_FORMAT} file")
             seq_len = int(seq_len_1.item())
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
-            raise PartnerMismatchError(f"{path} cannot be read as a run's row digests ({error}); train the run again") from None
+            raise PartnerMismatchError(
+                f"{path} cannot be read as a run's row digests ({error}); train the run again"
+            ) from None
         return cls(seq_len, tuple(bytes(row.tolist()) for row in digests_N16))
 
 

@@ -64,9 +64,15 @@ class _Batching:
     """What both providers share: how an epoch's token stream is cut into batches, and where they go."""
 
     def __init__(
-        self, batch_size: int, seed: int, normalize: bool, drop_last: bool, n_epochs: int | None, start_batch: int,
+        self,
+        batch_size: int,
+        seed: int,
+        normalize: bool,
+        drop_last: bool,
+        n_epochs: int | None,
+        start_batch: int,
         device: str | torch.device,
-    ) -> None:  # fmt: skip
+    ) -> None:
         _check_batching(batch_size, n_epochs, start_batch)
         self.batch_size, self.seed, self.normalize, self.drop_last = batch_size, seed, normalize, drop_last
         self.n_epochs, self.start_batch, self.device = n_epochs, start_batch, torch.device(device)
@@ -84,7 +90,9 @@ class _Batching:
 
     def _serves_epoch(self, epoch: int, stop: int | None) -> bool:
         """Whether any batch of ``epoch`` comes before ``stop`` and within ``n_epochs``."""
-        return (self.n_epochs is None or epoch < self.n_epochs) and (stop is None or epoch * self.batches_per_epoch < stop)
+        return (self.n_epochs is None or epoch < self.n_epochs) and (
+            stop is None or epoch * self.batches_per_epoch < stop
+        )
 
     def _epoch_end(self, epoch: int, stop: int | None, served: int) -> int:
         """Where ``epoch``'s token stream ends: after its ``served`` tokens, or at batch ``stop``."""
@@ -163,7 +171,9 @@ class ActivationProvider(_Batching):
     def __iter__(self) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
         return self.batches(self.start_batch)
 
-    def batches(self, start: int = 0, stop: int | None = None) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
+    def batches(
+        self, start: int = 0, stop: int | None = None
+    ) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
         """Batches ``start`` to ``stop`` (counting from the first batch of epoch 0; ``stop`` None:
         to the end of the last epoch); nothing past ``stop`` is read."""
         epoch, first = self._first_batch(start, stop)
@@ -246,8 +256,10 @@ class OnTheFlyProvider(_Batching):
         self.model_device = model_device
         self.harvest_batch_size = harvest_batch_size
         self._norm_factors = None if norm_factors is None else torch.as_tensor(norm_factors, dtype=torch.float32)
-        if self._norm_factors is not None and (self._norm_factors.ndim != 1 or not bool(
-                (torch.isfinite(self._norm_factors) & (self._norm_factors > 0)).all())):  # fmt: skip
+        if self._norm_factors is not None and (
+            self._norm_factors.ndim != 1
+            or not bool((torch.isfinite(self._norm_factors) & (self._norm_factors > 0)).all())
+        ):
             raise ValueError(f"norm_factors must be one finite positive number per snapshot, got {norm_factors}.")
         if self._norm_factors is not None and len(self._norm_factors) != self.n_snapshots:  # not broadcast
             raise ValueError(
@@ -319,9 +331,13 @@ class OnTheFlyProvider(_Batching):
         for s, ref in enumerate(self.suite.snapshots):
             reference = self._tokenizer if self._per_model_tokenizer else None
             _, model = load_snapshot(
-                self.suite, ref, device=self.model_device, reference_tokenizer=reference,
-                first_n_layers=self.first_n_layers, identity=self._identities()[s],
-            )  # fmt: skip
+                self.suite,
+                ref,
+                device=self.model_device,
+                reference_tokenizer=reference,
+                first_n_layers=self.first_n_layers,
+                identity=self._identities()[s],
+            )
             try:
                 check_tokens_fit(model, ref.revision, self._largest_id, self.token_ids_NL.shape[1])
                 rows = harvest_rows(model, tokens, keep, [self.hook], batch_size=self.harvest_batch_size)
@@ -365,7 +381,9 @@ class OnTheFlyProvider(_Batching):
     def __iter__(self) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
         return self.batches(self.start_batch)
 
-    def batches(self, start: int = 0, stop: int | None = None) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
+    def batches(
+        self, start: int = 0, stop: int | None = None
+    ) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
         """Float32 batches ``start`` to ``stop`` (None: to the end of the last epoch); chunks
         before ``start`` are never harvested, nor those after ``stop`` prefetched."""
         # measured (a harvest of its own) before any chunk is prefetched

@@ -231,7 +231,9 @@ def check_known_weights(manifest: dict | None, s: int, sha: str | None, revision
         )
 
 
-def check_snapshot(manifest: dict, s: int, record: dict, model: HookedTransformer, largest_id: int, seq_len: int) -> None:
+def check_snapshot(
+    manifest: dict, s: int, record: dict, model: HookedTransformer, largest_id: int, seq_len: int
+) -> None:
     """Refuse changed weights (vs. a previous run), duplicate weights, and a token table (its
     :func:`largest_token_id`, its rows' ``seq_len``) the model cannot read."""
     recorded = manifest["snapshots"][s]

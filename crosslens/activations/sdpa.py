@@ -93,9 +93,13 @@ def _attention(
             alibi = type(attn).create_alibi_bias(cfg.n_heads, n_pos, q.device)  # [heads, pos, pos]
             mask = mask + alibi[None].to(q.dtype)
     z = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-        attn_mask=mask, is_causal=mask is None, scale=1.0 / float(attn.attn_scale),
-    ).transpose(1, 2)  # fmt: skip
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        attn_mask=mask,
+        is_causal=mask is None,
+        scale=1.0 / float(attn.attn_scale),
+    ).transpose(1, 2)
     w_O = attn.W_O.flatten(0, 1).T  # [d_model, heads * d_head], as TransformerLens's F.linear takes it
     return F.linear(z.flatten(2).to(w_O.dtype), w_O, attn.b_O)
 

@@ -27,8 +27,8 @@ from jaxtyping import Float, Int
 from crosslens.activations.budget import chunk_buffer_bytes
 from crosslens.activations.forward import keep_first_blocks
 from crosslens.activations.harvest import harvest_rows, kept_index, load_snapshot
-from crosslens.activations.resume import check_tokens_fit
 from crosslens.activations.provider import OnTheFlyProvider, epoch_rng, norm_factors_of
+from crosslens.activations.resume import check_tokens_fit
 from crosslens.core.devices import as_dtype, available_memory, release_model
 from crosslens.core.hooks import hook_width
 
@@ -83,9 +83,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         n_all = len(args[0] if args else kwargs["suite"])
         self.snapshot_indices = list(range(n_all) if snapshots is None else snapshots)
         if not self.snapshot_indices or not all(0 <= s < n_all for s in self.snapshot_indices):
-            raise ValueError(
-                f"snapshots must be indices of the suite's {n_all} snapshots, got {snapshots}."
-            )
+            raise ValueError(f"snapshots must be indices of the suite's {n_all} snapshots, got {snapshots}.")
         if len(set(self.snapshot_indices)) != len(self.snapshot_indices):
             raise ValueError(f"snapshots must name each snapshot once, got {snapshots}.")
         super().__init__(*args, **kwargs)
@@ -138,9 +136,13 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         try:
             for i, ref in enumerate(refs):
                 record, model = load_snapshot(
-                    self.suite, ref, device=device, reference_tokenizer=reference,
-                    first_n_layers=self.first_n_layers, identity=self._identities()[self.snapshot_indices[i]],
-                )  # fmt: skip
+                    self.suite,
+                    ref,
+                    device=device,
+                    reference_tokenizer=reference,
+                    first_n_layers=self.first_n_layers,
+                    identity=self._identities()[self.snapshot_indices[i]],
+                )
                 check_tokens_fit(model, ref.revision, self._largest_id, self.token_ids_NL.shape[1])
                 # resident for the whole run: blocks past the hook would only hold memory
                 model = keep_first_blocks(model, self.first_n_layers).to(self.model_dtype, print_details=False)
@@ -224,9 +226,16 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         buffer_NSD: torch.Tensor | None = None
         for s, model in enumerate(models):
             rows_ND = harvest_rows(
-                model, tokens, keep, [self.hook], batch_size=self.harvest_batch_size,
-                out_device=self.device, out_dtype=self.buffer_dtype, compile=self.compile, kept=kept,
-            )[self.hook]  # fmt: skip
+                model,
+                tokens,
+                keep,
+                [self.hook],
+                batch_size=self.harvest_batch_size,
+                out_device=self.device,
+                out_dtype=self.buffer_dtype,
+                compile=self.compile,
+                kept=kept,
+            )[self.hook]
             if buffer_NSD is None:
                 shape = (rows_ND.shape[0], self.n_snapshots, rows_ND.shape[1])
                 buffer_NSD = torch.empty(shape, device=self.device, dtype=self.buffer_dtype)

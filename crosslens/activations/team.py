@@ -87,7 +87,9 @@ class HarvestTeam:
         if unit is not None:
             s = unit[0]
             # "acts/<hook>/snap003_shard" for every hook: this snapshot's files
-            prefixes = tuple(shard_relpath(h, s, 0).rsplit("_shard", 1)[0] + "_shard" for h in manifest["spec"]["hooks"])
+            prefixes = tuple(
+                shard_relpath(h, s, 0).rsplit("_shard", 1)[0] + "_shard" for h in manifest["spec"]["hooks"]
+            )
             mine = {
                 "s": s,
                 "snapshot": manifest["snapshots"][s],

@@ -45,8 +45,7 @@ def tokenize_texts(
     bos, eos = _special_ids(tokenizer)
     if prepend_bos and bos is None:
         raise ValueError(
-            "the tokenizer defines neither a BOS nor an EOS token to start rows with; "
-            "pass prepend_bos=False."
+            "the tokenizer defines neither a BOS nor an EOS token to start rows with; pass prepend_bos=False."
         )
     return pack_documents(
         encoded(tokenizer, texts), seq_len, n_seqs=n_seqs, bos_token_id=bos if prepend_bos else None, eos_token_id=eos
@@ -255,7 +254,10 @@ def bos_prepended(token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"], excluded: S
 def position_record(*, exclude_bos: bool, exclude_token_ids: Sequence[int]) -> dict[str, Any]:
     """Which positions :func:`keep_mask` keeps, in SAELens's metadata words: ``seqpos_slice``
     (``[1, None]`` drops position 0) and ``exclude_special_tokens`` (the excluded ids)."""
-    return {"seqpos_slice": [1, None] if exclude_bos else [None], "exclude_special_tokens": sorted(int(i) for i in exclude_token_ids)}
+    return {
+        "seqpos_slice": [1, None] if exclude_bos else [None],
+        "exclude_special_tokens": sorted(int(i) for i in exclude_token_ids),
+    }
 
 
 def recorded_keep_mask(

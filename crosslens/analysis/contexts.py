@@ -56,7 +56,9 @@ class Context:
         return self._render(("<mark>", "</mark>"), html.escape)
 
     def _render(self, marker: tuple[str, str], escape: Callable[[str], str]) -> str:
-        pieces = self.tokens if self.tokens is not None else [f" {t}" if k else str(t) for k, t in enumerate(self.token_ids)]
+        pieces = (
+            self.tokens if self.tokens is not None else [f" {t}" if k else str(t) for k, t in enumerate(self.token_ids)]
+        )
         out = []
         for k, piece in enumerate(pieces):
             body = piece.lstrip()

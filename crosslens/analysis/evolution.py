@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 
-
 FEATURE_CLASSES: tuple[str, ...] = ("initialization", "persistent", "transient", "dead")
 """The classes :func:`classify_features` assigns, in the order reports list them.
 
@@ -274,7 +273,13 @@ def feature_lifetimes(
     d_sae = norms.shape[0]
     on_F = torch.zeros(d_sae, dtype=torch.bool, device=norms.device)
     full = torch.full((d_sae,), n_snapshots, dtype=torch.long, device=norms.device)
-    first_on_F, last_on_F, fade_F, dip_F, recovery_F = full.clone(), full.clone(), full.clone(), full.clone(), full.clone()
+    first_on_F, last_on_F, fade_F, dip_F, recovery_F = (
+        full.clone(),
+        full.clone(),
+        full.clone(),
+        full.clone(),
+        full.clone(),
+    )
     for s in range(n_snapshots):
         n_F = strength_FS[:, s]
         turns_on_F = ~on_F & (n_F >= config.emergence_threshold)

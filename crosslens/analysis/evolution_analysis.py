@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float
 
-from crosslens.crosscoders.folding import training_space_decoder
 from crosslens.analysis.evolution import (
     FEATURE_CLASSES,
     NO_STEP,
@@ -25,6 +24,7 @@ from crosslens.analysis.evolution import (
     presence_strength,
 )
 from crosslens.analysis.geometry import direction_drift, feature_dimensionality, rel_dec
+from crosslens.crosscoders.folding import training_space_decoder
 
 if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder

@@ -21,7 +21,9 @@ def _check_decoder(W_dec: torch.Tensor | Any) -> torch.Tensor:
     so that a measure is the same before and after folding."""
     if not isinstance(W_dec, torch.Tensor):
         if not hasattr(W_dec, "W_dec"):
-            raise TypeError(f"expected a decoder tensor [d_sae, n_snapshots, d_in] or a crosscoder, got {type(W_dec).__name__}")
+            raise TypeError(
+                f"expected a decoder tensor [d_sae, n_snapshots, d_in] or a crosscoder, got {type(W_dec).__name__}"
+            )
         W_dec = training_space_decoder(W_dec)
     if W_dec.ndim != 3:
         raise ValueError(

@@ -101,9 +101,15 @@ def evolution_heatmap(
     if order and all(e != NO_STEP for e in emergence):
         fig.add_trace(
             go.Scatter(
-                x=emergence, y=list(range(len(order))), mode="lines", line={"color": "white", "width": 1.5},
-                line_shape="hv", name="emergence", hoverinfo="skip", showlegend=False,
-            )  # fmt: skip
+                x=emergence,
+                y=list(range(len(order))),
+                mode="lines",
+                line={"color": "white", "width": 1.5},
+                line_shape="hv",
+                name="emergence",
+                hoverinfo="skip",
+                showlegend=False,
+            )
         )
     starts = [row for row, e in enumerate(emergence) if e != NO_STEP and (row == 0 or e != emergence[row - 1])]
     # Labels at least ~16 px apart in the plot's ~400 px of rows, so none is drawn over another.
@@ -112,9 +118,12 @@ def evolution_heatmap(
         title=f"Decoder norm of {len(order)} features, sorted by emergence step (white line: where each emerges)",
         xaxis=_analysis_axis(analysis, x),
         yaxis={
-            "title": "features, by emergence step", "autorange": "reversed", "tickmode": "array",
-            "tickvals": shown, "ticktext": [f"from {_format_step(analysis.steps[emergence[r]])}" for r in shown],
-        },  # fmt: skip
+            "title": "features, by emergence step",
+            "autorange": "reversed",
+            "tickmode": "array",
+            "tickvals": shown,
+            "ticktext": [f"from {_format_step(analysis.steps[emergence[r]])}" for r in shown],
+        },
         height=520,
     )
     return fig
@@ -142,9 +151,12 @@ def emergence_histogram(analysis: EvolutionAnalysis) -> go.Figure:
         plotted += steps
         fig.add_trace(
             go.Bar(
-                x=steps, y=[counts[s] for s in steps], width=[width[s] for s in steps], name=name,
+                x=steps,
+                y=[counts[s] for s in steps],
+                width=[width[s] for s in steps],
+                name=name,
                 marker_color=CLASS_COLORS[name],
-            )  # fmt: skip
+            )
         )
     fig.update_layout(
         barmode="stack",

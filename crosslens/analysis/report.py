@@ -24,8 +24,10 @@ from crosslens.analysis.plots import (
     probe_scatter,
 )
 from crosslens.analysis.probes import ProbeValidation
-from crosslens.htmlreport import Report  # noqa: F401  (re-exported: crosslens.analysis.Report)
-from crosslens.htmlreport import feature_link
+from crosslens.htmlreport import (
+    Report,  # noqa: F401  (re-exported: crosslens.analysis.Report)
+    feature_link,
+)
 from crosslens.htmlreport import format_cell as _format_cell
 
 
@@ -198,9 +200,7 @@ def _add_contexts(report: Report, analysis: EvolutionAnalysis, contexts: Mapping
     report.add_heading("Top-activating contexts")
     for feature, items in contexts.items():
         cls = analysis.classes[feature] if feature < analysis.d_sae else "?"
-        lines = "".join(
-            f'<tr><td>{c.activation:.3f}</td><td class="text context">{c.html()}</td></tr>' for c in items
-        )
+        lines = "".join(f'<tr><td>{c.activation:.3f}</td><td class="text context">{c.html()}</td></tr>' for c in items)
         emergence = analysis.emergence_step(feature) if feature < analysis.d_sae else None
         report.add_html(
             f"<table><caption>feature {feature_link(feature)} ({html.escape(cls)}, emerges at step "

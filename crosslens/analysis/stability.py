@@ -48,9 +48,7 @@ def _check_thresholds(thresholds: Sequence[float]) -> list[float]:
     return values
 
 
-def match_features(
-    a: EvolutionAnalysis, b: EvolutionAnalysis, min_cosine: float = 0.9
-) -> list[tuple[int, int, float]]:
+def match_features(a: EvolutionAnalysis, b: EvolutionAnalysis, min_cosine: float = 0.9) -> list[tuple[int, int, float]]:
     """One-to-one matches ``(feature in a, feature in b, cosine)`` of live features with
     cosine >= ``min_cosine`` between decoders concatenated over snapshots."""
     return [m for m in _assignment(a, b) if m[2] >= min_cosine]
@@ -169,7 +167,8 @@ def add_stability_section(report: Any, rows: Sequence[dict[str, Any]]) -> Any:
         )
     )
     report.add_table(
-        list(rows), title="Feature stability across seeds",
+        list(rows),
+        title="Feature stability across seeds",
         percent=["matched_fraction", "same_emergence_fraction", "same_class_fraction"],
-    )  # fmt: skip
+    )
     return report

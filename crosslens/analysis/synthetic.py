@@ -31,7 +31,13 @@ from jaxtyping import Float, Int
 from crosslens.analysis.absorption import ABSORBING_SHARE, absorbed_shares
 from crosslens.analysis.evolution import NO_STEP
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
-from crosslens.analysis.planted_draws import class_firing, drift, firing_probabilities, plant_schedules, spread_directions
+from crosslens.analysis.planted_draws import (
+    class_firing,
+    drift,
+    firing_probabilities,
+    plant_schedules,
+    spread_directions,
+)
 
 _EPS = 1e-12
 
@@ -482,7 +488,9 @@ def planted_recovery(analysis: EvolutionAnalysis, planted: PlantedEvolution, min
     }
 
 
-def _leakage_scores(analysis: EvolutionAnalysis, planted: PlantedEvolution, recovered: list[tuple[int, int]]) -> dict[str, float]:
+def _leakage_scores(
+    analysis: EvolutionAnalysis, planted: PlantedEvolution, recovered: list[tuple[int, int]]
+) -> dict[str, float]:
     """``planted_scores``' leakage keys, from the recovered ``(learned, planted)`` pairs'
     normalised decoder norms where the planted feature is absent and where it is present."""
     line = analysis.config.emergence_threshold

@@ -144,20 +144,30 @@ def read_run_facts(connection: sqlite3.Connection, path: Path, verified: bool = 
     ]
     tasks = [
         {"task": task, "metric": metric, "n_examples": n, "source": source}
-        for task, metric, n, source in connection.execute("SELECT task, metric, n_examples, source FROM tasks ORDER BY task")
+        for task, metric, n, source in connection.execute(
+            "SELECT task, metric, n_examples, source FROM tasks ORDER BY task"
+        )
     ]
     found = dict(connection.execute("SELECT class, count(*) FROM features GROUP BY class").fetchall())
     classes = {name: found.pop(name, 0) for name in FEATURE_CLASSES} | found
-    relie = [row[0] for row in connection.execute("SELECT DISTINCT relie_class FROM causal WHERE relie_class IS NOT NULL")]
+    relie = [
+        row[0] for row in connection.execute("SELECT DISTINCT relie_class FROM causal WHERE relie_class IS NOT NULL")
+    ]
     size = connection.execute("SELECT coalesce(max(token_id) + 1, 0) FROM vocabulary").fetchone()[0]
     vocabulary = [f"<{i}>" for i in range(size)]
     for token_id, text in connection.execute("SELECT token_id, text FROM vocabulary"):
         vocabulary[token_id] = text
     return RunFacts(
-        path=path, meta=meta, snapshots=snapshots, tasks=tasks, classes=classes, relie_classes=sorted(relie),
-        n_features=sum(classes.values()), vocabulary=vocabulary,
+        path=path,
+        meta=meta,
+        snapshots=snapshots,
+        tasks=tasks,
+        classes=classes,
+        relie_classes=sorted(relie),
+        n_features=sum(classes.values()),
+        vocabulary=vocabulary,
         complete=verified,
-    )  # fmt: skip
+    )
 
 
 class Database:

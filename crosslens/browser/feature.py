@@ -10,10 +10,22 @@ from crosslens.browser.database import RunFacts, counts, floats, halves, ints
 from crosslens.dashboards.schema import ALL_SNAPSHOTS
 
 _FEATURE_COLUMNS = (
-    "feature", "class", "emergence_snapshot", "emergence_step", "peak_snapshot", "peak_step", "fade_snapshot",
-    "fade_step", "dip_step", "recovery_step", "peak_decoder_norm", "density", "mean_activation", "max_activation",
+    "feature",
+    "class",
+    "emergence_snapshot",
+    "emergence_step",
+    "peak_snapshot",
+    "peak_step",
+    "fade_snapshot",
+    "fade_step",
+    "dip_step",
+    "recovery_step",
+    "peak_decoder_norm",
+    "density",
+    "mean_activation",
+    "max_activation",
     "relevance",
-)  # fmt: skip
+)
 SERIES = ("decoder_norm", "relative_norm", "density", "mean_activation", "max_activation")
 """The per-snapshot numbers a feature page plots, one list each (index = snapshot)."""
 
@@ -24,7 +36,9 @@ class NoSuchFeature(LookupError):
 
 def feature_detail(connection: sqlite3.Connection, feature: int, facts: RunFacts) -> dict[str, Any]:
     """Everything a feature page shows but its contexts."""
-    row = connection.execute(f"SELECT {', '.join(_FEATURE_COLUMNS)} FROM features WHERE feature = ?", (feature,)).fetchone()
+    row = connection.execute(
+        f"SELECT {', '.join(_FEATURE_COLUMNS)} FROM features WHERE feature = ?", (feature,)
+    ).fetchone()
     if row is None:
         raise NoSuchFeature(f"feature {feature}: this database holds features 0 to {facts.n_features - 1}.")
     detail: dict[str, Any] = dict(zip(_FEATURE_COLUMNS, row))
@@ -64,7 +78,13 @@ def _causal(connection: sqlite3.Connection, feature: int, n_snapshots: int) -> d
     )
     for task, snapshot, ie, relie, relie_class, ablation in cursor:
         scores = out.setdefault(
-            task, {"ie": [None] * n_snapshots, "relie": [None] * n_snapshots, "ablation": [None] * n_snapshots, "relie_class": None}
+            task,
+            {
+                "ie": [None] * n_snapshots,
+                "relie": [None] * n_snapshots,
+                "ablation": [None] * n_snapshots,
+                "relie_class": None,
+            },
         )
         if 0 <= snapshot < n_snapshots:
             scores["ie"][snapshot], scores["relie"][snapshot], scores["ablation"][snapshot] = ie, relie, ablation
@@ -83,7 +103,9 @@ def feature_contexts(
     context the quantile it was drawn at."""
     if connection.execute("SELECT 1 FROM features WHERE feature = ?", (feature,)).fetchone() is None:
         raise NoSuchFeature(f"feature {feature}: this database holds features 0 to {facts.n_features - 1}.")
-    where, args = ("feature = ?", (feature,)) if snapshot is None else ("feature = ? AND snapshot = ?", (feature, snapshot))
+    where, args = (
+        ("feature = ?", (feature,)) if snapshot is None else ("feature = ? AND snapshot = ?", (feature, snapshot))
+    )
     readings: dict[str, dict[str, list]] = {}
     cursor = connection.execute(
         "SELECT snapshot, kind, rank, seq, pos, activation, quantile, first_pos, token_ids, activations "
@@ -92,9 +114,16 @@ def feature_contexts(
     )
     for reading, kind, rank, seq, pos, activation, quantile, first_pos, token_ids, activations in cursor:
         kinds = readings.setdefault(str(reading), {"top": [], "quantile": []})
-        kinds.setdefault(kind, []).append({
-            "rank": rank, "seq": seq, "pos": pos, "activation": activation, "quantile": quantile,
-            "focus": pos - first_pos, "tokens": [facts.token(t) for t in ints(token_ids)],
-            "acts": [round(a, 3) for a in halves(activations)],
-        })  # fmt: skip
+        kinds.setdefault(kind, []).append(
+            {
+                "rank": rank,
+                "seq": seq,
+                "pos": pos,
+                "activation": activation,
+                "quantile": quantile,
+                "focus": pos - first_pos,
+                "tokens": [facts.token(t) for t in ints(token_ids)],
+                "acts": [round(a, 3) for a in halves(activations)],
+            }
+        )
     return {"feature": feature, "readings": readings, "all_snapshots": ALL_SNAPSHOTS}

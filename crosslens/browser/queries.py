@@ -26,9 +26,17 @@ from crosslens.browser.database import RunFacts, halves, ints
 from crosslens.core.errors import CrosslensError
 
 FEATURE_SORTS = (
-    "feature", "emergence_step", "peak_step", "fade_step", "dip_step", "peak_decoder_norm",
-    "density", "mean_activation", "max_activation", "relevance",
-)  # fmt: skip
+    "feature",
+    "emergence_step",
+    "peak_step",
+    "fade_step",
+    "dip_step",
+    "peak_decoder_norm",
+    "density",
+    "mean_activation",
+    "max_activation",
+    "relevance",
+)
 """Columns of ``features`` the list sorts on."""
 
 SNAPSHOT_SORTS = ("decoder_norm", "relative_norm", "density", "mean_activation", "max_activation")
@@ -58,9 +66,20 @@ CACHED_SEARCHES = 64
 MAX_LIMIT = 500
 
 _LIST_COLUMNS = (
-    "feature", "class", "emergence_snapshot", "emergence_step", "peak_step", "fade_step", "dip_step",
-    "recovery_step", "peak_decoder_norm", "density", "mean_activation", "max_activation", "relevance",
-)  # fmt: skip
+    "feature",
+    "class",
+    "emergence_snapshot",
+    "emergence_step",
+    "peak_step",
+    "fade_step",
+    "dip_step",
+    "recovery_step",
+    "peak_decoder_norm",
+    "density",
+    "mean_activation",
+    "max_activation",
+    "relevance",
+)
 
 
 class QueryError(CrosslensError):
@@ -100,7 +119,9 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
         raise QueryError(f"at={at}: snapshots are 0 to {facts.n_snapshots - 1}.")
     sort = get("sort") or "feature"
     if sort not in FEATURE_SORTS and sort.removeprefix("at_") not in SNAPSHOT_SORTS:
-        raise QueryError(f"sort={sort}: sort on one of {', '.join(FEATURE_SORTS + tuple('at_' + c for c in SNAPSHOT_SORTS))}.")
+        raise QueryError(
+            f"sort={sort}: sort on one of {', '.join(FEATURE_SORTS + tuple('at_' + c for c in SNAPSHOT_SORTS))}."
+        )
     state = get("state")
     if state and state not in STATES:
         raise QueryError(f"state={state}: use one of {', '.join(STATES)}.")
@@ -109,17 +130,26 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
     classes = tuple(c for c in get("class").split(",") if c)
     task = get("task")
     if task and task not in {t["task"] for t in facts.tasks}:
-        raise QueryError(f"task={task}: this run has attribution for {', '.join(t['task'] for t in facts.tasks) or 'no task'}.")
+        raise QueryError(
+            f"task={task}: this run has attribution for {', '.join(t['task'] for t in facts.tasks) or 'no task'}."
+        )
     limit = _integer(get("limit"), "limit") if get("limit") else default_limit
     return FeatureQuery(
-        ids=parse_ids(get("ids")), text=params.get("q") or "", classes=classes,
+        ids=parse_ids(get("ids")),
+        text=params.get("q") or "",
+        classes=classes,
         emerged_from=_integer(get("emerged_from"), "emerged_from") if get("emerged_from") else None,
         emerged_to=_integer(get("emerged_to"), "emerged_to") if get("emerged_to") else None,
-        at=at, state=state, task=task, relie_class=get("relie_class"),
+        at=at,
+        state=state,
+        task=task,
+        relie_class=get("relie_class"),
         min_relevance=_number(get("min_relevance"), "min_relevance") if get("min_relevance") else None,
-        sort=sort, descending=get("order") == "desc", offset=max(0, _integer(get("offset") or "0", "offset")),
+        sort=sort,
+        descending=get("order") == "desc",
+        offset=max(0, _integer(get("offset") or "0", "offset")),
         limit=min(MAX_LIMIT, max(1, limit)),
-    )  # fmt: skip
+    )
 
 
 def parse_ids(text: str) -> tuple[tuple[int, int], ...]:
@@ -183,7 +213,9 @@ def _search(connection: sqlite3.Connection, text: str, scan_share: float = SCAN_
     pattern = "%" + re.sub(r"([%_\\])", r"\\\1", text) + "%"
     if len(text) >= 3 and not re.search(r"[%_\\]", text):
         grams = " AND ".join('"' + text[i : i + 3].replace('"', '""') + '"' for i in range(len(text) - 2))
-        candidates = connection.execute("SELECT count(*) FROM context_search WHERE context_search MATCH ?", (grams,)).fetchone()[0]
+        candidates = connection.execute(
+            "SELECT count(*) FROM context_search WHERE context_search MATCH ?", (grams,)
+        ).fetchone()[0]
         rows = connection.execute("SELECT max(rowid) FROM context_search").fetchone()[0] or 0
         if candidates <= scan_share * rows:
             found = connection.execute("SELECT rowid FROM context_search WHERE text LIKE ?", (f"%{text}%",))
@@ -202,7 +234,9 @@ def _search(connection: sqlite3.Connection, text: str, scan_share: float = SCAN_
 def _where(query: FeatureQuery, matches: TextMatches | None) -> tuple[str, str, dict[str, Any]]:
     """(FROM clause, WHERE clause, parameters) of ``query``."""
     join = query.at is not None and (query.state in ("fires", "silent") or query.sort.startswith("at_"))
-    source = "features f" + (" JOIN feature_snapshots fs ON fs.feature = f.feature AND fs.snapshot = :at" if join else "")
+    source = "features f" + (
+        " JOIN feature_snapshots fs ON fs.feature = f.feature AND fs.snapshot = :at" if join else ""
+    )
     clauses, args = [], {"at": query.at}
     if query.ids:
         clauses.append("(" + " OR ".join(f"f.feature BETWEEN :lo{k} AND :hi{k}" for k in range(len(query.ids))) + ")")
@@ -245,7 +279,9 @@ def feature_page(connection: sqlite3.Connection, query: FeatureQuery, facts: Run
     source, where, args = _where(query, matches)
     total = connection.execute(f"SELECT count(*) FROM {source} WHERE {where}", args).fetchone()[0]
     column = f"fs.{query.sort[3:]}" if query.sort.startswith("at_") else f"f.{query.sort}"
-    order = f"{column} {'DESC' if query.descending else 'ASC'} NULLS LAST" + (", f.feature" if query.sort != "feature" else "")
+    order = f"{column} {'DESC' if query.descending else 'ASC'} NULLS LAST" + (
+        ", f.feature" if query.sort != "feature" else ""
+    )
     columns = ", ".join(f"f.{c}" for c in _LIST_COLUMNS)
     cursor = connection.execute(
         f"SELECT {columns} FROM {source} WHERE {where} ORDER BY {order} LIMIT :limit OFFSET :offset",
@@ -254,11 +290,19 @@ def feature_page(connection: sqlite3.Connection, query: FeatureQuery, facts: Run
     rows = [dict(zip(_LIST_COLUMNS, row)) for row in cursor]
     _add_trajectories(connection, rows, query.at)
     _add_snippets(connection, rows, facts, query.at, query.text)
-    search = None if matches is None else {"route": matches.route, "complete": matches.complete, "features": len(matches.features)}
+    search = (
+        None
+        if matches is None
+        else {"route": matches.route, "complete": matches.complete, "features": len(matches.features)}
+    )
     return {
-        "total": total, "offset": query.offset, "limit": query.limit, "rows": rows, "search": search,
+        "total": total,
+        "offset": query.offset,
+        "limit": query.limit,
+        "rows": rows,
+        "search": search,
         "ms": round(1000 * (time.perf_counter() - started), 1),
-    }  # fmt: skip
+    }
 
 
 def _add_trajectories(connection: sqlite3.Connection, rows: list[dict], at: int | None) -> None:
@@ -277,8 +321,13 @@ def _add_trajectories(connection: sqlite3.Connection, rows: list[dict], at: int 
         row = by_feature[feature]
         row["norms"].append(round(relative, 4))
         if snapshot == at:
-            row["at"] = {"decoder_norm": norm, "relative_norm": relative, "density": density,
-                         "mean_activation": mean, "max_activation": peak}  # fmt: skip
+            row["at"] = {
+                "decoder_norm": norm,
+                "relative_norm": relative,
+                "density": density,
+                "mean_activation": mean,
+                "max_activation": peak,
+            }
 
 
 def _add_snippets(connection: sqlite3.Connection, rows: list[dict], facts: RunFacts, at: int | None, text: str) -> None:
@@ -306,5 +355,10 @@ def _add_snippets(connection: sqlite3.Connection, rows: list[dict], facts: RunFa
             row["snippet"] = None
             continue
         activation, focus, _, activations = found[pick]
-        row["snippet"] = {"snapshot": snapshot, "activation": activation, "focus": focus, "tokens": tokens[pick],
-                          "acts": [round(a, 3) for a in halves(activations)]}  # fmt: skip
+        row["snippet"] = {
+            "snapshot": snapshot,
+            "activation": activation,
+            "focus": focus,
+            "tokens": tokens[pick],
+            "acts": [round(a, 3) for a in halves(activations)],
+        }

@@ -40,8 +40,12 @@ from crosslens.core.errors import CrosslensError
 REPORT_NAME = "report.html"
 """The run's report (``crosslens analyze`` / ``crosslens report``), served at ``/report``."""
 
-_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
-          ".svg": "image/svg+xml"}  # fmt: skip
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 _PAGES = {"/": "app.html"}
 
 
@@ -51,7 +55,9 @@ class Assets:
 
     def __init__(self) -> None:
         root = importlib.resources.files("crosslens.browser") / "static"
-        files = {item.name: item.read_bytes() for item in root.iterdir() if item.is_file() and not item.name.startswith(".")}
+        files = {
+            item.name: item.read_bytes() for item in root.iterdir() if item.is_file() and not item.name.startswith(".")
+        }
         files["plotly.min.js"] = (importlib.resources.files("plotly") / "package_data" / "plotly.min.js").read_bytes()
         self.version = {name: hashlib.sha256(data).hexdigest()[:12] for name, data in files.items()}
 
@@ -100,15 +106,25 @@ class BrowserServer(ThreadingHTTPServer):
     def run_summary(self) -> dict[str, Any]:
         facts = self.database.facts
         return {
-            "database": str(facts.path), "size_bytes": facts.path.stat().st_size, "complete": facts.complete,
-            "n_features": facts.n_features, "n_snapshots": facts.n_snapshots, "snapshots": facts.snapshots,
-            "classes": facts.classes, "tasks": facts.tasks, "relie_classes": facts.relie_classes,
-            "sorts": {"feature": FEATURE_SORTS, "snapshot": ["at_" + c for c in SNAPSHOT_SORTS]}, "states": list(STATES),
-            "crosscoder": facts.meta.get("crosscoder"), "suite": facts.meta.get("suite"),
-            "budget": facts.meta.get("budget"), "n_tokens": facts.meta.get("n_tokens"),
-            "histogram_edges": facts.meta.get("histogram_edges"), "report": self.report.is_file(),
+            "database": str(facts.path),
+            "size_bytes": facts.path.stat().st_size,
+            "complete": facts.complete,
+            "n_features": facts.n_features,
+            "n_snapshots": facts.n_snapshots,
+            "snapshots": facts.snapshots,
+            "classes": facts.classes,
+            "tasks": facts.tasks,
+            "relie_classes": facts.relie_classes,
+            "sorts": {"feature": FEATURE_SORTS, "snapshot": ["at_" + c for c in SNAPSHOT_SORTS]},
+            "states": list(STATES),
+            "crosscoder": facts.meta.get("crosscoder"),
+            "suite": facts.meta.get("suite"),
+            "budget": facts.meta.get("budget"),
+            "n_tokens": facts.meta.get("n_tokens"),
+            "histogram_edges": facts.meta.get("histogram_edges"),
+            "report": self.report.is_file(),
             "page_size": self.config.page_size,
-        }  # fmt: skip
+        }
 
 
 class BrowserHandler(BaseHTTPRequestHandler):
@@ -188,7 +204,9 @@ class BrowserHandler(BaseHTTPRequestHandler):
         data = self.server.assets.files.get(name)
         if data is None:
             return self._send(HTTPStatus.NOT_FOUND, _not_found(f"/static/{name}"), _TYPES[".html"])
-        cache = "no-cache" if name.endswith(".html") or "v" not in self.params else "public, max-age=31536000, immutable"
+        cache = (
+            "no-cache" if name.endswith(".html") or "v" not in self.params else "public, max-age=31536000, immutable"
+        )
         self._send(HTTPStatus.OK, data, _TYPES.get(Path(name).suffix, "application/octet-stream"), cache)
 
     def _report(self) -> None:
@@ -208,7 +226,9 @@ class BrowserHandler(BaseHTTPRequestHandler):
     def _json(self, payload: Any, status: HTTPStatus = HTTPStatus.OK) -> None:
         started = time.perf_counter()
         body = json.dumps(payload, separators=(",", ":")).encode()
-        self._send(status, body, "application/json", "no-store", f"json;dur={1000 * (time.perf_counter() - started):.1f}")
+        self._send(
+            status, body, "application/json", "no-store", f"json;dur={1000 * (time.perf_counter() - started):.1f}"
+        )
 
     def _send(self, status: HTTPStatus, body: bytes, kind: str, cache: str = "no-store", timing: str = "") -> None:
         self.send_response(status)
@@ -252,20 +272,28 @@ def make_server(run_dir: str | Path, config: BrowseConfig = BrowseConfig()) -> B
 
 
 def browse(
-    run_dir: str | Path, *, port: int = DEFAULT_PORT, database: str | Path | None = None, page_size: int = 50,
+    run_dir: str | Path,
+    *,
+    port: int = DEFAULT_PORT,
+    database: str | Path | None = None,
+    page_size: int = 50,
     log_requests: bool = False,
-) -> None:  # fmt: skip
+) -> None:
     """Serve ``run_dir``'s feature database at http://127.0.0.1:PORT/ until Ctrl-C (the fields of
     :class:`~crosslens.browser.config.BrowseConfig`). A port in use, a run without a feature
     database or a file that is not one raises a one-line :class:`~crosslens.core.errors.CrosslensError`."""
-    config = BrowseConfig(port=port, database=None if database is None else str(database), page_size=page_size,
-                          log_requests=log_requests)  # fmt: skip
+    config = BrowseConfig(
+        port=port, database=None if database is None else str(database), page_size=page_size, log_requests=log_requests
+    )
     server = make_server(run_dir, config)
     facts = server.database.facts
     if not facts.complete:
         print(f"note: {facts.path} is read as it is: its sealed record was not checked (it was named with --database).")
-    print(f"crosslens browse: {facts.n_features} features x {facts.n_snapshots} snapshots at {server.url} "
-          "(Ctrl-C to stop)", flush=True)  # fmt: skip
+    print(
+        f"crosslens browse: {facts.n_features} features x {facts.n_snapshots} snapshots at {server.url} "
+        "(Ctrl-C to stop)",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

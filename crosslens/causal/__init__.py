@@ -22,9 +22,9 @@ from crosslens.causal.relie import (
     relie,
     relie_pairwise,
 )
-from crosslens.causal.stage import CausalStageResult, causal_report, load_crosscoder, run_causal_stage
 from crosslens.causal.splice import splice
 from crosslens.causal.spliced_loss import format_spliced_loss, spliced_loss
+from crosslens.causal.stage import CausalStageResult, causal_report, load_crosscoder, run_causal_stage
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 
 __all__ = [

@@ -45,10 +45,10 @@ from crosslens.causal.splice import (
     iter_snapshot_models,
     splice,
 )
+from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.progress import progress_bar
 from crosslens.core.tensors import feature_index
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
-from crosslens.core.hooks import crosscoder_hook
 from crosslens.tasks.base import TaskDataset, TokenizedTask
 
 if TYPE_CHECKING:
@@ -113,8 +113,17 @@ def ablate(
 ) -> Iterator[SpliceState]:
     """Within the block, ``model`` runs with ``features`` ablated at snapshot ``snapshot``."""
     edit = ablation_edit(features, crosscoder.cfg.d_sae, mode=mode, keep_only=keep_only, mean_codes=mean_codes)
-    with splice(model, crosscoder, snapshot=snapshot, edit=edit, hook=hook, error=error, codes=codes,
-                positions=positions, norm_factors=norm_factors) as state:  # fmt: skip
+    with splice(
+        model,
+        crosscoder,
+        snapshot=snapshot,
+        edit=edit,
+        hook=hook,
+        error=error,
+        codes=codes,
+        positions=positions,
+        norm_factors=norm_factors,
+    ) as state:
         yield state
 
 
@@ -300,10 +309,23 @@ def ablation_curves(
     for column, (index, model) in enumerate(bar):
         codes = exact_codes(crosscoder, acts_all, index, norm_factors=norm_factors) if acts_all is not None else None
         rows += snapshot_ablation_rows(
-            model, crosscoder, tokenized, table.ie[:, column], snapshot=index, label=table.snapshot_labels[column],
-            task_name=table.task, ks=ks, hook=hook, codes=codes, mode=mode, keep_only=keep_only, n_random=n_random,
-            seed=seed, metric=metric, norm_factors=norm_factors,
-        )  # fmt: skip
+            model,
+            crosscoder,
+            tokenized,
+            table.ie[:, column],
+            snapshot=index,
+            label=table.snapshot_labels[column],
+            task_name=table.task,
+            ks=ks,
+            hook=hook,
+            codes=codes,
+            mode=mode,
+            keep_only=keep_only,
+            n_random=n_random,
+            seed=seed,
+            metric=metric,
+            norm_factors=norm_factors,
+        )
     return rows
 
 

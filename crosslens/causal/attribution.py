@@ -29,8 +29,8 @@ from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
 from crosslens.causal.continuations import check_metric, continuation_path_metric, metric_name
-from crosslens.causal.ig import integrated_gradients
 from crosslens.causal.ie_table import IETable
+from crosslens.causal.ig import integrated_gradients
 from crosslens.causal.splice import (
     SnapshotModels,
     activations_at,
@@ -41,9 +41,9 @@ from crosslens.causal.splice import (
     iter_snapshot_models,
     unembed,
 )
+from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.progress import progress_bar
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
-from crosslens.core.hooks import crosscoder_hook
 from crosslens.tasks.base import TaskDataset, TokenizedTask, resolve_tokenizer
 
 if TYPE_CHECKING:
@@ -191,10 +191,19 @@ def attribute_snapshot(
     for start in progress_bar(batches, desc=f"IG snapshot {snapshot}", show=progress):
         rows = slice(start, start + config.batch_size)
         ie_tok, err_tok, metric_clean, metric_patch = _attribute_batch(
-            model, hook, codec, task, rows, positions_all[rows], config, metric,
-            acts_clean[rows], codes_clean[rows],
-            None if acts_patch is None else acts_patch[rows], None if codes_patch is None else codes_patch[rows],
-        )  # fmt: skip
+            model,
+            hook,
+            codec,
+            task,
+            rows,
+            positions_all[rows],
+            config,
+            metric,
+            acts_clean[rows],
+            codes_clean[rows],
+            None if acts_patch is None else acts_patch[rows],
+            None if codes_patch is None else codes_patch[rows],
+        )
         totals.add(ie_tok, err_tok, metric_clean, metric_patch, positions_all[rows].to(codec.device), config)
     return totals.result(snapshot, n_examples)
 
@@ -385,7 +394,9 @@ def chosen_snapshots(snapshots: Sequence[int] | None, n_models: int) -> list[int
         return list(range(n_models))
     chosen = [int(s) for s in snapshots]
     if not all(0 <= s < n_models for s in chosen) or len(set(chosen)) != len(chosen):
-        raise ValueError(f"snapshots must be distinct indices of the crosscoder's {n_models} snapshots (0..{n_models - 1}), got {list(snapshots)}")
+        raise ValueError(
+            f"snapshots must be distinct indices of the crosscoder's {n_models} snapshots (0..{n_models - 1}), got {list(snapshots)}"
+        )
     return chosen
 
 
@@ -413,7 +424,9 @@ def collect_task_activations(
     return acts[: len(task)], acts[len(task) :]
 
 
-def tokenize_task(task: TaskDataset | TokenizedTask, models: SnapshotModels, tokenizer: Any = None) -> tuple[str, TokenizedTask]:
+def tokenize_task(
+    task: TaskDataset | TokenizedTask, models: SnapshotModels, tokenizer: Any = None
+) -> tuple[str, TokenizedTask]:
     if isinstance(task, TokenizedTask):
         return "task", task
     tokenizer = resolve_tokenizer(tokenizer if tokenizer is not None else _tokenizer_of(models))
@@ -475,8 +488,18 @@ def attribute(
     for index, model in iter_snapshot_models(models, chosen, crosscoder):
         inputs = exact_snapshot_inputs(crosscoder, activations, index, norm_factors) if activations is not None else {}
         results.append(
-            attribute_snapshot(model, crosscoder, tokenized, snapshot=index, hook=hook, config=config, metric=metric,
-                               norm_factors=norm_factors, progress=progress, **inputs)  # fmt: skip
+            attribute_snapshot(
+                model,
+                crosscoder,
+                tokenized,
+                snapshot=index,
+                hook=hook,
+                config=config,
+                metric=metric,
+                norm_factors=norm_factors,
+                progress=progress,
+                **inputs,
+            )
         )
     labels = snapshot_labels(models, n_models)
     return table_from_snapshots(

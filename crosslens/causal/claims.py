@@ -55,7 +55,9 @@ def causal_claims(
     clean = next((r["metric"] for r in at if r["selection"] == "none"), None)
     if clean is None:
         raise ValueError(f"no unablated ('none') row at snapshot {snapshot}; pass rows from ablation_curves.")
-    ablated = next((r["metric"] for r in at if r["selection"] == "top" and not r["keep_only"] and r["k"] == ablate_k), None)
+    ablated = next(
+        (r["metric"] for r in at if r["selection"] == "top" and not r["keep_only"] and r["k"] == ablate_k), None
+    )
     kept = next((r for r in at if r["selection"] == "top" and r["keep_only"] and r["k"] == keep_k), None)
     shift = None if ablated is None or abs(clean) < 1e-12 else (ablated - clean) / (0.0 - clean)
     restored = None if kept is None else kept.get("restored")
@@ -92,8 +94,12 @@ def claims_over_seeds(claims: Sequence[Mapping[str, Any]], labels: Sequence[str]
         mean, sd = _mean_sd(values)
         out[value] = {"mean": mean, "sd": sd, "n": len(values)}
         verdicts = [c[verdict] for c in claims if c[verdict] is not None]
-        out[verdict] = "holds for every seed" if all(verdicts) else (
-            "fails for every seed" if not any(verdicts) else f"holds for {sum(verdicts)} of {len(verdicts)} seeds"
+        out[verdict] = (
+            "holds for every seed"
+            if all(verdicts)
+            else (
+                "fails for every seed" if not any(verdicts) else f"holds for {sum(verdicts)} of {len(verdicts)} seeds"
+            )
         )
     return out
 
@@ -124,9 +130,10 @@ def keep_only_area(rows: Sequence[Mapping[str, Any]], snapshot: int) -> float | 
     """Keep-only restoration at ``snapshot`` averaged over its k grid: the trapezoid area under
     the curve on a log-k axis divided by the axis's width (the one value when there is one k)."""
     kept = sorted(
-        (r["k"], r["restored"]) for r in rows
+        (r["k"], r["restored"])
+        for r in rows
         if r["snapshot"] == snapshot and r["selection"] == "top" and r["keep_only"] and r.get("restored") is not None
-    )  # fmt: skip
+    )
     if not kept:
         return None
     if len(kept) == 1:
@@ -152,9 +159,16 @@ def stable_ranking_ie(ie_F: torch.Tensor, stable: Sequence[int]) -> tuple[torch.
 
 
 def stable_claim_rows(
-    models: SnapshotModels, crosscoders: Sequence[Any], ie_finals: Sequence[torch.Tensor], stable: Sequence[Sequence[int]],
-    task: Any, *, snapshot: int, ks: Sequence[int], label: str = "",
-) -> tuple[list[list[dict[str, Any]]], list[int]]:  # fmt: skip
+    models: SnapshotModels,
+    crosscoders: Sequence[Any],
+    ie_finals: Sequence[torch.Tensor],
+    stable: Sequence[Sequence[int]],
+    task: Any,
+    *,
+    snapshot: int,
+    ks: Sequence[int],
+    label: str = "",
+) -> tuple[list[list[dict[str, Any]]], list[int]]:
     """Ablation and keep-only curves at ``snapshot`` for each seed's crosscoder, ranking only its
     ``stable`` features by their IE there (``ie_finals``); returns the rows per seed and the ks used.
 
@@ -179,18 +193,35 @@ def stable_claim_rows(
     _, model = next(iter_snapshot_models(models, [snapshot], crosscoders[0]))
     rows = [
         snapshot_ablation_rows(
-            model, crosscoder, tokenized, ie_F, snapshot=snapshot, label=label, task_name=name, ks=used, hook=hook,
-            codes=exact_codes(crosscoder, acts_clean, snapshot), mode="zero", n_random=0,
-        )  # fmt: skip
+            model,
+            crosscoder,
+            tokenized,
+            ie_F,
+            snapshot=snapshot,
+            label=label,
+            task_name=name,
+            ks=used,
+            hook=hook,
+            codes=exact_codes(crosscoder, acts_clean, snapshot),
+            mode="zero",
+            n_random=0,
+        )
         for crosscoder, (ie_F, _) in zip(crosscoders, ranking)
     ]
     return rows, used
 
 
 def stable_claims_over_seeds(
-    rows_per_seed: Sequence[Sequence[Mapping[str, Any]]], snapshot: int, ks: Sequence[int],
-    n_stable: Sequence[int], labels: Sequence[str], *, min_cosine: float, ablate_k: int = 10, min_shift: float = 0.5,
-) -> dict[str, Any]:  # fmt: skip
+    rows_per_seed: Sequence[Sequence[Mapping[str, Any]]],
+    snapshot: int,
+    ks: Sequence[int],
+    n_stable: Sequence[int],
+    labels: Sequence[str],
+    *,
+    min_cosine: float,
+    ablate_k: int = 10,
+    min_shift: float = 0.5,
+) -> dict[str, Any]:
     """The claims over seeds from :func:`stable_claim_rows`' rows: the ablation claim at
     ``ablate_k`` (or the largest k below it), and the keep-only area, each with mean +/- sd."""
     out: dict[str, Any] = {"min_cosine": min_cosine, "ks": list(ks), "n_stable": dict(zip(labels, n_stable))}
@@ -207,9 +238,14 @@ def stable_claims_over_seeds(
         mean, sd = _mean_sd(areas)
         area = {"mean": mean, "sd": sd, "n": len(areas), "min": min(areas), "max": max(areas)}
     return {
-        **out, "ablate_k": k, "min_shift": min_shift, "ablation_shift": summary["ablation_shift"],
-        "ablation_claim": summary["ablation_claim"], "keep_only_area": area, "per_seed": summary["per_seed"],
-    }  # fmt: skip
+        **out,
+        "ablate_k": k,
+        "min_shift": min_shift,
+        "ablation_shift": summary["ablation_shift"],
+        "ablation_claim": summary["ablation_claim"],
+        "keep_only_area": area,
+        "per_seed": summary["per_seed"],
+    }
 
 
 def format_stable_claims(summary: Mapping[str, Any], snapshot_label: str = "") -> str:

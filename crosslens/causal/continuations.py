@@ -141,4 +141,3 @@ def rows_from_prompt(
     if codes is None:
         return None, rows_positions
     return sequences.from_prompt(codes, 0.0).flatten(0, 1), rows_positions
-

@@ -27,8 +27,8 @@ _PANEL_COLUMNS = 4
 
 
 def relie_vs_reldec(
-    relie_values: Float[torch.Tensor, "n_features *n_panels"],
-    reldec_values: Float[torch.Tensor, "n_features *n_panels"],
+    relie_values: Float[torch.Tensor, " n_features *n_panels"],
+    reldec_values: Float[torch.Tensor, " n_features *n_panels"],
     *,
     feature_ids: Sequence[int] | None = None,
     snapshot_labels: Sequence[str] | None = None,
@@ -56,14 +56,20 @@ def relie_vs_reldec(
     names = list(snapshot_labels) if snapshot_labels is not None else [f"s{i}" for i in range(n_panels)]
     if len(names) != n_panels:
         raise ValueError(f"{len(names)} snapshot labels for {n_panels} panels; give one label per column.")
-    label_FP = classify_relie(relie_values, thresholds) if labels is None else np.asarray(labels).reshape(n_features, n_panels)
+    label_FP = (
+        classify_relie(relie_values, thresholds) if labels is None else np.asarray(labels).reshape(n_features, n_panels)
+    )
     ids = np.arange(n_features) if feature_ids is None else np.asarray(feature_ids)
     n_cols = min(_PANEL_COLUMNS, n_panels)
     n_rows = -(-n_panels // n_cols)
     fig = make_subplots(
-        rows=n_rows, cols=n_cols, shared_yaxes="all", subplot_titles=names,
-        horizontal_spacing=0.04, vertical_spacing=0.16 / n_rows,
-    )  # fmt: skip
+        rows=n_rows,
+        cols=n_cols,
+        shared_yaxes="all",
+        subplot_titles=names,
+        horizontal_spacing=0.04,
+        vertical_spacing=0.16 / n_rows,
+    )
     shown: set[str] = set()
     for panel in range(n_panels):
         row, col = panel // n_cols + 1, panel % n_cols + 1
@@ -76,32 +82,60 @@ def relie_vs_reldec(
                 continue
             fig.add_trace(
                 go.Scatter(
-                    x=x_FP[chosen, panel], y=y_FP[chosen, panel], mode="markers", name=legend, legendgroup=name,
-                    legendrank=rank, showlegend=name not in shown, marker={"color": colour, "size": 6, "opacity": 0.85},
+                    x=x_FP[chosen, panel],
+                    y=y_FP[chosen, panel],
+                    mode="markers",
+                    name=legend,
+                    legendgroup=name,
+                    legendrank=rank,
+                    showlegend=name not in shown,
+                    marker={"color": colour, "size": 6, "opacity": 0.85},
                     text=[f"feature {i}" for i in ids[chosen]],
                     hovertemplate="%{text}<br>RelDec %{x:.3f}<br>RelIE %{y:.2f}<extra></extra>",
                 ),
-                row=row, col=col,
-            )  # fmt: skip
+                row=row,
+                col=col,
+            )
             shown.add(name)
         fig.add_shape(
-            type="line", x0=0, y0=0, x1=x_max, y1=x_max, line={"dash": "dot", "color": "black", "width": 1},
-            row=row, col=col,
-        )  # fmt: skip
+            type="line",
+            x0=0,
+            y0=0,
+            x1=x_max,
+            y1=x_max,
+            line={"dash": "dot", "color": "black", "width": 1},
+            row=row,
+            col=col,
+        )
         for cut in (thresholds.other, thresholds.specific):
             fig.add_shape(
-                type="line", x0=0, x1=x_max, y0=cut, y1=cut, line={"dash": "dash", "color": "#999999", "width": 1},
-                row=row, col=col,
-            )  # fmt: skip
+                type="line",
+                x0=0,
+                x1=x_max,
+                y0=cut,
+                y1=cut,
+                line={"dash": "dash", "color": "#999999", "width": 1},
+                row=row,
+                col=col,
+            )
     fig.update_yaxes(range=[-0.02, 1.02], tickvals=[0, thresholds.other, thresholds.specific, 1])
     for row in range(1, n_rows + 1):
         fig.update_yaxes(title_text="RelIE", row=row, col=1)
     height = 120 + 320 * n_rows
     fig.update_layout(
         title={"text": "RelIE vs RelDec", "y": 1 - 12 / height, "yanchor": "top", "yref": "container"},
-        template="plotly_white", height=height, margin={"t": 100},
-        legend={"orientation": "h", "yref": "container", "y": 1 - 44 / height, "yanchor": "top", "x": 0, "xanchor": "left"},
-    )  # fmt: skip
+        template="plotly_white",
+        height=height,
+        margin={"t": 100},
+        legend={
+            "orientation": "h",
+            "yref": "container",
+            "y": 1 - 44 / height,
+            "yanchor": "top",
+            "x": 0,
+            "xanchor": "left",
+        },
+    )
     return fig
 
 
@@ -137,12 +171,18 @@ def relie_heatmap(
     height = min(900, max(320, 140 + 12 * n_features))
     shown = [int(r) for r in spaced(range(n_features), min_gap=n_features * 14 / (height - 140))]
     fig.update_layout(
-        title=title, xaxis_title="snapshot", template="plotly_white", height=height,
+        title=title,
+        xaxis_title="snapshot",
+        template="plotly_white",
+        height=height,
         yaxis={
-            "title": "feature", "autorange": "reversed", "tickmode": "array", "tickvals": shown,
+            "title": "feature",
+            "autorange": "reversed",
+            "tickmode": "array",
+            "tickvals": shown,
             "ticktext": [row_names[r] for r in shown],
         },
-    )  # fmt: skip
+    )
     return fig
 
 
@@ -170,10 +210,14 @@ def ablation_curves_figure(
     n_cols = max(1, min(_PANEL_COLUMNS, len(snapshots)))
     n_rows = max(1, -(-len(snapshots) // n_cols))
     fig = make_subplots(
-        rows=n_rows, cols=n_cols, shared_xaxes=True, shared_yaxes="all",
+        rows=n_rows,
+        cols=n_cols,
+        shared_xaxes=True,
+        shared_yaxes="all",
         subplot_titles=[f"{label} (at chance)" if label in at_chance else label for _, label in snapshots],
-        horizontal_spacing=0.03, vertical_spacing=0.12 / n_rows,
-    )  # fmt: skip
+        horizontal_spacing=0.03,
+        vertical_spacing=0.12 / n_rows,
+    )
     for panel, (snapshot, _) in enumerate(snapshots):
         mine = [r for r in rows if r["snapshot"] == snapshot]
         for (keep_only, selection), (name, colour, dash) in _CURVES.items():
@@ -184,11 +228,18 @@ def ablation_curves_figure(
             ys = [float(np.mean([r[value] for r in chosen if r["k"] == k])) for k in ks]
             fig.add_trace(
                 go.Scatter(
-                    x=ks, y=ys, mode="lines+markers" if selection == "top" else "lines", name=name, legendgroup=name,
-                    showlegend=panel == 0, line={"color": colour, "dash": dash}, marker={"size": 4},
+                    x=ks,
+                    y=ys,
+                    mode="lines+markers" if selection == "top" else "lines",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=panel == 0,
+                    line={"color": colour, "dash": dash},
+                    marker={"size": 4},
                 ),
-                row=panel // n_cols + 1, col=panel % n_cols + 1,
-            )  # fmt: skip
+                row=panel // n_cols + 1,
+                col=panel % n_cols + 1,
+            )
     fig.update_xaxes(**log_axis([r["k"] for r in rows], max_ticks=4))
     for col in range(1, n_cols + 1):  # under each column's lowest panel (the last row may be short)
         lowest = max(p for p in range(len(snapshots)) if p % n_cols == col - 1)
@@ -200,8 +251,22 @@ def ablation_curves_figure(
     # Title, then the legend in a line of its own under it, then the panels: a legend at the
     # top right would sit under plotly's toolbar.
     fig.update_layout(
-        title={"text": title or f"ablation curves ({value})", "y": 1 - 12 / height, "yanchor": "top", "yref": "container"},
-        template="plotly_white", height=height, margin={"t": 110},
-        legend={"orientation": "h", "yref": "container", "y": 1 - 48 / height, "yanchor": "top", "x": 0, "xanchor": "left"},
-    )  # fmt: skip
+        title={
+            "text": title or f"ablation curves ({value})",
+            "y": 1 - 12 / height,
+            "yanchor": "top",
+            "yref": "container",
+        },
+        template="plotly_white",
+        height=height,
+        margin={"t": 110},
+        legend={
+            "orientation": "h",
+            "yref": "container",
+            "y": 1 - 48 / height,
+            "yanchor": "top",
+            "x": 0,
+            "xanchor": "left",
+        },
+    )
     return fig

@@ -41,8 +41,7 @@ class RelIEThresholds:
     def __post_init__(self) -> None:
         if not 0.0 <= self.other < self.specific <= 1.0:
             raise ValueError(
-                f"RelIE thresholds need 0 <= other < specific <= 1, got other={self.other}, "
-                f"specific={self.specific}"
+                f"RelIE thresholds need 0 <= other < specific <= 1, got other={self.other}, specific={self.specific}"
             )
 
 

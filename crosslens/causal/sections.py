@@ -97,7 +97,9 @@ def _print_snapshots(summary: Any, *, model_lines: bool = True) -> None:
             print(f"  {note}")
         for column, (label, clean) in enumerate(zip(summary.snapshots, summary.metric_clean)):
             if column not in behaving:
-                print(f"  {label:>12s}  metric {clean:+.3f} (no behaviour: {behaviours[column].describe(with_mean=False)})")
+                print(
+                    f"  {label:>12s}  metric {clean:+.3f} (no behaviour: {behaviours[column].describe(with_mean=False)})"
+                )
                 continue
             side = "prefers correct" if clean < 0 else "prefers wrong"
             print(f"  {label:>12s}  metric {clean:+.3f} ({side})  snapshot-specific features {specific[column]}")
@@ -114,9 +116,10 @@ def _print_snapshots(summary: Any, *, model_lines: bool = True) -> None:
         print(f"  {where}: not shown, no behaviour there")
         return
     restored = ", ".join(  # a share that rounds to zero is 0%, whichever side of it
-        f"top-{k} {value:.0%}".replace("-0%", "0%") for k, value in summary.keep_only_restored_final.items()
+        f"top-{k} {value:.0%}".replace("-0%", "0%")
+        for k, value in summary.keep_only_restored_final.items()
         if value is not None
-    )  # fmt: skip
+    )
     print(f"  {where}: {restored}")
 
 
@@ -179,5 +182,8 @@ def _fitting(task: Any, tokenizer: Any, n_examples: int) -> Any:
     fitting = replace(task, pairs=tuple(pair for index, pair in enumerate(task.pairs) if index not in problems))
     if problems:
         first = next(iter(problems.values()))
-        warnings.warn(f"task {task.name!r}: kept {len(fitting)} of {len(task)} pairs the tokenizer can score; {first}")
+        warnings.warn(
+            f"task {task.name!r}: kept {len(fitting)} of {len(task)} pairs the tokenizer can score; {first}",
+            stacklevel=2,
+        )
     return fitting if len(fitting) <= n_examples else replace(fitting, pairs=fitting.pairs[:n_examples])

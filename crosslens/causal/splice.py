@@ -116,7 +116,10 @@ def unembed(model: HookedTransformer, resid: Float[torch.Tensor, "batch seq d_mo
 
 
 def run_from_hook(
-    model: HookedTransformer, hook: str, acts: Float[torch.Tensor, "batch seq d_in"], tokens: Int[torch.Tensor, "batch seq"],
+    model: HookedTransformer,
+    hook: str,
+    acts: Float[torch.Tensor, "batch seq d_in"],
+    tokens: Int[torch.Tensor, "batch seq"],
     attention_mask: torch.Tensor | None = None,
 ) -> Float[torch.Tensor, "batch seq d_vocab"]:
     """Logits of the model with the activation at ``hook`` set to ``acts``: :func:`unembed` of
@@ -206,7 +209,9 @@ def collect_activations(
     """
     per_snapshot = []
     n = len(models) if hasattr(models, "__len__") else None
-    for _, model in progress_bar(iter_snapshot_models(models, crosscoder=crosscoder), total=n, desc=f"activations at {hook}", show=progress):
+    for _, model in progress_bar(
+        iter_snapshot_models(models, crosscoder=crosscoder), total=n, desc=f"activations at {hook}", show=progress
+    ):
         per_snapshot.append(activations_at(model, hook, tokens, attention_mask, batch_size).cpu())
     return torch.stack(per_snapshot, dim=2)
 

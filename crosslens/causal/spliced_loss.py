@@ -41,7 +41,12 @@ from jaxtyping import Bool, Float, Int
 from crosslens.activations.store import snapshot_label
 from crosslens.activations.tokens import recorded_keep_mask
 from crosslens.causal.splice import (
-    SnapshotModels, activations_at, collect_activations, exact_codes, iter_snapshot_models, run_from_hook,
+    SnapshotModels,
+    activations_at,
+    collect_activations,
+    exact_codes,
+    iter_snapshot_models,
+    run_from_hook,
 )
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.metadata import metadata_value
@@ -78,7 +83,10 @@ def trained_positions(
     """The positions of ``tokens_NL`` that ``dictionary`` (a crosscoder or a SAELens SAE) was
     trained on, as its metadata records them (every position where it records nothing)."""
     return recorded_keep_mask(
-        tokens_NL, metadata_value(dictionary, "seqpos_slice"), metadata_value(dictionary, "exclude_special_tokens"), tokenizer
+        tokens_NL,
+        metadata_value(dictionary, "seqpos_slice"),
+        metadata_value(dictionary, "exclude_special_tokens"),
+        tokenizer,
     )
 
 
@@ -151,11 +159,15 @@ def spliced_loss(
     if labels is None:
         recorded = (metadata_value(crosscoder, "suite") or {}).get("snapshots") or []
         labels = [snapshot_label(entry) for entry in recorded] if len(recorded) == n_snapshots else None
-    acts_NLSD = collect_activations(models, hook, tokens_NL, batch_size=batch_size, progress=progress, crosscoder=crosscoder)
+    acts_NLSD = collect_activations(
+        models, hook, tokens_NL, batch_size=batch_size, progress=progress, crosscoder=crosscoder
+    )
     if acts_NLSD.shape[2] != n_snapshots:
         raise ValueError(f"the crosscoder reads {n_snapshots} snapshots but {acts_NLSD.shape[2]} models were given")
     rows = []
-    spliced_runs = progress_bar(iter_snapshot_models(models, crosscoder=crosscoder), total=n_snapshots, desc="spliced loss", show=progress)
+    spliced_runs = progress_bar(
+        iter_snapshot_models(models, crosscoder=crosscoder), total=n_snapshots, desc="spliced loss", show=progress
+    )
     for s, model in spliced_runs:
         codec = SnapshotCodec(crosscoder, s, norm_factors)
         codes = exact_codes(crosscoder, acts_NLSD, s, norm_factors=norm_factors)
@@ -165,7 +177,11 @@ def spliced_loss(
 
         label = labels[s] if labels is not None else str(s)
         positions_NL = trained_positions(crosscoder, tokens_NL, getattr(model, "tokenizer", None))
-        rows.append(_spliced_row(model, hook, tokens_NL, acts_NLSD[:, :, s], reconstruct, ablation, batch_size, label, positions_NL))
+        rows.append(
+            _spliced_row(
+                model, hook, tokens_NL, acts_NLSD[:, :, s], reconstruct, ablation, batch_size, label, positions_NL
+            )
+        )
     return rows
 
 
@@ -173,11 +189,14 @@ def _check_inputs(tokens_NL: torch.Tensor, ablation: str) -> None:
     if ablation not in ("zero", "mean"):
         raise ValueError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
     if tokens_NL.ndim != 2 or tokens_NL.shape[1] < 2:
-        raise ValueError(f"tokens must be [n, seq] with seq >= 2 (a next token to predict), got {tuple(tokens_NL.shape)}")
+        raise ValueError(
+            f"tokens must be [n, seq] with seq >= 2 (a next token to predict), got {tuple(tokens_NL.shape)}"
+        )
 
 
 def _spliced_row(
-    model: HookedTransformer, hook: str,
+    model: HookedTransformer,
+    hook: str,
     tokens_NL: Int[torch.Tensor, "n seq"],
     acts_NLD: Float[torch.Tensor, "n seq d_in"],
     reconstruct: Callable[[slice], torch.Tensor],
@@ -211,7 +230,9 @@ def _spliced_row(
             ("spliced", run_from_hook(model, hook, recon, tokens)),
             ("ablated", run_from_hook(model, hook, floor, tokens)),
         ):
-            ce, kl = _next_token_stats(logits, tokens, None if name == "clean" else clean_logprobs_NPV, spliced_NL1[:, :-1, 0])
+            ce, kl = _next_token_stats(
+                logits, tokens, None if name == "clean" else clean_logprobs_NPV, spliced_NL1[:, :-1, 0]
+            )
             sums[name][0] += ce
             sums[name][1] += kl
     ce_clean, ce_spliced, ce_ablated = (sums[k][0] / n_predicted for k in ("clean", "spliced", "ablated"))
@@ -258,13 +279,19 @@ def sae_spliced_loss(
         sae = saes[s]
         recorded = sae.cfg.metadata.get("hook_name")
         if recorded is not None and recorded != hook:
-            raise ValueError(f"the SAE of snapshot {s} was trained at {recorded!r}, not {hook!r}; splice it at its own hook")
+            raise ValueError(
+                f"the SAE of snapshot {s} was trained at {recorded!r}, not {hook!r}; splice it at its own hook"
+            )
         factor = float(sae.cfg.metadata.get("activation_norm_factor") or 1.0)
         acts_NLD = activations_at(model, hook, tokens_NL)
         if sae.cfg.d_in != acts_NLD.shape[-1]:
-            raise ValueError(f"the SAE of snapshot {s} reads d_in={sae.cfg.d_in} but {hook!r} has width {acts_NLD.shape[-1]}")
+            raise ValueError(
+                f"the SAE of snapshot {s} reads d_in={sae.cfg.d_in} but {hook!r} has width {acts_NLD.shape[-1]}"
+            )
 
-        def reconstruct(rows_b: slice, sae: Any = sae, acts_NLD: torch.Tensor = acts_NLD, factor: float = factor) -> torch.Tensor:
+        def reconstruct(
+            rows_b: slice, sae: Any = sae, acts_NLD: torch.Tensor = acts_NLD, factor: float = factor
+        ) -> torch.Tensor:
             x = acts_NLD[rows_b].to(sae.W_enc.device, sae.W_enc.dtype) * factor
             return sae.decode(sae.encode(x)) / factor
 
@@ -331,7 +358,9 @@ def tokens_spliced_record(
     }
 
 
-def add_baselines(record: dict[str, Any], models: SnapshotModels, saes: Mapping[tuple[str, int], Any], store: Any, hook: str) -> dict[str, Any]:
+def add_baselines(
+    record: dict[str, Any], models: SnapshotModels, saes: Mapping[tuple[str, int], Any], store: Any, hook: str
+) -> dict[str, Any]:
     """``record["baselines"]``: the rows of per-snapshot SAEs (``(architecture, snapshot)`` -> SAE)
     spliced into their own snapshots' models, on the record's token rows and floor."""
     tokens_NL = store.sequences[: record["n_seqs"]]
@@ -464,11 +493,29 @@ def add_spliced_loss_section(report: Any, record: Mapping[str, Any]) -> Any:
     report.add_table(table, title="Crosscoder spliced into each snapshot", percent=["CE recovered"])
     beside = comparison_rows(record)
     if beside:
-        report.add_table(beside, title="Crosscoder and per-snapshot SAEs of the same width and L0", percent=["CE recovered"])
+        report.add_table(
+            beside, title="Crosscoder and per-snapshot SAEs of the same width and L0", percent=["CE recovered"]
+        )
         note = positions_note(record)
         if note:
             report.add_text(note.capitalize() + ".")
     return report
 
 
-__all__ = ["MIN_FLOOR_COST", "SplicedAblation", "add_baselines", "add_spliced_loss_section", "spliced_record", "comparison_rows", "format_comparison", "format_spliced_loss", "positions_note", "positions_sentence", "recovered_share", "sae_spliced_loss", "spliced_loss", "spliced_where_trained", "trained_positions"]
+__all__ = [
+    "MIN_FLOOR_COST",
+    "SplicedAblation",
+    "add_baselines",
+    "add_spliced_loss_section",
+    "spliced_record",
+    "comparison_rows",
+    "format_comparison",
+    "format_spliced_loss",
+    "positions_note",
+    "positions_sentence",
+    "recovered_share",
+    "sae_spliced_loss",
+    "spliced_loss",
+    "spliced_where_trained",
+    "trained_positions",
+]

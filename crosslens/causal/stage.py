@@ -17,12 +17,12 @@ import torch
 from crosslens.causal.ablation import AblationMode, snapshot_ablation_rows
 from crosslens.causal.attribution import (
     AttributionConfig,
-    logit_diff,
     attribute_snapshot,
     check_models_match,
     chosen_snapshots,
     collect_task_activations,
     exact_snapshot_inputs,
+    logit_diff,
     snapshot_labels,
     table_from_snapshots,
     tokenize_task,
@@ -36,10 +36,10 @@ from crosslens.causal.behaviour import (
     mark_no_behaviour,
     no_behaviour_message,
 )
-from crosslens.causal.ie_table import IETable
-from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
 from crosslens.causal.claims import causal_claims
 from crosslens.causal.continuations import SUMMED_LOGPROB_DIFF, metric_name
+from crosslens.causal.ie_table import IETable
+from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
 from crosslens.causal.relie import (
     RelIEThresholds,
     bootstrap_ie_ci,
@@ -49,8 +49,8 @@ from crosslens.causal.relie import (
     relie,
     relie_floor_mask,
 )
-from crosslens.core.hooks import crosscoder_hook
 from crosslens.causal.splice import SnapshotModels, iter_snapshot_models
+from crosslens.core.hooks import crosscoder_hook
 from crosslens.htmlreport import Report
 from crosslens.tasks.base import TaskDataset, TokenizedTask
 
@@ -205,10 +205,20 @@ def run_causal_stage(
         activations = collect_task_activations(models, hook, tokenized, progress=progress)
     labels = snapshot_labels(models, n_models)
     table, rows, metric_NS = _attribute_and_ablate(
-        models, crosscoder, tokenized, name, chosen, [labels[i] for i in chosen], activations,
-        hook=hook, config=config, ks=[k for k in ks if k <= crosscoder.cfg.d_sae], ablation=ablation,
-        n_random=n_random, progress=progress,
-    )  # fmt: skip
+        models,
+        crosscoder,
+        tokenized,
+        name,
+        chosen,
+        [labels[i] for i in chosen],
+        activations,
+        hook=hook,
+        config=config,
+        ks=[k for k in ks if k <= crosscoder.cfg.d_sae],
+        ablation=ablation,
+        n_random=n_random,
+        progress=progress,
+    )
     behaviours = behaviour_per_snapshot(metric_NS, table.snapshot_labels)
     if not allow_chance and all(b.at_chance for b in behaviours):
         if made and not any(out.iterdir()):  # nothing was written: leave no empty folder behind
@@ -219,9 +229,15 @@ def run_causal_stage(
 
 
 def _write_stage(
-    out: Path, table: IETable, result: _RelIEResult, rows: list[dict], tokenized: Any, ablation: AblationMode,
-    behaviours: list, thresholds: RelIEThresholds,
-) -> CausalStageResult:  # fmt: skip
+    out: Path,
+    table: IETable,
+    result: _RelIEResult,
+    rows: list[dict],
+    tokenized: Any,
+    ablation: AblationMode,
+    behaviours: list,
+    thresholds: RelIEThresholds,
+) -> CausalStageResult:
     """The stage's report and files in ``out`` (:class:`CausalStagePaths`), and its result."""
     report = causal_report(
         table, result.selected, result.relie, result.reldec, rows, thresholds, behaviours, labels=result.labels
@@ -265,10 +281,22 @@ def _attribute_and_ablate(
         )
         results.append(attribution)
         rows += snapshot_ablation_rows(
-            model, crosscoder, tokenized, attribution.ie, snapshot=index, label=labels[column], task_name=name,
-            ks=ks, hook=hook, codes=inputs.get("codes_clean"), mode=ablation, n_random=n_random,
-        )  # fmt: skip
-    table = table_from_snapshots(name, results, labels, config, hook, len(tokenized), metric_name(tokenized, logit_diff))
+            model,
+            crosscoder,
+            tokenized,
+            attribution.ie,
+            snapshot=index,
+            label=labels[column],
+            task_name=name,
+            ks=ks,
+            hook=hook,
+            codes=inputs.get("codes_clean"),
+            mode=ablation,
+            n_random=n_random,
+        )
+    table = table_from_snapshots(
+        name, results, labels, config, hook, len(tokenized), metric_name(tokenized, logit_diff)
+    )
     return table, rows, torch.stack([r.metric_clean for r in results], dim=1)
 
 
@@ -437,9 +465,10 @@ def causal_report(
     how = "set to 0" if mode == "zero" else "set to their mean code over the task's tokens"
     report.add_figure(
         ablation_curves_figure(
-            rows, title=f"ablation curves ({mode}-ablation, error term kept)",
+            rows,
+            title=f"ablation curves ({mode}-ablation, error term kept)",
             at_chance=[b.label for b in behaviours or [] if b.at_chance],
-        ),  # fmt: skip
+        ),
         caption=(
             f"{mode}-ablation: ablated features are {how}, at every task position, with the crosscoder's error "
             "term kept. One panel per snapshot. 'ablate top-k' removes the k features with the largest |IE|; "
@@ -473,8 +502,14 @@ def causal_report(
 
 
 def _add_relie_section(
-    report: Report, table: IETable, selected: torch.Tensor, relie_sel: torch.Tensor, reldec_sel: torch.Tensor,
-    thresholds: RelIEThresholds, behaviours: Sequence[SnapshotBehaviour] | None, labels: Any,
+    report: Report,
+    table: IETable,
+    selected: torch.Tensor,
+    relie_sel: torch.Tensor,
+    reldec_sel: torch.Tensor,
+    thresholds: RelIEThresholds,
+    behaviours: Sequence[SnapshotBehaviour] | None,
+    labels: Any,
 ) -> None:
     """The RelIE heatmap, and RelIE against RelDec at up to four snapshots where the model does
     the task (with none such, at any four, every point greyed as "no behaviour here")."""
@@ -488,8 +523,11 @@ def _add_relie_section(
     columns = [behaving[i] for i in _spread(len(behaving), 4)]
     report.add_figure(
         relie_vs_reldec(
-            relie_sel[:, columns], reldec_sel[:, columns], feature_ids=selected.tolist(),
-            snapshot_labels=[table.snapshot_labels[c] for c in columns], thresholds=thresholds,
+            relie_sel[:, columns],
+            reldec_sel[:, columns],
+            feature_ids=selected.tolist(),
+            snapshot_labels=[table.snapshot_labels[c] for c in columns],
+            thresholds=thresholds,
             labels=None if labels is None else labels[:, columns],
         ),
         caption=(
@@ -499,7 +537,7 @@ def _add_relie_section(
             "mostly at other snapshots); dotted: RelIE = RelDec, above it a feature matters here more than its "
             "decoder norm says."
         ),
-    )  # fmt: skip
+    )
 
 
 def _metric_rows(table: IETable, behaviours: Sequence[SnapshotBehaviour] | None) -> list[dict[str, Any]]:
@@ -513,7 +551,9 @@ def _metric_rows(table: IETable, behaviours: Sequence[SnapshotBehaviour] | None)
         if behaviours:
             b = behaviours[column]
             row["model prefers"] = "neither: no behaviour (at chance)" if b.at_chance else row["model prefers"]
-            row.update({"accuracy": b.accuracy, "95% interval": f"{b.ci_low:.0%}-{b.ci_high:.0%}", "metric sd": b.metric_sd})
+            row.update(
+                {"accuracy": b.accuracy, "95% interval": f"{b.ci_low:.0%}-{b.ci_high:.0%}", "metric sd": b.metric_sd}
+            )
         rows.append({**row, "metric (patched)": patched, "error-node IE": error})
     return rows
 

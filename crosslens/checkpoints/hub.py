@@ -42,7 +42,9 @@ def sort_by_step(revisions: list[str]) -> list[str]:
 PYTHIA_NAME = re.compile(r"(?i)^eleutherai/pythia-(14m|31m|70m|160m|410m|1b|1\.4b|2\.8b|6\.9b|12b)(-[a-z0-9.-]+)?$")
 """Pythia's published sizes, with any suffix (``-deduped``, ``-v0``, ``-seed1``, ...): the
 names whose revisions crosslens lists offline from its own table."""
-PYTHIA_SIZES_HINT = tuple(f"EleutherAI/pythia-{size}" for size in ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"))
+PYTHIA_SIZES_HINT = tuple(
+    f"EleutherAI/pythia-{size}" for size in ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+)
 
 
 _NETWORK_MODULES = ("httpx", "httpx2", "httpcore", "requests", "urllib3", "huggingface_hub")
@@ -124,7 +126,11 @@ def hub_revisions(model_id: str) -> list[str]:
         raise CrosslensError(
             f"cannot reach the Hugging Face hub to list the revisions of {model_id} ({type(error).__name__}: "
             f"{' '.join(str(error).split())[:120]}); check the name and the network, or set HF_HUB_OFFLINE=1 "
-            + (f"to use the {len(cached)} revisions in the local cache" if cached else "once the model is in the local cache")
+            + (
+                f"to use the {len(cached)} revisions in the local cache"
+                if cached
+                else "once the model is in the local cache"
+            )
         ) from None
     return sort_by_step([branch.name for branch in refs.branches])
 

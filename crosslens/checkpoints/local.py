@@ -77,7 +77,9 @@ def _from_suite_file(root: Path) -> LocalLayout:
     spec = json.loads((root / SUITE_FILE).read_text())
     entries = spec.get("snapshots")
     if not entries:
-        raise ValueError(f"{root / SUITE_FILE} lists no snapshots; add a 'snapshots' list of {{'revision', 'step'}} entries")
+        raise ValueError(
+            f"{root / SUITE_FILE} lists no snapshots; add a 'snapshots' list of {{'revision', 'step'}} entries"
+        )
     refs, folders = [], {}
     for entry in entries:
         if "revision" not in entry:
@@ -85,7 +87,9 @@ def _from_suite_file(root: Path) -> LocalLayout:
         revision = str(entry["revision"])
         step = entry.get("step", parse_step(revision))
         if step is None:
-            raise ValueError(f"{root / SUITE_FILE}: snapshot {revision!r} has no 'step' and none is in its name; add one")
+            raise ValueError(
+                f"{root / SUITE_FILE}: snapshot {revision!r} has no 'step' and none is in its name; add one"
+            )
         refs.append(SnapshotRef(index=0, revision=revision, step=int(step), tokens_seen=entry.get("tokens_seen")))
         folders[revision] = root / entry.get("path", revision)
     return LocalLayout(model_id=str(spec.get("model_id", root.name)), snapshots=_ordered(refs, root), folders=folders)

@@ -25,7 +25,9 @@ class SuiteOnDevice:
     Everything else is the wrapped suite's.
     """
 
-    def __init__(self, suite: CheckpointSuite, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
+    def __init__(
+        self, suite: CheckpointSuite, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"
+    ):
         self._suite = suite
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype)
@@ -50,7 +52,9 @@ class SuiteOnDevice:
         return getattr(self._suite, name)
 
 
-def on_device(suite: CheckpointSuite, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> Any:
+def on_device(
+    suite: CheckpointSuite, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> Any:
     """``suite`` itself on cpu/float32 (the default), else a :class:`SuiteOnDevice` view."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     dtype = resolve_dtype(dtype)

@@ -50,18 +50,23 @@ def pythia_model_id(name: str) -> str:
         return tl_loading.get_official_model_name(model_id)
     except ValueError:
         known = sorted(n for n in tl_loading.OFFICIAL_MODEL_NAMES if is_pythia(n))
-        raise ValueError(
-            f"TransformerLens has no checkpoint support for {model_id}; use one of {known}"
-        ) from None
+        raise ValueError(f"TransformerLens has no checkpoint support for {model_id}; use one of {known}") from None
 
 
 def checked_steps(
-    steps: Sequence[int], available: Sequence[int], model_id: str, revision_of: Callable[[int], str], *, in_suite: bool = False
+    steps: Sequence[int],
+    available: Sequence[int],
+    model_id: str,
+    revision_of: Callable[[int], str],
+    *,
+    in_suite: bool = False,
 ) -> list[int]:
     """`steps` sorted, each checked to be in `available` (the repo's, or the suite's)."""
     chosen = sorted(int(s) for s in steps)
     if len(set(chosen)) != len(chosen):
-        raise ValueError(f"steps {sorted(s for s in set(chosen) if chosen.count(s) > 1)} are listed twice; list each once")
+        raise ValueError(
+            f"steps {sorted(s for s in set(chosen) if chosen.count(s) > 1)} are listed twice; list each once"
+        )
     known = set(available)
     for step in chosen:
         if step not in known:
@@ -117,7 +122,9 @@ def check_revisions(revisions: Sequence[str], model_id: str, available: Sequence
             raise unknown_revision_error(model_id, revision, parse_step(revision), available)
 
 
-def with_revision_errors(suite: SnapshotFiles, ref: SnapshotRef, load: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def with_revision_errors(
+    suite: SnapshotFiles, ref: SnapshotRef, load: Callable[..., T], *args: Any, **kwargs: Any
+) -> T:
     """Run `load`, turning "no such revision on the hub" into `UnknownRevisionError` (and,
     offline, "not in the cache" into `UncachedRevisionError`)."""
     try:

@@ -34,7 +34,6 @@ from crosslens.checkpoints.revisions import (
     with_revision_errors,
 )
 from crosslens.checkpoints.schedules import Spacing, spaced_steps
-from crosslens.checkpoints.suite_tokenizer import SuiteTokenizer
 from crosslens.checkpoints.snapshot import (
     SnapshotInfo,
     SnapshotRef,
@@ -43,6 +42,7 @@ from crosslens.checkpoints.snapshot import (
     pythia_tokens_seen,
     ref_from_revision,
 )
+from crosslens.checkpoints.suite_tokenizer import SuiteTokenizer
 from crosslens.checkpoints.trajectory import (
     StageStart,
     check_one_ingredient,
@@ -102,7 +102,9 @@ class CheckpointSuite(SuiteTokenizer):
         if family == "local":
             missing = [r for r in revisions if folders is None or r not in folders]
             if missing:
-                raise ValueError(f"local suite has no folder for revisions {missing}; build it with CheckpointSuite.local")
+                raise ValueError(
+                    f"local suite has no folder for revisions {missing}; build it with CheckpointSuite.local"
+                )
         self.family = family
         self.model_id = model_id
         self.snapshots: tuple[SnapshotRef, ...] = tuple(
@@ -171,7 +173,9 @@ class CheckpointSuite(SuiteTokenizer):
             if listed:
                 check_revisions(revisions, name, listed)
             revisions = of_ingredient(revisions, ingredient)
-        refs, starts = place_on_trajectory(revisions, family="olmo", known=of_ingredient(listed, ingredient), model_id=name)
+        refs, starts = place_on_trajectory(
+            revisions, family="olmo", known=of_ingredient(listed, ingredient), model_id=name
+        )
         if steps is not None:
             refs = refs_at_steps(steps, refs, name)
         return cls("olmo", name, refs, stage_starts=starts)
@@ -199,9 +203,13 @@ class CheckpointSuite(SuiteTokenizer):
         `crosslens.checkpoints.local`)."""
         layout = scan_local_suite(path)
         return cls(
-            "local", layout.model_id, layout.snapshots, folders=layout.folders, root=Path(path).resolve(),
+            "local",
+            layout.model_id,
+            layout.snapshots,
+            folders=layout.folders,
+            root=Path(path).resolve(),
             stage_starts=layout.stage_starts,
-        )  # fmt: skip
+        )
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
@@ -242,9 +250,7 @@ class CheckpointSuite(SuiteTokenizer):
         if n is not None:
             steps = spaced_steps(self.steps, n, spacing)
         if steps is not None:
-            chosen_steps = checked_steps(
-                steps, self.steps, self.model_id, self._revision_at_step, in_suite=True
-            )
+            chosen_steps = checked_steps(steps, self.steps, self.model_id, self._revision_at_step, in_suite=True)
             by_step = {ref.step: ref for ref in self.snapshots}
             chosen = [by_step[s] for s in chosen_steps]
         else:
@@ -299,8 +305,8 @@ class CheckpointSuite(SuiteTokenizer):
                 self._processing = dict(DEFAULT_PROCESSING)
             else:
                 source, location = self._hf_source(self.snapshots[0])
-                hf_config = with_revision_errors(self, 
-                    self.snapshots[0], AutoConfig.from_pretrained, source, **location
+                hf_config = with_revision_errors(
+                    self, self.snapshots[0], AutoConfig.from_pretrained, source, **location
                 )
                 self._processing = processing_flags(hooked_config_from_hf(hf_config, model_id=self.model_id))
         return dict(self._processing)
@@ -347,8 +353,10 @@ class CheckpointSuite(SuiteTokenizer):
             logger.warning(
                 "the recorded weights hash of %s@%s does not match its first %d blocks as loaded now; "
                 "loading it whole and recording it again",
-                self.model_id, ref.revision, first_n_layers,
-            )  # fmt: skip
+                self.model_id,
+                ref.revision,
+                first_n_layers,
+            )
         model = self._load_hooked(ref, device, dtype)
         full_sha = weights_sha256(model)
         if fields is not None and first_n_layers < model.cfg.n_layers:
@@ -364,21 +372,32 @@ class CheckpointSuite(SuiteTokenizer):
                 # TransformerLens reads the architecture from the repo's ``main`` config and the
                 # weights from the ``step{N}`` branch: both must be online or in the HF cache.
                 tokenizer = self._tokenizer_for_models("GPTNeoXForCausalLM")
-                model = with_revision_errors(self, 
-                    ref, HookedTransformer.from_pretrained, self.model_id, checkpoint_value=ref.step,
-                    tokenizer=tokenizer, device=device, dtype=dtype, first_n_layers=first_n_layers,
+                model = with_revision_errors(
+                    self,
+                    ref,
+                    HookedTransformer.from_pretrained,
+                    self.model_id,
+                    checkpoint_value=ref.step,
+                    tokenizer=tokenizer,
+                    device=device,
+                    dtype=dtype,
+                    first_n_layers=first_n_layers,
                     **DEFAULT_PROCESSING,
-                )  # fmt: skip
+                )
                 return model.eval()
             source, location = self._hf_source(ref)
-            hf_model = with_revision_errors(self, 
-                ref, AutoModelForCausalLM.from_pretrained, source, dtype=dtype, **location
+            hf_model = with_revision_errors(
+                self, ref, AutoModelForCausalLM.from_pretrained, source, dtype=dtype, **location
             )
             tokenizer = self._tokenizer_for_models((hf_model.config.architectures or [""])[0])
             return hf_to_hooked(
-                hf_model, model_id=self.model_id, tokenizer=tokenizer, device=device, dtype=dtype,
+                hf_model,
+                model_id=self.model_id,
+                tokenizer=tokenizer,
+                device=device,
+                dtype=dtype,
                 first_n_layers=first_n_layers,
-            )  # fmt: skip
+            )
 
     def _with_info(self, ref: SnapshotRef, model: HookedTransformer, sha: str | None = None) -> HookedTransformer:
         """``model`` with its `SnapshotInfo` (``sha``: its full weights hash, else hashed here)."""
@@ -456,9 +475,7 @@ class CheckpointSuite(SuiteTokenizer):
             for ref in self.snapshots:
                 if ref.revision == snapshot.revision:
                     return ref
-            raise unknown_revision_error(
-                self.model_id, snapshot.revision, snapshot.step, self.revisions, in_suite=True
-            )
+            raise unknown_revision_error(self.model_id, snapshot.revision, snapshot.step, self.revisions, in_suite=True)
         if isinstance(snapshot, bool) or not isinstance(snapshot, int):
             raise TypeError(f"snapshot must be an index or a SnapshotRef, got {type(snapshot).__name__}")
         if not -len(self) <= snapshot < len(self):

@@ -92,9 +92,7 @@ def check_one_ingredient(revisions: Sequence[str], model_id: str) -> int | None:
             by_ingredient.setdefault(ingredient, []).append(revision)
     if len(by_ingredient) <= 1:
         return next(iter(by_ingredient), None)
-    listed = "; ".join(
-        f"ingredient {k}: {len(v)} revision(s), e.g. {v[0]!r}" for k, v in sorted(by_ingredient.items())
-    )
+    listed = "; ".join(f"ingredient {k}: {len(v)} revision(s), e.g. {v[0]!r}" for k, v in sorted(by_ingredient.items()))
     raise MixedIngredientsError(
         f"{model_id}: the suite mixes stage-2 ingredients {sorted(by_ingredient)} ({listed}). Each ingredient is "
         "a separate annealing run from the same stage-1 endpoint, not one training trajectory; keep one, e.g. "

@@ -36,9 +36,32 @@ import os
 import sys
 import warnings
 
-from crosslens.cli import analyze, attribute, browse, dashboards, demo, evaluate, export, harvest, plan, pretrained, report, suite, train
+from crosslens.cli import (
+    analyze,
+    attribute,
+    browse,
+    dashboards,
+    demo,
+    evaluate,
+    export,
+    harvest,
+    plan,
+    pretrained,
+    report,
+    suite,
+    train,
+)
 from crosslens.cli.common import CLIError
-from crosslens.cli.flags import Subcommand, add_flags, build, explicit, field_defaults, field_flags, iter_fields, name_flags
+from crosslens.cli.flags import (
+    Subcommand,
+    add_flags,
+    build,
+    explicit,
+    field_defaults,
+    field_flags,
+    iter_fields,
+    name_flags,
+)
 from crosslens.cli.train import train_config
 from crosslens.core.errors import CrosslensError  # a ValueError; named for the reader
 from crosslens.core.paths import checkpoint_folders

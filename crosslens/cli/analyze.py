@@ -64,7 +64,9 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
         raise CLIError(f"--store {store}: the path does not exist; pass the store `crosslens harvest --out` wrote")
     store = store or run_store(run_dir)
     out_path = check_output_file(  # before the analysis
-        Path(out) if out else _default_report(folder, run_dir), suffixes=(".html", ".htm"), kind="the report is an HTML page"
+        Path(out) if out else _default_report(folder, run_dir),
+        suffixes=(".html", ".htm"),
+        kind="the report is an HTML page",
     )
     record = crosscoder_suite_record(folder)
     dtype = dtype_name(args.dtype) if args.dtype else None
@@ -75,9 +77,12 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
         check_crosscoder_store(crosscoder, opened, crosscoder_name=folder)
     tokenizer = suite_tokenizer(record) if store else None
     analysis, report = analyze_crosscoder(
-        crosscoder, store=opened, tokenizer=tokenizer,
-        title=suite_title(record, hook), device=device,
-    )  # fmt: skip
+        crosscoder,
+        store=opened,
+        tokenizer=tokenizer,
+        title=suite_title(record, hook),
+        device=device,
+    )
     spliced = _spliced_record(run_dir)
     if spliced is not None:
         add_spliced_loss_section(report, spliced)
@@ -99,13 +104,19 @@ def _say_no_store(run_dir: Path | None) -> None:
     from crosslens.training.runfolder import recorded_store, streamed_store_command
 
     gone, harvest = recorded_store(run_dir), streamed_store_command(run_dir)
-    print(f"the store the run trained on, {gone} (its run.json), is not there: pass --store with where it is now"
-          if gone else "no activation store (--store)",
-          "; the report has no firing frequencies, probes or top contexts, and no feature is classed dead "
-          "(that needs firing frequencies)", sep="")  # fmt: skip
+    print(
+        f"the store the run trained on, {gone} (its run.json), is not there: pass --store with where it is now"
+        if gone
+        else "no activation store (--store)",
+        "; the report has no firing frequencies, probes or top contexts, and no feature is classed dead "
+        "(that needs firing frequencies)",
+        sep="",
+    )
     if harvest is not None:
-        print(f"the run streamed its activations (train --stream); `{harvest}` writes a store of the tokens "
-              "it trained on, to pass as --store")  # fmt: skip
+        print(
+            f"the run streamed its activations (train --stream); `{harvest}` writes a store of the tokens "
+            "it trained on, to pass as --store"
+        )
 
 
 def _spliced_record(run_dir: Path | None) -> dict | None:

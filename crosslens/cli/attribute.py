@@ -83,9 +83,16 @@ def attribute(args: argparse.Namespace) -> int:
     if len(tasks) > 1:  # several languages: run together, RelIE per language side by side
         with _task_flag_errors(args):
             sections = language_attribution_sections(
-                suite, str(folder), tasks, n_examples=args.n_examples, out=args.out, device=device, dtype=dtype,
-                allow_chance=args.allow_chance, config=config,
-            )  # fmt: skip
+                suite,
+                str(folder),
+                tasks,
+                n_examples=args.n_examples,
+                out=args.out,
+                device=device,
+                dtype=dtype,
+                allow_chance=args.allow_chance,
+                config=config,
+            )
         report = Path(args.out).with_suffix(".html")
         sections[0].write(report)
         print(f"IE tables: one per task, {causal_out_dir(args.out, 'languages')}/<task>/ie_table.json (not {args.out})")
@@ -97,9 +104,17 @@ def attribute(args: argparse.Namespace) -> int:
     summaries: list = []
     with _task_flag_errors(args):
         sections = attribution_sections(
-            suite, str(folder), task=task, n_examples=args.n_examples, out=args.out, device=device, dtype=dtype,
-            summaries=summaries, allow_chance=args.allow_chance, config=config,
-        )  # fmt: skip
+            suite,
+            str(folder),
+            task=task,
+            n_examples=args.n_examples,
+            out=args.out,
+            device=device,
+            dtype=dtype,
+            summaries=summaries,
+            allow_chance=args.allow_chance,
+            config=config,
+        )
     report = Path(args.out).with_suffix(".html")
     sections[0].write(report)
     name = task if isinstance(task, str) else task.name
@@ -156,10 +171,14 @@ def _check_snapshots(record: dict, suite, folder: Path, args: argparse.Namespace
             f"--crosscoder {folder}: it records no snapshots it was trained on (saved without that record), so "
             "the suite's snapshots cannot be checked against it; retrain it with this crosslens"
         )
-    offered = [{**ref.to_dict(), "source": identity} for ref, identity in zip(suite.snapshots, snapshot_identities(suite))]
+    offered = [
+        {**ref.to_dict(), "source": identity} for ref, identity in zip(suite.snapshots, snapshot_identities(suite))
+    ]
     problem = snapshot_problem(recorded, offered, require_identity=False)
     if problem:
-        given = [f for f, v in (("--suite", args.suite), ("--steps", args.steps), ("--n-snapshots", args.n_snapshots)) if v]
+        given = [
+            f for f, v in (("--suite", args.suite), ("--steps", args.steps), ("--n-snapshots", args.n_snapshots)) if v
+        ]
         steps = ",".join(str(entry.get("step")) for entry in recorded)
         raise CLIError(
             f"the snapshots selected ({' '.join(given) or 'the recorded suite'}) are not the ones the crosscoder {folder} "
@@ -214,8 +233,11 @@ def _tasks_from_args(args: argparse.Namespace) -> list:
         raise CLIError("--task names no task; pass e.g. --task agreement_pp or --task PAIRS.jsonl")
     unknown = [t for t in tasks if isinstance(t, str) and t not in list_tasks()]
     if unknown:
-        raise CLIError(f"--task {unknown[0]}: unknown task; choose one of {', '.join(list_tasks())}, or pass a pairs file")
+        raise CLIError(
+            f"--task {unknown[0]}: unknown task; choose one of {', '.join(list_tasks())}, or pass a pairs file"
+        )
     return tasks
+
 
 COMMAND = Subcommand(
     ("attribute",),

@@ -21,7 +21,13 @@ def browse(args: argparse.Namespace) -> int:
     from crosslens.browser import browse as serve
 
     config = build(BrowseConfig, explicit(args, BrowseConfig))
-    serve(args.run_dir, port=config.port, database=config.database, page_size=config.page_size, log_requests=config.log_requests)
+    serve(
+        args.run_dir,
+        port=config.port,
+        database=config.database,
+        page_size=config.page_size,
+        log_requests=config.log_requests,
+    )
     return 0
 
 

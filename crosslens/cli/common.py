@@ -84,7 +84,9 @@ def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | 
         spec, _, ingredient = spec.partition("@ingredient")  # OLMo-2/3: one stage-2 ingredient
         lowered = spec.lower()
         if ingredient and ("olmo" not in lowered or not ingredient.isdigit()):
-            raise CLIError(f"{flag} {spec}@ingredient{ingredient}: pass an OLMo-2/3 repo and a number, e.g. @ingredient1")
+            raise CLIError(
+                f"{flag} {spec}@ingredient{ingredient}: pass an OLMo-2/3 repo and a number, e.g. @ingredient1"
+            )
         if "pythia" in lowered:
             suite = CheckpointSuite.pythia(spec)
         elif "olmo" in lowered:
@@ -115,12 +117,16 @@ def select_snapshots(suite, steps: list[int] | None, n_snapshots: int | None, sp
             suite = suite.select(steps=steps)
         except UnknownRevisionError as error:
             nearest = f"; nearest: {', '.join(error.nearest)}" if error.nearest else ""
-            raise CLIError(f"--steps: {error.requested} is not among the {len(suite)} snapshots of {name}{nearest}{listing}") from None
+            raise CLIError(
+                f"--steps: {error.requested} is not among the {len(suite)} snapshots of {name}{nearest}{listing}"
+            ) from None
         except ValueError as error:
             raise CLIError(f"--steps: {error}") from None
     if n_snapshots is not None:
         if n_snapshots > len(suite):
-            among = f"--steps picks {len(suite)} snapshots" if steps is not None else f"{name} lists {len(suite)} snapshots"
+            among = (
+                f"--steps picks {len(suite)} snapshots" if steps is not None else f"{name} lists {len(suite)} snapshots"
+            )
             raise CLIError(f"--n-snapshots {n_snapshots}: {among}; pass --n-snapshots {len(suite)} or fewer{listing}")
         try:
             suite = suite.select(n=n_snapshots, spacing="log")

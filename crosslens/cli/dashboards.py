@@ -45,7 +45,7 @@ def dashboards(args: argparse.Namespace) -> int:
     stream = _stream_source(args, run) if args.stream else None
     path = compute_dashboards(
         run, store=args.store, stream=stream, config=config, device=device, model_dtype=model_dtype
-    )  # fmt: skip
+    )
     print(f"feature database: {path} ({format_bytes(path.stat().st_size)})")
     print(f"browse it: crosslens browse {run}")
     return 0

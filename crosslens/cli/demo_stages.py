@@ -110,10 +110,19 @@ class DemoConfig:
     @classmethod
     def fast(cls) -> "DemoConfig":
         return cls(
-            n_snapshots=8, n_train_seqs=192, n_eval_seqs=32, sae=_pico_jumprelu(d_sae=256), n_steps=300,
+            n_snapshots=8,
+            n_train_seqs=192,
+            n_eval_seqs=32,
+            sae=_pico_jumprelu(d_sae=256),
+            n_steps=300,
             train_batch_size_tokens=256,
-            baseline_snapshots=1, baseline_steps=200, spliced_seqs=4, n_task_examples=16, extra_seeds=(1,), extra_seed_steps=150,
-        )  # fmt: skip
+            baseline_snapshots=1,
+            baseline_steps=200,
+            spliced_seqs=4,
+            n_task_examples=16,
+            extra_seeds=(1,),
+            extra_seed_steps=150,
+        )
 
 
 def _pico_jumprelu(*, d_sae: int) -> ArchitectureConfig:
@@ -276,14 +285,19 @@ def baseline_settings(config: DemoConfig) -> dict[str, Any]:
     """What the demo's baseline SAEs and spliced loss depend on besides the crosscoder and the
     stores, as the quality record keeps it: a cached table measured otherwise is measured again."""
     return {
-        "architectures": list(DEMO_BASELINES), "snapshots": config.baseline_snapshots,
-        "steps": config.baseline_steps, "batch_size": config.train_batch_size_tokens, "seed": config.seed,
-        "spliced_seqs": config.spliced_seqs, "jumprelu_threshold_start": JUMPRELU_THRESHOLD_START,
-    }  # fmt: skip
+        "architectures": list(DEMO_BASELINES),
+        "snapshots": config.baseline_snapshots,
+        "steps": config.baseline_steps,
+        "batch_size": config.train_batch_size_tokens,
+        "seed": config.seed,
+        "spliced_seqs": config.spliced_seqs,
+        "jumprelu_threshold_start": JUMPRELU_THRESHOLD_START,
+    }
 
 
-def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, suite=None, *,
-                  device: str = "cpu", dtype: str = "float32") -> dict:  # fmt: skip
+def quality_stage(
+    crosscoder, train_store, eval_store, config: DemoConfig, suite=None, *, device: str = "cpu", dtype: str = "float32"
+) -> dict:
     """Held-out explained variance per snapshot, beside per-snapshot SAELens SAEs of the same
     width and L0 trained on a few snapshots; with ``suite``, each one also spliced into its
     snapshot's model on ``config.spliced_seqs`` held-out rows. Returns ``{"rows", "spliced_loss"}``."""
@@ -293,10 +307,17 @@ def quality_stage(crosscoder, train_store, eval_store, config: DemoConfig, suite
         n = min(config.baseline_snapshots, S)
         picks = [S - 1] if n == 1 else sorted({round(i * (S - 1) / (n - 1)) for i in range(n)})
         rows = compare_with_saes(
-            train_store, config.hook, crosscoder, snapshots=picks, architectures=DEMO_BASELINES,
-            n_steps=config.baseline_steps, batch_size=config.train_batch_size_tokens, seed=config.seed, eval_store=eval_store,
+            train_store,
+            config.hook,
+            crosscoder,
+            snapshots=picks,
+            architectures=DEMO_BASELINES,
+            n_steps=config.baseline_steps,
+            batch_size=config.train_batch_size_tokens,
+            seed=config.seed,
+            eval_store=eval_store,
             trained=saes,
-        )  # fmt: skip
+        )
     else:
         rows = quality_table(
             evaluate_crosscoder(crosscoder, eval_store, config.hook), {}, eval_store.snapshots, d_sae=config.sae.d_sae
@@ -333,7 +354,9 @@ def analyze_stage(
 
     A folder is loaded on ``device`` (default cpu) in ``dtype`` (default float32)."""
     if isinstance(crosscoder, (str, Path)):
-        crosscoder = load_crosscoder_folder(crosscoder, device=str(device or "cpu"), dtype=str(dtype) if dtype else None)
+        crosscoder = load_crosscoder_folder(
+            crosscoder, device=str(device or "cpu"), dtype=str(dtype) if dtype else None
+        )
     if store is None and store_path is not None:
         store = ActivationStore.open(store_path)
     analysis, report = analyze_crosscoder(crosscoder, store=store, tokenizer=tokenizer, device=device)
@@ -346,17 +369,34 @@ def analyze_stage(
 
 
 def attribute_stage(
-    suite, crosscoder, *, task: str = "agreement_pp", n_examples: int = 64, out=None, seed: int = 0,
-    device: str = "cpu", dtype: str = "float32", summaries=None, model_lines: bool = True,
-):  # fmt: skip
+    suite,
+    crosscoder,
+    *,
+    task: str = "agreement_pp",
+    n_examples: int = 64,
+    out=None,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    summaries=None,
+    model_lines: bool = True,
+):
     """IG attribution per snapshot, RelIE classes and ablation curves; returns report sections
     (and appends the stage's summary to ``summaries`` when given). The snapshot models run
     on ``device`` in ``dtype``; the crosscoder loads on ``device``. ``model_lines=False``:
     the model's metric per snapshot is not printed again (an extra crosscoder seed)."""
     return attribution_sections(
-        suite, crosscoder, task=task, n_examples=n_examples, out=out, seed=seed, device=device, dtype=dtype,
-        summaries=summaries, model_lines=model_lines,
-    )  # fmt: skip
+        suite,
+        crosscoder,
+        task=task,
+        n_examples=n_examples,
+        out=out,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        summaries=summaries,
+        model_lines=model_lines,
+    )
 
 
 def stability_analyses(crosscoders, store, n_tokens: int = 16384) -> tuple[list, list[float]]:
@@ -371,9 +411,17 @@ def stability_analyses(crosscoders, store, n_tokens: int = 16384) -> tuple[list,
 
 
 def seeds_stage(
-    suite, train_store, out_dir, config: DemoConfig, crosscoder, main_summary, *, force: bool = False,
-    device: str = "cpu", dtype: str = "float32",
-):  # fmt: skip
+    suite,
+    train_store,
+    out_dir,
+    config: DemoConfig,
+    crosscoder,
+    main_summary,
+    *,
+    force: bool = False,
+    device: str = "cpu",
+    dtype: str = "float32",
+):
     """Extra crosscoder seeds on the same store: feature stability across seeds at each
     threshold of :data:`~crosslens.analysis.stability.THRESHOLDS`, and the causal claims
     counting only features with a match in every seed, as mean +/- sd over seeds; returns a
@@ -385,13 +433,23 @@ def seeds_stage(
         extra = train_stage(train_store, out_dir / f"crosscoder-seed{seed}", seed_config, force=force, device=device)
         extra_summaries: list = []
         attribute_stage(
-            suite, extra, task=config.task, n_examples=config.n_task_examples, out=out_dir / f"seed{seed}", seed=config.seed,
-            device=device, dtype=dtype, summaries=extra_summaries, model_lines=False,
-        )  # fmt: skip
+            suite,
+            extra,
+            task=config.task,
+            n_examples=config.n_task_examples,
+            out=out_dir / f"seed{seed}",
+            seed=config.seed,
+            device=device,
+            dtype=dtype,
+            summaries=extra_summaries,
+            model_lines=False,
+        )
         crosscoders.append(extra)
         summaries.append(extra_summaries[0])
         # a seed trained for a different length says so wherever it is compared
-        labels.append(f"seed {seed}" + (f" ({seed_config.n_steps} steps)" if seed_config.n_steps != config.n_steps else ""))
+        labels.append(
+            f"seed {seed}" + (f" ({seed_config.n_steps} steps)" if seed_config.n_steps != config.n_steps else "")
+        )
     analyses, _ = stability_analyses(crosscoders, train_store)
     stability = seed_stability(analyses, labels)
     print(f"seed stability over {len(crosscoders)} crosscoder seeds (live: fires on sampled training tokens):")
@@ -402,21 +460,31 @@ def seeds_stage(
         text = f"causal claims at {final_label}: none, the model is at chance on the task there"
     else:
         stable = stable_features(analyses, config.claim_min_cosine)
-        claims = _stable_claims(suite, crosscoders, summaries, stable, labels, out_dir, config, device=device, dtype=dtype)
+        claims = _stable_claims(
+            suite, crosscoders, summaries, stable, labels, out_dir, config, device=device, dtype=dtype
+        )
         text = format_stable_claims(claims, final_label)
     print(text)
     (out_dir / "claims_over_seeds.json").write_text(json.dumps(claims, indent=1, default=str))
     report = Report("seeds")
     report.add_heading("Causal claims across seeds")
     add_claims_text(
-        report, text,
-        "Every seed's crosscoder was trained on the same activations" + (
+        report,
+        text,
+        "Every seed's crosscoder was trained on the same activations"
+        + (
             f" (the extra seeds with {config.extra_seed_steps} steps instead of {config.n_steps}, to keep the demo "
-            "short)" if config.extra_seed_steps and config.extra_seed_steps != config.n_steps else ""
-        ) + ".",
-    )  # fmt: skip
+            "short)"
+            if config.extra_seed_steps and config.extra_seed_steps != config.n_steps
+            else ""
+        )
+        + ".",
+    )
     report.add_table(
-        [{"crosscoder": label, **{k: v for k, v in c.items() if k not in _UNSTATED}} for label, c in claims["per_seed"].items()],
+        [
+            {"crosscoder": label, **{k: v for k, v in c.items() if k not in _UNSTATED}}
+            for label, c in claims["per_seed"].items()
+        ],
         title="Seed-stable claims per crosscoder seed",
         percent=["ablation_shift", "keep_only_restored", "min_shift", "keep_only_area"],
     )
@@ -445,18 +513,29 @@ def _stable_claims(suite, crosscoders, summaries, stable, labels, out_dir, confi
     task = task_for_tokenizer(config.task, suite.tokenizer(), n=config.n_task_examples, seed=config.seed)
     snapshot = tables[0].snapshots[-1]
     rows, ks = stable_claim_rows(
-        models, crosscoders, [t.ie[:, -1] for t in tables], stable, task, snapshot=snapshot, ks=config.claim_ks,
+        models,
+        crosscoders,
+        [t.ie[:, -1] for t in tables],
+        stable,
+        task,
+        snapshot=snapshot,
+        ks=config.claim_ks,
         label=summaries[0].snapshots[-1],
-    )  # fmt: skip
+    )
     return stable_claims_over_seeds(
         rows, snapshot, ks, [len(s) for s in stable], labels, min_cosine=config.claim_min_cosine
     )
 
 
 def run_demo(
-    out_dir=None, *, fast: bool = False, force: bool = False, config: DemoConfig | None = None,
-    device: str = "cpu", dtype: str = "float32",
-) -> Path:  # fmt: skip
+    out_dir=None,
+    *,
+    fast: bool = False,
+    force: bool = False,
+    config: DemoConfig | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> Path:
     """Run every stage; return the report path. Models and crosscoder run on ``device``;
     ``dtype`` is the snapshot models' (harvest and attribution)."""
     config = config or (DemoConfig.fast() if fast else DemoConfig())
@@ -473,13 +552,27 @@ def run_demo(
 
     _banner(f"2/6 harvest {config.hook} across snapshots (one model resident at a time)")
     train_store = _harvest_or_reuse(
-        suite, hooks=[config.hook], n_seqs=config.n_train_seqs, seq_len=config.seq_len,
-        out_dir=out_dir / "acts-train", seed=config.seed, force=force, device=device, model_dtype=dtype,
-    )  # fmt: skip
+        suite,
+        hooks=[config.hook],
+        n_seqs=config.n_train_seqs,
+        seq_len=config.seq_len,
+        out_dir=out_dir / "acts-train",
+        seed=config.seed,
+        force=force,
+        device=device,
+        model_dtype=dtype,
+    )
     eval_store = _harvest_or_reuse(
-        suite, hooks=[config.hook], n_seqs=config.n_eval_seqs, seq_len=config.seq_len,
-        out_dir=out_dir / "acts-eval", seed=config.seed + 1, force=force, device=device, model_dtype=dtype,
-    )  # fmt: skip
+        suite,
+        hooks=[config.hook],
+        n_seqs=config.n_eval_seqs,
+        seq_len=config.seq_len,
+        out_dir=out_dir / "acts-eval",
+        seed=config.seed + 1,
+        force=force,
+        device=device,
+        model_dtype=dtype,
+    )
     print(f"train store: {train_store.n_tokens} tokens x {train_store.n_snapshots} snapshots x d_in {train_store.d_in}")
 
     _banner(f"3/6 train a {config.sae.architecture} (d_sae {config.sae.d_sae})")
@@ -496,20 +589,33 @@ def run_demo(
     _banner("4/6 causal role: IG attribution, RelIE and ablations on agreement across an attractor")
     summaries: list = []
     sections = attribute_stage(
-        suite, crosscoder, task=config.task, n_examples=config.n_task_examples, out=out_dir, seed=config.seed, device=device,
-        dtype=dtype, summaries=summaries,
-    )  # fmt: skip
+        suite,
+        crosscoder,
+        task=config.task,
+        n_examples=config.n_task_examples,
+        out=out_dir,
+        seed=config.seed,
+        device=device,
+        dtype=dtype,
+        summaries=summaries,
+    )
     if quality.get("spliced_loss"):
         sections.append(add_spliced_loss_section(Report("spliced"), quality["spliced_loss"]))
     if config.extra_seeds:
         sections.append(
-            seeds_stage(suite, train_store, out_dir, config, crosscoder, summaries[0], force=force, device=device, dtype=dtype)
+            seeds_stage(
+                suite, train_store, out_dir, config, crosscoder, summaries[0], force=force, device=device, dtype=dtype
+            )
         )
     _banner("5/6 feature evolution from per-snapshot decoder norms -> report.html")
     report_path, analysis, _ = analyze_stage(
-        crosscoder, store=ActivationStore.open(train_store.path), out=out_dir / "crosscoder" / "report.html",
-        tokenizer=suite.tokenizer(), extra_sections=sections, device=device,
-    )  # fmt: skip
+        crosscoder,
+        store=ActivationStore.open(train_store.path),
+        out=out_dir / "crosscoder" / "report.html",
+        tokenizer=suite.tokenizer(),
+        extra_sections=sections,
+        device=device,
+    )
     print(_class_summary(analysis))
     print(f"\nreport: {report_path}")
 
@@ -519,7 +625,9 @@ def run_demo(
     return report_path
 
 
-def dashboards_stage(out_dir: Path, config: DemoConfig, train_store, *, force: bool = False, device: str = "cpu") -> Path:
+def dashboards_stage(
+    out_dir: Path, config: DemoConfig, train_store, *, force: bool = False, device: str = "cpu"
+) -> Path:
     """The run's feature database (every feature's contexts, densities, logit effects and the
     causal stage's scores), browsable with ``crosslens browse``; reused when already computed for
     these inputs."""
@@ -527,7 +635,9 @@ def dashboards_stage(out_dir: Path, config: DemoConfig, train_store, *, force: b
 
     run = out_dir / "crosscoder"
     ie_table = causal_out_dir(out_dir, config.task) / "ie_table.json"
-    settings = DashboardsConfig(attribution=[str(ie_table)] if ie_table.is_file() else None, seed=config.seed, overwrite=force)
+    settings = DashboardsConfig(
+        attribution=[str(ie_table)] if ie_table.is_file() else None, seed=config.seed, overwrite=force
+    )
     try:
         path = compute_dashboards(run, store=train_store.path, config=settings, device=device)
     except StaleDatabaseError as refused:  # the demo owns its folder: an older database is replaced

@@ -40,7 +40,9 @@ def evaluate(args: argparse.Namespace) -> int:
     device, _ = device_and_dtype(args)
     folder = crosscoder_folder_arg(args.crosscoder, "CROSSCODER")
     if not Path(args.store).exists():
-        raise CLIError(f"--store {args.store}: the path does not exist; pass an activation store written by `crosslens harvest`")
+        raise CLIError(
+            f"--store {args.store}: the path does not exist; pass an activation store written by `crosslens harvest`"
+        )
     path = crosscoder_folder(folder)
     print_quality(path, args.store, args.store, device, eval_flag="--store", trained_on=_training_tokens(path))
     if args.spliced_loss:

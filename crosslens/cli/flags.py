@@ -69,7 +69,9 @@ def _number_at_least(minimum: float, kind: type = int, *, strictly: bool = False
         except ValueError:
             value = _whole_number(text) if kind is int else None
             if value is None:
-                raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+                raise argparse.ArgumentTypeError(
+                    f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+                ) from None
         if value < minimum or (strictly and value == minimum) or value != value:  # value != value: NaN
             raise argparse.ArgumentTypeError(f"must be {'>' if strictly else '>='} {minimum}, got {text}")
         return value
@@ -203,16 +205,16 @@ def name_flags(message: str, flags: dict[str, str]) -> str:
     first = _IDENTIFIER.match(message)
     if first is None or first.group() not in flags:
         return message
-    if "_" not in first.group() and not message[first.end():].startswith((" must", " (--")):
+    if "_" not in first.group() and not message[first.end() :].startswith((" must", " (--")):
         return message
     names = sorted((name for name in flags if "_" in name), key=len, reverse=True)
-    rest = message[first.end():]
+    rest = message[first.end() :]
     if names:
         alternatives = "|".join(map(re.escape, names))
         pattern = re.compile(rf"(?<![\w./-])({alternatives})(?: \(--[\w-]+\))?(?![\w/-])")
         rest = pattern.sub(lambda m: flags[m.group(1)], rest)
     lead = re.match(r" \(--[\w-]+\)", rest)
-    return flags[first.group()] + (rest[lead.end():] if lead else rest)
+    return flags[first.group()] + (rest[lead.end() :] if lead else rest)
 
 
 def field_defaults(classes: tuple[type, ...]) -> dict[str, Any]:

@@ -57,7 +57,9 @@ def harvest(args: argparse.Namespace) -> int:
     check_hooks(suite, hooks)  # before any model loads or anything is written
     check_output_folder(args.out, holds="the activation store")
     if (Path(args.out) / RUN_CONFIG_NAME).is_file():  # --overwrite replaces a store, never a run's files
-        raise CLIError(f"--out {args.out} is a training run's folder (it holds {RUN_CONFIG_NAME}); harvest into another folder")
+        raise CLIError(
+            f"--out {args.out} is a training run's folder (it holds {RUN_CONFIG_NAME}); harvest into another folder"
+        )
     source = token_source(args, recipe)
     device = local_rank_device(device)
     reset_peak_memory(device)
@@ -156,8 +158,9 @@ def harvest_stores(args, suite, hooks, recipe, source, device, model_dtype):
         if error.needed is not None or needed is None or cause is None:
             raise
         # the library cannot size a store before its first snapshot has run; this command can
-        raise storage_error(cause, error.folder, "the activation store", needed=needed,
-                            fix="harvest into another folder (--out)") from cause  # fmt: skip
+        raise storage_error(
+            cause, error.folder, "the activation store", needed=needed, fix="harvest into another folder (--out)"
+        ) from cause
     return store, heldout
 
 
@@ -175,11 +178,18 @@ def token_tables(args: argparse.Namespace, recipe, source: tuple[str, object], t
     budget = token_budget(args, recipe)
     seq_len, held_tokens = budget.seq_len, budget.heldout
     if held_tokens and not budget.heldout_rows and is_main_process():
-        given = f"--heldout-tokens {held_tokens}" if args.heldout_tokens is not None else (
-            f"the default held-out share ({held_tokens} tokens, a tenth of --n-tokens)")
-        print(f"no held-out tokens: {given} is less than one row of --seq-len {seq_len}; pass "
-              f"--heldout-tokens {seq_len} or more for a held-out store")  # fmt: skip
-    tokens = _token_table(tokenizer, source, seq_len, budget.n_rows + budget.heldout_rows, budget.n_tokens, held_tokens, args)
+        given = (
+            f"--heldout-tokens {held_tokens}"
+            if args.heldout_tokens is not None
+            else (f"the default held-out share ({held_tokens} tokens, a tenth of --n-tokens)")
+        )
+        print(
+            f"no held-out tokens: {given} is less than one row of --seq-len {seq_len}; pass "
+            f"--heldout-tokens {seq_len} or more for a held-out store"
+        )
+    tokens = _token_table(
+        tokenizer, source, seq_len, budget.n_rows + budget.heldout_rows, budget.n_tokens, held_tokens, args
+    )
     return split_rows(tokens, budget.heldout_rows, seed=0)
 
 

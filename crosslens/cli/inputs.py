@@ -78,7 +78,9 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as error:
-        hint = "pass --encoding NAME (e.g. --encoding latin-1)" if encoding == "utf-8" else "pass the --encoding it is in"
+        hint = (
+            "pass --encoding NAME (e.g. --encoding latin-1)" if encoding == "utf-8" else "pass the --encoding it is in"
+        )
         raise CrosslensError(
             f"{path} is not valid {encoding} (byte 0x{data[error.start]:02x} at offset {error.start}); {hint}"
         ) from None
@@ -115,13 +117,17 @@ def text_documents(paths: Sequence[str | Path], *, encoding: str = "utf-8", toke
     for path in text_files(list(paths)):
         text = read_text(path, encoding)
         if tokenizer is not None:
-            check_known_tokens(tokenizer, tokenizer.encode(text[:UNKNOWN_SAMPLE_CHARS], add_special_tokens=False), str(path))
+            check_known_tokens(
+                tokenizer, tokenizer.encode(text[:UNKNOWN_SAMPLE_CHARS], add_special_tokens=False), str(path)
+            )
         documents = split_documents(text)
         del text  # the file's documents alone are held while they are tokenized
         any_text = any_text or bool(documents)
         yield from documents
     if not any_text:
-        raise ValueError(f"--text {' '.join(map(str, paths))}: the files hold no text (blank lines at most); pass files of text")
+        raise ValueError(
+            f"--text {' '.join(map(str, paths))}: the files hold no text (blank lines at most); pass files of text"
+        )
 
 
 def check_output_folder(path: str | Path, flag: str = "--out", holds: str = "its results") -> None:

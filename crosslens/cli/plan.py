@@ -40,8 +40,13 @@ class PlanFlags:
     hook: str | None = None
     """Hook the crosscoder reads."""
     architecture: str | None = field(
-        default=None, metadata={"flag": "--arch", "choices": ARCHITECTURE_NAMES, "default_from": (ArchitectureConfig, "architecture")}
-    )  # fmt: skip
+        default=None,
+        metadata={
+            "flag": "--arch",
+            "choices": ARCHITECTURE_NAMES,
+            "default_from": (ArchitectureConfig, "architecture"),
+        },
+    )
     """Crosscoder architecture, as train --arch."""
     d_sae: int | None = field(default=None, metadata={"default_from": (ArchitectureConfig, "d_sae")})
     """Shared features, as train --d-sae."""
@@ -51,14 +56,20 @@ class PlanFlags:
     """Optimizer steps, as train --n-steps (a --recipe's: its token budget at --batch-size)."""
     checkpoint_every: int | None = field(default=None, metadata={"min": 0})
     """Steps between checkpoints, as train --checkpoint-every (default: about 20 a run, at least 500 steps apart)."""
-    keep_checkpoints: int | None = field(default=None, metadata={"min": 0, "default_from": (RUNNER, "keep_checkpoints")})
+    keep_checkpoints: int | None = field(
+        default=None, metadata={"min": 0, "default_from": (RUNNER, "keep_checkpoints")}
+    )
     """Newest checkpoints kept, as train --keep-checkpoints (0: every one)."""
-    batch_size: int | None = field(default=None, metadata={"flag": "--batch-size", "default_from": (RUNNER, "train_batch_size_tokens")})
+    batch_size: int | None = field(
+        default=None, metadata={"flag": "--batch-size", "default_from": (RUNNER, "train_batch_size_tokens")}
+    )
     """Global tokens per step, as train --batch-size."""
     micro_batches: int | None = field(default=None, metadata={"default_from": (RUNNER, "micro_batches")})
     """Micro-batches each rank's batch is trained in, as train --micro-batches: the activations counted
     are one micro-batch's."""
-    autocast: str | None = field(default=None, metadata={"choices": AUTOCAST_CHOICES, "default_from": (RUNNER, "autocast_dtype")})
+    autocast: str | None = field(
+        default=None, metadata={"choices": AUTOCAST_CHOICES, "default_from": (RUNNER, "autocast_dtype")}
+    )
     """Precision of the crosscoder step, as train --autocast ("auto": bfloat16 on cuda); bfloat16 adds its weight
     copies to the memory."""
     world_size: int | None = field(default=None, metadata={"min": 1})
@@ -110,19 +121,34 @@ def plan(args: argparse.Namespace) -> int:
             "or --recipe NAME"
         )
     settings = {  # the flags given; the rest come from the recipe, else from PlanConfig's defaults (train's)
-        "hook": args.hook, "n_tokens": args.n_tokens, "seq_len": args.seq_len, "heldout_tokens": args.heldout_tokens,
-        "d_sae": args.d_sae, "architecture": args.architecture, "k": args.k, "batch_size": args.batch_size,
-        "n_steps": args.n_steps, "micro_batches": args.micro_batches, "autocast": args.autocast,
-        "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,
-    }  # fmt: skip
+        "hook": args.hook,
+        "n_tokens": args.n_tokens,
+        "seq_len": args.seq_len,
+        "heldout_tokens": args.heldout_tokens,
+        "d_sae": args.d_sae,
+        "architecture": args.architecture,
+        "k": args.k,
+        "batch_size": args.batch_size,
+        "n_steps": args.n_steps,
+        "micro_batches": args.micro_batches,
+        "autocast": args.autocast,
+        "checkpoint_every": args.checkpoint_every,
+        "keep_checkpoints": args.keep_checkpoints,
+    }
     if recipe is None and args.hook is None:
         raise CLIError("plan needs --hook NAME (or --recipe NAME)")
     batch = args.batch_size or (recipe.batch_size if recipe is not None else PlanConfig.batch_size)
     data, snap = _mesh(args, n_snapshots, batch)
     common = dict(
-        n_snapshots=n_snapshots, data_parallel=data, snapshot_parallel=snap, device=device, tflops=args.tflops,
-        link_gbps=args.link_gbps, model_dtype=model_dtype, gpu=args.gpu,
-    )  # fmt: skip
+        n_snapshots=n_snapshots,
+        data_parallel=data,
+        snapshot_parallel=snap,
+        device=device,
+        tflops=args.tflops,
+        link_gbps=args.link_gbps,
+        model_dtype=model_dtype,
+        gpu=args.gpu,
+    )
     if recipe is not None:
         if args.suite is not None:
             settings["model"] = model_spec_for(args.suite)
@@ -140,8 +166,11 @@ def plan(args: argparse.Namespace) -> int:
     if predict and not args.json:
         print(format_stream_prediction(plan["stream_prediction"]))
     elif args.stream and not args.json:
-        why = f"for a GPU: --device cuda, not {device}" if not device.startswith("cuda") else (
-            "for the crosscoder step under bfloat16 autocast, as measured; not for --autocast none")
+        why = (
+            f"for a GPU: --device cuda, not {device}"
+            if not device.startswith("cuda")
+            else ("for the crosscoder step under bfloat16 autocast, as measured; not for --autocast none")
+        )
         print(f"\n(train --stream's end-to-end time is predicted {why})")
     return 0
 
@@ -158,12 +187,16 @@ def _mesh(args: argparse.Namespace, n_snapshots: int, batch: int) -> tuple[int, 
         if world is not None and world != data * snap:
             raise CLIError(f"--mesh {args.mesh} has {data * snap} ranks but --world-size is {world}; drop one")
         if args.snapshot_parallel is not None and args.snapshot_parallel != snap:
-            raise CLIError(f"--mesh {args.mesh} has {snap} snapshot ranks but --snapshot-parallel is {args.snapshot_parallel}; drop one")
+            raise CLIError(
+                f"--mesh {args.mesh} has {snap} snapshot ranks but --snapshot-parallel is {args.snapshot_parallel}; drop one"
+            )
         return data, snap
     snap = args.snapshot_parallel or PlanConfig.snapshot_parallel
     world = world or snap
     if world % snap:
-        raise CLIError(f"--snapshot-parallel {snap} does not divide --world-size {world}; pick a divisor, as train under torchrun needs")
+        raise CLIError(
+            f"--snapshot-parallel {snap} does not divide --world-size {world}; pick a divisor, as train under torchrun needs"
+        )
     data = world // snap
     if batch % data:
         fits = [p for p in range(snap, min(world, n_snapshots) + 1) if world % p == 0 and batch % (world // p) == 0]
@@ -199,7 +232,9 @@ def _check_recipe_choice(recipe, steps: list[int] | None, n_snapshots: int | Non
     count = len(steps) if steps else None
     if n_snapshots is not None and n_snapshots > (count or len(labels)):
         among = f"--steps picks {count}" if count else f"recipe {recipe.name} lists {len(labels)}"
-        raise CLIError(f"--n-snapshots {n_snapshots}: {among} snapshots; pass --n-snapshots {count or len(labels)} or fewer")
+        raise CLIError(
+            f"--n-snapshots {n_snapshots}: {among} snapshots; pass --n-snapshots {count or len(labels)} or fewer"
+        )
     known = {parse_step(label) for label in labels if label != "main"}
     unknown = [step for step in steps or [] if step not in known]
     mains = labels.count("main")  # "main" is the last revision, whose step only the hub says
@@ -242,25 +277,33 @@ def format_stream_prediction(p: dict) -> str:
     at_least = "at least " if p["forward_bound"] else ""  # the hours, where the tokens/s are a ceiling
     forward = (
         f"float32 snapshot forwards, {p['forward_fraction'] * p['peak_tflops']:g} TFLOP/s peak"
-        if p["forward_bound"] else f"snapshot forwards at {p['forward_fraction']:.1%} of peak"
-    )  # fmt: skip
+        if p["forward_bound"]
+        else f"snapshot forwards at {p['forward_fraction']:.1%} of peak"
+    )
     rows = [
         (forward, f"{bound}{p['forward_tokens_per_second']:,.0f} tokens/s"),
-        (f"crosscoder step at {p['crosscoder_fraction']:.1%} of peak", f"{p['crosscoder_tokens_per_second']:,.0f} tokens/s"),
+        (
+            f"crosscoder step at {p['crosscoder_fraction']:.1%} of peak",
+            f"{p['crosscoder_tokens_per_second']:,.0f} tokens/s",
+        ),
         ("together (one GPU per rank)", f"{bound}{p['tokens_per_second']:,.0f} tokens/s: {at_least}{p['hours']:.1f} h"),
     ]
     slower_fresh = p["fresh_tokens_per_second"] < p["tokens_per_second"]
     if slower_fresh:  # JumpReLU: its first steps run dense until fewer than 1/32 of the entries are open
-        rows.append((
-            f"  with a fresh crosscoder's step at {p['fresh_crosscoder_fraction']:.1%}",
-            f"{bound}{p['fresh_tokens_per_second']:,.0f} tokens/s: {at_least}{p['fresh_hours']:.1f} h if every step ran so",
-        ))  # fmt: skip
+        rows.append(
+            (
+                f"  with a fresh crosscoder's step at {p['fresh_crosscoder_fraction']:.1%}",
+                f"{bound}{p['fresh_tokens_per_second']:,.0f} tokens/s: {at_least}{p['fresh_hours']:.1f} h if every step ran so",
+            )
+        )
     title = f"[train --stream end to end on {p['gpu']} ({p['peak_tflops']:g} TFLOP/s bf16 peak), utilisation as measured on {p['measured_on']}]"
     lines = ["", title, *(f"{label:<44}{value}" for label, value in rows)]
     if slower_fresh:
         lines.append("a run's first steps, until its code is sparse, take the fresh step; its L0 curve shows how many")
     if p["forward_bound"]:
-        lines.append("float32 models run off the tensor cores; bfloat16 (the default on CUDA) runs them at the measured share")
+        lines.append(
+            "float32 models run off the tensor cores; bfloat16 (the default on CUDA) runs them at the measured share"
+        )
     return "\n".join(lines)
 
 
@@ -312,40 +355,84 @@ def _run_rows(plan: dict[str, Any]) -> Rows:
     held = f" + {_count(i['heldout_tokens'])} held out" if i["heldout_tokens"] else ""
     return [
         (f"plan: {plan['name']}", ""),
-        ("model", f"{i['model']}: d_model {i['d_model']}, {i['n_layers']} layers, vocab {i['vocab']}, "
-                  f"{_count(i['n_params'])} params ({i['model_source']})"),
-        ("crosscoder", f"{i['architecture']} at {i['hook']}: S={i['n_snapshots']} snapshots x d_in {i['d_in']} "
-                       f"-> d_sae {i['d_sae']} ({_count(params['whole_crosscoder'])} params)"),
-        ("data", f"{_count(i['harvested_tokens'])} tokens harvested{held} (rows of {i['seq_len']}); {i['n_steps']} steps x batch "
-                 f"{i['batch_size']} = {_count(i['training_tokens'])} training tokens ({epochs:.3g} epoch{'' if f'{epochs:.3g}' == '1' else 's'})"),
-        ("mesh", f"{mesh['data']} data x {mesh['snapshot']} snapshot = {mesh['world_size']} rank(s) on "
-                 f"{i['device']}; per rank {mesh['snapshots_per_rank']} snapshots, batch {mesh['batch_per_rank']}"),
-    ]  # fmt: skip
+        (
+            "model",
+            f"{i['model']}: d_model {i['d_model']}, {i['n_layers']} layers, vocab {i['vocab']}, "
+            f"{_count(i['n_params'])} params ({i['model_source']})",
+        ),
+        (
+            "crosscoder",
+            f"{i['architecture']} at {i['hook']}: S={i['n_snapshots']} snapshots x d_in {i['d_in']} "
+            f"-> d_sae {i['d_sae']} ({_count(params['whole_crosscoder'])} params)",
+        ),
+        (
+            "data",
+            f"{_count(i['harvested_tokens'])} tokens harvested{held} (rows of {i['seq_len']}); {i['n_steps']} steps x batch "
+            f"{i['batch_size']} = {_count(i['training_tokens'])} training tokens ({epochs:.3g} epoch{'' if f'{epochs:.3g}' == '1' else 's'})",
+        ),
+        (
+            "mesh",
+            f"{mesh['data']} data x {mesh['snapshot']} snapshot = {mesh['world_size']} rank(s) on "
+            f"{i['device']}; per rank {mesh['snapshots_per_rank']} snapshots, batch {mesh['batch_per_rank']}",
+        ),
+    ]
 
 
 def _memory_rows(plan: dict[str, Any]) -> Rows:
     """Memory per rank: training state, a batch's activations, resident models and stream buffers."""
     i, mesh, mem, params = plan["inputs"], plan["mesh"], plan["memory_bytes"], plan["parameters"]
     rows = _section("memory per rank")
-    rows.append(("parameters (float32)", f"{_bytes(mem['parameters'])}  ({_count(params['per_rank_total'])}: "
-                 + ", ".join(f"{k} {_count(v)}" for k, v in params["per_rank"].items()) + ")"))  # fmt: skip
+    rows.append(
+        (
+            "parameters (float32)",
+            f"{_bytes(mem['parameters'])}  ({_count(params['per_rank_total'])}: "
+            + ", ".join(f"{k} {_count(v)}" for k, v in params["per_rank"].items())
+            + ")",
+        )
+    )
     rows.append(("gradients", _bytes(mem["gradients"])))
     rows.append(("Adam state (2 copies)", _bytes(mem["adam_state"])))
     rows.append(("training state", _bytes(mem["training_state"])))
-    rows.append((f"activations per batch{f' in {n} micro-batches' if (n := mem['micro_batches']) > 1 else ''} (est.)", f"{_bytes(mem['activations_per_batch'])}  ("
-                 + ", ".join(f"{k} {_bytes(v)}" for k, v in mem["activations_breakdown"].items()) + ")"))  # fmt: skip
+    rows.append(
+        (
+            f"activations per batch{f' in {n} micro-batches' if (n := mem['micro_batches']) > 1 else ''} (est.)",
+            f"{_bytes(mem['activations_per_batch'])}  ("
+            + ", ".join(f"{k} {_bytes(v)}" for k, v in mem["activations_breakdown"].items())
+            + ")",
+        )
+    )
     if mem["autocast_copies"]:
-        rows.append(("bfloat16 autocast (--autocast)", f"{_bytes(mem['autocast_copies'])}  (bfloat16 copies of W_enc and W_dec)"))
+        rows.append(
+            (
+                "bfloat16 autocast (--autocast)",
+                f"{_bytes(mem['autocast_copies'])}  (bfloat16 copies of W_enc and W_dec)",
+            )
+        )
     rows.append(("total, training from a store", _bytes(mem["total_training"])))
     for option, held in mem["optimizer_state_options"].items():
         rows.append((f"  peak with {option} Adam state", _bytes(held["peak"])))
     if fewest := mem.get("fewest_micro_batches"):
-        rows.append((f"  fewest --micro-batches under {fewest['headroom']:.0%} of {fewest['gpu']}", ", ".join(
-            f"{option} {n or 'none'}" for option, n in fewest["per_option"].items()) + f" ({_bytes(fewest['device_bytes'])} GPU)"))  # fmt: skip
-    rows.append((f"resident models ({i['model_dtype']})", f"{_bytes(mem['resident_models_full'])} whole, "
-                 f"{_bytes(mem['resident_models_truncated'])} cut after the hooked block"))  # fmt: skip
-    rows.append(("stream chunk buffers (2)", f"{_bytes(mem['stream_chunks'])}  ({chunk_tokens_for(i['seq_len']):,} "
-                 f"tokens x {mesh['snapshots_per_rank']} snapshots x d_in, {i['model_dtype']})"))  # fmt: skip
+        rows.append(
+            (
+                f"  fewest --micro-batches under {fewest['headroom']:.0%} of {fewest['gpu']}",
+                ", ".join(f"{option} {n or 'none'}" for option, n in fewest["per_option"].items())
+                + f" ({_bytes(fewest['device_bytes'])} GPU)",
+            )
+        )
+    rows.append(
+        (
+            f"resident models ({i['model_dtype']})",
+            f"{_bytes(mem['resident_models_full'])} whole, "
+            f"{_bytes(mem['resident_models_truncated'])} cut after the hooked block",
+        )
+    )
+    rows.append(
+        (
+            "stream chunk buffers (2)",
+            f"{_bytes(mem['stream_chunks'])}  ({chunk_tokens_for(i['seq_len']):,} "
+            f"tokens x {mesh['snapshots_per_rank']} snapshots x d_in, {i['model_dtype']})",
+        )
+    )
     rows.append(("total, streaming", _bytes(mem["total_streaming"])))
     return rows
 
@@ -361,9 +448,16 @@ def _disk_rows(plan: dict[str, Any]) -> Rows:
     if ckpt["count"]:
         each = ckpt["bytes_each"]
         rows.append(("written", f"{ckpt['count']:,}, every {ckpt['every']:,} steps (--checkpoint-every)"))
-        rows.append(("each", f"{_bytes(each['float32'])} with float32 Adam state, {_bytes(each['bfloat16'])} with bfloat16"))
-        rows.append(("on disk at once", f"{_bytes(ckpt['at_once'] * each['float32'])}: {ckpt['at_once']:,} checkpoints "
-                     f"({ckpt['kept']:,} kept, --keep-checkpoints), float32 Adam state"))  # fmt: skip
+        rows.append(
+            ("each", f"{_bytes(each['float32'])} with float32 Adam state, {_bytes(each['bfloat16'])} with bfloat16")
+        )
+        rows.append(
+            (
+                "on disk at once",
+                f"{_bytes(ckpt['at_once'] * each['float32'])}: {ckpt['at_once']:,} checkpoints "
+                f"({ckpt['kept']:,} kept, --keep-checkpoints), float32 Adam state",
+            )
+        )
     else:
         rows.append(("written", "none (--checkpoint-every 0, or fewer steps than one interval)"))
     return rows
@@ -372,10 +466,22 @@ def _disk_rows(plan: dict[str, Any]) -> Rows:
 def _flop_rows(plan: dict[str, Any]) -> Rows:
     flops = plan["flops"]
     rows = _section("FLOPs")
-    rows.append(("crosscoder step, per token", f"{_count(flops['crosscoder_train_per_token'])}  (10 S D F: fwd 4SDF, bwd 6SDF)"))
+    rows.append(
+        ("crosscoder step, per token", f"{_count(flops['crosscoder_train_per_token'])}  (10 S D F: fwd 4SDF, bwd 6SDF)")
+    )
     if "crosscoder_train_per_token_sparse_decode" in flops:
-        rows.append(("  with a sparse top-k decode", f"{_count(flops['crosscoder_train_per_token_sparse_decode'])}  (4 S D F + 6 k S D: only the k active features decoded)"))
-    rows.append(("snapshot models to the hook, per token", f"{_count(flops['snapshot_models_forward_per_token'])}  (all S snapshots)"))
+        rows.append(
+            (
+                "  with a sparse top-k decode",
+                f"{_count(flops['crosscoder_train_per_token_sparse_decode'])}  (4 S D F + 6 k S D: only the k active features decoded)",
+            )
+        )
+    rows.append(
+        (
+            "snapshot models to the hook, per token",
+            f"{_count(flops['snapshot_models_forward_per_token'])}  (all S snapshots)",
+        )
+    )
     rows.append(("crosscoder training, total", _flops(flops["crosscoder_train_total"])))
     rows.append(("snapshot forwards, harvest", _flops(flops["snapshot_models_forward_harvest"])))
     rows.append(("snapshot forwards, streaming", _flops(flops["snapshot_models_forward_streaming"])))
@@ -385,10 +491,20 @@ def _flop_rows(plan: dict[str, Any]) -> Rows:
 def _communication_rows(plan: dict[str, Any]) -> Rows:
     comm = plan["communication_bytes"]
     rows = _section("communication per step, per rank (ring all-reduce)")
-    rows.append(("snapshot axis", f"{_bytes(comm['snapshot_axis_sent_per_rank'])} sent "
-                 f"(payload {_bytes(comm['snapshot_axis_payload'])}: [B_rank, d_sae] float32 fwd + bwd, and [d_sae] terms)"))  # fmt: skip
-    rows.append(("data axis", f"{_bytes(comm['data_axis_sent_per_rank'])} sent "
-                 f"(payload {_bytes(comm['data_axis_payload'])}: the rank's gradient shard)"))  # fmt: skip
+    rows.append(
+        (
+            "snapshot axis",
+            f"{_bytes(comm['snapshot_axis_sent_per_rank'])} sent "
+            f"(payload {_bytes(comm['snapshot_axis_payload'])}: [B_rank, d_sae] float32 fwd + bwd, and [d_sae] terms)",
+        )
+    )
+    rows.append(
+        (
+            "data axis",
+            f"{_bytes(comm['data_axis_sent_per_rank'])} sent "
+            f"(payload {_bytes(comm['data_axis_payload'])}: the rank's gradient shard)",
+        )
+    )
     rows.append(("whole run", _bytes(comm["sent_per_rank_total"])))
     return rows
 

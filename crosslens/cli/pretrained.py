@@ -67,8 +67,10 @@ def pretrained_show(args: argparse.Namespace) -> int:
     steps = list(suite.get("steps") or [None] * release.n_snapshots)
     print("snapshots " + ", ".join(f"{r} (step {st})" for r, st in zip(release.revisions, steps)))
     for entry in release.entries.values():
-        print(f"\n  {entry.id}  path={entry.path}  hook={entry.hook_name}  arch={entry.architecture}"
-              f"  normalisation folded={entry.normalization_folded}")  # fmt: skip
+        print(
+            f"\n  {entry.id}  path={entry.path}  hook={entry.hook_name}  arch={entry.architecture}"
+            f"  normalisation folded={entry.normalization_folded}"
+        )
         ablation = f" ({entry.spliced_ablation}-ablation floor)" if entry.spliced_ablation else ""
         rows = (
             ("variance_explained", entry.variance_explained, ""),
@@ -104,9 +106,12 @@ def push(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         fail("RUN_DIR", str(exc))
     print(f"uploaded {result.crosscoder_id} to https://huggingface.co/{result.repo_id}")
-    print("registry entry (paste into a file named by CROSSLENS_PRETRAINED, or crosslens/data/pretrained_crosscoders.yaml):\n")
+    print(
+        "registry entry (paste into a file named by CROSSLENS_PRETRAINED, or crosslens/data/pretrained_crosscoders.yaml):\n"
+    )
     print(result.registry_yaml)
     return 0
+
 
 LIST = Subcommand(
     ("pretrained", "list"),

@@ -50,10 +50,17 @@ def format_quality(rows: list[dict], result: dict, where: str) -> str:
 
 
 def print_quality(
-    crosscoder_path, store_path: str, eval_store: str | None, device: str, save_to: Path | None = None,
-    eval_flag: str = "--eval-store", spliced_seqs: int = 0, spliced_ablation: str = "zero",
-    model_dtype: str | None = None, trained_on: Any = None,
-) -> dict | None:  # fmt: skip
+    crosscoder_path,
+    store_path: str,
+    eval_store: str | None,
+    device: str,
+    save_to: Path | None = None,
+    eval_flag: str = "--eval-store",
+    spliced_seqs: int = 0,
+    spliced_ablation: str = "zero",
+    model_dtype: str | None = None,
+    trained_on: Any = None,
+) -> dict | None:
     """The quality table of a saved crosscoder: held-out explained variance per snapshot, L0, dead features,
     and with ``spliced_seqs`` > 0 the spliced-model loss per snapshot on that many token rows of the same
     store, which is returned.
@@ -98,14 +105,18 @@ def _training_overlap(store, trained_on: Any, where: str) -> tuple[str, int | No
         return f"{where} (not compared with the training tokens, which are not at hand)", None
     seen, total = shared_sequences(store.sequences, trained_on), len(store.sequences)
     if seen:
-        print(f"note: {seen} of {total} sequences of {where} are training sequences, so the table below is "
-              f"{'not held out' if seen == total else 'partly measured on training data'}; harvest with "
-              "--heldout-tokens for a held-out store")  # fmt: skip
+        print(
+            f"note: {seen} of {total} sequences of {where} are training sequences, so the table below is "
+            f"{'not held out' if seen == total else 'partly measured on training data'}; harvest with "
+            "--heldout-tokens for a held-out store"
+        )
         where = f"{where} ({seen} of {total} sequences seen in training)"
     return where, seen
 
 
-def _spliced_quality(crosscoder, store, n_seqs: int, ablation: str, device: str, model_dtype: str | None) -> dict | None:
+def _spliced_quality(
+    crosscoder, store, n_seqs: int, ablation: str, device: str, model_dtype: str | None
+) -> dict | None:
     """The spliced-loss record printed under the quality table; None (said, not silent) when the
     store's snapshot models cannot be loaded, so a finished training run still gets its table."""
     if n_seqs <= 0:
@@ -113,8 +124,10 @@ def _spliced_quality(crosscoder, store, n_seqs: int, ablation: str, device: str,
     try:
         spliced = measure_spliced(crosscoder, store, n_seqs, ablation, device, model_dtype)
     except (CLIError, CrosslensError, OSError) as reason:  # the models are not at hand (moved, offline)
-        print(f"spliced-model loss not measured: {' '.join(str(reason).split())}; "
-              "`crosslens evaluate RUN --store STORE --spliced-loss` measures it once they are")  # fmt: skip
+        print(
+            f"spliced-model loss not measured: {' '.join(str(reason).split())}; "
+            "`crosslens evaluate RUN --store STORE --spliced-loss` measures it once they are"
+        )
         return None
     print(spliced_heading(spliced))
     print(format_spliced_loss(spliced["crosscoder"]))
@@ -148,7 +161,11 @@ def spliced_heading(record: dict[str, Any], where: str | None = None) -> str:
 
 def wandb_summary(record: dict[str, Any]) -> dict[str, float]:
     """``spliced/<figure>/<snapshot>`` for each figure of :data:`WANDB_SUMMARY_KEYS`."""
-    return {f"spliced/{key}/{row['snapshot']}": float(row[key]) for row in record["crosscoder"] for key in WANDB_SUMMARY_KEYS}
+    return {
+        f"spliced/{key}/{row['snapshot']}": float(row[key])
+        for row in record["crosscoder"]
+        for key in WANDB_SUMMARY_KEYS
+    }
 
 
 def log_spliced_to_wandb(logger: Any, run_id: str | None, record: dict[str, Any]) -> None:
@@ -164,9 +181,13 @@ def log_spliced_to_wandb(logger: Any, run_id: str | None, record: dict[str, Any]
         print("spliced loss not logged to W&B: the run records no W&B run id")
         return
     run = wandb.init(
-        project=logger.wandb_project, entity=logger.wandb_entity, dir=logger.wandb_dir, mode=logger.wandb_mode,
-        id=run_id, resume="allow",
-    )  # fmt: skip
+        project=logger.wandb_project,
+        entity=logger.wandb_entity,
+        dir=logger.wandb_dir,
+        mode=logger.wandb_mode,
+        id=run_id,
+        resume="allow",
+    )
     try:
         run.summary.update(summary)
     finally:

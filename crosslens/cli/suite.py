@@ -69,9 +69,15 @@ class SuiteListFlags:
 
 # suite build flag -> PicoConfig field
 BUILD_FLAGS = {
-    "n_layers": "n_layers", "d_model": "d_model", "n_heads": "n_heads", "train_steps": "n_steps",
-    "seq_len": "seq_len", "batch_size": "batch_size", "bpe_vocab": "bpe_vocab_size", "seed": "seed",
-}  # fmt: skip
+    "n_layers": "n_layers",
+    "d_model": "d_model",
+    "n_heads": "n_heads",
+    "train_steps": "n_steps",
+    "seq_len": "seq_len",
+    "batch_size": "batch_size",
+    "bpe_vocab": "bpe_vocab_size",
+    "seed": "seed",
+}
 
 
 def checkpoint_schedule(n_steps: int, n_checkpoints: int) -> tuple[int, int]:
@@ -108,7 +114,9 @@ def _build_config(args: argparse.Namespace):
     n_steps = changes.get("n_steps", base.n_steps)
     if args.checkpoints is not None:
         if args.checkpoints > n_steps + 1:
-            raise CLIError(f"--checkpoints {args.checkpoints} exceeds the {n_steps} training steps + 1; raise --train-steps")
+            raise CLIError(
+                f"--checkpoints {args.checkpoints} exceeds the {n_steps} training steps + 1; raise --train-steps"
+            )
         log_until, every = checkpoint_schedule(n_steps, args.checkpoints)
         changes.update(log_checkpoints_until=log_until, checkpoint_every=every)
     elif "n_steps" in changes and changes["n_steps"] != base.n_steps:  # keep about the base's checkpoint count
@@ -188,7 +196,9 @@ def suite_build(args: argparse.Namespace) -> int:
     for note in manifest["build"].get("notes") or []:
         print(f"note: {note}")
     if config.eval_pairs:
-        print("pairs columns: share of pairs whose correct continuation has the higher summed log-probability (chance 50)")
+        print(
+            "pairs columns: share of pairs whose correct continuation has the higher summed log-probability (chance 50)"
+        )
     print(f"\npico suite: {root}")
     return 0
 
@@ -201,7 +211,9 @@ def suite_list(args: argparse.Namespace) -> int:
     if spec == "pico":  # what --suite pico means elsewhere; listing it needs no build
         suite, built = pico_listing()
         if not built:
-            print(f"# pico is not built yet: the first --suite pico (or `crosslens suite build`) writes it to {suite.root}")
+            print(
+                f"# pico is not built yet: the first --suite pico (or `crosslens suite build`) writes it to {suite.root}"
+            )
         print("\n".join(suite.revisions))
         return 0
     folder = Path(spec).expanduser()
@@ -213,6 +225,7 @@ def suite_list(args: argparse.Namespace) -> int:
         for revision in revisions:
             print(revision)
     return 0
+
 
 BUILD = Subcommand(
     ("suite", "build"),

@@ -44,9 +44,14 @@ from crosslens.training.model_sizes import PlanError, model_spec_for
 from crosslens.training.recipes import load_recipe
 
 DATA_FLAGS = {
-    "suite": "--suite", "steps": "--steps", "n_snapshots": "--n-snapshots", "text": "--text",
-    "n_tokens": "--n-tokens", "seq_len": "--seq-len", "heldout_tokens": "--heldout-tokens",
-}  # fmt: skip
+    "suite": "--suite",
+    "steps": "--steps",
+    "n_snapshots": "--n-snapshots",
+    "text": "--text",
+    "n_tokens": "--n-tokens",
+    "seq_len": "--seq-len",
+    "heldout_tokens": "--heldout-tokens",
+}
 """Flags that say what ``--stream`` harvests (``--dataset`` too); a ``--recipe`` without ``--store``
 harvests a store first, and they say what goes into it."""
 
@@ -162,7 +167,9 @@ def _in_order_among(revisions: list[str], labels: list[str]) -> bool:
     return all(any(label in ("main", revision) for label in remaining) for revision in revisions)
 
 
-def _harvest_for_recipe(args: argparse.Namespace, recipe, config: CrosscoderRunnerConfig, device: str, model_dtype: str) -> str:
+def _harvest_for_recipe(
+    args: argparse.Namespace, recipe, config: CrosscoderRunnerConfig, device: str, model_dtype: str
+) -> str:
     """Harvest into ``<out>/activations`` (resumable) what ``harvest --recipe NAME --out
     <out>/activations`` with the same token flags writes, its held-out split beside it, and return
     the store path. So ``crosslens plan --recipe NAME`` sizes it, and the quality table is held out."""
@@ -174,15 +181,18 @@ def _harvest_for_recipe(args: argparse.Namespace, recipe, config: CrosscoderRunn
     out = Path(args.out_dir) / "activations"
     harvest_args = argparse.Namespace(**{**vars(args), "out": str(out), "store_dtype": None, "overwrite": False})
     try:
-        store, _ = harvest_stores(harvest_args, suite, [config.hook_name], recipe, source, local_rank_device(device), model_dtype)
+        store, _ = harvest_stores(
+            harvest_args, suite, [config.hook_name], recipe, source, local_rank_device(device), model_dtype
+        )
     except StoreMismatchError as error:  # train's --overwrite keeps the store by design: say what to do here
         if not error.differs:
             raise
         replace = (
             "the run there trained on it, so replacing it ends that run's --resume"
-            if args.resume else f"to replace it, run `crosslens harvest --recipe {args.recipe} --out {out} --overwrite` "
+            if args.resume
+            else f"to replace it, run `crosslens harvest --recipe {args.recipe} --out {out} --overwrite` "
             "with these flags, then train with --overwrite"
-        )  # fmt: skip
+        )
         raise CLIError(
             f"{out} holds a store harvested with other token or snapshot flags (differs in: {', '.join(error.differs)}): "
             f"pass the ones it was harvested with (--n-tokens, --seq-len, --heldout-tokens, --text, --dataset, "
@@ -198,7 +208,9 @@ def _check_eval_store(store_path: str, eval_store: str, hook: str) -> None:
 
     training = ActivationStore.open(store_path, verify="none")
     if not Path(eval_store).exists():
-        raise CLIError(f"--eval-store {eval_store}: the path does not exist; pass a store written by `crosslens harvest`")
+        raise CLIError(
+            f"--eval-store {eval_store}: the path does not exist; pass a store written by `crosslens harvest`"
+        )
     check_eval_store(training, ActivationStore.open(eval_store, verify="none"), training.resolve_hook(hook or None))
 
 
@@ -221,10 +233,16 @@ def _save_quality(runner, args: argparse.Namespace, device: str, model_dtype: st
     quality = runner.out_dir / QUALITY_NAME
     print(saved_line(runner))
     spliced = print_quality(
-        runner.final_path, runner.config.store_path, args.eval_store, device, save_to=quality,
-        spliced_seqs=args.spliced_seqs, spliced_ablation=args.spliced_ablation, model_dtype=model_dtype,
+        runner.final_path,
+        runner.config.store_path,
+        args.eval_store,
+        device,
+        save_to=quality,
+        spliced_seqs=args.spliced_seqs,
+        spliced_ablation=args.spliced_ablation,
+        model_dtype=model_dtype,
         trained_on=runner.store.sequences,
-    )  # fmt: skip
+    )
     seal_run(runner.out_dir)
     log_run_spliced(runner, spliced)
     return True
@@ -296,7 +314,11 @@ def check_memory(
     need, how = counted
     budget = None if free is None else int(free * MEMORY_FRACTION) // sharers
     fits = budget is None or need <= budget
-    where = f"{format_bytes(budget)} of {device} available per process" if budget is not None else f"free memory of {device} unknown"
+    where = (
+        f"{format_bytes(budget)} of {device} available per process"
+        if budget is not None
+        else f"free memory of {device} unknown"
+    )
     line = f"resident snapshot models: {how} = {format_bytes(need)} per process; {where}: {'they fit' if fits else 'they do NOT fit'}"
     if not fits:
         raise CLIError(
@@ -318,7 +340,9 @@ def check_stream_eval_store(path: str, hook: str, suite) -> None:
     store = ActivationStore.open(path, verify="none")
     steps = [ref.step for ref in suite.snapshots]
     if hook not in store.hooks:
-        raise CLIError(f"--eval-store {path} holds {', '.join(store.hooks)}, not {hook}; pass a store harvested with --hook {hook}")
+        raise CLIError(
+            f"--eval-store {path} holds {', '.join(store.hooks)}, not {hook}; pass a store harvested with --hook {hook}"
+        )
     if [entry.get("step") for entry in store.snapshots] != steps:
         raise CLIError(
             f"--eval-store {path} holds other snapshots than the streamed ones; pass a store harvested with "
@@ -337,7 +361,9 @@ def slow_forward_hint(model_dtype: str, device: str) -> str | None:
     )
 
 
-def stream_record(suite, hook: str, source: tuple[str, object], budget, model_dtype: str, encoding: str = "utf-8") -> dict:
+def stream_record(
+    suite, hook: str, source: tuple[str, object], budget, model_dtype: str, encoding: str = "utf-8"
+) -> dict:
     """What run.json says the run streamed, in place of a store path: the token source with its
     local paths absolute (so that a resume from another folder, or the harvest ``analyze`` names,
     reads the same files) and, for text read in another encoding than UTF-8, that encoding."""
@@ -354,9 +380,14 @@ def stream_record(suite, hook: str, source: tuple[str, object], budget, model_dt
         if Path(name).exists():  # a local text file or folder
             tokens["source"] = str(Path(name).resolve()) + colon + column
     return {
-        "suite": suite_record(suite), "hook": hook, "tokens": tokens, "n_tokens": budget.n_tokens, "seq_len": budget.seq_len,
-        "heldout_tokens": budget.heldout, "model_dtype": model_dtype,
-    }  # fmt: skip
+        "suite": suite_record(suite),
+        "hook": hook,
+        "tokens": tokens,
+        "n_tokens": budget.n_tokens,
+        "seq_len": budget.seq_len,
+        "heldout_tokens": budget.heldout,
+        "model_dtype": model_dtype,
+    }
 
 
 def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> int:
@@ -382,13 +413,17 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     budget = token_budget(args, recipe)
     check_context(suite, budget.seq_len)
     check_token_table_fits(budget.table_tokens + budget.heldout_table_tokens)
-    check_memory(suite, config.hook_name, model_dtype, local_rank_device(device), config.snapshot_parallel, budget.seq_len)
+    check_memory(
+        suite, config.hook_name, model_dtype, local_rank_device(device), config.snapshot_parallel, budget.seq_len
+    )
     hint = slow_forward_hint(model_dtype, device)
     if hint is not None and is_main_process():
         print(hint)
     train_NL, heldout_NL = token_tables(args, recipe, source, suite.tokenizer())
     record = stream_record(suite, config.hook_name, source, budget, model_dtype, args.encoding)
-    runner = StreamingTrainingRunner(config, suite, train_NL, heldout_NL, record, model_dtype=getattr(torch, model_dtype))
+    runner = StreamingTrainingRunner(
+        config, suite, train_NL, heldout_NL, record, model_dtype=getattr(torch, model_dtype)
+    )
     reset_peak_memory(device)
     # held across training and the quality table, so no other run writes between them
     with owned_run_folder(runner.out_dir, enabled=is_main_process()):
@@ -427,16 +462,25 @@ def report_quality(runner, heldout, args: argparse.Namespace, model_dtype: str) 
     save_to = Path(runner.out_dir) / QUALITY_NAME
     if args.eval_store is not None:
         spliced = print_quality(
-            runner.final_path, "", args.eval_store, runner.device, save_to=save_to, spliced_seqs=args.spliced_seqs,
-            spliced_ablation=args.spliced_ablation, model_dtype=model_dtype, trained_on=runner.train_NL,
-        )  # fmt: skip
+            runner.final_path,
+            "",
+            args.eval_store,
+            runner.device,
+            save_to=save_to,
+            spliced_seqs=args.spliced_seqs,
+            spliced_ablation=args.spliced_ablation,
+            model_dtype=model_dtype,
+            trained_on=runner.train_NL,
+        )
         seal_run(runner.out_dir)
         log_run_spliced(runner, spliced)
         return
     if heldout is None:
         seq_len = int(runner.train_NL.shape[1])
-        print(f"no held-out tokens: no quality table; pass --heldout-tokens {seq_len} or more (a row of --seq-len), "
-              "or --eval-store STORE, for one")  # fmt: skip
+        print(
+            f"no held-out tokens: no quality table; pass --heldout-tokens {seq_len} or more (a row of --seq-len), "
+            "or --eval-store STORE, for one"
+        )
         return
     where = f"{heldout.n_tokens} held-out tokens harvested from the resident models"
     crosscoder = load_crosscoder_folder(runner.final_path, device=str(runner.device))
@@ -463,9 +507,13 @@ def _heldout_spliced(runner, crosscoder, args: argparse.Namespace, model_dtype: 
     suite = on_device(runner.suite, str(runner.device), model_dtype)
     snapshots = [ref.to_dict() for ref in suite.snapshots]
     spliced = tokens_spliced_record(
-        suite, crosscoder, runner.heldout_NL[:n_seqs], snapshots, "held-out rows of the streamed tokens",
+        suite,
+        crosscoder,
+        runner.heldout_NL[:n_seqs],
+        snapshots,
+        "held-out rows of the streamed tokens",
         args.spliced_ablation,
-    )  # fmt: skip
+    )
     print(spliced_heading(spliced))
     print(format_spliced_loss(spliced["crosscoder"]))
     return spliced

@@ -96,12 +96,33 @@ feature to decode), so their trained shares stand for them."""
 
 
 GPUS = {
-    "h100": GpuSpec(81559 << 20, peak_tflops=989.0, float32_tflops=67.0, forward=0.456, crosscoder=H100_CROSSCODER_SHARES,
-                      fresh=H100_FRESH_SHARES, measured_on="an H100"),
-    "h200": GpuSpec(143771 << 20, peak_tflops=989.0, float32_tflops=67.0, forward=0.42, crosscoder=H200_CROSSCODER_SHARES,
-                      fresh=H200_FRESH_SHARES, measured_on="an H200"),
-    "a100": GpuSpec(81920 << 20, peak_tflops=312.0, float32_tflops=19.5, forward=0.456, crosscoder=H100_CROSSCODER_SHARES,
-                      fresh=H100_FRESH_SHARES, measured_on="an H100, assumed for the A100"),
+    "h100": GpuSpec(
+        81559 << 20,
+        peak_tflops=989.0,
+        float32_tflops=67.0,
+        forward=0.456,
+        crosscoder=H100_CROSSCODER_SHARES,
+        fresh=H100_FRESH_SHARES,
+        measured_on="an H100",
+    ),
+    "h200": GpuSpec(
+        143771 << 20,
+        peak_tflops=989.0,
+        float32_tflops=67.0,
+        forward=0.42,
+        crosscoder=H200_CROSSCODER_SHARES,
+        fresh=H200_FRESH_SHARES,
+        measured_on="an H200",
+    ),
+    "a100": GpuSpec(
+        81920 << 20,
+        peak_tflops=312.0,
+        float32_tflops=19.5,
+        forward=0.456,
+        crosscoder=H100_CROSSCODER_SHARES,
+        fresh=H100_FRESH_SHARES,
+        measured_on="an H100, assumed for the A100",
+    ),
 }
 """The GPUs ``--gpu`` names (H100 SXM 80 GB, H200 141 GB, A100 80 GB). Peaks are NVIDIA's
 dense figures. The forward's share is ``benchmarks/stream_gpu.py``'s compiled random-init
@@ -150,6 +171,7 @@ class DeviceError(CrosslensError):
 
 def _mps_available() -> bool:
     import torch
+
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
 
@@ -157,6 +179,7 @@ def _mps_available() -> bool:
 def default_device() -> str:
     """``"cuda"`` when a CUDA GPU is visible, else ``"mps"`` when available, else ``"cpu"``."""
     import torch
+
     if torch.cuda.is_available():
         return "cuda"
     if _mps_available():
@@ -171,6 +194,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     fix when the device is unknown or absent (e.g. ``cuda`` on a machine without a GPU).
     """
     import torch
+
     if device is None:
         return torch.device(default_device())
     resolved = torch.device(device_spelling(device))
@@ -201,6 +225,7 @@ def resolve_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
     """The ``torch.dtype`` for ``dtype`` (None: float32); accepts float32/fp32,
     bfloat16/bf16 and float16/fp16."""
     import torch
+
     if dtype is None:
         return torch.float32
     return getattr(torch, dtype_name(dtype))
@@ -210,12 +235,14 @@ def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """A torch dtype as given (any, e.g. float64 for a gradient check); a name as the CLI reads it
     (:func:`resolve_dtype`)."""
     import torch
+
     return dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype)
 
 
 def is_accelerator(device: str | torch.device) -> bool:
     """Whether ``device`` is a GPU-like device (CUDA or MPS)."""
     import torch
+
     return torch.device(device).type in ("cuda", "mps")
 
 
@@ -224,6 +251,7 @@ def launching_on(tensor: torch.Tensor) -> contextlib.AbstractContextManager[Any]
     launches on the current device, not on the tensors' (a run on ``cuda:1`` would otherwise
     hand device 1's memory to a kernel on device 0); on a CPU (the interpreter) nothing."""
     import torch
+
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
@@ -231,12 +259,14 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype autocast computes in on ``device`` where it is on there, else None: the dtype
     the crosscoder step rounds its weights to."""
     import torch
+
     return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
 
 def reset_peak_memory(device: str | torch.device) -> None:
     """Start a fresh peak-memory count on ``device`` (no-op where there is none)."""
     import torch
+
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats(device)
@@ -249,6 +279,7 @@ def peak_memory(device: str | torch.device) -> int | None:
     its current driver allocation. CPU: None (no accelerator memory to report).
     """
     import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)) if torch.cuda.is_available() else None
@@ -263,6 +294,7 @@ def counted_cuda_syncs() -> Iterator[list[str]]:
     ``torch.cuda.set_sync_debug_mode("warn")``). Each drains the device's queue, so work on
     another stream (a streamed run's prefetched forward) overlaps only between them."""
     import torch
+
     messages: list[str] = []
     previous = torch.cuda.get_sync_debug_mode()
     with warnings.catch_warnings(record=True) as caught:
@@ -304,6 +336,7 @@ def available_memory(device: str | torch.device = "cpu") -> int | None:
 def peak_memory_line(device: str | torch.device) -> str | None:
     """``"peak accelerator memory on cuda:0: 3.21 GiB"``, or None on the CPU."""
     import torch
+
     peak = peak_memory(device)
     if peak is None:
         return None

@@ -103,8 +103,14 @@ _NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
 _WRITE_FAILURE_TEXT = ("inline_container", "file write failed", "No space left", "StorageFull", "os error 28")
 
 
-def storage_error(error: BaseException, folder: str | os.PathLike, what: str, *, needed: int | None = None,
-                  fix: str = "choose another folder") -> StorageError | None:
+def storage_error(
+    error: BaseException,
+    folder: str | os.PathLike,
+    what: str,
+    *,
+    needed: int | None = None,
+    fix: str = "choose another folder",
+) -> StorageError | None:
     """The one-line :class:`StorageError` for a failed write of ``what`` into ``folder``, or None
     when ``error`` is not a full disk or a permission problem (then it is a bug to show as is)."""
     from crosslens.core.units import format_bytes
@@ -118,24 +124,30 @@ def storage_error(error: BaseException, folder: str | os.PathLike, what: str, *,
         where = getattr(error, "filename", None) or folder
         return StorageError(
             f"cannot write {what} in {folder}: permission denied ({where}); make the folder writable, or {fix}",
-            folder=str(folder), needed=needed,
-        )  # fmt: skip
+            folder=str(folder),
+            needed=needed,
+        )
     if code in _NO_SPACE or (code is None and any(t in text for t in _WRITE_FAILURE_TEXT)):
         free = free_disk(folder)
-        sizes = [f"needs about {format_bytes(needed)}" if needed is not None else "",
-                 f"{format_bytes(free)} free" if free is not None else ""]  # fmt: skip
+        sizes = [
+            f"needs about {format_bytes(needed)}" if needed is not None else "",
+            f"{format_bytes(free)} free" if free is not None else "",
+        ]
         numbers = "; ".join(s for s in sizes if s)
         return StorageError(
             f"no space left on the disk of {folder} while writing {what}"
-            + (f" ({numbers})" if numbers else "") + f"; free space there, or {fix}",
-            folder=str(folder), needed=needed,
-        )  # fmt: skip
+            + (f" ({numbers})" if numbers else "")
+            + f"; free space there, or {fix}",
+            folder=str(folder),
+            needed=needed,
+        )
     return None
 
 
 @contextmanager
-def storage_errors(folder: str | os.PathLike, what: str, *, needed: int | None = None,
-                   fix: str = "choose another folder") -> Iterator[None]:
+def storage_errors(
+    folder: str | os.PathLike, what: str, *, needed: int | None = None, fix: str = "choose another folder"
+) -> Iterator[None]:
     """Re-raise a full disk or a permission problem met inside the block as a :class:`StorageError`."""
     try:
         yield

@@ -36,9 +36,24 @@ _HOOK_FAMILIES: tuple[dict[str, Any], ...] = (
     {},
     {"use_attn_result": True, "use_split_qkv_input": True, "use_hook_mlp_in": True, "use_hook_tokens": True},
     {"use_attn_in": True},
-    {"positional_embedding_type": "rotary", "rotary_dim": 4, "gated_mlp": True, "act_fn": "silu", "normalization_type": "RMS"},
+    {
+        "positional_embedding_type": "rotary",
+        "rotary_dim": 4,
+        "gated_mlp": True,
+        "act_fn": "silu",
+        "normalization_type": "RMS",
+    },
 )
-_TINY = {"n_layers": 1, "d_model": 8, "n_ctx": 4, "d_head": 4, "n_heads": 2, "d_mlp": 16, "d_vocab": 8, "act_fn": "relu"}
+_TINY = {
+    "n_layers": 1,
+    "d_model": 8,
+    "n_ctx": 4,
+    "d_head": 4,
+    "n_heads": 2,
+    "d_mlp": 16,
+    "d_vocab": 8,
+    "act_fn": "relu",
+}
 
 
 def block_index(name: str) -> int | None:
@@ -106,7 +121,7 @@ def opt_in_problem(hook: str, cfg: Any = None) -> str | None:
     """Why ``hook`` never fires: it runs only with an opt-in TransformerLens flag that is off in
     ``cfg`` (a model's ``HookedTransformerConfig``; None: off, as in every model crosslens loads)."""
     match = _BLOCK.match(hook)
-    suffix, n = (hook[match.end():], match.group(1)) if match else (hook, "0")
+    suffix, n = (hook[match.end() :], match.group(1)) if match else (hook, "0")
     if suffix not in OPT_IN_HOOKS:
         return None
     flag, instead = OPT_IN_HOOKS[suffix]

@@ -89,7 +89,6 @@ def checkpoint_step(name: str) -> int | None:
     return int(suffix) if name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
 
 
-
 def checkpoint_folders(checkpoint_dir: str | Path) -> list[Path]:
     """The checkpoint folders (``step_XXXXXXXX``) under ``checkpoint_dir``, oldest step first."""
     found = [p for p in Path(checkpoint_dir).glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p.name) is not None]

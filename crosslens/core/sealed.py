@@ -38,7 +38,12 @@ def seal(record: dict[str, Any], key: str) -> str:
 
 
 def write_json_atomically(
-    path: str | os.PathLike, value: Any, *, indent: int = 1, sort_keys: bool = False, tmp: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    value: Any,
+    *,
+    indent: int = 1,
+    sort_keys: bool = False,
+    tmp: str | os.PathLike | None = None,
 ) -> None:
     """Write ``json.dumps(value, indent=indent, sort_keys=sort_keys)`` to ``path`` through
     ``tmp`` (default ``path`` + ``.tmp``) and a rename."""
@@ -48,7 +53,9 @@ def write_json_atomically(
     os.replace(tmp, path)
 
 
-def write_sealed(path: str | os.PathLike, record: dict[str, Any], key: str, *, tmp: str | os.PathLike | None = None) -> dict[str, Any]:
+def write_sealed(
+    path: str | os.PathLike, record: dict[str, Any], key: str, *, tmp: str | os.PathLike | None = None
+) -> dict[str, Any]:
     """Write ``record`` sealed under ``key`` to ``path`` atomically; return the sealed record.
 
     ``tmp`` is the temporary file renamed into place (default ``path`` + ``.tmp``); writers

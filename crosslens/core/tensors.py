@@ -52,7 +52,9 @@ def one_vs_all_share(values: torch.Tensor) -> torch.Tensor:
     share this one implementation.
     """
     if values.ndim < 1 or values.shape[-1] < 2:
-        raise ValueError(f"a one-vs-all share compares at least 2 snapshots along the last axis, got shape {tuple(values.shape)}")
+        raise ValueError(
+            f"a one-vs-all share compares at least 2 snapshots along the last axis, got shape {tuple(values.shape)}"
+        )
     magnitude = values.abs().to(torch.float64)
     total = magnitude.sum(dim=-1, keepdim=True)
     uniform = torch.full_like(magnitude, 1.0 / values.shape[-1])

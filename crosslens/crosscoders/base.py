@@ -43,15 +43,14 @@ from jaxtyping import Bool, Float, Int
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from torch import nn
 
+from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
 from crosslens.core.tensors import HostListing
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.crosscoders.compiled import compiled
-from crosslens.crosscoders.kernel_plan import KernelPlan, plan_for
-from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
-from crosslens.crosscoders.snapshot_sae import snapshot_sae
 from crosslens.crosscoders.folding import is_folded
+from crosslens.crosscoders.kernel_plan import KernelPlan, plan_for
+from crosslens.crosscoders.snapshot_sae import snapshot_sae
 from crosslens.crosscoders.weight_grads import weight_matmul, weight_row_norms
-
 
 SNAPSHOT_AXES = {"W_enc": 0, "W_dec": 1, "b_dec": 0, "folded_norm_factors": 0}
 """State-dict entries with a snapshot axis, and which axis it is. A snapshot-parallel
@@ -258,9 +257,7 @@ class CrosscoderMixin:
 
     # ------------------------------------------------------------------ folding
     @torch.no_grad()
-    def fold_activation_norm_scaling_factors(
-        self, factors_S: Sequence[float] | torch.Tensor | None = None
-    ) -> None:
+    def fold_activation_norm_scaling_factors(self, factors_S: Sequence[float] | torch.Tensor | None = None) -> None:
         """Fold per-snapshot normalisation factors into the weights.
 
         The crosscoder was trained on ``factor_s * a_s``. Afterwards it reads raw
@@ -284,13 +281,10 @@ class CrosscoderMixin:
         factors = torch.as_tensor(factors_S, dtype=torch.float64).flatten()
         if factors.shape != (self.cfg.n_snapshots,):
             raise ValueError(
-                f"need one factor per snapshot ({self.cfg.n_snapshots}), got shape "
-                f"{tuple(factors.shape)}."
+                f"need one factor per snapshot ({self.cfg.n_snapshots}), got shape {tuple(factors.shape)}."
             )
         if not bool(torch.all(torch.isfinite(factors) & (factors > 0))):
-            raise ValueError(
-                f"normalisation factors must be finite and > 0, got {factors.tolist()}."
-            )
+            raise ValueError(f"normalisation factors must be finite and > 0, got {factors.tolist()}.")
         factors = factors.to(self.device, self.dtype)
         self.W_enc.mul_(factors[:, None, None])
         self.W_dec.div_(factors[None, :, None])
@@ -335,18 +329,19 @@ class CrosscoderMixin:
     @torch.no_grad()
     def log_histograms(self) -> dict[str, np.ndarray]:
         norms_FS = self.decoder_norms().float().cpu().numpy()
-        return {
-            f"weights/decoder_norms/snapshot_{s}": norms_FS[:, s]
-            for s in range(norms_FS.shape[1])
-        }
+        return {f"weights/decoder_norms/snapshot_{s}": norms_FS[:, s] for s in range(norms_FS.shape[1])}
 
     # ---------------------------------------------------------------- sharing
-    def snapshot_gate(self, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
+    def snapshot_gate(
+        self, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]
+    ) -> tuple[Any, dict[str, torch.Tensor]]:
         """The SAELens SAE whose gate is this architecture's snapshot-``s`` gate in per-snapshot
         mode, and its weights: ``state`` holds the snapshot's raw-scale weights
         (``SnapshotCodec.raw_weights``), ``common`` the fields every SAE config of the view shares
         (see :mod:`crosslens.crosscoders.snapshot_sae`). Each architecture defines its own."""
-        raise NotImplementedError(f"{type(self).__name__} defines no snapshot_gate: snapshot_sae cannot translate its gate")
+        raise NotImplementedError(
+            f"{type(self).__name__} defines no snapshot_gate: snapshot_sae cannot translate its gate"
+        )
 
     def snapshot_sae(self, s: int, **kwargs: Any) -> Any:
         """Snapshot ``s`` as a plain SAELens SAE on the raw activation scale, for
@@ -405,9 +400,7 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
     def _training_decode(self, fwd: CrosscoderPass) -> torch.Tensor:
         return self.decode_dense(fwd.feature_acts_NF)
 
-    def _sparsity_losses(
-        self, step_input: TrainStepInput, fwd: CrosscoderPass
-    ) -> dict[str, torch.Tensor]:
+    def _sparsity_losses(self, step_input: TrainStepInput, fwd: CrosscoderPass) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def _after_training_pass(self, fwd: CrosscoderPass) -> None:
@@ -432,7 +425,9 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
         with torch.no_grad():
             self.micro_step = MicroBatchStep(whole=self._whole_batch_numbers(chunks_NSD))
 
-    def finish_micro_batches(self, x_NSD: torch.Tensor, hidden_pre_NF: torch.Tensor, feature_acts_NF: torch.Tensor) -> dict[str, Any]:
+    def finish_micro_batches(
+        self, x_NSD: torch.Tensor, hidden_pre_NF: torch.Tensor, feature_acts_NF: torch.Tensor
+    ) -> dict[str, Any]:
         """The once-per-step update from the whole batch (its micro-batches' results joined);
         returns the metrics it sets."""
         assert self.micro_step is not None, "finish_micro_batches ends a step begin_micro_batches started"
@@ -527,9 +522,7 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
         return weights_path, cfg_path
 
     def calculate_aux_loss(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        raise NotImplementedError(
-            "crosscoders compute all loss terms in training_forward_pass; call that instead."
-        )
+        raise NotImplementedError("crosscoders compute all loss terms in training_forward_pass; call that instead.")
 
 
 def sort_json_keys(path: Path) -> None:
@@ -569,7 +562,5 @@ def set_crosscoder_metadata(
     if activation_norm_factors is not None:
         factors = [float(v) for v in torch.as_tensor(activation_norm_factors).flatten().tolist()]
         if len(factors) != S or not all(math.isfinite(v) and v > 0 for v in factors):
-            raise ValueError(
-                f"activation_norm_factors must be {S} finite positive numbers, got {factors}."
-            )
+            raise ValueError(f"activation_norm_factors must be {S} finite positive numbers, got {factors}.")
         cfg.metadata.activation_norm_factors = factors

@@ -61,7 +61,9 @@ class BatchTopKTrainingCrosscoderConfig(TopKTrainingCrosscoderConfig, architectu
 
 
 @torch.no_grad()
-def _snapshot_gate(self: Any, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
+def _snapshot_gate(
+    self: Any, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]
+) -> tuple[Any, dict[str, torch.Tensor]]:
     """A ``JumpReLUSAE`` with threshold ``t_i / w_i`` (``w_i = sum_s n_is``), as SAELens itself
     saves BatchTopK SAEs for inference: the inference class's fixed threshold, or the training
     class's one running threshold for every feature. Codes equal."""
@@ -70,7 +72,9 @@ def _snapshot_gate(self: Any, s: int, state: dict[str, torch.Tensor], common: di
         t_F = self.threshold.detach().to(dtype)
     else:
         t_F = self.topk_threshold.detach().to(dtype).expand(self.cfg.d_sae)
-    state["threshold"] = divide_or_inf(non_negative_threshold(t_F, ARCHITECTURE), self.snapshot_norms().detach().sum(dim=1))
+    state["threshold"] = divide_or_inf(
+        non_negative_threshold(t_F, ARCHITECTURE), self.snapshot_norms().detach().sum(dim=1)
+    )
     return JumpReLUSAE(JumpReLUSAEConfig(**common)), state
 
 
@@ -82,9 +86,7 @@ class BatchTopKCrosscoder(CrosscoderMixin, SAE[BatchTopKCrosscoderConfig]):
 
     def initialize_weights(self) -> None:
         super().initialize_weights()
-        self.threshold = nn.Parameter(
-            torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device)
-        )
+        self.threshold = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
 
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         # a training checkpoint (save_model of the training class) carries the
@@ -93,16 +95,12 @@ class BatchTopKCrosscoder(CrosscoderMixin, SAE[BatchTopKCrosscoderConfig]):
             threshold = state_dict.pop("topk_threshold").item()
             state_dict["threshold"] = torch.full_like(state_dict["b_enc"], threshold)
 
-    def encode(
-        self, x: Float[torch.Tensor, "... n_snapshots d_in"]
-    ) -> Float[torch.Tensor, "... d_sae"]:
+    def encode(self, x: Float[torch.Tensor, "... n_snapshots d_in"]) -> Float[torch.Tensor, "... d_sae"]:
         relu_h = self.hidden_pre(x).relu()
         keep = relu_h * self.snapshot_norms().sum(dim=1) > self.threshold
         return self.hook_sae_acts_post(relu_h * keep)  # type: ignore[attr-defined]
 
-    def decode(
-        self, feature_acts: Float[torch.Tensor, "... d_sae"]
-    ) -> Float[torch.Tensor, "... n_snapshots d_in"]:
+    def decode(self, feature_acts: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... n_snapshots d_in"]:
         return self._finish_decode(self.decode_dense(feature_acts))
 
 
@@ -116,9 +114,7 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
     def __init__(self, cfg: BatchTopKTrainingCrosscoderConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
         # float64: the moving average takes many tiny steps
-        self.register_buffer(
-            "topk_threshold", torch.zeros((), dtype=torch.float64, device=self.device)
-        )
+        self.register_buffer("topk_threshold", torch.zeros((), dtype=torch.float64, device=self.device))
 
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_loading(state_dict)
@@ -139,9 +135,7 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
             self._buffers["topk_threshold"] = threshold.double()
         return out
 
-    def encode(
-        self, x: Float[torch.Tensor, "... n_snapshots d_in"]
-    ) -> Float[torch.Tensor, "... d_sae"]:
+    def encode(self, x: Float[torch.Tensor, "... n_snapshots d_in"]) -> Float[torch.Tensor, "... d_sae"]:
         """Batch top-k code (depends on the batch, as in training)."""
         lead = x.shape[:-2]
         fwd = self._training_encode(x.reshape(-1, self.cfg.n_snapshots, self.cfg.d_in))
@@ -162,9 +156,13 @@ class BatchTopKTrainingCrosscoder(TopKTrainingCrosscoder):
             hidden_pre_NF=h_NF,
             feature_acts_NF=self.hook_sae_acts_post(f_NF),
             extras={
-                "rows": rows, "cols": cols, "vals": vals, "kept_scores": kept_scores,
-                "raw_norms_FS": raw_FS, "norm_sums_F": norm_sums_F,
-            },  # fmt: skip
+                "rows": rows,
+                "cols": cols,
+                "vals": vals,
+                "kept_scores": kept_scores,
+                "raw_norms_FS": raw_FS,
+                "norm_sums_F": norm_sums_F,
+            },
         )
 
     @torch.no_grad()
@@ -241,6 +239,11 @@ def _offer(flat_scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     return flat_scores.topk(min(n_keep, flat_scores.numel()), sorted=False).values
 
 
-CLASSES = (BatchTopKCrosscoder, BatchTopKCrosscoderConfig, BatchTopKTrainingCrosscoder, BatchTopKTrainingCrosscoderConfig)
+CLASSES = (
+    BatchTopKCrosscoder,
+    BatchTopKCrosscoderConfig,
+    BatchTopKTrainingCrosscoder,
+    BatchTopKTrainingCrosscoderConfig,
+)
 """What :mod:`crosslens.crosscoders` registers with SAELens under ``batchtopk_crosscoder``: (inference class,
 inference config, training class, training config)."""

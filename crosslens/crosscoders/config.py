@@ -96,9 +96,7 @@ class CrosscoderConfigFields:
                 "set it to the number of snapshots stacked in each batch."
             )
         if self.d_in < 1 or self.d_sae < 1:
-            raise ValueError(
-                f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}."
-            )
+            raise ValueError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}.")
         if self.normalize_activations != "none":
             raise ValueError(
                 "crosscoders need normalize_activations='none', got "
@@ -124,12 +122,8 @@ class CrosscoderTrainingConfigFields(CrosscoderConfigFields):
 
     def __post_init__(self) -> None:
         if self.decoder_init_norm is None or not self.decoder_init_norm > 0:
-            raise ValueError(
-                f"decoder_init_norm must be > 0, got {self.decoder_init_norm}; "
-                "Bayazit et al. use 0.08."
-            )
+            raise ValueError(f"decoder_init_norm must be > 0, got {self.decoder_init_norm}; Bayazit et al. use 0.08.")
         super().__post_init__()
-
 
 
 class _NamedArchitecture:

@@ -28,9 +28,9 @@ from jaxtyping import Float
 from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainStepInput
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 
+from crosslens.architectures import TRAINING_DEFAULTS
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
-from crosslens.architectures import TRAINING_DEFAULTS
 
 ARCHITECTURE = "crosscoder"
 
@@ -56,18 +56,15 @@ class ReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=ARCHIT
 
 
 class _ReLUCrosscoderMath(CrosscoderMixin):
-    def encode(
-        self, x: Float[torch.Tensor, "... n_snapshots d_in"]
-    ) -> Float[torch.Tensor, "... d_sae"]:
+    def encode(self, x: Float[torch.Tensor, "... n_snapshots d_in"]) -> Float[torch.Tensor, "... d_sae"]:
         return self.hook_sae_acts_post(self.hidden_pre(x).relu())  # type: ignore[attr-defined]
 
-    def decode(
-        self, feature_acts: Float[torch.Tensor, "... d_sae"]
-    ) -> Float[torch.Tensor, "... n_snapshots d_in"]:
+    def decode(self, feature_acts: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... n_snapshots d_in"]:
         return self._finish_decode(self.decode_dense(feature_acts))
 
-
-    def snapshot_gate(self, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
+    def snapshot_gate(
+        self, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]
+    ) -> tuple[Any, dict[str, torch.Tensor]]:
         """``f = ReLU(h)``: a ``StandardSAE``, codes equal."""
         return StandardSAE(StandardSAEConfig(**common)), state
 
@@ -76,26 +73,18 @@ class ReLUCrosscoder(_ReLUCrosscoderMath, SAE[ReLUCrosscoderConfig]):
     """Inference ReLU crosscoder: ``forward(x [..., S, D]) -> x_hat [..., S, D]``."""
 
 
-class ReLUTrainingCrosscoder(
-    _ReLUCrosscoderMath, CrosscoderTrainingMixin, TrainingSAE[ReLUTrainingCrosscoderConfig]
-):
+class ReLUTrainingCrosscoder(_ReLUCrosscoderMath, CrosscoderTrainingMixin, TrainingSAE[ReLUTrainingCrosscoderConfig]):
     """Training ReLU crosscoder."""
 
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        return {
-            "l1": TrainCoefficientConfig(
-                value=self.cfg.l1_coefficient, warm_up_steps=self.cfg.l1_warm_up_steps
-            )
-        }
+        return {"l1": TrainCoefficientConfig(value=self.cfg.l1_coefficient, warm_up_steps=self.cfg.l1_warm_up_steps)}
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD)
         f_NF = self.hook_sae_acts_post(h_NF.relu())
         return CrosscoderPass(x_NSD=x_NSD, hidden_pre_NF=h_NF, feature_acts_NF=f_NF)
 
-    def _sparsity_losses(
-        self, step_input: TrainStepInput, fwd: CrosscoderPass
-    ) -> dict[str, torch.Tensor]:
+    def _sparsity_losses(self, step_input: TrainStepInput, fwd: CrosscoderPass) -> dict[str, torch.Tensor]:
         per_token_N = fwd.feature_acts_NF @ self.snapshot_norm_sums()
         l1 = self.collectives.token_mean_replicated(per_token_N)
         return {"l1_loss": step_input.coefficients["l1"] * l1}

@@ -62,7 +62,9 @@ def training_space_decoder(crosscoder: Crosscoder) -> torch.Tensor:
     return W_dec_FSD
 
 
-def resolve_norm_factors(crosscoder: Crosscoder, norm_factors: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
+def resolve_norm_factors(
+    crosscoder: Crosscoder, norm_factors: Sequence[float] | torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-snapshot factors ``c_s`` to apply around the crosscoder (ones once folded).
 
     Explicit ``norm_factors`` win. Otherwise the metadata's ``activation_norm_factors``
@@ -75,7 +77,6 @@ def resolve_norm_factors(crosscoder: Crosscoder, norm_factors: Sequence[float] |
     factors = torch.as_tensor(norm_factors, dtype=torch.float32).flatten()
     if factors.shape != (n_snapshots,) or not bool(torch.all(torch.isfinite(factors) & (factors > 0))):
         raise ValueError(
-            f"norm_factors must be {n_snapshots} finite positive numbers (one per snapshot), "
-            f"got {factors.tolist()}"
+            f"norm_factors must be {n_snapshots} finite positive numbers (one per snapshot), got {factors.tolist()}"
         )
     return factors

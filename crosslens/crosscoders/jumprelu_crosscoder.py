@@ -63,13 +63,13 @@ from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainStepInput, TrainStepOutput
 from torch import nn
 
+from crosslens.architectures import sparsity_coefficient_for
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
-from crosslens.architectures import sparsity_coefficient_for
 from crosslens.crosscoders.jumprelu_dense import snapshot_gate_and_score
 from crosslens.crosscoders.jumprelu_kernels import snapshot_gated_decode, snapshot_score_sums
-from crosslens.crosscoders.snapshot_sae import divide_or_inf, non_negative_threshold
 from crosslens.crosscoders.regated_decode import shared_code_decode
+from crosslens.crosscoders.snapshot_sae import divide_or_inf, non_negative_threshold
 
 ARCHITECTURE = "jumprelu_crosscoder"
 
@@ -130,14 +130,9 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=AR
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
         if self.jumprelu_init_threshold < 0:
-            raise ValueError(
-                f"jumprelu_init_threshold must be >= 0, got {self.jumprelu_init_threshold}."
-            )
+            raise ValueError(f"jumprelu_init_threshold must be >= 0, got {self.jumprelu_init_threshold}.")
         if self.sparsity_target is not None and not self.sparsity_target > 0:
-            raise ValueError(
-                f"sparsity_target must be > 0 or None, got {self.sparsity_target}; "
-                "Ge et al. use 0.01."
-            )
+            raise ValueError(f"sparsity_target must be > 0 or None, got {self.sparsity_target}; Ge et al. use 0.01.")
         check_coefficient(self, "l0_coefficient", "l0_warm_up_steps")
         if self.target_l0 is not None and not self.target_l0 > 0:
             raise ValueError(f"target_l0 must be > 0 or None, got {self.target_l0}.")
@@ -179,9 +174,7 @@ class _JumpReLUCrosscoderMath(CrosscoderMixin):
         h = self.hidden_pre(x)
         return torch.where(self._gates(h), h[..., None, :], 0.0)
 
-    def encode(
-        self, x: Float[torch.Tensor, "... n_snapshots d_in"]
-    ) -> Float[torch.Tensor, "... d_sae"]:
+    def encode(self, x: Float[torch.Tensor, "... n_snapshots d_in"]) -> Float[torch.Tensor, "... d_sae"]:
         """Shared code ``h_i * any_s gate_{i,s}``."""
         h = self.hidden_pre(x)
         f = torch.where(self._gates(h).any(dim=-2), h, 0.0)
@@ -195,16 +188,15 @@ class _JumpReLUCrosscoderMath(CrosscoderMixin):
         recon = torch.einsum("...sf,fsd->...sd", f, self.W_dec) + self.b_dec
         return self._finish_decode(recon)
 
-    def decode(
-        self, feature_acts: Float[torch.Tensor, "... d_sae"]
-    ) -> Float[torch.Tensor, "... n_snapshots d_in"]:
+    def decode(self, feature_acts: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... n_snapshots d_in"]:
         """Decode a shared code, re-applying each snapshot's gate to it."""
         f = feature_acts.to(self.dtype)
         return self.decode_per_snapshot(torch.where(self._gates(f), f[..., None, :], 0.0))
 
-
     @torch.no_grad()
-    def snapshot_gate(self, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
+    def snapshot_gate(
+        self, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]
+    ) -> tuple[Any, dict[str, torch.Tensor]]:
         """A ``JumpReLUSAE``: feature i opens at snapshot s when ``h_i n_is > t_i``, i.e. when
         ``h_i > t_i / n_is`` (infinite where ``n_is = 0``: such a feature never reaches s). Codes
         equal."""
@@ -264,11 +256,7 @@ class JumpReLUTrainingCrosscoder(
         state_dict.setdefault("l0_scale", torch.ones((), dtype=torch.float64))
 
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        return {
-            "l0": TrainCoefficientConfig(
-                value=self.cfg.l0_coefficient, warm_up_steps=self.cfg.l0_warm_up_steps
-            )
-        }
+        return {"l0": TrainCoefficientConfig(value=self.cfg.l0_coefficient, warm_up_steps=self.cfg.l0_warm_up_steps)}
 
     def latent_rows(self) -> list[tuple[nn.Parameter, int]]:
         return [*super().latent_rows(), (self.threshold, 0)]
@@ -277,9 +265,7 @@ class JumpReLUTrainingCrosscoder(
         self.threshold.data[idx_L] = self.cfg.jumprelu_init_threshold
 
     def optimizer_param_groups(self, lr: float) -> list[dict[str, Any]]:
-        others = [
-            p for name, p in self.named_parameters() if name != "threshold" and p.requires_grad
-        ]
+        others = [p for name, p in self.named_parameters() if name != "threshold" and p.requires_grad]
         return [
             {"params": others, "lr": lr},
             {"params": [self.threshold], "lr": lr * self.cfg.threshold_lr_scale},
@@ -317,7 +303,11 @@ class JumpReLUTrainingCrosscoder(
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD, feature_major=not self.cfg.closed_gate_decoder_grad)
         threshold_F = self.threshold.to(h_NF.dtype)
-        kernel_args = {"bandwidth": self.cfg.jumprelu_bandwidth, "tanh_scale": self.cfg.tanh_scale, "plan": self.kernel_plan}
+        kernel_args = {
+            "bandwidth": self.cfg.jumprelu_bandwidth,
+            "tanh_scale": self.cfg.tanh_scale,
+            "plan": self.kernel_plan,
+        }
         shared_NF = None
         if self.cfg.closed_gate_decoder_grad:  # its decode reads the per-snapshot code
             f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
@@ -349,9 +339,7 @@ class JumpReLUTrainingCrosscoder(
             recon_SND = torch.bmm(f_SNF, self.W_dec.transpose(0, 1))
         return recon_SND.transpose(0, 1) + self.b_dec
 
-    def _sparsity_losses(
-        self, step_input: TrainStepInput, fwd: CrosscoderPass
-    ) -> dict[str, torch.Tensor]:
+    def _sparsity_losses(self, step_input: TrainStepInput, fwd: CrosscoderPass) -> dict[str, torch.Tensor]:
         # p_i: the tanh scores' mean over every token and snapshot (of every rank)
         n_scores = self.collectives.global_batch(fwd.x_NSD.shape[0]) * self.total_snapshots
         p_F = self.collectives.world_sum(fwd.extras["score_sum_F"]) / n_scores

@@ -22,14 +22,21 @@ from crosslens.crosscoders.jumprelu_ops import backward_block, forward_block, th
 from crosslens.crosscoders.kernel_plan import KernelPlan, plan_for
 
 
-def token_block(n_tokens: int, n_snapshots: int, n_features: int, device: torch.device, plan: KernelPlan | None = None) -> int:
+def token_block(
+    n_tokens: int, n_snapshots: int, n_features: int, device: torch.device, plan: KernelPlan | None = None
+) -> int:
     """Tokens per ``[S, block, F]`` block: about the plan's block elements on ``device``."""
     elements = plan_for(device, plan).block_elements(device)
     return max(1, min(n_tokens, elements // max(1, n_snapshots * n_features)))
 
 
 def block_function(
-    function: Any, n_tokens: int, n_snapshots: int, n_features: int, device: torch.device, plan: KernelPlan | None = None
+    function: Any,
+    n_tokens: int,
+    n_snapshots: int,
+    n_features: int,
+    device: torch.device,
+    plan: KernelPlan | None = None,
 ) -> tuple[Any, int]:
     """``(function, tokens per block)`` for a block function of
     :mod:`~crosslens.crosscoders.jumprelu_ops` over ``[S, block, F]`` on ``device``: compiled or
@@ -116,9 +123,14 @@ class SnapshotGateAndScore(torch.autograd.Function):
         for a in range(0, N, block):
             h_BF = h_NF[a : a + block]
             grad_h_NF[a : a + block], norms_part_SF, window_part_SF = run_block(
-                h_BF, norms_S1F, scale_S1F, threshold_F,
-                _grad_of_code(grad_f_SNF, a, block, h_BF, S), grad_score_F, ctx.bandwidth / 2,
-            )  # fmt: skip
+                h_BF,
+                norms_S1F,
+                scale_S1F,
+                threshold_F,
+                _grad_of_code(grad_f_SNF, a, block, h_BF, S),
+                grad_score_F,
+                ctx.bandwidth / 2,
+            )
             grad_norms_SF += norms_part_SF
             window_grad_SF += window_part_SF
         grad_norms_FS = (grad_norms_SF * ctx.tanh_scale).T
@@ -143,8 +155,6 @@ def snapshot_gate_and_score(
     bandwidth: float,
     tanh_scale: float,
     plan: KernelPlan | None = None,
-) -> tuple[
-    Float[torch.Tensor, "n_snapshots n d_sae"], Float[torch.Tensor, " d_sae"], Bool[torch.Tensor, "n d_sae"]
-]:
+) -> tuple[Float[torch.Tensor, "n_snapshots n d_sae"], Float[torch.Tensor, " d_sae"], Bool[torch.Tensor, "n d_sae"]]:
     """``(f_SNF, score_sum_F, open_anywhere_NF)``; see :class:`SnapshotGateAndScore`."""
     return SnapshotGateAndScore.apply(h_NF, norms_FS, threshold_F, bandwidth, tanh_scale, plan)

@@ -44,6 +44,7 @@ import torch
 from jaxtyping import Float
 
 from crosslens.core.tensors import host_ints, mask_values, row_counts
+from crosslens.crosscoders.jumprelu_dense import snapshot_gate_and_score
 from crosslens.crosscoders.jumprelu_ops import (
     PaddedRows,
     code_grad_and_window_sums,
@@ -56,12 +57,12 @@ from crosslens.crosscoders.jumprelu_ops import (
     tanh_from_sigmoid,
     threshold_gradient,
 )
-from crosslens.crosscoders.jumprelu_dense import snapshot_gate_and_score
 from crosslens.crosscoders.jumprelu_pairs import active_entries, sparse_gated_decode, sparse_step_pays
 from crosslens.crosscoders.jumprelu_split import everywhere_and_rest, split_gated_decode, split_step_pays
 from crosslens.crosscoders.kernel_plan import KernelPlan, plan_for
 from crosslens.crosscoders.regated_decode import snapshot_decode
 from crosslens.crosscoders.weight_grads import row_norms_now, weight_block, weight_row_norms
+
 
 def snapshot_score_sums(
     h_NF: Float[torch.Tensor, "n d_sae"],
@@ -121,6 +122,7 @@ def snapshot_score_sums(
 # tanh is computed from a sigmoid (see crosslens.crosscoders.jumprelu_ops).
 # ----------------------------------------------------------------------------------------
 
+
 class EntryClasses:
     """Where each (token, feature) entry's gate and threshold window stand across
     snapshots, from the smallest and largest decoder norm of each feature, and how
@@ -167,7 +169,9 @@ class EntryClasses:
         mode = plan.window_mode or (
             "per_snapshot"
             if window_mixed_flat.numel() > gather_limit
-            else "matmul" if n_window_all > gather_limit else "gathered"
+            else "matmul"
+            if n_window_all > gather_limit
+            else "gathered"
         )
         self.window_per_snapshot = mode == "per_snapshot"
         """Sum the threshold window with a mask and a matmul per snapshot."""
@@ -206,8 +210,13 @@ def _pair_chunks(n_pairs: int, d_in: int, plan: KernelPlan) -> list[slice]:
 
 
 def _code_grad(
-    classes: EntryClasses, norms_FS: torch.Tensor, threshold_F: torch.Tensor, W_dec_FSD: torch.Tensor,
-    grad_flat: torch.Tensor, grad_score_F: torch.Tensor, half_width: float,
+    classes: EntryClasses,
+    norms_FS: torch.Tensor,
+    threshold_F: torch.Tensor,
+    W_dec_FSD: torch.Tensor,
+    grad_flat: torch.Tensor,
+    grad_score_F: torch.Tensor,
+    half_width: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The code's gradient from the decoder's matmul, feature-major ``[F, N]``, with the threshold
     window's decoder sums and shut entries' score sums per (feature, snapshot) where the window is
@@ -234,8 +243,14 @@ def _code_grad(
 
 
 def _add_row_scores(
-    grad_h_flat: torch.Tensor, window_sech_FS: torch.Tensor, classes: EntryClasses, h_FP: torch.Tensor | None,
-    norms_FS: torch.Tensor, threshold_F: torch.Tensor, scale_FS: torch.Tensor, grad_score_F: torch.Tensor,
+    grad_h_flat: torch.Tensor,
+    window_sech_FS: torch.Tensor,
+    classes: EntryClasses,
+    h_FP: torch.Tensor | None,
+    norms_FS: torch.Tensor,
+    threshold_F: torch.Tensor,
+    scale_FS: torch.Tensor,
+    grad_score_F: torch.Tensor,
     half_width: float,
 ) -> torch.Tensor:
     """The scores' backward for the entries packed into rows (open at every snapshot): their code
@@ -261,8 +276,14 @@ def _add_row_scores(
 
 
 def _add_gathered_window(
-    window_sech_FS: torch.Tensor, classes: EntryClasses, h_flat: torch.Tensor, sech_gS: torch.Tensor,
-    norms_FS: torch.Tensor, threshold_F: torch.Tensor, grad_score_F: torch.Tensor, half_width: float,
+    window_sech_FS: torch.Tensor,
+    classes: EntryClasses,
+    h_flat: torch.Tensor,
+    sech_gS: torch.Tensor,
+    norms_FS: torch.Tensor,
+    threshold_F: torch.Tensor,
+    grad_score_F: torch.Tensor,
+    half_width: float,
 ) -> None:
     """Add the gathered entries' sech terms inside the threshold's window (``sech_gS`` is
     overwritten), and where the window is dense, the shut entries' score gradient."""
@@ -280,9 +301,16 @@ def _add_gathered_window(
 
 
 def _add_window_pairs(
-    window_grad_FS: torch.Tensor, classes: EntryClasses, h_flat: torch.Tensor, norms_FS: torch.Tensor,
-    threshold_F: torch.Tensor, scale_FS: torch.Tensor, grad_score_F: torch.Tensor, grad_rows: torch.Tensor,
-    W_rows: torch.Tensor, half_width: float,
+    window_grad_FS: torch.Tensor,
+    classes: EntryClasses,
+    h_flat: torch.Tensor,
+    norms_FS: torch.Tensor,
+    threshold_F: torch.Tensor,
+    scale_FS: torch.Tensor,
+    grad_score_F: torch.Tensor,
+    grad_rows: torch.Tensor,
+    W_rows: torch.Tensor,
+    half_width: float,
 ) -> None:
     """Add to ``window_grad_FS`` the window terms of the entries gathered for it alone: each
     (entry, snapshot) pair inside the window, its decoder dot product and its score part."""
@@ -302,12 +330,18 @@ def _add_window_pairs(
     pair_sech = sech2_times(sigmoid_of_twice(pair_f, pair_scale * 2), grad_score_F.index_select(0, pair_i))
     window_flat_FS = window_grad_FS.view(-1)
     for chunk in _pair_chunks(pair_w.numel(), D, classes.plan):
-        dec_p = torch.linalg.vecdot(grad_rows.index_select(0, pair_row_N[chunk]), W_rows.index_select(0, pair_row_F[chunk]))
+        dec_p = torch.linalg.vecdot(
+            grad_rows.index_select(0, pair_row_N[chunk]), W_rows.index_select(0, pair_row_F[chunk])
+        )
         window_flat_FS.index_add_(0, pair_row_F[chunk], torch.addcmul(dec_p, pair_sech[chunk], pair_scale[chunk]))
 
 
 def _add_norms_part(
-    grad_W_FSD: torch.Tensor, block: Any, grad_raw_norms_FS: torch.Tensor, raw_norms_FS: torch.Tensor, W_dec_FSD: torch.Tensor
+    grad_W_FSD: torch.Tensor,
+    block: Any,
+    grad_raw_norms_FS: torch.Tensor,
+    raw_norms_FS: torch.Tensor,
+    W_dec_FSD: torch.Tensor,
 ) -> torch.Tensor | None:
     """W_dec's gradient with its decoder norms' part added, as autograd's norm backward would give
     it: W * (grad of ||W|| / ||W||), zero where a row's norm is 0. None where a micro-batch's
@@ -318,7 +352,9 @@ def _add_norms_part(
     if block.add_norm_scale(W_dec_FSD, per_row_FS):
         return None
     # only a weight whose rows are not W_dec's [F, S] would get here
-    raise ValueError(f"decoder norms of shape {tuple(per_row_FS.shape)} do not split a weight of shape {tuple(W_dec_FSD.shape)} into rows")
+    raise ValueError(
+        f"decoder norms of shape {tuple(per_row_FS.shape)} do not split a weight of shape {tuple(W_dec_FSD.shape)} into rows"
+    )
 
 
 class SnapshotGatedDecode(torch.autograd.Function):
@@ -395,9 +431,22 @@ class SnapshotGatedDecode(torch.autograd.Function):
             recon_rows.index_add_(0, pair_row_N[chunk], pair_h[chunk, None] * W_pD)
 
         ctx.save_for_backward(
-            norms_FS, raw_norms_FS, norm_factors_S, threshold_F, W_dec_FSD, dense_FN, f_dense_FN, open_gS, f_gS, sigmoid_gS,
-            flat_g.index_select(0, pair_g), pair_row_N, pair_row_F, pair_sign, pair_h,
-        )  # fmt: skip
+            norms_FS,
+            raw_norms_FS,
+            norm_factors_S,
+            threshold_F,
+            W_dec_FSD,
+            dense_FN,
+            f_dense_FN,
+            open_gS,
+            f_gS,
+            sigmoid_gS,
+            flat_g.index_select(0, pair_g),
+            pair_row_N,
+            pair_row_F,
+            pair_sign,
+            pair_h,
+        )
         ctx.classes, ctx.h_FP, ctx.bandwidth, ctx.tanh_scale = classes, h_FP, bandwidth, tanh_scale
         ctx.block = weight_block(W_dec_FSD)
         # the shared code h * [open at some snapshot]: the dense code with the mixed entries
@@ -411,23 +460,38 @@ class SnapshotGatedDecode(torch.autograd.Function):
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any, grad_recon_NSD: torch.Tensor | None, grad_score_F: torch.Tensor | None, _grad_open: Any, _grad_shared: Any
+        ctx: Any,
+        grad_recon_NSD: torch.Tensor | None,
+        grad_score_F: torch.Tensor | None,
+        _grad_open: Any,
+        _grad_shared: Any,
     ) -> tuple[Any, ...]:
         # One fused pass over the saved tensors: the decoder, score and window parts share the
         # gradient's per-snapshot products, the sech values and the index tensors.
         (
-            norms_FS, raw_norms_FS, norm_factors_S, threshold_F, W_dec_FSD, dense_FN, f_dense_FN, open_gS, f_gS, sigmoid_gS,
-            pair_flat, pair_row_N, pair_row_F, pair_sign, pair_h,
-        ) = ctx.saved_tensors  # fmt: skip
+            norms_FS,
+            raw_norms_FS,
+            norm_factors_S,
+            threshold_F,
+            W_dec_FSD,
+            dense_FN,
+            f_dense_FN,
+            open_gS,
+            f_gS,
+            sigmoid_gS,
+            pair_flat,
+            pair_row_N,
+            pair_row_F,
+            pair_sign,
+            pair_h,
+        ) = ctx.saved_tensors
         classes: EntryClasses = ctx.classes
         h_FN = classes.h_FN
         F_, N = h_FN.shape
         S, D = W_dec_FSD.shape[1:]
         scale_FS = ctx.tanh_scale * norms_FS
         h_flat = h_FN.view(-1)
-        grad_flat = (
-            h_FN.new_zeros(N, S * D) if grad_recon_NSD is None else grad_recon_NSD.reshape(N, S * D)
-        )
+        grad_flat = h_FN.new_zeros(N, S * D) if grad_recon_NSD is None else grad_recon_NSD.reshape(N, S * D)
         if grad_score_F is None:
             grad_score_F = h_FN.new_zeros(F_)
         half_width = ctx.bandwidth / 2
@@ -480,7 +544,16 @@ class SnapshotGatedDecode(torch.autograd.Function):
         window_grad_FS += window_sech_FS * scale_FS
         # the other entries inside it somewhere: each (entry, snapshot) pair inside it
         _add_window_pairs(
-            window_grad_FS, classes, h_flat, norms_FS, threshold_F, scale_FS, grad_score_F, grad_rows, W_rows, half_width
+            window_grad_FS,
+            classes,
+            h_flat,
+            norms_FS,
+            threshold_F,
+            scale_FS,
+            grad_score_F,
+            grad_rows,
+            W_rows,
+            half_width,
         )
 
         grad_threshold_F = threshold_gradient(window_grad_FS, norms_FS, threshold_F, ctx.bandwidth)

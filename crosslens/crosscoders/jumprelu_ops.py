@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+
 def forward_block(
     h_BF: torch.Tensor, norms_S1F: torch.Tensor, scale_S1F: torch.Tensor, threshold_F: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -28,9 +29,13 @@ def forward_block(
 
 
 def pair_score_sums(
-    h_A: torch.Tensor, feature_A: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor,
-    tanh_scale: float, score_sum_F: torch.Tensor,
-) -> None:  # fmt: skip
+    h_A: torch.Tensor,
+    feature_A: torch.Tensor,
+    norms_FS: torch.Tensor,
+    threshold_F: torch.Tensor,
+    tanh_scale: float,
+    score_sum_F: torch.Tensor,
+) -> None:
     """Add to ``score_sum_F`` (float32) the scores ``tanh(c * h * norm_s)`` at every snapshot whose
     gate ``h * norm_s > t`` is open, of the (token, feature) entries whose pre-activations are
     ``h_A``. The gate is the other kernels' to the bit (the same float32 product); the score is

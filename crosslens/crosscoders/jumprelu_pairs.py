@@ -80,10 +80,17 @@ class ShutWindow(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(  # type: ignore[override]
-        ctx: Any, recon_NSD: torch.Tensor, score_sum_F: torch.Tensor, threshold_F: torch.Tensor,
-        h_NF: torch.Tensor, decoder: tuple[torch.Tensor, torch.Tensor | None], norms_FS: torch.Tensor,
-        window_NF: torch.Tensor, gate: tuple[float, float], ops: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        ctx: Any,
+        recon_NSD: torch.Tensor,
+        score_sum_F: torch.Tensor,
+        threshold_F: torch.Tensor,
+        h_NF: torch.Tensor,
+        decoder: tuple[torch.Tensor, torch.Tensor | None],
+        norms_FS: torch.Tensor,
+        window_NF: torch.Tensor,
+        gate: tuple[float, float],
+        ops: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         W_dec_FSD, read_FSD = decoder
         ctx.gate, ctx.ops = gate, ops
         # the kernel rounds W to the gradient's dtype as it loads it: the rounded copy is the
@@ -136,7 +143,11 @@ class ActiveEntries:
 
 
 def active_entries(
-    h_NF: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor, half_width: float, plan: KernelPlan | None = None
+    h_NF: torch.Tensor,
+    norms_FS: torch.Tensor,
+    threshold_F: torch.Tensor,
+    half_width: float,
+    plan: KernelPlan | None = None,
 ) -> ActiveEntries:
     """The entries open at some snapshot or inside the window at some, and those open at
     some. ``h * norm - t`` is monotone in the norm, so the smallest and largest of a
@@ -197,7 +208,14 @@ def sparse_gated_decode(
         shared_NF = h_NF * open_any_NF
     if threshold_F.requires_grad and entries.n_window:
         recon_NSD, score_sum_F = ShutWindow.apply(
-            recon_NSD, score_sum_F, threshold_F,
-            h_NF.detach(), (W_dec_FSD.detach(), read_FSD), norms_FS.detach(), entries.window_NF(), gate, kernels_for(plan),
-        )  # fmt: skip
+            recon_NSD,
+            score_sum_F,
+            threshold_F,
+            h_NF.detach(),
+            (W_dec_FSD.detach(), read_FSD),
+            norms_FS.detach(),
+            entries.window_NF(),
+            gate,
+            kernels_for(plan),
+        )
     return recon_NSD, score_sum_F.to(h_NF.dtype), open_any_NF, shared_NF, decoded_norms_FS

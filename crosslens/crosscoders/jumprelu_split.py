@@ -76,9 +76,13 @@ class EverywhereScores(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, h_NF: torch.Tensor, norms_FS: torch.Tensor, everywhere_NF: torch.Tensor, tanh_scale: float,
+        ctx: Any,
+        h_NF: torch.Tensor,
+        norms_FS: torch.Tensor,
+        everywhere_NF: torch.Tensor,
+        tanh_scale: float,
         plan: KernelPlan | None,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         N, F_ = h_NF.shape
         S = norms_FS.shape[1]
         scale_S1F = (tanh_scale * norms_FS.float().T).contiguous()[:, None, :]

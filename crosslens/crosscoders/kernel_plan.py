@@ -145,10 +145,14 @@ class KernelPlan:
     """Pairs of one program of the Triton per-pair dot products."""
     pair_columns: int = 64
     """Columns of each pair that program reads at a time."""
-    window_tile: WindowTile = field(default_factory=lambda: WindowTile(tokens=128, features=128, depth=64, warps=8, stages=4))
+    window_tile: WindowTile = field(
+        default_factory=lambda: WindowTile(tokens=128, features=128, depth=64, warps=8, stages=4)
+    )
     """The window sums' launch for a half-precision gradient (tensor cores) whose ``d_in`` and
     token count are multiples of 16."""
-    window_tile_narrow: WindowTile = field(default_factory=lambda: WindowTile(tokens=64, features=64, depth=32, warps=8, stages=3))
+    window_tile_narrow: WindowTile = field(
+        default_factory=lambda: WindowTile(tokens=64, features=64, depth=32, warps=8, stages=3)
+    )
     """The launch for a float32 gradient (exact FMAs) or unaligned rows, where the wide tile
     spills to the stack."""
     noise_block: int = 1 << 16

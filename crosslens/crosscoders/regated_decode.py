@@ -37,9 +37,13 @@ class _RegatedDecode(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, f_SNF: torch.Tensor, W_FSD: torch.Tensor, code: tuple[torch.Tensor, ...], dtype: torch.dtype,
+        ctx: Any,
+        f_SNF: torch.Tensor,
+        W_FSD: torch.Tensor,
+        code: tuple[torch.Tensor, ...],
+        dtype: torch.dtype,
         block: WeightBlock | None,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         W_low = rounded(W_FSD, dtype)  # the block's copy in a block
         with torch.autocast(f_SNF.device.type, enabled=False):
             out = torch.bmm(f_SNF.to(dtype), W_low.transpose(0, 1))
@@ -52,7 +56,9 @@ class _RegatedDecode(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_SND: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        if any(need and kept is None for need, kept in zip(ctx.needs_input_grad[:2], (ctx.W_low, ctx.code), strict=True)):
+        if any(
+            need and kept is None for need, kept in zip(ctx.needs_input_grad[:2], (ctx.W_low, ctx.code), strict=True)
+        ):
             raise RuntimeError(TWICE)
         check_unchanged((ctx.W_low, *(ctx.code or (None,) * ctx.n_code)), ctx.versions)
         grad_f = grad_W = None
@@ -83,7 +89,9 @@ class _RegatedDecode(torch.autograd.Function):
 def snapshot_decode(
     f_SNF: Float[torch.Tensor, "n_snapshots n d_sae"],
     W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
-    gate: tuple[Float[torch.Tensor, "n d_sae"], Float[torch.Tensor, "d_sae n_snapshots"], Float[torch.Tensor, " d_sae"]],
+    gate: tuple[
+        Float[torch.Tensor, "n d_sae"], Float[torch.Tensor, "d_sae n_snapshots"], Float[torch.Tensor, " d_sae"]
+    ],
 ) -> Float[torch.Tensor, "n_snapshots n d_in"]:
     """``f_s @ W_dec[:, s]`` at every snapshot, ``[S, N, D]``, of the JumpReLU code ``f_SNF = h *
     [h * norms_s > t]`` that ``gate = (h_NF, norms_FS, threshold_F)`` (without gradient) gives.

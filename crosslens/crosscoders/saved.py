@@ -98,7 +98,9 @@ def _read_shapes(weights_path: Path, fix: str) -> dict[str, tuple[int, ...]]:
         raise DamagedCrosscoderError(f"{weights_path} is damaged ({error}); {fix}") from None
 
 
-def _check_sizes(cfg: dict[str, Any], shapes: dict[str, tuple[int, ...]], cfg_path: Path, weights_path: Path, fix: str) -> None:
+def _check_sizes(
+    cfg: dict[str, Any], shapes: dict[str, tuple[int, ...]], cfg_path: Path, weights_path: Path, fix: str
+) -> None:
     """Every crosscoder's decoder is ``[d_sae, n_snapshots, d_in]`` and its encoder
     ``[n_snapshots, d_in, d_sae]``: compare those with the sizes cfg.json gives."""
     sizes = {name: cfg.get(name) for name in ("d_sae", "n_snapshots", "d_in")}

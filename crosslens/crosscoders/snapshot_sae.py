@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from sae_lens.saes.sae import SAEMetadata
+from sae_lens.saes.sae import SAE, SAEMetadata
 
 from crosslens.core.hooks import crosscoder_hook, recorded_hook
 from crosslens.crosscoders.folding import resolve_norm_factors
@@ -180,7 +180,9 @@ def snapshot_sae(
         )
     S = cfg.n_snapshots
     if not isinstance(snapshot, int) or not -S <= snapshot < S:
-        raise ValueError(f"snapshot must be an int in [-{S}, {S}) for this crosscoder (-1: the last), got {snapshot!r}.")
+        raise ValueError(
+            f"snapshot must be an int in [-{S}, {S}) for this crosscoder (-1: the last), got {snapshot!r}."
+        )
     s = snapshot % S
     codec = SnapshotCodec(crosscoder, s, norm_factors)
     common = dict(
@@ -224,7 +226,9 @@ def _snapshot_metadata(crosscoder: Crosscoder, s: int, hook_name: str | None) ->
     snapshots = suite.get("snapshots") or []
     entry = dict(snapshots[s]) if s < len(snapshots) else {}
     meta.update(
-        hook_name=crosscoder_hook(crosscoder, hook_name, parameter="hook_name") if hook_name else recorded_hook(crosscoder),
+        hook_name=crosscoder_hook(crosscoder, hook_name, parameter="hook_name")
+        if hook_name
+        else recorded_hook(crosscoder),
         model_name=suite.get("model_id") or crosscoder.cfg.metadata.get("model_name"),
         crosscoder_architecture=crosscoder.cfg.architecture(),
         crosscoder_n_snapshots=crosscoder.cfg.n_snapshots,

@@ -64,10 +64,14 @@ decode of its dead features)."""
 
 
 def eager_window_dots(
-    grad_SND: Float[torch.Tensor, "S N D"], W_FSD: Float[torch.Tensor, "F S D"], h_NF: Float[torch.Tensor, "N F"],
-    window_NF: Bool[torch.Tensor, "N F"], norms_FS: Float[torch.Tensor, "F S"], t_F: Float[torch.Tensor, " F"],
+    grad_SND: Float[torch.Tensor, "S N D"],
+    W_FSD: Float[torch.Tensor, "F S D"],
+    h_NF: Float[torch.Tensor, "N F"],
+    window_NF: Bool[torch.Tensor, "N F"],
+    norms_FS: Float[torch.Tensor, "F S"],
+    t_F: Float[torch.Tensor, " F"],
     half_width: float,
-) -> tuple[Float[torch.Tensor, "F S"], Float[torch.Tensor, "F S"]]:  # fmt: skip
+) -> tuple[Float[torch.Tensor, "F S"], Float[torch.Tensor, "F S"]]:
     """The twin of the fused window kernel (``TritonKernels.window_dots``), one snapshot at a
     time: the window's entries inside ``half_width`` of the threshold, and one masked product
     ``<grad, W>`` over every (token, feature), W rounded to the gradient's dtype as the kernel
@@ -85,9 +89,12 @@ def eager_window_dots(
 
 
 def eager_entry_masks(
-    h_NF: Float[torch.Tensor, "n d_sae"], low_F: Float[torch.Tensor, " d_sae"], high_F: Float[torch.Tensor, " d_sae"],
-    t_F: Float[torch.Tensor, " d_sae"], half_width: float,
-) -> tuple[Bool[torch.Tensor, "n d_sae"], Bool[torch.Tensor, "n d_sae"], Int[torch.Tensor, ""], Int[torch.Tensor, ""]]:  # fmt: skip
+    h_NF: Float[torch.Tensor, "n d_sae"],
+    low_F: Float[torch.Tensor, " d_sae"],
+    high_F: Float[torch.Tensor, " d_sae"],
+    t_F: Float[torch.Tensor, " d_sae"],
+    half_width: float,
+) -> tuple[Bool[torch.Tensor, "n d_sae"], Bool[torch.Tensor, "n d_sae"], Int[torch.Tensor, ""], Int[torch.Tensor, ""]]:
     """``(open_NF, active_NF, n_open, n_active)`` for each feature's smallest and largest norm:
     the entries whose distance ``h * norm - t`` is above 0 at one of the two, those above 0 or
     inside ``half_width`` at one of them or between, and how many of each (on the device). The
@@ -120,9 +127,12 @@ class EagerKernels:
         F_, G, D = W_FGD.shape
         if G == 1:
             out = F.embedding_bag(
-                pairs.feature_A, W_FGD.reshape(F_, D), offsets=pairs.token_starts()[:-1],
-                mode="sum", per_sample_weights=values_AG[:, 0],
-            )  # fmt: skip
+                pairs.feature_A,
+                W_FGD.reshape(F_, D),
+                offsets=pairs.token_starts()[:-1],
+                mode="sum",
+                per_sample_weights=values_AG[:, 0],
+            )
             return out.view(-1, 1, D)
         out_NGD = W_FGD.new_zeros(pairs.n_tokens, G, D)
         for chunk in self._chunks(values_AG.shape[0], G * D):
@@ -145,9 +155,14 @@ class EagerKernels:
         return out_AG
 
     def weight_grad(
-        self, grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, norm_term: NormTerm | None = None,
-        dtype: torch.dtype | None = None, out: torch.Tensor | None = None,
-    ) -> torch.Tensor:  # fmt: skip
+        self,
+        grad_NGD: torch.Tensor,
+        values_AG: torch.Tensor,
+        pairs: ActivePairs,
+        norm_term: NormTerm | None = None,
+        dtype: torch.dtype | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``[F, G, D]``: the sparse-transpose-dense matmul, ``sum over pairs v * grad_out[n]``,
         added to the norms' gradient ``norm_term`` where it is given, in ``dtype`` (the
         gradient's by default); or, with ``out`` (float32, no ``norm_term``), added to ``out``'s
@@ -179,7 +194,7 @@ class EagerKernels:
         return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernels_for(plan: KernelPlan) -> Any:
     """The implementation ``plan.backend`` names, launched with its tunings: ``TritonKernels``
     (imported here, so that triton is needed only where it runs) or :class:`EagerKernels`."""
@@ -205,10 +220,16 @@ class SparseDecode(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, ops: Any,
-        read_FGD: torch.Tensor | None, norms_FR: torch.Tensor | None,
-        rows_R: torch.Tensor | None, values_NR: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+        ctx: Any,
+        W_FGD: torch.Tensor,
+        values_AG: torch.Tensor,
+        pairs: ActivePairs,
+        ops: Any,
+        read_FGD: torch.Tensor | None,
+        norms_FR: torch.Tensor | None,
+        rows_R: torch.Tensor | None,
+        values_NR: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         ctx.set_materialize_grads(False)
         ctx.grad_dtype = autocast_dtype(W_FGD.device) or values_AG.dtype
         read_FGD = W_FGD if read_FGD is None else read_FGD
@@ -310,9 +331,13 @@ class _BlockRowsDecode(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, W_FGD: torch.Tensor, rows_R: torch.Tensor, values_NR: torch.Tensor, dtype: torch.dtype | None,
+        ctx: Any,
+        W_FGD: torch.Tensor,
+        rows_R: torch.Tensor,
+        values_NR: torch.Tensor,
+        dtype: torch.dtype | None,
         block: WeightBlock,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         dtype = dtype or autocast_dtype(W_FGD.device) or values_NR.dtype
         rows_RK = _rows(W_FGD, rows_R, dtype)
         values_low = _padded_values(values_NR.to(dtype), rows_R.shape[0])
@@ -386,7 +411,7 @@ def gather_decode_and_norms(
     rows: DenseRows | None = None,
 ) -> tuple[
     Float[torch.Tensor, "n groups d"], Float[torch.Tensor, "d_sae parts"], Float[torch.Tensor, "n groups_d"] | None
-]:  # fmt: skip
+]:
     """:func:`gather_decode`, the norms of W's rows viewed ``[F, R, G * D / R]``, given as
     ``norms_FR`` (computed without gradient) and returned differentiable in W by the decode's
     own node, and the decode of ``rows`` (:data:`DenseRows`) where given, else None: W's
@@ -404,9 +429,14 @@ def gather_decode_and_norms(
 
 
 def _sparse_decode(
-    W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs, plan: KernelPlan | None,
-    read_FGD: torch.Tensor | None, norms_FR: torch.Tensor | None, rows: DenseRows | None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+    W_FGD: torch.Tensor,
+    values_AG: torch.Tensor,
+    pairs: ActivePairs,
+    plan: KernelPlan | None,
+    read_FGD: torch.Tensor | None,
+    norms_FR: torch.Tensor | None,
+    rows: DenseRows | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     ops = kernels_for(plan_for(W_FGD.device, plan))
     read_FGD = None if read_FGD is None else read_FGD.contiguous()
     values_AG = values_AG.to(W_FGD.dtype).contiguous()

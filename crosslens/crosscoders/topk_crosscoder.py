@@ -43,17 +43,17 @@ from jaxtyping import Float
 from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainStepInput
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
+from crosslens.architectures import DEFAULT_K, TOPK_L1
+from crosslens.crosscoders.active_pairs import ActivePairs
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
-from crosslens.crosscoders.active_pairs import ActivePairs
+from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.crosscoders.sparse_kernels import (
     DenseRows,
     autocast_copy,
     dense_rows_decode,
     gather_decode_and_norms,
 )
-from crosslens.architectures import DEFAULT_K, TOPK_L1
-from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.crosscoders.weight_grads import row_norms_now, weight_block
 
 ARCHITECTURE = "topk_crosscoder"
@@ -110,22 +110,19 @@ class _TopKCrosscoderMath(CrosscoderMixin):
         with torch.no_grad():
             return h.relu() * (self.snapshot_norm_sums() if norm_sums_F is None else norm_sums_F)
 
-    def encode(
-        self, x: Float[torch.Tensor, "... n_snapshots d_in"]
-    ) -> Float[torch.Tensor, "... d_sae"]:
+    def encode(self, x: Float[torch.Tensor, "... n_snapshots d_in"]) -> Float[torch.Tensor, "... d_sae"]:
         h = self.hidden_pre(x)
         idx = self.selection_scores(h).topk(self.cfg.k, dim=-1, sorted=False).indices
         f = torch.zeros_like(h).scatter(-1, idx, h.relu().gather(-1, idx))
         return self.hook_sae_acts_post(f)  # type: ignore[attr-defined]
 
-    def decode(
-        self, feature_acts: Float[torch.Tensor, "... d_sae"]
-    ) -> Float[torch.Tensor, "... n_snapshots d_in"]:
+    def decode(self, feature_acts: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... n_snapshots d_in"]:
         return self._finish_decode(self.decode_dense(feature_acts))
 
-
     @torch.no_grad()
-    def snapshot_gate(self, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
+    def snapshot_gate(
+        self, s: int, state: dict[str, torch.Tensor], common: dict[str, Any]
+    ) -> tuple[Any, dict[str, torch.Tensor]]:
         """A ``TopKSAE`` whose code is the score TopK ranks, ``ReLU(h_i) w_i`` with ``w_i = sum_s
         n_is``: its encoder and bias scaled by ``w_i`` and its decoder rows divided by it. Same
         active features, same reconstruction; the code is the crosscoder's times ``w_i``."""
@@ -142,9 +139,7 @@ class TopKCrosscoder(_TopKCrosscoderMath, SAE[TopKCrosscoderConfig]):
     """Inference TopK crosscoder."""
 
 
-class TopKTrainingCrosscoder(
-    _TopKCrosscoderMath, CrosscoderTrainingMixin, TrainingSAE[TopKTrainingCrosscoderConfig]
-):
+class TopKTrainingCrosscoder(_TopKCrosscoderMath, CrosscoderTrainingMixin, TrainingSAE[TopKTrainingCrosscoderConfig]):
     """Training TopK crosscoder."""
 
     @property
@@ -198,9 +193,14 @@ class TopKTrainingCrosscoder(
         aux = fwd.extras["aux"]
         read = autocast_copy(self.W_dec, indices.numel(), self.kernel_plan)
         out, raw_FS, aux_recon = gather_decode_and_norms(
-            self._one_group(self.W_dec), values.reshape(-1, 1), self._pairs(indices, offsets), raw_FS,
-            self._kernels(), self._one_group(read), None if aux is None else aux[0],
-        )  # fmt: skip
+            self._one_group(self.W_dec),
+            values.reshape(-1, 1),
+            self._pairs(indices, offsets),
+            raw_FS,
+            self._kernels(),
+            self._one_group(read),
+            None if aux is None else aux[0],
+        )
         fwd.extras["norm_sums_F"] = self.snapshot_norm_sums(raw_FS)
         if aux_recon is not None:
             fwd.extras["aux_recon_NSD"] = aux_recon.reshape(-1, self.cfg.n_snapshots, self.cfg.d_in)
@@ -245,16 +245,16 @@ class TopKTrainingCrosscoder(
         else:
             out = self.decode_kept(fwd, *self._kept(fwd))
         if aux is not None and "aux_recon_NSD" not in fwd.extras:
-            fwd.extras["aux_recon_NSD"] = dense_rows_decode(self.W_dec, aux[0]).reshape(-1, self.cfg.n_snapshots, self.cfg.d_in)
+            fwd.extras["aux_recon_NSD"] = dense_rows_decode(self.W_dec, aux[0]).reshape(
+                -1, self.cfg.n_snapshots, self.cfg.d_in
+            )
         return out
 
     def _kept(self, fwd: CrosscoderPass) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(indices, values, offsets)`` of the kept pairs, as :meth:`decode_kept` takes them."""
         return fwd.extras["idx_NK"], fwd.extras["vals_NK"], None
 
-    def _sparsity_losses(
-        self, step_input: TrainStepInput, fwd: CrosscoderPass
-    ) -> dict[str, torch.Tensor]:
+    def _sparsity_losses(self, step_input: TrainStepInput, fwd: CrosscoderPass) -> dict[str, torch.Tensor]:
         losses = {"auxiliary_reconstruction_loss": self.aux_k_loss(fwd)}
         if self.cfg.l1_coefficient > 0:
             l1 = self.collectives.token_mean_replicated(self.kept_l1_per_token(fwd))

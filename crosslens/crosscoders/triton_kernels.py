@@ -43,10 +43,24 @@ if TYPE_CHECKING:
 
 @triton.jit
 def _gather_rows(
-    out_ptr, src_ptr, values_ptr, order_ptr, src_row_ptr, starts_ptr, base_ptr, scale_ptr,
-    n_columns, d_group, n_groups, d_part, n_parts,
-    HAS_ORDER: tl.constexpr, HAS_BASE: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    out_ptr,
+    src_ptr,
+    values_ptr,
+    order_ptr,
+    src_row_ptr,
+    starts_ptr,
+    base_ptr,
+    scale_ptr,
+    n_columns,
+    d_group,
+    n_groups,
+    d_part,
+    n_parts,
+    HAS_ORDER: tl.constexpr,
+    HAS_BASE: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1)
     columns = block * BLOCK + tl.arange(0, BLOCK)
@@ -55,7 +69,9 @@ def _gather_rows(
     start = tl.load(starts_ptr + row)
     end = tl.load(starts_ptr + row + 1)
     if ACCUMULATE:  # add to the row as it is, and touch only rows that have pairs
-        pairs_here = tl.zeros([BLOCK], dtype=tl.int32) + (end - start)  # a block: Triton's interpreter takes no scalar mask
+        pairs_here = tl.zeros([BLOCK], dtype=tl.int32) + (
+            end - start
+        )  # a block: Triton's interpreter takes no scalar mask
         inside = inside & (pairs_here > 0)
         acc = tl.load(out_ptr + row * n_columns + columns, mask=inside, other=0.0)
     elif HAS_BASE:  # the norms' gradient of this row, scale[row, part] * base[row], to start from
@@ -78,9 +94,18 @@ def _gather_rows(
 
 @triton.jit
 def _pair_dots(
-    out_ptr, a_ptr, b_ptr, a_row_ptr, b_row_ptr, n_pairs, n_columns, d_group, n_groups,
-    PAIRS: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    out_ptr,
+    a_ptr,
+    b_ptr,
+    a_row_ptr,
+    b_row_ptr,
+    n_pairs,
+    n_columns,
+    d_group,
+    n_groups,
+    PAIRS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pairs = tl.program_id(0).to(tl.int64) * PAIRS + tl.arange(0, PAIRS)
     group = tl.program_id(1)
     real = pairs < n_pairs
@@ -106,10 +131,28 @@ they offset: every d_in of Pythia, OLMo and BLOOM is, and so is a batch of 2048 
 
 @triton.jit
 def _window_dots(
-    sums_ptr, counts_ptr, grad_ptr, w_ptr, h_ptr, window_ptr, norms_ptr, t_ptr,
-    n_tokens, n_features, n_snapshots, d_in, stride_hn, stride_hf, stride_wn, stride_wf, half_width,
-    BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
-):  # fmt: skip
+    sums_ptr,
+    counts_ptr,
+    grad_ptr,
+    w_ptr,
+    h_ptr,
+    window_ptr,
+    norms_ptr,
+    t_ptr,
+    n_tokens,
+    n_features,
+    n_snapshots,
+    d_in,
+    stride_hn,
+    stride_hf,
+    stride_wn,
+    stride_wf,
+    half_width,
+    BLOCK_N: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     # one program per (token block, feature block, snapshot); token blocks vary fastest, so
     # consecutive programs share their W[features, s] tile
     token_block, feature_block, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -149,9 +192,20 @@ warps in flight to hide the reads' latency; this launch takes about 60."""
 
 @triton.jit
 def _entry_masks(
-    open_ptr, active_ptr, counts_ptr, h_ptr, low_ptr, high_ptr, t_ptr, n_rows, n_columns, half_width,
-    FEATURE_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    open_ptr,
+    active_ptr,
+    counts_ptr,
+    h_ptr,
+    low_ptr,
+    high_ptr,
+    t_ptr,
+    n_rows,
+    n_columns,
+    half_width,
+    FEATURE_ROWS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     columns = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     real_r, real_c = rows < n_rows, columns < n_columns
@@ -203,10 +257,16 @@ class TritonKernels:
         self.plan = plan
 
     def _gather(
-        self, n_rows: int, src_GD: torch.Tensor, values_AG: torch.Tensor, order: torch.Tensor | None,
-        src_row_A: torch.Tensor, starts: torch.Tensor, base: tuple[torch.Tensor, torch.Tensor] | None = None,
+        self,
+        n_rows: int,
+        src_GD: torch.Tensor,
+        values_AG: torch.Tensor,
+        order: torch.Tensor | None,
+        src_row_A: torch.Tensor,
+        starts: torch.Tensor,
+        base: tuple[torch.Tensor, torch.Tensor] | None = None,
         out: torch.Tensor | None = None,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         _, G, D = src_GD.shape
         accumulate = out is not None
         if accumulate and base is not None:
@@ -214,7 +274,9 @@ class TritonKernels:
         if out is None:
             out = torch.empty(n_rows, G, D, dtype=torch.float32, device=src_GD.device)
         elif out.dtype != torch.float32 or not out.is_contiguous() or out.shape != (n_rows, G, D):
-            raise ValueError(f"a sum to add to must be a contiguous float32 [{n_rows}, {G}, {D}], got {out.dtype} {tuple(out.shape)}")
+            raise ValueError(
+                f"a sum to add to must be a contiguous float32 [{n_rows}, {G}, {D}], got {out.dtype} {tuple(out.shape)}"
+            )
         if n_rows == 0:
             return out
         base_W, scale = (None, None) if base is None else (base[0].contiguous(), base[1].float().contiguous())
@@ -223,12 +285,25 @@ class TritonKernels:
         grid = (n_rows, triton.cdiv(G * D, block))
         with launching_on(out):
             _gather_rows[grid](
-                out, src_GD, values_AG, order if order is not None else starts, src_row_A, starts,
-                base_W if base_W is not None else out, scale if scale is not None else out,
-                G * D, D, G, G * D // n_parts, n_parts,
-                HAS_ORDER=order is not None, HAS_BASE=base is not None, ACCUMULATE=accumulate,
-                BLOCK=block, num_warps=self.plan.gather_warps,
-            )  # fmt: skip
+                out,
+                src_GD,
+                values_AG,
+                order if order is not None else starts,
+                src_row_A,
+                starts,
+                base_W if base_W is not None else out,
+                scale if scale is not None else out,
+                G * D,
+                D,
+                G,
+                G * D // n_parts,
+                n_parts,
+                HAS_ORDER=order is not None,
+                HAS_BASE=base is not None,
+                ACCUMULATE=accumulate,
+                BLOCK=block,
+                num_warps=self.plan.gather_warps,
+            )
         return out
 
     def decode(self, W_FGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs) -> torch.Tensor:
@@ -238,10 +313,14 @@ class TritonKernels:
         return out.to(values_AG.dtype)
 
     def weight_grad(
-        self, grad_NGD: torch.Tensor, values_AG: torch.Tensor, pairs: ActivePairs,
-        norm_term: tuple[torch.Tensor, torch.Tensor] | None = None, dtype: torch.dtype | None = None,
+        self,
+        grad_NGD: torch.Tensor,
+        values_AG: torch.Tensor,
+        pairs: ActivePairs,
+        norm_term: tuple[torch.Tensor, torch.Tensor] | None = None,
+        dtype: torch.dtype | None = None,
         out: torch.Tensor | None = None,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         """``[F, G, D]`` in ``dtype`` (the gradient's by default): each feature's ``grad_out`` rows
         weighted by its pairs' values, added to the norms' gradient ``W * scale`` where
         ``norm_term`` gives it (read and written in the same pass); or, with ``out`` (float32, no
@@ -261,15 +340,30 @@ class TritonKernels:
         if n_pairs:
             with launching_on(out):
                 _pair_dots[(triton.cdiv(n_pairs, self.plan.pair_block), G)](
-                    out, grad_NGD, W_FGD, pairs.token_A, pairs.feature_A, n_pairs, G * D, D, G,
-                    PAIRS=self.plan.pair_block, BLOCK=self.plan.pair_columns,
-                )  # fmt: skip
+                    out,
+                    grad_NGD,
+                    W_FGD,
+                    pairs.token_A,
+                    pairs.feature_A,
+                    n_pairs,
+                    G * D,
+                    D,
+                    G,
+                    PAIRS=self.plan.pair_block,
+                    BLOCK=self.plan.pair_columns,
+                )
         return out.to(dtype or grad_NGD.dtype)
 
     def window_dots(
-        self, grad_SND: torch.Tensor, W_FSD: torch.Tensor, h_NF: torch.Tensor, window_NF: torch.Tensor,
-        norms_FS: torch.Tensor, t_F: torch.Tensor, half_width: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        self,
+        grad_SND: torch.Tensor,
+        W_FSD: torch.Tensor,
+        h_NF: torch.Tensor,
+        window_NF: torch.Tensor,
+        norms_FS: torch.Tensor,
+        t_F: torch.Tensor,
+        half_width: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sums_FS, counts_FS)`` over the entries ``(n, i)`` of ``window_NF`` whose distance
         ``h[n, i] * norms[i, s] - t[i]`` lies inside ``half_width`` at snapshot ``s``: the sum of
         ``<grad[s, n], W[i, s]>`` and their count. Each program forms its ``<grad, W>`` tile with
@@ -289,11 +383,30 @@ class TritonKernels:
         window = window_NF.view(torch.uint8)
         with launching_on(sums):
             _window_dots[(n_blocks, triton.cdiv(F_, tile.features), S)](
-                sums, counts, grad_SND, W_FSD, h_NF, window, norms_FS.contiguous(), t_F.contiguous(),
-                N, F_, S, D, h_NF.stride(0), h_NF.stride(1), window.stride(0), window.stride(1), half_width,
-                BLOCK_N=tile.tokens, BLOCK_F=tile.features, BLOCK_K=tile.depth, IEEE=ieee,
-                num_warps=tile.warps, num_stages=tile.stages,
-            )  # fmt: skip
+                sums,
+                counts,
+                grad_SND,
+                W_FSD,
+                h_NF,
+                window,
+                norms_FS.contiguous(),
+                t_F.contiguous(),
+                N,
+                F_,
+                S,
+                D,
+                h_NF.stride(0),
+                h_NF.stride(1),
+                window.stride(0),
+                window.stride(1),
+                half_width,
+                BLOCK_N=tile.tokens,
+                BLOCK_F=tile.features,
+                BLOCK_K=tile.depth,
+                IEEE=ieee,
+                num_warps=tile.warps,
+                num_stages=tile.stages,
+            )
         return sums.sum(dim=0), counts.sum(dim=0)
 
     entry_masks_take = staticmethod(entry_masks_take)
@@ -322,10 +435,21 @@ class TritonKernels:
         counts = torch.empty(grid[0] * grid[1], 2, dtype=torch.int32, device=h_NF.device)
         with launching_on(counts):
             _entry_masks[grid](
-                open_RC.view(torch.uint8), active_RC.view(torch.uint8), counts, h_RC, low_F.contiguous(),
-                high_F.contiguous(), t_F.contiguous(), n_rows, n_columns, half_width,
-                FEATURE_ROWS=feature_rows, BLOCK_R=ENTRY_ROWS, BLOCK_C=ENTRY_COLUMNS, num_warps=ENTRY_WARPS,
+                open_RC.view(torch.uint8),
+                active_RC.view(torch.uint8),
+                counts,
+                h_RC,
+                low_F.contiguous(),
+                high_F.contiguous(),
+                t_F.contiguous(),
+                n_rows,
+                n_columns,
+                half_width,
+                FEATURE_ROWS=feature_rows,
+                BLOCK_R=ENTRY_ROWS,
+                BLOCK_C=ENTRY_COLUMNS,
+                num_warps=ENTRY_WARPS,
                 enable_fp_fusion=False,
-            )  # fmt: skip
+            )
         n_open, n_active = counts.sum(dim=0)
         return open_NF, active_NF, n_open, n_active

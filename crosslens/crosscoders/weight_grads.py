@@ -165,7 +165,12 @@ class WeightBlock:
         self.kept.setdefault(id(parameter_of(W)), []).append((a_low, a_low._version, grad_NM, grad_NM._version))
 
     def keep_regated(
-        self, W: torch.Tensor, h_NF: torch.Tensor, norms_FS: torch.Tensor, threshold_F: torch.Tensor, grad_SND: torch.Tensor
+        self,
+        W: torch.Tensor,
+        h_NF: torch.Tensor,
+        norms_FS: torch.Tensor,
+        threshold_F: torch.Tensor,
+        grad_SND: torch.Tensor,
     ) -> None:
         """A :func:`~crosslens.crosscoders.regated_decode.snapshot_decode`'s inputs: ``W``'s gradient ``[F, S, D]`` has, at each
         snapshot, the regated code's ``f_s.T @ grad_s`` added at the end."""
@@ -194,10 +199,14 @@ class WeightBlock:
             total = self.sums[id(root)] = torch.zeros(root.shape, dtype=torch.float32, device=root.device)
         return total.view(W.shape)
 
-    def leave_product(self, a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, feature_major: bool, out: torch.Tensor) -> None:
+    def leave_product(
+        self, a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, feature_major: bool, out: torch.Tensor
+    ) -> None:
         self.products.append((id(parameter_of(W)), _operands(a, W, bias, feature_major), out._version, a, out))
 
-    def take_product(self, a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, feature_major: bool) -> torch.Tensor | None:
+    def take_product(
+        self, a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, feature_major: bool
+    ) -> torch.Tensor | None:
         """The product a gradient-free pass left for these very operands (the same memory,
         layout and versions) and left unchanged since (a hook may edit a pre-activation in
         place), handed over once; None where there is none. The passes with gradient come in
@@ -247,7 +256,9 @@ class WeightBlock:
                 del a_BK, grad_BM
             regated = [parts[:4] for parts in self.regated.pop(key, [])]
             if regated:
-                grad = regated_weight_grad(regated, grad if grad is not None else W.new_zeros(W.shape, dtype=torch.float32))
+                grad = regated_weight_grad(
+                    regated, grad if grad is not None else W.new_zeros(W.shape, dtype=torch.float32)
+                )
                 regated.clear()
             scale = self.norm_scales.pop(key, None)
             if scale is not None:
@@ -266,7 +277,16 @@ class WeightBlock:
         self.clear()
 
     def clear(self) -> None:
-        for parts in (self.rounded, self.norms, self.kept, self.regated, self.norm_scales, self.sums, self.versions, self.products):
+        for parts in (
+            self.rounded,
+            self.norms,
+            self.kept,
+            self.regated,
+            self.norm_scales,
+            self.sums,
+            self.versions,
+            self.products,
+        ):
             parts.clear()
 
 
@@ -393,9 +413,15 @@ class _WeightMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, a_NK: torch.Tensor, W_KM: torch.Tensor, bias_M: torch.Tensor | None, dtype: torch.dtype,
-        feature_major: bool, deferred: WeightBlock | None, known: torch.Tensor | None = None,
-    ) -> torch.Tensor:  # fmt: skip
+        ctx: Any,
+        a_NK: torch.Tensor,
+        W_KM: torch.Tensor,
+        bias_M: torch.Tensor | None,
+        dtype: torch.dtype,
+        feature_major: bool,
+        deferred: WeightBlock | None,
+        known: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         a_low = a_NK.to(dtype)
         W_low = rounded(W_KM, dtype)  # the block's copy in a block
         if known is not None:  # this very product, from a gradient-free pass (kept_products)
@@ -417,7 +443,9 @@ class _WeightMatmul(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        if any(need and kept is None for need, kept in zip(ctx.needs_input_grad[:2], (ctx.W_low, ctx.a_low), strict=True)):
+        if any(
+            need and kept is None for need, kept in zip(ctx.needs_input_grad[:2], (ctx.W_low, ctx.a_low), strict=True)
+        ):
             raise RuntimeError(TWICE)
         check_unchanged((ctx.a_low, ctx.W_low), ctx.versions)
         grad_NM = grad.T if ctx.feature_major else grad

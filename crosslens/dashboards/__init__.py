@@ -75,11 +75,19 @@ _LAZY = {
     **{
         name: "crosslens.dashboards.config"
         for name in (
-            "DEFAULT_N_TOKENS", "GE_SHAPE", "Budget", "DashboardsConfig", "DashboardsError", "DashboardsInterrupted",
-            "StaleDatabaseError", "ge_prediction", "predict_database_bytes", "resolve_budget",
+            "DEFAULT_N_TOKENS",
+            "GE_SHAPE",
+            "Budget",
+            "DashboardsConfig",
+            "DashboardsError",
+            "DashboardsInterrupted",
+            "StaleDatabaseError",
+            "ge_prediction",
+            "predict_database_bytes",
+            "resolve_budget",
         )
     },
-}  # fmt: skip
+}
 
 __all__ = sorted(_LAZY)
 __getattr__ = lazy_attributes(__name__, _LAZY)

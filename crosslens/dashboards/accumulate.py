@@ -63,20 +63,27 @@ class PassState:
     res_win_JFQW: Float[torch.Tensor, "J F Q W"]
 
     @classmethod
-    def empty(cls, n_readings: int, d_sae: int, top_k: int, reservoir: int, window: int, n_bins: int, device) -> PassState:
+    def empty(
+        cls, n_readings: int, d_sae: int, top_k: int, reservoir: int, window: int, n_bins: int, device
+    ) -> PassState:
         J, F, W = n_readings, d_sae, 2 * window + 1
         on = {"device": device}
         return cls(
-            position=0, tokens=0, edges_B1=torch.empty(0, dtype=torch.float64, **on),
-            count_JF=torch.zeros(J, F, dtype=torch.long, **on), sum_JF=torch.zeros(J, F, dtype=torch.float64, **on),
-            max_JF=torch.zeros(J, F, **on), hist_SFB=torch.zeros(J - 1, F, n_bins, dtype=torch.long, **on),
+            position=0,
+            tokens=0,
+            edges_B1=torch.empty(0, dtype=torch.float64, **on),
+            count_JF=torch.zeros(J, F, dtype=torch.long, **on),
+            sum_JF=torch.zeros(J, F, dtype=torch.float64, **on),
+            max_JF=torch.zeros(J, F, **on),
+            hist_SFB=torch.zeros(J - 1, F, n_bins, dtype=torch.long, **on),
             top_val_JFK=torch.full((J, F, top_k), -1.0, **on),
             top_row_JFK=torch.full((J, F, top_k), -1, dtype=torch.long, **on),
             top_win_JFKW=torch.zeros(J, F, top_k, W, dtype=torch.float16, **on),
-            res_key_JFQ=torch.full((J, F, reservoir), -1.0, **on), res_val_JFQ=torch.zeros(J, F, reservoir, **on),
+            res_key_JFQ=torch.full((J, F, reservoir), -1.0, **on),
+            res_val_JFQ=torch.zeros(J, F, reservoir, **on),
             res_row_JFQ=torch.full((J, F, reservoir), -1, dtype=torch.long, **on),
             res_win_JFQW=torch.zeros(J, F, reservoir, W, dtype=torch.float16, **on),
-        )  # fmt: skip
+        )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
@@ -111,7 +118,9 @@ def token_keys(row_N: torch.Tensor, reading: int, seed: int) -> Float[torch.Tens
 
 
 # --------------------------------------------------------------------------- merging
-def merge_kept(score_FK: torch.Tensor, feature_C: torch.Tensor, score_C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_kept(
+    score_FK: torch.Tensor, feature_C: torch.Tensor, score_C: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each feature's ``K`` highest scores among its kept ones and the candidates: the new scores
     ``[F, K]`` (best first) and where each came from, an index into the kept ones flattened
     (``< F * K``) followed by the candidates.
@@ -136,7 +145,11 @@ def merge_kept(score_FK: torch.Tensor, feature_C: torch.Tensor, score_C: torch.T
     values, columns = torch.sort(table, dim=1, descending=True, stable=True)
     values_FK, column_FK = values[:, :K], columns[:, :K]
     is_new = column_FK >= K
-    new_index = order_C[(starts_F[:, None] + (column_FK - K).clamp(min=0)).clamp(max=max(len(order_C) - 1, 0))] if M else column_FK
+    new_index = (
+        order_C[(starts_F[:, None] + (column_FK - K).clamp(min=0)).clamp(max=max(len(order_C) - 1, 0))]
+        if M
+        else column_FK
+    )
     kept_index = torch.arange(F, device=device)[:, None] * K + column_FK.clamp(max=K - 1)
     chosen_FK = torch.where(is_new, F * K + new_index, kept_index)
     return values_FK.contiguous(), chosen_FK
@@ -154,7 +167,9 @@ def take(kept: torch.Tensor, chosen_FK: torch.Tensor, new: Any) -> torch.Tensor:
     return out.reshape(kept.shape)
 
 
-def window_codes(code_NF: torch.Tensor, batch: Batch, row_C: torch.Tensor, feature_C: torch.Tensor, window: int) -> torch.Tensor:
+def window_codes(
+    code_NF: torch.Tensor, batch: Batch, row_C: torch.Tensor, feature_C: torch.Tensor, window: int
+) -> torch.Tensor:
     """``[C, 2 * window + 1]`` float16: feature ``feature_C[c]``'s code on the tokens around batch row
     ``row_C[c]`` in its sequence (0 where the window leaves the sequence or a token is not kept)."""
     offsets_W = torch.arange(-window, window + 1, device=code_NF.device)
@@ -229,9 +244,11 @@ def update_reading(
     if n_C.numel():
         key_FQ, chosen = merge_kept(key_FQ, f_C, key_N[n_C])
         res = (
-            key_FQ, take(res[1], chosen, lambda c: code_NF[n_C[c], f_C[c]]),
-            take(res[2], chosen, lambda c: batch.row_ids_N[n_C[c]]), take(res[3], chosen, windows(n_C, f_C)),
-        )  # fmt: skip
+            key_FQ,
+            take(res[1], chosen, lambda c: code_NF[n_C[c], f_C[c]]),
+            take(res[2], chosen, lambda c: batch.row_ids_N[n_C[c]]),
+            take(res[3], chosen, windows(n_C, f_C)),
+        )
     return ReadingUpdate(count_F, sum_F, max_F, hist_FB, top, res)
 
 
@@ -249,14 +266,21 @@ def apply_updates(state: PassState, updates: list[ReadingUpdate], n_tokens: int)
     """The state after a batch of ``n_tokens`` tokens whose readings gave ``updates`` (in order)."""
     stack = lambda values: torch.stack(list(values))  # noqa: E731
     return replace(
-        state, position=state.position + 1, tokens=state.tokens + n_tokens,
-        count_JF=stack(u.count_F for u in updates), sum_JF=stack(u.sum_F for u in updates),
-        max_JF=stack(u.max_F for u in updates), hist_SFB=stack(u.hist_FB for u in updates[1:]),
-        top_val_JFK=stack(u.top[0] for u in updates), top_row_JFK=stack(u.top[1] for u in updates),
-        top_win_JFKW=stack(u.top[2] for u in updates), res_key_JFQ=stack(u.res[0] for u in updates),
-        res_val_JFQ=stack(u.res[1] for u in updates), res_row_JFQ=stack(u.res[2] for u in updates),
+        state,
+        position=state.position + 1,
+        tokens=state.tokens + n_tokens,
+        count_JF=stack(u.count_F for u in updates),
+        sum_JF=stack(u.sum_F for u in updates),
+        max_JF=stack(u.max_F for u in updates),
+        hist_SFB=stack(u.hist_FB for u in updates[1:]),
+        top_val_JFK=stack(u.top[0] for u in updates),
+        top_row_JFK=stack(u.top[1] for u in updates),
+        top_win_JFKW=stack(u.top[2] for u in updates),
+        res_key_JFQ=stack(u.res[0] for u in updates),
+        res_val_JFQ=stack(u.res[1] for u in updates),
+        res_row_JFQ=stack(u.res[2] for u in updates),
         res_win_JFQW=stack(u.res[3] for u in updates),
-    )  # fmt: skip
+    )
 
 
 def histogram_edges(codes: Iterable[torch.Tensor], n_bins: int) -> Float[torch.Tensor, " n_edges"]:

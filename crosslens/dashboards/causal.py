@@ -66,7 +66,11 @@ def unread_sections(run_dir: Path, tasks: list[str]) -> list[str]:
     """Attribution sections saved in the run (``sections/attribution-TASK.json``) whose task no IE
     table read here holds."""
     folder = run_dir / SECTIONS_DIR
-    names = [p.stem.removeprefix("attribution-") for p in sorted(folder.glob("attribution-*.json"))] if folder.is_dir() else []
+    names = (
+        [p.stem.removeprefix("attribution-") for p in sorted(folder.glob("attribution-*.json"))]
+        if folder.is_dir()
+        else []
+    )
     return [name for name in names if name not in tasks]
 
 
@@ -83,13 +87,19 @@ def read_causal(tables: list[Path], run_dir: Path, revisions: list[str], d_sae: 
         try:
             table = IETable.load(path)
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise DashboardsError(f"{path} is not an IE table of `crosslens attribute` ({error}); pass its --out file") from None
+            raise DashboardsError(
+                f"{path} is not an IE table of `crosslens attribute` ({error}); pass its --out file"
+            ) from None
         _check_table(table, path, revisions, d_sae)
         if table.task in seen:
-            raise DashboardsError(f"{path} and {seen[table.task]} both attribute task {table.task}; pass one of them (--attribution)")
+            raise DashboardsError(
+                f"{path} and {seen[table.task]} both attribute task {table.task}; pass one of them (--attribution)"
+            )
         seen[table.task] = path
         folder = _causal_folder(path, table.task)
-        extras = {name: folder / name for name in ("relie.json", "ablation_curves.json", "summary.json")} if folder else {}
+        extras = (
+            {name: folder / name for name in ("relie.json", "ablation_curves.json", "summary.json")} if folder else {}
+        )
         extras = {name: p for name, p in extras.items() if p.is_file()}
         for p in [path, *extras.values()]:
             scores.sources[_recorded(p, run_dir)] = file_sha256(p)
@@ -137,10 +147,17 @@ def _rows(table: Any, relie_file: dict | None, curves: list | None) -> list[tupl
     rows = []
     for feature in torch.nonzero((ie_FS != 0).any(dim=1)).flatten().tolist():
         for column, snapshot in enumerate(table.snapshots):
-            rows.append((
-                table.task, feature, int(snapshot), float(ie_FS[feature, column]), float(share_FS[feature, column]),
-                classes.get((feature, column)), ablation.get((feature, int(snapshot))),
-            ))  # fmt: skip
+            rows.append(
+                (
+                    table.task,
+                    feature,
+                    int(snapshot),
+                    float(ie_FS[feature, column]),
+                    float(share_FS[feature, column]),
+                    classes.get((feature, column)),
+                    ablation.get((feature, int(snapshot))),
+                )
+            )
     return rows
 
 

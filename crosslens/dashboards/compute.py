@@ -32,12 +32,22 @@ from crosslens.dashboards import schema
 from crosslens.dashboards.accumulate import PassState, apply_updates, histogram_edges, token_keys, update_reading
 from crosslens.dashboards.causal import CausalScores, find_tables, read_causal, unread_sections
 from crosslens.dashboards.config import (
-    DEFAULT_N_TOKENS, Budget, DashboardsConfig, DashboardsError, DashboardsInterrupted, format_size,
-    predict_database_bytes, resolve_budget,
-)  # fmt: skip
+    DEFAULT_N_TOKENS,
+    Budget,
+    DashboardsConfig,
+    DashboardsError,
+    DashboardsInterrupted,
+    format_size,
+    predict_database_bytes,
+    resolve_budget,
+)
 from crosslens.dashboards.database import (
-    DatabaseContent, feature_rows, feature_snapshot_rows, snapshot_rows, write_database,
-)  # fmt: skip
+    DatabaseContent,
+    feature_rows,
+    feature_snapshot_rows,
+    snapshot_rows,
+    write_database,
+)
 from crosslens.dashboards.logits import logit_effects, raw_directions, vocabulary_pieces
 from crosslens.dashboards.partial import existing_database, load_partial, remove_partial, save_partial
 from crosslens.dashboards.readings import Readings
@@ -114,7 +124,9 @@ def check_run_folder(run_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the token source
-def open_source(run_dir: Path, crosscoder: Any, store: Any, stream: StreamSource | None, suite: Any, device, model_dtype: str) -> TokenSource:
+def open_source(
+    run_dir: Path, crosscoder: Any, store: Any, stream: StreamSource | None, suite: Any, device, model_dtype: str
+) -> TokenSource:
     """The token source, checked against the crosscoder's record (snapshots, hook, width, suite)."""
     from crosslens.activations.partners import check_recorded_partner, snapshot_problem
     from crosslens.core.hooks import crosscoder_hook
@@ -126,12 +138,18 @@ def open_source(run_dir: Path, crosscoder: Any, store: Any, stream: StreamSource
         offered = stream.suite.provenance()["snapshots"]
         problem = snapshot_problem(record.get("snapshots") or offered, offered, require_identity=False)
         if problem:
-            raise DashboardsError(f"the streamed suite {stream.suite.model_id} is not the crosscoder's: {problem}; pass the suite and --steps it was trained on")
+            raise DashboardsError(
+                f"the streamed suite {stream.suite.model_id} is not the crosscoder's: {problem}; pass the suite and --steps it was trained on"
+            )
         source = StreamTokens(stream, hook, device, model_dtype)
-        problem = snapshot_problem(record.get("snapshots") or source.provenance, _loaded(source), require_identity=False)
+        problem = snapshot_problem(
+            record.get("snapshots") or source.provenance, _loaded(source), require_identity=False
+        )
         if problem:
             source.close()
-            raise DashboardsError(f"the streamed suite {stream.suite.model_id} is not the crosscoder's: {problem}; pass the suite it was trained on")
+            raise DashboardsError(
+                f"the streamed suite {stream.suite.model_id} is not the crosscoder's: {problem}; pass the suite it was trained on"
+            )
         return source
     opened = _open_store(run_dir, store)
     check_recorded_partner(crosscoder, opened, None, used_by="crosslens dashboards")
@@ -171,13 +189,20 @@ def _open_store(run_dir: Path, store: Any) -> Any:
 
 def partners(run_dir: Path, source: TokenSource, record: dict[str, Any], causal: CausalScores) -> dict[str, Any]:
     """What the database is computed from, by identity: recorded with it and compared on every call."""
-    suite = {"model_id": record.get("model_id"), "snapshots": [
-        {key: entry.get(key) for key in ("revision", "step", "weights_sha256")} for entry in record.get("snapshots") or []
-    ]}  # fmt: skip
+    suite = {
+        "model_id": record.get("model_id"),
+        "snapshots": [
+            {key: entry.get(key) for key in ("revision", "step", "weights_sha256")}
+            for entry in record.get("snapshots") or []
+        ],
+    }
     return {
-        "run": trained_run_sha256(run_dir), "crosscoder": file_sha256(run_dir / FINAL_DIRNAME / WEIGHTS_NAME),
-        "tokens": source.record(), "suite": suite, "attribution": dict(sorted(causal.sources.items())),
-    }  # fmt: skip
+        "run": trained_run_sha256(run_dir),
+        "crosscoder": file_sha256(run_dir / FINAL_DIRNAME / WEIGHTS_NAME),
+        "tokens": source.record(),
+        "suite": suite,
+        "attribution": dict(sorted(causal.sources.items())),
+    }
 
 
 # --------------------------------------------------------------------------- the pass
@@ -195,8 +220,11 @@ def stop_after_batch() -> Iterator[list[int]]:
         if asked:
             raise KeyboardInterrupt
         asked.append(signum)
-        print(f"\n{signal.Signals(signum).name}: stopping after this batch and saving the pass so far (send it again "
-              "to stop at once; the pass is saved up to its last whole batch either way)", file=sys.stderr)  # fmt: skip
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after this batch and saving the pass so far (send it again "
+            "to stop at once; the pass is saved up to its last whole batch either way)",
+            file=sys.stderr,
+        )
 
     previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -208,9 +236,18 @@ def stop_after_batch() -> Iterator[list[int]]:
 
 @torch.inference_mode()
 def run_pass(
-    source: TokenSource, readings: Readings, state: PassState, plan: list[tuple[int, int]], budget: Budget, *,
-    seed: int, device: torch.device, total: int, progress: bool, save: Any,
-) -> PassState:  # fmt: skip
+    source: TokenSource,
+    readings: Readings,
+    state: PassState,
+    plan: list[tuple[int, int]],
+    budget: Budget,
+    *,
+    seed: int,
+    device: torch.device,
+    total: int,
+    progress: bool,
+    save: Any,
+) -> PassState:
     """Fold batches ``state.position`` .. of ``plan`` into ``state``; on a stop, save what is done
     (``save(state)``) and raise :class:`DashboardsInterrupted`."""
     holder = [state]
@@ -243,30 +280,39 @@ def run_pass(
                 done = holder[0].tokens
                 raise DashboardsInterrupted(
                     f"interrupted after {done:,} of {total:,} tokens; the pass so far is saved in {folder}: run the same "
-                    "`crosslens dashboards` command again to continue it", signum=getattr(error, "signum", 2),
-                ) from None  # fmt: skip
+                    "`crosslens dashboards` command again to continue it",
+                    signum=getattr(error, "signum", 2),
+                ) from None
         raise
     bar.close()
     return holder[0]
 
 
 # --------------------------------------------------------------------------- one call
-def _compute(run_dir: Path, crosscoder: Any, source: TokenSource, config: DashboardsConfig, device, progress: bool) -> Path:
+def _compute(
+    run_dir: Path, crosscoder: Any, source: TokenSource, config: DashboardsConfig, device, progress: bool
+) -> Path:
     record = metadata_value(crosscoder, "suite") or {}
     F, S = int(crosscoder.cfg.d_sae), int(crosscoder.cfg.n_snapshots)
-    revisions = [str(entry.get("revision")) for entry in record.get("snapshots") or []] or [f"snapshot{s}" for s in range(S)]
+    revisions = [str(entry.get("revision")) for entry in record.get("snapshots") or []] or [
+        f"snapshot{s}" for s in range(S)
+    ]
     tokenizer = source_suite(source).tokenizer()
     budget = resolve_budget(config, F, S, vocab_size=len(tokenizer))
     causal = read_causal(find_tables(run_dir, config.attribution), run_dir, revisions, F)
     for name in unread_sections(run_dir, [task[0] for task in causal.tasks]):
-        print(f"note: {run_dir} has an attribution section for {name} but no IE table of it was found; pass its "
-              "`crosslens attribute --out` file with --attribution for its causal scores")  # fmt: skip
+        print(
+            f"note: {run_dir} has an attribution section for {name} but no IE table of it was found; pass its "
+            "`crosslens attribute --out` file with --attribution for its causal scores"
+        )
     plan, total = source.plan(int(config.n_tokens or DEFAULT_N_TOKENS), int(config.batch_size))
     settings = {**budget.to_dict(), "n_tokens": total, "batch_size": int(config.batch_size), "seed": int(config.seed)}
     inputs = {"partners": partners(run_dir, source, record, causal), "settings": settings}
     database = run_dir / schema.DATABASE_NAME
     if existing_database(run_dir, inputs, config.overwrite) == "current":
-        print(f"feature database: {database} is up to date (same run, tokens and budget); pass --overwrite to compute it again")
+        print(
+            f"feature database: {database} is up to date (same run, tokens and budget); pass --overwrite to compute it again"
+        )
         return database
     state = load_partial(run_dir, inputs, device, config.overwrite)
     predicted = predict_database_bytes(F, S, budget, vocab_size=len(tokenizer), n_causal_rows=len(causal.causal))
@@ -279,9 +325,21 @@ def _compute(run_dir: Path, crosscoder: Any, source: TokenSource, config: Dashbo
         print(f"continuing the saved pass at {state.tokens:,} of {total:,} tokens")
     logits = snapshot_logits(crosscoder, source, budget.n_logits, device)  # each model once, before the long pass
     readings = Readings(crosscoder)
-    start = state or PassState.empty(readings.n_readings, F, budget.top_k, budget.reservoir, budget.window, budget.n_bins, device)
-    state = run_pass(source, readings, start, plan, budget, seed=int(config.seed), device=device, total=total,
-                     progress=progress, save=lambda s: save_partial(run_dir, s, inputs))  # fmt: skip
+    start = state or PassState.empty(
+        readings.n_readings, F, budget.top_k, budget.reservoir, budget.window, budget.n_bins, device
+    )
+    state = run_pass(
+        source,
+        readings,
+        start,
+        plan,
+        budget,
+        seed=int(config.seed),
+        device=device,
+        total=total,
+        progress=progress,
+        save=lambda s: save_partial(run_dir, s, inputs),
+    )
     if state.position > start.position:
         save_partial(run_dir, state, inputs)  # the pass is kept until its database is sealed
     content = _content(crosscoder, source, state, budget, causal, revisions, tokenizer, inputs, logits)
@@ -291,7 +349,9 @@ def _compute(run_dir: Path, crosscoder: Any, source: TokenSource, config: Dashbo
     os.replace(tmp, database)
     write_record(run_dir, inputs["partners"], settings, state.tokens)
     remove_partial(run_dir)
-    print(f"feature database: {database}, {format_size(database.stat().st_size)} (predicted at most {format_size(predicted)})")
+    print(
+        f"feature database: {database}, {format_size(database.stat().st_size)} (predicted at most {format_size(predicted)})"
+    )
     return database
 
 
@@ -310,11 +370,16 @@ def _content(crosscoder, source, state, budget, causal, revisions, tokenizer, in
     pieces = vocabulary_pieces(tokenizer)
     meta = _meta(crosscoder, inputs, state, budget, revisions)
     return DatabaseContent(
-        meta=meta, snapshots=snapshot_rows(analysis, revisions), vocabulary=pieces,
+        meta=meta,
+        snapshots=snapshot_rows(analysis, revisions),
+        vocabulary=pieces,
         features=feature_rows(analysis, stats, causal.relevance_F),
         feature_snapshots=feature_snapshot_rows(analysis, stats, state.hist_SFB.cpu().numpy(), logits),
-        contexts=context_rows(top, quantile), tasks=causal.tasks, causal=causal.causal, search=search_texts(top, pieces),
-    )  # fmt: skip
+        contexts=context_rows(top, quantile),
+        tasks=causal.tasks,
+        causal=causal.causal,
+        search=search_texts(top, pieces),
+    )
 
 
 @torch.inference_mode()
@@ -330,7 +395,9 @@ def snapshot_logits(crosscoder: Any, source: TokenSource, n_logits: int, device)
         if isinstance(source, StoreTokens) and info is not None and s < len(recorded):
             problem = snapshot_problem([recorded[s]], [info.to_dict()], require_identity=False)
             if problem:
-                raise DashboardsError(f"the suite's {problem}, not the crosscoder's; pass the suite it was trained on (--suite)")
+                raise DashboardsError(
+                    f"the suite's {problem}, not the crosscoder's; pass the suite it was trained on (--suite)"
+                )
         out.append(logit_effects(model, raw_directions(crosscoder, s).to(device), n_logits))
     return out
 
@@ -344,16 +411,22 @@ def _meta(crosscoder: Any, inputs: dict, state: PassState, budget: Budget, revis
         crosslens_version = "unknown"
     cfg, partners = crosscoder.cfg, inputs["partners"]
     return {
-        "format": schema.FORMAT, "crosslens_version": crosslens_version, "run": partners["run"],
+        "format": schema.FORMAT,
+        "crosslens_version": crosslens_version,
+        "run": partners["run"],
         "crosscoder": {
-            "architecture": cfg.architecture(), "d_sae": int(cfg.d_sae), "d_in": int(cfg.d_in),
-            "n_snapshots": int(cfg.n_snapshots), "hook_name": metadata_value(crosscoder, "hook_name"),
+            "architecture": cfg.architecture(),
+            "d_sae": int(cfg.d_sae),
+            "d_in": int(cfg.d_in),
+            "n_snapshots": int(cfg.n_snapshots),
+            "hook_name": metadata_value(crosscoder, "hook_name"),
             "weights_sha256": partners["crosscoder"],
         },
         "suite": {"model_id": partners["suite"]["model_id"], "snapshots": revisions},
-        "tokens": partners["tokens"], "n_tokens": state.tokens,
+        "tokens": partners["tokens"],
+        "n_tokens": state.tokens,
         "budget": {"n_tokens": state.tokens, **budget.to_dict(), "seed": inputs["settings"]["seed"]},
         "histogram_edges": [float(e) for e in state.edges_B1.cpu().tolist()],
         "activation": "per-snapshot mode (SnapshotCodec.encode_single) at snapshots 0..S-1, the crosscoder's own code at -1",
         "attribution": partners["attribution"],
-    }  # fmt: skip
+    }

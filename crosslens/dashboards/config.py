@@ -26,8 +26,15 @@ GE_VOCAB = 50_304
 """Pythia's unembedding width (its vocabulary rows in the database)."""
 
 BUDGET_LADDER: tuple[tuple[int, int, int], ...] = (
-    (20, 10, 10), (16, 8, 8), (12, 6, 8), (10, 5, 8), (8, 4, 6), (6, 3, 5), (4, 2, 4), (2, 1, 2),
-)  # fmt: skip
+    (20, 10, 10),
+    (16, 8, 8),
+    (12, 6, 8),
+    (10, 5, 8),
+    (8, 4, 6),
+    (6, 3, 5),
+    (4, 2, 4),
+    (2, 1, 2),
+)
 """(top_k, n_quantile, window) budgets, largest first: the default is the first whose predicted
 database fits ``max_database_gb``."""
 
@@ -198,4 +205,8 @@ def format_size(n_bytes: int) -> str:
     """``3.21 GB (2.99 GiB)``: decimal units first (the goals are stated in GB), binary beside."""
     from crosslens.core.units import format_bytes
 
-    return f"{n_bytes / 1e9:.2f} GB ({format_bytes(n_bytes)})" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.2f} MB ({format_bytes(n_bytes)})"
+    return (
+        f"{n_bytes / 1e9:.2f} GB ({format_bytes(n_bytes)})"
+        if n_bytes >= 1e8
+        else f"{n_bytes / 1e6:.2f} MB ({format_bytes(n_bytes)})"
+    )

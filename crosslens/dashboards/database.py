@@ -74,19 +74,35 @@ def feature_rows(analysis: Any, stats: ReadingStats, relevance_F: Any) -> Iterat
     """The features table: class and lifetime from the evolution analysis, firing of the crosscoder's code."""
     lifetimes, steps = analysis.lifetimes, analysis.steps
     peak_norm_F = analysis.norms.amax(dim=1).tolist()
-    columns = [t.tolist() for t in (lifetimes.emergence, lifetimes.peak, lifetimes.fade, lifetimes.dip, lifetimes.recovery)]
+    columns = [
+        t.tolist() for t in (lifetimes.emergence, lifetimes.peak, lifetimes.fade, lifetimes.dip, lifetimes.recovery)
+    ]
     relevance = None if relevance_F is None else [float(v) for v in relevance_F.tolist()]
     for f in range(analysis.d_sae):
         emergence, peak, fade, dip, recovery = (None if col[f] == NO_STEP else int(col[f]) for col in columns)
         step = lambda index: None if index is None else int(steps[index])  # noqa: E731
         yield (
-            f, analysis.classes[f], emergence, step(emergence), peak, step(peak), fade, step(fade), step(dip),
-            step(recovery), float(peak_norm_F[f]), float(stats.density[0, f]), optional(stats.mean[0, f]),
-            float(stats.max[0, f]), None if relevance is None else relevance[f],
-        )  # fmt: skip
+            f,
+            analysis.classes[f],
+            emergence,
+            step(emergence),
+            peak,
+            step(peak),
+            fade,
+            step(fade),
+            step(dip),
+            step(recovery),
+            float(peak_norm_F[f]),
+            float(stats.density[0, f]),
+            optional(stats.mean[0, f]),
+            float(stats.max[0, f]),
+            None if relevance is None else relevance[f],
+        )
 
 
-def feature_snapshot_rows(analysis: Any, stats: ReadingStats, hist_SFB: np.ndarray, logits: list[tuple]) -> Iterator[tuple]:
+def feature_snapshot_rows(
+    analysis: Any, stats: ReadingStats, hist_SFB: np.ndarray, logits: list[tuple]
+) -> Iterator[tuple]:
     """The feature_snapshots table, feature by feature, snapshot by snapshot. ``logits[s]`` holds
     snapshot s's (top ids, top values, bottom ids, bottom values), ``[F, n]`` each."""
     norms = analysis.norms.double().numpy()
@@ -98,10 +114,19 @@ def feature_snapshot_rows(analysis: Any, stats: ReadingStats, hist_SFB: np.ndarr
         for s in range(S):
             top_ids, top_values, bottom_ids, bottom_values = (b[f].tobytes() for b in blobs[s])
             yield (
-                f, s, float(norms[f, s]), float(relative[f, s]), float(stats.density[s + 1, f]),
-                optional(stats.mean[s + 1, f]), float(stats.max[s + 1, f]), hist[s, f].tobytes(),
-                top_ids, top_values, bottom_ids, bottom_values,
-            )  # fmt: skip
+                f,
+                s,
+                float(norms[f, s]),
+                float(relative[f, s]),
+                float(stats.density[s + 1, f]),
+                optional(stats.mean[s + 1, f]),
+                float(stats.max[s + 1, f]),
+                hist[s, f].tobytes(),
+                top_ids,
+                top_values,
+                bottom_ids,
+                bottom_values,
+            )
 
 
 def snapshot_rows(analysis: Any, revisions: list[str]) -> list[tuple]:

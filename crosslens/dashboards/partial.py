@@ -59,9 +59,13 @@ def save_partial(run_dir: Path, state: PassState, inputs: dict[str, Any]) -> Pat
     torch.save(state.to_saved(), tmp)
     os.replace(tmp, folder / name)
     record = {
-        "format": PARTIAL_FORMAT, "inputs": as_json(inputs), "state": name, "state_sha256": file_sha256(folder / name),
-        "position": state.position, "tokens": state.tokens,
-    }  # fmt: skip
+        "format": PARTIAL_FORMAT,
+        "inputs": as_json(inputs),
+        "state": name,
+        "state_sha256": file_sha256(folder / name),
+        "position": state.position,
+        "tokens": state.tokens,
+    }
     write_sealed(folder / PARTIAL_RECORD, record, PARTIAL_KEY)
     for old in folder.glob("state_*.pt*"):
         if old.name != name:

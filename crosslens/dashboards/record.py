@@ -70,9 +70,14 @@ def write_record(run_dir: Path, partners: dict[str, Any], settings: dict[str, An
     """Seal the finished database of ``run_dir`` with what it was computed from (written last)."""
     path = run_dir / DATABASE_NAME
     record = {
-        "format": RECORD_FORMAT, "database": DATABASE_NAME, "database_sha256": database_sha256(path),
-        "database_bytes": path.stat().st_size, "partners": partners, "settings": settings, "n_tokens": n_tokens,
-    }  # fmt: skip
+        "format": RECORD_FORMAT,
+        "database": DATABASE_NAME,
+        "database_sha256": database_sha256(path),
+        "database_bytes": path.stat().st_size,
+        "partners": partners,
+        "settings": settings,
+        "n_tokens": n_tokens,
+    }
     return write_sealed(run_dir / RECORD_NAME, record, RECORD_KEY)
 
 
@@ -88,11 +93,17 @@ def read_record(run_dir: Path) -> dict[str, Any]:
     try:
         record = read_sealed(path, RECORD_KEY)
     except (UnreadableRecordError, BrokenSealError) as error:
-        raise DashboardsError(f"{path} is damaged ({error}); rebuild the database with `crosslens dashboards {run_dir} --overwrite`") from None
+        raise DashboardsError(
+            f"{path} is damaged ({error}); rebuild the database with `crosslens dashboards {run_dir} --overwrite`"
+        ) from None
     if record.get("format") in EARLIER_FORMATS:
-        raise DashboardsError(f"{path} was written by an earlier crosslens ({record['format']}); rebuild the database with `crosslens dashboards {run_dir} --overwrite`")
+        raise DashboardsError(
+            f"{path} was written by an earlier crosslens ({record['format']}); rebuild the database with `crosslens dashboards {run_dir} --overwrite`"
+        )
     if record.get("format") != RECORD_FORMAT or record.get("database") != DATABASE_NAME:
-        raise DashboardsError(f"{path} is not a record of `crosslens dashboards` ({record.get('format')}); rebuild it with `crosslens dashboards {run_dir} --overwrite`")
+        raise DashboardsError(
+            f"{path} is not a record of `crosslens dashboards` ({record.get('format')}); rebuild it with `crosslens dashboards {run_dir} --overwrite`"
+        )
     return record
 
 
@@ -124,7 +135,9 @@ def open_database(run_dir: str | Path, *, verify: str | bool = "full") -> sqlite
         raise ValueError(f"verify must be one of {VERIFY_MODES} (or True/False), got {verify!r}")
     path = run_dir / DATABASE_NAME
     if not path.is_file():
-        raise DashboardsError(f"{run_dir} has no feature database ({DATABASE_NAME}); run `crosslens dashboards {run_dir}` first")
+        raise DashboardsError(
+            f"{run_dir} has no feature database ({DATABASE_NAME}); run `crosslens dashboards {run_dir}` first"
+        )
     problem = database_problem(run_dir, read_record(run_dir), verify)
     if problem is not None:
         raise DashboardsError(f"{problem}; rebuild it with `crosslens dashboards {run_dir} --overwrite`")

@@ -70,15 +70,23 @@ def quantile_contexts(state: PassState, table_QL: np.ndarray, budget: Budget) ->
     order = np.argsort(val, axis=-1, kind="stable")
     levels = (np.arange(n) + 0.5) / max(n, 1)
     index = np.rint(levels[None, None, :] * np.maximum(m_JF - 1, 0)[..., None]).astype(np.int64)
-    keep = (m_JF[..., None] > 0) & np.concatenate([np.ones_like(index[..., :1], bool), np.diff(index, axis=-1) > 0], axis=-1)
+    keep = (m_JF[..., None] > 0) & np.concatenate(
+        [np.ones_like(index[..., :1], bool), np.diff(index, axis=-1) > 0], axis=-1
+    )
     rank = np.cumsum(keep[..., ::-1], axis=-1)[..., ::-1] - 1
     j, f, q = np.nonzero(keep)
     slot = np.take_along_axis(order, index, axis=-1)[j, f, q]
     rows = state.res_row_JFQ.cpu().numpy()[j, f, slot]
     wins = state.res_win_JFQW.cpu().numpy()[j, f, slot]
     quantile = np.round((index[j, f, q] + 0.5) / m_JF[j, f], 4)
-    return Contexts(j, f, rank[j, f, q], activation=val[j, f, slot], quantile=quantile,
-                    **_windows(rows, wins, table_QL, budget.window))  # fmt: skip
+    return Contexts(
+        j,
+        f,
+        rank[j, f, q],
+        activation=val[j, f, slot],
+        quantile=quantile,
+        **_windows(rows, wins, table_QL, budget.window),
+    )
 
 
 def context_rows(top: Contexts, quantile: Contexts) -> Iterator[tuple]:
@@ -92,14 +100,26 @@ def context_rows(top: Contexts, quantile: Contexts) -> Iterator[tuple]:
     ids = np.concatenate([c.ids_CW for c in both])[order].astype("<i4").tobytes()
     acts = np.concatenate([c.acts_CW for c in both])[order].astype("<f2").tobytes()
     lo, hi = cat("lo")[order].tolist(), cat("hi")[order].tolist()
-    q = np.concatenate([quantile.quantile if quantile.quantile is not None else np.zeros(len(quantile)),
-                        np.full(len(top), np.nan)])[order].tolist()  # fmt: skip
+    q = np.concatenate(
+        [quantile.quantile if quantile.quantile is not None else np.zeros(len(quantile)), np.full(len(top), np.nan)]
+    )[order].tolist()
     columns = [a[order].tolist() for a in (feature, j, kind, rank, cat("seq"), cat("pos"), cat("activation"))]
     names = ("quantile", "top")
     for i, (f, jj, k, r, seq, pos, act) in enumerate(zip(*columns)):
         a, b = i * W + lo[i], i * W + hi[i]
-        yield (f, jj - 1, names[k], r, seq, pos, act, None if q[i] != q[i] else q[i], pos - W // 2 + lo[i],
-               ids[4 * a : 4 * b], acts[2 * a : 2 * b])  # fmt: skip
+        yield (
+            f,
+            jj - 1,
+            names[k],
+            r,
+            seq,
+            pos,
+            act,
+            None if q[i] != q[i] else q[i],
+            pos - W // 2 + lo[i],
+            ids[4 * a : 4 * b],
+            acts[2 * a : 2 * b],
+        )
 
 
 def search_texts(top: Contexts, pieces: list[str]) -> Iterator[tuple[int, str]]:

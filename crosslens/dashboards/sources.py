@@ -174,11 +174,20 @@ class StreamTokens(TokenSource):
 
         self.source, self.hook = source, hook
         self.provider = ResidentSnapshotProvider(
-            source.suite, hook, source.token_ids_NL, 1, device=device, model_device=device,
-            model_dtype=model_dtype, prefetch=False, exclude_bos=source.exclude_bos,
-            exclude_token_ids=source.exclude_token_ids, harvest_batch_size=source.harvest_batch_size,
-            memory_fraction=source.memory_fraction, compile=False,
-        )  # fmt: skip
+            source.suite,
+            hook,
+            source.token_ids_NL,
+            1,
+            device=device,
+            model_device=device,
+            model_dtype=model_dtype,
+            prefetch=False,
+            exclude_bos=source.exclude_bos,
+            exclude_token_ids=source.exclude_token_ids,
+            harvest_batch_size=source.harvest_batch_size,
+            memory_fraction=source.memory_fraction,
+            compile=False,
+        )
         self.keep_NL = self.provider.keep_NL
         self.seq_len = int(self.keep_NL.shape[1])
         self.seq_ids = torch.arange(self.keep_NL.shape[0])
@@ -203,11 +212,17 @@ class StreamTokens(TokenSource):
         kept = kept_index(keep_QL, self.source.harvest_batch_size, models[0].cfg.device)
         rows = [
             harvest_rows(
-                model, tokens_QL, keep_QL, [self.hook], batch_size=self.source.harvest_batch_size,
-                out_device=device, out_dtype=torch.float32, kept=kept,
+                model,
+                tokens_QL,
+                keep_QL,
+                [self.hook],
+                batch_size=self.source.harvest_batch_size,
+                out_device=device,
+                out_dtype=torch.float32,
+                kept=kept,
             )[self.hook]
             for model in models
-        ]  # fmt: skip
+        ]
         seq_K, pos_K = torch.nonzero(keep_QL, as_tuple=True)
         row_ids_N = (seq_K + start) * self.seq_len + pos_K
         return make_batch(torch.stack(rows, dim=1), row_ids_N, self.seq_ids[start:stop], self.seq_len)
@@ -244,6 +259,8 @@ def recorded_suite(record: dict[str, Any]) -> CheckpointSuite:
     elif "bloom" in model_id.lower():
         return CheckpointSuite.bloom(model_id, steps=steps or None)
     else:
-        where = f"its folder {root} is gone" if root else f"{model_id or 'no model id'} names no suite crosslens can load"
+        where = (
+            f"its folder {root} is gone" if root else f"{model_id or 'no model id'} names no suite crosslens can load"
+        )
         raise ValueError(f"the crosscoder's suite cannot be loaded: {where}")
     return suite.select(steps=steps) if steps and list(suite.steps) != steps else suite

@@ -23,8 +23,7 @@ def shard_batches(
     for batch_BSD in batches:
         if batch_BSD.shape[1] != layout.n_snapshots:
             raise ValueError(
-                f"global batches must hold all {layout.n_snapshots} snapshots, got shape "
-                f"{tuple(batch_BSD.shape)}."
+                f"global batches must hold all {layout.n_snapshots} snapshots, got shape {tuple(batch_BSD.shape)}."
             )
         rows = layout.batch_rows(batch_BSD.shape[0])
         yield batch_BSD[rows, block.start : block.stop]

@@ -57,9 +57,7 @@ class MeshLayout:
 
     def __post_init__(self) -> None:
         if self.data_size < 1 or self.snapshot_size < 1:
-            raise ValueError(
-                f"mesh axes must be >= 1, got data={self.data_size}, snapshot={self.snapshot_size}."
-            )
+            raise ValueError(f"mesh axes must be >= 1, got data={self.data_size}, snapshot={self.snapshot_size}.")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside a world of {self.world_size}.")
         snapshot_blocks(self.n_snapshots, self.snapshot_size)  # validates the split

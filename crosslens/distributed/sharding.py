@@ -66,8 +66,7 @@ def shard_crosscoder(full: nn.Module, layout: MeshLayout, collectives: LocalColl
         raise TypeError(f"shard_crosscoder takes a crosscoder, got {type(full).__name__}.")
     if full.cfg.n_snapshots != layout.n_snapshots:
         raise ValueError(
-            f"the crosscoder has {full.cfg.n_snapshots} snapshots but the mesh was laid out "
-            f"for {layout.n_snapshots}."
+            f"the crosscoder has {full.cfg.n_snapshots} snapshots but the mesh was laid out for {layout.n_snapshots}."
         )
     block = layout.snapshots
     if layout.snapshot_size == 1:

@@ -73,7 +73,9 @@ def write_export(context: ExportContext, out: Path) -> dict[str, Any]:
         locations, activations = found[ref.index]
         folder.mkdir(parents=True, exist_ok=True)
         for first, last in split_bounds(d_sae, n_splits):
-            save_file(split_arrays(locations, activations, tokens, first, last), str(folder / f"{first}_{last}.safetensors"))
+            save_file(
+                split_arrays(locations, activations, tokens, first, last), str(folder / f"{first}_{last}.safetensors")
+            )
         write_json(folder / "config.json", cache_config(context, ref, hook, store, tokens, tokenizer), indent=4)
         modules.append({"snapshot": ref.label, "module": module})
     return {"delphi": {"delphi_version": DELPHI_VERSION, "raw_dir": LATENTS_DIR, "modules": modules}}
@@ -118,7 +120,9 @@ def chosen_rows(store: Any, n_tokens: int | None) -> tuple[np.ndarray, int]:
     return np.flatnonzero(seq < n_sequences), n_sequences
 
 
-def encode_rows(context: ExportContext, store: Any, hook: str, rows: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def encode_rows(
+    context: ExportContext, store: Any, hook: str, rows: np.ndarray
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per chosen snapshot: the (sequence, position, latent) of every activation above
     :data:`NONZERO` of its per-snapshot code, and those activations (float16), in delphi's order."""
     from crosslens.crosscoders.snapshot_sae import SnapshotCodec
@@ -153,7 +157,9 @@ def split_bounds(d_sae: int, n_splits: int) -> list[tuple[int, int]]:
     return [(int(a), int(b) - 1) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def split_arrays(locations: np.ndarray, activations: np.ndarray, tokens: np.ndarray, first: int, last: int) -> dict[str, np.ndarray]:
+def split_arrays(
+    locations: np.ndarray, activations: np.ndarray, tokens: np.ndarray, first: int, last: int
+) -> dict[str, np.ndarray]:
     """One file's tensors: the locations of latents ``first..last`` (latent made local), their
     activations and the token table, in the dtypes delphi's ``save_splits`` picks."""
     mask = (locations[:, 2] >= first) & (locations[:, 2] <= last)
@@ -179,7 +185,9 @@ def default_tokenizer(crosscoder: Any) -> str:
     return str(suite.get("model_id") or metadata_value(crosscoder, "model_name") or "")
 
 
-def cache_config(context: ExportContext, ref: SnapshotRef, hook: str, store: Any, tokens: np.ndarray, tokenizer: str) -> dict[str, Any]:
+def cache_config(
+    context: ExportContext, ref: SnapshotRef, hook: str, store: Any, tokens: np.ndarray, tokenizer: str
+) -> dict[str, Any]:
     """``config.json``: delphi's ``CacheConfig`` fields (in its order) and ``model_name``, then
     what crosslens adds about the snapshot."""
     n_sequences, seq_len = (int(n) for n in tokens.shape)

@@ -259,7 +259,9 @@ def feature_records(
                 "n_tokens_in_prompt": settings["n_tokens_in_prompt"],
                 "dataset": settings["dataset"],
                 "decoder_weights_dist": [],
-                "activations": activation_records(contexts.get(feature, []), float(max_activation), float(density), vocabulary),
+                "activations": activation_records(
+                    contexts.get(feature, []), float(max_activation), float(density), vocabulary
+                ),
                 "vector": [],
             }
         )
@@ -280,7 +282,9 @@ def grouped_contexts(context: ExportContext, ref: SnapshotRef, features: range) 
     return grouped
 
 
-def activation_records(rows: list[tuple], max_activation: float, density: float, vocabulary: dict[int, str]) -> list[dict[str, Any]]:
+def activation_records(
+    rows: list[tuple], max_activation: float, density: float, vocabulary: dict[int, str]
+) -> list[dict[str, Any]]:
     """``NeuronpediaDashboardActivation.to_dict()`` of a feature's contexts: the top group, then
     the quantile groups from the highest quantile down."""
     top = [row for row in rows if row[0] == "top"]
@@ -307,7 +311,9 @@ def quantile_bands(quantiles: list[float], density: float) -> dict[float, float]
     return bands
 
 
-def activation_record(row: tuple, bin_min: float, bin_max: float, bin_contains: float, vocabulary: dict[int, str]) -> dict[str, Any]:
+def activation_record(
+    row: tuple, bin_min: float, bin_max: float, bin_contains: float, vocabulary: dict[int, str]
+) -> dict[str, Any]:
     """One context as SAEDashboard writes a sequence: its tokens, the feature's activation on each,
     and the index of the token it was chosen for."""
     _, _, pos, _, _, first_pos, token_ids, activations = row

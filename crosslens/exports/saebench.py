@@ -166,7 +166,9 @@ class SnapshotBenchSAE(nn.Module):
         folder = Path(folder)
         for name in (WEIGHTS_NAME, CFG_NAME):
             if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder} holds no {name}; pass a snapshot folder of `crosslens export RUN --format saebench`")
+                raise FileNotFoundError(
+                    f"{folder} holds no {name}; pass a snapshot folder of `crosslens export RUN --format saebench`"
+                )
         cfg = BenchSAEConfig.from_dict(json.loads((folder / CFG_NAME).read_text(encoding="utf-8")))
         sae = cls.__new__(cls)
         nn.Module.__init__(sae)

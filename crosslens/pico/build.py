@@ -24,13 +24,13 @@ from transformers.utils import logging as hf_logging
 
 from crosslens.core.locks import exclusive_lock
 from crosslens.core.sealed import write_json_atomically
+from crosslens.pico.config import FORMAT_VERSION, MODEL_ID, SUITE_FILE, PicoConfig, default_root, is_built
 from crosslens.pico.corpus import GrammarCorpus, TextCorpus, read_user_corpus
 from crosslens.pico.evals import PicoEvaluator, check_targets, format_eval_table, format_targets
+from crosslens.pico.tokenizer import END_OF_TEXT, train_tokenizer, word_level_tokenizer
+from crosslens.pico.train import make_model, make_optimizer, train
 from crosslens.tasks.blimp import load_task_file
 from crosslens.tasks.grammar import PicoGrammar
-from crosslens.pico.tokenizer import END_OF_TEXT, train_tokenizer, word_level_tokenizer
-from crosslens.pico.config import FORMAT_VERSION, MODEL_ID, SUITE_FILE, PicoConfig, default_root, is_built
-from crosslens.pico.train import make_model, make_optimizer, train
 
 if TYPE_CHECKING:
     from crosslens.checkpoints import CheckpointSuite
@@ -187,9 +187,13 @@ def _build(config: PicoConfig, root: Path, progress: bool) -> None:
 
     tokenizer, corpus = _prepare_data(config)
     evaluator = PicoEvaluator(
-        tokenizer, corpus.heldout(config.n_eval_sequences), n_pairs=config.n_eval_pairs, seed=config.seed,
-        extra_tasks=_eval_tasks(config.eval_pairs), max_tokens=config.model_context,
-    )  # fmt: skip
+        tokenizer,
+        corpus.heldout(config.n_eval_sequences),
+        n_pairs=config.n_eval_pairs,
+        seed=config.seed,
+        extra_tasks=_eval_tasks(config.eval_pairs),
+        max_tokens=config.model_context,
+    )
     model = make_model(config, vocab_size=len(tokenizer))
     optimizer = make_optimizer(config, model)
     rows: list[dict[str, Any]] = []
@@ -214,7 +218,9 @@ def _build(config: PicoConfig, root: Path, progress: bool) -> None:
             return  # saved before the interruption we resume from
         rows.append(evaluator(model, step, step * config.tokens_per_step))
         if progress:
-            tqdm.write(format_eval_table(rows[-1:], evaluator.extra_columns, grammar=config.corpus is None).splitlines()[-1])
+            tqdm.write(
+                format_eval_table(rows[-1:], evaluator.extra_columns, grammar=config.corpus is None).splitlines()[-1]
+            )
         _save_checkpoint(model, tokenizer, root / f"step{step}")
         state_path.parent.mkdir(exist_ok=True)
         partial = state_path.with_name("state.pt.partial")

@@ -16,7 +16,6 @@ from pathlib import Path
 from crosslens.core.bounds import check_bounds
 from crosslens.core.paths import crosslens_home
 
-
 FORMAT_VERSION = 1
 """Bump when the grammar, tokenizer or training code changes what a config builds (old caches go stale)."""
 
@@ -130,9 +129,16 @@ class PicoConfig:
         way out of it (attractor agreement around 90%) by its last step.
         """
         settings = dict(
-            d_model=64, d_mlp=256, batch_size=16, n_steps=480, warmup_steps=24, log_checkpoints_until=32,
-            checkpoint_every=32, n_eval_pairs=64, n_eval_sequences=8,
-        )  # fmt: skip
+            d_model=64,
+            d_mlp=256,
+            batch_size=16,
+            n_steps=480,
+            warmup_steps=24,
+            log_checkpoints_until=32,
+            checkpoint_every=32,
+            n_eval_pairs=64,
+            n_eval_sequences=8,
+        )
         return cls(**{**settings, **overrides})
 
     @classmethod
@@ -182,5 +188,7 @@ def is_built(root: str | Path, config: PicoConfig | None = None) -> bool:
     if config is not None and manifest.get("build", {}).get("config_hash") != config.config_hash():
         return False
     return all(
-        (root / snapshot["revision"] / name).is_file() for snapshot in manifest["snapshots"] for name in CHECKPOINT_FILES
+        (root / snapshot["revision"] / name).is_file()
+        for snapshot in manifest["snapshots"]
+        for name in CHECKPOINT_FILES
     )

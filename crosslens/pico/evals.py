@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
-from crosslens.tasks.grammar import AGREEMENT_KINDS, PicoGrammar
 from crosslens.tasks.base import MinimalPair, TaskDataset, TaskTokenizationError, TokenizedTask
+from crosslens.tasks.grammar import AGREEMENT_KINDS, PicoGrammar
 from crosslens.tasks.sequences import at_targets, logprob_diff
 
 TASK_COLUMNS = ("simple", "pp", "rc", "ioi")
@@ -200,13 +200,14 @@ class PicoEvaluator:
         row["nearest_noun"] = float((torch.cat(attractor) < 0).float().mean()) if attractor else None
         return row
 
-
     def _scorable(self, name: str, task: TaskDataset, tokenizer: Any) -> list[MinimalPair]:
         """The user's pairs the tokenizer can score; why others cannot goes to ``notes``."""
         problems = task.problems(tokenizer, max_tokens=self.max_tokens)
         if problems:
             first = next(iter(problems.values()))
-            self.notes.append(f"{name}: {len(problems)} of {len(task)} pairs cannot be scored and are left out ({first})")
+            self.notes.append(
+                f"{name}: {len(problems)} of {len(task)} pairs cannot be scored and are left out ({first})"
+            )
         return [pair for index, pair in enumerate(task.pairs) if index not in problems]
 
 
@@ -322,7 +323,7 @@ def format_targets(targets: dict[str, Any]) -> str:
             f"{reached(targets['simple_learned_at'])}, attractor agreement (pp and rc) "
             f"{reached(targets['attractor_learned_at'])}",
             f"[{mark(targets['final_agreement_learned'])}] last checkpoint: simple, pp and rc >= 95%",
-            "      nearest-noun phase (simple >= 80% but attractor wins > 50%) at steps: " + (", ".join(map(str, phase)) or "none"),
+            "      nearest-noun phase (simple >= 80% but attractor wins > 50%) at steps: "
+            + (", ".join(map(str, phase)) or "none"),
         ]
     )
-

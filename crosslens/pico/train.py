@@ -76,9 +76,13 @@ def train(
     """
     checkpoints = set(config.checkpoint_steps)
     bar = progress_bar(
-        total=config.n_steps, initial=start_step, desc="pico: training", unit="step", show=progress,
+        total=config.n_steps,
+        initial=start_step,
+        desc="pico: training",
+        unit="step",
+        show=progress,
         dynamic_ncols=True,
-    )  # fmt: skip
+    )
     try:
         for step in range(start_step, config.n_steps + 1):
             if step in checkpoints:

@@ -10,6 +10,7 @@
 The registry modules import neither torch nor SAELens, so listing releases is quick.
 """
 
+from crosslens.pretrained.load import load_pretrained
 from crosslens.pretrained.registry import (
     PRETRAINED_ENV,
     PretrainedCrosscoderEntry,
@@ -20,7 +21,6 @@ from crosslens.pretrained.registry import (
     register_release,
     unregister_release,
 )
-from crosslens.pretrained.load import load_pretrained
 
 
 def __getattr__(name: str):

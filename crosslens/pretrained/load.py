@@ -60,8 +60,13 @@ def load_pretrained(
     loader = NAMED_PRETRAINED_SAE_LOADERS[loader_name]
     overrides = dict(lookup.config_overrides or {}) if lookup else {}
 
-    def converter(repo_id: str, folder_name: str, device: str, force_download: bool = False,
-                  cfg_overrides: dict[str, Any] | None = None):  # fmt: skip
+    def converter(
+        repo_id: str,
+        folder_name: str,
+        device: str,
+        force_download: bool = False,
+        cfg_overrides: dict[str, Any] | None = None,
+    ):
         return loader(
             repo_id=repo_id,
             folder_name=folder_name,
@@ -91,7 +96,9 @@ def load_pretrained(
     return crosscoder
 
 
-def check_against_registry(crosscoder: Crosscoder, lookup: PretrainedCrosscoderRelease, entry: PretrainedCrosscoderEntry) -> None:
+def check_against_registry(
+    crosscoder: Crosscoder, lookup: PretrainedCrosscoderRelease, entry: PretrainedCrosscoderEntry
+) -> None:
     """Refuse a crosscoder that disagrees with its registry entry; fill what the cfg lacks."""
     meta = crosscoder.cfg.metadata
     where = f"{lookup.release}/{entry.id} ({lookup.repo_id}/{entry.path}, registry {lookup.source})"
@@ -99,7 +106,9 @@ def check_against_registry(crosscoder: Crosscoder, lookup: PretrainedCrosscoderR
     if entry.architecture and entry.architecture != crosscoder.cfg.architecture():
         problems.append(f"architecture is {crosscoder.cfg.architecture()!r}, the registry says {entry.architecture!r}")
     if crosscoder.cfg.n_snapshots != lookup.n_snapshots:
-        problems.append(f"it has {crosscoder.cfg.n_snapshots} snapshots, the registry lists {lookup.n_snapshots} revisions")
+        problems.append(
+            f"it has {crosscoder.cfg.n_snapshots} snapshots, the registry lists {lookup.n_snapshots} revisions"
+        )
     recorded = [s.get("revision") for s in ((meta.get("suite") or {}).get("snapshots") or [])]
     if recorded and recorded != lookup.revisions:
         problems.append(f"its snapshots are {recorded}, the registry lists {lookup.revisions}")
@@ -194,7 +203,9 @@ def resolve_crosscoder_path(value: str) -> str:
     )
 
 
-def _lookup(release: str, crosscoder_id: str) -> tuple[PretrainedCrosscoderRelease | None, PretrainedCrosscoderEntry | None]:
+def _lookup(
+    release: str, crosscoder_id: str
+) -> tuple[PretrainedCrosscoderRelease | None, PretrainedCrosscoderEntry | None]:
     if "/" in release and release not in pretrained_directory():
         return None, None  # a hub repo id, as SAE.from_pretrained accepts
     lookup = get_release(release)

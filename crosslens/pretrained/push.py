@@ -153,7 +153,9 @@ def push_to_hub(
     if fold_normalization and not meta.get("activation_norm_factors_folded") and meta.get("activation_norm_factors"):
         crosscoder.fold_activation_norm_scaling_factors()
     class_counts = feature_class_counts(crosscoder, evaluation)
-    publication = Publication(crosscoder, repo_id, crosscoder_id, release, evaluation, spliced, run_config, class_counts)
+    publication = Publication(
+        crosscoder, repo_id, crosscoder_id, release, evaluation, spliced, run_config, class_counts
+    )
     card, entry = model_card(publication), registry_entry(publication)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -372,7 +374,12 @@ def _checkpoint_section(snapshots: list[dict[str, Any]], evaluation: dict[str, A
 
 def _spliced_section(spliced: dict[str, Any]) -> list[str]:
     """The model card's spliced-model loss per checkpoint: raw losses beside the recovered share."""
-    from crosslens.causal.spliced_loss import MIN_FLOOR_COST, percent_or_na, positions_sentence, recovered_share  # loads TransformerLens
+    from crosslens.causal.spliced_loss import (  # loads TransformerLens
+        MIN_FLOOR_COST,
+        percent_or_na,
+        positions_sentence,
+        recovered_share,
+    )
 
     floor = spliced["ablation"]
     lines = [
@@ -399,9 +406,7 @@ def _spliced_section(spliced: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _training_settings(
-    cfg: Any, meta: Any, hook: str, run_config: dict[str, Any] | None
-) -> list[tuple[str, Any]]:
+def _training_settings(cfg: Any, meta: Any, hook: str, run_config: dict[str, Any] | None) -> list[tuple[str, Any]]:
     """The model card's training table: the crosscoder's config, its metadata and the run's settings."""
     settings: list[tuple[str, Any]] = [
         ("hook", f"`{hook}`"),
@@ -417,9 +422,14 @@ def _training_settings(
     if run_config:  # run.json: the runner config, with the architecture's settings under "sae"
         sae = run_config.get("sae") or {}
         steps, batch = run_config.get("n_steps"), run_config.get("train_batch_size_tokens")
-        for key, value in (("n_steps", steps), ("batch_size (tokens)", batch), ("lr", run_config.get("lr")),
-                           ("sparsity_coefficient", sae.get("sparsity_coefficient")),
-                           ("k", sae.get("k") if uses_k(cfg.architecture()) else None), ("seed", run_config.get("seed"))):  # fmt: skip
+        for key, value in (
+            ("n_steps", steps),
+            ("batch_size (tokens)", batch),
+            ("lr", run_config.get("lr")),
+            ("sparsity_coefficient", sae.get("sparsity_coefficient")),
+            ("k", sae.get("k") if uses_k(cfg.architecture()) else None),
+            ("seed", run_config.get("seed")),
+        ):
             if value is not None:
                 settings.append((key, value))
         if steps and batch:
@@ -519,8 +529,16 @@ class LocalHubApi:
         self.private[repo_id] = private
         return f"local://{folder}"
 
-    def upload_folder(self, *, folder_path: str | Path, repo_id: str, path_in_repo: str | None = None,
-                      revision: str | None = None, commit_message: str | None = None, **_: Any) -> str:  # fmt: skip
+    def upload_folder(
+        self,
+        *,
+        folder_path: str | Path,
+        repo_id: str,
+        path_in_repo: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        **_: Any,
+    ) -> str:
         files = {
             (Path(path_in_repo or "") / p.relative_to(folder_path)).as_posix(): p.read_bytes()
             for p in sorted(Path(folder_path).rglob("*"))
@@ -528,8 +546,16 @@ class LocalHubApi:
         }
         return self._commit(repo_id, files, revision or "main", commit_message or "")
 
-    def upload_file(self, *, path_or_fileobj: Any, path_in_repo: str, repo_id: str,
-                    revision: str | None = None, commit_message: str | None = None, **_: Any) -> str:  # fmt: skip
+    def upload_file(
+        self,
+        *,
+        path_or_fileobj: Any,
+        path_in_repo: str,
+        repo_id: str,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        **_: Any,
+    ) -> str:
         if isinstance(path_or_fileobj, (str, Path)):
             data = Path(path_or_fileobj).read_bytes()
         elif isinstance(path_or_fileobj, bytes):

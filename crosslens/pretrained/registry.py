@@ -294,9 +294,7 @@ def parse_registry(text: str, *, source: str) -> dict[str, PretrainedCrosscoderR
     if data is None:
         return {}
     if not isinstance(data, Mapping):
-        raise PretrainedRegistryError(
-            f"{source} must map release names to releases, got a {type(data).__name__}."
-        )
+        raise PretrainedRegistryError(f"{source} must map release names to releases, got a {type(data).__name__}.")
     return {str(name): parse_release(str(name), value, source=source) for name, value in data.items()}
 
 
@@ -358,7 +356,9 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
                 item.get("variance_explained"), S, f"{where}: entry {entry_id!r}: variance_explained"
             ),
             ce_loss_score=_per_snapshot(item.get("ce_loss_score"), S, f"{where}: entry {entry_id!r}: ce_loss_score"),
-            kl_div_with_sae=_per_snapshot(item.get("kl_div_with_sae"), S, f"{where}: entry {entry_id!r}: kl_div_with_sae"),
+            kl_div_with_sae=_per_snapshot(
+                item.get("kl_div_with_sae"), S, f"{where}: entry {entry_id!r}: kl_div_with_sae"
+            ),
             spliced_ablation=_spliced_ablation(item, f"{where}: entry {entry_id!r}"),
             spliced_positions=_spliced_positions(item, f"{where}: entry {entry_id!r}"),
             normalization_folded=item.get("normalization_folded"),
@@ -387,7 +387,9 @@ def _spliced_ablation(item: Mapping[str, Any], where: str) -> str | None:
     if floor not in (None, "zero", "mean"):
         raise PretrainedRegistryError(f"{where}: spliced_ablation must be zero or mean, got {floor!r}.")
     if floor is None and item.get("ce_loss_score") is not None:
-        raise PretrainedRegistryError(f"{where}: ce_loss_score needs spliced_ablation (zero or mean): the floor it is measured against.")
+        raise PretrainedRegistryError(
+            f"{where}: ce_loss_score needs spliced_ablation (zero or mean): the floor it is measured against."
+        )
     return floor
 
 
@@ -405,9 +407,16 @@ def _per_snapshot(value: Any, n_snapshots: int, where: str) -> tuple[float, ...]
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731  (YAML's true is no number)
     if number(value):
         return (float(value),) * n_snapshots
-    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == n_snapshots and all(map(number, value)):
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == n_snapshots
+        and all(map(number, value))
+    ):
         return tuple(float(v) for v in value)
-    raise PretrainedRegistryError(f"{where} must be a number or {n_snapshots} numbers (one per revision), got {value!r}.")
+    raise PretrainedRegistryError(
+        f"{where} must be a number or {n_snapshots} numbers (one per revision), got {value!r}."
+    )
 
 
 def _packaged_text() -> str:
@@ -436,7 +445,9 @@ def _file_directory() -> dict[str, PretrainedCrosscoderRelease]:
         except PretrainedRegistryError as error:
             if source == PACKAGED_SOURCE:
                 raise
-            raise PretrainedRegistryError(f"{error} ({PRETRAINED_ENV} names this file: fix it, or remove it from there.)") from None
+            raise PretrainedRegistryError(
+                f"{error} ({PRETRAINED_ENV} names this file: fix it, or remove it from there.)"
+            ) from None
         for release in releases.values():
             _add(directory, release)
     return directory
@@ -453,8 +464,14 @@ def _add(directory: dict[str, PretrainedCrosscoderRelease], release: PretrainedC
 
 
 def _comparable(release: PretrainedCrosscoderRelease) -> tuple:
-    return (release.repo_id, release.model, dict(release.suite), dict(release.entries), release.conversion_func,
-            release.config_overrides)  # fmt: skip
+    return (
+        release.repo_id,
+        release.model,
+        dict(release.suite),
+        dict(release.entries),
+        release.conversion_func,
+        release.config_overrides,
+    )
 
 
 def _short_list(names: Sequence[str], limit: int = 8) -> str:

@@ -157,12 +157,14 @@ def task_for_tokenizer(name: str, tokenizer, n: int = 64, seed: int = 0) -> Task
         alternative = get_task(counterpart, n=n, seed=seed)
         try:
             alternative.check_tokenizer(tokenizer)
-            warnings.warn(f"task {name!r} does not fit this tokenizer ({problem}); using {counterpart!r}")
+            warnings.warn(f"task {name!r} does not fit this tokenizer ({problem}); using {counterpart!r}", stacklevel=2)
             return alternative
         except TaskTokenizationError:
             pass
     kept = dataset.filter_tokenizable(tokenizer)
-    warnings.warn(f"task {name!r}: kept {len(kept)} of {len(dataset)} examples that fit this tokenizer ({problem})")
+    warnings.warn(
+        f"task {name!r}: kept {len(kept)} of {len(dataset)} examples that fit this tokenizer ({problem})", stacklevel=2
+    )
     return kept
 
 

@@ -74,9 +74,7 @@ def sample_distinct(
         seen.setdefault((pair.clean, pair.correct, pair.wrong, pair.corrupted), pair)
         if len(seen) == n:
             return tuple(seen.values())
-    raise ValueError(
-        f"{task}: found only {len(seen)} distinct examples after {50 * n} draws; ask for n <= {len(seen)}"
-    )
+    raise ValueError(f"{task}: found only {len(seen)} distinct examples after {50 * n} draws; ask for n <= {len(seen)}")
 
 
 def _attractor_number(subject_plural: bool, attractor: Attractor, rng: random.Random) -> bool:

@@ -192,7 +192,9 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def continuation_ids(tokenizer: Any, prompt: str, continuation: str, *, prompt_ids: list[int] | None = None) -> list[int]:
+def continuation_ids(
+    tokenizer: Any, prompt: str, continuation: str, *, prompt_ids: list[int] | None = None
+) -> list[int]:
     """The tokens of ``continuation`` as the model reads it after ``prompt``.
 
     They are the tokens of ``prompt + continuation`` after the prompt's own tokens (how
@@ -431,4 +433,3 @@ class TaskDataset:
         path = Path(path)
         path.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in self.pairs))
         return path
-

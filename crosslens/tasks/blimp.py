@@ -43,8 +43,8 @@ import itertools
 import json
 import re
 import warnings
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 from crosslens.tasks.base import MinimalPair, TaskDataset, TaskTokenizationError, resolve_tokenizer
@@ -63,10 +63,7 @@ def pair_from_sentences(good: str, bad: str, meta: dict[str, Any] | None = None)
     good_words = list(_WORD.finditer(good))
     bad_words = list(_WORD.finditer(bad))
     split = 0
-    while (
-        split < min(len(good_words), len(bad_words))
-        and good_words[split].group() == bad_words[split].group()
-    ):
+    while split < min(len(good_words), len(bad_words)) and good_words[split].group() == bad_words[split].group():
         split += 1
     if split == len(good_words) and split == len(bad_words):
         raise MinimalPairFormatError(f"the sentences have the same words ({good!r}); nothing to compare")
@@ -210,7 +207,8 @@ def _finish(
             f"{name}: {len(short)} of {len(pairs)} pairs have a one-word prompt (first: {short[0]}, prompt "
             f"{next(p.clean for p in pairs if short_prompt(p))!r}); if their sentences differ at the subject, the "
             "word that decides them comes after the scored continuation and the pair measures which noun the "
-            "model expects, not agreement: make them differ at the verb"
+            "model expects, not agreement: make them differ at the verb",
+            stacklevel=2,
         )
     total = len(candidates) + malformed
     if not pairs:
@@ -221,7 +219,8 @@ def _finish(
     if skipped:
         warnings.warn(
             f"{name}: skipped {skipped} of {total} sentence pairs that give no usable minimal pair"
-            + (f" ({malformed} malformed lines)" if malformed else "")
+            + (f" ({malformed} malformed lines)" if malformed else ""),
+            stacklevel=2,
         )
     return TaskDataset(name=name, pairs=tuple(pairs), description=description)
 
@@ -272,9 +271,12 @@ def load_blimp_jsonl(
         candidates.append(candidate)
     if language is not None and not candidates:
         present = sorted(languages_in(path, language_key=language_key))
-        raise MinimalPairFormatError(f"{path}: no line has {language_key}={language!r}; the languages here are {present}")
+        raise MinimalPairFormatError(
+            f"{path}: no line has {language_key}={language!r}; the languages here are {present}"
+        )
     description = f"minimal pairs from {path.name}" + (f" ({language})" if language is not None else "")
     return _finish(name or path.stem, candidates, tokenizer, on_invalid, description, malformed=malformed, limit=limit)
+
 
 def _blimp_candidate(path: Path, line_no: int, line: str, good_key: str, bad_key: str) -> tuple:
     """One JSONL line -> (path, line, good, bad, meta); `MinimalPairFormatError` naming the line."""
@@ -294,8 +296,7 @@ def _blimp_candidate(path: Path, line_no: int, line: str, good_key: str, bad_key
     for key, value in ((good_key, good), (bad_key, bad)):
         if not isinstance(value, str) or not value.strip():
             raise MinimalPairFormatError(
-                f"{path}, line {line_no}: {key!r} is {value!r}, not a sentence; fix the line "
-                f"({SKIP_HINT} lines)"
+                f"{path}, line {line_no}: {key!r} is {value!r}, not a sentence; fix the line ({SKIP_HINT} lines)"
             )
     return (str(path), line_no, good, bad, record)
 
@@ -320,9 +321,16 @@ def languages_in(path: str | Path, *, language_key: str = "language", skip_inval
 
 
 def load_multilingual_blimp(
-    path: str | Path, *, languages: list[str] | None = None, name: str | None = None, tokenizer: Any = None,
-    on_invalid: OnInvalid = "raise", limit: int | None = None,
-    good_key: str = "sentence_good", bad_key: str = "sentence_bad", language_key: str = "language",
+    path: str | Path,
+    *,
+    languages: list[str] | None = None,
+    name: str | None = None,
+    tokenizer: Any = None,
+    on_invalid: OnInvalid = "raise",
+    limit: int | None = None,
+    good_key: str = "sentence_good",
+    bad_key: str = "sentence_bad",
+    language_key: str = "language",
 ) -> dict[str, TaskDataset]:
     """One task per language from a MultiBLiMP-style file: BLiMP-format JSONL holding one
     phenomenon in several languages, each line naming its language in `language_key`.
@@ -338,15 +346,27 @@ def load_multilingual_blimp(
     if missing:
         raise MinimalPairFormatError(f"{path}: no lines in language(s) {missing}; the languages here are {present}")
     return {
-        lang: load_blimp_jsonl(path, name=f"{name or path.stem}_{lang}", tokenizer=tokenizer, on_invalid=on_invalid,
-                               limit=limit, good_key=good_key, bad_key=bad_key, language=lang,
-                               language_key=language_key)  # fmt: skip
+        lang: load_blimp_jsonl(
+            path,
+            name=f"{name or path.stem}_{lang}",
+            tokenizer=tokenizer,
+            on_invalid=on_invalid,
+            limit=limit,
+            good_key=good_key,
+            bad_key=bad_key,
+            language=lang,
+            language_key=language_key,
+        )
         for lang in chosen
     }
 
 
 def load_clams(
-    path: str | Path, *, name: str | None = None, tokenizer: Any = None, on_invalid: OnInvalid = "raise",
+    path: str | Path,
+    *,
+    name: str | None = None,
+    tokenizer: Any = None,
+    on_invalid: OnInvalid = "raise",
     limit: int | None = None,
 ) -> TaskDataset:
     """Minimal pairs from a CLAMS-style ``LABEL<TAB>sentence`` file (see module docstring)."""
@@ -465,7 +485,9 @@ def task_file_format(path: str | Path, *, skip_invalid: bool = False) -> str:
     )
 
 
-def load_task_file(path: str | Path, *, tokenizer: Any = None, on_invalid: OnInvalid = "raise") -> dict[str, TaskDataset]:
+def load_task_file(
+    path: str | Path, *, tokenizer: Any = None, on_invalid: OnInvalid = "raise"
+) -> dict[str, TaskDataset]:
     """Every task in a pairs file, by name: one for a BLiMP, CLAMS or crosslens file (named after
     the file), one per language for a MultiBLiMP-style file (see :func:`task_file_format`)."""
     kind = task_file_format(path, skip_invalid=on_invalid == "skip")

@@ -52,65 +52,182 @@ class Lexicon:
     numbered_determiners: tuple[Pair, ...] = (("this", "these"), ("a", "some"), ("every", "all"), ("one", "two"))
     """(singular, plural) determiners, which also mark a phrase's number."""
     animate_nouns: tuple[Pair, ...] = (
-        ("pilot", "pilots"), ("farmer", "farmers"), ("doctor", "doctors"), ("teacher", "teachers"),
-        ("painter", "painters"), ("student", "students"), ("officer", "officers"), ("singer", "singers"),
-        ("driver", "drivers"), ("baker", "bakers"), ("lawyer", "lawyers"), ("writer", "writers"),
-        ("nurse", "nurses"), ("player", "players"), ("manager", "managers"), ("soldier", "soldiers"),
-        ("dog", "dogs"), ("cat", "cats"), ("horse", "horses"), ("bird", "birds"), ("child", "children"),
-        ("man", "men"), ("woman", "women"), ("king", "kings"), ("queen", "queens"), ("wolf", "wolves"),
-        ("mouse", "mice"), ("fox", "foxes"),
-    )  # fmt: skip
+        ("pilot", "pilots"),
+        ("farmer", "farmers"),
+        ("doctor", "doctors"),
+        ("teacher", "teachers"),
+        ("painter", "painters"),
+        ("student", "students"),
+        ("officer", "officers"),
+        ("singer", "singers"),
+        ("driver", "drivers"),
+        ("baker", "bakers"),
+        ("lawyer", "lawyers"),
+        ("writer", "writers"),
+        ("nurse", "nurses"),
+        ("player", "players"),
+        ("manager", "managers"),
+        ("soldier", "soldiers"),
+        ("dog", "dogs"),
+        ("cat", "cats"),
+        ("horse", "horses"),
+        ("bird", "birds"),
+        ("child", "children"),
+        ("man", "men"),
+        ("woman", "women"),
+        ("king", "kings"),
+        ("queen", "queens"),
+        ("wolf", "wolves"),
+        ("mouse", "mice"),
+        ("fox", "foxes"),
+    )
     """People and animals: subjects of action verbs, and the subjects inside relative clauses."""
     thing_nouns: tuple[Pair, ...] = (
-        ("tower", "towers"), ("table", "tables"), ("house", "houses"), ("garden", "gardens"),
-        ("window", "windows"), ("road", "roads"), ("bridge", "bridges"), ("market", "markets"),
-        ("river", "rivers"), ("school", "schools"), ("key", "keys"), ("cabinet", "cabinets"),
-        ("book", "books"), ("box", "boxes"), ("door", "doors"), ("car", "cars"), ("tree", "trees"),
-        ("bottle", "bottles"), ("chair", "chairs"), ("lamp", "lamps"), ("letter", "letters"),
-        ("picture", "pictures"), ("ring", "rings"), ("bag", "bags"), ("ball", "balls"),
-        ("gift", "gifts"), ("drink", "drinks"), ("office", "offices"), ("station", "stations"),
-        ("library", "libraries"), ("park", "parks"), ("store", "stores"), ("beach", "beaches"),
-    )  # fmt: skip
+        ("tower", "towers"),
+        ("table", "tables"),
+        ("house", "houses"),
+        ("garden", "gardens"),
+        ("window", "windows"),
+        ("road", "roads"),
+        ("bridge", "bridges"),
+        ("market", "markets"),
+        ("river", "rivers"),
+        ("school", "schools"),
+        ("key", "keys"),
+        ("cabinet", "cabinets"),
+        ("book", "books"),
+        ("box", "boxes"),
+        ("door", "doors"),
+        ("car", "cars"),
+        ("tree", "trees"),
+        ("bottle", "bottles"),
+        ("chair", "chairs"),
+        ("lamp", "lamps"),
+        ("letter", "letters"),
+        ("picture", "pictures"),
+        ("ring", "rings"),
+        ("bag", "bags"),
+        ("ball", "balls"),
+        ("gift", "gifts"),
+        ("drink", "drinks"),
+        ("office", "offices"),
+        ("station", "stations"),
+        ("library", "libraries"),
+        ("park", "parks"),
+        ("store", "stores"),
+        ("beach", "beaches"),
+    )
     """Objects and places."""
     adjectives: tuple[str, ...] = (
-        "old", "young", "tall", "quiet", "busy", "famous", "tired", "big", "small", "red",
-        "happy", "brave", "green", "new", "heavy", "dark",
-    )  # fmt: skip
+        "old",
+        "young",
+        "tall",
+        "quiet",
+        "busy",
+        "famous",
+        "tired",
+        "big",
+        "small",
+        "red",
+        "happy",
+        "brave",
+        "green",
+        "new",
+        "heavy",
+        "dark",
+    )
     """Adjectives; any of them may modify any noun."""
     prepositions: tuple[str, ...] = (
-        "near", "behind", "beside", "by", "above", "below", "under", "with", "of", "to", "on",
-    )  # fmt: skip
+        "near",
+        "behind",
+        "beside",
+        "by",
+        "above",
+        "below",
+        "under",
+        "with",
+        "of",
+        "to",
+        "on",
+    )
     """Prepositions that attach a noun phrase to a noun ("the key to the cabinets")."""
     intransitive_verbs: tuple[Pair, ...] = (
-        ("runs", "run"), ("sleeps", "sleep"), ("smiles", "smile"), ("waits", "wait"),
-        ("laughs", "laugh"), ("works", "work"), ("swims", "swim"), ("sings", "sing"),
-        ("arrives", "arrive"), ("talks", "talk"),
-    )  # fmt: skip
+        ("runs", "run"),
+        ("sleeps", "sleep"),
+        ("smiles", "smile"),
+        ("waits", "wait"),
+        ("laughs", "laugh"),
+        ("works", "work"),
+        ("swims", "swim"),
+        ("sings", "sing"),
+        ("arrives", "arrive"),
+        ("talks", "talk"),
+    )
     """Present-tense (singular, plural) verbs without an object, for animate subjects."""
     transitive_verbs: tuple[Pair, ...] = (
-        ("sees", "see"), ("likes", "like"), ("chases", "chase"), ("follows", "follow"),
-        ("helps", "help"), ("finds", "find"), ("knows", "know"), ("watches", "watch"),
-        ("admires", "admire"), ("visits", "visit"), ("calls", "call"), ("meets", "meet"),
-    )  # fmt: skip
+        ("sees", "see"),
+        ("likes", "like"),
+        ("chases", "chase"),
+        ("follows", "follow"),
+        ("helps", "help"),
+        ("finds", "find"),
+        ("knows", "know"),
+        ("watches", "watch"),
+        ("admires", "admire"),
+        ("visits", "visit"),
+        ("calls", "call"),
+        ("meets", "meet"),
+    )
     """Present-tense (singular, plural) verbs with an object, for animate subjects."""
     thing_verbs: tuple[Pair, ...] = (
-        ("falls", "fall"), ("breaks", "break"), ("shines", "shine"), ("moves", "move"), ("stands", "stand"),
-    )  # fmt: skip
+        ("falls", "fall"),
+        ("breaks", "break"),
+        ("shines", "shine"),
+        ("moves", "move"),
+        ("stands", "stand"),
+    )
     """Present-tense (singular, plural) verbs without an object, for inanimate subjects."""
     copulas: tuple[Pair, ...] = (("is", "are"), ("was", "were"))
     """(singular, plural) forms of "be", followed by an adjective or a prepositional phrase."""
     possessive_verb: Pair = ("has", "have")
     """(singular, plural) forms of "have", followed by a noun phrase."""
     past_transitive_verbs: tuple[str, ...] = (
-        "saw", "liked", "met", "helped", "called", "followed", "knew", "found", "watched", "visited",
-    )  # fmt: skip
+        "saw",
+        "liked",
+        "met",
+        "helped",
+        "called",
+        "followed",
+        "knew",
+        "found",
+        "watched",
+        "visited",
+    )
     """Past-tense verbs with an object; they carry no number, so they leak no agreement cue."""
     past_intransitive_verbs: tuple[str, ...] = ("ran", "slept", "smiled", "waited", "laughed", "worked", "walked")
     """Past-tense verbs without an object, for filler sentences."""
     names: tuple[str, ...] = (
-        "Mary", "John", "Anna", "Paul", "Sarah", "Mark", "Laura", "James", "Emma", "David",
-        "Kate", "Peter", "Lucy", "Tom", "Alice", "Daniel", "Ben", "Clara", "Leo", "Rosa",
-    )  # fmt: skip
+        "Mary",
+        "John",
+        "Anna",
+        "Paul",
+        "Sarah",
+        "Mark",
+        "Laura",
+        "James",
+        "Emma",
+        "David",
+        "Kate",
+        "Peter",
+        "Lucy",
+        "Tom",
+        "Alice",
+        "Daniel",
+        "Ben",
+        "Clara",
+        "Leo",
+        "Rosa",
+    )
     """First names for the indirect-object (IOI) sentences."""
     ioi_places: tuple[str, ...] = ("store", "park", "school", "office", "station", "garden", "beach", "library")
     """Places two people go to in an IOI sentence (singular thing nouns)."""
@@ -119,9 +236,22 @@ class Lexicon:
     transfer_verbs: tuple[str, ...] = ("gave", "handed", "passed", "offered", "threw", "sent", "showed")
     """Past-tense verbs of giving: "{subject} gave a book to {indirect object}"."""
     function_words: tuple[str, ...] = (
-        "that", "and", "when", "after", "while", "then", "went", "arrived", "were", "walked",
-        "into", "at", "met", "to", "a",
-    )  # fmt: skip
+        "that",
+        "and",
+        "when",
+        "after",
+        "while",
+        "then",
+        "went",
+        "arrived",
+        "were",
+        "walked",
+        "into",
+        "at",
+        "met",
+        "to",
+        "a",
+    )
     """Glue words of the sentence templates (some also appear above)."""
     subordinators: tuple[str, ...] = ("when", "after", "while")
     """Words that open an IOI sentence's first clause ("When A and B went ..., B gave ...")."""
@@ -147,15 +277,26 @@ class Lexicon:
         """Every word the grammar can emit (lower-case forms; see :meth:`PicoGrammar.vocabulary`)."""
         out: set[str] = {self.neutral_determiner}
         for pairs in (
-            self.numbered_determiners, self.animate_nouns, self.thing_nouns, self.intransitive_verbs,
-            self.transitive_verbs, self.thing_verbs, self.copulas, (self.possessive_verb,),
-        ):  # fmt: skip
+            self.numbered_determiners,
+            self.animate_nouns,
+            self.thing_nouns,
+            self.intransitive_verbs,
+            self.transitive_verbs,
+            self.thing_verbs,
+            self.copulas,
+            (self.possessive_verb,),
+        ):
             for pair in pairs:
                 out.update(pair)
         for words in (
-            self.adjectives, self.prepositions, self.past_transitive_verbs, self.past_intransitive_verbs,
-            self.names, self.transfer_verbs, self.function_words,
-        ):  # fmt: skip
+            self.adjectives,
+            self.prepositions,
+            self.past_transitive_verbs,
+            self.past_intransitive_verbs,
+            self.names,
+            self.transfer_verbs,
+            self.function_words,
+        ):
             out.update(words)
         return tuple(sorted(out))
 
@@ -341,7 +482,11 @@ class PicoGrammar:
         elif kind == "subject_rc":
             # Subject relative: "the dog that chases the cats": the clause's verb agrees with the head too.
             other = rng.choice(rng.choice((lex.animate_nouns, lex.thing_nouns)))
-            prefix += ["that", rng.choice(lex.transitive_verbs)[plural], *self._noun_phrase(rng, other, attractor_plural)]
+            prefix += [
+                "that",
+                rng.choice(lex.transitive_verbs)[plural],
+                *self._noun_phrase(rng, other, attractor_plural),
+            ]
             attractor_number = attractor_plural
         else:
             raise ValueError(f"agreement kind must be 'simple', 'pp', 'rc' or 'subject_rc', got {kind!r}")
@@ -411,9 +556,7 @@ class PicoGrammar:
         place, thing = rng.choice(lex.ioi_places), rng.choice(lex.ioi_objects)
         determiner = rng.choice(("a", "the"))
         giving = [subject, rng.choice(lex.transfer_verbs), determiner, thing, "to"]
-        setting = rng.choice(
-            (["went", "to"], ["arrived", "at"], ["were", "at"], ["walked", "into"], ["met", "at"])
-        )
+        setting = rng.choice((["went", "to"], ["arrived", "at"], ["were", "at"], ["walked", "into"], ["met", "at"]))
         pair_at_place = [first, "and", second, *setting, "the", place]
         template = rng.randrange(3)
         if template == 0:  # "When A and B went to the park, B gave a book to"

@@ -15,9 +15,23 @@ from crosslens.tasks.agreement import sample_distinct
 from crosslens.tasks.base import MinimalPair, TaskDataset
 
 NAMES: tuple[str, ...] = (
-    "Mary", "John", "Anna", "Paul", "Sarah", "Mark", "Laura", "James",
-    "Emma", "David", "Kate", "Peter", "Lucy", "Tom", "Alice", "Daniel",
-)  # fmt: skip
+    "Mary",
+    "John",
+    "Anna",
+    "Paul",
+    "Sarah",
+    "Mark",
+    "Laura",
+    "James",
+    "Emma",
+    "David",
+    "Kate",
+    "Peter",
+    "Lucy",
+    "Tom",
+    "Alice",
+    "Daniel",
+)
 PLACES: tuple[str, ...] = ("store", "park", "school", "office", "station", "garden", "beach", "library")
 OBJECTS: tuple[str, ...] = ("book", "drink", "letter", "ring", "key", "bag", "ball", "gift")
 # {io}/{s} are the two people, in either order; {s2} is the repeated subject slot.

@@ -60,7 +60,9 @@ class TaskSequences:
     def flat_mask(self) -> Bool[torch.Tensor, "n_rows width"]:
         return self.mask.flatten(0, 1)
 
-    def from_prompt(self, per_prompt: torch.Tensor, fill: torch.Tensor | float = 0, *, lead_dims: int = 0) -> torch.Tensor:
+    def from_prompt(
+        self, per_prompt: torch.Tensor, fill: torch.Tensor | float = 0, *, lead_dims: int = 0
+    ) -> torch.Tensor:
         """Lay ``per_prompt`` (``[*lead, n_examples, seq, *rest]`` with ``lead_dims`` leading
         axes, indexed by prompt position) over both rows of each example:
         ``[*lead, n_examples, 2, width, *rest]``, holding it at the prompt's positions and
@@ -88,7 +90,8 @@ class TaskSequences:
 
 
 def task_sequences(
-    prompt_tokens_NL: Int[torch.Tensor, "n_examples seq"], last_pos_N: Int[torch.Tensor, " n_examples"],
+    prompt_tokens_NL: Int[torch.Tensor, "n_examples seq"],
+    last_pos_N: Int[torch.Tensor, " n_examples"],
     cont_N2T: Int[torch.Tensor, "n_examples 2 n_cont"],
     len_N2: Int[torch.Tensor, "n_examples 2"],
     pad_id: int,

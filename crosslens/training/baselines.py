@@ -173,10 +173,17 @@ def build_training_sae(
             else:
                 kwargs.update(jumprelu_sparsity_loss_mode="tanh")
     return build_training_model(
-        train_cls, cfg_cls, architecture, sparsity_coefficient=coefficient,
-        sparsity_warm_up_steps=sparsity_warm_up_steps, k=k, d_in=d_in, d_sae=d_sae, device=device,
+        train_cls,
+        cfg_cls,
+        architecture,
+        sparsity_coefficient=coefficient,
+        sparsity_warm_up_steps=sparsity_warm_up_steps,
+        k=k,
+        d_in=d_in,
+        d_sae=d_sae,
+        device=device,
         **{**kwargs, **config_overrides},
-    )  # fmt: skip
+    )
 
 
 @torch.no_grad()
@@ -209,7 +216,9 @@ def _snapshot_metadata(store: ActivationStore, hook: str, snapshot: int) -> dict
         "snapshot": dict(store.snapshots[snapshot], index=snapshot),
         "activation_norm_factor": float(store.norm_factors(hook)[snapshot]),
         "store_fingerprint": store.fingerprint,
-        **position_record(exclude_bos=bool(spec.get("exclude_bos")), exclude_token_ids=spec.get("exclude_token_ids", [])),
+        **position_record(
+            exclude_bos=bool(spec.get("exclude_bos")), exclude_token_ids=spec.get("exclude_token_ids", [])
+        ),
     }
 
 
@@ -284,7 +293,11 @@ def train_snapshot_sae(
         batches = snapshot_batches(store, hook, snapshot, batch_size, seed=seed, device=device)
         try:
             first_BD = next(batches)
-            if architecture == "jumprelu" and target_l0 is not None and "jumprelu_init_threshold" not in config_overrides:
+            if (
+                architecture == "jumprelu"
+                and target_l0 is not None
+                and "jumprelu_init_threshold" not in config_overrides
+            ):
                 _start_threshold_at(training_sae, threshold_at_l0(training_sae, first_BD, target_l0))
             data = itertools.chain([first_BD], batches)
             trained = SAETrainer(cfg=trainer_cfg, sae=training_sae, data_provider=data).fit()
@@ -401,8 +414,14 @@ def calibrate_sparsity_coefficient(
     best: Calibration | None = None
     for _ in range(max_runs):
         sae = train_snapshot_sae(
-            store, hook, snapshot, architecture, d_sae,
-            sparsity_coefficient=coefficient, n_steps=n_steps, **train_kwargs,
+            store,
+            hook,
+            snapshot,
+            architecture,
+            d_sae,
+            sparsity_coefficient=coefficient,
+            n_steps=n_steps,
+            **train_kwargs,
         )
         l0 = evaluate_sae(sae, eval_store, hook, snapshot, n_tokens=n_eval_tokens)["l0"]
         history.append((coefficient, l0))
@@ -444,5 +463,3 @@ def _next_coefficient(history: Sequence[tuple[float, float]], target_l0: float) 
     slope = min(max(slope, -3.0), -0.2)
     step = min(max((log_target - log_l0) / slope, -2.0), 2.0)
     return math.exp(log_c + step)
-
-

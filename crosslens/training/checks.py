@@ -30,9 +30,7 @@ class UnnormalizedActivationsWarning(UserWarning):
     """The batch's per-snapshot norms are far from ``sqrt(d_in)``."""
 
 
-def check_activation_scale(
-    x_BSD: Float[torch.Tensor, "batch n_snapshots d_in"], mode: str = "warn"
-) -> list[float]:
+def check_activation_scale(x_BSD: Float[torch.Tensor, "batch n_snapshots d_in"], mode: str = "warn") -> list[float]:
     """Ratio of each snapshot's mean activation norm to ``sqrt(d_in)``; warns (``mode="warn"``)
     or raises ``ValueError`` (``"error"``) when any ratio is outside
     ``[1 / SCALE_TOLERANCE, SCALE_TOLERANCE]``. ``"off"`` checks nothing and returns []."""

@@ -191,11 +191,16 @@ def compare_with_saes(
     crosscoder_eval = evaluate_crosscoder(crosscoder, eval_store, hook, n_tokens=n_eval_tokens)
     train_kwargs: dict[str, Any] = dict(batch_size=batch_size, lr=lr, seed=seed, device=str(crosscoder.device))
     plan = _BaselinePlan(
-        store=store, hook=hook, eval_store=eval_store, n_steps=n_steps, n_eval_tokens=n_eval_tokens,
+        store=store,
+        hook=hook,
+        eval_store=eval_store,
+        n_steps=n_steps,
+        n_eval_tokens=n_eval_tokens,
         d_sae=int(crosscoder.cfg.d_sae) if d_sae is None else d_sae,
         target_l0=float(crosscoder_eval["l0"]) if target_l0 is None else float(target_l0),
-        coefficients=dict(sparsity_coefficients or {}), train_kwargs=train_kwargs,
-    )  # fmt: skip
+        coefficients=dict(sparsity_coefficients or {}),
+        train_kwargs=train_kwargs,
+    )
     if "standard" in architectures:
         plan.standard = _standard_coefficients_up_front(plan, snapshots, calibrate, calibration_snapshot)
 
@@ -209,7 +214,9 @@ def compare_with_saes(
             trained[(arch, s)] = sae
         baselines[(arch, s)] = evaluate_sae(sae, eval_store, hook, s, n_tokens=n_eval_tokens)
     sparsity = {"crosscoder": _crosscoder_sparsity(crosscoder), **_sparsity_labels(used)}
-    return quality_table(crosscoder_eval, baselines, eval_store.snapshots, d_sae=int(crosscoder.cfg.d_sae), sparsity=sparsity)
+    return quality_table(
+        crosscoder_eval, baselines, eval_store.snapshots, d_sae=int(crosscoder.cfg.d_sae), sparsity=sparsity
+    )
 
 
 @dataclass
@@ -230,7 +237,9 @@ class _BaselinePlan:
 
     @property
     def calibration_kwargs(self) -> dict[str, Any]:
-        return dict(n_steps=self.n_steps, eval_store=self.eval_store, n_eval_tokens=self.n_eval_tokens, **self.train_kwargs)
+        return dict(
+            n_steps=self.n_steps, eval_store=self.eval_store, n_eval_tokens=self.n_eval_tokens, **self.train_kwargs
+        )
 
 
 def _check_comparison(
@@ -280,16 +289,29 @@ def _train_baseline(plan: _BaselinePlan, s: int, arch: str) -> tuple[SAE[Any], s
         return train_snapshot_sae(store, hook, s, arch, d_sae, k=k, n_steps=plan.n_steps, **plan.train_kwargs), f"k={k}"
     if arch == "jumprelu":
         sae = train_snapshot_sae(
-            store, hook, s, arch, d_sae, target_l0=target_l0, sparsity_coefficient=plan.coefficients.get(arch),
-            n_steps=plan.n_steps, **plan.train_kwargs,
-        )  # fmt: skip
+            store,
+            hook,
+            s,
+            arch,
+            d_sae,
+            target_l0=target_l0,
+            sparsity_coefficient=plan.coefficients.get(arch),
+            n_steps=plan.n_steps,
+            **plan.train_kwargs,
+        )
         return sae, f"L0->{target_l0:.1f}"
     if s not in plan.standard:  # per-snapshot search, warm-started from the last one
         previous = [c for c, _ in plan.standard.values()]
         found = calibrate_sparsity_coefficient(
-            store, hook, s, arch, d_sae, target_l0, initial=previous[-1] if previous else None,
+            store,
+            hook,
+            s,
+            arch,
+            d_sae,
+            target_l0,
+            initial=previous[-1] if previous else None,
             **plan.calibration_kwargs,
-        )  # fmt: skip
+        )
         plan.standard[s] = (found.coefficient, found.sae)
     coefficient, sae = plan.standard[s]
     if sae is None:

@@ -110,9 +110,7 @@ class ArchitectureConfig:
     """Which crosscoder to train and its sparsity (SAELens's ``sae`` config, less the shape
     that the activation store gives: ``d_in`` and ``n_snapshots``)."""
 
-    architecture: str = field(
-        default="jumprelu_crosscoder", metadata={"flag": "--arch", "choices": ARCHITECTURE_NAMES}
-    )
+    architecture: str = field(default="jumprelu_crosscoder", metadata={"flag": "--arch", "choices": ARCHITECTURE_NAMES})
     """Crosscoder architecture (SAELens registry name)."""
     d_sae: int = field(default=1024, metadata={"min": 1})
     """Number of shared features."""
@@ -247,7 +245,9 @@ class CrosscoderTrainerConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer_state_dtype not in OPTIMIZER_STATES:
-            raise ValueError(f"optimizer_state_dtype must be one of {OPTIMIZER_STATES}, got {self.optimizer_state_dtype!r}.")
+            raise ValueError(
+                f"optimizer_state_dtype must be one of {OPTIMIZER_STATES}, got {self.optimizer_state_dtype!r}."
+            )
         if self.autocast_dtype not in (None, "bfloat16"):
             raise ValueError(
                 f"autocast_dtype must be None or 'bfloat16', got {self.autocast_dtype!r}; float16 "
@@ -267,9 +267,7 @@ class CrosscoderTrainerConfig:
                 f"({self.lr_decay_steps}) exceed total_steps ({self.total_steps}); shorten them."
             )
         if self.lr_scheduler_name.lower() not in LR_SCHEDULERS:
-            raise ValueError(
-                f"lr_scheduler_name must be one of {LR_SCHEDULERS}, got {self.lr_scheduler_name!r}."
-            )
+            raise ValueError(f"lr_scheduler_name must be one of {LR_SCHEDULERS}, got {self.lr_scheduler_name!r}.")
         if self.lr_end is None:
             self.lr_end = self.lr / 10
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -287,9 +285,7 @@ class CrosscoderTrainerConfig:
         if self.checkpoint_every and self.checkpoint_dir is None:
             raise ValueError("checkpoint_every needs checkpoint_dir; set where checkpoints go.")
         if self.activation_scale_check not in ("warn", "error", "off"):
-            raise ValueError(
-                f"activation_scale_check must be warn, error or off, got {self.activation_scale_check!r}."
-            )
+            raise ValueError(f"activation_scale_check must be warn, error or off, got {self.activation_scale_check!r}.")
 
     @classmethod
     def from_dict(cls, values: dict) -> CrosscoderTrainerConfig:
@@ -393,7 +389,9 @@ class CrosscoderRunnerConfig:
         if self.autocast_dtype not in AUTOCAST_CHOICES:
             raise ValueError(f"autocast_dtype must be one of {AUTOCAST_CHOICES}, got {self.autocast_dtype!r}.")
         if self.optimizer_state not in ("auto", *OPTIMIZER_STATES):
-            raise ValueError(f"optimizer_state must be auto or one of {OPTIMIZER_STATES}, got {self.optimizer_state!r}.")
+            raise ValueError(
+                f"optimizer_state must be auto or one of {OPTIMIZER_STATES}, got {self.optimizer_state!r}."
+            )
         if self.lr is None:
             self.lr = defaults_for(self.sae.architecture).lr
 
@@ -401,7 +399,10 @@ class CrosscoderRunnerConfig:
     def from_dict(cls, values: dict) -> CrosscoderRunnerConfig:
         """The config :func:`dataclasses.asdict` turned into ``values`` (``run.json``)."""
         values = {key: value for key, value in values.items() if key != RUN_STORE_SEAL}  # a record, not a setting
-        nested = {"sae": ArchitectureConfig(**values.get("sae", {})), "logger": LoggingConfig(**values.get("logger", {}))}
+        nested = {
+            "sae": ArchitectureConfig(**values.get("sae", {})),
+            "logger": LoggingConfig(**values.get("logger", {})),
+        }
         return cls(**{**values, **nested})
 
     @property

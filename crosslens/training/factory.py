@@ -62,7 +62,16 @@ def build_training_crosscoder(
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}.")
     _, _, train_cls, train_cfg_cls = ARCHITECTURES[architecture]
     return build_training_model(
-        train_cls, train_cfg_cls, architecture,
-        sparsity_coefficient=sparsity_coefficient, sparsity_warm_up_steps=sparsity_warm_up_steps, k=k,
-        d_in=d_in, d_sae=d_sae, n_snapshots=n_snapshots, decoder_init_norm=decoder_init_norm, device=device, **extra,
-    )  # fmt: skip
+        train_cls,
+        train_cfg_cls,
+        architecture,
+        sparsity_coefficient=sparsity_coefficient,
+        sparsity_warm_up_steps=sparsity_warm_up_steps,
+        k=k,
+        d_in=d_in,
+        d_sae=d_sae,
+        n_snapshots=n_snapshots,
+        decoder_init_norm=decoder_init_norm,
+        device=device,
+        **extra,
+    )

@@ -135,9 +135,15 @@ def smallest_fitting_micro_batches(
 
 
 def choose_optimizer_state(
-    S: int, D: int, F: int, B: int, architecture: str, device_bytes: int | None, micro_batches: int = 1,
+    S: int,
+    D: int,
+    F: int,
+    B: int,
+    architecture: str,
+    device_bytes: int | None,
+    micro_batches: int = 1,
     autocast: bool = False,
-) -> str:  # fmt: skip
+) -> str:
     """float32 moments when the step (in ``micro_batches``) fits in ``AUTO_HEADROOM`` of the
     device (or the device's memory is not known: a CPU), else bfloat16 moments."""
     if device_bytes is None:
@@ -147,9 +153,16 @@ def choose_optimizer_state(
 
 
 def fit_problem(
-    S: int, D: int, F: int, B: int, architecture: str, option: str, device_bytes: int, micro_batches: int = 1,
+    S: int,
+    D: int,
+    F: int,
+    B: int,
+    architecture: str,
+    option: str,
+    device_bytes: int,
+    micro_batches: int = 1,
     autocast: bool = False,
-) -> str | None:  # fmt: skip
+) -> str | None:
     """Why the step would not fit ``AUTO_HEADROOM`` of a device of ``device_bytes``, and the
     fix; None when it fits."""
     peak = step_peak_bytes(S, D, F, B, architecture, micro_batches, autocast)[option]
@@ -171,14 +184,22 @@ def fit_problem(
             flags += ["--optimizer-state bfloat16"] * (state != option) + ["--autocast none"] * (cast != autocast)
             fixes.append((fewest, " ".join(flags)))
     if not fixes:
-        return f"{said}, in any number of micro-batches; put snapshots on more GPUs (--snapshot-parallel under torchrun)"
+        return (
+            f"{said}, in any number of micro-batches; put snapshots on more GPUs (--snapshot-parallel under torchrun)"
+        )
     return f"{said}; {' or '.join(flags for _, flags in fixes[:2])} fits (crosslens plan prints the peak of each)"
 
 
 def training_memory(
-    S: int, D: int, F: int, B: int, architecture: str, micro_batches: int = 1, gpu: str | None = None,
+    S: int,
+    D: int,
+    F: int,
+    B: int,
+    architecture: str,
+    micro_batches: int = 1,
+    gpu: str | None = None,
     autocast: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The training step's memory on one rank (``S`` snapshots, ``B`` tokens), as ``crosslens
     plan`` reports it: float32 state, activations, autocast's weight copies, the peak per
     Adam-state option and, for a ``gpu`` of :data:`~crosslens.core.devices.GPUS`, the fewest
@@ -192,7 +213,8 @@ def training_memory(
     memory["total_training"] = memory["training_state"] + memory["activations_per_batch"] + memory["autocast_copies"]
     peaks = step_peak_bytes(S, D, F, B, architecture, micro_batches, autocast)
     memory["optimizer_state_options"] = {
-        option: {"device": optimizer_state_bytes(param_bytes // F32, option), "peak": peaks[option]} for option in OPTIMIZER_STATES
+        option: {"device": optimizer_state_bytes(param_bytes // F32, option), "peak": peaks[option]}
+        for option in OPTIMIZER_STATES
     }
     if gpu is not None:
         gpu_bytes = GPUS[gpu].memory_bytes
@@ -200,5 +222,10 @@ def training_memory(
             option: smallest_fitting_micro_batches(S, D, F, B, architecture, option, gpu_bytes, autocast)
             for option in OPTIMIZER_STATES
         }
-        memory["fewest_micro_batches"] = {"gpu": gpu, "device_bytes": gpu_bytes, "headroom": AUTO_HEADROOM, "per_option": fewest}
+        memory["fewest_micro_batches"] = {
+            "gpu": gpu,
+            "device_bytes": gpu_bytes,
+            "headroom": AUTO_HEADROOM,
+            "per_option": fewest,
+        }
     return memory

@@ -89,10 +89,17 @@ def known_model(model_id: str) -> ModelSpec | None:
     name = lowered[key]
     row = table["models"][name]
     return ModelSpec(
-        name=name, d_model=row["d_model"], n_layers=row["n_layers"], d_mlp=row["d_mlp"], vocab=row["vocab"],
-        n_params=row["n_params"], tied_embeddings=row["tied_embeddings"], n_heads=row["n_heads"],
-        n_ctx=row["n_ctx"], source="crosslens table of known models",
-    )  # fmt: skip
+        name=name,
+        d_model=row["d_model"],
+        n_layers=row["n_layers"],
+        d_mlp=row["d_mlp"],
+        vocab=row["vocab"],
+        n_params=row["n_params"],
+        tied_embeddings=row["tied_embeddings"],
+        n_heads=row["n_heads"],
+        n_ctx=row["n_ctx"],
+        source="crosslens table of known models",
+    )
 
 
 CONTEXT_KEYS = ("n_ctx", "max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -123,10 +130,17 @@ def spec_from_hf_config(config: dict[str, Any], name: str, source: str) -> Model
     gated = str(config.get("hidden_act", config.get("activation_type", ""))).lower() in ("silu", "swiglu")
     n_heads = int(config.get("num_attention_heads") or config.get("n_head") or 0)
     return ModelSpec(
-        name=name, d_model=d, n_layers=n_layers, d_mlp=d_mlp, vocab=vocab, tied_embeddings=tied, n_heads=n_heads,
-        n_params=estimate_n_params(d, n_layers, d_mlp, vocab, tied=tied, gated=gated), n_ctx=config_context(config),
+        name=name,
+        d_model=d,
+        n_layers=n_layers,
+        d_mlp=d_mlp,
+        vocab=vocab,
+        tied_embeddings=tied,
+        n_heads=n_heads,
+        n_params=estimate_n_params(d, n_layers, d_mlp, vocab, tied=tied, gated=gated),
+        n_ctx=config_context(config),
         source=source,
-    )  # fmt: skip
+    )
 
 
 def model_spec_for(suite: str) -> ModelSpec:
@@ -140,10 +154,16 @@ def model_spec_for(suite: str) -> ModelSpec:
         else:
             vocab = cfg.bpe_vocab_size
             return ModelSpec(
-                name="crosslens/pico", d_model=cfg.d_model, n_layers=cfg.n_layers, d_mlp=cfg.d_mlp, vocab=vocab,
-                n_heads=cfg.n_heads, n_params=estimate_n_params(cfg.d_model, cfg.n_layers, cfg.d_mlp, vocab, tied=False),
-                n_ctx=cfg.model_context, source="PicoConfig defaults (suite not built; vocabulary approximate)",
-            )  # fmt: skip
+                name="crosslens/pico",
+                d_model=cfg.d_model,
+                n_layers=cfg.n_layers,
+                d_mlp=cfg.d_mlp,
+                vocab=vocab,
+                n_heads=cfg.n_heads,
+                n_params=estimate_n_params(cfg.d_model, cfg.n_layers, cfg.d_mlp, vocab, tied=False),
+                n_ctx=cfg.model_context,
+                source="PicoConfig defaults (suite not built; vocabulary approximate)",
+            )
     path = Path(suite)
     if path.is_dir():
         configs = sorted(path.glob("config.json")) or sorted(path.glob("*/config.json"))

@@ -154,9 +154,15 @@ def round_stochastic(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 
 def eager_update(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad_scale: torch.Tensor | None,
-    hyper: Hyper, copy: torch.Tensor | None = None, norms: torch.Tensor | None = None,
-) -> None:  # fmt: skip
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    grad_scale: torch.Tensor | None,
+    hyper: Hyper,
+    copy: torch.Tensor | None = None,
+    norms: torch.Tensor | None = None,
+) -> None:
     """Adam's update of one parameter in place: ``p``, ``m`` and ``v`` float32, ``g`` its
     gradient, ``grad_scale`` a divisor of ``g``; ``copy`` receives the new ``p`` rounded to its
     dtype, ``norms`` the norms of its rows along the last dimension. The twin of
@@ -173,15 +179,25 @@ def eager_update(
 
 
 def eager_chunk_update(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, key: int, start: int,
-    grad_scale: torch.Tensor | None, hyper: Hyper, copy: torch.Tensor | None = None, noise_block: int = 1 << 16,
-) -> None:  # fmt: skip
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    key: int,
+    start: int,
+    grad_scale: torch.Tensor | None,
+    hyper: Hyper,
+    copy: torch.Tensor | None = None,
+    noise_block: int = 1 << 16,
+) -> None:
     """Adam's update of one chunk in place, in float32 temporaries: ``p`` float32, ``g`` its
     gradient, ``m`` and ``v`` the bfloat16 moments, stored with the rounding noise of ``key``
     (:func:`noise_key`) at the chunk's elements (it starts at element ``start`` of its
     parameter), ``grad_scale`` a divisor of ``g``; ``copy`` receives the new ``p`` rounded. The
     twin of :func:`crosslens.training.triton_adam.chunk_update`."""
-    noise_m, noise_v = rounding_noise(key, start, p.numel(), p.device, noise_block)  # drawn first: fewer temporaries at once
+    noise_m, noise_v = rounding_noise(
+        key, start, p.numel(), p.device, noise_block
+    )  # drawn first: fewer temporaries at once
     m_new, v_new = m.float(), v.float()
     eager_update(p, g, m_new, v_new, grad_scale, hyper, copy)
     m.copy_(round_stochastic(m_new, noise_m))
@@ -212,7 +228,9 @@ def _advance(state: dict[str, Any], group: dict[str, Any]) -> Hyper:
 
 
 def _updates(
-    optimizer: KernelAdam | BFloat16StateAdam, moments: torch.dtype, writes: WeightWrites | None,
+    optimizer: KernelAdam | BFloat16StateAdam,
+    moments: torch.dtype,
+    writes: WeightWrites | None,
     prepared: PreparedWeights,
 ) -> Iterator[tuple[int, torch.Tensor, dict[str, Any], Hyper, torch.Tensor | None, torch.Tensor | None]]:
     """Each parameter of ``optimizer`` with a gradient, for its update: its place among the
@@ -243,9 +261,7 @@ class KernelAdam(torch.optim.Adam):
     Adam it divides the gradients by ``grad_scale``; for each weight ``writes`` asks for, it also
     writes the new weight rounded, or its rows' norms (see the module docstring)."""
 
-    def __init__(
-        self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, plan: KernelPlan
-    ):  # fmt: skip
+    def __init__(self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, plan: KernelPlan):
         super().__init__(params, lr=lr, betas=betas, eps=eps)
         self.grad_scale: torch.Tensor | None = None
         """A divisor of every gradient, as torch's fused Adam takes it (the clip's 1 / c)."""
@@ -270,7 +286,9 @@ class KernelAdam(torch.optim.Adam):
             for p in group["params"]:
                 state = self.state.get(p, {})
                 moments = [state[key] for key in ("exp_avg", "exp_avg_sq") if key in state]
-                if p.dtype != torch.float32 or not all(t.is_contiguous() and t.dtype == torch.float32 for t in (p, *moments)):
+                if p.dtype != torch.float32 or not all(
+                    t.is_contiguous() and t.dtype == torch.float32 for t in (p, *moments)
+                ):
                     raise ValueError(
                         f"KernelAdam updates contiguous float32 parameters and moments; got a parameter of dtype "
                         f"{p.dtype}, shape {tuple(p.shape)} and strides {p.stride()} (use torch.optim.Adam for others)."
@@ -284,8 +302,15 @@ class BFloat16StateAdam(torch.optim.Optimizer):
     docstring)."""
 
     def __init__(
-        self, params: Any, lr: float, betas: tuple[float, float], eps: float = 1e-8, *, seed: int, plan: KernelPlan,
-    ):  # fmt: skip
+        self,
+        params: Any,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float = 1e-8,
+        *,
+        seed: int,
+        plan: KernelPlan,
+    ):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         self.seed = seed
         self.grad_scale: torch.Tensor | None = None
@@ -354,9 +379,15 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str,
 
 
 def make_optimizer(
-    param_groups: list[dict[str, Any]], *, lr: float, betas: tuple[float, float], state_dtype: str, seed: int,
-    device: torch.device, plan: KernelPlan,
-) -> torch.optim.Optimizer:  # fmt: skip
+    param_groups: list[dict[str, Any]],
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    state_dtype: str,
+    seed: int,
+    device: torch.device,
+    plan: KernelPlan,
+) -> torch.optim.Optimizer:
     """The trainer's Adam: with bfloat16 moments, or with float32 ones :class:`KernelAdam` where
     the plan says (``adam``), else torch's, fused where the device has the kernel (torch's Adam
     writes nothing beside the weights)."""

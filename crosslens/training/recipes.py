@@ -103,7 +103,9 @@ class Recipe:
     @property
     def family(self) -> str:
         lowered = self.model.lower()
-        return "pythia" if "pythia" in lowered else "olmo" if "olmo" in lowered else "bloom" if "bloom" in lowered else "?"
+        return (
+            "pythia" if "pythia" in lowered else "olmo" if "olmo" in lowered else "bloom" if "bloom" in lowered else "?"
+        )
 
     def snapshot_labels(self) -> list[str]:
         if self.steps is not None:
@@ -115,15 +117,23 @@ class Recipe:
         """The recipe's values as :class:`~crosslens.training.config.CrosscoderRunnerConfig`
         fields (nested ``sae`` as a dict); values the recipe leaves out are absent."""
         sae = {
-            "architecture": self.architecture, "d_sae": self.d_sae, "k": self.k,
-            "sparsity_coefficient": self.sparsity, "sparsity_warm_up_fraction": self.sparsity_warm_up_fraction,
+            "architecture": self.architecture,
+            "d_sae": self.d_sae,
+            "k": self.k,
+            "sparsity_coefficient": self.sparsity,
+            "sparsity_warm_up_fraction": self.sparsity_warm_up_fraction,
             "decoder_init_norm": self.decoder_init_norm,
-        }  # fmt: skip
+        }
         top = {
-            "hook_name": self.hook, "train_batch_size_tokens": self.batch_size, "lr": self.lr,
+            "hook_name": self.hook,
+            "train_batch_size_tokens": self.batch_size,
+            "lr": self.lr,
             "lr_decay_fraction": self.lr_decay_fraction,
-        }  # fmt: skip
-        return {**{k: v for k, v in top.items() if v is not None}, "sae": {k: v for k, v in sae.items() if v is not None}}
+        }
+        return {
+            **{k: v for k, v in top.items() if v is not None},
+            "sae": {k: v for k, v in sae.items() if v is not None},
+        }
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)

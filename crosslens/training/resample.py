@@ -90,7 +90,9 @@ def resample_latents(
     if len(idx_L) == 0 or not bool(live_F.any()):
         return idx_L[:0]
     x_NSD = x_NSD.to(sae.W_dec.dtype)
-    residual_NSD = x_NSD - sae.training_pass(x_NSD).recon_NSD  # the pass training reconstructs with, a mesh rank's block
+    residual_NSD = (
+        x_NSD - sae.training_pass(x_NSD).recon_NSD
+    )  # the pass training reconstructs with, a mesh rank's block
     err_N = collectives.snapshot_sum(residual_NSD.pow(2).sum(dim=(1, 2)))
     all_err_N = collectives.data_gather(err_N).double().cpu()
     n_pick = min(len(idx_L), int((all_err_N > 0).sum()))
@@ -119,7 +121,9 @@ def resample_latents(
     return idx_L
 
 
-def clear_adam_rows(optimizer: torch.optim.Optimizer, rows: list[tuple[torch.Tensor, int]], idx_L: torch.Tensor) -> None:
+def clear_adam_rows(
+    optimizer: torch.optim.Optimizer, rows: list[tuple[torch.Tensor, int]], idx_L: torch.Tensor
+) -> None:
     """Zero, for each ``(parameter, latent axis)`` of ``rows``, the slices ``idx_L`` of every
     optimizer state tensor shaped like the parameter (Adam's two moments, in whichever dtype)."""
     for param, axis in rows:

@@ -96,7 +96,9 @@ def read_run_log(path: str | Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise RunLogError(f"{path}:{number}: not JSON ({err.msg}); the run log is written by crosslens train alone") from None
+            raise RunLogError(
+                f"{path}:{number}: not JSON ({err.msg}); the run log is written by crosslens train alone"
+            ) from None
         if not isinstance(record, dict) or "kind" not in record:
             raise RunLogError(f"{path}:{number}: a record must be a JSON object with a 'kind'")
         records.append(record)

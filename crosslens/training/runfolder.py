@@ -66,7 +66,9 @@ REPORT_NAME = "report.html"
 FINAL_RECORD = f"{FINAL_DIRNAME}/{RECORD_NAME}"
 OPTIONAL_SEALED = (QUALITY_NAME, TRAINED_ROWS_NAME)
 """Files a run seals when it wrote them: the quality table, and a streamed run's row digests."""
-FINISH_HINT = "finish it with `crosslens train --resume` and the flags it was started with, or train again with --overwrite"
+FINISH_HINT = (
+    "finish it with `crosslens train --resume` and the flags it was started with, or train again with --overwrite"
+)
 
 
 class RunFolderLockedError(CrosslensError):
@@ -236,7 +238,9 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
     return removed
 
 
-def checkpoint_space_problem(run_dir: str | Path, bytes_each: int, final_bytes: int, *, to_write: int, keep: int) -> str | None:
+def checkpoint_space_problem(
+    run_dir: str | Path, bytes_each: int, final_bytes: int, *, to_write: int, keep: int
+) -> str | None:
     """Why ``run_dir``'s disk cannot hold the rest of a run, or None: ``to_write`` more checkpoints of
     ``bytes_each``, the newest ``keep`` kept (0: every one) and one more while it is written, then
     the final crosscoder. The checkpoints already there count towards those kept."""
@@ -341,7 +345,9 @@ def clear_run_results(run_dir: str | Path, *, everything: bool) -> None:
     if not run_dir.is_dir():
         return
     for path in sorted(run_dir.iterdir()):
-        if path.name == QUALITY_NAME or (everything and (path.name in (RUN_CONFIG_NAME, TRAIN_LOG_NAME) or _is_result(path))):
+        if path.name == QUALITY_NAME or (
+            everything and (path.name in (RUN_CONFIG_NAME, TRAIN_LOG_NAME) or _is_result(path))
+        ):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:

@@ -47,11 +47,13 @@ from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, TRAIN_LOG_NAME,
 from crosslens.core.seeding import seeded
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.crosscoders.folding import folded_factors
+from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.distributed import init_mesh, shard_batches
 from crosslens.training.config import RUN_STORE_SEAL, CrosscoderRunnerConfig, CrosscoderTrainerConfig, resolved_autocast
 from crosslens.training.factory import build_training_crosscoder
-from crosslens.training.memory import checkpoint_bytes, choose_optimizer_state, fit_problem, parameter_counts
 from crosslens.training.interrupts import StopRequest, TrainingInterrupted, stop_between_steps
+from crosslens.training.memory import checkpoint_bytes, choose_optimizer_state, fit_problem, parameter_counts
+from crosslens.training.metrics import crosscoder_metrics
 from crosslens.training.records import read_record, record_problem, write_record
 from crosslens.training.runfolder import (
     check_run_start,
@@ -63,9 +65,8 @@ from crosslens.training.runfolder import (
     refuse_store_folder,
     seal_run,
 )
-from crosslens.crosscoders.kernel_plan import KernelPlan
-from crosslens.training.metrics import crosscoder_metrics
 from crosslens.training.trainer import CrosscoderTrainer
+
 
 class CrosscoderTrainingRunner:
     """Trains one crosscoder from an activation store; ``run(resume=True)`` continues a run."""
@@ -125,9 +126,13 @@ class CrosscoderTrainingRunner:
         cfg = self.config
         # on a mesh each global batch is cut in host memory and only this rank's part moves
         provider = ActivationProvider(
-            self.store, self.hook, batch_size=cfg.train_batch_size_tokens, seed=cfg.seed, drop_last=True,
+            self.store,
+            self.hook,
+            batch_size=cfg.train_batch_size_tokens,
+            seed=cfg.seed,
+            drop_last=True,
             device=self.device if self.mesh is None else "cpu",
-        )  # fmt: skip
+        )
         batches = provider.batches(start_step, stop=cfg.n_steps)  # nothing read past the run's last step
         if self.mesh is None:
             return batches
@@ -189,7 +194,10 @@ class CrosscoderTrainingRunner:
     def launch_record(self) -> dict[str, Any]:
         """How many processes train (not a config field: torchrun decides it, but a resume on
         another count splits the batch otherwise), and the kernels they run."""
-        return {"world_size": 1 if self.mesh is None else self.mesh[0].world_size, "kernel_plan": self.kernel_plan.to_dict()}
+        return {
+            "world_size": 1 if self.mesh is None else self.mesh[0].world_size,
+            "kernel_plan": self.kernel_plan.to_dict(),
+        }
 
     def run_record(self) -> dict[str, Any]:
         """What run.json holds: the runner config and its launch, with the store's absolute path
@@ -211,8 +219,11 @@ class CrosscoderTrainingRunner:
         if sealed is not None:  # a record sealed before a setting joined those a resume may change
             sealed = _resume_settings(sealed)
         if sealed is not None and ("stream" in sealed) != ("stream" in current):
-            how = ("was streamed from resident models: resume it with `crosslens train --stream` and its flags"
-                   if "stream" in sealed else "trained on a store: resume it with --store, without --stream")  # fmt: skip
+            how = (
+                "was streamed from resident models: resume it with `crosslens train --stream` and its flags"
+                if "stream" in sealed
+                else "trained on a store: resume it with --store, without --stream"
+            )
             raise ValueError(f"{self.out_dir} holds a run that {how}, or pick a new --out.")
         if sealed != current:
             differs = "; ".join(differing_settings(sealed or {}, current))
@@ -247,8 +258,10 @@ class CrosscoderTrainingRunner:
             keys.remove("kernel_plan")
         changed = [f"{key} {now[key]!r} (the run started with {started[key]!r})" for key in keys]
         if changed:
-            print(f"--resume: {', '.join(changed)}: the same training to float rounding, not the bytes an "
-                  "uninterrupted run would end in")  # fmt: skip
+            print(
+                f"--resume: {', '.join(changed)}: the same training to float rounding, not the bytes an "
+                "uninterrupted run would end in"
+            )
 
     @property
     def kernel_plan(self) -> KernelPlan:
@@ -425,11 +438,17 @@ def new_training_crosscoder(config: CrosscoderRunnerConfig, *, d_in: int, n_snap
     jumprelu_only: dict[str, Any] = {} if sae.target_l0 is None else {"target_l0": sae.target_l0}
     with seeded(config.seed, device):
         return build_training_crosscoder(
-            sae.architecture, d_in=d_in, n_snapshots=n_snapshots, d_sae=sae.d_sae, k=sae.k,
+            sae.architecture,
+            d_in=d_in,
+            n_snapshots=n_snapshots,
+            d_sae=sae.d_sae,
+            k=sae.k,
             sparsity_coefficient=sparsity,
             sparsity_warm_up_steps=int(config.n_steps * float(sae.sparsity_warm_up_fraction or 0.0)),
-            decoder_init_norm=sae.decoder_init_norm, device=device, **jumprelu_only,
-        )  # fmt: skip
+            decoder_init_norm=sae.decoder_init_norm,
+            device=device,
+            **jumprelu_only,
+        )
 
 
 def resolve_precision(config: CrosscoderRunnerConfig, n_snapshots: int, d_in: int | None) -> CrosscoderRunnerConfig:
@@ -485,8 +504,17 @@ def _resume_settings(config: dict[str, Any]) -> dict[str, Any]:
     # and logged: a run may resume elsewhere, on another device, on another mesh, in micro-batches
     # that fit another GPU, with its checkpoints spaced and kept otherwise, or logged otherwise
     # (none changes what it trains)
-    where = ("out_dir", "store_path", RUN_STORE_SEAL, "verify_store", "progress", *BYTE_LAYOUT_SETTINGS,
-             "checkpoint_every", "keep_checkpoints", "logger")  # fmt: skip
+    where = (
+        "out_dir",
+        "store_path",
+        RUN_STORE_SEAL,
+        "verify_store",
+        "progress",
+        *BYTE_LAYOUT_SETTINGS,
+        "checkpoint_every",
+        "keep_checkpoints",
+        "logger",
+    )
     return {key: value for key, value in config.items() if key not in where}
 
 

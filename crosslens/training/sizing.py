@@ -123,10 +123,16 @@ class PlanConfig:
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise PlanError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES} (--arch)")
-        for flag, value, least in (("--n-snapshots", self.n_snapshots, 1), ("--n-tokens", self.n_tokens, 1),
-                                   ("--d-sae", self.d_sae, 1), ("--batch-size", self.batch_size, 1),
-                                   ("--n-steps", self.n_steps, 1), ("--seq-len", self.seq_len, 2),
-                                   ("--heldout-tokens", self.heldout_tokens, 0), ("--k", self.k, 1)):  # fmt: skip
+        for flag, value, least in (
+            ("--n-snapshots", self.n_snapshots, 1),
+            ("--n-tokens", self.n_tokens, 1),
+            ("--d-sae", self.d_sae, 1),
+            ("--batch-size", self.batch_size, 1),
+            ("--n-steps", self.n_steps, 1),
+            ("--seq-len", self.seq_len, 2),
+            ("--heldout-tokens", self.heldout_tokens, 0),
+            ("--k", self.k, 1),
+        ):
             if value is not None and value < least:
                 raise PlanError(f"{flag} must be >= {least}, got {value}")
         if uses_k(self.architecture) and self.k > self.d_sae:
@@ -141,7 +147,9 @@ class PlanConfig:
         if self.data_parallel > self.batch_size:
             raise PlanError(f"the data axis ({self.data_parallel}) exceeds --batch-size {self.batch_size}")
         if self.batch_size % self.data_parallel:  # train gives every data rank an equal slice of each batch
-            raise PlanError(uneven_batch_error(self.data_parallel, self.snapshot_parallel, self.n_snapshots, self.batch_size))
+            raise PlanError(
+                uneven_batch_error(self.data_parallel, self.snapshot_parallel, self.n_snapshots, self.batch_size)
+            )
         if self.micro_batches < 1 or (self.batch_size // self.data_parallel) % self.micro_batches:
             raise PlanError(micro_batch_error(self.batch_size // self.data_parallel, self.micro_batches))
         if self.autocast not in AUTOCAST_CHOICES:
@@ -153,7 +161,9 @@ class PlanConfig:
             raise PlanError(f"--hook {problem}")
         layer = block_index(self.hook)
         if layer is not None and layer >= self.model.n_layers:
-            raise PlanError(f"--hook {self.hook} names block {layer}, but {self.model.name} has {self.model.n_layers} (0..{self.model.n_layers - 1})")
+            raise PlanError(
+                f"--hook {self.hook} names block {layer}, but {self.model.name} has {self.model.n_layers} (0..{self.model.n_layers - 1})"
+            )
         if self.model.n_ctx is not None and self.seq_len > self.model.n_ctx:
             raise PlanError(
                 f"--seq-len {self.seq_len} is longer than {self.model.name}'s context of {self.model.n_ctx} tokens; "
@@ -266,9 +276,12 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     count = cfg.n_steps // every if every else 0
     kept, at_once = checkpoints_on_disk(count, cfg.keep_checkpoints)
     checkpoints = {  # each: the float32 weights and Adam's two moments (float32, or bfloat16 ones)
-        "every": every, "count": count, "kept": kept, "at_once": at_once,
+        "every": every,
+        "count": count,
+        "kept": kept,
+        "at_once": at_once,
         "bytes_each": {option: checkpoint_bytes(whole, option) for option in ("float32", "bfloat16")},
-    }  # fmt: skip
+    }
 
     flops = _flop_counts(cfg, S, D, layers_run)
     comm = _communication_bytes(cfg, param_bytes, B_r, cfg.n_steps)
@@ -281,29 +294,55 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     }
     # every rank of the data axis harvests the whole chunk its snapshots give, and trains on its rows of it
     forward_share = S_r / S
-    seconds["train_streaming"] = seconds["train_from_store"] + flops["snapshot_models_forward_streaming"] * forward_share / rate
+    seconds["train_streaming"] = (
+        seconds["train_from_store"] + flops["snapshot_models_forward_streaming"] * forward_share / rate
+    )
     seconds["communication"] = comm["sent_per_rank_total"] / (link_gbps * 1e9)
 
     return {
         "name": cfg.name or m.name,
         "inputs": {
-            "model": m.name, "model_source": m.source, "d_model": m.d_model, "n_layers": m.n_layers,
-            "vocab": m.vocab, "n_params": m.n_params, "hook": cfg.hook, "d_in": D, "n_snapshots": S,
-            "n_tokens": cfg.n_tokens, "d_sae": F, "architecture": cfg.architecture, "k": cfg.k,
-            "batch_size": cfg.batch_size, "n_steps": cfg.n_steps, "training_tokens": cfg.training_tokens,
-            "seq_len": cfg.seq_len, "harvested_tokens": harvested, "heldout_tokens": heldout,
-            "model_dtype": cfg.model_dtype, "device": cfg.device, "tflops": tflops,
+            "model": m.name,
+            "model_source": m.source,
+            "d_model": m.d_model,
+            "n_layers": m.n_layers,
+            "vocab": m.vocab,
+            "n_params": m.n_params,
+            "hook": cfg.hook,
+            "d_in": D,
+            "n_snapshots": S,
+            "n_tokens": cfg.n_tokens,
+            "d_sae": F,
+            "architecture": cfg.architecture,
+            "k": cfg.k,
+            "batch_size": cfg.batch_size,
+            "n_steps": cfg.n_steps,
+            "training_tokens": cfg.training_tokens,
+            "seq_len": cfg.seq_len,
+            "harvested_tokens": harvested,
+            "heldout_tokens": heldout,
+            "model_dtype": cfg.model_dtype,
+            "device": cfg.device,
+            "tflops": tflops,
             "autocast": "bfloat16" if cfg.autocast_on else "none",
-            "tflops_assumed": cfg.tflops is None, "link_gbps": link_gbps, "link_gbps_assumed": cfg.link_gbps is None,
-        },  # fmt: skip
+            "tflops_assumed": cfg.tflops is None,
+            "link_gbps": link_gbps,
+            "link_gbps_assumed": cfg.link_gbps is None,
+        },
         "mesh": {
-            "data": Pd, "snapshot": Ps, "world_size": cfg.world_size, "snapshots_per_rank": S_r,
+            "data": Pd,
+            "snapshot": Ps,
+            "world_size": cfg.world_size,
+            "snapshots_per_rank": S_r,
             "batch_per_rank": B_r,
-        },  # fmt: skip
+        },
         "parameters": {
-            "per_rank": counts, "per_rank_total": n_params_rank, "whole_crosscoder": whole,
-            "sharded_over_snapshot_axis": list(SHARDED), "replicated": [k for k in counts if k not in SHARDED],
-        },  # fmt: skip
+            "per_rank": counts,
+            "per_rank_total": n_params_rank,
+            "whole_crosscoder": whole,
+            "sharded_over_snapshot_axis": list(SHARDED),
+            "replicated": [k for k in counts if k not in SHARDED],
+        },
         "memory_bytes": memory,
         "disk_bytes": disk,
         "checkpoints": checkpoints,
@@ -403,13 +442,19 @@ def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]
     fresh_tokens_per_second = 1 / (seconds_per_token["forward"] + step_seconds(fresh_share))
     tokens = plan["inputs"]["training_tokens"]
     return {
-        "gpu": gpu, "peak_tflops": device.peak_tflops, "measured_on": device.measured_on, "forward_fraction": forward_rate / peak,
-        "forward_bound": forward_bound, "crosscoder_fraction": crosscoder_share, "tokens_per_second": tokens_per_second,
+        "gpu": gpu,
+        "peak_tflops": device.peak_tflops,
+        "measured_on": device.measured_on,
+        "forward_fraction": forward_rate / peak,
+        "forward_bound": forward_bound,
+        "crosscoder_fraction": crosscoder_share,
+        "tokens_per_second": tokens_per_second,
         **{f"{part}_tokens_per_second": 1 / seconds for part, seconds in seconds_per_token.items()},
         "hours": tokens / tokens_per_second / 3600,
-        "fresh_crosscoder_fraction": fresh_share, "fresh_tokens_per_second": fresh_tokens_per_second,
+        "fresh_crosscoder_fraction": fresh_share,
+        "fresh_tokens_per_second": fresh_tokens_per_second,
         "fresh_hours": tokens / fresh_tokens_per_second / 3600,
-    }  # fmt: skip
+    }
 
 
 def plan_config_from_recipe(recipe: Any, **overrides: Any) -> PlanConfig:
@@ -418,10 +463,16 @@ def plan_config_from_recipe(recipe: Any, **overrides: Any) -> PlanConfig:
     batch size in force, as ``train --recipe`` does."""
     model = known_model(recipe.model) or model_spec_for(recipe.model)
     values: dict[str, Any] = dict(
-        model=model, n_snapshots=recipe.n_snapshots, hook=recipe.hook, n_tokens=recipe.n_tokens,
-        d_sae=recipe.d_sae, architecture=recipe.architecture, batch_size=recipe.batch_size,
-        seq_len=recipe.context, name=recipe.name,
-    )  # fmt: skip
+        model=model,
+        n_snapshots=recipe.n_snapshots,
+        hook=recipe.hook,
+        n_tokens=recipe.n_tokens,
+        d_sae=recipe.d_sae,
+        architecture=recipe.architecture,
+        batch_size=recipe.batch_size,
+        seq_len=recipe.context,
+        name=recipe.name,
+    )
     if recipe.k is not None:
         values["k"] = recipe.k
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -40,8 +40,8 @@ from crosslens.activations.tokens import bos_prepended, kept_tokens, position_re
 from crosslens.core.devices import dtype_name
 from crosslens.core.errors import StoreChangedError
 from crosslens.core.hashing import json_sha256
-from crosslens.core.paths import TRAINED_ROWS_NAME
 from crosslens.core.launch import launched_by_torchrun
+from crosslens.core.paths import TRAINED_ROWS_NAME
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh
 from crosslens.training.config import CrosscoderRunnerConfig
@@ -56,9 +56,12 @@ class HeldoutActivations:
     """In-memory ``[n_tokens, n_snapshots, d_in]`` activations read like an activation store."""
 
     def __init__(
-        self, acts_NSD: Float[torch.Tensor, "n n_snapshots d_in"], norm_factors_S: Float[torch.Tensor, " n_snapshots"],
-        hook: str, snapshots: list[dict[str, Any]],
-    ) -> None:  # fmt: skip
+        self,
+        acts_NSD: Float[torch.Tensor, "n n_snapshots d_in"],
+        norm_factors_S: Float[torch.Tensor, " n_snapshots"],
+        hook: str,
+        snapshots: list[dict[str, Any]],
+    ) -> None:
         self.acts_NSD, self.norm_factors_S, self.hook = acts_NSD, norm_factors_S.float(), hook
         self.n_tokens, self.n_snapshots = int(acts_NSD.shape[0]), int(acts_NSD.shape[1])
         self.snapshots = snapshots
@@ -70,7 +73,9 @@ class HeldoutActivations:
             raise ValueError(f"the held-out activations are of {self.hook}, not {hook}")
         return self.hook
 
-    def read(self, hook: str | None, idx: torch.Tensor, normalize: bool = True) -> Float[torch.Tensor, "n n_snapshots d_in"]:
+    def read(
+        self, hook: str | None, idx: torch.Tensor, normalize: bool = True
+    ) -> Float[torch.Tensor, "n n_snapshots d_in"]:
         """Rows ``idx``, scaled by the training run's factors when ``normalize``."""
         self.resolve_hook(hook)
         acts_NSD = self.acts_NSD[torch.as_tensor(idx)]
@@ -81,9 +86,12 @@ def suite_record(suite: Any) -> dict[str, Any]:
     """Which snapshots a streamed run reads, as its run.json and its resume identity name them:
     the suite's model id, family, folder (a local suite) and each snapshot's step and revision."""
     return {
-        "model_id": suite.model_id, "family": suite.family, "root": None if suite.root is None else str(suite.root),
-        "steps": [int(s) for s in suite.steps], "revisions": [r.revision for r in suite.snapshots],
-    }  # fmt: skip
+        "model_id": suite.model_id,
+        "family": suite.family,
+        "root": None if suite.root is None else str(suite.root),
+        "steps": [int(s) for s in suite.steps],
+        "revisions": [r.revision for r in suite.snapshots],
+    }
 
 
 class StreamingTrainingRunner(CrosscoderTrainingRunner):
@@ -98,9 +106,15 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
     """
 
     def __init__(
-        self, config: CrosscoderRunnerConfig, suite: Any, train_NL: Int[torch.Tensor, "n seq"],
-        heldout_NL: Int[torch.Tensor, "m seq"], stream: dict[str, Any], *, model_dtype: torch.dtype = torch.float32,
-    ) -> None:  # fmt: skip
+        self,
+        config: CrosscoderRunnerConfig,
+        suite: Any,
+        train_NL: Int[torch.Tensor, "n seq"],
+        heldout_NL: Int[torch.Tensor, "m seq"],
+        stream: dict[str, Any],
+        *,
+        model_dtype: torch.dtype = torch.float32,
+    ) -> None:
         if not config.hook_name:
             raise ValueError("streaming needs config.hook_name: there is no store to take the only hook from")
         for name, table in (("train_NL", train_NL), ("heldout_NL", heldout_NL)):
@@ -126,7 +140,9 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         cfg = self.config
         snapshots = range(self.n_snapshots)
         if launched_by_torchrun():
-            layout, collectives, device = init_mesh(self.n_snapshots, snapshot_parallel=cfg.snapshot_parallel, device=cfg.device)
+            layout, collectives, device = init_mesh(
+                self.n_snapshots, snapshot_parallel=cfg.snapshot_parallel, device=cfg.device
+            )
             layout.batch_rows(cfg.train_batch_size_tokens)  # refuses a batch that does not split evenly
             self.mesh, self.device, snapshots = (layout, collectives), str(device), layout.snapshots
         elif cfg.snapshot_parallel > 1:
@@ -135,10 +151,18 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
                 "torchrun --nproc_per_node=N -m crosslens train --stream ... --snapshot-parallel P."
             )
         self.provider = ResidentSnapshotProvider(
-            self.suite, self.hook, self.train_NL, cfg.train_batch_size_tokens, snapshots=list(snapshots),
-            seed=cfg.seed, drop_last=True, device=self.device, model_device=self.device, model_dtype=self.model_dtype,
+            self.suite,
+            self.hook,
+            self.train_NL,
+            cfg.train_batch_size_tokens,
+            snapshots=list(snapshots),
+            seed=cfg.seed,
+            drop_last=True,
+            device=self.device,
+            model_device=self.device,
+            model_dtype=self.model_dtype,
             chunk_seqs=chunk_seqs_for(self.train_NL.shape[1]),
-        )  # fmt: skip
+        )
 
     def _batches(self, start_step: int) -> Iterator[torch.Tensor]:
         # no chunk harvested past the run's last step
@@ -176,7 +200,9 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
     def _new_crosscoder(self):
         d_in, norm_factors_S, provenance = self.provider.d_in, self.norm_factors(), self.provenance()
         crosscoder = new_training_crosscoder(self.config, d_in=d_in, n_snapshots=self.n_snapshots, device=self.device)
-        set_crosscoder_metadata(crosscoder.cfg, provenance=provenance, hook_name=self.hook, activation_norm_factors=norm_factors_S)
+        set_crosscoder_metadata(
+            crosscoder.cfg, provenance=provenance, hook_name=self.hook, activation_norm_factors=norm_factors_S
+        )
         for key, value in self._data_metadata().items():
             crosscoder.cfg.metadata[key] = value
         return crosscoder
@@ -185,11 +211,13 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         """SAELens's training-data fields, as ``training_data_metadata`` reads them from a store."""
         excluded, _ = kept_tokens(self.suite.tokenizer(), self.train_NL, True, None)
         return {
-            "model_name": self.suite.model_id, "model_class_name": "HookedTransformer",
-            "context_size": int(self.train_NL.shape[1]), "prepend_bos": bos_prepended(self.train_NL, excluded),
+            "model_name": self.suite.model_id,
+            "model_class_name": "HookedTransformer",
+            "context_size": int(self.train_NL.shape[1]),
+            "prepend_bos": bos_prepended(self.train_NL, excluded),
             **position_record(exclude_bos=True, exclude_token_ids=excluded),
             "dataset_path": self.config.dataset_path or self.stream.get("tokens", {}).get("source"),
-        }  # fmt: skip
+        }
 
     # ------------------------------------------------------------ identity and records
     def run_record(self) -> dict[str, Any]:
@@ -201,12 +229,18 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         stream's description, and its token tables' hash. The snapshots are named by the suite
         the runner holds, not by the description a caller passed, so that a resume on another
         suite is refused whoever describes it."""
-        spec = {"snapshots": suite_record(self.suite), "model_dtype": dtype_name(self.model_dtype), "stream": self.stream}
+        spec = {
+            "snapshots": suite_record(self.suite),
+            "model_dtype": dtype_name(self.model_dtype),
+            "stream": self.stream,
+        }
         return {
             "fingerprint": json_sha256(spec),
             "content_sha256": json_sha256([tokens_sha256(self.train_NL), tokens_sha256(self.heldout_NL)]),
-            "hook": self.hook, "path": "(streamed: no store)", "spec": spec,
-        }  # fmt: skip
+            "hook": self.hook,
+            "path": "(streamed: no store)",
+            "spec": spec,
+        }
 
     def _trainer(self, checkpoint: Path | None):
         trainer = super()._trainer(checkpoint)
@@ -240,15 +274,23 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
             started_on, now = read_record(checkpoint).get("store", {}), self.store_identity()
             old, new = started_on.get("spec") or {}, now["spec"]
             if old.get("snapshots") != new["snapshots"]:
-                what = (f"the snapshots differ from those {self.out_dir} trained on up to {checkpoint.name} "
-                        f"({_snapshots(old)} then, {_snapshots(new)} now)")  # fmt: skip
+                what = (
+                    f"the snapshots differ from those {self.out_dir} trained on up to {checkpoint.name} "
+                    f"({_snapshots(old)} then, {_snapshots(new)} now)"
+                )
             elif old.get("model_dtype") != new["model_dtype"]:
-                what = (f"the snapshot models ran in {old.get('model_dtype')} up to {checkpoint.name} of {self.out_dir}, "
-                        f"now in {new['model_dtype']}")  # fmt: skip
+                what = (
+                    f"the snapshot models ran in {old.get('model_dtype')} up to {checkpoint.name} of {self.out_dir}, "
+                    f"now in {new['model_dtype']}"
+                )
             else:
-                what = (f"the streamed tokens differ from those {self.out_dir} trained on up to {checkpoint.name} "
-                        "(the text, dataset or tokenizer changed)")  # fmt: skip
-            raise StoreChangedError(f"{what}; resume with the same inputs, or start a new run in another --out.") from None
+                what = (
+                    f"the streamed tokens differ from those {self.out_dir} trained on up to {checkpoint.name} "
+                    "(the text, dataset or tokenizer changed)"
+                )
+            raise StoreChangedError(
+                f"{what}; resume with the same inputs, or start a new run in another --out."
+            ) from None
 
     # ------------------------------------------------------------ held-out activations
     def heldout_activations(self) -> HeldoutActivations | None:
@@ -266,7 +308,9 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         mine: dict[int, torch.Tensor] = {}
         if self.mesh is None or self.mesh[0].data_rank == 0:
             for s, model in zip(self.provider.snapshot_indices, self.provider.models()):
-                mine[s] = harvest_rows(model, tokens_NL, keep_NL, [self.hook], batch_size=self.provider.harvest_batch_size)[self.hook]
+                mine[s] = harvest_rows(
+                    model, tokens_NL, keep_NL, [self.hook], batch_size=self.provider.harvest_batch_size
+                )[self.hook]
         every = self._from_every_snapshot(mine)
         if not self.is_main:
             return None

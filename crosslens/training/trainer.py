@@ -33,15 +33,14 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
-from sae_lens.constants import SAE_CFG_FILENAME
+from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainingSAEConfig, TrainStepOutput
 from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
-from sae_lens.constants import SAE_WEIGHTS_FILENAME
 
 from crosslens.core.errors import storage_errors
 from crosslens.core.paths import FINAL_DIRNAME, TRAINER_STATE_FILENAME, checkpoint_dirname
@@ -67,9 +66,6 @@ from crosslens.training.config import DEAD_FEATURE_WINDOW_TOKENS, CrosscoderTrai
 from crosslens.training.guard import check_finite_step
 from crosslens.training.memory import checkpoint_bytes
 from crosslens.training.micro import micro_batched_pass
-from crosslens.training.run_log import RunLog
-from crosslens.training.trainer_state import restore_trainer_state, saved_config, trainer_state
-from crosslens.training.resample import clear_adam_rows, resample_latents, resample_steps, silent_latents, token_draw_generator
 from crosslens.training.optim import (
     clipped_step,
     load_optimizer_state,
@@ -77,10 +73,19 @@ from crosslens.training.optim import (
     row_norms_of_the_pass,
     writes_row_norms,
 )
+from crosslens.training.resample import (
+    clear_adam_rows,
+    resample_latents,
+    resample_steps,
+    silent_latents,
+    token_draw_generator,
+)
+from crosslens.training.run_log import RunLog
+from crosslens.training.trainer_state import restore_trainer_state, saved_config, trainer_state
 from crosslens.training.wandb_log import histograms, log_model_artifact, start_wandb, step_log
 
 Batch = Float[torch.Tensor, "batch n_snapshots d_in"]
-BatchSource = Union[Iterable[Batch], Callable[[int], Iterator[Batch]]]
+BatchSource = Iterable[Batch] | Callable[[int], Iterator[Batch]]
 Mesh = tuple[MeshLayout, LocalCollectives]
 """Where a trainer sits in a ``(data, snapshot)`` mesh (``crosslens.distributed.init_mesh``)."""
 
@@ -108,7 +113,11 @@ class DeadAhead:
     def holds(self, step: int, counts_F: torch.Tensor, window: int) -> bool:
         """Whether they are still the dead features of ``step``, counted from ``counts_F`` as it
         stands, with ``window``."""
-        return (step, window) == (self.step, self.window) and counts_F is self.counts_F and counts_F._version == self.version
+        return (
+            (step, window) == (self.step, self.window)
+            and counts_F is self.counts_F
+            and counts_F._version == self.version
+        )
 
 
 class CrosscoderTrainer:
@@ -123,7 +132,11 @@ class CrosscoderTrainer:
     """
 
     def __init__(
-        self, sae: TrainingSAE[Any], cfg: CrosscoderTrainerConfig, *, mesh: Mesh | None = None,
+        self,
+        sae: TrainingSAE[Any],
+        cfg: CrosscoderTrainerConfig,
+        *,
+        mesh: Mesh | None = None,
         plan: KernelPlan | None = None,
     ):
         if not isinstance(sae, CrosscoderTrainingMixin):
@@ -274,9 +287,13 @@ class CrosscoderTrainer:
                 output.loss.backward()
         reduce_gradients(self.sae, self.collectives)
         self.step_weights.prepared = clipped_step(
-            self.optimizer, self.sae, self.collectives, self.cfg.max_grad_norm,
-            fused=self.cfg.fused_clip, writes=self.step_weights.writes(),
-        )  # fmt: skip
+            self.optimizer,
+            self.sae,
+            self.collectives,
+            self.cfg.max_grad_norm,
+            fused=self.cfg.fused_clip,
+            writes=self.step_weights.writes(),
+        )
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
         for scheduler in self.coefficient_schedulers.values():
@@ -313,7 +330,9 @@ class CrosscoderTrainer:
                 window = self._dead_window(self.n_steps + 1, self.n_tokens + n_batch)
                 counts_F = self.tokens_since_fired
                 dead_F = counts_F > window
-                self.dead_ahead = DeadAhead(self.n_steps + 1, counts_F, counts_F._version, window, HostListing.start(dead_F))
+                self.dead_ahead = DeadAhead(
+                    self.n_steps + 1, counts_F, counts_F._version, window, HostListing.start(dead_F)
+                )
         return n_batch
 
     def _resample(self, x_BSD: torch.Tensor) -> None:
@@ -331,9 +350,7 @@ class CrosscoderTrainer:
         self.step_weights.prepared = None  # what the optimizer wrote predates the new rows
         self.resampled[self.n_steps] = len(idx_L)
 
-    def fit(
-        self, batches: BatchSource, *, resume_from: str | Path | None = None
-    ) -> TrainingSAE[Any]:
+    def fit(self, batches: BatchSource, *, resume_from: str | Path | None = None) -> TrainingSAE[Any]:
         """Train until ``cfg.total_steps``; with ``resume_from``, continue that checkpoint."""
         if resume_from is not None:
             self.load_checkpoint(resume_from)
@@ -346,11 +363,15 @@ class CrosscoderTrainer:
         wandb_run, owns_run = start_wandb(self) if log_here else (None, False)
         if wandb_run is not None:  # also the caller's run: the crosscoder's metadata names it
             self.wandb_run_id = self.wandb_run_id or wandb_run.id
-        pbar = progress_bar(total=self.cfg.total_steps, initial=self.n_steps, desc="Training crosscoder", show=self.is_main)
+        pbar = progress_bar(
+            total=self.cfg.total_steps, initial=self.n_steps, desc="Training crosscoder", show=self.is_main
+        )
         run_log = RunLog.begin(
-            self.cfg.log_path if self.is_main else None, step=self.n_steps, total_steps=self.cfg.total_steps,
+            self.cfg.log_path if self.is_main else None,
+            step=self.n_steps,
+            total_steps=self.cfg.total_steps,
             d_sae=int(self.sae.cfg.d_sae),
-        )  # fmt: skip
+        )
         last_seconds, last_tokens = run_log.seconds(), self.n_tokens
         output = None
         try:
@@ -426,9 +447,15 @@ class CrosscoderTrainer:
 
     def _log_step(self, run_log: RunLog, loss: float, l0: float, seconds: float) -> None:
         run_log.write(
-            "step", step=self.n_steps, n_tokens=self.n_tokens, seconds=seconds, loss=loss, l0=l0,
-            lr=self.optimizer.param_groups[0]["lr"], coefficients=self.coefficients,
-        )  # fmt: skip
+            "step",
+            step=self.n_steps,
+            n_tokens=self.n_tokens,
+            seconds=seconds,
+            loss=loss,
+            l0=l0,
+            lr=self.optimizer.param_groups[0]["lr"],
+            coefficients=self.coefficients,
+        )
 
     def _log_to_wandb(self, wandb_run: Any, output: TrainStepOutput, tokens_per_s: float) -> None:
         log = step_log(self, output, tokens_per_s=tokens_per_s)
@@ -445,15 +472,15 @@ class CrosscoderTrainer:
             path = Path(self.cfg.checkpoint_dir) / checkpoint_dirname(self.n_steps)
         path = Path(path)
         full = self.full_crosscoder()
-        optimizer_state = gather_optimizer_state(
-            self.optimizer, self.sae, self.layout, self.collectives
-        )
+        optimizer_state = gather_optimizer_state(self.optimizer, self.sae, self.layout, self.collectives)
         if not self.is_main:
             self._barrier()
             return path
         needed = checkpoint_bytes(sum(p.numel() for p in full.parameters()), "float32")
         # torch.save reports a full disk as a RuntimeError from its zip writer: both become one line
-        with storage_errors(path.parent, f"checkpoint {path.name}", needed=needed, fix="train into another folder (`--out`)"):
+        with storage_errors(
+            path.parent, f"checkpoint {path.name}", needed=needed, fix="train into another folder (`--out`)"
+        ):
             self._write_checkpoint(full, optimizer_state, path)
         self._barrier()
         return path
@@ -497,7 +524,11 @@ class CrosscoderTrainer:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, cfg: CrosscoderTrainerConfig | None = None, *, mesh: Mesh | None = None,
+        cls,
+        path: str | Path,
+        cfg: CrosscoderTrainerConfig | None = None,
+        *,
+        mesh: Mesh | None = None,
         plan: KernelPlan | None = None,
     ) -> "CrosscoderTrainer":
         """Rebuild crosscoder and trainer from a checkpoint (config from it unless given),
@@ -505,7 +536,9 @@ class CrosscoderTrainer:
         config names the device of the rank that wrote it; under torchrun each rank takes its own."""
         path = Path(path)
         if cfg is None:  # mapped, not read: only its config is wanted here (load_checkpoint reads the rest)
-            cfg = saved_config(torch.load(path / TRAINER_STATE_FILENAME, map_location="cpu", weights_only=False, mmap=True))
+            cfg = saved_config(
+                torch.load(path / TRAINER_STATE_FILENAME, map_location="cpu", weights_only=False, mmap=True)
+            )
         with open(path / SAE_CFG_FILENAME) as f:  # built in host memory: the trainer moves its block
             sae_cfg_dict = {**json.load(f), "device": "cpu"}
         sae_cfg = TrainingSAEConfig.from_dict(sae_cfg_dict)

@@ -71,8 +71,21 @@ def _round_nearest(x):
 
 
 @triton.jit
-def _adam(p, g, m, v, scale_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
-          HAS_SCALE: tl.constexpr):  # fmt: skip
+def _adam(
+    p,
+    g,
+    m,
+    v,
+    scale_ptr,
+    beta1,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    step_size,
+    root_bc2,
+    eps,
+    HAS_SCALE: tl.constexpr,
+):
     """Adam's step of float32 ``p`` from its gradient ``g`` and float32 moments: the new
     ``(p, m, v)``."""
     if HAS_SCALE:
@@ -86,10 +99,28 @@ def _adam(p, g, m, v, scale_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2,
 
 @triton.jit
 def _step_at(
-    offsets, inside, p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, start, scale_ptr, copy_ptr,
-    beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
-    HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, STOCHASTIC: tl.constexpr,
-):  # fmt: skip
+    offsets,
+    inside,
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    key_low,
+    key_high,
+    start,
+    scale_ptr,
+    copy_ptr,
+    beta1,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    step_size,
+    root_bc2,
+    eps,
+    HAS_SCALE: tl.constexpr,
+    HAS_COPY: tl.constexpr,
+    STOCHASTIC: tl.constexpr,
+):
     # Adam's step of the elements at ``offsets`` (where ``inside``), stored; returns the new p.
     # STOCHASTIC: the moments are bfloat16, stored rounded with the noise of the key at elements
     # start + offsets of the parameter; else float32
@@ -98,8 +129,16 @@ def _step_at(
         tl.load(g_ptr + offsets, mask=inside, other=0.0).to(tl.float32),
         tl.load(m_ptr + offsets, mask=inside, other=0.0).to(tl.float32),
         tl.load(v_ptr + offsets, mask=inside, other=0.0).to(tl.float32),
-        scale_ptr, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps, HAS_SCALE,
-    )  # fmt: skip
+        scale_ptr,
+        beta1,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        step_size,
+        root_bc2,
+        eps,
+        HAS_SCALE,
+    )
     tl.store(p_ptr + offsets, p, mask=inside)
     if STOCHASTIC:
         noise_m, noise_v = _noise(key_low, key_high, start + offsets)
@@ -115,24 +154,82 @@ def _step_at(
 
 @triton.jit(do_not_specialize=["key_low", "key_high"])
 def _update(
-    p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, start, scale_ptr, copy_ptr, n,
-    beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
-    HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    key_low,
+    key_high,
+    start,
+    scale_ptr,
+    copy_ptr,
+    n,
+    beta1,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    step_size,
+    root_bc2,
+    eps,
+    HAS_SCALE: tl.constexpr,
+    HAS_COPY: tl.constexpr,
+    STOCHASTIC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     _step_at(
-        offsets, offsets < n, p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, start, scale_ptr, copy_ptr,
-        beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps, HAS_SCALE, HAS_COPY, STOCHASTIC,
-    )  # fmt: skip
+        offsets,
+        offsets < n,
+        p_ptr,
+        g_ptr,
+        m_ptr,
+        v_ptr,
+        key_low,
+        key_high,
+        start,
+        scale_ptr,
+        copy_ptr,
+        beta1,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        step_size,
+        root_bc2,
+        eps,
+        HAS_SCALE,
+        HAS_COPY,
+        STOCHASTIC,
+    )
 
 
 @triton.jit(do_not_specialize=["key_low", "key_high"])
 def _row_pass(
-    p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, scale_ptr, copy_ptr, norms_ptr, n_rows, d,
-    beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps,
-    UPDATE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, STOCHASTIC: tl.constexpr,
-    ROWS: tl.constexpr, COLUMNS: tl.constexpr, TILES: tl.constexpr,
-):  # fmt: skip
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    key_low,
+    key_high,
+    scale_ptr,
+    copy_ptr,
+    norms_ptr,
+    n_rows,
+    d,
+    beta1,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    step_size,
+    root_bc2,
+    eps,
+    UPDATE: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_COPY: tl.constexpr,
+    STOCHASTIC: tl.constexpr,
+    ROWS: tl.constexpr,
+    COLUMNS: tl.constexpr,
+    TILES: tl.constexpr,
+):
     # _update of a whole parameter seen as rows of ``d`` elements, ROWS rows a program, COLUMNS
     # at a time (TILES times: a bound known when compiling, which every Triton's interpreter takes),
     # writing the Euclidean norm of each new row, summed in float32 in a fixed order; without UPDATE
@@ -146,10 +243,28 @@ def _row_pass(
         offsets = rows[:, None] * d + columns[None, :]
         if UPDATE:
             p = _step_at(
-                offsets, inside, p_ptr, g_ptr, m_ptr, v_ptr, key_low, key_high, 0, scale_ptr, copy_ptr,
-                beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_bc2, eps, HAS_SCALE, HAS_COPY,
+                offsets,
+                inside,
+                p_ptr,
+                g_ptr,
+                m_ptr,
+                v_ptr,
+                key_low,
+                key_high,
+                0,
+                scale_ptr,
+                copy_ptr,
+                beta1,
+                one_minus_beta1,
+                beta2,
+                one_minus_beta2,
+                step_size,
+                root_bc2,
+                eps,
+                HAS_SCALE,
+                HAS_COPY,
                 STOCHASTIC,
-            )  # fmt: skip
+            )
         else:
             p = tl.load(p_ptr + offsets, mask=inside, other=0.0)
         squares += tl.sum(tl.where(inside, p * p, 0.0), axis=1)
@@ -186,14 +301,22 @@ def _row_tiles(d: int) -> dict[str, int]:
 def _check_contiguous(**tensors: torch.Tensor | None) -> None:
     for name, t in tensors.items():
         if t is not None and not t.is_contiguous():
-            raise ValueError(f"the Adam kernel reads {name} as a flat contiguous tensor; got strides {t.stride()} for shape {tuple(t.shape)}")
+            raise ValueError(
+                f"the Adam kernel reads {name} as a flat contiguous tensor; got strides {t.stride()} for shape {tuple(t.shape)}"
+            )
 
 
 def _launch(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, noise: tuple[int, int] | None,
-    grad_scale: torch.Tensor | None, hyper: tuple[float, float, float, float, float], copy: torch.Tensor | None,
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    noise: tuple[int, int] | None,
+    grad_scale: torch.Tensor | None,
+    hyper: tuple[float, float, float, float, float],
+    copy: torch.Tensor | None,
     norms: torch.Tensor | None,
-) -> None:  # fmt: skip
+) -> None:
     beta1, beta2, step_size, root_bc2, eps = hyper
     key, start = noise if noise is not None else (0, 0)
     if norms is not None and (start != 0 or p.dim() < 2 or norms.shape != p.shape[:-1] or norms.dtype != torch.float32):
@@ -215,14 +338,27 @@ def _launch(
         if norms is None:
             _update[(triton.cdiv(n, BLOCK),)](
                 p, g, m, v, *key_halves(key), start, scale, out, n, *constants, **flags, BLOCK=BLOCK, num_warps=WARPS
-            )  # fmt: skip
+            )
             return
         d = p.shape[-1]
         tiles = _row_tiles(d)
         _row_pass[(triton.cdiv(n // d, tiles["ROWS"]),)](
-            p, g, m, v, *key_halves(key), scale, out, norms, n // d, d, *constants, UPDATE=True, **flags, **tiles,
+            p,
+            g,
+            m,
+            v,
+            *key_halves(key),
+            scale,
+            out,
+            norms,
+            n // d,
+            d,
+            *constants,
+            UPDATE=True,
+            **flags,
+            **tiles,
             num_warps=WARPS,
-        )  # fmt: skip
+        )
 
 
 def row_norms(x: torch.Tensor) -> torch.Tensor:
@@ -230,7 +366,9 @@ def row_norms(x: torch.Tensor) -> torch.Tensor:
     2-D), summed as :func:`update` sums those it writes, to the bit: for a step to compute the norms
     that update would have handed it (the first step, after a resume or an in-place edit)."""
     if x.dtype != torch.float32 or x.dim() < 2:
-        raise ValueError(f"row_norms takes a float32 tensor of at least 2 dimensions; got {x.dtype}, shape {tuple(x.shape)}")
+        raise ValueError(
+            f"row_norms takes a float32 tensor of at least 2 dimensions; got {x.dtype}, shape {tuple(x.shape)}"
+        )
     _check_contiguous(tensor=x)
     norms = torch.zeros(x.shape[:-1], dtype=torch.float32, device=x.device)
     d = x.shape[-1]
@@ -238,9 +376,31 @@ def row_norms(x: torch.Tensor) -> torch.Tensor:
         tiles = _row_tiles(d)
         with launching_on(x):
             _row_pass[(triton.cdiv(x.numel() // d, tiles["ROWS"]),)](
-                x, x, x, x, 0, 0, x, x, norms, x.numel() // d, d, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-                UPDATE=False, HAS_SCALE=False, HAS_COPY=False, STOCHASTIC=False, **tiles, num_warps=WARPS,
-            )  # fmt: skip
+                x,
+                x,
+                x,
+                x,
+                0,
+                0,
+                x,
+                x,
+                norms,
+                x.numel() // d,
+                d,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                UPDATE=False,
+                HAS_SCALE=False,
+                HAS_COPY=False,
+                STOCHASTIC=False,
+                **tiles,
+                num_warps=WARPS,
+            )
     return norms
 
 
@@ -256,9 +416,15 @@ def noise(key: int, start: int, n: int, device: torch.device | str) -> tuple[tor
 
 
 def update(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad_scale: torch.Tensor | None,
-    hyper: tuple[float, float, float, float, float], copy: torch.Tensor | None = None, norms: torch.Tensor | None = None,
-) -> None:  # fmt: skip
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    grad_scale: torch.Tensor | None,
+    hyper: tuple[float, float, float, float, float],
+    copy: torch.Tensor | None = None,
+    norms: torch.Tensor | None = None,
+) -> None:
     """Adam's update of one contiguous parameter in place: ``p``, ``m`` and ``v`` float32, ``g``
     its gradient, ``grad_scale`` a divisor of ``g``, ``hyper = (beta1, beta2, step_size,
     root_bc2, eps)``; ``copy`` (bfloat16, ``p``'s size) receives the new ``p`` rounded, ``norms``
@@ -267,10 +433,17 @@ def update(
 
 
 def chunk_update(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, key: int, start: int,
-    grad_scale: torch.Tensor | None, hyper: tuple[float, float, float, float, float], copy: torch.Tensor | None = None,
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    key: int,
+    start: int,
+    grad_scale: torch.Tensor | None,
+    hyper: tuple[float, float, float, float, float],
+    copy: torch.Tensor | None = None,
     norms: torch.Tensor | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Adam's update of one contiguous chunk in place: ``p`` float32, ``g`` its gradient, ``m``
     and ``v`` the bfloat16 moments, stored with the rounding noise of ``key``
     (:func:`crosslens.training.optim.noise_key`) at the chunk's elements (it starts at element

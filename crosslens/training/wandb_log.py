@@ -55,12 +55,14 @@ def step_log(trainer: Any, output: TrainStepOutput, *, tokens_per_s: float | Non
     trainer.window_tokens = 0
     return log
 
+
 @torch.no_grad()
 def histograms(trainer: Any) -> dict[str, Any]:
     """The decoder norms of every snapshot as W&B histograms."""
     import wandb
 
     return {name: wandb.Histogram(values) for name, values in trainer.sae.log_histograms().items()}
+
 
 def start_wandb(trainer: Any) -> tuple[Any, bool]:
     """The W&B run to log into, and whether this call started it (the caller's open run is
