@@ -130,3 +130,37 @@ def test_a_harvest_reads_the_models_shape_once(suite, text, tmp_path, monkeypatc
     assert shape.hook_width(HOOK) == 32 and shape.hook_width("blocks.0.mlp.hook_post") == 64
     assert shape.weight_bytes("bfloat16") == 2 * shape.n_params
     assert local.select(n=2).shape() is shape and len(reads) == 1  # a selection keeps what was read
+
+
+def test_dashboards_stream_reads_the_tokens_harvest_reads(suite, text, tmp_path):
+    """``dashboards --stream`` with harvest's token flags reads the training rows harvest wrote: its
+    database equals the one computed from that store."""
+    import sqlite3
+
+    from trust_fixtures import copy_tree, train
+
+    from crosslens.dashboards import schema
+
+    flags = [
+        "--suite",
+        str(suite),
+        "--text",
+        str(text),
+        "--n-tokens",
+        "256",
+        "--seq-len",
+        "16",
+        "--heldout-tokens",
+        "32",
+    ]
+    store = tmp_path / "store"
+    assert main(["harvest", "--hook", HOOK, "--out", str(store), "--device", "cpu", *flags]) == 0
+    with one_torch_thread():
+        train(store, tmp_path / "run", architecture="crosscoder")
+    streamed = copy_tree(tmp_path / "run", tmp_path / "streamed")
+    assert main(["dashboards", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    assert main(["dashboards", str(streamed), "--stream", "--device", "cpu", *flags]) == 0
+    databases = [sqlite3.connect(run / schema.DATABASE_NAME) for run in (tmp_path / "run", streamed)]
+    for table in ("features", "feature_snapshots", "contexts", "vocabulary", "snapshots"):
+        first, second = (db.execute(f"SELECT * FROM {table}").fetchall() for db in databases)
+        assert first == second and first, table

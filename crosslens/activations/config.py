@@ -114,13 +114,12 @@ class HarvestConfig:
     overwrite: bool = False
     """Discard whatever store --out holds, and its OUT-heldout, and harvest afresh."""
     device: str = field(default="cpu", metadata={"cli": False})
-    """Where the snapshot models run (under torchrun, cuda means this rank's cuda:LOCAL_RANK)."""
+    """Where the snapshot models run: cpu, cuda, cuda:N or mps."""
     model_dtype: str = field(default="float32", metadata={"cli": False})
     """dtype the snapshot models run in: float32, bfloat16 or float16."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.hook_names, str):
-            self.hook_names = [self.hook_names]
+        self.hook_names = [self.hook_names] if isinstance(self.hook_names, str) else list(self.hook_names)
         if not self.hook_names:
             raise CrosslensError('hook_names is empty: name at least one hook, e.g. ["blocks.0.hook_resid_post"]')
         for hook in self.hook_names:

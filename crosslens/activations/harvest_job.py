@@ -80,7 +80,7 @@ def check_model_fits(
     check_hooks(shape, hooks)
     check_context(shape, budget.seq_len)
     widths = None if shape is None else [shape.hook_width(hook) for hook in hooks]
-    n_tokens = (budget.n_rows + budget.heldout_rows) * budget.seq_len
+    n_tokens = budget.table_tokens + budget.heldout_table_tokens
     return check_harvest_fits(n_tokens, n_snapshots, widths, DTYPE_BYTES[store_dtype], outs)
 
 

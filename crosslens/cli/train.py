@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crosslens.activations.budget import chunk_buffer_bytes, chunk_tokens_for
+from crosslens.activations.budget import check_token_table_fits, chunk_buffer_bytes, chunk_tokens_for
 from crosslens.activations.config import HarvestConfig, TokenSource
 from crosslens.cli.common import (
     CLIError,
@@ -381,7 +381,6 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     import torch
     import torch.distributed as dist
 
-    from crosslens.activations.budget import check_token_table_fits
     from crosslens.activations.harvest_job import check_context, check_hooks
     from crosslens.activations.streaming import ModelsDoNotFitError
     from crosslens.activations.tokens import token_tables
