@@ -62,8 +62,8 @@ def parity(steps: int) -> None:
 
 
 def throughput(label: str, arch: str, S: int, D: int, F: int, B: int, n: int = 10, autocast: str | None = None) -> None:
+    from crosslens.checkpoints import ModelShape  # noqa: F401
     from crosslens.training.config import CrosscoderTrainerConfig
-    from crosslens.training.model_sizes import ModelSpec  # noqa: F401
     from crosslens.training.sizing import PlanConfig, make_plan  # noqa: F401
     from crosslens.training.trainer import CrosscoderTrainer
 

@@ -34,6 +34,7 @@ from crosslens.checkpoints.revisions import (
     with_revision_errors,
 )
 from crosslens.checkpoints.schedules import Spacing, spaced_steps
+from crosslens.checkpoints.shape import ModelShape
 from crosslens.checkpoints.snapshot import (
     SnapshotInfo,
     SnapshotRef,
@@ -51,7 +52,7 @@ from crosslens.checkpoints.trajectory import (
     place_on_trajectory,
 )
 from crosslens.core.devices import as_dtype, release_model
-from crosslens.core.errors import DuplicateSnapshotError, SnapshotMismatchError, UnknownRevisionError
+from crosslens.core.errors import CrosslensError, DuplicateSnapshotError, SnapshotMismatchError, UnknownRevisionError
 from crosslens.core.hashing import weights_sha256
 from crosslens.core.progress import progress_bar
 
@@ -121,6 +122,7 @@ class CheckpointSuite(SuiteTokenizer):
         self._tokenizer_source: tuple[str, dict[str, str]] = ("", {})
         self._bos_tokenizer: PreTrainedTokenizerBase | None = None
         self._processing: dict[str, bool] | None = None
+        self._shape: tuple[ModelShape | None] | None = None  # (shape,) once read: None is an answer too
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -267,6 +269,8 @@ class CheckpointSuite(SuiteTokenizer):
         suite._hashes = {r.revision: self._hashes[r.revision] for r in chosen if r.revision in self._hashes}
         suite._tokenizer, suite._tokenizer_source = self._tokenizer, self._tokenizer_source
         suite._bos_tokenizer = self._bos_tokenizer
+        if self._shape is not None and self._shape[0] is not None:  # the snapshots share one shape
+            suite._shape = self._shape
         return suite
 
     def provenance(self) -> dict[str, Any]:
@@ -310,6 +314,27 @@ class CheckpointSuite(SuiteTokenizer):
                 )
                 self._processing = processing_flags(hooked_config_from_hf(hf_config, model_id=self.model_id))
         return dict(self._processing)
+
+    def shape(self) -> ModelShape | None:
+        """The model's widths, depth, vocabulary, context and parameter count (:class:`ModelShape`),
+        read from the first snapshot's config.json on this machine once and kept (a suite
+        :meth:`select` makes keeps it too). None when no config is at hand (a hub model not yet
+        downloaded) or it does not give the sizes: the checks that need them are then skipped."""
+        if self._shape is None:
+            self._shape = (self._read_shape(),)
+        return self._shape[0]
+
+    def _read_shape(self) -> ModelShape | None:
+        try:
+            folder = self.snapshot_folder(self.snapshots[0])
+        except Exception:  # noqa: BLE001 - no local copy: no shape
+            return None
+        if folder is None or not (Path(folder) / "config.json").is_file():
+            return None
+        try:
+            return ModelShape.read(Path(folder) / "config.json", self.model_id)
+        except CrosslensError:  # a config without the usual size fields
+            return None
 
     # ------------------------------------------------------------------ loading
     def load(

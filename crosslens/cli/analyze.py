@@ -12,6 +12,7 @@ from typing import Any
 
 from crosslens.cli.common import CLIError, crosscoder_folder_arg, device_and_dtype
 from crosslens.cli.flags import Subcommand
+from crosslens.cli.inputs import check_output_file
 from crosslens.cli.options import LoadedCrosscoderFlags
 from crosslens.core.devices import dtype_name
 from crosslens.core.hooks import recorded_hook
@@ -54,7 +55,6 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
     from crosslens.activations.partners import check_crosscoder_store
     from crosslens.analysis import analyze_crosscoder
     from crosslens.causal.spliced_loss import add_spliced_loss_section
-    from crosslens.cli.inputs import check_output_file
     from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.training.runfolder import crosscoder_suite_record, run_folder, run_store
 

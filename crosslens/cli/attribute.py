@@ -12,6 +12,7 @@ from pathlib import Path
 
 from crosslens.cli.common import CLIError, crosscoder_folder_arg, device_and_dtype, resolve_suite
 from crosslens.cli.flags import Subcommand
+from crosslens.cli.inputs import check_output_file
 from crosslens.cli.options import DeviceFlags, SuiteFlags
 
 TASK_DEFAULT = "agreement_pp"
@@ -53,7 +54,6 @@ class AttributeFlags:
 def attribute(args: argparse.Namespace) -> int:
     from crosslens.causal.attribution import AttributionConfig
     from crosslens.causal.sections import attribution_sections, causal_out_dir, language_attribution_sections
-    from crosslens.cli.inputs import check_output_file
     from crosslens.training.runfolder import crosscoder_suite_record
 
     folder = crosscoder_folder_arg(args.crosscoder, "--crosscoder")

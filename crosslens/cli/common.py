@@ -1,5 +1,6 @@
 """What several commands share: the CLIError they raise, the device and dtype flags resolved,
-the suite a ``--suite`` names, recipes and their weights, crosscoder folders, torchrun jobs.
+the suite a ``--suite`` names, recipes and their weights, the tokens a harvest reads (the flags
+over a recipe's values), crosscoder folders, torchrun jobs.
 
 Torch-free at import, as every module the parser reads: the stages that load torch are imported
 inside the helpers that need them.
@@ -13,6 +14,10 @@ import sys
 from pathlib import Path
 
 import crosslens.core.launch as launch
+from crosslens.activations.budget import TokenBudget
+from crosslens.activations.config import TokenSource
+from crosslens.cli.flags import build, explicit
+from crosslens.cli.options import TokenBudgetFlags
 from crosslens.core.devices import dtype_name, peak_memory_line, resolve_device
 from crosslens.core.errors import UnknownRevisionError
 from crosslens.core.paths import looks_like_path
@@ -103,6 +108,42 @@ def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | 
                 "a local folder of checkpoints, or a hub id naming pythia, OLMo or bloom"
             )
     return select_snapshots(suite, steps, n_snapshots, given)
+
+
+def selected_suite(args: argparse.Namespace, recipe: Recipe | None):
+    """The suite of ``--suite`` (default: the recipe's, else pico), narrowed by ``--steps`` or ``--n-snapshots``."""
+    if recipe is not None and args.suite is None:
+        return select_snapshots(recipe_suite(recipe), args.steps, args.n_snapshots, recipe.model, recipe=recipe.name)
+    return resolve_suite(args.suite or "pico", args.steps, args.n_snapshots)
+
+
+def harvest_layers(recipe: Recipe | None, flags: dict) -> list[dict]:
+    """The layers of settings a harvest is built from, later ones winning: the recipe's values
+    (:meth:`~crosslens.training.recipes.Recipe.harvest_settings`), then the ``flags`` given. A
+    token source given by a flag replaces the recipe's dataset; a recipe that records none needs one."""
+    if recipe is None:
+        return [flags]
+    settings = recipe.harvest_settings()
+    given = flags.get("tokens", {})
+    if given.get("text") or given.get("dataset"):
+        settings.pop("tokens", None)
+    elif "tokens" not in settings:
+        raise CLIError(f"recipe {recipe.name} records no dataset; pass --dataset NAME:COLUMN or --text FILE")
+    return [settings, flags]
+
+
+def token_layers(args: argparse.Namespace, recipe: Recipe | None) -> list[dict]:
+    """The layers of a harvest's tokens (``tokens``) and budget (``budget``) that the token flags
+    of ``train`` and ``dashboards`` (:class:`TokenSource`, :class:`TokenBudgetFlags`) and a recipe give."""
+    flags = {"tokens": explicit(args, TokenSource), "budget": explicit(args, TokenBudgetFlags)}
+    return harvest_layers(recipe, flags)
+
+
+def tokens_of(args: argparse.Namespace, recipe: Recipe | None) -> tuple[TokenSource, TokenBudget]:
+    """The :class:`TokenSource` and :class:`TokenBudget` of the token flags, over a recipe's values."""
+    layers = token_layers(args, recipe)
+    tokens = build(TokenSource, *(layer.get("tokens", {}) for layer in layers))
+    return tokens, build(TokenBudget, *(layer.get("budget", {}) for layer in layers))
 
 
 def select_snapshots(suite, steps: list[int] | None, n_snapshots: int | None, spec: str, recipe: str | None = None):

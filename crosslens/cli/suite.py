@@ -146,7 +146,8 @@ def _check_pairs_file(path: str) -> None:
 
 def _corpus_spec(values: list[str]):
     """``--corpus`` values as PicoConfig.corpus: text files (folders expanded) or one dataset:NAME:COLUMN."""
-    from crosslens.pico.corpus import DATASET_PREFIX, text_files
+    from crosslens.core.documents import text_files
+    from crosslens.pico.corpus import DATASET_PREFIX
 
     datasets = [v for v in values if v.startswith(DATASET_PREFIX)]
     if datasets:

@@ -17,6 +17,7 @@ submodule you need; this package imports a submodule only when it is first named
 - :mod:`crosslens.core.seeding`: seeding torch, numpy and random
 - :mod:`crosslens.core.progress`: progress bars, each one hidden by its caller's switch or ``TQDM_DISABLE``
 - :mod:`crosslens.core.units`: sizes as people read them
+- :mod:`crosslens.core.documents`: text files as documents: which files, decoded strictly, split
 - :mod:`crosslens.core.packing`: packing tokenized documents into fixed-length rows
 - :mod:`crosslens.core.lazy`: package attributes imported on first use
 - :mod:`crosslens.core.tensors`: small tensor helpers (row counts, one-vs-all shares)
@@ -33,6 +34,7 @@ __all__ = [
     "compiling",
     "cpu_math",
     "devices",
+    "documents",
     "errors",
     "hashing",
     "hooks",
