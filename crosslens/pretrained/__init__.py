@@ -26,7 +26,6 @@ from crosslens.pretrained.registry import (
     unregister_release,
 )
 
-
 # these pull in torch (push also the analysis package): imported on first use
 __getattr__ = lazy_attributes(
     __name__,
