@@ -34,6 +34,15 @@ A crosscoder trained on raw residual streams (e.g. read with nnsight) reads thos
 norms and centring the unembedding change no activation there."""
 
 
+CHOSEN_PROCESSING = ("center_writing_weights", "center_unembed")
+"""The processing a suite can be built with (the rest follows from its architecture)."""
+
+
+def chosen_processing(record: Mapping[str, bool] | None) -> dict[str, bool] | None:
+    """What of a recorded processing a suite is built with again (None: crosslens's)."""
+    return {k: v for k, v in (record or {}).items() if k in CHOSEN_PROCESSING} or None
+
+
 def models_layout(
     models: str | Iterable[str | ModelSpec | dict],
 ) -> tuple[str, list[SnapshotRef], dict[str, ModelSpec]]:

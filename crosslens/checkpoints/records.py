@@ -9,14 +9,12 @@ crosslens's weight processing that processing. :func:`suite_from_record` builds 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from crosslens.checkpoints.models import FAMILY as MODELS_FAMILY
-from crosslens.checkpoints.models import models_layout
+from crosslens.checkpoints.models import chosen_processing, models_layout
 from crosslens.checkpoints.suite import CheckpointSuite
-
-CHOSEN_PROCESSING = ("center_writing_weights", "center_unembed")
-"""The processing a record can ask for (the rest follows from the architecture)."""
 
 
 def recorded_revisions(record: Mapping[str, Any]) -> list[str]:
@@ -36,7 +34,7 @@ def suite_from_record(record: Mapping[str, Any], *, check: bool = True) -> Check
     architectures now (reads their configs; off where the models may not be on this machine)."""
     family, model_id = record.get("family"), str(record.get("model_id") or "")
     revisions, steps = recorded_revisions(record), recorded_steps(record)
-    processing = {k: v for k, v in (record.get("processing") or {}).items() if k in CHOSEN_PROCESSING} or None
+    processing = chosen_processing(record.get("processing"))
     if family == MODELS_FAMILY:
         models_id, refs, by_label = models_layout(record.get("models") or model_id)
         suite = CheckpointSuite(MODELS_FAMILY, models_id, refs, models=by_label, processing=processing)
@@ -44,8 +42,11 @@ def suite_from_record(record: Mapping[str, Any], *, check: bool = True) -> Check
             suite.check_architectures()
         chosen = [i for i, ref in enumerate(suite.snapshots) if ref.revision in revisions]
         return suite if not revisions or len(chosen) == len(suite) else suite.select(indices=chosen)
-    if family == "local" or record.get("root"):
-        suite = CheckpointSuite.local(record["root"])
+    root = record.get("root")
+    if root and Path(root).is_dir():
+        suite = CheckpointSuite.local(root)
+    elif family == "local" or root:
+        raise FileNotFoundError(f"its folder {root} is gone")
     elif family == "pythia" or "pythia" in model_id.lower():
         return CheckpointSuite.pythia(model_id, steps=steps or None)
     elif family == "olmo" or "olmo" in model_id.lower():
@@ -53,5 +54,5 @@ def suite_from_record(record: Mapping[str, Any], *, check: bool = True) -> Check
     elif family == "bloom" or "bloom" in model_id.lower():
         return CheckpointSuite.bloom(model_id, steps=steps or None)
     else:
-        raise ValueError(f"the record names no suite crosslens can load (family {family!r}, model {model_id!r})")
+        raise ValueError(f"{model_id or 'no model id'} names no suite crosslens can load")
     return suite.select(steps=steps) if steps and list(suite.steps) != steps else suite

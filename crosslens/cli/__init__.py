@@ -51,7 +51,7 @@ from crosslens.cli import (
     suite,
     train,
 )
-from crosslens.cli.common import CLIError
+from crosslens.cli.common import CLIError, suite_from_models
 from crosslens.cli.flags import (
     Subcommand,
     add_flags,
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:  # warnings as one line each, without the source line that raised them
         warnings.formatwarning = lambda message, category, *_, **__: f"crosslens: warning: {message}\n"
     try:
+        suite_from_models(args)  # --models A,B names the suite as --suite A,B does
         return int(args.run(args) or 0)
     except KeyboardInterrupt as interrupt:
         said = _interrupted(args.command, interrupt, getattr(args, "out_dir", None))

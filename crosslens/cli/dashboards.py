@@ -58,14 +58,14 @@ def _stream_source(args: argparse.Namespace, run: Path):
     from crosslens.cli.harvest import token_budget, token_source, token_tables
     from crosslens.cli.train import stream_record
     from crosslens.dashboards import StreamSource
-    from crosslens.training.runfolder import crosscoder_suite_record
+    from crosslens.training.runfolder import crosscoder_folder, crosscoder_suite_record
 
-    record = crosscoder_suite_record(run)
+    record = crosscoder_suite_record(crosscoder_folder(run))  # the run's final/ holds the crosscoder
     spec = args.suite or record.get("root") or record.get("model_id") or "pico"
     steps = args.steps
     if steps is None and args.n_snapshots is None:
         steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
-    suite = resolve_suite(spec, steps, args.n_snapshots)
+    suite = resolve_suite(spec, steps, args.n_snapshots, processing=None if args.suite else record.get("processing"))
     source, budget = token_source(args, None), token_budget(args, None)
     train_NL, _ = token_tables(args, None, source, suite.tokenizer())
     tokens = stream_record(suite, "", source, budget, "", args.encoding)["tokens"]

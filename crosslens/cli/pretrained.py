@@ -49,8 +49,16 @@ def pretrained_list(args: argparse.Namespace) -> int:
     width = max(len(name) for name in directory)
     for name, release in sorted(directory.items()):
         ids = ", ".join(release.entries)
-        print(f"{name:<{width}}  {release.repo_id}  {release.model}  {release.n_snapshots} snapshots  [{ids}]")
+        print(f"{name:<{width}}  {release.repo_id}  {release.format or 'sae_lens'}  {_reads(release)}  [{ids}]")
     return 0
+
+
+def _reads(release) -> str:
+    """``google/gemma-2-2b vs google/gemma-2-2b-it`` (models), or ``MODEL  N snapshots``."""
+    models = release.suite.get("models")
+    if models:
+        return " vs ".join(str(m["model_id"]) + (f"@{m['revision']}" if m.get("revision") else "") for m in models)
+    return f"{release.model}  {release.n_snapshots} snapshots"
 
 
 def pretrained_show(args: argparse.Namespace) -> int:
@@ -63,9 +71,23 @@ def pretrained_show(args: argparse.Namespace) -> int:
     suite = release.suite
     print(f"release   {release.release}  (from {release.source})")
     print(f"repo_id   {release.repo_id}")
-    print(f"model     {release.model}  ({suite.get('family', '?')} suite)")
-    steps = list(suite.get("steps") or [None] * release.n_snapshots)
-    print("snapshots " + ", ".join(f"{r} (step {st})" for r, st in zip(release.revisions, steps)))
+    print(f"format    {release.format or 'sae_lens'}")
+    print(
+        f"licence   {release.license or 'none stated by the source'}"
+        + (f" ({release.license_note})" if release.license_note else "")
+    )
+    for label, value in (("paper", release.paper), ("code", release.code), ("confirmed", release.confirmed_by)):
+        if value:
+            print(f"{label:<9} {value}")
+    if suite.get("models"):
+        print(
+            "models    "
+            + ", ".join(f"{m['model_id']} ({label})" for m, label in zip(suite["models"], release.revisions))
+        )
+    else:
+        print(f"model     {release.model}  ({suite.get('family', '?')} suite)")
+        steps = list(suite.get("steps") or [None] * release.n_snapshots)
+        print("snapshots " + ", ".join(f"{r} (step {st})" for r, st in zip(release.revisions, steps)))
     for entry in release.entries.values():
         print(
             f"\n  {entry.id}  path={entry.path}  hook={entry.hook_name}  arch={entry.architecture}"

@@ -84,3 +84,13 @@ def _label(model: ModelSpec, name: str) -> str:
 def models_spec(models: Iterable[ModelSpec]) -> str:
     """The comma-separated spec of ``models`` (what ``--models`` takes, and a diffing suite's model_id)."""
     return SEPARATOR.join(str(m) for m in models)
+
+
+def snapshot_model(suite: dict, index: int) -> str | None:
+    """The model snapshot ``index`` of a suite record is: in a diffing suite (one with ``models``)
+    that snapshot's own model, else the suite's ``model_id`` (None where the record has neither)."""
+    models = suite.get("models") or []
+    if models and 0 <= index < len(models):
+        return str(models[index]["model_id"])
+    model_id = suite.get("model_id")
+    return None if model_id is None else str(model_id)

@@ -77,21 +77,38 @@ def from_pretrained(
         return _unregistered(files, source, suite, hook_name, norm_factors, device, dtype, check_models)
     lookup = get_release(name)
     entry = lookup.entry(crosscoder_id) if crosscoder_id is not None else _only_entry(lookup)
-    release_suite = _release_suite(lookup, check_models)
-    identities = _check_models(release_suite, entry.hook_name, lookup.release) if check_models else None
+    release_suite = _release_suite(lookup)
     if (lookup.format or SAE_LENS) == SAE_LENS:
         from crosslens.pretrained.load import load_pretrained
 
+        if check_models:
+            _check_models(release_suite, entry.hook_name, f"release {lookup.release}")
         crosscoder = load_pretrained(lookup.release, entry.id, device=device, dtype=dtype or "float32")
     else:
-        folder = converted_release_folder(lookup, entry, identities, force_download=force_download)
-        crosscoder = _load_folder(folder, device, dtype)
         from crosslens.pretrained.load import check_against_registry
 
+        folder = release_folder(lookup, entry, force_download=force_download, check_models=check_models)
+        crosscoder = _load_folder(folder, device, dtype)
         check_against_registry(crosscoder, lookup, entry)
     if check_models:
         check_fits(crosscoder, release_suite, f"release {lookup.release}")
     return Pretrained(crosscoder, release_suite)
+
+
+def release_folder(
+    lookup: PretrainedCrosscoderRelease,
+    entry: PretrainedCrosscoderEntry,
+    *,
+    force_download: bool = False,
+    check_models: bool = True,
+) -> Path:
+    """The converted folder of a release's entry, after checking (``check_models``) that this
+    machine holds the models it reads and that they have its hook: their file identities are
+    recorded with it, so stores harvested from them pair with it."""
+    identities = None
+    if check_models:
+        identities = _check_models(_release_suite(lookup), entry.hook_name, f"release {lookup.release}")
+    return converted_release_folder(lookup, entry, identities, force_download=force_download)
 
 
 def converted_release_folder(
@@ -151,7 +168,7 @@ def suite_record(lookup: PretrainedCrosscoderRelease, identities: list[dict | No
     return record
 
 
-def _release_suite(lookup: PretrainedCrosscoderRelease, check_models: bool) -> Any:
+def _release_suite(lookup: PretrainedCrosscoderRelease) -> Any:
     from crosslens.checkpoints.records import suite_from_record
 
     return suite_from_record(suite_record(lookup), check=False)
