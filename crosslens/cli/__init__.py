@@ -84,6 +84,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     plan.COMMAND,
     pretrained.LIST,
     pretrained.SHOW,
+    pretrained.RUN,
     pretrained.PUSH,
 )
 GROUPS = {"suite": "model suites with training checkpoints", "pretrained": "registered pretrained crosscoder releases"}

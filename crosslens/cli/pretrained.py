@@ -22,6 +22,16 @@ class ShowFlags:
 
 
 @dataclass
+class RunFlags:
+    release: str = field(metadata={"positional": True, "metavar": "RELEASE[/ID]"})
+    """A release (crosslens pretrained list), with the crosscoder's id where it holds several."""
+    out: str = field(metadata={"flag": "--out"})
+    """The run folder to make (for crosslens dashboards, browse, export, analyze)."""
+    overwrite: bool = False
+    """Replace the folder if it exists."""
+
+
+@dataclass
 class PushFlags:
     run_dir: str = field(metadata={"positional": True, "metavar": "RUN_DIR"})
     """The --out folder of crosslens train (or a crosscoder folder)."""
@@ -108,6 +118,19 @@ def pretrained_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def pretrained_run(args: argparse.Namespace) -> int:
+    from crosslens.pretrained.run_folder import release_run
+
+    release, _, crosscoder_id = args.release.partition("/")
+    try:
+        run = release_run(release, crosscoder_id or None, args.out, overwrite=args.overwrite)
+    except ValueError as exc:  # unknown release, models not here, bad files: one line naming the fix
+        fail("RELEASE", str(exc))
+    print(f"run folder: {run}")
+    print(f"next: crosslens dashboards {run} --stream (the tokens flags say which), then crosslens browse {run}")
+    return 0
+
+
 def push(args: argparse.Namespace) -> int:
     from crosslens.pretrained.push import push_to_hub
 
@@ -146,6 +169,12 @@ SHOW = Subcommand(
     "one release: repo, suite revisions, crosscoders and their quality",
     (ShowFlags,),
     pretrained_show,
+)
+RUN = Subcommand(
+    ("pretrained", "run"),
+    "a release's crosscoder (converted once) as a run folder, for dashboards, browse, export and analyze",
+    (RunFlags,),
+    pretrained_run,
 )
 PUSH = Subcommand(
     ("push",),

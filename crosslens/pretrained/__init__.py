@@ -7,6 +7,7 @@
   release in any format crosslens reads (SAELens's, Kissane/Nanda's, dictionary_learning's,
   Llamascopium's), converted once into crosslens's cache, with the suite of models it reads.
 - :func:`load_pretrained`: ``load_pretrained(release, crosscoder_id)`` -> the crosscoder (SAELens layout).
+- :func:`release_run`: a release's crosscoder as a run folder, for dashboards, browse and export.
 - :func:`push_to_hub`: upload a trained crosscoder in SAELens's layout with a model card,
   and get the registry entry to paste.
 
@@ -36,6 +37,7 @@ __getattr__ = lazy_attributes(
         "from_pretrained": "crosslens.pretrained.releases",
         "Pretrained": "crosslens.pretrained.releases",
         "measure_norm_factors": "crosslens.pretrained.norm_factors",
+        "release_run": "crosslens.pretrained.run_folder",
     },
 )
 
@@ -55,5 +57,6 @@ __all__ = [
     "pretrained_directory",
     "push_to_hub",
     "register_release",
+    "release_run",
     "unregister_release",
 ]

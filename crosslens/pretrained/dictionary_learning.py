@@ -121,11 +121,13 @@ def convert(config_path: Path, weights_path: Path, options: ConvertOptions) -> C
     enc, dec = src.source("encoder.weight"), src.source("decoder.weight")
 
     def encoder_rows(i: int, j: int) -> torch.Tensor:
-        blocks = [
-            enc.read(layers.index(s), layers.index(s) + 1) if s in layers else torch.zeros(1, D, F, dtype=dtype)
-            for s in range(i, j)
-        ]
-        return torch.cat(blocks) * scale_S[i:j, None, None].to(dtype)
+        # a layer is 150 MB at the Gemma releases' shape: copied only where it is scaled, and
+        # stacked only where a block holds several (a slice may share the file's memory: never edited)
+        blocks = []
+        for s in range(i, j):
+            block = enc.read(layers.index(s), layers.index(s) + 1) if s in layers else torch.zeros(1, D, F, dtype=dtype)
+            blocks.append(block * float(scale_S[s]) if mean_SD is not None else block)
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
     W_enc = RowSource((S, D, F), dtype, encoder_rows)
     denominator_S = scale_S + DENORMALIZE_EPS if mean_SD is not None else torch.ones(S)
@@ -224,8 +226,8 @@ def _encoder_bias(src: _Source, W_enc: RowSource, mean_SD: torch.Tensor | None) 
     b_F = src.tensor("encoder.bias")
     if mean_SD is None:
         return b_F
-    shift_F = sum(mean_SD[s] @ W_enc.read(s, s + 1)[0].double() for s in range(mean_SD.shape[0]))
-    return (b_F.double() - shift_F).to(b_F.dtype)
+    shift_F = sum(mean_SD[s].to(W_enc.dtype) @ W_enc.read(s, s + 1)[0] for s in range(mean_SD.shape[0]))
+    return b_F - shift_F.to(b_F.dtype)
 
 
 def _decoder_bias(src: _Source, denominator_S: torch.Tensor, mean_SD: torch.Tensor | None) -> torch.Tensor:
@@ -250,7 +252,8 @@ def _threshold(cfg: dict[str, Any], src: _Source, dec: RowSource, code_norm: str
             f"{where}: its threshold is {float(theta)}, the value it starts at before training calibrates it; "
             "the library would keep every positive latent, so use a checkpoint saved after threshold_start_step"
         )
-    norms_SF = torch.stack([dec.read(s, s + 1)[0].double().norm(dim=-1) for s in range(dec.shape[0])])
+    # in the weights' dtype, as the library computes them (a float64 copy of a layer would be 300 MB)
+    norms_SF = torch.stack([dec.read(s, s + 1)[0].norm(dim=-1) for s in range(dec.shape[0])]).double()
     crosscoder_F = norms_SF.sum(dim=0)
     if code_norm == "CROSSCODER":
         return theta.expand_as(crosscoder_F).clone()

@@ -76,7 +76,7 @@ def from_pretrained(
         source = {"repo_id": name, "path": crosscoder_id or ""}
         return _unregistered(files, source, suite, hook_name, norm_factors, device, dtype, check_models)
     lookup = get_release(name)
-    entry = lookup.entry(crosscoder_id) if crosscoder_id is not None else _only_entry(lookup)
+    entry = lookup.entry(crosscoder_id) if crosscoder_id is not None else only_entry(lookup)
     release_suite = _release_suite(lookup)
     if (lookup.format or SAE_LENS) == SAE_LENS:
         from crosslens.pretrained.load import load_pretrained
@@ -252,7 +252,8 @@ def _load_folder(folder: Path, device: str, dtype: str | None) -> Any:
     return load_crosscoder_folder(folder, device=device, dtype=dtype)
 
 
-def _only_entry(lookup: PretrainedCrosscoderRelease) -> PretrainedCrosscoderEntry:
+def only_entry(lookup: PretrainedCrosscoderRelease) -> PretrainedCrosscoderEntry:
+    """A release's one crosscoder (one naming its ids where it holds several)."""
     if len(lookup.entries) != 1:
         raise PretrainedRegistryError(
             f"release {lookup.release!r} holds {len(lookup.entries)} crosscoders; name one: {', '.join(sorted(lookup.entries))}"
@@ -291,25 +292,32 @@ def hub_files(repo_id: str, folder: str, format_name: str | None, *, force_downl
                 continue
             weights_path = Path(hf_hub_download(repo_id, _join(folder, weights), force_download=force_download))
             return SourceFiles(name, config_path, weights_path)
-    _refuse_offline(repo_id, folder, offline_misses)
     where = f"{repo_id}/{folder}" if folder else repo_id
+    present = _refuse_offline(repo_id, folder, offline_misses)
     raise UnknownFormatError(
         f"{where} holds no crosscoder in "
         + (f"the {format_name} format" if format_name else "any format crosslens reads")
+        + (f" (it holds {', '.join(present)})" if present else "")
         + "; the formats and their files: "
         + "; ".join(f"{n} ({' or '.join(' + '.join(p) for p in layouts(n))})" for n in names)
     )
 
 
-def _refuse_offline(repo_id: str, folder: str, misses: int) -> None:
+def _refuse_offline(repo_id: str, folder: str, misses: int) -> list[str]:
+    """Offline, a file the cache lacks may still be in the repo: refuse a repo the cache does not
+    hold at all, naming the fix; else the files its cached copy holds in ``folder``."""
     from crosslens.checkpoints.hub import hub_offline
+    from crosslens.checkpoints.identity import cached_snapshot
 
-    if misses and hub_offline():
+    cached = cached_snapshot(repo_id, "main")
+    if misses and hub_offline() and cached is None:
         where = f"{repo_id}/{folder}" if folder else repo_id
         raise PretrainedRegistryError(
             f"{where} is not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it; go online once "
             "(unset HF_HUB_OFFLINE), or point HF_HOME at a cache that holds it"
         )
+    inside = cached[1] / folder if cached is not None else None
+    return sorted(p.name for p in inside.iterdir())[:12] if inside is not None and inside.is_dir() else []
 
 
 def _join(folder: str, name: str) -> str:
