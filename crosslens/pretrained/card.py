@@ -15,6 +15,11 @@ NO_LICENCE = (
 )
 
 
+def front_matter(front: dict[str, Any]) -> list[str]:
+    """A model card's Hugging Face front matter (the YAML between ``---`` lines), then a blank line."""
+    return ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", ""]
+
+
 def converted_card(record: dict[str, Any]) -> str:
     """Markdown (with Hugging Face front matter) for the source record of a converted folder."""
     source, sizes = record["source"], record["sizes"]
@@ -30,10 +35,7 @@ def converted_card(record: dict[str, Any]) -> str:
     commit = f" at commit `{source['revision']}`" if source.get("revision") else ""
     name = record.get("release") or source.get("repo_id") or "local"
     lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).strip(),
-        "---",
-        "",
+        *front_matter(front),
         f"# {name}: {record['architecture']} converted by crosslens",
         "",
         f"Converted from {where}{folder}{commit}, saved in the {_format_name(source['format'])} format, "

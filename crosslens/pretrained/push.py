@@ -36,6 +36,7 @@ import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one t
 from crosslens.architectures import uses_k
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import FINAL_DIRNAME, QUALITY_NAME, RUN_CONFIG_NAME
+from crosslens.pretrained.card import front_matter
 
 if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder
@@ -294,10 +295,7 @@ def model_card(publication: Publication) -> str:
         front["base_model"] = model_id
     hook = meta.get("hook_name") or "unknown hook"
     lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).strip(),
-        "---",
-        "",
+        *front_matter(front),
         f"# Multi-snapshot crosscoder: `{model_id}` at `{hook}`",
         "",
         f"A `{cfg.architecture()}` trained with crosslens on the "

@@ -29,6 +29,9 @@ needs on top. A release, in YAML::
           normalization_folded: true       # weights read raw activations
           wandb_run: https://wandb.ai/...  # optional
 
+A release in another project's format (``format: kissane``, ...) and a suite of distinct models
+(``family: models``) take the fields of :mod:`crosslens.pretrained.release_fields`.
+
 Sources, merged by :func:`pretrained_directory`: the packaged
 ``crosslens/data/pretrained_crosscoders.yaml``, the files named by ``CROSSLENS_PRETRAINED``
 (``os.pathsep``-separated, like ``PATH``), and releases added at run time with
@@ -358,9 +361,27 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
             raise fail(f"suite.steps must be whole numbers, got {list(steps)}.")
         if any(b < a for a, b in zip(steps, steps[1:])):
             raise fail(f"suite.steps {list(steps)} are not in training order.")
-    S = len(revisions)
 
-    saes = value.get("saes")
+    entries = _parse_entries(value.get("saes"), len(revisions), where, fail)
+    overrides = value.get("config_overrides")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise fail("config_overrides must be a mapping.")
+    return PretrainedCrosscoderRelease(
+        release=release,
+        repo_id=value["repo_id"],
+        model=value["model"],
+        suite=dict(suite),
+        entries=entries,
+        conversion_func=value.get("conversion_func"),
+        config_overrides=dict(overrides) if overrides else None,
+        **parse_source_fields(value, fail),
+        source=source,
+        raw=dict(value),
+    )
+
+
+def _parse_entries(saes: Any, S: int, where: str, fail: Any) -> dict[str, PretrainedCrosscoderEntry]:
+    """A release's ``saes``: its crosscoders by id (``S`` per-snapshot numbers each, where given)."""
     if not isinstance(saes, Sequence) or isinstance(saes, str) or not saes:
         raise fail("needs 'saes', a non-empty list of entries with 'id' and 'path'.")
     entries: dict[str, PretrainedCrosscoderEntry] = {}
@@ -393,21 +414,7 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
             neuronpedia=item.get("neuronpedia"),
             **parse_conversion_fields(item, S, lambda message, i=entry_id: fail(f"entry {i!r}: {message}")),
         )
-    overrides = value.get("config_overrides")
-    if overrides is not None and not isinstance(overrides, Mapping):
-        raise fail("config_overrides must be a mapping.")
-    return PretrainedCrosscoderRelease(
-        release=release,
-        repo_id=value["repo_id"],
-        model=value["model"],
-        suite=dict(suite),
-        entries=entries,
-        conversion_func=value.get("conversion_func"),
-        config_overrides=dict(overrides) if overrides else None,
-        **parse_source_fields(value, fail),
-        source=source,
-        raw=dict(value),
-    )
+    return entries
 
 
 def _spliced_ablation(item: Mapping[str, Any], where: str) -> str | None:
