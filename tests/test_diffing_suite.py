@@ -153,6 +153,12 @@ def test_the_chain_on_two_models(two_models, tmp_path, capsys):
     html = (run / "report.html").read_text()
     assert "Model diffing" in html and "tiny-chat-only" in html
 
+    from crosslens.pretrained import LocalHubApi, push_to_hub
+
+    card = push_to_hub(run, "me/tiny-diff", api=LocalHubApi(tmp_path / "hub"), n_eval_tokens=256).card
+    assert "# Model-diffing crosscoder: crosslens-test/tiny-base vs crosslens-test/tiny-chat" in card
+    assert "## Feature classes" in card and "tiny-chat-only" in card
+
     dashboards = ["--top-k", "4", "--window", "3", "--batch-size", "48", *CPU]
     assert main(["dashboards", str(run), *dashboards]) == 0
     facts, features = _served(run, ["api/run", "api/features?" + urllib.parse.urlencode({"class": "shared"})])

@@ -100,6 +100,8 @@ def test_push_then_load_pretrained_offline(trained_run, pushed):
     assert meta.activation_norm_factors_folded is True
     assert [s["revision"] for s in meta.suite["snapshots"]] == ["step0", "step10", "step100"]
     assert meta.pretrained_release == RELEASE and meta.pretrained_id == HOOK
+    same, suite = crosslens.from_pretrained(RELEASE, HOOK)  # a local suite's models: the caller's to give
+    assert suite is None and torch.equal(same.W_dec, loaded.W_dec)
 
     # the uploaded folder is SAELens's layout, byte-identical weights to what was saved
     folder = LocalHubApi().repo_folder(REPO)

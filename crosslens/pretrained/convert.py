@@ -9,8 +9,9 @@ The converted crosscoder is a folder in SAELens's layout under
                                 file's size and sha256, the options and quirks, the weights' sha256
     README.md                   the model card: where it came from, under which licence, what changed
 
-``<key>`` is the sha256 of the format, the source files' sha256 and the conversion's options, so
-the same files convert to the same folder, and changed files (a re-pushed repo) to another. The
+``<key>`` is the sha256 of the format, the source files' sha256, the conversion's options and the
+provenance it records, so the same files convert to the same folder, and changed files (a re-pushed
+repo) to another. The
 folder is built under a temporary name and renamed into place, under a lock: a conversion that
 fails or is killed leaves nothing a later load could mistake for a finished one.
 """
@@ -47,9 +48,17 @@ def converted_root() -> Path:
     return crosslens_home() / "pretrained"
 
 
-def conversion_key(files: SourceFiles, hashes: dict[str, str], options: ConvertOptions) -> str:
+def conversion_key(files: SourceFiles, hashes: dict[str, str], options: ConvertOptions, provenance: dict) -> str:
+    """What decides a converted folder's bytes: the format, the files, the options, and the provenance
+    its metadata records (the release, and the file identities of the models it was checked against)."""
     return json_sha256(
-        {"format": files.format, "files": hashes, "options": dataclasses.asdict(options), "version": CONVERTER_VERSION}
+        {
+            "format": files.format,
+            "files": hashes,
+            "options": dataclasses.asdict(options),
+            "provenance": provenance,
+            "version": CONVERTER_VERSION,
+        }
     )
 
 
@@ -64,7 +73,7 @@ def convert_once(
     none. ``provenance`` (source, release, licence, suite) goes into source.json and the metadata;
     ``card(record)`` writes the model card from the finished source record."""
     hashes = {files.config.name: file_sha256(files.config), files.weights.name: file_sha256(files.weights)}
-    key = conversion_key(files, hashes, options)
+    key = conversion_key(files, hashes, options, provenance)
     target = converted_root() / key[:40]
     if _finished(target, key):
         return target

@@ -66,18 +66,20 @@ def from_pretrained(
     the per-model activation scaling a source applied without saving it. ``check_models``: check
     that the models are on this machine (offline) and have the hook at the crosscoder's width.
     """
-    if Path(release).expanduser().is_dir():
-        files = local_files(Path(release).expanduser(), format)
-        source = {"path": str(Path(release).expanduser().resolve())}
-        return _unregistered(files, source, suite, hook_name, norm_factors, device, dtype, check_models)
     name = str(release)
-    if "/" in name and name not in pretrained_directory():
+    registered = name in pretrained_directory()
+    if not registered and Path(name).expanduser().is_dir():
+        files = local_files(Path(name).expanduser(), format)
+        source = {"path": str(Path(name).expanduser().resolve())}
+        return _unregistered(files, source, suite, hook_name, norm_factors, device, dtype, check_models)
+    if "/" in name and not registered:
         files = hub_files(name, crosscoder_id or "", format, force_download=force_download)
         source = {"repo_id": name, "path": crosscoder_id or ""}
         return _unregistered(files, source, suite, hook_name, norm_factors, device, dtype, check_models)
     lookup = get_release(name)
     entry = lookup.entry(crosscoder_id) if crosscoder_id is not None else only_entry(lookup)
     release_suite = _release_suite(lookup)
+    check_models = check_models and release_suite is not None
     if (lookup.format or SAE_LENS) == SAE_LENS:
         from crosslens.pretrained.load import load_pretrained
 
@@ -105,9 +107,9 @@ def release_folder(
     """The converted folder of a release's entry, after checking (``check_models``) that this
     machine holds the models it reads and that they have its hook: their file identities are
     recorded with it, so stores harvested from them pair with it."""
-    identities = None
-    if check_models:
-        identities = _check_models(_release_suite(lookup), entry.hook_name, f"release {lookup.release}")
+    identities, suite = None, _release_suite(lookup)
+    if check_models and suite is not None:
+        identities = _check_models(suite, entry.hook_name, f"release {lookup.release}")
     return converted_release_folder(lookup, entry, identities, force_download=force_download)
 
 
@@ -169,8 +171,11 @@ def suite_record(lookup: PretrainedCrosscoderRelease, identities: list[dict | No
 
 
 def _release_suite(lookup: PretrainedCrosscoderRelease) -> Any:
+    """The release's suite; None for a suite of local folders a registry entry cannot point at."""
     from crosslens.checkpoints.records import suite_from_record
 
+    if lookup.suite.get("family") == "local":
+        return None
     return suite_from_record(suite_record(lookup), check=False)
 
 
