@@ -93,16 +93,14 @@ def _credits(record: dict[str, Any]) -> list[str]:
     return ["", "## Credit", "", *lines] if lines else []
 
 
+def load_section(code: list[str]) -> list[str]:
+    """A model card's "Load" section: ``import crosslens``, then ``code``, as a Python block."""
+    return ["", "## Load", "", "```python", "import crosslens", "", *code, "```"]
+
+
 def _load(record: dict[str, Any]) -> list[str]:
     if not record.get("release"):
         return []
-    return [
-        "",
-        "## Load",
-        "",
-        "```python",
-        "import crosslens",
-        "",
-        f'crosscoder, suite = crosslens.from_pretrained("{record["release"]}", "{record["crosscoder_id"]}")',
-        "```",
-    ]
+    return load_section(
+        [f'crosscoder, suite = crosslens.from_pretrained("{record["release"]}", "{record["crosscoder_id"]}")']
+    )

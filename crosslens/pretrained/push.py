@@ -36,7 +36,7 @@ import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one t
 from crosslens.architectures import uses_k
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import FINAL_DIRNAME, QUALITY_NAME, RUN_CONFIG_NAME
-from crosslens.pretrained.card import front_matter
+from crosslens.pretrained.card import front_matter, load_section
 
 if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder
@@ -309,18 +309,15 @@ def model_card(publication: Publication) -> str:
         f"{reads or f'{cfg.n_snapshots} training checkpoints of `{model_id}`'}: one shared "
         f"sparse code of {cfg.d_sae} features, one decoder per checkpoint. `||W_dec[i, s]||` is feature i's "
         "strength at checkpoint s, so each feature's decoder norms across checkpoints are its timeline.",
-        "",
-        "## Load",
-        "",
-        "```python",
-        "import crosslens",
-        "",
-        f'crosscoder = crosslens.load_pretrained("{release}", "{crosscoder_id}")  # once the release is registered',
-        "# or with SAELens alone, after `import crosslens` registers the architectures:",
-        "from sae_lens import SAE",
-        f'crosscoder = SAE.from_pretrained("{repo_id}", "{crosscoder_id}")',
-        "sae = crosscoder.snapshot_sae(s)  # checkpoint s as a plain SAELens SAE, for HookedSAETransformer",
-        "```",
+        *load_section(
+            [
+                f'crosscoder = crosslens.load_pretrained("{release}", "{crosscoder_id}")  # once the release is registered',
+                "# or with SAELens alone, after `import crosslens` registers the architectures:",
+                "from sae_lens import SAE",
+                f'crosscoder = SAE.from_pretrained("{repo_id}", "{crosscoder_id}")',
+                "sae = crosscoder.snapshot_sae(s)  # checkpoint s as a plain SAELens SAE, for HookedSAETransformer",
+            ]
+        ),
         "",
         "A snapshot SAE reads checkpoint s's activation alone (the crosscoder's per-snapshot mode), so it "
         "reconstructs less well than the crosscoder, which reads the token at every checkpoint; the figures "
