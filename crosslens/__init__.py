@@ -39,6 +39,7 @@ _LAZY = {
     "run_causal_stage": "crosslens.causal",
     "get_task": "crosslens.tasks",
     "load_pretrained": "crosslens.pretrained",
+    "from_pretrained": "crosslens.pretrained",
     "pretrained_directory": "crosslens.pretrained",
     "register_release": "crosslens.pretrained",
     "push_to_hub": "crosslens.pretrained",

@@ -18,7 +18,13 @@ import pytest
 from nbclient import NotebookClient
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
-NOTEBOOKS = ("01_quickstart.ipynb", "02_attribution.ipynb", "03_sharing.ipynb", "04_browsing.ipynb")
+NOTEBOOKS = (
+    "01_quickstart.ipynb",
+    "02_attribution.ipynb",
+    "03_sharing.ipynb",
+    "04_browsing.ipynb",
+    "05_pretrained.ipynb",
+)
 KERNEL_NAME = "crosslens-tutorial-test"
 CELL_TIMEOUT_S = 600
 """Seconds per cell; the slowest, the small pico build, takes under a minute on 2 idle cores."""
@@ -197,3 +203,29 @@ def test_browsing_computes_serves_and_exports_every_feature(
     assert len(sources) == 3 and len(summary["saebench_folders"]) == 3
     # the exported SAE fires where the database says the snapshot's reading fires
     assert summary["density_gap"] < 1e-3  # measured: 0 (the same float32 code on the same tokens)
+
+
+def test_pretrained_loads_a_release_and_browses_its_streamed_dashboards(
+    tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The notebook reads a real release's name from the registry; the kernel's Hugging Face cache
+    is a fake hub holding that release's repo and its models, tiny and laid out as the real ones."""
+    from pretrained_sources import write_fake_releases
+
+    hf_home = tmp_path / "hf_home"
+    write_fake_releases(hf_home, tmp_path / "release_files")
+    env = {**tutorial_env, "HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub")}
+    notebook, out = execute("05_pretrained.ipynb", tmp_path, env, monkeypatch)
+    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
+    assert plotly_outputs(notebook) >= 1  # the relative-norm histogram
+    summary = json.loads((out / "05_pretrained" / "summary.json").read_text())
+    assert summary["small"] is True and summary["release"] == "gemma-2-2b-crosscoder-l13-minder"
+    assert summary["architecture"] == "crosscoder" and summary["snapshots"] == ["gemma-2-2b", "gemma-2-2b-it"]
+    counts = summary["class_counts"]
+    assert set(counts) == {"shared", "gemma-2-2b-only", "gemma-2-2b-it-only", "other", "dead"}
+    assert sum(counts.values()) == summary["d_sae"] == 48
+    served = summary["browser_classes"]
+    assert set(served) <= set(counts) and sum(served.values()) == 48
+    assert summary["n_shared_served"] == served.get("shared", 0)
+    assert summary["feature_page_class"] in counts and summary["card_licence"] is True
+    assert Path(summary["database"]).is_file()

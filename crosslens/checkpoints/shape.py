@@ -84,6 +84,17 @@ class ModelShape:
         """The shape of the config.json at ``path``."""
         return cls.from_hf_config(json.loads(Path(path).read_text()), name, source or str(path))
 
+    @classmethod
+    def in_folder(cls, folder: str | Path | None, name: str) -> ModelShape | None:
+        """The shape of the config.json in ``folder``; None where there is none, or it does not
+        give the usual size fields."""
+        if folder is None or not (Path(folder) / "config.json").is_file():
+            return None
+        try:
+            return cls.read(Path(folder) / "config.json", name)
+        except CrosslensError:
+            return None
+
     @property
     def embedding_params(self) -> int:
         """Parameters of the embedding (and untied unembedding) matrices."""

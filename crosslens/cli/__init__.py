@@ -54,7 +54,7 @@ from crosslens.cli import (
     suite,
     train,
 )
-from crosslens.cli.common import CLIError
+from crosslens.cli.common import CLIError, suite_from_models
 from crosslens.cli.flags import (
     Subcommand,
     add_flags,
@@ -87,6 +87,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     plan.COMMAND,
     pretrained.LIST,
     pretrained.SHOW,
+    pretrained.RUN,
     pretrained.PUSH,
 )
 GROUPS = {"suite": "model suites with training checkpoints", "pretrained": "registered pretrained crosscoder releases"}
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:  # warnings as one line each, without the source line that raised them
         warnings.formatwarning = lambda message, category, *_, **__: f"crosslens: warning: {message}\n"
     try:
+        suite_from_models(args)  # --models A,B names the suite as --suite A,B does
         return int(args.run(args) or 0)
     except KeyboardInterrupt as interrupt:
         said = _interrupted(args.command, interrupt, getattr(args, "out_dir", None))

@@ -69,7 +69,8 @@ def attribute(args: argparse.Namespace) -> int:
     if args.suite is None and suite_spec != "pico":
         print(f"suite: {suite_spec} (recorded with the crosscoder; --suite overrides)")
     try:
-        suite = resolve_suite(suite_spec, steps, args.n_snapshots)
+        processing = None if args.suite else record.get("processing")  # how its models were loaded
+        suite = resolve_suite(suite_spec, steps, args.n_snapshots, processing=processing)
     except CLIError as error:
         if args.steps is not None or not str(error).startswith("--steps"):
             raise

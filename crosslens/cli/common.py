@@ -20,6 +20,7 @@ from crosslens.cli.flags import build, explicit
 from crosslens.cli.options import TokenBudgetFlags
 from crosslens.core.devices import dtype_name, peak_memory_line, resolve_device
 from crosslens.core.errors import UnknownRevisionError
+from crosslens.core.model_specs import is_models_spec, models_spec, parse_models
 from crosslens.core.paths import looks_like_path
 from crosslens.pico.config import MODEL_ID, PicoConfig, default_root, is_built
 from crosslens.training.recipes import Recipe
@@ -70,13 +71,41 @@ def pico_listing():
     return CheckpointSuite("local", MODEL_ID, refs, folders=folders, root=root), False
 
 
-def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | None = None, flag: str = "--suite"):
-    """Turn a ``--suite`` string into a :class:`CheckpointSuite`, then select snapshots."""
+def suite_from_models(args: argparse.Namespace) -> None:
+    """``--models A,B`` is ``--suite A,B``: every command reads the suite it names from ``args.suite``."""
+    models = getattr(args, "models", None)
+    if models is None:
+        return
+    if getattr(args, "suite", None) is not None:
+        raise CLIError("--models and --suite both name the suite; pass one of them")
+    try:
+        specs = parse_models(models)
+    except ValueError as error:
+        raise CLIError(f"--models: {error}") from None
+    if len(specs) < 2:
+        raise CLIError(
+            "--models lists one model; a diffing suite compares two or more (one model's checkpoints: --suite)"
+        )
+    args.suite = models_spec(specs)
+
+
+def resolve_suite(
+    spec: str,
+    steps: list[int] | None = None,
+    n_snapshots: int | None = None,
+    flag: str = "--suite",
+    processing: dict | None = None,
+):
+    """Turn a ``--suite`` string into a :class:`CheckpointSuite`, then select snapshots. A list of
+    models (``A,B``) is a diffing suite, loaded with ``processing`` where a record gives one."""
     from crosslens.checkpoints import CheckpointSuite, MixedIngredientsError
+    from crosslens.checkpoints.models import chosen_processing
     from crosslens.pico.build import pico_suite
 
     given = spec
-    if spec == "pico":
+    if is_models_spec(spec):
+        suite = CheckpointSuite.models(spec, processing=chosen_processing(processing))
+    elif spec == "pico":
         listed, built = pico_listing()
         if not built:  # a bad --steps/--n-snapshots is refused before the build, not after it
             select_snapshots(listed, steps, n_snapshots, given)

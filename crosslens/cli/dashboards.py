@@ -57,14 +57,14 @@ def _stream_source(args: argparse.Namespace, run: Path):
     suite and snapshots the crosscoder records."""
     from crosslens.activations.tokens import token_tables
     from crosslens.dashboards import StreamSource
-    from crosslens.training.runfolder import crosscoder_suite_record
+    from crosslens.training.runfolder import crosscoder_folder, crosscoder_suite_record
 
-    record = crosscoder_suite_record(run)
+    record = crosscoder_suite_record(crosscoder_folder(run))  # the run's final/ holds the crosscoder
     spec = args.suite or record.get("root") or record.get("model_id") or "pico"
     steps = args.steps
     if steps is None and args.n_snapshots is None:
         steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
-    suite = resolve_suite(spec, steps, args.n_snapshots)
+    suite = resolve_suite(spec, steps, args.n_snapshots, processing=None if args.suite else record.get("processing"))
     tokens, budget = tokens_of(args, None)
     train_NL, _ = token_tables(tokens, budget, suite.tokenizer())
     spec = {**tokens.record(), "n_tokens": budget.n_tokens, "seq_len": budget.seq_len}

@@ -33,6 +33,10 @@ class SuiteFlags:
     """Comma-separated training steps to use (default: all, or --n-snapshots spaced)."""
     n_snapshots: int | None = field(default=None, metadata={"min": 1})
     """Pick this many snapshots, dense early and sparse late (log spacing)."""
+    models: str | None = None
+    """Instead of --suite: comma-separated models that share an architecture (ORG/NAME[@REVISION] or
+    folders), e.g. google/gemma-2-2b,google/gemma-2-2b-it: a diffing suite, one snapshot per model,
+    named by model (--steps 0,1,... picks models by position)."""
 
 
 @dataclass

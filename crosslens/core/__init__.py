@@ -24,6 +24,7 @@ submodule you need; this package imports a submodule only when it is first named
 - :mod:`crosslens.core.compiling`: ``torch.compile`` whose calls never meet another thread's compile
 - :mod:`crosslens.core.cpu_math`: torch's CPU math library started on one thread, so that its first call is exact
 - :mod:`crosslens.core.weightfiles`: a safetensors file's header: tensor shapes, whether the file is whole
+- :mod:`crosslens.core.model_specs`: a diffing suite's models (``ORG/NAME[@REVISION]``) and their labels
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "launch",
     "locks",
     "metadata",
+    "model_specs",
     "packing",
     "paths",
     "progress",

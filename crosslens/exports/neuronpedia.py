@@ -52,6 +52,7 @@ import torch
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.metadata import metadata_value
+from crosslens.core.model_specs import snapshot_model
 from crosslens.exports.config import ExportError
 from crosslens.exports.run import ExportContext, SnapshotRef
 
@@ -80,13 +81,14 @@ def write_export(context: ExportContext, out: Path) -> dict[str, Any]:
     d_sae, per_batch = int(context.crosscoder.cfg.d_sae), int(context.config.features_per_batch)
     sources = []
     for ref in context.snapshots:
-        name = f"{settings['model_id']}@{ref.label}"
+        model_id = snapshot_model_id(context, ref.index, settings["model_id"])
+        name = f"{model_id}@{ref.label}"
         alignment = neuron_alignment(snapshot_directions(context.crosscoder, ref.index))
         for number, start in enumerate(range(0, d_sae, per_batch)):
             features = range(start, min(start + per_batch, d_sae))
             records = feature_records(context, ref, features, vocabulary, edges, alignment, settings)
             batch = {
-                "model_id": settings["model_id"],
+                "model_id": model_id,
                 "layer": settings["layer"],
                 "sae_set": settings["sae_set"],
                 "sae_id_suffix": ref.label,
@@ -94,7 +96,7 @@ def write_export(context: ExportContext, out: Path) -> dict[str, Any]:
             }
             write_compact(out / name / f"batch-{number}.json", batch)
         skipped = {
-            "model_id": settings["model_id"],
+            "model_id": model_id,
             "layer": str(settings["layer"]),
             "sae_set": settings["sae_set"],
             "log_sparsity": LOG_SPARSITY,
@@ -102,7 +104,14 @@ def write_export(context: ExportContext, out: Path) -> dict[str, Any]:
         }
         write_compact(out / name / "skipped_indexes.json", skipped)
         source_id = f"{settings['layer']}-{settings['sae_set']}__{ref.label}"
-        sources.append({"snapshot": ref.label, "folder": name, "neuronpedia_source_id": source_id})
+        sources.append(
+            {
+                "snapshot": ref.label,
+                "folder": name,
+                "neuronpedia_model_id": model_id,
+                "neuronpedia_source_id": source_id,
+            }
+        )
     return {
         "neuronpedia": {
             "saedashboard_version": SAEDASHBOARD_VERSION,
@@ -120,12 +129,21 @@ def write_compact(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, allow_nan=False), encoding="ascii")
 
 
+def snapshot_model_id(context: ExportContext, index: int, default: str) -> str:
+    """The Neuronpedia model a snapshot is filed under: the suite's, or in a diffing suite (distinct
+    models), that snapshot's own model (unless --model-id names one)."""
+    suite = metadata_value(context.crosscoder, "suite") or {}
+    if context.config.model_id is not None or not suite.get("models"):
+        return default
+    return str(snapshot_model(suite, index)).rstrip("/").split("/")[-1].lower()
+
+
 def source_settings(context: ExportContext) -> dict[str, Any]:
     """The batch-level fields and the per-feature constants every source shares."""
     crosscoder, config = context.crosscoder, context.config
     hook = str(metadata_value(crosscoder, "hook_name") or "")
     suite = metadata_value(crosscoder, "suite") or {}
-    model_id = config.model_id or str(suite.get("model_id") or metadata_value(crosscoder, "model_name") or "model")
+    model_id = config.model_id or str(snapshot_model(suite, 0) or metadata_value(crosscoder, "model_name") or "model")
     if config.model_id is None:
         model_id = model_id.rstrip("/").split("/")[-1].lower()
     if "/" in model_id or "@" in model_id or not model_id:

@@ -15,6 +15,7 @@ from typing import Any
 
 from crosslens.checkpoints.shape import ModelShape, estimate_n_params
 from crosslens.core.errors import CrosslensError
+from crosslens.core.model_specs import is_models_spec, parse_models
 from crosslens.pico.config import PicoConfig, default_root, is_built
 
 
@@ -54,7 +55,10 @@ def known_model(model_id: str) -> ModelShape | None:
 
 def model_shape_for(suite: str) -> ModelShape:
     """Sizes for a ``--suite`` value: ``pico``, a local suite folder, or a hub model id
-    (crosslens's table, else a Hugging Face config already in the local cache)."""
+    (crosslens's table, else a Hugging Face config already in the local cache); a diffing suite's
+    (``A,B``): its first model's, which the others share."""
+    if is_models_spec(suite):
+        suite = parse_models(suite)[0].model_id
     if suite == "pico":
         cfg = PicoConfig()
         root = default_root(cfg)
