@@ -95,9 +95,9 @@ class DemoConfig:
     mean +/- sd and the seed-stability table; () skips them."""
     extra_seed_steps: int | None = None
     """Training steps of each extra seed (None: ``n_steps``, so every seed trains alike). At
-    half the main run, seeds 1 and 2 match seed 0 on fewer features: 30.5% of live features
-    at decoder cos >= 0.7 against 36.8% with every seed at 1500 steps
-    (benchmarks/README.md, seed stability). Shorter extra seeds are named in the printout."""
+    half the main run, seeds 1 and 2 match seed 0 on fewer features than with every seed at the
+    main run's length (benchmarks/README.md, "The demo"). Shorter extra seeds are named in
+    the printout."""
     task: str = "agreement_pp"
     """The task of the causal stage and of the claims over seeds."""
     claim_min_cosine: float = 0.7
@@ -277,7 +277,7 @@ def _store_trained_on(runner) -> str | None:
 
 DEMO_BASELINES = ("jumprelu", "topk")
 """The demo's per-snapshot SAELens SAEs. No L1 ("standard") baseline: at the crosscoder's L0
-it needs far more than ``baseline_steps`` to converge (25-50% explained variance on pico), a
+it needs far more than ``baseline_steps`` to converge (benchmarks/README.md, "The demo"), a
 baseline set up to lose. JumpReLU and TopK SAEs reach the crosscoder's L0 directly."""
 
 
