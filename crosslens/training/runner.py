@@ -142,7 +142,7 @@ class CrosscoderTrainingRunner:
         cfg = self.config
         return CrosscoderTrainerConfig(
             total_steps=cfg.n_steps,
-            lr=cfg.lr,
+            lr=float(cfg.lr),
             lr_warm_up_steps=cfg.lr_warm_up_steps,
             lr_decay_steps=int(cfg.n_steps * cfg.lr_decay_fraction),
             device=self.device,
@@ -435,6 +435,7 @@ def new_training_crosscoder(config: CrosscoderRunnerConfig, *, d_in: int, n_snap
     sparsity = sae.sparsity_coefficient
     if sparsity is None:
         sparsity = sparsity_coefficient_for(sae.architecture, n_snapshots=n_snapshots, d_in=d_in, d_sae=sae.d_sae)
+    warm_up = sparsity_warm_up_steps(sae.architecture, config.n_steps, sae.sparsity_warm_up_fraction)
     jumprelu_only: dict[str, Any] = {} if sae.target_l0 is None else {"target_l0": sae.target_l0}
     with seeded(config.seed, device):
         return build_training_crosscoder(
@@ -444,9 +445,7 @@ def new_training_crosscoder(config: CrosscoderRunnerConfig, *, d_in: int, n_snap
             d_sae=sae.d_sae,
             k=sae.k,
             sparsity_coefficient=sparsity,
-            sparsity_warm_up_steps=sparsity_warm_up_steps(
-                sae.architecture, config.n_steps, sae.sparsity_warm_up_fraction
-            ),
+            sparsity_warm_up_steps=warm_up,
             decoder_init_norm=sae.decoder_init_norm,
             device=device,
             **jumprelu_only,

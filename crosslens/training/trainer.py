@@ -130,6 +130,11 @@ class CrosscoderTrainer:
     ``crosslens.distributed.shard_batches``). Every rank must be given the same full
     ``sae`` (same seed); the result equals the single-process run's. Checkpoints and the
     final crosscoder are gathered and written by rank 0 in the single-process layout.
+
+    Settings left None in ``cfg`` (learning rate, resampling), and the sparsity warm-up where
+    ``sae``'s config leaves it None, take the defaults of ``sae``'s architecture
+    (:mod:`crosslens.architectures`), as ``crosslens train`` gives them; the warm-up is written
+    into ``sae.cfg``, so its checkpoints record it.
     """
 
     def __init__(
@@ -140,10 +145,6 @@ class CrosscoderTrainer:
         mesh: Mesh | None = None,
         plan: KernelPlan | None = None,
     ):
-        """Settings left None in ``cfg`` (learning rate, resampling), and the sparsity warm-up
-        where ``sae``'s config leaves it None, take the defaults of ``sae``'s architecture
-        (:mod:`crosslens.architectures`), as ``crosslens train`` gives them; the warm-up is
-        written into ``sae.cfg``, so its checkpoints record it."""
         if not isinstance(sae, CrosscoderTrainingMixin):
             raise TypeError(
                 f"CrosscoderTrainer trains crosscoder training classes, got "
