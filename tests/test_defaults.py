@@ -165,3 +165,21 @@ def test_a_hand_built_trainer_trains_the_runners_jumprelu_crosscoder_to_the_byte
     assert (trainer.cfg.lr, trainer.cfg.lr_decay_steps, crosscoder.cfg.l0_warm_up_steps) == (3e-3, 12, 6)
     weights = "final/sae_weights.safetensors"
     assert (tmp_path / "hand" / weights).read_bytes() == (tmp_path / "runner" / weights).read_bytes()
+
+
+def test_a_warm_up_left_to_the_trainer_is_refused_by_another_trainer():
+    """SAELens's trainer reads get_coefficients() and knows nothing of crosslens's table: a
+    JumpReLU or ReLU warm-up left None is refused with the steps to set; TopK's and BatchTopK's
+    share is 0, so theirs is 0 at once and SAELens trains them as before."""
+    import crosslens.crosscoders as cc
+
+    shape = dict(d_in=8, n_snapshots=2, d_sae=16)
+    for arch, field in (("jumprelu_crosscoder", "l0_warm_up_steps"), ("crosscoder", "l1_warm_up_steps")):
+        _, _, train_cls, cfg_cls = cc.ARCHITECTURES[arch]
+        with pytest.raises(ValueError, match=rf"{field} is None.*{field}=int\("):
+            train_cls(cfg_cls(**shape)).get_coefficients()
+        assert train_cls(cfg_cls(**shape, **{field: 3})).get_coefficients()  # set: any trainer takes it
+    for arch in ("topk_crosscoder", "batchtopk_crosscoder"):
+        assert cc.ARCHITECTURES[arch][3](**shape, k=4).l1_warm_up_steps == 0
+    with pytest.raises(ValueError, match="must be >= 0"):
+        cc.ARCHITECTURES["crosscoder"][3](**shape, l1_warm_up_steps=-1)
