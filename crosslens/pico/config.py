@@ -143,10 +143,9 @@ class PicoConfig:
 
     @classmethod
     def long(cls, **overrides) -> "PicoConfig":
-        """2.4x the default's training: IOI forms too.
-
-        After agreement (as in the default), indirect-object identification climbs from chance
-        to nearly every pair, a third, later phase (benchmarks/README.md, "The demo").
+        """2.4x the default's training, for a later phase to form in. Indirect-object
+        identification stays at chance through it at this grammar and schedule
+        (benchmarks/README.md, "The demo").
         """
         settings = dict(n_steps=1536, log_checkpoints_until=128, checkpoint_every=96)
         return cls(**{**settings, **overrides})
