@@ -102,7 +102,7 @@ def attribute(args: argparse.Namespace) -> int:
         _save_section(sections[0], folder, f"attribution-{'_'.join(names)}")
         return 0
     task = tasks[0]
-    summaries: list = []
+    results: list = []
     with _task_flag_errors(args):
         sections = attribution_sections(
             suite,
@@ -112,7 +112,7 @@ def attribute(args: argparse.Namespace) -> int:
             out=args.out,
             device=device,
             dtype=dtype,
-            summaries=summaries,
+            results=results,
             allow_chance=args.allow_chance,
             config=config,
         )
@@ -120,7 +120,7 @@ def attribute(args: argparse.Namespace) -> int:
     sections[0].write(report)
     name = task if isinstance(task, str) else task.name
     if not isinstance(task, str):
-        summary = summaries[0]
+        summary = results[0].summary
         print(
             f"pairs: {summary.n_examples} of the {len(task)} read from the file scored (--n-examples caps them), "
             f"{summary.n_multi_token} of them with multi-token continuations"

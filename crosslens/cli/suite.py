@@ -47,7 +47,7 @@ class SuiteBuildFlags:
     small: bool = False
     """The small, fast configuration used by tests."""
     long: bool = False
-    """A longer build (1536 steps) that also learns IOI."""
+    """A longer build (1536 steps, 2.4x the default's training)."""
     force: bool = False
     """Rebuild even if a cached build exists (at --root, with these flags)."""
     seed: int | None = field(default=None, metadata={"default_from": (PicoConfig, "seed")})
