@@ -14,7 +14,8 @@ headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by Sele
 
 The first feature page of the browser (plotly.js fetched and compiled for the first time) and the
 first feature opened from a freshly loaded list (plotly.js compiled on the way, unless the list
-page had started it) are printed apart; the goal is <= 300 ms on this 2-core machine.
+page had started it) are printed apart; the goal is <= 300 ms on this 2-core machine, for every
+run as a user browses, and for the median of the runs of a feature page opened in a fresh tab.
 
     .venv/bin/python benchmarks/browse.py            # Ge et al.'s shape
     .venv/bin/python benchmarks/browse.py --features 2048 --snapshots 12   # quicker
@@ -150,11 +151,13 @@ def typed_search(driver, text: str) -> float:
     )
 
 
-def report(name: str, times: list[float]) -> bool:
-    met = max(times) <= GOAL_MS
+def report(name: str, times: list[float], *, median: bool = False) -> bool:
+    """One row; its goal holds for every run, or with ``median`` for the median (a fresh tab's)."""
+    met = (statistics.median(times) if median else max(times)) <= GOAL_MS
+    goal = f"goal {'median ' if median else ''}<= {GOAL_MS:.0f} ms"
     print(
         f"{name:<42} median {statistics.median(times):6.1f} ms   max {max(times):6.1f} ms   "
-        f"goal <= {GOAL_MS:.0f} ms: {'met' if met else 'NOT met'}   runs: {' '.join(f'{t:.0f}' for t in times)}"
+        f"{goal}: {'met' if met else 'NOT met'}   runs: {' '.join(f'{t:.0f}' for t in times)}"
     )
     return met
 
@@ -221,9 +224,10 @@ def main() -> None:
         print(f"search strings: {', '.join(repr(q) for q in queries)} (matching {min(hits)} to {max(hits)} features)")
         ok = report("feature page, opened from the list", opened)
         ok &= report("search over all features, typed", typed)
-        report("feature page, as a page load", loads)
+        fresh = report("feature page, as a page load (a fresh tab)", loads, median=True)
         report("search over all features, as a page load", searches)
         print("goal met (as a user browses)" if ok else "goal NOT met")
+        print(f"fresh-tab goal (median of {len(loads)}) {'met' if fresh else 'NOT met'}")
     finally:
         driver.quit()
         server.shutdown()

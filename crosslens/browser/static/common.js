@@ -195,7 +195,8 @@ CL.installTooltip = function () {
   document.addEventListener("mouseover", (event) => {
     const tok = event.target.closest ? event.target.closest(".tok") : null;
     if (!tok) { tip.style.display = "none"; return; }
-    tip.textContent = `${JSON.stringify(tok.dataset.token)}  activation ${CL.fmt(Number(tok.dataset.act), 4)}`;
+    const where = tok.dataset.where ? `  ${tok.dataset.where}` : "";
+    tip.textContent = `${JSON.stringify(tok.dataset.token)}${where}  activation ${CL.fmt(Number(tok.dataset.act), 4)}`;
     tip.style.display = "block";
   });
   document.addEventListener("mousemove", (event) => {

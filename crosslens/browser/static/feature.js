@@ -363,4 +363,5 @@ async function showFeature(feature, requested) {
   document.body.dataset.reading = String(reading);
   CL.done("feature", "plots-rendered");
   loadAllContexts(feature);
+  Live.showFeature(feature, detail);  // the live panels (live.js), once the stored page is drawn
 }

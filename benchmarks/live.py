@@ -1,0 +1,215 @@
+"""How fast ``crosslens browse``'s live panels answer, and the memory they hold, against the goals.
+
+On a CPU (the default), the pico demo run (``--run``; default ``$CROSSLENS_HOME/demo/crosscoder``,
+which ``crosslens demo`` writes: 12 snapshots, 1,024 features): the real ``crosslens browse RUN
+--port 0`` in a subprocess, asked over HTTP as its page asks, with texts of ``--tokens`` tokens
+cut from the run's own token table (each text asked once, so no answer comes from the cache):
+
+* the first text once the live panels are ready (their libraries imported and the crosscoder
+  loaded in the background at start; the snapshot models load in this request), and from the
+  process's start to that answer;
+* a warm text: every feature's activation on each token at every snapshot (median of ``--runs``);
+* warm steering: ``--new-tokens`` tokens without and with a feature at each snapshot (median);
+* the browse process's peak resident memory (VmHWM) against the resident budget it prints.
+
+``--gpu`` measures Ge et al.'s shape on CUDA instead: 32 random-init Pythia-160M snapshots
+(``benchmarks/stream_gpu.py``'s suite, written to ``--suite-dir``) and a random 24,576-feature
+crosscoder at ``blocks.6.hook_resid_post``, through :class:`crosslens.live.LiveModels` with every
+model resident: a 64-token text, warm, goal <= 2 s.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/live.py
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/live.py --gpu --suite-dir /tmp/pythia160m-32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+GOALS_MS = {"first": 5000.0, "text": 300.0, "steer": 3000.0, "gpu_text": 2000.0}
+
+
+def texts(run: Path, n: int, length: int) -> tuple[list[str], Path, set[int]]:
+    """``n`` texts of ``length`` tokens from the run's training token table (rows after their BOS),
+    the suite's folder, and the texts' lengths in tokens."""
+    from crosslens.activations.store import ActivationStore
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.training.runfolder import crosscoder_suite_record, run_store
+
+    store = ActivationStore.open(run_store(run), verify="none")
+    record = crosscoder_suite_record(run / "final")
+    tokenizer = CheckpointSuite.local(record["root"]).tokenizer()
+    rows = store.sequences[:, 1 : length + 1]
+    found = [tokenizer.decode(row.tolist()) for row in rows[:n]]
+    lengths = {len(tokenizer.encode(text, add_special_tokens=False)) for text in found}
+    return found, Path(record["root"]), lengths
+
+
+def ask(url: str, path: str, **params: object) -> tuple[dict, float]:
+    started = time.perf_counter()
+    with urllib.request.urlopen(url + path + "?" + urllib.parse.urlencode(params), timeout=600) as response:
+        payload = json.loads(response.read())
+    return payload, 1000 * (time.perf_counter() - started)
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident memory (VmHWM) in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) * 1024
+
+
+def verdict(name: str, times: list[float], goal: float) -> bool:
+    median = statistics.median(times)
+    met = median <= goal
+    print(
+        f"{name:<46} median {median:7.0f} ms   max {max(times):7.0f} ms   goal <= {goal:.0f} ms: "
+        f"{'met' if met else 'NOT met'}   runs: {' '.join(f'{t:.0f}' for t in times)}"
+    )
+    return met
+
+
+def start_browse(run: Path, extra: list[str]) -> tuple[subprocess.Popen, str, float]:
+    """``crosslens browse RUN --port 0`` in a subprocess: the process, its URL, and when it started."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crosslens", "browse", str(run), "--port", "0", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    line = process.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:\d+/", line)
+    if not match:
+        process.kill()
+        raise SystemExit(f"crosslens browse did not start: {line}{process.stdout.read()}")
+    return process, match[0], started
+
+
+def wait_ready(process: subprocess.Popen) -> str:
+    """The line the browse process prints once the live panels are ready (or why not)."""
+    for line in process.stdout:
+        if line.startswith("live panels"):
+            return line.strip()
+    raise SystemExit("crosslens browse stopped before its live panels were ready")
+
+
+def cpu(a: argparse.Namespace) -> None:
+    run = Path(a.run).expanduser()
+    found, root, lengths = texts(run, 2 * a.runs + 3, a.tokens)
+    print(f"run: {run} (suite {root}); texts of {sorted(lengths)} tokens from its token table")
+    process, url, started = start_browse(run, ["--device", "cpu", *a.browse_args])
+    try:
+        ready = wait_ready(process)
+        ready_s = time.perf_counter() - started
+        print(f"{ready}  ({ready_s:.1f} s after start)")
+        if "unavailable" in ready:
+            raise SystemExit(1)
+        answer, first = ask(url, "api/live/text", text=found[0])
+        print(f"first text answered {first + 1000 * ready_s:.0f} ms after the process started (imports included)")
+        warm = [ask(url, "api/live/text", text=text)[1] for text in found[1 : a.runs + 1]]
+        server_ms = [ask(url, "api/live/text", text=text)[0]["ms"] for text in found[a.runs + 1 : 2 * a.runs + 1]]
+        feature = answer["readings"]["-1"][0][0]
+        prompt = " ".join(found[-1].split()[:8])
+        settings = dict(prompt=prompt, strength=a.strength, tokens=a.new_tokens)
+        ask(url, f"api/live/feature/{feature}/steer", **settings)
+        steer = [ask(url, f"api/live/feature/{feature}/steer", **settings, seed=k)[1] for k in range(a.steer_runs)]
+        status, _ = ask(url, "api/live/status")
+        ok = verdict("first text (the snapshot models load in it)", [first], GOALS_MS["first"])
+        ok &= verdict(f"warm text, {a.tokens} tokens, every feature and snapshot", warm, GOALS_MS["text"])
+        print(f"  (the same inside the server, without HTTP and JSON: median {statistics.median(server_ms):.0f} ms)")
+        n = len(status["loads"])
+        ok &= verdict(f"warm steering, {a.new_tokens}+{a.new_tokens} tokens x {n} snapshots", steer, GOALS_MS["steer"])
+        budget, peak = status["budget"], peak_rss(process.pid)
+        fits = peak <= budget["limit"]
+        print(
+            f"peak RSS of browse {peak / 2**20:.0f} MiB; its resident budget {budget['limit'] / 2**20:.0f} MiB "
+            f"({budget['base'] / 2**20:.0f} MiB before the models, models {budget['models'] / 2**20:.1f} MiB, "
+            f"crosscoder {budget['crosscoder'] / 2**20:.1f} MiB, text cache {budget['text_cache'] / 2**20:.0f} MiB): "
+            f"{'within' if fits else 'NOT within'}"
+        )
+        print("goals met" if ok and fits else "goals NOT met")
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def gpu(a: argparse.Namespace) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("benchmarks/live.py --gpu: no CUDA device here; nothing measured")
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from stream_gpu import PYTHIA_160M, write_suite
+
+    from crosslens.live import LiveConfig, LiveModels
+
+    root = Path(a.suite_dir)
+    suite = write_suite(root / "suite", PYTHIA_160M, 32) if not (root / "suite" / "step31").is_dir() else None
+    run = random_run(root, suite, d_sae=24_576, hook="blocks.6.hook_resid_post")
+    live = LiveModels(run, device="cuda", dtype="bfloat16", config=LiveConfig(resident_models=32))
+    words = [f"w{i}" for i in range(3, 3 + 64 * (a.runs + 2))]
+    text = lambda k: " ".join(words[64 * k : 64 * (k + 1)])  # noqa: E731
+    started = time.perf_counter()
+    live.activations(text(0))
+    torch.cuda.synchronize()
+    print(f"first text (32 models load): {time.perf_counter() - started:.1f} s")
+    times = []
+    for k in range(1, a.runs + 1):
+        started = time.perf_counter()
+        live.activations(text(k))
+        torch.cuda.synchronize()
+        times.append(1000 * (time.perf_counter() - started))
+    verdict("64-token text, 32 Pythia-160M snapshots, 24,576 features", times, GOALS_MS["gpu_text"])
+
+
+def random_run(root: Path, suite, *, d_sae: int, hook: str) -> Path:
+    """A run folder holding a seeded random crosscoder over ``root/suite``'s snapshots at ``hook``."""
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.checkpoints.identity import snapshot_identity
+    from crosslens.core.seeding import seeded
+    from crosslens.crosscoders import ARCHITECTURES
+
+    run = root / "run"
+    if (run / "final" / "cfg.json").is_file():
+        return run
+    suite = suite or CheckpointSuite.local(root / "suite")
+    sae_cls, cfg_cls = ARCHITECTURES["crosscoder"][:2]
+    with seeded(0):
+        crosscoder = sae_cls(cfg_cls(d_in=768, d_sae=d_sae, n_snapshots=len(suite)))
+    record = suite.provenance()
+    record["snapshots"] = [{**ref.to_dict(), "source": snapshot_identity(suite, ref) or {}} for ref in suite.snapshots]
+    crosscoder.cfg.metadata.hook_name = hook
+    crosscoder.cfg.metadata.suite = record
+    crosscoder.save_model(str(run / "final"))
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    home = Path(os.environ.get("CROSSLENS_HOME", "~/.cache/crosslens")).expanduser()
+    parser.add_argument("--run", default=str(home / "demo" / "crosscoder"), help="the run folder (CPU rows)")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per text")
+    parser.add_argument("--runs", type=int, default=9, help="warm texts timed")
+    parser.add_argument("--steer-runs", type=int, default=5, help="warm steering requests timed")
+    parser.add_argument("--new-tokens", type=int, default=20, help="tokens generated per continuation")
+    parser.add_argument("--strength", type=float, default=8.0, help="steering strength")
+    parser.add_argument("--browse-args", nargs="*", default=[], help="more flags for crosslens browse")
+    parser.add_argument("--gpu", action="store_true", help="Ge et al.'s shape on CUDA instead")
+    parser.add_argument("--suite-dir", default="/tmp/crosslens-live-gpu", help="where --gpu writes its suite and run")
+    a = parser.parse_args()
+    gpu(a) if a.gpu else cpu(a)
+
+
+if __name__ == "__main__":
+    main()
