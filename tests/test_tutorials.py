@@ -199,5 +199,7 @@ def test_browsing_computes_serves_and_exports_every_feature(
     assert summary["density_gap"] < 1e-3  # measured: 0 (the same float32 code on the same tokens)
     # your own text at every snapshot: 24 tokens, the crosscoder's code and 3 snapshots' codes
     assert summary["live_tokens"] == 24 and summary["live_readings"] == 4 and summary["steered_snapshots"] == 3
-    assert summary["live_top"] and summary["live_top"][0][0] == summary["live_feature"] and summary["live_top"][0][1] > 0
+    assert (
+        summary["live_top"] and summary["live_top"][0][0] == summary["live_feature"] and summary["live_top"][0][1] > 0
+    )
     assert summary["live_api_gap"] < 1e-5  # the page's heatmap is the array (rounded to 6 decimals)
