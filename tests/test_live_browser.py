@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import re
+import signal
+import subprocess
+import sys
 import threading
+import types
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -187,6 +193,50 @@ def test_where_the_models_cannot_load_the_live_api_says_why_and_the_stored_pages
         finally:
             server.shutdown()
             server.server_close()
+
+
+class Lines:
+    """A subprocess's output, a line at a time, waited for with a timeout."""
+
+    def __init__(self, process) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self.queue.put(line) for line in process.stdout], daemon=True).start()
+
+    def until(self, words_: str, timeout: float = 180) -> str:
+        while True:
+            line = self.queue.get(timeout=timeout)
+            if words_ in line:
+                return line
+
+
+def test_crosslens_browse_serves_the_live_panels_and_without_them_loads_no_torch(run):
+    code = (
+        "import atexit, sys; from crosslens.cli import main; "
+        "atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules, flush=True)); "
+        f"main(['browse', {str(run)!r}, '--port', '0', '--device', 'cpu', *sys.argv[1:]])"
+    )
+    for extra in (["--no-live"], ["--resident-models", "2"]):
+        process = subprocess.Popen([sys.executable, "-c", code, *extra], stdout=subprocess.PIPE, text=True)
+        try:
+            lines = Lines(process)
+            url = re.search(r"http://127\.0\.0\.1:\d+/", lines.until("crosslens browse:"))[0]
+            server = types.SimpleNamespace(url=url)
+            if extra == ["--no-live"]:
+                assert get(server, "/api/live/status")[1]["state"] == "off"
+            else:
+                assert "live panels: ready" in lines.until("live panels")
+                status, answer = get(server, "/api/live/text?" + query(text=TEXT))
+                state = get(server, "/api/live/status")[1]
+                assert status == 200 and answer["tokens"] and (state["resident"], state["loads"]) == ([0, 1], [1, 1, 1])
+                budget = lines.until("resident budget")
+                assert "live panels: 2 of 3 snapshot models kept resident" in budget and "KiB each" in budget
+            assert get(server, "/api/feature/3")[0] == 200
+            process.send_signal(signal.SIGINT)
+            assert "stopped." in lines.until("stopped.")
+            assert lines.until("torch loaded:").strip() == f"torch loaded: {extra != ['--no-live']}"
+        finally:
+            process.kill()
+            process.wait()
 
 
 # --------------------------------------------------------------------------- in Chromium
