@@ -12,13 +12,15 @@ cut from the run's own token table (each text asked once, so no answer comes fro
 * warm steering: ``--new-tokens`` tokens without and with a feature at each snapshot (median);
 * the browse process's peak resident memory (VmHWM) against the resident budget it prints.
 
-``--gpu`` measures Ge et al.'s shape on CUDA instead: 32 random-init Pythia-160M snapshots
-(``benchmarks/stream_gpu.py``'s suite, written to ``--suite-dir``) and a random 24,576-feature
+``--gpu`` measures Ge et al.'s shape on CUDA instead: 32 random-init Pythia-160M snapshots in
+bf16 (``benchmarks/stream_gpu.py``'s suite, written to ``--suite-dir``) and a random 24,576-feature
 crosscoder at ``blocks.6.hook_resid_post``, through :class:`crosslens.live.LiveModels` with every
-model resident: a 64-token text, warm, goal <= 2 s.
+model resident: a 64-token text, warm, goal <= 2 s (``--small``: the same logic on the CPU at a
+tiny shape, whose numbers mean nothing).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/live.py
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/live.py --gpu --suite-dir /tmp/pythia160m-32
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/live.py --gpu
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/live.py --gpu --small
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ import urllib.request
 from pathlib import Path
 
 GOALS_MS = {"first": 5000.0, "text": 300.0, "steer": 3000.0, "gpu_text": 2000.0}
+GPU_HOOK = "blocks.6.hook_resid_post"
+"""The hook of the --gpu crosscoder: the middle of Pythia-160M's 12 blocks."""
 
 
 def texts(run: Path, n: int, length: int) -> tuple[list[str], Path, set[int]]:
@@ -146,34 +150,38 @@ def cpu(a: argparse.Namespace) -> None:
 def gpu(a: argparse.Namespace) -> None:
     import torch
 
-    if not torch.cuda.is_available():
-        print("benchmarks/live.py --gpu: no CUDA device here; nothing measured")
+    if not (torch.cuda.is_available() or a.small):
+        print("benchmarks/live.py --gpu: no CUDA device here; nothing measured (--small runs its logic on the CPU)")
         return
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from stream_gpu import PYTHIA_160M, write_suite
+    from stream_gpu import PYTHIA_160M, SMALL_MODEL, write_suite
 
     from crosslens.live import LiveConfig, LiveModels
 
-    root = Path(a.suite_dir)
-    suite = write_suite(root / "suite", PYTHIA_160M, 32) if not (root / "suite" / "step31").is_dir() else None
-    run = random_run(root, suite, d_sae=24_576, hook="blocks.6.hook_resid_post")
-    live = LiveModels(run, device="cuda", dtype="bfloat16", config=LiveConfig(resident_models=32))
-    words = [f"w{i}" for i in range(3, 3 + 64 * (a.runs + 2))]
-    text = lambda k: " ".join(words[64 * k : 64 * (k + 1)])  # noqa: E731
-    started = time.perf_counter()
-    live.activations(text(0))
-    torch.cuda.synchronize()
-    print(f"first text (32 models load): {time.perf_counter() - started:.1f} s")
-    times = []
-    for k in range(1, a.runs + 1):
+    shape, S, d_sae, hook, n = (
+        (SMALL_MODEL, 3, 64, "blocks.1.hook_resid_post", 16) if a.small else (PYTHIA_160M, 32, 24_576, GPU_HOOK, 64)
+    )
+    device = "cpu" if a.small else "cuda"
+    root = Path(a.suite_dir) / ("small" if a.small else "pythia-160m")
+    suite = None if (root / "suite" / f"step{S - 1}").is_dir() else write_suite(root / "suite", shape, S)
+    run = random_run(root, suite, d_in=shape["hidden_size"], d_sae=d_sae, hook=hook)
+    live = LiveModels(run, device=device, dtype="bfloat16", config=LiveConfig(resident_models=S))
+    words = [f"w{i}" for i in range(3, shape["vocab_size"])]
+    text = lambda k: " ".join(words[(n * k + i) % len(words)] for i in range(n))  # noqa: E731
+
+    def timed(k: int) -> float:
         started = time.perf_counter()
         live.activations(text(k))
-        torch.cuda.synchronize()
-        times.append(1000 * (time.perf_counter() - started))
-    verdict("64-token text, 32 Pythia-160M snapshots, 24,576 features", times, GOALS_MS["gpu_text"])
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return 1000 * (time.perf_counter() - started)
+
+    print(f"first text ({S} models load): {timed(0) / 1000:.1f} s")
+    times = [timed(k) for k in range(1, a.runs + 1)]
+    verdict(f"{n}-token text, {S} snapshots, {d_sae:,} features on {device}", times, GOALS_MS["gpu_text"])
 
 
-def random_run(root: Path, suite, *, d_sae: int, hook: str) -> Path:
+def random_run(root: Path, suite, *, d_in: int, d_sae: int, hook: str) -> Path:
     """A run folder holding a seeded random crosscoder over ``root/suite``'s snapshots at ``hook``."""
     from crosslens.checkpoints import CheckpointSuite
     from crosslens.checkpoints.identity import snapshot_identity
@@ -186,7 +194,7 @@ def random_run(root: Path, suite, *, d_sae: int, hook: str) -> Path:
     suite = suite or CheckpointSuite.local(root / "suite")
     sae_cls, cfg_cls = ARCHITECTURES["crosscoder"][:2]
     with seeded(0):
-        crosscoder = sae_cls(cfg_cls(d_in=768, d_sae=d_sae, n_snapshots=len(suite)))
+        crosscoder = sae_cls(cfg_cls(d_in=d_in, d_sae=d_sae, n_snapshots=len(suite)))
     record = suite.provenance()
     record["snapshots"] = [{**ref.to_dict(), "source": snapshot_identity(suite, ref) or {}} for ref in suite.snapshots]
     crosscoder.cfg.metadata.hook_name = hook
@@ -207,6 +215,7 @@ def main() -> None:
     parser.add_argument("--browse-args", nargs="*", default=[], help="more flags for crosslens browse")
     parser.add_argument("--gpu", action="store_true", help="Ge et al.'s shape on CUDA instead")
     parser.add_argument("--suite-dir", default="/tmp/crosslens-live-gpu", help="where --gpu writes its suite and run")
+    parser.add_argument("--small", action="store_true", help="with --gpu: its logic on the CPU at a tiny shape")
     a = parser.parse_args()
     gpu(a) if a.gpu else cpu(a)
 

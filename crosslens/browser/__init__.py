@@ -2,8 +2,8 @@
 dashboards RUN`` writes (:mod:`crosslens.dashboards.schema`).
 
 It runs on the standard library alone (``http.server`` and ``sqlite3``; no torch), listens on
-127.0.0.1 only, and draws with plotly.js's cartesian bundle, vendored in ``static/`` with its
-licence, so it works with no network. Its live panels are answered by a backend handed to it
+127.0.0.1 only, and draws its plots as SVG itself (``static/charts.js``), so it works with no
+network. Its live panels are answered by a backend handed to it
 (:mod:`crosslens.browser.live`; ``crosslens browse`` hands it :class:`crosslens.live.LiveAnswers`).
 :func:`browse` serves until Ctrl-C; :func:`make_server` returns the bound server (tests and
 notebooks serve it from a thread).

@@ -1,11 +1,9 @@
 """``crosslens browse RUN``: the feature database as a local web app, served the way TensorBoard
 is (one process, one port on 127.0.0.1, a URL printed, Ctrl-C to stop).
 
-Pages (one static HTML page and vanilla JS from ``crosslens/browser/static``, with plotly.js's
-cartesian bundle vendored beside them under its MIT licence, so nothing is fetched from the
-network; a third of the full bundle's size, it starts in a third of the time, so a new tab draws
-a feature page within the pages' budget). The page shows two views and moves between them without
-reloading, so plotly.js is compiled once per tab:
+Pages (one static HTML page and vanilla JS from ``crosslens/browser/static``, whose plots are SVG
+drawn by ``charts.js``, so nothing is fetched from the network and a new tab has no charting
+library to start). The page shows two views and moves between them without reloading:
 
 * ``/``: the feature list: search, filters, sort, pages (its state lives in the URL);
 * ``/feature/ID?snapshot=S``: one feature through training (S = -1: the crosscoder's own code);
@@ -66,11 +64,15 @@ class Assets:
     """The static files, read once: each served under a content-hashed URL (``?v=``) and cached
     by the browser for good; the HTML pages, whose links carry those hashes, are never cached."""
 
-    def __init__(self) -> None:
-        root = importlib.resources.files("crosslens.browser") / "static"
-        files = {
-            item.name: item.read_bytes() for item in root.iterdir() if item.is_file() and not item.name.startswith(".")
-        }
+    def __init__(self, files: dict[str, bytes] | None = None) -> None:
+        """``files``: name -> bytes (default: the package's ``static/`` folder)."""
+        if files is None:
+            root = importlib.resources.files("crosslens.browser") / "static"
+            files = {
+                item.name: item.read_bytes()
+                for item in root.iterdir()
+                if item.is_file() and not item.name.startswith(".")
+            }
         self.version = {name: hashlib.sha256(data).hexdigest()[:12] for name, data in files.items()}
 
         def stamp(match: re.Match[bytes]) -> bytes:
