@@ -253,3 +253,16 @@ def test_nothing_on_disk_changes(run, live):
             ask()
     after = {**tf.tree_bytes(run), **{f"suite/{k}": v for k, v in tf.tree_bytes(run.parent / "suite").items()}}
     assert after == before
+
+
+def test_a_hub_suite_offline_without_its_files_is_refused_in_one_line(run, tmp_path, offline_hf_home):
+    def on_the_hub(meta):
+        meta["suite"].update(family="pythia", model_id="EleutherAI/pythia-14m", root=None)
+        for entry, step in zip(meta["suite"]["snapshots"], (0, 1000, 2000)):
+            entry.update(revision=f"step{step}", step=step)
+
+    message = refused(LiveModels(edited_copy(run, tmp_path / "hub", on_the_hub)), "snapshot models cannot be found")
+    assert (
+        "step0' is a published checkpoint of EleutherAI/pythia-14m but it is not (completely) in the local" in message
+    )
+    assert "pass the suite the crosscoder was trained on" in message
