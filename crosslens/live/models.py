@@ -4,8 +4,10 @@ Python and for the browser's live panels (:class:`LiveModels`).
 Nothing loads when the object is made. :meth:`LiveModels.prepare` (or the first question) loads the
 crosscoder, finds its suite (the one it records, or the one handed over) and checks it against the
 crosscoder's record; the snapshot models load as questions need them (:mod:`crosslens.live.resident`).
-One question is computed at a time, so a model is never loaded twice by two questions at once and
-never runs two requests' hooks at once; :meth:`LiveModels.status` answers without waiting.
+Questions are computed one at a time, on one worker thread of their own: a model is never loaded
+twice by two questions at once nor runs two requests' hooks at once, and the tensors of every
+question come from one thread's heap (a server's many request threads would each keep their own).
+:meth:`LiveModels.status` answers without waiting.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +39,8 @@ from crosslens.live.config import MAX_STRENGTH, MAX_TEMPERATURE, MODES, LiveConf
 from crosslens.live.resident import ResidentModels
 from crosslens.live.steering import SteeredSnapshot, Steering, continue_twice, direction, steering_hook
 from crosslens.live.text import TextActivations, text_codes
+
+T = TypeVar("T")
 
 SUITE_FIX = "pass the suite the crosscoder was trained on (crosslens browse --suite FOLDER|HUB_ID, suite= in Python)"
 
@@ -84,6 +89,7 @@ class LiveModels:
         self.fix = fix
         self._suite = suite
         self._lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosslens-live")
         self._opened: _Opened | None = None
         self._problem: str | None = None
         self._phase = "idle"
@@ -97,18 +103,20 @@ class LiveModels:
         if self._problem is not None:
             raise LiveUnavailableError(self._problem)
         if self._opened is None:
-            with self._lock:
-                self._open()
+            self._ask(lambda opened: None)
 
-    @contextmanager
-    def _asking(self) -> Iterator[_Opened]:
-        """One question at a time, on ``config.threads`` CPU threads; a snapshot model found not to
-        be the crosscoder's makes every later question refused the same way."""
+    def _ask(self, question: Callable[[_Opened], T]) -> T:
+        """``question(opened)``, computed on the worker thread after any question asked before it."""
+        return self._worker.submit(self._answer, question).result()
+
+    def _answer(self, question: Callable[[_Opened], T]) -> T:
+        """On the worker: the models opened, ``config.threads`` CPU threads; a snapshot model found
+        not to be the crosscoder's makes every later question refused the same way."""
         with self._lock:
             opened = self._open()
             try:
                 with self._threads():
-                    yield opened
+                    return question(opened)
             except LiveUnavailableError as error:
                 self._problem = str(error)
                 raise
@@ -190,13 +198,11 @@ class LiveModels:
     # ------------------------------------------------------------------ what it is
     @property
     def n_snapshots(self) -> int:
-        with self._lock:
-            return int(self._open().crosscoder.cfg.n_snapshots)
+        return self._ask(lambda opened: int(opened.crosscoder.cfg.n_snapshots))
 
     @property
     def d_sae(self) -> int:
-        with self._lock:
-            return int(self._open().crosscoder.cfg.d_sae)
+        return self._ask(lambda opened: int(opened.crosscoder.cfg.d_sae))
 
     def status(self) -> dict[str, Any]:
         """Where the live models stand (JSON), answered at once even while a question is computed."""
@@ -261,9 +267,8 @@ class LiveModels:
                 f"the {what} has {len(text):,} characters: at most {self.config.max_text_chars:,} are read at once; "
                 "shorten it"
             )
-        with self._lock:
-            opened = self._open()
-        ids = opened.models.tokenizer.encode(text, add_special_tokens=False)
+        self.prepare()
+        ids = self._opened.models.tokenizer.encode(text, add_special_tokens=False)
         if not ids:
             raise LiveInputError(f"the {what} {text[:40]!r} is no token of this suite's tokenizer: type some words")
         if len(ids) > self.config.max_text_tokens:
@@ -287,27 +292,29 @@ class LiveModels:
         snapshot (:class:`~crosslens.live.TextActivations`). The same text gives the same numbers;
         the last few texts are kept, so asking again costs nothing."""
         ids = self.tokenize(text)
-        with self._asking() as opened:
-            kept = self._texts.get(text)
-            if kept is not None:
-                self._texts.move_to_end(text)
-                return kept
-            self._fits(opened, len(ids) + 1, f"the text's {len(ids)} tokens")
-            tokens_L = torch.tensor([opened.bos, *ids], device=self.device)
-            crosscoder_NF, snapshots_SNF = text_codes(opened.models, opened.readings, tokens_L, opened.hook)
-            answer = TextActivations(
-                text=text,
-                token_ids=np.asarray(ids, dtype=np.int64),
-                tokens=[opened.pieces[i] if i < len(opened.pieces) else f"<{i}>" for i in ids],
-                crosscoder_NF=crosscoder_NF,
-                snapshots_SNF=snapshots_SNF,
-                steps=opened.steps,
-            )
-            if self.config.cached_texts:
-                self._texts[text] = answer
-                while len(self._texts) > self.config.cached_texts:
-                    self._texts.popitem(last=False)
-            return answer
+        return self._ask(lambda opened: self._text(opened, text, ids))
+
+    def _text(self, opened: _Opened, text: str, ids: list[int]) -> TextActivations:
+        kept = self._texts.get(text)
+        if kept is not None:
+            self._texts.move_to_end(text)
+            return kept
+        self._fits(opened, len(ids) + 1, f"the text's {len(ids)} tokens")
+        tokens_L = torch.tensor([opened.bos, *ids], device=self.device)
+        crosscoder_NF, snapshots_SNF = text_codes(opened.models, opened.readings, tokens_L, opened.hook)
+        answer = TextActivations(
+            text=text,
+            token_ids=np.asarray(ids, dtype=np.int64),
+            tokens=[opened.pieces[i] if i < len(opened.pieces) else f"<{i}>" for i in ids],
+            crosscoder_NF=crosscoder_NF,
+            snapshots_SNF=snapshots_SNF,
+            steps=opened.steps,
+        )
+        if self.config.cached_texts:
+            self._texts[text] = answer
+            while len(self._texts) > self.config.cached_texts:
+                self._texts.popitem(last=False)
+        return answer
 
     # ------------------------------------------------------------------ steering
     def steer(
@@ -329,16 +336,20 @@ class LiveModels:
         (default: every one)."""
         self._check_steering(strength, mode, n_tokens, temperature, seed)
         ids = self.tokenize(prompt, what="prompt")
-        with self._asking() as opened:
+
+        def continuations(opened: _Opened) -> list[SteeredSnapshot]:
             S, F = len(opened.steps), int(opened.crosscoder.cfg.d_sae)
             _check_index(feature, F, "feature")
             chosen = list(range(S)) if snapshots is None else [_check_index(s, S, "snapshot") for s in snapshots]
             self._fits(opened, len(ids) + 1 + n_tokens, f"the prompt's {len(ids)} tokens and {n_tokens} new ones")
             prompt_L = torch.tensor([opened.bos, *ids])
-            rows = [
+            return [
                 self._steer_one(opened, feature, s, prompt_L, mode, strength, n_tokens, temperature, seed)
                 for s in chosen
             ]
+
+        rows = self._ask(continuations)
+        opened = self._opened
         return Steering(
             feature=int(feature),
             prompt=prompt,
@@ -396,12 +407,16 @@ class LiveModels:
             torch.set_num_threads(before)
 
     def close(self) -> None:
-        """Let the resident models and the crosscoder go."""
-        with self._lock:
-            if self._opened is not None:
-                self._opened.models.close()
-            self._opened, self._problem = None, None
-            self._texts.clear()
+        """Let the resident models and the crosscoder go (a later question loads them again)."""
+
+        def let_go() -> None:
+            with self._lock:
+                if self._opened is not None:
+                    self._opened.models.close()
+                self._opened, self._problem = None, None
+                self._texts.clear()
+
+        self._worker.submit(let_go).result()
 
 
 def _check_index(value: Any, size: int, what: str) -> int:
