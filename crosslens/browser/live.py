@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from crosslens.browser.database import Database
 from crosslens.browser.feature import NoSuchFeature, checked_feature
-from crosslens.browser.queries import FeatureQuery, QueryError, feature_page
+from crosslens.browser.queries import QueryError, feature_rows
 from crosslens.core.errors import LiveInputError, LiveUnavailableError
 
 OFF = (
@@ -89,12 +89,8 @@ def _status(backend: LiveBackend, database: Database, params: Mapping[str, str])
 def _text(backend: LiveBackend, database: Database, params: Mapping[str, str]) -> dict[str, Any]:
     answer = backend.text(_text_param(backend, params, "text"))
     features = sorted({row[0] for rows in answer["readings"].values() for row in rows})
-    answer["rows"] = {}
-    if features:
-        query = FeatureQuery(ids=tuple((f, f) for f in features), limit=len(features))
-        with database.connection() as connection:
-            page = feature_page(connection, query, database.facts)
-        answer["rows"] = {str(row["feature"]): row for row in page["rows"]}
+    with database.connection() as connection:
+        answer["rows"] = {str(row["feature"]): row for row in feature_rows(connection, features)}
     return answer
 
 
