@@ -125,6 +125,7 @@ def cpu(a: argparse.Namespace) -> None:
     found, root = texts(run, a.runs + 2, a.tokens)
     print(f"run: {run} (suite {root}); texts of {a.tokens} tokens from its token table")
     process, url, started = start_browse(run, ["--device", "cpu", *a.browse_args])
+    print(f"serving after {time.perf_counter() - started:.1f} s")
     try:
         ready = wait_ready(process)
         ready_s = time.perf_counter() - started
