@@ -258,3 +258,16 @@ def test_suite_build_flags_show_and_set_the_pico_config_fields(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert f"Optimizer steps. (default: {PicoConfig().n_steps})" in help_text
     assert f"Residual width (the MLP is 4x this). (default: {PicoConfig().d_model})" in help_text
+
+
+def test_version_prints_the_package_version(capsys):
+    import re
+
+    import crosslens
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"$', pyproject, re.MULTILINE)[1]
+    assert capsys.readouterr().out == f"crosslens {version}\n" and crosslens.__version__ == version

@@ -203,6 +203,12 @@ def test_browsing_computes_serves_and_exports_every_feature(
     assert len(sources) == 3 and len(summary["saebench_folders"]) == 3
     # the exported SAE fires where the database says the snapshot's reading fires
     assert summary["density_gap"] < 1e-3  # measured: 0 (the same float32 code on the same tokens)
+    # your own text at every snapshot: 24 tokens, the crosscoder's code and 3 snapshots' codes
+    assert summary["live_tokens"] == 24 and summary["live_readings"] == 4 and summary["steered_snapshots"] == 3
+    assert (
+        summary["live_top"] and summary["live_top"][0][0] == summary["live_feature"] and summary["live_top"][0][1] > 0
+    )
+    assert summary["live_api_gap"] < 1e-5  # the page's heatmap is the array (rounded to 6 decimals)
 
 
 def test_pretrained_loads_a_release_and_browses_its_streamed_dashboards(

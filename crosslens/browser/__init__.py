@@ -2,9 +2,11 @@
 dashboards RUN`` writes (:mod:`crosslens.dashboards.schema`).
 
 It runs on the standard library alone (``http.server`` and ``sqlite3``; no torch), listens on
-127.0.0.1 only, and draws with the plotly.js inside the ``plotly`` package, so it works with no
-network. :func:`browse` serves until Ctrl-C; :func:`make_server` returns the bound server (tests
-and notebooks serve it from a thread).
+127.0.0.1 only, and draws its plots as SVG itself (``static/charts.js``), so it works with no
+network. Its live panels are answered by a backend handed to it
+(:mod:`crosslens.browser.live`; ``crosslens browse`` hands it :class:`crosslens.live.LiveAnswers`).
+:func:`browse` serves until Ctrl-C; :func:`make_server` returns the bound server (tests and
+notebooks serve it from a thread).
 """
 
 from __future__ import annotations

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import Any
 
 from crosslens.browser.database import RunFacts, counts, floats, halves, ints
+from crosslens.browser.queries import QueryError
 from crosslens.dashboards.schema import ALL_SNAPSHOTS
 
 _FEATURE_COLUMNS = (
@@ -32,6 +34,28 @@ SERIES = ("decoder_norm", "relative_norm", "density", "mean_activation", "max_ac
 
 class NoSuchFeature(LookupError):
     """A feature id the database does not hold (answered with HTTP 404)."""
+
+
+def checked_feature(text: str, facts: RunFacts) -> int:
+    """The feature id a URL names (its digits, maybe signed), refused unless the database holds it:
+    negative ids and ids past the last, however many digits they have."""
+    if not re.fullmatch(r"-?\d+", text):
+        raise NoSuchFeature(f"feature {text[:40]}: not a feature id; ids are 0 to {facts.n_features - 1}")
+    if len(text.lstrip("-")) > 20 or not 0 <= int(text) < facts.n_features:
+        raise NoSuchFeature(f"feature {text[:40]}: this database holds features 0 to {facts.n_features - 1}.")
+    return int(text)
+
+
+def checked_snapshot(text: str | None, facts: RunFacts) -> int | None:
+    """The reading a ``snapshot=`` parameter names (-1: the crosscoder's own code), or None when
+    absent; refused unless the run has it."""
+    if text is None:
+        return None
+    if not re.fullmatch(r"-?\d{1,20}", text.strip()) or not -1 <= int(text) < facts.n_snapshots:
+        raise QueryError(
+            f"snapshot={text[:40]}: give -1 (the crosscoder's code) or a snapshot 0 to {facts.n_snapshots - 1}"
+        )
+    return int(text)
 
 
 def feature_detail(connection: sqlite3.Connection, feature: int, facts: RunFacts) -> dict[str, Any]:

@@ -305,6 +305,19 @@ def feature_page(connection: sqlite3.Connection, query: FeatureQuery, facts: Run
     }
 
 
+def feature_rows(connection: sqlite3.Connection, features: list[int]) -> list[dict]:
+    """The list's columns and decoder-norm trajectory (``norms``) of ``features``, without a context
+    snippet: the rows the live panel shows beside the features firing on a text."""
+    columns = ", ".join(f"f.{c}" for c in _LIST_COLUMNS)
+    cursor = connection.execute(
+        f"SELECT {columns} FROM features f WHERE f.feature IN (SELECT value FROM json_each(?)) ORDER BY f.feature",
+        (json.dumps(features),),
+    )
+    rows = [dict(zip(_LIST_COLUMNS, row)) for row in cursor]
+    _add_trajectories(connection, rows, None)
+    return rows
+
+
 def _add_trajectories(connection: sqlite3.Connection, rows: list[dict], at: int | None) -> None:
     """Each row's relative norm per snapshot (``norms``), and its values at ``at``."""
     by_feature = {row["feature"]: row for row in rows}

@@ -1,9 +1,9 @@
 """``crosslens browse RUN``: the feature database as a local web app, served the way TensorBoard
 is (one process, one port on 127.0.0.1, a URL printed, Ctrl-C to stop).
 
-Pages (one static HTML page and vanilla JS from ``crosslens/browser/static``; plotly.js from the
-``plotly`` package, so nothing is fetched from the network). The page shows two views and moves
-between them without reloading, so plotly.js is compiled once per tab:
+Pages (one static HTML page and vanilla JS from ``crosslens/browser/static``, whose plots are SVG
+drawn by ``charts.js``, so nothing is fetched from the network and a new tab has no charting
+library to start). The page shows two views and moves between them without reloading:
 
 * ``/``: the feature list: search, filters, sort, pages (its state lives in the URL);
 * ``/feature/ID?snapshot=S``: one feature through training (S = -1: the crosscoder's own code);
@@ -14,7 +14,9 @@ JSON API (every error is ``{"error": "one line"}`` with status 400 or 404):
 * ``/api/run``: the run: snapshots, classes and their counts, tasks, sortable columns, budget;
 * ``/api/features?...``: a page of the feature list (parameters: :func:`~crosslens.browser.queries.parse_query`);
 * ``/api/feature/ID``: one feature's facts, per-snapshot series, histograms, logit effects, causal scores;
-* ``/api/feature/ID/contexts[?snapshot=S]``: its top and quantile contexts at every reading, or at S.
+* ``/api/feature/ID/contexts[?snapshot=S]``: its top and quantile contexts at every reading, or at S;
+* ``/api/live/...``: your own text and steering at every snapshot (:mod:`crosslens.browser.live`),
+  answered by the live backend handed to :func:`make_server`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import hashlib
 import importlib.resources
 import json
 import re
+import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +36,14 @@ from urllib.parse import parse_qs, urlsplit
 
 from crosslens.browser.config import DEFAULT_PORT, HOST, BrowseConfig
 from crosslens.browser.database import Database
-from crosslens.browser.feature import NoSuchFeature, feature_contexts, feature_detail
+from crosslens.browser.feature import (
+    NoSuchFeature,
+    checked_feature,
+    checked_snapshot,
+    feature_contexts,
+    feature_detail,
+)
+from crosslens.browser.live import LiveBackend, live_answer
 from crosslens.browser.queries import FEATURE_SORTS, SNAPSHOT_SORTS, STATES, QueryError, feature_page, parse_query
 from crosslens.core.errors import CrosslensError
 
@@ -45,6 +55,7 @@ _TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
+    ".txt": "text/plain; charset=utf-8",
 }
 _PAGES = {"/": "app.html"}
 
@@ -53,12 +64,15 @@ class Assets:
     """The static files, read once: each served under a content-hashed URL (``?v=``) and cached
     by the browser for good; the HTML pages, whose links carry those hashes, are never cached."""
 
-    def __init__(self) -> None:
-        root = importlib.resources.files("crosslens.browser") / "static"
-        files = {
-            item.name: item.read_bytes() for item in root.iterdir() if item.is_file() and not item.name.startswith(".")
-        }
-        files["plotly.min.js"] = (importlib.resources.files("plotly") / "package_data" / "plotly.min.js").read_bytes()
+    def __init__(self, files: dict[str, bytes] | None = None) -> None:
+        """``files``: name -> bytes (default: the package's ``static/`` folder)."""
+        if files is None:
+            root = importlib.resources.files("crosslens.browser") / "static"
+            files = {
+                item.name: item.read_bytes()
+                for item in root.iterdir()
+                if item.is_file() and not item.name.startswith(".")
+            }
         self.version = {name: hashlib.sha256(data).hexdigest()[:12] for name, data in files.items()}
 
         def stamp(match: re.Match[bytes]) -> bytes:
@@ -76,8 +90,9 @@ class BrowserServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, database: Database, config: BrowseConfig, report: Path) -> None:
+    def __init__(self, database: Database, config: BrowseConfig, report: Path, live: LiveBackend | None = None) -> None:
         self.database, self.config, self.report, self.assets = database, config, report, Assets()
+        self.live = live
         try:
             super().__init__((HOST, config.port), BrowserHandler)
         except OSError as error:
@@ -124,6 +139,7 @@ class BrowserServer(ThreadingHTTPServer):
             "histogram_edges": facts.meta.get("histogram_edges"),
             "report": self.report.is_file(),
             "page_size": self.config.page_size,
+            "live": self.live is not None,
         }
 
 
@@ -139,8 +155,9 @@ class BrowserHandler(BaseHTTPRequestHandler):
     _ROUTES = (
         (re.compile(r"/api/run"), "_api_run"),
         (re.compile(r"/api/features"), "_api_features"),
-        (re.compile(r"/api/feature/(\d+)"), "_api_feature"),
-        (re.compile(r"/api/feature/(\d+)/contexts"), "_api_contexts"),
+        (re.compile(r"/api/feature/([^/]+)"), "_api_feature"),
+        (re.compile(r"/api/feature/([^/]+)/contexts"), "_api_contexts"),
+        (re.compile(r"/api/live/.*"), "_api_live"),
         (re.compile(r"/feature/(\d+)/?"), "_feature_page"),
         (re.compile(r"/static/([\w.-]+)"), "_static"),
         (re.compile(r"/report"), "_report"),
@@ -151,7 +168,11 @@ class BrowserHandler(BaseHTTPRequestHandler):
         if not self._host_allowed():
             return self._send(HTTPStatus.FORBIDDEN, b"forbidden host\n", "text/plain; charset=utf-8")
         url = urlsplit(self.path)
-        self.params = {key: values[-1] for key, values in parse_qs(url.query, keep_blank_values=True).items()}
+        try:
+            query = parse_qs(url.query, keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            return self._json({"error": "the request's parameters are not valid UTF-8: send text as UTF-8"}, 400)
+        self.params = {key: values[-1] for key, values in query.items()}
         if url.path in _PAGES:
             return self._static(_PAGES[url.path])
         for pattern, name in self._ROUTES:
@@ -162,6 +183,10 @@ class BrowserHandler(BaseHTTPRequestHandler):
                 except (QueryError, NoSuchFeature) as error:
                     status = HTTPStatus.NOT_FOUND if isinstance(error, NoSuchFeature) else HTTPStatus.BAD_REQUEST
                     return self._json({"error": str(error.args[0])}, status)
+                except Exception as error:  # noqa: BLE001 - answered, so the page can say it and the server goes on
+                    self.log_error("%s failed: %r", url.path, error)
+                    problem = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+                    return self._json({"error": f"the server failed on {url.path} ({problem})"}, 500)
         if url.path.startswith("/api/"):
             return self._json({"error": f"no API endpoint {url.path}"}, HTTPStatus.NOT_FOUND)
         return self._send(HTTPStatus.NOT_FOUND, _not_found(url.path), _TYPES[".html"])
@@ -183,18 +208,20 @@ class BrowserHandler(BaseHTTPRequestHandler):
             self._json(feature_page(connection, query, facts))
 
     def _api_feature(self, feature: str) -> None:
+        facts = self.server.database.facts
         with self.server.database.connection() as connection:
-            self._json(feature_detail(connection, int(feature), self.server.database.facts))
+            self._json(feature_detail(connection, checked_feature(feature, facts), facts))
 
     def _api_contexts(self, feature: str) -> None:
-        snapshot = self.params.get("snapshot")
-        if snapshot is not None and not re.fullmatch(r"-?\d+", snapshot):
-            raise QueryError(f"snapshot={snapshot}: not a whole number.")
+        facts = self.server.database.facts
+        chosen, snapshot = checked_feature(feature, facts), checked_snapshot(self.params.get("snapshot"), facts)
         with self.server.database.connection() as connection:
-            payload = feature_contexts(
-                connection, int(feature), self.server.database.facts, None if snapshot is None else int(snapshot)
-            )
-        self._json(payload)
+            self._json(feature_contexts(connection, chosen, facts, snapshot))
+
+    def _api_live(self) -> None:
+        path = urlsplit(self.path).path
+        status, payload = live_answer(self.server.live, self.server.database, path, self.params)
+        self._json(payload, status)
 
     # ----------------------------------------------------------------- pages and files
     def _feature_page(self, feature: str) -> None:
@@ -265,10 +292,13 @@ def _not_found(path: str) -> bytes:
     return _page("Not found", f"<p>Nothing at <code>{_escape(path)}</code>.</p>")
 
 
-def make_server(run_dir: str | Path, config: BrowseConfig = BrowseConfig()) -> BrowserServer:
-    """The server over ``run_dir``'s feature database, bound (port 0: a free one) but not yet serving."""
+def make_server(
+    run_dir: str | Path, config: BrowseConfig = BrowseConfig(), live: LiveBackend | None = None
+) -> BrowserServer:
+    """The server over ``run_dir``'s feature database, bound (port 0: a free one) but not yet serving;
+    ``live`` answers the live panels (:class:`crosslens.live.LiveAnswers`; None: stored pages only)."""
     database = Database(run_dir, config.database)
-    return BrowserServer(database, config, database.path.parent / REPORT_NAME)
+    return BrowserServer(database, config, database.path.parent / REPORT_NAME, live)
 
 
 def browse(
@@ -278,14 +308,16 @@ def browse(
     database: str | Path | None = None,
     page_size: int = 50,
     log_requests: bool = False,
+    live: LiveBackend | None = None,
 ) -> None:
     """Serve ``run_dir``'s feature database at http://127.0.0.1:PORT/ until Ctrl-C (the fields of
-    :class:`~crosslens.browser.config.BrowseConfig`). A port in use, a run without a feature
+    :class:`~crosslens.browser.config.BrowseConfig`), with the live panels ``live`` answers (its
+    crosscoder loaded in the background from the start). A port in use, a run without a feature
     database or a file that is not one raises a one-line :class:`~crosslens.core.errors.CrosslensError`."""
     config = BrowseConfig(
         port=port, database=None if database is None else str(database), page_size=page_size, log_requests=log_requests
     )
-    server = make_server(run_dir, config)
+    server = make_server(run_dir, config, live)
     facts = server.database.facts
     if not facts.complete:
         print(f"note: {facts.path} is read as it is: its sealed record was not checked (it was named with --database).")
@@ -294,9 +326,21 @@ def browse(
         "(Ctrl-C to stop)",
         flush=True,
     )
+    if live is not None:
+        threading.Thread(target=_warm_up, args=(live,), name="live-warm-up", daemon=True).start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         print("\nstopped.")
     finally:
         server.server_close()
+
+
+def _warm_up(live: LiveBackend) -> None:
+    """Load the live panels' crosscoder (and their libraries) while the user reads the stored pages."""
+    try:
+        live.prepare()
+    except CrosslensError as error:
+        print(f"live panels unavailable (the stored pages work): {' '.join(str(error).split())}", flush=True)
+    else:
+        print("live panels: ready; the snapshot models load with the first text or steering request", flush=True)

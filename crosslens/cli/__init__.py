@@ -39,6 +39,7 @@ import os
 import sys
 import warnings
 
+import crosslens
 from crosslens.cli import (
     analyze,
     attribute,
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multi-snapshot crosscoders: how features form, change and die during pre-training.",
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("--version", action="version", version=f"crosslens {crosslens.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for command in SUBCOMMANDS:

@@ -1,39 +1,115 @@
 """``crosslens browse RUN``: the run's feature database as a local web app, started the way
 TensorBoard is: it prints its URL (``http://127.0.0.1:PORT/``) and serves until Ctrl-C. It listens
-on 127.0.0.1 only and loads nothing from the network."""
+on 127.0.0.1 only and loads nothing from the network.
+
+Its live panels (your text, and steering, at every snapshot) run the run's crosscoder and its
+suite's snapshot models (:mod:`crosslens.live`), loaded on demand on ``--device``; ``--no-live``
+serves the stored pages alone."""
 
 from __future__ import annotations
 
 import argparse
+import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from crosslens.browser.config import BrowseConfig
 from crosslens.cli.flags import Subcommand, build, explicit
+from crosslens.cli.options import DeviceFlags
+from crosslens.live.config import LiveConfig, limits
 
 
 @dataclass
 class BrowseFlags:
     run_dir: str = field(metadata={"positional": True, "metavar": "RUN"})
     """The run folder whose feature database (RUN/dashboards.sqlite, from crosslens dashboards) is served."""
+    suite: str | None = None
+    """The suite the live panels load the snapshot models from: a folder of checkpoints or a hub model id
+    (default: the one the run's crosscoder records); its snapshots must be the crosscoder's."""
 
 
 def browse(args: argparse.Namespace) -> int:
     from crosslens.browser import browse as serve
 
     config = build(BrowseConfig, explicit(args, BrowseConfig))
+    live_config = build(LiveConfig, explicit(args, LiveConfig))
     serve(
         args.run_dir,
         port=config.port,
         database=config.database,
         page_size=config.page_size,
         log_requests=config.log_requests,
+        live=DeferredLive(args, live_config) if live_config.live else None,
     )
     return 0
 
 
+class DeferredLive:
+    """The live panels' backend, made on first use: importing torch and TransformerLens takes seconds,
+    and the stored pages are served meanwhile. Until then its status says it is loading."""
+
+    def __init__(self, args: argparse.Namespace, config: LiveConfig) -> None:
+        self.args, self.config = args, config
+        self._backend: Any = None
+        self._problem: Exception | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> Any:
+        with self._lock:
+            if self._problem is not None:
+                raise self._problem
+            if self._backend is None:
+                try:
+                    self._backend = live_answers(self.args, self.config)
+                except Exception as error:
+                    self._problem = error
+                    raise
+        return self._backend
+
+    def status(self) -> dict[str, Any]:
+        if self._backend is not None:
+            return self._backend.status()
+        state = "unavailable" if self._problem else "loading" if self._lock.locked() else "idle"
+        problem = " ".join(str(self._problem).split()) if self._problem else None
+        return {"state": state, "problem": problem, "limits": limits(self.config)}
+
+    def prepare(self) -> None:
+        self._get().prepare()
+
+    def text(self, text: str) -> dict[str, Any]:
+        return self._get().text(text)
+
+    def heatmap(self, text: str, feature: int) -> dict[str, Any]:
+        return self._get().heatmap(text, feature)
+
+    def steer(self, feature: int, prompt: str, **settings: Any) -> dict[str, Any]:
+        return self._get().steer(feature, prompt, **settings)
+
+
+def live_answers(args: argparse.Namespace, config: LiveConfig) -> Any:
+    """The live models of ``args.run_dir`` on ``--device``, from ``--suite`` where given."""
+    from crosslens.cli.common import device_and_dtype, resolve_suite
+    from crosslens.core.errors import CrosslensError, LiveUnavailableError
+    from crosslens.live import LiveAnswers, LiveModels
+    from crosslens.training.runfolder import crosscoder_suite_record
+
+    device, dtype = device_and_dtype(args, produces_activations=True)
+    suite = None
+    if args.suite:
+        record = crosscoder_suite_record(f"{args.run_dir}/final")
+        steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
+        try:
+            suite = resolve_suite(args.suite, steps)
+        except (CrosslensError, OSError) as error:
+            raise LiveUnavailableError(f"--suite {args.suite}: {' '.join(str(error).split())}") from None
+    fix = "pass the suite the crosscoder was trained on with --suite FOLDER|HUB_ID"
+    models = LiveModels(args.run_dir, suite=suite, device=device, dtype=dtype, config=config, fix=fix)
+    return LiveAnswers(models, say=lambda line: print(line, flush=True))
+
+
 COMMAND = Subcommand(
     ("browse",),
-    "browse every feature of a run in a local web app (http://127.0.0.1:PORT/)",
-    (BrowseFlags, BrowseConfig),
+    "browse every feature of a run in a local web app (http://127.0.0.1:PORT/), and ask its models about your text",
+    (BrowseFlags, BrowseConfig, LiveConfig, DeviceFlags),
     browse,
 )

@@ -86,6 +86,15 @@ class PartnerMismatchError(CrosslensError):
     other snapshots or hooks, a store and a held-out store harvested for another one)."""
 
 
+class LiveInputError(CrosslensError):
+    """A text, prompt or steering setting the live models cannot run (the browser answers HTTP 400)."""
+
+
+class LiveUnavailableError(CrosslensError):
+    """The live models cannot be loaded or do not belong to the run's crosscoder (HTTP 503 from the
+    browser, whose stored pages keep working)."""
+
+
 class StorageError(CrosslensError):
     """A file could not be written: the disk is full, or the folder is not writable."""
 

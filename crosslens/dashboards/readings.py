@@ -66,15 +66,21 @@ class Readings:
         dtype = self.crosscoder.W_dec.dtype
         x_NSD = acts_NSD.to(dtype) * self.factors_S[:, None]
         yield 0, self._crosscoder_code(x_NSD).float()
-        for s, (sae, gate) in enumerate(zip(self.saes, self.gates)):
-            x_ND = acts_NSD[:, s].to(dtype)
-            if gate is None:
-                code_NF = sae.encode(x_ND).float()
-            else:
-                W_enc_DF, b_enc_F, b_dec_D, threshold_F = gate
-                code_NF = torch.addmm(b_enc_F, x_ND - b_dec_D if b_dec_D is not None else x_ND, W_enc_DF)
-                code_NF.masked_fill_(code_NF <= threshold_F, 0.0)
-            yield s + 1, code_NF if self.unscale_F is None else code_NF * self.unscale_F
+        for s in range(self.n_snapshots):
+            yield s + 1, self.snapshot_code(s, acts_NSD[:, s])
+
+    @torch.inference_mode()
+    def snapshot_code(self, s: int, acts_ND: Float[torch.Tensor, "n d_in"]) -> Float[torch.Tensor, "n d_sae"]:
+        """Snapshot ``s``'s per-snapshot code of its raw activations ``acts_ND`` (on the crosscoder's scale)."""
+        x_ND = acts_ND.to(self.crosscoder.W_dec.dtype)
+        gate = self.gates[s]
+        if gate is None:
+            code_NF = self.saes[s].encode(x_ND).float()
+        else:
+            W_enc_DF, b_enc_F, b_dec_D, threshold_F = gate
+            code_NF = torch.addmm(b_enc_F, x_ND - b_dec_D if b_dec_D is not None else x_ND, W_enc_DF)
+            code_NF.masked_fill_(code_NF <= threshold_F, 0.0)
+        return code_NF if self.unscale_F is None else code_NF * self.unscale_F
 
     def _crosscoder_code(self, x_NSD: torch.Tensor) -> torch.Tensor:
         """The crosscoder's code of normalised activations. A JumpReLU crosscoder opens feature i

@@ -1,5 +1,5 @@
 // The browser's two views, the feature list (/) and a feature (/feature/ID), in one page:
-// moving between them keeps plotly.js compiled and the list as it was left (filters, scroll).
+// moving between them keeps the list as it was left (filters, scroll).
 "use strict";
 
 function parseRoute(url) {
@@ -53,8 +53,7 @@ async function main() {
   window.history.scrollRestoration = "manual";
   CL.installTooltip();
   CL.installGoto();
-  CL.warmPlotly();
-  // a page load asks for its data at once, beside the run's facts (and plotly.js, for a feature)
+  // a page load asks for its data at once, beside the run's facts
   const first = parseRoute(new URL(window.location.href));
   let early = null;
   if (first.view === "list") {
@@ -62,7 +61,6 @@ async function main() {
     early.catch(() => {});
   } else {
     requestFeature(first.feature, first.snapshot);
-    CL.loadPlotly().catch(() => {});
   }
   await CL.loadRun();
   await route(early);

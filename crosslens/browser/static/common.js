@@ -85,30 +85,6 @@ CL.done = function (view, mark) {
   document.body.dataset.state = "ready";
 };
 
-// plotly.js, loaded once, when a feature page first needs it (the list draws without it).
-CL.plotlyLoading = null;
-CL.loadPlotly = function () {
-  if (!CL.plotlyLoading) {
-    CL.plotlyLoading = new Promise((resolve, reject) => {
-      const script = CL.el("script", { src: document.getElementById("plotly-src").href });
-      script.onload = resolve;
-      script.onerror = () => reject(new Error("plotly.js did not load"));
-      document.head.append(script);
-    });
-  }
-  return CL.plotlyLoading;
-};
-
-// plotly.js takes a few hundred ms to start: the list starts it ahead of the first feature it
-// opens, when the pointer rests on a feature link or the page has been idle a while.
-CL.warmPlotly = function () {
-  const start = () => { if (!CL.plotlyLoading) CL.loadPlotly().catch(() => {}); };
-  document.addEventListener("mouseover", (event) => {
-    if (event.target.closest && event.target.closest("a[href^='/feature/']")) start();
-  });
-  setTimeout(() => (window.requestIdleCallback ? window.requestIdleCallback(start, { timeout: 2000 }) : start()), 5000);
-};
-
 CL.snapshotLabel = function (snapshot) {
   if (snapshot === -1) return "crosscoder code (all snapshots)";
   const s = CL.run.snapshots[snapshot];
@@ -193,9 +169,11 @@ CL.installTooltip = function () {
   const tip = CL.el("div", { id: "tooltip" });
   document.body.append(tip);
   document.addEventListener("mouseover", (event) => {
-    const tok = event.target.closest ? event.target.closest(".tok") : null;
+    const tok = event.target.closest ? event.target.closest(".tok, [data-tip]") : null;
     if (!tok) { tip.style.display = "none"; return; }
-    tip.textContent = `${JSON.stringify(tok.dataset.token)}  activation ${CL.fmt(Number(tok.dataset.act), 4)}`;
+    const where = tok.dataset.where ? `  ${tok.dataset.where}` : "";
+    tip.textContent = tok.dataset.tip  // a chart's point, bar or cell (charts.js)
+      || `${JSON.stringify(tok.dataset.token)}${where}  activation ${CL.fmt(Number(tok.dataset.act), 4)}`;
     tip.style.display = "block";
   });
   document.addEventListener("mousemove", (event) => {

@@ -3,8 +3,6 @@
 "use strict";
 
 const ALL = -1;
-// no mode bar: dragging zooms, a double click resets, and the page draws faster without it
-const PLOT_CONFIG = { displaylogo: false, responsive: true, displayModeBar: false };
 const COLORS = { norm: "#1f77b4", density: "#2ca02c", max: "#ff7f0e", mean: "#9467bd", ie: "#1f77b4", ablation: "#d62728", relie: "#c7c7c7" };
 
 let detail = null;
@@ -14,24 +12,17 @@ let reading = ALL;
 let featureToken = 0;
 let switcherWired = false;
 
+// The snapshot axis of the plots (charts.js): snapshots by index, labelled by their step.
 function snapshotAxis(run) {
   const n = run.n_snapshots;
   const stride = Math.max(1, Math.ceil(n / 12));
   const ticks = [];
-  for (let i = 0; i < n; i += stride) ticks.push(i);
-  return { tickmode: "array", tickvals: ticks, ticktext: ticks.map((i) => CL.fmtStep(run.snapshots[i].step)),
-    title: { text: "training step", font: { size: 11 } }, range: [-0.5, n - 0.5], zeroline: false };
+  for (let i = 0; i < n; i += stride) ticks.push([i, CL.fmtStep(run.snapshots[i].step)]);
+  return { title: "training step", ticks, range: [-0.5, n - 0.5] };
 }
 
-function baseLayout(extra) {
-  return Object.assign({ margin: { l: 56, r: 16, t: 8, b: 40 }, font: { size: 11 }, hovermode: "x unified",
-    legend: { orientation: "h", y: 1.12, x: 0 }, plot_bgcolor: "#fff" }, extra);
-}
-
-function readingLine(axes) {
-  if (reading === ALL) return [];
-  return axes.map((xref) => ({ type: "line", xref, yref: "paper", x0: reading, x1: reading, y0: 0, y1: 1,
-    line: { color: "#d62728", width: 1.5, dash: "dot" } }));
+function shownReading() {
+  return reading === ALL ? null : reading;
 }
 
 function snapshotOfStep(run, step) {
@@ -40,39 +31,34 @@ function snapshotOfStep(run, step) {
   return found ? found.snapshot : null;
 }
 
-// Decoder norm (left) and firing (right) over training: one figure, since each plotly figure
-// costs its own layout pass and the page is drawn on every feature opened.
+// Decoder norm (left) and firing (right) over training, with its events marked on the norm.
 function drawTraining(run) {
   const x = run.snapshots.map((s) => s.snapshot);
   const labels = run.snapshots.map((s) => s.label);
   const series = detail.series;
   const norms = series.decoder_norm;
-  const traces = [{ x, y: norms, name: "decoder norm", mode: "lines+markers", line: { color: COLORS.norm },
-    customdata: labels, hovertemplate: "%{customdata}: %{y:.4g}<extra>norm</extra>" }];
+  const at = (name, values, digits = 4) => (i) => `${labels[i]}: ${name} ${CL.fmt(values[i], digits)}`;
+  const left = [{ name: "decoder norm", type: "line", x, y: norms, color: COLORS.norm, markers: true, tip: at("decoder norm", norms) }];
   const marks = [["emergence", detail.emergence_snapshot, "triangle-up"], ["peak", detail.peak_snapshot, "star"],
     ["fade", detail.fade_snapshot, "x"], ["dip", snapshotOfStep(run, detail.dip_step), "triangle-down"],
     ["recovery", snapshotOfStep(run, detail.recovery_step), "triangle-up-open"]];
   for (const [name, s, symbol] of marks) {
     if (s === null || s === undefined || norms[s] === null) continue;
-    traces.push({ x: [s], y: [norms[s]], name, mode: "markers", marker: { symbol, size: 11, color: "#111" }, hoverinfo: "skip" });
+    left.push({ name, type: "line", x: [s], y: [norms[s]], symbol, color: "#111", tip: () => `${name} at ${labels[s]}` });
   }
-  traces.push(
-    { x, y: series.density.map((d) => (d > 0 ? d : null)), name: "density", xaxis: "x2", yaxis: "y2", mode: "lines+markers",
-      line: { color: COLORS.density }, customdata: labels, hovertemplate: "%{customdata}: %{y:.3%}<extra>density</extra>" },
-    { x, y: series.max_activation, name: "max act", xaxis: "x2", yaxis: "y3", mode: "lines", line: { color: COLORS.max },
-      customdata: labels, hovertemplate: "%{customdata}: %{y:.4g}<extra>max act</extra>" },
-    { x, y: series.mean_activation, name: "mean act", xaxis: "x2", yaxis: "y3", mode: "lines",
-      line: { color: COLORS.mean, dash: "dash" }, customdata: labels, hovertemplate: "%{customdata}: %{y:.4g}<extra>mean act</extra>" },
-  );
-  const title = (text) => ({ text, font: { size: 11 } });
-  return Plotly.newPlot("plot-training", traces, baseLayout({
-    xaxis: Object.assign(snapshotAxis(run), { domain: [0, 0.42] }),
-    yaxis: { title: title("decoder norm"), rangemode: "tozero", anchor: "x" },
-    xaxis2: Object.assign(snapshotAxis(run), { domain: [0.56, 0.94], anchor: "y2" }),
-    yaxis2: { title: title("firing density"), type: "log", tickformat: "~%", anchor: "x2" },
-    yaxis3: { title: title("activation"), overlaying: "y2", side: "right", anchor: "x2", rangemode: "tozero", showgrid: false },
-    // the key is HTML above the plot: a plotly legend and unified hover labels double its drawing time
-    showlegend: false, hovermode: "closest", margin: { l: 56, r: 16, t: 8, b: 40 }, shapes: readingLine(["x", "x2"]) }), PLOT_CONFIG);
+  const density = series.density.map((d) => (d > 0 ? d : null));
+  const right = [
+    { name: "density", type: "line", x, y: density, color: COLORS.density, markers: true,
+      tip: (i) => `${labels[i]}: density ${CL.fmtPercent(density[i])}` },
+    { name: "max act", type: "line", axis: "y2", x, y: series.max_activation, color: COLORS.max, tip: at("max act", series.max_activation) },
+    { name: "mean act", type: "line", axis: "y2", x, y: series.mean_activation, color: COLORS.mean, dash: true,
+      tip: at("mean act", series.mean_activation) },
+  ];
+  Charts.plot(document.getElementById("plot-training"), { panels: [
+    { domain: [0, 0.42], x: snapshotAxis(run), y: { title: "decoder norm", zero: true }, series: left },
+    { domain: [0.56, 0.94], x: snapshotAxis(run), y: { title: "firing density", type: "log", format: CL.fmtPercent },
+      y2: { title: "activation", zero: true }, series: right },
+  ] }, shownReading());
 }
 
 function histogramFigure(run) {
@@ -82,61 +68,65 @@ function histogramFigure(run) {
   // the bins are shared by every feature: show this feature's range, not the run's
   const shown = reading === ALL ? detail.histograms : [detail.histograms[reading]];
   const lastBin = Math.max(0, ...shown.filter(Boolean).map((h) => h.reduce((last, c, i) => (c > 0 ? i : last), 0)));
-  const axis = { title: { text: "activation", font: { size: 11 } }, range: [edges[0] || 0, edges[lastBin + 1] || 1] };
+  const axis = { title: "activation", range: [edges[0] || 0, edges[lastBin + 1] || 1] };
   if (reading === ALL) {
     const z = detail.histograms.map((h) => (h ? h.map((c) => (c > 0 ? Math.log10(c) : null)) : null));
-    return { data: [{ type: "heatmap", x: centers, y: run.snapshots.map((s) => s.snapshot), z, colorscale: "Viridis",
-      customdata: detail.histograms, hovertemplate: "activation %{x:.3g}<br>snapshot %{y}<br>%{customdata} tokens<extra></extra>",
-      colorbar: { title: { text: "log10 tokens", side: "right" }, thickness: 10 } }],
-      layout: baseLayout({ xaxis: axis, yaxis: Object.assign(snapshotAxis(run), { title: { text: "snapshot", font: { size: 11 } } }),
-        hovermode: "closest" }) };
+    const labels = run.snapshots.map((s) => s.label);
+    return { margin: { r: 70 }, panels: [{ x: axis, y: Object.assign(snapshotAxis(run), { title: "snapshot" }),
+      series: [{ name: "tokens", type: "heatmap", x: centers, y: run.snapshots.map((s) => s.snapshot), z, colorTitle: "log10 tokens",
+        tip: (i, j) => `${labels[i]}: ${detail.histograms[i][j]} tokens at activation ${CL.fmt(centers[j], 3)}` }] }] };
   }
   const counts = detail.histograms[reading] || [];
   const silent = !counts.some((c) => c > 0);
-  return { data: [{ type: "bar", x: centers, y: counts, width: widths,
-    marker: { color: "#ff9d3c" }, hovertemplate: "activation %{x:.3g}: %{y} tokens<extra></extra>" }],
-    layout: baseLayout({ xaxis: axis, yaxis: { title: { text: "firing tokens", font: { size: 11 } }, type: "log" },
-      bargap: 0.05, hovermode: "closest", annotations: silent ? [{ text: "it never fires at this snapshot", showarrow: false,
-        xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { size: 13, color: "#5f6b7a" } }] : [] }) };
+  return { panels: [{ x: axis, y: { title: "firing tokens", type: "log" }, note: silent ? "it never fires at this snapshot" : null,
+    series: [{ name: "tokens", type: "bar", x: centers, y: counts.map((c) => (c > 0 ? c : null)), widths, color: "#ff9d3c",
+      tip: (i) => `activation ${CL.fmt(centers[i], 3)}: ${counts[i]} tokens` }] }] };
 }
 
 function drawHistogram(run) {
   const figure = histogramFigure(run);
   document.getElementById("histogram-reading").textContent = reading === ALL
     ? "every snapshot (per-snapshot code): pick one for its bars" : "at " + CL.snapshotLabel(reading);
-  return Plotly.react("plot-histogram", figure.data, figure.layout, PLOT_CONFIG);
+  const holder = document.getElementById("plot-histogram");
+  Charts.plot(holder, figure);
+  if (reading !== ALL) holder.data[0].y = detail.histograms[reading] || [];  // the stored counts, zeros included
 }
 
 function drawCausal(run) {
   const tasks = Object.keys(detail.causal);
+  const holder = document.getElementById("plot-causal");
   if (!tasks.length) {
-    Plotly.purge("plot-causal");
-    return Promise.resolve();
+    holder.replaceChildren();
+    return;
   }
   document.getElementById("causal-panel").hidden = false;
   const x = run.snapshots.map((s) => s.snapshot);
-  const traces = [];
-  const dashes = ["solid", "dot", "dash", "longdash"];
+  const labels = run.snapshots.map((s) => s.label);
+  const series = [];
   tasks.forEach((task, k) => {
     const scores = detail.causal[task];
     const tag = tasks.length > 1 ? ` (${task})` : "";
-    traces.push({ x, y: scores.relie, name: "RelIE" + tag, type: "bar", yaxis: "y2", marker: { color: COLORS.relie, opacity: 0.6 },
-      hovertemplate: "%{y:.3f}<extra>RelIE" + tag + "</extra>" });
-    traces.push({ x, y: scores.ie, name: "IE" + tag, mode: "lines+markers", line: { color: COLORS.ie, dash: dashes[k % 4] },
-      hovertemplate: "%{y:.4g}<extra>IE" + tag + "</extra>" });
+    const tip = (name, values) => (i) => `${labels[i]}: ${name}${tag} ${CL.fmt(values[i], 4)}`;
+    series.push({ name: "RelIE" + tag, type: "bar", axis: "y2", x, y: scores.relie, color: COLORS.relie, opacity: 0.6,
+      tip: tip("RelIE", scores.relie) });
+    series.push({ name: "IE" + tag, type: "line", x, y: scores.ie, color: COLORS.ie, markers: true, dash: k % 2 === 1,
+      tip: tip("IE", scores.ie) });
     if (scores.ablation.some((v) => v !== null)) {
-      traces.push({ x, y: scores.ablation, name: "ablation" + tag, mode: "lines+markers", connectgaps: false,
-        line: { color: COLORS.ablation, dash: dashes[k % 4] }, hovertemplate: "%{y:.4g}<extra>ablation" + tag + "</extra>" });
+      series.push({ name: "ablation" + tag, type: "line", x, y: scores.ablation, color: COLORS.ablation, markers: true,
+        dash: k % 2 === 1, tip: tip("ablation", scores.ablation) });
     }
   });
   const metrics = tasks.map((t) => (run.tasks.find((r) => r.task === t) || {}).metric).filter(Boolean);
-  document.getElementById("causal-note").textContent = `Effect on ${[...new Set(metrics)].join(", ") || "the task metric"}: `
+  const note = document.getElementById("causal-note");
+  note.textContent = `Effect on ${[...new Set(metrics)].join(", ") || "the task metric"}: `
     + "IE is the integrated-gradient indirect effect, ablation the metric's change with the feature ablated, "
-    + "RelIE (bars, right axis) the snapshot's share of the feature's IE.";
-  return Plotly.newPlot("plot-causal", traces, baseLayout({ xaxis: snapshotAxis(run), barmode: "group",
-    yaxis: { title: { text: "effect", font: { size: 11 } }, zeroline: true },
-    yaxis2: { title: { text: "RelIE", font: { size: 11 } }, overlaying: "y", side: "right", range: [0, 1], dtick: 0.25, showgrid: false },
-    margin: { l: 56, r: 50, t: 8, b: 40 }, shapes: readingLine(["x"]) }), PLOT_CONFIG);
+    + "RelIE (bars, right axis) the snapshot's share of the feature's IE" + (tasks.length > 1 ? `; ${tasks[1]}'s lines are dashed.` : ".");
+  const item = (swatch, text) => CL.el("span", {}, swatch, text);
+  note.append(CL.el("div", { class: "key" }, item(CL.el("i", { class: "line", style: `--c: ${COLORS.ie}` }), "IE"),
+    item(CL.el("i", { class: "line", style: `--c: ${COLORS.ablation}` }), "ablation"),
+    item(CL.el("i", { class: "swatch", style: `background: ${COLORS.relie}` }), " RelIE")));
+  Charts.plot(holder, { margin: { r: 50 }, panels: [{ x: snapshotAxis(run), y: { title: "effect", zero: true },
+    y2: { title: "RelIE", range: [0, 1], ticks: [0, 0.25, 0.5, 0.75, 1].map((v) => [v, String(v)]) }, series }] }, shownReading());
 }
 
 function fact(key, value, title) {
@@ -249,15 +239,16 @@ function setReading(value) {
   const run = CL.run;
   reading = Math.max(ALL, Math.min(run.n_snapshots - 1, Number(value)));
   syncSwitcher(run);
-  if (!detail || !window.Plotly) return Promise.resolve();
+  if (!detail) return Promise.resolve();
   const asked = reading;
   const shownContexts = ensureContexts().then(() => { if (reading === asked) renderContexts(); });
   renderContexts();
   renderLogits(run);
   renderFacts(run);
-  const plots = [shownContexts, drawHistogram(run), Plotly.relayout("plot-training", { shapes: readingLine(["x", "x2"]) })];
-  if (Object.keys(detail.causal).length) plots.push(Plotly.relayout("plot-causal", { shapes: readingLine(["x"]) }));
-  return Promise.all(plots).then(() => { document.body.dataset.reading = String(reading); });
+  drawHistogram(run);
+  Charts.setReading(document.getElementById("plot-training"), shownReading());
+  Charts.setReading(document.getElementById("plot-causal"), shownReading());
+  return shownContexts.then(() => { document.body.dataset.reading = String(reading); });
 }
 
 function wireSwitcher(run) {
@@ -334,7 +325,6 @@ async function showFeature(feature, requested) {
   reading = readingOf(requested);
   const requests = requestFeature(feature, requested);
   featureRequest = null;
-  const plotly = CL.loadPlotly();
   if (!switcherWired) { wireSwitcher(run); switcherWired = true; }
   detail = null;
   contexts = { feature, readings: {}, fetched: new Set() };
@@ -351,10 +341,10 @@ async function showFeature(feature, requested) {
     keepContexts(feature, await requests.contexts, [requests.reading]);
     if (mine !== featureToken) return;
     renderContexts();
-    await plotly;
-    if (mine !== featureToken) return;
     document.getElementById("causal-panel").hidden = true;
-    await Promise.all([drawTraining(run), drawHistogram(run), drawCausal(run)]);
+    drawTraining(run);
+    drawHistogram(run);
+    drawCausal(run);
   } catch (error) {
     if (mine === featureToken) showError(error.message);
     return;
@@ -363,4 +353,5 @@ async function showFeature(feature, requested) {
   document.body.dataset.reading = String(reading);
   CL.done("feature", "plots-rendered");
   loadAllContexts(feature);
+  Live.showFeature(feature, detail);  // the live panels (live.js), once the stored page is drawn
 }

@@ -33,6 +33,9 @@ function writeURL() {
     if (key === "limit" && value === String(CL.run.page_size)) continue;
     params.set(key, value);
   }
+  // the live panel's text keeps its place in the URL (live.js)
+  const kept = new URLSearchParams(window.location.search);
+  for (const key of Live.LIST_FIELDS) if (kept.get(key)) params.set(key, kept.get(key));
   const query = params.toString();
   window.history.replaceState(null, "", "/" + (query ? "?" + query : ""));
   ListView.shownSearch = window.location.search;
@@ -247,6 +250,7 @@ const ListView = {
     }
     readState();
     showState();
+    Live.showList();  // the live panel, beside the stored list (it does not hold the list up)
     await load(early);
   },
 };

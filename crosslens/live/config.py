@@ -1,0 +1,59 @@
+"""How the live panels run a run's crosscoder and its suite's snapshot models: one dataclass, whose
+fields are also ``crosslens browse``'s flags. Nothing here imports torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from crosslens.core.errors import CrosslensError
+
+MODES = ("add", "clamp")
+"""Steering modes: ``add`` puts ``strength`` times the feature's snapshot-s decoder direction on the
+activation; ``clamp`` sets the feature's activation to ``strength`` (``x + (strength - f(x)) d_s``)."""
+
+MAX_STRENGTH = 1e6
+"""Largest ``|strength|`` a steering request may ask for (a finite number is required)."""
+
+MAX_TEMPERATURE = 10.0
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """Settings of the live panels of ``crosslens browse`` and of :class:`crosslens.live.LiveModels`."""
+
+    live: bool = field(default=True, metadata={"flag": "--no-live"})
+    """Serve the live panels (your text, and steering, at every snapshot); --no-live serves the stored pages only,
+    without loading torch."""
+    resident_models: int = field(default=16, metadata={"min": 1})
+    """Snapshot models kept in memory between requests (loaded on first use). A request that needs more loads
+    each of the others for itself and lets it go; 16 full Pythia-160M models in float32 take about 10.4 GB."""
+    threads: int | None = field(default=1, metadata={"min": 1, "cli": False})
+    """torch threads for a question on a CPU (None: torch's own count). A text's tensors are small, so one
+    thread is fastest, and on a busy machine more threads mostly wait on each other."""
+    max_text_chars: int = field(default=4000, metadata={"min": 1, "cli": False})
+    """Longest text (in characters) a request may send."""
+    max_text_tokens: int = field(default=512, metadata={"min": 1, "cli": False})
+    """Most tokens of a text or prompt (also at most the model's context less one, for its first token)."""
+    max_new_tokens: int = field(default=64, metadata={"min": 1, "cli": False})
+    """Most tokens a steering request may generate per snapshot (and per continuation)."""
+    cached_texts: int = field(default=4, metadata={"min": 0, "cli": False})
+    """Texts whose activations are kept, so another feature's heatmap of one is not computed again."""
+
+    def __post_init__(self) -> None:
+        if self.resident_models < 1:
+            raise CrosslensError(f"--resident-models {self.resident_models}: keep at least 1 snapshot model resident.")
+        for name in ("max_text_chars", "max_text_tokens", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise CrosslensError(f"{name}={getattr(self, name)}: must be at least 1.")
+
+
+def limits(config: LiveConfig) -> dict[str, object]:
+    """What a live request may ask (JSON), for the browser's checks before any model loads."""
+    return {
+        "max_text_chars": config.max_text_chars,
+        "max_text_tokens": config.max_text_tokens,
+        "max_new_tokens": config.max_new_tokens,
+        "max_strength": MAX_STRENGTH,
+        "max_temperature": MAX_TEMPERATURE,
+        "modes": list(MODES),
+    }

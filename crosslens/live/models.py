@@ -1,0 +1,425 @@
+"""A run's crosscoder and its suite's snapshot models, asked about your own text and steered, from
+Python and for the browser's live panels (:class:`LiveModels`).
+
+Nothing loads when the object is made. :meth:`LiveModels.prepare` (or the first question) loads the
+crosscoder, finds its suite (the one it records, or the one handed over) and checks it against the
+crosscoder's record; the snapshot models load as questions need them (:mod:`crosslens.live.resident`).
+Questions are computed one at a time, on one worker thread of their own: a model is never loaded
+twice by two questions at once nor runs two requests' hooks at once, and the tensors of every
+question come from one thread's heap (a server's many request threads would each keep their own).
+:meth:`LiveModels.status` answers without waiting.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from crosslens.activations.partners import crosscoder_record_problem, snapshot_problem
+from crosslens.checkpoints.identity import snapshot_identity
+from crosslens.core.devices import resident_bytes, resolve_device, resolve_dtype
+from crosslens.core.errors import CrosslensError, LiveInputError, LiveUnavailableError
+from crosslens.core.metadata import metadata_value
+from crosslens.core.paths import FINAL_DIRNAME
+from crosslens.crosscoders.saved import load_crosscoder_folder
+from crosslens.dashboards.logits import vocabulary_pieces
+from crosslens.dashboards.readings import Readings
+from crosslens.dashboards.sources import recorded_suite
+from crosslens.live.config import MAX_STRENGTH, MAX_TEMPERATURE, MODES, LiveConfig, limits
+from crosslens.live.resident import ResidentModels
+from crosslens.live.steering import SteeredSnapshot, Steering, continue_twice, direction, steering_hook
+from crosslens.live.text import TextActivations, text_codes
+
+T = TypeVar("T")
+
+SUITE_FIX = "pass the suite the crosscoder was trained on (crosslens browse --suite FOLDER|HUB_ID, suite= in Python)"
+
+
+@dataclass
+class _Opened:
+    """What :meth:`LiveModels.prepare` loads once."""
+
+    crosscoder: Any
+    readings: Readings
+    models: ResidentModels
+    hook: str
+    steps: tuple[int, ...]
+    pieces: list[str]
+    bos: int
+    base_bytes: int
+
+
+class LiveModels:
+    """``run_dir``'s crosscoder (``RUN/final``) and its suite's snapshot models, for questions about a text.
+
+    Args:
+        run_dir: a finished ``crosslens train`` run folder.
+        suite: the suite to load the snapshot models from (a :class:`~crosslens.checkpoints.CheckpointSuite`);
+            default: the one the crosscoder records. Its snapshots must be the crosscoder's.
+        device: where the models and the crosscoder run (default: CUDA when there is a GPU).
+        dtype: the snapshot models' dtype (default float32); the crosscoder stays float32.
+        config: the bound on resident models and the requests' limits (:class:`~crosslens.live.LiveConfig`).
+        fix: the advice a suite that cannot be loaded ends with.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        suite: Any = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        config: LiveConfig | None = None,
+        fix: str = SUITE_FIX,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.config = config if config is not None else LiveConfig()
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.fix = fix
+        self._suite = suite
+        self._lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosslens-live")
+        self._opened: _Opened | None = None
+        self._problem: str | None = None
+        self._phase = "idle"
+        self._texts: OrderedDict[str, TextActivations] = OrderedDict()
+
+    # ------------------------------------------------------------------ opening
+    def prepare(self) -> None:
+        """Load the crosscoder and find its suite, checked against its record (no snapshot model
+        loads yet). Raises :class:`~crosslens.core.errors.LiveUnavailableError` naming the fix, and
+        the same again on every later question."""
+        if self._problem is not None:
+            raise LiveUnavailableError(self._problem)
+        if self._opened is None:
+            self._ask(lambda opened: None)
+
+    def _ask(self, question: Callable[[_Opened], T]) -> T:
+        """``question(opened)``, computed on the worker thread after any question asked before it."""
+        return self._worker.submit(self._answer, question).result()
+
+    def _answer(self, question: Callable[[_Opened], T]) -> T:
+        """On the worker: the models opened, ``config.threads`` CPU threads; a snapshot model found
+        not to be the crosscoder's makes every later question refused the same way."""
+        with self._lock:
+            opened = self._open()
+            try:
+                with self._threads():
+                    return question(opened)
+            except LiveUnavailableError as error:
+                self._problem = str(error)
+                raise
+
+    def _open(self) -> _Opened:
+        if self._problem is not None:
+            raise LiveUnavailableError(self._problem)
+        if self._opened is not None:
+            return self._opened
+        self._phase = "loading the crosscoder"
+        try:
+            self._opened = self._load()
+        except LiveUnavailableError as error:
+            self._problem = str(error)
+            raise
+        finally:
+            self._phase = "idle"
+        return self._opened
+
+    def _load(self) -> _Opened:
+        final = self.run_dir / FINAL_DIRNAME
+        if not (final / "cfg.json").is_file():
+            raise LiveUnavailableError(
+                f"{self.run_dir} holds no trained crosscoder ({FINAL_DIRNAME}/cfg.json): the live panels need the "
+                "run folder `crosslens train` wrote; browse that folder"
+            )
+        base = resident_bytes() or 0
+        try:
+            crosscoder = load_crosscoder_folder(final, device=str(self.device), dtype="float32").eval()
+        except (CrosslensError, FileNotFoundError) as error:
+            raise LiveUnavailableError(str(error)) from None
+        problem = crosscoder_record_problem(crosscoder)
+        if problem:
+            raise LiveUnavailableError(f"the crosscoder in {final} {problem}, so its snapshot models cannot be found")
+        record, hook = metadata_value(crosscoder, "suite"), metadata_value(crosscoder, "hook_name")
+        suite = self._checked_suite(record)
+        models = ResidentModels(
+            suite,
+            record["snapshots"],
+            hook,
+            crosscoder.cfg.d_in,
+            device=self.device,
+            dtype=self.dtype,
+            capacity=self.config.resident_models,
+            fix=self.fix,
+        )
+        tokenizer = models.tokenizer
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        return _Opened(
+            crosscoder=crosscoder,
+            readings=Readings(crosscoder),
+            models=models,
+            hook=hook,
+            steps=tuple(int(entry["step"]) for entry in record["snapshots"]),
+            pieces=vocabulary_pieces(tokenizer),
+            bos=int(bos if bos is not None else 0),
+            base_bytes=base,
+        )
+
+    def _checked_suite(self, record: dict[str, Any]) -> Any:
+        """The suite to load from: the one handed over (at the crosscoder's steps), else the recorded one;
+        its snapshots' names and files checked against the record before any model loads."""
+        recorded = record["snapshots"]
+        try:
+            suite = self._suite if self._suite is not None else recorded_suite(record)
+            steps = [int(entry["step"]) for entry in recorded]
+            if list(suite.steps) != steps and set(steps) <= set(suite.steps):
+                suite = suite.select(steps=steps)
+            offered = [{**ref.to_dict(), "source": snapshot_identity(suite, ref) or {}} for ref in suite.snapshots]
+        except (ValueError, OSError) as error:
+            raise LiveUnavailableError(
+                f"the crosscoder's snapshot models cannot be found ({' '.join(str(error).split())}); {self.fix}"
+            ) from None
+        problem = snapshot_problem(recorded, offered, require_identity=False)
+        if problem:
+            raise LiveUnavailableError(f"the suite {suite.model_id} is not the crosscoder's: {problem}; {self.fix}")
+        return suite
+
+    # ------------------------------------------------------------------ what it is
+    @property
+    def n_snapshots(self) -> int:
+        return self._ask(lambda opened: int(opened.crosscoder.cfg.n_snapshots))
+
+    @property
+    def d_sae(self) -> int:
+        return self._ask(lambda opened: int(opened.crosscoder.cfg.d_sae))
+
+    def status(self) -> dict[str, Any]:
+        """Where the live models stand (JSON), answered at once even while a question is computed."""
+        opened, problem = self._opened, self._problem
+        state = "unavailable" if problem else "ready" if opened else "loading" if self._phase != "idle" else "idle"
+        status: dict[str, Any] = {
+            "state": state,
+            "problem": problem,
+            "busy": self._lock.locked(),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "capacity": self.config.resident_models,
+            "limits": limits(self.config),
+        }
+        if opened is not None:
+            status |= {
+                "suite": opened.models.suite.model_id,
+                "hook": opened.hook,
+                "resident": opened.models.resident,
+                "loads": list(opened.models.loads),
+                "budget": self.budget(),
+            }
+        return status
+
+    def budget(self) -> dict[str, int] | None:
+        """Bytes the live models may hold resident at most (None until the first model has loaded):
+        the crosscoder and its per-snapshot views, the resident models, one more being loaded or used
+        past the bound (twice, while its checkpoint converts), and the cache of texts."""
+        opened = self._opened
+        if opened is None or opened.models.model_bytes is None:
+            return None
+        tensors = [*opened.crosscoder.parameters(), *(p for sae in opened.readings.saes for p in sae.parameters())]
+        crosscoder = sum(t.numel() * t.element_size() for t in tensors)
+        model = opened.models.model_bytes
+        resident = min(self.config.resident_models, len(opened.steps))
+        models = (resident + 2) * model
+        limit = opened.base_bytes + crosscoder + models + self.text_cache_bytes()
+        return {
+            "base": opened.base_bytes,
+            "crosscoder": crosscoder,
+            "model": model,
+            "models": models,
+            "text_cache": self.text_cache_bytes(),
+            "limit": limit,
+        }
+
+    def text_cache_bytes(self) -> int:
+        """Most bytes the kept texts' activations take (a few texts of the longest length)."""
+        opened = self._opened
+        if opened is None:
+            return 0
+        per_text = (len(opened.steps) + 1) * self.config.max_text_tokens * int(opened.crosscoder.cfg.d_sae) * 4
+        return self.config.cached_texts * per_text
+
+    # ------------------------------------------------------------------ your text
+    def tokenize(self, text: str, *, what: str = "text") -> list[int]:
+        """``text``'s token ids, as a harvest tokenizes it (without the BOS the models read first)."""
+        if not isinstance(text, str) or not text.strip():
+            raise LiveInputError(f"the {what} is empty: type a few words")
+        if len(text) > self.config.max_text_chars:
+            raise LiveInputError(
+                f"the {what} has {len(text):,} characters: at most {self.config.max_text_chars:,} are read at once; "
+                "shorten it"
+            )
+        self.prepare()
+        ids = self._opened.models.tokenizer.encode(text, add_special_tokens=False)
+        if not ids:
+            raise LiveInputError(f"the {what} {text[:40]!r} is no token of this suite's tokenizer: type some words")
+        if len(ids) > self.config.max_text_tokens:
+            raise LiveInputError(
+                f"the {what} is {len(ids):,} tokens: at most {self.config.max_text_tokens} are read at once; shorten it"
+            )
+        return [int(i) for i in ids]
+
+    @staticmethod
+    def _fits(opened: _Opened, n_positions: int, what: str) -> None:
+        """Refuse ``n_positions`` positions (BOS included) past the models' context."""
+        n_ctx = opened.models.context()
+        if n_positions > n_ctx:
+            raise LiveInputError(
+                f"{what} take {n_positions} positions with the first token, past the models' context of {n_ctx}; "
+                "shorten it"
+            )
+
+    def activations(self, text: str) -> TextActivations:
+        """Every feature's activation on each token of ``text``, for the crosscoder's code and at every
+        snapshot (:class:`~crosslens.live.TextActivations`). The same text gives the same numbers;
+        the last few texts are kept, so asking again costs nothing."""
+        ids = self.tokenize(text)
+        return self._ask(lambda opened: self._text(opened, text, ids))
+
+    def _text(self, opened: _Opened, text: str, ids: list[int]) -> TextActivations:
+        kept = self._texts.get(text)
+        if kept is not None:
+            self._texts.move_to_end(text)
+            return kept
+        self._fits(opened, len(ids) + 1, f"the text's {len(ids)} tokens")
+        tokens_L = torch.tensor([opened.bos, *ids], device=self.device)
+        crosscoder_NF, snapshots_SNF = text_codes(opened.models, opened.readings, tokens_L, opened.hook)
+        answer = TextActivations(
+            text=text,
+            token_ids=np.asarray(ids, dtype=np.int64),
+            tokens=[opened.pieces[i] if i < len(opened.pieces) else f"<{i}>" for i in ids],
+            crosscoder_NF=crosscoder_NF,
+            snapshots_SNF=snapshots_SNF,
+            steps=opened.steps,
+        )
+        if self.config.cached_texts:
+            self._texts[text] = answer
+            while len(self._texts) > self.config.cached_texts:
+                self._texts.popitem(last=False)
+        return answer
+
+    # ------------------------------------------------------------------ steering
+    def steer(
+        self,
+        feature: int,
+        prompt: str,
+        *,
+        strength: float,
+        mode: str = "add",
+        n_tokens: int = 20,
+        temperature: float = 0.0,
+        seed: int = 0,
+        snapshots: list[int] | None = None,
+    ) -> Steering:
+        """Each snapshot's continuation of ``prompt``, without and with ``feature`` steered
+        (:mod:`crosslens.live.steering`: ``mode`` ``"add"`` adds ``strength`` times its snapshot's
+        decoder direction at the crosscoder's hook, ``"clamp"`` sets its activation to ``strength``).
+        ``temperature`` 0 is greedy; above 0, tokens are drawn with ``seed``. ``snapshots``: which
+        (default: every one)."""
+        self._check_steering(strength, mode, n_tokens, temperature, seed)
+        ids = self.tokenize(prompt, what="prompt")
+
+        def continuations(opened: _Opened) -> list[SteeredSnapshot]:
+            S, F = len(opened.steps), int(opened.crosscoder.cfg.d_sae)
+            _check_index(feature, F, "feature")
+            chosen = list(range(S)) if snapshots is None else [_check_index(s, S, "snapshot") for s in snapshots]
+            self._fits(opened, len(ids) + 1 + n_tokens, f"the prompt's {len(ids)} tokens and {n_tokens} new ones")
+            prompt_L = torch.tensor([opened.bos, *ids])
+            return [
+                self._steer_one(opened, feature, s, prompt_L, mode, strength, n_tokens, temperature, seed)
+                for s in chosen
+            ]
+
+        rows = self._ask(continuations)
+        opened = self._opened
+        return Steering(
+            feature=int(feature),
+            prompt=prompt,
+            prompt_tokens=[opened.pieces[i] for i in ids],
+            mode=mode,
+            strength=float(strength),
+            n_tokens=int(n_tokens),
+            temperature=float(temperature),
+            seed=int(seed),
+            snapshots=rows,
+        )
+
+    def _steer_one(self, opened: _Opened, feature: int, s: int, prompt_L, mode, strength, n_tokens, temperature, seed):
+        with opened.models.use(s) as model:
+            hook_fn = steering_hook(opened.readings, feature, s, mode, float(strength), model.cfg.dtype)
+            both = continue_twice(
+                model, prompt_L, opened.hook, hook_fn, n_tokens, temperature=temperature, seed=seed
+            ).tolist()
+        piece = lambda i: opened.pieces[i] if i < len(opened.pieces) else f"<{i}>"  # noqa: E731
+        return SteeredSnapshot(
+            snapshot=s,
+            step=opened.steps[s],
+            plain_ids=both[0],
+            steered_ids=both[1],
+            plain=[piece(i) for i in both[0]],
+            steered=[piece(i) for i in both[1]],
+            direction_norm=float(direction(opened.readings, feature, s).norm()),
+        )
+
+    def _check_steering(self, strength: float, mode: str, n_tokens: int, temperature: float, seed: int) -> None:
+        if mode not in MODES:
+            raise LiveInputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+        word = "clamp value" if mode == "clamp" else "strength"
+        if not isinstance(strength, (int, float)) or not math.isfinite(strength) or abs(strength) > MAX_STRENGTH:
+            raise LiveInputError(f"{word} {strength!r}: give a finite number of at most {MAX_STRENGTH:g} in size")
+        if not isinstance(n_tokens, int) or not 1 <= n_tokens <= self.config.max_new_tokens:
+            raise LiveInputError(f"length {n_tokens!r}: generate 1 to {self.config.max_new_tokens} tokens")
+        if not isinstance(temperature, (int, float)) or not 0 <= temperature <= MAX_TEMPERATURE:
+            raise LiveInputError(f"temperature {temperature!r}: give 0 (greedy) to {MAX_TEMPERATURE:g}")
+        if not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise LiveInputError(f"seed {seed!r}: give a whole number from 0 to 2^63 - 1")
+
+    @contextmanager
+    def _threads(self) -> Iterator[None]:
+        """torch's thread count for one question on a CPU (``config.threads``), restored after it."""
+        threads = self.config.threads
+        if self.device.type != "cpu" or threads is None:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    def close(self) -> None:
+        """Let the resident models and the crosscoder go (a later question loads them again)."""
+
+        def let_go() -> None:
+            with self._lock:
+                if self._opened is not None:
+                    self._opened.models.close()
+                self._opened, self._problem = None, None
+                self._texts.clear()
+
+        self._worker.submit(let_go).result()
+
+
+def _check_index(value: Any, size: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) < size:
+        raise LiveInputError(f"{what} {value!r}: this crosscoder has {what}s 0 to {size - 1}")
+    return int(value)

@@ -1,0 +1,268 @@
+"""``crosslens.live``: your own text and steering at every snapshot, from Python.
+
+The activations are checked against the crosscoder run by hand on each snapshot model's
+TransformerLens cache; the steered continuations against a plain greedy loop that recomputes the
+whole sequence through ``run_with_hooks`` at every token (no key-value cache, one row). Refusals
+are one line naming the fix, and nothing on disk changes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trust_fixtures as tf
+from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
+from live_fixtures import PROMPT, TEXT, edited_copy, live, run, words  # noqa: F401  (fixtures)
+
+from crosslens.checkpoints import CheckpointSuite
+from crosslens.core.errors import LiveInputError, LiveUnavailableError
+from crosslens.crosscoders.folding import resolve_norm_factors
+from crosslens.crosscoders.saved import load_crosscoder_folder
+from crosslens.crosscoders.snapshot_sae import SnapshotCodec
+from crosslens.dashboards.logits import vocabulary_pieces
+from crosslens.live import LiveConfig, LiveModels
+
+HOOK = tf.HOOK
+S = 3
+
+
+@pytest.fixture(scope="module")
+def reference(run):
+    """The suite's models and the crosscoder, loaded by hand."""
+    suite = CheckpointSuite.local(run.parent / "suite")
+    crosscoder = load_crosscoder_folder(run / "final").eval()
+    return suite, [suite.load(s) for s in range(S)], crosscoder
+
+
+def token_ids(suite, text: str) -> list[int]:
+    return suite.tokenizer().encode(text, add_special_tokens=False)
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
+# --------------------------------------------------------------------------- your text
+def test_a_text_gives_every_feature_at_every_snapshot_as_the_crosscoder_reads_it(live, reference):
+    suite, models, crosscoder = reference
+    ids = token_ids(suite, TEXT)
+    tokens_1L = torch.tensor([[0, *ids]])  # BOS first, as a harvest's rows start
+    with torch.no_grad():
+        acts_NSD = torch.stack([m.run_with_cache(tokens_1L, names_filter=HOOK)[1][HOOK][0, 1:] for m in models], 1)
+        factors_S = resolve_norm_factors(crosscoder)
+        want_code = crosscoder.encode(acts_NSD * factors_S[:, None]).numpy()
+        want_snapshots = np.stack(
+            [SnapshotCodec(crosscoder, s).encode_single(acts_NSD[:, s]).numpy() for s in range(S)]
+        )
+
+    got = live.activations(TEXT)
+    assert got.token_ids.tolist() == ids and len(got.tokens) == len(ids)
+    assert "".join(got.tokens).split() == TEXT.split()  # BOS is not among them
+    assert got.crosscoder_NF.shape == (len(ids), 32) and got.snapshots_SNF.shape == (S, len(ids), 32)
+    np.testing.assert_allclose(got.crosscoder_NF, want_code, atol=1e-5)
+    np.testing.assert_allclose(got.snapshots_SNF, want_snapshots, atol=1e-5)
+    assert (want_code > 0).any() and (want_snapshots > 0).any()
+    f = int(want_code.max(0).argmax())
+    np.testing.assert_allclose(
+        got.feature(f), np.concatenate([want_code[None, :, f], want_snapshots[:, :, f]]), atol=1e-5
+    )
+    assert got.steps == (0, 10, 20)
+    assert live.activations(TEXT) is got  # kept: asking again computes nothing
+
+
+def test_the_strongest_features_are_listed_per_reading(live):
+    acts = live.activations(TEXT)
+    for reading in (-1, 0, 1, 2):
+        code_NF = acts.reading(reading)
+        peak_F = code_NF.max(0)
+        top = acts.top(reading, k=5)
+        want = sorted((f for f in range(32) if peak_F[f] > 0), key=lambda f: (-peak_F[f], f))[:5]
+        assert [f for f, _, _ in top] == want
+        assert all(a == pytest.approx(float(peak_F[f])) and code_NF[t, f] == peak_F[f] for f, a, t in top)
+    with pytest.raises(IndexError, match="reading 3: -1"):
+        acts.reading(3)
+
+
+# --------------------------------------------------------------------------- steering
+def reference_continuation(model, ids, n, fn=None) -> list[int]:
+    """Greedy tokens after ``ids``, the whole sequence recomputed for each (``fn`` hooked at HOOK)."""
+    tokens = [0, *ids]
+    with torch.no_grad():
+        for _ in range(n):
+            hooks = [(HOOK, fn)] if fn is not None else []
+            logits = model.run_with_hooks(torch.tensor([tokens]), fwd_hooks=hooks)
+            tokens.append(int(logits[0, -1].argmax()))
+    return tokens[len(ids) + 1 :]
+
+
+def raw_direction(crosscoder, feature: int, s: int) -> torch.Tensor:
+    """What a code of 1 in ``feature`` adds to snapshot s's reconstruction on the raw scale."""
+    codec = SnapshotCodec(crosscoder, s)
+    one = torch.zeros(crosscoder.cfg.d_sae)
+    one[feature] = 1.0
+    return (codec.decode(one) - codec.bias()).detach()
+
+
+@pytest.mark.parametrize("mode, strength", [("add", 6.0), ("clamp", 5.0), ("clamp", 0.0)])
+def test_steering_writes_the_snapshot_direction_as_a_plain_loop_does(live, reference, mode, strength):
+    suite, models, crosscoder = reference
+    feature, n = 7, 8
+    ids = token_ids(suite, PROMPT)
+    pieces = vocabulary_pieces(suite.tokenizer())
+    got = live.steer(feature, PROMPT, strength=strength, mode=mode, n_tokens=n)
+    assert [row.snapshot for row in got.snapshots] == [0, 1, 2] and got.prompt_tokens == [
+        live.activations(PROMPT).tokens[i] for i in range(len(ids))
+    ]
+    differ = 0
+    for s, row in enumerate(got.snapshots):
+        d_D = raw_direction(crosscoder, feature, s)
+        codec = SnapshotCodec(crosscoder, s)
+
+        def add(x, hook, d_D=d_D):
+            return x + strength * d_D
+
+        def clamp(x, hook, d_D=d_D, codec=codec):
+            return x + (strength - codec.encode_single(x)[..., feature])[..., None] * d_D
+
+        assert row.plain_ids == reference_continuation(models[s], ids, n)
+        assert row.steered_ids == reference_continuation(models[s], ids, n, add if mode == "add" else clamp)
+        assert row.direction_norm == pytest.approx(float(d_D.norm()), rel=1e-5)
+        assert row.plain == [pieces[i] if i < len(pieces) else f"<{i}>" for i in row.plain_ids]
+        assert row.steered_text == "".join(row.steered)
+        differ += row.plain_ids != row.steered_ids
+    assert differ >= 1  # the steering changes something somewhere
+    again = live.steer(feature, PROMPT, strength=strength, mode=mode, n_tokens=n)
+    assert [r.steered_ids for r in again.snapshots] == [r.steered_ids for r in got.snapshots]
+
+
+def test_a_zero_strength_changes_nothing_and_the_hooks_are_gone_after(live, reference):
+    got = live.steer(3, PROMPT, strength=0.0, n_tokens=6)
+    assert all(row.plain_ids == row.steered_ids for row in got.snapshots)
+    opened = live._opened
+    for s in range(S):
+        with opened.models.use(s) as model:
+            assert not model.hook_dict[HOOK]._forward_hooks  # the context removed its hook
+
+
+def test_sampling_repeats_with_its_seed(live):
+    first = live.steer(5, PROMPT, strength=4.0, n_tokens=10, temperature=1.5, seed=11)
+    again = live.steer(5, PROMPT, strength=4.0, n_tokens=10, temperature=1.5, seed=11)
+    other = live.steer(5, PROMPT, strength=4.0, n_tokens=10, temperature=1.5, seed=12)
+    ids = lambda answer: [(r.plain_ids, r.steered_ids) for r in answer.snapshots]  # noqa: E731
+    assert ids(first) == ids(again) and ids(first) != ids(other)
+    only = live.steer(5, PROMPT, strength=4.0, n_tokens=10, temperature=1.5, seed=11, snapshots=[2])
+    assert ids(only) == ids(first)[2:]
+
+
+# --------------------------------------------------------------------------- resident models
+def test_resident_models_are_bounded_and_reused(run):
+    live = LiveModels(run, device="cpu", config=LiveConfig(resident_models=1))
+    try:
+        live.activations(TEXT)
+        live.activations(TEXT + " here")
+        live.steer(1, PROMPT, strength=1.0, n_tokens=2, snapshots=[0])
+        status = live.status()
+        assert status["state"] == "ready" and status["resident"] == [0] and status["loads"] == [1, 2, 2]
+        budget = status["budget"]
+        assert budget["models"] == 3 * budget["model"] > 0 and budget["limit"] > budget["base"]
+    finally:
+        live.close()
+
+
+# --------------------------------------------------------------------------- refusals
+def test_bad_questions_are_refused_in_one_line(live):
+    cases = [
+        (lambda: live.activations(""), "the text is empty: type a few words"),
+        (lambda: live.activations("   \n "), "the text is empty"),
+        (lambda: live.activations("x" * 4001), "at most 4,000 are read at once; shorten it"),
+        (lambda: live.activations(words(80)), "past the models' context of 64"),
+        (lambda: live.steer(3, " ", strength=1.0), "the prompt is empty"),
+        (lambda: live.steer(3, PROMPT, strength=float("nan")), "strength nan: give a finite number"),
+        (lambda: live.steer(3, PROMPT, strength=float("inf"), mode="clamp"), "clamp value inf: give a finite"),
+        (lambda: live.steer(3, PROMPT, strength=1.0, n_tokens=65), "length 65: generate 1 to 64 tokens"),
+        (lambda: live.steer(3, PROMPT, strength=1.0, n_tokens=60), "past the models' context of 64"),
+        (lambda: live.steer(32, PROMPT, strength=1.0), "feature 32: this crosscoder has features 0 to 31"),
+        (lambda: live.steer(-1, PROMPT, strength=1.0), "feature -1: this crosscoder has features 0 to 31"),
+        (lambda: live.steer(2**70, PROMPT, strength=1.0), "this crosscoder has features 0 to 31"),
+        (lambda: live.steer(3, PROMPT, strength=1.0, snapshots=[3]), "snapshot 3: this crosscoder has snapshots"),
+        (lambda: live.steer(3, PROMPT, strength=1.0, mode="multiply"), "mode 'multiply': use one of add, clamp"),
+        (lambda: live.steer(3, PROMPT, strength=1.0, temperature=-1), "temperature -1: give 0 (greedy)"),
+        (lambda: live.steer(3, PROMPT, strength=1.0, seed=-2), "seed -2: give a whole number"),
+    ]
+    for ask, words_ in cases:
+        with pytest.raises(LiveInputError) as error:
+            ask()
+        assert words_ in one_line(error), (words_, str(error.value))
+
+
+def other_suite(root: Path, seeds=(5, 6, 7), steps=(0, 10, 20), **overrides) -> CheckpointSuite:
+    write_local_suite(
+        root, {f"step{step}": tiny_neox(seed=s, **overrides) for step, s in zip(steps, seeds)}, make_word_tokenizer()
+    )
+    return CheckpointSuite.local(root)
+
+
+def refused(live: LiveModels, words_: str) -> str:
+    with pytest.raises(LiveUnavailableError) as error:
+        live.activations(TEXT)
+    message = one_line(error)
+    assert words_ in message, message
+    assert live.status()["state"] == "unavailable" and live.status()["problem"] == message
+    with pytest.raises(LiveUnavailableError):  # and again, without trying to load anything
+        live.steer(1, PROMPT, strength=1.0)
+    return message
+
+
+def test_a_suite_that_is_not_the_crosscoder_s_is_refused_in_one_line(run, tmp_path):
+    message = refused(LiveModels(run, suite=other_suite(tmp_path / "other")), "the suite other is not the crosscoder's")
+    assert "snapshot step0 has other weights" in message and "pass the suite the crosscoder was trained on" in message
+    fewer = CheckpointSuite.local(run.parent / "suite").select(steps=[0, 10])
+    refused(LiveModels(run, suite=fewer), "snapshots [step0, step10, step20] vs [step0, step10]")
+    moved = edited_copy(run, tmp_path / "moved", lambda meta: meta["suite"].update(root=str(tmp_path / "gone")))
+    refused(LiveModels(moved), f"its folder {tmp_path / 'gone'} is gone")
+
+
+def test_another_hook_or_width_is_refused_in_one_line(run, tmp_path):
+    def unrecorded(meta, hook=HOOK):
+        meta["hook_name"] = hook
+        for entry in meta["suite"]["snapshots"]:  # no identity to compare: the shapes decide
+            entry.pop("source"), entry.pop("weights_sha256")
+
+    wide = other_suite(tmp_path / "wide", hidden_size=48)
+    message = refused(LiveModels(edited_copy(run, tmp_path / "a", unrecorded), suite=wide), "does not fit")
+    assert "its models give 48 numbers at blocks.0.hook_resid_post, the crosscoder reads d_in 32" in message
+    deep = edited_copy(run, tmp_path / "b", lambda meta: unrecorded(meta, "blocks.5.hook_resid_post"))
+    refused(LiveModels(deep), "the model has no hook 'blocks.5.hook_resid_post'")
+    bare = tmp_path / "bare"
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("final"))
+    refused(LiveModels(bare), "holds no trained crosscoder (final/cfg.json)")
+
+
+def test_nothing_on_disk_changes(run, live):
+    before = {**tf.tree_bytes(run), **{f"suite/{k}": v for k, v in tf.tree_bytes(run.parent / "suite").items()}}
+    live.activations(TEXT + " there")
+    live.steer(2, PROMPT, strength=3.0, n_tokens=3, mode="clamp")
+    for ask in (lambda: live.activations(""), lambda: live.steer(2, PROMPT, strength=float("nan"))):
+        with pytest.raises(LiveInputError):
+            ask()
+    after = {**tf.tree_bytes(run), **{f"suite/{k}": v for k, v in tf.tree_bytes(run.parent / "suite").items()}}
+    assert after == before
+
+
+def test_a_hub_suite_offline_without_its_files_is_refused_in_one_line(run, tmp_path, offline_hf_home):
+    def on_the_hub(meta):
+        meta["suite"].update(family="pythia", model_id="EleutherAI/pythia-14m", root=None)
+        for entry, step in zip(meta["suite"]["snapshots"], (0, 1000, 2000)):
+            entry.update(revision=f"step{step}", step=step)
+
+    message = refused(LiveModels(edited_copy(run, tmp_path / "hub", on_the_hub)), "snapshot models cannot be found")
+    assert (
+        "step0' is a published checkpoint of EleutherAI/pythia-14m but it is not (completely) in the local" in message
+    )
+    assert "pass the suite the crosscoder was trained on" in message

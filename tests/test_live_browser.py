@@ -1,0 +1,388 @@
+"""``crosslens browse``'s live panels: the live API against :class:`crosslens.live.LiveModels`, its
+one-line refusals (the server goes on, nothing on disk changes), many requests while the models
+load, and the panels in a real headless Chromium, whose numbers must equal the Python function's.
+
+Screenshots of the panels go to ``$CROSSLENS_SCREENSHOTS`` (default /tmp/live_screens).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import types
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trust_fixtures as tf
+from live_fixtures import PROMPT, TEXT, edited_copy, live, run, words  # noqa: F401  (fixtures)
+from test_browser import driver, open_page, screenshot, wait_for  # noqa: F401  (driver: the module's Chromium)
+
+from crosslens.browser import BrowseConfig, make_server
+from crosslens.checkpoints import CheckpointSuite
+from crosslens.dashboards import schema
+from crosslens.live import LiveAnswers, LiveModels
+
+SCREENS = Path(os.environ.get("CROSSLENS_SCREENSHOTS", "/tmp/live_screens"))
+
+
+def serve(run: Path, backend, config: BrowseConfig | None = None):
+    server = make_server(run, config or BrowseConfig(port=0), backend)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(run, live):
+    server = serve(run, LiveAnswers(live))
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def get(server, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(server.url.rstrip("/") + path, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def query(**params) -> str:
+    return urllib.parse.urlencode(params)
+
+
+# --------------------------------------------------------------------------- the API
+def test_the_live_api_answers_what_the_python_function_returns(server, live):
+    status, answer = get(server, "/api/live/text?" + query(text=TEXT))
+    assert status == 200, answer
+    acts = live.activations(TEXT)
+    assert answer["tokens"] == acts.tokens
+    for reading in (-1, 0, 1, 2):
+        want = [[f, round(a, 6), t] for f, a, t in acts.top(reading, 20)]
+        assert answer["readings"][str(reading)] == want
+        for f, _, _ in want:
+            assert answer["rows"][str(f)]["feature"] == f and len(answer["rows"][str(f)]["norms"]) == 3
+    feature = answer["readings"]["-1"][0][0]
+    status, heat = get(server, f"/api/live/feature/{feature}/text?" + query(text=TEXT))
+    assert status == 200 and heat["rows"] == [-1, 0, 1, 2] and heat["tokens"] == acts.tokens
+    assert heat["acts"] == [[round(a, 6) for a in row] for row in acts.feature(feature).tolist()]
+    steer = dict(prompt=PROMPT, strength=6, mode="clamp", tokens=7, temperature=0.5, seed=3)
+    status, steered = get(server, f"/api/live/feature/{feature}/steer?" + query(**steer))
+    assert status == 200, steered
+    want = live.steer(feature, PROMPT, strength=6.0, mode="clamp", n_tokens=7, temperature=0.5, seed=3)
+    assert [(r["plain"], r["steered"]) for r in steered["snapshots"]] == [(r.plain, r.steered) for r in want.snapshots]
+    status, state = get(server, "/api/live/status")
+    assert state["state"] == "ready" and state["resident"] == [0, 1, 2] and state["loads"] == [1, 1, 1]
+
+
+def test_bad_live_requests_answer_one_line_and_the_server_goes_on(server, run):
+    before = tf.tree_bytes(run)
+    long_text, too_many = "x" * 4001, words(80)
+    steer = "/api/live/feature/3/steer?prompt=the+dog&"
+    cases = [
+        ("/api/live/text?text=", 400, "text= is empty: type the text"),
+        ("/api/live/text", 400, "text= is empty"),
+        ("/api/live/text?" + query(text=long_text), 400, "text= has 4,001 characters: at most 4,000"),
+        ("/api/live/text?text=%FF%FEdog", 400, "parameters are not valid UTF-8"),
+        ("/api/live/text?" + query(text=too_many), 400, "past the models' context of 64"),
+        ("/api/live/feature/3/steer?prompt=%20%20&strength=1", 400, "prompt= is empty"),
+        (steer + "strength=nan", 400, "strength=nan: give a finite number"),
+        (steer + "strength=inf", 400, "strength=inf: give a finite number"),
+        (steer + "strength=-1e400", 400, "give a finite number"),
+        (steer + "strength=abc", 400, "strength=abc: not a number"),
+        (steer + "strength=", 400, "strength= is missing: give a number"),
+        (steer + "strength=1e7", 400, "strength=1e7: give a number from -1e+06 to 1e+06"),
+        (steer + "strength=1&tokens=65", 400, "tokens=65: give a whole number from 1 to 64"),
+        (steer + "strength=1&tokens=1.5", 400, "tokens=1.5: not a whole number"),
+        (steer + "strength=1&tokens=62", 400, "past the models' context of 64"),
+        (steer + "strength=1&temperature=-1", 400, "temperature=-1: give a number from 0 to 10"),
+        (steer + "strength=1&seed=-1", 400, "seed=-1: give a whole number from 0"),
+        (steer + "strength=1&mode=scale", 400, "mode=scale: use add"),
+        ("/api/live/feature/99999999999999999999/text?text=dog", 404, "this database holds features 0 to 31."),
+        ("/api/live/feature/-1/steer?prompt=dog&strength=1", 404, "feature -1: this database holds features 0 to 31."),
+        ("/api/live/feature/32/text?text=dog", 404, "feature 32: this database holds features 0 to 31."),
+        ("/api/live/feature/abc/text?text=dog", 404, "feature abc: not a feature id"),
+        ("/api/live/elsewhere", 404, "no API endpoint /api/live/elsewhere"),
+        ("/api/feature/99999999999999999999", 404, "this database holds features 0 to 31."),
+        ("/api/feature/-3", 404, "feature -3: this database holds features 0 to 31."),
+        ("/api/feature/99999999999999999999/contexts", 404, "this database holds features 0 to 31."),
+        (
+            "/api/feature/3/contexts?snapshot=99",
+            400,
+            "snapshot=99: give -1 (the crosscoder's code) or a snapshot 0 to 2",
+        ),
+        ("/api/feature/3/contexts?snapshot=-2", 400, "snapshot=-2: give -1"),
+        ("/api/feature/3/contexts?snapshot=123456789012345678901234", 400, "snapshot=1234567890"),
+    ]
+    for path, code, words_ in cases:
+        status, payload = get(server, path)
+        assert status == code and words_ in payload["error"] and "\n" not in payload["error"], (path, payload)
+    assert get(server, "/api/feature/3")[0] == 200 and get(server, "/api/live/text?text=dog")[0] == 200
+    assert tf.tree_bytes(run) == before
+
+
+class HeldSuite(CheckpointSuite):
+    """The suite, whose snapshot models load only once ``gate`` is set, counting each load."""
+
+    gate: threading.Event
+    loaded: list[int]
+
+    def load(self, snapshot, **kwargs):
+        assert self.gate.wait(60), "the test never opened the gate"
+        self.loaded.append(snapshot.index)
+        return super().load(snapshot, **kwargs)
+
+
+def test_many_live_requests_while_the_models_load_are_each_answered_once(run):
+    held = HeldSuite.local(run.parent / "suite")
+    held.gate, held.loaded = threading.Event(), []
+    server = serve(run, LiveAnswers(LiveModels(run, suite=held, device="cpu")))
+    try:
+        paths = [f"/api/live/text?{query(text=t)}" for t in (TEXT, PROMPT, TEXT, "the dog", PROMPT, TEXT)]
+        paths += [f"/api/live/feature/{f}/text?{query(text=TEXT)}" for f in (1, 2)]
+        paths += [f"/api/live/feature/4/steer?{query(prompt=PROMPT, strength=2, tokens=3)}"]
+        answers: dict[int, tuple[int, dict]] = {}
+
+        def ask(i: int, path: str) -> None:
+            answers[i] = get(server, path)
+
+        threads = [threading.Thread(target=ask, args=(i, p)) for i, p in enumerate(paths)]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: get(server, "/api/live/status")[1].get("busy"), what="a live request loading models")
+        # while every live request waits on the models, the stored pages answer
+        assert get(server, "/api/feature/3")[0] == 200 and get(server, "/api/features?limit=5")[0] == 200
+        assert get(server, "/api/live/status")[1]["state"] in ("loading", "ready") and not answers
+        held.gate.set()
+        for thread in threads:
+            thread.join(120)
+        assert sorted(answers) == list(range(len(paths))) and all(s == 200 for s, _ in answers.values()), answers
+        assert sorted(held.loaded) == [0, 1, 2]  # each snapshot model loaded once
+        assert answers[0][1]["readings"] == answers[2][1]["readings"] == answers[5][1]["readings"]
+    finally:
+        held.gate.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_where_the_models_cannot_load_the_live_api_says_why_and_the_stored_pages_work(run, tmp_path):
+    moved = edited_copy(run, tmp_path / "moved", lambda meta: meta["suite"].update(root=str(tmp_path / "gone")))
+    # its crosscoder's record was edited, so the database is named to be read as it is
+    config = BrowseConfig(port=0, database=str(moved / schema.DATABASE_NAME))
+    for backend in (LiveAnswers(LiveModels(moved, device="cpu")), None):
+        server = serve(moved, backend, config)
+        try:
+            status, payload = get(server, "/api/live/text?text=dog")
+            state = get(server, "/api/live/status")[1]
+            if backend is None:
+                assert status == 404 and "the live panels are off" in payload["error"] and state["state"] == "off"
+            else:
+                assert status == 503 and f"its folder {tmp_path / 'gone'} is gone" in payload["error"]
+                assert "--suite" in payload["error"] and "\n" not in payload["error"]
+                assert state["state"] == "unavailable" and state["problem"] == payload["error"]
+            assert get(server, "/api/feature/3")[0] == 200 and get(server, "/api/features")[0] == 200
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+class Lines:
+    """A subprocess's output, a line at a time, waited for with a timeout."""
+
+    def __init__(self, process) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self.queue.put(line) for line in process.stdout], daemon=True).start()
+
+    def until(self, words_: str, timeout: float = 180) -> str:
+        while True:
+            line = self.queue.get(timeout=timeout)
+            if words_ in line:
+                return line
+
+
+def test_crosslens_browse_serves_the_live_panels_and_without_them_loads_no_torch(run):
+    code = (
+        "import atexit, sys; from crosslens.cli import main; "
+        "atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules, flush=True)); "
+        f"main(['browse', {str(run)!r}, '--port', '0', '--device', 'cpu', *sys.argv[1:]])"
+    )
+    for extra in (["--no-live"], ["--resident-models", "2"]):
+        process = subprocess.Popen([sys.executable, "-c", code, *extra], stdout=subprocess.PIPE, text=True)
+        try:
+            lines = Lines(process)
+            url = re.search(r"http://127\.0\.0\.1:\d+/", lines.until("crosslens browse:"))[0]
+            server = types.SimpleNamespace(url=url)
+            if extra == ["--no-live"]:
+                assert get(server, "/api/live/status")[1]["state"] == "off"
+            else:
+                assert "live panels: ready" in lines.until("live panels")
+                status, answer = get(server, "/api/live/text?" + query(text=TEXT))
+                state = get(server, "/api/live/status")[1]
+                assert status == 200 and answer["tokens"] and (state["resident"], state["loads"]) == ([0, 1], [1, 1, 1])
+                budget = lines.until("resident budget")
+                assert "live panels: 2 of 3 snapshot models kept resident" in budget and "KiB each" in budget
+            assert get(server, "/api/feature/3")[0] == 200
+            process.send_signal(signal.SIGINT)
+            assert "stopped." in lines.until("stopped.")
+            assert lines.until("torch loaded:").strip() == f"torch loaded: {extra != ['--no-live']}"
+        finally:
+            process.kill()
+            process.wait()
+
+
+# --------------------------------------------------------------------------- in Chromium
+def settled(driver, panel: str, timeout: float = 120) -> str:
+    return wait_for(
+        lambda: driver.execute_script(
+            f"const s = document.getElementById('{panel}').dataset.state; return ['done', 'error', 'unavailable'].includes(s) && s"
+        ),
+        timeout,
+        what=f"{panel} to answer",
+    )
+
+
+def shown_live_rows(driver) -> list[list[float]]:
+    return driver.execute_script(
+        "return [...document.querySelectorAll('table.live-features tbody tr')].map(r => "
+        "[Number(r.dataset.feature), Number(r.querySelector('td.live-act').dataset.act)])"
+    )
+
+
+def shown_heatmap(driver, holder: str) -> tuple[list[int], list[list[float]]]:
+    return driver.execute_script(
+        f"const rows = [...document.querySelectorAll('#{holder} table.heatmap tbody tr')];"
+        "return [rows.map(r => Number(r.dataset.reading)), rows.map(r => [...r.querySelectorAll('td.cell')].map(c => Number(c.dataset.act)))]"
+    )
+
+
+def test_the_list_page_runs_a_text_and_shows_the_features_and_a_heatmap(driver, server, live):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.select import Select
+
+    acts = live.activations(TEXT)
+    open_page(driver, server, "/")
+    box = driver.find_element(By.ID, "live-text")
+    box.send_keys(TEXT, Keys.ENTER)
+    assert settled(driver, "live-list") == "done"
+    assert shown_live_rows(driver) == [[f, pytest.approx(a, abs=1e-6)] for f, a, _ in acts.top(-1, 20)]
+    top = acts.top(-1, 20)[0][0]
+    readings, grid = shown_heatmap(driver, "live-list-heatmap")
+    assert readings == [-1, 0, 1, 2] and grid == [
+        [pytest.approx(a, abs=1e-6) for a in row] for row in acts.feature(top)
+    ]
+    assert "text=" in driver.current_url
+    screenshot(driver, "list_your_text", SCREENS)
+
+    Select(driver.find_element(By.ID, "live-reading")).select_by_value("1")
+    assert shown_live_rows(driver) == [[f, pytest.approx(a, abs=1e-6)] for f, a, _ in acts.top(1, 20)]
+    third = acts.top(1, 20)[2][0]
+    driver.find_element(By.CSS_SELECTOR, f"table.live-features tr[data-feature='{third}'] td.live-act").click()
+    wait_for(
+        lambda: (
+            shown_heatmap(driver, "live-list-heatmap")[1]
+            and driver.execute_script(
+                f"return document.querySelector('#live-list-heatmap table.heatmap').dataset.feature === '{third}'"
+            )
+        ),
+        what="heatmap",
+    )
+    assert shown_heatmap(driver, "live-list-heatmap")[1] == [
+        [pytest.approx(a, abs=1e-6) for a in r] for r in acts.feature(third)
+    ]
+    assert all(part in driver.current_url for part in ("reading=1", f"chosen={third}"))
+    shared = driver.current_url.removeprefix(server.url.rstrip("/"))
+    open_page(driver, server, shared)  # the URL is the answer: a new tab shows it again
+    assert settled(driver, "live-list") == "done"
+    assert shown_live_rows(driver) == [[f, pytest.approx(a, abs=1e-6)] for f, a, _ in acts.top(1, 20)]
+    screenshot(driver, "list_your_text_snapshot_1", SCREENS)
+
+
+def test_the_feature_page_shows_its_heatmap_and_steers_every_snapshot(driver, server, live):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+
+    acts = live.activations(TEXT)
+    feature = acts.top(-1, 1)[0][0]
+    open_page(driver, server, f"/feature/{feature}?" + query(text=TEXT))
+    assert settled(driver, "live-feature") == "done"
+    readings, grid = shown_heatmap(driver, "live-feature-heatmap")
+    assert readings == [-1, 0, 1, 2] and grid == [
+        [pytest.approx(a, abs=1e-6) for a in row] for row in acts.feature(feature)
+    ]
+
+    for key, value in (("prompt", PROMPT), ("strength", "6"), ("tokens", "8")):
+        field = driver.find_element(By.ID, "steer-" + key)
+        field.clear()
+        field.send_keys(value)
+    driver.find_element(By.CSS_SELECTOR, "#live-steer button[type=submit]").click()
+    assert settled(driver, "live-steer") == "done"
+
+    def shown_steering() -> list[tuple[list[str], list[str]]]:
+        return driver.execute_script(
+            "return [...document.querySelectorAll('table.steering tbody tr')].map(r => "
+            "[[...r.querySelectorAll('td.plain .gen span')].map(s => s.textContent), "
+            "[...r.querySelectorAll('td.steered .gen span')].map(s => s.textContent)])"
+        )
+
+    def as_shown(tokens: list[str]) -> list[str]:
+        return [t.replace("\n", "\u21b5").replace("\t", "\u21e5") for t in tokens]
+
+    want = live.steer(feature, PROMPT, strength=6.0, n_tokens=8)
+    assert shown_steering() == [[as_shown(r.plain), as_shown(r.steered)] for r in want.snapshots]
+    screenshot(driver, "feature_your_text_and_steering", SCREENS)
+
+    Select(driver.find_element(By.ID, "steer-mode")).select_by_value("clamp")
+    field = driver.find_element(By.ID, "steer-strength")
+    field.clear()
+    field.send_keys("0")
+    driver.execute_script("document.getElementById('live-steer').dataset.state = 'idle'")
+    driver.find_element(By.CSS_SELECTOR, "#live-steer button[type=submit]").click()
+    assert settled(driver, "live-steer") == "done"
+    want = live.steer(feature, PROMPT, strength=0.0, mode="clamp", n_tokens=8)
+    assert shown_steering() == [[as_shown(r.plain), as_shown(r.steered)] for r in want.snapshots]
+    assert all(part in driver.current_url for part in ("mode=clamp", "strength=0", "prompt="))
+    open_page(driver, server, driver.current_url.removeprefix(server.url.rstrip("/")))  # shared: steers again
+    assert settled(driver, "live-steer") == "done" and shown_steering() == [
+        [as_shown(r.plain), as_shown(r.steered)] for r in want.snapshots
+    ]
+    screenshot(driver, "feature_steering_clamped", SCREENS)
+
+    field = driver.find_element(By.ID, "steer-tokens")
+    field.clear()
+    field.send_keys("500")
+    driver.find_element(By.CSS_SELECTOR, "#live-steer button[type=submit]").click()
+    assert settled(driver, "live-steer") == "error"
+    assert (
+        "tokens=500: give a whole number from 1 to 64"
+        in driver.find_element(By.CSS_SELECTOR, "#live-steer .live-status").text
+    )
+    logged = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert len(logged) == 1 and "tokens=500" in logged[0] and "400 (Bad Request)" in logged[0]  # the one refused
+
+
+def test_the_live_panels_say_in_the_page_why_they_cannot_load(driver, run, tmp_path):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    moved = edited_copy(run, tmp_path / "moved", lambda meta: meta["suite"].update(root=str(tmp_path / "gone")))
+    config = BrowseConfig(port=0, database=str(moved / schema.DATABASE_NAME))
+    server = serve(moved, LiveAnswers(LiveModels(moved, device="cpu")), config)
+    try:
+        open_page(driver, server, "/?" + query(text=TEXT))
+        assert settled(driver, "live-list") == "unavailable"
+        line = driver.find_element(By.CSS_SELECTOR, "#live-list .live-status").text
+        assert line.startswith("Live panels unavailable: ") and f"its folder {tmp_path / 'gone'} is gone" in line
+        assert driver.find_elements(By.CSS_SELECTOR, "table.features:not(.live-features) tbody tr")  # the list is there
+        screenshot(driver, "list_live_unavailable", SCREENS)
+    finally:
+        server.shutdown()
+        server.server_close()
