@@ -14,7 +14,9 @@ JSON API (every error is ``{"error": "one line"}`` with status 400 or 404):
 * ``/api/run``: the run: snapshots, classes and their counts, tasks, sortable columns, budget;
 * ``/api/features?...``: a page of the feature list (parameters: :func:`~crosslens.browser.queries.parse_query`);
 * ``/api/feature/ID``: one feature's facts, per-snapshot series, histograms, logit effects, causal scores;
-* ``/api/feature/ID/contexts[?snapshot=S]``: its top and quantile contexts at every reading, or at S.
+* ``/api/feature/ID/contexts[?snapshot=S]``: its top and quantile contexts at every reading, or at S;
+* ``/api/feature/ID/explanations``: its explanations per phase, their scores and its drift
+  (:mod:`crosslens.browser.explained`; the list's ``meaning``, ``drifted`` and ``min_detection`` search them).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from crosslens.browser.config import DEFAULT_PORT, HOST, BrowseConfig
 from crosslens.browser.database import Database
+from crosslens.browser.explained import EXPLAINED_SORTS, ExplainedQueryError, feature_explanations
 from crosslens.browser.feature import NoSuchFeature, feature_contexts, feature_detail
 from crosslens.browser.queries import FEATURE_SORTS, SNAPSHOT_SORTS, STATES, QueryError, feature_page, parse_query
 from crosslens.core.errors import CrosslensError
@@ -124,6 +127,8 @@ class BrowserServer(ThreadingHTTPServer):
             "histogram_edges": facts.meta.get("histogram_edges"),
             "report": self.report.is_file(),
             "page_size": self.config.page_size,
+            "explained": facts.explained,  # crosslens explain's explanations (None: none)
+            "explained_sorts": list(EXPLAINED_SORTS),
         }
 
 
@@ -141,6 +146,7 @@ class BrowserHandler(BaseHTTPRequestHandler):
         (re.compile(r"/api/features"), "_api_features"),
         (re.compile(r"/api/feature/(\d+)"), "_api_feature"),
         (re.compile(r"/api/feature/(\d+)/contexts"), "_api_contexts"),
+        (re.compile(r"/api/feature/(\d+)/explanations"), "_api_explanations"),
         (re.compile(r"/feature/(\d+)/?"), "_feature_page"),
         (re.compile(r"/static/([\w.-]+)"), "_static"),
         (re.compile(r"/report"), "_report"),
@@ -159,8 +165,8 @@ class BrowserHandler(BaseHTTPRequestHandler):
             if match:
                 try:
                     return getattr(self, name)(*match.groups())
-                except (QueryError, NoSuchFeature) as error:
-                    status = HTTPStatus.NOT_FOUND if isinstance(error, NoSuchFeature) else HTTPStatus.BAD_REQUEST
+                except (QueryError, ExplainedQueryError, NoSuchFeature) as error:
+                    status = HTTPStatus.NOT_FOUND if isinstance(error, LookupError) else HTTPStatus.BAD_REQUEST
                     return self._json({"error": str(error.args[0])}, status)
         if url.path.startswith("/api/"):
             return self._json({"error": f"no API endpoint {url.path}"}, HTTPStatus.NOT_FOUND)
@@ -195,6 +201,10 @@ class BrowserHandler(BaseHTTPRequestHandler):
                 connection, int(feature), self.server.database.facts, None if snapshot is None else int(snapshot)
             )
         self._json(payload)
+
+    def _api_explanations(self, feature: str) -> None:
+        with self.server.database.connection() as connection:
+            self._json(feature_explanations(connection, int(feature), self.server.database.facts.explained))
 
     # ----------------------------------------------------------------- pages and files
     def _feature_page(self, feature: str) -> None:
