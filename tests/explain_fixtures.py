@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from crosslens.dashboards import schema
-from crosslens.dashboards.explanation_schema import explanation_id
+from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME, explanation_id
 from crosslens.dashboards.record import read_record, write_record
 from crosslens.explain.store import Binding, ExplanationStore
 
@@ -235,3 +235,12 @@ def write_synthetic_explanations(run_dir: str | Path, per_feature: int = 4, seed
     )
     store.close(compact=True)
     return store.path
+
+
+def rows(run: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    """The answer to ``sql`` in the run's explanations file."""
+    db = sqlite3.connect(Path(run) / EXPLANATIONS_NAME)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()

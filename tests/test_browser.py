@@ -465,12 +465,12 @@ def shown_features(driver) -> list[int]:
     )
 
 
-def screenshot(driver, name: str) -> None:
-    SCREENS.mkdir(parents=True, exist_ok=True)
+def screenshot(driver, name: str, folder: Path = SCREENS) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
     driver.execute_script("window.scrollTo(0, 0)")
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(1400, min(max(height + 120, 800), 2600))
-    driver.save_screenshot(str(SCREENS / f"{name}.png"))
+    driver.save_screenshot(str(folder / f"{name}.png"))
     driver.set_window_size(1400, 1000)
 
 

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from explain_fixtures import CAT, DEAD, DENSE, DRIFTER, N_SNAPSHOTS, WINDOW, write_planted_database
+from explain_fixtures import CAT, DEAD, DENSE, DRIFTER, N_SNAPSHOTS, WINDOW, rows, write_planted_database
 
 from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME
 from crosslens.explain import ExplainConfig, StubEndpoint, dry_run, explain_run
@@ -58,14 +58,6 @@ def run(tmp_path) -> Path:
 def stub():
     with StubEndpoint(model=MODEL) as endpoint:
         yield endpoint
-
-
-def rows(run: Path, sql: str, args=()) -> list[tuple]:
-    db = sqlite3.connect(run / EXPLANATIONS_NAME)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
 
 
 def content(run: Path) -> dict[str, list]:
@@ -159,7 +151,7 @@ def test_every_feature_is_explained_scored_and_its_drift_flagged(run, stub):
         == planned.explain_requests + planned.score_requests
         == summary.explain_requests + summary.score_requests
     )
-    assert summary.prompt_tokens > 0 and summary.failed == 0
+    assert summary.traffic.prompt_tokens > 0 and summary.traffic.failed == 0
 
     texts = dict(((f, s), t) for f, s, t in rows(run, "SELECT feature, snapshot, text FROM explanations"))
     assert {s for f, s in texts if f == CAT} == {-1, 1, 2, N_SNAPSHOTS - 1}
@@ -213,7 +205,9 @@ def test_a_misbehaving_endpoint_is_retried_and_unreadable_answers_asked_again(ru
     stub.slow_seconds = 1.0
     stub.fail_next("429", "500", "malformed", "slow", "empty", "429")
     summary = explain_run(run, config(stub, concurrency=1, deadline=0.3))
-    assert summary.retried == 5 and summary.failed == 0  # 429, 500, malformed, slow, 429 retried; "empty" asked again
+    assert (
+        summary.traffic.retried == 5 and summary.traffic.failed == 0
+    )  # 429, 500, malformed, slow, 429 retried; "empty" asked again
     assert [e["fault"] for e in stub.log[:7]] == ["429", "500", "malformed", "slow", "empty", "429", None]
     assert content(run) == content(clean_run)  # nothing lost, nothing stored from a bad answer
 
@@ -235,7 +229,7 @@ def test_a_misbehaving_endpoint_is_retried_and_unreadable_answers_asked_again(ru
 def test_retries_give_up_and_the_run_goes_on(run, stub):
     stub.fail_next("500", "500", "500")
     summary = explain_run(run, config(stub, concurrency=1, retries=2))
-    assert summary.failed == 1 and summary.retried == 2
+    assert summary.traffic.failed == 1 and summary.traffic.retried == 2
     (failure,) = rows(run, "SELECT kind, attempts, error FROM failures")
     assert failure[0] == "explain" and "after 3 tries: 500" in failure[2]
 

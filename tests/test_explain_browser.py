@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from explain_fixtures import CAT, DEAD, DRIFTER, N_SNAPSHOTS, write_planted_database
-from test_browser import driver, open_page, shown_features, wait_for  # noqa: F401 (the Chromium fixture)
+from test_browser import driver, get, listed, open_page, screenshot, server, shown_features, wait_for  # noqa: F401 (fixtures on run_dir)
 
 from crosslens.browser import BrowseConfig, make_server
 from crosslens.explain import ExplainConfig, StubEndpoint, explain_run, import_explanations
@@ -24,7 +24,8 @@ SHOTS = Path(os.environ.get("CROSSLENS_SHOTS", "/tmp/explain_screens"))
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory) -> Path:
+    """A planted run, explained (test_browser's server serves it)."""
     run = write_planted_database(tmp_path_factory.mktemp("explained") / "run").parent
     with StubEndpoint(model="stub") as stub:
         explain_run(run, ExplainConfig(endpoint=stub.url, model="stub", progress=False))
@@ -38,30 +39,6 @@ def run(tmp_path_factory) -> Path:
     listing.write_text(json.dumps(rows))
     import_explanations(run, listing, ExplainConfig(progress=False))
     return run
-
-
-@pytest.fixture(scope="module")
-def server(run):
-    server = make_server(run, BrowseConfig(port=0))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def get(server, path: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(server.url.rstrip("/") + path) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def listed(server, **params) -> dict:
-    status, page = get(server, "/api/features?" + urllib.parse.urlencode(params | {"limit": 500}))
-    assert status == 200, page
-    return page
 
 
 def ids(page: dict) -> list[int]:
@@ -110,11 +87,11 @@ def test_a_feature_shows_its_explanations_per_phase_with_the_drift_matrix(server
     assert get(server, f"/api/feature/{DEAD}/explanations")[1]["explanations"] == []
 
 
-def test_explanations_of_another_feature_database_are_left_out(run, tmp_path):
+def test_explanations_of_another_feature_database_are_left_out(run_dir, tmp_path):
     copy = tmp_path / "run"
     copy.mkdir()
     write_planted_database(copy, seed=3)  # rebuilt: another database
-    (copy / "explanations.sqlite").write_bytes((run / "explanations.sqlite").read_bytes())
+    (copy / "explanations.sqlite").write_bytes((run_dir / "explanations.sqlite").read_bytes())
     server = make_server(copy, BrowseConfig(port=0))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -127,15 +104,6 @@ def test_explanations_of_another_feature_database_are_left_out(run, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
-
-
-def screenshot(driver, name: str) -> None:  # noqa: F811
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    driver.execute_script("window.scrollTo(0, 0)")
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1400, min(max(height + 120, 800), 2200))
-    driver.save_screenshot(str(SHOTS / f"{name}.png"))
-    driver.set_window_size(1400, 1000)
 
 
 def test_a_search_by_meaning_in_chromium_opens_its_result(driver, server):  # noqa: F811
@@ -159,7 +127,7 @@ def test_a_search_by_meaning_in_chromium_opens_its_result(driver, server):  # no
     )
     cell = driver.find_element(By.CSS_SELECTOR, "table.features td.explanation")
     assert 'the text "dog"' in cell.text and "meaning drifted" in cell.text
-    screenshot(driver, "search")
+    screenshot(driver, "search", SHOTS)
     driver.find_element(By.CSS_SELECTOR, f"tr[data-feature='{DRIFTER}'] td.id a").click()
     wait_for(
         lambda: driver.execute_script(
@@ -178,4 +146,4 @@ def test_a_search_by_meaning_in_chromium_opens_its_result(driver, server):  # no
     assert len(cells) == 9 and "0.50" in cells and "1.00" in cells  # 3 life readings x 3
     assert "meaning drifted" in driver.find_element(By.ID, "drift-chip").text
     wait_for(lambda: driver.execute_script("return document.body.dataset.state === 'ready'"), what="plots")
-    screenshot(driver, "feature")
+    screenshot(driver, "feature", SHOTS)

@@ -9,13 +9,12 @@ import hashlib
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from explain_fixtures import CAT, DRIFTER, N_SNAPSHOTS, write_planted_database
+from explain_fixtures import CAT, DRIFTER, N_SNAPSHOTS, rows, write_planted_database
 
 from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME
 from crosslens.dashboards.record import write_record
@@ -138,14 +137,6 @@ def test_the_key_reaches_no_file_log_or_message(tmp_path):
         assert not [t for t in texts if any(piece in t for piece in pieces)]
         assert not [f for f in files if secret.encode() in f]
     assert rows(run, "SELECT count(*) FROM explanations")[0][0] > 0
-
-
-def rows(run: Path, sql: str, args=()) -> list[tuple]:
-    db = sqlite3.connect(run / EXPLANATIONS_NAME)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
 
 
 def test_dry_run_counts_what_a_run_sends_and_sends_nothing(tmp_path):

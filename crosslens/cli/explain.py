@@ -37,8 +37,8 @@ def explain(args: argparse.Namespace) -> int:
     stored = summary.stored
     print(
         f"asked {summary.explain_requests} explanations and {summary.score_requests} scores of {summary.features} "
-        f"features ({summary.prompt_tokens:,} prompt and {summary.completion_tokens:,} answer tokens, "
-        f"{summary.retried} retries, {summary.failed} failed)"
+        f"features ({summary.traffic.prompt_tokens:,} prompt and {summary.traffic.completion_tokens:,} answer tokens, "
+        f"{summary.traffic.retried} retries, {summary.traffic.failed} failed)"
     )
     print(
         f"{args.run_dir}/explanations.sqlite holds {stored['explanations']} explanations of {stored['features']} features, "
@@ -59,7 +59,7 @@ def _dry_run(run_dir: str, config: ExplainConfig) -> int:
     requests = summary.explain_requests + summary.score_requests
     print(
         f"dry run: {summary.features} features need {requests} requests ({summary.explain_requests} explanations, "
-        f"{summary.score_requests} detection scores) of about {summary.prompt_tokens:,} prompt tokens "
+        f"{summary.score_requests} detection scores) of about {summary.traffic.prompt_tokens:,} prompt tokens "
         f"(4 characters a token; explanations not yet written counted as twelve words), and at most "
         f"{requests * config.max_tokens:,} answer tokens (--max-tokens {config.max_tokens}); nothing was sent"
     )

@@ -32,6 +32,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from crosslens.dashboards.schema import TABLES as FEATURE_TABLES
+
 FORMAT = "crosslens.explanations/1"
 """The layout's name and version, ``meta['format']``."""
 
@@ -53,11 +55,7 @@ SOURCES = ("crosslens", "delphi", "neuronpedia")
 output or Neuronpedia's explanation export (``crosslens explain --import``)."""
 
 TABLES: dict[str, str] = {
-    "meta": """
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,   -- see META_KEYS
-    value TEXT NOT NULL       -- JSON
-)""",
+    "meta": FEATURE_TABLES["meta"],  # the feature database's: key -> JSON value (META_KEYS below)
     "explanations": """
 CREATE TABLE explanations (
     id                INTEGER PRIMARY KEY,  -- explanation_id(feature, snapshot, source); explanation_search's rowid

@@ -27,6 +27,7 @@ from crosslens.core.progress import progress_bar
 from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME
 from crosslens.dashboards.record import open_database, read_record
+from crosslens.explain.client import Traffic
 from crosslens.explain.config import ExplainConfig, ExplainError
 from crosslens.explain.contexts import FeatureContexts, FeaturePlan, Judged, held_out_passages, plan_feature
 from crosslens.explain.prompts import (
@@ -85,10 +86,8 @@ class Summary:
     features: int = 0
     explain_requests: int = 0
     score_requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    failed: int = 0
-    retried: int = 0
+    traffic: Traffic = field(default_factory=Traffic)
+    """What the endpoint was sent and answered (a dry run: the prompt tokens it would be sent, estimated)."""
     unscorable: int = 0
     """Scores not asked: the reading to judge has no held-out silent stretch (or no held-out activating context)."""
     stored: dict[str, int] = field(default_factory=dict)
@@ -229,7 +228,7 @@ def dry_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
 
 def count_dry(explainer: Explainer, work: Work, summary: Summary, scored: set) -> None:
     """Add ``work`` to a dry run's counts (an explanation with the scores it would lead to)."""
-    summary.prompt_tokens += estimate_tokens(explainer.messages(work))
+    summary.traffic.prompt_tokens += estimate_tokens(explainer.messages(work))
     if work.kind == "score":
         summary.score_requests += 1
         return
@@ -239,7 +238,7 @@ def count_dry(explainer: Explainer, work: Work, summary: Summary, scored: set) -
     summary.unscorable += missing
     for follow in more:
         summary.score_requests += 1
-        summary.prompt_tokens += estimate_tokens(explainer.messages(follow))
+        summary.traffic.prompt_tokens += estimate_tokens(explainer.messages(follow))
 
 
 def read_stored(run_dir: Path) -> tuple[dict, set]:
@@ -342,10 +341,9 @@ class Session:
         return store
 
     def finish(self, started: float) -> Summary:
-        traffic, summary = self.endpoint.traffic, self.summary
+        summary = self.summary
         summary.wall_seconds = time.perf_counter() - started
-        summary.failed, summary.retried = traffic.failed, traffic.retried
-        summary.prompt_tokens, summary.completion_tokens = traffic.prompt_tokens, traffic.completion_tokens
+        summary.traffic = traffic = self.endpoint.traffic
         summary.own_seconds = self.explainer.timer.seconds + self.store.seconds
         summary.mean_in_flight = traffic.in_flight_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
         summary.stored = self.store.counts()
