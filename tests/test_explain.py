@@ -306,3 +306,15 @@ def test_a_stopped_run_resumed_asks_nothing_twice(tmp_path, stop):
     # the resumed run asks exactly what is not stored: each missing request once, nothing stored again
     assert second == everything - stored
     assert content(run) == content(clean_run)
+
+
+def test_explain_runs_where_an_event_loop_already_runs(run, stub):
+    """A Jupyter kernel runs an event loop in the thread that runs a cell: explain_run goes on in a
+    thread of its own there."""
+    import asyncio
+
+    async def cell():
+        return explain_run(run, config(stub, max_features=2))
+
+    summary = asyncio.run(cell())
+    assert summary.explain_requests > 0 and summary.stored["explanations"] == summary.explain_requests

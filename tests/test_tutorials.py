@@ -18,7 +18,13 @@ import pytest
 from nbclient import NotebookClient
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
-NOTEBOOKS = ("01_quickstart.ipynb", "02_attribution.ipynb", "03_sharing.ipynb", "04_browsing.ipynb")
+NOTEBOOKS = (
+    "01_quickstart.ipynb",
+    "02_attribution.ipynb",
+    "03_sharing.ipynb",
+    "04_browsing.ipynb",
+    "05_explaining.ipynb",
+)
 KERNEL_NAME = "crosslens-tutorial-test"
 CELL_TIMEOUT_S = 600
 """Seconds per cell; the slowest, the small pico build, takes under a minute on 2 idle cores."""
@@ -197,3 +203,22 @@ def test_browsing_computes_serves_and_exports_every_feature(
     assert len(sources) == 3 and len(summary["saebench_folders"]) == 3
     # the exported SAE fires where the database says the snapshot's reading fires
     assert summary["density_gap"] < 1e-3  # measured: 0 (the same float32 code on the same tokens)
+
+
+def test_explaining_explains_scores_searches_and_exports_offline(
+    tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notebook, out = execute("05_explaining.ipynb", tmp_path, tutorial_env, monkeypatch)
+    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
+    summary = json.loads((out / "05_explaining" / "summary.json").read_text())
+    assert summary["small"] is True and summary["prompt_format"] == "crosslens-explain/1"
+    explained, scored = summary["asked"]
+    assert summary["asked"] == summary["planned"] and explained > 0 and scored > 0  # the dry run counted right
+    assert summary["asked_again"] == 0 and summary["stub_requests"] == explained + scored  # nothing asked twice
+    assert summary["stored"]["explanations"] == explained and summary["stored"]["scores"] == scored
+    assert summary["stored"]["failures"] == 0
+    best = summary["best"][0]
+    assert 0.5 <= best[3] <= 1.0 and best[0] in summary["search_rows"]  # the search finds it by its words
+    assert summary["search_total"] >= 1 and all(0 <= row[2] <= 1 for row in summary["matrix"])
+    assert len(summary["exported"]) == 3  # one explanations file per snapshot's source
+    assert {"modelId", "layer", "index", "description", "typeName"} <= set(summary["exported_row"])

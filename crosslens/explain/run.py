@@ -16,8 +16,9 @@ import asyncio
 import itertools
 import json
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from crosslens.core.progress import progress_bar
 from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME
 from crosslens.dashboards.record import open_database, read_record
+from crosslens.dashboards.schema import DATABASE_NAME
 from crosslens.explain.client import Traffic
 from crosslens.explain.config import ExplainConfig, ExplainError
 from crosslens.explain.contexts import FeatureContexts, FeaturePlan, Judged, held_out_passages, plan_feature
@@ -66,17 +68,22 @@ class Work:
 
 @dataclass
 class Timer:
-    """crosslens's own time (planning, prompts, parsing, writes), apart from waiting for answers."""
+    """crosslens's own time (planning, prompts, parsing, writes), apart from waiting for answers;
+    a timed block inside another counts once."""
 
     seconds: float = 0.0
+    depth: int = 0
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
         started = time.perf_counter()
+        self.depth += 1
         try:
             yield
         finally:
-            self.seconds += time.perf_counter() - started
+            self.depth -= 1
+            if self.depth == 0:
+                self.seconds += time.perf_counter() - started
 
 
 @dataclass
@@ -102,10 +109,13 @@ class Explainer:
     def __init__(self, run_dir: str | Path, config: ExplainConfig) -> None:
         self.run_dir, self.config = Path(run_dir), config
         try:
-            self.database = open_database(self.run_dir)
+            open_database(self.run_dir).close()  # every check of the feature database, once
             record = read_record(self.run_dir)
         except DashboardsError as error:
             raise ExplainError(str(error)) from None
+        # read from the thread that sends the requests, which may not be this one (run_async)
+        uri = f"{(self.run_dir / DATABASE_NAME).resolve().as_uri()}?mode=ro"
+        self.database = sqlite3.connect(uri, uri=True, check_same_thread=False)
         self.contexts = FeatureContexts(self.database)
         self.n_features = self.database.execute("SELECT count(*) FROM features").fetchone()[0]
         budget = self._meta("budget") or {}
@@ -276,7 +286,7 @@ def explain_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
             raise refused(path, problem)
         session = Session(explainer, endpoint)
         try:
-            summary = asyncio.run(session.run())
+            summary = run_async(session.run)
         except KeyboardInterrupt:
             counts = session.store.counts() if session.store is not None else {"explanations": 0, "scores": 0}
             raise KeyboardInterrupt(
@@ -290,6 +300,41 @@ def explain_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
         if session is not None and session.store is not None:
             session.store.close()
         explainer.close()
+
+
+def run_async(start: Callable[[], Awaitable[Summary]]) -> Summary:
+    """``asyncio.run(start())``; where an event loop already runs in this thread (a Jupyter
+    kernel), in a thread of its own, which Ctrl-C (the kernel's interrupt) stops as it stops a run."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(start())
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(start())
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = loop.run_until_complete(task)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = error
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=target, name="crosslens-explain", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+    except KeyboardInterrupt:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join()
+        raise
+    if isinstance(outcome.get("error"), asyncio.CancelledError):
+        raise KeyboardInterrupt
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 class Session:
@@ -344,7 +389,7 @@ class Session:
         summary = self.summary
         summary.wall_seconds = time.perf_counter() - started
         summary.traffic = traffic = self.endpoint.traffic
-        summary.own_seconds = self.explainer.timer.seconds + self.store.seconds
+        summary.own_seconds = self.explainer.timer.seconds  # the store's writes happen inside timed blocks
         summary.mean_in_flight = traffic.in_flight_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
         summary.stored = self.store.counts()
         return summary
