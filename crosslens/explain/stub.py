@@ -11,8 +11,9 @@ deterministically, as a careful but literal reader would:
 It counts requests, keeps a digest of each, and misbehaves on demand, one request at a time
 (:meth:`StubEndpoint.fail_next`): ``429`` (with ``Retry-After: 0``), ``500``, ``slow`` (answers
 after ``slow_seconds``), ``malformed`` (a body that is not JSON), ``empty`` (no choice), ``garbled``
-(an answer in no format), ``401``. Given a ``key``, it refuses any other with 401; asked for a model
-other than its ``model``, it answers 404 as OpenAI does.
+(an answer in no format), ``401``. Given a ``key``, it refuses any other with 401, repeating the
+key it was sent as careless servers do (the client must keep it out of its messages); asked for a
+model other than its ``model``, it answers 404 as OpenAI does.
 
     with StubEndpoint(model="stub") as stub:
         crosslens explain RUN --endpoint {stub.url} --model stub
