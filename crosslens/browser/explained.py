@@ -31,6 +31,7 @@ from typing import Any
 from crosslens.core.errors import CrosslensError
 from crosslens.dashboards.explanation_schema import (
     ALIAS,
+    STRIDE,
     binding_problem,
     explanations_path,
     read_meta,
@@ -129,9 +130,9 @@ def fts_query(text: str) -> str:
 
 @dataclass(frozen=True)
 class Matches:
-    """Features whose explanations match, best first: ``[[feature, bm25], ...]``, and the id of each one's best explanation."""
+    """Features whose explanations match, best first, and the id of each one's best explanation."""
 
-    ranked: list[list[float]]
+    ranked: list[int]
     best: dict[int, int]
 
 
@@ -154,16 +155,17 @@ def meaning_matches(connection: sqlite3.Connection, found: dict[str, Any], meani
             return _cache[key]
     ranked, best = [], {}
     if query:
+        # an explanation's id holds its feature (explanation_id): the index alone answers, no join
         rows = connection.execute(
-            f"SELECT e.feature, e.id, bm25(explanation_search) AS rank FROM {ALIAS}.explanation_search "
-            f"JOIN {ALIAS}.explanations e ON e.id = explanation_search.rowid "
-            "WHERE explanation_search MATCH ? ORDER BY rank, e.id",
+            f"SELECT bm25(explanation_search), rowid FROM {ALIAS}.explanation_search WHERE explanation_search MATCH ?",
             (query,),
-        )
-        for feature, row_id, rank in rows:
+        ).fetchall()
+        rows.sort()  # best (lowest bm25) first, ties by id
+        for _, row_id in rows:
+            feature = row_id // STRIDE
             if feature not in best:
                 best[feature] = row_id
-                ranked.append([feature, round(rank, 6)])
+                ranked.append(feature)
     found_matches = Matches(ranked, best)
     with _lock:
         _cache[key] = found_matches
@@ -173,19 +175,19 @@ def meaning_matches(connection: sqlite3.Connection, found: dict[str, Any], meani
 
 
 def explained_where(
-    connection: sqlite3.Connection, query: ExplainedQuery, found: dict[str, Any], source: str
+    connection: sqlite3.Connection, query: ExplainedQuery, found: dict[str, Any], source: str, sort: str
 ) -> tuple[str, list[str], dict[str, Any], Matches | None]:
-    """(FROM clause, WHERE clauses, parameters, matches) that the explanation parameters add to the list's query."""
-    source += f" LEFT JOIN {ALIAS}.feature_scores xs ON xs.feature = f.feature"
+    """(FROM clause, WHERE clauses, parameters, matches) that the explanation parameters (and the
+    sort ``sort``) add to the list's query."""
+    if query.drifted or query.min_detection is not None or sort in ("detection", "drift"):
+        source += f" LEFT JOIN {ALIAS}.feature_scores xs ON xs.feature = f.feature"
     clauses: list[str] = []
     args: dict[str, Any] = {}
     matches = None
     if query.meaning:
         matches = meaning_matches(connection, found, query.meaning)
-        source += (
-            " JOIN (SELECT json_extract(value, '$[0]') AS feature, json_extract(value, '$[1]') AS rank "
-            "FROM json_each(:meaning_ranked)) xm ON xm.feature = f.feature"
-        )
+        # the features best first: their place in that list (json_each's key) is their rank
+        source += " JOIN json_each(:meaning_ranked) xm ON xm.value = f.feature"
         args["meaning_ranked"] = json.dumps(matches.ranked)
     if query.drifted:
         clauses.append("xs.flagged = 1")
@@ -203,7 +205,7 @@ def sort_column(sort: str, query: ExplainedQuery | None) -> str | None:
         raise ExplainedQueryError(f"sort={sort}: this run has no explanations: run `crosslens explain RUN` first.")
     if sort == "match" and not query.meaning:
         raise ExplainedQueryError("sort=match ranks a search: add meaning=WORDS.")
-    return {"match": "xm.rank", "detection": "xs.detection", "drift": "xs.drift"}[sort]
+    return {"match": "xm.key", "detection": "xs.detection", "drift": "xs.drift"}[sort]
 
 
 def add_explanations(connection: sqlite3.Connection, rows: list[dict], matches: Matches | None) -> None:

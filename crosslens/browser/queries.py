@@ -291,7 +291,8 @@ def feature_page(connection: sqlite3.Connection, query: FeatureQuery, facts: Run
     source, where, args = _where(query, matches)
     meanings = None  # -- the explanations' search and filters (crosslens.browser.explained)
     if query.explained is not None:
-        source, more, extra, meanings = explained_where(connection, query.explained, facts.explained or {}, source)
+        found = facts.explained or {}
+        source, more, extra, meanings = explained_where(connection, query.explained, found, source, query.sort)
         where, args = " AND ".join([where, *more]), args | extra
     total = connection.execute(f"SELECT count(*) FROM {source} WHERE {where}", args).fetchone()[0]
     column = sort_column(query.sort, query.explained) or (

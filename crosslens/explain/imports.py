@@ -258,7 +258,7 @@ def import_explanations(run_dir: str | Path, path: str | Path, config: ExplainCo
                 )
             )
             for feature in touched:
-                extra = sorted({s for (f, s, _) in stored if f == feature})
+                extra = sorted({s for s, _ in stored.get(feature, {})})
                 store.set_phases(plan_feature(explainer.contexts, feature, *emerge[feature], config.phases, extra))
             store.update_drift(touched, explainer.rule)
             store.commit()

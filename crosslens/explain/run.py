@@ -42,7 +42,7 @@ from crosslens.explain.prompts import (
     parse_judgements,
 )
 from crosslens.explain.scoring import DriftRule, detection
-from crosslens.explain.store import Binding, ExplanationStore, refused, store_problem
+from crosslens.explain.store import Binding, ExplanationStore, group_explanations, refused, store_problem
 
 SOURCE = "crosslens"
 ASKS = 2
@@ -163,25 +163,21 @@ class Explainer:
 
     def plans(self, selected: list, stored: dict) -> Iterator[FeaturePlan]:
         """Each selected feature's plan, with the readings of explanations stored for it."""
-        extra: dict[int, set[int]] = {}
-        for feature, snapshot, _ in stored:
-            extra.setdefault(feature, set()).add(snapshot)
         for feature, emergence, peak in selected:
+            extra = sorted({snapshot for snapshot, _ in stored.get(feature, {})})
             with self.timer():
-                plan = plan_feature(
-                    self.contexts, feature, emergence, peak, self.config.phases, sorted(extra.get(feature, ()))
-                )
+                plan = plan_feature(self.contexts, feature, emergence, peak, self.config.phases, extra)
             yield plan
 
     def works(self, plan: FeaturePlan, stored: dict, scored: set) -> tuple[list[Work], int]:
         """The requests a feature still needs (explanations missing; scores of stored explanations
-        missing), and how many of its readings cannot be scored."""
-        works, unscorable = [], 0
-        for snapshot in plan.explained:
-            if (plan.feature, snapshot, SOURCE) not in stored:
-                works.append(Work("explain", plan, snapshot))
-        for (feature, snapshot, source), explanation in stored.items():
-            if feature != plan.feature or snapshot not in plan.readings:
+        missing), and how many of its scores cannot be asked. ``stored``: feature -> {(snapshot,
+        source): (id, text)}."""
+        mine = stored.get(plan.feature, {})
+        works = [Work("explain", plan, s) for s in plan.explained if (s, SOURCE) not in mine]
+        unscorable = 0
+        for (snapshot, source), explanation in sorted(mine.items()):
+            if snapshot not in plan.readings:
                 continue
             more, missing = self.score_works(plan, snapshot, source, explanation, scored)
             works += more
@@ -225,7 +221,9 @@ def dry_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
     try:
         stored, scored = read_stored(explainer.run_dir)
         selected = explainer.selected()
-        summary = Summary(features=len(selected), stored=dict(explanations=len(stored), scores=len(scored)))
+        summary = Summary(
+            features=len(selected), stored=dict(explanations=sum(map(len, stored.values())), scores=len(scored))
+        )
         for plan in explainer.plans(selected, stored):
             works, unscorable = explainer.works(plan, stored, scored)
             summary.unscorable += unscorable
@@ -252,16 +250,14 @@ def count_dry(explainer: Explainer, work: Work, summary: Summary, scored: set) -
 
 
 def read_stored(run_dir: Path) -> tuple[dict, set]:
-    """The explanations and scores already in RUN/explanations.sqlite, read without opening it for writing."""
+    """The explanations (grouped by feature) and scores already in RUN/explanations.sqlite, read
+    without opening it for writing."""
     path = run_dir / EXPLANATIONS_NAME
     if not path.is_file():
         return {}, set()
     connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        stored = {
-            (f, s, src): (i, t)
-            for f, s, src, i, t in connection.execute("SELECT feature, snapshot, source, id, text FROM explanations")
-        }
+        stored = group_explanations(connection.execute("SELECT feature, snapshot, source, id, text FROM explanations"))
         return stored, set(connection.execute("SELECT explanation, scored_on FROM scores"))
     except sqlite3.DatabaseError:
         return {}, set()

@@ -71,6 +71,18 @@ def store_problem(path: Path, binding: Binding) -> str | None:
         connection.close()
 
 
+def group_explanations(
+    rows: Iterable[tuple[int, int, str, int, str]], features: Iterable[int] | None = None
+) -> dict[int, dict[tuple[int, str], tuple[int, str]]]:
+    """Rows (feature, snapshot, source, id, text), grouped: feature -> {(snapshot, source): (id, text)}."""
+    wanted = None if features is None else set(features)
+    grouped: dict[int, dict[tuple[int, str], tuple[int, str]]] = {}
+    for feature, snapshot, source, row_id, text in rows:
+        if wanted is None or feature in wanted:
+            grouped.setdefault(feature, {})[(snapshot, source)] = (row_id, text)
+    return grouped
+
+
 def refused(path: Path, problem: str) -> ExplainError:
     return ExplainError(f"{path} is {problem}: move it aside to keep it, or pass --overwrite to start it afresh")
 
@@ -118,11 +130,11 @@ class ExplanationStore:
         )
         self._wrote(len(values))
 
-    def explanations(self, features: Iterable[int] | None = None) -> dict[tuple[int, int, str], tuple[int, str]]:
-        """(feature, snapshot, source) -> (id, text) of the stored explanations (of ``features``)."""
-        rows = self.connection.execute("SELECT feature, snapshot, source, id, text FROM explanations")
-        wanted = None if features is None else set(features)
-        return {(f, s, src): (i, t) for f, s, src, i, t in rows if wanted is None or f in wanted}
+    def explanations(self, features: Iterable[int] | None = None) -> dict[int, dict[tuple[int, str], tuple[int, str]]]:
+        """feature -> {(snapshot, source): (id, text)} of the stored explanations (of ``features``)."""
+        return group_explanations(
+            self.connection.execute("SELECT feature, snapshot, source, id, text FROM explanations"), features
+        )
 
     def scores(self) -> set[tuple[int, int]]:
         """(explanation id, scored_on) of every stored score."""
