@@ -140,6 +140,21 @@ def test_held_out_contexts_are_verified_and_split_from_the_shown_ones(run):
     db.close()
 
 
+def test_passages_are_cut_shorter_where_a_feature_fires_on_many_tokens():
+    from crosslens.explain.contexts import Context, Reading
+
+    def context(rank: int) -> Context:  # fires on 3 neighbouring tokens: 3 silent ones each side
+        tokens = tuple(f"<t{rank}{k}>" for k in range(9))
+        return Context("top", rank, rank, 10, 4, Window(tokens, (0, 0, 0, 1.0, 2.0, 1.0, 0, 0, 0)))
+
+    reading = Reading(0, [context(rank) for rank in range(8)])
+    judged = held_out_passages(reading, 4, 10, 0, 7)  # no silent stretch of 4: cut to 3 tokens
+    assert judged.n_activating == 4 and judged.n_non_activating == 4
+    assert {p.count("<t") for p in judged.passages} == {3}
+    dense = Reading(0, [Context("top", r, r, 10, 4, Window(("a",) * 9, (1.0,) * 9)) for r in range(4)])
+    assert held_out_passages(dense, 4, 10, 0, 7) is None
+
+
 # --------------------------------------------------------------------------- the whole path
 def test_every_feature_is_explained_scored_and_its_drift_flagged(run, stub):
     planned = dry_run(run, config())

@@ -13,7 +13,9 @@ split once, the same way for every request:
   the feature's stored activation is 0 on every token (special tokens such as ``<|endoftext|>``,
   whose activation a store does not keep, left out). Unlike random text, each is *known* not to
   activate the feature at that reading; being text near where it fires, it is also harder to
-  tell apart than random text.
+  tell apart than random text. Where a feature fires on so many tokens of its windows that
+  stretches of ``span`` are too few, both kinds are cut shorter, down to half of ``span``
+  (:func:`held_out_passages`).
 
 A feature's phases (:data:`~crosslens.dashboards.explanation_schema.PHASES`) are its readings at
 the crosscoder's code, its emergence snapshot, its peak snapshot and the last snapshot, where it
@@ -198,8 +200,21 @@ def stable_random(*parts: object) -> random.Random:
 
 def held_out_passages(reading: Reading, span: int, n_examples: int, seed: int, feature: int) -> Judged | None:
     """The reading's held-out passages in a seeded order: up to ``n_examples`` activating ones and
-    at most as many non-activating ones; None where either kind is missing (no balanced accuracy)."""
-    rng = stable_random(seed, feature, reading.snapshot)
+    at most as many non-activating ones, all of one length: ``span`` tokens, or where that leaves
+    fewer non-activating passages than half the activating ones (a feature firing on many tokens
+    of its windows), the longest length down to half of ``span`` that does not, else half of
+    ``span`` with what it has. None where not one non-activating passage is found."""
+    shortest = max(2, (span + 1) // 2)
+    for length in range(span, shortest - 1, -1):
+        judged = passages_of_length(reading, length, n_examples, seed, feature)
+        if judged is not None and (2 * judged.n_non_activating >= judged.n_activating or length == shortest):
+            return judged
+    return None
+
+
+def passages_of_length(reading: Reading, span: int, n_examples: int, seed: int, feature: int) -> Judged | None:
+    """:func:`held_out_passages` at one length."""
+    rng = stable_random(seed, feature, reading.snapshot, span)
     activating, silent = [], []
     for context in reading.held_out:
         window = context.window
