@@ -91,6 +91,8 @@ class FeaturePlan:
     feature: int
     phases: list[Phase]
     readings: dict[int, Reading] = field(repr=False)
+    judged: dict[int, Judged | None] = field(default_factory=dict, repr=False)
+    """Each reading's held-out passages, once worked out (every explanation judged there sees the same)."""
 
     @property
     def explained(self) -> list[int]:

@@ -200,10 +200,12 @@ class Explainer:
         return works, missing
 
     def judged(self, plan: FeaturePlan, reading: int) -> Judged | None:
-        with self.timer():
-            return held_out_passages(
-                plan.readings[reading], self.span, self.config.n_examples, self.config.seed, plan.feature
-            )
+        if reading not in plan.judged:
+            with self.timer():
+                plan.judged[reading] = held_out_passages(
+                    plan.readings[reading], self.span, self.config.n_examples, self.config.seed, plan.feature
+                )
+        return plan.judged[reading]
 
     def messages(self, work: Work) -> list[dict[str, str]]:
         with self.timer():
