@@ -43,7 +43,8 @@ from crosslens.causal.attribution import (
     ig_endpoints,
     logit_diff,
 )
-from crosslens.causal.splice import collect_activations, exact_codes, run_from_hook
+from crosslens.causal.snapshot_models import collect_activations, run_from_hook
+from crosslens.causal.splice import exact_codes
 from crosslens.tasks import get_task
 
 

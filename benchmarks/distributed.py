@@ -95,8 +95,16 @@ def worker(args: argparse.Namespace) -> None:
         d_sae=F,
         k=args.k,
         sparsity_coefficient=defaults_for(args.arch).sparsity_coefficient,
+        sparsity_warm_up_steps=0,  # a run's steady state: lambda whole, and no resampling below
     )
-    cfg = CrosscoderTrainerConfig(total_steps=args.warmup + args.steps, lr=1e-4, checkpoint_dir=args.out, seed=0)
+    cfg = CrosscoderTrainerConfig(
+        total_steps=args.warmup + args.steps,
+        lr=1e-4,
+        lr_decay_steps=0,
+        checkpoint_dir=args.out,
+        seed=0,
+        resample_dead=0,
+    )
     trainer = CrosscoderTrainer(sae, cfg, mesh=(layout, collectives))
 
     def global_batches():

@@ -68,6 +68,7 @@ from pathlib import Path
 import torch
 
 import crosslens.crosscoders as cc
+from crosslens.architectures import SPARSITY_FIELDS
 from crosslens.core.devices import counted_cuda_syncs
 from crosslens.crosscoders.jumprelu_pairs import ActiveEntries, active_entries
 from crosslens.crosscoders.jumprelu_split import everywhere_and_rest
@@ -334,12 +335,15 @@ def make_trainer(
     seed: int = 0,
 ) -> CrosscoderTrainer:
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
+    # a run's steady state: lambda whole (no warm-up) and no resampling
     extra = {"k": a.k} if arch.endswith("topk_crosscoder") else {}
+    extra[SPARSITY_FIELDS[arch][1]] = 0
     torch.manual_seed(seed)
     sae = train_cls(train_cfg_cls(d_in=a.d_in, d_sae=a.d_sae, n_snapshots=a.S, device=device, **extra))
     cfg = CrosscoderTrainerConfig(
         total_steps=10**6,
         lr=lr,
+        resample_dead=0,
         device=device,
         autocast_dtype=autocast,
         optimizer_state_dtype=a.optimizer_state,

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import crosslens.crosscoders as cc
+from crosslens.architectures import SPARSITY_FIELDS
 from crosslens.core.tensors import row_norms
 from crosslens.crosscoders import sparse_kernels
 from crosslens.crosscoders.active_pairs import ActivePairs
@@ -105,8 +106,9 @@ def crosslens_step_fn(
 ) -> Callable[[torch.Tensor], None]:
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     extra = {"k": k} if "topk" in arch else {}
-    sae = train_cls(train_cfg_cls(d_in=D, d_sae=F_, n_snapshots=S, **extra))
-    cfg = CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, micro_batches=micro_batches)
+    # a run's steady state: lambda whole (no warm-up) and no resampling
+    sae = train_cls(train_cfg_cls(d_in=D, d_sae=F_, n_snapshots=S, **extra, **{SPARSITY_FIELDS[arch][1]: 0}))
+    cfg = CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, micro_batches=micro_batches, resample_dead=0)
     trainer = CrosscoderTrainer(sae, cfg, plan=plan)
     return lambda x: trainer.step(x)
 
@@ -355,7 +357,9 @@ def trained_rows(args: argparse.Namespace) -> None:
         f"{classes.mixed_open_flat.numel() / n:.1%}; gated decode: {classes.sparse_ok}; window: {window}"
     )
     trainer = CrosscoderTrainer(  # the saved crosscoder is folded: it reads raw activations
-        sae, CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, activation_scale_check="off"), plan=CPU_PLAN
+        sae,
+        CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, activation_scale_check="off", resample_dead=0),
+        plan=CPU_PLAN,
     )
     ref = reference_step_fn(S, D, F_)
     turn = [0]
@@ -366,7 +370,7 @@ def trained_rows(args: argparse.Namespace) -> None:
 
     per_snapshot = CrosscoderTrainer(
         copy.deepcopy(sae),
-        CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, activation_scale_check="off"),
+        CrosscoderTrainerConfig(total_steps=10**9, lr=5e-5, activation_scale_check="off", resample_dead=0),
         plan=PER_SNAPSHOT_KERNEL,
     ).step
 

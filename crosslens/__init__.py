@@ -2,7 +2,7 @@
 
 The pipeline (each stage usable on its own, see docs/DESIGN.md):
 
-    CheckpointSuite -> harvest_activations -> ActivationStore -> crosscoder training
+    CheckpointSuite -> harvest_stores (a HarvestConfig) -> ActivationStore -> crosscoder training
         -> feature-evolution analysis (decoder norms) -> causal analysis (splicing, IG, RelIE)
 
 ``import crosslens`` -- and ``crosslens --help`` -- stay light: each public name below is
@@ -25,6 +25,8 @@ _LAZY = {
     "SnapshotInfo": "crosslens.checkpoints",
     "PicoConfig": "crosslens.pico",
     "pico_suite": "crosslens.pico",
+    "HarvestConfig": "crosslens.activations",
+    "harvest_stores": "crosslens.activations",
     "harvest_activations": "crosslens.activations",
     "ActivationStore": "crosslens.activations",
     "ArchitectureConfig": "crosslens.training.config",
@@ -37,6 +39,7 @@ _LAZY = {
     "run_causal_stage": "crosslens.causal",
     "get_task": "crosslens.tasks",
     "load_pretrained": "crosslens.pretrained",
+    "from_pretrained": "crosslens.pretrained",
     "pretrained_directory": "crosslens.pretrained",
     "register_release": "crosslens.pretrained",
     "push_to_hub": "crosslens.pretrained",

@@ -32,6 +32,7 @@ def build(arch: str, S: int, D: int, F: int, device: str):
         d_sae=F,
         k=32,
         sparsity_coefficient=defaults_for(arch).sparsity_coefficient,
+        sparsity_warm_up_steps=0,  # lambda whole, a constant lr and no resampling: the devices alone differ
         device=device,
     )
 
@@ -47,7 +48,8 @@ def train(arch: str, device: str, steps: int, S: int, D: int, F: int, B: int):
     from crosslens.training.trainer import CrosscoderTrainer
 
     sae = build(arch, S, D, F, "cpu").to(device)
-    trainer = CrosscoderTrainer(sae, CrosscoderTrainerConfig(total_steps=steps, lr=1e-4, device=device, seed=0))
+    cfg = CrosscoderTrainerConfig(total_steps=steps, lr=1e-4, lr_decay_steps=0, resample_dead=0, device=device, seed=0)
+    trainer = CrosscoderTrainer(sae, cfg)
     trainer.fit(batches(steps, B, S, D, device))
     return {k: v.detach().double().cpu() for k, v in trainer.sae.state_dict().items()}
 
@@ -62,15 +64,17 @@ def parity(steps: int) -> None:
 
 
 def throughput(label: str, arch: str, S: int, D: int, F: int, B: int, n: int = 10, autocast: str | None = None) -> None:
+    from crosslens.checkpoints import ModelShape  # noqa: F401
     from crosslens.training.config import CrosscoderTrainerConfig
-    from crosslens.training.model_sizes import ModelSpec  # noqa: F401
     from crosslens.training.sizing import PlanConfig, make_plan  # noqa: F401
     from crosslens.training.trainer import CrosscoderTrainer
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     sae = build(arch, S, D, F, "cuda")
-    cfg = CrosscoderTrainerConfig(total_steps=n + 3, lr=1e-4, device="cuda", seed=0, autocast_dtype=autocast)
+    cfg = CrosscoderTrainerConfig(
+        total_steps=n + 3, lr=1e-4, lr_decay_steps=0, resample_dead=0, device="cuda", seed=0, autocast_dtype=autocast
+    )
     trainer = CrosscoderTrainer(sae, cfg)
     data = list(batches(2, B, S, D, "cuda"))
     for i in range(3):

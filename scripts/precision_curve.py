@@ -12,6 +12,7 @@ import argparse
 import torch
 
 import crosslens.crosscoders as cc
+from crosslens.architectures import SPARSITY_FIELDS
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 
 S, D, F, B, N_TRUE = 4, 32, 256, 256, 64
@@ -32,9 +33,11 @@ def batches(n: int) -> list[torch.Tensor]:
 def curve(arch: str, steps: int, seed: int, **kw) -> list[float]:
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
     torch.manual_seed(seed)
-    sae = train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S))
+    # lambda whole from the first step, a constant lr and no resampling: the precisions alone differ
+    sae = train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S, **{SPARSITY_FIELDS[arch][1]: 0}))
+    fixed = dict(lr=1e-3, lr_decay_steps=0, resample_dead=0)
     trainer = CrosscoderTrainer(
-        sae, CrosscoderTrainerConfig(total_steps=steps, lr=1e-3, activation_scale_check="off", **kw)
+        sae, CrosscoderTrainerConfig(total_steps=steps, activation_scale_check="off", **fixed, **kw)
     )
     return [trainer.step(x).loss.item() for x in batches(steps)]
 

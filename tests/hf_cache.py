@@ -24,6 +24,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     BloomConfig,
     BloomForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
     Olmo2Config,
@@ -126,6 +128,23 @@ def _randomise_norms(model: PreTrainedModel) -> PreTrainedModel:
             if "norm" in name:
                 parameter.uniform_(0.5, 1.5)
     return model
+
+
+def tiny_gemma2(seed: int, **overrides) -> Gemma2ForCausalLM:
+    """A randomly initialised 2-layer Gemma-2 (as in ``google/gemma-2-2b``), d_model 32: grouped-query
+    attention, a sliding-window layer then a global one, soft caps, norms before and after each
+    sublayer, random norm gains."""
+    settings = dict(
+        _SMALL,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=4,
+        query_pre_attn_scalar=8,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=2,
+    )
+    return _randomise_norms(_tiny(Gemma2ForCausalLM, Gemma2Config, seed, settings, overrides))
 
 
 def tiny_bloom(seed: int, **overrides) -> BloomForCausalLM:

@@ -37,7 +37,8 @@ from crosslens.causal.attribution import attribute_snapshot, ig_endpoints, logit
 from crosslens.causal.ig import attribution_patching
 from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
 from crosslens.causal.relie import select_top_features
-from crosslens.causal.splice import collect_activations, exact_codes, run_from_hook
+from crosslens.causal.snapshot_models import collect_activations, run_from_hook
+from crosslens.causal.splice import exact_codes
 from crosslens.tasks import MinimalPair, TaskDataset
 from crosslens.tasks import agreement as lexicon
 from crosslens.tasks.agreement import agreement_pairs

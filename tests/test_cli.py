@@ -223,22 +223,22 @@ def test_suite_build_root_keeps_a_custom_suite(tmp_path, capsys, monkeypatch):
 
 
 def test_harvest_takes_a_text_file_given_as_dataset(tmp_path):
-    from crosslens.cli.harvest import token_source as _token_source
+    from crosslens.cli.harvest import harvest_config
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("One document.\n\nAnother one.\n")
     args = build_parser().parse_args(
         ["harvest", "--hook", "blocks.0.hook_resid_post", "--out", "o", "--dataset", str(corpus)]
     )
-    assert _token_source(args, None) == ("text", [str(corpus)])
+    assert harvest_config(args).tokens.resolve() == ("text", [str(corpus)])
     args = build_parser().parse_args(
         ["harvest", "--hook", "blocks.0.hook_resid_post", "--out", "o", "--text", str(tmp_path)]
     )
-    assert _token_source(args, None) == ("text", [str(tmp_path)])
+    assert harvest_config(args).tokens.resolve() == ("text", [str(tmp_path)])
     args = build_parser().parse_args(
         ["harvest", "--hook", "blocks.0.hook_resid_post", "--out", "o", "--dataset", "wikitext:text"]
     )
-    assert _token_source(args, None) == ("dataset", "wikitext:text")
+    assert harvest_config(args).tokens.resolve() == ("dataset", "wikitext:text")
 
 
 def test_suite_build_flags_show_and_set_the_pico_config_fields(capsys):

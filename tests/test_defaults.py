@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 
 from crosslens.architectures import (
     DEFAULT_LR,
@@ -20,20 +23,30 @@ def test_every_registered_architecture_has_defaults():
 
 
 def test_each_architecture_trains_at_its_one_learning_rate():
-    """The runner's lr comes from the architecture's table entry: 1e-3 for the TopK-style
-    crosscoders, 3e-3 for the JumpReLU and ReLU crosscoders (slower to converge at 1e-3 on the
-    planted generators: benchmarks/README.md)."""
+    """The runner's lr and a hand-built trainer's come from the architecture's table entry: 1e-3
+    for the TopK-style crosscoders, 3e-3 for the JumpReLU and ReLU crosscoders (slower to
+    converge at 1e-3 on the planted generators: benchmarks/README.md)."""
     from crosslens.architectures import JUMPRELU_LR, RELU_LR
     from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig, CrosscoderTrainerConfig
 
-    assert CrosscoderTrainerConfig(total_steps=1).lr == DEFAULT_LR == 1e-3
+    assert DEFAULT_LR == 1e-3
     assert JUMPRELU_LR == RELU_LR == 3e-3
     expected = {"crosscoder": RELU_LR, "jumprelu_crosscoder": JUMPRELU_LR}
+    hand_built = CrosscoderTrainerConfig(total_steps=10)
+    assert (hand_built.lr, hand_built.resample_dead, hand_built.lr_decay_steps) == (None, None, 2)
     for arch in TRAINING_DEFAULTS:
         config = CrosscoderRunnerConfig(
             store_path="unused", out_dir="unused", sae=ArchitectureConfig(architecture=arch)
         )
         assert config.lr == TRAINING_DEFAULTS[arch].lr == expected.get(arch, DEFAULT_LR)
+        resolved = hand_built.for_architecture(arch)
+        assert (resolved.lr, resolved.lr_end) == (config.lr, config.lr / 10)
+        assert resolved.resample_dead == config.sae.resample_dead == TRAINING_DEFAULTS[arch].resample_dead
+        assert config.lr_decay_fraction * 10 == resolved.lr_decay_steps
+    assert (
+        CrosscoderTrainerConfig(total_steps=10, lr=0.5, resample_dead=1).for_architecture("jumprelu_crosscoder").lr
+        == 0.5
+    )
 
 
 def test_sparsity_defaults_per_entry_point():
@@ -73,14 +86,18 @@ def test_sparsity_defaults_per_entry_point():
 
 def test_one_builder_translates_sparsity_for_crosscoders_and_saes():
     from crosslens.training.baselines import build_training_sae
-    from crosslens.training.factory import build_training_crosscoder
+    from crosslens.training.factory import build_training_crosscoder, fill_sparsity_warm_up
 
     relu = build_training_crosscoder(
         "crosscoder", d_in=8, n_snapshots=2, d_sae=16, sparsity_coefficient=1.5, sparsity_warm_up_steps=7
     )
     assert (relu.cfg.l1_coefficient, relu.cfg.l1_warm_up_steps) == (1.5, 7)
     jump = build_training_crosscoder("jumprelu_crosscoder", d_in=8, n_snapshots=2, d_sae=16, sparsity_coefficient=0.4)
-    assert (jump.cfg.l0_coefficient, jump.cfg.l0_warm_up_steps) == (0.4, 0)
+    assert (jump.cfg.l0_coefficient, jump.cfg.l0_warm_up_steps) == (0.4, None)  # the run's 10%, once known
+    fill_sparsity_warm_up(jump.cfg, total_steps=95)
+    assert jump.cfg.l0_warm_up_steps == 9
+    fill_sparsity_warm_up(jump.cfg, total_steps=1000)  # set stays set
+    assert jump.cfg.l0_warm_up_steps == 9
     assert build_training_crosscoder("topk_crosscoder", d_in=8, n_snapshots=2, d_sae=16, k=3).cfg.k == 3
     topk = build_training_crosscoder(
         "batchtopk_crosscoder", d_in=8, n_snapshots=2, d_sae=16, k=3, sparsity_coefficient=0.1
@@ -102,3 +119,67 @@ def test_decoder_init_norm_and_k_come_from_the_table():
     assert (config.sae.k, config.sae.decoder_init_norm) == (DEFAULT_K, DEFAULT_DECODER_INIT_NORM) == (32, 0.08)
     assert crosscoder_base.DEFAULT_DECODER_INIT_NORM is DEFAULT_DECODER_INIT_NORM
     assert {d.decoder_init_norm for d in TRAINING_DEFAULTS.values()} == {DEFAULT_DECODER_INIT_NORM}
+
+
+def test_a_hand_built_trainer_trains_the_runners_jumprelu_crosscoder_to_the_byte(tmp_path):
+    """The notebook path of docs/API.md (the architecture's training config and
+    CrosscoderTrainerConfig, each at its defaults) and the runner that `crosslens train` drives
+    train the same JumpReLU crosscoder: the same resampling, warm-up, lambda, learning rate and
+    decay, from one table (crosslens.architectures)."""
+    from trust_fixtures import HOOK, harvest, one_torch_thread, write_suite
+
+    from crosslens.activations import ActivationProvider, ActivationStore
+    from crosslens.crosscoders import JumpReLUTrainingCrosscoder, JumpReLUTrainingCrosscoderConfig
+    from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
+    from crosslens.training.config import ArchitectureConfig, CrosscoderRunnerConfig
+    from crosslens.training.runner import CrosscoderTrainingRunner
+
+    store_path = tmp_path / "store"
+    harvest(write_suite(tmp_path / "suite"), store_path)
+    n_steps, batch, d_sae = 60, 64, 32
+    config = CrosscoderRunnerConfig(
+        store_path=str(store_path),
+        out_dir=str(tmp_path / "runner"),
+        sae=ArchitectureConfig(d_sae=d_sae),
+        n_steps=n_steps,
+        train_batch_size_tokens=batch,
+        progress=False,
+    )
+    assert config.sae.architecture == "jumprelu_crosscoder"
+    with one_torch_thread():
+        CrosscoderTrainingRunner(config).run()
+
+        store = ActivationStore.open(store_path)
+        torch.manual_seed(config.seed)
+        crosscoder = JumpReLUTrainingCrosscoder(
+            JumpReLUTrainingCrosscoderConfig(d_in=store.d_in_of(HOOK), n_snapshots=store.n_snapshots, d_sae=d_sae)
+        )
+        trainer = CrosscoderTrainer(
+            crosscoder, CrosscoderTrainerConfig(total_steps=n_steps, checkpoint_dir=str(tmp_path / "hand"))
+        )
+        trainer.fit(ActivationProvider(store, HOOK, batch_size=batch, seed=config.seed, drop_last=True).batches)
+
+    run = json.loads((tmp_path / "runner" / "run.json").read_text())
+    assert run["sae"]["resample_dead"] == 4 and run["lr"] == 3e-3
+    assert trainer.resample_at == (10, 20, 30, 40)  # JumpReLU's 4 resamplings, in the first two thirds
+    assert (trainer.cfg.lr, trainer.cfg.lr_decay_steps, crosscoder.cfg.l0_warm_up_steps) == (3e-3, 12, 6)
+    weights = "final/sae_weights.safetensors"
+    assert (tmp_path / "hand" / weights).read_bytes() == (tmp_path / "runner" / weights).read_bytes()
+
+
+def test_a_warm_up_left_to_the_trainer_is_refused_by_another_trainer():
+    """SAELens's trainer reads get_coefficients() and knows nothing of crosslens's table: a
+    JumpReLU or ReLU warm-up left None is refused with the steps to set; TopK's and BatchTopK's
+    share is 0, so theirs is 0 at once and SAELens trains them as before."""
+    import crosslens.crosscoders as cc
+
+    shape = dict(d_in=8, n_snapshots=2, d_sae=16)
+    for arch, field in (("jumprelu_crosscoder", "l0_warm_up_steps"), ("crosscoder", "l1_warm_up_steps")):
+        _, _, train_cls, cfg_cls = cc.ARCHITECTURES[arch]
+        with pytest.raises(ValueError, match=rf"{field} is None.*{field}=int\("):
+            train_cls(cfg_cls(**shape)).get_coefficients()
+        assert train_cls(cfg_cls(**shape, **{field: 3})).get_coefficients()  # set: any trainer takes it
+    for arch in ("topk_crosscoder", "batchtopk_crosscoder"):
+        assert cc.ARCHITECTURES[arch][3](**shape, k=4).l1_warm_up_steps == 0
+    with pytest.raises(ValueError, match="must be >= 0"):
+        cc.ARCHITECTURES["crosscoder"][3](**shape, l1_warm_up_steps=-1)

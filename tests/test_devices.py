@@ -253,8 +253,9 @@ def test_release_model_returns_the_freed_heap_to_the_system(monkeypatch):
 
 
 def test_a_device_misspelt_is_refused_where_the_config_is_built_not_by_torch():
+    from crosslens.checkpoints import ModelShape
     from crosslens.core.devices import device_spelling
-    from crosslens.training import ModelSpec, PlanConfig
+    from crosslens.training import PlanConfig
     from crosslens.training.config import CrosscoderRunnerConfig
 
     given = ("cpu", "cuda", "cuda:3", "cpu:0", "MPS", " cuda ")
@@ -267,5 +268,5 @@ def test_a_device_misspelt_is_refused_where_the_config_is_built_not_by_torch():
     with pytest.raises(ValueError, match=r"^unknown device 'gpu'; use one of cpu, cuda, cuda:N or mps \(--device\)$"):
         CrosscoderRunnerConfig(store_path="s", out_dir="o", device="gpu")
     assert CrosscoderRunnerConfig(store_path="s", out_dir="o", device=" CUDA:1").device == "cuda:1"  # not resolved here
-    tiny = ModelSpec(name="tiny", d_model=8, n_layers=2, d_mlp=32, vocab=100, n_params=2000)
+    tiny = ModelShape(name="tiny", d_model=8, n_layers=2, d_mlp=32, vocab=100, n_params=2000)
     assert PlanConfig(model=tiny, n_snapshots=2, hook="blocks.1.hook_resid_post", device="CUDA").device == "cuda"

@@ -16,8 +16,8 @@ import torch
 from hf_cache import FAKE_WORDS, make_word_tokenizer
 from trust_fixtures import HOOK, harvest, one_torch_thread, token_table, train, write_suite
 
+import crosslens.activations.budget as budget_module
 import crosslens.activations.harvest as harvest_module
-import crosslens.cli.inputs as inputs_module
 from crosslens.cli import build_parser, main
 from crosslens.cli.common import CLIError
 from crosslens.core.errors import StorageError
@@ -174,12 +174,12 @@ def test_text_of_mostly_unknown_words_is_refused_naming_the_file_and_the_share(s
 def test_a_token_budget_beyond_memory_is_refused_at_once_with_its_numbers(
     suite, tmp_path, capsys, monkeypatch, command
 ):
-    import crosslens.cli.harvest as harvest_command
+    import crosslens.activations.tokens as tokens_module
 
     def must_not_build(*args, **kwargs):
         raise AssertionError("the token table was built: the budget must be refused from the sizes alone")
 
-    monkeypatch.setattr(harvest_command, "_token_table", must_not_build)
+    monkeypatch.setattr(tokens_module, "token_table", must_not_build)
     out = tmp_path / "store"
     argv = [
         "crosslens",
@@ -197,7 +197,7 @@ def test_a_token_budget_beyond_memory_is_refused_at_once_with_its_numbers(
     ]
     err = one_line_error(argv, capsys)
     n_tokens = (10**12 // 64 + 16_384 // 64) * 64  # rows of the default --seq-len 64, held-out rows included
-    need = format_bytes(n_tokens * inputs_module.TOKEN_TABLE_BYTES_PER_TOKEN)
+    need = format_bytes(n_tokens * budget_module.TOKEN_TABLE_BYTES_PER_TOKEN)
     match = re.fullmatch(
         rf"crosslens {command.split()[0]}: error: --n-tokens: a table of {n_tokens:,} tokens needs about {re.escape(need)} of "
         r"memory while it is built, and ([\d.]+ \w+) is available; lower --n-tokens \(\+ --heldout-tokens\) to "
@@ -210,7 +210,7 @@ def test_a_token_budget_beyond_memory_is_refused_at_once_with_its_numbers(
 
 
 def test_a_store_beyond_the_free_disk_is_refused_with_its_numbers(suite, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(inputs_module, "free_disk", lambda folder: 100_000)
+    monkeypatch.setattr(budget_module, "free_disk", lambda folder: 100_000)
     out = tmp_path / "store"
     err = one_line_error(run_harvest(suite, out, "--n-tokens", "4096"), capsys)
     # 4096 tokens x 3 snapshots x d_model 32 x float32, plus 32 B per token of the token file
@@ -400,7 +400,7 @@ def test_an_unrelated_runtime_error_at_a_checkpoint_is_not_called_a_full_disk(st
 # ----------------------------------------------------------------------------- flags in messages
 def test_a_count_in_scientific_notation_is_a_whole_number_flag(capsys):
     args = build_parser().parse_args(["harvest", "--hook", HOOK, "--out", "o", "--n-tokens", "2.5e5"])
-    assert args.n_tokens == 250_000 and isinstance(args.n_tokens, int)
+    assert args.budget__n_tokens == 250_000 and isinstance(args.budget__n_tokens, int)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["harvest", "--hook", HOOK, "--out", "o", "--n-tokens", "2.5"])
     assert "'2.5' is not an integer" in capsys.readouterr().err
@@ -444,22 +444,21 @@ def test_a_batch_larger_than_the_store_names_the_batch_size_and_token_flags(stor
 def test_a_file_of_records_is_read_by_its_text_column_and_refused_as_text(tmp_path, capsys):
     """A .jsonl file read as plain text would tokenize its markup ({"text": ...) without a word:
     --text refuses it with the --dataset that reads it, and --dataset reads its text column."""
-    from argparse import Namespace
-
+    from crosslens.activations import TokenSource
     from crosslens.activations.tokens import tokenize_texts, tokens_from_dataset
-    from crosslens.cli.harvest import token_source
+    from crosslens.core.errors import CrosslensError
 
     words = FAKE_WORDS[:6]
     texts = [" ".join(words[i % 6 : i % 6 + 3]) for i in range(120)]
     records = tmp_path / "corpus.jsonl"
     records.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
     with pytest.raises(
-        CLIError,
+        CrosslensError,
         match=rf"--text {records}: a \.jsonl file holds records, not text; pass --dataset "
         rf"{records}:COLUMN, its text column \(e\.g\. --dataset {records}:text\)",
     ):
-        token_source(Namespace(text=[str(records)], dataset=None), None)
-    assert token_source(Namespace(text=None, dataset=str(records)), None) == ("dataset", str(records))
+        TokenSource(text=[str(records)]).resolve()
+    assert TokenSource(dataset=str(records)).resolve() == ("dataset", str(records))
     tokenizer = make_word_tokenizer()
     got = tokens_from_dataset(tokenizer, str(records), 8, 10)
     assert torch.equal(got, tokenize_texts(tokenizer, texts, 8, n_seqs=10))
@@ -500,13 +499,13 @@ def test_a_file_of_records_that_does_not_read_as_text_is_named_with_the_flag(tmp
 
 def test_every_torchrun_worker_on_a_machine_builds_its_own_token_table(monkeypatch):
     n_tokens = 1_000_000
-    one = n_tokens * inputs_module.TOKEN_TABLE_BYTES_PER_TOKEN
-    monkeypatch.setattr(inputs_module, "available_memory", lambda device: 2 * one)
-    inputs_module.check_token_table_fits(n_tokens)  # one worker: it fits
+    one = n_tokens * budget_module.TOKEN_TABLE_BYTES_PER_TOKEN
+    monkeypatch.setattr(budget_module, "available_memory", lambda device: 2 * one)
+    budget_module.check_token_table_fits(n_tokens)  # one worker: it fits
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     with pytest.raises(
         Exception,
         match=r"a table of 1,000,000 tokens, one for each of the 8 workers on this machine, "
         r"needs about .* lower --n-tokens \(\+ --heldout-tokens\) to at most about 250,000",
     ):
-        inputs_module.check_token_table_fits(n_tokens)
+        budget_module.check_token_table_fits(n_tokens)

@@ -894,9 +894,10 @@ def test_auto_adam_state_on_a_mesh_is_float32_whatever_one_gpu_would_hold(store_
 
 # ------------------------------------------------------------ memory of each Adam-state option
 def test_plan_peak_per_optimizer_state_at_ge_et_al_widest_dictionary():
-    from crosslens.training import ModelSpec, PlanConfig, make_plan
+    from crosslens.checkpoints import ModelShape
+    from crosslens.training import PlanConfig, make_plan
 
-    gpt2 = ModelSpec(name="gpt2", d_model=768, n_layers=12, d_mlp=3072, vocab=50257, n_params=124_000_000)
+    gpt2 = ModelShape(name="gpt2", d_model=768, n_layers=12, d_mlp=3072, vocab=50257, n_params=124_000_000)
     n = 2 * 32 * 768 * 98_304 + 32 * 768 + 2 * 98_304  # W_enc, W_dec, b_dec, b_enc, threshold
     assert n == 4_832_059_392
     acts = 3 * 2048 * 32 * 768 * 4 + 4 * 2048 * 98_304 * 4
@@ -928,11 +929,11 @@ def test_plan_peak_per_optimizer_state_at_ge_et_al_widest_dictionary():
 
 
 def test_autocast_copies_count_only_where_the_step_runs_under_autocast():
-    from crosslens.training import PlanConfig, make_plan, model_spec_for
+    from crosslens.training import PlanConfig, make_plan, model_shape_for
 
     def copies(device, autocast):
         cfg = PlanConfig(
-            model=model_spec_for("pico"),
+            model=model_shape_for("pico"),
             n_snapshots=4,
             hook="blocks.1.hook_resid_post",
             n_tokens=10**5,
@@ -942,7 +943,7 @@ def test_autocast_copies_count_only_where_the_step_runs_under_autocast():
         )
         return make_plan(cfg)["memory_bytes"]["autocast_copies"]
 
-    d_in = model_spec_for("pico").d_model
+    d_in = model_shape_for("pico").d_model
     assert copies("cuda", "auto") == copies("cpu", "bfloat16") == 2 * 2 * 4 * d_in * 256
     assert copies("cpu", "auto") == copies("cuda", "none") == 0
 

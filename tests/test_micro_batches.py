@@ -95,6 +95,7 @@ def test_one_micro_batch_is_a_plain_forward_backward_adam_step(arch):
         lr_decay_steps=0,
         max_grad_norm=None,
         dead_feature_window_tokens=10**9,
+        resample_dead=0,
     )
     CrosscoderTrainer(sae, plain).fit(make_batches)
 

@@ -9,14 +9,15 @@ import pytest
 from trust_fixtures import one_line_exit_2
 
 from crosslens.checkpoints.schedules import PYTHIA_STEPS
+from crosslens.checkpoints.shape import ModelShape, estimate_n_params
 from crosslens.cli import build_parser, main
 from crosslens.cli.train import train_config
 from crosslens.core.units import format_bytes
-from crosslens.training.model_sizes import ModelSpec, PlanError, estimate_n_params, known_model, model_spec_for
+from crosslens.training.model_sizes import PlanError, known_model, model_shape_for
 from crosslens.training.recipes import list_recipes, load_recipe
 from crosslens.training.sizing import PlanConfig, crosscoder_flops, default_mesh, make_plan, plan_config_from_recipe
 
-TINY = ModelSpec(name="tiny", d_model=8, n_layers=2, d_mlp=32, vocab=100, n_params=2000)
+TINY = ModelShape(name="tiny", d_model=8, n_layers=2, d_mlp=32, vocab=100, n_params=2000)
 
 
 def _tiny(**kw) -> PlanConfig:
@@ -174,7 +175,7 @@ def test_plan_refuses_seq_len_beyond_the_models_context(capsys, tmp_path):
         PlanError, match=r"--seq-len 17 is longer than tiny's context of 16 tokens; pass --seq-len 16 or less"
     ):
         PlanConfig(
-            model=ModelSpec(**{**TINY.__dict__, "n_ctx": 16}),
+            model=ModelShape(**{**TINY.__dict__, "n_ctx": 16}),
             n_snapshots=2,
             hook="blocks.1.hook_resid_post",
             seq_len=17,
@@ -204,7 +205,7 @@ def test_plan_refuses_seq_len_beyond_the_models_context(capsys, tmp_path):
     (folder / "config.json").write_text(
         json.dumps({"hidden_size": 8, "num_hidden_layers": 2, "vocab_size": 100, "n_positions": 32})
     )
-    assert model_spec_for(str(folder)).n_ctx == 32
+    assert model_shape_for(str(folder)).n_ctx == 32
 
 
 def test_plan_cli_errors_areone_line_exit_2(capsys):
@@ -280,13 +281,13 @@ def _plan_json(argv: list[str], capsys) -> dict:
 def test_plan_defaults_are_train_and_harvest_defaults(capsys):
     """A plan of the flags harvest and train were given sizes the run they make: one default
     each, in the configs those commands build."""
-    from crosslens.cli.harvest import token_budget
+    from crosslens.cli.harvest import harvest_config
 
     parser = build_parser()
     hook = "blocks.1.hook_resid_post"
     inputs = _plan_json(["--hook", hook, "--device", "cpu"], capsys)["inputs"]
     trained = train_config(parser.parse_args(["train", "--store", "s", "--out", "o"]), None)
-    budget = token_budget(parser.parse_args(["harvest", "--out", "o", "--hook", hook]), None)
+    budget = harvest_config(parser.parse_args(["harvest", "--out", "o", "--hook", hook])).budget
     n_tokens, seq_len, heldout = budget.n_tokens, budget.seq_len, budget.heldout
     assert (inputs["d_sae"], inputs["architecture"], inputs["k"]) == (
         trained.sae.d_sae,
@@ -593,10 +594,10 @@ def test_the_streaming_total_counts_the_chunk_buffers_train_stream_counts(tmp_pa
             }
         )
     )
-    suite = SimpleNamespace(root=folder, model_id="tiny")
+    suite = SimpleNamespace(shape=lambda: model_shape_for(str(folder)), model_id="tiny")
     for hook, width in (("blocks.0.hook_resid_post", 8), ("blocks.0.mlp.hook_post", 32)):
         cfg = PlanConfig(
-            model=model_spec_for(str(folder)),
+            model=model_shape_for(str(folder)),
             n_snapshots=3,
             hook=hook,
             seq_len=16,

@@ -90,7 +90,7 @@ def local_folded(run_dir: Path) -> SAE:
 
 
 def test_push_then_load_pretrained_offline(trained_run, pushed):
-    assert set(pretrained_directory()) == {RELEASE}
+    assert RELEASE in pretrained_directory() and pretrained_directory()[RELEASE].source.endswith("registry.yaml")
     loaded = crosslens.load_pretrained(RELEASE, HOOK)
     want = local_folded(trained_run)
     assert type(loaded) is type(want)
@@ -100,6 +100,8 @@ def test_push_then_load_pretrained_offline(trained_run, pushed):
     assert meta.activation_norm_factors_folded is True
     assert [s["revision"] for s in meta.suite["snapshots"]] == ["step0", "step10", "step100"]
     assert meta.pretrained_release == RELEASE and meta.pretrained_id == HOOK
+    same, suite = crosslens.from_pretrained(RELEASE, HOOK)  # a local suite's models: the caller's to give
+    assert suite is None and torch.equal(same.W_dec, loaded.W_dec)
 
     # the uploaded folder is SAELens's layout, byte-identical weights to what was saved
     folder = LocalHubApi().repo_folder(REPO)
@@ -156,7 +158,7 @@ def test_registry_entry_and_model_card(trained_run, pushed):
 def test_unknown_names_list_the_nearest(pushed):
     with pytest.raises(UnknownPretrainedError, match="did you mean 'tiny-crosscoders'") as info:
         load_pretrained("tiny-crosscoder", HOOK)
-    assert info.value.nearest == (RELEASE,)
+    assert info.value.nearest[0] == RELEASE
     with pytest.raises(UnknownPretrainedError, match=r"did you mean 'blocks.0.hook_resid_post'"):
         load_pretrained(RELEASE, "blocks.1.hook_resid_post")
 
@@ -197,7 +199,8 @@ def test_registry_disagreement_is_refused(pushed, tmp_path, monkeypatch):
 def test_cli_pretrained_list_show_and_release_id_folders(pushed, capsys):
     assert main(["pretrained", "list"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(RELEASE) and REPO in out and "3 snapshots" in out
+    (line,) = [line for line in out.splitlines() if line.startswith(RELEASE)]
+    assert REPO in line and "3 snapshots" in line and " sae_lens " in line
     assert main(["pretrained", "show", RELEASE]) == 0
     out = capsys.readouterr().out
     assert "step10 (step 10)" in out and "variance_explained" in out

@@ -177,7 +177,14 @@ def test_resampling_is_on_by_default_for_jumprelu_alone():
     for arch in ("crosscoder", "topk_crosscoder", "batchtopk_crosscoder"):
         assert ArchitectureConfig(architecture=arch).resample_dead == 0
     assert ArchitectureConfig(architecture="crosscoder", resample_dead=3).resample_dead == 3
-    assert CrosscoderTrainerConfig(total_steps=10).resample_dead == 0
+    # a trainer built by hand resamples as the runner does: the architecture's default
+    for arch in ("jumprelu_crosscoder", "crosscoder", "topk_crosscoder", "batchtopk_crosscoder"):
+        hand_built = CrosscoderTrainerConfig(total_steps=10).for_architecture(arch)
+        assert hand_built.resample_dead == ArchitectureConfig(architecture=arch).resample_dead
+    assert (
+        CrosscoderTrainerConfig(total_steps=10, resample_dead=0).for_architecture("jumprelu_crosscoder").resample_dead
+        == 0
+    )
     with pytest.raises(ValueError, match="resample_below_share"):
         CrosscoderTrainerConfig(total_steps=10, resample_below_share=0)
 

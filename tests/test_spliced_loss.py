@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from test_causal import D_MODEL, HOOK, N_SNAPSHOTS, _one_torch_thread, make_crosscoder, snapshots, tokenizer  # noqa: F401
 
 import crosslens.crosscoders as crosscoders
-from crosslens.causal.splice import collect_activations, exact_codes
+from crosslens.causal.snapshot_models import collect_activations
+from crosslens.causal.splice import exact_codes
 from crosslens.causal.spliced_loss import (
     MIN_FLOOR_COST,
     format_comparison,

@@ -542,7 +542,7 @@ def test_the_harvest_named_for_a_streamed_run_keeps_what_chose_its_tokens(tmp_pa
     under the model's id) and the text's encoding where it is not UTF-8."""
     import shlex
 
-    from crosslens.activations import TokenBudget
+    from crosslens.activations import TokenBudget, TokenSource
     from crosslens.cli.train import stream_record
     from crosslens.training.runfolder import streamed_store_command
 
@@ -552,13 +552,16 @@ def test_the_harvest_named_for_a_streamed_run_keeps_what_chose_its_tokens(tmp_pa
 
     text = tmp_path / "a b.txt"
     text.write_text("x")
-    record = stream_record(Staged(), HOOK, ("text", [str(text)]), TokenBudget(512, 16, 128), "bfloat16", "latin-1")
+    latin = TokenSource(text=[str(text)], encoding="latin-1")
+    record = stream_record(Staged(), HOOK, latin, TokenBudget(512, 16, 128), "bfloat16")
     (tmp_path / "run.json").write_text(json.dumps({"stream": record}))
     words = shlex.split(streamed_store_command(tmp_path))
     flags = dict(zip(words[2::2], words[3::2]))
     assert flags["--suite"] == "allenai/OLMo-2-0425-1B@ingredient2" and flags["--steps"] == "1000,2000"
     assert flags["--text"] == str(text.resolve()) and flags["--encoding"] == "latin-1" and "--dtype" not in flags
-    utf8 = stream_record(Staged(), HOOK, ("text", [str(text)]), TokenBudget(512, 16, 128), "float32", "UTF-8")
+    utf8 = stream_record(
+        Staged(), HOOK, TokenSource(text=[str(text)], encoding="UTF-8"), TokenBudget(512, 16, 128), "float32"
+    )
     assert "encoding" not in utf8["tokens"]  # the default leaves the record (and a resume's fingerprint) as it was
 
 

@@ -23,7 +23,8 @@ NOTEBOOKS = (
     "02_attribution.ipynb",
     "03_sharing.ipynb",
     "04_browsing.ipynb",
-    "05_explaining.ipynb",
+    "05_pretrained.ipynb",
+    "06_explaining.ipynb",
 )
 KERNEL_NAME = "crosslens-tutorial-test"
 CELL_TIMEOUT_S = 600
@@ -205,12 +206,38 @@ def test_browsing_computes_serves_and_exports_every_feature(
     assert summary["density_gap"] < 1e-3  # measured: 0 (the same float32 code on the same tokens)
 
 
+def test_pretrained_loads_a_release_and_browses_its_streamed_dashboards(
+    tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The notebook reads a real release's name from the registry; the kernel's Hugging Face cache
+    is a fake hub holding that release's repo and its models, tiny and laid out as the real ones."""
+    from pretrained_sources import write_fake_releases
+
+    hf_home = tmp_path / "hf_home"
+    write_fake_releases(hf_home, tmp_path / "release_files")
+    env = {**tutorial_env, "HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub")}
+    notebook, out = execute("05_pretrained.ipynb", tmp_path, env, monkeypatch)
+    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
+    assert plotly_outputs(notebook) >= 1  # the relative-norm histogram
+    summary = json.loads((out / "05_pretrained" / "summary.json").read_text())
+    assert summary["small"] is True and summary["release"] == "gemma-2-2b-crosscoder-l13-minder"
+    assert summary["architecture"] == "crosscoder" and summary["snapshots"] == ["gemma-2-2b", "gemma-2-2b-it"]
+    counts = summary["class_counts"]
+    assert set(counts) == {"shared", "gemma-2-2b-only", "gemma-2-2b-it-only", "other", "dead"}
+    assert sum(counts.values()) == summary["d_sae"] == 48
+    served = summary["browser_classes"]
+    assert set(served) <= set(counts) and sum(served.values()) == 48
+    assert summary["n_shared_served"] == served.get("shared", 0)
+    assert summary["feature_page_class"] in counts and summary["card_licence"] is True
+    assert Path(summary["database"]).is_file()
+
+
 def test_explaining_explains_scores_searches_and_exports_offline(
     tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    notebook, out = execute("05_explaining.ipynb", tmp_path, tutorial_env, monkeypatch)
+    notebook, out = execute("06_explaining.ipynb", tmp_path, tutorial_env, monkeypatch)
     assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
-    summary = json.loads((out / "05_explaining" / "summary.json").read_text())
+    summary = json.loads((out / "06_explaining" / "summary.json").read_text())
     assert summary["small"] is True and summary["prompt_format"] == "crosslens-explain/1"
     explained, scored = summary["asked"]
     assert summary["asked"] == summary["planned"] and explained > 0 and scored > 0  # the dry run counted right

@@ -9,10 +9,11 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from crosslens.cli.inputs import split_rows
+from crosslens.activations.tokens import split_rows
+from crosslens.core.documents import split_documents, text_files
 from crosslens.core.hooks import hook_problem
 from crosslens.pico import PicoGrammar, sample_documents
-from crosslens.pico.corpus import TextCorpus, split_documents, text_files
+from crosslens.pico.corpus import TextCorpus
 from crosslens.pico.evals import continuation_logprob_diffs, pair_logit_diffs
 from crosslens.pico.tokenizer import train_tokenizer, word_level_tokenizer
 from crosslens.tasks import MinimalPair

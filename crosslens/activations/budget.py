@@ -1,15 +1,23 @@
 """How many tokens a harvest takes, in rows of what length, and how many of them it keeps out
 of training: the defaults of ``harvest`` and ``train --stream``, which ``plan`` sizes too, each
-written once here. This module imports nothing heavy, so the command line's ``--help`` reads it
-without torch."""
+written once here; and whether a harvest's token table fits in memory and its stores on their
+disk, checked before anything is allocated or written. This module imports nothing heavy, so the
+command line's ``--help`` reads it without torch."""
 
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from crosslens.core.bounds import check_bounds
+from crosslens.core.devices import available_memory
+from crosslens.core.errors import CrosslensError
+from crosslens.core.launch import local_world_size
+from crosslens.core.paths import folder_bytes, free_disk
+from crosslens.core.units import format_bytes
 
 MAX_DEFAULT_HELDOUT_TOKENS = 16_384
 """The default held-out share, a tenth of the budget, stops here: enough rows for a stable quality
@@ -22,13 +30,14 @@ class TokenBudget:
     of them (at least one) for training and ``heldout // seq_len`` held out on top of them."""
 
     n_tokens: int = field(default=200_000, metadata={"min": 1})
-    """Tokens harvested for training (before exclusions): a store's, or the table ``train --stream``
-    cycles through."""
+    """Token budget, before exclusions (a --recipe's is its own)."""
     seq_len: int = field(default=64, metadata={"min": 2})
-    """Tokens per sequence (a row of the token table)."""
+    """Tokens per sequence (a --recipe's is its context)."""
     heldout_tokens: int | None = field(default=None, metadata={"min": 0})
-    """Tokens kept out of training; None: a tenth of ``n_tokens``, at most
-    :data:`MAX_DEFAULT_HELDOUT_TOKENS`."""
+    """Tokens (a seeded random sample of rows) kept out of training for the held-out quality table:
+    harvest writes them to OUT-heldout, train --stream harvests them from its resident models
+    (default: 10% of --n-tokens, at most 16384; 0: none). OUT-heldout records the seal of OUT, and
+    readers refuse it for any other store."""
 
     def __post_init__(self) -> None:
         for name in ("n_tokens", "seq_len", "heldout_tokens"):  # a count written 1e5 is taken, 1.5 refused
@@ -63,14 +72,6 @@ class TokenBudget:
         if self.heldout_tokens is not None:
             return self.heldout_tokens
         return min(MAX_DEFAULT_HELDOUT_TOKENS, self.n_tokens // 10)
-
-    @classmethod
-    def resolve(cls, recipe: Any = None, **given: int | None) -> TokenBudget:
-        """The budget of a command line: the values ``given`` (None: not given), else the
-        recipe's (its ``n_tokens``, and its ``context`` as ``seq_len``), else the defaults."""
-        values = {} if recipe is None else {"n_tokens": recipe.n_tokens, "seq_len": recipe.context}
-        values.update({name: value for name, value in given.items() if value is not None})
-        return cls(**values)
 
 
 def _whole(value: Any, name: str) -> int:
@@ -108,4 +109,58 @@ def chunk_buffer_bytes(chunk_tokens: int, n_snapshots: int, d_in: int, dtype_byt
     return n_chunks * chunk_tokens * n_snapshots * d_in * dtype_bytes
 
 
-__all__ = ["CHUNK_TOKENS", "MAX_DEFAULT_HELDOUT_TOKENS", "TokenBudget", "chunk_buffer_bytes", "chunk_seqs_for"]
+TOKEN_TABLE_BYTES_PER_TOKEN = 20
+"""Bytes of memory per token of the token table while it is built and split: the int64 table
+packing fills, the copy its split into training and held-out rows makes, and the kept-token masks."""
+
+
+def check_token_table_fits(n_tokens: int) -> None:
+    """Refuse a token table of ``n_tokens`` (rows x seq_len, held-out rows included) that cannot be
+    built in the memory available, before its text is read: one for every torchrun worker on this
+    machine, each of which builds its own."""
+    workers = local_world_size()
+    table = n_tokens * TOKEN_TABLE_BYTES_PER_TOKEN * workers
+    memory = available_memory("cpu")
+    if memory is not None and table > memory:
+        each = f", one for each of the {workers} workers on this machine," if workers > 1 else ""
+        raise CrosslensError(
+            f"--n-tokens: a table of {n_tokens:,} tokens{each} needs about {format_bytes(table)} of memory while it is "
+            f"built, and {format_bytes(memory)} is available; lower --n-tokens (+ --heldout-tokens) to at most "
+            f"about {memory // (TOKEN_TABLE_BYTES_PER_TOKEN * workers):,}"
+        )
+
+
+def check_harvest_fits(
+    n_tokens: int, n_snapshots: int, widths: Sequence[int] | None, value_bytes: int, outs: Sequence[str | Path]
+) -> int | None:
+    """Refuse a harvest of ``n_tokens`` (token table rows x seq_len, held-out rows included) whose
+    token table cannot fit in memory, or whose stores (``outs``) cannot fit on their disk, before
+    anything is allocated or written. Returns the stores' bytes (None when ``widths``, the values
+    per token of each hook, are unknown)."""
+    check_token_table_fits(n_tokens)
+    if widths is None:
+        return None
+    per_token = n_snapshots * sum(widths) * value_bytes
+    # the token file holds each row (int64), and each kept token's id (int64) and position (2 x int64)
+    store = n_tokens * (per_token + 32)
+    needed = store - sum(folder_bytes(out) for out in outs)  # what is there is resumed or replaced
+    free = free_disk(outs[0])
+    if free is not None and needed > free:
+        raise CrosslensError(
+            f"--out {outs[0]}: the store needs about {format_bytes(store)} ({n_tokens:,} tokens x {n_snapshots} "
+            f"snapshots x {sum(widths)} values x {value_bytes} B) and its disk has {format_bytes(free)} free; free "
+            "space, lower --n-tokens or --n-snapshots, pass --store-dtype bfloat16, or harvest into another --out"
+        )
+    return store
+
+
+__all__ = [
+    "CHUNK_TOKENS",
+    "MAX_DEFAULT_HELDOUT_TOKENS",
+    "TOKEN_TABLE_BYTES_PER_TOKEN",
+    "TokenBudget",
+    "check_harvest_fits",
+    "check_token_table_fits",
+    "chunk_buffer_bytes",
+    "chunk_seqs_for",
+]

@@ -19,11 +19,25 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Int
 
+from crosslens.activations.budget import TokenBudget
+from crosslens.activations.config import RECORD_FILES, TokenSource, record_builder
+from crosslens.core.documents import read_text, split_documents, text_files
 from crosslens.core.errors import CrosslensError, TokenizerMismatchError
+from crosslens.core.launch import is_main_process
 from crosslens.core.packing import pack_documents
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+MAX_UNKNOWN_SHARE = 0.25
+"""Text whose tokens are more than this share unknown is refused. Text in the tokenizer's language
+scores near zero (a byte-level BPE has no unknown token at all; a word-level one misses rare
+words, a few percent), while text read in the wrong encoding, or a binary file, scores well
+above a half. A quarter sits far from both, and above it a crosscoder would spend its features
+on the unknown token rather than on the text."""
+
+UNKNOWN_SAMPLE_CHARS = 200_000
+"""Characters of each text file tokenized for that check: enough for a stable share, cheap on any file."""
 
 
 def _special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int | None, int | None]:
@@ -69,6 +83,64 @@ def encoded(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], batch_size
 def _encode_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     out = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
     return out["input_ids"]
+
+
+def text_documents(paths: Sequence[str | Path], *, encoding: str = "utf-8", tokenizer: Any = None) -> Iterator[str]:
+    """The documents of text files and folders of ``*.txt`` files, split as the pico build splits
+    them: lazily, one file read at a time, so a token table that fills before the last file
+    never reads the rest (a corpus folder may be far larger than memory).
+
+    Each file is decoded strictly (:func:`~crosslens.core.documents.read_text`); given the
+    ``tokenizer``, a file whose text is mostly unknown tokens is refused (:func:`check_known_tokens`).
+    """
+    any_text = False
+    for path in text_files(list(paths)):
+        text = read_text(path, encoding)
+        if tokenizer is not None:
+            check_known_tokens(
+                tokenizer, tokenizer.encode(text[:UNKNOWN_SAMPLE_CHARS], add_special_tokens=False), str(path)
+            )
+        documents = split_documents(text)
+        del text  # the file's documents alone are held while they are tokenized
+        any_text = any_text or bool(documents)
+        yield from documents
+    if not any_text:
+        raise ValueError(
+            f"--text {' '.join(map(str, paths))}: the files hold no text (blank lines at most); pass files of text"
+        )
+
+
+def unknown_share(tokenizer: Any, token_ids: Sequence[int] | torch.Tensor) -> float:
+    """The share of ``token_ids`` that are the tokenizer's unknown token (0 when it has none)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ids = torch.as_tensor(token_ids).flatten()
+    if unk is None or ids.numel() == 0:
+        return 0.0
+    return float((ids == unk).sum()) / ids.numel()
+
+
+def check_known_tokens(tokenizer: Any, token_ids: Sequence[int] | torch.Tensor, source: str) -> None:
+    """Refuse ``source`` when more than :data:`MAX_UNKNOWN_SHARE` of its tokens are unknown."""
+    share = unknown_share(tokenizer, token_ids)
+    if share > MAX_UNKNOWN_SHARE:
+        raise CrosslensError(
+            f"{source}: {share:.0%} of its tokens are unknown to the suite's tokenizer (at most "
+            f"{MAX_UNKNOWN_SHARE:.0%} is accepted); is it in the model's language, and in the --encoding given?"
+        )
+
+
+def split_rows(
+    tokens_NL: Int[torch.Tensor, "n seq"], n_heldout: int, seed: int
+) -> tuple[Int[torch.Tensor, "n_train seq"], Int[torch.Tensor, "n_heldout seq"]]:
+    """A seeded random ``n_heldout`` rows held out; the rest, in their original order, for training."""
+    if n_heldout <= 0:
+        return tokens_NL, tokens_NL[:0]
+    if n_heldout >= len(tokens_NL):
+        raise ValueError(f"cannot hold out {n_heldout} of {len(tokens_NL)} rows; lower the held-out share")
+    order = torch.randperm(len(tokens_NL), generator=torch.Generator().manual_seed(seed))
+    held = torch.zeros(len(tokens_NL), dtype=torch.bool)
+    held[order[:n_heldout]] = True
+    return tokens_NL[~held], tokens_NL[held]
 
 
 def n_seqs_for_budget(n_tokens: int, seq_len: int) -> int:
@@ -149,22 +221,11 @@ def _no_column_error(name: str | None, column: str, columns: Sequence[str]) -> C
     )
 
 
-RECORD_FILES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
-"""Suffixes of local files whose lines or rows are records with a text column, and the
-``datasets`` builder that reads each: read as plain text they would be tokenized markup and all."""
-
-
-def record_builder(path: str | Path) -> str | None:
-    """The ``datasets`` builder of a local file of records (:data:`RECORD_FILES`), None for
-    anything else (a text file, a folder, a dataset name)."""
-    builder = RECORD_FILES.get(Path(path).suffix.lower())
-    return builder if builder is not None and Path(path).is_file() else None
-
-
 def _load_named_dataset(name: str, column: str, *, config_name: str | None, split: str, streaming: bool) -> Any:
-    """``datasets.load_dataset(name, ...)``, or a local file of records (:data:`RECORD_FILES`) read
-    by its builder; a name that cannot be loaded (not on the Hub, not in the local cache while
-    offline, no network) is refused naming ``--dataset`` and what to do."""
+    """``datasets.load_dataset(name, ...)``, or a local file of records
+    (:data:`~crosslens.activations.config.RECORD_FILES`) read by its builder; a name that cannot be
+    loaded (not on the Hub, not in the local cache while offline, no network) is refused naming
+    ``--dataset`` and what to do."""
     import datasets
 
     from crosslens.checkpoints.hub import hub_offline, is_network_error
@@ -350,3 +411,51 @@ def kept_tokens(
     if not keep_NL.any():
         raise ValueError("every token is excluded; pass more text, exclude_bos=False or fewer exclude_token_ids.")
     return excluded, keep_NL
+
+
+TABLE_SEED = 0
+"""Seeds the pico grammar's documents and which rows of a harvest's token table are held out, so
+that a harvest run again reads, and holds out, the same rows."""
+
+
+def token_tables(
+    tokens: TokenSource, budget: TokenBudget, tokenizer
+) -> tuple[Int[torch.Tensor, "n_train seq"], Int[torch.Tensor, "n_heldout seq"]]:
+    """The token rows of ``budget`` from ``tokens``, split into training rows and the seeded
+    held-out rows of its held-out tokens."""
+    seq_len, held_tokens = budget.seq_len, budget.heldout
+    if held_tokens and not budget.heldout_rows and is_main_process():
+        given = (
+            f"--heldout-tokens {held_tokens}"
+            if budget.heldout_tokens is not None
+            else (f"the default held-out share ({held_tokens} tokens, a tenth of --n-tokens)")
+        )
+        print(
+            f"no held-out tokens: {given} is less than one row of --seq-len {seq_len}; pass "
+            f"--heldout-tokens {seq_len} or more for a held-out store"
+        )
+    return split_rows(token_table(tokens, budget, tokenizer), budget.heldout_rows, seed=TABLE_SEED)
+
+
+def token_table(tokens: TokenSource, budget: TokenBudget, tokenizer) -> Int[torch.Tensor, "n_rows seq"]:
+    """The token table of ``budget``'s training and held-out rows from ``tokens``; text that is
+    not what it claims is refused."""
+    kind, value = tokens.resolve()
+    seq_len, n_rows = budget.seq_len, budget.n_rows + budget.heldout_rows
+    try:
+        if kind == "text":
+            documents = text_documents(value, encoding=tokens.encoding, tokenizer=tokenizer)
+            return tokenize_texts(tokenizer, documents, seq_len, n_seqs=n_rows)
+        if kind == "dataset":
+            name, _, column = str(value).partition(":")
+            table = tokens_from_dataset(tokenizer, name, seq_len, n_rows, column=column or "text")
+            check_known_tokens(tokenizer, table[:, 1:], f"--dataset {value}")
+            return table
+        return tokens_from_pico(tokenizer, seq_len, n_rows, seed=TABLE_SEED)
+    except ValueError as error:
+        if "rows of seq_len" not in str(error):
+            raise
+        raise CrosslensError(
+            f"--n-tokens {budget.n_tokens} (+ --heldout-tokens {budget.heldout}) is more than the text holds at "
+            f"--seq-len {seq_len}; lower --n-tokens, or give more text ({' '.join(str(error).split())})"
+        ) from None

@@ -7,11 +7,13 @@
 - :mod:`.contexts`: top-activating token windows from an activation store.
 - :mod:`.synthetic`: planted multi-snapshot data with a known timeline.
 - :mod:`.plots` and :mod:`.report`: plotly figures and a self-contained HTML report.
+- :mod:`.diffing`: a two-model crosscoder's diffing classes (shared, A-only, B-only) by relative decoder norm.
 - :mod:`.analyze`: :func:`analyze_crosscoder`, everything above in one call.
 """
 
 from crosslens.analysis.analyze import analyze_crosscoder, write_evolution_report
 from crosslens.analysis.contexts import Context, top_activating_contexts
+from crosslens.analysis.diffing import DiffingAnalysis, DiffingThresholds
 from crosslens.analysis.evolution import FEATURE_CLASSES, EvolutionConfig, Lifetimes
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.geometry import direction_drift, feature_dimensionality, rel_dec
@@ -25,6 +27,8 @@ __all__ = [
     "FEATURE_CLASSES",
     "Lifetimes",
     "Context",
+    "DiffingAnalysis",
+    "DiffingThresholds",
     "PlantedConfig",
     "PlantedEvolution",
     "ProbeValidation",

@@ -14,6 +14,7 @@ import torch
 
 from crosslens.activations.partners import check_recorded_partner
 from crosslens.analysis.contexts import top_activating_contexts
+from crosslens.analysis.diffing import DiffingAnalysis, add_diffing_section, is_diffing
 from crosslens.analysis.evolution import EvolutionConfig
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis, metadata_dict, snapshots_from_metadata
 from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
@@ -86,6 +87,8 @@ def analyze_crosscoder(
             progress=progress,
         )
     report = evolution_report(analysis, title=title, probes=probes, contexts=contexts, device=device)
+    if is_diffing(crosscoder):  # two models: the diffing literature's classes beside the timelines
+        add_diffing_section(report, DiffingAnalysis.from_crosscoder(crosscoder, frequency=analysis.frequency))
     return analysis, report
 
 

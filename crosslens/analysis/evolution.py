@@ -78,12 +78,12 @@ class EvolutionConfig:
     emergence snapshot is the first one from which it stays present (never dropping below
     ``fade_threshold``) until it fades or training ends. 0.3 of the peak separates the
     near-zero norms the sparsity penalty leaves on absent snapshots from a real but still
-    growing feature: over JumpReLU crosscoders trained at their defaults on eight planted
-    generators (5 seeds each, ``scripts/planted_generators.py``), at most 0.6% of a
-    recovered feature's norms where its planted feature is absent reach it, and at most 3.1%
-    of those where it is present fall under it (``planted_scores``' ``absent_above_threshold``
-    and ``present_below_threshold``). A row that keeps a small norm at snapshot 0 is dated by
-    this line, and by firing where rates are given (``firing_floor``)."""
+    growing feature: over JumpReLU crosscoders trained at their defaults on the planted
+    generators, few of a recovered feature's norms where its planted feature is absent reach
+    it, and few of those where it is present fall under it (``planted_scores``'
+    ``absent_above_threshold`` and ``present_below_threshold``; benchmarks/README.md, "Planted
+    features recovered"). A row that keeps a small norm at snapshot 0 is dated by this line,
+    and by firing where rates are given (``firing_floor``)."""
 
     fade_threshold: float = 0.2
     """A feature has faded at the first snapshot after which its normalised norm stays

@@ -27,24 +27,18 @@ import torch
 from jaxtyping import Bool, Float, Int
 from transformer_lens import HookedTransformer
 
-from crosslens.causal.attribution import (
-    Metric,
-    check_models_match,
-    logit_diff,
-    tokenize_task,
-)
+from crosslens.causal.attribution import Metric, logit_diff
 from crosslens.causal.continuations import check_metric, rows_from_prompt, sequences_metric
 from crosslens.causal.ie_table import IETable
-from crosslens.causal.splice import (
-    CodeEdit,
+from crosslens.causal.snapshot_models import (
     SnapshotModels,
-    SpliceState,
     activations_at,
+    check_models_match,
     collect_activations,
-    exact_codes,
     iter_snapshot_models,
-    splice,
+    tokenize_task,
 )
+from crosslens.causal.splice import CodeEdit, SpliceState, exact_codes, splice
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.progress import progress_bar
 from crosslens.core.tensors import feature_index

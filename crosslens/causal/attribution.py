@@ -31,20 +31,19 @@ from transformer_lens import HookedTransformer
 from crosslens.causal.continuations import check_metric, continuation_path_metric, metric_name
 from crosslens.causal.ie_table import IETable
 from crosslens.causal.ig import integrated_gradients
-from crosslens.causal.splice import (
+from crosslens.causal.snapshot_models import (
     SnapshotModels,
     activations_at,
     check_snapshot_model,
-    collect_activations,
-    exact_codes,
-    final_residual_from_hook,
     iter_snapshot_models,
-    unembed,
+    prepare_task,
+    run_from_hook,
 )
+from crosslens.causal.splice import exact_codes
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.progress import progress_bar
 from crosslens.crosscoders.snapshot_sae import SnapshotCodec
-from crosslens.tasks.base import TaskDataset, TokenizedTask, resolve_tokenizer
+from crosslens.tasks.base import TaskDataset, TokenizedTask
 
 if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder
@@ -297,16 +296,14 @@ def _last_position_path_metric(
 
     def path_metric(acts_K: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
         n_points = acts_K.shape[0]
-        resid = final_residual_from_hook(
+        logits = run_from_hook(
             model,
             hook,
             acts_K.reshape(n_points * batch, seq, -1),
             tokens.repeat(n_points, 1),
             mask.repeat(n_points, 1),
+            positions=last_pos.repeat(n_points),
         )
-        rows_K = torch.arange(n_points * batch, device=resid.device)
-        last = resid[rows_K, last_pos.repeat(n_points).to(resid.device)]
-        logits = unembed(model, last[:, None, :])[:, 0]
         return metric(logits, correct.repeat(n_points), wrong.repeat(n_points)).reshape(n_points, batch)
 
     return path_metric
@@ -369,82 +366,6 @@ class _IETotals:
         )
 
 
-# ---------------------------------------------------------------------------- across snapshots
-def _tokenizer_of(models: SnapshotModels) -> Any:
-    if hasattr(models, "tokenizer") and callable(models.tokenizer):
-        return models.tokenizer()
-    first = models[0]
-    if getattr(first, "tokenizer", None) is None:
-        raise ValueError("the models carry no tokenizer; pass tokenizer= (or already tokenized inputs)")
-    return first.tokenizer
-
-
-def snapshot_labels(models: SnapshotModels, n: int) -> list[str]:
-    """Revision names from a CheckpointSuite, else ``s{index}``."""
-    refs = getattr(models, "snapshots", None)
-    if refs is not None and len(refs) == n:
-        return [str(getattr(ref, "revision", f"s{i}")) for i, ref in enumerate(refs)]
-    return [f"s{i}" for i in range(n)]
-
-
-def chosen_snapshots(snapshots: Sequence[int] | None, n_models: int) -> list[int]:
-    """The snapshot indices to work on: ``snapshots``, each checked to be one of the ``n_models``
-    snapshots, or all of them."""
-    if snapshots is None:
-        return list(range(n_models))
-    chosen = [int(s) for s in snapshots]
-    if not all(0 <= s < n_models for s in chosen) or len(set(chosen)) != len(chosen):
-        raise ValueError(
-            f"snapshots must be distinct indices of the crosscoder's {n_models} snapshots (0..{n_models - 1}), got {list(snapshots)}"
-        )
-    return chosen
-
-
-def check_models_match(models: SnapshotModels, crosscoder: Crosscoder) -> int:
-    n_models = len(models)
-    if n_models != crosscoder.cfg.n_snapshots:
-        raise ValueError(
-            f"the crosscoder reads {crosscoder.cfg.n_snapshots} snapshots but {n_models} models were given; "
-            "pass the same suite (and snapshot selection) the crosscoder was trained on"
-        )
-    return n_models
-
-
-def collect_task_activations(
-    models: SnapshotModels, hook: str, task: TokenizedTask, *, progress: bool = False
-) -> tuple[Float[torch.Tensor, "n seq n_snapshots d_in"], Float[torch.Tensor, "n seq n_snapshots d_in"] | None]:
-    """Every snapshot's activations at ``hook`` for the clean and corrupted prompts, loading each model once."""
-    tokens = task.clean_tokens
-    if task.corrupted_tokens is not None:
-        tokens = torch.cat([task.clean_tokens, task.corrupted_tokens])
-    mask = task.mask.long().repeat(tokens.shape[0] // len(task), 1)
-    acts = collect_activations(models, hook, tokens, mask, progress=progress)
-    if task.corrupted_tokens is None:
-        return acts, None
-    return acts[: len(task)], acts[len(task) :]
-
-
-def tokenize_task(
-    task: TaskDataset | TokenizedTask, models: SnapshotModels, tokenizer: Any = None
-) -> tuple[str, TokenizedTask]:
-    if isinstance(task, TokenizedTask):
-        return "task", task
-    tokenizer = resolve_tokenizer(tokenizer if tokenizer is not None else _tokenizer_of(models))
-    return task.name, task.tokenize(tokenizer, max_tokens=context_length(models))
-
-
-def context_length(models: SnapshotModels) -> int | None:
-    """How many tokens the models read at most (``n_ctx``): from a suite's configs, or the
-    first model's config; None when neither tells."""
-    if callable(getattr(models, "check_architectures", None)):
-        return int(models.check_architectures()["n_ctx"])
-    try:
-        n_ctx = getattr(getattr(models[0], "cfg", None), "n_ctx", None)
-    except (TypeError, IndexError, KeyError):
-        return None
-    return int(n_ctx) if n_ctx is not None else None
-
-
 def attribute(
     models: SnapshotModels,
     crosscoder: Crosscoder,
@@ -474,18 +395,20 @@ def attribute(
             :func:`collect_task_activations`, to reuse them across calls.
     """
     hook = crosscoder_hook(crosscoder, hook)
-    n_models = check_models_match(models, crosscoder)
-    name, tokenized = tokenize_task(task, models, tokenizer)
+    exact = config.mode == "exact"
+    collect = exact and activations is None
+    prepared = prepare_task(
+        models, crosscoder, task, hook=hook, snapshots=snapshots, tokenizer=tokenizer, exact=collect, progress=progress
+    )
+    tokenized = prepared.tokenized
     check_metric(tokenized, metric, logit_diff)
-    chosen = chosen_snapshots(snapshots, n_models)
-
-    if config.mode != "exact":
+    if not exact:
         activations = None
     elif activations is None:
-        activations = collect_task_activations(models, hook, tokenized, progress=progress)
+        activations = prepared.activations
 
     results = []
-    for index, model in iter_snapshot_models(models, chosen, crosscoder):
+    for index, model in iter_snapshot_models(models, prepared.chosen, crosscoder):
         inputs = exact_snapshot_inputs(crosscoder, activations, index, norm_factors) if activations is not None else {}
         results.append(
             attribute_snapshot(
@@ -501,9 +424,14 @@ def attribute(
                 **inputs,
             )
         )
-    labels = snapshot_labels(models, n_models)
     return table_from_snapshots(
-        name, results, [labels[i] for i in chosen], config, hook, len(tokenized), metric_name(tokenized, metric)
+        prepared.name,
+        results,
+        [prepared.labels[i] for i in prepared.chosen],
+        config,
+        hook,
+        len(tokenized),
+        metric_name(tokenized, metric),
     )
 
 

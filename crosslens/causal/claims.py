@@ -21,11 +21,11 @@ states the claims from those rows only:
 - **ablation**, as above, over the top stable features;
 - **keep-only area**: the keep-only restoration averaged over the k grid (the area under the
   keep-only curve on a log-k axis, divided by its width), mean +/- sd over seeds. The
-  restoration at one k is not stable: the curve stays near 0 and then jumps to about 100% at
-  the k where the kept set first rebuilds the residual stream (on the pico demo top-100
-  restores 35%, -2% and 105% by seed while top-200 restores 100% in all three), so a
-  threshold at one k holds or fails by where that jump falls; the area weighs every k and
-  its spread over seeds is a fraction of that.
+  restoration at one k is not stable: the curve stays near 0 and then jumps to about all of
+  the gap at the k where the kept set first rebuilds the residual stream, and on the pico demo
+  that k differs by seed (benchmarks/README.md, "The demo"), so a threshold at one k holds or
+  fails by where that jump falls; the area weighs every k and its spread over seeds is a
+  fraction of that.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from crosslens.causal.splice import SnapshotModels
+    from crosslens.causal.snapshot_models import SnapshotModels
 
 
 def causal_claims(
@@ -172,11 +172,15 @@ def stable_claim_rows(
     """Ablation and keep-only curves at ``snapshot`` for each seed's crosscoder, ranking only its
     ``stable`` features by their IE there (``ie_finals``); returns the rows per seed and the ks used.
 
-    The snapshot models run once to collect every snapshot's activations on the task (exact
-    codes, as the causal stage uses); the curves zero-ablate and draw no random controls."""
+    ``task`` is a TaskDataset, or the task as a causal stage on the same models prepared it
+    (:attr:`~crosslens.causal.stage.CausalStageResult.task`, a
+    :class:`~crosslens.causal.snapshot_models.PreparedTask`), which is neither tokenized nor
+    collected again where it holds the activations. Otherwise the snapshot models run once to
+    collect every snapshot's activations on the task. The codes are exact, as the causal
+    stage's; the curves zero-ablate and draw no random controls."""
     from crosslens.causal.ablation import snapshot_ablation_rows
-    from crosslens.causal.attribution import collect_task_activations, tokenize_task
-    from crosslens.causal.splice import exact_codes, iter_snapshot_models
+    from crosslens.causal.snapshot_models import PreparedTask, iter_snapshot_models, prepare_task
+    from crosslens.causal.splice import exact_codes
     from crosslens.core.hooks import crosscoder_hook
 
     if not len(crosscoders) == len(ie_finals) == len(stable):
@@ -188,8 +192,12 @@ def stable_claim_rows(
     if not used:
         return [[] for _ in crosscoders], used
     hook = crosscoder_hook(crosscoders[0], None)
-    name, tokenized = tokenize_task(task, models)
-    acts_clean, _ = collect_task_activations(models, hook, tokenized)
+    if isinstance(task, PreparedTask) and task.activations is None:
+        task = task.tokenized
+    if not isinstance(task, PreparedTask):
+        task = prepare_task(models, crosscoders[0], task, hook=hook)
+    assert task.activations is not None  # collected in exact mode
+    name, tokenized, (acts_clean, _) = task.name, task.tokenized, task.activations
     _, model = next(iter_snapshot_models(models, [snapshot], crosscoders[0]))
     rows = [
         snapshot_ablation_rows(

@@ -42,7 +42,7 @@ import torch
 from jaxtyping import Bool, Float
 from transformer_lens import HookedTransformer
 
-from crosslens.causal.splice import activations_at, final_residual_from_hook, unembed
+from crosslens.causal.snapshot_models import activations_at, final_residual_from_hook, unembed
 from crosslens.tasks.base import TokenizedTask
 from crosslens.tasks.sequences import TaskSequences, at_targets, logprob_diff
 

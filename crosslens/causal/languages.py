@@ -26,7 +26,7 @@ from crosslens.causal.stage import CausalStageResult, metric_formula, run_causal
 from crosslens.tasks.base import TaskDataset
 
 if TYPE_CHECKING:
-    from crosslens.causal.splice import SnapshotModels
+    from crosslens.causal.snapshot_models import SnapshotModels
     from crosslens.crosscoders.protocol import Crosscoder
 
 

@@ -42,7 +42,7 @@ def attribution_sections(
     seed: int = 0,
     device: str = "cpu",
     dtype: str = "float32",
-    summaries: list | None = None,
+    results: list | None = None,
     model_lines: bool = True,
     **stage_kwargs: Any,
 ) -> list:
@@ -53,7 +53,8 @@ def attribution_sections(
     written there (the ``crosslens attribute --out`` convention). ``stage_kwargs`` go to
     :func:`run_causal_stage` (``config``, ``top_k``, ``ks``, ``ablation``, ``progress``,
     ``allow_chance``, ...), whose defaults hold otherwise. The snapshot models load on ``device`` in ``dtype``; a crosscoder folder loads on ``device``.
-    The stage's summary (with ``claims_final``) is appended to ``summaries`` when given.
+    The stage's :class:`~crosslens.causal.stage.CausalStageResult` (its summary with
+    ``claims_final``, its tokenized task and activations) is appended to ``results`` when given.
     ``model_lines=False`` leaves out the per-snapshot metric lines, which describe the model,
     not the crosscoder (a second crosscoder of the same suite prints only its own findings).
     A snapshot where the model is at chance on the pairs is printed as such, with no feature
@@ -69,8 +70,8 @@ def attribution_sections(
     if out is not None and Path(out).suffix == ".json":
         result.table.save(out)
     summary = result.summary
-    if summaries is not None:
-        summaries.append(summary)
+    if results is not None:
+        results.append(result)
     print(f"causal stage ({dataset.name}, {summary.n_examples} examples): files in {out_dir}")
     if summary.n_multi_token:
         print(

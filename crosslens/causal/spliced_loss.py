@@ -40,14 +40,14 @@ from jaxtyping import Bool, Float, Int
 
 from crosslens.activations.store import snapshot_label
 from crosslens.activations.tokens import recorded_keep_mask
-from crosslens.causal.splice import (
+from crosslens.causal.snapshot_models import (
     SnapshotModels,
     activations_at,
     collect_activations,
-    exact_codes,
     iter_snapshot_models,
     run_from_hook,
 )
+from crosslens.causal.splice import exact_codes
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.metadata import metadata_value
 from crosslens.core.progress import progress_bar

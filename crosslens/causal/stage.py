@@ -18,14 +18,9 @@ from crosslens.causal.ablation import AblationMode, snapshot_ablation_rows
 from crosslens.causal.attribution import (
     AttributionConfig,
     attribute_snapshot,
-    check_models_match,
-    chosen_snapshots,
-    collect_task_activations,
     exact_snapshot_inputs,
     logit_diff,
-    snapshot_labels,
     table_from_snapshots,
-    tokenize_task,
 )
 from crosslens.causal.behaviour import (
     NoBehaviourError,
@@ -49,7 +44,7 @@ from crosslens.causal.relie import (
     relie,
     relie_floor_mask,
 )
-from crosslens.causal.splice import SnapshotModels, iter_snapshot_models
+from crosslens.causal.snapshot_models import PreparedTask, SnapshotModels, iter_snapshot_models, prepare_task
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.htmlreport import Report
 from crosslens.tasks.base import TaskDataset, TokenizedTask
@@ -131,6 +126,10 @@ class CausalStageResult:
     report: Report
     """The HTML report, to extend a larger report with."""
     ablation_rows: list[dict[str, Any]]
+    task: PreparedTask
+    """The task as the stage tokenized it, with every snapshot's activations on it in exact mode:
+    what follows on the same task and models (:func:`~crosslens.causal.claims.stable_claim_rows`)
+    takes it instead of tokenizing and collecting again."""
 
 
 @dataclass(frozen=True)
@@ -197,21 +196,14 @@ def run_causal_stage(
     out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the work
     crosscoder = load_crosscoder(crosscoder)
     hook = crosscoder_hook(crosscoder, hook)
-    n_models = check_models_match(models, crosscoder)
-    name, tokenized = tokenize_task(task, models, tokenizer)
-    chosen = chosen_snapshots(snapshots, n_models)
-    activations = None
-    if config.mode == "exact":
-        activations = collect_task_activations(models, hook, tokenized, progress=progress)
-    labels = snapshot_labels(models, n_models)
+    exact = config.mode == "exact"
+    prepared = prepare_task(
+        models, crosscoder, task, hook=hook, snapshots=snapshots, tokenizer=tokenizer, exact=exact, progress=progress
+    )
     table, rows, metric_NS = _attribute_and_ablate(
         models,
         crosscoder,
-        tokenized,
-        name,
-        chosen,
-        [labels[i] for i in chosen],
-        activations,
+        prepared,
         hook=hook,
         config=config,
         ks=[k for k in ks if k <= crosscoder.cfg.d_sae],
@@ -223,9 +215,9 @@ def run_causal_stage(
     if not allow_chance and all(b.at_chance for b in behaviours):
         if made and not any(out.iterdir()):  # nothing was written: leave no empty folder behind
             out.rmdir()
-        raise NoBehaviourError(no_behaviour_message(name, behaviours))
+        raise NoBehaviourError(no_behaviour_message(prepared.name, behaviours))
     result = _relie_of(table, crosscoder, top_k, thresholds, effect_floor, n_boot, behaviours)
-    return _write_stage(out, table, result, rows, tokenized, ablation, behaviours, thresholds)
+    return _write_stage(out, table, result, rows, prepared, ablation, behaviours, thresholds)
 
 
 def _write_stage(
@@ -233,7 +225,7 @@ def _write_stage(
     table: IETable,
     result: _RelIEResult,
     rows: list[dict],
-    tokenized: Any,
+    prepared: PreparedTask,
     ablation: AblationMode,
     behaviours: list,
     thresholds: RelIEThresholds,
@@ -243,7 +235,7 @@ def _write_stage(
         table, result.selected, result.relie, result.reldec, rows, thresholds, behaviours, labels=result.labels
     )
     _add_ci_section(report, table, result.selected, result.ci_low, result.ci_high, result.classed, result.effect_floor)
-    summary = _summary(table, result, rows, tokenized, ablation, behaviours)
+    summary = _summary(table, result, rows, prepared.tokenized, ablation, behaviours)
     paths = CausalStagePaths(
         ie_table=table.save(out / "ie_table.json"),
         relie=_write_json(out / "relie.json", _relie_json(table, result, thresholds)),
@@ -251,17 +243,20 @@ def _write_stage(
         report=report.write(out / "causal_report.html"),
         summary=_write_json(out / "summary.json", summary.to_dict(), indent=2),
     )
-    return CausalStageResult(table=table, summary=summary, paths=paths, report=report, ablation_rows=rows)
+    return CausalStageResult(
+        table=table,
+        summary=summary,
+        paths=paths,
+        report=report,
+        ablation_rows=rows,
+        task=prepared,
+    )
 
 
 def _attribute_and_ablate(
     models: SnapshotModels,
     crosscoder: Crosscoder,
-    tokenized: TokenizedTask,
-    name: str,
-    chosen: Sequence[int],
-    labels: Sequence[str],
-    activations: tuple[torch.Tensor, torch.Tensor | None] | None,
+    prepared: PreparedTask,
     *,
     hook: str,
     config: AttributionConfig,
@@ -273,8 +268,10 @@ def _attribute_and_ablate(
     """Attribution then ablation curves at each snapshot, with the snapshot's model loaded
     once for both (the curves rank features by that snapshot's own IE); also each pair's clean
     metric per snapshot (``[n_examples, n_snapshots]``)."""
+    tokenized, activations = prepared.tokenized, prepared.activations
+    labels = [prepared.labels[i] for i in prepared.chosen]
     results, rows = [], []
-    for column, (index, model) in enumerate(iter_snapshot_models(models, chosen, crosscoder)):
+    for column, (index, model) in enumerate(iter_snapshot_models(models, prepared.chosen, crosscoder)):
         inputs = exact_snapshot_inputs(crosscoder, activations, index) if activations is not None else {}
         attribution = attribute_snapshot(
             model, crosscoder, tokenized, snapshot=index, hook=hook, config=config, progress=progress, **inputs
@@ -287,7 +284,7 @@ def _attribute_and_ablate(
             attribution.ie,
             snapshot=index,
             label=labels[column],
-            task_name=name,
+            task_name=prepared.name,
             ks=ks,
             hook=hook,
             codes=inputs.get("codes_clean"),
@@ -295,7 +292,7 @@ def _attribute_and_ablate(
             n_random=n_random,
         )
     table = table_from_snapshots(
-        name, results, labels, config, hook, len(tokenized), metric_name(tokenized, logit_diff)
+        prepared.name, results, labels, config, hook, len(tokenized), metric_name(tokenized, logit_diff)
     )
     return table, rows, torch.stack([r.metric_clean for r in results], dim=1)
 

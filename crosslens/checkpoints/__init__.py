@@ -4,21 +4,26 @@
 >>> suite = CheckpointSuite.pythia("EleutherAI/pythia-160m").select(n=32)   # doctest: +SKIP
 >>> for info, model in suite.iter_models():                                 # doctest: +SKIP
 ...     ...  # one HookedTransformer resident at a time
+
+The names resolve on first use: :class:`ModelShape` is read without torch (``crosslens plan``
+sizes a model from it), while the suite imports torch and TransformerLens.
 """
 
-from crosslens.checkpoints.hub import list_revisions
-from crosslens.checkpoints.schedules import spaced_steps
-from crosslens.checkpoints.snapshot import SnapshotInfo, SnapshotRef
-from crosslens.checkpoints.suite import CheckpointSuite
-from crosslens.checkpoints.trajectory import MixedIngredientsError
-from crosslens.core.devices import release_model
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointSuite",
-    "MixedIngredientsError",
-    "SnapshotInfo",
-    "SnapshotRef",
-    "list_revisions",
-    "release_model",
-    "spaced_steps",
-]
+from crosslens.core.lazy import lazy_attributes
+
+_LAZY = {
+    "CheckpointSuite": "crosslens.checkpoints.suite",
+    "MixedIngredientsError": "crosslens.checkpoints.trajectory",
+    "ModelShape": "crosslens.checkpoints.shape",
+    "SnapshotInfo": "crosslens.checkpoints.snapshot",
+    "SnapshotRef": "crosslens.checkpoints.snapshot",
+    "list_revisions": "crosslens.checkpoints.hub",
+    "release_model": "crosslens.core.devices",
+    "spaced_steps": "crosslens.checkpoints.schedules",
+}
+
+__all__ = sorted(_LAZY)
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

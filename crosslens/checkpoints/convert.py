@@ -209,7 +209,48 @@ def rope_theta(hf_config: PretrainedConfig, default: float = 10000.0) -> float:
     return _rope_parameters(hf_config).get("rope_theta", default)
 
 
-_OWN_CONFIG_BUILDERS = {"OlmoForCausalLM": _olmo_cfg_dict, "Olmo2ForCausalLM": _olmo2_cfg_dict}
+def _gemma2_cfg_dict(hf_config: PretrainedConfig) -> dict[str, Any]:
+    """A Gemma-2 config read from `hf_config`: TransformerLens knows Gemma-2's sizes only by repo
+    name (``google/gemma-2-2b``), so a cached snapshot's folder would not convert. Sliding-window
+    and global layers as the config's ``layer_types`` says (even layers slide in the released models),
+    soft-capped attention and logits, norms before and after each sublayer."""
+    n_layers = hf_config.num_hidden_layers
+    layer_types = getattr(hf_config, "layer_types", None) or ["sliding_attention", "full_attention"] * (n_layers // 2)
+    return {
+        "d_model": hf_config.hidden_size,
+        "d_head": hf_config.head_dim,
+        "n_heads": hf_config.num_attention_heads,
+        "n_key_value_heads": hf_config.num_key_value_heads,
+        "d_mlp": hf_config.intermediate_size,
+        "n_layers": n_layers,
+        "n_ctx": hf_config.max_position_embeddings,
+        "eps": hf_config.rms_norm_eps,
+        "d_vocab": hf_config.vocab_size,
+        "act_fn": hf_config.hidden_activation,
+        "initializer_range": hf_config.initializer_range,
+        "normalization_type": "RMS",
+        "rotary_base": rope_theta(hf_config),
+        "rotary_dim": hf_config.head_dim,
+        "positional_embedding_type": "rotary",
+        "use_attn_scale": True,
+        "attn_scale": hf_config.query_pre_attn_scalar**0.5,
+        "window_size": hf_config.sliding_window,
+        "use_local_attn": True,
+        "attn_types": ["local" if kind == "sliding_attention" else "global" for kind in layer_types],
+        "attn_scores_soft_cap": hf_config.attn_logit_softcapping,
+        "output_logits_soft_cap": hf_config.final_logit_softcapping,
+        "gated_mlp": True,
+        "final_rms": True,
+        "use_normalization_before_and_after": True,
+        "original_architecture": "Gemma2ForCausalLM",
+    }
+
+
+_OWN_CONFIG_BUILDERS = {
+    "OlmoForCausalLM": _olmo_cfg_dict,
+    "Olmo2ForCausalLM": _olmo2_cfg_dict,
+    "Gemma2ForCausalLM": _gemma2_cfg_dict,
+}
 
 
 def is_post_norm(architecture: str | None) -> bool:
@@ -342,9 +383,12 @@ def hf_to_hooked(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     first_n_layers: int | None = None,
+    processing: dict[str, bool] | None = None,
 ) -> HookedTransformer:
     """Convert a loaded HF causal LM into a processed HookedTransformer on `device`
-    (with `first_n_layers`, only its first blocks: converted, built and processed)."""
+    (with `first_n_layers`, only its first blocks: converted, built and processed).
+    ``processing``: ``center_writing_weights``/``center_unembed`` to use instead of the
+    architecture's (`processing_flags`); folding the norms is the config's, not a choice here."""
     cfg = hooked_config_from_hf(hf_model.config, model_id=model_id, device=device, dtype=dtype)
     if first_n_layers is not None and first_n_layers < cfg.n_layers:
         # as TransformerLens's own first_n_layers: the converters walk cfg.n_layers blocks
@@ -366,6 +410,13 @@ def hf_to_hooked(
         # and would fill it, with a warning, from uninitialised memory, which would give the
         # same checkpoint a different weights_sha256 on every load. Zeros keep it fixed.
         state_dict.setdefault("pos_embed.W_pos", torch.zeros_like(model.pos_embed.W_pos))
-    model.load_and_process_state_dict(state_dict, **processing_flags(cfg))
+    flags = processing_flags(cfg)
+    unknown = set(processing or {}) - {"center_writing_weights", "center_unembed"}
+    if unknown:
+        raise ValueError(
+            f"processing {sorted(unknown)} cannot be chosen per suite; choose center_writing_weights or center_unembed"
+        )
+    flags.update(processing or {})
+    model.load_and_process_state_dict(state_dict, **flags)
     model.move_model_modules_to_device()
     return model.eval()

@@ -186,22 +186,30 @@ class SnapshotFiles(Protocol):
         """The folder holding ``ref``'s files on this machine, if any."""
         ...
 
+    def repo_revision(self, ref: SnapshotRef) -> tuple[str, str]:
+        """The hub repo and revision holding ``ref``'s weights."""
+        ...
+
+    def local_folder(self, ref: SnapshotRef) -> Path | None:
+        """The folder of a snapshot that lives in no hub repo, else None."""
+        ...
+
 
 def snapshot_identity(suite: SnapshotFiles, ref: SnapshotRef) -> dict[str, Any] | None:
     """The identity of ``ref``'s files: ``commit``, ``files`` (name -> hash), ``weights_digest``
     (equal for byte-identical weights) and ``digest`` (everything). None when it cannot be
     known before loading (online, revision not cached, hub metadata unreachable)."""
-    if suite.family == "local":
-        folder = suite.snapshot_folder(ref)
-        assert folder is not None  # a local suite holds a folder for each of its revisions
-        return _folder_identity(folder, revision=ref.revision, model_id=suite.model_id, commit=None)
-    cached = _cached_with_weights(suite.model_id, ref.revision)
+    local = suite.local_folder(ref)
+    if local is not None:
+        return _folder_identity(local, revision=ref.revision, model_id=suite.model_id, commit=None)
+    repo, revision = suite.repo_revision(ref)
+    cached = _cached_with_weights(repo, revision)
     if cached is not None:
         commit, folder = cached
-        return _folder_identity(folder, revision=ref.revision, model_id=suite.model_id, commit=commit)
+        return _folder_identity(folder, revision=revision, model_id=repo, commit=commit)
     if hub_constants.HF_HUB_OFFLINE:
-        raise uncached_revision_error(suite.model_id, ref.revision)
-    return _hub_identity(suite.model_id, ref.revision)
+        raise uncached_revision_error(repo, revision)
+    return _hub_identity(repo, revision)
 
 
 @contextlib.contextmanager

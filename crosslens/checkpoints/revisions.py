@@ -131,12 +131,14 @@ def with_revision_errors(
         return load(*args, **kwargs)
     except (RevisionNotFoundError, OSError) as error:
         cause = error if isinstance(error, RevisionNotFoundError) else error.__cause__
+        repo, revision = suite.repo_revision(ref)
         if not isinstance(cause, RevisionNotFoundError) and "not a valid git identifier" not in str(error):
-            if suite.family != "local" and hub_offline() and not fully_cached(suite.model_id, ref.revision):
-                raise uncached_revision_error(suite.model_id, ref.revision) from error
+            hub = suite.local_folder(ref) is None
+            if hub and hub_offline() and not fully_cached(repo, revision):
+                raise uncached_revision_error(repo, revision) from error
             raise
         try:
-            available = list_revisions(suite.model_id)
+            available = list_revisions(repo)
         except Exception:  # listing is a courtesy here; the error stands without it
             available = []
-        raise unknown_revision_error(suite.model_id, ref.revision, ref.step, available) from error
+        raise unknown_revision_error(repo, revision, ref.step, available) from error

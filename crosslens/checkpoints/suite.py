@@ -24,6 +24,17 @@ from crosslens.checkpoints.convert import (
 from crosslens.checkpoints.hub import list_revisions, pythia_steps_for
 from crosslens.checkpoints.identity import cached_snapshot, snapshot_identity, weight_file_errors
 from crosslens.checkpoints.local import scan_local_suite
+from crosslens.checkpoints.models import (
+    FAMILY as MODELS_FAMILY,
+)
+from crosslens.checkpoints.models import (
+    architecture_mismatch,
+    is_local,
+    model_folder,
+    model_source,
+    models_layout,
+    models_record,
+)
 from crosslens.checkpoints.revisions import (
     check_revisions,
     checked_steps,
@@ -34,6 +45,7 @@ from crosslens.checkpoints.revisions import (
     with_revision_errors,
 )
 from crosslens.checkpoints.schedules import Spacing, spaced_steps
+from crosslens.checkpoints.shape import ModelShape
 from crosslens.checkpoints.snapshot import (
     SnapshotInfo,
     SnapshotRef,
@@ -53,11 +65,12 @@ from crosslens.checkpoints.trajectory import (
 from crosslens.core.devices import as_dtype, release_model
 from crosslens.core.errors import DuplicateSnapshotError, SnapshotMismatchError, UnknownRevisionError
 from crosslens.core.hashing import weights_sha256
+from crosslens.core.model_specs import ModelSpec
 from crosslens.core.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("pythia", "olmo", "bloom", "local")
+FAMILIES = ("pythia", "olmo", "bloom", "local", MODELS_FAMILY)
 
 
 class CheckpointSuite(SuiteTokenizer):
@@ -65,7 +78,8 @@ class CheckpointSuite(SuiteTokenizer):
 
     Models are loaded one at a time as HookedTransformers (`load`, `iter_models`), each
     carrying its provenance in ``model.crosslens_snapshot`` (a `SnapshotInfo`). Build one
-    with `pythia`, `olmo`, `bloom` or `local`, then narrow it with `select`:
+    with `pythia`, `olmo`, `bloom` or `local`, or of distinct models with `models` (model
+    diffing), then narrow it with `select`:
 
     >>> suite = CheckpointSuite.pythia("EleutherAI/pythia-160m").select(n=32)  # doctest: +SKIP
     >>> for info, model in suite.iter_models():                                # doctest: +SKIP
@@ -81,6 +95,8 @@ class CheckpointSuite(SuiteTokenizer):
         folders: dict[str, Path] | None = None,
         root: Path | None = None,
         stage_starts: dict[int, StageStart] | None = None,
+        models: dict[str, ModelSpec] | None = None,
+        processing: dict[str, bool] | None = None,
     ):
         if family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -120,7 +136,14 @@ class CheckpointSuite(SuiteTokenizer):
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._tokenizer_source: tuple[str, dict[str, str]] = ("", {})
         self._bos_tokenizer: PreTrainedTokenizerBase | None = None
+        self._models = {ref.revision: models[ref.revision] for ref in self.snapshots} if models else {}
+        if family == MODELS_FAMILY and set(self._models) != set(revisions):
+            raise ValueError("a suite of models needs a model for each snapshot; build it with CheckpointSuite.models")
         self._processing: dict[str, bool] | None = None
+        self._shape: tuple[ModelShape | None] | None = None  # (shape,) once read: None is an answer too
+        self._processing_given = dict(processing) if processing is not None else None
+        """Processing a suite was built with, over its architecture's (a release's models load as
+        its source read them)."""
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -211,6 +234,20 @@ class CheckpointSuite(SuiteTokenizer):
             stage_starts=layout.stage_starts,
         )
 
+    @classmethod
+    def models(
+        cls, models: str | Sequence[str | ModelSpec | dict], *, processing: dict[str, bool] | None = None
+    ) -> CheckpointSuite:
+        """A suite of distinct models sharing an architecture (model diffing: a base model and its
+        fine-tune), one snapshot per model, named by model (see `crosslens.checkpoints.models`).
+        ``models``: ``"ORG/A,ORG/B"`` or a list of ``ORG/NAME[@REVISION]`` or local folders.
+        ``processing``: TransformerLens's weight processing to load them with (default: crosslens's).
+        The models' configs are compared first: models of different architectures are refused."""
+        model_id, refs, by_label = models_layout(models)
+        suite = cls(MODELS_FAMILY, model_id, refs, models=by_label, processing=processing)
+        suite.check_architectures()
+        return suite
+
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
         return len(self.snapshots)
@@ -262,11 +299,20 @@ class CheckpointSuite(SuiteTokenizer):
                 positions.add(i % len(self))
             chosen = [self.snapshots[i] for i in sorted(positions)]
         suite = CheckpointSuite(
-            self.family, self.model_id, chosen, folders=self._folders, root=self.root, stage_starts=self.stage_starts
+            self.family,
+            self.model_id,
+            chosen,
+            folders=self._folders,
+            root=self.root,
+            stage_starts=self.stage_starts,
+            models=self._models or None,
+            processing=self._processing_given,
         )
         suite._hashes = {r.revision: self._hashes[r.revision] for r in chosen if r.revision in self._hashes}
         suite._tokenizer, suite._tokenizer_source = self._tokenizer, self._tokenizer_source
         suite._bos_tokenizer = self._bos_tokenizer
+        if self._shape is not None and self._shape[0] is not None:  # the snapshots share one shape
+            suite._shape = self._shape
         return suite
 
     def provenance(self) -> dict[str, Any]:
@@ -284,6 +330,8 @@ class CheckpointSuite(SuiteTokenizer):
         record: dict[str, Any] = {"family": self.family, "model_id": self.model_id, "snapshots": snapshots}
         if self.root is not None:
             record["root"] = str(self.root)
+        if self._models:
+            record["models"] = models_record(self._models)
         if self.stage_starts:
             record["stage_starts"] = {str(k): v.to_dict() for k, v in sorted(self.stage_starts.items())}
         processing = self.processing()
@@ -299,7 +347,8 @@ class CheckpointSuite(SuiteTokenizer):
         """The TransformerLens weight processing the snapshots load with: ``fold_ln``,
         ``center_writing_weights`` and ``center_unembed``, all on except where the
         architecture rules them out (off for post-norm OLMo-2/OLMo-3; see
-        `crosslens.checkpoints.convert`). Read from the first snapshot's config."""
+        `crosslens.checkpoints.convert`), then what the suite was built with. Read from the first
+        snapshot's config."""
         if self._processing is None:
             if self.family == "pythia":
                 self._processing = dict(DEFAULT_PROCESSING)
@@ -308,8 +357,26 @@ class CheckpointSuite(SuiteTokenizer):
                 hf_config = with_revision_errors(
                     self, self.snapshots[0], AutoConfig.from_pretrained, source, **location
                 )
-                self._processing = processing_flags(hooked_config_from_hf(hf_config, model_id=self.model_id))
+                name = self.model_name(self.snapshots[0])
+                self._processing = processing_flags(hooked_config_from_hf(hf_config, model_id=name))
+            self._processing.update(self._processing_given or {})
         return dict(self._processing)
+
+    def shape(self) -> ModelShape | None:
+        """The model's widths, depth, vocabulary, context and parameter count (:class:`ModelShape`),
+        read from the first snapshot's config.json on this machine once and kept (a suite
+        :meth:`select` makes keeps it too). None when no config is at hand (a hub model not yet
+        downloaded) or it does not give the sizes: the checks that need them are then skipped."""
+        if self._shape is None:
+            self._shape = (self._read_shape(),)
+        return self._shape[0]
+
+    def _read_shape(self) -> ModelShape | None:
+        try:
+            folder = self.snapshot_folder(self.snapshots[0])
+        except Exception:  # noqa: BLE001 - no local copy: no shape
+            return None
+        return ModelShape.in_folder(folder, self.model_id)
 
     # ------------------------------------------------------------------ loading
     def load(
@@ -382,7 +449,7 @@ class CheckpointSuite(SuiteTokenizer):
                     device=device,
                     dtype=dtype,
                     first_n_layers=first_n_layers,
-                    **DEFAULT_PROCESSING,
+                    **self.processing(),
                 )
                 return model.eval()
             source, location = self._hf_source(ref)
@@ -392,11 +459,12 @@ class CheckpointSuite(SuiteTokenizer):
             tokenizer = self._tokenizer_for_models((hf_model.config.architectures or [""])[0])
             return hf_to_hooked(
                 hf_model,
-                model_id=self.model_id,
+                model_id=self.model_name(ref),
                 tokenizer=tokenizer,
                 device=device,
                 dtype=dtype,
                 first_n_layers=first_n_layers,
+                processing=self._processing_given,
             )
 
     def _with_info(self, ref: SnapshotRef, model: HookedTransformer, sha: str | None = None) -> HookedTransformer:
@@ -452,13 +520,16 @@ class CheckpointSuite(SuiteTokenizer):
         for ref in self.snapshots:
             source, location = self._hf_source(ref)
             hf_config = with_revision_errors(self, ref, AutoConfig.from_pretrained, source, **location)
-            signature = architecture_signature(hooked_config_from_hf(hf_config, model_id=self.model_id))
+            signature = architecture_signature(hooked_config_from_hf(hf_config, model_id=self.model_name(ref)))
             if reference is None:
                 reference = signature
                 continue
             differences = {k: (reference[k], signature[k]) for k in reference if reference[k] != signature[k]}
             if differences:
                 listed = ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differences.items())
+                if self._models:
+                    first = self.snapshots[0].revision
+                    raise architecture_mismatch(self._models, ref.revision, first, listed, differences)
                 raise SnapshotMismatchError(
                     f"snapshot {ref.revision!r} of {self.model_id} differs in architecture from the first "
                     f"snapshot {self.snapshots[0].revision!r} ({listed}); a crosscoder needs one shape for "
@@ -489,7 +560,9 @@ class CheckpointSuite(SuiteTokenizer):
         return f"step{step}"
 
     def _hf_source(self, ref: SnapshotRef | None) -> tuple[str, dict[str, str]]:
-        """Where `from_pretrained` finds `ref` (None: the repo's main branch)."""
+        """Where `from_pretrained` finds `ref` (None: the repo's main branch; a suite of models: its first model)."""
+        if self._models:
+            return model_source(self._models[(ref or self.snapshots[0]).revision])
         if self.family == "local":
             assert ref is not None
             return str(self._folders[ref.revision]), {}
@@ -498,7 +571,28 @@ class CheckpointSuite(SuiteTokenizer):
     def snapshot_folder(self, ref: SnapshotRef) -> Path | None:
         """The folder holding ``ref``'s files on this machine, if any (a hub snapshot's
         folder in the local Hugging Face cache)."""
+        if self._models:
+            return model_folder(self._models[ref.revision])
         if self.family == "local":
             return self._folders[ref.revision]
         cached = cached_snapshot(self.model_id, ref.revision)
         return None if cached is None else cached[1]
+
+    def model_name(self, ref: SnapshotRef) -> str:
+        """The model ``ref`` is a snapshot of: the suite's ``model_id``, or in a suite of models, that model's id."""
+        return self._models[ref.revision].model_id if self._models else self.model_id
+
+    def repo_revision(self, ref: SnapshotRef) -> tuple[str, str]:
+        """The hub repo and revision holding ``ref``'s weights."""
+        if self._models:
+            model = self._models[ref.revision]
+            return model.model_id, model.revision or "main"
+        return self.model_id, ref.revision
+
+    def local_folder(self, ref: SnapshotRef) -> Path | None:
+        """The folder of a snapshot that lives in no hub repo (a local suite's, or a model given as a folder)."""
+        if self.family == "local":
+            return self._folders[ref.revision]
+        if self._models and is_local(self._models[ref.revision]):
+            return model_folder(self._models[ref.revision])
+        return None

@@ -63,7 +63,8 @@ class SuiteTokenizer:
                     "checkpoint (tokenizer.save_pretrained) or make the repo's files reachable"
                 )
             source = self._tokenizer_source[0]
-            if source != self.model_id and self.family != "local" and self.model_id not in _TOKENIZER_FALLBACK_LOGGED:
+            home = self._hf_source(None)[0] if self.family != "local" else source  # a suite of models: its first
+            if source != home and self.model_id not in _TOKENIZER_FALLBACK_LOGGED:
                 _TOKENIZER_FALLBACK_LOGGED.add(self.model_id)
                 logger.warning(
                     "%s ships no usable tokenizer with its checkpoints; using %s's, as the released model was "

@@ -12,6 +12,7 @@ from typing import Any
 
 from crosslens.cli.common import CLIError, crosscoder_folder_arg, device_and_dtype
 from crosslens.cli.flags import Subcommand
+from crosslens.cli.inputs import check_output_file
 from crosslens.cli.options import LoadedCrosscoderFlags
 from crosslens.core.devices import dtype_name
 from crosslens.core.hooks import recorded_hook
@@ -53,8 +54,8 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
     from crosslens.activations import ActivationStore
     from crosslens.activations.partners import check_crosscoder_store
     from crosslens.analysis import analyze_crosscoder
+    from crosslens.analysis.diffing import DiffingAnalysis, is_diffing
     from crosslens.causal.spliced_loss import add_spliced_loss_section
-    from crosslens.cli.inputs import check_output_file
     from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.training.runfolder import crosscoder_suite_record, run_folder, run_store
 
@@ -91,6 +92,8 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
         report.extend(section)
     report.write(out_path)
     print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
+    if is_diffing(crosscoder):
+        print("\n".join(DiffingAnalysis.from_crosscoder(crosscoder, frequency=analysis.frequency).summary_lines()))
     if store is None:
         _say_no_store(run_dir)
     if sections:
@@ -151,12 +154,13 @@ def suite_tokenizer(record: dict[str, Any]) -> Any:
     from transformers import AutoTokenizer
 
     from crosslens.checkpoints import CheckpointSuite
+    from crosslens.core.model_specs import snapshot_model
 
     try:
         if record.get("root") and Path(record["root"]).is_dir():
             return CheckpointSuite.local(record["root"]).tokenizer()
-        if record.get("model_id"):
-            return AutoTokenizer.from_pretrained(record["model_id"])
+        if record.get("model_id"):  # a diffing suite's models share its first one's tokenizer
+            return AutoTokenizer.from_pretrained(snapshot_model(record, 0))
     except Exception:  # noqa: BLE001 - contexts then show token ids, and say so
         return None
     return None

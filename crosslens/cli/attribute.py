@@ -12,6 +12,7 @@ from pathlib import Path
 
 from crosslens.cli.common import CLIError, crosscoder_folder_arg, device_and_dtype, resolve_suite
 from crosslens.cli.flags import Subcommand
+from crosslens.cli.inputs import check_output_file
 from crosslens.cli.options import DeviceFlags, SuiteFlags
 
 TASK_DEFAULT = "agreement_pp"
@@ -53,7 +54,6 @@ class AttributeFlags:
 def attribute(args: argparse.Namespace) -> int:
     from crosslens.causal.attribution import AttributionConfig
     from crosslens.causal.sections import attribution_sections, causal_out_dir, language_attribution_sections
-    from crosslens.cli.inputs import check_output_file
     from crosslens.training.runfolder import crosscoder_suite_record
 
     folder = crosscoder_folder_arg(args.crosscoder, "--crosscoder")
@@ -69,7 +69,8 @@ def attribute(args: argparse.Namespace) -> int:
     if args.suite is None and suite_spec != "pico":
         print(f"suite: {suite_spec} (recorded with the crosscoder; --suite overrides)")
     try:
-        suite = resolve_suite(suite_spec, steps, args.n_snapshots)
+        processing = None if args.suite else record.get("processing")  # how its models were loaded
+        suite = resolve_suite(suite_spec, steps, args.n_snapshots, processing=processing)
     except CLIError as error:
         if args.steps is not None or not str(error).startswith("--steps"):
             raise
@@ -101,7 +102,7 @@ def attribute(args: argparse.Namespace) -> int:
         _save_section(sections[0], folder, f"attribution-{'_'.join(names)}")
         return 0
     task = tasks[0]
-    summaries: list = []
+    results: list = []
     with _task_flag_errors(args):
         sections = attribution_sections(
             suite,
@@ -111,7 +112,7 @@ def attribute(args: argparse.Namespace) -> int:
             out=args.out,
             device=device,
             dtype=dtype,
-            summaries=summaries,
+            results=results,
             allow_chance=args.allow_chance,
             config=config,
         )
@@ -119,7 +120,7 @@ def attribute(args: argparse.Namespace) -> int:
     sections[0].write(report)
     name = task if isinstance(task, str) else task.name
     if not isinstance(task, str):
-        summary = summaries[0]
+        summary = results[0].summary
         print(
             f"pairs: {summary.n_examples} of the {len(task)} read from the file scored (--n-examples caps them), "
             f"{summary.n_multi_token} of them with multi-token continuations"

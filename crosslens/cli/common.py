@@ -1,5 +1,6 @@
 """What several commands share: the CLIError they raise, the device and dtype flags resolved,
-the suite a ``--suite`` names, recipes and their weights, crosscoder folders, torchrun jobs.
+the suite a ``--suite`` names, recipes and their weights, the tokens a harvest reads (the flags
+over a recipe's values), crosscoder folders, torchrun jobs.
 
 Torch-free at import, as every module the parser reads: the stages that load torch are imported
 inside the helpers that need them.
@@ -13,8 +14,13 @@ import sys
 from pathlib import Path
 
 import crosslens.core.launch as launch
+from crosslens.activations.budget import TokenBudget
+from crosslens.activations.config import TokenSource
+from crosslens.cli.flags import build, explicit
+from crosslens.cli.options import TokenBudgetFlags
 from crosslens.core.devices import dtype_name, peak_memory_line, resolve_device
 from crosslens.core.errors import UnknownRevisionError
+from crosslens.core.model_specs import is_models_spec, models_spec, parse_models
 from crosslens.core.paths import looks_like_path
 from crosslens.pico.config import MODEL_ID, PicoConfig, default_root, is_built
 from crosslens.training.recipes import Recipe
@@ -65,13 +71,41 @@ def pico_listing():
     return CheckpointSuite("local", MODEL_ID, refs, folders=folders, root=root), False
 
 
-def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | None = None, flag: str = "--suite"):
-    """Turn a ``--suite`` string into a :class:`CheckpointSuite`, then select snapshots."""
+def suite_from_models(args: argparse.Namespace) -> None:
+    """``--models A,B`` is ``--suite A,B``: every command reads the suite it names from ``args.suite``."""
+    models = getattr(args, "models", None)
+    if models is None:
+        return
+    if getattr(args, "suite", None) is not None:
+        raise CLIError("--models and --suite both name the suite; pass one of them")
+    try:
+        specs = parse_models(models)
+    except ValueError as error:
+        raise CLIError(f"--models: {error}") from None
+    if len(specs) < 2:
+        raise CLIError(
+            "--models lists one model; a diffing suite compares two or more (one model's checkpoints: --suite)"
+        )
+    args.suite = models_spec(specs)
+
+
+def resolve_suite(
+    spec: str,
+    steps: list[int] | None = None,
+    n_snapshots: int | None = None,
+    flag: str = "--suite",
+    processing: dict | None = None,
+):
+    """Turn a ``--suite`` string into a :class:`CheckpointSuite`, then select snapshots. A list of
+    models (``A,B``) is a diffing suite, loaded with ``processing`` where a record gives one."""
     from crosslens.checkpoints import CheckpointSuite, MixedIngredientsError
+    from crosslens.checkpoints.models import chosen_processing
     from crosslens.pico.build import pico_suite
 
     given = spec
-    if spec == "pico":
+    if is_models_spec(spec):
+        suite = CheckpointSuite.models(spec, processing=chosen_processing(processing))
+    elif spec == "pico":
         listed, built = pico_listing()
         if not built:  # a bad --steps/--n-snapshots is refused before the build, not after it
             select_snapshots(listed, steps, n_snapshots, given)
@@ -103,6 +137,42 @@ def resolve_suite(spec: str, steps: list[int] | None = None, n_snapshots: int | 
                 "a local folder of checkpoints, or a hub id naming pythia, OLMo or bloom"
             )
     return select_snapshots(suite, steps, n_snapshots, given)
+
+
+def selected_suite(args: argparse.Namespace, recipe: Recipe | None):
+    """The suite of ``--suite`` (default: the recipe's, else pico), narrowed by ``--steps`` or ``--n-snapshots``."""
+    if recipe is not None and args.suite is None:
+        return select_snapshots(recipe_suite(recipe), args.steps, args.n_snapshots, recipe.model, recipe=recipe.name)
+    return resolve_suite(args.suite or "pico", args.steps, args.n_snapshots)
+
+
+def harvest_layers(recipe: Recipe | None, flags: dict) -> list[dict]:
+    """The layers of settings a harvest is built from, later ones winning: the recipe's values
+    (:meth:`~crosslens.training.recipes.Recipe.harvest_settings`), then the ``flags`` given. A
+    token source given by a flag replaces the recipe's dataset; a recipe that records none needs one."""
+    if recipe is None:
+        return [flags]
+    settings = recipe.harvest_settings()
+    given = flags.get("tokens", {})
+    if given.get("text") or given.get("dataset"):
+        settings.pop("tokens", None)
+    elif "tokens" not in settings:
+        raise CLIError(f"recipe {recipe.name} records no dataset; pass --dataset NAME:COLUMN or --text FILE")
+    return [settings, flags]
+
+
+def token_layers(args: argparse.Namespace, recipe: Recipe | None) -> list[dict]:
+    """The layers of a harvest's tokens (``tokens``) and budget (``budget``) that the token flags
+    of ``train`` and ``dashboards`` (:class:`TokenSource`, :class:`TokenBudgetFlags`) and a recipe give."""
+    flags = {"tokens": explicit(args, TokenSource), "budget": explicit(args, TokenBudgetFlags)}
+    return harvest_layers(recipe, flags)
+
+
+def tokens_of(args: argparse.Namespace, recipe: Recipe | None) -> tuple[TokenSource, TokenBudget]:
+    """The :class:`TokenSource` and :class:`TokenBudget` of the token flags, over a recipe's values."""
+    layers = token_layers(args, recipe)
+    tokens = build(TokenSource, *(layer.get("tokens", {}) for layer in layers))
+    return tokens, build(TokenBudget, *(layer.get("budget", {}) for layer in layers))
 
 
 def select_snapshots(suite, steps: list[int] | None, n_snapshots: int | None, spec: str, recipe: str | None = None):

@@ -15,9 +15,10 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crosslens.cli.common import CLIError, device_and_dtype
+from crosslens.activations.config import TokenSource
+from crosslens.cli.common import CLIError, device_and_dtype, resolve_suite, tokens_of
 from crosslens.cli.flags import Subcommand, build, explicit
-from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, TokenFlags
+from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags
 from crosslens.dashboards.config import DashboardsConfig
 
 
@@ -54,27 +55,25 @@ def dashboards(args: argparse.Namespace) -> int:
 def _stream_source(args: argparse.Namespace, run: Path):
     """The :class:`~crosslens.dashboards.StreamSource` of ``train --stream``'s flags: by default the
     suite and snapshots the crosscoder records."""
-    from crosslens.cli.common import resolve_suite
-    from crosslens.cli.harvest import token_budget, token_source, token_tables
-    from crosslens.cli.train import stream_record
+    from crosslens.activations.tokens import token_tables
     from crosslens.dashboards import StreamSource
-    from crosslens.training.runfolder import crosscoder_suite_record
+    from crosslens.training.runfolder import crosscoder_folder, crosscoder_suite_record
 
-    record = crosscoder_suite_record(run)
+    record = crosscoder_suite_record(crosscoder_folder(run))  # the run's final/ holds the crosscoder
     spec = args.suite or record.get("root") or record.get("model_id") or "pico"
     steps = args.steps
     if steps is None and args.n_snapshots is None:
         steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
-    suite = resolve_suite(spec, steps, args.n_snapshots)
-    source, budget = token_source(args, None), token_budget(args, None)
-    train_NL, _ = token_tables(args, None, source, suite.tokenizer())
-    tokens = stream_record(suite, "", source, budget, "", args.encoding)["tokens"]
-    return StreamSource(suite, train_NL, spec={**tokens, "n_tokens": budget.n_tokens, "seq_len": budget.seq_len})
+    suite = resolve_suite(spec, steps, args.n_snapshots, processing=None if args.suite else record.get("processing"))
+    tokens, budget = tokens_of(args, None)
+    train_NL, _ = token_tables(tokens, budget, suite.tokenizer())
+    spec = {**tokens.record(), "n_tokens": budget.n_tokens, "seq_len": budget.seq_len}
+    return StreamSource(suite, train_NL, spec=spec)
 
 
 COMMAND = Subcommand(
     ("dashboards",),
     "every feature at every snapshot (contexts, densities, logit effects, causal scores) into RUN/dashboards.sqlite",
-    (DashboardsFlags, DashboardsConfig, SuiteFlags, TokenBudgetFlags, TokenFlags, DeviceFlags),
+    (DashboardsFlags, DashboardsConfig, SuiteFlags, TokenBudgetFlags, TokenSource, DeviceFlags),
     dashboards,
 )

@@ -29,7 +29,6 @@ from crosslens.analysis.report import Report
 from crosslens.analysis.stability import add_stability_section, format_stability, seed_stability, stable_features
 from crosslens.architectures import PICO_DEMO_JUMPRELU_SPARSITY
 from crosslens.causal.claims import format_stable_claims, stable_claim_rows, stable_claims_over_seeds
-from crosslens.causal.ie_table import IETable
 from crosslens.causal.sections import attribution_sections, causal_out_dir
 from crosslens.causal.spliced_loss import (
     add_baselines,
@@ -47,7 +46,6 @@ from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.pico.build import build_pico_suite
 from crosslens.pico.config import PicoConfig, default_root, is_built
 from crosslens.pico.evals import format_eval_table, format_targets
-from crosslens.tasks import task_for_tokenizer
 from crosslens.training.baselines import JUMPRELU_THRESHOLD_START
 from crosslens.training.comparison import compare_with_saes, format_quality_table, quality_table
 from crosslens.training.config import RUN_STORE_SEAL, ArchitectureConfig, CrosscoderRunnerConfig
@@ -95,9 +93,9 @@ class DemoConfig:
     mean +/- sd and the seed-stability table; () skips them."""
     extra_seed_steps: int | None = None
     """Training steps of each extra seed (None: ``n_steps``, so every seed trains alike). At
-    half the main run, seeds 1 and 2 match seed 0 on fewer features: 30.5% of live features
-    at decoder cos >= 0.7 against 36.8% with every seed at 1500 steps
-    (benchmarks/README.md, seed stability). Shorter extra seeds are named in the printout."""
+    half the main run, seeds 1 and 2 match seed 0 on fewer features than with every seed at the
+    main run's length (benchmarks/README.md, "The demo"). Shorter extra seeds are named in
+    the printout."""
     task: str = "agreement_pp"
     """The task of the causal stage and of the claims over seeds."""
     claim_min_cosine: float = 0.7
@@ -277,7 +275,7 @@ def _store_trained_on(runner) -> str | None:
 
 DEMO_BASELINES = ("jumprelu", "topk")
 """The demo's per-snapshot SAELens SAEs. No L1 ("standard") baseline: at the crosscoder's L0
-it needs far more than ``baseline_steps`` to converge (25-50% explained variance on pico), a
+it needs far more than ``baseline_steps`` to converge (benchmarks/README.md, "The demo"), a
 baseline set up to lose. JumpReLU and TopK SAEs reach the crosscoder's L0 directly."""
 
 
@@ -378,11 +376,12 @@ def attribute_stage(
     seed: int = 0,
     device: str = "cpu",
     dtype: str = "float32",
-    summaries=None,
+    results=None,
     model_lines: bool = True,
 ):
     """IG attribution per snapshot, RelIE classes and ablation curves; returns report sections
-    (and appends the stage's summary to ``summaries`` when given). The snapshot models run
+    (and appends the stage's :class:`~crosslens.causal.stage.CausalStageResult` to ``results``
+    when given). The snapshot models run
     on ``device`` in ``dtype``; the crosscoder loads on ``device``. ``model_lines=False``:
     the model's metric per snapshot is not printed again (an extra crosscoder seed)."""
     return attribution_sections(
@@ -394,7 +393,7 @@ def attribute_stage(
         seed=seed,
         device=device,
         dtype=dtype,
-        summaries=summaries,
+        results=results,
         model_lines=model_lines,
     )
 
@@ -416,7 +415,7 @@ def seeds_stage(
     out_dir,
     config: DemoConfig,
     crosscoder,
-    main_summary,
+    main_result,
     *,
     force: bool = False,
     device: str = "cpu",
@@ -426,12 +425,12 @@ def seeds_stage(
     threshold of :data:`~crosslens.analysis.stability.THRESHOLDS`, and the causal claims
     counting only features with a match in every seed, as mean +/- sd over seeds; returns a
     report section."""
-    crosscoders, summaries, labels = [crosscoder], [main_summary], [f"seed {config.seed}"]
+    crosscoders, results, labels = [crosscoder], [main_result], [f"seed {config.seed}"]
     for seed in config.extra_seeds:
         seed_config = replace(config, seed=seed, n_steps=config.extra_seed_steps or config.n_steps)
         print(f"extra crosscoder seed {seed} ({seed_config.n_steps} steps)")
         extra = train_stage(train_store, out_dir / f"crosscoder-seed{seed}", seed_config, force=force, device=device)
-        extra_summaries: list = []
+        extra_results: list = []
         attribute_stage(
             suite,
             extra,
@@ -441,11 +440,11 @@ def seeds_stage(
             seed=config.seed,
             device=device,
             dtype=dtype,
-            summaries=extra_summaries,
+            results=extra_results,
             model_lines=False,
         )
         crosscoders.append(extra)
-        summaries.append(extra_summaries[0])
+        results.append(extra_results[0])
         # a seed trained for a different length says so wherever it is compared
         labels.append(
             f"seed {seed}" + (f" ({seed_config.n_steps} steps)" if seed_config.n_steps != config.n_steps else "")
@@ -454,15 +453,14 @@ def seeds_stage(
     stability = seed_stability(analyses, labels)
     print(f"seed stability over {len(crosscoders)} crosscoder seeds (live: fires on sampled training tokens):")
     print(format_stability(stability))
+    main_summary = main_result.summary
     final_label = main_summary.snapshots[-1]
     if main_summary.behaviour and main_summary.behaviour[-1].get("at_chance"):  # no behaviour to make claims about
         claims: dict = {"per_seed": {}, "at_chance": True}
         text = f"causal claims at {final_label}: none, the model is at chance on the task there"
     else:
         stable = stable_features(analyses, config.claim_min_cosine)
-        claims = _stable_claims(
-            suite, crosscoders, summaries, stable, labels, out_dir, config, device=device, dtype=dtype
-        )
+        claims = _stable_claims(suite, crosscoders, results, stable, labels, config, device=device, dtype=dtype)
         text = format_stable_claims(claims, final_label)
     print(text)
     (out_dir / "claims_over_seeds.json").write_text(json.dumps(claims, indent=1, default=str))
@@ -504,23 +502,21 @@ _UNSTATED = ("snapshot", "keep_only_claim", "min_restored")
 """Per-seed entries the seeds table leaves out: the keep-only verdict at one k is not a claim the demo makes."""
 
 
-def _stable_claims(suite, crosscoders, summaries, stable, labels, out_dir, config, *, device, dtype) -> dict:
+def _stable_claims(suite, crosscoders, results, stable, labels, config, *, device, dtype) -> dict:
     """:func:`~crosslens.causal.claims.stable_claims_over_seeds` at the last snapshot, each seed's
-    features ranked by the IE its causal stage wrote."""
-    folders = [out_dir] + [out_dir / f"seed{seed}" for seed in config.extra_seeds]
-    tables = [IETable.load(causal_out_dir(f, s.task) / "ie_table.json") for f, s in zip(folders, summaries)]
+    features ranked by the IE its causal stage found, on the task as the first seed's stage
+    prepared it (tokenized, its activations collected)."""
     models = on_device(suite, device, dtype)
-    task = task_for_tokenizer(config.task, suite.tokenizer(), n=config.n_task_examples, seed=config.seed)
-    snapshot = tables[0].snapshots[-1]
+    snapshot = results[0].table.snapshots[-1]
     rows, ks = stable_claim_rows(
         models,
         crosscoders,
-        [t.ie[:, -1] for t in tables],
+        [r.table.ie[:, -1] for r in results],
         stable,
-        task,
+        results[0].task,
         snapshot=snapshot,
         ks=config.claim_ks,
-        label=summaries[0].snapshots[-1],
+        label=results[0].summary.snapshots[-1],
     )
     return stable_claims_over_seeds(
         rows, snapshot, ks, [len(s) for s in stable], labels, min_cosine=config.claim_min_cosine
@@ -587,7 +583,7 @@ def run_demo(
         seal_run(out_dir / "crosscoder")  # the table joins the run's seal, as `crosslens train`'s does
 
     _banner("4/6 causal role: IG attribution, RelIE and ablations on agreement across an attractor")
-    summaries: list = []
+    results: list = []
     sections = attribute_stage(
         suite,
         crosscoder,
@@ -597,14 +593,14 @@ def run_demo(
         seed=config.seed,
         device=device,
         dtype=dtype,
-        summaries=summaries,
+        results=results,
     )
     if quality.get("spliced_loss"):
         sections.append(add_spliced_loss_section(Report("spliced"), quality["spliced_loss"]))
     if config.extra_seeds:
         sections.append(
             seeds_stage(
-                suite, train_store, out_dir, config, crosscoder, summaries[0], force=force, device=device, dtype=dtype
+                suite, train_store, out_dir, config, crosscoder, results[0], force=force, device=device, dtype=dtype
             )
         )
     _banner("5/6 feature evolution from per-snapshot decoder norms -> report.html")

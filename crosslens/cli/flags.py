@@ -16,7 +16,8 @@ the dataclass. A field whose type is itself a dataclass (a nested config, as SAE
 - ``positional``: the field is a positional argument, shown as its ``metavar``.
 - ``default_from``: ``(config class, field name)``, for a flag that sets a field of a config
   the command builds itself (``suite build`` and ``PicoConfig``): its help shows that field's default
-  (unless its docstring says the default in words), and that field's ``min`` is the flag's.
+  (unless its docstring says the default in words), and that field's ``min`` is the flag's; a
+  field without a docstring of its own shows that field's.
 - ``parse``, ``action``, ``nargs``, ``metavar``: passed to argparse as ``type``, ``action``, ``nargs``
   and ``metavar``.
 
@@ -171,7 +172,16 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ..
     ``skip`` leaves out fields by name (another dataclass of the command declares them)."""
     for path, f, hint, owner in iter_fields(cls):
         if f.name not in skip:
-            _add_one(parser, f, hint, field_docs(owner).get(f.name, ""), dest="__".join(path))
+            _add_one(parser, f, hint, _field_doc(f, owner), dest="__".join(path))
+
+
+def _field_doc(f: dataclasses.Field, owner: type) -> str:
+    """The docstring under field ``f`` of ``owner``, else under the field its ``default_from`` names."""
+    doc = field_docs(owner).get(f.name, "")
+    if not doc and "default_from" in f.metadata:
+        source, name = f.metadata["default_from"]
+        doc = field_docs(source).get(name, "")
+    return doc
 
 
 def field_flags(classes: tuple[type, ...]) -> dict[str, str]:

@@ -1,5 +1,6 @@
-"""Flags several subcommands share, declared once: the device and dtype, which snapshots, which
-tokens, and the dtype a saved crosscoder loads in."""
+"""Flags several subcommands share, declared once: the device and dtype, which snapshots, how many
+tokens, and the dtype a saved crosscoder loads in. Which tokens is the harvest's own
+:class:`~crosslens.activations.config.TokenSource`."""
 
 from __future__ import annotations
 
@@ -32,36 +33,21 @@ class SuiteFlags:
     """Comma-separated training steps to use (default: all, or --n-snapshots spaced)."""
     n_snapshots: int | None = field(default=None, metadata={"min": 1})
     """Pick this many snapshots, dense early and sparse late (log spacing)."""
+    models: str | None = None
+    """Instead of --suite: comma-separated models that share an architecture (ORG/NAME[@REVISION] or
+    folders), e.g. google/gemma-2-2b,google/gemma-2-2b-it: a diffing suite, one snapshot per model,
+    named by model (--steps 0,1,... picks models by position)."""
 
 
 @dataclass
 class TokenBudgetFlags:
-    """How many tokens, in rows of what length, and how many are held out (the fields of
-    :class:`~crosslens.activations.budget.TokenBudget`, where their defaults live)."""
+    """How many tokens, in rows of what length, and how many are held out: the fields of
+    :class:`~crosslens.activations.budget.TokenBudget`, whose defaults and docstrings they show,
+    left None here so that a command can tell a flag given from a recipe's value."""
 
     n_tokens: int | None = field(default=None, metadata={"default_from": (TokenBudget, "n_tokens")})
-    """Token budget, before exclusions (a --recipe's is its own)."""
     seq_len: int | None = field(default=None, metadata={"default_from": (TokenBudget, "seq_len")})
-    """Tokens per sequence (a --recipe's is its context)."""
     heldout_tokens: int | None = field(default=None, metadata={"default_from": (TokenBudget, "heldout_tokens")})
-    """Tokens (a seeded random sample of rows) kept out of training for the held-out quality table:
-    harvest writes them to OUT-heldout, train --stream harvests them from its resident models
-    (default: 10% of --n-tokens, at most 16384; 0: none). OUT-heldout records the seal of OUT, and
-    readers refuse it for any other store."""
-
-
-@dataclass
-class TokenFlags:
-    """Which tokens activations are harvested on."""
-
-    text: list[str] | None = field(default=None, metadata={"nargs": "+", "metavar": "FILE|DIR"})
-    """Your text: text files or folders of .txt files (split into documents at blank lines, or every
-    ~2000 characters)."""
-    encoding: str = "utf-8"
-    """Encoding of the --text files (e.g. latin-1, cp1252); a file that does not decode in it is refused."""
-    dataset: str | None = None
-    """NAME:COLUMN of a datasets dataset (a text file or folder also works; default: the recipe's, else
-    the pico grammar)."""
 
 
 @dataclass

@@ -22,7 +22,7 @@ from crosslens.core.devices import DTYPE_BYTES, dtype_name
 from crosslens.core.paths import looks_like_path
 from crosslens.core.units import format_bytes
 from crosslens.training.config import AUTOCAST_CHOICES, ArchitectureConfig, CrosscoderRunnerConfig
-from crosslens.training.model_sizes import known_models, model_spec_for
+from crosslens.training.model_sizes import known_models, model_shape_for
 from crosslens.training.recipes import list_recipes, load_recipe
 from crosslens.training.sizing import PlanConfig, default_mesh, make_plan, plan_config_from_recipe, stream_prediction
 
@@ -151,11 +151,11 @@ def plan(args: argparse.Namespace) -> int:
     )
     if recipe is not None:
         if args.suite is not None:
-            settings["model"] = model_spec_for(args.suite)
+            settings["model"] = model_shape_for(args.suite)
         cfg = plan_config_from_recipe(recipe, **common, **settings)
     else:
         given = {name: value for name, value in settings.items() if value is not None}
-        cfg = PlanConfig(model=model_spec_for(args.suite or "pico"), name=args.suite or "pico", **common, **given)
+        cfg = PlanConfig(model=model_shape_for(args.suite or "pico"), name=args.suite or "pico", **common, **given)
     plan = make_plan(cfg)
     predict = args.stream and device.startswith("cuda") and plan["inputs"]["autocast"] == "bfloat16"
     if predict:

@@ -22,6 +22,16 @@ class ShowFlags:
 
 
 @dataclass
+class RunFlags:
+    release: str = field(metadata={"positional": True, "metavar": "RELEASE[/ID]"})
+    """A release (crosslens pretrained list), with the crosscoder's id where it holds several."""
+    out: str = field(metadata={"flag": "--out"})
+    """The run folder to make (for crosslens dashboards, browse, export, analyze)."""
+    overwrite: bool = False
+    """Replace the folder if it exists."""
+
+
+@dataclass
 class PushFlags:
     run_dir: str = field(metadata={"positional": True, "metavar": "RUN_DIR"})
     """The --out folder of crosslens train (or a crosscoder folder)."""
@@ -49,8 +59,16 @@ def pretrained_list(args: argparse.Namespace) -> int:
     width = max(len(name) for name in directory)
     for name, release in sorted(directory.items()):
         ids = ", ".join(release.entries)
-        print(f"{name:<{width}}  {release.repo_id}  {release.model}  {release.n_snapshots} snapshots  [{ids}]")
+        print(f"{name:<{width}}  {release.repo_id}  {release.format or 'sae_lens'}  {_reads(release)}  [{ids}]")
     return 0
+
+
+def _reads(release) -> str:
+    """``google/gemma-2-2b vs google/gemma-2-2b-it`` (models), or ``MODEL  N snapshots``."""
+    models = release.suite.get("models")
+    if models:
+        return " vs ".join(str(m["model_id"]) + (f"@{m['revision']}" if m.get("revision") else "") for m in models)
+    return f"{release.model}  {release.n_snapshots} snapshots"
 
 
 def pretrained_show(args: argparse.Namespace) -> int:
@@ -63,9 +81,23 @@ def pretrained_show(args: argparse.Namespace) -> int:
     suite = release.suite
     print(f"release   {release.release}  (from {release.source})")
     print(f"repo_id   {release.repo_id}")
-    print(f"model     {release.model}  ({suite.get('family', '?')} suite)")
-    steps = list(suite.get("steps") or [None] * release.n_snapshots)
-    print("snapshots " + ", ".join(f"{r} (step {st})" for r, st in zip(release.revisions, steps)))
+    print(f"format    {release.format or 'sae_lens'}")
+    print(
+        f"licence   {release.license or 'none stated by the source'}"
+        + (f" ({release.license_note})" if release.license_note else "")
+    )
+    for label, value in (("paper", release.paper), ("code", release.code), ("confirmed", release.confirmed_by)):
+        if value:
+            print(f"{label:<9} {value}")
+    if suite.get("models"):
+        print(
+            "models    "
+            + ", ".join(f"{m['model_id']} ({label})" for m, label in zip(suite["models"], release.revisions))
+        )
+    else:
+        print(f"model     {release.model}  ({suite.get('family', '?')} suite)")
+        steps = list(suite.get("steps") or [None] * release.n_snapshots)
+        print("snapshots " + ", ".join(f"{r} (step {st})" for r, st in zip(release.revisions, steps)))
     for entry in release.entries.values():
         print(
             f"\n  {entry.id}  path={entry.path}  hook={entry.hook_name}  arch={entry.architecture}"
@@ -83,6 +115,19 @@ def pretrained_show(args: argparse.Namespace) -> int:
                 print(f"    {name:<18} " + " ".join(f"{v:.3g}" for v in values) + note)
         if entry.wandb_run:
             print(f"    wandb              {entry.wandb_run}")
+    return 0
+
+
+def pretrained_run(args: argparse.Namespace) -> int:
+    from crosslens.pretrained.run_folder import release_run
+
+    release, _, crosscoder_id = args.release.partition("/")
+    try:
+        run = release_run(release, crosscoder_id or None, args.out, overwrite=args.overwrite)
+    except ValueError as exc:  # unknown release, models not here, bad files: one line naming the fix
+        fail("RELEASE", str(exc))
+    print(f"run folder: {run}")
+    print(f"next: crosslens dashboards {run} --stream (the tokens flags say which), then crosslens browse {run}")
     return 0
 
 
@@ -124,6 +169,12 @@ SHOW = Subcommand(
     "one release: repo, suite revisions, crosscoders and their quality",
     (ShowFlags,),
     pretrained_show,
+)
+RUN = Subcommand(
+    ("pretrained", "run"),
+    "a release's crosscoder (converted once) as a run folder, for dashboards, browse, export and analyze",
+    (RunFlags,),
+    pretrained_run,
 )
 PUSH = Subcommand(
     ("push",),

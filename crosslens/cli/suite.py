@@ -47,7 +47,7 @@ class SuiteBuildFlags:
     small: bool = False
     """The small, fast configuration used by tests."""
     long: bool = False
-    """A longer build (1536 steps) that also learns IOI."""
+    """A longer build (1536 steps, 2.4x the default's training)."""
     force: bool = False
     """Rebuild even if a cached build exists (at --root, with these flags)."""
     seed: int | None = field(default=None, metadata={"default_from": (PicoConfig, "seed")})
@@ -146,7 +146,8 @@ def _check_pairs_file(path: str) -> None:
 
 def _corpus_spec(values: list[str]):
     """``--corpus`` values as PicoConfig.corpus: text files (folders expanded) or one dataset:NAME:COLUMN."""
-    from crosslens.pico.corpus import DATASET_PREFIX, text_files
+    from crosslens.core.documents import text_files
+    from crosslens.pico.corpus import DATASET_PREFIX
 
     datasets = [v for v in values if v.startswith(DATASET_PREFIX)]
     if datasets:

@@ -21,26 +21,26 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crosslens.activations.budget import chunk_buffer_bytes, chunk_tokens_for
-from crosslens.cli.common import CLIError, device_and_dtype, print_peak_memory, torchrun_job
-from crosslens.cli.flags import Subcommand, build, explicit
-from crosslens.cli.harvest import (
-    check_context,
-    check_hooks,
-    harvest_stores,
+from crosslens.activations.budget import check_token_table_fits, chunk_buffer_bytes, chunk_tokens_for
+from crosslens.activations.config import HarvestConfig, TokenSource
+from crosslens.cli.common import (
+    CLIError,
+    device_and_dtype,
+    print_peak_memory,
     selected_suite,
-    token_budget,
-    token_source,
-    token_tables,
+    token_layers,
+    tokens_of,
+    torchrun_job,
 )
-from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, TokenFlags
+from crosslens.cli.flags import Subcommand, build, explicit
+from crosslens.cli.inputs import check_output_folder
+from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags
 from crosslens.core.devices import DTYPE_BYTES, reset_peak_memory
-from crosslens.core.hooks import hook_width
 from crosslens.core.launch import is_main_process, local_rank_device, local_world_size
 from crosslens.core.paths import QUALITY_NAME, TRAIN_LOG_NAME
 from crosslens.core.units import format_bytes
 from crosslens.training.config import CrosscoderRunnerConfig
-from crosslens.training.model_sizes import PlanError, model_spec_for
+from crosslens.training.model_sizes import known_model
 from crosslens.training.recipes import load_recipe
 
 DATA_FLAGS = {
@@ -106,7 +106,6 @@ def train_config(args: argparse.Namespace, recipe=None, **fixed) -> CrosscoderRu
 
 
 def train(args: argparse.Namespace) -> int:
-    from crosslens.cli.inputs import check_output_folder
     from crosslens.training.run_log import append_record
     from crosslens.training.runfolder import check_not_being_written, check_run_start, owned_run_folder
     from crosslens.training.runner import CrosscoderTrainingRunner
@@ -174,16 +173,15 @@ def _harvest_for_recipe(
     <out>/activations`` with the same token flags writes, its held-out split beside it, and return
     the store path. So ``crosslens plan --recipe NAME`` sizes it, and the quality table is held out."""
     from crosslens.activations import StoreMismatchError
+    from crosslens.activations.harvest_job import harvest_stores
 
-    suite = selected_suite(args, recipe)  # refuses, in one line, weights not in the cache offline
-    check_hooks(suite, [config.hook_name])
-    source = token_source(args, recipe)
     out = Path(args.out_dir) / "activations"
-    harvest_args = argparse.Namespace(**{**vars(args), "out": str(out), "store_dtype": None, "overwrite": False})
+    fixed = {"out_dir": str(out), "hook_names": [config.hook_name]}
+    fixed.update(device=local_rank_device(device), model_dtype=model_dtype)
+    harvest = build(HarvestConfig, *token_layers(args, recipe), fixed)
+    suite = selected_suite(args, recipe)  # refuses, in one line, weights not in the cache offline
     try:
-        store, _ = harvest_stores(
-            harvest_args, suite, [config.hook_name], recipe, source, local_rank_device(device), model_dtype
-        )
+        store, _ = harvest_stores(harvest, suite)
     except StoreMismatchError as error:  # train's --overwrite keeps the store by design: say what to do here
         if not error.differs:
             raise
@@ -275,17 +273,16 @@ def resident_memory(
     dtype), and how that was counted; None when the model's sizes are unknown here."""
     from crosslens.activations.forward import stop_layer_for
 
-    try:
-        spec = model_spec_for(str(suite.root) if suite.root is not None else suite.model_id)
-    except PlanError:
+    shape = suite.shape() or known_model(suite.model_id)  # a hub model in crosslens's table, not yet cached
+    if shape is None:
         return None
     stop = stop_layer_for([hook])
-    n_blocks = spec.n_layers if stop is None else min(spec.n_layers, max(1, stop))
-    params = spec.params_through_layer(n_blocks - 1) if n_blocks < spec.n_layers else spec.n_params
-    how = f"{n_models} x {params:,} parameters (blocks 0-{n_blocks - 1} of {spec.n_layers}, {model_dtype})"
-    need = n_models * params * DTYPE_BYTES[model_dtype]
+    n_blocks = shape.n_layers if stop is None else min(shape.n_layers, max(1, stop))
+    params = shape.params_in_blocks(n_blocks)
+    how = f"{n_models} x {params:,} parameters (blocks 0-{n_blocks - 1} of {shape.n_layers}, {model_dtype})"
+    need = n_models * shape.weight_bytes(model_dtype, n_blocks)
     if seq_len is not None:
-        d_in = hook_width(hook, spec.d_model, spec.d_mlp)
+        d_in = shape.hook_width(hook)
         rows = chunk_tokens_for(seq_len)
         chunks = chunk_buffer_bytes(rows, n_models, d_in, DTYPE_BYTES[model_dtype])
         how += f" + 2 chunks of {rows:,} tokens x {n_models} snapshots x d {d_in} ({format_bytes(chunks)})"
@@ -361,28 +358,16 @@ def slow_forward_hint(model_dtype: str, device: str) -> str | None:
     )
 
 
-def stream_record(
-    suite, hook: str, source: tuple[str, object], budget, model_dtype: str, encoding: str = "utf-8"
-) -> dict:
-    """What run.json says the run streamed, in place of a store path: the token source with its
-    local paths absolute (so that a resume from another folder, or the harvest ``analyze`` names,
-    reads the same files) and, for text read in another encoding than UTF-8, that encoding."""
+def stream_record(suite, hook: str, tokens: TokenSource, budget, model_dtype: str) -> dict:
+    """What run.json says the run streamed, in place of a store path: the suite, the hook, the
+    tokens as :meth:`TokenSource.record` records them (local paths absolute, so that a resume from
+    another folder, or the harvest ``analyze`` names, reads the same files) and their budget."""
     from crosslens.training.streaming import suite_record
 
-    kind, value = source
-    tokens: dict = {"kind": kind, "source": value}
-    if kind == "text":
-        tokens["source"] = [str(Path(v).resolve()) for v in value]  # type: ignore[attr-defined]
-        if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
-            tokens["encoding"] = encoding
-    elif kind == "dataset":
-        name, colon, column = str(value).partition(":")
-        if Path(name).exists():  # a local text file or folder
-            tokens["source"] = str(Path(name).resolve()) + colon + column
     return {
         "suite": suite_record(suite),
         "hook": hook,
-        "tokens": tokens,
+        "tokens": tokens.record(),
         "n_tokens": budget.n_tokens,
         "seq_len": budget.seq_len,
         "heldout_tokens": budget.heldout,
@@ -396,8 +381,9 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     import torch
     import torch.distributed as dist
 
+    from crosslens.activations.harvest_job import check_context, check_hooks
     from crosslens.activations.streaming import ModelsDoNotFitError
-    from crosslens.cli.inputs import check_token_table_fits
+    from crosslens.activations.tokens import token_tables
     from crosslens.training.run_log import append_record
     from crosslens.training.runfolder import kept_quality_table, owned_run_folder
     from crosslens.training.streaming import StreamingTrainingRunner
@@ -406,12 +392,11 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     if not config.hook_name:
         raise CLIError("train --stream needs --hook NAME (e.g. --hook blocks.0.hook_resid_post), or a --recipe")
     suite = selected_suite(args, recipe)
-    check_hooks(suite, [config.hook_name])
+    check_hooks(suite.shape(), [config.hook_name])
     if args.eval_store is not None:
         check_stream_eval_store(args.eval_store, config.hook_name, suite)
-    source = token_source(args, recipe)
-    budget = token_budget(args, recipe)
-    check_context(suite, budget.seq_len)
+    tokens, budget = tokens_of(args, recipe)
+    check_context(suite.shape(), budget.seq_len)
     check_token_table_fits(budget.table_tokens + budget.heldout_table_tokens)
     check_memory(
         suite, config.hook_name, model_dtype, local_rank_device(device), config.snapshot_parallel, budget.seq_len
@@ -419,8 +404,8 @@ def train_stream(args: argparse.Namespace, recipe, config, model_dtype: str) -> 
     hint = slow_forward_hint(model_dtype, device)
     if hint is not None and is_main_process():
         print(hint)
-    train_NL, heldout_NL = token_tables(args, recipe, source, suite.tokenizer())
-    record = stream_record(suite, config.hook_name, source, budget, model_dtype, args.encoding)
+    train_NL, heldout_NL = token_tables(tokens, budget, suite.tokenizer())
+    record = stream_record(suite, config.hook_name, tokens, budget, model_dtype)
     runner = StreamingTrainingRunner(
         config, suite, train_NL, heldout_NL, record, model_dtype=getattr(torch, model_dtype)
     )
@@ -522,6 +507,6 @@ def _heldout_spliced(runner, crosscoder, args: argparse.Namespace, model_dtype: 
 COMMAND = Subcommand(
     ("train",),
     "train a crosscoder on an activation store, or streamed from resident snapshot models",
-    (TrainFlags, CrosscoderRunnerConfig, SuiteFlags, TokenBudgetFlags, TokenFlags, DeviceFlags),
+    (TrainFlags, CrosscoderRunnerConfig, SuiteFlags, TokenBudgetFlags, TokenSource, DeviceFlags),
     train,
 )

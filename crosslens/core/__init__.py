@@ -17,12 +17,14 @@ submodule you need; this package imports a submodule only when it is first named
 - :mod:`crosslens.core.seeding`: seeding torch, numpy and random
 - :mod:`crosslens.core.progress`: progress bars, each one hidden by its caller's switch or ``TQDM_DISABLE``
 - :mod:`crosslens.core.units`: sizes as people read them
+- :mod:`crosslens.core.documents`: text files as documents: which files, decoded strictly, split
 - :mod:`crosslens.core.packing`: packing tokenized documents into fixed-length rows
 - :mod:`crosslens.core.lazy`: package attributes imported on first use
 - :mod:`crosslens.core.tensors`: small tensor helpers (row counts, one-vs-all shares)
 - :mod:`crosslens.core.compiling`: ``torch.compile`` whose calls never meet another thread's compile
 - :mod:`crosslens.core.cpu_math`: torch's CPU math library started on one thread, so that its first call is exact
 - :mod:`crosslens.core.weightfiles`: a safetensors file's header: tensor shapes, whether the file is whole
+- :mod:`crosslens.core.model_specs`: a diffing suite's models (``ORG/NAME[@REVISION]``) and their labels
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "compiling",
     "cpu_math",
     "devices",
+    "documents",
     "errors",
     "hashing",
     "hooks",
@@ -40,6 +43,7 @@ __all__ = [
     "launch",
     "locks",
     "metadata",
+    "model_specs",
     "packing",
     "paths",
     "progress",

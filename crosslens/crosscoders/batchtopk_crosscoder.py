@@ -28,6 +28,7 @@ from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAE
 from torch import nn
 
+from crosslens.architectures import DEFAULT_K
 from crosslens.crosscoders.active_pairs import run_starts
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass
 from crosslens.crosscoders.config import CrosscoderConfig
@@ -49,7 +50,7 @@ class BatchTopKCrosscoderConfig(CrosscoderConfig, architecture=ARCHITECTURE):
 class BatchTopKTrainingCrosscoderConfig(TopKTrainingCrosscoderConfig, architecture=ARCHITECTURE):
     """Training config of the BatchTopK crosscoder."""
 
-    k: float = 32  # type: ignore[assignment]
+    k: float = DEFAULT_K  # type: ignore[assignment]
     """Features kept per token on average over the batch."""
     topk_threshold_lr: float = 0.01
     """Rate of the moving average that turns the batch top-k cut-off into a fixed threshold."""

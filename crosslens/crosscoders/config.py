@@ -18,9 +18,9 @@ import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sae_lens.saes.sae import SAEConfig, SAEMetadata, TrainingSAEConfig
+from sae_lens.saes.sae import SAEConfig, SAEMetadata, TrainCoefficientConfig, TrainingSAEConfig
 
-from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
+from crosslens.architectures import DEFAULT_DECODER_INIT_NORM, defaults_for
 
 
 class CrosscoderMetadata(SAEMetadata):
@@ -152,7 +152,25 @@ class CrosscoderTrainingConfig(_NamedArchitecture, CrosscoderTrainingConfigField
 
 
 def check_coefficient(config: Any, coefficient: str, warm_up: str) -> None:
-    """Refuse a negative sparsity coefficient or warm-up (named fields of ``config``)."""
+    """Refuse a negative sparsity coefficient or warm-up (named fields of ``config``). A warm-up
+    left None is the architecture's share of the run, which the trainer counts in steps once it
+    knows the run's length; where that share is 0 it is 0 steps at once."""
+    if getattr(config, warm_up) is None and not defaults_for(config.architecture()).sparsity_warm_up:
+        setattr(config, warm_up, 0)
     value, steps = getattr(config, coefficient), getattr(config, warm_up)
-    if value < 0 or steps < 0:
+    if value < 0 or (steps is not None and steps < 0):
         raise ValueError(f"{coefficient} and {warm_up} must be >= 0, got {value} and {steps}.")
+
+
+def coefficient_schedule(config: Any, coefficient: str, warm_up: str) -> TrainCoefficientConfig:
+    """The sparsity coefficient named ``coefficient`` of ``config`` and its warm-up, as SAELens's
+    trainers schedule it (``get_coefficients``). A warm-up left None is set by crosslens's
+    ``CrosscoderTrainer``; another trainer is told to set it."""
+    steps = getattr(config, warm_up)
+    if steps is None:
+        share = defaults_for(config.architecture()).sparsity_warm_up
+        raise ValueError(
+            f"{warm_up} is None, which crosslens's CrosscoderTrainer sets to {share:.0%} of the run's steps; "
+            f"to train with another trainer, set it in steps ({warm_up}=int({share} * total_steps))."
+        )
+    return TrainCoefficientConfig(value=getattr(config, coefficient), warm_up_steps=steps)

@@ -30,7 +30,12 @@ from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 
 from crosslens.architectures import TRAINING_DEFAULTS
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
-from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
+from crosslens.crosscoders.config import (
+    CrosscoderConfig,
+    CrosscoderTrainingConfig,
+    check_coefficient,
+    coefficient_schedule,
+)
 
 ARCHITECTURE = "crosscoder"
 
@@ -47,8 +52,9 @@ class ReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=ARCHIT
     l1_coefficient: float = TRAINING_DEFAULTS[ARCHITECTURE].sparsity_coefficient  # type: ignore[assignment]
     """lambda, weight of the decoder-norm-weighted L1 penalty (Bayazit et al.: 2; crosslens:
     1, ``crosslens.architectures.RELU_L1``)."""
-    l1_warm_up_steps: int = 0
-    """Steps over which lambda rises linearly from 0 (Bayazit et al.: 5% of training)."""
+    l1_warm_up_steps: int | None = None
+    """Steps over which lambda rises linearly from 0; None: the architecture's share of the run
+    (Bayazit et al.: 5%), set by the trainer."""
 
     def __post_init__(self) -> None:
         check_coefficient(self, "l1_coefficient", "l1_warm_up_steps")
@@ -77,7 +83,7 @@ class ReLUTrainingCrosscoder(_ReLUCrosscoderMath, CrosscoderTrainingMixin, Train
     """Training ReLU crosscoder."""
 
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        return {"l1": TrainCoefficientConfig(value=self.cfg.l1_coefficient, warm_up_steps=self.cfg.l1_warm_up_steps)}
+        return {"l1": coefficient_schedule(self.cfg, "l1_coefficient", "l1_warm_up_steps")}
 
     def _training_encode(self, x_NSD: torch.Tensor) -> CrosscoderPass:
         h_NF = self.hidden_pre(x_NSD)

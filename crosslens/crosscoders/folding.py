@@ -73,6 +73,16 @@ def resolve_norm_factors(
     n_snapshots = crosscoder.cfg.n_snapshots
     if norm_factors is None:
         recorded = metadata_value(crosscoder, "activation_norm_factors")
+        if (
+            recorded is None
+            and not is_folded(crosscoder)
+            and metadata_value(crosscoder, "activation_norm_factors_unknown")
+        ):
+            # a converted release whose source scaled activations by factors it did not save
+            raise ValueError(
+                "this crosscoder reads activations scaled by per-snapshot factors its source did not save; measure "
+                "them on your tokens first: crosslens.pretrained.measure_norm_factors(crosscoder, store)"
+            )
         norm_factors = [1.0] * n_snapshots if is_folded(crosscoder) or recorded is None else recorded
     factors = torch.as_tensor(norm_factors, dtype=torch.float32).flatten()
     if factors.shape != (n_snapshots,) or not bool(torch.all(torch.isfinite(factors) & (factors > 0))):

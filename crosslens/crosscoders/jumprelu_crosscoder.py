@@ -65,7 +65,12 @@ from torch import nn
 
 from crosslens.architectures import sparsity_coefficient_for
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
-from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
+from crosslens.crosscoders.config import (
+    CrosscoderConfig,
+    CrosscoderTrainingConfig,
+    check_coefficient,
+    coefficient_schedule,
+)
 from crosslens.crosscoders.jumprelu_dense import snapshot_gate_and_score
 from crosslens.crosscoders.jumprelu_kernels import snapshot_gated_decode, snapshot_score_sums
 from crosslens.crosscoders.regated_decode import shared_code_decode
@@ -90,8 +95,9 @@ class JumpReLUTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=AR
     l0_coefficient: float = None  # type: ignore[assignment]
     """lambda, weight of the tanh sparsity loss; None takes the shape-scaled default of
     :func:`crosslens.architectures.sparsity_coefficient_for`."""
-    l0_warm_up_steps: int = 0
-    """Steps over which lambda rises linearly from 0 (Ge et al.: 10% of training)."""
+    l0_warm_up_steps: int | None = None
+    """Steps over which lambda rises linearly from 0; None: the architecture's share of the run
+    (Ge et al.: 10%), set by the trainer."""
     tanh_scale: float = 4.0
     """c in tanh(c * f * ||W_dec||)."""
     jumprelu_tanh_scale: float | None = None
@@ -256,7 +262,7 @@ class JumpReLUTrainingCrosscoder(
         state_dict.setdefault("l0_scale", torch.ones((), dtype=torch.float64))
 
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        return {"l0": TrainCoefficientConfig(value=self.cfg.l0_coefficient, warm_up_steps=self.cfg.l0_warm_up_steps)}
+        return {"l0": coefficient_schedule(self.cfg, "l0_coefficient", "l0_warm_up_steps")}
 
     def latent_rows(self) -> list[tuple[nn.Parameter, int]]:
         return [*super().latent_rows(), (self.threshold, 0)]
@@ -356,7 +362,7 @@ class JumpReLUTrainingCrosscoder(
         penalty = self.collectives.replicated_share(per_feature_F.sum())
         coefficient = step_input.coefficients["l0"] * self.l0_scale.to(penalty.dtype)
         if self.cfg.target_l0 is not None:
-            fwd.extras["warmed_up"] = step_input.n_training_steps >= self.cfg.l0_warm_up_steps
+            fwd.extras["warmed_up"] = step_input.n_training_steps >= (self.cfg.l0_warm_up_steps or 0)
         return {"l0_loss": coefficient * penalty}
 
     @torch.no_grad()

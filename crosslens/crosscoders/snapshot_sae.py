@@ -50,6 +50,7 @@ from jaxtyping import Float
 from sae_lens.saes.sae import SAE, SAEMetadata
 
 from crosslens.core.hooks import crosscoder_hook, recorded_hook
+from crosslens.core.model_specs import snapshot_model
 from crosslens.crosscoders.folding import resolve_norm_factors
 from crosslens.crosscoders.protocol import Crosscoder
 
@@ -229,7 +230,7 @@ def _snapshot_metadata(crosscoder: Crosscoder, s: int, hook_name: str | None) ->
         hook_name=crosscoder_hook(crosscoder, hook_name, parameter="hook_name")
         if hook_name
         else recorded_hook(crosscoder),
-        model_name=suite.get("model_id") or crosscoder.cfg.metadata.get("model_name"),
+        model_name=snapshot_model(suite, s) or crosscoder.cfg.metadata.get("model_name"),
         crosscoder_architecture=crosscoder.cfg.architecture(),
         crosscoder_n_snapshots=crosscoder.cfg.n_snapshots,
         snapshot_index=s,

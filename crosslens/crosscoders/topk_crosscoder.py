@@ -46,7 +46,12 @@ from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 from crosslens.architectures import DEFAULT_K, TOPK_L1
 from crosslens.crosscoders.active_pairs import ActivePairs
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
-from crosslens.crosscoders.config import CrosscoderConfig, CrosscoderTrainingConfig, check_coefficient
+from crosslens.crosscoders.config import (
+    CrosscoderConfig,
+    CrosscoderTrainingConfig,
+    check_coefficient,
+    coefficient_schedule,
+)
 from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.crosscoders.sparse_kernels import (
     DenseRows,
@@ -85,8 +90,9 @@ class TopKTrainingCrosscoderConfig(CrosscoderTrainingConfig, architecture=ARCHIT
     """Weight of the L1 term on the kept codes, ``f_i * sum_s ||W_dec[i, s]||`` (the ReLU
     crosscoder's), which keeps decoder rows near zero at snapshots where their feature is
     absent (``crosslens.architectures.TOPK_L1``); 0: plain TopK."""
-    l1_warm_up_steps: int = 0
-    """Steps over which ``l1_coefficient`` rises linearly from 0."""
+    l1_warm_up_steps: int | None = None
+    """Steps over which ``l1_coefficient`` rises linearly from 0; None: the architecture's share
+    of the run (none)."""
 
     def __post_init__(self) -> None:
         _check_k(self.k, self.d_sae)
@@ -152,7 +158,7 @@ class TopKTrainingCrosscoder(_TopKCrosscoderMath, CrosscoderTrainingMixin, Train
         return plan.topk_sparse_decode
 
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        return {"l1": TrainCoefficientConfig(value=self.cfg.l1_coefficient, warm_up_steps=self.cfg.l1_warm_up_steps)}
+        return {"l1": coefficient_schedule(self.cfg, "l1_coefficient", "l1_warm_up_steps")}
 
     def _kernels(self) -> KernelPlan | None:
         """The plan whose pairs' kernels decode (CUDA, and any micro-batched step); None where

@@ -361,10 +361,13 @@ def source_suite(source: TokenSource) -> Any:
 
 @torch.inference_mode()
 def _content(crosscoder, source, state, budget, causal, revisions, tokenizer, inputs, logits) -> DatabaseContent:
+    from crosslens.analysis.diffing import with_diffing_classes
     from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 
     stats = ReadingStats.of(state)
-    analysis = EvolutionAnalysis.from_crosscoder(crosscoder, frequency=stats.frequency())
+    analysis = with_diffing_classes(
+        EvolutionAnalysis.from_crosscoder(crosscoder, frequency=stats.frequency()), crosscoder
+    )
     table_QL = source.token_table().numpy()
     top, quantile = top_contexts(state, table_QL, budget.window), quantile_contexts(state, table_QL, budget)
     pieces = vocabulary_pieces(tokenizer)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -244,23 +243,10 @@ class StreamTokens(TokenSource):
 
 
 def recorded_suite(record: dict[str, Any]) -> CheckpointSuite:
-    """The suite a crosscoder's record names (its local folder, else its hub id), at its snapshots."""
-    from crosslens.checkpoints import CheckpointSuite
+    """The suite a crosscoder's record names (its local folder, else its hub id or models), at its snapshots."""
+    from crosslens.checkpoints.records import suite_from_record
 
-    steps = [int(entry["step"]) for entry in record.get("snapshots") or []]
-    root, model_id = record.get("root"), str(record.get("model_id") or "")
-    if root and Path(root).is_dir():
-        suite = CheckpointSuite.local(root)
-    elif "pythia" in model_id.lower():
-        return CheckpointSuite.pythia(model_id, steps=steps or None)
-    elif "olmo" in model_id.lower():
-        revisions = [str(entry["revision"]) for entry in record.get("snapshots") or []]
-        return CheckpointSuite.olmo(model_id, revisions or None)
-    elif "bloom" in model_id.lower():
-        return CheckpointSuite.bloom(model_id, steps=steps or None)
-    else:
-        where = (
-            f"its folder {root} is gone" if root else f"{model_id or 'no model id'} names no suite crosslens can load"
-        )
-        raise ValueError(f"the crosscoder's suite cannot be loaded: {where}")
-    return suite.select(steps=steps) if steps and list(suite.steps) != steps else suite
+    try:
+        return suite_from_record(record)
+    except FileNotFoundError as error:
+        raise ValueError(f"the crosscoder's suite cannot be loaded: {error}") from None

@@ -43,6 +43,7 @@ from safetensors.numpy import save_file
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.metadata import metadata_value
+from crosslens.core.model_specs import snapshot_model
 from crosslens.core.paths import RUN_CONFIG_NAME
 from crosslens.exports.config import ExportError
 from crosslens.exports.run import ExportContext, SnapshotRef, write_json
@@ -182,7 +183,7 @@ def default_tokenizer(crosscoder: Any) -> str:
         snapshots = suite.get("snapshots") or []
         first = Path(root) / str(snapshots[0].get("revision")) if snapshots else Path(root)
         return str(first if (first / "tokenizer_config.json").is_file() else Path(root))
-    return str(suite.get("model_id") or metadata_value(crosscoder, "model_name") or "")
+    return str(snapshot_model(suite, 0) or metadata_value(crosscoder, "model_name") or "")
 
 
 def cache_config(

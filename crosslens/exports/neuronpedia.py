@@ -54,6 +54,7 @@ import torch
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.metadata import metadata_value
+from crosslens.core.model_specs import snapshot_model
 from crosslens.exports.config import ExportError
 from crosslens.exports.neuronpedia_explanations import attach_run_explanations, write_explanations
 from crosslens.exports.run import ExportContext, SnapshotRef
@@ -85,13 +86,14 @@ def write_export(context: ExportContext, out: Path) -> dict[str, Any]:
     explained = attach_run_explanations(context.database, context.run_dir)
     sources = []
     for ref in context.snapshots:
-        name = f"{settings['model_id']}@{ref.label}"
+        model_id = snapshot_model_id(context, ref.index, settings["model_id"])
+        name = f"{model_id}@{ref.label}"
         alignment = neuron_alignment(snapshot_directions(context.crosscoder, ref.index))
         for number, start in enumerate(range(0, d_sae, per_batch)):
             features = range(start, min(start + per_batch, d_sae))
             records = feature_records(context, ref, features, vocabulary, edges, alignment, settings)
             batch = {
-                "model_id": settings["model_id"],
+                "model_id": model_id,
                 "layer": settings["layer"],
                 "sae_set": settings["sae_set"],
                 "sae_id_suffix": ref.label,
@@ -99,7 +101,7 @@ def write_export(context: ExportContext, out: Path) -> dict[str, Any]:
             }
             write_compact(out / name / f"batch-{number}.json", batch)
         skipped = {
-            "model_id": settings["model_id"],
+            "model_id": model_id,
             "layer": str(settings["layer"]),
             "sae_set": settings["sae_set"],
             "log_sparsity": LOG_SPARSITY,
@@ -107,11 +109,14 @@ def write_export(context: ExportContext, out: Path) -> dict[str, Any]:
         }
         write_compact(out / name / "skipped_indexes.json", skipped)
         source_id = f"{settings['layer']}-{settings['sae_set']}__{ref.label}"
-        source = {"snapshot": ref.label, "folder": name, "neuronpedia_source_id": source_id}
+        source = {
+            "snapshot": ref.label,
+            "folder": name,
+            "neuronpedia_model_id": model_id,
+            "neuronpedia_source_id": source_id,
+        }
         if explained:  # crosslens explain's explanations, as Neuronpedia's dataset export lays them out
-            source["explanations"] = write_explanations(
-                context.database, out / name, settings["model_id"], source_id, ref.index
-            )
+            source["explanations"] = write_explanations(context.database, out / name, model_id, source_id, ref.index)
         sources.append(source)
     return {
         "neuronpedia": {
@@ -130,12 +135,21 @@ def write_compact(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, allow_nan=False), encoding="ascii")
 
 
+def snapshot_model_id(context: ExportContext, index: int, default: str) -> str:
+    """The Neuronpedia model a snapshot is filed under: the suite's, or in a diffing suite (distinct
+    models), that snapshot's own model (unless --model-id names one)."""
+    suite = metadata_value(context.crosscoder, "suite") or {}
+    if context.config.model_id is not None or not suite.get("models"):
+        return default
+    return str(snapshot_model(suite, index)).rstrip("/").split("/")[-1].lower()
+
+
 def source_settings(context: ExportContext) -> dict[str, Any]:
     """The batch-level fields and the per-feature constants every source shares."""
     crosscoder, config = context.crosscoder, context.config
     hook = str(metadata_value(crosscoder, "hook_name") or "")
     suite = metadata_value(crosscoder, "suite") or {}
-    model_id = config.model_id or str(suite.get("model_id") or metadata_value(crosscoder, "model_name") or "model")
+    model_id = config.model_id or str(snapshot_model(suite, 0) or metadata_value(crosscoder, "model_name") or "model")
     if config.model_id is None:
         model_id = model_id.rstrip("/").split("/")[-1].lower()
     if "/" in model_id or "@" in model_id or not model_id:

@@ -48,6 +48,7 @@ from torch import nn
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.metadata import metadata_value
+from crosslens.core.model_specs import snapshot_model
 from crosslens.exports.run import ExportContext, SnapshotRef
 
 SAEBENCH_VERSION = "0.6.0"
@@ -231,7 +232,7 @@ def bench_config(crosscoder: Any, snapshot: int, sae: Any) -> BenchSAEConfig:
     entry = entries[snapshot] if snapshot < len(entries) else {}
     layer = re.search(r"blocks\.(\d+)\.", hook)
     return BenchSAEConfig(
-        model_name=str(suite.get("model_id") or metadata_value(crosscoder, "model_name") or ""),
+        model_name=str(snapshot_model(suite, snapshot) or metadata_value(crosscoder, "model_name") or ""),
         d_in=int(crosscoder.cfg.d_in),
         d_sae=int(crosscoder.cfg.d_sae),
         hook_layer=int(layer.group(1)) if layer else 0,

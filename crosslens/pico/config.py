@@ -123,7 +123,7 @@ class PicoConfig:
 
     @classmethod
     def small(cls, **overrides) -> "PicoConfig":
-        """A smaller, faster configuration (tests; about 10 s on one core).
+        """A smaller, faster configuration (tests; benchmarks/README.md, "The demo", times it).
 
         It learns simple agreement, goes through the nearest-noun phase, and is most of the
         way out of it (attractor agreement around 90%) by its last step.
@@ -143,10 +143,9 @@ class PicoConfig:
 
     @classmethod
     def long(cls, **overrides) -> "PicoConfig":
-        """2.4x the default's training (about 2.5 minutes on one core): IOI forms too.
-
-        After agreement (as in the default), indirect-object identification climbs from
-        chance to ~99% between steps ~800 and ~1400: a third, later phase.
+        """2.4x the default's training, for a later phase to form in. Indirect-object
+        identification stays at chance through it at this grammar and schedule
+        (benchmarks/README.md, "The demo").
         """
         settings = dict(n_steps=1536, log_checkpoints_until=128, checkpoint_every=96)
         return cls(**{**settings, **overrides})

@@ -9,7 +9,6 @@ uninterrupted one would.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from jaxtyping import Int
 from transformers import PreTrainedTokenizerBase
 
+from crosslens.core.documents import split_documents
 from crosslens.core.packing import pack_documents
 from crosslens.tasks.grammar import PicoGrammar
 
@@ -148,53 +148,6 @@ def read_user_corpus(spec: str | Sequence[str]) -> list[str]:
     if not documents:
         raise ValueError(f"the corpus files {list(map(str, spec))} hold no text")
     return documents
-
-
-DOCUMENT_CHARS = 2000
-"""About how long a document is when a text has no blank lines to split it at."""
-
-
-def split_documents(text: str, max_chars: int = DOCUMENT_CHARS) -> list[str]:
-    """Documents of a text file: its blank-line-separated blocks, with any block longer than
-    ``2 * max_chars`` (a file with no blank lines, one line per sentence or hard-wrapped)
-    cut at line ends into pieces of about ``max_chars`` characters."""
-    documents: list[str] = []
-    for block in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")):
-        block = block.strip()
-        if len(block) <= 2 * max_chars:
-            if block:
-                documents.append(block)
-            continue
-        piece: list[str] = []
-        size = 0
-        for line in block.split("\n"):
-            piece.append(line)
-            size += len(line) + 1
-            if size >= max_chars:
-                documents.append("\n".join(piece).strip())
-                piece, size = [], 0
-        if "\n".join(piece).strip():
-            documents.append("\n".join(piece).strip())
-    return documents
-
-
-def text_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    """The text files named by ``paths``: files as given, folders expanded to their ``*.txt``
-    files (recursively, sorted), so the same folder always gives the same order."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*.txt") if p.is_file())
-            if not found:
-                raise ValueError(f"the folder {str(path)!r} holds no .txt files")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ValueError(f"{str(path)!r} does not exist; pass text files or folders of .txt files")
-    return files
 
 
 def _read_dataset(name_and_column: str) -> list[str]:

@@ -149,11 +149,16 @@ def _check_cached_folder(repo_id: str, folder: str, release: str, crosscoder_id:
 
 def pretrained_folder(release: str, crosscoder_id: str, force_download: bool = False) -> Path:
     """Download (or find in the cache) a registered crosscoder's folder, in SAELens's
-    layout (``cfg.json`` + ``sae_weights.safetensors``), and return its local path."""
+    layout (``cfg.json`` + ``sae_weights.safetensors``), and return its local path. A release
+    in another project's format is converted once into crosslens's cache, and that folder returned."""
     from huggingface_hub import hf_hub_download
     from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 
     lookup, entry = _lookup(release, crosscoder_id)
+    if lookup is not None and entry is not None and lookup.format not in (None, SAE_LENS_LOADER):
+        from crosslens.pretrained.releases import release_folder
+
+        return release_folder(lookup, entry, force_download=force_download)
     repo_id, folder = (lookup.repo_id, entry.path) if lookup else (release, crosscoder_id)
     if lookup is not None and (lookup.conversion_func or SAE_LENS_LOADER) != SAE_LENS_LOADER:
         raise PretrainedRegistryError(

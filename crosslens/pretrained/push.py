@@ -36,6 +36,7 @@ import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one t
 from crosslens.architectures import uses_k
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import FINAL_DIRNAME, QUALITY_NAME, RUN_CONFIG_NAME
+from crosslens.pretrained.card import front_matter, load_section
 
 if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder
@@ -271,9 +272,12 @@ def evaluate_per_snapshot(
 
 def feature_class_counts(crosscoder: Crosscoder, evaluation: dict[str, Any] | None) -> dict[str, int] | None:
     """Feature classes from the decoder-norm timelines (with firing frequencies when measured)."""
+    from crosslens.analysis.diffing import DiffingAnalysis, is_diffing
     from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 
     frequency = torch.tensor(evaluation["firing_frequency"]) if evaluation else None
+    if is_diffing(crosscoder):  # two models: the diffing classes, not timelines
+        return DiffingAnalysis.from_crosscoder(crosscoder, frequency=frequency).class_counts()
     try:
         return EvolutionAnalysis.from_crosscoder(crosscoder, frequency=frequency).class_counts()
     except ValueError:  # e.g. snapshots without steps in training order: no timeline to classify
@@ -290,32 +294,30 @@ def model_card(publication: Publication) -> str:
     model_id = suite.get("model_id") or meta.get("model_name") or "unknown model"
     snapshots = suite.get("snapshots") or [{} for _ in range(cfg.n_snapshots)]
     front: dict[str, Any] = {"library_name": "saelens", "tags": list(CARD_TAGS)}
-    if suite.get("family") in HUB_FAMILIES:
-        front["base_model"] = model_id
+    models = [m["model_id"] for m in suite.get("models") or []]  # a diffing suite reads models, not checkpoints
+    if suite.get("family") in HUB_FAMILIES or models:
+        front["base_model"] = models or model_id
     hook = meta.get("hook_name") or "unknown hook"
+    reads = f"the {cfg.n_snapshots} models {', '.join(models)}" if models else None
     lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).strip(),
-        "---",
+        *front_matter(front),
+        f"# Model-diffing crosscoder: {' vs '.join(models)} at `{hook}`"
+        if models
+        else f"# Multi-snapshot crosscoder: `{model_id}` at `{hook}`",
         "",
-        f"# Multi-snapshot crosscoder: `{model_id}` at `{hook}`",
-        "",
-        f"A `{cfg.architecture()}` trained with crosslens on the "
-        f"activations of the same tokens at {cfg.n_snapshots} training checkpoints of `{model_id}`: one shared "
+        f"A `{cfg.architecture()}` trained with crosslens on the activations of the same tokens at "
+        f"{reads or f'{cfg.n_snapshots} training checkpoints of `{model_id}`'}: one shared "
         f"sparse code of {cfg.d_sae} features, one decoder per checkpoint. `||W_dec[i, s]||` is feature i's "
         "strength at checkpoint s, so each feature's decoder norms across checkpoints are its timeline.",
-        "",
-        "## Load",
-        "",
-        "```python",
-        "import crosslens",
-        "",
-        f'crosscoder = crosslens.load_pretrained("{release}", "{crosscoder_id}")  # once the release is registered',
-        "# or with SAELens alone, after `import crosslens` registers the architectures:",
-        "from sae_lens import SAE",
-        f'crosscoder = SAE.from_pretrained("{repo_id}", "{crosscoder_id}")',
-        "sae = crosscoder.snapshot_sae(s)  # checkpoint s as a plain SAELens SAE, for HookedSAETransformer",
-        "```",
+        *load_section(
+            [
+                f'crosscoder = crosslens.load_pretrained("{release}", "{crosscoder_id}")  # once the release is registered',
+                "# or with SAELens alone, after `import crosslens` registers the architectures:",
+                "from sae_lens import SAE",
+                f'crosscoder = SAE.from_pretrained("{repo_id}", "{crosscoder_id}")',
+                "sae = crosscoder.snapshot_sae(s)  # checkpoint s as a plain SAELens SAE, for HookedSAETransformer",
+            ]
+        ),
         "",
         "A snapshot SAE reads checkpoint s's activation alone (the crosscoder's per-snapshot mode), so it "
         "reconstructs less well than the crosscoder, which reads the token at every checkpoint; the figures "

@@ -29,6 +29,9 @@ needs on top. A release, in YAML::
           normalization_folded: true       # weights read raw activations
           wandb_run: https://wandb.ai/...  # optional
 
+A release in another project's format (``format: kissane``, ...) and a suite of distinct models
+(``family: models``) take the fields of :mod:`crosslens.pretrained.release_fields`.
+
 Sources, merged by :func:`pretrained_directory`: the packaged
 ``crosslens/data/pretrained_crosscoders.yaml``, the files named by ``CROSSLENS_PRETRAINED``
 (``os.pathsep``-separated, like ``PATH``), and releases added at run time with
@@ -48,12 +51,21 @@ from typing import Any
 import yaml
 
 from crosslens.core.errors import CrosslensError
+from crosslens.pretrained.release_fields import (
+    CONVERSION_KEYS,
+    MODELS_FAMILY,
+    SOURCE_KEYS,
+    parse_conversion_fields,
+    parse_models_suite,
+    parse_processing,
+    parse_source_fields,
+)
 
 PRETRAINED_ENV = "CROSSLENS_PRETRAINED"
 PACKAGED_SOURCE = "crosslens/data/pretrained_crosscoders.yaml"
 _RUNTIME_SOURCE = "register_release()"
 
-_RELEASE_KEYS = {"repo_id", "model", "conversion_func", "config_overrides", "suite", "saes"}
+_RELEASE_KEYS = {"repo_id", "model", "conversion_func", "config_overrides", "suite", "saes", *SOURCE_KEYS}
 _ENTRY_KEYS = {
     "id",
     "path",
@@ -68,6 +80,7 @@ _ENTRY_KEYS = {
     "normalization_folded",
     "wandb_run",
     "neuronpedia",
+    *CONVERSION_KEYS,
 }
 
 
@@ -116,6 +129,11 @@ class PretrainedCrosscoderEntry:
     """Link to the W&B run that trained it."""
     neuronpedia: str | None = None
     """Neuronpedia id (SAELens's field), if any."""
+    activation_norm_factors: tuple[float, ...] | None = None
+    """Per-snapshot factors the source scaled activations by, where its code publishes them
+    outside the checkpoint (see :mod:`crosslens.pretrained.release_fields`)."""
+    code_normalization: str | None = None
+    """dictionary_learning's code normalisation, where its files do not record it."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,15 @@ class PretrainedCrosscoderRelease:
     entries: Mapping[str, PretrainedCrosscoderEntry]
     conversion_func: str | None = None
     config_overrides: Mapping[str, Any] | None = None
+    format: str | None = None
+    """The format its files are in (None: SAELens's, as ``crosslens push`` uploads)."""
+    license: str | None = None
+    """The licence its source states for the weights (None: none stated)."""
+    license_note: str | None = None
+    paper: str | None = None
+    code: str | None = None
+    confirmed_by: str | None = None
+    """The public model page or code that confirms its repository and file layout."""
     source: str = PACKAGED_SOURCE
     """The file (or ``register_release()``) this release was read from."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -321,6 +348,9 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
     suite = value.get("suite")
     if not isinstance(suite, Mapping):
         raise fail("needs 'suite' with family, model_id, revisions and steps.")
+    if suite.get("family") == MODELS_FAMILY:
+        suite = parse_models_suite(suite, fail)
+    parse_processing(suite, fail)
     revisions, steps = suite.get("revisions"), suite.get("steps")
     if not isinstance(revisions, Sequence) or isinstance(revisions, str) or not revisions:
         raise fail("suite.revisions must be a non-empty list, in training order.")
@@ -331,9 +361,27 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
             raise fail(f"suite.steps must be whole numbers, got {list(steps)}.")
         if any(b < a for a, b in zip(steps, steps[1:])):
             raise fail(f"suite.steps {list(steps)} are not in training order.")
-    S = len(revisions)
 
-    saes = value.get("saes")
+    entries = _parse_entries(value.get("saes"), len(revisions), where, fail)
+    overrides = value.get("config_overrides")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise fail("config_overrides must be a mapping.")
+    return PretrainedCrosscoderRelease(
+        release=release,
+        repo_id=value["repo_id"],
+        model=value["model"],
+        suite=dict(suite),
+        entries=entries,
+        conversion_func=value.get("conversion_func"),
+        config_overrides=dict(overrides) if overrides else None,
+        **parse_source_fields(value, fail),
+        source=source,
+        raw=dict(value),
+    )
+
+
+def _parse_entries(saes: Any, S: int, where: str, fail: Any) -> dict[str, PretrainedCrosscoderEntry]:
+    """A release's ``saes``: its crosscoders by id (``S`` per-snapshot numbers each, where given)."""
     if not isinstance(saes, Sequence) or isinstance(saes, str) or not saes:
         raise fail("needs 'saes', a non-empty list of entries with 'id' and 'path'.")
     entries: dict[str, PretrainedCrosscoderEntry] = {}
@@ -364,21 +412,9 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
             normalization_folded=item.get("normalization_folded"),
             wandb_run=item.get("wandb_run"),
             neuronpedia=item.get("neuronpedia"),
+            **parse_conversion_fields(item, S, lambda message, i=entry_id: fail(f"entry {i!r}: {message}")),
         )
-    overrides = value.get("config_overrides")
-    if overrides is not None and not isinstance(overrides, Mapping):
-        raise fail("config_overrides must be a mapping.")
-    return PretrainedCrosscoderRelease(
-        release=release,
-        repo_id=value["repo_id"],
-        model=value["model"],
-        suite=dict(suite),
-        entries=entries,
-        conversion_func=value.get("conversion_func"),
-        config_overrides=dict(overrides) if overrides else None,
-        source=source,
-        raw=dict(value),
-    )
+    return entries
 
 
 def _spliced_ablation(item: Mapping[str, Any], where: str) -> str | None:
@@ -471,6 +507,7 @@ def _comparable(release: PretrainedCrosscoderRelease) -> tuple:
         dict(release.entries),
         release.conversion_func,
         release.config_overrides,
+        release.format,
     )
 
 

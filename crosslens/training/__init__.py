@@ -21,12 +21,10 @@ _SIZING = {
     "plan_config_from_recipe": "crosslens.training.sizing",
     "ring_allreduce_bytes": "crosslens.training.sizing",
     "stream_prediction": "crosslens.training.sizing",
-    "ModelSpec": "crosslens.training.model_sizes",
     "PlanError": "crosslens.training.model_sizes",
-    "estimate_n_params": "crosslens.training.model_sizes",
     "known_model": "crosslens.training.model_sizes",
     "known_models": "crosslens.training.model_sizes",
-    "model_spec_for": "crosslens.training.model_sizes",
+    "model_shape_for": "crosslens.training.model_sizes",
     "activation_bytes": "crosslens.training.memory",
     "parameter_counts": "crosslens.training.memory",
 }

@@ -50,7 +50,7 @@ from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.activations.tokens import position_record
 from crosslens.architectures import BASELINE_OF, DEFAULT_LR, TRAINING_DEFAULTS
 from crosslens.core.seeding import seeded
-from crosslens.training.config import dead_feature_window
+from crosslens.training.config import LR_DECAY_FRACTION, dead_feature_window
 from crosslens.training.factory import build_training_model
 from crosslens.training.metrics import crosscoder_metrics
 
@@ -61,9 +61,9 @@ BASELINE_ARCHITECTURES: dict[str, tuple[type[TrainingSAE[Any]], type[Any]]] = {
     "topk": (TopKTrainingSAE, TopKTrainingSAEConfig),
 }
 # On activations normalised to mean norm sqrt(d_in): where the L1 search of ``standard``
-# starts (on the pico suite, L0 ~ 32 at d_sae 512 needs 13-18), and the weight of
-# ``jumprelu``'s quadratic target-L0 loss. At the demo's target (10.4, d_sae 1024) 1 lands
-# 5-24% above it on the held-out tokens; 10 lands little closer and explains less variance.
+# starts, and the weight of ``jumprelu``'s quadratic target-L0 loss, which lands a little
+# above the demo's target at 1 and no closer at 10, where it explains less variance
+# (benchmarks/README.md, "Why the training defaults").
 DEFAULT_SPARSITY_COEFFICIENT = {"standard": 5.0, "jumprelu": 1.0}
 # warm-up of the sparsity coefficient as a fraction of training: that of the crosscoder
 # each baseline is compared with (crosslens.architectures)
@@ -235,7 +235,7 @@ def train_snapshot_sae(
     n_steps: int = 2000,
     batch_size: int = 1024,
     lr: float | None = None,
-    lr_decay_fraction: float = 0.2,
+    lr_decay_fraction: float = LR_DECAY_FRACTION,
     sparsity_warm_up_fraction: float | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -391,8 +391,7 @@ def calibrate_sparsity_coefficient(
 
     Each run trains ``n_steps`` on ``snapshot`` and measures L0 with :func:`evaluate_sae`
     (on ``eval_store``, default ``store``). Train the calibration runs as long as the real
-    one: an L1 SAE's L0 keeps falling through training (on the pico suite, from 39 after
-    250 steps to 28 after 1000 at the same coefficient). The search stops once L0 is
+    one: an L1 SAE's L0 keeps falling through training at the same coefficient. The search stops once L0 is
     within ``rel_tolerance`` of the target or after ``max_runs`` runs and returns the
     closest run, SAE included; see :func:`_next_coefficient` for the steps. Meant for
     ``standard``; ``jumprelu`` reaches a target L0 by itself through its quadratic loss.

@@ -3,9 +3,10 @@
 Every default in :mod:`crosslens.training.runner` (sparsity coefficients, learning rate,
 decoder initialisation at norm 0.08) assumes each snapshot's activations were scaled to
 mean norm ``sqrt(d_in)``, as the activation store does. On raw activations the same
-defaults mis-train silently: on the planted benchmark (``crosslens.analysis.synthetic``), a ReLU crosscoder fed raw
-batches (mean norm ~1 where sqrt(d_in) = 8) recovered 24 of 48 features instead of 45-46.
-:func:`check_activation_scale` looks at a batch and says so.
+defaults mis-train silently: on the planted benchmark (``crosslens.analysis.synthetic``), a ReLU
+crosscoder fed raw batches loses about half the features it recovers from normalised ones
+(benchmarks/README.md, "Planted features recovered"). :func:`check_activation_scale` looks at a
+batch and says so.
 """
 
 from __future__ import annotations

@@ -13,13 +13,12 @@ This module imports neither torch nor SAELens: ``crosslens --help`` reads it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from crosslens.architectures import (
     ARCHITECTURE_NAMES,
     DEFAULT_DECODER_INIT_NORM,
     DEFAULT_K,
-    DEFAULT_LR,
     defaults_for,
     uses_k,
 )
@@ -28,6 +27,11 @@ from crosslens.core.devices import device_spelling
 from crosslens.training.memory import OPTIMIZER_STATES
 
 LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
+
+LR_DECAY_FRACTION = 0.2
+"""Final share of a run's steps over which the learning rate decays linearly to 0 (Bayazit et
+al.: the last 20%), for every architecture: the runner's ``lr_decay_fraction`` and a hand-built
+trainer's ``lr_decay_steps`` default to it."""
 
 DEAD_FEATURE_WINDOW_TOKENS = 1_000_000
 """Tokens a feature may stay silent before it counts as dead, on a run long enough."""
@@ -172,20 +176,26 @@ class ArchitectureConfig:
 @dataclass
 class CrosscoderTrainerConfig:
     """How to train a crosscoder; the crosscoder's own config holds its loss settings
-    (sparsity coefficient and its warm-up, k, thresholds)."""
+    (sparsity coefficient and its warm-up, k, thresholds).
+
+    A setting left None takes the default of the crosscoder's architecture
+    (:mod:`crosslens.architectures`, through :meth:`for_architecture`) when a
+    :class:`~crosslens.training.trainer.CrosscoderTrainer` takes this config, so a trainer
+    built by hand trains as ``crosslens train`` and its runner do."""
 
     total_steps: int
     """Optimizer steps to train for (one batch per step)."""
-    lr: float = DEFAULT_LR
-    """Adam learning rate."""
+    lr: float | None = None
+    """Adam learning rate; None: the architecture's (``TrainingDefaults.lr``)."""
     lr_warm_up_steps: int = 0
     """Steps of linear learning-rate warm-up from lr / lr_warm_up_steps."""
-    lr_decay_steps: int = 0
-    """Final steps of linear decay to 0 (Bayazit et al.: the last 20%)."""
+    lr_decay_steps: int | None = None
+    """Final steps of linear decay to 0; None: the last :data:`LR_DECAY_FRACTION` of
+    ``total_steps`` (Bayazit et al.: 20%)."""
     lr_scheduler_name: str = "constant"
     """SAELens schedule between warm-up and decay (constant or cosineannealing[warmrestarts])."""
     lr_end: float | None = None
-    """Learning rate the cosine schedules end at; None means lr / 10."""
+    """Learning rate the cosine schedules end at; None: lr / 10."""
     n_restart_cycles: int = 1
     """Cycles of cosineannealingwarmrestarts."""
     adam_beta1: float = 0.9
@@ -213,9 +223,10 @@ class CrosscoderTrainerConfig:
     """A feature silent for more than this many tokens is dead (feeds TopK's aux loss). None:
     1M tokens, or a thirtieth of the run's tokens where that is fewer
     (:func:`dead_feature_window`)."""
-    resample_dead: int = 0
+    resample_dead: int | None = None
     """Times silent latents are resampled, evenly spaced through the first two thirds of
-    training (:func:`crosslens.training.resample.resample_steps`); 0: never."""
+    training (:func:`crosslens.training.resample.resample_steps`); 0: never; None: the
+    architecture's (``TrainingDefaults.resample_dead``: 4 for JumpReLU, 0 for the others)."""
     resample_below_share: float = 0.1
     """A latent is silent when it fired, since the previous resampling, on less than this share
     of the mean latent's rate (L0 / d_sae)."""
@@ -257,8 +268,10 @@ class CrosscoderTrainerConfig:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}.")
         if self.micro_batches < 1:
             raise ValueError(f"micro_batches (--micro-batches) must be >= 1, got {self.micro_batches}.")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}.")
+        if self.lr_decay_steps is None:
+            self.lr_decay_steps = int(self.total_steps * LR_DECAY_FRACTION)
         if self.lr_warm_up_steps < 0 or self.lr_decay_steps < 0:
             raise ValueError("lr_warm_up_steps and lr_decay_steps must be >= 0.")
         if self.lr_warm_up_steps + self.lr_decay_steps > self.total_steps:
@@ -268,13 +281,13 @@ class CrosscoderTrainerConfig:
             )
         if self.lr_scheduler_name.lower() not in LR_SCHEDULERS:
             raise ValueError(f"lr_scheduler_name must be one of {LR_SCHEDULERS}, got {self.lr_scheduler_name!r}.")
-        if self.lr_end is None:
+        if self.lr_end is None and self.lr is not None:
             self.lr_end = self.lr / 10
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}.")
         if self.dead_feature_window_tokens is not None and self.dead_feature_window_tokens < 1:
             raise ValueError("dead_feature_window_tokens must be >= 1.")
-        if self.resample_dead < 0:
+        if self.resample_dead is not None and self.resample_dead < 0:
             raise ValueError(f"resample_dead must be >= 0 (0: never), got {self.resample_dead}.")
         if not 0 < self.resample_below_share < 1:
             raise ValueError(f"resample_below_share must be in (0, 1), got {self.resample_below_share}.")
@@ -286,6 +299,16 @@ class CrosscoderTrainerConfig:
             raise ValueError("checkpoint_every needs checkpoint_dir; set where checkpoints go.")
         if self.activation_scale_check not in ("warn", "error", "off"):
             raise ValueError(f"activation_scale_check must be warn, error or off, got {self.activation_scale_check!r}.")
+
+    def for_architecture(self, architecture: str) -> CrosscoderTrainerConfig:
+        """This config with each setting left None set to ``architecture``'s default
+        (:func:`~crosslens.architectures.defaults_for`): what a trainer of that architecture runs."""
+        defaults = defaults_for(architecture)
+        return replace(
+            self,
+            lr=defaults.lr if self.lr is None else self.lr,
+            resample_dead=defaults.resample_dead if self.resample_dead is None else self.resample_dead,
+        )
 
     @classmethod
     def from_dict(cls, values: dict) -> CrosscoderTrainerConfig:
@@ -340,7 +363,7 @@ class CrosscoderRunnerConfig:
     """Adam learning rate; None: the architecture's (crosslens.architectures)."""
     lr_warm_up_steps: int = field(default=0, metadata={"min": 0})
     """Linear learning-rate warm-up steps."""
-    lr_decay_fraction: float = field(default=0.2, metadata={"min": 0, "max": 1, "max_strictly": True})
+    lr_decay_fraction: float = field(default=LR_DECAY_FRACTION, metadata={"min": 0, "max": 1, "max_strictly": True})
     """Final fraction of steps with linear decay to 0 (Bayazit et al.: 20%)."""
     seed: int = 0
     """Seeds initialisation and the batch order."""

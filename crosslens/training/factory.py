@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from crosslens.architectures import DEFAULT_DECODER_INIT_NORM, DEFAULT_K, SPARSITY_FIELDS, uses_k
+from crosslens.architectures import (
+    DEFAULT_DECODER_INIT_NORM,
+    DEFAULT_K,
+    SPARSITY_FIELDS,
+    sparsity_warm_up_steps,
+    uses_k,
+)
 
 
 def build_training_model(
@@ -20,12 +26,13 @@ def build_training_model(
     architecture: str,
     *,
     sparsity_coefficient: float | None,
-    sparsity_warm_up_steps: int,
+    sparsity_warm_up_steps: int | None,
     k: int | None,
     **config: Any,
 ) -> Any:
     """``train_cls(cfg_cls(**config, <sparsity fields>))``: the coefficient and warm-up under
-    the architecture's own field names, and ``k`` for the TopK-style architectures.
+    the architecture's own field names, and ``k`` for the TopK-style architectures. Either
+    sparsity setting left None takes the config's own default.
 
     ``config`` holds the shape and anything else the config takes; it is applied last, so
     it may also override a sparsity field by its SAELens name.
@@ -33,8 +40,9 @@ def build_training_model(
     kwargs: dict[str, Any] = {}
     if architecture in SPARSITY_FIELDS:
         coefficient_field, warm_up_field = SPARSITY_FIELDS[architecture]
-        kwargs[warm_up_field] = sparsity_warm_up_steps
-        if sparsity_coefficient is not None:  # None: the config's own default
+        if sparsity_warm_up_steps is not None:
+            kwargs[warm_up_field] = sparsity_warm_up_steps
+        if sparsity_coefficient is not None:
             kwargs[coefficient_field] = sparsity_coefficient
     if uses_k(architecture):
         kwargs.update(k=k)
@@ -50,12 +58,15 @@ def build_training_crosscoder(
     d_sae: int,
     k: int = DEFAULT_K,
     sparsity_coefficient: float | None = None,
-    sparsity_warm_up_steps: int = 0,
+    sparsity_warm_up_steps: int | None = None,
     decoder_init_norm: float = DEFAULT_DECODER_INIT_NORM,
     device: str = "cpu",
     **extra: Any,
 ):
-    """A freshly initialised training crosscoder of ``architecture`` (SAELens registry name)."""
+    """A freshly initialised training crosscoder of ``architecture`` (SAELens registry name).
+    ``sparsity_coefficient`` None: the architecture's (shape-scaled for JumpReLU);
+    ``sparsity_warm_up_steps`` None: the architecture's share of the run, which the trainer
+    fills in (:func:`fill_sparsity_warm_up`)."""
     from crosslens.crosscoders import ARCHITECTURES
 
     if architecture not in ARCHITECTURES:
@@ -75,3 +86,13 @@ def build_training_crosscoder(
         device=device,
         **extra,
     )
+
+
+def fill_sparsity_warm_up(config: Any, total_steps: int) -> None:
+    """Set the sparsity warm-up of a crosscoder training ``config``, where it is None, to its
+    architecture's share of a run of ``total_steps``
+    (:func:`~crosslens.architectures.sparsity_warm_up_steps`), in place."""
+    architecture = config.architecture()
+    _, warm_up_field = SPARSITY_FIELDS[architecture]
+    if getattr(config, warm_up_field) is None:
+        setattr(config, warm_up_field, sparsity_warm_up_steps(architecture, total_steps))

@@ -3,9 +3,10 @@
 The planted benchmark (``scripts/planted_benchmark.py``) and its CI variant
 (``tests/test_planted_architectures.py``) train every architecture through this one
 function, so they measure the settings a user gets: sparsity coefficient
-(:func:`~crosslens.architectures.sparsity_coefficient_for`), warm-up and learning rate from
-:mod:`crosslens.architectures`, linear decay over the last 20% of steps, decoder rows
-initialised at norm 0.08.
+(:func:`~crosslens.architectures.sparsity_coefficient_for`), warm-up, learning rate and
+resampling from :mod:`crosslens.architectures` (the trainer fills in what is left None),
+linear decay over the last :data:`~crosslens.training.config.LR_DECAY_FRACTION` of steps,
+decoder rows initialised at norm 0.08.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from crosslens.architectures import defaults_for, sparsity_coefficient_for, uses_k
+from crosslens.architectures import defaults_for, sparsity_coefficient_for, sparsity_warm_up_steps, uses_k
 from crosslens.crosscoders.kernel_plan import KernelPlan
-from crosslens.training.config import CrosscoderTrainerConfig
+from crosslens.training.config import LR_DECAY_FRACTION, CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder
 from crosslens.training.trainer import CrosscoderTrainer
 
@@ -37,7 +38,7 @@ def train_planted(
     lr: float | None = None,
     sparsity_coefficient: float | None = None,
     sparsity_warm_up: float | None = None,
-    lr_decay_fraction: float = 0.2,
+    lr_decay_fraction: float = LR_DECAY_FRACTION,
     dead_feature_window_tokens: int | None = None,
     resample_dead: int | None = None,
     init: Callable[[Any], None] | None = None,
@@ -62,14 +63,13 @@ def train_planted(
     ``plan``: the kernels the step runs (the device's default plan where None);
     ``crosscoder_overrides`` go to the crosscoder's config.
     """
-    defaults = defaults_for(architecture)
     k = _planted_k(planted, architecture) if k is None else k
     coefficient = sparsity_coefficient
     if coefficient is None:
         coefficient = sparsity_coefficient_for(
             architecture, n_snapshots=planted.config.n_snapshots, d_in=planted.config.d_in, d_sae=d_sae
         )
-    warm_up = int(n_steps * (defaults.sparsity_warm_up if sparsity_warm_up is None else sparsity_warm_up))
+    warm_up = sparsity_warm_up_steps(architecture, n_steps, sparsity_warm_up)
     torch.manual_seed(seed)
     crosscoder = build_training_crosscoder(
         architecture,
@@ -88,11 +88,11 @@ def train_planted(
         crosscoder,
         CrosscoderTrainerConfig(
             total_steps=n_steps,
-            lr=defaults.lr if lr is None else lr,
+            lr=lr,
             lr_decay_steps=int(n_steps * lr_decay_fraction),
             seed=seed,
             dead_feature_window_tokens=dead_feature_window_tokens,
-            resample_dead=defaults.resample_dead if resample_dead is None else resample_dead,
+            resample_dead=resample_dead,
             save_final=False,
         ),
         plan=plan,

@@ -135,6 +135,19 @@ class Recipe:
             "sae": {k: v for k, v in sae.items() if v is not None},
         }
 
+    def harvest_settings(self) -> dict[str, Any]:
+        """The recipe's values as :class:`~crosslens.activations.config.HarvestConfig` fields
+        (nested ``tokens`` and ``budget`` as dicts): its hook, its token budget in rows of its
+        context, its store dtype and, where it records one, its dataset."""
+        settings: dict[str, Any] = {
+            "hook_names": [self.hook],
+            "budget": {"n_tokens": self.n_tokens, "seq_len": self.context},
+            "store_dtype": self.store_dtype,
+        }
+        if self.dataset:
+            settings["tokens"] = {"dataset": self.dataset}
+        return settings
+
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
         for key in ("steps", "revisions"):

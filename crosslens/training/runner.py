@@ -39,7 +39,7 @@ from sae_lens.saes.sae import SAE
 from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.activations.partners import STORE_SEAL_KEY, check_recorded_partner, store_seal
 from crosslens.activations.tokens import bos_prepended, position_record
-from crosslens.architectures import sparsity_coefficient_for
+from crosslens.architectures import sparsity_coefficient_for, sparsity_warm_up_steps
 from crosslens.core.errors import StorageError, StoreChangedError
 from crosslens.core.launch import launched_by_torchrun, world_size
 from crosslens.core.metadata import metadata_value
@@ -154,7 +154,7 @@ class CrosscoderTrainingRunner:
             optimizer_state_dtype=cfg.optimizer_state,
             fused_clip=cfg.fused_clip,
             micro_batches=cfg.micro_batches,
-            resample_dead=int(cfg.sae.resample_dead or 0),
+            resample_dead=cfg.sae.resample_dead,
             logger=replace(cfg.logger, wandb_dir=cfg.logger.wandb_dir or str(self.out_dir)),
         )
 
@@ -435,6 +435,7 @@ def new_training_crosscoder(config: CrosscoderRunnerConfig, *, d_in: int, n_snap
     sparsity = sae.sparsity_coefficient
     if sparsity is None:
         sparsity = sparsity_coefficient_for(sae.architecture, n_snapshots=n_snapshots, d_in=d_in, d_sae=sae.d_sae)
+    warm_up = sparsity_warm_up_steps(sae.architecture, config.n_steps, sae.sparsity_warm_up_fraction)
     jumprelu_only: dict[str, Any] = {} if sae.target_l0 is None else {"target_l0": sae.target_l0}
     with seeded(config.seed, device):
         return build_training_crosscoder(
@@ -444,7 +445,7 @@ def new_training_crosscoder(config: CrosscoderRunnerConfig, *, d_in: int, n_snap
             d_sae=sae.d_sae,
             k=sae.k,
             sparsity_coefficient=sparsity,
-            sparsity_warm_up_steps=int(config.n_steps * float(sae.sparsity_warm_up_fraction or 0.0)),
+            sparsity_warm_up_steps=warm_up,
             decoder_init_norm=sae.decoder_init_norm,
             device=device,
             **jumprelu_only,

@@ -29,6 +29,7 @@ from typing import Any
 
 from crosslens.activations.budget import TokenBudget, chunk_buffer_bytes, chunk_tokens_for
 from crosslens.architectures import uses_k
+from crosslens.checkpoints.shape import ModelShape
 from crosslens.core.devices import DTYPE_BYTES, GPUS, DeviceError, device_spelling
 from crosslens.core.hooks import block_index, hook_problem, hook_width
 from crosslens.training.config import (
@@ -41,7 +42,7 @@ from crosslens.training.config import (
     resolved_autocast,
 )
 from crosslens.training.memory import checkpoint_bytes, parameter_counts, training_memory
-from crosslens.training.model_sizes import ModelSpec, PlanError, known_model, model_spec_for
+from crosslens.training.model_sizes import PlanError, known_model, model_shape_for
 
 F32 = 4
 ARCHITECTURES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
@@ -66,7 +67,7 @@ class PlanConfig:
     :class:`~crosslens.training.config.CrosscoderRunnerConfig`), so a plan of a command's flags
     sizes the run that command makes."""
 
-    model: ModelSpec
+    model: ModelShape
     """Sizes of the snapshots' model."""
     n_snapshots: int
     """S: snapshots the crosscoder reads."""
@@ -461,7 +462,7 @@ def plan_config_from_recipe(recipe: Any, **overrides: Any) -> PlanConfig:
     """A :class:`PlanConfig` for a :class:`~crosslens.training.recipes.Recipe`; ``overrides`` win
     (None values are ignored). Without ``n_steps`` the plan sees its token budget once at the
     batch size in force, as ``train --recipe`` does."""
-    model = known_model(recipe.model) or model_spec_for(recipe.model)
+    model = known_model(recipe.model) or model_shape_for(recipe.model)
     values: dict[str, Any] = dict(
         model=model,
         n_snapshots=recipe.n_snapshots,

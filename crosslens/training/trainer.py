@@ -63,6 +63,7 @@ from crosslens.distributed.sharding import (
 )
 from crosslens.training.checks import check_activation_scale
 from crosslens.training.config import DEAD_FEATURE_WINDOW_TOKENS, CrosscoderTrainerConfig, dead_feature_window
+from crosslens.training.factory import fill_sparsity_warm_up
 from crosslens.training.guard import check_finite_step
 from crosslens.training.memory import checkpoint_bytes
 from crosslens.training.micro import micro_batched_pass
@@ -129,6 +130,11 @@ class CrosscoderTrainer:
     ``crosslens.distributed.shard_batches``). Every rank must be given the same full
     ``sae`` (same seed); the result equals the single-process run's. Checkpoints and the
     final crosscoder are gathered and written by rank 0 in the single-process layout.
+
+    Settings left None in ``cfg`` (learning rate, resampling), and the sparsity warm-up where
+    ``sae``'s config leaves it None, take the defaults of ``sae``'s architecture
+    (:mod:`crosslens.architectures`), as ``crosslens train`` gives them; the warm-up is written
+    into ``sae.cfg``, so its checkpoints record it.
     """
 
     def __init__(
@@ -145,6 +151,9 @@ class CrosscoderTrainer:
                 f"{type(sae).__name__}; build one from crosslens.crosscoders (e.g. "
                 "ReLUTrainingCrosscoder) or use SAELens's SAETrainer for plain SAEs."
             )
+        cfg = cfg.for_architecture(sae.cfg.architecture())
+        assert cfg.lr is not None and cfg.lr_end is not None and cfg.resample_dead is not None
+        fill_sparsity_warm_up(sae.cfg, cfg.total_steps)
         self.layout, self.collectives = mesh or local_layout(sae.cfg.n_snapshots)
         # sliced where it stands, then moved: a mesh rank's GPU holds its block, not the whole
         self.sae = shard_crosscoder(sae, self.layout, self.collectives).to(cfg.device)
@@ -194,7 +203,6 @@ class CrosscoderTrainer:
             device=torch.device(cfg.device),
             plan=self.plan,
         )
-        assert cfg.lr_end is not None  # set in __post_init__
         self.lr_scheduler = get_lr_scheduler(
             cfg.lr_scheduler_name,
             optimizer=self.optimizer,

@@ -1,0 +1,308 @@
+"""The snapshot models the causal tools run, and a task made ready for them.
+
+A crosscoder's snapshots are models: a suite loaded one at a time, or resident
+HookedTransformers in snapshot order (:data:`SnapshotModels`). Here are what the causal tools
+(:mod:`~crosslens.causal.attribution`, :mod:`~crosslens.causal.ablation`,
+:mod:`~crosslens.causal.spliced_loss`, the causal stage and its claims) ask of them: each model
+in turn, checked to be the crosscoder's snapshot (:func:`iter_snapshot_models`); the activation
+at a hook (:func:`activations_at`, :func:`collect_activations` for every snapshot); the rest of
+the forward pass from that hook to logits (:func:`run_from_hook`); and a task tokenized for the
+models' tokenizer and context (:func:`tokenize_task`), with every snapshot's activations on it
+(:func:`collect_task_activations`). Splicing the crosscoder in is :mod:`~crosslens.causal.splice`'s.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+import torch
+from jaxtyping import Float, Int
+from transformer_lens import HookedTransformer
+
+from crosslens.activations.store import snapshot_label
+from crosslens.core.errors import PartnerMismatchError
+from crosslens.core.hooks import block_index
+from crosslens.core.metadata import metadata_value
+from crosslens.core.progress import progress_bar
+from crosslens.tasks.base import TaskDataset, TokenizedTask, resolve_tokenizer
+
+if TYPE_CHECKING:
+    from crosslens.checkpoints.suite import CheckpointSuite
+    from crosslens.crosscoders.protocol import Crosscoder
+
+SnapshotModels = Union["CheckpointSuite", Sequence[HookedTransformer]]
+"""The snapshots' models: a suite (each loaded when its turn comes) or resident models, in snapshot order."""
+
+_RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
+
+
+def check_hook(model: HookedTransformer, hook: str) -> None:
+    if hook not in model.hook_dict:
+        near = [name for name in model.hook_dict if name.split(".")[-1] == hook.split(".")[-1]][:4]
+        raise ValueError(f"the model has no hook {hook!r}; hooks with that ending: {near or 'none'}")
+
+
+def final_residual_from_hook(
+    model: HookedTransformer,
+    hook: str,
+    acts: Float[torch.Tensor, "batch seq d_in"],
+    tokens: Int[torch.Tensor, "batch seq"],
+    attention_mask: torch.Tensor | None = None,
+) -> Float[torch.Tensor, "batch seq d_model"]:
+    """The final residual stream (before ``ln_final``) with the activation at ``hook`` set to ``acts``.
+
+    Residual-stream hooks start the forward pass at the block after the hook, so the
+    layers before it are not recomputed; any other hook replaces the activation
+    inside a full forward pass.
+    """
+    n_layers = model.cfg.n_layers
+    resid = _RESID_HOOK.match(hook)
+    if resid is not None:
+        layer = int(resid.group(1)) + (resid.group(2) == "post")
+        if layer == n_layers:
+            return acts
+        return model(acts, start_at_layer=layer, stop_at_layer=n_layers, attention_mask=attention_mask)
+
+    def replace(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+        return acts
+
+    with model.hooks(fwd_hooks=[(hook, replace)]):
+        return model(tokens, stop_at_layer=n_layers, attention_mask=attention_mask)
+
+
+def unembed(model: HookedTransformer, resid: Float[torch.Tensor, "batch seq d_model"]) -> torch.Tensor:
+    """Logits from a final residual stream: ``ln_final``, unembedding, soft-cap (as the model does)."""
+    if model.cfg.normalization_type is not None:
+        resid = model.ln_final(resid)
+    logits = model.unembed(resid)
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0)
+    if cap is not None and cap > 0:
+        logits = cap * torch.tanh(logits / cap)
+    return logits
+
+
+def run_from_hook(
+    model: HookedTransformer,
+    hook: str,
+    acts: Float[torch.Tensor, "batch seq d_in"],
+    tokens: Int[torch.Tensor, "batch seq"],
+    attention_mask: torch.Tensor | None = None,
+    *,
+    positions: Int[torch.Tensor, " batch"] | None = None,
+) -> Float[torch.Tensor, "batch seq d_vocab"] | Float[torch.Tensor, "batch d_vocab"]:
+    """Logits of the model with the activation at ``hook`` set to ``acts``: :func:`unembed` of
+    :func:`final_residual_from_hook`; with ``positions`` (one per row) only there, ``[batch,
+    d_vocab]``, the unembedding run on those positions alone."""
+    resid = final_residual_from_hook(model, hook, acts, tokens, attention_mask)
+    if positions is None:
+        return unembed(model, resid)
+    rows = torch.arange(resid.shape[0], device=resid.device)
+    return unembed(model, resid[rows, positions.to(resid.device)][:, None, :])[:, 0]
+
+
+@torch.no_grad()
+def activations_at(
+    model: HookedTransformer,
+    hook: str,
+    tokens: Int[torch.Tensor, "n seq"],
+    attention_mask: torch.Tensor | None = None,
+    batch_size: int = 64,
+) -> Float[torch.Tensor, "n seq d_in"]:
+    """The activation at ``hook`` for every token, stopping the forward pass right after it."""
+    check_hook(model, hook)
+    layer = block_index(hook)
+    out = []
+    for start in range(0, tokens.shape[0], batch_size):
+        rows = slice(start, start + batch_size)
+        _, cache = model.run_with_cache(
+            tokens[rows],
+            names_filter=[hook],
+            stop_at_layer=None if layer is None else layer + 1,
+            attention_mask=None if attention_mask is None else attention_mask[rows],
+        )
+        out.append(cache[hook].detach().cpu())
+    return torch.cat(out, dim=0)
+
+
+def check_snapshot_model(crosscoder: Any, snapshot: int, model: Any) -> None:
+    """Refuse ``model`` as the crosscoder's snapshot ``snapshot`` when both say which checkpoint
+    they are and the two differ: the model's ``crosslens_snapshot`` (as a suite loads it) against
+    the crosscoder's record of its snapshots, by revision and step. Neither the model id (a local
+    suite's is its folder's name, which a copy changes) nor the weights' hash (taken in the dtype
+    the weights were loaded in) is compared. A model built by hand, or a crosscoder without the
+    record, is the caller's to pair."""
+    info = getattr(model, "crosslens_snapshot", None)
+    recorded = (metadata_value(crosscoder, "suite") or {}).get("snapshots") or []
+    if info is None or not 0 <= snapshot < len(recorded) or not isinstance(recorded[snapshot], Mapping):
+        return
+    want, have = recorded[snapshot], info.to_dict()
+    if snapshot_label(want) != snapshot_label(have) or want.get("step") != have.get("step"):
+        raise PartnerMismatchError(
+            f"the model given as snapshot {snapshot} is {snapshot_label(have)}, but the crosscoder's snapshot {snapshot} "
+            f"is {snapshot_label(want)}; pass that snapshot's model (the crosscoder's snapshots in order: a suite "
+            "selected at its steps)"
+        )
+
+
+def iter_snapshot_models(
+    models: SnapshotModels, indices: Sequence[int] | None = None, crosscoder: Any = None
+) -> Iterator[tuple[int, HookedTransformer]]:
+    """``(snapshot index, model)`` one at a time from a CheckpointSuite or a sequence of models;
+    with ``crosscoder``, each model is checked to be its snapshot (:func:`check_snapshot_model`)."""
+    if hasattr(models, "load") and hasattr(models, "snapshots"):  # a CheckpointSuite
+        chosen = range(len(models)) if indices is None else indices
+        for index in chosen:
+            model = models.load(index)
+            if crosscoder is not None:
+                check_snapshot_model(crosscoder, index, model)
+            yield index, model
+            del model
+        return
+    models = list(models)
+    for index in range(len(models)) if indices is None else indices:
+        if crosscoder is not None:
+            check_snapshot_model(crosscoder, index, models[index])
+        yield index, models[index]
+
+
+def collect_activations(
+    models: SnapshotModels,
+    hook: str,
+    tokens: Int[torch.Tensor, "n seq"],
+    attention_mask: torch.Tensor | None = None,
+    *,
+    batch_size: int = 64,
+    progress: bool = False,
+    crosscoder: Any = None,
+) -> Float[torch.Tensor, "n seq n_snapshots d_in"]:
+    """Every snapshot's activation at ``hook`` for the same tokens (exact mode's input).
+
+    ``models`` is a CheckpointSuite (loaded one model at a time) or a sequence of
+    HookedTransformers in snapshot order; with ``crosscoder``, each is checked to be its snapshot.
+    """
+    per_snapshot = []
+    n = len(models) if hasattr(models, "__len__") else None
+    for _, model in progress_bar(
+        iter_snapshot_models(models, crosscoder=crosscoder), total=n, desc=f"activations at {hook}", show=progress
+    ):
+        per_snapshot.append(activations_at(model, hook, tokens, attention_mask, batch_size).cpu())
+    return torch.stack(per_snapshot, dim=2)
+
+
+# ---------------------------------------------------------------------------- a task for the models
+def _tokenizer_of(models: SnapshotModels) -> Any:
+    if hasattr(models, "tokenizer") and callable(models.tokenizer):
+        return models.tokenizer()
+    first = models[0]
+    if getattr(first, "tokenizer", None) is None:
+        raise ValueError("the models carry no tokenizer; pass tokenizer= (or already tokenized inputs)")
+    return first.tokenizer
+
+
+def snapshot_labels(models: SnapshotModels, n: int) -> list[str]:
+    """Revision names from a CheckpointSuite, else ``s{index}``."""
+    refs = getattr(models, "snapshots", None)
+    if refs is not None and len(refs) == n:
+        return [str(getattr(ref, "revision", f"s{i}")) for i, ref in enumerate(refs)]
+    return [f"s{i}" for i in range(n)]
+
+
+def chosen_snapshots(snapshots: Sequence[int] | None, n_models: int) -> list[int]:
+    """The snapshot indices to work on: ``snapshots``, each checked to be one of the ``n_models``
+    snapshots, or all of them."""
+    if snapshots is None:
+        return list(range(n_models))
+    chosen = [int(s) for s in snapshots]
+    if not all(0 <= s < n_models for s in chosen) or len(set(chosen)) != len(chosen):
+        raise ValueError(
+            f"snapshots must be distinct indices of the crosscoder's {n_models} snapshots (0..{n_models - 1}), got {list(snapshots)}"
+        )
+    return chosen
+
+
+def check_models_match(models: SnapshotModels, crosscoder: Crosscoder) -> int:
+    n_models = len(models)
+    if n_models != crosscoder.cfg.n_snapshots:
+        raise ValueError(
+            f"the crosscoder reads {crosscoder.cfg.n_snapshots} snapshots but {n_models} models were given; "
+            "pass the same suite (and snapshot selection) the crosscoder was trained on"
+        )
+    return n_models
+
+
+def collect_task_activations(
+    models: SnapshotModels, hook: str, task: TokenizedTask, *, progress: bool = False
+) -> tuple[Float[torch.Tensor, "n seq n_snapshots d_in"], Float[torch.Tensor, "n seq n_snapshots d_in"] | None]:
+    """Every snapshot's activations at ``hook`` for the clean and corrupted prompts, loading each model once."""
+    tokens = task.clean_tokens
+    if task.corrupted_tokens is not None:
+        tokens = torch.cat([task.clean_tokens, task.corrupted_tokens])
+    mask = task.mask.long().repeat(tokens.shape[0] // len(task), 1)
+    acts = collect_activations(models, hook, tokens, mask, progress=progress)
+    if task.corrupted_tokens is None:
+        return acts, None
+    return acts[: len(task)], acts[len(task) :]
+
+
+def tokenize_task(
+    task: TaskDataset | TokenizedTask, models: SnapshotModels, tokenizer: Any = None
+) -> tuple[str, TokenizedTask]:
+    """``(name, tokens)`` of ``task`` for ``models``: tokenized with their tokenizer (or
+    ``tokenizer``) within their context; a TokenizedTask as it is, named ``"task"``."""
+    if isinstance(task, TokenizedTask):
+        return "task", task
+    tokenizer = resolve_tokenizer(tokenizer if tokenizer is not None else _tokenizer_of(models))
+    return task.name, task.tokenize(tokenizer, max_tokens=context_length(models))
+
+
+def context_length(models: SnapshotModels) -> int | None:
+    """How many tokens the models read at most (``n_ctx``): from a suite's configs, or the
+    first model's config; None when neither tells."""
+    if callable(getattr(models, "check_architectures", None)):
+        return int(models.check_architectures()["n_ctx"])
+    try:
+        n_ctx = getattr(getattr(models[0], "cfg", None), "n_ctx", None)
+    except (TypeError, IndexError, KeyError):
+        return None
+    return int(n_ctx) if n_ctx is not None else None
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """A task made ready for a crosscoder's snapshot models, once, for everything that runs it:
+    tokenized for their tokenizer and context, with, in exact mode, every snapshot's activations
+    on it at the hook."""
+
+    name: str
+    tokenized: TokenizedTask
+    chosen: list[int]
+    """The snapshots to work on, by index."""
+    labels: list[str]
+    """Every snapshot's label (:func:`snapshot_labels`)."""
+    activations: tuple[torch.Tensor, torch.Tensor | None] | None
+    """Every snapshot's (clean, corrupted) activations at the hook (:func:`collect_task_activations`);
+    None outside exact mode."""
+
+
+def prepare_task(
+    models: SnapshotModels,
+    crosscoder: Crosscoder,
+    task: TaskDataset | TokenizedTask,
+    *,
+    hook: str,
+    snapshots: Sequence[int] | None = None,
+    tokenizer: Any = None,
+    exact: bool = True,
+    progress: bool = False,
+) -> PreparedTask:
+    """``task`` made ready for ``models`` and ``crosscoder``: their count checked against its
+    snapshots and ``snapshots`` against their count, tokenized (:func:`tokenize_task`), and in
+    ``exact`` mode every snapshot's activations on it collected, each model loaded once."""
+    n_models = check_models_match(models, crosscoder)
+    name, tokenized = tokenize_task(task, models, tokenizer)
+    chosen = chosen_snapshots(snapshots, n_models)
+    activations = collect_task_activations(models, hook, tokenized, progress=progress) if exact else None
+    return PreparedTask(name, tokenized, chosen, snapshot_labels(models, n_models), activations)

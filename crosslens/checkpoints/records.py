@@ -1,0 +1,58 @@
+"""The suite a record names: a crosscoder's or store's provenance, or a registry release's suite.
+
+Every record says its family and model id and lists its snapshots (revision and step); a local
+suite adds its folder, a suite of models its models, and a suite loaded with other than
+crosslens's weight processing that processing. :func:`suite_from_record` builds the
+:class:`~crosslens.checkpoints.suite.CheckpointSuite` again from that, at the recorded snapshots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from crosslens.checkpoints.models import FAMILY as MODELS_FAMILY
+from crosslens.checkpoints.models import chosen_processing, models_layout
+from crosslens.checkpoints.suite import CheckpointSuite
+
+
+def recorded_revisions(record: Mapping[str, Any]) -> list[str]:
+    return [str(e["revision"]) for e in record.get("snapshots") or []] or [
+        str(r) for r in record.get("revisions") or []
+    ]
+
+
+def recorded_steps(record: Mapping[str, Any]) -> list[int]:
+    entries = record.get("snapshots")
+    steps = [e.get("step") for e in entries] if entries else list(record.get("steps") or [])
+    return [int(s) for s in steps if s is not None]
+
+
+def suite_from_record(record: Mapping[str, Any], *, check: bool = True) -> CheckpointSuite:
+    """The suite ``record`` names, at its snapshots. ``check``: compare a suite of models'
+    architectures now (reads their configs; off where the models may not be on this machine)."""
+    family, model_id = record.get("family"), str(record.get("model_id") or "")
+    revisions, steps = recorded_revisions(record), recorded_steps(record)
+    processing = chosen_processing(record.get("processing"))
+    if family == MODELS_FAMILY:
+        models_id, refs, by_label = models_layout(record.get("models") or model_id)
+        suite = CheckpointSuite(MODELS_FAMILY, models_id, refs, models=by_label, processing=processing)
+        if check:
+            suite.check_architectures()
+        chosen = [i for i, ref in enumerate(suite.snapshots) if ref.revision in revisions]
+        return suite if not revisions or len(chosen) == len(suite) else suite.select(indices=chosen)
+    root = record.get("root")
+    if root and Path(root).is_dir():
+        suite = CheckpointSuite.local(root)
+    elif family == "local" or root:
+        raise FileNotFoundError(f"its folder {root} is gone")
+    elif family == "pythia" or "pythia" in model_id.lower():
+        return CheckpointSuite.pythia(model_id, steps=steps or None)
+    elif family == "olmo" or "olmo" in model_id.lower():
+        return CheckpointSuite.olmo(model_id, revisions or None)
+    elif family == "bloom" or "bloom" in model_id.lower():
+        return CheckpointSuite.bloom(model_id, steps=steps or None)
+    else:
+        raise ValueError(f"{model_id or 'no model id'} names no suite crosslens can load")
+    return suite.select(steps=steps) if steps and list(suite.steps) != steps else suite

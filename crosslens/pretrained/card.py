@@ -1,0 +1,106 @@
+"""The model card of a converted crosscoder: where it came from, under which licence, what the
+conversion did, and how to load it (written beside the weights, as ``README.md``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from crosslens.pretrained.formats import FORMATS
+
+NO_LICENCE = (
+    "The source states no licence for these weights that crosslens could find; ask its authors before "
+    "redistributing them."
+)
+
+
+def front_matter(front: dict[str, Any]) -> list[str]:
+    """A model card's Hugging Face front matter (the YAML between ``---`` lines), then a blank line."""
+    return ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", ""]
+
+
+def converted_card(record: dict[str, Any]) -> str:
+    """Markdown (with Hugging Face front matter) for the source record of a converted folder."""
+    source, sizes = record["source"], record["sizes"]
+    suite = record.get("suite") or {}
+    models = [m["model_id"] for m in suite.get("models") or []] or [suite.get("model_id")] * bool(suite.get("model_id"))
+    front: dict[str, Any] = {"library_name": "saelens", "tags": ["crosslens", "crosscoder", "converted"]}
+    if record.get("license"):
+        front["license"] = record["license"]
+    if models:
+        front["base_model"] = sorted(set(models))
+    where = f"`{source['repo_id']}`" if source.get("repo_id") else f"the folder `{source.get('path')}`"
+    folder = f", folder `{source['path']}`" if source.get("repo_id") and source.get("path") else ""
+    commit = f" at commit `{source['revision']}`" if source.get("revision") else ""
+    name = record.get("release") or source.get("repo_id") or "local"
+    lines = [
+        *front_matter(front),
+        f"# {name}: {record['architecture']} converted by crosslens",
+        "",
+        f"Converted from {where}{folder}{commit}, saved in the {_format_name(source['format'])} format, "
+        f"into crosslens's `{record['architecture']}` (SAELens layout): {sizes['d_sae']} latents reading "
+        f"{sizes['n_snapshots']} {'models' if suite.get('family') == 'models' else 'snapshots'} of width "
+        f"{sizes['d_in']}" + (f" at `{record['hook_name']}`" if record.get("hook_name") else "") + ".",
+        "",
+        "## Licence",
+        "",
+        f"`{record['license']}`, as the source states." if record.get("license") else NO_LICENCE,
+    ]
+    if record.get("license_note"):
+        lines += ["", record["license_note"]]
+    lines += ["", "## Source files", "", "| file | bytes | sha256 |", "|---|---|---|"]
+    lines += [f"| {n} | {f['bytes']} | `{f['sha256']}` |" for n, f in sorted(source["files"].items())]
+    lines += _reads(suite) + _quirks(record) + _credits(record) + _load(record)
+    return "\n".join(lines) + "\n"
+
+
+def _format_name(name: str) -> str:
+    module = FORMATS.get(name)
+    return module.SOURCE if module is not None else name
+
+
+def _reads(suite: dict[str, Any]) -> list[str]:
+    if not suite:
+        return []
+    lines = ["", "## What it reads", "", "| position | model | revision |", "|---|---|---|"]
+    entries = suite.get("models") or [
+        {"model_id": suite.get("model_id"), "revision": s.get("revision")} for s in suite.get("snapshots") or []
+    ]
+    lines += [f"| {i} | {e.get('model_id')} | {e.get('revision') or 'main'} |" for i, e in enumerate(entries)]
+    processing = suite.get("processing")
+    if processing:
+        flags = ", ".join(f"{k}={v}" for k, v in sorted(processing.items()))
+        lines += [
+            "",
+            f"The models load with TransformerLens's weight processing set to {flags}, as the source read them.",
+        ]
+    return lines
+
+
+def _quirks(record: dict[str, Any]) -> list[str]:
+    quirks = record.get("quirks") or []
+    if not quirks:
+        return []
+    return ["", "## What the conversion did", "", *(f"- {quirk}" for quirk in quirks)]
+
+
+def _credits(record: dict[str, Any]) -> list[str]:
+    lines = []
+    for label, key in (("Paper", "paper"), ("Code", "code"), ("Confirmed by", "confirmed_by")):
+        if record.get(key):
+            lines.append(f"- {label}: {record[key]}")
+    return ["", "## Credit", "", *lines] if lines else []
+
+
+def load_section(code: list[str]) -> list[str]:
+    """A model card's "Load" section: ``import crosslens``, then ``code``, as a Python block."""
+    return ["", "## Load", "", "```python", "import crosslens", "", *code, "```"]
+
+
+def _load(record: dict[str, Any]) -> list[str]:
+    if not record.get("release"):
+        return []
+    return load_section(
+        [f'crosscoder, suite = crosslens.from_pretrained("{record["release"]}", "{record["crosscoder_id"]}")']
+    )

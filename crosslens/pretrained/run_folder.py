@@ -1,0 +1,79 @@
+"""A released crosscoder as a run folder, so that everything that reads a finished ``crosslens
+train`` run reads it too: ``crosslens dashboards RUN --stream``, ``crosslens browse RUN``,
+``crosslens export RUN``, ``crosslens analyze --crosscoder RUN``.
+
+The folder holds what a run's holds where it matters to them: ``final/`` (the converted crosscoder,
+its model card and source record, sealed by a checkpoint record naming the release), ``run.json``
+(which release, from where; no store, since nothing was harvested to train it) and the run's seal.
+It is built under a temporary name and renamed into place, so a stopped call leaves none half-made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from crosslens.core.errors import CrosslensError
+from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME
+from crosslens.pretrained.convert import SOURCE_RECORD, source_record
+from crosslens.pretrained.registry import get_release
+from crosslens.pretrained.releases import only_entry
+from crosslens.training.records import write_record
+from crosslens.training.runfolder import seal_run
+
+
+def release_run(
+    release: str, crosscoder_id: str | None = None, out: str | os.PathLike = "", *, overwrite: bool = False
+) -> Path:
+    """A run folder at ``out`` holding the release's crosscoder (downloaded and converted on first
+    use, its models checked as :func:`~crosslens.pretrained.from_pretrained` checks them)."""
+    from crosslens.pretrained.load import pretrained_folder
+
+    out = Path(out)
+    if not str(out):
+        raise CrosslensError("release_run needs out=, the folder to make the run in")
+    if out.exists() and not overwrite:
+        raise CrosslensError(f"{out} exists; pick another folder, or pass overwrite=True (--overwrite)")
+    lookup = get_release(release)
+    entry_id = crosscoder_id if crosscoder_id is not None else only_entry(lookup).id
+    folder = pretrained_folder(lookup.release, entry_id)
+    scratch = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    (scratch / FINAL_DIRNAME).mkdir(parents=True)
+    try:
+        for path in sorted(Path(folder).iterdir()):
+            if path.is_file():
+                _link_or_copy(path, scratch / FINAL_DIRNAME / path.name)
+        provenance = _provenance(lookup.release, entry_id, folder)
+        write_record(scratch / FINAL_DIRNAME, pretrained=provenance)
+        run = {"pretrained": provenance, "hook_name": lookup.entry(entry_id).hook_name, "store_path": None}
+        (scratch / RUN_CONFIG_NAME).write_text(json.dumps(run, indent=1, sort_keys=True))
+        seal_run(scratch)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(scratch, out)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return out
+
+
+def _provenance(release: str, crosscoder_id: str, folder: Path) -> dict[str, Any]:
+    record = source_record(folder) if (folder / SOURCE_RECORD).is_file() else {}
+    return {
+        "release": release,
+        "crosscoder_id": crosscoder_id,
+        "source": record.get("source"),
+        "key": record.get("key"),
+    }
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the two share a disk (a converted Gemma crosscoder is 600 MB), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

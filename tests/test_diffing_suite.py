@@ -1,0 +1,186 @@
+"""Suites of distinct models (model diffing): built from a list of models that share an architecture,
+named by model everywhere, and carried through the whole chain on two tiny models: harvest, train,
+analyze (with the diffing classes), dashboards, browse, export, and the streamed train and
+dashboards."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from hf_cache import make_word_tokenizer, tiny_neox, write_fake_hub_repo
+
+from crosslens.analysis.diffing import DiffingAnalysis, DiffingThresholds
+from crosslens.cli import main
+from crosslens.core.model_specs import ModelSpec, model_labels, parse_models
+
+BASE, CHAT = "crosslens-test/tiny-base", "crosslens-test/tiny-chat"
+MODELS = f"{BASE},{CHAT}"
+HOOK = "blocks.0.hook_resid_post"
+CPU = ["--device", "cpu"]
+
+
+@pytest.fixture
+def two_models(offline_hf_home):
+    tokenizer = make_word_tokenizer()
+    for repo_id, seed in ((BASE, 0), (CHAT, 1)):
+        write_fake_hub_repo(offline_hf_home, repo_id, {"main": tiny_neox(seed)}, tokenizer)
+    return offline_hf_home
+
+
+# --------------------------------------------------------------------------- classes
+def test_diffing_classes_by_relative_decoder_norm():
+    norms = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 2.0], [1.0, 0.05], [1.0, 0.7], [0.0, 0.0], [0.5, 0.45]])
+    diffing = DiffingAnalysis.from_norms(norms, ("base", "chat"))
+    expected = torch.tensor([0.5, 0.0, 1.0, 0.025, 0.35, 0.5, 0.45])
+    torch.testing.assert_close(diffing.relative_norm, expected)
+    assert diffing.classes == ["shared", "base-only", "chat-only", "base-only", "other", "dead", "shared"]
+    assert diffing.class_counts() == {"shared": 2, "base-only": 2, "chat-only": 1, "other": 1, "dead": 1}
+    fired = DiffingAnalysis.from_norms(norms, ("base", "chat"), frequency=torch.tensor([1.0, 0, 1, 1, 1, 1, 1]))
+    assert fired.classes[1] == "dead"
+    assert "latent scaling: not measured" in diffing.summary_lines()[-1]
+    with pytest.raises(ValueError, match="only_below <= shared_low"):
+        DiffingThresholds(only_below=0.5)
+
+
+def test_model_specs_and_labels():
+    specs = parse_models("google/gemma-2-2b, google/gemma-2-2b-it@abc123,./local/model")
+    assert specs == [
+        ModelSpec("google/gemma-2-2b"),
+        ModelSpec("google/gemma-2-2b-it", "abc123"),
+        ModelSpec("./local/model"),
+    ]
+    assert model_labels(specs) == ["gemma-2-2b", "gemma-2-2b-it@abc123", "model"]
+    assert model_labels(parse_models("a/model,b/model")) == ["a--model", "b--model"]
+    with pytest.raises(ValueError, match="listed more than once"):
+        model_labels(parse_models("a/model,a/model"))
+
+
+# --------------------------------------------------------------------------- the suite
+def test_a_suite_of_models_is_named_by_model_and_built_again_from_its_record(two_models):
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.checkpoints.records import suite_from_record
+
+    suite = CheckpointSuite.models(MODELS)
+    assert suite.family == "models" and suite.model_id == MODELS
+    assert suite.revisions == ("tiny-base", "tiny-chat") and suite.steps == (0, 1)
+    record = suite.provenance()
+    assert record["models"] == [
+        {"label": "tiny-base", "model_id": BASE, "revision": None},
+        {"label": "tiny-chat", "model_id": CHAT, "revision": None},
+    ]
+    again = suite_from_record(record)
+    assert again.revisions == suite.revisions and again.model_id == MODELS
+    chat = suite.select(indices=[1])
+    assert chat.revisions == ("tiny-chat",) and chat.repo_revision(chat.snapshots[0]) == (CHAT, "main")
+    model = chat.load(0)
+    assert model.crosslens_snapshot.revision == "tiny-chat" and model.cfg.tokenizer_name == CHAT
+
+
+def test_raw_residual_processing_reads_what_hugging_face_computes(two_models):
+    from transformers import AutoModelForCausalLM
+
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.checkpoints.models import RAW_RESIDUAL
+
+    tokens = torch.randint(3, 60, (2, 10), generator=torch.Generator().manual_seed(0))
+    hf = AutoModelForCausalLM.from_pretrained(CHAT).eval()
+    with torch.no_grad():
+        want = hf(tokens, output_hidden_states=True).hidden_states[1]
+    for processing, close in ((RAW_RESIDUAL, True), (None, False)):
+        suite = CheckpointSuite.models(MODELS, processing=processing)
+        _, cache = suite.load(1).run_with_cache(tokens, names_filter=HOOK)
+        assert torch.allclose(cache[HOOK], want, atol=1e-5) is close
+    assert CheckpointSuite.models(MODELS, processing=RAW_RESIDUAL).provenance()["processing"] == {
+        "fold_ln": True,
+        "center_writing_weights": False,
+        "center_unembed": True,
+    }
+
+
+def test_models_flag_refusals(two_models, capsys):
+    for argv, message in (
+        (["--models", BASE], "--models lists one model"),
+        (["--models", MODELS, "--suite", "pico"], "--models and --suite both name the suite"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["harvest", *argv, "--hook", HOOK, "--out", "never"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
+    assert not Path("never").exists()
+
+
+# --------------------------------------------------------------------------- the chain
+def _served(run: Path, paths: list[str]) -> list[dict]:
+    from crosslens.browser import BrowseConfig, make_server
+
+    server = make_server(run, BrowseConfig(port=0))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        replies = []
+        for path in paths:
+            with urllib.request.urlopen(server.url + path, timeout=30) as response:
+                replies.append(json.load(response))
+        return replies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_chain_on_two_models(two_models, tmp_path, capsys):
+    store, run = tmp_path / "store", tmp_path / "run"
+    budget = ["--n-tokens", "2048", "--seq-len", "16"]
+    assert main(["harvest", "--models", MODELS, "--hook", HOOK, "--out", str(store), *budget, *CPU]) == 0
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert [s["revision"] for s in manifest["snapshots"]] == ["tiny-base", "tiny-chat"]
+    assert manifest["spec"]["suite"]["family"] == "models"
+
+    train = ["--arch", "crosscoder", "--d-sae", "48", "--n-steps", "30", "--batch-size", "64", "--spliced-seqs", "2"]
+    assert main(["train", "--store", str(store), "--out", str(run), *train, *CPU]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-base " in out and "tiny-chat " in out  # the quality table names snapshots by model
+
+    assert main(["analyze", "--crosscoder", str(run), *CPU]) == 0
+    out = capsys.readouterr().out
+    assert "model diffing (tiny-base vs tiny-chat)" in out and "latent scaling: not measured" in out
+    html = (run / "report.html").read_text()
+    assert "Model diffing" in html and "tiny-chat-only" in html
+
+    from crosslens.pretrained import LocalHubApi, push_to_hub
+
+    card = push_to_hub(run, "me/tiny-diff", api=LocalHubApi(tmp_path / "hub"), n_eval_tokens=256).card
+    assert "# Model-diffing crosscoder: crosslens-test/tiny-base vs crosslens-test/tiny-chat" in card
+    assert "## Feature classes" in card and "tiny-chat-only" in card
+
+    dashboards = ["--top-k", "4", "--window", "3", "--batch-size", "48", *CPU]
+    assert main(["dashboards", str(run), *dashboards]) == 0
+    facts, features = _served(run, ["api/run", "api/features?" + urllib.parse.urlencode({"class": "shared"})])
+    assert [s["revision"] for s in facts["snapshots"]] == ["tiny-base", "tiny-chat"]
+    present = {name for name, count in facts["classes"].items() if count}
+    assert present <= {"shared", "tiny-base-only", "tiny-chat-only", "other", "dead"}
+    assert facts["classes"].get("shared", 0) > 0 and features["total"] == facts["classes"]["shared"]
+
+    for kind in ("saebench", "neuronpedia"):
+        assert main(["export", str(run), "--format", kind, "--out", str(tmp_path / kind)]) == 0
+    assert {p.name for p in (tmp_path / "saebench").iterdir() if p.is_dir()} == {"tiny-base", "tiny-chat"}
+    cfg = json.loads((tmp_path / "saebench" / "tiny-chat" / "cfg.json").read_text())
+    assert cfg["model_name"] == CHAT
+    assert {p.name for p in (tmp_path / "neuronpedia").iterdir() if p.is_dir()} == {
+        "tiny-base@tiny-base",
+        "tiny-chat@tiny-chat",
+    }
+
+    streamed = tmp_path / "streamed"
+    stream = ["--models", MODELS, "--hook", HOOK, "--n-tokens", "1024", "--seq-len", "16"]
+    train = ["--arch", "crosscoder", "--d-sae", "32", "--n-steps", "8", "--batch-size", "64", "--spliced-seqs", "0"]
+    assert main(["train", "--stream", *stream, "--out", str(streamed), *train, *CPU]) == 0
+    assert main(["dashboards", str(streamed), "--stream", "--n-tokens", "512", "--seq-len", "16", *dashboards]) == 0
+    (facts,) = _served(streamed, ["api/run"])
+    assert [s["revision"] for s in facts["snapshots"]] == ["tiny-base", "tiny-chat"]

@@ -1,0 +1,146 @@
+"""Harvest as a library: ``HarvestConfig``'s fields are ``crosslens harvest``'s flags, a recipe is a
+layer under them, ``harvest_stores`` writes the bytes the command writes, and a harvest reads its
+suite's model shape once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hf_cache import FAKE_WORDS
+from trust_fixtures import HOOK, OTHER_HOOK, one_torch_thread, write_suite
+
+from crosslens.activations import HarvestConfig, TokenBudget, TokenSource, harvest_stores
+from crosslens.checkpoints import CheckpointSuite, ModelShape
+from crosslens.cli import build_parser, main
+from crosslens.cli.flags import build
+from crosslens.cli.harvest import harvest_config
+from crosslens.core.errors import CrosslensError
+from crosslens.training.recipes import load_recipe
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory) -> Path:
+    return write_suite(tmp_path_factory.mktemp("suite"))
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text("\n\n".join(" ".join(FAKE_WORDS[i : i + 9]) for i in range(0, len(FAKE_WORDS) - 9)) * 8)
+    return path
+
+
+def _harvest_args(*flags: str):
+    return build_parser().parse_args(["harvest", *flags])
+
+
+def test_the_harvest_flags_are_the_configs_fields():
+    assert harvest_config(_harvest_args("--out", "o", "--hook", HOOK)) == HarvestConfig(out_dir="o", hook_names=[HOOK])
+    given = _harvest_args(
+        *("--out", "o", "--hook", HOOK, "--hook", OTHER_HOOK, "--text", "a.txt", "b", "--encoding", "latin-1"),
+        *("--n-tokens", "1e3", "--seq-len", "32", "--heldout-tokens", "0", "--store-dtype", "bf16", "--overwrite"),
+    )
+    assert harvest_config(given, device="cpu", model_dtype="fp16") == HarvestConfig(
+        out_dir="o",
+        hook_names=[HOOK, OTHER_HOOK],
+        tokens=TokenSource(text=("a.txt", "b"), encoding="latin-1"),
+        budget=TokenBudget(1000, 32, 0),
+        store_dtype="bfloat16",
+        overwrite=True,
+        model_dtype="float16",
+    )
+
+
+def test_a_recipe_is_a_layer_under_the_flags():
+    recipe = load_recipe("ge2025-pythia-160m")
+    config = harvest_config(_harvest_args("--out", "o", "--recipe", recipe.name), recipe)
+    assert config.hook_names == [recipe.hook] and config.store_dtype == recipe.store_dtype
+    assert (config.budget.n_tokens, config.budget.seq_len) == (recipe.n_tokens, recipe.context)
+    assert config.tokens == TokenSource(dataset=recipe.dataset)
+    flags = _harvest_args("--out", "o", "--recipe", recipe.name, "--text", "a.txt", "--seq-len", "128")
+    config = harvest_config(flags, recipe)
+    assert config.tokens == TokenSource(text=("a.txt",))  # a token flag replaces the recipe's dataset
+    assert (config.budget.n_tokens, config.budget.seq_len) == (recipe.n_tokens, 128)
+
+
+@pytest.mark.parametrize(
+    "settings, says",
+    [
+        ({"tokens": {"text": ["a.txt"], "dataset": "wikitext:text"}}, "--text and --dataset name two token"),
+        ({"hook_names": []}, "hook_names is empty"),
+        ({"hook_names": ["blocks.0.resid"]}, "--hook 'blocks.0.resid' is not a TransformerLens hook name"),
+        ({"store_dtype": "int8"}, "unsupported dtype 'int8'"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
+    ],
+)
+def test_a_config_refuses_what_cannot_be_harvested(settings, says):
+    with pytest.raises(CrosslensError, match=says):
+        build(HarvestConfig, {"out_dir": "o", "hook_names": [HOOK]}, settings)
+
+
+def test_the_library_writes_the_bytes_the_command_writes(suite, text, tmp_path):
+    command, library = tmp_path / "command" / "store", tmp_path / "library" / "store"
+    flags = ["--n-tokens", "256", "--seq-len", "16", "--heldout-tokens", "64", "--text", str(text), "--device", "cpu"]
+    config = HarvestConfig(
+        out_dir=str(library), hook_names=[HOOK], tokens=TokenSource(text=[text]), budget=TokenBudget(256, 16, 64)
+    )
+    with one_torch_thread():
+        assert main(["harvest", "--suite", str(suite), "--hook", HOOK, "--out", str(command), *flags]) == 0
+        store, heldout = harvest_stores(config, CheckpointSuite.local(suite))
+    assert heldout is not None and heldout.path.name == "store-heldout" and heldout.n_tokens > 0
+    for folder in ("store", "store-heldout"):
+        shards = sorted(p.name for p in (command.parent / folder).glob("*.safetensors"))
+        assert shards, folder
+        for name in shards:
+            assert (command.parent / folder / name).read_bytes() == (library.parent / folder / name).read_bytes()
+    assert store.manifest["spec"] == type(store).open(command, verify="none").manifest["spec"]
+
+
+def test_a_harvest_reads_the_models_shape_once(suite, text, tmp_path, monkeypatch):
+    reads = []
+    read = ModelShape.read.__func__
+
+    def counted(cls, *args, **kwargs):
+        reads.append(args[0])
+        return read(cls, *args, **kwargs)
+
+    monkeypatch.setattr(ModelShape, "read", classmethod(counted))
+    local = CheckpointSuite.local(suite)
+    config = HarvestConfig(
+        out_dir=str(tmp_path / "store"),
+        hook_names=[HOOK, "blocks.0.mlp.hook_post"],
+        tokens=TokenSource(text=[text]),
+        budget=TokenBudget(128, 16, 32),
+    )
+    harvest_stores(config, local)
+    assert len(reads) == 1 and Path(reads[0]).name == "config.json"
+    shape = local.shape()
+    assert (shape.d_model, shape.n_layers, shape.d_mlp, shape.vocab, shape.n_ctx) == (32, 2, 64, 64, 64)
+    assert shape.hook_width(HOOK) == 32 and shape.hook_width("blocks.0.mlp.hook_post") == 64
+    assert shape.weight_bytes("bfloat16") == 2 * shape.n_params
+    assert local.select(n=2).shape() is shape and len(reads) == 1  # a selection keeps what was read
+
+
+def test_dashboards_stream_reads_the_tokens_harvest_reads(suite, text, tmp_path):
+    """``dashboards --stream`` with harvest's token flags reads the training rows harvest wrote: its
+    database equals the one computed from that store."""
+    import sqlite3
+
+    from trust_fixtures import copy_tree, train
+
+    from crosslens.dashboards import schema
+
+    flags = ["--suite", str(suite), "--text", str(text), "--n-tokens", "256", "--seq-len", "16", "--device", "cpu"]
+    store = tmp_path / "store"
+    with one_torch_thread():
+        assert main(["harvest", "--hook", HOOK, "--out", str(store), *flags]) == 0
+        train(store, tmp_path / "run", architecture="crosscoder")
+    streamed = copy_tree(tmp_path / "run", tmp_path / "streamed")
+    with one_torch_thread():
+        assert main(["dashboards", str(tmp_path / "run"), "--device", "cpu"]) == 0
+        assert main(["dashboards", str(streamed), "--stream", *flags]) == 0
+    databases = [sqlite3.connect(run / schema.DATABASE_NAME) for run in (tmp_path / "run", streamed)]
+    for table in ("features", "feature_snapshots", "contexts", "vocabulary", "snapshots"):
+        first, second = (db.execute(f"SELECT * FROM {table}").fetchall() for db in databases)
+        assert first == second and first, table

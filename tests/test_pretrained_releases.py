@@ -1,0 +1,228 @@
+"""The packaged registry's real releases: listed on a fresh clone, and loaded offline by
+``from_pretrained`` from a fake Hugging Face cache holding tiny repos laid out file for file as the
+real ones, beside tiny models under the real model names; and the bad inputs a user meets there,
+each refused in one line with the fix, before anything is downloaded or cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hf_cache import offline_hf_home_at
+from huggingface_hub import constants, hf_hub_download
+from pretrained_sources import (
+    GEMMA_BASE,
+    dictionary_learning_forward,
+    kissane_forward,
+    write_fake_releases,
+)
+
+import crosslens
+from crosslens.cli import main
+from crosslens.core.errors import CrosslensError, SnapshotMismatchError
+from crosslens.pretrained import register_release, unregister_release
+from crosslens.pretrained.convert import converted_root, source_record
+from crosslens.pretrained.registry import PACKAGED_SOURCE, PretrainedRegistryError, pretrained_directory
+
+KISSANE = "gemma-2-2b-crosscoder-kissane"
+THROUGH_TIME = "pythia-70m-crosscoder-through-time"
+MINDER = "gemma-2-2b-crosscoder-l13-minder"
+MINDER_K100 = "gemma-2-2b-crosscoder-l13-k100-minder"
+MINDER_SAE_LOSS = "gemma-2-2b-crosscoder-l13-k100-sae-loss-minder"
+
+
+@pytest.fixture(scope="module")
+def _release_files(tmp_path_factory):
+    hf_home = tmp_path_factory.mktemp("releases_hf")
+    return hf_home, write_fake_releases(hf_home, tmp_path_factory.mktemp("release_files"))
+
+
+@pytest.fixture
+def fake_releases(_release_files):
+    """The offline cache holding every packaged release and its models; yields the sources' state dicts."""
+    hf_home, states = _release_files
+    with offline_hf_home_at(hf_home):
+        yield states
+
+
+def converted_folders() -> set[str]:
+    root = converted_root()
+    return {p.name for p in root.iterdir() if not p.name.endswith(".lock")} if root.exists() else set()
+
+
+def test_a_fresh_clone_lists_real_releases(capsys, monkeypatch):
+    monkeypatch.delenv("CROSSLENS_PRETRAINED", raising=False)
+    packaged = {name: r for name, r in pretrained_directory().items() if r.source == PACKAGED_SOURCE}
+    assert len(packaged) >= 3
+    for release in packaged.values():
+        assert release.confirmed_by and release.format in ("kissane", "dictionary_learning")
+    assert main(["pretrained", "list"]) == 0
+    out = capsys.readouterr().out
+    for name, repo in (
+        (KISSANE, "ckkissane/crosscoder-gemma-2-2b-model-diff"),
+        (THROUGH_TIME, "tommyp111/pythia-70m-crosscoder-through-time"),
+        (MINDER, "Butanium/gemma-2-2b-crosscoder-l13-mu4.1e-02-lr1e-04"),
+    ):
+        (line,) = [line for line in out.splitlines() if line.startswith(name + " ")]
+        assert repo in line
+    assert "google/gemma-2-2b vs google/gemma-2-2b-it" in out
+    assert main(["pretrained", "show", MINDER]) == 0
+    shown = capsys.readouterr().out
+    assert "format    dictionary_learning" in shown and "licence   none stated by the source" in shown
+    assert "models    google/gemma-2-2b (gemma-2-2b), google/gemma-2-2b-it (gemma-2-2b-it)" in shown
+
+
+@pytest.mark.parametrize("release", [KISSANE, THROUGH_TIME, MINDER, MINDER_K100, MINDER_SAE_LOSS])
+def test_from_pretrained_gives_the_sources_crosscoder_and_its_suite(fake_releases, release):
+    crosscoder, suite = crosslens.from_pretrained(release)
+    lookup = pretrained_directory()[release]
+    entry = next(iter(lookup.entries.values()))
+    assert crosscoder.cfg.architecture() == entry.architecture
+    assert suite.revisions == tuple(lookup.revisions) and len(suite) == crosscoder.cfg.n_snapshots == 2
+    meta = crosscoder.cfg.metadata
+    assert meta.hook_name == entry.hook_name and meta.pretrained_release == release
+    assert [s["revision"] for s in meta.suite["snapshots"]] == lookup.revisions
+    assert all("digest" in s["source"] for s in meta.suite["snapshots"]), "the models' file identities"
+
+    state = fake_releases[release]
+    x = torch.randn(128, 2, 32, generator=torch.Generator().manual_seed(3))
+    if lookup.format == "kissane":
+        if meta.get("activation_norm_factors_unknown"):
+            assert meta.activation_norm_factors_folded is False and meta.get("activation_norm_factors") is None
+        else:
+            assert meta.activation_norm_factors == [1.0066, 1.488]
+        code, recon = kissane_forward(state, x)
+    else:
+        code, recon = dictionary_learning_forward(state, x, code_normalization=entry.code_normalization or "CROSSCODER")
+    torch.testing.assert_close(crosscoder.encode(x), code, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(crosscoder(x), recon, atol=1e-5, rtol=1e-5)
+
+
+def test_suites_read_the_models_as_their_sources_did(fake_releases):
+    _, kissane_suite = crosslens.from_pretrained(KISSANE)
+    _, minder_suite = crosslens.from_pretrained(MINDER)
+    assert kissane_suite.family == minder_suite.family == "models"
+    assert kissane_suite.model_id == "google/gemma-2-2b,google/gemma-2-2b-it"
+    assert minder_suite.processing()["center_writing_weights"] is False  # nnsight's raw residual stream
+    assert kissane_suite.processing()["center_writing_weights"] is True  # TransformerLens's defaults
+    _, pythia = crosslens.from_pretrained(THROUGH_TIME)
+    assert pythia.family == "pythia" and pythia.steps == (100000, 143000)
+
+
+def test_the_card_and_source_record_say_where_it_came_from(fake_releases):
+    from crosslens.pretrained.load import pretrained_folder
+
+    folder = pretrained_folder(KISSANE, "blocks.14.hook_resid_pre")
+    record = source_record(folder)
+    assert record["source"]["repo_id"] == "ckkissane/crosscoder-gemma-2-2b-model-diff"
+    assert record["source"]["path"] == "blocks.14.hook_resid_pre" and record["source"]["format"] == "kissane"
+    assert re.fullmatch(r"[0-9a-f]{40}", record["source"]["revision"])  # the hub commit the files came from
+    for name in ("cfg.json", "cc_weights.pt"):  # the files as the Hugging Face cache holds them, hashed again
+        path = hf_hub_download("ckkissane/crosscoder-gemma-2-2b-model-diff", f"blocks.14.hook_resid_pre/{name}")
+        assert record["source"]["files"][name]["sha256"] == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    card = (folder / "README.md").read_text()
+    assert "Converted from `ckkissane/crosscoder-gemma-2-2b-model-diff`, folder `blocks.14.hook_resid_pre`" in card
+    assert "## Licence" in card and "states no licence" in card and "Gemma Terms of Use" in card
+    assert "measure them on your tokens" in card  # the quirk: scaling factors it did not save
+    assert "| 1 | google/gemma-2-2b-it | main |" in card
+    assert json.loads((folder / "cfg.json").read_text())["metadata"]["license"] is None
+
+
+def test_converted_once(fake_releases, monkeypatch):
+    from crosslens.pretrained import dictionary_learning
+
+    crosslens.from_pretrained(MINDER)
+    before = converted_folders()
+    monkeypatch.setattr(dictionary_learning, "convert", lambda *a, **k: pytest.fail("converted again"))
+    crosscoder, _ = crosslens.from_pretrained(MINDER)
+    assert converted_folders() == before and crosscoder.cfg.d_sae == 48
+
+
+def test_cli_reads_a_release_as_its_crosscoder(fake_releases, capsys):
+    assert main(["analyze", "--crosscoder", f"{MINDER}/blocks.13.hook_resid_post", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "model diffing (gemma-2-2b vs gemma-2-2b-it)" in out and "latent scaling: not measured" in out
+
+
+def test_a_release_whose_models_are_not_cached_is_refused_before_anything_is_fetched(tmp_path, capsys):
+    with offline_hf_home_at(tmp_path / "empty_hf"):
+        before = converted_folders()
+        with pytest.raises(CrosslensError) as info:
+            crosslens.from_pretrained(MINDER)
+        message = str(info.value)
+        assert message.startswith(f"release {MINDER} reads {GEMMA_BASE}@main and 1 more")
+        assert "`hf download google/gemma-2-2b --revision main`" in message and len(message.splitlines()) == 1
+        assert converted_folders() == before
+        assert not list((tmp_path / "empty_hf" / "hub").glob("models--Butanium*"))
+        with pytest.raises(SystemExit) as exit_info:
+            main(["analyze", "--crosscoder", f"{MINDER}/blocks.13.hook_resid_post"])
+        assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "hf download google/gemma-2-2b" in err and err.startswith("crosslens analyze")
+
+
+def test_a_hook_the_models_lack_is_refused(fake_releases):
+    spec = dict(pretrained_directory()[MINDER].raw)
+    spec["saes"] = [{**spec["saes"][0], "id": "deep", "hook_name": "blocks.40.hook_resid_post"}]
+    register_release("too-deep", spec)
+    before = converted_folders()
+    try:
+        with pytest.raises(PretrainedRegistryError, match="names block 40, but the model has blocks 0..15") as info:
+            crosslens.from_pretrained("too-deep")
+        assert len(str(info.value).splitlines()) == 1 and "fix the release's hook_name" in str(info.value)
+    finally:
+        unregister_release("too-deep")
+    assert converted_folders() == before
+
+
+def test_a_repo_in_an_unknown_format_is_refused(fake_releases):
+    from crosslens.pretrained import LocalHubApi
+    from crosslens.pretrained.tensors import UnknownFormatError
+
+    with pytest.raises(PretrainedRegistryError, match="someone/absent is not in the Hugging Face cache .* go online"):
+        crosslens.from_pretrained("someone/absent", "")
+    api = LocalHubApi(constants.HF_HUB_CACHE)
+    api.create_repo("someone/mystery", exist_ok=True)
+    for name, data in (("config.json", b'{"hidden": 3}'), ("weights.bin", b"\0" * 64)):
+        api.upload_file(path_or_fileobj=data, path_in_repo=name, repo_id="someone/mystery")
+    before = converted_folders()
+    with pytest.raises(UnknownFormatError) as info:
+        crosslens.from_pretrained("someone/mystery", "")
+    message = str(info.value)
+    assert message.startswith(
+        "someone/mystery holds no crosscoder in any format crosslens reads (it holds config.json, "
+    )
+    assert "kissane (cfg.json + cc_weights.pt" in message and len(message.splitlines()) == 1
+    register_release("mystery", {**pretrained_directory()[MINDER].raw, "repo_id": "someone/mystery"})
+    try:
+        with pytest.raises(
+            UnknownFormatError, match="the dictionary_learning format .*config.json \\+ model.safetensors"
+        ):
+            crosslens.from_pretrained("mystery")
+    finally:
+        unregister_release("mystery")
+    assert converted_folders() == before
+
+
+def test_models_of_different_architectures_are_refused(fake_releases, capsys):
+    from crosslens.checkpoints import CheckpointSuite
+
+    with pytest.raises(SnapshotMismatchError, match="model EleutherAI/pythia-70m@step143000 differs in architecture"):
+        CheckpointSuite.models([GEMMA_BASE, "EleutherAI/pythia-70m@step143000"])
+    argv = [
+        "harvest",
+        "--models",
+        f"{GEMMA_BASE},EleutherAI/pythia-70m@step143000",
+        "--hook",
+        "blocks.0.hook_resid_post",
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", "never"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "list models that share an architecture" in err
+    assert not Path("never").exists()
