@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     ["report"],
     ["evaluate"],
     ["attribute"],
+    ["explain"],
     ["pretrained", "list"],
     ["pretrained", "show"],
     ["push"],

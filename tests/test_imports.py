@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "exports": 6,  # <- core, crosscoders, activations, training (run seal), dashboards (the database's schema)
     "browser": 6,  # <- core, dashboards (the feature database's schema); stdlib only, no torch
     "live": 6,  # <- checkpoints, crosscoders, activations, dashboards (the readings); the browser is handed it
+    "explain": 6,  # <- core, dashboards (the feature database and the explanations' schema); openai, no torch
     # 7: the application layer: one module per command, its flags generated from config dataclasses
     "cli": 7,
     "__main__": 8,

@@ -24,6 +24,7 @@ NOTEBOOKS = (
     "03_sharing.ipynb",
     "04_browsing.ipynb",
     "05_pretrained.ipynb",
+    "06_explaining.ipynb",
 )
 KERNEL_NAME = "crosslens-tutorial-test"
 CELL_TIMEOUT_S = 600
@@ -235,3 +236,22 @@ def test_pretrained_loads_a_release_and_browses_its_streamed_dashboards(
     assert summary["n_shared_served"] == served.get("shared", 0)
     assert summary["feature_page_class"] in counts and summary["card_licence"] is True
     assert Path(summary["database"]).is_file()
+
+
+def test_explaining_explains_scores_searches_and_exports_offline(
+    tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notebook, out = execute("06_explaining.ipynb", tmp_path, tutorial_env, monkeypatch)
+    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
+    summary = json.loads((out / "06_explaining" / "summary.json").read_text())
+    assert summary["small"] is True and summary["prompt_format"] == "crosslens-explain/1"
+    explained, scored = summary["asked"]
+    assert summary["asked"] == summary["planned"] and explained > 0 and scored > 0  # the dry run counted right
+    assert summary["asked_again"] == 0 and summary["stub_requests"] == explained + scored  # nothing asked twice
+    assert summary["stored"]["explanations"] == explained and summary["stored"]["scores"] == scored
+    assert summary["stored"]["failures"] == 0
+    best = summary["best"][0]
+    assert 0.5 <= best[3] <= 1.0 and best[0] in summary["search_rows"]  # the search finds it by its words
+    assert summary["search_total"] >= 1 and all(0 <= row[2] <= 1 for row in summary["matrix"])
+    assert len(summary["exported"]) == 3  # one explanations file per snapshot's source
+    assert {"modelId", "layer", "index", "description", "typeName"} <= set(summary["exported_row"])

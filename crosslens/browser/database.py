@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crosslens.browser.explained import attach_explanations, find_explanations
 from crosslens.core.errors import CrosslensError
 from crosslens.dashboards import schema
 from crosslens.dashboards.config import DashboardsError
-from crosslens.dashboards.record import database_problem, read_record
+from crosslens.dashboards.explanation_schema import explanations_path
+from crosslens.dashboards.record import database_problem, database_sha256, read_record
 
 FEATURE_CLASSES = ("initialization", "persistent", "transient", "dead")
 """crosslens.analysis's classes, in the order pages list them."""
@@ -124,6 +126,8 @@ class RunFacts:
     vocabulary: list[str] = field(repr=False)
     complete: bool = True
     """False for a database file named explicitly, whose sealed record was not checked."""
+    explained: dict[str, Any] | None = None
+    """The run's explanations (:func:`crosslens.browser.explained.find_explanations`), None without any."""
 
     def token(self, token_id: int) -> str:
         return self.vocabulary[token_id] if 0 <= token_id < len(self.vocabulary) else f"<{token_id}>"
@@ -179,6 +183,13 @@ class Database:
         first = open_database(run_dir, database)
         self.path = database_path(run_dir, database)
         self.facts = read_run_facts(first, self.path, verified=database is None)
+        # -- explanations (crosslens explain): attached to every connection where they belong here
+        beside = explanations_path(self.path).is_file()
+        sealed = database is None and self.run_dir.is_dir()
+        sha = read_record(self.run_dir).get("database_sha256") if sealed else None
+        self.facts.explained = find_explanations(self.path, sha or (database_sha256(self.path) if beside else None))
+        attach_explanations(first, self.facts.explained)
+        # --
         self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._idle.put(first)
 
@@ -188,6 +199,7 @@ class Database:
             connection = self._idle.get_nowait()
         except queue.Empty:
             connection = _connect(self.path)
+            attach_explanations(connection, self.facts.explained)
         try:
             yield connection
         finally:

@@ -23,6 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from crosslens.browser.database import RunFacts, halves, ints
+from crosslens.browser.explained import (
+    EXPLAINED_SORTS,
+    ExplainedQuery,
+    add_explanations,
+    explained_where,
+    parse_explained,
+    sort_column,
+)
 from crosslens.core.errors import CrosslensError
 
 FEATURE_SORTS = (
@@ -109,6 +117,8 @@ class FeatureQuery:
     descending: bool = False
     offset: int = 0
     limit: int = 50
+    explained: ExplainedQuery | None = None
+    """Search and filters over the run's explanations (None: it has none)."""
 
 
 def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int = 50) -> FeatureQuery:
@@ -117,8 +127,9 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
     at = _integer(get("at"), "at") if get("at") else None
     if at is not None and not 0 <= at < facts.n_snapshots:
         raise QueryError(f"at={at}: snapshots are 0 to {facts.n_snapshots - 1}.")
-    sort = get("sort") or "feature"
-    if sort not in FEATURE_SORTS and sort.removeprefix("at_") not in SNAPSHOT_SORTS:
+    explained = parse_explained(params, facts.explained)
+    sort = get("sort") or ("match" if explained and explained.meaning else "feature")
+    if sort not in FEATURE_SORTS + EXPLAINED_SORTS and sort.removeprefix("at_") not in SNAPSHOT_SORTS:
         raise QueryError(
             f"sort={sort}: sort on one of {', '.join(FEATURE_SORTS + tuple('at_' + c for c in SNAPSHOT_SORTS))}."
         )
@@ -149,6 +160,7 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
         descending=get("order") == "desc",
         offset=max(0, _integer(get("offset") or "0", "offset")),
         limit=min(MAX_LIMIT, max(1, limit)),
+        explained=explained,
     )
 
 
@@ -277,8 +289,15 @@ def feature_page(connection: sqlite3.Connection, query: FeatureQuery, facts: Run
     started = time.perf_counter()
     matches = text_matches(connection, query.text) if query.text else None
     source, where, args = _where(query, matches)
+    meanings = None  # -- the explanations' search and filters (crosslens.browser.explained)
+    if query.explained is not None:
+        found = facts.explained or {}
+        source, more, extra, meanings = explained_where(connection, query.explained, found, source, query.sort)
+        where, args = " AND ".join([where, *more]), args | extra
     total = connection.execute(f"SELECT count(*) FROM {source} WHERE {where}", args).fetchone()[0]
-    column = f"fs.{query.sort[3:]}" if query.sort.startswith("at_") else f"f.{query.sort}"
+    column = sort_column(query.sort, query.explained) or (
+        f"fs.{query.sort[3:]}" if query.sort.startswith("at_") else f"f.{query.sort}"
+    )
     order = f"{column} {'DESC' if query.descending else 'ASC'} NULLS LAST" + (
         ", f.feature" if query.sort != "feature" else ""
     )
@@ -290,6 +309,8 @@ def feature_page(connection: sqlite3.Connection, query: FeatureQuery, facts: Run
     rows = [dict(zip(_LIST_COLUMNS, row)) for row in cursor]
     _add_trajectories(connection, rows, query.at)
     _add_snippets(connection, rows, facts, query.at, query.text)
+    if query.explained is not None:
+        add_explanations(connection, rows, meanings)
     search = (
         None
         if matches is None
@@ -301,6 +322,7 @@ def feature_page(connection: sqlite3.Connection, query: FeatureQuery, facts: Run
         "limit": query.limit,
         "rows": rows,
         "search": search,
+        "meaning": None if meanings is None else {"features": len(meanings.ranked)},
         "ms": round(1000 * (time.perf_counter() - started), 1),
     }
 

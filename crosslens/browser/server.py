@@ -17,6 +17,8 @@ JSON API (every error is ``{"error": "one line"}`` with status 400 or 404):
 * ``/api/feature/ID/contexts[?snapshot=S]``: its top and quantile contexts at every reading, or at S;
 * ``/api/live/...``: your own text and steering at every snapshot (:mod:`crosslens.browser.live`),
   answered by the live backend handed to :func:`make_server`.
+* ``/api/feature/ID/explanations``: its explanations per phase, their scores and its drift
+  (:mod:`crosslens.browser.explained`; the list's ``meaning``, ``drifted`` and ``min_detection`` search them).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from crosslens.browser.config import DEFAULT_PORT, HOST, BrowseConfig
 from crosslens.browser.database import Database
+from crosslens.browser.explained import EXPLAINED_SORTS, ExplainedQueryError, feature_explanations
 from crosslens.browser.feature import (
     NoSuchFeature,
     checked_feature,
@@ -140,6 +143,8 @@ class BrowserServer(ThreadingHTTPServer):
             "report": self.report.is_file(),
             "page_size": self.config.page_size,
             "live": self.live is not None,
+            "explained": facts.explained,  # crosslens explain's explanations (None: none)
+            "explained_sorts": list(EXPLAINED_SORTS),
         }
 
 
@@ -158,6 +163,7 @@ class BrowserHandler(BaseHTTPRequestHandler):
         (re.compile(r"/api/feature/([^/]+)"), "_api_feature"),
         (re.compile(r"/api/feature/([^/]+)/contexts"), "_api_contexts"),
         (re.compile(r"/api/live/.*"), "_api_live"),
+        (re.compile(r"/api/feature/([^/]+)/explanations"), "_api_explanations"),
         (re.compile(r"/feature/(\d+)/?"), "_feature_page"),
         (re.compile(r"/static/([\w.-]+)"), "_static"),
         (re.compile(r"/report"), "_report"),
@@ -180,8 +186,8 @@ class BrowserHandler(BaseHTTPRequestHandler):
             if match:
                 try:
                     return getattr(self, name)(*match.groups())
-                except (QueryError, NoSuchFeature) as error:
-                    status = HTTPStatus.NOT_FOUND if isinstance(error, NoSuchFeature) else HTTPStatus.BAD_REQUEST
+                except (QueryError, ExplainedQueryError, NoSuchFeature) as error:
+                    status = HTTPStatus.NOT_FOUND if isinstance(error, LookupError) else HTTPStatus.BAD_REQUEST
                     return self._json({"error": str(error.args[0])}, status)
                 except Exception as error:  # noqa: BLE001 - answered, so the page can say it and the server goes on
                     self.log_error("%s failed: %r", url.path, error)
@@ -222,6 +228,11 @@ class BrowserHandler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         status, payload = live_answer(self.server.live, self.server.database, path, self.params)
         self._json(payload, status)
+
+    def _api_explanations(self, feature: str) -> None:
+        with self.server.database.connection() as connection:
+            facts = self.server.database.facts
+            self._json(feature_explanations(connection, checked_feature(feature, facts), facts.explained))
 
     # ----------------------------------------------------------------- pages and files
     def _feature_page(self, feature: str) -> None:

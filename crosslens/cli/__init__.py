@@ -7,7 +7,7 @@ themselves: the docstring under a field is its ``--help``, its default is writte
 :mod:`~crosslens.cli.harvest`, :mod:`~crosslens.cli.train` (``--stream`` too),
 :mod:`~crosslens.cli.evaluate`, :mod:`~crosslens.cli.analyze`, :mod:`~crosslens.cli.report`,
 :mod:`~crosslens.cli.attribute`, :mod:`~crosslens.cli.dashboards`, :mod:`~crosslens.cli.browse`,
-:mod:`~crosslens.cli.export`, :mod:`~crosslens.cli.plan` and :mod:`~crosslens.cli.pretrained`
+:mod:`~crosslens.cli.explain`, :mod:`~crosslens.cli.export`, :mod:`~crosslens.cli.plan` and :mod:`~crosslens.cli.pretrained`
 (list, show, push). What several commands share is in a few modules: :mod:`~crosslens.cli.flags`
 (flags from dataclasses), :mod:`~crosslens.cli.options` (flag groups), :mod:`~crosslens.cli.common`
 (the CLIError, suites, recipes, a harvest's settings, devices, torchrun jobs),
@@ -47,6 +47,7 @@ from crosslens.cli import (
     dashboards,
     demo,
     evaluate,
+    explain,
     export,
     harvest,
     plan,
@@ -84,6 +85,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     attribute.COMMAND,
     dashboards.COMMAND,
     browse.COMMAND,
+    explain.COMMAND,
     export.COMMAND,
     plan.COMMAND,
     pretrained.LIST,

@@ -11,6 +11,8 @@ named ``MODEL@REVISION`` (``pythia-160m@step1000``). Layout of ``OUT``::
         batch-0.json                      NeuronpediaRunner leaves its outputs_dir:
         batch-1.json ...                  features 0-127, 128-255, ... (--features-per-batch)
         skipped_indexes.json              {model_id, layer, sae_set, log_sparsity, skipped_indexes}
+        explanations/batch-0.jsonl ...    the run's explanations (crosslens explain), where it has any:
+                                          Neuronpedia's Explanation rows (crosslens.exports.neuronpedia_explanations)
 
 Each ``batch-N.json`` is ``NeuronpediaDashboardBatch.to_dict()`` of SAEDashboard 0.8.0
 (``sae_dashboard/neuronpedia/neuronpedia_dashboard.py``, filled by
@@ -54,6 +56,7 @@ import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one t
 from crosslens.core.metadata import metadata_value
 from crosslens.core.model_specs import snapshot_model
 from crosslens.exports.config import ExportError
+from crosslens.exports.neuronpedia_explanations import attach_run_explanations, write_explanations
 from crosslens.exports.run import ExportContext, SnapshotRef
 
 SAEDASHBOARD_VERSION = "0.8.0"
@@ -79,6 +82,8 @@ def write_export(context: ExportContext, out: Path) -> dict[str, Any]:
     vocabulary = read_vocabulary(context)
     edges = np.asarray(context.meta("histogram_edges") or [], dtype=np.float64)
     d_sae, per_batch = int(context.crosscoder.cfg.d_sae), int(context.config.features_per_batch)
+    assert context.database is not None
+    explained = attach_run_explanations(context.database, context.run_dir)
     sources = []
     for ref in context.snapshots:
         model_id = snapshot_model_id(context, ref.index, settings["model_id"])
@@ -104,14 +109,15 @@ def write_export(context: ExportContext, out: Path) -> dict[str, Any]:
         }
         write_compact(out / name / "skipped_indexes.json", skipped)
         source_id = f"{settings['layer']}-{settings['sae_set']}__{ref.label}"
-        sources.append(
-            {
-                "snapshot": ref.label,
-                "folder": name,
-                "neuronpedia_model_id": model_id,
-                "neuronpedia_source_id": source_id,
-            }
-        )
+        source = {
+            "snapshot": ref.label,
+            "folder": name,
+            "neuronpedia_model_id": model_id,
+            "neuronpedia_source_id": source_id,
+        }
+        if explained:  # crosslens explain's explanations, as Neuronpedia's dataset export lays them out
+            source["explanations"] = write_explanations(context.database, out / name, model_id, source_id, ref.index)
+        sources.append(source)
     return {
         "neuronpedia": {
             "saedashboard_version": SAEDASHBOARD_VERSION,

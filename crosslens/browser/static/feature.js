@@ -336,6 +336,7 @@ async function showFeature(feature, requested) {
     detail = found;
     document.getElementById("feature-content").hidden = false;
     renderFacts(run);
+    Explained.show(feature); // explained.js: its explanations per phase, when the run has them
     renderLogits(run);
     syncSwitcher(run);
     keepContexts(feature, await requests.contexts, [requests.reading]);

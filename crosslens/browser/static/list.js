@@ -3,17 +3,18 @@
 "use strict";
 
 const FIELDS = ["q", "ids", "class", "emerged_from", "emerged_to", "at", "state", "task", "relie_class",
-  "min_relevance", "sort", "order", "offset", "limit"];
-const TEXT_FIELDS = ["q", "ids", "min_relevance"];
+  "min_relevance", "sort", "order", "offset", "limit", "meaning", "drifted", "min_detection"];
+const TEXT_FIELDS = ["q", "ids", "min_relevance", "meaning", "min_detection"];
 const SORT_LABELS = {
   feature: "feature id", emergence_step: "emergence step", peak_step: "peak step", fade_step: "fade step",
   dip_step: "dip step", peak_decoder_norm: "peak decoder norm", density: "density", mean_activation: "mean activation",
   max_activation: "max activation", relevance: "largest |IE|", at_decoder_norm: "decoder norm at snapshot",
   at_relative_norm: "norm / peak at snapshot", at_density: "density at snapshot",
   at_mean_activation: "mean activation at snapshot", at_max_activation: "max activation at snapshot",
+  match: "best match to the meaning", detection: "detection score", drift: "drift between phases",
 };
 // Ascending first for ids and steps (earliest first), descending for the metrics (largest first).
-const ASCENDING_FIRST = new Set(["feature", "emergence_step", "peak_step", "fade_step", "dip_step"]);
+const ASCENDING_FIRST = new Set(["feature", "emergence_step", "peak_step", "fade_step", "dip_step", "match"]);
 
 let state = {};
 let requestCounter = 0;
@@ -76,10 +77,12 @@ function buildControls(run) {
     const relie = document.getElementById("relie_class");
     for (const name of run.relie_classes) relie.append(option(name, name));
   }
+  Explained.buildControls(run); // explained.js: the search by meaning, when the run has explanations
 }
 
 function showState() {
-  for (const key of ["q", "ids", "emerged_from", "emerged_to", "at", "state", "task", "relie_class", "min_relevance", "sort", "limit"]) {
+  for (const key of ["q", "ids", "emerged_from", "emerged_to", "at", "state", "task", "relie_class", "min_relevance", "sort", "limit",
+    "meaning", "min_detection"]) {
     const control = document.getElementById(key);
     if (control) control.value = state[key] || (key === "sort" ? "feature" : "");
   }
@@ -89,10 +92,12 @@ function showState() {
   document.getElementById("state").disabled = !hasAt;
   for (const opt of document.querySelectorAll("#sort option")) opt.disabled = opt.value.startsWith("at_") && !hasAt;
   document.getElementById("order").textContent = state.order === "desc" ? "descending" : "ascending";
+  Explained.showState(state);
 }
 
 function change(updates, { keepOffset = false } = {}) {
   Object.assign(state, updates);
+  Explained.adjust(state, updates);
   if (!state.at) {
     delete state.state;
     if ((state.sort || "").startsWith("at_")) delete state.sort;
@@ -160,12 +165,14 @@ function columns(run, at) {
       { key: "at.max_activation", label: `max act at ${label}`, sort: "at_max_activation", at: true },
     );
   }
+  cols.push(...Explained.columns());
   cols.push({ key: "norms", label: "norm over training", text: true },
     { key: "snippet", label: at === null ? "top context (crosscoder code)" : `top context at ${run.snapshots[at].label}`, text: true });
   return cols;
 }
 
 function cell(row, col, at) {
+  if (col.render) return col.render(row);
   if (col.key === "feature") {
     const href = `/feature/${row.feature}` + (at !== null ? `?snapshot=${at}` : "");
     return CL.el("td", { class: "id" }, CL.el("a", { href, text: `#${row.feature}` }));
@@ -205,6 +212,7 @@ function render(page, run) {
   const first = page.total ? page.offset + 1 : 0;
   const last = page.offset + page.rows.length;
   let summary = `${page.total.toLocaleString("en-US")} of ${run.n_features.toLocaleString("en-US")} features`;
+  if (page.meaning) summary += " whose explanations match, best first";
   if (page.search && !page.search.complete) summary += " (partial: a 1-2 character string is scanned for a moment; type 3 or more to search every feature)";
   document.getElementById("summary").textContent = summary;
   document.getElementById("timing").textContent = `${page.ms} ms in the database`;

@@ -1,0 +1,331 @@
+"""``crosslens explain``: the prompt format and the formulas, then the whole path against a stand-in
+OpenAI-compatible endpoint of the standard library (:class:`crosslens.explain.StubEndpoint`, driven
+through the real ``openai`` client) that answers deterministically and misbehaves on demand:
+explaining, scoring, drift, resuming, faults, bad input, the key's secrecy.
+
+The feature database is planted (tests/explain_fixtures.py): features reading known words, one
+whose meaning drifts, one too dense to score, one dead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from explain_fixtures import CAT, DEAD, DENSE, DRIFTER, N_SNAPSHOTS, WINDOW, rows, write_planted_database
+
+from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME
+from crosslens.explain import ExplainConfig, StubEndpoint, dry_run, explain_run
+from crosslens.explain.contexts import FeatureContexts, held_out_passages, plan_feature, silent_stretches
+from crosslens.explain.prompts import (
+    PROMPT_FORMAT,
+    AnswerError,
+    Window,
+    explain_messages,
+    parse_explanation,
+    parse_judgements,
+)
+from crosslens.explain.run import Explainer, Work
+from crosslens.explain.scoring import DriftRule, balanced_accuracy, detection, feature_drift
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "stub-model"
+
+
+def config(stub: StubEndpoint | None = None, **kwargs) -> ExplainConfig:
+    settings = {"progress": False, "backoff": 0.01, "deadline": 5.0}
+    if stub is not None:
+        settings |= {"endpoint": stub.url, "model": MODEL}
+    return ExplainConfig(**(settings | kwargs))
+
+
+@pytest.fixture
+def run(tmp_path) -> Path:
+    write_planted_database(tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def stub():
+    with StubEndpoint(model=MODEL) as endpoint:
+        yield endpoint
+
+
+def content(run: Path) -> dict[str, list]:
+    """Everything the explanations file holds but its meta's endpoint (which names the stub's port)."""
+    tables = ("explanations", "phases", "scores", "feature_scores", "failures")
+    return {t: rows(run, f"SELECT * FROM {t} ORDER BY 1, 2") for t in tables}
+
+
+# --------------------------------------------------------------------------- the prompt format
+def test_explain_prompt_marks_the_strongest_tokens_and_lists_their_strength():
+    windows = [
+        Window((" the", " big", " cat", " sat"), (0.0, 2.0, 4.0, 1.0)),  # 1.0 < 0.3 x 4: unmarked
+        Window((" a", "\n", " dog"), (0.0, 0.0, 2.0)),
+    ]
+    system, user = explain_messages(windows)
+    assert system["role"] == "system" and "Explanation:" in system["content"]
+    lines = user["content"].splitlines()
+    assert lines[2] == "Passage 1:  the<< big cat>> sat"  # neighbours share one pair
+    assert lines[3] == 'Strengths: " big" 5, " cat" 10'  # on the scale of the largest shown, 4.0
+    assert lines[4] == "Passage 2:  a\\n<< dog>>"  # a line break written as an escape
+    assert lines[5] == 'Strengths: " dog" 5'
+
+
+def test_answers_are_read_strictly():
+    assert parse_explanation("thinking...\nExplanation: the token dog.") == "the token dog"
+    assert parse_explanation('[EXPLANATION]: "Names of months"') == "Names of months"
+    assert parse_explanation('**Explanation:** the text "cat"') == 'the text "cat"'
+    for bad in (
+        "I am not sure.",
+        "",
+        None,
+        "Explanation: Explanation could not be parsed.",
+        "Explanation: " + "x" * 500,
+    ):
+        with pytest.raises(AnswerError):
+            parse_explanation(bad)
+    assert parse_judgements("[0, 1]\nso: [1, 0, true]", 3) == [True, False, True]
+    for bad in ("[1, 0]", "[1, 2, 0]", "no list", "[1, 0, 1"):
+        with pytest.raises(AnswerError):
+            parse_judgements(bad, 3)
+
+
+def test_balanced_accuracy_and_drift():
+    assert balanced_accuracy(3, 4, 1, 2) == pytest.approx((0.75 + 0.5) / 2)
+    counts = detection([True, True, False, False, True], [True, False, False, None, None])
+    assert (counts.true_positives, counts.n_activating, counts.true_negatives, counts.n_non_activating) == (1, 2, 1, 1)
+    rule = DriftRule(min_score=0.7, min_drop=0.2)
+    held = [("crosslens", 0, 0, 0.9), ("crosslens", 0, 3, 0.85), ("crosslens", 3, 3, 0.95), ("crosslens", 3, 0, 0.8)]
+    assert feature_drift(held, {0, 3}, rule).flagged is False
+    moved = [("crosslens", 0, 0, 1.0), ("crosslens", 0, 3, 0.5), ("crosslens", 3, 3, 0.6), ("crosslens", 3, 0, 0.1)]
+    found = feature_drift(moved, {0, 3}, rule)
+    assert (found.drift, found.explained, found.scored_on, found.flagged) == (0.5, 0, 3, True)  # 3's own 0.6 < 0.7
+    assert feature_drift(moved, {0}, rule) is None  # no other life reading
+
+
+def test_held_out_contexts_are_verified_and_split_from_the_shown_ones(run):
+    from crosslens.dashboards.record import open_database
+
+    db = open_database(run)
+    contexts = FeatureContexts(db)
+    plan = plan_feature(contexts, DRIFTER, 0, 1, ("code", "emergence", "peak", "last"))
+    assert [(p.phase, p.snapshot, p.explained) for p in plan.phases] == [
+        ("code", -1, -1),
+        ("emergence", 0, 0),
+        ("peak", 1, 1),
+        ("last", N_SNAPSHOTS - 1, N_SNAPSHOTS - 1),
+    ]
+    reading = plan.readings[N_SNAPSHOTS - 1]
+    assert [c.rank for c in reading.shown] == [0, 2, 4] and {c.kind for c in reading.shown} == {"top"}
+    judged = held_out_passages(reading, WINDOW, 10, 0, DRIFTER)
+    assert judged.n_activating == 5 and judged.n_non_activating == 5  # 3 odd top + 2 quantile; as many silent
+    assert all(("dog" in p) == label for p, label in zip(judged.passages, judged.activating))
+    assert judged == held_out_passages(reading, WINDOW, 10, 0, DRIFTER)  # seeded: the same every time
+    window = reading.contexts[0].window
+    assert silent_stretches(window, WINDOW) == [(0, WINDOW), (WINDOW + 1, 2 * WINDOW + 1)]
+    dense = plan_feature(contexts, DENSE, 1, 2, ("last",))
+    assert held_out_passages(dense.readings[N_SNAPSHOTS - 1], WINDOW, 10, 0, DENSE) is None  # never silent
+    same = plan_feature(contexts, CAT, 2, 2, ("emergence", "peak"))  # emergence and peak at one snapshot
+    assert [(p.phase, p.explained) for p in same.phases] == [("emergence", 2), ("peak", 2)]
+    db.close()
+
+
+def test_passages_are_cut_shorter_where_a_feature_fires_on_many_tokens():
+    from crosslens.explain.contexts import Context, Reading
+
+    def context(rank: int) -> Context:  # fires on 3 neighbouring tokens: 3 silent ones each side
+        tokens = tuple(f"<t{rank}{k}>" for k in range(9))
+        return Context("top", rank, rank, 10, 4, Window(tokens, (0, 0, 0, 1.0, 2.0, 1.0, 0, 0, 0)))
+
+    reading = Reading(0, [context(rank) for rank in range(8)])
+    judged = held_out_passages(reading, 4, 10, 0, 7)  # no silent stretch of 4: cut to 3 tokens
+    assert judged.n_activating == 4 and judged.n_non_activating == 4
+    assert {p.count("<t") for p in judged.passages} == {3}
+    dense = Reading(0, [Context("top", r, r, 10, 4, Window(("a",) * 9, (1.0,) * 9)) for r in range(4)])
+    assert held_out_passages(dense, 4, 10, 0, 7) is None
+
+
+# --------------------------------------------------------------------------- the whole path
+def test_every_feature_is_explained_scored_and_its_drift_flagged(run, stub):
+    planned = dry_run(run, config())
+    assert stub.requests == 0  # a dry run sends nothing
+    summary = explain_run(run, config(stub))
+    assert (summary.explain_requests, summary.score_requests) == (planned.explain_requests, planned.score_requests)
+    assert (
+        stub.requests
+        == planned.explain_requests + planned.score_requests
+        == summary.explain_requests + summary.score_requests
+    )
+    assert summary.traffic.prompt_tokens > 0 and summary.traffic.failed == 0
+
+    texts = dict(((f, s), t) for f, s, t in rows(run, "SELECT feature, snapshot, text FROM explanations"))
+    assert {s for f, s in texts if f == CAT} == {-1, 1, 2, N_SNAPSHOTS - 1}
+    assert all(t == 'the text "cat"' for (f, _), t in texts.items() if f == CAT)
+    assert texts[(DRIFTER, 0)] == 'the text "cat"' and texts[(DRIFTER, N_SNAPSHOTS - 1)] == 'the text "dog"'
+    assert not [f for f, _ in texts if f == DEAD]
+    assert {prompt for (prompt,) in rows(run, "SELECT DISTINCT prompt FROM explanations")} == {PROMPT_FORMAT}
+    meta = dict(rows(run, "SELECT key, value FROM meta"))
+    assert json.loads(meta["prompt_format"]) == PROMPT_FORMAT
+
+    scores = {
+        (f, s, on): value
+        for f, s, on, value in rows(
+            run,
+            "SELECT e.feature, e.snapshot, s.scored_on, s.balanced_accuracy FROM scores s JOIN explanations e ON e.id = s.explanation",
+        )
+    }
+    assert all(v == 1.0 for (f, _, _), v in scores.items() if f == CAT)  # it reads " cat" everywhere
+    last = N_SNAPSHOTS - 1
+    assert scores[(DRIFTER, 0, 0)] == 1.0 and scores[(DRIFTER, 0, last)] == 0.5  # "cat" fails on the "dog" contexts
+    assert scores[(DRIFTER, last, last)] == 1.0 and scores[(DRIFTER, last, 0)] == 0.5
+    assert (DRIFTER, -1, 0) not in scores  # the code's explanation is scored on its own reading only
+    assert (
+        not [key for key in scores if key[0] == DENSE] and summary.unscorable == 10
+    )  # never silent: 4 explanations, 1 + 3 x 3 scores not asked
+    flagged = rows(run, "SELECT feature, drift, explained, scored_on FROM feature_scores WHERE flagged = 1")
+    assert flagged == [(DRIFTER, 0.5, 0, last)]
+
+    again = explain_run(run, config(stub))  # everything stored: nothing is asked again
+    assert again.explain_requests == again.score_requests == 0
+    assert stub.requests == summary.explain_requests + summary.score_requests
+
+
+def test_the_same_answers_give_the_same_bytes_whatever_their_order(tmp_path, stub):
+    files = []
+    for concurrency in (1, 6):
+        run = write_planted_database(tmp_path / f"run{concurrency}").parent
+        explain_run(run, config(stub, concurrency=concurrency))
+        files.append((run / EXPLANATIONS_NAME).read_bytes())
+        assert not (run / (EXPLANATIONS_NAME + "-wal")).exists()  # a finished run leaves one file
+    assert hashlib.sha256(files[0]).hexdigest() == hashlib.sha256(files[1]).hexdigest()
+
+
+def test_a_misbehaving_endpoint_is_retried_and_unreadable_answers_asked_again(run, stub, tmp_path):
+    clean_run = write_planted_database(tmp_path / "clean").parent
+    with StubEndpoint(model=MODEL) as clean:
+        explain_run(clean_run, config(clean, concurrency=1))
+    stub.slow_seconds = 1.0
+    stub.fail_next("429", "500", "malformed", "slow", "empty", "429")
+    summary = explain_run(run, config(stub, concurrency=1, deadline=0.3))
+    assert (
+        summary.traffic.retried == 5 and summary.traffic.failed == 0
+    )  # 429, 500, malformed, slow, 429 retried; "empty" asked again
+    assert [e["fault"] for e in stub.log[:7]] == ["429", "500", "malformed", "slow", "empty", "429", None]
+    assert content(run) == content(clean_run)  # nothing lost, nothing stored from a bad answer
+
+    # an answer that cannot be read twice in a row: recorded as failed, never stored; asked again next run
+    rerun = write_planted_database(tmp_path / "again").parent
+    stub.fail_next("garbled", "garbled")
+    explain_run(rerun, config(stub, concurrency=1))
+    failures = rows(rerun, "SELECT feature, snapshot, kind, attempts, error FROM failures")
+    assert len(failures) == 1 and failures[0][2] == "explain" and "no 'Explanation:' line" in failures[0][4]
+    feature, snapshot = failures[0][:2]
+    assert not rows(rerun, "SELECT 1 FROM explanations WHERE feature = ? AND snapshot = ?", (feature, snapshot))
+    before = stub.requests
+    explain_run(rerun, config(stub))
+    assert rows(rerun, "SELECT count(*) FROM failures") == [(0,)]
+    assert stub.requests - before >= 2  # the explanation and its scores
+    assert content(rerun) == content(clean_run)
+
+
+def test_retries_give_up_and_the_run_goes_on(run, stub):
+    stub.fail_next("500", "500", "500")
+    summary = explain_run(run, config(stub, concurrency=1, retries=2))
+    assert summary.traffic.failed == 1 and summary.traffic.retried == 2
+    (failure,) = rows(run, "SELECT kind, attempts, error FROM failures")
+    assert failure[0] == "explain" and "after 3 tries: 500" in failure[2]
+
+
+# --------------------------------------------------------------------------- Ctrl-C, kill, resume
+def cli(args: list[str], env: dict | None = None, **kwargs) -> subprocess.Popen:
+    environment = os.environ | {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"} | (env or {})
+    return subprocess.Popen(
+        [sys.executable, "-m", "crosslens", *args],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def stored_digests(run: Path) -> Counter:
+    """The digests of the requests whose answers the explanations file holds: the stub's digest of
+    the messages crosslens sends for each stored explanation and score (two works may send the same
+    messages: an explanation of the same text, judged on the same contexts)."""
+    explainer = Explainer(run, config())
+    found: Counter = Counter()
+    lives = {
+        f: (e, p)
+        for f, e, p in explainer.database.execute("SELECT feature, emergence_snapshot, peak_snapshot FROM features")
+    }
+    stored = {(f, s): (i, t) for f, s, i, t in rows(run, "SELECT feature, snapshot, id, text FROM explanations")}
+    scored = rows(
+        run, "SELECT e.feature, e.snapshot, s.scored_on FROM scores s JOIN explanations e ON e.id = s.explanation"
+    )
+    for feature in {f for f, _ in stored}:
+        plan = plan_feature(explainer.contexts, feature, *lives[feature], explainer.config.phases)
+        works = [Work("explain", plan, s) for (f, s) in stored if f == feature]
+        works += [
+            Work("score", plan, s, "crosslens", on, stored[(f, s)], explainer.judged(plan, on))
+            for f, s, on in scored
+            if f == feature
+        ]
+        for work in works:
+            text = json.dumps(explainer.messages(work), sort_keys=True)
+            found[hashlib.sha256(text.encode()).hexdigest()] += 1
+    explainer.close()
+    return found
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL])
+def test_a_stopped_run_resumed_asks_nothing_twice(tmp_path, stop):
+    clean_run = write_planted_database(tmp_path / "clean").parent
+    with StubEndpoint(model=MODEL) as clean:
+        explain_run(clean_run, config(clean))
+        total, everything = clean.requests, Counter(clean.digests())
+    run = write_planted_database(tmp_path / "run").parent
+    with StubEndpoint(model=MODEL, delay=0.05) as stub:
+        args = ["explain", str(run), "--endpoint", stub.url, "--model", MODEL, "--concurrency", "3"]
+        process = cli(args)
+        deadline = time.monotonic() + 60
+        while stub.requests < total // 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(stop)
+        _, err = process.communicate(timeout=60)
+        if stop == signal.SIGINT:
+            assert process.returncode == 130 and "interrupted:" in err and "run the same command" in err, err
+            assert "Traceback" not in err
+        time.sleep(0.2)  # the answers in flight land (and are thrown away)
+        first = len(stub.digests())
+        stored = stored_digests(run)
+        assert 0 < sum(stored.values()) < total
+        stub.delay = 0.0
+        process = cli(args)
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        second = Counter(stub.digests()[first:])
+    # the resumed run asks exactly what is not stored: each missing request once, nothing stored again
+    assert second == everything - stored
+    assert content(run) == content(clean_run)
+
+
+def test_explain_runs_where_an_event_loop_already_runs(run, stub):
+    """A Jupyter kernel runs an event loop in the thread that runs a cell: explain_run goes on in a
+    thread of its own there."""
+    import asyncio
+
+    async def cell():
+        return explain_run(run, config(stub, max_features=2))
+
+    summary = asyncio.run(cell())
+    assert summary.explain_requests > 0 and summary.stored["explanations"] == summary.explain_requests

@@ -1,0 +1,274 @@
+"""``crosslens explain`` from the command line: bad input answered in one line naming the fix with
+nothing stored lost, the key kept off disk, logs and messages, ``--dry-run``, and explanations
+imported from delphi's output and Neuronpedia's export."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from explain_fixtures import CAT, DRIFTER, N_SNAPSHOTS, rows, write_planted_database
+
+from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME
+from crosslens.dashboards.record import write_record
+from crosslens.explain import StubEndpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "stub-model"
+KEY = "sk-test-0123456789abcdefSECRET"
+HOOK = "blocks.0.hook_resid_post"
+
+
+def crosslens(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    environment |= {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "crosslens", *args], env=environment, capture_output=True, text=True, timeout=300
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("crosslens explain: error: "), result.stderr
+    return lines[0]
+
+
+def sha(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def explained(tmp_path) -> Path:
+    """A planted run explained once (features CAT and DRIFTER)."""
+    run = write_planted_database(tmp_path / "run").parent
+    with StubEndpoint(model=MODEL) as stub:
+        result = crosslens(
+            "explain", str(run), "--endpoint", stub.url, "--model", MODEL, "--features", f"{CAT},{DRIFTER}"
+        )
+    assert result.returncode == 0, result.stderr
+    assert "holds 8 explanations of 2 features" in result.stdout and "1 features whose meaning drifted" in result.stdout
+    return run
+
+
+def test_bad_input_is_one_line_naming_the_fix_and_loses_nothing(explained, tmp_path):
+    stored = explained / EXPLANATIONS_NAME
+    before = sha(stored)
+    with StubEndpoint(model=MODEL, key=KEY) as stub:
+        url = stub.url
+        cases = [
+            (
+                ["--endpoint", f"http://127.0.0.1:{free_port()}/v1", "--model", MODEL],
+                {},
+                "cannot reach",
+                "start the server",
+            ),
+            (
+                ["--endpoint", url, "--model", MODEL],
+                {"OPENAI_API_KEY": "sk-wrong-key-1234567890"},
+                "refused the key",
+                "set OPENAI_API_KEY",
+            ),
+            (["--endpoint", url, "--model", MODEL], {}, "which is not set", "set OPENAI_API_KEY"),
+            (
+                ["--endpoint", url, "--model", "no-such-model"],
+                {"OPENAI_API_KEY": KEY},
+                "does not serve model 'no-such-model'",
+                MODEL,
+            ),
+            (["--model", MODEL], {}, "needs --endpoint URL", "--dry-run"),
+            (["--import", str(tmp_path)], {}, "neither a delphi run's output", "pass one of those"),
+            (["--phases", "code,middle"], {}, "--phases code,middle", "pick from code,emergence,peak,last"),
+            (["--features", "3,99", "--dry-run"], {}, "--features names feature 99", "0 to 9"),
+        ]
+        for flags, env, what, fix in cases:
+            line = one_line_error(crosslens("explain", str(explained), *flags, env=env))
+            assert what in line and fix in line, line
+            assert KEY not in line and "sk-wrong-key-1234567890" not in line
+        assert stub.requests == 0  # every refusal came before a paid request
+    assert sha(stored) == before  # nothing stored was touched
+
+    line = one_line_error(crosslens("explain", str(tmp_path / "nowhere"), "--dry-run"))
+    assert "has no feature database" in line and "crosslens dashboards" in line
+    earlier = write_planted_database(tmp_path / "earlier").parent
+    write_record(earlier, partners={"run": "0" * 64}, settings={}, n_tokens=4096)  # computed for another training
+    line = one_line_error(crosslens("explain", str(earlier), "--dry-run"))
+    assert "computed for an earlier run" in line and "--overwrite" in line
+
+    write_planted_database(explained, seed=1)  # crosslens dashboards rebuilt: other contexts
+    with StubEndpoint(model=MODEL) as stub:
+        line = one_line_error(crosslens("explain", str(explained), "--endpoint", stub.url, "--model", MODEL))
+    assert "another feature database" in line and "move it aside" in line and "--overwrite" in line
+    assert sha(stored) == before
+
+
+def test_the_key_reaches_no_file_log_or_message(tmp_path):
+    run = write_planted_database(tmp_path / "run").parent
+    env = {"CROSSLENS_KEY": KEY}
+    with StubEndpoint(model=MODEL, key=KEY) as stub:
+        stub.fail_next("401")  # the endpoint turns the key down mid-run, repeating it in its refusal
+        args = ("explain", str(run), "--endpoint", stub.url, "--model", MODEL, "--api-key-env", "CROSSLENS_KEY")
+        refused = crosslens(*args, env=env)
+        done = crosslens(*args, env=env)
+        wrong = crosslens(*args, env={"CROSSLENS_KEY": KEY[::-1]})
+        passed_as_name = crosslens(*args[:-1], KEY, env=env)
+    line = one_line_error(refused)
+    assert "refused the key in $CROSSLENS_KEY" in line and "Incorrect API key provided: ***" in line
+    assert done.returncode == 0, done.stderr
+    assert "Incorrect API key provided: ***" in one_line_error(wrong)
+    assert "not the key itself" in one_line_error(passed_as_name)
+    texts = [r.stdout + r.stderr for r in (refused, done, wrong, passed_as_name)]
+    files = [p.read_bytes() for p in run.rglob("*") if p.is_file()]
+    for secret in (KEY, KEY[::-1]):
+        pieces = {secret[k : k + 8] for k in range(len(secret) - 7)}
+        assert not [t for t in texts if any(piece in t for piece in pieces)]
+        assert not [f for f in files if secret.encode() in f]
+    assert rows(run, "SELECT count(*) FROM explanations")[0][0] > 0
+
+
+def test_dry_run_counts_what_a_run_sends_and_sends_nothing(tmp_path):
+    run = write_planted_database(tmp_path / "run").parent
+    with StubEndpoint(model=MODEL) as stub:
+        planned = crosslens("explain", str(run), "--dry-run", "--endpoint", stub.url, "--model", MODEL)
+        assert planned.returncode == 0 and stub.requests == 0, planned.stderr
+        assert "dry run: 9 features need 116 requests (36 explanations, 80 detection scores)" in planned.stdout
+        assert "nothing was sent" in planned.stdout and not (run / EXPLANATIONS_NAME).exists()
+        done = crosslens("explain", str(run), "--endpoint", stub.url, "--model", MODEL, "--max-features", "4")
+        assert done.returncode == 0 and stub.requests > 0
+        sent = stub.requests
+    remaining = crosslens("explain", str(run), "--dry-run")
+    assert remaining.returncode == 0
+    left = int(remaining.stdout.split(" requests (")[0].rsplit(" ", 1)[1])
+    assert left == 116 - sent and "already stored, not asked again" in remaining.stdout
+
+
+# --------------------------------------------------------------------------- imports
+def delphi_results(folder: Path, entries: dict[str, object], scores: dict[str, list] | None = None) -> Path:
+    """A delphi run's output as its __main__ writes it."""
+    (folder / "explanations").mkdir(parents=True)
+    (folder / "scores" / "detection").mkdir(parents=True)
+    (folder / "run_config.json").write_text(json.dumps({"explainer_model": "hf/Llama-3.1-70B", "hookpoints": []}))
+    for name, text in entries.items():
+        (folder / "explanations" / f"{name}.txt").write_bytes(json.dumps(text).encode())
+    for name, samples in (scores or {}).items():
+        (folder / "scores" / "detection" / f"{name}.txt").write_bytes(json.dumps(samples).encode())
+    return folder
+
+
+def test_delphi_explanations_and_detection_scores_are_imported(tmp_path):
+    run = write_planted_database(tmp_path / "run").parent
+    last = f"{HOOK}@step{100 * (N_SNAPSHOTS - 1)}"
+    samples = [
+        {"str_tokens": [" a"], "activating": True, "prediction": 1, "correct": True},
+        {"str_tokens": [" b"], "activating": True, "prediction": 0, "correct": False},
+        {"str_tokens": [" c"], "activating": False, "prediction": 0, "correct": True},
+        {"str_tokens": [" d"], "activating": False, "prediction": None, "correct": None},  # a failed judgement
+    ]
+    results = delphi_results(
+        tmp_path / "results" / "pico",
+        {
+            f"{last}_latent{DRIFTER}": "Dogs and other animals",
+            f"{HOOK}@step100_latent5": "Explanation could not be parsed.",
+        },
+        {f"{last}_latent{DRIFTER}": samples},
+    )
+    result = crosslens("explain", str(run), "--import", str(results))
+    assert result.returncode == 0, result.stderr
+    assert (
+        "delphi: read 2 explanations: 1 added, 0 already stored (kept), 1 without an explanation (skipped); 1 detection scores added"
+        in result.stdout
+    )
+    (row,) = rows(run, "SELECT feature, snapshot, source, text, model, prompt FROM explanations")
+    assert row == (DRIFTER, N_SNAPSHOTS - 1, "delphi", "Dogs and other animals", "hf/Llama-3.1-70B", "delphi")
+    (score,) = rows(
+        run, "SELECT balanced_accuracy, true_positives, n_activating, true_negatives, n_non_activating FROM scores"
+    )
+    assert score == (0.75, 1, 2, 1, 1)  # (1/2 + 1/1) / 2, the failed judgement left out
+    assert rows(run, "SELECT phase, snapshot FROM phases WHERE feature = ? ORDER BY phase", (DRIFTER,))[0] == (
+        "code",
+        -1,
+    )
+    again = crosslens("explain", str(run), "--import", str(results / "explanations"))
+    assert "0 added, 1 already stored (kept)" in again.stdout
+
+    with StubEndpoint(model=MODEL) as stub:  # crosslens explain then scores it on the other phases too
+        done = crosslens("explain", str(run), "--endpoint", stub.url, "--model", MODEL, "--features", str(DRIFTER))
+    assert done.returncode == 0, done.stderr
+    judged = rows(
+        run, "SELECT s.scored_on FROM scores s JOIN explanations e ON e.id = s.explanation WHERE e.source = 'delphi'"
+    )
+    assert sorted(on for (on,) in judged) == [0, 1, N_SNAPSHOTS - 1]
+
+    bad = delphi_results(tmp_path / "other", {f"{HOOK}_latent3": "Cats"})
+    line = one_line_error(crosslens("explain", str(run), "--import", str(bad)))
+    assert "names no snapshot" in line and "HOOK@REVISION" in line
+
+
+def neuronpedia_row(feature: int, layer: str, text: str, type_name: str = "np_max-act-logits") -> dict:
+    """An Explanation row as Neuronpedia's export-data.py dumps it."""
+    return {
+        "id": f"clx{feature}",
+        "modelId": "pico",
+        "layer": layer,
+        "index": str(feature),
+        "authorId": "clkht01d40000jv08hvalcvly",
+        "description": text,
+        "embedding": None,
+        "typeName": type_name,
+        "explanationModelName": "gpt-4o-mini",
+        "umap_x": None,
+        "umap_y": None,
+        "umap_cluster": None,
+        "umap_log_feature_sparsity": None,
+    }
+
+
+def test_neuronpedia_explanation_exports_are_imported(tmp_path):
+    run = write_planted_database(tmp_path / "run").parent
+    folder = tmp_path / "exports" / "pico" / "0-res-crosslens__step200" / "explanations"
+    folder.mkdir(parents=True)
+    lines = [
+        neuronpedia_row(CAT, "0-res-crosslens__step200", "the word cat"),
+        neuronpedia_row(DRIFTER, "0-res-crosslens__step200", "feline words"),
+        neuronpedia_row(DRIFTER, "0-res-crosslens__step200", "cats", "crosslens-explain-1-code"),
+        neuronpedia_row(4, "0-res-crosslens__step200", ""),
+    ]
+    with gzip.open(folder / "batch-0.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(json.dumps(r) for r in lines) + "\n")
+    result = crosslens("explain", str(run), "--import", str(tmp_path / "exports"))
+    assert result.returncode == 0, result.stderr
+    assert "neuronpedia: read 4 explanations: 3 added" in result.stdout
+    got = rows(
+        run, "SELECT feature, snapshot, source, text, model, prompt FROM explanations ORDER BY feature, snapshot"
+    )
+    assert got == [
+        (CAT, 2, "neuronpedia", "the word cat", "gpt-4o-mini", "np_max-act-logits"),
+        (DRIFTER, -1, "crosslens", "cats", "gpt-4o-mini", "crosslens-explain-1-code"),
+        (DRIFTER, 2, "neuronpedia", "feline words", "gpt-4o-mini", "np_max-act-logits"),
+    ]
+    listing = tmp_path / "api.json"  # the earlier /api/explanation/export answer: a JSON list
+    listing.write_text(json.dumps([neuronpedia_row(5, "0-res-crosslens__step300", "boats")]))
+    assert "1 added" in crosslens("explain", str(run), "--import", str(listing)).stdout
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps(neuronpedia_row(5, "6-res-jb", "from another SAE")) + "\n")
+    line = one_line_error(crosslens("explain", str(run), "--import", str(other)))
+    assert "'6-res-jb' names no snapshot" in line and "LAYER-SET__REVISION" in line
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text(json.dumps(neuronpedia_row(5, "0-res-crosslens__step999", "x")) + "\n")
+    assert "'step999' is not a snapshot of this run" in one_line_error(
+        crosslens("explain", str(run), "--import", str(unknown))
+    )
+    assert len(rows(run, "SELECT 1 FROM explanations")) == 4  # the refused files added nothing, removed nothing
