@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+
 _CALLS = threading.RLock()
 """Held by each call of a function compiled here (re-entrant: a compiled function may call another)."""
 

@@ -1,4 +1,4 @@
-"""Triton kernels for the sparse decode of :mod:`crosslens.crosscoders.sparse_kernels`.
+"""Triton kernels for the sparse decode of :mod:`crosslens.kernels.sparse`.
 
 Imported only where a plan's backend is ``"triton"`` (CUDA with triton installed, or a test
 under ``TRITON_INTERPRET=1``): triton is no dependency of the package. Same arguments and
@@ -21,7 +21,7 @@ step works on (:meth:`TritonKernels.entry_masks`, for ``jumprelu_pairs.active_en
 read of the pre-activations and one write of each mask, where op by op the products,
 differences, extremes and comparisons make a dozen passes over ``[N, F]``.
 
-:class:`TritonKernels` launches them all with a :class:`~crosslens.crosscoders.kernel_plan.KernelPlan`'s
+:class:`TritonKernels` launches them all with a :class:`~crosslens.kernels.plan.KernelPlan`'s
 tunings (its column block, warps, pair tile and window tiles); ``sparse_kernels.EagerKernels``
 is its eager twin, with the same methods.
 """
@@ -35,10 +35,10 @@ import triton
 import triton.language as tl
 
 from crosslens.core.devices import launching_on
-from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.kernels.plan import KernelPlan
 
 if TYPE_CHECKING:
-    from crosslens.crosscoders.active_pairs import ActivePairs
+    from crosslens.kernels.active_pairs import ActivePairs
 
 
 @triton.jit
