@@ -1098,7 +1098,7 @@ def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_t
     events = [
         event("/repo/crosslens/training/trainer.py(258): step", CPU, 0, 1000),
         event("/repo/crosslens/crosscoders/base.py(533): training_pass", CPU, 10, 50),
-        event("/repo/crosslens/crosscoders/sparse.py(585): backward", CPU, 60, 900, thread=2),
+        event("/repo/crosslens/kernels/sparse.py(585): backward", CPU, 60, 900, thread=2),
         event("/usr/lib/python3/threading.py(10): run", CPU, 61, 80, thread=2),  # not crosslens's
         event("cudaLaunchKernel", CPU, 20, 21, id=11),
         event("cuLaunchKernel", CPU, 70, 71, id=12, thread=2),
@@ -1112,7 +1112,7 @@ def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_t
     ]
     assert profiling.launch_sites(events) == {
         11: "crosslens/crosscoders/base.py(533): training_pass",
-        12: "crosslens/crosscoders/sparse.py(585): backward",
+        12: "crosslens/kernels/sparse.py(585): backward",
         13: "crosslens/training/trainer.py(258): step",
         99: "(none)",
         14: "(none)",

@@ -419,11 +419,12 @@ def snapshot_gated_decode(
             if split_step_pays(split[1], plan):
                 decoded = split_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, split, gate, plan, step_weights)
                 return (*decoded, "split")
-    norms = (raw_FS, norm_factors_S)
     if "entry classes" in paths:
-        decoded = entry_classes_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, gate, plan, step_weights)
+        classed_FS = row_norms_now(W_dec_FSD, step_weights) if raw_FS is None else raw_FS
+        decoded = entry_classes_gated_decode(h_NF, W_dec_FSD, threshold_F, (classed_FS, norm_factors_S), gate, plan)
         if decoded is not None:
             return (*decoded, "entry classes")
+    norms = (raw_FS, norm_factors_S)  # the norms the pairs' paths took, if any
     return (*per_snapshot_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, gate, plan, step_weights), "per snapshot")
 
 

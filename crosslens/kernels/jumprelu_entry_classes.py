@@ -37,8 +37,7 @@ from crosslens.kernels.jumprelu_ops import (
     threshold_gradient,
 )
 from crosslens.kernels.plan import KernelPlan, plan_for
-from crosslens.kernels.step_weights import StepWeights
-from crosslens.kernels.weight_grads import row_norms_now, weight_block
+from crosslens.kernels.weight_grads import weight_block
 
 # ----------------------------------------------------------------------------------------
 # Gate, scores and decode together, from the shared code's point of view.
@@ -303,6 +302,72 @@ def _add_norms_part(
     )
 
 
+def _decode(
+    classes: EntryClasses, W_dec_FSD: torch.Tensor, open_gS: torch.Tensor, h_g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The gated decode ``[N * S, D]`` of :class:`SnapshotGatedDecode`: one matmul of the shared
+    code where a gate is open everywhere, or mostly (a feature that has emerged is shut at a few
+    early snapshots), then a correction per (entry, snapshot) pair: + h where a mostly shut gate is
+    open, - h where a mostly open one is shut. Rows of ``[N * S, D]`` and ``[F * S, D]``. Returns
+    it with the dense part's float mask and code ``[F, N]``, which gathered entries are mostly
+    open, and the pairs ``(entry, row of the decode, row of W, sign, signed h)``."""
+    h_FN, flat_g = classes.h_FN, classes.gathered_flat
+    F_, N = h_FN.shape
+    S, D = W_dec_FSD.shape[1:]
+    i_g = torch.div(flat_g, N, rounding_mode="floor")
+    mostly_open_g = open_gS.sum(dim=1) * 2 > S
+    dense_FN = mask_values(classes.open_all_FN, h_FN.dtype)  # a float mask: its products are faster
+    dense_FN.view(-1)[flat_g[mostly_open_g]] = 1.0
+    # (a product with the mask: several times faster than torch.where on a CPU)
+    f_dense_FN = h_FN * dense_FN
+    recon_flat = f_dense_FN.T @ W_dec_FSD.reshape(F_, S * D)
+    pair_g, pair_s = (open_gS != mostly_open_g[:, None]).nonzero(as_tuple=True)
+    pair_row_N = (flat_g - i_g * N).index_select(0, pair_g) * S + pair_s
+    pair_row_F = i_g.index_select(0, pair_g) * S + pair_s
+    pair_sign = 1.0 - 2.0 * mostly_open_g.index_select(0, pair_g).to(h_FN.dtype)
+    pair_h = h_g.index_select(0, pair_g) * pair_sign
+    W_rows = W_dec_FSD.reshape(F_ * S, D)
+    recon_rows = recon_flat.view(N * S, D)
+    for chunk in _pair_chunks(pair_g.numel(), D, classes.plan):
+        W_pD = W_rows.index_select(0, pair_row_F[chunk])
+        recon_rows.index_add_(0, pair_row_N[chunk], pair_h[chunk, None] * W_pD)
+    pairs = (flat_g.index_select(0, pair_g), pair_row_N, pair_row_F, pair_sign, pair_h)
+    return recon_flat, dense_FN, f_dense_FN, mostly_open_g, pairs
+
+
+def _matmul_weight_grad(
+    block: Any, W_dec_FSD: torch.Tensor, f_dense_FN: torch.Tensor, grad_flat: torch.Tensor
+) -> torch.Tensor:
+    """W_dec's gradient from :func:`_decode`'s matmul, ``[F, S, D]``, as its own tensor (not a
+    view), so that autograd can add the decoder norms' part to it in place; in a micro-batch
+    (``block``) the matmul's operands are kept, and the block's sum is returned for the
+    corrections to be added to."""
+    if block is not None:
+        block.keep(W_dec_FSD, f_dense_FN.T, grad_flat)
+        return block.sum_buffer(W_dec_FSD)
+    grad_W_FSD = W_dec_FSD.new_empty(W_dec_FSD.shape)
+    torch.mm(f_dense_FN, grad_flat, out=grad_W_FSD.view(f_dense_FN.shape[0], -1))
+    return grad_W_FSD
+
+
+def _add_pair_grads(
+    grad_h_flat: torch.Tensor,
+    grad_W_rows: torch.Tensor,
+    grad_rows: torch.Tensor,
+    W_rows: torch.Tensor,
+    pairs: tuple[torch.Tensor, ...],
+    plan: KernelPlan,
+) -> None:
+    """Add the gradients of :func:`_decode`'s corrections, each (entry, snapshot) pair of a mixed
+    gate: to the code (``grad_h_flat``, feature-major) and to W's rows (``grad_W_rows``)."""
+    pair_flat, pair_row_N, pair_row_F, pair_sign, pair_h = pairs
+    for chunk in _pair_chunks(pair_flat.numel(), W_rows.shape[1], plan):
+        grad_pD = grad_rows.index_select(0, pair_row_N[chunk])
+        dec_p = torch.linalg.vecdot(grad_pD, W_rows.index_select(0, pair_row_F[chunk]))
+        grad_h_flat.index_add_(0, pair_flat[chunk], dec_p.mul_(pair_sign[chunk]))
+        grad_W_rows.index_add_(0, pair_row_F[chunk], (pair_h[chunk, None] * grad_pD).to(grad_W_rows.dtype))
+
+
 class SnapshotGatedDecode(torch.autograd.Function):
     """Per-snapshot gated decode, summed tanh scores and any-snapshot gate of a batch,
     without an ``[S, N, F]`` tensor.
@@ -334,7 +399,6 @@ class SnapshotGatedDecode(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         N, F_ = h_NF.shape
         S, D = W_dec_FSD.shape[1:]
-        W_flat = W_dec_FSD.reshape(F_, S * D)
         scale2_FS = (2 * tanh_scale) * norms_FS
         h_FN = classes.h_FN
         h_flat = h_FN.view(-1)
@@ -355,27 +419,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         sigmoid_gS = sigmoid_of_twice(f_gS, scale2_FS.index_select(0, i_g))
         score_sum_F.index_add_(0, i_g, tanh_from_sigmoid(sigmoid_gS).sum(dim=1, dtype=torch.float32))
 
-        # decode: one matmul of the shared code where a gate is open everywhere, or mostly
-        # (a feature that has emerged is shut at a few early snapshots), then a correction
-        # per (entry, snapshot) pair: + h where a mostly shut gate is open, - h where a
-        # mostly open one is shut. Rows of [N * S, D] and [F * S, D].
-        mostly_open_g = open_gS.sum(dim=1) * 2 > S
-        dense_FN = mask_values(classes.open_all_FN, h_FN.dtype)  # a float mask: its products are faster
-        dense_FN.view(-1)[flat_g[mostly_open_g]] = 1.0
-        # (a product with the mask: several times faster than torch.where on a CPU)
-        f_dense_FN = h_FN * dense_FN
-        recon_flat = f_dense_FN.T @ W_flat
-        pair_g, pair_s = (open_gS != mostly_open_g[:, None]).nonzero(as_tuple=True)
-        pair_row_N = (flat_g - i_g * N).index_select(0, pair_g) * S + pair_s
-        pair_row_F = i_g.index_select(0, pair_g) * S + pair_s
-        pair_sign = 1.0 - 2.0 * mostly_open_g.index_select(0, pair_g).to(h_NF.dtype)
-        pair_h = h_g1[:, 0].index_select(0, pair_g) * pair_sign
-        W_rows = W_dec_FSD.reshape(F_ * S, D)
-        recon_rows = recon_flat.view(N * S, D)
-        for chunk in _pair_chunks(pair_g.numel(), D, classes.plan):
-            W_pD = W_rows.index_select(0, pair_row_F[chunk])
-            recon_rows.index_add_(0, pair_row_N[chunk], pair_h[chunk, None] * W_pD)
-
+        recon_flat, dense_FN, f_dense_FN, mostly_open_g, pairs = _decode(classes, W_dec_FSD, open_gS, h_g1[:, 0])
         ctx.save_for_backward(
             norms_FS,
             raw_norms_FS,
@@ -387,11 +431,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
             open_gS,
             f_gS,
             sigmoid_gS,
-            flat_g.index_select(0, pair_g),
-            pair_row_N,
-            pair_row_F,
-            pair_sign,
-            pair_h,
+            *pairs,
         )
         ctx.classes, ctx.h_FP, ctx.bandwidth, ctx.tanh_scale = classes, h_FP, bandwidth, tanh_scale
         ctx.block = weight_block(W_dec_FSD)
@@ -414,23 +454,9 @@ class SnapshotGatedDecode(torch.autograd.Function):
     ) -> tuple[Any, ...]:
         # One fused pass over the saved tensors: the decoder, score and window parts share the
         # gradient's per-snapshot products, the sech values and the index tensors.
-        (
-            norms_FS,
-            raw_norms_FS,
-            norm_factors_S,
-            threshold_F,
-            W_dec_FSD,
-            dense_FN,
-            f_dense_FN,
-            open_gS,
-            f_gS,
-            sigmoid_gS,
-            pair_flat,
-            pair_row_N,
-            pair_row_F,
-            pair_sign,
-            pair_h,
-        ) = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        norms_FS, raw_norms_FS, norm_factors_S, threshold_F, W_dec_FSD = saved[:5]
+        dense_FN, f_dense_FN, open_gS, f_gS, sigmoid_gS = saved[5:10]
         classes: EntryClasses = ctx.classes
         h_FN = classes.h_FN
         F_, N = h_FN.shape
@@ -444,21 +470,14 @@ class SnapshotGatedDecode(torch.autograd.Function):
 
         # decoder, the matmul's part: the plain crosscoder's backward, feature-major. Where
         # the threshold window is summed from masks, the code's gradient comes per snapshot
-        # with the window's decoder sums (see code_grad_and_window_sums). W_dec's gradient is
-        # returned as its own tensor (not a view), so that autograd can add the decoder
-        # norms' part to it in place.
+        # with the window's decoder sums (see code_grad_and_window_sums).
         grad_h_FN, window_grad_FS, window_sech_FS = _code_grad(
             classes, norms_FS, threshold_F, W_dec_FSD, grad_flat, grad_score_F, half_width
         )
         grad_h_flat = grad_h_FN.mul_(dense_FN).view(-1)
         block = ctx.block if ctx.block is not None and ctx.block.open else None
-        if block is None:
-            grad_W_FSD = W_dec_FSD.new_empty(F_, S, D)
-            grad_W_flat = torch.mm(f_dense_FN, grad_flat, out=grad_W_FSD.view(F_, S * D))
-        else:  # a micro-batch: the matmul's operands kept, the corrections added to the block's sum
-            block.keep(W_dec_FSD, f_dense_FN.T, grad_flat)
-            grad_W_FSD = block.sum_buffer(W_dec_FSD)
-            grad_W_flat = grad_W_FSD.view(F_, S * D)
+        grad_W_FSD = _matmul_weight_grad(block, W_dec_FSD, f_dense_FN, grad_flat)
+        grad_W_flat = grad_W_FSD.view(F_, S * D)
 
         # scores of the entries packed into rows. Their window part is the scores' gradient
         # where a gate is open and grad * c * norm where shut (tanh(0) = 0): sech is summed
@@ -477,12 +496,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
 
         # decoder, the corrections of mixed gates: each (entry, snapshot) pair
         grad_rows, W_rows = grad_flat.view(N * S, D), W_dec_FSD.reshape(F_ * S, D)
-        grad_W_rows = grad_W_flat.view(F_ * S, D)
-        for chunk in _pair_chunks(pair_flat.numel(), D, classes.plan):
-            grad_pD = grad_rows.index_select(0, pair_row_N[chunk])
-            dec_p = torch.linalg.vecdot(grad_pD, W_rows.index_select(0, pair_row_F[chunk]))
-            grad_h_flat.index_add_(0, pair_flat[chunk], dec_p.mul_(pair_sign[chunk]))
-            grad_W_rows.index_add_(0, pair_row_F[chunk], (pair_h[chunk, None] * grad_pD).to(grad_W_rows.dtype))
+        _add_pair_grads(grad_h_flat, grad_W_flat.view(F_ * S, D), grad_rows, W_rows, saved[10:], classes.plan)
 
         # the threshold's window: the code's gradient summed over tokens inside it, per
         # (feature, snapshot); its decoder part from the masks above, its score part here
@@ -513,24 +527,22 @@ def entry_classes_gated_decode(
     h_NF: Float[torch.Tensor, "n d_sae"],
     W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
     threshold_F: Float[torch.Tensor, " d_sae"],
-    norms: tuple[Float[torch.Tensor, "d_sae n_snapshots"] | None, Float[torch.Tensor, " n_snapshots"]],
+    norms: tuple[Float[torch.Tensor, "d_sae n_snapshots"], Float[torch.Tensor, " n_snapshots"]],
     gate: tuple[float, float],
     plan: KernelPlan | None = None,
-    step_weights: StepWeights | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)`` of the JumpReLU step by
     :class:`SnapshotGatedDecode`, where few enough entries are mixed (:attr:`EntryClasses.sparse_ok`),
-    else None. ``norms = (raw_FS, norm_factors_S)``, ``raw_FS`` the decoder norms without gradient
-    where a path tried before computed them (else None: taken here), ``gate = (bandwidth,
-    tanh_scale)``."""
+    else None; for ``norms = (raw_FS, norm_factors_S)``, the decoder norms computed without
+    gradient (this node differentiates them) and the factors to the training space, and ``gate =
+    (bandwidth, tanh_scale)``."""
     raw_FS, norm_factors_S = norms
     bandwidth, tanh_scale = gate
     with torch.no_grad():
-        raw_norms_FS = row_norms_now(W_dec_FSD, step_weights) if raw_FS is None else raw_FS
-        norms_FS = raw_norms_FS * norm_factors_S
+        norms_FS = raw_FS * norm_factors_S
         classes = EntryClasses(h_NF, norms_FS, threshold_F, bandwidth / 2, plan)
     if not classes.sparse_ok:
         return None
     return SnapshotGatedDecode.apply(
-        h_NF, W_dec_FSD, threshold_F, norms_FS, raw_norms_FS, norm_factors_S, classes, bandwidth, tanh_scale
+        h_NF, W_dec_FSD, threshold_F, norms_FS, raw_FS, norm_factors_S, classes, bandwidth, tanh_scale
     )

@@ -54,7 +54,7 @@ on none (the default compiles on CUDA where Triton is there)."""
 
 @dataclass(frozen=True)
 class WindowTile:
-    """One launch shape of the JumpReLU window sums (``triton_kernels._window_dots``)."""
+    """One launch shape of the JumpReLU window sums (``triton_sparse._window_dots``)."""
 
     tokens: int
     """Tokens of a tile (``BLOCK_N``)."""

@@ -22,7 +22,7 @@ read of the pre-activations and one write of each mask, where op by op the produ
 differences, extremes and comparisons make a dozen passes over ``[N, F]``.
 
 :class:`TritonKernels` launches them all with a :class:`~crosslens.kernels.plan.KernelPlan`'s
-tunings (its column block, warps, pair tile and window tiles); ``sparse_kernels.EagerKernels``
+tunings (its column block, warps, pair tile and window tiles); ``sparse.EagerKernels``
 is its eager twin, with the same methods.
 """
 
@@ -251,7 +251,7 @@ def entry_masks_take(h_NF: torch.Tensor, low_F: torch.Tensor, high_F: torch.Tens
 
 class TritonKernels:
     """The sums of the sparse step, by the Triton kernels above, launched with ``plan``'s
-    tunings. The same methods, arguments and results as ``sparse_kernels.EagerKernels``."""
+    tunings. The same methods, arguments and results as ``sparse.EagerKernels``."""
 
     def __init__(self, plan: KernelPlan) -> None:
         self.plan = plan
@@ -415,7 +415,7 @@ class TritonKernels:
     def entry_masks(
         h_NF: torch.Tensor, low_F: torch.Tensor, high_F: torch.Tensor, t_F: torch.Tensor, half_width: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(open_NF, active_NF, n_open, n_active)`` as ``sparse_kernels.eager_entry_masks`` gives
+        """``(open_NF, active_NF, n_open, n_active)`` as ``sparse.eager_entry_masks`` gives
         them, bit for bit, in one read of ``h`` (token-major or feature-major, as the encoder leaves
         it) and one write of each mask, which has ``h``'s layout; the counts are each program's,
         added after. Only where :func:`entry_masks_take` the dtypes."""

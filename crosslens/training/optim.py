@@ -41,9 +41,9 @@ from torch import nn
 
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.distributed.sharding import clip_coefficient, clip_grad_norm, grad_norm
-from crosslens.kernels.adam import Hyper, adam_update, noise_key
+from crosslens.kernels.adam import Hyper, adam_update, noise_key, row_norms_of_the_pass
 from crosslens.kernels.plan import KernelPlan
-from crosslens.kernels.step_weights import PreparedWeights, WeightWrites
+from crosslens.kernels.step_weights import PreparedWeights, StepWeights, WeightWrites
 from crosslens.training.memory import CHUNK
 
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
@@ -60,6 +60,17 @@ def writes_row_norms(state_dtype: str, plan: KernelPlan) -> bool:
     step."""
     kernel = state_dtype == "bfloat16" or plan.adam == "kernel"
     return plan.handoff_norms and kernel and plan.adam_backend == "triton"
+
+
+def step_weights_for(state_dtype: str, autocast_dtype: str | None, plan: KernelPlan) -> StepWeights:
+    """What the trainer's Adam with ``state_dtype`` moments is asked to write for the next step
+    (:class:`~crosslens.kernels.step_weights.StepWeights`): under bfloat16 autocast the weights
+    rounded for its matmuls (crosslens's Adam and the bfloat16-state Adam), and where its pass is
+    the Triton kernel the decoder's row norms (:func:`writes_row_norms`); torch's Adam writes
+    neither."""
+    copy_dtype = torch.bfloat16 if autocast_dtype == "bfloat16" else None
+    norms = writes_row_norms(state_dtype, plan)
+    return StepWeights(copy_dtype, norms, row_norms_of_the_pass(plan) if norms else None)
 
 
 def _advance(state: dict[str, Any], group: dict[str, Any]) -> Hyper:

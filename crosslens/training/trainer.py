@@ -59,15 +59,13 @@ from crosslens.distributed.sharding import (
     shard_crosscoder,
     slice_optimizer_state,
 )
-from crosslens.kernels.adam import row_norms_of_the_pass
 from crosslens.kernels.plan import KernelPlan
-from crosslens.kernels.step_weights import StepWeights
 from crosslens.training.checks import check_activation_scale
 from crosslens.training.config import DEAD_FEATURE_WINDOW_TOKENS, CrosscoderTrainerConfig, dead_feature_window
 from crosslens.training.guard import check_finite_step
 from crosslens.training.memory import checkpoint_bytes
 from crosslens.training.micro import micro_batched_pass
-from crosslens.training.optim import clipped_step, load_optimizer_state, make_optimizer, writes_row_norms
+from crosslens.training.optim import clipped_step, load_optimizer_state, make_optimizer, step_weights_for
 from crosslens.training.resample import (
     clear_adam_rows,
     resample_latents,
@@ -173,14 +171,10 @@ class CrosscoderTrainer:
                 f"optimizer_state_dtype={cfg.optimizer_state_dtype!r} trains in one process only; "
                 "on a mesh keep float32 Adam state (shard the snapshots over more ranks instead)."
             )
-        copy_dtype = torch.bfloat16 if cfg.autocast_dtype == "bfloat16" else None
-        norms = writes_row_norms(cfg.optimizer_state_dtype, self.plan)
-        self.step_weights = StepWeights(copy_dtype, norms, row_norms_of_the_pass(self.plan) if norms else None)
-        """What the optimizer's pass writes for the next step, asked for by argument: under
-        autocast the weights rounded for its matmuls (crosslens's Adam and the bfloat16-state
-        Adam), and where that pass is the Triton kernel the decoder's row norms (torch's Adam
-        writes neither). Each step hands it to the crosscoder (:meth:`StepWeights.reading`), whose
-        kernels take what it holds by argument."""
+        self.step_weights = step_weights_for(cfg.optimizer_state_dtype, cfg.autocast_dtype, self.plan)
+        """What the optimizer's pass writes for the next step: each step hands it to the crosscoder
+        (:meth:`~crosslens.kernels.step_weights.StepWeights.reading`), whose kernels take what it holds
+        by argument."""
         self.optimizer = make_optimizer(
             self.sae.optimizer_param_groups(cfg.lr),
             lr=cfg.lr,
