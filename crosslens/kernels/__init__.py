@@ -22,3 +22,7 @@ Nothing here imports a crosscoder; the triton modules are imported only where th
 """
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+from crosslens.kernels.plan import JUMPRELU_PATHS, KernelPlan, WindowTile
+from crosslens.kernels.step_weights import StepWeights
+
+__all__ = ["JUMPRELU_PATHS", "KernelPlan", "StepWeights", "WindowTile"]
