@@ -19,10 +19,10 @@
    2^19 (the default, the plan's ``row_block_elements``) and 2^21 elements.
 5. With ``--profile``: ``torch.profiler``'s costliest operators of that step.
 6. A micro-batched JumpReLU step's gradient-free pass for one micro-batch: the score sums alone
-   (``jumprelu_kernels.snapshot_score_sums``) against the training pass's encode and gated decode.
+   (``jumprelu_pairs.snapshot_score_sums``) against the training pass's encode and gated decode.
 7. ``--optimizer-state bfloat16``'s update of one 4 M-element chunk
-   (``optim.eager_chunk_update``): its rounding noise drawn from a counter in cache-sized blocks
-   (``optim.rounding_noise``) against the same update with the noise drawn by ``torch.randint``.
+   (``adam.eager_chunk_update``): its rounding noise drawn from a counter in cache-sized blocks
+   (``adam.rounding_noise``) against the same update with the noise drawn by ``torch.randint``.
 
     PYTHONPATH=$PWD HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/cpu_ops.py
 """
@@ -37,13 +37,10 @@ import torch
 from train import crosslens_step_fn, reference_step_fn, time_alternating
 
 from crosslens.core.tensors import mask_values, row_counts
-from crosslens.crosscoders import (
-    JumpReLUTrainingCrosscoder,
-    JumpReLUTrainingCrosscoderConfig,
-    jumprelu_kernels,
-    jumprelu_ops,
-)
-from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.crosscoders import JumpReLUTrainingCrosscoder, JumpReLUTrainingCrosscoderConfig
+from crosslens.kernels import jumprelu_ops
+from crosslens.kernels.jumprelu_pairs import snapshot_score_sums
+from crosslens.kernels.plan import KernelPlan
 
 
 def ratio_rows(title: str, fns: dict, rounds: int) -> None:
@@ -207,7 +204,7 @@ def gradient_free_pass(x_bSD: torch.Tensor, rounds: int) -> None:
 
     def scores_alone() -> None:
         h_NF = sae.hidden_pre(x_bSD)
-        jumprelu_kernels.snapshot_score_sums(h_NF, sae.snapshot_norms(), sae.threshold, tanh_scale=tanh_scale)
+        snapshot_score_sums(h_NF, sae.snapshot_norms(), sae.threshold, tanh_scale=tanh_scale)
 
     with torch.no_grad():
         ratio_rows(
@@ -223,7 +220,7 @@ def gradient_free_pass(x_bSD: torch.Tensor, rounds: int) -> None:
 def bfloat16_state_chunk(rounds: int) -> None:
     """7: one chunk of the bfloat16-state Adam update, its noise drawn from a counter (what the
     optimizer runs) against the same arithmetic with the noise drawn by ``torch.randint``."""
-    from crosslens.training import optim
+    from crosslens.kernels import adam
     from crosslens.training.memory import CHUNK
 
     g = torch.Generator().manual_seed(0)
@@ -234,16 +231,16 @@ def bfloat16_state_chunk(rounds: int) -> None:
     def drawn_by_randint() -> None:
         noise = [torch.randint(0, 1 << 16, (CHUNK,), dtype=torch.int32, generator=g) for _ in range(2)]
         m_new, v_new = m.float(), v.float()
-        optim.eager_update(p, grad, m_new, v_new, None, hyper)
-        m.copy_(optim.round_stochastic(m_new, noise[0]))
-        v.copy_(optim.round_stochastic(v_new, noise[1]))
+        adam.eager_update(p, grad, m_new, v_new, None, hyper)
+        m.copy_(adam.round_stochastic(m_new, noise[0]))
+        v.copy_(adam.round_stochastic(v_new, noise[1]))
 
     ratio_rows(
         f"7. the bfloat16-state Adam update of one {CHUNK:,}-element chunk",
         {
             "noise from torch.randint": drawn_by_randint,
-            "noise from the counter (eager_chunk_update)": lambda: optim.eager_chunk_update(
-                p, grad, m, v, optim.noise_key(0, 1, 0), 0, None, hyper
+            "noise from the counter (eager_chunk_update)": lambda: adam.eager_chunk_update(
+                p, grad, m, v, adam.noise_key(0, 1, 0), 0, None, hyper
             ),
         },
         rounds,

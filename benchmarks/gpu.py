@@ -23,7 +23,7 @@
    (:func:`set_young`: some steps into a run, its code still dense) by its default step (split
    on CUDA, the plan's ``jumprelu_split``) and by the dense kernels, TopK/BatchTopK through
    ``embedding_bag`` and through the Triton gather-sum kernels. Each row's
-   :class:`~crosslens.crosscoders.kernel_plan.KernelPlan` is the device's default with the
+   :class:`~crosslens.kernels.plan.KernelPlan` is the device's default with the
    row's path changed (:func:`row_plan`).
 
 With ``--window-tiles`` it times the JumpReLU window kernel (``TritonKernels.window_dots``) at
@@ -70,9 +70,9 @@ import torch
 import crosslens.crosscoders as cc
 from crosslens.architectures import SPARSITY_FIELDS
 from crosslens.core.devices import counted_cuda_syncs
-from crosslens.crosscoders.jumprelu_pairs import ActiveEntries, active_entries
-from crosslens.crosscoders.jumprelu_split import everywhere_and_rest
-from crosslens.crosscoders.kernel_plan import KernelPlan, WindowTile
+from crosslens.kernels.jumprelu_pairs import ActiveEntries, active_entries
+from crosslens.kernels.jumprelu_split import everywhere_and_rest
+from crosslens.kernels.plan import KernelPlan, WindowTile
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.memory import OPTIMIZER_STATES, parameter_counts, step_peak_bytes
 from crosslens.training.optim import clipped_step
@@ -111,7 +111,7 @@ def optimizer_pass(S: int, D: int, F: int, device: str, state: str, kind: str = 
     """The optimizer's pass over a crosscoder's parameters (gradient norm, clip folded into Adam),
     of the ``kind`` :data:`OPTIMIZER_PASSES` names."""
     from crosslens.crosscoders.collectives import LocalCollectives
-    from crosslens.crosscoders.prepared_weights import WeightWrites
+    from crosslens.kernels.step_weights import WeightWrites
     from crosslens.training.optim import make_optimizer, writes_row_norms
 
     module = torch.nn.Module()
@@ -188,8 +188,8 @@ def gather_sweep(a: argparse.Namespace, device: str) -> None:
     if base.backend != "triton":
         print("gathers: no Triton kernels here, nothing timed")
         return
-    from crosslens.crosscoders.active_pairs import ActivePairs
-    from crosslens.crosscoders.triton_kernels import TritonKernels
+    from crosslens.kernels.active_pairs import ActivePairs
+    from crosslens.kernels.triton_sparse import TritonKernels
 
     F_, K = a.d_sae, a.S * a.d_in
     g = torch.Generator(device=device).manual_seed(0)
@@ -235,7 +235,7 @@ def window_sweep(a: argparse.Namespace, device: str) -> WindowTile | None:
     if base.backend != "triton":
         print("window tiles: no Triton kernels here, nothing timed")
         return None
-    from crosslens.crosscoders.triton_kernels import TritonKernels
+    from crosslens.kernels.triton_sparse import TritonKernels
 
     S, N, D, F_ = a.S, a.batch, a.d_in, a.d_sae
     g = torch.Generator(device=device).manual_seed(0)

@@ -11,7 +11,7 @@ in the same run on the same machine.
    decode, forward + backward, and the whole TopK/BatchTopK step both ways.
    Goal: sparse decode >= 2x at d_sae >= 8192, k <= 64. Then the decode with the decoder
    norms' gradient through ``embedding_bag`` (a CPU's TopK step) against the eager twin of
-   the pairs' kernels (``sparse_kernels.gather_decode_and_norms``), which is why a CPU keeps
+   the pairs' kernels (``sparse.gather_decode_and_norms``), which is why a CPU keeps
    the former. Then TopK's auxiliary decode of 5% dead features: as pairs, against the matmul
    over the dead rows that the step runs.
 4. With ``--compile``: the JumpReLU step with its gate/score kernels and its loss through
@@ -27,7 +27,7 @@ in the same run on the same machine.
 6. With ``--micro-batches N``: each architecture's step with its batch trained in N
    micro-batches against the same step in one batch, timed alternately (the ratio is what
    splitting the batch costs; the weight gradients of the micro-batches are summed once, after
-   the last, ``crosslens.crosscoders.weight_grads.deferred_weight_grads``).
+   the last, ``crosslens.kernels.weight_grads.deferred_weight_grads``).
 
 Timings alternate between the compared variants and report medians, so a noisy shared
 machine biases neither side. Section 1's ratio is the median over rounds of each round's ratio
@@ -55,9 +55,9 @@ from torch import nn
 import crosslens.crosscoders as cc
 from crosslens.architectures import SPARSITY_FIELDS
 from crosslens.core.tensors import row_norms
-from crosslens.crosscoders import sparse_kernels
-from crosslens.crosscoders.active_pairs import ActivePairs
-from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.kernels import sparse
+from crosslens.kernels.active_pairs import ActivePairs
+from crosslens.kernels.plan import KernelPlan
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 
 
@@ -253,7 +253,7 @@ def decode_rows(args: argparse.Namespace) -> None:
 
     def pairs_node() -> None:
         norms = torch.linalg.vector_norm(W_dec.detach().view(F_, S, D), dim=-1)
-        out, norms, _ = sparse_kernels.gather_decode_and_norms(W_FGD, vals.reshape(-1, 1), pairs, norms, CPU_PLAN)
+        out, norms, _ = sparse.gather_decode_and_norms(W_FGD, vals.reshape(-1, 1), pairs, norms, CPU_PLAN)
         ((out.view(B, -1) * upstream).sum() + norms.sum()).backward()
         W_dec.grad = vals.grad = None
 
@@ -319,7 +319,7 @@ def trained_rows(args: argparse.Namespace) -> None:
     from safetensors.torch import load_file
 
     from crosslens.activations import ActivationStore
-    from crosslens.crosscoders import jumprelu_kernels
+    from crosslens.kernels.jumprelu_entry_classes import EntryClasses
 
     run = Path(args.trained).expanduser()
     run_cfg = json.loads((run / "run.json").read_text())
@@ -338,9 +338,7 @@ def trained_rows(args: argparse.Namespace) -> None:
     ]
     with torch.no_grad():
         h_NF = sae.hidden_pre(batches[0])
-        classes = jumprelu_kernels.EntryClasses(
-            h_NF, sae.snapshot_norms(), sae.threshold, sae.cfg.jumprelu_bandwidth / 2
-        )
+        classes = EntryClasses(h_NF, sae.snapshot_norms(), sae.threshold, sae.cfg.jumprelu_bandwidth / 2)
     n = h_NF.numel()
     window = (
         "a mask and a matmul per snapshot"

@@ -18,7 +18,7 @@ In one run, with nothing downloaded:
    quality table and the spliced loss. Flags after ``--`` go to the command as well (they win);
 3. reads ``RUN/train_log.jsonl`` and ``RUN/run.json`` and prints, per log interval (50 steps),
    the L0, the share of (token, feature) entries open at some snapshot and the path the
-   JumpReLU step takes at that share (:func:`crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`:
+   JumpReLU step takes at that share (:func:`crosslens.kernels.jumprelu_pairs.sparse_step_pays`:
    the dense kernels or the split step, or the active pairs); then tokens/s per phase (the first
    interval, which holds the compiles, apart), the step at which the sparse path starts, the seconds in
    checkpoints, the final save, the evaluation and the start-up (loading the models), and the
@@ -140,12 +140,12 @@ def run_command(command: list[str], log: Path, timeout: float | None) -> tuple[f
 # --------------------------------------------------------------------------- reading the run's log
 def step_path(share: float, plan: dict[str, Any], architecture: str, device: str) -> str:
     """The path a step takes at this open share under the run's plan (``run.json``'s
-    ``kernel_plan``), as :func:`crosslens.crosscoders.jumprelu_kernels.snapshot_gated_decode`
+    ``kernel_plan``), as :func:`crosslens.crosscoders.jumprelu_crosscoder.snapshot_gated_decode`
     picks it: ``"sparse"`` (the active pairs) or ``"dense"`` (the dense kernels, or the split step
     where the plan has it and few entries are open at some snapshots only, which the log does not
     tell); ``"-"`` for an architecture without the two."""
-    from crosslens.crosscoders.jumprelu_pairs import open_share_pays
-    from crosslens.crosscoders.kernel_plan import KernelPlan
+    from crosslens.kernels.jumprelu_pairs import open_share_pays
+    from crosslens.kernels.plan import KernelPlan
 
     if architecture != "jumprelu_crosscoder":
         return "-"
@@ -307,8 +307,8 @@ def report(
             f"{p['tokens_per_second']:9,.0f} tok/s"
         )
     start = steady_from(rows, lambda row: row["path"] == "sparse")
-    from crosslens.crosscoders.jumprelu_pairs import open_share_pays
-    from crosslens.crosscoders.kernel_plan import KernelPlan
+    from crosslens.kernels.jumprelu_pairs import open_share_pays
+    from crosslens.kernels.plan import KernelPlan
 
     kernels = KernelPlan.from_dict(run["kernel_plan"])
     share = kernels.sparse_step_share

@@ -121,7 +121,7 @@ _TOPK = TrainingDefaults(
 
 TRAINING_DEFAULTS: dict[str, TrainingDefaults] = {
     "crosscoder": TrainingDefaults(
-        module="crosslens.crosscoders.crosscoder",
+        module="crosslens.crosscoders.relu_crosscoder",
         lr=RELU_LR,
         sparsity_coefficient=RELU_L1,
         sparsity_warm_up=0.05,

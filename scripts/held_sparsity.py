@@ -7,7 +7,7 @@ snapshots at ``blocks.6.hook_resid_post``, through :class:`ResidentSnapshotProvi
 Gaussian ones (``gpu.py``'s batch), steps it at each ``--lr``, and prints per step the L0 on the
 step's batch and the open and window shares on a batch no step trains on, the two numbers
 that decide whether the step runs from the active pairs
-(:func:`~crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`).
+(:func:`~crosslens.kernels.jumprelu_pairs.sparse_step_pays`).
 
 The harvest is the slow part on a CPU (about 8 min for 11 batches of 512 tokens at 32 snapshots);
 it is kept in ``--out`` and reused.
@@ -30,7 +30,7 @@ from gpu import batch_entries, make_trainer, set_sparsity
 from stream_gpu import PYTHIA_160M, SMALL_MODEL, write_suite, written_suite
 
 from crosslens.activations.streaming import ResidentSnapshotProvider
-from crosslens.crosscoders.jumprelu_pairs import sparse_step_pays
+from crosslens.kernels.jumprelu_pairs import sparse_step_pays
 
 SMALL = {
     "S": 2,

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from planted_generators import edit_losses, run_grid, run_one, table
 
-from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.kernels.plan import KernelPlan
 
 
 def nested_reconstruction(crosscoder, prefixes: tuple[int, ...]) -> None:

@@ -1,6 +1,6 @@
 """How close a weight's gradient under bfloat16 autocast is to the exact product of the operands
 the matmul read (both rounded to bfloat16): autocast's own matmul (a bfloat16 gradient,
-widened) against :func:`crosslens.crosscoders.weight_grads.weight_matmul` (written in float32).
+widened) against :func:`crosslens.kernels.weight_grads.weight_matmul` (written in float32).
 One encoder-sized matmul at Ge et al.'s d_in, 2,048 tokens, on the CPU.
 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/weight_grad_precision.py
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from crosslens.crosscoders.weight_grads import weight_matmul
+from crosslens.kernels.weight_grads import weight_matmul
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.distributed import init_mesh, shard_batches, shutdown
+from crosslens.kernels.plan import KernelPlan
 from crosslens.training import CrosscoderTrainer, latest_checkpoint
 from crosslens.training.config import CrosscoderTrainerConfig
 from crosslens.training.runner import build_training_crosscoder
@@ -46,10 +46,10 @@ def take_the_pairs_path(device: str) -> KernelPlan:
     pairs, whose node differentiates the norms; the JumpReLU step from its pairs), with the eager
     sums in the Triton kernels' place: the plan's kernels are handed out as the eager twins. TopK
     decodes from its pairs here although k / d_sae (1/8) is above the default's density."""
-    from crosslens.crosscoders import jumprelu_pairs, sparse_kernels
+    from crosslens.kernels import jumprelu_pairs, sparse
 
-    eager = lambda plan: sparse_kernels.EagerKernels(plan)  # noqa: E731
-    sparse_kernels.kernels_for = jumprelu_pairs.kernels_for = eager
+    eager = lambda plan: sparse.EagerKernels(plan)  # noqa: E731
+    sparse.kernels_for = jumprelu_pairs.kernels_for = eager
     return KernelPlan.resolve(device, backend="triton", jumprelu_sparse=True, topk_sparse_decode=True)
 
 

@@ -12,7 +12,7 @@ from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
 from crosslens.crosscoders.base import reconstruction_errors, squared_errors
-from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.kernels.plan import KernelPlan
 
 DEVICES = [
     "cpu",

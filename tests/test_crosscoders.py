@@ -29,8 +29,8 @@ from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
 from crosslens.crosscoders.base import set_crosscoder_metadata
-from crosslens.crosscoders.jumprelu_dense import snapshot_gate_and_score
-from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.kernels.jumprelu_dense import snapshot_gate_and_score
+from crosslens.kernels.plan import KernelPlan
 
 ARCHS = list(cc.ARCHITECTURES)
 

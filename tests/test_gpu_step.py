@@ -19,18 +19,11 @@ import torch
 from interpreted import HAS_TRITON, LAUNCHES, run_under_the_interpreter, skip_outside_the_interpreter
 
 import crosslens.crosscoders as cc
-from crosslens.crosscoders.kernel_plan import KernelPlan
-from crosslens.crosscoders.prepared_weights import StepWeights
+from crosslens.kernels.adam import eager_chunk_update, eager_update, noise_key, round_stochastic, rounding_noise
+from crosslens.kernels.plan import KernelPlan
+from crosslens.kernels.step_weights import StepWeights
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig, optim
-from crosslens.training.optim import (
-    BFloat16StateAdam,
-    KernelAdam,
-    eager_chunk_update,
-    eager_update,
-    noise_key,
-    round_stochastic,
-    rounding_noise,
-)
+from crosslens.training.optim import BFloat16StateAdam, KernelAdam
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -134,7 +127,7 @@ def test_triton_float32_update_equals_the_eager_update(device, scaled, copied):
     """One parameter (not a whole number of the kernel's blocks): the kernel and its eager twin
     agree to float32 rounding, and the copy is the new parameter rounded, to the bit."""
     skip_outside_the_interpreter(device)
-    from crosslens.training import triton_adam
+    from crosslens.kernels import triton_adam
 
     g = torch.Generator().manual_seed(0)
     n = 3 * triton_adam.BLOCK + 100
@@ -164,7 +157,7 @@ def test_triton_update_writing_row_norms_is_the_update_and_the_norms(device, d, 
     to the bit (every element once, with its own rounding noise), and the norms are those of the
     new rows to float32 rounding."""
     skip_outside_the_interpreter(device)
-    from crosslens.training import triton_adam
+    from crosslens.kernels import triton_adam
 
     g = torch.Generator().manual_seed(4)
     shape = (37, 2, d)
@@ -197,7 +190,7 @@ def test_the_kernels_refuse_what_they_would_read_wrong():
     """Row norms only of a whole parameter's rows, in its shape; only contiguous tensors (a
     kernel reads them flat); the entry masks only in the dtypes whose arithmetic torch does in
     float32: refused before anything is launched."""
-    from crosslens.training import triton_adam
+    from crosslens.kernels import triton_adam
 
     p = torch.zeros(4, 8)
     low = p.bfloat16()
@@ -208,7 +201,7 @@ def test_the_kernels_refuse_what_they_would_read_wrong():
         triton_adam.update(p, torch.zeros(8, 4).T, p.clone(), p.clone(), None, HYPER)
     with pytest.raises(ValueError, match="row_norms takes a float32 tensor of at least 2 dimensions"):
         triton_adam.row_norms(torch.zeros(8))
-    from crosslens.crosscoders import triton_kernels
+    from crosslens.kernels import triton_sparse
 
     h, per_feature = torch.zeros(4, 8), torch.zeros(8)
     refused = (
@@ -220,7 +213,7 @@ def test_the_kernels_refuse_what_they_would_read_wrong():
         with pytest.raises(
             ValueError, match="entry_masks computes in float32 from float32 norms, and h and thresholds"
         ):
-            triton_kernels.TritonKernels.entry_masks(*args, 0.1)
+            triton_sparse.TritonKernels.entry_masks(*args, 0.1)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NO_CUDA)])
@@ -228,7 +221,7 @@ def test_triton_row_norms_sum_as_the_update_writing_them_does(device):
     """A step that finds no norms written sums them as the update would have: the same bits
     (Ge et al.'s d_in and a short row), so a resumed run does not depend on which it took."""
     skip_outside_the_interpreter(device)
-    from crosslens.training import triton_adam
+    from crosslens.kernels import triton_adam
 
     g = torch.Generator().manual_seed(6)
     for d in (768, 40):
@@ -276,7 +269,7 @@ def test_triton_copies_round_as_torch_does(device):
     rounding of them, to the bit: ties to even both ways, overflow to infinity, subnormals,
     and a NaN stays a NaN (the next step's loss must see it)."""
     skip_outside_the_interpreter(device)
-    from crosslens.training import triton_adam
+    from crosslens.kernels import triton_adam
 
     ties = (
         torch.tensor(
@@ -642,7 +635,7 @@ def test_triton_bfloat16_state_update_equals_the_eager_update(device, scaled):
     eager ops from the same noise: the parameters agree to float32 rounding, the moments to
     bfloat16's but for the rare element whose float32 value and noise sit at a rounding edge."""
     skip_outside_the_interpreter(device)
-    from crosslens.training import triton_adam
+    from crosslens.kernels import triton_adam
 
     g = torch.Generator().manual_seed(0)
     n = 3 * triton_adam.BLOCK + 100
@@ -676,7 +669,7 @@ def test_triton_draws_the_eager_rounding_noise(device):
     for keys at the edges of the 32-bit halves the kernel takes it in (one in [2^31, 2^32) was
     typed uint32 by Triton's interpreter when passed whole, and failed there)."""
     skip_outside_the_interpreter(device)
-    from crosslens.training import triton_adam
+    from crosslens.kernels import triton_adam
 
     edges = (2**31 + 5, 2**32 - 1, -(2**31), -1, 2**63 - 1, -(2**63), (2**31 + 5) << 32 | 7)
     for key in (noise_key(2**40 + 3, 11, 2), *(k - (1 << 64) if k >= 1 << 63 else k for k in edges)):
@@ -689,7 +682,7 @@ def test_triton_draws_the_eager_rounding_noise(device):
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_a_key_splits_into_two_signed_32_bit_halves():
-    from crosslens.training.triton_adam import key_halves
+    from crosslens.kernels.triton_adam import key_halves
 
     for key in (0, 1, -1, 2**31, 2**32 - 1, -(2**63), 2**63 - 1, noise_key(5, 9, 1)):
         low, high = key_halves(key)
@@ -699,11 +692,11 @@ def test_a_key_splits_into_two_signed_32_bit_halves():
 
 @NO_CUDA
 def test_bfloat16_state_on_cuda_takes_the_kernel():
-    from crosslens.training import optim, triton_adam
+    from crosslens.kernels import adam, triton_adam
 
-    want = triton_adam.chunk_update if HAS_TRITON else optim.eager_chunk_update
-    assert optim._update_for(KernelPlan.resolve("cuda"), chunked=True) is want
-    assert optim._update_for(KernelPlan.resolve("cpu"), chunked=True) is optim.eager_chunk_update
+    want = triton_adam.chunk_update if HAS_TRITON else adam.eager_chunk_update
+    assert adam.adam_update(KernelPlan.resolve("cuda"), chunked=True) is want
+    assert adam.adam_update(KernelPlan.resolve("cpu"), chunked=True) is adam.eager_chunk_update
 
 
 def test_bfloat16_state_resumes_to_the_same_bytes(tmp_path):
@@ -1106,7 +1099,7 @@ def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_t
     events = [
         event("/repo/crosslens/training/trainer.py(258): step", CPU, 0, 1000),
         event("/repo/crosslens/crosscoders/base.py(533): training_pass", CPU, 10, 50),
-        event("/repo/crosslens/crosscoders/sparse_kernels.py(585): backward", CPU, 60, 900, thread=2),
+        event("/repo/crosslens/kernels/sparse.py(585): backward", CPU, 60, 900, thread=2),
         event("/usr/lib/python3/threading.py(10): run", CPU, 61, 80, thread=2),  # not crosslens's
         event("cudaLaunchKernel", CPU, 20, 21, id=11),
         event("cuLaunchKernel", CPU, 70, 71, id=12, thread=2),
@@ -1120,7 +1113,7 @@ def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_t
     ]
     assert profiling.launch_sites(events) == {
         11: "crosslens/crosscoders/base.py(533): training_pass",
-        12: "crosslens/crosscoders/sparse_kernels.py(585): backward",
+        12: "crosslens/kernels/sparse.py(585): backward",
         13: "crosslens/training/trainer.py(258): step",
         99: "(none)",
         14: "(none)",

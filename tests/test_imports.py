@@ -25,16 +25,17 @@ LAYERS: dict[str, int] = {
     "core": 0,  # paths, hashing, sealed JSON, locks, hook names, torchrun, devices, seeding, errors
     "htmlreport": 0,  # the HTML report builder every stage writes with
     "architectures": 1,  # the architectures by name and their training defaults (no classes)
+    "kernels": 1,  # the training step's implementations and the plan choosing them (<- core alone)
     # 2: inputs and the crosscoder architectures, independent of each other
     "checkpoints": 2,  # snapshot suites
     "tasks": 2,  # minimal pairs and the pico grammar (pure text)
-    "crosscoders": 2,  # standalone: the architectures know nothing of the pipeline
+    "crosscoders": 2,  # <- kernels; the architectures know nothing of the pipeline
     # 3: built on one of those
     "pico": 3,  # <- checkpoints, tasks
     "activations": 3,  # <- checkpoints (and the pico grammar from tasks as its default text)
     "distributed": 3,  # <- crosscoders
     # 4: the stages that use a crosscoder
-    "training": 4,  # <- crosscoders, distributed, activations, pico (sizing a run, recipes)
+    "training": 4,  # <- crosscoders, kernels, distributed, activations, pico (sizing a run, recipes)
     "analysis": 4,  # <- crosscoders (duck-typed), activations
     "causal": 4,  # <- crosscoders, tasks
     # 5: built on the stages

@@ -12,13 +12,16 @@ import pytest
 import torch
 from sae_lens.saes.sae import TrainStepInput
 
-import crosslens.crosscoders.jumprelu_dense as dense
-import crosslens.crosscoders.jumprelu_kernels as kernels
+import crosslens.kernels.jumprelu_dense as dense
+import crosslens.kernels.jumprelu_entry_classes as kernels
+import crosslens.kernels.jumprelu_ops as ops
 from crosslens.crosscoders import JumpReLUTrainingCrosscoder, JumpReLUTrainingCrosscoderConfig
 from crosslens.crosscoders.base import CrosscoderPass
 from crosslens.crosscoders.collectives import LocalCollectives
-from crosslens.crosscoders.jumprelu_ops import forward_block
-from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.crosscoders.jumprelu_crosscoder import snapshot_gated_decode
+from crosslens.kernels.jumprelu_ops import forward_block
+from crosslens.kernels.jumprelu_pairs import snapshot_score_sums
+from crosslens.kernels.plan import KernelPlan
 
 CPU = KernelPlan.resolve("cpu", compile=False)
 CUDA = KernelPlan.resolve("cuda", compile=None)  # a plan only: resolving it needs no CUDA
@@ -144,7 +147,7 @@ def _count_gated_decodes(calls: CallCounter) -> list[int]:
 
 def _count_padded_rows(calls: CallCounter) -> list[int]:
     """How many times entries open everywhere were packed into padded rows."""
-    return calls.watch(kernels.PaddedRows.__init__)
+    return calls.watch(ops.PaddedRows.__init__)
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -237,7 +240,7 @@ def test_gated_decode_matches_the_per_snapshot_code_and_its_matmul(window_mode, 
     grad_score = torch.randn(F_, generator=gen, dtype=torch.float64)
     kw = {"bandwidth": 0.4, "tanh_scale": 2.0}
 
-    recon, score, open_any, shared, _ = kernels.snapshot_gated_decode(
+    recon, score, open_any, shared, _ = snapshot_gated_decode(
         h, W_dec, threshold, norm_factors_S=factors, plan=plan, **kw
     )
     torch.autograd.backward([recon, score], [grad_recon, grad_score])
@@ -292,7 +295,7 @@ def test_score_sums_alone_are_those_of_the_gate_and_score(calls, dtype, layout):
     open_NF = (h[None] * norms.T[:, None] > threshold).any(0)
     assert 0 < open_NF.float().mean() < 0.5
     gate_and_score = calls.watch(dense.SnapshotGateAndScore.forward)
-    got = kernels.snapshot_score_sums(h, norms, threshold, plan=plan, **kw)
+    got = snapshot_score_sums(h, norms, threshold, plan=plan, **kw)
     assert gate_and_score[0] == 0, "the scores alone use nothing of SnapshotGateAndScore"
     assert got.dtype == torch.float32 and got[2] == 0 and got[1] > 0
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -358,7 +361,7 @@ def test_compiled_kernels_match_the_old_implementation():
 
 
 def test_the_block_functions_are_compiled_on_cuda_and_eager_elsewhere():
-    from crosslens.crosscoders.jumprelu_ops import backward_block
+    from crosslens.kernels.jumprelu_ops import backward_block
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # no CUDA needed: only the choice is made
     fast = KernelPlan(backend="triton", compile=True, adam="kernel", adam_backend="triton", handoff_norms=True)
@@ -392,7 +395,7 @@ def test_the_environment_sets_where_the_block_functions_are_compiled(setting, on
     import sys
 
     probe = (
-        "import crosslens.crosscoders.kernel_plan as kp\n"
+        "import crosslens.kernels.plan as kp\n"
         "kp.triton_installed = lambda: True\n"  # the CUDA default holds where triton is installed
         "print([kp.KernelPlan.resolve(t).compile for t in ('cpu', 'cuda')])"
     )

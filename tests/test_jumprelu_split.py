@@ -1,4 +1,4 @@
-"""The split JumpReLU step (:mod:`crosslens.crosscoders.jumprelu_split`) against the per-snapshot
+"""The split JumpReLU step (:mod:`crosslens.kernels.jumprelu_split`) against the per-snapshot
 reference: the entries open at every snapshot and outside the window through the shared
 code's matmul, the rest from their pairs, give the reference's decode, scores and gradients to
 ``h``, the decoder and the threshold, freshly initialised (every norm equal) and with norms
@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crosslens.crosscoders.jumprelu_dense import snapshot_gate_and_score
-from crosslens.crosscoders.jumprelu_pairs import active_entries
-from crosslens.crosscoders.jumprelu_split import EverywhereScores, everywhere_and_rest, split_gated_decode
-from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.kernels.jumprelu_dense import snapshot_gate_and_score
+from crosslens.kernels.jumprelu_pairs import active_entries
+from crosslens.kernels.jumprelu_split import EverywhereScores, everywhere_and_rest, split_gated_decode
+from crosslens.kernels.plan import KernelPlan
 
 N, S, D, F = 48, 4, 8, 96
 BANDWIDTH, TANH_SCALE = 0.2, 4.0

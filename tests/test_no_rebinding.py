@@ -1,5 +1,5 @@
 """No file of the repository rebinds a module's constant: a different code path is a different
-:class:`~crosslens.crosscoders.kernel_plan.KernelPlan` (or argument), built and passed, never a
+:class:`~crosslens.kernels.plan.KernelPlan` (or argument), built and passed, never a
 process-wide switch flipped from outside.
 
 Every Python file of the checkout (package, tests, benchmarks, scripts) is read with ``ast``. A

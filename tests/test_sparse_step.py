@@ -22,11 +22,11 @@ from sae_lens.saes.sae import TrainStepInput
 import crosslens.crosscoders as cc
 from crosslens.core.devices import counted_cuda_syncs
 from crosslens.core.tensors import row_norms
-from crosslens.crosscoders import jumprelu_pairs, sparse_kernels, weight_grads
-from crosslens.crosscoders.active_pairs import ActivePairs, run_starts
-from crosslens.crosscoders.jumprelu_pairs import ActiveEntries, active_entries, sparse_step_pays
-from crosslens.crosscoders.kernel_plan import KernelPlan
-from crosslens.crosscoders.sparse_kernels import EagerKernels, gather_decode
+from crosslens.kernels import jumprelu_pairs, sparse, weight_grads
+from crosslens.kernels.active_pairs import ActivePairs, run_starts
+from crosslens.kernels.jumprelu_pairs import ActiveEntries, active_entries, sparse_step_pays
+from crosslens.kernels.plan import KernelPlan
+from crosslens.kernels.sparse import EagerKernels, gather_decode
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 
 S, D, F, B = 3, 8, 64, 32
@@ -65,7 +65,7 @@ def pairs_path_with_eager_sums(monkeypatch: pytest.MonkeyPatch) -> KernelPlan:
     place: the plan's kernels are handed out as :class:`EagerKernels` (which launch on a CPU
     outside the interpreter)."""
     eager = lambda plan: EagerKernels(plan)  # noqa: E731
-    monkeypatch.setattr(sparse_kernels, "kernels_for", eager)
+    monkeypatch.setattr(sparse, "kernels_for", eager)
     monkeypatch.setattr(jumprelu_pairs, "kernels_for", eager)
     return KernelPlan.resolve("cpu", backend="triton")
 
@@ -107,7 +107,7 @@ def random_pairs(
 def test_the_gathers_launch_with_the_block_and_warps_of_their_plan(monkeypatch):
     """A sweep (``gpu.py --gathers``) launches the kernels of one plan after another's: each
     launch takes its own plan's tunings; every launch makes the tensors' device current."""
-    from crosslens.crosscoders import triton_kernels as tk
+    from crosslens.kernels import triton_sparse as tk
 
     launches, devices = [], []
 
@@ -229,7 +229,7 @@ def check_decode_and_norms(plan: KernelPlan, device: str, groups: int) -> None:
     values_NR = torch.randn(pairs.n_tokens, 4, generator=g).to(device).requires_grad_()
     grad_NK = torch.randn(pairs.n_tokens, S * D, generator=g).to(device)
     norms_FS = torch.linalg.vector_norm(W_FGD.detach().reshape(F, S, D), dim=-1)
-    out_NGD, got_FS, rows_NK = sparse_kernels.gather_decode_and_norms(
+    out_NGD, got_FS, rows_NK = sparse.gather_decode_and_norms(
         W_FGD, values_AG, pairs, norms_FS, plan, rows=(rows_R, values_NR)
     )
     inputs = (W_FGD, values_AG, values_NR)
@@ -244,11 +244,11 @@ def check_decode_and_norms(plan: KernelPlan, device: str, groups: int) -> None:
     for got, expected, name in zip(grads, want, ("W", "values", "the rows' values")):
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=name)
     assert grads[0].isfinite().all() and grads[0][7].abs().max() > 0  # the rows' part alone
-    decode_only_NGD = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, plan)[0]
+    decode_only_NGD = sparse.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, plan)[0]
     alone = torch.autograd.grad(decode_only_NGD, W_FGD, grad_NGD)[0]
     decode_NGD = gather_decode(W_FGD, values_AG, pairs, plan)
     assert_same_sums(alone, torch.autograd.grad(decode_NGD, W_FGD, grad_NGD)[0], plan.backend)
-    norms_only = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, plan)[1]
+    norms_only = sparse.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, plan)[1]
     assert torch.autograd.grad(norms_only, W_FGD, grad_FS)[0][7].abs().max() == 0
 
 
@@ -274,7 +274,7 @@ def check_block_sums(plan: KernelPlan, device: str, groups: int) -> None:
     def backwards() -> None:
         for pairs, values_AG, rows, grads in micro_batches:
             norms_FS = weight_grads.row_norms_now(W_FSD)
-            outs = sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, plan, rows=rows)
+            outs = sparse.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, plan, rows=rows)
             torch.autograd.backward(outs, grads)
 
     backwards()
@@ -305,14 +305,14 @@ def test_gather_decode_and_norms_write_one_gradient(device, groups, backend, che
 def test_gather_decode_and_norms_refuses_norms_that_do_not_split_the_rows():
     pairs, W_FGD, values_AG, _ = random_pairs("cpu", 1)
     with pytest.raises(ValueError, match="do not split the rows of W"):
-        sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, torch.ones(F, 5))
+        sparse.gather_decode_and_norms(W_FGD, values_AG, pairs, torch.ones(F, 5))
 
 
 def test_gather_decode_and_norms_refuses_rows_without_a_value_per_token_and_row():
     pairs, W_FGD, values_AG, _ = random_pairs("cpu", 1)
     rows = (torch.tensor([1, 2]), torch.ones(pairs.n_tokens, 3))
     with pytest.raises(ValueError, match="one value per token and row"):
-        sparse_kernels.gather_decode_and_norms(W_FGD, values_AG, pairs, torch.ones(F, S), rows=rows)
+        sparse.gather_decode_and_norms(W_FGD, values_AG, pairs, torch.ones(F, S), rows=rows)
 
 
 # ---------------------------------------------------------------- the whole step
@@ -410,7 +410,7 @@ def _forget_the_crosscoders_made():
 @pytest.fixture
 def passes():
     """``passes(path)``: how many JumpReLU training passes of the crosscoders this test made
-    (:func:`make_sae`) took that implementation (``jumprelu_kernels.PATHS``)."""
+    (:func:`make_sae`) took that implementation (``plan.JUMPRELU_PATHS``)."""
     return lambda path: sum(sae.pass_paths[path] for sae in _made if hasattr(sae, "pass_paths"))
 
 
@@ -626,11 +626,11 @@ def entry_operands(
 def test_triton_entry_masks_equal_the_eager_ones(device, layout, dtype, threshold_dtype, triton_backend):
     """Bit for bit: the open and active entries, their counts, and the masks in ``h``'s layout;
     with the thresholds in bfloat16 too, as a step under autocast compares them."""
-    from crosslens.crosscoders.triton_kernels import TritonKernels
+    from crosslens.kernels.triton_sparse import TritonKernels
 
     operands = entry_operands(device, layout, dtype, threshold_dtype)
     open_NF, active_NF, *counts = TritonKernels(triton_backend).entry_masks(*operands, 0.3)
-    want_open, want_active, *want_counts = sparse_kernels.eager_entry_masks(*operands, 0.3)
+    want_open, want_active, *want_counts = sparse.eager_entry_masks(*operands, 0.3)
     assert torch.equal(open_NF, want_open) and torch.equal(active_NF, want_active)
     n_open, n_active = (int(n) for n in counts)
     assert [n_open, n_active] == [int(n) for n in want_counts] == [int(want_open.sum()), int(want_active.sum())]
@@ -647,7 +647,7 @@ def test_entries_in_dtypes_the_kernel_does_not_take_are_listed_eagerly():
     triton = KernelPlan.resolve("cpu", backend="triton")
     h_NF, low_F, high_F, t_F = (x.bfloat16() for x in entry_operands("cpu", "feature-major", torch.float32))
     entries = active_entries(h_NF, torch.stack((low_F, high_F), dim=1), t_F, 0.3, triton)
-    want_open, want_active, n_open, n_active = sparse_kernels.eager_entry_masks(h_NF, low_F, high_F, t_F, 0.3)
+    want_open, want_active, n_open, n_active = sparse.eager_entry_masks(h_NF, low_F, high_F, t_F, 0.3)
     assert torch.equal(entries.open_NF, want_open) and torch.equal(entries.active_NF, want_active)
     assert (entries.n_open, entries.n_window) == (int(n_open), int(n_active - n_open))
 
@@ -657,7 +657,7 @@ def test_a_step_under_autocast_lists_its_entries_with_the_kernel(monkeypatch):
     """Under autocast the encoder leaves ``h`` in bfloat16, the step compares it with its
     thresholds rounded to bfloat16, and the decoder norms stay float32: dtypes the kernel
     takes, so the step's entries are listed in one pass and not by the eager twin's dozen."""
-    from crosslens.crosscoders import triton_kernels
+    from crosslens.kernels import triton_sparse
 
     class Listed(Exception):
         """The step reached the kernel (stopped there: no Triton kernel runs on a CPU)."""
@@ -665,7 +665,7 @@ def test_a_step_under_autocast_lists_its_entries_with_the_kernel(monkeypatch):
     def reached(h_NF, low_F, high_F, t_F, half_width):
         raise Listed(h_NF.dtype, low_F.dtype, high_F.dtype, t_F.dtype)
 
-    monkeypatch.setattr(triton_kernels.TritonKernels, "entry_masks", staticmethod(reached))
+    monkeypatch.setattr(triton_sparse.TritonKernels, "entry_masks", staticmethod(reached))
     sae = make_sae("jumprelu_crosscoder", "cpu", KernelPlan.resolve("cpu", backend="triton"), sparse_step=True)
     x_BSD = batches(1, "cpu")[0]
     set_trained_sparsity(sae, x_BSD)
@@ -677,13 +677,13 @@ def test_a_step_under_autocast_lists_its_entries_with_the_kernel(monkeypatch):
 @pytest.mark.parametrize("layout", ["token-major", "feature-major"])
 def test_eager_window_dots_equal_the_dense_sums(layout):
     """The window kernel's eager twin, what a backend without Triton would sum the window with."""
-    check_window_dots(sparse_kernels.eager_window_dots, window_operands("cpu", layout))
+    check_window_dots(sparse.eager_window_dots, window_operands("cpu", layout))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["token-major", "feature-major"])
 def test_triton_window_dots_equal_the_dense_sums(device, layout, triton_backend):
-    from crosslens.crosscoders.triton_kernels import TritonKernels
+    from crosslens.kernels.triton_sparse import TritonKernels
 
     kernels = TritonKernels(triton_backend)
     args = window_operands(device, layout)
@@ -703,9 +703,9 @@ def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, trit
     """bfloat16 rows with d_in and the tokens multiples of ``ALIGNMENT`` take the wide tile
     (the plan's ``window_tile``, 128 x 128 where the others take 64 x 64): its sums are the
     dense ones of the same bfloat16 numbers."""
-    from crosslens.crosscoders import triton_kernels
+    from crosslens.kernels import triton_sparse
 
-    kernel, launched = triton_kernels._window_dots, []
+    kernel, launched = triton_sparse._window_dots, []
 
     class Recorded:
         def __getitem__(self, grid):
@@ -715,7 +715,7 @@ def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, trit
 
             return launch
 
-    monkeypatch.setattr(triton_kernels, "_window_dots", Recorded())
+    monkeypatch.setattr(triton_sparse, "_window_dots", Recorded())
     plan = triton_backend
     wide = plan.window_tile
     assert wide.tokens > plan.window_tile_narrow.tokens
@@ -724,7 +724,7 @@ def test_triton_window_dots_with_the_wide_tile_equal_the_dense_sums(device, trit
         plan = dataclasses.replace(plan, window_tile_narrow=wide)
     else:
         args[0], args[1] = args[0].to(torch.bfloat16), args[1].to(torch.bfloat16)
-    check_window_dots(triton_kernels.TritonKernels(plan).window_dots, args)
+    check_window_dots(triton_sparse.TritonKernels(plan).window_dots, args)
     assert [(k["BLOCK_N"], k["BLOCK_F"], k["num_stages"]) for k in launched] == [
         (wide.tokens, wide.features, wide.stages)
     ]
@@ -1016,10 +1016,10 @@ def test_topk_pairs_under_autocast_read_the_rounded_decoder_once_a_pass(arch, mo
     from crosslens.crosscoders import topk_crosscoder
 
     copies: list[torch.dtype | None] = []
-    original = sparse_kernels.autocast_copy
+    original = sparse.autocast_copy
 
-    def copy(W, n_pairs, plan=None):
-        out = original(W, n_pairs, plan)
+    def copy(W, n_pairs, plan=None, step_weights=None):
+        out = original(W, n_pairs, plan, step_weights)
         copies.append(None if out is None else out.dtype)
         return out
 
@@ -1132,15 +1132,13 @@ def test_the_rows_matmuls_read_operands_padded_to_an_aligned_count():
     g = torch.Generator().manual_seed(0)
     W_FGD = torch.randn(F, 1, S * D, generator=g)
     rows_R, values_NR = torch.tensor([1, 4, 6]), torch.randn(5, 3, generator=g)
-    rows_RK = sparse_kernels._rows(W_FGD, rows_R, None)
-    padded_NR = sparse_kernels._padded_values(values_NR, 3)
-    assert rows_RK.shape == (sparse_kernels.ROW_ALIGNMENT, S * D) and padded_NR.shape == (
+    rows_RK = sparse._rows(W_FGD, rows_R, None)
+    padded_NR = sparse._padded_values(values_NR, 3)
+    assert rows_RK.shape == (sparse.ROW_ALIGNMENT, S * D) and padded_NR.shape == (
         5,
-        sparse_kernels.ROW_ALIGNMENT,
+        sparse.ROW_ALIGNMENT,
     )
     assert torch.equal(rows_RK[:3], W_FGD[rows_R, 0]) and rows_RK[3:].abs().max() == 0
     assert torch.equal(padded_NR[:, :3], values_NR) and padded_NR[:, 3:].abs().max() == 0
-    assert sparse_kernels._padded_values(padded_NR, 3) is padded_NR  # already padded: as it is
-    torch.testing.assert_close(
-        sparse_kernels.dense_rows_decode(W_FGD, (rows_R, values_NR)), values_NR @ W_FGD[rows_R, 0]
-    )
+    assert sparse._padded_values(padded_NR, 3) is padded_NR  # already padded: as it is
+    torch.testing.assert_close(sparse.dense_rows_decode(W_FGD, (rows_R, values_NR)), values_NR @ W_FGD[rows_R, 0])

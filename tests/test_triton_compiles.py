@@ -33,7 +33,7 @@ import torch
 from interpreted import HAS_TRITON, INTERPRETED
 from test_sparse_step import S, random_pairs
 
-from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.kernels.plan import KernelPlan
 
 pytestmark = pytest.mark.skipif(
     not HAS_TRITON or INTERPRETED, reason="needs triton, and its compiler rather than the interpreter"
@@ -48,7 +48,7 @@ PLAN = KernelPlan(backend="triton")
 
 def triton_kernels_of(plan: KernelPlan = PLAN) -> Any:
     """``TritonKernels(plan)``: the wrappers whose launches are compiled."""
-    from crosslens.crosscoders.triton_kernels import TritonKernels
+    from crosslens.kernels.triton_sparse import TritonKernels
 
     return TritonKernels(plan)
 
@@ -160,7 +160,7 @@ def own_cache(tmp_path, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("groups", [1, S])
 def test_the_sparse_decode_kernels_compile_for_an_h100(groups, dtype, monkeypatch):
-    from crosslens.crosscoders import triton_kernels
+    from crosslens.kernels import triton_sparse
 
     pairs, W_FGD, values_AG, grad_NGD = random_pairs("cpu", groups)
     W_FGD, values_AG, grad_NGD = W_FGD.detach(), values_AG.detach(), grad_NGD.to(dtype)
@@ -176,9 +176,9 @@ def test_the_sparse_decode_kernels_compile_for_an_h100(groups, dtype, monkeypatc
         # a micro-batched step's: added to the block's float32 sum
         kernels.weight_grad(grad_NGD, values_AG, pairs, out=torch.zeros(W_FGD.shape))
 
-    assert compile_recorded(triton_kernels, "_gather_rows", gathers, monkeypatch) == 4
+    assert compile_recorded(triton_sparse, "_gather_rows", gathers, monkeypatch) == 4
     dots = lambda: kernels.values_grad(grad_NGD, read_FGD, pairs, dtype=torch.float32)  # noqa: E731
-    assert compile_recorded(triton_kernels, "_pair_dots", dots, monkeypatch) == 1
+    assert compile_recorded(triton_sparse, "_pair_dots", dots, monkeypatch) == 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -186,16 +186,16 @@ def test_the_sparse_decode_kernels_compile_for_an_h100(groups, dtype, monkeypatc
 def test_the_window_kernel_compiles_for_an_h100(dtype, N, D, monkeypatch):
     """Both tiles: the wide one where bfloat16 rows and tokens are aligned, the narrow one
     elsewhere."""
-    from crosslens.crosscoders import triton_kernels
+    from crosslens.kernels import triton_sparse
 
     window = window_launch(dtype, N, D)  # d_in not a multiple of the tile's block, or aligned
-    wide = dtype == torch.bfloat16 and D % triton_kernels.ALIGNMENT == 0 == N % triton_kernels.ALIGNMENT
+    wide = dtype == torch.bfloat16 and D % triton_sparse.ALIGNMENT == 0 == N % triton_sparse.ALIGNMENT
     tile = PLAN.window_tile if wide else PLAN.window_tile_narrow
 
     def launched(compiled: Any) -> None:
         assert compiled.metadata.num_warps == tile.warps and compiled.metadata.num_stages == tile.stages
 
-    assert compile_recorded(triton_kernels, "_window_dots", window, monkeypatch, launched) == 1
+    assert compile_recorded(triton_sparse, "_window_dots", window, monkeypatch, launched) == 1
 
 
 def window_launch(dtype: torch.dtype, N: int, D: int, plan: KernelPlan = PLAN) -> Any:
@@ -224,7 +224,7 @@ def swept_tiles() -> tuple:
 @pytest.mark.parametrize("tile", swept_tiles(), ids=str)
 def test_every_window_launch_the_benchmark_sweeps_compiles_for_an_h100(tile, monkeypatch):
     """Each of ``WINDOW_TILES`` in bfloat16 at an aligned shape, with its tile and options."""
-    from crosslens.crosscoders import triton_kernels
+    from crosslens.kernels import triton_sparse
 
     plan = dataclasses.replace(PLAN, window_tile=tile)
 
@@ -233,7 +233,7 @@ def test_every_window_launch_the_benchmark_sweeps_compiles_for_an_h100(tile, mon
 
     assert (
         compile_recorded(
-            triton_kernels, "_window_dots", window_launch(torch.bfloat16, 144, 64, plan), monkeypatch, launched
+            triton_sparse, "_window_dots", window_launch(torch.bfloat16, 144, 64, plan), monkeypatch, launched
         )
         == 1
     )
@@ -242,7 +242,7 @@ def test_every_window_launch_the_benchmark_sweeps_compiles_for_an_h100(tile, mon
 @pytest.mark.parametrize("copied", [False, True])
 @pytest.mark.parametrize("scaled", [False, True])
 def test_the_adam_kernels_compile_for_an_h100(scaled, copied, monkeypatch):
-    from crosslens.training import triton_adam
+    from crosslens.kernels import triton_adam
 
     g = torch.Generator().manual_seed(2)
     n = 3 * triton_adam.BLOCK + 112  # not whole blocks; a multiple of 16, as a crosscoder's sizes are
@@ -277,7 +277,7 @@ def test_the_adam_kernels_compile_for_an_h100(scaled, copied, monkeypatch):
 def test_the_adam_kernel_writing_row_norms_compiles_for_an_h100(d, copied, monkeypatch):
     """The decoder's update, which also sums its rows' norms: Ge et al.'s d_in (768, three
     column tiles a row) and a short row (one tile, several rows a program), both moment dtypes."""
-    from crosslens.training import triton_adam
+    from crosslens.kernels import triton_adam
 
     g = torch.Generator().manual_seed(3)
     shape = (37, 2, d)  # [d_sae, n_snapshots, d_in]: not a whole number of programs' rows
@@ -301,7 +301,7 @@ def test_the_adam_kernel_writing_row_norms_compiles_for_an_h100(d, copied, monke
 
 @pytest.mark.parametrize("d", [768, 40])
 def test_the_row_norms_kernel_compiles_for_an_h100(d, monkeypatch):
-    from crosslens.training import triton_adam
+    from crosslens.kernels import triton_adam
 
     x = torch.randn(37, 2, d, generator=torch.Generator().manual_seed(4))
     assert compile_recorded(triton_adam, "_row_pass", lambda: triton_adam.row_norms(x), monkeypatch) == 1
@@ -322,19 +322,19 @@ def test_the_entry_masks_kernel_compiles_for_an_h100_rounding_as_torch(layout, d
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from crosslens.crosscoders import triton_kernels
+    from crosslens.kernels import triton_sparse
 
     operands = entry_operands("cpu", layout, dtype, threshold_dtype)
-    kernel = triton_kernels._entry_masks
+    kernel = triton_sparse._entry_masks
 
     def two_roundings(compiled: Any) -> None:
         ptx = compiled.asm["ptx"]
         assert "mul.rn.f32" in ptx and "sub.rn.f32" in ptx and "fma.rn.f32" not in ptx, "the distances are contracted"
 
     run = lambda: triton_kernels_of().entry_masks(*operands, 0.3)  # noqa: E731
-    assert compile_recorded(triton_kernels, "_entry_masks", run, monkeypatch, two_roundings) == 1
+    assert compile_recorded(triton_sparse, "_entry_masks", run, monkeypatch, two_roundings) == 1
     recorder = Launches(kernel)
-    monkeypatch.setattr(triton_kernels, "_entry_masks", recorder)
+    monkeypatch.setattr(triton_sparse, "_entry_masks", recorder)
     run()
     ((args, kwargs),) = recorder.calls
     types, constexprs, attrs = signature(kernel, args, kwargs)
@@ -350,7 +350,7 @@ def test_the_entry_masks_kernel_reads_h_16_bytes_at_a_time_where_the_shape_allow
     """At a shape whose sizes are multiples of 16 (Ge et al.'s 2048 tokens by 24,576 features),
     each thread reads its elements of ``h`` 16 bytes at a time and writes its mask bytes 8 at a
     time, either way round."""
-    from crosslens.crosscoders import triton_kernels
+    from crosslens.kernels import triton_sparse
 
     g = torch.Generator().manual_seed(9)
     h_NF = torch.randn(256, 96, generator=g)
@@ -364,4 +364,4 @@ def test_the_entry_masks_kernel_reads_h_16_bytes_at_a_time_where_the_shape_allow
         triton_kernels_of().entry_masks(h_NF, low_F, high_F, t_F, 0.3)
         triton_kernels_of().entry_masks(h_NF.T.contiguous().T, low_F, high_F, t_F, 0.3)
 
-    assert compile_recorded(triton_kernels, "_entry_masks", both_layouts, monkeypatch, vectorised) == 2
+    assert compile_recorded(triton_sparse, "_entry_masks", both_layouts, monkeypatch, vectorised) == 2

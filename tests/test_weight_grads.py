@@ -1,5 +1,5 @@
 """The crosscoder's weight matmuls under autocast: autocast's forward, the weight's gradient
-in float32 (crosslens.crosscoders.weight_grads)."""
+in float32 (crosslens.kernels.weight_grads)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch
 
 import crosslens.crosscoders as cc
 from crosslens.core.tensors import row_norms
-from crosslens.crosscoders.kernel_plan import KernelPlan
-from crosslens.crosscoders.regated_decode import snapshot_decode
-from crosslens.crosscoders.weight_grads import (
+from crosslens.kernels.plan import KernelPlan
+from crosslens.kernels.regated_decode import snapshot_decode
+from crosslens.kernels.weight_grads import (
     deferred_weight_grads,
     float32_product,
     row_norms_now,
@@ -333,7 +333,7 @@ def test_a_backward_run_under_cpu_autocast_keeps_the_float32_weight_gradient():
 def test_the_sparse_steps_rounded_decoder_is_the_blocks_one_copy():
     """``autocast_copy`` (the pairs' rounded decoder) takes a deferred block's copy of a weight
     it lists, so a micro-batched step rounds ``W_dec`` once; outside a block, a copy each call."""
-    from crosslens.crosscoders.sparse_kernels import autocast_copy
+    from crosslens.kernels.sparse import autocast_copy
 
     W = torch.randn(64, 3, 8, requires_grad=True)
     with torch.autocast("cpu", torch.bfloat16):
@@ -494,7 +494,7 @@ def test_a_micro_batched_step_multiplies_each_micro_batch_by_the_encoder_once(ar
 
     from sae_lens.saes.sae import TrainStepInput
 
-    from crosslens.crosscoders import weight_grads
+    from crosslens.kernels import weight_grads
     from crosslens.training import micro
 
     S, D, F_ = 2, 8, 32  # W_enc is [S * D, F] as a matrix, W_dec [F, S * D]: told apart by shape
@@ -535,7 +535,7 @@ def test_a_micro_batched_step_multiplies_each_micro_batch_by_the_encoder_once(ar
 
 
 def test_a_kept_product_is_taken_once_and_only_for_the_very_same_operands():
-    from crosslens.crosscoders.weight_grads import kept_products
+    from crosslens.kernels.weight_grads import kept_products
 
     a, W, b = _operands(False)
     with deferred_weight_grads([W]):
@@ -582,7 +582,7 @@ def test_a_micro_batched_step_with_an_edited_pre_activation_or_input_trains_as_w
 
     from sae_lens.saes.sae import TrainStepInput
 
-    from crosslens.crosscoders import weight_grads
+    from crosslens.kernels import weight_grads
     from crosslens.training import micro
 
     held = []
@@ -627,7 +627,7 @@ def test_the_shared_code_decode_is_the_closed_gate_decoder_gradient(autocast):
     decode's, and the decoder's gradient at every snapshot the shared code's (closed gates
     included): what a second decode of the closed entries times ``W - W.detach()`` gave, without
     that decode or its ``[S, N, F]`` code kept, and in float32 under autocast."""
-    from crosslens.crosscoders.regated_decode import shared_code_decode
+    from crosslens.kernels.regated_decode import shared_code_decode
 
     gen = torch.Generator().manual_seed(5)
     S, N_, F_, D = 3, 20, 16, 8

@@ -3,9 +3,10 @@
 Importing this package registers the architectures :data:`crosslens.architectures.TRAINING_DEFAULTS`
 lists with SAELens, so ``SAE.from_dict``, ``SAE.load_from_disk``, ``TrainingSAE.load_from_disk``
 and SAELens's ``SAETrainer`` accept them. Each is one module here (its configs, its inference
-and training classes as ``CLASSES``, its math and its snapshot SAE's gate) and that one entry:
+and training classes as ``CLASSES``, its math, the fast paths of its training step by the run's
+:class:`~crosslens.kernels.plan.KernelPlan`, and its snapshot SAE's gate) and that one entry:
 
-- ``crosscoder``: ReLU, decoder-norm-weighted L1 (Anthropic; Bayazit et al.)
+- ``crosscoder`` (module ``relu_crosscoder``): ReLU, decoder-norm-weighted L1 (Anthropic; Bayazit et al.)
 - ``jumprelu_crosscoder``: per-snapshot JumpReLU gate, tanh sparsity loss (Ge et al.)
 - ``topk_crosscoder``: top-k of ReLU(h) * sum_s ||W_dec[i, s]||, auxiliary-k loss
 - ``batchtopk_crosscoder``: batch top-k in training, a fixed threshold for inference
@@ -33,17 +34,17 @@ from crosslens.crosscoders.batchtopk_crosscoder import (
     BatchTopKTrainingCrosscoder,
     BatchTopKTrainingCrosscoderConfig,
 )
-from crosslens.crosscoders.crosscoder import (
-    ReLUCrosscoder,
-    ReLUCrosscoderConfig,
-    ReLUTrainingCrosscoder,
-    ReLUTrainingCrosscoderConfig,
-)
 from crosslens.crosscoders.jumprelu_crosscoder import (
     JumpReLUCrosscoder,
     JumpReLUCrosscoderConfig,
     JumpReLUTrainingCrosscoder,
     JumpReLUTrainingCrosscoderConfig,
+)
+from crosslens.crosscoders.relu_crosscoder import (
+    ReLUCrosscoder,
+    ReLUCrosscoderConfig,
+    ReLUTrainingCrosscoder,
+    ReLUTrainingCrosscoderConfig,
 )
 from crosslens.crosscoders.snapshot_sae import as_hooked_sae_transformer, snapshot_sae
 from crosslens.crosscoders.topk_crosscoder import (

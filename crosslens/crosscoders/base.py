@@ -46,11 +46,12 @@ from torch import nn
 from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
 from crosslens.core.tensors import HostListing
 from crosslens.crosscoders.collectives import LocalCollectives
-from crosslens.crosscoders.compiled import compiled
 from crosslens.crosscoders.folding import is_folded
-from crosslens.crosscoders.kernel_plan import KernelPlan, plan_for
 from crosslens.crosscoders.snapshot_sae import snapshot_sae
-from crosslens.crosscoders.weight_grads import weight_matmul, weight_row_norms
+from crosslens.kernels.compiled import compiled
+from crosslens.kernels.plan import KernelPlan, plan_for
+from crosslens.kernels.step_weights import StepWeights
+from crosslens.kernels.weight_grads import weight_matmul, weight_row_norms
 
 SNAPSHOT_AXES = {"W_enc": 0, "W_dec": 1, "b_dec": 0, "folded_norm_factors": 0}
 """State-dict entries with a snapshot axis, and which axis it is. A snapshot-parallel
@@ -114,6 +115,11 @@ class CrosscoderMixin:
     """How snapshots and tokens held by other processes are reached; a plain process holds
     them all. ``crosslens.distributed.shard_crosscoder`` sets a mesh's collectives."""
     _kernel_plan: KernelPlan | None = None
+    step_weights: StepWeights | None = None
+    """What the optimizer wrote for the training step running (the weights rounded for autocast's
+    matmuls, the decoder's row norms), which its kernels take by argument rather than read each
+    weight again: handed over by the trainer for the length of a step
+    (:meth:`~crosslens.kernels.step_weights.StepWeights.reading`); None outside one."""
 
     def use_kernel_plan(self, plan: KernelPlan | None) -> None:
         """Run the training step's kernels as ``plan`` says (the trainer hands over its run's
@@ -183,10 +189,11 @@ class CrosscoderMixin:
         S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
         x_flat, W_enc_flat = x.reshape(-1, S * D), self.W_enc.reshape(S * D, F_)
         feature_major = feature_major and len(lead) == 1
+        read = {"feature_major": feature_major, "step_weights": self.step_weights}
         if self.collectives.snapshot_size == 1:
-            h = weight_matmul(x_flat, W_enc_flat, self.b_enc, feature_major=feature_major)
+            h = weight_matmul(x_flat, W_enc_flat, self.b_enc, **read)
         else:  # this rank's snapshots' share of h, summed over the snapshot axis
-            h = self.collectives.snapshot_sum(weight_matmul(x_flat, W_enc_flat, feature_major=feature_major))
+            h = self.collectives.snapshot_sum(weight_matmul(x_flat, W_enc_flat, **read))
             h = h + (self.b_enc[:, None] if feature_major else self.b_enc)
         if feature_major:
             return self.hook_sae_acts_pre(h.T)  # type: ignore[attr-defined]
@@ -199,7 +206,8 @@ class CrosscoderMixin:
         S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
         lead = feature_acts.shape[:-1]
         f_NF = feature_acts.to(self.dtype).reshape(-1, F_)
-        out_N = weight_matmul(f_NF, self.W_dec.reshape(F_, S * D), self.b_dec.reshape(S * D))
+        W_dec_flat = self.W_dec.reshape(F_, S * D)
+        out_N = weight_matmul(f_NF, W_dec_flat, self.b_dec.reshape(S * D), step_weights=self.step_weights)
         return out_N.reshape(*lead, S, D)
 
     def decode_active(
@@ -236,7 +244,8 @@ class CrosscoderMixin:
         """Differentiable decoder norms in the normalised (training) space; ``raw_FS``:
         ``||W_dec[i, s]||`` where a step has them already, and then differentiable only as
         far as they are."""
-        return (weight_row_norms(self.W_dec) if raw_FS is None else raw_FS) * self.folded_norm_factors
+        raw_FS = weight_row_norms(self.W_dec, step_weights=self.step_weights) if raw_FS is None else raw_FS
+        return raw_FS * self.folded_norm_factors
 
     def snapshot_norm_sums(self, raw_FS: torch.Tensor | None = None) -> Float[torch.Tensor, " d_sae"]:
         """Differentiable ``sum_s ||W_dec[i, s]||`` over every snapshot (normalised space),

@@ -29,7 +29,6 @@ from sae_lens.saes.sae import SAE
 from torch import nn
 
 from crosslens.architectures import DEFAULT_K
-from crosslens.crosscoders.active_pairs import run_starts
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass
 from crosslens.crosscoders.config import CrosscoderConfig
 from crosslens.crosscoders.snapshot_sae import divide_or_inf, non_negative_threshold
@@ -37,6 +36,7 @@ from crosslens.crosscoders.topk_crosscoder import (
     TopKTrainingCrosscoder,
     TopKTrainingCrosscoderConfig,
 )
+from crosslens.kernels.active_pairs import run_starts
 
 ARCHITECTURE = "batchtopk_crosscoder"
 

@@ -18,16 +18,16 @@ threshold stops contributing there, as it would inside the model. Use
 ``encode_per_snapshot``/``decode_per_snapshot`` for the ``[..., S, F]`` code with no
 re-gating. Training reconstructs from the per-snapshot code computed from ``h``
 (``hook_sae_acts_post`` there sees the shared code but cannot edit the reconstruction).
-Done naively the per-snapshot code costs O(batch * S * d_sae) elementwise work per step,
-which the other architectures do not do. :mod:`crosslens.crosscoders.jumprelu_kernels`
-avoids it: where a feature's gate is the same at every snapshot its per-snapshot code is
-the shared code, decoded with the plain crosscoder's one matmul, and only entries whose
-gate differs between snapshots, and the tanh scores of open entries, are worked out per
-snapshot. At a trained crosscoder's sparsity on CUDA (the run's plan, ``jumprelu_sparse``)
-the step reads only the active entries: those open at some snapshot, or inside the
-threshold's window at some, gathered as (token, feature) pairs and decoded by gather-sum
-kernels (:mod:`crosslens.crosscoders.jumprelu_pairs`). ``benchmarks/train.py`` and
-``benchmarks/gpu.py`` measure them.
+
+The training step's gate, scores and decode (:func:`snapshot_gated_decode`). Their reference
+is the per-snapshot code ``[S, N, F]`` itself, O(batch * S * d_sae) elementwise work a step
+that the other architectures do not do. The run's plan names the faster paths a step may take
+(:meth:`~crosslens.kernels.plan.KernelPlan.jumprelu_paths`), each computing the reference's
+values and gradients to the order of float sums: while few entries are open (a trained code),
+only the entries open or inside the threshold's window at some snapshot, as (token, feature)
+pairs; while the code is young, the entries open at every snapshot through the shared code's
+one matmul and the rest from pairs; on a CPU, the entries sorted by whether their gate is the
+same at every snapshot. ``benchmarks/train.py`` and ``benchmarks/gpu.py`` measure them.
 
 Straight-through estimator: the gate passes gradient to ``h`` where open and, through a
 rectangle kernel of width ``jumprelu_bandwidth`` around the threshold, to ``t_i``:
@@ -71,10 +71,15 @@ from crosslens.crosscoders.config import (
     check_coefficient,
     coefficient_schedule,
 )
-from crosslens.crosscoders.jumprelu_dense import snapshot_gate_and_score
-from crosslens.crosscoders.jumprelu_kernels import snapshot_gated_decode, snapshot_score_sums
-from crosslens.crosscoders.regated_decode import shared_code_decode
 from crosslens.crosscoders.snapshot_sae import divide_or_inf, non_negative_threshold
+from crosslens.kernels.jumprelu_dense import per_snapshot_gated_decode, snapshot_gate_and_score
+from crosslens.kernels.jumprelu_entry_classes import entry_classes_gated_decode
+from crosslens.kernels.jumprelu_pairs import active_entries, snapshot_score_sums, sparse_gated_decode, sparse_step_pays
+from crosslens.kernels.jumprelu_split import everywhere_and_rest, split_gated_decode, split_step_pays
+from crosslens.kernels.plan import KernelPlan, plan_for
+from crosslens.kernels.regated_decode import shared_code_decode
+from crosslens.kernels.step_weights import StepWeights
+from crosslens.kernels.weight_grads import row_norms_now
 
 ARCHITECTURE = "jumprelu_crosscoder"
 
@@ -237,7 +242,7 @@ class JumpReLUTrainingCrosscoder(
         # lambda = the scheduled l0 coefficient times this factor (1 without target_l0)
         self.register_buffer("l0_scale", torch.ones((), dtype=torch.float64, device=self.device))
         # training passes since the crosscoder was made, by the implementation that gated and
-        # decoded them (jumprelu_kernels.PATHS): what a benchmark or a test reads of the plan's choice
+        # decoded them (plan.JUMPRELU_PATHS): what a benchmark or a test reads of the plan's choice
         self.pass_paths: Counter[str] = Counter()
 
     def initialize_weights(self) -> None:
@@ -323,7 +328,12 @@ class JumpReLUTrainingCrosscoder(
             extras = {"f_SNF": f_SNF, "score_sum_F": score_sum_F}
         else:  # decoded with the gates, without an [S, N, F] code; the norms are its own
             recon_NSD, score_sum_F, open_anywhere_NF, shared_NF, path = snapshot_gated_decode(
-                h_NF, self.W_dec, threshold_F, norm_factors_S=self.folded_norm_factors, **kernel_args
+                h_NF,
+                self.W_dec,
+                threshold_F,
+                norm_factors_S=self.folded_norm_factors,
+                step_weights=self.step_weights,
+                **kernel_args,
             )
             self.pass_paths[path] += 1
             extras = {"recon_NSD": recon_NSD, "score_sum_F": score_sum_F}
@@ -340,7 +350,7 @@ class JumpReLUTrainingCrosscoder(
         if self.cfg.closed_gate_decoder_grad:
             # the decoder learns from the shared code at every snapshot, closed gates included;
             # the forward is the per-snapshot code's
-            recon_SND = shared_code_decode(f_SNF, self.W_dec, fwd.feature_acts_NF)
+            recon_SND = shared_code_decode(f_SNF, self.W_dec, fwd.feature_acts_NF, self.step_weights)
         else:
             recon_SND = torch.bmm(f_SNF, self.W_dec.transpose(0, 1))
         return recon_SND.transpose(0, 1) + self.b_dec
@@ -375,6 +385,53 @@ class JumpReLUTrainingCrosscoder(
             l0 = (active / n_tokens).clamp_min(1e-3)
             self.l0_scale.mul_((l0 / self.cfg.target_l0) ** self.cfg.l0_controller_gain)
         fwd.metrics["l0_scale"] = self.l0_scale.detach().clone()
+
+
+def snapshot_gated_decode(
+    h_NF: Float[torch.Tensor, "n d_sae"],
+    W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    threshold_F: Float[torch.Tensor, " d_sae"],
+    *,
+    norm_factors_S: Float[torch.Tensor, " n_snapshots"],
+    bandwidth: float,
+    tanh_scale: float,
+    plan: KernelPlan | None = None,
+    step_weights: StepWeights | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF, path)``: the decode of the
+    per-snapshot gated code (no bias), the summed tanh scores, the any-snapshot gate, the shared
+    code ``h * open_anywhere`` (no gradient), for decoder norms ``||W_dec[i, s]|| *
+    norm_factors_S[s]`` (the training space's, as ``CrosscoderMixin.snapshot_norms``), and which of
+    the plan's paths computed them (:data:`~crosslens.kernels.plan.JUMPRELU_PATHS`), the first in
+    the plan's order (:meth:`~crosslens.kernels.plan.KernelPlan.jumprelu_paths`) that pays for this
+    batch: from the pairs where few entries are open (``sparse_step_pays``), or always where the
+    plan says; split where the rest are few (``split_step_pays``); by entry classes where few
+    gates are mixed; else the per-snapshot reference. ``step_weights``: what the optimizer wrote
+    for the step (the decoder rounded, its row norms), where the trainer hands it over."""
+    plan = plan_for(h_NF.device, plan)
+    paths = plan.jumprelu_paths(h_NF.device.type, torch.is_autocast_enabled(h_NF.device.type))
+    gate, raw_FS = (bandwidth, tanh_scale), None  # the decoder norms without gradient, once computed
+    if "pairs" in paths:
+        raw_FS = row_norms_now(W_dec_FSD, step_weights)
+        with torch.no_grad():
+            args = (h_NF.detach(), raw_FS * norm_factors_S, threshold_F.detach(), bandwidth / 2)
+            entries = active_entries(*args, plan)
+        norms = (raw_FS, norm_factors_S)
+        if paths == ("pairs",) or sparse_step_pays(entries, plan):
+            *decoded, _ = sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, entries, gate, plan, step_weights)
+            return (*decoded, "pairs")
+        if "split" in paths:
+            split = everywhere_and_rest(*args, entries)
+            if split_step_pays(split[1], plan):
+                decoded = split_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, split, gate, plan, step_weights)
+                return (*decoded, "split")
+    if "entry classes" in paths:
+        classed_FS = row_norms_now(W_dec_FSD, step_weights) if raw_FS is None else raw_FS
+        decoded = entry_classes_gated_decode(h_NF, W_dec_FSD, threshold_F, (classed_FS, norm_factors_S), gate, plan)
+        if decoded is not None:
+            return (*decoded, "entry classes")
+    norms = (raw_FS, norm_factors_S)  # the norms the pairs' paths took, if any
+    return (*per_snapshot_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, gate, plan, step_weights), "per snapshot")
 
 
 CLASSES = (JumpReLUCrosscoder, JumpReLUCrosscoderConfig, JumpReLUTrainingCrosscoder, JumpReLUTrainingCrosscoderConfig)

@@ -25,7 +25,7 @@ than training started from the planted features (``scripts/planted_objective.py`
 With k much smaller than d_sae, training decodes only the active features instead of a
 dense ``[N, F] @ [F, S*D]`` matmul: a gather of their decoder rows through
 ``embedding_bag`` on a CPU (``benchmarks/train.py`` measures the speed-up), and on CUDA the
-Triton gather-sum kernels of :mod:`crosslens.crosscoders.sparse_kernels`, whose decoder
+Triton gather-sum kernels of :mod:`crosslens.kernels.sparse`, whose decoder
 gradient is a sparse-transpose-dense matmul rather than ``embedding_bag``'s backward.
 
 With n_snapshots = 1 and ``l1_coefficient = 0`` this is SAELens's ``topk`` SAE with
@@ -44,7 +44,6 @@ from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainSte
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
 from crosslens.architectures import DEFAULT_K, TOPK_L1
-from crosslens.crosscoders.active_pairs import ActivePairs
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass, CrosscoderTrainingMixin
 from crosslens.crosscoders.config import (
     CrosscoderConfig,
@@ -52,14 +51,15 @@ from crosslens.crosscoders.config import (
     check_coefficient,
     coefficient_schedule,
 )
-from crosslens.crosscoders.kernel_plan import KernelPlan
-from crosslens.crosscoders.sparse_kernels import (
+from crosslens.kernels.active_pairs import ActivePairs
+from crosslens.kernels.plan import KernelPlan
+from crosslens.kernels.sparse import (
     DenseRows,
     autocast_copy,
     dense_rows_decode,
     gather_decode_and_norms,
 )
-from crosslens.crosscoders.weight_grads import row_norms_now, weight_block
+from crosslens.kernels.weight_grads import row_norms_now, weight_block
 
 ARCHITECTURE = "topk_crosscoder"
 
@@ -186,18 +186,18 @@ class TopKTrainingCrosscoder(_TopKCrosscoderMath, CrosscoderTrainingMixin, Train
     ) -> torch.Tensor:
         """The step's sparse decode of its kept pairs. Through the pairs' kernels (CUDA), the
         decode's node also differentiates the decoder norms and decodes the auxiliary code
-        (:func:`~crosslens.crosscoders.sparse_kernels.gather_decode_and_norms`): the encode took
+        (:func:`~crosslens.kernels.sparse.gather_decode_and_norms`): the encode took
         the norms without gradient (:meth:`step_norms`), the differentiable sums left in
         ``fwd.extras["norm_sums_F"]`` are the L1 term's, and the auxiliary reconstruction is
         left in ``fwd.extras["aux_recon_NSD"]``, so that ``W_dec``'s gradient is written in one
         pass; under autocast they read a rounded copy of ``W_dec``
-        (:func:`~crosslens.crosscoders.sparse_kernels.autocast_copy`). Through
+        (:func:`~crosslens.kernels.sparse.autocast_copy`). Through
         ``embedding_bag`` (:meth:`_kernels`), the norms stay the encode's."""
         raw_FS = fwd.extras["raw_norms_FS"]
         if raw_FS is None:
             return self.decode_active(indices, values, offsets=offsets)
         aux = fwd.extras["aux"]
-        read = autocast_copy(self.W_dec, indices.numel(), self.kernel_plan)
+        read = autocast_copy(self.W_dec, indices.numel(), self.kernel_plan, step_weights=self.step_weights)
         out, raw_FS, aux_recon = gather_decode_and_norms(
             self._one_group(self.W_dec),
             values.reshape(-1, 1),
@@ -219,7 +219,7 @@ class TopKTrainingCrosscoder(_TopKCrosscoderMath, CrosscoderTrainingMixin, Train
         differentiable sums."""
         if not (self.uses_sparse_decode and self._kernels()):
             return None, self.snapshot_norm_sums()
-        raw_FS = row_norms_now(self.W_dec)
+        raw_FS = row_norms_now(self.W_dec, self.step_weights)
         with torch.no_grad():
             return raw_FS, self.snapshot_norm_sums(raw_FS)
 

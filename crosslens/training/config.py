@@ -143,7 +143,7 @@ class ArchitectureConfig:
     """jumprelu_crosscoder: gate, score and decode each batch from its active (token, feature)
     entries with gather-sum kernels (the same values up to the order of float sums); auto: on
     CUDA for each batch sparse enough that it pays (a trained crosscoder's, not a fresh one's:
-    crosslens.crosscoders.jumprelu_pairs.sparse_step_pays); on: always (slower on a CPU); off:
+    crosslens.kernels.jumprelu_pairs.sparse_step_pays); on: always (slower on a CPU); off:
     never."""
 
     def __post_init__(self) -> None:

@@ -62,9 +62,9 @@ def activation_bytes(B: int, S: int, D: int, F: int, micro_batches: int = 1, aut
     - with N > 1, the whole batch kept for the step's statistics and its input: inputs and
       reconstructions ``3 B S D``, codes and pre-activations ``2 B F`` (a gradient-free pass's
       encoder products are the pre-activations the micro-batches then take,
-      :func:`~crosslens.crosscoders.weight_grads.kept_products`); and the operands of the
+      :func:`~crosslens.kernels.weight_grads.kept_products`); and the operands of the
       weight matmuls whose gradients are summed after the last micro-batch
-      (:func:`~crosslens.crosscoders.weight_grads.deferred_weight_grads`): ``B (S D + F)`` for
+      (:func:`~crosslens.kernels.weight_grads.deferred_weight_grads`): ``B (S D + F)`` for
       the encoder, as much again for a dense decode (JumpReLU's keeps its dense code or its
       pre-activation, and its output gradient: the same size), in bfloat16 under ``autocast``
       (the matmuls' operands). The decoder's is counted for every architecture, so it
@@ -85,7 +85,7 @@ def autocast_bytes(S: int, D: int, F: int) -> int:
     the optimizer writes them, they are made beside the gradients and Adam's state at the end
     of the step before, which this peak counts too). The
     weights' gradients come out of the matmuls in float32
-    (:mod:`crosslens.crosscoders.weight_grads`), so no bfloat16 gradient is held on its way to
+    (:mod:`crosslens.kernels.weight_grads`), so no bfloat16 gradient is held on its way to
     ``.grad``. (Autocast's activations are half the float32 ones :func:`activation_bytes`
     counts; the estimate keeps that half as margin.)"""
     return BF16 * 2 * S * D * F  # W_enc and W_dec are S * D * F each

@@ -15,7 +15,7 @@ architecture makes once per step (the ``target_l0`` controller, BatchTopK's runn
 threshold) run once, on the whole batch's codes, after the last micro-batch.
 
 The weights' gradients are not added up micro-batch by micro-batch: inside
-:func:`~crosslens.crosscoders.weight_grads.deferred_weight_grads` each matmul keeps its
+:func:`~crosslens.kernels.weight_grads.deferred_weight_grads` each matmul keeps its
 operands (a few rows) for one matmul over the whole batch after the last, the decoder norms'
 gradient is summed as a small scale, and the sparse decodes add the rows they touch to one
 float32 sum, which spares a weight-sized temporary and three passes over it per micro-batch
@@ -33,7 +33,7 @@ import torch
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
 from crosslens.crosscoders.base import CrosscoderTrainingMixin
-from crosslens.crosscoders.weight_grads import deferred_weight_grads, kept_products
+from crosslens.kernels.weight_grads import deferred_weight_grads, kept_products
 from crosslens.training.config import micro_batch_error
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from crosslens.architectures import defaults_for, sparsity_coefficient_for, sparsity_warm_up_steps, uses_k
-from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.kernels.plan import KernelPlan
 from crosslens.training.config import LR_DECAY_FRACTION, CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder
 from crosslens.training.trainer import CrosscoderTrainer

@@ -47,8 +47,8 @@ from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, TRAIN_LOG_NAME,
 from crosslens.core.seeding import seeded
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.crosscoders.folding import folded_factors
-from crosslens.crosscoders.kernel_plan import KernelPlan
 from crosslens.distributed import init_mesh, shard_batches
+from crosslens.kernels.plan import KernelPlan
 from crosslens.training.config import RUN_STORE_SEAL, CrosscoderRunnerConfig, CrosscoderTrainerConfig, resolved_autocast
 from crosslens.training.factory import build_training_crosscoder
 from crosslens.training.interrupts import StopRequest, TrainingInterrupted, stop_between_steps

@@ -49,8 +49,6 @@ from crosslens.core.seeding import seed_everything
 from crosslens.core.tensors import HostListing, row_counts
 from crosslens.crosscoders.base import CrosscoderStepInput, CrosscoderTrainingMixin, set_crosscoder_metadata
 from crosslens.crosscoders.collectives import LocalCollectives
-from crosslens.crosscoders.kernel_plan import KernelPlan
-from crosslens.crosscoders.prepared_weights import StepWeights
 from crosslens.distributed.mesh import MeshLayout, local_layout
 from crosslens.distributed.sharding import (
     full_crosscoder,
@@ -61,19 +59,14 @@ from crosslens.distributed.sharding import (
     shard_crosscoder,
     slice_optimizer_state,
 )
+from crosslens.kernels.plan import KernelPlan
 from crosslens.training.checks import check_activation_scale
 from crosslens.training.config import DEAD_FEATURE_WINDOW_TOKENS, CrosscoderTrainerConfig, dead_feature_window
 from crosslens.training.factory import fill_sparsity_warm_up
 from crosslens.training.guard import check_finite_step
 from crosslens.training.memory import checkpoint_bytes
 from crosslens.training.micro import micro_batched_pass
-from crosslens.training.optim import (
-    clipped_step,
-    load_optimizer_state,
-    make_optimizer,
-    row_norms_of_the_pass,
-    writes_row_norms,
-)
+from crosslens.training.optim import clipped_step, load_optimizer_state, make_optimizer, step_weights_for
 from crosslens.training.resample import (
     clear_adam_rows,
     resample_latents,
@@ -187,13 +180,10 @@ class CrosscoderTrainer:
                 f"optimizer_state_dtype={cfg.optimizer_state_dtype!r} trains in one process only; "
                 "on a mesh keep float32 Adam state (shard the snapshots over more ranks instead)."
             )
-        copy_dtype = torch.bfloat16 if cfg.autocast_dtype == "bfloat16" else None
-        norms = writes_row_norms(cfg.optimizer_state_dtype, self.plan)
-        self.step_weights = StepWeights(copy_dtype, norms, row_norms_of_the_pass(self.plan) if norms else None)
-        """What the optimizer's pass writes for the next step, asked for by argument: under
-        autocast the weights rounded for its matmuls (crosslens's Adam and the bfloat16-state
-        Adam), and where that pass is the Triton kernel the decoder's row norms (torch's Adam
-        writes neither)."""
+        self.step_weights = step_weights_for(cfg.optimizer_state_dtype, cfg.autocast_dtype, self.plan)
+        """What the optimizer's pass writes for the next step: each step hands it to the crosscoder
+        (:meth:`~crosslens.kernels.step_weights.StepWeights.reading`), whose kernels take what it holds
+        by argument."""
         self.optimizer = make_optimizer(
             self.sae.optimizer_param_groups(cfg.lr),
             lr=cfg.lr,
@@ -284,7 +274,7 @@ class CrosscoderTrainer:
                 dead_rows=dead_rows,
             )
 
-        with self.step_weights.reading():
+        with self.step_weights.reading(self.sae):
             if self.cfg.micro_batches > 1:
                 output = micro_batched_pass(self.sae, x_BSD, self.cfg.micro_batches, step_input, autocast)
                 n_batch = self._count_firing(output.feature_acts)
@@ -294,13 +284,15 @@ class CrosscoderTrainer:
                 n_batch = self._count_firing(output.feature_acts)
                 output.loss.backward()
         reduce_gradients(self.sae, self.collectives)
-        self.step_weights.prepared = clipped_step(
-            self.optimizer,
-            self.sae,
-            self.collectives,
-            self.cfg.max_grad_norm,
-            fused=self.cfg.fused_clip,
-            writes=self.step_weights.writes(),
+        self.step_weights.keep(
+            clipped_step(
+                self.optimizer,
+                self.sae,
+                self.collectives,
+                self.cfg.max_grad_norm,
+                fused=self.cfg.fused_clip,
+                writes=self.step_weights.writes(),
+            )
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
@@ -355,7 +347,7 @@ class CrosscoderTrainer:
         x_NSD = x_BSD.reshape(-1, *x_BSD.shape[-2:])
         idx_L = resample_latents(self.sae, x_NSD, silent_F, rate_F, generator, data_rank=self.layout.data_rank)
         clear_adam_rows(self.optimizer, self.sae.latent_rows(), idx_L)
-        self.step_weights.prepared = None  # what the optimizer wrote predates the new rows
+        self.step_weights.keep(None)  # what the optimizer wrote predates the new rows
         self.resampled[self.n_steps] = len(idx_L)
 
     def fit(self, batches: BatchSource, *, resume_from: str | Path | None = None) -> TrainingSAE[Any]:
@@ -424,7 +416,7 @@ class CrosscoderTrainer:
                 self._barrier()
         finally:
             pbar.close()
-            self.step_weights.prepared = None  # no step comes to take them
+            self.step_weights.keep(None)  # no step comes to take them
             if owns_run and wandb_run is not None:
                 wandb_run.finish()
         return self.sae

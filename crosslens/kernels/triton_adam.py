@@ -1,19 +1,21 @@
-"""The Triton kernel of crosslens's Adam: :class:`crosslens.training.optim.KernelAdam`'s
-update (float32 moments) and :class:`crosslens.training.optim.BFloat16StateAdam`'s (bfloat16
-moments, any contiguous chunk of a parameter, the whole of it on CUDA).
+"""The Triton kernel of crosslens's Adam, the twin of :mod:`crosslens.kernels.adam`: the update
+with float32 moments (:func:`update`, the trainer's ``KernelAdam``) and with bfloat16 moments
+(:func:`chunk_update`, ``BFloat16StateAdam``'s, any contiguous chunk of a parameter, the whole of
+it on CUDA).
 
-Imported only where an optimizer chooses them (CUDA with triton installed, or a test under
+Imported only where the plan's ``adam_backend`` chooses them
+(:func:`crosslens.kernels.adam.adam_update`: CUDA with triton installed, or a test under
 ``TRITON_INTERPRET=1``). Each is one pass: it reads the parameters, the gradient and the two
 moments, and writes the parameters and the moments (bfloat16 ones with stochastic rounding whose
-noise it draws in registers, :func:`crosslens.training.optim.rounding_noise`'s to the bit), and
+noise it draws in registers, :func:`crosslens.kernels.adam.rounding_noise`'s to the bit), and
 where asked a copy of the new parameters rounded to bfloat16, the copy the next step's autocast
 matmuls read (so that step does not read the float32 weight again to round it), and for the
 decoder the Euclidean norms of its new rows, which every sparsity term of the next step reads
 (:func:`_row_pass`: a program takes whole rows, a tile of columns at a time, and sums their
 squares in float32 in a fixed order, so the norms equal ``torch.linalg.vector_norm``'s to float32
 rounding and the same inputs give the same bits). The eager
-updates make about a dozen passes for the same numbers (``optim.eager_update``,
-``optim.eager_chunk_update``). The arithmetic is theirs, in
+updates make about a dozen passes for the same numbers (``adam.eager_update``,
+``adam.eager_chunk_update``). The arithmetic is theirs, in
 float32 and in the same order. A result can differ in its last bit where the compiler fuses a
 multiply and an add that the eager ops round apart; the rounded copy is the new parameter
 rounded as ``Tensor.to`` rounds it (to nearest, ties to even), to the bit but for a NaN's
@@ -47,7 +49,7 @@ def _round_stochastic(x, noise):
 @triton.jit
 def _noise(key_low, key_high, elements):
     # SplitMix64's draw for each element's counter, in wrapping unsigned arithmetic: int32 in
-    # [0, 2^16) for each moment, from bits 32-47 and 48-63 (optim.rounding_noise's twin); the
+    # [0, 2^16) for each moment, from bits 32-47 and 48-63 (adam.rounding_noise's twin); the
     # 64-bit key arrives as two signed 32-bit halves (key_halves), each typed int32 by every
     # launcher: a whole key in [2^31, 2^32) is typed uint32 by Triton's interpreter and could not
     # be widened there
@@ -407,7 +409,7 @@ def row_norms(x: torch.Tensor) -> torch.Tensor:
 def noise(key: int, start: int, n: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """The rounding noise :func:`chunk_update` draws for elements ``start .. start + n`` with
     ``key``, written out (int32, one tensor per moment): for checking it against its eager twin,
-    :func:`crosslens.training.optim.rounding_noise`."""
+    :func:`crosslens.kernels.adam.rounding_noise`."""
     out_m, out_v = (torch.empty(n, dtype=torch.int32, device=device) for _ in range(2))
     if n:
         with launching_on(out_m):
@@ -446,7 +448,7 @@ def chunk_update(
 ) -> None:
     """Adam's update of one contiguous chunk in place: ``p`` float32, ``g`` its gradient, ``m``
     and ``v`` the bfloat16 moments, stored with the rounding noise of ``key``
-    (:func:`crosslens.training.optim.noise_key`) at the chunk's elements (it starts at element
+    (:func:`crosslens.kernels.adam.noise_key`) at the chunk's elements (it starts at element
     ``start`` of its parameter), ``grad_scale`` a divisor of ``g``, ``hyper = (beta1, beta2,
     step_size, root_bc2, eps)``; ``copy`` (bfloat16, the chunk's size) receives the new ``p``
     rounded; ``norms``, for a chunk that is the whole parameter (``start`` 0, ``p`` in its

@@ -8,25 +8,24 @@ them as it writes each row), and the next step takes them where it would otherwi
 float32 weight once more: the same bytes, one weight-sized float32 read fewer per weight and
 step.
 
-The exchange is explicit: the trainer holds a :class:`StepWeights`; a step runs inside its
-:meth:`~StepWeights.reading` (where :func:`written_copy` and :func:`handed_row_norms` answer
-the step's kernels, and note what they read); :meth:`~StepWeights.writes` then says what the
-step read, as a :class:`WeightWrites` the trainer passes to ``optimizer.step(writes=...)``, which
-returns what it wrote (:class:`PreparedWeights`) for the next step.
+The exchange is one object, passed by argument. The trainer holds a :class:`StepWeights` and runs
+each step inside its :meth:`~StepWeights.reading`, which hands it to the crosscoder for the length
+of the step (``crosscoder.step_weights``); the crosscoder passes it to the kernels it calls
+(``step_weights=``), whose :func:`written_copy` and :func:`handed_row_norms` ask it for what the
+optimizer wrote and note what they read. :meth:`~StepWeights.writes` then says what the step read,
+as a :class:`WeightWrites` the trainer passes to ``optimizer.step(writes=...)``, which returns what
+it wrote (:class:`PreparedWeights`) for the next step (:meth:`~StepWeights.keep`).
 """
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-
-_reading = threading.local()
-"""The :class:`StepWeights` whose step is running in this thread, if any."""
 
 
 def parameter_of(W: torch.Tensor) -> torch.Tensor | None:
@@ -90,9 +89,10 @@ class PreparedWeights:
 @dataclass(eq=False)
 class StepWeights:
     """A trainer's exchange with its optimizer across steps. Inside :meth:`reading` (one step's
-    forward and backward), :func:`rounded` and the decoder norms take what the optimizer
-    :attr:`prepared` rather than reading the weight again, and note what they read;
-    :meth:`writes` then says, by argument to the optimizer's next pass, what to write."""
+    forward and backward), the kernels handed this object take what the optimizer
+    :attr:`prepared` rather than reading the weight again (:func:`written_copy`,
+    :func:`handed_row_norms`), and it notes what they read; :meth:`writes` then says, by argument
+    to the optimizer's next pass, what to write, and :meth:`keep` takes what that pass wrote."""
 
     copy_dtype: torch.dtype | None = None
     """The dtype of the rounded copies the optimizer writes (autocast's); None: none."""
@@ -106,6 +106,8 @@ class StepWeights:
     """What the optimizer's latest pass wrote, for the next step."""
     read_copies: list[torch.Tensor] = field(default_factory=list)
     read_norms: list[torch.Tensor] = field(default_factory=list)
+    open: bool = False
+    """Inside :meth:`reading`: outside it the kernels take nothing and note nothing."""
 
     @property
     def active(self) -> bool:
@@ -113,17 +115,19 @@ class StepWeights:
         return self.copy_dtype is not None or self.norms
 
     @contextmanager
-    def reading(self) -> Iterator[None]:
-        """One step's forward and backward; what was prepared and not taken is let go at the end
-        (the optimizer's next pass would make it stale). Not reentrant."""
-        if getattr(_reading, "step_weights", None) is not None:
+    def reading(self, crosscoder: Any) -> Iterator[None]:
+        """One step's forward and backward by ``crosscoder``, which holds this object for its
+        length (``crosscoder.step_weights``) and hands it to its kernels; what was prepared and
+        not taken is let go at the end (the optimizer's next pass would make it stale). Not
+        reentrant."""
+        if self.open or getattr(crosscoder, "step_weights", None) is not None:
             raise RuntimeError("StepWeights.reading blocks do not nest")
         self.read_copies, self.read_norms = [], []
-        _reading.step_weights = self
+        self.open, crosscoder.step_weights = True, self
         try:
             yield
         finally:
-            _reading.step_weights = None
+            self.open, crosscoder.step_weights = False, None
             self.prepared = None
 
     def writes(self) -> WeightWrites | None:
@@ -132,8 +136,13 @@ class StepWeights:
             return None
         return WeightWrites(tuple(self.read_copies), self.copy_dtype, tuple(self.read_norms))
 
+    def keep(self, prepared: PreparedWeights | None) -> None:
+        """What the optimizer's pass wrote (None: nothing, or what it wrote no longer holds: the
+        weights were rewritten since), for the next step to take."""
+        self.prepared = prepared
+
     def take_copy(self, root: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-        if self.copy_dtype != dtype:
+        if not self.open or self.copy_dtype != dtype:
             return None
         _note(self.read_copies, root)
         return None if self.prepared is None else self.prepared.take(root, "copy")
@@ -151,17 +160,22 @@ def _note(read: list[torch.Tensor], W: torch.Tensor) -> None:
         read.append(W)
 
 
-def written_copy(root: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    step = getattr(_reading, "step_weights", None)
-    return None if step is None or root.dtype == dtype else step.take_copy(root, dtype)
-
-
-def handed_row_norms(W: torch.Tensor) -> torch.Tensor | None:
-    """Inside :meth:`StepWeights.reading` whose optimizer writes row norms, for a parameter ``W``:
-    the norms of its rows as the optimizer wrote them for this step (``W`` unchanged since), else
-    computed as it computes them (:attr:`StepWeights.norms_of`); None elsewhere: then they are
-    computed as a step computes them."""
-    step = getattr(_reading, "step_weights", None)
-    if step is None or not step.norms or W.dim() < 2 or parameter_of(W) is not W:
+def written_copy(step_weights: StepWeights | None, root: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """Inside :meth:`StepWeights.reading` of ``step_weights``, for a parameter ``root``: its copy
+    rounded to ``dtype`` as the optimizer wrote it for this step (``root`` unchanged since); None
+    elsewhere (then the caller rounds it)."""
+    if step_weights is None or root.dtype == dtype:
         return None
-    return step.take_norms(W)
+    return step_weights.take_copy(root, dtype)
+
+
+def handed_row_norms(step_weights: StepWeights | None, W: torch.Tensor) -> torch.Tensor | None:
+    """Inside :meth:`StepWeights.reading` of ``step_weights`` whose optimizer writes row norms, for
+    a parameter ``W``: the norms of its rows as the optimizer wrote them for this step (``W``
+    unchanged since), else computed as it computes them (:attr:`StepWeights.norms_of`); None
+    elsewhere: then they are computed as a step computes them."""
+    if step_weights is None or not step_weights.open or not step_weights.norms:
+        return None
+    if W.dim() < 2 or parameter_of(W) is not W:
+        return None
+    return step_weights.take_norms(W)

@@ -2,11 +2,12 @@
 
 Where few entries of a batch are open at any snapshot (a trained crosscoder), the step gates,
 scores and decodes only the entries open at some snapshot, through the gather-sum kernels of
-:mod:`crosslens.crosscoders.sparse_kernels` (:func:`sparse_gated_decode`), and sums the
+:mod:`crosslens.kernels.sparse` (:func:`sparse_gated_decode`), and sums the
 threshold's straight-through window over the entries shut everywhere but inside it at some
 snapshot with the fused window kernel (:class:`ShutWindow`). It computes the values and
-gradients of :func:`crosslens.crosscoders.jumprelu_kernels.snapshot_gated_decode`'s dense
-reference, to the order of float sums.
+gradients of the dense reference
+(:func:`crosslens.kernels.jumprelu_dense.per_snapshot_gated_decode`), to the order of float sums.
+:func:`snapshot_score_sums` is the scores alone, from the pairs open at some snapshot.
 
 A step reads from the device only the counts it cannot do without (on a GPU each read waits
 for the queue to drain, and a streamed run's forward overlaps the step only between reads):
@@ -24,10 +25,11 @@ from jaxtyping import Bool, Float
 
 from crosslens.core.devices import autocast_dtype
 from crosslens.core.tensors import host_ints
-from crosslens.crosscoders.active_pairs import ActivePairs
-from crosslens.crosscoders.jumprelu_ops import threshold_gradient
-from crosslens.crosscoders.kernel_plan import KernelPlan, plan_for
-from crosslens.crosscoders.sparse_kernels import EagerKernels, autocast_copy, gather_decode_and_norms, kernels_for
+from crosslens.kernels.active_pairs import ActivePairs
+from crosslens.kernels.jumprelu_ops import pair_score_sums, threshold_gradient
+from crosslens.kernels.plan import KernelPlan, plan_for
+from crosslens.kernels.sparse import EagerKernels, autocast_copy, gather_decode_and_norms, kernels_for
+from crosslens.kernels.step_weights import StepWeights
 
 
 def sparse_step_pays(entries: ActiveEntries, plan: KernelPlan) -> bool:
@@ -171,6 +173,7 @@ def sparse_gated_decode(
     entries: ActiveEntries,
     gate: tuple[float, float],
     plan: KernelPlan | None = None,
+    step_weights: StepWeights | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The JumpReLU step's ``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF,
     norms_FS)`` from the active ``entries`` (:func:`active_entries`): those open at some
@@ -179,11 +182,12 @@ def sparse_gated_decode(
     norm_factors_S)``, the decoder norms ``||W_dec[i, s]||`` computed without gradient (the
     decode's node differentiates them, :func:`gather_decode_and_norms`) and the factors to
     the training space, and ``gate = (bandwidth, tanh_scale)``; the values and gradients of
-    :func:`crosslens.crosscoders.jumprelu_kernels.snapshot_gated_decode`. Gate, scores and
-    values are computed in float32 whatever the autocast dtype of h. ``norms_FS`` are the
+    :func:`crosslens.crosscoders.jumprelu_crosscoder.snapshot_gated_decode`. Gate, scores and
+    values are computed in float32 whatever the autocast dtype of h; under autocast the rows are
+    read from the decoder rounded as ``step_weights`` holds it where the optimizer wrote it. ``norms_FS`` are the
     training space's decoder norms, differentiable through the decode's node, whose one pass
     writes W's gradient from the pairs and the norms: further scores read them at no
-    further pass (:func:`crosslens.crosscoders.jumprelu_split.split_gated_decode`)."""
+    further pass (:func:`crosslens.kernels.jumprelu_split.split_gated_decode`)."""
     bandwidth, tanh_scale = gate
     plan = plan_for(h_NF.device, plan)
     raw_FS, norm_factors_S = norms
@@ -198,7 +202,7 @@ def sparse_gated_decode(
     h_A = h_flat.index_select(0, flat_A).float()
     t_A = threshold_F.float().index_select(0, pairs.feature_A)
     f_AS = JumpGate.apply(h_A, norms_FS.float().index_select(0, pairs.feature_A), t_A, bandwidth)
-    read_FSD = autocast_copy(W_dec_FSD, entries.n_open, plan)
+    read_FSD = autocast_copy(W_dec_FSD, entries.n_open, plan, step_weights)
     recon_NSD, raw_FS, _ = gather_decode_and_norms(W_dec_FSD, f_AS, pairs, raw_FS, plan, read_FSD)
     decoded_norms_FS = raw_FS * norm_factors_S
     norms_AS = decoded_norms_FS.float().index_select(0, pairs.feature_A)
@@ -219,3 +223,33 @@ def sparse_gated_decode(
             kernels_for(plan),
         )
     return recon_NSD, score_sum_F.to(h_NF.dtype), open_any_NF, shared_NF, decoded_norms_FS
+
+
+def snapshot_score_sums(
+    h_NF: Float[torch.Tensor, "n d_sae"],
+    norms_FS: Float[torch.Tensor, "d_sae n_snapshots"],
+    threshold_F: Float[torch.Tensor, " d_sae"],
+    *,
+    tanh_scale: float,
+    plan: KernelPlan | None = None,
+) -> Float[torch.Tensor, " d_sae"]:
+    """``sum over tokens and snapshots of tanh(c * f * norms_s)``, float32, for the gated code
+    ``f = h * [h * norms_s > t]``: the score sums of the JumpReLU step without its code, decode or
+    gradient, which is all a micro-batched step's whole-batch ``p`` needs. An
+    entry shut at every snapshot scores 0, so only the entries open at some snapshot are
+    gathered and scored (:func:`~crosslens.kernels.jumprelu_ops.pair_score_sums`), a
+    block of them at a time."""
+    with torch.no_grad():
+        S = norms_FS.shape[1]
+        score_sum_F = h_NF.new_zeros(h_NF.shape[1], dtype=torch.float32)
+        # h * norm is monotone in the norm: open at some snapshot is open at its smallest or largest
+        open_NF = h_NF * norms_FS.min(dim=1).values > threshold_F
+        open_NF |= h_NF * norms_FS.max(dim=1).values > threshold_F
+        (n_open,) = host_ints(open_NF.sum())
+        token_A, feature_A = torch.nonzero_static(open_NF, size=n_open).unbind(1)
+        step = max(1, plan_for(h_NF.device, plan).block_elements(h_NF.device) // S)
+        for a in range(0, n_open, step):
+            part = slice(a, a + step)
+            h_A = h_NF[token_A[part], feature_A[part]]
+            pair_score_sums(h_A, feature_A[part], norms_FS, threshold_F, tanh_scale, score_sum_F)
+        return score_sum_F

@@ -35,26 +35,28 @@ The block takes the decoder's other weight-sized gradients off the micro-batches
   block, and their gradient ``W * grad_norm / norm`` (:func:`~crosslens.core.tensors.row_norms`)
   is summed as the small ``grad_norm / norm`` and multiplied by ``W`` once at the end;
 * the decodes that are not one weight matmul: JumpReLU's per-snapshot decode
-  (:func:`~crosslens.crosscoders.regated_decode.snapshot_decode`) keeps what regates its code (the pre-activation, norms and
+  (:func:`~crosslens.kernels.regated_decode.snapshot_decode`) keeps what regates its code (the pre-activation, norms and
   threshold; the code is ``S`` times larger), and its closed-gate variant
-  (:func:`~crosslens.crosscoders.regated_decode.shared_code_decode`) the shared code, as one matmul's operands; the gated decode of
-  :mod:`~crosslens.crosscoders.jumprelu_kernels` keeps its dense part's operands as a matmul
+  (:func:`~crosslens.kernels.regated_decode.shared_code_decode`) the shared code, as one matmul's operands; the gated decode of
+  :mod:`~crosslens.kernels.jumprelu_entry_classes` keeps its dense part's operands as a matmul
   does and adds its per-snapshot corrections to the block's float32 sum
   (:meth:`WeightBlock.sum_buffer`); the pairs' kernels of
-  :mod:`~crosslens.crosscoders.sparse_kernels` (JumpReLU's step from pairs, TopK's decode and
+  :mod:`~crosslens.kernels.sparse` (JumpReLU's step from pairs, TopK's decode and
   auxiliary decode) add the rows they touch to that sum.
 
 So no weight-sized tensor is written per micro-batch; each weight's gradient is written once,
 when the block ends. And a micro-batch's encoder product is computed once a step: the
 gradient-free pass that comes first leaves it in the block (:func:`kept_products`), and the
-micro-batch's own pass takes it. (:func:`~crosslens.crosscoders.regated_decode.snapshot_decode` regates under autocast outside a block too: its
+micro-batch's own pass takes it. (:func:`~crosslens.kernels.regated_decode.snapshot_decode` regates under autocast outside a block too: its
 decoder gradient is then float32, and the ``[S, N, F]`` code is not kept for backward.)
 
 Between steps the weights normally change only in the optimizer's pass, which reads and
 writes every element anyway (any other in-place edit is caught by the weight's version counter,
 and the step then rounds the weight itself). So the trainer's Adam can write each weight's rounded copy as it updates it,
 and the next step takes that copy where :func:`rounded` would read the float32 weight again to
-make it; likewise the decoder norms (:mod:`crosslens.crosscoders.prepared_weights`).
+make it; likewise the decoder norms. The functions here that read a weight rounded or its row
+norms take the step's :class:`~crosslens.kernels.step_weights.StepWeights` by argument
+(``step_weights``), which the crosscoder passes down from its trainer.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ from jaxtyping import Float
 
 from crosslens.core.devices import autocast_dtype
 from crosslens.core.tensors import norm_gradient_scale, row_norms
-from crosslens.crosscoders.prepared_weights import handed_row_norms, parameter_of, written_copy
+from crosslens.kernels.step_weights import StepWeights, handed_row_norms, parameter_of, written_copy
 
 
 def float32_product(a_NK: torch.Tensor, b_KM: torch.Tensor) -> Float[torch.Tensor, "n m"]:
@@ -131,24 +133,24 @@ class WeightBlock:
         root = parameter_of(W)
         return root is not None and id(root) in self.weights
 
-    def round(self, W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def round(self, W: torch.Tensor, dtype: torch.dtype, step_weights: StepWeights | None = None) -> torch.Tensor:
         """``W`` (a matrix view of a listed weight) rounded to ``dtype``, once per block (the
-        optimizer's copy where it prepared one)."""
+        optimizer's copy where ``step_weights`` holds one)."""
         if W.dtype == dtype:
             return W
         root = parameter_of(W)
 
         def make(detached: torch.Tensor) -> torch.Tensor:
-            written = written_copy(root, dtype)
+            written = written_copy(step_weights, root, dtype)
             return written if written is not None else detached.to(dtype)
 
         return self._once(self.rounded, root, make).view(W.shape)
 
-    def row_norms(self, W: torch.Tensor) -> Float[torch.Tensor, "..."]:
+    def row_norms(self, W: torch.Tensor, step_weights: StepWeights | None = None) -> Float[torch.Tensor, "..."]:
         """The norms of ``W``'s rows along its last dimension (``W`` a listed weight itself),
-        without gradient, once per block (the optimizer's where it prepared them)."""
+        without gradient, once per block (the optimizer's where ``step_weights`` holds them)."""
         root = parameter_of(W)
-        return self._once(self.norms, root, lambda _: _row_norms_of(root))
+        return self._once(self.norms, root, lambda _: _row_norms_of(root, step_weights))
 
     @staticmethod
     def _once(store: dict[int, tuple[int, torch.Tensor]], root: torch.Tensor, make: Any) -> torch.Tensor:
@@ -172,7 +174,7 @@ class WeightBlock:
         threshold_F: torch.Tensor,
         grad_SND: torch.Tensor,
     ) -> None:
-        """A :func:`~crosslens.crosscoders.regated_decode.snapshot_decode`'s inputs: ``W``'s gradient ``[F, S, D]`` has, at each
+        """A :func:`~crosslens.kernels.regated_decode.snapshot_decode`'s inputs: ``W``'s gradient ``[F, S, D]`` has, at each
         snapshot, the regated code's ``f_s.T @ grad_s`` added at the end."""
         parts = (h_NF, norms_FS, threshold_F, grad_SND)
         self.regated.setdefault(id(parameter_of(W)), []).append((*parts, tuple(t._version for t in parts)))
@@ -329,33 +331,33 @@ def weight_block(W: torch.Tensor) -> WeightBlock | None:
     return block if block is not None and block.holds(W) else None
 
 
-def rounded(W: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def rounded(W: torch.Tensor, dtype: torch.dtype, step_weights: StepWeights | None = None) -> torch.Tensor:
     """``W`` detached and rounded to ``dtype``: inside a :func:`deferred_weight_grads` block that
     lists it, the block's one copy for all its micro-batches; else the copy the optimizer wrote
-    (:mod:`~crosslens.crosscoders.prepared_weights`) or a copy made now."""
+    (``step_weights``, :mod:`~crosslens.kernels.step_weights`) or a copy made now."""
     block = weight_block(W)
     if block is not None:
-        return block.round(W, dtype)
+        return block.round(W, dtype, step_weights)
     root = parameter_of(W)
-    written = None if root is None else written_copy(root, dtype)
+    written = None if root is None else written_copy(step_weights, root, dtype)
     return written.view(W.shape) if written is not None else W.detach().to(dtype)
 
 
-def _row_norms_of(root: torch.Tensor) -> torch.Tensor:
+def _row_norms_of(root: torch.Tensor, step_weights: StepWeights | None) -> torch.Tensor:
     """The norms of ``root``'s rows along its last dimension, without gradient: the optimizer's
     (:func:`handed_row_norms`) where it writes them, else computed."""
-    handed = handed_row_norms(root)
+    handed = handed_row_norms(step_weights, root)
     return handed if handed is not None else torch.linalg.vector_norm(root.detach(), dim=-1)
 
 
-def row_norms_now(W: torch.Tensor) -> Float[torch.Tensor, "..."]:
+def row_norms_now(W: torch.Tensor, step_weights: StepWeights | None = None) -> Float[torch.Tensor, "..."]:
     """The norms of ``W``'s rows along its last dimension, without gradient: inside a block that
-    lists ``W``, the block's (computed once for all its micro-batches); the optimizer's where it
-    writes them (:func:`handed_row_norms`)."""
+    lists ``W``, the block's (computed once for all its micro-batches); the optimizer's where
+    ``step_weights`` holds them (:func:`handed_row_norms`)."""
     block = weight_block(W)
     if block is not None and parameter_of(W) is W:
-        return block.row_norms(W).clone()  # the caller may edit its copy; the block's stays
-    return _row_norms_of(W)
+        return block.row_norms(W, step_weights).clone()  # the caller may edit its copy; the block's stays
+    return _row_norms_of(W, step_weights)
 
 
 @contextmanager
@@ -420,10 +422,11 @@ class _WeightMatmul(torch.autograd.Function):
         dtype: torch.dtype,
         feature_major: bool,
         deferred: WeightBlock | None,
-        known: torch.Tensor | None = None,
+        known: torch.Tensor | None,
+        step_weights: StepWeights | None,
     ) -> torch.Tensor:
         a_low = a_NK.to(dtype)
-        W_low = rounded(W_KM, dtype)  # the block's copy in a block
+        W_low = rounded(W_KM, dtype, step_weights)  # the block's copy in a block
         if known is not None:  # this very product, from a gradient-free pass (kept_products)
             ctx.mark_dirty(known)  # returned as the output itself: a hook may edit it in place
             out = known
@@ -465,7 +468,7 @@ class _WeightMatmul(torch.autograd.Function):
             ctx.a_low = None
         if ctx.needs_input_grad[2]:
             grad_bias = grad_NM.sum(dim=0, dtype=torch.float32)
-        return grad_a, grad_W, grad_bias, None, None, None, None
+        return grad_a, grad_W, grad_bias, None, None, None, None, None
 
 
 def weight_matmul(
@@ -474,11 +477,13 @@ def weight_matmul(
     bias_M: Float[torch.Tensor, " m"] | None = None,
     *,
     feature_major: bool = False,
+    step_weights: StepWeights | None = None,
 ) -> torch.Tensor:
     """``a @ W + bias``, ``[N, M]``; with ``feature_major`` its transpose written contiguous,
     ``W.T @ a.T + bias[:, None]`` (``[M, N]``). Where ``W`` takes a gradient, under autocast (a
     float32 ``W``) or in a :func:`deferred_weight_grads` block that lists it, through
-    :class:`_WeightMatmul` (see the module docstring); else the plain ``addmm`` (but for a
+    :class:`_WeightMatmul` (see the module docstring), reading ``W`` rounded as ``step_weights``
+    holds it where the optimizer wrote it (:func:`rounded`); else the plain ``addmm`` (but for a
     gradient-free product under autocast in such a block: autocast's, on the block's copy).
     In a block, a product :func:`kept_products` left for these operands is taken, not computed."""
     block = weight_block(W_KM)
@@ -486,11 +491,11 @@ def weight_matmul(
     if block is not None and block.products and dtype is not None and torch.is_grad_enabled():
         known = block.take_product(a_NK, W_KM, bias_M, feature_major)
         if known is not None:
-            return _WeightMatmul.apply(a_NK, W_KM, bias_M, dtype, feature_major, block, known)
+            return _WeightMatmul.apply(a_NK, W_KM, bias_M, dtype, feature_major, block, known, step_weights)
     if dtype is None:
         out = _plain(a_NK, W_KM, bias_M, feature_major)
     else:
-        out = _WeightMatmul.apply(a_NK, W_KM, bias_M, dtype, feature_major, block)
+        out = _WeightMatmul.apply(a_NK, W_KM, bias_M, dtype, feature_major, block, None, step_weights)
     if block is not None and block.leaving and not torch.is_grad_enabled():
         block.leave_product(a_NK, W_KM, bias_M, feature_major, out)
     return out
@@ -527,18 +532,21 @@ class _BlockRowNorms(torch.autograd.Function):
 
 
 def weight_row_norms(
-    W: Float[torch.Tensor, "... d"], known: Float[torch.Tensor, "..."] | None = None
+    W: Float[torch.Tensor, "... d"],
+    known: Float[torch.Tensor, "..."] | None = None,
+    step_weights: StepWeights | None = None,
 ) -> Float[torch.Tensor, "..."]:
     """Differentiable norms of ``W``'s rows along its last dimension
-    (:func:`~crosslens.core.tensors.row_norms`, ``known`` where computed already); inside a
-    :func:`deferred_weight_grads` block that lists ``W``, the block's norms, their gradient
-    summed over the block's micro-batches and multiplied by ``W`` once at its end."""
+    (:func:`~crosslens.core.tensors.row_norms`, ``known`` where computed already, else the
+    optimizer's where ``step_weights`` holds them); inside a :func:`deferred_weight_grads` block
+    that lists ``W``, the block's norms, their gradient summed over the block's micro-batches and
+    multiplied by ``W`` once at its end."""
     block = weight_block(W)
     if block is None or parameter_of(W) is not W:
-        return row_norms(W, known if known is not None else handed_row_norms(W))
+        return row_norms(W, known if known is not None else handed_row_norms(step_weights, W))
     if not (torch.is_grad_enabled() and W.requires_grad):
-        return block.row_norms(W).clone()
-    return _BlockRowNorms.apply(W, block.row_norms(W), block)
+        return block.row_norms(W, step_weights).clone()
+    return _BlockRowNorms.apply(W, block.row_norms(W, step_weights), block)
 
 
 def regated_weight_grad(

@@ -1,39 +1,20 @@
-"""The JumpReLU crosscoder's per-(snapshot, token, feature) gate, tanh sparsity score and
-gated decode, without ``[S, N, F]`` temporaries where it can.
+"""The JumpReLU step on a CPU: its gate, tanh scores and gated decode without an ``[S, N, F]``
+code, where few entries' gates differ between snapshots (the step's "entry classes" path).
 
 Every gate ``[h_i * ||W_dec[i, s]|| > t_i]`` and every score ``tanh(c * f_{i,s} *
 ||W_dec[i, s]||)`` is a function of the shared pre-activation ``h [N, F]``, the decoder
-norms ``[F, S]`` and the threshold ``[F]``. Four implementations compute the same values
-and gradients (to the order of float sums):
+norms ``[F, S]`` and the threshold ``[F]``. :class:`EntryClasses` sorts each (token, feature)
+entry by whether its gate is open at every snapshot, at none or at some, from the smallest and
+largest norm alone. Entries open everywhere are decoded with one ``[N, F] @ [F, S*D]`` matmul,
+as in a plain crosscoder; the rest work per snapshot on gathered entries
+(:class:`SnapshotGatedDecode`). Freshly initialised crosscoders (equal norms) have no mixed
+entries, and trained ones few; with many, :func:`entry_classes_gated_decode` declines and the
+step takes the per-snapshot reference
+(:func:`~crosslens.kernels.jumprelu_dense.per_snapshot_gated_decode`). The values and gradients
+are the reference's, to the order of float sums (and tanh's rounding: it is computed from a
+sigmoid). Not under autocast, whose matmul dtypes its gathered updates do not follow.
 
-* :func:`crosslens.crosscoders.jumprelu_pairs.sparse_gated_decode` (CUDA's fast path): the
-  entries open at some snapshot, or inside the threshold's window at some, gathered as
-  (token, feature) pairs; gate, scores, decode and decoder gradients from those pairs
-  (gather-sum kernels, Triton's on CUDA). :func:`snapshot_gated_decode` takes it on CUDA where
-  it pays (:func:`~crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`: few entries open; a
-  trained crosscoder), or where the plan asks for it.
-* :func:`crosslens.crosscoders.jumprelu_split.split_gated_decode` (where the plan's
-  ``jumprelu_split`` asks for it, by default on CUDA, while the code is too dense for the
-  pairs): the entries open at every snapshot and outside the window there through the shared
-  code's one matmul, the rest from their pairs as above, where the rest are few.
-* :class:`SnapshotGatedDecode` (the CPU's fast path): :class:`EntryClasses` sorts each
-  (token, feature) entry by whether its gate is open at every snapshot, at none or at
-  some, from the smallest and largest norm alone. Entries open everywhere are decoded with
-  one ``[N, F] @ [F, S*D]`` matmul, as in a plain crosscoder; the rest work per snapshot
-  on gathered entries (:class:`SnapshotGatedDecode`). Freshly initialised crosscoders
-  (equal norms) have no mixed entries, and trained ones few. With many mixed entries it
-  falls back to the second implementation.
-* :func:`snapshot_gate_and_score` (:class:`SnapshotGateAndScore`, the reference, and CUDA's
-  step while the code is dense): the per-snapshot code ``[S, N, F]`` itself, a cache-sized
-  block of tokens at a time, recomputing gates and scores in backward so that nothing else of
-  that size is kept; its module :mod:`crosslens.crosscoders.jumprelu_dense` fuses its block functions with
-  ``torch.compile`` where the plan says (``compile``). The decoder is then a batched matmul
-  over snapshots.
-
-A micro-batched step's gradient-free pass needs the score sums alone:
-:func:`snapshot_score_sums` scores the entries open at some snapshot and nothing else.
-
-The tensor arithmetic itself lives in :mod:`crosslens.crosscoders.jumprelu_ops`.
+The tensor arithmetic itself lives in :mod:`crosslens.kernels.jumprelu_ops`.
 """
 
 from __future__ import annotations
@@ -43,56 +24,20 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
-from crosslens.core.tensors import host_ints, mask_values, row_counts
-from crosslens.crosscoders.jumprelu_dense import snapshot_gate_and_score
-from crosslens.crosscoders.jumprelu_ops import (
+from crosslens.core.tensors import mask_values, row_counts
+from crosslens.kernels.jumprelu_ops import (
     PaddedRows,
     code_grad_and_window_sums,
     flat_nonzero,
     padded_score_backward,
     padded_score_sums,
-    pair_score_sums,
     sech2_times,
     sigmoid_of_twice,
     tanh_from_sigmoid,
     threshold_gradient,
 )
-from crosslens.crosscoders.jumprelu_pairs import active_entries, sparse_gated_decode, sparse_step_pays
-from crosslens.crosscoders.jumprelu_split import everywhere_and_rest, split_gated_decode, split_step_pays
-from crosslens.crosscoders.kernel_plan import KernelPlan, plan_for
-from crosslens.crosscoders.regated_decode import snapshot_decode
-from crosslens.crosscoders.weight_grads import row_norms_now, weight_block, weight_row_norms
-
-
-def snapshot_score_sums(
-    h_NF: Float[torch.Tensor, "n d_sae"],
-    norms_FS: Float[torch.Tensor, "d_sae n_snapshots"],
-    threshold_F: Float[torch.Tensor, " d_sae"],
-    *,
-    tanh_scale: float,
-    plan: KernelPlan | None = None,
-) -> Float[torch.Tensor, " d_sae"]:
-    """``sum over tokens and snapshots of tanh(c * f * norms_s)``, float32, for the gated code
-    ``f = h * [h * norms_s > t]``: the score sums of :func:`snapshot_gated_decode` without its
-    code, decode or gradient, which is all a micro-batched step's whole-batch ``p`` needs. An
-    entry shut at every snapshot scores 0, so only the entries open at some snapshot are
-    gathered and scored (:func:`~crosslens.crosscoders.jumprelu_ops.pair_score_sums`), a
-    block of them at a time."""
-    with torch.no_grad():
-        S = norms_FS.shape[1]
-        score_sum_F = h_NF.new_zeros(h_NF.shape[1], dtype=torch.float32)
-        # h * norm is monotone in the norm: open at some snapshot is open at its smallest or largest
-        open_NF = h_NF * norms_FS.min(dim=1).values > threshold_F
-        open_NF |= h_NF * norms_FS.max(dim=1).values > threshold_F
-        (n_open,) = host_ints(open_NF.sum())
-        token_A, feature_A = torch.nonzero_static(open_NF, size=n_open).unbind(1)
-        step = max(1, plan_for(h_NF.device, plan).block_elements(h_NF.device) // S)
-        for a in range(0, n_open, step):
-            part = slice(a, a + step)
-            h_A = h_NF[token_A[part], feature_A[part]]
-            pair_score_sums(h_A, feature_A[part], norms_FS, threshold_F, tanh_scale, score_sum_F)
-        return score_sum_F
-
+from crosslens.kernels.plan import KernelPlan, plan_for
+from crosslens.kernels.weight_grads import weight_block
 
 # ----------------------------------------------------------------------------------------
 # Gate, scores and decode together, from the shared code's point of view.
@@ -119,7 +64,7 @@ def snapshot_score_sums(
 # of the entries are open everywhere. A trained crosscoder has few open entries, gathered
 # one at a time.
 #
-# tanh is computed from a sigmoid (see crosslens.crosscoders.jumprelu_ops).
+# tanh is computed from a sigmoid (see crosslens.kernels.jumprelu_ops).
 # ----------------------------------------------------------------------------------------
 
 
@@ -357,6 +302,72 @@ def _add_norms_part(
     )
 
 
+def _decode(
+    classes: EntryClasses, W_dec_FSD: torch.Tensor, open_gS: torch.Tensor, h_g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The gated decode ``[N * S, D]`` of :class:`SnapshotGatedDecode`: one matmul of the shared
+    code where a gate is open everywhere, or mostly (a feature that has emerged is shut at a few
+    early snapshots), then a correction per (entry, snapshot) pair: + h where a mostly shut gate is
+    open, - h where a mostly open one is shut. Rows of ``[N * S, D]`` and ``[F * S, D]``. Returns
+    it with the dense part's float mask and code ``[F, N]``, which gathered entries are mostly
+    open, and the pairs ``(entry, row of the decode, row of W, sign, signed h)``."""
+    h_FN, flat_g = classes.h_FN, classes.gathered_flat
+    F_, N = h_FN.shape
+    S, D = W_dec_FSD.shape[1:]
+    i_g = torch.div(flat_g, N, rounding_mode="floor")
+    mostly_open_g = open_gS.sum(dim=1) * 2 > S
+    dense_FN = mask_values(classes.open_all_FN, h_FN.dtype)  # a float mask: its products are faster
+    dense_FN.view(-1)[flat_g[mostly_open_g]] = 1.0
+    # (a product with the mask: several times faster than torch.where on a CPU)
+    f_dense_FN = h_FN * dense_FN
+    recon_flat = f_dense_FN.T @ W_dec_FSD.reshape(F_, S * D)
+    pair_g, pair_s = (open_gS != mostly_open_g[:, None]).nonzero(as_tuple=True)
+    pair_row_N = (flat_g - i_g * N).index_select(0, pair_g) * S + pair_s
+    pair_row_F = i_g.index_select(0, pair_g) * S + pair_s
+    pair_sign = 1.0 - 2.0 * mostly_open_g.index_select(0, pair_g).to(h_FN.dtype)
+    pair_h = h_g.index_select(0, pair_g) * pair_sign
+    W_rows = W_dec_FSD.reshape(F_ * S, D)
+    recon_rows = recon_flat.view(N * S, D)
+    for chunk in _pair_chunks(pair_g.numel(), D, classes.plan):
+        W_pD = W_rows.index_select(0, pair_row_F[chunk])
+        recon_rows.index_add_(0, pair_row_N[chunk], pair_h[chunk, None] * W_pD)
+    pairs = (flat_g.index_select(0, pair_g), pair_row_N, pair_row_F, pair_sign, pair_h)
+    return recon_flat, dense_FN, f_dense_FN, mostly_open_g, pairs
+
+
+def _matmul_weight_grad(
+    block: Any, W_dec_FSD: torch.Tensor, f_dense_FN: torch.Tensor, grad_flat: torch.Tensor
+) -> torch.Tensor:
+    """W_dec's gradient from :func:`_decode`'s matmul, ``[F, S, D]``, as its own tensor (not a
+    view), so that autograd can add the decoder norms' part to it in place; in a micro-batch
+    (``block``) the matmul's operands are kept, and the block's sum is returned for the
+    corrections to be added to."""
+    if block is not None:
+        block.keep(W_dec_FSD, f_dense_FN.T, grad_flat)
+        return block.sum_buffer(W_dec_FSD)
+    grad_W_FSD = W_dec_FSD.new_empty(W_dec_FSD.shape)
+    torch.mm(f_dense_FN, grad_flat, out=grad_W_FSD.view(f_dense_FN.shape[0], -1))
+    return grad_W_FSD
+
+
+def _add_pair_grads(
+    grad_h_flat: torch.Tensor,
+    grad_W_rows: torch.Tensor,
+    grad_rows: torch.Tensor,
+    W_rows: torch.Tensor,
+    pairs: tuple[torch.Tensor, ...],
+    plan: KernelPlan,
+) -> None:
+    """Add the gradients of :func:`_decode`'s corrections, each (entry, snapshot) pair of a mixed
+    gate: to the code (``grad_h_flat``, feature-major) and to W's rows (``grad_W_rows``)."""
+    pair_flat, pair_row_N, pair_row_F, pair_sign, pair_h = pairs
+    for chunk in _pair_chunks(pair_flat.numel(), W_rows.shape[1], plan):
+        grad_pD = grad_rows.index_select(0, pair_row_N[chunk])
+        dec_p = torch.linalg.vecdot(grad_pD, W_rows.index_select(0, pair_row_F[chunk]))
+        grad_h_flat.index_add_(0, pair_flat[chunk], dec_p.mul_(pair_sign[chunk]))
+        grad_W_rows.index_add_(0, pair_row_F[chunk], (pair_h[chunk, None] * grad_pD).to(grad_W_rows.dtype))
+
+
 class SnapshotGatedDecode(torch.autograd.Function):
     """Per-snapshot gated decode, summed tanh scores and any-snapshot gate of a batch,
     without an ``[S, N, F]`` tensor.
@@ -388,7 +399,6 @@ class SnapshotGatedDecode(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         N, F_ = h_NF.shape
         S, D = W_dec_FSD.shape[1:]
-        W_flat = W_dec_FSD.reshape(F_, S * D)
         scale2_FS = (2 * tanh_scale) * norms_FS
         h_FN = classes.h_FN
         h_flat = h_FN.view(-1)
@@ -409,27 +419,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         sigmoid_gS = sigmoid_of_twice(f_gS, scale2_FS.index_select(0, i_g))
         score_sum_F.index_add_(0, i_g, tanh_from_sigmoid(sigmoid_gS).sum(dim=1, dtype=torch.float32))
 
-        # decode: one matmul of the shared code where a gate is open everywhere, or mostly
-        # (a feature that has emerged is shut at a few early snapshots), then a correction
-        # per (entry, snapshot) pair: + h where a mostly shut gate is open, - h where a
-        # mostly open one is shut. Rows of [N * S, D] and [F * S, D].
-        mostly_open_g = open_gS.sum(dim=1) * 2 > S
-        dense_FN = mask_values(classes.open_all_FN, h_FN.dtype)  # a float mask: its products are faster
-        dense_FN.view(-1)[flat_g[mostly_open_g]] = 1.0
-        # (a product with the mask: several times faster than torch.where on a CPU)
-        f_dense_FN = h_FN * dense_FN
-        recon_flat = f_dense_FN.T @ W_flat
-        pair_g, pair_s = (open_gS != mostly_open_g[:, None]).nonzero(as_tuple=True)
-        pair_row_N = (flat_g - i_g * N).index_select(0, pair_g) * S + pair_s
-        pair_row_F = i_g.index_select(0, pair_g) * S + pair_s
-        pair_sign = 1.0 - 2.0 * mostly_open_g.index_select(0, pair_g).to(h_NF.dtype)
-        pair_h = h_g1[:, 0].index_select(0, pair_g) * pair_sign
-        W_rows = W_dec_FSD.reshape(F_ * S, D)
-        recon_rows = recon_flat.view(N * S, D)
-        for chunk in _pair_chunks(pair_g.numel(), D, classes.plan):
-            W_pD = W_rows.index_select(0, pair_row_F[chunk])
-            recon_rows.index_add_(0, pair_row_N[chunk], pair_h[chunk, None] * W_pD)
-
+        recon_flat, dense_FN, f_dense_FN, mostly_open_g, pairs = _decode(classes, W_dec_FSD, open_gS, h_g1[:, 0])
         ctx.save_for_backward(
             norms_FS,
             raw_norms_FS,
@@ -441,11 +431,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
             open_gS,
             f_gS,
             sigmoid_gS,
-            flat_g.index_select(0, pair_g),
-            pair_row_N,
-            pair_row_F,
-            pair_sign,
-            pair_h,
+            *pairs,
         )
         ctx.classes, ctx.h_FP, ctx.bandwidth, ctx.tanh_scale = classes, h_FP, bandwidth, tanh_scale
         ctx.block = weight_block(W_dec_FSD)
@@ -468,23 +454,9 @@ class SnapshotGatedDecode(torch.autograd.Function):
     ) -> tuple[Any, ...]:
         # One fused pass over the saved tensors: the decoder, score and window parts share the
         # gradient's per-snapshot products, the sech values and the index tensors.
-        (
-            norms_FS,
-            raw_norms_FS,
-            norm_factors_S,
-            threshold_F,
-            W_dec_FSD,
-            dense_FN,
-            f_dense_FN,
-            open_gS,
-            f_gS,
-            sigmoid_gS,
-            pair_flat,
-            pair_row_N,
-            pair_row_F,
-            pair_sign,
-            pair_h,
-        ) = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        norms_FS, raw_norms_FS, norm_factors_S, threshold_F, W_dec_FSD = saved[:5]
+        dense_FN, f_dense_FN, open_gS, f_gS, sigmoid_gS = saved[5:10]
         classes: EntryClasses = ctx.classes
         h_FN = classes.h_FN
         F_, N = h_FN.shape
@@ -498,21 +470,14 @@ class SnapshotGatedDecode(torch.autograd.Function):
 
         # decoder, the matmul's part: the plain crosscoder's backward, feature-major. Where
         # the threshold window is summed from masks, the code's gradient comes per snapshot
-        # with the window's decoder sums (see code_grad_and_window_sums). W_dec's gradient is
-        # returned as its own tensor (not a view), so that autograd can add the decoder
-        # norms' part to it in place.
+        # with the window's decoder sums (see code_grad_and_window_sums).
         grad_h_FN, window_grad_FS, window_sech_FS = _code_grad(
             classes, norms_FS, threshold_F, W_dec_FSD, grad_flat, grad_score_F, half_width
         )
         grad_h_flat = grad_h_FN.mul_(dense_FN).view(-1)
         block = ctx.block if ctx.block is not None and ctx.block.open else None
-        if block is None:
-            grad_W_FSD = W_dec_FSD.new_empty(F_, S, D)
-            grad_W_flat = torch.mm(f_dense_FN, grad_flat, out=grad_W_FSD.view(F_, S * D))
-        else:  # a micro-batch: the matmul's operands kept, the corrections added to the block's sum
-            block.keep(W_dec_FSD, f_dense_FN.T, grad_flat)
-            grad_W_FSD = block.sum_buffer(W_dec_FSD)
-            grad_W_flat = grad_W_FSD.view(F_, S * D)
+        grad_W_FSD = _matmul_weight_grad(block, W_dec_FSD, f_dense_FN, grad_flat)
+        grad_W_flat = grad_W_FSD.view(F_, S * D)
 
         # scores of the entries packed into rows. Their window part is the scores' gradient
         # where a gate is open and grad * c * norm where shut (tanh(0) = 0): sech is summed
@@ -531,12 +496,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
 
         # decoder, the corrections of mixed gates: each (entry, snapshot) pair
         grad_rows, W_rows = grad_flat.view(N * S, D), W_dec_FSD.reshape(F_ * S, D)
-        grad_W_rows = grad_W_flat.view(F_ * S, D)
-        for chunk in _pair_chunks(pair_flat.numel(), D, classes.plan):
-            grad_pD = grad_rows.index_select(0, pair_row_N[chunk])
-            dec_p = torch.linalg.vecdot(grad_pD, W_rows.index_select(0, pair_row_F[chunk]))
-            grad_h_flat.index_add_(0, pair_flat[chunk], dec_p.mul_(pair_sign[chunk]))
-            grad_W_rows.index_add_(0, pair_row_F[chunk], (pair_h[chunk, None] * grad_pD).to(grad_W_rows.dtype))
+        _add_pair_grads(grad_h_flat, grad_W_flat.view(F_ * S, D), grad_rows, W_rows, saved[10:], classes.plan)
 
         # the threshold's window: the code's gradient summed over tokens inside it, per
         # (feature, snapshot); its decoder part from the masks above, its score part here
@@ -563,74 +523,26 @@ class SnapshotGatedDecode(torch.autograd.Function):
         return grad_h_FN.T, grad_W_FSD, grad_threshold_F, None, None, None, None, None, None
 
 
-PATHS = ("pairs", "split", "entry classes", "per snapshot")
-"""The implementations of :func:`snapshot_gated_decode`, by the name it returns: the step from
-the active pairs, the split step, :class:`SnapshotGatedDecode` and the per-snapshot code."""
-
-
-def snapshot_gated_decode(
+def entry_classes_gated_decode(
     h_NF: Float[torch.Tensor, "n d_sae"],
     W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
     threshold_F: Float[torch.Tensor, " d_sae"],
-    *,
-    norm_factors_S: Float[torch.Tensor, " n_snapshots"],
-    bandwidth: float,
-    tanh_scale: float,
+    norms: tuple[Float[torch.Tensor, "d_sae n_snapshots"], Float[torch.Tensor, " n_snapshots"]],
+    gate: tuple[float, float],
     plan: KernelPlan | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF, path)``: the decode of the
-    per-snapshot gated code (no bias), the summed tanh scores, the any-snapshot gate, the
-    shared code ``h * open_anywhere`` (no gradient), for decoder norms
-    ``||W_dec[i, s]|| * norm_factors_S[s]`` (the training space's, as
-    ``CrosscoderMixin.snapshot_norms``), and which implementation computed them (one of
-    :data:`PATHS`).
-
-    Four implementations, the same values and gradients up to the order of float sums
-    (and tanh's rounding: the gated decode computes it from a sigmoid), as the plan picks
-    (``jumprelu_sparse``, ``jumprelu_split``):
-    :func:`crosslens.crosscoders.jumprelu_pairs.sparse_gated_decode` from the active pairs
-    alone, always, or by default on CUDA where
-    :func:`~crosslens.crosscoders.jumprelu_pairs.sparse_step_pays`; else, with
-    ``jumprelu_split``, :func:`~crosslens.crosscoders.jumprelu_split.split_gated_decode` where
-    the entries not open at every snapshot are few
-    (:func:`~crosslens.crosscoders.jumprelu_split.split_step_pays`); else
-    :class:`SnapshotGatedDecode` when few entries are mixed (not under autocast, whose matmul
-    dtypes its gathered updates do not follow); else the per-snapshot
-    :class:`SnapshotGateAndScore` and a batched matmul.
-    """
-    plan = plan_for(h_NF.device, plan)
-    sparse = plan.jumprelu_sparse
-    raw_FS = None  # the decoder norms without gradient, once computed (one pass over W_dec)
-    if sparse or (sparse is None and (h_NF.device.type == "cuda" or plan.jumprelu_split)):
-        raw_FS = row_norms_now(W_dec_FSD)
-        gate, norms = (bandwidth, tanh_scale), (raw_FS, norm_factors_S)
-        with torch.no_grad():
-            args = (h_NF.detach(), raw_FS * norm_factors_S, threshold_F.detach(), bandwidth / 2)
-            entries = active_entries(*args, plan)
-        if sparse or sparse_step_pays(entries, plan):
-            *decoded, _ = sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, entries, gate, plan)
-            return (*decoded, "pairs")
-        if plan.jumprelu_split:
-            split = everywhere_and_rest(*args, entries)
-            if split_step_pays(split[1], plan):
-                return (*split_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, split, gate, plan), "split")
-    classes = None
-    if not torch.is_autocast_enabled(h_NF.device.type):
-        with torch.no_grad():
-            raw_norms_FS = row_norms_now(W_dec_FSD) if raw_FS is None else raw_FS
-            norms_FS = raw_norms_FS * norm_factors_S
-            classes = EntryClasses(h_NF, norms_FS, threshold_F, bandwidth / 2, plan)
-    if classes is not None and classes.sparse_ok:
-        decoded = SnapshotGatedDecode.apply(
-            h_NF, W_dec_FSD, threshold_F, norms_FS, raw_norms_FS, norm_factors_S, classes, bandwidth, tanh_scale
-        )
-        return (*decoded, "entry classes")
-    norms_FS = weight_row_norms(W_dec_FSD, known=raw_FS) * norm_factors_S
-    h_NF = h_NF.contiguous()  # the blocks of the gate are token-major
-    f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
-        h_NF, norms_FS, threshold_F, bandwidth=bandwidth, tanh_scale=tanh_scale, plan=plan
-    )
-    recon_SND = snapshot_decode(f_SNF, W_dec_FSD, (h_NF, norms_FS, threshold_F))
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)`` of the JumpReLU step by
+    :class:`SnapshotGatedDecode`, where few enough entries are mixed (:attr:`EntryClasses.sparse_ok`),
+    else None; for ``norms = (raw_FS, norm_factors_S)``, the decoder norms computed without
+    gradient (this node differentiates them) and the factors to the training space, and ``gate =
+    (bandwidth, tanh_scale)``."""
+    raw_FS, norm_factors_S = norms
+    bandwidth, tanh_scale = gate
     with torch.no_grad():
-        shared_NF = h_NF * open_anywhere_NF
-    return recon_SND.transpose(0, 1), score_sum_F, open_anywhere_NF, shared_NF, "per snapshot"
+        norms_FS = raw_FS * norm_factors_S
+        classes = EntryClasses(h_NF, norms_FS, threshold_F, bandwidth / 2, plan)
+    if not classes.sparse_ok:
+        return None
+    return SnapshotGatedDecode.apply(
+        h_NF, W_dec_FSD, threshold_F, norms_FS, raw_FS, norm_factors_S, classes, bandwidth, tanh_scale
+    )

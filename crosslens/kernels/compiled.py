@@ -2,14 +2,14 @@
 
 A few functions of the step are chains of elementwise passes over tensors as large as the
 batch's reconstruction or its per-snapshot code: the JumpReLU block functions
-(:mod:`crosslens.crosscoders.jumprelu_ops`) and the reconstruction losses
+(:mod:`crosslens.kernels.jumprelu_ops`) and the reconstruction losses
 (:func:`crosslens.crosscoders.base.reconstruction_errors`). Op by op each pass reads and
 writes the whole tensor; compiled, a chain is one read of its inputs and one write of its
 outputs each way. Each function is its own eager twin: compiled or not, it computes the same
 values, to the order of its float sums.
 
 Whether they compile is the run's plan's choice
-(:attr:`~crosslens.crosscoders.kernel_plan.KernelPlan.compile`: by default on CUDA where Triton
+(:attr:`~crosslens.kernels.plan.KernelPlan.compile`: by default on CUDA where Triton
 is there, Inductor's CUDA code being Triton, and nowhere else).
 """
 

@@ -12,11 +12,11 @@ dense.
 :func:`split_gated_decode` decodes those entries with the matmul and scores them with
 :class:`EverywhereScores` (fused reductions over the snapshots where the plan compiles), and
 hands every other active entry (open at some snapshots only, or inside the window at some) to
-the step from the pairs (:func:`~crosslens.crosscoders.jumprelu_pairs.sparse_gated_decode`). It
+the step from the pairs (:func:`~crosslens.kernels.jumprelu_pairs.sparse_gated_decode`). It
 computes the values and gradients of the per-snapshot reference
-(:func:`~crosslens.crosscoders.jumprelu_dense.snapshot_gate_and_score` and its batched decode)
+(:func:`~crosslens.kernels.jumprelu_dense.snapshot_gate_and_score` and its batched decode)
 to the order of float sums, without its ``[S, N, F]`` code. The plan's ``jumprelu_split`` turns
-it on; :func:`~crosslens.crosscoders.jumprelu_kernels.snapshot_gated_decode` takes it where the
+it on; :func:`~crosslens.crosscoders.jumprelu_crosscoder.snapshot_gated_decode` takes it where the
 step from all the pairs does not pay but the rest are few (:func:`split_step_pays`).
 """
 
@@ -29,11 +29,12 @@ import torch
 from jaxtyping import Bool, Float
 
 from crosslens.core.tensors import host_ints
-from crosslens.crosscoders.jumprelu_dense import block_function
-from crosslens.crosscoders.jumprelu_ops import everywhere_score_block, everywhere_score_grad_block
-from crosslens.crosscoders.jumprelu_pairs import ActiveEntries, sparse_gated_decode
-from crosslens.crosscoders.kernel_plan import KernelPlan, plan_for
-from crosslens.crosscoders.weight_grads import weight_matmul
+from crosslens.kernels.jumprelu_dense import block_function
+from crosslens.kernels.jumprelu_ops import everywhere_score_block, everywhere_score_grad_block
+from crosslens.kernels.jumprelu_pairs import ActiveEntries, sparse_gated_decode
+from crosslens.kernels.plan import KernelPlan, plan_for
+from crosslens.kernels.step_weights import StepWeights
+from crosslens.kernels.weight_grads import weight_matmul
 
 
 def everywhere_and_rest(
@@ -71,7 +72,7 @@ class EverywhereScores(torch.autograd.Function):
     """``score_sum_F``, float32: the sum over the ``everywhere_NF`` entries and every snapshot
     of ``tanh(c * h * norm_s)``, with its gradients to ``h`` and to the norms (the gates of these
     entries are open everywhere and outside the window: none to the threshold). Token blocks
-    of :func:`~crosslens.crosscoders.jumprelu_dense.block_function`'s size, compiled where the
+    of :func:`~crosslens.kernels.jumprelu_dense.block_function`'s size, compiled where the
     plan says, so that no ``[S, N, F]`` tensor is made."""
 
     @staticmethod
@@ -121,12 +122,13 @@ def split_gated_decode(
     split: tuple[Bool[torch.Tensor, "n d_sae"], ActiveEntries, Bool[torch.Tensor, "n d_sae"]],
     gate: tuple[float, float],
     plan: KernelPlan | None = None,
+    step_weights: StepWeights | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)`` of
-    :func:`~crosslens.crosscoders.jumprelu_kernels.snapshot_gated_decode`, for ``split =
+    :func:`~crosslens.crosscoders.jumprelu_crosscoder.snapshot_gated_decode`, for ``split =
     (everywhere_NF, rest, open_anywhere_NF)`` from :func:`everywhere_and_rest`: the entries of ``everywhere_NF``
     through the shared code's matmul and :class:`EverywhereScores`, ``rest`` through
-    :func:`~crosslens.crosscoders.jumprelu_pairs.sparse_gated_decode` (which also sums the
+    :func:`~crosslens.kernels.jumprelu_pairs.sparse_gated_decode` (which also sums the
     window of the entries shut everywhere). ``norms = (raw_FS, norm_factors_S)`` as there, and
     ``gate = (bandwidth, tanh_scale)``."""
     everywhere_NF, rest, open_anywhere_NF = split
@@ -134,9 +136,11 @@ def split_gated_decode(
     F_, S, D = W_dec_FSD.shape
     # its norms come differentiable from the decode's node: their gradient from the scores below
     # joins that node's one pass over W
-    recon_NSD, score_sum_F, _, _, norms_FS = sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, rest, gate, plan)
+    recon_NSD, score_sum_F, _, _, norms_FS = sparse_gated_decode(
+        h_NF, W_dec_FSD, threshold_F, norms, rest, gate, plan, step_weights
+    )
     shared_NF = h_NF * everywhere_NF
-    recon_NX = weight_matmul(shared_NF, W_dec_FSD.reshape(F_, S * D))
+    recon_NX = weight_matmul(shared_NF, W_dec_FSD.reshape(F_, S * D), step_weights=step_weights)
     everywhere_F = EverywhereScores.apply(h_NF, norms_FS, everywhere_NF, gate[1], plan)
     with torch.no_grad():
         shared_code_NF = h_NF * open_anywhere_NF

@@ -5,9 +5,10 @@ dense (compiled there).
 :class:`SnapshotGateAndScore` gates, scores and differentiates the shared pre-activation at every
 snapshot in cache-sized blocks of tokens, recomputing gates and scores in backward so that
 nothing else of that size is kept; :func:`block_function` runs its block functions
-(:mod:`crosslens.crosscoders.jumprelu_ops`) compiled where the plan says (``compile``). The
+(:mod:`crosslens.kernels.jumprelu_ops`) compiled where the plan says (``compile``). The
 decoder is then a batched matmul over snapshots
-(:func:`~crosslens.crosscoders.regated_decode.snapshot_decode`).
+(:func:`~crosslens.kernels.regated_decode.snapshot_decode`): the two together are
+:func:`per_snapshot_gated_decode`, the step's "per snapshot" path.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float
 
-from crosslens.crosscoders.compiled import compiled
-from crosslens.crosscoders.jumprelu_ops import backward_block, forward_block, threshold_gradient
-from crosslens.crosscoders.kernel_plan import KernelPlan, plan_for
+from crosslens.kernels.compiled import compiled
+from crosslens.kernels.jumprelu_ops import backward_block, forward_block, threshold_gradient
+from crosslens.kernels.plan import KernelPlan, plan_for
+from crosslens.kernels.regated_decode import snapshot_decode
+from crosslens.kernels.step_weights import StepWeights
+from crosslens.kernels.weight_grads import weight_row_norms
 
 
 def token_block(
@@ -39,7 +43,7 @@ def block_function(
     plan: KernelPlan | None = None,
 ) -> tuple[Any, int]:
     """``(function, tokens per block)`` for a block function of
-    :mod:`~crosslens.crosscoders.jumprelu_ops` over ``[S, block, F]`` on ``device``: compiled or
+    :mod:`~crosslens.kernels.jumprelu_ops` over ``[S, block, F]`` on ``device``: compiled or
     eager as the plan says (``compile``). Compiled on a CPU it takes the
     whole batch at once (its fused loops keep no ``[S, N, F]`` temporary but their outputs),
     compiled for its one shape; else in blocks of :func:`token_block`, whose last is shorter
@@ -158,3 +162,29 @@ def snapshot_gate_and_score(
 ) -> tuple[Float[torch.Tensor, "n_snapshots n d_sae"], Float[torch.Tensor, " d_sae"], Bool[torch.Tensor, "n d_sae"]]:
     """``(f_SNF, score_sum_F, open_anywhere_NF)``; see :class:`SnapshotGateAndScore`."""
     return SnapshotGateAndScore.apply(h_NF, norms_FS, threshold_F, bandwidth, tanh_scale, plan)
+
+
+def per_snapshot_gated_decode(
+    h_NF: Float[torch.Tensor, "n d_sae"],
+    W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    threshold_F: Float[torch.Tensor, " d_sae"],
+    norms: tuple[Float[torch.Tensor, "d_sae n_snapshots"] | None, Float[torch.Tensor, " n_snapshots"]],
+    gate: tuple[float, float],
+    plan: KernelPlan | None = None,
+    step_weights: StepWeights | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)`` of the JumpReLU step from its
+    per-snapshot code (:class:`SnapshotGateAndScore`) and its batched decode: the reference. ``norms
+    = (raw_FS, norm_factors_S)``, ``raw_FS`` the decoder norms where a path tried before computed
+    them (else None: computed here, differentiably), and ``gate = (bandwidth, tanh_scale)``."""
+    raw_FS, norm_factors_S = norms
+    norms_FS = weight_row_norms(W_dec_FSD, known=raw_FS, step_weights=step_weights) * norm_factors_S
+    h_NF = h_NF.contiguous()  # the blocks of the gate are token-major
+    bandwidth, tanh_scale = gate
+    f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
+        h_NF, norms_FS, threshold_F, bandwidth=bandwidth, tanh_scale=tanh_scale, plan=plan
+    )
+    recon_SND = snapshot_decode(f_SNF, W_dec_FSD, (h_NF, norms_FS, threshold_F), step_weights)
+    with torch.no_grad():
+        shared_NF = h_NF * open_anywhere_NF
+    return recon_SND.transpose(0, 1), score_sum_F, open_anywhere_NF, shared_NF

@@ -2,11 +2,11 @@
 from a saved ``[S, N, F]`` code: :func:`snapshot_decode` and :func:`shared_code_decode`.
 
 Under autocast (a float32 decoder), or in a micro-batched step's
-:func:`~crosslens.crosscoders.weight_grads.deferred_weight_grads` block that lists the decoder,
+:func:`~crosslens.kernels.weight_grads.deferred_weight_grads` block that lists the decoder,
 the decoder's gradient is computed in float32 from the code regated from the pre-activation,
 norms and threshold (or from the shared code), so the ``S`` times larger per-snapshot code is
 never kept for backward; in a block, what regates it is kept for the block's one gradient
-(:func:`~crosslens.crosscoders.weight_grads.regated_weight_grad`).
+(:func:`~crosslens.kernels.weight_grads.regated_weight_grad`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
-from crosslens.crosscoders.weight_grads import (
+from crosslens.kernels.step_weights import StepWeights
+from crosslens.kernels.weight_grads import (
     TWICE,
     WeightBlock,
     check_unchanged,
@@ -43,8 +44,9 @@ class _RegatedDecode(torch.autograd.Function):
         code: tuple[torch.Tensor, ...],
         dtype: torch.dtype,
         block: WeightBlock | None,
+        step_weights: StepWeights | None,
     ) -> torch.Tensor:
-        W_low = rounded(W_FSD, dtype)  # the block's copy in a block
+        W_low = rounded(W_FSD, dtype, step_weights)  # the block's copy in a block
         with torch.autocast(f_SNF.device.type, enabled=False):
             out = torch.bmm(f_SNF.to(dtype), W_low.transpose(0, 1))
         ctx.W_low = W_low if ctx.needs_input_grad[0] else None
@@ -83,7 +85,7 @@ class _RegatedDecode(torch.autograd.Function):
                 grad_W = regated_weight_grad([(*ctx.code, grad_SND)], W.new_zeros(W.shape, dtype=torch.float32))
                 grad_W = grad_W.to(W.dtype)
             ctx.code = None
-        return grad_f, grad_W, None, None, None
+        return grad_f, grad_W, None, None, None, None
 
 
 def snapshot_decode(
@@ -92,25 +94,28 @@ def snapshot_decode(
     gate: tuple[
         Float[torch.Tensor, "n d_sae"], Float[torch.Tensor, "d_sae n_snapshots"], Float[torch.Tensor, " d_sae"]
     ],
+    step_weights: StepWeights | None = None,
 ) -> Float[torch.Tensor, "n_snapshots n d_in"]:
     """``f_s @ W_dec[:, s]`` at every snapshot, ``[S, N, D]``, of the JumpReLU code ``f_SNF = h *
     [h * norms_s > t]`` that ``gate = (h_NF, norms_FS, threshold_F)`` (without gradient) gives.
     Under autocast (a float32 decoder) or in a :func:`deferred_weight_grads` block that lists
     the decoder, the decoder's gradient is computed from the code regated from ``gate``, so the
-    ``[S, N, F]`` code is not kept for backward, and in float32 (:class:`_RegatedDecode`);
+    ``[S, N, F]`` code is not kept for backward, and in float32 (:class:`_RegatedDecode`), reading
+    the decoder rounded as ``step_weights`` holds it where the optimizer wrote it;
     else the plain batched matmul (but for a gradient-free product under autocast in such a
     block: autocast's, on the block's copy)."""
     block = weight_block(W_dec_FSD)
     dtype = product_dtype(W_dec_FSD, block)
     if dtype is None:
         return torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))
-    return _RegatedDecode.apply(f_SNF, W_dec_FSD, tuple(t.detach() for t in gate), dtype, block)
+    return _RegatedDecode.apply(f_SNF, W_dec_FSD, tuple(t.detach() for t in gate), dtype, block, step_weights)
 
 
 def shared_code_decode(
     f_SNF: Float[torch.Tensor, "n_snapshots n d_sae"],
     W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
     shared_NF: Float[torch.Tensor, "n d_sae"],
+    step_weights: StepWeights | None = None,
 ) -> Float[torch.Tensor, "n_snapshots n d_in"]:
     """``f_s @ W_dec[:, s]`` at every snapshot, ``[S, N, D]``, as :func:`snapshot_decode`, with
     the decoder's gradient at every snapshot that of the shared code ``shared_NF`` (without
@@ -120,4 +125,4 @@ def shared_code_decode(
     code is not kept for backward."""
     block = weight_block(W_dec_FSD)
     dtype = product_dtype(W_dec_FSD, block) or W_dec_FSD.dtype
-    return _RegatedDecode.apply(f_SNF, W_dec_FSD, (shared_NF.detach().to(dtype),), dtype, block)
+    return _RegatedDecode.apply(f_SNF, W_dec_FSD, (shared_NF.detach().to(dtype),), dtype, block, step_weights)

@@ -1,16 +1,18 @@
 """Which kernels a training step runs, and their tunings: one explicit plan per run.
 
 A crosscoder's training step and the trainer's Adam have a reference implementation (plain
-torch ops) and, per device, at most one fast path: the Triton kernels of
-:mod:`crosslens.crosscoders.triton_kernels` and :mod:`crosslens.training.triton_adam` on
-CUDA, ``torch.compile`` for the elementwise chains, the JumpReLU step from the active pairs
-once the code is sparse. :class:`KernelPlan` names every such choice and every size they are
-tuned by. It is resolved once per run from the device and the run's settings
-(:meth:`KernelPlan.resolve`), printed by ``crosslens train``, recorded in ``run.json`` and
-handed explicitly to the trainer, the optimizer and the crosscoder
+torch ops) and, per device, the fast paths the plan names: the Triton kernels of
+:mod:`crosslens.kernels.triton_sparse` and :mod:`crosslens.kernels.triton_adam` on CUDA,
+``torch.compile`` for the elementwise chains, and JumpReLU's steps that avoid its per-snapshot
+code (:meth:`KernelPlan.jumprelu_paths`: the step takes the first of them that pays for its
+batch). :class:`KernelPlan` names every such choice and every size they are tuned by. It is
+resolved once per run from the device and the run's settings (:meth:`KernelPlan.resolve`),
+printed by ``crosslens train``, recorded in ``run.json`` and handed explicitly to the trainer,
+the optimizer and the crosscoder
 (:meth:`~crosslens.crosscoders.base.CrosscoderMixin.use_kernel_plan`). Tests and benchmarks
 that want another path build another plan (``dataclasses.replace(plan, backend="eager")``);
-nothing reads a module-wide switch.
+nothing reads a module-wide switch. docs/DESIGN.md ("What runs where") lists what each device's
+default plan runs; ``tests/test_kernel_plan.py`` holds the two equal.
 
 Every choice computes the same values as the reference, to the order of float sums: the
 tests hold each fast path against its eager twin.
@@ -36,7 +38,14 @@ torch's Adam (fused where the device has the kernel)."""
 
 WINDOW_MODES = ("per_snapshot", "matmul", "gathered")
 """How the dense JumpReLU step on a CPU sums the threshold's window
-(:class:`~crosslens.crosscoders.jumprelu_kernels.EntryClasses`)."""
+(:class:`~crosslens.kernels.jumprelu_entry_classes.EntryClasses`)."""
+
+JUMPRELU_PATHS = ("pairs", "split", "entry classes", "per snapshot")
+"""The implementations of JumpReLU's gated decode, by the name a training pass records
+(``JumpReLUTrainingCrosscoder.pass_paths``): from the active pairs
+(:mod:`crosslens.kernels.jumprelu_pairs`), split between the shared code's matmul and the pairs
+(:mod:`crosslens.kernels.jumprelu_split`), by entry classes (:mod:`crosslens.kernels.jumprelu_entry_classes`),
+and from the per-snapshot code, the reference (:mod:`crosslens.kernels.jumprelu_dense`)."""
 
 COMPILE_ENV = "CROSSLENS_COMPILE_KERNELS"
 """``1`` or ``0`` in the environment: compile the step's elementwise chains on every device, or
@@ -45,7 +54,7 @@ on none (the default compiles on CUDA where Triton is there)."""
 
 @dataclass(frozen=True)
 class WindowTile:
-    """One launch shape of the JumpReLU window sums (``triton_kernels._window_dots``)."""
+    """One launch shape of the JumpReLU window sums (``triton_sparse._window_dots``)."""
 
     tokens: int
     """Tokens of a tile (``BLOCK_N``)."""
@@ -90,7 +99,7 @@ class KernelPlan:
     jumprelu_split: bool = False
     """Where the JumpReLU step from all the pairs does not pay: decode the entries open at every
     snapshot (outside the threshold's window) with the shared code's one matmul and the rest
-    from their pairs (:mod:`crosslens.crosscoders.jumprelu_split`), where the rest are few
+    from their pairs (:mod:`crosslens.kernels.jumprelu_split`), where the rest are few
     enough (:attr:`split_rest_share`), instead of the per-snapshot code ``[S, N, F]`` (CUDA's
     default). Needs ``jumprelu_sparse`` None (True takes the pairs always, False never)."""
     topk_sparse_decode: bool | None = None
@@ -188,6 +197,22 @@ class KernelPlan:
         if compile is None:
             plan = dataclasses.replace(plan, compile=_compile_from_environment(plan.compile))
         return dataclasses.replace(plan, **overrides) if overrides else plan
+
+    def jumprelu_paths(self, device_type: str, autocast: bool) -> tuple[str, ...]:
+        """The implementations of JumpReLU's gated decode (:data:`JUMPRELU_PATHS`) a step on
+        ``device_type`` (under ``autocast`` or not) may take, in the order it tries them: the first
+        that pays for the batch runs, and the per-snapshot reference, last, always can. From the
+        pairs always (``jumprelu_sparse``), or where they pay on CUDA or with ``jumprelu_split``;
+        split where the plan says; by entry classes without autocast (whose matmul dtypes their
+        gathered updates do not follow)."""
+        if self.jumprelu_sparse:
+            return ("pairs",)
+        paths: list[str] = []
+        if self.jumprelu_sparse is None and (device_type == "cuda" or self.jumprelu_split):
+            paths += ["pairs", "split"] if self.jumprelu_split else ["pairs"]
+        if not autocast:
+            paths.append("entry classes")
+        return (*paths, "per snapshot")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, for ``run.json``."""

@@ -1,8 +1,10 @@
 """The JumpReLU kernels' tensor arithmetic, free of settings and of autograd.
 
-:mod:`crosslens.crosscoders.jumprelu_kernels` holds the autograd functions, the choice
-between them and their tuning knobs; the pieces here compute one block, one padded row
-block or one product at a time from what those functions hand them.
+The JumpReLU step's modules (:mod:`~crosslens.kernels.jumprelu_dense`,
+:mod:`~crosslens.kernels.jumprelu_entry_classes`, :mod:`~crosslens.kernels.jumprelu_pairs`,
+:mod:`~crosslens.kernels.jumprelu_split`) hold the autograd functions and their tuning knobs;
+the pieces here compute one block, one padded row block or one product at a time from what
+those functions hand them.
 
 tanh(x) is computed as ``2 * sigmoid(2x) - 1`` and its derivative ``1 - tanh(x)^2`` as
 ``4 * sigmoid(2x) * (1 - sigmoid(2x))``: equal in exact arithmetic, within a few float32

@@ -1,6 +1,6 @@
 """The active (token, feature) pairs a sparse crosscoder step works from, shared by the eager
-kernels (:mod:`crosslens.crosscoders.sparse_kernels`) and the Triton ones
-(:mod:`crosslens.crosscoders.triton_kernels`).
+kernels (:mod:`crosslens.kernels.sparse`) and the Triton ones
+(:mod:`crosslens.kernels.triton_sparse`).
 
 Nothing here reads a device tensor back to the host: where each token's or feature's pairs
 start is found by a binary search of the sorted ids (a CUDA ``bincount`` reads the largest id

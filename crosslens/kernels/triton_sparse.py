@@ -1,4 +1,4 @@
-"""Triton kernels for the sparse decode of :mod:`crosslens.crosscoders.sparse_kernels`.
+"""Triton kernels for the sparse decode of :mod:`crosslens.kernels.sparse`.
 
 Imported only where a plan's backend is ``"triton"`` (CUDA with triton installed, or a test
 under ``TRITON_INTERPRET=1``): triton is no dependency of the package. Same arguments and
@@ -21,8 +21,8 @@ step works on (:meth:`TritonKernels.entry_masks`, for ``jumprelu_pairs.active_en
 read of the pre-activations and one write of each mask, where op by op the products,
 differences, extremes and comparisons make a dozen passes over ``[N, F]``.
 
-:class:`TritonKernels` launches them all with a :class:`~crosslens.crosscoders.kernel_plan.KernelPlan`'s
-tunings (its column block, warps, pair tile and window tiles); ``sparse_kernels.EagerKernels``
+:class:`TritonKernels` launches them all with a :class:`~crosslens.kernels.plan.KernelPlan`'s
+tunings (its column block, warps, pair tile and window tiles); ``sparse.EagerKernels``
 is its eager twin, with the same methods.
 """
 
@@ -35,10 +35,10 @@ import triton
 import triton.language as tl
 
 from crosslens.core.devices import launching_on
-from crosslens.crosscoders.kernel_plan import KernelPlan
+from crosslens.kernels.plan import KernelPlan
 
 if TYPE_CHECKING:
-    from crosslens.crosscoders.active_pairs import ActivePairs
+    from crosslens.kernels.active_pairs import ActivePairs
 
 
 @triton.jit
@@ -251,7 +251,7 @@ def entry_masks_take(h_NF: torch.Tensor, low_F: torch.Tensor, high_F: torch.Tens
 
 class TritonKernels:
     """The sums of the sparse step, by the Triton kernels above, launched with ``plan``'s
-    tunings. The same methods, arguments and results as ``sparse_kernels.EagerKernels``."""
+    tunings. The same methods, arguments and results as ``sparse.EagerKernels``."""
 
     def __init__(self, plan: KernelPlan) -> None:
         self.plan = plan
@@ -415,7 +415,7 @@ class TritonKernels:
     def entry_masks(
         h_NF: torch.Tensor, low_F: torch.Tensor, high_F: torch.Tensor, t_F: torch.Tensor, half_width: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(open_NF, active_NF, n_open, n_active)`` as ``sparse_kernels.eager_entry_masks`` gives
+        """``(open_NF, active_NF, n_open, n_active)`` as ``sparse.eager_entry_masks`` gives
         them, bit for bit, in one read of ``h`` (token-major or feature-major, as the encoder leaves
         it) and one write of each mask, which has ``h``'s layout; the counts are each program's,
         added after. Only where :func:`entry_masks_take` the dtypes."""

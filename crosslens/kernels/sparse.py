@@ -15,7 +15,7 @@ decode and the decoder's gradients are sums over those pairs:
 one value for every snapshot (TopK), ``G = S`` where it has one per snapshot (JumpReLU's
 per-snapshot gate). Two implementations compute the same sums: :class:`EagerKernels` here
 (``embedding_bag``, ``index_select``, ``index_add_``), which runs on CPUs and in CI, and
-``TritonKernels`` of :mod:`crosslens.crosscoders.triton_kernels`, which a plan whose backend
+``TritonKernels`` of :mod:`crosslens.kernels.triton_sparse`, which a plan whose backend
 is ``"triton"`` takes (CUDA with triton installed; it is imported only then):
 :func:`kernels_for` is the one switch. The sums differ only in the order of float additions.
 
@@ -27,7 +27,7 @@ gradient) from the decode's own node, whose backward starts each row of W's grad
 norms' part and adds the pairs' sums to it.
 
 The JumpReLU crosscoder's step from the pairs is built on them in
-:mod:`crosslens.crosscoders.jumprelu_pairs`; the TopK crosscoders call
+:mod:`crosslens.kernels.jumprelu_pairs`; the TopK crosscoders call
 :func:`gather_decode_and_norms` directly.
 
 TopK's auxiliary loss decodes a second code from the decoder, one that every token reads from
@@ -47,9 +47,10 @@ from jaxtyping import Bool, Float, Int
 
 from crosslens.core.devices import autocast_dtype
 from crosslens.core.tensors import norm_gradient_scale
-from crosslens.crosscoders.active_pairs import ActivePairs
-from crosslens.crosscoders.kernel_plan import KernelPlan, plan_for
-from crosslens.crosscoders.weight_grads import WeightBlock, float32_product, rounded, weight_block
+from crosslens.kernels.active_pairs import ActivePairs
+from crosslens.kernels.plan import KernelPlan, plan_for
+from crosslens.kernels.step_weights import StepWeights
+from crosslens.kernels.weight_grads import WeightBlock, float32_product, rounded, weight_block
 
 NormTerm = tuple[torch.Tensor, torch.Tensor]
 """``(W_FGD, scale_FR)``: the gradient of a loss through the norms of W's rows viewed ``[F, R,
@@ -199,7 +200,7 @@ def kernels_for(plan: KernelPlan) -> Any:
     """The implementation ``plan.backend`` names, launched with its tunings: ``TritonKernels``
     (imported here, so that triton is needed only where it runs) or :class:`EagerKernels`."""
     if plan.backend == "triton":
-        from crosslens.crosscoders.triton_kernels import TritonKernels
+        from crosslens.kernels.triton_sparse import TritonKernels
 
         return TritonKernels(plan)
     return EagerKernels(plan)
@@ -326,7 +327,7 @@ def dense_rows_decode(
 class _BlockRowsDecode(torch.autograd.Function):
     """:func:`dense_rows_decode` in a micro-batched step: autograd's gather of the rows would
     write a decoder-sized gradient per micro-batch, zeros but for the rows; this adds the rows'
-    gradient (float32, :func:`~crosslens.crosscoders.weight_grads.float32_product`) to the
+    gradient (float32, :func:`~crosslens.kernels.weight_grads.float32_product`) to the
     block's sum instead. The values' gradient is the matmul's, in the forward's dtype."""
 
     @staticmethod
@@ -365,7 +366,7 @@ def _add_rows_grad(
     grad_FGD: torch.Tensor, rows_R: torch.Tensor, values_NR: torch.Tensor, grad_NK: torch.Tensor
 ) -> torch.Tensor:
     """Add to ``grad_FGD`` (W's gradient, or a sum for it) the gradient of ``values_NR @
-    W[rows_R]``: ``values.T @ grad`` (:func:`~crosslens.crosscoders.weight_grads.float32_product`,
+    W[rows_R]``: ``values.T @ grad`` (:func:`~crosslens.kernels.weight_grads.float32_product`,
     its operand padded as :func:`_rows` pads) at the rows; returns ``grad_FGD``."""
     R = rows_R.shape[0]
     rows_grad_RK = float32_product(_padded_values(values_NR, R).T, grad_NK)[:R]
@@ -373,18 +374,20 @@ def _add_rows_grad(
     return grad_FGD
 
 
-def autocast_copy(W: torch.Tensor, n_pairs: int, plan: KernelPlan | None = None) -> torch.Tensor | None:
+def autocast_copy(
+    W: torch.Tensor, n_pairs: int, plan: KernelPlan | None = None, step_weights: StepWeights | None = None
+) -> torch.Tensor | None:
     """``W`` detached and rounded to the autocast dtype, for ``n_pairs`` pairs to decode from
     its rows, where autocast is on and the copy pays (the plan's ``read_copy_pairs`` per row:
     the copy costs a float32 read and a bfloat16 write of every element, 6 bytes, and each
     pair's decode and values' gradient then read 2 bytes less per element of its row); else None.
     A matmul under autocast reads its weight rounded the same way; inside a micro-batched step
-    it is the step's one copy (:func:`~crosslens.crosscoders.weight_grads.rounded`). The
-    decoder's gradient stays W's own."""
+    it is the step's one copy, else the optimizer's where ``step_weights`` holds one
+    (:func:`~crosslens.kernels.weight_grads.rounded`). The decoder's gradient stays W's own."""
     dtype = autocast_dtype(W.device)
     if dtype is None or n_pairs < plan_for(W.device, plan).read_copy_pairs * W.shape[0]:
         return None
-    return rounded(W, dtype)
+    return rounded(W, dtype, step_weights)
 
 
 def gather_decode(
