@@ -146,10 +146,9 @@ def harvest_store(
             else nullcontext()
         )
         with lock:
-            manifest = None
-            if team.is_main:
-                manifest = HarvestManifest.open(root, inputs, overwrite=overwrite, verify_hashes=verify_hashes)
-            _harvest_locked(inputs, team.share(manifest), team, device, progress=progress)
+            _harvest_locked(
+                inputs, root, team, device, overwrite=overwrite, verify_hashes=verify_hashes, progress=progress
+            )
     team.barrier()  # the store is complete and unlocked for every rank
     return ActivationStore.open(root, verify="none")
 
@@ -173,9 +172,21 @@ def _refuse_concurrent_harvest(root: Path):
 
 
 def _harvest_locked(
-    inputs: HarvestInputs, manifest: HarvestManifest, team: HarvestTeam, device: str | torch.device, *, progress: bool
+    inputs: HarvestInputs,
+    root: Path,
+    team: HarvestTeam,
+    device: str | torch.device,
+    *,
+    overwrite: bool,
+    verify_hashes: bool,
+    progress: bool,
 ) -> None:
-    """Work through this rank's units of ``inputs`` in rounds, recording into ``manifest``."""
+    """Open the store's manifest (rank 0, which shares it with the team), then work through this
+    rank's units of ``inputs`` in rounds, recording into it."""
+    opened = None
+    if team.is_main:
+        opened = HarvestManifest.open(root, inputs, overwrite=overwrite, verify_hashes=verify_hashes)
+    manifest: HarvestManifest = team.share(opened)
     units = team.units(manifest.n_snapshots, manifest.n_shards)
     # Shards already on disk (a resumed or repeated harvest) start the bar, so that its rate
     # counts only the tokens this run computes.

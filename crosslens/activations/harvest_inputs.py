@@ -14,7 +14,6 @@ fingerprints its inputs: a harvest resumes a store only under an equal spec
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,8 +53,6 @@ class HarvestInputs:
     is known loads only these (``CheckpointSuite.load``)."""
     batch_size: int
     """Sequences per forward pass."""
-    shard_tokens: int
-    """About how many tokens (before exclusions) one shard file holds."""
 
     @classmethod
     def build(
@@ -70,9 +67,12 @@ class HarvestInputs:
         batch_size: int = 32,
         shard_tokens: int = 1 << 16,
         model_dtype: str | torch.dtype = "float32",
+        identities: list[dict | None] | None = None,
     ) -> HarvestInputs:
         """The inputs of a harvest of ``hooks`` on ``token_ids_NL`` at every snapshot of ``suite``,
-        checked; the arguments are :func:`~crosslens.activations.harvest.harvest_activations`'s."""
+        checked; the arguments are :func:`~crosslens.activations.harvest.harvest_activations`'s.
+        ``identities``: the snapshots' identities where the caller has read them (a held-out split of
+        the same suite: :attr:`identities` of its training rows' inputs); else they are read here."""
         check_storage_dtype(dtype)
         hooks = as_hook_list(hooks)
         token_ids_NL = _checked_token_table(token_ids_NL, batch_size=batch_size, shard_tokens=shard_tokens)
@@ -94,11 +94,11 @@ class HarvestInputs:
             token_ids_NL=token_ids_NL,
             keep_NL=keep_NL,
             spec=spec,
-            identities=suite_identities(suite),  # before writing: refuses damaged, uncached and duplicate snapshots
+            # before writing: refuses damaged, uncached and duplicate snapshots
+            identities=suite_identities(suite) if identities is None else identities,
             reference_tokenizer=tokenizer if per_model_tokenizer else None,
             first_n_layers=None if stop_at_layer is None else max(1, stop_at_layer),
             batch_size=batch_size,
-            shard_tokens=shard_tokens,
         )
 
     @property
@@ -110,23 +110,6 @@ class HarvestInputs:
     def model_dtype(self) -> str:
         """What the models run in (``"float32"``, ``"bfloat16"``, ``"float16"``)."""
         return self.spec.get("model_dtype", "float32")
-
-    def on_tokens(self, token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"]) -> HarvestInputs:
-        """The same harvest on another token table (a held-out split): the suite's checks and its
-        snapshots' identities are not made again."""
-        token_ids_NL = _checked_token_table(token_ids_NL, batch_size=self.batch_size, shard_tokens=self.shard_tokens)
-        spec = store_spec(
-            self.suite.provenance(),
-            self.hooks,
-            token_ids_NL,
-            dtype=self.spec["dtype"],
-            exclude_bos=self.spec["exclude_bos"],
-            exclude_token_ids=self.spec["exclude_token_ids"],
-            shard_tokens=self.shard_tokens,
-            model_dtype=self.model_dtype,
-        )
-        _, keep_NL = kept_tokens(self.suite.tokenizer(), token_ids_NL, spec["exclude_bos"], spec["exclude_token_ids"])
-        return dataclasses.replace(self, token_ids_NL=token_ids_NL, keep_NL=keep_NL, spec=spec)
 
 
 def as_hook_list(hooks: str | Sequence[str]) -> list[str]:

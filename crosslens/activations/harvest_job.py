@@ -46,8 +46,11 @@ def harvest_stores(config: HarvestConfig, suite: CheckpointSuite) -> tuple[Activ
     heldout_path = heldout_store_path(out)
     needed = check_model_fits(suite.shape(), config.hook_names, budget, len(suite), store_dtype, [out, heldout_path])
     train_NL, heldout_NL = token_tables(config.tokens, budget, suite.tokenizer())
-    train = HarvestInputs.build(suite, config.hook_names, train_NL, dtype=store_dtype, model_dtype=config.model_dtype)
-    heldout = train.on_tokens(heldout_NL) if len(heldout_NL) else None
+    settings = dict(dtype=store_dtype, model_dtype=config.model_dtype)
+    train = HarvestInputs.build(suite, config.hook_names, train_NL, **settings)
+    heldout = None
+    if len(heldout_NL):  # the same snapshots: their identities are not read again
+        heldout = HarvestInputs.build(suite, config.hook_names, heldout_NL, **settings, identities=train.identities)
     try:
         store = harvest_store(train, out, overwrite=config.overwrite, device=config.device)
         heldout_store = None

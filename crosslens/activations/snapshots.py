@@ -60,7 +60,7 @@ def load_snapshot(
     """Load one snapshot (in ``model_dtype``, default float32) and return (its provenance dict, the model).
 
     Refuses a snapshot whose tokenizer differs from ``reference_tokenizer``. Given its file
-    ``identity`` (`snapshot_identities`), a snapshot whose full weights hash is already
+    ``identity`` (:func:`suite_identities`), a snapshot whose full weights hash is already
     known loads only its first ``first_n_layers`` blocks (see ``CheckpointSuite.load``).
     """
     if identity is None or first_n_layers is None:  # a suite from elsewhere may not take the arguments

@@ -61,8 +61,9 @@ def tokenize_texts(
         raise ValueError(
             "the tokenizer defines neither a BOS nor an EOS token to start rows with; pass prepend_bos=False."
         )
+    documents = encoded(tokenizer, texts)
     return pack_documents(
-        encoded(tokenizer, texts), seq_len, n_seqs=n_seqs, bos_token_id=bos if prepend_bos else None, eos_token_id=eos
+        documents, seq_len, n_seqs=n_seqs, bos_token_id=bos if prepend_bos else None, eos_token_id=eos
     )
 
 
@@ -418,7 +419,7 @@ def token_table(tokens: TokenSource, budget: TokenBudget, tokenizer) -> Int[torc
     seq_len, n_rows = budget.seq_len, budget.n_rows + budget.heldout_rows
     try:
         if kind == "text":
-            documents = text_documents(value, encoding=tokens.encoding, tokenizer=tokenizer)
+            documents = text_documents(value, tokenizer=tokenizer, encoding=tokens.encoding)
             return tokenize_texts(tokenizer, documents, seq_len, n_seqs=n_rows)
         if kind == "dataset":
             name, _, column = str(value).partition(":")
