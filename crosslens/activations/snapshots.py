@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.errors import SnapshotMismatchError, TokenizerMismatchError
 
 if TYPE_CHECKING:

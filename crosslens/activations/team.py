@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import torch
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.launch import launched_by_torchrun
 from crosslens.core.process_group import join_process_group
 
