@@ -14,8 +14,13 @@ import torch
 
 from crosslens.activations.partners import check_recorded_partner
 from crosslens.analysis.contexts import top_activating_contexts
+from crosslens.analysis.emergence_check import EmergenceCheckConfig
+from crosslens.analysis.emergence_record import compute_emergence
+from crosslens.analysis.emergence_report import add_emergence_section
 from crosslens.analysis.evolution import EvolutionConfig
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis, metadata_dict, snapshots_from_metadata
+from crosslens.analysis.latent_scaling import LatentScalingConfig
+from crosslens.analysis.lineage import LineageConfig
 from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
 from crosslens.analysis.report import Report, evolution_report, representative_features
 from crosslens.core.hooks import recorded_hook, resolve_hook
@@ -41,6 +46,10 @@ def analyze_crosscoder(
     title: str = "crosslens: feature evolution",
     device: str | torch.device | None = None,
     progress: bool = True,
+    emergence: bool = True,
+    scaling_config: LatentScalingConfig | None = None,
+    check_config: EmergenceCheckConfig | None = None,
+    lineage_config: LineageConfig | None = None,
 ) -> tuple[EvolutionAnalysis, Report]:
     """Analyse ``crosscoder`` and build the feature-evolution report.
 
@@ -52,6 +61,9 @@ def analyze_crosscoder(
     the crosscoder's partner (other snapshots, hook or width than it records) is refused.
 
     ``device`` is where the feature dimensionality (quadratic in ``d_sae``) is computed.
+    With ``emergence`` (default) it also checks every emergence with latent scaling on the store
+    and reads the latents' lineage (:func:`~crosslens.analysis.emergence_record.compute_emergence`,
+    settings in the three configs), kept as ``analysis.emergence`` and given its report section.
     Returns the analysis and the report; ``report.write(path)`` saves it.
     """
     frequency = None
@@ -86,6 +98,19 @@ def analyze_crosscoder(
             progress=progress,
         )
     report = evolution_report(analysis, title=title, probes=probes, contexts=contexts, device=device)
+    if emergence:
+        analysis.emergence = compute_emergence(
+            crosscoder,
+            analysis,
+            store,
+            hook=hook,
+            scaling_config=scaling_config,
+            check_config=check_config,
+            lineage_config=lineage_config,
+            device=device,
+            progress=progress,
+        )
+        add_emergence_section(report, analysis, analysis.emergence)
     return analysis, report
 
 

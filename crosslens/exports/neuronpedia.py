@@ -32,6 +32,10 @@ on its main branch at db4839a): ``{model_id, layer, sae_set, sae_id_suffix, feat
 * ``neuron_alignment_*``: computed as SAEDashboard does, the 3 largest entries of the feature's
   snapshot-s decoder direction (raw activation scale) and their share of its L1 norm.
 
+Where the database holds ``crosslens analyze``'s emergence check, ``emergence_flags.json`` beside the
+folders carries each feature's verdict (contested, both emergences) and lineage events
+(:mod:`crosslens.exports.emergence_flags`); the batch files keep SAEDashboard's schema.
+
 Fields crosslens does not compute get what SAEDashboard writes when it has no data for them:
 ``correlated_neurons_*`` and ``correlated_features_*`` (activation correlations) ``[]``;
 ``logits_hist_data_*`` (a histogram over the whole vocabulary, not stored) ``[]``;
@@ -53,6 +57,7 @@ import torch
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.metadata import metadata_value
 from crosslens.exports.config import ExportError
+from crosslens.exports.emergence_flags import write_emergence_flags
 from crosslens.exports.run import ExportContext, SnapshotRef
 
 SAEDASHBOARD_VERSION = "0.8.0"
@@ -103,6 +108,7 @@ def write_export(context: ExportContext, out: Path) -> dict[str, Any]:
         write_compact(out / name / "skipped_indexes.json", skipped)
         source_id = f"{settings['layer']}-{settings['sae_set']}__{ref.label}"
         sources.append({"snapshot": ref.label, "folder": name, "neuronpedia_source_id": source_id})
+    flags = write_emergence_flags(context, out)
     return {
         "neuronpedia": {
             "saedashboard_version": SAEDASHBOARD_VERSION,
@@ -110,6 +116,7 @@ def write_export(context: ExportContext, out: Path) -> dict[str, Any]:
             "layer": settings["layer"],
             "sae_set": settings["sae_set"],
             "sources": sources,
+            **({"emergence_flags": flags} if flags else {}),
         }
     }
 

@@ -256,6 +256,7 @@ function setReading(value) {
   renderLogits(run);
   renderFacts(run);
   const plots = [shownContexts, drawHistogram(run), Plotly.relayout("plot-training", { shapes: readingLine(["x", "x2"]) })];
+  if (EmergencePanel.shown) plots.push(Plotly.relayout("plot-emergence", { shapes: readingLine(["x"]) }));
   if (Object.keys(detail.causal).length) plots.push(Plotly.relayout("plot-causal", { shapes: readingLine(["x"]) }));
   return Promise.all(plots).then(() => { document.body.dataset.reading = String(reading); });
 }
@@ -354,7 +355,7 @@ async function showFeature(feature, requested) {
     await plotly;
     if (mine !== featureToken) return;
     document.getElementById("causal-panel").hidden = true;
-    await Promise.all([drawTraining(run), drawHistogram(run), drawCausal(run)]);
+    await Promise.all([drawTraining(run), drawHistogram(run), drawCausal(run), EmergencePanel.draw(run, detail)]);
   } catch (error) {
     if (mine === featureToken) showError(error.message);
     return;
