@@ -53,7 +53,7 @@ N_TOKENS = 32_768
 
 SMALL = ("weak-early", "split", "handoff")
 """The families planted on a small set (:mod:`crosslens.analysis.planted_generators`' ``_SMALL``)."""
-SMALL_TRAINING = {"d_sae": 64, "batch_size": 1024}
+SMALL_TRAINING = {"d_sae": 64, "batch_size": 256}
 """Their crosscoders: 64 latents (2.7 per planted feature, as 128 for 48) on batches of 256 tokens,
 the rest ``train_planted``'s defaults (3000 steps)."""
 
@@ -94,17 +94,35 @@ def within(a: int, b: int) -> bool:
     return a != NO_STEP and abs(a - b) <= 1
 
 
-def carries(unit_FSD: torch.Tensor, latents, snapshots, directions_SD: torch.Tensor) -> bool:
-    """Whether one of ``latents``' rows lies at cosine >= 0.9 to a planted feature's direction at one
-    of ``snapshots`` (the event's snapshot and the next: a crosscoder's row can lag one snapshot)."""
-    return any(float(unit_FSD[j, s] @ directions_SD[s]) >= 0.9 for j in latents for s in snapshots)
+CARRY_COSINE = 0.7
+"""A latent's row carries a planted feature where that feature is the one its direction is nearest
+and their cosine is at least this: crosscoders that mix features into their latents (JumpReLU's
+duplicates on the small sets) still carry them."""
 
 
 def carried_feature(unit_FSD: torch.Tensor, planted, latent: int, snapshot: int) -> int | None:
-    """The planted feature whose direction a latent's row carries at cosine >= 0.9, if any."""
+    """The planted feature a latent's row carries at a snapshot, if any."""
     cos_P = planted.directions[:, snapshot] @ unit_FSD[latent, snapshot]
     best = int(cos_P.argmax())
-    return best if float(cos_P[best]) >= 0.9 else None
+    return best if float(cos_P[best]) >= CARRY_COSINE else None
+
+
+def carries(unit_FSD: torch.Tensor, planted, latents, snapshots, feature: int) -> bool:
+    """Whether one of ``latents``' rows carries ``feature`` at one of ``snapshots`` (the event's
+    snapshot and the next: a crosscoder's row can lag one snapshot). Before a split both children
+    have the parent's direction, so either child counts there."""
+    twins = {feature} | {
+        c for _, a, b in getattr(planted.event_truth, "splits", []) for c in (a, b) if feature in (a, b)
+    }
+    for s in snapshots:
+        same = (
+            twins
+            if any(float(planted.directions[t, s] @ planted.directions[feature, s]) > 0.999 for t in twins - {feature})
+            else {feature}
+        )
+        if any(carried_feature(unit_FSD, planted, j, s) in same for j in latents):
+            return True
+    return False
 
 
 def event_scores(planted, analysis, lin, n_recovered: int) -> dict:
@@ -124,11 +142,11 @@ def event_scores(planted, analysis, lin, n_recovered: int) -> dict:
         for k, e in enumerate(lin.events):
             if e.kind != kind or abs(e.snapshot - at) > 1:
                 continue
-            ahead = carries(unit, e.after, after, planted.directions[b])
+            ahead = carries(unit, planted, e.after, after, b)
             if kind == "split":
-                ok = ahead and carries(unit, e.after, after, planted.directions[a])
+                ok = ahead and carries(unit, planted, e.after, after, a)
             else:
-                ok = ahead and carries(unit, e.before, [at - 1], planted.directions[a])
+                ok = ahead and carries(unit, planted, e.before, [at - 1], a)
             if ok:
                 hits.append(k)
         found += bool(hits)
@@ -215,6 +233,97 @@ def run_one(generator: str, arch: str, seed: int, cache: str | None, train_only:
     return {**result, **score(planted, crosscoder)}
 
 
+def _share(hits: int, total: int) -> str:
+    return f"{hits}/{total} ({hits / total:.0%})" if total else "-"
+
+
+def _by(runs: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run[k] for k in keys), []).append(run)
+    return groups
+
+
+def weak_table(runs: list[dict]) -> bool:
+    """Weak-early features dated within one snapshot of their birth, summed over seeds."""
+    print(
+        "| weak-early | reported (goal >= 90%) | decoder norm alone (0.3 line) | decoder norm at the 0.1 line | latent scaling alone | contested among the others |"
+    )
+    print("|---|---|---|---|---|---|")
+    ok = True
+    for (arch,), group in _by([r for r in runs if r["generator"] == "weak-early"], "arch").items():
+        n = sum(r["weak_recovered"] for r in group)
+        reported = sum(r["weak_reported"] for r in group)
+        ok &= reported >= 0.9 * n
+        cells = [
+            _share(sum(r[k] for r in group), n)
+            for k in ("weak_reported", "weak_decoder", "weak_decoder_low_line", "weak_scaled")
+        ]
+        others = _share(sum(r["contested_other"] for r in group), sum(r["n_other"] for r in group))
+        print(f"| {arch} | {' | '.join(cells)} | {others} |")
+    return ok
+
+
+def event_table(runs: list[dict]) -> bool:
+    """Planted splits and handoffs found, and the other events, summed over seeds."""
+    print(
+        "| family | architecture | planted events found (goal >= 90%) | events reported | of them decouplings | false | false per recovered feature |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    ok = True
+    for (generator, arch), group in _by(
+        [r for r in runs if r["generator"] in ("split", "handoff")], "generator", "arch"
+    ).items():
+        found, planted = sum(r["events_found"] for r in group), sum(r["planted_events"] for r in group)
+        ok &= found >= 0.9 * planted
+        false, recovered = sum(r["false_events"] for r in group), sum(r["n_recovered"] for r in group)
+        print(
+            f"| {generator} | {arch} | {_share(found, planted)} | {sum(r['events'] for r in group)} | "
+            f"{sum(r['decoupling_events'] for r in group)} | {false} | {false / max(1, recovered):.3f} |"
+        )
+    return ok
+
+
+def false_flag_table(runs: list[dict]) -> bool:
+    """On the families without weak features or events: contested flags and events per recovered feature."""
+    print(
+        "| family | architecture | runs | recovered | contested (goal <= 5%) | earlier by the decoder norm at the 0.1 line | false events (goal <= 5%) | decouplings |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    ok = True
+    for (generator, arch), group in _by(
+        [r for r in runs if r["generator"] in WITHOUT_EVENTS], "generator", "arch"
+    ).items():
+        recovered = sum(r["n_recovered"] for r in group)
+        contested, false = sum(r["contested_other"] for r in group), sum(r["false_events"] for r in group)
+        ok &= contested <= 0.05 * recovered and false <= 0.05 * recovered
+        print(
+            f"| {generator} | {arch} | {len(group)} | {recovered} | {_share(contested, recovered)} | "
+            f"{_share(sum(r['low_line_early'] for r in group), recovered)} | {_share(false, recovered)} | "
+            f"{sum(r['decoupling_events'] for r in group)} |"
+        )
+    return ok
+
+
+def floor_table(runs: list[dict]) -> None:
+    """Latent-scaled presence where the planted feature is absent (the noise floor the presence line
+    must stand above), against the weak features' weakest presence."""
+    absent = [r for r in runs if r["generator"] in WITHOUT_EVENTS]
+    n = sum(r["n_absent"] for r in absent)
+    above = {t: sum(r["absent_above"][t] for r in absent) for t in ("0.05", "0.1", "0.15", "0.2")}
+    weakest = sorted(v for r in runs for v in r["weak_presence_min"])
+    print(
+        f"latent-scaled presence at {n} (latent, snapshot) pairs where the planted feature is absent, eight families: "
+        + ", ".join(f">= {t}: {_share(k, n)}" for t, k in above.items())
+    )
+    if weakest:
+        q = lambda f: weakest[min(len(weakest) - 1, int(f * len(weakest)))]  # noqa: E731
+        print(
+            f"weak-early features' weakest latent-scaled presence before their step up: min {weakest[0]:.3f}, "
+            f"5% {q(0.05):.3f}, median {q(0.5):.3f} ({len(weakest)} features)"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     families = ["hard", *GENERATORS, INDEPENDENT]
@@ -238,6 +347,12 @@ def main(argv: list[str] | None = None) -> None:
     runs = run_grid(run_one, grid, args.jobs)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
+    if args.train_only:
+        return
+    met = [weak_table(runs), print() or event_table(runs), print() or false_flag_table(runs)]
+    print()
+    floor_table(runs)
+    print("\nall goals met" if all(met) else "\nsome goals missed")
 
 
 if __name__ == "__main__":

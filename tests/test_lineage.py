@@ -120,3 +120,15 @@ def test_the_config_is_checked():
         LineageConfig(same_cosine=0.6, apart_cosine=0.7)
     with pytest.raises(ValueError, match="at least 1 relative"):
         LineageConfig(n_relatives=0)
+
+
+def test_one_snapshot_of_a_shared_direction_makes_no_event():
+    """Rows of many latents that share a direction at one snapshot only (a snapshot's own artifact)
+    are no event; with ``min_snapshots=1`` the one snapshot together reads as a split after it."""
+    gen = torch.Generator().manual_seed(2)
+    W = unit_rows(torch.randn(3, S, D, generator=gen)) * (1 + 0.05 * torch.arange(S))[None, :, None]
+    W[:, 3] = W[0, 3]  # every latent's row at snapshot 3 is latent 0's
+    analysis = EvolutionAnalysis.from_decoder(W)
+    assert lineage_of(analysis).events == []
+    loose = lineage_of(analysis, LineageConfig(min_snapshots=1)).events
+    assert [(e.kind, e.snapshot, e.latents) for e in loose] == [("split", 4, (0, 1, 2))]

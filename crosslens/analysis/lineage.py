@@ -57,6 +57,11 @@ class LineageConfig:
     are one direction handed over."""
     successor_window: int = 1
     """An emergence at most this many snapshots from the fade counts as its successor."""
+    min_snapshots: int = 2
+    """A state must hold at this many snapshots to count: two latents together (or apart) before
+    and apart (together) after an event, and a predecessor and its successor present on either
+    side. One snapshot whose rows share a direction across many latents (a snapshot's own
+    artifact, as the pico suite has) then makes no event."""
     chunk_size: int = 4096
     """Latents whose cosines with all others are computed at once."""
 
@@ -67,6 +72,8 @@ class LineageConfig:
             raise ValueError(
                 f"apart_cosine={self.apart_cosine}, same_cosine={self.same_cosine}: need -1 <= apart < same <= 1."
             )
+        if self.min_snapshots < 1:
+            raise ValueError(f"min_snapshots={self.min_snapshots}: a state holds at 1 snapshot or more.")
         if not -1.0 <= self.successor_cosine <= 1.0 or self.successor_window < 0:
             raise ValueError("successor_cosine is a cosine in [-1, 1] and successor_window >= 0 snapshots.")
         if self.chunk_size < 1:
@@ -240,10 +247,18 @@ def divergence_events(
     last_apart_P = torch.where(apart_PS, idx_1S, -1).amax(1)
     split_at_P = torch.where(apart_PS & (idx_1S > last_same_P[:, None]), idx_1S, S).amin(1)
     merge_at_P = torch.where(same_PS & (idx_1S > last_apart_P[:, None]), idx_1S, S).amin(1)
+    held = lambda state_PS, before, at_P: (
+        (  # noqa: E731  (snapshots in a state before / from the event)
+            state_PS & ((idx_1S < at_P[:, None]) if before else (idx_1S >= at_P[:, None]))
+        ).sum(1)
+        >= config.min_snapshots
+    )
+    split_P = held(same_PS, True, split_at_P) & held(apart_PS, False, split_at_P)
+    merge_P = held(apart_PS, True, merge_at_P) & held(same_PS, False, merge_at_P)
     found: list[tuple[str, int, int, int, float]] = []
     for kind, ok_P, at_P in (
-        ("split", (last_same_P >= 0) & (last_apart_P > last_same_P), split_at_P),
-        ("merge", (last_apart_P >= 0) & (last_same_P > last_apart_P), merge_at_P),
+        ("split", split_P & (last_same_P >= 0) & (last_apart_P > last_same_P), split_at_P),
+        ("merge", merge_P & (last_apart_P >= 0) & (last_same_P > last_apart_P), merge_at_P),
     ):
         for p in torch.nonzero(ok_P).flatten().tolist():
             at = int(at_P[p])
@@ -294,8 +309,9 @@ def succession_events(
     rows with the emergers' first rows, masked to emergences near each fade."""
     unit_FSD, present_FS = unit_FSD.cpu(), present_FS.cpu()
     S = unit_FSD.shape[1]
-    faders = torch.nonzero(live_F & (fade_F != NO_STEP)).flatten()
-    emergers = torch.nonzero(live_F & (emergence_F != NO_STEP) & (emergence_F > 0)).flatten()
+    lasting_F = present_FS.sum(1) >= config.min_snapshots
+    faders = torch.nonzero(live_F & lasting_F & (fade_F != NO_STEP)).flatten()
+    emergers = torch.nonzero(live_F & lasting_F & (emergence_F != NO_STEP) & (emergence_F > 0)).flatten()
     if len(faders) == 0 or len(emergers) == 0:
         return []
     idx_1S = torch.arange(S)[None, :]
