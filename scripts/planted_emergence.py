@@ -285,20 +285,21 @@ def event_table(runs: list[dict]) -> bool:
 
 
 def false_flag_table(runs: list[dict]) -> bool:
-    """On the families without weak features or events: contested flags and events per recovered feature."""
+    """On the families without planted events: contested flags among the recovered features (weak-early:
+    among the others than its weak ones) and events per recovered feature."""
     print(
         "| family | architecture | runs | recovered | contested (goal <= 5%) | earlier by the decoder norm at the 0.1 line | false events (goal <= 5%) | decouplings |"
     )
     print("|---|---|---|---|---|---|---|---|")
     ok = True
     for (generator, arch), group in _by(
-        [r for r in runs if r["generator"] in WITHOUT_EVENTS], "generator", "arch"
+        [r for r in runs if r["generator"] in (*WITHOUT_EVENTS, "weak-early")], "generator", "arch"
     ).items():
-        recovered = sum(r["n_recovered"] for r in group)
+        recovered, others = sum(r["n_recovered"] for r in group), sum(r["n_other"] for r in group)
         contested, false = sum(r["contested_other"] for r in group), sum(r["false_events"] for r in group)
-        ok &= contested <= 0.05 * recovered and false <= 0.05 * recovered
+        ok &= contested <= 0.05 * others and false <= 0.05 * recovered
         print(
-            f"| {generator} | {arch} | {len(group)} | {recovered} | {_share(contested, recovered)} | "
+            f"| {generator} | {arch} | {len(group)} | {recovered} | {_share(contested, others)} | "
             f"{_share(sum(r['low_line_early'] for r in group), recovered)} | {_share(false, recovered)} | "
             f"{sum(r['decoupling_events'] for r in group)} |"
         )
