@@ -99,16 +99,9 @@ def analyze_crosscoder(
         )
     report = evolution_report(analysis, title=title, probes=probes, contexts=contexts, device=device)
     if emergence:
+        configs = {"scaling_config": scaling_config, "check_config": check_config, "lineage_config": lineage_config}
         analysis.emergence = compute_emergence(
-            crosscoder,
-            analysis,
-            store,
-            hook=hook,
-            scaling_config=scaling_config,
-            check_config=check_config,
-            lineage_config=lineage_config,
-            device=device,
-            progress=progress,
+            crosscoder, analysis, store, hook=hook, device=device, progress=progress, **configs
         )
         add_emergence_section(report, analysis, analysis.emergence)
     return analysis, report

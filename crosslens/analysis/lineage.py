@@ -146,22 +146,8 @@ class Lineage:
 
     def families(self) -> list[list[int]]:
         """Latents joined by events (connected components), the largest first."""
-        parent: dict[int, int] = {}
-
-        def find(a: int) -> int:
-            while parent.setdefault(a, a) != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return a
-
-        for event in self.events:
-            first, *rest = event.latents
-            for other in rest:
-                parent[find(other)] = find(first)
-        groups: dict[int, list[int]] = {}
-        for latent in sorted(parent):
-            groups.setdefault(find(latent), []).append(latent)
-        return sorted(groups.values(), key=lambda g: (-len(g), g[0]))
+        edges = [(e.latents[0], other, 0.0) for e in self.events for other in e.latents]
+        return sorted((list(group) for group, _ in _components(edges)), key=lambda g: (-len(g), g[0]))
 
 
 # --------------------------------------------------------------------------- relatives
@@ -247,12 +233,12 @@ def divergence_events(
     last_apart_P = torch.where(apart_PS, idx_1S, -1).amax(1)
     split_at_P = torch.where(apart_PS & (idx_1S > last_same_P[:, None]), idx_1S, S).amin(1)
     merge_at_P = torch.where(same_PS & (idx_1S > last_apart_P[:, None]), idx_1S, S).amin(1)
-    held = lambda state_PS, before, at_P: (
-        (  # noqa: E731  (snapshots in a state before / from the event)
-            state_PS & ((idx_1S < at_P[:, None]) if before else (idx_1S >= at_P[:, None]))
-        ).sum(1)
-        >= config.min_snapshots
-    )
+
+    def held(state_PS: torch.Tensor, before: bool, at_P: torch.Tensor) -> torch.Tensor:
+        """Pairs in ``state_PS`` at ``min_snapshots`` or more snapshots before (or from) ``at_P``."""
+        side_PS = (idx_1S < at_P[:, None]) if before else (idx_1S >= at_P[:, None])
+        return (state_PS & side_PS).sum(1) >= config.min_snapshots
+
     split_P = held(same_PS, True, split_at_P) & held(apart_PS, False, split_at_P)
     merge_P = held(apart_PS, True, merge_at_P) & held(same_PS, False, merge_at_P)
     found: list[tuple[str, int, int, int, float]] = []
@@ -293,7 +279,10 @@ def _components(edges: list[tuple[int, int, float]]) -> list[tuple[tuple[int, ..
     members: dict[int, list[int]] = {}
     for node in sorted(parent):
         members.setdefault(find(node), []).append(node)
-    weight = {root: min(c for a, _, c in edges if find(a) == root) for root in members}
+    weight: dict[int, float] = {}
+    for a, _, c in edges:
+        root = find(a)
+        weight[root] = min(weight.get(root, c), c)
     return [(tuple(nodes), weight[root]) for root, nodes in members.items()]
 
 
@@ -325,10 +314,13 @@ def succession_events(
     events = []
     rows_A = {int(a): unit_FSD[a, s] for a, s in zip(faders, last_A)}
     rows_B = {int(b): unit_FSD[b, s] for b, s in zip(emergers, first_B)}
+    largest: dict[int, float] = {}  # each predecessor's largest cosine to a successor
+    for a, _, c in edges:
+        largest[a] = max(largest.get(a, c), c)
     for component, _ in _components(edges):
         before = tuple(sorted(n for n in component if n >= 0))
         after = tuple(sorted(-1 - n for n in component if n < 0))
-        cosine = max(c for a, b, c in edges if a in before and -1 - b in after)
+        cosine = max(largest[a] for a in before)
         n_before = _directions([rows_A[a] for a in before], config.same_cosine)
         n_after = _directions([rows_B[b] for b in after], config.same_cosine)
         kind = "handoff" if n_before == n_after else ("split" if n_after > n_before else "merge")
