@@ -41,7 +41,7 @@ LOOSE = dict(
     check_config=EmergenceCheckConfig(
         presence_threshold=0.95, fade_threshold=0.9, contested_margin=1, min_fire=2, min_t=0
     ),
-    lineage_config=LineageConfig(same_cosine=0.3, apart_cosine=0.1, successor_cosine=0.2),
+    lineage_config=LineageConfig(same_cosine=0.3, apart_cosine=0.1, successor_cosine=0.2, min_snapshots=1),
     scaling_config=LatentScalingConfig(n_tokens=4096),
 )
 DASHBOARDS = dict(top_k=3, n_quantile=2, window=2, reservoir=4, batch_size=48, n_bins=8, n_logits=3)
@@ -217,3 +217,16 @@ def test_the_feature_page_draws_both_emergence_curves_and_links_relatives(run, s
     assert driver.execute_script("return document.getElementById('contested').value") == "any"
     chips = driver.execute_script("return [...document.querySelectorAll('table.features .chip.contested')].length")
     assert chips == len(check.contested_features())
+
+
+def test_the_report_has_the_section_and_the_flow_picture(run):
+    run_dir, result = run
+    html = (run_dir / "report.html").read_text()
+    section = html[html.index('id="is-this-emergence-real-latent-scaling-and-lineage"') :]
+    counts = result.check.counts()
+    assert f"Of {counts['measured']} measured live latents, {counts['contested']} have emergences" in section
+    assert '"type":"sankey"' in section and "Lineage events" in section
+    first = result.lineage.events[0]
+    assert f'<a class="feature-link" href="feature/{first.before[0]}">{first.before[0]}</a>' in section
+    events = result.lineage.counts()
+    assert f"{events['split']} splits, {events['merge']} merges and {events['handoff']} handoffs" in section
