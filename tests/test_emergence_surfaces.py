@@ -21,17 +21,20 @@ import torch
 import trust_fixtures as tf
 from test_browser import driver, open_page, wait_for  # noqa: F401  (driver: Chromium, a fixture)
 
-from crosslens.activations import ActivationStore
+from crosslens.activations import ActivationStore, harvest_activations
 from crosslens.analysis import analyze_crosscoder
 from crosslens.analysis.emergence_check import EmergenceCheckConfig
 from crosslens.analysis.emergence_record import (
     EmergenceRecordError,
+    compute_emergence,
     read_emergence,
     save_run_emergence,
 )
-from crosslens.analysis.latent_scaling import LatentScalingConfig
+from crosslens.analysis.latent_scaling import LatentScalingConfig, latent_scaling
 from crosslens.analysis.lineage import LineageConfig
 from crosslens.browser import BrowseConfig, make_server
+from crosslens.checkpoints import CheckpointSuite
+from crosslens.core.errors import PartnerMismatchError
 from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.dashboards import DashboardsConfig, DashboardsError, compute_dashboards, schema
@@ -230,3 +233,27 @@ def test_the_report_has_the_section_and_the_flow_picture(run):
     assert f'<a class="feature-link" href="feature/{first.before[0]}">{first.before[0]}</a>' in section
     events = result.lineage.counts()
     assert f"{events['split']} splits, {events['merge']} merges and {events['handoff']} handoffs" in section
+
+
+def test_a_store_of_other_snapshots_or_another_hook_is_refused_in_one_line(run, tmp_path):
+    run_dir, _ = run
+    root = run_dir.parent
+    crosscoder = load_crosscoder_folder(run_dir / "final", device="cpu")
+    other_hook = tf.harvest(root / "suite", tmp_path / "other-hook", hooks=tf.OTHER_HOOK)
+    with pytest.raises(PartnerMismatchError) as refused:
+        latent_scaling(crosscoder, other_hook)
+    message = str(refused.value)
+    assert "\n" not in message and f"pass a store harvested with --hook {tf.HOOK}" in message
+    fewer = CheckpointSuite.local(root / "suite").select(indices=[0, 1])
+    harvest_activations(fewer, tf.HOOK, tf.token_table(), tmp_path / "fewer", shard_tokens=80, progress=False)
+    with pytest.raises(PartnerMismatchError, match=r"do not match: snapshots .*crosslens harvest"):
+        latent_scaling(crosscoder, ActivationStore.open(tmp_path / "fewer"))
+
+
+def test_the_check_without_its_evolution_analysis_names_the_fix(run):
+    run_dir, _ = run
+    crosscoder = load_crosscoder_folder(run_dir / "final", device="cpu")
+    with pytest.raises(
+        ValueError, match=r"pass the crosscoder's EvolutionAnalysis \(EvolutionAnalysis.from_crosscoder"
+    ):
+        compute_emergence(crosscoder, None)
