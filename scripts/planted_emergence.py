@@ -35,7 +35,7 @@ import torch
 
 import crosslens.crosscoders as crosscoders
 from crosslens.analysis import EvolutionAnalysis, EvolutionConfig
-from crosslens.analysis.emergence_check import check_emergence
+from crosslens.analysis.emergence_check import EmergenceCheckConfig, check_emergence
 from crosslens.analysis.evolution import NO_STEP, feature_lifetimes
 from crosslens.analysis.latent_scaling import latent_scaling
 from crosslens.analysis.lineage import lineage_of, unit_rows
@@ -175,6 +175,38 @@ def lineage_unit(analysis) -> torch.Tensor:
     return unit_rows(analysis.W_dec)
 
 
+SENSITIVITY = ((0.05, 2), (0.2, 2), (0.1, 1), (0.1, 3))
+"""(presence line, contested margin) pairs scored beside the defaults (0.1, 2)."""
+
+
+def sensitivity(analysis, scaling, recovered, weak: dict[int, int]) -> dict[str, list[int]]:
+    """For each of :data:`SENSITIVITY`: weak-early features reported within one snapshot of their birth,
+    and contested flags among the other recovered features."""
+    out = {}
+    for line, margin in SENSITIVITY:
+        config = EmergenceCheckConfig(presence_threshold=line, fade_threshold=min(0.05, line), contested_margin=margin)
+        check = check_emergence(analysis, scaling, config)
+        reported = sum(within(int(check.reported_emergence[j]), 0) for j, i in recovered if i in weak)
+        out[f"{line}/{margin}"] = [reported, sum(bool(check.contested[j]) for j, i in recovered if i not in weak)]
+    return out
+
+
+def sensitivity_table(runs: list[dict]) -> None:
+    print("| presence line / contested margin | weak-early reported | contested among the eight families' recovered |")
+    print("|---|---|---|")
+    weak_runs = [r for r in runs if r["generator"] == "weak-early"]
+    eight = [r for r in runs if r["generator"] in WITHOUT_EVENTS]
+    n_weak, n_other = sum(r["weak_recovered"] for r in weak_runs), sum(r["n_other"] for r in eight)
+    print(
+        f"| 0.1 / 2 (default) | {_share(sum(r['weak_reported'] for r in weak_runs), n_weak)} | "
+        f"{_share(sum(r['contested_other'] for r in eight), n_other)} |"
+    )
+    for key in (f"{line}/{margin}" for line, margin in SENSITIVITY):
+        reported = sum(r["sensitivity"][key][0] for r in weak_runs)
+        contested = sum(r["sensitivity"][key][1] for r in eight)
+        print(f"| {key.replace('/', ' / ')} | {_share(reported, n_weak)} | {_share(contested, n_other)} |")
+
+
 def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
     """Decoder-norm, latent-scaled and reported emergence of the recovered features, contested
     flags and lineage events, against the planted truth."""
@@ -185,7 +217,8 @@ def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
         frequency=firing_frequency(acts_NSD, crosscoder),
         snapshot_frequency=firing_frequency(acts_NSD, crosscoder, per_snapshot=True),
     )
-    check = check_emergence(analysis, latent_scaling(crosscoder, acts_NSD), check_config)
+    scaling = latent_scaling(crosscoder, acts_NSD)
+    check = check_emergence(analysis, scaling, check_config)
     lin = lineage_of(analysis, lineage_config)
     match = match_planted(analysis.W_dec, planted)
     recovered = match.recovered
@@ -218,6 +251,7 @@ def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
         "contested_other": sum(bool(check.contested[j]) for j in other),
         "n_other": len(other),
         "contested_all": int(check.contested.sum()),
+        "sensitivity": sensitivity(analysis, scaling, recovered, weak),
         "counts": check.counts(),
         **event_scores(planted, analysis, lin, len(recovered)),
     }
@@ -353,6 +387,8 @@ def main(argv: list[str] | None = None) -> None:
     met = [weak_table(runs), print() or event_table(runs), print() or false_flag_table(runs)]
     print()
     floor_table(runs)
+    print()
+    sensitivity_table(runs)
     print("\nall goals met" if all(met) else "\nsome goals missed")
 
 
