@@ -39,7 +39,7 @@ from crosslens.analysis.emergence_check import EmergenceCheckConfig, check_emerg
 from crosslens.analysis.evolution import NO_STEP, feature_lifetimes
 from crosslens.analysis.latent_scaling import latent_scaling
 from crosslens.analysis.lineage import lineage_of, unit_rows
-from crosslens.analysis.planted_generators import GENERATORS
+from crosslens.analysis.planted_generators import EVENT_GENERATORS, GENERATORS
 from crosslens.analysis.probes import firing_frequency
 from crosslens.analysis.synthetic import match_planted
 from crosslens.training.planted import train_planted
@@ -51,7 +51,7 @@ from planted_generators import INDEPENDENT, build_planted, run_grid
 N_TOKENS = 32_768
 """Sampled tokens the analysis, latent scaling and firing rates read (planted_generators reads 20,000)."""
 
-SMALL = ("weak-early", "split", "handoff")
+SMALL = tuple(EVENT_GENERATORS)
 """The families planted on a small set (:mod:`crosslens.analysis.planted_generators`' ``_SMALL``)."""
 SMALL_TRAINING = {"d_sae": 64, "batch_size": 256}
 """Their crosscoders: 64 latents (2.7 per planted feature, as 128 for 48) on batches of 256 tokens,
@@ -361,7 +361,7 @@ def floor_table(runs: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    families = ["hard", *GENERATORS, INDEPENDENT]
+    families = ["hard", *GENERATORS, *EVENT_GENERATORS, INDEPENDENT]
     parser.add_argument("--generator", nargs="+", default=families, choices=families)
     parser.add_argument("--arch", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])

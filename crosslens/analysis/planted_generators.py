@@ -182,6 +182,11 @@ GENERATORS: dict[str, dict[str, Any]] = {
         n_correlated_pairs=4,
         transient_lengths=(2, 3),
     ),
+}
+"""What each generator of the recovery grid sets on top of the shared settings, by name
+(``PlantedConfig`` fields, all but the seed)."""
+
+EVENT_GENERATORS: dict[str, dict[str, Any]] = {
     "weak-early": dict(
         **_SMALL,
         n_initialization=12,
@@ -198,15 +203,17 @@ GENERATORS: dict[str, dict[str, Any]] = {
         events=PlantedEvents(n_handoffs=5),
     ),
 }
-"""What each generator sets on top of the shared settings, by name (``PlantedConfig``
-fields, all but the seed)."""
+"""The generators that plant what decoder norms and lineage can misread, as :data:`GENERATORS`
+(their scores are the emergence check's, ``scripts/planted_emergence.py``, not the recovery
+grid's: a weak-early feature is one whose decoder-norm date may be wrong by design)."""
 
 
 def preset_settings(name: str) -> dict[str, Any]:
     """The ``PlantedConfig`` fields of generator ``name``."""
-    if name not in GENERATORS:
-        raise ValueError(f"unknown planted generator {name!r}; choose one of {['hard', *GENERATORS]}.")
-    return {**_SHARED, **GENERATORS[name]}
+    named = {**GENERATORS, **EVENT_GENERATORS}
+    if name not in named:
+        raise ValueError(f"unknown planted generator {name!r}; choose one of {['hard', *named]}.")
+    return {**_SHARED, **named[name]}
 
 
-__all__ = ["GENERATORS", "preset_settings"]
+__all__ = ["EVENT_GENERATORS", "GENERATORS", "preset_settings"]
