@@ -95,12 +95,16 @@ def edit_losses(crosscoder, edit: Callable[[Any], None]) -> None:
     crosscoder.training_forward_pass = training_forward_pass
 
 
+def build_planted(generator: str, seed: int, planted_overrides: dict):
+    """The planted set of ``generator`` (a preset, or ``independent``) at ``seed``."""
+    if generator == INDEPENDENT:
+        return IndependentPlanted(IndependentConfig(seed=seed, **planted_overrides))
+    return PlantedEvolution.build(PlantedConfig.preset(generator, seed=seed, **planted_overrides))
+
+
 def run_one(generator: str, arch: str, seed: int, steps: int | None, overrides: dict, planted_overrides: dict) -> dict:
     torch.set_num_threads(1)
-    if generator == INDEPENDENT:
-        planted = IndependentPlanted(IndependentConfig(seed=seed, **planted_overrides))
-    else:
-        planted = PlantedEvolution.build(PlantedConfig.preset(generator, seed=seed, **planted_overrides))
+    planted = build_planted(generator, seed, planted_overrides)
     start = time.perf_counter()
     training = {} if steps is None else {"n_steps": steps}
     crosscoder = train_planted(planted, arch, seed=seed, **training, **overrides)

@@ -29,7 +29,7 @@ from crosslens.activations import (
     tokens_from_pico,
 )
 from crosslens.activations import harvest as harvest_module
-from crosslens.activations.harvest import harvest_rows, stop_layer_for
+from crosslens.activations.forward import harvest_rows, stop_layer_for
 from crosslens.activations.store import shard_relpath
 from crosslens.activations.tokens import keep_mask
 from crosslens.core.errors import DuplicateSnapshotError, TokenizerMismatchError
@@ -381,7 +381,7 @@ def test_suite_whose_snapshots_tokenize_differently_is_refused(tmp_path, token_i
 
 
 def test_tokenizer_check_for_suites_without_their_own():
-    from crosslens.activations.tokens import check_same_tokenizer
+    from crosslens.activations.snapshots import check_same_tokenizer
 
     swapped = list(WORDS)
     swapped[2], swapped[3] = swapped[3], swapped[2]

@@ -105,7 +105,7 @@ def test_refusals(model):
     with pytest.raises(RuntimeError, match="inside its context"):
         ForwardToHooks(model, ["blocks.0.hook_resid_post"])(TOKENS)
     with pytest.raises(ValueError, match="not one vector per token"), torch.inference_mode():
-        from crosslens.activations.harvest import harvest_rows
+        from crosslens.activations.forward import harvest_rows
 
         harvest_rows(model, TOKENS, torch.ones_like(TOKENS, dtype=torch.bool), ["blocks.0.attn.hook_pattern"])
     assert not any(point._forward_hooks for point in model.hook_dict.values())

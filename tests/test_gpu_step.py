@@ -378,9 +378,10 @@ def train_copying(
 ) -> CrosscoderTrainer:
     """``steps`` steps with ``plan`` under bfloat16 autocast (or ``autocast``, None: float32), taking the
     optimizer's rounded weights (``copies``) and decoder norms (``norms``), or making them in each step;
-    ``between(trainer)`` runs after each step."""
+    ``between(trainer)`` runs after each step. No latent is resampled (a resample rewrites the
+    weights, so the optimizer's writes would not hold at that step)."""
     cfg = CrosscoderTrainerConfig(
-        total_steps=steps, lr=3e-3, activation_scale_check="off", autocast_dtype=autocast, **kw
+        total_steps=steps, lr=3e-3, activation_scale_check="off", autocast_dtype=autocast, resample_dead=0, **kw
     )
     trainer = CrosscoderTrainer(make_sae(arch), cfg, plan=plan)
     trainer.step_weights = StepWeights(torch.bfloat16 if copies else None, norms)

@@ -115,7 +115,22 @@ def test_the_jumprelu_paths_are_named_in_the_order_tried():
                 assert paths[-1] == ("pairs" if sparse else "per snapshot")
 
 
-FILE_SUFFIXES = {"pt", "lock", "json", "jsonl", "safetensors", "html", "md", "txt", "yaml", "csv", "db", "png"}
+FILE_SUFFIXES = {
+    "pt",
+    "lock",
+    "json",
+    "jsonl",
+    "safetensors",
+    "html",
+    "md",
+    "txt",
+    "yaml",
+    "csv",
+    "db",
+    "png",
+    "js",
+    "css",
+}
 """Suffixes that make ``name.suffix`` a file's name, not a module's attribute."""
 
 
@@ -125,6 +140,19 @@ def _python_files() -> dict[str, list[Path]]:
         for path in (ROOT / folder).rglob("*.py"):
             files.setdefault(path.name, []).append(path)
     return files
+
+
+def _names_something(parts: list[str], modules: dict[str, list[Path]]) -> bool:
+    """Whether ``parts`` (a dotted name) is a module path followed by names defined in it: the
+    module as a file name (``sources.recorded_suite``) or with its folders
+    (``dashboards.sources.recorded_suite``)."""
+    for split in range(len(parts) - 1, 0, -1):
+        *folders, module = parts[:split]
+        tail = "/".join([*folders, module]) + ".py"
+        for path in modules.get(module, []):
+            if str(path).endswith("/" + tail) and _has(path, parts[split:]):
+                return True
+    return False
 
 
 def test_the_design_names_files_and_names_that_exist():
@@ -141,11 +169,12 @@ def test_the_design_names_files_and_names_that_exist():
         if token.endswith(".py"):
             if not any(str(path).endswith("/" + token) for path in files.get(token.rsplit("/", 1)[-1], [])):
                 missing.append(token)
-        elif re.fullmatch(r"[a-z_]+(\.[A-Za-z_]+)+", token) and token.split(".")[0] in modules:
+        elif re.fullmatch(r"[a-z_]+(\.[A-Za-z_]+)+", token) and (
+            token.split(".")[0] in modules or (ROOT / "crosslens" / token.split(".")[0]).is_dir()
+        ):
             if token.rsplit(".", 1)[1] in FILE_SUFFIXES:  # a file a module names, as trainer_state.pt
                 continue
-            module, *attributes = token.split(".")
-            if not any(_has(path, attributes) for path in modules[module]):
+            if not _names_something(token.split("."), modules):
                 missing.append(token)
     assert not missing, f"DESIGN.md names what is not there: {missing}"
 

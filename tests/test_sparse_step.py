@@ -329,8 +329,8 @@ def make_sae(
     JumpReLU step from the pairs as ``sparse_step`` says and TopK's decode from its pairs as
     ``sparse_decode`` does (the plan's ``jumprelu_sparse`` and ``topk_sparse_decode``)."""
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
-    if arch != "jumprelu_crosscoder":
-        extra = {"k": 4, **extra}
+    # the coefficients at full value from the start, as the step is read outside a trainer
+    extra = {**({"l0_warm_up_steps": 0} if arch == "jumprelu_crosscoder" else {"k": 4}), **extra}
     torch.manual_seed(0)
     sae = train_cls(train_cfg_cls(d_in=D, d_sae=F, n_snapshots=S, device=device, **extra))
     plan = plan if plan is not None else KernelPlan.resolve(device)
@@ -383,7 +383,12 @@ def dead_mask(sae) -> torch.Tensor:
 def run(sae, xs: list[torch.Tensor], autocast: str | None = None) -> tuple[float, dict, list[float], dict]:
     loss, grads = loss_and_grads(sae, xs[0])
     cfg = CrosscoderTrainerConfig(
-        total_steps=len(xs), lr=3e-3, device=str(xs[0].device), autocast_dtype=autocast, activation_scale_check="off"
+        total_steps=len(xs),
+        lr=3e-3,
+        device=str(xs[0].device),
+        autocast_dtype=autocast,
+        activation_scale_check="off",
+        resample_dead=0,  # every pass a step's, so that the passes counted are the steps'
     )
     trainer = CrosscoderTrainer(sae, cfg, plan=sae.kernel_plan)
     losses = [trainer.step(x).loss.item() for x in xs]

@@ -241,9 +241,10 @@ def test_micro_batches_write_the_weight_gradients_once_at_the_end(arch, settings
     from crosslens.training.micro import micro_batched_pass
 
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
-    extra = {"crosscoder": {"l1_coefficient": 0.05}, "jumprelu_crosscoder": {"l0_coefficient": 0.01}}.get(
-        arch, {"k": 4}
-    )
+    extra = {
+        "crosscoder": {"l1_coefficient": 0.05, "l1_warm_up_steps": 0},
+        "jumprelu_crosscoder": {"l0_coefficient": 0.01, "l0_warm_up_steps": 0},
+    }.get(arch, {"k": 4})
     torch.manual_seed(0)
     plan = KernelPlan.resolve("cpu", jumprelu_sparse=settings.get("jumprelu_sparse"))
     settings = {key: value for key, value in settings.items() if key != "jumprelu_sparse"}
@@ -510,7 +511,7 @@ def test_a_micro_batched_step_multiplies_each_micro_batch_by_the_encoder_once(ar
     def step(keep: bool) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
         _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
         torch.manual_seed(0)
-        extra = {"l0_coefficient": 0.01} if arch == "jumprelu_crosscoder" else {"k": 4}
+        extra = {"l0_coefficient": 0.01, "l0_warm_up_steps": 0} if arch == "jumprelu_crosscoder" else {"k": 4}
         sae = train_cls(train_cfg_cls(d_in=D, d_sae=F_, n_snapshots=S, **extra))
         x = torch.randn(32, S, D)
 
@@ -597,7 +598,7 @@ def test_a_micro_batched_step_with_an_edited_pre_activation_or_input_trains_as_w
     def step(keep: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES[arch]
         torch.manual_seed(0)
-        extra = {"l0_coefficient": 0.01} if arch == "jumprelu_crosscoder" else {"k": 4}
+        extra = {"l0_coefficient": 0.01, "l0_warm_up_steps": 0} if arch == "jumprelu_crosscoder" else {"k": 4}
         if edit == "b_dec subtracted":
             extra["apply_b_dec_to_input"] = True
         sae = train_cls(train_cfg_cls(d_in=8, d_sae=32, n_snapshots=2, **extra))

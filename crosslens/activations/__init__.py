@@ -4,7 +4,8 @@
   :class:`TokenSource`, how many by a :class:`TokenBudget`) from a suite, as ``crosslens
   harvest`` does: checked first, then a store and its held-out store.
 - :func:`harvest_activations` runs one snapshot at a time on a token table and writes an
-  :class:`ActivationStore`.
+  :class:`ActivationStore`: :class:`HarvestInputs` gathers and checks what the store is built
+  from before anything is written, then :func:`harvest_store` works through it.
 - :class:`ActivationProvider` serves shuffled ``[batch, n_snapshots, d_in]`` batches from a store;
   :class:`OnTheFlyProvider` harvests into memory and serves without writing to disk.
 - :mod:`crosslens.activations.tokens` builds the token table shared by all snapshots, of the
@@ -28,7 +29,9 @@ _LAZY = {
     "OnTheFlyProvider": "crosslens.activations.provider",
     "ResidentSnapshotProvider": "crosslens.activations.streaming",
     "StoreMismatchError": "crosslens.activations.store",
+    "HarvestInputs": "crosslens.activations.harvest_inputs",
     "harvest_activations": "crosslens.activations.harvest",
+    "harvest_store": "crosslens.activations.harvest",
     "harvest_stores": "crosslens.activations.harvest_job",
     "token_tables": "crosslens.activations.tokens",
     "tokenize_texts": "crosslens.activations.tokens",

@@ -21,7 +21,8 @@ materialised scores and pattern, for the same residual up to the order of float 
 
 Activations come back in the model's dtype, as ``[batch, pos, ...]`` views of what the
 model computed. ``compile=None`` compiles where it pays, and ``attention=None`` takes SDPA
-where the model allows it: both on CUDA.
+where the model allows it: both on CUDA. :func:`harvest_rows` runs a token table through a model
+in batches and keeps each hook's activations at the kept tokens, as every harvest does.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from difflib import get_close_matches
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Float, Int
 
 from crosslens.activations.sdpa import sdpa_refusal, sdpa_trunk
 from crosslens.core.compiling import compile_function
@@ -258,3 +259,75 @@ def forward_to_hook(
         ForwardToHooks(model, [hook], compile=compile, backend=backend, attention=attention) as forward,
     ):
         return forward(tokens_BL.to(model.cfg.device))[hook]
+
+
+KeptIndex = tuple[torch.Tensor, list[int], int]
+"""The kept rows' flat indices (on the forward's device), where each batch's rows end among
+them, and their count: :func:`kept_index`."""
+
+
+def kept_index(keep_NL: Bool[torch.Tensor, "n_seqs seq_len"], batch_size: int, device: str | torch.device) -> KeptIndex:
+    """Where the kept rows of ``keep_NL`` are, for :func:`harvest_rows` in batches of
+    ``batch_size`` sequences: from the host's mask (no device sync to find them), copied to
+    ``device`` once (a copy from host memory waits for the device's queued work)."""
+    n_kept = int(keep_NL.sum())
+    kept_A = keep_NL.flatten().nonzero().squeeze(1)
+    batch_ends = torch.cumsum(keep_NL.sum(dim=1), 0)[batch_size - 1 :: batch_size].tolist()
+    batch_ends.append(n_kept)
+    return kept_A.to(device), batch_ends, n_kept
+
+
+@torch.inference_mode()
+def harvest_rows(
+    model: HookedTransformer,
+    token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"],
+    keep_NL: Bool[torch.Tensor, "n_seqs seq_len"],
+    hooks: Sequence[str],
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    on_batch: Callable[[int], Any] | None = None,
+    out_device: str | torch.device = "cpu",
+    out_dtype: torch.dtype = torch.float32,
+    compile: bool | None = False,
+    kept: KeptIndex | None = None,
+) -> dict[str, Float[torch.Tensor, "n_kept d_in"]]:
+    """Run ``model`` on the sequences and return each hook's activations at kept tokens.
+
+    Rows come in (sequence, position) order, on ``out_device`` in ``out_dtype``; trailing
+    dims of a hook (e.g. heads) are flattened into ``d_in``. ``on_batch(n_kept)`` is called
+    after each forward pass. ``compile`` as :class:`ForwardToHooks`. ``kept``: :func:`kept_index`
+    of ``keep_NL`` at ``batch_size`` on the forward's device, where a caller runs several models
+    on the same rows.
+    """
+    hooks = list(hooks)
+    if device is None:
+        device = model.cfg.device
+    # rows go straight into one output per hook (no concatenation afterwards)
+    out: dict[str, torch.Tensor] = {}
+    row = 0
+    # The hooks go on once for all batches (run_with_cache would add them and then reset
+    # every hook point of the model on each batch). The tokens and the kept rows' indices go to
+    # the device once, not per batch (``kept``, given: once for several models' calls).
+    seq_len = token_ids_NL.shape[1]
+    kept_A, batch_ends, n_kept = kept if kept is not None else kept_index(keep_NL, batch_size, device)
+    token_ids_NL = token_ids_NL.to(device)
+    with ForwardToHooks(model, hooks, compile=compile) as forward:
+        for number, start in enumerate(range(0, token_ids_NL.shape[0], batch_size)):
+            tokens_BL = token_ids_NL[start : start + batch_size]
+            kept_K = kept_A[row : batch_ends[number]] - start * seq_len  # flat indices within the batch
+            acts = forward(tokens_BL)
+            for hook in hooks:
+                if tuple(acts[hook].shape[:2]) != tuple(tokens_BL.shape):
+                    raise ValueError(
+                        f"hook {hook!r} gives shape {tuple(acts[hook].shape)}, not one vector per token "
+                        "[batch, pos, ...]; harvest a per-token hook such as hook_resid_post, hook_mlp_out or attn.hook_z."
+                    )
+                acts_KD = acts[hook].reshape(tokens_BL.numel(), -1).index_select(0, kept_K.to(acts[hook].device))
+                if hook not in out:
+                    out[hook] = torch.empty(n_kept, acts_KD.shape[-1], dtype=out_dtype, device=out_device)
+                out[hook][row : row + kept_K.numel()] = acts_KD
+            row += kept_K.numel()
+            if on_batch is not None:
+                on_batch(int(kept_K.numel()))
+    return {hook: out.get(hook, torch.empty(0, 0)) for hook in hooks}

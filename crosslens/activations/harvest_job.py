@@ -18,7 +18,8 @@ from pathlib import Path
 
 from crosslens.activations.budget import TokenBudget, check_harvest_fits
 from crosslens.activations.config import HarvestConfig
-from crosslens.activations.harvest import harvest_activations
+from crosslens.activations.harvest import harvest_store
+from crosslens.activations.harvest_inputs import HarvestInputs
 from crosslens.activations.partners import heldout_store_path, pair_heldout
 from crosslens.activations.store import ActivationStore
 from crosslens.activations.tokens import token_tables
@@ -45,14 +46,18 @@ def harvest_stores(config: HarvestConfig, suite: CheckpointSuite) -> tuple[Activ
     heldout_path = heldout_store_path(out)
     needed = check_model_fits(suite.shape(), config.hook_names, budget, len(suite), store_dtype, [out, heldout_path])
     train_NL, heldout_NL = token_tables(config.tokens, budget, suite.tokenizer())
-    common = dict(dtype=store_dtype, overwrite=config.overwrite, device=config.device, model_dtype=config.model_dtype)
+    settings = dict(dtype=store_dtype, model_dtype=config.model_dtype)
+    train = HarvestInputs.build(suite, config.hook_names, train_NL, **settings)
+    heldout = None
+    if len(heldout_NL):  # the same snapshots: their identities are not read again
+        heldout = HarvestInputs.build(suite, config.hook_names, heldout_NL, **settings, identities=train.identities)
     try:
-        store = harvest_activations(suite, config.hook_names, train_NL, out, **common)
-        heldout = None
-        if len(heldout_NL):
-            heldout = harvest_activations(suite, config.hook_names, heldout_NL, heldout_path, **common)
+        store = harvest_store(train, out, overwrite=config.overwrite, device=config.device)
+        heldout_store = None
+        if heldout is not None:
+            heldout_store = harvest_store(heldout, heldout_path, overwrite=config.overwrite, device=config.device)
             if is_main_process():
-                pair_heldout(store, heldout)
+                pair_heldout(store, heldout_store)
         elif config.overwrite and heldout_path.exists() and is_main_process():
             shutil.rmtree(heldout_path)  # it was split from the store just replaced
     except StorageError as error:
@@ -63,7 +68,7 @@ def harvest_stores(config: HarvestConfig, suite: CheckpointSuite) -> tuple[Activ
         raise storage_error(
             cause, error.folder, "the activation store", needed=needed, fix="harvest into another folder (--out)"
         ) from cause
-    return store, heldout
+    return store, heldout_store
 
 
 def check_model_fits(

@@ -18,9 +18,14 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.activations.forward import stop_layer_for
-from crosslens.activations.harvest import check_suite, harvest_rows, load_snapshot, snapshot_identities
-from crosslens.activations.resume import check_tokens_fit, largest_token_id
+from crosslens.activations.forward import harvest_rows, stop_layer_for
+from crosslens.activations.snapshots import (
+    check_suite,
+    check_tokens_fit,
+    largest_token_id,
+    load_snapshot,
+    suite_identities,
+)
 from crosslens.activations.store import ActivationStore
 from crosslens.activations.tokens import kept_tokens
 from crosslens.core.devices import release_model
@@ -278,7 +283,7 @@ class OnTheFlyProvider(_Batching):
     def _identities(self) -> list[dict | None]:
         """Each snapshot's file identity, read once (refuses byte-identical snapshots)."""
         if self._snapshot_identities is None:
-            self._snapshot_identities = snapshot_identities(self.suite)
+            self._snapshot_identities = suite_identities(self.suite)
         return self._snapshot_identities
 
     @property

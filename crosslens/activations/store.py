@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import os
 import threading
 from collections import OrderedDict
@@ -202,25 +201,6 @@ def snapshot_label(entry: Mapping[str, Any]) -> str:
     ``stage1-step1000-tokens5B``, ``global_step100``), or its step where a record has none. The
     revision, not the step, since a staged suite may reuse a step number in another stage."""
     return str(entry.get("revision", entry.get("step")))
-
-
-def norm_factors_from_manifest(manifest: dict, hook: str) -> list[float]:
-    """sqrt(d_in) / mean ||a_s|| per snapshot, from the per-shard norm sums."""
-    d_in = manifest["d_in"][hook]
-    n_tokens = manifest["n_tokens"]
-    factors = []
-    for s in range(manifest["n_snapshots"]):
-        total = math.fsum(
-            manifest["files"][shard_relpath(hook, s, k)]["norm_sum"] for k in range(len(manifest["shards"]))
-        )
-        mean_norm = total / n_tokens
-        if mean_norm <= 0:
-            raise ValueError(
-                f"snapshot {s} has zero activations at {hook}, so no normalisation factor exists; "
-                "drop that snapshot or read with normalize=False."
-            )
-        factors.append(math.sqrt(d_in) / mean_norm)
-    return factors
 
 
 class ActivationStore:

@@ -25,10 +25,9 @@ import torch
 from jaxtyping import Float, Int
 
 from crosslens.activations.budget import chunk_buffer_bytes
-from crosslens.activations.forward import keep_first_blocks
-from crosslens.activations.harvest import harvest_rows, kept_index, load_snapshot
+from crosslens.activations.forward import harvest_rows, keep_first_blocks, kept_index
 from crosslens.activations.provider import OnTheFlyProvider, epoch_rng, norm_factors_of
-from crosslens.activations.resume import check_tokens_fit
+from crosslens.activations.snapshots import check_tokens_fit, load_snapshot
 from crosslens.core.devices import as_dtype, available_memory, release_model
 from crosslens.core.hooks import hook_width
 

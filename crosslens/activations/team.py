@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from crosslens.activations.resume import check_width
-from crosslens.activations.store import shard_relpath
-from crosslens.core.errors import DuplicateSnapshotError
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.launch import launched_by_torchrun
 from crosslens.core.process_group import join_process_group
 
 EXCHANGE_TIMEOUT = timedelta(days=7)
 """How long a harvesting rank waits for the others at a round's exchange: a round ends when its
 slowest unit is written, which the job's collective timeout could not bound."""
+
+T = TypeVar("T")
+
+Unit = tuple[int, list[int]]
+"""A rank's piece of a harvest: a snapshot, loaded once, and the shards of it to write."""
 
 
 class HarvestTeam:
@@ -24,9 +27,11 @@ class HarvestTeam:
     Work comes in units ``(snapshot, shards)``, each loading its snapshot once. With fewer
     ranks than snapshots, rank r takes snapshots r, r + W, ...; with more, the ranks that
     share a snapshot split its shards. Units run in rounds: after each, every rank's new
-    files and snapshot records are exchanged, merged identically everywhere, and rank 0
-    alone writes the manifest, so the store has one writer and one manifest, and a killed
-    job resumes from the last merged round.
+    files and snapshot records are gathered (:meth:`gather`) and merged identically everywhere
+    (:meth:`HarvestManifest.merge <crosslens.activations.manifest.HarvestManifest.merge>`), and
+    rank 0 alone writes the manifest, so the store has one writer and one manifest, and a killed
+    job resumes from the last merged round. The team only moves records between ranks; what
+    they mean is the manifest's.
     """
 
     def __init__(self, rank: int = 0, world_size: int = 1, group: Any = None) -> None:
@@ -56,7 +61,7 @@ class HarvestTeam:
     def describe(self) -> str:
         return "" if self.world_size == 1 else f" (rank 0's share of {self.world_size} ranks)"
 
-    def units(self, n_snapshots: int, n_shards: int) -> list[tuple[int, list[int]]]:
+    def units(self, n_snapshots: int, n_shards: int) -> list[Unit]:
         """This rank's ``(snapshot, shards)`` units, in the order it runs them."""
         W, r = self.world_size, self.rank
         if W <= n_snapshots:
@@ -68,54 +73,26 @@ class HarvestTeam:
     def n_rounds(self, n_snapshots: int, n_shards: int) -> int:
         return max(len(HarvestTeam(r, self.world_size).units(n_snapshots, n_shards)) for r in range(self.world_size))
 
-    def share(self, manifest: dict | None) -> dict:
-        """Rank 0's manifest, on every rank."""
+    def share(self, value: T | None) -> T:
+        """Rank 0's ``value``, on every rank."""
         if self.world_size == 1:
-            assert manifest is not None
-            return manifest
+            assert value is not None
+            return value
         import torch.distributed as dist
 
-        box = [manifest]
+        box = [value]
         dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
 
-    def merge(self, manifest: dict, unit: tuple[int, list[int]] | None) -> dict:
-        """Every rank's records of this round, merged into one manifest on every rank."""
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank."""
+        if self.world_size == 1:
+            return [value]
         import torch.distributed as dist
 
-        mine = None
-        if unit is not None:
-            s = unit[0]
-            # "acts/<hook>/snap003_shard" for every hook: this snapshot's files
-            prefixes = tuple(
-                shard_relpath(h, s, 0).rsplit("_shard", 1)[0] + "_shard" for h in manifest["spec"]["hooks"]
-            )
-            mine = {
-                "s": s,
-                "snapshot": manifest["snapshots"][s],
-                "files": {rel: rec for rel, rec in manifest["files"].items() if rel.startswith(prefixes)},
-                "d_in": manifest["d_in"],
-            }
         everyone: list[Any] = [None] * self.world_size
-        dist.all_gather_object(everyone, mine, group=self.group)
-        for part in everyone:
-            if part is None:
-                continue
-            for hook, width in part["d_in"].items():
-                check_width(manifest, hook, width, part["snapshot"].get("revision", "?"))
-            manifest["snapshots"][part["s"]] = part["snapshot"]
-            manifest["files"].update(part["files"])
-        hashes = [e.get("weights_sha256") for e in manifest["snapshots"] if e.get("weights_sha256")]
-        if len(hashes) != len(set(hashes)):
-            first = next(h for h in hashes if hashes.count(h) > 1)
-            pair = [e["revision"] for e in manifest["snapshots"] if e.get("weights_sha256") == first][:2]
-            raise DuplicateSnapshotError(
-                f"snapshots {pair[0]!r} and {pair[1]!r} hold identical weights (sha256 {first[:12]}...); "
-                "drop one with suite.select(...).",
-                revisions=tuple(pair),
-                sha256=first,
-            )
-        return manifest
+        dist.all_gather_object(everyone, value, group=self.group)
+        return everyone
 
     def barrier(self) -> None:
         if self.world_size > 1:

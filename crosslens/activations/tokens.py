@@ -22,7 +22,7 @@ from jaxtyping import Bool, Int
 from crosslens.activations.budget import TokenBudget
 from crosslens.activations.config import RECORD_FILES, TokenSource, record_builder
 from crosslens.core.documents import read_text, split_documents, text_files
-from crosslens.core.errors import CrosslensError, TokenizerMismatchError
+from crosslens.core.errors import CrosslensError
 from crosslens.core.launch import is_main_process
 from crosslens.core.packing import pack_documents
 
@@ -61,8 +61,9 @@ def tokenize_texts(
         raise ValueError(
             "the tokenizer defines neither a BOS nor an EOS token to start rows with; pass prepend_bos=False."
         )
+    documents = encoded(tokenizer, texts)
     return pack_documents(
-        encoded(tokenizer, texts), seq_len, n_seqs=n_seqs, bos_token_id=bos if prepend_bos else None, eos_token_id=eos
+        documents, seq_len, n_seqs=n_seqs, bos_token_id=bos if prepend_bos else None, eos_token_id=eos
     )
 
 
@@ -351,32 +352,6 @@ def tokens_sha256(token_ids_NL: Int[torch.Tensor, "n_seqs seq_len"]) -> str:
     return digest.hexdigest()
 
 
-def vocab_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A hash of the tokenizer's vocabulary and special ids: equal iff they tokenize alike."""
-    vocab = sorted(tokenizer.get_vocab().items())
-    specials = [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]
-    return hashlib.sha256(repr((vocab, specials)).encode()).hexdigest()
-
-
-def check_same_tokenizer(
-    reference: PreTrainedTokenizerBase, other: PreTrainedTokenizerBase | None, *, revision: str
-) -> None:
-    """Refuse snapshot ``revision``'s tokenizer ``other`` when it differs from ``reference``."""
-    if other is None or other is reference:
-        return
-    if vocab_fingerprint(other) != vocab_fingerprint(reference):
-        ref_vocab, other_vocab = reference.get_vocab(), other.get_vocab()
-        diff = sorted(set(ref_vocab.items()) ^ set(other_vocab.items()))[:5]
-        raise TokenizerMismatchError(
-            f"snapshot {revision!r} tokenizes differently from the suite's tokenizer "
-            f"(vocab sizes {len(ref_vocab)} vs {len(other_vocab)}; first differences {diff}). "
-            "Crosscoders need the same tokens at every snapshot: drop that snapshot from the suite "
-            "(suite.select(...)) or use a suite whose snapshots share one tokenizer.",
-            revision=revision,
-            differences={"vocab_size": (len(ref_vocab), len(other_vocab))},
-        )
-
-
 def build_token_ids(
     tokenizer: PreTrainedTokenizerBase,
     n_tokens: int,
@@ -444,7 +419,7 @@ def token_table(tokens: TokenSource, budget: TokenBudget, tokenizer) -> Int[torc
     seq_len, n_rows = budget.seq_len, budget.n_rows + budget.heldout_rows
     try:
         if kind == "text":
-            documents = text_documents(value, encoding=tokens.encoding, tokenizer=tokenizer)
+            documents = text_documents(value, tokenizer=tokenizer, encoding=tokens.encoding)
             return tokenize_texts(tokenizer, documents, seq_len, n_seqs=n_rows)
         if kind == "dataset":
             name, _, column = str(value).partition(":")

@@ -6,6 +6,10 @@
 - :mod:`.probes`: linear-probe check that decoder norm tracks the feature.
 - :mod:`.contexts`: top-activating token windows from an activation store.
 - :mod:`.synthetic`: planted multi-snapshot data with a known timeline.
+- :mod:`.latent_scaling`: how much of each latent each snapshot's activations hold (Minder et al.);
+  :mod:`.emergence_check`: the latent-scaled emergence beside the decoder norm's, contested where
+  they disagree; :mod:`.lineage`: splits, merges, handoffs and relatives from per-snapshot decoder
+  directions; :mod:`.emergence_record` bundles and saves them, :mod:`.emergence_report` reports them.
 - :mod:`.plots` and :mod:`.report`: plotly figures and a self-contained HTML report.
 - :mod:`.diffing`: a two-model crosscoder's diffing classes (shared, A-only, B-only) by relative decoder norm.
 - :mod:`.analyze`: :func:`analyze_crosscoder`, everything above in one call.
@@ -14,14 +18,34 @@
 from crosslens.analysis.analyze import analyze_crosscoder, write_evolution_report
 from crosslens.analysis.contexts import Context, top_activating_contexts
 from crosslens.analysis.diffing import DiffingAnalysis, DiffingThresholds
+from crosslens.analysis.emergence_check import EmergenceCheck, EmergenceCheckConfig, check_emergence
+from crosslens.analysis.emergence_record import EmergenceResult, compute_emergence, read_emergence
 from crosslens.analysis.evolution import FEATURE_CLASSES, EvolutionConfig, Lifetimes
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.geometry import direction_drift, feature_dimensionality, rel_dec
+from crosslens.analysis.latent_scaling import LatentScaling, LatentScalingConfig, latent_scaling
+from crosslens.analysis.lineage import Lineage, LineageConfig, LineageEvent, lineage, lineage_of
+from crosslens.analysis.planted_events import PlantedEvents
 from crosslens.analysis.probes import ProbeValidation, probe_validation
 from crosslens.analysis.report import evolution_report
 from crosslens.analysis.synthetic import PlantedConfig, PlantedEvolution, planted_scores
 
 __all__ = [
+    "EmergenceCheck",
+    "EmergenceCheckConfig",
+    "EmergenceResult",
+    "LatentScaling",
+    "LatentScalingConfig",
+    "Lineage",
+    "LineageConfig",
+    "LineageEvent",
+    "PlantedEvents",
+    "check_emergence",
+    "compute_emergence",
+    "latent_scaling",
+    "lineage",
+    "lineage_of",
+    "read_emergence",
     "EvolutionAnalysis",
     "EvolutionConfig",
     "FEATURE_CLASSES",

@@ -15,8 +15,13 @@ import torch
 from crosslens.activations.partners import check_recorded_partner
 from crosslens.analysis.contexts import top_activating_contexts
 from crosslens.analysis.diffing import DiffingAnalysis, add_diffing_section, is_diffing
+from crosslens.analysis.emergence_check import EmergenceCheckConfig
+from crosslens.analysis.emergence_record import compute_emergence
+from crosslens.analysis.emergence_report import add_emergence_section
 from crosslens.analysis.evolution import EvolutionConfig
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis, metadata_dict, snapshots_from_metadata
+from crosslens.analysis.latent_scaling import LatentScalingConfig
+from crosslens.analysis.lineage import LineageConfig
 from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
 from crosslens.analysis.report import Report, evolution_report, representative_features
 from crosslens.core.hooks import recorded_hook, resolve_hook
@@ -42,6 +47,10 @@ def analyze_crosscoder(
     title: str = "crosslens: feature evolution",
     device: str | torch.device | None = None,
     progress: bool = True,
+    emergence: bool = True,
+    scaling_config: LatentScalingConfig | None = None,
+    check_config: EmergenceCheckConfig | None = None,
+    lineage_config: LineageConfig | None = None,
 ) -> tuple[EvolutionAnalysis, Report]:
     """Analyse ``crosscoder`` and build the feature-evolution report.
 
@@ -53,6 +62,9 @@ def analyze_crosscoder(
     the crosscoder's partner (other snapshots, hook or width than it records) is refused.
 
     ``device`` is where the feature dimensionality (quadratic in ``d_sae``) is computed.
+    With ``emergence`` (default) it also checks every emergence with latent scaling on the store
+    and reads the latents' lineage (:func:`~crosslens.analysis.emergence_record.compute_emergence`,
+    settings in the three configs), kept as ``analysis.emergence`` and given its report section.
     Returns the analysis and the report; ``report.write(path)`` saves it.
     """
     frequency = None
@@ -89,6 +101,12 @@ def analyze_crosscoder(
     report = evolution_report(analysis, title=title, probes=probes, contexts=contexts, device=device)
     if is_diffing(crosscoder):  # two models: the diffing literature's classes beside the timelines
         add_diffing_section(report, DiffingAnalysis.from_crosscoder(crosscoder, frequency=analysis.frequency))
+    if emergence:
+        configs = {"scaling_config": scaling_config, "check_config": check_config, "lineage_config": lineage_config}
+        analysis.emergence = compute_emergence(
+            crosscoder, analysis, store, hook=hook, device=device, progress=progress, **configs
+        )
+        add_emergence_section(report, analysis, analysis.emergence)
     return analysis, report
 
 

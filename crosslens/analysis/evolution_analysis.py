@@ -56,6 +56,10 @@ class EvolutionAnalysis:
     :func:`~crosslens.analysis.probes.firing_frequency` with ``per_snapshot=True``)."""
     steps_are_indices: bool = False
     """True when no training steps were known and the snapshot indices stand in for them."""
+    emergence: Any = field(default=None, repr=False)
+    """The emergence check (latent scaling) and lineage of the crosscoder, where computed
+    (:func:`~crosslens.analysis.analyze.analyze_crosscoder` sets it: an
+    :class:`~crosslens.analysis.emergence_record.EmergenceResult`)."""
     norms: Float[torch.Tensor, "d_sae n_snapshots"] = field(init=False, repr=False)
     """Raw decoder norms."""
     normalized: Float[torch.Tensor, "d_sae n_snapshots"] = field(init=False, repr=False)

@@ -24,6 +24,17 @@ the others (``_WEAK``):
 - ``late``: 18 persistent features born at snapshot 3 or later, firing on 1.5-3.5% of
   tokens.
 
+Three more plant what decoder norms and lineage can misread
+(:mod:`crosslens.analysis.planted_events`), each on features present at every snapshot
+(the shared settings on a smaller set, ``_SMALL``):
+
+- ``weak-early``: 8 of 24 features present from snapshot 0 at 10-30% of their later
+  magnitude, stepping up at snapshot 2, 3, 4 or 5.
+- ``split``: 5 pairs of the 24 features share a parent's direction until snapshot 2-5, where each
+  child turns away from it (cosine 0.6); the parent's tokens are its children's.
+- ``handoff``: 5 of the 24 features fade at snapshot 2-5 as a successor at cosine 0.85 to their
+  last direction emerges, firing on tokens of its own.
+
 Every generator normalises its batches as the activation store does. Build one with
 ``PlantedConfig.preset(name, seed)``.
 """
@@ -31,6 +42,8 @@ Every generator normalises its batches as the activation store does. Build one w
 from __future__ import annotations
 
 from typing import Any
+
+from crosslens.analysis.planted_events import PlantedEvents
 
 _SHARED: dict[str, Any] = dict(
     coefficient_min=0.7,
@@ -58,6 +71,23 @@ _WEAK: dict[str, Any] = dict(
 more varied features than the others', as in ``scripts/planted_independent.py`` (coefficients
 1 +/- 0.5, per-feature scales 0.5-2, directions drifting by cosine 0.93 per snapshot, noise
 0.05), so that a rare feature is also often a weak one."""
+
+_SMALL: dict[str, Any] = dict(
+    n_snapshots=8,
+    d_in=32,
+    n_features=24,
+    n_initialization_fading=3,
+    n_transient=4,
+    firing_prob_min=0.01,
+    firing_prob_max=0.05,
+    magnitude_min=0.8,
+    magnitude_max=1.2,
+    transient_lengths=(2, 3),
+)
+"""What ``weak-early``, ``split`` and ``handoff`` share: 8 snapshots of 32 dims, 24 features (12 present
+throughout, 3 fading, 4 transient, 5 persistent), firing on 1-5% of tokens; half the width and
+features of the others, so that a crosscoder of 64 latents trains on them in a quarter of the time
+(``scripts/planted_emergence.py``'s ``SMALL_TRAINING``)."""
 
 GENERATORS: dict[str, dict[str, Any]] = {
     "zipf": dict(
@@ -151,6 +181,21 @@ GENERATORS: dict[str, dict[str, Any]] = {
         persistent_emergence_min=3,
         n_correlated_pairs=4,
         transient_lengths=(2, 3),
+    ),
+    "weak-early": dict(
+        **_SMALL,
+        n_initialization=12,
+        events=PlantedEvents(n_weak_early=8),
+    ),
+    "split": dict(
+        **_SMALL,
+        n_initialization=12,
+        events=PlantedEvents(n_splits=5),
+    ),
+    "handoff": dict(
+        **_SMALL,
+        n_initialization=12,
+        events=PlantedEvents(n_handoffs=5),
     ),
 }
 """What each generator sets on top of the shared settings, by name (``PlantedConfig``

@@ -38,6 +38,7 @@ from crosslens.analysis.planted_draws import (
     plant_schedules,
     spread_directions,
 )
+from crosslens.analysis.planted_events import EventTruth, PlantedEvents, plant_events
 
 _EPS = 1e-12
 
@@ -114,6 +115,9 @@ class PlantedConfig:
     persistent_emergence_min: int = 1
     """Earliest snapshot a persistent feature emerges at; their emergences cycle over
     [persistent_emergence_min, n_snapshots - 1] (late births when raised)."""
+    events: PlantedEvents | None = None
+    """Weak early presence, splits and handoffs planted on the features present throughout
+    (:mod:`crosslens.analysis.planted_events`); None: none."""
 
     def __post_init__(self) -> None:
         if self.n_snapshots < 3:
@@ -239,6 +243,8 @@ class PlantedEvolution:
     """Correlated pairs (a, b): b copies a's firing on its share of tokens (:attr:`pair_shares`)."""
     norm_factors: Float[torch.Tensor, " n_snapshots"] | None = None
     """Per-snapshot factor applied to activations and noise (None: 1, no normalisation)."""
+    event_truth: EventTruth | None = None
+    """Where the planted events are (None: the config plants none)."""
 
     @classmethod
     def build(cls, config: PlantedConfig | None = None) -> PlantedEvolution:
@@ -281,6 +287,8 @@ class PlantedEvolution:
             steps=steps,
             pairs=pairs,
         )
+        if config.events is not None:
+            planted.event_truth = plant_events(planted, config.events, gen)
         if config.normalize:
             # Measured on a sample from a generator of its own, so sampling later is unaffected.
             acts_NSD, _ = planted.sample(20_000, torch.Generator().manual_seed(config.seed + 7919))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crosslens.browser.emergence import run_counts
 from crosslens.browser.explained import attach_explanations, find_explanations
 from crosslens.core.errors import CrosslensError
 from crosslens.dashboards import schema
@@ -128,6 +129,8 @@ class RunFacts:
     """False for a database file named explicitly, whose sealed record was not checked."""
     explained: dict[str, Any] | None = None
     """The run's explanations (:func:`crosslens.browser.explained.find_explanations`), None without any."""
+    emergence: dict[str, Any] = field(default_factory=dict)
+    """The emergence check's counts (:func:`crosslens.browser.emergence.run_counts`)."""
 
     def token(self, token_id: int) -> str:
         return self.vocabulary[token_id] if 0 <= token_id < len(self.vocabulary) else f"<{token_id}>"
@@ -171,6 +174,7 @@ def read_run_facts(connection: sqlite3.Connection, path: Path, verified: bool = 
         n_features=sum(classes.values()),
         vocabulary=vocabulary,
         complete=verified,
+        emergence=run_counts(connection, meta),
     )
 
 

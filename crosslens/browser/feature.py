@@ -8,6 +8,7 @@ import sqlite3
 from typing import Any
 
 from crosslens.browser.database import RunFacts, counts, floats, halves, ints
+from crosslens.browser.emergence import feature_emergence
 from crosslens.browser.queries import QueryError
 from crosslens.dashboards.schema import ALL_SNAPSHOTS
 
@@ -86,6 +87,7 @@ def feature_detail(connection: sqlite3.Connection, feature: int, facts: RunFacts
             "bottom": [[facts.token(t), round(v, 4)] for t, v in zip(ints(bottom_ids), floats(bottom_values))],
         }
     detail |= {"series": series, "histograms": histograms, "logits": logits, "causal": _causal(connection, feature, S)}
+    detail |= feature_emergence(connection, feature, S)
     detail["neighbours"] = {
         "previous": feature - 1 if feature > 0 else None,
         "next": feature + 1 if feature + 1 < facts.n_features else None,

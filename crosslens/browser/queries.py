@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crosslens.browser.database import RunFacts, halves, ints
+from crosslens.browser.emergence import CONTESTED_FILTERS, LINEAGE_FILTERS, add_verdicts, filter_clauses
 from crosslens.browser.explained import (
     EXPLAINED_SORTS,
     ExplainedQuery,
@@ -113,6 +114,10 @@ class FeatureQuery:
     relie_class: str = ""
     min_relevance: float | None = None
     """Largest |IE| at least this: over every task (``features.relevance``), or over ``task``'s snapshots."""
+    contested: str = ""
+    """Contested emergences only: ``any``, ``earlier`` or ``later`` (:data:`CONTESTED_FILTERS`)."""
+    lineage: str = ""
+    """Features in a lineage event only: ``any`` or one kind (:data:`LINEAGE_FILTERS`)."""
     sort: str = "feature"
     descending: bool = False
     offset: int = 0
@@ -145,6 +150,9 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
             f"task={task}: this run has attribution for {', '.join(t['task'] for t in facts.tasks) or 'no task'}."
         )
     limit = _integer(get("limit"), "limit") if get("limit") else default_limit
+    for name, allowed in (("contested", CONTESTED_FILTERS), ("lineage", LINEAGE_FILTERS)):
+        if get(name) and get(name) not in allowed:
+            raise QueryError(f"{name}={get(name)}: use one of {', '.join(allowed)}.")
     return FeatureQuery(
         ids=parse_ids(get("ids")),
         text=params.get("q") or "",
@@ -156,6 +164,8 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
         task=task,
         relie_class=get("relie_class"),
         min_relevance=_number(get("min_relevance"), "min_relevance") if get("min_relevance") else None,
+        contested=get("contested"),
+        lineage=get("lineage"),
         sort=sort,
         descending=get("order") == "desc",
         offset=max(0, _integer(get("offset") or "0", "offset")),
@@ -280,7 +290,8 @@ def _where(query: FeatureQuery, matches: TextMatches | None) -> tuple[str, str, 
         if query.min_relevance is not None:
             clauses.append("f.relevance >= :min_relevance")
             args["min_relevance"] = query.min_relevance
-    return source, " AND ".join(clauses) or "1", args
+    more, more_args = filter_clauses(query.contested, query.lineage)
+    return source, " AND ".join(clauses + more) or "1", args | more_args
 
 
 def feature_page(connection: sqlite3.Connection, query: FeatureQuery, facts: RunFacts) -> dict[str, Any]:
@@ -308,6 +319,8 @@ def feature_page(connection: sqlite3.Connection, query: FeatureQuery, facts: Run
     )
     rows = [dict(zip(_LIST_COLUMNS, row)) for row in cursor]
     _add_trajectories(connection, rows, query.at)
+    if rows:
+        add_verdicts(connection, rows)
     _add_snippets(connection, rows, facts, query.at, query.text)
     if query.explained is not None:
         add_explanations(connection, rows, meanings)

@@ -140,6 +140,7 @@ class BrowserServer(ThreadingHTTPServer):
             "budget": facts.meta.get("budget"),
             "n_tokens": facts.meta.get("n_tokens"),
             "histogram_edges": facts.meta.get("histogram_edges"),
+            "emergence": facts.emergence,
             "report": self.report.is_file(),
             "page_size": self.config.page_size,
             "live": self.live is not None,

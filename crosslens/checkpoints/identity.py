@@ -6,8 +6,9 @@ to. The Hugging Face cache gives the hashes for free: a cached file is a link to
 ``blobs/<hash>`` (the sha256 of an LFS file such as ``model.safetensors``, the git blob
 id of a small one). Files that are not such links (local suites, copied caches) are
 hashed. Activation stores record identities so that a re-pushed branch or an edited
-folder is never mistaken for the snapshot the store was built from, and compare them
-across snapshots so duplicates are refused before anything is written.
+folder is never mistaken for the snapshot the store was built from;
+:func:`snapshot_identities` compares them across a suite's snapshots, so duplicates are refused
+before anything is written.
 
 Weight files are also checked for truncation here (a safetensors header names every
 tensor's byte range, so a short file shows without reading the data).
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,7 +26,7 @@ from huggingface_hub import constants as hub_constants
 from safetensors import SafetensorError
 
 from crosslens.checkpoints.snapshot import SnapshotRef
-from crosslens.core.errors import CorruptCheckpointError, UncachedRevisionError
+from crosslens.core.errors import CorruptCheckpointError, DuplicateSnapshotError, UncachedRevisionError
 from crosslens.core.hashing import file_sha256, json_sha256
 from crosslens.core.weightfiles import safetensors_problem
 
@@ -147,7 +148,9 @@ def identity_from_files(files: dict[str, str], commit: str | None) -> dict[str, 
     }
 
 
-def _folder_identity(folder: Path, *, revision: str, model_id: str, commit: str | None) -> dict[str, Any]:
+def _folder_files(folder: Path, *, revision: str, model_id: str) -> dict[str, str]:
+    """Name -> identity (:func:`file_identity`) of the files in ``folder`` that decide the
+    snapshot's activations; refuses damaged weight files, and a folder without any."""
     check_weight_files(folder, revision=revision, model_id=model_id)
     paths = weight_files(folder) + [folder / name for name in IDENTITY_FILES if (folder / name).is_file()]
     if not any(is_weight_file(p.name) for p in paths):
@@ -155,11 +158,12 @@ def _folder_identity(folder: Path, *, revision: str, model_id: str, commit: str 
             f"snapshot {revision!r} of {model_id}: {folder} holds no weights file (model.safetensors, "
             "pytorch_model.bin, ...); restore it or drop the snapshot with suite.select(...)"
         )
-    return identity_from_files({p.name: file_identity(p) for p in paths}, commit)
+    return {p.name: file_identity(p) for p in paths}
 
 
-def _hub_identity(model_id: str, revision: str) -> dict[str, Any] | None:
-    """Identity from the hub's file metadata (online, for a revision not yet cached)."""
+def _hub_files(model_id: str, revision: str) -> tuple[dict[str, str], str] | None:
+    """The identity files' hashes and the commit, from the hub's file metadata (online, for a
+    revision not yet cached)."""
     try:
         from huggingface_hub import HfApi
 
@@ -173,7 +177,7 @@ def _hub_identity(model_id: str, revision: str) -> dict[str, Any] | None:
             continue
         lfs = getattr(sibling, "lfs", None)
         files[name] = (lfs.sha256 if lfs is not None else None) or sibling.blob_id
-    return identity_from_files(files, info.sha) if files else None
+    return (files, info.sha) if files else None
 
 
 class SnapshotFiles(Protocol):
@@ -181,6 +185,7 @@ class SnapshotFiles(Protocol):
 
     family: str
     model_id: str
+    snapshots: Sequence[SnapshotRef]
 
     def snapshot_folder(self, ref: SnapshotRef) -> Path | None:
         """The folder holding ``ref``'s files on this machine, if any."""
@@ -199,17 +204,46 @@ def snapshot_identity(suite: SnapshotFiles, ref: SnapshotRef) -> dict[str, Any] 
     """The identity of ``ref``'s files: ``commit``, ``files`` (name -> hash), ``weights_digest``
     (equal for byte-identical weights) and ``digest`` (everything). None when it cannot be
     known before loading (online, revision not cached, hub metadata unreachable)."""
+    found = _identity_files(suite, ref)
+    return None if found is None else identity_from_files(*found)
+
+
+def _identity_files(suite: SnapshotFiles, ref: SnapshotRef) -> tuple[dict[str, str], str | None] | None:
+    """The hashes of the files that decide ``ref``'s activations, and the commit its revision
+    resolves to (None for a local suite): from its folder on this machine (a local suite's, or the
+    Hugging Face cache's), else from the hub's file metadata; None when neither can say."""
     local = suite.local_folder(ref)
     if local is not None:
-        return _folder_identity(local, revision=ref.revision, model_id=suite.model_id, commit=None)
+        return _folder_files(local, revision=ref.revision, model_id=suite.model_id), None
     repo, revision = suite.repo_revision(ref)
     cached = _cached_with_weights(repo, revision)
     if cached is not None:
         commit, folder = cached
-        return _folder_identity(folder, revision=revision, model_id=repo, commit=commit)
+        return _folder_files(folder, revision=revision, model_id=repo), commit
     if hub_constants.HF_HUB_OFFLINE:
         raise uncached_revision_error(repo, revision)
-    return _hub_identity(repo, revision)
+    return _hub_files(repo, revision)
+
+
+def snapshot_identities(suite: SnapshotFiles) -> list[dict[str, Any] | None]:
+    """Each snapshot's :func:`snapshot_identity`, read before any model loads; refuses two
+    snapshots with byte-identical weights."""
+    identities = [snapshot_identity(suite, ref) for ref in suite.snapshots]
+    first_with: dict[str, str] = {}
+    for ref, identity in zip(suite.snapshots, identities):
+        if identity is None:
+            continue
+        earlier = first_with.setdefault(identity["weights_digest"], ref.revision)
+        if earlier != ref.revision:
+            raise DuplicateSnapshotError(
+                f"snapshots {earlier!r} and {ref.revision!r} of {suite.model_id} have identical weights "
+                f"(byte-identical {', '.join(n for n in identity['files'] if n != 'config.json')}), so a crosscoder "
+                f"would see no change between them; drop one, e.g. suite.select(steps=[...]) without step {ref.step}. "
+                "Nothing was written.",
+                revisions=(earlier, ref.revision),
+                sha256=identity["weights_digest"],
+            )
+    return identities
 
 
 @contextlib.contextmanager

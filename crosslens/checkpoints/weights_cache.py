@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.hashing import json_sha256
 from crosslens.core.paths import crosslens_home
 from crosslens.core.sealed import read_sealed, write_sealed

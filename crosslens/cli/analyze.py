@@ -94,12 +94,24 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
     print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
     if is_diffing(crosscoder):
         print("\n".join(DiffingAnalysis.from_crosscoder(crosscoder, frequency=analysis.frequency).summary_lines()))
+    print(analysis.emergence.summary())
+    _save_emergence(folder, run_dir, analysis.emergence, opened)
     if store is None:
         _say_no_store(run_dir)
     if sections:
         print(f"with {len(sections)} saved section(s) from {run_dir / 'sections'}")
     print(f"report: {out_path}")
     return 0
+
+
+def _save_emergence(folder: Path, run_dir: Path | None, result: Any, store: Any) -> None:
+    """Save the emergence check and lineage into the run folder, where they describe the run's final
+    crosscoder (``crosslens dashboards`` reads them from there)."""
+    from crosslens.analysis.emergence_record import save_run_emergence
+    from crosslens.training.runfolder import is_final_crosscoder
+
+    if run_dir is not None and is_final_crosscoder(folder, run_dir):
+        print(f"emergence check and lineage: {save_run_emergence(run_dir, result, store)}")
 
 
 def _say_no_store(run_dir: Path | None) -> None:

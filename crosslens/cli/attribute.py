@@ -164,7 +164,7 @@ def _check_snapshots(record: dict, suite, folder: Path, args: argparse.Namespace
     into another snapshot's model. Weights are compared where both sides know an identity (the
     suite's are read from its files: a local suite's are hashed)."""
     from crosslens.activations.partners import snapshot_problem, unverifiable_snapshots
-    from crosslens.activations.resume import snapshot_identities
+    from crosslens.checkpoints.identity import snapshot_identities
 
     recorded = record.get("snapshots")
     if not recorded:

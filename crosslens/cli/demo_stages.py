@@ -24,6 +24,7 @@ from crosslens.activations import (
 )
 from crosslens.activations.budget import TokenBudget
 from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder
+from crosslens.analysis.emergence_record import save_run_emergence
 from crosslens.analysis.probes import firing_frequency
 from crosslens.analysis.report import Report
 from crosslens.analysis.stability import add_stability_section, format_stability, seed_stability, stable_features
@@ -613,6 +614,9 @@ def run_demo(
         device=device,
     )
     print(_class_summary(analysis))
+    print(
+        f"{analysis.emergence.summary()}\n{save_run_emergence(out_dir / 'crosscoder', analysis.emergence, train_store)}"
+    )
     print(f"\nreport: {report_path}")
 
     _banner("6/6 every feature at every snapshot -> the feature database")

@@ -16,6 +16,8 @@ A run folder (``crosslens train --out RUN``)::
                                 it holds trainer_state.pt (TRAINER_STATE_FILENAME)
     RUN/final/                  the trained crosscoder (FINAL_DIRNAME)
     RUN/sections/*.json         report sections other commands add (SECTIONS_DIR)
+    RUN/emergence.json          ``crosslens analyze``'s emergence check and lineage, sealed, with its
+    RUN/emergence.safetensors   tables (EMERGENCE_NAME, EMERGENCE_TENSORS_NAME)
     RUN/crosslens_run.json      the seal tying run.json, final/, quality.json and the row digests
                                 together (RUN_SEAL_NAME)
     RUN/train.lock              held by the process writing the folder (RUN_LOCK_NAME)
@@ -52,6 +54,11 @@ HELDOUT_SUFFIX = "-heldout"
 """``harvest --out STORE`` also writes held-out activations to ``STORE-heldout``; ``train`` reads them."""
 SECTIONS_DIR = "sections"
 """Report sections other stages add to a run folder (``crosslens attribute``), merged by ``crosslens report``."""
+EMERGENCE_NAME = "emergence.json"
+"""The sealed record of ``crosslens analyze``'s emergence check (latent scaling) and lineage: what
+they were computed from, the lineage events and the sha256 of their tables."""
+EMERGENCE_TENSORS_NAME = "emergence.safetensors"
+"""The tables of that record (latent scaling, presence, contested flags, relatives)."""
 RUN_SEAL_NAME = "crosslens_run.json"
 """The sealed record of a finished run: the sha256 of its run.json, final/ record, quality.json and row digests."""
 RUN_SEAL_KEY = "run_sha256"

@@ -48,6 +48,14 @@ from crosslens.dashboards.database import (
     snapshot_rows,
     write_database,
 )
+from crosslens.dashboards.emergence_rows import (
+    emergence_meta,
+    emergence_rows,
+    emergence_snapshot_rows,
+    lineage_rows,
+    relative_rows,
+    run_emergence,
+)
 from crosslens.dashboards.logits import logit_effects, raw_directions, vocabulary_pieces
 from crosslens.dashboards.partial import existing_database, load_partial, remove_partial, save_partial
 from crosslens.dashboards.readings import Readings
@@ -307,7 +315,11 @@ def _compute(
         )
     plan, total = source.plan(int(config.n_tokens or DEFAULT_N_TOKENS), int(config.batch_size))
     settings = {**budget.to_dict(), "n_tokens": total, "batch_size": int(config.batch_size), "seed": int(config.seed)}
-    inputs = {"partners": partners(run_dir, source, record, causal), "settings": settings}
+    emergence = run_emergence(run_dir)  # refused here, before the pass, where it is of another crosscoder
+    inputs = {
+        "partners": {**partners(run_dir, source, record, causal), "emergence": emergence[1]},
+        "settings": settings,
+    }
     database = run_dir / schema.DATABASE_NAME
     if existing_database(run_dir, inputs, config.overwrite) == "current":
         print(
@@ -343,6 +355,10 @@ def _compute(
     if state.position > start.position:
         save_partial(run_dir, state, inputs)  # the pass is kept until its database is sealed
     content = _content(crosscoder, source, state, budget, causal, revisions, tokenizer, inputs, logits)
+    events, members = lineage_rows(emergence[0])
+    content.meta["emergence"] = emergence_meta(*emergence)
+    content.emergence, content.emergence_snapshots = emergence_rows(emergence[0]), emergence_snapshot_rows(emergence[0])
+    content.lineage_events, content.lineage_members, content.relatives = events, members, relative_rows(emergence[0])
     tmp = run_dir / f".{schema.DATABASE_NAME}.tmp"
     write_database(tmp, content)
     (run_dir / schema.RECORD_NAME).unlink(missing_ok=True)

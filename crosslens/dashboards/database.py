@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,11 @@ class DatabaseContent:
     tasks: list[tuple]
     causal: list[tuple]
     search: Iterable[tuple[int, str]]
+    emergence: Iterable[tuple] = ()
+    emergence_snapshots: Iterable[tuple] = ()
+    lineage_events: list[tuple] = field(default_factory=list)
+    lineage_members: list[tuple] = field(default_factory=list)
+    relatives: Iterable[tuple] = ()
 
 
 def write_database(path: Path, content: DatabaseContent) -> None:
@@ -60,6 +65,11 @@ def write_database(path: Path, content: DatabaseContent) -> None:
             connection.executemany(_insert("tasks", 4), content.tasks)
             connection.executemany(_insert("causal", 7), content.causal)
             connection.executemany("INSERT INTO context_search (rowid, text) VALUES (?, ?)", content.search)
+            connection.executemany(_insert("emergence", 10), content.emergence)
+            connection.executemany(_insert("emergence_snapshots", 9), content.emergence_snapshots)
+            connection.executemany(_insert("lineage_events", 8), content.lineage_events)
+            connection.executemany(_insert("lineage_members", 3), content.lineage_members)
+            connection.executemany(_insert("relatives", 5), content.relatives)
             for sql in schema.INDEXES:
                 connection.execute(sql)
     finally:

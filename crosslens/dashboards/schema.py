@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sqlite3
 
-FORMAT = "crosslens.dashboards/1"
+FORMAT = "crosslens.dashboards/2"
 """The layout's name and version, ``meta['format']``."""
 
 DATABASE_NAME = "dashboards.sqlite"
@@ -130,6 +130,60 @@ CREATE TABLE causal (
     ablation    REAL,              -- the metric's change when the feature alone is ablated (NULL: not measured)
     PRIMARY KEY (task, feature, snapshot)
 ) WITHOUT ROWID""",
+    # ---- the emergence check and lineage (``crosslens analyze``'s RUN/emergence.json); empty without it
+    "emergence": """
+CREATE TABLE emergence (
+    feature            INTEGER PRIMARY KEY,
+    measured           INTEGER NOT NULL,  -- 1: latent scaling measured it (it fires on enough sampled tokens)
+    contested          TEXT,              -- 'earlier' | 'later': the two emergences are far apart (NULL: they agree, or unmeasured)
+    decoder_snapshot   INTEGER,           -- emergence by decoder norm, as analyze read it (NULL: dead)
+    scaled_snapshot    INTEGER,           -- emergence by latent scaling (NULL: never present by it, or unmeasured)
+    scaled_step        INTEGER,
+    reported_snapshot  INTEGER,           -- the emergence crosslens reports: latent-scaled where contested
+    reported_step      INTEGER,
+    early_presence     TEXT,              -- contested earlier: 'error' (no other latent carries it) | 'reconstruction'
+    n_fire             INTEGER NOT NULL   -- sampled tokens it fired on
+)""",
+    "emergence_snapshots": """
+CREATE TABLE emergence_snapshots (
+    feature            INTEGER NOT NULL,
+    snapshot           INTEGER NOT NULL,
+    presence           REAL NOT NULL,     -- latent-scaled presence: amplitude / its largest, 0 where not significant
+    amplitude          REAL NOT NULL,     -- its length in the snapshot's activations on its tokens (decoder-norm units)
+    error_amplitude    REAL NOT NULL,     -- the same in the reconstruction error without it
+    beta               REAL NOT NULL,     -- Minder et al.'s scale of its (reference) decoder row, activation target
+    beta_error         REAL NOT NULL,     -- ... error target
+    t_value            REAL NOT NULL,     -- amplitude / standard error (capped at 1e9)
+    reference_snapshot INTEGER NOT NULL,  -- whose decoder row scored it (its own unless shrunk)
+    PRIMARY KEY (feature, snapshot)
+) WITHOUT ROWID""",
+    "lineage_events": """
+CREATE TABLE lineage_events (
+    event    INTEGER PRIMARY KEY,  -- in snapshot order
+    kind     TEXT NOT NULL,        -- split | merge | handoff
+    snapshot INTEGER NOT NULL,     -- where the new state starts
+    step     INTEGER NOT NULL,
+    how      TEXT NOT NULL,        -- divergence | succession
+    cosine   REAL NOT NULL,        -- the cosine that decided it
+    before   TEXT NOT NULL,        -- JSON list of the latents before
+    after    TEXT NOT NULL         -- JSON list of the latents after
+)""",
+    "lineage_members": """
+CREATE TABLE lineage_members (
+    feature INTEGER NOT NULL,
+    event   INTEGER NOT NULL,
+    role    TEXT NOT NULL,  -- before | after | both
+    PRIMARY KEY (feature, event)
+) WITHOUT ROWID""",
+    "relatives": """
+CREATE TABLE relatives (
+    feature  INTEGER NOT NULL,
+    snapshot INTEGER NOT NULL,  -- where both are present
+    rank     INTEGER NOT NULL,  -- 0 = nearest
+    relative INTEGER NOT NULL,
+    cosine   REAL NOT NULL,     -- decoder cosine at the snapshot
+    PRIMARY KEY (feature, snapshot, rank)
+) WITHOUT ROWID""",
     "context_search": """
 CREATE VIRTUAL TABLE context_search USING fts5(
     text,                     -- the feature's context windows as text (rowid = feature)
@@ -150,6 +204,8 @@ INDEXES: tuple[str, ...] = (
     "CREATE INDEX feature_snapshots_norm ON feature_snapshots (snapshot, decoder_norm)",
     "CREATE INDEX feature_snapshots_max ON feature_snapshots (snapshot, max_activation)",
     "CREATE INDEX causal_feature ON causal (feature, task, snapshot)",
+    "CREATE INDEX emergence_contested ON emergence (contested, feature)",
+    "CREATE INDEX lineage_kind ON lineage_events (kind)",
 )
 """Indexes for the browser's filters and sorts; created after the rows are written."""
 
@@ -166,6 +222,8 @@ META_KEYS: dict[str, str] = {
     "histogram_edges": "the activation histogram's bin edges (JSON list of floats, shared by every row)",
     "activation": "which reading of the activation the rows hold (see the module docstring)",
     "attribution": "the attribution files the tasks and causal rows were read from: {file: sha256} ({} for none)",
+    "emergence": "the emergence check and lineage the emergence, lineage and relatives rows hold: {record: sha256 of "
+    "RUN/emergence.json, n_tokens, settings, counts}, null where the run had none (`crosslens analyze` writes it)",
 }
 """What ``meta`` holds (values are JSON)."""
 

@@ -204,7 +204,7 @@ class StreamTokens(TokenSource):
 
     @torch.inference_mode()
     def read(self, start: int, stop: int, device: torch.device) -> Batch:
-        from crosslens.activations.harvest import harvest_rows, kept_index
+        from crosslens.activations.forward import harvest_rows, kept_index
 
         models = self.models()
         tokens_QL, keep_QL = self.provider.token_ids_NL[start:stop], self.keep_NL[start:stop]

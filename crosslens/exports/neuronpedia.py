@@ -34,6 +34,10 @@ on its main branch at db4839a): ``{model_id, layer, sae_set, sae_id_suffix, feat
 * ``neuron_alignment_*``: computed as SAEDashboard does, the 3 largest entries of the feature's
   snapshot-s decoder direction (raw activation scale) and their share of its L1 norm.
 
+Where the database holds ``crosslens analyze``'s emergence check, ``emergence_flags.json`` beside the
+folders carries each feature's verdict (contested, both emergences) and lineage events
+(:mod:`crosslens.exports.emergence_flags`); the batch files keep SAEDashboard's schema.
+
 Fields crosslens does not compute get what SAEDashboard writes when it has no data for them:
 ``correlated_neurons_*`` and ``correlated_features_*`` (activation correlations) ``[]``;
 ``logits_hist_data_*`` (a histogram over the whole vocabulary, not stored) ``[]``;
@@ -56,6 +60,7 @@ import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one t
 from crosslens.core.metadata import metadata_value
 from crosslens.core.model_specs import snapshot_model
 from crosslens.exports.config import ExportError
+from crosslens.exports.emergence_flags import write_emergence_flags
 from crosslens.exports.neuronpedia_explanations import attach_run_explanations, write_explanations
 from crosslens.exports.run import ExportContext, SnapshotRef
 
@@ -118,6 +123,7 @@ def write_export(context: ExportContext, out: Path) -> dict[str, Any]:
         if explained:  # crosslens explain's explanations, as Neuronpedia's dataset export lays them out
             source["explanations"] = write_explanations(context.database, out / name, model_id, source_id, ref.index)
         sources.append(source)
+    flags = write_emergence_flags(context, out)
     return {
         "neuronpedia": {
             "saedashboard_version": SAEDASHBOARD_VERSION,
@@ -125,6 +131,7 @@ def write_export(context: ExportContext, out: Path) -> dict[str, Any]:
             "layer": settings["layer"],
             "sae_set": settings["sae_set"],
             "sources": sources,
+            **({"emergence_flags": flags} if flags else {}),
         }
     }
 

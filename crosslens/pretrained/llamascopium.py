@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.pretrained.tensors import (
     Converted,
     ConvertOptions,

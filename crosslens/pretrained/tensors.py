@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.errors import CrosslensError
 
 BLOCK_BYTES = 1 << 26

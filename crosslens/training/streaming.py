@@ -33,7 +33,7 @@ from jaxtyping import Float, Int
 from sae_lens.constants import SAE_CFG_FILENAME
 
 from crosslens.activations.budget import chunk_seqs_for
-from crosslens.activations.harvest import harvest_rows
+from crosslens.activations.forward import harvest_rows
 from crosslens.activations.partners import RowDigests
 from crosslens.activations.streaming import ResidentSnapshotProvider
 from crosslens.activations.tokens import bos_prepended, kept_tokens, position_record, tokens_sha256

@@ -248,6 +248,7 @@ function setReading(value) {
   drawHistogram(run);
   Charts.setReading(document.getElementById("plot-training"), shownReading());
   Charts.setReading(document.getElementById("plot-causal"), shownReading());
+  if (EmergencePanel.shown) Charts.setReading(document.getElementById("plot-emergence"), shownReading());
   return shownContexts.then(() => { document.body.dataset.reading = String(reading); });
 }
 
@@ -346,6 +347,7 @@ async function showFeature(feature, requested) {
     drawTraining(run);
     drawHistogram(run);
     drawCausal(run);
+    EmergencePanel.draw(run, detail);
   } catch (error) {
     if (mine === featureToken) showError(error.message);
     return;

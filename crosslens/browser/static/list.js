@@ -3,7 +3,7 @@
 "use strict";
 
 const FIELDS = ["q", "ids", "class", "emerged_from", "emerged_to", "at", "state", "task", "relie_class",
-  "min_relevance", "sort", "order", "offset", "limit", "meaning", "drifted", "min_detection"];
+  "min_relevance", "contested", "lineage", "sort", "order", "offset", "limit", "meaning", "drifted", "min_detection"];
 const TEXT_FIELDS = ["q", "ids", "min_relevance", "meaning", "min_detection"];
 const SORT_LABELS = {
   feature: "feature id", emergence_step: "emergence step", peak_step: "peak step", fade_step: "fade step",
@@ -70,6 +70,7 @@ function buildControls(run) {
     if (key === "relevance" && !run.tasks.length) continue;
     sort.append(option(key, SORT_LABELS[key] || key));
   }
+  EmergencePanel.buildFilters(run);  // the emergence check's filters (emergence.js)
   if (!run.tasks.length) document.getElementById("task-filters").remove();
   else {
     const task = document.getElementById("task");
@@ -81,8 +82,8 @@ function buildControls(run) {
 }
 
 function showState() {
-  for (const key of ["q", "ids", "emerged_from", "emerged_to", "at", "state", "task", "relie_class", "min_relevance", "sort", "limit",
-    "meaning", "min_detection"]) {
+  for (const key of ["q", "ids", "emerged_from", "emerged_to", "at", "state", "task", "relie_class", "min_relevance",
+    "contested", "lineage", "sort", "limit", "meaning", "min_detection"]) {
     const control = document.getElementById(key);
     if (control) control.value = state[key] || (key === "sort" ? "feature" : "");
   }
@@ -121,7 +122,7 @@ function wireControls() {
       if (event.key === "Enter") { clearTimeout(timer); change({ [key]: input.value }); }
     });
   }
-  for (const key of ["emerged_from", "emerged_to", "at", "state", "task", "relie_class", "limit"]) {
+  for (const key of ["emerged_from", "emerged_to", "at", "state", "task", "relie_class", "contested", "lineage", "limit"]) {
     const control = document.getElementById(key);
     if (control) control.addEventListener("change", () => change({ [key]: control.value }));
   }
@@ -157,6 +158,7 @@ function columns(run, at) {
     { key: "max_activation", label: "max act", sort: "max_activation" },
   ];
   if (run.tasks.length) cols.push({ key: "relevance", label: "|IE|", sort: "relevance" });
+  if (run.emergence.computed) cols.push({ key: "check", label: "emergence check", text: true });
   if (at !== null) {
     const label = run.snapshots[at].label;
     cols.push(
@@ -178,6 +180,7 @@ function cell(row, col, at) {
     return CL.el("td", { class: "id" }, CL.el("a", { href, text: `#${row.feature}` }));
   }
   if (col.key === "class") return CL.el("td", { class: "text" }, CL.chip(row.class));
+  if (col.key === "check") return CL.el("td", { class: "text" }, ...EmergencePanel.listChips(row));
   if (col.key === "norms") return CL.el("td", { class: "text" }, CL.sparkline(row.norms, at, 100));
   if (col.key === "snippet") {
     const td = CL.el("td", { class: "context" });

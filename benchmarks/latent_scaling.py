@@ -1,0 +1,137 @@
+"""Latent scaling and lineage: the batched pass against a loop over latents on the same tokens,
+measured in the same run on the same machine.
+
+1. On a finished run (default: the pico demo's, ``$CROSSLENS_HOME/demo/crosscoder`` and the store
+   it trained on), ``--n-tokens`` tokens sampled from the store (seeded) and held in memory:
+   ``latent_scaling`` (one pass, every latent and snapshot from sums of matmuls) and ``lineage_of``
+   (relatives by one matmul per snapshot, then events), against ``per_latent_scaling`` (each
+   latent's contribution and targets formed token by token) and ``per_latent_relatives`` (each
+   latent's cosines and top-k alone) over the same tokens. ``--loop-latents N`` times the loop on a
+   seeded sample of N latents and extrapolates to d_sae (printed as such); the default loops over
+   every latent. The two agree to float tolerance (printed). Goal: the batched >= 20x faster.
+2. ``--ge-shape`` (a GPU): the batched pass at Ge et al.'s shape (24,576 latents x 32 snapshots x
+   d_in 768, a random JumpReLU crosscoder) over ``--ge-tokens`` streamed random tokens (default
+   1M), with lineage: seconds and peak GPU memory. Without CUDA it says so and measures nothing.
+
+Both sides run on ``--threads`` torch threads (default 1: on a shared CPU, other processes make
+multi-threaded small operations wait for each other).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/latent_scaling.py
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/latent_scaling.py --run RUN --n-tokens 8192 --loop-latents 128
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/latent_scaling.py --ge-shape --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from crosslens.activations import ActivationStore
+from crosslens.analysis.evolution_analysis import EvolutionAnalysis
+from crosslens.analysis.latent_scaling import LatentScalingConfig, latent_scaling, per_latent_scaling
+from crosslens.analysis.lineage import lineage_of, per_latent_relatives, unit_rows
+from crosslens.analysis.probes import firing_frequency, reads_normalized
+from crosslens.core.paths import crosslens_home
+from crosslens.crosscoders.saved import load_crosscoder_folder
+from crosslens.training.runfolder import run_store
+
+GE_SHAPE = {"d_sae": 24_576, "n_snapshots": 32, "d_in": 768}
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def demo_comparison(args: argparse.Namespace) -> None:
+    run = Path(args.run)
+    crosscoder = load_crosscoder_folder(run / "final", device="cpu", dtype="float32").eval()
+    store = ActivationStore.open(args.store or run_store(run), verify="size")
+    hook = store.hooks[0]
+    idx = torch.randperm(store.n_tokens, generator=torch.Generator().manual_seed(0))[: args.n_tokens].sort().values
+    acts_NSD = store.read(hook, idx, normalize=reads_normalized(crosscoder))
+    F, S = int(crosscoder.cfg.d_sae), int(crosscoder.cfg.n_snapshots)
+    print(f"{run}: {F} latents x {S} snapshots x d_in {crosscoder.cfg.d_in}, {len(acts_NSD):,} tokens in memory")
+    analysis = EvolutionAnalysis.from_crosscoder(crosscoder, frequency=firing_frequency(acts_NSD, crosscoder))
+    config = LatentScalingConfig(n_tokens=len(acts_NSD))
+    batched, batched_s = timed(lambda: latent_scaling(crosscoder, acts_NSD, config=config))
+    lineage, lineage_s = timed(lambda: lineage_of(analysis))
+    latents = list(range(F))
+    if args.loop_latents and args.loop_latents < F:
+        latents = sorted(torch.randperm(F, generator=torch.Generator().manual_seed(1))[: args.loop_latents].tolist())
+    looped, loop_s = timed(lambda: per_latent_scaling(crosscoder, acts_NSD, latents, config=config))
+    unit, present = unit_rows(analysis.W_dec), analysis.present & ~analysis.lifetimes.dead[:, None]
+    (relatives, _), relatives_loop_s = timed(lambda: per_latent_relatives(unit, present, 5, latents))
+    scale = F / len(latents)
+    loop_total = (loop_s + relatives_loop_s) * scale
+    diff = float((batched.amplitude[latents] - looped.amplitude[latents]).abs().max())
+    error_diff = float((batched.error_amplitude[latents] - looped.error_amplitude[latents]).abs().max())
+    same = bool(torch.equal(relatives[latents], lineage.relatives[latents]))
+    print(f"batched: latent scaling {batched_s:.2f} s + lineage {lineage_s:.2f} s = {batched_s + lineage_s:.2f} s")
+    print(
+        f"per-latent loop over {len(latents)} of {F} latents: latent scaling {loop_s:.2f} s + relatives "
+        f"{relatives_loop_s:.2f} s"
+        + (f", x{scale:.1f} = {loop_total:.1f} s for every latent (extrapolated)" if scale > 1 else "")
+    )
+    print(f"agreement: amplitudes to {diff:.2e}, error amplitudes to {error_diff:.2e}; relatives identical: {same}")
+    ratio = loop_total / (batched_s + lineage_s)
+    print(f"speed-up: {ratio:.1f}x (goal >= 20x): {'met' if ratio >= 20 else 'MISSED'}")
+    print(f"lineage: {lineage.counts()}; contested needs the analysis' thresholds: see crosslens analyze")
+
+
+def ge_shape(args: argparse.Namespace) -> None:
+    if not torch.cuda.is_available() or not str(args.device).startswith("cuda"):
+        print("Ge et al.'s shape (24,576 x 32 x 768, 1M tokens): not measured, it needs a CUDA GPU (--device cuda)")
+        return
+    import crosslens.crosscoders as crosscoders
+
+    sae_cls, cfg_cls = crosscoders.ARCHITECTURES["jumprelu_crosscoder"][:2]
+    torch.manual_seed(0)
+    crosscoder = sae_cls(cfg_cls(**GE_SHAPE)).to(args.device).eval()
+    with torch.no_grad():
+        crosscoder.W_dec.normal_(0, 0.02)
+        crosscoder.W_enc.normal_(0, 0.02)
+        crosscoder.threshold.fill_(0.05)
+    B, S, D = args.batch_size, GE_SHAPE["n_snapshots"], GE_SHAPE["d_in"]
+    gen = torch.Generator(device=args.device).manual_seed(0)
+    batches = (torch.randn(B, S, D, device=args.device, generator=gen) for _ in range(args.ge_tokens // B))
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize()
+    config = LatentScalingConfig(n_tokens=args.ge_tokens, batch_size=B)
+    scaling, scaling_s = timed(
+        lambda: (latent_scaling(crosscoder, batches, config=config), torch.cuda.synchronize())[0]
+    )
+    analysis = EvolutionAnalysis.from_crosscoder(crosscoder)
+    _, lineage_s = timed(lambda: (lineage_of(analysis, device=args.device), torch.cuda.synchronize())[0])
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    print(
+        f"Ge et al.'s shape on {torch.cuda.get_device_name()}: latent scaling over {scaling.n_tokens:,} tokens "
+        f"{scaling_s:.1f} s, lineage {lineage_s:.1f} s, peak GPU memory {peak:.2f} GiB"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", default=str(crosslens_home() / "demo" / "crosscoder"))
+    parser.add_argument("--store", help="default: the store the run trained on")
+    parser.add_argument("--n-tokens", type=int, default=16_384)
+    parser.add_argument("--loop-latents", type=int, help="latents the loop times (default: all)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ge-shape", action="store_true", help="also time Ge et al.'s shape (needs CUDA)")
+    parser.add_argument("--ge-tokens", type=int, default=1 << 20)
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.ge_shape:
+        ge_shape(args)
+        return
+    demo_comparison(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""The emergence check and lineage of a crosscoder, in one bundle, and saved beside its run.
+
+:class:`EmergenceResult` is what :func:`~crosslens.analysis.analyze.analyze_crosscoder` computes
+(``analysis.emergence``): latent scaling and the check built on it (where activations were at
+hand) and the lineage. ``crosslens analyze`` saves it into the run folder
+(:func:`save_emergence`: ``RUN/emergence.safetensors`` holds the tables, ``RUN/emergence.json``
+the events, the settings, what it was computed from and the tables' sha256, sealed, written
+last); ``crosslens dashboards`` reads it back (:func:`read_emergence`) into the feature database,
+refusing one computed for another crosscoder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from crosslens.activations.partners import store_seal
+from crosslens.activations.store import ActivationStore
+from crosslens.analysis.emergence_check import EmergenceCheck, EmergenceCheckConfig, check_emergence
+from crosslens.analysis.evolution import Lifetimes
+from crosslens.analysis.latent_scaling import (
+    LatentScaling,
+    LatentScalingConfig,
+    check_snapshot_decoders,
+    latent_scaling,
+)
+from crosslens.analysis.lineage import Lineage, LineageConfig, LineageEvent, lineage_of
+from crosslens.core.errors import CrosslensError
+from crosslens.core.hashing import file_sha256
+from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME, FINAL_DIRNAME
+from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
+
+EMERGENCE_FORMAT = "crosslens.emergence/1"
+EMERGENCE_KEY = "emergence_sha256"
+WEIGHTS_NAME = "sae_weights.safetensors"
+_LIFETIMES = ("emergence", "peak", "fade", "dead", "dip", "recovery")
+
+
+class EmergenceRecordError(CrosslensError):
+    """A run's saved emergence check is missing, damaged or of another crosscoder; the message is the fix."""
+
+
+@dataclass(frozen=True)
+class EmergenceResult:
+    """Latent scaling, the emergence check and lineage of one crosscoder."""
+
+    steps: list[int]
+    """Training step of each snapshot."""
+    lineage: Lineage
+    lineage_config: LineageConfig
+    scaling: LatentScaling | None = None
+    """None where no activations were at hand (no store): nothing is then contested or not."""
+    check: EmergenceCheck | None = None
+    scaling_config: LatentScalingConfig | None = None
+
+    def counts(self) -> dict[str, int]:
+        return {**(self.check.counts() if self.check is not None else {}), **self.lineage.counts()}
+
+    def summary(self) -> str:
+        """The lines ``crosslens analyze`` prints."""
+        events = self.lineage.counts()
+        lineage = f"lineage: {events['split']} splits, {events['merge']} merges, {events['handoff']} handoffs"
+        if self.check is None:
+            return f"emergence check: not run (no activation store: latent scaling reads activations)\n{lineage}"
+        c = self.check.counts()
+        return (
+            f"emergence check (latent scaling on {self.scaling.n_tokens:,} tokens): {c['contested']} of "
+            f"{c['measured']} measured emergences contested ({c['earlier']} present earlier by latent scaling: "
+            f"{c['in_error']} in the error, {c['in_reconstruction']} in other latents; {c['later']} later)\n{lineage}"
+        )
+
+
+def compute_emergence(
+    crosscoder: Any,
+    analysis: Any,
+    source: Any = None,
+    *,
+    hook: str | None = None,
+    scaling_config: LatentScalingConfig | None = None,
+    check_config: EmergenceCheckConfig | None = None,
+    lineage_config: LineageConfig | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> EmergenceResult:
+    """Latent scaling on ``source`` (skipped without one), the check against ``analysis`` (the
+    crosscoder's :class:`~crosslens.analysis.evolution_analysis.EvolutionAnalysis`) and lineage.
+    ``device`` is where lineage's cosines are computed."""
+    check_snapshot_decoders(crosscoder)
+    if analysis is None:
+        raise ValueError(
+            "the emergence check compares latent scaling with the evolution analysis's decoder-norm emergence: pass "
+            "the crosscoder's EvolutionAnalysis (EvolutionAnalysis.from_crosscoder, or analyze_crosscoder's first result)"
+        )
+    lineage_config = lineage_config or LineageConfig()
+    lineage = lineage_of(analysis, lineage_config, device)
+    if source is None:
+        return EmergenceResult(list(analysis.steps), lineage, lineage_config)
+    scaling_config = scaling_config or LatentScalingConfig()
+    scaling = latent_scaling(crosscoder, source, hook=hook, config=scaling_config, progress=progress)
+    check = check_emergence(analysis, scaling, check_config)
+    return EmergenceResult(list(analysis.steps), lineage, lineage_config, scaling, check, scaling_config)
+
+
+def _tensors(result: EmergenceResult) -> dict[str, torch.Tensor]:
+    out = {
+        "relatives": result.lineage.relatives.int(),
+        "relative_cosine": result.lineage.relative_cosine.float(),
+    }
+    if result.scaling is not None and result.check is not None:
+        out |= {f"scaling.{k}": v for k, v in result.scaling.tensors().items()}
+        check = result.check
+        out |= {
+            "check.presence": check.presence.float(),
+            "check.decoder_emergence": check.decoder_emergence.int(),
+            "check.measured": check.measured.to(torch.uint8),
+            "check.contested": check.contested.to(torch.uint8),
+        }
+        out |= {f"check.scaled.{name}": getattr(check.scaled, name).int() for name in _LIFETIMES}
+    return {k: v.contiguous().cpu() for k, v in out.items()}
+
+
+def save_emergence(run_dir: str | os.PathLike, result: EmergenceResult, partners: dict[str, Any]) -> Path:
+    """Write ``result`` into ``run_dir`` (the tables, then the sealed record naming their sha256)."""
+    run_dir = Path(run_dir)
+    tensors_path, tmp = run_dir / EMERGENCE_TENSORS_NAME, run_dir / f".{EMERGENCE_TENSORS_NAME}.tmp"
+    save_file(_tensors(result), str(tmp), metadata={"format": EMERGENCE_FORMAT})
+    os.replace(tmp, tensors_path)
+    check = result.check
+    record = {
+        "format": EMERGENCE_FORMAT,
+        "partners": partners,
+        "steps": [int(s) for s in result.steps],
+        "tensors": EMERGENCE_TENSORS_NAME,
+        "tensors_sha256": file_sha256(tensors_path),
+        "n_tokens": None if result.scaling is None else result.scaling.n_tokens,
+        "settings": {
+            "latent_scaling": None if result.scaling_config is None else asdict(result.scaling_config),
+            "check": None if check is None else asdict(check.config),
+            "lineage": asdict(result.lineage_config),
+        },
+        "early_presence": None if check is None else {str(i): p for i, p in enumerate(check.early_presence) if p},
+        "events": [e.to_dict() for e in result.lineage.events],
+        "counts": result.counts(),
+    }
+    write_sealed(run_dir / EMERGENCE_NAME, record, EMERGENCE_KEY)
+    return run_dir / EMERGENCE_NAME
+
+
+def save_run_emergence(run_dir: str | os.PathLike, result: EmergenceResult, store: Any = None) -> Path:
+    """:func:`save_emergence` into a run folder, naming its final crosscoder and the store latent
+    scaling read (an :class:`~crosslens.activations.store.ActivationStore`, or None) as its partners."""
+    seal = store_seal(store) if isinstance(store, ActivationStore) else None
+    return save_emergence(run_dir, result, {"crosscoder": crosscoder_sha256(run_dir), "store": seal})
+
+
+def crosscoder_sha256(run_dir: str | os.PathLike) -> str:
+    """The identity of a run's final crosscoder: the sha256 of its weights file."""
+    return file_sha256(Path(run_dir) / FINAL_DIRNAME / WEIGHTS_NAME)
+
+
+def _fix(run_dir: Path) -> str:
+    return f"run `crosslens analyze --crosscoder {run_dir}` (with the run's activation store) to write it"
+
+
+def read_record(run_dir: str | os.PathLike, crosscoder_sha: str | None = None) -> dict[str, Any]:
+    """The sealed record of ``run_dir``'s emergence check; :class:`EmergenceRecordError` naming the
+    fix when it is missing, damaged, or (``crosscoder_sha`` given) of another crosscoder."""
+    run_dir = Path(run_dir)
+    path = run_dir / EMERGENCE_NAME
+    if not path.is_file():
+        raise EmergenceRecordError(f"{run_dir} has no emergence check ({EMERGENCE_NAME}): {_fix(run_dir)}")
+    try:
+        record = read_sealed(path, EMERGENCE_KEY)
+    except (UnreadableRecordError, BrokenSealError) as error:
+        raise EmergenceRecordError(f"{path} is damaged ({error}); {_fix(run_dir)} again") from None
+    if record.get("format") != EMERGENCE_FORMAT:
+        raise EmergenceRecordError(f"{path} is not a {EMERGENCE_FORMAT} record; {_fix(run_dir)} again")
+    recorded = (record.get("partners") or {}).get("crosscoder")
+    if crosscoder_sha is not None and recorded != crosscoder_sha:
+        raise EmergenceRecordError(
+            f"{path} was computed for another crosscoder than {run_dir / FINAL_DIRNAME} (the run was trained again "
+            f"since); {_fix(run_dir)} again"
+        )
+    return record
+
+
+def read_emergence(run_dir: str | os.PathLike, crosscoder_sha: str | None = None) -> EmergenceResult:
+    """:func:`save_emergence`'s result read back, its tables checked against the record's sha256."""
+    run_dir = Path(run_dir)
+    record = read_record(run_dir, crosscoder_sha)
+    tensors_path = run_dir / str(record["tensors"])
+    if not tensors_path.is_file() or file_sha256(tensors_path) != record.get("tensors_sha256"):
+        raise EmergenceRecordError(f"{tensors_path} is missing or altered; {_fix(run_dir)} again")
+    try:
+        tensors = load_file(str(tensors_path))
+    except (OSError, SafetensorError) as error:
+        raise EmergenceRecordError(f"{tensors_path} cannot be read ({error}); {_fix(run_dir)} again") from None
+    settings, steps = record["settings"], [int(s) for s in record["steps"]]
+    lineage = Lineage(
+        relatives=tensors["relatives"].long(),
+        relative_cosine=tensors["relative_cosine"],
+        events=[LineageEvent.from_dict(e) for e in record["events"]],
+    )
+    lineage_config = LineageConfig(**settings["lineage"])
+    if settings.get("check") is None:
+        return EmergenceResult(steps=steps, lineage=lineage, lineage_config=lineage_config)
+    scaling = LatentScaling.from_tensors(
+        {k.removeprefix("scaling."): v for k, v in tensors.items() if k.startswith("scaling.")}, record["n_tokens"]
+    )
+    column = lambda name: tensors[f"check.scaled.{name}"]  # noqa: E731
+    scaled = Lifetimes(**{name: column(name).bool() if name == "dead" else column(name).long() for name in _LIFETIMES})
+    early = record.get("early_presence") or {}
+    check = EmergenceCheck(
+        steps=steps,
+        config=EmergenceCheckConfig(**settings["check"]),
+        presence=tensors["check.presence"],
+        decoder_emergence=tensors["check.decoder_emergence"].long(),
+        scaled=scaled,
+        measured=tensors["check.measured"].bool(),
+        contested=tensors["check.contested"].bool(),
+        early_presence=[early.get(str(i)) for i in range(scaling.d_sae)],
+    )
+    scaling_config = LatentScalingConfig(**settings["latent_scaling"])
+    return EmergenceResult(steps, lineage, lineage_config, scaling, check, scaling_config)

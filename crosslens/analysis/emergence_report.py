@@ -1,0 +1,234 @@
+"""The report's "Is this emergence real?" section: the emergence check and lineage, with a flow
+picture of the largest lineage families through training."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+import torch
+
+from crosslens.analysis.emergence_check import EmergenceCheck
+from crosslens.analysis.emergence_record import EmergenceResult
+from crosslens.analysis.evolution import NO_STEP
+from crosslens.analysis.evolution_analysis import EvolutionAnalysis
+from crosslens.analysis.lineage import Lineage, LineageEvent, event_rows
+from crosslens.htmlreport import Report
+
+N_CURVES = 6
+"""Contested features whose two emergence curves the section draws."""
+N_FAMILIES = 6
+"""Largest lineage families in the flow picture."""
+_KIND_COLORS = {"split": "rgba(31,119,180,0.45)", "merge": "rgba(214,39,40,0.45)", "handoff": "rgba(44,160,44,0.5)"}
+
+
+def add_emergence_section(report: Report, analysis: EvolutionAnalysis, result: EmergenceResult) -> Report:
+    """The check's counts, its two emergences side by side, the contested features' curves and
+    table, then lineage: counts, the flow picture and the events."""
+    report.add_heading("Is this emergence real? Latent scaling and lineage")
+    check = result.check
+    if check is None:
+        report.add_text(
+            "Latent scaling was not run: it fits each latent to the activations, and no activation store was "
+            "given. Pass the store the crosscoder was trained on (crosslens analyze --store) to check every "
+            "emergence; lineage below reads the decoder alone."
+        )
+    else:
+        _add_check(report, analysis, check, result)
+    _add_lineage(report, analysis, result.lineage)
+    return report
+
+
+def _add_check(report: Report, analysis: EvolutionAnalysis, check: EmergenceCheck, result: EmergenceResult) -> None:
+    c, cfg = check.counts(), check.config
+    report.add_text(
+        f"A decoder norm can mislead (Minder et al. 2025): the sparsity penalty shrinks the row of a snapshot where a "
+        f"latent is weak to zero, and a crosscoder can split one concept over two latents. Latent scaling fits each "
+        f"latent's contribution to each snapshot's activations on {result.scaling.n_tokens:,} tokens; a latent is "
+        f"present by it where its amplitude is at least {cfg.presence_threshold:g} of its largest and {cfg.min_t:g} "
+        f"standard errors above 0. Of {c['measured']} measured live latents, {c['contested']} have emergences "
+        f"{cfg.contested_margin} or more snapshots apart (contested): {c['earlier']} are present earlier by latent "
+        f"scaling ({c['in_error']} in the reconstruction error without the latent, its decoder shrank; "
+        f"{c['in_reconstruction']} in what other latents reconstruct, decoupled) and {c['later']} later. Where "
+        "contested, crosslens reports the latent-scaled emergence."
+    )
+    report.add_figure(agreement_heatmap(check), caption="Measured live latents by their two emergence steps.")
+    contested = sorted(check.contested_features(), key=lambda i: (-abs(int(check.disagreement[i])), i))
+    if not contested:
+        return
+    report.add_figure(
+        emergence_curves(analysis, check, contested[:N_CURVES]),
+        caption="Decoder norm / peak (solid) and latent-scaled presence (dashed) of the contested features with the "
+        "widest disagreement; triangles mark each reading's emergence.",
+    )
+    report.add_table(check.feature_rows(contested), title="Contested features", max_rows=50)
+
+
+def agreement_heatmap(check: EmergenceCheck) -> go.Figure:
+    """Counts of measured latents by decoder-norm emergence (rows) and latent-scaled emergence (columns)."""
+    S = check.presence.shape[1]
+    counts_SS = torch.zeros(S, S, dtype=torch.long)
+    both = check.measured & (check.decoder_emergence != NO_STEP) & (check.scaled_emergence != NO_STEP)
+    for d, s in zip(check.decoder_emergence[both].tolist(), check.scaled_emergence[both].tolist()):
+        counts_SS[d, s] += 1
+    labels = [str(step) for step in check.steps]
+    fig = go.Figure(
+        go.Heatmap(
+            z=counts_SS.tolist(),
+            x=labels,
+            y=labels,
+            colorscale="Blues",
+            hovertemplate="decoder norm %{y}<br>latent scaling %{x}<br>%{z} latents<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="Emergence step by decoder norm and by latent scaling (off the diagonal: they disagree)",
+        xaxis={"title": "latent-scaled emergence (step)", "type": "category"},
+        yaxis={"title": "decoder-norm emergence (step)", "type": "category", "autorange": "reversed"},
+        height=460,
+    )
+    return fig
+
+
+def emergence_curves(analysis: EvolutionAnalysis, check: EmergenceCheck, features: Sequence[int]) -> go.Figure:
+    """Each feature's normalised decoder norm and latent-scaled presence, one colour per feature."""
+    fig = go.Figure()
+    x = list(range(analysis.n_snapshots))
+    palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+    for k, i in enumerate(features):
+        color = palette[k % len(palette)]
+        for name, y, dash, mark in (
+            ("decoder norm", analysis.normalized[i], "solid", int(check.decoder_emergence[i])),
+            ("latent scaling", check.presence[i], "dash", int(check.scaled_emergence[i])),
+        ):
+            fig.add_trace(
+                go.Scatter(x=x, y=y.tolist(), name=f"#{i} {name}", mode="lines", line={"color": color, "dash": dash})
+            )
+            if mark != NO_STEP:
+                fig.add_trace(
+                    go.Scatter(
+                        x=[mark],
+                        y=[float(y[mark])],
+                        mode="markers",
+                        marker={"symbol": "triangle-up", "size": 10, "color": color},
+                        showlegend=False,
+                        hoverinfo="skip",
+                    )
+                )
+    fig.update_layout(
+        title="Two readings of when a feature is there",
+        xaxis={"title": "training step", "tickmode": "array", "tickvals": x, "ticktext": [str(s) for s in check.steps]},
+        yaxis={"title": "share of the feature's peak", "range": [0, 1.05]},
+        height=420,
+    )
+    return fig
+
+
+def _add_lineage(report: Report, analysis: EvolutionAnalysis, lineage: Lineage) -> None:
+    counts = lineage.counts()
+    report.add_text(
+        f"Lineage from the per-snapshot decoder directions of the live latents: {counts['split']} splits, "
+        f"{counts['merge']} merges and {counts['handoff']} handoffs. A split: latents whose directions coincide, "
+        "then part (or a latent that fades as several near-parallel ones emerge); a merge: the reverse; a handoff: "
+        "a latent that fades as a near-parallel one emerges, one concept decoupled over two latents through time."
+    )
+    if not lineage.events:
+        return
+    families = lineage.families()[:N_FAMILIES]
+    report.add_figure(
+        family_flow(lineage, families, analysis.steps),
+        caption=f"The {len(families)} largest lineage families; a link is an event at the step its target names.",
+    )
+    rows = event_rows(lineage.events, analysis.steps)
+    for row, event in zip(rows, lineage.events):
+        row["before"], row["after"] = _links(event.before), _links(event.after)
+    report.add_html(_events_table(rows[:100], len(rows)))
+
+
+def _links(latents: Sequence[int]) -> str:
+    return ", ".join(f'<a class="feature-link" href="feature/{i}">{i}</a>' for i in latents)
+
+
+def _events_table(rows: list[dict], total: int) -> str:
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in ("kind", "step", "before", "after", "cosine", "how"))
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td>{r[k] if k in ('before', 'after') else html.escape(str(r[k]))}</td>" for k in r)
+        + "</tr>"
+        for r in rows
+    )
+    more = f'<p class="caption">showing {len(rows)} of {total} events</p>' if len(rows) < total else ""
+    return f"<table><caption>Lineage events</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+
+
+def family_flow(lineage: Lineage, families: Sequence[Sequence[int]], steps: Sequence[int]) -> go.Figure:
+    """A Sankey picture of ``families``' events: nodes are latents (or latents that coincide) placed
+    at the step of the event they enter or leave, links the events."""
+    keep = {i for family in families for i in family}
+    nodes: dict[tuple, int] = {}
+    labels, xs, sources, targets, colors = [], [], [], [], []
+    S = max(2, len(steps))
+
+    def node(key: tuple, label: str, snapshot: int) -> int:
+        if key not in nodes:
+            nodes[key] = len(labels)
+            labels.append(f"{label} @{steps[snapshot]}")
+            xs.append(0.02 + 0.96 * snapshot / (S - 1))
+        return nodes[key]
+
+    def link(a: int, b: int, color: str) -> None:
+        sources.append(a)
+        targets.append(b)
+        colors.append(color)
+
+    last_after: dict[int, int] = {}
+    for event in lineage.events:
+        if not keep.intersection(event.latents):
+            continue
+        before, after = _event_nodes(event, node, max(0, event.snapshot - 1))
+        for latent, n in before:
+            if latent in last_after and last_after[latent] != n:  # the latent's previous event leads here
+                link(last_after[latent], n, "rgba(150,150,150,0.3)")
+        for a in dict.fromkeys(n for _, n in before):
+            for b in dict.fromkeys(n for _, n in after):
+                link(a, b, _KIND_COLORS[event.kind])
+        last_after.update(after)
+    fig = go.Figure(
+        go.Sankey(
+            arrangement="snap",
+            node={"label": labels, "x": xs, "y": _stacked(xs), "pad": 12, "thickness": 12},
+            link={"source": sources, "target": targets, "value": [1] * len(sources), "color": colors},
+        )
+    )
+    fig.update_layout(title="Lineage of the largest families through training (left to right)", height=520)
+    return fig
+
+
+def _event_nodes(event: LineageEvent, node, before_at: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(latent, node) pairs before and after an event: coinciding latents share one node."""
+    together = "+".join(f"#{i}" for i in event.before)
+    if event.how == "divergence" and event.kind == "split":
+        shared = node(("together", event.before, event.snapshot), together, before_at)
+        return [(i, shared) for i in event.before], [
+            (i, node((i, event.snapshot), f"#{i}", event.snapshot)) for i in event.after
+        ]
+    if event.how == "divergence":  # a merge: apart before, one node after
+        shared = node(("together", event.after, event.snapshot), together, event.snapshot)
+        return [(i, node((i, before_at, "in"), f"#{i}", before_at)) for i in event.before], [
+            (i, shared) for i in event.after
+        ]
+    before = [(i, node((i, before_at, "in"), f"#{i}", before_at)) for i in event.before]
+    return before, [(i, node((i, event.snapshot), f"#{i}", event.snapshot)) for i in event.after]
+
+
+def _stacked(xs: list[float]) -> list[float]:
+    """Node heights spread down each column of nodes that share an x."""
+    columns: dict[float, list[int]] = {}
+    for k, x in enumerate(xs):
+        columns.setdefault(x, []).append(k)
+    ys = [0.5] * len(xs)
+    for members in columns.values():
+        for rank, k in enumerate(members):
+            ys[k] = (rank + 1) / (len(members) + 1)
+    return ys

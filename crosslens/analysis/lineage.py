@@ -1,0 +1,385 @@
+"""Lineage: how crosscoder latents split, merge and hand over to each other through training.
+
+Read from the per-snapshot decoder directions of the live latents, where each is present
+(the evolution analysis's presence: an absent row's direction is noise):
+
+- **relatives**: each latent's nearest latents at each snapshot by decoder cosine
+  (:func:`nearest_relatives`: one matmul per snapshot and chunk of latents, then top-k);
+- **split / merge by divergence**: two latents whose directions coincide (cosine >=
+  :attr:`LineageConfig.same_cosine`) at some snapshots and are apart (<=
+  :attr:`LineageConfig.apart_cosine`) from a later one to the end of their joint presence: one
+  concept became two (a split at the first snapshot they are apart); the reverse is a merge;
+- **succession**: a latent fades as a near-parallel one emerges (cosine of the fading latent's
+  last present row with the emerging latent's first >= :attr:`LineageConfig.successor_cosine`,
+  emergence within :attr:`LineageConfig.successor_window` snapshots of the fade): one latent to
+  one is a **handoff**, the through-time face of Minder et al.'s Latent Decoupling; one to
+  several a split; several to one a merge (counted in directions, not latents: latents whose rows
+  coincide at ``same_cosine`` or closer count once).
+
+Latents in pair events of one kind at one snapshot are joined into one event (three latents
+that coincide and separate together are one split). Every event records its snapshot, the
+latents before and after, and the cosine that decided it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+
+from crosslens.analysis.evolution import NO_STEP
+
+EVENT_KINDS: tuple[str, ...] = ("split", "merge", "handoff")
+"""What a lineage event is; see the module docstring."""
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class LineageConfig:
+    """The cosines that make two latents one concept, two concepts, or a successor."""
+
+    n_relatives: int = 5
+    """Nearest relatives kept per latent and snapshot."""
+    same_cosine: float = 0.9
+    """Two latents' rows at or above this cosine at a snapshot carry one direction there."""
+    apart_cosine: float = 0.5
+    """At or below this cosine they carry two. Between the two lines a pair is neither, so a
+    pair wandering near one line does not flicker between states. Two latents that carry one
+    feature (a crosscoder's duplicates) wander down to cosine 0.6-0.7 where one of them mixes in
+    another feature at a snapshot; 0.5 keeps that from reading as a split (benchmarks/README.md,
+    "Is an emergence real?")."""
+    successor_cosine: float = 0.7
+    """A fading latent's last present row and an emerging latent's first at or above this cosine
+    are one direction handed over."""
+    successor_window: int = 1
+    """An emergence at most this many snapshots from the fade counts as its successor."""
+    min_snapshots: int = 2
+    """A state must hold at this many snapshots to count: two latents together (or apart) before
+    and apart (together) after an event, and a predecessor and its successor present on either
+    side. One snapshot whose rows share a direction across many latents (a snapshot's own
+    artifact, as the pico suite has) then makes no event."""
+    chunk_size: int = 4096
+    """Latents whose cosines with all others are computed at once."""
+
+    def __post_init__(self) -> None:
+        if self.n_relatives < 1:
+            raise ValueError(f"n_relatives={self.n_relatives}: keep at least 1 relative.")
+        if not -1.0 <= self.apart_cosine < self.same_cosine <= 1.0:
+            raise ValueError(
+                f"apart_cosine={self.apart_cosine}, same_cosine={self.same_cosine}: need -1 <= apart < same <= 1."
+            )
+        if self.min_snapshots < 1:
+            raise ValueError(f"min_snapshots={self.min_snapshots}: a state holds at 1 snapshot or more.")
+        if not -1.0 <= self.successor_cosine <= 1.0 or self.successor_window < 0:
+            raise ValueError("successor_cosine is a cosine in [-1, 1] and successor_window >= 0 snapshots.")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size={self.chunk_size} must be >= 1.")
+
+
+@dataclass(frozen=True)
+class LineageEvent:
+    """A split, merge or handoff at one snapshot."""
+
+    kind: str
+    """One of :data:`EVENT_KINDS`."""
+    snapshot: int
+    """The first snapshot of the new state: where the latents are first apart (split), first
+    together (merge), or where the successor emerges (succession)."""
+    before: tuple[int, ...]
+    """Latents carrying the concept before (for a divergence, the coinciding latents)."""
+    after: tuple[int, ...]
+    """Latents carrying it from ``snapshot`` on."""
+    cosine: float
+    """The cosine that decided it: between the latents at ``snapshot`` (divergence, convergence),
+    or between the predecessor's last row and the successor's first (succession, the largest)."""
+    how: str
+    """``divergence`` (latents present throughout that separate or come together) or ``succession``
+    (latents that fade as others emerge)."""
+
+    @property
+    def latents(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.before) | set(self.after)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "snapshot": self.snapshot,
+            "before": list(self.before),
+            "after": list(self.after),
+            "cosine": self.cosine,
+            "how": self.how,
+        }
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> LineageEvent:
+        return cls(
+            kind=str(entry["kind"]),
+            snapshot=int(entry["snapshot"]),
+            before=tuple(int(x) for x in entry["before"]),
+            after=tuple(int(x) for x in entry["after"]),
+            cosine=float(entry["cosine"]),
+            how=str(entry["how"]),
+        )
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Relatives of every latent at every snapshot and the lineage events (:func:`lineage`)."""
+
+    relatives: Int[torch.Tensor, "d_sae n_snapshots n_relatives"]
+    """Nearest present latents by decoder cosine; -1 where the latent is absent or has fewer."""
+    relative_cosine: Float[torch.Tensor, "d_sae n_snapshots n_relatives"]
+    """Their cosines (0 where ``relatives`` is -1)."""
+    events: list[LineageEvent] = field(default_factory=list)
+    """Every event, by snapshot, then kind, then first latent."""
+
+    def counts(self) -> dict[str, int]:
+        """Events per kind."""
+        return {kind: sum(e.kind == kind for e in self.events) for kind in EVENT_KINDS}
+
+    def events_of(self, latent: int) -> list[LineageEvent]:
+        return [e for e in self.events if latent in e.latents]
+
+    def families(self) -> list[list[int]]:
+        """Latents joined by events (connected components), the largest first."""
+        edges = [(e.latents[0], other, 0.0) for e in self.events for other in e.latents]
+        return sorted((list(group) for group, _ in _components(edges)), key=lambda g: (-len(g), g[0]))
+
+
+# --------------------------------------------------------------------------- relatives
+def unit_rows(W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"]) -> torch.Tensor:
+    """Every decoder row scaled to unit norm (zero rows stay zero)."""
+    W_FSD = W_dec_FSD.detach().float()
+    return W_FSD / W_FSD.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+
+
+@torch.no_grad()
+def nearest_relatives(
+    unit_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    present_FS: torch.Tensor,
+    k: int,
+    chunk_size: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each latent's ``k`` nearest other latents at each snapshot where it is present, among
+    the latents present there, by decoder cosine: one matmul per snapshot and chunk."""
+    F, S, _ = unit_FSD.shape
+    k = min(k, max(1, F - 1))
+    index_FSK = torch.full((F, S, k), -1, dtype=torch.long)
+    cosine_FSK = torch.zeros(F, S, k)
+    present_FS = present_FS.to(unit_FSD.device)
+    for s in range(S):
+        U_FD = unit_FSD[:, s]
+        for start in range(0, F, chunk_size):
+            stop = min(F, start + chunk_size)
+            C_CF = U_FD[start:stop] @ U_FD.T
+            C_CF = C_CF.masked_fill(~present_FS[None, :, s], -torch.inf)
+            C_CF[torch.arange(stop - start), torch.arange(start, stop)] = -torch.inf
+            top = C_CF.topk(k, dim=1)
+            valid_CK = torch.isfinite(top.values) & present_FS[start:stop, s, None]
+            index_FSK[start:stop, s] = torch.where(valid_CK, top.indices, -1).cpu()
+            cosine_FSK[start:stop, s] = torch.where(valid_CK, top.values, 0.0).cpu()
+    return index_FSK, cosine_FSK
+
+
+def per_latent_relatives(
+    unit_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    present_FS: torch.Tensor,
+    k: int,
+    latents: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`nearest_relatives` latent by latent (a loop over latents; what it is checked against),
+    for ``latents`` (default all; the others' rows stay -1)."""
+    F, S, _ = unit_FSD.shape
+    k = min(k, max(1, F - 1))
+    index_FSK = torch.full((F, S, k), -1, dtype=torch.long)
+    cosine_FSK = torch.zeros(F, S, k)
+    for j in range(F) if latents is None else latents:
+        for s in range(S):
+            if not present_FS[j, s]:
+                continue
+            cos_F = unit_FSD[:, s] @ unit_FSD[j, s]
+            cos_F = cos_F.masked_fill(~present_FS[:, s], -torch.inf)
+            cos_F[j] = -torch.inf
+            top = cos_F.topk(k)
+            valid = torch.isfinite(top.values)
+            index_FSK[j, s] = torch.where(valid, top.indices, -1)
+            cosine_FSK[j, s] = torch.where(valid, top.values, 0.0)
+    return index_FSK, cosine_FSK
+
+
+# --------------------------------------------------------------------------- events
+def divergence_events(
+    unit_FSD: torch.Tensor, present_FS: torch.Tensor, relatives: torch.Tensor, cosines: torch.Tensor, config
+) -> list[LineageEvent]:
+    """Splits and merges of latents present together: pairs that were ever relatives at or above
+    ``same_cosine``, their cosine at every snapshot both are present, and where it settles."""
+    j_P, s_P, k_P = torch.nonzero(cosines >= config.same_cosine, as_tuple=True)
+    r_P = relatives[j_P, s_P, k_P]
+    pairs = torch.unique(torch.stack([torch.minimum(j_P, r_P), torch.maximum(j_P, r_P)], dim=1), dim=0)
+    if len(pairs) == 0:
+        return []
+    a_P, b_P = pairs[:, 0], pairs[:, 1]
+    unit_FSD, present_FS = unit_FSD.cpu(), present_FS.cpu()
+    cos_PS = (unit_FSD[a_P] * unit_FSD[b_P]).sum(-1)
+    both_PS = present_FS[a_P] & present_FS[b_P]
+    same_PS, apart_PS = both_PS & (cos_PS >= config.same_cosine), both_PS & (cos_PS <= config.apart_cosine)
+    S = unit_FSD.shape[1]
+    idx_1S = torch.arange(S)[None, :]
+    last_same_P = torch.where(same_PS, idx_1S, -1).amax(1)
+    last_apart_P = torch.where(apart_PS, idx_1S, -1).amax(1)
+    split_at_P = torch.where(apart_PS & (idx_1S > last_same_P[:, None]), idx_1S, S).amin(1)
+    merge_at_P = torch.where(same_PS & (idx_1S > last_apart_P[:, None]), idx_1S, S).amin(1)
+
+    def held(state_PS: torch.Tensor, before: bool, at_P: torch.Tensor) -> torch.Tensor:
+        """Pairs in ``state_PS`` at ``min_snapshots`` or more snapshots before (or from) ``at_P``."""
+        side_PS = (idx_1S < at_P[:, None]) if before else (idx_1S >= at_P[:, None])
+        return (state_PS & side_PS).sum(1) >= config.min_snapshots
+
+    split_P = held(same_PS, True, split_at_P) & held(apart_PS, False, split_at_P)
+    merge_P = held(apart_PS, True, merge_at_P) & held(same_PS, False, merge_at_P)
+    found: list[tuple[str, int, int, int, float]] = []
+    for kind, ok_P, at_P in (
+        ("split", split_P & (last_same_P >= 0) & (last_apart_P > last_same_P), split_at_P),
+        ("merge", merge_P & (last_apart_P >= 0) & (last_same_P > last_apart_P), merge_at_P),
+    ):
+        for p in torch.nonzero(ok_P).flatten().tolist():
+            at = int(at_P[p])
+            found.append((kind, at, int(a_P[p]), int(b_P[p]), float(cos_PS[p, at])))
+    return _joined(found)
+
+
+def _joined(found: list[tuple[str, int, int, int, float]]) -> list[LineageEvent]:
+    """Pair events of one kind at one snapshot joined into one event per connected group."""
+    groups: dict[tuple[str, int], list[tuple[int, int, float]]] = {}
+    for kind, at, a, b, cosine in found:
+        groups.setdefault((kind, at), []).append((a, b, cosine))
+    events = []
+    for (kind, at), edges in groups.items():
+        for component, cosine in _components(edges):
+            events.append(LineageEvent(kind, at, component, component, round(cosine, 6), "divergence"))
+    return events
+
+
+def _components(edges: list[tuple[int, int, float]]) -> list[tuple[tuple[int, ...], float]]:
+    """Connected components of weighted edges, each with the smallest weight inside it."""
+    parent: dict[int, int] = {}
+
+    def find(a: int) -> int:
+        while parent.setdefault(a, a) != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for a, b, _ in edges:
+        parent[find(a)] = find(b)
+    members: dict[int, list[int]] = {}
+    for node in sorted(parent):
+        members.setdefault(find(node), []).append(node)
+    weight: dict[int, float] = {}
+    for a, _, c in edges:
+        root = find(a)
+        weight[root] = min(weight.get(root, c), c)
+    return [(tuple(nodes), weight[root]) for root, nodes in members.items()]
+
+
+def succession_events(
+    unit_FSD: torch.Tensor,
+    present_FS: torch.Tensor,
+    emergence_F: torch.Tensor,
+    fade_F: torch.Tensor,
+    live_F: torch.Tensor,
+    config: LineageConfig,
+) -> list[LineageEvent]:
+    """Latents that fade as near-parallel latents emerge: one matmul of the faders' last present
+    rows with the emergers' first rows, masked to emergences near each fade."""
+    unit_FSD, present_FS = unit_FSD.cpu(), present_FS.cpu()
+    S = unit_FSD.shape[1]
+    lasting_F = present_FS.sum(1) >= config.min_snapshots
+    faders = torch.nonzero(live_F & lasting_F & (fade_F != NO_STEP)).flatten()
+    emergers = torch.nonzero(live_F & lasting_F & (emergence_F != NO_STEP) & (emergence_F > 0)).flatten()
+    if len(faders) == 0 or len(emergers) == 0:
+        return []
+    idx_1S = torch.arange(S)[None, :]
+    last_A = torch.where(present_FS[faders] & (idx_1S < fade_F[faders, None]), idx_1S, -1).amax(1).clamp_min(0)
+    first_B = emergence_F[emergers]
+    C_AB = unit_FSD[faders, last_A] @ unit_FSD[emergers, first_B].T
+    near_AB = (first_B[None, :] - fade_F[faders, None]).abs() <= config.successor_window
+    edges_AB = near_AB & (C_AB >= config.successor_cosine) & (faders[:, None] != emergers[None, :])
+    a_E, b_E = torch.nonzero(edges_AB, as_tuple=True)
+    edges = [(int(faders[a]), -1 - int(emergers[b]), float(C_AB[a, b])) for a, b in zip(a_E, b_E)]
+    events = []
+    rows_A = {int(a): unit_FSD[a, s] for a, s in zip(faders, last_A)}
+    rows_B = {int(b): unit_FSD[b, s] for b, s in zip(emergers, first_B)}
+    largest: dict[int, float] = {}  # each predecessor's largest cosine to a successor
+    for a, _, c in edges:
+        largest[a] = max(largest.get(a, c), c)
+    for component, _ in _components(edges):
+        before = tuple(sorted(n for n in component if n >= 0))
+        after = tuple(sorted(-1 - n for n in component if n < 0))
+        cosine = max(largest[a] for a in before)
+        n_before = _directions([rows_A[a] for a in before], config.same_cosine)
+        n_after = _directions([rows_B[b] for b in after], config.same_cosine)
+        kind = "handoff" if n_before == n_after else ("split" if n_after > n_before else "merge")
+        at = int(emergence_F[list(after)].min())
+        events.append(LineageEvent(kind, at, before, after, round(cosine, 6), "succession"))
+    return events
+
+
+def _directions(rows: list[torch.Tensor], same_cosine: float) -> int:
+    """How many directions ``rows`` (unit) hold: rows at ``same_cosine`` or closer count as one, so
+    that two latents carrying one direction (duplicates) do not make a handoff look like a split."""
+    if len(rows) < 2:
+        return len(rows)
+    C = torch.stack(rows) @ torch.stack(rows).T
+    edges = [(a, b, 1.0) for a, b in zip(*torch.nonzero(C >= same_cosine, as_tuple=True)) if a < b]
+    grouped = {int(n) for a, b, _ in edges for n in (a, b)}
+    return len(_components([(int(a), int(b), c) for a, b, c in edges])) + len(rows) - len(grouped)
+
+
+def lineage(
+    W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    present_FS: torch.Tensor,
+    emergence_F: torch.Tensor,
+    fade_F: torch.Tensor,
+    live_F: torch.Tensor,
+    config: LineageConfig | None = None,
+) -> Lineage:
+    """Relatives and lineage events of the live latents (see the module docstring). ``present_FS``,
+    ``emergence_F``, ``fade_F`` and ``live_F`` come from the evolution analysis
+    (:func:`lineage_of`)."""
+    config = config or LineageConfig()
+    unit_FSD = unit_rows(W_dec_FSD)
+    present_FS = present_FS.bool() & live_F.bool()[:, None].to(present_FS.device)
+    relatives, cosines = nearest_relatives(unit_FSD, present_FS, config.n_relatives, config.chunk_size)
+    events = divergence_events(unit_FSD, present_FS, relatives, cosines, config)
+    events += succession_events(unit_FSD, present_FS, emergence_F.cpu(), fade_F.cpu(), live_F.cpu().bool(), config)
+    events.sort(key=lambda e: (e.snapshot, EVENT_KINDS.index(e.kind), e.latents))
+    return Lineage(relatives=relatives, relative_cosine=cosines, events=events)
+
+
+def lineage_of(analysis: Any, config: LineageConfig | None = None, device: str | torch.device | None = None) -> Lineage:
+    """:func:`lineage` of an :class:`~crosslens.analysis.evolution_analysis.EvolutionAnalysis`
+    (its training-space decoder, presence and lifetimes); ``device`` is where the cosines are
+    computed (a GPU speeds up wide dictionaries)."""
+    W_FSD = analysis.W_dec if device is None else analysis.W_dec.to(device)
+    lt = analysis.lifetimes
+    return lineage(W_FSD, analysis.present, lt.emergence, lt.fade, ~lt.dead, config)
+
+
+def event_rows(events: Sequence[LineageEvent], steps: Sequence[int]) -> list[dict[str, Any]]:
+    """Events as table rows, with the snapshot's training step."""
+    return [
+        {
+            "kind": e.kind,
+            "step": steps[e.snapshot],
+            "before": ", ".join(map(str, e.before)),
+            "after": ", ".join(map(str, e.after)),
+            "cosine": round(e.cosine, 3),
+            "how": e.how,
+        }
+        for e in events
+    ]

@@ -1,0 +1,122 @@
+"""The browser's reading of the emergence check and lineage tables: the list's filters on them
+(contested emergences, lineage events), each listed feature's verdict, and a feature page's
+latent-scaled presence, lineage events and relatives through time."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+CONTESTED_FILTERS = ("any", "earlier", "later")
+"""``contested=``: any contested emergence, or one way."""
+
+LINEAGE_FILTERS = ("any", "split", "merge", "handoff")
+"""``lineage=``: features in any lineage event, or in one kind."""
+
+
+def filter_clauses(contested: str, lineage: str) -> tuple[list[str], dict[str, Any]]:
+    """SQL clauses on ``f.feature`` for the list's two filters (values checked by the caller)."""
+    clauses, args = [], {}
+    if contested:
+        if contested == "any":
+            clauses.append("f.feature IN (SELECT feature FROM emergence WHERE contested IS NOT NULL)")
+        else:
+            clauses.append("f.feature IN (SELECT feature FROM emergence WHERE contested = :contested)")
+            args["contested"] = contested
+    if lineage:
+        if lineage == "any":
+            clauses.append("f.feature IN (SELECT feature FROM lineage_members)")
+        else:
+            clauses.append(
+                "f.feature IN (SELECT m.feature FROM lineage_members m JOIN lineage_events e USING (event) "
+                "WHERE e.kind = :lineage)"
+            )
+            args["lineage"] = lineage
+    return clauses, args
+
+
+def add_verdicts(connection: sqlite3.Connection, rows: list[dict]) -> None:
+    """Each listed feature's ``contested`` (earlier, later, None) and latent-scaled emergence step,
+    and the kinds of lineage event it is in."""
+    ids = json.dumps([row["feature"] for row in rows])
+    verdicts = {
+        f: (contested, step)
+        for f, contested, step in connection.execute(
+            "SELECT feature, contested, scaled_step FROM emergence WHERE feature IN (SELECT value FROM json_each(?))",
+            (ids,),
+        )
+    }
+    kinds: dict[int, list[str]] = {}
+    for f, kind in connection.execute(
+        "SELECT DISTINCT m.feature, e.kind FROM lineage_members m JOIN lineage_events e USING (event) "
+        "WHERE m.feature IN (SELECT value FROM json_each(?)) ORDER BY m.feature, e.kind",
+        (ids,),
+    ):
+        kinds.setdefault(f, []).append(kind)
+    for row in rows:
+        row["contested"], row["scaled_emergence_step"] = verdicts.get(row["feature"], (None, None))
+        row["lineage"] = kinds.get(row["feature"], [])
+
+
+def run_counts(connection: sqlite3.Connection, meta: dict[str, Any]) -> dict[str, Any]:
+    """What the run's pages say about its check: whether it has one, contested counts, events per kind."""
+    contested = dict(
+        connection.execute(
+            "SELECT contested, count(*) FROM emergence WHERE contested IS NOT NULL GROUP BY contested"
+        ).fetchall()
+    )
+    events = dict(connection.execute("SELECT kind, count(*) FROM lineage_events GROUP BY kind").fetchall())
+    record = meta.get("emergence")
+    return {
+        "computed": record is not None,
+        "latent_scaling": bool(record and record.get("latent_scaling")),
+        "n_tokens": record.get("n_tokens") if record else None,
+        "contested": {kind: contested.get(kind, 0) for kind in CONTESTED_FILTERS[1:]},
+        "events": {kind: events.get(kind, 0) for kind in LINEAGE_FILTERS[1:]},
+    }
+
+
+def feature_emergence(connection: sqlite3.Connection, feature: int, n_snapshots: int) -> dict[str, Any]:
+    """A feature page's check (verdict, emergences, latent-scaled presence per snapshot), its lineage
+    events and its relatives at each snapshot (``[[relative, cosine], ...]`` nearest first)."""
+    row = connection.execute(
+        "SELECT measured, contested, decoder_snapshot, scaled_snapshot, reported_snapshot, early_presence, n_fire "
+        "FROM emergence WHERE feature = ?",
+        (feature,),
+    ).fetchone()
+    check = None
+    if row is not None:
+        keys = ("measured", "contested", "decoder_snapshot", "scaled_snapshot", "reported_snapshot", "early_presence")
+        check = dict(zip(keys + ("n_fire",), row))
+        check["measured"] = bool(check["measured"])
+        presence: list[float | None] = [None] * n_snapshots
+        for snapshot, value in connection.execute(
+            "SELECT snapshot, presence FROM emergence_snapshots WHERE feature = ? ORDER BY snapshot", (feature,)
+        ):
+            if 0 <= snapshot < n_snapshots:
+                presence[snapshot] = round(value, 4)
+        check["presence"] = presence
+    events = [
+        {
+            "event": e,
+            "kind": kind,
+            "snapshot": s,
+            "how": how,
+            "cosine": cosine,
+            "before": json.loads(b),
+            "after": json.loads(a),
+        }
+        for e, kind, s, how, cosine, b, a in connection.execute(
+            "SELECT e.event, e.kind, e.snapshot, e.how, e.cosine, e.before, e.after FROM lineage_events e "
+            "JOIN lineage_members m USING (event) WHERE m.feature = ? ORDER BY e.snapshot, e.event",
+            (feature,),
+        )
+    ]
+    relatives: list[list[list[float]]] = [[] for _ in range(n_snapshots)]
+    for snapshot, relative, cosine in connection.execute(
+        "SELECT snapshot, relative, cosine FROM relatives WHERE feature = ? ORDER BY snapshot, rank", (feature,)
+    ):
+        if 0 <= snapshot < n_snapshots:
+            relatives[snapshot].append([relative, round(cosine, 3)])
+    return {"emergence_check": check, "lineage": events, "relatives": relatives}

@@ -1,0 +1,137 @@
+// The emergence check and lineage in the browser: the list's two filters and its verdict chips,
+// and the feature page's panel: the decoder-norm and latent-scaled emergence curves on one plot,
+// the feature's lineage events, and its relatives at every snapshot, each a link.
+"use strict";
+
+const EmergencePanel = {
+  shown: false,
+
+  // The list's filters: disabled, with the command that fills them, where the database has no check.
+  buildFilters(run) {
+    const check = run.emergence;
+    const hint = document.getElementById("emergence-hint");
+    if (!check.computed) {
+      for (const id of ["contested", "lineage"]) document.getElementById(id).disabled = true;
+      hint.textContent = "This database holds no emergence check: run `crosslens analyze` on the run "
+        + "(with its store), then `crosslens dashboards RUN --overwrite`.";
+      return;
+    }
+    for (const opt of document.querySelectorAll("#contested option")) {
+      const n = opt.value === "any" ? check.contested.earlier + check.contested.later : check.contested[opt.value];
+      if (n !== undefined) opt.textContent += ` (${n})`;
+    }
+    for (const opt of document.querySelectorAll("#lineage option")) {
+      const n = opt.value === "any" ? null : check.events[opt.value];
+      if (n !== undefined && n !== null) opt.textContent += ` (${n})`;
+    }
+    if (!check.latent_scaling) {
+      document.getElementById("contested").disabled = true;
+      hint.textContent = "Latent scaling was not run (no activation store given to analyze): lineage only.";
+    } else {
+      hint.textContent = `Latent scaling on ${check.n_tokens.toLocaleString("en-US")} tokens: contested where it `
+        + "dates a feature two or more snapshots away from its decoder norm.";
+    }
+  },
+
+  // A listed feature's verdict: contested (which way) and the kinds of lineage event it is in.
+  listChips(row) {
+    const chips = [];
+    if (row.contested) {
+      chips.push(CL.el("span", { class: "chip contested", text: `contested: ${row.contested}`,
+        title: `latent scaling dates it at ${CL.fmtStep(row.scaled_emergence_step)}` }));
+    }
+    for (const kind of row.lineage || []) chips.push(CL.el("span", { class: "chip lineage", text: kind }));
+    return chips.length ? chips : [CL.el("span", { class: "note", text: "\u2014" })];
+  },
+
+  verdict(check) {
+    if (!check) return ["unmeasured", "no latent scaling"];
+    if (!check.measured) return ["unmeasured", "not measured (fires on too few sampled tokens)"];
+    if (check.contested) return ["contested", `contested: present ${check.contested} by latent scaling`];
+    return ["agrees", "latent scaling agrees"];
+  },
+
+  // The feature page's panel; hidden where the database holds no check.
+  draw(run, detail) {
+    this.shown = Boolean(run.emergence.computed);
+    document.getElementById("emergence-panel").hidden = !this.shown;
+    if (!this.shown) return Promise.resolve();
+    const check = detail.emergence_check;
+    const [kind, words] = this.verdict(check);
+    document.getElementById("emergence-chip").replaceChildren(CL.el("span", { class: `chip ${kind}`, text: words }));
+    document.getElementById("emergence-note").textContent = this.note(run, detail, check);
+    document.getElementById("lineage-events").replaceChildren(this.events(run, detail.lineage));
+    document.getElementById("relatives").replaceChildren(this.relatives(run, detail.relatives));
+    return this.plot(run, detail, check);
+  },
+
+  note(run, detail, check) {
+    if (!check) return "Lineage only: analyze had no activation store to fit latent scaling on.";
+    const at = (s) => (s === null || s === undefined ? "never" : run.snapshots[s].label);
+    let text = `Emerges at ${at(check.decoder_snapshot)} by its decoder norm, at ${at(check.scaled_snapshot)} by latent `
+      + `scaling (its amplitude in each snapshot's activations, on the ${check.n_fire.toLocaleString("en-US")} sampled `
+      + "tokens it fires on); reported: " + at(check.reported_snapshot) + ".";
+    if (check.early_presence === "error") text += " The early presence is in the reconstruction error without it: its decoder shrank there.";
+    if (check.early_presence === "reconstruction") text += " The early presence is carried by other latents: decoupled.";
+    return text;
+  },
+
+  plot(run, detail, check) {
+    const x = run.snapshots.map((s) => s.snapshot);
+    const labels = run.snapshots.map((s) => s.label);
+    const norm = detail.series.relative_norm;
+    const at = (name, values) => (i) => `${labels[i]}: ${name} ${CL.fmt(values[i], 3)}`;
+    const series = [{ name: "decoder norm / peak", type: "line", x, y: norm, color: "#1f77b4", markers: true,
+      tip: at("decoder norm", norm) }];
+    const marks = [["decoder norm", check ? check.decoder_snapshot : detail.emergence_snapshot, norm, "#1f77b4"]];
+    if (check) {
+      series.push({ name: "latent-scaled presence", type: "line", x, y: check.presence, color: "#d62728", dash: true,
+        markers: true, tip: at("latent scaling", check.presence) });
+      marks.push(["latent scaling", check.scaled_snapshot, check.presence, "#d62728"]);
+    }
+    for (const [name, s, y, color] of marks) {
+      if (s === null || s === undefined || y[s] === null) continue;
+      series.push({ name: `emergence (${name})`, type: "line", x: [s], y: [y[s]], symbol: "triangle-up", size: 12, color,
+        tip: () => `emerges at ${labels[s]} by ${name}` });
+    }
+    Charts.plot(document.getElementById("plot-emergence"), { panels: [
+      { x: snapshotAxis(run), y: { title: "share of its peak", range: [0, 1.08] }, series },
+    ] }, shownReading());
+    return Promise.resolve();
+  },
+
+  link(feature, snapshot) {
+    return CL.el("a", { href: `/feature/${feature}` + (snapshot === undefined ? "" : `?snapshot=${snapshot}`), text: `#${feature}` });
+  },
+
+  joined(features, snapshot) {
+    const out = [];
+    features.forEach((f, k) => { if (k) out.push(", "); out.push(this.link(f, snapshot)); });
+    return out;
+  },
+
+  events(run, events) {
+    if (!events.length) return CL.el("p", { class: "note", text: "In no lineage event." });
+    return CL.el("ul", { class: "events" }, ...events.map((e) => {
+      const step = run.snapshots[e.snapshot].label;
+      const how = e.how === "divergence" ? (e.kind === "split" ? "coincide, then part" : "part, then coincide") : "fade as others emerge";
+      return CL.el("li", { "data-kind": e.kind }, `${e.kind} at ${step}: `, ...this.joined(e.before, e.snapshot),
+        " \u2192 ", ...this.joined(e.after, e.snapshot), ` (${how}, cosine ${CL.fmt(e.cosine, 3)})`);
+    }));
+  },
+
+  relatives(run, relatives) {
+    const rows = [];
+    relatives.forEach((list, s) => {
+      if (!list.length) return;
+      const cells = [];
+      list.forEach(([f, cosine], k) => {
+        if (k) cells.push(" \u00b7 ");
+        cells.push(this.link(f, s), CL.el("span", { class: "note", text: ` ${CL.fmt(cosine, 2)}` }));
+      });
+      rows.push(CL.el("tr", { "data-snapshot": s }, CL.el("td", { class: "when", text: run.snapshots[s].label }), CL.el("td", {}, ...cells)));
+    });
+    if (!rows.length) return CL.el("p", { class: "note", text: "None stored (it is present at no snapshot)." });
+    return CL.el("table", { class: "relatives" }, CL.el("tbody", {}, ...rows));
+  },
+};

@@ -1,0 +1,396 @@
+"""Is an emergence real? Latent scaling and lineage against planted truth, every architecture.
+
+Trains each architecture at the defaults a user gets (:func:`crosslens.training.planted.train_planted`,
+as ``scripts/planted_generators.py`` does) on each planted generator, then scores what
+:mod:`crosslens.analysis.emergence_check` and :mod:`crosslens.analysis.lineage` report:
+
+- ``weak-early``: the share of the planted weak-early features (recovered ones) whose reported
+  emergence is within one snapshot of their planted birth (snapshot 0), beside the share the
+  decoder norm alone dates there;
+- every family: the share of recovered features flagged contested (false flags on the eight
+  families without weak features);
+- ``split`` and ``handoff``: the share of planted events found within one snapshot of their
+  step, and on every family the reported events that match no planted event, per recovered
+  feature.
+
+    PYTHONPATH=. python scripts/planted_emergence.py --cache CACHE --jobs 1       # the full grid
+    PYTHONPATH=. python scripts/planted_emergence.py --generator weak-early --seeds 0 --arch crosscoder
+
+``--cache DIR`` keeps each trained crosscoder (``GENERATOR-ARCH-seedN.pt``, with the settings it
+was trained with), so scoring again with other thresholds does not train again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch
+
+import crosslens.crosscoders as crosscoders
+from crosslens.analysis import EvolutionAnalysis, EvolutionConfig
+from crosslens.analysis.emergence_check import EmergenceCheckConfig, check_emergence
+from crosslens.analysis.evolution import NO_STEP, feature_lifetimes
+from crosslens.analysis.latent_scaling import latent_scaling
+from crosslens.analysis.lineage import lineage_of, unit_rows
+from crosslens.analysis.planted_generators import GENERATORS
+from crosslens.analysis.probes import firing_frequency
+from crosslens.analysis.synthetic import match_planted
+from crosslens.training.planted import train_planted
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from planted_benchmark import ARCHITECTURES
+from planted_generators import INDEPENDENT, build_planted, run_grid
+
+N_TOKENS = 32_768
+"""Sampled tokens the analysis, latent scaling and firing rates read (planted_generators reads 20,000)."""
+
+SMALL = ("weak-early", "split", "handoff")
+"""The families planted on a small set (:mod:`crosslens.analysis.planted_generators`' ``_SMALL``)."""
+SMALL_TRAINING = {"d_sae": 64, "batch_size": 256}
+"""Their crosscoders: 64 latents (2.7 per planted feature, as 128 for 48) on batches of 256 tokens,
+the rest ``train_planted``'s defaults (3000 steps)."""
+
+WITHOUT_EVENTS = ("hard", "zipf", "correlated", "wide", "rare", "cofiring", "late", INDEPENDENT)
+"""The eight families with neither weak early presence nor lineage events."""
+
+
+def training(generator: str, batch_size: int | None) -> dict:
+    """``train_planted``'s arguments for ``generator``: the small families' own, else ``batch_size`` where given."""
+    if generator in SMALL:
+        return dict(SMALL_TRAINING)
+    return {} if batch_size is None else {"batch_size": batch_size}
+
+
+def trained(generator: str, arch: str, seed: int, planted, cache: Path | None, batch_size: int | None = None):
+    """The crosscoder ``train_planted`` gives, from ``cache`` when it holds one trained alike."""
+    settings = {"generator": generator, "arch": arch, "seed": seed, **training(generator, batch_size)}
+    path = None if cache is None else cache / f"{generator}-{arch}-seed{seed}.pt"
+    if path is not None and path.is_file():
+        saved = torch.load(path, weights_only=False)
+        if saved["settings"] == settings:
+            train_cls, train_cfg_cls = crosscoders.ARCHITECTURES[arch][2:4]
+            crosscoder = train_cls(train_cfg_cls.from_dict(saved["cfg"]))
+            crosscoder.load_state_dict(saved["state"])
+            return crosscoder.eval(), saved["seconds"]
+    start = time.perf_counter()
+    crosscoder = train_planted(planted, arch, seed=seed, **training(generator, batch_size))
+    seconds = time.perf_counter() - start
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        saved = {"settings": settings, "cfg": crosscoder.cfg.to_dict(), "state": crosscoder.state_dict()}
+        torch.save({**saved, "seconds": seconds}, path.with_suffix(".tmp"))
+        os.replace(path.with_suffix(".tmp"), path)
+    return crosscoder, seconds
+
+
+def within(a: int, b: int) -> bool:
+    return a != NO_STEP and abs(a - b) <= 1
+
+
+CARRY_COSINE = 0.7
+"""A latent's row carries a planted feature where that feature is the one its direction is nearest
+and their cosine is at least this: crosscoders that mix features into their latents (JumpReLU's
+duplicates on the small sets) still carry them."""
+
+
+def carried_feature(unit_FSD: torch.Tensor, planted, latent: int, snapshot: int) -> int | None:
+    """The planted feature a latent's row carries at a snapshot, if any."""
+    cos_P = planted.directions[:, snapshot] @ unit_FSD[latent, snapshot]
+    best = int(cos_P.argmax())
+    return best if float(cos_P[best]) >= CARRY_COSINE else None
+
+
+def carries(unit_FSD: torch.Tensor, planted, latents, snapshots, feature: int) -> bool:
+    """Whether one of ``latents``' rows carries ``feature`` at one of ``snapshots`` (the event's
+    snapshot and the next: a crosscoder's row can lag one snapshot). Before a split both children
+    have the parent's direction, so either child counts there."""
+    twins = {feature} | {
+        c for _, a, b in getattr(planted.event_truth, "splits", []) for c in (a, b) if feature in (a, b)
+    }
+    for s in snapshots:
+        same = (
+            twins
+            if any(float(planted.directions[t, s] @ planted.directions[feature, s]) > 0.999 for t in twins - {feature})
+            else {feature}
+        )
+        if any(carried_feature(unit_FSD, planted, j, s) in same for j in latents):
+            return True
+    return False
+
+
+def event_scores(planted, analysis, lin, n_recovered: int) -> dict:
+    """Planted splits and handoffs found: an event of the kind within one snapshot whose latents carry
+    the planted directions on either side (cosine >= 0.9). The other reported events are
+    *decouplings* where every latent in them carries one and the same planted feature (the crosscoder
+    split one feature over latents: Latent Decoupling, a true event of the crosscoder) and *false*
+    otherwise."""
+    unit = lineage_unit(analysis)
+    S = unit.shape[1]
+    truth = getattr(planted, "event_truth", None)
+    wanted = [("split", *e) for e in truth.splits] + [("handoff", *e) for e in truth.handoffs] if truth else []
+    matched, found = set(), 0
+    for kind, at, a, b in wanted:
+        hits = []
+        after = sorted({min(S - 1, at), min(S - 1, at + 1)})
+        for k, e in enumerate(lin.events):
+            if e.kind != kind or abs(e.snapshot - at) > 1:
+                continue
+            ahead = carries(unit, planted, e.after, after, b)
+            if kind == "split":
+                ok = ahead and carries(unit, planted, e.after, after, a)
+            else:
+                ok = ahead and carries(unit, planted, e.before, [at - 1], a)
+            if ok:
+                hits.append(k)
+        found += bool(hits)
+        matched.update(hits)
+    decoupling = 0
+    for k, e in enumerate(lin.events):
+        if k in matched:
+            continue
+        rows = [(j, max(0, e.snapshot - 1)) for j in e.before] + [(j, e.snapshot) for j in e.after]
+        features = {carried_feature(unit, planted, j, s) for j, s in rows}
+        decoupling += len(features) == 1 and None not in features
+    false = len(lin.events) - len(matched) - decoupling
+    return {
+        "planted_events": len(wanted),
+        "events_found": found,
+        "events": len(lin.events),
+        "decoupling_events": decoupling,
+        "false_events": false,
+        "false_events_per_recovered": false / max(1, n_recovered),
+        "event_kinds": lin.counts(),
+    }
+
+
+def lineage_unit(analysis) -> torch.Tensor:
+    """The decoder rows lineage reads, unit length, in the planted set's (normalised) space."""
+    return unit_rows(analysis.W_dec)
+
+
+SENSITIVITY = ((0.05, 2), (0.2, 2), (0.1, 1), (0.1, 3))
+"""(presence line, contested margin) pairs scored beside the defaults (0.1, 2)."""
+
+
+def sensitivity(analysis, scaling, recovered, weak: dict[int, int]) -> dict[str, list[int]]:
+    """For each of :data:`SENSITIVITY`: weak-early features reported within one snapshot of their birth,
+    and contested flags among the other recovered features."""
+    out = {}
+    for line, margin in SENSITIVITY:
+        config = EmergenceCheckConfig(presence_threshold=line, fade_threshold=min(0.05, line), contested_margin=margin)
+        check = check_emergence(analysis, scaling, config)
+        reported = sum(within(int(check.reported_emergence[j]), 0) for j, i in recovered if i in weak)
+        out[f"{line}/{margin}"] = [reported, sum(bool(check.contested[j]) for j, i in recovered if i not in weak)]
+    return out
+
+
+def sensitivity_table(runs: list[dict]) -> None:
+    print("| presence line / contested margin | weak-early reported | contested among the eight families' recovered |")
+    print("|---|---|---|")
+    weak_runs = [r for r in runs if r["generator"] == "weak-early"]
+    eight = [r for r in runs if r["generator"] in WITHOUT_EVENTS]
+    n_weak, n_other = sum(r["weak_recovered"] for r in weak_runs), sum(r["n_other"] for r in eight)
+    print(
+        f"| 0.1 / 2 (default) | {_share(sum(r['weak_reported'] for r in weak_runs), n_weak)} | "
+        f"{_share(sum(r['contested_other'] for r in eight), n_other)} |"
+    )
+    for key in (f"{line}/{margin}" for line, margin in SENSITIVITY):
+        reported = sum(r["sensitivity"][key][0] for r in weak_runs)
+        contested = sum(r["sensitivity"][key][1] for r in eight)
+        print(f"| {key.replace('/', ' / ')} | {_share(reported, n_weak)} | {_share(contested, n_other)} |")
+
+
+def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
+    """Decoder-norm, latent-scaled and reported emergence of the recovered features, contested
+    flags and lineage events, against the planted truth."""
+    acts_NSD, _ = planted.sample(N_TOKENS, torch.Generator().manual_seed(5))
+    analysis = EvolutionAnalysis.from_crosscoder(
+        crosscoder,
+        steps=planted.steps,
+        frequency=firing_frequency(acts_NSD, crosscoder),
+        snapshot_frequency=firing_frequency(acts_NSD, crosscoder, per_snapshot=True),
+    )
+    scaling = latent_scaling(crosscoder, acts_NSD)
+    check = check_emergence(analysis, scaling, check_config)
+    lin = lineage_of(analysis, lineage_config)
+    match = match_planted(analysis.W_dec, planted)
+    recovered = match.recovered
+    truth = getattr(planted, "event_truth", None)
+    weak = truth.weak_early if truth else {}
+    low_line = EvolutionConfig(emergence_threshold=check.config.presence_threshold, fade_threshold=0.05)
+    low = feature_lifetimes(analysis.norms, low_line, analysis.frequency, analysis.snapshot_frequency).emergence
+    weak_pairs = [(j, i) for j, i in recovered if i in weak]
+    other = [j for j, i in recovered if i not in weak]
+    planted_emergence = {j: int(planted.emergence[i]) for j, i in recovered}
+    absent = torch.cat(
+        [check.presence[j][planted.magnitudes[i] == 0] for j, i in recovered if i not in weak] or [torch.zeros(0)]
+    )
+    weakest = [float(check.presence[j, :until].min()) for j, i in weak_pairs for until in [weak[i]]]
+    return {
+        "n_recovered": len(recovered),
+        "n_planted": planted.config.n_features,
+        "weak_planted": len(weak),
+        "weak_recovered": len(weak_pairs),
+        "weak_reported": sum(within(int(check.reported_emergence[j]), 0) for j, _ in weak_pairs),
+        "weak_decoder": sum(within(int(check.decoder_emergence[j]), 0) for j, _ in weak_pairs),
+        "weak_decoder_low_line": sum(within(int(low[j]), 0) for j, _ in weak_pairs),
+        "weak_scaled": sum(within(int(check.scaled_emergence[j]), 0) for j, _ in weak_pairs),
+        "low_line_early": sum(int(low[j]) != NO_STEP and int(low[j]) <= planted_emergence[j] - 2 for j in other),
+        "absent_presence_max": float(absent.max()) if absent.numel() else 0.0,
+        "absent_presence_q99": float(absent.quantile(0.99)) if absent.numel() else 0.0,
+        "absent_above": {str(t): int((absent >= t).sum()) for t in (0.05, 0.1, 0.15, 0.2)},
+        "n_absent": int(absent.numel()),
+        "weak_presence_min": weakest,
+        "contested_other": sum(bool(check.contested[j]) for j in other),
+        "n_other": len(other),
+        "contested_all": int(check.contested.sum()),
+        "sensitivity": sensitivity(analysis, scaling, recovered, weak),
+        "counts": check.counts(),
+        **event_scores(planted, analysis, lin, len(recovered)),
+    }
+
+
+def run_one(generator: str, arch: str, seed: int, cache: str | None, train_only: bool, batch_size: int | None) -> dict:
+    torch.set_num_threads(1)
+    planted = build_planted(generator, seed, {})
+    crosscoder, seconds = trained(generator, arch, seed, planted, Path(cache) if cache else None, batch_size)
+    result = {"generator": generator, "arch": arch, "seed": seed, "train_seconds": round(seconds, 1)}
+    if train_only:
+        return result
+    return {**result, **score(planted, crosscoder)}
+
+
+def _share(hits: int, total: int) -> str:
+    return f"{hits}/{total} ({hits / total:.0%})" if total else "-"
+
+
+def _by(runs: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run[k] for k in keys), []).append(run)
+    return groups
+
+
+def weak_table(runs: list[dict]) -> bool:
+    """Weak-early features dated within one snapshot of their birth, summed over seeds."""
+    print(
+        "| weak-early | reported (goal >= 90%) | decoder norm alone (0.3 line) | decoder norm at the 0.1 line | latent scaling alone | contested among the others |"
+    )
+    print("|---|---|---|---|---|---|")
+    ok = True
+    for (arch,), group in _by([r for r in runs if r["generator"] == "weak-early"], "arch").items():
+        n = sum(r["weak_recovered"] for r in group)
+        reported = sum(r["weak_reported"] for r in group)
+        ok &= reported >= 0.9 * n
+        cells = [
+            _share(sum(r[k] for r in group), n)
+            for k in ("weak_reported", "weak_decoder", "weak_decoder_low_line", "weak_scaled")
+        ]
+        others = _share(sum(r["contested_other"] for r in group), sum(r["n_other"] for r in group))
+        print(f"| {arch} | {' | '.join(cells)} | {others} |")
+    return ok
+
+
+def event_table(runs: list[dict]) -> bool:
+    """Planted splits and handoffs found, and the other events, summed over seeds."""
+    print(
+        "| family | architecture | planted events found (goal >= 90%) | events reported | of them decouplings | false | false per recovered feature |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    ok = True
+    for (generator, arch), group in _by(
+        [r for r in runs if r["generator"] in ("split", "handoff")], "generator", "arch"
+    ).items():
+        found, planted = sum(r["events_found"] for r in group), sum(r["planted_events"] for r in group)
+        ok &= found >= 0.9 * planted
+        false, recovered = sum(r["false_events"] for r in group), sum(r["n_recovered"] for r in group)
+        print(
+            f"| {generator} | {arch} | {_share(found, planted)} | {sum(r['events'] for r in group)} | "
+            f"{sum(r['decoupling_events'] for r in group)} | {false} | {false / max(1, recovered):.3f} |"
+        )
+    return ok
+
+
+def false_flag_table(runs: list[dict]) -> bool:
+    """On the families without planted events: contested flags among the recovered features (weak-early:
+    among the others than its weak ones) and events per recovered feature."""
+    print(
+        "| family | architecture | runs | recovered | contested (goal <= 5%) | earlier by the decoder norm at the 0.1 line | false events (goal <= 5%) | decouplings |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    ok = True
+    for (generator, arch), group in _by(
+        [r for r in runs if r["generator"] in (*WITHOUT_EVENTS, "weak-early")], "generator", "arch"
+    ).items():
+        recovered, others = sum(r["n_recovered"] for r in group), sum(r["n_other"] for r in group)
+        contested, false = sum(r["contested_other"] for r in group), sum(r["false_events"] for r in group)
+        ok &= contested <= 0.05 * others and false <= 0.05 * recovered
+        print(
+            f"| {generator} | {arch} | {len(group)} | {recovered} | {_share(contested, others)} | "
+            f"{_share(sum(r['low_line_early'] for r in group), recovered)} | {_share(false, recovered)} | "
+            f"{sum(r['decoupling_events'] for r in group)} |"
+        )
+    return ok
+
+
+def floor_table(runs: list[dict]) -> None:
+    """Latent-scaled presence where the planted feature is absent (the noise floor the presence line
+    must stand above), against the weak features' weakest presence."""
+    absent = [r for r in runs if r["generator"] in WITHOUT_EVENTS]
+    n = sum(r["n_absent"] for r in absent)
+    above = {t: sum(r["absent_above"][t] for r in absent) for t in ("0.05", "0.1", "0.15", "0.2")}
+    weakest = sorted(v for r in runs for v in r["weak_presence_min"])
+    print(
+        f"latent-scaled presence at {n} (latent, snapshot) pairs where the planted feature is absent, eight families: "
+        + ", ".join(f">= {t}: {_share(k, n)}" for t, k in above.items())
+    )
+    if weakest:
+        q = lambda f: weakest[min(len(weakest) - 1, int(f * len(weakest)))]  # noqa: E731
+        print(
+            f"weak-early features' weakest latent-scaled presence before their step up: min {weakest[0]:.3f}, "
+            f"5% {q(0.05):.3f}, median {q(0.5):.3f} ({len(weakest)} features)"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    families = ["hard", *GENERATORS, INDEPENDENT]
+    parser.add_argument("--generator", nargs="+", default=families, choices=families)
+    parser.add_argument("--arch", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--cache", help="folder keeping the trained crosscoders")
+    parser.add_argument("--train-only", action="store_true", help="train (into --cache) and score nothing")
+    parser.add_argument(
+        "--batch-size", type=int, help="tokens per training batch on the eight families (default: train_planted's 1024)"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
+    parser.add_argument("--json", help="also write every run's scores here")
+    args = parser.parse_args(argv)
+    grid = [
+        (g, a, s, args.cache, args.train_only, args.batch_size)
+        for s in args.seeds
+        for g in args.generator
+        for a in args.arch
+    ]
+    runs = run_grid(run_one, grid, args.jobs)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
+    if args.train_only:
+        return
+    met = [weak_table(runs), print() or event_table(runs), print() or false_flag_table(runs)]
+    print()
+    floor_table(runs)
+    print()
+    sensitivity_table(runs)
+    print("\nall goals met" if all(met) else "\nsome goals missed")
+
+
+if __name__ == "__main__":
+    main()

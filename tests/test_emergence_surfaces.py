@@ -1,0 +1,259 @@
+"""The emergence check and lineage where users look: saved beside the run by ``analyze``, read into
+the feature database by ``dashboards`` (refused before the pass when it is of another crosscoder),
+served by ``browse`` (the list's filters, a feature's curves and relatives, in Chromium) and carried
+by ``export --format neuronpedia``.
+
+A tiny trained run (3 snapshots, 32 latents, 40 steps) whose latents all read as present from the
+first snapshot; the check's settings are set so that it has verdicts and events to carry (presence
+by latent scaling only near each latent's largest amplitude, a one-snapshot margin, lineage's
+cosines low), since what is tested here is the carrying, not the method.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import urllib.request
+
+import pytest
+import torch
+import trust_fixtures as tf
+from test_browser import driver, open_page, wait_for  # noqa: F401  (driver: Chromium, a fixture)
+
+from crosslens.activations import ActivationStore, harvest_activations
+from crosslens.analysis import analyze_crosscoder
+from crosslens.analysis.emergence_check import EmergenceCheckConfig
+from crosslens.analysis.emergence_record import (
+    EmergenceRecordError,
+    compute_emergence,
+    read_emergence,
+    save_run_emergence,
+)
+from crosslens.analysis.latent_scaling import LatentScalingConfig, latent_scaling
+from crosslens.analysis.lineage import LineageConfig
+from crosslens.browser import BrowseConfig, make_server
+from crosslens.checkpoints import CheckpointSuite
+from crosslens.core.errors import PartnerMismatchError
+from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME
+from crosslens.crosscoders.saved import load_crosscoder_folder
+from crosslens.dashboards import DashboardsConfig, DashboardsError, compute_dashboards, schema
+from crosslens.exports import export_run
+
+LOOSE = dict(
+    check_config=EmergenceCheckConfig(
+        presence_threshold=0.95, fade_threshold=0.9, contested_margin=1, min_fire=2, min_t=0
+    ),
+    lineage_config=LineageConfig(same_cosine=0.3, apart_cosine=0.1, successor_cosine=0.2, min_snapshots=1),
+    scaling_config=LatentScalingConfig(n_tokens=4096),
+)
+DASHBOARDS = dict(top_k=3, n_quantile=2, window=2, reservoir=4, batch_size=48, n_bins=8, n_logits=3)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained run, analysed (its check saved), with its feature database."""
+    root = tmp_path_factory.mktemp("emergence")
+    tf.write_suite(root / "suite")
+    tf.harvest(root / "suite", root / "store")
+    with tf.one_torch_thread():
+        tf.train(root / "store", root / "run", architecture="jumprelu_crosscoder")
+        crosscoder = load_crosscoder_folder(root / "run" / "final", device="cpu")
+        store = ActivationStore.open(root / "store")
+        analysis, report = analyze_crosscoder(crosscoder, store=store, progress=False, **LOOSE)
+        save_run_emergence(root / "run", analysis.emergence, store)
+        report.write(root / "run" / "report.html")
+        compute_dashboards(root / "run", config=DashboardsConfig(**DASHBOARDS), device="cpu", progress=False)
+    return root / "run", analysis.emergence
+
+
+def test_the_saved_check_reads_back_whole(run):
+    run_dir, result = run
+    again = read_emergence(run_dir)
+    assert torch.equal(again.check.contested, result.check.contested)
+    assert torch.equal(again.check.scaled_emergence, result.check.scaled_emergence)
+    assert again.check.early_presence == result.check.early_presence
+    assert torch.equal(again.scaling.amplitude, result.scaling.amplitude)
+    assert again.lineage.events == result.lineage.events and torch.equal(
+        again.lineage.relatives, result.lineage.relatives
+    )
+    assert again.summary() == result.summary()
+    assert result.check.counts()["contested"] > 0 and result.lineage.events  # the loose settings give both
+
+
+def test_the_database_holds_the_check_and_lineage(run):
+    run_dir, result = run
+    db = sqlite3.connect(run_dir / schema.DATABASE_NAME)
+    check = result.check
+    contested = dict(db.execute("SELECT feature, contested FROM emergence WHERE contested IS NOT NULL").fetchall())
+    assert contested == {f: check.direction(f) for f in check.contested_features()}
+    scaled = dict(db.execute("SELECT feature, scaled_snapshot FROM emergence").fetchall())
+    assert all(scaled[f] == (None if int(e) < 0 else int(e)) for f, e in enumerate(check.scaled_emergence.tolist()))
+    presence = db.execute("SELECT presence FROM emergence_snapshots ORDER BY feature, snapshot").fetchall()
+    assert [round(p[0], 5) for p in presence] == [round(float(p), 5) for p in check.presence.flatten()]
+    events = db.execute("SELECT kind, snapshot, before, after FROM lineage_events ORDER BY event").fetchall()
+    assert events == [(e.kind, e.snapshot, json.dumps(e.before), json.dumps(e.after)) for e in result.lineage.events]
+    members = db.execute("SELECT count(*) FROM lineage_members").fetchone()[0]
+    assert members == sum(len(e.latents) for e in result.lineage.events)
+    relatives = db.execute("SELECT count(*) FROM relatives").fetchone()[0]
+    assert relatives == int((result.lineage.relatives >= 0).sum())
+    meta = json.loads(db.execute("SELECT value FROM meta WHERE key = 'emergence'").fetchone()[0])
+    assert meta["counts"] == result.counts() and meta["n_tokens"] == result.scaling.n_tokens
+
+
+def test_a_check_of_another_crosscoder_is_refused_before_the_pass(run, tmp_path):
+    run_dir, _ = run
+    copy = tf.copy_tree(run_dir, tmp_path / "run")
+    database = (copy / schema.DATABASE_NAME).read_bytes()
+    record = json.loads((copy / EMERGENCE_NAME).read_text())
+    record["partners"]["crosscoder"] = "0" * 64
+    from crosslens.core.sealed import write_sealed
+
+    write_sealed(
+        copy / EMERGENCE_NAME, {k: v for k, v in record.items() if k != "emergence_sha256"}, "emergence_sha256"
+    )
+    with pytest.raises(DashboardsError) as refused:
+        compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    message = str(refused.value)
+    assert "\n" not in message and "computed for another crosscoder" in message
+    assert f"run `crosslens analyze --crosscoder {copy}`" in message
+    assert (copy / schema.DATABASE_NAME).read_bytes() == database  # nothing written lost
+    (copy / EMERGENCE_TENSORS_NAME).write_bytes(b"damaged")
+    with pytest.raises(EmergenceRecordError, match="missing or altered"):
+        read_emergence(copy)
+
+
+def test_a_run_without_a_check_gets_empty_tables_and_the_command(run, tmp_path, capsys):
+    run_dir, _ = run
+    copy = tf.copy_tree(run_dir, tmp_path / "run")
+    (copy / EMERGENCE_NAME).unlink()
+    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    assert f"run `crosslens analyze --crosscoder {copy}` first" in capsys.readouterr().out
+    db = sqlite3.connect(copy / schema.DATABASE_NAME)
+    assert db.execute("SELECT count(*) FROM emergence").fetchone()[0] == 0
+    assert db.execute("SELECT value FROM meta WHERE key = 'emergence'").fetchone()[0] == "null"
+    with pytest.raises(EmergenceRecordError, match="has no emergence check"):
+        read_emergence(copy)
+
+
+def test_neuronpedia_export_carries_the_flags(run, tmp_path):
+    run_dir, result = run
+    out = export_run(run_dir, format="neuronpedia", out=tmp_path / "np")
+    manifest = json.loads((out / "crosslens_export.json").read_text())
+    assert manifest["neuronpedia"]["emergence_flags"] == "emergence_flags.json"
+    flags = json.loads((out / "emergence_flags.json").read_text())
+    labels = [
+        s["revision"]
+        for s in json.loads((run_dir / "final" / "cfg.json").read_text())["metadata"]["suite"]["snapshots"]
+    ]
+    for f in result.check.contested_features():
+        entry = flags["features"][str(f)]
+        assert entry["contested"] == result.check.direction(f)
+        assert entry["latent_scaled_emergence"] == labels[int(result.check.scaled_emergence[f])]
+    in_events = {f for e in result.lineage.events for f in e.latents}
+    assert {f for f, entry in flags["features"].items() if entry["lineage"]} == {str(f) for f in in_events}
+    assert flags["counts"] == result.counts()
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    server = make_server(run[0], BrowseConfig(port=0))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def api(server, path: str):
+    return json.loads(urllib.request.urlopen(server.url.rstrip("/") + path).read())
+
+
+def test_the_api_filters_on_the_check_and_serves_a_features_relatives(run, server):
+    _, result = run
+    check = result.check
+    summary = api(server, "/api/run")["emergence"]
+    assert summary["computed"] and summary["latent_scaling"]
+    page = api(server, "/api/features?contested=any&limit=500")
+    assert sorted(r["feature"] for r in page["rows"]) == check.contested_features()
+    assert all(r["contested"] == check.direction(r["feature"]) for r in page["rows"])
+    kind = result.lineage.events[0].kind
+    page = api(server, f"/api/features?lineage={kind}&limit=500")
+    assert sorted(r["feature"] for r in page["rows"]) == sorted(
+        {f for e in result.lineage.events if e.kind == kind for f in e.latents}
+    )
+    feature = result.lineage.events[0].latents[0]
+    detail = api(server, f"/api/feature/{feature}")
+    assert [e["kind"] for e in detail["lineage"]] == [e.kind for e in result.lineage.events_of(feature)]
+    expected = [
+        [int(r) for r in result.lineage.relatives[feature, s] if r >= 0] for s in range(check.presence.shape[1])
+    ]
+    assert [[r for r, _ in snapshot] for snapshot in detail["relatives"]] == expected
+    with pytest.raises(urllib.error.HTTPError, match="400"):
+        api(server, "/api/features?contested=sometimes")
+
+
+def test_the_feature_page_draws_both_emergence_curves_and_links_relatives(run, server, driver):  # noqa: F811
+    _, result = run
+    check = result.check
+    feature = check.contested_features()[0]
+    open_page(driver, server, f"/feature/{feature}")
+    wait_for(lambda: driver.execute_script("return document.body.dataset.reading") is not None, what="plots")
+    traces = driver.execute_script(
+        "return document.getElementById('plot-emergence').data.map(t => [t.name || '', t.y])"
+    )
+    presence = dict(traces)["latent-scaled presence"]
+    assert presence == pytest.approx([round(float(p), 4) for p in check.presence[feature]], abs=1e-4)
+    chip = driver.execute_script("return document.querySelector('#emergence-chip .chip').textContent")
+    assert chip == f"contested: present {check.direction(feature)} by latent scaling"
+    links = driver.execute_script(
+        "return [...document.querySelectorAll('#relatives a')].map(a => a.getAttribute('href'))"
+    )
+    first = next(s for s in range(check.presence.shape[1]) if int(result.lineage.relatives[feature, s, 0]) >= 0)
+    assert links[0] == f"/feature/{int(result.lineage.relatives[feature, first, 0])}?snapshot={first}"
+    open_page(driver, server, "/?contested=any")
+    wait_for(lambda: driver.execute_script("return document.querySelectorAll('table.features tbody tr').length") > 0)
+    shown = driver.execute_script(
+        "return [...document.querySelectorAll('table.features tbody tr')].map(r => Number(r.dataset.feature))"
+    )
+    assert sorted(shown) == check.contested_features()
+    assert driver.execute_script("return document.getElementById('contested').value") == "any"
+    chips = driver.execute_script("return [...document.querySelectorAll('table.features .chip.contested')].length")
+    assert chips == len(check.contested_features())
+
+
+def test_the_report_has_the_section_and_the_flow_picture(run):
+    run_dir, result = run
+    html = (run_dir / "report.html").read_text()
+    section = html[html.index('id="is-this-emergence-real-latent-scaling-and-lineage"') :]
+    counts = result.check.counts()
+    assert f"Of {counts['measured']} measured live latents, {counts['contested']} have emergences" in section
+    assert '"type":"sankey"' in section and "Lineage events" in section
+    first = result.lineage.events[0]
+    assert f'<a class="feature-link" href="feature/{first.before[0]}">{first.before[0]}</a>' in section
+    events = result.lineage.counts()
+    assert f"{events['split']} splits, {events['merge']} merges and {events['handoff']} handoffs" in section
+
+
+def test_a_store_of_other_snapshots_or_another_hook_is_refused_in_one_line(run, tmp_path):
+    run_dir, _ = run
+    root = run_dir.parent
+    crosscoder = load_crosscoder_folder(run_dir / "final", device="cpu")
+    other_hook = tf.harvest(root / "suite", tmp_path / "other-hook", hooks=tf.OTHER_HOOK)
+    with pytest.raises(PartnerMismatchError) as refused:
+        latent_scaling(crosscoder, other_hook)
+    message = str(refused.value)
+    assert "\n" not in message and f"pass a store harvested with --hook {tf.HOOK}" in message
+    fewer = CheckpointSuite.local(root / "suite").select(indices=[0, 1])
+    harvest_activations(fewer, tf.HOOK, tf.token_table(), tmp_path / "fewer", shard_tokens=80, progress=False)
+    with pytest.raises(PartnerMismatchError, match=r"do not match: snapshots .*crosslens harvest"):
+        latent_scaling(crosscoder, ActivationStore.open(tmp_path / "fewer"))
+
+
+def test_the_check_without_its_evolution_analysis_names_the_fix(run):
+    run_dir, _ = run
+    crosscoder = load_crosscoder_folder(run_dir / "final", device="cpu")
+    with pytest.raises(
+        ValueError, match=r"pass the crosscoder's EvolutionAnalysis \(EvolutionAnalysis.from_crosscoder"
+    ):
+        compute_emergence(crosscoder, None)

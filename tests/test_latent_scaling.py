@@ -1,0 +1,220 @@
+"""Latent scaling per snapshot and the emergence check built on it.
+
+Exact answers on constructed data: a crosscoder whose code reproduces the planted coefficients,
+activations whose every latent has a planted scale per snapshot and decoder rows that shrink
+where the latent is weak (Complete Shrinkage) or hand the early part to a partner latent
+(Latent Decoupling). Latent scaling must recover the planted scales to float precision; the
+batched pass must agree with the per-latent loop on every architecture; folding must not change
+a number; and the check must contest exactly the latents whose decoder hides an early presence.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import crosslens.crosscoders as crosscoders
+from crosslens.analysis import EvolutionAnalysis
+from crosslens.analysis.emergence_check import EmergenceCheckConfig, check_emergence, scaled_presence
+from crosslens.analysis.evolution import NO_STEP
+from crosslens.analysis.latent_scaling import (
+    LatentScaling,
+    LatentScalingConfig,
+    NoSnapshotDecodersError,
+    ScalingSums,
+    latent_scaling,
+    per_latent_scaling,
+    reference_rows,
+)
+
+S, D, F = 6, 12, 6
+# the scale of each latent's direction in each snapshot's activations (the planted betas)
+DATA_BETA = torch.tensor(
+    [
+        [0.2, 0.2, 0.2, 1.0, 1.0, 1.0],  # weak early, present from 0
+        [0.0, 0.0, 0.0, 1.0, 1.0, 1.0],  # truly born at 3
+        [0.9, 1.0, 1.0, 1.0, 1.0, 1.0],  # always there
+        [0.25, 0.25, 1.0, 1.0, 1.0, 1.0],  # weak early, carried early by latent 5 (decoupling)
+        [1.0, 1.0, 1.0, 0.0, 0.0, 0.0],  # fades at 3
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # latent 5 has no direction of its own
+    ]
+)
+# what the crosscoder's decoder rows hold: the weak parts shrunk to zero, latent 3's early part in latent 5
+DECODER_GAMMA = torch.tensor(
+    [
+        [0.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+        [0.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+        [0.9, 1.0, 1.0, 1.0, 1.0, 1.0],
+        [0.0, 0.0, 1.0, 1.0, 1.0, 1.0],
+        [1.0, 1.0, 1.0, 0.0, 0.0, 0.0],
+        [0.25, 0.25, 0.0, 0.0, 0.0, 0.0],
+    ]
+)
+
+
+def constructed(n_tokens: int = 3000, seed: int = 0, noise: float = 0.0):
+    """A ReLU crosscoder and activations ``x_s = sum_j c_j beta_js u_j``: orthonormal ``u_j``,
+    latent 5 firing exactly with latent 3 and writing its early part; the encoder reads each
+    coefficient back from the last snapshot (where latents 0-3 have beta 1) or, for latent 4, the
+    first, so the code is the coefficients."""
+    sae_cls, cfg_cls = crosscoders.ARCHITECTURES["crosscoder"][:2]
+    crosscoder = sae_cls(cfg_cls(d_in=D, d_sae=F, n_snapshots=S))
+    gen = torch.Generator().manual_seed(seed)
+    u_FD = torch.linalg.qr(torch.randn(D, F, generator=gen))[0].T
+    direction_FD = u_FD.clone()
+    direction_FD[5] = u_FD[3]
+    with torch.no_grad():
+        crosscoder.W_dec.copy_(DECODER_GAMMA[..., None] * direction_FD[:, None, :])
+        crosscoder.b_dec.zero_()
+        crosscoder.b_enc.zero_()
+        crosscoder.W_enc.zero_()
+        for j, s in ((0, S - 1), (1, S - 1), (2, S - 1), (3, S - 1), (4, 0), (5, S - 1)):
+            crosscoder.W_enc[s, :, j] = u_FD[j if j != 5 else 3]
+    fires_NF = torch.rand(n_tokens, F, generator=gen) < 0.2
+    fires_NF[:, 5] = fires_NF[:, 3]
+    c_NF = (0.5 + torch.rand(n_tokens, F, generator=gen)) * fires_NF
+    c_NF[:, 5] = c_NF[:, 3]
+    x_NSD = torch.einsum("nf,fs,fd->nsd", c_NF[:, :5], DATA_BETA[:5], u_FD[:5])
+    x_NSD = x_NSD + noise * torch.randn(x_NSD.shape, generator=gen)
+    return crosscoder, x_NSD, c_NF
+
+
+def test_latent_scaling_recovers_the_planted_betas_exactly():
+    crosscoder, x_NSD, c_NF = constructed()
+    with torch.no_grad():
+        assert torch.allclose(crosscoder.encode(x_NSD), c_NF, atol=1e-5)  # the code is the coefficients
+    scaling = latent_scaling(crosscoder, x_NSD, config=LatentScalingConfig(batch_size=256))
+    # activation target: the planted scale, also where the decoder row shrank to zero
+    assert torch.allclose(scaling.amplitude[:5], DATA_BETA[:5], atol=1e-5)
+    # shrunk rows are scored with the nearest row the decoder trusts (the later one on a tie)
+    assert scaling.reference[0].tolist() == [3, 3, 3, 3, 4, 5]
+    assert scaling.reference[4].tolist() == [0, 1, 2, 2, 2, 2]
+    assert scaling.reference[5].tolist() == [0, 1, 1, 1, 1, 1]
+    # beta is the scale of the (reference) row itself: the planted scale over the row's norm
+    assert torch.allclose(scaling.beta[:5], DATA_BETA[:5] / scaling.row_norm[:5], atol=1e-5)
+    assert torch.allclose(scaling.beta[0], DATA_BETA[0], atol=1e-5) and torch.allclose(scaling.beta[2], torch.ones(S))
+    # error target, the latent removed: latent 0's early part is all in the error (shrinkage) ...
+    assert torch.allclose(scaling.error_amplitude[0], DATA_BETA[0], atol=1e-5)
+    # ... latent 3's early part is in latent 5's reconstruction (decoupling), none in the error
+    assert torch.allclose(scaling.error_amplitude[3, :2], torch.zeros(2), atol=1e-5)
+    assert torch.allclose(scaling.reconstruction_amplitude[3, :2], torch.full((2,), 0.25), atol=1e-5)
+    # noiseless: every fit is exact up to float rounding, so a nonzero amplitude is far above its error
+    assert float(scaling.t_value[0].min()) > 1e4 and float(scaling.amplitude[1, :3].abs().max()) < 1e-5
+    assert scaling.n_tokens == len(x_NSD) and torch.equal(scaling.n_fire[3], scaling.n_fire[5])
+    # Minder et al.'s nu: snapshot 0 over snapshot 5 on the error target
+    assert float(scaling.ratio(0, 5)[0]) == pytest.approx(0.2, abs=1e-5)
+
+
+def test_noise_gives_standard_errors_that_shrink_with_tokens():
+    few = latent_scaling(*constructed(500, noise=0.05)[:2])
+    many = latent_scaling(*constructed(8000, noise=0.05)[:2])
+    # the noise reaches the code too (errors in the regressor): the scales come out a little low
+    assert torch.allclose(many.amplitude[:5], DATA_BETA[:5], atol=0.02)
+    # (at the snapshot the encoder reads a coefficient from, the code is the projection: no residual)
+    ratio = float((few.stderr[:5, 1:5] / many.stderr[:5, 1:5]).median())
+    assert ratio == pytest.approx(4.0, rel=0.25)  # sqrt(8000 / 500)
+    assert float(many.t_value[1, 0].abs()) < 4 < float(many.t_value[0, 0])
+
+
+@pytest.mark.parametrize("arch", ["crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder"])
+def test_the_batched_pass_agrees_with_the_per_latent_loop(arch):
+    sae_cls, cfg_cls = crosscoders.ARCHITECTURES[arch][:2]
+    crosscoder = sae_cls(cfg_cls(d_in=16, d_sae=24, n_snapshots=4, **({"k": 3} if arch == "topk_crosscoder" else {})))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in crosscoder.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=gen) * 0.3)
+        crosscoder.W_dec[:6, 0] *= 0.05  # shrunk rows: scored with another snapshot's row
+        if hasattr(crosscoder, "threshold"):
+            crosscoder.threshold.fill_(0.05)  # JumpReLU: gates that differ between snapshots
+    x_NSD = torch.randn(700, 4, 16, generator=gen)
+    config = LatentScalingConfig(batch_size=64)
+    batched, looped = (
+        latent_scaling(crosscoder, x_NSD, config=config),
+        per_latent_scaling(crosscoder, x_NSD, config=config),
+    )
+    assert int(batched.n_fire.sum()) > 0 and bool((batched.reference[:6, 0] != 0).all())
+    for name in ("amplitude", "error_amplitude", "stderr", "row_norm", "own_cosine", "own_norm", "n_fire"):
+        assert torch.allclose(getattr(batched, name), getattr(looped, name), atol=1e-5, rtol=1e-4), name
+    assert torch.equal(batched.reference, looped.reference)
+    if arch == "jumprelu_crosscoder":  # a closed gate leaves the latent out of that snapshot's reconstruction
+        gated = latent_scaling(crosscoder, x_NSD.split(64), config=config)  # and a stream of batches reads alike
+        assert torch.allclose(gated.error_amplitude, batched.error_amplitude, atol=1e-6)
+
+
+def test_folded_factors_change_no_number():
+    crosscoder, x_NSD, _ = constructed(noise=0.02)
+    unfolded = latent_scaling(crosscoder, x_NSD)
+    factors_S = torch.tensor([0.5, 0.8, 1.0, 1.5, 2.0, 3.0])
+    crosscoder.fold_activation_norm_scaling_factors(factors_S)
+    folded = latent_scaling(crosscoder, x_NSD / factors_S[None, :, None])  # a folded crosscoder reads raw activations
+    for name in ("amplitude", "error_amplitude", "stderr", "beta", "row_norm"):
+        assert torch.allclose(getattr(unfolded, name), getattr(folded, name), atol=1e-5), name
+
+
+def test_sums_merge_over_token_shards_and_tables_round_trip():
+    crosscoder, x_NSD, _ = constructed(noise=0.02)
+    reference_FS = reference_rows(crosscoder.W_dec.norm(dim=-1))
+    from crosslens.analysis.latent_scaling import scaling_sums
+
+    whole = scaling_sums(crosscoder, [x_NSD], reference_FS)
+    halves = scaling_sums(crosscoder, [x_NSD[:1000]], reference_FS).merge(
+        scaling_sums(crosscoder, [x_NSD[1000:]], reference_FS)
+    )
+    assert isinstance(halves, ScalingSums) and halves.n_tokens == whole.n_tokens
+    assert torch.allclose(halves.fx, whole.fx) and torch.allclose(halves.xx, whole.xx)
+    scaling = latent_scaling(crosscoder, x_NSD)
+    again = LatentScaling.from_tensors(scaling.tensors(), scaling.n_tokens)
+    assert torch.equal(again.amplitude, scaling.amplitude) and torch.equal(again.reference, scaling.reference)
+
+
+def test_a_model_without_a_decoder_per_snapshot_is_refused():
+    class PlainSAE:
+        W_dec = torch.zeros(8, 4)
+
+    with pytest.raises(NoSnapshotDecodersError, match=r"W_dec of shape \[8, 4\].*train one with `crosslens train`"):
+        latent_scaling(PlainSAE(), torch.zeros(10, 1, 4))
+    one = crosscoders.ARCHITECTURES["crosscoder"][0](
+        crosscoders.ARCHITECTURES["crosscoder"][1](d_in=4, d_sae=8, n_snapshots=1)
+    )
+    with pytest.raises(NoSnapshotDecodersError, match="n_snapshots >= 2"):
+        latent_scaling(one, torch.zeros(10, 1, 4))
+
+
+def test_the_check_contests_exactly_the_hidden_early_presences():
+    crosscoder, x_NSD, _ = constructed(noise=0.01)
+    analysis = EvolutionAnalysis.from_crosscoder(crosscoder)
+    check = check_emergence(analysis, latent_scaling(crosscoder, x_NSD))
+    # decoder norms: latents 0 and 1 emerge at 3, latent 3 at 2; latent scaling sees 0 and 3 from 0
+    assert analysis.lifetimes.emergence[:5].tolist() == [3, 3, 0, 2, 0]
+    assert check.scaled_emergence[:5].tolist() == [0, 3, 0, 0, 0]
+    assert check.contested.tolist() == [True, False, False, True, False, False]
+    assert check.direction(0) == "earlier" and check.direction(1) is None
+    assert check.early_presence[0] == "error" and check.early_presence[3] == "reconstruction"
+    assert check.reported_emergence[:5].tolist() == [0, 3, 0, 0, 0]
+    assert check.counts() == {
+        "live": 6,
+        "measured": 6,
+        "contested": 2,
+        "earlier": 2,
+        "later": 0,
+        "in_error": 1,
+        "in_reconstruction": 1,
+    }
+    # latent 4 fades at 3 by both readings; latent 5 (latent 3's early part) fades at 2 by its decoder,
+    # but its direction stays in the activations on its tokens: latent scaling sees it throughout
+    assert int(check.scaled.fade[4]) == 3 == int(analysis.lifetimes.fade[4])
+    assert int(analysis.lifetimes.fade[5]) == 2 and int(check.scaled.fade[5]) == NO_STEP
+    # a margin of 3 snapshots contests only latent 0 (3 apart), not latent 3 (2 apart)
+    wide = check_emergence(analysis, latent_scaling(crosscoder, x_NSD), EmergenceCheckConfig(contested_margin=3))
+    assert wide.contested_features() == [0]
+    # presence: amplitude over the latent's largest, zero where not significant
+    presence = scaled_presence(latent_scaling(crosscoder, x_NSD))
+    assert torch.allclose(presence[0], DATA_BETA[0], atol=0.02) and float(presence[1, :3].max()) == 0.0
+
+
+def test_the_check_refuses_an_analysis_of_another_crosscoder():
+    crosscoder, x_NSD, _ = constructed()
+    other = EvolutionAnalysis.from_decoder(torch.rand(F + 1, S, D))
+    with pytest.raises(ValueError, match="compute both from the same crosscoder"):
+        check_emergence(other, latent_scaling(crosscoder, x_NSD))

@@ -1,0 +1,134 @@
+"""Lineage from per-snapshot decoder directions: splits, merges, handoffs and relatives.
+
+A decoder built by hand holds one of each event at a known snapshot beside latents that do
+nothing; lineage must report exactly those events there, and the batched relatives must equal
+the per-latent loop's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from crosslens.analysis import EvolutionAnalysis
+from crosslens.analysis.lineage import (
+    LineageConfig,
+    LineageEvent,
+    lineage_of,
+    nearest_relatives,
+    per_latent_relatives,
+    unit_rows,
+)
+
+S, D = 8, 32
+
+
+def _turned(a: torch.Tensor, b: torch.Tensor, cosine: float) -> torch.Tensor:
+    """A unit vector at ``cosine`` to unit ``a``, towards ``b``."""
+    b = b - (b @ a) * a
+    return cosine * a + math.sqrt(1 - cosine**2) * b / b.norm()
+
+
+def built_decoder() -> torch.Tensor:
+    """12 latents over 8 snapshots:
+
+    - 0, 1: one direction until snapshot 2, then apart (cosine 0.3): a split at 3;
+    - 2, 3: apart until 4, one direction from 5 on: a merge at 5;
+    - 4 fades at 4 as 5 emerges there at cosine 0.85 to 4's last row: a handoff at 4;
+    - 6 fades at 6 as 7 and 8 emerge there, each at cosine 0.8: a split by succession at 6;
+    - 9 fades at 3 as 10 emerges at 3, unrelated (cosine ~0): nothing;
+    - 11 is present throughout, alone.
+    """
+    gen = torch.Generator().manual_seed(0)
+    u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T  # orthonormal
+    W = torch.zeros(12, S, D)
+    W[0, :3] = W[1, :3] = u[0]
+    W[0, 3:], W[1, 3:] = u[0], _turned(u[0], u[1], 0.3)
+    W[2, :5], W[3, :5] = u[2], u[3]
+    W[2, 5:] = W[3, 5:] = _turned(u[2], u[3], 0.7)
+    W[4, :4] = u[4]
+    W[5, 4:] = _turned(u[4], u[5], 0.85)
+    W[6, :6] = u[6]
+    W[7, 6:], W[8, 6:] = _turned(u[6], u[7], 0.8), _turned(u[6], u[8], 0.8)
+    W[9, :3], W[10, 3:] = u[9], u[10]
+    W[11] = u[11]
+    # a little norm variation, so no latent has equal norms at every snapshot (untouched = dead)
+    return W * (1 + 0.05 * torch.arange(S))[None, :, None]
+
+
+def test_lineage_finds_each_planted_event_at_its_snapshot():
+    analysis = EvolutionAnalysis.from_decoder(built_decoder())
+    lin = lineage_of(analysis)
+    assert lin.events == [
+        LineageEvent("split", 3, (0, 1), (0, 1), pytest.approx(0.3, abs=1e-4), "divergence"),
+        LineageEvent("handoff", 4, (4,), (5,), pytest.approx(0.85, abs=1e-4), "succession"),
+        LineageEvent("merge", 5, (2, 3), (2, 3), pytest.approx(1.0, abs=1e-4), "divergence"),
+        LineageEvent("split", 6, (6,), (7, 8), pytest.approx(0.8, abs=1e-4), "succession"),
+    ]
+    assert lin.counts() == {"split": 2, "merge": 1, "handoff": 1}
+    assert [e.kind for e in lin.events_of(7)] == ["split"] and lin.events_of(11) == []
+    assert lin.families() == [[6, 7, 8], [0, 1], [2, 3], [4, 5]]
+    assert lin.events[3].to_dict() == {
+        "kind": "split",
+        "snapshot": 6,
+        "before": [6],
+        "after": [7, 8],
+        "cosine": 0.8,
+        "how": "succession",
+    }
+    assert LineageEvent.from_dict(lin.events[1].to_dict()) == lin.events[1]
+
+
+def test_a_tighter_successor_line_drops_the_weaker_successions():
+    analysis = EvolutionAnalysis.from_decoder(built_decoder())
+    lin = lineage_of(analysis, LineageConfig(successor_cosine=0.82))
+    assert [(e.kind, e.snapshot) for e in lin.events] == [("split", 3), ("handoff", 4), ("merge", 5)]
+    # a window of 0 snapshots still finds successions that emerge where the predecessor fades
+    assert len(lineage_of(analysis, LineageConfig(successor_window=0)).events) == 4
+
+
+def test_three_latents_that_part_together_are_one_split():
+    W = built_decoder()[:3].clone()
+    W[2] = W[0]
+    W[2, 3:] = _turned(W[0, 3], torch.linspace(-1, 1, D), 0.2) * W[0, 3].norm()
+    events = lineage_of(EvolutionAnalysis.from_decoder(W)).events
+    assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1, 2))]
+
+
+def test_relatives_are_the_nearest_present_latents_and_match_the_loop():
+    analysis = EvolutionAnalysis.from_decoder(built_decoder())
+    lin = lineage_of(analysis, LineageConfig(n_relatives=3))
+    assert lin.relatives.shape == (12, S, 3)
+    # 0 and 1 coincide until snapshot 2: each other's nearest, at cosine 1
+    assert lin.relatives[0, 0, 0] == 1 and float(lin.relative_cosine[0, 0, 0]) == pytest.approx(1.0)
+    # latent 4 is absent from 4 on: no relatives there, and nobody lists it
+    assert bool((lin.relatives[4, 4:] == -1).all()) and not bool((lin.relatives[:, 4:] == 4).any())
+    # random directions (no ties), a third of the rows absent, chunks smaller than the dictionary
+    gen = torch.Generator().manual_seed(1)
+    unit = unit_rows(torch.randn(40, S, D, generator=gen))
+    present = torch.rand(40, S, generator=gen) > 0.3
+    batched = nearest_relatives(unit, present, 3, chunk_size=7)
+    looped = per_latent_relatives(unit, present, 3)
+    assert bool((batched[0][~present] == -1).all()) and bool((batched[0][present] >= 0).all())
+    assert torch.equal(batched[0], looped[0]) and torch.allclose(batched[1], looped[1])
+
+
+def test_the_config_is_checked():
+    with pytest.raises(ValueError, match="apart < same"):
+        LineageConfig(same_cosine=0.6, apart_cosine=0.7)
+    with pytest.raises(ValueError, match="at least 1 relative"):
+        LineageConfig(n_relatives=0)
+
+
+def test_one_snapshot_of_a_shared_direction_makes_no_event():
+    """Rows of many latents that share a direction at one snapshot only (a snapshot's own artifact)
+    are no event; with ``min_snapshots=1`` the one snapshot together reads as a split after it."""
+    gen = torch.Generator().manual_seed(2)
+    W = unit_rows(torch.randn(3, S, D, generator=gen)) * (1 + 0.05 * torch.arange(S))[None, :, None]
+    W[:, 3] = W[0, 3]  # every latent's row at snapshot 3 is latent 0's
+    analysis = EvolutionAnalysis.from_decoder(W)
+    assert lineage_of(analysis).events == []
+    loose = lineage_of(analysis, LineageConfig(min_snapshots=1)).events
+    assert [(e.kind, e.snapshot, e.latents) for e in loose] == [("split", 4, (0, 1, 2))]
