@@ -50,9 +50,10 @@ from crosslens.pico.evals import format_eval_table, format_targets
 from crosslens.training.baselines import JUMPRELU_THRESHOLD_START
 from crosslens.training.comparison import compare_with_saes, format_quality_table, quality_table
 from crosslens.training.config import RUN_STORE_SEAL, ArchitectureConfig, CrosscoderRunnerConfig
+from crosslens.training.metrics import evaluate_crosscoder
 from crosslens.training.records import read_record, record_problem
 from crosslens.training.runfolder import RunFolderInUseError, seal_run
-from crosslens.training.runner import CrosscoderTrainingRunner, evaluate_crosscoder
+from crosslens.training.runner import CrosscoderTrainingRunner
 
 
 @dataclass
