@@ -33,7 +33,7 @@ _LAZY = {
     "CrosscoderRunnerConfig": "crosslens.training.config",
     "LoggingConfig": "crosslens.training.config",
     "CrosscoderTrainingRunner": "crosslens.training.runner",
-    "evaluate_crosscoder": "crosslens.training.runner",
+    "evaluate_crosscoder": "crosslens.training.metrics",
     "analyze_crosscoder": "crosslens.analysis",
     "load_crosscoder": "crosslens.causal",
     "run_causal_stage": "crosslens.causal",

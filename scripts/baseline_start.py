@@ -21,7 +21,7 @@ from crosslens.activations import ActivationStore
 from crosslens.core.paths import crosslens_home
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.training.baselines import evaluate_sae, train_snapshot_sae
-from crosslens.training.runner import evaluate_crosscoder
+from crosslens.training.metrics import evaluate_crosscoder
 
 HOOK = "blocks.0.hook_resid_post"
 

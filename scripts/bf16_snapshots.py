@@ -88,7 +88,7 @@ def measure(run: Path, heldout: Path, n_seqs: int) -> dict:
     from crosslens.causal.spliced_loss import spliced_record
     from crosslens.checkpoints import CheckpointSuite
     from crosslens.crosscoders.saved import load_crosscoder_folder
-    from crosslens.training.runner import evaluate_crosscoder
+    from crosslens.training.metrics import evaluate_crosscoder
 
     crosscoder = load_crosscoder_folder(run / "final", device="cpu")
     store = ActivationStore.open(heldout, verify="size")

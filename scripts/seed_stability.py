@@ -52,14 +52,14 @@ def _stores(args):
 
     if args.store:
         return ActivationStore.open(args.store), ActivationStore.open(args.eval_store or args.store)
-    from crosslens.cli.demo_stages import _choose_steps, _harvest_or_reuse, suite_stage
+    from crosslens.cli.demo_stages import choose_steps, harvest_or_reuse, suite_stage
 
     config = DemoConfig()
     suite, _ = suite_stage()
-    suite = suite.select(steps=_choose_steps(suite.steps, config.n_snapshots))
+    suite = suite.select(steps=choose_steps(suite.steps, config.n_snapshots))
     common = dict(hooks=[config.hook], seq_len=config.seq_len, force=False, device="cpu", model_dtype="float32")
-    train = _harvest_or_reuse(suite, n_seqs=config.n_train_seqs, out_dir=args.out / "acts-train", seed=0, **common)
-    held_out = _harvest_or_reuse(suite, n_seqs=config.n_eval_seqs, out_dir=args.out / "acts-eval", seed=1, **common)
+    train = harvest_or_reuse(suite, n_seqs=config.n_train_seqs, out_dir=args.out / "acts-train", seed=0, **common)
+    held_out = harvest_or_reuse(suite, n_seqs=config.n_eval_seqs, out_dir=args.out / "acts-eval", seed=1, **common)
     return train, held_out
 
 

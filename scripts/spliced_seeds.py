@@ -20,8 +20,8 @@ from pathlib import Path
 
 from crosslens.cli.demo_stages import (
     DemoConfig,
-    _choose_steps,
-    _harvest_or_reuse,
+    choose_steps,
+    harvest_or_reuse,
     quality_stage,
     suite_stage,
     train_stage,
@@ -55,13 +55,11 @@ def main() -> None:
 
     config = replace(DemoConfig(), spliced_seqs=args.rows, extra_seeds=())
     suite, _ = suite_stage()
-    steps = _choose_steps(suite.steps, config.n_snapshots)
+    steps = choose_steps(suite.steps, config.n_snapshots)
     suite = suite.select(steps=steps)
     common = dict(hooks=[config.hook], seq_len=config.seq_len, force=False, device="cpu", model_dtype="float32")
-    train_store = _harvest_or_reuse(
-        suite, n_seqs=config.n_train_seqs, out_dir=args.out / "acts-train", seed=0, **common
-    )
-    eval_store = _harvest_or_reuse(suite, n_seqs=config.n_eval_seqs, out_dir=args.out / "acts-eval", seed=1, **common)
+    train_store = harvest_or_reuse(suite, n_seqs=config.n_train_seqs, out_dir=args.out / "acts-train", seed=0, **common)
+    eval_store = harvest_or_reuse(suite, n_seqs=config.n_eval_seqs, out_dir=args.out / "acts-eval", seed=1, **common)
     records = [_seed_record(args.out, seed, config, suite, train_store, eval_store, steps) for seed in args.seeds]
 
     print(f"\nover seeds {args.seeds}, {args.rows} held-out rows, zero-ablation floor: mean +/- sd")

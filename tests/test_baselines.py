@@ -27,7 +27,7 @@ from crosslens.training.baselines import (
     train_snapshot_sae,
 )
 from crosslens.training.comparison import compare_with_saes, format_quality_table, quality_table
-from crosslens.training.runner import evaluate_crosscoder
+from crosslens.training.metrics import evaluate_crosscoder
 
 HOOK = "blocks.0.hook_resid_post"
 STEPS = (0, 10, 100)

@@ -2,13 +2,13 @@
 
 import json
 
-from crosslens.cli.demo_stages import _choose_steps
+from crosslens.cli.demo_stages import choose_steps
 
 PICO_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 96, 144, 192, 240, 288, 336, 384, 432, 480, 528, 576, 624, 640]
 
 
 def test_choose_steps_keeps_ends_and_covers_early_and_late_training():
-    steps = _choose_steps(PICO_STEPS, 12)
+    steps = choose_steps(PICO_STEPS, 12)
     assert len(steps) == 12 and steps == sorted(set(steps))
     assert steps[0] == 0 and steps[-1] == 640
     assert sum(s <= 64 for s in steps) >= 4  # early, fast learning is sampled densely
@@ -16,7 +16,7 @@ def test_choose_steps_keeps_ends_and_covers_early_and_late_training():
 
 
 def test_choose_steps_returns_everything_when_asked_for_more():
-    assert _choose_steps(PICO_STEPS, 30) == PICO_STEPS
+    assert choose_steps(PICO_STEPS, 30) == PICO_STEPS
 
 
 def test_a_cached_quality_table_is_reused_only_with_the_splice_and_baselines_this_run_measures():
@@ -25,23 +25,23 @@ def test_a_cached_quality_table_is_reused_only_with_the_splice_and_baselines_thi
     was skipped, is reused."""
     from dataclasses import replace
 
-    from crosslens.cli.demo_stages import DemoConfig, _current_quality, baseline_settings
+    from crosslens.cli.demo_stages import DemoConfig, baseline_settings, current_quality
 
     config = DemoConfig.fast()
     baselines = json.loads(json.dumps(baseline_settings(config)))  # as quality.json keeps it
     row = {"snapshot": "step0", "ce_loss_score": 1.0}
-    assert not _current_quality([{"kind": "ev"}], config) and not _current_quality(None, config)
-    assert not _current_quality({"rows": [], "spliced_loss": {"crosscoder": [row]}, "baselines": baselines}, config)
+    assert not current_quality([{"kind": "ev"}], config) and not current_quality(None, config)
+    assert not current_quality({"rows": [], "spliced_loss": {"crosscoder": [row]}, "baselines": baselines}, config)
     spliced = {"crosscoder": [{**row, "n_positions": 60}]}
-    assert _current_quality({"rows": [], "spliced_loss": spliced, "baselines": baselines}, config)
-    assert _current_quality({"rows": [], "spliced_loss": None, "baselines": baselines}, config)
+    assert current_quality({"rows": [], "spliced_loss": spliced, "baselines": baselines}, config)
+    assert current_quality({"rows": [], "spliced_loss": None, "baselines": baselines}, config)
     # a table from before the baselines' settings were recorded, or from other settings
-    assert not _current_quality({"rows": [], "spliced_loss": spliced}, config)
+    assert not current_quality({"rows": [], "spliced_loss": spliced}, config)
     for changed in (dict(baseline_steps=50), dict(seed=3), dict(baseline_snapshots=2), dict(spliced_seqs=8)):
-        assert not _current_quality(
+        assert not current_quality(
             {"rows": [], "spliced_loss": spliced, "baselines": baselines}, replace(config, **changed)
         )
-    assert not _current_quality(
+    assert not current_quality(
         {"rows": [], "spliced_loss": spliced, "baselines": {**baselines, "jumprelu_threshold_start": "0.01"}}, config
     )
 

@@ -86,7 +86,7 @@ def test_a_store_of_other_revisions_is_refused_by_evaluate_and_analyze(world, tm
 def test_the_library_refuses_a_store_or_hook_that_is_not_the_crosscoders_partner(world, tmp_path):
     from crosslens.analysis import analyze_crosscoder
     from crosslens.crosscoders.saved import load_crosscoder_folder
-    from crosslens.training.runner import evaluate_crosscoder
+    from crosslens.training.metrics import evaluate_crosscoder
 
     crosscoder = load_crosscoder_folder(world["run"] / "final")
     models = {"step0": tiny_neox(seed=0), "step10": tiny_neox(seed=1), "step30": tiny_neox(seed=2)}
@@ -175,7 +175,7 @@ def test_loading_a_run_folder_as_a_crosscoder_names_its_final_folder(world):
 
 def test_a_folded_crosscoder_evaluates_as_its_unfolded_self(world):
     from crosslens.crosscoders.saved import load_crosscoder_folder
-    from crosslens.training.runner import evaluate_crosscoder
+    from crosslens.training.metrics import evaluate_crosscoder
 
     crosscoder = load_crosscoder_folder(world["run"] / "final")
     stores = [ActivationStore.open(world[name]) for name in ("store", "heldout")]  # the heldout's factors are its own
@@ -195,7 +195,7 @@ def test_a_folded_crosscoder_evaluates_as_its_unfolded_self(world):
 def test_a_store_of_the_same_checkpoints_harvested_in_another_dtype_is_the_crosscoders_partner(world, tmp_path, capsys):
     """The weights' hash depends on the dtype they were loaded in; the files' digest decides."""
     from crosslens.crosscoders.saved import load_crosscoder_folder
-    from crosslens.training.runner import evaluate_crosscoder
+    from crosslens.training.metrics import evaluate_crosscoder
 
     bf16 = harvest(world["suite"], tmp_path / "store", model_dtype="bfloat16")
     crosscoder = load_crosscoder_folder(world["run"] / "final")

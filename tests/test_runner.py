@@ -15,11 +15,9 @@ import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectu
 from crosslens.activations import harvest_activations
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.paths import TRAIN_LOG_NAME
+from crosslens.training.metrics import evaluate_crosscoder
 from crosslens.training.run_log import read_run_log
-from crosslens.training.runner import (
-    CrosscoderTrainingRunner,
-    evaluate_crosscoder,
-)
+from crosslens.training.runner import CrosscoderTrainingRunner
 
 HOOK = "blocks.0.hook_resid_post"
 

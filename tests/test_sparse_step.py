@@ -271,10 +271,10 @@ def check_block_sums(plan: KernelPlan, device: str, groups: int) -> None:
         )
         micro_batches.append((pairs, values_AG, rows, grads))
 
-    def backwards() -> None:
+    def backwards(block: weight_grads.WeightBlock | None = None) -> None:
         for pairs, values_AG, rows, grads in micro_batches:
-            norms_FS = weight_grads.row_norms_now(W_FSD)
-            outs = sparse.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, plan, rows=rows)
+            norms_FS = weight_grads.row_norms_now(W_FSD, block=block)
+            outs = sparse.gather_decode_and_norms(W_FGD, values_AG, pairs, norms_FS, plan, rows=rows, block=block)
             torch.autograd.backward(outs, grads)
 
     backwards()
@@ -282,8 +282,8 @@ def check_block_sums(plan: KernelPlan, device: str, groups: int) -> None:
     W_FSD.grad = None
     arrivals = []
     W_FSD.register_hook(arrivals.append)
-    with weight_grads.deferred_weight_grads([W_FSD]):
-        backwards()
+    with weight_grads.deferred_weight_grads([W_FSD]) as block:
+        backwards(block)
         assert W_FSD.grad is None
     assert [g for g in arrivals if g is not None] == [] and W_FSD.grad.dtype == torch.float32
     torch.testing.assert_close(W_FSD.grad, want, rtol=1e-5, atol=1e-5)
@@ -1023,8 +1023,8 @@ def test_topk_pairs_under_autocast_read_the_rounded_decoder_once_a_pass(arch, mo
     copies: list[torch.dtype | None] = []
     original = sparse.autocast_copy
 
-    def copy(W, n_pairs, plan=None, step_weights=None):
-        out = original(W, n_pairs, plan, step_weights)
+    def copy(W, n_pairs, plan=None, step_weights=None, block=None):
+        out = original(W, n_pairs, plan, step_weights, block)
         copies.append(None if out is None else out.dtype)
         return out
 

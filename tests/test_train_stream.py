@@ -135,7 +135,7 @@ def test_the_heldout_quality_table_is_measured_on_harvests_heldout_rows(streamed
     import crosslens.crosscoders  # noqa: F401
     from crosslens.activations import ActivationStore
     from crosslens.activations.partners import heldout_store_path
-    from crosslens.training.runner import evaluate_crosscoder
+    from crosslens.training.metrics import evaluate_crosscoder
 
     out, printed = streamed
     assert "explained variance per snapshot on held-out tokens (harvested from the resident models)" in printed

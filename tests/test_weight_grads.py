@@ -3,6 +3,8 @@ in float32 (crosslens.kernels.weight_grads)."""
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -14,7 +16,6 @@ from crosslens.kernels.weight_grads import (
     deferred_weight_grads,
     float32_product,
     row_norms_now,
-    weight_block,
     weight_matmul,
     weight_row_norms,
 )
@@ -166,10 +167,10 @@ def test_deferred_gradients_are_one_matmul_over_the_micro_batches(autocast, feat
     ref_a, ref_W, ref_b = _grads(whole, grad, (a, W, b))
 
     nodes = []
-    with deferred_weight_grads([W]):
+    with deferred_weight_grads([W]) as block:
         for n0 in range(0, N, 16):
             with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-                out = weight_matmul(a[n0 : n0 + 16], W, b, feature_major=feature_major)
+                out = weight_matmul(a[n0 : n0 + 16], W, b, feature_major=feature_major, block=block)
             nodes.append(out.grad_fn)
             out.backward(whole_grad(n0, n0 + 16).to(out.dtype))
             assert W.grad is None and b.grad is not None  # the weight's waits, the bias's does not
@@ -194,22 +195,25 @@ def _float32_reference(a, grad, feature_major):
 def test_a_deferred_block_adds_to_a_gradient_already_there_drops_its_rows_on_an_error_and_does_not_nest():
     a, W, _ = _operands(a_grad=False)
     W.grad = torch.ones_like(W)
-    with deferred_weight_grads([W]):
-        weight_matmul(a, W).sum().backward()
+    with deferred_weight_grads([W]) as block:
+        weight_matmul(a, W, block=block).sum().backward()
     torch.testing.assert_close(W.grad, 1 + a.sum(dim=0)[:, None].expand(K, M), rtol=1e-6, atol=1e-5)
     before = W.grad.clone()
     with pytest.raises(ValueError, match="boom"):
-        with deferred_weight_grads([W]):
-            weight_matmul(a, W).sum().backward()
+        with deferred_weight_grads([W]) as block:
+            weight_matmul(a, W, block=block).sum().backward()
             raise ValueError("boom")
     assert torch.equal(W.grad, before)
+    holder = types.SimpleNamespace(weight_block=None)  # a crosscoder holds its step's block
     with pytest.raises(RuntimeError, match="do not nest"):
-        with deferred_weight_grads([W]):
-            with deferred_weight_grads([W]):
+        with deferred_weight_grads([W], holder) as block:
+            assert holder.weight_block is block
+            with deferred_weight_grads([W], holder):
                 pass
+    assert holder.weight_block is None  # let go, even after an error
     other = torch.randn(K, M, requires_grad=True)
-    with deferred_weight_grads([W]):  # a weight it does not list keeps the plain matmul
-        out = weight_matmul(a, other)
+    with deferred_weight_grads([W]) as block:  # a weight it does not list keeps the plain matmul
+        out = weight_matmul(a, other, block=block)
     assert type(out.grad_fn).__name__ == "MmBackward0"
 
 
@@ -265,7 +269,7 @@ def test_micro_batches_write_the_weight_gradients_once_at_the_end(arch, settings
         W.register_hook(arrivals.append)
     if autocast:
         with monkeypatch.context() as undeferred:
-            undeferred.setattr(micro, "deferred_weight_grads", lambda weights: contextlib.nullcontext())
+            undeferred.setattr(micro, "deferred_weight_grads", lambda weights, holder: contextlib.nullcontext())
             micro_batched_pass(sae, x, 4, step_input, autocast_context)
     else:
         sae.training_forward_pass(step_input(x)).loss.backward()
@@ -288,8 +292,8 @@ def test_micro_batches_write_the_weight_gradients_once_at_the_end(arch, settings
 
 def test_an_operand_modified_in_place_before_backward_is_refused():
     a, W, _ = _operands(a_grad=False)
-    with deferred_weight_grads([W]):  # float32: the matmul keeps the input itself, not a copy
-        out = weight_matmul(a, W)
+    with deferred_weight_grads([W]) as block:  # float32: the matmul keeps the input itself, not a copy
+        out = weight_matmul(a, W, block=block)
         a.mul_(2)
         with pytest.raises(RuntimeError, match="modified in place.*clone it"):
             out.sum().backward()
@@ -300,23 +304,23 @@ def test_a_deferred_block_is_never_silently_wrong_about_what_it_kept():
     its backward is refused when the block sums it; a weight modified in place inside the block
     is rounded again."""
     a, W, _ = _operands(a_grad=False)
-    with deferred_weight_grads([W]):
-        out = weight_matmul(a, W)
+    with deferred_weight_grads([W]) as block:
+        out = weight_matmul(a, W, block=block)
     out.sum().backward()  # after the block: nothing left to sum it, so it is written now
     torch.testing.assert_close(W.grad, a.sum(dim=0)[:, None].expand(K, M), rtol=1e-6, atol=1e-5)
 
     W.grad = None
     with pytest.raises(RuntimeError, match="modified in place.*clone it"):
-        with deferred_weight_grads([W]):
-            weight_matmul(a, W).sum().backward()
+        with deferred_weight_grads([W]) as block:
+            weight_matmul(a, W, block=block).sum().backward()
             a.mul_(2)  # the kept operand is the input itself in float32
     assert W.grad is None
 
-    with torch.autocast("cpu", torch.bfloat16), deferred_weight_grads([W]):
-        first = weight_matmul(a, W)
+    with torch.autocast("cpu", torch.bfloat16), deferred_weight_grads([W]) as block:
+        first = weight_matmul(a, W, block=block)
         with torch.no_grad():
             W.mul_(2)
-        second = weight_matmul(a, W)
+        second = weight_matmul(a, W, block=block)
         assert torch.equal(second, a @ W)  # autocast's matmul of the changed weight
         assert not torch.equal(first, second)
 
@@ -339,8 +343,8 @@ def test_the_sparse_steps_rounded_decoder_is_the_blocks_one_copy():
     W = torch.randn(64, 3, 8, requires_grad=True)
     with torch.autocast("cpu", torch.bfloat16):
         outside = [autocast_copy(W, 10 * 64) for _ in range(2)]
-        with deferred_weight_grads([W]):
-            inside = [autocast_copy(W, 10 * 64) for _ in range(2)]
+        with deferred_weight_grads([W]) as block:
+            inside = [autocast_copy(W, 10 * 64, block=block) for _ in range(2)]
     assert outside[0].data_ptr() != outside[1].data_ptr()
     assert inside[0].data_ptr() == inside[1].data_ptr()
     assert torch.equal(inside[0], W.detach().bfloat16()) and not inside[0].requires_grad
@@ -361,23 +365,22 @@ def test_row_norms_in_a_block_are_computed_once_and_their_gradient_multiplies_th
     W.grad = None
     arrivals = []
     W.register_hook(arrivals.append)
-    with deferred_weight_grads([W]):
-        block = weight_block(W)
+    with deferred_weight_grads([W]) as block:
         for grad in grads:
-            norms = weight_row_norms(W)
+            norms = weight_row_norms(W, block=block)
             assert torch.equal(norms, row_norms(W))
             norms.backward(grad)
             assert W.grad is None
         assert block.row_norms(W) is block.row_norms(W)  # one pass over W for all the micro-batches
-        assert torch.equal(row_norms_now(W), block.row_norms(W)) and row_norms_now(W) is not block.row_norms(
-            W
-        )  # a copy
+        assert torch.equal(row_norms_now(W, block=block), block.row_norms(W)) and row_norms_now(
+            W, block=block
+        ) is not block.row_norms(W)  # a copy
     assert [g for g in arrivals if g is not None] == []
     torch.testing.assert_close(W.grad, want, rtol=1e-6, atol=1e-6)
 
     W.grad = None
-    with deferred_weight_grads([W]):
-        late = weight_row_norms(W)
+    with deferred_weight_grads([W]) as block:
+        late = weight_row_norms(W, block=block)
     late.backward(grads[0])  # after the block: written by this backward
     torch.testing.assert_close(W.grad, W.detach() * (grads[0] / W.detach().norm(dim=-1))[..., None])
 
@@ -385,16 +388,16 @@ def test_row_norms_in_a_block_are_computed_once_and_their_gradient_multiplies_th
 def test_a_weight_changed_in_place_after_its_norms_gradient_is_refused_at_the_blocks_end():
     W = _decoder()
     with pytest.raises(RuntimeError, match="modified in place inside a micro-batched step.*before the step or after"):
-        with deferred_weight_grads([W]):
-            weight_row_norms(W).sum().backward()
+        with deferred_weight_grads([W]) as block:
+            weight_row_norms(W, block=block).sum().backward()
             with torch.no_grad():
                 W.mul_(2)
     assert W.grad is None
-    with deferred_weight_grads([W]):  # changed before the norms: they are computed again
-        first = weight_row_norms(W).detach()
+    with deferred_weight_grads([W]) as block:  # changed before the norms: they are computed again
+        first = weight_row_norms(W, block=block).detach()
         with torch.no_grad():
             W.mul_(2)
-        assert torch.equal(weight_row_norms(W), 2 * first)
+        assert torch.equal(weight_row_norms(W, block=block), 2 * first)
 
 
 def _gated_code(seed: int, N_: int, F_: int = 24, S: int = 3, dtype: torch.dtype = torch.float32):
@@ -434,10 +437,12 @@ def test_the_gated_decode_regates_its_code_for_the_decoders_gradient_in_float32(
         assert error <= 1e-6 * exact.abs().max() and error * 100 < autocast_error
 
     whole = got_W
-    with deferred_weight_grads([W]):
+    with deferred_weight_grads([W]) as block:
         for n0 in range(0, 16, 4):
             with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-                part = snapshot_decode(f_SNF.detach()[:, n0 : n0 + 4], W, (gate[0][n0 : n0 + 4], *gate[1:]))
+                part = snapshot_decode(
+                    f_SNF.detach()[:, n0 : n0 + 4], W, (gate[0][n0 : n0 + 4], *gate[1:]), block=block
+                )
             assert type(part.grad_fn).__name__ == "_RegatedDecodeBackward"
             part.backward(grad[:, n0 : n0 + 4].to(part.dtype))
             assert W.grad is None
@@ -448,13 +453,13 @@ def test_a_gradient_free_matmul_in_a_block_reads_the_blocks_rounded_weight():
     """The micro-batched step's gradient-free pass (the whole batch's numbers) under autocast:
     autocast's product, from the copy of the weight the step's matmuls then read."""
     a, W, b = _operands(a_grad=False)
-    with torch.autocast("cpu", torch.bfloat16), deferred_weight_grads([W]):
+    with torch.autocast("cpu", torch.bfloat16), deferred_weight_grads([W]) as block:
         with torch.no_grad():
-            out = weight_matmul(a, W, b)
+            out = weight_matmul(a, W, b, block=block)
             ref = torch.addmm(b, a, W)
-        copy = weight_block(W).rounded[id(W)][1]
+        copy = block.rounded[id(W)][1]
         assert torch.equal(out, ref)
-        assert weight_block(W).round(W, torch.bfloat16).data_ptr() == copy.data_ptr()  # no second rounding
+        assert block.round(W, torch.bfloat16).data_ptr() == copy.data_ptr()  # no second rounding
 
 
 def test_the_gated_decode_refuses_a_changed_gate_and_a_second_backward():
@@ -476,9 +481,9 @@ def test_a_block_checks_every_weight_before_it_writes_any_gradient():
     a, W, _ = _operands(a_grad=False)
     W_dec = _decoder()
     with pytest.raises(RuntimeError, match="modified in place inside a micro-batched step"):
-        with deferred_weight_grads([W, W_dec]):
-            weight_matmul(a, W).sum().backward()
-            weight_row_norms(W_dec).sum().backward()
+        with deferred_weight_grads([W, W_dec]) as block:
+            weight_matmul(a, W, block=block).sum().backward()
+            weight_row_norms(W_dec, block=block).sum().backward()
             with torch.no_grad():
                 W_dec.mul_(2)
     assert W.grad is None and W_dec.grad is None  # nothing half-written
@@ -539,30 +544,29 @@ def test_a_kept_product_is_taken_once_and_only_for_the_very_same_operands():
     from crosslens.kernels.weight_grads import kept_products
 
     a, W, b = _operands(False)
-    with deferred_weight_grads([W]):
-        block = weight_block(W)
+    with deferred_weight_grads([W]) as block:
         with torch.no_grad():
-            weight_matmul(a, W, b)
+            weight_matmul(a, W, b, block=block)
         assert block.products == []  # outside kept_products nothing is left
-        with kept_products(), torch.no_grad():
-            kept = weight_matmul(a, W, b)
-            weight_matmul(a.clone(), W, b)  # the same values in other memory: a product of its own
-        taken = weight_matmul(a, W, b)
+        with kept_products(block), torch.no_grad():
+            kept = weight_matmul(a, W, b, block=block)
+            weight_matmul(a.clone(), W, b, block=block)  # the same values in other memory: a product of its own
+        taken = weight_matmul(a, W, b, block=block)
         assert taken.data_ptr() == kept.data_ptr() and len(block.products) == 1
         taken.mul_(1.0)  # the product handed over is the output itself, which a hook may edit
         # handed over once: computed now, and the miss lets the weight's other products go
-        again = weight_matmul(a, W, b)
+        again = weight_matmul(a, W, b, block=block)
         assert again.data_ptr() != kept.data_ptr() and torch.equal(again, kept) and block.products == []
         a2 = a.clone()
-        with kept_products(), torch.no_grad():
-            weight_matmul(a2, W, b)
+        with kept_products(block), torch.no_grad():
+            weight_matmul(a2, W, b, block=block)
         a2.mul_(2)  # changed in place after its product was left: not that product's input
-        changed = weight_matmul(a2, W, b)
+        changed = weight_matmul(a2, W, b, block=block)
         assert torch.equal(changed, torch.addmm(b, a2, W))
-        with kept_products(), torch.no_grad():
-            edited = weight_matmul(a, W, b)
+        with kept_products(block), torch.no_grad():
+            edited = weight_matmul(a, W, b, block=block)
         edited.add_(1.0)  # a product edited after it was left (a hook in the gradient-free pass)
-        recomputed = weight_matmul(a, W, b)
+        recomputed = weight_matmul(a, W, b, block=block)
         assert torch.equal(recomputed, torch.addmm(b, a, W)) and block.products == []
         (taken.sum() + again.sum() + changed.sum() + recomputed.sum()).backward()
     ones = torch.ones(N, M)

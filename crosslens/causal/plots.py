@@ -44,21 +44,8 @@ def relie_vs_reldec(
     mean; each panel's RelDec spans only what its points reach, since with many snapshots a
     snapshot's share of the decoder norm is small and a 0-1 axis would crowd the points into a
     corner (one feature near 1 in one panel would do that to all of them on a shared axis)."""
-    if reldec_values.shape != relie_values.shape:
-        raise ValueError(
-            f"RelIE {tuple(relie_values.shape)} and RelDec {tuple(reldec_values.shape)} need one value per feature each"
-        )
-    if relie_values.ndim == 1:
-        relie_values, reldec_values = relie_values[:, None], reldec_values[:, None]
-    y_FP = relie_values.detach().cpu().numpy()
-    x_FP = reldec_values.detach().cpu().numpy()
+    y_FP, x_FP, label_FP, names = _relie_panels(relie_values, reldec_values, snapshot_labels, thresholds, labels)
     n_features, n_panels = y_FP.shape
-    names = list(snapshot_labels) if snapshot_labels is not None else [f"s{i}" for i in range(n_panels)]
-    if len(names) != n_panels:
-        raise ValueError(f"{len(names)} snapshot labels for {n_panels} panels; give one label per column.")
-    label_FP = (
-        classify_relie(relie_values, thresholds) if labels is None else np.asarray(labels).reshape(n_features, n_panels)
-    )
     ids = np.arange(n_features) if feature_ids is None else np.asarray(feature_ids)
     n_cols = min(_PANEL_COLUMNS, n_panels)
     n_rows = -(-n_panels // n_cols)
@@ -72,52 +59,8 @@ def relie_vs_reldec(
     )
     shown: set[str] = set()
     for panel in range(n_panels):
-        row, col = panel // n_cols + 1, panel % n_cols + 1
-        reach = float(np.nanmax(x_FP[:, panel])) if n_features else 0.0
-        x_max = min(1.0, math.ceil(max(0.05, reach * 1.1) * 20) / 20)  # the next 0.05 up
-        fig.update_xaxes(range=[0, x_max], title_text="RelDec", row=row, col=col)
-        for rank, (name, (legend, colour)) in enumerate(_CLASS_COLOURS.items()):
-            chosen = label_FP[:, panel] == name
-            if not chosen.any():
-                continue
-            fig.add_trace(
-                go.Scatter(
-                    x=x_FP[chosen, panel],
-                    y=y_FP[chosen, panel],
-                    mode="markers",
-                    name=legend,
-                    legendgroup=name,
-                    legendrank=rank,
-                    showlegend=name not in shown,
-                    marker={"color": colour, "size": 6, "opacity": 0.85},
-                    text=[f"feature {i}" for i in ids[chosen]],
-                    hovertemplate="%{text}<br>RelDec %{x:.3f}<br>RelIE %{y:.2f}<extra></extra>",
-                ),
-                row=row,
-                col=col,
-            )
-            shown.add(name)
-        fig.add_shape(
-            type="line",
-            x0=0,
-            y0=0,
-            x1=x_max,
-            y1=x_max,
-            line={"dash": "dot", "color": "black", "width": 1},
-            row=row,
-            col=col,
-        )
-        for cut in (thresholds.other, thresholds.specific):
-            fig.add_shape(
-                type="line",
-                x0=0,
-                x1=x_max,
-                y0=cut,
-                y1=cut,
-                line={"dash": "dash", "color": "#999999", "width": 1},
-                row=row,
-                col=col,
-            )
+        where = {"row": panel // n_cols + 1, "col": panel % n_cols + 1}
+        _relie_panel(fig, where, x_FP[:, panel], y_FP[:, panel], label_FP[:, panel], ids, thresholds, shown)
     fig.update_yaxes(range=[-0.02, 1.02], tickvals=[0, thresholds.other, thresholds.specific, 1])
     for row in range(1, n_rows + 1):
         fig.update_yaxes(title_text="RelIE", row=row, col=1)
@@ -137,6 +80,77 @@ def relie_vs_reldec(
         },
     )
     return fig
+
+
+def _relie_panels(
+    relie_values: torch.Tensor,
+    reldec_values: torch.Tensor,
+    snapshot_labels: Sequence[str] | None,
+    thresholds: RelIEThresholds,
+    labels: np.ndarray | Sequence[Any] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """The inputs of :func:`relie_vs_reldec` as ``[features, panels]`` arrays: RelIE, RelDec and
+    each point's class, with the panels' titles; inputs that do not match are refused."""
+    if reldec_values.shape != relie_values.shape:
+        raise ValueError(
+            f"RelIE {tuple(relie_values.shape)} and RelDec {tuple(reldec_values.shape)} need one value per feature each"
+        )
+    if relie_values.ndim == 1:
+        relie_values, reldec_values = relie_values[:, None], reldec_values[:, None]
+    y_FP = relie_values.detach().cpu().numpy()
+    x_FP = reldec_values.detach().cpu().numpy()
+    n_features, n_panels = y_FP.shape
+    names = list(snapshot_labels) if snapshot_labels is not None else [f"s{i}" for i in range(n_panels)]
+    if len(names) != n_panels:
+        raise ValueError(f"{len(names)} snapshot labels for {n_panels} panels; give one label per column.")
+    label_FP = (
+        classify_relie(relie_values, thresholds) if labels is None else np.asarray(labels).reshape(n_features, n_panels)
+    )
+    return y_FP, x_FP, label_FP, names
+
+
+def _relie_panel(
+    fig: go.Figure,
+    where: dict[str, int],
+    x_F: np.ndarray,
+    y_F: np.ndarray,
+    label_F: np.ndarray,
+    ids: np.ndarray,
+    thresholds: RelIEThresholds,
+    shown: set[str],
+) -> None:
+    """One panel of :func:`relie_vs_reldec` at ``where`` (its row and column): the points in
+    their classes' colours (each class in the legend once, ``shown`` holding those already
+    there), the diagonal RelIE = RelDec and the thresholds across, RelDec up to what its points
+    reach."""
+    reach = float(np.nanmax(x_F)) if len(x_F) else 0.0
+    x_max = min(1.0, math.ceil(max(0.05, reach * 1.1) * 20) / 20)  # the next 0.05 up
+    fig.update_xaxes(range=[0, x_max], title_text="RelDec", **where)
+    for rank, (name, (legend, colour)) in enumerate(_CLASS_COLOURS.items()):
+        chosen = label_F == name
+        if not chosen.any():
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=x_F[chosen],
+                y=y_F[chosen],
+                mode="markers",
+                name=legend,
+                legendgroup=name,
+                legendrank=rank,
+                showlegend=name not in shown,
+                marker={"color": colour, "size": 6, "opacity": 0.85},
+                text=[f"feature {i}" for i in ids[chosen]],
+                hovertemplate="%{text}<br>RelDec %{x:.3f}<br>RelIE %{y:.2f}<extra></extra>",
+            ),
+            **where,
+        )
+        shown.add(name)
+    diagonal = {"dash": "dot", "color": "black", "width": 1}
+    fig.add_shape(type="line", x0=0, y0=0, x1=x_max, y1=x_max, line=diagonal, **where)
+    for cut in (thresholds.other, thresholds.specific):
+        across = {"dash": "dash", "color": "#999999", "width": 1}
+        fig.add_shape(type="line", x0=0, x1=x_max, y0=cut, y1=cut, line=across, **where)
 
 
 def relie_heatmap(

@@ -7,26 +7,26 @@ themselves: the docstring under a field is its ``--help``, its default is writte
 :mod:`~crosslens.cli.harvest`, :mod:`~crosslens.cli.train` (``--stream`` too),
 :mod:`~crosslens.cli.evaluate`, :mod:`~crosslens.cli.analyze`, :mod:`~crosslens.cli.report`,
 :mod:`~crosslens.cli.attribute`, :mod:`~crosslens.cli.dashboards`, :mod:`~crosslens.cli.browse`,
-:mod:`~crosslens.cli.explain`, :mod:`~crosslens.cli.export`, :mod:`~crosslens.cli.plan` and :mod:`~crosslens.cli.pretrained`
-(list, show, push). What several commands share is in a few modules: :mod:`~crosslens.cli.flags`
-(flags from dataclasses), :mod:`~crosslens.cli.options` (flag groups), :mod:`~crosslens.cli.common`
-(the CLIError, suites, recipes, a harvest's settings, devices, torchrun jobs),
-:mod:`~crosslens.cli.inputs` (checks of the paths a command writes) and
-:mod:`~crosslens.cli.quality` (the quality table a trained crosscoder is reported with). The work
-is the stages': ``harvest`` builds a :class:`~crosslens.activations.config.HarvestConfig` and
-calls :func:`~crosslens.activations.harvest_job.harvest_stores`, as ``train`` does too. The
-demo's stages are in :mod:`~crosslens.cli.demo_stages`. What a run costs is sized beside training
-(:mod:`crosslens.training.sizing`); recipes live there too (:mod:`crosslens.training.recipes`),
-since a recipe is the settings of a training run and the sizing, the library and the commands all
-read it, while nothing in it is about a command line.
+:mod:`~crosslens.cli.explain`, :mod:`~crosslens.cli.export`, :mod:`~crosslens.cli.plan` and
+:mod:`~crosslens.cli.pretrained` (list, show, push). What several commands share is in a few
+modules: :mod:`~crosslens.cli.flags` (flags from dataclasses), :mod:`~crosslens.cli.options` (flag
+groups), :mod:`~crosslens.cli.common` (the CLIError, suites, recipes, a harvest's settings, devices,
+torchrun jobs), :mod:`~crosslens.cli.inputs` (checks of the paths a command writes) and
+:mod:`~crosslens.cli.quality` (the quality table a trained crosscoder is reported with). The work is
+the stages': ``harvest`` builds a :class:`~crosslens.activations.config.HarvestConfig` and calls
+:func:`~crosslens.activations.harvest_job.harvest_stores`, as ``train`` does too. The demo's stages
+are in :mod:`~crosslens.cli.demo_stages`, its pipeline in :mod:`~crosslens.cli.demo_run`. What a run
+costs is sized beside training (:mod:`crosslens.training.sizing`); recipes live there too
+(:mod:`crosslens.training.recipes`), since a recipe is the settings of a training run and the
+sizing, the library and the commands all read it, while nothing in it is about a command line.
 
-Imports. ``crosslens --help`` imports every command module, and must stay quick: a command
-module, and the shared modules it imports at its top (flags, options, common), import at their
-top only what needs no torch. A command's functions import torch, TransformerLens, SAELens and the
-stages that load them (and :mod:`~crosslens.cli.quality` and :mod:`~crosslens.cli.demo_stages`,
-which import them) inside themselves. That is the one reason an import stays inside a function
-in this package; wandb, whose import takes seconds, is imported only where a run that logged to
-W&B needs it.
+Imports. ``crosslens --help`` imports every command module, and must stay quick: a command module,
+and the shared modules it imports at its top (flags, options, common), import at their top only what
+needs no torch. A command's functions import torch, TransformerLens, SAELens and the stages that
+load them (and :mod:`~crosslens.cli.quality`, :mod:`~crosslens.cli.demo_stages` and
+:mod:`~crosslens.cli.demo_run`, which import them) inside themselves. That is the one reason an
+import stays inside a function in this package; wandb, whose import takes seconds, is imported only
+where a run that logged to W&B needs it.
 
 Errors. Every error reaches the user as one or two lines naming the flag to change (``--debug``
 shows the traceback).

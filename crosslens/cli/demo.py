@@ -13,8 +13,9 @@ Stages (outputs under ``--out``, default ``$CROSSLENS_HOME/demo``):
 6. dashboards every feature at every snapshot -> crosscoder/dashboards.sqlite, for
               ``crosslens browse``
 
-A second run reuses every finished stage; ``--force`` recomputes them. The stages, the demo's
-settings and the pipeline are in :mod:`crosslens.cli.demo_stages`.
+A second run reuses every finished stage; ``--force`` recomputes them. The demo's settings and
+its stages are in :mod:`crosslens.cli.demo_stages`, the pipeline running them in
+:mod:`crosslens.cli.demo_run`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class DemoFlags:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from crosslens.cli.demo_stages import run_demo
+    from crosslens.cli.demo_run import run_demo
 
     device, dtype = device_and_dtype(args)
     run_demo(out_dir=args.out, fast=args.fast, force=args.force, device=device, dtype=dtype)

@@ -1,18 +1,15 @@
-"""The demo's settings (:class:`DemoConfig`), its stages and :func:`run_demo`, which runs them
-in order on the embedded pico suite, each one cached and resumable (see :mod:`crosslens.cli.demo`).
-Imported by the ``demo`` command's function: it imports torch and every stage.
+"""The demo's settings (:class:`DemoConfig`) and its stages, each one cached and resumable;
+:func:`crosslens.cli.demo_run.run_demo` runs them in order on the embedded pico suite (see
+:mod:`crosslens.cli.demo`). It imports torch and every stage.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import torch
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.activations import (
@@ -24,7 +21,6 @@ from crosslens.activations import (
 )
 from crosslens.activations.budget import TokenBudget
 from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder
-from crosslens.analysis.emergence_record import save_run_emergence
 from crosslens.analysis.probes import firing_frequency
 from crosslens.analysis.report import Report
 from crosslens.analysis.stability import add_stability_section, format_stability, seed_stability, stable_features
@@ -33,7 +29,6 @@ from crosslens.causal.claims import format_stable_claims, stable_claim_rows, sta
 from crosslens.causal.sections import attribution_sections, causal_out_dir
 from crosslens.causal.spliced_loss import (
     add_baselines,
-    add_spliced_loss_section,
     format_comparison,
     format_spliced_loss,
     spliced_record,
@@ -42,7 +37,7 @@ from crosslens.causal.spliced_loss import (
 from crosslens.checkpoints import CheckpointSuite, spaced_steps
 from crosslens.checkpoints.on_device import on_device
 from crosslens.core.errors import DamagedManifestError
-from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME, checkpoint_folders, crosslens_home
+from crosslens.core.paths import RUN_CONFIG_NAME, checkpoint_folders
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.pico.build import build_pico_suite
 from crosslens.pico.config import PicoConfig, default_root, is_built
@@ -50,9 +45,10 @@ from crosslens.pico.evals import format_eval_table, format_targets
 from crosslens.training.baselines import JUMPRELU_THRESHOLD_START
 from crosslens.training.comparison import compare_with_saes, format_quality_table, quality_table
 from crosslens.training.config import RUN_STORE_SEAL, ArchitectureConfig, CrosscoderRunnerConfig
+from crosslens.training.metrics import evaluate_crosscoder
 from crosslens.training.records import read_record, record_problem
-from crosslens.training.runfolder import RunFolderInUseError, seal_run
-from crosslens.training.runner import CrosscoderTrainingRunner, evaluate_crosscoder
+from crosslens.training.runfolder import RunFolderInUseError
+from crosslens.training.runner import CrosscoderTrainingRunner
 
 
 @dataclass
@@ -128,11 +124,7 @@ def _pico_jumprelu(*, d_sae: int) -> ArchitectureConfig:
     return ArchitectureConfig("jumprelu_crosscoder", d_sae=d_sae, sparsity_coefficient=PICO_DEMO_JUMPRELU_SPARSITY)
 
 
-def _banner(text: str) -> None:
-    print(f"\n=== {text} " + "=" * max(0, 74 - len(text)), flush=True)
-
-
-def _choose_steps(available: list[int], n: int) -> list[int]:
+def choose_steps(available: list[int], n: int) -> list[int]:
     """``n`` steps: half log-spaced (early learning is fast), half evenly over training."""
     if n >= len(available):
         return list(available)
@@ -196,7 +188,7 @@ def harvest_stage(
     )
 
 
-def _harvest_or_reuse(suite, *, out_dir, force: bool, **settings):
+def harvest_or_reuse(suite, *, out_dir, force: bool, **settings):
     """The store in ``out_dir`` when it was built from exactly these inputs, else a fresh harvest."""
     try:
         return harvest_stage(suite, out_dir=out_dir, overwrite=force, **settings)
@@ -254,7 +246,7 @@ def train_stage(store, out_dir, config: DemoConfig, *, force: bool = False, devi
         return runner.run(overwrite=True)
 
 
-def _current_quality(quality: Any, config: DemoConfig) -> bool:
+def current_quality(quality: Any, config: DemoConfig) -> bool:
     """Whether a demo's cached quality.json holds this version's table: the explained variance,
     baseline SAEs trained as ``config`` and this version train them, and a spliced loss
     measured where the crosscoder trained."""
@@ -524,107 +516,6 @@ def _stable_claims(suite, crosscoders, results, stable, labels, config, *, devic
     )
 
 
-def run_demo(
-    out_dir=None,
-    *,
-    fast: bool = False,
-    force: bool = False,
-    config: DemoConfig | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-) -> Path:
-    """Run every stage; return the report path. Models and crosscoder run on ``device``;
-    ``dtype`` is the snapshot models' (harvest and attribution)."""
-    config = config or (DemoConfig.fast() if fast else DemoConfig())
-    out_dir = Path(out_dir) if out_dir is not None else crosslens_home() / ("demo-fast" if fast else "demo")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    torch.manual_seed(config.seed)
-
-    _banner("1/6 pico suite: a tiny Pythia-architecture model trained from scratch")
-    suite, _ = suite_stage(force=force)
-    steps = list(config.snapshot_steps) if config.snapshot_steps else _choose_steps(suite.steps, config.n_snapshots)
-    suite = suite.select(steps=steps)
-    print(f"crosscoding {len(steps)} snapshots: steps {steps}")
-
-    _banner(f"2/6 harvest {config.hook} across snapshots (one model resident at a time)")
-    train_store = _harvest_or_reuse(
-        suite,
-        hooks=[config.hook],
-        n_seqs=config.n_train_seqs,
-        seq_len=config.seq_len,
-        out_dir=out_dir / "acts-train",
-        seed=config.seed,
-        force=force,
-        device=device,
-        model_dtype=dtype,
-    )
-    eval_store = _harvest_or_reuse(
-        suite,
-        hooks=[config.hook],
-        n_seqs=config.n_eval_seqs,
-        seq_len=config.seq_len,
-        out_dir=out_dir / "acts-eval",
-        seed=config.seed + 1,
-        force=force,
-        device=device,
-        model_dtype=dtype,
-    )
-    print(f"train store: {train_store.n_tokens} tokens x {train_store.n_snapshots} snapshots x d_in {train_store.d_in}")
-
-    _banner(f"3/6 train a {config.sae.architecture} (d_sae {config.sae.d_sae})")
-    crosscoder = train_stage(train_store, out_dir / "crosscoder", config, force=force, device=device)
-    quality_file = out_dir / "crosscoder" / QUALITY_NAME
-    quality = json.loads(quality_file.read_text()) if quality_file.exists() and not force else None
-    if _current_quality(quality, config):  # written after the crosscoder it describes
-        print(format_demo_quality(quality))
-    else:  # none yet, or an older demo's table: baselines trained otherwise, or a spliced loss without or over every position
-        quality = quality_stage(crosscoder, train_store, eval_store, config, suite, device=device, dtype=dtype)
-        quality_file.write_text(json.dumps(quality, indent=1, default=str))
-        seal_run(out_dir / "crosscoder")  # the table joins the run's seal, as `crosslens train`'s does
-
-    _banner("4/6 causal role: IG attribution, RelIE and ablations on agreement across an attractor")
-    results: list = []
-    sections = attribute_stage(
-        suite,
-        crosscoder,
-        task=config.task,
-        n_examples=config.n_task_examples,
-        out=out_dir,
-        seed=config.seed,
-        device=device,
-        dtype=dtype,
-        results=results,
-    )
-    if quality.get("spliced_loss"):
-        sections.append(add_spliced_loss_section(Report("spliced"), quality["spliced_loss"]))
-    if config.extra_seeds:
-        sections.append(
-            seeds_stage(
-                suite, train_store, out_dir, config, crosscoder, results[0], force=force, device=device, dtype=dtype
-            )
-        )
-    _banner("5/6 feature evolution from per-snapshot decoder norms -> report.html")
-    report_path, analysis, _ = analyze_stage(
-        crosscoder,
-        store=ActivationStore.open(train_store.path),
-        out=out_dir / "crosscoder" / "report.html",
-        tokenizer=suite.tokenizer(),
-        extra_sections=sections,
-        device=device,
-    )
-    print(_class_summary(analysis))
-    print(
-        f"{analysis.emergence.summary()}\n{save_run_emergence(out_dir / 'crosscoder', analysis.emergence, train_store)}"
-    )
-    print(f"\nreport: {report_path}")
-
-    _banner("6/6 every feature at every snapshot -> the feature database")
-    dashboards_stage(out_dir, config, train_store, force=force, device=device)
-    print(f"demo finished in {time.perf_counter() - started:.0f} s")
-    return report_path
-
-
 def dashboards_stage(
     out_dir: Path, config: DemoConfig, train_store, *, force: bool = False, device: str = "cpu"
 ) -> Path:
@@ -645,8 +536,3 @@ def dashboards_stage(
         path = compute_dashboards(run, store=train_store.path, config=replace(settings, overwrite=True), device=device)
     print(f"browse every feature: crosslens browse {run}")
     return path
-
-
-def _class_summary(analysis: Any) -> str:
-    counts = analysis.class_counts()
-    return "feature classes: " + ", ".join(f"{name} {count}" for name, count in counts.items())

@@ -26,7 +26,7 @@ from crosslens.cli.common import CLIError, resolve_suite
 from crosslens.core.errors import CrosslensError
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.training.comparison import format_quality_table, quality_table
-from crosslens.training.runner import evaluate_crosscoder
+from crosslens.training.metrics import evaluate_crosscoder
 
 WANDB_SUMMARY_KEYS = ("ce_loss_score", "kl_div_with_sae")
 """The per-snapshot figures a W&B run's summary carries, under spliced/<name>/<snapshot>."""

@@ -51,7 +51,7 @@ from crosslens.crosscoders.snapshot_sae import snapshot_sae
 from crosslens.kernels.compiled import compiled
 from crosslens.kernels.plan import KernelPlan, plan_for
 from crosslens.kernels.step_weights import StepWeights
-from crosslens.kernels.weight_grads import weight_matmul, weight_row_norms
+from crosslens.kernels.weight_grads import WeightBlock, weight_matmul, weight_row_norms
 
 SNAPSHOT_AXES = {"W_enc": 0, "W_dec": 1, "b_dec": 0, "folded_norm_factors": 0}
 """State-dict entries with a snapshot axis, and which axis it is. A snapshot-parallel
@@ -120,6 +120,11 @@ class CrosscoderMixin:
     matmuls, the decoder's row norms), which its kernels take by argument rather than read each
     weight again: handed over by the trainer for the length of a step
     (:meth:`~crosslens.kernels.step_weights.StepWeights.reading`); None outside one."""
+    weight_block: WeightBlock | None = None
+    """The micro-batched step's block, which sums the weights' gradients over its micro-batches
+    and writes each once at its end, and which its kernels take by argument (``block=``): held
+    for the length of the block (:func:`~crosslens.kernels.weight_grads.deferred_weight_grads`
+    given this crosscoder); None outside one."""
 
     def use_kernel_plan(self, plan: KernelPlan | None) -> None:
         """Run the training step's kernels as ``plan`` says (the trainer hands over its run's
@@ -189,7 +194,7 @@ class CrosscoderMixin:
         S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
         x_flat, W_enc_flat = x.reshape(-1, S * D), self.W_enc.reshape(S * D, F_)
         feature_major = feature_major and len(lead) == 1
-        read = {"feature_major": feature_major, "step_weights": self.step_weights}
+        read = {"feature_major": feature_major, "step_weights": self.step_weights, "block": self.weight_block}
         if self.collectives.snapshot_size == 1:
             h = weight_matmul(x_flat, W_enc_flat, self.b_enc, **read)
         else:  # this rank's snapshots' share of h, summed over the snapshot axis
@@ -207,7 +212,8 @@ class CrosscoderMixin:
         lead = feature_acts.shape[:-1]
         f_NF = feature_acts.to(self.dtype).reshape(-1, F_)
         W_dec_flat = self.W_dec.reshape(F_, S * D)
-        out_N = weight_matmul(f_NF, W_dec_flat, self.b_dec.reshape(S * D), step_weights=self.step_weights)
+        reads = {"step_weights": self.step_weights, "block": self.weight_block}
+        out_N = weight_matmul(f_NF, W_dec_flat, self.b_dec.reshape(S * D), **reads)
         return out_N.reshape(*lead, S, D)
 
     def decode_active(
@@ -244,7 +250,8 @@ class CrosscoderMixin:
         """Differentiable decoder norms in the normalised (training) space; ``raw_FS``:
         ``||W_dec[i, s]||`` where a step has them already, and then differentiable only as
         far as they are."""
-        raw_FS = weight_row_norms(self.W_dec, step_weights=self.step_weights) if raw_FS is None else raw_FS
+        if raw_FS is None:
+            raw_FS = weight_row_norms(self.W_dec, step_weights=self.step_weights, block=self.weight_block)
         return raw_FS * self.folded_norm_factors
 
     def snapshot_norm_sums(self, raw_FS: torch.Tensor | None = None) -> Float[torch.Tensor, " d_sae"]:

@@ -79,7 +79,7 @@ from crosslens.kernels.jumprelu_split import everywhere_and_rest, split_gated_de
 from crosslens.kernels.plan import KernelPlan, plan_for
 from crosslens.kernels.regated_decode import shared_code_decode
 from crosslens.kernels.step_weights import StepWeights
-from crosslens.kernels.weight_grads import row_norms_now
+from crosslens.kernels.weight_grads import WeightBlock, row_norms_now
 
 ARCHITECTURE = "jumprelu_crosscoder"
 
@@ -333,6 +333,7 @@ class JumpReLUTrainingCrosscoder(
                 threshold_F,
                 norm_factors_S=self.folded_norm_factors,
                 step_weights=self.step_weights,
+                block=self.weight_block,
                 **kernel_args,
             )
             self.pass_paths[path] += 1
@@ -350,7 +351,7 @@ class JumpReLUTrainingCrosscoder(
         if self.cfg.closed_gate_decoder_grad:
             # the decoder learns from the shared code at every snapshot, closed gates included;
             # the forward is the per-snapshot code's
-            recon_SND = shared_code_decode(f_SNF, self.W_dec, fwd.feature_acts_NF, self.step_weights)
+            recon_SND = shared_code_decode(f_SNF, self.W_dec, fwd.feature_acts_NF, self.step_weights, self.weight_block)
         else:
             recon_SND = torch.bmm(f_SNF, self.W_dec.transpose(0, 1))
         return recon_SND.transpose(0, 1) + self.b_dec
@@ -397,6 +398,7 @@ def snapshot_gated_decode(
     tanh_scale: float,
     plan: KernelPlan | None = None,
     step_weights: StepWeights | None = None,
+    block: WeightBlock | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF, path)``: the decode of the
     per-snapshot gated code (no bias), the summed tanh scores, the any-snapshot gate, the shared
@@ -407,31 +409,39 @@ def snapshot_gated_decode(
     batch: from the pairs where few entries are open (``sparse_step_pays``), or always where the
     plan says; split where the rest are few (``split_step_pays``); by entry classes where few
     gates are mixed; else the per-snapshot reference. ``step_weights``: what the optimizer wrote
-    for the step (the decoder rounded, its row norms), where the trainer hands it over."""
+    for the step (the decoder rounded, its row norms), where the trainer hands it over; ``block``:
+    the micro-batched step's :func:`~crosslens.kernels.weight_grads.deferred_weight_grads` block,
+    where the crosscoder holds one."""
     plan = plan_for(h_NF.device, plan)
     paths = plan.jumprelu_paths(h_NF.device.type, torch.is_autocast_enabled(h_NF.device.type))
     gate, raw_FS = (bandwidth, tanh_scale), None  # the decoder norms without gradient, once computed
     if "pairs" in paths:
-        raw_FS = row_norms_now(W_dec_FSD, step_weights)
+        raw_FS = row_norms_now(W_dec_FSD, step_weights, block)
         with torch.no_grad():
             args = (h_NF.detach(), raw_FS * norm_factors_S, threshold_F.detach(), bandwidth / 2)
             entries = active_entries(*args, plan)
         norms = (raw_FS, norm_factors_S)
         if paths == ("pairs",) or sparse_step_pays(entries, plan):
-            *decoded, _ = sparse_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, entries, gate, plan, step_weights)
+            *decoded, _ = sparse_gated_decode(
+                h_NF, W_dec_FSD, threshold_F, norms, entries, gate, plan, step_weights, block
+            )
             return (*decoded, "pairs")
         if "split" in paths:
             split = everywhere_and_rest(*args, entries)
             if split_step_pays(split[1], plan):
-                decoded = split_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, split, gate, plan, step_weights)
+                decoded = split_gated_decode(
+                    h_NF, W_dec_FSD, threshold_F, norms, split, gate, plan, step_weights, block
+                )
                 return (*decoded, "split")
     if "entry classes" in paths:
-        classed_FS = row_norms_now(W_dec_FSD, step_weights) if raw_FS is None else raw_FS
-        decoded = entry_classes_gated_decode(h_NF, W_dec_FSD, threshold_F, (classed_FS, norm_factors_S), gate, plan)
+        classed_FS = row_norms_now(W_dec_FSD, step_weights, block) if raw_FS is None else raw_FS
+        classed = (classed_FS, norm_factors_S)
+        decoded = entry_classes_gated_decode(h_NF, W_dec_FSD, threshold_F, classed, gate, plan, block)
         if decoded is not None:
             return (*decoded, "entry classes")
     norms = (raw_FS, norm_factors_S)  # the norms the pairs' paths took, if any
-    return (*per_snapshot_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, gate, plan, step_weights), "per snapshot")
+    decoded = per_snapshot_gated_decode(h_NF, W_dec_FSD, threshold_F, norms, gate, plan, step_weights, block)
+    return (*decoded, "per snapshot")
 
 
 CLASSES = (JumpReLUCrosscoder, JumpReLUCrosscoderConfig, JumpReLUTrainingCrosscoder, JumpReLUTrainingCrosscoderConfig)

@@ -59,7 +59,7 @@ from crosslens.kernels.sparse import (
     dense_rows_decode,
     gather_decode_and_norms,
 )
-from crosslens.kernels.weight_grads import row_norms_now, weight_block
+from crosslens.kernels.weight_grads import block_listing, row_norms_now
 
 ARCHITECTURE = "topk_crosscoder"
 
@@ -166,7 +166,7 @@ class TopKTrainingCrosscoder(_TopKCrosscoderMath, CrosscoderTrainingMixin, Train
         eager sums, but writes a decoder-sized gradient, which a micro-batched step adds up once
         per micro-batch where the pairs' kernels add their rows to the step's sum)."""
         plan = self.kernel_plan
-        return None if plan.backend == "eager" and weight_block(self.W_dec) is None else plan
+        return None if plan.backend == "eager" and block_listing(self.weight_block, self.W_dec) is None else plan
 
     def _one_group(self, W_FSD: torch.Tensor | None) -> torch.Tensor | None:
         """``W_dec`` (or its rounded copy) as the kernels' one group, ``[F, 1, S * d_in]``."""
@@ -197,7 +197,9 @@ class TopKTrainingCrosscoder(_TopKCrosscoderMath, CrosscoderTrainingMixin, Train
         if raw_FS is None:
             return self.decode_active(indices, values, offsets=offsets)
         aux = fwd.extras["aux"]
-        read = autocast_copy(self.W_dec, indices.numel(), self.kernel_plan, step_weights=self.step_weights)
+        read = autocast_copy(
+            self.W_dec, indices.numel(), self.kernel_plan, step_weights=self.step_weights, block=self.weight_block
+        )
         out, raw_FS, aux_recon = gather_decode_and_norms(
             self._one_group(self.W_dec),
             values.reshape(-1, 1),
@@ -206,6 +208,7 @@ class TopKTrainingCrosscoder(_TopKCrosscoderMath, CrosscoderTrainingMixin, Train
             self._kernels(),
             self._one_group(read),
             None if aux is None else aux[0],
+            self.weight_block,
         )
         fwd.extras["norm_sums_F"] = self.snapshot_norm_sums(raw_FS)
         if aux_recon is not None:
@@ -219,7 +222,7 @@ class TopKTrainingCrosscoder(_TopKCrosscoderMath, CrosscoderTrainingMixin, Train
         differentiable sums."""
         if not (self.uses_sparse_decode and self._kernels()):
             return None, self.snapshot_norm_sums()
-        raw_FS = row_norms_now(self.W_dec, self.step_weights)
+        raw_FS = row_norms_now(self.W_dec, self.step_weights, self.weight_block)
         with torch.no_grad():
             return raw_FS, self.snapshot_norm_sums(raw_FS)
 
@@ -251,7 +254,7 @@ class TopKTrainingCrosscoder(_TopKCrosscoderMath, CrosscoderTrainingMixin, Train
         else:
             out = self.decode_kept(fwd, *self._kept(fwd))
         if aux is not None and "aux_recon_NSD" not in fwd.extras:
-            fwd.extras["aux_recon_NSD"] = dense_rows_decode(self.W_dec, aux[0]).reshape(
+            fwd.extras["aux_recon_NSD"] = dense_rows_decode(self.W_dec, aux[0], block=self.weight_block).reshape(
                 -1, self.cfg.n_snapshots, self.cfg.d_in
             )
         return out

@@ -23,7 +23,7 @@ from crosslens.kernels.jumprelu_ops import backward_block, forward_block, thresh
 from crosslens.kernels.plan import KernelPlan, plan_for
 from crosslens.kernels.regated_decode import snapshot_decode
 from crosslens.kernels.step_weights import StepWeights
-from crosslens.kernels.weight_grads import weight_row_norms
+from crosslens.kernels.weight_grads import WeightBlock, weight_row_norms
 
 
 def token_block(
@@ -172,19 +172,21 @@ def per_snapshot_gated_decode(
     gate: tuple[float, float],
     plan: KernelPlan | None = None,
     step_weights: StepWeights | None = None,
+    block: WeightBlock | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)`` of the JumpReLU step from its
     per-snapshot code (:class:`SnapshotGateAndScore`) and its batched decode: the reference. ``norms
     = (raw_FS, norm_factors_S)``, ``raw_FS`` the decoder norms where a path tried before computed
-    them (else None: computed here, differentiably), and ``gate = (bandwidth, tanh_scale)``."""
+    them (else None: computed here, differentiably), and ``gate = (bandwidth, tanh_scale)``;
+    ``step_weights`` and ``block`` are handed on to the norms and the decode."""
     raw_FS, norm_factors_S = norms
-    norms_FS = weight_row_norms(W_dec_FSD, known=raw_FS, step_weights=step_weights) * norm_factors_S
+    norms_FS = weight_row_norms(W_dec_FSD, known=raw_FS, step_weights=step_weights, block=block) * norm_factors_S
     h_NF = h_NF.contiguous()  # the blocks of the gate are token-major
     bandwidth, tanh_scale = gate
     f_SNF, score_sum_F, open_anywhere_NF = snapshot_gate_and_score(
         h_NF, norms_FS, threshold_F, bandwidth=bandwidth, tanh_scale=tanh_scale, plan=plan
     )
-    recon_SND = snapshot_decode(f_SNF, W_dec_FSD, (h_NF, norms_FS, threshold_F), step_weights)
+    recon_SND = snapshot_decode(f_SNF, W_dec_FSD, (h_NF, norms_FS, threshold_F), step_weights, block)
     with torch.no_grad():
         shared_NF = h_NF * open_anywhere_NF
     return recon_SND.transpose(0, 1), score_sum_F, open_anywhere_NF, shared_NF

@@ -37,7 +37,7 @@ from crosslens.kernels.jumprelu_ops import (
     threshold_gradient,
 )
 from crosslens.kernels.plan import KernelPlan, plan_for
-from crosslens.kernels.weight_grads import weight_block
+from crosslens.kernels.weight_grads import WeightBlock, block_listing
 
 # ----------------------------------------------------------------------------------------
 # Gate, scores and decode together, from the shared code's point of view.
@@ -396,6 +396,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         classes: EntryClasses,
         bandwidth: float,
         tanh_scale: float,
+        block: WeightBlock | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         N, F_ = h_NF.shape
         S, D = W_dec_FSD.shape[1:]
@@ -434,7 +435,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
             *pairs,
         )
         ctx.classes, ctx.h_FP, ctx.bandwidth, ctx.tanh_scale = classes, h_FP, bandwidth, tanh_scale
-        ctx.block = weight_block(W_dec_FSD)
+        ctx.block = block_listing(block, W_dec_FSD)
         # the shared code h * [open at some snapshot]: the dense code with the mixed entries
         # it leaves out (open at a few snapshots only) put back (a copy: hooks may edit it)
         shared_FN = f_dense_FN.clone()
@@ -520,7 +521,7 @@ class SnapshotGatedDecode(torch.autograd.Function):
         grad_W_FSD = _add_norms_part(
             grad_W_FSD, block, grad_norms_FS.mul_(ctx.tanh_scale).mul_(norm_factors_S), raw_norms_FS, W_dec_FSD
         )
-        return grad_h_FN.T, grad_W_FSD, grad_threshold_F, None, None, None, None, None, None
+        return grad_h_FN.T, grad_W_FSD, grad_threshold_F, None, None, None, None, None, None, None
 
 
 def entry_classes_gated_decode(
@@ -530,12 +531,14 @@ def entry_classes_gated_decode(
     norms: tuple[Float[torch.Tensor, "d_sae n_snapshots"], Float[torch.Tensor, " n_snapshots"]],
     gate: tuple[float, float],
     plan: KernelPlan | None = None,
+    block: WeightBlock | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)`` of the JumpReLU step by
     :class:`SnapshotGatedDecode`, where few enough entries are mixed (:attr:`EntryClasses.sparse_ok`),
     else None; for ``norms = (raw_FS, norm_factors_S)``, the decoder norms computed without
     gradient (this node differentiates them) and the factors to the training space, and ``gate =
-    (bandwidth, tanh_scale)``."""
+    (bandwidth, tanh_scale)``. In a micro-batched step (where ``block`` lists the decoder) the
+    decoder's gradient goes to the block's sum."""
     raw_FS, norm_factors_S = norms
     bandwidth, tanh_scale = gate
     with torch.no_grad():
@@ -544,5 +547,5 @@ def entry_classes_gated_decode(
     if not classes.sparse_ok:
         return None
     return SnapshotGatedDecode.apply(
-        h_NF, W_dec_FSD, threshold_F, norms_FS, raw_FS, norm_factors_S, classes, bandwidth, tanh_scale
+        h_NF, W_dec_FSD, threshold_F, norms_FS, raw_FS, norm_factors_S, classes, bandwidth, tanh_scale, block
     )

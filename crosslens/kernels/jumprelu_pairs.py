@@ -30,6 +30,7 @@ from crosslens.kernels.jumprelu_ops import pair_score_sums, threshold_gradient
 from crosslens.kernels.plan import KernelPlan, plan_for
 from crosslens.kernels.sparse import EagerKernels, autocast_copy, gather_decode_and_norms, kernels_for
 from crosslens.kernels.step_weights import StepWeights
+from crosslens.kernels.weight_grads import WeightBlock
 
 
 def sparse_step_pays(entries: ActiveEntries, plan: KernelPlan) -> bool:
@@ -174,6 +175,7 @@ def sparse_gated_decode(
     gate: tuple[float, float],
     plan: KernelPlan | None = None,
     step_weights: StepWeights | None = None,
+    block: WeightBlock | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The JumpReLU step's ``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF,
     norms_FS)`` from the active ``entries`` (:func:`active_entries`): those open at some
@@ -187,7 +189,9 @@ def sparse_gated_decode(
     read from the decoder rounded as ``step_weights`` holds it where the optimizer wrote it. ``norms_FS`` are the
     training space's decoder norms, differentiable through the decode's node, whose one pass
     writes W's gradient from the pairs and the norms: further scores read them at no
-    further pass (:func:`crosslens.kernels.jumprelu_split.split_gated_decode`)."""
+    further pass (:func:`crosslens.kernels.jumprelu_split.split_gated_decode`). In a micro-batched
+    step ``block`` (a :func:`~crosslens.kernels.weight_grads.deferred_weight_grads` block) takes
+    the decoder's gradient and gives its rounded copy."""
     bandwidth, tanh_scale = gate
     plan = plan_for(h_NF.device, plan)
     raw_FS, norm_factors_S = norms
@@ -202,8 +206,8 @@ def sparse_gated_decode(
     h_A = h_flat.index_select(0, flat_A).float()
     t_A = threshold_F.float().index_select(0, pairs.feature_A)
     f_AS = JumpGate.apply(h_A, norms_FS.float().index_select(0, pairs.feature_A), t_A, bandwidth)
-    read_FSD = autocast_copy(W_dec_FSD, entries.n_open, plan, step_weights)
-    recon_NSD, raw_FS, _ = gather_decode_and_norms(W_dec_FSD, f_AS, pairs, raw_FS, plan, read_FSD)
+    read_FSD = autocast_copy(W_dec_FSD, entries.n_open, plan, step_weights, block)
+    recon_NSD, raw_FS, _ = gather_decode_and_norms(W_dec_FSD, f_AS, pairs, raw_FS, plan, read_FSD, block=block)
     decoded_norms_FS = raw_FS * norm_factors_S
     norms_AS = decoded_norms_FS.float().index_select(0, pairs.feature_A)
     score_A = torch.tanh(f_AS * norms_AS * tanh_scale).sum(dim=1)

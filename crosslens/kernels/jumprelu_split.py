@@ -34,7 +34,7 @@ from crosslens.kernels.jumprelu_ops import everywhere_score_block, everywhere_sc
 from crosslens.kernels.jumprelu_pairs import ActiveEntries, sparse_gated_decode
 from crosslens.kernels.plan import KernelPlan, plan_for
 from crosslens.kernels.step_weights import StepWeights
-from crosslens.kernels.weight_grads import weight_matmul
+from crosslens.kernels.weight_grads import WeightBlock, weight_matmul
 
 
 def everywhere_and_rest(
@@ -123,6 +123,7 @@ def split_gated_decode(
     gate: tuple[float, float],
     plan: KernelPlan | None = None,
     step_weights: StepWeights | None = None,
+    block: WeightBlock | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(recon_NSD, score_sum_F, open_anywhere_NF, shared_code_NF)`` of
     :func:`~crosslens.crosscoders.jumprelu_crosscoder.snapshot_gated_decode`, for ``split =
@@ -130,17 +131,17 @@ def split_gated_decode(
     through the shared code's matmul and :class:`EverywhereScores`, ``rest`` through
     :func:`~crosslens.kernels.jumprelu_pairs.sparse_gated_decode` (which also sums the
     window of the entries shut everywhere). ``norms = (raw_FS, norm_factors_S)`` as there, and
-    ``gate = (bandwidth, tanh_scale)``."""
+    ``gate = (bandwidth, tanh_scale)``; ``step_weights`` and ``block`` are handed on to both."""
     everywhere_NF, rest, open_anywhere_NF = split
     plan = plan_for(h_NF.device, plan)
     F_, S, D = W_dec_FSD.shape
     # its norms come differentiable from the decode's node: their gradient from the scores below
     # joins that node's one pass over W
     recon_NSD, score_sum_F, _, _, norms_FS = sparse_gated_decode(
-        h_NF, W_dec_FSD, threshold_F, norms, rest, gate, plan, step_weights
+        h_NF, W_dec_FSD, threshold_F, norms, rest, gate, plan, step_weights, block
     )
     shared_NF = h_NF * everywhere_NF
-    recon_NX = weight_matmul(shared_NF, W_dec_FSD.reshape(F_, S * D), step_weights=step_weights)
+    recon_NX = weight_matmul(shared_NF, W_dec_FSD.reshape(F_, S * D), step_weights=step_weights, block=block)
     everywhere_F = EverywhereScores.apply(h_NF, norms_FS, everywhere_NF, gate[1], plan)
     with torch.no_grad():
         shared_code_NF = h_NF * open_anywhere_NF

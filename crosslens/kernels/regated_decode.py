@@ -1,8 +1,9 @@
 """JumpReLU's per-snapshot decodes whose decoder gradient is made from the code regated, not
 from a saved ``[S, N, F]`` code: :func:`snapshot_decode` and :func:`shared_code_decode`.
 
-Under autocast (a float32 decoder), or in a micro-batched step's
-:func:`~crosslens.kernels.weight_grads.deferred_weight_grads` block that lists the decoder,
+Under autocast (a float32 decoder), or where a micro-batched step's
+:func:`~crosslens.kernels.weight_grads.deferred_weight_grads` block, handed over by argument
+(``block``), lists the decoder,
 the decoder's gradient is computed in float32 from the code regated from the pre-activation,
 norms and threshold (or from the shared code), so the ``S`` times larger per-snapshot code is
 never kept for backward; in a block, what regates it is kept for the block's one gradient
@@ -20,12 +21,12 @@ from crosslens.kernels.step_weights import StepWeights
 from crosslens.kernels.weight_grads import (
     TWICE,
     WeightBlock,
+    block_listing,
     check_unchanged,
     float32_product,
     product_dtype,
     regated_weight_grad,
     rounded,
-    weight_block,
 )
 
 
@@ -46,7 +47,7 @@ class _RegatedDecode(torch.autograd.Function):
         block: WeightBlock | None,
         step_weights: StepWeights | None,
     ) -> torch.Tensor:
-        W_low = rounded(W_FSD, dtype, step_weights)  # the block's copy in a block
+        W_low = rounded(W_FSD, dtype, step_weights, block)  # the block's copy in a block
         with torch.autocast(f_SNF.device.type, enabled=False):
             out = torch.bmm(f_SNF.to(dtype), W_low.transpose(0, 1))
         ctx.W_low = W_low if ctx.needs_input_grad[0] else None
@@ -95,16 +96,17 @@ def snapshot_decode(
         Float[torch.Tensor, "n d_sae"], Float[torch.Tensor, "d_sae n_snapshots"], Float[torch.Tensor, " d_sae"]
     ],
     step_weights: StepWeights | None = None,
+    block: WeightBlock | None = None,
 ) -> Float[torch.Tensor, "n_snapshots n d_in"]:
     """``f_s @ W_dec[:, s]`` at every snapshot, ``[S, N, D]``, of the JumpReLU code ``f_SNF = h *
     [h * norms_s > t]`` that ``gate = (h_NF, norms_FS, threshold_F)`` (without gradient) gives.
-    Under autocast (a float32 decoder) or in a :func:`deferred_weight_grads` block that lists
-    the decoder, the decoder's gradient is computed from the code regated from ``gate``, so the
+    Under autocast (a float32 decoder) or where ``block`` (a :func:`deferred_weight_grads` block)
+    lists the decoder, the decoder's gradient is computed from the code regated from ``gate``, so the
     ``[S, N, F]`` code is not kept for backward, and in float32 (:class:`_RegatedDecode`), reading
     the decoder rounded as ``step_weights`` holds it where the optimizer wrote it;
     else the plain batched matmul (but for a gradient-free product under autocast in such a
     block: autocast's, on the block's copy)."""
-    block = weight_block(W_dec_FSD)
+    block = block_listing(block, W_dec_FSD)
     dtype = product_dtype(W_dec_FSD, block)
     if dtype is None:
         return torch.bmm(f_SNF, W_dec_FSD.transpose(0, 1))
@@ -116,13 +118,14 @@ def shared_code_decode(
     W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
     shared_NF: Float[torch.Tensor, "n d_sae"],
     step_weights: StepWeights | None = None,
+    block: WeightBlock | None = None,
 ) -> Float[torch.Tensor, "n_snapshots n d_in"]:
     """``f_s @ W_dec[:, s]`` at every snapshot, ``[S, N, D]``, as :func:`snapshot_decode`, with
     the decoder's gradient at every snapshot that of the shared code ``shared_NF`` (without
     gradient): ``shared.T @ grad_s``, closed gates included (JumpReLU's
     ``closed_gate_decoder_grad``). The code's gradient is the decode's. One ``[F, N] @ [N, S *
-    D]`` product, in float32 or kept in a :func:`deferred_weight_grads` block; the ``[S, N, F]``
+    D]`` product, in float32 or kept in ``block`` (a :func:`deferred_weight_grads` block); the ``[S, N, F]``
     code is not kept for backward."""
-    block = weight_block(W_dec_FSD)
+    block = block_listing(block, W_dec_FSD)
     dtype = product_dtype(W_dec_FSD, block) or W_dec_FSD.dtype
     return _RegatedDecode.apply(f_SNF, W_dec_FSD, (shared_NF.detach().to(dtype),), dtype, block, step_weights)

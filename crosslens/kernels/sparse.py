@@ -50,7 +50,7 @@ from crosslens.core.tensors import norm_gradient_scale
 from crosslens.kernels.active_pairs import ActivePairs
 from crosslens.kernels.plan import KernelPlan, plan_for
 from crosslens.kernels.step_weights import StepWeights
-from crosslens.kernels.weight_grads import WeightBlock, float32_product, rounded, weight_block
+from crosslens.kernels.weight_grads import WeightBlock, block_listing, float32_product, rounded
 
 NormTerm = tuple[torch.Tensor, torch.Tensor]
 """``(W_FGD, scale_FR)``: the gradient of a loss through the norms of W's rows viewed ``[F, R,
@@ -230,12 +230,13 @@ class SparseDecode(torch.autograd.Function):
         norms_FR: torch.Tensor | None,
         rows_R: torch.Tensor | None,
         values_NR: torch.Tensor | None,
+        block: WeightBlock | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         ctx.set_materialize_grads(False)
         ctx.grad_dtype = autocast_dtype(W_FGD.device) or values_AG.dtype
         read_FGD = W_FGD if read_FGD is None else read_FGD
         ctx.save_for_backward(read_FGD, values_AG, W_FGD, norms_FR, rows_R, values_NR)
-        ctx.pairs, ctx.ops, ctx.block = pairs, ops, weight_block(W_FGD)
+        ctx.pairs, ctx.ops, ctx.block = pairs, ops, block_listing(block, W_FGD)
         out_NGD = ops.decode(read_FGD, values_AG, pairs)
         norms_FR = None if norms_FR is None else norms_FR.clone()
         if rows_R is None:
@@ -272,7 +273,7 @@ class SparseDecode(torch.autograd.Function):
             if ctx.needs_input_grad[7]:
                 grad_rows_v = _rows_values_grad(grad_rows_NK, _rows(read_FGD, rows_R, ctx.grad_dtype), rows_R)
                 grad_rows_v = grad_rows_v.to(values_NR.dtype)
-        return grad_W, grad_v, None, None, None, None, None, grad_rows_v
+        return grad_W, grad_v, None, None, None, None, None, grad_rows_v, None
 
 
 ROW_ALIGNMENT = 8
@@ -311,14 +312,18 @@ def _rows_values_grad(grad_NK: torch.Tensor, rows_RK: torch.Tensor, rows_R: torc
 
 
 def dense_rows_decode(
-    W_FGD: Float[torch.Tensor, "d_sae groups d"], rows: DenseRows, dtype: torch.dtype | None = None
+    W_FGD: Float[torch.Tensor, "d_sae groups d"],
+    rows: DenseRows,
+    dtype: torch.dtype | None = None,
+    block: WeightBlock | None = None,
 ) -> Float[torch.Tensor, "n groups_d"]:
     """The decode of :data:`DenseRows`, ``values_NR @ W[rows_R]``, ``[N, G * D]``: in
     ``dtype`` where given, else as the ambient autocast has it; differentiable by autograd where
-    no :func:`gather_decode_and_norms` node decodes the rows, or, in a micro-batched step, by a
-    node that adds the rows' gradient to the step's sum (:class:`_BlockRowsDecode`)."""
+    no :func:`gather_decode_and_norms` node decodes the rows, or, in a micro-batched step (where
+    ``block`` lists ``W_FGD``), by a node that adds the rows' gradient to the step's sum
+    (:class:`_BlockRowsDecode`)."""
     rows_R, values_NR = rows
-    block = weight_block(W_FGD) if torch.is_grad_enabled() and W_FGD.requires_grad else None
+    block = block_listing(block, W_FGD) if torch.is_grad_enabled() and W_FGD.requires_grad else None
     if block is not None:
         return _BlockRowsDecode.apply(W_FGD, rows_R, values_NR, dtype, block)
     return _padded_values(values_NR.to(dtype or values_NR.dtype), rows_R.shape[0]) @ _rows(W_FGD, rows_R, dtype)
@@ -375,19 +380,23 @@ def _add_rows_grad(
 
 
 def autocast_copy(
-    W: torch.Tensor, n_pairs: int, plan: KernelPlan | None = None, step_weights: StepWeights | None = None
+    W: torch.Tensor,
+    n_pairs: int,
+    plan: KernelPlan | None = None,
+    step_weights: StepWeights | None = None,
+    block: WeightBlock | None = None,
 ) -> torch.Tensor | None:
     """``W`` detached and rounded to the autocast dtype, for ``n_pairs`` pairs to decode from
     its rows, where autocast is on and the copy pays (the plan's ``read_copy_pairs`` per row:
     the copy costs a float32 read and a bfloat16 write of every element, 6 bytes, and each
     pair's decode and values' gradient then read 2 bytes less per element of its row); else None.
     A matmul under autocast reads its weight rounded the same way; inside a micro-batched step
-    it is the step's one copy, else the optimizer's where ``step_weights`` holds one
+    it is the step's one copy (``block``'s), else the optimizer's where ``step_weights`` holds one
     (:func:`~crosslens.kernels.weight_grads.rounded`). The decoder's gradient stays W's own."""
     dtype = autocast_dtype(W.device)
     if dtype is None or n_pairs < plan_for(W.device, plan).read_copy_pairs * W.shape[0]:
         return None
-    return rounded(W, dtype, step_weights)
+    return rounded(W, dtype, step_weights, block)
 
 
 def gather_decode(
@@ -396,12 +405,14 @@ def gather_decode(
     pairs: ActivePairs,
     plan: KernelPlan | None = None,
     read_FGD: torch.Tensor | None = None,
+    block: WeightBlock | None = None,
 ) -> Float[torch.Tensor, "n groups d"]:
     """The gather-sum decode of the active pairs (see the module docstring), differentiable
     in ``W_FGD`` and ``values_AG``; the values are cast to the decoder's dtype. ``read_FGD``:
     ``W_FGD`` rounded to the autocast dtype, whose rows the decode and the values' gradient
-    read instead (half the memory traffic; the decoder's gradient is W's, in its dtype)."""
-    return _sparse_decode(W_FGD, values_AG, pairs, plan, read_FGD, None, None)[0]
+    read instead (half the memory traffic; the decoder's gradient is W's, in its dtype); in a
+    micro-batched step (where ``block`` lists ``W_FGD``) the gradient is added to the block's sum."""
+    return _sparse_decode(W_FGD, values_AG, pairs, plan, read_FGD, None, None, block)[0]
 
 
 def gather_decode_and_norms(
@@ -412,6 +423,7 @@ def gather_decode_and_norms(
     plan: KernelPlan | None = None,
     read_FGD: torch.Tensor | None = None,
     rows: DenseRows | None = None,
+    block: WeightBlock | None = None,
 ) -> tuple[
     Float[torch.Tensor, "n groups d"], Float[torch.Tensor, "d_sae parts"], Float[torch.Tensor, "n groups_d"] | None
 ]:
@@ -420,7 +432,8 @@ def gather_decode_and_norms(
     own node, and the decode of ``rows`` (:data:`DenseRows`) where given, else None: W's
     gradient from all three is then written in one pass instead of three (the pairs' sums,
     the norms' gradient, and their sum) or five (the rows' gradient and its sum). Under
-    autocast the rows' matmul is in the autocast dtype, from ``read_FGD`` where given."""
+    autocast the rows' matmul is in the autocast dtype, from ``read_FGD`` where given. In a
+    micro-batched step (where ``block`` lists ``W_FGD``) W's gradient goes to the block's sum."""
     F_, R = norms_FR.shape
     if W_FGD.shape[0] != F_ or (W_FGD.shape[1] * W_FGD.shape[2]) % R:
         shapes = f"norms of shape {tuple(norms_FR.shape)}, W of shape {tuple(W_FGD.shape)}"
@@ -428,7 +441,7 @@ def gather_decode_and_norms(
     if rows is not None and rows[1].shape != (pairs.n_tokens, rows[0].shape[0]):
         shapes = f"values of shape {tuple(rows[1].shape)} for {rows[0].shape[0]} rows and {pairs.n_tokens} tokens"
         raise ValueError(f"{shapes}: the rows' code needs one value per token and row")
-    return _sparse_decode(W_FGD, values_AG, pairs, plan, read_FGD, norms_FR.detach().contiguous(), rows)
+    return _sparse_decode(W_FGD, values_AG, pairs, plan, read_FGD, norms_FR.detach().contiguous(), rows, block)
 
 
 def _sparse_decode(
@@ -439,9 +452,11 @@ def _sparse_decode(
     read_FGD: torch.Tensor | None,
     norms_FR: torch.Tensor | None,
     rows: DenseRows | None,
+    block: WeightBlock | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     ops = kernels_for(plan_for(W_FGD.device, plan))
     read_FGD = None if read_FGD is None else read_FGD.contiguous()
     values_AG = values_AG.to(W_FGD.dtype).contiguous()
     rows_R, values_NR = (None, None) if rows is None else rows
-    return SparseDecode.apply(W_FGD.contiguous(), values_AG, pairs, ops, read_FGD, norms_FR, rows_R, values_NR)
+    W_FGD = W_FGD.contiguous()
+    return SparseDecode.apply(W_FGD, values_AG, pairs, ops, read_FGD, norms_FR, rows_R, values_NR, block)

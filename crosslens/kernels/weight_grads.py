@@ -56,13 +56,15 @@ and the step then rounds the weight itself). So the trainer's Adam can write eac
 and the next step takes that copy where :func:`rounded` would read the float32 weight again to
 make it; likewise the decoder norms. The functions here that read a weight rounded or its row
 norms take the step's :class:`~crosslens.kernels.step_weights.StepWeights` by argument
-(``step_weights``), which the crosscoder passes down from its trainer.
+(``step_weights``), which the crosscoder passes down from its trainer. The block is handed over
+the same way: :func:`deferred_weight_grads` gives it to the crosscoder for its length
+(``crosscoder.weight_block``), which passes it to every kernel it calls (``block``); a kernel
+given no block, or one that does not list its weight, writes its gradient itself.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -317,25 +319,20 @@ def check_unchanged(tensors: Sequence[torch.Tensor | None], versions: Sequence[i
         raise RuntimeError(_MODIFIED_IN_PLACE)
 
 
-_state = threading.local()
-
-
-def _deferred() -> WeightBlock | None:
-    return getattr(_state, "deferred", None)
-
-
-def weight_block(W: torch.Tensor) -> WeightBlock | None:
-    """The open :func:`deferred_weight_grads` block that lists ``W`` (or the weight it is a
-    reshaped view of), or None: where a kernel's backward hands its part of ``W``'s gradient."""
-    block = _deferred()
+def block_listing(block: WeightBlock | None, W: torch.Tensor) -> WeightBlock | None:
+    """``block`` (a :func:`deferred_weight_grads` block handed over by argument) where it lists
+    ``W`` (or the weight it is a reshaped view of), else None: where a kernel's backward hands
+    its part of ``W``'s gradient."""
     return block if block is not None and block.holds(W) else None
 
 
-def rounded(W: torch.Tensor, dtype: torch.dtype, step_weights: StepWeights | None = None) -> torch.Tensor:
-    """``W`` detached and rounded to ``dtype``: inside a :func:`deferred_weight_grads` block that
-    lists it, the block's one copy for all its micro-batches; else the copy the optimizer wrote
-    (``step_weights``, :mod:`~crosslens.kernels.step_weights`) or a copy made now."""
-    block = weight_block(W)
+def rounded(
+    W: torch.Tensor, dtype: torch.dtype, step_weights: StepWeights | None = None, block: WeightBlock | None = None
+) -> torch.Tensor:
+    """``W`` detached and rounded to ``dtype``: where ``block`` (a :func:`deferred_weight_grads`
+    block) lists it, the block's one copy for all its micro-batches; else the copy the optimizer
+    wrote (``step_weights``, :mod:`~crosslens.kernels.step_weights`) or a copy made now."""
+    block = block_listing(block, W)
     if block is not None:
         return block.round(W, dtype, step_weights)
     root = parameter_of(W)
@@ -350,48 +347,53 @@ def _row_norms_of(root: torch.Tensor, step_weights: StepWeights | None) -> torch
     return handed if handed is not None else torch.linalg.vector_norm(root.detach(), dim=-1)
 
 
-def row_norms_now(W: torch.Tensor, step_weights: StepWeights | None = None) -> Float[torch.Tensor, "..."]:
-    """The norms of ``W``'s rows along its last dimension, without gradient: inside a block that
+def row_norms_now(
+    W: torch.Tensor, step_weights: StepWeights | None = None, block: WeightBlock | None = None
+) -> Float[torch.Tensor, "..."]:
+    """The norms of ``W``'s rows along its last dimension, without gradient: where ``block``
     lists ``W``, the block's (computed once for all its micro-batches); the optimizer's where
     ``step_weights`` holds them (:func:`handed_row_norms`)."""
-    block = weight_block(W)
+    block = block_listing(block, W)
     if block is not None and parameter_of(W) is W:
         return block.row_norms(W, step_weights).clone()  # the caller may edit its copy; the block's stays
     return _row_norms_of(W, step_weights)
 
 
 @contextmanager
-def deferred_weight_grads(weights: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Inside, the gradients to ``weights`` of :func:`weight_matmul`, :func:`weight_row_norms`,
-    ``regated_decode.snapshot_decode`` and the kernels that ask :func:`weight_block` are not written by each
-    backward: each keeps what it needs, and on leaving the block each weight's gradient is added
-    to its ``.grad`` in one pass (see the module docstring). So it suits ``.backward()``, not
-    ``torch.autograd.grad`` asked for a listed weight (which gets no gradient inside the block).
-    An error inside drops what was kept; a backward after the block writes its gradient itself.
-    Not reentrant."""
-    if _deferred() is not None:
+def deferred_weight_grads(weights: Sequence[torch.Tensor], holder: Any = None) -> Iterator[WeightBlock]:
+    """A :class:`WeightBlock` for ``weights``, handed over by argument: to the kernels given it
+    (``block=``) the gradients to ``weights`` of :func:`weight_matmul`, :func:`weight_row_norms`,
+    ``regated_decode.snapshot_decode`` and the kernels that ask :func:`block_listing` are not
+    written by each backward: each keeps what it needs, and on leaving the block each weight's
+    gradient is added to its ``.grad`` in one pass (see the module docstring). So it suits
+    ``.backward()``, not ``torch.autograd.grad`` asked for a listed weight (which gets no gradient
+    inside the block). ``holder`` (a crosscoder) holds the block for its length
+    (``holder.weight_block``) and hands it to its kernels; a holder holds one block at a time.
+    An error inside drops what was kept; a backward after the block writes its gradient itself."""
+    if holder is not None and getattr(holder, "weight_block", None) is not None:
         raise RuntimeError("deferred_weight_grads blocks do not nest")
-    state = WeightBlock({id(W): W for W in weights})
-    _state.deferred = state
+    block = WeightBlock({id(W): W for W in weights})
+    if holder is not None:
+        holder.weight_block = block
     try:
-        yield
-        state.write_grads()
+        yield block
+        block.write_grads()
     finally:
-        state.open = False
-        state.clear()
-        _state.deferred = None
+        block.open = False
+        block.clear()
+        if holder is not None:
+            holder.weight_block = None
 
 
 @contextmanager
-def kept_products() -> Iterator[None]:
-    """Inside, and inside a :func:`deferred_weight_grads` block, each gradient-free
-    :func:`weight_matmul` of a listed weight leaves its product in the block, and the first
+def kept_products(block: WeightBlock | None) -> Iterator[None]:
+    """Inside, each gradient-free :func:`weight_matmul` of a weight ``block`` (a
+    :func:`deferred_weight_grads` block) lists leaves its product in the block, and the first
     product with gradient of the very same operands (the same memory, layout and versions)
     takes it, if unchanged, rather than computing it again: the same bytes, as the two run the
-    same operation (see :meth:`WeightBlock.take_product`). A micro-batched step's gradient-free pass (the pre-activations of every
-    micro-batch) runs inside, so each micro-batch's encoder matmul is done once a step, not
-    twice. Outside a block it does nothing."""
-    block = _deferred()
+    same operation (see :meth:`WeightBlock.take_product`). A micro-batched step's gradient-free
+    pass (the pre-activations of every micro-batch) runs inside, so each micro-batch's encoder
+    matmul is done once a step, not twice. With no block (None) it does nothing."""
     if block is None:
         yield
         return
@@ -426,7 +428,7 @@ class _WeightMatmul(torch.autograd.Function):
         step_weights: StepWeights | None,
     ) -> torch.Tensor:
         a_low = a_NK.to(dtype)
-        W_low = rounded(W_KM, dtype, step_weights)  # the block's copy in a block
+        W_low = rounded(W_KM, dtype, step_weights, deferred)  # the block's copy in a block
         if known is not None:  # this very product, from a gradient-free pass (kept_products)
             ctx.mark_dirty(known)  # returned as the output itself: a hook may edit it in place
             out = known
@@ -478,15 +480,16 @@ def weight_matmul(
     *,
     feature_major: bool = False,
     step_weights: StepWeights | None = None,
+    block: WeightBlock | None = None,
 ) -> torch.Tensor:
     """``a @ W + bias``, ``[N, M]``; with ``feature_major`` its transpose written contiguous,
     ``W.T @ a.T + bias[:, None]`` (``[M, N]``). Where ``W`` takes a gradient, under autocast (a
-    float32 ``W``) or in a :func:`deferred_weight_grads` block that lists it, through
+    float32 ``W``) or where ``block`` (a :func:`deferred_weight_grads` block) lists it, through
     :class:`_WeightMatmul` (see the module docstring), reading ``W`` rounded as ``step_weights``
     holds it where the optimizer wrote it (:func:`rounded`); else the plain ``addmm`` (but for a
     gradient-free product under autocast in such a block: autocast's, on the block's copy).
     In a block, a product :func:`kept_products` left for these operands is taken, not computed."""
-    block = weight_block(W_KM)
+    block = block_listing(block, W_KM)
     dtype = product_dtype(W_KM, block)
     if block is not None and block.products and dtype is not None and torch.is_grad_enabled():
         known = block.take_product(a_NK, W_KM, bias_M, feature_major)
@@ -535,13 +538,14 @@ def weight_row_norms(
     W: Float[torch.Tensor, "... d"],
     known: Float[torch.Tensor, "..."] | None = None,
     step_weights: StepWeights | None = None,
+    block: WeightBlock | None = None,
 ) -> Float[torch.Tensor, "..."]:
     """Differentiable norms of ``W``'s rows along its last dimension
     (:func:`~crosslens.core.tensors.row_norms`, ``known`` where computed already, else the
-    optimizer's where ``step_weights`` holds them); inside a :func:`deferred_weight_grads` block
-    that lists ``W``, the block's norms, their gradient summed over the block's micro-batches and
-    multiplied by ``W`` once at its end."""
-    block = weight_block(W)
+    optimizer's where ``step_weights`` holds them); where ``block`` (a
+    :func:`deferred_weight_grads` block) lists ``W``, the block's norms, their gradient summed over
+    the block's micro-batches and multiplied by ``W`` once at its end."""
+    block = block_listing(block, W)
     if block is None or parameter_of(W) is not W:
         return row_norms(W, known if known is not None else handed_row_norms(step_weights, W))
     if not (torch.is_grad_enabled() and W.requires_grad):

@@ -279,17 +279,7 @@ def train_snapshot_sae(
         )
         for key, value in _snapshot_metadata(store, hook, snapshot).items():
             training_sae.cfg.metadata[key] = value
-        trainer_cfg = SAETrainerConfig(
-            total_training_samples=n_steps * batch_size,
-            train_batch_size_samples=batch_size,
-            lr=lr,
-            lr_end=lr,  # only read by cosine schedules; the constant one decays from lr
-            lr_decay_steps=int(n_steps * lr_decay_fraction),
-            device=device,
-            # the crosscoder trainer's window, so both dictionaries revive latents alike
-            dead_feature_window=max(1, math.ceil(dead_feature_window(n_steps * batch_size) / batch_size)),
-            feature_sampling_window=n_steps,  # one window: metadata.l0 covers the whole run
-        )
+        trainer_cfg = _trainer_config(n_steps, batch_size, lr, lr_decay_fraction, device)
         batches = snapshot_batches(store, hook, snapshot, batch_size, seed=seed, device=device)
         try:
             first_BD = next(batches)
@@ -304,6 +294,24 @@ def train_snapshot_sae(
         finally:
             batches.close()
         return inference_sae(trained)
+
+
+def _trainer_config(
+    n_steps: int, batch_size: int, lr: float, lr_decay_fraction: float, device: str
+) -> SAETrainerConfig:
+    """SAELens's trainer settings for the crosscoder runner's schedule: ``lr`` constant, then
+    decaying linearly to 0 over the last ``lr_decay_fraction`` of ``n_steps``."""
+    return SAETrainerConfig(
+        total_training_samples=n_steps * batch_size,
+        train_batch_size_samples=batch_size,
+        lr=lr,
+        lr_end=lr,  # only read by cosine schedules; the constant one decays from lr
+        lr_decay_steps=int(n_steps * lr_decay_fraction),
+        device=device,
+        # the crosscoder trainer's window, so both dictionaries revive latents alike
+        dead_feature_window=max(1, math.ceil(dead_feature_window(n_steps * batch_size) / batch_size)),
+        feature_sampling_window=n_steps,  # one window: metadata.l0 covers the whole run
+    )
 
 
 def _start_threshold_at(training_sae: TrainingSAE[Any], threshold: float) -> None:

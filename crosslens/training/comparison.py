@@ -28,7 +28,7 @@ from crosslens.training.baselines import (
     open_store,
     train_snapshot_sae,
 )
-from crosslens.training.runner import evaluate_crosscoder
+from crosslens.training.metrics import evaluate_crosscoder
 
 TABLE_COLUMNS = ("crosscoder", *BASELINE_ARCHITECTURES)
 

@@ -15,7 +15,8 @@ architecture makes once per step (the ``target_l0`` controller, BatchTopK's runn
 threshold) run once, on the whole batch's codes, after the last micro-batch.
 
 The weights' gradients are not added up micro-batch by micro-batch: inside
-:func:`~crosslens.kernels.weight_grads.deferred_weight_grads` each matmul keeps its
+:func:`~crosslens.kernels.weight_grads.deferred_weight_grads`, whose block the crosscoder holds
+for the step and hands to its kernels, each matmul keeps its
 operands (a few rows) for one matmul over the whole batch after the last, the decoder norms'
 gradient is summed as a small scale, and the sparse decodes add the rows they touch to one
 float32 sum, which spares a weight-sized temporary and three passes over it per micro-batch
@@ -58,8 +59,8 @@ def micro_batched_pass(
     outputs = []
     try:
         # the gradient-free pass too reads the block's rounded weights and decoder norms
-        with deferred_weight_grads((sae.W_enc, sae.W_dec)):  # type: ignore[attr-defined]
-            with autocast(), kept_products():  # its encoder products are the micro-batches'
+        with deferred_weight_grads((sae.W_enc, sae.W_dec), sae) as block:  # type: ignore[attr-defined]
+            with autocast(), kept_products(block):  # its encoder products are the micro-batches'
                 sae.begin_micro_batches(chunks)
             for x_bSD in chunks:
                 with autocast():

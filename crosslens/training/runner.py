@@ -37,23 +37,20 @@ import torch
 from sae_lens.saes.sae import SAE
 
 from crosslens.activations import ActivationProvider, ActivationStore
-from crosslens.activations.partners import STORE_SEAL_KEY, check_recorded_partner, store_seal
+from crosslens.activations.partners import STORE_SEAL_KEY, store_seal
 from crosslens.activations.tokens import bos_prepended, position_record
 from crosslens.architectures import sparsity_coefficient_for, sparsity_warm_up_steps
 from crosslens.core.errors import StorageError, StoreChangedError
 from crosslens.core.launch import launched_by_torchrun, world_size
-from crosslens.core.metadata import metadata_value
 from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, TRAIN_LOG_NAME, checkpoint_dirname, checkpoint_step
 from crosslens.core.seeding import seeded
 from crosslens.crosscoders.base import set_crosscoder_metadata
-from crosslens.crosscoders.folding import folded_factors
 from crosslens.distributed import init_mesh, shard_batches
 from crosslens.kernels.plan import KernelPlan
 from crosslens.training.config import RUN_STORE_SEAL, CrosscoderRunnerConfig, CrosscoderTrainerConfig, resolved_autocast
 from crosslens.training.factory import build_training_crosscoder
 from crosslens.training.interrupts import StopRequest, TrainingInterrupted, stop_between_steps
 from crosslens.training.memory import checkpoint_bytes, choose_optimizer_state, fit_problem, parameter_counts
-from crosslens.training.metrics import crosscoder_metrics
 from crosslens.training.records import read_record, record_problem, write_record
 from crosslens.training.runfolder import (
     check_run_start,
@@ -543,50 +540,6 @@ def _store_changed_message(started_on: dict[str, Any], now: dict[str, Any], chec
         f"{what}. Resuming would continue on other data: point --store at the original store "
         f"({started_on.get('path')}), or start a new run in another --out."
     )
-
-
-@torch.no_grad()
-def evaluate_crosscoder(
-    crosscoder: SAE,
-    store: ActivationStore,
-    hook: str | None = None,
-    *,
-    n_tokens: int = 8192,
-    batch_size: int = 2048,
-) -> dict[str, Any]:
-    """Per-snapshot explained variance and MSE, mean L0 and dead features on ``store``'s tokens.
-
-    Use a store harvested from tokens the crosscoder was not trained on. A store that is not the
-    crosscoder's partner (other snapshots, hook or width than it records) is refused. The metrics
-    are on activations normalised with the store's factors, as in training. A crosscoder with its
-    factors folded into its weights is given those activations with its folding undone
-    (:func:`~crosslens.crosscoders.folding.folded_factors`), so folding leaves every number as it was.
-    """
-    check_recorded_partner(crosscoder, store, hook, used_by="evaluate_crosscoder")
-    hook = store.resolve_hook(hook or metadata_value(crosscoder, "hook_name"))
-    folded_1S1 = folded_factors(crosscoder).to(crosscoder.device)[None, :, None]
-    n = min(n_tokens, store.n_tokens)
-    fired = None
-    xs, xhats, fs = [], [], []
-    for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, n))
-        x_BSD = store.read(hook, idx, normalize=True).to(crosscoder.device)
-        f_BF = crosscoder.encode(x_BSD / folded_1S1)
-        xhat_BSD = crosscoder.decode(f_BF) * folded_1S1
-        xs.append(x_BSD)
-        xhats.append(xhat_BSD)
-        fs.append(f_BF)
-        fired = (f_BF != 0).any(0) if fired is None else fired | (f_BF != 0).any(0)
-    metrics = crosscoder_metrics(torch.cat(xs), torch.cat(xhats), torch.cat(fs))
-    S = store.n_snapshots
-    result = {
-        "explained_variance": [metrics[f"metrics/explained_variance/snapshot_{s}"] for s in range(S)],
-        "mse": [metrics[f"metrics/mse/snapshot_{s}"] for s in range(S)],
-        "l0": metrics["metrics/l0"],
-        "dead_features": int((~fired).sum().item()) if fired is not None else 0,
-        "n_tokens": n,
-    }
-    return result
 
 
 def training_data_metadata(store: ActivationStore, dataset_path: str | None = None) -> dict[str, Any]:

@@ -257,79 +257,16 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     B_r = math.ceil(cfg.batch_size / Pd)
     layer = block_index(cfg.hook)
     layers_run = m.n_layers if layer is None else layer + 1
-    kind = cfg.device.split(":")[0]
-    tflops = cfg.tflops if cfg.tflops is not None else DEFAULT_TFLOPS[kind]
-    link_gbps = cfg.link_gbps if cfg.link_gbps is not None else DEFAULT_LINK_GBPS[kind]
 
     counts = parameter_counts(S_r, D, F, cfg.architecture)
-    full_counts = parameter_counts(S, D, F, cfg.architecture)
+    whole = sum(parameter_counts(S, D, F, cfg.architecture).values())
     n_params_rank = sum(counts.values())
     param_bytes = n_params_rank * F32
-    memory = _memory_bytes(cfg, param_bytes, S_r, B_r, D, layer)
-
-    budget = cfg.budget
-    harvested, heldout = budget.table_tokens, budget.heldout_table_tokens
-    store_elements = (harvested + heldout) * S * D  # the store and its held-out split
-    disk = {name: store_elements * nbytes for name, nbytes in DTYPE_BYTES.items()}
-    disk["per_snapshot_float16"] = (harvested + heldout) * D * 2
-    every = checkpoint_interval(cfg.n_steps, cfg.checkpoint_every)
-    whole = sum(full_counts.values())
-    count = cfg.n_steps // every if every else 0
-    kept, at_once = checkpoints_on_disk(count, cfg.keep_checkpoints)
-    checkpoints = {  # each: the float32 weights and Adam's two moments (float32, or bfloat16 ones)
-        "every": every,
-        "count": count,
-        "kept": kept,
-        "at_once": at_once,
-        "bytes_each": {option: checkpoint_bytes(whole, option) for option in ("float32", "bfloat16")},
-    }
-
     flops = _flop_counts(cfg, S, D, layers_run)
     comm = _communication_bytes(cfg, param_bytes, B_r, cfg.n_steps)
-
-    share = (1 / Pd) * (S_r / S)  # of the work, for the rank with the most snapshots
-    rate = tflops * 1e12
-    seconds = {
-        "train_from_store": flops["crosscoder_train_total"] * share / rate,
-        "harvest": flops["snapshot_models_forward_harvest"] / cfg.world_size / rate,
-    }
-    # every rank of the data axis harvests the whole chunk its snapshots give, and trains on its rows of it
-    forward_share = S_r / S
-    seconds["train_streaming"] = (
-        seconds["train_from_store"] + flops["snapshot_models_forward_streaming"] * forward_share / rate
-    )
-    seconds["communication"] = comm["sent_per_rank_total"] / (link_gbps * 1e9)
-
     return {
         "name": cfg.name or m.name,
-        "inputs": {
-            "model": m.name,
-            "model_source": m.source,
-            "d_model": m.d_model,
-            "n_layers": m.n_layers,
-            "vocab": m.vocab,
-            "n_params": m.n_params,
-            "hook": cfg.hook,
-            "d_in": D,
-            "n_snapshots": S,
-            "n_tokens": cfg.n_tokens,
-            "d_sae": F,
-            "architecture": cfg.architecture,
-            "k": cfg.k,
-            "batch_size": cfg.batch_size,
-            "n_steps": cfg.n_steps,
-            "training_tokens": cfg.training_tokens,
-            "seq_len": cfg.seq_len,
-            "harvested_tokens": harvested,
-            "heldout_tokens": heldout,
-            "model_dtype": cfg.model_dtype,
-            "device": cfg.device,
-            "tflops": tflops,
-            "autocast": "bfloat16" if cfg.autocast_on else "none",
-            "tflops_assumed": cfg.tflops is None,
-            "link_gbps": link_gbps,
-            "link_gbps_assumed": cfg.link_gbps is None,
-        },
+        "inputs": _plan_inputs(cfg, D),
         "mesh": {
             "data": Pd,
             "snapshot": Ps,
@@ -344,13 +281,100 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
             "sharded_over_snapshot_axis": list(SHARDED),
             "replicated": [k for k in counts if k not in SHARDED],
         },
-        "memory_bytes": memory,
-        "disk_bytes": disk,
-        "checkpoints": checkpoints,
+        "memory_bytes": _memory_bytes(cfg, param_bytes, S_r, B_r, D, layer),
+        "disk_bytes": _disk_bytes(cfg, D),
+        "checkpoints": _checkpoint_figures(cfg, whole),
         "flops": flops,
         "communication_bytes": comm,
-        "seconds": seconds,
+        "seconds": _seconds(cfg, flops, comm, S_r),
     }
+
+
+def _rates(cfg: PlanConfig) -> tuple[float, float]:
+    """The device's TFLOP/s and the link's GB/s: the configured ones, else the device kind's defaults."""
+    kind = cfg.device.split(":")[0]
+    tflops = cfg.tflops if cfg.tflops is not None else DEFAULT_TFLOPS[kind]
+    link_gbps = cfg.link_gbps if cfg.link_gbps is not None else DEFAULT_LINK_GBPS[kind]
+    return tflops, link_gbps
+
+
+def _plan_inputs(cfg: PlanConfig, D: int) -> dict[str, Any]:
+    """What the plan was computed from: the model, the run's settings and the rates assumed."""
+    m = cfg.model
+    budget = cfg.budget
+    harvested, heldout = budget.table_tokens, budget.heldout_table_tokens
+    S, F = cfg.n_snapshots, cfg.d_sae
+    tflops, link_gbps = _rates(cfg)
+    return {
+        "model": m.name,
+        "model_source": m.source,
+        "d_model": m.d_model,
+        "n_layers": m.n_layers,
+        "vocab": m.vocab,
+        "n_params": m.n_params,
+        "hook": cfg.hook,
+        "d_in": D,
+        "n_snapshots": S,
+        "n_tokens": cfg.n_tokens,
+        "d_sae": F,
+        "architecture": cfg.architecture,
+        "k": cfg.k,
+        "batch_size": cfg.batch_size,
+        "n_steps": cfg.n_steps,
+        "training_tokens": cfg.training_tokens,
+        "seq_len": cfg.seq_len,
+        "harvested_tokens": harvested,
+        "heldout_tokens": heldout,
+        "model_dtype": cfg.model_dtype,
+        "device": cfg.device,
+        "tflops": tflops,
+        "autocast": "bfloat16" if cfg.autocast_on else "none",
+        "tflops_assumed": cfg.tflops is None,
+        "link_gbps": link_gbps,
+        "link_gbps_assumed": cfg.link_gbps is None,
+    }
+
+
+def _disk_bytes(cfg: PlanConfig, D: int) -> dict[str, int]:
+    """The store and its held-out split on disk, in each dtype, and one snapshot's in float16."""
+    tokens = cfg.budget.table_tokens + cfg.budget.heldout_table_tokens
+    disk = {name: tokens * cfg.n_snapshots * D * nbytes for name, nbytes in DTYPE_BYTES.items()}
+    disk["per_snapshot_float16"] = tokens * D * 2
+    return disk
+
+
+def _checkpoint_figures(cfg: PlanConfig, whole: int) -> dict[str, Any]:
+    """How often the run checkpoints, how many it keeps, and each one's bytes: the float32
+    weights and Adam's two moments (float32, or bfloat16 ones) of the ``whole`` crosscoder."""
+    every = checkpoint_interval(cfg.n_steps, cfg.checkpoint_every)
+    count = cfg.n_steps // every if every else 0
+    kept, at_once = checkpoints_on_disk(count, cfg.keep_checkpoints)
+    return {
+        "every": every,
+        "count": count,
+        "kept": kept,
+        "at_once": at_once,
+        "bytes_each": {option: checkpoint_bytes(whole, option) for option in ("float32", "bfloat16")},
+    }
+
+
+def _seconds(cfg: PlanConfig, flops: dict[str, int], comm: dict[str, int], S_r: int) -> dict[str, float]:
+    """Seconds of training (from the store, or streaming), harvest and communication."""
+    tflops, link_gbps = _rates(cfg)
+    S = cfg.n_snapshots
+    share = (1 / cfg.data_parallel) * (S_r / S)  # of the work, for the rank with the most snapshots
+    rate = tflops * 1e12
+    seconds = {
+        "train_from_store": flops["crosscoder_train_total"] * share / rate,
+        "harvest": flops["snapshot_models_forward_harvest"] / cfg.world_size / rate,
+    }
+    # every rank of the data axis harvests the whole chunk its snapshots give, and trains on its rows of it
+    forward_share = S_r / S
+    seconds["train_streaming"] = (
+        seconds["train_from_store"] + flops["snapshot_models_forward_streaming"] * forward_share / rate
+    )
+    seconds["communication"] = comm["sent_per_rank_total"] / (link_gbps * 1e9)
+    return seconds
 
 
 def _memory_bytes(cfg: PlanConfig, param_bytes: int, S_r: int, B_r: int, D: int, layer: int | None) -> dict[str, Any]:
