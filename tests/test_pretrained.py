@@ -323,7 +323,7 @@ def test_wandb_run_id_in_metadata_and_model_artifact_offline(trained_run, tmp_pa
 
 
 def test_a_release_absent_from_the_offline_cache_is_named_with_the_fix(offline_hf_home, monkeypatch):
-    from crosslens.pretrained.load import pretrained_folder
+    from crosslens.pretrained.releases import pretrained_folder
 
     monkeypatch.setenv("CROSSLENS_PRETRAINED", "")
     spec = {

@@ -114,7 +114,7 @@ def test_suites_read_the_models_as_their_sources_did(fake_releases):
 
 
 def test_the_card_and_source_record_say_where_it_came_from(fake_releases):
-    from crosslens.pretrained.load import pretrained_folder
+    from crosslens.pretrained.releases import pretrained_folder
 
     folder = pretrained_folder(KISSANE, "blocks.14.hook_resid_pre")
     record = source_record(folder)

@@ -231,7 +231,7 @@ def fail(flag: str, message: str) -> None:
 
 def resolve_crosscoder_arg(value: str, flag: str = "--crosscoder") -> str:
     """A crosscoder folder, or RELEASE/ID of a registered release (fetched into the HF cache)."""
-    from crosslens.pretrained.load import resolve_crosscoder_path  # reads the registry's YAML
+    from crosslens.pretrained.releases import resolve_crosscoder_path  # reads the registry's YAML
 
     if Path(value).exists():
         return value

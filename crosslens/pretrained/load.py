@@ -8,7 +8,6 @@ snapshots, hook, normalisation) and refused on any disagreement.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,6 @@ from crosslens.pretrained.registry import (
     PretrainedCrosscoderEntry,
     PretrainedCrosscoderRelease,
     PretrainedRegistryError,
-    UnknownPretrainedError,
     get_release,
     pretrained_directory,
 )
@@ -49,7 +47,7 @@ def load_pretrained(
     import crosslens.crosscoders  # noqa: F401  (registers the architectures)
     from crosslens.crosscoders import CrosscoderMixin
 
-    lookup, entry = _lookup(release, crosscoder_id)
+    lookup, entry = registry_lookup(release, crosscoder_id)
     repo_id, folder = (lookup.repo_id, entry.path) if lookup else (release, crosscoder_id)
     loader_name = (lookup.conversion_func if lookup else None) or SAE_LENS_LOADER
     if loader_name not in NAMED_PRETRAINED_SAE_LOADERS:
@@ -80,7 +78,7 @@ def load_pretrained(
             repo_id, folder, device=device, dtype=dtype, force_download=force_download, converter=converter
         )
     except (RuntimeError, ValueError, TypeError, KeyError, OSError, SafetensorError) as error:
-        _refuse_uncached(error, repo_id, folder)
+        refuse_uncached(error, repo_id, folder)
         if loader_name == SAE_LENS_LOADER:  # name the damaged cached file, when that is what failed
             _check_cached_folder(repo_id, folder, release, crosscoder_id)
         raise
@@ -147,36 +145,7 @@ def _check_cached_folder(repo_id: str, folder: str, release: str, crosscoder_id:
     )
 
 
-def pretrained_folder(release: str, crosscoder_id: str, force_download: bool = False) -> Path:
-    """Download (or find in the cache) a registered crosscoder's folder, in SAELens's
-    layout (``cfg.json`` + ``sae_weights.safetensors``), and return its local path. A release
-    in another project's format is converted once into crosslens's cache, and that folder returned."""
-    from huggingface_hub import hf_hub_download
-    from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
-
-    lookup, entry = _lookup(release, crosscoder_id)
-    if lookup is not None and entry is not None and lookup.format not in (None, SAE_LENS_LOADER):
-        from crosslens.pretrained.releases import release_folder
-
-        return release_folder(lookup, entry, force_download=force_download)
-    repo_id, folder = (lookup.repo_id, entry.path) if lookup else (release, crosscoder_id)
-    if lookup is not None and (lookup.conversion_func or SAE_LENS_LOADER) != SAE_LENS_LOADER:
-        raise PretrainedRegistryError(
-            f"release {release!r} is stored in another layout (conversion_func {lookup.conversion_func!r}); "
-            "load it with crosslens.load_pretrained instead of as a folder."
-        )
-    try:
-        paths = [
-            hf_hub_download(repo_id=repo_id, filename=f"{folder}/{name}", force_download=force_download)
-            for name in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME)
-        ]
-    except OSError as error:
-        _refuse_uncached(error, repo_id, folder)
-        raise
-    return Path(paths[0]).parent
-
-
-def _refuse_uncached(error: BaseException, repo_id: str, folder: str) -> None:
+def refuse_uncached(error: BaseException, repo_id: str, folder: str) -> None:
     """Say, for a download that offline mode refused, which repo is missing from which cache and
     the fix, in place of huggingface_hub's general advice."""
     from huggingface_hub import constants
@@ -190,27 +159,11 @@ def _refuse_uncached(error: BaseException, repo_id: str, folder: str) -> None:
         ) from None
 
 
-def resolve_crosscoder_path(value: str) -> str:
-    """A crosscoder folder given as a local path or as ``RELEASE/ID`` (downloaded to the cache)."""
-    if Path(value).exists():
-        return value
-    release, _, crosscoder_id = value.partition("/")
-    directory = pretrained_directory()
-    if crosscoder_id and release in directory:
-        return str(pretrained_folder(release, crosscoder_id))
-    nearest = tuple(difflib.get_close_matches(release, sorted(directory), n=3, cutoff=0.3))
-    raise UnknownPretrainedError(
-        f"{value!r} is neither a folder nor RELEASE/ID of a registered release"
-        + (f" (nearest releases: {', '.join(nearest)})" if nearest else "")
-        + "; see `crosslens pretrained list`.",
-        requested=value,
-        nearest=nearest,
-    )
-
-
-def _lookup(
+def registry_lookup(
     release: str, crosscoder_id: str
 ) -> tuple[PretrainedCrosscoderRelease | None, PretrainedCrosscoderEntry | None]:
+    """The registered release and entry of ``release``/``crosscoder_id``; (None, None) for a hub
+    repo id that no release registers."""
     if "/" in release and release not in pretrained_directory():
         return None, None  # a hub repo id, as SAE.from_pretrained accepts
     lookup = get_release(release)

@@ -17,6 +17,7 @@ models: a release whose models cannot be loaded is refused in one line naming th
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,10 +27,18 @@ from crosslens.core.hooks import hook_problem, hook_width
 from crosslens.pretrained.card import converted_card
 from crosslens.pretrained.convert import convert_once
 from crosslens.pretrained.formats import SAE_LENS, SourceFiles, layouts, local_files, recognised
+from crosslens.pretrained.load import (
+    SAE_LENS_LOADER,
+    check_against_registry,
+    load_pretrained,
+    refuse_uncached,
+    registry_lookup,
+)
 from crosslens.pretrained.registry import (
     PretrainedCrosscoderEntry,
     PretrainedCrosscoderRelease,
     PretrainedRegistryError,
+    UnknownPretrainedError,
     get_release,
     pretrained_directory,
 )
@@ -81,14 +90,10 @@ def from_pretrained(
     release_suite = _release_suite(lookup)
     check_models = check_models and release_suite is not None
     if (lookup.format or SAE_LENS) == SAE_LENS:
-        from crosslens.pretrained.load import load_pretrained
-
         if check_models:
             _check_models(release_suite, entry.hook_name, f"release {lookup.release}")
         crosscoder = load_pretrained(lookup.release, entry.id, device=device, dtype=dtype or "float32")
     else:
-        from crosslens.pretrained.load import check_against_registry
-
         folder = release_folder(lookup, entry, force_download=force_download, check_models=check_models)
         crosscoder = _load_folder(folder, device, dtype)
         check_against_registry(crosscoder, lookup, entry)
@@ -327,3 +332,48 @@ def _refuse_offline(repo_id: str, folder: str, misses: int) -> list[str]:
 
 def _join(folder: str, name: str) -> str:
     return f"{folder.strip('/')}/{name}" if folder.strip("/") else name
+
+
+def pretrained_folder(release: str, crosscoder_id: str, force_download: bool = False) -> Path:
+    """Download (or find in the cache) a registered crosscoder's folder, in SAELens's
+    layout (``cfg.json`` + ``sae_weights.safetensors``), and return its local path. A release
+    in another project's format is converted once into crosslens's cache, and that folder returned."""
+    from huggingface_hub import hf_hub_download
+    from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+
+    lookup, entry = registry_lookup(release, crosscoder_id)
+    if lookup is not None and entry is not None and lookup.format not in (None, SAE_LENS_LOADER):
+        return release_folder(lookup, entry, force_download=force_download)
+    repo_id, folder = (lookup.repo_id, entry.path) if lookup else (release, crosscoder_id)
+    if lookup is not None and (lookup.conversion_func or SAE_LENS_LOADER) != SAE_LENS_LOADER:
+        raise PretrainedRegistryError(
+            f"release {release!r} is stored in another layout (conversion_func {lookup.conversion_func!r}); "
+            "load it with crosslens.load_pretrained instead of as a folder."
+        )
+    try:
+        paths = [
+            hf_hub_download(repo_id=repo_id, filename=f"{folder}/{name}", force_download=force_download)
+            for name in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME)
+        ]
+    except OSError as error:
+        refuse_uncached(error, repo_id, folder)
+        raise
+    return Path(paths[0]).parent
+
+
+def resolve_crosscoder_path(value: str) -> str:
+    """A crosscoder folder given as a local path or as ``RELEASE/ID`` (downloaded to the cache)."""
+    if Path(value).exists():
+        return value
+    release, _, crosscoder_id = value.partition("/")
+    directory = pretrained_directory()
+    if crosscoder_id and release in directory:
+        return str(pretrained_folder(release, crosscoder_id))
+    nearest = tuple(difflib.get_close_matches(release, sorted(directory), n=3, cutoff=0.3))
+    raise UnknownPretrainedError(
+        f"{value!r} is neither a folder nor RELEASE/ID of a registered release"
+        + (f" (nearest releases: {', '.join(nearest)})" if nearest else "")
+        + "; see `crosslens pretrained list`.",
+        requested=value,
+        nearest=nearest,
+    )

@@ -30,7 +30,7 @@ def release_run(
 ) -> Path:
     """A run folder at ``out`` holding the release's crosscoder (downloaded and converted on first
     use, its models checked as :func:`~crosslens.pretrained.from_pretrained` checks them)."""
-    from crosslens.pretrained.load import pretrained_folder
+    from crosslens.pretrained.releases import pretrained_folder
 
     out = Path(out)
     if not str(out):
