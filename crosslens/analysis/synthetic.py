@@ -179,8 +179,9 @@ class PlantedConfig:
 
     @classmethod
     def preset(cls, name: str, seed: int = 0, **overrides: Any) -> PlantedConfig:
-        """A named planted set (``"hard"`` or one of
-        :data:`crosslens.analysis.planted_generators.GENERATORS`), with ``overrides``."""
+        """A named planted set (``"hard"``, one of
+        :data:`crosslens.analysis.planted_generators.GENERATORS` or of its ``EVENT_GENERATORS``),
+        with ``overrides``."""
         from crosslens.analysis.planted_generators import preset_settings
 
         if name == "hard":
