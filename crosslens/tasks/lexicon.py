@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crosslens.tasks.agreement import PLACE_NOUNS, SUBJECT_NOUNS
+from crosslens.tasks.ioi import NAMES, OBJECTS, PLACES
+
 Pair = tuple[str, str]
 """A (singular, plural) word pair: noun forms, or present-tense verb forms."""
 
@@ -31,22 +34,7 @@ class Lexicon:
     numbered_determiners: tuple[Pair, ...] = (("this", "these"), ("a", "some"), ("every", "all"), ("one", "two"))
     """(singular, plural) determiners, which also mark a phrase's number."""
     animate_nouns: tuple[Pair, ...] = (
-        ("pilot", "pilots"),
-        ("farmer", "farmers"),
-        ("doctor", "doctors"),
-        ("teacher", "teachers"),
-        ("painter", "painters"),
-        ("student", "students"),
-        ("officer", "officers"),
-        ("singer", "singers"),
-        ("driver", "drivers"),
-        ("baker", "bakers"),
-        ("lawyer", "lawyers"),
-        ("writer", "writers"),
-        ("nurse", "nurses"),
-        ("player", "players"),
-        ("manager", "managers"),
-        ("soldier", "soldiers"),
+        *SUBJECT_NOUNS,
         ("dog", "dogs"),
         ("cat", "cats"),
         ("horse", "horses"),
@@ -62,16 +50,7 @@ class Lexicon:
     )
     """People and animals: subjects of action verbs, and the subjects inside relative clauses."""
     thing_nouns: tuple[Pair, ...] = (
-        ("tower", "towers"),
-        ("table", "tables"),
-        ("house", "houses"),
-        ("garden", "gardens"),
-        ("window", "windows"),
-        ("road", "roads"),
-        ("bridge", "bridges"),
-        ("market", "markets"),
-        ("river", "rivers"),
-        ("school", "schools"),
+        *PLACE_NOUNS,
         ("key", "keys"),
         ("cabinet", "cabinets"),
         ("book", "books"),
@@ -186,31 +165,16 @@ class Lexicon:
     past_intransitive_verbs: tuple[str, ...] = ("ran", "slept", "smiled", "waited", "laughed", "worked", "walked")
     """Past-tense verbs without an object, for filler sentences."""
     names: tuple[str, ...] = (
-        "Mary",
-        "John",
-        "Anna",
-        "Paul",
-        "Sarah",
-        "Mark",
-        "Laura",
-        "James",
-        "Emma",
-        "David",
-        "Kate",
-        "Peter",
-        "Lucy",
-        "Tom",
-        "Alice",
-        "Daniel",
+        *NAMES,
         "Ben",
         "Clara",
         "Leo",
         "Rosa",
     )
     """First names for the indirect-object (IOI) sentences."""
-    ioi_places: tuple[str, ...] = ("store", "park", "school", "office", "station", "garden", "beach", "library")
+    ioi_places: tuple[str, ...] = PLACES
     """Places two people go to in an IOI sentence (singular thing nouns)."""
-    ioi_objects: tuple[str, ...] = ("book", "drink", "letter", "ring", "key", "bag", "ball", "gift")
+    ioi_objects: tuple[str, ...] = OBJECTS
     """Things handed over in an IOI sentence (singular thing nouns)."""
     transfer_verbs: tuple[str, ...] = ("gave", "handed", "passed", "offered", "threw", "sent", "showed")
     """Past-tense verbs of giving: "{subject} gave a book to {indirect object}"."""
