@@ -41,7 +41,7 @@ from jaxtyping import Float, Int
 
 from crosslens.activations.partners import check_recorded_partner
 from crosslens.analysis.evolution import decoder_norm_table, normalize_norms
-from crosslens.analysis.probes import reads_normalized
+from crosslens.analysis.probes import device_and_dtype, reads_normalized, sample_index
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import resolve_hook
 from crosslens.core.progress import progress_bar
@@ -287,11 +287,6 @@ def scaling_from_sums(
 
 
 # --------------------------------------------------------------------------- the pass
-def _device_and_dtype(crosscoder: Any) -> tuple[torch.device, torch.dtype]:
-    param = next(iter(crosscoder.parameters()), None) if hasattr(crosscoder, "parameters") else None
-    return (torch.device("cpu"), torch.float32) if param is None else (param.device, param.dtype)
-
-
 def codes_and_reconstruction(
     crosscoder: Any, x_BSD: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -317,7 +312,7 @@ def scaling_sums(
 ) -> ScalingSums:
     """One pass over ``batches`` (``[B, S, D]`` as the crosscoder reads them): the sums of every
     latent at every snapshot, amplitudes in the crosscoder's input space."""
-    device, dtype = _device_and_dtype(crosscoder)
+    device, dtype = device_and_dtype(crosscoder)
     W_FSD = crosscoder.W_dec.detach()
     F, S, _ = W_FSD.shape
     rows_FSD = W_FSD[torch.arange(F, device=W_FSD.device)[:, None], reference_FS.to(W_FSD.device).long()]
@@ -350,8 +345,7 @@ def source_batches(
     if hasattr(source, "read") and hasattr(source, "n_tokens"):
         hook = resolve_hook(source, hook)
         gen = torch.Generator().manual_seed(config.seed)
-        total = int(source.n_tokens)
-        idx = torch.randperm(total, generator=gen)[: min(config.n_tokens, total)].sort().values
+        idx = sample_index(int(source.n_tokens), config.n_tokens, gen)
         normalize = reads_normalized(crosscoder)
         return (source.read(hook, chunk, normalize=normalize) for chunk in idx.split(config.batch_size)), len(idx)
     return iter(source), None

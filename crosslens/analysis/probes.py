@@ -245,13 +245,18 @@ def _load_activations(
             f"source is a {type(source).__name__}; pass a [n_tokens, n_snapshots, d_in] tensor or an ActivationStore."
         )
     hook = resolve_hook(source, hook)
-    total = int(source.n_tokens)
-    idx = torch.randperm(total, generator=gen)[: min(n_tokens, total)].sort().values
+    idx = sample_index(int(source.n_tokens), n_tokens, gen)
     return source.read(hook, idx, normalize=normalize).float()
 
 
+def sample_index(total: int, n_tokens: int, gen: torch.Generator) -> torch.Tensor:
+    """The rows of a seeded sample of ``n_tokens`` of ``total`` tokens (all where fewer), in
+    ascending order, so that a store reads them in order."""
+    return torch.randperm(total, generator=gen)[: min(n_tokens, total)].sort().values
+
+
 @torch.no_grad()
-def _device_and_dtype(crosscoder: Crosscoder) -> tuple[torch.device, torch.dtype]:
+def device_and_dtype(crosscoder: Crosscoder) -> tuple[torch.device, torch.dtype]:
     """Where the crosscoder's parameters live (CPU float32 for an object without any)."""
     param = next(iter(crosscoder.parameters()), None) if hasattr(crosscoder, "parameters") else None
     if param is None:
@@ -263,7 +268,7 @@ def _device_and_dtype(crosscoder: Crosscoder) -> tuple[torch.device, torch.dtype
 def _firing_counts(crosscoder: Crosscoder, encode: Any, acts_NSD: torch.Tensor, batch_size: int) -> torch.Tensor | None:
     """Tokens on which each code entry of ``encode`` is positive, summed over ``acts_NSD``
     batch by batch on the crosscoder's device (only the counts come back); None when empty."""
-    device, dtype = _device_and_dtype(crosscoder)
+    device, dtype = device_and_dtype(crosscoder)
     counts = None
     for i in range(0, len(acts_NSD), batch_size):
         batch_counts = (encode(acts_NSD[i : i + batch_size].to(device, dtype)) > 0).sum(0)
@@ -277,7 +282,7 @@ def encode_in_batches(
     """Codes of ``acts_NSD`` on the CPU, computed batch by batch where the crosscoder lives;
     ``columns`` picks features on that device first (moving ``[N, d_sae]`` off a GPU is
     the expensive part)."""
-    device, dtype = _device_and_dtype(crosscoder)
+    device, dtype = device_and_dtype(crosscoder)
     columns = None if columns is None else columns.to(device)
     out = []
     for i in range(0, len(acts_NSD), batch_size):
