@@ -271,6 +271,15 @@ def _share(hits: int, total: int) -> str:
     return f"{hits}/{total} ({hits / total:.0%})" if total else "-"
 
 
+def _spread(group: list[dict], hits: str, total: str) -> str:
+    """The share ``hits / total`` of each run (a seed) in ``group``, as mean +/- sd over them."""
+    shares = torch.tensor([r[hits] / r[total] for r in group if r[total]], dtype=torch.float64)
+    if not len(shares):
+        return "-"
+    sd = float(shares.std()) if len(shares) > 1 else 0.0
+    return f"{float(shares.mean()):.0%} +/- {sd:.0%} ({len(shares)} seeds)"
+
+
 def _by(runs: list[dict], *keys: str) -> dict[tuple, list[dict]]:
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
@@ -281,9 +290,9 @@ def _by(runs: list[dict], *keys: str) -> dict[tuple, list[dict]]:
 def weak_table(runs: list[dict]) -> bool:
     """Weak-early features dated within one snapshot of their birth, summed over seeds."""
     print(
-        "| weak-early | reported (goal >= 90%) | decoder norm alone (0.3 line) | decoder norm at the 0.1 line | latent scaling alone | contested among the others |"
+        "| weak-early | reported (goal >= 90%) | decoder norm alone (0.3 line) | decoder norm at the 0.1 line | latent scaling alone | contested among the others | reported, per seed | decoder norm alone, per seed |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     ok = True
     for (arch,), group in _by([r for r in runs if r["generator"] == "weak-early"], "arch").items():
         n = sum(r["weak_recovered"] for r in group)
@@ -294,16 +303,17 @@ def weak_table(runs: list[dict]) -> bool:
             for k in ("weak_reported", "weak_decoder", "weak_decoder_low_line", "weak_scaled")
         ]
         others = _share(sum(r["contested_other"] for r in group), sum(r["n_other"] for r in group))
-        print(f"| {arch} | {' | '.join(cells)} | {others} |")
+        per_seed = [_spread(group, k, "weak_recovered") for k in ("weak_reported", "weak_decoder")]
+        print(f"| {arch} | {' | '.join(cells)} | {others} | {' | '.join(per_seed)} |")
     return ok
 
 
 def event_table(runs: list[dict]) -> bool:
     """Planted splits and handoffs found, and the other events, summed over seeds."""
     print(
-        "| family | architecture | planted events found (goal >= 90%) | events reported | of them decouplings | false | false per recovered feature |"
+        "| family | architecture | planted events found (goal >= 90%) | found, per seed | events reported | of them decouplings | false | false per recovered feature |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     ok = True
     for (generator, arch), group in _by(
         [r for r in runs if r["generator"] in ("split", "handoff")], "generator", "arch"
@@ -312,7 +322,8 @@ def event_table(runs: list[dict]) -> bool:
         ok &= found >= 0.9 * planted
         false, recovered = sum(r["false_events"] for r in group), sum(r["n_recovered"] for r in group)
         print(
-            f"| {generator} | {arch} | {_share(found, planted)} | {sum(r['events'] for r in group)} | "
+            f"| {generator} | {arch} | {_share(found, planted)} | {_spread(group, 'events_found', 'planted_events')} | "
+            f"{sum(r['events'] for r in group)} | "
             f"{sum(r['decoupling_events'] for r in group)} | {false} | {false / max(1, recovered):.3f} |"
         )
     return ok
