@@ -47,9 +47,13 @@ _EMBED_HOOKS = {"hook_embed", "hook_pos_embed", "hook_tokens"}
 
 def stop_layer_for(hooks: Sequence[str]) -> int | None:
     """The ``stop_at_layer`` that still reaches every hook (None: the whole model is needed)."""
+    return _stop_layer({hook: block_index(hook) for hook in hooks})
+
+
+def _stop_layer(blocks: dict[str, int | None]) -> int | None:
+    """:func:`stop_layer_for` from each hook's block index (None: not in a block)."""
     stops = []
-    for hook in hooks:
-        layer = block_index(hook)
+    for hook, layer in blocks.items():
         if layer is not None:
             stops.append(layer + 1)
         elif hook in _EMBED_HOOKS:
@@ -114,7 +118,11 @@ def keep_first_blocks(model: HookedTransformer, n_layers: int | None) -> HookedT
 def residual_stop(hook: str) -> int | None:
     """The ``stop_at_layer`` whose returned residual IS ``hook``'s activation, or None when
     ``hook`` is not a block's input or output."""
-    layer = block_index(hook)
+    return _residual_stop(hook, block_index(hook))
+
+
+def _residual_stop(hook: str, layer: int | None) -> int | None:
+    """:func:`residual_stop` of ``hook`` in block ``layer`` (its block index)."""
     if layer is None:
         return None
     if hook == f"blocks.{layer}.hook_resid_pre":
@@ -192,15 +200,16 @@ class ForwardToHooks:
         self.hooks = list(dict.fromkeys(hooks))
         check_hooks(model, self.hooks)
         self.model = model
-        self.stop = stop_layer_for(self.hooks)
+        blocks = {hook: block_index(hook) for hook in self.hooks}  # each name parsed once
+        self.stop = _stop_layer(blocks)
         compile = should_compile(model.cfg.device) if compile is None else compile
         self.attention = trunk_attention(model, attention)
         self._trunk = _compiled_trunk(self.attention, backend) if compile else TRUNKS[self.attention]
-        self._direct = residual_stop(self.hooks[0]) if len(self.hooks) == 1 else None
+        self._direct = _residual_stop(self.hooks[0], blocks[self.hooks[0]]) if len(self.hooks) == 1 else None
         # fast trunk + one plain block: only where the block needs nothing but the residual
         fast = compile or self.attention == "sdpa"
         layer = None if self.stop is None else self.stop - 1
-        one_block = layer is not None and all(block_index(hook) == layer for hook in self.hooks)
+        one_block = layer is not None and all(block == layer for block in blocks.values())
         self._split_at = layer if fast and self._direct is None and one_block and _plain_inputs(model) else None
         self._captured: dict[str, torch.Tensor] = {}
         self._stack: ExitStack | None = None

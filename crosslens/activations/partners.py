@@ -24,7 +24,7 @@ from jaxtyping import Int
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from crosslens.activations.store import ActivationStore, read_manifest, snapshot_label, write_manifest
+from crosslens.activations.store import ActivationStore, snapshot_label, write_manifest
 from crosslens.checkpoints.trajectory import parse_ingredient
 from crosslens.core.errors import PartnerMismatchError
 from crosslens.core.hooks import crosscoder_hook
@@ -161,8 +161,7 @@ def check_recorded_partner(crosscoder: Any, store: Any, hook: str | None, *, use
 
 def pair_heldout(store: ActivationStore, heldout: ActivationStore) -> None:
     """Record in the held-out store's manifest the seal of the store it was split from."""
-    manifest = read_manifest(heldout.path)
-    manifest[HELDOUT_OF] = store_seal(store)
+    manifest = {**heldout.manifest, HELDOUT_OF: store_seal(store)}  # as opened: just written, its seal checked
     write_manifest(heldout.path, manifest)
     heldout.manifest = manifest
 
