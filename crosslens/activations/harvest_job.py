@@ -47,18 +47,20 @@ def harvest_stores(config: HarvestConfig, suite: CheckpointSuite) -> tuple[Activ
     needed = check_model_fits(suite.shape(), config.hook_names, budget, len(suite), store_dtype, [out, heldout_path])
     train_NL, heldout_NL = token_tables(config.tokens, budget, suite.tokenizer())
     settings = dict(dtype=store_dtype, model_dtype=config.model_dtype)
-    train = HarvestInputs.build(suite, config.hook_names, train_NL, **settings)
-    heldout = None
-    if len(heldout_NL):  # the same snapshots: their identities are not read again
-        heldout = HarvestInputs.build(suite, config.hook_names, heldout_NL, **settings, identities=train.identities)
+    splits, identities = [], None
+    for path, table_NL in [(out, train_NL), (heldout_path, heldout_NL)]:
+        if len(table_NL):  # the held-out rows run on the same snapshots: their identities are read once
+            inputs = HarvestInputs.build(suite, config.hook_names, table_NL, **settings, identities=identities)
+            splits.append((inputs, path))
+            identities = inputs.identities
     try:
-        store = harvest_store(train, out, overwrite=config.overwrite, device=config.device)
-        heldout_store = None
-        if heldout is not None:
-            heldout_store = harvest_store(heldout, heldout_path, overwrite=config.overwrite, device=config.device)
-            if is_main_process():
-                pair_heldout(store, heldout_store)
-        elif config.overwrite and heldout_path.exists() and is_main_process():
+        store, *heldout = [
+            harvest_store(inputs, path, overwrite=config.overwrite, device=config.device) for inputs, path in splits
+        ]
+        heldout_store = heldout[0] if heldout else None
+        if heldout_store is not None and is_main_process():
+            pair_heldout(store, heldout_store)
+        elif heldout_store is None and config.overwrite and heldout_path.exists() and is_main_process():
             shutil.rmtree(heldout_path)  # it was split from the store just replaced
     except StorageError as error:
         cause = error.__cause__
