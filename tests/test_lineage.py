@@ -132,3 +132,37 @@ def test_one_snapshot_of_a_shared_direction_makes_no_event():
     assert lineage_of(analysis).events == []
     loose = lineage_of(analysis, LineageConfig(min_snapshots=1)).events
     assert [(e.kind, e.snapshot, e.latents) for e in loose] == [("split", 4, (0, 1, 2))]
+
+
+def duplicate_handoff_decoder() -> torch.Tensor:
+    """6 latents over 8 snapshots, each event read from rows where a crosscoder's are unclear:
+
+    - 0 and 1 (duplicates, cosine 0.85 to each other: under ``same_cosine``) fade at 4 as 2 emerges
+      at cosine 0.85 and 0.72 to them: one direction handed over, a handoff at 4;
+    - 3 fades at 6 as 4 settles there at cosine 0.85 to 3's last row, 4 having blipped on at
+      snapshot 1 alone with another direction: a handoff at 6;
+    - 5 is present throughout, alone.
+    """
+    gen = torch.Generator().manual_seed(1)
+    u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
+    W = torch.zeros(6, S, D)
+    W[0, :4], W[1, :4] = u[0], _turned(u[0], u[1], 0.85)
+    W[2, 4:] = _turned(u[0], u[2], 0.85)
+    W[3, :6] = u[3]
+    W[4, 1], W[4, 6:] = u[9], _turned(u[3], u[4], 0.85)
+    W[5] = u[5]
+    return W * (1 + 0.05 * torch.arange(S))[None, :, None]
+
+
+def test_succession_between_duplicates_and_after_a_blip_is_a_handoff():
+    """Duplicates on one side count as one direction at ``successor_cosine`` (a handoff, not a
+    merge), and a latent's one-snapshot blip is not where it emerges (its settled run is)."""
+    analysis = EvolutionAnalysis.from_decoder(duplicate_handoff_decoder())
+    assert int(analysis.lifetimes.emergence[4]) == 1  # the analysis dates 4 at its blip
+    lin = lineage_of(analysis)
+    assert lin.events == [
+        LineageEvent("handoff", 4, (0, 1), (2,), pytest.approx(0.85, abs=1e-4), "succession"),
+        LineageEvent("handoff", 6, (3,), (4,), pytest.approx(0.85, abs=1e-4), "succession"),
+    ]
+    # a successor line above the rows' 0.85 joins nothing
+    assert lineage_of(analysis, LineageConfig(successor_cosine=0.9)).events == []

@@ -9,12 +9,14 @@ Read from the per-snapshot decoder directions of the live latents, where each is
   :attr:`LineageConfig.same_cosine`) at some snapshots and are apart (<=
   :attr:`LineageConfig.apart_cosine`) from a later one to the end of their joint presence: one
   concept became two (a split at the first snapshot they are apart); the reverse is a merge;
-- **succession**: a latent fades as a near-parallel one emerges (cosine of the fading latent's
-  last present row with the emerging latent's first >= :attr:`LineageConfig.successor_cosine`,
-  emergence within :attr:`LineageConfig.successor_window` snapshots of the fade): one latent to
-  one is a **handoff**, the through-time face of Minder et al.'s Latent Decoupling; one to
-  several a split; several to one a merge (counted in directions, not latents: latents whose rows
-  coincide at ``same_cosine`` or closer count once).
+- **succession**: a latent fades as a near-parallel one emerges (the best cosine between the
+  fading latent's last ``min_snapshots`` rows of a run of presence that long and the emerging
+  latent's first ones >= :attr:`LineageConfig.successor_cosine`, the emergence within
+  :attr:`LineageConfig.successor_window` snapshots of the fade, the two present together at no
+  more snapshots than that window): one latent to one is a **handoff**, the through-time face of
+  Minder et al.'s Latent Decoupling; one to several a split; several to one a merge (counted in
+  directions, not latents: latents whose joining rows lie at ``successor_cosine`` or closer count
+  once).
 
 Latents in pair events of one kind at one snapshot are joined into one event (three latents
 that coincide and separate together are one split). Every event records its snapshot, the
@@ -53,15 +55,25 @@ class LineageConfig:
     another feature at a snapshot; 0.5 keeps that from reading as a split (benchmarks/README.md,
     "Is an emergence real?")."""
     successor_cosine: float = 0.7
-    """A fading latent's last present row and an emerging latent's first at or above this cosine
-    are one direction handed over."""
+    """A fading latent's last present rows and an emerging latent's first at or above this cosine
+    are one direction handed over; the latents on either side of a succession whose rows lie this
+    close count as one direction (so a handoff between duplicates is not read as a split or a
+    merge: JumpReLU's duplicates of one planted feature lie at cosine 0.83-0.89, under
+    ``same_cosine``, where a planted split's children lie at 0.36; benchmarks/README.md, "Is an
+    emergence real?")."""
     successor_window: int = 1
-    """An emergence at most this many snapshots from the fade counts as its successor."""
+    """An emergence at most this many snapshots from the fade counts as its successor, and the two
+    may be present together at this many snapshots at most (a latent present beside its
+    would-be successor for longer is a partner or a duplicate, not a predecessor)."""
     min_snapshots: int = 2
     """A state must hold at this many snapshots to count: two latents together (or apart) before
     and apart (together) after an event, and a predecessor and its successor present on either
     side. One snapshot whose rows share a direction across many latents (a snapshot's own
-    artifact, as the pico suite has) then makes no event."""
+    artifact, as the pico suite has) then makes no event. A succession reads the rows of runs of
+    presence this long: a latent's row where it blips on for fewer snapshots (JumpReLU latents
+    cross their threshold for one snapshot before they settle) is not its direction, and of the
+    ``min_snapshots`` rows at either edge the best pair decides (a JumpReLU latent's first row
+    above threshold can still carry the feature it leaves)."""
     chunk_size: int = 4096
     """Latents whose cosines with all others are computed at once."""
 
@@ -286,6 +298,18 @@ def _components(edges: list[tuple[int, int, float]]) -> list[tuple[tuple[int, ..
     return [(tuple(nodes), weight[root]) for root, nodes in members.items()]
 
 
+def held_presence(present_FS: torch.Tensor, k: int) -> torch.Tensor:
+    """Where a latent is present within a run of at least ``k`` consecutive present snapshots."""
+    S = present_FS.shape[1]
+    ahead_FS = torch.zeros(present_FS.shape, dtype=torch.long)
+    behind_FS = torch.zeros(present_FS.shape, dtype=torch.long)
+    for s in range(S):
+        ahead_FS[:, s] = (ahead_FS[:, s - 1] + 1 if s else 1) * present_FS[:, s]
+        r = S - 1 - s
+        behind_FS[:, r] = (behind_FS[:, r + 1] + 1 if s else 1) * present_FS[:, r]
+    return present_FS & (ahead_FS + behind_FS - 1 >= k)
+
+
 def succession_events(
     unit_FSD: torch.Tensor,
     present_FS: torch.Tensor,
@@ -294,37 +318,48 @@ def succession_events(
     live_F: torch.Tensor,
     config: LineageConfig,
 ) -> list[LineageEvent]:
-    """Latents that fade as near-parallel latents emerge: one matmul of the faders' last present
-    rows with the emergers' first rows, masked to emergences near each fade."""
+    """Latents that fade as near-parallel latents emerge: the faders' last held rows (the last
+    ``min_snapshots`` of a run that long) against the emergers' first held rows, the best pair
+    deciding, masked to emergences near each fade."""
     unit_FSD, present_FS = unit_FSD.cpu(), present_FS.cpu()
-    S = unit_FSD.shape[1]
-    lasting_F = present_FS.sum(1) >= config.min_snapshots
-    faders = torch.nonzero(live_F & lasting_F & (fade_F != NO_STEP)).flatten()
-    emergers = torch.nonzero(live_F & lasting_F & (emergence_F != NO_STEP) & (emergence_F > 0)).flatten()
+    S, k = unit_FSD.shape[1], config.min_snapshots
+    held_FS = held_presence(present_FS, k)
+    idx_FS = torch.arange(S).expand(present_FS.shape)
+    end_F = torch.where(held_FS & (idx_FS < fade_F[:, None]), idx_FS, -1).amax(1)
+    onset_F = torch.where(held_FS & (idx_FS >= emergence_F[:, None]), idx_FS, S).amin(1)
+    faders = torch.nonzero(live_F & (fade_F != NO_STEP) & (end_F >= 0)).flatten()
+    emergers = torch.nonzero(live_F & (emergence_F != NO_STEP) & (emergence_F > 0) & (onset_F < S)).flatten()
     if len(faders) == 0 or len(emergers) == 0:
         return []
-    idx_1S = torch.arange(S)[None, :]
-    last_A = torch.where(present_FS[faders] & (idx_1S < fade_F[faders, None]), idx_1S, -1).amax(1).clamp_min(0)
-    first_B = emergence_F[emergers]
-    C_AB = unit_FSD[faders, last_A] @ unit_FSD[emergers, first_B].T
-    near_AB = (first_B[None, :] - fade_F[faders, None]).abs() <= config.successor_window
-    edges_AB = near_AB & (C_AB >= config.successor_cosine) & (faders[:, None] != emergers[None, :])
+    steps_K = torch.arange(k)
+    snaps_AK = (end_F[faders, None] - steps_K).clamp_min(0)  # the row nearest the fade first
+    snaps_BK = (onset_F[emergers, None] + steps_K).clamp_max(S - 1)
+    C_ABKL = torch.einsum("akd,bld->abkl", unit_FSD[faders[:, None], snaps_AK], unit_FSD[emergers[:, None], snaps_BK])
+    C_AB, best_AB = C_ABKL.flatten(2).max(2)
+    near_AB = (onset_F[emergers][None, :] - fade_F[faders, None]).abs() <= config.successor_window
+    overlap_AB = (present_FS[faders].float() @ present_FS[emergers].float().T) <= config.successor_window
+    edges_AB = near_AB & overlap_AB & (C_AB >= config.successor_cosine) & (faders[:, None] != emergers[None, :])
     a_E, b_E = torch.nonzero(edges_AB, as_tuple=True)
     edges = [(int(faders[a]), -1 - int(emergers[b]), float(C_AB[a, b])) for a, b in zip(a_E, b_E)]
+    rows: dict[int, torch.Tensor] = {}  # each latent's row through which it is joined (its best edge's)
+    best: dict[int, float] = {}
+    for a, b in zip(a_E.tolist(), b_E.tolist()):
+        kl = int(best_AB[a, b])
+        for node, row in (
+            (int(faders[a]), unit_FSD[faders[a], snaps_AK[a, kl // k]]),
+            (-1 - int(emergers[b]), unit_FSD[emergers[b], snaps_BK[b, kl % k]]),
+        ):
+            if float(C_AB[a, b]) > best.get(node, -2.0):
+                best[node], rows[node] = float(C_AB[a, b]), row
     events = []
-    rows_A = {int(a): unit_FSD[a, s] for a, s in zip(faders, last_A)}
-    rows_B = {int(b): unit_FSD[b, s] for b, s in zip(emergers, first_B)}
-    largest: dict[int, float] = {}  # each predecessor's largest cosine to a successor
-    for a, _, c in edges:
-        largest[a] = max(largest.get(a, c), c)
     for component, _ in _components(edges):
         before = tuple(sorted(n for n in component if n >= 0))
         after = tuple(sorted(-1 - n for n in component if n < 0))
-        cosine = max(largest[a] for a in before)
-        n_before = _directions([rows_A[a] for a in before], config.same_cosine)
-        n_after = _directions([rows_B[b] for b in after], config.same_cosine)
+        cosine = max(best[a] for a in before)
+        n_before = _directions([rows[a] for a in before], config.successor_cosine)
+        n_after = _directions([rows[-1 - b] for b in after], config.successor_cosine)
         kind = "handoff" if n_before == n_after else ("split" if n_after > n_before else "merge")
-        at = int(emergence_F[list(after)].min())
+        at = int(onset_F[list(after)].min())
         events.append(LineageEvent(kind, at, before, after, round(cosine, 6), "succession"))
     return events
 
