@@ -166,3 +166,26 @@ def test_succession_between_duplicates_and_after_a_blip_is_a_handoff():
     ]
     # a successor line above the rows' 0.85 joins nothing
     assert lineage_of(analysis, LineageConfig(successor_cosine=0.9)).events == []
+
+
+def test_latents_that_cancel_each_other_make_no_split_or_merge():
+    """Two latents whose rows point opposite at some snapshot (cosine <= -``same_cosine``) fire
+    together to cancel: their parting is no split and their meeting no merge. The same pairs
+    without the opposite rows are a split and a merge."""
+    gen = torch.Generator().manual_seed(3)
+    u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
+    W = torch.zeros(4, S, D)
+    W[0], W[1, :3] = u[0], u[0]  # one direction until 2, then 1 turns away: a split at 3
+    W[1, 3:5] = _turned(u[0], u[1], 0.2)
+    W[1, 5:] = -u[0]  # ... and from 5 on cancels 0
+    W[2, :5], W[3, :3] = u[2], -u[2]  # 3 cancels 2 until 2, apart at 3-4, one direction from 5: a merge
+    W[3, 3:5] = _turned(u[2], u[3], 0.2)
+    W[2, 5:] = W[3, 5:] = u[2]
+    W = W * (1 + 0.05 * torch.arange(S))[None, :, None]
+    assert lineage_of(EvolutionAnalysis.from_decoder(W)).events == []
+    W[1, 5:], W[3, :3] = (
+        _turned(u[0], u[1], 0.2) * W[1, 5:].norm(dim=-1, keepdim=True),
+        u[3] * W[3, :3].norm(dim=-1, keepdim=True),
+    )
+    events = lineage_of(EvolutionAnalysis.from_decoder(W)).events
+    assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1)), ("merge", 5, (2, 3))]

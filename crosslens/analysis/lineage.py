@@ -8,7 +8,10 @@ Read from the per-snapshot decoder directions of the live latents, where each is
 - **split / merge by divergence**: two latents whose directions coincide (cosine >=
   :attr:`LineageConfig.same_cosine`) at some snapshots and are apart (<=
   :attr:`LineageConfig.apart_cosine`) from a later one to the end of their joint presence: one
-  concept became two (a split at the first snapshot they are apart); the reverse is a merge;
+  concept became two (a split at the first snapshot they are apart); the reverse is a merge. A
+  pair whose rows point opposite at any snapshot (cosine <= -``same_cosine``) is neither: such
+  latents fire together to cancel each other (TopK's fixed count of active latents makes them),
+  and their rows carry no concept there;
 - **succession**: a latent fades as a near-parallel one emerges (the best cosine between the
   fading latent's last ``min_snapshots`` rows of a run of presence that long and the emerging
   latent's first ones >= :attr:`LineageConfig.successor_cosine`, the emergence within
@@ -47,7 +50,10 @@ class LineageConfig:
     n_relatives: int = 5
     """Nearest relatives kept per latent and snapshot."""
     same_cosine: float = 0.9
-    """Two latents' rows at or above this cosine at a snapshot carry one direction there."""
+    """Two latents' rows at or above this cosine at a snapshot carry one direction there; at or
+    below its negative they cancel each other, and the pair makes no split or merge (half of
+    TopK's false events on the planted sets were such pairs, and none of the planted events
+    found; benchmarks/README.md, "Is an emergence real?")."""
     apart_cosine: float = 0.5
     """At or below this cosine they carry two. Between the two lines a pair is neither, so a
     pair wandering near one line does not flicker between states. Two latents that carry one
@@ -251,8 +257,10 @@ def divergence_events(
         side_PS = (idx_1S < at_P[:, None]) if before else (idx_1S >= at_P[:, None])
         return (state_PS & side_PS).sum(1) >= config.min_snapshots
 
-    split_P = held(same_PS, True, split_at_P) & held(apart_PS, False, split_at_P)
-    merge_P = held(apart_PS, True, merge_at_P) & held(same_PS, False, merge_at_P)
+    # rows that point opposite carry nothing between them: the two fire together to cancel
+    cancels_P = (both_PS & (cos_PS <= -config.same_cosine)).any(1)
+    split_P = held(same_PS, True, split_at_P) & held(apart_PS, False, split_at_P) & ~cancels_P
+    merge_P = held(apart_PS, True, merge_at_P) & held(same_PS, False, merge_at_P) & ~cancels_P
     found: list[tuple[str, int, int, int, float]] = []
     for kind, ok_P, at_P in (
         ("split", split_P & (last_same_P >= 0) & (last_apart_P > last_same_P), split_at_P),
