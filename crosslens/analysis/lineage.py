@@ -306,7 +306,7 @@ def _components(edges: list[tuple[int, int, float]]) -> list[tuple[tuple[int, ..
     return [(tuple(nodes), weight[root]) for root, nodes in members.items()]
 
 
-def held_presence(present_FS: torch.Tensor, k: int) -> torch.Tensor:
+def _held_presence(present_FS: torch.Tensor, k: int) -> torch.Tensor:
     """Where a latent is present within a run of at least ``k`` consecutive present snapshots."""
     S = present_FS.shape[1]
     ahead_FS = torch.zeros(present_FS.shape, dtype=torch.long)
@@ -331,7 +331,7 @@ def succession_events(
     deciding, masked to emergences near each fade."""
     unit_FSD, present_FS = unit_FSD.cpu(), present_FS.cpu()
     S, k = unit_FSD.shape[1], config.min_snapshots
-    held_FS = held_presence(present_FS, k)
+    held_FS = _held_presence(present_FS, k)
     idx_FS = torch.arange(S).expand(present_FS.shape)
     end_F = torch.where(held_FS & (idx_FS < fade_F[:, None]), idx_FS, -1).amax(1)
     onset_F = torch.where(held_FS & (idx_FS >= emergence_F[:, None]), idx_FS, S).amin(1)
