@@ -118,6 +118,8 @@ def test_relatives_are_the_nearest_present_latents_and_match_the_loop():
 def test_the_config_is_checked():
     with pytest.raises(ValueError, match="apart < same"):
         LineageConfig(same_cosine=0.6, apart_cosine=0.7)
+    with pytest.raises(ValueError, match="hold_margin=0.45: need 0 <= margin"):
+        LineageConfig(hold_margin=0.45)
     with pytest.raises(ValueError, match="at least 1 relative"):
         LineageConfig(n_relatives=0)
 
@@ -189,3 +191,20 @@ def test_latents_that_cancel_each_other_make_no_split_or_merge():
     )
     events = lineage_of(EvolutionAnalysis.from_decoder(W)).events
     assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1)), ("merge", 5, (2, 3))]
+
+
+def test_a_pair_that_reached_one_direction_holds_it_above_the_hold_line():
+    """Latents at cosine 0.95 then 0.88 (a JumpReLU crosscoder's duplicates wander so) before they
+    part are a split; a pair that only wanders at 0.87, never reaching ``same_cosine``, parts with
+    no event; with no ``hold_margin`` the first is lost too."""
+    gen = torch.Generator().manual_seed(4)
+    u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
+    W = torch.zeros(4, S, D)
+    W[0], W[2] = u[0], u[2]
+    W[1, 0], W[1, 1:3] = _turned(u[0], u[1], 0.95), _turned(u[0], u[1], 0.88)
+    W[3, :3] = _turned(u[2], u[3], 0.87)
+    W[1, 3:], W[3, 3:] = _turned(u[0], u[1], 0.2), _turned(u[2], u[3], 0.2)
+    analysis = EvolutionAnalysis.from_decoder(W * (1 + 0.05 * torch.arange(S))[None, :, None])
+    events = lineage_of(analysis).events
+    assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1))]
+    assert lineage_of(analysis, LineageConfig(hold_margin=0.0)).events == []

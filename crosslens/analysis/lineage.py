@@ -6,7 +6,8 @@ Read from the per-snapshot decoder directions of the live latents, where each is
 - **relatives**: each latent's nearest latents at each snapshot by decoder cosine
   (:func:`nearest_relatives`: one matmul per snapshot and chunk of latents, then top-k);
 - **split / merge by divergence**: two latents whose directions coincide (cosine >=
-  :attr:`LineageConfig.same_cosine`) at some snapshots and are apart (<=
+  ``same_cosine - hold_margin`` at some snapshots, and >= :attr:`LineageConfig.same_cosine`
+  at one of them at least) and are apart (<=
   :attr:`LineageConfig.apart_cosine`) from a later one to the end of their joint presence: one
   concept became two (a split at the first snapshot they are apart); the reverse is a merge. A
   pair whose rows point opposite at any snapshot (cosine <= -``same_cosine``) is neither: such
@@ -54,6 +55,13 @@ class LineageConfig:
     below its negative they cancel each other, and the pair makes no split or merge (half of
     TopK's false events on the planted sets were such pairs, and none of the planted events
     found; benchmarks/README.md, "Is an emergence real?")."""
+    hold_margin: float = 0.05
+    """Two latents that reach ``same_cosine`` stay one direction while their rows are within this
+    margin of it (:attr:`hold_cosine`): a state of two latents together needs ``min_snapshots`` at
+    that line and one at ``same_cosine``. JumpReLU's duplicates of one planted feature wander at cosine 0.83-0.89
+    between snapshots, so a split of such a pair would be lost to a line of 0.9 at every snapshot,
+    while TopK latents that only wander near each other (0.86-0.87, never 0.9) make no event
+    (benchmarks/README.md, "Is an emergence real?")."""
     apart_cosine: float = 0.5
     """At or below this cosine they carry two. Between the two lines a pair is neither, so a
     pair wandering near one line does not flicker between states. Two latents that carry one
@@ -83,12 +91,22 @@ class LineageConfig:
     chunk_size: int = 4096
     """Latents whose cosines with all others are computed at once."""
 
+    @property
+    def hold_cosine(self) -> float:
+        """The line two latents that reached ``same_cosine`` stay together above."""
+        return self.same_cosine - self.hold_margin
+
     def __post_init__(self) -> None:
         if self.n_relatives < 1:
             raise ValueError(f"n_relatives={self.n_relatives}: keep at least 1 relative.")
         if not -1.0 <= self.apart_cosine < self.same_cosine <= 1.0:
             raise ValueError(
                 f"apart_cosine={self.apart_cosine}, same_cosine={self.same_cosine}: need -1 <= apart < same <= 1."
+            )
+        if not 0.0 <= self.hold_margin < self.same_cosine - self.apart_cosine:
+            raise ValueError(
+                f"hold_margin={self.hold_margin}: need 0 <= margin < same_cosine - apart_cosine "
+                f"({self.same_cosine} - {self.apart_cosine}), so the hold line stays above the apart line."
             )
         if self.min_snapshots < 1:
             raise ValueError(f"min_snapshots={self.min_snapshots}: a state holds at 1 snapshot or more.")
@@ -244,7 +262,8 @@ def divergence_events(
     unit_FSD, present_FS = unit_FSD.cpu(), present_FS.cpu()
     cos_PS = (unit_FSD[a_P] * unit_FSD[b_P]).sum(-1)
     both_PS = present_FS[a_P] & present_FS[b_P]
-    same_PS, apart_PS = both_PS & (cos_PS >= config.same_cosine), both_PS & (cos_PS <= config.apart_cosine)
+    same_PS, apart_PS = both_PS & (cos_PS >= config.hold_cosine), both_PS & (cos_PS <= config.apart_cosine)
+    peak_PS = both_PS & (cos_PS >= config.same_cosine)
     S = unit_FSD.shape[1]
     idx_1S = torch.arange(S)[None, :]
     last_same_P = torch.where(same_PS, idx_1S, -1).amax(1)
@@ -253,9 +272,11 @@ def divergence_events(
     merge_at_P = torch.where(same_PS & (idx_1S > last_apart_P[:, None]), idx_1S, S).amin(1)
 
     def held(state_PS: torch.Tensor, before: bool, at_P: torch.Tensor) -> torch.Tensor:
-        """Pairs in ``state_PS`` at ``min_snapshots`` or more snapshots before (or from) ``at_P``."""
+        """Pairs in ``state_PS`` at ``min_snapshots`` or more snapshots before (or from) ``at_P``;
+        together, also at ``same_cosine`` at one of them at least."""
         side_PS = (idx_1S < at_P[:, None]) if before else (idx_1S >= at_P[:, None])
-        return (state_PS & side_PS).sum(1) >= config.min_snapshots
+        held_P = (state_PS & side_PS).sum(1) >= config.min_snapshots
+        return held_P & (peak_PS & side_PS).any(1) if state_PS is same_PS else held_P
 
     # rows that point opposite carry nothing between them: the two fire together to cancel
     cancels_P = (both_PS & (cos_PS <= -config.same_cosine)).any(1)
