@@ -339,6 +339,20 @@ def _held_presence(present_FS: torch.Tensor, k: int) -> torch.Tensor:
     return present_FS & (ahead_FS + behind_FS - 1 >= k)
 
 
+def _best_row_pair(rows_AKD: torch.Tensor, rows_BKD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest cosine over each (a, b)'s row pairs and which pair (``k * K + l`` for a's row
+    ``k`` and b's row ``l``, the first on ties): one ``[A, B]`` matmul per pair, so memory stays
+    that of one ``[A, B]`` table however many rows are compared."""
+    K = rows_AKD.shape[1]
+    best_AB = rows_AKD[:, 0] @ rows_BKD[:, 0].T
+    which_AB = torch.zeros(best_AB.shape, dtype=torch.long, device=best_AB.device)
+    for kl in range(1, K * K):
+        C_AB = rows_AKD[:, kl // K] @ rows_BKD[:, kl % K].T
+        better_AB = C_AB > best_AB
+        best_AB, which_AB = torch.where(better_AB, C_AB, best_AB), torch.where(better_AB, kl, which_AB)
+    return best_AB, which_AB
+
+
 def succession_events(
     unit_FSD: torch.Tensor,
     present_FS: torch.Tensor,
@@ -363,8 +377,7 @@ def succession_events(
     steps_K = torch.arange(k)
     snaps_AK = (end_F[faders, None] - steps_K).clamp_min(0)  # the row nearest the fade first
     snaps_BK = (onset_F[emergers, None] + steps_K).clamp_max(S - 1)
-    C_ABKL = torch.einsum("akd,bld->abkl", unit_FSD[faders[:, None], snaps_AK], unit_FSD[emergers[:, None], snaps_BK])
-    C_AB, best_AB = C_ABKL.flatten(2).max(2)
+    C_AB, best_AB = _best_row_pair(unit_FSD[faders[:, None], snaps_AK], unit_FSD[emergers[:, None], snaps_BK])
     near_AB = (onset_F[emergers][None, :] - fade_F[faders, None]).abs() <= config.successor_window
     overlap_AB = (present_FS[faders].float() @ present_FS[emergers].float().T) <= config.successor_window
     edges_AB = near_AB & overlap_AB & (C_AB >= config.successor_cosine) & (faders[:, None] != emergers[None, :])
