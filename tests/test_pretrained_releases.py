@@ -142,8 +142,9 @@ def test_converted_once(fake_releases, monkeypatch):
     assert converted_folders() == before and crosscoder.cfg.d_sae == 48
 
 
-def test_cli_reads_a_release_as_its_crosscoder(fake_releases, capsys):
-    assert main(["analyze", "--crosscoder", f"{MINDER}/blocks.13.hook_resid_post", "--device", "cpu"]) == 0
+def test_cli_reads_a_release_as_its_crosscoder(fake_releases, capsys, tmp_path):
+    crosscoder = f"{MINDER}/blocks.13.hook_resid_post"
+    assert main(["analyze", "--crosscoder", crosscoder, "--device", "cpu", "--out", str(tmp_path / "report.html")]) == 0
     out = capsys.readouterr().out
     assert "model diffing (gemma-2-2b vs gemma-2-2b-it)" in out and "latent scaling: not measured" in out
 
