@@ -271,17 +271,21 @@ def divergence_events(
     split_at_P = torch.where(apart_PS & (idx_1S > last_same_P[:, None]), idx_1S, S).amin(1)
     merge_at_P = torch.where(same_PS & (idx_1S > last_apart_P[:, None]), idx_1S, S).amin(1)
 
+    def side(before: bool, at_P: torch.Tensor) -> torch.Tensor:
+        return (idx_1S < at_P[:, None]) if before else (idx_1S >= at_P[:, None])
+
     def held(state_PS: torch.Tensor, before: bool, at_P: torch.Tensor) -> torch.Tensor:
-        """Pairs in ``state_PS`` at ``min_snapshots`` or more snapshots before (or from) ``at_P``;
-        together, also at ``same_cosine`` at one of them at least."""
-        side_PS = (idx_1S < at_P[:, None]) if before else (idx_1S >= at_P[:, None])
-        held_P = (state_PS & side_PS).sum(1) >= config.min_snapshots
-        return held_P & (peak_PS & side_PS).any(1) if state_PS is same_PS else held_P
+        """Pairs in ``state_PS`` at ``min_snapshots`` or more snapshots before (or from) ``at_P``."""
+        return (state_PS & side(before, at_P)).sum(1) >= config.min_snapshots
+
+    def together(before: bool, at_P: torch.Tensor) -> torch.Tensor:
+        """Pairs held together on that side of ``at_P``, at ``same_cosine`` at one snapshot at least."""
+        return held(same_PS, before, at_P) & (peak_PS & side(before, at_P)).any(1)
 
     # rows that point opposite carry nothing between them: the two fire together to cancel
     cancels_P = (both_PS & (cos_PS <= -config.same_cosine)).any(1)
-    split_P = held(same_PS, True, split_at_P) & held(apart_PS, False, split_at_P) & ~cancels_P
-    merge_P = held(apart_PS, True, merge_at_P) & held(same_PS, False, merge_at_P) & ~cancels_P
+    split_P = together(True, split_at_P) & held(apart_PS, False, split_at_P) & ~cancels_P
+    merge_P = held(apart_PS, True, merge_at_P) & together(False, merge_at_P) & ~cancels_P
     found: list[tuple[str, int, int, int, float]] = []
     for kind, ok_P, at_P in (
         ("split", split_P & (last_same_P >= 0) & (last_apart_P > last_same_P), split_at_P),
