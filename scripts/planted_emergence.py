@@ -10,8 +10,9 @@ as ``scripts/planted_generators.py`` does) on each planted generator, then score
 - every family: the share of recovered features flagged contested (false flags on the eight
   families without weak features);
 - ``split`` and ``handoff``: the share of planted events found within one snapshot of their
-  step, and on every family the reported events that match no planted event, per recovered
-  feature.
+  step, beside the share the crosscoder's latents carry on both sides (an event no latent
+  carries is lost before lineage reads the decoder) and the share found of those; on every
+  family the reported events that match no planted event, per recovered feature.
 
     PYTHONPATH=. python scripts/planted_emergence.py --cache CACHE --jobs 1       # the full grid
     PYTHONPATH=. python scripts/planted_emergence.py --generator weak-early --seeds 0 --arch crosscoder
@@ -125,6 +126,20 @@ def carries(unit_FSD: torch.Tensor, planted, latents, snapshots, feature: int) -
     return False
 
 
+def carried_sides(unit_FSD: torch.Tensor, planted, live: list[int], kind: str, at: int, a: int, b: int) -> bool:
+    """Whether the crosscoder's live latents carry both sides of a planted event, so that lineage
+    could see it: for a split, each child from the split on, by two latents or more (one latent
+    carrying both children cannot diverge from itself); for a handoff, the predecessor just before
+    and the successor from the step on."""
+    S = unit_FSD.shape[1]
+    after = sorted({min(S - 1, at), min(S - 1, at + 1)})
+    with_b = [j for j in live if carries(unit_FSD, planted, [j], after, b)]
+    if kind == "split":
+        with_a = [j for j in live if carries(unit_FSD, planted, [j], after, a)]
+        return bool(with_a) and bool(with_b) and len(set(with_a) | set(with_b)) >= 2
+    return bool(with_b) and carries(unit_FSD, planted, live, [at - 1], a)
+
+
 def event_scores(planted, analysis, lin, n_recovered: int) -> dict:
     """Planted splits and handoffs found: an event of the kind within one snapshot whose latents carry
     the planted directions on either side (cosine >= 0.9). The other reported events are
@@ -135,10 +150,12 @@ def event_scores(planted, analysis, lin, n_recovered: int) -> dict:
     S = unit.shape[1]
     truth = getattr(planted, "event_truth", None)
     wanted = [("split", *e) for e in truth.splits] + [("handoff", *e) for e in truth.handoffs] if truth else []
-    matched, found = set(), 0
+    matched, found, carried, found_carried = set(), 0, 0, 0
+    live = [j for j in range(unit.shape[0]) if bool(analysis.present[j].any())]
     for kind, at, a, b in wanted:
         hits = []
         after = sorted({min(S - 1, at), min(S - 1, at + 1)})
+        seen = carried_sides(unit, planted, live, kind, at, a, b)
         for k, e in enumerate(lin.events):
             if e.kind != kind or abs(e.snapshot - at) > 1:
                 continue
@@ -150,6 +167,8 @@ def event_scores(planted, analysis, lin, n_recovered: int) -> dict:
             if ok:
                 hits.append(k)
         found += bool(hits)
+        carried += seen
+        found_carried += seen and bool(hits)
         matched.update(hits)
     decoupling = 0
     for k, e in enumerate(lin.events):
@@ -162,6 +181,8 @@ def event_scores(planted, analysis, lin, n_recovered: int) -> dict:
     return {
         "planted_events": len(wanted),
         "events_found": found,
+        "events_carried": carried,
+        "events_found_carried": found_carried,
         "events": len(lin.events),
         "decoupling_events": decoupling,
         "false_events": false,
@@ -311,18 +332,20 @@ def weak_table(runs: list[dict]) -> bool:
 def event_table(runs: list[dict]) -> bool:
     """Planted splits and handoffs found, and the other events, summed over seeds."""
     print(
-        "| family | architecture | planted events found (goal >= 90%) | found, per seed | events reported | of them decouplings | false | false per recovered feature |"
+        "| family | architecture | planted events found (goal >= 90%) | found, per seed | carried by the crosscoder | found of those | events reported | of them decouplings | false | false per recovered feature |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     ok = True
     for (generator, arch), group in _by(
         [r for r in runs if r["generator"] in ("split", "handoff")], "generator", "arch"
     ).items():
         found, planted = sum(r["events_found"] for r in group), sum(r["planted_events"] for r in group)
         ok &= found >= 0.9 * planted
+        carried = sum(r["events_carried"] for r in group)
         false, recovered = sum(r["false_events"] for r in group), sum(r["n_recovered"] for r in group)
         print(
             f"| {generator} | {arch} | {_share(found, planted)} | {_spread(group, 'events_found', 'planted_events')} | "
+            f"{_share(carried, planted)} | {_share(sum(r['events_found_carried'] for r in group), carried)} | "
             f"{sum(r['events'] for r in group)} | "
             f"{sum(r['decoupling_events'] for r in group)} | {false} | {false / max(1, recovered):.3f} |"
         )
