@@ -126,13 +126,11 @@ def carries(unit_FSD: torch.Tensor, planted, latents, snapshots, feature: int) -
     return False
 
 
-def carried_sides(unit_FSD: torch.Tensor, planted, live: list[int], kind: str, at: int, a: int, b: int) -> bool:
-    """Whether the crosscoder's live latents carry both sides of a planted event, so that lineage
-    could see it: for a split, each child from the split on, by two latents or more (one latent
-    carrying both children cannot diverge from itself); for a handoff, the predecessor just before
-    and the successor from the step on."""
-    S = unit_FSD.shape[1]
-    after = sorted({min(S - 1, at), min(S - 1, at + 1)})
+def carried_sides(unit_FSD: torch.Tensor, planted, live: list[int], kind: str, at: int, after, a: int, b: int) -> bool:
+    """Whether the crosscoder's live latents carry both sides of a planted event at ``at``, so that
+    lineage could see it: for a split, each child at the snapshots ``after`` it, by two latents or
+    more (one latent carrying both children cannot diverge from itself); for a handoff, the
+    predecessor just before and the successor after."""
     with_b = [j for j in live if carries(unit_FSD, planted, [j], after, b)]
     if kind == "split":
         with_a = [j for j in live if carries(unit_FSD, planted, [j], after, a)]
@@ -151,11 +149,11 @@ def event_scores(planted, analysis, lin, n_recovered: int) -> dict:
     truth = getattr(planted, "event_truth", None)
     wanted = [("split", *e) for e in truth.splits] + [("handoff", *e) for e in truth.handoffs] if truth else []
     matched, found, carried, found_carried = set(), 0, 0, 0
-    live = [j for j in range(unit.shape[0]) if bool(analysis.present[j].any())]
+    live = analysis.present.any(1).nonzero().flatten().tolist()
     for kind, at, a, b in wanted:
         hits = []
         after = sorted({min(S - 1, at), min(S - 1, at + 1)})
-        seen = carried_sides(unit, planted, live, kind, at, a, b)
+        seen = carried_sides(unit, planted, live, kind, at, after, a, b)
         for k, e in enumerate(lin.events):
             if e.kind != kind or abs(e.snapshot - at) > 1:
                 continue
