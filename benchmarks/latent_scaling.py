@@ -9,9 +9,13 @@ measured in the same run on the same machine.
    latent's cosines and top-k alone) over the same tokens. ``--loop-latents N`` times the loop on a
    seeded sample of N latents and extrapolates to d_sae (printed as such); the default loops over
    every latent. The two agree to float tolerance (printed). Goal: the batched >= 20x faster.
-2. ``--ge-shape`` (a GPU): the batched pass at Ge et al.'s shape (24,576 latents x 32 snapshots x
-   d_in 768, a random JumpReLU crosscoder) over ``--ge-tokens`` streamed random tokens (default
-   1M), with lineage: seconds and peak GPU memory. Without CUDA it says so and measures nothing.
+2. ``--ge-shape``: the batched pass at Ge et al.'s shape (24,576 latents x 32 snapshots x d_in
+   768, a random JumpReLU crosscoder) over ``--ge-tokens`` streamed random tokens (default 1M),
+   then lineage: seconds and the peak memory of each (on a GPU the memory allocated, on a CPU the
+   process's resident memory, the crosscoder's weights included). On a CPU, where 1M tokens take
+   hours, pass a few thousand: the time for 1M is then extrapolated from the rate (printed as
+   such); the memory does not grow with the tokens. JumpReLU's per-snapshot codes are held in
+   pieces sized by the device (``PER_SNAPSHOT_CODE_ELEMENTS``), so a CPU's peak is not a GPU's.
 
 Both sides run on ``--threads`` torch threads (default 1: on a shared CPU, other processes make
 multi-threaded small operations wait for each other).
@@ -19,6 +23,7 @@ multi-threaded small operations wait for each other).
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/latent_scaling.py
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/latent_scaling.py --run RUN --n-tokens 8192 --loop-latents 128
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/latent_scaling.py --ge-shape --device cuda
+    .venv/bin/python benchmarks/latent_scaling.py --ge-shape --ge-tokens 1024 --batch-size 1024 --threads 2
 """
 
 from __future__ import annotations
@@ -28,10 +33,16 @@ import time
 from pathlib import Path
 
 import torch
+from harvest import peak_rss_mb
 
 from crosslens.activations import ActivationStore
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
-from crosslens.analysis.latent_scaling import LatentScalingConfig, latent_scaling, per_latent_scaling
+from crosslens.analysis.latent_scaling import (
+    PER_SNAPSHOT_CODE_ELEMENTS,
+    LatentScalingConfig,
+    latent_scaling,
+    per_latent_scaling,
+)
 from crosslens.analysis.lineage import lineage_of, per_latent_relatives, unit_rows
 from crosslens.analysis.probes import firing_frequency, reads_normalized
 from crosslens.core.paths import crosslens_home
@@ -84,8 +95,9 @@ def demo_comparison(args: argparse.Namespace) -> None:
 
 
 def ge_shape(args: argparse.Namespace) -> None:
-    if not torch.cuda.is_available() or not str(args.device).startswith("cuda"):
-        print("Ge et al.'s shape (24,576 x 32 x 768, 1M tokens): not measured, it needs a CUDA GPU (--device cuda)")
+    cuda = str(args.device).startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        print("Ge et al.'s shape (24,576 x 32 x 768): not measured, --device cuda but no CUDA GPU here")
         return
     import crosslens.crosscoders as crosscoders
 
@@ -96,22 +108,68 @@ def ge_shape(args: argparse.Namespace) -> None:
         crosscoder.W_dec.normal_(0, 0.02)
         crosscoder.W_enc.normal_(0, 0.02)
         crosscoder.threshold.fill_(0.05)
+    weights = sum(t.numel() * t.element_size() for t in crosscoder.state_dict().values()) / 2**30
     B, S, D = args.batch_size, GE_SHAPE["n_snapshots"], GE_SHAPE["d_in"]
     gen = torch.Generator(device=args.device).manual_seed(0)
-    batches = (torch.randn(B, S, D, device=args.device, generator=gen) for _ in range(args.ge_tokens // B))
-    torch.cuda.reset_peak_memory_stats()
-    torch.cuda.synchronize()
+    batches = (torch.randn(B, S, D, device=args.device, generator=gen) for _ in range(max(1, args.ge_tokens // B)))
+    memory = GpuMemory() if cuda else ResidentMemory()
     config = LatentScalingConfig(n_tokens=args.ge_tokens, batch_size=B)
-    scaling, scaling_s = timed(
-        lambda: (latent_scaling(crosscoder, batches, config=config), torch.cuda.synchronize())[0]
-    )
+    memory.reset()
+    scaling, scaling_s = timed(lambda: (latent_scaling(crosscoder, batches, config=config), memory.sync())[0])
+    scaling_peak = memory.peak()
     analysis = EvolutionAnalysis.from_crosscoder(crosscoder)
-    _, lineage_s = timed(lambda: (lineage_of(analysis, device=args.device), torch.cuda.synchronize())[0])
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    memory.reset()
+    _, lineage_s = timed(lambda: (lineage_of(analysis, device=args.device), memory.sync())[0])
+    lineage_peak = memory.peak()
+    where = torch.cuda.get_device_name() if cuda else f"a CPU, {torch.get_num_threads()} threads"
+    n = scaling.n_tokens
+    budget = PER_SNAPSHOT_CODE_ELEMENTS.get(torch.device(args.device).type, PER_SNAPSHOT_CODE_ELEMENTS["cpu"])
+    piece = max(1, budget // (S * GE_SHAPE["d_sae"]))
     print(
-        f"Ge et al.'s shape on {torch.cuda.get_device_name()}: latent scaling over {scaling.n_tokens:,} tokens "
-        f"{scaling_s:.1f} s, lineage {lineage_s:.1f} s, peak GPU memory {peak:.2f} GiB"
+        f"Ge et al.'s shape (JumpReLU, 24,576 x 32 x 768, batches of {B}, per-snapshot codes in pieces of {piece} "
+        f"tokens) on {where}; the crosscoder's weights {weights:.2f} GiB"
     )
+    print(
+        f"  latent scaling over {n:,} tokens: {scaling_s:.1f} s ({n / scaling_s:,.0f} tokens/s"
+        + ("" if n >= 1 << 20 else f"; 1M tokens at this rate: {(1 << 20) / n * scaling_s / 3600:.1f} h, extrapolated")
+        + f"), peak {memory.what} {scaling_peak:.2f} GiB"
+    )
+    print(f"  lineage: {lineage_s:.1f} s, peak {memory.what} {lineage_peak:.2f} GiB")
+
+
+class GpuMemory:
+    """Peak CUDA memory allocated since :meth:`reset`."""
+
+    what = "GPU memory allocated"
+
+    def reset(self) -> None:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+    def sync(self) -> None:
+        torch.cuda.synchronize()
+
+    def peak(self) -> float:
+        return torch.cuda.max_memory_allocated() / 2**30
+
+
+class ResidentMemory:
+    """This process's peak resident memory since :meth:`reset` (Linux: writing 5 to
+    /proc/self/clear_refs resets the high-water mark that VmHWM reports)."""
+
+    what = "resident memory (the process's, weights included)"
+
+    def reset(self) -> None:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError as error:
+            raise SystemExit(f"cannot reset the peak resident memory here ({error}); run it on Linux") from error
+
+    def sync(self) -> None:
+        pass
+
+    def peak(self) -> float:
+        return peak_rss_mb() / 1024
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,7 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-tokens", type=int, default=16_384)
     parser.add_argument("--loop-latents", type=int, help="latents the loop times (default: all)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--ge-shape", action="store_true", help="also time Ge et al.'s shape (needs CUDA)")
+    parser.add_argument(
+        "--ge-shape", action="store_true", help="time Ge et al.'s shape instead (on a CPU, pass a few --ge-tokens)"
+    )
     parser.add_argument("--ge-tokens", type=int, default=1 << 20)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--device", default="cpu")

@@ -258,13 +258,19 @@ def scaling_from_sums(
 ) -> LatentScaling:
     """The result from the sums; ``W_dec_FSD`` in the training space (amplitudes are scaled to it
     by the caller's choice of sums: see :func:`latent_scaling`)."""
-    W_FSD = W_dec_FSD.detach().double().cpu()
+    W_FSD = W_dec_FSD.detach()
     F, S = W_FSD.shape[:2]
-    ref_FS = reference_FS.cpu().long()
-    rows_FSD = W_FSD[torch.arange(F)[:, None], ref_FS]
-    row_norm_FS = rows_FSD.norm(dim=-1)
-    own_norm_FS = W_FSD.norm(dim=-1)
-    own_cos_FS = (rows_FSD * W_FSD).sum(-1) / (row_norm_FS * own_norm_FS).clamp_min(_EPS)
+    ref_FS = reference_FS.to(W_FSD.device).long()
+    own_norm_FS = torch.empty(F, S, dtype=torch.float64)
+    along_FS = torch.empty(F, S, dtype=torch.float64)
+    latent_F = torch.arange(F, device=W_FSD.device)
+    for s in range(S):  # a snapshot at a time: a float64 copy of the whole decoder would double its memory
+        own_FD = W_FSD[:, s].double()
+        own_norm_FS[:, s] = own_FD.norm(dim=-1).cpu()
+        along_FS[:, s] = (W_FSD[latent_F, ref_FS[:, s]].double() * own_FD).sum(-1).cpu()
+    ref_FS = ref_FS.cpu()
+    row_norm_FS = own_norm_FS.gather(1, ref_FS)
+    own_cos_FS = along_FS / (row_norm_FS * own_norm_FS).clamp_min(_EPS)
     ff_F1 = sums.ff.cpu()[:, None]
     amplitude_FS = torch.where(ff_F1 > 0, sums.fx.cpu() / ff_F1.clamp_min(_EPS), 0.0)
     # the error without the latent adds its own contribution f_s d_js back: <R, d_js> sum f f_s
@@ -314,9 +320,12 @@ def scaling_sums(
     latent at every snapshot, amplitudes in the crosscoder's input space."""
     device, dtype = device_and_dtype(crosscoder)
     W_FSD = crosscoder.W_dec.detach()
-    F, S, _ = W_FSD.shape
-    rows_FSD = W_FSD[torch.arange(F, device=W_FSD.device)[:, None], reference_FS.to(W_FSD.device).long()]
-    unit_SDF = (rows_FSD / rows_FSD.norm(dim=-1, keepdim=True).clamp_min(_EPS)).permute(1, 2, 0).contiguous()
+    F, S, D = W_FSD.shape
+    ref_FS, latent_F = reference_FS.to(W_FSD.device).long(), torch.arange(F, device=W_FSD.device)
+    unit_SDF = torch.empty(S, D, F, dtype=W_FSD.dtype, device=W_FSD.device)
+    for s in range(S):  # a snapshot at a time: the pass then holds one decoder-sized table beside the weights
+        rows_FD = W_FSD[latent_F, ref_FS[:, s]]
+        unit_SDF[s] = (rows_FD / rows_FD.norm(dim=-1, keepdim=True).clamp_min(_EPS)).T
     b_dec_SD = crosscoder.b_dec.detach()
     sums = ScalingSums.zeros(F, S, device)
     bar = progress_bar(total=total, unit="tok", unit_scale=True, desc="latent scaling", show=progress)
@@ -371,8 +380,8 @@ def latent_scaling(
     config = config or LatentScalingConfig()
     check_snapshot_decoders(crosscoder)
     check_recorded_partner(crosscoder, source, hook, used_by="latent_scaling")
-    W_train_FSD = training_space_decoder(crosscoder).float()
-    reference_FS = reference_rows(decoder_norm_table(W_train_FSD), config.own_row_floor)
+    # the training-space decoder is formed again after the pass, so the pass holds no copy of it
+    reference_FS = reference_rows(decoder_norm_table(training_space_decoder(crosscoder).float()), config.own_row_floor)
     batches, total = source_batches(source, crosscoder, hook=hook, config=config)
     sums = scaling_sums(crosscoder, batches, reference_FS, total=total, progress=progress)
     if sums.n_tokens == 0:
@@ -388,7 +397,7 @@ def latent_scaling(
         fe=sums.fe * scale_S,
         ffs=sums.ffs,
     )
-    return scaling_from_sums(sums, W_train_FSD, reference_FS)
+    return scaling_from_sums(sums, training_space_decoder(crosscoder).float(), reference_FS)
 
 
 @torch.no_grad()
