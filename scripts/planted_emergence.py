@@ -18,7 +18,8 @@ as ``scripts/planted_generators.py`` does) on each planted generator, then score
     PYTHONPATH=. python scripts/planted_emergence.py --generator weak-early --seeds 0 --arch crosscoder
 
 ``--cache DIR`` keeps each trained crosscoder (``GENERATOR-ARCH-seedN.pt``, with the settings it
-was trained with), so scoring again with other thresholds does not train again.
+was trained with), so scoring again with other thresholds does not train again. ``--steps`` and
+``--batch-size`` change the training protocol for every family scored (keep another cache for them).
 """
 
 from __future__ import annotations
@@ -62,16 +63,15 @@ WITHOUT_EVENTS = ("hard", "zipf", "correlated", "wide", "rare", "cofiring", "lat
 """The eight families with neither weak early presence nor lineage events."""
 
 
-def training(generator: str, batch_size: int | None) -> dict:
-    """``train_planted``'s arguments for ``generator``: the small families' own, else ``batch_size`` where given."""
-    if generator in SMALL:
-        return dict(SMALL_TRAINING)
-    return {} if batch_size is None else {"batch_size": batch_size}
+def training(generator: str, protocol: dict | None = None) -> dict:
+    """``train_planted``'s arguments for ``generator``: the small families' own, then ``protocol``
+    (``batch_size``, ``n_steps``) where given."""
+    return {**(SMALL_TRAINING if generator in SMALL else {}), **(protocol or {})}
 
 
-def trained(generator: str, arch: str, seed: int, planted, cache: Path | None, batch_size: int | None = None):
+def trained(generator: str, arch: str, seed: int, planted, cache: Path | None, protocol: dict | None = None):
     """The crosscoder ``train_planted`` gives, from ``cache`` when it holds one trained alike."""
-    settings = {"generator": generator, "arch": arch, "seed": seed, **training(generator, batch_size)}
+    settings = {"generator": generator, "arch": arch, "seed": seed, **training(generator, protocol)}
     path = None if cache is None else cache / f"{generator}-{arch}-seed{seed}.pt"
     if path is not None and path.is_file():
         saved = torch.load(path, weights_only=False)
@@ -81,7 +81,7 @@ def trained(generator: str, arch: str, seed: int, planted, cache: Path | None, b
             crosscoder.load_state_dict(saved["state"])
             return crosscoder.eval(), saved["seconds"]
     start = time.perf_counter()
-    crosscoder = train_planted(planted, arch, seed=seed, **training(generator, batch_size))
+    crosscoder = train_planted(planted, arch, seed=seed, **training(generator, protocol))
     seconds = time.perf_counter() - start
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -276,10 +276,10 @@ def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
     }
 
 
-def run_one(generator: str, arch: str, seed: int, cache: str | None, train_only: bool, batch_size: int | None) -> dict:
+def run_one(generator: str, arch: str, seed: int, cache: str | None, train_only: bool, protocol: dict) -> dict:
     torch.set_num_threads(1)
     planted = build_planted(generator, seed, {})
-    crosscoder, seconds = trained(generator, arch, seed, planted, Path(cache) if cache else None, batch_size)
+    crosscoder, seconds = trained(generator, arch, seed, planted, Path(cache) if cache else None, protocol)
     result = {"generator": generator, "arch": arch, "seed": seed, "train_seconds": round(seconds, 1)}
     if train_only:
         return result
@@ -400,16 +400,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", help="folder keeping the trained crosscoders")
     parser.add_argument("--train-only", action="store_true", help="train (into --cache) and score nothing")
     parser.add_argument(
-        "--batch-size", type=int, help="tokens per training batch on the eight families (default: train_planted's 1024)"
+        "--batch-size",
+        type=int,
+        help="tokens per training batch, every family (default: the small families' 256, train_planted's 1024 elsewhere)",
     )
+    parser.add_argument("--steps", type=int, help="training steps, every family (default: train_planted's 3000)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
     parser.add_argument("--json", help="also write every run's scores here")
     args = parser.parse_args(argv)
+    protocol = {k: v for k, v in (("batch_size", args.batch_size), ("n_steps", args.steps)) if v is not None}
     grid = [
-        (g, a, s, args.cache, args.train_only, args.batch_size)
-        for s in args.seeds
-        for g in args.generator
-        for a in args.arch
+        (g, a, s, args.cache, args.train_only, protocol) for s in args.seeds for g in args.generator for a in args.arch
     ]
     runs = run_grid(run_one, grid, args.jobs)
     if args.json:
