@@ -17,6 +17,8 @@
 # (gpu.py --repeat-steps 5, about a minute). Last, as long as the budget lasts, the 98,304-feature
 # dictionary's bf16 rows in one step (it fits at 64.2 GiB), fresh and trained from pairs (peak
 # against plan). Every step row is followed by what is alive at its memory peak (--memory-peak).
+# LATENT=1 adds, before the wide rows, latent scaling over LATENT_TOKENS (default 1M) random tokens and
+# lineage at Ge et al.'s shape (benchmarks/latent_scaling.py --ge-shape: seconds and peak GPU memory).
 # STREAM=0 leaves out the end-to-end part and WIDE=0 the 98,304-feature rows, for a session that
 # works on the step alone; STEP=0 leaves out the step's rows. CLI=1 adds, after the step's rows,
 # the real `crosslens train --recipe ge2025-pythia-160m --stream` from a fresh crosscoder on the
@@ -101,6 +103,13 @@ if [ -n "${PROFILE:-}" ]; then
         --state fresh --state young --path default --path dense --profile --steps 5 --rounds 5 2>&1 \
         | grep -v Warning > "$out/profile_dense.log"
     stamp "profile of the dense steps: exit ${PIPESTATUS[0]}"
+fi
+
+if [ -n "${LATENT:-}" ]; then
+    stamp "latent scaling and lineage at Ge et al.'s shape, $(left) s left"
+    timeout $((budget * 30 / 100)) python3 benchmarks/latent_scaling.py --ge-shape --device cuda \
+        --ge-tokens "${LATENT_TOKENS:-1048576}" > "$out/latent_scaling.log" 2>&1
+    stamp "latent scaling: exit $? ($(tail -n 2 "$out/latent_scaling.log" | tr '\n' ' '))"
 fi
 
 if [ "${WIDE:-1}" != 0 ]; then
