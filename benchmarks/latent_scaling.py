@@ -15,7 +15,7 @@ measured in the same run on the same machine.
    process's resident memory, the crosscoder's weights included). On a CPU, where 1M tokens take
    hours, pass a few thousand: the time for 1M is then extrapolated from the rate (printed as
    such); the memory does not grow with the tokens. JumpReLU's per-snapshot codes are held in
-   pieces sized by the device (``PER_SNAPSHOT_CODE_ELEMENTS``), so a CPU's peak is not a GPU's.
+   pieces sized by the device (``per_snapshot_piece``), so a CPU's peak is not a GPU's.
 
 Both sides run on ``--threads`` torch threads (default 1: on a shared CPU, other processes make
 multi-threaded small operations wait for each other).
@@ -38,13 +38,14 @@ from harvest import peak_rss_mb
 from crosslens.activations import ActivationStore
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.latent_scaling import (
-    PER_SNAPSHOT_CODE_ELEMENTS,
     LatentScalingConfig,
     latent_scaling,
     per_latent_scaling,
+    per_snapshot_piece,
 )
 from crosslens.analysis.lineage import lineage_of, per_latent_relatives, unit_rows
 from crosslens.analysis.probes import firing_frequency, reads_normalized
+from crosslens.core.devices import peak_memory, reset_peak_memory
 from crosslens.core.paths import crosslens_home
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.training.runfolder import run_store
@@ -112,19 +113,19 @@ def ge_shape(args: argparse.Namespace) -> None:
     B, S, D = args.batch_size, GE_SHAPE["n_snapshots"], GE_SHAPE["d_in"]
     gen = torch.Generator(device=args.device).manual_seed(0)
     batches = (torch.randn(B, S, D, device=args.device, generator=gen) for _ in range(max(1, args.ge_tokens // B)))
-    memory = GpuMemory() if cuda else ResidentMemory()
+    device = torch.device(args.device)
     config = LatentScalingConfig(n_tokens=args.ge_tokens, batch_size=B)
-    memory.reset()
-    scaling, scaling_s = timed(lambda: (latent_scaling(crosscoder, batches, config=config), memory.sync())[0])
-    scaling_peak = memory.peak()
+    reset_peak(device)
+    scaling, scaling_s = timed(lambda: (latent_scaling(crosscoder, batches, config=config), synced(device))[0])
+    scaling_peak = peak_gib(device)
     analysis = EvolutionAnalysis.from_crosscoder(crosscoder)
-    memory.reset()
-    _, lineage_s = timed(lambda: (lineage_of(analysis, device=args.device), memory.sync())[0])
-    lineage_peak = memory.peak()
+    reset_peak(device)
+    _, lineage_s = timed(lambda: (lineage_of(analysis, device=device), synced(device))[0])
+    lineage_peak = peak_gib(device)
     where = torch.cuda.get_device_name() if cuda else f"a CPU, {torch.get_num_threads()} threads"
+    what = "GPU memory allocated" if cuda else "resident memory (the process's, weights included)"
     n = scaling.n_tokens
-    budget = PER_SNAPSHOT_CODE_ELEMENTS.get(torch.device(args.device).type, PER_SNAPSHOT_CODE_ELEMENTS["cpu"])
-    piece = max(1, budget // (S * GE_SHAPE["d_sae"]))
+    piece = per_snapshot_piece(device, S, GE_SHAPE["d_sae"])
     print(
         f"Ge et al.'s shape (JumpReLU, 24,576 x 32 x 768, batches of {B}, per-snapshot codes in pieces of {piece} "
         f"tokens) on {where}; the crosscoder's weights {weights:.2f} GiB"
@@ -132,44 +133,34 @@ def ge_shape(args: argparse.Namespace) -> None:
     print(
         f"  latent scaling over {n:,} tokens: {scaling_s:.1f} s ({n / scaling_s:,.0f} tokens/s"
         + ("" if n >= 1 << 20 else f"; 1M tokens at this rate: {(1 << 20) / n * scaling_s / 3600:.1f} h, extrapolated")
-        + f"), peak {memory.what} {scaling_peak:.2f} GiB"
+        + f"), peak {what} {scaling_peak:.2f} GiB = {scaling_peak / weights:.2f}x the weights"
     )
-    print(f"  lineage: {lineage_s:.1f} s, peak {memory.what} {lineage_peak:.2f} GiB")
+    print(
+        f"  lineage: {lineage_s:.1f} s, peak {what} {lineage_peak:.2f} GiB = {lineage_peak / weights:.2f}x the weights"
+    )
 
 
-class GpuMemory:
-    """Peak CUDA memory allocated since :meth:`reset`."""
-
-    what = "GPU memory allocated"
-
-    def reset(self) -> None:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-
-    def sync(self) -> None:
-        torch.cuda.synchronize()
-
-    def peak(self) -> float:
-        return torch.cuda.max_memory_allocated() / 2**30
+def synced(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-class ResidentMemory:
-    """This process's peak resident memory since :meth:`reset` (Linux: writing 5 to
-    /proc/self/clear_refs resets the high-water mark that VmHWM reports)."""
+def reset_peak(device: torch.device) -> None:
+    """A fresh peak count: torch's on a GPU; on a CPU (Linux) the process's resident high-water mark,
+    which writing 5 to /proc/self/clear_refs resets."""
+    synced(device)
+    if device.type == "cuda":
+        reset_peak_memory(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError as error:
+        raise SystemExit(f"cannot reset the peak resident memory here ({error}); run it on Linux") from error
 
-    what = "resident memory (the process's, weights included)"
 
-    def reset(self) -> None:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError as error:
-            raise SystemExit(f"cannot reset the peak resident memory here ({error}); run it on Linux") from error
-
-    def sync(self) -> None:
-        pass
-
-    def peak(self) -> float:
-        return peak_rss_mb() / 1024
+def peak_gib(device: torch.device) -> float:
+    """The peak since :func:`reset_peak`, in GiB."""
+    return peak_memory(device) / 2**30 if device.type == "cuda" else peak_rss_mb() / 1024
 
 
 def main(argv: list[str] | None = None) -> None:

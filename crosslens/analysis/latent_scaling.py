@@ -307,6 +307,14 @@ def codes_and_reconstruction(
     return f_BF, None, crosscoder.decode(f_BF)
 
 
+def per_snapshot_piece(device: torch.device | str, n_snapshots: int, d_sae: int) -> int:
+    """Tokens per piece of a batch whose per-snapshot code ``[tokens, n_snapshots, d_sae]`` stays
+    within the device's :data:`PER_SNAPSHOT_CODE_ELEMENTS`."""
+    kind = torch.device(device).type
+    budget = PER_SNAPSHOT_CODE_ELEMENTS.get(kind, PER_SNAPSHOT_CODE_ELEMENTS["cpu"])
+    return max(1, budget // (n_snapshots * d_sae))
+
+
 @torch.no_grad()
 def scaling_sums(
     crosscoder: Any,
@@ -329,8 +337,7 @@ def scaling_sums(
     b_dec_SD = crosscoder.b_dec.detach()
     sums = ScalingSums.zeros(F, S, device)
     bar = progress_bar(total=total, unit="tok", unit_scale=True, desc="latent scaling", show=progress)
-    budget = PER_SNAPSHOT_CODE_ELEMENTS.get(device.type, PER_SNAPSHOT_CODE_ELEMENTS["cpu"])
-    piece = max(1, budget // (S * F)) if hasattr(crosscoder, "encode_per_snapshot") else None
+    piece = per_snapshot_piece(device, S, F) if hasattr(crosscoder, "encode_per_snapshot") else None
     for batch in batches:
         for x_BSD in batch.split(piece) if piece else (batch,):
             x_BSD = x_BSD.to(device, dtype)
@@ -381,7 +388,7 @@ def latent_scaling(
     check_snapshot_decoders(crosscoder)
     check_recorded_partner(crosscoder, source, hook, used_by="latent_scaling")
     # the training-space decoder is formed again after the pass, so the pass holds no copy of it
-    reference_FS = reference_rows(decoder_norm_table(training_space_decoder(crosscoder).float()), config.own_row_floor)
+    reference_FS = reference_rows(decoder_norm_table(training_space_decoder(crosscoder)), config.own_row_floor)
     batches, total = source_batches(source, crosscoder, hook=hook, config=config)
     sums = scaling_sums(crosscoder, batches, reference_FS, total=total, progress=progress)
     if sums.n_tokens == 0:
