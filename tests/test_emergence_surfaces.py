@@ -91,6 +91,8 @@ def test_the_database_holds_the_check_and_lineage(run):
     assert all(scaled[f] == (None if int(e) < 0 else int(e)) for f, e in enumerate(check.scaled_emergence.tolist()))
     presence = db.execute("SELECT presence FROM emergence_snapshots ORDER BY feature, snapshot").fetchall()
     assert [round(p[0], 5) for p in presence] == [round(float(p), 5) for p in check.presence.flatten()]
+    carrier = db.execute("SELECT carrier_cosine FROM emergence_snapshots ORDER BY feature, snapshot").fetchall()
+    assert [round(c[0], 5) for c in carrier] == [round(float(c), 5) for c in result.scaling.carrier_cosine.flatten()]
     events = db.execute("SELECT kind, snapshot, before, after FROM lineage_events ORDER BY event").fetchall()
     assert events == [(e.kind, e.snapshot, json.dumps(e.before), json.dumps(e.after)) for e in result.lineage.events]
     members = db.execute("SELECT count(*) FROM lineage_members").fetchone()[0]
@@ -120,6 +122,13 @@ def test_a_check_of_another_crosscoder_is_refused_before_the_pass(run, tmp_path)
     assert (copy / schema.DATABASE_NAME).read_bytes() == database  # nothing written lost
     (copy / EMERGENCE_TENSORS_NAME).write_bytes(b"damaged")
     with pytest.raises(EmergenceRecordError, match="missing or altered"):
+        read_emergence(copy)
+    # a record of an older format (its tables lack what this version reads) is computed again
+    record["format"] = "crosslens.emergence/1"
+    write_sealed(
+        copy / EMERGENCE_NAME, {k: v for k, v in record.items() if k != "emergence_sha256"}, "emergence_sha256"
+    )
+    with pytest.raises(EmergenceRecordError, match=r"not a crosslens.emergence/2 record; run `crosslens analyze"):
         read_emergence(copy)
 
 

@@ -10,6 +10,8 @@ a number; and the check must contest exactly the latents whose decoder hides an 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -22,6 +24,7 @@ from crosslens.analysis.latent_scaling import (
     LatentScalingConfig,
     NoSnapshotDecodersError,
     ScalingSums,
+    carrier_cosines,
     latent_scaling,
     per_latent_scaling,
     reference_rows,
@@ -211,6 +214,42 @@ def test_the_check_contests_exactly_the_hidden_early_presences():
     # presence: amplitude over the latent's largest, zero where not significant
     presence = scaled_presence(latent_scaling(crosscoder, x_NSD))
     assert torch.allclose(presence[0], DATA_BETA[0], atol=0.02) and float(presence[1, :3].max()) == 0.0
+
+
+def test_carrier_cosines_read_only_partners_present_and_firing_at_the_snapshot():
+    a, b = torch.eye(4)[0], torch.eye(4)[1]
+    W_FSD = torch.zeros(4, 3, 4)
+    W_FSD[0, 1:] = 2 * a  # shrunk at 0: scored there with its row at 1
+    W_FSD[1, 0] = a  # carries direction a at snapshot 0 only
+    W_FSD[2] = 0.6 * a + 0.8 * b  # cosine 0.6 with a, everywhere
+    W_FSD[3] = a  # never fires: carries nothing
+    reference_FS = reference_rows(W_FSD.norm(dim=-1))
+    fires_F = torch.tensor([True, True, True, False])
+    cosine_FS = carrier_cosines(W_FSD, reference_FS, fires_F)
+    expected = [[1.0, 0.6, 0.6], [0.6, 1.0, 1.0], [0.6, 0.6, 0.6], [1.0, 1.0, 1.0]]
+    assert torch.allclose(cosine_FS, torch.tensor(expected), atol=1e-6)
+    alone_FS = carrier_cosines(W_FSD, reference_FS, torch.tensor([True, False, False, False]))
+    assert alone_FS[0].tolist() == [-1.0, -1.0, -1.0]
+
+
+def test_other_latents_lend_presence_only_where_a_partner_carries_the_direction():
+    crosscoder, x_NSD, _ = constructed(noise=0.01)
+    analysis = EvolutionAnalysis.from_crosscoder(crosscoder)
+    scaling = latent_scaling(crosscoder, x_NSD)
+    # latent 5 writes latent 3's early part along latent 3's own direction
+    assert torch.allclose(scaling.carrier_cosine[3, :2], torch.ones(2), atol=1e-5)
+    # the same numbers with latent 3's partner pointing elsewhere: what others reconstruct along its
+    # direction is no longer its presence, and only latent 0 (early presence in the error) is contested
+    elsewhere = dataclasses.replace(scaling, carrier_cosine=torch.where(torch.arange(F)[:, None] == 3, 0.3, 1.0))
+    check = check_emergence(analysis, elsewhere)
+    assert check.contested_features() == [0] and int(check.scaled_emergence[3]) == 2
+    # and a line at 0.3 counts that partner again
+    assert check_emergence(analysis, elsewhere, EmergenceCheckConfig(carrier_cosine=0.3)).contested_features() == [0, 3]
+    # -1 counts every other latent: the activation target everywhere
+    everywhere = scaled_presence(dataclasses.replace(scaling, carrier_cosine=torch.ones(F, S)))
+    assert torch.equal(scaled_presence(elsewhere, EmergenceCheckConfig(carrier_cosine=-1.0)), everywhere)
+    with pytest.raises(ValueError, match=r"carrier_cosine=1.5 is a cosine: pick \[-1, 1\]"):
+        EmergenceCheckConfig(carrier_cosine=1.5)
 
 
 def test_the_check_refuses_an_analysis_of_another_crosscoder():

@@ -1,9 +1,13 @@
 """Is this emergence real? The decoder-norm emergence beside the latent-scaled one, and where they disagree.
 
 From :mod:`crosslens.analysis.latent_scaling`, each live latent gets a **latent-scaled
-presence** per snapshot: its amplitude in that snapshot's activations over its largest
-amplitude at any snapshot (negative amplitudes count as 0), counted only where the amplitude
-stands :attr:`EmergenceCheckConfig.min_t` standard errors above 0. The evolution analysis's
+presence** per snapshot: its amplitude there over its largest amplitude at any snapshot
+(negative amplitudes count as 0), counted only where the activation fit stands
+:attr:`EmergenceCheckConfig.min_t` standard errors above 0. The amplitude is the one in the
+snapshot's activations where another latent present there points the latent's way (cosine
+:attr:`EmergenceCheckConfig.carrier_cosine` or more), and the one in the reconstruction error
+without the latent elsewhere: what unrelated latents that fire on the same tokens reconstruct is
+not the latent's presence. The evolution analysis's
 hysteresis reads it like a decoder-norm timeline (present from
 :attr:`EmergenceCheckConfig.presence_threshold`, faded under
 :attr:`EmergenceCheckConfig.fade_threshold`), giving a **latent-scaled emergence**.
@@ -55,6 +59,13 @@ class EmergenceCheckConfig:
     gives noisy amplitudes."""
     contested_margin: int = 2
     """Snapshots between the two emergences from which a latent is contested."""
+    carrier_cosine: float = 0.5
+    """What other latents reconstruct along a latent's direction counts toward its presence at a
+    snapshot only where another latent present there has its row at this cosine or more with
+    that direction (a partner carrying the concept, Latent Decoupling); elsewhere the presence is
+    read from the reconstruction error without the latent alone. Features that merely fire
+    together otherwise lend each other early presence (see benchmarks/README.md, "Is an
+    emergence real?"). -1 counts every other latent's reconstruction."""
     min_fire: int = 10
     """Latents firing on fewer sampled tokens are not measured."""
 
@@ -66,15 +77,20 @@ class EmergenceCheckConfig:
             )
         if self.min_t < 0 or self.contested_margin < 1 or self.min_fire < 2:
             raise ValueError("min_t >= 0, contested_margin >= 1 snapshot and min_fire >= 2 tokens.")
+        if not -1.0 <= self.carrier_cosine <= 1.0:
+            raise ValueError(f"carrier_cosine={self.carrier_cosine} is a cosine: pick [-1, 1], e.g. 0.5.")
 
 
 def scaled_presence(
     scaling: LatentScaling, config: EmergenceCheckConfig | None = None
 ) -> Float[torch.Tensor, "d_sae n_snapshots"]:
     """Each latent's amplitude over its largest, 0 where negative or within ``min_t`` standard
-    errors of 0."""
+    errors of 0. The amplitude is the activation target's where a partner carries the latent's
+    direction (``carrier_cosine``), the error target's elsewhere; its significance is the
+    activation fit's."""
     config = config or EmergenceCheckConfig()
-    amplitude_FS = scaling.amplitude.clamp_min(0.0)
+    carried_FS = scaling.carrier_cosine >= config.carrier_cosine
+    amplitude_FS = torch.where(carried_FS, scaling.amplitude, scaling.error_amplitude).clamp_min(0.0)
     amplitude_FS = torch.where(scaling.t_value >= config.min_t, amplitude_FS, 0.0)
     peak_F1 = amplitude_FS.amax(dim=1, keepdim=True)
     return torch.where(peak_F1 > 0, amplitude_FS / peak_F1.clamp_min(1e-12), 0.0)

@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder
 
 _EPS = 1e-12
+CARRIER_CHUNK = 4096
+"""Latents whose cosines with the carriers are computed at once (:func:`carrier_cosines`): a
+``[CARRIER_CHUNK, d_sae]`` table per step."""
 PER_SNAPSHOT_CODE_ELEMENTS = {"cpu": 1 << 24, "cuda": 1 << 28}
 """Largest ``[tokens, snapshots, d_sae]`` per-snapshot code held at once (JumpReLU's gated codes),
 by device type (64 MB on a CPU, 1 GB on a GPU): a batch is split into pieces of at most this many."""
@@ -111,6 +114,39 @@ def reference_rows(
     distance_FSS = torch.where(trusted_FS[:, None, :], distance_SS[None], torch.inf)
     nearest_FS = distance_FSS.argmin(dim=-1)
     return torch.where(trusted_FS.any(dim=1, keepdim=True), nearest_FS, index_S[None, :].expand_as(nearest_FS))
+
+
+@torch.no_grad()
+def carrier_cosines(
+    W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    reference_FS: Int[torch.Tensor, "d_sae n_snapshots"],
+    fires_F: torch.Tensor,
+) -> Float[torch.Tensor, "d_sae n_snapshots"]:
+    """For every latent and snapshot, the largest cosine between the latent's reference direction
+    there and the row of another latent present there: one that fires (``fires_F``) and whose own
+    row is trusted at the snapshot (``reference == s``, nonzero). -1 where no other latent is
+    present. Where it is low,
+    what other latents reconstruct along the direction is not this latent's concept carried by a
+    partner, only tokens it shares with unrelated latents."""
+    W_FSD = W_dec_FSD.detach()
+    F, S, _ = W_FSD.shape
+    ref_FS = reference_FS.to(W_FSD.device).long()
+    latent_F = torch.arange(F, device=W_FSD.device)
+    out_FS = torch.full((F, S), -1.0)
+    for s in range(S):
+        own_FD = W_FSD[:, s].float()
+        own_norm_F = own_FD.norm(dim=-1)
+        present_F = (ref_FS[:, s] == s) & (own_norm_F > 0) & fires_F.to(W_FSD.device)
+        if not bool(present_F.any()):
+            continue
+        carriers_DK = (own_FD[present_F] / own_norm_F[present_F, None]).T
+        carrier_K = latent_F[present_F]
+        for chunk_J in latent_F.split(CARRIER_CHUNK):
+            rows_JD = W_FSD[chunk_J, ref_FS[chunk_J, s]].float()
+            cos_JK = (rows_JD / rows_JD.norm(dim=-1, keepdim=True).clamp_min(_EPS)) @ carriers_DK
+            cos_JK.masked_fill_(chunk_J[:, None] == carrier_K[None, :], -1.0)
+            out_FS[chunk_J.cpu(), s] = cos_JK.amax(dim=1).cpu()
+    return out_FS
 
 
 @dataclass
@@ -186,6 +222,9 @@ class LatentScaling:
     """Cosine of that row with the latent's own row at the snapshot (1 where it is its own)."""
     own_norm: Float[torch.Tensor, "d_sae n_snapshots"]
     """The latent's own decoder norm at the snapshot (training space)."""
+    carrier_cosine: Float[torch.Tensor, "d_sae n_snapshots"]
+    """Largest cosine of another latent present at the snapshot with the reference row
+    (:func:`carrier_cosines`; -1 where none is present)."""
     amplitude: Float[torch.Tensor, "d_sae n_snapshots"]
     """Activation target: ``sum f <R, x_s - b_s> / sum f^2``, the latent's length in snapshot s's
     activations on the tokens it fires on."""
@@ -257,7 +296,8 @@ def scaling_from_sums(
     sums: ScalingSums, W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"], reference_FS: torch.Tensor
 ) -> LatentScaling:
     """The result from the sums; ``W_dec_FSD`` in the training space (amplitudes are scaled to it
-    by the caller's choice of sums: see :func:`latent_scaling`)."""
+    by the caller's choice of sums: see :func:`training_space_sums`). Its cost does not grow with
+    the tokens: per snapshot, the rows' norms and the carrier cosines (:func:`carrier_cosines`)."""
     W_FSD = W_dec_FSD.detach()
     F, S = W_FSD.shape[:2]
     ref_FS = reference_FS.to(W_FSD.device).long()
@@ -284,6 +324,7 @@ def scaling_from_sums(
         row_norm=row_norm_FS.float(),
         own_cosine=torch.where(row_norm_FS * own_norm_FS > 0, own_cos_FS, 0.0).float(),
         own_norm=own_norm_FS.float(),
+        carrier_cosine=carrier_cosines(W_FSD, ref_FS, sums.n_fire > 0),
         amplitude=amplitude_FS.float(),
         error_amplitude=error_FS.float(),
         stderr=variance_FS.sqrt().float(),
@@ -367,23 +408,16 @@ def source_batches(
     return iter(source), None
 
 
-def latent_scaling(
+def training_space_sums(
     crosscoder: Crosscoder,
     source: Any,
     *,
     hook: str | None = None,
     config: LatentScalingConfig | None = None,
     progress: bool = False,
-) -> LatentScaling:
-    """Latent scaling of every latent at every snapshot, in one pass over ``source``.
-
-    ``source``: an :class:`~crosslens.activations.store.ActivationStore` (``n_tokens`` tokens
-    sampled with ``seed``, read normalised unless the crosscoder has its factors folded in; a
-    store of other snapshots, hook or width than the crosscoder records is refused), a tensor
-    ``[n_tokens, S, D]`` as the crosscoder reads it, or an iterable of such batches (a stream).
-    Rows are chosen on the training-space decoder (:func:`reference_rows`); amplitudes come back
-    in the training space whether or not the normalisation factors are folded.
-    """
+) -> tuple[ScalingSums, Int[torch.Tensor, "d_sae n_snapshots"]]:
+    """:func:`latent_scaling`'s pass over the tokens: its sums, with lengths in the training space,
+    and the reference rows they were taken on. :func:`scaling_from_sums` makes the result."""
     config = config or LatentScalingConfig()
     check_snapshot_decoders(crosscoder)
     check_recorded_partner(crosscoder, source, hook, used_by="latent_scaling")
@@ -404,6 +438,27 @@ def latent_scaling(
         fe=sums.fe * scale_S,
         ffs=sums.ffs,
     )
+    return sums, reference_FS
+
+
+def latent_scaling(
+    crosscoder: Crosscoder,
+    source: Any,
+    *,
+    hook: str | None = None,
+    config: LatentScalingConfig | None = None,
+    progress: bool = False,
+) -> LatentScaling:
+    """Latent scaling of every latent at every snapshot, in one pass over ``source``.
+
+    ``source``: an :class:`~crosslens.activations.store.ActivationStore` (``n_tokens`` tokens
+    sampled with ``seed``, read normalised unless the crosscoder has its factors folded in; a
+    store of other snapshots, hook or width than the crosscoder records is refused), a tensor
+    ``[n_tokens, S, D]`` as the crosscoder reads it, or an iterable of such batches (a stream).
+    Rows are chosen on the training-space decoder (:func:`reference_rows`); amplitudes come back
+    in the training space whether or not the normalisation factors are folded.
+    """
+    sums, reference_FS = training_space_sums(crosscoder, source, hook=hook, config=config, progress=progress)
     return scaling_from_sums(sums, training_space_decoder(crosscoder).float(), reference_FS)
 
 
@@ -456,6 +511,7 @@ def per_latent_scaling(
         row_norm=row_norm_FS.float(),
         own_cosine=own_cos_FS.float(),
         own_norm=own_norm_FS.float(),
+        carrier_cosine=carrier_cosines(W_train_FSD, reference_FS, (f_NF > 0).any(0)),
         amplitude=amplitude_FS.float(),
         error_amplitude=error_FS.float(),
         stderr=stderr_FS.float(),

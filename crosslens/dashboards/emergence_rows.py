@@ -107,10 +107,10 @@ def emergence_snapshot_rows(result: EmergenceResult | None) -> Iterator[tuple]:
             scaling.t_value.clamp(-T_VALUE_CAP, T_VALUE_CAP),
         )
     ]
-    reference = scaling.reference.tolist()
+    reference, carrier = scaling.reference.tolist(), scaling.carrier_cosine.double().tolist()
     for f in range(scaling.d_sae):
         for s in range(scaling.n_snapshots):
-            yield (f, s, *(float(col[f][s]) for col in columns), int(reference[f][s]))
+            yield (f, s, *(float(col[f][s]) for col in columns), int(reference[f][s]), float(carrier[f][s]))
 
 
 def lineage_rows(result: EmergenceResult | None) -> tuple[list[tuple], list[tuple]]:

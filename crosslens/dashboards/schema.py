@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sqlite3
 
-FORMAT = "crosslens.dashboards/2"
+FORMAT = "crosslens.dashboards/3"
 """The layout's name and version, ``meta['format']``."""
 
 DATABASE_NAME = "dashboards.sqlite"
@@ -155,6 +155,8 @@ CREATE TABLE emergence_snapshots (
     beta_error         REAL NOT NULL,     -- ... error target
     t_value            REAL NOT NULL,     -- amplitude / standard error (capped at 1e9)
     reference_snapshot INTEGER NOT NULL,  -- whose decoder row scored it (its own unless shrunk)
+    carrier_cosine     REAL NOT NULL,     -- largest cosine of another latent present here with that row (-1: none);
+                                          -- others' reconstruction counts toward presence from the check's carrier_cosine
     PRIMARY KEY (feature, snapshot)
 ) WITHOUT ROWID""",
     "lineage_events": """
