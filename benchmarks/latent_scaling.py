@@ -13,8 +13,8 @@ measured in the same run on the same machine.
    768, a random JumpReLU crosscoder) over ``--ge-tokens`` streamed random tokens (default 1M),
    then lineage: seconds and the peak memory of each (on a GPU the memory allocated, on a CPU the
    process's resident memory, the crosscoder's weights included). On a CPU, where 1M tokens take
-   hours, pass a few thousand: the time for 1M is then extrapolated from the rate (printed as
-   such); the memory does not grow with the tokens. JumpReLU's per-snapshot codes are held in
+   hours, pass a few thousand: the time for 1M is then extrapolated from the pass's rate, plus the
+   result's time, which does not grow with the tokens (printed as such); nor does the memory. JumpReLU's per-snapshot codes are held in
    pieces sized by the device (``per_snapshot_piece``), so a CPU's peak is not a GPU's.
 
 Both sides run on ``--threads`` torch threads (default 1: on a shared CPU, other processes make
@@ -42,11 +42,14 @@ from crosslens.analysis.latent_scaling import (
     latent_scaling,
     per_latent_scaling,
     per_snapshot_piece,
+    scaling_from_sums,
+    training_space_sums,
 )
 from crosslens.analysis.lineage import lineage_of, per_latent_relatives, unit_rows
 from crosslens.analysis.probes import firing_frequency, reads_normalized
 from crosslens.core.devices import peak_memory, reset_peak_memory
 from crosslens.core.paths import crosslens_home
+from crosslens.crosscoders.folding import training_space_decoder
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.training.runfolder import run_store
 
@@ -116,7 +119,12 @@ def ge_shape(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     config = LatentScalingConfig(n_tokens=args.ge_tokens, batch_size=B)
     reset_peak(device)
-    scaling, scaling_s = timed(lambda: (latent_scaling(crosscoder, batches, config=config), synced(device))[0])
+    (sums, reference_FS), pass_s = timed(
+        lambda: (training_space_sums(crosscoder, batches, config=config), synced(device))[0]
+    )
+    scaling, result_s = timed(
+        lambda: (scaling_from_sums(sums, training_space_decoder(crosscoder).float(), reference_FS), synced(device))[0]
+    )
     scaling_peak = peak_gib(device)
     analysis = EvolutionAnalysis.from_crosscoder(crosscoder)
     reset_peak(device)
@@ -130,10 +138,13 @@ def ge_shape(args: argparse.Namespace) -> None:
         f"Ge et al.'s shape (JumpReLU, 24,576 x 32 x 768, batches of {B}, per-snapshot codes in pieces of {piece} "
         f"tokens) on {where}; the crosscoder's weights {weights:.2f} GiB"
     )
+    million_s = (1 << 20) / n * pass_s + result_s
     print(
-        f"  latent scaling over {n:,} tokens: {scaling_s:.1f} s ({n / scaling_s:,.0f} tokens/s"
-        + ("" if n >= 1 << 20 else f"; 1M tokens at this rate: {(1 << 20) / n * scaling_s / 3600:.1f} h, extrapolated")
-        + f"), peak {what} {scaling_peak:.2f} GiB = {scaling_peak / weights:.2f}x the weights"
+        f"  latent scaling over {n:,} tokens: {pass_s + result_s:.1f} s: the pass {pass_s:.1f} s "
+        f"({n / pass_s:,.0f} tokens/s), the result from its sums {result_s:.1f} s (row norms and carrier "
+        f"cosines, once whatever the tokens)"
+        + ("" if n >= 1 << 20 else f"; 1M tokens at this rate: {million_s / 3600:.1f} h, extrapolated")
+        + f"; peak {what} {scaling_peak:.2f} GiB = {scaling_peak / weights:.2f}x the weights"
     )
     print(
         f"  lineage: {lineage_s:.1f} s, peak {what} {lineage_peak:.2f} GiB = {lineage_peak / weights:.2f}x the weights"

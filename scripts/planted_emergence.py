@@ -69,23 +69,43 @@ def training(generator: str, protocol: dict | None = None) -> dict:
     return {**(SMALL_TRAINING if generator in SMALL else {}), **(protocol or {})}
 
 
+def cache_path(generator: str, arch: str, seed: int, cache: Path) -> Path:
+    return cache / f"{generator}-{arch}-seed{seed}.pt"
+
+
+def cache_settings(generator: str, arch: str, seed: int, protocol: dict | None = None) -> dict:
+    """What a cached crosscoder records of how it was trained, to be reused only alike."""
+    return {"generator": generator, "arch": arch, "seed": seed, **training(generator, protocol)}
+
+
+def cached(generator: str, arch: str, seed: int, cache: Path | None, protocol: dict | None = None) -> dict | None:
+    """What ``cache`` holds of the crosscoder trained alike (settings, cfg, state, seconds), or None."""
+    path = None if cache is None else cache_path(generator, arch, seed, cache)
+    if path is None or not path.is_file():
+        return None
+    saved = torch.load(path, weights_only=False)
+    return saved if saved["settings"] == cache_settings(generator, arch, seed, protocol) else None
+
+
 def trained(generator: str, arch: str, seed: int, planted, cache: Path | None, protocol: dict | None = None):
     """The crosscoder ``train_planted`` gives, from ``cache`` when it holds one trained alike."""
-    settings = {"generator": generator, "arch": arch, "seed": seed, **training(generator, protocol)}
-    path = None if cache is None else cache / f"{generator}-{arch}-seed{seed}.pt"
-    if path is not None and path.is_file():
-        saved = torch.load(path, weights_only=False)
-        if saved["settings"] == settings:
-            train_cls, train_cfg_cls = crosscoders.ARCHITECTURES[arch][2:4]
-            crosscoder = train_cls(train_cfg_cls.from_dict(saved["cfg"]))
-            crosscoder.load_state_dict(saved["state"])
-            return crosscoder.eval(), saved["seconds"]
+    saved = cached(generator, arch, seed, cache, protocol)
+    if saved is not None:
+        train_cls, train_cfg_cls = crosscoders.ARCHITECTURES[arch][2:4]
+        crosscoder = train_cls(train_cfg_cls.from_dict(saved["cfg"]))
+        crosscoder.load_state_dict(saved["state"])
+        return crosscoder.eval(), saved["seconds"]
+    path = None if cache is None else cache_path(generator, arch, seed, cache)
     start = time.perf_counter()
     crosscoder = train_planted(planted, arch, seed=seed, **training(generator, protocol))
     seconds = time.perf_counter() - start
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        saved = {"settings": settings, "cfg": crosscoder.cfg.to_dict(), "state": crosscoder.state_dict()}
+        saved = {
+            "settings": cache_settings(generator, arch, seed, protocol),
+            "cfg": crosscoder.cfg.to_dict(),
+            "state": crosscoder.state_dict(),
+        }
         torch.save({**saved, "seconds": seconds}, path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)
     return crosscoder, seconds
@@ -194,33 +214,50 @@ def lineage_unit(analysis) -> torch.Tensor:
     return unit_rows(analysis.W_dec)
 
 
-SENSITIVITY = ((0.05, 2), (0.2, 2), (0.1, 1), (0.1, 3))
-"""(presence line, contested margin) pairs scored beside the defaults (0.1, 2)."""
+SENSITIVITY = (
+    (0.05, 2, 0.5),
+    (0.2, 2, 0.5),
+    (0.1, 1, 0.5),
+    (0.1, 3, 0.5),
+    (0.1, 2, 0.3),
+    (0.1, 2, 0.7),
+    (0.1, 2, -1.0),
+)
+"""(presence line, contested margin, carrier line) scored beside the defaults (0.1, 2, 0.5); a
+carrier line of -1 counts every other latent's reconstruction (the activation target everywhere)."""
 
 
 def sensitivity(analysis, scaling, recovered, weak: dict[int, int]) -> dict[str, list[int]]:
     """For each of :data:`SENSITIVITY`: weak-early features reported within one snapshot of their birth,
     and contested flags among the other recovered features."""
     out = {}
-    for line, margin in SENSITIVITY:
-        config = EmergenceCheckConfig(presence_threshold=line, fade_threshold=min(0.05, line), contested_margin=margin)
+    for line, margin, carrier in SENSITIVITY:
+        config = EmergenceCheckConfig(
+            presence_threshold=line, fade_threshold=min(0.05, line), contested_margin=margin, carrier_cosine=carrier
+        )
         check = check_emergence(analysis, scaling, config)
         reported = sum(within(int(check.reported_emergence[j]), 0) for j, i in recovered if i in weak)
-        out[f"{line}/{margin}"] = [reported, sum(bool(check.contested[j]) for j, i in recovered if i not in weak)]
+        out[f"{line}/{margin}/{carrier}"] = [
+            reported,
+            sum(bool(check.contested[j]) for j, i in recovered if i not in weak),
+        ]
     return out
 
 
 def sensitivity_table(runs: list[dict]) -> None:
-    print("| presence line / contested margin | weak-early reported | contested among the eight families' recovered |")
+    print(
+        "| presence line / contested margin / carrier line | weak-early reported | "
+        "contested among the eight families' recovered |"
+    )
     print("|---|---|---|")
     weak_runs = [r for r in runs if r["generator"] == "weak-early"]
     eight = [r for r in runs if r["generator"] in WITHOUT_EVENTS]
     n_weak, n_other = sum(r["weak_recovered"] for r in weak_runs), sum(r["n_other"] for r in eight)
     print(
-        f"| 0.1 / 2 (default) | {_share(sum(r['weak_reported'] for r in weak_runs), n_weak)} | "
+        f"| 0.1 / 2 / 0.5 (default) | {_share(sum(r['weak_reported'] for r in weak_runs), n_weak)} | "
         f"{_share(sum(r['contested_other'] for r in eight), n_other)} |"
     )
-    for key in (f"{line}/{margin}" for line, margin in SENSITIVITY):
+    for key in ("/".join(map(str, setting)) for setting in SENSITIVITY):
         reported = sum(r["sensitivity"][key][0] for r in weak_runs)
         contested = sum(r["sensitivity"][key][1] for r in eight)
         print(f"| {key.replace('/', ' / ')} | {_share(reported, n_weak)} | {_share(contested, n_other)} |")
@@ -400,6 +437,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", help="folder keeping the trained crosscoders")
     parser.add_argument("--train-only", action="store_true", help="train (into --cache) and score nothing")
     parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="score only the crosscoders --cache holds, train none, and name the runs left out",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         help="tokens per training batch, every family (default: the small families' 256, train_planted's 1024 elsewhere)",
@@ -412,6 +454,16 @@ def main(argv: list[str] | None = None) -> None:
     grid = [
         (g, a, s, args.cache, args.train_only, protocol) for s in args.seeds for g in args.generator for a in args.arch
     ]
+    if args.cached_only:
+        if not args.cache:
+            parser.error("--cached-only reads --cache: name the folder of trained crosscoders")
+        left_out = [cell[:3] for cell in grid if cached(*cell[:3], Path(args.cache), protocol) is None]
+        grid = [cell for cell in grid if cell[:3] not in left_out]
+        if left_out:
+            print(
+                f"not in {args.cache}, left out ({len(left_out)} runs): "
+                + ", ".join(f"{g} {a} seed {s}" for g, a, s in left_out)
+            )
     runs = run_grid(run_one, grid, args.jobs)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
