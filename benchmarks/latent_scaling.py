@@ -14,8 +14,9 @@ measured in the same run on the same machine.
    then lineage: seconds and the peak memory of each (on a GPU the memory allocated, on a CPU the
    process's resident memory, the crosscoder's weights included). On a CPU, where 1M tokens take
    hours, pass a few thousand: the time for 1M is then extrapolated from the pass's rate, plus the
-   result's time, which does not grow with the tokens (printed as such); nor does the memory. JumpReLU's per-snapshot codes are held in
-   pieces sized by the device (``per_snapshot_piece``), so a CPU's peak is not a GPU's.
+   result's time, which does not grow with the tokens (printed as such); nor does the memory.
+   JumpReLU's per-snapshot codes are held in pieces sized by the device (``per_snapshot_piece``),
+   so a CPU's peak is not a GPU's.
 
 Both sides run on ``--threads`` torch threads (default 1: on a shared CPU, other processes make
 multi-threaded small operations wait for each other).

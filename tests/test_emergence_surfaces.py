@@ -11,6 +11,7 @@ cosines low), since what is tested here is the carrying, not the method.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -91,8 +92,11 @@ def test_the_database_holds_the_check_and_lineage(run):
     assert all(scaled[f] == (None if int(e) < 0 else int(e)) for f, e in enumerate(check.scaled_emergence.tolist()))
     presence = db.execute("SELECT presence FROM emergence_snapshots ORDER BY feature, snapshot").fetchall()
     assert [round(p[0], 5) for p in presence] == [round(float(p), 5) for p in check.presence.flatten()]
-    carrier = db.execute("SELECT carrier_cosine FROM emergence_snapshots ORDER BY feature, snapshot").fetchall()
-    assert [round(c[0], 5) for c in carrier] == [round(float(c), 5) for c in result.scaling.carrier_cosine.flatten()]
+    carrier = db.execute(
+        "SELECT carrier, carrier_cosine FROM emergence_snapshots ORDER BY feature, snapshot"
+    ).fetchall()
+    expected = zip(result.scaling.carrier.flatten().tolist(), result.scaling.carrier_cosine.flatten().tolist())
+    assert [(k, round(c, 5)) for k, c in carrier] == [(k if k >= 0 else None, round(c, 5)) for k, c in expected]
     events = db.execute("SELECT kind, snapshot, before, after FROM lineage_events ORDER BY event").fetchall()
     assert events == [(e.kind, e.snapshot, json.dumps(e.before), json.dumps(e.after)) for e in result.lineage.events]
     members = db.execute("SELECT count(*) FROM lineage_members").fetchone()[0]
@@ -229,6 +233,45 @@ def test_the_feature_page_draws_both_emergence_curves_and_links_relatives(run, s
     assert driver.execute_script("return document.getElementById('contested').value") == "any"
     chips = driver.execute_script("return [...document.querySelectorAll('table.features .chip.contested')].length")
     assert chips == len(check.contested_features())
+
+
+def test_a_decoupled_early_presence_names_the_latents_that_carried_it(run, tmp_path, driver):  # noqa: F811
+    run_dir, result = run
+    check, scaling = result.check, result.scaling
+    # the carrying, not the method: a measured feature is recorded as present by latent scaling from
+    # the first snapshot, by its decoder norm from the last, its early presence carried by others
+    feature = int(check.measured.nonzero()[0])
+    last = check.presence.shape[1] - 1
+    early_presence = [("reconstruction" if f == feature else p) for f, p in enumerate(check.early_presence)]
+    scaled = dataclasses.replace(
+        check.scaled, emergence=check.scaled.emergence.clone().index_fill_(0, torch.tensor([feature]), 0)
+    )
+    recorded = dataclasses.replace(
+        check,
+        decoder_emergence=check.decoder_emergence.clone().index_fill_(0, torch.tensor([feature]), last),
+        scaled=scaled,
+        contested=check.contested.clone().index_fill_(0, torch.tensor([feature]), True),
+        early_presence=early_presence,
+    )
+    decoupled = dataclasses.replace(result, check=recorded)
+    copy = tf.copy_tree(run_dir, tmp_path / "run")
+    save_run_emergence(copy, decoupled, ActivationStore.open(run_dir.parent / "store"))
+    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    early = [s for s in range(last) if int(scaling.carrier[feature, s]) >= 0]
+    server = make_server(copy, BrowseConfig(port=0))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        open_page(driver, server, f"/feature/{feature}")
+        wait_for(lambda: driver.execute_script("return document.body.dataset.reading") is not None, what="plots")
+        note = driver.execute_script("return document.getElementById('emergence-note').textContent")
+        links = driver.execute_script(
+            "return [...document.querySelectorAll('#emergence-note a')].map(a => a.getAttribute('href'))"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "carried by other latents: decoupled (" in note and "points its way" in note
+    assert early and links == [f"/feature/{int(scaling.carrier[feature, s])}?snapshot={s}" for s in early]
 
 
 def test_the_report_has_the_section_and_the_flow_picture(run):

@@ -24,7 +24,7 @@ from crosslens.analysis.latent_scaling import (
     LatentScalingConfig,
     NoSnapshotDecodersError,
     ScalingSums,
-    carrier_cosines,
+    carriers,
     latent_scaling,
     per_latent_scaling,
     reference_rows,
@@ -137,9 +137,10 @@ def test_the_batched_pass_agrees_with_the_per_latent_loop(arch):
         per_latent_scaling(crosscoder, x_NSD, config=config),
     )
     assert int(batched.n_fire.sum()) > 0 and bool((batched.reference[:6, 0] != 0).all())
-    for name in ("amplitude", "error_amplitude", "stderr", "row_norm", "own_cosine", "own_norm", "n_fire"):
+    names = ("amplitude", "error_amplitude", "stderr", "row_norm", "own_cosine", "own_norm", "carrier_cosine", "n_fire")
+    for name in names:
         assert torch.allclose(getattr(batched, name), getattr(looped, name), atol=1e-5, rtol=1e-4), name
-    assert torch.equal(batched.reference, looped.reference)
+    assert torch.equal(batched.reference, looped.reference) and torch.equal(batched.carrier, looped.carrier)
     if arch == "jumprelu_crosscoder":  # a closed gate leaves the latent out of that snapshot's reconstruction
         gated = latent_scaling(crosscoder, x_NSD.split(64), config=config)  # and a stream of batches reads alike
         assert torch.allclose(gated.error_amplitude, batched.error_amplitude, atol=1e-6)
@@ -225,11 +226,12 @@ def test_carrier_cosines_read_only_partners_present_and_firing_at_the_snapshot()
     W_FSD[3] = a  # never fires: carries nothing
     reference_FS = reference_rows(W_FSD.norm(dim=-1))
     fires_F = torch.tensor([True, True, True, False])
-    cosine_FS = carrier_cosines(W_FSD, reference_FS, fires_F)
+    carrier_FS, cosine_FS = carriers(W_FSD, reference_FS, fires_F)
     expected = [[1.0, 0.6, 0.6], [0.6, 1.0, 1.0], [0.6, 0.6, 0.6], [1.0, 1.0, 1.0]]
     assert torch.allclose(cosine_FS, torch.tensor(expected), atol=1e-6)
-    alone_FS = carrier_cosines(W_FSD, reference_FS, torch.tensor([True, False, False, False]))
-    assert alone_FS[0].tolist() == [-1.0, -1.0, -1.0]
+    assert carrier_FS.tolist() == [[1, 2, 2], [2, 0, 0], [1, 0, 0], [1, 0, 0]]
+    alone_FS, alone_cos_FS = carriers(W_FSD, reference_FS, torch.tensor([True, False, False, False]))
+    assert alone_FS[0].tolist() == [-1, -1, -1] and alone_cos_FS[0].tolist() == [-1.0, -1.0, -1.0]
 
 
 def test_other_latents_lend_presence_only_where_a_partner_carries_the_direction():
@@ -238,6 +240,7 @@ def test_other_latents_lend_presence_only_where_a_partner_carries_the_direction(
     scaling = latent_scaling(crosscoder, x_NSD)
     # latent 5 writes latent 3's early part along latent 3's own direction
     assert torch.allclose(scaling.carrier_cosine[3, :2], torch.ones(2), atol=1e-5)
+    assert scaling.carrier[3, :2].tolist() == [5, 5]
     # the same numbers with latent 3's partner pointing elsewhere: what others reconstruct along its
     # direction is no longer its presence, and only latent 0 (early presence in the error) is contested
     elsewhere = dataclasses.replace(scaling, carrier_cosine=torch.where(torch.arange(F)[:, None] == 3, 0.3, 1.0))

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 _EPS = 1e-12
 CARRIER_CHUNK = 4096
-"""Latents whose cosines with the carriers are computed at once (:func:`carrier_cosines`): a
+"""Latents whose cosines with the present rows are computed at once (:func:`carriers`): a
 ``[CARRIER_CHUNK, d_sae]`` table per step."""
 PER_SNAPSHOT_CODE_ELEMENTS = {"cpu": 1 << 24, "cuda": 1 << 28}
 """Largest ``[tokens, snapshots, d_sae]`` per-snapshot code held at once (JumpReLU's gated codes),
@@ -117,22 +117,22 @@ def reference_rows(
 
 
 @torch.no_grad()
-def carrier_cosines(
+def carriers(
     W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
     reference_FS: Int[torch.Tensor, "d_sae n_snapshots"],
     fires_F: torch.Tensor,
-) -> Float[torch.Tensor, "d_sae n_snapshots"]:
-    """For every latent and snapshot, the largest cosine between the latent's reference direction
-    there and the row of another latent present there: one that fires (``fires_F``) and whose own
-    row is trusted at the snapshot (``reference == s``, nonzero). -1 where no other latent is
-    present. Where it is low,
-    what other latents reconstruct along the direction is not this latent's concept carried by a
-    partner, only tokens it shares with unrelated latents."""
+) -> tuple[Int[torch.Tensor, "d_sae n_snapshots"], Float[torch.Tensor, "d_sae n_snapshots"]]:
+    """For every latent and snapshot, the other latent present there whose row is nearest the
+    latent's reference direction, and their cosine: present means it fires (``fires_F``) and its
+    own row is trusted at the snapshot (``reference == s``, nonzero). -1 and -1 where no other
+    latent is present. Where the cosine is low, what other latents reconstruct along the
+    direction is not this latent's concept carried by a partner, only tokens it shares with
+    unrelated latents."""
     W_FSD = W_dec_FSD.detach()
     F, S, _ = W_FSD.shape
     ref_FS = reference_FS.to(W_FSD.device).long()
     latent_F = torch.arange(F, device=W_FSD.device)
-    out_FS = torch.full((F, S), -1.0)
+    carrier_FS, cosine_FS = torch.full((F, S), -1, dtype=torch.long), torch.full((F, S), -1.0)
     for s in range(S):
         own_FD = W_FSD[:, s].float()
         own_norm_F = own_FD.norm(dim=-1)
@@ -143,10 +143,15 @@ def carrier_cosines(
         carrier_K = latent_F[present_F]
         for chunk_J in latent_F.split(CARRIER_CHUNK):
             rows_JD = W_FSD[chunk_J, ref_FS[chunk_J, s]].float()
-            cos_JK = (rows_JD / rows_JD.norm(dim=-1, keepdim=True).clamp_min(_EPS)) @ carriers_DK
-            cos_JK.masked_fill_(chunk_J[:, None] == carrier_K[None, :], -1.0)
-            out_FS[chunk_J.cpu(), s] = cos_JK.amax(dim=1).cpu()
-    return out_FS
+            norm_J1 = rows_JD.norm(dim=-1, keepdim=True)
+            cos_JK = (rows_JD / norm_J1.clamp_min(_EPS)) @ carriers_DK
+            cos_JK.masked_fill_(chunk_J[:, None] == carrier_K[None, :], -2.0)
+            best_J, at_J = cos_JK.max(dim=1)
+            # none where the latent is the only one present, or has no direction (an all-zero row)
+            found_J = (best_J > -2.0) & (norm_J1[:, 0] > 0)
+            carrier_FS[chunk_J.cpu(), s] = torch.where(found_J, carrier_K[at_J], -1).cpu()
+            cosine_FS[chunk_J.cpu(), s] = torch.where(found_J, best_J, -1.0).cpu()
+    return carrier_FS, cosine_FS
 
 
 @dataclass
@@ -222,9 +227,11 @@ class LatentScaling:
     """Cosine of that row with the latent's own row at the snapshot (1 where it is its own)."""
     own_norm: Float[torch.Tensor, "d_sae n_snapshots"]
     """The latent's own decoder norm at the snapshot (training space)."""
+    carrier: Int[torch.Tensor, "d_sae n_snapshots"]
+    """The other latent present at the snapshot whose row is nearest the reference row
+    (:func:`carriers`; -1 where none is present)."""
     carrier_cosine: Float[torch.Tensor, "d_sae n_snapshots"]
-    """Largest cosine of another latent present at the snapshot with the reference row
-    (:func:`carrier_cosines`; -1 where none is present)."""
+    """Their cosine (-1 where none is present)."""
     amplitude: Float[torch.Tensor, "d_sae n_snapshots"]
     """Activation target: ``sum f <R, x_s - b_s> / sum f^2``, the latent's length in snapshot s's
     activations on the tokens it fires on."""
@@ -281,7 +288,7 @@ class LatentScaling:
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every table by name (float32, int32), for saving; :meth:`from_tensors` reads them back."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "n_tokens"}
-        return {k: (v.int() if k == "reference" else v.float()).contiguous() for k, v in out.items()}
+        return {k: (v.int() if k in ("reference", "carrier") else v.float()).contiguous() for k, v in out.items()}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], n_tokens: int) -> LatentScaling:
@@ -297,7 +304,7 @@ def scaling_from_sums(
 ) -> LatentScaling:
     """The result from the sums; ``W_dec_FSD`` in the training space (amplitudes are scaled to it
     by the caller's choice of sums: see :func:`training_space_sums`). Its cost does not grow with
-    the tokens: per snapshot, the rows' norms and the carrier cosines (:func:`carrier_cosines`)."""
+    the tokens: per snapshot, the rows' norms and the carriers (:func:`carriers`)."""
     W_FSD = W_dec_FSD.detach()
     F, S = W_FSD.shape[:2]
     ref_FS = reference_FS.to(W_FSD.device).long()
@@ -308,6 +315,7 @@ def scaling_from_sums(
         own_FD = W_FSD[:, s].double()
         own_norm_FS[:, s] = own_FD.norm(dim=-1).cpu()
         along_FS[:, s] = (W_FSD[latent_F, ref_FS[:, s]].double() * own_FD).sum(-1).cpu()
+    carrier_FS, carrier_cos_FS = carriers(W_FSD, ref_FS, sums.n_fire > 0)
     ref_FS = ref_FS.cpu()
     row_norm_FS = own_norm_FS.gather(1, ref_FS)
     own_cos_FS = along_FS / (row_norm_FS * own_norm_FS).clamp_min(_EPS)
@@ -324,7 +332,8 @@ def scaling_from_sums(
         row_norm=row_norm_FS.float(),
         own_cosine=torch.where(row_norm_FS * own_norm_FS > 0, own_cos_FS, 0.0).float(),
         own_norm=own_norm_FS.float(),
-        carrier_cosine=carrier_cosines(W_FSD, ref_FS, sums.n_fire > 0),
+        carrier=carrier_FS.int(),
+        carrier_cosine=carrier_cos_FS,
         amplitude=amplitude_FS.float(),
         error_amplitude=error_FS.float(),
         stderr=variance_FS.sqrt().float(),
@@ -506,12 +515,14 @@ def per_latent_scaling(
     rows_FSD = W_train_FSD[torch.arange(F)[:, None], reference_FS.long()].cpu()
     row_norm_FS, own_norm_FS = rows_FSD.norm(dim=-1), W_train_FSD.norm(dim=-1).cpu()
     own_cos_FS = (rows_FSD * W_train_FSD.cpu()).sum(-1) / (row_norm_FS * own_norm_FS).clamp_min(_EPS)
+    carrier_FS, carrier_cos_FS = carriers(W_train_FSD, reference_FS, (f_NF > 0).any(0))
     return LatentScaling(
         reference=reference_FS.int().cpu(),
         row_norm=row_norm_FS.float(),
         own_cosine=own_cos_FS.float(),
         own_norm=own_norm_FS.float(),
-        carrier_cosine=carrier_cosines(W_train_FSD, reference_FS, (f_NF > 0).any(0)),
+        carrier=carrier_FS.int(),
+        carrier_cosine=carrier_cos_FS,
         amplitude=amplitude_FS.float(),
         error_amplitude=error_FS.float(),
         stderr=stderr_FS.float(),

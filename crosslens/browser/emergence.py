@@ -78,8 +78,9 @@ def run_counts(connection: sqlite3.Connection, meta: dict[str, Any]) -> dict[str
 
 
 def feature_emergence(connection: sqlite3.Connection, feature: int, n_snapshots: int) -> dict[str, Any]:
-    """A feature page's check (verdict, emergences, latent-scaled presence per snapshot), its lineage
-    events and its relatives at each snapshot (``[[relative, cosine], ...]`` nearest first)."""
+    """A feature page's check (verdict, emergences, latent-scaled presence and the latent carrying
+    its direction, ``[latent, cosine]`` or None, per snapshot), its lineage events and its
+    relatives at each snapshot (``[[relative, cosine], ...]`` nearest first)."""
     row = connection.execute(
         "SELECT measured, contested, decoder_snapshot, scaled_snapshot, reported_snapshot, early_presence, n_fire "
         "FROM emergence WHERE feature = ?",
@@ -91,12 +92,16 @@ def feature_emergence(connection: sqlite3.Connection, feature: int, n_snapshots:
         check = dict(zip(keys + ("n_fire",), row))
         check["measured"] = bool(check["measured"])
         presence: list[float | None] = [None] * n_snapshots
-        for snapshot, value in connection.execute(
-            "SELECT snapshot, presence FROM emergence_snapshots WHERE feature = ? ORDER BY snapshot", (feature,)
+        carriers: list[list[float] | None] = [None] * n_snapshots
+        for snapshot, value, carrier, cosine in connection.execute(
+            "SELECT snapshot, presence, carrier, carrier_cosine FROM emergence_snapshots WHERE feature = ? "
+            "ORDER BY snapshot",
+            (feature,),
         ):
             if 0 <= snapshot < n_snapshots:
                 presence[snapshot] = round(value, 4)
-        check["presence"] = presence
+                carriers[snapshot] = None if carrier is None else [carrier, round(cosine, 3)]
+        check["presence"], check["carriers"] = presence, carriers
     events = [
         {
             "event": e,

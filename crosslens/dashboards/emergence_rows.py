@@ -107,10 +107,12 @@ def emergence_snapshot_rows(result: EmergenceResult | None) -> Iterator[tuple]:
             scaling.t_value.clamp(-T_VALUE_CAP, T_VALUE_CAP),
         )
     ]
-    reference, carrier = scaling.reference.tolist(), scaling.carrier_cosine.double().tolist()
+    reference, carrier = scaling.reference.tolist(), scaling.carrier.tolist()
+    carrier_cosine = scaling.carrier_cosine.double().tolist()
     for f in range(scaling.d_sae):
         for s in range(scaling.n_snapshots):
-            yield (f, s, *(float(col[f][s]) for col in columns), int(reference[f][s]), float(carrier[f][s]))
+            partner = carrier[f][s] if carrier[f][s] >= 0 else None
+            yield (f, s, *(float(col[f][s]) for col in columns), int(reference[f][s]), partner, carrier_cosine[f][s])
 
 
 def lineage_rows(result: EmergenceResult | None) -> tuple[list[tuple], list[tuple]]:

@@ -155,8 +155,9 @@ CREATE TABLE emergence_snapshots (
     beta_error         REAL NOT NULL,     -- ... error target
     t_value            REAL NOT NULL,     -- amplitude / standard error (capped at 1e9)
     reference_snapshot INTEGER NOT NULL,  -- whose decoder row scored it (its own unless shrunk)
-    carrier_cosine     REAL NOT NULL,     -- largest cosine of another latent present here with that row (-1: none);
-                                          -- others' reconstruction counts toward presence from the check's carrier_cosine
+    carrier            INTEGER,           -- the other latent present here whose row is nearest that row (NULL: none)
+    carrier_cosine     REAL NOT NULL,     -- their cosine (-1: none); from the check's carrier_cosine on, what other
+                                          -- latents reconstruct along the feature counts toward its presence
     PRIMARY KEY (feature, snapshot)
 ) WITHOUT ROWID""",
     "lineage_events": """

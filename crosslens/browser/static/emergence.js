@@ -59,21 +59,33 @@ const EmergencePanel = {
     const check = detail.emergence_check;
     const [kind, words] = this.verdict(check);
     document.getElementById("emergence-chip").replaceChildren(CL.el("span", { class: `chip ${kind}`, text: words }));
-    document.getElementById("emergence-note").textContent = this.note(run, detail, check);
+    document.getElementById("emergence-note").replaceChildren(...this.note(run, detail, check));
     document.getElementById("lineage-events").replaceChildren(this.events(run, detail.lineage));
     document.getElementById("relatives").replaceChildren(this.relatives(run, detail.relatives));
     return this.plot(run, detail, check);
   },
 
+  // The check in words: both emergences, and where an early presence lives; a decoupled one names
+  // the latents that carried it, each a link.
   note(run, detail, check) {
-    if (!check) return "Lineage only: analyze had no activation store to fit latent scaling on.";
+    if (!check) return ["Lineage only: analyze had no activation store to fit latent scaling on."];
     const at = (s) => (s === null || s === undefined ? "never" : run.snapshots[s].label);
-    let text = `Emerges at ${at(check.decoder_snapshot)} by its decoder norm, at ${at(check.scaled_snapshot)} by latent `
-      + `scaling (its amplitude in each snapshot's activations, on the ${check.n_fire.toLocaleString("en-US")} sampled `
-      + "tokens it fires on); reported: " + at(check.reported_snapshot) + ".";
-    if (check.early_presence === "error") text += " The early presence is in the reconstruction error without it: its decoder shrank there.";
-    if (check.early_presence === "reconstruction") text += " The early presence is carried by other latents: decoupled.";
-    return text;
+    const out = [`Emerges at ${at(check.decoder_snapshot)} by its decoder norm, at ${at(check.scaled_snapshot)} by latent `
+      + `scaling (its amplitude in each snapshot's activations where a latent present there points its way, else in the `
+      + `error without it, on the ${check.n_fire.toLocaleString("en-US")} sampled tokens it fires on); reported: `
+      + at(check.reported_snapshot) + "."];
+    if (check.early_presence === "error") out.push(" The early presence is in the reconstruction error without it: its decoder shrank there.");
+    if (check.early_presence === "reconstruction") {
+      out.push(" The early presence is carried by other latents: decoupled");
+      const early = [];
+      for (let s = check.scaled_snapshot; s < check.decoder_snapshot; s++) if (check.carriers[s]) early.push(s);
+      early.forEach((s, k) => {
+        const [latent, cosine] = check.carriers[s];
+        out.push(k ? ", " : " (", this.link(latent, s), ` at ${run.snapshots[s].label}, cosine ${CL.fmt(cosine, 2)}`);
+      });
+      out.push(early.length ? ")." : ".");
+    }
+    return out;
   },
 
   plot(run, detail, check) {
