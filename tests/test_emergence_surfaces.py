@@ -20,6 +20,7 @@ import urllib.request
 import pytest
 import torch
 import trust_fixtures as tf
+from safetensors.torch import load_file, save_file
 from test_browser import driver, open_page, wait_for  # noqa: F401  (driver: Chromium, a fixture)
 
 from crosslens.activations import ActivationStore, harvest_activations
@@ -28,6 +29,7 @@ from crosslens.analysis.emergence_check import EmergenceCheckConfig
 from crosslens.analysis.emergence_record import (
     EmergenceRecordError,
     compute_emergence,
+    crosscoder_sha256,
     read_emergence,
     save_run_emergence,
 )
@@ -36,6 +38,7 @@ from crosslens.analysis.lineage import LineageConfig
 from crosslens.browser import BrowseConfig, make_server
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import PartnerMismatchError
+from crosslens.core.hashing import file_sha256
 from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.dashboards import DashboardsConfig, DashboardsError, compute_dashboards, schema
@@ -126,6 +129,18 @@ def test_a_check_of_another_crosscoder_is_refused_before_the_pass(run, tmp_path)
     assert (copy / schema.DATABASE_NAME).read_bytes() == database  # nothing written lost
     (copy / EMERGENCE_TENSORS_NAME).write_bytes(b"damaged")
     with pytest.raises(EmergenceRecordError, match="missing or altered"):
+        read_emergence(copy)
+    # tables that lack what this version reads, sealed as they are, name the same fix
+    tables = {k: v for k, v in load_file(str(run_dir / EMERGENCE_TENSORS_NAME)).items() if k != "scaling.carrier"}
+    save_file(tables, str(copy / EMERGENCE_TENSORS_NAME))
+    record["tensors_sha256"] = file_sha256(copy / EMERGENCE_TENSORS_NAME)
+    record["partners"]["crosscoder"] = crosscoder_sha256(copy)
+    write_sealed(
+        copy / EMERGENCE_NAME, {k: v for k, v in record.items() if k != "emergence_sha256"}, "emergence_sha256"
+    )
+    with pytest.raises(
+        EmergenceRecordError, match=r"lacks tables \(latent scaling tables missing: carrier\); run `crosslens analyze"
+    ):
         read_emergence(copy)
     # a record of an older format (its tables lack what this version reads) is computed again
     record["format"] = "crosslens.emergence/1"

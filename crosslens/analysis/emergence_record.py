@@ -210,9 +210,12 @@ def read_emergence(run_dir: str | os.PathLike, crosscoder_sha: str | None = None
     lineage_config = LineageConfig(**settings["lineage"])
     if settings.get("check") is None:
         return EmergenceResult(steps=steps, lineage=lineage, lineage_config=lineage_config)
-    scaling = LatentScaling.from_tensors(
-        {k.removeprefix("scaling."): v for k, v in tensors.items() if k.startswith("scaling.")}, record["n_tokens"]
-    )
+    try:
+        scaling = LatentScaling.from_tensors(
+            {k.removeprefix("scaling."): v for k, v in tensors.items() if k.startswith("scaling.")}, record["n_tokens"]
+        )
+    except KeyError as error:
+        raise EmergenceRecordError(f"{tensors_path} lacks tables ({error.args[0]}); {_fix(run_dir)} again") from None
     column = lambda name: tensors[f"check.scaled.{name}"]  # noqa: E731
     scaled = Lifetimes(**{name: column(name).bool() if name == "dead" else column(name).long() for name in _LIFETIMES})
     early = record.get("early_presence") or {}
