@@ -227,6 +227,11 @@ SENSITIVITY = (
 carrier line of -1 counts every other latent's reconstruction (the activation target everywhere)."""
 
 
+def setting_key(line: float, margin: int, carrier: float) -> str:
+    """A (presence line, contested margin, carrier line) setting as the sensitivity table names it."""
+    return f"{line} / {margin} / {carrier}"
+
+
 def sensitivity(analysis, scaling, recovered, weak: dict[int, int]) -> dict[str, list[int]]:
     """For each of :data:`SENSITIVITY`: weak-early features reported within one snapshot of their birth,
     and contested flags among the other recovered features."""
@@ -237,7 +242,7 @@ def sensitivity(analysis, scaling, recovered, weak: dict[int, int]) -> dict[str,
         )
         check = check_emergence(analysis, scaling, config)
         reported = sum(within(int(check.reported_emergence[j]), 0) for j, i in recovered if i in weak)
-        out[f"{line}/{margin}/{carrier}"] = [
+        out[setting_key(line, margin, carrier)] = [
             reported,
             sum(bool(check.contested[j]) for j, i in recovered if i not in weak),
         ]
@@ -253,14 +258,16 @@ def sensitivity_table(runs: list[dict]) -> None:
     weak_runs = [r for r in runs if r["generator"] == "weak-early"]
     eight = [r for r in runs if r["generator"] in WITHOUT_EVENTS]
     n_weak, n_other = sum(r["weak_recovered"] for r in weak_runs), sum(r["n_other"] for r in eight)
+    default = EmergenceCheckConfig()
     print(
-        f"| 0.1 / 2 / 0.5 (default) | {_share(sum(r['weak_reported'] for r in weak_runs), n_weak)} | "
+        f"| {setting_key(default.presence_threshold, default.contested_margin, default.carrier_cosine)} (default) | "
+        f"{_share(sum(r['weak_reported'] for r in weak_runs), n_weak)} | "
         f"{_share(sum(r['contested_other'] for r in eight), n_other)} |"
     )
-    for key in ("/".join(map(str, setting)) for setting in SENSITIVITY):
+    for key in (setting_key(*setting) for setting in SENSITIVITY):
         reported = sum(r["sensitivity"][key][0] for r in weak_runs)
         contested = sum(r["sensitivity"][key][1] for r in eight)
-        print(f"| {key.replace('/', ' / ')} | {_share(reported, n_weak)} | {_share(contested, n_other)} |")
+        print(f"| {key} | {_share(reported, n_weak)} | {_share(contested, n_other)} |")
 
 
 def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
