@@ -12,7 +12,9 @@ as ``scripts/planted_generators.py`` does) on each planted generator, then score
 - ``split`` and ``handoff``: the share of planted events found within one snapshot of their
   step, beside the share the crosscoder's latents carry on both sides (an event no latent
   carries is lost before lineage reads the decoder) and the share found of those; on every
-  family the reported events that match no planted event, per recovered feature.
+  family the reported events that match no planted event, per recovered feature;
+- two sensitivity tables: the emergence check's lines (:data:`SENSITIVITY`) and lineage's
+  (:data:`LINEAGE_SENSITIVITY`), each changed beside the defaults on the same crosscoders.
 
     PYTHONPATH=. python scripts/planted_emergence.py --cache CACHE --jobs 1       # the full grid
     PYTHONPATH=. python scripts/planted_emergence.py --generator weak-early --seeds 0 --arch crosscoder
@@ -40,7 +42,7 @@ from crosslens.analysis import EvolutionAnalysis, EvolutionConfig
 from crosslens.analysis.emergence_check import EmergenceCheckConfig, check_emergence
 from crosslens.analysis.evolution import NO_STEP, feature_lifetimes
 from crosslens.analysis.latent_scaling import latent_scaling
-from crosslens.analysis.lineage import lineage_of, unit_rows
+from crosslens.analysis.lineage import LineageConfig, lineage_of, unit_rows
 from crosslens.analysis.planted_generators import EVENT_GENERATORS, GENERATORS
 from crosslens.analysis.probes import firing_frequency
 from crosslens.analysis.synthetic import match_planted
@@ -270,6 +272,74 @@ def sensitivity_table(runs: list[dict]) -> None:
         print(f"| {key} | {_share(reported, n_weak)} | {_share(contested, n_other)} |")
 
 
+LINEAGE_SENSITIVITY = (
+    {"apart_cosine": 0.4},
+    {"apart_cosine": 0.6},
+    {"same_cosine": 0.85},
+    {"same_cosine": 0.95},
+    {"hold_margin": 0.0},
+    {"hold_margin": 0.1},
+    {"min_snapshots": 1},
+    {"min_snapshots": 3},
+    {"successor_cosine": 0.6},
+    {"successor_cosine": 0.8},
+)
+"""Lineage lines scored beside :class:`LineageConfig`'s defaults, one changed at a time."""
+
+
+def lineage_key(change: dict) -> str:
+    """A lineage setting (the fields changed from the defaults) as the sensitivity table names it."""
+    return ", ".join(f"{name} {value}" for name, value in change.items())
+
+
+def lineage_sensitivity(planted, analysis, n_recovered: int) -> dict[str, list[int]]:
+    """For each of :data:`LINEAGE_SENSITIVITY`: planted events found, and false events."""
+    out = {}
+    for change in LINEAGE_SENSITIVITY:
+        scores = event_scores(planted, analysis, lineage_of(analysis, LineageConfig(**change)), n_recovered)
+        out[lineage_key(change)] = [scores["events_found"], scores["false_events"]]
+    return out
+
+
+def lineage_sensitivity_table(runs: list[dict]) -> None:
+    """Planted splits and handoffs found, and false events on the nine families without them, per
+    lineage setting: the lowest architecture's share beside the total, and the (family,
+    architecture) cells whose false events pass 5% of their recovered features."""
+    print(
+        "| lineage setting | splits found (lowest architecture) | handoffs found (lowest architecture) | "
+        "false events per recovered feature, nine families | cells over 5% |"
+    )
+    print("|---|---|---|---|---|")
+    default = LineageConfig()
+    settings = [
+        (
+            f"same_cosine {default.same_cosine}, hold_margin {default.hold_margin}, apart_cosine "
+            f"{default.apart_cosine}, min_snapshots {default.min_snapshots}, successor_cosine "
+            f"{default.successor_cosine} (default)",
+            lambda r: (r["events_found"], r["false_events"]),
+        )
+    ]
+    settings += [
+        (key, lambda r, key=key: r["lineage_sensitivity"][key]) for key in map(lineage_key, LINEAGE_SENSITIVITY)
+    ]
+    nine = [r for r in runs if r["generator"] in (*WITHOUT_EVENTS, "weak-early")]
+    for name, found_false in settings:
+        cells = []
+        for family in ("split", "handoff"):
+            groups = _by([r for r in runs if r["generator"] == family], "arch").values()
+            found = [sum(found_false(r)[0] for r in g) for g in groups]
+            planted = [sum(r["planted_events"] for r in g) for g in groups]
+            lowest = min((f / p for f, p in zip(found, planted) if p), default=None)
+            cells.append(f"{_share(sum(found), sum(planted))}; {'-' if lowest is None else f'{lowest:.0%}'}")
+        false = [
+            (sum(found_false(r)[1] for r in g), sum(r["n_recovered"] for r in g))
+            for g in _by(nine, "generator", "arch").values()
+        ]
+        total, recovered = sum(f for f, _ in false), sum(n for _, n in false)
+        over = sum(f > 0.05 * n for f, n in false)
+        print(f"| {name} | {' | '.join(cells)} | {_share(total, recovered)} | {over} of {len(false)} |")
+
+
 def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
     """Decoder-norm, latent-scaled and reported emergence of the recovered features, contested
     flags and lineage events, against the planted truth."""
@@ -315,6 +385,7 @@ def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
         "n_other": len(other),
         "contested_all": int(check.contested.sum()),
         "sensitivity": sensitivity(analysis, scaling, recovered, weak),
+        "lineage_sensitivity": lineage_sensitivity(planted, analysis, len(recovered)),
         "counts": check.counts(),
         **event_scores(planted, analysis, lin, len(recovered)),
     }
@@ -481,6 +552,8 @@ def main(argv: list[str] | None = None) -> None:
     floor_table(runs)
     print()
     sensitivity_table(runs)
+    print()
+    lineage_sensitivity_table(runs)
     print("\nall goals met" if all(met) else "\nsome goals missed")
 
 
