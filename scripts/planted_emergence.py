@@ -275,8 +275,8 @@ def sensitivity_table(runs: list[dict]) -> None:
 LINEAGE_SENSITIVITY = (
     {"apart_cosine": 0.4},
     {"apart_cosine": 0.6},
-    {"same_cosine": 0.85},
-    {"same_cosine": 0.95},
+    {"same_cosine": 0.9},
+    {"same_cosine": 0.93},
     {"hold_margin": 0.0},
     {"hold_margin": 0.1},
     {"min_snapshots": 1},

@@ -208,3 +208,20 @@ def test_a_pair_that_reached_one_direction_holds_it_above_the_hold_line():
     events = lineage_of(analysis).events
     assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1))]
     assert lineage_of(analysis, LineageConfig(hold_margin=0.0)).events == []
+
+
+def test_one_direction_starts_at_the_calibrated_line_not_below_it():
+    """Two latents at cosine 0.91 for three snapshots that then part carry one direction under a
+    line of 0.9 (a split) but not under the default, 0.92 (no event); at 0.925 they do again."""
+    gen = torch.Generator().manual_seed(5)
+    u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
+    W = torch.zeros(2, S, D)
+    W[0] = u[0]
+    W[1, :3], W[1, 3:] = _turned(u[0], u[1], 0.91), _turned(u[0], u[1], 0.2)
+    analysis = EvolutionAnalysis.from_decoder(W * (1 + 0.05 * torch.arange(S))[None, :, None])
+    assert lineage_of(analysis).events == []
+    split = lineage_of(analysis, LineageConfig(same_cosine=0.9)).events
+    assert [(e.kind, e.snapshot, e.latents) for e in split] == [("split", 3, (0, 1))]
+    W[1, :3] = _turned(u[0], u[1], 0.925)
+    again = lineage_of(EvolutionAnalysis.from_decoder(W * (1 + 0.05 * torch.arange(S))[None, :, None])).events
+    assert [(e.kind, e.snapshot, e.latents) for e in again] == [("split", 3, (0, 1))]
