@@ -310,15 +310,9 @@ def lineage_sensitivity_table(runs: list[dict]) -> None:
         "false events per recovered feature, nine families | cells over 5% |"
     )
     print("|---|---|---|---|---|")
-    default = LineageConfig()
-    settings = [
-        (
-            f"same_cosine {default.same_cosine}, hold_margin {default.hold_margin}, apart_cosine "
-            f"{default.apart_cosine}, min_snapshots {default.min_snapshots}, successor_cosine "
-            f"{default.successor_cosine} (default)",
-            lambda r: (r["events_found"], r["false_events"]),
-        )
-    ]
+    default, varied = LineageConfig(), dict.fromkeys(name for change in LINEAGE_SENSITIVITY for name in change)
+    default_key = lineage_key({name: getattr(default, name) for name in varied})
+    settings = [(f"{default_key} (default)", lambda r: (r["events_found"], r["false_events"]))]
     settings += [
         (key, lambda r, key=key: r["lineage_sensitivity"][key]) for key in map(lineage_key, LINEAGE_SENSITIVITY)
     ]

@@ -56,7 +56,7 @@ class LineageConfig:
     TopK's false events on the planted sets were such pairs, and none of the planted events
     found). 0.92 is the strictest line, in steps of 0.01 from 0.9, at which the planted events
     found at 0.9 are all found still: chosen on seeds 0-2 of the planted grid, it holds on seeds
-    3-4 and reports a sixth fewer false events than 0.9; at 0.93 JumpReLU loses splits
+    3-4 and reports 15% fewer false events than 0.9; at 0.93 JumpReLU loses splits
     (benchmarks/README.md, "Is an emergence real?")."""
     hold_margin: float = 0.05
     """Two latents that reach ``same_cosine`` stay one direction while their rows are within this
