@@ -171,9 +171,10 @@ def test_succession_between_duplicates_and_after_a_blip_is_a_handoff():
 
 
 def test_latents_that_cancel_each_other_make_no_split_or_merge():
-    """Two latents whose rows point opposite at some snapshot (cosine <= -``same_cosine``) fire
-    together to cancel: their parting is no split and their meeting no merge. The same pairs
-    without the opposite rows are a split and a merge."""
+    """Two latents whose rows point opposite at some snapshot (cosine <= -``hold_cosine``) fire
+    together to cancel: their parting is no split and their meeting no merge, also where the rows
+    point opposite only as far as held rows point one way (-0.89, between -0.92 and -0.87). The
+    same pairs without the opposite rows are a split and a merge."""
     gen = torch.Generator().manual_seed(3)
     u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
     W = torch.zeros(4, S, D)
@@ -185,6 +186,11 @@ def test_latents_that_cancel_each_other_make_no_split_or_merge():
     W[2, 5:] = W[3, 5:] = u[2]
     W = W * (1 + 0.05 * torch.arange(S))[None, :, None]
     assert lineage_of(EvolutionAnalysis.from_decoder(W)).events == []
+    W[1, 5:] = -_turned(u[0], u[1], 0.89) * W[1, 5:].norm(dim=-1, keepdim=True)
+    nearly = EvolutionAnalysis.from_decoder(W)
+    assert lineage_of(nearly).events == []
+    no_hold = lineage_of(nearly, LineageConfig(hold_margin=0.0)).events  # opposite only at -0.92
+    assert [(e.kind, e.snapshot, e.latents) for e in no_hold] == [("split", 3, (0, 1))]
     W[1, 5:], W[3, :3] = (
         _turned(u[0], u[1], 0.2) * W[1, 5:].norm(dim=-1, keepdim=True),
         u[3] * W[3, :3].norm(dim=-1, keepdim=True),

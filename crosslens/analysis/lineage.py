@@ -10,9 +10,9 @@ Read from the per-snapshot decoder directions of the live latents, where each is
   at one of them at least) and are apart (<=
   :attr:`LineageConfig.apart_cosine`) from a later one to the end of their joint presence: one
   concept became two (a split at the first snapshot they are apart); the reverse is a merge. A
-  pair whose rows point opposite at any snapshot (cosine <= -``same_cosine``) is neither: such
-  latents fire together to cancel each other (TopK's fixed count of active latents makes them),
-  and their rows carry no concept there;
+  pair whose rows point opposite at any snapshot (cosine <= -:attr:`LineageConfig.hold_cosine`)
+  is neither: such latents fire together to cancel each other (TopK's fixed count of active
+  latents makes them), and their rows carry no concept there;
 - **succession**: a latent fades as a near-parallel one emerges (the best cosine between the
   fading latent's last ``min_snapshots`` rows of a run of presence that long and the emerging
   latent's first ones >= :attr:`LineageConfig.successor_cosine`, the emergence within
@@ -51,10 +51,7 @@ class LineageConfig:
     n_relatives: int = 5
     """Nearest relatives kept per latent and snapshot."""
     same_cosine: float = 0.92
-    """Two latents' rows at or above this cosine at a snapshot carry one direction there; at or
-    below its negative they cancel each other, and the pair makes no split or merge (half of
-    TopK's false events on the planted sets were such pairs, and none of the planted events
-    found). 0.92 is the strictest line, in steps of 0.01 from 0.9, at which the planted events
+    """Two latents' rows at or above this cosine at a snapshot carry one direction there. 0.92 is the strictest line, in steps of 0.01 from 0.9, at which the planted events
     found at 0.9 are all found still: chosen on seeds 0-2 of the planted grid, it holds on seeds
     3-4 and reports 15% fewer false events than 0.9; at 0.93 JumpReLU loses splits
     (benchmarks/README.md, "Is an emergence real?")."""
@@ -64,7 +61,11 @@ class LineageConfig:
     that line and one at ``same_cosine``. JumpReLU's duplicates of one planted feature wander
     between snapshots (down to cosine 0.83-0.89), so a split of such a pair would be lost to
     ``same_cosine`` at every snapshot, while TopK latents that only wander near each other
-    (0.86-0.87) make no event (benchmarks/README.md, "Is an emergence real?")."""
+    (0.86-0.87) make no event. Rows at or below minus that line point opposite, as far as rows
+    held together point one way: the two latents fire together to cancel each other, and the pair
+    makes no split or merge. Half of TopK's false events on the planted sets were such pairs, and
+    none of the planted events found; the planted grid's false events fall alike for an opposite
+    line anywhere from -0.87 to -0.8 (benchmarks/README.md, "Is an emergence real?")."""
     apart_cosine: float = 0.5
     """At or below this cosine they carry two. Between the two lines a pair is neither, so a
     pair wandering near one line does not flicker between states. Two latents that carry one
@@ -286,7 +287,7 @@ def divergence_events(
         return held(same_PS, before, at_P) & (peak_PS & side(before, at_P)).any(1)
 
     # rows that point opposite carry nothing between them: the two fire together to cancel
-    cancels_P = (both_PS & (cos_PS <= -config.same_cosine)).any(1)
+    cancels_P = (both_PS & (cos_PS <= -config.hold_cosine)).any(1)
     split_P = together(True, split_at_P) & held(apart_PS, False, split_at_P) & ~cancels_P
     merge_P = held(apart_PS, True, merge_at_P) & together(False, merge_at_P) & ~cancels_P
     found: list[tuple[str, int, int, int, float]] = []
