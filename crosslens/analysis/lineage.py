@@ -51,21 +51,20 @@ class LineageConfig:
     n_relatives: int = 5
     """Nearest relatives kept per latent and snapshot."""
     same_cosine: float = 0.92
-    """Two latents' rows at or above this cosine at a snapshot carry one direction there. 0.92 is the strictest line, in steps of 0.01 from 0.9, at which the planted events
-    found at 0.9 are all found still: chosen on seeds 0-2 of the planted grid, it holds on seeds
-    3-4 and reports 15% fewer false events than 0.9; at 0.93 JumpReLU loses splits
-    (benchmarks/README.md, "Is an emergence real?")."""
+    """Two latents' rows at or above this cosine at a snapshot carry one direction there: the
+    strictest line at which every planted split and handoff that 0.9 finds is found still, chosen
+    on some seeds of the planted grid and checked on the others (benchmarks/README.md, "Is an
+    emergence real?")."""
     hold_margin: float = 0.05
     """Two latents that reach ``same_cosine`` stay one direction while their rows are within this
     margin of it (:attr:`hold_cosine`): a state of two latents together needs ``min_snapshots`` at
     that line and one at ``same_cosine``. JumpReLU's duplicates of one planted feature wander
-    between snapshots (down to cosine 0.83-0.89), so a split of such a pair would be lost to
-    ``same_cosine`` at every snapshot, while TopK latents that only wander near each other
-    (0.86-0.87) make no event. Rows at or below minus that line point opposite, as far as rows
-    held together point one way: the two latents fire together to cancel each other, and the pair
-    makes no split or merge. Half of TopK's false events on the planted sets were such pairs, and
-    none of the planted events found; the planted grid's false events fall alike for an opposite
-    line anywhere from -0.87 to -0.8 (benchmarks/README.md, "Is an emergence real?")."""
+    between snapshots, so a split of such a pair would be lost to ``same_cosine`` at every
+    snapshot, while TopK latents that only wander near each other never reach it and make no
+    event. Rows at or below minus the hold line point opposite, as far as rows held together point one
+    way: the two latents fire together to cancel each other (TopK's fixed count of active latents
+    makes such pairs), and the pair makes no split or merge (benchmarks/README.md, "Is an emergence
+    real?")."""
     apart_cosine: float = 0.5
     """At or below this cosine they carry two. Between the two lines a pair is neither, so a
     pair wandering near one line does not flicker between states. Two latents that carry one
