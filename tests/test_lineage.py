@@ -224,10 +224,11 @@ def test_one_direction_starts_at_the_calibrated_line_not_below_it():
     W = torch.zeros(2, S, D)
     W[0] = u[0]
     W[1, :3], W[1, 3:] = _turned(u[0], u[1], 0.91), _turned(u[0], u[1], 0.2)
-    analysis = EvolutionAnalysis.from_decoder(W * (1 + 0.05 * torch.arange(S))[None, :, None])
+    growing_1S1 = (1 + 0.05 * torch.arange(S))[None, :, None]
+    analysis = EvolutionAnalysis.from_decoder(W * growing_1S1)
     assert lineage_of(analysis).events == []
     split = lineage_of(analysis, LineageConfig(same_cosine=0.9)).events
     assert [(e.kind, e.snapshot, e.latents) for e in split] == [("split", 3, (0, 1))]
     W[1, :3] = _turned(u[0], u[1], 0.925)
-    again = lineage_of(EvolutionAnalysis.from_decoder(W * (1 + 0.05 * torch.arange(S))[None, :, None])).events
+    again = lineage_of(EvolutionAnalysis.from_decoder(W * growing_1S1)).events
     assert [(e.kind, e.snapshot, e.latents) for e in again] == [("split", 3, (0, 1))]

@@ -61,10 +61,10 @@ class LineageConfig:
     that line and one at ``same_cosine``. JumpReLU's duplicates of one planted feature wander
     between snapshots, so a split of such a pair would be lost to ``same_cosine`` at every
     snapshot, while TopK latents that only wander near each other never reach it and make no
-    event. Rows at or below minus the hold line point opposite, as far as rows held together point one
-    way: the two latents fire together to cancel each other (TopK's fixed count of active latents
-    makes such pairs), and the pair makes no split or merge (benchmarks/README.md, "Is an emergence
-    real?")."""
+    event. Rows at or below minus the hold line point opposite, as far as rows held together
+    point one way: the two latents fire together to cancel each other (TopK's fixed count of
+    active latents makes such pairs), and the pair makes no split or merge (benchmarks/README.md,
+    "Is an emergence real?")."""
     apart_cosine: float = 0.5
     """At or below this cosine they carry two. Between the two lines a pair is neither, so a
     pair wandering near one line does not flicker between states. Two latents that carry one
