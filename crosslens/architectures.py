@@ -176,6 +176,12 @@ def uses_k(architecture: str) -> bool:
     return architecture in ("topk_crosscoder", "batchtopk_crosscoder", "topk")
 
 
+def k_per_token(architecture: str) -> bool:
+    """Whether ``architecture`` keeps at most ``k`` features on every token (TopK), where
+    BatchTopK keeps ``k`` per token on average over a batch, so one token may take more."""
+    return architecture in ("topk_crosscoder", "topk")
+
+
 def defaults_for(architecture: str) -> TrainingDefaults:
     """The defaults of ``architecture`` (an SAELens registry name)."""
     if architecture not in TRAINING_DEFAULTS:
@@ -228,6 +234,7 @@ __all__ = [
     "TRAINING_DEFAULTS",
     "TrainingDefaults",
     "defaults_for",
+    "k_per_token",
     "sparsity_coefficient_for",
     "sparsity_warm_up_steps",
     "uses_k",

@@ -20,8 +20,9 @@ as ``scripts/planted_generators.py`` does) on each planted generator, then score
     PYTHONPATH=. python scripts/planted_emergence.py --generator weak-early --seeds 0 --arch crosscoder
 
 ``--cache DIR`` keeps each trained crosscoder (``GENERATOR-ARCH-seedN.pt``, with the settings it
-was trained with), so scoring again with other thresholds does not train again. ``--steps`` and
-``--batch-size`` change the training protocol for every family scored (keep another cache for them).
+was trained with), so scoring again with other thresholds does not train again. ``--steps``,
+``--batch-size`` and ``--k`` change the training protocol for every family scored (keep another
+cache for them).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from crosslens.analysis.lineage import LineageConfig, lineage_of, unit_rows
 from crosslens.analysis.planted_generators import EVENT_GENERATORS, GENERATORS
 from crosslens.analysis.probes import firing_frequency
 from crosslens.analysis.synthetic import match_planted
-from crosslens.training.planted import train_planted
+from crosslens.architectures import uses_k
+from crosslens.training.planted import planted_k, train_planted
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from planted_benchmark import ARCHITECTURES
@@ -67,7 +69,7 @@ WITHOUT_EVENTS = ("hard", "zipf", "correlated", "wide", "rare", "cofiring", "lat
 
 def training(generator: str, protocol: dict | None = None) -> dict:
     """``train_planted``'s arguments for ``generator``: the small families' own, then ``protocol``
-    (``batch_size``, ``n_steps``) where given."""
+    (``batch_size``, ``n_steps``, ``k``) where given."""
     return {**(SMALL_TRAINING if generator in SMALL else {}), **(protocol or {})}
 
 
@@ -81,12 +83,20 @@ def cache_settings(generator: str, arch: str, seed: int, protocol: dict | None =
 
 
 def cached(generator: str, arch: str, seed: int, cache: Path | None, protocol: dict | None = None) -> dict | None:
-    """What ``cache`` holds of the crosscoder trained alike (settings, cfg, state, seconds), or None."""
+    """What ``cache`` holds of the crosscoder trained alike (settings, cfg, state, seconds), or None:
+    the same settings and, for TopK and BatchTopK, the ``k`` that ``train_planted`` gives now
+    (or ``protocol``'s)."""
     path = None if cache is None else cache_path(generator, arch, seed, cache)
     if path is None or not path.is_file():
         return None
     saved = torch.load(path, weights_only=False)
-    return saved if saved["settings"] == cache_settings(generator, arch, seed, protocol) else None
+    if saved["settings"] != cache_settings(generator, arch, seed, protocol):
+        return None
+    if uses_k(arch):
+        k = (protocol or {}).get("k") or planted_k(build_planted(generator, seed, {}), arch)
+        if saved["cfg"]["k"] != k:
+            return None
+    return saved
 
 
 def trained(generator: str, arch: str, seed: int, planted, cache: Path | None, protocol: dict | None = None):
@@ -519,10 +529,14 @@ def main(argv: list[str] | None = None) -> None:
         help="tokens per training batch, every family (default: the small families' 256, train_planted's 1024 elsewhere)",
     )
     parser.add_argument("--steps", type=int, help="training steps, every family (default: train_planted's 3000)")
+    parser.add_argument(
+        "--k", type=int, help="TopK's and BatchTopK's active latents per token, every family (default: planted_k's)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
     parser.add_argument("--json", help="also write every run's scores here")
     args = parser.parse_args(argv)
-    protocol = {k: v for k, v in (("batch_size", args.batch_size), ("n_steps", args.steps)) if v is not None}
+    given = (("batch_size", args.batch_size), ("n_steps", args.steps), ("k", args.k))
+    protocol = {k: v for k, v in given if v is not None}
     grid = [
         (g, a, s, args.cache, args.train_only, protocol) for s in args.seeds for g in args.generator for a in args.arch
     ]
@@ -533,7 +547,7 @@ def main(argv: list[str] | None = None) -> None:
         grid = [cell for cell in grid if cell[:3] not in left_out]
         if left_out:
             print(
-                f"not in {args.cache}, left out ({len(left_out)} runs): "
+                f"not in {args.cache} as trained now, left out ({len(left_out)} runs): "
                 + ", ".join(f"{g} {a} seed {s}" for g, a, s in left_out)
             )
     runs = run_grid(run_one, grid, args.jobs)

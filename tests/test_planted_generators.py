@@ -217,7 +217,22 @@ def test_train_planteds_default_k_follows_the_planted_sparsity():
         assert planted.mean_l0 == pytest.approx(float((coeff_NF > 0).sum(1).float().mean()), rel=0.02), name
     tiny = Planted.build(PlantedConfig(n_features=16, n_initialization=4, n_snapshots=3, d_in=16))
     crosscoder = train_planted(tiny, "topk_crosscoder", n_steps=2, batch_size=64, d_sae=32)
-    assert crosscoder.cfg.k == max(1, round(1.5 * tiny.mean_l0))
+    assert crosscoder.cfg.k == round(1.5 * tiny.mean_l0) == 2
+
+
+def test_topk_keeps_two_latents_a_token_where_the_planted_set_fires_under_one():
+    """A set firing 0.72 features a token (``split``) gives 1.5 x L0 = 1.07: BatchTopK's k of 1 is a
+    batch mean, so it stays; TopK's would leave one latent for every token, and is raised to 2."""
+    from crosslens.analysis import PlantedEvolution as Planted
+    from crosslens.training.planted import planted_k
+
+    sparse = Planted.build(PlantedConfig.preset("split", seed=0))
+    assert sparse.mean_l0 == pytest.approx(0.716, abs=0.001)
+    assert planted_k(sparse, "batchtopk_crosscoder") == 1
+    assert planted_k(sparse, "topk_crosscoder") == 2
+    assert train_planted(sparse, "topk_crosscoder", n_steps=2, batch_size=64, d_sae=32).cfg.k == 2
+    denser = Planted.build(PlantedConfig.preset("wide", seed=1))
+    assert planted_k(denser, "topk_crosscoder") == planted_k(denser, "batchtopk_crosscoder") == 3
 
 
 def test_train_planted_takes_any_planted_set_and_asks_for_k_where_it_cannot_derive_it():

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from crosslens.architectures import defaults_for, sparsity_coefficient_for, sparsity_warm_up_steps, uses_k
+from crosslens.architectures import (
+    defaults_for,
+    k_per_token,
+    sparsity_coefficient_for,
+    sparsity_warm_up_steps,
+    uses_k,
+)
 from crosslens.kernels.plan import KernelPlan
 from crosslens.training.config import LR_DECAY_FRACTION, CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder
@@ -51,8 +57,8 @@ def train_planted(
     itself is fixed by its own config seed). Anything left ``None`` takes the runner's
     per-architecture default, but for ``k``: TopK/BatchTopK's active latents per token is
     a sparsity level chosen for the data, and the runner's ``DEFAULT_K`` (32) is sized for
-    real models' dictionaries, 20 times what planted sets fire; ``None`` here takes about
-    1.5 times the planted set's mean L0 (:attr:`PlantedEvolution.mean_l0`), at least 1.
+    real models' dictionaries, 20 times what planted sets fire; ``None`` here takes
+    :func:`planted_k`.
     A planted set without ``mean_l0`` must be given ``k`` for the TopK-style architectures.
     ``sparsity_warm_up`` is the share of ``n_steps`` over which the sparsity coefficient ramps
     from 0 (None: the architecture's default, :func:`crosslens.architectures.defaults_for`);
@@ -63,7 +69,7 @@ def train_planted(
     ``plan``: the kernels the step runs (the device's default plan where None);
     ``crosscoder_overrides`` go to the crosscoder's config.
     """
-    k = _planted_k(planted, architecture) if k is None else k
+    k = planted_k(planted, architecture) if k is None else k
     coefficient = sparsity_coefficient
     if coefficient is None:
         coefficient = sparsity_coefficient_for(
@@ -102,12 +108,18 @@ def train_planted(
     return crosscoder
 
 
-def _planted_k(planted: PlantedEvolution, architecture: str) -> int:
-    """TopK's active latents per token for ``planted``: 1.5 times its mean L0, at least 1."""
+def planted_k(planted: PlantedEvolution, architecture: str) -> int:
+    """TopK's and BatchTopK's active latents per token for ``planted``: 1.5 times its mean L0,
+    rounded, and at least 2 where every token keeps at most ``k``
+    (:func:`~crosslens.architectures.k_per_token`): at ``k`` 1 TopK reconstructs each token from
+    one latent, so a token where two planted features fire loses one of them, while BatchTopK's
+    ``k`` is a mean over the batch and 1 still lets a token take two."""
     mean_l0 = getattr(planted, "mean_l0", None)
     if mean_l0 is None and uses_k(architecture):
         raise ValueError(
             f"train_planted({architecture!r}) needs k: the planted set has no mean_l0 to derive TopK's "
             f"active latents per token from; pass k= (about 1.5 times the planted features firing per token)."
         )
-    return max(1, round(1.5 * mean_l0)) if mean_l0 is not None else defaults_for(architecture).k
+    if mean_l0 is None:
+        return defaults_for(architecture).k
+    return max(2 if k_per_token(architecture) else 1, round(1.5 * mean_l0))
