@@ -34,8 +34,9 @@ def _turned(a: torch.Tensor, b: torch.Tensor, cosine: float) -> torch.Tensor:
 def built_decoder() -> torch.Tensor:
     """12 latents over 8 snapshots:
 
-    - 0, 1: one direction until snapshot 2, then apart (cosine 0.3): a split at 3;
-    - 2, 3: apart until 4, one direction from 5 on: a merge at 5;
+    - 0, 1: one direction until snapshot 2, then each turned to cosine 0.6 from it, apart (cosine
+      0.36 to each other): a split at 3;
+    - 2, 3: apart until 4, one direction from 5 on (a turn of each): a merge at 5;
     - 4 fades at 4 as 5 emerges there at cosine 0.85 to 4's last row: a handoff at 4;
     - 6 fades at 6 as 7 and 8 emerge there, each at cosine 0.8: a split by succession at 6;
     - 9 fades at 3 as 10 emerges at 3, unrelated (cosine ~0): nothing;
@@ -45,7 +46,7 @@ def built_decoder() -> torch.Tensor:
     u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T  # orthonormal
     W = torch.zeros(12, S, D)
     W[0, :3] = W[1, :3] = u[0]
-    W[0, 3:], W[1, 3:] = u[0], _turned(u[0], u[1], 0.3)
+    W[0, 3:], W[1, 3:] = _turned(u[0], u[12], 0.6), _turned(u[0], u[1], 0.6)
     W[2, :5], W[3, :5] = u[2], u[3]
     W[2, 5:] = W[3, 5:] = _turned(u[2], u[3], 0.7)
     W[4, :4] = u[4]
@@ -62,7 +63,7 @@ def test_lineage_finds_each_planted_event_at_its_snapshot():
     analysis = EvolutionAnalysis.from_decoder(built_decoder())
     lin = lineage_of(analysis)
     assert lin.events == [
-        LineageEvent("split", 3, (0, 1), (0, 1), pytest.approx(0.3, abs=1e-4), "divergence"),
+        LineageEvent("split", 3, (0, 1), (0, 1), pytest.approx(0.36, abs=1e-4), "divergence"),
         LineageEvent("handoff", 4, (4,), (5,), pytest.approx(0.85, abs=1e-4), "succession"),
         LineageEvent("merge", 5, (2, 3), (2, 3), pytest.approx(1.0, abs=1e-4), "divergence"),
         LineageEvent("split", 6, (6,), (7, 8), pytest.approx(0.8, abs=1e-4), "succession"),
@@ -178,21 +179,21 @@ def test_latents_that_cancel_each_other_make_no_split_or_merge():
     gen = torch.Generator().manual_seed(3)
     u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
     W = torch.zeros(4, S, D)
-    W[0], W[1, :3] = u[0], u[0]  # one direction until 2, then 1 turns away: a split at 3
-    W[1, 3:5] = _turned(u[0], u[1], 0.2)
-    W[1, 5:] = -u[0]  # ... and from 5 on cancels 0
+    W[0, :3], W[1, :3] = u[0], u[0]  # one direction until 2, then each turns away: a split at 3
+    W[0, 3:], W[1, 3:5] = _turned(u[0], u[4], 0.6), _turned(u[0], u[1], 0.6)
+    W[1, 5:] = -W[0, 5:]  # ... and from 5 on 1 cancels 0
     W[2, :5], W[3, :3] = u[2], -u[2]  # 3 cancels 2 until 2, apart at 3-4, one direction from 5: a merge
     W[3, 3:5] = _turned(u[2], u[3], 0.2)
-    W[2, 5:] = W[3, 5:] = u[2]
+    W[2, 5:] = W[3, 5:] = _turned(u[2], u[5], 0.6)
     W = W * (1 + 0.05 * torch.arange(S))[None, :, None]
     assert lineage_of(EvolutionAnalysis.from_decoder(W)).events == []
-    W[1, 5:] = -_turned(u[0], u[1], 0.89) * W[1, 5:].norm(dim=-1, keepdim=True)
+    W[1, 5:] = -_turned(W[0, 5] / W[0, 5].norm(), u[1], 0.89) * W[1, 5:].norm(dim=-1, keepdim=True)
     nearly = EvolutionAnalysis.from_decoder(W)
     assert lineage_of(nearly).events == []
     no_hold = lineage_of(nearly, LineageConfig(hold_margin=0.0)).events  # opposite only at -0.92
     assert [(e.kind, e.snapshot, e.latents) for e in no_hold] == [("split", 3, (0, 1))]
     W[1, 5:], W[3, :3] = (
-        _turned(u[0], u[1], 0.2) * W[1, 5:].norm(dim=-1, keepdim=True),
+        _turned(u[0], u[1], 0.6) * W[1, 5:].norm(dim=-1, keepdim=True),
         u[3] * W[3, :3].norm(dim=-1, keepdim=True),
     )
     events = lineage_of(EvolutionAnalysis.from_decoder(W)).events
@@ -206,7 +207,8 @@ def test_a_pair_that_reached_one_direction_holds_it_above_the_hold_line():
     gen = torch.Generator().manual_seed(4)
     u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
     W = torch.zeros(4, S, D)
-    W[0], W[2] = u[0], u[2]
+    W[0, :3], W[2, :3] = u[0], u[2]
+    W[0, 3:], W[2, 3:] = _turned(u[0], u[5], 0.6), _turned(u[2], u[6], 0.6)
     W[1, 0], W[1, 1:3] = _turned(u[0], u[1], 0.95), _turned(u[0], u[1], 0.88)
     W[3, :3] = _turned(u[2], u[3], 0.87)
     W[1, 3:], W[3, 3:] = _turned(u[0], u[1], 0.2), _turned(u[2], u[3], 0.2)
@@ -222,7 +224,7 @@ def test_one_direction_starts_at_the_calibrated_line_not_below_it():
     gen = torch.Generator().manual_seed(5)
     u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
     W = torch.zeros(2, S, D)
-    W[0] = u[0]
+    W[0, :3], W[0, 3:] = u[0], _turned(u[0], u[2], 0.6)
     W[1, :3], W[1, 3:] = _turned(u[0], u[1], 0.91), _turned(u[0], u[1], 0.2)
     growing_1S1 = (1 + 0.05 * torch.arange(S))[None, :, None]
     analysis = EvolutionAnalysis.from_decoder(W * growing_1S1)
@@ -232,3 +234,22 @@ def test_one_direction_starts_at_the_calibrated_line_not_below_it():
     W[1, :3] = _turned(u[0], u[1], 0.925)
     again = lineage_of(EvolutionAnalysis.from_decoder(W * growing_1S1)).events
     assert [(e.kind, e.snapshot, e.latents) for e in again] == [("split", 3, (0, 1))]
+
+
+def test_a_latent_that_leaves_a_direction_its_partner_keeps_is_no_split():
+    """A split turns both latents off the direction they shared (each planted child turns from its
+    parent); where one latent keeps the row it had and only the other leaves, the other changes
+    what it carries (a crosscoder reuses a duplicate for another feature), and lineage reads no
+    split. The same for a merge: one latent that comes to point along a partner that stays put is
+    no merge; two that meet on a new direction are."""
+    gen = torch.Generator().manual_seed(6)
+    u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
+    W = torch.zeros(4, S, D)
+    W[0], W[1, :3], W[1, 3:] = u[0], u[0], _turned(u[0], u[1], 0.2)  # 0 keeps, 1 leaves at 3
+    W[2], W[3, :5], W[3, 5:] = u[2], u[3], u[2]  # 3 comes onto 2's row at 5
+    growing_1S1 = (1 + 0.05 * torch.arange(S))[None, :, None]
+    assert lineage_of(EvolutionAnalysis.from_decoder(W * growing_1S1)).events == []
+    W[0, 3:] = _turned(u[0], u[4], 0.6)
+    W[2, 5:] = W[3, 5:] = _turned(u[2], u[3], 0.6)
+    events = lineage_of(EvolutionAnalysis.from_decoder(W * growing_1S1)).events
+    assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1)), ("merge", 5, (2, 3))]

@@ -8,8 +8,11 @@ Read from the per-snapshot decoder directions of the live latents, where each is
 - **split / merge by divergence**: two latents whose directions coincide (cosine >=
   ``same_cosine - hold_margin`` at some snapshots, and >= :attr:`LineageConfig.same_cosine`
   at one of them at least) and are apart (<=
-  :attr:`LineageConfig.apart_cosine`) from a later one to the end of their joint presence: one
-  concept became two (a split at the first snapshot they are apart); the reverse is a merge. A
+  :attr:`LineageConfig.apart_cosine`) from a later one to the end of their joint presence, each
+  latent's row where they are first apart under the hold line from its row where they were last
+  together: one concept became two (a split at the first snapshot they are apart); the reverse is
+  a merge. Where one latent keeps its row and only the other moves, the other changes what it
+  carries (a crosscoder reusing a duplicate for another feature), and no concept split. A
   pair whose rows point opposite at any snapshot (cosine <= -:attr:`LineageConfig.hold_cosine`)
   is neither: such latents fire together to cancel each other (TopK's fixed count of active
   latents makes them), and their rows carry no concept there;
@@ -63,8 +66,10 @@ class LineageConfig:
     snapshot, while TopK latents that only wander near each other never reach it and make no
     event. Rows at or below minus the hold line point opposite, as far as rows held together
     point one way: the two latents fire together to cancel each other (TopK's fixed count of
-    active latents makes such pairs), and the pair makes no split or merge (benchmarks/README.md,
-    "Is an emergence real?")."""
+    active latents makes such pairs), and the pair makes no split or merge. A latent whose row
+    across a split or merge stays above the hold line keeps its direction, as far as rows held
+    together share one, and the pair makes no event (benchmarks/README.md, "Is an emergence
+    real?")."""
     apart_cosine: float = 0.5
     """At or below this cosine they carry two. Between the two lines a pair is neither, so a
     pair wandering near one line does not flicker between states. Two latents that carry one
@@ -285,10 +290,21 @@ def divergence_events(
         """Pairs held together on that side of ``at_P``, at ``same_cosine`` at one snapshot at least."""
         return held(same_PS, before, at_P) & (peak_PS & side(before, at_P)).any(1)
 
+    def turned(from_P: torch.Tensor, to_P: torch.Tensor) -> torch.Tensor:
+        """Pairs whose two latents' rows at ``from_P`` and at ``to_P`` lie under the hold line."""
+        rows = from_P.clamp(0, S - 1), to_P.clamp(0, S - 1)
+        turn_a = (unit_FSD[a_P, rows[0]] * unit_FSD[a_P, rows[1]]).sum(-1)
+        turn_b = (unit_FSD[b_P, rows[0]] * unit_FSD[b_P, rows[1]]).sum(-1)
+        return (turn_a < config.hold_cosine) & (turn_b < config.hold_cosine)
+
     # rows that point opposite carry nothing between them: the two fire together to cancel
     cancels_P = (both_PS & (cos_PS <= -config.hold_cosine)).any(1)
     split_P = together(True, split_at_P) & held(apart_PS, False, split_at_P) & ~cancels_P
     merge_P = held(apart_PS, True, merge_at_P) & together(False, merge_at_P) & ~cancels_P
+    # one concept becomes two (or two one) where both latents leave their rows; a latent that keeps
+    # its own while the other moves is the other changing what it carries
+    split_P &= turned(last_same_P, split_at_P)
+    merge_P &= turned(last_apart_P, merge_at_P)
     found: list[tuple[str, int, int, int, float]] = []
     for kind, ok_P, at_P in (
         ("split", split_P & (last_same_P >= 0) & (last_apart_P > last_same_P), split_at_P),
