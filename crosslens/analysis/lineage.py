@@ -12,7 +12,7 @@ Read from the per-snapshot decoder directions of the live latents, where each is
   latent's row where they are first apart under the hold line from its row where they were last
   together: one concept became two (a split at the first snapshot they are apart); the reverse is
   a merge. Where one latent keeps its row and only the other moves, the other changes what it
-  carries (a crosscoder reusing a duplicate for another feature), and no concept split. A
+  carries (a crosscoder reusing a duplicate for another feature): no concept split, no event. A
   pair whose rows point opposite at any snapshot (cosine <= -:attr:`LineageConfig.hold_cosine`)
   is neither: such latents fire together to cancel each other (TopK's fixed count of active
   latents makes them), and their rows carry no concept there;
