@@ -267,3 +267,31 @@ def test_train_planted_applies_init_before_training():
     assert torch.allclose(started.W_dec[:16], decoder_FSD, atol=1e-6)
     usual = train_planted(tiny, "crosscoder", n_steps=2, batch_size=64, d_sae=32, lr=1e-12)
     assert not torch.allclose(usual.W_dec[:16], decoder_FSD, atol=1e-2)
+
+
+def test_the_emergence_scripts_cache_trains_again_a_topk_of_another_k(tmp_path, monkeypatch):
+    """``scripts/planted_emergence.py`` keeps each trained crosscoder; a TopK one trained at
+    another ``k`` than ``train_planted`` gives now (or than ``--k``) is not reused."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts its folder first
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # ... and turns progress bars off
+    path = Path(__file__).resolve().parents[1] / "scripts" / "planted_emergence.py"
+    spec = importlib.util.spec_from_file_location("planted_emergence", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def save(k: int, protocol: dict | None) -> None:
+        settings = script.cache_settings("split", "topk_crosscoder", 0, protocol)
+        saved = {"settings": settings, "cfg": {"k": k}, "state": {}, "seconds": 1.0}
+        torch.save(saved, script.cache_path("split", "topk_crosscoder", 0, tmp_path))
+
+    save(1, None)  # the split set's k before TopK's floor of 2
+    assert script.cached("split", "topk_crosscoder", 0, tmp_path) is None
+    save(2, None)
+    assert script.cached("split", "topk_crosscoder", 0, tmp_path)["cfg"]["k"] == 2
+    save(1, {"k": 1})
+    assert script.cached("split", "topk_crosscoder", 0, tmp_path, {"k": 1})["cfg"]["k"] == 1
+    assert script.cached("split", "topk_crosscoder", 0, tmp_path) is None
