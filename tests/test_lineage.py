@@ -241,7 +241,8 @@ def test_a_latent_that_leaves_a_direction_its_partner_keeps_is_no_split():
     parent); where one latent keeps the row it had and only the other leaves, the other changes
     what it carries (a crosscoder reuses a duplicate for another feature), and lineage reads no
     split. The same for a merge: one latent that comes to point along a partner that stays put is
-    no merge; two that meet on a new direction are."""
+    no merge; two that meet on a new direction are. A latent may turn a snapshot after its partner
+    (within ``min_snapshots`` of the event)."""
     gen = torch.Generator().manual_seed(6)
     u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
     W = torch.zeros(4, S, D)
@@ -251,5 +252,8 @@ def test_a_latent_that_leaves_a_direction_its_partner_keeps_is_no_split():
     assert lineage_of(EvolutionAnalysis.from_decoder(W * growing_1S1)).events == []
     W[0, 3:] = _turned(u[0], u[4], 0.6)
     W[2, 5:] = W[3, 5:] = _turned(u[2], u[3], 0.6)
+    events = lineage_of(EvolutionAnalysis.from_decoder(W * growing_1S1)).events
+    assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1)), ("merge", 5, (2, 3))]
+    W[0, 3] = u[0]  # 0 turns at 4, a snapshot after 1 leaves
     events = lineage_of(EvolutionAnalysis.from_decoder(W * growing_1S1)).events
     assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1)), ("merge", 5, (2, 3))]

@@ -9,9 +9,9 @@ Read from the per-snapshot decoder directions of the live latents, where each is
   ``same_cosine - hold_margin`` at some snapshots, and >= :attr:`LineageConfig.same_cosine`
   at one of them at least) and are apart (<=
   :attr:`LineageConfig.apart_cosine`) from a later one to the end of their joint presence, each
-  latent's row where they are first apart under the hold line from its row where they were last
-  together: one concept became two (a split at the first snapshot they are apart); the reverse is
-  a merge. Where one latent keeps its row and only the other moves, the other changes what it
+  latent with a row among the first ``min_snapshots`` apart under the hold line from its row where
+  they were last together: one concept became two (a split at the first snapshot they are apart);
+  the reverse is a merge. Where one latent keeps its row and only the other moves, the other changes what it
   carries (a crosscoder reusing a duplicate for another feature): no concept split, no event. A
   pair whose rows point opposite at any snapshot (cosine <= -:attr:`LineageConfig.hold_cosine`)
   is neither: such latents fire together to cancel each other (TopK's fixed count of active
@@ -66,10 +66,10 @@ class LineageConfig:
     snapshot, while TopK latents that only wander near each other never reach it and make no
     event. Rows at or below minus the hold line point opposite, as far as rows held together
     point one way: the two latents fire together to cancel each other (TopK's fixed count of
-    active latents makes such pairs), and the pair makes no split or merge. A latent whose row
-    across a split or merge stays above the hold line keeps its direction, as far as rows held
-    together share one, and the pair makes no event (benchmarks/README.md, "Is an emergence
-    real?")."""
+    active latents makes such pairs), and the pair makes no split or merge. A latent whose rows
+    in the ``min_snapshots`` after a split or merge stay above the hold line from its row before
+    keeps its direction, as far as rows held together share one, and the pair makes no event
+    (benchmarks/README.md, "Is an emergence real?")."""
     apart_cosine: float = 0.5
     """At or below this cosine they carry two. Between the two lines a pair is neither, so a
     pair wandering near one line does not flicker between states. Two latents that carry one
@@ -291,10 +291,13 @@ def divergence_events(
         return held(same_PS, before, at_P) & (peak_PS & side(before, at_P)).any(1)
 
     def turned(from_P: torch.Tensor, to_P: torch.Tensor) -> torch.Tensor:
-        """Pairs whose two latents' rows at ``from_P`` and at ``to_P`` lie under the hold line."""
-        rows = from_P.clamp(0, S - 1), to_P.clamp(0, S - 1)
-        turn_a = (unit_FSD[a_P, rows[0]] * unit_FSD[a_P, rows[1]]).sum(-1)
-        turn_b = (unit_FSD[b_P, rows[0]] * unit_FSD[b_P, rows[1]]).sum(-1)
+        """Pairs whose two latents each have a row among the ``min_snapshots`` from ``to_P`` under
+        the hold line from their row at ``from_P`` (one latent may turn a snapshot after the other)."""
+        from_P1 = from_P.clamp(0, S - 1)[:, None]
+        to_PK = (to_P[:, None] + torch.arange(config.min_snapshots)).clamp(0, S - 1)
+        turn_a, turn_b = (
+            (unit_FSD[x_P[:, None], from_P1] * unit_FSD[x_P[:, None], to_PK]).sum(-1).amin(1) for x_P in (a_P, b_P)
+        )
         return (turn_a < config.hold_cosine) & (turn_b < config.hold_cosine)
 
     # rows that point opposite carry nothing between them: the two fire together to cancel
