@@ -11,8 +11,9 @@ Read from the per-snapshot decoder directions of the live latents, where each is
   :attr:`LineageConfig.apart_cosine`) from a later one to the end of their joint presence, each
   latent with a row among the first ``min_snapshots`` apart under the hold line from its row where
   they were last together: one concept became two (a split at the first snapshot they are apart);
-  the reverse is a merge. Where one latent keeps its row and only the other moves, the other changes what it
-  carries (a crosscoder reusing a duplicate for another feature): no concept split, no event. A
+  the reverse is a merge. Where one latent keeps its row and only the other moves, the other
+  changes what it carries (a crosscoder reusing a duplicate for another feature): no concept
+  split, no event. A
   pair whose rows point opposite at any snapshot (cosine <= -:attr:`LineageConfig.hold_cosine`)
   is neither: such latents fire together to cancel each other (TopK's fixed count of active
   latents makes them), and their rows carry no concept there;
@@ -291,14 +292,16 @@ def divergence_events(
         return held(same_PS, before, at_P) & (peak_PS & side(before, at_P)).any(1)
 
     def turned(from_P: torch.Tensor, to_P: torch.Tensor) -> torch.Tensor:
-        """Pairs whose two latents each have a row among the ``min_snapshots`` from ``to_P`` under
-        the hold line from their row at ``from_P`` (one latent may turn a snapshot after the other)."""
+        """Pairs whose two latents each have a present row among the ``min_snapshots`` from ``to_P``
+        under the hold line from their row at ``from_P`` (one may turn a snapshot after the other)."""
         from_P1 = from_P.clamp(0, S - 1)[:, None]
         to_PK = (to_P[:, None] + torch.arange(config.min_snapshots)).clamp(0, S - 1)
-        turn_a, turn_b = (
-            (unit_FSD[x_P[:, None], from_P1] * unit_FSD[x_P[:, None], to_PK]).sum(-1).amin(1) for x_P in (a_P, b_P)
-        )
-        return (turn_a < config.hold_cosine) & (turn_b < config.hold_cosine)
+
+        def turn(x_P: torch.Tensor) -> torch.Tensor:
+            cos_PK = (unit_FSD[x_P[:, None], from_P1] * unit_FSD[x_P[:, None], to_PK]).sum(-1)
+            return cos_PK.masked_fill(~present_FS[x_P[:, None], to_PK], 1.0).amin(1)
+
+        return (turn(a_P) < config.hold_cosine) & (turn(b_P) < config.hold_cosine)
 
     # rows that point opposite carry nothing between them: the two fire together to cancel
     cancels_P = (both_PS & (cos_PS <= -config.hold_cosine)).any(1)
