@@ -82,10 +82,12 @@ def cache_settings(generator: str, arch: str, seed: int, protocol: dict | None =
     return {"generator": generator, "arch": arch, "seed": seed, **training(generator, protocol)}
 
 
-def cached(generator: str, arch: str, seed: int, cache: Path | None, protocol: dict | None = None) -> dict | None:
+def cached(
+    generator: str, arch: str, seed: int, cache: Path | None, protocol: dict | None = None, planted=None
+) -> dict | None:
     """What ``cache`` holds of the crosscoder trained alike (settings, cfg, state, seconds), or None:
-    the same settings and, for TopK and BatchTopK, the ``k`` that ``train_planted`` gives now
-    (or ``protocol``'s)."""
+    the same settings and, for TopK and BatchTopK, the ``k`` that ``train_planted`` gives now on
+    ``planted`` (built here where not given), or ``protocol``'s."""
     path = None if cache is None else cache_path(generator, arch, seed, cache)
     if path is None or not path.is_file():
         return None
@@ -93,7 +95,7 @@ def cached(generator: str, arch: str, seed: int, cache: Path | None, protocol: d
     if saved["settings"] != cache_settings(generator, arch, seed, protocol):
         return None
     if uses_k(arch):
-        k = (protocol or {}).get("k") or planted_k(build_planted(generator, seed, {}), arch)
+        k = (protocol or {}).get("k") or planted_k(planted or build_planted(generator, seed, {}), arch)
         if saved["cfg"]["k"] != k:
             return None
     return saved
@@ -101,7 +103,7 @@ def cached(generator: str, arch: str, seed: int, cache: Path | None, protocol: d
 
 def trained(generator: str, arch: str, seed: int, planted, cache: Path | None, protocol: dict | None = None):
     """The crosscoder ``train_planted`` gives, from ``cache`` when it holds one trained alike."""
-    saved = cached(generator, arch, seed, cache, protocol)
+    saved = cached(generator, arch, seed, cache, protocol, planted)
     if saved is not None:
         train_cls, train_cfg_cls = crosscoders.ARCHITECTURES[arch][2:4]
         crosscoder = train_cls(train_cfg_cls.from_dict(saved["cfg"]))

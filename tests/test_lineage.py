@@ -23,6 +23,9 @@ from crosslens.analysis.lineage import (
 )
 
 S, D = 8, 32
+GROWING_1S1 = (1 + 0.05 * torch.arange(S))[None, :, None]
+"""A little norm growth over snapshots, so no latent has equal norms at every snapshot (untouched
+rows read as dead)."""
 
 
 def _turned(a: torch.Tensor, b: torch.Tensor, cosine: float) -> torch.Tensor:
@@ -55,8 +58,7 @@ def built_decoder() -> torch.Tensor:
     W[7, 6:], W[8, 6:] = _turned(u[6], u[7], 0.8), _turned(u[6], u[8], 0.8)
     W[9, :3], W[10, 3:] = u[9], u[10]
     W[11] = u[11]
-    # a little norm variation, so no latent has equal norms at every snapshot (untouched = dead)
-    return W * (1 + 0.05 * torch.arange(S))[None, :, None]
+    return W * GROWING_1S1
 
 
 def test_lineage_finds_each_planted_event_at_its_snapshot():
@@ -129,7 +131,7 @@ def test_one_snapshot_of_a_shared_direction_makes_no_event():
     """Rows of many latents that share a direction at one snapshot only (a snapshot's own artifact)
     are no event; with ``min_snapshots=1`` the one snapshot together reads as a split after it."""
     gen = torch.Generator().manual_seed(2)
-    W = unit_rows(torch.randn(3, S, D, generator=gen)) * (1 + 0.05 * torch.arange(S))[None, :, None]
+    W = unit_rows(torch.randn(3, S, D, generator=gen)) * GROWING_1S1
     W[:, 3] = W[0, 3]  # every latent's row at snapshot 3 is latent 0's
     analysis = EvolutionAnalysis.from_decoder(W)
     assert lineage_of(analysis).events == []
@@ -154,7 +156,7 @@ def duplicate_handoff_decoder() -> torch.Tensor:
     W[3, :6] = u[3]
     W[4, 1], W[4, 6:] = u[9], _turned(u[3], u[4], 0.85)
     W[5] = u[5]
-    return W * (1 + 0.05 * torch.arange(S))[None, :, None]
+    return W * GROWING_1S1
 
 
 def test_succession_between_duplicates_and_after_a_blip_is_a_handoff():
@@ -185,7 +187,7 @@ def test_latents_that_cancel_each_other_make_no_split_or_merge():
     W[2, :5], W[3, :3] = u[2], -u[2]  # 3 cancels 2 until 2, apart at 3-4, one direction from 5: a merge
     W[3, 3:5] = _turned(u[2], u[3], 0.2)
     W[2, 5:] = W[3, 5:] = _turned(u[2], u[5], 0.6)
-    W = W * (1 + 0.05 * torch.arange(S))[None, :, None]
+    W = W * GROWING_1S1
     assert lineage_of(EvolutionAnalysis.from_decoder(W)).events == []
     W[1, 5:] = -_turned(W[0, 5] / W[0, 5].norm(), u[1], 0.89) * W[1, 5:].norm(dim=-1, keepdim=True)
     nearly = EvolutionAnalysis.from_decoder(W)
@@ -212,7 +214,7 @@ def test_a_pair_that_reached_one_direction_holds_it_above_the_hold_line():
     W[1, 0], W[1, 1:3] = _turned(u[0], u[1], 0.95), _turned(u[0], u[1], 0.88)
     W[3, :3] = _turned(u[2], u[3], 0.87)
     W[1, 3:], W[3, 3:] = _turned(u[0], u[1], 0.2), _turned(u[2], u[3], 0.2)
-    analysis = EvolutionAnalysis.from_decoder(W * (1 + 0.05 * torch.arange(S))[None, :, None])
+    analysis = EvolutionAnalysis.from_decoder(W * GROWING_1S1)
     events = lineage_of(analysis).events
     assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1))]
     assert lineage_of(analysis, LineageConfig(hold_margin=0.0)).events == []
@@ -226,13 +228,12 @@ def test_one_direction_starts_at_the_calibrated_line_not_below_it():
     W = torch.zeros(2, S, D)
     W[0, :3], W[0, 3:] = u[0], _turned(u[0], u[2], 0.6)
     W[1, :3], W[1, 3:] = _turned(u[0], u[1], 0.91), _turned(u[0], u[1], 0.2)
-    growing_1S1 = (1 + 0.05 * torch.arange(S))[None, :, None]
-    analysis = EvolutionAnalysis.from_decoder(W * growing_1S1)
+    analysis = EvolutionAnalysis.from_decoder(W * GROWING_1S1)
     assert lineage_of(analysis).events == []
     split = lineage_of(analysis, LineageConfig(same_cosine=0.9)).events
     assert [(e.kind, e.snapshot, e.latents) for e in split] == [("split", 3, (0, 1))]
     W[1, :3] = _turned(u[0], u[1], 0.925)
-    again = lineage_of(EvolutionAnalysis.from_decoder(W * growing_1S1)).events
+    again = lineage_of(EvolutionAnalysis.from_decoder(W * GROWING_1S1)).events
     assert [(e.kind, e.snapshot, e.latents) for e in again] == [("split", 3, (0, 1))]
 
 
@@ -248,12 +249,11 @@ def test_a_latent_that_leaves_a_direction_its_partner_keeps_is_no_split():
     W = torch.zeros(4, S, D)
     W[0], W[1, :3], W[1, 3:] = u[0], u[0], _turned(u[0], u[1], 0.2)  # 0 keeps, 1 leaves at 3
     W[2], W[3, :5], W[3, 5:] = u[2], u[3], u[2]  # 3 comes onto 2's row at 5
-    growing_1S1 = (1 + 0.05 * torch.arange(S))[None, :, None]
-    assert lineage_of(EvolutionAnalysis.from_decoder(W * growing_1S1)).events == []
+    assert lineage_of(EvolutionAnalysis.from_decoder(W * GROWING_1S1)).events == []
     W[0, 3:] = _turned(u[0], u[4], 0.6)
     W[2, 5:] = W[3, 5:] = _turned(u[2], u[3], 0.6)
-    events = lineage_of(EvolutionAnalysis.from_decoder(W * growing_1S1)).events
+    events = lineage_of(EvolutionAnalysis.from_decoder(W * GROWING_1S1)).events
     assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1)), ("merge", 5, (2, 3))]
     W[0, 3] = u[0]  # 0 turns at 4, a snapshot after 1 leaves
-    events = lineage_of(EvolutionAnalysis.from_decoder(W * growing_1S1)).events
+    events = lineage_of(EvolutionAnalysis.from_decoder(W * GROWING_1S1)).events
     assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1)), ("merge", 5, (2, 3))]
