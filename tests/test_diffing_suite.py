@@ -15,7 +15,8 @@ import pytest
 import torch
 from hf_cache import make_word_tokenizer, tiny_neox, write_fake_hub_repo
 
-from crosslens.analysis.diffing import DiffingAnalysis, DiffingThresholds
+from crosslens.analysis.diffing import DiffingAnalysis, DiffingThresholds, diffing_scaling
+from crosslens.analysis.emergence_check import EmergenceCheckConfig
 from crosslens.cli import main
 from crosslens.core.model_specs import ModelSpec, model_labels, parse_models
 
@@ -46,6 +47,77 @@ def test_diffing_classes_by_relative_decoder_norm():
     assert "latent scaling: not measured" in diffing.summary_lines()[-1]
     with pytest.raises(ValueError, match="only_below <= shared_low"):
         DiffingThresholds(only_below=0.5)
+
+
+# each latent's scale in the base's and the chat model's activations, and what the decoder rows hold
+TWO_MODEL_DATA = torch.tensor([[0.0, 1.0], [0.3, 1.0], [1.0, 1.0], [0.3, 1.0], [0.0, 0.0], [1.0, 0.0]])
+TWO_MODEL_DECODER = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 1.0], [0.0, 1.0], [0.3, 0.0], [1.0, 0.0]])
+
+
+def two_model_crosscoder(n_tokens: int = 4000):
+    """A ReLU crosscoder of a base and a chat model whose code is the planted coefficients, on
+    activations ``x_m = sum_j c_j beta_jm u_j`` (orthonormal ``u_j``): latent 0 is the chat model's
+    alone; latent 1 is a third as strong in the base, whose row the decoder shrank to zero
+    (Complete Shrinkage); latent 3 likewise, but latent 4, firing with it, writes its base part
+    (Latent Decoupling: one concept, a latent per model); latent 2 is shared, latent 5 the base's."""
+    import crosslens.crosscoders as crosscoders
+
+    F, D = 6, 12
+    sae_cls, cfg_cls = crosscoders.ARCHITECTURES["crosscoder"][:2]
+    crosscoder = sae_cls(cfg_cls(d_in=D, d_sae=F, n_snapshots=2))
+    gen = torch.Generator().manual_seed(0)
+    u_FD = torch.linalg.qr(torch.randn(D, F, generator=gen))[0].T
+    rows_FD = u_FD.clone()
+    rows_FD[4] = u_FD[3]
+    with torch.no_grad():
+        crosscoder.W_dec.copy_(TWO_MODEL_DECODER[..., None] * rows_FD[:, None, :])
+        for p in (crosscoder.b_dec, crosscoder.b_enc, crosscoder.W_enc):
+            p.zero_()
+        for j in range(F):  # read back from the model where the latent is whole
+            crosscoder.W_enc[0 if j == 5 else 1, :, j] = u_FD[3 if j == 4 else j]
+    fires_NF = torch.rand(n_tokens, F, generator=gen) < 0.2
+    c_NF = (0.5 + torch.rand(n_tokens, F, generator=gen)) * fires_NF
+    c_NF[:, 4] = c_NF[:, 3]
+    x_NSD = torch.einsum("nf,fs,fd->nsd", c_NF, TWO_MODEL_DATA, u_FD)
+    return crosscoder, x_NSD, c_NF
+
+
+def test_latent_scaling_tells_a_chat_only_latent_from_complete_shrinkage_and_latent_decoupling():
+    from crosslens.analysis.latent_scaling import latent_scaling
+
+    crosscoder, x_NSD, c_NF = two_model_crosscoder()
+    with torch.no_grad():
+        assert torch.allclose(crosscoder.encode(x_NSD), c_NF, atol=1e-5)
+    scaling = latent_scaling(crosscoder, x_NSD)
+    diffing = DiffingAnalysis.from_crosscoder(crosscoder, labels=("base", "chat"), scaling=scaling)
+    assert diffing.classes == ["chat-only", "chat-only", "shared", "chat-only", "base-only", "base-only"]
+    verdicts = diffing.latent_scaling.verdicts
+    assert verdicts == ["specific", "shrinkage", None, "decoupling", "decoupling", "specific"]
+    # Minder et al.'s ratios, base over chat for a chat-only latent: the base's third in its error ...
+    assert float(diffing.latent_scaling.nu_error[1]) == pytest.approx(0.3, abs=1e-5)
+    assert float(diffing.latent_scaling.nu_error[0]) == pytest.approx(0.0, abs=1e-5)
+    # ... and latent 4 reconstructs latent 3's base part, none of it left in the base's error
+    assert float(diffing.latent_scaling.nu_error[3]) == pytest.approx(0.0, abs=1e-5)
+    assert float(diffing.latent_scaling.presence_elsewhere[3]) == pytest.approx(0.3, abs=1e-5)
+    assert torch.isnan(diffing.latent_scaling.nu_error[2]) and torch.isnan(diffing.latent_scaling.presence_elsewhere[2])
+    assert diffing.verdict_counts() == {
+        "base-only": {"specific": 1, "shrinkage": 0, "decoupling": 1, "not measured": 0},
+        "chat-only": {"specific": 1, "shrinkage": 1, "decoupling": 1, "not measured": 0},
+    }
+    lines = diffing.summary_lines()
+    assert lines[2] == "  latent scaling on 4,000 tokens, of the latents one model only:"
+    assert lines[4] == (
+        "    chat-only 3: 1 specific, 1 in base's error (Complete Shrinkage), "
+        "1 reconstructed in base by other latents (Latent Decoupling), 0 not measured"
+    )
+    # the presence line is the emergence check's: at 0.35 the base's third no longer counts
+    strict = diffing_scaling(diffing, scaling, EmergenceCheckConfig(presence_threshold=0.35))
+    assert strict.verdicts[:4] == ["specific", "specific", None, "specific"]
+    # a latent firing on fewer than min_fire of the tokens read gets no verdict
+    few = diffing_scaling(diffing, scaling, EmergenceCheckConfig(min_fire=int(scaling.n_fire.max()) + 1))
+    assert few.verdicts == ["not measured", "not measured", None, "not measured", "not measured", "not measured"]
+    with pytest.raises(ValueError, match="same two-model crosscoder"):
+        diffing_scaling(DiffingAnalysis.from_norms(torch.ones(3, 2), ("base", "chat")), scaling)
 
 
 def test_model_specs_and_labels():
@@ -149,9 +221,13 @@ def test_the_chain_on_two_models(two_models, tmp_path, capsys):
 
     assert main(["analyze", "--crosscoder", str(run), *CPU]) == 0
     out = capsys.readouterr().out
-    assert "model diffing (tiny-base vs tiny-chat)" in out and "latent scaling: not measured" in out
+    assert "model diffing (tiny-base vs tiny-chat)" in out
+    # analyzed with the run's store: latent scaling reads the one-model-only latents there
+    assert "latent scaling on 1,866 tokens, of the latents one model only:" in out
+    assert "    tiny-chat-only 0: 0 specific, 0 in tiny-base's error (Complete Shrinkage)" in out
     html = (run / "report.html").read_text()
     assert "Model diffing" in html and "tiny-chat-only" in html
+    assert "Latent scaling on 1,866 tokens, one-model-only latents" in html
 
     from crosslens.pretrained import LocalHubApi, push_to_hub
 

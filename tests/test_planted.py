@@ -85,8 +85,16 @@ def test_planted_samples():
 
 
 def test_planted_config_validation():
-    with pytest.raises(ValueError, match="n_snapshots >= 3"):
+    with pytest.raises(ValueError, match="n_snapshots >= 3, or n_transient=0"):
         PlantedConfig(n_snapshots=2)
+    with pytest.raises(ValueError, match="2 snapshots or more"):
+        PlantedConfig(n_snapshots=1, n_transient=0, transient_lengths=None)
+    # two snapshots without transients: two models, each with features of its own
+    two = PlantedEvolution.build(PlantedConfig(n_snapshots=2, n_transient=0, transient_lengths=None))
+    present_FS = two.magnitudes > 0
+    assert two.directions.shape == (32, 2, 32)
+    assert int((present_FS[:, 0] & ~present_FS[:, 1]).sum()) == 2  # the fading ones: the first model's own
+    assert int((~present_FS[:, 0] & present_FS[:, 1]).sum()) == 22  # the persistent ones, born in the second
     with pytest.raises(ValueError, match="exceeds n_features"):
         PlantedConfig(n_features=10)
     with pytest.raises(ValueError, match="one step per snapshot"):

@@ -99,13 +99,14 @@ def analyze_crosscoder(
             progress=progress,
         )
     report = evolution_report(analysis, title=title, probes=probes, contexts=contexts, device=device)
-    if is_diffing(crosscoder):  # two models: the diffing literature's classes beside the timelines
-        add_diffing_section(report, DiffingAnalysis.from_crosscoder(crosscoder, frequency=analysis.frequency))
     if emergence:
         configs = {"scaling_config": scaling_config, "check_config": check_config, "lineage_config": lineage_config}
         analysis.emergence = compute_emergence(
             crosscoder, analysis, store, hook=hook, device=device, progress=progress, **configs
         )
+    if is_diffing(crosscoder):  # two models: the diffing literature's classes beside the timelines
+        add_diffing_section(report, DiffingAnalysis.of_analysis(crosscoder, analysis))
+    if analysis.emergence is not None:
         add_emergence_section(report, analysis, analysis.emergence)
     return analysis, report
 

@@ -11,10 +11,16 @@ and its class: ``A-only`` below ``only_below`` (0.1), ``B-only`` above ``only_ab
 ``dead`` where both norms are zero or the latent never fired on the tokens measured. Classes are
 named with the models' labels (``gemma-2-2b-only``, ``gemma-2-2b-it-only``).
 
-Decoder norms alone can call a latent B-only when it reconstructs B's activations better simply
-because it absorbed B's share of an error (Minder et al.'s sparsity artifacts); their check is
-latent scaling. :attr:`DiffingAnalysis.latent_scaling` holds its per-latent verdict beside these
-classes once it is measured (None until then), and reports show both.
+Decoder norms alone can call a latent B-only when A's activations hold it too (Minder et al.'s
+sparsity artifacts): the penalty shrank A's row of a concept weaker there to zero (*Complete
+Shrinkage*), or other latents carry the concept in A (*Latent Decoupling*). Their check is latent
+scaling (:mod:`crosslens.analysis.latent_scaling`), read here as the emergence check reads it
+through training (:func:`~crosslens.analysis.emergence_check.scaled_presence`, the same lines):
+a one-model-only latent is *present in the other model* where its latent-scaled presence there
+reaches the presence line. :func:`diffing_scaling` gives each such latent a verdict
+(:data:`DIFFING_VERDICTS`) and Minder et al.'s ratios, ``nu_error`` (the other model's error
+target over the latent's own model's) and ``nu_reconstruction`` (the same for what other latents
+reconstruct); :attr:`DiffingAnalysis.latent_scaling` holds them where activations were read.
 """
 
 from __future__ import annotations
@@ -26,10 +32,18 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+from crosslens.analysis.emergence_check import EmergenceCheckConfig, scaled_presence
+from crosslens.analysis.latent_scaling import LatentScaling
 from crosslens.core.metadata import metadata_value
 from crosslens.crosscoders.folding import training_space_decoder
 
 MODELS_FAMILY = "models"
+
+DIFFING_VERDICTS: tuple[str, ...] = ("specific", "shrinkage", "decoupling", "not measured")
+"""Latent scaling's verdict on a latent the decoder norms give one model only: ``specific`` (the
+other model's activations do not hold it), ``shrinkage`` (they do, in the error that model's
+reconstruction leaves: Complete Shrinkage), ``decoupling`` (they do, reconstructed there by other
+latents: Latent Decoupling), ``not measured`` (it fires on too few of the tokens read)."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +80,8 @@ class DiffingAnalysis:
     classes: list[str]
     """Each latent's class: ``shared``, ``<A>-only``, ``<B>-only``, ``other`` or ``dead``."""
     thresholds: DiffingThresholds
-    latent_scaling: Any = None
-    """Latent scaling's per-latent verdict, once measured (None: not measured)."""
+    latent_scaling: DiffingScaling | None = None
+    """Latent scaling's verdict on the one-model-only latents (None: no activations were read)."""
 
     @classmethod
     def from_crosscoder(
@@ -77,16 +91,37 @@ class DiffingAnalysis:
         labels: tuple[str, str] | None = None,
         frequency: torch.Tensor | None = None,
         thresholds: DiffingThresholds | None = None,
+        scaling: LatentScaling | None = None,
+        check_config: EmergenceCheckConfig | None = None,
     ) -> DiffingAnalysis:
         """The classes of ``crosscoder`` (two snapshots). ``labels``: the models' names (default:
         the revisions its metadata records). ``frequency``: each latent's firing frequency on some
-        tokens, where measured (latents that never fired are ``dead``)."""
+        tokens, where measured (latents that never fired are ``dead``). ``scaling``: the
+        crosscoder's latent scaling, where measured, for :func:`diffing_scaling` (with the
+        presence lines of ``check_config``)."""
         if crosscoder.cfg.n_snapshots != 2:
             raise ValueError(
                 f"diffing classes compare two models; this crosscoder reads {crosscoder.cfg.n_snapshots} snapshots"
             )
         norms_F2 = training_space_decoder(crosscoder).float().norm(dim=-1).cpu()
-        return cls.from_norms(norms_F2, labels or model_labels(crosscoder), frequency, thresholds)
+        diffing = cls.from_norms(norms_F2, labels or model_labels(crosscoder), frequency, thresholds)
+        if scaling is not None:
+            diffing.latent_scaling = diffing_scaling(diffing, scaling, check_config)
+        return diffing
+
+    @classmethod
+    def of_analysis(cls, crosscoder: Any, analysis: Any) -> DiffingAnalysis:
+        """The classes of ``crosscoder`` with what its evolution ``analysis`` measured: firing
+        frequencies, and latent scaling with the emergence check's lines where
+        :func:`~crosslens.analysis.analyze.analyze_crosscoder` read activations."""
+        emergence = getattr(analysis, "emergence", None)
+        check = getattr(emergence, "check", None)
+        return cls.from_crosscoder(
+            crosscoder,
+            frequency=analysis.frequency,
+            scaling=getattr(emergence, "scaling", None),
+            check_config=None if check is None else check.config,
+        )
 
     @classmethod
     def from_norms(
@@ -132,9 +167,97 @@ class DiffingAnalysis:
             f"(A-only < {t.only_below}, shared {t.shared_low}-{t.shared_high}, B-only > {t.only_above}):",
             "  " + ", ".join(f"{name} {count}" for name, count in self.class_counts().items()),
         ]
-        verdict = "not measured" if self.latent_scaling is None else "measured"
-        lines.append(f"  latent scaling: {verdict}")
+        if self.latent_scaling is None:
+            lines.append("  latent scaling: not measured (it reads the models' activations: give a store)")
+            return lines
+        lines.append(f"  latent scaling on {self.latent_scaling.n_tokens:,} tokens, of the latents one model only:")
+        for name, counts in self.verdict_counts().items():
+            lines.append(f"    {name} {sum(counts.values())}: " + self._verdict_words(name, counts))
         return lines
+
+    def only_classes(self) -> tuple[str, str]:
+        """The two one-model-only classes' names, in the models' order."""
+        return f"{self.models[0]}-only", f"{self.models[1]}-only"
+
+    def verdict_counts(self) -> dict[str, dict[str, int]]:
+        """For each one-model-only class, its latents per latent-scaling verdict ({} unmeasured)."""
+        if self.latent_scaling is None:
+            return {}
+        verdicts = self.latent_scaling.verdicts
+        return {
+            name: {v: sum(c == name and w == v for c, w in zip(self.classes, verdicts)) for v in DIFFING_VERDICTS}
+            for name in self.only_classes()
+        }
+
+    def _verdict_words(self, name: str, counts: dict[str, int]) -> str:
+        other = self.models[1] if name == self.only_classes()[0] else self.models[0]
+        return (
+            f"{counts['specific']} specific, {counts['shrinkage']} in {other}'s error (Complete Shrinkage), "
+            f"{counts['decoupling']} reconstructed in {other} by other latents (Latent Decoupling), "
+            f"{counts['not measured']} not measured"
+        )
+
+
+@dataclass(frozen=True)
+class DiffingScaling:
+    """Latent scaling's reading of a two-model crosscoder's one-model-only latents (:func:`diffing_scaling`)."""
+
+    verdicts: list[str | None]
+    """Each latent's verdict (:data:`DIFFING_VERDICTS`); None for a latent of no one-model class."""
+    presence_elsewhere: Float[torch.Tensor, " d_sae"]
+    """Its latent-scaled presence in the model its decoder leaves out (a share of its largest; NaN: no verdict)."""
+    nu_error: Float[torch.Tensor, " d_sae"]
+    """Minder et al.'s nu on the error target: its amplitude in that model's reconstruction error
+    without it over the same in its own model (NaN: no verdict, or no amplitude in its own)."""
+    nu_reconstruction: Float[torch.Tensor, " d_sae"]
+    """The same on what other latents reconstruct along its direction."""
+    n_tokens: int
+    """Tokens latent scaling read."""
+
+
+def diffing_scaling(
+    diffing: DiffingAnalysis, scaling: LatentScaling, config: EmergenceCheckConfig | None = None
+) -> DiffingScaling:
+    """Latent scaling's verdict on each one-model-only latent of ``diffing``: present in the other
+    model where its latent-scaled presence there (:func:`scaled_presence`, ``config``'s lines)
+    reaches ``presence_threshold``, in that model's error where its error-target amplitude there
+    is at least what other latents reconstruct (as the emergence check places an early
+    presence), and measured where it fires on ``min_fire`` of the tokens read."""
+    config = config or EmergenceCheckConfig()
+    if scaling.amplitude.shape != diffing.norms.shape:
+        raise ValueError(
+            f"the latent scaling has shape {list(scaling.amplitude.shape)} and the diffing classes "
+            f"{list(diffing.norms.shape)}: compute both from the same two-model crosscoder."
+        )
+    first_only, second_only = diffing.only_classes()
+    own_F = torch.tensor([{first_only: 0, second_only: 1}.get(c, -1) for c in diffing.classes])
+    only_F = own_F >= 0
+    other_F1 = (1 - own_F).clamp(0, 1)[:, None]
+    elsewhere_F = scaled_presence(scaling, config).gather(1, other_F1)[:, 0]
+    in_error_F = (scaling.error_amplitude >= scaling.reconstruction_amplitude).gather(1, other_F1)[:, 0]
+    measured_F = scaling.n_fire >= config.min_fire
+
+    def nu(target: str) -> torch.Tensor:
+        ratio_F = torch.where(own_F == 1, scaling.ratio(0, 1, target), scaling.ratio(1, 0, target))
+        return torch.where(only_F, ratio_F, torch.nan)
+
+    verdicts: list[str | None] = []
+    for only, measured, present, in_error in zip(
+        only_F.tolist(), measured_F.tolist(), (elsewhere_F >= config.presence_threshold).tolist(), in_error_F.tolist()
+    ):
+        if not only:
+            verdicts.append(None)
+        elif not measured:
+            verdicts.append("not measured")
+        else:
+            verdicts.append(("shrinkage" if in_error else "decoupling") if present else "specific")
+    return DiffingScaling(
+        verdicts=verdicts,
+        presence_elsewhere=torch.where(only_F, elsewhere_F, torch.nan),
+        nu_error=nu("error"),
+        nu_reconstruction=nu("reconstruction"),
+        n_tokens=scaling.n_tokens,
+    )
 
 
 def is_diffing(crosscoder: Any) -> bool:
@@ -171,14 +294,53 @@ def add_diffing_section(report: Any, diffing: DiffingAnalysis) -> None:
         f"((||d_{b}|| - ||d_{a}||) / max + 1) / 2, is 0 where only {a}'s decoder writes it and 1 where only "
         f"{b}'s does; below {t.only_below} a latent is {a}-only, above {t.only_above} {b}-only, from "
         f"{t.shared_low} to {t.shared_high} shared (Minder et al. 2025's thresholds). Decoder norms can call a "
-        f"latent {b}-only that only absorbed part of a shared one; latent scaling checks that."
+        f"latent {b}-only that {a}'s activations hold too; latent scaling checks that."
     )
     total = max(1, len(diffing.classes))
     rows = [{"class": name, "latents": n, "share": n / total} for name, n in diffing.class_counts().items()]
     report.add_table(rows, title="Latents per diffing class", percent=("share",))
-    verdict = "not measured" if diffing.latent_scaling is None else str(diffing.latent_scaling)
-    report.add_table([{"check": "latent scaling", "verdict": verdict}], title="Beside the decoder norms")
     live = [d for d, c in zip(diffing.relative_norm.tolist(), diffing.classes) if c != "dead"]
     figure = go.Figure(go.Histogram(x=live, xbins={"start": 0, "end": 1.0001, "size": 0.02}))
     figure.update_layout(xaxis_title=f"relative norm difference (0: {a} only, 1: {b} only)", yaxis_title="latents")
     report.add_figure(figure, caption="Live latents by relative decoder norm difference")
+    _add_scaling_verdicts(report, diffing)
+
+
+def _add_scaling_verdicts(report: Any, diffing: DiffingAnalysis) -> None:
+    """Latent scaling's verdicts on the one-model-only latents, and their ratios as Minder et al. plot them."""
+    import plotly.graph_objects as go
+
+    scaling = diffing.latent_scaling
+    if scaling is None:
+        report.add_text("Latent scaling: not measured (it reads the models' activations: analyze with a store).")
+        return
+    rows = [{"class": name, **counts} for name, counts in diffing.verdict_counts().items()]
+    report.add_table(rows, title=f"Latent scaling on {scaling.n_tokens:,} tokens, one-model-only latents")
+    figure = go.Figure()
+    for name in diffing.only_classes():
+        chosen = [
+            i for i, (c, v) in enumerate(zip(diffing.classes, scaling.verdicts)) if c == name and v != "not measured"
+        ]
+        figure.add_trace(
+            go.Scatter(
+                x=scaling.nu_error[chosen].tolist(),
+                y=scaling.nu_reconstruction[chosen].tolist(),
+                mode="markers",
+                name=name,
+                text=[f"latent {i}: {scaling.verdicts[i]}" for i in chosen],
+            )
+        )
+    figure.update_layout(
+        xaxis_title="nu, error target (other model over own)",
+        yaxis_title="nu, other latents' reconstruction",
+        xaxis_range=[-0.1, 1.1],
+        yaxis_range=[-0.1, 1.1],
+    )
+    report.add_figure(
+        figure,
+        caption=(
+            "Each measured one-model-only latent's ratios: near 0 on both, the other model holds none of it; "
+            "high on the error target, its decoder there shrank (Complete Shrinkage); high on the "
+            "reconstruction, other latents carry it there (Latent Decoupling)."
+        ),
+    )

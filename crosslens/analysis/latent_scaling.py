@@ -277,11 +277,17 @@ class LatentScaling:
 
     def ratio(self, snapshot: int, reference: int, target: str = "error") -> Float[torch.Tensor, " d_sae"]:
         """Minder et al.'s ``nu``: the latent's amplitude at ``snapshot`` over its amplitude at
-        ``reference`` on ``target`` ("error" or "activation"); for a two-model crosscoder, base
-        over fine-tuned. NaN where the reference amplitude is 0."""
-        table = self.error_amplitude if target == "error" else self.amplitude
-        if target not in ("error", "activation"):
-            raise ValueError(f"target={target!r}: choose 'error' or 'activation'.")
+        ``reference`` on ``target`` ("error", "reconstruction": what other latents reconstruct, or
+        "activation"); for a two-model crosscoder, base over fine-tuned. NaN where the reference
+        amplitude is 0."""
+        tables = {
+            "error": self.error_amplitude,
+            "reconstruction": self.reconstruction_amplitude,
+            "activation": self.amplitude,
+        }
+        if target not in tables:
+            raise ValueError(f"target={target!r}: choose one of {', '.join(map(repr, tables))}.")
+        table = tables[target]
         denominator = table[:, reference]
         return torch.where(denominator != 0, table[:, snapshot] / denominator, torch.nan)
 

@@ -120,10 +120,12 @@ class PlantedConfig:
     (:mod:`crosslens.analysis.planted_events`); None: none."""
 
     def __post_init__(self) -> None:
-        if self.n_snapshots < 3:
+        if self.n_snapshots < 2:
+            raise ValueError(f"n_snapshots={self.n_snapshots}: a planted evolution needs 2 snapshots or more.")
+        if self.n_snapshots < 3 and self.n_transient:
             raise ValueError(
                 f"n_snapshots={self.n_snapshots}: transient features need at least 3 snapshots "
-                "(absent, present, faded); use n_snapshots >= 3."
+                "(absent, present, faded); use n_snapshots >= 3, or n_transient=0 (two models)."
             )
         scheduled = self.n_initialization + self.n_initialization_fading + self.n_transient
         if min(self.n_initialization, self.n_initialization_fading, self.n_transient) < 0:

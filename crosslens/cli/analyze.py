@@ -93,7 +93,7 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
     report.write(out_path)
     print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
     if is_diffing(crosscoder):
-        print("\n".join(DiffingAnalysis.from_crosscoder(crosscoder, frequency=analysis.frequency).summary_lines()))
+        print("\n".join(DiffingAnalysis.of_analysis(crosscoder, analysis).summary_lines()))
     print(analysis.emergence.summary())
     _save_emergence(folder, run_dir, analysis.emergence, opened)
     if store is None:
