@@ -60,6 +60,10 @@ class EvolutionAnalysis:
     """The emergence check (latent scaling) and lineage of the crosscoder, where computed
     (:func:`~crosslens.analysis.analyze.analyze_crosscoder` sets it: an
     :class:`~crosslens.analysis.emergence_record.EmergenceResult`)."""
+    diffing: Any = field(default=None, repr=False)
+    """The model-diffing classes and latent scaling's verdict on them, where the crosscoder reads
+    two models (:func:`~crosslens.analysis.analyze.analyze_crosscoder` sets it: a
+    :class:`~crosslens.analysis.diffing.DiffingAnalysis`)."""
     norms: Float[torch.Tensor, "d_sae n_snapshots"] = field(init=False, repr=False)
     """Raw decoder norms."""
     normalized: Float[torch.Tensor, "d_sae n_snapshots"] = field(init=False, repr=False)

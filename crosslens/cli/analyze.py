@@ -54,7 +54,6 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
     from crosslens.activations import ActivationStore
     from crosslens.activations.partners import check_crosscoder_store
     from crosslens.analysis import analyze_crosscoder
-    from crosslens.analysis.diffing import DiffingAnalysis, is_diffing
     from crosslens.causal.spliced_loss import add_spliced_loss_section
     from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.training.runfolder import crosscoder_suite_record, run_folder, run_store
@@ -92,8 +91,8 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
         report.extend(section)
     report.write(out_path)
     print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
-    if is_diffing(crosscoder):
-        print("\n".join(DiffingAnalysis.of_analysis(crosscoder, analysis).summary_lines()))
+    if analysis.diffing is not None:
+        print("\n".join(analysis.diffing.summary_lines()))
     print(analysis.emergence.summary())
     _save_emergence(folder, run_dir, analysis.emergence, opened)
     if store is None:
