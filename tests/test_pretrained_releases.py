@@ -16,6 +16,7 @@ from hf_cache import offline_hf_home_at
 from huggingface_hub import constants, hf_hub_download
 from pretrained_sources import (
     GEMMA_BASE,
+    GEMMA_CHAT,
     dictionary_learning_forward,
     kissane_forward,
     write_fake_releases,
@@ -147,6 +148,14 @@ def test_cli_reads_a_release_as_its_crosscoder(fake_releases, capsys, tmp_path):
     assert main(["analyze", "--crosscoder", crosscoder, "--device", "cpu", "--out", str(tmp_path / "report.html")]) == 0
     out = capsys.readouterr().out
     assert "model diffing (gemma-2-2b vs gemma-2-2b-it)" in out and "latent scaling: not measured" in out
+    # with a store of both models' activations, latent scaling judges its one-model-only latents
+    store = tmp_path / "store"
+    harvest = ["--models", f"{GEMMA_BASE},{GEMMA_CHAT}", "--hook", "blocks.13.hook_resid_post", "--out", str(store)]
+    assert main(["harvest", *harvest, "--n-tokens", "1024", "--seq-len", "16", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    report = ["--out", str(tmp_path / "measured.html"), "--device", "cpu"]
+    assert main(["analyze", "--crosscoder", crosscoder, "--store", str(store), *report]) == 0
+    assert "  latent scaling on 930 tokens, of the latents one model only:" in capsys.readouterr().out
 
 
 def test_a_release_whose_models_are_not_cached_is_refused_before_anything_is_fetched(tmp_path, capsys):
