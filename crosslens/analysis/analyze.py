@@ -65,8 +65,9 @@ def analyze_crosscoder(
     With ``emergence`` (default) it also checks every emergence with latent scaling on the store
     and reads the latents' lineage (:func:`~crosslens.analysis.emergence_record.compute_emergence`,
     settings in the three configs), kept as ``analysis.emergence`` and given its report section.
-    A crosscoder of two models also gets the diffing classes, with latent scaling's verdict on its
-    one-model-only latents where it read the store, kept as ``analysis.diffing``.
+    A crosscoder of two models gets the diffing classes instead of the emergence section, with
+    latent scaling's verdict on its one-model-only latents where it read the store, kept as
+    ``analysis.diffing``.
     Returns the analysis and the report; ``report.write(path)`` saves it.
     """
     frequency = None
@@ -106,10 +107,12 @@ def analyze_crosscoder(
         analysis.emergence = compute_emergence(
             crosscoder, analysis, store, hook=hook, device=device, progress=progress, **configs
         )
-    if is_diffing(crosscoder):  # two models: the diffing literature's classes beside the timelines
+    if is_diffing(crosscoder):
+        # two models: the diffing literature's classes, judged by latent scaling; a base model and its
+        # fine-tune have no training order for an emergence or a lineage event to follow
         analysis.diffing = DiffingAnalysis.of_analysis(crosscoder, analysis)
         add_diffing_section(report, analysis.diffing)
-    if analysis.emergence is not None:
+    elif analysis.emergence is not None:
         add_emergence_section(report, analysis, analysis.emergence)
     return analysis, report
 

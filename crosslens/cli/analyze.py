@@ -91,9 +91,10 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
         report.extend(section)
     report.write(out_path)
     print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
-    if analysis.diffing is not None:
+    if analysis.diffing is not None:  # two models: no training order for an emergence or a lineage to follow
         print("\n".join(analysis.diffing.summary_lines()))
-    print(analysis.emergence.summary())
+    else:
+        print(analysis.emergence.summary())
     _save_emergence(folder, run_dir, analysis.emergence, opened)
     if store is None:
         _say_no_store(run_dir)
