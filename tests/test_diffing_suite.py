@@ -226,7 +226,7 @@ def test_the_chain_on_two_models(two_models, tmp_path, capsys):
     assert "latent scaling on 1,866 tokens, of the latents one model only:" in out
     assert "    tiny-chat-only 0: 0 specific, 0 in tiny-base's error (Complete Shrinkage)" in out
     # a base model and its fine-tune have no training order: no emergence check or lineage to print
-    assert "measured emergences contested" not in out and "splits" not in out
+    assert "measured emergences contested" not in out and "splits" not in out and "persistent" not in out
     html = (run / "report.html").read_text()
     assert "Model diffing" in html and "tiny-chat-only" in html
     assert "Latent scaling on 1,866 tokens, one-model-only latents" in html

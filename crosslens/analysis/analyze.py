@@ -107,14 +107,19 @@ def analyze_crosscoder(
         analysis.emergence = compute_emergence(
             crosscoder, analysis, store, hook=hook, device=device, progress=progress, **configs
         )
+    _add_checks(report, crosscoder, analysis)
+    return analysis, report
+
+
+def _add_checks(report: Report, crosscoder: Crosscoder, analysis: EvolutionAnalysis) -> None:
+    """The emergence check's section; for a crosscoder of two models instead (a base model and its
+    fine-tune have no training order for an emergence or a lineage event to follow), the diffing
+    classes judged by latent scaling, kept as ``analysis.diffing``."""
     if is_diffing(crosscoder):
-        # two models: the diffing literature's classes, judged by latent scaling; a base model and its
-        # fine-tune have no training order for an emergence or a lineage event to follow
         analysis.diffing = DiffingAnalysis.of_analysis(crosscoder, analysis)
         add_diffing_section(report, analysis.diffing)
     elif analysis.emergence is not None:
         add_emergence_section(report, analysis, analysis.emergence)
-    return analysis, report
 
 
 def write_evolution_report(crosscoder: Crosscoder, out: str | Path, **kwargs: Any) -> Path:

@@ -90,10 +90,10 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
     for section in sections:
         report.extend(section)
     report.write(out_path)
-    print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
-    if analysis.diffing is not None:  # two models: no training order for an emergence or a lineage to follow
+    if analysis.diffing is not None:  # two models: no training order for classes through time or emergences
         print("\n".join(analysis.diffing.summary_lines()))
     else:
+        print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
         print(analysis.emergence.summary())
     _save_emergence(folder, run_dir, analysis.emergence, opened)
     if store is None:
