@@ -28,7 +28,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
 
-from crosslens.analysis.diffing import DiffingAnalysis
+from crosslens.analysis.diffing import DiffingAnalysis, diffing_scaling
+from crosslens.analysis.emergence_check import EmergenceCheckConfig
 from crosslens.analysis.latent_scaling import latent_scaling
 from crosslens.analysis.probes import firing_frequency
 from crosslens.analysis.synthetic import match_planted
@@ -42,6 +43,8 @@ from planted_generators import build_planted, run_grid
 TWO_MODELS = {"n_snapshots": 2, "n_transient": 0, "transient_lengths": None}
 """The ``weak-early`` preset's overrides that make it two models."""
 LABELS = ("base", "tuned")
+PRESENCE_LINES = (0.05, 0.1, 0.2, 0.3)
+"""The presence lines the verdict is scored at (the emergence check's, 0.1, among them)."""
 
 
 def planted_two_models(seed: int):
@@ -70,9 +73,18 @@ def run_one(arch: str, seed: int, cache: str | None) -> dict:
     weak_recovered = [latent_of[i] for i in weak if i in latent_of]
     weak_tuned_only = [j for j in weak_recovered if diffing.classes[j] == f"{LABELS[1]}-only"]
     own_classed = [latent_of[i] for i, name in own.items() if i in latent_of and diffing.classes[latent_of[i]] == name]
+    lines = {}
+    for line in PRESENCE_LINES:
+        config = EmergenceCheckConfig(presence_threshold=line, fade_threshold=min(line, 0.05))
+        at_line = diffing_scaling(diffing, scaling, config).verdicts
+        lines[str(line)] = (
+            sum(at_line[j] in ("shrinkage", "decoupling") for j in weak_tuned_only),
+            sum(at_line[j] in ("shrinkage", "decoupling") for j in own_classed),
+        )
     return {
         "arch": arch,
         "seed": seed,
+        "lines": lines,
         "weak_planted": len(weak),
         "weak_recovered": len(weak_recovered),
         "weak_called_tuned_only": len(weak_tuned_only),
@@ -99,7 +111,7 @@ def table(runs: list[dict]) -> str:
     ]
     for arch in dict.fromkeys(r["arch"] for r in runs):
         mine = [r for r in runs if r["arch"] == arch]
-        total = {k: sum(r[k] for r in mine) for k in mine[0] if k not in ("arch", "seed")}
+        total = {k: sum(r[k] for r in mine) for k in mine[0] if k not in ("arch", "seed", "lines")}
         per_seed = ", ".join(str(r["weak_called_tuned_only"]) for r in mine)
         rows.append(
             f"| {arch} | {share(total['weak_recovered'], total['weak_planted'])} "
@@ -107,6 +119,24 @@ def table(runs: list[dict]) -> str:
             f"| {share(total['weak_found_in_base'], total['weak_called_tuned_only'])} ({total['weak_shrinkage']}) "
             f"| {share(total['own_classed_only'], total['own_recovered'])} "
             f"| {share(total['own_specific'], total['own_classed_only'])} |"
+        )
+    return "\n".join(rows)
+
+
+def line_table(runs: list[dict]) -> str:
+    """The verdict at each presence line, over every architecture: weak shared features found in the
+    base of those the decoder norms call tuned-only, and one-model features flagged as present in the
+    other model (false flags) of those classed one-model-only."""
+    weak = sum(r["weak_called_tuned_only"] for r in runs)
+    own = sum(r["own_classed_only"] for r in runs)
+    rows = [
+        "| presence line | weak in the base found, of those called tuned-only | one model's own flagged, of those classed one-model-only |",
+        "|---|---|---|",
+    ]
+    for line in map(str, PRESENCE_LINES):
+        found, flagged = (sum(r["lines"][line][k] for r in runs) for k in (0, 1))
+        rows.append(
+            f"| {line}{' (default)' if float(line) == 0.1 else ''} | {share(found, weak)} | {share(flagged, own)} |"
         )
     return "\n".join(rows)
 
@@ -119,7 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
     args = parser.parse_args(argv)
     grid = [(arch, seed, args.cache) for arch in args.arch for seed in args.seeds]
-    print(table(run_grid(run_one, grid, args.jobs)))
+    runs = run_grid(run_one, grid, args.jobs)
+    print(table(runs))
+    print()
+    print(line_table(runs))
 
 
 if __name__ == "__main__":
