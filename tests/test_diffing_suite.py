@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import trust_fixtures as tf
 from hf_cache import make_word_tokenizer, tiny_neox, write_fake_hub_repo
 
 from crosslens.analysis.diffing import DiffingAnalysis, DiffingThresholds, diffing_scaling
 from crosslens.analysis.emergence_check import EmergenceCheckConfig
 from crosslens.cli import main
 from crosslens.core.model_specs import ModelSpec, model_labels, parse_models
+from crosslens.core.paths import EMERGENCE_NAME
+from crosslens.core.sealed import write_sealed
 
 BASE, CHAT = "crosslens-test/tiny-base", "crosslens-test/tiny-chat"
 MODELS = f"{BASE},{CHAT}"
@@ -235,7 +238,21 @@ def test_the_chain_on_two_models(two_models, tmp_path, capsys):
 
     card = push_to_hub(run, "me/tiny-diff", api=LocalHubApi(tmp_path / "hub"), n_eval_tokens=256).card
     assert "# Model-diffing crosscoder: crosslens-test/tiny-base vs crosslens-test/tiny-chat" in card
-    assert "## Feature classes" in card and "tiny-chat-only" in card
+    # the card gives the diffing classes and the verdict analyze saved beside the run for these weights
+    assert "## Model diffing" in card and "## Feature classes" not in card
+    assert "Latent scaling on 1,866 tokens, of the one-model-only latents:" in card
+    assert "| tiny-chat-only | 0 | 0 | 0 | 0 | 0 |" in card
+    # a saved check of other weights (the run trained again since) is said and left out of the card
+    again = tf.copy_tree(run, tmp_path / "again")
+    record = json.loads((again / EMERGENCE_NAME).read_text())
+    record["partners"]["crosscoder"] = "0" * 64
+    write_sealed(
+        again / EMERGENCE_NAME, {k: v for k, v in record.items() if k != "emergence_sha256"}, "emergence_sha256"
+    )
+    capsys.readouterr()
+    card = push_to_hub(again, "me/tiny-diff-2", api=LocalHubApi(tmp_path / "hub"), n_eval_tokens=256).card
+    assert "Latent scaling: not measured" in card and "| tiny-chat-only |" not in card
+    assert "note: the card leaves latent scaling out:" in capsys.readouterr().out
 
     dashboards = ["--top-k", "4", "--window", "3", "--batch-size", "48", *CPU]
     assert main(["dashboards", str(run), *dashboards]) == 0

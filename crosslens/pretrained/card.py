@@ -3,6 +3,7 @@ conversion did, and how to load it (written beside the weights, as ``README.md``
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -104,3 +105,59 @@ def _load(record: dict[str, Any]) -> list[str]:
     return load_section(
         [f'crosscoder, suite = crosslens.from_pretrained("{record["release"]}", "{record["crosscoder_id"]}")']
     )
+
+
+def run_diffing(crosscoder: Any, folder: Path, frequency: Any = None) -> Any:
+    """The diffing classes of a two-model crosscoder (its ``folder``), for its card, with latent
+    scaling's verdict where ``crosslens analyze`` saved it beside the run for these very weights; a
+    saved check of other weights (a checkpoint's, or a run trained again) is said and left out."""
+    from sae_lens.constants import SAE_WEIGHTS_FILENAME
+
+    from crosslens.analysis.diffing import DiffingAnalysis
+    from crosslens.analysis.emergence_record import EmergenceRecordError, read_emergence
+    from crosslens.core.hashing import file_sha256
+    from crosslens.core.paths import EMERGENCE_NAME
+    from crosslens.training.runfolder import run_folder
+
+    run, result = run_folder(folder), None
+    if run is not None and (run / EMERGENCE_NAME).is_file():
+        try:
+            result = read_emergence(run, file_sha256(folder / SAE_WEIGHTS_FILENAME))
+        except EmergenceRecordError as error:
+            print(f"note: the card leaves latent scaling out: {error}")
+    return DiffingAnalysis.from_crosscoder(
+        crosscoder,
+        frequency=frequency,
+        scaling=None if result is None else result.scaling,
+        check_config=None if result is None or result.check is None else result.check.config,
+    )
+
+
+def diffing_section(diffing: Any) -> list[str]:
+    """A two-model crosscoder card's section: its diffing classes and latent scaling's verdict on them."""
+    t, (a, b) = diffing.thresholds, diffing.models
+    counts = ", ".join(f"{name} {n}" for name, n in diffing.class_counts().items())
+    lines = [
+        "## Model diffing",
+        "",
+        f"By relative decoder norm ({a}-only under {t.only_below}, shared {t.shared_low}-{t.shared_high}, "
+        f"{b}-only over {t.only_above}; Minder et al. 2025): {counts}.",
+        "",
+    ]
+    if diffing.latent_scaling is None:
+        return lines + [
+            "Latent scaling: not measured (`crosslens analyze` with a store of both models' activations saves it "
+            "beside the run).",
+            "",
+        ]
+    lines += [
+        f"Latent scaling on {diffing.latent_scaling.n_tokens:,} tokens, of the one-model-only latents:",
+        "",
+        "| class | latents | specific | in the other model's error (Complete Shrinkage) | reconstructed there "
+        "by other latents (Latent Decoupling) | not measured |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, n in diffing.verdict_counts().items():
+        verdicts = " | ".join(str(n[v]) for v in ("specific", "shrinkage", "decoupling", "not measured"))
+        lines.append(f"| {name} | {sum(n.values())} | {verdicts} |")
+    return lines + [""]

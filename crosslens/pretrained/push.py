@@ -36,7 +36,7 @@ import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one t
 from crosslens.architectures import uses_k
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import FINAL_DIRNAME, QUALITY_NAME, RUN_CONFIG_NAME
-from crosslens.pretrained.card import front_matter, load_section
+from crosslens.pretrained.card import diffing_section, front_matter, load_section, run_diffing
 
 if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder
@@ -65,6 +65,8 @@ class Publication:
     """The run's ``run.json``, for the card's training settings."""
     class_counts: dict[str, int] | None = None
     """Features per evolution class, for the card."""
+    diffing: Any = None
+    """A two-model crosscoder's diffing classes and latent scaling's verdict (``card.run_diffing``)."""
 
 
 @dataclass
@@ -126,6 +128,7 @@ def push_to_hub(
     activation store (``store_path``, default the run's ``run.json`` store) when it is at
     hand; the card says which tokens. ``api`` defaults to ``huggingface_hub.HfApi()``.
     """
+    from crosslens.analysis.diffing import is_diffing
     from crosslens.crosscoders.saved import load_crosscoder_folder
 
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
@@ -153,9 +156,11 @@ def push_to_hub(
     spliced = run_spliced_loss(folder, run_config, crosscoder)
     if fold_normalization and not meta.get("activation_norm_factors_folded") and meta.get("activation_norm_factors"):
         crosscoder.fold_activation_norm_scaling_factors()
-    class_counts = feature_class_counts(crosscoder, evaluation)
+    frequency = torch.tensor(evaluation["firing_frequency"]) if evaluation else None
+    diffing = run_diffing(crosscoder, folder, frequency) if is_diffing(crosscoder) else None
+    class_counts = None if diffing is not None else feature_class_counts(crosscoder, frequency)
     publication = Publication(
-        crosscoder, repo_id, crosscoder_id, release, evaluation, spliced, run_config, class_counts
+        crosscoder, repo_id, crosscoder_id, release, evaluation, spliced, run_config, class_counts, diffing
     )
     card, entry = model_card(publication), registry_entry(publication)
 
@@ -270,14 +275,10 @@ def evaluate_per_snapshot(
     }
 
 
-def feature_class_counts(crosscoder: Crosscoder, evaluation: dict[str, Any] | None) -> dict[str, int] | None:
+def feature_class_counts(crosscoder: Crosscoder, frequency: torch.Tensor | None) -> dict[str, int] | None:
     """Feature classes from the decoder-norm timelines (with firing frequencies when measured)."""
-    from crosslens.analysis.diffing import DiffingAnalysis, is_diffing
     from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 
-    frequency = torch.tensor(evaluation["firing_frequency"]) if evaluation else None
-    if is_diffing(crosscoder):  # two models: the diffing classes, not timelines
-        return DiffingAnalysis.from_crosscoder(crosscoder, frequency=frequency).class_counts()
     try:
         return EvolutionAnalysis.from_crosscoder(crosscoder, frequency=frequency).class_counts()
     except ValueError:  # e.g. snapshots without steps in training order: no timeline to classify
@@ -335,6 +336,8 @@ def model_card(publication: Publication) -> str:
     lines += ["## Training", "", "| setting | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in settings]
     lines.append("")
+    if p.diffing is not None:  # two models: the diffing classes, not timelines
+        lines += diffing_section(p.diffing)
     if p.class_counts:
         lines += [
             "## Feature classes",
