@@ -1,5 +1,6 @@
 """The model card of a converted crosscoder: where it came from, under which licence, what the
-conversion did, and how to load it (written beside the weights, as ``README.md``)."""
+conversion did, and how to load it (written beside the weights, as ``README.md``); and the parts
+cards share: front matter, the loading snippet, a two-model crosscoder's diffing section."""
 
 from __future__ import annotations
 
@@ -157,7 +158,6 @@ def diffing_section(diffing: Any) -> list[str]:
         "by other latents (Latent Decoupling) | not measured |",
         "|---|---|---|---|---|---|",
     ]
-    for name, n in diffing.verdict_counts().items():
-        verdicts = " | ".join(str(n[v]) for v in ("specific", "shrinkage", "decoupling", "not measured"))
-        lines.append(f"| {name} | {sum(n.values())} | {verdicts} |")
+    for name, counts in diffing.verdict_counts().items():  # in DIFFING_VERDICTS' order, as the header
+        lines.append(f"| {name} | {sum(counts.values())} | {' | '.join(map(str, counts.values()))} |")
     return lines + [""]
