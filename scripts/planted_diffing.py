@@ -57,9 +57,13 @@ def run_one(arch: str, seed: int, cache: str | None) -> dict:
     crosscoder, _ = trained("two-models", arch, seed, planted, Path(cache) if cache else None, SMALL_TRAINING)
     acts, _ = planted.sample(N_TOKENS, torch.Generator().manual_seed(5))
     scaling = latent_scaling(crosscoder, acts)
-    diffing = DiffingAnalysis.from_crosscoder(
-        crosscoder, labels=LABELS, frequency=firing_frequency(acts, crosscoder), scaling=scaling
-    )
+    diffing = DiffingAnalysis.from_crosscoder(crosscoder, labels=LABELS, frequency=firing_frequency(acts, crosscoder))
+    at_line = {
+        line: diffing_scaling(
+            diffing, scaling, EmergenceCheckConfig(presence_threshold=line, fade_threshold=min(line, 0.05))
+        )
+        for line in PRESENCE_LINES
+    }
     match = match_planted(training_space_decoder(crosscoder).float().cpu(), planted)
     latent_of = {feature: latent for latent, feature in match.recovered}
     magnitude = planted.magnitudes
@@ -69,22 +73,20 @@ def run_one(arch: str, seed: int, cache: str | None) -> dict:
         for i in range(len(magnitude))
         if (float(magnitude[i, 0]) == 0) != (float(magnitude[i, 1]) == 0)
     }
-    verdicts = diffing.latent_scaling.verdicts
+    verdicts = at_line[EmergenceCheckConfig().presence_threshold].verdicts
     weak_recovered = [latent_of[i] for i in weak if i in latent_of]
     weak_tuned_only = [j for j in weak_recovered if diffing.classes[j] == f"{LABELS[1]}-only"]
     own_classed = [latent_of[i] for i, name in own.items() if i in latent_of and diffing.classes[latent_of[i]] == name]
-    lines = {}
-    for line in PRESENCE_LINES:
-        config = EmergenceCheckConfig(presence_threshold=line, fade_threshold=min(line, 0.05))
-        at_line = diffing_scaling(diffing, scaling, config).verdicts
-        lines[str(line)] = (
-            sum(at_line[j] in ("shrinkage", "decoupling") for j in weak_tuned_only),
-            sum(at_line[j] in ("shrinkage", "decoupling") for j in own_classed),
+    found_elsewhere = {
+        str(line): tuple(
+            sum(reading.verdicts[j] in ("shrinkage", "decoupling") for j in js) for js in (weak_tuned_only, own_classed)
         )
+        for line, reading in at_line.items()
+    }
     return {
         "arch": arch,
         "seed": seed,
-        "lines": lines,
+        "lines": found_elsewhere,
         "weak_planted": len(weak),
         "weak_recovered": len(weak_recovered),
         "weak_called_tuned_only": len(weak_tuned_only),

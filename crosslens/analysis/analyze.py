@@ -116,7 +116,7 @@ def _add_checks(report: Report, crosscoder: Crosscoder, analysis: EvolutionAnaly
     fine-tune have no training order for an emergence or a lineage event to follow), the diffing
     classes judged by latent scaling, kept as ``analysis.diffing``."""
     if is_diffing(crosscoder):
-        analysis.diffing = DiffingAnalysis.of_analysis(crosscoder, analysis)
+        analysis.diffing = DiffingAnalysis.with_emergence(crosscoder, analysis.emergence, analysis.frequency)
         add_diffing_section(report, analysis.diffing)
     elif analysis.emergence is not None:
         add_emergence_section(report, analysis, analysis.emergence)

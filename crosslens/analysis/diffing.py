@@ -110,16 +110,15 @@ class DiffingAnalysis:
         return diffing
 
     @classmethod
-    def of_analysis(cls, crosscoder: Any, analysis: Any) -> DiffingAnalysis:
-        """The classes of ``crosscoder`` with what its evolution ``analysis`` measured: firing
-        frequencies, and latent scaling with the emergence check's lines where
-        :func:`~crosslens.analysis.analyze.analyze_crosscoder` read activations."""
-        emergence = getattr(analysis, "emergence", None)
-        check = getattr(emergence, "check", None)
+    def with_emergence(cls, crosscoder: Any, emergence: Any, frequency: torch.Tensor | None = None) -> DiffingAnalysis:
+        """The classes of ``crosscoder`` with the latent scaling of its ``emergence`` (an
+        :class:`~crosslens.analysis.emergence_record.EmergenceResult`, or None), read at its
+        check's lines."""
+        check = None if emergence is None else emergence.check
         return cls.from_crosscoder(
             crosscoder,
-            frequency=analysis.frequency,
-            scaling=getattr(emergence, "scaling", None),
+            frequency=frequency,
+            scaling=None if emergence is None else emergence.scaling,
             check_config=None if check is None else check.config,
         )
 
@@ -183,11 +182,8 @@ class DiffingAnalysis:
         """For each one-model-only class, its latents per latent-scaling verdict ({} unmeasured)."""
         if self.latent_scaling is None:
             return {}
-        verdicts = self.latent_scaling.verdicts
-        return {
-            name: {v: sum(c == name and w == v for c, w in zip(self.classes, verdicts)) for v in DIFFING_VERDICTS}
-            for name in self.only_classes()
-        }
+        counts = Counter(zip(self.classes, self.latent_scaling.verdicts))
+        return {name: {v: counts[name, v] for v in DIFFING_VERDICTS} for name in self.only_classes()}
 
     def _verdict_words(self, name: str, counts: dict[str, int]) -> str:
         other = self.models[1] if name == self.only_classes()[0] else self.models[0]

@@ -126,12 +126,7 @@ def run_diffing(crosscoder: Any, folder: Path, frequency: Any = None) -> Any:
             result = read_emergence(run, file_sha256(folder / SAE_WEIGHTS_FILENAME))
         except EmergenceRecordError as error:
             print(f"note: the card leaves latent scaling out: {error}")
-    return DiffingAnalysis.from_crosscoder(
-        crosscoder,
-        frequency=frequency,
-        scaling=None if result is None else result.scaling,
-        check_config=None if result is None or result.check is None else result.check.config,
-    )
+    return DiffingAnalysis.with_emergence(crosscoder, result, frequency)
 
 
 def diffing_section(diffing: Any) -> list[str]:
