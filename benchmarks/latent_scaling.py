@@ -144,7 +144,11 @@ def ge_shape(args: argparse.Namespace) -> None:
         f"  latent scaling over {n:,} tokens: {pass_s + result_s:.1f} s: the pass {pass_s:.1f} s "
         f"({n / pass_s:,.0f} tokens/s), the result from its sums {result_s:.1f} s (row norms and carrier "
         f"cosines, once whatever the tokens)"
-        + ("" if n >= 1 << 20 else f"; 1M tokens at this rate: {million_s / 3600:.1f} h, extrapolated")
+        + (
+            ""
+            if n >= 1 << 20
+            else f"; 1M tokens at this rate: {million_s:,.0f} s ({million_s / 3600:.2f} h), extrapolated"
+        )
         + f"; peak {what} {scaling_peak:.2f} GiB = {scaling_peak / weights:.2f}x the weights"
     )
     print(
