@@ -233,6 +233,9 @@ def test_the_chain_on_two_models(two_models, tmp_path, capsys):
     html = (run / "report.html").read_text()
     assert "Model diffing" in html and "tiny-chat-only" in html
     assert "Latent scaling on 1,866 tokens, one-model-only latents" in html
+    # nor do the report's sections that read the snapshots as a training order
+    assert "Feature classes" not in html and "Dip and recover" not in html and "Trajectories" not in html
+    assert "Direction drift" in html and "Overview" in html
 
     from crosslens.pretrained import LocalHubApi, push_to_hub
 

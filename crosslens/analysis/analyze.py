@@ -101,7 +101,9 @@ def analyze_crosscoder(
             max_tokens=max_context_tokens,
             progress=progress,
         )
-    report = evolution_report(analysis, title=title, probes=probes, contexts=contexts, device=device)
+    report = evolution_report(
+        analysis, title=title, probes=probes, contexts=contexts, device=device, through_time=not is_diffing(crosscoder)
+    )
     if emergence:
         configs = {"scaling_config": scaling_config, "check_config": check_config, "lineage_config": lineage_config}
         analysis.emergence = compute_emergence(

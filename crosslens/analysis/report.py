@@ -55,6 +55,7 @@ def evolution_report(
     n_table_features: int = 50,
     report: Report | None = None,
     device: str | torch.device | None = None,
+    through_time: bool = True,
 ) -> Report:
     """Build (or extend) a :class:`Report` with the whole feature-evolution analysis.
 
@@ -62,13 +63,16 @@ def evolution_report(
     trajectories, dimensionality, drift, a per-feature table, and, when given, probe
     validation and top-activating contexts. Callers add their own sections to the
     returned report before writing it. ``device`` is where the (quadratic in ``d_sae``)
-    feature dimensionality is computed.
+    feature dimensionality is computed. ``through_time=False`` (the snapshots are distinct models,
+    not one model's checkpoints) leaves out the sections that read the snapshots as a training
+    order: the classes, the timelines and emergences, and dip and recover.
     """
     report = report or Report(title, subtitle=_subtitle(analysis))
-    _add_overview(report, analysis)
-    _add_feature_classes(report, analysis)
-    _add_timelines(report, analysis, trajectory_features)
-    _add_dip_section(report, analysis, n_table_features)
+    _add_overview(report, analysis, through_time)
+    if through_time:
+        _add_feature_classes(report, analysis)
+        _add_timelines(report, analysis, trajectory_features)
+        _add_dip_section(report, analysis, n_table_features)
     _add_geometry(report, analysis, device)
     _add_feature_table(report, analysis, n_table_features)
     if probes is not None:
@@ -78,7 +82,7 @@ def evolution_report(
     return report
 
 
-def _add_overview(report: Report, analysis: EvolutionAnalysis) -> None:
+def _add_overview(report: Report, analysis: EvolutionAnalysis, through_time: bool) -> None:
     """What a present, faded and dead feature is here; the metadata; the snapshots."""
     cfg = analysis.config
 
@@ -99,11 +103,17 @@ def _add_overview(report: Report, analysis: EvolutionAnalysis) -> None:
             f"decoder norm is at least {cfg.emergence_threshold:g} of its peak (decoder-norm presence, "
             "after Ge et al.); it emerges at the first snapshot from which it stays present"
         )
+    if through_time:
+        lives = (
+            f"{analysis.n_snapshots} snapshots (steps {analysis.steps[0]} to {analysis.steps[-1]}). A feature is "
+            f"present at a snapshot when its {presence_text}, and fades once it stays below "
+            f"{cfg.fade_threshold:g} of its peak to the end."
+        )
+    else:
+        lives = f"{analysis.n_snapshots} models (which model holds which feature: Model diffing, below)."
     report.add_text(
-        f"{analysis.d_sae} crosscoder features over {analysis.n_snapshots} snapshots "
-        f"(steps {analysis.steps[0]} to {analysis.steps[-1]}). A feature is present at a snapshot when its "
-        f"{presence_text}, and fades once it stays below {cfg.fade_threshold:g} of its "
-        f"peak to the end. Features are dead when their peak norm is below {cfg.dead_threshold:g} x the median "
+        f"{analysis.d_sae} crosscoder features over {lives} "
+        f"Features are dead when their peak norm is below {cfg.dead_threshold:g} x the median "
         "peak, when their norms never moved from the shared initial value"
         + (
             (
