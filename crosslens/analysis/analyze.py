@@ -85,12 +85,7 @@ def analyze_crosscoder(
     probes: ProbeValidation | None = None
     contexts = None
     if store is not None:
-        try:
-            probes = probe_validation(
-                store, crosscoder, hook=hook, n_tokens=n_probe_tokens, n_features=n_probe_features
-            )
-        except ValueError as err:  # e.g. too few tokens for any feature to fire often enough
-            warnings.warn(f"probe validation skipped: {err}", stacklevel=2)
+        probes = _probes(store, crosscoder, hook, n_probe_tokens, n_probe_features)
         features = _context_features(analysis, n_context_features)
         contexts = top_activating_contexts(
             store,
@@ -111,6 +106,15 @@ def analyze_crosscoder(
         )
     _add_checks(report, crosscoder, analysis)
     return analysis, report
+
+
+def _probes(store: Any, crosscoder: Crosscoder, hook: str, n_tokens: int, n_features: int) -> ProbeValidation | None:
+    """The probe validation on ``store``, or None with a warning where it cannot be fitted."""
+    try:
+        return probe_validation(store, crosscoder, hook=hook, n_tokens=n_tokens, n_features=n_features)
+    except ValueError as err:  # e.g. too few tokens for any feature to fire often enough
+        warnings.warn(f"probe validation skipped: {err}", stacklevel=3)
+        return None
 
 
 def _add_checks(report: Report, crosscoder: Crosscoder, analysis: EvolutionAnalysis) -> None:

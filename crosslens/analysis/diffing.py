@@ -35,9 +35,8 @@ from jaxtyping import Float
 from crosslens.analysis.emergence_check import EmergenceCheckConfig, scaled_presence
 from crosslens.analysis.latent_scaling import LatentScaling
 from crosslens.core.metadata import metadata_value
+from crosslens.core.model_specs import MODELS_FAMILY
 from crosslens.crosscoders.folding import training_space_decoder
-
-MODELS_FAMILY = "models"
 
 DIFFING_VERDICTS: tuple[str, ...] = ("specific", "shrinkage", "decoupling", "not measured")
 """Latent scaling's verdict on a latent the decoder norms give one model only: ``specific`` (the
@@ -267,15 +266,6 @@ def model_labels(crosscoder: Any) -> tuple[str, str]:
     snapshots = (metadata_value(crosscoder, "suite") or {}).get("snapshots") or []
     labels = [str(s.get("revision")) for s in snapshots]
     return (labels[0], labels[1]) if len(labels) == 2 else ("A", "B")
-
-
-def with_diffing_classes(analysis: Any, crosscoder: Any) -> Any:
-    """``analysis`` (an :class:`~crosslens.analysis.evolution_analysis.EvolutionAnalysis`) with its
-    classes replaced by the diffing classes where ``crosscoder`` reads two models: a base model and
-    its fine-tune have no training order for emergence and fading to mean anything across."""
-    if is_diffing(crosscoder):
-        analysis.classes = DiffingAnalysis.from_crosscoder(crosscoder, frequency=analysis.frequency).classes
-    return analysis
 
 
 def add_diffing_section(report: Any, diffing: DiffingAnalysis) -> None:

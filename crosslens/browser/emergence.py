@@ -8,16 +8,31 @@ import json
 import sqlite3
 from typing import Any
 
+from crosslens.core.model_specs import MODELS_FAMILY
+
 CONTESTED_FILTERS = ("any", "earlier", "later")
 """``contested=``: any contested emergence, or one way."""
 
 LINEAGE_FILTERS = ("any", "split", "merge", "handoff")
 """``lineage=``: features in any lineage event, or in one kind."""
 
+DIFFING_VERDICTS = ("specific", "shrinkage", "decoupling", "not measured")
+"""crosslens.analysis.diffing's verdicts on a two-model crosscoder's one-model-only latents (the
+browser imports no torch)."""
 
-def filter_clauses(contested: str, lineage: str) -> tuple[list[str], dict[str, Any]]:
-    """SQL clauses on ``f.feature`` for the list's two filters (values checked by the caller)."""
+DIFFING_FILTERS = ("any", *DIFFING_VERDICTS)
+"""``diffing=``: a two-model crosscoder's one-model-only latents with any latent-scaling verdict, or one."""
+
+
+def filter_clauses(contested: str, lineage: str, diffing: str) -> tuple[list[str], dict[str, Any]]:
+    """SQL clauses on ``f.feature`` for the list's three filters (values checked by the caller)."""
     clauses, args = [], {}
+    if diffing:
+        if diffing == "any":
+            clauses.append("f.feature IN (SELECT feature FROM emergence WHERE diffing IS NOT NULL)")
+        else:
+            clauses.append("f.feature IN (SELECT feature FROM emergence WHERE diffing = :diffing)")
+            args["diffing"] = diffing
     if contested:
         if contested == "any":
             clauses.append("f.feature IN (SELECT feature FROM emergence WHERE contested IS NOT NULL)")
@@ -41,9 +56,10 @@ def add_verdicts(connection: sqlite3.Connection, rows: list[dict]) -> None:
     and the kinds of lineage event it is in."""
     ids = json.dumps([row["feature"] for row in rows])
     verdicts = {
-        f: (contested, step)
-        for f, contested, step in connection.execute(
-            "SELECT feature, contested, scaled_step FROM emergence WHERE feature IN (SELECT value FROM json_each(?))",
+        f: (contested, step, diffing)
+        for f, contested, step, diffing in connection.execute(
+            "SELECT feature, contested, scaled_step, diffing FROM emergence "
+            "WHERE feature IN (SELECT value FROM json_each(?))",
             (ids,),
         )
     }
@@ -55,7 +71,9 @@ def add_verdicts(connection: sqlite3.Connection, rows: list[dict]) -> None:
     ):
         kinds.setdefault(f, []).append(kind)
     for row in rows:
-        row["contested"], row["scaled_emergence_step"] = verdicts.get(row["feature"], (None, None))
+        row["contested"], row["scaled_emergence_step"], row["diffing"] = verdicts.get(
+            row["feature"], (None, None, None)
+        )
         row["lineage"] = kinds.get(row["feature"], [])
 
 
@@ -74,7 +92,20 @@ def run_counts(connection: sqlite3.Connection, meta: dict[str, Any]) -> dict[str
         "n_tokens": record.get("n_tokens") if record else None,
         "contested": {kind: contested.get(kind, 0) for kind in CONTESTED_FILTERS[1:]},
         "events": {kind: events.get(kind, 0) for kind in LINEAGE_FILTERS[1:]},
+        "diffing": _diffing_counts(connection) if _two_models(meta) else None,
     }
+
+
+def _two_models(meta: dict[str, Any]) -> bool:
+    """Whether the crosscoder reads two distinct models (a diffing suite), as analysis's ``is_diffing``."""
+    suite = meta.get("suite") or {}
+    return suite.get("family") == MODELS_FAMILY and len(suite.get("snapshots") or []) == 2
+
+
+def _diffing_counts(connection: sqlite3.Connection) -> dict[str, int]:
+    """The one-model-only latents per latent-scaling verdict."""
+    found = dict(connection.execute("SELECT diffing, count(*) FROM emergence GROUP BY diffing").fetchall())
+    return {verdict: found.get(verdict, 0) for verdict in DIFFING_VERDICTS}
 
 
 def feature_emergence(connection: sqlite3.Connection, feature: int, n_snapshots: int) -> dict[str, Any]:
@@ -82,14 +113,14 @@ def feature_emergence(connection: sqlite3.Connection, feature: int, n_snapshots:
     its direction, ``[latent, cosine]`` or None, per snapshot), its lineage events and its
     relatives at each snapshot (``[[relative, cosine], ...]`` nearest first)."""
     row = connection.execute(
-        "SELECT measured, contested, decoder_snapshot, scaled_snapshot, reported_snapshot, early_presence, n_fire "
-        "FROM emergence WHERE feature = ?",
+        "SELECT measured, contested, decoder_snapshot, scaled_snapshot, reported_snapshot, early_presence, n_fire, "
+        "diffing FROM emergence WHERE feature = ?",
         (feature,),
     ).fetchone()
     check = None
     if row is not None:
         keys = ("measured", "contested", "decoder_snapshot", "scaled_snapshot", "reported_snapshot", "early_presence")
-        check = dict(zip(keys + ("n_fire",), row))
+        check = dict(zip(keys + ("n_fire", "diffing"), row))
         check["measured"] = bool(check["measured"])
         presence: list[float | None] = [None] * n_snapshots
         carriers: list[list[float] | None] = [None] * n_snapshots

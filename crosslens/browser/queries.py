@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from crosslens.browser.database import RunFacts, halves, ints
-from crosslens.browser.emergence import CONTESTED_FILTERS, LINEAGE_FILTERS, add_verdicts, filter_clauses
+from crosslens.browser.emergence import (
+    CONTESTED_FILTERS,
+    DIFFING_FILTERS,
+    LINEAGE_FILTERS,
+    add_verdicts,
+    filter_clauses,
+)
 from crosslens.browser.explained import (
     EXPLAINED_SORTS,
     ExplainedQuery,
@@ -118,6 +124,9 @@ class FeatureQuery:
     """Contested emergences only: ``any``, ``earlier`` or ``later`` (:data:`CONTESTED_FILTERS`)."""
     lineage: str = ""
     """Features in a lineage event only: ``any`` or one kind (:data:`LINEAGE_FILTERS`)."""
+    diffing: str = ""
+    """A two-model crosscoder's one-model-only latents only: ``any`` or one latent-scaling verdict
+    (:data:`DIFFING_FILTERS`)."""
     sort: str = "feature"
     descending: bool = False
     offset: int = 0
@@ -150,7 +159,7 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
             f"task={task}: this run has attribution for {', '.join(t['task'] for t in facts.tasks) or 'no task'}."
         )
     limit = _integer(get("limit"), "limit") if get("limit") else default_limit
-    for name, allowed in (("contested", CONTESTED_FILTERS), ("lineage", LINEAGE_FILTERS)):
+    for name, allowed in (("contested", CONTESTED_FILTERS), ("lineage", LINEAGE_FILTERS), ("diffing", DIFFING_FILTERS)):
         if get(name) and get(name) not in allowed:
             raise QueryError(f"{name}={get(name)}: use one of {', '.join(allowed)}.")
     return FeatureQuery(
@@ -166,6 +175,7 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
         min_relevance=_number(get("min_relevance"), "min_relevance") if get("min_relevance") else None,
         contested=get("contested"),
         lineage=get("lineage"),
+        diffing=get("diffing"),
         sort=sort,
         descending=get("order") == "desc",
         offset=max(0, _integer(get("offset") or "0", "offset")),
@@ -290,7 +300,7 @@ def _where(query: FeatureQuery, matches: TextMatches | None) -> tuple[str, str, 
         if query.min_relevance is not None:
             clauses.append("f.relevance >= :min_relevance")
             args["min_relevance"] = query.min_relevance
-    more, more_args = filter_clauses(query.contested, query.lineage)
+    more, more_args = filter_clauses(query.contested, query.lineage, query.diffing)
     return source, " AND ".join(clauses + more) or "1", args | more_args
 
 

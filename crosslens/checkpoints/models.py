@@ -26,7 +26,6 @@ from crosslens.checkpoints.snapshot import SnapshotRef
 from crosslens.core.errors import CrosslensError, SnapshotMismatchError
 from crosslens.core.model_specs import ModelSpec, model_labels, models_spec, parse_models
 
-FAMILY = "models"
 RAW_RESIDUAL = {"center_writing_weights": False}
 """TransformerLens processing that leaves the residual stream, and what each sublayer writes to it,
 as Hugging Face computes it: centring the writing weights subtracts each token's mean over d_model.

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from crosslens.checkpoints.models import FAMILY as MODELS_FAMILY
 from crosslens.checkpoints.models import chosen_processing, models_layout
 from crosslens.checkpoints.suite import CheckpointSuite
+from crosslens.core.model_specs import MODELS_FAMILY
 
 
 def recorded_revisions(record: Mapping[str, Any]) -> list[str]:

@@ -25,9 +25,6 @@ from crosslens.checkpoints.hub import list_revisions, pythia_steps_for
 from crosslens.checkpoints.identity import cached_snapshot, snapshot_identity, weight_file_errors
 from crosslens.checkpoints.local import scan_local_suite
 from crosslens.checkpoints.models import (
-    FAMILY as MODELS_FAMILY,
-)
-from crosslens.checkpoints.models import (
     architecture_mismatch,
     is_local,
     model_folder,
@@ -65,7 +62,7 @@ from crosslens.checkpoints.trajectory import (
 from crosslens.core.devices import as_dtype, release_model
 from crosslens.core.errors import DuplicateSnapshotError, SnapshotMismatchError, UnknownRevisionError
 from crosslens.core.hashing import weights_sha256
-from crosslens.core.model_specs import ModelSpec
+from crosslens.core.model_specs import MODELS_FAMILY, ModelSpec
 from crosslens.core.progress import progress_bar
 
 logger = logging.getLogger(__name__)

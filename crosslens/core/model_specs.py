@@ -14,6 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePath
 
+MODELS_FAMILY = "models"
+"""The ``family`` of a suite of distinct models (model diffing), in its records and provenance."""
+
 SEPARATOR = ","
 """Between models in a suite spec (``--models A,B``, ``--suite A,B``)."""
 

@@ -354,11 +354,7 @@ def _compute(
     )
     if state.position > start.position:
         save_partial(run_dir, state, inputs)  # the pass is kept until its database is sealed
-    content = _content(crosscoder, source, state, budget, causal, revisions, tokenizer, inputs, logits)
-    events, members = lineage_rows(emergence[0])
-    content.meta["emergence"] = emergence_meta(*emergence)
-    content.emergence, content.emergence_snapshots = emergence_rows(emergence[0]), emergence_snapshot_rows(emergence[0])
-    content.lineage_events, content.lineage_members, content.relatives = events, members, relative_rows(emergence[0])
+    content = _content(crosscoder, source, state, budget, causal, revisions, tokenizer, inputs, logits, emergence)
     tmp = run_dir / f".{schema.DATABASE_NAME}.tmp"
     write_database(tmp, content)
     (run_dir / schema.RECORD_NAME).unlink(missing_ok=True)
@@ -376,18 +372,25 @@ def source_suite(source: TokenSource) -> Any:
 
 
 @torch.inference_mode()
-def _content(crosscoder, source, state, budget, causal, revisions, tokenizer, inputs, logits) -> DatabaseContent:
-    from crosslens.analysis.diffing import with_diffing_classes
+def _content(
+    crosscoder, source, state, budget, causal, revisions, tokenizer, inputs, logits, emergence
+) -> DatabaseContent:
+    from crosslens.analysis.diffing import DiffingAnalysis, is_diffing
     from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 
     stats = ReadingStats.of(state)
-    analysis = with_diffing_classes(
-        EvolutionAnalysis.from_crosscoder(crosscoder, frequency=stats.frequency()), crosscoder
-    )
+    result = emergence[0]
+    analysis = EvolutionAnalysis.from_crosscoder(crosscoder, frequency=stats.frequency())
+    verdicts = None
+    if is_diffing(crosscoder):  # a base model and its fine-tune: no training order for classes through time
+        diffing = DiffingAnalysis.with_emergence(crosscoder, result, analysis.frequency)
+        analysis.classes = diffing.classes
+        verdicts = None if diffing.latent_scaling is None else diffing.latent_scaling.verdicts
     table_QL = source.token_table().numpy()
     top, quantile = top_contexts(state, table_QL, budget.window), quantile_contexts(state, table_QL, budget)
     pieces = vocabulary_pieces(tokenizer)
-    meta = _meta(crosscoder, inputs, state, budget, revisions)
+    meta = {**_meta(crosscoder, inputs, state, budget, revisions), "emergence": emergence_meta(*emergence)}
+    events, members = lineage_rows(result)
     return DatabaseContent(
         meta=meta,
         snapshots=snapshot_rows(analysis, revisions),
@@ -398,6 +401,11 @@ def _content(crosscoder, source, state, budget, causal, revisions, tokenizer, in
         tasks=causal.tasks,
         causal=causal.causal,
         search=search_texts(top, pieces),
+        emergence=emergence_rows(result, verdicts),
+        emergence_snapshots=emergence_snapshot_rows(result),
+        lineage_events=events,
+        lineage_members=members,
+        relatives=relative_rows(result),
     )
 
 
@@ -441,7 +449,11 @@ def _meta(crosscoder: Any, inputs: dict, state: PassState, budget: Budget, revis
             "hook_name": metadata_value(crosscoder, "hook_name"),
             "weights_sha256": partners["crosscoder"],
         },
-        "suite": {"model_id": partners["suite"]["model_id"], "snapshots": revisions},
+        "suite": {
+            "family": (metadata_value(crosscoder, "suite") or {}).get("family"),
+            "model_id": partners["suite"]["model_id"],
+            "snapshots": revisions,
+        },
         "tokens": partners["tokens"],
         "n_tokens": state.tokens,
         "budget": {"n_tokens": state.tokens, **budget.to_dict(), "seed": inputs["settings"]["seed"]},

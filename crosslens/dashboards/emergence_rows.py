@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -66,8 +66,9 @@ def _index(value: int) -> int | None:
     return None if value == NO_STEP else int(value)
 
 
-def emergence_rows(result: EmergenceResult | None) -> Iterator[tuple]:
-    """The emergence table: one row per latent."""
+def emergence_rows(result: EmergenceResult | None, diffing: Sequence[str | None] | None = None) -> Iterator[tuple]:
+    """The emergence table: one row per latent; ``diffing``, a two-model crosscoder's latent-scaling
+    verdict per latent (:attr:`~crosslens.analysis.diffing.DiffingScaling.verdicts`)."""
     if result is None or result.check is None:
         return
     check, steps = result.check, result.steps
@@ -88,6 +89,7 @@ def emergence_rows(result: EmergenceResult | None) -> Iterator[tuple]:
             None if r is None else steps[r],
             check.early_presence[f],
             int(n_fire[f]),
+            None if diffing is None else diffing[f],
         )
 
 

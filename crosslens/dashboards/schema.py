@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sqlite3
 
-FORMAT = "crosslens.dashboards/3"
+FORMAT = "crosslens.dashboards/4"
 """The layout's name and version, ``meta['format']``."""
 
 DATABASE_NAME = "dashboards.sqlite"
@@ -142,7 +142,10 @@ CREATE TABLE emergence (
     reported_snapshot  INTEGER,           -- the emergence crosslens reports: latent-scaled where contested
     reported_step      INTEGER,
     early_presence     TEXT,              -- contested earlier: 'error' (no other latent carries it) | 'reconstruction'
-    n_fire             INTEGER NOT NULL   -- sampled tokens it fired on
+    n_fire             INTEGER NOT NULL,  -- sampled tokens it fired on
+    diffing            TEXT               -- two models: a one-model-only latent's verdict, 'specific' | 'shrinkage'
+                                          -- (the other model's error holds it) | 'decoupling' (other latents
+                                          -- reconstruct it there) | 'not measured' (NULL: no such latent)
 )""",
     "emergence_snapshots": """
 CREATE TABLE emergence_snapshots (
@@ -217,7 +220,7 @@ META_KEYS: dict[str, str] = {
     "crosslens_version": "the crosslens that wrote it",
     "run": "the run as training left it when written (a sha256 of RUN/crosslens_run.json's entries, quality.json's aside)",
     "crosscoder": "{architecture, d_sae, d_in, n_snapshots, hook_name, weights_sha256}",
-    "suite": "the suite's provenance as the crosscoder records it (model_id, snapshots)",
+    "suite": "the suite's provenance as the crosscoder records it (family, model_id, snapshots)",
     "tokens": "where the tokens came from: {store: seal, seq_len} or {stream: suite, token source, budget, seq_len}",
     "n_tokens": "how many tokens every statistic was computed over",
     "budget": "{n_tokens, top_k, n_quantile, window, n_logits, n_bins, reservoir, seed}: what was kept per feature and "

@@ -9,8 +9,10 @@ feature id (the same ids as the batches'), read from the feature database's emer
      "reported_emergence": "step0", "early_presence": "error",
      "lineage": [{"kind": "split", "at": "step128", "before": [12], "after": [12, 40]}]}, ...}}
 
-Snapshots are named by their revision, as the sources are. Nothing is written where the database
-holds no emergence check.
+Snapshots are named by their revision, as the sources are. A two-model crosscoder's one-model-only
+latents also carry latent scaling's verdict on them (``"diffing": "specific"``, ``"shrinkage"``,
+``"decoupling"`` or ``"not measured"``). Nothing is written where the database holds no emergence
+check.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ def emergence_flags(context: Any) -> dict[str, Any] | None:
     labels = dict(database.execute("SELECT snapshot, label FROM snapshots").fetchall())
     name = lambda s: None if s is None else labels.get(s)  # noqa: E731
     features: dict[str, dict[str, Any]] = {}
-    for f, measured, contested, decoder, scaled, reported, early in database.execute(
-        "SELECT feature, measured, contested, decoder_snapshot, scaled_snapshot, reported_snapshot, early_presence "
-        "FROM emergence ORDER BY feature"
+    for f, measured, contested, decoder, scaled, reported, early, diffing in database.execute(
+        "SELECT feature, measured, contested, decoder_snapshot, scaled_snapshot, reported_snapshot, early_presence, "
+        "diffing FROM emergence ORDER BY feature"
     ):
         features[str(f)] = {
             "contested": contested,
@@ -45,6 +47,7 @@ def emergence_flags(context: Any) -> dict[str, Any] | None:
             "reported_emergence": name(reported),
             "early_presence": early,
             "lineage": [],
+            **({"diffing": diffing} if diffing is not None else {}),
         }
     for f, kind, snapshot, before, after in database.execute(
         "SELECT m.feature, e.kind, e.snapshot, e.before, e.after FROM lineage_members m JOIN lineage_events e "

@@ -51,9 +51,9 @@ from typing import Any
 import yaml
 
 from crosslens.core.errors import CrosslensError
+from crosslens.core.model_specs import MODELS_FAMILY
 from crosslens.pretrained.release_fields import (
     CONVERSION_KEYS,
-    MODELS_FAMILY,
     SOURCE_KEYS,
     parse_conversion_fields,
     parse_models_suite,

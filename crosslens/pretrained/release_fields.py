@@ -35,7 +35,6 @@ FORMAT_NAMES = ("sae_lens", "kissane", "dictionary_learning", "llamascopium")
 SOURCE_KEYS = ("format", "license", "license_note", "paper", "code", "confirmed_by")
 CONVERSION_KEYS = ("activation_norm_factors", "code_normalization")
 PROCESSING_KEYS = ("center_writing_weights", "center_unembed")
-MODELS_FAMILY = "models"
 
 Fail = Callable[[str], Exception]
 

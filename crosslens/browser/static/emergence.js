@@ -7,8 +7,11 @@ const EmergencePanel = {
   shown: false,
 
   // The list's filters: disabled, with the command that fills them, where the database has no check.
+  // Two models (a base and its fine-tune) have no training order: latent scaling's verdict on the
+  // one-model-only latents replaces the emergence and lineage filters.
   buildFilters(run) {
     const check = run.emergence;
+    if (check.diffing) return this.buildDiffingFilter(run, check);
     const hint = document.getElementById("emergence-hint");
     if (!check.computed) {
       for (const id of ["contested", "lineage"]) document.getElementById(id).disabled = true;
@@ -33,9 +36,27 @@ const EmergencePanel = {
     }
   },
 
-  // A listed feature's verdict: contested (which way) and the kinds of lineage event it is in.
+  buildDiffingFilter(run, check) {
+    document.getElementById("emergence-filters").hidden = true;
+    document.getElementById("diffing-filters").hidden = false;
+    const total = Object.values(check.diffing).reduce((a, b) => a + b, 0);
+    for (const opt of document.querySelectorAll("#diffing option")) {
+      const n = opt.value === "any" ? total : check.diffing[opt.value];
+      if (n !== undefined) opt.textContent += ` (${n})`;
+    }
+    const [a, b] = run.snapshots.map((s) => s.label);
+    document.getElementById("diffing-hint").textContent = check.latent_scaling
+      ? `Latent scaling on ${check.n_tokens.toLocaleString("en-US")} tokens: whether ${a}'s activations hold a `
+        + `${b}-only latent (and the reverse), though its decoder there shrank.`
+      : "Latent scaling was not run (no activation store given to analyze).";
+    if (!check.latent_scaling) document.getElementById("diffing").disabled = true;
+  },
+
+  // A listed feature's verdict: contested (which way) and the kinds of lineage event it is in; with
+  // two models, latent scaling's verdict on a one-model-only latent.
   listChips(row) {
     const chips = [];
+    if (row.diffing) chips.push(CL.el("span", { class: `chip diffing ${row.diffing.replace(" ", "-")}`, text: row.diffing }));
     if (row.contested) {
       chips.push(CL.el("span", { class: "chip contested", text: `contested: ${row.contested}`,
         title: `latent scaling dates it at ${CL.fmtStep(row.scaled_emergence_step)}` }));
@@ -44,8 +65,12 @@ const EmergencePanel = {
     return chips.length ? chips : [CL.el("span", { class: "note", text: "\u2014" })];
   },
 
-  verdict(check) {
+  verdict(check, twoModels) {
     if (!check) return ["unmeasured", "no latent scaling"];
+    if (twoModels) {
+      return check.diffing ? [`diffing ${check.diffing.replace(" ", "-")}`, `latent scaling: ${check.diffing}`]
+        : ["unmeasured", "both models' decoders write it"];
+    }
     if (!check.measured) return ["unmeasured", "not measured (fires on too few sampled tokens)"];
     if (check.contested) return ["contested", `contested: present ${check.contested} by latent scaling`];
     return ["agrees", "latent scaling agrees"];
@@ -57,7 +82,9 @@ const EmergencePanel = {
     document.getElementById("emergence-panel").hidden = !this.shown;
     if (!this.shown) return Promise.resolve();
     const check = detail.emergence_check;
-    const [kind, words] = this.verdict(check);
+    document.getElementById("emergence-title").textContent = run.emergence.diffing
+      ? "Which model holds it?" : "Is this emergence real?";
+    const [kind, words] = this.verdict(check, Boolean(run.emergence.diffing));
     document.getElementById("emergence-chip").replaceChildren(CL.el("span", { class: `chip ${kind}`, text: words }));
     document.getElementById("emergence-note").replaceChildren(...this.note(run, detail, check));
     document.getElementById("lineage-events").replaceChildren(this.events(run, detail.lineage));
@@ -69,6 +96,7 @@ const EmergencePanel = {
   // the latents that carried it, each a link.
   note(run, detail, check) {
     if (!check) return ["Lineage only: analyze had no activation store to fit latent scaling on."];
+    if (run.emergence.diffing) return [this.diffingWords(run, detail, check)];
     const at = (s) => (s === null || s === undefined ? "never" : run.snapshots[s].label);
     const out = [`Emerges at ${at(check.decoder_snapshot)} by its decoder norm, at ${at(check.scaled_snapshot)} by latent `
       + `scaling (its amplitude in each snapshot's activations where a latent present there points its way, else in the `
@@ -88,6 +116,21 @@ const EmergencePanel = {
     return out;
   },
 
+  // Two models: which one's decoder writes the latent, and whether the other's activations hold it.
+  diffingWords(run, detail, check) {
+    const norm = detail.series.relative_norm;
+    const [own, other] = (norm[0] >= norm[1] ? [0, 1] : [1, 0]).map((s) => run.snapshots[s].label);
+    const where = `${other}'s activations`;
+    return {
+      specific: `Only ${own}'s decoder writes it, and ${where} do not hold it: it is ${own}'s own.`,
+      shrinkage: `Only ${own}'s decoder writes it, but ${where} hold it, in the reconstruction error without it: `
+        + `its decoder there shrank to nothing (Complete Shrinkage).`,
+      decoupling: `Only ${own}'s decoder writes it, but ${where} hold it, reconstructed there by other latents `
+        + "(Latent Decoupling).",
+      "not measured": "It fires on too few of the sampled tokens for latent scaling to say which model holds it.",
+    }[check.diffing] || "Both models' decoders write it: latent scaling judges the one-model-only latents.";
+  },
+
   plot(run, detail, check) {
     const x = run.snapshots.map((s) => s.snapshot);
     const labels = run.snapshots.map((s) => s.label);
@@ -95,11 +138,13 @@ const EmergencePanel = {
     const at = (name, values) => (i) => `${labels[i]}: ${name} ${CL.fmt(values[i], 3)}`;
     const series = [{ name: "decoder norm / peak", type: "line", x, y: norm, color: "#1f77b4", markers: true,
       tip: at("decoder norm", norm) }];
-    const marks = [["decoder norm", check ? check.decoder_snapshot : detail.emergence_snapshot, norm, "#1f77b4"]];
+    // two models have no emergence to mark, only each model's share
+    const marks = run.emergence.diffing ? []
+      : [["decoder norm", check ? check.decoder_snapshot : detail.emergence_snapshot, norm, "#1f77b4"]];
     if (check) {
       series.push({ name: "latent-scaled presence", type: "line", x, y: check.presence, color: "#d62728", dash: true,
         markers: true, tip: at("latent scaling", check.presence) });
-      marks.push(["latent scaling", check.scaled_snapshot, check.presence, "#d62728"]);
+      if (!run.emergence.diffing) marks.push(["latent scaling", check.scaled_snapshot, check.presence, "#d62728"]);
     }
     for (const [name, s, y, color] of marks) {
       if (s === null || s === undefined || y[s] === null) continue;
