@@ -8,6 +8,7 @@ Without Chromium, its driver or selenium, the browser tests skip and say what to
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -23,6 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,14 +59,22 @@ def run_dir(tmp_path_factory) -> Path:
     return run
 
 
+@contextlib.contextmanager
+def serving(run_dir: Path) -> Iterator:
+    """``browse`` of ``run_dir`` on a free port, served from a thread until the block ends."""
+    server = make_server(run_dir, BrowseConfig(port=0))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="module")
 def server(run_dir):
-    server = make_server(run_dir, BrowseConfig(port=0))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(run_dir) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -15,11 +14,10 @@ import urllib.request
 import pytest
 import torch
 from hf_cache import make_word_tokenizer, offline_hf_home_at, tiny_neox, write_fake_hub_repo
-from test_browser import driver, open_page, wait_for  # noqa: F401  (driver: Chromium, a fixture)
+from test_browser import driver, get, open_page, serving, wait_for  # noqa: F401  (driver: Chromium, a fixture)
 
 from crosslens.analysis.diffing import DiffingAnalysis
 from crosslens.analysis.emergence_check import EmergenceCheckConfig
-from crosslens.browser import BrowseConfig, make_server
 from crosslens.browser.emergence import DIFFING_VERDICTS as BROWSER_VERDICTS
 from crosslens.cli import main
 from crosslens.core.paths import FINAL_DIRNAME
@@ -65,17 +63,14 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(run):
-    server = make_server(run, BrowseConfig(port=0))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(run) as server:
+        yield server
 
 
 def api(server, path: str):
-    with urllib.request.urlopen(server.url.rstrip("/") + path, timeout=30) as response:
-        return json.load(response)
+    status, answer = get(server, path)
+    assert status == 200, answer
+    return answer
 
 
 def database_verdicts(run) -> dict[int, tuple[str, str, float]]:
@@ -145,8 +140,11 @@ def test_the_api_filters_on_the_verdict(run, server):
         assert all(r["diffing"] == verdicts[r["feature"]][1] for r in page["rows"])
     shared = api(server, "/api/features?class=shared&limit=500")["rows"]
     assert shared and all(r["diffing"] is None for r in shared)
-    with pytest.raises(urllib.error.HTTPError, match="400"):
-        api(server, "/api/features?diffing=sometimes")
+    status, answer = get(server, "/api/features?diffing=sometimes")
+    assert (status, answer["error"]) == (
+        400,
+        "diffing=sometimes: use one of any, specific, shrinkage, decoupling, not measured.",
+    )
 
 
 def test_the_pages_show_the_verdict(run, server, driver):  # noqa: F811

@@ -6,7 +6,6 @@ dashboards."""
 from __future__ import annotations
 
 import json
-import threading
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 import trust_fixtures as tf
 from hf_cache import make_word_tokenizer, tiny_neox, write_fake_hub_repo
+from test_browser import get, serving
 
 from crosslens.analysis.diffing import DiffingAnalysis, DiffingThresholds, diffing_scaling
 from crosslens.analysis.emergence_check import EmergenceCheckConfig
@@ -193,20 +193,10 @@ def test_models_flag_refusals(two_models, capsys):
 
 # --------------------------------------------------------------------------- the chain
 def _served(run: Path, paths: list[str]) -> list[dict]:
-    from crosslens.browser import BrowseConfig, make_server
-
-    server = make_server(run, BrowseConfig(port=0))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        replies = []
-        for path in paths:
-            with urllib.request.urlopen(server.url + path, timeout=30) as response:
-                replies.append(json.load(response))
-        return replies
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(run) as server:
+        replies = [get(server, "/" + path) for path in paths]
+    assert all(status == 200 for status, _ in replies), replies
+    return [answer for _, answer in replies]
 
 
 def test_the_chain_on_two_models(two_models, tmp_path, capsys):

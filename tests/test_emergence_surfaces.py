@@ -21,7 +21,7 @@ import pytest
 import torch
 import trust_fixtures as tf
 from safetensors.torch import load_file, save_file
-from test_browser import driver, open_page, wait_for  # noqa: F401  (driver: Chromium, a fixture)
+from test_browser import driver, open_page, serving, wait_for  # noqa: F401  (driver: Chromium, a fixture)
 
 from crosslens.activations import ActivationStore, harvest_activations
 from crosslens.analysis import analyze_crosscoder
@@ -185,12 +185,8 @@ def test_neuronpedia_export_carries_the_flags(run, tmp_path):
 
 @pytest.fixture(scope="module")
 def server(run):
-    server = make_server(run[0], BrowseConfig(port=0))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(run[0]) as server:
+        yield server
 
 
 def api(server, path: str):

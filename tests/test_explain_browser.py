@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -15,9 +14,8 @@ from pathlib import Path
 
 import pytest
 from explain_fixtures import CAT, DEAD, DRIFTER, N_SNAPSHOTS, write_planted_database
-from test_browser import driver, get, listed, open_page, screenshot, server, shown_features, wait_for  # noqa: F401 (fixtures on run_dir)
+from test_browser import driver, get, listed, open_page, screenshot, server, serving, shown_features, wait_for  # noqa: F401 (fixtures on run_dir)
 
-from crosslens.browser import BrowseConfig, make_server
 from crosslens.explain import ExplainConfig, StubEndpoint, explain_run, import_explanations
 
 SHOTS = Path(os.environ.get("CROSSLENS_SHOTS", "/tmp/explain_screens"))
@@ -92,18 +90,12 @@ def test_explanations_of_another_feature_database_are_left_out(run_dir, tmp_path
     copy.mkdir()
     write_planted_database(copy, seed=3)  # rebuilt: another database
     (copy / "explanations.sqlite").write_bytes((run_dir / "explanations.sqlite").read_bytes())
-    server = make_server(copy, BrowseConfig(port=0))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(copy) as server:
         explained = get(server, "/api/run")[1]["explained"]
         assert "another feature database" in explained["problem"] and "explain the run again" in explained["problem"]
         status, answer = get(server, "/api/features?meaning=cat")
         assert status == 400 and "no explanations" in answer["error"]
         assert get(server, "/api/features")[0] == 200  # the feature database itself is served as ever
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_search_by_meaning_in_chromium_opens_its_result(driver, server):  # noqa: F811

@@ -27,18 +27,12 @@ DIFFING_FILTERS = ("any", *DIFFING_VERDICTS)
 def filter_clauses(contested: str, lineage: str, diffing: str) -> tuple[list[str], dict[str, Any]]:
     """SQL clauses on ``f.feature`` for the list's three filters (values checked by the caller)."""
     clauses, args = [], {}
-    if diffing:
-        if diffing == "any":
-            clauses.append("f.feature IN (SELECT feature FROM emergence WHERE diffing IS NOT NULL)")
-        else:
-            clauses.append("f.feature IN (SELECT feature FROM emergence WHERE diffing = :diffing)")
-            args["diffing"] = diffing
-    if contested:
-        if contested == "any":
-            clauses.append("f.feature IN (SELECT feature FROM emergence WHERE contested IS NOT NULL)")
-        else:
-            clauses.append("f.feature IN (SELECT feature FROM emergence WHERE contested = :contested)")
-            args["contested"] = contested
+    for column, value in (("contested", contested), ("diffing", diffing)):  # any value, or this one
+        if value == "any":
+            clauses.append(f"f.feature IN (SELECT feature FROM emergence WHERE {column} IS NOT NULL)")
+        elif value:
+            clauses.append(f"f.feature IN (SELECT feature FROM emergence WHERE {column} = :{column})")
+            args[column] = value
     if lineage:
         if lineage == "any":
             clauses.append("f.feature IN (SELECT feature FROM lineage_members)")
