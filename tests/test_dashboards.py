@@ -466,7 +466,13 @@ def test_a_record_of_an_earlier_crosslens_is_refused_naming_the_rebuild(tiny, tm
     with pytest.raises(StaleDatabaseError) as refused:
         compute(run)
     assert "written by an earlier crosslens" in refused.value.problem
-    assert json.loads(compute(run, overwrite=True).with_name(schema.RECORD_NAME).read_text())["format"] == RECORD_FORMAT
+    # a record of an earlier layout of the database: replaced, not kept as current
+    write_sealed(path, {**record, "layout": "crosslens.dashboards/3"}, RECORD_KEY)
+    with pytest.raises(StaleDatabaseError) as refused:
+        compute(run)
+    assert "written by an earlier crosslens (crosslens.dashboards/3)" in refused.value.problem
+    again = json.loads(compute(run, overwrite=True).with_name(schema.RECORD_NAME).read_text())
+    assert (again["format"], again["layout"]) == (RECORD_FORMAT, schema.FORMAT)
 
 
 def test_other_inputs_and_a_damaged_saved_pass_are_refused(tiny, tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ from crosslens.core.hashing import file_sha256, json_sha256
 from crosslens.core.paths import QUALITY_NAME, RUN_SEAL_KEY, RUN_SEAL_NAME
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
 from crosslens.dashboards.config import DashboardsError
-from crosslens.dashboards.schema import DATABASE_NAME, RECORD_NAME, schema_problem
+from crosslens.dashboards.schema import DATABASE_NAME, FORMAT, RECORD_NAME, schema_problem
 
 RECORD_FORMAT = "crosslens.dashboards.record/2"
 EARLIER_FORMATS = ("crosslens.dashboards.record/1",)
@@ -72,6 +72,7 @@ def write_record(run_dir: Path, partners: dict[str, Any], settings: dict[str, An
     record = {
         "format": RECORD_FORMAT,
         "database": DATABASE_NAME,
+        "layout": FORMAT,
         "database_sha256": database_sha256(path),
         "database_bytes": path.stat().st_size,
         "partners": partners,
@@ -96,9 +97,14 @@ def read_record(run_dir: Path) -> dict[str, Any]:
         raise DashboardsError(
             f"{path} is damaged ({error}); rebuild the database with `crosslens dashboards {run_dir} --overwrite`"
         ) from None
-    if record.get("format") in EARLIER_FORMATS:
+    # the layout is read here, before the database is opened, so that `crosslens dashboards` replaces
+    # a database of an earlier layout where it would otherwise keep it as current
+    if record.get("format") in EARLIER_FORMATS or record.get("layout") != FORMAT:
+        written = (
+            record["format"] if record.get("format") in EARLIER_FORMATS else record.get("layout") or "an earlier layout"
+        )
         raise DashboardsError(
-            f"{path} was written by an earlier crosslens ({record['format']}); rebuild the database with `crosslens dashboards {run_dir} --overwrite`"
+            f"{path} was written by an earlier crosslens ({written}); rebuild the database with `crosslens dashboards {run_dir} --overwrite`"
         )
     if record.get("format") != RECORD_FORMAT or record.get("database") != DATABASE_NAME:
         raise DashboardsError(
