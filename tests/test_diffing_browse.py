@@ -154,6 +154,11 @@ def test_the_pages_show_the_verdict(run, server, driver):  # noqa: F811
     wait_for(lambda: driver.execute_script("return document.querySelectorAll('table.features tbody tr').length") > 0)
     assert driver.execute_script("return document.getElementById('diffing-filters').hidden") is False
     assert driver.execute_script("return document.getElementById('emergence-filters').hidden") is True
+    n_tokens = api(server, "/api/run")["emergence"]["n_tokens"]
+    assert driver.execute_script("return document.getElementById('diffing-hint').textContent") == (
+        f"Latent scaling on {n_tokens:,} tokens: whether tiny-base's activations hold a tiny-chat-only latent "
+        "(and the reverse), though its decoder there shrank."
+    )
     shown = driver.execute_script(
         "return [...document.querySelectorAll('table.features tbody tr')].map(r => Number(r.dataset.feature))"
     )

@@ -5,6 +5,8 @@
 
 const EmergencePanel = {
   shown: false,
+  NO_CHECK: "This database holds no emergence check: run `crosslens analyze` on the run (with its store), then "
+    + "`crosslens dashboards RUN --overwrite`.",
 
   // The list's filters: disabled, with the command that fills them, where the database has no check.
   // Two models (a base and its fine-tune) have no training order: latent scaling's verdict on the
@@ -15,8 +17,7 @@ const EmergencePanel = {
     const hint = document.getElementById("emergence-hint");
     if (!check.computed) {
       for (const id of ["contested", "lineage"]) document.getElementById(id).disabled = true;
-      hint.textContent = "This database holds no emergence check: run `crosslens analyze` on the run "
-        + "(with its store), then `crosslens dashboards RUN --overwrite`.";
+      hint.textContent = this.NO_CHECK;
       return;
     }
     for (const opt of document.querySelectorAll("#contested option")) {
@@ -45,11 +46,11 @@ const EmergencePanel = {
       if (n !== undefined) opt.textContent += ` (${n})`;
     }
     const [a, b] = run.snapshots.map((s) => s.label);
-    document.getElementById("diffing-hint").textContent = check.latent_scaling
-      ? `Latent scaling on ${check.n_tokens.toLocaleString("en-US")} tokens: whether ${a}'s activations hold a `
-        + `${b}-only latent (and the reverse), though its decoder there shrank.`
-      : "Latent scaling was not run (no activation store given to analyze).";
-    if (!check.latent_scaling) document.getElementById("diffing").disabled = true;
+    document.getElementById("diffing-hint").textContent = !check.computed ? this.NO_CHECK
+      : !check.latent_scaling ? "Latent scaling was not run (no activation store given to analyze)."
+      : `Latent scaling on ${check.n_tokens.toLocaleString("en-US")} tokens: whether ${a}'s activations hold a `
+        + `${b}-only latent (and the reverse), though its decoder there shrank.`;
+    document.getElementById("diffing").disabled = !check.latent_scaling;
   },
 
   // A listed feature's verdict: contested (which way) and the kinds of lineage event it is in; with
