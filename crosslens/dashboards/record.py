@@ -97,18 +97,17 @@ def read_record(run_dir: Path) -> dict[str, Any]:
         raise DashboardsError(
             f"{path} is damaged ({error}); rebuild the database with `crosslens dashboards {run_dir} --overwrite`"
         ) from None
-    # the layout is read here, before the database is opened, so that `crosslens dashboards` replaces
-    # a database of an earlier layout where it would otherwise keep it as current
-    if record.get("format") in EARLIER_FORMATS or record.get("layout") != FORMAT:
-        written = (
-            record["format"] if record.get("format") in EARLIER_FORMATS else record.get("layout") or "an earlier layout"
-        )
-        raise DashboardsError(
-            f"{path} was written by an earlier crosslens ({written}); rebuild the database with `crosslens dashboards {run_dir} --overwrite`"
-        )
-    if record.get("format") != RECORD_FORMAT or record.get("database") != DATABASE_NAME:
+    earlier = record.get("format") in EARLIER_FORMATS
+    if not earlier and (record.get("format") != RECORD_FORMAT or record.get("database") != DATABASE_NAME):
         raise DashboardsError(
             f"{path} is not a record of `crosslens dashboards` ({record.get('format')}); rebuild it with `crosslens dashboards {run_dir} --overwrite`"
+        )
+    # the layout is read here, before the database is opened, so that `crosslens dashboards` replaces
+    # a database of an earlier layout where it would otherwise keep it as current
+    if earlier or record.get("layout") != FORMAT:
+        written = record["format"] if earlier else record.get("layout") or "an earlier layout"
+        raise DashboardsError(
+            f"{path} was written by an earlier crosslens ({written}); rebuild the database with `crosslens dashboards {run_dir} --overwrite`"
         )
     return record
 
