@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 import torch
 from hf_cache import make_word_tokenizer, offline_hf_home_at, tiny_neox, write_fake_hub_repo
-from test_browser import driver, get, open_page, serving, wait_for  # noqa: F401  (driver: Chromium, a fixture)
+from test_browser import driver, get, open_page, screenshot, serving, wait_for  # noqa: F401  (driver: Chromium, a fixture)
 
 from crosslens.analysis.diffing import DiffingAnalysis
 from crosslens.analysis.emergence_check import EmergenceCheckConfig
@@ -165,6 +165,7 @@ def test_the_pages_show_the_verdict(run, server, driver):  # noqa: F811
     assert sorted(shown) == sorted(f for f, (_, v, _) in verdicts.items() if v == "specific")
     chips = driver.execute_script("return [...document.querySelectorAll('table.features .chip.diffing')].length")
     assert chips == len(shown)
+    screenshot(driver, "diffing-list")
 
     open_page(driver, server, f"/feature/{own[0]}")
     wait_for(lambda: driver.execute_script("return document.body.dataset.reading") is not None, what="plots")
@@ -172,6 +173,18 @@ def test_the_pages_show_the_verdict(run, server, driver):  # noqa: F811
     chip = driver.execute_script("return document.querySelector('#emergence-chip .chip').textContent")
     note = driver.execute_script("return document.getElementById('emergence-note').textContent")
     assert (title, chip) == ("Which model holds it?", "latent scaling: specific")
+    # two models have no training order: no emergence, fade or dip, and the plots' axis is the models
+    facts = driver.execute_script("return [...document.querySelectorAll('#facts > div')].map(f => f.textContent)")
+    assert facts[0] == "strongest intiny-chat" and not any("emerges" in f or "fades" in f for f in facts)
+    titles = driver.execute_script(
+        "return ['training-title', 'relatives-title'].map(id => document.getElementById(id).textContent)"
+    )
+    assert titles == ["Across the models", "Relatives in each model"]
+    keys = driver.execute_script("return [...document.querySelectorAll('.events-key')].map(k => k.hidden)")
+    assert keys and all(keys)
+    header = driver.execute_script("return document.querySelector('header.bar .run').textContent")
+    assert header.endswith("48 features \u00d7 2 models")
+    screenshot(driver, "diffing-feature")
     assert (
         note == "Only tiny-chat's decoder writes it, and tiny-base's activations do not hold it: it is tiny-chat's own."
     )

@@ -60,7 +60,8 @@ CL.loadRun = async function () {
   CL.run = await CL.fetchJSON("/api/run");
   const run = CL.run;
   const cc = run.crosscoder || {};
-  const parts = [CL.runName(), cc.hook_name, `${run.n_features.toLocaleString("en-US")} features \u00d7 ${run.n_snapshots} snapshots`];
+  const parts = [CL.runName(), cc.hook_name,
+    `${run.n_features.toLocaleString("en-US")} features \u00d7 ${run.n_snapshots} ${CL.ofModels(run) ? "models" : "snapshots"}`];
   document.querySelector("header.bar .run").textContent = parts.filter(Boolean).join(" \u00b7 ");
   const report = document.querySelector("header.bar a.report");
   if (!run.report) report.remove();
@@ -69,6 +70,11 @@ CL.loadRun = async function () {
       text: "This database was named with --database and read as it is: its sealed record was not checked." }));
   }
   return run;
+};
+
+// A suite of distinct models (model diffing): its snapshots are models, in no training order.
+CL.ofModels = function (run) {
+  return Boolean(run.suite && run.suite.family === "models");
 };
 
 CL.runName = function () {

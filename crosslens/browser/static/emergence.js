@@ -83,8 +83,9 @@ const EmergencePanel = {
     document.getElementById("emergence-panel").hidden = !this.shown;
     if (!this.shown) return Promise.resolve();
     const check = detail.emergence_check;
-    document.getElementById("emergence-title").textContent = run.emergence.diffing
-      ? "Which model holds it?" : "Is this emergence real?";
+    const models = CL.ofModels(run);
+    document.getElementById("emergence-title").textContent = models ? "Which model holds it?" : "Is this emergence real?";
+    document.getElementById("relatives-title").textContent = models ? "Relatives in each model" : "Relatives through time";
     const [kind, words] = this.verdict(check, Boolean(run.emergence.diffing));
     document.getElementById("emergence-chip").replaceChildren(CL.el("span", { class: `chip ${kind}`, text: words }));
     document.getElementById("emergence-note").replaceChildren(...this.note(run, detail, check));

@@ -12,13 +12,15 @@ let reading = ALL;
 let featureToken = 0;
 let switcherWired = false;
 
-// The snapshot axis of the plots (charts.js): snapshots by index, labelled by their step.
+// The snapshot axis of the plots (charts.js): snapshots by index, labelled by their step (or, for
+// a suite of models, by model).
 function snapshotAxis(run) {
   const n = run.n_snapshots;
+  const models = CL.ofModels(run);
   const stride = Math.max(1, Math.ceil(n / 12));
   const ticks = [];
-  for (let i = 0; i < n; i += stride) ticks.push([i, CL.fmtStep(run.snapshots[i].step)]);
-  return { title: "training step", ticks, range: [-0.5, n - 0.5] };
+  for (let i = 0; i < n; i += stride) ticks.push([i, models ? run.snapshots[i].label : CL.fmtStep(run.snapshots[i].step)]);
+  return { title: models ? "model" : "training step", ticks, range: [-0.5, n - 0.5] };
 }
 
 function shownReading() {
@@ -39,8 +41,10 @@ function drawTraining(run) {
   const norms = series.decoder_norm;
   const at = (name, values, digits = 4) => (i) => `${labels[i]}: ${name} ${CL.fmt(values[i], digits)}`;
   const left = [{ name: "decoder norm", type: "line", x, y: norms, color: COLORS.norm, markers: true, tip: at("decoder norm", norms) }];
-  const marks = [["emergence", detail.emergence_snapshot, "triangle-up"], ["peak", detail.peak_snapshot, "star"],
-    ["fade", detail.fade_snapshot, "x"], ["dip", snapshotOfStep(run, detail.dip_step), "triangle-down"],
+  // models in no training order have no emergence, fade or dip to mark
+  const marks = CL.ofModels(run) ? [] : [["emergence", detail.emergence_snapshot, "triangle-up"],
+    ["peak", detail.peak_snapshot, "star"], ["fade", detail.fade_snapshot, "x"],
+    ["dip", snapshotOfStep(run, detail.dip_step), "triangle-down"],
     ["recovery", snapshotOfStep(run, detail.recovery_step), "triangle-up-open"]];
   for (const [name, s, symbol] of marks) {
     if (s === null || s === undefined || norms[s] === null) continue;
@@ -147,12 +151,18 @@ function renderFacts(run) {
   const chips = Object.entries(d.causal).filter(([, s]) => s.relie_class)
     .map(([task, s]) => CL.el("span", { class: "chip other-class", title: `RelIE class on ${task}`, text: `${task}: ${s.relie_class}` }));
   document.getElementById("relie-chips").replaceChildren(...chips);
-  const facts = [
+  const models = CL.ofModels(run);
+  document.getElementById("training-title").textContent = models ? "Across the models" : "Through training";
+  for (const key of document.querySelectorAll(".events-key")) key.hidden = models;
+  const strongest = d.peak_snapshot === null ? "none" : run.snapshots[d.peak_snapshot].label;
+  const facts = models ? [fact("strongest in", strongest, "the model of its largest decoder norm")] : [
     fact("emerges", stepFact(run, d.emergence_step, d.emergence_snapshot), "first snapshot where it is present"),
     fact("peaks", stepFact(run, d.peak_step, d.peak_snapshot), "snapshot of its largest decoder norm"),
     fact("fades", d.fade_step === null ? "never" : stepFact(run, d.fade_step, d.fade_snapshot), "stays below the fade threshold from here"),
   ];
-  if (d.dip_step !== null) facts.push(fact("dips / recovers", `${CL.fmtStep(d.dip_step)} \u2192 ${CL.fmtStep(d.recovery_step)}`, "dip-and-recover"));
+  if (!models && d.dip_step !== null) {
+    facts.push(fact("dips / recovers", `${CL.fmtStep(d.dip_step)} \u2192 ${CL.fmtStep(d.recovery_step)}`, "dip-and-recover"));
+  }
   facts.push(
     fact("peak decoder norm", CL.fmt(d.peak_decoder_norm)),
     fact("density", CL.fmtPercent(d.density), "share of tokens where the crosscoder's code is > 0"),
