@@ -166,6 +166,13 @@ def test_the_pages_show_the_verdict(run, server, driver):  # noqa: F811
     chips = driver.execute_script("return [...document.querySelectorAll('table.features .chip.diffing')].length")
     assert chips == len(shown)
     screenshot(driver, "diffing-list")
+    assert driver.execute_script("return document.getElementById('emergence-step').hidden") is True
+    boxes = driver.execute_script("return [...document.querySelectorAll('#classes input')].map(b => b.value)")
+    assert set(boxes) == {"tiny-base-only", "tiny-chat-only", "shared", "other", "dead"}
+    heads = driver.execute_script(
+        "return [...document.querySelectorAll('table.features thead th')].map(h => h.textContent)"
+    )
+    assert "latent scaling" in " ".join(heads) and not any(h.startswith(("emerges", "fades")) for h in heads)
 
     open_page(driver, server, f"/feature/{own[0]}")
     wait_for(lambda: driver.execute_script("return document.body.dataset.reading") is not None, what="plots")

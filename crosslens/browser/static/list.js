@@ -48,7 +48,10 @@ function option(value, text, selected) {
 
 function buildControls(run) {
   const classes = document.getElementById("classes");
-  const names = Object.keys(run.classes);
+  const models = CL.ofModels(run); // snapshots in no training order: no emergence step, and the
+  // through-time classes, always empty, are left out
+  document.getElementById("emergence-step").hidden = models;
+  const names = Object.keys(run.classes).filter((name) => !models || run.classes[name]);
   for (const name of names) {
     const box = CL.el("input", { type: "checkbox", value: name, "data-class": name });
     classes.append(CL.el("label", {}, box, CL.chip(name),
@@ -148,17 +151,18 @@ function wireControls() {
 }
 
 function columns(run, at) {
+  const models = CL.ofModels(run); // snapshots in no training order: no emergence or fade to list
   const cols = [
     { key: "feature", label: "feature", sort: "feature" },
     { key: "class", label: "class", text: true },
-    { key: "emergence_step", label: "emerges", sort: "emergence_step", format: CL.fmtStep },
-    { key: "fade_step", label: "fades", sort: "fade_step", format: CL.fmtStep },
+    ...(models ? [] : [{ key: "emergence_step", label: "emerges", sort: "emergence_step", format: CL.fmtStep },
+      { key: "fade_step", label: "fades", sort: "fade_step", format: CL.fmtStep }]),
     { key: "peak_decoder_norm", label: "peak norm", sort: "peak_decoder_norm" },
     { key: "density", label: "density", sort: "density", format: CL.fmtPercent },
     { key: "max_activation", label: "max act", sort: "max_activation" },
   ];
   if (run.tasks.length) cols.push({ key: "relevance", label: "|IE|", sort: "relevance" });
-  if (run.emergence.computed) cols.push({ key: "check", label: "emergence check", text: true });
+  if (run.emergence.computed) cols.push({ key: "check", label: models ? "latent scaling" : "emergence check", text: true });
   if (at !== null) {
     const label = run.snapshots[at].label;
     cols.push(
@@ -168,7 +172,7 @@ function columns(run, at) {
     );
   }
   cols.push(...Explained.columns());
-  cols.push({ key: "norms", label: "norm over training", text: true },
+  cols.push({ key: "norms", label: models ? "norm per model" : "norm over training", text: true },
     { key: "snippet", label: at === null ? "top context (crosscoder code)" : `top context at ${run.snapshots[at].label}`, text: true });
   return cols;
 }
