@@ -6,6 +6,7 @@ at a tiny shape."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import subprocess
@@ -26,6 +27,16 @@ from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig, optim
 from crosslens.training.optim import BFloat16StateAdam, KernelAdam
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def gpu_benchmark():
+    """``benchmarks/gpu.py``, loaded as a module."""
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    return gpu
+
+
 NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
@@ -984,11 +995,7 @@ def test_gpu_benchmark_runs_end_to_end_small_on_cpu():
 
 
 def test_a_failing_gpu_benchmark_row_prints_its_failure_and_the_rows_go_on(monkeypatch):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
+    gpu = gpu_benchmark()
     rows = iter([torch.OutOfMemoryError("CUDA out of memory.\nTried to allocate 9.00 GiB"), "the next row"])
 
     def step_row(*args):
@@ -1008,8 +1015,6 @@ def test_the_memory_peak_is_read_from_the_allocation_trace():
     """``gpu.py --memory-peak`` replays CUDA's allocation trace: the peak counts what was held
     before the step and frees of blocks made before it, and lists what the step allocated and
     still held at the peak by the crosslens line that made it."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("gpu_profiling", ROOT / "benchmarks" / "profiling.py")
     profiling = importlib.util.module_from_spec(spec)  # gpu.py's profiles and memory peaks
     spec.loader.exec_module(profiling)
@@ -1042,11 +1047,7 @@ def test_the_memory_peak_is_read_from_the_allocation_trace():
 def test_the_repeat_check_says_whether_two_runs_gave_the_same_bytes(monkeypatch):
     """``gpu.py --repeat-steps``: a CPU's steps repeat to the byte; two runs that start from
     different weights are reported as differing, parameter by parameter."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
+    gpu = gpu_benchmark()
     a = gpu.parse_args(["--small", "--repeat-steps", "2"])
     line = gpu.repeat_check("topk_crosscoder", a, "cpu", "bfloat16", "trained")
     assert line.split() == ["repeat,", "topk_crosscoder", "bf16", "trained", "2", "steps", "twice:", "same", "bytes"]
@@ -1063,11 +1064,7 @@ def test_on_cuda_steps_from_one_seed_repeat_to_the_byte(arch):
     """One GPU, one seed, one batch: five steps of the path a run takes under bf16 autocast, fresh
     and at a trained sparsity, give the same parameters to the byte twice (``gpu.py
     --repeat-steps`` measures the same at Ge et al.'s shape)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
+    gpu = gpu_benchmark()
     a = gpu.parse_args(["--small", "--repeat-steps", "5"])
     for state in ("fresh", "trained"):
         line = gpu.repeat_check(arch, a, "cuda", "bfloat16", state)
@@ -1079,7 +1076,6 @@ def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_t
     innermost frame of crosslens on the launching thread (backward's own thread included, and
     any thread's frames where that one has none), and sums the device's idle time between
     kernels, naming the line that launched the kernel after each gap."""
-    import importlib.util
     from types import SimpleNamespace
 
     spec = importlib.util.spec_from_file_location("gpu_profiling", ROOT / "benchmarks" / "profiling.py")
@@ -1149,36 +1145,23 @@ def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_t
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a recording that cannot start")
 def test_a_memory_peak_that_cannot_be_recorded_leaves_the_row_standing(capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
+    gpu = gpu_benchmark()
     gpu.print_memory_peak(lambda: None, "cuda", "crosscoder bf16 default")  # no CUDA here: nothing records
     out = capsys.readouterr().out.strip()
     assert out.startswith("memory peak of one step, crosscoder bf16 default: not recorded (")
     assert len(out.splitlines()) == 1
 
 
-def test_gpu_benchmark_refuses_a_dead_share_outside_0_to_1():
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--dead", "2"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=benchmark_env(),
-    )
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "--dead 2.0: give the share of features counted dead, from 0 up to below 1" in done.stderr
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--repeat-steps", "-1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=benchmark_env(),
-    )
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "--repeat-steps -1: give how many steps to train twice, 1 or more" in done.stderr
+def test_gpu_benchmark_refuses_a_dead_share_outside_0_to_1(capsys):
+    gpu = gpu_benchmark()
+    for argv, message in (
+        (["--dead", "2"], "--dead 2.0: give the share of features counted dead, from 0 up to below 1"),
+        (["--repeat-steps", "-1"], "--repeat-steps -1: give how many steps to train twice, 1 or more"),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            gpu.parse_args(argv)
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and message in err and "Traceback" not in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
