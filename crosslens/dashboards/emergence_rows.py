@@ -66,7 +66,7 @@ def _index(value: int) -> int | None:
     return None if value == NO_STEP else int(value)
 
 
-def emergence_rows(result: EmergenceResult | None, diffing: Sequence[str | None] | None = None) -> Iterator[tuple]:
+def emergence_rows(result: EmergenceResult | None, diffing: Sequence[str | None] | None) -> Iterator[tuple]:
     """The emergence table: one row per latent; ``diffing``, a two-model crosscoder's latent-scaling
     verdict per latent (:attr:`~crosslens.analysis.diffing.DiffingScaling.verdicts`)."""
     if result is None or result.check is None:

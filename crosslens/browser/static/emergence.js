@@ -57,7 +57,7 @@ const EmergencePanel = {
   // two models, latent scaling's verdict on a one-model-only latent.
   listChips(row) {
     const chips = [];
-    if (row.diffing) chips.push(CL.el("span", { class: `chip diffing ${row.diffing.replace(" ", "-")}`, text: row.diffing }));
+    if (row.diffing) chips.push(CL.el("span", { class: `chip ${this.diffingClass(row.diffing)}`, text: row.diffing }));
     if (row.contested) {
       chips.push(CL.el("span", { class: "chip contested", text: `contested: ${row.contested}`,
         title: `latent scaling dates it at ${CL.fmtStep(row.scaled_emergence_step)}` }));
@@ -66,10 +66,14 @@ const EmergencePanel = {
     return chips.length ? chips : [CL.el("span", { class: "note", text: "\u2014" })];
   },
 
+  diffingClass(verdict) {
+    return `diffing ${verdict.replace(" ", "-")}`;
+  },
+
   verdict(check, twoModels) {
     if (!check) return ["unmeasured", "no latent scaling"];
     if (twoModels) {
-      return check.diffing ? [`diffing ${check.diffing.replace(" ", "-")}`, `latent scaling: ${check.diffing}`]
+      return check.diffing ? [this.diffingClass(check.diffing), `latent scaling: ${check.diffing}`]
         : ["unmeasured", "both models' decoders write it"];
     }
     if (!check.measured) return ["unmeasured", "not measured (fires on too few sampled tokens)"];
@@ -83,10 +87,10 @@ const EmergencePanel = {
     document.getElementById("emergence-panel").hidden = !this.shown;
     if (!this.shown) return Promise.resolve();
     const check = detail.emergence_check;
-    const models = CL.ofModels(run);
-    document.getElementById("emergence-title").textContent = models ? "Which model holds it?" : "Is this emergence real?";
-    document.getElementById("relatives-title").textContent = models ? "Relatives in each model" : "Relatives through time";
-    const [kind, words] = this.verdict(check, Boolean(run.emergence.diffing));
+    const twoModels = Boolean(run.emergence.diffing);
+    document.getElementById("emergence-title").textContent = twoModels ? "Which model holds it?" : "Is this emergence real?";
+    document.getElementById("relatives-title").textContent = CL.ofModels(run) ? "Relatives in each model" : "Relatives through time";
+    const [kind, words] = this.verdict(check, twoModels);
     document.getElementById("emergence-chip").replaceChildren(CL.el("span", { class: `chip ${kind}`, text: words }));
     document.getElementById("emergence-note").replaceChildren(...this.note(run, detail, check));
     document.getElementById("lineage-events").replaceChildren(this.events(run, detail.lineage));
@@ -141,12 +145,13 @@ const EmergencePanel = {
     const series = [{ name: "decoder norm / peak", type: "line", x, y: norm, color: "#1f77b4", markers: true,
       tip: at("decoder norm", norm) }];
     // two models have no emergence to mark, only each model's share
-    const marks = run.emergence.diffing ? []
+    const twoModels = Boolean(run.emergence.diffing);
+    const marks = twoModels ? []
       : [["decoder norm", check ? check.decoder_snapshot : detail.emergence_snapshot, norm, "#1f77b4"]];
     if (check) {
       series.push({ name: "latent-scaled presence", type: "line", x, y: check.presence, color: "#d62728", dash: true,
         markers: true, tip: at("latent scaling", check.presence) });
-      if (!run.emergence.diffing) marks.push(["latent scaling", check.scaled_snapshot, check.presence, "#d62728"]);
+      if (!twoModels) marks.push(["latent scaling", check.scaled_snapshot, check.presence, "#d62728"]);
     }
     for (const [name, s, y, color] of marks) {
       if (s === null || s === undefined || y[s] === null) continue;
