@@ -1,7 +1,8 @@
-"""A ``torchrun`` worker for the parallel-harvest test: every rank runs the same
-``harvest_activations`` call, and the ranks write one store together.
+"""A ``torchrun`` worker for the parallel-harvest tests: every rank runs the same
+``harvest_activations`` call, and the ranks write one store together; with several folders,
+one store after another (a new one, or the resume of one a job left partial).
 
-    torchrun --nproc_per_node=N tests/distributed_harvest_worker.py SUITE_DIR OUT_DIR
+    torchrun --nproc_per_node=N tests/distributed_harvest_worker.py SUITE_DIR OUT_DIR [OUT_DIR ...]
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from crosslens.activations import harvest_activations, tokenize_texts
 from crosslens.distributed import shutdown
 
 
-def main(suite_dir: str, out_dir: str) -> int:
+def main(suite_dir: str, *out_dirs: str) -> int:
     torch.set_num_threads(1)
     suite = _open_suite(suite_dir)
     tokens = tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
     try:
-        harvest_activations(suite, HOOKS, tokens, out_dir, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False)
+        for out_dir in out_dirs:
+            harvest_activations(suite, HOOKS, tokens, out_dir, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False)
     finally:
         shutdown()
     return 0

@@ -1,11 +1,12 @@
 """A ``torchrun`` worker for the distributed tests: trains every architecture on a mesh.
 
     torchrun --nproc_per_node=N tests/distributed_worker.py --out DIR --snapshot-parallel P
-        [--steps K] [--interrupt-at J] [--resume] [--micro-batches M] [--pairs-path]
+        [--runs NAME ...] [--steps K] [--micro-batches M] [--fail-rank R]
 
-Each architecture trains on the same seeded global batches as the single-process
-reference in ``test_distributed.py`` (:func:`train_reference` there imports the helpers
-below), and writes ``DIR/<arch>/final`` and its checkpoints.
+Each run (:data:`RUNS`) trains its architectures on the same seeded global batches as the
+single-process reference in ``test_distributed.py`` (which imports the helpers below) and
+writes ``DIR/NAME/<arch>/final`` and its checkpoints. The runs of one launch share its mesh,
+one after another: a launch costs its workers' start, which is most of a test's time.
 """
 
 from __future__ import annotations
@@ -97,50 +98,62 @@ def dying(batches, at: int):
         yield batch
 
 
+RUNS = ("plain", "interrupted", "resumed", "split", "pairs")
+"""What a launch may run, in this order: a plain run; one stopped at step 4 (after its step-3
+checkpoint); one resumed from the checkpoints the test put in ``DIR/resumed``; JumpReLU alone with
+its step split at every pass; the sparse architectures through their CUDA path (last: the plan's
+kernels are handed out as the eager twins from then on)."""
+
+
+def train_run(name: str, args: argparse.Namespace, layout, mesh, device) -> None:
+    """One run of :data:`RUNS` on this rank, every architecture it trains."""
+    plan, archs = None, ARCHS
+    if name == "pairs":
+        plan, archs = take_the_pairs_path(str(device)), PAIRS_ARCHS
+    elif name == "split":
+        plan, archs = take_the_split_path(str(device)), ("jumprelu_crosscoder",)
+    stop_after = 4 if name == "interrupted" else None
+    for arch in archs:
+        out = args.out / name / arch
+        cfg = trainer_config(out, args.steps, str(device), args.micro_batches)
+        if name == "resumed":
+            trainer = CrosscoderTrainer.from_checkpoint(latest_checkpoint(out), cfg, mesh=mesh, plan=plan)
+        else:
+            trainer = CrosscoderTrainer(make_crosscoder(arch), cfg, mesh=mesh, plan=plan)
+
+        def batches(start: int):
+            stream = interrupting(global_batches(start), stop_after, start)
+            if args.fail_rank == layout.rank:
+                stream = dying(stream, at=2)
+            return shard_batches(stream, layout)
+
+        try:
+            trainer.fit(batches, resume_from=None)
+        except Interrupted:
+            pass
+        if name == "split":
+            print(f"rank {layout.rank}: {trainer.sae.pass_paths['split']} split passes")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--snapshot-parallel", type=int, default=1)
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=["plain"], help="the runs of this launch")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--micro-batches", type=int, default=1)
-    parser.add_argument("--interrupt-at", type=int, default=None)
-    parser.add_argument("--resume", action="store_true")
     parser.add_argument("--device", default="cpu", help="cuda runs the mesh on NCCL, one GPU per process")
     parser.add_argument("--fail-rank", type=int, default=None, help="this rank dies at step 2 of the first run")
-    parser.add_argument("--pairs-path", action="store_true", help="the sparse architectures, through their CUDA path")
-    parser.add_argument("--split-path", action="store_true", help="JumpReLU alone, its step split at every pass")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     layout, collectives, device = init_mesh(S, snapshot_parallel=args.snapshot_parallel, device=args.device)
-    mesh = (layout, collectives)
-    plan = take_the_pairs_path(str(device)) if args.pairs_path else None
-    archs = PAIRS_ARCHS if args.pairs_path else ARCHS
-    if args.split_path:
-        plan, archs = take_the_split_path(str(device)), ("jumprelu_crosscoder",)
     try:
-        for arch in archs:
-            out = args.out / arch
-            cfg = trainer_config(out, args.steps, str(device), args.micro_batches)
-            if args.resume:
-                checkpoint = latest_checkpoint(out)
-                trainer = CrosscoderTrainer.from_checkpoint(checkpoint, cfg, mesh=mesh, plan=plan)
-            else:
-                trainer = CrosscoderTrainer(make_crosscoder(arch), cfg, mesh=mesh, plan=plan)
-
-            def batches(start: int):
-                stream = interrupting(global_batches(start), args.interrupt_at, start)
-                if args.fail_rank == layout.rank:
-                    stream = dying(stream, at=2)
-                return shard_batches(stream, layout)
-
-            try:
-                trainer.fit(batches, resume_from=None)
-            except Interrupted:
-                pass
-            if args.split_path:
-                print(f"rank {layout.rank}: {trainer.sae.pass_paths['split']} split passes")
-    finally:
-        shutdown()
+        for name in sorted(args.runs, key=RUNS.index):
+            train_run(name, args, layout, (layout, collectives), device)
+    except BaseException:
+        shutdown(wait=False)  # as `crosslens train` leaves: torchrun then stops the others at once
+        raise
+    shutdown()
     return 0
 
 

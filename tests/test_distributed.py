@@ -1,8 +1,9 @@
 """Distributed crosscoder training equals the single-process run, for every architecture.
 
-Each test launches ``torchrun`` on CPU (gloo) with tests/distributed_worker.py, which
-trains the four architectures on the same seeded batches as :func:`reference` below, and
-compares every saved parameter with the single-process result to 1e-5.
+The tests launch ``torchrun`` on CPU (gloo) with tests/distributed_worker.py, which trains
+the four architectures on the same seeded batches as :func:`reference` below, and compare
+every saved parameter with the single-process result to 1e-5. A worker's start (torch and
+SAELens imported) is most of a launch's time, so the runs on two snapshot ranks share one.
 """
 
 from __future__ import annotations
@@ -79,28 +80,41 @@ def test_weights_actually_trained(reference):
 def mesh_2x2_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mesh_2x2")
     torchrun(4, "--out", str(out), "--snapshot-parallel", "2")
-    return out
+    return out / "plain"
 
 
-@pytest.mark.parametrize("nproc,snapshot_parallel", [(2, 1), (2, 2)], ids=["data-parallel-2", "snapshot-parallel-2"])
-def test_two_process_training_equals_single_process(tmp_path, reference, nproc, snapshot_parallel):
-    torchrun(nproc, "--out", str(tmp_path), "--snapshot-parallel", str(snapshot_parallel))
-    assert_same_weights(tmp_path, reference)
+@pytest.fixture(scope="module")
+def snapshot_mesh_runs(tmp_path_factory, mesh_2x2_run) -> tuple[Path, str]:
+    """Every run of the worker on two snapshot ranks, in one launch: its folder and what it printed.
+    The resumed run starts from the 2x2 mesh's step-3 checkpoint."""
+    root = tmp_path_factory.mktemp("snapshot_mesh")
+    for arch in worker.ARCHS:
+        shutil.copytree(mesh_2x2_run / arch / "step_00000003", root / "resumed" / arch / "step_00000003")
+    printed = torchrun(2, "--out", str(root), "--snapshot-parallel", "2", "--runs", *worker.RUNS)
+    return root, printed
 
 
-def test_the_pairs_path_on_a_snapshot_mesh_equals_single_process(tmp_path, reference):
+def test_two_data_ranks_train_the_single_process_crosscoder(tmp_path, reference):
+    torchrun(2, "--out", str(tmp_path), "--snapshot-parallel", "1")
+    assert_same_weights(tmp_path / "plain", reference)
+
+
+def test_two_snapshot_ranks_train_the_single_process_crosscoder(snapshot_mesh_runs, reference):
+    assert_same_weights(snapshot_mesh_runs[0] / "plain", reference)
+
+
+def test_the_pairs_path_on_a_snapshot_mesh_equals_single_process(snapshot_mesh_runs, reference):
     """The sparse steps' CUDA path (the decode's node differentiating the norms, whose snapshot
     sums are then taken twice; JumpReLU from its pairs), run with the eager sums on two
     snapshot ranks, ends where the single-process run of the CPU path ends."""
-    torchrun(2, "--out", str(tmp_path), "--snapshot-parallel", "2", "--pairs-path")
-    assert_same_weights(tmp_path, reference, worker.PAIRS_ARCHS)
+    assert_same_weights(snapshot_mesh_runs[0] / "pairs", reference, worker.PAIRS_ARCHS)
 
 
-def test_the_split_step_on_a_snapshot_mesh_equals_single_process(tmp_path, reference):
+def test_the_split_step_on_a_snapshot_mesh_equals_single_process(snapshot_mesh_runs, reference):
     """JumpReLU's split step on two snapshot ranks (each splits its own snapshots' entries, the
     gates open anywhere joined across ranks) ends where the single-process run ends."""
-    printed = torchrun(2, "--out", str(tmp_path), "--snapshot-parallel", "2", "--split-path")
-    assert_same_weights(tmp_path, reference, ("jumprelu_crosscoder",))
+    root, printed = snapshot_mesh_runs
+    assert_same_weights(root / "split", reference, ("jumprelu_crosscoder",))
     assert sorted(line for line in printed.splitlines() if "split passes" in line) == [
         f"rank {rank}: 6 split passes" for rank in (0, 1)
     ]
@@ -113,22 +127,17 @@ def test_2x2_mesh_training_equals_single_process(mesh_2x2_run, reference):
     assert ckpt["W_dec"].shape == (worker.F, worker.S, worker.D)
 
 
-def test_resume_across_world_sizes(tmp_path, mesh_2x2_run, reference):
+def test_resume_across_world_sizes(tmp_path, mesh_2x2_run, snapshot_mesh_runs, reference):
     """The 2x2 mesh's step-3 checkpoint, resumed with 2 processes and with 1: both end
     where an uninterrupted run ends."""
-    runs = {n: tmp_path / f"resumed_on_{n}" for n in (1, 2)}
-    for run in runs.values():
-        for arch in worker.ARCHS:
-            shutil.copytree(mesh_2x2_run / arch / "step_00000003", run / arch / "step_00000003")
-
-    torchrun(2, "--out", str(runs[2]), "--snapshot-parallel", "2", "--resume")
-    assert_same_weights(runs[2], reference)
+    assert_same_weights(snapshot_mesh_runs[0] / "resumed", reference)
 
     for arch in worker.ARCHS:
-        cfg = worker.trainer_config(runs[1] / arch, 6)
-        trainer = CrosscoderTrainer.from_checkpoint(latest_checkpoint(runs[1] / arch), cfg)
+        shutil.copytree(mesh_2x2_run / arch / "step_00000003", tmp_path / arch / "step_00000003")
+        cfg = worker.trainer_config(tmp_path / arch, 6)
+        trainer = CrosscoderTrainer.from_checkpoint(latest_checkpoint(tmp_path / arch), cfg)
         trainer.fit(worker.global_batches)
-    assert_same_weights(runs[1], reference)
+    assert_same_weights(tmp_path, reference)
 
 
 def test_a_rank_that_dies_takes_the_job_down(tmp_path):
@@ -152,14 +161,14 @@ def test_a_rank_that_dies_takes_the_job_down(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode != 0
     assert "rank died on purpose" in done.stderr
-    assert not (tmp_path / "crosscoder" / "final").exists()
+    assert not (tmp_path / "plain" / "crosscoder" / "final").exists()
 
 
-def test_interrupted_mesh_run_leaves_a_resumable_checkpoint(tmp_path):
-    torchrun(2, "--out", str(tmp_path), "--snapshot-parallel", "2", "--interrupt-at", "4")
+def test_interrupted_mesh_run_leaves_a_resumable_checkpoint(snapshot_mesh_runs):
     for arch in worker.ARCHS:
-        assert latest_checkpoint(tmp_path / arch).name == "step_00000003"
-        assert not (tmp_path / arch / "final").exists()
+        run = snapshot_mesh_runs[0] / "interrupted" / arch
+        assert latest_checkpoint(run).name == "step_00000003"
+        assert not (run / "final").exists()
 
 
 def test_snapshot_blocks_cover_every_snapshot_once():
@@ -182,7 +191,7 @@ def test_shard_batches_splits_rows_and_snapshots():
 HARVEST_WORKER = Path(__file__).with_name("distributed_harvest_worker.py")
 
 
-def torchrun_harvest(nproc: int, suite_dir: Path, out: Path) -> None:
+def torchrun_harvest(nproc: int, suite_dir: Path, *outs: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
     cmd = [
         sys.executable,
@@ -192,7 +201,7 @@ def torchrun_harvest(nproc: int, suite_dir: Path, out: Path) -> None:
         f"--nproc_per_node={nproc}",
         str(HARVEST_WORKER),
         str(suite_dir),
-        str(out),
+        *map(str, outs),
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
@@ -202,49 +211,59 @@ def _store_files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "acts").rglob("*.npy"))}
 
 
-@pytest.mark.parametrize("nproc", [2, 4], ids=["2-ranks-3-snapshots", "4-ranks-split-shards"])
-def test_parallel_harvest_writes_the_single_process_store(tmp_path, nproc):
+@pytest.fixture(scope="module")
+def harvests(tmp_path_factory) -> Path:
+    """A three-snapshot suite, its store harvested by one process (``single``), and, in one launch
+    of two ranks, a fresh store (``team``) and the resume of a partial copy of the single one
+    (``partial``): one snapshot's last shard never recorded, as a job killed mid-way leaves it."""
     from test_activations import HOOKS, N_SEQS, SEQ_LEN, SHARD_TOKENS, _open_suite, _texts, _write_suite
 
-    from crosslens.activations import ActivationStore, harvest_activations, tokenize_texts
+    from crosslens.activations import harvest_activations, tokenize_texts
+    from crosslens.activations.store import read_manifest, write_manifest
 
-    suite_dir = _write_suite(tmp_path / "suite", seeds=[0, 1, 2])
+    root = tmp_path_factory.mktemp("harvests")
+    suite_dir = _write_suite(root / "suite", seeds=[0, 1, 2])
     suite = _open_suite(suite_dir)
     tokens = tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
-    single = harvest_activations(
-        suite, HOOKS, tokens, tmp_path / "single", shard_tokens=SHARD_TOKENS, batch_size=4, progress=False
-    )
-    torchrun_harvest(nproc, suite_dir, tmp_path / "team")
-    team = ActivationStore.open(tmp_path / "team", verify="full")  # one consistent, complete manifest
-    assert _store_files(tmp_path / "team") == _store_files(tmp_path / "single")
+    harvest_activations(suite, HOOKS, tokens, root / "single", shard_tokens=SHARD_TOKENS, batch_size=4, progress=False)
+    shutil.copytree(root / "single", root / "partial")
+    manifest = read_manifest(root / "partial")
+    lost = sorted(rel for rel in manifest["files"] if "snap002_shard0004" in rel)
+    assert lost
+    for rel in lost:
+        del manifest["files"][rel]
+        (root / "partial" / rel).unlink()
+    manifest["complete"] = False
+    write_manifest(root / "partial", manifest)
+    torchrun_harvest(2, suite_dir, root / "team", root / "partial")
+    return root
+
+
+def _same_store(team_dir: Path, single_dir: Path) -> None:
+    from crosslens.activations import ActivationStore
+
+    team = ActivationStore.open(team_dir, verify="full")  # one consistent, complete manifest
+    single = ActivationStore.open(single_dir, verify="full")
+    assert _store_files(team_dir) == _store_files(single_dir)
     assert team.manifest["files"] == single.manifest["files"]
     assert team.manifest["snapshots"] == single.manifest["snapshots"]
     assert team.manifest["norm_factors"] == single.manifest["norm_factors"]
 
 
-def test_parallel_harvest_resumes_a_partial_store(tmp_path):
-    from test_activations import HOOKS, N_SEQS, SEQ_LEN, SHARD_TOKENS, _open_suite, _texts, _write_suite
+def test_two_ranks_harvest_the_single_process_store(harvests):
+    _same_store(harvests / "team", harvests / "single")
 
-    from crosslens.activations import ActivationStore, harvest_activations, tokenize_texts
-    from crosslens.activations.store import read_manifest, write_manifest
 
-    suite_dir = _write_suite(tmp_path / "suite", seeds=[0, 1, 2])
-    suite = _open_suite(suite_dir)
-    tokens = tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
-    out = tmp_path / "store"
-    harvest_activations(suite, HOOKS, tokens, out, shard_tokens=SHARD_TOKENS, batch_size=4, progress=False)
-    complete = _store_files(out)
-    # as a job killed mid-way leaves it: one snapshot's last shard never recorded
-    manifest = read_manifest(out)
-    lost = sorted(rel for rel in manifest["files"] if "snap002_shard0004" in rel)
-    for rel in lost:
-        del manifest["files"][rel]
-        (out / rel).unlink()
-    manifest["complete"] = False
-    write_manifest(out, manifest)
-    torchrun_harvest(2, suite_dir, out)
-    assert _store_files(out) == complete
-    assert ActivationStore.open(out, verify="full").manifest["complete"]
+def test_four_ranks_split_shards_and_harvest_the_single_process_store(tmp_path, harvests):
+    torchrun_harvest(4, harvests / "suite", tmp_path / "team")
+    _same_store(tmp_path / "team", harvests / "single")
+
+
+def test_parallel_harvest_resumes_a_partial_store(harvests):
+    from crosslens.activations import ActivationStore
+
+    assert _store_files(harvests / "partial") == _store_files(harvests / "single")
+    assert ActivationStore.open(harvests / "partial", verify="full").manifest["complete"]
 
 
 def test_torchrun_crosslens_train_matches_a_plain_run(tmp_path):
