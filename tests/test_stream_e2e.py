@@ -3,8 +3,6 @@ no byte, the GPU benchmark's logic runs, and the plan's --stream prediction is i
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -105,13 +103,13 @@ def test_the_benchmark_times_whole_chunks_with_their_forwards():
         stream_gpu.parse_args(["--batch", "3000"])  # 128 x 1024 tokens a chunk: no whole number of batches
 
 
-def test_the_benchmark_without_cuda_says_so():
-    """Run where no GPU is visible (``CUDA_VISIBLE_DEVICES`` empty), as on a machine without one."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "stream_gpu.py"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("\n") == 1 and "no CUDA device here" in done.stdout
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script measures")
+def test_the_benchmark_without_cuda_says_so(capsys):
+    import stream_gpu
+
+    assert stream_gpu.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "no CUDA device here" in out
 
 
 def test_plan_stream_prediction_is_the_hand_computation(capsys):
