@@ -295,6 +295,9 @@ LINEAGE_SENSITIVITY = (
     {"min_snapshots": 3},
     {"successor_cosine": 0.6},
     {"successor_cosine": 0.8},
+    {"max_shared": 4},
+    {"max_shared": 10},
+    {"max_shared": 127},
 )
 """Lineage lines scored beside :class:`LineageConfig`'s defaults, one changed at a time."""
 

@@ -142,6 +142,20 @@ def test_a_check_of_another_crosscoder_is_refused_before_the_pass(run, tmp_path)
         EmergenceRecordError, match=r"lacks tables \(latent scaling tables missing: carrier\); run `crosslens analyze"
     ):
         read_emergence(copy)
+    # lineage found under other rules (an earlier version's, without a line this one draws) is found again
+    record["partners"]["crosscoder"] = crosscoder_sha256(copy)
+    save_file(load_file(str(run_dir / EMERGENCE_TENSORS_NAME)), str(copy / EMERGENCE_TENSORS_NAME))
+    record["tensors_sha256"] = file_sha256(copy / EMERGENCE_TENSORS_NAME)
+    earlier = {**record, "settings": {**record["settings"], "lineage": dict(record["settings"]["lineage"])}}
+    del earlier["settings"]["lineage"]["max_shared"]
+    write_sealed(
+        copy / EMERGENCE_NAME, {k: v for k, v in earlier.items() if k != "emergence_sha256"}, "emergence_sha256"
+    )
+    with pytest.raises(
+        EmergenceRecordError,
+        match=r"lineage found under other rules than this crosslens's \(without max_shared\); run `crosslens analyze",
+    ):
+        read_emergence(copy)
     # a record of an older format (its tables lack what this version reads) is computed again
     record["format"] = "crosslens.emergence/1"
     write_sealed(

@@ -125,6 +125,8 @@ def test_the_config_is_checked():
         LineageConfig(hold_margin=0.45)
     with pytest.raises(ValueError, match="at least 1 relative"):
         LineageConfig(n_relatives=0)
+    with pytest.raises(ValueError, match="max_shared=0"):
+        LineageConfig(max_shared=0)
 
 
 def test_one_snapshot_of_a_shared_direction_makes_no_event():
@@ -257,3 +259,26 @@ def test_a_latent_that_leaves_a_direction_its_partner_keeps_is_no_split():
     W[0, 3] = u[0]  # 0 turns at 4, a snapshot after 1 leaves
     events = lineage_of(EvolutionAnalysis.from_decoder(W * GROWING_1S1)).events
     assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1)), ("merge", 5, (2, 3))]
+
+
+def test_a_crowd_that_shares_one_direction_and_scatters_makes_no_split():
+    """Latents sharing one direction with more others than a concept has duplicates (``max_shared``)
+    are a crowd, not a concept (TopK's auxiliary loss gathers latents that have not fired there),
+    and their scattering is no split; as many as ``max_shared + 1`` latents that part together are
+    one split."""
+    gen = torch.Generator().manual_seed(7)
+    u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
+
+    def parting(n: int) -> EvolutionAnalysis:
+        """n latents on one direction until snapshot 3, each turned to its own from 4 (cosine 0.16 apart)."""
+        W = torch.zeros(n, S, D)
+        for i in range(n):
+            W[i, :4], W[i, 4:] = u[0], _turned(u[0], u[1 + i], 0.4)
+        return EvolutionAnalysis.from_decoder(W * GROWING_1S1)
+
+    assert LineageConfig().max_shared == 6
+    assert lineage_of(parting(8)).events == []  # each shares its direction with 7 others
+    loose = lineage_of(parting(8), LineageConfig(max_shared=7)).events
+    assert [(e.kind, e.snapshot, e.latents) for e in loose] == [("split", 4, tuple(range(8)))]
+    few = lineage_of(parting(7)).events  # 6 others: a concept and its duplicates
+    assert [(e.kind, e.snapshot, e.latents) for e in few] == [("split", 4, tuple(range(7)))]

@@ -12,7 +12,7 @@ refusing one computed for another crosscoder.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,21 @@ def read_record(run_dir: str | os.PathLike, crosscoder_sha: str | None = None) -
     return record
 
 
+def _recorded_lineage_config(recorded: dict[str, Any], run_dir: Path) -> LineageConfig:
+    """The lineage settings a record was computed with; :class:`EmergenceRecordError` where they are
+    not this crosslens's (a record from a version whose lineage had other lines: its events would be
+    read as if this version's rules had found them)."""
+    names = {f.name for f in fields(LineageConfig)}
+    if set(recorded) != names:
+        said = [f"without {', '.join(sorted(names - set(recorded)))}"] * bool(names - set(recorded))
+        said += [f"with {', '.join(sorted(set(recorded) - names))}"] * bool(set(recorded) - names)
+        raise EmergenceRecordError(
+            f"{run_dir / EMERGENCE_NAME} holds lineage found under other rules than this crosslens's ({'; '.join(said)}); "
+            f"{_fix(run_dir)} again"
+        )
+    return LineageConfig(**recorded)
+
+
 def read_emergence(run_dir: str | os.PathLike, crosscoder_sha: str | None = None) -> EmergenceResult:
     """:func:`save_emergence`'s result read back, its tables checked against the record's sha256."""
     run_dir = Path(run_dir)
@@ -207,7 +222,7 @@ def read_emergence(run_dir: str | os.PathLike, crosscoder_sha: str | None = None
         relative_cosine=tensors["relative_cosine"],
         events=[LineageEvent.from_dict(e) for e in record["events"]],
     )
-    lineage_config = LineageConfig(**settings["lineage"])
+    lineage_config = _recorded_lineage_config(settings["lineage"], run_dir)
     if settings.get("check") is None:
         return EmergenceResult(steps=steps, lineage=lineage, lineage_config=lineage_config)
     try:

@@ -16,7 +16,9 @@ Read from the per-snapshot decoder directions of the live latents, where each is
   split, no event. A
   pair whose rows point opposite at any snapshot (cosine <= -:attr:`LineageConfig.hold_cosine`)
   is neither: such latents fire together to cancel each other (TopK's fixed count of active
-  latents makes them), and their rows carry no concept there;
+  latents makes them), and their rows carry no concept there. Nor is a pair whose direction,
+  where it is together, more than :attr:`LineageConfig.max_shared` other latents share: a crowd,
+  not a concept;
 - **succession**: a latent fades as a near-parallel one emerges (the best cosine between the
   fading latent's last ``min_snapshots`` rows of a run of presence that long and the emerging
   latent's first ones >= :attr:`LineageConfig.successor_cosine`, the emergence within
@@ -88,6 +90,14 @@ class LineageConfig:
     """An emergence at most this many snapshots from the fade counts as its successor, and the two
     may be present together at this many snapshots at most (a latent present beside its
     would-be successor for longer is a partner or a duplicate, not a predecessor)."""
+    max_shared: int = 6
+    """At most this many other present latents share a concept's direction (its duplicates): where
+    more lie at the hold line or closer to either latent's row at the snapshot where a pair is
+    together, that direction is a crowd's, not a concept's, and the pair makes no split or merge.
+    TopK's auxiliary loss pulls the latents that have not fired toward the same part of the
+    residual, so such crowds of rarely firing latents form and later scatter. On the planted grid a
+    found event's latents share their direction with at most 5 others, and the crowds of the false
+    events on TopK's ``zipf`` with 7 to 20 (benchmarks/README.md, "Is an emergence real?")."""
     min_snapshots: int = 2
     """A state must hold at this many snapshots to count: two latents together (or apart) before
     and apart (together) after an event, and a predecessor and its successor present on either
@@ -119,6 +129,10 @@ class LineageConfig:
             )
         if self.min_snapshots < 1:
             raise ValueError(f"min_snapshots={self.min_snapshots}: a state holds at 1 snapshot or more.")
+        if self.max_shared < 1:
+            raise ValueError(
+                f"max_shared={self.max_shared}: a concept's direction is shared by 1 other latent or more."
+            )
         if not -1.0 <= self.successor_cosine <= 1.0 or self.successor_window < 0:
             raise ValueError("successor_cosine is a cosine in [-1, 1] and successor_window >= 0 snapshots.")
         if self.chunk_size < 1:
@@ -311,6 +325,9 @@ def divergence_events(
     # its own while the other moves is the other changing what it carries
     split_P &= turned(last_same_P, split_at_P)
     merge_P &= turned(last_apart_P, merge_at_P)
+    # and where the pair is together, its direction is one concept's, not a crowd's
+    split_P &= ~_crowded(unit_FSD, present_FS, a_P, b_P, last_same_P, split_P, config)
+    merge_P &= ~_crowded(unit_FSD, present_FS, a_P, b_P, merge_at_P, merge_P, config)
     found: list[tuple[str, int, int, int, float]] = []
     for kind, ok_P, at_P in (
         ("split", split_P & (last_same_P >= 0) & (last_apart_P > last_same_P), split_at_P),
@@ -320,6 +337,31 @@ def divergence_events(
             at = int(at_P[p])
             found.append((kind, at, int(a_P[p]), int(b_P[p]), float(cos_PS[p, at])))
     return _joined(found)
+
+
+def _crowded(
+    unit_FSD: torch.Tensor,
+    present_FS: torch.Tensor,
+    a_P: torch.Tensor,
+    b_P: torch.Tensor,
+    at_P: torch.Tensor,
+    asked_P: torch.Tensor,
+    config: LineageConfig,
+) -> torch.Tensor:
+    """Of the ``asked_P`` pairs, those where more than ``max_shared`` other present latents lie at the
+    hold line or closer to the row of ``a`` or of ``b`` at snapshot ``at_P``: a matmul per snapshot
+    and chunk of rows."""
+    crowded_P = torch.zeros_like(asked_P)
+    for s in torch.unique(at_P[asked_P]).tolist():
+        pairs = torch.nonzero(asked_P & (at_P == s)).flatten()
+        latents_R = torch.cat([a_P[pairs], b_P[pairs]])
+        shared_R = torch.empty_like(latents_R)
+        for start in range(0, len(latents_R), config.chunk_size):
+            rows_CD = unit_FSD[latents_R[start : start + config.chunk_size], s]
+            near_CF = ((rows_CD @ unit_FSD[:, s].T) >= config.hold_cosine) & present_FS[None, :, s]
+            shared_R[start : start + config.chunk_size] = near_CF.sum(1) - 1  # the latent itself
+        crowded_P[pairs] = shared_R.view(2, -1).amax(0) > config.max_shared
+    return crowded_P
 
 
 def _joined(found: list[tuple[str, int, int, int, float]]) -> list[LineageEvent]:
