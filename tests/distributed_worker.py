@@ -105,9 +105,9 @@ its step split at every pass; the sparse architectures through their CUDA path (
 kernels are handed out as the eager twins from then on)."""
 
 
-def train_run(name: str, args: argparse.Namespace, layout, mesh, device) -> None:
-    """One run of :data:`RUNS` on this rank, every architecture it trains."""
-    plan, archs = None, ARCHS
+def train_run(name: str, args: argparse.Namespace, mesh, device) -> None:
+    """One run of :data:`RUNS` on this rank (of ``mesh = (layout, collectives)``), every architecture it trains."""
+    layout, plan, archs = mesh[0], None, ARCHS
     if name == "pairs":
         plan, archs = take_the_pairs_path(str(device)), PAIRS_ARCHS
     elif name == "split":
@@ -149,7 +149,7 @@ def main(argv: list[str]) -> int:
     layout, collectives, device = init_mesh(S, snapshot_parallel=args.snapshot_parallel, device=args.device)
     try:
         for name in sorted(args.runs, key=RUNS.index):
-            train_run(name, args, layout, (layout, collectives), device)
+            train_run(name, args, (layout, collectives), device)
     except BaseException:
         shutdown(wait=False)  # as `crosslens train` leaves: torchrun then stops the others at once
         raise

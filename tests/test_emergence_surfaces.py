@@ -156,6 +156,14 @@ def test_a_check_of_another_crosscoder_is_refused_before_the_pass(run, tmp_path)
         match=r"lineage found under other rules than this crosslens's \(without max_shared\); run `crosslens analyze",
     ):
         read_emergence(copy)
+    # the same for the check's and latent scaling's settings, read through the same door
+    for section, what in (("check", "an emergence check"), ("latent_scaling", "latent scaling")):
+        other = {**record, "settings": {**record["settings"], section: {**record["settings"][section], "unknown": 1}}}
+        write_sealed(
+            copy / EMERGENCE_NAME, {k: v for k, v in other.items() if k != "emergence_sha256"}, "emergence_sha256"
+        )
+        with pytest.raises(EmergenceRecordError, match=rf"{what} found under other rules .*\(with unknown\)"):
+            read_emergence(copy)
     # a record of an older format (its tables lack what this version reads) is computed again
     record["format"] = "crosslens.emergence/1"
     write_sealed(

@@ -29,12 +29,17 @@ from crosslens.training.optim import BFloat16StateAdam, KernelAdam
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def benchmark_script(name: str):
+    """``benchmarks/NAME.py``, loaded as a module."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def gpu_benchmark():
     """``benchmarks/gpu.py``, loaded as a module."""
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
-    return gpu
+    return benchmark_script("gpu")
 
 
 NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -1015,9 +1020,7 @@ def test_the_memory_peak_is_read_from_the_allocation_trace():
     """``gpu.py --memory-peak`` replays CUDA's allocation trace: the peak counts what was held
     before the step and frees of blocks made before it, and lists what the step allocated and
     still held at the peak by the crosslens line that made it."""
-    spec = importlib.util.spec_from_file_location("gpu_profiling", ROOT / "benchmarks" / "profiling.py")
-    profiling = importlib.util.module_from_spec(spec)  # gpu.py's profiles and memory peaks
-    spec.loader.exec_module(profiling)
+    profiling = benchmark_script("profiling")  # gpu.py's profiles and memory peaks
 
     def frames(line):
         torch_frame = {"filename": "/site-packages/torch/nn/functional.py", "line": 1, "name": "linear"}
@@ -1078,9 +1081,7 @@ def test_the_profile_places_each_kernel_at_the_line_that_launched_it_and_times_t
     kernels, naming the line that launched the kernel after each gap."""
     from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("gpu_profiling", ROOT / "benchmarks" / "profiling.py")
-    profiling = importlib.util.module_from_spec(spec)  # gpu.py's profiles and memory peaks
-    spec.loader.exec_module(profiling)
+    profiling = benchmark_script("profiling")  # gpu.py's profiles and memory peaks
     CPU, CUDA = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
 
     def event(name, device, start, end, id=0, thread=1):
@@ -1164,7 +1165,6 @@ def test_gpu_benchmark_refuses_a_dead_share_outside_0_to_1(capsys):
         assert refused.value.code == 2 and message in err and "Traceback" not in err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script measures")
 def test_gpu_benchmark_without_cuda_prints_one_line_and_exits_0(capsys):
     assert gpu_benchmark().main([]) == 0

@@ -190,19 +190,19 @@ def read_record(run_dir: str | os.PathLike, crosscoder_sha: str | None = None) -
     return record
 
 
-def _recorded_lineage_config(recorded: dict[str, Any], run_dir: Path) -> LineageConfig:
-    """The lineage settings a record was computed with; :class:`EmergenceRecordError` where they are
-    not this crosslens's (a record from a version whose lineage had other lines: its events would be
+def _recorded_config(cls: type[Any], recorded: dict[str, Any], what: str, run_dir: Path) -> Any:
+    """A config the record's ``what`` was computed with; :class:`EmergenceRecordError` where its
+    fields are not this crosslens's (a record of a version with other settings: its results would be
     read as if this version's rules had found them)."""
-    names = {f.name for f in fields(LineageConfig)}
+    names = {f.name for f in fields(cls)}
     if set(recorded) != names:
         said = [f"without {', '.join(sorted(names - set(recorded)))}"] * bool(names - set(recorded))
         said += [f"with {', '.join(sorted(set(recorded) - names))}"] * bool(set(recorded) - names)
         raise EmergenceRecordError(
-            f"{run_dir / EMERGENCE_NAME} holds lineage found under other rules than this crosslens's ({'; '.join(said)}); "
-            f"{_fix(run_dir)} again"
+            f"{run_dir / EMERGENCE_NAME} holds {what} found under other rules than this crosslens's "
+            f"({'; '.join(said)}); {_fix(run_dir)} again"
         )
-    return LineageConfig(**recorded)
+    return cls(**recorded)
 
 
 def read_emergence(run_dir: str | os.PathLike, crosscoder_sha: str | None = None) -> EmergenceResult:
@@ -222,7 +222,7 @@ def read_emergence(run_dir: str | os.PathLike, crosscoder_sha: str | None = None
         relative_cosine=tensors["relative_cosine"],
         events=[LineageEvent.from_dict(e) for e in record["events"]],
     )
-    lineage_config = _recorded_lineage_config(settings["lineage"], run_dir)
+    lineage_config = _recorded_config(LineageConfig, settings["lineage"], "lineage", run_dir)
     if settings.get("check") is None:
         return EmergenceResult(steps=steps, lineage=lineage, lineage_config=lineage_config)
     try:
@@ -236,7 +236,7 @@ def read_emergence(run_dir: str | os.PathLike, crosscoder_sha: str | None = None
     early = record.get("early_presence") or {}
     check = EmergenceCheck(
         steps=steps,
-        config=EmergenceCheckConfig(**settings["check"]),
+        config=_recorded_config(EmergenceCheckConfig, settings["check"], "an emergence check", run_dir),
         presence=tensors["check.presence"],
         decoder_emergence=tensors["check.decoder_emergence"].long(),
         scaled=scaled,
@@ -244,5 +244,5 @@ def read_emergence(run_dir: str | os.PathLike, crosscoder_sha: str | None = None
         contested=tensors["check.contested"].bool(),
         early_presence=[early.get(str(i)) for i in range(scaling.d_sae)],
     )
-    scaling_config = LatentScalingConfig(**settings["latent_scaling"])
+    scaling_config = _recorded_config(LatentScalingConfig, settings["latent_scaling"], "latent scaling", run_dir)
     return EmergenceResult(steps, lineage, lineage_config, scaling, check, scaling_config)
