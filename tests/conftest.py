@@ -31,6 +31,12 @@ os.environ["HF_HUB_CACHE"] = str(_HF_ROOT / "hub")
 os.environ.pop("HUGGINGFACE_HUB_CACHE", None)  # an older name that would win over HF_HUB_CACHE
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["CROSSLENS_TEST_EMPTY_HUB"] = str(_HF_ROOT / "empty")
+# pytest-xdist's workers share the machine's cores: each worker's torch, and the processes it
+# starts, take the worker's share of them. With more threads than that, OpenMP's workers spin
+# at each op's barrier while another process holds the cores, and small ops slow down manyfold.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _CORES // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 from hf_cache import (
     make_word_tokenizer,

@@ -43,15 +43,12 @@ def make_crosscoder(arch: str):
 
 
 def take_the_pairs_path(device: str) -> KernelPlan:
-    """The plan of the sparse steps as they run on CUDA (the Triton backend: TopK's decode from its
-    pairs, whose node differentiates the norms; the JumpReLU step from its pairs), with the eager
-    sums in the Triton kernels' place: the plan's kernels are handed out as the eager twins. TopK
+    """The plan of the sparse steps as they run on CUDA (TopK's decode from its pairs, whose node
+    differentiates the norms; the JumpReLU step from its pairs), with the eager sums. TopK
     decodes from its pairs here although k / d_sae (1/8) is above the default's density."""
-    from crosslens.kernels import jumprelu_pairs, sparse
-
-    eager = lambda plan: sparse.EagerKernels(plan)  # noqa: E731
-    sparse.kernels_for = jumprelu_pairs.kernels_for = eager
-    return KernelPlan.resolve(device, backend="triton", jumprelu_sparse=True, topk_sparse_decode=True)
+    return KernelPlan.resolve(
+        device, backend="eager", jumprelu_sparse=True, topk_sparse_decode=True, topk_pairs_kernels=True
+    )
 
 
 def take_the_split_path(device: str) -> KernelPlan:
@@ -101,8 +98,7 @@ def dying(batches, at: int):
 RUNS = ("plain", "interrupted", "resumed", "split", "pairs")
 """What a launch may run, in this order: a plain run; one stopped at step 4 (after its step-3
 checkpoint); one resumed from the checkpoints the test put in ``DIR/resumed``; JumpReLU alone with
-its step split at every pass; the sparse architectures through their CUDA path (last: the plan's
-kernels are handed out as the eager twins from then on)."""
+its step split at every pass; the sparse architectures through their CUDA path, with the eager sums."""
 
 
 def train_run(name: str, args: argparse.Namespace, mesh, device) -> None:

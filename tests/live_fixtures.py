@@ -24,10 +24,9 @@ def tiny_run(root: Path) -> Path:
     """``root/run``, trained on ``root/suite``'s snapshots, with its feature database."""
     tf.write_suite(root / "suite")
     tf.harvest(root / "suite", root / "store")
-    with tf.one_torch_thread():
-        tf.train(root / "store", root / "run")
-        config = DashboardsConfig(top_k=4, n_quantile=3, window=3, reservoir=6, batch_size=48, n_bins=12, n_logits=5)
-        compute_dashboards(root / "run", config=config, device="cpu", progress=False)
+    tf.train(root / "store", root / "run")
+    config = DashboardsConfig(top_k=4, n_quantile=3, window=3, reservoir=6, batch_size=48, n_bins=12, n_logits=5)
+    compute_dashboards(root / "run", config=config, device="cpu", progress=False)
     return root / "run"
 
 

@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import plotly.graph_objects as go
 import pytest
 import torch
-from trust_fixtures import one_torch_thread
 
 from crosslens.analysis import (
     EvolutionAnalysis,
@@ -51,12 +50,6 @@ CASES = [
 STEPS = [0, 10, 100, 1000, 10_000, 100_000]
 # Robust presence: a return after a dip is not an emergence; the dip is recorded instead.
 ROBUST_CASES = {4: (0, 3, NO_STEP, "initialization")}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 def _case_norms() -> torch.Tensor:

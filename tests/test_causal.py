@@ -50,16 +50,6 @@ ARCHITECTURES = ["crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batcht
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny matmuls gain nothing from threads, and on a shared 2-core machine the thread
-    pool's synchronisation makes them tens of times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
     words = ["<bos>", "<pad>", "<unk>", "The", "the", "that"]

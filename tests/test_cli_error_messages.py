@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trust_fixtures import HOOK, OTHER_HOOK, harvest, one_torch_thread, train, write_suite
+from trust_fixtures import HOOK, OTHER_HOOK, harvest, train, write_suite
 
 from crosslens.cli import main
 from crosslens.cli.flags import field_flags, name_flags
@@ -40,9 +40,8 @@ def suite(tmp_path_factory) -> Path:
 def run(suite, tmp_path_factory) -> tuple[Path, Path]:
     """(store, finished run folder) of a 40-step crosscoder on the suite."""
     root = tmp_path_factory.mktemp("run")
-    with one_torch_thread():
-        harvest(suite, root / "store")
-        train(root / "store", root / "run", checkpoint_every=0)
+    harvest(suite, root / "store")
+    train(root / "store", root / "run", checkpoint_every=0)
     return root / "store", root / "run"
 
 
@@ -170,8 +169,7 @@ def test_a_damaged_shard_gives_the_harvest_command_that_repairs_it(run, tmp_path
 
 
 def test_a_store_of_two_hooks_asks_for_the_hook_flag(suite, tmp_path, capsys):
-    with one_torch_thread():
-        harvest(suite, tmp_path / "store", hooks=[HOOK, OTHER_HOOK])
+    harvest(suite, tmp_path / "store", hooks=[HOOK, OTHER_HOOK])
     err = cli_error(["train", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "r")], capsys)
     assert "say which one to use with --hook" in err and "hook= in Python" in err, err
 

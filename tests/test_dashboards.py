@@ -53,9 +53,8 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("dashboards")
     tf.write_suite(root / "suite")
     tf.harvest(root / "suite", root / "store")
-    with tf.one_torch_thread():
-        for arch, extra in ARCHITECTURES.items():
-            tf.train(root / "store", root / f"run-{arch}", architecture=arch, **extra)
+    for arch, extra in ARCHITECTURES.items():
+        tf.train(root / "store", root / f"run-{arch}", architecture=arch, **extra)
     return root
 
 
@@ -65,8 +64,7 @@ def fresh_run(tiny: Path, tmp_path: Path, arch: str = "jumprelu_crosscoder") -> 
 
 
 def compute(run: Path, **overrides):
-    with tf.one_torch_thread():
-        return compute_dashboards(run, config=DashboardsConfig(**{**CONFIG, **overrides}), device="cpu", progress=False)
+    return compute_dashboards(run, config=DashboardsConfig(**{**CONFIG, **overrides}), device="cpu", progress=False)
 
 
 def rows(db: sqlite3.Connection, sql: str, *args) -> list[tuple]:
@@ -283,8 +281,7 @@ def test_a_streamed_pass_equals_the_store_s(tiny, tmp_path):
     from_store = sqlite3.connect(run / schema.DATABASE_NAME)
     streamed = fresh_run(tiny, tmp_path / "streamed")
     source = StreamSource(CheckpointSuite.local(tiny / "suite"), tf.token_table(), spec={"kind": "test"})
-    with tf.one_torch_thread():
-        compute_dashboards(streamed, stream=source, config=DashboardsConfig(**CONFIG), device="cpu", progress=False)
+    compute_dashboards(streamed, stream=source, config=DashboardsConfig(**CONFIG), device="cpu", progress=False)
     db = open_database(streamed)
     for table in ("features", "feature_snapshots", "contexts", "vocabulary", "snapshots", "context_search"):
         assert rows(db, f"SELECT * FROM {table}") == rows(from_store, f"SELECT * FROM {table}"), table
@@ -365,10 +362,9 @@ def test_bad_runs_stores_and_attributions_are_refused_in_one_line(tiny, tmp_path
     for what, make in stores.items():
         make(tmp_path / what)
         with pytest.raises(CrosslensError) as refused:
-            with tf.one_torch_thread():
-                compute_dashboards(
-                    run, store=tmp_path / what, config=DashboardsConfig(**CONFIG), device="cpu", progress=False
-                )
+            compute_dashboards(
+                run, store=tmp_path / what, config=DashboardsConfig(**CONFIG), device="cpu", progress=False
+            )
         message = one_line(refused.value)
         assert (
             "pass a store" in message

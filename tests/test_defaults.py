@@ -126,7 +126,7 @@ def test_a_hand_built_trainer_trains_the_runners_jumprelu_crosscoder_to_the_byte
     CrosscoderTrainerConfig, each at its defaults) and the runner that `crosslens train` drives
     train the same JumpReLU crosscoder: the same resampling, warm-up, lambda, learning rate and
     decay, from one table (crosslens.architectures)."""
-    from trust_fixtures import HOOK, harvest, one_torch_thread, write_suite
+    from trust_fixtures import HOOK, harvest, write_suite
 
     from crosslens.activations import ActivationProvider, ActivationStore
     from crosslens.crosscoders import JumpReLUTrainingCrosscoder, JumpReLUTrainingCrosscoderConfig
@@ -146,18 +146,17 @@ def test_a_hand_built_trainer_trains_the_runners_jumprelu_crosscoder_to_the_byte
         progress=False,
     )
     assert config.sae.architecture == "jumprelu_crosscoder"
-    with one_torch_thread():
-        CrosscoderTrainingRunner(config).run()
+    CrosscoderTrainingRunner(config).run()
 
-        store = ActivationStore.open(store_path)
-        torch.manual_seed(config.seed)
-        crosscoder = JumpReLUTrainingCrosscoder(
-            JumpReLUTrainingCrosscoderConfig(d_in=store.d_in_of(HOOK), n_snapshots=store.n_snapshots, d_sae=d_sae)
-        )
-        trainer = CrosscoderTrainer(
-            crosscoder, CrosscoderTrainerConfig(total_steps=n_steps, checkpoint_dir=str(tmp_path / "hand"))
-        )
-        trainer.fit(ActivationProvider(store, HOOK, batch_size=batch, seed=config.seed, drop_last=True).batches)
+    store = ActivationStore.open(store_path)
+    torch.manual_seed(config.seed)
+    crosscoder = JumpReLUTrainingCrosscoder(
+        JumpReLUTrainingCrosscoderConfig(d_in=store.d_in_of(HOOK), n_snapshots=store.n_snapshots, d_sae=d_sae)
+    )
+    trainer = CrosscoderTrainer(
+        crosscoder, CrosscoderTrainerConfig(total_steps=n_steps, checkpoint_dir=str(tmp_path / "hand"))
+    )
+    trainer.fit(ActivationProvider(store, HOOK, batch_size=batch, seed=config.seed, drop_last=True).batches)
 
     run = json.loads((tmp_path / "runner" / "run.json").read_text())
     assert run["sae"]["resample_dead"] == 4 and run["lr"] == 3e-3

@@ -60,14 +60,13 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("emergence")
     tf.write_suite(root / "suite")
     tf.harvest(root / "suite", root / "store")
-    with tf.one_torch_thread():
-        tf.train(root / "store", root / "run", architecture="jumprelu_crosscoder")
-        crosscoder = load_crosscoder_folder(root / "run" / "final", device="cpu")
-        store = ActivationStore.open(root / "store")
-        analysis, report = analyze_crosscoder(crosscoder, store=store, progress=False, **LOOSE)
-        save_run_emergence(root / "run", analysis.emergence, store)
-        report.write(root / "run" / "report.html")
-        compute_dashboards(root / "run", config=DashboardsConfig(**DASHBOARDS), device="cpu", progress=False)
+    tf.train(root / "store", root / "run", architecture="jumprelu_crosscoder")
+    crosscoder = load_crosscoder_folder(root / "run" / "final", device="cpu")
+    store = ActivationStore.open(root / "store")
+    analysis, report = analyze_crosscoder(crosscoder, store=store, progress=False, **LOOSE)
+    save_run_emergence(root / "run", analysis.emergence, store)
+    report.write(root / "run" / "report.html")
+    compute_dashboards(root / "run", config=DashboardsConfig(**DASHBOARDS), device="cpu", progress=False)
     return root / "run", analysis.emergence
 
 

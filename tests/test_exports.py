@@ -36,8 +36,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
     suite = tf.write_suite(root / "suite")
     tf.harvest(suite, root / "store")
-    with tf.one_torch_thread():
-        tf.train(root / "store", root / "run")
+    tf.train(root / "store", root / "run")
     return root
 
 

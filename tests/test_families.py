@@ -61,15 +61,6 @@ OLMO2_REVISIONS = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from threads; on a shared machine the pool slows them down."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def _family_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
     hf_home = tmp_path_factory.mktemp("families_hf_home")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trust_fixtures import HOOK, copy_tree, harvest, one_torch_thread, run_config, train, tree_bytes, write_suite
+from trust_fixtures import HOOK, copy_tree, harvest, run_config, train, tree_bytes, write_suite
 
 from crosslens.activations import harvest as harvest_module
 from crosslens.activations.store import LOCK_NAME, MANIFEST_NAME, TOKENS_NAME, shard_relpath
@@ -47,9 +47,8 @@ RESULTS: list[tuple[str, str, str]] = []
 
 # --------------------------------------------------------------------------- shared state
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread_and_summary():
-    with one_torch_thread():
-        yield
+def _summary():
+    yield
     table = format_table(RESULTS)
     print("\n" + table)
     if os.environ.get("CROSSLENS_FAULT_TABLE"):

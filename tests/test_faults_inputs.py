@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from hf_cache import FAKE_WORDS, make_word_tokenizer
-from trust_fixtures import HOOK, harvest, one_torch_thread, token_table, train, write_suite
+from trust_fixtures import HOOK, harvest, token_table, train, write_suite
 
 import crosslens.activations.budget as budget_module
 import crosslens.activations.harvest as harvest_module
@@ -24,12 +24,6 @@ from crosslens.core.errors import StorageError
 from crosslens.core.units import format_bytes
 
 SENTENCE = "the old dog sees a small bird near the big tree and the young cat runs quickly"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

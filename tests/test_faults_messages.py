@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from trust_fixtures import harvest, one_torch_thread, train, write_suite
+from trust_fixtures import harvest, train, write_suite
 
 from crosslens.cli import main
 from crosslens.core.errors import DamagedCrosscoderError
@@ -34,11 +34,10 @@ def cli_error(argv: list[str], capsys) -> str:
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(suite folder, finished run folder): 3 tiny GPT-NeoX snapshots (context 64 tokens)."""
     root = tmp_path_factory.mktemp("messages")
-    with one_torch_thread():
-        suite = write_suite(root / "suite")
-        store = root / "store"
-        harvest(suite, store)
-        train(store, root / "run", checkpoint_every=0)
+    suite = write_suite(root / "suite")
+    store = root / "store"
+    harvest(suite, store)
+    train(store, root / "run", checkpoint_every=0)
     return suite, root / "run"
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from hf_cache import make_word_tokenizer, tiny_neox, write_local_suite
-from trust_fixtures import HOOK, OTHER_HOOK, harvest, one_torch_thread, token_table, train, write_suite
+from trust_fixtures import HOOK, OTHER_HOOK, harvest, token_table, train, write_suite
 
 from crosslens.activations import ActivationStore
 from crosslens.activations.partners import HELDOUT_OF, STORE_SEAL_KEY, open_heldout, pair_heldout, store_seal
@@ -28,12 +28,6 @@ from crosslens.cli import main
 from crosslens.cli.quality import print_quality
 from crosslens.core.errors import PartnerMismatchError
 from crosslens.training.runfolder import run_store
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from sae_lens import SAE
-from trust_fixtures import copy_tree, harvest, one_torch_thread, run_config, tree_bytes, write_suite
+from trust_fixtures import copy_tree, harvest, run_config, tree_bytes, write_suite
 
 import crosslens
 from crosslens.cli import main
@@ -48,12 +48,6 @@ READERS = {
     "run_store": run_store,
     "push": lambda run: push_to_hub(run, "someone/cc", api=LocalHubApi(run.parent / "hub")),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

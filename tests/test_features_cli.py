@@ -29,8 +29,7 @@ def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("features_cli")
     tf.write_suite(root / "suite")
     tf.harvest(root / "suite", root / "store")
-    with tf.one_torch_thread():
-        tf.train(root / "store", root / "run")
+    tf.train(root / "store", root / "run")
     return root / "run"
 
 
@@ -51,8 +50,7 @@ def test_browse_and_export_before_dashboards_say_which_command_to_run(run, tmp_p
 
 
 def test_dashboards_then_browse_then_export(run, tmp_path, capsys):
-    with tf.one_torch_thread():
-        assert main(["dashboards", str(run), *FLAGS]) == 0
+    assert main(["dashboards", str(run), *FLAGS]) == 0
     out = capsys.readouterr().out
     assert f"browse it: crosslens browse {run}" in out
     database = run / "dashboards.sqlite"
@@ -60,8 +58,7 @@ def test_dashboards_then_browse_then_export(run, tmp_path, capsys):
 
     # the same command again leaves the finished database as it is
     stamp = database.stat().st_mtime_ns
-    with tf.one_torch_thread():
-        assert main(["dashboards", str(run), *FLAGS]) == 0
+    assert main(["dashboards", str(run), *FLAGS]) == 0
     capsys.readouterr()
     assert database.stat().st_mtime_ns == stamp
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from hf_cache import FAKE_WORDS
-from trust_fixtures import HOOK, OTHER_HOOK, one_torch_thread, write_suite
+from trust_fixtures import HOOK, OTHER_HOOK, write_suite
 
 from crosslens.activations import HarvestConfig, TokenBudget, TokenSource, harvest_stores
 from crosslens.checkpoints import CheckpointSuite, ModelShape
@@ -85,9 +85,8 @@ def test_the_library_writes_the_bytes_the_command_writes(suite, text, tmp_path):
     config = HarvestConfig(
         out_dir=str(library), hook_names=[HOOK], tokens=TokenSource(text=[text]), budget=TokenBudget(256, 16, 64)
     )
-    with one_torch_thread():
-        assert main(["harvest", "--suite", str(suite), "--hook", HOOK, "--out", str(command), *flags]) == 0
-        store, heldout = harvest_stores(config, CheckpointSuite.local(suite))
+    assert main(["harvest", "--suite", str(suite), "--hook", HOOK, "--out", str(command), *flags]) == 0
+    store, heldout = harvest_stores(config, CheckpointSuite.local(suite))
     assert heldout is not None and heldout.path.name == "store-heldout" and heldout.n_tokens > 0
     for folder in ("store", "store-heldout"):
         shards = sorted(p.name for p in (command.parent / folder).glob("*.safetensors"))
@@ -133,13 +132,11 @@ def test_dashboards_stream_reads_the_tokens_harvest_reads(suite, text, tmp_path)
 
     flags = ["--suite", str(suite), "--text", str(text), "--n-tokens", "256", "--seq-len", "16", "--device", "cpu"]
     store = tmp_path / "store"
-    with one_torch_thread():
-        assert main(["harvest", "--hook", HOOK, "--out", str(store), *flags]) == 0
-        train(store, tmp_path / "run", architecture="crosscoder")
+    assert main(["harvest", "--hook", HOOK, "--out", str(store), *flags]) == 0
+    train(store, tmp_path / "run", architecture="crosscoder")
     streamed = copy_tree(tmp_path / "run", tmp_path / "streamed")
-    with one_torch_thread():
-        assert main(["dashboards", str(tmp_path / "run"), "--device", "cpu"]) == 0
-        assert main(["dashboards", str(streamed), "--stream", *flags]) == 0
+    assert main(["dashboards", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    assert main(["dashboards", str(streamed), "--stream", *flags]) == 0
     databases = [sqlite3.connect(run / schema.DATABASE_NAME) for run in (tmp_path / "run", streamed)]
     for table in ("features", "feature_snapshots", "contexts", "vocabulary", "snapshots"):
         first, second = (db.execute(f"SELECT * FROM {table}").fetchall() for db in databases)

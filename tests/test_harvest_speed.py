@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from hf_cache import make_word_tokenizer
-from trust_fixtures import HOOK, harvest, one_torch_thread, token_table, write_suite
+from trust_fixtures import HOOK, harvest, token_table, write_suite
 
 from crosslens.activations.harvest import stored_norm_sum
 from crosslens.activations.store import from_storage, shard_relpath, to_storage
@@ -39,26 +39,25 @@ def npy_bytes(rows_ND: torch.Tensor) -> bytes:
 
 def test_store_bytes_equal_the_naive_forward(suite_root, tmp_path):
     tokens_NL = token_table()
-    with one_torch_thread():
-        store = harvest(suite_root, tmp_path / "store")
-        suite = CheckpointSuite.local(suite_root)
-        keep_NL = keep_mask(tokens_NL, exclude_bos=True, exclude_token_ids=default_excluded_ids(suite.tokenizer()))
-        manifest, checked = store.manifest, 0
-        for s in range(len(suite)):
-            model = suite.load(s)
-            with torch.inference_mode():
-                _, cache = model.run_with_cache(tokens_NL, names_filter=HOOK)
-            for k, shard in enumerate(manifest["shards"]):
-                a, b = shard["seq_start"], shard["seq_stop"]
-                expected_ND = cache[HOOK][a:b][keep_NL[a:b]].contiguous()
-                rel = shard_relpath(HOOK, s, k)
-                record, written = manifest["files"][rel], (tmp_path / "store" / rel).read_bytes()
-                assert written == npy_bytes(expected_ND)
-                assert record["sha256"] == hashlib.sha256(written).hexdigest()
-                assert record["rows"] == expected_ND.shape[0] > 0
-                norm_sum = torch.linalg.vector_norm(expected_ND, dim=1, dtype=torch.float64).sum()
-                assert record["norm_sum"] == float(norm_sum)  # exactly: the normalisation factors come from it
-                checked += 1
+    store = harvest(suite_root, tmp_path / "store")
+    suite = CheckpointSuite.local(suite_root)
+    keep_NL = keep_mask(tokens_NL, exclude_bos=True, exclude_token_ids=default_excluded_ids(suite.tokenizer()))
+    manifest, checked = store.manifest, 0
+    for s in range(len(suite)):
+        model = suite.load(s)
+        with torch.inference_mode():
+            _, cache = model.run_with_cache(tokens_NL, names_filter=HOOK)
+        for k, shard in enumerate(manifest["shards"]):
+            a, b = shard["seq_start"], shard["seq_stop"]
+            expected_ND = cache[HOOK][a:b][keep_NL[a:b]].contiguous()
+            rel = shard_relpath(HOOK, s, k)
+            record, written = manifest["files"][rel], (tmp_path / "store" / rel).read_bytes()
+            assert written == npy_bytes(expected_ND)
+            assert record["sha256"] == hashlib.sha256(written).hexdigest()
+            assert record["rows"] == expected_ND.shape[0] > 0
+            norm_sum = torch.linalg.vector_norm(expected_ND, dim=1, dtype=torch.float64).sum()
+            assert record["norm_sum"] == float(norm_sum)  # exactly: the normalisation factors come from it
+            checked += 1
     assert checked == 3 * 5
 
 

@@ -104,6 +104,13 @@ def test_what_runs_where_is_what_each_devices_plan_runs(column, monkeypatch):
     assert not differ, f"DESIGN.md's {column} column against the code (documented, running): {differ}"
 
 
+def test_topk_pairs_kernels_chooses_the_decode_on_any_backend():
+    """The plan's field, not the backend alone, says how TopK's sparse decode sums its pairs."""
+    assert _topk_decode(KernelPlan(backend="eager")) == "embedding_bag"
+    assert _topk_decode(KernelPlan(backend="eager", topk_pairs_kernels=True)) == "EagerKernels"
+    assert _topk_decode(KernelPlan(backend="triton", topk_pairs_kernels=False)) == "embedding_bag"
+
+
 def test_the_jumprelu_paths_are_named_in_the_order_tried():
     """Every JumpReLU path a plan allows is one of the recorded names, in their order, the
     reference last."""

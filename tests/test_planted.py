@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from trust_fixtures import one_torch_thread
 
 import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectures with SAELens)
 from crosslens.analysis import (
@@ -30,12 +29,6 @@ from crosslens.analysis.synthetic import match_planted, planted_mmcs, planted_re
 
 N_STEPS = 2000
 BATCH = 256
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 # ---------------------------------------------------------------------------

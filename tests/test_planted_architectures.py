@@ -32,13 +32,10 @@ K = 2  # about 1.5x the planted mean L0 (1.3), as in scripts/planted_benchmark.p
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _quiet_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _quiet():
     old = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"
     yield
-    torch.set_num_threads(threads)
     if old is None:
         os.environ.pop("TQDM_DISABLE", None)
     else:

@@ -13,7 +13,7 @@ import itertools
 
 import pytest
 import torch
-from test_planted_architectures import ARCHITECTURES, _quiet_one_thread, _score  # noqa: F401  (one thread, autouse)
+from test_planted_architectures import ARCHITECTURES, _quiet, _score  # noqa: F401  (quiet, autouse)
 from test_trainer import make_batches, make_sae, trainer_cfg
 
 from crosslens.analysis import PlantedConfig, PlantedEvolution

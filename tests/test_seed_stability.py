@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from trust_fixtures import harvest, one_torch_thread, train, write_suite
+from trust_fixtures import harvest, train, write_suite
 
 from crosslens.analysis import EvolutionAnalysis
 from crosslens.analysis.stability import (
@@ -155,10 +155,9 @@ def _stability_lines(store, root, seeds) -> str:
 
 
 def test_the_printed_stability_lines_are_the_same_on_a_second_fresh_run(tmp_path):
-    with one_torch_thread():
-        suite = write_suite(tmp_path / "suite")
-        store = harvest(suite, tmp_path / "store").path
-        first = _stability_lines(store, tmp_path / "first", (0, 1, 2))
-        second = _stability_lines(store, tmp_path / "second", (0, 1, 2))
+    suite = write_suite(tmp_path / "suite")
+    store = harvest(suite, tmp_path / "store").path
+    first = _stability_lines(store, tmp_path / "first", (0, 1, 2))
+    second = _stability_lines(store, tmp_path / "second", (0, 1, 2))
     assert first == second
     assert first.count("decoder cos >= ") == 2 and first.count(" vs ") == 6

@@ -59,15 +59,11 @@ def triton_backend(request: pytest.FixtureRequest) -> KernelPlan:
 
 
 @pytest.fixture
-def pairs_path_with_eager_sums(monkeypatch: pytest.MonkeyPatch) -> KernelPlan:
+def pairs_path_with_eager_sums() -> KernelPlan:
     """The sparse steps' path as a plan with the Triton backend takes it (TopK's decode from its
-    pairs, whose node differentiates the norms), with the eager sums in the Triton kernels'
-    place: the plan's kernels are handed out as :class:`EagerKernels` (which launch on a CPU
-    outside the interpreter)."""
-    eager = lambda plan: EagerKernels(plan)  # noqa: E731
-    monkeypatch.setattr(sparse, "kernels_for", eager)
-    monkeypatch.setattr(jumprelu_pairs, "kernels_for", eager)
-    return KernelPlan.resolve("cpu", backend="triton")
+    pairs, whose node differentiates the norms), with the eager sums, which launch on a CPU
+    outside the interpreter."""
+    return KernelPlan.resolve("cpu", backend="eager", topk_pairs_kernels=True)
 
 
 @LAUNCHES

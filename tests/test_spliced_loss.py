@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_causal import D_MODEL, HOOK, N_SNAPSHOTS, _one_torch_thread, make_crosscoder, snapshots, tokenizer  # noqa: F401
+from test_causal import D_MODEL, HOOK, N_SNAPSHOTS, make_crosscoder, snapshots, tokenizer  # noqa: F401
 
 import crosslens.crosscoders as crosscoders
 from crosslens.causal.snapshot_models import collect_activations
@@ -160,44 +160,43 @@ def test_spliced_loss_refuses_what_it_cannot_measure(snapshots, tokens):
 def test_evaluate_prints_the_spliced_loss_of_a_trained_run(tmp_path, capsys):
     """``crosslens evaluate --spliced-loss`` loads the suite the store records and prints one row
     per snapshot, the same numbers as the library function on the same rows."""
-    from trust_fixtures import HOOK, harvest, one_torch_thread, train, write_suite
+    from trust_fixtures import HOOK, harvest, train, write_suite
 
     from crosslens.activations import ActivationStore
     from crosslens.checkpoints import CheckpointSuite
     from crosslens.cli import main
     from crosslens.crosscoders.saved import load_crosscoder_folder
 
-    with one_torch_thread():
-        suite_root = write_suite(tmp_path / "suite")
-        harvest(suite_root, tmp_path / "store")
-        train(tmp_path / "store", tmp_path / "run", checkpoint_every=0)
-        capsys.readouterr()
-        assert (
-            main(
-                [
-                    "evaluate",
-                    str(tmp_path / "run"),
-                    "--store",
-                    str(tmp_path / "store"),
-                    "--spliced-loss",
-                    "--spliced-seqs",
-                    "4",
-                    "--spliced-ablation",
-                    "mean",
-                ]
-            )
-            == 0
+    suite_root = write_suite(tmp_path / "suite")
+    harvest(suite_root, tmp_path / "store")
+    train(tmp_path / "store", tmp_path / "run", checkpoint_every=0)
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "run"),
+                "--store",
+                str(tmp_path / "store"),
+                "--spliced-loss",
+                "--spliced-seqs",
+                "4",
+                "--spliced-ablation",
+                "mean",
+            ]
         )
-        out = capsys.readouterr().out
-        store = ActivationStore.open(tmp_path / "store")
-        rows = spliced_loss(
-            CheckpointSuite.local(suite_root),
-            load_crosscoder_folder(tmp_path / "run" / "final"),
-            store.sequences[:4],
-            hook=HOOK,
-            ablation="mean",
-            labels=[s["revision"] for s in store.snapshots],
-        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    store = ActivationStore.open(tmp_path / "store")
+    rows = spliced_loss(
+        CheckpointSuite.local(suite_root),
+        load_crosscoder_folder(tmp_path / "run" / "final"),
+        store.sequences[:4],
+        hook=HOOK,
+        ablation="mean",
+        labels=[s["revision"] for s in store.snapshots],
+    )
     assert "spliced-model loss per snapshot on 4 rows" in out and "mean-ablation floor" in out
     assert format_spliced_loss(rows) in out
     assert [row["snapshot"] for row in rows] == ["step0", "step10", "step20"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trust_fixtures import HOOK, harvest, one_torch_thread, write_suite
+from trust_fixtures import HOOK, harvest, write_suite
 from wandb_files import item_values, wandb_records
 
 from crosslens.causal.spliced_loss import (
@@ -58,10 +58,9 @@ def cli_train(store: Path, out: Path, *extra: str) -> list[str]:
 def world(tmp_path_factory):
     """A tiny suite, a store harvested from it, and a run trained on it by the CLI."""
     root = tmp_path_factory.mktemp("spliced")
-    with one_torch_thread():
-        suite_root = write_suite(root / "suite")
-        harvest(suite_root, root / "store")
-        assert main(cli_train(root / "store", root / "run", "--spliced-seqs", str(N_SEQS))) == 0
+    suite_root = write_suite(root / "suite")
+    harvest(suite_root, root / "store")
+    assert main(cli_train(root / "store", root / "run", "--spliced-seqs", str(N_SEQS))) == 0
     return {"suite": suite_root, "store": root / "store", "run": root / "run"}
 
 
@@ -71,15 +70,14 @@ def library_rows(world, ablation: str = "zero") -> list[dict]:
     from crosslens.crosscoders.saved import load_crosscoder_folder
 
     store = ActivationStore.open(world["store"])
-    with one_torch_thread():
-        return spliced_loss(
-            CheckpointSuite.local(world["suite"]),
-            load_crosscoder_folder(world["run"] / "final"),
-            store.sequences[:N_SEQS],
-            hook=HOOK,
-            ablation=ablation,
-            labels=[s["revision"] for s in store.snapshots],
-        )
+    return spliced_loss(
+        CheckpointSuite.local(world["suite"]),
+        load_crosscoder_folder(world["run"] / "final"),
+        store.sequences[:N_SEQS],
+        hook=HOOK,
+        ablation=ablation,
+        labels=[s["revision"] for s in store.snapshots],
+    )
 
 
 def assert_same_rows(saved: list[dict], expected: list[dict]) -> None:
@@ -104,12 +102,11 @@ def test_train_quality_json_holds_the_spliced_rows_and_stays_sealed(world):
 
 
 def test_train_prints_the_spliced_table_and_can_skip_it(world, tmp_path, capsys):
-    with one_torch_thread():
-        assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", str(N_SEQS))) == 0
-        out = capsys.readouterr().out
-        assert format_spliced_loss(library_rows(world)) in out  # same seed, same store: the same crosscoder
-        assert f"spliced-model loss per snapshot on {N_SEQS} rows of" in out
-        assert main(cli_train(world["store"], tmp_path / "skip", "--spliced-seqs", "0")) == 0
+    assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", str(N_SEQS))) == 0
+    out = capsys.readouterr().out
+    assert format_spliced_loss(library_rows(world)) in out  # same seed, same store: the same crosscoder
+    assert f"spliced-model loss per snapshot on {N_SEQS} rows of" in out
+    assert main(cli_train(world["store"], tmp_path / "skip", "--spliced-seqs", "0")) == 0
     assert "spliced-model loss" not in capsys.readouterr().out
     assert "spliced_loss" not in json.loads((tmp_path / "skip" / QUALITY_NAME).read_text())
 
@@ -120,10 +117,9 @@ def test_train_says_why_when_the_snapshot_models_are_gone(world, tmp_path, capsy
     from trust_fixtures import copy_tree
 
     suite = copy_tree(world["suite"], tmp_path / "suite")
-    with one_torch_thread():
-        harvest(suite, tmp_path / "store")
-        shutil.rmtree(suite)
-        assert main(cli_train(tmp_path / "store", tmp_path / "run", "--spliced-seqs", "2")) == 0
+    harvest(suite, tmp_path / "store")
+    shutil.rmtree(suite)
+    assert main(cli_train(tmp_path / "store", tmp_path / "run", "--spliced-seqs", "2")) == 0
     out = capsys.readouterr().out
     assert "spliced-model loss not measured:" in out and str(suite) in out
     assert json.loads((tmp_path / "run" / QUALITY_NAME).read_text())["spliced_loss"] is None
@@ -145,8 +141,7 @@ def test_train_puts_the_spliced_figures_in_the_wandb_summary(world, tmp_path, mo
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    with one_torch_thread():
-        assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", str(N_SEQS), "--wandb")) == 0
+    assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", str(N_SEQS), "--wandb")) == 0
     wandb.teardown()  # flushes the offline run files
     run_id = load_crosscoder_folder(tmp_path / "run" / "final").cfg.metadata["wandb_run_id"]
     # the reopened run's folder gets a "-1" suffix when it starts within the same second as training's
@@ -165,8 +160,7 @@ def test_report_shows_the_spliced_table_with_raw_losses_and_the_floor(world, tmp
     from crosslens.htmlreport import format_cell
 
     out = tmp_path / "report.html"
-    with one_torch_thread():
-        assert main(["report", str(world["run"]), "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["report", str(world["run"]), "--out", str(out), "--device", "cpu"]) == 0
     page = out.read_text()
     assert "Spliced-model loss" in page and "CE zero-ablated" in page and "KL zero-ablated" in page
     assert "The reconstruction replaced the positions the crosscoder was trained on" in page
@@ -203,9 +197,8 @@ def test_a_record_that_spliced_every_position_says_so():
 
 
 def test_report_without_spliced_figures_has_no_section(world, tmp_path):
-    with one_torch_thread():
-        assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", "0")) == 0
-        assert main(["report", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", "0")) == 0
+    assert main(["report", str(tmp_path / "run"), "--device", "cpu"]) == 0
     assert "Spliced-model loss" not in (tmp_path / "run" / "report.html").read_text()
 
 
@@ -215,8 +208,7 @@ def test_push_puts_the_spliced_figures_in_the_registry_entry_and_model_card(worl
     from crosslens.pretrained.push import LocalHubApi, push_to_hub
     from crosslens.pretrained.registry import PretrainedRegistryError, parse_registry
 
-    with one_torch_thread():
-        result = push_to_hub(world["run"], "someone/spliced", api=LocalHubApi(tmp_path / "hub"))
+    result = push_to_hub(world["run"], "someone/spliced", api=LocalHubApi(tmp_path / "hub"))
     rows = library_rows(world)
     (entry,) = yaml.safe_load(result.registry_yaml)["spliced"]["saes"]
     assert entry["spliced_ablation"] == "zero"
@@ -248,9 +240,8 @@ def test_push_puts_the_spliced_figures_in_the_registry_entry_and_model_card(worl
 def test_push_of_a_run_without_spliced_figures_leaves_them_out(world, tmp_path):
     from crosslens.pretrained.push import LocalHubApi, push_to_hub
 
-    with one_torch_thread():
-        assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", "0")) == 0
-        result = push_to_hub(tmp_path / "run", "someone/plain", api=LocalHubApi(tmp_path / "hub"))
+    assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", "0")) == 0
+    result = push_to_hub(tmp_path / "run", "someone/plain", api=LocalHubApi(tmp_path / "hub"))
     assert "ce_loss_score" not in result.registry_yaml and "Spliced-model loss" not in result.card
 
 
@@ -258,8 +249,7 @@ def test_push_of_a_run_without_spliced_figures_leaves_them_out(world, tmp_path):
 def baseline_sae(world):
     from crosslens.training.baselines import train_snapshot_sae
 
-    with one_torch_thread():
-        return train_snapshot_sae(world["store"], HOOK, 2, "topk", 32, k=4, n_steps=20, batch_size=64)
+    return train_snapshot_sae(world["store"], HOOK, 2, "topk", 32, k=4, n_steps=20, batch_size=64)
 
 
 def test_a_per_snapshot_sae_is_spliced_on_the_model_scale(world, baseline_sae):
@@ -280,19 +270,18 @@ def test_a_per_snapshot_sae_is_spliced_on_the_model_scale(world, baseline_sae):
     trained = keep_mask(tokens, exclude_bos=spec["exclude_bos"], exclude_token_ids=spec["exclude_token_ids"])
     assert spec["exclude_bos"] and not trained[:, 0].any() and trained.sum() > tokens.shape[0]
     counted = trained[:, :-1]
-    with one_torch_thread():
-        suite = CheckpointSuite.local(world["suite"])
-        rows = sae_spliced_loss(suite, {2: baseline_sae}, tokens, hook=HOOK, labels=["a", "b", "c"])
-        model = suite.load(2)
+    suite = CheckpointSuite.local(world["suite"])
+    rows = sae_spliced_loss(suite, {2: baseline_sae}, tokens, hook=HOOK, labels=["a", "b", "c"])
+    model = suite.load(2)
 
-        def spliced(activation, hook):
-            recon = baseline_sae.decode(baseline_sae.encode(activation * factor)) / factor
-            return torch.where(trained[..., None], recon, activation)
+    def spliced(activation, hook):
+        recon = baseline_sae.decode(baseline_sae.encode(activation * factor)) / factor
+        return torch.where(trained[..., None], recon, activation)
 
-        with torch.no_grad():
-            clean = model(tokens)
-            logits = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, spliced)])
-            zeroed = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, lambda a, hook: torch.zeros_like(a))])
+    with torch.no_grad():
+        clean = model(tokens)
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, spliced)])
+        zeroed = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, lambda a, hook: torch.zeros_like(a))])
 
     def ce(x):
         return float(F.cross_entropy(x[:, :-1][counted].double(), tokens[:, 1:][counted]))
@@ -315,8 +304,7 @@ def test_a_per_snapshot_sae_is_spliced_on_the_model_scale(world, baseline_sae):
     with pytest.raises(ValueError, match="trained at 'blocks.0.hook_resid_post', not 'blocks.1.hook_resid_post'"):
         sae_spliced_loss(suite, {2: baseline_sae}, tokens, hook="blocks.1.hook_resid_post")
     # unlabelled, the row is named by the snapshot the SAE records, as the crosscoder's rows are
-    with one_torch_thread():
-        (named,) = sae_spliced_loss(suite, {2: baseline_sae}, tokens[:2], hook=HOOK).values()
+    (named,) = sae_spliced_loss(suite, {2: baseline_sae}, tokens[:2], hook=HOOK).values()
     assert named["snapshot"] == store.snapshots[2]["revision"]
 
 
@@ -337,14 +325,13 @@ def test_demo_quality_stage_puts_the_saes_beside_the_crosscoder(world, capsys):
         train_batch_size_tokens=64,
         spliced_seqs=N_SEQS,
     )
-    with one_torch_thread():
-        quality = quality_stage(
-            load_crosscoder_folder(world["run"] / "final"),
-            store,
-            store,
-            config,
-            CheckpointSuite.local(world["suite"]),
-        )
+    quality = quality_stage(
+        load_crosscoder_folder(world["run"] / "final"),
+        store,
+        store,
+        config,
+        CheckpointSuite.local(world["suite"]),
+    )
     out = capsys.readouterr().out
     spliced = quality["spliced_loss"]
     assert_same_rows(spliced["crosscoder"], library_rows(world))

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_causal import _one_torch_thread, tokenizer  # noqa: F401  (the fixtures: one thread, the agreement words)
+from test_causal import tokenizer  # noqa: F401  (the fixture: the agreement words)
 from tiny_crosscoders import random_crosscoder
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 

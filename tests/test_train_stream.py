@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_activations import HOOK, WORDS, _write_suite
-from trust_fixtures import one_line_exit_2, one_torch_thread
+from trust_fixtures import one_line_exit_2
 
 from crosslens.cli import main
 from crosslens.core.paths import TRAIN_LOG_NAME
@@ -28,12 +28,6 @@ from crosslens.training.run_log import read_run_log
 from crosslens.training.streaming import StreamingTrainingRunner
 
 WEIGHTS = Path("final") / "sae_weights.safetensors"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from trust_fixtures import (
     copy_tree,
     harvest,
     one_line_exit_2,
-    one_torch_thread,
     resave_snapshot,
     run_config,
     sha256,
@@ -51,12 +50,6 @@ from crosslens.tasks.blimp import MinimalPairFormatError, load_blimp_jsonl, load
 from crosslens.training.runner import CrosscoderTrainingRunner
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -39,17 +37,6 @@ def one_line_exit_2(argv: list[str], capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     return err
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Tiny shapes run fastest on one thread (and a shared CI machine punishes more)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def write_suite(root: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> Path:

@@ -161,12 +161,11 @@ class TopKTrainingCrosscoder(_TopKCrosscoderMath, CrosscoderTrainingMixin, Train
         return {"l1": coefficient_schedule(self.cfg, "l1_coefficient", "l1_warm_up_steps")}
 
     def _kernels(self) -> KernelPlan | None:
-        """The plan whose pairs' kernels decode (CUDA, and any micro-batched step); None where
-        ``embedding_bag`` does (the eager backend, where its own backward is faster than the
-        eager sums, but writes a decoder-sized gradient, which a micro-batched step adds up once
-        per micro-batch where the pairs' kernels add their rows to the step's sum)."""
+        """The plan whose pairs' sums decode (``topk_pairs_kernels``: the Triton backend by
+        default, and any micro-batched step); None where ``embedding_bag`` does."""
         plan = self.kernel_plan
-        return None if plan.backend == "eager" and block_listing(self.weight_block, self.W_dec) is None else plan
+        pairs = plan.backend != "eager" if plan.topk_pairs_kernels is None else plan.topk_pairs_kernels
+        return plan if pairs or block_listing(self.weight_block, self.W_dec) is not None else None
 
     def _one_group(self, W_FSD: torch.Tensor | None) -> torch.Tensor | None:
         """``W_dec`` (or its rounded copy) as the kernels' one group, ``[F, 1, S * d_in]``."""

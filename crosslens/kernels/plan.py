@@ -105,6 +105,12 @@ class KernelPlan:
     topk_sparse_decode: bool | None = None
     """TopK and BatchTopK decode from their kept pairs (True) or with the dense matmul (False);
     None: where ``k / d_sae`` is at most :attr:`topk_sparse_density`."""
+    topk_pairs_kernels: bool | None = None
+    """TopK's sparse decode through the pairs' sums of :attr:`backend` (True), whose node also
+    differentiates the decoder norms, or through ``embedding_bag`` (False); None: the pairs'
+    sums on the Triton backend, ``embedding_bag`` on the eager one (its own backward is faster
+    than the eager sums there). A micro-batched step takes the pairs' sums whatever this says:
+    ``embedding_bag`` writes a decoder-sized gradient per micro-batch."""
 
     sparse_step_share: float = 1 / 32
     """Largest share of (token, feature) entries open at some snapshot for which the JumpReLU
