@@ -28,7 +28,7 @@ def skip_outside_the_interpreter(device: str) -> None:
     if not HAS_TRITON:
         pytest.skip("triton is not installed (pip install triton): the eager kernels are what runs here")
     if device == "cpu" and not INTERPRETED:
-        pytest.skip("run by test_triton_kernels_under_the_interpreter, in a process with TRITON_INTERPRET=1")
+        pytest.skip("run by tests/test_triton_interpreted.py, in a process with TRITON_INTERPRET=1")
 
 
 LAUNCHES = pytest.mark.skipif(
@@ -39,9 +39,9 @@ LAUNCHES = pytest.mark.skipif(
 """The mark of a test that launches the interpreter's process."""
 
 
-def run_under_the_interpreter(test_file: str, selection: str) -> None:
-    """Run the tests of ``test_file`` that ``-k selection`` picks in a process with
-    ``TRITON_INTERPRET=1``; every one must pass, none be skipped."""
+def run_under_the_interpreter(test_files: list[str], selection: str) -> None:
+    """Run the tests of ``test_files`` (names in ``tests/``) that ``-k selection`` picks in one
+    process with ``TRITON_INTERPRET=1``; every one must pass, none be skipped."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     command = [
         sys.executable,
@@ -52,7 +52,7 @@ def run_under_the_interpreter(test_file: str, selection: str) -> None:
         "no:cacheprovider",
         "-m",
         "not slow",
-        test_file,
+        *(str(ROOT / "tests" / name) for name in test_files),
         "-k",
         selection,
     ]

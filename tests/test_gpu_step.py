@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from interpreted import HAS_TRITON, LAUNCHES, run_under_the_interpreter, skip_outside_the_interpreter
+from interpreted import HAS_TRITON, skip_outside_the_interpreter
 
 import crosslens.crosscoders as cc
 from crosslens.kernels.adam import eager_chunk_update, eager_update, noise_key, round_stochastic, rounding_noise
@@ -638,11 +638,6 @@ def test_bfloat16_state_follows_the_float32_loss_curve(arch):
     assert low[-1] < 0.5 * low[0]  # it learns
     for step, (a, b) in enumerate(zip(ref, low)):
         assert b == pytest.approx(a, rel=0.02), f"step {step}"
-
-
-@LAUNCHES
-def test_triton_kernels_under_the_interpreter():
-    run_under_the_interpreter(__file__, "triton and cpu")
 
 
 @pytest.mark.parametrize("scaled", [False, True], ids=["unscaled", "scaled"])

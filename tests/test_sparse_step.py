@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 import torch
 from host_reads import HostReads, counted
-from interpreted import HAS_TRITON, INTERPRETED, LAUNCHES, run_under_the_interpreter, skip_outside_the_interpreter
+from interpreted import HAS_TRITON, INTERPRETED, skip_outside_the_interpreter
 from sae_lens.saes.sae import TrainStepInput
 
 import crosslens.crosscoders as cc
@@ -40,7 +40,7 @@ program: seconds per step); 20 on CUDA and for the eager kernels."""
 
 STEPS = INTERPRETED_STEPS if INTERPRETED else 20
 """Adam steps of a run: :data:`INTERPRETED_STEPS` in the interpreter's process, which runs the
-Triton tests' cpu cases alone (:func:`test_triton_kernels_under_the_interpreter`), else 20."""
+Triton tests' cpu cases alone (``tests/test_triton_interpreted.py``), else 20."""
 
 
 def eager_plan(device: str, **fields) -> KernelPlan:
@@ -52,7 +52,7 @@ def eager_plan(device: str, **fields) -> KernelPlan:
 def triton_backend(request: pytest.FixtureRequest) -> KernelPlan:
     """A plan with the Triton kernels: compiled on CUDA; on a CPU interpreted, which works only
     where TRITON_INTERPRET=1 was set before triton loaded (sae_lens imports it), so
-    :func:`test_triton_kernels_under_the_interpreter` runs these tests in such a process."""
+    ``tests/test_triton_interpreted.py`` runs these tests in such a process."""
     device = request.node.callspec.params.get("device", "cpu")
     skip_outside_the_interpreter(device)
     return KernelPlan.resolve(device, backend="triton")
@@ -64,19 +64,6 @@ def pairs_path_with_eager_sums() -> KernelPlan:
     pairs, whose node differentiates the norms), with the eager sums, which launch on a CPU
     outside the interpreter."""
     return KernelPlan.resolve("cpu", backend="eager", topk_pairs_kernels=True)
-
-
-@LAUNCHES
-@pytest.mark.parametrize(
-    "tests",
-    [
-        "gather or window_dots or entry_masks",
-        pytest.param("not (gather or window_dots or entry_masks)", marks=pytest.mark.slow),
-    ],  # the steps: minutes
-    ids=["kernels", "steps"],
-)
-def test_triton_kernels_under_the_interpreter(tests):
-    run_under_the_interpreter(__file__, f"triton and cpu and ({tests})")
 
 
 def batches(n: int, device: str) -> list[torch.Tensor]:
