@@ -109,6 +109,8 @@ def test_topk_pairs_kernels_chooses_the_decode_on_any_backend():
     assert _topk_decode(KernelPlan(backend="eager")) == "embedding_bag"
     assert _topk_decode(KernelPlan(backend="eager", topk_pairs_kernels=True)) == "EagerKernels"
     assert _topk_decode(KernelPlan(backend="triton", topk_pairs_kernels=False)) == "embedding_bag"
+    assert KernelPlan().describe().endswith("TopK decode from its pairs where k is sparse enough")
+    assert KernelPlan(topk_pairs_kernels=True).describe().endswith("where k is sparse enough, through the pairs' sums")
 
 
 def test_the_jumprelu_paths_are_named_in_the_order_tried():

@@ -239,6 +239,7 @@ class KernelPlan:
         if self.jumprelu_split and self.jumprelu_sparse is None:
             sparse += ", split where dense"
         topk = {True: "always", False: "never", None: "where k is sparse enough"}[self.topk_sparse_decode]
+        topk += {True: ", through the pairs' sums", False: ", through embedding_bag", None: ""}[self.topk_pairs_kernels]
         adam = "crosslens's one-pass Adam" if self.adam == "kernel" else "torch's Adam"
         return (
             f"kernels: {self.backend}; elementwise chains {'compiled' if self.compile else 'eager'}; "
