@@ -96,7 +96,7 @@ def dying(batches, at: int):
 
 
 RUNS = ("plain", "interrupted", "resumed", "split", "pairs")
-"""What a launch may run, in this order: a plain run; one stopped at step 4 (after its step-3
+"""What a launch may run: a plain run; one stopped at step 4 (after its step-3
 checkpoint); one resumed from the checkpoints the test put in ``DIR/resumed``; JumpReLU alone with
 its step split at every pass; the sparse architectures through their CUDA path, with the eager sums."""
 
@@ -144,7 +144,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     layout, collectives, device = init_mesh(S, snapshot_parallel=args.snapshot_parallel, device=args.device)
     try:
-        for name in sorted(args.runs, key=RUNS.index):
+        for name in args.runs:
             train_run(name, args, (layout, collectives), device)
     except BaseException:
         shutdown(wait=False)  # as `crosslens train` leaves: torchrun then stops the others at once

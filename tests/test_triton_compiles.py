@@ -23,14 +23,13 @@ with 3.9 alone.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from interpreted import HAS_TRITON, INTERPRETED
+from test_gpu_step import benchmark_script
 from test_sparse_step import S, random_pairs
 
 from crosslens.kernels.plan import KernelPlan
@@ -214,11 +213,7 @@ def window_launch(dtype: torch.dtype, N: int, D: int, plan: KernelPlan = PLAN) -
 
 def swept_tiles() -> tuple:
     """``benchmarks/gpu.py``'s ``WINDOW_TILES``: the launches ``--window-tiles`` times."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", path)
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
-    return gpu.WINDOW_TILES
+    return benchmark_script("gpu").WINDOW_TILES
 
 
 @pytest.mark.parametrize("tile", swept_tiles(), ids=str)
