@@ -166,7 +166,9 @@ def test_sums_merge_over_token_shards_and_tables_round_trip():
         scaling_sums(crosscoder, [x_NSD[1000:]], reference_FS)
     )
     assert isinstance(halves, ScalingSums) and halves.n_tokens == whole.n_tokens
-    assert torch.allclose(halves.fx, whole.fx) and torch.allclose(halves.xx, whole.xx)
+    # each batch is summed in float32 before it joins the float64 totals (a float64 copy of a
+    # batch's products would double the pass's memory), so shards agree to float32 sums of 1000s of terms
+    assert torch.allclose(halves.fx, whole.fx, rtol=1e-4) and torch.allclose(halves.xx, whole.xx, rtol=1e-4)
     scaling = latent_scaling(crosscoder, x_NSD)
     again = LatentScaling.from_tensors(scaling.tensors(), scaling.n_tokens)
     assert torch.equal(again.amplitude, scaling.amplitude) and torch.equal(again.reference, scaling.reference)
