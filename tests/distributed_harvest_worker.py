@@ -1,8 +1,9 @@
-"""A ``torchrun`` worker for the parallel-harvest tests: every rank runs the same
-``harvest_activations`` call, and the ranks write one store together; with several folders,
-one store after another (a new one, or the resume of one a job left partial).
+"""A worker for the parallel-harvest tests: every rank runs the same ``harvest_activations``
+call, and the ranks write one store together; with several folders, one store after another
+(a new one, or the resume of one a job left partial).
 
     torchrun --nproc_per_node=N tests/distributed_harvest_worker.py SUITE_DIR OUT_DIR [OUT_DIR ...]
+    python tests/forked_ranks.py N tests/distributed_harvest_worker.py SUITE_DIR OUT_DIR [OUT_DIR ...]
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from crosslens.activations import harvest_activations, tokenize_texts
 from crosslens.distributed import shutdown
 
 
-def main(suite_dir: str, *out_dirs: str) -> int:
+def main(argv: list[str]) -> int:
+    suite_dir, *out_dirs = argv
     torch.set_num_threads(1)
     suite = _open_suite(suite_dir)
     tokens = tokenize_texts(suite.tokenizer(), _texts(200), SEQ_LEN, n_seqs=N_SEQS)
@@ -29,4 +31,4 @@ def main(suite_dir: str, *out_dirs: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

@@ -1,7 +1,8 @@
-"""A ``torchrun`` worker for the streaming test: each rank keeps only its snapshots' models
+"""A worker for the streaming test: each rank keeps only its snapshots' models
 resident, streams their activations (no store on disk) and trains its block of the crosscoder.
 
     torchrun --nproc_per_node=N tests/distributed_stream_worker.py SUITE_DIR OUT_DIR SNAPSHOT_PARALLEL
+    python tests/forked_ranks.py N tests/distributed_stream_worker.py SUITE_DIR OUT_DIR SNAPSHOT_PARALLEL
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from crosslens.distributed import init_mesh, shutdown
 from crosslens.training.trainer import CrosscoderTrainer
 
 
-def main(suite_dir: str, out_dir: str, snapshot_parallel: str) -> int:
+def main(argv: list[str]) -> int:
+    suite_dir, out_dir, snapshot_parallel = argv
     from test_distributed import stream_setup
 
     torch.set_num_threads(1)
@@ -36,4 +38,4 @@ def main(suite_dir: str, out_dir: str, snapshot_parallel: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

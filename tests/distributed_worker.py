@@ -1,7 +1,8 @@
-"""A ``torchrun`` worker for the distributed tests: trains every architecture on a mesh.
+"""A worker for the distributed tests: trains every architecture on a mesh.
 
     torchrun --nproc_per_node=N tests/distributed_worker.py --out DIR --snapshot-parallel P
         [--runs NAME ...] [--steps K] [--micro-batches M] [--fail-rank R]
+    python tests/forked_ranks.py N tests/distributed_worker.py --out DIR ...
 
 Each run (:data:`RUNS`) trains its architectures on the same seeded global batches as the
 single-process reference in ``test_distributed.py`` (which imports the helpers below) and

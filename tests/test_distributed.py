@@ -1,9 +1,12 @@
 """Distributed crosscoder training equals the single-process run, for every architecture.
 
-The tests launch ``torchrun`` on CPU (gloo) with tests/distributed_worker.py, which trains
-the four architectures on the same seeded batches as :func:`reference` below, and compare
-every saved parameter with the single-process result to 1e-5. A worker's start (torch and
-SAELens imported) is most of a launch's time, so the runs on two snapshot ranks share one.
+The tests start ranks on CPU (gloo) with tests/distributed_worker.py, which trains the four
+architectures on the same seeded batches as :func:`reference` below, and compare every saved
+parameter with the single-process result to 1e-5. The ranks are forked with torchrun's
+environment from one process that imported the worker (tests/forked_ranks.py), since a rank's
+own import of torch and SAELens would be most of a launch's time, and the runs on two snapshot
+ranks share one launch. What torchrun itself does is tested with torchrun: a rank that dies,
+and ``crosslens train`` under it.
 """
 
 from __future__ import annotations
@@ -29,21 +32,21 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 ATOL = 1e-5
 
 
-def torchrun(nproc: int, *args: str, timeout: float = 300) -> str:
-    """What the workers printed."""
+FORKED_RANKS = Path(__file__).with_name("forked_ranks.py")
+
+
+def start_ranks(nproc: int, script: Path, *args: str, timeout: float = 300) -> str:
+    """What ``nproc`` ranks of the worker ``script``, given ``args``, printed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        str(WORKER),
-        *args,
-    ]
+    cmd = [sys.executable, str(FORKED_RANKS), str(nproc), str(script), *map(str, args)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return done.stdout
+
+
+def train_on_ranks(nproc: int, *args: str) -> str:
+    """What ``nproc`` ranks of tests/distributed_worker.py, given ``args``, printed."""
+    return start_ranks(nproc, WORKER, *args)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +82,7 @@ def test_weights_actually_trained(reference):
 @pytest.fixture(scope="module")
 def mesh_2x2_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mesh_2x2")
-    torchrun(4, "--out", str(out), "--snapshot-parallel", "2")
+    train_on_ranks(4, "--out", str(out), "--snapshot-parallel", "2")
     return out / "plain"
 
 
@@ -90,12 +93,12 @@ def snapshot_mesh_runs(tmp_path_factory, mesh_2x2_run) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("snapshot_mesh")
     for arch in worker.ARCHS:
         shutil.copytree(mesh_2x2_run / arch / "step_00000003", root / "resumed" / arch / "step_00000003")
-    printed = torchrun(2, "--out", str(root), "--snapshot-parallel", "2", "--runs", *worker.RUNS)
+    printed = train_on_ranks(2, "--out", str(root), "--snapshot-parallel", "2", "--runs", *worker.RUNS)
     return root, printed
 
 
 def test_two_data_ranks_train_the_single_process_crosscoder(tmp_path, reference):
-    torchrun(2, "--out", str(tmp_path), "--snapshot-parallel", "1")
+    train_on_ranks(2, "--out", str(tmp_path), "--snapshot-parallel", "1")
     assert_same_weights(tmp_path / "plain", reference)
 
 
@@ -191,22 +194,6 @@ def test_shard_batches_splits_rows_and_snapshots():
 HARVEST_WORKER = Path(__file__).with_name("distributed_harvest_worker.py")
 
 
-def torchrun_harvest(nproc: int, suite_dir: Path, *outs: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        str(HARVEST_WORKER),
-        str(suite_dir),
-        *map(str, outs),
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-
-
 def _store_files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "acts").rglob("*.npy"))}
 
@@ -235,7 +222,7 @@ def harvests(tmp_path_factory) -> Path:
         (root / "partial" / rel).unlink()
     manifest["complete"] = False
     write_manifest(root / "partial", manifest)
-    torchrun_harvest(2, suite_dir, root / "team", root / "partial")
+    start_ranks(2, HARVEST_WORKER, suite_dir, root / "team", root / "partial")
     return root
 
 
@@ -255,7 +242,7 @@ def test_two_ranks_harvest_the_single_process_store(harvests):
 
 
 def test_four_ranks_split_shards_and_harvest_the_single_process_store(tmp_path, harvests):
-    torchrun_harvest(4, harvests / "suite", tmp_path / "team")
+    start_ranks(4, HARVEST_WORKER, harvests / "suite", tmp_path / "team")
     _same_store(tmp_path / "team", harvests / "single")
 
 
@@ -452,20 +439,7 @@ def test_snapshot_parallel_streaming_training_equals_one_process(tmp_path):
     sae, cfg = stream_trainer_parts(provider, tmp_path / "one")
     CrosscoderTrainer(sae, cfg).fit(provider.batches)
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(STREAM_WORKER),
-        str(suite_dir),
-        str(tmp_path / "two"),
-        "2",
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-6000:]
+    start_ranks(2, STREAM_WORKER, suite_dir, tmp_path / "two", "2")
     assert not list((tmp_path / "two").rglob("*.npy"))  # no activation ever touched the disk
     got = load_file(tmp_path / "two" / "final" / "sae_weights.safetensors")
     want = load_file(tmp_path / "one" / "final" / "sae_weights.safetensors")

@@ -312,7 +312,7 @@ def test_a_step_that_does_not_fit_is_told_the_micro_batches_that_do():
     assert fit_problem(*WIDE_CODE, "bfloat16", device, micro_batches=8, autocast=True) is None
 
 
-@pytest.mark.slow  # a torchrun launch of two processes: about 20 s on 2 CPU cores
+@pytest.mark.slow  # two ranks and the single-process reference: about 20 s on 2 CPU cores
 @pytest.mark.parametrize("snapshot_parallel", ["1", "2"])
 def test_micro_batches_on_a_mesh_equal_one_process(tmp_path, snapshot_parallel):
     """Two ranks, each training its half of the batch (data-parallel) or its half of the
@@ -328,7 +328,7 @@ def test_micro_batches_on_a_mesh_equal_one_process(tmp_path, snapshot_parallel):
         CrosscoderTrainer(worker.make_crosscoder(arch), worker.trainer_config(reference / arch, 6)).fit(
             worker.global_batches
         )
-    mesh_tests.torchrun(
+    mesh_tests.train_on_ranks(
         2, "--out", str(tmp_path / "mesh"), "--snapshot-parallel", snapshot_parallel, "--micro-batches", "2"
     )
     mesh_tests.assert_same_weights(tmp_path / "mesh", reference)
