@@ -24,10 +24,11 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/crosslens demo
 
 # Two workers, one per core of the project's machines; each
-# file stays on one worker, so that its module-scoped fixtures are built once, and
-# each worker's torch keeps to its share of the cores (tests/conftest.py).
+# file stays on one worker, so that its module-scoped fixtures are built once; the
+# longest files go first, and each worker's torch keeps to its share of the cores
+# (both in tests/conftest.py).
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 # ruff's lint and format checks over the checkout (pyproject.toml's [tool.ruff]); CI runs it
 lint: $(STAMP)
