@@ -35,7 +35,7 @@ ATOL = 1e-5
 FORKED_RANKS = Path(__file__).with_name("forked_ranks.py")
 
 
-def start_ranks(nproc: int, script: Path, *args: str, timeout: float = 300) -> str:
+def start_ranks(nproc: int, script: Path, *args: str | Path, timeout: float = 300) -> str:
     """What ``nproc`` ranks of the worker ``script``, given ``args``, printed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CROSSLENS_DIST_TIMEOUT": "120"}
     cmd = [sys.executable, str(FORKED_RANKS), str(nproc), str(script), *map(str, args)]
