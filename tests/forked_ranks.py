@@ -11,7 +11,8 @@ of a small test's time). As torchrun does, the first rank to fail stops the othe
 launcher exits with its status. The tests of what the launcher itself does (a dying rank under
 torchrun, ``crosslens train`` launched by torchrun) use torchrun.
 
-The launcher runs no torch op before it forks, so no thread pool is copied into a rank half-made.
+The launcher only imports before it forks, and the tests start it with one OpenMP thread: no
+rank inherits a thread pool whose threads fork left behind.
 """
 
 from __future__ import annotations
