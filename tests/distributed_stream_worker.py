@@ -1,5 +1,5 @@
-"""A worker for the streaming test: each rank keeps only its snapshots' models
-resident, streams their activations (no store on disk) and trains its block of the crosscoder.
+"""A worker for the streaming test: each rank keeps only its snapshots' models resident,
+streams their activations (no store on disk) and trains its block of the crosscoder.
 
     torchrun --nproc_per_node=N tests/distributed_stream_worker.py SUITE_DIR OUT_DIR SNAPSHOT_PARALLEL
     python tests/forked_ranks.py N tests/distributed_stream_worker.py SUITE_DIR OUT_DIR SNAPSHOT_PARALLEL

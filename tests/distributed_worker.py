@@ -7,7 +7,8 @@
 Each run (:data:`RUNS`) trains its architectures on the same seeded global batches as the
 single-process reference in ``test_distributed.py`` (which imports the helpers below) and
 writes ``DIR/NAME/<arch>/final`` and its checkpoints. The runs of one launch share its mesh,
-one after another: a launch costs its workers' start, which is most of a test's time.
+one after another: a launch costs its start (torch and SAELens imported), the larger part of a
+small run's time.
 """
 
 from __future__ import annotations
