@@ -298,6 +298,7 @@ LINEAGE_SENSITIVITY = (
     {"max_shared": 4},
     {"max_shared": 10},
     {"max_shared": 127},
+    {"birth_splits": False},
 )
 """Lineage lines scored beside :class:`LineageConfig`'s defaults, one changed at a time."""
 

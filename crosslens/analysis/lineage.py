@@ -19,6 +19,11 @@ Read from the per-snapshot decoder directions of the live latents, where each is
   latents makes them), and their rows carry no concept there. Nor is a pair whose direction,
   where it is together, more than :attr:`LineageConfig.max_shared` other latents share: a crowd,
   not a concept;
+- **split by birth**: a latent born as another's copy (its first present row at ``same_cosine`` or
+  closer to a latent present there and just before) and then apart from it for good: a split's
+  second child that gets a latent of its own only as it splits off, together with the parent's
+  at that one snapshot. The parent's latent may keep its row here: the new latent is no duplicate
+  being reused (:attr:`LineageConfig.birth_splits`);
 - **succession**: a latent fades as a near-parallel one emerges (the best cosine between the
   fading latent's last ``min_snapshots`` rows of a run of presence that long and the emerging
   latent's first ones >= :attr:`LineageConfig.successor_cosine`, the emergence within
@@ -35,7 +40,7 @@ latents before and after, and the cosine that decided it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +112,13 @@ class LineageConfig:
     cross their threshold for one snapshot before they settle) is not its direction, and of the
     ``min_snapshots`` rows at either edge the best pair decides (a JumpReLU latent's first row
     above threshold can still carry the feature it leaves)."""
+    birth_splits: bool = True
+    """Also read as a split a latent born as another's copy that then leaves it (:func:`birth_splits`):
+    such a pair is together at one snapshot, too few for a divergence. On the planted grid it finds
+    the splits whose second child emerges one snapshot before the split as the parent's copy and adds
+    no false event; reading a latent's rows under the presence line before its birth as well found
+    one more split but added false events on ``correlated`` (benchmarks/README.md, "Is an emergence
+    real?")."""
     chunk_size: int = 4096
     """Latents whose cosines with all others are computed at once."""
 
@@ -279,10 +291,10 @@ def divergence_events(
     j_P, s_P, k_P = torch.nonzero(cosines >= config.same_cosine, as_tuple=True)
     r_P = relatives[j_P, s_P, k_P]
     pairs = torch.unique(torch.stack([torch.minimum(j_P, r_P), torch.maximum(j_P, r_P)], dim=1), dim=0)
-    if len(pairs) == 0:
-        return []
-    a_P, b_P = pairs[:, 0], pairs[:, 1]
     unit_FSD, present_FS = unit_FSD.cpu(), present_FS.cpu()
+    if len(pairs) == 0:
+        return _joined(birth_splits(unit_FSD, present_FS, config) if config.birth_splits else [])
+    a_P, b_P = pairs[:, 0], pairs[:, 1]
     cos_PS = (unit_FSD[a_P] * unit_FSD[b_P]).sum(-1)
     both_PS = present_FS[a_P] & present_FS[b_P]
     same_PS, apart_PS = both_PS & (cos_PS >= config.hold_cosine), both_PS & (cos_PS <= config.apart_cosine)
@@ -336,7 +348,53 @@ def divergence_events(
         for p in torch.nonzero(ok_P).flatten().tolist():
             at = int(at_P[p])
             found.append((kind, at, int(a_P[p]), int(b_P[p]), float(cos_PS[p, at])))
+    if config.birth_splits:
+        found += birth_splits(unit_FSD, present_FS, config, seen={(a, b) for _, _, a, b, _ in found})
     return _joined(found)
+
+
+def birth_splits(
+    unit_FSD: torch.Tensor, present_FS: torch.Tensor, config: LineageConfig, seen: Collection[tuple[int, int]] = ()
+) -> list[tuple[str, int, int, int, float]]:
+    """Splits whose second child's latent is born as the parent's copy: a latent ``b`` first present
+    at ``e`` (for ``min_snapshots`` in a row) whose row there lies at ``same_cosine`` or closer to
+    the row of a latent ``a`` present at ``e - 1`` and ``e``, the two then apart as after a
+    divergence's split: at ``min_snapshots`` snapshots after ``e``, never at the hold line again,
+    never opposite, their shared row at ``e`` not a crowd's. ``seen`` pairs (``a < b``) are left
+    out."""
+    F, S, _ = unit_FSD.shape
+    k, idx_FS, rows_F = config.min_snapshots, torch.arange(S).expand(F, S), torch.arange(F)
+    first_F = torch.where(present_FS, idx_FS, S).amin(1)
+    born_F = (first_F >= 1) & (first_F < S) & _held_presence(present_FS, k)[rows_F, first_F.clamp(max=S - 1)]
+    found_a, found_b, found_e = [], [], []
+    for e in range(1, S):
+        B = torch.nonzero(born_F & (first_F == e)).flatten()
+        if len(B) == 0:
+            continue
+        hit_BF = (unit_FSD[B, e] @ unit_FSD[:, e].T >= config.same_cosine) & present_FS[:, e - 1] & present_FS[:, e]
+        hit_BF[torch.arange(len(B)), B] = False
+        b_i, a_i = torch.nonzero(hit_BF, as_tuple=True)
+        found_a.append(a_i)
+        found_b.append(B[b_i])
+        found_e.append(torch.full_like(a_i, e))
+    if not found_a:
+        return []
+    a_P, b_P, e_P = torch.cat(found_a), torch.cat(found_b), torch.cat(found_e)
+    idx_1S = torch.arange(S)[None, :]
+    cos_PS = (unit_FSD[a_P] * unit_FSD[b_P]).sum(-1)
+    both_PS = present_FS[a_P] & present_FS[b_P]
+    apart_PS = both_PS & (idx_1S >= e_P[:, None]) & (cos_PS <= config.apart_cosine)
+    ok_P = apart_PS.sum(1) >= k  # apart as after a split, never together again, never opposite
+    ok_P &= ~(both_PS & (idx_1S > e_P[:, None]) & (cos_PS >= config.hold_cosine)).any(1)
+    ok_P &= ~(both_PS & (cos_PS <= -config.hold_cosine)).any(1)
+    ok_P &= ~_crowded(unit_FSD, present_FS, a_P, b_P, e_P, ok_P, config)
+    split_at_P = torch.where(apart_PS, idx_1S, S).amin(1)
+    found = []
+    for p in torch.nonzero(ok_P).flatten().tolist():
+        a, b, at = int(a_P[p]), int(b_P[p]), int(split_at_P[p])
+        if (min(a, b), max(a, b)) not in seen:
+            found.append(("split", at, min(a, b), max(a, b), float(cos_PS[p, at])))
+    return found
 
 
 def _crowded(
