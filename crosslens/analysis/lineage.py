@@ -293,7 +293,7 @@ def divergence_events(
     pairs = torch.unique(torch.stack([torch.minimum(j_P, r_P), torch.maximum(j_P, r_P)], dim=1), dim=0)
     unit_FSD, present_FS = unit_FSD.cpu(), present_FS.cpu()
     if len(pairs) == 0:
-        return _joined(birth_splits(unit_FSD, present_FS, config) if config.birth_splits else [])
+        return _joined(birth_splits(unit_FSD, present_FS, relatives, cosines, config) if config.birth_splits else [])
     a_P, b_P = pairs[:, 0], pairs[:, 1]
     cos_PS = (unit_FSD[a_P] * unit_FSD[b_P]).sum(-1)
     both_PS = present_FS[a_P] & present_FS[b_P]
@@ -349,37 +349,36 @@ def divergence_events(
             at = int(at_P[p])
             found.append((kind, at, int(a_P[p]), int(b_P[p]), float(cos_PS[p, at])))
     if config.birth_splits:
-        found += birth_splits(unit_FSD, present_FS, config, seen={(a, b) for _, _, a, b, _ in found})
+        found += birth_splits(unit_FSD, present_FS, relatives, cosines, config, {(a, b) for _, _, a, b, _ in found})
     return _joined(found)
 
 
 def birth_splits(
-    unit_FSD: torch.Tensor, present_FS: torch.Tensor, config: LineageConfig, seen: Collection[tuple[int, int]] = ()
+    unit_FSD: torch.Tensor,
+    present_FS: torch.Tensor,
+    relatives: torch.Tensor,
+    cosines: torch.Tensor,
+    config: LineageConfig,
+    seen: Collection[tuple[int, int]] = (),
 ) -> list[tuple[str, int, int, int, float]]:
     """Splits whose second child's latent is born as the parent's copy: a latent ``b`` first present
-    at ``e`` (for ``min_snapshots`` in a row) whose row there lies at ``same_cosine`` or closer to
-    the row of a latent ``a`` present at ``e - 1`` and ``e``, the two then apart as after a
-    divergence's split: at ``min_snapshots`` snapshots after ``e``, never at the hold line again,
-    never opposite, their shared row at ``e`` not a crowd's. ``seen`` pairs (``a < b``) are left
-    out."""
+    at ``e`` (for ``min_snapshots`` in a row) with a relative ``a`` there at ``same_cosine`` or
+    closer that was present at ``e - 1`` too, the two then apart as after a divergence's split: at
+    ``min_snapshots`` snapshots after ``e``, never at the hold line again, never opposite, their
+    shared row at ``e`` not a crowd's. ``seen`` pairs (``a < b``) are left out."""
     F, S, _ = unit_FSD.shape
-    k, idx_FS, rows_F = config.min_snapshots, torch.arange(S).expand(F, S), torch.arange(F)
-    first_F = torch.where(present_FS, idx_FS, S).amin(1)
+    k, rows_F = config.min_snapshots, torch.arange(F)
+    first_F = torch.where(present_FS, torch.arange(S).expand(F, S), S).amin(1)
     born_F = (first_F >= 1) & (first_F < S) & _held_presence(present_FS, k)[rows_F, first_F.clamp(max=S - 1)]
-    found_a, found_b, found_e = [], [], []
-    for e in range(1, S):
-        B = torch.nonzero(born_F & (first_F == e)).flatten()
-        if len(B) == 0:
-            continue
-        hit_BF = (unit_FSD[B, e] @ unit_FSD[:, e].T >= config.same_cosine) & present_FS[:, e - 1] & present_FS[:, e]
-        hit_BF[torch.arange(len(B)), B] = False
-        b_i, a_i = torch.nonzero(hit_BF, as_tuple=True)
-        found_a.append(a_i)
-        found_b.append(B[b_i])
-        found_e.append(torch.full_like(a_i, e))
-    if not found_a:
+    b_B = torch.nonzero(born_F).flatten()
+    e_B = first_F[b_B]
+    near_BK, cos_BK = relatives[b_B, e_B], cosines[b_B, e_B]  # its nearest present latents where it is born
+    hit_BK = (near_BK >= 0) & (cos_BK >= config.same_cosine)
+    hit_BK &= present_FS[near_BK.clamp_min(0), (e_B - 1)[:, None]]  # that lived before it
+    b_i, k_i = torch.nonzero(hit_BK, as_tuple=True)
+    if len(b_i) == 0:
         return []
-    a_P, b_P, e_P = torch.cat(found_a), torch.cat(found_b), torch.cat(found_e)
+    a_P, b_P, e_P = near_BK[b_i, k_i], b_B[b_i], e_B[b_i]
     idx_1S = torch.arange(S)[None, :]
     cos_PS = (unit_FSD[a_P] * unit_FSD[b_P]).sum(-1)
     both_PS = present_FS[a_P] & present_FS[b_P]
