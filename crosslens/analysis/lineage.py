@@ -283,17 +283,17 @@ def per_latent_relatives(
 
 
 # --------------------------------------------------------------------------- events
-def divergence_events(
+def divergence_pairs(
     unit_FSD: torch.Tensor, present_FS: torch.Tensor, relatives: torch.Tensor, cosines: torch.Tensor, config
-) -> list[LineageEvent]:
-    """Splits and merges of latents present together: pairs that were ever relatives at or above
-    ``same_cosine``, their cosine at every snapshot both are present, and where it settles."""
+) -> list[tuple[str, int, int, int, float]]:
+    """Splits and merges of latents present together, as (kind, snapshot, a, b, cosine) pairs: pairs
+    that were ever relatives at or above ``same_cosine``, their cosine at every snapshot both are
+    present, and where it settles."""
     j_P, s_P, k_P = torch.nonzero(cosines >= config.same_cosine, as_tuple=True)
     r_P = relatives[j_P, s_P, k_P]
     pairs = torch.unique(torch.stack([torch.minimum(j_P, r_P), torch.maximum(j_P, r_P)], dim=1), dim=0)
-    unit_FSD, present_FS = unit_FSD.cpu(), present_FS.cpu()
     if len(pairs) == 0:
-        return _joined(birth_splits(unit_FSD, present_FS, relatives, cosines, config) if config.birth_splits else [])
+        return []
     a_P, b_P = pairs[:, 0], pairs[:, 1]
     cos_PS = (unit_FSD[a_P] * unit_FSD[b_P]).sum(-1)
     both_PS = present_FS[a_P] & present_FS[b_P]
@@ -348,9 +348,7 @@ def divergence_events(
         for p in torch.nonzero(ok_P).flatten().tolist():
             at = int(at_P[p])
             found.append((kind, at, int(a_P[p]), int(b_P[p]), float(cos_PS[p, at])))
-    if config.birth_splits:
-        found += birth_splits(unit_FSD, present_FS, relatives, cosines, config, {(a, b) for _, _, a, b, _ in found})
-    return _joined(found)
+    return found
 
 
 def birth_splits(
@@ -492,7 +490,6 @@ def succession_events(
     """Latents that fade as near-parallel latents emerge: the faders' last held rows (the last
     ``min_snapshots`` of a run that long) against the emergers' first held rows, the best pair
     deciding, masked to emergences near each fade."""
-    unit_FSD, present_FS = unit_FSD.cpu(), present_FS.cpu()
     S, k = unit_FSD.shape[1], config.min_snapshots
     held_FS = _held_presence(present_FS, k)
     idx_FS = torch.arange(S).expand(present_FS.shape)
@@ -560,7 +557,11 @@ def lineage(
     unit_FSD = unit_rows(W_dec_FSD)
     present_FS = present_FS.bool() & live_F.bool()[:, None].to(present_FS.device)
     relatives, cosines = nearest_relatives(unit_FSD, present_FS, config.n_relatives, config.chunk_size)
-    events = divergence_events(unit_FSD, present_FS, relatives, cosines, config)
+    unit_FSD, present_FS = unit_FSD.cpu(), present_FS.cpu()  # the pairs' work below runs on the CPU
+    found = divergence_pairs(unit_FSD, present_FS, relatives, cosines, config)
+    if config.birth_splits:
+        found += birth_splits(unit_FSD, present_FS, relatives, cosines, config, {(a, b) for _, _, a, b, _ in found})
+    events = _joined(found)
     events += succession_events(unit_FSD, present_FS, emergence_F.cpu(), fade_F.cpu(), live_F.cpu().bool(), config)
     events.sort(key=lambda e: (e.snapshot, EVENT_KINDS.index(e.kind), e.latents))
     return Lineage(relatives=relatives, relative_cosine=cosines, events=events)
