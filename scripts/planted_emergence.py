@@ -299,6 +299,7 @@ LINEAGE_SENSITIVITY = (
     {"max_shared": 10},
     {"max_shared": 127},
     {"birth_splits": False},
+    {"turns": False},
 )
 """Lineage lines scored beside :class:`LineageConfig`'s defaults, one changed at a time."""
 

@@ -306,3 +306,33 @@ def test_a_latent_born_as_another_s_copy_that_leaves_it_is_a_split():
         LineageEvent("split", 4, (0, 1), (0, 1), pytest.approx(0.3, abs=1e-4), "divergence"),
     ]
     assert lineage_of(analysis, LineageConfig(birth_splits=False)).events == []
+
+
+def test_a_handover_to_or_from_a_latent_that_turns_is_a_succession_by_a_turn():
+    """A direction that fades as a latent present throughout turns to a near-parallel one (or a
+    latent that turns away as a new one emerges along its old direction) is handed over: the
+    crosscoder reused the latent that turned, holding one direction before and another after. One
+    latent turning alone, two that both turn with no presence changed, or a latent whose row
+    drifts from snapshot to snapshot, hands nothing over."""
+    gen = torch.Generator().manual_seed(3)
+    u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
+    W = torch.zeros(7, S, D)
+    W[0, :4] = u[0]  # fades at 4 ...
+    W[1, :4], W[1, 4:] = u[1], _turned(u[0], u[2], 0.85)  # ... as 1 turns to its direction
+    W[2, :5], W[2, 5:] = u[3], u[5]  # turns away at 5 ...
+    W[3, 5:] = _turned(u[3], u[6], 0.8)  # ... as 3 emerges along its old direction
+    W[4, :3], W[4, 3:] = u[7], _turned(u[7], u[8], 0.8)  # turns alone
+    W[5, :4], W[5, 4:] = u[9], u[10]  # both turn at 4, both present throughout
+    W[6, :4], W[6, 4:] = u[11], _turned(u[9], u[12], 0.8)
+    analysis = EvolutionAnalysis.from_decoder(W * GROWING_1S1)
+    assert lineage_of(analysis).events == [
+        LineageEvent("handoff", 4, (0,), (1,), pytest.approx(0.85, abs=1e-4), "turn"),
+        LineageEvent("handoff", 5, (2,), (3,), pytest.approx(0.8, abs=1e-4), "turn"),
+    ]
+    assert lineage_of(analysis, LineageConfig(turns=False)).events == []
+    # a successor line above the rows' cosines hands nothing over
+    assert lineage_of(analysis, LineageConfig(successor_cosine=0.9)).events == []
+    # a latent whose row drifts before it reaches the fading direction turned in no one step
+    W[1, 2], W[1, 3] = u[13], u[14]
+    drifting = lineage_of(EvolutionAnalysis.from_decoder(W * GROWING_1S1)).events
+    assert [(e.snapshot, e.before, e.after, e.how) for e in drifting] == [(5, (2,), (3,), "turn")]

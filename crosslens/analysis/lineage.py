@@ -31,7 +31,13 @@ Read from the per-snapshot decoder directions of the live latents, where each is
   more snapshots than that window): one latent to one is a **handoff**, the through-time face of
   Minder et al.'s Latent Decoupling; one to several a split; several to one a merge (counted in
   directions, not latents: latents whose joining rows lie at ``successor_cosine`` or closer count
-  once).
+  once);
+- **succession by a turn**: the same handover where one of the two latents is present on both
+  sides of it and turns in one step, holding one direction for ``min_snapshots`` before and
+  another as long after (the crosscoder reusing a latent it had for another direction): a
+  direction that no present latent continues, and a near-parallel one that no present latent
+  held a snapshot before (:attr:`LineageConfig.turns`). A latent whose row drifts from snapshot
+  to snapshot hands nothing over.
 
 Latents in pair events of one kind at one snapshot are joined into one event (three latents
 that coincide and separate together are one split). Every event records its snapshot, the
@@ -47,7 +53,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.analysis.evolution import NO_STEP
+from crosslens.analysis.succession import components, held_presence, succession_events, turn_successions
 
 EVENT_KINDS: tuple[str, ...] = ("split", "merge", "handoff")
 """What a lineage event is; see the module docstring."""
@@ -119,6 +125,11 @@ class LineageConfig:
     no false event; reading a latent's rows under the presence line before its birth as well found
     one more split but added false events on ``correlated`` (benchmarks/README.md, "Is an emergence
     real?")."""
+    turns: bool = True
+    """Also read a succession whose predecessor or successor is a latent that turns, present on both
+    sides of the handover (:func:`~crosslens.analysis.succession.turn_successions`). On the planted
+    grid it finds JumpReLU's handoffs whose successor is a latent the crosscoder had used for
+    another direction (benchmarks/README.md, "Is an emergence real?")."""
     chunk_size: int = 4096
     """Latents whose cosines with all others are computed at once."""
 
@@ -168,8 +179,9 @@ class LineageEvent:
     """The cosine that decided it: between the latents at ``snapshot`` (divergence, convergence),
     or between the predecessor's last row and the successor's first (succession, the largest)."""
     how: str
-    """``divergence`` (latents present throughout that separate or come together) or ``succession``
-    (latents that fade as others emerge)."""
+    """``divergence`` (latents present throughout that separate or come together), ``succession``
+    (latents that fade as others emerge) or ``turn`` (a succession whose other side is a latent
+    present throughout that turns)."""
 
     @property
     def latents(self) -> tuple[int, ...]:
@@ -218,7 +230,7 @@ class Lineage:
     def families(self) -> list[list[int]]:
         """Latents joined by events (connected components), the largest first."""
         edges = [(e.latents[0], other, 0.0) for e in self.events for other in e.latents]
-        return sorted((list(group) for group, _ in _components(edges)), key=lambda g: (-len(g), g[0]))
+        return sorted((list(group) for group, _ in components(edges)), key=lambda g: (-len(g), g[0]))
 
 
 # --------------------------------------------------------------------------- relatives
@@ -367,7 +379,7 @@ def birth_splits(
     F, S, _ = unit_FSD.shape
     k, rows_F = config.min_snapshots, torch.arange(F)
     first_F = torch.where(present_FS, torch.arange(S).expand(F, S), S).amin(1)
-    born_F = (first_F >= 1) & (first_F < S) & _held_presence(present_FS, k)[rows_F, first_F.clamp(max=S - 1)]
+    born_F = (first_F >= 1) & (first_F < S) & held_presence(present_FS, k)[rows_F, first_F.clamp(max=S - 1)]
     b_B = torch.nonzero(born_F).flatten()
     e_B = first_F[b_B]
     near_BK, cos_BK = relatives[b_B, e_B], cosines[b_B, e_B]  # its nearest present latents where it is born
@@ -426,120 +438,9 @@ def _joined(found: list[tuple[str, int, int, int, float]]) -> list[LineageEvent]
         groups.setdefault((kind, at), []).append((a, b, cosine))
     events = []
     for (kind, at), edges in groups.items():
-        for component, cosine in _components(edges):
+        for component, cosine in components(edges):
             events.append(LineageEvent(kind, at, component, component, round(cosine, 6), "divergence"))
     return events
-
-
-def _components(edges: list[tuple[int, int, float]]) -> list[tuple[tuple[int, ...], float]]:
-    """Connected components of weighted edges, each with the smallest weight inside it."""
-    parent: dict[int, int] = {}
-
-    def find(a: int) -> int:
-        while parent.setdefault(a, a) != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for a, b, _ in edges:
-        parent[find(a)] = find(b)
-    members: dict[int, list[int]] = {}
-    for node in sorted(parent):
-        members.setdefault(find(node), []).append(node)
-    weight: dict[int, float] = {}
-    for a, _, c in edges:
-        root = find(a)
-        weight[root] = min(weight.get(root, c), c)
-    return [(tuple(nodes), weight[root]) for root, nodes in members.items()]
-
-
-def _held_presence(present_FS: torch.Tensor, k: int) -> torch.Tensor:
-    """Where a latent is present within a run of at least ``k`` consecutive present snapshots."""
-    S = present_FS.shape[1]
-    ahead_FS = torch.zeros(present_FS.shape, dtype=torch.long)
-    behind_FS = torch.zeros(present_FS.shape, dtype=torch.long)
-    for s in range(S):
-        ahead_FS[:, s] = (ahead_FS[:, s - 1] + 1 if s else 1) * present_FS[:, s]
-        r = S - 1 - s
-        behind_FS[:, r] = (behind_FS[:, r + 1] + 1 if s else 1) * present_FS[:, r]
-    return present_FS & (ahead_FS + behind_FS - 1 >= k)
-
-
-def _best_row_pair(rows_AKD: torch.Tensor, rows_BKD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The largest cosine over each (a, b)'s row pairs and which pair (``k * K + l`` for a's row
-    ``k`` and b's row ``l``, the first on ties): one ``[A, B]`` matmul per pair, so memory stays
-    that of one ``[A, B]`` table however many rows are compared."""
-    K = rows_AKD.shape[1]
-    best_AB = rows_AKD[:, 0] @ rows_BKD[:, 0].T
-    which_AB = torch.zeros(best_AB.shape, dtype=torch.long, device=best_AB.device)
-    for kl in range(1, K * K):
-        C_AB = rows_AKD[:, kl // K] @ rows_BKD[:, kl % K].T
-        better_AB = C_AB > best_AB
-        best_AB, which_AB = torch.where(better_AB, C_AB, best_AB), torch.where(better_AB, kl, which_AB)
-    return best_AB, which_AB
-
-
-def succession_events(
-    unit_FSD: torch.Tensor,
-    present_FS: torch.Tensor,
-    emergence_F: torch.Tensor,
-    fade_F: torch.Tensor,
-    live_F: torch.Tensor,
-    config: LineageConfig,
-) -> list[LineageEvent]:
-    """Latents that fade as near-parallel latents emerge: the faders' last held rows (the last
-    ``min_snapshots`` of a run that long) against the emergers' first held rows, the best pair
-    deciding, masked to emergences near each fade."""
-    S, k = unit_FSD.shape[1], config.min_snapshots
-    held_FS = _held_presence(present_FS, k)
-    idx_FS = torch.arange(S).expand(present_FS.shape)
-    end_F = torch.where(held_FS & (idx_FS < fade_F[:, None]), idx_FS, -1).amax(1)
-    onset_F = torch.where(held_FS & (idx_FS >= emergence_F[:, None]), idx_FS, S).amin(1)
-    faders = torch.nonzero(live_F & (fade_F != NO_STEP) & (end_F >= 0)).flatten()
-    emergers = torch.nonzero(live_F & (emergence_F != NO_STEP) & (emergence_F > 0) & (onset_F < S)).flatten()
-    if len(faders) == 0 or len(emergers) == 0:
-        return []
-    steps_K = torch.arange(k)
-    snaps_AK = (end_F[faders, None] - steps_K).clamp_min(0)  # the row nearest the fade first
-    snaps_BK = (onset_F[emergers, None] + steps_K).clamp_max(S - 1)
-    C_AB, best_AB = _best_row_pair(unit_FSD[faders[:, None], snaps_AK], unit_FSD[emergers[:, None], snaps_BK])
-    near_AB = (onset_F[emergers][None, :] - fade_F[faders, None]).abs() <= config.successor_window
-    overlap_AB = (present_FS[faders].float() @ present_FS[emergers].float().T) <= config.successor_window
-    edges_AB = near_AB & overlap_AB & (C_AB >= config.successor_cosine) & (faders[:, None] != emergers[None, :])
-    a_E, b_E = torch.nonzero(edges_AB, as_tuple=True)
-    edges = [(int(faders[a]), -1 - int(emergers[b]), float(C_AB[a, b])) for a, b in zip(a_E, b_E)]
-    rows: dict[int, torch.Tensor] = {}  # each latent's row through which it is joined (its best edge's)
-    best: dict[int, float] = {}
-    for a, b in zip(a_E.tolist(), b_E.tolist()):
-        kl = int(best_AB[a, b])
-        for node, row in (
-            (int(faders[a]), unit_FSD[faders[a], snaps_AK[a, kl // k]]),
-            (-1 - int(emergers[b]), unit_FSD[emergers[b], snaps_BK[b, kl % k]]),
-        ):
-            if float(C_AB[a, b]) > best.get(node, -2.0):
-                best[node], rows[node] = float(C_AB[a, b]), row
-    events = []
-    for component, _ in _components(edges):
-        before = tuple(sorted(n for n in component if n >= 0))
-        after = tuple(sorted(-1 - n for n in component if n < 0))
-        cosine = max(best[a] for a in before)
-        n_before = _directions([rows[a] for a in before], config.successor_cosine)
-        n_after = _directions([rows[-1 - b] for b in after], config.successor_cosine)
-        kind = "handoff" if n_before == n_after else ("split" if n_after > n_before else "merge")
-        at = int(onset_F[list(after)].min())
-        events.append(LineageEvent(kind, at, before, after, round(cosine, 6), "succession"))
-    return events
-
-
-def _directions(rows: list[torch.Tensor], same_cosine: float) -> int:
-    """How many directions ``rows`` (unit) hold: rows at ``same_cosine`` or closer count as one, so
-    that two latents carrying one direction (duplicates) do not make a handoff look like a split."""
-    if len(rows) < 2:
-        return len(rows)
-    C = torch.stack(rows) @ torch.stack(rows).T
-    edges = [(a, b, 1.0) for a, b in zip(*torch.nonzero(C >= same_cosine, as_tuple=True)) if a < b]
-    grouped = {int(n) for a, b, _ in edges for n in (a, b)}
-    return len(_components([(int(a), int(b), c) for a, b, c in edges])) + len(rows) - len(grouped)
 
 
 def lineage(
@@ -562,7 +463,12 @@ def lineage(
     if config.birth_splits:
         found += birth_splits(unit_FSD, present_FS, relatives, cosines, config, {(a, b) for _, _, a, b, _ in found})
     events = _joined(found)
-    events += succession_events(unit_FSD, present_FS, emergence_F.cpu(), fade_F.cpu(), live_F.cpu().bool(), config)
+    successions = succession_events(unit_FSD, present_FS, emergence_F.cpu(), fade_F.cpu(), live_F.cpu().bool(), config)
+    if config.turns:
+        joined = {(at, a, b) for _, at, a, b, _ in found}
+        joined |= {(e[1], min(a, b), max(a, b)) for e in successions for a in e[2] for b in e[3]}
+        successions += turn_successions(unit_FSD, present_FS, config, joined)
+    events += [LineageEvent(*e) for e in successions]
     events.sort(key=lambda e: (e.snapshot, EVENT_KINDS.index(e.kind), e.latents))
     return Lineage(relatives=relatives, relative_cosine=cosines, events=events)
 

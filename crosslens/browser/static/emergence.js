@@ -178,7 +178,8 @@ const EmergencePanel = {
     if (!events.length) return CL.el("p", { class: "note", text: "In no lineage event." });
     return CL.el("ul", { class: "events" }, ...events.map((e) => {
       const step = run.snapshots[e.snapshot].label;
-      const how = e.how === "divergence" ? (e.kind === "split" ? "coincide, then part" : "part, then coincide") : "fade as others emerge";
+      const how = e.how === "divergence" ? (e.kind === "split" ? "coincide, then part" : "part, then coincide")
+        : e.how === "turn" ? "one fades or emerges as another turns" : "fade as others emerge";
       return CL.el("li", { "data-kind": e.kind }, `${e.kind} at ${step}: `, ...this.joined(e.before, e.snapshot),
         " \u2192 ", ...this.joined(e.after, e.snapshot), ` (${how}, cosine ${CL.fmt(e.cosine, 3)})`);
     }));
