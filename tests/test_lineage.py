@@ -286,24 +286,27 @@ def test_a_crowd_that_shares_one_direction_and_scatters_makes_no_split():
 
 def test_a_latent_born_as_another_s_copy_that_leaves_it_is_a_split():
     """A split's second child may get a latent of its own only as it splits off, born as a copy of
-    the parent's latent and apart from it after: together at one snapshot, too few for a
-    divergence. A latent born as a copy that stays one is a duplicate, and one whose rows lay along
-    another's only under the presence line before it emerged was never that latent's copy: no
-    split."""
+    the parent's latent and apart from it after, the parent's latent turning too: together at one
+    snapshot, too few for a divergence. A latent born as a copy that stays one is a duplicate, one
+    born as a copy that leaves a parent keeping its row is a duplicate gone on to carry another
+    feature, and one whose rows lay along another's only under the presence line before it emerged
+    was never that latent's copy: no split."""
     gen = torch.Generator().manual_seed(7)
     u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
-    W = torch.zeros(7, S, D)
-    W[0] = u[0]  # the parent, its row kept by the first child
+    W = torch.zeros(9, S, D)
+    W[0, :4], W[0, 4:] = u[0], _turned(u[0], u[8], 0.6)  # the parent, turning to the first child at 4
     W[1, 3], W[1, 4:] = u[0], _turned(u[0], u[1], 0.3)  # born at 3 as 0's copy, apart from 4
     W[2] = u[2]
     W[3, 2:4], W[3, 4:] = 0.1 * u[2], _turned(u[2], u[3], 0.2)  # along 2 under the presence line, then apart
     W[4] = u[4]
     W[5] = u[5]
     W[6, 5:] = u[5]  # born at 5 as 5's copy and staying one
+    W[7] = u[9]  # keeps its row ...
+    W[8, 3], W[8, 4:] = u[9], _turned(u[9], u[10], 0.3)  # ... as its copy, born at 3, leaves at 4
     analysis = EvolutionAnalysis.from_decoder(W * GROWING_1S1)
     assert not analysis.present[1, :3].any() and not analysis.present[3, :4].any()
     assert lineage_of(analysis).events == [
-        LineageEvent("split", 4, (0, 1), (0, 1), pytest.approx(0.3, abs=1e-4), "divergence"),
+        LineageEvent("split", 4, (0, 1), (0, 1), pytest.approx(0.18, abs=1e-4), "divergence"),
     ]
     assert lineage_of(analysis, LineageConfig(birth_splits=False)).events == []
 

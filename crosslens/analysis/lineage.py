@@ -22,8 +22,9 @@ Read from the per-snapshot decoder directions of the live latents, where each is
 - **split by birth**: a latent born as another's copy (its first present row at ``same_cosine`` or
   closer to a latent present there and just before) and then apart from it for good: a split's
   second child that gets a latent of its own only as it splits off, together with the parent's
-  at that one snapshot. The parent's latent may keep its row here: the new latent is no duplicate
-  being reused (:attr:`LineageConfig.birth_splits`);
+  at that one snapshot. The parent's latent turns too, as in a divergence: a newborn copy that
+  leaves a parent keeping its row is a duplicate gone on to carry another feature
+  (:attr:`LineageConfig.birth_splits`);
 - **succession**: a latent fades as a near-parallel one emerges (the best cosine between the
   fading latent's last ``min_snapshots`` rows of a run of presence that long and the emerging
   latent's first ones >= :attr:`LineageConfig.successor_cosine`, the emergence within
@@ -121,15 +122,17 @@ class LineageConfig:
     birth_splits: bool = True
     """Also read as a split a latent born as another's copy that then leaves it (:func:`birth_splits`):
     such a pair is together at one snapshot, too few for a divergence. On the planted grid it finds
-    the splits whose second child emerges one snapshot before the split as the parent's copy and adds
-    no false event; reading a latent's rows under the presence line before its birth as well found
-    one more split but added false events on ``correlated`` (benchmarks/README.md, "Is an emergence
-    real?")."""
+    the splits whose second child emerges one snapshot before the split as the parent's copy, and
+    adds one false event; reading a latent's rows under the presence line before its birth as well
+    found one more split but added false events on ``correlated`` (benchmarks/README.md, "Is an
+    emergence real?")."""
     turns: bool = True
-    """Also read a succession whose predecessor or successor is a latent that turns, present on both
-    sides of the handover (:func:`~crosslens.analysis.succession.turn_successions`). On the planted
-    grid it finds JumpReLU's handoffs whose successor is a latent the crosscoder had used for
-    another direction (benchmarks/README.md, "Is an emergence real?")."""
+    """Also read a succession whose predecessor or successor is a latent present on both sides of the
+    handover that turns in one step (:func:`~crosslens.analysis.succession.turn_successions`): the
+    crosscoder reusing a latent it had for another direction. On the planted grid it finds a
+    JumpReLU handoff the presence rule misses and adds no false event; read without the one-step
+    condition, it took the pico demo's rows drifting between snapshots for handovers
+    (benchmarks/README.md, "Is an emergence real?")."""
     chunk_size: int = 4096
     """Latents whose cosines with all others are computed at once."""
 
@@ -375,7 +378,8 @@ def birth_splits(
     at ``e`` (for ``min_snapshots`` in a row) with a relative ``a`` there at ``same_cosine`` or
     closer that was present at ``e - 1`` too, the two then apart as after a divergence's split: at
     ``min_snapshots`` snapshots after ``e``, never at the hold line again, never opposite, their
-    shared row at ``e`` not a crowd's. ``seen`` pairs (``a < b``) are left out."""
+    shared row at ``e`` not a crowd's, and ``a`` with a row among the ``min_snapshots`` from the
+    split under the hold line from its row at ``e``. ``seen`` pairs (``a < b``) are left out."""
     F, S, _ = unit_FSD.shape
     k, rows_F = config.min_snapshots, torch.arange(F)
     first_F = torch.where(present_FS, torch.arange(S).expand(F, S), S).amin(1)
@@ -398,6 +402,11 @@ def birth_splits(
     ok_P &= ~(both_PS & (cos_PS <= -config.hold_cosine)).any(1)
     ok_P &= ~_crowded(unit_FSD, present_FS, a_P, b_P, e_P, ok_P, config)
     split_at_P = torch.where(apart_PS, idx_1S, S).amin(1)
+    # the parent's latent turns too, as a divergence's latents both do: one that keeps its row while
+    # the newborn leaves has a newborn duplicate that went on to carry another feature
+    to_PK = (split_at_P[:, None] + torch.arange(k)).clamp(0, S - 1)
+    turn_PK = (unit_FSD[a_P, e_P][:, None] * unit_FSD[a_P[:, None], to_PK]).sum(-1)
+    ok_P &= turn_PK.masked_fill(~present_FS[a_P[:, None], to_PK], 1.0).amin(1) < config.hold_cosine
     found = []
     for p in torch.nonzero(ok_P).flatten().tolist():
         a, b, at = int(a_P[p]), int(b_P[p]), int(split_at_P[p])
