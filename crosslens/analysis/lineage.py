@@ -475,7 +475,9 @@ def lineage(
     successions = succession_events(unit_FSD, present_FS, emergence_F.cpu(), fade_F.cpu(), live_F.cpu().bool(), config)
     if config.turns:
         joined = {(at, a, b) for _, at, a, b, _ in found}
-        joined |= {(e[1], min(a, b), max(a, b)) for e in successions for a in e[2] for b in e[3]}
+        joined |= {
+            (at, min(a, b), max(a, b)) for _, at, before, after, _, _ in successions for a in before for b in after
+        }
         successions += turn_successions(unit_FSD, present_FS, config, joined)
     events += [LineageEvent(*e) for e in successions]
     events.sort(key=lambda e: (e.snapshot, EVENT_KINDS.index(e.kind), e.latents))
