@@ -34,7 +34,7 @@ from crosslens.analysis.emergence_record import (
     save_run_emergence,
 )
 from crosslens.analysis.latent_scaling import LatentScalingConfig, latent_scaling
-from crosslens.analysis.lineage import LineageConfig
+from crosslens.analysis.lineage import LineageConfig, LineageEvent
 from crosslens.browser import BrowseConfig, make_server
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import PartnerMismatchError
@@ -304,6 +304,38 @@ def test_a_decoupled_early_presence_names_the_latents_that_carried_it(run, tmp_p
         server.server_close()
     assert "carried by other latents: decoupled (" in note and "points its way" in note
     assert early and links == [f"/feature/{int(scaling.carrier[feature, s])}?snapshot={s}" for s in early]
+
+
+def test_the_feature_page_says_how_each_lineage_event_was_read(run, tmp_path, driver):  # noqa: F811
+    """A feature's events read as parting, a fade into an emergence, or a handover to a latent that
+    turned, each as lineage found it (``LineageEvent.how``)."""
+    run_dir, result = run
+    a, b = (int(f) for f in result.check.measured.nonzero()[:2, 0])
+    last = result.check.presence.shape[1] - 1
+    events = [
+        LineageEvent("split", 1, (a, b), (a, b), 0.3, "divergence"),
+        LineageEvent("handoff", min(2, last), (a,), (b,), 0.8, "succession"),
+        LineageEvent("handoff", last, (b,), (a,), 0.75, "turn"),
+    ]
+    recorded = dataclasses.replace(result, lineage=dataclasses.replace(result.lineage, events=events))
+    copy = tf.copy_tree(run_dir, tmp_path / "run")
+    save_run_emergence(copy, recorded, ActivationStore.open(run_dir.parent / "store"))
+    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    server = make_server(copy, BrowseConfig(port=0))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        open_page(driver, server, f"/feature/{a}")
+        wait_for(lambda: driver.execute_script("return document.querySelectorAll('#lineage-events li').length") == 3)
+        items = driver.execute_script(
+            "return [...document.querySelectorAll('#lineage-events li')].map(li => [li.dataset.kind, li.textContent])"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [kind for kind, _ in items] == ["split", "handoff", "handoff"]
+    assert "(coincide, then part, cosine 0.3)" in items[0][1]
+    assert "(fade as others emerge, cosine 0.8)" in items[1][1]
+    assert "(one fades or emerges as another turns, cosine 0.75)" in items[2][1]
 
 
 def test_the_report_has_the_section_and_the_flow_picture(run):
