@@ -142,9 +142,8 @@ def turn_successions(
     kept_FS[:, 0] = False
     kept_FS[:, 1:] &= present_FS[:, :-1]
     steady_FS = present_FS.clone()  # the k rows up to s present and holding one direction
-    for j in range(k - 1):
+    for j in range(k - 1):  # (kept_FS[:, 0] is False, so no window reaches before snapshot 0)
         steady_FS[:, j:] &= kept_FS[:, : S - j]
-        steady_FS[:, :j] = False
     edges: dict[int, list[tuple[int, int, float]]] = {}
     rows: dict[tuple[int, int], torch.Tensor] = {}
     for t in range(1, S):
