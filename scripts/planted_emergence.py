@@ -120,8 +120,10 @@ def trained(generator: str, arch: str, seed: int, planted, cache: Path | None, p
             "cfg": crosscoder.cfg.to_dict(),
             "state": crosscoder.state_dict(),
         }
-        torch.save({**saved, "seconds": seconds}, path.with_suffix(".tmp"))
-        os.replace(path.with_suffix(".tmp"), path)
+        # a name of this process's own: two processes training the same run never share a partial file
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save({**saved, "seconds": seconds}, partial)
+        os.replace(partial, path)
     return crosscoder, seconds
 
 
