@@ -302,6 +302,7 @@ LINEAGE_SENSITIVITY = (
     {"max_shared": 127},
     {"birth_splits": False},
     {"turns": False},
+    {"turn_at_once": False},
 )
 """Lineage lines scored beside :class:`LineageConfig`'s defaults, one changed at a time."""
 

@@ -261,6 +261,32 @@ def test_a_latent_that_leaves_a_direction_its_partner_keeps_is_no_split():
     assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1)), ("merge", 5, (2, 3))]
 
 
+def test_a_latent_that_drifts_off_the_shared_row_kept_it_and_one_that_turns_late_left_it():
+    """A split's latents each leave the row the pair shares where the pair is first apart, or a
+    snapshot later in one step. A latent still on the row there that drifts off it a little at a
+    time kept the direction (its rows stay within a small step of each other), and only its partner
+    left: no split. Read anywhere in the ``min_snapshots`` after the event
+    (``turn_at_once=False``), the drift passes the hold line and the pair reads as a split. A merge
+    mirrors it: a latent that arrives on the pair's row a snapshot before its partner, in one step,
+    came to it (which the rows after the merge alone do not show)."""
+    gen = torch.Generator().manual_seed(7)
+    u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
+    W = torch.zeros(4, S, D)
+    W[0], W[1, :3], W[1, 3:] = u[0], u[0], _turned(u[0], u[1], 0.2)  # 1 leaves at 3 in one step
+    for s, cosine in zip(range(3, S), (0.95, 0.85, 0.75, 0.65, 0.55)):
+        W[0, s] = _turned(u[0], u[4], cosine)  # 0 drifts: about cosine 0.99 from one row to the next
+    W[2], W[3, :5], W[3, 5:] = u[2], u[3], _turned(u[2], u[5], 0.6)  # both meet at 5 ...
+    W[2, 4:] = _turned(u[2], u[5], 0.6)  # ... 2 a snapshot early, in one step
+    analysis = EvolutionAnalysis.from_decoder(W * GROWING_1S1)
+    events = lineage_of(analysis).events
+    assert [(e.kind, e.snapshot, e.latents) for e in events] == [("merge", 5, (2, 3))]
+    events = lineage_of(analysis, LineageConfig(turn_at_once=False)).events
+    assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1))]
+    W[0, 4:] = _turned(u[0], u[4], 0.5)  # 0 turns a snapshot after 1, in one step: a split
+    events = lineage_of(EvolutionAnalysis.from_decoder(W * GROWING_1S1)).events
+    assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1)), ("merge", 5, (2, 3))]
+
+
 def test_a_crowd_that_shares_one_direction_and_scatters_makes_no_split():
     """Latents sharing one direction with more others than a concept has duplicates (``max_shared``)
     are a crowd, not a concept (TopK's auxiliary loss gathers latents that have not fired there),

@@ -133,6 +133,14 @@ class LineageConfig:
     JumpReLU handoff the presence rule misses and adds no false event; read without the one-step
     condition, it took the pico demo's rows drifting between snapshots for handovers
     (benchmarks/README.md, "Is an emergence real?")."""
+    turn_at_once: bool = True
+    """Each latent of a split or merge leaves the row the pair shares (its row where they are
+    together) at the first snapshot the pair is apart, or, where it reaches the new state a
+    snapshot later than its partner, in one step there: a latent that drifts off the row a little
+    at a time kept the direction, and only its partner left; the same of a split by birth's parent
+    (:func:`_left`). On the planted grid every planted split found keeps being found, and a
+    third of the false events on the families without events go; False reads a turn anywhere in
+    the ``min_snapshots`` after the event (benchmarks/README.md, "Is an emergence real?")."""
     chunk_size: int = 4096
     """Latents whose cosines with all others are computed at once."""
 
@@ -350,8 +358,13 @@ def divergence_pairs(
     merge_P = held(apart_PS, True, merge_at_P) & together(False, merge_at_P) & ~cancels_P
     # one concept becomes two (or two one) where both latents leave their rows; a latent that keeps
     # its own while the other moves is the other changing what it carries
-    split_P &= turned(last_same_P, split_at_P)
-    merge_P &= turned(last_apart_P, merge_at_P)
+    if config.turn_at_once:
+        for x_P in (a_P, b_P):
+            split_P &= _left(unit_FSD, present_FS, x_P, last_same_P, split_at_P, config)
+            merge_P &= _left(unit_FSD, present_FS, x_P, merge_at_P, last_apart_P, config)
+    else:
+        split_P &= turned(last_same_P, split_at_P)
+        merge_P &= turned(last_apart_P, merge_at_P)
     # and where the pair is together, its direction is one concept's, not a crowd's
     split_P &= ~_crowded(unit_FSD, present_FS, a_P, b_P, last_same_P, split_P, config)
     merge_P &= ~_crowded(unit_FSD, present_FS, a_P, b_P, merge_at_P, merge_P, config)
@@ -364,6 +377,35 @@ def divergence_pairs(
             at = int(at_P[p])
             found.append((kind, at, int(a_P[p]), int(b_P[p]), float(cos_PS[p, at])))
     return found
+
+
+def _left(
+    unit_FSD: torch.Tensor,
+    present_FS: torch.Tensor,
+    x_P: torch.Tensor,
+    together_P: torch.Tensor,
+    apart_P: torch.Tensor,
+    config: LineageConfig,
+) -> torch.Tensor:
+    """Pairs whose latent ``x_P`` left its row at ``together_P`` (where the pair is together) at the
+    pair's first snapshot apart, ``apart_P``: its row there is under the hold line from it. Or, a
+    latent that reached the new state a snapshot apart from its partner, in one step: a row among
+    the ``min_snapshots`` from ``apart_P`` (read away from the together row) under the hold line
+    from it and from the row next to it on the together side. Time runs from ``together_P`` to
+    ``apart_P``: forward for a split, backward for a merge."""
+    S = unit_FSD.shape[1]
+    step_P1 = torch.where(apart_P >= together_P, 1, -1)[:, None]
+    at_PK = apart_P[:, None] + step_P1 * torch.arange(config.min_snapshots)
+    inside_PK = (at_PK >= 0) & (at_PK < S)
+    at_PK, before_PK = at_PK.clamp(0, S - 1), (at_PK - step_P1).clamp(0, S - 1)
+    x_P1 = x_P[:, None]
+    rows_PKD = unit_FSD[x_P1, at_PK]
+    from_together_PK = (unit_FSD[x_P, together_P.clamp(0, S - 1)][:, None] * rows_PKD).sum(-1)
+    from_before_PK = (unit_FSD[x_P1, before_PK] * rows_PKD).sum(-1)
+    away_PK = inside_PK & present_FS[x_P1, at_PK] & (from_together_PK < config.hold_cosine)
+    at_once_P = away_PK[:, 0]
+    in_one_step_P = (away_PK & present_FS[x_P1, before_PK] & (from_before_PK < config.hold_cosine)).any(1)
+    return at_once_P | in_one_step_P
 
 
 def birth_splits(
@@ -404,9 +446,12 @@ def birth_splits(
     split_at_P = torch.where(apart_PS, idx_1S, S).amin(1)
     # the parent's latent turns too, as a divergence's latents both do: one that keeps its row while
     # the newborn leaves has a newborn duplicate that went on to carry another feature
-    to_PK = (split_at_P[:, None] + torch.arange(k)).clamp(0, S - 1)
-    turn_PK = (unit_FSD[a_P, e_P][:, None] * unit_FSD[a_P[:, None], to_PK]).sum(-1)
-    ok_P &= turn_PK.masked_fill(~present_FS[a_P[:, None], to_PK], 1.0).amin(1) < config.hold_cosine
+    if config.turn_at_once:
+        ok_P &= _left(unit_FSD, present_FS, a_P, e_P, split_at_P, config)
+    else:
+        to_PK = (split_at_P[:, None] + torch.arange(k)).clamp(0, S - 1)
+        turn_PK = (unit_FSD[a_P, e_P][:, None] * unit_FSD[a_P[:, None], to_PK]).sum(-1)
+        ok_P &= turn_PK.masked_fill(~present_FS[a_P[:, None], to_PK], 1.0).amin(1) < config.hold_cosine
     found = []
     for p in torch.nonzero(ok_P).flatten().tolist():
         a, b, at = int(a_P[p]), int(b_P[p]), int(split_at_P[p])
