@@ -138,8 +138,8 @@ class LineageConfig:
     together) at the first snapshot the pair is apart, or, where it reaches the new state a
     snapshot later than its partner, in one step there: a latent that drifts off the row a little
     at a time kept the direction, and only its partner left; the same of a split by birth's parent
-    (:func:`_left`). On the planted grid every planted split found keeps being found, and a
-    third of the false events on the families without events go; False reads a turn anywhere in
+    (:func:`_left`). On the planted grid every planted event found keeps being found, and about a
+    quarter of the false events on the families without events go; False reads a turn anywhere in
     the ``min_snapshots`` after the event (benchmarks/README.md, "Is an emergence real?")."""
     chunk_size: int = 4096
     """Latents whose cosines with all others are computed at once."""
@@ -420,8 +420,9 @@ def birth_splits(
     at ``e`` (for ``min_snapshots`` in a row) with a relative ``a`` there at ``same_cosine`` or
     closer that was present at ``e - 1`` too, the two then apart as after a divergence's split: at
     ``min_snapshots`` snapshots after ``e``, never at the hold line again, never opposite, their
-    shared row at ``e`` not a crowd's, and ``a`` with a row among the ``min_snapshots`` from the
-    split under the hold line from its row at ``e``. ``seen`` pairs (``a < b``) are left out."""
+    shared row at ``e`` not a crowd's, and ``a`` leaving its row at ``e`` as a divergence's latents
+    leave theirs (:func:`_left`; without ``turn_at_once``, a row among the ``min_snapshots`` from
+    the split under the hold line from it). ``seen`` pairs (``a < b``) are left out."""
     F, S, _ = unit_FSD.shape
     k, rows_F = config.min_snapshots, torch.arange(F)
     first_F = torch.where(present_FS, torch.arange(S).expand(F, S), S).amin(1)
