@@ -481,7 +481,8 @@ def event_table(runs: list[dict]) -> bool:
 
 def false_flag_table(runs: list[dict]) -> bool:
     """On the families without planted events: contested flags among the recovered features (weak-early:
-    among the others than its weak ones) and events per recovered feature."""
+    among the others than its weak ones) and false events per recovered feature; then the false
+    events as a share of the events reported there."""
     print(
         "| family | architecture | runs | recovered | contested (goal <= 5%) | earlier by the decoder norm at the 0.1 line | false events (goal <= 5%) | decouplings |"
     )
@@ -498,6 +499,12 @@ def false_flag_table(runs: list[dict]) -> bool:
             f"{_share(sum(r['low_line_early'] for r in group), recovered)} | {_share(false, recovered)} | "
             f"{sum(r['decoupling_events'] for r in group)} |"
         )
+    without = [r for r in runs if r["generator"] in (*WITHOUT_EVENTS, "weak-early")]
+    reported = sum(r["events"] for r in without)
+    print(
+        f"\nevents reported on these families: {reported} ({sum(r['decoupling_events'] for r in without)} "
+        f"decouplings); false: {_share(sum(r['false_events'] for r in without), reported)} of those reported"
+    )
     return ok
 
 
