@@ -340,31 +340,18 @@ def divergence_pairs(
         """Pairs held together on that side of ``at_P``, at ``same_cosine`` at one snapshot at least."""
         return held(same_PS, before, at_P) & (peak_PS & side(before, at_P)).any(1)
 
-    def turned(from_P: torch.Tensor, to_P: torch.Tensor) -> torch.Tensor:
-        """Pairs whose two latents each have a present row among the ``min_snapshots`` from ``to_P``
-        under the hold line from their row at ``from_P`` (one may turn a snapshot after the other)."""
-        from_P1 = from_P.clamp(0, S - 1)[:, None]
-        to_PK = (to_P[:, None] + torch.arange(config.min_snapshots)).clamp(0, S - 1)
-
-        def turn(x_P: torch.Tensor) -> torch.Tensor:
-            cos_PK = (unit_FSD[x_P[:, None], from_P1] * unit_FSD[x_P[:, None], to_PK]).sum(-1)
-            return cos_PK.masked_fill(~present_FS[x_P[:, None], to_PK], 1.0).amin(1)
-
-        return (turn(a_P) < config.hold_cosine) & (turn(b_P) < config.hold_cosine)
-
     # rows that point opposite carry nothing between them: the two fire together to cancel
     cancels_P = (both_PS & (cos_PS <= -config.hold_cosine)).any(1)
     split_P = together(True, split_at_P) & held(apart_PS, False, split_at_P) & ~cancels_P
     merge_P = held(apart_PS, True, merge_at_P) & together(False, merge_at_P) & ~cancels_P
     # one concept becomes two (or two one) where both latents leave their rows; a latent that keeps
     # its own while the other moves is the other changing what it carries
-    if config.turn_at_once:
-        for x_P in (a_P, b_P):
-            split_P &= _left(unit_FSD, present_FS, x_P, last_same_P, split_at_P, config)
-            merge_P &= _left(unit_FSD, present_FS, x_P, merge_at_P, last_apart_P, config)
-    else:
-        split_P &= turned(last_same_P, split_at_P)
-        merge_P &= turned(last_apart_P, merge_at_P)
+    # (a merge is read from its together row back to its apart side, or, without turn_at_once,
+    # from the last apart row on into the together state)
+    merge_ends = (merge_at_P, last_apart_P) if config.turn_at_once else (last_apart_P, merge_at_P)
+    for x_P in (a_P, b_P):
+        split_P &= _left(unit_FSD, present_FS, x_P, last_same_P, split_at_P, config)
+        merge_P &= _left(unit_FSD, present_FS, x_P, *merge_ends, config)
     # and where the pair is together, its direction is one concept's, not a crowd's
     split_P &= ~_crowded(unit_FSD, present_FS, a_P, b_P, last_same_P, split_P, config)
     merge_P &= ~_crowded(unit_FSD, present_FS, a_P, b_P, merge_at_P, merge_P, config)
@@ -383,29 +370,31 @@ def _left(
     unit_FSD: torch.Tensor,
     present_FS: torch.Tensor,
     x_P: torch.Tensor,
-    together_P: torch.Tensor,
-    apart_P: torch.Tensor,
+    from_P: torch.Tensor,
+    to_P: torch.Tensor,
     config: LineageConfig,
 ) -> torch.Tensor:
-    """Pairs whose latent ``x_P`` left its row at ``together_P`` (where the pair is together) at the
-    pair's first snapshot apart, ``apart_P``: its row there is under the hold line from it. Or, a
-    latent that reached the new state a snapshot apart from its partner, in one step: a row among
-    the ``min_snapshots`` from ``apart_P`` (read away from the together row) under the hold line
-    from it and from the row next to it on the together side. Time runs from ``together_P`` to
-    ``apart_P``: forward for a split, backward for a merge."""
+    """Pairs whose latent ``x_P`` left its row at ``from_P`` by ``to_P``: its row at ``to_P`` is
+    under the hold line from it, or, for a latent that gets there a snapshot after its partner, in
+    one step: a present row among the ``min_snapshots`` from ``to_P`` (read away from ``from_P``)
+    under the hold line from it and from the row beside it on the ``from_P`` side. Time runs from
+    ``from_P`` to ``to_P``: forward for a split (from the pair's together row to its first snapshot
+    apart), backward for a merge. Without ``turn_at_once``, any present row of those under the hold
+    line from the row at ``from_P`` counts, the one-step condition aside."""
     S = unit_FSD.shape[1]
-    step_P1 = torch.where(apart_P >= together_P, 1, -1)[:, None]
-    at_PK = apart_P[:, None] + step_P1 * torch.arange(config.min_snapshots)
+    step_P1 = torch.where(to_P >= from_P, 1, -1)[:, None]
+    at_PK = to_P[:, None] + step_P1 * torch.arange(config.min_snapshots)
     inside_PK = (at_PK >= 0) & (at_PK < S)
     at_PK, before_PK = at_PK.clamp(0, S - 1), (at_PK - step_P1).clamp(0, S - 1)
     x_P1 = x_P[:, None]
     rows_PKD = unit_FSD[x_P1, at_PK]
-    from_together_PK = (unit_FSD[x_P, together_P.clamp(0, S - 1)][:, None] * rows_PKD).sum(-1)
+    from_start_PK = (unit_FSD[x_P, from_P.clamp(0, S - 1)][:, None] * rows_PKD).sum(-1)
+    away_PK = inside_PK & present_FS[x_P1, at_PK] & (from_start_PK < config.hold_cosine)
+    if not config.turn_at_once:
+        return away_PK.any(1)
     from_before_PK = (unit_FSD[x_P1, before_PK] * rows_PKD).sum(-1)
-    away_PK = inside_PK & present_FS[x_P1, at_PK] & (from_together_PK < config.hold_cosine)
-    at_once_P = away_PK[:, 0]
     in_one_step_P = (away_PK & present_FS[x_P1, before_PK] & (from_before_PK < config.hold_cosine)).any(1)
-    return at_once_P | in_one_step_P
+    return away_PK[:, 0] | in_one_step_P
 
 
 def birth_splits(
@@ -421,8 +410,7 @@ def birth_splits(
     closer that was present at ``e - 1`` too, the two then apart as after a divergence's split: at
     ``min_snapshots`` snapshots after ``e``, never at the hold line again, never opposite, their
     shared row at ``e`` not a crowd's, and ``a`` leaving its row at ``e`` as a divergence's latents
-    leave theirs (:func:`_left`; without ``turn_at_once``, a row among the ``min_snapshots`` from
-    the split under the hold line from it). ``seen`` pairs (``a < b``) are left out."""
+    leave theirs (:func:`_left`). ``seen`` pairs (``a < b``) are left out."""
     F, S, _ = unit_FSD.shape
     k, rows_F = config.min_snapshots, torch.arange(F)
     first_F = torch.where(present_FS, torch.arange(S).expand(F, S), S).amin(1)
@@ -447,12 +435,7 @@ def birth_splits(
     split_at_P = torch.where(apart_PS, idx_1S, S).amin(1)
     # the parent's latent turns too, as a divergence's latents both do: one that keeps its row while
     # the newborn leaves has a newborn duplicate that went on to carry another feature
-    if config.turn_at_once:
-        ok_P &= _left(unit_FSD, present_FS, a_P, e_P, split_at_P, config)
-    else:
-        to_PK = (split_at_P[:, None] + torch.arange(k)).clamp(0, S - 1)
-        turn_PK = (unit_FSD[a_P, e_P][:, None] * unit_FSD[a_P[:, None], to_PK]).sum(-1)
-        ok_P &= turn_PK.masked_fill(~present_FS[a_P[:, None], to_PK], 1.0).amin(1) < config.hold_cosine
+    ok_P &= _left(unit_FSD, present_FS, a_P, e_P, split_at_P, config)
     found = []
     for p in torch.nonzero(ok_P).flatten().tolist():
         a, b, at = int(a_P[p]), int(b_P[p]), int(split_at_P[p])
