@@ -130,7 +130,10 @@ def train_run(name: str, args: argparse.Namespace, mesh, device) -> None:
         except Interrupted:
             pass
         if name == "split":
-            print(f"rank {layout.rank}: {trainer.sae.pass_paths['split']} split passes")
+            # one write a line: the ranks share the launcher's stdout, and print's two writes (text,
+            # then newline) of two ranks can interleave
+            sys.stdout.write(f"rank {layout.rank}: {trainer.sae.pass_paths['split']} split passes\n")
+            sys.stdout.flush()
 
 
 def main(argv: list[str]) -> int:
