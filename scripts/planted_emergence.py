@@ -303,6 +303,7 @@ LINEAGE_SENSITIVITY = (
     {"birth_splits": False},
     {"turns": False},
     {"turn_at_once": False},
+    {"held_by_activations": False},
 )
 """Lineage lines scored beside :class:`LineageConfig`'s defaults, one changed at a time."""
 
@@ -312,11 +313,12 @@ def lineage_key(change: dict) -> str:
     return ", ".join(f"{name} {value}" for name, value in change.items())
 
 
-def lineage_sensitivity(planted, analysis, n_recovered: int) -> dict[str, list[int]]:
+def lineage_sensitivity(planted, analysis, held_FS, n_recovered: int) -> dict[str, list[int]]:
     """For each of :data:`LINEAGE_SENSITIVITY`: planted events found, and false events."""
     out = {}
     for change in LINEAGE_SENSITIVITY:
-        scores = event_scores(planted, analysis, lineage_of(analysis, LineageConfig(**change)), n_recovered)
+        lin = lineage_of(analysis, LineageConfig(**change), held_FS=held_FS)
+        scores = event_scores(planted, analysis, lin, n_recovered)
         out[lineage_key(change)] = [scores["events_found"], scores["false_events"]]
     return out
 
@@ -366,7 +368,7 @@ def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
     )
     scaling = latent_scaling(crosscoder, acts_NSD)
     check = check_emergence(analysis, scaling, check_config)
-    lin = lineage_of(analysis, lineage_config)
+    lin = lineage_of(analysis, lineage_config, held_FS=check.present)
     match = match_planted(analysis.W_dec, planted)
     recovered = match.recovered
     truth = getattr(planted, "event_truth", None)
@@ -399,7 +401,7 @@ def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
         "n_other": len(other),
         "contested_all": int(check.contested.sum()),
         "sensitivity": sensitivity(analysis, scaling, recovered, weak),
-        "lineage_sensitivity": lineage_sensitivity(planted, analysis, len(recovered)),
+        "lineage_sensitivity": lineage_sensitivity(planted, analysis, check.present, len(recovered)),
         "counts": check.counts(),
         **event_scores(planted, analysis, lin, len(recovered)),
     }

@@ -6,7 +6,8 @@ by ``export --format neuronpedia``.
 A tiny trained run (3 snapshots, 32 latents, 40 steps) whose latents all read as present from the
 first snapshot; the check's settings are set so that it has verdicts and events to carry (presence
 by latent scaling only near each latent's largest amplitude, a one-snapshot margin, lineage's
-cosines low), since what is tested here is the carrying, not the method.
+cosines low, its events kept where the activations do not hold them), since what is tested here is
+the carrying, not the method.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ LOOSE = dict(
     check_config=EmergenceCheckConfig(
         presence_threshold=0.95, fade_threshold=0.9, contested_margin=1, min_fire=2, min_t=0
     ),
-    lineage_config=LineageConfig(same_cosine=0.3, apart_cosine=0.1, successor_cosine=0.2, min_snapshots=1),
+    lineage_config=LineageConfig(
+        same_cosine=0.3, apart_cosine=0.1, successor_cosine=0.2, min_snapshots=1, held_by_activations=False
+    ),
     scaling_config=LatentScalingConfig(n_tokens=4096),
 )
 DASHBOARDS = dict(top_k=3, n_quantile=2, window=2, reservoir=4, batch_size=48, n_bins=8, n_logits=3)
@@ -82,6 +85,29 @@ def test_the_saved_check_reads_back_whole(run):
     )
     assert again.summary() == result.summary()
     assert result.check.counts()["contested"] > 0 and result.lineage.events  # the loose settings give both
+
+
+def test_the_events_the_activations_do_not_hold_are_set_aside_and_read_back(run, tmp_path):
+    run_dir, result = run
+    copy = tf.copy_tree(run_dir, tmp_path / "run")
+    store = ActivationStore.open(run_dir.parent / "store")
+    crosscoder = load_crosscoder_folder(copy / "final", device="cpu")
+    held_config = dataclasses.replace(LOOSE["lineage_config"], held_by_activations=True)
+    analysis, _ = analyze_crosscoder(
+        crosscoder, store=store, progress=False, **{**LOOSE, "lineage_config": held_config}
+    )
+    held = analysis.emergence.lineage
+    # the strict presence line holds few latents: some events go aside, and the two lists part the decoder's
+    assert held.set_aside and len(held.events) + len(held.set_aside) == len(result.lineage.events)
+    assert sorted(held.events + held.set_aside, key=result.lineage.events.index) == result.lineage.events
+    assert f"({len(held.set_aside)} more read from decoder rows the activations do not hold, set aside)" in (
+        analysis.emergence.summary()
+    )
+    save_run_emergence(copy, analysis.emergence, store)
+    again = read_emergence(copy)
+    assert again.lineage.set_aside == held.set_aside and again.lineage.events == held.events
+    assert again.summary() == analysis.emergence.summary()
+    assert result.lineage.set_aside == [] and "set aside" not in result.summary()
 
 
 def test_the_database_holds_the_check_and_lineage(run):

@@ -138,6 +138,14 @@ class EmergenceCheck:
         return "earlier" if int(self.disagreement[latent]) > 0 else "later"
 
     @property
+    def present(self) -> torch.Tensor:
+        """Boolean ``[d_sae, n_snapshots]``: where latent scaling calls a latent present, its
+        presence at ``presence_threshold`` or more (an amplitude ``min_t`` standard errors above 0).
+        Unlike the emergences it holds latents that fire on fewer than ``min_fire`` sampled tokens
+        too: their amplitude's standard error already says how far it can be read."""
+        return self.presence >= self.config.presence_threshold
+
+    @property
     def reported_emergence(self) -> Int[torch.Tensor, " d_sae"]:
         """The emergence crosslens reports: latent-scaled where contested, the decoder norm's elsewhere."""
         return torch.where(self.contested, self.scaled_emergence, self.decoder_emergence)

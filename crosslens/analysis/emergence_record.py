@@ -68,6 +68,10 @@ class EmergenceResult:
         lineage = f"lineage: {events['split']} splits, {events['merge']} merges, {events['handoff']} handoffs"
         if self.check is None:
             return f"emergence check: not run (no activation store: latent scaling reads activations)\n{lineage}"
+        if self.lineage_config.held_by_activations:
+            lineage += (
+                f" ({len(self.lineage.set_aside)} more read from decoder rows the activations do not hold, set aside)"
+            )
         c = self.check.counts()
         return (
             f"emergence check (latent scaling on {self.scaling.n_tokens:,} tokens): {c['contested']} of "
@@ -98,12 +102,12 @@ def compute_emergence(
             "the crosscoder's EvolutionAnalysis (EvolutionAnalysis.from_crosscoder, or analyze_crosscoder's first result)"
         )
     lineage_config = lineage_config or LineageConfig()
-    lineage = lineage_of(analysis, lineage_config, device)
     if source is None:
-        return EmergenceResult(list(analysis.steps), lineage, lineage_config)
+        return EmergenceResult(list(analysis.steps), lineage_of(analysis, lineage_config, device), lineage_config)
     scaling_config = scaling_config or LatentScalingConfig()
     scaling = latent_scaling(crosscoder, source, hook=hook, config=scaling_config, progress=progress)
     check = check_emergence(analysis, scaling, check_config)
+    lineage = lineage_of(analysis, lineage_config, device, held_FS=check.present)
     return EmergenceResult(list(analysis.steps), lineage, lineage_config, scaling, check, scaling_config)
 
 
@@ -146,6 +150,7 @@ def save_emergence(run_dir: str | os.PathLike, result: EmergenceResult, partners
         },
         "early_presence": None if check is None else {str(i): p for i, p in enumerate(check.early_presence) if p},
         "events": [e.to_dict() for e in result.lineage.events],
+        "set_aside": [e.to_dict() for e in result.lineage.set_aside],
         "counts": result.counts(),
     }
     write_sealed(run_dir / EMERGENCE_NAME, record, EMERGENCE_KEY)
@@ -221,6 +226,7 @@ def read_emergence(run_dir: str | os.PathLike, crosscoder_sha: str | None = None
         relatives=tensors["relatives"].long(),
         relative_cosine=tensors["relative_cosine"],
         events=[LineageEvent.from_dict(e) for e in record["events"]],
+        set_aside=[LineageEvent.from_dict(e) for e in record["set_aside"]],
     )
     lineage_config = _recorded_config(LineageConfig, settings["lineage"], "lineage", run_dir)
     if settings.get("check") is None:

@@ -134,6 +134,12 @@ def _add_lineage(report: Report, analysis: EvolutionAnalysis, lineage: Lineage) 
         f"{counts['merge']} merges and {counts['handoff']} handoffs. A split: latents whose directions coincide, "
         "then part (or a latent that fades as several near-parallel ones emerge); a merge: the reverse; a handoff: "
         "a latent that fades as a near-parallel one emerges, one concept decoupled over two latents through time."
+        + (
+            f" {len(lineage.set_aside)} more events read from the decoder rows were set aside: latent scaling does not "
+            "hold their latents on their sides of the event, so those rows carry nothing the activations show."
+            if lineage.set_aside
+            else ""
+        )
     )
     if not lineage.events:
         return

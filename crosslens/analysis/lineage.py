@@ -43,6 +43,10 @@ Read from the per-snapshot decoder directions of the live latents, where each is
 Latents in pair events of one kind at one snapshot are joined into one event (three latents
 that coincide and separate together are one split). Every event records its snapshot, the
 latents before and after, and the cosine that decided it.
+
+Where latent scaling has read activations, an event whose latents the activations do not hold on
+its sides is set aside (:func:`held_by_activations`): decoder rows alone can point at a feature on
+snapshots where the latent explains none of it.
 """
 
 from __future__ import annotations
@@ -141,6 +145,15 @@ class LineageConfig:
     (:func:`_left`). On the planted grid every planted event found keeps being found, and about a
     quarter of the false events on the families without events go; False reads a turn anywhere in
     the ``min_snapshots`` after the event (benchmarks/README.md, "Is an emergence real?")."""
+    held_by_activations: bool = True
+    """Where latent scaling has read activations (:func:`lineage_of` given its presence), keep an
+    event only where the activations hold its latents on their sides of it: present by latent
+    scaling at each of the ``min_snapshots`` snapshots before it (a latent before) and from it on
+    (a latent after). A divergence needs two latents held on both sides, a succession one on each
+    side. The others are read from decoder rows that carry nothing the activations show (a latent
+    whose row points at a feature on snapshots where it explains none of it) and are set aside
+    (:attr:`Lineage.set_aside`). On the planted grid every planted event found is held, and about
+    three in five of the false events go (benchmarks/README.md, "Is an emergence real?")."""
     chunk_size: int = 4096
     """Latents whose cosines with all others are computed at once."""
 
@@ -230,6 +243,9 @@ class Lineage:
     """Their cosines (0 where ``relatives`` is -1)."""
     events: list[LineageEvent] = field(default_factory=list)
     """Every event, by snapshot, then kind, then first latent."""
+    set_aside: list[LineageEvent] = field(default_factory=list)
+    """Events read from the decoder rows that the activations do not hold
+    (:attr:`LineageConfig.held_by_activations`), in the same order; empty where no activations were read."""
 
     def counts(self) -> dict[str, int]:
         """Events per kind."""
@@ -488,10 +504,12 @@ def lineage(
     fade_F: torch.Tensor,
     live_F: torch.Tensor,
     config: LineageConfig | None = None,
+    held_FS: torch.Tensor | None = None,
 ) -> Lineage:
     """Relatives and lineage events of the live latents (see the module docstring). ``present_FS``,
     ``emergence_F``, ``fade_F`` and ``live_F`` come from the evolution analysis
-    (:func:`lineage_of`)."""
+    (:func:`lineage_of`); ``held_FS``, where given, is latent scaling's presence, which sets aside
+    the events the activations do not hold (:func:`held_by_activations`)."""
     config = config or LineageConfig()
     unit_FSD = unit_rows(W_dec_FSD)
     present_FS = present_FS.bool() & live_F.bool()[:, None].to(present_FS.device)
@@ -510,16 +528,49 @@ def lineage(
         successions += turn_successions(unit_FSD, present_FS, config, joined)
     events += [LineageEvent(*e) for e in successions]
     events.sort(key=lambda e: (e.snapshot, EVENT_KINDS.index(e.kind), e.latents))
-    return Lineage(relatives=relatives, relative_cosine=cosines, events=events)
+    held = [True] * len(events)
+    if held_FS is not None and config.held_by_activations:
+        held = held_by_activations(events, held_FS.bool().cpu(), config.min_snapshots)
+    return Lineage(
+        relatives=relatives,
+        relative_cosine=cosines,
+        events=[e for e, ok in zip(events, held) if ok],
+        set_aside=[e for e, ok in zip(events, held) if not ok],
+    )
 
 
-def lineage_of(analysis: Any, config: LineageConfig | None = None, device: str | torch.device | None = None) -> Lineage:
+def held_by_activations(events: Sequence[LineageEvent], held_FS: torch.Tensor, n_snapshots: int) -> list[bool]:
+    """Whether the activations hold each event: its latents before present (``held_FS``, latent
+    scaling's presence) at each of the ``n_snapshots`` snapshots before it, its latents after at
+    each from it on; two latents held on both sides for a divergence, one on each side for a
+    succession (:attr:`LineageConfig.held_by_activations`)."""
+    S = held_FS.shape[1]
+
+    def held(latents: Sequence[int], lo: int, hi: int) -> set[int]:
+        return {j for j in latents if bool(held_FS[j, max(0, lo) : min(S, hi)].all())}
+
+    out = []
+    for e in events:
+        before = held(e.before, e.snapshot - n_snapshots, e.snapshot)
+        after = held(e.after, e.snapshot, e.snapshot + n_snapshots)
+        out.append(len(before & after) >= 2 if e.how == "divergence" else bool(before) and bool(after))
+    return out
+
+
+def lineage_of(
+    analysis: Any,
+    config: LineageConfig | None = None,
+    device: str | torch.device | None = None,
+    held_FS: torch.Tensor | None = None,
+) -> Lineage:
     """:func:`lineage` of an :class:`~crosslens.analysis.evolution_analysis.EvolutionAnalysis`
     (its training-space decoder, presence and lifetimes); ``device`` is where the cosines are
-    computed (a GPU speeds up wide dictionaries)."""
+    computed (a GPU speeds up wide dictionaries); ``held_FS``, where latent scaling calls each
+    latent present (:attr:`~crosslens.analysis.emergence_check.EmergenceCheck.present`), sets aside
+    the events the activations do not hold."""
     W_FSD = analysis.W_dec if device is None else analysis.W_dec.to(device)
     lt = analysis.lifetimes
-    return lineage(W_FSD, analysis.present, lt.emergence, lt.fade, ~lt.dead, config)
+    return lineage(W_FSD, analysis.present, lt.emergence, lt.fade, ~lt.dead, config, held_FS)
 
 
 def event_rows(events: Sequence[LineageEvent], steps: Sequence[int]) -> list[dict[str, Any]]:
