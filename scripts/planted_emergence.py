@@ -313,11 +313,11 @@ def lineage_key(change: dict) -> str:
     return ", ".join(f"{name} {value}" for name, value in change.items())
 
 
-def lineage_sensitivity(planted, analysis, held_FS, n_recovered: int) -> dict[str, list[int]]:
+def lineage_sensitivity(planted, analysis, scaled_present_FS, n_recovered: int) -> dict[str, list[int]]:
     """For each of :data:`LINEAGE_SENSITIVITY`: planted events found, and false events."""
     out = {}
     for change in LINEAGE_SENSITIVITY:
-        lin = lineage_of(analysis, LineageConfig(**change), held_FS=held_FS)
+        lin = lineage_of(analysis, LineageConfig(**change), scaled_present_FS=scaled_present_FS)
         scores = event_scores(planted, analysis, lin, n_recovered)
         out[lineage_key(change)] = [scores["events_found"], scores["false_events"]]
     return out
@@ -368,7 +368,7 @@ def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
     )
     scaling = latent_scaling(crosscoder, acts_NSD)
     check = check_emergence(analysis, scaling, check_config)
-    lin = lineage_of(analysis, lineage_config, held_FS=check.present)
+    lin = lineage_of(analysis, lineage_config, scaled_present_FS=check.present)
     match = match_planted(analysis.W_dec, planted)
     recovered = match.recovered
     truth = getattr(planted, "event_truth", None)

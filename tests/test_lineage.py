@@ -376,17 +376,17 @@ def test_an_event_the_activations_do_not_hold_is_set_aside():
     everywhere = torch.ones(12, S, dtype=torch.bool)
     events = lineage_of(analysis).events
     assert [(e.kind, e.snapshot) for e in events] == [("split", 3), ("handoff", 4), ("merge", 5), ("split", 6)]
-    held = lineage_of(analysis, held_FS=everywhere)
+    held = lineage_of(analysis, scaled_present_FS=everywhere)
     assert held.events == events and held.set_aside == []
-    held_FS = everywhere.clone()
-    held_FS[1, 4] = False  # a child of the split at 3, one snapshot after it
-    held_FS[4, 2] = False  # the handoff's predecessor, two snapshots before it
-    held_FS[7, 6] = False  # one of the two successors of the split at 6: the other still holds it
-    held_FS[2, 2] = False  # three snapshots before the merge at 5: outside the two read
-    lin = lineage_of(analysis, held_FS=held_FS)
+    scaled_FS = everywhere.clone()
+    scaled_FS[1, 4] = False  # a child of the split at 3, one snapshot after it
+    scaled_FS[4, 2] = False  # the handoff's predecessor, two snapshots before it
+    scaled_FS[7, 6] = False  # one of the two successors of the split at 6: the other still holds it
+    scaled_FS[2, 2] = False  # three snapshots before the merge at 5: outside the two read
+    lin = lineage_of(analysis, scaled_present_FS=scaled_FS)
     assert [(e.kind, e.snapshot) for e in lin.events] == [("merge", 5), ("split", 6)]
     assert lin.set_aside == events[:2] and lin.counts() == {"split": 1, "merge": 1, "handoff": 0}
     # every snapshot missing above is the second of its side: one snapshot a side holds them all
     one = LineageConfig(min_snapshots=1)
-    assert lineage_of(analysis, one, held_FS=held_FS).events == lineage_of(analysis, one).events
-    assert lineage_of(analysis, LineageConfig(held_by_activations=False), held_FS=held_FS).events == events
+    assert lineage_of(analysis, one, scaled_present_FS=scaled_FS).events == lineage_of(analysis, one).events
+    assert lineage_of(analysis, LineageConfig(held_by_activations=False), scaled_present_FS=scaled_FS).events == events

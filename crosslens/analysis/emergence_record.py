@@ -107,7 +107,7 @@ def compute_emergence(
     scaling_config = scaling_config or LatentScalingConfig()
     scaling = latent_scaling(crosscoder, source, hook=hook, config=scaling_config, progress=progress)
     check = check_emergence(analysis, scaling, check_config)
-    lineage = lineage_of(analysis, lineage_config, device, held_FS=check.present)
+    lineage = lineage_of(analysis, lineage_config, device, scaled_present_FS=check.present)
     return EmergenceResult(list(analysis.steps), lineage, lineage_config, scaling, check, scaling_config)
 
 

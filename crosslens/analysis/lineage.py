@@ -504,12 +504,12 @@ def lineage(
     fade_F: torch.Tensor,
     live_F: torch.Tensor,
     config: LineageConfig | None = None,
-    held_FS: torch.Tensor | None = None,
+    scaled_present_FS: torch.Tensor | None = None,
 ) -> Lineage:
     """Relatives and lineage events of the live latents (see the module docstring). ``present_FS``,
     ``emergence_F``, ``fade_F`` and ``live_F`` come from the evolution analysis
-    (:func:`lineage_of`); ``held_FS``, where given, is latent scaling's presence, which sets aside
-    the events the activations do not hold (:func:`held_by_activations`)."""
+    (:func:`lineage_of`); ``scaled_present_FS``, where given, is latent scaling's presence, which
+    sets aside the events the activations do not hold (:func:`held_by_activations`)."""
     config = config or LineageConfig()
     unit_FSD = unit_rows(W_dec_FSD)
     present_FS = present_FS.bool() & live_F.bool()[:, None].to(present_FS.device)
@@ -529,8 +529,8 @@ def lineage(
     events += [LineageEvent(*e) for e in successions]
     events.sort(key=lambda e: (e.snapshot, EVENT_KINDS.index(e.kind), e.latents))
     held = [True] * len(events)
-    if held_FS is not None and config.held_by_activations:
-        held = held_by_activations(events, held_FS.bool().cpu(), config.min_snapshots)
+    if scaled_present_FS is not None and config.held_by_activations:
+        held = held_by_activations(events, scaled_present_FS.bool().cpu(), config.min_snapshots)
     return Lineage(
         relatives=relatives,
         relative_cosine=cosines,
@@ -539,15 +539,17 @@ def lineage(
     )
 
 
-def held_by_activations(events: Sequence[LineageEvent], held_FS: torch.Tensor, n_snapshots: int) -> list[bool]:
-    """Whether the activations hold each event: its latents before present (``held_FS``, latent
-    scaling's presence) at each of the ``n_snapshots`` snapshots before it, its latents after at
-    each from it on; two latents held on both sides for a divergence, one on each side for a
+def held_by_activations(
+    events: Sequence[LineageEvent], scaled_present_FS: torch.Tensor, n_snapshots: int
+) -> list[bool]:
+    """Whether the activations hold each event: its latents before present by latent scaling
+    (``scaled_present_FS``) at each of the ``n_snapshots`` snapshots before it, its latents after
+    at each from it on; two latents held on both sides for a divergence, one on each side for a
     succession (:attr:`LineageConfig.held_by_activations`)."""
-    S = held_FS.shape[1]
+    S = scaled_present_FS.shape[1]
 
     def held(latents: Sequence[int], lo: int, hi: int) -> set[int]:
-        return {j for j in latents if bool(held_FS[j, max(0, lo) : min(S, hi)].all())}
+        return {j for j in latents if bool(scaled_present_FS[j, max(0, lo) : min(S, hi)].all())}
 
     out = []
     for e in events:
@@ -561,16 +563,16 @@ def lineage_of(
     analysis: Any,
     config: LineageConfig | None = None,
     device: str | torch.device | None = None,
-    held_FS: torch.Tensor | None = None,
+    scaled_present_FS: torch.Tensor | None = None,
 ) -> Lineage:
     """:func:`lineage` of an :class:`~crosslens.analysis.evolution_analysis.EvolutionAnalysis`
     (its training-space decoder, presence and lifetimes); ``device`` is where the cosines are
-    computed (a GPU speeds up wide dictionaries); ``held_FS``, where latent scaling calls each
-    latent present (:attr:`~crosslens.analysis.emergence_check.EmergenceCheck.present`), sets aside
-    the events the activations do not hold."""
+    computed (a GPU speeds up wide dictionaries); ``scaled_present_FS``, where latent scaling
+    calls each latent present (:attr:`~crosslens.analysis.emergence_check.EmergenceCheck.present`),
+    sets aside the events the activations do not hold."""
     W_FSD = analysis.W_dec if device is None else analysis.W_dec.to(device)
     lt = analysis.lifetimes
-    return lineage(W_FSD, analysis.present, lt.emergence, lt.fade, ~lt.dead, config, held_FS)
+    return lineage(W_FSD, analysis.present, lt.emergence, lt.fade, ~lt.dead, config, scaled_present_FS)
 
 
 def event_rows(events: Sequence[LineageEvent], steps: Sequence[int]) -> list[dict[str, Any]]:
