@@ -334,7 +334,8 @@ def test_a_decoupled_early_presence_names_the_latents_that_carried_it(run, tmp_p
 
 def test_the_feature_page_says_how_each_lineage_event_was_read(run, tmp_path, driver):  # noqa: F811
     """A feature's events read as parting, a fade into an emergence, or a handover to a latent that
-    turned, each as lineage found it (``LineageEvent.how``)."""
+    turned, each as lineage found it (``LineageEvent.how``); an event set aside (the activations do
+    not hold it) is listed and marked there, and counted by no filter."""
     run_dir, result = run
     a, b = (int(f) for f in result.check.measured.nonzero()[:2, 0])
     last = result.check.presence.shape[1] - 1
@@ -343,25 +344,52 @@ def test_the_feature_page_says_how_each_lineage_event_was_read(run, tmp_path, dr
         LineageEvent("handoff", min(2, last), (a,), (b,), 0.8, "succession"),
         LineageEvent("handoff", last, (b,), (a,), 0.75, "turn"),
     ]
-    recorded = dataclasses.replace(result, lineage=dataclasses.replace(result.lineage, events=events))
+    aside = [LineageEvent("merge", 1, (a, b), (a, b), 0.95, "divergence")]
+    lineage = dataclasses.replace(result.lineage, events=events, set_aside=aside)
     copy = tf.copy_tree(run_dir, tmp_path / "run")
-    save_run_emergence(copy, recorded, ActivationStore.open(run_dir.parent / "store"))
+    save_run_emergence(
+        copy, dataclasses.replace(result, lineage=lineage), ActivationStore.open(run_dir.parent / "store")
+    )
     compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    db = sqlite3.connect(copy / schema.DATABASE_NAME)
+    assert db.execute("SELECT kind, held FROM lineage_events ORDER BY event").fetchall() == [
+        ("split", 1),
+        ("merge", 0),
+        ("handoff", 1),
+        ("handoff", 1),
+    ]
     server = make_server(copy, BrowseConfig(port=0))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
+        summary = api(server, "/api/run")["emergence"]
+        merges = api(server, "/api/features?lineage=merge&limit=500")["rows"]
+        listed = api(server, "/api/features?lineage=any&limit=500")["rows"]
         open_page(driver, server, f"/feature/{a}")
-        wait_for(lambda: driver.execute_script("return document.querySelectorAll('#lineage-events li').length") == 3)
+        wait_for(lambda: driver.execute_script("return document.querySelectorAll('#lineage-events li').length") == 4)
         items = driver.execute_script(
-            "return [...document.querySelectorAll('#lineage-events li')].map(li => [li.dataset.kind, li.textContent])"
+            "return [...document.querySelectorAll('#lineage-events li')]"
+            ".map(li => [li.dataset.kind, li.dataset.held, li.textContent])"
         )
     finally:
         server.shutdown()
         server.server_close()
-    assert [kind for kind, _ in items] == ["split", "handoff", "handoff"]
-    assert "(coincide, then part, cosine 0.3)" in items[0][1]
-    assert "(fade as others emerge, cosine 0.8)" in items[1][1]
-    assert "(one fades or emerges as another turns, cosine 0.75)" in items[2][1]
+    assert summary["events"] == {"split": 1, "merge": 0, "handoff": 2} and summary["set_aside"] == 1
+    flags = json.loads(
+        (export_run(copy, format="neuronpedia", out=tmp_path / "np") / "emergence_flags.json").read_text()
+    )
+    assert [e["kind"] for e in flags["features"][str(a)]["lineage"]] == ["split", "handoff", "handoff"]
+    assert merges == [] and sorted(r["feature"] for r in listed) == sorted({a, b})
+    assert all("merge" not in r["lineage"] for r in listed)
+    assert [(kind, held) for kind, held, _ in items] == [
+        ("split", "true"),
+        ("merge", "false"),
+        ("handoff", "true"),
+        ("handoff", "true"),
+    ]
+    assert "(coincide, then part, cosine 0.3)" in items[0][2] and "set aside" not in items[0][2]
+    assert "(part, then coincide, cosine 0.95) set aside: the activations do not hold its latents there" in items[1][2]
+    assert "(fade as others emerge, cosine 0.8)" in items[2][2]
+    assert "(one fades or emerges as another turns, cosine 0.75)" in items[3][2]
 
 
 def test_the_report_has_the_section_and_the_flow_picture(run):

@@ -35,11 +35,14 @@ def filter_clauses(contested: str, lineage: str, diffing: str) -> tuple[list[str
             args[column] = value
     if lineage:
         if lineage == "any":
-            clauses.append("f.feature IN (SELECT feature FROM lineage_members)")
+            clauses.append(
+                "f.feature IN (SELECT m.feature FROM lineage_members m JOIN lineage_events e USING (event) "
+                "WHERE e.held)"
+            )
         else:
             clauses.append(
                 "f.feature IN (SELECT m.feature FROM lineage_members m JOIN lineage_events e USING (event) "
-                "WHERE e.kind = :lineage)"
+                "WHERE e.held AND e.kind = :lineage)"
             )
             args["lineage"] = lineage
     return clauses, args
@@ -60,7 +63,7 @@ def add_verdicts(connection: sqlite3.Connection, rows: list[dict]) -> None:
     kinds: dict[int, list[str]] = {}
     for f, kind in connection.execute(
         "SELECT DISTINCT m.feature, e.kind FROM lineage_members m JOIN lineage_events e USING (event) "
-        "WHERE m.feature IN (SELECT value FROM json_each(?)) ORDER BY m.feature, e.kind",
+        "WHERE e.held AND m.feature IN (SELECT value FROM json_each(?)) ORDER BY m.feature, e.kind",
         (ids,),
     ):
         kinds.setdefault(f, []).append(kind)
@@ -78,7 +81,8 @@ def run_counts(connection: sqlite3.Connection, meta: dict[str, Any]) -> dict[str
             "SELECT contested, count(*) FROM emergence WHERE contested IS NOT NULL GROUP BY contested"
         ).fetchall()
     )
-    events = dict(connection.execute("SELECT kind, count(*) FROM lineage_events GROUP BY kind").fetchall())
+    events = dict(connection.execute("SELECT kind, count(*) FROM lineage_events WHERE held GROUP BY kind").fetchall())
+    set_aside = connection.execute("SELECT count(*) FROM lineage_events WHERE NOT held").fetchone()[0]
     record = meta.get("emergence")
     return {
         "computed": record is not None,
@@ -86,6 +90,7 @@ def run_counts(connection: sqlite3.Connection, meta: dict[str, Any]) -> dict[str
         "n_tokens": record.get("n_tokens") if record else None,
         "contested": {kind: contested.get(kind, 0) for kind in CONTESTED_FILTERS[1:]},
         "events": {kind: events.get(kind, 0) for kind in LINEAGE_FILTERS[1:]},
+        "set_aside": set_aside,
         "diffing": _diffing_counts(connection) if _two_models(meta) else None,
     }
 
@@ -136,9 +141,10 @@ def feature_emergence(connection: sqlite3.Connection, feature: int, n_snapshots:
             "cosine": cosine,
             "before": json.loads(b),
             "after": json.loads(a),
+            "held": bool(held),
         }
-        for e, kind, s, how, cosine, b, a in connection.execute(
-            "SELECT e.event, e.kind, e.snapshot, e.how, e.cosine, e.before, e.after FROM lineage_events e "
+        for e, kind, s, how, cosine, b, a, held in connection.execute(
+            "SELECT e.event, e.kind, e.snapshot, e.how, e.cosine, e.before, e.after, e.held FROM lineage_events e "
             "JOIN lineage_members m USING (event) WHERE m.feature = ? ORDER BY e.snapshot, e.event",
             (feature,),
         )

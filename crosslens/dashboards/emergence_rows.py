@@ -22,6 +22,7 @@ from crosslens.analysis.emergence_record import (
     read_emergence,
 )
 from crosslens.analysis.evolution import NO_STEP
+from crosslens.analysis.lineage import EVENT_KINDS
 from crosslens.core.hashing import file_sha256
 from crosslens.core.paths import EMERGENCE_NAME
 from crosslens.dashboards.config import DashboardsError
@@ -118,11 +119,17 @@ def emergence_snapshot_rows(result: EmergenceResult | None) -> Iterator[tuple]:
 
 
 def lineage_rows(result: EmergenceResult | None) -> tuple[list[tuple], list[tuple]]:
-    """The lineage_events and lineage_members tables."""
+    """The lineage_events and lineage_members tables: the events, and those set aside beside them
+    (``held`` 0), in snapshot order."""
     if result is None:
         return [], []
     events, members = [], []
-    for k, e in enumerate(result.lineage.events):
+    lineage = result.lineage
+    both = sorted(
+        [(e, 1) for e in lineage.events] + [(e, 0) for e in lineage.set_aside],
+        key=lambda pair: (pair[0].snapshot, EVENT_KINDS.index(pair[0].kind), pair[0].latents, -pair[1]),
+    )
+    for k, (e, held) in enumerate(both):
         events.append(
             (
                 k,
@@ -133,6 +140,7 @@ def lineage_rows(result: EmergenceResult | None) -> tuple[list[tuple], list[tupl
                 e.cosine,
                 json.dumps(e.before),
                 json.dumps(e.after),
+                held,
             )
         )
         for feature in e.latents:

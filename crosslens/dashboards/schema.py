@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sqlite3
 
-FORMAT = "crosslens.dashboards/4"
+FORMAT = "crosslens.dashboards/5"
 """The layout's name and version, ``meta['format']``."""
 
 DATABASE_NAME = "dashboards.sqlite"
@@ -172,7 +172,9 @@ CREATE TABLE lineage_events (
     how      TEXT NOT NULL,        -- divergence | succession | turn
     cosine   REAL NOT NULL,        -- the cosine that decided it
     before   TEXT NOT NULL,        -- JSON list of the latents before
-    after    TEXT NOT NULL         -- JSON list of the latents after
+    after    TEXT NOT NULL,        -- JSON list of the latents after
+    held     INTEGER NOT NULL      -- 1: the activations hold it (or none were read); 0: set aside, read
+                                   -- from decoder rows the activations do not hold (Lineage.set_aside)
 )""",
     "lineage_members": """
 CREATE TABLE lineage_members (

@@ -51,7 +51,7 @@ def emergence_flags(context: Any) -> dict[str, Any] | None:
         }
     for f, kind, snapshot, before, after in database.execute(
         "SELECT m.feature, e.kind, e.snapshot, e.before, e.after FROM lineage_members m JOIN lineage_events e "
-        "USING (event) ORDER BY m.feature, e.snapshot, e.event"
+        "USING (event) WHERE e.held ORDER BY m.feature, e.snapshot, e.event"
     ):
         entry = features.setdefault(str(f), dict.fromkeys(_KEYS) | {"measured": False, "lineage": []})
         entry["lineage"].append(

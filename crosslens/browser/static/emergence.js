@@ -33,7 +33,9 @@ const EmergencePanel = {
       hint.textContent = "Latent scaling was not run (no activation store given to analyze): lineage only.";
     } else {
       hint.textContent = `Latent scaling on ${check.n_tokens.toLocaleString("en-US")} tokens: contested where it `
-        + "dates a feature two or more snapshots away from its decoder norm.";
+        + "dates a feature two or more snapshots away from its decoder norm."
+        + (check.set_aside ? ` Lineage events the activations do not hold (${check.set_aside}) are set aside: `
+          + "a feature's page lists them, the filter does not." : "");
     }
   },
 
@@ -180,8 +182,11 @@ const EmergencePanel = {
       const step = run.snapshots[e.snapshot].label;
       const how = e.how === "divergence" ? (e.kind === "split" ? "coincide, then part" : "part, then coincide")
         : e.how === "turn" ? "one fades or emerges as another turns" : "fade as others emerge";
-      return CL.el("li", { "data-kind": e.kind }, `${e.kind} at ${step}: `, ...this.joined(e.before, e.snapshot),
-        " \u2192 ", ...this.joined(e.after, e.snapshot), ` (${how}, cosine ${CL.fmt(e.cosine, 3)})`);
+      // an event read from decoder rows the activations do not hold is listed, marked, and counted nowhere
+      const aside = e.held ? [] : [CL.el("span", { class: "note", text: " set aside: the activations do not hold its latents there" })];
+      return CL.el("li", { "data-kind": e.kind, "data-held": String(e.held) }, `${e.kind} at ${step}: `,
+        ...this.joined(e.before, e.snapshot), " \u2192 ", ...this.joined(e.after, e.snapshot),
+        ` (${how}, cosine ${CL.fmt(e.cosine, 3)})`, ...aside);
     }));
   },
 
