@@ -46,8 +46,9 @@ from crosslens.analysis.latent_scaling import (
     scaling_from_sums,
     training_space_sums,
 )
-from crosslens.analysis.lineage import lineage_of, per_latent_relatives, unit_rows
+from crosslens.analysis.lineage import lineage_of
 from crosslens.analysis.probes import firing_frequency, reads_normalized
+from crosslens.analysis.relatives import per_latent_relatives, unit_rows
 from crosslens.core.devices import peak_memory, reset_peak_memory
 from crosslens.core.paths import crosslens_home
 from crosslens.crosscoders.folding import training_space_decoder

@@ -43,9 +43,10 @@ from crosslens.analysis import EvolutionAnalysis, EvolutionConfig
 from crosslens.analysis.emergence_check import EmergenceCheckConfig, check_emergence
 from crosslens.analysis.evolution import NO_STEP, feature_lifetimes
 from crosslens.analysis.latent_scaling import latent_scaling
-from crosslens.analysis.lineage import LineageConfig, lineage_of, unit_rows
+from crosslens.analysis.lineage import LineageConfig, lineage_of
 from crosslens.analysis.planted_generators import EVENT_GENERATORS, GENERATORS
 from crosslens.analysis.probes import firing_frequency
+from crosslens.analysis.relatives import unit_rows
 from crosslens.analysis.synthetic import match_planted
 from crosslens.architectures import uses_k
 from crosslens.training.planted import planted_k, train_planted

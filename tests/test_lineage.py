@@ -13,14 +13,8 @@ import pytest
 import torch
 
 from crosslens.analysis import EvolutionAnalysis
-from crosslens.analysis.lineage import (
-    LineageConfig,
-    LineageEvent,
-    lineage_of,
-    nearest_relatives,
-    per_latent_relatives,
-    unit_rows,
-)
+from crosslens.analysis.lineage import LineageConfig, LineageEvent, lineage_of
+from crosslens.analysis.relatives import nearest_relatives, per_latent_relatives, unit_rows
 
 S, D = 8, 32
 GROWING_1S1 = (1 + 0.05 * torch.arange(S))[None, :, None]

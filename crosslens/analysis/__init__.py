@@ -9,7 +9,7 @@
 - :mod:`.latent_scaling`: how much of each latent each snapshot's activations hold (Minder et al.);
   :mod:`.emergence_check`: the latent-scaled emergence beside the decoder norm's, contested where
   they disagree; :mod:`.lineage`: splits, merges, handoffs and relatives from per-snapshot decoder
-  directions; :mod:`.emergence_record` bundles and saves them, :mod:`.emergence_report` reports them.
+  directions (each latent's nearest others in :mod:`.relatives`); :mod:`.emergence_record` bundles and saves them, :mod:`.emergence_report` reports them.
 - :mod:`.plots` and :mod:`.report`: plotly figures and a self-contained HTML report.
 - :mod:`.diffing`: a two-model crosscoder's diffing classes (shared, A-only, B-only) by relative decoder norm.
 - :mod:`.analyze`: :func:`analyze_crosscoder`, everything above in one call.

@@ -58,12 +58,11 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
+from crosslens.analysis.relatives import nearest_relatives, unit_rows
 from crosslens.analysis.succession import components, held_presence, succession_events, turn_successions
 
 EVENT_KINDS: tuple[str, ...] = ("split", "merge", "handoff")
 """What a lineage event is; see the module docstring."""
-
-_EPS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -211,6 +210,11 @@ class LineageEvent:
     def latents(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.before) | set(self.after)))
 
+    @property
+    def order(self) -> tuple[int, int, tuple[int, ...]]:
+        """Where it sorts among a lineage's events: by snapshot, then kind, then latents."""
+        return (self.snapshot, EVENT_KINDS.index(self.kind), self.latents)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -258,67 +262,6 @@ class Lineage:
         """Latents joined by events (connected components), the largest first."""
         edges = [(e.latents[0], other, 0.0) for e in self.events for other in e.latents]
         return sorted((list(group) for group, _ in components(edges)), key=lambda g: (-len(g), g[0]))
-
-
-# --------------------------------------------------------------------------- relatives
-def unit_rows(W_dec_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"]) -> torch.Tensor:
-    """Every decoder row scaled to unit norm (zero rows stay zero)."""
-    W_FSD = W_dec_FSD.detach().float()
-    return W_FSD / W_FSD.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-
-
-@torch.no_grad()
-def nearest_relatives(
-    unit_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
-    present_FS: torch.Tensor,
-    k: int,
-    chunk_size: int = 4096,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each latent's ``k`` nearest other latents at each snapshot where it is present, among
-    the latents present there, by decoder cosine: one matmul per snapshot and chunk."""
-    F, S, _ = unit_FSD.shape
-    k = min(k, max(1, F - 1))
-    index_FSK = torch.full((F, S, k), -1, dtype=torch.long)
-    cosine_FSK = torch.zeros(F, S, k)
-    present_FS = present_FS.to(unit_FSD.device)
-    for s in range(S):
-        U_FD = unit_FSD[:, s]
-        for start in range(0, F, chunk_size):
-            stop = min(F, start + chunk_size)
-            C_CF = U_FD[start:stop] @ U_FD.T
-            C_CF = C_CF.masked_fill(~present_FS[None, :, s], -torch.inf)
-            C_CF[torch.arange(stop - start), torch.arange(start, stop)] = -torch.inf
-            top = C_CF.topk(k, dim=1)
-            valid_CK = torch.isfinite(top.values) & present_FS[start:stop, s, None]
-            index_FSK[start:stop, s] = torch.where(valid_CK, top.indices, -1).cpu()
-            cosine_FSK[start:stop, s] = torch.where(valid_CK, top.values, 0.0).cpu()
-    return index_FSK, cosine_FSK
-
-
-def per_latent_relatives(
-    unit_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
-    present_FS: torch.Tensor,
-    k: int,
-    latents: Sequence[int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`nearest_relatives` latent by latent (a loop over latents; what it is checked against),
-    for ``latents`` (default all; the others' rows stay -1)."""
-    F, S, _ = unit_FSD.shape
-    k = min(k, max(1, F - 1))
-    index_FSK = torch.full((F, S, k), -1, dtype=torch.long)
-    cosine_FSK = torch.zeros(F, S, k)
-    for j in range(F) if latents is None else latents:
-        for s in range(S):
-            if not present_FS[j, s]:
-                continue
-            cos_F = unit_FSD[:, s] @ unit_FSD[j, s]
-            cos_F = cos_F.masked_fill(~present_FS[:, s], -torch.inf)
-            cos_F[j] = -torch.inf
-            top = cos_F.topk(k)
-            valid = torch.isfinite(top.values)
-            index_FSK[j, s] = torch.where(valid, top.indices, -1)
-            cosine_FSK[j, s] = torch.where(valid, top.values, 0.0)
-    return index_FSK, cosine_FSK
 
 
 # --------------------------------------------------------------------------- events
@@ -416,6 +359,7 @@ def _left(
 def birth_splits(
     unit_FSD: torch.Tensor,
     present_FS: torch.Tensor,
+    held_FS: torch.Tensor,
     relatives: torch.Tensor,
     cosines: torch.Tensor,
     config: LineageConfig,
@@ -426,11 +370,13 @@ def birth_splits(
     closer that was present at ``e - 1`` too, the two then apart as after a divergence's split: at
     ``min_snapshots`` snapshots after ``e``, never at the hold line again, never opposite, their
     shared row at ``e`` not a crowd's, and ``a`` leaving its row at ``e`` as a divergence's latents
-    leave theirs (:func:`_left`). ``seen`` pairs (``a < b``) are left out."""
+    leave theirs (:func:`_left`). ``held_FS`` is where each latent is present within a run of
+    ``min_snapshots`` (:func:`~crosslens.analysis.succession.held_presence`); ``seen`` pairs
+    (``a < b``) are left out."""
     F, S, _ = unit_FSD.shape
     k, rows_F = config.min_snapshots, torch.arange(F)
     first_F = torch.where(present_FS, torch.arange(S).expand(F, S), S).amin(1)
-    born_F = (first_F >= 1) & (first_F < S) & held_presence(present_FS, k)[rows_F, first_F.clamp(max=S - 1)]
+    born_F = (first_F >= 1) & (first_F < S) & held_FS[rows_F, first_F.clamp(max=S - 1)]
     b_B = torch.nonzero(born_F).flatten()
     e_B = first_F[b_B]
     near_BK, cos_BK = relatives[b_B, e_B], cosines[b_B, e_B]  # its nearest present latents where it is born
@@ -515,19 +461,23 @@ def lineage(
     present_FS = present_FS.bool() & live_F.bool()[:, None].to(present_FS.device)
     relatives, cosines = nearest_relatives(unit_FSD, present_FS, config.n_relatives, config.chunk_size)
     unit_FSD, present_FS = unit_FSD.cpu(), present_FS.cpu()  # the pairs' work below runs on the CPU
+    held_FS = held_presence(present_FS, config.min_snapshots)  # runs of presence, read by three rules
     found = divergence_pairs(unit_FSD, present_FS, relatives, cosines, config)
     if config.birth_splits:
-        found += birth_splits(unit_FSD, present_FS, relatives, cosines, config, {(a, b) for _, _, a, b, _ in found})
+        seen = {(a, b) for _, _, a, b, _ in found}
+        found += birth_splits(unit_FSD, present_FS, held_FS, relatives, cosines, config, seen)
     events = _joined(found)
-    successions = succession_events(unit_FSD, present_FS, emergence_F.cpu(), fade_F.cpu(), live_F.cpu().bool(), config)
+    successions = succession_events(
+        unit_FSD, present_FS, held_FS, emergence_F.cpu(), fade_F.cpu(), live_F.cpu().bool(), config
+    )
     if config.turns:
         joined = {(at, a, b) for _, at, a, b, _ in found}
         joined |= {
             (at, min(a, b), max(a, b)) for _, at, before, after, _, _ in successions for a in before for b in after
         }
-        successions += turn_successions(unit_FSD, present_FS, config, joined)
+        successions += turn_successions(unit_FSD, present_FS, held_FS, config, joined)
     events += [LineageEvent(*e) for e in successions]
-    events.sort(key=lambda e: (e.snapshot, EVENT_KINDS.index(e.kind), e.latents))
+    events.sort(key=lambda e: e.order)
     held = [True] * len(events)
     if scaled_present_FS is not None and config.held_by_activations:
         held = held_by_activations(events, scaled_present_FS.bool().cpu(), config.min_snapshots)

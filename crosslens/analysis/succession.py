@@ -75,6 +75,7 @@ def _best_row_pair(rows_AKD: torch.Tensor, rows_BKD: torch.Tensor) -> tuple[torc
 def succession_events(
     unit_FSD: torch.Tensor,
     present_FS: torch.Tensor,
+    held_FS: torch.Tensor,
     emergence_F: torch.Tensor,
     fade_F: torch.Tensor,
     live_F: torch.Tensor,
@@ -82,9 +83,9 @@ def succession_events(
 ) -> list[Succession]:
     """Latents that fade as near-parallel latents emerge: the faders' last held rows (the last
     ``min_snapshots`` of a run that long) against the emergers' first held rows, the best pair
-    deciding, masked to emergences near each fade."""
+    deciding, masked to emergences near each fade. ``held_FS`` is :func:`held_presence` of
+    ``present_FS`` at ``min_snapshots``."""
     S, k = unit_FSD.shape[1], config.min_snapshots
-    held_FS = held_presence(present_FS, k)
     idx_FS = torch.arange(S).expand(present_FS.shape)
     end_F = torch.where(held_FS & (idx_FS < fade_F[:, None]), idx_FS, -1).amax(1)
     onset_F = torch.where(held_FS & (idx_FS >= emergence_F[:, None]), idx_FS, S).amin(1)
@@ -123,7 +124,11 @@ def succession_events(
 
 
 def turn_successions(
-    unit_FSD: torch.Tensor, present_FS: torch.Tensor, config: Any, joined: set[tuple[int, int, int]]
+    unit_FSD: torch.Tensor,
+    present_FS: torch.Tensor,
+    held_FS: torch.Tensor,
+    config: Any,
+    joined: set[tuple[int, int, int]],
 ) -> list[Succession]:
     """Handovers at a snapshot ``t`` where one latent's presence changes and the other turns: a
     direction ``a`` held a snapshot before that no present latent continues at ``t`` or ``t + 1``
@@ -132,9 +137,9 @@ def turn_successions(
     ``a``'s. Of the two latents exactly one is present on both sides, and it turned in one step: it
     held one direction for ``min_snapshots`` before ``t`` and another for as many from ``t`` (a
     latent whose row drifts from snapshot to snapshot hands nothing over). Pairs that ``joined``
-    holds as ``(snapshot, a, b)`` with ``a < b`` within a snapshot are another event's already."""
+    holds as ``(snapshot, a, b)`` with ``a < b`` within a snapshot are another event's already;
+    ``held_FS`` is :func:`held_presence` of ``present_FS`` at ``min_snapshots``."""
     S, k, hold = unit_FSD.shape[1], config.min_snapshots, config.hold_cosine
-    held_FS = held_presence(present_FS, k)
     turned_FS = torch.zeros_like(present_FS)  # each row under the hold line from the latent's row before
     for s in range(1, S):
         turned_FS[:, s] = torch.linalg.vecdot(unit_FSD[:, s], unit_FSD[:, s - 1]) < hold

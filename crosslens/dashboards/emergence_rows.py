@@ -22,7 +22,6 @@ from crosslens.analysis.emergence_record import (
     read_emergence,
 )
 from crosslens.analysis.evolution import NO_STEP
-from crosslens.analysis.lineage import EVENT_KINDS
 from crosslens.core.hashing import file_sha256
 from crosslens.core.paths import EMERGENCE_NAME
 from crosslens.dashboards.config import DashboardsError
@@ -125,10 +124,8 @@ def lineage_rows(result: EmergenceResult | None) -> tuple[list[tuple], list[tupl
         return [], []
     events, members = [], []
     lineage = result.lineage
-    both = sorted(
-        [(e, 1) for e in lineage.events] + [(e, 0) for e in lineage.set_aside],
-        key=lambda pair: (pair[0].snapshot, EVENT_KINDS.index(pair[0].kind), pair[0].latents, -pair[1]),
-    )
+    # a stable sort: on a tie the held event comes first
+    both = sorted([(e, 1) for e in lineage.events] + [(e, 0) for e in lineage.set_aside], key=lambda p: p[0].order)
     for k, (e, held) in enumerate(both):
         events.append(
             (
