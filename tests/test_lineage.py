@@ -384,3 +384,5 @@ def test_an_event_the_activations_do_not_hold_is_set_aside():
     one = LineageConfig(min_snapshots=1)
     assert lineage_of(analysis, one, scaled_present_FS=scaled_FS).events == lineage_of(analysis, one).events
     assert lineage_of(analysis, LineageConfig(held_by_activations=False), scaled_present_FS=scaled_FS).events == events
+    with pytest.raises(ValueError, match=r"shape \[12, 7\], the decoder \[12, 8\].*this crosscoder's EmergenceCheck"):
+        lineage_of(analysis, scaled_present_FS=scaled_FS[:, 1:])

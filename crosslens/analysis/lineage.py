@@ -457,6 +457,11 @@ def lineage(
     (:func:`lineage_of`); ``scaled_present_FS``, where given, is latent scaling's presence, which
     sets aside the events the activations do not hold (:func:`held_by_activations`)."""
     config = config or LineageConfig()
+    if scaled_present_FS is not None and tuple(scaled_present_FS.shape) != tuple(present_FS.shape):
+        raise ValueError(
+            f"scaled_present_FS has shape {list(scaled_present_FS.shape)}, the decoder "
+            f"{list(present_FS.shape)} (latents, snapshots): pass this crosscoder's EmergenceCheck.present"
+        )
     unit_FSD = unit_rows(W_dec_FSD)
     present_FS = present_FS.bool() & live_F.bool()[:, None].to(present_FS.device)
     relatives, cosines = nearest_relatives(unit_FSD, present_FS, config.n_relatives, config.chunk_size)
