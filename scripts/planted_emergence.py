@@ -45,8 +45,8 @@ from crosslens.analysis.evolution import NO_STEP, feature_lifetimes
 from crosslens.analysis.latent_scaling import latent_scaling
 from crosslens.analysis.lineage import LineageConfig, lineage_of
 from crosslens.analysis.planted_generators import EVENT_GENERATORS, GENERATORS
+from crosslens.analysis.planted_lineage import planted_lineage_scores
 from crosslens.analysis.probes import firing_frequency
-from crosslens.analysis.relatives import unit_rows
 from crosslens.analysis.synthetic import match_planted
 from crosslens.architectures import uses_k
 from crosslens.training.planted import planted_k, train_planted
@@ -132,103 +132,15 @@ def within(a: int, b: int) -> bool:
     return a != NO_STEP and abs(a - b) <= 1
 
 
-CARRY_COSINE = 0.7
-"""A latent's row carries a planted feature where that feature is the one its direction is nearest
-and their cosine is at least this: crosscoders that mix features into their latents (JumpReLU's
-duplicates on the small sets) still carry them."""
-
-
-def carried_feature(unit_FSD: torch.Tensor, planted, latent: int, snapshot: int) -> int | None:
-    """The planted feature a latent's row carries at a snapshot, if any."""
-    cos_P = planted.directions[:, snapshot] @ unit_FSD[latent, snapshot]
-    best = int(cos_P.argmax())
-    return best if float(cos_P[best]) >= CARRY_COSINE else None
-
-
-def carries(unit_FSD: torch.Tensor, planted, latents, snapshots, feature: int) -> bool:
-    """Whether one of ``latents``' rows carries ``feature`` at one of ``snapshots`` (the event's
-    snapshot and the next: a crosscoder's row can lag one snapshot). Before a split both children
-    have the parent's direction, so either child counts there."""
-    twins = {feature} | {
-        c for _, a, b in getattr(planted.event_truth, "splits", []) for c in (a, b) if feature in (a, b)
-    }
-    for s in snapshots:
-        same = (
-            twins
-            if any(float(planted.directions[t, s] @ planted.directions[feature, s]) > 0.999 for t in twins - {feature})
-            else {feature}
-        )
-        if any(carried_feature(unit_FSD, planted, j, s) in same for j in latents):
-            return True
-    return False
-
-
-def carried_sides(unit_FSD: torch.Tensor, planted, live: list[int], kind: str, at: int, after, a: int, b: int) -> bool:
-    """Whether the crosscoder's live latents carry both sides of a planted event at ``at``, so that
-    lineage could see it: for a split, each child at the snapshots ``after`` it, by two latents or
-    more (one latent carrying both children cannot diverge from itself); for a handoff, the
-    predecessor just before and the successor after."""
-    with_b = [j for j in live if carries(unit_FSD, planted, [j], after, b)]
-    if kind == "split":
-        with_a = [j for j in live if carries(unit_FSD, planted, [j], after, a)]
-        return bool(with_a) and bool(with_b) and len(set(with_a) | set(with_b)) >= 2
-    return bool(with_b) and carries(unit_FSD, planted, live, [at - 1], a)
-
-
 def event_scores(planted, analysis, lin, n_recovered: int) -> dict:
-    """Planted splits and handoffs found: an event of the kind within one snapshot whose latents carry
-    the planted directions on either side (cosine >= 0.9). The other reported events are
-    *decouplings* where every latent in them carries one and the same planted feature (the crosscoder
-    split one feature over latents: Latent Decoupling, a true event of the crosscoder) and *false*
-    otherwise."""
-    unit = lineage_unit(analysis)
-    S = unit.shape[1]
-    truth = getattr(planted, "event_truth", None)
-    wanted = [("split", *e) for e in truth.splits] + [("handoff", *e) for e in truth.handoffs] if truth else []
-    matched, found, carried, found_carried = set(), 0, 0, 0
-    live = analysis.present.any(1).nonzero().flatten().tolist()
-    for kind, at, a, b in wanted:
-        hits = []
-        after = sorted({min(S - 1, at), min(S - 1, at + 1)})
-        seen = carried_sides(unit, planted, live, kind, at, after, a, b)
-        for k, e in enumerate(lin.events):
-            if e.kind != kind or abs(e.snapshot - at) > 1:
-                continue
-            ahead = carries(unit, planted, e.after, after, b)
-            if kind == "split":
-                ok = ahead and carries(unit, planted, e.after, after, a)
-            else:
-                ok = ahead and carries(unit, planted, e.before, [at - 1], a)
-            if ok:
-                hits.append(k)
-        found += bool(hits)
-        carried += seen
-        found_carried += seen and bool(hits)
-        matched.update(hits)
-    decoupling = 0
-    for k, e in enumerate(lin.events):
-        if k in matched:
-            continue
-        rows = [(j, max(0, e.snapshot - 1)) for j in e.before] + [(j, e.snapshot) for j in e.after]
-        features = {carried_feature(unit, planted, j, s) for j, s in rows}
-        decoupling += len(features) == 1 and None not in features
-    false = len(lin.events) - len(matched) - decoupling
+    """:func:`~crosslens.analysis.planted_lineage.planted_lineage_scores` as the score's columns,
+    with the false events per recovered feature."""
+    scores = planted_lineage_scores(planted, analysis, lin).to_dict()
     return {
-        "planted_events": len(wanted),
-        "events_found": found,
-        "events_carried": carried,
-        "events_found_carried": found_carried,
-        "events": len(lin.events),
-        "decoupling_events": decoupling,
-        "false_events": false,
-        "false_events_per_recovered": false / max(1, n_recovered),
+        **scores,
+        "false_events_per_recovered": scores["false_events"] / max(1, n_recovered),
         "event_kinds": lin.counts(),
     }
-
-
-def lineage_unit(analysis) -> torch.Tensor:
-    """The decoder rows lineage reads, unit length, in the planted set's (normalised) space."""
-    return unit_rows(analysis.W_dec)
 
 
 SENSITIVITY = (

@@ -1,0 +1,160 @@
+"""Lineage events scored against planted splits and handoffs (:mod:`.planted_events`).
+
+A planted event is **found** where lineage reports an event of its kind within one snapshot of
+its step whose latents carry its directions on either side: for a split, both children among the
+latents after it; for a handoff, the predecessor among the latents before it and the successor
+among those after. A latent's row **carries** a planted feature at a snapshot where that feature
+is the planted direction nearest to it, at cosine :data:`CARRY_COSINE` or more.
+
+Every other reported event is a **decoupling** where all its latents carry one and the same
+planted feature (the crosscoder spread one feature over several latents: Minder et al.'s Latent
+Decoupling, an event of the crosscoder, not of the data) and **false** otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from crosslens.analysis.relatives import unit_rows
+
+CARRY_COSINE = 0.7
+"""A latent's row carries a planted feature where that feature is the one its direction is nearest
+and their cosine is at least this: crosscoders that mix features into their latents (JumpReLU's
+duplicates on the small sets) still carry them."""
+
+EVENT_LABELS: tuple[str, ...] = ("planted", "decoupling", "false")
+"""What :func:`planted_lineage_scores` calls each reported event."""
+
+
+def carried_feature(unit_FSD: torch.Tensor, planted: Any, latent: int, snapshot: int) -> int | None:
+    """The planted feature a latent's unit row carries at a snapshot, if any."""
+    cos_P = planted.directions[:, snapshot] @ unit_FSD[latent, snapshot]
+    best = int(cos_P.argmax())
+    return best if float(cos_P[best]) >= CARRY_COSINE else None
+
+
+def carries(
+    unit_FSD: torch.Tensor, planted: Any, latents: Collection[int], snapshots: Sequence[int], feature: int
+) -> bool:
+    """Whether one of ``latents``' rows carries ``feature`` at one of ``snapshots`` (an event's
+    snapshot and the next: a crosscoder's row can lag one snapshot). Before a split both children
+    have the parent's direction, so either child counts there."""
+    splits = getattr(planted.event_truth, "splits", [])
+    twins = {feature} | {c for _, a, b in splits for c in (a, b) if feature in (a, b)}
+    for s in snapshots:
+        same = (
+            twins
+            if any(float(planted.directions[t, s] @ planted.directions[feature, s]) > 0.999 for t in twins - {feature})
+            else {feature}
+        )
+        if any(carried_feature(unit_FSD, planted, j, s) in same for j in latents):
+            return True
+    return False
+
+
+def carried_sides(
+    unit_FSD: torch.Tensor, planted: Any, live: Sequence[int], kind: str, at: int, after: Sequence[int], a: int, b: int
+) -> bool:
+    """Whether the crosscoder's live latents carry both sides of a planted event at ``at``, so that
+    lineage could see it: for a split, each child at the snapshots ``after`` it, by two latents or
+    more (one latent carrying both children cannot diverge from itself); for a handoff, the
+    predecessor just before and the successor after."""
+    with_b = [j for j in live if carries(unit_FSD, planted, [j], after, b)]
+    if kind == "split":
+        with_a = [j for j in live if carries(unit_FSD, planted, [j], after, a)]
+        return bool(with_a) and bool(with_b) and len(set(with_a) | set(with_b)) >= 2
+    return bool(with_b) and carries(unit_FSD, planted, live, [at - 1], a)
+
+
+@dataclass(frozen=True)
+class PlantedLineageScores:
+    """Planted events found by a lineage, and what its other events are (:func:`planted_lineage_scores`)."""
+
+    planted_events: int
+    """Splits and handoffs planted."""
+    events_found: int
+    """Of them, found."""
+    events_carried: int
+    """Of them, carried on both sides by the crosscoder's live latents (:func:`carried_sides`):
+    an event no latent carries is lost before lineage reads the decoder."""
+    events_found_carried: int
+    """Found among the carried ones."""
+    labels: list[str] = field(default_factory=list)
+    """One of :data:`EVENT_LABELS` per reported event, in the lineage's order."""
+
+    @property
+    def events(self) -> int:
+        return len(self.labels)
+
+    @property
+    def decoupling_events(self) -> int:
+        return self.labels.count("decoupling")
+
+    @property
+    def false_events(self) -> int:
+        return self.labels.count("false")
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "planted_events": self.planted_events,
+            "events_found": self.events_found,
+            "events_carried": self.events_carried,
+            "events_found_carried": self.events_found_carried,
+            "events": self.events,
+            "decoupling_events": self.decoupling_events,
+            "false_events": self.false_events,
+        }
+
+
+def planted_lineage_scores(planted: Any, analysis: Any, lineage: Any) -> PlantedLineageScores:
+    """Score ``lineage`` (of ``analysis``, the :class:`~crosslens.analysis.EvolutionAnalysis` of a
+    crosscoder trained on ``planted``) against ``planted.event_truth``; see the module docstring."""
+    unit = unit_rows(analysis.W_dec)
+    S = unit.shape[1]
+    truth = getattr(planted, "event_truth", None)
+    wanted = [("split", *e) for e in truth.splits] + [("handoff", *e) for e in truth.handoffs] if truth else []
+    matched: set[int] = set()
+    found = carried = found_carried = 0
+    live = analysis.present.any(1).nonzero().flatten().tolist()
+    for kind, at, a, b in wanted:
+        hits = []
+        after = sorted({min(S - 1, at), min(S - 1, at + 1)})
+        seen = carried_sides(unit, planted, live, kind, at, after, a, b)
+        for k, e in enumerate(lineage.events):
+            if e.kind != kind or abs(e.snapshot - at) > 1:
+                continue
+            ahead = carries(unit, planted, e.after, after, b)
+            if kind == "split":
+                ok = ahead and carries(unit, planted, e.after, after, a)
+            else:
+                ok = ahead and carries(unit, planted, e.before, [at - 1], a)
+            if ok:
+                hits.append(k)
+        found += bool(hits)
+        carried += seen
+        found_carried += seen and bool(hits)
+        matched.update(hits)
+    labels = []
+    for k, e in enumerate(lineage.events):
+        if k in matched:
+            labels.append("planted")
+            continue
+        rows = [(j, max(0, e.snapshot - 1)) for j in e.before] + [(j, e.snapshot) for j in e.after]
+        features = {carried_feature(unit, planted, j, s) for j, s in rows}
+        labels.append("decoupling" if len(features) == 1 and None not in features else "false")
+    return PlantedLineageScores(len(wanted), found, carried, found_carried, labels)
+
+
+__all__ = [
+    "CARRY_COSINE",
+    "EVENT_LABELS",
+    "PlantedLineageScores",
+    "carried_feature",
+    "carried_sides",
+    "carries",
+    "planted_lineage_scores",
+]

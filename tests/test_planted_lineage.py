@@ -1,0 +1,81 @@
+"""Lineage events scored against planted splits and handoffs, on a crosscoder that is the planted truth."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from crosslens.analysis import LineageEvent, PlantedConfig, PlantedEvolution
+from crosslens.analysis.planted_lineage import carried_feature, planted_lineage_scores
+from crosslens.analysis.relatives import unit_rows
+
+
+def perfect_decoder(planted: PlantedEvolution, duplicate: int) -> SimpleNamespace:
+    """An analysis whose latent i is planted feature i (its row zero where the feature is absent), and
+    whose last latent is a second copy of feature ``duplicate``."""
+    W_FSD = planted.directions * (planted.magnitudes > 0)[..., None]
+    W_FSD = torch.cat([W_FSD, W_FSD[duplicate : duplicate + 1]])
+    return SimpleNamespace(W_dec=W_FSD, present=W_FSD.norm(dim=-1) > 0)
+
+
+def untouched(planted: PlantedEvolution) -> list[int]:
+    """Planted features in no planted event, present at every snapshot."""
+    truth = planted.event_truth
+    used = {i for _, a, b in truth.splits + truth.handoffs for i in (a, b)}
+    return [i for i in range(planted.config.n_features) if i not in used and bool((planted.magnitudes[i] > 0).all())]
+
+
+def test_planted_splits_are_found_and_the_other_events_named() -> None:
+    planted = PlantedEvolution.build(PlantedConfig.preset("split", seed=0))
+    truth = planted.event_truth.splits
+    (at_0, a_0, b_0), (at_1, a_1, b_1) = truth[0], truth[1]
+    c, d = untouched(planted)[:2]
+    analysis = perfect_decoder(planted, duplicate=c)
+    twin = analysis.W_dec.shape[0] - 1
+    events = [
+        LineageEvent("split", at_0, (a_0, b_0), (a_0, b_0), -0.1, "divergence"),  # at the planted step
+        LineageEvent("split", at_1 + 1, (a_1, b_1), (a_1, b_1), -0.1, "divergence"),  # a snapshot late
+        LineageEvent("split", 6, (c, d), (c, d), 0.0, "divergence"),  # two unrelated features
+        LineageEvent("merge", 6, (c, twin), (c, twin), 1.0, "divergence"),  # one feature on two latents
+        LineageEvent("merge", at_0, (a_0, b_0), (a_0, b_0), 0.9, "divergence"),  # the wrong kind
+    ]
+    scores = planted_lineage_scores(planted, analysis, SimpleNamespace(events=events))
+    assert scores.labels == ["planted", "planted", "false", "decoupling", "false"]
+    assert (scores.planted_events, scores.events_found) == (len(truth), 2)
+    # every child has a latent of its own here, so every planted split is carried
+    assert (scores.events_carried, scores.events_found_carried) == (len(truth), 2)
+    assert scores.to_dict() == {
+        "planted_events": len(truth),
+        "events_found": 2,
+        "events_carried": len(truth),
+        "events_found_carried": 2,
+        "events": 5,
+        "decoupling_events": 1,
+        "false_events": 2,
+    }
+    # two snapshots late is not found
+    late = [LineageEvent("split", at_0 + 2, (a_0, b_0), (a_0, b_0), -0.1, "divergence")]
+    assert planted_lineage_scores(planted, analysis, SimpleNamespace(events=late)).events_found == 0
+
+
+def test_a_handoff_is_found_from_its_predecessor_to_its_successor_only() -> None:
+    planted = PlantedEvolution.build(PlantedConfig.preset("handoff", seed=0))
+    at, old, new = planted.event_truth.handoffs[0]
+    analysis = perfect_decoder(planted, duplicate=untouched(planted)[0])
+    forward = LineageEvent("handoff", at, (old,), (new,), 0.9, "succession")
+    backward = LineageEvent("handoff", at, (new,), (old,), 0.9, "succession")
+    assert planted_lineage_scores(planted, analysis, SimpleNamespace(events=[forward])).labels == ["planted"]
+    assert planted_lineage_scores(planted, analysis, SimpleNamespace(events=[backward])).events_found == 0
+
+
+def test_a_row_carries_the_nearest_planted_feature_above_the_line_only() -> None:
+    planted = PlantedEvolution.build(PlantedConfig.preset("split", seed=0))
+    c = untouched(planted)[0]
+    analysis = perfect_decoder(planted, duplicate=c)
+    unit = unit_rows(analysis.W_dec)
+    assert carried_feature(unit, planted, c, 0) == c
+    # a row half-way to a direction orthogonal to every planted one carries nothing
+    away = torch.linalg.svd(planted.directions[:, 0]).Vh[-1]  # orthogonal to the 24 planted rows in 32 dims
+    unit[c, 0] = (unit[c, 0] + 1.2 * away) / (unit[c, 0] + 1.2 * away).norm()
+    assert carried_feature(unit, planted, c, 0) is None
