@@ -25,6 +25,7 @@ NOTEBOOKS = (
     "04_browsing.ipynb",
     "05_pretrained.ipynb",
     "06_explaining.ipynb",
+    "07_is_it_real.ipynb",
 )
 KERNEL_NAME = "crosslens-tutorial-test"
 CELL_TIMEOUT_S = 600
@@ -255,3 +256,49 @@ def test_explaining_explains_scores_searches_and_exports_offline(
     assert summary["search_total"] >= 1 and all(0 <= row[2] <= 1 for row in summary["matrix"])
     assert len(summary["exported"]) == 3  # one explanations file per snapshot's source
     assert {"modelId", "layer", "index", "description", "typeName"} <= set(summary["exported_row"])
+
+
+def test_is_it_real_finds_planted_truth_and_checks_the_pico_crosscoder(
+    tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notebook, out = execute("07_is_it_real.ipynb", tmp_path, tutorial_env, monkeypatch)
+    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
+    summary = json.loads((out / "07_is_it_real" / "summary.json").read_text())
+    assert summary["small"] is True and summary["reused_quickstart"] is False  # fresh output folder
+
+    # the planted sets train at the full protocol even here, so their numbers are real: the weak-early
+    # features the decoder norm dates late are dated at birth once contested (measured: ReLU 3 -> 8 of 8,
+    # JumpReLU 6 -> 8 of 8)
+    weak = summary["weak_early"]
+    for arch, run in weak.items():
+        assert run["n_weak"] == 8 and run["recovered"] >= 7, (arch, run)
+        assert run["decoder"] <= run["reported"] and run["reported"] >= run["recovered"] - 1, (arch, run)
+    assert weak["crosscoder"]["reported"] - weak["crosscoder"]["decoder"] >= 3, weak
+    assert weak["crosscoder"]["contested"] >= 3, weak
+
+    # planted splits and handoffs found (measured: 4 and 5 of 5), every reported event labelled
+    for family, run in summary["events"].items():
+        assert run["planted_events"] == 5 and run["events_found"] >= 4, (family, run)
+        assert len(run["labels"]) == run["events"] == sum(run["counts"].values())
+        assert run["labels"].count("planted") >= run["events_found"]
+        assert set(run["labels"]) <= {"planted", "decoupling", "false"}
+    assert summary["events"]["split"]["counts"]["split"] >= 4
+    assert summary["events"]["handoff"]["counts"]["handoff"] >= 4
+
+    # the pico crosscoder: the check's counts, the events and the families agree with each other
+    pico = summary["pico"]
+    S = len(pico["snapshot_steps"])
+    assert S == 4
+    counts = pico["check_counts"]
+    assert counts["contested"] == len(pico["contested"]) == counts["earlier"] + counts["later"]
+    assert 0 < counts["measured"] <= counts["live"] <= 128
+    assert sum(pico["lineage_counts"].values()) == len(pico["events"])
+    assert all(0 < e["snapshot"] < S and e["kind"] in pico["lineage_counts"] for e in pico["events"])
+    in_events = {i for e in pico["events"] for i in e["before"] + e["after"]}
+    assert in_events == {i for family in pico["families"] for i in family}
+    assert f"{counts['contested']} of {counts['measured']} measured emergences contested" in pico["summary"]
+    assert f"({pico['set_aside']} more read from decoder rows the activations do not hold" in pico["summary"]
+    assert plotly_outputs(notebook) >= 1 + bool(pico["contested"]) + bool(pico["events"])
+
+    html = Path(summary["report"]).read_text(encoding="utf-8")
+    assert "Is this emergence real? Latent scaling and lineage" in html
