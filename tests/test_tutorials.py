@@ -61,8 +61,9 @@ def tutorial_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def execute(
     name: str, workdir: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> tuple[nbformat.NotebookNode, Path]:
-    """Run notebook ``name`` with outputs under ``workdir``; return it executed, and its output folder."""
+) -> tuple[nbformat.NotebookNode, Path, dict]:
+    """Run notebook ``name`` with outputs under ``workdir``; return it executed (no cell's output an
+    error), its own output folder, and the ``summary.json`` it wrote there."""
     out = workdir / "outputs"
     for key, value in {**env, "CROSSLENS_TUTORIAL_OUT": str(out)}.items():
         monkeypatch.setenv(key, value)  # the kernel inherits this process's environment
@@ -74,7 +75,9 @@ def execute(
         resources={"metadata": {"path": str(workdir)}},
     )
     client.execute()  # raises CellExecutionError, with the cell's traceback, if a cell fails
-    return notebook, out
+    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"], name
+    folder = out / Path(name).stem
+    return notebook, folder, json.loads((folder / "summary.json").read_text())
 
 
 def outputs_of(notebook: nbformat.NotebookNode) -> list[dict]:
@@ -100,11 +103,9 @@ def test_notebook_is_stored_clean(name: str) -> None:
 def test_quickstart_runs_and_reports(
     tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    notebook, out = execute("01_quickstart.ipynb", tmp_path, tutorial_env, monkeypatch)
-    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
+    notebook, _, summary = execute("01_quickstart.ipynb", tmp_path, tutorial_env, monkeypatch)
     assert plotly_outputs(notebook) >= 2  # heatmap and emergence histogram at least
 
-    summary = json.loads((out / "01_quickstart" / "summary.json").read_text())
     assert summary["small"] is True
     steps = summary["snapshot_steps"]
     assert len(steps) == 4 and steps == sorted(steps) and steps[0] == 0
@@ -129,12 +130,9 @@ def test_quickstart_runs_and_reports(
 def test_attribution_runs_standalone(
     tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    notebook, out = execute("02_attribution.ipynb", tmp_path, tutorial_env, monkeypatch)
-    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
+    notebook, folder, summary = execute("02_attribution.ipynb", tmp_path, tutorial_env, monkeypatch)
     assert plotly_outputs(notebook) >= 3  # RelIE heatmap, RelIE vs RelDec, ablation curves
 
-    folder = out / "02_attribution"
-    summary = json.loads((folder / "summary.json").read_text())
     assert summary["small"] is True and summary["reused_quickstart"] is False  # fresh output folder
     n_snapshots = len(summary["snapshot_steps"])
     assert n_snapshots == 4
@@ -173,9 +171,7 @@ def test_attribution_runs_standalone(
 def test_sharing_pushes_loads_and_runs_a_snapshot_sae(
     tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    notebook, out = execute("03_sharing.ipynb", tmp_path, tutorial_env, monkeypatch)
-    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
-    summary = json.loads((out / "03_sharing" / "summary.json").read_text())
+    _, folder, summary = execute("03_sharing.ipynb", tmp_path, tutorial_env, monkeypatch)
     assert summary["small"] is True and summary["release"] == "pico-crosscoders"
     assert summary["weights_max_abs_diff"] == 0.0 and summary["from_pretrained_equal"] is True
     assert summary["sae_class"] == "JumpReLUSAE"
@@ -186,15 +182,13 @@ def test_sharing_pushes_loads_and_runs_a_snapshot_sae(
     assert "did you mean 'pico-crosscoders'" in summary["unknown_release_message"]
     assert summary["card_starts"].startswith("---\nlibrary_name: saelens\n")
     # the notebook pushed into its own HF cache, in the hub's cache layout
-    assert (out / "03_sharing" / "hf_home" / "hub" / "models--my-org--pico-crosscoders" / "refs" / "main").is_file()
+    assert (folder / "hf_home" / "hub" / "models--my-org--pico-crosscoders" / "refs" / "main").is_file()
 
 
 def test_browsing_computes_serves_and_exports_every_feature(
     tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    notebook, out = execute("04_browsing.ipynb", tmp_path, tutorial_env, monkeypatch)
-    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
-    summary = json.loads((out / "04_browsing" / "summary.json").read_text())
+    _, _, summary = execute("04_browsing.ipynb", tmp_path, tutorial_env, monkeypatch)
     assert summary["small"] is True and summary["n_snapshots"] == 3 and summary["d_sae"] == 64
     assert sum(summary["class_counts"].values()) == 64
     assert len(summary["trajectory"]) == 3 and all(0 < row[2] <= 1 for row in summary["trajectory"][-1:])
@@ -223,10 +217,8 @@ def test_pretrained_loads_a_release_and_browses_its_streamed_dashboards(
     hf_home = tmp_path / "hf_home"
     write_fake_releases(hf_home, tmp_path / "release_files")
     env = {**tutorial_env, "HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub")}
-    notebook, out = execute("05_pretrained.ipynb", tmp_path, env, monkeypatch)
-    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
+    notebook, _, summary = execute("05_pretrained.ipynb", tmp_path, env, monkeypatch)
     assert plotly_outputs(notebook) >= 1  # the relative-norm histogram
-    summary = json.loads((out / "05_pretrained" / "summary.json").read_text())
     assert summary["small"] is True and summary["release"] == "gemma-2-2b-crosscoder-l13-minder"
     assert summary["architecture"] == "crosscoder" and summary["snapshots"] == ["gemma-2-2b", "gemma-2-2b-it"]
     counts = summary["class_counts"]
@@ -242,9 +234,7 @@ def test_pretrained_loads_a_release_and_browses_its_streamed_dashboards(
 def test_explaining_explains_scores_searches_and_exports_offline(
     tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    notebook, out = execute("06_explaining.ipynb", tmp_path, tutorial_env, monkeypatch)
-    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
-    summary = json.loads((out / "06_explaining" / "summary.json").read_text())
+    _, _, summary = execute("06_explaining.ipynb", tmp_path, tutorial_env, monkeypatch)
     assert summary["small"] is True and summary["prompt_format"] == "crosslens-explain/1"
     explained, scored = summary["asked"]
     assert summary["asked"] == summary["planned"] and explained > 0 and scored > 0  # the dry run counted right
@@ -261,9 +251,7 @@ def test_explaining_explains_scores_searches_and_exports_offline(
 def test_is_it_real_finds_planted_truth_and_checks_the_pico_crosscoder(
     tutorial_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    notebook, out = execute("07_is_it_real.ipynb", tmp_path, tutorial_env, monkeypatch)
-    assert not [o for o in outputs_of(notebook) if o.get("output_type") == "error"]
-    summary = json.loads((out / "07_is_it_real" / "summary.json").read_text())
+    notebook, _, summary = execute("07_is_it_real.ipynb", tmp_path, tutorial_env, monkeypatch)
     assert summary["small"] is True and summary["reused_quickstart"] is False  # fresh output folder
 
     # the planted sets train at the full protocol even here, so their numbers are real: the weak-early
