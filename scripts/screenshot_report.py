@@ -40,9 +40,10 @@ def main() -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     whole = args.out / "whole.png"
-    subprocess.run(
+    done = subprocess.run(
         [
             browser,
+            "--headless",  # a full Chromium opens a window without it; the headless shell takes it too
             "--no-sandbox",
             "--disable-gpu",
             "--hide-scrollbars",
@@ -51,9 +52,11 @@ def main() -> int:
             "--virtual-time-budget=30000",
             args.report.resolve().as_uri(),
         ],
-        check=True,
         capture_output=True,
     )
+    if not whole.is_file():
+        print(f"{browser} wrote no screenshot: {done.stderr.decode(errors='replace').strip()[-500:]}", file=sys.stderr)
+        return 1
     image = Image.open(whole)
     ink = np.where(np.asarray(image.convert("L")).min(axis=1) < 250)[0]
     height = int(ink.max()) + 20 if len(ink) else image.height
