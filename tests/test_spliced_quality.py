@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -346,3 +347,9 @@ def test_demo_quality_stage_puts_the_saes_beside_the_crosscoder(world, capsys):
     # header, rule, then one snapshot: the crosscoder and the two SAEs
     assert beside in out and beside.count("\n") == 4 and "jumprelu SAE" in beside and "topk SAE" in beside
     assert format_spliced_loss(spliced["crosscoder"]) in out
+    # the demo's report takes the section in untitled, under the section's own heading alone
+    from crosslens.causal.spliced_loss import add_spliced_loss_section
+    from crosslens.htmlreport import Report
+
+    page = Report("demo").extend(add_spliced_loss_section(Report(""), spliced)).render()
+    assert re.findall(r"<h2[^>]*>([^<]*)</h2>", page) == ["Spliced-model loss"]

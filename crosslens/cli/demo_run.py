@@ -164,7 +164,7 @@ def _causal_sections(
         results=results,
     )
     if quality.get("spliced_loss"):
-        sections.append(add_spliced_loss_section(Report("spliced"), quality["spliced_loss"]))
+        sections.append(add_spliced_loss_section(Report(""), quality["spliced_loss"]))  # untitled: it heads itself
     if config.extra_seeds:
         sections.append(
             seeds_stage(
