@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sqlite3
 import threading
 import urllib.request
@@ -398,7 +399,13 @@ def test_the_report_has_the_section_and_the_flow_picture(run):
     section = html[html.index('id="is-this-emergence-real-latent-scaling-and-lineage"') :]
     counts = result.check.counts()
     assert f"Of {counts['measured']} measured live latents, {counts['contested']} have emergences" in section
-    assert '"type":"sankey"' in section and "Lineage events" in section
+    assert "Lineage events" in section and "one lane per latent" in section
+    # the lanes: the largest family's latents label the picture's rows, and every event kind drawn is named
+    largest = result.lineage.families()[0]
+    lanes = re.search(r'"ticktext":\[("#\d+"(?:,"#\d+")*)\]', section)
+    assert lanes is not None and {f'"#{i}"' for i in largest} <= set(lanes.group(1).split(","))
+    drawn = {kind for kind, n in result.lineage.counts().items() if n}
+    assert all(f'"name":"{kind}s"' in section for kind in drawn)
     first = result.lineage.events[0]
     assert f'<a class="feature-link" href="feature/{first.before[0]}">{first.before[0]}</a>' in section
     events = result.lineage.counts()

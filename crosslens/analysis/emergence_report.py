@@ -13,7 +13,7 @@ from crosslens.analysis.emergence_check import EmergenceCheck
 from crosslens.analysis.emergence_record import EmergenceResult
 from crosslens.analysis.evolution import NO_STEP
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
-from crosslens.analysis.lineage import Lineage, LineageEvent, event_rows
+from crosslens.analysis.lineage import EVENT_KINDS, Lineage, LineageEvent, event_rows
 from crosslens.htmlreport import Report
 
 N_CURVES = 6
@@ -145,8 +145,10 @@ def _add_lineage(report: Report, analysis: EvolutionAnalysis, lineage: Lineage) 
         return
     families = lineage.families()[:N_FAMILIES]
     report.add_figure(
-        family_flow(lineage, families, analysis.steps),
-        caption=f"The {len(families)} largest lineage families; a link is an event at the step its target names.",
+        family_flow(analysis, lineage, families),
+        caption=f"The {len(families)} largest lineage families, one lane per latent (grey where it is present); "
+        "a split or merge is a bar across its latents where it happens, a handoff a line from each latent before it "
+        "to each after it. Hover for the event.",
     )
     rows = event_rows(lineage.events, analysis.steps)
     for row, event in zip(rows, lineage.events):
@@ -170,73 +172,99 @@ def _events_table(rows: list[dict], total: int) -> str:
     return f"<table><caption>Lineage events</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
 
 
-def family_flow(lineage: Lineage, families: Sequence[Sequence[int]], steps: Sequence[int]) -> go.Figure:
-    """A Sankey picture of ``families``' events: nodes are latents (or latents that coincide) placed
-    at the step of the event they enter or leave, links the events."""
-    keep = {i for family in families for i in family}
-    nodes: dict[tuple, int] = {}
-    labels, xs, sources, targets, colors = [], [], [], [], []
-    S = max(2, len(steps))
-
-    def node(key: tuple, label: str, snapshot: int) -> int:
-        if key not in nodes:
-            nodes[key] = len(labels)
-            labels.append(f"{label} @{steps[snapshot]}")
-            xs.append(0.02 + 0.96 * snapshot / (S - 1))
-        return nodes[key]
-
-    def link(a: int, b: int, color: str) -> None:
-        sources.append(a)
-        targets.append(b)
-        colors.append(color)
-
-    last_after: dict[int, int] = {}
-    for event in lineage.events:
-        if not keep.intersection(event.latents):
-            continue
-        before, after = _event_nodes(event, node, max(0, event.snapshot - 1))
-        for latent, n in before:
-            if latent in last_after and last_after[latent] != n:  # the latent's previous event leads here
-                link(last_after[latent], n, "rgba(150,150,150,0.3)")
-        for a in dict.fromkeys(n for _, n in before):
-            for b in dict.fromkeys(n for _, n in after):
-                link(a, b, _KIND_COLORS[event.kind])
-        last_after.update(after)
-    fig = go.Figure(
-        go.Sankey(
-            arrangement="snap",
-            node={"label": labels, "x": xs, "y": _stacked(xs), "pad": 12, "thickness": 12},
-            link={"source": sources, "target": targets, "value": [1] * len(sources), "color": colors},
+def family_flow(analysis: EvolutionAnalysis, lineage: Lineage, families: Sequence[Sequence[int]]) -> go.Figure:
+    """The lineage of ``families`` through training, one lane per latent: a grey line where the latent
+    is present, and each event drawn where it happens (a split or merge as a bar across its latents
+    between the snapshot before and its own, a handoff as lines from each latent before it, a
+    snapshot earlier, to each latent after it); hovering names the latent or the event."""
+    steps, present_FS = analysis.steps, analysis.present
+    first_F = torch.where(present_FS, torch.arange(len(steps)), len(steps)).amin(dim=1)
+    lane: dict[int, int] = {}  # families one under another, a blank lane between two
+    for gap, family in enumerate(families):
+        for latent in sorted(family, key=lambda i: (int(first_F[i]), i)):
+            lane[latent] = len(lane) + gap
+    fig = go.Figure()
+    xs: list = []
+    ys: list = []
+    names: list = []
+    for latent, y in lane.items():
+        for s in range(len(steps)):
+            xs.append(s if bool(present_FS[latent, s]) else None)
+            ys.append(-y)
+            names.append(f"#{latent} at step {steps[s]}")
+        xs.append(None)
+        ys.append(None)
+        names.append("")
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=ys,
+            mode="lines+markers",
+            name="present",
+            hovertext=names,
+            hoverinfo="text",
+            line={"color": "rgba(120,120,120,0.55)", "width": 3},
+            marker={"size": 5, "color": "rgba(120,120,120,0.8)"},
         )
     )
-    fig.update_layout(title="Lineage of the largest families through training (left to right)", height=520)
+    for kind in EVENT_KINDS:
+        xs, ys, names = [], [], []
+        for event in lineage.events:
+            if event.kind != kind or not set(event.latents) <= set(lane):
+                continue
+            text = (
+                f"{kind} at step {steps[event.snapshot]}: {_latents(event.before)} -> {_latents(event.after)}, "
+                f"cosine {event.cosine:.2f} ({event.how})"
+            )
+            for x0, y0, x1, y1 in _event_segments(event, lane):
+                xs += [x0, x1, None]
+                ys += [-y0, -y1, None]
+                names += [text, text, ""]
+        if xs:
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines+markers",
+                    name=f"{kind}s",
+                    hovertext=names,
+                    hoverinfo="text",
+                    line={"color": _KIND_COLORS[kind], "width": 3},
+                    marker={"size": 8, "color": _KIND_COLORS[kind]},
+                )
+            )
+    fig.update_layout(
+        title="Lineage of the largest families through training: one lane per latent",
+        xaxis={
+            "title": "training step",
+            "tickmode": "array",
+            "tickvals": list(range(len(steps))),
+            "ticktext": [str(s) for s in steps],
+            "range": [-0.5, len(steps) - 0.5],
+        },
+        yaxis={
+            "tickmode": "array",
+            "tickvals": [-y for y in lane.values()],
+            "ticktext": [f"#{i}" for i in lane],
+            "showgrid": False,
+            "zeroline": False,
+        },
+        height=160 + 22 * (max(lane.values(), default=0) + 1),
+        hovermode="closest",
+    )
     return fig
 
 
-def _event_nodes(event: LineageEvent, node, before_at: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(latent, node) pairs before and after an event: coinciding latents share one node."""
-    together = "+".join(f"#{i}" for i in event.before)
-    if event.how == "divergence" and event.kind == "split":
-        shared = node(("together", event.before, event.snapshot), together, before_at)
-        return [(i, shared) for i in event.before], [
-            (i, node((i, event.snapshot), f"#{i}", event.snapshot)) for i in event.after
-        ]
-    if event.how == "divergence":  # a merge: apart before, one node after
-        shared = node(("together", event.after, event.snapshot), together, event.snapshot)
-        return [(i, node((i, before_at, "in"), f"#{i}", before_at)) for i in event.before], [
-            (i, shared) for i in event.after
-        ]
-    before = [(i, node((i, before_at, "in"), f"#{i}", before_at)) for i in event.before]
-    return before, [(i, node((i, event.snapshot), f"#{i}", event.snapshot)) for i in event.after]
+def _latents(latents: Sequence[int]) -> str:
+    return ", ".join(f"#{i}" for i in latents)
 
 
-def _stacked(xs: list[float]) -> list[float]:
-    """Node heights spread down each column of nodes that share an x."""
-    columns: dict[float, list[int]] = {}
-    for k, x in enumerate(xs):
-        columns.setdefault(x, []).append(k)
-    ys = [0.5] * len(xs)
-    for members in columns.values():
-        for rank, k in enumerate(members):
-            ys[k] = (rank + 1) / (len(members) + 1)
-    return ys
+def _event_segments(event: LineageEvent, lane: dict[int, int]) -> list[tuple[float, int, float, int]]:
+    """Line segments ``(x0, lane0, x1, lane1)`` that draw ``event``: a bar half a snapshot before it
+    from lane to lane of its latents for a divergence, a line from each latent before it (a snapshot
+    earlier) to each latent after it for a succession."""
+    if event.how == "divergence":
+        x = event.snapshot - 0.5
+        lanes = sorted(lane[i] for i in event.latents)
+        return [(x, a, x, b) for a, b in zip(lanes, lanes[1:])]
+    return [(event.snapshot - 1, lane[a], event.snapshot, lane[b]) for a in event.before for b in event.after]
