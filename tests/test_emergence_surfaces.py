@@ -406,6 +406,13 @@ def test_the_report_has_the_section_and_the_flow_picture(run):
     assert lanes is not None and {f'"#{i}"' for i in largest} <= set(lanes.group(1).split(","))
     drawn = {kind for kind, n in result.lineage.counts().items() if n}
     assert all(f'"name":"{kind}s"' in section for kind in drawn)
+    # the widest disagreement in a panel of its own, titled with both readings' steps
+    check, steps = result.check, result.steps
+    widest = max(check.contested_features(), key=lambda i: (abs(int(check.disagreement[i])), -i))
+    decoder, scaled = int(check.decoder_emergence[widest]), int(check.scaled_emergence[widest])
+    assert f"#{widest}: step {steps[decoder]} by decoder norm, step {steps[scaled]} by latent scaling" in section
+    # the agreement heatmap prints each cell's count
+    assert f'"text":[["{int(((check.decoder_emergence == 0) & (check.scaled_emergence == 0) & check.measured).sum())}"' in section
     first = result.lineage.events[0]
     assert f'<a class="feature-link" href="feature/{first.before[0]}">{first.before[0]}</a>' in section
     events = result.lineage.counts()

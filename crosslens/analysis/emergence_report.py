@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 
 from crosslens.analysis.emergence_check import EmergenceCheck
 from crosslens.analysis.emergence_record import EmergenceResult
@@ -75,13 +76,19 @@ def agreement_heatmap(check: EmergenceCheck) -> go.Figure:
     for d, s in zip(check.decoder_emergence[both].tolist(), check.scaled_emergence[both].tolist()):
         counts_SS[d, s] += 1
     labels = [str(step) for step in check.steps]
+    # colour by log count: the diagonal's first cell (latents there from the start by both) holds most
+    # of a run's latents and would leave every other cell white on a linear scale
     fig = go.Figure(
         go.Heatmap(
-            z=counts_SS.tolist(),
+            z=torch.log10(1 + counts_SS.double()).tolist(),
             x=labels,
             y=labels,
+            text=[[str(n) if n else "" for n in row] for row in counts_SS.tolist()],
+            texttemplate="%{text}",
+            customdata=counts_SS.tolist(),
             colorscale="Blues",
-            hovertemplate="decoder norm %{y}<br>latent scaling %{x}<br>%{z} latents<extra></extra>",
+            colorbar={"title": "latents", "tickvals": [0, 1, 2, 3, 4], "ticktext": ["0", "9", "99", "999", "9999"]},
+            hovertemplate="decoder norm %{y}<br>latent scaling %{x}<br>%{customdata} latents<extra></extra>",
         )
     )
     fig.update_layout(
@@ -94,18 +101,36 @@ def agreement_heatmap(check: EmergenceCheck) -> go.Figure:
 
 
 def emergence_curves(analysis: EvolutionAnalysis, check: EmergenceCheck, features: Sequence[int]) -> go.Figure:
-    """Each feature's normalised decoder norm and latent-scaled presence, one colour per feature."""
-    fig = go.Figure()
+    """Each feature's normalised decoder norm and latent-scaled presence in a panel of its own (three to a
+    row), triangles at each reading's emergence."""
+    n_cols = min(3, max(1, len(features)))
+    n_rows = max(1, -(-len(features) // n_cols))
+    titles = [
+        f"#{i}: {_emerges(check.decoder_emergence[i], check.steps)} by decoder norm, "
+        f"{_emerges(check.scaled_emergence[i], check.steps)} by latent scaling"
+        for i in features
+    ]
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=titles, shared_yaxes=True)
     x = list(range(analysis.n_snapshots))
-    palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
     for k, i in enumerate(features):
-        color = palette[k % len(palette)]
-        for name, y, dash, mark in (
-            ("decoder norm", analysis.normalized[i], "solid", int(check.decoder_emergence[i])),
-            ("latent scaling", check.presence[i], "dash", int(check.scaled_emergence[i])),
+        row, col = k // n_cols + 1, k % n_cols + 1
+        for name, y, color, dash, mark in (
+            ("decoder norm", analysis.normalized[i], "#1f77b4", "solid", int(check.decoder_emergence[i])),
+            ("latent scaling", check.presence[i], "#ff7f0e", "dash", int(check.scaled_emergence[i])),
         ):
             fig.add_trace(
-                go.Scatter(x=x, y=y.tolist(), name=f"#{i} {name}", mode="lines", line={"color": color, "dash": dash})
+                go.Scatter(
+                    x=x,
+                    y=y.tolist(),
+                    name=name,
+                    legendgroup=name,
+                    showlegend=k == 0,
+                    mode="lines",
+                    line={"color": color, "dash": dash},
+                    hovertemplate=f"#{i} {name}: %{{y:.2f}}<extra></extra>",
+                ),
+                row=row,
+                col=col,
             )
             if mark != NO_STEP:
                 fig.add_trace(
@@ -116,15 +141,22 @@ def emergence_curves(analysis: EvolutionAnalysis, check: EmergenceCheck, feature
                         marker={"symbol": "triangle-up", "size": 10, "color": color},
                         showlegend=False,
                         hoverinfo="skip",
-                    )
+                    ),
+                    row=row,
+                    col=col,
                 )
-    fig.update_layout(
-        title="Two readings of when a feature is there",
-        xaxis={"title": "training step", "tickmode": "array", "tickvals": x, "ticktext": [str(s) for s in check.steps]},
-        yaxis={"title": "share of the feature's peak", "range": [0, 1.05]},
-        height=420,
-    )
+    ticks = {"tickmode": "array", "tickvals": x, "ticktext": [str(s) for s in check.steps], "tickangle": -45}
+    fig.update_xaxes(**ticks)
+    fig.update_yaxes(range=[0, 1.05])
+    fig.update_yaxes(title_text="share of the feature's peak", col=1)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(title="Two readings of when a feature is there", height=120 + 260 * n_rows)
     return fig
+
+
+def _emerges(emergence: torch.Tensor, steps: Sequence[int]) -> str:
+    index = int(emergence)
+    return "never" if index == NO_STEP else f"step {steps[index]}"
 
 
 def _add_lineage(report: Report, analysis: EvolutionAnalysis, lineage: Lineage) -> None:
