@@ -26,9 +26,10 @@ from crosslens.analysis.geometry import direction_drift, feature_dimensionality,
 from crosslens.analysis.latent_scaling import LatentScaling, LatentScalingConfig, latent_scaling
 from crosslens.analysis.lineage import Lineage, LineageConfig, LineageEvent, lineage, lineage_of
 from crosslens.analysis.planted_events import PlantedEvents
-from crosslens.analysis.probes import ProbeValidation, probe_validation
+from crosslens.analysis.planted_lineage import PlantedLineageScores, planted_lineage_scores
+from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
 from crosslens.analysis.report import evolution_report
-from crosslens.analysis.synthetic import PlantedConfig, PlantedEvolution, planted_scores
+from crosslens.analysis.synthetic import PlantedConfig, PlantedEvolution, match_planted, planted_scores
 
 __all__ = [
     "EmergenceCheck",
@@ -40,6 +41,7 @@ __all__ = [
     "LineageConfig",
     "LineageEvent",
     "PlantedEvents",
+    "PlantedLineageScores",
     "check_emergence",
     "compute_emergence",
     "latent_scaling",
@@ -60,6 +62,9 @@ __all__ = [
     "direction_drift",
     "evolution_report",
     "feature_dimensionality",
+    "firing_frequency",
+    "match_planted",
+    "planted_lineage_scores",
     "planted_scores",
     "probe_validation",
     "rel_dec",

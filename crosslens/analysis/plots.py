@@ -1,4 +1,5 @@
-"""Plotly figures of feature evolution. Every function returns a ``go.Figure``.
+"""Plotly figures of feature evolution, of the emergence check and of lineage. Every function returns a
+``go.Figure``.
 
 Snapshot axes are placed by snapshot index and labelled with training steps: suites are
 sampled densely early and sparsely late (0, 2, 4, ..., 143k), so equal spacing per
@@ -11,9 +12,12 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 
+from crosslens.analysis.emergence_check import EmergenceCheck
 from crosslens.analysis.evolution import NO_STEP
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
+from crosslens.analysis.lineage import EVENT_KINDS, Lineage, LineageEvent
 from crosslens.analysis.probes import ProbeValidation
 from crosslens.htmlreport import log_axis, spaced
 
@@ -24,6 +28,7 @@ CLASS_COLORS = {
     "dead": "#c7c7c7",
 }
 _MAX_TICKS = 16
+_KIND_COLORS = {"split": "rgba(31,119,180,0.45)", "merge": "rgba(214,39,40,0.45)", "handoff": "rgba(44,160,44,0.5)"}
 
 
 def _format_step(step: int) -> str:
@@ -313,3 +318,201 @@ def probe_scatter(probes: ProbeValidation) -> go.Figure:
         height=400,
     )
     return fig
+
+
+def agreement_heatmap(check: EmergenceCheck) -> go.Figure:
+    """Counts of measured latents by decoder-norm emergence (rows) and latent-scaled emergence (columns)."""
+    S = check.presence.shape[1]
+    counts_SS = torch.zeros(S, S, dtype=torch.long)
+    both = check.measured & (check.decoder_emergence != NO_STEP) & (check.scaled_emergence != NO_STEP)
+    for d, s in zip(check.decoder_emergence[both].tolist(), check.scaled_emergence[both].tolist()):
+        counts_SS[d, s] += 1
+    labels = [str(step) for step in check.steps]
+    # colour by log count: the diagonal's first cell (latents there from the start by both) holds most
+    # of a run's latents and would leave every other cell white on a linear scale
+    fig = go.Figure(
+        go.Heatmap(
+            z=torch.log10(1 + counts_SS.double()).tolist(),
+            x=labels,
+            y=labels,
+            text=[[str(n) if n else "" for n in row] for row in counts_SS.tolist()],
+            texttemplate="%{text}",
+            customdata=counts_SS.tolist(),
+            colorscale="Blues",
+            colorbar={"title": "latents", "tickvals": [0, 1, 2, 3, 4], "ticktext": ["0", "9", "99", "999", "9999"]},
+            hovertemplate="decoder norm %{y}<br>latent scaling %{x}<br>%{customdata} latents<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="Emergence step by decoder norm and by latent scaling (off the diagonal: they disagree)",
+        xaxis={"title": "latent-scaled emergence (step)", "type": "category"},
+        yaxis={"title": "decoder-norm emergence (step)", "type": "category", "autorange": "reversed"},
+        height=460,
+    )
+    return fig
+
+
+def emergence_curves(analysis: EvolutionAnalysis, check: EmergenceCheck, features: Sequence[int]) -> go.Figure:
+    """Each feature's normalised decoder norm and latent-scaled presence in a panel of its own (three to a
+    row), triangles at each reading's emergence."""
+    n_cols = min(3, max(1, len(features)))
+    n_rows = max(1, -(-len(features) // n_cols))
+    titles = [
+        f"#{i}: {_emerges(check.decoder_emergence[i], check.steps)} by decoder norm, "
+        f"{_emerges(check.scaled_emergence[i], check.steps)} by latent scaling"
+        for i in features
+    ]
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=titles, shared_yaxes=True)
+    x = list(range(analysis.n_snapshots))
+    for k, i in enumerate(features):
+        row, col = k // n_cols + 1, k % n_cols + 1
+        for name, y, color, dash, mark in (
+            ("decoder norm", analysis.normalized[i], "#1f77b4", "solid", int(check.decoder_emergence[i])),
+            ("latent scaling", check.presence[i], "#ff7f0e", "dash", int(check.scaled_emergence[i])),
+        ):
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y.tolist(),
+                    name=name,
+                    legendgroup=name,
+                    showlegend=k == 0,
+                    mode="lines",
+                    line={"color": color, "dash": dash},
+                    hovertemplate=f"#{i} {name}: %{{y:.2f}}<extra></extra>",
+                ),
+                row=row,
+                col=col,
+            )
+            if mark != NO_STEP:
+                fig.add_trace(
+                    go.Scatter(
+                        x=[mark],
+                        y=[float(y[mark])],
+                        mode="markers",
+                        marker={"symbol": "triangle-up", "size": 10, "color": color},
+                        showlegend=False,
+                        hoverinfo="skip",
+                    ),
+                    row=row,
+                    col=col,
+                )
+    ticks = {"tickmode": "array", "tickvals": x, "ticktext": [str(s) for s in check.steps], "tickangle": -45}
+    fig.update_xaxes(**ticks)
+    fig.update_yaxes(range=[0, 1.05])
+    fig.update_yaxes(title_text="share of the feature's peak", col=1)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(title="Two readings of when a feature is there", height=120 + 260 * n_rows)
+    return fig
+
+
+def _emerges(emergence: torch.Tensor, steps: Sequence[int]) -> str:
+    index = int(emergence)
+    return "never" if index == NO_STEP else f"step {steps[index]}"
+
+
+def family_flow(analysis: EvolutionAnalysis, lineage: Lineage, families: Sequence[Sequence[int]]) -> go.Figure:
+    """The lineage of ``families`` through training, one lane per latent: a grey line where the latent
+    is present, and each event drawn where it happens (a split or merge as a bar across its latents
+    between the snapshot before and its own, a handoff as lines from each latent before it, a
+    snapshot earlier, to each latent after it); hovering names the latent or the event."""
+    steps = analysis.steps
+    lane = _lanes(analysis.present, families)
+    fig = go.Figure(_presence_lanes(analysis.present, steps, lane))
+    for kind in EVENT_KINDS:
+        events = [e for e in lineage.events if e.kind == kind and set(e.latents) <= set(lane)]
+        if events:
+            fig.add_trace(_event_lines(kind, events, steps, lane))
+    fig.update_layout(
+        title="Lineage of the largest families through training: one lane per latent",
+        xaxis={
+            "title": "training step",
+            "tickmode": "array",
+            "tickvals": list(range(len(steps))),
+            "ticktext": [str(s) for s in steps],
+            "range": [-0.5, len(steps) - 0.5],
+        },
+        yaxis={
+            "tickmode": "array",
+            "tickvals": [-y for y in lane.values()],
+            "ticktext": [f"#{i}" for i in lane],
+            "showgrid": False,
+            "zeroline": False,
+        },
+        height=160 + 22 * (max(lane.values(), default=0) + 1),
+        hovermode="closest",
+    )
+    return fig
+
+
+def _lanes(present_FS: torch.Tensor, families: Sequence[Sequence[int]]) -> dict[int, int]:
+    """Each latent's lane: families one under another, a blank lane between two, and a family's
+    latents by the snapshot they are first present at."""
+    S = present_FS.shape[1]
+    first_F = torch.where(present_FS, torch.arange(S), S).amin(dim=1)
+    lane: dict[int, int] = {}
+    for gap, family in enumerate(families):
+        for latent in sorted(family, key=lambda i: (int(first_F[i]), i)):
+            lane[latent] = len(lane) + gap
+    return lane
+
+
+def _presence_lanes(present_FS: torch.Tensor, steps: Sequence[int], lane: dict[int, int]) -> go.Scatter:
+    """One trace of every lane's line, broken where its latent is absent."""
+    xs: list = []
+    ys: list = []
+    names: list = []
+    for latent, y in lane.items():
+        for s, step in enumerate(steps):
+            xs.append(s if bool(present_FS[latent, s]) else None)
+            ys.append(-y)
+            names.append(f"#{latent} at step {step}")
+        xs.append(None)
+        ys.append(None)
+        names.append("")
+    return go.Scatter(
+        x=xs,
+        y=ys,
+        mode="lines+markers",
+        name="present",
+        hovertext=names,
+        hoverinfo="text",
+        line={"color": "rgba(120,120,120,0.55)", "width": 3},
+        marker={"size": 5, "color": "rgba(120,120,120,0.8)"},
+    )
+
+
+def _event_lines(kind: str, events: Sequence[LineageEvent], steps: Sequence[int], lane: dict[int, int]) -> go.Scatter:
+    """One trace of the events of one kind (:func:`_event_segments`), each named where hovered."""
+    xs: list = []
+    ys: list = []
+    names: list = []
+    for event in events:
+        before = ", ".join(f"#{i}" for i in event.before)
+        after = ", ".join(f"#{i}" for i in event.after)
+        text = f"{kind} at step {steps[event.snapshot]}: {before} -> {after}, cosine {event.cosine:.2f} ({event.how})"
+        for x0, y0, x1, y1 in _event_segments(event, lane):
+            xs += [x0, x1, None]
+            ys += [-y0, -y1, None]
+            names += [text, text, ""]
+    return go.Scatter(
+        x=xs,
+        y=ys,
+        mode="lines+markers",
+        name=f"{kind}s",
+        hovertext=names,
+        hoverinfo="text",
+        line={"color": _KIND_COLORS[kind], "width": 3},
+        marker={"size": 8, "color": _KIND_COLORS[kind]},
+    )
+
+
+def _event_segments(event: LineageEvent, lane: dict[int, int]) -> list[tuple[float, int, float, int]]:
+    """Line segments ``(x0, lane0, x1, lane1)`` that draw ``event``: a bar half a snapshot before it
+    from lane to lane of its latents for a divergence, a line from each latent before it (a snapshot
+    earlier) to each latent after it for a succession."""
+    if event.how == "divergence":
+        x = event.snapshot - 0.5
+        lanes = sorted(lane[i] for i in event.latents)
+        return [(x, a, x, b) for a, b in zip(lanes, lanes[1:])]
+    return [(event.snapshot - 1, lane[a], event.snapshot, lane[b]) for a in event.before for b in event.after]

@@ -34,6 +34,7 @@ _LAZY = {
     "CrosscoderTrainer": "crosslens.training.trainer",
     "StreamingTrainingRunner": "crosslens.training.streaming",
     "latest_checkpoint": "crosslens.core.paths",
+    "train_planted": "crosslens.training.planted",
     **_SIZING,
 }
 
@@ -46,6 +47,7 @@ __all__ = [
     "LoggingConfig",
     "StreamingTrainingRunner",
     "latest_checkpoint",
+    "train_planted",
     *sorted(_SIZING),
 ]
 
