@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from test_browser import driver, open_page, serving, wait_for  # noqa: F401  (driver: Chromium, a fixture)
 
 from crosslens.activations import ActivationStore, harvest_activations
-from crosslens.analysis import analyze_crosscoder
+from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder
 from crosslens.analysis.emergence_check import EmergenceCheckConfig
 from crosslens.analysis.emergence_record import (
     EmergenceRecordError,
@@ -36,7 +36,7 @@ from crosslens.analysis.emergence_record import (
     save_run_emergence,
 )
 from crosslens.analysis.latent_scaling import LatentScalingConfig, latent_scaling
-from crosslens.analysis.lineage import LineageConfig, LineageEvent
+from crosslens.analysis.lineage import LineageConfig, LineageEvent, first_snapshot_events
 from crosslens.browser import BrowseConfig, make_server
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import PartnerMismatchError
@@ -109,6 +109,34 @@ def test_the_events_the_activations_do_not_hold_are_set_aside_and_read_back(run,
     assert again.lineage.set_aside == held.set_aside and again.lineage.events == held.events
     assert again.summary() == analysis.emergence.summary()
     assert result.lineage.set_aside == [] and "set aside" not in result.summary()
+
+
+def test_the_summary_and_the_report_count_events_among_latents_strongest_at_the_first_snapshot(run):
+    run_dir, result = run
+    counts = result.lineage.counts()
+    d_sae = result.lineage.relatives.shape[0]
+    every = result.summary(torch.zeros(d_sae, dtype=torch.long))  # every latent peaks at the first snapshot
+    line = every.splitlines()[-1]
+    assert line == (
+        f"  of them, joining latents strongest at step {result.steps[0]}"
+        + (" (the untrained model)" if result.steps[0] == 0 else "")
+        + f": {counts['split']} splits, {counts['merge']} merges, {counts['handoff']} handoffs"
+    )
+    assert every.startswith(result.summary())
+    assert result.summary(torch.ones(d_sae, dtype=torch.long)) == result.summary()  # none does: no line
+    # one event's latents, and only those, strongest at the first snapshot
+    event = result.lineage.events[0]
+    peak_F = torch.ones(d_sae, dtype=torch.long)
+    peak_F[list(event.latents)] = 0
+    first = first_snapshot_events(result.lineage.events, peak_F)
+    assert first[event.kind] >= 1 and sum(first.values()) == sum(
+        set(e.latents) <= set(event.latents) for e in result.lineage.events
+    )
+    # the report says it in the lineage paragraph where the run's own peaks give any
+    analysis = EvolutionAnalysis.from_crosscoder(load_crosscoder_folder(run_dir / "final", device="cpu"), result.steps)
+    own = first_snapshot_events(result.lineage.events, analysis.lifetimes.peak)
+    html = (run_dir / "report.html").read_text()
+    assert ("Of them, joining latents strongest at step" in html) == any(own.values())
 
 
 def test_the_database_holds_the_check_and_lineage(run):

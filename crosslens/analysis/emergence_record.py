@@ -30,7 +30,7 @@ from crosslens.analysis.latent_scaling import (
     check_snapshot_decoders,
     latent_scaling,
 )
-from crosslens.analysis.lineage import Lineage, LineageConfig, LineageEvent, lineage_of
+from crosslens.analysis.lineage import Lineage, LineageConfig, LineageEvent, first_snapshot_events, lineage_of
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hashing import file_sha256
 from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME, FINAL_DIRNAME
@@ -62,22 +62,34 @@ class EmergenceResult:
     def counts(self) -> dict[str, int]:
         return {**(self.check.counts() if self.check is not None else {}), **self.lineage.counts()}
 
-    def summary(self) -> str:
-        """The lines ``crosslens analyze`` prints."""
+    def summary(self, peak_F: torch.Tensor | None = None) -> str:
+        """The lines ``crosslens analyze`` prints; given each latent's peak snapshot (the evolution
+        analysis's ``lifetimes.peak``), also how many events join latents strongest at the first
+        snapshot (:func:`~crosslens.analysis.lineage.first_snapshot_events`)."""
         events = self.lineage.counts()
         lineage = f"lineage: {events['split']} splits, {events['merge']} merges, {events['handoff']} handoffs"
-        if self.check is None:
-            return f"emergence check: not run (no activation store: latent scaling reads activations)\n{lineage}"
-        if self.lineage_config.held_by_activations:
+        if self.check is not None and self.lineage_config.held_by_activations:
             lineage += (
                 f" ({len(self.lineage.set_aside)} more read from decoder rows the activations do not hold, set aside)"
             )
+        first = {} if peak_F is None else first_snapshot_events(self.lineage.events, peak_F)
+        if any(first.values()):
+            lineage += f"\n  of them, {first_snapshot_phrase(self.steps[0])}: " + ", ".join(
+                f"{n} {kind}s" for kind, n in first.items()
+            )
+        if self.check is None:
+            return f"emergence check: not run (no activation store: latent scaling reads activations)\n{lineage}"
         c = self.check.counts()
         return (
             f"emergence check (latent scaling on {self.scaling.n_tokens:,} tokens): {c['contested']} of "
             f"{c['measured']} measured emergences contested ({c['earlier']} present earlier by latent scaling: "
             f"{c['in_error']} in the error, {c['in_reconstruction']} in other latents; {c['later']} later)\n{lineage}"
         )
+
+
+def first_snapshot_phrase(step: int) -> str:
+    """How the summary and the report name events among latents strongest at the first snapshot."""
+    return f"joining latents strongest at step {step}" + (" (the untrained model)" if step == 0 else "")
 
 
 def compute_emergence(

@@ -7,9 +7,9 @@ import html
 from collections.abc import Sequence
 
 from crosslens.analysis.emergence_check import EmergenceCheck
-from crosslens.analysis.emergence_record import EmergenceResult
+from crosslens.analysis.emergence_record import EmergenceResult, first_snapshot_phrase
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
-from crosslens.analysis.lineage import Lineage, event_rows
+from crosslens.analysis.lineage import Lineage, event_rows, first_snapshot_events
 from crosslens.analysis.plots import agreement_heatmap, emergence_curves, family_flow
 from crosslens.htmlreport import Report
 
@@ -76,6 +76,7 @@ def _add_lineage(report: Report, analysis: EvolutionAnalysis, lineage: Lineage) 
             if lineage.set_aside
             else ""
         )
+        + _first_snapshot_text(lineage, analysis)
     )
     if not lineage.events:
         return
@@ -106,3 +107,16 @@ def _events_table(rows: list[dict], total: int) -> str:
     )
     more = f'<p class="caption">showing {len(rows)} of {total} events</p>' if len(rows) < total else ""
     return f"<table><caption>Lineage events</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+
+
+def _first_snapshot_text(lineage: Lineage, analysis: EvolutionAnalysis) -> str:
+    """A sentence on the events among latents strongest at the first snapshot, where there are any."""
+    first = first_snapshot_events(lineage.events, analysis.lifetimes.peak)
+    if not any(first.values()):
+        return ""
+    counts = ", ".join(f"{n} {kind}s" for kind, n in first.items())
+    return (
+        f" Of them, {first_snapshot_phrase(analysis.steps[0])}: {counts}. Those latents' largest decoder rows are "
+        "at the first snapshot, so such an event follows that snapshot's directions as training reorganises them; "
+        "read it as that before reading it as a concept that splits or merges."
+    )

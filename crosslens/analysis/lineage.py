@@ -530,6 +530,15 @@ def lineage_of(
     return lineage(W_FSD, analysis.present, lt.emergence, lt.fade, ~lt.dead, config, scaled_present_FS)
 
 
+def first_snapshot_events(events: Sequence[LineageEvent], peak_F: torch.Tensor) -> dict[str, int]:
+    """Events per kind whose latents all have their largest decoder norm at the first snapshot
+    (``peak_F``: each latent's peak snapshot, the evolution analysis's ``lifetimes.peak``). Where the
+    first snapshot is a suite's step 0, those latents are strongest in the untrained model, and an
+    event among them follows the random initialization's directions as training reorganises them."""
+    first = [e for e in events if all(int(peak_F[i]) == 0 for i in e.latents)]
+    return {kind: sum(e.kind == kind for e in first) for kind in EVENT_KINDS}
+
+
 def event_rows(events: Sequence[LineageEvent], steps: Sequence[int]) -> list[dict[str, Any]]:
     """Events as table rows, with the snapshot's training step."""
     return [

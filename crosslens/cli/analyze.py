@@ -94,7 +94,7 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
         print("\n".join(analysis.diffing.summary_lines()))
     else:
         print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
-        print(analysis.emergence.summary())
+        print(analysis.emergence.summary(analysis.lifetimes.peak))
     _save_emergence(folder, run_dir, analysis.emergence, opened)
     if store is None:
         _say_no_store(run_dir)

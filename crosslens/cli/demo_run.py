@@ -186,7 +186,7 @@ def _evolution_report(crosscoder, train_store, suite, sections: list, out_dir: P
     )
     print(_class_summary(analysis))
     print(
-        f"{analysis.emergence.summary()}\n{save_run_emergence(out_dir / 'crosscoder', analysis.emergence, train_store)}"
+        f"{analysis.emergence.summary(analysis.lifetimes.peak)}\n{save_run_emergence(out_dir / 'crosscoder', analysis.emergence, train_store)}"
     )
     print(f"\nreport: {report_path}")
     return report_path
