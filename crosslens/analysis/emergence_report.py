@@ -117,6 +117,7 @@ def _first_snapshot_text(lineage: Lineage, analysis: EvolutionAnalysis) -> str:
     counts = ", ".join(f"{n} {kind}s" for kind, n in first.items())
     return (
         f" Of them, {first_snapshot_phrase(analysis.steps[0])}: {counts}. Those latents' largest decoder rows are "
-        "at the first snapshot, so such an event follows that snapshot's directions as training reorganises them; "
-        "read it as that before reading it as a concept that splits or merges."
+        "at the first snapshot; where that is the untrained model, a latent there carries a single token's direction, "
+        "and an event among such latents follows tokens' directions as training reorganises them (words of one class "
+        "coming to share a direction, say), not concepts the model had already learned."
     )

@@ -533,8 +533,9 @@ def lineage_of(
 def first_snapshot_events(events: Sequence[LineageEvent], peak_F: torch.Tensor) -> dict[str, int]:
     """Events per kind whose latents all have their largest decoder norm at the first snapshot
     (``peak_F``: each latent's peak snapshot, the evolution analysis's ``lifetimes.peak``). Where the
-    first snapshot is a suite's step 0, those latents are strongest in the untrained model, and an
-    event among them follows the random initialization's directions as training reorganises them."""
+    first snapshot is a suite's step 0, those latents are strongest in the untrained model, where a
+    latent carries a single token's direction, and an event among them follows tokens' directions as
+    training reorganises them (on the pico demo, words of one grammar class coming together)."""
     first = [e for e in events if all(int(peak_F[i]) == 0 for i in e.latents)]
     return {kind: sum(e.kind == kind for e in first) for kind in EVENT_KINDS}
 
