@@ -397,8 +397,7 @@ def emergence_curves(analysis: EvolutionAnalysis, check: EmergenceCheck, feature
                     row=row,
                     col=col,
                 )
-    ticks = {"tickmode": "array", "tickvals": x, "ticktext": [str(s) for s in check.steps], "tickangle": -45}
-    fig.update_xaxes(**ticks)
+    fig.update_xaxes(**{**_snapshot_axis(check.steps), "title": None, "tickangle": -45})
     fig.update_yaxes(range=[0, 1.05])
     fig.update_yaxes(title_text="share of the feature's peak", col=1)
     fig.update_annotations(font_size=11)
@@ -425,13 +424,7 @@ def family_flow(analysis: EvolutionAnalysis, lineage: Lineage, families: Sequenc
             fig.add_trace(_event_lines(kind, events, steps, lane))
     fig.update_layout(
         title="Lineage of the largest families through training: one lane per latent",
-        xaxis={
-            "title": "training step",
-            "tickmode": "array",
-            "tickvals": list(range(len(steps))),
-            "ticktext": [str(s) for s in steps],
-            "range": [-0.5, len(steps) - 0.5],
-        },
+        xaxis={**_snapshot_axis(steps), "range": [-0.5, len(steps) - 0.5]},
         yaxis={
             "tickmode": "array",
             "tickvals": [-y for y in lane.values()],
