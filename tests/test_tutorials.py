@@ -287,6 +287,15 @@ def test_is_it_real_finds_planted_truth_and_checks_the_pico_crosscoder(
     assert f"{counts['contested']} of {counts['measured']} measured emergences contested" in pico["summary"]
     assert f"({pico['set_aside']} more read from decoder rows the activations do not hold" in pico["summary"]
     assert plotly_outputs(notebook) >= 1 + bool(pico["contested"]) + bool(pico["events"])
+    # the merges among latents strongest at step 0, each latent read by a word it fires on
+    n_first = sum(
+        e["kind"] == "merge" and all(i in pico["strongest_at_step_0"] for i in e["before"] + e["after"])
+        for e in pico["events"]
+    )
+    assert len(pico["first_snapshot_merges"]) == n_first
+    assert all(
+        len(words) >= 2 and all(isinstance(w, str) and w for w in words) for words in pico["first_snapshot_merges"]
+    )
 
     html = Path(summary["report"]).read_text(encoding="utf-8")
     assert "Is this emergence real? Latent scaling and lineage" in html
