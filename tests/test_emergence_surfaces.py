@@ -421,6 +421,44 @@ def test_the_feature_page_says_how_each_lineage_event_was_read(run, tmp_path, dr
     assert "(one fades or emerges as another turns, cosine 0.75)" in items[3][2]
 
 
+def test_the_feature_page_marks_events_among_latents_strongest_at_the_first_snapshot(run, tmp_path, driver):  # noqa: F811
+    """An event whose latents all peak at the first snapshot (step 0: the untrained model) is marked on a
+    feature's page, from the database's peaks; one with a latent that peaks later is not."""
+    run_dir, result = run
+    analysis = EvolutionAnalysis.from_crosscoder(load_crosscoder_folder(run_dir / "final", device="cpu"), result.steps)
+    measured = result.check.measured.nonzero().flatten().tolist()
+    early = [i for i in measured if int(analysis.lifetimes.peak[i]) == 0]
+    later = [i for i in measured if int(analysis.lifetimes.peak[i]) > 0]
+    (p, q), r = early[:2], later[0]
+    events = [
+        LineageEvent("split", 1, (p, q), (p, q), 0.3, "divergence"),
+        LineageEvent("handoff", 1, (p,), (r,), 0.8, "succession"),
+    ]
+    lineage = dataclasses.replace(result.lineage, events=events, set_aside=[])
+    copy = tf.copy_tree(run_dir, tmp_path / "run")
+    save_run_emergence(
+        copy, dataclasses.replace(result, lineage=lineage), ActivationStore.open(run_dir.parent / "store")
+    )
+    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    server = make_server(copy, BrowseConfig(port=0))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        flags = [(e["kind"], e["first_snapshot"]) for e in api(server, f"/api/feature/{p}")["lineage"]]
+        open_page(driver, server, f"/feature/{p}")
+        wait_for(lambda: driver.execute_script("return document.querySelectorAll('#lineage-events li').length") == 2)
+        items = driver.execute_script(
+            "return [...document.querySelectorAll('#lineage-events li')].map(li => [li.dataset.first, li.textContent])"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert flags == [("split", True), ("handoff", False)]
+    assert [first for first, _ in items] == ["true", "false"]
+    untrained = ", the untrained model, where a latent carries a single token's direction"
+    assert "its latents are all strongest at " in items[0][1] and (untrained in items[0][1]) == (result.steps[0] == 0)
+    assert "strongest at" not in items[1][1]
+
+
 def test_the_report_has_the_section_and_the_flow_picture(run):
     run_dir, result = run
     html = (run_dir / "report.html").read_text()

@@ -109,8 +109,9 @@ def _diffing_counts(connection: sqlite3.Connection) -> dict[str, int]:
 
 def feature_emergence(connection: sqlite3.Connection, feature: int, n_snapshots: int) -> dict[str, Any]:
     """A feature page's check (verdict, emergences, latent-scaled presence and the latent carrying
-    its direction, ``[latent, cosine]`` or None, per snapshot), its lineage events and its
-    relatives at each snapshot (``[[relative, cosine], ...]`` nearest first)."""
+    its direction, ``[latent, cosine]`` or None, per snapshot), its lineage events (each with
+    ``first_snapshot``: every latent of it strongest at the first snapshot) and its relatives at each
+    snapshot (``[[relative, cosine], ...]`` nearest first)."""
     row = connection.execute(
         "SELECT measured, contested, decoder_snapshot, scaled_snapshot, reported_snapshot, early_presence, n_fire, "
         "diffing FROM emergence WHERE feature = ?",
@@ -142,10 +143,14 @@ def feature_emergence(connection: sqlite3.Connection, feature: int, n_snapshots:
             "before": json.loads(b),
             "after": json.loads(a),
             "held": bool(held),
+            "first_snapshot": bool(first),
         }
-        for e, kind, s, how, cosine, b, a, held in connection.execute(
-            "SELECT e.event, e.kind, e.snapshot, e.how, e.cosine, e.before, e.after, e.held FROM lineage_events e "
-            "JOIN lineage_members m USING (event) WHERE m.feature = ? ORDER BY e.snapshot, e.event",
+        for e, kind, s, how, cosine, b, a, held, first in connection.execute(
+            "SELECT e.event, e.kind, e.snapshot, e.how, e.cosine, e.before, e.after, e.held, "
+            # every latent of the event strongest at the first snapshot (first_snapshot_events)
+            "NOT EXISTS (SELECT 1 FROM lineage_members o JOIN features f USING (feature) "
+            "WHERE o.event = e.event AND f.peak_snapshot IS NOT 0) "
+            "FROM lineage_events e JOIN lineage_members m USING (event) WHERE m.feature = ? ORDER BY e.snapshot, e.event",
             (feature,),
         )
     ]

@@ -184,9 +184,13 @@ const EmergencePanel = {
         : e.how === "turn" ? "one fades or emerges as another turns" : "fade as others emerge";
       // an event read from decoder rows the activations do not hold is listed, marked, and counted nowhere
       const aside = e.held ? [] : [CL.el("span", { class: "note", text: " set aside: the activations do not hold its latents there" })];
-      return CL.el("li", { "data-kind": e.kind, "data-held": String(e.held) }, `${e.kind} at ${step}: `,
-        ...this.joined(e.before, e.snapshot), " \u2192 ", ...this.joined(e.after, e.snapshot),
-        ` (${how}, cosine ${CL.fmt(e.cosine, 3)})`, ...aside);
+      // latents strongest at the first snapshot carry, in an untrained model, single tokens' directions
+      const first = run.snapshots[0];
+      const early = e.first_snapshot ? [CL.el("span", { class: "note", text: ` its latents are all strongest at ${first.label}`
+        + (first.step === 0 ? ", the untrained model, where a latent carries a single token's direction" : "") })] : [];
+      return CL.el("li", { "data-kind": e.kind, "data-held": String(e.held), "data-first": String(e.first_snapshot) },
+        `${e.kind} at ${step}: `, ...this.joined(e.before, e.snapshot), " \u2192 ", ...this.joined(e.after, e.snapshot),
+        ` (${how}, cosine ${CL.fmt(e.cosine, 3)})`, ...aside, ...early);
     }));
   },
 
