@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from crosslens.activations import ActivationStore
-from crosslens.analysis import EvolutionAnalysis, read_emergence, top_activating_contexts
+from crosslens.analysis import EvolutionAnalysis, read_emergence, strongest_at_first_snapshot, top_activating_contexts
 from crosslens.causal import load_crosscoder
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import CrosslensError
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     tally: Counter = Counter()
     for e in result.lineage.events:
         shared = set.intersection(*(classes.get(word[i], set()) for i in e.latents))
-        first = all(int(peak_F[i]) == 0 for i in e.latents)
+        first = strongest_at_first_snapshot(e, peak_F)
         tally[(e.kind, first, bool(shared))] += 1
         words = ", ".join(f"#{i} {word[i]}" for i in e.latents)
         print(

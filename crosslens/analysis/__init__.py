@@ -24,7 +24,14 @@ from crosslens.analysis.evolution import FEATURE_CLASSES, EvolutionConfig, Lifet
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.geometry import direction_drift, feature_dimensionality, rel_dec
 from crosslens.analysis.latent_scaling import LatentScaling, LatentScalingConfig, latent_scaling
-from crosslens.analysis.lineage import Lineage, LineageConfig, LineageEvent, lineage, lineage_of
+from crosslens.analysis.lineage import (
+    Lineage,
+    LineageConfig,
+    LineageEvent,
+    lineage,
+    lineage_of,
+    strongest_at_first_snapshot,
+)
 from crosslens.analysis.planted_events import PlantedEvents
 from crosslens.analysis.planted_lineage import PlantedLineageScores, planted_lineage_scores
 from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
@@ -48,6 +55,7 @@ __all__ = [
     "lineage",
     "lineage_of",
     "read_emergence",
+    "strongest_at_first_snapshot",
     "EvolutionAnalysis",
     "EvolutionConfig",
     "FEATURE_CLASSES",

@@ -12,6 +12,7 @@ refusing one computed for another crosscoder.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -72,11 +73,9 @@ class EmergenceResult:
             lineage += (
                 f" ({len(self.lineage.set_aside)} more read from decoder rows the activations do not hold, set aside)"
             )
-        first = {} if peak_F is None else first_snapshot_events(self.lineage.events, peak_F)
-        if any(first.values()):
-            lineage += f"\n  of them, {first_snapshot_phrase(self.steps[0])}: " + ", ".join(
-                f"{n} {kind}s" for kind, n in first.items()
-            )
+        first = "" if peak_F is None else first_snapshot_counts(self.lineage.events, peak_F, self.steps[0])
+        if first:
+            lineage += f"\n  of them, {first}"
         if self.check is None:
             return f"emergence check: not run (no activation store: latent scaling reads activations)\n{lineage}"
         c = self.check.counts()
@@ -87,9 +86,16 @@ class EmergenceResult:
         )
 
 
-def first_snapshot_phrase(step: int) -> str:
-    """How the summary and the report name events among latents strongest at the first snapshot."""
-    return f"joining latents strongest at step {step}" + (" (the untrained model)" if step == 0 else "")
+def first_snapshot_counts(events: Sequence[LineageEvent], peak_F: torch.Tensor, first_step: int) -> str:
+    """The events among latents strongest at the first snapshot (:func:`first_snapshot_events`) as the
+    summary and the report say them, e.g. "joining latents strongest at step 0 (the untrained model):
+    2 splits, 32 merges, 0 handoffs"; empty where there are none."""
+    first = first_snapshot_events(events, peak_F)
+    if not any(first.values()):
+        return ""
+    untrained = " (the untrained model)" if first_step == 0 else ""
+    counts = ", ".join(f"{n} {kind}s" for kind, n in first.items())
+    return f"joining latents strongest at step {first_step}{untrained}: {counts}"
 
 
 def compute_emergence(

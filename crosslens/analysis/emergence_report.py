@@ -7,9 +7,9 @@ import html
 from collections.abc import Sequence
 
 from crosslens.analysis.emergence_check import EmergenceCheck
-from crosslens.analysis.emergence_record import EmergenceResult, first_snapshot_phrase
+from crosslens.analysis.emergence_record import EmergenceResult, first_snapshot_counts
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
-from crosslens.analysis.lineage import Lineage, event_rows, first_snapshot_events
+from crosslens.analysis.lineage import Lineage, event_rows
 from crosslens.analysis.plots import agreement_heatmap, emergence_curves, family_flow
 from crosslens.htmlreport import Report
 
@@ -111,12 +111,11 @@ def _events_table(rows: list[dict], total: int) -> str:
 
 def _first_snapshot_text(lineage: Lineage, analysis: EvolutionAnalysis) -> str:
     """A sentence on the events among latents strongest at the first snapshot, where there are any."""
-    first = first_snapshot_events(lineage.events, analysis.lifetimes.peak)
-    if not any(first.values()):
+    first = first_snapshot_counts(lineage.events, analysis.lifetimes.peak, analysis.steps[0])
+    if not first:
         return ""
-    counts = ", ".join(f"{n} {kind}s" for kind, n in first.items())
     return (
-        f" Of them, {first_snapshot_phrase(analysis.steps[0])}: {counts}. Those latents' largest decoder rows are "
+        f" Of them, {first}. Those latents' largest decoder rows are "
         "at the first snapshot; where that is the untrained model, a latent there carries a single token's direction, "
         "and an event among such latents follows tokens' directions as training reorganises them (words of one class "
         "coming to share a direction, say), not concepts the model had already learned."

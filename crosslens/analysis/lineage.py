@@ -530,13 +530,19 @@ def lineage_of(
     return lineage(W_FSD, analysis.present, lt.emergence, lt.fade, ~lt.dead, config, scaled_present_FS)
 
 
+def strongest_at_first_snapshot(event: LineageEvent, peak_F: torch.Tensor) -> bool:
+    """Whether every latent of ``event`` has its largest decoder norm at the first snapshot
+    (``peak_F``: each latent's peak snapshot, the evolution analysis's ``lifetimes.peak``; the
+    browser, which runs without torch, reads the same from the database's ``peak_snapshot``). Where
+    the first snapshot is a suite's step 0, those latents are strongest in the untrained model, where
+    a latent carries a single token's direction, and the event follows tokens' directions as training
+    reorganises them (on the pico demo, words of one grammar class coming together)."""
+    return all(int(peak_F[i]) == 0 for i in event.latents)
+
+
 def first_snapshot_events(events: Sequence[LineageEvent], peak_F: torch.Tensor) -> dict[str, int]:
-    """Events per kind whose latents all have their largest decoder norm at the first snapshot
-    (``peak_F``: each latent's peak snapshot, the evolution analysis's ``lifetimes.peak``). Where the
-    first snapshot is a suite's step 0, those latents are strongest in the untrained model, where a
-    latent carries a single token's direction, and an event among them follows tokens' directions as
-    training reorganises them (on the pico demo, words of one grammar class coming together)."""
-    first = [e for e in events if all(int(peak_F[i]) == 0 for i in e.latents)]
+    """Events per kind :func:`strongest_at_first_snapshot`."""
+    first = [e for e in events if strongest_at_first_snapshot(e, peak_F)]
     return {kind: sum(e.kind == kind for e in first) for kind in EVENT_KINDS}
 
 

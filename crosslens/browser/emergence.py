@@ -147,7 +147,8 @@ def feature_emergence(connection: sqlite3.Connection, feature: int, n_snapshots:
         }
         for e, kind, s, how, cosine, b, a, held, first in connection.execute(
             "SELECT e.event, e.kind, e.snapshot, e.how, e.cosine, e.before, e.after, e.held, "
-            # every latent of the event strongest at the first snapshot (first_snapshot_events)
+            # every latent of the event strongest at the first snapshot: lineage.strongest_at_first_snapshot,
+            # read from the database's peaks here, where the browser runs without torch
             "NOT EXISTS (SELECT 1 FROM lineage_members o JOIN features f USING (feature) "
             "WHERE o.event = e.event AND f.peak_snapshot IS NOT 0) "
             "FROM lineage_events e JOIN lineage_members m USING (event) WHERE m.feature = ? ORDER BY e.snapshot, e.event",
