@@ -53,25 +53,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=2000, help="random pairs of latents for the chance rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random pairs")
     args = parser.parse_args(argv)
-    run_dir = run_folder(args.run)
-    store_path = run_store(run_dir)
-    if run_dir is None or store_path is None:
-        print(f"{args.run}: not a run folder with its store; pass the folder crosslens train wrote", file=sys.stderr)
-        return 2
     try:
+        run_dir = run_folder(args.run)
+        store_path = run_store(run_dir)
+        if run_dir is None or store_path is None:
+            raise CrosslensError(f"{args.run}: not a run folder with its store; pass the folder crosslens train wrote")
         result = read_emergence(run_dir)
+        root = crosscoder_suite_record(run_dir / "final").get("root")
+        if not root or not Path(root).is_dir():
+            raise CrosslensError(
+                f"{args.run}: its crosscoder names no local suite folder; this script reads a pico suite's words "
+                "(train on --suite pico, as the demo does)"
+            )
     except CrosslensError as error:
         print(error, file=sys.stderr)
         return 2
     crosscoder = load_crosscoder(str(run_dir / "final"))
     peak_F = EvolutionAnalysis.from_crosscoder(crosscoder, result.steps).lifetimes.peak
-    tokenizer = CheckpointSuite.local(crosscoder_suite_record(run_dir / "final")["root"]).tokenizer()
+    tokenizer = CheckpointSuite.local(root).tokenizer()
     # the events' latents, and for the chance rate every latent strongest at the first snapshot
     latents = sorted(
         {i for e in result.lineage.events for i in e.latents} | set(torch.nonzero(peak_F == 0).flatten().tolist())
     )
     contexts = top_activating_contexts(
-        ActivationStore.open(store_path), crosscoder, latents, k=args.k, tokenizer=tokenizer, progress=False
+        ActivationStore.open(store_path), crosscoder, latents, k=args.k, tokenizer=tokenizer
     )
     classes = word_classes()
     word = {
@@ -81,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     tally: Counter = Counter()
     for e in result.lineage.events:
-        shared = set.intersection(*(classes.get(word[i], set()) for i in e.latents))
+        shared = set.intersection(*(classes.get(word.get(i, ""), set()) for i in e.latents))
         first = strongest_at_first_snapshot(e, peak_F)
         tally[(e.kind, first, bool(shared))] += 1
-        words = ", ".join(f"#{i} {word[i]}" for i in e.latents)
+        words = ", ".join(f"#{i} {word.get(i, '(never fires)')}" for i in e.latents)
         print(
             f"{e.kind:<8} step {result.steps[e.snapshot]:>5}  {words}  ->  {', '.join(sorted(shared)) or '(no class shared)'}"
         )
