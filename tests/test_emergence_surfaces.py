@@ -36,7 +36,7 @@ from crosslens.analysis.emergence_record import (
     save_run_emergence,
 )
 from crosslens.analysis.latent_scaling import LatentScalingConfig, latent_scaling
-from crosslens.analysis.lineage import LineageConfig, LineageEvent, first_snapshot_events
+from crosslens.analysis.lineage import LineageConfig, LineageEvent, counts_text, first_snapshot_events
 from crosslens.browser import BrowseConfig, make_server
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import PartnerMismatchError
@@ -120,7 +120,7 @@ def test_the_summary_and_the_report_count_events_among_latents_strongest_at_the_
     assert line == (
         f"  of them, joining latents strongest at step {result.steps[0]}"
         + (" (the untrained model)" if result.steps[0] == 0 else "")
-        + f": {counts['split']} splits, {counts['merge']} merges, {counts['handoff']} handoffs"
+        + f": {counts_text(counts)}"
     )
     assert every.startswith(result.summary())
     assert result.summary(torch.ones(d_sae, dtype=torch.long)) == result.summary()  # none does: no line
@@ -483,7 +483,7 @@ def test_the_report_has_the_section_and_the_flow_picture(run):
     first = result.lineage.events[0]
     assert f'<a class="feature-link" href="feature/{first.before[0]}">{first.before[0]}</a>' in section
     events = result.lineage.counts()
-    assert f"{events['split']} splits, {events['merge']} merges and {events['handoff']} handoffs" in section
+    assert f"live latents: {counts_text(events, last=' and ')}. A split" in section
 
 
 def test_a_store_of_other_snapshots_or_another_hook_is_refused_in_one_line(run, tmp_path):

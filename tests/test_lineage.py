@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from crosslens.analysis import EvolutionAnalysis
-from crosslens.analysis.lineage import LineageConfig, LineageEvent, lineage_of
+from crosslens.analysis.lineage import LineageConfig, LineageEvent, counts_text, lineage_of
 from crosslens.analysis.relatives import nearest_relatives, per_latent_relatives, unit_rows
 
 S, D = 8, 32
@@ -380,6 +380,9 @@ def test_an_event_the_activations_do_not_hold_is_set_aside():
     lin = lineage_of(analysis, scaled_present_FS=scaled_FS)
     assert [(e.kind, e.snapshot) for e in lin.events] == [("merge", 5), ("split", 6)]
     assert lin.set_aside == events[:2] and lin.counts() == {"split": 1, "merge": 1, "handoff": 0}
+    # as the summary and the report say the counts: a noun singular where its count is 1
+    assert counts_text(lin.counts()) == "1 split, 1 merge, 0 handoffs"
+    assert counts_text(lineage_of(analysis).counts(), last=" and ") == "2 splits, 1 merge and 1 handoff"
     # every snapshot missing above is the second of its side: one snapshot a side holds them all
     one = LineageConfig(min_snapshots=1)
     assert lineage_of(analysis, one, scaled_present_FS=scaled_FS).events == lineage_of(analysis, one).events

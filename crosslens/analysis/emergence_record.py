@@ -31,7 +31,14 @@ from crosslens.analysis.latent_scaling import (
     check_snapshot_decoders,
     latent_scaling,
 )
-from crosslens.analysis.lineage import Lineage, LineageConfig, LineageEvent, first_snapshot_events, lineage_of
+from crosslens.analysis.lineage import (
+    Lineage,
+    LineageConfig,
+    LineageEvent,
+    counts_text,
+    first_snapshot_events,
+    lineage_of,
+)
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hashing import file_sha256
 from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME, FINAL_DIRNAME
@@ -67,8 +74,7 @@ class EmergenceResult:
         """The lines ``crosslens analyze`` prints; given each latent's peak snapshot (the evolution
         analysis's ``lifetimes.peak``), also how many events join latents strongest at the first
         snapshot (:func:`~crosslens.analysis.lineage.first_snapshot_events`)."""
-        events = self.lineage.counts()
-        lineage = f"lineage: {events['split']} splits, {events['merge']} merges, {events['handoff']} handoffs"
+        lineage = f"lineage: {counts_text(self.lineage.counts())}"
         if self.check is not None and self.lineage_config.held_by_activations:
             lineage += (
                 f" ({len(self.lineage.set_aside)} more read from decoder rows the activations do not hold, set aside)"
@@ -94,8 +100,7 @@ def first_snapshot_counts(events: Sequence[LineageEvent], peak_F: torch.Tensor, 
     if not any(first.values()):
         return ""
     untrained = " (the untrained model)" if first_step == 0 else ""
-    counts = ", ".join(f"{n} {kind}s" for kind, n in first.items())
-    return f"joining latents strongest at step {first_step}{untrained}: {counts}"
+    return f"joining latents strongest at step {first_step}{untrained}: {counts_text(first)}"
 
 
 def compute_emergence(

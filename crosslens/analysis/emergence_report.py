@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from crosslens.analysis.emergence_check import EmergenceCheck
 from crosslens.analysis.emergence_record import EmergenceResult, first_snapshot_counts
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
-from crosslens.analysis.lineage import Lineage, event_rows
+from crosslens.analysis.lineage import Lineage, counts_text, event_rows
 from crosslens.analysis.plots import agreement_heatmap, emergence_curves, family_flow
 from crosslens.htmlreport import Report
 
@@ -64,18 +64,20 @@ def _add_check(report: Report, analysis: EvolutionAnalysis, check: EmergenceChec
 
 
 def _add_lineage(report: Report, analysis: EvolutionAnalysis, lineage: Lineage) -> None:
-    counts = lineage.counts()
+    n_aside = len(lineage.set_aside)
+    aside = (
+        f" {n_aside} more {'event' if n_aside == 1 else 'events'} read from the decoder rows "
+        f"{'was' if n_aside == 1 else 'were'} set aside: latent scaling does not hold their latents on their sides "
+        "of the event, so those rows carry nothing the activations show."
+        if n_aside
+        else ""
+    )
     report.add_text(
-        f"Lineage from the per-snapshot decoder directions of the live latents: {counts['split']} splits, "
-        f"{counts['merge']} merges and {counts['handoff']} handoffs. A split: latents whose directions coincide, "
+        "Lineage from the per-snapshot decoder directions of the live latents: "
+        f"{counts_text(lineage.counts(), last=' and ')}. A split: latents whose directions coincide, "
         "then part (or a latent that fades as several near-parallel ones emerge); a merge: the reverse; a handoff: "
         "a latent that fades as a near-parallel one emerges, one concept decoupled over two latents through time."
-        + (
-            f" {len(lineage.set_aside)} more events read from the decoder rows were set aside: latent scaling does not "
-            "hold their latents on their sides of the event, so those rows carry nothing the activations show."
-            if lineage.set_aside
-            else ""
-        )
+        + aside
         + _first_snapshot_text(lineage, analysis)
     )
     if not lineage.events:

@@ -546,6 +546,13 @@ def first_snapshot_events(events: Sequence[LineageEvent], peak_F: torch.Tensor) 
     return {kind: sum(e.kind == kind for e in first) for kind in EVENT_KINDS}
 
 
+def counts_text(counts: dict[str, int], last: str = ", ") -> str:
+    """Events per kind as a phrase, a noun singular where its count is 1: "1 split, 39 merges,
+    5 handoffs"; ``last`` joins the final two (" and " in prose)."""
+    parts = [f"{n} {kind}{'' if n == 1 else 's'}" for kind, n in counts.items()]
+    return last.join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else "".join(parts)
+
+
 def event_rows(events: Sequence[LineageEvent], steps: Sequence[int]) -> list[dict[str, Any]]:
     """Events as table rows, with the snapshot's training step."""
     return [
