@@ -363,4 +363,5 @@ def test_bad_inputs_name_the_fix(store):
         build_training_sae("topk", d_in=D_IN, d_sae=D_SAE)
     with pytest.raises(ValueError, match="not in the store"):
         evaluate_sae(inference_sae(build_training_sae("topk", d_in=D_IN, d_sae=D_SAE, k=4)), store, "x", 0)
-    assert isinstance(inference_sae(build_training_sae("standard", d_in=D_IN, d_sae=D_SAE)), SAE)
+    standard = inference_sae(build_training_sae("standard", d_in=D_IN, d_sae=D_SAE))
+    assert isinstance(standard, SAE) and (standard.cfg.d_in, standard.cfg.d_sae) == (D_IN, D_SAE)

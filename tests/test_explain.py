@@ -319,13 +319,24 @@ def test_a_stopped_run_resumed_asks_nothing_twice(tmp_path, stop):
     assert content(run) == content(clean_run)
 
 
-def test_explain_runs_where_an_event_loop_already_runs(run, stub):
+def test_explain_runs_where_an_event_loop_already_runs(run, stub, tmp_path):
     """A Jupyter kernel runs an event loop in the thread that runs a cell: explain_run goes on in a
     thread of its own there."""
     import asyncio
+
+    planned = dry_run(run, config(max_features=2))
+    assert planned.explain_requests > 0 and planned.score_requests > 0  # the run below has work to do
 
     async def cell():
         return explain_run(run, config(stub, max_features=2))
 
     summary = asyncio.run(cell())
     assert summary.explain_requests > 0 and summary.stored["explanations"] == summary.explain_requests
+    # the thread asks exactly what the plan says, each request once
+    assert (summary.explain_requests, summary.score_requests) == (planned.explain_requests, planned.score_requests)
+    assert stub.requests == planned.explain_requests + planned.score_requests
+    assert summary.stored["scores"] == planned.score_requests and summary.traffic.failed == 0
+    # and stores what a run without an outer event loop stores
+    plain = write_planted_database(tmp_path / "plain").parent
+    explain_run(plain, config(stub, max_features=2))
+    assert content(run) == content(plain)

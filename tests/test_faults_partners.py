@@ -331,9 +331,18 @@ def test_harvest_overwrite_replaces_or_removes_the_heldout_store(world, tmp_path
         "cpu",
     ]
     assert main([*common, "--heldout-tokens", "64"]) == 0
-    assert open_heldout(out) is not None
+    heldout = open_heldout(out)
+    assert heldout is not None
+    assert heldout.sequences.shape == (64 // 16, 16)  # --heldout-tokens 64: 4 rows of --seq-len 16
+    # less each row's BOS and the EOS between documents (harvest's default exclusions: pad, BOS, EOS)
+    words = make_word_tokenizer()
+    excluded = torch.tensor([words.pad_token_id, words.bos_token_id, words.eos_token_id])
+    kept = int((~torch.isin(heldout.sequences[:, 1:], excluded)).sum())
+    assert heldout.n_tokens == kept == 58
+    assert heldout.manifest[HELDOUT_OF] == store_seal(ActivationStore.open(out, verify="none"))
     assert main([*common, "--n-tokens", "240", "--heldout-tokens", "48", "--overwrite"]) == 0
     heldout = open_heldout(out)  # replaced and paired with the new store
+    assert heldout.sequences.shape == (48 // 16, 16)
     assert heldout.manifest[HELDOUT_OF] == store_seal(ActivationStore.open(out, verify="none"))
     assert main([*common, "--heldout-tokens", "0", "--overwrite"]) == 0
     assert not (tmp_path / "store-heldout").exists()

@@ -864,7 +864,7 @@ def test_chosen_precision_reaches_the_trainer(store_path, tmp_path):
     assert (cfg.autocast_dtype, cfg.optimizer_state_dtype, cfg.fused_clip) == ("bfloat16", "bfloat16", False)
 
 
-def test_autocast_flag_takes_none_and_refuses_others():
+def test_autocast_flag_takes_none_and_refuses_others(capsys):
     from crosslens.cli import build_parser
 
     parser = build_parser()
@@ -872,8 +872,9 @@ def test_autocast_flag_takes_none_and_refuses_others():
         ["train", "--store", "s", "--out", "o", "--autocast", "none", "--optimizer-state", "bfloat16"]
     )
     assert (args.autocast_dtype, args.optimizer_state) == ("none", "bfloat16")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         parser.parse_args(["train", "--store", "s", "--out", "o", "--autocast", "float16"])
+    assert refused.value.code == 2 and "invalid choice: 'float16'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA default needs a CUDA device")

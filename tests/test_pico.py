@@ -352,7 +352,8 @@ def test_user_text_corpus_trains_a_bpe_tokenizer(tmp_path: Path) -> None:
 
 
 def test_user_dataset_corpus(tmp_path: Path) -> None:
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     folder = tmp_path / "ds"
     datasets.Dataset.from_dict({"body": sample_documents(300, seed=12)}).save_to_disk(str(folder))
     config = tiny_config(corpus=f"dataset:{folder}:body", bpe_vocab_size=2000)
@@ -387,7 +388,6 @@ def test_check_targets_reads_the_phases() -> None:
 
 
 def test_evaluate_pairs_on_a_hooked_transformer(small_suite: Path, tmp_path: Path) -> None:
-    pytest.importorskip("crosslens.checkpoints")
     suite = pico_suite(PicoConfig.small(), root=small_suite)
     assert [s.step for s in suite.snapshots] == list(PicoConfig.small().checkpoint_steps)
     with pytest.raises(FileNotFoundError, match="crosslens suite build"):

@@ -83,15 +83,16 @@ def test_new_planted_options_are_checked_and_leave_old_sets_alone():
     assert torch.equal(
         plain.sample(100, torch.Generator().manual_seed(0))[0], same.sample(100, torch.Generator().manual_seed(0))[0]
     )
-    for bad in (
-        dict(pair_correlations=(0.5, 1.5)),
-        dict(pair_correlations=()),
-        dict(transient_firing=(0.05, 0.01)),
-        dict(persistent_firing=(0.0, 0.1)),
-        dict(persistent_emergence_min=0),
-        dict(persistent_emergence_min=6),
+    # each config is refused for its own reason, not an earlier check's (n_snapshots is 6)
+    for bad, message in (
+        (dict(pair_correlations=(0.5, 1.5)), r"^pair correlation 1\.5 is a share of tokens; use \[0, 1\]\.$"),
+        (dict(pair_correlations=()), r"^pair_correlations is empty; give at least one share or None\.$"),
+        (dict(transient_firing=(0.05, 0.01)), r"^transient_firing=\(0\.05, 0\.01\): give \(low, high\) with 0 < low"),
+        (dict(persistent_firing=(0.0, 0.1)), r"^persistent_firing=\(0\.0, 0\.1\): give \(low, high\) with 0 < low"),
+        (dict(persistent_emergence_min=0), r"^persistent_emergence_min=0: .* use \[1, n_snapshots - 1=5\]\.$"),
+        (dict(persistent_emergence_min=6), r"^persistent_emergence_min=6: .* use \[1, n_snapshots - 1=5\]\.$"),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=message):
             PlantedConfig(**base, **bad)
 
 

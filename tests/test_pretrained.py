@@ -273,7 +273,7 @@ def test_saelens_names_are_the_only_names():
         total_steps=10, logger=LoggingConfig(run_name="r", wandb_log_frequency=5, eval_every_n_wandb_logs=2)
     )
     assert (cfg.logger.run_name, cfg.logger.wandb_log_frequency, cfg.logger.histogram_every) == ("r", 5, 10)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'wandb_run_name'"):
         CrosscoderTrainerConfig(total_steps=10, wandb_run_name="b")
     runner_cfg = CrosscoderRunnerConfig(
         store_path="s",
@@ -286,7 +286,7 @@ def test_saelens_names_are_the_only_names():
     assert (runner_cfg.logger.run_name, runner_cfg.logger.wandb_log_frequency, runner_cfg.hook_name) == ("x", 7, "h")
     assert (runner_cfg.n_steps, runner_cfg.train_batch_size_tokens, runner_cfg.training_tokens) == (10, 100, 1000)
     assert CrosscoderRunnerConfig.from_dict(asdict(runner_cfg)) == runner_cfg  # run.json round-trips
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'hook'"):
         CrosscoderRunnerConfig(store_path="s", out_dir="o", hook="a")
 
 

@@ -89,7 +89,7 @@ def test_the_benchmark_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch, capsys)
     assert len(rows) == 1 and rows[0].startswith("end to end, jumprelu_crosscoder, fresh")
 
 
-def test_the_benchmark_times_whole_chunks_with_their_forwards():
+def test_the_benchmark_times_whole_chunks_with_their_forwards(capsys):
     """The timed steps start with a chunk's first batch, so each timed chunk's forward (or the
     wait for its prefetch) is timed with the steps it feeds; a run of steps inside the first chunk
     would time the steps alone."""
@@ -99,8 +99,10 @@ def test_the_benchmark_times_whole_chunks_with_their_forwards():
     for warmup, per_chunk, untimed in ((10, 64, 63), (0, 64, 63), (63, 64, 63), (64, 64, 127), (1, 4, 3), (3, 4, 3)):
         assert stream_gpu.untimed_steps(warmup, per_chunk) == untimed
         assert (1 + untimed) % per_chunk == 0 and untimed >= warmup  # the first batch sets the sparsity
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         stream_gpu.parse_args(["--batch", "3000"])  # 128 x 1024 tokens a chunk: no whole number of batches
+    assert refused.value.code == 2
+    assert "--batch 3000: time at least one chunk, of a whole number of batches" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script measures")
@@ -114,7 +116,7 @@ def test_the_benchmark_without_cuda_says_so(capsys):
 
 def test_plan_stream_prediction_is_the_hand_computation(capsys):
     from crosslens.__main__ import main
-    from crosslens.training.model_sizes import known_model
+    from crosslens.training.model_sizes import PlanError, known_model
     from crosslens.training.recipes import load_recipe
     from crosslens.training.sizing import make_plan, plan_config_from_recipe, stream_prediction
 
@@ -135,10 +137,10 @@ def test_plan_stream_prediction_is_the_hand_computation(capsys):
     assert predicted["hours"] == pytest.approx(800_000_000 / tokens_per_second / 3600)
     assert main(["plan", "--recipe", "ge2025-pythia-160m", "--stream", "--dtype", "bfloat16"]) == 0
     assert "32,456 tokens/s: 6.8 h" in capsys.readouterr().out
-    with pytest.raises(Exception, match="no utilisation figures for GPU 'v100'"):
+    with pytest.raises(PlanError, match="no utilisation figures for GPU 'v100'"):
         stream_prediction(plan, "v100")
     on_cpu = make_plan(plan_config_from_recipe(load_recipe("ge2025-pythia-160m"), model_dtype="bfloat16", device="cpu"))
-    with pytest.raises(Exception, match="^the stream prediction is for a GPU: plan for device cuda, not cpu$"):
+    with pytest.raises(PlanError, match="^the stream prediction is for a GPU: plan for device cuda, not cpu$"):
         stream_prediction(on_cpu)
 
 

@@ -128,5 +128,7 @@ def test_without_cuda_the_script_says_so_in_one_line(capsys):
         capsys.readouterr().out
         == "benchmarks/user_run.py: no CUDA device here, nothing measured (--small runs its logic on the CPU)\n"
     )
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         user_run.parse_args(["--written"])  # the suite's folder is needed
+    assert refused.value.code == 2
+    assert "--written names the suite's folder: add --suite-dir DIR" in capsys.readouterr().err
