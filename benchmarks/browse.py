@@ -51,8 +51,8 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def default_budget() -> dict[str, int]:
-    """The context budget ``crosslens dashboards`` keeps by default, where it says; else the
-    issue's (top 10, 4 quantile contexts, 8 tokens each side, 10 logits)."""
+    """The context budget ``crosslens dashboards`` keeps by default, where it says; else top 10,
+    4 quantile contexts, 8 tokens each side and 10 logits."""
     try:
         import crosslens.dashboards as dashboards
 

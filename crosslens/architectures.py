@@ -85,7 +85,7 @@ RELU_LR = 3e-3
 1e-3 the weakest features of the independent planted generator are still unlearnt after 3000
 steps, under the planted bar; at 3e-3 it meets the bars on the generators but ``correlated``,
 where latents absorb co-firing partners at any rate (1e-2 passes it only by leaving most
-latents dead). On pico it fires about half as many latents per token as at 1e-3, for slightly
+latents dead). On pico it fires fewer latents per token than at 1e-3, for slightly
 less explained variance and the same spliced loss within the seed spread
 (benchmarks/README.md, "Why the training defaults")."""
 
@@ -102,8 +102,8 @@ the variance at a higher L0 (benchmarks/README.md, "Why the training defaults").
 JUMPRELU_L0 = 0.45
 """The JumpReLU crosscoder's lambda per unit of ``n_snapshots * d_in / d_sae``
 (:func:`sparsity_coefficient_for`), chosen at lr 3e-3 to meet the planted bars on every planted
-generator and seed, where the earlier 0.6, chosen at lr 1e-3, missed the independent
-generator's seed 1 (benchmarks/README.md, "Why the training defaults"). Ge et al. use 0.3 at
+generator and seed (benchmarks/README.md, "Why the training defaults", which also has the
+line chosen at lr 1e-3). Ge et al. use 0.3 at
 ratio 1."""
 
 TOPK_L1 = 0.25
@@ -207,7 +207,7 @@ def sparsity_coefficient_for(architecture: str, *, n_snapshots: int, d_in: int, 
     lambda cannot fit every shape: its default is ``JUMPRELU_L0 * n_snapshots * d_in / d_sae``.
     Ge et al. use 0.3 at 32 snapshots x 768 dims x 24,576 features (ratio 1); the pico demo's
     0.5 is 0.33 at 12 x 128 / 1024; on the planted sets (8 x 64 / 128, ratio 4) a lambda near
-    Ge et al.'s fires far more often than the planted features and recovers half of them
+    Ge et al.'s fires far more often than the planted features and recovers too few of them
     (benchmarks/README.md, "Why the training defaults"). On a new model check L0 and explained
     variance, and set ``--sparsity`` if they are off.
     """

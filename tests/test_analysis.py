@@ -31,7 +31,7 @@ from crosslens.analysis.plots import (
     feature_trajectories,
     probe_scatter,
 )
-from crosslens.analysis.report import Report
+from crosslens.htmlreport import Report
 
 # Normalised timelines (each row's peak is 1) with the expected (emergence, peak, fade, class)
 # under the default thresholds (emergence 0.3, fade 0.2) in Ge et al.'s decoder-norm mode;

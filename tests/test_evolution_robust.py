@@ -20,8 +20,8 @@ from crosslens.analysis import (
 )
 from crosslens.analysis.absorption import ABSORBING_SHARE, absorbed_shares
 from crosslens.analysis.evolution import NO_STEP, feature_lifetimes, presence_strength
-from crosslens.analysis.report import Report
 from crosslens.analysis.stability import add_stability_section, match_features, seed_stability
+from crosslens.htmlreport import Report
 
 ROBUST = EvolutionConfig(dead_threshold=0.0)
 GE = EvolutionConfig(dead_threshold=0.0, presence="decoder_norm")

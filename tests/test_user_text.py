@@ -183,7 +183,7 @@ def test_heldout_rows_are_a_seeded_sample():
 def test_report_sections_round_trip_through_json():
     import plotly.graph_objects as go
 
-    from crosslens.analysis.report import Report
+    from crosslens.htmlreport import Report
 
     section = Report("causal").add_heading("Task metric").add_table([{"a": 1.5}]).add_figure(go.Figure())
     restored = Report.from_dict(json.loads(json.dumps(section.to_dict())))

@@ -23,8 +23,9 @@ from crosslens.analysis.evolution_analysis import EvolutionAnalysis, metadata_di
 from crosslens.analysis.latent_scaling import LatentScalingConfig
 from crosslens.analysis.lineage import LineageConfig
 from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
-from crosslens.analysis.report import Report, evolution_report, representative_features
+from crosslens.analysis.report import evolution_report, representative_features
 from crosslens.core.hooks import recorded_hook, resolve_hook
+from crosslens.htmlreport import Report
 
 if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder

@@ -91,16 +91,15 @@ class LineageConfig:
     apart_cosine: float = 0.5
     """At or below this cosine they carry two. Between the two lines a pair is neither, so a
     pair wandering near one line does not flicker between states. Two latents that carry one
-    feature (a crosscoder's duplicates) wander down to cosine 0.6-0.7 where one of them mixes in
-    another feature at a snapshot; 0.5 keeps that from reading as a split (benchmarks/README.md,
+    feature (a crosscoder's duplicates) wander well below ``same_cosine`` where one of them mixes in
+    another feature at a snapshot, but not down to 0.5, which keeps that from reading as a split (benchmarks/README.md,
     "Is an emergence real?")."""
     successor_cosine: float = 0.7
     """A fading latent's last present rows and an emerging latent's first at or above this cosine
     are one direction handed over; the latents on either side of a succession whose rows lie this
     close count as one direction (so a handoff between duplicates is not read as a split or a
-    merge: JumpReLU's duplicates of one planted feature lie at cosine 0.83-0.89, under
-    ``same_cosine``, where a planted split's children lie at 0.36; benchmarks/README.md, "Is an
-    emergence real?")."""
+    merge: JumpReLU's duplicates of one planted feature lie under ``same_cosine`` but above this
+    line, a planted split's children far below it; benchmarks/README.md, "Is an emergence real?")."""
     successor_window: int = 1
     """An emergence at most this many snapshots from the fade counts as its successor, and the two
     may be present together at this many snapshots at most (a latent present beside its
@@ -110,9 +109,9 @@ class LineageConfig:
     more lie at the hold line or closer to either latent's row at the snapshot where a pair is
     together, that direction is a crowd's, not a concept's, and the pair makes no split or merge.
     TopK's auxiliary loss pulls the latents that have not fired toward the same part of the
-    residual, so such crowds of rarely firing latents form and later scatter. On the planted grid a
-    found event's latents share their direction with at most 5 others, and the crowds of the false
-    events on TopK's ``zipf`` with 7 to 20 (benchmarks/README.md, "Is an emergence real?")."""
+    residual, so such crowds of rarely firing latents form and later scatter. The line lies between
+    the most that share a found event's direction on the planted grid and the fewest in the crowds
+    of its false events (benchmarks/README.md, "Is an emergence real?")."""
     min_snapshots: int = 2
     """A state must hold at this many snapshots to count: two latents together (or apart) before
     and apart (together) after an event, and a predecessor and its successor present on either
@@ -141,9 +140,9 @@ class LineageConfig:
     together) at the first snapshot the pair is apart, or, where it reaches the new state a
     snapshot later than its partner, in one step there: a latent that drifts off the row a little
     at a time kept the direction, and only its partner left; the same of a split by birth's parent
-    (:func:`_left`). On the planted grid every planted event found keeps being found, and about a
-    quarter of the false events on the families without events go; False reads a turn anywhere in
-    the ``min_snapshots`` after the event (benchmarks/README.md, "Is an emergence real?")."""
+    (:func:`_left`). On the planted grid every planted event found keeps being found, and false
+    events on the families without events go; False reads a turn anywhere in the ``min_snapshots``
+    after the event (benchmarks/README.md, "Is an emergence real?")."""
     held_by_activations: bool = True
     """Where latent scaling has read activations (:func:`lineage_of` given its presence), keep an
     event only where the activations hold its latents on their sides of it: present by latent
@@ -151,8 +150,8 @@ class LineageConfig:
     (a latent after). A divergence needs two latents held on both sides, a succession one on each
     side. The others are read from decoder rows that carry nothing the activations show (a latent
     whose row points at a feature on snapshots where it explains none of it) and are set aside
-    (:attr:`Lineage.set_aside`). On the planted grid every planted event found is held, and about
-    three in five of the false events go (benchmarks/README.md, "Is an emergence real?")."""
+    (:attr:`Lineage.set_aside`). On the planted grid every planted event found is held, and most of the
+    false events go (benchmarks/README.md, "Is an emergence real?")."""
     chunk_size: int = 4096
     """Latents whose cosines with all others are computed at once."""
 

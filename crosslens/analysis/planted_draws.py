@@ -1,9 +1,9 @@
 """The random draws behind a planted set: schedules, firing probabilities, directions.
 
 :meth:`crosslens.analysis.synthetic.PlantedEvolution.build` calls these in a fixed order
-from one generator, so a config builds the same set every time; options added later draw
-after everything the original generator drew, so configs that leave them off build
-exactly as before.
+from one generator, so a config builds the same set every time; the optional draws come
+after the base ones, so a config that leaves an option off draws the same set as one
+that never had it.
 """
 
 from __future__ import annotations

@@ -24,10 +24,7 @@ from crosslens.analysis.plots import (
     probe_scatter,
 )
 from crosslens.analysis.probes import ProbeValidation
-from crosslens.htmlreport import (
-    Report,  # noqa: F401  (re-exported: crosslens.analysis.Report)
-    feature_link,
-)
+from crosslens.htmlreport import Report, feature_link
 from crosslens.htmlreport import format_cell as _format_cell
 
 

@@ -266,8 +266,8 @@ class PlantedEvolution:
         )
         firing = firing_probabilities(config, torch.rand(n_feat, generator=gen))
         steps = list(config.steps) if config.steps is not None else [0] + [2**k for k in range(n_snap - 1)]
-        # Options beyond the original generator draw after everything above, so configs
-        # that leave them off build exactly as before.
+        # The optional draws come after the base ones above, so a config that leaves an
+        # option off draws the same set as one that never had it.
         if config.feature_scale_max > config.feature_scale_min:
             log_lo, log_hi = math.log(config.feature_scale_min), math.log(config.feature_scale_max)
             feature_scale_F = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n_feat, generator=gen))

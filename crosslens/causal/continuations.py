@@ -5,7 +5,7 @@ prompt)`` under teacher forcing (:mod:`crosslens.tasks.sequences`); negative mea
 model prefers the correct continuation. A task whose continuations are all one token
 keeps the last-position ``logit[wrong] - logit[correct]``
 (:func:`crosslens.causal.attribution.logit_diff`), the same number in exact arithmetic,
-computed exactly as before this module existed.
+computed by ``logit_diff`` itself, so such a task gives the same bytes either way.
 
 **Where features are patched.** The crosscoder is spliced at the hook over the prompt's
 positions (``TokenizedTask.feature_mask``: every real prompt token but BOS), the

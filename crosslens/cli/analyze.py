@@ -145,7 +145,7 @@ def _spliced_record(run_dir: Path | None) -> dict | None:
 
 def saved_sections(run_dir: Path | None) -> list[Any]:
     """The report sections saved in a run folder, in name order."""
-    from crosslens.analysis.report import Report
+    from crosslens.htmlreport import Report
 
     if run_dir is None or not (run_dir / SECTIONS_DIR).is_dir():
         return []

@@ -15,7 +15,6 @@ import torch
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.activations import ActivationStore
 from crosslens.analysis.emergence_record import save_run_emergence
-from crosslens.analysis.report import Report
 from crosslens.causal.spliced_loss import add_spliced_loss_section
 from crosslens.cli.demo_stages import (
     DemoConfig,
@@ -32,6 +31,7 @@ from crosslens.cli.demo_stages import (
     train_stage,
 )
 from crosslens.core.paths import QUALITY_NAME, crosslens_home
+from crosslens.htmlreport import Report
 from crosslens.training.runfolder import seal_run
 
 

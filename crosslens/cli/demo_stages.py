@@ -22,7 +22,6 @@ from crosslens.activations import (
 from crosslens.activations.budget import TokenBudget
 from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder
 from crosslens.analysis.probes import firing_frequency
-from crosslens.analysis.report import Report
 from crosslens.analysis.stability import add_stability_section, format_stability, seed_stability, stable_features
 from crosslens.architectures import PICO_DEMO_JUMPRELU_SPARSITY
 from crosslens.causal.claims import format_stable_claims, stable_claim_rows, stable_claims_over_seeds
@@ -39,6 +38,7 @@ from crosslens.checkpoints.on_device import on_device
 from crosslens.core.errors import DamagedManifestError
 from crosslens.core.paths import RUN_CONFIG_NAME, checkpoint_folders
 from crosslens.crosscoders.saved import load_crosscoder_folder
+from crosslens.htmlreport import Report
 from crosslens.pico.build import build_pico_suite
 from crosslens.pico.config import PicoConfig, default_root, is_built
 from crosslens.pico.evals import format_eval_table, format_targets

@@ -3,9 +3,8 @@
 With the torch CPU wheel this project installs, the first vectorised math call of a process
 (``sqrt``, ``exp``, ``log``, ``tanh``) sometimes returns, on the part of its tensor that a
 second thread computes, values a few thousand ulps off (about 1e-4 relative): one thread
-still finishes the library's one-time start while the other computes. Measured on a 2-core
-machine, the first ``sqrt`` of 3,172 or 10,000 elements went wrong in one process in four to
-eight; after a single-element call on one thread, never. So that the same seed gives the same
+still finishes the library's one-time start while the other computes; after a single-element
+call on one thread it does not happen. So that the same seed gives the same
 bytes in every process, importing this module makes that call; the core modules that import
 torch for arithmetic (:mod:`~crosslens.core.tensors`, :mod:`~crosslens.core.seeding`,
 :mod:`~crosslens.core.packing`) import it, and so does every other module whose arithmetic

@@ -91,8 +91,8 @@ fresh rows are no slower than their trained ones."""
 H200_FRESH_SHARES: dict[str, float] = {"jumprelu_crosscoder": 0.161}
 """The H200's bf16 row of ``benchmarks/gpu.py`` for a fresh JumpReLU crosscoder: 35% of its
 entries open, through its compiled dense kernels. The other architectures' fresh rows were no
-slower than their trained ones (ReLU within 2%; TopK and BatchTopK faster, with no dead
-feature to decode), so their trained shares stand for them."""
+slower than their trained ones (TopK and BatchTopK have no dead feature to decode there; benchmarks/README.md,
+"Training step on a GPU"), so their trained shares stand for them."""
 
 
 GPUS = {
@@ -127,7 +127,7 @@ GPUS = {
 """The GPUs ``--gpu`` names (H100 SXM 80 GB, H200 141 GB, A100 80 GB). Peaks are NVIDIA's
 dense figures. The forward's share is ``benchmarks/stream_gpu.py``'s compiled random-init
 Pythia-160M forward to block 6 of 7 at 32 x 1024 tokens with attention through SDPA (the trunk
-CUDA takes): 0.456 on an H100, 0.42 on an H200. The crosscoder's shares are
+CUDA takes), each GPU's ``forward``. The crosscoder's shares are
 :data:`H100_CROSSCODER_SHARES` and :data:`H200_CROSSCODER_SHARES`, and for a fresh crosscoder
 :data:`H100_FRESH_SHARES` and :data:`H200_FRESH_SHARES`. The A100 row assumes the H100's. The
 forward's share was measured with bfloat16 models; float32 models are bounded by

@@ -25,14 +25,15 @@ import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one t
 def row_counts(mask: Bool[torch.Tensor, "... n"]) -> Int[torch.Tensor, "..."]:
     """True entries along the last dimension, as int32. A bool tensor's ``sum`` or
     ``count_nonzero`` over a dimension first converts it to int64, which on a CPU takes
-    about ten times as long as summing its bytes (``benchmarks/cpu_ops.py``)."""
+    several times as long as summing its bytes (``benchmarks/cpu_ops.py``; benchmarks/README.md,
+    "CPU arithmetic and the allocator")."""
     return mask.view(torch.uint8).sum(dim=-1, dtype=torch.int32)
 
 
 def mask_values(mask: Bool[torch.Tensor, "..."], dtype: torch.dtype) -> torch.Tensor:
-    """``mask`` as 0 and 1 of ``dtype``, converted from its bytes: on a CPU about three times as
-    fast as converting the bool tensor itself, and a product with it about three times as fast
-    as one with the bool mask (``benchmarks/cpu_ops.py``, 1c and 1d)."""
+    """``mask`` as 0 and 1 of ``dtype``, converted from its bytes: on a CPU faster than converting
+    the bool tensor itself, and a product with it faster than one with the bool mask
+    (``benchmarks/cpu_ops.py``, 1c and 1d; benchmarks/README.md, "CPU arithmetic and the allocator")."""
     return mask.view(torch.uint8).to(dtype)
 
 

@@ -186,8 +186,8 @@ def _window_dots(
 ENTRY_ROWS, ENTRY_COLUMNS, ENTRY_WARPS = 4, 512, 8
 """The tile of one program of ``_entry_masks``, rows by columns of ``h``'s storage, and its
 warps: 8 elements a thread, read along the contiguous axis. A pass bound by memory: more
-elements a thread (4 x 1024 on 4 warps) take about 150 registers, which leaves an H100 few
-warps in flight to hide the reads' latency; this launch takes about 60."""
+elements a thread (4 x 1024 on 4 warps) take so many registers that an H100 keeps few warps
+in flight to hide the reads' latency; this launch takes far fewer."""
 
 
 @triton.jit

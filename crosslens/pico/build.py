@@ -141,7 +141,7 @@ def build_pico_suite(
 
     ``threads`` is torch's CPU thread count during the build. One is the default: the
     model is so small that a step is mostly overhead, a second thread gains little when
-    the machine is idle and costs up to 10x when other processes share the cores, and a
+    the machine is idle and costs many times over when other processes share the cores, and a
     fixed count keeps the weights bitwise reproducible across machines.
     """
     root = Path(root) if root is not None else default_root(config)

@@ -126,7 +126,7 @@ class PicoConfig:
         """A smaller, faster configuration (tests; benchmarks/README.md, "The demo", times it).
 
         It learns simple agreement, goes through the nearest-noun phase, and is most of the
-        way out of it (attractor agreement around 90%) by its last step.
+        way out of it by its last step.
         """
         settings = dict(
             d_model=64,

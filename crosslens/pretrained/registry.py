@@ -122,7 +122,7 @@ class PretrainedCrosscoderEntry:
     spliced_positions: str | None = None
     """Where the reconstruction was spliced: ``trained`` (the positions it was trained on; BOS
     and the excluded tokens clean, as SAELens's evaluation does) or ``every`` (every position,
-    as crosslens measured before it kept them clean)."""
+    BOS and the excluded tokens included)."""
     normalization_folded: bool | None = None
     """True when the weights read raw activations (normalisation folded in)."""
     wandb_run: str | None = None

@@ -4,7 +4,7 @@ Every default in :mod:`crosslens.training.runner` (sparsity coefficients, learni
 decoder initialisation at norm 0.08) assumes each snapshot's activations were scaled to
 mean norm ``sqrt(d_in)``, as the activation store does. On raw activations the same
 defaults mis-train silently: on the planted benchmark (``crosslens.analysis.synthetic``), a ReLU
-crosscoder fed raw batches loses about half the features it recovers from normalised ones
+crosscoder fed raw batches loses many of the features it recovers from normalised ones
 (benchmarks/README.md, "Planted features recovered"). :func:`check_activation_scale` looks at a
 batch and says so.
 """
@@ -23,8 +23,8 @@ ACTIVATION_SCALE_CHECKS = ("warn", "error", "off")
 
 SCALE_TOLERANCE = 2.0
 """A snapshot's mean norm may differ from sqrt(d_in) by up to this factor either way. A
-normalised store's batches sit within a few percent of 1; raw residual streams are off by
-10-100x, growing over training."""
+normalised store's batches sit close to 1; raw residual streams are off by far more, and more
+as training goes on."""
 
 
 class UnnormalizedActivationsWarning(UserWarning):

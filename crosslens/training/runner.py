@@ -213,7 +213,7 @@ class CrosscoderTrainingRunner:
         """Refuse other settings or another store before a single batch is read."""
         record = read_record(checkpoint)
         current, sealed = self._settings(), record.get("settings")
-        if sealed is not None:  # a record sealed before a setting joined those a resume may change
+        if sealed is not None:  # compare what a resume may not change: a record may seal the rest too
             sealed = _resume_settings(sealed)
         if sealed is not None and ("stream" in sealed) != ("stream" in current):
             how = (
