@@ -8,9 +8,9 @@ same seeded batches, from the same initial crosscoder. Printed per architecture:
 
 - tokens/s of 1 process and of 2 processes (data-parallel 2x1, snapshot-parallel 1x2),
   the speed-up and the scaling efficiency (speed-up / 2), all measured in this run;
-- bytes each rank hands to collectives per step, counted by wrapping
-  ``torch.distributed.all_reduce``/``all_gather``, next to the formula in
-  docs/DISTRIBUTED.md;
+- bytes each rank hands to collectives per step, read by ``torch.profiler`` from the last
+  warm-up step's ``all_reduce`` and ``all_gather`` calls (their input tensors' shapes and dtypes),
+  next to the formula in docs/DISTRIBUTED.md;
 - the largest difference between the 2-process and the 1-process final weights.
 """
 
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 ARCHS = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
@@ -63,22 +63,27 @@ def bytes_per_step(arch: str, mode: tuple[int, int], S: int, D: int, F: int, B: 
 
 
 # ------------------------------------------------------------------------ worker
+ELEMENT_BYTES = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2, "int": 4, "long int": 8}
+"""Bytes per element of the dtypes ``torch.profiler`` names in a collective's inputs (one byte
+for the rest: bool, unsigned char, signed char)."""
+
+
+def collective_bytes(events) -> int:
+    """Bytes this rank hands to ``all_reduce`` and ``all_gather`` in the profiled ``events`` (the
+    backend's own events, e.g. ``gloo:all_reduce``, whose inputs are the tensor handed over)."""
+    total = 0
+    for event in events:
+        if event.name.split(":")[-1] in ("all_reduce", "all_gather"):
+            for shape, dtype in zip(event.input_shapes, event.input_dtypes):
+                total += math.prod(shape) * ELEMENT_BYTES.get(dtype, 1)
+    return total
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    sent: dict[str, int] = defaultdict(int)
-    for name in ("all_reduce", "all_gather"):
-        original = getattr(dist, name)
-
-        def counted(*a, _original=original, _name=name, **kw):
-            tensor = a[1] if _name == "all_gather" else a[0]
-            sent[_name] += tensor.numel() * tensor.element_size()
-            return _original(*a, **kw)
-
-        setattr(dist, name, counted)
-
     from crosslens.architectures import defaults_for
     from crosslens.distributed import init_mesh, shard_batches, shutdown
     from crosslens.training.config import CrosscoderTrainerConfig
@@ -112,19 +117,19 @@ def worker(args: argparse.Namespace) -> None:
             gen = torch.Generator().manual_seed(step)
             yield torch.randn(B, S, D, generator=gen)
 
-    times = []
-    counted_steps = 0
+    times, bytes_sent = [], 0
     for i, batch in enumerate(shard_batches(global_batches(), layout)):
-        if i == args.warmup:
-            sent.clear()
+        if i == args.warmup - 1:  # every step hands over the same tensors: count the last untimed one's
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+                trainer.step(batch)
+            bytes_sent = collective_bytes(prof.events())
+            continue
         dist.barrier()
         start = time.perf_counter()
         trainer.step(batch)
         dist.barrier()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
-            counted_steps += 1
-    bytes_sent = sum(sent.values()) // max(counted_steps, 1)
     final = trainer.full_crosscoder()
     if layout.is_main:
         final.save_inference_model(Path(args.out) / "final")
@@ -214,11 +219,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the last counts the bytes)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--snapshot-parallel", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.warmup < 1 or args.steps < 1:
+        parser.error(
+            f"--warmup {args.warmup}, --steps {args.steps}: give 1 or more of each (the last warm-up step counts the bytes)"
+        )
     if args.worker:
         args.arch = args.arch[0]
         return worker(args)
