@@ -71,6 +71,15 @@ def one_line_error(argv, capsys, lines: int = 1) -> str:
     return err
 
 
+def test_a_flag_parser_refusing_a_value_keeps_its_message(tmp_path, capsys):
+    """argparse reports a ``type`` that raises ValueError as "invalid <name> value", dropping the
+    message and its fix; the flags' parsers keep theirs."""
+    err = one_line_error(["explain", str(tmp_path), "--dry-run", "--features", "abc"], capsys, lines=2)
+    assert err.splitlines()[0] == (
+        "crosslens explain: error: argument --features: 'abc': write feature ids and ranges such as 3,10-20"
+    )
+
+
 def test_suite_list_of_an_unknown_repo_is_one_line(offline_hf_home, capsys):
     err = one_line_error(["suite", "list", "foo/bar"], capsys)
     assert err.startswith("crosslens suite list: error:") and "foo/bar" in err

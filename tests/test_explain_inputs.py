@@ -93,6 +93,7 @@ def test_bad_input_is_one_line_naming_the_fix_and_loses_nothing(explained, tmp_p
             (["--import", str(tmp_path)], {}, "neither a delphi run's output", "pass one of those"),
             (["--phases", "code,middle"], {}, "--phases code,middle", "pick from code,emergence,peak,last"),
             (["--features", "3,99", "--dry-run"], {}, "--features names feature 99", "0 to 9"),
+            (["--drift-min-score", "2", "--dry-run"], {}, "--drift-min-score 2.0", "in [0, 1]"),
         ]
         for flags, env, what, fix in cases:
             line = one_line_error(crosslens("explain", str(explained), *flags, env=env))

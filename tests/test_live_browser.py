@@ -195,6 +195,23 @@ def test_where_the_models_cannot_load_the_live_api_says_why_and_the_stored_pages
             server.server_close()
 
 
+def test_a_bad_suite_flag_makes_the_live_panels_say_so_in_one_line(run, tmp_path):
+    """``browse --suite`` naming no suite leaves the stored pages served and the live panels
+    unavailable with one line that names the flag, as any other reason the models cannot load
+    (the warm-up thread prints it): no exception of the command line's own escapes that thread."""
+    from crosslens.cli import build_parser
+    from crosslens.cli.browse import live_answers
+    from crosslens.core.errors import LiveUnavailableError
+    from crosslens.live.config import LiveConfig
+
+    args = build_parser().parse_args(["browse", str(run), "--suite", str(tmp_path / "nope"), "--device", "cpu"])
+    with pytest.raises(LiveUnavailableError) as refused:
+        live_answers(args, LiveConfig())
+    message = str(refused.value)
+    assert message.startswith(f"--suite {tmp_path / 'nope'}: ") and "the path does not exist" in message
+    assert message.endswith("or leave --suite out for the one it records") and "\n" not in message
+
+
 class Lines:
     """A subprocess's output, a line at a time, waited for with a timeout."""
 

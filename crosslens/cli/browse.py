@@ -88,7 +88,7 @@ class DeferredLive:
 
 def live_answers(args: argparse.Namespace, config: LiveConfig) -> Any:
     """The live models of ``args.run_dir`` on ``--device``, from ``--suite`` where given."""
-    from crosslens.cli.common import device_and_dtype, resolve_suite
+    from crosslens.cli.common import CLIError, device_and_dtype, resolve_suite
     from crosslens.core.errors import CrosslensError, LiveUnavailableError
     from crosslens.live import LiveAnswers, LiveModels
     from crosslens.training.runfolder import crosscoder_suite_record
@@ -100,8 +100,11 @@ def live_answers(args: argparse.Namespace, config: LiveConfig) -> Any:
         steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
         try:
             suite = resolve_suite(args.suite, steps)
-        except (CrosslensError, OSError) as error:
-            raise LiveUnavailableError(f"--suite {args.suite}: {' '.join(str(error).split())}") from None
+        except (CrosslensError, CLIError, OSError) as error:
+            raise LiveUnavailableError(
+                f"--suite {args.suite}: {' '.join(str(error).split())}; pass the suite the crosscoder was trained "
+                "on, or leave --suite out for the one it records"
+            ) from None
     fix = "pass the suite the crosscoder was trained on with --suite FOLDER|HUB_ID"
     models = LiveModels(args.run_dir, suite=suite, device=device, dtype=dtype, config=config, fix=fix)
     return LiveAnswers(models, say=lambda line: print(line, flush=True))

@@ -257,7 +257,7 @@ def _add_one(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, d
     if source is not None and "min" in source.metadata:
         meta = {"min": source.metadata["min"], **meta}
     if "parse" in meta:
-        kwargs["type"] = meta["parse"]
+        kwargs["type"] = _keeping_its_message(meta["parse"])
     elif "action" in meta:
         kwargs["action"] = meta["action"]
     elif "nargs" in meta:
@@ -289,6 +289,22 @@ def _add_one(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, d
     elif doc and default is not None:
         help_text = f"{help_text} (default: {_show(default)})".strip()
     parser.add_argument(flag, help=help_text, **kwargs)
+
+
+def _keeping_its_message(parse: Any) -> Any:
+    """``parse`` as an argparse ``type`` whose refusal prints the parser's own message (argparse
+    turns a ValueError into "invalid <name> value" and drops the message, with its fix)."""
+
+    def parse_flag(text: str) -> Any:
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError:
+            raise
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse_flag.__name__ = getattr(parse, "__name__", "value")
+    return parse_flag
 
 
 def _default_source(f: dataclasses.Field) -> dataclasses.Field | None:

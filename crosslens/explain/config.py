@@ -25,7 +25,7 @@ def feature_ranges(text: str) -> list[tuple[int, int]]:
             continue
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if match is None:
-            raise ExplainError(f"--features {text!r}: write feature ids and ranges such as 3,10-20")
+            raise ExplainError(f"{text!r}: write feature ids and ranges such as 3,10-20")
         low, high = int(match[1]), int(match[2] or match[1])
         ranges.append((min(low, high), max(low, high)))
     return ranges
@@ -104,6 +104,13 @@ class ExplainConfig:
                 )
         if self.retries < 0 or self.deadline <= 0 or self.temperature < 0:
             raise ExplainError("retries and temperature must be >= 0 and deadline > 0")
+        for name in ("drift_min_score", "drift_min_drop"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                flag = "--" + name.replace("_", "-")
+                raise ExplainError(
+                    f"{flag} {getattr(self, name)}: a detection score is a balanced accuracy, in [0, 1]; "
+                    f"pick {flag} there (default {getattr(type(self), name)})"
+                )
         if not self.api_key_env or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
             # the value is not repeated: it may be the key itself, passed by mistake
             raise ExplainError(
