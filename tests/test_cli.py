@@ -80,6 +80,26 @@ def test_a_flag_parser_refusing_a_value_keeps_its_message(tmp_path, capsys):
     )
 
 
+def test_dashboards_refuses_the_stream_flags_without_stream(tmp_path, capsys):
+    """Without --stream the run's store holds the tokens: a suite, snapshot or token flag would be
+    silently ignored, so it is refused, as train refuses it."""
+    err = one_line_error(["dashboards", str(tmp_path), "--steps", "0,8", "--n-tokens", "64"], capsys)
+    assert err == (
+        "crosslens dashboards: error: --steps, --n-tokens choose the tokens and snapshots --stream harvests; "
+        "add --stream, or drop them (the run's store already holds its tokens)"
+    )
+
+
+def test_evaluate_refuses_spliced_settings_without_the_spliced_loss(tmp_path, capsys):
+    err = one_line_error(
+        ["evaluate", str(tmp_path), "--store", str(tmp_path), "--spliced-seqs", "5", "--spliced-ablation", "mean"],
+        capsys,
+    )
+    assert (
+        err == "crosslens evaluate: error: --spliced-ablation, --spliced-seqs set the spliced loss: add --spliced-loss"
+    )
+
+
 def test_suite_list_of_an_unknown_repo_is_one_line(offline_hf_home, capsys):
     err = one_line_error(["suite", "list", "foo/bar"], capsys)
     assert err.startswith("crosslens suite list: error:") and "foo/bar" in err

@@ -584,7 +584,7 @@ def test_no_heldout_tokens_means_no_table_and_says_how_to_get_one(inputs, tmp_pa
         ),
         (
             ["--store", "S", "--dataset", "x:text"],
-            "--dataset choose the tokens and snapshots --stream (or a --recipe without --store) harvests; add --stream",
+            "--dataset chooses the tokens and snapshots --stream (or a --recipe without --store) harvests; add --stream",
         ),
         (["--stream", "--suite", "SUITE"], "train --stream needs --hook NAME"),
         (

@@ -303,6 +303,7 @@ def test_resume_against_a_store_with_other_activations_for_the_same_inputs_is_re
         (["train", "--store", "s", "--out", "o", "--sparsity", "-1"], "--sparsity"),
         (["train", "--store", "s", "--out", "o", "--checkpoint-every", "-1"], "--checkpoint-every"),
         (["train", "--store", "s", "--out", "o", "--arch", "topk_crosscoder", "--d-sae", "8", "--k", "9"], "--k"),
+        (["train", "--store", "s", "--out", "o", "--arch", "crosscoder", "--k", "5"], "--k 5: crosscoder keeps no"),
         (["attribute", "--crosscoder", "c", "--n-examples", "0"], "--n-examples"),
     ],
 )

@@ -18,7 +18,7 @@ from pathlib import Path
 from crosslens.activations.config import TokenSource
 from crosslens.cli.common import CLIError, device_and_dtype, resolve_suite, tokens_of
 from crosslens.cli.flags import Subcommand, build, explicit
-from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags
+from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, data_flags_given
 from crosslens.dashboards.config import DashboardsConfig
 
 
@@ -41,6 +41,12 @@ def dashboards(args: argparse.Namespace) -> int:
     run = Path(args.run_dir)
     if args.stream and args.store is not None:
         raise CLIError("--store and --stream each say where the tokens come from: pass one of them")
+    given = data_flags_given(args)
+    if given and not args.stream:
+        raise CLIError(
+            f"{', '.join(given)} choose{'s' if len(given) == 1 else ''} the tokens and snapshots --stream harvests; "
+            f"add --stream, or drop {'it' if len(given) == 1 else 'them'} (the run's store already holds its tokens)"
+        )
     config = build(DashboardsConfig, explicit(args, DashboardsConfig))
     device, model_dtype = device_and_dtype(args, produces_activations=args.stream)
     stream = _stream_source(args, run) if args.stream else None

@@ -33,10 +33,17 @@ class EvaluateFlags:
     """Token rows of the store the spliced loss is measured on."""
 
 
+SPLICED_FLAGS = {"spliced_ablation": "--spliced-ablation", "spliced_seqs": "--spliced-seqs"}
+"""The flags that only --spliced-loss reads."""
+
+
 def evaluate(args: argparse.Namespace) -> int:
     from crosslens.cli.quality import print_quality
     from crosslens.training.runfolder import crosscoder_folder
 
+    stray = [flag for dest, flag in SPLICED_FLAGS.items() if dest in getattr(args, "explicit", ())]
+    if stray and not args.spliced_loss:
+        raise CLIError(f"{', '.join(stray)} set{'s' if len(stray) == 1 else ''} the spliced loss: add --spliced-loss")
     device, _ = device_and_dtype(args)
     folder = crosscoder_folder_arg(args.crosscoder, "CROSSCODER")
     if not Path(args.store).exists():

@@ -4,6 +4,7 @@ tokens, and the dtype a saved crosscoder loads in. Which tokens is the harvest's
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 from crosslens.activations.budget import TokenBudget
@@ -56,3 +57,26 @@ class LoadedCrosscoderFlags(DeviceFlags):
 
     dtype: str | None = None
     """dtype the crosscoder is loaded in (default: its saved dtype)."""
+
+
+DATA_FLAGS = {
+    "suite": "--suite",
+    "models": "--models",
+    "steps": "--steps",
+    "n_snapshots": "--n-snapshots",
+    "text": "--text",
+    "dataset": "--dataset",
+    "n_tokens": "--n-tokens",
+    "seq_len": "--seq-len",
+    "heldout_tokens": "--heldout-tokens",
+}
+"""Flags that say what a command harvests from the snapshot models (``train --stream``, a
+``train --recipe`` without ``--store``, ``dashboards --stream``); where the tokens come from a
+store instead, they have nothing to choose."""
+
+
+def data_flags_given(args: argparse.Namespace) -> list[str]:
+    """The :data:`DATA_FLAGS` given on the command line (``--models``, not the ``--suite`` it is
+    read as)."""
+    given = [flag for name, flag in DATA_FLAGS.items() if getattr(args, name, None) is not None]
+    return [flag for flag in given if not (flag == "--suite" and "--models" in given)]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from crosslens.activations.budget import check_token_table_fits, chunk_buffer_bytes, chunk_tokens_for
 from crosslens.activations.config import HarvestConfig, TokenSource
+from crosslens.architectures import uses_k
 from crosslens.cli.common import (
     CLIError,
     device_and_dtype,
@@ -34,7 +35,7 @@ from crosslens.cli.common import (
 )
 from crosslens.cli.flags import Subcommand, build, explicit
 from crosslens.cli.inputs import check_output_folder
-from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags
+from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, data_flags_given
 from crosslens.core.devices import DTYPE_BYTES, reset_peak_memory
 from crosslens.core.launch import is_main_process, local_rank_device, local_world_size
 from crosslens.core.paths import QUALITY_NAME, TRAIN_LOG_NAME
@@ -42,18 +43,6 @@ from crosslens.core.units import format_bytes
 from crosslens.training.config import CrosscoderRunnerConfig
 from crosslens.training.model_sizes import known_model
 from crosslens.training.recipes import load_recipe
-
-DATA_FLAGS = {
-    "suite": "--suite",
-    "steps": "--steps",
-    "n_snapshots": "--n-snapshots",
-    "text": "--text",
-    "n_tokens": "--n-tokens",
-    "seq_len": "--seq-len",
-    "heldout_tokens": "--heldout-tokens",
-}
-"""Flags that say what ``--stream`` harvests (``--dataset`` too); a ``--recipe`` without ``--store``
-harvests a store first, and they say what goes into it."""
 
 MEMORY_FRACTION = 0.9
 """Share of the free memory the resident models may take (the provider's own check uses it too)."""
@@ -102,7 +91,13 @@ def train_config(args: argparse.Namespace, recipe=None, **fixed) -> CrosscoderRu
         batch = flags.get("train_batch_size_tokens") or recipe.batch_size
         layers.append({"n_steps": recipe.steps_at(batch, getattr(args, "n_tokens", None))})
     fixed.setdefault("store_path", args.store_path or "")
-    return build(CrosscoderRunnerConfig, *layers, fixed)
+    config = build(CrosscoderRunnerConfig, *layers, fixed)
+    if "k" in flags.get("sae", {}) and not uses_k(config.sae.architecture):
+        raise CLIError(
+            f"--k {flags['sae']['k']}: {config.sae.architecture} keeps no fixed count of active latents (only the "
+            "topk and batchtopk crosscoders do); drop --k, and set its sparsity with --sparsity"
+        )
+    return config
 
 
 def train(args: argparse.Namespace) -> int:
@@ -255,12 +250,11 @@ def check_stream_flags(args: argparse.Namespace) -> None:
         return
     if args.recipe is not None and args.store_path is None:  # they choose what the recipe's store holds
         return
-    given = [flag for name, flag in DATA_FLAGS.items() if getattr(args, name) is not None]
-    if args.dataset is not None:
-        given.append("--dataset")
+    given = data_flags_given(args)
     if given:
         raise CLIError(
-            f"{', '.join(given)} choose the tokens and snapshots --stream (or a --recipe without --store) harvests; "
+            f"{', '.join(given)} choose{'s' if len(given) == 1 else ''} the tokens and snapshots --stream (or a --recipe "
+            "without --store) harvests; "
             f"add --stream, or drop {'it' if len(given) == 1 else 'them'} (a store already holds its tokens)"
         )
 
