@@ -100,6 +100,36 @@ def test_evaluate_refuses_spliced_settings_without_the_spliced_loss(tmp_path, ca
     )
 
 
+def test_demo_and_suite_build_refuse_an_output_path_that_is_a_file_or_a_store(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    err = one_line_error(["demo", "--fast", "--out", str(a_file)], capsys)
+    assert err.endswith(f"--out {a_file} is a file, not a folder; pass a folder path for the demo's stores and runs")
+    err = one_line_error(["suite", "build", "--small", "--root", str(a_file)], capsys)
+    assert err.endswith(f"--root {a_file} is a file, not a folder; pass a folder path for the suite's checkpoints")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "manifest.json").write_text("{}")
+    err = one_line_error(["demo", "--fast", "--out", str(tmp_path / "store")], capsys)
+    assert err.endswith("holds an activation store; pass a folder of its own for the demo")
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["manifest.json"]  # nothing written
+
+
+def test_export_refuses_an_unknown_device_before_reading_the_run(tmp_path, capsys):
+    argv = [
+        "export",
+        str(tmp_path / "no-run"),
+        "--format",
+        "saebench",
+        "--out",
+        str(tmp_path / "x"),
+        "--device",
+        "nope",
+    ]
+    err = one_line_error(argv, capsys)
+    assert err == "crosslens export: error: unknown device 'nope'; use one of cpu, cuda, cuda:N or mps (--device)"
+    assert not (tmp_path / "x").exists()
+
+
 def test_suite_list_of_an_unknown_repo_is_one_line(offline_hf_home, capsys):
     err = one_line_error(["suite", "list", "foo/bar"], capsys)
     assert err.startswith("crosslens suite list: error:") and "foo/bar" in err

@@ -19,9 +19,12 @@ class ExportFlags:
 
 
 def export(args: argparse.Namespace) -> int:
+    from crosslens.core.devices import resolve_device
     from crosslens.exports import run_export
 
-    out = run_export(args.run_dir, build(ExportConfig, explicit(args, ExportConfig)))
+    config = build(ExportConfig, explicit(args, ExportConfig))
+    resolve_device(config.device)  # a device torch does not know is refused before anything is read
+    out = run_export(args.run_dir, config)
     print(f"{args.format} export written to {out}")
     return 0
 

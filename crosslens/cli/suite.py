@@ -15,6 +15,7 @@ from pathlib import Path
 
 from crosslens.cli.common import CLIError, missing_path_error, pico_listing
 from crosslens.cli.flags import Subcommand
+from crosslens.cli.inputs import check_output_folder
 from crosslens.core.paths import looks_like_path
 from crosslens.pico.config import PicoConfig, default_root, is_built, pythia_like_schedule
 
@@ -169,6 +170,8 @@ def suite_build(args: argparse.Namespace) -> int:
     from crosslens.pico.build import build_pico_suite  # after the check: a refused line loads no torch
     from crosslens.pico.evals import format_eval_table, format_targets
 
+    if args.root:
+        check_output_folder(args.root, "--root", "the suite's checkpoints")
     config, configured = _build_config(args)
     root = Path(args.root) if args.root else default_root(config)
     if args.root and is_built(root) and not configured:  # a suite built earlier, maybe with other flags: use it
