@@ -130,6 +130,21 @@ def test_export_refuses_an_unknown_device_before_reading_the_run(tmp_path, capsy
     assert not (tmp_path / "x").exists()
 
 
+def test_a_file_where_a_folder_is_read_is_named_as_a_file(tmp_path, capsys):
+    from crosslens.activations import ActivationStore
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    err = one_line_error(
+        ["harvest", "--suite", str(a_file), "--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path / "o")], capsys
+    )
+    assert err.endswith(f"local suite folder {a_file} is a file, not a folder; pass the folder holding the snapshots")
+    with pytest.raises(
+        FileNotFoundError, match=r"is a file, not an activation store \(a folder\); pass a store's folder"
+    ):
+        ActivationStore.open(a_file)
+
+
 def test_suite_list_of_an_unknown_repo_is_one_line(offline_hf_home, capsys):
     err = one_line_error(["suite", "list", "foo/bar"], capsys)
     assert err.startswith("crosslens suite list: error:") and "foo/bar" in err

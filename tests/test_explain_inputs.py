@@ -103,6 +103,8 @@ def test_bad_input_is_one_line_naming_the_fix_and_loses_nothing(explained, tmp_p
     assert sha(stored) == before  # nothing stored was touched
 
     line = one_line_error(crosslens("explain", str(tmp_path / "nowhere"), "--dry-run"))
+    assert line.endswith(f"{tmp_path / 'nowhere'} does not exist; pass the --out folder of `crosslens train`")
+    line = one_line_error(crosslens("explain", str(explained.parent), "--dry-run"))  # a folder, but no run's
     assert "has no feature database" in line and "crosslens dashboards" in line
     earlier = write_planted_database(tmp_path / "earlier").parent
     write_record(earlier, partners={"run": "0" * 64}, settings={}, n_tokens=4096)  # computed for another training

@@ -234,6 +234,8 @@ class ActivationStore:
             raise ValueError(f"verify must be 'full', 'size' or 'none' (or True/False), got {verify!r}.")
         root = Path(path)
         check_not_being_written(root)
+        if root.exists() and not root.is_dir():
+            raise FileNotFoundError(f"{root} is a file, not an activation store (a folder); pass a store's folder")
         if not (root / MANIFEST_NAME).is_file():
             what = "does not exist" if not root.exists() else f"holds no {MANIFEST_NAME}, so it is no activation store"
             raise FileNotFoundError(

@@ -44,7 +44,8 @@ def scan_local_suite(root: str | Path) -> LocalLayout:
     """Read the layout of the local suite at `root` (see the module docstring)."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"local suite folder {root} does not exist; pass the folder holding the snapshots")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"local suite folder {root} {what}; pass the folder holding the snapshots")
     if (root / SUITE_FILE).is_file():
         layout = _from_suite_file(root)
     elif (root / "refs").is_dir() and (root / "snapshots").is_dir():

@@ -112,7 +112,7 @@ class DashboardsConfig:
     contexts are picked from at the end (default: 4 x n_quantile, at least 8)."""
     batch_size: int = field(default=4096, metadata={"min": 1})
     """Tokens encoded at a time (whole sequences; at least one sequence)."""
-    max_database_gb: float = field(default=4.0, metadata={"min": 0})
+    max_database_gb: float = field(default=4.0, metadata={"min": 0, "strictly": True})
     """The default budget keeps the predicted database under this many GB (1e9 bytes); top_k,
     n_quantile and window set by hand are used as given."""
     seed: int = 0

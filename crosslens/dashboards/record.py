@@ -139,6 +139,9 @@ def open_database(run_dir: str | Path, *, verify: str | bool = "full") -> sqlite
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES} (or True/False), got {verify!r}")
     path = run_dir / DATABASE_NAME
+    if not Path(run_dir).is_dir():
+        what = "is a file, not a run folder" if Path(run_dir).exists() else "does not exist"
+        raise DashboardsError(f"{run_dir} {what}; pass the --out folder of `crosslens train`")
     if not path.is_file():
         raise DashboardsError(
             f"{run_dir} has no feature database ({DATABASE_NAME}); run `crosslens dashboards {run_dir}` first"
