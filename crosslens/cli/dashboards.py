@@ -18,7 +18,7 @@ from pathlib import Path
 from crosslens.activations.config import TokenSource
 from crosslens.cli.common import CLIError, device_and_dtype, resolve_suite, tokens_of
 from crosslens.cli.flags import Subcommand, build, explicit
-from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, data_flags_given
+from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, data_flags_given, data_flags_refusal
 from crosslens.dashboards.config import DashboardsConfig
 
 
@@ -43,10 +43,7 @@ def dashboards(args: argparse.Namespace) -> int:
         raise CLIError("--store and --stream each say where the tokens come from: pass one of them")
     given = data_flags_given(args)
     if given and not args.stream:
-        raise CLIError(
-            f"{', '.join(given)} choose{'s' if len(given) == 1 else ''} the tokens and snapshots --stream harvests; "
-            f"add --stream, or drop {'it' if len(given) == 1 else 'them'} (the run's store already holds its tokens)"
-        )
+        raise CLIError(data_flags_refusal(given, "--stream", "the run's store"))
     config = build(DashboardsConfig, explicit(args, DashboardsConfig))
     device, model_dtype = device_and_dtype(args, produces_activations=args.stream)
     stream = _stream_source(args, run) if args.stream else None

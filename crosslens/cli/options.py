@@ -75,6 +75,16 @@ DATA_FLAGS = {
 store instead, they have nothing to choose."""
 
 
+def data_flags_refusal(given: list[str], harvester: str, store: str) -> str:
+    """The one line that refuses data flags ``given`` without ``--stream``: what they choose for
+    ``harvester`` (the modes that harvest), and that ``store`` already holds the tokens."""
+    one = len(given) == 1
+    return (
+        f"{', '.join(given)} choose{'s' if one else ''} the tokens and snapshots {harvester} harvests; "
+        f"add --stream, or drop {'it' if one else 'them'} ({store} already holds its tokens)"
+    )
+
+
 def data_flags_given(args: argparse.Namespace) -> list[str]:
     """The :data:`DATA_FLAGS` given on the command line (``--models``, not the ``--suite`` it is
     read as)."""

@@ -35,7 +35,7 @@ from crosslens.cli.common import (
 )
 from crosslens.cli.flags import Subcommand, build, explicit
 from crosslens.cli.inputs import check_output_folder
-from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, data_flags_given
+from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, data_flags_given, data_flags_refusal
 from crosslens.core.devices import DTYPE_BYTES, reset_peak_memory
 from crosslens.core.launch import is_main_process, local_rank_device, local_world_size
 from crosslens.core.paths import QUALITY_NAME, TRAIN_LOG_NAME
@@ -252,11 +252,7 @@ def check_stream_flags(args: argparse.Namespace) -> None:
         return
     given = data_flags_given(args)
     if given:
-        raise CLIError(
-            f"{', '.join(given)} choose{'s' if len(given) == 1 else ''} the tokens and snapshots --stream (or a --recipe "
-            "without --store) harvests; "
-            f"add --stream, or drop {'it' if len(given) == 1 else 'them'} (a store already holds its tokens)"
-        )
+        raise CLIError(data_flags_refusal(given, "--stream (or a --recipe without --store)", "a store"))
 
 
 def resident_memory(
