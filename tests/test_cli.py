@@ -145,6 +145,15 @@ def test_a_file_where_a_folder_is_read_is_named_as_a_file(tmp_path, capsys):
         ActivationStore.open(a_file)
 
 
+def test_pretrained_run_names_out_when_out_is_taken(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    err = one_line_error(["pretrained", "run", "some-release", "--out", str(a_file)], capsys)
+    assert err.endswith(f"--out {a_file} is a file, not a folder; pass a folder path for the run")
+    err = one_line_error(["pretrained", "run", "some-release", "--out", str(tmp_path)], capsys)
+    assert err.endswith(f"--out {tmp_path} exists; pick another folder, or pass --overwrite to replace it")
+
+
 def test_suite_list_of_an_unknown_repo_is_one_line(offline_hf_home, capsys):
     err = one_line_error(["suite", "list", "foo/bar"], capsys)
     assert err.startswith("crosslens suite list: error:") and "foo/bar" in err

@@ -6,8 +6,9 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crosslens.cli.common import fail
+from crosslens.cli.common import CLIError, fail
 from crosslens.cli.flags import Subcommand
+from crosslens.cli.inputs import check_output_folder
 
 
 @dataclass
@@ -121,6 +122,9 @@ def pretrained_show(args: argparse.Namespace) -> int:
 def pretrained_run(args: argparse.Namespace) -> int:
     from crosslens.pretrained.run_folder import release_run
 
+    check_output_folder(args.out, holds="the run")
+    if Path(args.out).expanduser().exists() and not args.overwrite:  # said of --out, not of RELEASE below
+        raise CLIError(f"--out {args.out} exists; pick another folder, or pass --overwrite to replace it")
     release, _, crosscoder_id = args.release.partition("/")
     try:
         run = release_run(release, crosscoder_id or None, args.out, overwrite=args.overwrite)
