@@ -154,6 +154,16 @@ def test_pretrained_run_names_out_when_out_is_taken(tmp_path, capsys):
     assert err.endswith(f"--out {tmp_path} exists; pick another folder, or pass --overwrite to replace it")
 
 
+def test_a_diffing_suite_model_written_as_a_folder_must_be_one(tmp_path, capsys):
+    """Read as a hub id, a missing folder was sent to the hub's download advice."""
+    (tmp_path / "base").mkdir()
+    hook = ["--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path / "o")]
+    err = one_line_error(["harvest", "--models", f"{tmp_path / 'base'},{tmp_path / 'gone'}", *hook], capsys)
+    assert err.endswith(
+        f"--models: {tmp_path / 'gone'} does not exist; pass a model's folder (one holding its config.json) or a hub id ORG/NAME"
+    )
+
+
 def test_suite_list_of_an_unknown_repo_is_one_line(offline_hf_home, capsys):
     err = one_line_error(["suite", "list", "foo/bar"], capsys)
     assert err.startswith("crosslens suite list: error:") and "foo/bar" in err

@@ -86,7 +86,19 @@ def suite_from_models(args: argparse.Namespace) -> None:
         raise CLIError(
             "--models lists one model; a diffing suite compares two or more (one model's checkpoints: --suite)"
         )
+    check_model_folders(specs, "--models")
     args.suite = models_spec(specs)
+
+
+def check_model_folders(specs, flag: str) -> None:
+    """Refuse a model of a diffing suite that is written as a folder but is none: read as a hub id
+    it would be sent to the hub's download advice."""
+    for spec in specs:
+        if looks_like_path(spec.model_id) and not Path(spec.model_id).expanduser().is_dir():
+            what = "is a file, not a folder" if Path(spec.model_id).expanduser().exists() else "does not exist"
+            raise CLIError(
+                f"{flag}: {spec.model_id} {what}; pass a model's folder (one holding its config.json) or a hub id ORG/NAME"
+            )
 
 
 def resolve_suite(
@@ -104,6 +116,7 @@ def resolve_suite(
 
     given = spec
     if is_models_spec(spec):
+        check_model_folders(parse_models(spec), flag)
         suite = CheckpointSuite.models(spec, processing=chosen_processing(processing))
     elif spec == "pico":
         listed, built = pico_listing()
