@@ -24,7 +24,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from crosslens.cli.common import CLIError, device_and_dtype
+from crosslens.cli.common import device_and_dtype
 from crosslens.cli.flags import Subcommand
 from crosslens.cli.inputs import check_output_folder
 from crosslens.cli.options import DeviceFlags
@@ -41,13 +41,12 @@ class DemoFlags:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from crosslens.activations.store import MANIFEST_NAME
     from crosslens.cli.demo_run import run_demo
+    from crosslens.training.runfolder import refuse_store_folder
 
     if args.out is not None:
         check_output_folder(args.out, holds="the demo's stores and runs")
-        if (Path(args.out).expanduser() / MANIFEST_NAME).is_file():
-            raise CLIError(f"--out {args.out} holds an activation store; pass a folder of its own for the demo")
+        refuse_store_folder(Path(args.out).expanduser(), fix="pass a folder of its own for the demo (--out)")
     device, dtype = device_and_dtype(args)
     run_demo(out_dir=args.out, fast=args.fast, force=args.force, device=device, dtype=dtype)
     return 0

@@ -292,13 +292,11 @@ def _listed(names: tuple[str, ...]) -> str:
     return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
-def refuse_store_folder(run_dir: str | Path) -> None:
-    """Refuse a run folder that is an activation store: a run's files would mix with the store's,
-    and ``--overwrite`` clears a run's results, never a store."""
+def refuse_store_folder(run_dir: str | Path, fix: str = "train into another folder (--out)") -> None:
+    """Refuse a run folder that is an activation store (it holds the store's manifest): a run's files
+    would mix with the store's, and ``--overwrite`` clears a run's results, never a store."""
     if (Path(run_dir) / MANIFEST_NAME).is_file():
-        raise RunFolderInUseError(
-            f"{run_dir} is an activation store (it holds {MANIFEST_NAME}); train into another folder (--out)"
-        )
+        raise RunFolderInUseError(f"{run_dir} holds an activation store; {fix}")
 
 
 def check_run_start(run_dir: str | Path, *, resume: bool, overwrite: bool) -> RunFolderState:
