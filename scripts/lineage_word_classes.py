@@ -23,6 +23,7 @@ import torch
 
 from crosslens.activations import ActivationStore
 from crosslens.analysis import EvolutionAnalysis, read_emergence, strongest_at_first_snapshot, top_activating_contexts
+from crosslens.analysis.lineage import EVENT_KINDS
 from crosslens.causal import load_crosscoder
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import CrosslensError
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nevents whose latents' words share a pico word class (all latents strongest at step {result.steps[0]} / the rest):"
     )
-    for kind in ("split", "merge", "handoff"):
+    for kind in EVENT_KINDS:
         cells = []
         for first in (True, False):
             n = tally[(kind, first, True)] + tally[(kind, first, False)]

@@ -111,7 +111,7 @@ def test_demo_and_suite_build_refuse_an_output_path_that_is_a_file_or_a_store(tm
     (tmp_path / "store" / "manifest.json").write_text("{}")
     err = one_line_error(["demo", "--fast", "--out", str(tmp_path / "store")], capsys)
     assert err.endswith(
-        f"{tmp_path / 'store'} holds an activation store; pass a folder of its own for the demo (--out)"
+        f"{tmp_path / 'store'} is an activation store (it holds manifest.json); pass a folder of its own for the demo (--out)"
     )
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["manifest.json"]  # nothing written
 

@@ -296,7 +296,7 @@ def refuse_store_folder(run_dir: str | Path, fix: str = "train into another fold
     """Refuse a run folder that is an activation store (it holds the store's manifest): a run's files
     would mix with the store's, and ``--overwrite`` clears a run's results, never a store."""
     if (Path(run_dir) / MANIFEST_NAME).is_file():
-        raise RunFolderInUseError(f"{run_dir} holds an activation store; {fix}")
+        raise RunFolderInUseError(f"{run_dir} is an activation store (it holds {MANIFEST_NAME}); {fix}")
 
 
 def check_run_start(run_dir: str | Path, *, resume: bool, overwrite: bool) -> RunFolderState:
