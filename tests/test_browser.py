@@ -327,15 +327,22 @@ def test_a_missing_foreign_or_damaged_database_is_one_line_naming_the_fix(tmp_pa
     ):
         make_server(tmp_path)  # the run's own database is the one `crosslens dashboards` sealed, or none
     named = BrowseConfig(port=0, database=str(foreign))
+    name_one = r"name the dashboards.sqlite that `crosslens dashboards RUN` writes in RUN\.$"
     with pytest.raises(
-        DatabaseProblem,
-        match=r"not a crosslens feature database \(no meta table\): rebuild it with `crosslens dashboards",
+        DatabaseProblem, match=rf"^--database {foreign}: not a crosslens feature database \(no meta table\): {name_one}"
     ):
         make_server(tmp_path, named)
+    with pytest.raises(  # RUN naming a file reads it as the database
+        DatabaseProblem, match=rf"^{foreign}: not a crosslens feature database .*: pass the run folder, or {name_one}"
+    ):
+        make_server(foreign)
+    with pytest.raises(DatabaseProblem, match=rf"^--database {tmp_path / 'gone.sqlite'}: no such file: {name_one}"):
+        make_server(tmp_path, BrowseConfig(port=0, database=str(tmp_path / "gone.sqlite")))
     foreign.write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(DatabaseProblem) as error:
         make_server(tmp_path, named)
-    assert "rebuild it with `crosslens dashboards" in str(error.value) and "\n" not in str(error.value)
+    assert str(error.value).startswith(f"--database {foreign}: damaged or not SQLite")
+    assert str(error.value).endswith("writes in RUN.") and "\n" not in str(error.value)
     write_feature_database(foreign, FeatureDbShape(n_features=8, n_snapshots=3))
     write_record(tmp_path, partners={}, settings={}, n_tokens=0)
     make_server(tmp_path).server_close()  # sealed: served

@@ -171,6 +171,13 @@ def test_suite_list_of_an_unknown_repo_is_one_line(offline_hf_home, capsys):
     assert err.startswith("crosslens suite list: error:") and "foo/bar" in err
 
 
+def test_suite_list_of_a_file_says_it_is_not_a_folder(offline_hf_home, capsys, tmp_path):
+    """A file is no suite: read as a hub id it was "neither a local folder nor a hub model id"."""
+    (tmp_path / "notes.txt").write_text("x")
+    err = one_line_error(["suite", "list", str(tmp_path / "notes.txt")], capsys)
+    assert err.endswith(f"{tmp_path / 'notes.txt'} is a file, not a folder; pass the folder holding the snapshots")
+
+
 def test_a_suite_path_that_does_not_exist_says_so(capsys, tmp_path):
     err = one_line_error(
         ["harvest", "--suite", "/no/such/path", "--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path / "o")],

@@ -45,9 +45,14 @@ def database_path(run_dir: str | Path, database: str | Path | None = None) -> Pa
         if not run.is_dir():
             raise DatabaseProblem(f"{run}: no such folder: pass the --out folder of crosslens train.")
         path = run / schema.DATABASE_NAME
+    if database is not None and not path.is_file():
+        raise DatabaseProblem(f"--database {path}: no such file: {_NAME_ONE}.")
     if not path.is_file():
         raise DatabaseProblem(f"{run}: no feature database ({path.name}): run `crosslens dashboards {run}` first.")
     return path
+
+
+_NAME_ONE = f"name the {schema.DATABASE_NAME} that `crosslens dashboards RUN` writes in RUN"
 
 
 def open_database(run_dir: str | Path, database: str | Path | None = None) -> sqlite3.Connection:
@@ -68,7 +73,11 @@ def open_database(run_dir: str | Path, database: str | Path | None = None) -> sq
     if problem is not None:
         if connection is not None:
             connection.close()
-        raise DatabaseProblem(f"{path}: {problem}: rebuild it with `crosslens dashboards {run_dir}`.")
+        if database is not None:
+            raise DatabaseProblem(f"--database {path}: {problem}: {_NAME_ONE}.")
+        if Path(run_dir).is_file():
+            raise DatabaseProblem(f"{path}: {problem}: pass the run folder, or {_NAME_ONE}.")
+        raise DatabaseProblem(f"{path}: {problem}: rebuild it with `crosslens dashboards {run_dir} --overwrite`.")
     return connection
 
 

@@ -144,7 +144,7 @@ def list_revisions(model_id: str | os.PathLike) -> list[str]:
     * offline: crosslens's table for Pythia (``step0`` ... ``step143000``), else the
       revisions already in the local HF cache.
     """
-    if Path(model_id).is_dir():
+    if Path(model_id).exists():  # a file is refused there, as not a folder
         from crosslens.checkpoints.local import scan_local_suite
 
         return [ref.revision for ref in scan_local_suite(Path(model_id)).snapshots]

@@ -223,7 +223,7 @@ def suite_list(args: argparse.Namespace) -> int:
     folder = Path(spec).expanduser()
     if looks_like_path(spec) and not folder.exists():
         raise missing_path_error(spec, flag=None)
-    for heading, revisions in group_by_stage(list_revisions(folder if folder.is_dir() else spec)):
+    for heading, revisions in group_by_stage(list_revisions(folder if folder.exists() else spec)):
         if heading:  # staged runs (OLMo-2/3): one block per stage and ingredient
             print(f"# {heading}: {len(revisions)} revisions")
         for revision in revisions:
