@@ -286,6 +286,26 @@ def test_trainer_rejects_bad_input():
         trainer.step(torch.zeros(B, D, S))
 
 
+def test_a_batch_that_is_not_one_trains_no_step():
+    """One token ``[S, D]`` would train as a batch of one, an empty batch read as a loss gone NaN,
+    and a tensor of tokens given to ``fit`` was iterated a token a step: each is refused, naming the
+    shape a step takes, before a step is counted."""
+    trainer = CrosscoderTrainer(make_sae("crosscoder"), trainer_cfg())
+    takes = r"a step takes \[batch, n_snapshots, d_in\] with at least one token"
+    with pytest.raises(ValueError, match=rf"^a training batch has shape \(2, 8\); {takes}"):
+        trainer.step(torch.zeros(S, D))
+    with pytest.raises(ValueError, match=rf"^a training batch has shape \(0, 2, 8\); {takes}"):
+        trainer.step(torch.zeros(0, S, D))
+    with pytest.raises(TypeError, match=r"^a training batch is a ndarray; pass torch.as_tensor\(batch\)"):
+        trainer.step(torch.zeros(B, S, D).numpy())
+    acts_NSD = torch.cat(list(itertools.islice(make_batches(), 4)))
+    with pytest.raises(ValueError, match=r"^fit got one tensor of shape \(64, 2, 8\).*acts_NSD.split\(batch_size\)"):
+        trainer.fit(acts_NSD)
+    assert (trainer.n_steps, trainer.n_tokens) == (0, 0)
+    trainer.fit(acts_NSD.split(B) * 5)  # its batches train
+    assert (trainer.n_steps, trainer.n_tokens) == (20, 20 * B)
+
+
 @pytest.mark.parametrize("arch", ["crosscoder", "jumprelu_crosscoder"])
 def test_bfloat16_autocast_trains_float32_parameters_close_to_float32(arch):
     results = {}

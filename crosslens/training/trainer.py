@@ -240,6 +240,7 @@ class CrosscoderTrainer:
 
     def step(self, batch: Batch) -> TrainStepOutput:
         """One optimizer step on one batch; advances the step and token counters."""
+        check_batch(batch)
         x_BSD = batch.to(self.cfg.device)
         distributed = self.collectives.is_distributed
         if distributed and (x_BSD.ndim != 3 or x_BSD.shape[1] != self.sae.cfg.n_snapshots):
@@ -564,7 +565,28 @@ def record_provider(cfg: Any, batches: BatchSource) -> None:
         set_crosscoder_metadata(cfg, activation_norm_factors=factors)
 
 
+def check_batch(batch: Any) -> None:
+    """Refuse what a step cannot train on: a batch that is not a ``[batch, n_snapshots, d_in]``
+    tensor of at least one token (one token's ``[n_snapshots, d_in]`` would train as a batch of
+    one, and an empty batch reads as a loss gone NaN)."""
+    if not isinstance(batch, torch.Tensor):
+        fix = "torch.as_tensor(batch)" if type(batch).__module__ == "numpy" else "a torch tensor"
+        raise TypeError(f"a training batch is a {type(batch).__name__}; pass {fix} shaped [batch, n_snapshots, d_in]")
+    if batch.ndim != 3 or len(batch) == 0:
+        raise ValueError(
+            f"a training batch has shape {tuple(batch.shape)}; a step takes [batch, n_snapshots, d_in] with at "
+            "least one token (an ActivationProvider yields such batches; a tensor of tokens splits into them "
+            "with acts_NSD.split(batch_size))"
+        )
+
+
 def _open_batches(batches: BatchSource, start_step: int) -> Iterator[Batch]:
+    if isinstance(batches, torch.Tensor) and batches.ndim < 4:
+        # iterating it would hand the steps one token (or less) each
+        raise ValueError(
+            f"fit got one tensor of shape {tuple(batches.shape)}, whose rows would each train as a batch; "
+            "pass batches: acts_NSD.split(batch_size), or an ActivationProvider"
+        )
     if callable(batches) and not isinstance(batches, Iterable):
         return iter(batches(start_step))
     return itertools.islice(iter(batches), start_step, None)
