@@ -25,6 +25,7 @@ from pretrained_sources import (
 from safetensors.torch import save_file
 
 import crosslens
+from crosslens.core.errors import CrosslensError
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.pretrained.card import converted_card
 from crosslens.pretrained.convert import convert_once, converted_root, source_record
@@ -239,6 +240,19 @@ def test_unknown_format_is_refused_naming_every_format(tmp_path):
     for layout in ("kissane (cfg.json + cc_weights.pt", "dictionary_learning (config.json + model.safetensors)"):
         assert layout in message
     assert "llamascopium (config.json + sae_weights.safetensors" in message
+
+
+def test_a_local_path_that_is_no_folder_is_named_as_such(tmp_path, monkeypatch):
+    """Read as a hub id, a path that is not there reached the hub's own "Repo id must be in the
+    form" error, or its offline advice."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "cc.pt").write_bytes(b"x")
+    fix = "; pass the folder holding a crosscoder's config and weights, a release name"
+    for path, what in [(tmp_path / "gone", "does not exist"), (tmp_path / "cc.pt", "is a file, not a folder")]:
+        with pytest.raises(CrosslensError, match=rf"^{path} {what}{fix}"):
+            crosslens.from_pretrained(str(path))
+    with pytest.raises(CrosslensError, match=rf"^\./runs/final does not exist{fix}"):
+        crosslens.from_pretrained("./runs/final")
 
 
 def test_converted_once_recording_each_source_files_sha256(tmp_path, monkeypatch):

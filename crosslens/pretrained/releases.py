@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hooks import hook_problem, hook_width
+from crosslens.core.paths import looks_like_path
 from crosslens.pretrained.card import converted_card
 from crosslens.pretrained.convert import convert_once
 from crosslens.pretrained.formats import SAE_LENS, SourceFiles, layouts, local_files, recognised
@@ -81,6 +82,12 @@ def from_pretrained(
         files = local_files(Path(name).expanduser(), format)
         source = {"path": str(Path(name).expanduser().resolve())}
         return _unregistered(files, source, suite, hook_name, norm_factors, device, dtype, check_models)
+    if not registered and looks_like_path(name):  # read as a hub id, the hub would refuse its form
+        what = "is a file, not a folder" if Path(name).expanduser().exists() else "does not exist"
+        raise CrosslensError(
+            f"{name} {what}; pass the folder holding a crosscoder's config and weights, a release name "
+            "(`crosslens pretrained list`) or a hub repo ORG/NAME"
+        )
     if "/" in name and not registered:
         files = hub_files(name, crosscoder_id or "", format, force_download=force_download)
         source = {"repo_id": name, "path": crosscoder_id or ""}
