@@ -105,6 +105,54 @@ def test_the_library_refuses_a_store_or_hook_that_is_not_the_crosscoders_partner
     assert len(evaluate_crosscoder(crosscoder, ActivationStore.open(world["heldout"]))["explained_variance"]) == 3
 
 
+def test_a_crosscoder_that_records_nothing_is_held_to_its_shape_and_a_path_is_not_a_store(world):
+    """A crosscoder built in memory records no suite: a store of another snapshot count or width is
+    refused by its shape (it reached a broadcasting error inside). A store's path, a NumPy array or
+    a tensor, where a store is read, is refused naming the call that opens one (the path was read as
+    an iterable of characters, the tensor as a store without hooks)."""
+    from tiny_crosscoders import random_crosscoder
+
+    from crosslens.activations import ActivationProvider
+    from crosslens.analysis import analyze_crosscoder, latent_scaling, top_activating_contexts
+    from crosslens.training.metrics import evaluate_crosscoder
+
+    store = ActivationStore.open(world["heldout"])
+    width = store.d_in_of(HOOK)
+    two = random_crosscoder(n_snapshots=2, d_in=width, d_sae=8, hook=HOOK)
+    two.cfg.metadata.hook_name = None  # records nothing at all
+    with pytest.raises(
+        PartnerMismatchError,
+        match=r"^evaluate_crosscoder: the crosscoder reads 2 snapshots, the store .* holds 3; pass a store harvested",
+    ):
+        evaluate_crosscoder(two, store)
+    narrow = random_crosscoder(n_snapshots=3, d_in=width - 1, d_sae=8, hook=HOOK)
+    narrow.cfg.metadata.hook_name = None
+    with pytest.raises(
+        PartnerMismatchError,
+        match=rf"^latent_scaling: the crosscoder reads width {width - 1}, the store .* holds {width} at {HOOK}",
+    ):
+        latent_scaling(narrow, store)
+    fits = random_crosscoder(n_snapshots=3, d_in=width, d_sae=8, hook=HOOK)
+    opens = r"crosslens\.ActivationStore\.open\(path\)"
+    for function in (evaluate_crosscoder, latent_scaling):
+        with pytest.raises(
+            TypeError,
+            match=rf"^{function.__name__} was given the path '{world['heldout']}' .*; open the store first: {opens}$",
+        ):
+            function(fits, str(world["heldout"]))
+        with pytest.raises(TypeError, match=r"was given a NumPy array of activations; pass torch\.as_tensor\(array\)$"):
+            function(fits, torch.zeros(4, 3, width).numpy())
+    with pytest.raises(TypeError, match=r"^analyze_crosscoder was given the path"):
+        analyze_crosscoder(fits, store=world["heldout"])
+    with pytest.raises(TypeError, match=rf"^ActivationProvider reads an ActivationStore; got a str .*{opens}\)$"):
+        ActivationProvider(str(world["heldout"]), HOOK, batch_size=4)
+    with pytest.raises(TypeError, match=rf"^a Tensor was given where an activation store is read; pass {opens}$"):
+        top_activating_contexts(torch.zeros(4, 3, width), fits, [0])
+    with pytest.raises(ValueError, match=r"^n_tokens=0, batch_size=8: both are at least 1$"):
+        evaluate_crosscoder(fits, store, n_tokens=0, batch_size=8)
+    assert len(evaluate_crosscoder(fits, store)["explained_variance"]) == 3  # its shape is the store's
+
+
 def test_the_causal_stage_refuses_a_model_or_hook_that_is_not_the_crosscoders(world):
     """A loaded snapshot model says which checkpoint it is; spliced in as another of the
     crosscoder's snapshots, or at another hook than the crosscoder's, it is refused."""

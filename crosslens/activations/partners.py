@@ -13,6 +13,7 @@ not match or cannot be matched. They read manifests only; the shard bytes are ch
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -150,13 +151,38 @@ def check_recorded_partner(crosscoder: Any, store: Any, hook: str | None, *, use
     """The library's check of a crosscoder handed a store (and maybe a ``hook``): a ``hook`` other
     than the one the crosscoder records is refused (:func:`~crosslens.core.hooks.crosscoder_hook`),
     and so is an :class:`ActivationStore` that :func:`check_crosscoder_store` refuses, where the
-    crosscoder records what it was trained on. A crosscoder built in memory records nothing, and an
-    in-memory source (held-out activations a runner harvested) has no manifest: those are the
-    caller's to pair."""
+    crosscoder records what it was trained on. A crosscoder built in memory records nothing: a store
+    is checked against its shape alone (snapshots and width). An in-memory source (held-out
+    activations a runner harvested) has no manifest: that is the caller's to pair. A path or a NumPy
+    array, given where activations are read, is refused with the call that makes them readable."""
+    if isinstance(store, (str, os.PathLike)):  # an iterable of characters, read as batches
+        raise TypeError(
+            f"{used_by} was given the path {str(store)!r} where it reads activations; open the store first: "
+            "crosslens.ActivationStore.open(path)"
+        )
+    if type(store).__module__ == "numpy":
+        raise TypeError(f"{used_by} was given a NumPy array of activations; pass torch.as_tensor(array)")
     if hook is not None:
         crosscoder_hook(crosscoder, hook)
-    if isinstance(store, ActivationStore) and crosscoder_record_problem(crosscoder) is None:
+    if not isinstance(store, ActivationStore):
+        return
+    if crosscoder_record_problem(crosscoder) is None:
         check_crosscoder_store(crosscoder, store, crosscoder_name=f"given to {used_by}")
+        return
+    # what a crosscoder that records nothing can still be checked by: its shape
+    S = getattr(getattr(crosscoder, "cfg", None), "n_snapshots", None)
+    if S is not None and int(S) != store.n_snapshots:
+        raise PartnerMismatchError(
+            f"{used_by}: the crosscoder reads {S} snapshots, the store {store.path} holds {store.n_snapshots}; "
+            "pass a store harvested from the crosscoder's snapshots"
+        )
+    d_in = getattr(getattr(crosscoder, "cfg", None), "d_in", None)
+    at = hook or (store.hooks[0] if len(store.hooks) == 1 else None)
+    if d_in is not None and at in store.hooks and int(d_in) != store.d_in_of(at):
+        raise PartnerMismatchError(
+            f"{used_by}: the crosscoder reads width {d_in}, the store {store.path} holds {store.d_in_of(at)} at {at}; "
+            "pass the store of the crosscoder's hook"
+        )
 
 
 def pair_heldout(store: ActivationStore, heldout: ActivationStore) -> None:

@@ -144,6 +144,11 @@ class ActivationProvider(_Batching):
         prefetch: bool = True,
     ) -> None:
         _Batching.__init__(self, batch_size, seed, normalize, drop_last, n_epochs, start_batch, device)
+        if not hasattr(store, "resolve_hook"):
+            raise TypeError(
+                f"ActivationProvider reads an ActivationStore; got a {type(store).__name__} (a store's folder "
+                "opens with crosslens.ActivationStore.open(path))"
+            )
         hook = store.resolve_hook(hook)
         _check_one_batch(store.n_tokens, batch_size, drop_last)
         self.store = store

@@ -154,6 +154,11 @@ def resolve_hook(store: Any, hook: str | None) -> str:
     ``store`` is anything with a ``hooks`` list (an ``ActivationStore``, a provider); an
     object without one accepts any named hook.
     """
+    if hook is None and not hasattr(store, "hooks"):
+        raise TypeError(
+            f"a {type(store).__name__} was given where an activation store is read; pass "
+            "crosslens.ActivationStore.open(path)"
+        )
     hooks = list(getattr(store, "hooks", []))
     if hook is None:
         if len(hooks) != 1:

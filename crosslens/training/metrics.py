@@ -62,6 +62,13 @@ def evaluate_crosscoder(
     (:func:`~crosslens.crosscoders.folding.folded_factors`), so folding leaves every number as it was.
     """
     check_recorded_partner(crosscoder, store, hook, used_by="evaluate_crosscoder")
+    if not hasattr(store, "read"):
+        raise TypeError(
+            f"evaluate_crosscoder reads an activation store (crosslens.ActivationStore.open(path)); got a "
+            f"{type(store).__name__}"
+        )
+    if n_tokens < 1 or batch_size < 1:
+        raise ValueError(f"n_tokens={n_tokens}, batch_size={batch_size}: both are at least 1")
     hook = store.resolve_hook(hook or metadata_value(crosscoder, "hook_name"))
     folded_1S1 = folded_factors(crosscoder).to(crosscoder.device)[None, :, None]
     n = min(n_tokens, store.n_tokens)
