@@ -135,6 +135,11 @@ def test_bad_inputs_name_the_fix():
     sae = make_training("crosscoder", S=2, D=3)
     with pytest.raises(ValueError, match=r"n_snapshots=2, d_in=3.*second-to-last axis"):
         sae.encode(torch.zeros(4, 3, 2))
+    for arch in cc.ARCHITECTURES:  # codes of another width reached a reshape or broadcast error
+        with pytest.raises(
+            ValueError, match=r"^codes shaped \(4, 3\) given to decode; the crosscoder's are \[\.\.\., d_sae="
+        ):
+            make_training(arch, S=2, D=3).decode(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="fold_activation_norm_scaling_factors"):
         cc.ReLUCrosscoderConfig(d_in=3, d_sae=4, n_snapshots=2, normalize_activations="layer_norm")
     with pytest.raises(ValueError, match="n_snapshots"):

@@ -79,6 +79,20 @@ def test_a_config_refuses_what_cannot_be_harvested(settings, says):
         build(HarvestConfig, {"out_dir": "o", "hook_names": [HOOK]}, settings)
 
 
+def test_the_library_refuses_a_file_for_its_store_before_any_model_loads(suite, text, tmp_path):
+    """A file at ``out_dir`` reached ``mkdir``'s FileExistsError once the models had run."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    config = HarvestConfig(
+        out_dir=str(a_file), hook_names=[HOOK], tokens=TokenSource(text=[text]), budget=TokenBudget(64, 16)
+    )
+    with pytest.raises(
+        CrosslensError, match=rf"^--out {a_file} is a file, not a folder; pass a folder path for the store$"
+    ):
+        harvest_stores(config, CheckpointSuite.local(suite))
+    assert a_file.read_text() == "x"
+
+
 def test_the_library_writes_the_bytes_the_command_writes(suite, text, tmp_path):
     command, library = tmp_path / "command" / "store", tmp_path / "library" / "store"
     flags = ["--n-tokens", "256", "--seq-len", "16", "--heldout-tokens", "64", "--text", str(text), "--device", "cpu"]

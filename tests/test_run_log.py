@@ -93,6 +93,8 @@ def test_a_log_is_refused_at_the_line_that_is_not_a_record(tmp_path):
     log.write_text('{"kind": "start"}\n{"kind": "step", "st\n')
     with pytest.raises(RunLogError, match=r"train_log.jsonl:2: not JSON \(Unterminated string"):
         read_run_log(log)
+    with pytest.raises(RunLogError, match=rf"^{tmp_path} is a folder; a run's log is the file {log}$"):
+        read_run_log(tmp_path)  # the run folder, not its log
 
 
 def test_a_log_without_a_path_writes_nothing_and_append_adds_to_a_run_folder(tmp_path):

@@ -38,6 +38,8 @@ def harvest_stores(config: HarvestConfig, suite: CheckpointSuite) -> tuple[Activ
     Re-running with the same settings resumes both; other settings are refused unless
     ``config.overwrite``."""
     out = config.out_dir
+    if Path(out).exists() and not Path(out).is_dir():
+        raise CrosslensError(f"--out {out} is a file, not a folder; pass a folder path for the store")
     if (Path(out) / RUN_CONFIG_NAME).is_file():  # overwrite replaces a store, never a run's files
         raise CrosslensError(
             f"--out {out} is a training run's folder (it holds {RUN_CONFIG_NAME}); harvest into another folder"

@@ -172,6 +172,14 @@ class CrosscoderMixin:
                 "[batch, n_snapshots, d_in])."
             )
 
+    def check_code_shape(self, feature_acts: torch.Tensor) -> None:
+        """Refuse codes that are not ``[..., d_sae]``, what :meth:`encode` returns."""
+        if feature_acts.shape[-1:] != (self.cfg.d_sae,):
+            raise ValueError(
+                f"codes shaped {tuple(feature_acts.shape)} given to decode; the crosscoder's are "
+                f"[..., d_sae={self.cfg.d_sae}] (what encode returns)"
+            )
+
     def process_sae_in(
         self, sae_in: Float[torch.Tensor, "... n_snapshots d_in"]
     ) -> Float[torch.Tensor, "... n_snapshots d_in"]:
@@ -209,6 +217,7 @@ class CrosscoderMixin:
     ) -> Float[torch.Tensor, "... n_snapshots d_in"]:
         """Linear decode ``x_hat_s = f W_dec[:, s] + b_dec[s]`` without hooks."""
         S, D, F_ = self.cfg.n_snapshots, self.cfg.d_in, self.cfg.d_sae
+        self.check_code_shape(feature_acts)
         lead = feature_acts.shape[:-1]
         f_NF = feature_acts.to(self.dtype).reshape(-1, F_)
         W_dec_flat = self.W_dec.reshape(F_, S * D)

@@ -201,6 +201,7 @@ class _JumpReLUCrosscoderMath(CrosscoderMixin):
 
     def decode(self, feature_acts: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... n_snapshots d_in"]:
         """Decode a shared code, re-applying each snapshot's gate to it."""
+        self.check_code_shape(feature_acts)
         f = feature_acts.to(self.dtype)
         return self.decode_per_snapshot(torch.where(self._gates(f), f[..., None, :], 0.0))
 

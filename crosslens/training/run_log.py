@@ -91,6 +91,8 @@ class RunLog:
 
 def read_run_log(path: str | Path) -> list[dict[str, Any]]:
     """The records of a run log, refusing a line that is not one JSON object with a ``kind``."""
+    if Path(path).is_dir():
+        raise RunLogError(f"{path} is a folder; a run's log is the file {Path(path) / TRAIN_LOG_NAME}")
     records = []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         try:
