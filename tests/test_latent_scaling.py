@@ -262,3 +262,24 @@ def test_the_check_refuses_an_analysis_of_another_crosscoder():
     other = EvolutionAnalysis.from_decoder(torch.rand(F + 1, S, D))
     with pytest.raises(ValueError, match="compute both from the same crosscoder"):
         check_emergence(other, latent_scaling(crosscoder, x_NSD))
+
+
+def test_arguments_in_the_wrong_slot_are_named_by_what_each_slot_takes():
+    """Swapped, each reached an AttributeError inside (``'EvolutionAnalysis' object has no attribute
+    'amplitude'``, ``'ReLUCrosscoder' object has no attribute 'lifetimes'``)."""
+    from crosslens.analysis import lineage_of
+
+    crosscoder, x_NSD, _ = constructed()
+    analysis, scaling = EvolutionAnalysis.from_crosscoder(crosscoder), latent_scaling(crosscoder, x_NSD)
+    check = check_emergence(analysis, scaling)
+    with pytest.raises(
+        TypeError, match=r"^check_emergence\(analysis, scaling\) takes .*; got \(LatentScaling, EvolutionAnalysis\)$"
+    ):
+        check_emergence(scaling, analysis)
+    with pytest.raises(TypeError, match=r"^lineage_of reads an EvolutionAnalysis .*, not ReLUCrosscoder$"):
+        lineage_of(crosscoder)
+    with pytest.raises(
+        TypeError, match=r"^lineage_of's config is a LineageConfig, not EmergenceCheck .*check\.present\)$"
+    ):
+        lineage_of(analysis, check)
+    assert lineage_of(analysis, scaled_present_FS=check.present).events is not None

@@ -106,6 +106,13 @@ def test_recovery_metrics_on_ideal_and_wrong_decoders():
     assert min(report["mmcs_per_snapshot"]) > 0.999
     match = match_planted(ideal.W_dec, planted)
     assert sorted(match.recovered) == sorted((k, int(perm[k])) for k in range(32))
+    with pytest.raises(
+        ValueError,
+        match=r"^the learned decoder has shape \(40, 5, 32\), the planted features \[\.\.\., n_snapshots=6, d_in=32\]",
+    ):
+        match_planted(ideal.W_dec[:, :5], planted)  # another snapshot count reached an einsum error
+    with pytest.raises(TypeError, match=r"^the learned decoder is EvolutionAnalysis, not a tensor; pass W_dec"):
+        match_planted(ideal, planted)
     # Right directions, wrong timing: every feature present everywhere -> classes wrong.
     wobble = 1 + 0.1 * torch.rand(32, 6, 1, generator=torch.Generator().manual_seed(1))
     flat = EvolutionAnalysis.from_decoder(planted.directions * wobble, planted.steps)

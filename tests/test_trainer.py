@@ -296,7 +296,7 @@ def test_a_batch_that_is_not_one_trains_no_step():
         trainer.step(torch.zeros(S, D))
     with pytest.raises(ValueError, match=rf"^a training batch has shape \(0, 2, 8\); {takes}"):
         trainer.step(torch.zeros(0, S, D))
-    with pytest.raises(TypeError, match=r"^a training batch is a ndarray; pass torch.as_tensor\(batch\)"):
+    with pytest.raises(TypeError, match=r"^a training batch of type ndarray; pass torch.as_tensor\(batch\)"):
         trainer.step(torch.zeros(B, S, D).numpy())
     acts_NSD = torch.cat(list(itertools.islice(make_batches(), 4)))
     with pytest.raises(ValueError, match=r"^fit got one tensor of shape \(64, 2, 8\).*acts_NSD.split\(batch_size\)"):

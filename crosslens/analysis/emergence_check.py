@@ -204,6 +204,11 @@ def check_emergence(
     """Compare ``analysis``'s decoder-norm emergence (an
     :class:`~crosslens.analysis.evolution_analysis.EvolutionAnalysis`) with ``scaling``'s, latent
     by latent (vectorised). Both must describe the same crosscoder."""
+    if not hasattr(analysis, "lifetimes") or not isinstance(scaling, LatentScaling):
+        raise TypeError(
+            f"check_emergence(analysis, scaling) takes an EvolutionAnalysis and what latent_scaling returns; got "
+            f"({type(analysis).__name__}, {type(scaling).__name__})"
+        )
     config = config or EmergenceCheckConfig()
     if scaling.amplitude.shape != analysis.norms.shape:
         raise ValueError(

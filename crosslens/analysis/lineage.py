@@ -524,6 +524,15 @@ def lineage_of(
     computed (a GPU speeds up wide dictionaries); ``scaled_present_FS``, where latent scaling
     calls each latent present (:attr:`~crosslens.analysis.emergence_check.EmergenceCheck.present`),
     sets aside the events the activations do not hold."""
+    if not hasattr(analysis, "lifetimes"):
+        raise TypeError(
+            f"lineage_of reads an EvolutionAnalysis (EvolutionAnalysis.from_crosscoder), not {type(analysis).__name__}"
+        )
+    if config is not None and not isinstance(config, LineageConfig):
+        raise TypeError(
+            f"lineage_of's config is a LineageConfig, not {type(config).__name__} (an emergence check's presence "
+            "goes in scaled_present_FS=check.present)"
+        )
     W_FSD = analysis.W_dec if device is None else analysis.W_dec.to(device)
     lt = analysis.lifetimes
     return lineage(W_FSD, analysis.present, lt.emergence, lt.fade, ~lt.dead, config, scaled_present_FS)

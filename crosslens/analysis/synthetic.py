@@ -417,6 +417,17 @@ def _decoder_cosines(
     snapshot's row kept with its norm and the rows concatenated: over every snapshot (the
     whole timeline, where a planted row is zero while the feature is absent) and over the
     planted feature's present snapshots only."""
+    if not isinstance(W_dec, torch.Tensor):
+        raise TypeError(
+            f"the learned decoder is {type(W_dec).__name__}, not a tensor; pass W_dec [d_sae, n_snapshots, d_in] "
+            "(crosscoder.W_dec)"
+        )
+    if W_dec.ndim != 3 or W_dec.shape[1:] != planted.decoder.shape[1:]:
+        S, D = planted.decoder.shape[1:]
+        raise ValueError(
+            f"the learned decoder has shape {tuple(W_dec.shape)}, the planted features [..., n_snapshots={S}, "
+            f"d_in={D}]; pass the decoder of a crosscoder trained on these planted activations"
+        )
     learned_FSD = W_dec.detach().float()
     planted_PSD = planted.decoder.float()
     present_PS = planted.present.float()

@@ -571,7 +571,9 @@ def check_batch(batch: Any) -> None:
     one, and an empty batch reads as a loss gone NaN)."""
     if not isinstance(batch, torch.Tensor):
         fix = "torch.as_tensor(batch)" if type(batch).__module__ == "numpy" else "a torch tensor"
-        raise TypeError(f"a training batch is a {type(batch).__name__}; pass {fix} shaped [batch, n_snapshots, d_in]")
+        raise TypeError(
+            f"a training batch of type {type(batch).__name__}; pass {fix} shaped [batch, n_snapshots, d_in]"
+        )
     if batch.ndim != 3 or len(batch) == 0:
         raise ValueError(
             f"a training batch has shape {tuple(batch.shape)}; a step takes [batch, n_snapshots, d_in] with at "
