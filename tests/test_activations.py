@@ -248,8 +248,16 @@ def test_read_returns_rows_in_the_asked_order(store):
     rows = store.read(HOOK, idx, normalize=False)
     everything = store.read(HOOK, slice(None), normalize=False)
     assert torch.equal(rows, everything[idx])
-    with pytest.raises(IndexError):
+    with pytest.raises(
+        IndexError,
+        match=rf"^token indices must lie in \[0, {store.n_tokens}\); got {store.n_tokens}\.\.{store.n_tokens}",
+    ):
         store.read(HOOK, [store.n_tokens])
+    for fractional in (torch.tensor([0.7]), [2.5]):  # read as row 0 and row 2 before
+        with pytest.raises(TypeError, match=r"^token indices are row numbers \(integers\); got float(32|64) values$"):
+            store.read(HOOK, fractional)
+    assert torch.equal(store.read(HOOK, torch.tensor([17, 3]), normalize=False), everything[[17, 3]])
+    assert store.read(HOOK, [], normalize=False).shape == (0, *everything.shape[1:])
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

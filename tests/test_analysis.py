@@ -134,6 +134,23 @@ def test_dead_floor_is_relative_to_median_peak():
     assert not feature_lifetimes(norms, EvolutionConfig(dead_threshold=0.0)).dead.any()
 
 
+def test_a_firing_rate_of_no_tokens_is_refused_at_every_snapshot():
+    """JumpReLU's per-snapshot rate over no tokens was a table of zeros, every latent 'never firing';
+    a negative ``n_tokens`` sliced all but that many tokens off the sample."""
+    import crosslens.crosscoders as crosscoders
+    from crosslens.analysis import firing_frequency
+
+    sae_cls, cfg_cls = crosscoders.ARCHITECTURES["jumprelu_crosscoder"][:2]
+    jumprelu = sae_cls(cfg_cls(d_in=8, d_sae=16, n_snapshots=3))
+    for per_snapshot in (False, True):
+        with pytest.raises(ValueError, match=r"^no activations to count firing on; pass a non-empty source\.$"):
+            firing_frequency(torch.zeros(0, 3, 8), jumprelu, per_snapshot=per_snapshot)
+    for sizes in ({"n_tokens": -5}, {"n_tokens": 0}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match=r"^n_tokens=-?\d+, batch_size=\d+: both are at least 1$"):
+            firing_frequency(torch.randn(20, 3, 8), jumprelu, **sizes)
+    assert firing_frequency(torch.randn(20, 3, 8), jumprelu, per_snapshot=True).shape == (16, 3)
+
+
 def test_untouched_and_never_firing_features_are_dead():
     # Row 1 still has its initial norm at every snapshot (never got a gradient).
     norms = torch.tensor([[0.0, 1.0, 2.0], [0.08, 0.08, 0.08], [1.0, 0.5, 1.5], [2.0, 2.0, 2.0 + 1e-3]])

@@ -382,10 +382,11 @@ class ActivationStore:
         d_in = self.d_in_of(hook)
         if isinstance(token_idx, slice):
             idx = np.arange(self.n_tokens, dtype=np.int64)[token_idx]
-        elif isinstance(token_idx, torch.Tensor):
-            idx = token_idx.detach().cpu().numpy().astype(np.int64).reshape(-1)
         else:
-            idx = np.asarray(token_idx, dtype=np.int64).reshape(-1)
+            given = token_idx.detach().cpu().numpy() if isinstance(token_idx, torch.Tensor) else np.asarray(token_idx)
+            if given.size and given.dtype.kind not in "iu":  # 0.7 would read row 0
+                raise TypeError(f"token indices are row numbers (integers); got {given.dtype} values")
+            idx = given.astype(np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.n_tokens):
             raise IndexError(f"token indices must lie in [0, {self.n_tokens}); got {idx.min()}..{idx.max()}.")
 

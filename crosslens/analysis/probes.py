@@ -181,15 +181,15 @@ def firing_frequency(
     (``encode_per_snapshot``); for the other architectures the code is shared, so every
     snapshot gets the feature's overall firing rate.
     """
+    if n_tokens < 1 or batch_size < 1:
+        raise ValueError(f"n_tokens={n_tokens}, batch_size={batch_size}: both are at least 1")
     acts_NSD = _seeded_sample(source, crosscoder, hook, n_tokens, seed)
+    if len(acts_NSD) == 0:  # a rate of nothing is no rate, at one snapshot or all
+        raise ValueError("no activations to count firing on; pass a non-empty source.")
     if per_snapshot and hasattr(crosscoder, "encode_per_snapshot"):
         counts_SF = _firing_counts(crosscoder, crosscoder.encode_per_snapshot, acts_NSD, batch_size)
-        if counts_SF is None:
-            counts_SF = torch.zeros(acts_NSD.shape[1], crosscoder.cfg.d_sae)
-        return (counts_SF.float().cpu() / max(1, len(acts_NSD))).T.contiguous()
+        return (counts_SF.float().cpu() / len(acts_NSD)).T.contiguous()
     fired_F = _firing_counts(crosscoder, crosscoder.encode, acts_NSD, batch_size)
-    if fired_F is None:
-        raise ValueError("no activations to count firing on; pass a non-empty source.")
     rate_F = (fired_F.double() / len(acts_NSD)).float().cpu()
     return rate_F[:, None].expand(-1, acts_NSD.shape[1]).clone() if per_snapshot else rate_F
 
@@ -267,7 +267,8 @@ def device_and_dtype(crosscoder: Crosscoder) -> tuple[torch.device, torch.dtype]
 @torch.no_grad()
 def _firing_counts(crosscoder: Crosscoder, encode: Any, acts_NSD: torch.Tensor, batch_size: int) -> torch.Tensor | None:
     """Tokens on which each code entry of ``encode`` is positive, summed over ``acts_NSD``
-    batch by batch on the crosscoder's device (only the counts come back); None when empty."""
+    batch by batch on the crosscoder's device (only the counts come back); None when empty (the
+    callers refuse an empty sample first)."""
     device, dtype = device_and_dtype(crosscoder)
     counts = None
     for i in range(0, len(acts_NSD), batch_size):
