@@ -265,16 +265,12 @@ def device_and_dtype(crosscoder: Crosscoder) -> tuple[torch.device, torch.dtype]
 
 
 @torch.no_grad()
-def _firing_counts(crosscoder: Crosscoder, encode: Any, acts_NSD: torch.Tensor, batch_size: int) -> torch.Tensor | None:
-    """Tokens on which each code entry of ``encode`` is positive, summed over ``acts_NSD``
-    batch by batch on the crosscoder's device (only the counts come back); None when empty (the
-    callers refuse an empty sample first)."""
+def _firing_counts(crosscoder: Crosscoder, encode: Any, acts_NSD: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Tokens on which each code entry of ``encode`` is positive, summed over ``acts_NSD`` (one
+    token or more) batch by batch on the crosscoder's device (only the counts come back)."""
     device, dtype = device_and_dtype(crosscoder)
-    counts = None
-    for i in range(0, len(acts_NSD), batch_size):
-        batch_counts = (encode(acts_NSD[i : i + batch_size].to(device, dtype)) > 0).sum(0)
-        counts = batch_counts if counts is None else counts + batch_counts
-    return counts
+    counts = [(encode(x.to(device, dtype)) > 0).sum(0) for x in acts_NSD.split(batch_size)]
+    return torch.stack(counts).sum(0)
 
 
 def encode_in_batches(
