@@ -113,6 +113,10 @@ def test_recovery_metrics_on_ideal_and_wrong_decoders():
         match_planted(ideal.W_dec[:, :5], planted)  # another snapshot count reached an einsum error
     with pytest.raises(TypeError, match=r"^the learned decoder is EvolutionAnalysis, not a tensor; pass W_dec"):
         match_planted(ideal, planted)
+    with pytest.raises(ValueError, match=r"^batch_size=0: a batch holds 1 token or more$"):
+        next(planted.batches(0))  # empty batches read as a loss gone NaN
+    with pytest.raises(ValueError, match=r"^n=-1: sample 0 tokens or more$"):
+        planted.sample(-1)
     # Right directions, wrong timing: every feature present everywhere -> classes wrong.
     wobble = 1 + 0.1 * torch.rand(32, 6, 1, generator=torch.Generator().manual_seed(1))
     flat = EvolutionAnalysis.from_decoder(planted.directions * wobble, planted.steps)

@@ -342,6 +342,8 @@ class PlantedEvolution:
         self, n: int, generator: torch.Generator | None = None
     ) -> tuple[Float[torch.Tensor, "n n_snapshots d_in"], Float[torch.Tensor, "n n_features"]]:
         """``n`` tokens: activations at every snapshot and the true feature coefficients."""
+        if n < 0:
+            raise ValueError(f"n={n}: sample 0 tokens or more")
         cfg = self.config
         fires_NF = torch.rand(n, cfg.n_features, generator=generator) < self.firing_probs
         coeff_NF = cfg.coefficient_min + (cfg.coefficient_max - cfg.coefficient_min) * torch.rand(
@@ -363,6 +365,8 @@ class PlantedEvolution:
 
     def batches(self, batch_size: int, seed: int = 0) -> Iterator[Float[torch.Tensor, "batch n_snapshots d_in"]]:
         """Endless iterator of activation batches ``[batch, n_snapshots, d_in]`` for a trainer."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: a batch holds 1 token or more")
         gen = torch.Generator().manual_seed(seed)
         while True:
             yield self.sample(batch_size, gen)[0]
