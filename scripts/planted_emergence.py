@@ -46,8 +46,8 @@ from crosslens.analysis.latent_scaling import latent_scaling
 from crosslens.analysis.lineage import LineageConfig, lineage_of
 from crosslens.analysis.planted_generators import EVENT_GENERATORS, GENERATORS
 from crosslens.analysis.planted_lineage import planted_lineage_scores
+from crosslens.analysis.planted_match import match_planted
 from crosslens.analysis.probes import firing_frequency
-from crosslens.analysis.synthetic import match_planted
 from crosslens.architectures import uses_k
 from crosslens.training.planted import planted_k, train_planted
 

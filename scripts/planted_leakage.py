@@ -18,8 +18,8 @@ import time
 import torch
 
 from crosslens.analysis import EvolutionAnalysis, PlantedConfig, PlantedEvolution, planted_scores
+from crosslens.analysis.planted_match import match_planted
 from crosslens.analysis.probes import firing_frequency
-from crosslens.analysis.synthetic import match_planted
 from crosslens.architectures import DEFAULT_LR, defaults_for, sparsity_coefficient_for
 from crosslens.training import CrosscoderTrainer, CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder

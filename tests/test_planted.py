@@ -24,8 +24,8 @@ from crosslens.analysis import (
     top_activating_contexts,
 )
 from crosslens.analysis.evolution import NO_STEP
+from crosslens.analysis.planted_match import match_planted, planted_mmcs, planted_recovery
 from crosslens.analysis.probes import firing_frequency
-from crosslens.analysis.synthetic import match_planted, planted_mmcs, planted_recovery
 
 N_STEPS = 2000
 BATCH = 256

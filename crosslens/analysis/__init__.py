@@ -34,9 +34,10 @@ from crosslens.analysis.lineage import (
 )
 from crosslens.analysis.planted_events import PlantedEvents
 from crosslens.analysis.planted_lineage import PlantedLineageScores, planted_lineage_scores
+from crosslens.analysis.planted_match import match_planted, planted_scores
 from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
 from crosslens.analysis.report import evolution_report
-from crosslens.analysis.synthetic import PlantedConfig, PlantedEvolution, match_planted, planted_scores
+from crosslens.analysis.synthetic import PlantedConfig, PlantedEvolution
 
 __all__ = [
     "EmergenceCheck",

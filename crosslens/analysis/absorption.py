@@ -5,7 +5,7 @@ that fires on many of the same tokens (feature absorption). Some sparsity terms 
 that: an L1 term on ``f * ||d||`` charges ``||d_i + a d_p||`` for a merged row where two
 latents cost ``||d_i|| + a ||d_p||``, and a fixed k saves a slot on every token the two
 share. The latent's direction then misses ``i``'s by that share, which is what
-:func:`~crosslens.analysis.synthetic.match_planted`'s cosine bar reads as a miss.
+:func:`~crosslens.analysis.planted_match.match_planted`'s cosine bar reads as a miss.
 
 The measure: fit latent ``j``'s decoder (its snapshots' rows concatenated, norms kept) by
 least squares on every planted feature's decoder, then divide the norm of the part given
