@@ -389,3 +389,22 @@ def test_an_event_the_activations_do_not_hold_is_set_aside():
     assert lineage_of(analysis, LineageConfig(held_by_activations=False), scaled_present_FS=scaled_FS).events == events
     with pytest.raises(ValueError, match=r"shape \[12, 7\], the decoder \[12, 8\].*this crosscoder's EmergenceCheck"):
         lineage_of(analysis, scaled_present_FS=scaled_FS[:, 1:])
+
+
+def test_lineage_called_by_hand_names_an_input_of_another_shape():
+    """``lineage`` takes the analysis's tables one by one: one of another length reached a
+    broadcasting error deep in the pairs' work."""
+    from crosslens.analysis.lineage import lineage
+
+    analysis = EvolutionAnalysis.from_decoder(torch.rand(6, 4, 5))
+    lt = analysis.lifetimes
+    tables = dict(present_FS=analysis.present, emergence_F=lt.emergence, fade_F=lt.fade, live_F=~lt.dead)
+    assert lineage(analysis.W_dec, *tables.values()).events == lineage_of(analysis).events
+    for name in tables:
+        cut = {**tables, name: tables[name][:5]}
+        with pytest.raises(
+            ValueError, match=rf"^{name} has shape \[5(, 4)?\], the decoder \[6, 4\] .*the analysis's own"
+        ):
+            lineage(analysis.W_dec, *cut.values())
+    with pytest.raises(ValueError, match=r"^W_dec_FSD has shape \[6, 20\]; a decoder is \[d_sae, n_snapshots, d_in\]$"):
+        lineage(analysis.W_dec.reshape(6, 20), *tables.values())

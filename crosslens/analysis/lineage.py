@@ -456,11 +456,17 @@ def lineage(
     (:func:`lineage_of`); ``scaled_present_FS``, where given, is latent scaling's presence, which
     sets aside the events the activations do not hold (:func:`held_by_activations`)."""
     config = config or LineageConfig()
-    if scaled_present_FS is not None and tuple(scaled_present_FS.shape) != tuple(present_FS.shape):
-        raise ValueError(
-            f"scaled_present_FS has shape {list(scaled_present_FS.shape)}, the decoder "
-            f"{list(present_FS.shape)} (latents, snapshots): pass this crosscoder's EmergenceCheck.present"
-        )
+    if W_dec_FSD.ndim != 3:
+        raise ValueError(f"W_dec_FSD has shape {list(W_dec_FSD.shape)}; a decoder is [d_sae, n_snapshots, d_in]")
+    F, S = W_dec_FSD.shape[:2]
+    given = {"present_FS": present_FS, "emergence_F": emergence_F, "fade_F": fade_F, "live_F": live_F}
+    for name, value in {**given, "scaled_present_FS": scaled_present_FS}.items():
+        if value is not None and tuple(value.shape) != ((F, S) if name.endswith("FS") else (F,)):
+            fix = "this crosscoder's EmergenceCheck.present" if name == "scaled_present_FS" else "the analysis's own"
+            raise ValueError(
+                f"{name} has shape {list(value.shape)}, the decoder {[F, S]} (latents, snapshots): pass {fix} "
+                "(lineage_of reads them from an EvolutionAnalysis)"
+            )
     unit_FSD = unit_rows(W_dec_FSD)
     present_FS = present_FS.bool() & live_F.bool()[:, None].to(present_FS.device)
     relatives, cosines = nearest_relatives(unit_FSD, present_FS, config.n_relatives, config.chunk_size)
