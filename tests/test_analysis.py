@@ -301,6 +301,8 @@ def test_feature_dimensionality_known_configurations():
     assert torch.allclose(total_dimensionality(dims), torch.tensor([3.0, 2.0, 1.0]), atol=1e-5)
     W_random = torch.randn(37, 4, 6)
     assert torch.allclose(feature_dimensionality(W_random, chunk_size=5), feature_dimensionality(W_random), atol=1e-5)
+    with pytest.raises(ValueError, match=r"^chunk_size=0 must be >= 1\.$"):
+        feature_dimensionality(W_random, chunk_size=0)
 
 
 def test_analysis_dimensionality_ignores_dead_features():

@@ -90,6 +90,9 @@ def test_planted_config_validation():
     assert int((~present_FS[:, 0] & present_FS[:, 1]).sum()) == 22  # the persistent ones, born in the second
     with pytest.raises(ValueError, match="exceeds n_features"):
         PlantedConfig(n_features=10)
+    for empty in ({"d_in": 0}, {"n_features": 0}):  # an empty decoder was built
+        with pytest.raises(ValueError, match=r"plant 1 feature or more in 1 dimension or more\.$"):
+            PlantedConfig(**empty)
     with pytest.raises(ValueError, match="one step per snapshot"):
         PlantedConfig(steps=(0, 1))
 

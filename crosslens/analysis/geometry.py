@@ -97,6 +97,8 @@ def feature_dimensionality(
     at that snapshot get 0. Pairs are computed ``chunk_size`` rows at a time, so memory is
     ``chunk_size x d_sae`` per snapshot.
     """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be >= 1.")
     W_FSD = _check_decoder(W_dec)
     d_sae, n_snapshots, _ = W_FSD.shape
     dims_FS = torch.zeros(d_sae, n_snapshots, device=W_FSD.device)

@@ -121,6 +121,10 @@ class PlantedConfig:
                 f"n_snapshots={self.n_snapshots}: transient features need at least 3 snapshots "
                 "(absent, present, faded); use n_snapshots >= 3, or n_transient=0 (two models)."
             )
+        if self.d_in < 1 or self.n_features < 1:
+            raise ValueError(
+                f"d_in={self.d_in}, n_features={self.n_features}: plant 1 feature or more in 1 dimension or more."
+            )
         scheduled = self.n_initialization + self.n_initialization_fading + self.n_transient
         if min(self.n_initialization, self.n_initialization_fading, self.n_transient) < 0:
             raise ValueError("feature counts per schedule must be >= 0.")
