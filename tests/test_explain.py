@@ -112,6 +112,23 @@ def test_balanced_accuracy_and_drift():
     assert feature_drift(moved, {0}, rule) is None  # no other life reading
 
 
+def test_a_python_config_reads_what_the_flags_take_and_refuses_a_limit_under_1():
+    """From Python, ``features="0-3"`` and ``features=[1, 2]`` failed to unpack inside the run,
+    ``classes="persistent"`` was read letter by letter, and ``max_features=0`` read as no limit: every
+    feature explained, and paid for."""
+    from crosslens.explain.config import ExplainError
+
+    config = ExplainConfig(features="0-3, 7", classes="persistent", phases="code,peak")
+    assert (config.features, config.classes, config.phases) == ([(0, 3), (7, 7)], ["persistent"], ["code", "peak"])
+    assert ExplainConfig(features=[1, (4, 6), [8, 9]]).features == [(1, 1), (4, 6), (8, 9)]
+    for bad in ([(5, 2)], [(-3, 2)], ["3"]):
+        with pytest.raises(ExplainError, match=r"^features: .* is not a feature id or a \(low, high\) range of ids"):
+            ExplainConfig(features=bad)
+    for limit in (0, -1):
+        with pytest.raises(ExplainError, match=rf"^--max-features must be >= 1, got {limit}; leave it unset"):
+            ExplainConfig(max_features=limit)
+
+
 def test_held_out_contexts_are_verified_and_split_from_the_shown_ones(run):
     from crosslens.dashboards.record import open_database
 

@@ -4,8 +4,10 @@ it refuses bad input with."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
+from crosslens.core.bounds import bounds_problem
 from crosslens.core.errors import CrosslensError
 from crosslens.dashboards.explanation_schema import PHASES
 
@@ -29,6 +31,14 @@ def feature_ranges(text: str) -> list[tuple[int, int]]:
         low, high = int(match[1]), int(match[2] or match[1])
         ranges.append((min(low, high), max(low, high)))
     return ranges
+
+
+def _feature_range(item: Any) -> tuple[int, int]:
+    """A feature id, or a ``(low, high)`` pair of ids, as an inclusive range."""
+    pair = (item, item) if isinstance(item, int) else tuple(item) if isinstance(item, (tuple, list)) else None
+    if pair is None or len(pair) != 2 or not all(isinstance(i, int) and i >= 0 for i in pair) or pair[0] > pair[1]:
+        raise ExplainError(f"features: {item!r} is not a feature id or a (low, high) range of ids; e.g. [3, (10, 20)]")
+    return pair
 
 
 def word_list(text: str) -> list[str]:
@@ -94,6 +104,17 @@ class ExplainConfig:
     """Show the progress bar."""
 
     def __post_init__(self) -> None:
+        # Python callers write what the flags take: "3,10-20", "persistent", "code,peak"
+        if isinstance(self.features, str):
+            self.features = feature_ranges(self.features)
+        elif self.features is not None:
+            self.features = [_feature_range(item) for item in self.features]
+        for name in ("classes", "phases"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, word_list(getattr(self, name)))
+        problem = bounds_problem(next(f for f in fields(self) if f.name == "max_features"), self.max_features)
+        if problem:  # 0 would read as no limit, and explain (and pay for) every feature
+            raise ExplainError(f"--{problem.replace('_', '-')}; leave it unset to explain every selected feature")
         unknown = [p for p in self.phases if p not in PHASES]
         if unknown or not self.phases:
             raise ExplainError(f"--phases {','.join(self.phases)}: pick from {','.join(PHASES)}")
