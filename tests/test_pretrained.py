@@ -240,6 +240,25 @@ def test_cli_push_prints_the_registry_entry(trained_run, stubbed_hub, capsys):
     assert exit_info.value.code == 2 and "--repo" in capsys.readouterr().err
 
 
+def test_push_refuses_what_would_publish_wrong_before_uploading(trained_run, stubbed_hub, offline_hf_home, tmp_path):
+    """A store named but not there was skipped (a card without its evaluation), a crosscoder id with
+    '..' wrote outside the repo's folder, a release with '/' was refused only by the registry later,
+    and n_eval_tokens=0 wrote NaN rows: each is refused before anything is uploaded."""
+    cases = [
+        ({"store_path": tmp_path / "typo"}, rf"^--store {tmp_path / 'typo'} does not exist; pass the store"),
+        ({"crosscoder_id": "../../escape"}, r"^crosscoder id '\.\./\.\./escape' is a folder inside the repo"),
+        ({"crosscoder_id": "/abs"}, r"^crosscoder id '/abs' is a folder inside the repo"),
+        ({"release": "a/b"}, r"^release name 'a/b' has a '/', which names a hub repo"),
+        ({"n_eval_tokens": 0}, r"^n_eval_tokens=0: evaluate on 1 token or more$"),
+    ]
+    for kwargs, says in cases:
+        with pytest.raises(ValueError, match=says):
+            push_to_hub(trained_run, "someone/refused", **kwargs)
+    assert not [path for path in offline_hf_home.rglob("*") if "refused" in path.name]  # nothing uploaded
+    push_to_hub(trained_run, "someone/refused", crosscoder_id="layer0")  # the same run, named right, goes up
+    assert [path for path in offline_hf_home.rglob("*") if "refused" in path.name]
+
+
 def test_push_offline_says_it_needs_the_hub_before_measuring(trained_run, offline_hf_home, capsys, monkeypatch):
     import crosslens.pretrained.push as push_module
 

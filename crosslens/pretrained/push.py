@@ -25,7 +25,7 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -88,6 +88,31 @@ class PushResult:
         return registry_yaml(self.registry_entry)
 
 
+def check_push_names(
+    crosscoder_id: str | None, release: str | None, store_path: str | Path | None, n_eval_tokens: int
+) -> None:
+    """Refuse, before anything is read or uploaded, what would be published wrong: a crosscoder id
+    that leaves its folder in the repo, a release name the registry refuses, a store named but not
+    there (the card would go out without its evaluation), and no tokens to evaluate on."""
+    parts = PurePosixPath(crosscoder_id or "x").parts
+    if crosscoder_id is not None and (
+        not crosscoder_id or crosscoder_id.startswith("/") or ".." in parts or "\\" in crosscoder_id
+    ):
+        raise ValueError(
+            f"crosscoder id {crosscoder_id!r} is a folder inside the repo: no '..', no leading '/'; pass --id NAME "
+            "(default: the hook name)"
+        )
+    if release is not None and (not release or "/" in release):
+        raise ValueError(f"release name {release!r} has a '/', which names a hub repo; pass --release NAME without one")
+    if store_path is not None and not Path(store_path).exists():
+        raise ValueError(
+            f"--store {store_path} does not exist; pass the store the crosscoder was trained on, or leave it out "
+            "(the run's own store is used where it is still there)"
+        )
+    if n_eval_tokens < 1:
+        raise ValueError(f"n_eval_tokens={n_eval_tokens}: evaluate on 1 token or more")
+
+
 def _partner_store(crosscoder: Any, folder: Path, store_path: str | Path | None) -> Any:
     """The store the card's figures are measured on, opened and checked to be the crosscoder's;
     None when there is no store at hand."""
@@ -133,6 +158,7 @@ def push_to_hub(
 
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"repo id must be ORG/NAME, got {repo_id!r}; pass --repo ORG/NAME.")
+    check_push_names(crosscoder_id, release, store_path, n_eval_tokens)
     run_dir = Path(run_dir)
     folder, run_config = find_final_crosscoder(run_dir)
     crosscoder = load_crosscoder_folder(folder)
