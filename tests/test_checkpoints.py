@@ -111,6 +111,8 @@ def test_local_step_folders(tmp_path):
     assert model.crosslens_snapshot.revision == "step100" and model.crosslens_snapshot.tokens_seen is None
     assert_matches_hf(model, models["step100"], models["step20"])
     assert list_revisions(tmp_path / "run") == ["step0", "step20", "step100"]
+    with pytest.raises(FileNotFoundError, match=rf"^local suite folder {tmp_path / 'rnu'} does not exist"):
+        list_revisions(str(tmp_path / "rnu"))  # a mistyped folder was looked up on the hub as a model id
 
 
 def test_local_suite_json(tmp_path):

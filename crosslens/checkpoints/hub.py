@@ -15,6 +15,7 @@ from crosslens.checkpoints.schedules import PYTHIA_STEPS, PYTHIA_V0_STEPS
 from crosslens.checkpoints.snapshot import parse_step, pythia_revision
 from crosslens.checkpoints.trajectory import trajectory_key
 from crosslens.core.errors import CrosslensError
+from crosslens.core.paths import looks_like_path
 
 
 def hub_offline() -> bool:
@@ -144,7 +145,7 @@ def list_revisions(model_id: str | os.PathLike) -> list[str]:
     * offline: crosslens's table for Pythia (``step0`` ... ``step143000``), else the
       revisions already in the local HF cache.
     """
-    if Path(model_id).exists():  # a file is refused there, as not a folder
+    if Path(model_id).expanduser().exists() or looks_like_path(str(model_id)):  # refused there if no folder
         from crosslens.checkpoints.local import scan_local_suite
 
         return [ref.revision for ref in scan_local_suite(Path(model_id)).snapshots]
