@@ -654,6 +654,24 @@ def test_a_snapshot_the_crosscoder_lacks_is_refused_naming_its_range(snapshots, 
             run_causal_stage(snapshots, jumprelu, task, tmp_path, tokenizer=tokenizer, snapshots=wrong, progress=False)
 
 
+def test_a_task_name_or_a_top_k_under_1_is_refused_before_anything_is_written(snapshots, tokenizer, jumprelu, tmp_path):
+    """A task's name reached ``'str' object has no attribute 'name'``; ``top_k=0`` was refused after
+    every snapshot's attribution, as "k". Both leave no folder behind."""
+    from crosslens.causal import run_causal_stage
+
+    out = tmp_path / "stage"
+    with pytest.raises(
+        TypeError,
+        match=r"^the task is str; pass a TaskDataset or a TokenizedTask: crosslens\.tasks\.get_task\('agreement_pp'\)$",
+    ):
+        run_causal_stage(snapshots, jumprelu, "agreement_pp", out, tokenizer=tokenizer, progress=False)
+    with pytest.raises(TypeError, match=r"^the task is str; pass a TaskDataset"):
+        attribute(snapshots, jumprelu, "agreement_pp", tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=r"^top_k=0: select 1 feature or more per snapshot$"):
+        run_causal_stage(snapshots, jumprelu, agreement_pairs("simple", n=4, seed=5), out, top_k=0, progress=False)
+    assert not out.exists()
+
+
 def test_ablation_curves_across_snapshots(snapshots, tokenizer, jumprelu):
     task = agreement_pairs("simple", n=4, seed=5)
     table = attribute(

@@ -247,11 +247,19 @@ def collect_task_activations(
     return acts[: len(task)], acts[len(task) :]
 
 
+def check_task(task: Any) -> None:
+    """Refuse what is not a task: a task's name, or its pairs, where its dataset is read."""
+    if not isinstance(task, (TaskDataset, TokenizedTask)):
+        hint = f": crosslens.tasks.get_task({task!r})" if isinstance(task, str) else ""
+        raise TypeError(f"the task is {type(task).__name__}; pass a TaskDataset or a TokenizedTask{hint}")
+
+
 def tokenize_task(
     task: TaskDataset | TokenizedTask, models: SnapshotModels, tokenizer: Any = None
 ) -> tuple[str, TokenizedTask]:
     """``(name, tokens)`` of ``task`` for ``models``: tokenized with their tokenizer (or
     ``tokenizer``) within their context; a TokenizedTask as it is, named ``"task"``."""
+    check_task(task)
     if isinstance(task, TokenizedTask):
         return "task", task
     tokenizer = resolve_tokenizer(tokenizer if tokenizer is not None else _tokenizer_of(models))

@@ -44,7 +44,13 @@ from crosslens.causal.relie import (
     relie,
     relie_floor_mask,
 )
-from crosslens.causal.snapshot_models import PreparedTask, SnapshotModels, iter_snapshot_models, prepare_task
+from crosslens.causal.snapshot_models import (
+    PreparedTask,
+    SnapshotModels,
+    check_task,
+    iter_snapshot_models,
+    prepare_task,
+)
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.htmlreport import Report
 from crosslens.tasks.base import TaskDataset, TokenizedTask
@@ -191,6 +197,9 @@ def run_causal_stage(
     snapshot's activations before any code exists) and once more for attribution and
     ablation together; per-snapshot mode loads each once.
     """
+    if top_k < 1:  # checked where it is used, after every snapshot's attribution
+        raise ValueError(f"top_k={top_k}: select 1 feature or more per snapshot")
+    check_task(task)
     out = Path(out_dir)
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the work
