@@ -194,11 +194,24 @@ def test_bad_questions_are_refused_in_one_line(live):
         (lambda: live.steer(3, PROMPT, strength=1.0, mode="multiply"), "mode 'multiply': use one of add, clamp"),
         (lambda: live.steer(3, PROMPT, strength=1.0, temperature=-1), "temperature -1: give 0 (greedy)"),
         (lambda: live.steer(3, PROMPT, strength=1.0, seed=-2), "seed -2: give a whole number"),
+        (lambda: live.steer(3, ["the", "cat"], strength=1.0), "the prompt is list, not text: pass one string"),
+        (lambda: live.steer(3, PROMPT, strength=1.0, snapshots=[]), "snapshots []: name 1 snapshot or more"),
+        (lambda: live.steer(torch.tensor(32), PROMPT, strength=1.0), "this crosscoder has features 0 to 31"),
     ]
     for ask, words_ in cases:
         with pytest.raises(LiveInputError) as error:
             ask()
         assert words_ in one_line(error), (words_, str(error.value))
+    with pytest.raises(IndexError, match=r"^feature -1: this crosscoder has features 0 to 31"):
+        live.activations(PROMPT).feature(-1)  # it read the last feature
+
+
+def test_a_feature_and_its_settings_read_off_tensors_and_arrays_steer_as_python_numbers(live):
+    """A feature taken from a table is a tensor, a length or strength from NumPy a NumPy scalar:
+    "feature tensor(3): this crosscoder has features 0 to 31" refused them."""
+    plain = live.steer(3, PROMPT, strength=4.0, n_tokens=3)
+    read_off = live.steer(torch.tensor(3), PROMPT, strength=np.float32(4.0), n_tokens=np.int64(3))
+    assert read_off == plain
 
 
 def other_suite(root: Path, seeds=(5, 6, 7), steps=(0, 10, 20), **overrides) -> CheckpointSuite:

@@ -13,6 +13,8 @@ question come from one thread's heap (a server's many request threads would each
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -260,7 +262,9 @@ class LiveModels:
     # ------------------------------------------------------------------ your text
     def tokenize(self, text: str, *, what: str = "text") -> list[int]:
         """``text``'s token ids, as a harvest tokenizes it (without the BOS the models read first)."""
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise LiveInputError(f"the {what} is {type(text).__name__}, not text: pass one string")
+        if not text.strip():
             raise LiveInputError(f"the {what} is empty: type a few words")
         if len(text) > self.config.max_text_chars:
             raise LiveInputError(
@@ -334,18 +338,19 @@ class LiveModels:
         decoder direction at the crosscoder's hook, ``"clamp"`` sets its activation to ``strength``).
         ``temperature`` 0 is greedy; above 0, tokens are drawn with ``seed``. ``snapshots``: which
         (default: every one)."""
-        self._check_steering(strength, mode, n_tokens, temperature, seed)
+        strength, n_tokens = self._check_steering(strength, mode, n_tokens, temperature, seed)
+        if snapshots is not None and not len(snapshots):
+            raise LiveInputError("snapshots []: name 1 snapshot or more, or leave it out for every one")
         ids = self.tokenize(prompt, what="prompt")
 
         def continuations(opened: _Opened) -> list[SteeredSnapshot]:
             S, F = len(opened.steps), int(opened.crosscoder.cfg.d_sae)
-            _check_index(feature, F, "feature")
+            index = _check_index(feature, F, "feature")
             chosen = list(range(S)) if snapshots is None else [_check_index(s, S, "snapshot") for s in snapshots]
             self._fits(opened, len(ids) + 1 + n_tokens, f"the prompt's {len(ids)} tokens and {n_tokens} new ones")
             prompt_L = torch.tensor([opened.bos, *ids])
             return [
-                self._steer_one(opened, feature, s, prompt_L, mode, strength, n_tokens, temperature, seed)
-                for s in chosen
+                self._steer_one(opened, index, s, prompt_L, mode, strength, n_tokens, temperature, seed) for s in chosen
             ]
 
         rows = self._ask(continuations)
@@ -379,18 +384,23 @@ class LiveModels:
             direction_norm=float(direction(opened.readings, feature, s).norm()),
         )
 
-    def _check_steering(self, strength: float, mode: str, n_tokens: int, temperature: float, seed: int) -> None:
+    def _check_steering(
+        self, strength: float, mode: str, n_tokens: int, temperature: float, seed: int
+    ) -> tuple[float, int]:
+        """Refuse settings a steering cannot run with; return the strength and length as Python numbers."""
         if mode not in MODES:
             raise LiveInputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
         word = "clamp value" if mode == "clamp" else "strength"
-        if not isinstance(strength, (int, float)) or not math.isfinite(strength) or abs(strength) > MAX_STRENGTH:
+        if not isinstance(strength, numbers.Real) or not math.isfinite(strength) or abs(strength) > MAX_STRENGTH:
             raise LiveInputError(f"{word} {strength!r}: give a finite number of at most {MAX_STRENGTH:g} in size")
-        if not isinstance(n_tokens, int) or not 1 <= n_tokens <= self.config.max_new_tokens:
+        length = None if isinstance(n_tokens, bool) else _as_integer(n_tokens)
+        if length is None or not 1 <= length <= self.config.max_new_tokens:
             raise LiveInputError(f"length {n_tokens!r}: generate 1 to {self.config.max_new_tokens} tokens")
         if not isinstance(temperature, (int, float)) or not 0 <= temperature <= MAX_TEMPERATURE:
             raise LiveInputError(f"temperature {temperature!r}: give 0 (greedy) to {MAX_TEMPERATURE:g}")
         if not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise LiveInputError(f"seed {seed!r}: give a whole number from 0 to 2^63 - 1")
+        return float(strength), length
 
     @contextmanager
     def _threads(self) -> Iterator[None]:
@@ -420,6 +430,16 @@ class LiveModels:
 
 
 def _check_index(value: Any, size: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) < size:
+    """``value`` as an index below ``size``: any integer, a NumPy one or a one-element tensor's (a
+    feature read off a table), never a bool."""
+    index = None if isinstance(value, bool) else _as_integer(value)
+    if index is None or not 0 <= index < size:
         raise LiveInputError(f"{what} {value!r}: this crosscoder has {what}s 0 to {size - 1}")
-    return int(value)
+    return index
+
+
+def _as_integer(value: Any) -> int | None:
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None

@@ -53,6 +53,9 @@ class TextActivations:
 
     def feature(self, feature: int) -> Float[np.ndarray, "n_readings n_tokens"]:
         """One feature's activation on each token: row 0 the crosscoder's code, row ``s + 1`` snapshot s's."""
+        d_sae = self.crosscoder_NF.shape[1]
+        if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)) or not 0 <= feature < d_sae:
+            raise IndexError(f"feature {feature!r}: this crosscoder has features 0 to {d_sae - 1}")  # -1 read the last
         return np.concatenate([self.crosscoder_NF[None, :, feature], self.snapshots_SNF[:, :, feature]])
 
     def top(self, reading: int = CROSSCODER, k: int = 20) -> list[tuple[int, float, int]]:
