@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import types
 
@@ -688,6 +689,14 @@ def test_ablation_curves_across_snapshots(snapshots, tokenizer, jumprelu):
     assert {r["label"] for r in rows} == {"s0", "s2"}
     figure = ablation_curves_figure(rows)
     assert len(figure.data) == 2 * 2 * 2  # snapshots x (ablate, keep) x (top, random)
+    # another crosscoder's table ranked this one's features by the other's effects, silently
+    wider = dataclasses.replace(table, ie=torch.cat([table.ie, table.ie]))
+    later = dataclasses.replace(table, snapshots=[0, 5])
+    for other in (wider, later):
+        with pytest.raises(
+            ValueError, match=r"^the IE table has \d+ features at snapshots \[0, [25]\]; this crosscoder has"
+        ):
+            ablation_curves(snapshots, jumprelu, task, other, ks=[1], n_random=1, tokenizer=tokenizer, progress=False)
 
 
 # ---------------------------------------------------------------------------- RelIE

@@ -291,6 +291,13 @@ def ablation_curves(
     """
     hook = crosscoder_hook(crosscoder, hook)
     check_models_match(models, crosscoder)
+    S, F = int(crosscoder.cfg.n_snapshots), int(crosscoder.cfg.d_sae)
+    if table.d_sae != F or any(not 0 <= s < S for s in table.snapshots):
+        # another crosscoder's table would rank features that are not these
+        raise ValueError(
+            f"the IE table has {table.d_sae} features at snapshots {table.snapshots}; this crosscoder has {F} "
+            f"features at snapshots 0 to {S - 1}: pass the table attribute() made with this crosscoder"
+        )
     _, tokenized = tokenize_task(task, models, tokenizer)
     acts_all = activations
     if exact and acts_all is None:
