@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import weakref
 
+import numpy as np
 import pytest
 import torch
 import transformer_lens.loading_from_pretrained as tl_loading
@@ -292,6 +293,19 @@ def test_select_by_steps_indices_and_n(fake_hub):
         by_steps.select(indices=[3])
     with pytest.raises(ValueError, match="exactly one"):
         suite.select(steps=[0], n=2)
+    # 1000.7 selected step 1000; a bare number was "'int' object is not iterable"
+    for steps in ([1000.7], 1000, "1000"):
+        with pytest.raises(
+            ValueError, match=r"^steps .*: give a list of whole training steps, e.g. steps=\[0, 1000\]$"
+        ):
+            suite.select(steps=steps)
+    for indices in ([1.0], 1):
+        with pytest.raises(
+            ValueError, match=r"^indices .*: give a list of snapshot positions, e.g. indices=\[0, -1\]$"
+        ):
+            suite.select(indices=indices)
+    assert suite.select(steps=[np.int64(1000)], indices=None).steps == (1000,)
+    assert suite.select(indices=[np.int64(0)]).steps == (0,)
 
 
 def test_list_revisions_offline(fake_hub):

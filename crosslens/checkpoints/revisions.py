@@ -3,6 +3,7 @@ what a repo (or a suite) has, and errors that name the nearest revisions that ex
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -53,6 +54,14 @@ def pythia_model_id(name: str) -> str:
         raise ValueError(f"TransformerLens has no checkpoint support for {model_id}; use one of {known}") from None
 
 
+def whole_number(value: object) -> int | None:
+    """``value`` as an int where it is a whole number's type (int, a NumPy integer), else None."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def checked_steps(
     steps: Sequence[int],
     available: Sequence[int],
@@ -62,6 +71,9 @@ def checked_steps(
     in_suite: bool = False,
 ) -> list[int]:
     """`steps` sorted, each checked to be in `available` (the repo's, or the suite's)."""
+    if isinstance(steps, (int, str)) or any(isinstance(s, bool) or whole_number(s) is None for s in steps):
+        # int(10.7) would pick step 10; a bare int is not a list of them
+        raise ValueError(f"steps {steps!r}: give a list of whole training steps, e.g. steps=[0, 1000]")
     chosen = sorted(int(s) for s in steps)
     if len(set(chosen)) != len(chosen):
         raise ValueError(
