@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerFast
 from crosslens.checkpoints import CheckpointSuite, SnapshotInfo, SnapshotRef, list_revisions, spaced_steps
 from crosslens.checkpoints.schedules import PYTHIA_STEPS
 from crosslens.checkpoints.snapshot import parse_step, parse_tokens
+from crosslens.core.devices import DeviceError
 from crosslens.core.errors import (
     CrosslensError,
     DuplicateSnapshotError,
@@ -110,6 +111,8 @@ def test_local_step_folders(tmp_path):
     assert suite.revisions == ("step0", "step20", "step100") and suite.steps == (0, 20, 100)
     model = suite.load(-1)
     assert model.crosslens_snapshot.revision == "step100" and model.crosslens_snapshot.tokens_seen is None
+    with pytest.raises(DeviceError, match=r"^unknown device 'gpu'; use one of cpu, cuda, cuda:N or mps"):
+        suite.load(0, device="gpu")  # TransformerLens refused it once the weights had loaded
     assert_matches_hf(model, models["step100"], models["step20"])
     assert list_revisions(tmp_path / "run") == ["step0", "step20", "step100"]
     with pytest.raises(FileNotFoundError, match=rf"^local suite folder {tmp_path / 'rnu'} does not exist"):

@@ -60,7 +60,7 @@ from crosslens.checkpoints.trajectory import (
     parse_stage,
     place_on_trajectory,
 )
-from crosslens.core.devices import as_dtype, release_model
+from crosslens.core.devices import as_dtype, release_model, resolve_device
 from crosslens.core.errors import DuplicateSnapshotError, SnapshotMismatchError, UnknownRevisionError
 from crosslens.core.hashing import weights_sha256
 from crosslens.core.model_specs import MODELS_FAMILY, ModelSpec
@@ -403,6 +403,7 @@ class CheckpointSuite(SuiteTokenizer):
         """
         ref = self._ref(snapshot)
         dtype = as_dtype(dtype)
+        device = resolve_device(device)  # "gpu" failed inside TransformerLens, after the weights had loaded
         if first_n_layers is None:
             return self._with_info(ref, self._load_hooked(ref, device, dtype))
         if first_n_layers < 1:
