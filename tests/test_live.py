@@ -206,6 +206,14 @@ def test_bad_questions_are_refused_in_one_line(live):
         live.activations(PROMPT).feature(-1)  # it read the last feature
 
 
+def test_a_live_config_is_refused_where_it_is_built_not_at_its_first_question():
+    """``threads=0`` and ``cached_texts=-1`` were accepted, then failed inside torch and the text cache."""
+    for name, value, least in (("threads", 0, 1), ("cached_texts", -1, 0), ("max_new_tokens", 0, 1)):
+        with pytest.raises(ValueError, match=rf"^{name} must be >= {least}, got {value}$"):
+            LiveConfig(**{name: value})
+    assert LiveConfig(threads=None, cached_texts=0).threads is None
+
+
 def test_a_feature_and_its_settings_read_off_tensors_and_arrays_steer_as_python_numbers(live):
     """A feature taken from a table is a tensor, a length or strength from NumPy a NumPy scalar:
     "feature tensor(3): this crosscoder has features 0 to 31" refused them."""

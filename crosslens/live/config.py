@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from crosslens.core.bounds import check_bounds
 from crosslens.core.errors import CrosslensError
 
 MODES = ("add", "clamp")
@@ -42,9 +43,7 @@ class LiveConfig:
     def __post_init__(self) -> None:
         if self.resident_models < 1:
             raise CrosslensError(f"--resident-models {self.resident_models}: keep at least 1 snapshot model resident.")
-        for name in ("max_text_chars", "max_text_tokens", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise CrosslensError(f"{name}={getattr(self, name)}: must be at least 1.")
+        check_bounds(self)  # the rest: threads 0 and cached_texts -1 failed at the first question
 
 
 def limits(config: LiveConfig) -> dict[str, object]:
