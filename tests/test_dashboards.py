@@ -383,6 +383,13 @@ def test_bad_runs_stores_and_attributions_are_refused_in_one_line(tiny, tmp_path
     with pytest.raises(DashboardsError) as refused:
         compute(run, attribution=[str(tmp_path / "wide")])
     assert "attributes another crosscoder" in one_line(refused.value)
+    with pytest.raises(DashboardsError) as refused:  # one path, as the flag takes it: it was read letter by letter
+        compute(run, attribution=str(tmp_path / "wide"))
+    assert "attributes another crosscoder" in one_line(refused.value)
+    with pytest.raises(DashboardsError, match=r"^stream is str; pass a StreamSource"):
+        compute_dashboards(run, stream=str(tiny / "suite"), config=DashboardsConfig(**CONFIG), device="cpu")
+    with pytest.raises(DashboardsError, match=r"^top_k is a whole number, got 'ten'$"):
+        DashboardsConfig(top_k="ten")
     assert not (run / schema.DATABASE_NAME).exists() and not (run / "dashboards.partial").exists()
 
 

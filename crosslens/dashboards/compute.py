@@ -106,6 +106,11 @@ def compute_dashboards(
     config = config if config is not None else DashboardsConfig()
     if store is not None and stream is not None:
         raise DashboardsError("pass a store or a stream of snapshot models, not both (--store or --stream)")
+    if stream is not None and not isinstance(stream, StreamSource):
+        raise DashboardsError(
+            f"stream is {type(stream).__name__}; pass a StreamSource (the suite's models and the token table), "
+            "or a store's folder as store="
+        )
     check_run_folder(run_dir)
     device = resolve_device(device)
 

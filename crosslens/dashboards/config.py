@@ -126,6 +126,12 @@ class DashboardsConfig:
     that fails its checks; without it such a file is refused and left as it is."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.attribution, str):  # what --attribution takes, from Python
+            self.attribution = path_list(self.attribution)
+        for name in ("n_tokens", "top_k", "n_logits", "n_bins", "reservoir", "batch_size", "n_quantile", "window"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise DashboardsError(f"{name} is a whole number, got {value!r}")
         for name in ("n_tokens", "top_k", "n_logits", "n_bins", "reservoir", "batch_size"):
             value = getattr(self, name)
             if value is not None and int(value) < (2 if name == "n_bins" else 1):
