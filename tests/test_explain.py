@@ -127,6 +127,12 @@ def test_a_python_config_reads_what_the_flags_take_and_refuses_a_limit_under_1()
     for limit in (0, -1):
         with pytest.raises(ExplainError, match=rf"^--max-features must be >= 1, got {limit}; leave it unset"):
             ExplainConfig(max_features=limit)
+    for endpoint in ("http://127.0.0.1:99999/v1", "127.0.0.1:8000", 8000, "http://me:secret@host:x/v1"):
+        with pytest.raises(ExplainError) as refused:  # the port reached urllib's "Port out of range 0-65535"
+            ExplainConfig(endpoint=endpoint)
+        message = str(refused.value)
+        assert message.startswith("--endpoint takes the http(s) URL") and "secret" not in message
+    assert ExplainConfig(endpoint="https://me:secret@api.example.com/v1").endpoint.endswith("/v1")
 
 
 def test_held_out_contexts_are_verified_and_split_from_the_shown_ones(run):

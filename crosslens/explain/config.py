@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from crosslens.core.bounds import bounds_problem
 from crosslens.core.errors import CrosslensError
@@ -39,6 +40,17 @@ def _feature_range(item: Any) -> tuple[int, int]:
     if pair is None or len(pair) != 2 or not all(isinstance(i, int) and i >= 0 for i in pair) or pair[0] > pair[1]:
         raise ExplainError(f"features: {item!r} is not a feature id or a (low, high) range of ids; e.g. [3, (10, 20)]")
     return pair
+
+
+def _is_http_url(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:  # out of range, or not a number
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
 
 
 def word_list(text: str) -> list[str]:
@@ -115,6 +127,12 @@ class ExplainConfig:
         problem = bounds_problem(next(f for f in fields(self) if f.name == "max_features"), self.max_features)
         if problem:  # 0 would read as no limit, and explain (and pay for) every feature
             raise ExplainError(f"--{problem.replace('_', '-')}; leave it unset to explain every selected feature")
+        if self.endpoint is not None and not _is_http_url(self.endpoint):
+            # the value is not repeated: a URL can carry a user name and password
+            raise ExplainError(
+                "--endpoint takes the http(s) URL of an OpenAI-compatible API with a port from 1 to 65535, "
+                "e.g. http://127.0.0.1:8000/v1"
+            )
         unknown = [p for p in self.phases if p not in PHASES]
         if unknown or not self.phases:
             raise ExplainError(f"--phases {','.join(self.phases)}: pick from {','.join(PHASES)}")
