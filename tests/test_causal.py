@@ -441,6 +441,10 @@ def test_attribute_across_snapshots_gives_a_tidy_table(snapshots, tokenizer, tmp
     rows = table.rows()
     assert {"feature", "snapshot", "label", "task", "ie"} <= set(rows[0])
     assert len(rows) == int((table.ie != 0).sum())
+    assert [r["feature"] for r in table.rows([3], include_zero=True)] == [3] * table.ie.shape[1]
+    for outside in (-1, D_SAE):  # -1 was reported as a feature -1 with the last feature's effects
+        with pytest.raises(IndexError, match=rf"^feature {outside}: this table has features 0 to {D_SAE - 1}$"):
+            table.rows([outside])
     loaded = IETable.load(table.save(tmp_path / "ie.json"))
     torch.testing.assert_close(loaded.ie, table.ie)
     assert loaded.config["n_steps"] == 3 and loaded.snapshot_labels == table.snapshot_labels

@@ -51,6 +51,9 @@ class IETable:
     def rows(self, features: Sequence[int] | torch.Tensor | None = None, *, include_zero: bool = False) -> list[dict]:
         """Tidy rows ``{feature, snapshot, label, task, ie}`` (zero IE skipped unless asked)."""
         chosen = torch.arange(self.d_sae) if features is None else torch.as_tensor(features, dtype=torch.long)
+        outside = chosen[(chosen < 0) | (chosen >= self.d_sae)]
+        if len(outside):  # -1 was read as the last feature and reported as feature -1
+            raise IndexError(f"feature {int(outside[0])}: this table has features 0 to {self.d_sae - 1}")
         values = self.ie[chosen]
         keep = torch.ones_like(values, dtype=torch.bool) if include_zero else values != 0
         out = []
