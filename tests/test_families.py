@@ -345,6 +345,10 @@ def test_blimp_loader_language_field(tmp_path):
         load_blimp_jsonl(path, language="de", language_key="lang")
     with pytest.raises(MinimalPairFormatError, match="language_key"):
         load_multilingual_blimp(path)  # the lines name their language in "lang", not "language"
+    # one language as a string was read letter by letter ("no lines in language(s) ['f', 'r']")
+    assert list(load_multilingual_blimp(path, languages="fr", language_key="lang")) == ["fr"]
+    with pytest.raises(MinimalPairFormatError, match=r"^languages=\[\]: name one or more of \['en', 'fr'\]"):
+        load_multilingual_blimp(path, languages=[], language_key="lang")
 
 
 def test_attribute_runs_languages_together_with_relie_side_by_side(tmp_path):

@@ -341,7 +341,9 @@ def load_multilingual_blimp(
     """
     path = Path(path)
     present = languages_in(path, language_key=language_key, skip_invalid=on_invalid == "skip")
-    chosen = present if languages is None else list(languages)
+    chosen = present if languages is None else [languages] if isinstance(languages, str) else list(languages)
+    if not chosen:
+        raise MinimalPairFormatError(f"languages=[]: name one or more of {present}, or leave it out for all of them")
     missing = [lang for lang in chosen if lang not in present]
     if missing:
         raise MinimalPairFormatError(f"{path}: no lines in language(s) {missing}; the languages here are {present}")
