@@ -748,6 +748,9 @@ def test_relie_one_vs_all_and_pairwise_on_a_hand_made_table():
     torch.testing.assert_close(relie(torch.zeros(2, 2)), torch.full((2, 2), 0.5))
     with pytest.raises(ValueError, match="at least 2 snapshots"):
         relie(torch.ones(3, 1))
+    # from NumPy (or lists) the same numbers: "'numpy.ndarray' object has no attribute 'abs'" before
+    torch.testing.assert_close(relie(ie.numpy()), expected)
+    torch.testing.assert_close(relie_pairwise([1.0, 0.0, -3.0, 0.0], np.array([3.0, 0.0, 1.0, 2.0])), pairwise.double())
 
 
 def test_relie_classes_and_thresholds():
@@ -758,6 +761,9 @@ def test_relie_classes_and_thresholds():
     assert stricter[3].tolist() == ["shared", "shared"] and stricter[0].tolist() == ["specific", "other"]
     counts = class_counts(labels)
     assert counts["specific"].tolist() == [2, 0] and counts["shared"].tolist() == [2, 2]
+    assert classify_relie(values.numpy()).tolist() == labels.tolist()
+    with pytest.raises(TypeError, match=r"^class_counts counts the labels classify_relie returns; got Tensor$"):
+        class_counts(values)  # it counted a bool: "'bool' object has no attribute 'sum'"
     with pytest.raises(ValueError, match="0 <= other < specific <= 1"):
         RelIEThresholds(specific=0.3, other=0.7)
 

@@ -54,6 +54,7 @@ def relie_pairwise(
     ie_from: Float[torch.Tensor, " n_features"], ie_to: Float[torch.Tensor, " n_features"]
 ) -> Float[torch.Tensor, " n_features"]:
     """``|IE(to)| / (|IE(from)| + |IE(to)|)``; 0.5 where both are zero."""
+    ie_from, ie_to = torch.as_tensor(ie_from), torch.as_tensor(ie_to)
     if ie_from.shape != ie_to.shape:
         raise ValueError(f"pairwise RelIE needs equal shapes, got {tuple(ie_from.shape)} and {tuple(ie_to.shape)}")
     return relie(torch.stack([ie_from, ie_to], dim=-1))[..., 1]
@@ -76,7 +77,7 @@ def classify_relie(
     """An array of ``"specific"`` / ``"shared"`` / ``"other"`` with the shape of ``values``;
     entries where the boolean ``classed`` (same shape, optional) is False are
     :data:`BELOW_FLOOR` instead (build it with :func:`relie_floor_mask`)."""
-    array = values.detach().cpu().numpy()
+    array = torch.as_tensor(values).detach().cpu().numpy()
     labels = np.full(array.shape, "shared", dtype=object)
     labels[array > thresholds.specific] = "specific"
     labels[array < thresholds.other] = "other"
@@ -142,6 +143,8 @@ def relie_floor_mask(
 
 def class_counts(labels: np.ndarray) -> dict[str, np.ndarray]:
     """Per snapshot (last axis), how many features fall in each class."""
+    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "UO":
+        raise TypeError(f"class_counts counts the labels classify_relie returns; got {type(labels).__name__}")
     return {name: (labels == name).sum(axis=0) for name in RELIE_CLASSES}
 
 

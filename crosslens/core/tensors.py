@@ -52,6 +52,7 @@ def one_vs_all_share(values: torch.Tensor) -> torch.Tensor:
     RelIE (on indirect effects) and RelDec (on decoder norms) are both this ratio, so they
     share this one implementation.
     """
+    values = torch.as_tensor(values)  # a NumPy array or a list of effects reads as its tensor
     if values.ndim < 1 or values.shape[-1] < 2:
         raise ValueError(
             f"a one-vs-all share compares at least 2 snapshots along the last axis, got shape {tuple(values.shape)}"
