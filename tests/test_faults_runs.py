@@ -25,7 +25,8 @@ from trust_fixtures import copy_tree, harvest, run_config, tree_bytes, write_sui
 import crosslens
 from crosslens.cli import main
 from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME, RUN_LOCK_NAME, RUN_SEAL_NAME, TRAIN_LOG_NAME
-from crosslens.pretrained.push import LocalHubApi, push_to_hub
+from crosslens.pretrained.local_hub import LocalHubApi
+from crosslens.pretrained.push import push_to_hub
 from crosslens.training.interrupts import TrainingInterrupted
 from crosslens.training.records import RECORD_NAME, record_problem
 from crosslens.training.run_log import read_run_log

@@ -206,7 +206,8 @@ def test_report_without_spliced_figures_has_no_section(world, tmp_path):
 def test_push_puts_the_spliced_figures_in_the_registry_entry_and_model_card(world, tmp_path):
     import yaml
 
-    from crosslens.pretrained.push import LocalHubApi, push_to_hub
+    from crosslens.pretrained.local_hub import LocalHubApi
+    from crosslens.pretrained.push import push_to_hub
     from crosslens.pretrained.registry import PretrainedRegistryError, parse_registry
 
     result = push_to_hub(world["run"], "someone/spliced", api=LocalHubApi(tmp_path / "hub"))
@@ -239,7 +240,8 @@ def test_push_puts_the_spliced_figures_in_the_registry_entry_and_model_card(worl
 
 
 def test_push_of_a_run_without_spliced_figures_leaves_them_out(world, tmp_path):
-    from crosslens.pretrained.push import LocalHubApi, push_to_hub
+    from crosslens.pretrained.local_hub import LocalHubApi
+    from crosslens.pretrained.push import push_to_hub
 
     assert main(cli_train(world["store"], tmp_path / "run", "--spliced-seqs", "0")) == 0
     result = push_to_hub(tmp_path / "run", "someone/plain", api=LocalHubApi(tmp_path / "hub"))

@@ -54,12 +54,18 @@ def pythia_model_id(name: str) -> str:
         raise ValueError(f"TransformerLens has no checkpoint support for {model_id}; use one of {known}") from None
 
 
-def whole_number(value: object) -> int | None:
-    """``value`` as an int where it is a whole number's type (int, a NumPy integer), else None."""
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
+def check_whole_numbers(values: Any, name: str, what: str) -> None:
+    """Refuse ``values`` unless it is a list of whole numbers (ints, NumPy integers; no bools): a
+    bare number, a string, or a float among them, with ``name=`` and ``what`` it should hold."""
+
+    def whole(value: object) -> bool:
+        try:
+            return not isinstance(value, bool) and operator.index(value) is not None
+        except TypeError:
+            return False
+
+    if isinstance(values, (int, str)) or not all(whole(v) for v in values):
+        raise ValueError(f"{name} {values!r}: give a list of {what}")
 
 
 def checked_steps(
@@ -71,9 +77,7 @@ def checked_steps(
     in_suite: bool = False,
 ) -> list[int]:
     """`steps` sorted, each checked to be in `available` (the repo's, or the suite's)."""
-    if isinstance(steps, (int, str)) or any(isinstance(s, bool) or whole_number(s) is None for s in steps):
-        # int(10.7) would pick step 10; a bare int is not a list of them
-        raise ValueError(f"steps {steps!r}: give a list of whole training steps, e.g. steps=[0, 1000]")
+    check_whole_numbers(steps, "steps", "whole training steps, e.g. steps=[0, 1000]")  # int(10.7) is step 10
     chosen = sorted(int(s) for s in steps)
     if len(set(chosen)) != len(chosen):
         raise ValueError(

@@ -34,12 +34,12 @@ from crosslens.checkpoints.models import (
 )
 from crosslens.checkpoints.revisions import (
     check_revisions,
+    check_whole_numbers,
     checked_steps,
     of_ingredient,
     pythia_model_id,
     refs_at_steps,
     unknown_revision_error,
-    whole_number,
     with_revision_errors,
 )
 from crosslens.checkpoints.schedules import Spacing, spaced_steps
@@ -290,10 +290,7 @@ class CheckpointSuite(SuiteTokenizer):
             chosen = [by_step[s] for s in chosen_steps]
         else:
             assert indices is not None
-            if isinstance(indices, int) or not all(
-                not isinstance(i, bool) and whole_number(i) is not None for i in indices
-            ):
-                raise ValueError(f"indices {indices!r}: give a list of snapshot positions, e.g. indices=[0, -1]")
+            check_whole_numbers(indices, "indices", "snapshot positions, e.g. indices=[0, -1]")
             positions = set()
             for i in indices:
                 if not -len(self) <= i < len(self):

@@ -32,7 +32,7 @@ __getattr__ = lazy_attributes(
     __name__,
     {
         "push_to_hub": "crosslens.pretrained.push",
-        "LocalHubApi": "crosslens.pretrained.push",
+        "LocalHubApi": "crosslens.pretrained.local_hub",
         "PushResult": "crosslens.pretrained.push",
         "from_pretrained": "crosslens.pretrained.releases",
         "Pretrained": "crosslens.pretrained.releases",
