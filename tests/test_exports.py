@@ -463,6 +463,10 @@ def test_bad_input_is_refused_in_one_line_naming_the_fix(tiny, seeded, tmp_path)
     unfinished.mkdir()
     (unfinished / "run.json").write_text("{}")
     assert "has no final crosscoder (final/cfg.json); finish its training" in one_line_error(tmp_path, unfinished)
+    final = run / "final"  # the crosscoder's folder for its run: it was told to finish training
+    assert one_line_error(tmp_path, final).endswith(
+        f"{final} is a crosscoder's folder inside the run {run}; pass the run folder {run}"
+    )
     assert "which this run does not have; pick from step0, step10, step20" in one_line_error(
         tmp_path, run, snapshots=["step5"]
     )

@@ -176,6 +176,11 @@ def finished_run_problem(run_dir: Path) -> str | None:
     crosscoder), naming the fix; None where it is. :func:`check_run` checks its seal after."""
     if not run_dir.is_dir():
         return f"{run_dir} is not a folder; pass the --out folder of `crosslens train`"
+    if (run_dir / "cfg.json").is_file() and (run_dir.parent / RUN_CONFIG_NAME).is_file():
+        # RUN/final (or a checkpoint's folder) given for its run
+        return (
+            f"{run_dir} is a crosscoder's folder inside the run {run_dir.parent}; pass the run folder {run_dir.parent}"
+        )
     if not (run_dir / FINAL_DIRNAME / "cfg.json").is_file():
         return (
             f"{run_dir} has no final crosscoder ({FINAL_DIRNAME}/cfg.json); finish its training with "
