@@ -3,7 +3,6 @@ what a repo (or a suite) has, and errors that name the nearest revisions that ex
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -15,6 +14,7 @@ from crosslens.checkpoints.identity import SnapshotFiles, fully_cached, uncached
 from crosslens.checkpoints.schedules import nearest_steps
 from crosslens.checkpoints.snapshot import SnapshotRef, parse_step
 from crosslens.checkpoints.trajectory import parse_ingredient
+from crosslens.core.bounds import whole_number
 from crosslens.core.errors import UnknownRevisionError
 
 T = TypeVar("T")
@@ -57,14 +57,7 @@ def pythia_model_id(name: str) -> str:
 def check_whole_numbers(values: Any, name: str, what: str) -> None:
     """Refuse ``values`` unless it is a list of whole numbers (ints, NumPy integers; no bools): a
     bare number, a string, or a float among them, with ``name=`` and ``what`` it should hold."""
-
-    def whole(value: object) -> bool:
-        try:
-            return not isinstance(value, bool) and operator.index(value) is not None
-        except TypeError:
-            return False
-
-    if isinstance(values, (int, str)) or not all(whole(v) for v in values):
+    if isinstance(values, (int, str)) or any(whole_number(v) is None for v in values):
         raise ValueError(f"{name} {values!r}: give a list of {what}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from typing import Any
 
 
@@ -33,6 +34,18 @@ def bounds_problem(f: dataclasses.Field, value: Any, label: str = "") -> str | N
     else:
         wanted = f"{'<' if max_strictly else '<='} {high}"
     return f"{label}{f.name} must be {wanted}, got {value}"
+
+
+def whole_number(value: Any) -> int | None:
+    """``value`` as an int where it is a whole number of any kind (an int, a NumPy integer, a
+    one-element integer tensor), never a bool; None for anything else (a float such as 10.7, a
+    string), which would otherwise be rounded or read letter by letter."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def check_bounds(config: Any, label: str = "") -> None:

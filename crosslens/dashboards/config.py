@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from crosslens.core.bounds import whole_number
 from crosslens.core.errors import CrosslensError
 
 DEFAULT_N_TOKENS = 10_000_000
@@ -130,7 +131,7 @@ class DashboardsConfig:
             self.attribution = path_list(self.attribution)
         for name in ("n_tokens", "top_k", "n_logits", "n_bins", "reservoir", "batch_size", "n_quantile", "window"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            if value is not None and whole_number(value) is None:
                 raise DashboardsError(f"{name} is a whole number, got {value!r}")
         for name in ("n_tokens", "top_k", "n_logits", "n_bins", "reservoir", "batch_size"):
             value = getattr(self, name)

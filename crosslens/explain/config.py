@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from crosslens.core.bounds import bounds_problem
+from crosslens.core.bounds import bounds_problem, whole_number
 from crosslens.core.errors import CrosslensError
 from crosslens.dashboards.explanation_schema import PHASES
 
@@ -36,10 +36,11 @@ def feature_ranges(text: str) -> list[tuple[int, int]]:
 
 def _feature_range(item: Any) -> tuple[int, int]:
     """A feature id, or a ``(low, high)`` pair of ids, as an inclusive range."""
-    pair = (item, item) if isinstance(item, int) else tuple(item) if isinstance(item, (tuple, list)) else None
-    if pair is None or len(pair) != 2 or not all(isinstance(i, int) and i >= 0 for i in pair) or pair[0] > pair[1]:
+    pair = tuple(item) if isinstance(item, (tuple, list)) else (item, item)
+    ids = [whole_number(i) for i in pair] if len(pair) == 2 else [None]
+    if any(i is None or i < 0 for i in ids) or ids[0] > ids[1]:
         raise ExplainError(f"features: {item!r} is not a feature id or a (low, high) range of ids; e.g. [3, (10, 20)]")
-    return pair
+    return ids[0], ids[1]
 
 
 def _is_http_url(value: Any) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ import torch
 
 from crosslens.activations.partners import crosscoder_record_problem, snapshot_problem
 from crosslens.checkpoints.identity import snapshot_identity
+from crosslens.core.bounds import whole_number
 from crosslens.core.devices import resident_bytes, resolve_device, resolve_dtype
 from crosslens.core.errors import CrosslensError, LiveInputError, LiveUnavailableError
 from crosslens.core.metadata import metadata_value
@@ -393,7 +393,7 @@ class LiveModels:
         word = "clamp value" if mode == "clamp" else "strength"
         if not isinstance(strength, numbers.Real) or not math.isfinite(strength) or abs(strength) > MAX_STRENGTH:
             raise LiveInputError(f"{word} {strength!r}: give a finite number of at most {MAX_STRENGTH:g} in size")
-        length = None if isinstance(n_tokens, bool) else _as_integer(n_tokens)
+        length = whole_number(n_tokens)
         if length is None or not 1 <= length <= self.config.max_new_tokens:
             raise LiveInputError(f"length {n_tokens!r}: generate 1 to {self.config.max_new_tokens} tokens")
         if not isinstance(temperature, (int, float)) or not 0 <= temperature <= MAX_TEMPERATURE:
@@ -432,14 +432,7 @@ class LiveModels:
 def _check_index(value: Any, size: int, what: str) -> int:
     """``value`` as an index below ``size``: any integer, a NumPy one or a one-element tensor's (a
     feature read off a table), never a bool."""
-    index = None if isinstance(value, bool) else _as_integer(value)
+    index = whole_number(value)
     if index is None or not 0 <= index < size:
         raise LiveInputError(f"{what} {value!r}: this crosscoder has {what}s 0 to {size - 1}")
     return index
-
-
-def _as_integer(value: Any) -> int | None:
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 
 from crosslens.activations.forward import forward_to_hook
+from crosslens.core.bounds import whole_number
 from crosslens.dashboards.readings import Readings
 from crosslens.live.resident import ResidentModels
 
@@ -54,9 +55,10 @@ class TextActivations:
     def feature(self, feature: int) -> Float[np.ndarray, "n_readings n_tokens"]:
         """One feature's activation on each token: row 0 the crosscoder's code, row ``s + 1`` snapshot s's."""
         d_sae = self.crosscoder_NF.shape[1]
-        if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)) or not 0 <= feature < d_sae:
+        index = whole_number(feature)
+        if index is None or not 0 <= index < d_sae:
             raise IndexError(f"feature {feature!r}: this crosscoder has features 0 to {d_sae - 1}")  # -1 read the last
-        return np.concatenate([self.crosscoder_NF[None, :, feature], self.snapshots_SNF[:, :, feature]])
+        return np.concatenate([self.crosscoder_NF[None, :, index], self.snapshots_SNF[:, :, index]])
 
     def top(self, reading: int = CROSSCODER, k: int = 20) -> list[tuple[int, float, int]]:
         """The ``k`` features firing most on the text in ``reading`` (by their largest activation on
