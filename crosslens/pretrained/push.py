@@ -35,6 +35,7 @@ from crosslens.architectures import uses_k
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import FINAL_DIRNAME, QUALITY_NAME, RUN_CONFIG_NAME
 from crosslens.pretrained.card import diffing_section, front_matter, load_section, run_diffing
+from crosslens.pretrained.registry import is_release_name
 
 if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder
@@ -100,7 +101,7 @@ def check_push_names(
             f"crosscoder id {crosscoder_id!r} is a folder inside the repo: no '..', no leading '/'; pass --id NAME "
             "(default: the hook name)"
         )
-    if release is not None and (not release or "/" in release):
+    if release is not None and not is_release_name(release):
         raise ValueError(f"release name {release!r} has a '/', which names a hub repo; pass --release NAME without one")
     if store_path is not None and not Path(store_path).exists():
         raise ValueError(

@@ -325,6 +325,11 @@ def parse_registry(text: str, *, source: str) -> dict[str, PretrainedCrosscoderR
     return {str(name): parse_release(str(name), value, source=source) for name, value in data.items()}
 
 
+def is_release_name(name: str) -> bool:
+    """Whether ``name`` can name a release: non-empty and without '/', which would name a hub repo."""
+    return bool(name) and "/" not in name
+
+
 def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrosscoderRelease:
     """Validate one release (schema in the module docstring)."""
     where = f"{source}: release {release!r}"
@@ -332,7 +337,7 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
     def fail(message: str) -> PretrainedRegistryError:
         return PretrainedRegistryError(f"{where}: {message}")
 
-    if not release or "/" in release:
+    if not is_release_name(release):
         raise fail("a release name must be non-empty and have no '/' (names with '/' are hub repo ids).")
     if not isinstance(value, Mapping):
         raise fail(f"must be a mapping with {sorted(_RELEASE_KEYS)}, got {type(value).__name__}.")
