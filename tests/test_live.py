@@ -197,6 +197,8 @@ def test_bad_questions_are_refused_in_one_line(live):
         (lambda: live.steer(3, ["the", "cat"], strength=1.0), "the prompt is list, not text: pass one string"),
         (lambda: live.steer(3, PROMPT, strength=1.0, snapshots=[]), "snapshots []: name 1 snapshot or more"),
         (lambda: live.steer(torch.tensor(32), PROMPT, strength=1.0), "this crosscoder has features 0 to 31"),
+        (lambda: live.activations("hello the world"), "67% of the text's tokens ('hello', 'world') are unknown"),
+        (lambda: live.steer(3, "qua qua the", strength=1.0), "67% of the prompt's tokens ('qua') are unknown"),
     ]
     for ask, words_ in cases:
         with pytest.raises(LiveInputError) as error:
@@ -204,6 +206,20 @@ def test_bad_questions_are_refused_in_one_line(live):
         assert words_ in one_line(error), (words_, str(error.value))
     with pytest.raises(IndexError, match=r"^feature -1: this crosscoder has features 0 to 31"):
         live.activations(PROMPT).feature(-1)  # it read the last feature
+
+
+def test_a_text_of_words_the_models_do_not_know_is_refused_and_a_few_are_read_as_unknown(live):
+    """Text outside a word-level vocabulary was answered as a row of <unk> tokens, which every snapshot
+    reads alike; a few unknown words, as a harvest accepts them, are still answered."""
+    with pytest.raises(LiveInputError) as error:
+        live.activations("hello world, how are you")
+    message = one_line(error)
+    assert message.startswith(
+        "80% of the text's tokens ('hello', 'world,', 'how', 'you') are unknown"
+    )  # 'are' is a word
+    assert "read as <unk>; at most 25% is accepted: use words of its vocabulary" in message
+    got = live.activations(TEXT + " hello")  # 1 unknown of 14
+    assert got.tokens[-1].strip() == "<unk>" and len(got.tokens) == len(TEXT.split()) + 1
 
 
 def test_a_live_config_is_refused_where_it_is_built_not_at_its_first_question():

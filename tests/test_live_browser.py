@@ -111,6 +111,7 @@ def test_bad_live_requests_answer_one_line_and_the_server_goes_on(server, run):
         ("/api/live/feature/-1/steer?prompt=dog&strength=1", 404, "feature -1: this database holds features 0 to 31."),
         ("/api/live/feature/32/text?text=dog", 404, "feature 32: this database holds features 0 to 31."),
         ("/api/live/feature/abc/text?text=dog", 404, "feature abc: not a feature id"),
+        ("/api/live/text?text=hello%20world", 400, "100% of the text's tokens ('hello', 'world') are unknown"),
         ("/api/live/elsewhere", 404, "no API endpoint /api/live/elsewhere"),
         ("/api/feature/99999999999999999999", 404, "this database holds features 0 to 31."),
         ("/api/feature/-3", 404, "feature -3: this database holds features 0 to 31."),

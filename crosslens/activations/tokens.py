@@ -120,6 +120,16 @@ def unknown_share(tokenizer: Any, token_ids: Sequence[int] | torch.Tensor) -> fl
     return float((ids == unk).sum()) / ids.numel()
 
 
+def unknown_words(tokenizer: Any, text: str) -> list[str]:
+    """The pieces of ``text`` that ``tokenizer`` reads as its unknown token, in order (none where it
+    has no unknown token, or cannot say where a token came from)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not getattr(tokenizer, "is_fast", False):
+        return []
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return [text[a:b] for i, (a, b) in zip(encoded["input_ids"], encoded["offset_mapping"]) if i == unk]
+
+
 def check_known_tokens(tokenizer: Any, token_ids: Sequence[int] | torch.Tensor, source: str) -> None:
     """Refuse ``source`` when more than :data:`MAX_UNKNOWN_SHARE` of its tokens are unknown."""
     share = unknown_share(tokenizer, token_ids)

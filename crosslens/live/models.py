@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from crosslens.activations.partners import crosscoder_record_problem, snapshot_problem
+from crosslens.activations.tokens import MAX_UNKNOWN_SHARE, unknown_share, unknown_words
 from crosslens.checkpoints.identity import snapshot_identity
 from crosslens.core.bounds import whole_number
 from crosslens.core.devices import resident_bytes, resolve_device, resolve_dtype
@@ -275,11 +276,27 @@ class LiveModels:
         ids = self._opened.models.tokenizer.encode(text, add_special_tokens=False)
         if not ids:
             raise LiveInputError(f"the {what} {text[:40]!r} is no token of this suite's tokenizer: type some words")
+        self._check_known(ids, text, what)
         if len(ids) > self.config.max_text_tokens:
             raise LiveInputError(
                 f"the {what} is {len(ids):,} tokens: at most {self.config.max_text_tokens} are read at once; shorten it"
             )
         return [int(i) for i in ids]
+
+    def _check_known(self, ids: list[int], text: str, what: str) -> None:
+        """Refuse text the snapshot models would read mostly as the unknown token, as a harvest refuses
+        a corpus (:data:`~crosslens.activations.tokens.MAX_UNKNOWN_SHARE`), naming the words."""
+        tokenizer = self._opened.models.tokenizer
+        share = unknown_share(tokenizer, ids)
+        if share <= MAX_UNKNOWN_SHARE:
+            return
+        unknown = list(dict.fromkeys(unknown_words(tokenizer, text)))
+        named = f" ({', '.join(repr(w) for w in unknown[:6])}{', ...' if len(unknown) > 6 else ''})" if unknown else ""
+        raise LiveInputError(
+            f"{share:.0%} of the {what}'s tokens{named} are unknown to this suite's tokenizer, which the models "
+            f"read as {tokenizer.unk_token}; at most {MAX_UNKNOWN_SHARE:.0%} is accepted: use words of its "
+            f"vocabulary ({len(tokenizer):,} tokens)"
+        )
 
     @staticmethod
     def _fits(opened: _Opened, n_positions: int, what: str) -> None:
