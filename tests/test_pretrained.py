@@ -341,6 +341,22 @@ def test_wandb_run_id_in_metadata_and_model_artifact_offline(trained_run, tmp_pa
     assert len(history) == 2  # steps 2 and 4, from wandb_log_frequency=2
 
 
+def test_a_release_with_a_misspelt_family_is_refused_where_it_is_registered():
+    """``family: pythya`` was registered, and failed only when the release's suite was loaded."""
+    spec = {
+        "repo_id": "me/cc",
+        "model": "EleutherAI/pythia-14m",
+        "suite": {"family": "pythya", "model_id": "EleutherAI/pythia-14m", "revisions": ["step0", "step1"]},
+        "saes": [{"id": HOOK, "path": HOOK}],
+    }
+    with pytest.raises(
+        PretrainedRegistryError,
+        match=r"suite.family must be one of pythia, olmo, bloom, local, models, got 'pythya'\.$",
+    ):
+        register_release("misspelt", spec)
+    assert "misspelt" not in pretrained_directory()
+
+
 def test_a_release_absent_from_the_offline_cache_is_named_with_the_fix(offline_hf_home, monkeypatch):
     from crosslens.pretrained.releases import pretrained_folder
 

@@ -63,12 +63,10 @@ from crosslens.checkpoints.trajectory import (
 from crosslens.core.devices import as_dtype, release_model, resolve_device
 from crosslens.core.errors import DuplicateSnapshotError, SnapshotMismatchError, UnknownRevisionError
 from crosslens.core.hashing import weights_sha256
-from crosslens.core.model_specs import MODELS_FAMILY, ModelSpec
+from crosslens.core.model_specs import FAMILIES, MODELS_FAMILY, ModelSpec
 from crosslens.core.progress import progress_bar
 
 logger = logging.getLogger(__name__)
-
-FAMILIES = ("pythia", "olmo", "bloom", "local", MODELS_FAMILY)
 
 
 class CheckpointSuite(SuiteTokenizer):

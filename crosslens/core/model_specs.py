@@ -17,6 +17,9 @@ from pathlib import PurePath
 MODELS_FAMILY = "models"
 """The ``family`` of a suite of distinct models (model diffing), in its records and provenance."""
 
+FAMILIES = ("pythia", "olmo", "bloom", "local", MODELS_FAMILY)
+"""Every suite ``family`` a :class:`~crosslens.checkpoints.CheckpointSuite` (and a registry release) names."""
+
 SEPARATOR = ","
 """Between models in a suite spec (``--models A,B``, ``--suite A,B``)."""
 

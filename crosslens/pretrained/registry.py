@@ -51,7 +51,7 @@ from typing import Any
 import yaml
 
 from crosslens.core.errors import CrosslensError
-from crosslens.core.model_specs import MODELS_FAMILY
+from crosslens.core.model_specs import FAMILIES, MODELS_FAMILY
 from crosslens.pretrained.release_fields import (
     CONVERSION_KEYS,
     SOURCE_KEYS,
@@ -353,6 +353,8 @@ def parse_release(release: str, value: Any, *, source: str) -> PretrainedCrossco
     suite = value.get("suite")
     if not isinstance(suite, Mapping):
         raise fail("needs 'suite' with family, model_id, revisions and steps.")
+    if suite.get("family") not in FAMILIES:
+        raise fail(f"suite.family must be one of {', '.join(FAMILIES)}, got {suite.get('family')!r}.")
     if suite.get("family") == MODELS_FAMILY:
         suite = parse_models_suite(suite, fail)
     parse_processing(suite, fail)
