@@ -408,3 +408,47 @@ def test_lineage_called_by_hand_names_an_input_of_another_shape():
             lineage(analysis.W_dec, *cut.values())
     with pytest.raises(ValueError, match=r"^W_dec_FSD has shape \[6, 20\]; a decoder is \[d_sae, n_snapshots, d_in\]$"):
         lineage(analysis.W_dec.reshape(6, 20), *tables.values())
+
+
+# --------------------------------------------------------------------------- agreement
+def test_another_crosscoder_that_makes_the_same_moves_agrees_with_every_event_and_one_that_does_not_refuses():
+    from crosslens.analysis.lineage_agreement import lineage_agreement
+
+    W = built_decoder()
+    analysis = EvolutionAnalysis.from_decoder(W)
+    lin = lineage_of(analysis)
+    order = torch.randperm(len(W), generator=torch.Generator().manual_seed(1))
+    noise = 0.01 * torch.randn(W.shape, generator=torch.Generator().manual_seed(2)) * (W != 0)
+    same = EvolutionAnalysis.from_decoder((W + noise)[order])  # the same latents, in another order
+    assert lineage_agreement(lin, analysis, same) == [pytest.approx(1.0, abs=0.02)] * 4
+
+    # latent 1's move (the split's second child) is made by no latent there: one holds its row up to
+    # the split, another the child's from it on; the best single latent is 0, which turns elsewhere
+    V = W.clone()
+    V[1, :3] = 0
+    V = torch.cat([V, (W[1] * (torch.arange(S) < 3)[:, None])[None]])
+    other = EvolutionAnalysis.from_decoder(V)
+    split, handoff, merge, succession = lineage_agreement(lin, analysis, other)
+    assert split == pytest.approx(0.36, abs=1e-3)  # latent 0's row at the split against 1's
+    assert (handoff, merge, succession) == (pytest.approx(1.0, abs=1e-4),) * 3
+
+    # a latent scaling's presence is read beside the analysis's: with 5 absent, the handoff's successor is nowhere
+    scaled = torch.ones(len(W), S, dtype=torch.bool)
+    scaled[order.argsort()[5]] = False
+    assert lineage_agreement(lin, analysis, same, other_present_FS=scaled)[1] < 0.2
+
+
+def test_agreement_is_refused_between_crosscoders_of_other_activations():
+    from crosslens.analysis.lineage_agreement import event_agreement, lineage_agreement
+
+    analysis = EvolutionAnalysis.from_decoder(built_decoder())
+    lin = lineage_of(analysis)
+    wider = EvolutionAnalysis.from_decoder(torch.randn(4, S, D + 1))
+    with pytest.raises(ValueError, match=r"read different activations: compare crosscoders trained on the same store"):
+        lineage_agreement(lin, analysis, wider)
+    with pytest.raises(TypeError, match=r"lineage_agreement's other is an EvolutionAnalysis"):
+        lineage_agreement(lin, analysis, built_decoder())
+    unit = unit_rows(built_decoder())
+    assert (
+        event_agreement([], unit, torch.ones(12, S, dtype=torch.bool), unit, torch.ones(12, S, dtype=torch.bool)) == []
+    )

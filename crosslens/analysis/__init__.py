@@ -9,7 +9,8 @@
 - :mod:`.latent_scaling`: how much of each latent each snapshot's activations hold (Minder et al.);
   :mod:`.emergence_check`: the latent-scaled emergence beside the decoder norm's, contested where
   they disagree; :mod:`.lineage`: splits, merges, handoffs and relatives from per-snapshot decoder
-  directions (each latent's nearest others in :mod:`.relatives`); :mod:`.emergence_record` bundles and saves them, :mod:`.emergence_report` reports them.
+  directions (each latent's nearest others in :mod:`.relatives`; whether another crosscoder of the
+  same store makes the same moves in :mod:`.lineage_agreement`); :mod:`.emergence_record` bundles and saves them, :mod:`.emergence_report` reports them.
 - :mod:`.plots` and :mod:`.report`: plotly figures and a self-contained HTML report.
 - :mod:`.diffing`: a two-model crosscoder's diffing classes (shared, A-only, B-only) by relative decoder norm.
 - :mod:`.analyze`: :func:`analyze_crosscoder`, everything above in one call.
@@ -32,6 +33,7 @@ from crosslens.analysis.lineage import (
     lineage_of,
     strongest_at_first_snapshot,
 )
+from crosslens.analysis.lineage_agreement import lineage_agreement
 from crosslens.analysis.planted_events import PlantedEvents
 from crosslens.analysis.planted_lineage import PlantedLineageScores, planted_lineage_scores
 from crosslens.analysis.planted_match import match_planted, planted_scores
@@ -55,6 +57,7 @@ __all__ = [
     "latent_scaling",
     "lineage",
     "lineage_of",
+    "lineage_agreement",
     "read_emergence",
     "strongest_at_first_snapshot",
     "EvolutionAnalysis",

@@ -28,6 +28,9 @@ class AnalyzeFlags:
     re-hashed against its manifest, and refused unless it holds the crosscoder's snapshots and hook."""
     out: str | None = None
     """Report file (default: RUN_DIR/report.html, else report.html)."""
+    lineage_against: str | None = None
+    """Another run trained on the same store (best, of another architecture) and analysed with it:
+    how many of this crosscoder's lineage events its crosscoder makes too."""
 
 
 def analyze(args: argparse.Namespace) -> int:
@@ -75,6 +78,7 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
     opened = ActivationStore.open(store, verify="full") if store else None
     if opened is not None:
         check_crosscoder_store(crosscoder, opened, crosscoder_name=folder)
+    against = _lineage_run(args.lineage_against, folder, opened)
     tokenizer = suite_tokenizer(record) if store else None
     analysis, report = analyze_crosscoder(
         crosscoder,
@@ -95,6 +99,8 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
     else:
         print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
         print(analysis.emergence.summary(analysis.lifetimes.peak))
+        if against is not None:
+            _say_agreement(analysis, against, opened, device)
     _save_emergence(folder, run_dir, analysis.emergence, opened)
     if store is None:
         _say_no_store(run_dir)
@@ -102,6 +108,38 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
         print(f"with {len(sections)} saved section(s) from {run_dir / 'sections'}")
     print(f"report: {out_path}")
     return 0
+
+
+def _lineage_run(value: str | None, folder: Path, store: Any) -> Path | None:
+    """``--lineage-against``'s run folder, checked before the analysis."""
+    from crosslens.analysis.lineage_agreement import check_agreement_run
+    from crosslens.training.runfolder import run_folder
+
+    if value is None:
+        return None
+    if store is None:
+        raise CLIError("--lineage-against reads the lineage latent scaling holds: pass --store (the store both read)")
+    other = run_folder(crosscoder_folder_arg(value, "--lineage-against"))
+    if other is None:
+        raise CLIError(
+            f"--lineage-against {value}: not a run folder; pass the --out folder of the other crosslens train"
+        )
+    if other == run_folder(folder):
+        raise CLIError(f"--lineage-against {value} is this run: pass another run trained on the same store")
+    check_agreement_run(other, store)
+    return other
+
+
+def _say_agreement(analysis: Any, other: Path, store: Any, device: str) -> None:
+    from crosslens.analysis.lineage_agreement import AGREEMENT_LINE, agreement_text, run_lineage_agreement
+
+    emergence = analysis.emergence
+    present = None if emergence.check is None else emergence.check.present
+    agreement = run_lineage_agreement(emergence.lineage, analysis, present, other, store, device=str(device))
+    print(
+        f"lineage events {other}'s crosscoder makes too (agreement >= {AGREEMENT_LINE}): "
+        + agreement_text(emergence.lineage.events, agreement)
+    )
 
 
 def _save_emergence(folder: Path, run_dir: Path | None, result: Any, store: Any) -> None:

@@ -1,0 +1,162 @@
+"""Whether another crosscoder of the same activations shows a lineage's events.
+
+A split, merge or handoff is a claim about the model only if it does not depend on the one
+crosscoder that reports it. A crosscoder of another architecture, trained on the same store,
+reads the same activations with another sparsity mechanism: where an event is the model's, its
+latents make the same moves there too. TopK's fixed count of active latents, for one, reuses a
+duplicate latent for a feature that grows (a "split" of one feature into itself and something
+else) the same way on every seed, so a second seed of the same architecture shows its events too;
+another architecture is the test with teeth.
+
+For each event at snapshot ``t``, each of its latents is looked for in the other crosscoder:
+a latent present at ``t - 1`` and ``t`` (its move) by the other's latents present at both, scored
+by the smaller of the two snapshots' decoder cosines, so one latent must make the whole move; a
+latent present on one side only (a succession's) by the other's present rows on that side. The
+event's agreement is the least over its latents: 1 where every move is there, near 0 where one
+is nowhere. Only decoder rows are read, so it costs a matmul per latent.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float
+
+from crosslens.activations.partners import store_seal
+from crosslens.analysis.emergence_record import EmergenceRecordError, crosscoder_sha256, read_emergence, read_record
+from crosslens.analysis.evolution_analysis import EvolutionAnalysis
+from crosslens.analysis.lineage import EVENT_KINDS
+from crosslens.analysis.relatives import unit_rows
+from crosslens.core.paths import FINAL_DIRNAME
+from crosslens.crosscoders.saved import load_crosscoder_folder
+
+AGREEMENT_LINE = 0.5
+"""An event the other crosscoder shows: each of its latents' moves made there by one latent at this
+decoder cosine or closer on both snapshots. Halfway between a move that is there (near 1) and one
+that is nowhere (near 0); on the planted grid 0.4 and 0.5 keep the same events and 0.7 loses planted
+ones (benchmarks/README.md, "Is an emergence real?")."""
+
+
+def event_agreement(
+    events: Sequence[Any],
+    unit_FSD: Float[torch.Tensor, "d_sae n_snapshots d_in"],
+    present_FS: Bool[torch.Tensor, "d_sae n_snapshots"],
+    other_unit_FSD: Float[torch.Tensor, "other_d_sae n_snapshots d_in"],
+    other_present_FS: Bool[torch.Tensor, "other_d_sae n_snapshots"],
+) -> list[float]:
+    """Each event's agreement (module docstring) between the crosscoder of ``unit_FSD`` (unit
+    decoder rows) and ``present_FS``, whose events they are, and another's; NaN for an event none
+    of whose latents is present beside its snapshot."""
+    if unit_FSD.shape[1:] != other_unit_FSD.shape[1:]:
+        raise ValueError(
+            f"decoders of {list(unit_FSD.shape[1:])} and {list(other_unit_FSD.shape[1:])} (snapshots, width) "
+            "read different activations: compare crosscoders trained on the same store"
+        )
+    other_present_FS = other_present_FS.bool()
+    out = []
+    for event in events:
+        t1 = event.snapshot
+        t0 = max(0, t1 - 1)
+        scores = []
+        for x in event.latents:
+            sides = [t for t in (t0, t1) if bool(present_FS[x, t])]
+            if not sides:
+                continue
+            held = other_present_FS[:, sides].all(1)
+            if not bool(held.any()):
+                scores.append(-1.0)
+                continue
+            cos_FT = torch.stack([other_unit_FSD[held, t] @ unit_FSD[x, t] for t in sides], dim=1)
+            scores.append(float(cos_FT.amin(1).max()))
+        out.append(min(scores) if scores else math.nan)
+    return out
+
+
+def lineage_agreement(
+    lineage: Any,
+    analysis: Any,
+    other: Any,
+    present_FS: torch.Tensor | None = None,
+    other_present_FS: torch.Tensor | None = None,
+) -> list[float]:
+    """:func:`event_agreement` of ``lineage``'s events (of ``analysis``, an
+    :class:`~crosslens.analysis.EvolutionAnalysis`) with ``other``'s crosscoder (another analysis of
+    the same store). Each side's presence is its analysis's, and also latent scaling's where given
+    (``present_FS``, ``other_present_FS``: each crosscoder's ``EmergenceCheck.present``), as
+    :func:`~crosslens.analysis.lineage_of` reads it."""
+    for name, value in (("analysis", analysis), ("other", other)):
+        if not hasattr(value, "lifetimes"):
+            raise TypeError(
+                f"lineage_agreement's {name} is an EvolutionAnalysis (EvolutionAnalysis.from_crosscoder), "
+                f"not {type(value).__name__}"
+            )
+
+    def presence(an: Any, scaled: torch.Tensor | None) -> torch.Tensor:
+        present = an.present.bool() & ~an.lifetimes.dead.bool()[:, None]
+        return present if scaled is None else present & scaled.bool().to(present.device)
+
+    return event_agreement(
+        lineage.events,
+        unit_rows(analysis.W_dec).cpu(),
+        presence(analysis, present_FS).cpu(),
+        unit_rows(other.W_dec).cpu(),
+        presence(other, other_present_FS).cpu(),
+    )
+
+
+def check_agreement_run(other_run: str | os.PathLike, store: Any = None) -> None:
+    """Refuse, before any work, a run whose saved emergence check :func:`run_lineage_agreement` cannot
+    read: missing, of another crosscoder than its final one, without latent scaling, or (``store``
+    given) of another store."""
+    other_run = Path(other_run)
+    record = read_record(other_run, crosscoder_sha256(other_run))
+    fix = f"run `crosslens analyze --crosscoder {other_run} --store STORE` with the store this crosscoder read"
+    partner = (record.get("partners") or {}).get("store")
+    if partner is None:
+        raise EmergenceRecordError(f"{other_run}'s emergence check read no activations: {fix}")
+    if store is not None and partner != store_seal(store):
+        raise EmergenceRecordError(f"{other_run}'s emergence check read another store than {store.path}: {fix}")
+
+
+def run_lineage_agreement(
+    lineage: Any,
+    analysis: Any,
+    present_FS: torch.Tensor | None,
+    other_run: str | os.PathLike,
+    store: Any = None,
+    device: str = "cpu",
+) -> list[float]:
+    """:func:`lineage_agreement` with another run's final crosscoder, read with the emergence check
+    ``crosslens analyze`` saved in ``other_run`` (checked to be of that crosscoder and, where
+    ``store`` is given, of that store)."""
+    other_run = Path(other_run)
+    check_agreement_run(other_run, store)
+    other = read_emergence(other_run, crosscoder_sha256(other_run))
+    crosscoder = load_crosscoder_folder(other_run / FINAL_DIRNAME, device=device)
+    other_analysis = EvolutionAnalysis.from_crosscoder(crosscoder, steps=other.steps)
+    return lineage_agreement(lineage, analysis, other_analysis, present_FS, other.check.present)
+
+
+def agreement_text(events: Sequence[Any], agreement: Sequence[float], line: float = AGREEMENT_LINE) -> str:
+    """How many events of each kind are at or above ``line``: "3 of 7 splits, 20 of 39 merges, 4 of 5 handoffs"."""
+    parts = []
+    for kind in EVENT_KINDS:
+        mine = [a for e, a in zip(events, agreement) if e.kind == kind]
+        shown = sum(a >= line for a in mine)
+        parts.append(f"{shown} of {len(mine)} {kind}{'' if len(mine) == 1 else 's'}")
+    return ", ".join(parts)
+
+
+__all__ = [
+    "AGREEMENT_LINE",
+    "agreement_text",
+    "check_agreement_run",
+    "event_agreement",
+    "lineage_agreement",
+    "run_lineage_agreement",
+]

@@ -1,0 +1,132 @@
+"""Lineage events kept where a crosscoder of another architecture, trained on the same planted set,
+makes the same moves (:func:`crosslens.analysis.lineage_agreement`), against planted truth.
+
+For every family and seed of the planted grid, each architecture's lineage (as
+``scripts/planted_emergence.py`` reads it: latent scaling's presence beside the analysis's) is
+scored against the planted events, keeping only the events whose agreement with the referee is at
+or above each line. The referee is the first of ``--referees`` of another architecture than the
+crosscoder's own, so the first referee's own events are checked against the second. Printed per
+line: the planted splits and handoffs found, per architecture, and the events reported on the
+nine families without planted events, with how many are false.
+
+    PYTHONPATH=. python scripts/planted_lineage_agreement.py --cache CACHE --jobs 2
+
+``--cache`` is ``scripts/planted_emergence.py``'s (that script trains it); a crosscoder it does
+not hold is trained here and kept there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch
+
+from crosslens.analysis import EvolutionAnalysis, lineage_agreement
+from crosslens.analysis.emergence_check import check_emergence
+from crosslens.analysis.latent_scaling import latent_scaling
+from crosslens.analysis.lineage import Lineage, lineage_of
+from crosslens.analysis.planted_generators import EVENT_GENERATORS, GENERATORS
+from crosslens.analysis.planted_lineage import planted_lineage_scores
+from crosslens.analysis.probes import firing_frequency
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from planted_benchmark import ARCHITECTURES  # noqa: E402
+from planted_emergence import N_TOKENS, WITHOUT_EVENTS, trained  # noqa: E402
+from planted_generators import INDEPENDENT, build_planted  # noqa: E402
+
+LINES = (0.0, 0.4, 0.5, 0.7)
+"""Agreement lines scored (0: every event kept, as lineage reports them)."""
+PLANTED_FAMILIES = ("split", "handoff")
+FALSE_FAMILIES = (*WITHOUT_EVENTS, "weak-early")
+
+
+def analysed(crosscoder, planted, acts_NSD):
+    analysis = EvolutionAnalysis.from_crosscoder(
+        crosscoder,
+        steps=planted.steps,
+        frequency=firing_frequency(acts_NSD, crosscoder),
+        snapshot_frequency=firing_frequency(acts_NSD, crosscoder, per_snapshot=True),
+    )
+    return analysis, check_emergence(analysis, latent_scaling(crosscoder, acts_NSD), None).present
+
+
+def run_family(generator: str, seed: int, archs: list[str], referees: list[str], cache: str) -> list[dict]:
+    """Every architecture's lineage on one planted set, scored at each agreement line."""
+    torch.set_num_threads(1)
+    planted = build_planted(generator, seed, {})
+    acts_NSD, _ = planted.sample(N_TOKENS, torch.Generator().manual_seed(5))
+    read = {a: analysed(trained(generator, a, seed, planted, Path(cache))[0], planted, acts_NSD) for a in archs}
+    rows = []
+    for arch in archs:
+        analysis, present = read[arch]
+        lin = lineage_of(analysis, None, scaled_present_FS=present)
+        referee = next(r for r in referees if r != arch)
+        other, other_present = read[referee]
+        agreement = lineage_agreement(lin, analysis, other, present, other_present)
+        for line in LINES:
+            kept = [e for e, a in zip(lin.events, agreement) if line == 0.0 or a >= line]
+            scores = planted_lineage_scores(planted, analysis, Lineage(lin.relatives, lin.relative_cosine, kept))
+            rows.append(
+                {"generator": generator, "seed": seed, "arch": arch, "referee": referee, "line": line}
+                | scores.to_dict()
+            )
+    return rows
+
+
+def table(rows: list[dict], archs: list[str]) -> None:
+    print(
+        "| agreement line | "
+        + " | ".join(f"{a}: splits, handoffs found" for a in archs)
+        + " | reported, nine families | false |"
+    )
+    print("|---" * (len(archs) + 3) + "|")
+    for line in LINES:
+        at = [r for r in rows if r["line"] == line]
+        cells = []
+        for arch in archs:
+            found = []
+            for family in PLANTED_FAMILIES:
+                mine = [r for r in at if r["arch"] == arch and r["generator"] == family]
+                found.append(f"{sum(r['events_found'] for r in mine)}/{sum(r['planted_events'] for r in mine)}")
+            cells.append(", ".join(found))
+        nine = [r for r in at if r["generator"] in FALSE_FAMILIES]
+        reported, false = sum(r["events"] for r in nine), sum(r["false_events"] for r in nine)
+        share = f"{false}/{reported} ({false / reported:.0%})" if reported else "-"
+        label = "none (every event)" if line == 0.0 else f">= {line}"
+        print(f"| {label} | " + " | ".join(cells) + f" | {reported} | {share} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    families = ["hard", *GENERATORS, *EVENT_GENERATORS, INDEPENDENT]
+    parser.add_argument("--cache", required=True, help="scripts/planted_emergence.py's cache of trained crosscoders")
+    parser.add_argument("--generator", nargs="+", default=families, choices=families)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--arch", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
+    parser.add_argument(
+        "--referees",
+        nargs=2,
+        default=["crosscoder", "batchtopk_crosscoder"],
+        choices=ARCHITECTURES,
+        help="each crosscoder's events are checked against the first of these of another architecture",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="planted sets at once, one thread each")
+    args = parser.parse_args(argv)
+    if args.referees[0] == args.referees[1]:
+        parser.error("--referees: name two architectures, so that each has another to be checked against")
+    archs = list(dict.fromkeys([*args.arch, *args.referees]))
+    jobs = [(g, s, archs, args.referees, args.cache) for g in args.generator for s in args.seeds]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        rows = [r for done in pool.map(run_family, *zip(*jobs)) for r in done]
+    table([r for r in rows if r["arch"] in args.arch], args.arch)
+
+
+if __name__ == "__main__":
+    main()

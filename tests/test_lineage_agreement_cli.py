@@ -1,0 +1,124 @@
+"""``crosslens analyze --lineage-against OTHER``: the lineage events another run's crosscoder, trained
+on the same store and analysed with it, makes too; and what is refused before any work.
+
+Two tiny runs (a JumpReLU and a ReLU crosscoder, 3 snapshots, 32 latents) on one store; the
+printed counts must equal :func:`~crosslens.analysis.lineage_agreement` computed by hand from the
+records ``analyze`` saved.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+
+import pytest
+import trust_fixtures as tf
+from test_cli import one_line_error
+from test_emergence_surfaces import LOOSE
+
+from crosslens.activations import ActivationStore
+from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder, lineage_agreement
+from crosslens.analysis.emergence_record import read_emergence, save_run_emergence
+from crosslens.analysis.lineage_agreement import AGREEMENT_LINE, agreement_text, run_lineage_agreement
+from crosslens.cli import main
+from crosslens.crosscoders.saved import load_crosscoder_folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two runs on one store, each analysed with lines loose enough for the tiny runs to have events."""
+    root = tmp_path_factory.mktemp("agreement")
+    tf.write_suite(root / "suite")
+    tf.harvest(root / "suite", root / "store")
+    store = ActivationStore.open(root / "store")
+    for name, architecture in (("jumprelu", "jumprelu_crosscoder"), ("relu", "crosscoder")):
+        tf.train(root / "store", root / name, architecture=architecture)
+        crosscoder = load_crosscoder_folder(root / name / "final", device="cpu")
+        analysis, _ = analyze_crosscoder(crosscoder, store=store, progress=False, **LOOSE)
+        save_run_emergence(root / name, analysis.emergence, store)
+    return root
+
+
+def analysed(run_dir):
+    return EvolutionAnalysis.from_crosscoder(load_crosscoder_folder(run_dir / "final", device="cpu"))
+
+
+def test_another_run_s_saved_check_is_read_as_lineage_agreement_reads_it(runs):
+    mine, other = read_emergence(runs / "jumprelu"), read_emergence(runs / "relu")
+    assert len(mine.lineage.events) >= 3
+    jumprelu = analysed(runs / "jumprelu")
+    got = run_lineage_agreement(
+        mine.lineage, jumprelu, mine.check.present, runs / "relu", ActivationStore.open(runs / "store")
+    )
+    want = lineage_agreement(mine.lineage, jumprelu, analysed(runs / "relu"), mine.check.present, other.check.present)
+    read = lambda values: [None if math.isnan(a) else a for a in values]  # noqa: E731  (NaN: no latent held beside it)
+    assert read(got) == read(want) and len({a for a in read(got) if a is not None}) > 1
+    assert all(-1.0 <= a <= 1.0 for a in read(got) if a is not None)
+    alone = lineage_agreement(mine.lineage, jumprelu, analysed(runs / "relu"))  # without latent scaling's presence
+    assert not any(math.isnan(a) for a in alone) and read(alone) != read(want)
+
+
+def test_analyze_counts_the_events_the_other_run_makes_too(runs, capsys, tmp_path):
+    for name in ("jumprelu", "relu"):  # analyze saves its check in the run: leave the fixture's as they are
+        shutil.copytree(runs / name, tmp_path / name)
+    runs, store = tmp_path, str(runs / "store")
+    main(["analyze", "--crosscoder", str(runs / "relu"), "--store", store, "--out", str(tmp_path / "relu.html")])
+    capsys.readouterr()
+    main(
+        ["analyze", "--crosscoder", str(runs / "jumprelu"), "--store", store, "--lineage-against", str(runs / "relu")]
+        + ["--out", str(tmp_path / "jumprelu.html")]
+    )
+    printed = capsys.readouterr().out
+    (line,) = [x for x in printed.splitlines() if x.startswith("lineage events ")]
+
+    mine, other = read_emergence(runs / "jumprelu"), read_emergence(runs / "relu")
+    agreement = lineage_agreement(
+        mine.lineage, analysed(runs / "jumprelu"), analysed(runs / "relu"), mine.check.present, other.check.present
+    )
+    assert line == (
+        f"lineage events {runs / 'relu'}'s crosscoder makes too (agreement >= {AGREEMENT_LINE}): "
+        + agreement_text(mine.lineage.events, agreement)
+    )
+    counts = re.findall(r"(\d+) of (\d+) (split|merge|handoff)", line)
+    assert [(int(n), kind) for _, n, kind in counts] == [
+        (sum(e.kind == k for e in mine.lineage.events), k) for k in ("split", "merge", "handoff")
+    ]
+
+
+def test_what_lineage_against_cannot_read_is_refused_in_one_line(runs, capsys, tmp_path):
+    store = str(runs / "store")
+    shutil.copytree(runs / "jumprelu", tmp_path / "jumprelu")
+    base = ["analyze", "--crosscoder", str(tmp_path / "jumprelu"), "--out", str(tmp_path / "r.html")]
+    err = one_line_error([*base, "--store", store, "--lineage-against", str(tmp_path / "jumprelu")], capsys)
+    assert "is this run: pass another run trained on the same store" in err
+
+    unanalysed = tmp_path / "unanalysed"
+    shutil.copytree(runs / "relu", unanalysed, ignore=shutil.ignore_patterns("emergence.*"))
+    err = one_line_error([*base, "--store", store, "--lineage-against", str(unanalysed)], capsys)
+    assert f"has no emergence check (emergence.json): run `crosslens analyze --crosscoder {unanalysed}`" in err
+
+    other_tokens = tmp_path / "other-tokens"  # the same snapshots and hook, other tokens
+    tf.harvest(runs / "suite", other_tokens, tokens=tf.token_table(seed=1))
+    read_elsewhere = tmp_path / "read-elsewhere"
+    shutil.copytree(runs / "relu", read_elsewhere, ignore=shutil.ignore_patterns("emergence.*"))
+    main(
+        [
+            "analyze",
+            "--crosscoder",
+            str(read_elsewhere),
+            "--store",
+            str(other_tokens),
+            "--out",
+            str(tmp_path / "o.html"),
+        ]
+    )
+    capsys.readouterr()
+    err = one_line_error([*base, "--store", store, "--lineage-against", str(read_elsewhere)], capsys)
+    assert f"{read_elsewhere}'s emergence check read another store than {store}: run `crosslens analyze" in err
+
+    moved = tmp_path / "moved-store"  # the same tokens in another folder are the same store
+    shutil.copytree(runs / "store", moved)
+    assert ActivationStore.open(moved).content_sha256 == ActivationStore.open(store).content_sha256
+    main([*base, "--store", str(moved), "--lineage-against", str(runs / "relu")])
+    assert "lineage events " in capsys.readouterr().out
