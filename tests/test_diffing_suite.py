@@ -15,6 +15,7 @@ import torch
 import trust_fixtures as tf
 from hf_cache import make_word_tokenizer, tiny_neox, write_fake_hub_repo
 from test_browser import get, serving
+from test_cli import one_line_error
 
 from crosslens.analysis.diffing import DiffingAnalysis, DiffingThresholds, diffing_scaling
 from crosslens.analysis.emergence_check import EmergenceCheckConfig
@@ -220,6 +221,8 @@ def test_the_chain_on_two_models(two_models, tmp_path, capsys):
     assert "    tiny-chat-only 0: 0 specific, 0 in tiny-base's error (Complete Shrinkage)" in out
     # a base model and its fine-tune have no training order: no emergence check or lineage to print
     assert "measured emergences contested" not in out and "splits" not in out and "persistent" not in out
+    err = one_line_error(["analyze", "--crosscoder", str(run), "--lineage-against", str(run), *CPU], capsys)
+    assert "this crosscoder is of two models, with no training order for a split or a merge: leave the flag out" in err
     html = (run / "report.html").read_text()
     assert "Model diffing" in html and "tiny-chat-only" in html
     assert "Latent scaling on 1,866 tokens, one-model-only latents" in html

@@ -57,6 +57,7 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
     from crosslens.activations import ActivationStore
     from crosslens.activations.partners import check_crosscoder_store
     from crosslens.analysis import analyze_crosscoder
+    from crosslens.analysis.diffing import is_diffing
     from crosslens.causal.spliced_loss import add_spliced_loss_section
     from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.training.runfolder import crosscoder_suite_record, run_folder, run_store
@@ -78,6 +79,11 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
     opened = ActivationStore.open(store, verify="full") if store else None
     if opened is not None:
         check_crosscoder_store(crosscoder, opened, crosscoder_name=folder)
+    if args.lineage_against is not None and is_diffing(crosscoder):
+        raise CLIError(
+            "--lineage-against reads lineage through training; this crosscoder is of two models, with no training "
+            "order for a split or a merge: leave the flag out"
+        )
     against = _lineage_run(args.lineage_against, folder, opened)
     tokenizer = suite_tokenizer(record) if store else None
     analysis, report = analyze_crosscoder(
