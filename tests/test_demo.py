@@ -92,3 +92,58 @@ def test_train_stage_reuses_its_crosscoder_and_retrains_on_new_settings(tmp_path
     )
     train_stage(tmp_path / "store", tmp_path / "run", replace(config, n_steps=30))
     assert "the activations changed since it was trained" in capsys.readouterr().out
+
+
+def test_the_lineage_referee_is_trained_analysed_once_and_counts_the_events_it_makes_too(tmp_path, capsys):
+    """The demo trains a crosscoder of another architecture on its store, saves its check, and
+    prints what ``crosslens analyze --lineage-against`` prints; a second run reuses both."""
+    from dataclasses import replace
+
+    import torch
+    from hf_cache import FAKE_VOCAB_SIZE, make_word_tokenizer, tiny_neox, write_local_suite
+    from test_emergence_surfaces import LOOSE
+
+    from crosslens.activations import ActivationStore, harvest_activations
+    from crosslens.analysis import analyze_crosscoder, lineage_agreement
+    from crosslens.analysis.emergence_record import read_emergence
+    from crosslens.analysis.lineage_agreement import agreement_line
+    from crosslens.checkpoints import CheckpointSuite
+    from crosslens.cli.demo_lineage import lineage_referee_stage
+    from crosslens.cli.demo_stages import DemoConfig, train_stage
+    from crosslens.training.config import ArchitectureConfig
+
+    hook = "blocks.0.hook_resid_post"
+    suite = {f"step{s}": tiny_neox(seed=s) for s in (0, 10, 20)}
+    write_local_suite(tmp_path / "suite", suite, make_word_tokenizer())
+    tokens = torch.randint(3, FAKE_VOCAB_SIZE, (24, 16), generator=torch.Generator().manual_seed(0))
+    harvest_activations(CheckpointSuite.local(tmp_path / "suite"), hook, tokens, tmp_path / "store", progress=False)
+    store = ActivationStore.open(tmp_path / "store")
+    config = replace(DemoConfig(), hook=hook, sae=ArchitectureConfig("jumprelu_crosscoder", d_sae=32), n_steps=30)
+    config = replace(config, train_batch_size_tokens=64)
+    main = train_stage(store, tmp_path / "crosscoder", config)
+    analysis, _ = analyze_crosscoder(main, store=store, progress=False, **LOOSE)
+    assert analysis.emergence.lineage.events  # the loose lines give the tiny run events to check
+    capsys.readouterr()
+
+    line = lineage_referee_stage(store, tmp_path, config, analysis)
+    referee = tmp_path / "referee-crosscoder"
+    assert read_emergence(referee).check is not None  # analysed with the store, saved in its run
+    other = analyze_crosscoder(
+        train_stage(store, referee, replace(config, sae=ArchitectureConfig("crosscoder", d_sae=32))), progress=False
+    )[0]
+    want = lineage_agreement(
+        analysis.emergence.lineage,
+        analysis,
+        other,
+        analysis.emergence.check.present,
+        read_emergence(referee).check.present,
+    )
+    assert line == agreement_line(referee, analysis.emergence.lineage.events, want)
+    printed = capsys.readouterr().out
+    assert f"a second crosscoder (crosscoder) on the same store, to check the lineage against: {referee}" in printed
+
+    saved = (referee / "emergence.json").stat().st_mtime_ns
+    assert lineage_referee_stage(store, tmp_path, config, analysis) == line
+    assert "reusing trained crosscoder" in capsys.readouterr().out
+    assert (referee / "emergence.json").stat().st_mtime_ns == saved  # its check is read, not computed again
+    assert lineage_referee_stage(store, tmp_path, replace(config, lineage_referee=None), analysis) is None

@@ -142,6 +142,13 @@ def run_lineage_agreement(
     return lineage_agreement(lineage, analysis, other_analysis, present_FS, other.check.present)
 
 
+def agreement_line(other_run: str | os.PathLike, events: Sequence[Any], agreement: Sequence[float]) -> str:
+    """The line ``crosslens analyze --lineage-against`` (and the demo) print."""
+    return f"lineage events {other_run}'s crosscoder makes too (agreement >= {AGREEMENT_LINE}): " + agreement_text(
+        events, agreement
+    )
+
+
 def agreement_text(events: Sequence[Any], agreement: Sequence[float], line: float = AGREEMENT_LINE) -> str:
     """How many events of each kind are at or above ``line``: "3 of 7 splits, 20 of 39 merges, 4 of 5 handoffs"."""
     parts = []
@@ -154,6 +161,7 @@ def agreement_text(events: Sequence[Any], agreement: Sequence[float], line: floa
 
 __all__ = [
     "AGREEMENT_LINE",
+    "agreement_line",
     "agreement_text",
     "check_agreement_run",
     "event_agreement",

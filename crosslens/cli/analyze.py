@@ -137,15 +137,12 @@ def _lineage_run(value: str | None, folder: Path, store: Any) -> Path | None:
 
 
 def _say_agreement(analysis: Any, other: Path, store: Any, device: str) -> None:
-    from crosslens.analysis.lineage_agreement import AGREEMENT_LINE, agreement_text, run_lineage_agreement
+    from crosslens.analysis.lineage_agreement import agreement_line, run_lineage_agreement
 
     emergence = analysis.emergence
     present = None if emergence.check is None else emergence.check.present
     agreement = run_lineage_agreement(emergence.lineage, analysis, present, other, store, device=str(device))
-    print(
-        f"lineage events {other}'s crosscoder makes too (agreement >= {AGREEMENT_LINE}): "
-        + agreement_text(emergence.lineage.events, agreement)
-    )
+    print(agreement_line(other, emergence.lineage.events, agreement))
 
 
 def _save_emergence(folder: Path, run_dir: Path | None, result: Any, store: Any) -> None:

@@ -16,6 +16,7 @@ import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one t
 from crosslens.activations import ActivationStore
 from crosslens.analysis.emergence_record import save_run_emergence
 from crosslens.causal.spliced_loss import add_spliced_loss_section
+from crosslens.cli.demo_lineage import lineage_referee_stage
 from crosslens.cli.demo_stages import (
     DemoConfig,
     analyze_stage,
@@ -67,7 +68,9 @@ def run_demo(
     sections = _causal_sections(suite, crosscoder, train_store, quality, out_dir, config, **run)
 
     _banner("5/6 feature evolution from per-snapshot decoder norms -> report.html")
-    report_path = _evolution_report(crosscoder, train_store, suite, sections, out_dir, device)
+    report_path = _evolution_report(
+        crosscoder, train_store, suite, sections, out_dir, config, force=force, device=device
+    )
 
     _banner("6/6 every feature at every snapshot -> the feature database")
     dashboards_stage(out_dir, config, train_store, force=force, device=device)
@@ -174,8 +177,19 @@ def _causal_sections(
     return sections
 
 
-def _evolution_report(crosscoder, train_store, suite, sections: list, out_dir: Path, device: str) -> Path:
-    """The feature-evolution report with the other stages' sections; prints its classes and emergence."""
+def _evolution_report(
+    crosscoder,
+    train_store,
+    suite,
+    sections: list,
+    out_dir: Path,
+    config: DemoConfig,
+    *,
+    force: bool,
+    device: str,
+) -> Path:
+    """The feature-evolution report with the other stages' sections; prints its classes and emergence,
+    and the lineage events a crosscoder of another architecture makes too."""
     report_path, analysis, _ = analyze_stage(
         crosscoder,
         store=ActivationStore.open(train_store.path),
@@ -188,6 +202,9 @@ def _evolution_report(crosscoder, train_store, suite, sections: list, out_dir: P
     print(
         f"{analysis.emergence.summary(analysis.lifetimes.peak)}\n{save_run_emergence(out_dir / 'crosscoder', analysis.emergence, train_store)}"
     )
+    checked = lineage_referee_stage(train_store, out_dir, config, analysis, force=force, device=device)
+    if checked is not None:
+        print(checked)
     print(f"\nreport: {report_path}")
     return report_path
 

@@ -101,6 +101,11 @@ class DemoConfig:
     claim_ks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)
     """Sizes of the ablated and kept feature sets of the seed-stable claims (those larger
     than the fewest stable features of any seed are dropped)."""
+    lineage_referee: str | None = "crosscoder"
+    """The architecture of a second crosscoder trained on the same store (the demo's steps, batch and
+    seed, that architecture's defaults) whose moves the lineage events are checked against, as
+    ``crosslens analyze --lineage-against`` checks them; None skips it. Another architecture, since
+    a second seed of the same one repeats its reorganisations of latents (benchmarks/README.md)."""
 
     @classmethod
     def fast(cls) -> "DemoConfig":

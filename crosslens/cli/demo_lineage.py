@@ -1,0 +1,41 @@
+"""The demo's lineage check: a crosscoder of another architecture trained on the same store, and how
+many of the demo crosscoder's lineage events it makes too, as ``crosslens analyze
+--lineage-against`` counts them (:mod:`crosslens.analysis.lineage_agreement`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from crosslens.analysis import analyze_crosscoder
+from crosslens.analysis.emergence_record import EmergenceRecordError, save_run_emergence
+from crosslens.analysis.lineage_agreement import agreement_line, check_agreement_run, run_lineage_agreement
+from crosslens.cli.demo_stages import DemoConfig, train_stage
+from crosslens.training.config import ArchitectureConfig
+
+
+def lineage_referee_stage(
+    train_store: Any, out_dir: Path, config: DemoConfig, analysis: Any, *, force: bool = False, device: str = "cpu"
+) -> str | None:
+    """Train (or reuse) ``config.lineage_referee``'s crosscoder on ``train_store`` with the demo's
+    steps, batch and seed and that architecture's defaults, analyse it with the store (or reuse its
+    saved check), and return the line counting ``analysis``'s lineage events it makes too; None
+    without a referee or without latent scaling's presence to read."""
+    arch = config.lineage_referee
+    emergence = analysis.emergence
+    if arch is None or emergence is None or emergence.check is None:
+        return None
+    run_dir = Path(out_dir) / f"referee-{arch}"
+    print(f"a second crosscoder ({arch}) on the same store, to check the lineage against: {run_dir}")
+    referee_config = replace(config, sae=ArchitectureConfig(arch, d_sae=config.sae.d_sae))
+    referee = train_stage(train_store, run_dir, referee_config, force=force, device=device)
+    try:
+        check_agreement_run(run_dir, train_store)
+    except EmergenceRecordError:  # none yet, or of weights trained since
+        referee_analysis, _ = analyze_crosscoder(referee, store=train_store, device=device)
+        save_run_emergence(run_dir, referee_analysis.emergence, train_store)
+    agreement = run_lineage_agreement(
+        emergence.lineage, analysis, emergence.check.present, run_dir, train_store, device=device
+    )
+    return agreement_line(run_dir, emergence.lineage.events, agreement)
