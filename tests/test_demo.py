@@ -125,7 +125,7 @@ def test_the_lineage_referee_is_trained_analysed_once_and_counts_the_events_it_m
     assert analysis.emergence.lineage.events  # the loose lines give the tiny run events to check
     capsys.readouterr()
 
-    line = lineage_referee_stage(store, tmp_path, config, analysis)
+    line, section = lineage_referee_stage(store, tmp_path, config, analysis)
     referee = tmp_path / "referee-crosscoder"
     assert read_emergence(referee).check is not None  # analysed with the store, saved in its run
     other = analyze_crosscoder(
@@ -139,11 +139,14 @@ def test_the_lineage_referee_is_trained_analysed_once_and_counts_the_events_it_m
         read_emergence(referee).check.present,
     )
     assert line == agreement_line(referee, analysis.emergence.lineage.events, want)
+    page = section.render()
+    assert "Lineage checked against referee-crosscoder" in page
+    assert f"{sum(a >= 0.5 for a in want)} of {len(want)} lineage events are made too by referee-crosscoder" in page
     printed = capsys.readouterr().out
     assert f"a second crosscoder (crosscoder) on the same store, to check the lineage against: {referee}" in printed
 
     saved = (referee / "emergence.json").stat().st_mtime_ns
-    assert lineage_referee_stage(store, tmp_path, config, analysis) == line
+    assert lineage_referee_stage(store, tmp_path, config, analysis)[0] == line
     assert "reusing trained crosscoder" in capsys.readouterr().out
     assert (referee / "emergence.json").stat().st_mtime_ns == saved  # its check is read, not computed again
     assert lineage_referee_stage(store, tmp_path, replace(config, lineage_referee=None), analysis) is None

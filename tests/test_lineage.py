@@ -8,6 +8,7 @@ the per-latent loop's.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -431,6 +432,14 @@ def test_another_crosscoder_that_makes_the_same_moves_agrees_with_every_event_an
     split, handoff, merge, succession = lineage_agreement(lin, analysis, other)
     assert split == pytest.approx(0.36, abs=1e-3)  # latent 0's row at the split against 1's
     assert (handoff, merge, succession) == (pytest.approx(1.0, abs=1e-4),) * 3
+
+    from crosslens.analysis.emergence_report import lineage_agreement_section
+
+    steps = [10 * s for s in range(S)]
+    page = lineage_agreement_section(lin, [split, handoff, merge, succession], steps, "B", 0.5).render()
+    assert "3 of 4 lineage events are made too by B&#x27;s crosscoder" in page
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", page)
+    assert cells[:6] == ["split", "30", "0, 1", "0, 1", "0.36", "0.36"] and cells[6] == "no"  # the least first
 
     # a latent scaling's presence is read beside the analysis's: with 5 absent, the handoff's successor is nowhere
     scaled = torch.ones(len(W), S, dtype=torch.bool)

@@ -80,6 +80,8 @@ def test_analyze_counts_the_events_the_other_run_makes_too(runs, capsys, tmp_pat
         f"lineage events {runs / 'relu'}'s crosscoder makes too (agreement >= {AGREEMENT_LINE}): "
         + agreement_text(mine.lineage.events, agreement)
     )
+    page = (tmp_path / "jumprelu.html").read_text()
+    assert f"Lineage checked against {runs / 'relu'}" in page and "Lineage events and their agreement" in page
     counts = re.findall(r"(\d+) of (\d+) (split|merge|handoff)", line)
     assert [(int(n), kind) for _, n, kind in counts] == [
         (sum(e.kind == k for e in mine.lineage.events), k) for k in ("split", "merge", "handoff")

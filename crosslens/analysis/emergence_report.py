@@ -4,6 +4,7 @@ picture of the largest lineage families through training."""
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 
 from crosslens.analysis.emergence_check import EmergenceCheck
@@ -122,3 +123,28 @@ def _first_snapshot_text(lineage: Lineage, analysis: EvolutionAnalysis) -> str:
         "and an event among such latents follows tokens' directions as training reorganises them (words of one class "
         "coming to share a direction, say), not concepts the model had already learned."
     )
+
+
+def lineage_agreement_section(
+    lineage: Lineage, agreement: Sequence[float], steps: Sequence[int], other: str, line: float
+) -> Report:
+    """A report section: each lineage event's agreement with ``other``'s crosscoder
+    (:mod:`crosslens.analysis.lineage_agreement`), the events it makes least first."""
+    report = Report(f"Lineage checked against {other}")
+    shown = sum(a >= line for a in agreement)
+    report.add_text(
+        f"{shown} of {len(agreement)} lineage events are made too by {other}'s crosscoder, trained on the same "
+        f"activations (agreement {line} or more). An event's agreement is the least, over its latents, of the best "
+        "decoder cosine with which one of that crosscoder's latents makes the latent's move (its rows at the snapshot "
+        "before the event and at it). An event of the model, not of one crosscoder's training, is made by every "
+        "crosscoder of the same activations; another architecture's is the test, since a second seed of the same "
+        "one repeats its reorganisations of latents."
+    )
+    rows = event_rows(lineage.events, steps)
+    for row, a in zip(rows, agreement):
+        row.pop("how")
+        row["agreement"] = None if math.isnan(a) else round(a, 3)
+        row["made there"] = "yes" if a >= line else "no"
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["agreement"] is not None, rows[i]["agreement"] or 0.0))
+    report.add_table([rows[i] for i in order], title="Lineage events and their agreement", max_rows=100)
+    return report

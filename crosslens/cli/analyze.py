@@ -93,6 +93,7 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
         title=suite_title(record, hook),
         device=device,
     )
+    agreement = None if against is None else _agreement(analysis, against, opened, device, report)
     spliced = _spliced_record(run_dir)
     if spliced is not None:
         add_spliced_loss_section(report, spliced)
@@ -105,8 +106,8 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
     else:
         print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
         print(analysis.emergence.summary(analysis.lifetimes.peak))
-        if against is not None:
-            _say_agreement(analysis, against, opened, device)
+        if agreement is not None:
+            print(agreement)
     _save_emergence(folder, run_dir, analysis.emergence, opened)
     if store is None:
         _say_no_store(run_dir)
@@ -136,13 +137,16 @@ def _lineage_run(value: str | None, folder: Path, store: Any) -> Path | None:
     return other
 
 
-def _say_agreement(analysis: Any, other: Path, store: Any, device: str) -> None:
-    from crosslens.analysis.lineage_agreement import agreement_line, run_lineage_agreement
+def _agreement(analysis: Any, other: Path, store: Any, device: str, report: Any) -> str:
+    """The lineage's agreement with ``other``'s crosscoder, as a section of ``report``; the line to print."""
+    from crosslens.analysis.emergence_report import lineage_agreement_section
+    from crosslens.analysis.lineage_agreement import AGREEMENT_LINE, agreement_line, run_lineage_agreement
 
     emergence = analysis.emergence
     present = None if emergence.check is None else emergence.check.present
     agreement = run_lineage_agreement(emergence.lineage, analysis, present, other, store, device=str(device))
-    print(agreement_line(other, emergence.lineage.events, agreement))
+    report.extend(lineage_agreement_section(emergence.lineage, agreement, analysis.steps, str(other), AGREEMENT_LINE))
+    return agreement_line(other, emergence.lineage.events, agreement)
 
 
 def _save_emergence(folder: Path, run_dir: Path | None, result: Any, store: Any) -> None:

@@ -10,18 +10,26 @@ from typing import Any
 
 from crosslens.analysis import analyze_crosscoder
 from crosslens.analysis.emergence_record import EmergenceRecordError, save_run_emergence
-from crosslens.analysis.lineage_agreement import agreement_line, check_agreement_run, run_lineage_agreement
+from crosslens.analysis.emergence_report import lineage_agreement_section
+from crosslens.analysis.lineage_agreement import (
+    AGREEMENT_LINE,
+    agreement_line,
+    check_agreement_run,
+    run_lineage_agreement,
+)
 from crosslens.cli.demo_stages import DemoConfig, train_stage
+from crosslens.htmlreport import Report
 from crosslens.training.config import ArchitectureConfig
 
 
 def lineage_referee_stage(
     train_store: Any, out_dir: Path, config: DemoConfig, analysis: Any, *, force: bool = False, device: str = "cpu"
-) -> str | None:
+) -> tuple[str, Report] | None:
     """Train (or reuse) ``config.lineage_referee``'s crosscoder on ``train_store`` with the demo's
     steps, batch and seed and that architecture's defaults, analyse it with the store (or reuse its
-    saved check), and return the line counting ``analysis``'s lineage events it makes too; None
-    without a referee or without latent scaling's presence to read."""
+    saved check); return the line counting ``analysis``'s lineage events it makes too and the report
+    section listing each event's agreement. None without a referee or without latent scaling's
+    presence to read."""
     arch = config.lineage_referee
     emergence = analysis.emergence
     if arch is None or emergence is None or emergence.check is None:
@@ -38,4 +46,5 @@ def lineage_referee_stage(
     agreement = run_lineage_agreement(
         emergence.lineage, analysis, emergence.check.present, run_dir, train_store, device=device
     )
-    return agreement_line(run_dir, emergence.lineage.events, agreement)
+    section = lineage_agreement_section(emergence.lineage, agreement, analysis.steps, run_dir.name, AGREEMENT_LINE)
+    return agreement_line(run_dir, emergence.lineage.events, agreement), section

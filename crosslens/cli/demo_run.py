@@ -190,7 +190,7 @@ def _evolution_report(
 ) -> Path:
     """The feature-evolution report with the other stages' sections; prints its classes and emergence,
     and the lineage events a crosscoder of another architecture makes too."""
-    report_path, analysis, _ = analyze_stage(
+    report_path, analysis, report = analyze_stage(
         crosscoder,
         store=ActivationStore.open(train_store.path),
         out=out_dir / "crosscoder" / "report.html",
@@ -204,7 +204,9 @@ def _evolution_report(
     )
     checked = lineage_referee_stage(train_store, out_dir, config, analysis, force=force, device=device)
     if checked is not None:
-        print(checked)
+        line, section = checked
+        print(line)
+        report.extend(section).write(report_path)
     print(f"\nreport: {report_path}")
     return report_path
 
