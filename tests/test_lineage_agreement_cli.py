@@ -95,6 +95,11 @@ def test_what_lineage_against_cannot_read_is_refused_in_one_line(runs, capsys, t
     err = one_line_error([*base, "--store", store, "--lineage-against", str(tmp_path / "jumprelu")], capsys)
     assert "is this run: pass another run trained on the same store" in err
 
+    (checkpoint,) = sorted((runs / "relu").glob("step_*"))[-1:]
+    err = one_line_error([*base, "--store", store, "--lineage-against", str(checkpoint)], capsys)
+    assert "is a checkpoint: the check is read from a run's final crosscoder" in err
+    assert f"pass the run folder {runs / 'relu'}" in err
+
     unanalysed = tmp_path / "unanalysed"
     shutil.copytree(runs / "relu", unanalysed, ignore=shutil.ignore_patterns("emergence.*"))
     err = one_line_error([*base, "--store", store, "--lineage-against", str(unanalysed)], capsys)

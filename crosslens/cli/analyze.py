@@ -120,16 +120,22 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
 def _lineage_run(value: str | None, folder: Path, store: Any) -> Path | None:
     """``--lineage-against``'s run folder, checked before the analysis."""
     from crosslens.analysis.lineage_agreement import check_agreement_run
-    from crosslens.training.runfolder import run_folder
+    from crosslens.training.runfolder import is_final_crosscoder, run_folder
 
     if value is None:
         return None
     if store is None:
         raise CLIError("--lineage-against reads the lineage latent scaling holds: pass --store (the store both read)")
-    other = run_folder(crosscoder_folder_arg(value, "--lineage-against"))
+    other_folder = crosscoder_folder_arg(value, "--lineage-against")
+    other = run_folder(other_folder)
     if other is None:
         raise CLIError(
             f"--lineage-against {value}: not a run folder; pass the --out folder of the other crosslens train"
+        )
+    if not is_final_crosscoder(other_folder, other):
+        raise CLIError(
+            f"--lineage-against {value} is a checkpoint: the check is read from a run's final crosscoder, with the "
+            f"emergence check analyze saved for it; pass the run folder {other}"
         )
     if other == run_folder(folder):
         raise CLIError(f"--lineage-against {value} is this run: pass another run trained on the same store")
