@@ -35,7 +35,7 @@ class AnalyzeFlags:
 
 def analyze(args: argparse.Namespace) -> int:
     folder = crosscoder_folder_arg(args.crosscoder, "--crosscoder")
-    return write_report(folder, args.store, args.out, args)
+    return write_report(folder, args.store, args.out, args, lineage_against=args.lineage_against)
 
 
 def _default_report(folder: Path, run_dir: Path | None) -> Path:
@@ -51,9 +51,12 @@ def _default_report(folder: Path, run_dir: Path | None) -> Path:
     return run_dir / f"report-{Path(folder).name}.html"
 
 
-def write_report(folder: Path, store: str | None, out: str | None, args: argparse.Namespace) -> int:
+def write_report(
+    folder: Path, store: str | None, out: str | None, args: argparse.Namespace, lineage_against: str | None = None
+) -> int:
     """Analyse the crosscoder in ``folder`` and write report.html, with the sections other commands
-    saved in its run folder (``crosslens attribute``)."""
+    saved in its run folder (``crosslens attribute``); ``lineage_against``: another run whose
+    crosscoder the lineage is checked against (``analyze --lineage-against``)."""
     from crosslens.activations import ActivationStore
     from crosslens.activations.partners import check_crosscoder_store
     from crosslens.analysis import analyze_crosscoder
@@ -79,12 +82,12 @@ def write_report(folder: Path, store: str | None, out: str | None, args: argpars
     opened = ActivationStore.open(store, verify="full") if store else None
     if opened is not None:
         check_crosscoder_store(crosscoder, opened, crosscoder_name=folder)
-    if args.lineage_against is not None and is_diffing(crosscoder):
+    if lineage_against is not None and is_diffing(crosscoder):
         raise CLIError(
             "--lineage-against reads lineage through training; this crosscoder is of two models, with no training "
             "order for a split or a merge: leave the flag out"
         )
-    against = _lineage_run(args.lineage_against, folder, opened)
+    against = _lineage_run(lineage_against, folder, opened)
     tokenizer = suite_tokenizer(record) if store else None
     analysis, report = analyze_crosscoder(
         crosscoder,
