@@ -269,16 +269,21 @@ def lineage_sensitivity_table(runs: list[dict]) -> None:
         print(f"| {name} | {' | '.join(cells)} | {_share(total, recovered)} | {over} of {len(false)} |")
 
 
-def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
-    """Decoder-norm, latent-scaled and reported emergence of the recovered features, contested
-    flags and lineage events, against the planted truth."""
-    acts_NSD, _ = planted.sample(N_TOKENS, torch.Generator().manual_seed(5))
-    analysis = EvolutionAnalysis.from_crosscoder(
+def planted_analysis(crosscoder, planted, acts_NSD) -> EvolutionAnalysis:
+    """The evolution analysis of a crosscoder trained on ``planted``, with its firing rates on ``acts_NSD``."""
+    return EvolutionAnalysis.from_crosscoder(
         crosscoder,
         steps=planted.steps,
         frequency=firing_frequency(acts_NSD, crosscoder),
         snapshot_frequency=firing_frequency(acts_NSD, crosscoder, per_snapshot=True),
     )
+
+
+def score(planted, crosscoder, check_config=None, lineage_config=None) -> dict:
+    """Decoder-norm, latent-scaled and reported emergence of the recovered features, contested
+    flags and lineage events, against the planted truth."""
+    acts_NSD, _ = planted.sample(N_TOKENS, torch.Generator().manual_seed(5))
+    analysis = planted_analysis(crosscoder, planted, acts_NSD)
     scaling = latent_scaling(crosscoder, acts_NSD)
     check = check_emergence(analysis, scaling, check_config)
     lin = lineage_of(analysis, lineage_config, scaled_present_FS=check.present)

@@ -27,18 +27,17 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
 
-from crosslens.analysis import EvolutionAnalysis, lineage_agreement
+from crosslens.analysis import lineage_agreement
 from crosslens.analysis.emergence_check import check_emergence
 from crosslens.analysis.latent_scaling import latent_scaling
 from crosslens.analysis.lineage import Lineage, lineage_of
 from crosslens.analysis.planted_generators import EVENT_GENERATORS, GENERATORS
 from crosslens.analysis.planted_lineage import planted_lineage_scores
-from crosslens.analysis.probes import firing_frequency
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from planted_benchmark import ARCHITECTURES  # noqa: E402
-from planted_emergence import N_TOKENS, WITHOUT_EVENTS, trained  # noqa: E402
+from planted_emergence import N_TOKENS, WITHOUT_EVENTS, planted_analysis, trained  # noqa: E402
 from planted_generators import INDEPENDENT, build_planted  # noqa: E402
 
 LINES = (0.0, 0.4, 0.5, 0.7)
@@ -48,12 +47,8 @@ FALSE_FAMILIES = (*WITHOUT_EVENTS, "weak-early")
 
 
 def analysed(crosscoder, planted, acts_NSD):
-    analysis = EvolutionAnalysis.from_crosscoder(
-        crosscoder,
-        steps=planted.steps,
-        frequency=firing_frequency(acts_NSD, crosscoder),
-        snapshot_frequency=firing_frequency(acts_NSD, crosscoder, per_snapshot=True),
-    )
+    """The analysis and latent scaling's presence, as ``scripts/planted_emergence.py`` reads them."""
+    analysis = planted_analysis(crosscoder, planted, acts_NSD)
     return analysis, check_emergence(analysis, latent_scaling(crosscoder, acts_NSD), None).present
 
 
