@@ -4,9 +4,9 @@ A split, merge or handoff is a claim about the model only if it does not depend 
 crosscoder that reports it. A crosscoder of another architecture, trained on the same store,
 reads the same activations with another sparsity mechanism: where an event is the model's, its
 latents make the same moves there too. TopK's fixed count of active latents, for one, reuses a
-duplicate latent for a feature that grows (a "split" of one feature into itself and something
-else) the same way on every seed, so a second seed of the same architecture shows its events too;
-another architecture is the test with teeth.
+duplicate latent for another feature (a "split" of one feature into itself and something else),
+and on the planted grid a second TopK seed does so the same way, so a second seed of the same
+architecture shows such events too; another architecture is the test with teeth.
 
 For each event at snapshot ``t``, each of its latents is looked for in the other crosscoder:
 a latent present at ``t - 1`` and ``t`` (its move) by the other's latents present at both, scored
@@ -38,8 +38,8 @@ from crosslens.crosscoders.saved import load_crosscoder_folder
 AGREEMENT_LINE = 0.5
 """An event the other crosscoder shows: each of its latents' moves made there by one latent at this
 decoder cosine or closer on both snapshots. Halfway between a move that is there (near 1) and one
-that is nowhere (near 0); on the planted grid 0.4 and 0.5 keep the same events and 0.7 loses planted
-ones (benchmarks/README.md, "Is an emergence real?")."""
+that is nowhere (near 0). On the planted grid, 0.4 keeps one false event more, 0.5 one planted
+handoff fewer, and 0.7 four planted events fewer still (benchmarks/README.md, "Is an emergence real?")."""
 
 
 def event_agreement(
