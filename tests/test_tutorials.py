@@ -272,6 +272,11 @@ def test_is_it_real_finds_planted_truth_and_checks_the_pico_crosscoder(
         assert set(run["labels"]) <= {"planted", "decoupling", "false"}
     assert summary["events"]["split"]["counts"]["split"] >= 4
     assert summary["events"]["handoff"]["counts"]["handoff"] >= 4
+    # each event's agreement with a ReLU crosscoder of the same planted set: the planted ones are made there
+    for family, run in summary["events"].items():
+        assert len(run["agreement"]) == run["events"], (family, run)
+        planted = [a for a, label in zip(run["agreement"], run["labels"]) if label == "planted"]
+        assert sum(a >= 0.5 for a in planted) >= len(planted) - 1 and max(planted) > 0.9, (family, run["agreement"])
 
     # the pico crosscoder: the check's counts, the events and the families agree with each other
     pico = summary["pico"]
