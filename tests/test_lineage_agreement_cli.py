@@ -19,8 +19,13 @@ from test_emergence_surfaces import LOOSE
 
 from crosslens.activations import ActivationStore
 from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder, lineage_agreement
-from crosslens.analysis.emergence_record import read_emergence, save_run_emergence
-from crosslens.analysis.lineage_agreement import AGREEMENT_LINE, agreement_text, run_lineage_agreement
+from crosslens.analysis.emergence_record import EmergenceRecordError, read_emergence, save_run_emergence
+from crosslens.analysis.lineage_agreement import (
+    AGREEMENT_LINE,
+    agreement_text,
+    check_agreement_run,
+    run_lineage_agreement,
+)
 from crosslens.cli import main
 from crosslens.crosscoders.saved import load_crosscoder_folder
 
@@ -55,6 +60,10 @@ def test_another_run_s_saved_check_is_read_as_lineage_agreement_reads_it(runs):
     read = lambda values: [None if math.isnan(a) else a for a in values]  # noqa: E731  (NaN: no latent held beside it)
     assert read(got) == read(want) and len({a for a in read(got) if a is not None}) > 1
     assert all(-1.0 <= a <= 1.0 for a in read(got) if a is not None)
+    # a store's path reads as the store; a folder without a final crosscoder says so
+    assert check_agreement_run(runs / "relu", str(runs / "store")).lineage.events == other.lineage.events
+    with pytest.raises(EmergenceRecordError, match=r"holds no final crosscoder \(final/sae_weights.safetensors\)"):
+        check_agreement_run(runs / "suite")
     alone = lineage_agreement(mine.lineage, jumprelu, analysed(runs / "relu"))  # without latent scaling's presence
     assert not any(math.isnan(a) for a in alone) and read(alone) != read(want)
 
@@ -88,7 +97,7 @@ def test_analyze_counts_the_events_the_other_run_makes_too(runs, capsys, tmp_pat
     ]
 
 
-def test_what_lineage_against_cannot_read_is_refused_in_one_line(runs, capsys, tmp_path):
+def test_what_lineage_against_cannot_read_is_refused_in_one_line(runs, capsys, tmp_path, monkeypatch):
     store = str(runs / "store")
     shutil.copytree(runs / "jumprelu", tmp_path / "jumprelu")
     base = ["analyze", "--crosscoder", str(tmp_path / "jumprelu"), "--out", str(tmp_path / "r.html")]
@@ -123,6 +132,48 @@ def test_what_lineage_against_cannot_read_is_refused_in_one_line(runs, capsys, t
     capsys.readouterr()
     err = one_line_error([*base, "--store", store, "--lineage-against", str(read_elsewhere)], capsys)
     assert f"{read_elsewhere}'s emergence check read another store than {store}: run `crosslens analyze" in err
+
+    two_hooks = tmp_path / "two-hooks"  # one store, two hooks of one width: the seal alone cannot tell them
+    tf.harvest(runs / "suite", two_hooks, hooks=[tf.HOOK, tf.OTHER_HOOK])
+    for name, hook in (("on-hook-0", tf.HOOK), ("on-hook-1", tf.OTHER_HOOK)):
+        tf.train(two_hooks, tmp_path / name, hook_name=hook)
+        main(
+            [
+                "analyze",
+                "--crosscoder",
+                str(tmp_path / name),
+                "--store",
+                str(two_hooks),
+                "--out",
+                str(tmp_path / "h.html"),
+            ]
+        )
+    capsys.readouterr()
+    on_hook = ["analyze", "--crosscoder", str(tmp_path / "on-hook-0"), "--store", str(two_hooks)]
+    err = one_line_error(
+        [*on_hook, "--lineage-against", str(tmp_path / "on-hook-1"), "--out", str(tmp_path / "x.html")], capsys
+    )
+    assert f"'s crosscoder reads {tf.OTHER_HOOK}, this one {tf.HOOK}: pass a run trained on the same hook" in err
+
+    damaged = tmp_path / "damaged"  # its tables gone: refused before the analysis, not after it
+    shutil.copytree(runs / "relu", damaged)
+    (damaged / "emergence.safetensors").unlink()
+    err = one_line_error([*base, "--store", store, "--lineage-against", str(damaged)], capsys)
+    assert "emergence.safetensors is missing or altered" in err  # one line: no progress bar of an analysis
+    assert not (tmp_path / "r.html").exists()
+
+    relative = [
+        "analyze",
+        "--crosscoder",
+        "jumprelu",
+        "--store",
+        store,
+        "--out",
+        "r2.html",
+    ]  # the same run, two spellings
+    monkeypatch.chdir(tmp_path)
+    err = one_line_error([*relative, "--lineage-against", str(tmp_path / "jumprelu")], capsys)
+    assert "is this run: pass another run trained on the same store" in err
 
     moved = tmp_path / "moved-store"  # the same tokens in another folder are the same store
     shutil.copytree(runs / "store", moved)

@@ -131,20 +131,25 @@ def lineage_agreement_section(
     """A report section: each lineage event's agreement with ``other``'s crosscoder
     (:mod:`crosslens.analysis.lineage_agreement`), the events it makes least first."""
     report = Report(f"Lineage checked against {other}")
-    shown = sum(a >= line for a in agreement)
+    shown, read = sum(a >= line for a in agreement), sum(not math.isnan(a) for a in agreement)
     report.add_text(
-        f"{shown} of {len(agreement)} lineage events are made too by {other}'s crosscoder, trained on the same "
+        f"{shown} of {read} lineage events are made too by {other}'s crosscoder, trained on the same "
         f"activations (agreement {line} or more). An event's agreement is the least, over its latents, of the best "
         "decoder cosine with which one of that crosscoder's latents makes the latent's move (its rows at the snapshot "
         "before the event and at it). An event of the model, not of one crosscoder's training, is made by every "
         "crosscoder of the same activations; another architecture's is the test, since a second seed of the same "
         "one repeats its reorganisations of latents."
+        + (
+            f" {len(agreement) - read} more have no latent present beside their snapshot, so no agreement."
+            if read < len(agreement)
+            else ""
+        )
     )
     rows = event_rows(lineage.events, steps)
     for row, a in zip(rows, agreement):
         row.pop("how")
         row["agreement"] = None if math.isnan(a) else round(a, 3)
-        row["made there"] = "yes" if a >= line else "no"
+        row["made there"] = "-" if math.isnan(a) else "yes" if a >= line else "no"
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["agreement"] is not None, rows[i]["agreement"] or 0.0))
     report.add_table([rows[i] for i in order], title="Lineage events and their agreement", max_rows=100)
     return report

@@ -18,6 +18,7 @@ is nowhere. Only decoder rows are read, so it costs a matmul per latent.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -28,12 +29,19 @@ import torch
 from jaxtyping import Bool, Float
 
 from crosslens.activations.partners import store_seal
-from crosslens.analysis.emergence_record import EmergenceRecordError, crosscoder_sha256, read_emergence, read_record
+from crosslens.activations.store import ActivationStore
+from crosslens.analysis.emergence_record import (
+    EmergenceRecordError,
+    EmergenceResult,
+    crosscoder_sha256,
+    read_emergence,
+    read_record,
+)
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.lineage import EVENT_KINDS
 from crosslens.analysis.relatives import unit_rows
 from crosslens.core.paths import FINAL_DIRNAME
-from crosslens.crosscoders.saved import load_crosscoder_folder
+from crosslens.crosscoders.saved import WEIGHTS_NAME, load_crosscoder_folder
 
 AGREEMENT_LINE = 0.5
 """An event the other crosscoder shows: each of its latents' moves made there by one latent at this
@@ -109,18 +117,46 @@ def lineage_agreement(
     )
 
 
-def check_agreement_run(other_run: str | os.PathLike, store: Any = None) -> None:
-    """Refuse, before any work, a run whose saved emergence check :func:`run_lineage_agreement` cannot
-    read: missing, of another crosscoder than its final one, without latent scaling, or (``store``
-    given) of another store."""
+def check_agreement_run(other_run: str | os.PathLike, store: Any = None, hook: str | None = None) -> EmergenceResult:
+    """``other_run``'s saved emergence check, refused (before any work, where a caller asks first)
+    where :func:`run_lineage_agreement` cannot read it: no final crosscoder, no check or a damaged one,
+    a check of weights trained since or without latent scaling, or one of another store than
+    ``store`` (an :class:`~crosslens.activations.ActivationStore` or its path) or a crosscoder of
+    another hook than ``hook``."""
     other_run = Path(other_run)
-    record = read_record(other_run, crosscoder_sha256(other_run))
+    if not (other_run / FINAL_DIRNAME / WEIGHTS_NAME).is_file():
+        raise EmergenceRecordError(
+            f"{other_run} holds no final crosscoder ({FINAL_DIRNAME}/{WEIGHTS_NAME}): pass a finished crosslens train run"
+        )
+    if isinstance(store, (str, os.PathLike)):
+        store = ActivationStore.open(store)
+    sha = crosscoder_sha256(other_run)
+    record = read_record(other_run, sha)
     fix = f"run `crosslens analyze --crosscoder {other_run} --store STORE` with the store this crosscoder read"
     partner = (record.get("partners") or {}).get("store")
     if partner is None:
         raise EmergenceRecordError(f"{other_run}'s emergence check read no activations: {fix}")
     if store is not None and partner != store_seal(store):
         raise EmergenceRecordError(f"{other_run}'s emergence check read another store than {store.path}: {fix}")
+    theirs = _recorded_hook(other_run)
+    if hook is not None and theirs != hook:
+        raise EmergenceRecordError(
+            f"{other_run}'s crosscoder reads {theirs}, this one {hook}: pass a run trained on the same hook of the store"
+        )
+    result = read_emergence(other_run, sha)
+    if result.check is None:
+        raise EmergenceRecordError(f"{other_run}'s emergence check read no activations: {fix}")
+    return result
+
+
+def _recorded_hook(run_dir: Path) -> str | None:
+    """The hook a run's final crosscoder records (its cfg.json's metadata), without loading its weights."""
+    try:
+        cfg = json.loads((run_dir / FINAL_DIRNAME / "cfg.json").read_text())
+    except (OSError, ValueError):
+        return None
+    hook = (cfg.get("metadata") or {}).get("hook_name")
+    return str(hook) if hook else None
 
 
 def run_lineage_agreement(
@@ -130,13 +166,13 @@ def run_lineage_agreement(
     other_run: str | os.PathLike,
     store: Any = None,
     device: str = "cpu",
+    hook: str | None = None,
 ) -> list[float]:
     """:func:`lineage_agreement` with another run's final crosscoder, read with the emergence check
-    ``crosslens analyze`` saved in ``other_run`` (checked to be of that crosscoder and, where
-    ``store`` is given, of that store)."""
+    ``crosslens analyze`` saved in ``other_run`` (checked by :func:`check_agreement_run` against
+    ``store`` and ``hook`` where given)."""
     other_run = Path(other_run)
-    check_agreement_run(other_run, store)
-    other = read_emergence(other_run, crosscoder_sha256(other_run))
+    other = check_agreement_run(other_run, store, hook)
     crosscoder = load_crosscoder_folder(other_run / FINAL_DIRNAME, device=device)
     other_analysis = EvolutionAnalysis.from_crosscoder(crosscoder, steps=other.steps)
     return lineage_agreement(lineage, analysis, other_analysis, present_FS, other.check.present)
@@ -153,9 +189,13 @@ def agreement_text(events: Sequence[Any], agreement: Sequence[float], line: floa
     """How many events of each kind are at or above ``line``: "3 of 7 splits, 20 of 39 merges, 4 of 5 handoffs"."""
     parts = []
     for kind in EVENT_KINDS:
-        mine = [a for e, a in zip(events, agreement) if e.kind == kind]
+        mine = [a for e, a in zip(events, agreement) if e.kind == kind and not math.isnan(a)]
+        unread = sum(e.kind == kind for e in events) - len(mine)
         shown = sum(a >= line for a in mine)
-        parts.append(f"{shown} of {len(mine)} {kind}{'' if len(mine) == 1 else 's'}")
+        parts.append(
+            f"{shown} of {len(mine)} {kind}{'' if len(mine) == 1 else 's'}"
+            + (f" ({unread} with no latent present beside it)" if unread else "")
+        )
     return ", ".join(parts)
 
 

@@ -87,7 +87,7 @@ def write_report(
             "--lineage-against reads lineage through training; this crosscoder is of two models, with no training "
             "order for a split or a merge: leave the flag out"
         )
-    against = _lineage_run(lineage_against, folder, opened)
+    against = _lineage_run(lineage_against, folder, opened, hook)
     tokenizer = suite_tokenizer(record) if store else None
     analysis, report = analyze_crosscoder(
         crosscoder,
@@ -96,7 +96,7 @@ def write_report(
         title=suite_title(record, hook),
         device=device,
     )
-    agreement = None if against is None else _agreement(analysis, against, opened, device, report)
+    agreement = None if against is None else _agreement(analysis, against, opened, hook, device, report)
     spliced = _spliced_record(run_dir)
     if spliced is not None:
         add_spliced_loss_section(report, spliced)
@@ -120,7 +120,7 @@ def write_report(
     return 0
 
 
-def _lineage_run(value: str | None, folder: Path, store: Any) -> Path | None:
+def _lineage_run(value: str | None, folder: Path, store: Any, hook: str | None) -> Path | None:
     """``--lineage-against``'s run folder, checked before the analysis."""
     from crosslens.analysis.lineage_agreement import check_agreement_run
     from crosslens.training.runfolder import is_final_crosscoder, run_folder
@@ -140,20 +140,21 @@ def _lineage_run(value: str | None, folder: Path, store: Any) -> Path | None:
             f"--lineage-against {value} is a checkpoint: the check is read from a run's final crosscoder, with the "
             f"emergence check analyze saved for it; pass the run folder {other}"
         )
-    if other == run_folder(folder):
+    this = run_folder(folder)
+    if this is not None and other.resolve() == this.resolve():
         raise CLIError(f"--lineage-against {value} is this run: pass another run trained on the same store")
-    check_agreement_run(other, store)
+    check_agreement_run(other, store, hook)
     return other
 
 
-def _agreement(analysis: Any, other: Path, store: Any, device: str, report: Any) -> str:
+def _agreement(analysis: Any, other: Path, store: Any, hook: str | None, device: str, report: Any) -> str:
     """The lineage's agreement with ``other``'s crosscoder, as a section of ``report``; the line to print."""
     from crosslens.analysis.emergence_report import lineage_agreement_section
     from crosslens.analysis.lineage_agreement import AGREEMENT_LINE, agreement_line, run_lineage_agreement
 
     emergence = analysis.emergence
     present = None if emergence.check is None else emergence.check.present
-    agreement = run_lineage_agreement(emergence.lineage, analysis, present, other, store, device=str(device))
+    agreement = run_lineage_agreement(emergence.lineage, analysis, present, other, store, str(device), hook)
     report.extend(lineage_agreement_section(emergence.lineage, agreement, analysis.steps, str(other), AGREEMENT_LINE))
     return agreement_line(other, emergence.lineage.events, agreement)
 

@@ -34,17 +34,22 @@ def lineage_referee_stage(
     emergence = analysis.emergence
     if arch is None or emergence is None or emergence.check is None:
         return None
+    if arch == config.sae.architecture:
+        raise ValueError(
+            f"lineage_referee {arch!r} is the demo crosscoder's own architecture: trained with the same seed and steps "
+            "it is the same crosscoder; name another architecture, or None"
+        )
     run_dir = Path(out_dir) / f"referee-{arch}"
     print(f"a second crosscoder ({arch}) on the same store, to check the lineage against: {run_dir}")
     referee_config = replace(config, sae=ArchitectureConfig(arch, d_sae=config.sae.d_sae))
     referee = train_stage(train_store, run_dir, referee_config, force=force, device=device)
     try:
-        check_agreement_run(run_dir, train_store)
-    except EmergenceRecordError:  # none yet, or of weights trained since
+        check_agreement_run(run_dir, train_store, config.hook)
+    except EmergenceRecordError:  # none yet, damaged, or of weights trained since
         referee_analysis, _ = analyze_crosscoder(referee, store=train_store, device=device)
         save_run_emergence(run_dir, referee_analysis.emergence, train_store)
     agreement = run_lineage_agreement(
-        emergence.lineage, analysis, emergence.check.present, run_dir, train_store, device=device
+        emergence.lineage, analysis, emergence.check.present, run_dir, train_store, device, config.hook
     )
     section = lineage_agreement_section(emergence.lineage, agreement, analysis.steps, run_dir.name, AGREEMENT_LINE)
     return agreement_line(run_dir, emergence.lineage.events, agreement), section
