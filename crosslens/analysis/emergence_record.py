@@ -43,10 +43,10 @@ from crosslens.core.errors import CrosslensError
 from crosslens.core.hashing import file_sha256
 from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME, FINAL_DIRNAME
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
+from crosslens.crosscoders.saved import WEIGHTS_NAME
 
 EMERGENCE_FORMAT = "crosslens.emergence/2"
 EMERGENCE_KEY = "emergence_sha256"
-WEIGHTS_NAME = "sae_weights.safetensors"
 _LIFETIMES = ("emergence", "peak", "fade", "dead", "dip", "recovery")
 
 

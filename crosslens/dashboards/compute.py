@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from crosslens.core.hashing import file_sha256
+from crosslens.analysis.emergence_record import crosscoder_sha256
 from crosslens.core.locks import exclusive_lock
 from crosslens.core.metadata import metadata_value
 from crosslens.core.paths import FINAL_DIRNAME
@@ -66,7 +66,6 @@ from crosslens.dashboards.sources import StoreTokens, StreamSource, StreamTokens
 LOCK_NAME = "dashboards.lock"
 SAVE_EVERY_S = 600.0
 """A pass saves its accumulators this often (seconds), beside the saves on a stop."""
-WEIGHTS_NAME = "sae_weights.safetensors"
 
 
 def compute_dashboards(
@@ -211,7 +210,7 @@ def partners(run_dir: Path, source: TokenSource, record: dict[str, Any], causal:
     }
     return {
         "run": trained_run_sha256(run_dir),
-        "crosscoder": file_sha256(run_dir / FINAL_DIRNAME / WEIGHTS_NAME),
+        "crosscoder": crosscoder_sha256(run_dir),
         "tokens": source.record(),
         "suite": suite,
         "attribution": dict(sorted(causal.sources.items())),

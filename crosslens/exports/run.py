@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from crosslens.analysis.emergence_record import crosscoder_sha256
 from crosslens.core.hashing import file_sha256
 from crosslens.core.metadata import metadata_value
 from crosslens.core.paths import FINAL_DIRNAME, RUN_SEAL_NAME
@@ -139,7 +140,7 @@ def run_provenance(run_dir: Path, database: sqlite3.Connection | None) -> dict[s
     seal = run_dir / RUN_SEAL_NAME
     return {
         "run_seal_sha256": file_sha256(seal) if seal.is_file() else None,
-        "crosscoder_weights_sha256": file_sha256(run_dir / FINAL_DIRNAME / "sae_weights.safetensors"),
+        "crosscoder_weights_sha256": crosscoder_sha256(run_dir),
         "database_sha256": file_sha256(run_dir / DATABASE_NAME) if database is not None else None,
     }
 
