@@ -167,12 +167,13 @@ def run_lineage_agreement(
     store: Any = None,
     device: str = "cpu",
     hook: str | None = None,
+    checked: EmergenceResult | None = None,
 ) -> list[float]:
     """:func:`lineage_agreement` with another run's final crosscoder, read with the emergence check
     ``crosslens analyze`` saved in ``other_run`` (checked by :func:`check_agreement_run` against
-    ``store`` and ``hook`` where given)."""
+    ``store`` and ``hook`` where given; ``checked``: that check, where the caller asked it first)."""
     other_run = Path(other_run)
-    other = check_agreement_run(other_run, store, hook)
+    other = checked if checked is not None else check_agreement_run(other_run, store, hook)
     crosscoder = load_crosscoder_folder(other_run / FINAL_DIRNAME, device=device)
     other_analysis = EvolutionAnalysis.from_crosscoder(crosscoder, steps=other.steps)
     return lineage_agreement(lineage, analysis, other_analysis, present_FS, other.check.present)

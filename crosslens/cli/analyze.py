@@ -96,7 +96,7 @@ def write_report(
         title=suite_title(record, hook),
         device=device,
     )
-    agreement = None if against is None else _agreement(analysis, against, opened, hook, device, report)
+    agreement = None if against is None else _agreement(analysis, against, device, report)
     spliced = _spliced_record(run_dir)
     if spliced is not None:
         add_spliced_loss_section(report, spliced)
@@ -120,8 +120,8 @@ def write_report(
     return 0
 
 
-def _lineage_run(value: str | None, folder: Path, store: Any, hook: str | None) -> Path | None:
-    """``--lineage-against``'s run folder, checked before the analysis."""
+def _lineage_run(value: str | None, folder: Path, store: Any, hook: str | None) -> tuple[Path, Any] | None:
+    """``--lineage-against``'s run folder and its saved check, read before the analysis."""
     from crosslens.analysis.lineage_agreement import check_agreement_run
     from crosslens.training.runfolder import is_final_crosscoder, run_folder
 
@@ -143,18 +143,18 @@ def _lineage_run(value: str | None, folder: Path, store: Any, hook: str | None) 
     this = run_folder(folder)
     if this is not None and other.resolve() == this.resolve():
         raise CLIError(f"--lineage-against {value} is this run: pass another run trained on the same store")
-    check_agreement_run(other, store, hook)
-    return other
+    return other, check_agreement_run(other, store, hook)
 
 
-def _agreement(analysis: Any, other: Path, store: Any, hook: str | None, device: str, report: Any) -> str:
+def _agreement(analysis: Any, against: tuple[Path, Any], device: str, report: Any) -> str:
     """The lineage's agreement with ``other``'s crosscoder, as a section of ``report``; the line to print."""
     from crosslens.analysis.emergence_report import lineage_agreement_section
     from crosslens.analysis.lineage_agreement import AGREEMENT_LINE, agreement_line, run_lineage_agreement
 
     emergence = analysis.emergence
     present = None if emergence.check is None else emergence.check.present
-    agreement = run_lineage_agreement(emergence.lineage, analysis, present, other, store, str(device), hook)
+    other, checked = against
+    agreement = run_lineage_agreement(emergence.lineage, analysis, present, other, device=str(device), checked=checked)
     report.extend(lineage_agreement_section(emergence.lineage, agreement, analysis.steps, str(other), AGREEMENT_LINE))
     return agreement_line(other, emergence.lineage.events, agreement)
 

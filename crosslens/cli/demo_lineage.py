@@ -8,14 +8,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from crosslens.analysis import analyze_crosscoder
+from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder, lineage_agreement
 from crosslens.analysis.emergence_record import EmergenceRecordError, save_run_emergence
 from crosslens.analysis.emergence_report import lineage_agreement_section
 from crosslens.analysis.lineage_agreement import (
     AGREEMENT_LINE,
     agreement_line,
     check_agreement_run,
-    run_lineage_agreement,
 )
 from crosslens.cli.demo_stages import DemoConfig, train_stage
 from crosslens.htmlreport import Report
@@ -44,12 +43,11 @@ def lineage_referee_stage(
     referee_config = replace(config, sae=ArchitectureConfig(arch, d_sae=config.sae.d_sae))
     referee = train_stage(train_store, run_dir, referee_config, force=force, device=device)
     try:
-        check_agreement_run(run_dir, train_store, config.hook)
+        checked = check_agreement_run(run_dir, train_store, config.hook)
     except EmergenceRecordError:  # none yet, damaged, or of weights trained since
-        referee_analysis, _ = analyze_crosscoder(referee, store=train_store, device=device)
-        save_run_emergence(run_dir, referee_analysis.emergence, train_store)
-    agreement = run_lineage_agreement(
-        emergence.lineage, analysis, emergence.check.present, run_dir, train_store, device, config.hook
-    )
+        checked = analyze_crosscoder(referee, store=train_store, device=device)[0].emergence
+        save_run_emergence(run_dir, checked, train_store)
+    other = EvolutionAnalysis.from_crosscoder(referee, steps=checked.steps)  # the referee in hand, not read again
+    agreement = lineage_agreement(emergence.lineage, analysis, other, emergence.check.present, checked.check.present)
     section = lineage_agreement_section(emergence.lineage, agreement, analysis.steps, run_dir.name, AGREEMENT_LINE)
     return agreement_line(run_dir, emergence.lineage.events, agreement), section
