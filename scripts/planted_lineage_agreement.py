@@ -79,9 +79,9 @@ def table(rows: list[dict], archs: list[str]) -> None:
     print(
         "| agreement line | "
         + " | ".join(f"{a}: splits, handoffs found" for a in archs)
-        + " | reported, nine families | false |"
+        + " | reported, nine families | false | false of reported, per seed |"
     )
-    print("|---" * (len(archs) + 3) + "|")
+    print("|---" * (len(archs) + 4) + "|")
     for line in LINES:
         at = [r for r in rows if r["line"] == line]
         cells = []
@@ -94,8 +94,13 @@ def table(rows: list[dict], archs: list[str]) -> None:
         nine = [r for r in at if r["generator"] in FALSE_FAMILIES]
         reported, false = sum(r["events"] for r in nine), sum(r["false_events"] for r in nine)
         share = f"{false}/{reported} ({false / reported:.0%})" if reported else "-"
+        seeds = sorted({r["seed"] for r in nine})
+        per_seed = ", ".join(
+            f"{sum(r['false_events'] for r in nine if r['seed'] == seed)}/{sum(r['events'] for r in nine if r['seed'] == seed)}"
+            for seed in seeds
+        )
         label = "none (every event)" if line == 0.0 else f">= {line}"
-        print(f"| {label} | " + " | ".join(cells) + f" | {reported} | {share} |")
+        print(f"| {label} | " + " | ".join(cells) + f" | {reported} | {share} | {per_seed} |")
 
 
 def main(argv: list[str] | None = None) -> None:
