@@ -44,7 +44,7 @@ from crosslens.causal.attribution import (
     logit_diff,
 )
 from crosslens.causal.snapshot_models import collect_activations, run_from_hook
-from crosslens.causal.splice import exact_codes
+from crosslens.causal.splicing import exact_codes
 from crosslens.tasks import get_task
 
 

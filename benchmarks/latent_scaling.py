@@ -38,7 +38,10 @@ from harvest import peak_rss_mb
 
 from crosslens.activations import ActivationStore
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
-from crosslens.analysis.latent_scaling import (
+from crosslens.analysis.lineage_events import lineage_of
+from crosslens.analysis.probes import firing_frequency, reads_normalized
+from crosslens.analysis.relatives import per_latent_relatives, unit_rows
+from crosslens.analysis.scaling import (
     LatentScalingConfig,
     latent_scaling,
     per_latent_scaling,
@@ -46,9 +49,6 @@ from crosslens.analysis.latent_scaling import (
     scaling_from_sums,
     training_space_sums,
 )
-from crosslens.analysis.lineage import lineage_of
-from crosslens.analysis.probes import firing_frequency, reads_normalized
-from crosslens.analysis.relatives import per_latent_relatives, unit_rows
 from crosslens.core.devices import peak_memory, reset_peak_memory
 from crosslens.core.paths import crosslens_home
 from crosslens.crosscoders.folding import training_space_decoder

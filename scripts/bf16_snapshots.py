@@ -85,7 +85,7 @@ def train(out: Path, store: Path, dtype: str, seed: int) -> Path:
 def measure(run: Path, heldout: Path, n_seqs: int) -> dict:
     """Explained variance per snapshot and the spliced loss of ``run``'s crosscoder on ``heldout``."""
     from crosslens.activations import ActivationStore
-    from crosslens.causal.spliced_loss import spliced_record
+    from crosslens.causal.spliced_loss_eval import spliced_record
     from crosslens.checkpoints import CheckpointSuite
     from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.training.metrics import evaluate_crosscoder

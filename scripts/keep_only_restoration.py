@@ -13,7 +13,7 @@ import crosslens.crosscoders  # noqa: F401  (registers the crosscoder architectu
 from crosslens.causal.ablation import ablate, mean_feature_codes, task_metric, top_k_features
 from crosslens.causal.ie_table import IETable
 from crosslens.causal.snapshot_models import collect_activations, tokenize_task
-from crosslens.causal.splice import exact_codes
+from crosslens.causal.splicing import exact_codes
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.tasks import task_for_tokenizer

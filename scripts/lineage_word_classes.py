@@ -23,7 +23,7 @@ import torch
 
 from crosslens.activations import ActivationStore
 from crosslens.analysis import EvolutionAnalysis, read_emergence, strongest_at_first_snapshot, top_activating_contexts
-from crosslens.analysis.lineage import EVENT_KINDS
+from crosslens.analysis.lineage_events import EVENT_KINDS
 from crosslens.causal import load_crosscoder
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import CrosslensError

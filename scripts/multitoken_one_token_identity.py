@@ -30,7 +30,7 @@ def compute(path: str) -> None:
     from crosslens.causal.ablation import ablation_curve
     from crosslens.causal.attribution import AttributionConfig, attribute, attribute_snapshot
     from crosslens.causal.snapshot_models import collect_activations
-    from crosslens.causal.splice import exact_codes
+    from crosslens.causal.splicing import exact_codes
     from crosslens.tasks.agreement import agreement_pairs
 
     tokenizer = fixtures.tokenizer.__wrapped__()

@@ -30,9 +30,9 @@ import torch
 
 from crosslens.analysis.diffing import DiffingAnalysis, diffing_scaling
 from crosslens.analysis.emergence_check import EmergenceCheckConfig
-from crosslens.analysis.latent_scaling import latent_scaling
 from crosslens.analysis.planted_match import match_planted
 from crosslens.analysis.probes import firing_frequency
+from crosslens.analysis.scaling import latent_scaling
 from crosslens.crosscoders.folding import training_space_decoder
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

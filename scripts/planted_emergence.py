@@ -2,7 +2,7 @@
 
 Trains each architecture at the defaults a user gets (:func:`crosslens.training.planted.train_planted`,
 as ``scripts/planted_generators.py`` does) on each planted generator, then scores what
-:mod:`crosslens.analysis.emergence_check` and :mod:`crosslens.analysis.lineage` report:
+:mod:`crosslens.analysis.emergence_check` and :mod:`crosslens.analysis.lineage_events` report:
 
 - ``weak-early``: the share of the planted weak-early features (recovered ones) whose reported
   emergence is within one snapshot of their planted birth (snapshot 0), beside the share the
@@ -42,12 +42,12 @@ import crosslens.crosscoders as crosscoders
 from crosslens.analysis import EvolutionAnalysis, EvolutionConfig
 from crosslens.analysis.emergence_check import EmergenceCheckConfig, check_emergence
 from crosslens.analysis.evolution import NO_STEP, feature_lifetimes
-from crosslens.analysis.latent_scaling import latent_scaling
-from crosslens.analysis.lineage import LineageConfig, lineage_of
+from crosslens.analysis.lineage_events import LineageConfig, lineage_of
 from crosslens.analysis.planted_generators import EVENT_GENERATORS, GENERATORS
 from crosslens.analysis.planted_lineage import planted_lineage_scores
 from crosslens.analysis.planted_match import match_planted
 from crosslens.analysis.probes import firing_frequency
+from crosslens.analysis.scaling import latent_scaling
 from crosslens.architectures import uses_k
 from crosslens.training.planted import planted_k, train_planted
 

@@ -1,5 +1,5 @@
 """Lineage events kept where a crosscoder of another architecture, trained on the same planted set,
-makes the same moves (:func:`crosslens.analysis.lineage_agreement`), against planted truth.
+makes the same moves (:func:`crosslens.analysis.agreement`), against planted truth.
 
 For every family and seed of the planted grid, each architecture's lineage (as
 ``scripts/planted_emergence.py`` reads it: latent scaling's presence beside the analysis's) is
@@ -29,10 +29,10 @@ import torch
 
 from crosslens.analysis import lineage_agreement
 from crosslens.analysis.emergence_check import check_emergence
-from crosslens.analysis.latent_scaling import latent_scaling
-from crosslens.analysis.lineage import Lineage, lineage_of
+from crosslens.analysis.lineage_events import Lineage, lineage_of
 from crosslens.analysis.planted_generators import EVENT_GENERATORS, GENERATORS
 from crosslens.analysis.planted_lineage import planted_lineage_scores
+from crosslens.analysis.scaling import latent_scaling
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

@@ -37,9 +37,9 @@ from crosslens.causal.ablation import ablation_curve, ablation_edit
 from crosslens.causal.attribution import attribute_snapshot, ig_endpoints, logit_diff
 from crosslens.causal.ig import attribution_patching
 from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
-from crosslens.causal.relie import select_top_features
+from crosslens.causal.relative_ie import select_top_features
 from crosslens.causal.snapshot_models import collect_activations, run_from_hook
-from crosslens.causal.splice import exact_codes
+from crosslens.causal.splicing import exact_codes
 from crosslens.tasks import MinimalPair, TaskDataset
 from crosslens.tasks import agreement as lexicon
 from crosslens.tasks.agreement import agreement_pairs

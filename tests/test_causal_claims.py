@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from crosslens.causal.claims import causal_claims, claims_over_seeds, format_claims
-from crosslens.causal.relie import BELOW_FLOOR, bootstrap_ie_ci, class_counts, classify_relie, relie, relie_floor_mask
+from crosslens.causal.relative_ie import (
+    BELOW_FLOOR,
+    bootstrap_ie_ci,
+    class_counts,
+    classify_relie,
+    relie,
+    relie_floor_mask,
+)
 
 
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_examples():

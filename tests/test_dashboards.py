@@ -24,8 +24,8 @@ from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import QUALITY_NAME, RUN_CONFIG_NAME
 from crosslens.core.sealed import write_sealed
+from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
 from crosslens.crosscoders.saved import load_crosscoder_folder
-from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 from crosslens.dashboards import (
     DashboardsConfig,
     DashboardsError,

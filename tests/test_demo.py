@@ -108,8 +108,8 @@ def test_the_lineage_referee_is_trained_analysed_once_and_counts_the_events_it_m
 
     from crosslens.activations import ActivationStore, harvest_activations
     from crosslens.analysis import analyze_crosscoder, lineage_agreement
+    from crosslens.analysis.agreement import agreement_line
     from crosslens.analysis.emergence_record import read_emergence
-    from crosslens.analysis.lineage_agreement import agreement_line
     from crosslens.checkpoints import CheckpointSuite
     from crosslens.cli.demo_lineage import lineage_referee_stage
     from crosslens.cli.demo_stages import DemoConfig, train_stage

@@ -87,7 +87,7 @@ def two_model_crosscoder(n_tokens: int = 4000):
 
 
 def test_latent_scaling_tells_a_chat_only_latent_from_complete_shrinkage_and_latent_decoupling():
-    from crosslens.analysis.latent_scaling import latent_scaling
+    from crosslens.analysis.scaling import latent_scaling
 
     crosscoder, x_NSD, c_NF = two_model_crosscoder()
     with torch.no_grad():

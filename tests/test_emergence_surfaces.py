@@ -35,8 +35,8 @@ from crosslens.analysis.emergence_record import (
     read_emergence,
     save_run_emergence,
 )
-from crosslens.analysis.latent_scaling import LatentScalingConfig, latent_scaling
-from crosslens.analysis.lineage import LineageConfig, LineageEvent, counts_text, first_snapshot_events
+from crosslens.analysis.lineage_events import LineageConfig, LineageEvent, counts_text, first_snapshot_events
+from crosslens.analysis.scaling import LatentScalingConfig, latent_scaling
 from crosslens.browser import BrowseConfig, make_server
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import PartnerMismatchError

@@ -15,8 +15,8 @@ import trust_fixtures as tf
 from safetensors.numpy import load_file
 
 from crosslens.core.hashing import file_sha256
+from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
 from crosslens.crosscoders.saved import load_crosscoder_folder
-from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 from crosslens.dashboards import schema
 from crosslens.dashboards.record import write_record
 from crosslens.exports import ExportError, SnapshotBenchSAE, export_run, load_bench_sae

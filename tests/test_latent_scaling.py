@@ -19,7 +19,7 @@ import crosslens.crosscoders as crosscoders
 from crosslens.analysis import EvolutionAnalysis
 from crosslens.analysis.emergence_check import EmergenceCheckConfig, check_emergence, scaled_presence
 from crosslens.analysis.evolution import NO_STEP
-from crosslens.analysis.latent_scaling import (
+from crosslens.analysis.scaling import (
     LatentScaling,
     LatentScalingConfig,
     NoSnapshotDecodersError,
@@ -159,7 +159,7 @@ def test_folded_factors_change_no_number():
 def test_sums_merge_over_token_shards_and_tables_round_trip():
     crosscoder, x_NSD, _ = constructed(noise=0.02)
     reference_FS = reference_rows(crosscoder.W_dec.norm(dim=-1))
-    from crosslens.analysis.latent_scaling import scaling_sums
+    from crosslens.analysis.scaling import scaling_sums
 
     whole = scaling_sums(crosscoder, [x_NSD], reference_FS)
     halves = scaling_sums(crosscoder, [x_NSD[:1000]], reference_FS).merge(

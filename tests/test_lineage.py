@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from crosslens.analysis import EvolutionAnalysis
-from crosslens.analysis.lineage import LineageConfig, LineageEvent, counts_text, lineage_of
+from crosslens.analysis.lineage_events import LineageConfig, LineageEvent, counts_text, lineage_of
 from crosslens.analysis.relatives import nearest_relatives, per_latent_relatives, unit_rows
 
 S, D = 8, 32
@@ -395,7 +395,7 @@ def test_an_event_the_activations_do_not_hold_is_set_aside():
 def test_lineage_called_by_hand_names_an_input_of_another_shape():
     """``lineage`` takes the analysis's tables one by one: one of another length reached a
     broadcasting error deep in the pairs' work."""
-    from crosslens.analysis.lineage import lineage
+    from crosslens.analysis.lineage_events import lineage
 
     analysis = EvolutionAnalysis.from_decoder(torch.rand(6, 4, 5))
     lt = analysis.lifetimes
@@ -413,7 +413,7 @@ def test_lineage_called_by_hand_names_an_input_of_another_shape():
 
 # --------------------------------------------------------------------------- agreement
 def test_another_crosscoder_that_makes_the_same_moves_agrees_with_every_event_and_one_that_does_not_refuses():
-    from crosslens.analysis.lineage_agreement import lineage_agreement
+    from crosslens.analysis.agreement import lineage_agreement
 
     W = built_decoder()
     analysis = EvolutionAnalysis.from_decoder(W)
@@ -448,7 +448,7 @@ def test_another_crosscoder_that_makes_the_same_moves_agrees_with_every_event_an
 
 
 def test_agreement_is_refused_between_crosscoders_of_other_activations():
-    from crosslens.analysis.lineage_agreement import event_agreement, lineage_agreement
+    from crosslens.analysis.agreement import event_agreement, lineage_agreement
 
     analysis = EvolutionAnalysis.from_decoder(built_decoder())
     lin = lineage_of(analysis)

@@ -2,7 +2,7 @@
 on the same store and analysed with it, makes too; and what is refused before any work.
 
 Two tiny runs (a JumpReLU and a ReLU crosscoder, 3 snapshots, 32 latents) on one store; the
-printed counts must equal :func:`~crosslens.analysis.lineage_agreement` computed by hand from the
+printed counts must equal :func:`~crosslens.analysis.agreement` computed by hand from the
 records ``analyze`` saved.
 """
 
@@ -19,13 +19,13 @@ from test_emergence_surfaces import LOOSE
 
 from crosslens.activations import ActivationStore
 from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder, lineage_agreement
-from crosslens.analysis.emergence_record import EmergenceRecordError, read_emergence, save_run_emergence
-from crosslens.analysis.lineage_agreement import (
+from crosslens.analysis.agreement import (
     AGREEMENT_LINE,
     agreement_text,
     check_agreement_run,
     run_lineage_agreement,
 )
+from crosslens.analysis.emergence_record import EmergenceRecordError, read_emergence, save_run_emergence
 from crosslens.cli import main
 from crosslens.crosscoders.saved import load_crosscoder_folder
 

@@ -21,8 +21,8 @@ from live_fixtures import PROMPT, TEXT, edited_copy, live, run, words  # noqa: F
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import LiveInputError, LiveUnavailableError
 from crosslens.crosscoders.folding import resolve_norm_factors
+from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
 from crosslens.crosscoders.saved import load_crosscoder_folder
-from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 from crosslens.dashboards.logits import vocabulary_pieces
 from crosslens.live import LiveConfig, LiveModels
 

@@ -11,15 +11,15 @@ from test_causal import D_MODEL, HOOK, N_SNAPSHOTS, make_crosscoder, snapshots, 
 
 import crosslens.crosscoders as crosscoders
 from crosslens.causal.snapshot_models import collect_activations
-from crosslens.causal.splice import exact_codes
-from crosslens.causal.spliced_loss import (
+from crosslens.causal.spliced_loss_eval import (
     MIN_FLOOR_COST,
     format_comparison,
     format_spliced_loss,
     recovered_share,
     spliced_loss,
 )
-from crosslens.crosscoders.snapshot_sae import SnapshotCodec
+from crosslens.causal.splicing import exact_codes
+from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
 
 
 @pytest.fixture(scope="module")

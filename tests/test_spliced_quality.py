@@ -1,7 +1,7 @@
 """The spliced-model loss wherever a crosscoder's quality is reported: ``train``'s quality table
 and quality.json, the W&B summary, the HTML report, the registry entry and model card, and the
 per-snapshot SAEs beside the crosscoder. Each figure is checked against
-:func:`crosslens.causal.spliced_loss` (or :func:`sae_spliced_loss`) on the same token rows."""
+:func:`crosslens.causal.spliced_loss_eval` (or :func:`sae_spliced_loss`) on the same token rows."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from trust_fixtures import HOOK, harvest, write_suite
 from wandb_files import item_values, wandb_records
 
-from crosslens.causal.spliced_loss import (
+from crosslens.causal.spliced_loss_eval import (
     format_spliced_loss,
     percent_or_na,
     recovered_share,
@@ -183,7 +183,7 @@ def test_report_shows_the_spliced_table_with_raw_losses_and_the_floor(world, tmp
 def test_a_record_that_spliced_every_position_says_so():
     """A quality.json measured before the splice kept BOS and the excluded tokens clean: its
     rows do not count their positions, and the report, model card and registry entry say what it spliced."""
-    from crosslens.causal.spliced_loss import positions_sentence, spliced_where_trained
+    from crosslens.causal.spliced_loss_eval import positions_sentence, spliced_where_trained
 
     old = {"n_seqs": 4, "seq_len": 16, "crosscoder": [{"snapshot": "step0"}, {"snapshot": "step8"}]}
     new = {**old, "crosscoder": [{"snapshot": "step0", "n_positions": 52}, {"snapshot": "step8", "n_positions": 52}]}
@@ -313,7 +313,7 @@ def test_a_per_snapshot_sae_is_spliced_on_the_model_scale(world, baseline_sae):
 
 def test_demo_quality_stage_puts_the_saes_beside_the_crosscoder(world, capsys):
     from crosslens.activations import ActivationStore
-    from crosslens.causal.spliced_loss import format_comparison
+    from crosslens.causal.spliced_loss_eval import format_comparison
     from crosslens.checkpoints import CheckpointSuite
     from crosslens.cli.demo_stages import DemoConfig, quality_stage
     from crosslens.crosscoders.saved import load_crosscoder_folder
@@ -350,7 +350,7 @@ def test_demo_quality_stage_puts_the_saes_beside_the_crosscoder(world, capsys):
     assert beside in out and beside.count("\n") == 4 and "jumprelu SAE" in beside and "topk SAE" in beside
     assert format_spliced_loss(spliced["crosscoder"]) in out
     # the demo's report takes the section in untitled, under the section's own heading alone
-    from crosslens.causal.spliced_loss import add_spliced_loss_section
+    from crosslens.causal.spliced_loss_eval import add_spliced_loss_section
     from crosslens.htmlreport import Report
 
     page = Report("demo").extend(add_spliced_loss_section(Report(""), spliced)).render()

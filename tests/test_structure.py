@@ -9,7 +9,11 @@ its own (one concern per module, one step per function), not cut at an arbitrary
 from __future__ import annotations
 
 import ast
+import importlib
+import pkgutil
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -67,3 +71,38 @@ def test_the_sizes_are_counted_as_documented():
     assert oversized(nested, "m.py") == [f"m.py:3 long: 81 lines (at most {MAX_FUNCTION_LINES} a function)"]
     assert oversized("x = 0\n" * 600, "m.py") == []
     assert oversized("x = 0\n" * 601, "m.py") == [f"m.py: 601 lines (at most {MAX_MODULE_LINES} a module)"]
+
+
+def shadowed_submodules(package: ModuleType) -> list[str]:
+    """The submodules of ``package`` (and of its subpackages) that a package attribute of the same
+    name hides: ``import package.name as m`` then binds the attribute, not the module."""
+    found = []
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        parent_name, _, leaf = info.name.rpartition(".")
+        module = importlib.import_module(info.name)
+        held = getattr(importlib.import_module(parent_name), leaf, module)
+        if held is not module:
+            found.append(f"{info.name} (hidden by {parent_name}.{leaf}, a {type(held).__name__})")
+    return found
+
+
+def test_no_package_attribute_hides_a_submodule():
+    found = shadowed_submodules(crosslens)
+    if found:
+        pytest.fail("rename these modules, so their import gives the module:\n" + "\n".join(found), pytrace=False)
+
+
+def test_a_hidden_submodule_is_found(tmp_path, monkeypatch):
+    package = tmp_path / "hiddenpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from hiddenpkg.tool import tool\nfrom hiddenpkg import plain\n")
+    (package / "tool.py").write_text("def tool():\n    return 1\n")
+    (package / "plain.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import hiddenpkg
+
+    try:
+        assert shadowed_submodules(hiddenpkg) == ["hiddenpkg.tool (hidden by hiddenpkg.tool, a function)"]
+    finally:
+        for name in [n for n in sys.modules if n == "hiddenpkg" or n.startswith("hiddenpkg.")]:
+            del sys.modules[name]

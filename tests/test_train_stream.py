@@ -459,7 +459,7 @@ def test_the_spliced_loss_is_measured_on_the_heldout_rows_and_sealed(streamed, i
     token rows), with the snapshot models loaded whole; the table joins the run's seal."""
     from crosslens.activations import ActivationStore
     from crosslens.activations.partners import heldout_store_path
-    from crosslens.causal.spliced_loss import spliced_record
+    from crosslens.causal.spliced_loss_eval import spliced_record
     from crosslens.cli.common import resolve_suite
     from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.training.runfolder import run_problem

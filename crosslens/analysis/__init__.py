@@ -16,6 +16,7 @@
 - :mod:`.analyze`: :func:`analyze_crosscoder`, everything above in one call.
 """
 
+from crosslens.analysis.agreement import lineage_agreement
 from crosslens.analysis.analyze import analyze_crosscoder, write_evolution_report
 from crosslens.analysis.contexts import Context, top_activating_contexts
 from crosslens.analysis.diffing import DiffingAnalysis, DiffingThresholds
@@ -24,8 +25,7 @@ from crosslens.analysis.emergence_record import EmergenceResult, compute_emergen
 from crosslens.analysis.evolution import FEATURE_CLASSES, EvolutionConfig, Lifetimes
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.geometry import direction_drift, feature_dimensionality, rel_dec
-from crosslens.analysis.latent_scaling import LatentScaling, LatentScalingConfig, latent_scaling
-from crosslens.analysis.lineage import (
+from crosslens.analysis.lineage_events import (
     Lineage,
     LineageConfig,
     LineageEvent,
@@ -33,12 +33,12 @@ from crosslens.analysis.lineage import (
     lineage_of,
     strongest_at_first_snapshot,
 )
-from crosslens.analysis.lineage_agreement import lineage_agreement
 from crosslens.analysis.planted_events import PlantedEvents
 from crosslens.analysis.planted_lineage import PlantedLineageScores, planted_lineage_scores
 from crosslens.analysis.planted_match import match_planted, planted_scores
 from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
 from crosslens.analysis.report import evolution_report
+from crosslens.analysis.scaling import LatentScaling, LatentScalingConfig, latent_scaling
 from crosslens.analysis.synthetic import PlantedConfig, PlantedEvolution
 
 __all__ = [

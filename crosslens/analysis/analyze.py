@@ -20,10 +20,10 @@ from crosslens.analysis.emergence_record import compute_emergence
 from crosslens.analysis.emergence_report import add_emergence_section
 from crosslens.analysis.evolution import EvolutionConfig
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis, metadata_dict, snapshots_from_metadata
-from crosslens.analysis.latent_scaling import LatentScalingConfig
-from crosslens.analysis.lineage import LineageConfig
+from crosslens.analysis.lineage_events import LineageConfig
 from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
 from crosslens.analysis.report import evolution_report, representative_features
+from crosslens.analysis.scaling import LatentScalingConfig
 from crosslens.core.hooks import recorded_hook, resolve_hook
 from crosslens.htmlreport import Report
 

@@ -14,7 +14,7 @@ named with the models' labels (``gemma-2-2b-only``, ``gemma-2-2b-it-only``).
 Decoder norms alone can call a latent B-only when A's activations hold it too (Minder et al.'s
 sparsity artifacts): the penalty shrank A's row of a concept weaker there to zero (*Complete
 Shrinkage*), or other latents carry the concept in A (*Latent Decoupling*). Their check is latent
-scaling (:mod:`crosslens.analysis.latent_scaling`), read here as the emergence check reads it
+scaling (:mod:`crosslens.analysis.scaling`), read here as the emergence check reads it
 through training (:func:`~crosslens.analysis.emergence_check.scaled_presence`, the same lines):
 a one-model-only latent is *present in the other model* where its latent-scaled presence there
 reaches the presence line. :func:`diffing_scaling` gives each such latent a verdict
@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float
 
 from crosslens.analysis.emergence_check import EmergenceCheckConfig, scaled_presence
-from crosslens.analysis.latent_scaling import LatentScaling
+from crosslens.analysis.scaling import LatentScaling
 from crosslens.core.metadata import metadata_value
 from crosslens.core.model_specs import MODELS_FAMILY
 from crosslens.crosscoders.folding import training_space_decoder

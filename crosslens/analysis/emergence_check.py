@@ -1,6 +1,6 @@
 """Is this emergence real? The decoder-norm emergence beside the latent-scaled one, and where they disagree.
 
-From :mod:`crosslens.analysis.latent_scaling`, each live latent gets a **latent-scaled
+From :mod:`crosslens.analysis.scaling`, each live latent gets a **latent-scaled
 presence** per snapshot: its amplitude there over its largest amplitude at any snapshot
 (negative amplitudes count as 0), counted only where the activation fit stands
 :attr:`EmergenceCheckConfig.min_t` standard errors above 0. The amplitude is the one in the
@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float, Int
 
 from crosslens.analysis.evolution import NO_STEP, EvolutionConfig, Lifetimes, feature_lifetimes
-from crosslens.analysis.latent_scaling import LatentScaling
+from crosslens.analysis.scaling import LatentScaling
 
 CONTESTED_KINDS: tuple[str, ...] = ("earlier", "later")
 """Which way a contested latent's latent-scaled emergence lies from its decoder-norm one."""

@@ -25,19 +25,19 @@ from crosslens.activations.partners import store_seal
 from crosslens.activations.store import ActivationStore
 from crosslens.analysis.emergence_check import EmergenceCheck, EmergenceCheckConfig, check_emergence
 from crosslens.analysis.evolution import Lifetimes
-from crosslens.analysis.latent_scaling import (
-    LatentScaling,
-    LatentScalingConfig,
-    check_snapshot_decoders,
-    latent_scaling,
-)
-from crosslens.analysis.lineage import (
+from crosslens.analysis.lineage_events import (
     Lineage,
     LineageConfig,
     LineageEvent,
     counts_text,
     first_snapshot_events,
     lineage_of,
+)
+from crosslens.analysis.scaling import (
+    LatentScaling,
+    LatentScalingConfig,
+    check_snapshot_decoders,
+    latent_scaling,
 )
 from crosslens.core.errors import CrosslensError
 from crosslens.core.hashing import file_sha256
@@ -73,7 +73,7 @@ class EmergenceResult:
     def summary(self, peak_F: torch.Tensor | None = None) -> str:
         """The lines ``crosslens analyze`` prints; given each latent's peak snapshot (the evolution
         analysis's ``lifetimes.peak``), also how many events join latents strongest at the first
-        snapshot (:func:`~crosslens.analysis.lineage.first_snapshot_events`)."""
+        snapshot (:func:`~crosslens.analysis.lineage_events.first_snapshot_events`)."""
         lineage = f"lineage: {counts_text(self.lineage.counts())}"
         if self.check is not None and self.lineage_config.held_by_activations:
             lineage += (

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from crosslens.analysis.emergence_check import EmergenceCheck
 from crosslens.analysis.emergence_record import EmergenceResult, first_snapshot_counts
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
-from crosslens.analysis.lineage import Lineage, counts_text, event_rows
+from crosslens.analysis.lineage_events import Lineage, counts_text, event_rows
 from crosslens.analysis.plots import agreement_heatmap, emergence_curves, family_flow
 from crosslens.htmlreport import Report
 
@@ -129,7 +129,7 @@ def lineage_agreement_section(
     lineage: Lineage, agreement: Sequence[float], steps: Sequence[int], other: str, line: float
 ) -> Report:
     """A report section: each lineage event's agreement with ``other``'s crosscoder
-    (:mod:`crosslens.analysis.lineage_agreement`), the events it makes least first."""
+    (:mod:`crosslens.analysis.agreement`), the events it makes least first."""
     report = Report(f"Lineage checked against {other}")
     shown, read = sum(a >= line for a in agreement), sum(not math.isnan(a) for a in agreement)
     report.add_text(

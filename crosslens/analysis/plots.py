@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 from crosslens.analysis.emergence_check import EmergenceCheck
 from crosslens.analysis.evolution import NO_STEP
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
-from crosslens.analysis.lineage import EVENT_KINDS, Lineage, LineageEvent
+from crosslens.analysis.lineage_events import EVENT_KINDS, Lineage, LineageEvent
 from crosslens.analysis.probes import ProbeValidation
 from crosslens.htmlreport import log_axis, spaced
 

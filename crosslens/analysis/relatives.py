@@ -1,5 +1,5 @@
 """Relatives: each crosscoder latent's nearest latents at each snapshot by decoder cosine, what
-lineage (:mod:`crosslens.analysis.lineage`) reads its pairs from and the browser links.
+lineage (:mod:`crosslens.analysis.lineage_events`) reads its pairs from and the browser links.
 
 :func:`nearest_relatives` is one matmul per snapshot and chunk of latents, then top-k;
 :func:`per_latent_relatives` is the same latent by latent, what it is checked and timed against.

@@ -1,5 +1,5 @@
 """Successions: a latent's direction handed over to a near-parallel one as it fades (the lineage
-events that :func:`crosslens.analysis.lineage.lineage` reads from presence over time).
+events that :func:`crosslens.analysis.lineage_events.lineage` reads from presence over time).
 
 - :func:`succession_events`: a latent fades as near-parallel latents emerge, both changes read
   from runs of presence;
@@ -8,8 +8,8 @@ events that :func:`crosslens.analysis.lineage.lineage` reads from presence over 
   only the other latent's presence changes.
 
 Events come back as ``(kind, snapshot, before, after, cosine, how)`` tuples, the fields of a
-:class:`~crosslens.analysis.lineage.LineageEvent`; ``config`` is a
-:class:`~crosslens.analysis.lineage.LineageConfig`.
+:class:`~crosslens.analysis.lineage_events.LineageEvent`; ``config`` is a
+:class:`~crosslens.analysis.lineage_events.LineageConfig`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from crosslens.causal.ablation import ablate, ablation_curves, task_metric
 from crosslens.causal.attribution import AttributionConfig, attribute
 from crosslens.causal.ie_table import IETable
 from crosslens.causal.ig import integrated_gradients
-from crosslens.causal.relie import (
+from crosslens.causal.relative_ie import (
     RELIE_CLASSES,
     RelIEThresholds,
     class_counts,
@@ -22,10 +22,10 @@ from crosslens.causal.relie import (
     relie,
     relie_pairwise,
 )
-from crosslens.causal.splice import splice
-from crosslens.causal.spliced_loss import format_spliced_loss, spliced_loss
+from crosslens.causal.spliced_loss_eval import format_spliced_loss, spliced_loss
+from crosslens.causal.splicing import splice
 from crosslens.causal.stage import CausalStageResult, causal_report, load_crosscoder, run_causal_stage
-from crosslens.crosscoders.snapshot_sae import SnapshotCodec
+from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
 
 __all__ = [
     "AttributionConfig",

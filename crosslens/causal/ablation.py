@@ -38,11 +38,11 @@ from crosslens.causal.snapshot_models import (
     iter_snapshot_models,
     tokenize_task,
 )
-from crosslens.causal.splice import CodeEdit, SpliceState, exact_codes, splice
+from crosslens.causal.splicing import CodeEdit, SpliceState, exact_codes, splice
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.progress import progress_bar
 from crosslens.core.tensors import feature_index
-from crosslens.crosscoders.snapshot_sae import SnapshotCodec
+from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
 from crosslens.tasks.base import TaskDataset, TokenizedTask
 
 if TYPE_CHECKING:

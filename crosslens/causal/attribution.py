@@ -1,7 +1,7 @@
 """Integrated-gradient attribution of crosscoder features (and the error node) for a task.
 
 For snapshot s, the activation at the hook is written as ``a = a_hat_s(f) + e``
-(see :mod:`crosslens.causal.splice`). The task metric is
+(see :mod:`crosslens.causal.splicing`). The task metric is
 ``m = sum log p(wrong | prompt) - sum log p(correct | prompt)`` under teacher forcing,
 each continuation's log-probability summed over its tokens; when every continuation
 of the task is one token it is computed as ``logit[wrong] - logit[correct]`` at the
@@ -39,10 +39,10 @@ from crosslens.causal.snapshot_models import (
     prepare_task,
     run_from_hook,
 )
-from crosslens.causal.splice import exact_codes
+from crosslens.causal.splicing import exact_codes
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.progress import progress_bar
-from crosslens.crosscoders.snapshot_sae import SnapshotCodec
+from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
 from crosslens.tasks.base import TaskDataset, TokenizedTask
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class SnapshotAttribution:
     per_token_error: Float[torch.Tensor, "n_examples seq"] | None = None
     per_example: Float[torch.Tensor, "n_examples d_sae"] | None = None
     """Each example's reduced (thresholded, position-reduced) IE; ``ie`` is its mean. For
-    bootstrap confidence intervals over examples (:func:`~crosslens.causal.relie.bootstrap_ie_ci`)."""
+    bootstrap confidence intervals over examples (:func:`~crosslens.causal.relative_ie.bootstrap_ie_ci`)."""
 
     def completeness_gap(self) -> Float[torch.Tensor, " n_examples"]:
         """``total_ie - (metric_patch - metric_clean)`` per example; shrinks as n_steps grows."""

@@ -180,7 +180,7 @@ def stable_claim_rows(
     stage's; the curves zero-ablate and draw no random controls."""
     from crosslens.causal.ablation import snapshot_ablation_rows
     from crosslens.causal.snapshot_models import PreparedTask, iter_snapshot_models, prepare_task
-    from crosslens.causal.splice import exact_codes
+    from crosslens.causal.splicing import exact_codes
     from crosslens.core.hooks import crosscoder_hook
 
     if not len(crosscoders) == len(ie_finals) == len(stable):

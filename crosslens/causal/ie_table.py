@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.causal.relie import relie, select_top_features
+from crosslens.causal.relative_ie import relie, select_top_features
 
 
 @dataclass

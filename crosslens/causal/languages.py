@@ -21,7 +21,7 @@ from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 
 from crosslens.causal.ie_table import IETable
-from crosslens.causal.relie import RelIEThresholds, classify_relie, relie, select_top_features
+from crosslens.causal.relative_ie import RelIEThresholds, classify_relie, relie, select_top_features
 from crosslens.causal.stage import CausalStageResult, metric_formula, run_causal_stage
 from crosslens.tasks.base import TaskDataset
 

@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float
 from plotly.subplots import make_subplots
 
-from crosslens.causal.relie import RelIEThresholds, classify_relie
+from crosslens.causal.relative_ie import RelIEThresholds, classify_relie
 from crosslens.htmlreport import log_axis, spaced
 
 _CLASS_COLOURS = {

@@ -3,12 +3,12 @@
 A crosscoder's snapshots are models: a suite loaded one at a time, or resident
 HookedTransformers in snapshot order (:data:`SnapshotModels`). Here are what the causal tools
 (:mod:`~crosslens.causal.attribution`, :mod:`~crosslens.causal.ablation`,
-:mod:`~crosslens.causal.spliced_loss`, the causal stage and its claims) ask of them: each model
+:mod:`~crosslens.causal.spliced_loss_eval`, the causal stage and its claims) ask of them: each model
 in turn, checked to be the crosscoder's snapshot (:func:`iter_snapshot_models`); the activation
 at a hook (:func:`activations_at`, :func:`collect_activations` for every snapshot); the rest of
 the forward pass from that hook to logits (:func:`run_from_hook`); and a task tokenized for the
 models' tokenizer and context (:func:`tokenize_task`), with every snapshot's activations on it
-(:func:`collect_task_activations`). Splicing the crosscoder in is :mod:`~crosslens.causal.splice`'s.
+(:func:`collect_task_activations`). Splicing the crosscoder in is :mod:`~crosslens.causal.splicing`'s.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from crosslens.causal.claims import causal_claims
 from crosslens.causal.continuations import SUMMED_LOGPROB_DIFF, metric_name
 from crosslens.causal.ie_table import IETable
 from crosslens.causal.plots import ablation_curves_figure, relie_heatmap, relie_vs_reldec
-from crosslens.causal.relie import (
+from crosslens.causal.relative_ie import (
     RelIEThresholds,
     bootstrap_ie_ci,
     class_counts,

@@ -61,7 +61,7 @@ def write_report(
     from crosslens.activations.partners import check_crosscoder_store
     from crosslens.analysis import analyze_crosscoder
     from crosslens.analysis.diffing import is_diffing
-    from crosslens.causal.spliced_loss import add_spliced_loss_section
+    from crosslens.causal.spliced_loss_eval import add_spliced_loss_section
     from crosslens.crosscoders.saved import load_crosscoder_folder
     from crosslens.training.runfolder import crosscoder_suite_record, run_folder, run_store
 
@@ -122,7 +122,7 @@ def write_report(
 
 def _lineage_run(value: str | None, folder: Path, store: Any, hook: str | None) -> tuple[Path, Any] | None:
     """``--lineage-against``'s run folder and its saved check, read before the analysis."""
-    from crosslens.analysis.lineage_agreement import check_agreement_run
+    from crosslens.analysis.agreement import check_agreement_run
     from crosslens.training.runfolder import is_final_crosscoder, run_folder
 
     if value is None:
@@ -148,8 +148,8 @@ def _lineage_run(value: str | None, folder: Path, store: Any, hook: str | None) 
 
 def _agreement(analysis: Any, against: tuple[Path, Any], device: str, report: Any) -> str:
     """The lineage's agreement with ``other``'s crosscoder, as a section of ``report``; the line to print."""
+    from crosslens.analysis.agreement import AGREEMENT_LINE, agreement_line, run_lineage_agreement
     from crosslens.analysis.emergence_report import lineage_agreement_section
-    from crosslens.analysis.lineage_agreement import AGREEMENT_LINE, agreement_line, run_lineage_agreement
 
     emergence = analysis.emergence
     present = None if emergence.check is None else emergence.check.present

@@ -1,6 +1,6 @@
 """The demo's lineage check: a crosscoder of another architecture trained on the same store, and how
 many of the demo crosscoder's lineage events it makes too, as ``crosslens analyze
---lineage-against`` counts them (:mod:`crosslens.analysis.lineage_agreement`)."""
+--lineage-against`` counts them (:mod:`crosslens.analysis.agreement`)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder, lineage_agreement
-from crosslens.analysis.emergence_record import EmergenceRecordError, save_run_emergence
-from crosslens.analysis.emergence_report import lineage_agreement_section
-from crosslens.analysis.lineage_agreement import (
+from crosslens.analysis.agreement import (
     AGREEMENT_LINE,
     agreement_line,
     check_agreement_run,
 )
+from crosslens.analysis.emergence_record import EmergenceRecordError, save_run_emergence
+from crosslens.analysis.emergence_report import lineage_agreement_section
 from crosslens.cli.demo_stages import DemoConfig, train_stage
 from crosslens.htmlreport import Report
 from crosslens.training.config import ArchitectureConfig

@@ -15,7 +15,7 @@ import torch
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.activations import ActivationStore
 from crosslens.analysis.emergence_record import save_run_emergence
-from crosslens.causal.spliced_loss import add_spliced_loss_section
+from crosslens.causal.spliced_loss_eval import add_spliced_loss_section
 from crosslens.cli.demo_lineage import lineage_referee_stage
 from crosslens.cli.demo_stages import (
     DemoConfig,

@@ -26,7 +26,7 @@ from crosslens.analysis.stability import add_stability_section, format_stability
 from crosslens.architectures import PICO_DEMO_JUMPRELU_SPARSITY
 from crosslens.causal.claims import format_stable_claims, stable_claim_rows, stable_claims_over_seeds
 from crosslens.causal.sections import attribution_sections, causal_out_dir
-from crosslens.causal.spliced_loss import (
+from crosslens.causal.spliced_loss_eval import (
     add_baselines,
     format_comparison,
     format_spliced_loss,

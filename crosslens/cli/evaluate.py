@@ -75,10 +75,10 @@ def _training_tokens(crosscoder_path: Path) -> Any:
 
 
 def print_spliced_loss(crosscoder_path: Path, store_path: str, args: argparse.Namespace, device: str) -> None:
-    """The spliced-model loss per snapshot (:func:`crosslens.causal.spliced_loss`) on the first
+    """The spliced-model loss per snapshot (:func:`crosslens.causal.spliced_loss_eval`) on the first
     ``--spliced-seqs`` token rows of the store, with the snapshot models of the suite it records."""
     from crosslens.activations import ActivationStore
-    from crosslens.causal.spliced_loss import format_spliced_loss
+    from crosslens.causal.spliced_loss_eval import format_spliced_loss
     from crosslens.cli.quality import measure_spliced, spliced_heading
     from crosslens.crosscoders.saved import load_crosscoder_folder
 

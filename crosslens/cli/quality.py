@@ -4,7 +4,7 @@ spliced-model loss, printed and saved as ``quality.json``, whose ``"spliced_loss
 
     {"ablation": "zero", "n_seqs": 16, "seq_len": 64, "measured_on": STORE, "crosscoder": [row, ...]}
 
-with one :func:`~crosslens.causal.spliced_loss.spliced_loss` row per snapshot (the demo adds
+with one :func:`~crosslens.causal.spliced_loss_eval.spliced_loss` row per snapshot (the demo adds
 ``"baselines"``: the per-snapshot SAEs' rows, by architecture). The spliced-loss figures also go
 to the summary of the W&B run training logged to.
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from crosslens.activations import ActivationStore
 from crosslens.activations.partners import check_crosscoder_store, open_heldout, shared_sequences, store_seal
-from crosslens.causal.spliced_loss import format_spliced_loss, spliced_record
+from crosslens.causal.spliced_loss_eval import format_spliced_loss, spliced_record
 from crosslens.checkpoints.on_device import on_device
 from crosslens.cli.common import CLIError, resolve_suite
 from crosslens.core.errors import CrosslensError

@@ -472,7 +472,7 @@ def report_quality(runner, heldout, args: argparse.Namespace, model_dtype: str) 
 
 def _heldout_spliced(runner, crosscoder, args: argparse.Namespace, model_dtype: str) -> dict | None:
     """The spliced-loss record on the first ``--spliced-seqs`` held-out rows; None for 0."""
-    from crosslens.causal.spliced_loss import format_spliced_loss, tokens_spliced_record
+    from crosslens.causal.spliced_loss_eval import format_spliced_loss, tokens_spliced_record
     from crosslens.checkpoints.on_device import on_device
     from crosslens.cli.quality import spliced_heading
 

@@ -11,7 +11,7 @@ and training classes as ``CLASSES``, its math, the fast paths of its training st
 - ``topk_crosscoder``: top-k of ReLU(h) * sum_s ||W_dec[i, s]||, auxiliary-k loss
 - ``batchtopk_crosscoder``: batch top-k in training, a fixed threshold for inference
 
-One snapshot of a crosscoder is :class:`crosslens.crosscoders.snapshot_sae.SnapshotCodec`
+One snapshot of a crosscoder is :class:`crosslens.crosscoders.per_snapshot_sae.SnapshotCodec`
 (on the model's own activation scale; exported as ``crosslens.causal.SnapshotCodec``), or
 :func:`snapshot_sae` (the same view as a plain SAELens SAE, for ``HookedSAETransformer``). Attaching a whole crosscoder to a ``HookedSAETransformer`` raises
 an error that says so (:class:`crosslens.crosscoders.config.CrosscoderMetadata`).
@@ -40,13 +40,13 @@ from crosslens.crosscoders.jumprelu_crosscoder import (
     JumpReLUTrainingCrosscoder,
     JumpReLUTrainingCrosscoderConfig,
 )
+from crosslens.crosscoders.per_snapshot_sae import as_hooked_sae_transformer, snapshot_sae
 from crosslens.crosscoders.relu_crosscoder import (
     ReLUCrosscoder,
     ReLUCrosscoderConfig,
     ReLUTrainingCrosscoder,
     ReLUTrainingCrosscoderConfig,
 )
-from crosslens.crosscoders.snapshot_sae import as_hooked_sae_transformer, snapshot_sae
 from crosslens.crosscoders.topk_crosscoder import (
     TopKCrosscoder,
     TopKCrosscoderConfig,

@@ -47,7 +47,7 @@ from crosslens.architectures import DEFAULT_DECODER_INIT_NORM
 from crosslens.core.tensors import HostListing
 from crosslens.crosscoders.collectives import LocalCollectives
 from crosslens.crosscoders.folding import is_folded
-from crosslens.crosscoders.snapshot_sae import snapshot_sae
+from crosslens.crosscoders.per_snapshot_sae import snapshot_sae
 from crosslens.kernels.compiled import compiled
 from crosslens.kernels.plan import KernelPlan, plan_for
 from crosslens.kernels.step_weights import StepWeights
@@ -363,7 +363,7 @@ class CrosscoderMixin:
         """The SAELens SAE whose gate is this architecture's snapshot-``s`` gate in per-snapshot
         mode, and its weights: ``state`` holds the snapshot's raw-scale weights
         (``SnapshotCodec.raw_weights``), ``common`` the fields every SAE config of the view shares
-        (see :mod:`crosslens.crosscoders.snapshot_sae`). Each architecture defines its own."""
+        (see :mod:`crosslens.crosscoders.per_snapshot_sae`). Each architecture defines its own."""
         raise NotImplementedError(
             f"{type(self).__name__} defines no snapshot_gate: snapshot_sae cannot translate its gate"
         )
@@ -371,7 +371,7 @@ class CrosscoderMixin:
     def snapshot_sae(self, s: int, **kwargs: Any) -> Any:
         """Snapshot ``s`` as a plain SAELens SAE on the raw activation scale, for
         ``HookedSAETransformer.add_sae`` and any SAE tool; see
-        :func:`crosslens.crosscoders.snapshot_sae.snapshot_sae`."""
+        :func:`crosslens.crosscoders.per_snapshot_sae.snapshot_sae`."""
         return snapshot_sae(self, s, **kwargs)
 
     def save_model(self, path: str | Path) -> tuple[Path, Path]:

@@ -31,7 +31,7 @@ from torch import nn
 from crosslens.architectures import DEFAULT_K
 from crosslens.crosscoders.base import CrosscoderMixin, CrosscoderPass
 from crosslens.crosscoders.config import CrosscoderConfig
-from crosslens.crosscoders.snapshot_sae import divide_or_inf, non_negative_threshold
+from crosslens.crosscoders.per_snapshot_sae import divide_or_inf, non_negative_threshold
 from crosslens.crosscoders.topk_crosscoder import (
     TopKTrainingCrosscoder,
     TopKTrainingCrosscoderConfig,

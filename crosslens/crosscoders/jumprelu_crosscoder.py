@@ -71,7 +71,7 @@ from crosslens.crosscoders.config import (
     check_coefficient,
     coefficient_schedule,
 )
-from crosslens.crosscoders.snapshot_sae import divide_or_inf, non_negative_threshold
+from crosslens.crosscoders.per_snapshot_sae import divide_or_inf, non_negative_threshold
 from crosslens.kernels.jumprelu_dense import per_snapshot_gated_decode, snapshot_gate_and_score
 from crosslens.kernels.jumprelu_entry_classes import entry_classes_gated_decode
 from crosslens.kernels.jumprelu_pairs import active_entries, snapshot_score_sums, sparse_gated_decode, sparse_step_pays

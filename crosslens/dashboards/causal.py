@@ -8,7 +8,7 @@ and, in its causal folder (``FILE_causal/``, see :func:`crosslens.causal.section
 
 * ``ie``: the table's integrated-gradient IE, for every feature with an effect at some snapshot
   (its row at every attributed snapshot);
-* ``relie``: that row's one-vs-all RelIE (:func:`crosslens.causal.relie.relie`);
+* ``relie``: that row's one-vs-all RelIE (:func:`crosslens.causal.relative_ie.relie`);
 * ``relie_class``: the stage's class (other, shared, specific, below_floor, or no_behaviour where
   the model is at chance) for the features the stage selected, else NULL;
 * ``ablation``: the metric's change when the feature alone is zero-ablated, which the ablation
@@ -134,7 +134,7 @@ def _causal_folder(path: Path, task: str) -> Path | None:
 
 
 def _rows(table: Any, relie_file: dict | None, curves: list | None) -> list[tuple]:
-    from crosslens.causal.relie import relie
+    from crosslens.causal.relative_ie import relie
 
     ie_FS = table.ie.double()
     share_FS = relie(ie_FS)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from crosslens.crosscoders.snapshot_sae import SnapshotCodec
+from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
 
 
 def raw_directions(crosscoder: Any, snapshot: int) -> Float[torch.Tensor, "d_sae d_in"]:

@@ -2,9 +2,9 @@
 then each snapshot's per-snapshot code.
 
 Reading ``j`` is 0 for the crosscoder's code (database snapshot -1) and ``s + 1`` for snapshot
-s's per-snapshot code, :meth:`~crosslens.crosscoders.snapshot_sae.SnapshotCodec.encode_single`'s:
+s's per-snapshot code, :meth:`~crosslens.crosscoders.per_snapshot_sae.SnapshotCodec.encode_single`'s:
 snapshot s's raw activation alone, the other snapshots' inputs absent. Per snapshot that is one
-``[tokens, d_in] @ [d_in, d_sae]`` matmul through :func:`~crosslens.crosscoders.snapshot_sae`'s
+``[tokens, d_in] @ [d_in, d_sae]`` matmul through :func:`~crosslens.crosscoders.per_snapshot_sae`'s
 SAE, whose code equals the codec's (built once, on the crosscoder's device); for
 ``topk_crosscoder`` that SAE's code is the crosscoder's times ``w_i = sum_s ||W_dec[i, s]||``, so
 it is divided back. For SAELens's ``JumpReLUSAE`` and ``StandardSAE`` (what the ReLU, JumpReLU
@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 
 from crosslens.crosscoders.folding import resolve_norm_factors, training_space_decoder
-from crosslens.crosscoders.snapshot_sae import snapshot_sae
+from crosslens.crosscoders.per_snapshot_sae import snapshot_sae
 
 SCALED_CODE_ARCHITECTURES = ("topk_crosscoder",)
 """Architectures whose snapshot SAE's code is the crosscoder's times ``w_i`` (see snapshot_sae)."""

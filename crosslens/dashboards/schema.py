@@ -10,7 +10,7 @@ client can query it::
 Two readings of a feature's activation are stored, told apart by ``snapshot``:
 
 * ``snapshot`` 0 .. S-1: the feature's code in the crosscoder's *per-snapshot mode*
-  (:meth:`crosslens.crosscoders.snapshot_sae.SnapshotCodec.encode_single`): snapshot s's
+  (:meth:`crosslens.crosscoders.per_snapshot_sae.SnapshotCodec.encode_single`): snapshot s's
   activation alone, the other snapshots' inputs absent. It is what snapshot s's model makes
   the feature read, the same code the snapshot's SAELens SAE (``snapshot_sae``) gives, so the
   contexts a feature fires on can differ from snapshot to snapshot.

@@ -12,7 +12,7 @@
   (:class:`SnapshotBenchSAE`: unit-norm decoder rows, the norms folded into the encoder).
 
 Each reads the run's final crosscoder in its per-snapshot mode (snapshot s's activation alone,
-:class:`~crosslens.crosscoders.snapshot_sae.SnapshotCodec`), documents its layout in its module,
+:class:`~crosslens.crosscoders.per_snapshot_sae.SnapshotCodec`), documents its layout in its module,
 writes the whole folder or nothing, ends it with a manifest (``crosslens_export.json``), and
 writes the same bytes for the same run. Bad input is refused before anything is written, with an
 :class:`ExportError` whose one line names the fix.

@@ -126,7 +126,7 @@ def encode_rows(
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per chosen snapshot: the (sequence, position, latent) of every activation above
     :data:`NONZERO` of its per-snapshot code, and those activations (float16), in delphi's order."""
-    from crosslens.crosscoders.snapshot_sae import SnapshotCodec
+    from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
 
     codecs = {ref.index: SnapshotCodec(context.crosscoder, ref.index) for ref in context.snapshots}
     positions = store.positions.numpy().astype(np.int64)

@@ -193,7 +193,7 @@ def read_vocabulary(context: ExportContext) -> dict[int, str]:
 
 def snapshot_directions(crosscoder: Any, snapshot: int) -> torch.Tensor:
     """Every feature's snapshot-s decoder direction on the raw activation scale, ``[d_sae, d_in]``."""
-    from crosslens.crosscoders.snapshot_sae import SnapshotCodec
+    from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
 
     with torch.no_grad():
         return SnapshotCodec(crosscoder, snapshot).raw_weights()["W_dec"].detach().float().cpu()

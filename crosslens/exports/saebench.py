@@ -8,10 +8,10 @@ SAEBench evaluates any module with SAEBench's custom-SAE interface (sae_bench 0.
 ``CustomSAEConfig`` (``custom_saes/custom_sae_config.py``), which SAEBench's
 ``_standardize_sae_cfg`` reads (``model_name``, ``hook_name``, ``hook_layer``, ...).
 :class:`SnapshotBenchSAE` is that, over snapshot s's per-snapshot mode: the SAELens SAE
-:func:`~crosslens.crosscoders.snapshot_sae.snapshot_sae` builds (snapshot s's activation alone,
+:func:`~crosslens.crosscoders.per_snapshot_sae.snapshot_sae` builds (snapshot s's activation alone,
 raw activation scale), with each decoder row ``R_i`` divided by its norm ``m_i`` and ``m_i``
 folded into the encoder (``W_enc``, ``b_enc`` and the JumpReLU threshold times ``m_i``). The
-reconstruction is the :class:`~crosslens.crosscoders.snapshot_sae.SnapshotCodec`'s
+reconstruction is the :class:`~crosslens.crosscoders.per_snapshot_sae.SnapshotCodec`'s
 ``decode(encode_single(x))``; the code is the codec's times ``||W_dec[i, s]||`` on the raw scale.
 
 * ReLU (``standard``) and JumpReLU / BatchTopK (``jumprelu``): ``f = ReLU(h) * (h > threshold)``
@@ -139,7 +139,7 @@ class SnapshotBenchSAE(nn.Module):
     docstring); ``SnapshotBenchSAE.load(folder)`` reads one the saebench export wrote."""
 
     def __init__(self, crosscoder: Any, snapshot: int, *, device: str | torch.device | None = None):
-        from crosslens.crosscoders.snapshot_sae import snapshot_sae
+        from crosslens.crosscoders.per_snapshot_sae import snapshot_sae
 
         super().__init__()
         sae = snapshot_sae(crosscoder, snapshot)

@@ -3,7 +3,7 @@ with the feature's snapshot-s decoder direction written into its activation at t
 
 The direction is the one the feature's code decodes through at snapshot s, on the model's own
 activation scale: ``d_s = W_dec[i, s] / c_s`` with ``c_s`` the snapshot's normalisation factor (1 once
-folded into the weights), what :meth:`~crosslens.crosscoders.snapshot_sae.SnapshotCodec.decode` adds
+folded into the weights), what :meth:`~crosslens.crosscoders.per_snapshot_sae.SnapshotCodec.decode` adds
 for a code of 1. So a strength is in the units of the feature's activations:
 
 * ``add``: ``x + strength d_s`` at every position, what the feature firing at ``strength`` more adds;

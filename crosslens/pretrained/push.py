@@ -404,7 +404,7 @@ def _checkpoint_section(snapshots: list[dict[str, Any]], evaluation: dict[str, A
 
 def _spliced_section(spliced: dict[str, Any]) -> list[str]:
     """The model card's spliced-model loss per checkpoint: raw losses beside the recovered share."""
-    from crosslens.causal.spliced_loss import (  # loads TransformerLens
+    from crosslens.causal.spliced_loss_eval import (  # loads TransformerLens
         MIN_FLOOR_COST,
         percent_or_na,
         positions_sentence,
@@ -497,7 +497,7 @@ def registry_entry(publication: Publication) -> dict[str, Any]:
         entry["ce_loss_score"] = [round(row["ce_loss_score"], 4) for row in spliced["crosscoder"]]
         entry["kl_div_with_sae"] = [round(row["kl_div_with_sae"], 5) for row in spliced["crosscoder"]]
         entry["spliced_ablation"] = spliced["ablation"]
-        from crosslens.causal.spliced_loss import spliced_where_trained  # loads TransformerLens
+        from crosslens.causal.spliced_loss_eval import spliced_where_trained  # loads TransformerLens
 
         entry["spliced_positions"] = "trained" if spliced_where_trained(spliced) else "every"
     entry["normalization_folded"] = bool(meta.get("activation_norm_factors_folded"))

@@ -47,11 +47,11 @@ from crosslens.causal.snapshot_models import (
     iter_snapshot_models,
     run_from_hook,
 )
-from crosslens.causal.splice import exact_codes
+from crosslens.causal.splicing import exact_codes
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.metadata import metadata_value
 from crosslens.core.progress import progress_bar
-from crosslens.crosscoders.snapshot_sae import SnapshotCodec
+from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -146,7 +146,7 @@ def spliced_loss(
     ``models`` is a CheckpointSuite (one model resident at a time) or the snapshots'
     HookedTransformers in the crosscoder's snapshot order; ``hook`` defaults to the hook
     the crosscoder records. ``norm_factors`` as for
-    :class:`~crosslens.crosscoders.snapshot_sae.SnapshotCodec`. ``progress`` shows a bar per
+    :class:`~crosslens.crosscoders.per_snapshot_sae.SnapshotCodec`. ``progress`` shows a bar per
     pass over the snapshots (their activations, then the spliced runs). The reconstruction goes in
     at the positions the crosscoder was trained on (:func:`trained_positions`; each row's
     ``n_positions`` counts those that predict a next token). ``labels`` name the rows;

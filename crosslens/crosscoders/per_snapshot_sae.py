@@ -3,7 +3,7 @@
 A crosscoder reads ``[..., n_snapshots, d_in]``: every snapshot's activation of the same
 token. Snapshot s's view of it, on the model's own activation scale, is
 :class:`SnapshotCodec`, the one implementation of the per-snapshot encode and decode that
-:func:`crosslens.causal.splice` and the attribution stage use:
+:func:`crosslens.causal.splicing` and the attribution stage use:
 
     h   = (c_s a - b_dec[s]·[apply_b_dec_to_input]) W_enc[s] + b_enc     a: raw activation
     f   = the crosscoder's snapshot-s code of h (below)

@@ -6,7 +6,7 @@ At the hook of snapshot s the activation ``a`` is replaced by
 
 where f is the snapshot-s code and ``c_s`` the normalisation factor the crosscoder
 was trained with (1 once folded), so the model always sees activations on its own
-scale. Both come from :class:`~crosslens.crosscoders.snapshot_sae.SnapshotCodec`, the one
+scale. Both come from :class:`~crosslens.crosscoders.per_snapshot_sae.SnapshotCodec`, the one
 per-snapshot view of a crosscoder (``snapshot_sae`` is the same view as a plain SAE). With the error term kept, ``a' == a`` and the model is unchanged; editing f
 (ablation, patching) then changes only what the crosscoder explains. The error can
 also be detached (same values, no gradient to earlier layers) or dropped (the model
@@ -46,8 +46,8 @@ from transformer_lens import HookedTransformer
 
 from crosslens.causal.snapshot_models import check_hook, check_snapshot_model
 from crosslens.core.hooks import crosscoder_hook
+from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
 from crosslens.crosscoders.protocol import Crosscoder
-from crosslens.crosscoders.snapshot_sae import SnapshotCodec
 
 ErrorMode = Literal["keep", "detach", "drop"]
 CodeEdit = Callable[[torch.Tensor], torch.Tensor]

@@ -38,7 +38,7 @@ from crosslens.analysis.emergence_record import (
     read_record,
 )
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
-from crosslens.analysis.lineage import EVENT_KINDS
+from crosslens.analysis.lineage_events import EVENT_KINDS
 from crosslens.analysis.relatives import unit_rows
 from crosslens.core.paths import FINAL_DIRNAME
 from crosslens.crosscoders.saved import WEIGHTS_NAME, load_crosscoder_folder
