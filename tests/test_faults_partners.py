@@ -137,15 +137,26 @@ def test_a_crosscoder_that_records_nothing_is_held_to_its_shape_and_a_path_is_no
     for function in (evaluate_crosscoder, latent_scaling):
         with pytest.raises(
             TypeError,
-            match=rf"^{function.__name__} was given the path '{world['heldout']}' .*; open the store first: {opens}$",
+            match=rf"^{function.__name__} was given the path '{world['heldout']}' where an activation store is read; "
+            rf"open it first: {opens}$",
         ):
             function(fits, str(world["heldout"]))
-        with pytest.raises(TypeError, match=r"was given a NumPy array of activations; pass torch\.as_tensor\(array\)$"):
+        with pytest.raises(
+            TypeError, match=r"was given a NumPy array where activations are read; pass torch\.as_tensor\(array\)$"
+        ):
             function(fits, torch.zeros(4, 3, width).numpy())
     with pytest.raises(TypeError, match=r"^analyze_crosscoder was given the path"):
         analyze_crosscoder(fits, store=world["heldout"])
-    with pytest.raises(TypeError, match=rf"^ActivationProvider reads an ActivationStore; got a str .*{opens}\)$"):
+    with pytest.raises(TypeError, match=rf"^ActivationProvider was given the path .* open it first: {opens}$"):
         ActivationProvider(str(world["heldout"]), HOOK, batch_size=4)
+    with pytest.raises(
+        TypeError, match=rf"^ActivationProvider was given a Tensor where an activation store is read; pass {opens}$"
+    ):
+        ActivationProvider(torch.zeros(4, 3, width), HOOK, batch_size=4)
+    with pytest.raises(
+        TypeError, match=rf"^evaluate_crosscoder was given a list where an activation store is read; pass {opens}$"
+    ):
+        evaluate_crosscoder(fits, [torch.zeros(4, 3, width)])
     with pytest.raises(TypeError, match=rf"^a Tensor was given where an activation store is read; pass {opens}$"):
         top_activating_contexts(torch.zeros(4, 3, width), fits, [0])
     with pytest.raises(ValueError, match=r"^n_tokens=0, batch_size=8: both are at least 1$"):

@@ -13,7 +13,6 @@ not match or cannot be matched. They read manifests only; the shard bytes are ch
 from __future__ import annotations
 
 import hashlib
-import os
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from safetensors.torch import save_file
 
 from crosslens.activations.store import ActivationStore, snapshot_label, write_manifest
 from crosslens.checkpoints.trajectory import parse_ingredient
-from crosslens.core.errors import PartnerMismatchError
+from crosslens.core.errors import PartnerMismatchError, check_store_given
 from crosslens.core.hooks import crosscoder_hook
 from crosslens.core.metadata import metadata_value
 from crosslens.core.paths import HELDOUT_SUFFIX
@@ -155,13 +154,7 @@ def check_recorded_partner(crosscoder: Any, store: Any, hook: str | None, *, use
     is checked against its shape alone (snapshots and width). An in-memory source (held-out
     activations a runner harvested) has no manifest: that is the caller's to pair. A path or a NumPy
     array, given where activations are read, is refused with the call that makes them readable."""
-    if isinstance(store, (str, os.PathLike)):  # an iterable of characters, read as batches
-        raise TypeError(
-            f"{used_by} was given the path {str(store)!r} where it reads activations; open the store first: "
-            "crosslens.ActivationStore.open(path)"
-        )
-    if type(store).__module__ == "numpy":
-        raise TypeError(f"{used_by} was given a NumPy array of activations; pass torch.as_tensor(array)")
+    check_store_given(store, used_by)
     if hook is not None:
         crosscoder_hook(crosscoder, hook)
     if not isinstance(store, ActivationStore):

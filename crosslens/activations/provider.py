@@ -29,6 +29,7 @@ from crosslens.activations.snapshots import (
 from crosslens.activations.store import ActivationStore
 from crosslens.activations.tokens import kept_tokens
 from crosslens.core.devices import release_model
+from crosslens.core.errors import check_store_given
 
 if TYPE_CHECKING:
     from crosslens.checkpoints import CheckpointSuite
@@ -144,11 +145,7 @@ class ActivationProvider(_Batching):
         prefetch: bool = True,
     ) -> None:
         _Batching.__init__(self, batch_size, seed, normalize, drop_last, n_epochs, start_batch, device)
-        if not hasattr(store, "resolve_hook"):
-            raise TypeError(
-                f"ActivationProvider reads an ActivationStore; got a {type(store).__name__} (a store's folder "
-                "opens with crosslens.ActivationStore.open(path))"
-            )
+        check_store_given(store, "ActivationProvider", needs="resolve_hook")
         hook = store.resolve_hook(hook)
         _check_one_batch(store.n_tokens, batch_size, drop_last)
         self.store = store

@@ -165,3 +165,30 @@ def storage_errors(
         if translated is None:
             raise
         raise translated from error
+
+
+OPEN_STORE = "crosslens.ActivationStore.open(path)"
+
+
+def check_store_given(value: object, used_by: str | None = None, *, needs: str | None = None) -> None:
+    """Refuse, naming the call that makes it readable, what was given where activations are read.
+
+    A path is always refused: iterated, it reads as batches of characters. With ``needs`` (the
+    attribute the caller reads, e.g. ``"read"``), anything without it is refused as no activation
+    store; without ``needs`` in-memory activations are accepted, apart from a NumPy array, which
+    is named with its conversion. ``used_by`` is the call to name (None: the value is the subject).
+    """
+
+    def given(what: str) -> str:
+        return f"{used_by} was given {what}" if used_by else f"{what} was given"
+
+    if isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            given(f"the path {str(value)!r}") + f" where an activation store is read; open it first: {OPEN_STORE}"
+        )
+    if needs is None:
+        if type(value).__module__ == "numpy":
+            raise TypeError(given("a NumPy array") + " where activations are read; pass torch.as_tensor(array)")
+        return
+    if not hasattr(value, needs):
+        raise TypeError(given(f"a {type(value).__name__}") + f" where an activation store is read; pass {OPEN_STORE}")

@@ -22,7 +22,7 @@ import re
 import warnings
 from typing import Any
 
-from crosslens.core.errors import PartnerMismatchError
+from crosslens.core.errors import PartnerMismatchError, check_store_given
 from crosslens.core.metadata import metadata_value
 
 EXAMPLE_HOOK = "blocks.0.hook_resid_post"
@@ -154,11 +154,8 @@ def resolve_hook(store: Any, hook: str | None) -> str:
     ``store`` is anything with a ``hooks`` list (an ``ActivationStore``, a provider); an
     object without one accepts any named hook.
     """
-    if hook is None and not hasattr(store, "hooks"):
-        raise TypeError(
-            f"a {type(store).__name__} was given where an activation store is read; pass "
-            "crosslens.ActivationStore.open(path)"
-        )
+    if hook is None:
+        check_store_given(store, needs="hooks")
     hooks = list(getattr(store, "hooks", []))
     if hook is None:
         if len(hooks) != 1:

@@ -12,6 +12,7 @@ from sae_lens.saes.sae import SAE
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.activations import ActivationStore
 from crosslens.activations.partners import check_recorded_partner
+from crosslens.core.errors import check_store_given
 from crosslens.core.metadata import metadata_value
 from crosslens.crosscoders.folding import folded_factors
 
@@ -62,11 +63,7 @@ def evaluate_crosscoder(
     (:func:`~crosslens.crosscoders.folding.folded_factors`), so folding leaves every number as it was.
     """
     check_recorded_partner(crosscoder, store, hook, used_by="evaluate_crosscoder")
-    if not hasattr(store, "read"):
-        raise TypeError(
-            f"evaluate_crosscoder reads an activation store (crosslens.ActivationStore.open(path)); got a "
-            f"{type(store).__name__}"
-        )
+    check_store_given(store, "evaluate_crosscoder", needs="read")
     if n_tokens < 1 or batch_size < 1:
         raise ValueError(f"n_tokens={n_tokens}, batch_size={batch_size}: both are at least 1")
     hook = store.resolve_hook(hook or metadata_value(crosscoder, "hook_name"))
