@@ -113,6 +113,7 @@ def test_the_lineage_referee_is_trained_analysed_once_and_counts_the_events_it_m
     from crosslens.checkpoints import CheckpointSuite
     from crosslens.cli.demo_lineage import lineage_referee_stage
     from crosslens.cli.demo_stages import DemoConfig, train_stage
+    from crosslens.core.hashing import file_sha256
     from crosslens.training.config import ArchitectureConfig
 
     hook = "blocks.0.hook_resid_post"
@@ -128,7 +129,7 @@ def test_the_lineage_referee_is_trained_analysed_once_and_counts_the_events_it_m
     assert analysis.emergence.lineage.events  # the loose lines give the tiny run events to check
     capsys.readouterr()
 
-    line, section = lineage_referee_stage(store, tmp_path, config, analysis)
+    line, section, kept = lineage_referee_stage(store, tmp_path, config, analysis)
     referee = tmp_path / "referee-crosscoder"
     assert read_emergence(referee).check is not None  # analysed with the store, saved in its run
     other = analyze_crosscoder(
@@ -142,6 +143,10 @@ def test_the_lineage_referee_is_trained_analysed_once_and_counts_the_events_it_m
         read_emergence(referee).check.present,
     )
     assert line == agreement_line(referee, analysis.emergence.lineage.events, want)
+    # the agreement as the demo's emergence record keeps it: the same values, the referee named by its weights
+    assert [None if math.isnan(a) else a for a in kept.agreement] == [None if math.isnan(a) else a for a in want]
+    assert kept.against == str(referee) and kept.line == 0.5
+    assert kept.crosscoder_sha256 == file_sha256(referee / "final" / "sae_weights.safetensors")
     page = section.render()
     assert "Lineage checked against referee-crosscoder" in page
     read = [a for a in want if not math.isnan(a)]  # the loose lines keep events no latent is present beside

@@ -30,6 +30,7 @@ from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder
 from crosslens.analysis.emergence_check import EmergenceCheckConfig
 from crosslens.analysis.emergence_record import (
     EmergenceRecordError,
+    LineageAgreement,
     compute_emergence,
     crosscoder_sha256,
     read_emergence,
@@ -508,3 +509,118 @@ def test_the_check_without_its_evolution_analysis_names_the_fix(run):
         ValueError, match=r"pass the crosscoder's EvolutionAnalysis \(EvolutionAnalysis.from_crosscoder"
     ):
         compute_emergence(crosscoder, None)
+
+
+def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(run, tmp_path, driver):  # noqa: F811
+    """The agreement ``analyze --lineage-against`` measures travels with the emergence record into the
+    feature database (a held event's, NULL for one set aside or with nothing to look for), the
+    list's filter (made there too, or not, of one kind or any), a feature's page and the flags."""
+    run_dir, result = run
+    a, b, c = (int(f) for f in result.check.measured.nonzero()[:3, 0])
+    last = result.check.presence.shape[1] - 1
+    events = [
+        LineageEvent("split", 1, (a, b), (a, b), 0.3, "divergence"),
+        LineageEvent("handoff", min(2, last), (a,), (c,), 0.8, "succession"),
+        LineageEvent("handoff", last, (b,), (a,), 0.75, "turn"),
+    ]
+    aside = [LineageEvent("merge", 1, (a, b), (a, b), 0.95, "divergence")]
+    lineage = dataclasses.replace(result.lineage, events=events, set_aside=aside)
+    agreement = LineageAgreement("/somewhere/referee-relu", "ab" * 32, 0.5, [0.9, 0.2, float("nan")])
+    copy = tf.copy_tree(run_dir, tmp_path / "run")
+    store = ActivationStore.open(run_dir.parent / "store")
+    before = [(copy / name).read_bytes() for name in (EMERGENCE_NAME, EMERGENCE_TENSORS_NAME)]
+    with pytest.raises(ValueError, match=r"holds 2 values for 3 events: measure it on this lineage"):
+        save_run_emergence(
+            copy,
+            dataclasses.replace(result, lineage=lineage, agreement=dataclasses.replace(agreement, agreement=[1, 0])),
+        )
+    assert [(copy / name).read_bytes() for name in (EMERGENCE_NAME, EMERGENCE_TENSORS_NAME)] == before
+    save_run_emergence(copy, dataclasses.replace(result, lineage=lineage, agreement=agreement), store)
+    back = read_emergence(copy).agreement
+    assert (back.against, back.crosscoder_sha256, back.line) == (agreement.against, "ab" * 32, 0.5)
+    assert back.agreement[:2] == [0.9, 0.2] and back.agreement[2] != back.agreement[2]  # NaN read back as NaN
+    assert back.made() == [True, False, None]
+    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    db = sqlite3.connect(copy / schema.DATABASE_NAME)
+    stored = {
+        (kind, json.loads(before)[0], held): a
+        for kind, before, held, a in db.execute("SELECT kind, before, held, agreement FROM lineage_events")
+    }
+    assert stored == {("split", a, 1): 0.9, ("merge", a, 0): None, ("handoff", a, 1): 0.2, ("handoff", b, 1): None}
+    server = make_server(copy, BrowseConfig(port=0))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        summary = api(server, "/api/run")["emergence"]["agreement"]
+        listed = {
+            query: sorted(r["feature"] for r in api(server, f"/api/features?{query}&limit=500")["rows"])
+            for query in (
+                "agreement=made",
+                "agreement=not+made",
+                "agreement=made&lineage=handoff",
+                "agreement=not+made&lineage=handoff",
+            )
+        }
+        open_page(driver, server, f"/feature/{a}")
+        wait_for(lambda: driver.execute_script("return document.querySelectorAll('#lineage-events li').length") == 4)
+        items = driver.execute_script(
+            "return [...document.querySelectorAll('#lineage-events li')].map(li => [li.dataset.agreement, li.textContent])"
+        )
+        open_page(driver, server, "/?agreement=made")
+        wait_for(
+            lambda: driver.execute_script("return document.querySelectorAll('table.features tbody tr').length") > 0
+        )
+        shown = driver.execute_script(
+            "return [...document.querySelectorAll('table.features tbody tr')].map(r => Number(r.dataset.feature))"
+        )
+        filter_ = driver.execute_script(
+            "const s = document.getElementById('agreement');"
+            "return [s.value, s.disabled, [...s.options].map(o => o.textContent), document.getElementById('emergence-hint').textContent]"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert summary["against"] == agreement.against and summary["line"] == 0.5
+    assert summary["made"] == {"split": 1, "merge": 0, "handoff": 0}
+    assert summary["read"] == {"split": 1, "merge": 0, "handoff": 1}
+    assert listed == {
+        "agreement=made": sorted({a, b}),
+        "agreement=not+made": sorted({a, c}),
+        "agreement=made&lineage=handoff": [],
+        "agreement=not+made&lineage=handoff": sorted({a, c}),
+    }
+    assert sorted(shown) == sorted({a, b})
+    assert filter_[:3] == ["made", False, ["(any)", "makes the event too (1 event)", "does not make it (1 event)"]]
+    assert "Lineage checked against referee-relu: 1 of 2 events made there too (agreement 0.5 or more)." in filter_[3]
+    by_value = sorted(items)
+    assert [value for value, _ in by_value] == ["", "", "0.2", "0.9"]
+    assert by_value[3][1].endswith("made by referee-relu's crosscoder too (agreement 0.9)")
+    assert by_value[2][1].endswith("not made by referee-relu's crosscoder (agreement 0.2, under 0.5)")
+    unread = [text for value, text in by_value[:2] if "set aside" not in text]
+    aside = [text for value, text in by_value[:2] if "set aside" in text]
+    assert len(unread) == len(aside) == 1 and "referee-relu" not in aside[0]  # set aside: counted nowhere
+    assert "not checked against referee-relu's crosscoder: no latent of it is present beside" in unread[0]
+    flags = json.loads(
+        (export_run(copy, format="neuronpedia", out=tmp_path / "np") / "emergence_flags.json").read_text()
+    )
+    assert flags["agreement"] == {"against": agreement.against, "crosscoder": "ab" * 32, "line": 0.5}
+    exported = {(e["kind"], e["before"][0]): e["agreement"] for e in flags["features"][str(a)]["lineage"]}
+    assert exported == {("split", a): 0.9, ("handoff", a): 0.2, ("handoff", b): None}
+
+
+def test_without_an_agreement_its_filter_is_refused_and_disabled(run, server, driver, tmp_path):  # noqa: F811
+    assert api(server, "/api/run")["emergence"]["agreement"] is None
+    for value, said in (
+        ("made", r"this database holds no lineage agreement; run `crosslens analyze .* --lineage-against OTHER`"),
+        ("maybe", r"agreement=maybe: use one of made, not made"),
+    ):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            api(server, f"/api/features?agreement={value}")
+        assert refused.value.code == 400 and re.search(said, refused.value.read().decode())
+    open_page(driver, server, "/")
+    wait_for(lambda: driver.execute_script("return document.getElementById('agreement').disabled"), what="disabled")
+    hint = driver.execute_script("return document.getElementById('emergence-hint').textContent")
+    assert "Lineage not checked against another crosscoder (`crosslens analyze --lineage-against OTHER`)." in hint
+    flags = json.loads(
+        (export_run(run[0], format="neuronpedia", out=tmp_path / "np") / "emergence_flags.json").read_text()
+    )
+    assert "agreement" not in flags

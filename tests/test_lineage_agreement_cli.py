@@ -25,7 +25,12 @@ from crosslens.analysis.agreement import (
     check_agreement_run,
     run_lineage_agreement,
 )
-from crosslens.analysis.emergence_record import EmergenceRecordError, read_emergence, save_run_emergence
+from crosslens.analysis.emergence_record import (
+    EmergenceRecordError,
+    crosscoder_sha256,
+    read_emergence,
+    save_run_emergence,
+)
 from crosslens.cli import main
 from crosslens.crosscoders.saved import load_crosscoder_folder
 
@@ -89,12 +94,18 @@ def test_analyze_counts_the_events_the_other_run_makes_too(runs, capsys, tmp_pat
         f"lineage events {runs / 'relu'}'s crosscoder makes too (agreement >= {AGREEMENT_LINE}): "
         + agreement_text(mine.lineage.events, agreement)
     )
+    saved = mine.agreement  # kept in the run's emergence record, for the feature database
+    assert saved.against == str(runs / "relu") and saved.line == AGREEMENT_LINE
+    assert saved.crosscoder_sha256 == crosscoder_sha256(runs / "relu")
+    assert [None if math.isnan(a) else a for a in saved.agreement] == [None if math.isnan(a) else a for a in agreement]
     page = (tmp_path / "jumprelu.html").read_text()
     assert f"Lineage checked against {runs / 'relu'}" in page and "Lineage events and their agreement" in page
     counts = re.findall(r"(\d+) of (\d+) (split|merge|handoff)", line)
     assert [(int(n), kind) for _, n, kind in counts] == [
         (sum(e.kind == k for e in mine.lineage.events), k) for k in ("split", "merge", "handoff")
     ]
+    main(["analyze", "--crosscoder", str(runs / "jumprelu"), "--store", store, "--out", str(tmp_path / "again.html")])
+    assert read_emergence(runs / "jumprelu").agreement is None  # analysed again without the check: none kept
 
 
 def test_what_lineage_against_cannot_read_is_refused_in_one_line(runs, capsys, tmp_path, monkeypatch):

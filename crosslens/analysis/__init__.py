@@ -21,7 +21,7 @@ from crosslens.analysis.analyze import analyze_crosscoder, write_evolution_repor
 from crosslens.analysis.contexts import Context, top_activating_contexts
 from crosslens.analysis.diffing import DiffingAnalysis, DiffingThresholds
 from crosslens.analysis.emergence_check import EmergenceCheck, EmergenceCheckConfig, check_emergence
-from crosslens.analysis.emergence_record import EmergenceResult, compute_emergence, read_emergence
+from crosslens.analysis.emergence_record import EmergenceResult, LineageAgreement, compute_emergence, read_emergence
 from crosslens.analysis.evolution import FEATURE_CLASSES, EvolutionConfig, Lifetimes
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.geometry import direction_drift, feature_dimensionality, rel_dec
@@ -48,6 +48,7 @@ __all__ = [
     "LatentScaling",
     "LatentScalingConfig",
     "Lineage",
+    "LineageAgreement",
     "LineageConfig",
     "LineageEvent",
     "PlantedEvents",

@@ -33,6 +33,7 @@ from crosslens.activations.store import ActivationStore
 from crosslens.analysis.emergence_record import (
     EmergenceRecordError,
     EmergenceResult,
+    LineageAgreement,
     crosscoder_sha256,
     read_emergence,
     read_record,
@@ -179,6 +180,12 @@ def run_lineage_agreement(
     return lineage_agreement(lineage, analysis, other_analysis, present_FS, other.check.present)
 
 
+def agreement_record(other_run: str | os.PathLike, agreement: Sequence[float]) -> LineageAgreement:
+    """``agreement`` (each event's, with ``other_run``'s final crosscoder) as the emergence record
+    keeps it beside the lineage, naming that crosscoder by its weights and the line it is counted at."""
+    return LineageAgreement(str(other_run), crosscoder_sha256(other_run), AGREEMENT_LINE, [float(a) for a in agreement])
+
+
 def agreement_line(other_run: str | os.PathLike, events: Sequence[Any], agreement: Sequence[float]) -> str:
     """The line ``crosslens analyze --lineage-against`` (and the demo) print."""
     return f"lineage events {other_run}'s crosscoder makes too (agreement >= {AGREEMENT_LINE}): " + agreement_text(
@@ -203,6 +210,7 @@ def agreement_text(events: Sequence[Any], agreement: Sequence[float], line: floa
 __all__ = [
     "AGREEMENT_LINE",
     "agreement_line",
+    "agreement_record",
     "agreement_text",
     "check_agreement_run",
     "event_agreement",

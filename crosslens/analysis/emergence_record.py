@@ -11,6 +11,7 @@ refusing one computed for another crosscoder.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -55,6 +56,39 @@ class EmergenceRecordError(CrosslensError):
 
 
 @dataclass(frozen=True)
+class LineageAgreement:
+    """How far another crosscoder of the same store makes each lineage event's moves, as
+    ``crosslens analyze --lineage-against`` measured it (:mod:`crosslens.analysis.agreement`)."""
+
+    against: str
+    """The other run's folder, as it was given."""
+    crosscoder_sha256: str
+    """The identity of the other run's final crosscoder it was measured with (:func:`crosscoder_sha256`)."""
+    line: float
+    """The agreement at or above which an event counts as made there too."""
+    agreement: list[float]
+    """Per event of the lineage (``Lineage.events``, in order); NaN where none of its latents is
+    present beside the event's snapshot."""
+
+    def made(self) -> list[bool | None]:
+        """Per event: whether the other crosscoder makes it (None: NaN, nothing to look for)."""
+        return [None if math.isnan(a) else a >= self.line for a in self.agreement]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "against": self.against,
+            "crosscoder": self.crosscoder_sha256,
+            "line": self.line,
+            "events": [None if math.isnan(a) else float(a) for a in self.agreement],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LineageAgreement:
+        events = [math.nan if a is None else float(a) for a in d["events"]]
+        return cls(str(d["against"]), str(d["crosscoder"]), float(d["line"]), events)
+
+
+@dataclass(frozen=True)
 class EmergenceResult:
     """Latent scaling, the emergence check and lineage of one crosscoder."""
 
@@ -66,6 +100,8 @@ class EmergenceResult:
     """None where no activations were at hand (no store): nothing is then contested or not."""
     check: EmergenceCheck | None = None
     scaling_config: LatentScalingConfig | None = None
+    agreement: LineageAgreement | None = None
+    """Another crosscoder's agreement with each lineage event, where ``analyze --lineage-against`` measured it."""
 
     def counts(self) -> dict[str, int]:
         return {**(self.check.counts() if self.check is not None else {}), **self.lineage.counts()}
@@ -154,6 +190,11 @@ def _tensors(result: EmergenceResult) -> dict[str, torch.Tensor]:
 
 def save_emergence(run_dir: str | os.PathLike, result: EmergenceResult, partners: dict[str, Any]) -> Path:
     """Write ``result`` into ``run_dir`` (the tables, then the sealed record naming their sha256)."""
+    if result.agreement is not None and len(result.agreement.agreement) != len(result.lineage.events):
+        raise ValueError(
+            f"the lineage agreement holds {len(result.agreement.agreement)} values for {len(result.lineage.events)} "
+            "events: measure it on this lineage (lineage_agreement(result.lineage, ...))"
+        )
     run_dir = Path(run_dir)
     tensors_path, tmp = run_dir / EMERGENCE_TENSORS_NAME, run_dir / f".{EMERGENCE_TENSORS_NAME}.tmp"
     save_file(_tensors(result), str(tmp), metadata={"format": EMERGENCE_FORMAT})
@@ -174,6 +215,7 @@ def save_emergence(run_dir: str | os.PathLike, result: EmergenceResult, partners
         "early_presence": None if check is None else {str(i): p for i, p in enumerate(check.early_presence) if p},
         "events": [e.to_dict() for e in result.lineage.events],
         "set_aside": [e.to_dict() for e in result.lineage.set_aside],
+        "agreement": None if result.agreement is None else result.agreement.to_dict(),
         "counts": result.counts(),
     }
     write_sealed(run_dir / EMERGENCE_NAME, record, EMERGENCE_KEY)
@@ -252,8 +294,13 @@ def read_emergence(run_dir: str | os.PathLike, crosscoder_sha: str | None = None
         set_aside=[LineageEvent.from_dict(e) for e in record["set_aside"]],
     )
     lineage_config = _recorded_config(LineageConfig, settings["lineage"], "lineage", run_dir)
+    agreement = None if record.get("agreement") is None else LineageAgreement.from_dict(record["agreement"])
+    if agreement is not None and len(agreement.agreement) != len(lineage.events):
+        raise EmergenceRecordError(
+            f"{run_dir / EMERGENCE_NAME}'s lineage agreement is not of its events; {_fix(run_dir)} again"
+        )
     if settings.get("check") is None:
-        return EmergenceResult(steps=steps, lineage=lineage, lineage_config=lineage_config)
+        return EmergenceResult(steps=steps, lineage=lineage, lineage_config=lineage_config, agreement=agreement)
     try:
         scaling = LatentScaling.from_tensors(
             {k.removeprefix("scaling."): v for k, v in tensors.items() if k.startswith("scaling.")}, record["n_tokens"]
@@ -274,4 +321,4 @@ def read_emergence(run_dir: str | os.PathLike, crosscoder_sha: str | None = None
         early_presence=[early.get(str(i)) for i in range(scaling.d_sae)],
     )
     scaling_config = _recorded_config(LatentScalingConfig, settings["latent_scaling"], "latent scaling", run_dir)
-    return EmergenceResult(steps, lineage, lineage_config, scaling, check, scaling_config)
+    return EmergenceResult(steps, lineage, lineage_config, scaling, check, scaling_config, agreement)

@@ -16,6 +16,10 @@ CONTESTED_FILTERS = ("any", "earlier", "later")
 LINEAGE_FILTERS = ("any", "split", "merge", "handoff")
 """``lineage=``: features in any lineage event, or in one kind."""
 
+AGREEMENT_FILTERS = ("made", "not made")
+"""``agreement=``: features in a lineage event (of the ``lineage=`` kind, if one) that the crosscoder
+``analyze --lineage-against`` named makes too (agreement at or above its line), or does not."""
+
 DIFFING_VERDICTS = ("specific", "shrinkage", "decoupling", "not measured")
 """crosslens.analysis.diffing's verdicts on a two-model crosscoder's one-model-only latents (the
 browser imports no torch)."""
@@ -24,8 +28,11 @@ DIFFING_FILTERS = ("any", *DIFFING_VERDICTS)
 """``diffing=``: a two-model crosscoder's one-model-only latents with any latent-scaling verdict, or one."""
 
 
-def filter_clauses(contested: str, lineage: str, diffing: str) -> tuple[list[str], dict[str, Any]]:
-    """SQL clauses on ``f.feature`` for the list's three filters (values checked by the caller)."""
+def filter_clauses(
+    contested: str, lineage: str, diffing: str, agreement: str = "", line: float | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """SQL clauses on ``f.feature`` for the list's four filters (values checked by the caller;
+    ``line``: the agreement's, where ``agreement`` is given)."""
     clauses, args = [], {}
     for column, value in (("contested", contested), ("diffing", diffing)):  # any value, or this one
         if value == "any":
@@ -45,6 +52,14 @@ def filter_clauses(contested: str, lineage: str, diffing: str) -> tuple[list[str
                 "WHERE e.held AND e.kind = :lineage)"
             )
             args["lineage"] = lineage
+    if agreement:
+        kind = " AND e.kind = :lineage" if lineage and lineage != "any" else ""
+        test = "e.agreement >= :line" if agreement == "made" else "e.agreement < :line"
+        clauses.append(
+            "f.feature IN (SELECT m.feature FROM lineage_members m JOIN lineage_events e USING (event) "
+            f"WHERE e.held{kind} AND {test})"
+        )
+        args |= {"line": line} | ({"lineage": lineage} if kind else {})
     return clauses, args
 
 
@@ -85,6 +100,7 @@ def run_counts(connection: sqlite3.Connection, meta: dict[str, Any]) -> dict[str
     set_aside = connection.execute("SELECT count(*) FROM lineage_events WHERE NOT held").fetchone()[0]
     record = meta.get("emergence")
     return {
+        "agreement": _agreement_counts(connection, (record or {}).get("agreement")),
         "computed": record is not None,
         "latent_scaling": bool(record and record.get("latent_scaling")),
         "n_tokens": record.get("n_tokens") if record else None,
@@ -92,6 +108,23 @@ def run_counts(connection: sqlite3.Connection, meta: dict[str, Any]) -> dict[str
         "events": {kind: events.get(kind, 0) for kind in LINEAGE_FILTERS[1:]},
         "set_aside": set_aside,
         "diffing": _diffing_counts(connection) if _two_models(meta) else None,
+    }
+
+
+def _agreement_counts(connection: sqlite3.Connection, agreement: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The crosscoder the lineage was checked against (``against``, ``crosscoder``, ``line``) and, per
+    kind, how many held events it makes too (``made``) of those it was asked about (``read``)."""
+    if agreement is None:
+        return None
+    counts = {kind: [0, 0] for kind in LINEAGE_FILTERS[1:]}
+    for kind, made, read in connection.execute(
+        "SELECT kind, sum(agreement >= ?), count(agreement) FROM lineage_events WHERE held GROUP BY kind",
+        (agreement["line"],),
+    ):
+        counts[kind] = [int(made or 0), int(read)]
+    return agreement | {
+        "made": {kind: m for kind, (m, _) in counts.items()},
+        "read": {kind: r for kind, (_, r) in counts.items()},
     }
 
 
@@ -144,13 +177,14 @@ def feature_emergence(connection: sqlite3.Connection, feature: int, n_snapshots:
             "after": json.loads(a),
             "held": bool(held),
             "first_snapshot": bool(first),
+            "agreement": None if agreement is None else round(agreement, 3),
         }
-        for e, kind, s, how, cosine, b, a, held, first in connection.execute(
+        for e, kind, s, how, cosine, b, a, held, first, agreement in connection.execute(
             "SELECT e.event, e.kind, e.snapshot, e.how, e.cosine, e.before, e.after, e.held, "
             # every latent of the event strongest at the first snapshot: lineage.strongest_at_first_snapshot,
             # read from the database's peaks here, where the browser runs without torch
             "NOT EXISTS (SELECT 1 FROM lineage_members o JOIN features f USING (feature) "
-            "WHERE o.event = e.event AND f.peak_snapshot IS NOT 0) "
+            "WHERE o.event = e.event AND f.peak_snapshot IS NOT 0), e.agreement "
             "FROM lineage_events e JOIN lineage_members m USING (event) WHERE m.feature = ? ORDER BY e.snapshot, e.event",
             (feature,),
         )

@@ -24,6 +24,7 @@ from typing import Any
 
 from crosslens.browser.database import RunFacts, halves, ints
 from crosslens.browser.emergence import (
+    AGREEMENT_FILTERS,
     CONTESTED_FILTERS,
     DIFFING_FILTERS,
     LINEAGE_FILTERS,
@@ -124,6 +125,10 @@ class FeatureQuery:
     """Contested emergences only: ``any``, ``earlier`` or ``later`` (:data:`CONTESTED_FILTERS`)."""
     lineage: str = ""
     """Features in a lineage event only: ``any`` or one kind (:data:`LINEAGE_FILTERS`)."""
+    agreement: str = ""
+    """Features in a lineage event another crosscoder makes too, or does not (:data:`AGREEMENT_FILTERS`)."""
+    agreement_line: float | None = None
+    """The run's agreement line (its database's), where ``agreement`` is given."""
     diffing: str = ""
     """A two-model crosscoder's one-model-only latents only: ``any`` or one latent-scaling verdict
     (:data:`DIFFING_FILTERS`)."""
@@ -162,6 +167,14 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
     for name, allowed in (("contested", CONTESTED_FILTERS), ("lineage", LINEAGE_FILTERS), ("diffing", DIFFING_FILTERS)):
         if get(name) and get(name) not in allowed:
             raise QueryError(f"{name}={get(name)}: use one of {', '.join(allowed)}.")
+    checked = facts.emergence.get("agreement")
+    if get("agreement") and get("agreement") not in AGREEMENT_FILTERS:
+        raise QueryError(f"agreement={get('agreement')}: use one of {', '.join(AGREEMENT_FILTERS)}.")
+    if get("agreement") and checked is None:
+        raise QueryError(
+            f"agreement={get('agreement')}: this database holds no lineage agreement; run `crosslens analyze "
+            "--crosscoder RUN --store STORE --lineage-against OTHER`, then `crosslens dashboards RUN --overwrite`."
+        )
     return FeatureQuery(
         ids=parse_ids(get("ids")),
         text=params.get("q") or "",
@@ -175,6 +188,8 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
         min_relevance=_number(get("min_relevance"), "min_relevance") if get("min_relevance") else None,
         contested=get("contested"),
         lineage=get("lineage"),
+        agreement=get("agreement"),
+        agreement_line=checked["line"] if get("agreement") else None,
         diffing=get("diffing"),
         sort=sort,
         descending=get("order") == "desc",
@@ -300,7 +315,9 @@ def _where(query: FeatureQuery, matches: TextMatches | None) -> tuple[str, str, 
         if query.min_relevance is not None:
             clauses.append("f.relevance >= :min_relevance")
             args["min_relevance"] = query.min_relevance
-    more, more_args = filter_clauses(query.contested, query.lineage, query.diffing)
+    more, more_args = filter_clauses(
+        query.contested, query.lineage, query.diffing, query.agreement, query.agreement_line
+    )
     return source, " AND ".join(clauses + more) or "1", args | more_args
 
 

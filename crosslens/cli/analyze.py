@@ -96,7 +96,9 @@ def write_report(
         title=suite_title(record, hook),
         device=device,
     )
-    agreement = None if against is None else _agreement(analysis, against, device, report)
+    agreement, emergence = None, analysis.emergence
+    if against is not None:
+        agreement, emergence = _agreement(analysis, against, device, report)
     spliced = _spliced_record(run_dir)
     if spliced is not None:
         add_spliced_loss_section(report, spliced)
@@ -111,7 +113,7 @@ def write_report(
         print(analysis.emergence.summary(analysis.lifetimes.peak))
         if agreement is not None:
             print(agreement)
-    _save_emergence(folder, run_dir, analysis.emergence, opened)
+    _save_emergence(folder, run_dir, emergence, opened)
     if store is None:
         _say_no_store(run_dir)
     if sections:
@@ -146,9 +148,17 @@ def _lineage_run(value: str | None, folder: Path, store: Any, hook: str | None) 
     return other, check_agreement_run(other, store, hook)
 
 
-def _agreement(analysis: Any, against: tuple[Path, Any], device: str, report: Any) -> str:
-    """The lineage's agreement with ``other``'s crosscoder, as a section of ``report``; the line to print."""
-    from crosslens.analysis.agreement import AGREEMENT_LINE, agreement_line, run_lineage_agreement
+def _agreement(analysis: Any, against: tuple[Path, Any], device: str, report: Any) -> tuple[str, Any]:
+    """The lineage's agreement with ``other``'s crosscoder, as a section of ``report``; the line to
+    print, and the emergence result holding the agreement (saved with it)."""
+    from dataclasses import replace
+
+    from crosslens.analysis.agreement import (
+        AGREEMENT_LINE,
+        agreement_line,
+        agreement_record,
+        run_lineage_agreement,
+    )
     from crosslens.analysis.emergence_report import lineage_agreement_section
 
     emergence = analysis.emergence
@@ -156,7 +166,8 @@ def _agreement(analysis: Any, against: tuple[Path, Any], device: str, report: An
     other, checked = against
     agreement = run_lineage_agreement(emergence.lineage, analysis, present, other, device=str(device), checked=checked)
     report.extend(lineage_agreement_section(emergence.lineage, agreement, analysis.steps, str(other), AGREEMENT_LINE))
-    return agreement_line(other, emergence.lineage.events, agreement)
+    line = agreement_line(other, emergence.lineage.events, agreement)
+    return line, replace(emergence, agreement=agreement_record(other, agreement))
 
 
 def _save_emergence(folder: Path, run_dir: Path | None, result: Any, store: Any) -> None:

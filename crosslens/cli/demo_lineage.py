@@ -12,9 +12,10 @@ from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder, lineage_ag
 from crosslens.analysis.agreement import (
     AGREEMENT_LINE,
     agreement_line,
+    agreement_record,
     check_agreement_run,
 )
-from crosslens.analysis.emergence_record import EmergenceRecordError, save_run_emergence
+from crosslens.analysis.emergence_record import EmergenceRecordError, LineageAgreement, save_run_emergence
 from crosslens.analysis.emergence_report import lineage_agreement_section
 from crosslens.cli.demo_stages import DemoConfig, train_stage
 from crosslens.htmlreport import Report
@@ -23,11 +24,11 @@ from crosslens.training.config import ArchitectureConfig
 
 def lineage_referee_stage(
     train_store: Any, out_dir: Path, config: DemoConfig, analysis: Any, *, force: bool = False, device: str = "cpu"
-) -> tuple[str, Report] | None:
+) -> tuple[str, Report, LineageAgreement] | None:
     """Train (or reuse) ``config.lineage_referee``'s crosscoder on ``train_store`` with the demo's
     steps, batch and seed and that architecture's defaults, analyse it with the store (or reuse its
-    saved check); return the line counting ``analysis``'s lineage events it makes too and the report
-    section listing each event's agreement. None without a referee or without latent scaling's
+    saved check); return the line counting ``analysis``'s lineage events it makes too, the report
+    section listing each event's agreement, and the agreement as the emergence record keeps it. None without a referee or without latent scaling's
     presence to read."""
     arch = config.lineage_referee
     emergence = analysis.emergence
@@ -50,4 +51,5 @@ def lineage_referee_stage(
     other = EvolutionAnalysis.from_crosscoder(referee, steps=checked.steps)  # the referee in hand, not read again
     agreement = lineage_agreement(emergence.lineage, analysis, other, emergence.check.present, checked.check.present)
     section = lineage_agreement_section(emergence.lineage, agreement, analysis.steps, run_dir.name, AGREEMENT_LINE)
-    return agreement_line(run_dir, emergence.lineage.events, agreement), section
+    line = agreement_line(run_dir, emergence.lineage.events, agreement)
+    return line, section, agreement_record(run_dir, agreement)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -199,14 +200,15 @@ def _evolution_report(
         device=device,
     )
     print(_class_summary(analysis))
-    print(
-        f"{analysis.emergence.summary(analysis.lifetimes.peak)}\n{save_run_emergence(out_dir / 'crosscoder', analysis.emergence, train_store)}"
-    )
+    print(analysis.emergence.summary(analysis.lifetimes.peak))
+    emergence = analysis.emergence
     checked = lineage_referee_stage(train_store, out_dir, config, analysis, force=force, device=device)
     if checked is not None:
-        line, section = checked
+        line, section, agreement = checked
         print(line)
         report.extend(section).write(report_path)
+        emergence = replace(emergence, agreement=agreement)  # the feature database shows it beside each event
+    print(save_run_emergence(out_dir / "crosscoder", emergence, train_store))
     print(f"\nreport: {report_path}")
     return report_path
 

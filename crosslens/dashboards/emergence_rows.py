@@ -59,6 +59,13 @@ def emergence_meta(result: EmergenceResult | None, record_sha256: str | None) ->
             "lineage": asdict(result.lineage_config),
         },
         "counts": result.counts(),
+        "agreement": None
+        if result.agreement is None
+        else {
+            "against": result.agreement.against,
+            "crosscoder": result.agreement.crosscoder_sha256,
+            "line": result.agreement.line,
+        },
     }
 
 
@@ -119,14 +126,19 @@ def emergence_snapshot_rows(result: EmergenceResult | None) -> Iterator[tuple]:
 
 def lineage_rows(result: EmergenceResult | None) -> tuple[list[tuple], list[tuple]]:
     """The lineage_events and lineage_members tables: the events, and those set aside beside them
-    (``held`` 0), in snapshot order."""
+    (``held`` 0), in snapshot order; a held event's agreement where the result holds one."""
     if result is None:
         return [], []
     events, members = [], []
     lineage = result.lineage
+    measured = [None] * len(lineage.events) if result.agreement is None else result.agreement.agreement
+    agreement = [None if a is None or math.isnan(a) else float(a) for a in measured]
     # a stable sort: on a tie the held event comes first
-    both = sorted([(e, 1) for e in lineage.events] + [(e, 0) for e in lineage.set_aside], key=lambda p: p[0].order)
-    for k, (e, held) in enumerate(both):
+    both = sorted(
+        [(e, 1, a) for e, a in zip(lineage.events, agreement)] + [(e, 0, None) for e in lineage.set_aside],
+        key=lambda p: p[0].order,
+    )
+    for k, (e, held, a) in enumerate(both):
         events.append(
             (
                 k,
@@ -138,6 +150,7 @@ def lineage_rows(result: EmergenceResult | None) -> tuple[list[tuple], list[tupl
                 json.dumps(e.before),
                 json.dumps(e.after),
                 held,
+                a,
             )
         )
         for feature in e.latents:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sqlite3
 
-FORMAT = "crosslens.dashboards/5"
+FORMAT = "crosslens.dashboards/6"
 """The layout's name and version, ``meta['format']``."""
 
 DATABASE_NAME = "dashboards.sqlite"
@@ -173,8 +173,11 @@ CREATE TABLE lineage_events (
     cosine   REAL NOT NULL,        -- the cosine that decided it
     before   TEXT NOT NULL,        -- JSON list of the latents before
     after    TEXT NOT NULL,        -- JSON list of the latents after
-    held     INTEGER NOT NULL      -- 1: the activations hold it (or none were read); 0: set aside, read
+    held     INTEGER NOT NULL,     -- 1: the activations hold it (or none were read); 0: set aside, read
                                    -- from decoder rows the activations do not hold (Lineage.set_aside)
+    agreement REAL                 -- how far another crosscoder of the store makes its moves (meta's
+                                   -- emergence.agreement names it; NULL: not measured, set aside, or no
+                                   -- latent of it present beside its snapshot)
 )""",
     "lineage_members": """
 CREATE TABLE lineage_members (
@@ -231,7 +234,8 @@ META_KEYS: dict[str, str] = {
     "activation": "which reading of the activation the rows hold (see the module docstring)",
     "attribution": "the attribution files the tasks and causal rows were read from: {file: sha256} ({} for none)",
     "emergence": "the emergence check and lineage the emergence, lineage and relatives rows hold: {record: sha256 of "
-    "RUN/emergence.json, n_tokens, settings, counts}, null where the run had none (`crosslens analyze` writes it)",
+    "RUN/emergence.json, n_tokens, settings, counts, agreement: {against, crosscoder, line} or null}, null where the "
+    "run had none (`crosslens analyze` writes it; `--lineage-against OTHER` the agreement)",
 }
 """What ``meta`` holds (values are JSON)."""
 

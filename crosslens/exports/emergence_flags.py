@@ -11,7 +11,10 @@ feature id (the same ids as the batches'), read from the feature database's emer
 
 Snapshots are named by their revision, as the sources are. A two-model crosscoder's one-model-only
 latents also carry latent scaling's verdict on them (``"diffing": "specific"``, ``"shrinkage"``,
-``"decoupling"`` or ``"not measured"``). Nothing is written where the database holds no emergence
+``"decoupling"`` or ``"not measured"``). Where ``crosslens analyze --lineage-against OTHER``
+checked the lineage, the file names that crosscoder (``"agreement": {"against", "crosscoder": its
+weights' sha256, "line"}``) and each event carries its ``"agreement"`` (null: none of its latents
+present beside it). Nothing is written where the database holds no emergence
 check.
 """
 
@@ -49,19 +52,20 @@ def emergence_flags(context: Any) -> dict[str, Any] | None:
             "lineage": [],
             **({"diffing": diffing} if diffing is not None else {}),
         }
-    for f, kind, snapshot, before, after in database.execute(
-        "SELECT m.feature, e.kind, e.snapshot, e.before, e.after FROM lineage_members m JOIN lineage_events e "
-        "USING (event) WHERE e.held ORDER BY m.feature, e.snapshot, e.event"
+    checked = record.get("agreement")
+    for f, kind, snapshot, before, after, agreement in database.execute(
+        "SELECT m.feature, e.kind, e.snapshot, e.before, e.after, e.agreement FROM lineage_members m "
+        "JOIN lineage_events e USING (event) WHERE e.held ORDER BY m.feature, e.snapshot, e.event"
     ):
         entry = features.setdefault(str(f), dict.fromkeys(_KEYS) | {"measured": False, "lineage": []})
-        entry["lineage"].append(
-            {"kind": kind, "at": name(snapshot), "before": json.loads(before), "after": json.loads(after)}
-        )
+        event = {"kind": kind, "at": name(snapshot), "before": json.loads(before), "after": json.loads(after)}
+        entry["lineage"].append(event | ({"agreement": agreement} if checked else {}))
     return {
         "format": FLAGS_FORMAT,
         "record": record.get("record"),
         "n_tokens": record.get("n_tokens"),
         "counts": record.get("counts"),
+        **({"agreement": checked} if checked else {}),
         "features": features,
     }
 

@@ -16,7 +16,7 @@ const EmergencePanel = {
     if (check.diffing) return this.buildDiffingFilter(run, check);
     const hint = document.getElementById("emergence-hint");
     if (!check.computed) {
-      for (const id of ["contested", "lineage"]) document.getElementById(id).disabled = true;
+      for (const id of ["contested", "lineage", "agreement"]) document.getElementById(id).disabled = true;
       hint.textContent = this.NO_CHECK;
       return;
     }
@@ -37,6 +37,30 @@ const EmergencePanel = {
         + (check.set_aside ? ` Lineage events the activations do not hold (${check.set_aside}) are set aside: `
           + "a feature's page lists them, the filter does not." : "");
     }
+    hint.textContent += " " + this.agreementFilter(check.agreement);
+  },
+
+  // The agreement filter: which crosscoder the lineage was checked against, and how many events it
+  // makes too; disabled, naming the flag that measures it, where the database holds no agreement.
+  agreementFilter(agreement) {
+    const select = document.getElementById("agreement");
+    if (!agreement) {
+      select.disabled = true;
+      return "Lineage not checked against another crosscoder (`crosslens analyze --lineage-against OTHER`).";
+    }
+    const sum = (counts) => Object.values(counts).reduce((a, b) => a + b, 0);
+    const made = sum(agreement.made), read = sum(agreement.read);
+    const events = (n) => `${n} event${n === 1 ? "" : "s"}`;
+    for (const opt of select.querySelectorAll("option")) {
+      if (opt.value === "made") opt.textContent += ` (${events(made)})`;
+      if (opt.value === "not made") opt.textContent += ` (${events(read - made)})`;
+    }
+    return `Lineage checked against ${this.runName(agreement)}: ${made} of ${read} events made there too `
+      + `(agreement ${agreement.line} or more).`;
+  },
+
+  runName(agreement) {
+    return agreement.against.split("/").filter(Boolean).pop() || agreement.against;
   },
 
   buildDiffingFilter(run, check) {
@@ -188,10 +212,22 @@ const EmergencePanel = {
       const first = run.snapshots[0];
       const early = e.first_snapshot ? [CL.el("span", { class: "note", text: ` its latents are all strongest at ${first.label}`
         + (first.step === 0 ? ", the untrained model, where a latent carries a single token's direction" : "") })] : [];
-      return CL.el("li", { "data-kind": e.kind, "data-held": String(e.held), "data-first": String(e.first_snapshot) },
+      return CL.el("li", { "data-kind": e.kind, "data-held": String(e.held), "data-first": String(e.first_snapshot),
+        "data-agreement": e.agreement === null ? "" : String(e.agreement) },
         `${e.kind} at ${step}: `, ...this.joined(e.before, e.snapshot), " \u2192 ", ...this.joined(e.after, e.snapshot),
-        ` (${how}, cosine ${CL.fmt(e.cosine, 3)})`, ...aside, ...early);
+        ` (${how}, cosine ${CL.fmt(e.cosine, 3)})`, ...aside, ...early, ...this.agreement(run, e));
     }));
+  },
+
+  // Whether the crosscoder the lineage was checked against makes this event too.
+  agreement(run, e) {
+    const checked = run.emergence.agreement;
+    if (!checked || !e.held) return [];
+    const other = `${this.runName(checked)}'s crosscoder`;
+    const text = e.agreement === null ? ` not checked against ${other}: no latent of it is present beside ${run.snapshots[e.snapshot].label}`
+      : e.agreement >= checked.line ? ` made by ${other} too (agreement ${CL.fmt(e.agreement, 2)})`
+      : ` not made by ${other} (agreement ${CL.fmt(e.agreement, 2)}, under ${checked.line})`;
+    return [CL.el("span", { class: "note agreement", text })];
   },
 
   relatives(run, relatives) {

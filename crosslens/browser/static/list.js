@@ -3,7 +3,7 @@
 "use strict";
 
 const FIELDS = ["q", "ids", "class", "emerged_from", "emerged_to", "at", "state", "task", "relie_class",
-  "min_relevance", "contested", "lineage", "diffing", "sort", "order", "offset", "limit", "meaning", "drifted", "min_detection"];
+  "min_relevance", "contested", "lineage", "agreement", "diffing", "sort", "order", "offset", "limit", "meaning", "drifted", "min_detection"];
 const TEXT_FIELDS = ["q", "ids", "min_relevance", "meaning", "min_detection"];
 const SORT_LABELS = {
   feature: "feature id", emergence_step: "emergence step", peak_step: "peak step", fade_step: "fade step",
@@ -86,7 +86,7 @@ function buildControls(run) {
 
 function showState() {
   for (const key of ["q", "ids", "emerged_from", "emerged_to", "at", "state", "task", "relie_class", "min_relevance",
-    "contested", "lineage", "diffing", "sort", "limit", "meaning", "min_detection"]) {
+    "contested", "lineage", "agreement", "diffing", "sort", "limit", "meaning", "min_detection"]) {
     const control = document.getElementById(key);
     if (control) control.value = state[key] || (key === "sort" ? "feature" : "");
   }
@@ -125,7 +125,7 @@ function wireControls() {
       if (event.key === "Enter") { clearTimeout(timer); change({ [key]: input.value }); }
     });
   }
-  for (const key of ["emerged_from", "emerged_to", "at", "state", "task", "relie_class", "contested", "lineage", "diffing", "limit"]) {
+  for (const key of ["emerged_from", "emerged_to", "at", "state", "task", "relie_class", "contested", "lineage", "agreement", "diffing", "limit"]) {
     const control = document.getElementById(key);
     if (control) control.addEventListener("change", () => change({ [key]: control.value }));
   }
