@@ -8,6 +8,7 @@ records ``analyze`` saved.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import shutil
@@ -21,6 +22,7 @@ from crosslens.activations import ActivationStore
 from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder, lineage_agreement
 from crosslens.analysis.agreement import (
     AGREEMENT_LINE,
+    agreement_record,
     agreement_text,
     check_agreement_run,
     run_lineage_agreement,
@@ -31,6 +33,7 @@ from crosslens.analysis.emergence_record import (
     read_emergence,
     save_run_emergence,
 )
+from crosslens.analysis.lineage_events import LineageEvent
 from crosslens.cli import main
 from crosslens.crosscoders.saved import load_crosscoder_folder
 
@@ -104,8 +107,69 @@ def test_analyze_counts_the_events_the_other_run_makes_too(runs, capsys, tmp_pat
     assert [(int(n), kind) for _, n, kind in counts] == [
         (sum(e.kind == k for e in mine.lineage.events), k) for k in ("split", "merge", "handoff")
     ]
-    main(["analyze", "--crosscoder", str(runs / "jumprelu"), "--store", store, "--out", str(tmp_path / "again.html")])
-    assert read_emergence(runs / "jumprelu").agreement is None  # analysed again without the check: none kept
+
+
+def test_a_saved_agreement_is_kept_while_it_describes_the_events(runs, capsys, tmp_path):
+    """Analysed again, or its report rebuilt, without the flag, a run keeps the agreement its record
+    holds, with its section and line, while the lineage has the same events and the other run the
+    same crosscoder; else it is dropped, with a note naming the command that measures it again."""
+    for name in ("jumprelu", "relu"):
+        shutil.copytree(runs / name, tmp_path / name)
+    store, run, other = str(runs / "store"), tmp_path / "jumprelu", tmp_path / "relu"
+    main(["analyze", "--crosscoder", str(run), "--store", store, "--lineage-against", str(other)])
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("lineage events ")]
+    measured = read_emergence(run)
+    main(["report", str(run), "--store", store])
+    printed = capsys.readouterr().out
+    assert line in printed.splitlines() and "note:" not in printed
+    assert _same(read_emergence(run).agreement, measured.agreement)
+    assert f"Lineage checked against {other}" in (run / "report.html").read_text()
+
+    # the record's events are not the ones the analysis finds now: the agreement was of others
+    more = dataclasses.replace(
+        measured.lineage, events=[*measured.lineage.events, LineageEvent("split", 1, (0, 1), (0, 1), 0.3, "divergence")]
+    )
+    kept = dataclasses.replace(measured.agreement, agreement=[*measured.agreement.agreement, 0.9])
+    save_run_emergence(run, dataclasses.replace(measured, lineage=more, agreement=kept), ActivationStore.open(store))
+    main(["report", str(run), "--store", store])
+    printed = capsys.readouterr().out
+    assert f"note: the lineage agreement with {other} was of other lineage events; `crosslens analyze" in printed
+    assert f"--lineage-against {other}` checks these" in printed and "lineage events " not in printed
+    assert read_emergence(run).agreement is None and "Lineage checked against" not in (run / "report.html").read_text()
+
+    # the other run's crosscoder is not the one it was measured with
+    retrained = dataclasses.replace(measured.agreement, crosscoder_sha256="0" * 64)
+    save_run_emergence(run, dataclasses.replace(measured, agreement=retrained), ActivationStore.open(store))
+    main(["analyze", "--crosscoder", str(run), "--store", store])
+    assert (
+        f"note: {other}'s crosscoder was trained again since the lineage was checked against it"
+        in capsys.readouterr().out
+    )
+    assert read_emergence(run).agreement is None
+
+
+def test_a_saved_agreement_of_the_same_events_is_read_back_whole(runs, tmp_path):
+    """The fixture's records have events (loose lines): saved with an agreement, the record gives it
+    back for an analysis of those events, and none for an analysis of others."""
+    from crosslens.cli.analyze import _saved_agreement
+
+    run = tmp_path / "jumprelu"
+    shutil.copytree(runs / "jumprelu", run)
+    result = read_emergence(run)
+    assert len(result.lineage.events) >= 3
+    agreement = agreement_record(runs / "relu", [0.1 * k for k in range(len(result.lineage.events))])
+    save_run_emergence(run, dataclasses.replace(result, agreement=agreement), ActivationStore.open(runs / "store"))
+    assert _saved_agreement(run / "final", run, result) == (agreement, None)
+    assert _saved_agreement(run / sorted(p.name for p in run.glob("step_*"))[0], run, result) == (None, None)
+    other = dataclasses.replace(result, lineage=dataclasses.replace(result.lineage, events=result.lineage.events[1:]))
+    kept, note = _saved_agreement(run / "final", run, other)
+    assert kept is None and note.startswith(f"note: the lineage agreement with {runs / 'relu'} was of other lineage")
+
+
+def _same(a, b) -> bool:
+    """Two agreements alike, NaN equal to NaN."""
+    values = lambda x: [None if math.isnan(v) else v for v in x.agreement]  # noqa: E731
+    return (a.against, a.crosscoder_sha256, a.line, values(a)) == (b.against, b.crosscoder_sha256, b.line, values(b))
 
 
 def test_what_lineage_against_cannot_read_is_refused_in_one_line(runs, capsys, tmp_path, monkeypatch):

@@ -186,10 +186,12 @@ def agreement_record(other_run: str | os.PathLike, agreement: Sequence[float]) -
     return LineageAgreement(str(other_run), crosscoder_sha256(other_run), AGREEMENT_LINE, [float(a) for a in agreement])
 
 
-def agreement_line(other_run: str | os.PathLike, events: Sequence[Any], agreement: Sequence[float]) -> str:
+def agreement_line(
+    other_run: str | os.PathLike, events: Sequence[Any], agreement: Sequence[float], line: float = AGREEMENT_LINE
+) -> str:
     """The line ``crosslens analyze --lineage-against`` (and the demo) print."""
-    return f"lineage events {other_run}'s crosscoder makes too (agreement >= {AGREEMENT_LINE}): " + agreement_text(
-        events, agreement
+    return f"lineage events {other_run}'s crosscoder makes too (agreement >= {line}): " + agreement_text(
+        events, agreement, line
     )
 
 

@@ -96,9 +96,9 @@ def write_report(
         title=suite_title(record, hook),
         device=device,
     )
-    agreement, emergence = None, analysis.emergence
-    if against is not None:
-        agreement, emergence = _agreement(analysis, against, device, report)
+    emergence = _with_agreement(folder, run_dir, analysis, against, device)
+    if emergence.agreement is not None:
+        report.extend(_agreement_section(emergence, analysis.steps))
     spliced = _spliced_record(run_dir)
     if spliced is not None:
         add_spliced_loss_section(report, spliced)
@@ -111,8 +111,8 @@ def write_report(
     else:
         print("feature classes: " + ", ".join(f"{name} {n}" for name, n in analysis.class_counts().items()))
         print(analysis.emergence.summary(analysis.lifetimes.peak))
-        if agreement is not None:
-            print(agreement)
+        if emergence.agreement is not None:
+            print(_agreement_line(emergence))
     _save_emergence(folder, run_dir, emergence, opened)
     if store is None:
         _say_no_store(run_dir)
@@ -148,26 +148,77 @@ def _lineage_run(value: str | None, folder: Path, store: Any, hook: str | None) 
     return other, check_agreement_run(other, store, hook)
 
 
-def _agreement(analysis: Any, against: tuple[Path, Any], device: str, report: Any) -> tuple[str, Any]:
-    """The lineage's agreement with ``other``'s crosscoder, as a section of ``report``; the line to
-    print, and the emergence result holding the agreement (saved with it)."""
+def _with_agreement(folder: Path, run_dir: Path | None, analysis: Any, against: Any, device: str) -> Any:
+    """The analysis's emergence result with its lineage's agreement: measured against ``against``
+    (``--lineage-against``'s run and its check), else the one the run's saved record holds where it
+    was measured on these very events with the crosscoder that run still holds (a note says why one
+    is dropped)."""
     from dataclasses import replace
 
-    from crosslens.analysis.agreement import (
-        AGREEMENT_LINE,
-        agreement_line,
-        agreement_record,
-        run_lineage_agreement,
-    )
-    from crosslens.analysis.emergence_report import lineage_agreement_section
+    from crosslens.analysis.agreement import agreement_record, run_lineage_agreement
 
     emergence = analysis.emergence
-    present = None if emergence.check is None else emergence.check.present
-    other, checked = against
-    agreement = run_lineage_agreement(emergence.lineage, analysis, present, other, device=str(device), checked=checked)
-    report.extend(lineage_agreement_section(emergence.lineage, agreement, analysis.steps, str(other), AGREEMENT_LINE))
-    line = agreement_line(other, emergence.lineage.events, agreement)
-    return line, replace(emergence, agreement=agreement_record(other, agreement))
+    if against is not None:
+        present = None if emergence.check is None else emergence.check.present
+        other, checked = against
+        values = run_lineage_agreement(emergence.lineage, analysis, present, other, device=str(device), checked=checked)
+        return replace(emergence, agreement=agreement_record(other, values))
+    saved, note = _saved_agreement(folder, run_dir, emergence)
+    if note:
+        print(note)
+    return emergence if saved is None else replace(emergence, agreement=saved)
+
+
+def _saved_agreement(folder: Path, run_dir: Path | None, emergence: Any) -> tuple[Any, str | None]:
+    """The agreement the run's saved emergence record holds, if it still describes ``emergence``'s
+    events; else None, with a note where one was dropped."""
+    from crosslens.analysis.emergence_record import (
+        EmergenceRecordError,
+        LineageAgreement,
+        crosscoder_sha256,
+        read_record,
+    )
+    from crosslens.core.paths import FINAL_DIRNAME
+    from crosslens.crosscoders.saved import WEIGHTS_NAME
+    from crosslens.training.runfolder import is_final_crosscoder
+
+    if run_dir is None or not is_final_crosscoder(folder, run_dir):
+        return None, None
+    try:
+        record = read_record(run_dir, crosscoder_sha256(run_dir))
+    except EmergenceRecordError:  # none, damaged or of weights trained since: nothing to keep
+        return None, None
+    if record.get("agreement") is None:
+        return None, None
+    saved = LineageAgreement.from_dict(record["agreement"])
+    again = f"`crosslens analyze --crosscoder {run_dir} --store STORE --lineage-against {saved.against}`"
+    events = json.loads(json.dumps([e.to_dict() for e in emergence.lineage.events]))
+    if events != record.get("events"):
+        return (
+            None,
+            f"note: the lineage agreement with {saved.against} was of other lineage events; {again} checks these",
+        )
+    other = Path(saved.against)
+    if (other / FINAL_DIRNAME / WEIGHTS_NAME).is_file() and crosscoder_sha256(other) != saved.crosscoder_sha256:
+        return (
+            None,
+            f"note: {saved.against}'s crosscoder was trained again since the lineage was checked against it; {again}",
+        )
+    return saved, None
+
+
+def _agreement_section(emergence: Any, steps: Any) -> Any:
+    from crosslens.analysis.emergence_report import lineage_agreement_section
+
+    agreement = emergence.agreement
+    return lineage_agreement_section(emergence.lineage, agreement.agreement, steps, agreement.against, agreement.line)
+
+
+def _agreement_line(emergence: Any) -> str:
+    from crosslens.analysis.agreement import agreement_line
+
+    agreement = emergence.agreement
+    return agreement_line(agreement.against, emergence.lineage.events, agreement.agreement, agreement.line)
 
 
 def _save_emergence(folder: Path, run_dir: Path | None, result: Any, store: Any) -> None:
