@@ -525,7 +525,9 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
     ]
     aside = [LineageEvent("merge", 1, (a, b), (a, b), 0.95, "divergence")]
     lineage = dataclasses.replace(result.lineage, events=events, set_aside=aside)
-    agreement = LineageAgreement("/somewhere/referee-relu", "ab" * 32, 0.5, [0.9, 0.2, float("nan")])
+    agreement = LineageAgreement(
+        "/somewhere/referee-relu", "ab" * 32, 0.5, [0.5, 0.2, float("nan")]
+    )  # 0.5: on the line, made
     copy = tf.copy_tree(run_dir, tmp_path / "run")
     store = ActivationStore.open(run_dir.parent / "store")
     before = [(copy / name).read_bytes() for name in (EMERGENCE_NAME, EMERGENCE_TENSORS_NAME)]
@@ -538,7 +540,7 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
     save_run_emergence(copy, dataclasses.replace(result, lineage=lineage, agreement=agreement), store)
     back = read_emergence(copy).agreement
     assert (back.against, back.crosscoder_sha256, back.line) == (agreement.against, "ab" * 32, 0.5)
-    assert back.agreement[:2] == [0.9, 0.2] and back.agreement[2] != back.agreement[2]  # NaN read back as NaN
+    assert back.agreement[:2] == [0.5, 0.2] and back.agreement[2] != back.agreement[2]  # NaN read back as NaN
     assert back.made() == [True, False, None]
     compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
     db = sqlite3.connect(copy / schema.DATABASE_NAME)
@@ -546,7 +548,7 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
         (kind, json.loads(before)[0], held): a
         for kind, before, held, a in db.execute("SELECT kind, before, held, agreement FROM lineage_events")
     }
-    assert stored == {("split", a, 1): 0.9, ("merge", a, 0): None, ("handoff", a, 1): 0.2, ("handoff", b, 1): None}
+    assert stored == {("split", a, 1): 0.5, ("merge", a, 0): None, ("handoff", a, 1): 0.2, ("handoff", b, 1): None}
     server = make_server(copy, BrowseConfig(port=0))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -592,8 +594,8 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
     assert filter_[:3] == ["made", False, ["(any)", "makes the event too (1 event)", "does not make it (1 event)"]]
     assert "Lineage checked against referee-relu: 1 of 2 events made there too (agreement 0.5 or more)." in filter_[3]
     by_value = sorted(items)
-    assert [value for value, _ in by_value] == ["", "", "0.2", "0.9"]
-    assert by_value[3][1].endswith("made by referee-relu's crosscoder too (agreement 0.9)")
+    assert [value for value, _ in by_value] == ["", "", "0.2", "0.5"]
+    assert by_value[3][1].endswith("made by referee-relu's crosscoder too (agreement 0.5)")
     assert by_value[2][1].endswith("not made by referee-relu's crosscoder (agreement 0.2, under 0.5)")
     unread = [text for value, text in by_value[:2] if "set aside" not in text]
     aside = [text for value, text in by_value[:2] if "set aside" in text]
@@ -604,7 +606,7 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
     )
     assert flags["agreement"] == {"against": agreement.against, "crosscoder": "ab" * 32, "line": 0.5}
     exported = {(e["kind"], e["before"][0]): e["agreement"] for e in flags["features"][str(a)]["lineage"]}
-    assert exported == {("split", a): 0.9, ("handoff", a): 0.2, ("handoff", b): None}
+    assert exported == {("split", a): 0.5, ("handoff", a): 0.2, ("handoff", b): None}
 
 
 def test_without_an_agreement_its_filter_is_refused_and_disabled(run, server, driver, tmp_path):  # noqa: F811

@@ -113,7 +113,13 @@ def test_a_crosscoder_that_records_nothing_is_held_to_its_shape_and_a_path_is_no
     from tiny_crosscoders import random_crosscoder
 
     from crosslens.activations import ActivationProvider
-    from crosslens.analysis import analyze_crosscoder, latent_scaling, top_activating_contexts
+    from crosslens.analysis import (
+        analyze_crosscoder,
+        firing_frequency,
+        latent_scaling,
+        probe_validation,
+        top_activating_contexts,
+    )
     from crosslens.training.metrics import evaluate_crosscoder
 
     store = ActivationStore.open(world["heldout"])
@@ -145,6 +151,15 @@ def test_a_crosscoder_that_records_nothing_is_held_to_its_shape_and_a_path_is_no
             TypeError, match=r"was given a NumPy array where activations are read; pass torch\.as_tensor\(array\)$"
         ):
             function(fits, torch.zeros(4, 3, width).numpy())
+    for function in (firing_frequency, probe_validation):  # a tensor of activations or a store
+        with pytest.raises(
+            TypeError, match=rf"^the path '.*' was given where an activation store is read; open it first: {opens}$"
+        ):
+            function(str(world["heldout"]), fits)
+        with pytest.raises(
+            TypeError, match=r"^a NumPy array was given where activations are read; pass torch\.as_tensor\(array\)$"
+        ):
+            function(torch.zeros(4, 3, width).numpy(), fits)
     with pytest.raises(TypeError, match=r"^analyze_crosscoder was given the path"):
         analyze_crosscoder(fits, store=world["heldout"])
     with pytest.raises(TypeError, match=rf"^ActivationProvider was given the path .* open it first: {opens}$"):

@@ -109,16 +109,19 @@ def test_analyze_counts_the_events_the_other_run_makes_too(runs, capsys, tmp_pat
     ]
 
 
-def test_a_saved_agreement_is_kept_while_it_describes_the_events(runs, capsys, tmp_path):
+def test_a_saved_agreement_is_kept_while_it_describes_the_events(runs, capsys, tmp_path, monkeypatch):
     """Analysed again, or its report rebuilt, without the flag, a run keeps the agreement its record
     holds, with its section and line, while the lineage has the same events and the other run the
     same crosscoder; else it is dropped, with a note naming the command that measures it again."""
     for name in ("jumprelu", "relu"):
         shutil.copytree(runs / name, tmp_path / name)
     store, run, other = str(runs / "store"), tmp_path / "jumprelu", tmp_path / "relu"
-    main(["analyze", "--crosscoder", str(run), "--store", store, "--lineage-against", str(other)])
+    monkeypatch.chdir(tmp_path)  # the other run named relative to here: the record names it absolute
+    main(["analyze", "--crosscoder", str(run), "--store", store, "--lineage-against", "relu"])
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("lineage events ")]
     measured = read_emergence(run)
+    assert measured.agreement.against == str(other.resolve())
+    monkeypatch.chdir(runs)
     main(["report", str(run), "--store", store])
     printed = capsys.readouterr().out
     assert line in printed.splitlines() and "note:" not in printed
@@ -145,6 +148,13 @@ def test_a_saved_agreement_is_kept_while_it_describes_the_events(runs, capsys, t
         f"note: {other}'s crosscoder was trained again since the lineage was checked against it"
         in capsys.readouterr().out
     )
+    assert read_emergence(run).agreement is None
+
+    # the other run is gone: nothing to hold the agreement to
+    save_run_emergence(run, measured, ActivationStore.open(store))
+    shutil.move(other, tmp_path / "moved")
+    main(["report", str(run), "--store", store])
+    assert f"note: {other}, which the lineage was checked against, holds no crosscoder now" in capsys.readouterr().out
     assert read_emergence(run).agreement is None
 
 

@@ -6,11 +6,11 @@
 - :mod:`.probes`: linear-probe check that decoder norm tracks the feature.
 - :mod:`.contexts`: top-activating token windows from an activation store.
 - :mod:`.synthetic`: planted multi-snapshot data with a known timeline.
-- :mod:`.latent_scaling`: how much of each latent each snapshot's activations hold (Minder et al.);
+- :mod:`.scaling`: how much of each latent each snapshot's activations hold (Minder et al.);
   :mod:`.emergence_check`: the latent-scaled emergence beside the decoder norm's, contested where
-  they disagree; :mod:`.lineage`: splits, merges, handoffs and relatives from per-snapshot decoder
+  they disagree; :mod:`.lineage_events`: splits, merges, handoffs and relatives from per-snapshot decoder
   directions (each latent's nearest others in :mod:`.relatives`; whether another crosscoder of the
-  same store makes the same moves in :mod:`.lineage_agreement`); :mod:`.emergence_record` bundles and saves them, :mod:`.emergence_report` reports them.
+  same store makes the same moves in :mod:`.agreement`); :mod:`.emergence_record` bundles and saves them, :mod:`.emergence_report` reports them.
 - :mod:`.plots` and :mod:`.report`: plotly figures and a self-contained HTML report.
 - :mod:`.diffing`: a two-model crosscoder's diffing classes (shared, A-only, B-only) by relative decoder norm.
 - :mod:`.analyze`: :func:`analyze_crosscoder`, everything above in one call.

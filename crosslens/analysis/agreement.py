@@ -182,8 +182,10 @@ def run_lineage_agreement(
 
 def agreement_record(other_run: str | os.PathLike, agreement: Sequence[float]) -> LineageAgreement:
     """``agreement`` (each event's, with ``other_run``'s final crosscoder) as the emergence record
-    keeps it beside the lineage, naming that crosscoder by its weights and the line it is counted at."""
-    return LineageAgreement(str(other_run), crosscoder_sha256(other_run), AGREEMENT_LINE, [float(a) for a in agreement])
+    keeps it beside the lineage, naming that run by its absolute path, its crosscoder by its weights,
+    and the line it is counted at."""
+    other = Path(other_run).resolve()
+    return LineageAgreement(str(other), crosscoder_sha256(other), AGREEMENT_LINE, [float(a) for a in agreement])
 
 
 def agreement_line(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float
 
+from crosslens.core.errors import check_store_given
 from crosslens.core.hooks import resolve_hook
 from crosslens.core.progress import progress_bar
 from crosslens.core.tensors import feature_index
@@ -234,6 +235,7 @@ def _seeded_sample(source: Any, crosscoder: Crosscoder, hook: str | None, n_toke
 def _load_activations(
     source: Any, hook: str | None, n_tokens: int, gen: torch.Generator, normalize: bool = True
 ) -> torch.Tensor:
+    check_store_given(source)
     if isinstance(source, torch.Tensor):
         if source.ndim != 3:
             raise ValueError(f"activations have shape {tuple(source.shape)}; expected [n_tokens, n_snapshots, d_in].")

@@ -192,19 +192,26 @@ def _saved_agreement(folder: Path, run_dir: Path | None, emergence: Any) -> tupl
         return None, None
     saved = LineageAgreement.from_dict(record["agreement"])
     again = f"`crosslens analyze --crosscoder {run_dir} --store STORE --lineage-against {saved.against}`"
-    events = json.loads(json.dumps([e.to_dict() for e in emergence.lineage.events]))
-    if events != record.get("events"):
+    if _event_keys(e.to_dict() for e in emergence.lineage.events) != _event_keys(record.get("events") or []):
         return (
             None,
             f"note: the lineage agreement with {saved.against} was of other lineage events; {again} checks these",
         )
     other = Path(saved.against)
-    if (other / FINAL_DIRNAME / WEIGHTS_NAME).is_file() and crosscoder_sha256(other) != saved.crosscoder_sha256:
+    if not (other / FINAL_DIRNAME / WEIGHTS_NAME).is_file():
+        return None, f"note: {saved.against}, which the lineage was checked against, holds no crosscoder now; {again}"
+    if crosscoder_sha256(other) != saved.crosscoder_sha256:
         return (
             None,
             f"note: {saved.against}'s crosscoder was trained again since the lineage was checked against it; {again}",
         )
     return saved, None
+
+
+def _event_keys(events: Any) -> list[tuple]:
+    """What makes two lineage events the same event: kind, snapshot, latents and how it was read
+    (not the deciding cosine, whose last bits another device or dtype may change)."""
+    return [(e["kind"], e["snapshot"], list(e["before"]), list(e["after"]), e.get("how")) for e in events]
 
 
 def _agreement_section(emergence: Any, steps: Any) -> Any:

@@ -201,14 +201,14 @@ def _evolution_report(
     )
     print(_class_summary(analysis))
     print(analysis.emergence.summary(analysis.lifetimes.peak))
-    emergence = analysis.emergence
+    print(save_run_emergence(out_dir / "crosscoder", analysis.emergence, train_store))
     checked = lineage_referee_stage(train_store, out_dir, config, analysis, force=force, device=device)
     if checked is not None:
         line, section, agreement = checked
         print(line)
         report.extend(section).write(report_path)
-        emergence = replace(emergence, agreement=agreement)  # the feature database shows it beside each event
-    print(save_run_emergence(out_dir / "crosscoder", emergence, train_store))
+        # saved again with the agreement, which the feature database shows beside each event
+        save_run_emergence(out_dir / "crosscoder", replace(analysis.emergence, agreement=agreement), train_store)
     print(f"\nreport: {report_path}")
     return report_path
 

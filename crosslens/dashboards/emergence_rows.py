@@ -61,11 +61,7 @@ def emergence_meta(result: EmergenceResult | None, record_sha256: str | None) ->
         "counts": result.counts(),
         "agreement": None
         if result.agreement is None
-        else {
-            "against": result.agreement.against,
-            "crosscoder": result.agreement.crosscoder_sha256,
-            "line": result.agreement.line,
-        },
+        else {k: v for k, v in result.agreement.to_dict().items() if k != "events"},
     }
 
 
@@ -135,7 +131,7 @@ def lineage_rows(result: EmergenceResult | None) -> tuple[list[tuple], list[tupl
     agreement = [None if a is None or math.isnan(a) else float(a) for a in measured]
     # a stable sort: on a tie the held event comes first
     both = sorted(
-        [(e, 1, a) for e, a in zip(lineage.events, agreement)] + [(e, 0, None) for e in lineage.set_aside],
+        [(e, 1, a) for e, a in zip(lineage.events, agreement, strict=True)] + [(e, 0, None) for e in lineage.set_aside],
         key=lambda p: p[0].order,
     )
     for k, (e, held, a) in enumerate(both):

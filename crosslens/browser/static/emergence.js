@@ -225,8 +225,8 @@ const EmergencePanel = {
     if (!checked || !e.held) return [];
     const other = `${this.runName(checked)}'s crosscoder`;
     const text = e.agreement === null ? ` not checked against ${other}: no latent of it is present beside ${run.snapshots[e.snapshot].label}`
-      : e.agreement >= checked.line ? ` made by ${other} too (agreement ${CL.fmt(e.agreement, 2)})`
-      : ` not made by ${other} (agreement ${CL.fmt(e.agreement, 2)}, under ${checked.line})`;
+      : e.made ? ` made by ${other} too (agreement ${CL.fmt(e.agreement, 3)})`
+      : ` not made by ${other} (agreement ${CL.fmt(e.agreement, 3)}, under ${checked.line})`;
     return [CL.el("span", { class: "note agreement", text })];
   },
 
