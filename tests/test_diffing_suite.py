@@ -248,7 +248,7 @@ def test_the_chain_on_two_models(two_models, tmp_path, capsys):
     capsys.readouterr()
     card = push_to_hub(again, "me/tiny-diff-2", api=LocalHubApi(tmp_path / "hub"), n_eval_tokens=256).card
     assert "Latent scaling: not measured" in card and "| tiny-chat-only |" not in card
-    assert "note: the card leaves latent scaling out:" in capsys.readouterr().out
+    assert "note: the card leaves out the check `crosslens analyze` saved:" in capsys.readouterr().out
 
     dashboards = ["--top-k", "4", "--window", "3", "--batch-size", "48", *CPU]
     assert main(["dashboards", str(run), *dashboards]) == 0

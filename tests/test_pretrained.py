@@ -378,3 +378,56 @@ def test_a_release_absent_from_the_offline_cache_is_named_with_the_fix(offline_h
                 load("absent", HOOK)
     finally:
         unregister_release("absent")
+
+
+def test_the_card_says_whether_the_emergence_is_real(trained_run, stubbed_hub, tmp_path, capsys):
+    """Without a saved check the card says how to make one; with one, its contested emergences,
+    lineage events and their agreement with another run's crosscoder, that run named by its folder
+    alone (no local path goes out)."""
+    import dataclasses
+    import shutil
+
+    from crosslens.analysis.agreement import agreement_text
+    from crosslens.analysis.emergence_record import (
+        LineageAgreement,
+        read_emergence,
+        save_emergence,
+        save_run_emergence,
+    )
+    from crosslens.analysis.lineage_events import counts_text
+
+    bare = push_to_hub(trained_run, REPO).card
+    assert "## Is this emergence real?\n\nNot checked: `crosslens analyze --crosscoder RUN --store STORE`" in bare
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    main(["analyze", "--crosscoder", str(run), "--out", str(tmp_path / "r.html")])
+    result = read_emergence(run)
+    values = [0.9 if k % 2 else 0.1 for k in range(len(result.lineage.events))]
+    referee = LineageAgreement(str(tmp_path / "private" / "referee-relu"), "ab" * 32, 0.5, values)
+    save_run_emergence(
+        run, dataclasses.replace(result, agreement=referee), json.loads((run / "run.json").read_text())["store_path"]
+    )
+    capsys.readouterr()
+    card = push_to_hub(run, REPO).card
+    section = card.split("## Is this emergence real?\n\n")[1].split("\n")[0]
+    c = result.check.counts()
+    assert section.startswith(
+        f"Latent scaling (Minder et al. 2025) on {result.scaling.n_tokens:,} tokens dates each feature's emergence "
+        f"beside its decoder norm: {c['contested']} of {c['measured']} measured emergences are contested "
+        f"({c['earlier']} present earlier by latent scaling, {c['later']} later)."
+    )
+    assert (
+        f"Lineage through training (from per-checkpoint decoder directions): {counts_text(result.lineage.counts(), ' and ')}."
+        in section
+    )
+    assert (
+        f"(`referee-relu`) makes {agreement_text(result.lineage.events, values)} too (agreement 0.5 or more)" in section
+    )
+    assert "private" not in card
+
+    save_emergence(run, result, {"crosscoder": "0" * 64, "store": None})  # a check of other weights
+    capsys.readouterr()
+    retrained = push_to_hub(run, REPO)
+    assert "note: the card leaves out the check `crosslens analyze` saved:" in capsys.readouterr().out
+    assert "Not checked:" in retrained.card

@@ -1,6 +1,7 @@
 """The model card of a converted crosscoder: where it came from, under which licence, what the
 conversion did, and how to load it (written beside the weights, as ``README.md``); and the parts
-cards share: front matter, the loading snippet, a two-model crosscoder's diffing section."""
+cards share: front matter, the loading snippet, a two-model crosscoder's diffing section and a
+multi-snapshot crosscoder's emergence check."""
 
 from __future__ import annotations
 
@@ -108,25 +109,69 @@ def _load(record: dict[str, Any]) -> list[str]:
     )
 
 
-def run_diffing(crosscoder: Any, folder: Path, frequency: Any = None) -> Any:
-    """The diffing classes of a two-model crosscoder (its ``folder``), for its card, with latent
-    scaling's verdict where ``crosslens analyze`` saved it beside the run for these very weights; a
-    saved check of other weights (a checkpoint's, or a run trained again) is said and left out."""
+def saved_emergence(folder: Path) -> Any:
+    """The emergence check ``crosslens analyze`` saved beside the run of the crosscoder in ``folder``,
+    for these very weights; None where the run has none, and where it is of other weights (a
+    checkpoint's, or a run trained again), which a note says."""
     from sae_lens.constants import SAE_WEIGHTS_FILENAME
 
-    from crosslens.analysis.diffing import DiffingAnalysis
     from crosslens.analysis.emergence_record import EmergenceRecordError, read_emergence
     from crosslens.core.hashing import file_sha256
     from crosslens.core.paths import EMERGENCE_NAME
     from crosslens.training.runfolder import run_folder
 
-    run, result = run_folder(folder), None
-    if run is not None and (run / EMERGENCE_NAME).is_file():
-        try:
-            result = read_emergence(run, file_sha256(folder / SAE_WEIGHTS_FILENAME))
-        except EmergenceRecordError as error:
-            print(f"note: the card leaves latent scaling out: {error}")
-    return DiffingAnalysis.with_emergence(crosscoder, result, frequency)
+    run = run_folder(folder)
+    if run is None or not (run / EMERGENCE_NAME).is_file():
+        return None
+    try:
+        return read_emergence(run, file_sha256(folder / SAE_WEIGHTS_FILENAME))
+    except EmergenceRecordError as error:
+        print(f"note: the card leaves out the check `crosslens analyze` saved: {error}")
+        return None
+
+
+def run_diffing(crosscoder: Any, folder: Path, frequency: Any = None) -> Any:
+    """The diffing classes of a two-model crosscoder (its ``folder``), for its card, with latent
+    scaling's verdict where ``crosslens analyze`` saved it beside the run for these very weights
+    (:func:`saved_emergence`)."""
+    from crosslens.analysis.diffing import DiffingAnalysis
+
+    return DiffingAnalysis.with_emergence(crosscoder, saved_emergence(folder), frequency)
+
+
+def emergence_section(result: Any) -> list[str]:
+    """A multi-snapshot crosscoder card's section: how many of its emergences latent scaling contests,
+    its lineage events, and how many of them a crosscoder of another run on the same activations
+    makes too, from the check ``crosslens analyze`` saved (``result``, or None: not checked)."""
+    from crosslens.analysis.agreement import agreement_text
+    from crosslens.analysis.lineage_events import counts_text
+
+    lines = ["## Is this emergence real?", ""]
+    if result is None:
+        return [
+            *lines,
+            "Not checked: `crosslens analyze --crosscoder RUN --store STORE` before pushing saves the emergence "
+            "check (latent scaling per checkpoint, and lineage) that this section reports.",
+            "",
+        ]
+    if result.check is None:
+        text = "Latent scaling was not run (no activation store was given to `crosslens analyze`)."
+    else:
+        c = result.check.counts()
+        text = (
+            f"Latent scaling (Minder et al. 2025) on {result.scaling.n_tokens:,} tokens dates each feature's "
+            f"emergence beside its decoder norm: {c['contested']} of {c['measured']} measured emergences are "
+            f"contested ({c['earlier']} present earlier by latent scaling, {c['later']} later)."
+        )
+    text += f" Lineage through training (from per-checkpoint decoder directions): {counts_text(result.lineage.counts(), ' and ')}."
+    agreement = result.agreement
+    if agreement is not None:
+        text += (
+            f" A crosscoder of another training run on the same activations (`{Path(agreement.against).name}`) makes "
+            f"{agreement_text(result.lineage.events, agreement.agreement, agreement.line)} too "
+            f"(agreement {agreement.line} or more); an event of the model, not of one crosscoder's training, is made by both."
+        )
+    return [*lines, text, ""]
 
 
 def diffing_section(diffing: Any) -> list[str]:

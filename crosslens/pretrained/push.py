@@ -34,7 +34,14 @@ import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one t
 from crosslens.architectures import uses_k
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import FINAL_DIRNAME, QUALITY_NAME, RUN_CONFIG_NAME
-from crosslens.pretrained.card import diffing_section, front_matter, load_section, run_diffing
+from crosslens.pretrained.card import (
+    diffing_section,
+    emergence_section,
+    front_matter,
+    load_section,
+    run_diffing,
+    saved_emergence,
+)
 from crosslens.pretrained.registry import is_release_name
 
 if TYPE_CHECKING:
@@ -66,6 +73,9 @@ class Publication:
     """Features per evolution class, for the card."""
     diffing: Any = None
     """A two-model crosscoder's diffing classes and latent scaling's verdict (``card.run_diffing``)."""
+    emergence: Any = None
+    """A multi-snapshot crosscoder's emergence check, where ``crosslens analyze`` saved it for these
+    weights (``card.saved_emergence``)."""
 
 
 @dataclass
@@ -184,8 +194,9 @@ def push_to_hub(
     frequency = torch.tensor(evaluation["firing_frequency"]) if evaluation else None
     diffing = run_diffing(crosscoder, folder, frequency) if is_diffing(crosscoder) else None
     class_counts = None if diffing is not None else feature_class_counts(crosscoder, frequency)
+    emergence = None if diffing is not None else saved_emergence(folder)
     publication = Publication(
-        crosscoder, repo_id, crosscoder_id, release, evaluation, spliced, run_config, class_counts, diffing
+        crosscoder, repo_id, crosscoder_id, release, evaluation, spliced, run_config, class_counts, diffing, emergence
     )
     card, entry = model_card(publication), registry_entry(publication)
 
@@ -372,6 +383,8 @@ def model_card(publication: Publication) -> str:
             + ".",
             "",
         ]
+    if p.diffing is None:
+        lines += emergence_section(p.emergence)
     link = wandb_link(meta)
     if link:
         lines += ["## Weights & Biases", "", f"Training run: {link}", ""]
