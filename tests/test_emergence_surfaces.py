@@ -591,7 +591,7 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
         "agreement=not+made&lineage=handoff": sorted({a, c}),
     }
     assert sorted(shown) == sorted({a, b})
-    assert filter_[:3] == ["made", False, ["(any)", "makes the event too (1 event)", "does not make it (1 event)"]]
+    assert filter_[:3] == ["made", False, ["(any)", "makes it too (1)", "does not make it (1)"]]
     assert "Lineage checked against referee-relu: 1 of 2 events made there too (agreement 0.5 or more)." in filter_[3]
     by_value = sorted(items)
     assert [value for value, _ in by_value] == ["", "", "0.2", "0.5"]

@@ -50,10 +50,9 @@ const EmergencePanel = {
     }
     const sum = (counts) => Object.values(counts).reduce((a, b) => a + b, 0);
     const made = sum(agreement.made), read = sum(agreement.read);
-    const events = (n) => `${n} event${n === 1 ? "" : "s"}`;
-    for (const opt of select.querySelectorAll("option")) {
-      if (opt.value === "made") opt.textContent += ` (${events(made)})`;
-      if (opt.value === "not made") opt.textContent += ` (${events(read - made)})`;
+    for (const opt of select.querySelectorAll("option")) {  // events, as the lineage filter counts them
+      if (opt.value === "made") opt.textContent += ` (${made})`;
+      if (opt.value === "not made") opt.textContent += ` (${read - made})`;
     }
     return `Lineage checked against ${this.runName(agreement)}: ${made} of ${read} events made there too `
       + `(agreement ${agreement.line} or more).`;
