@@ -7,9 +7,12 @@ scored against the planted events, keeping only the events whose agreement with 
 or above each line. The referee is the first of ``--referees`` of another architecture than the
 crosscoder's own, so the first referee's own events are checked against the second. Printed per
 line: the planted splits and handoffs found, per architecture, and the events reported on the
-nine families without planted events, with how many are false.
+nine families without planted events, with how many are false. With ``--every-referee`` an event
+is kept only where every other architecture's crosscoder makes it: what no choice of referee can
+set aside.
 
     PYTHONPATH=. python scripts/planted_lineage_agreement.py --cache CACHE --jobs 2
+    PYTHONPATH=. python scripts/planted_lineage_agreement.py --cache CACHE --jobs 2 --every-referee
 
 ``--cache`` is ``scripts/planted_emergence.py``'s (that script trains it); a crosscoder it does
 not hold is trained here and kept there.
@@ -52,8 +55,11 @@ def analysed(crosscoder, planted, acts_NSD):
     return analysis, check_emergence(analysis, latent_scaling(crosscoder, acts_NSD), None).present
 
 
-def run_family(generator: str, seed: int, archs: list[str], referees: list[str], cache: str) -> list[dict]:
-    """Every architecture's lineage on one planted set, scored at each agreement line."""
+def run_family(
+    generator: str, seed: int, archs: list[str], referees: list[str], cache: str, every: bool = False
+) -> list[dict]:
+    """Every architecture's lineage on one planted set, scored at each agreement line (against the
+    first other referee, or with ``every`` the least agreement over every other architecture)."""
     torch.set_num_threads(1)
     planted = build_planted(generator, seed, {})
     acts_NSD, _ = planted.sample(N_TOKENS, torch.Generator().manual_seed(5))
@@ -63,8 +69,9 @@ def run_family(generator: str, seed: int, archs: list[str], referees: list[str],
         analysis, present = read[arch]
         lin = lineage_of(analysis, None, scaled_present_FS=present)
         referee = next(r for r in referees if r != arch)
-        other, other_present = read[referee]
-        agreement = lineage_agreement(lin, analysis, other, present, other_present)
+        others = [a for a in archs if a != arch] if every else [referee]
+        each = [lineage_agreement(lin, analysis, read[other][0], present, read[other][1]) for other in others]
+        agreement = [min(values) for values in zip(*each)] if each else []
         for line in LINES:
             kept = [e for e, a in zip(lin.events, agreement) if line == 0.0 or a >= line]
             scores = planted_lineage_scores(planted, analysis, Lineage(lin.relatives, lin.relative_cosine, kept))
@@ -117,12 +124,17 @@ def main(argv: list[str] | None = None) -> None:
         choices=ARCHITECTURES,
         help="each crosscoder's events are checked against the first of these of another architecture",
     )
+    parser.add_argument(
+        "--every-referee",
+        action="store_true",
+        help="keep an event only where every other architecture's crosscoder makes it (the least agreement)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="planted sets at once, one thread each")
     args = parser.parse_args(argv)
     if args.referees[0] == args.referees[1]:
         parser.error("--referees: name two architectures, so that each has another to be checked against")
     archs = list(dict.fromkeys([*args.arch, *args.referees]))
-    jobs = [(g, s, archs, args.referees, args.cache) for g in args.generator for s in args.seeds]
+    jobs = [(g, s, archs, args.referees, args.cache, args.every_referee) for g in args.generator for s in args.seeds]
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = [r for done in pool.map(run_family, *zip(*jobs)) for r in done]
     table([r for r in rows if r["arch"] in args.arch], args.arch)
