@@ -574,6 +574,11 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
         shown = driver.execute_script(
             "return [...document.querySelectorAll('table.features tbody tr')].map(r => Number(r.dataset.feature))"
         )
+        chips = driver.execute_script(
+            "return [...document.querySelectorAll('table.features tbody tr')].map(r => [Number(r.dataset.feature), "
+            "[...r.querySelectorAll('.chip.lineage')].map(c => [c.textContent, c.className])])"
+        )
+        made_rows = api(server, "/api/features?agreement=made&limit=500")["rows"]
         filter_ = driver.execute_script(
             "const s = document.getElementById('agreement');"
             "return [s.value, s.disabled, [...s.options].map(o => o.textContent), document.getElementById('emergence-hint').textContent]"
@@ -591,6 +596,15 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
         "agreement=not+made&lineage=handoff": sorted({a, c}),
     }
     assert sorted(shown) == sorted({a, b})
+    # a split made there too; a's handoffs: one not made, one with nothing to look for; b's: the latter
+    assert {r["feature"]: r["lineage_made"] for r in made_rows} == {
+        a: {"handoff": False, "split": True},
+        b: {"handoff": None, "split": True},
+    }
+    assert dict(chips) == {
+        a: [["handoff", "chip lineage unmade"], ["split", "chip lineage"]],
+        b: [["handoff", "chip lineage"], ["split", "chip lineage"]],
+    }
     assert filter_[:3] == ["made", False, ["(any)", "makes it too (1)", "does not make it (1)"]]
     assert "Lineage checked against referee-relu: 1 of 2 events made there too (agreement 0.5 or more)." in filter_[3]
     by_value = sorted(items)

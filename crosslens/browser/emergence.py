@@ -65,7 +65,8 @@ def filter_clauses(
 
 def add_verdicts(connection: sqlite3.Connection, rows: list[dict]) -> None:
     """Each listed feature's ``contested`` (earlier, later, None) and latent-scaled emergence step,
-    and the kinds of lineage event it is in."""
+    the kinds of lineage event it is in, and per kind whether the crosscoder the lineage was checked
+    against makes one of them too (``lineage_made``; None: not checked)."""
     ids = json.dumps([row["feature"] for row in rows])
     verdicts = {
         f: (contested, step, diffing)
@@ -76,17 +77,22 @@ def add_verdicts(connection: sqlite3.Connection, rows: list[dict]) -> None:
         )
     }
     kinds: dict[int, list[str]] = {}
-    for f, kind in connection.execute(
-        "SELECT DISTINCT m.feature, e.kind FROM lineage_members m JOIN lineage_events e USING (event) "
-        "WHERE e.held AND m.feature IN (SELECT value FROM json_each(?)) ORDER BY m.feature, e.kind",
+    made: dict[int, dict[str, bool | None]] = {}
+    for f, kind, any_made in connection.execute(
+        "SELECT m.feature, e.kind, max(e.agreement >= (SELECT json_extract(value, '$.agreement.line') FROM meta "
+        "WHERE key = 'emergence')) FROM lineage_members m JOIN lineage_events e USING (event) "
+        "WHERE e.held AND m.feature IN (SELECT value FROM json_each(?)) GROUP BY m.feature, e.kind "
+        "ORDER BY m.feature, e.kind",
         (ids,),
     ):
         kinds.setdefault(f, []).append(kind)
+        made.setdefault(f, {})[kind] = None if any_made is None else bool(any_made)
     for row in rows:
         row["contested"], row["scaled_emergence_step"], row["diffing"] = verdicts.get(
             row["feature"], (None, None, None)
         )
         row["lineage"] = kinds.get(row["feature"], [])
+        row["lineage_made"] = made.get(row["feature"], {})
 
 
 def run_counts(connection: sqlite3.Connection, meta: dict[str, Any]) -> dict[str, Any]:

@@ -87,7 +87,13 @@ const EmergencePanel = {
       chips.push(CL.el("span", { class: "chip contested", text: `contested: ${row.contested}`,
         title: `latent scaling dates it at ${CL.fmtStep(row.scaled_emergence_step)}` }));
     }
-    for (const kind of row.lineage || []) chips.push(CL.el("span", { class: "chip lineage", text: kind }));
+    for (const kind of row.lineage || []) {
+      // unmade: no event of this kind is made by the crosscoder the lineage was checked against
+      const made = (row.lineage_made || {})[kind];
+      chips.push(CL.el("span", { class: made === false ? "chip lineage unmade" : "chip lineage", text: kind,
+        title: made === true ? "the crosscoder the lineage was checked against makes it too"
+          : made === false ? "not made by the crosscoder the lineage was checked against" : "" }));
+    }
     return chips.length ? chips : [CL.el("span", { class: "note", text: "\u2014" })];
   },
 
