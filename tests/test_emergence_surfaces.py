@@ -362,20 +362,27 @@ def test_a_decoupled_early_presence_names_the_latents_that_carried_it(run, tmp_p
     assert early and links == [f"/feature/{int(scaling.carrier[feature, s])}?snapshot={s}" for s in early]
 
 
+def with_four_events(result, a: int, b: int, c: int):
+    """``result``'s lineage with three held events among latents a, b and c, one of each reading
+    (a split of a and b by divergence, a's handoff to c by succession, b's to a by a turn), and a
+    merge of a and b set aside."""
+    last = result.check.presence.shape[1] - 1
+    events = [
+        LineageEvent("split", 1, (a, b), (a, b), 0.3, "divergence"),
+        LineageEvent("handoff", min(2, last), (a,), (c,), 0.8, "succession"),
+        LineageEvent("handoff", last, (b,), (a,), 0.75, "turn"),
+    ]
+    aside = [LineageEvent("merge", 1, (a, b), (a, b), 0.95, "divergence")]
+    return dataclasses.replace(result.lineage, events=events, set_aside=aside)
+
+
 def test_the_feature_page_says_how_each_lineage_event_was_read(run, tmp_path, driver):  # noqa: F811
     """A feature's events read as parting, a fade into an emergence, or a handover to a latent that
     turned, each as lineage found it (``LineageEvent.how``); an event set aside (the activations do
     not hold it) is listed and marked there, and counted by no filter."""
     run_dir, result = run
     a, b = (int(f) for f in result.check.measured.nonzero()[:2, 0])
-    last = result.check.presence.shape[1] - 1
-    events = [
-        LineageEvent("split", 1, (a, b), (a, b), 0.3, "divergence"),
-        LineageEvent("handoff", min(2, last), (a,), (b,), 0.8, "succession"),
-        LineageEvent("handoff", last, (b,), (a,), 0.75, "turn"),
-    ]
-    aside = [LineageEvent("merge", 1, (a, b), (a, b), 0.95, "divergence")]
-    lineage = dataclasses.replace(result.lineage, events=events, set_aside=aside)
+    lineage = with_four_events(result, a, b, b)
     copy = tf.copy_tree(run_dir, tmp_path / "run")
     save_run_emergence(
         copy, dataclasses.replace(result, lineage=lineage), ActivationStore.open(run_dir.parent / "store")
@@ -517,14 +524,7 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
     list's filter (made there too, or not, of one kind or any), a feature's page and the flags."""
     run_dir, result = run
     a, b, c = (int(f) for f in result.check.measured.nonzero()[:3, 0])
-    last = result.check.presence.shape[1] - 1
-    events = [
-        LineageEvent("split", 1, (a, b), (a, b), 0.3, "divergence"),
-        LineageEvent("handoff", min(2, last), (a,), (c,), 0.8, "succession"),
-        LineageEvent("handoff", last, (b,), (a,), 0.75, "turn"),
-    ]
-    aside = [LineageEvent("merge", 1, (a, b), (a, b), 0.95, "divergence")]
-    lineage = dataclasses.replace(result.lineage, events=events, set_aside=aside)
+    lineage = with_four_events(result, a, b, c)
     agreement = LineageAgreement(
         "/somewhere/referee-relu", "ab" * 32, 0.5, [0.5, 0.2, float("nan")]
     )  # 0.5: on the line, made
