@@ -41,7 +41,7 @@ from crosslens.analysis.scaling import (
     latent_scaling,
 )
 from crosslens.core.errors import CrosslensError
-from crosslens.core.hashing import file_sha256
+from crosslens.core.hashing import file_sha256, remembered_file_sha256
 from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME, FINAL_DIRNAME
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
 from crosslens.crosscoders.saved import WEIGHTS_NAME
@@ -230,8 +230,9 @@ def save_run_emergence(run_dir: str | os.PathLike, result: EmergenceResult, stor
 
 
 def crosscoder_sha256(run_dir: str | os.PathLike) -> str:
-    """The identity of a run's final crosscoder: the sha256 of its weights file."""
-    return file_sha256(Path(run_dir) / FINAL_DIRNAME / WEIGHTS_NAME)
+    """The identity of a run's final crosscoder: the sha256 of its weights file (hashed once a
+    process while the file is unchanged: one command checks it in several places)."""
+    return remembered_file_sha256(Path(run_dir) / FINAL_DIRNAME / WEIGHTS_NAME)
 
 
 def _fix(run_dir: Path) -> str:

@@ -20,10 +20,11 @@ from typing import Any
 from crosslens.browser.emergence import run_counts
 from crosslens.browser.explained import attach_explanations, find_explanations
 from crosslens.core.errors import CrosslensError
+from crosslens.core.hashing import remembered_file_sha256
 from crosslens.dashboards import schema
 from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.explanation_schema import explanations_path
-from crosslens.dashboards.record import database_problem, database_sha256, read_record
+from crosslens.dashboards.record import database_problem, read_record
 
 FEATURE_CLASSES = ("initialization", "persistent", "transient", "dead")
 """crosslens.analysis's classes, in the order pages list them."""
@@ -200,7 +201,9 @@ class Database:
         beside = explanations_path(self.path).is_file()
         sealed = database is None and self.run_dir.is_dir()
         sha = read_record(self.run_dir).get("database_sha256") if sealed else None
-        self.facts.explained = find_explanations(self.path, sha or (database_sha256(self.path) if beside else None))
+        self.facts.explained = find_explanations(
+            self.path, sha or (remembered_file_sha256(self.path) if beside else None)
+        )
         attach_explanations(first, self.facts.explained)
         # --
         self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()

@@ -4,7 +4,9 @@ Every record that lets a later run trust an earlier one (a store's manifest, a s
 checkpoint, the weights-hash cache, a snapshot's identity) is built from these, so the
 bytes hashed must never change: an old store or checkpoint would stop verifying.
 
-- :func:`file_sha256`: a file's bytes, read in chunks (shards and weight files are large).
+- :func:`file_sha256`: a file's bytes, read in chunks (shards and weight files are large);
+  :func:`remembered_file_sha256` the same, hashed once per process while the file's size and
+  modification time stay as they were (a weights file several checks of one command name).
 - :func:`json_sha256`: ``json.dumps(value, sort_keys=True)``, so key order never matters.
 - :func:`weights_sha256`: a module's state dict as float32, whatever its device or dtype.
 
@@ -34,6 +36,23 @@ def file_sha256(path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES) -> str:
         while chunk := handle.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_REMEMBERED: dict[str, tuple[int, int, str]] = {}
+"""Files already hashed: resolved path -> (size, mtime_ns, sha256)."""
+
+
+def remembered_file_sha256(path: str | os.PathLike) -> str:
+    """:func:`file_sha256`, hashed again only when the file's size or modification time changed
+    since this process last hashed it."""
+    stat = os.stat(path)
+    key = os.path.realpath(path)
+    known = _REMEMBERED.get(key)
+    if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+        return known[2]
+    digest = file_sha256(path)
+    _REMEMBERED[key] = (stat.st_size, stat.st_mtime_ns, digest)
+    return digest
 
 
 def json_sha256(value: Any) -> str:

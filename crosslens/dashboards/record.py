@@ -23,7 +23,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from crosslens.core.hashing import file_sha256, json_sha256
+from crosslens.core.hashing import file_sha256, json_sha256, remembered_file_sha256
 from crosslens.core.paths import QUALITY_NAME, RUN_SEAL_KEY, RUN_SEAL_NAME
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
 from crosslens.dashboards.config import DashboardsError
@@ -34,21 +34,6 @@ EARLIER_FORMATS = ("crosslens.dashboards.record/1",)
 """Records of earlier crosslens versions, which named the run by its whole seal."""
 RECORD_KEY = "record_sha256"
 VERIFY_MODES = ("full", "size", "none")
-
-_HASHED: dict[Path, tuple[int, int, str]] = {}
-"""Databases already hashed: path -> (size, mtime_ns, sha256)."""
-
-
-def database_sha256(path: Path) -> str:
-    """The file's sha256, hashed again only when its size or modification time changed."""
-    stat = path.stat()
-    key = path.resolve()
-    known = _HASHED.get(key)
-    if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
-        return known[2]
-    digest = file_sha256(path)
-    _HASHED[key] = (stat.st_size, stat.st_mtime_ns, digest)
-    return digest
 
 
 def trained_run_sha256(run_dir: Path) -> str | None:
@@ -73,7 +58,7 @@ def write_record(run_dir: Path, partners: dict[str, Any], settings: dict[str, An
         "format": RECORD_FORMAT,
         "database": DATABASE_NAME,
         "layout": FORMAT,
-        "database_sha256": database_sha256(path),
+        "database_sha256": remembered_file_sha256(path),
         "database_bytes": path.stat().st_size,
         "partners": partners,
         "settings": settings,
@@ -122,7 +107,7 @@ def database_problem(run_dir: Path, record: dict[str, Any], verify: str = "full"
         return f"{path} was computed for an earlier run in {run_dir} (the run was trained again since)"
     if verify != "none" and path.stat().st_size != record.get("database_bytes"):
         return f"{path} is not the file `crosslens dashboards` wrote (its size differs: damaged or edited)"
-    if verify == "full" and database_sha256(path) != record.get("database_sha256"):
+    if verify == "full" and remembered_file_sha256(path) != record.get("database_sha256"):
         return f"{path} is not the file `crosslens dashboards` wrote (its sha256 differs: damaged or edited)"
     return None
 
