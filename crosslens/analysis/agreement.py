@@ -35,6 +35,7 @@ from crosslens.analysis.emergence_record import (
     EmergenceResult,
     LineageAgreement,
     crosscoder_sha256,
+    made_there,
     read_emergence,
     read_record,
 )
@@ -201,11 +202,11 @@ def agreement_text(events: Sequence[Any], agreement: Sequence[float], line: floa
     """How many events of each kind are at or above ``line``: "3 of 7 splits, 20 of 39 merges, 4 of 5 handoffs"."""
     parts = []
     for kind in EVENT_KINDS:
-        mine = [a for e, a in zip(events, agreement) if e.kind == kind and not math.isnan(a)]
-        unread = sum(e.kind == kind for e in events) - len(mine)
-        shown = sum(a >= line for a in mine)
+        made = [made_there(a, line) for e, a in zip(events, agreement) if e.kind == kind]
+        unread = made.count(None)
+        read = len(made) - unread
         parts.append(
-            f"{shown} of {len(mine)} {kind}{'' if len(mine) == 1 else 's'}"
+            f"{made.count(True)} of {read} {kind}{'' if read == 1 else 's'}"
             + (f" ({unread} with no latent present beside it)" if unread else "")
         )
     return ", ".join(parts)

@@ -55,6 +55,12 @@ class EmergenceRecordError(CrosslensError):
     """A run's saved emergence check is missing, damaged or of another crosscoder; the message is the fix."""
 
 
+def made_there(agreement: float, line: float) -> bool | None:
+    """Whether an event of this ``agreement`` counts as made by the other crosscoder too: at or
+    above ``line``; None for NaN (none of the event's latents present beside it)."""
+    return None if math.isnan(agreement) else agreement >= line
+
+
 @dataclass(frozen=True)
 class LineageAgreement:
     """How far another crosscoder of the same store makes each lineage event's moves, as
@@ -72,7 +78,7 @@ class LineageAgreement:
 
     def made(self) -> list[bool | None]:
         """Per event: whether the other crosscoder makes it (None: NaN, nothing to look for)."""
-        return [None if math.isnan(a) else a >= self.line for a in self.agreement]
+        return [made_there(a, self.line) for a in self.agreement]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -4,11 +4,10 @@ picture of the largest lineage families through training."""
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Sequence
 
 from crosslens.analysis.emergence_check import EmergenceCheck
-from crosslens.analysis.emergence_record import EmergenceResult, first_snapshot_counts
+from crosslens.analysis.emergence_record import EmergenceResult, first_snapshot_counts, made_there
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.lineage_events import Lineage, counts_text, event_rows
 from crosslens.analysis.plots import agreement_heatmap, emergence_curves, family_flow
@@ -131,7 +130,8 @@ def lineage_agreement_section(
     """A report section: each lineage event's agreement with ``other``'s crosscoder
     (:mod:`crosslens.analysis.agreement`), the events it makes least first."""
     report = Report(f"Lineage checked against {other}")
-    shown, read = sum(a >= line for a in agreement), sum(not math.isnan(a) for a in agreement)
+    made = [made_there(a, line) for a in agreement]
+    shown, read = made.count(True), len(made) - made.count(None)
     report.add_text(
         f"{shown} of {read} lineage events are made too by {other}'s crosscoder, trained on the same "
         f"activations (agreement {line} or more). An event's agreement is the least, over its latents, of the best "
@@ -146,10 +146,10 @@ def lineage_agreement_section(
         )
     )
     rows = event_rows(lineage.events, steps)
-    for row, a in zip(rows, agreement):
+    for row, a, m in zip(rows, agreement, made):
         row.pop("how")
-        row["agreement"] = None if math.isnan(a) else round(a, 3)
-        row["made there"] = "-" if math.isnan(a) else "yes" if a >= line else "no"
+        row["agreement"] = None if m is None else round(a, 3)
+        row["made there"] = {None: "-", True: "yes", False: "no"}[m]
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["agreement"] is not None, rows[i]["agreement"] or 0.0))
     report.add_table([rows[i] for i in order], title="Lineage events and their agreement", max_rows=100)
     return report

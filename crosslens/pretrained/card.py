@@ -116,7 +116,7 @@ def saved_emergence(folder: Path) -> Any:
     from sae_lens.constants import SAE_WEIGHTS_FILENAME
 
     from crosslens.analysis.emergence_record import EmergenceRecordError, read_emergence
-    from crosslens.core.hashing import file_sha256
+    from crosslens.core.hashing import remembered_file_sha256
     from crosslens.core.paths import EMERGENCE_NAME
     from crosslens.training.runfolder import run_folder
 
@@ -124,7 +124,7 @@ def saved_emergence(folder: Path) -> Any:
     if run is None or not (run / EMERGENCE_NAME).is_file():
         return None
     try:
-        return read_emergence(run, file_sha256(folder / SAE_WEIGHTS_FILENAME))
+        return read_emergence(run, remembered_file_sha256(folder / SAE_WEIGHTS_FILENAME))
     except EmergenceRecordError as error:
         print(f"note: the card leaves out the check `crosslens analyze` saved: {error}")
         return None
