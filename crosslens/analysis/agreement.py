@@ -18,7 +18,6 @@ is nowhere. Only decoder rows are read, so it costs a matmul per latent.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from crosslens.analysis.emergence_record import (
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.lineage_events import EVENT_KINDS
 from crosslens.analysis.relatives import unit_rows
+from crosslens.core.metadata import saved_metadata
 from crosslens.core.paths import FINAL_DIRNAME
 from crosslens.crosscoders.saved import WEIGHTS_NAME, load_crosscoder_folder
 
@@ -152,12 +152,8 @@ def check_agreement_run(other_run: str | os.PathLike, store: Any = None, hook: s
 
 
 def _recorded_hook(run_dir: Path) -> str | None:
-    """The hook a run's final crosscoder records (its cfg.json's metadata), without loading its weights."""
-    try:
-        cfg = json.loads((run_dir / FINAL_DIRNAME / "cfg.json").read_text())
-    except (OSError, ValueError):
-        return None
-    hook = (cfg.get("metadata") or {}).get("hook_name")
+    """The hook a run's final crosscoder records, without loading its weights."""
+    hook = saved_metadata(run_dir / FINAL_DIRNAME).get("hook_name")
     return str(hook) if hook else None
 
 

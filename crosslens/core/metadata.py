@@ -2,12 +2,31 @@
 
 A crosscoder's ``cfg.metadata`` is a SAELens ``SAEMetadata`` once loaded through SAELens,
 a plain dict when built by hand, and absent on duck-typed stand-ins; every stage that asks
-"which hook?", "are the norm factors folded?" reads it through :func:`metadata_value`.
+"which hook?", "are the norm factors folded?" reads it through :func:`metadata_value`. A
+crosscoder saved to a folder records it in its ``cfg.json`` (:func:`saved_metadata`, read
+without its weights).
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
+
+CFG_NAME = "cfg.json"
+"""A saved crosscoder's config, SAELens's name for it."""
+
+
+def saved_metadata(folder: str | os.PathLike) -> dict[str, Any]:
+    """The metadata a saved crosscoder's cfg.json records (hook, suite, ...), without loading its
+    weights; {} where the folder has no readable cfg.json."""
+    try:
+        cfg = json.loads((Path(folder) / CFG_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    metadata = cfg.get("metadata") if isinstance(cfg, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def metadata_value(crosscoder: Any, key: str) -> Any:

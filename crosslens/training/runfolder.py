@@ -41,6 +41,7 @@ from crosslens.activations.store import MANIFEST_NAME, ActivationStore
 from crosslens.core.errors import CrosslensError, PartnerMismatchError
 from crosslens.core.hashing import file_sha256
 from crosslens.core.locks import exclusive_lock, lock_holder
+from crosslens.core.metadata import saved_metadata
 from crosslens.core.paths import (
     FINAL_DIRNAME,
     QUALITY_NAME,
@@ -463,11 +464,7 @@ def kept_quality_table(runner: Any, eval_store: str | None) -> Path | None:
 
 def crosscoder_suite_record(crosscoder_path: str | Path) -> dict[str, Any]:
     """The suite provenance saved with a crosscoder (family, model_id, root, snapshots), or {}."""
-    try:
-        cfg = json.loads((Path(crosscoder_path) / "cfg.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    suite = (cfg.get("metadata") or {}).get("suite")
+    suite = saved_metadata(crosscoder_path).get("suite")
     return suite if isinstance(suite, dict) else {}
 
 
