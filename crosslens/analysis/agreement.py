@@ -185,6 +185,34 @@ def agreement_record(other_run: str | os.PathLike, agreement: Sequence[float]) -
     return LineageAgreement(str(other), crosscoder_sha256(other), AGREEMENT_LINE, [float(a) for a in agreement])
 
 
+def saved_agreement(run_dir: str | os.PathLike, lineage: Any) -> tuple[LineageAgreement | None, str | None]:
+    """The agreement ``run_dir``'s saved emergence record holds (None where it holds none, or no
+    record of the run's final crosscoder), and why it no longer holds for ``lineage`` (None where it
+    does): the record's events are not ``lineage``'s, or the other run holds no crosscoder now, or
+    another than the one it was measured with."""
+    try:
+        record = read_record(run_dir, crosscoder_sha256(run_dir))
+    except EmergenceRecordError:  # none, damaged or of weights trained since: nothing to keep
+        return None, None
+    if record.get("agreement") is None:
+        return None, None
+    saved = LineageAgreement.from_dict(record["agreement"])
+    if _event_keys(e.to_dict() for e in lineage.events) != _event_keys(record.get("events") or []):
+        return saved, f"the lineage agreement with {saved.against} was of other lineage events"
+    other = Path(saved.against)
+    if not (other / FINAL_DIRNAME / WEIGHTS_NAME).is_file():
+        return saved, f"{saved.against}, which the lineage was checked against, holds no crosscoder now"
+    if crosscoder_sha256(other) != saved.crosscoder_sha256:
+        return saved, f"{saved.against}'s crosscoder was trained again since the lineage was checked against it"
+    return saved, None
+
+
+def _event_keys(events: Any) -> list[tuple]:
+    """What makes two lineage events the same event: kind, snapshot, latents and how it was read
+    (not the deciding cosine, whose last bits another device or dtype may change)."""
+    return [(e["kind"], e["snapshot"], list(e["before"]), list(e["after"]), e.get("how")) for e in events]
+
+
 def agreement_line(
     other_run: str | os.PathLike, events: Sequence[Any], agreement: Sequence[float], line: float = AGREEMENT_LINE
 ) -> str:
@@ -217,4 +245,5 @@ __all__ = [
     "event_agreement",
     "lineage_agreement",
     "run_lineage_agreement",
+    "saved_agreement",
 ]

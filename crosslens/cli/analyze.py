@@ -170,48 +170,19 @@ def _with_agreement(folder: Path, run_dir: Path | None, analysis: Any, against: 
 
 
 def _saved_agreement(folder: Path, run_dir: Path | None, emergence: Any) -> tuple[Any, str | None]:
-    """The agreement the run's saved emergence record holds, if it still describes ``emergence``'s
-    events; else None, with a note where one was dropped."""
-    from crosslens.analysis.emergence_record import (
-        EmergenceRecordError,
-        LineageAgreement,
-        crosscoder_sha256,
-        read_record,
-    )
-    from crosslens.core.paths import FINAL_DIRNAME
-    from crosslens.crosscoders.saved import WEIGHTS_NAME
+    """The agreement the run's saved emergence record holds, where it still describes ``emergence``'s
+    events (:func:`~crosslens.analysis.agreement.saved_agreement`); else None, with a note naming the
+    command that measures it again where one was dropped."""
+    from crosslens.analysis.agreement import saved_agreement
     from crosslens.training.runfolder import is_final_crosscoder
 
     if run_dir is None or not is_final_crosscoder(folder, run_dir):
         return None, None
-    try:
-        record = read_record(run_dir, crosscoder_sha256(run_dir))
-    except EmergenceRecordError:  # none, damaged or of weights trained since: nothing to keep
-        return None, None
-    if record.get("agreement") is None:
-        return None, None
-    saved = LineageAgreement.from_dict(record["agreement"])
+    saved, problem = saved_agreement(run_dir, emergence.lineage)
+    if problem is None:
+        return saved, None
     again = f"`crosslens analyze --crosscoder {run_dir} --store STORE --lineage-against {saved.against}`"
-    if _event_keys(e.to_dict() for e in emergence.lineage.events) != _event_keys(record.get("events") or []):
-        return (
-            None,
-            f"note: the lineage agreement with {saved.against} was of other lineage events; {again} checks these",
-        )
-    other = Path(saved.against)
-    if not (other / FINAL_DIRNAME / WEIGHTS_NAME).is_file():
-        return None, f"note: {saved.against}, which the lineage was checked against, holds no crosscoder now; {again}"
-    if crosscoder_sha256(other) != saved.crosscoder_sha256:
-        return (
-            None,
-            f"note: {saved.against}'s crosscoder was trained again since the lineage was checked against it; {again}",
-        )
-    return saved, None
-
-
-def _event_keys(events: Any) -> list[tuple]:
-    """What makes two lineage events the same event: kind, snapshot, latents and how it was read
-    (not the deciding cosine, whose last bits another device or dtype may change)."""
-    return [(e["kind"], e["snapshot"], list(e["before"]), list(e["after"]), e.get("how")) for e in events]
+    return None, f"note: {problem}; {again} checks these"
 
 
 def _agreement_section(emergence: Any, steps: Any) -> Any:
