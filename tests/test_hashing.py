@@ -1,5 +1,6 @@
 """A file hashed once per process while it is unchanged (``remembered_file_sha256``): the run's
-weights that several checks of one command name are read once, and a changed file is read again."""
+weights that several checks of one command name are read once, and a changed file is read again; and
+the names of a saved crosscoder's files, which are SAELens's."""
 
 from __future__ import annotations
 
@@ -31,3 +32,13 @@ def test_a_file_is_hashed_again_only_when_its_size_or_time_changes(tmp_path):
     path.write_bytes(b"c" * 101)  # the same size, written at another time
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert remembered_file_sha256(path) == sha(b"c" * 101)
+
+
+def test_a_saved_crosscoder_s_file_names_are_saelens_s():
+    """crosslens names a saved crosscoder's two files itself (its browser imports no torch, so no
+    SAELens), and they must stay the names SAELens reads and writes."""
+    from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+
+    from crosslens.core.metadata import CFG_NAME, WEIGHTS_NAME
+
+    assert (CFG_NAME, WEIGHTS_NAME) == (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME)

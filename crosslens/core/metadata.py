@@ -16,6 +16,8 @@ from typing import Any
 
 CFG_NAME = "cfg.json"
 """A saved crosscoder's config, SAELens's name for it."""
+WEIGHTS_NAME = "sae_weights.safetensors"
+"""A saved crosscoder's weights, SAELens's name for them."""
 
 
 def saved_metadata(folder: str | os.PathLike) -> dict[str, Any]:

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.core.errors import DamagedCrosscoderError
-from crosslens.core.metadata import CFG_NAME
+from crosslens.core.metadata import CFG_NAME, WEIGHTS_NAME
 from crosslens.core.paths import FINAL_DIRNAME
 from crosslens.core.weightfiles import UnreadableHeaderError, safetensors_header, tensor_shapes
 
-WEIGHTS_NAME = "sae_weights.safetensors"
 FIX = "restore the folder from a copy or retrain the crosscoder"
 
 

@@ -47,15 +47,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
-from crosslens.core.metadata import metadata_value
+from crosslens.core.metadata import CFG_NAME, WEIGHTS_NAME, metadata_value
 from crosslens.core.model_specs import snapshot_model
 from crosslens.exports.run import ExportContext, SnapshotRef
 
 SAEBENCH_VERSION = "0.6.0"
 """The sae-bench release whose custom-SAE interface this implements."""
-
-WEIGHTS_NAME = "sae_weights.safetensors"
-CFG_NAME = "cfg.json"
 
 
 @dataclass

@@ -32,7 +32,7 @@ from crosslens.checkpoints.identity import snapshot_identity
 from crosslens.core.bounds import whole_number
 from crosslens.core.devices import resident_bytes, resolve_device, resolve_dtype
 from crosslens.core.errors import CrosslensError, LiveInputError, LiveUnavailableError
-from crosslens.core.metadata import metadata_value
+from crosslens.core.metadata import CFG_NAME, metadata_value
 from crosslens.core.paths import FINAL_DIRNAME
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.dashboards.logits import vocabulary_pieces
@@ -141,9 +141,9 @@ class LiveModels:
 
     def _load(self) -> _Opened:
         final = self.run_dir / FINAL_DIRNAME
-        if not (final / "cfg.json").is_file():
+        if not (final / CFG_NAME).is_file():
             raise LiveUnavailableError(
-                f"{self.run_dir} holds no trained crosscoder ({FINAL_DIRNAME}/cfg.json): the live panels need the "
+                f"{self.run_dir} holds no trained crosscoder ({FINAL_DIRNAME}/{CFG_NAME}): the live panels need the "
                 "run folder `crosslens train` wrote; browse that folder"
             )
         base = resident_bytes() or 0

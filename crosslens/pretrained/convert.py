@@ -29,6 +29,7 @@ from typing import Any
 from crosslens.core.errors import DamagedCrosscoderError
 from crosslens.core.hashing import file_sha256, json_sha256
 from crosslens.core.locks import exclusive_lock
+from crosslens.core.metadata import CFG_NAME, WEIGHTS_NAME
 from crosslens.core.paths import crosslens_home
 from crosslens.core.sealed import read_sealed, write_sealed
 from crosslens.pretrained.formats import FORMATS, SourceFiles
@@ -38,8 +39,6 @@ CONVERTER_VERSION = 1
 """Bumped when a conversion's output changes for the same input: old folders are then not reused."""
 SOURCE_RECORD = "source.json"
 SOURCE_KEY = "source_sha256"
-WEIGHTS_NAME = "sae_weights.safetensors"
-CFG_NAME = "cfg.json"
 CARD_NAME = "README.md"
 
 

@@ -131,12 +131,12 @@ def check_against_registry(
 def _check_cached_folder(repo_id: str, folder: str, release: str, crosscoder_id: str) -> None:
     """Refuse the cached copy of ``repo_id/folder`` naming the file, if it is damaged."""
     from huggingface_hub import hf_hub_download
-    from sae_lens.constants import SAE_CFG_FILENAME
 
+    from crosslens.core.metadata import CFG_NAME
     from crosslens.crosscoders.saved import check_crosscoder_folder
 
     try:
-        cfg = hf_hub_download(repo_id=repo_id, filename=f"{folder}/{SAE_CFG_FILENAME}", local_files_only=True)
+        cfg = hf_hub_download(repo_id=repo_id, filename=f"{folder}/{CFG_NAME}", local_files_only=True)
     except Exception:  # noqa: BLE001 - nothing cached to check: the original error stands
         return
     check_crosscoder_folder(

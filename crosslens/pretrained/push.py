@@ -225,15 +225,14 @@ def find_final_crosscoder(run_dir: Path) -> tuple[Path, dict[str, Any] | None]:
     """``run_dir/final`` (a training run) or ``run_dir`` itself (a crosscoder folder), and
     the run's ``run.json`` when there is one. A run's crosscoder is published only once the
     run is sealed: the card's steps, seed and tokens come from its run.json."""
-    from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
-
+    from crosslens.core.metadata import CFG_NAME, WEIGHTS_NAME
     from crosslens.training.runfolder import check_run, enclosing_run, is_run_folder
 
     run = run_dir if is_run_folder(run_dir) or (run_dir / FINAL_DIRNAME).is_dir() else enclosing_run(run_dir)
     if run is not None:
         check_run(run)
     for folder in (run_dir / FINAL_DIRNAME, run_dir):
-        if (folder / SAE_CFG_FILENAME).is_file() and (folder / SAE_WEIGHTS_FILENAME).is_file():
+        if (folder / CFG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
             run_file = None if run is None else run / RUN_CONFIG_NAME
             return folder, (json.loads(run_file.read_text()) if run_file is not None else None)
     raise FileNotFoundError(

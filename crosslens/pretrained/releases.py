@@ -346,7 +346,8 @@ def pretrained_folder(release: str, crosscoder_id: str, force_download: bool = F
     layout (``cfg.json`` + ``sae_weights.safetensors``), and return its local path. A release
     in another project's format is converted once into crosslens's cache, and that folder returned."""
     from huggingface_hub import hf_hub_download
-    from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+
+    from crosslens.core.metadata import CFG_NAME, WEIGHTS_NAME
 
     lookup, entry = registry_lookup(release, crosscoder_id)
     if lookup is not None and entry is not None and lookup.format not in (None, SAE_LENS_LOADER):
@@ -360,7 +361,7 @@ def pretrained_folder(release: str, crosscoder_id: str, force_download: bool = F
     try:
         paths = [
             hf_hub_download(repo_id=repo_id, filename=f"{folder}/{name}", force_download=force_download)
-            for name in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME)
+            for name in (CFG_NAME, WEIGHTS_NAME)
         ]
     except OSError as error:
         refuse_uncached(error, repo_id, folder)

@@ -41,7 +41,7 @@ from crosslens.activations.store import MANIFEST_NAME, ActivationStore
 from crosslens.core.errors import CrosslensError, PartnerMismatchError
 from crosslens.core.hashing import file_sha256
 from crosslens.core.locks import exclusive_lock, lock_holder
-from crosslens.core.metadata import saved_metadata
+from crosslens.core.metadata import CFG_NAME, saved_metadata
 from crosslens.core.paths import (
     FINAL_DIRNAME,
     QUALITY_NAME,
@@ -177,14 +177,14 @@ def finished_run_problem(run_dir: Path) -> str | None:
     crosscoder), naming the fix; None where it is. :func:`check_run` checks its seal after."""
     if not run_dir.is_dir():
         return f"{run_dir} is not a folder; pass the --out folder of `crosslens train`"
-    if (run_dir / "cfg.json").is_file() and (run_dir.parent / RUN_CONFIG_NAME).is_file():
+    if (run_dir / CFG_NAME).is_file() and (run_dir.parent / RUN_CONFIG_NAME).is_file():
         # RUN/final (or a checkpoint's folder) given for its run
         return (
             f"{run_dir} is a crosscoder's folder inside the run {run_dir.parent}; pass the run folder {run_dir.parent}"
         )
-    if not (run_dir / FINAL_DIRNAME / "cfg.json").is_file():
+    if not (run_dir / FINAL_DIRNAME / CFG_NAME).is_file():
         return (
-            f"{run_dir} has no final crosscoder ({FINAL_DIRNAME}/cfg.json); finish its training with "
+            f"{run_dir} has no final crosscoder ({FINAL_DIRNAME}/{CFG_NAME}); finish its training with "
             "`crosslens train --resume` and the flags it was started with, or pass the --out folder of a finished run"
         )
     return None
@@ -363,16 +363,16 @@ def crosscoder_folder(path: str | Path) -> Path:
     """The saved crosscoder inside a ``crosslens train`` run folder (``RUN_DIR/final``), or ``path``
     itself when it holds one (``cfg.json``); a run's crosscoder only once the run is sealed."""
     path = Path(path)
-    if (path / FINAL_DIRNAME / "cfg.json").is_file() or is_run_folder(path):
+    if (path / FINAL_DIRNAME / CFG_NAME).is_file() or is_run_folder(path):
         check_run(path)
         return path / FINAL_DIRNAME
-    if (path / "cfg.json").is_file():
+    if (path / CFG_NAME).is_file():
         run = enclosing_run(path)
         if run is not None:
             check_run(run)
         return path
     raise FileNotFoundError(
-        f"{path} holds no trained crosscoder (no cfg.json, nor final/cfg.json); pass the --out folder of "
+        f"{path} holds no trained crosscoder (no {CFG_NAME}, nor {FINAL_DIRNAME}/{CFG_NAME}); pass the --out folder of "
         "`crosslens train` or its final/ folder"
     )
 

@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int
-from sae_lens.constants import SAE_CFG_FILENAME
 
 from crosslens.activations.budget import chunk_seqs_for
 from crosslens.activations.forward import harvest_rows
@@ -41,6 +40,7 @@ from crosslens.core.devices import dtype_name
 from crosslens.core.errors import StoreChangedError
 from crosslens.core.hashing import json_sha256
 from crosslens.core.launch import launched_by_torchrun
+from crosslens.core.metadata import CFG_NAME
 from crosslens.core.paths import TRAINED_ROWS_NAME
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh
@@ -299,7 +299,7 @@ class StreamingTrainingRunner(CrosscoderTrainingRunner):
         if not len(self.heldout_NL):
             return None
         if self.finished_before:  # a finished run's table measured again: on the models it trained on
-            cfg = json.loads((self.final_path / SAE_CFG_FILENAME).read_text())
+            cfg = json.loads((self.final_path / CFG_NAME).read_text())
             self._check_same_weights((cfg.get("metadata") or {}).get("suite") or {}, self.final_path)
         _, keep_NL = kept_tokens(self.suite.tokenizer(), self.heldout_NL, True, None)
         n_rows = int(torch.searchsorted(keep_NL.sum(1).cumsum(0), EVAL_TOKENS).item()) + 1

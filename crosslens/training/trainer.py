@@ -37,12 +37,12 @@ from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
-from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainingSAEConfig, TrainStepOutput
 from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
 
 from crosslens.core.errors import storage_errors
+from crosslens.core.metadata import CFG_NAME, WEIGHTS_NAME
 from crosslens.core.paths import FINAL_DIRNAME, TRAINER_STATE_FILENAME, checkpoint_dirname
 from crosslens.core.progress import progress_bar
 from crosslens.core.seeding import seed_everything
@@ -511,7 +511,7 @@ class CrosscoderTrainer:
                 "(checkpoint_dir/step_XXXXXXXX), e.g. latest_checkpoint(checkpoint_dir)."
             )
         # checkpoints hold the whole crosscoder; a mesh rank reads its block of it alone
-        weights = read_state_block(path / SAE_WEIGHTS_FILENAME, self.layout.snapshots)
+        weights = read_state_block(path / WEIGHTS_NAME, self.layout.snapshots)
         self.sae.process_state_dict_for_loading(weights)
         self.sae.load_state_dict(weights)
         # numpy's RNG state is not a tensor, so this file needs the full unpickler; off the CPU it
@@ -540,7 +540,7 @@ class CrosscoderTrainer:
             cfg = saved_config(
                 torch.load(path / TRAINER_STATE_FILENAME, map_location="cpu", weights_only=False, mmap=True)
             )
-        with open(path / SAE_CFG_FILENAME) as f:  # built in host memory: the trainer moves its block
+        with open(path / CFG_NAME) as f:  # built in host memory: the trainer moves its block
             sae_cfg_dict = {**json.load(f), "device": "cpu"}
         sae_cfg = TrainingSAEConfig.from_dict(sae_cfg_dict)
         # Build fresh tensors and copy the weights in (load_checkpoint) rather than
