@@ -508,6 +508,9 @@ def test_other_inputs_and_a_damaged_saved_pass_are_refused(tiny, tmp_path, monke
     stamp = database.stat().st_mtime_ns
     compute(run)  # the same inputs: up to date, left as it is
     assert database.stat().st_mtime_ns == stamp
+    before = database.read_bytes()
+    compute(run, overwrite=True)  # asked for: computed again, to the same bytes
+    assert database.stat().st_mtime_ns != stamp and database.read_bytes() == before
 
 
 def test_default_budget_keeps_ge_et_al_s_database_under_5_gb():

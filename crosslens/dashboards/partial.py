@@ -114,8 +114,10 @@ def existing_database(run_dir: Path, inputs: dict[str, Any], overwrite: bool) ->
     database, record_path = run_dir / DATABASE_NAME, run_dir / RECORD_NAME
     if not database.exists() and not record_path.exists():
         return "none"
+    if overwrite:  # asked for: computed again even from the same inputs
+        return "replace"
     if not record_path.exists():
-        if overwrite or (run_dir / PARTIAL_DIR).is_dir():
+        if (run_dir / PARTIAL_DIR).is_dir():
             return "replace"
         raise DashboardsError(
             f"{database} was not written by a finished `crosslens dashboards` (no {RECORD_NAME} beside it); "
@@ -131,6 +133,4 @@ def existing_database(run_dir: Path, inputs: dict[str, Any], overwrite: bool) ->
         if not changed:
             return "current"
         problem = f"{database} holds dashboards computed from other inputs ({', '.join(changed)} differ)"
-    if overwrite:
-        return "replace"
     raise StaleDatabaseError(problem)
