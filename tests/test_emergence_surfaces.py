@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import sqlite3
 import threading
 import urllib.request
@@ -32,7 +33,6 @@ from crosslens.analysis.emergence_record import (
     EmergenceRecordError,
     LineageAgreement,
     compute_emergence,
-    crosscoder_sha256,
     read_emergence,
     save_run_emergence,
 )
@@ -41,7 +41,7 @@ from crosslens.analysis.scaling import LatentScalingConfig, latent_scaling
 from crosslens.browser import BrowseConfig, make_server
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import PartnerMismatchError
-from crosslens.core.hashing import file_sha256
+from crosslens.core.hashing import crosscoder_sha256, file_sha256
 from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.dashboards import DashboardsConfig, DashboardsError, compute_dashboards, schema
@@ -525,8 +525,9 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
     run_dir, result = run
     a, b, c = (int(f) for f in result.check.measured.nonzero()[:3, 0])
     lineage = with_four_events(result, a, b, c)
+    referee = tf.copy_tree(run_dir, tmp_path / "referee-relu")  # a run whose crosscoder is the one measured
     agreement = LineageAgreement(
-        "/somewhere/referee-relu", "ab" * 32, 0.5, [0.5, 0.2, float("nan")]
+        str(referee), crosscoder_sha256(referee), 0.5, [0.5, 0.2, float("nan")]
     )  # 0.5: on the line, made
     copy = tf.copy_tree(run_dir, tmp_path / "run")
     store = ActivationStore.open(run_dir.parent / "store")
@@ -539,7 +540,7 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
     assert [(copy / name).read_bytes() for name in (EMERGENCE_NAME, EMERGENCE_TENSORS_NAME)] == before
     save_run_emergence(copy, dataclasses.replace(result, lineage=lineage, agreement=agreement), store)
     back = read_emergence(copy).agreement
-    assert (back.against, back.crosscoder_sha256, back.line) == (agreement.against, "ab" * 32, 0.5)
+    assert (back.against, back.crosscoder_sha256, back.line) == (agreement.against, crosscoder_sha256(referee), 0.5)
     assert back.agreement[:2] == [0.5, 0.2] and back.agreement[2] != back.agreement[2]  # NaN read back as NaN
     assert back.made() == [True, False, None]
     compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
@@ -583,6 +584,12 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
             "const s = document.getElementById('agreement');"
             "return [s.value, s.disabled, [...s.options].map(o => o.textContent), document.getElementById('emergence-hint').textContent]"
         )
+        # the counts follow the lineage filter's kind
+        per_kind = driver.execute_script(
+            "const l = document.getElementById('lineage'); l.value = 'handoff'; l.dispatchEvent(new Event('change'));"
+            "return [[...document.getElementById('agreement').options].map(o => o.textContent),"
+            " document.getElementById('agreement-hint').textContent]"
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -607,6 +614,10 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
     }
     assert filter_[:3] == ["made", False, ["(any)", "makes it too (1)", "does not make it (1)"]]
     assert "Lineage checked against referee-relu: 1 of 2 events made there too (agreement 0.5 or more)." in filter_[3]
+    assert per_kind == [
+        ["(any)", "makes it too (0)", "does not make it (1)"],
+        "Lineage checked against referee-relu: 0 of 1 handoff made there too (agreement 0.5 or more).",
+    ]
     by_value = sorted(items)
     assert [value for value, _ in by_value] == ["", "", "0.2", "0.5"]
     assert by_value[3][1].endswith("made by referee-relu's crosscoder too (agreement 0.5)")
@@ -618,9 +629,64 @@ def test_another_crosscoder_s_agreement_is_stored_filtered_shown_and_exported(ru
     flags = json.loads(
         (export_run(copy, format="neuronpedia", out=tmp_path / "np") / "emergence_flags.json").read_text()
     )
-    assert flags["agreement"] == {"against": agreement.against, "crosscoder": "ab" * 32, "line": 0.5}
+    assert flags["agreement"] == {"against": agreement.against, "crosscoder": crosscoder_sha256(referee), "line": 0.5}
     exported = {(e["kind"], e["before"][0]): e["agreement"] for e in flags["features"][str(a)]["lineage"]}
     assert exported == {("split", a): 0.5, ("handoff", a): 0.2, ("handoff", b): None}
+
+
+def test_an_agreement_whose_crosscoder_was_trained_again_or_is_gone_is_left_out(run, tmp_path, driver, capsys):  # noqa: F811
+    """After the feature database was built, the crosscoder the lineage was checked against is trained
+    again, then moved away: browse (list, filter, feature page), the flags and a database built again
+    leave the agreement out, each saying why, as analyze and report do."""
+    run_dir, result = run
+    a, b, c = (int(f) for f in result.check.measured.nonzero()[:3, 0])
+    referee, copy = tf.copy_tree(run_dir, tmp_path / "referee-relu"), tf.copy_tree(run_dir, tmp_path / "run")
+    agreement = LineageAgreement(str(referee), crosscoder_sha256(referee), 0.5, [0.5, 0.2, float("nan")])
+    checked = dataclasses.replace(result, lineage=with_four_events(result, a, b, c), agreement=agreement)
+    save_run_emergence(copy, checked, ActivationStore.open(run_dir.parent / "store"))
+    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    with serving(copy) as server:
+        assert api(server, "/api/run")["emergence"]["agreement"]["made"]["split"] == 1  # held while unchanged
+    weights = referee / "final" / "sae_weights.safetensors"
+    tensors = load_file(weights)
+    save_file({**tensors, "b_dec": tensors["b_dec"] + 1}, weights)  # the referee trained again
+    why = f"{referee}'s crosscoder was trained again since the lineage was checked against it"
+    with serving(copy) as server:
+        summary = api(server, "/api/run")["emergence"]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            api(server, "/api/features?agreement=made")
+        events = api(server, f"/api/feature/{a}")["lineage"]
+        rows = api(server, "/api/features?lineage=any&limit=500")["rows"]
+        open_page(driver, server, "/")
+        wait_for(lambda: driver.execute_script("return document.getElementById('agreement').disabled"), what="off")
+        hint = driver.execute_script("return document.getElementById('agreement-hint').textContent")
+    assert summary["agreement"] is None and summary["agreement_dropped"] == why
+    assert refused.value.code == 400 and f"lineage agreement no longer holds ({why})" in refused.value.read().decode()
+    assert {(e["agreement"], e["made"]) for e in events} == {(None, None)}
+    assert {kind: made for r in rows for kind, made in r["lineage_made"].items()} == {"split": None, "handoff": None}
+    assert hint.startswith(f"Lineage agreement left out: {why}. Measure it again with `crosslens analyze")
+    capsys.readouterr()
+    flags = json.loads(
+        (export_run(copy, format="neuronpedia", out=tmp_path / "np") / "emergence_flags.json").read_text()
+    )
+    assert (
+        "agreement" not in flags
+        and f"emergence_flags.json leaves out the lineage's agreement: {why}" in capsys.readouterr().out
+    )
+    assert all("agreement" not in e for f in flags["features"].values() for e in f["lineage"])
+
+    shutil.move(referee, tmp_path / "moved")  # gone: a database built again holds no agreement
+    compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    gone = f"{referee}, which the lineage was checked against, holds no crosscoder now"
+    assert (
+        f"note: the feature database leaves out the lineage's agreement: {gone}; `crosslens analyze"
+        in capsys.readouterr().out
+    )
+    db = sqlite3.connect(copy / schema.DATABASE_NAME)
+    assert db.execute("SELECT count(agreement) FROM lineage_events").fetchone()[0] == 0
+    assert json.loads(db.execute("SELECT value FROM meta WHERE key = 'emergence'").fetchone()[0])["agreement"] is None
+    with serving(copy) as server:
+        assert api(server, "/api/run")["emergence"]["agreement_dropped"] is None  # none in it: nothing dropped
 
 
 def test_without_an_agreement_its_filter_is_refused_and_disabled(run, server, driver, tmp_path):  # noqa: F811

@@ -29,12 +29,12 @@ from crosslens.analysis.agreement import (
 )
 from crosslens.analysis.emergence_record import (
     EmergenceRecordError,
-    crosscoder_sha256,
     read_emergence,
     save_run_emergence,
 )
 from crosslens.analysis.lineage_events import LineageEvent
 from crosslens.cli import main
+from crosslens.core.hashing import crosscoder_sha256
 from crosslens.crosscoders.saved import load_crosscoder_folder
 
 

@@ -395,6 +395,7 @@ def test_the_card_says_whether_the_emergence_is_real(trained_run, stubbed_hub, t
         save_run_emergence,
     )
     from crosslens.analysis.lineage_events import counts_text
+    from crosslens.core.hashing import crosscoder_sha256
 
     bare = push_to_hub(trained_run, REPO).card
     assert "## Is this emergence real?\n\nNot checked: `crosslens analyze --crosscoder RUN --store STORE`" in bare
@@ -404,7 +405,9 @@ def test_the_card_says_whether_the_emergence_is_real(trained_run, stubbed_hub, t
     main(["analyze", "--crosscoder", str(run), "--out", str(tmp_path / "r.html")])
     result = read_emergence(run)
     values = [0.9 if k % 2 else 0.1 for k in range(len(result.lineage.events))]
-    referee = LineageAgreement(str(tmp_path / "private" / "referee-relu"), "ab" * 32, 0.5, values)
+    other = tmp_path / "private" / "referee-relu"  # a run whose crosscoder is the one measured
+    shutil.copytree(trained_run, other)
+    referee = LineageAgreement(str(other), crosscoder_sha256(other), 0.5, values)
     save_run_emergence(
         run, dataclasses.replace(result, agreement=referee), json.loads((run / "run.json").read_text())["store_path"]
     )
@@ -425,6 +428,12 @@ def test_the_card_says_whether_the_emergence_is_real(trained_run, stubbed_hub, t
         f"(`referee-relu`) makes {agreement_text(result.lineage.events, values)} too (agreement 0.5 or more)" in section
     )
     assert "private" not in card
+
+    (other / "final" / "sae_weights.safetensors").write_bytes(b"trained again")  # the referee is another now
+    left_out = push_to_hub(run, REPO).card
+    printed = capsys.readouterr().out
+    assert f"note: the card leaves out the lineage's agreement: {other}'s crosscoder was trained again" in printed
+    assert "referee-relu" not in left_out and counts_text(result.lineage.counts(), " and ") in left_out
 
     save_emergence(run, result, {"crosscoder": "0" * 64, "store": None})  # a check of other weights
     capsys.readouterr()

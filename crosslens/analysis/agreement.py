@@ -18,6 +18,7 @@ is nowhere. Only decoder rows are read, so it costs a matmul per latent.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -33,7 +34,6 @@ from crosslens.analysis.emergence_record import (
     EmergenceRecordError,
     EmergenceResult,
     LineageAgreement,
-    crosscoder_sha256,
     made_there,
     read_emergence,
     read_record,
@@ -41,9 +41,10 @@ from crosslens.analysis.emergence_record import (
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis
 from crosslens.analysis.lineage_events import EVENT_KINDS
 from crosslens.analysis.relatives import unit_rows
+from crosslens.core.hashing import crosscoder_change, crosscoder_sha256
 from crosslens.core.metadata import saved_metadata
-from crosslens.core.paths import FINAL_DIRNAME
-from crosslens.crosscoders.saved import WEIGHTS_NAME, load_crosscoder_folder
+from crosslens.core.paths import FINAL_DIRNAME, final_weights
+from crosslens.crosscoders.saved import load_crosscoder_folder
 
 AGREEMENT_LINE = 0.5
 """An event the other crosscoder shows: each of its latents' moves made there by one latent at this
@@ -126,9 +127,10 @@ def check_agreement_run(other_run: str | os.PathLike, store: Any = None, hook: s
     ``store`` (an :class:`~crosslens.activations.ActivationStore` or its path) or a crosscoder of
     another hook than ``hook``."""
     other_run = Path(other_run)
-    if not (other_run / FINAL_DIRNAME / WEIGHTS_NAME).is_file():
+    weights = final_weights(other_run)
+    if not weights.is_file():
         raise EmergenceRecordError(
-            f"{other_run} holds no final crosscoder ({FINAL_DIRNAME}/{WEIGHTS_NAME}): pass a finished crosslens train run"
+            f"{other_run} holds no final crosscoder ({weights.relative_to(other_run)}): pass a finished crosslens train run"
         )
     if isinstance(store, (str, os.PathLike)):
         store = ActivationStore.open(store)
@@ -199,12 +201,24 @@ def saved_agreement(run_dir: str | os.PathLike, lineage: Any) -> tuple[LineageAg
     saved = LineageAgreement.from_dict(record["agreement"])
     if _event_keys(e.to_dict() for e in lineage.events) != _event_keys(record.get("events") or []):
         return saved, f"the lineage agreement with {saved.against} was of other lineage events"
-    other = Path(saved.against)
-    if not (other / FINAL_DIRNAME / WEIGHTS_NAME).is_file():
-        return saved, f"{saved.against}, which the lineage was checked against, holds no crosscoder now"
-    if crosscoder_sha256(other) != saved.crosscoder_sha256:
-        return saved, f"{saved.against}'s crosscoder was trained again since the lineage was checked against it"
-    return saved, None
+    return saved, crosscoder_change(saved.against, saved.crosscoder_sha256, "the lineage")
+
+
+def holding_agreement(result: EmergenceResult, run_dir: str | os.PathLike, leaving_out: str) -> EmergenceResult:
+    """``run_dir``'s emergence ``result`` without its lineage agreement where the crosscoder it was
+    measured with is gone or was trained again since, with a note saying why, what is left without
+    it (``leaving_out``: "the feature database") and the command that measures it again."""
+    agreement = result.agreement
+    problem = (
+        None if agreement is None else crosscoder_change(agreement.against, agreement.crosscoder_sha256, "the lineage")
+    )
+    if problem is None:
+        return result
+    print(
+        f"note: {leaving_out} leaves out the lineage's agreement: {problem}; `crosslens analyze --crosscoder {run_dir} "
+        f"--store STORE --lineage-against {agreement.against}` measures it again"
+    )
+    return dataclasses.replace(result, agreement=None)
 
 
 def _event_keys(events: Any) -> list[tuple]:
@@ -243,6 +257,7 @@ __all__ = [
     "agreement_text",
     "check_agreement_run",
     "event_agreement",
+    "holding_agreement",
     "lineage_agreement",
     "run_lineage_agreement",
     "saved_agreement",

@@ -41,10 +41,9 @@ from crosslens.analysis.scaling import (
     latent_scaling,
 )
 from crosslens.core.errors import CrosslensError
-from crosslens.core.hashing import file_sha256, remembered_file_sha256
+from crosslens.core.hashing import crosscoder_sha256, file_sha256
 from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME, FINAL_DIRNAME
 from crosslens.core.sealed import BrokenSealError, UnreadableRecordError, read_sealed, write_sealed
-from crosslens.crosscoders.saved import WEIGHTS_NAME
 
 EMERGENCE_FORMAT = "crosslens.emergence/2"
 EMERGENCE_KEY = "emergence_sha256"
@@ -233,12 +232,6 @@ def save_run_emergence(run_dir: str | os.PathLike, result: EmergenceResult, stor
     scaling read (an :class:`~crosslens.activations.store.ActivationStore`, or None) as its partners."""
     seal = store_seal(store) if isinstance(store, ActivationStore) else None
     return save_emergence(run_dir, result, {"crosscoder": crosscoder_sha256(run_dir), "store": seal})
-
-
-def crosscoder_sha256(run_dir: str | os.PathLike) -> str:
-    """The identity of a run's final crosscoder: the sha256 of its weights file (hashed once a
-    process while the file is unchanged: one command checks it in several places)."""
-    return remembered_file_sha256(Path(run_dir) / FINAL_DIRNAME / WEIGHTS_NAME)
 
 
 def _fix(run_dir: Path) -> str:

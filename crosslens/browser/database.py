@@ -149,6 +149,13 @@ class RunFacts:
     def n_snapshots(self) -> int:
         return len(self.snapshots)
 
+    @property
+    def agreement_line(self) -> float | None:
+        """The line of the lineage's agreement with another crosscoder, None where the database holds
+        none or it no longer holds (that crosscoder gone or trained again: ``emergence["agreement_dropped"]``)."""
+        checked = self.emergence.get("agreement")
+        return None if checked is None else float(checked["line"])
+
 
 def read_run_facts(connection: sqlite3.Connection, path: Path, verified: bool = True) -> RunFacts:
     """The meta table, snapshots, tasks, class counts and vocabulary of an opened database."""

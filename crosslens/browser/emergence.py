@@ -8,6 +8,7 @@ import json
 import sqlite3
 from typing import Any
 
+from crosslens.core.hashing import crosscoder_change
 from crosslens.core.model_specs import MODELS_FAMILY
 
 CONTESTED_FILTERS = ("any", "earlier", "later")
@@ -63,10 +64,11 @@ def filter_clauses(
     return clauses, args
 
 
-def add_verdicts(connection: sqlite3.Connection, rows: list[dict]) -> None:
+def add_verdicts(connection: sqlite3.Connection, rows: list[dict], line: float | None) -> None:
     """Each listed feature's ``contested`` (earlier, later, None) and latent-scaled emergence step,
     the kinds of lineage event it is in, and per kind whether the crosscoder the lineage was checked
-    against makes one of them too (``lineage_made``; None: not checked)."""
+    against makes one of them too (``lineage_made``; None: not checked, or ``line`` None: the run's
+    agreement, :func:`run_counts`, is absent or no longer holds)."""
     ids = json.dumps([row["feature"] for row in rows])
     verdicts = {
         f: (contested, step, diffing)
@@ -79,11 +81,10 @@ def add_verdicts(connection: sqlite3.Connection, rows: list[dict]) -> None:
     kinds: dict[int, list[str]] = {}
     made: dict[int, dict[str, bool | None]] = {}
     for f, kind, any_made in connection.execute(
-        "SELECT m.feature, e.kind, max(e.agreement >= (SELECT json_extract(value, '$.agreement.line') FROM meta "
-        "WHERE key = 'emergence')) FROM lineage_members m JOIN lineage_events e USING (event) "
+        "SELECT m.feature, e.kind, max(e.agreement >= ?) FROM lineage_members m JOIN lineage_events e USING (event) "
         "WHERE e.held AND m.feature IN (SELECT value FROM json_each(?)) GROUP BY m.feature, e.kind "
         "ORDER BY m.feature, e.kind",
-        (ids,),
+        (line, ids),
     ):
         kinds.setdefault(f, []).append(kind)
         made.setdefault(f, {})[kind] = None if any_made is None else bool(any_made)
@@ -96,7 +97,9 @@ def add_verdicts(connection: sqlite3.Connection, rows: list[dict]) -> None:
 
 
 def run_counts(connection: sqlite3.Connection, meta: dict[str, Any]) -> dict[str, Any]:
-    """What the run's pages say about its check: whether it has one, contested counts, events per kind."""
+    """What the run's pages say about its check: whether it has one, contested counts, events per kind,
+    and the lineage's agreement with another crosscoder where that crosscoder is still the one it was
+    measured with (else ``agreement_dropped`` says why, and the pages show none)."""
     contested = dict(
         connection.execute(
             "SELECT contested, count(*) FROM emergence WHERE contested IS NOT NULL GROUP BY contested"
@@ -105,8 +108,11 @@ def run_counts(connection: sqlite3.Connection, meta: dict[str, Any]) -> dict[str
     events = dict(connection.execute("SELECT kind, count(*) FROM lineage_events WHERE held GROUP BY kind").fetchall())
     set_aside = connection.execute("SELECT count(*) FROM lineage_events WHERE NOT held").fetchone()[0]
     record = meta.get("emergence")
+    agreement = (record or {}).get("agreement")
+    dropped = agreement and crosscoder_change(agreement["against"], agreement["crosscoder"], "the lineage")
     return {
-        "agreement": _agreement_counts(connection, (record or {}).get("agreement")),
+        "agreement": None if dropped else _agreement_counts(connection, agreement),
+        "agreement_dropped": dropped or None,
         "computed": record is not None,
         "latent_scaling": bool(record and record.get("latent_scaling")),
         "n_tokens": record.get("n_tokens") if record else None,
@@ -146,11 +152,14 @@ def _diffing_counts(connection: sqlite3.Connection) -> dict[str, int]:
     return {verdict: found.get(verdict, 0) for verdict in DIFFING_VERDICTS}
 
 
-def feature_emergence(connection: sqlite3.Connection, feature: int, n_snapshots: int) -> dict[str, Any]:
+def feature_emergence(
+    connection: sqlite3.Connection, feature: int, n_snapshots: int, line: float | None
+) -> dict[str, Any]:
     """A feature page's check (verdict, emergences, latent-scaled presence and the latent carrying
     its direction, ``[latent, cosine]`` or None, per snapshot), its lineage events (each with
-    ``first_snapshot``: every latent of it strongest at the first snapshot) and its relatives at each
-    snapshot (``[[relative, cosine], ...]`` nearest first)."""
+    ``first_snapshot``: every latent of it strongest at the first snapshot, and its agreement with
+    another crosscoder at ``line``, both None where ``line`` is: no agreement that holds) and its
+    relatives at each snapshot (``[[relative, cosine], ...]`` nearest first)."""
     row = connection.execute(
         "SELECT measured, contested, decoder_snapshot, scaled_snapshot, reported_snapshot, early_presence, n_fire, "
         "diffing FROM emergence WHERE feature = ?",
@@ -183,7 +192,7 @@ def feature_emergence(connection: sqlite3.Connection, feature: int, n_snapshots:
             "after": json.loads(a),
             "held": bool(held),
             "first_snapshot": bool(first),
-            "agreement": agreement,
+            "agreement": None if line is None else agreement,
             "made": None if made is None else bool(made),
         }
         for e, kind, s, how, cosine, b, a, held, first, agreement, made in connection.execute(
@@ -193,9 +202,9 @@ def feature_emergence(connection: sqlite3.Connection, feature: int, n_snapshots:
             "NOT EXISTS (SELECT 1 FROM lineage_members o JOIN features f USING (feature) "
             "WHERE o.event = e.event AND f.peak_snapshot IS NOT 0), e.agreement, "
             # made there too: at or above the line the run's record counts at (NULL: not measured)
-            "e.agreement >= (SELECT json_extract(value, '$.agreement.line') FROM meta WHERE key = 'emergence') "
+            "e.agreement >= ? "
             "FROM lineage_events e JOIN lineage_members m USING (event) WHERE m.feature = ? ORDER BY e.snapshot, e.event",
-            (feature,),
+            (line, feature),
         )
     ]
     relatives: list[list[list[float]]] = [[] for _ in range(n_snapshots)]

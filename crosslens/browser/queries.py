@@ -171,9 +171,15 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
     if get("agreement") and get("agreement") not in AGREEMENT_FILTERS:
         raise QueryError(f"agreement={get('agreement')}: use one of {', '.join(AGREEMENT_FILTERS)}.")
     if get("agreement") and checked is None:
+        dropped = facts.emergence.get("agreement_dropped")
+        held = (
+            f"this database's lineage agreement no longer holds ({dropped})"
+            if dropped
+            else "this database holds no lineage agreement"
+        )
         raise QueryError(
-            f"agreement={get('agreement')}: this database holds no lineage agreement; run `crosslens analyze "
-            "--crosscoder RUN --store STORE --lineage-against OTHER`, then `crosslens dashboards RUN --overwrite`."
+            f"agreement={get('agreement')}: {held}; run `crosslens analyze --crosscoder RUN --store STORE "
+            "--lineage-against OTHER`, then `crosslens dashboards RUN --overwrite`."
         )
     return FeatureQuery(
         ids=parse_ids(get("ids")),
@@ -347,7 +353,7 @@ def feature_page(connection: sqlite3.Connection, query: FeatureQuery, facts: Run
     rows = [dict(zip(_LIST_COLUMNS, row)) for row in cursor]
     _add_trajectories(connection, rows, query.at)
     if rows:
-        add_verdicts(connection, rows)
+        add_verdicts(connection, rows, facts.agreement_line)
     _add_snippets(connection, rows, facts, query.at, query.text)
     if query.explained is not None:
         add_explanations(connection, rows, meanings)

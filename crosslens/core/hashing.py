@@ -21,6 +21,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from crosslens.core.hooks import block_index
+from crosslens.core.paths import final_weights
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +54,23 @@ def remembered_file_sha256(path: str | os.PathLike) -> str:
     digest = file_sha256(path)
     _REMEMBERED[key] = (stat.st_size, stat.st_mtime_ns, digest)
     return digest
+
+
+def crosscoder_sha256(run_dir: str | os.PathLike) -> str:
+    """The identity of a run's trained crosscoder: the sha256 of its weights file (remembered while
+    the file is unchanged: one command checks it in several places)."""
+    return remembered_file_sha256(final_weights(run_dir))
+
+
+def crosscoder_change(run_dir: str | os.PathLike, sha256: str, checked: str) -> str | None:
+    """Why ``run_dir``'s trained crosscoder is no longer the one whose weights hashed to ``sha256``,
+    with which ``checked`` was checked ("the lineage"): the run holds none now, or other weights;
+    None where it is the same."""
+    if not final_weights(run_dir).is_file():
+        return f"{run_dir}, which {checked} was checked against, holds no crosscoder now"
+    if crosscoder_sha256(run_dir) != sha256:
+        return f"{run_dir}'s crosscoder was trained again since {checked} was checked against it"
+    return None
 
 
 def json_sha256(value: Any) -> str:

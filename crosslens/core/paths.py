@@ -31,6 +31,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from crosslens.core.metadata import WEIGHTS_NAME
+
 HOME_ENV = "CROSSLENS_HOME"
 """The environment variable that moves crosslens's home folder."""
 
@@ -65,6 +67,11 @@ RUN_SEAL_KEY = "run_sha256"
 """The key of that record's own checksum (:mod:`crosslens.core.sealed`)."""
 RUN_LOCK_NAME = "train.lock"
 """The lock file of a run folder, held while a ``crosslens train`` process writes it."""
+
+
+def final_weights(run_dir: str | os.PathLike) -> Path:
+    """The weights file of a run's trained crosscoder (``RUN/final/sae_weights.safetensors``)."""
+    return Path(run_dir) / FINAL_DIRNAME / WEIGHTS_NAME
 
 
 def free_disk(folder: str | Path) -> int | None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from crosslens.analysis.emergence_record import crosscoder_sha256
+from crosslens.core.hashing import crosscoder_sha256
 from crosslens.core.locks import exclusive_lock
 from crosslens.core.metadata import metadata_value
 from crosslens.core.paths import FINAL_DIRNAME

@@ -15,14 +15,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from crosslens.analysis.agreement import holding_agreement
 from crosslens.analysis.emergence_record import (
     EmergenceRecordError,
     EmergenceResult,
-    crosscoder_sha256,
     read_emergence,
 )
 from crosslens.analysis.evolution import NO_STEP
-from crosslens.core.hashing import file_sha256
+from crosslens.core.hashing import crosscoder_sha256, file_sha256
 from crosslens.core.paths import EMERGENCE_NAME
 from crosslens.dashboards.config import DashboardsError
 
@@ -44,7 +44,7 @@ def run_emergence(run_dir: Path) -> tuple[EmergenceResult | None, str | None]:
         result = read_emergence(run_dir, crosscoder_sha256(run_dir))
     except EmergenceRecordError as error:
         raise DashboardsError(str(error)) from None
-    return result, file_sha256(run_dir / EMERGENCE_NAME)
+    return holding_agreement(result, run_dir, "the feature database"), file_sha256(run_dir / EMERGENCE_NAME)
 
 
 def emergence_meta(result: EmergenceResult | None, record_sha256: str | None) -> dict[str, Any] | None:

@@ -24,6 +24,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from crosslens.core.hashing import crosscoder_change
+
 FLAGS_NAME = "emergence_flags.json"
 FLAGS_FORMAT = "crosslens.emergence_flags/1"
 _KEYS = ("contested", "decoder_norm_emergence", "latent_scaled_emergence", "reported_emergence", "early_presence")
@@ -53,6 +55,10 @@ def emergence_flags(context: Any) -> dict[str, Any] | None:
             **({"diffing": diffing} if diffing is not None else {}),
         }
     checked = record.get("agreement")
+    dropped = checked and crosscoder_change(checked["against"], checked["crosscoder"], "the lineage")
+    if dropped:
+        print(f"note: {FLAGS_NAME} leaves out the lineage's agreement: {dropped}")
+        checked = None
     for f, kind, snapshot, before, after, agreement in database.execute(
         "SELECT m.feature, e.kind, e.snapshot, e.before, e.after, e.agreement FROM lineage_members m "
         "JOIN lineage_events e USING (event) WHERE e.held ORDER BY m.feature, e.snapshot, e.event"

@@ -20,8 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from crosslens.analysis.emergence_record import crosscoder_sha256
-from crosslens.core.hashing import file_sha256
+from crosslens.core.hashing import crosscoder_sha256, file_sha256
 from crosslens.core.metadata import metadata_value
 from crosslens.core.paths import FINAL_DIRNAME, RUN_SEAL_NAME
 from crosslens.dashboards.config import DashboardsError

@@ -113,10 +113,10 @@ def saved_emergence(folder: Path) -> Any:
     """The emergence check ``crosslens analyze`` saved beside the run of the crosscoder in ``folder``,
     for these very weights; None where the run has none, and where it is of other weights (a
     checkpoint's, or a run trained again), which a note says."""
-    from sae_lens.constants import SAE_WEIGHTS_FILENAME
-
+    from crosslens.analysis.agreement import holding_agreement
     from crosslens.analysis.emergence_record import EmergenceRecordError, read_emergence
     from crosslens.core.hashing import remembered_file_sha256
+    from crosslens.core.metadata import WEIGHTS_NAME
     from crosslens.core.paths import EMERGENCE_NAME
     from crosslens.training.runfolder import run_folder
 
@@ -124,10 +124,11 @@ def saved_emergence(folder: Path) -> Any:
     if run is None or not (run / EMERGENCE_NAME).is_file():
         return None
     try:
-        return read_emergence(run, remembered_file_sha256(folder / SAE_WEIGHTS_FILENAME))
+        result = read_emergence(run, remembered_file_sha256(folder / WEIGHTS_NAME))
     except EmergenceRecordError as error:
         print(f"note: the card leaves out the check `crosslens analyze` saved: {error}")
         return None
+    return holding_agreement(result, run, "the card")
 
 
 def run_diffing(crosscoder: Any, folder: Path, frequency: Any = None) -> Any:

@@ -37,24 +37,36 @@ const EmergencePanel = {
         + (check.set_aside ? ` Lineage events the activations do not hold (${check.set_aside}) are set aside: `
           + "a feature's page lists them, the filter does not." : "");
     }
-    hint.textContent += " " + this.agreementFilter(check.agreement);
+    hint.append(" ", CL.el("span", { id: "agreement-hint" }));
+    this.agreementFilter(check);
+    document.getElementById("lineage").addEventListener("change", () => this.agreementFilter(check));
   },
 
-  // The agreement filter: which crosscoder the lineage was checked against, and how many events it
-  // makes too; disabled, naming the flag that measures it, where the database holds no agreement.
-  agreementFilter(agreement) {
-    const select = document.getElementById("agreement");
+  // The agreement filter: which crosscoder the lineage was checked against, and how many events of the
+  // lineage filter's kind it makes too; disabled, naming the command that measures it, where the
+  // database holds no agreement, or one whose crosscoder is gone or was trained again since.
+  agreementFilter(check) {
+    const select = document.getElementById("agreement"), hint = document.getElementById("agreement-hint");
+    const agreement = check.agreement;
     if (!agreement) {
       select.disabled = true;
-      return "Lineage not checked against another crosscoder (`crosslens analyze --lineage-against OTHER`).";
+      hint.textContent = check.agreement_dropped
+        ? `Lineage agreement left out: ${check.agreement_dropped}. Measure it again with `
+          + "`crosslens analyze --lineage-against OTHER`, then `crosslens dashboards RUN --overwrite`."
+        : "Lineage not checked against another crosscoder (`crosslens analyze --lineage-against OTHER`).";
+      return;
     }
-    const sum = (counts) => Object.values(counts).reduce((a, b) => a + b, 0);
+    const kind = document.getElementById("lineage").value;
+    const kinds = kind && kind !== "any" ? [kind] : Object.keys(agreement.read);
+    const sum = (counts) => kinds.reduce((total, k) => total + (counts[k] || 0), 0);
     const made = sum(agreement.made), read = sum(agreement.read);
     for (const opt of select.querySelectorAll("option")) {  // events, as the lineage filter counts them
-      if (opt.value === "made") opt.textContent += ` (${made})`;
-      if (opt.value === "not made") opt.textContent += ` (${read - made})`;
+      opt.dataset.label ??= opt.textContent;
+      if (opt.value === "made") opt.textContent = `${opt.dataset.label} (${made})`;
+      if (opt.value === "not made") opt.textContent = `${opt.dataset.label} (${read - made})`;
     }
-    return `Lineage checked against ${this.runName(agreement)}: ${made} of ${read} events made there too `
+    const events = kinds.length === 1 ? `${kinds[0]}${read === 1 ? "" : "s"}` : `event${read === 1 ? "" : "s"}`;
+    hint.textContent = `Lineage checked against ${this.runName(agreement)}: ${made} of ${read} ${events} made there too `
       + `(agreement ${agreement.line} or more).`;
   },
 
