@@ -123,8 +123,9 @@ class DashboardsConfig:
     ie_table.json, relie.json, ablation_curves.json) to read causal scores from (default: every
     ie_table.json under RUN)."""
     overwrite: bool = False
-    """Replace a feature database (or an unfinished pass) in RUN computed from other inputs, or one
-    that fails its checks; without it such a file is refused and left as it is."""
+    """Compute RUN's feature database again, replacing the one there (or an unfinished pass): one of
+    these inputs, one of other inputs or one that fails its checks. Without it an up-to-date database
+    is kept, and any other is refused and left as it is."""
 
     def __post_init__(self) -> None:
         if isinstance(self.attribution, str):  # what --attribution takes, from Python
