@@ -49,9 +49,7 @@ from crosslens.browser.feature import (
 from crosslens.browser.live import LiveBackend, live_answer
 from crosslens.browser.queries import FEATURE_SORTS, SNAPSHOT_SORTS, STATES, QueryError, feature_page, parse_query
 from crosslens.core.errors import CrosslensError
-
-REPORT_NAME = "report.html"
-"""The run's report (``crosslens analyze`` / ``crosslens report``), served at ``/report``."""
+from crosslens.core.paths import REPORT_NAME
 
 _TYPES = {
     ".html": "text/html; charset=utf-8",

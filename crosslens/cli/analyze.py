@@ -42,12 +42,13 @@ def _default_report(folder: Path, run_dir: Path | None) -> Path:
     """Where ``analyze`` writes without ``--out``: the run's report.html for its final crosscoder,
     ``report-<checkpoint>.html`` beside it for one of its checkpoints (which must not overwrite
     the finished run's report), report.html here for a crosscoder outside a run."""
+    from crosslens.core.paths import REPORT_NAME
     from crosslens.training.runfolder import is_final_crosscoder
 
     if run_dir is None:
-        return Path("report.html")
+        return Path(REPORT_NAME)
     if is_final_crosscoder(folder, run_dir):
-        return run_dir / "report.html"
+        return run_dir / REPORT_NAME
     return run_dir / f"report-{Path(folder).name}.html"
 
 

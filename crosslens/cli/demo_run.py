@@ -32,7 +32,7 @@ from crosslens.cli.demo_stages import (
     suite_stage,
     train_stage,
 )
-from crosslens.core.paths import QUALITY_NAME, crosslens_home
+from crosslens.core.paths import QUALITY_NAME, REPORT_NAME, crosslens_home
 from crosslens.htmlreport import Report
 from crosslens.training.runfolder import seal_run
 
@@ -194,7 +194,7 @@ def _evolution_report(
     report_path, analysis, report = analyze_stage(
         crosscoder,
         store=ActivationStore.open(train_store.path),
-        out=out_dir / "crosscoder" / "report.html",
+        out=out_dir / "crosscoder" / REPORT_NAME,
         tokenizer=suite.tokenizer(),
         extra_sections=sections,
         device=device,

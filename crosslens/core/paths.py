@@ -18,6 +18,8 @@ A run folder (``crosslens train --out RUN``)::
     RUN/sections/*.json         report sections other commands add (SECTIONS_DIR)
     RUN/emergence.json          ``crosslens analyze``'s emergence check and lineage, sealed, with its
     RUN/emergence.safetensors   tables (EMERGENCE_NAME, EMERGENCE_TENSORS_NAME)
+    RUN/report.html             ``crosslens analyze`` and ``crosslens report``'s page, which ``browse``
+                                serves (REPORT_NAME)
     RUN/crosslens_run.json      the seal tying run.json, final/, quality.json and the row digests
                                 together (RUN_SEAL_NAME)
     RUN/train.lock              held by the process writing the folder (RUN_LOCK_NAME)
@@ -61,6 +63,9 @@ EMERGENCE_NAME = "emergence.json"
 they were computed from, the lineage events and the sha256 of their tables."""
 EMERGENCE_TENSORS_NAME = "emergence.safetensors"
 """The tables of that record (latent scaling, presence, contested flags, relatives)."""
+REPORT_NAME = "report.html"
+"""Where ``crosslens analyze`` and ``crosslens report`` write by default: inside the run folder,
+describing its final crosscoder; ``crosslens browse`` serves it at ``/report``."""
 RUN_SEAL_NAME = "crosslens_run.json"
 """The sealed record of a finished run: the sha256 of its run.json, final/ record, quality.json and row digests."""
 RUN_SEAL_KEY = "run_sha256"

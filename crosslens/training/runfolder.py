@@ -45,6 +45,7 @@ from crosslens.core.metadata import CFG_NAME, saved_metadata
 from crosslens.core.paths import (
     FINAL_DIRNAME,
     QUALITY_NAME,
+    REPORT_NAME,
     RUN_CONFIG_NAME,
     RUN_LOCK_NAME,
     RUN_SEAL_KEY,
@@ -62,8 +63,6 @@ from crosslens.training.config import RUN_STORE_SEAL, checkpoints_on_disk
 from crosslens.training.records import RECORD_NAME, record_problem
 
 RUN_SEAL_FORMAT = "crosslens.run/1"
-REPORT_NAME = "report.html"
-"""Where ``crosslens report`` writes by default: inside the run folder, describing its crosscoder."""
 FINAL_RECORD = f"{FINAL_DIRNAME}/{RECORD_NAME}"
 OPTIONAL_SEALED = (QUALITY_NAME, TRAINED_ROWS_NAME)
 """Files a run seals when it wrote them: the quality table, and a streamed run's row digests."""
