@@ -536,3 +536,36 @@ def test_a_crosscoder_trained_on_a_provider_records_its_hook_and_factors(store, 
     assert resolve_norm_factors(saved).tolist() == pytest.approx(
         store.norm_factors(HOOK).tolist() if normalize else [1.0] * 3
     )
+
+
+def test_ctrl_c_of_a_harvest_started_over_says_to_leave_out_overwrite_and_that_resumes(tmp_path, monkeypatch, capsys):
+    """--overwrite again would clear the store the interrupted harvest kept: the message says to run
+    the command without it, and that command finishes the store."""
+    from trust_fixtures import write_suite
+
+    from crosslens.cli import main
+
+    suite_root = write_suite(tmp_path / "suite")
+    out = tmp_path / "store"
+    argv = ["harvest", "--suite", str(suite_root), "--hook", HOOK, "--n-tokens", "200", "--seq-len", "16"]
+    argv += ["--heldout-tokens", "0", "--out", str(out)]
+    real, calls = harvest_module.harvest_rows, {"n": 0}
+
+    def stops_at_the_third(*args, **kwargs):  # a Ctrl-C during the third shard's forward
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(harvest_module, "harvest_rows", stops_at_the_third)
+    with pytest.raises(SystemExit) as stopped:
+        main([*argv, "--overwrite"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 130
+    assert "interrupted (finished work is kept; run the same command again without --overwrite to resume)" in err
+    kept = {p: p.stat().st_mtime_ns for p in (out / "acts").rglob("*.npy")}
+    assert kept  # the first shards were written before the stop
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # kept, not harvested again
+    ActivationStore.open(out).verify(full=True)

@@ -243,7 +243,7 @@ def test_every_feature_and_snapshot_has_its_rows(tiny, tmp_path):
         db.execute("DELETE FROM features")  # read-only
 
 
-def test_a_stopped_pass_resumes_to_the_same_bytes(tiny, tmp_path, monkeypatch):
+def test_a_stopped_pass_resumes_to_the_same_bytes(tiny, tmp_path, monkeypatch, capsys):
     whole = fresh_run(tiny, tmp_path / "whole")
     expected = tf.sha256(compute(whole))
     run = fresh_run(tiny, tmp_path / "stopped")
@@ -273,6 +273,19 @@ def test_a_stopped_pass_resumes_to_the_same_bytes(tiny, tmp_path, monkeypatch):
     assert tf.sha256(compute(run)) == expected
     assert not (run / "dashboards.partial").exists()
     assert tf.sha256(compute(run, overwrite=True)) == expected  # the same inputs, the same bytes
+
+    # started over with --overwrite beside the database, and stopped: the command without it goes on
+    calls["n"] = 0
+    monkeypatch.setattr(compute_module, "apply_updates", stop_at(3, "signal"))
+    with pytest.raises(DashboardsInterrupted) as stopped:
+        compute(run, overwrite=True)
+    said = one_line(stopped.value)
+    assert "run the same `crosslens dashboards` command again without --overwrite to continue it" in said
+    assert (run / schema.DATABASE_NAME).exists() and (run / "dashboards.partial").is_dir()
+    monkeypatch.setattr(compute_module, "apply_updates", real)
+    capsys.readouterr()
+    assert tf.sha256(compute(run)) == expected and "continuing the saved pass at" in capsys.readouterr().out
+    assert not (run / "dashboards.partial").exists()
 
 
 def test_a_streamed_pass_equals_the_store_s(tiny, tmp_path):

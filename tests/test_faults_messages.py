@@ -305,6 +305,7 @@ def test_a_failed_suite_build_removes_only_the_root_it_created(tmp_path, monkeyp
     bad = write_lines(tmp_path / "bad.jsonl", ["# header", '{"sentence_good": "the cat'])
     err = cli_error(["suite", "build", "--root", str(root), "--eval", str(bad)], capsys)
     assert f"--eval {bad}: {bad}, line 2: not valid JSON" in err and not root.exists(), err
+    assert "--skip-invalid" not in err and "the build evaluates every pair: fix the line or delete it" in err, err
 
 
 def test_the_readme_says_where_the_console_script_is():

@@ -371,7 +371,7 @@ def test_a_tampered_heldout_shard_of_the_same_size_is_refused(world, tmp_path, c
     assert "sha256 differs" in err
 
 
-def test_a_heldout_store_left_from_an_earlier_harvest_is_refused(world, tmp_path):
+def test_a_heldout_store_left_from_an_earlier_harvest_is_refused(world, tmp_path, capsys):
     store = harvest(world["suite"], tmp_path / "store")
     heldout = harvest(world["suite"], tmp_path / "store-heldout", tokens=token_table(8, seed=1))
     pair_heldout(store, heldout)
@@ -379,6 +379,11 @@ def test_a_heldout_store_left_from_an_earlier_harvest_is_refused(world, tmp_path
     harvest(world["suite"], tmp_path / "store", tokens=token_table(seed=7), overwrite=True)
     with pytest.raises(PartnerMismatchError, match="split from another store"):
         open_heldout(tmp_path / "store")
+    # refused by train before it trains, not by its quality table after
+    err = refusal(
+        ["train", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "run"), "--device", "cpu"], capsys
+    )
+    assert "split from another store" in err and "or pass --eval-store" in err and not (tmp_path / "run").exists()
     (tmp_path / "lonely").mkdir()
     unpaired = harvest(world["suite"], tmp_path / "lonely-heldout", tokens=token_table(8, seed=1))
     harvest(world["suite"], tmp_path / "lonely")

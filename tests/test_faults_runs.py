@@ -321,6 +321,20 @@ def test_ctrl_c_from_the_cli_says_how_to_continue_and_that_is_true(store, cli_ru
     assert "holds this run, finished: nothing to train" in capsys.readouterr().out
 
 
+def test_ctrl_c_of_a_run_started_over_says_to_resume_instead_and_that_is_true(
+    store, cli_run, tmp_path, monkeypatch, capsys
+):
+    run = tmp_path / "run"
+    interrupt_at(monkeypatch, 12, signal.SIGINT)
+    with pytest.raises(SystemExit):
+        main(cli_train(store, run, "--overwrite"))  # --overwrite again would remove the checkpoint
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert "run the same command with --resume instead of --overwrite to continue" in err, err
+    assert main(cli_train(store, run, "--resume")) == 0
+    assert final_files(run) == final_files(cli_run)
+
+
 @pytest.mark.parametrize(
     ("at", "said"),
     [

@@ -137,7 +137,7 @@ def test_a_saved_agreement_is_kept_while_it_describes_the_events(runs, capsys, t
     main(["report", str(run), "--store", store])
     printed = capsys.readouterr().out
     assert f"note: the lineage agreement with {other} was of other lineage events; `crosslens analyze" in printed
-    assert f"--lineage-against {other}` checks these" in printed and "lineage events " not in printed
+    assert f"--lineage-against {other}` measures it again" in printed and "lineage events " not in printed
     assert read_emergence(run).agreement is None and "Lineage checked against" not in (run / "report.html").read_text()
 
     # the other run's crosscoder is not the one it was measured with
@@ -154,7 +154,9 @@ def test_a_saved_agreement_is_kept_while_it_describes_the_events(runs, capsys, t
     save_run_emergence(run, measured, ActivationStore.open(store))
     shutil.move(other, tmp_path / "moved")
     main(["report", str(run), "--store", store])
-    assert f"note: {other}, which the lineage was checked against, holds no crosscoder now" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"note: {other}, which the lineage was checked against, holds no crosscoder now" in printed
+    assert "--lineage-against OTHER (a finished run: the one named holds no crosscoder)` measures it again" in printed
     assert read_emergence(run).agreement is None
 
 

@@ -566,12 +566,17 @@ def test_no_heldout_tokens_means_no_table_and_says_how_to_get_one(inputs, tmp_pa
     assert main(flags) == 0
     printed = capsys.readouterr().out
     assert (
-        "no held-out tokens: no quality table; pass --heldout-tokens 16 or more (a row of --seq-len), or --eval-store STORE, for one"
-        in printed
-    )
+        "no held-out tokens: no quality table; for one, run the same command with --resume --eval-store STORE (a "
+        "store of these snapshots and hook), or start a run with --heldout-tokens 16 or more (a row of --seq-len)"
+    ) in printed
     assert "Changing model dtype" not in printed  # TransformerLens's line for every snapshot loaded
     assert json.loads((out / "run.json").read_text())["stream"]["heldout_tokens"] == 0
     assert not (out / "quality.json").exists()
+    # and that command gives the finished run its table
+    store = tmp_path / "store"
+    assert main(["harvest", *data_flags(inputs), "--hook", HOOK, "--out", str(store), "--device", "cpu"]) == 0
+    assert main([*flags, "--resume", "--eval-store", str(store)]) == 0
+    assert json.loads((out / "quality.json").read_text())
 
 
 @pytest.mark.parametrize(

@@ -215,10 +215,16 @@ def holding_agreement(result: EmergenceResult, run_dir: str | os.PathLike, leavi
     if problem is None:
         return result
     print(
-        f"note: {leaving_out} leaves out the lineage's agreement: {problem}; `crosslens analyze --crosscoder {run_dir} "
-        f"--store STORE --lineage-against {agreement.against}` measures it again"
+        f"note: {leaving_out} leaves out the lineage's agreement: {problem}; {measure_again(run_dir, agreement.against)}"
     )
     return dataclasses.replace(result, agreement=None)
+
+
+def measure_again(run_dir: str | os.PathLike, against: str | os.PathLike) -> str:
+    """The command that measures ``run_dir``'s lineage agreement again: against the same run where it
+    still holds a crosscoder, else against another (OTHER)."""
+    other = against if final_weights(against).is_file() else "OTHER (a finished run: the one named holds no crosscoder)"
+    return f"`crosslens analyze --crosscoder {run_dir} --store STORE --lineage-against {other}` measures it again"
 
 
 def _event_keys(events: Any) -> list[tuple]:
@@ -258,6 +264,7 @@ __all__ = [
     "check_agreement_run",
     "event_agreement",
     "holding_agreement",
+    "measure_again",
     "lineage_agreement",
     "run_lineage_agreement",
     "saved_agreement",

@@ -106,7 +106,9 @@ def parse_explained(params: Mapping[str, str], found: dict[str, Any] | None) -> 
     raw = (params.get("min_detection") or "").strip()
     if not found or found.get("problem"):
         if meaning or drifted or raw:
-            raise ExplainedQueryError("this run has no explanations to search: run `crosslens explain RUN` first.")
+            raise ExplainedQueryError(
+                "this run has no explanations to search: run `crosslens explain RUN`, then start `crosslens browse` again."
+            )
         return None
     try:
         min_detection = float(raw) if raw else None
@@ -202,7 +204,9 @@ def sort_column(sort: str, query: ExplainedQuery | None) -> str | None:
     if sort not in EXPLAINED_SORTS:
         return None
     if query is None:
-        raise ExplainedQueryError(f"sort={sort}: this run has no explanations: run `crosslens explain RUN` first.")
+        raise ExplainedQueryError(
+            f"sort={sort}: this run has no explanations: run `crosslens explain RUN`, then start `crosslens browse` again."
+        )
     if sort == "match" and not query.meaning:
         raise ExplainedQueryError("sort=match ranks a search: add meaning=WORDS.")
     return {"match": "xm.key", "detection": "xs.detection", "drift": "xs.drift"}[sort]

@@ -446,8 +446,8 @@ def positions_sentence(record: Mapping[str, Any]) -> str:
     if not spliced_where_trained(record):
         return (
             "The reconstruction replaced every position, BOS and the excluded tokens included, which the crosscoder "
-            "never trained on (measured before crosslens kept them clean); `crosslens evaluate --spliced-loss` "
-            "measures it again."
+            "never trained on (measured before crosslens kept them clean); the run's `crosslens train` command with "
+            "--resume --eval-store STORE measures it again."
         )
     counted = record["crosscoder"][0]["n_positions"] if record["crosscoder"] else 0
     predicting = record["n_seqs"] * (record["seq_len"] - 1)

@@ -68,7 +68,7 @@ from crosslens.cli.flags import (
     name_flags,
 )
 from crosslens.cli.train import train_config
-from crosslens.core.errors import CrosslensError  # a ValueError; named for the reader
+from crosslens.core.errors import CrosslensError, run_again  # CrosslensError: a ValueError, named for the reader
 from crosslens.core.paths import checkpoint_folders
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         suite_from_models(args)  # --models A,B names the suite as --suite A,B does
         return int(args.run(args) or 0)
     except KeyboardInterrupt as interrupt:
-        said = _interrupted(args.command, interrupt, getattr(args, "out_dir", None))
+        said = _interrupted(args, interrupt)
         print(f"crosslens {args.command}: {said}", file=sys.stderr)
         raise SystemExit(128 + getattr(interrupt, "signum", 2)) from None
     except SystemExit as exit_:
@@ -175,17 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _interrupted(command: str, interrupt: KeyboardInterrupt, out_dir: str | None = None) -> str:
+def _interrupted(args: argparse.Namespace, interrupt: KeyboardInterrupt) -> str:
     """What an interrupt kept and how to go on: training says it itself when it stopped between
     steps; a train stopped anywhere else goes on from its last checkpoint with --resume, or,
-    stopped before its first one, starts again with it."""
+    stopped before its first one, starts again with it. A command given --overwrite or --force,
+    which would throw away what it kept, is run again without it."""
     if str(interrupt):
         return str(interrupt)
-    if command == "train":
+    replacing = next((f"--{flag}" for flag in ("overwrite", "force") if getattr(args, flag, False)), None)
+    if args.command == "train":
+        resume = run_again(replacing=replacing, adding="--resume")
+        out_dir = getattr(args, "out_dir", None)
         if out_dir is not None and not checkpoint_folders(out_dir):
-            return "interrupted before its first checkpoint; run the same command with --resume to start it again"
-        return "interrupted; run the same command with --resume to continue from its last checkpoint"
-    return "interrupted (finished work is kept; run the same command to resume)"
+            return f"interrupted before its first checkpoint; {resume} to start it again"
+        return f"interrupted; {resume} to continue from its last checkpoint"
+    return f"interrupted (finished work is kept; {run_again(replacing=replacing)} to resume)"
 
 
 def _command_name(args: argparse.Namespace) -> str:

@@ -174,7 +174,7 @@ def _saved_agreement(folder: Path, run_dir: Path | None, emergence: Any) -> tupl
     """The agreement the run's saved emergence record holds, where it still describes ``emergence``'s
     events (:func:`~crosslens.analysis.agreement.saved_agreement`); else None, with a note naming the
     command that measures it again where one was dropped."""
-    from crosslens.analysis.agreement import saved_agreement
+    from crosslens.analysis.agreement import measure_again, saved_agreement
     from crosslens.training.runfolder import is_final_crosscoder
 
     if run_dir is None or not is_final_crosscoder(folder, run_dir):
@@ -182,8 +182,7 @@ def _saved_agreement(folder: Path, run_dir: Path | None, emergence: Any) -> tupl
     saved, problem = saved_agreement(run_dir, emergence.lineage)
     if problem is None:
         return saved, None
-    again = f"`crosslens analyze --crosscoder {run_dir} --store STORE --lineage-against {saved.against}`"
-    return None, f"note: {problem}; {again} checks these"
+    return None, f"note: {problem}; {measure_again(run_dir, saved.against)}"
 
 
 def _agreement_section(emergence: Any, steps: Any) -> Any:

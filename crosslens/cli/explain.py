@@ -16,6 +16,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from crosslens.cli.flags import Subcommand, build, explicit
+from crosslens.core.errors import run_again
 from crosslens.explain.config import ExplainConfig
 
 
@@ -45,7 +46,8 @@ def explain(args: argparse.Namespace) -> int:
         f"{stored['scores']} scores, {stored['flagged']} features whose meaning drifted"
     )
     if stored["failures"]:
-        print(f"{stored['failures']} requests failed (table failures); run the same command to ask them again")
+        again = run_again(replacing="--overwrite" if config.overwrite else None)
+        print(f"{stored['failures']} requests failed (table failures); {again} to ask them again")
     if summary.unscorable:
         print(f"{summary.unscorable} scores were not asked: their contexts hold no stretch where the feature is silent")
     print(f"search them: crosslens browse {args.run_dir}")

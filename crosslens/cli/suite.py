@@ -136,13 +136,19 @@ def _build_config(args: argparse.Namespace):
 
 
 def _check_pairs_file(path: str) -> None:
-    """Read the --eval file before anything is built, so a malformed line names the flag."""
-    from crosslens.tasks.blimp import load_task_file
+    """Read the --eval file before anything is built, so a malformed line names the flag (and not
+    `attribute`'s --skip-invalid, which the build has not: it evaluates every pair)."""
+    import re
+
+    from crosslens.tasks.blimp import SKIP_HINT, load_task_file
 
     try:
         load_task_file(path)
     except ValueError as error:
-        raise CLIError(f"--eval {path}: {error}") from None
+        message = re.sub(rf" \({re.escape(SKIP_HINT)} \w+\)", "", str(error))
+        raise CLIError(
+            f"--eval {path}: {message} (the build evaluates every pair: fix the line or delete it)"
+        ) from None
 
 
 def _corpus_spec(values: list[str]):

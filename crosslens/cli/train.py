@@ -37,6 +37,7 @@ from crosslens.cli.flags import Subcommand, build, explicit
 from crosslens.cli.inputs import check_output_folder
 from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, data_flags_given, data_flags_refusal
 from crosslens.core.devices import DTYPE_BYTES, reset_peak_memory
+from crosslens.core.errors import run_again
 from crosslens.core.launch import is_main_process, local_rank_device, local_world_size
 from crosslens.core.paths import QUALITY_NAME, TRAIN_LOG_NAME
 from crosslens.core.units import format_bytes
@@ -125,6 +126,8 @@ def train(args: argparse.Namespace) -> int:
         config.store_path = _harvest_for_recipe(args, recipe, config, device, model_dtype)
     if args.eval_store is not None:
         _check_eval_store(config.store_path, args.eval_store, config.hook_name)
+    else:
+        _check_heldout_beside(config.store_path)
     runner = CrosscoderTrainingRunner(config)
     # held across training and the quality table, so no other run writes between them
     with owned_run_folder(runner.out_dir, enabled=is_main_process()):
@@ -205,6 +208,17 @@ def _check_eval_store(store_path: str, eval_store: str, hook: str) -> None:
             f"--eval-store {eval_store}: the path does not exist; pass a store written by `crosslens harvest`"
         )
     check_eval_store(training, ActivationStore.open(eval_store, verify="none"), training.resolve_hook(hook or None))
+
+
+def _check_heldout_beside(store_path: str) -> None:
+    """Refuse, before training, a held-out store beside the store that the quality table after it
+    would refuse as not split from that store (from their manifests; it is hashed when read)."""
+    from crosslens.activations import ActivationStore
+    from crosslens.activations.partners import check_heldout, heldout_store_path
+
+    heldout = heldout_store_path(store_path)
+    if heldout.exists():
+        check_heldout(ActivationStore.open(store_path, verify="none"), ActivationStore.open(heldout, verify="none"))
 
 
 def saved_line(runner) -> str:
@@ -452,9 +466,10 @@ def report_quality(runner, heldout, args: argparse.Namespace, model_dtype: str) 
         return
     if heldout is None:
         seq_len = int(runner.train_NL.shape[1])
+        now = run_again(replacing="--overwrite" if args.overwrite else None, adding="--resume --eval-store STORE")
         print(
-            f"no held-out tokens: no quality table; pass --heldout-tokens {seq_len} or more (a row of --seq-len), "
-            "or --eval-store STORE, for one"
+            f"no held-out tokens: no quality table; for one, {now} (a store of these snapshots and hook), or start "
+            f"a run with --heldout-tokens {seq_len} or more (a row of --seq-len)"
         )
         return
     where = f"{heldout.n_tokens} held-out tokens harvested from the resident models"

@@ -170,6 +170,17 @@ def storage_errors(
 OPEN_STORE = "crosslens.ActivationStore.open(path)"
 
 
+def run_again(command: str | None = None, replacing: str | None = None, adding: str | None = None) -> str:
+    """How a stopped command goes on from what it kept: "run the same `crosslens harvest` command
+    again" ("the same command" without a ``command``), or "run the same command with --resume"
+    (``adding``); "without --overwrite" or "with --resume instead of --overwrite" where the flag it
+    was given (``replacing``) would throw away what it kept."""
+    what = f"run the same `{command}` command" if command else "run the same command"
+    if adding:
+        return f"{what} with {adding}" + (f" instead of {replacing}" if replacing else "")
+    return f"{what} again" + (f" without {replacing}" if replacing else "")
+
+
 def check_store_given(value: object, used_by: str | None = None, *, needs: str | None = None) -> None:
     """Refuse, naming the call that makes it readable, what was given where activations are read.
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from crosslens.core.errors import run_again
 from crosslens.core.hashing import crosscoder_sha256
 from crosslens.core.locks import exclusive_lock
 from crosslens.core.metadata import metadata_value
@@ -259,9 +260,11 @@ def run_pass(
     total: int,
     progress: bool,
     save: Any,
+    replacing: str | None = None,
 ) -> PassState:
     """Fold batches ``state.position`` .. of ``plan`` into ``state``; on a stop, save what is done
-    (``save(state)``) and raise :class:`DashboardsInterrupted`."""
+    (``save(state)``) and raise :class:`DashboardsInterrupted` (naming ``replacing``, the flag that
+    started the pass over, as one to leave out to continue it)."""
     holder = [state]
     bar = progress_bar(total=total, initial=state.tokens, unit="tok", unit_scale=True, desc="dashboards", show=progress)
     last_save = time.monotonic()
@@ -291,8 +294,8 @@ def run_pass(
             if isinstance(error, KeyboardInterrupt):
                 done = holder[0].tokens
                 raise DashboardsInterrupted(
-                    f"interrupted after {done:,} of {total:,} tokens; the pass so far is saved in {folder}: run the same "
-                    "`crosslens dashboards` command again to continue it",
+                    f"interrupted after {done:,} of {total:,} tokens; the pass so far is saved in {folder}: "
+                    f"{run_again('crosslens dashboards', replacing)} to continue it",
                     signum=getattr(error, "signum", 2),
                 ) from None
         raise
@@ -355,6 +358,7 @@ def _compute(
         total=total,
         progress=progress,
         save=lambda s: save_partial(run_dir, s, inputs),
+        replacing="--overwrite" if config.overwrite else None,
     )
     if state.position > start.position:
         save_partial(run_dir, state, inputs)  # the pass is kept until its database is sealed

@@ -103,18 +103,29 @@ def load_partial(run_dir: Path, inputs: dict[str, Any], device: torch.device, ov
         raise DashboardsError(f"{folder} holds a damaged unfinished pass ({error}); {fix}") from None
 
 
+def _saved_pass_of(run_dir: Path, inputs: dict[str, Any]) -> bool:
+    """Whether ``run_dir`` holds an interrupted pass over these ``inputs`` (one started with
+    --overwrite beside the database it replaces); :func:`load_partial` checks it whole."""
+    try:
+        record = read_sealed(run_dir / PARTIAL_DIR / PARTIAL_RECORD, PARTIAL_KEY)
+    except (OSError, UnreadableRecordError, BrokenSealError):
+        return False
+    return not differences(record.get("inputs") or {}, as_json(inputs))
+
+
 def remove_partial(run_dir: Path) -> None:
     shutil.rmtree(run_dir / PARTIAL_DIR, ignore_errors=True)
 
 
 def existing_database(run_dir: Path, inputs: dict[str, Any], overwrite: bool) -> str:
     """What the run folder already holds: ``"none"``; ``"current"`` (a verified database of these
-    inputs: nothing to do); ``"replace"`` (to be replaced: ``overwrite``, or the database an
-    interrupted call of these inputs left unsealed). Anything else is refused, naming the fix."""
+    inputs: nothing to do); ``"replace"`` (to be replaced: ``overwrite``, the database an interrupted
+    call of these inputs left unsealed, or any database where an interrupted pass over these inputs
+    is saved, which goes on). Anything else is refused, naming the fix."""
     database, record_path = run_dir / DATABASE_NAME, run_dir / RECORD_NAME
     if not database.exists() and not record_path.exists():
         return "none"
-    if overwrite:  # asked for: computed again even from the same inputs
+    if overwrite or _saved_pass_of(run_dir, inputs):  # computed again, or the pass started so goes on
         return "replace"
     if not record_path.exists():
         if (run_dir / PARTIAL_DIR).is_dir():

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from crosslens.core.errors import run_again
 from crosslens.explain.config import ExplainConfig, ExplainError
 
 LOST_AFTER = 8
@@ -228,7 +229,8 @@ class Endpoint:
         if self._unreached >= LOST_AFTER:
             raise EndpointError(
                 f"lost {self.shown_url}: {LOST_AFTER} requests in a row failed to reach it ({self.describe(error)}); "
-                "what was answered is stored: restart the server and run the same command to go on"
+                "what was answered is stored: restart the server and "
+                f"{run_again(replacing='--overwrite' if self.config.overwrite else None)} to go on"
             )
 
     async def _send(self, messages: list[dict[str, str]]) -> Answer:

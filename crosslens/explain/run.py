@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crosslens.core.errors import run_again
 from crosslens.core.progress import progress_bar
 from crosslens.dashboards.config import DashboardsError
 from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME
@@ -289,7 +290,8 @@ def explain_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
             counts = session.store.counts() if session.store is not None else {"explanations": 0, "scores": 0}
             raise KeyboardInterrupt(
                 f"interrupted: {counts['explanations']} explanations and {counts['scores']} scores are stored in "
-                f"{path}; run the same command to go on (nothing stored is asked again)"
+                f"{path}; {run_again(replacing='--overwrite' if config.overwrite else None)} to go on (nothing stored "
+                "is asked again)"
             ) from None
         session.store.close(compact=summary.stored.get("failures") == 0)
         session.store = None

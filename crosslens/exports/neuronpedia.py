@@ -257,7 +257,7 @@ def feature_records(
     if missing:
         raise ExportError(
             f"the feature database in {context.run_dir} has no row for feature {missing[0]} at snapshot "
-            f"{ref.label} (it is incomplete); run `crosslens dashboards {context.run_dir}` to finish it"
+            f"{ref.label} (it is incomplete); compute it again with `crosslens dashboards {context.run_dir} --overwrite`"
         )
     contexts = grouped_contexts(context, ref, features)
     indices, values, shares = alignment

@@ -114,7 +114,7 @@ def run_snapshots(crosscoder: Any, database: sqlite3.Connection | None) -> list[
     if [ref.index for ref in refs] != list(range(n_snapshots)):
         raise ExportError(
             f"the run's records name {len(refs)} snapshots but its crosscoder has {n_snapshots}; "
-            "rebuild the feature database with `crosslens dashboards RUN`"
+            "rebuild the feature database with `crosslens dashboards RUN --overwrite`"
         )
     return refs
 
@@ -150,13 +150,13 @@ def check_database_partner(context: ExportContext) -> None:
     if recorded and recorded != context.provenance["crosscoder_weights_sha256"]:
         raise ExportError(
             f"the feature database in {context.run_dir} was computed for another crosscoder "
-            f"({str(recorded)[:12]}...) than the run's {FINAL_DIRNAME}/; run `crosslens dashboards {context.run_dir}` again"
+            f"({str(recorded)[:12]}...) than the run's {FINAL_DIRNAME}/; run `crosslens dashboards {context.run_dir} --overwrite`"
         )
     d_sae = (context.meta("crosscoder") or {}).get("d_sae")
     if d_sae is not None and int(d_sae) != int(context.crosscoder.cfg.d_sae):
         raise ExportError(
             f"the feature database in {context.run_dir} holds {d_sae} features, the run's crosscoder "
-            f"{context.crosscoder.cfg.d_sae}; run `crosslens dashboards {context.run_dir}` again"
+            f"{context.crosscoder.cfg.d_sae}; run `crosslens dashboards {context.run_dir} --overwrite`"
         )
 
 

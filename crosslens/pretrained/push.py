@@ -254,7 +254,8 @@ def run_spliced_loss(folder: Path, run_config: dict[str, Any] | None, crosscoder
     if len(spliced["crosscoder"]) != crosscoder.cfg.n_snapshots:
         raise ValueError(
             f"{path} holds the spliced loss of {len(spliced['crosscoder'])} snapshots but the crosscoder reads "
-            f"{crosscoder.cfg.n_snapshots}; retrain, or evaluate the crosscoder again with `crosslens evaluate --spliced-loss`."
+            f"{crosscoder.cfg.n_snapshots}; measure it again into the run with its `crosslens train` command and "
+            "--resume --eval-store STORE (`crosslens evaluate --spliced-loss` only prints it), or retrain."
         )
     return spliced
 

@@ -40,7 +40,7 @@ from crosslens.activations import ActivationProvider, ActivationStore
 from crosslens.activations.partners import STORE_SEAL_KEY, store_seal
 from crosslens.activations.tokens import bos_prepended, position_record
 from crosslens.architectures import sparsity_coefficient_for, sparsity_warm_up_steps
-from crosslens.core.errors import StorageError, StoreChangedError
+from crosslens.core.errors import StorageError, StoreChangedError, run_again
 from crosslens.core.launch import launched_by_torchrun, world_size
 from crosslens.core.paths import FINAL_DIRNAME, RUN_CONFIG_NAME, TRAIN_LOG_NAME, checkpoint_dirname, checkpoint_step
 from crosslens.core.seeding import seeded
@@ -89,6 +89,8 @@ class CrosscoderTrainingRunner:
         """(layout, collectives) once :meth:`run` joins a torchrun job; None in a plain process."""
         self.finished_before = False
         """Set by ``run(resume=True)`` when the folder already held this run, finished."""
+        self._replacing: str | None = None
+        """``--overwrite`` while a run started with it trains: a stop's message says to resume instead."""
 
     @property
     def is_main(self) -> bool:
@@ -301,6 +303,7 @@ class CrosscoderTrainingRunner:
         this; rank 0 writes the files and gets the crosscoder, the other ranks None (on a mesh
         the whole crosscoder need not fit one of their GPUs)."""
         self.join_mesh()
+        self._replacing = "--overwrite" if overwrite else None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with owned_run_folder(self.out_dir, enabled=self.is_main):
             state = check_run_start(self.out_dir, resume=resume, overwrite=overwrite)
@@ -340,7 +343,7 @@ class CrosscoderTrainingRunner:
         if request.signum is not None:  # the signal came during the last step: the run is whole
             raise TrainingInterrupted(
                 f"stopped by {request.name} after the last step; the crosscoder is saved in {self.final_path}: "
-                "run the same command with --resume to measure its quality",
+                f"{run_again(replacing=self._replacing, adding='--resume')} to measure its quality",
                 signum=request.signum,
             )
         return self._final_crosscoder()
@@ -395,7 +398,7 @@ class CrosscoderTrainingRunner:
             trainer.save_checkpoint(checkpoint)
         raise TrainingInterrupted(
             f"stopped by {request.name} at step {step} of {total}; checkpoint {checkpoint} keeps it: "
-            "run the same command with --resume to continue",
+            f"{run_again(replacing=self._replacing, adding='--resume')} to continue",
             signum=request.signum,
         )
 
