@@ -286,3 +286,11 @@ def test_a_failed_conversion_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
     assert cache_entries() == before
     monkeypatch.undo()
     assert load(folder).cfg.d_sae == 24  # and a later load converts it whole
+
+
+def test_the_registry_s_format_names_are_the_ones_read():
+    """The registry checks a release's format without torch, from its own list of names; the formats
+    crosslens reads (each a module, with torch) must be those names."""
+    from crosslens.pretrained import formats, release_fields
+
+    assert sorted(release_fields.FORMAT_NAMES) == sorted(formats.FORMAT_NAMES)

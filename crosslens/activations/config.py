@@ -17,7 +17,7 @@ from typing import Any
 from crosslens.activations.budget import TokenBudget
 from crosslens.core.devices import device_spelling, dtype_name
 from crosslens.core.errors import CrosslensError
-from crosslens.core.hooks import hook_problem
+from crosslens.core.hooks import EXAMPLE_HOOK, hook_problem
 
 RECORD_FILES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 """Suffixes of local files whose lines or rows are records with a text column, and the
@@ -121,7 +121,7 @@ class HarvestConfig:
     def __post_init__(self) -> None:
         self.hook_names = [self.hook_names] if isinstance(self.hook_names, str) else list(self.hook_names)
         if not self.hook_names:
-            raise CrosslensError('hook_names is empty: name at least one hook, e.g. ["blocks.0.hook_resid_post"]')
+            raise CrosslensError(f'hook_names is empty: name at least one hook, e.g. ["{EXAMPLE_HOOK}"]')
         for hook in self.hook_names:
             problem = hook_problem(hook, None)
             if problem:

@@ -28,7 +28,7 @@ from crosslens.activations.budget import chunk_buffer_bytes
 from crosslens.activations.forward import harvest_rows, keep_first_blocks, kept_index
 from crosslens.activations.provider import OnTheFlyProvider, epoch_rng, norm_factors_of
 from crosslens.activations.snapshots import check_tokens_fit, load_snapshot
-from crosslens.core.devices import as_dtype, available_memory, release_model
+from crosslens.core.devices import RESIDENT_MEMORY_FRACTION, as_dtype, available_memory, release_model
 from crosslens.core.hooks import hook_width
 
 CALIBRATION_SEQS = 64
@@ -73,7 +73,7 @@ class ResidentSnapshotProvider(OnTheFlyProvider):
         data_size: int = 1,
         model_dtype: torch.dtype | str = torch.float32,
         buffer_dtype: torch.dtype | str | None = None,
-        memory_fraction: float = 0.9,
+        memory_fraction: float = RESIDENT_MEMORY_FRACTION,
         prefetch: bool = True,
         compile: bool | None = None,
         **kwargs: Any,

@@ -22,7 +22,7 @@ from crosslens.analysis.evolution import EvolutionConfig
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis, metadata_dict, snapshots_from_metadata
 from crosslens.analysis.lineage_events import LineageConfig
 from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
-from crosslens.analysis.report import evolution_report, representative_features
+from crosslens.analysis.report import REPORT_TITLE, evolution_report, representative_features
 from crosslens.analysis.scaling import LatentScalingConfig
 from crosslens.core.hooks import recorded_hook, resolve_hook
 from crosslens.htmlreport import Report
@@ -45,7 +45,7 @@ def analyze_crosscoder(
     n_probe_tokens: int = 8192,
     n_context_features: int = 12,
     max_context_tokens: int | None = 200_000,
-    title: str = "crosslens: feature evolution",
+    title: str = REPORT_TITLE,
     device: str | torch.device | None = None,
     progress: bool = True,
     emergence: bool = True,

@@ -42,10 +42,14 @@ def representative_features(analysis: EvolutionAnalysis, per_class: int = 2) -> 
     return chosen
 
 
+REPORT_TITLE = "crosslens: feature evolution"
+"""The evolution report's title where the caller names none."""
+
+
 def evolution_report(
     analysis: EvolutionAnalysis,
     *,
-    title: str = "crosslens: feature evolution",
+    title: str = REPORT_TITLE,
     probes: ProbeValidation | None = None,
     contexts: Mapping[int, Sequence[Context]] | None = None,
     trajectory_features: Sequence[int] | None = None,

@@ -12,6 +12,10 @@ from elsewhere through an SSH tunnel, ``ssh -L PORT:127.0.0.1:PORT host``)."""
 
 DEFAULT_PORT = 6007
 """TensorBoard's port plus one, so the two can run side by side."""
+PAGE_SIZE = 50
+"""Features per page of the list, where neither --page-size nor the URL's ``limit`` says."""
+MAX_PAGE_SIZE = 500
+"""The most features one page (or API answer) lists."""
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class BrowseConfig:
     listens on 127.0.0.1 only: from another machine, forward the port over SSH."""
     database: str | None = None
     """Feature database to read (default: RUN/dashboards.sqlite, written by crosslens dashboards)."""
-    page_size: int = 50
+    page_size: int = PAGE_SIZE
     """Features per page of the feature list (the page's own selector changes it)."""
     log_requests: bool = False
     """Print one line per HTTP request, as http.server does."""
@@ -31,5 +35,5 @@ class BrowseConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise CrosslensError(f"--port {self.port}: use a port from 1 to 65535 (0: any free port).")
-        if not 1 <= self.page_size <= 500:
-            raise CrosslensError(f"--page-size {self.page_size}: use 1 to 500 features per page.")
+        if not 1 <= self.page_size <= MAX_PAGE_SIZE:
+            raise CrosslensError(f"--page-size {self.page_size}: use 1 to {MAX_PAGE_SIZE} features per page.")

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from crosslens.browser.config import MAX_PAGE_SIZE, PAGE_SIZE
 from crosslens.browser.database import RunFacts, halves, ints
 from crosslens.browser.emergence import (
     AGREEMENT_FILTERS,
@@ -79,8 +80,6 @@ SCAN_SHARE = 0.3
 CACHED_SEARCHES = 64
 """Complete search answers kept, per database (the database is read-only while served)."""
 
-MAX_LIMIT = 500
-
 _LIST_COLUMNS = (
     "feature",
     "class",
@@ -135,12 +134,12 @@ class FeatureQuery:
     sort: str = "feature"
     descending: bool = False
     offset: int = 0
-    limit: int = 50
+    limit: int = PAGE_SIZE
     explained: ExplainedQuery | None = None
     """Search and filters over the run's explanations (None: it has none)."""
 
 
-def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int = 50) -> FeatureQuery:
+def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int = PAGE_SIZE) -> FeatureQuery:
     """A :class:`FeatureQuery` from a URL's query parameters, checked against the run."""
     get = lambda key: (params.get(key) or "").strip()  # noqa: E731
     at = _integer(get("at"), "at") if get("at") else None
@@ -200,7 +199,7 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
         sort=sort,
         descending=get("order") == "desc",
         offset=max(0, _integer(get("offset") or "0", "offset")),
-        limit=min(MAX_LIMIT, max(1, limit)),
+        limit=min(MAX_PAGE_SIZE, max(1, limit)),
         explained=explained,
     )
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from crosslens.browser.config import DEFAULT_PORT, HOST, BrowseConfig
+from crosslens.browser.config import DEFAULT_PORT, HOST, PAGE_SIZE, BrowseConfig
 from crosslens.browser.database import Database
 from crosslens.browser.explained import EXPLAINED_SORTS, ExplainedQueryError, feature_explanations
 from crosslens.browser.feature import (
@@ -316,7 +316,7 @@ def browse(
     *,
     port: int = DEFAULT_PORT,
     database: str | Path | None = None,
-    page_size: int = 50,
+    page_size: int = PAGE_SIZE,
     log_requests: bool = False,
     live: LiveBackend | None = None,
 ) -> None:

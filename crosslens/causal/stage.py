@@ -52,6 +52,7 @@ from crosslens.causal.snapshot_models import (
     prepare_task,
 )
 from crosslens.core.hooks import crosscoder_hook
+from crosslens.core.paths import ABLATION_CURVES_NAME, CAUSAL_SUMMARY_NAME, IE_TABLE_NAME, RELIE_NAME
 from crosslens.htmlreport import Report
 from crosslens.tasks.base import TaskDataset, TokenizedTask
 
@@ -246,11 +247,11 @@ def _write_stage(
     _add_ci_section(report, table, result.selected, result.ci_low, result.ci_high, result.classed, result.effect_floor)
     summary = _summary(table, result, rows, prepared.tokenized, ablation, behaviours)
     paths = CausalStagePaths(
-        ie_table=table.save(out / "ie_table.json"),
-        relie=_write_json(out / "relie.json", _relie_json(table, result, thresholds)),
-        ablation_curves=_write_json(out / "ablation_curves.json", rows),
+        ie_table=table.save(out / IE_TABLE_NAME),
+        relie=_write_json(out / RELIE_NAME, _relie_json(table, result, thresholds)),
+        ablation_curves=_write_json(out / ABLATION_CURVES_NAME, rows),
         report=report.write(out / "causal_report.html"),
-        summary=_write_json(out / "summary.json", summary.to_dict(), indent=2),
+        summary=_write_json(out / CAUSAL_SUMMARY_NAME, summary.to_dict(), indent=2),
     )
     return CausalStageResult(
         table=table,

@@ -24,6 +24,7 @@ from crosslens.checkpoints.snapshot import SnapshotRef, parse_step
 from crosslens.checkpoints.trajectory import StageStart, place_on_trajectory
 
 SUITE_FILE = "suite.json"
+"""A local suite's manifest: its snapshots (revision, step) and, for a pico suite, how it was built."""
 
 
 @dataclass(frozen=True)

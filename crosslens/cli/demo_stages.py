@@ -34,9 +34,10 @@ from crosslens.causal.spliced_loss_eval import (
     spliced_where_trained,
 )
 from crosslens.checkpoints import CheckpointSuite, spaced_steps
+from crosslens.checkpoints.local import SUITE_FILE
 from crosslens.checkpoints.on_device import on_device
 from crosslens.core.errors import DamagedManifestError
-from crosslens.core.paths import RUN_CONFIG_NAME, checkpoint_folders
+from crosslens.core.paths import IE_TABLE_NAME, RUN_CONFIG_NAME, checkpoint_folders
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.htmlreport import Report
 from crosslens.pico.build import build_pico_suite
@@ -151,7 +152,7 @@ def suite_stage(*, force: bool = False, small: bool = False):
     config = PicoConfig.small() if small else PicoConfig()
     cached = not force and is_built(default_root(config), config)
     root = build_pico_suite(config, force=force, progress=True)
-    manifest = json.loads((Path(root) / "suite.json").read_text())
+    manifest = json.loads((Path(root) / SUITE_FILE).read_text())
     if cached:  # a fresh build prints its table as it trains
         print(format_eval_table(manifest["evals"]))
         if manifest.get("targets"):
@@ -529,7 +530,7 @@ def dashboards_stage(
     from crosslens.dashboards import DashboardsConfig, StaleDatabaseError, compute_dashboards
 
     run = out_dir / "crosscoder"
-    ie_table = causal_out_dir(out_dir, config.task) / "ie_table.json"
+    ie_table = causal_out_dir(out_dir, config.task) / IE_TABLE_NAME
     settings = DashboardsConfig(
         attribution=[str(ie_table)] if ie_table.is_file() else None, seed=config.seed, overwrite=force
     )

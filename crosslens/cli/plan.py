@@ -90,7 +90,7 @@ class PlanFlags:
     """Also predict `crosslens train --stream` end to end on one GPU per rank, from the shares of the --gpu's peak
     that the snapshot models' forward and each architecture's step sustained there (the A100's: an H100's), at a
     trained crosscoder's sparsity and, where it is slower, a fresh one's."""
-    gpu: str = "h100"
+    gpu: str | None = field(default=None, metadata={"default_from": (PlanConfig, "gpu")})
     """GPU (h100, h200 or a100) the --stream prediction and, on cuda, the fewest fitting --micro-batches are for."""
 
 
@@ -147,7 +147,7 @@ def plan(args: argparse.Namespace) -> int:
         tflops=args.tflops,
         link_gbps=args.link_gbps,
         model_dtype=model_dtype,
-        gpu=args.gpu,
+        **({} if args.gpu is None else {"gpu": args.gpu}),
     )
     if recipe is not None:
         if args.suite is not None:
@@ -159,7 +159,7 @@ def plan(args: argparse.Namespace) -> int:
     plan = make_plan(cfg)
     predict = args.stream and device.startswith("cuda") and plan["inputs"]["autocast"] == "bfloat16"
     if predict:
-        plan["stream_prediction"] = stream_prediction(plan, args.gpu)
+        plan["stream_prediction"] = stream_prediction(plan, cfg.gpu)
     print(plan_to_json(plan) if args.json else format_plan(plan))
     if not args.json and (hint := _wider_snapshot_axis(args, cfg, plan)) is not None:
         print(hint)

@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from crosslens.checkpoints.local import SUITE_FILE
 from crosslens.cli.common import CLIError, missing_path_error, pico_listing
 from crosslens.cli.flags import Subcommand
 from crosslens.cli.inputs import check_output_folder
@@ -181,9 +182,9 @@ def suite_build(args: argparse.Namespace) -> int:
     config, configured = _build_config(args)
     root = Path(args.root) if args.root else default_root(config)
     if args.root and is_built(root) and not configured:  # a suite built earlier, maybe with other flags: use it
-        recorded = json.loads((root / "suite.json").read_text())["build"]["config"]
+        recorded = json.loads((root / SUITE_FILE).read_text())["build"]["config"]
         config = PicoConfig(**recorded)
-    if (root / "suite.json").is_file() and not is_built(root, config) and not args.force:
+    if (root / SUITE_FILE).is_file() and not is_built(root, config) and not args.force:
         raise CLIError(
             f"--root {root} holds a pico suite built with other settings; add --force to rebuild it there "
             "with these flags, drop the flags to use it as it is, or choose another --root"
@@ -196,7 +197,7 @@ def suite_build(args: argparse.Namespace) -> int:
         if created and root.exists():  # leave no half-built folder behind, and never one the user had
             shutil.rmtree(root, ignore_errors=True)
         raise
-    manifest = json.loads((Path(root) / "suite.json").read_text())
+    manifest = json.loads((Path(root) / SUITE_FILE).read_text())
     if cached:  # a fresh build already printed its table row by row
         extra = list(dict.fromkeys(n for row in manifest["evals"] for n in row.get("extra", {})))
         print(format_eval_table(manifest["evals"], extra, grammar=config.corpus is None))

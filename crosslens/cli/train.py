@@ -36,7 +36,7 @@ from crosslens.cli.common import (
 from crosslens.cli.flags import Subcommand, build, explicit
 from crosslens.cli.inputs import check_output_folder
 from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, data_flags_given, data_flags_refusal
-from crosslens.core.devices import DTYPE_BYTES, reset_peak_memory
+from crosslens.core.devices import DTYPE_BYTES, RESIDENT_MEMORY_FRACTION, reset_peak_memory
 from crosslens.core.errors import run_again
 from crosslens.core.launch import is_main_process, local_rank_device, local_world_size
 from crosslens.core.paths import QUALITY_NAME, TRAIN_LOG_NAME
@@ -44,9 +44,6 @@ from crosslens.core.units import format_bytes
 from crosslens.training.config import CrosscoderRunnerConfig
 from crosslens.training.model_sizes import known_model
 from crosslens.training.recipes import load_recipe
-
-MEMORY_FRACTION = 0.9
-"""Share of the free memory the resident models may take (the provider's own check uses it too)."""
 
 
 @dataclass
@@ -313,7 +310,7 @@ def check_memory(
             print(f"resident snapshot models: sizes of {suite.model_id} unknown here; checked as the first one loads")
         return
     need, how = counted
-    budget = None if free is None else int(free * MEMORY_FRACTION) // sharers
+    budget = None if free is None else int(free * RESIDENT_MEMORY_FRACTION) // sharers
     fits = budget is None or need <= budget
     where = (
         f"{format_bytes(budget)} of {device} available per process"

@@ -164,6 +164,10 @@ DTYPE_ALIASES: dict[str, str] = {
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 """Bytes per element of each canonical dtype."""
 
+RESIDENT_MEMORY_FRACTION = 0.9
+"""Share of a device's free memory the resident snapshot models of a stream may take: more is refused
+before they load (the provider, `crosslens train --stream` and a streamed feature database)."""
+
 
 class DeviceError(CrosslensError):
     """A requested device or dtype is unknown or not usable on this machine."""

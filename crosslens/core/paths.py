@@ -25,7 +25,9 @@ A run folder (``crosslens train --out RUN``)::
     RUN/train.lock              held by the process writing the folder (RUN_LOCK_NAME)
 
 and beside an activation store ``STORE``, its held-out split ``STORE-heldout``
-(HELDOUT_SUFFIX).
+(HELDOUT_SUFFIX). The causal stage (``crosslens attribute``, the demo) writes its tables into a folder
+of their own, which ``crosslens dashboards`` reads (IE_TABLE_NAME, RELIE_NAME, ABLATION_CURVES_NAME,
+CAUSAL_SUMMARY_NAME).
 """
 
 from __future__ import annotations
@@ -70,6 +72,14 @@ RUN_SEAL_NAME = "crosslens_run.json"
 """The sealed record of a finished run: the sha256 of its run.json, final/ record, quality.json and row digests."""
 RUN_SEAL_KEY = "run_sha256"
 """The key of that record's own checksum (:mod:`crosslens.core.sealed`)."""
+IE_TABLE_NAME = "ie_table.json"
+"""The causal stage's table of every feature's indirect effect at every snapshot."""
+RELIE_NAME = "relie.json"
+"""The causal stage's RelIE, RelDec, classes and intervals of the features it selected."""
+ABLATION_CURVES_NAME = "ablation_curves.json"
+"""The causal stage's ablation curves, one row per (snapshot, curve, k)."""
+CAUSAL_SUMMARY_NAME = "summary.json"
+"""The causal stage's summary (task, metric, per-snapshot behaviour)."""
 RUN_LOCK_NAME = "train.lock"
 """The lock file of a run folder, held while a ``crosslens train`` process writes it."""
 

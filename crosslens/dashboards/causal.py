@@ -26,10 +26,8 @@ import torch
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.hashing import file_sha256
-from crosslens.core.paths import SECTIONS_DIR
+from crosslens.core.paths import ABLATION_CURVES_NAME, CAUSAL_SUMMARY_NAME, IE_TABLE_NAME, RELIE_NAME, SECTIONS_DIR
 from crosslens.dashboards.config import DashboardsError
-
-TABLE_NAME = "ie_table.json"
 
 
 @dataclass
@@ -51,7 +49,7 @@ def find_tables(run_dir: Path, given: list[str] | None) -> list[Path]:
         tables = []
         for name in given:
             path = Path(name)
-            path = path / TABLE_NAME if path.is_dir() else path
+            path = path / IE_TABLE_NAME if path.is_dir() else path
             if not path.is_file():
                 raise DashboardsError(
                     f"attribution {name}: no IE table there; pass the --out .json file of `crosslens attribute`, "
@@ -59,7 +57,7 @@ def find_tables(run_dir: Path, given: list[str] | None) -> list[Path]:
                 )
             tables.append(path)
         return tables
-    return sorted(run_dir.rglob(TABLE_NAME))
+    return sorted(run_dir.rglob(IE_TABLE_NAME))
 
 
 def unread_sections(run_dir: Path, tasks: list[str]) -> list[str]:
@@ -98,16 +96,16 @@ def read_causal(tables: list[Path], run_dir: Path, revisions: list[str], d_sae: 
         seen[table.task] = path
         folder = _causal_folder(path, table.task)
         extras = (
-            {name: folder / name for name in ("relie.json", "ablation_curves.json", "summary.json")} if folder else {}
+            {name: folder / name for name in (RELIE_NAME, ABLATION_CURVES_NAME, CAUSAL_SUMMARY_NAME)} if folder else {}
         )
         extras = {name: p for name, p in extras.items() if p.is_file()}
         for p in [path, *extras.values()]:
             scores.sources[_recorded(p, run_dir)] = file_sha256(p)
-        summary = _json(extras.get("summary.json")) or {}
+        summary = _json(extras.get(CAUSAL_SUMMARY_NAME)) or {}
         metric = summary.get("metric") or table.config.get("metric") or "logit_diff"
         n_examples = int(summary.get("n_examples") or table.config.get("n_examples") or 0)
         scores.tasks.append((table.task, str(metric), n_examples, _recorded(path, run_dir)))
-        scores.causal.extend(_rows(table, _json(extras.get("relie.json")), _json(extras.get("ablation_curves.json"))))
+        scores.causal.extend(_rows(table, _json(extras.get(RELIE_NAME)), _json(extras.get(ABLATION_CURVES_NAME))))
         relevance_F = torch.maximum(relevance_F, table.ie.abs().amax(dim=1).double())
     scores.tasks.sort()
     scores.causal.sort(key=lambda row: (row[0], row[1], row[2]))
@@ -127,10 +125,10 @@ def _check_table(table: Any, path: Path, revisions: list[str], d_sae: int) -> No
 def _causal_folder(path: Path, task: str) -> Path | None:
     """The folder holding the stage's other files: the table's own folder when it is ie_table.json,
     else ``STEM_causal/`` beside a ``--out`` file."""
-    if path.name == TABLE_NAME:
+    if path.name == IE_TABLE_NAME:
         return path.parent
     folder = path.with_name(f"{path.stem}_causal")
-    return folder if (folder / TABLE_NAME).is_file() else None
+    return folder if (folder / IE_TABLE_NAME).is_file() else None
 
 
 def _rows(table: Any, relie_file: dict | None, curves: list | None) -> list[tuple]:

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float, Int
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
-from crosslens.core.devices import release_model
+from crosslens.core.devices import RESIDENT_MEMORY_FRACTION, release_model
 
 if TYPE_CHECKING:
     from crosslens.activations.store import ActivationStore
@@ -160,7 +160,7 @@ class StreamSource:
     exclude_token_ids: Sequence[int] | None = None
     harvest_batch_size: int = 32
     """Sequences per forward pass of a snapshot model."""
-    memory_fraction: float = 0.9
+    memory_fraction: float = RESIDENT_MEMORY_FRACTION
     """Share of the device's free memory the resident models may take (they are refused beyond it)."""
 
 

@@ -22,9 +22,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
+from crosslens.checkpoints.local import SUITE_FILE
 from crosslens.core.locks import exclusive_lock
 from crosslens.core.sealed import write_json_atomically
-from crosslens.pico.config import FORMAT_VERSION, MODEL_ID, SUITE_FILE, PicoConfig, default_root, is_built
+from crosslens.pico.config import FORMAT_VERSION, MODEL_ID, PicoConfig, default_root, is_built
 from crosslens.pico.corpus import GrammarCorpus, TextCorpus, read_user_corpus
 from crosslens.pico.evals import PicoEvaluator, check_targets, format_eval_table, format_targets
 from crosslens.pico.tokenizer import END_OF_TEXT, train_tokenizer, word_level_tokenizer

@@ -13,13 +13,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crosslens.checkpoints.local import SUITE_FILE
 from crosslens.core.bounds import check_bounds
 from crosslens.core.paths import crosslens_home
 
 FORMAT_VERSION = 1
 """Bump when the grammar, tokenizer or training code changes what a config builds (old caches go stale)."""
 
-SUITE_FILE = "suite.json"
 MODEL_ID = "crosslens/pico"
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from crosslens.core.metadata import CFG_NAME, WEIGHTS_NAME
 from crosslens.pretrained import dictionary_learning, kissane, llamascopium
 from crosslens.pretrained.tensors import FormatError, UnknownFormatError, read_json
 
 SAE_LENS = "sae_lens"
 """SAELens's layout, read as it is (crosslens's own releases)."""
-SAE_LENS_LAYOUT = ("cfg.json", "sae_weights.safetensors")
+SAE_LENS_LAYOUT = (CFG_NAME, WEIGHTS_NAME)
 FORMATS: dict[str, ModuleType] = {module.NAME: module for module in (kissane, dictionary_learning, llamascopium)}
 """Format name -> the module that reads it."""
 FORMAT_NAMES = (SAE_LENS, *FORMATS)

@@ -28,13 +28,14 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from crosslens.checkpoints.models import CHOSEN_PROCESSING
 from crosslens.core.model_specs import model_labels, models_spec, parse_models
 
 FORMAT_NAMES = ("sae_lens", "kissane", "dictionary_learning", "llamascopium")
-"""The formats a release may be in (crosslens.pretrained.formats reads each)."""
+"""The formats a release may be in: crosslens.pretrained.formats reads each (its FORMAT_NAMES, which
+imports torch, is held to these by a test)."""
 SOURCE_KEYS = ("format", "license", "license_note", "paper", "code", "confirmed_by")
 CONVERSION_KEYS = ("activation_norm_factors", "code_normalization")
-PROCESSING_KEYS = ("center_writing_weights", "center_unembed")
 
 Fail = Callable[[str], Exception]
 
@@ -77,10 +78,10 @@ def parse_processing(suite: Mapping[str, Any], fail: Fail) -> None:
     if processing is None:
         return
     if not isinstance(processing, Mapping) or not all(isinstance(v, bool) for v in processing.values()):
-        raise fail(f"suite.processing must map {', '.join(PROCESSING_KEYS)} to true or false, got {processing!r}.")
-    unknown = set(processing) - set(PROCESSING_KEYS)
+        raise fail(f"suite.processing must map {', '.join(CHOSEN_PROCESSING)} to true or false, got {processing!r}.")
+    unknown = set(processing) - set(CHOSEN_PROCESSING)
     if unknown:
-        raise fail(f"suite.processing: {sorted(unknown)} cannot be chosen; choose {', '.join(PROCESSING_KEYS)}.")
+        raise fail(f"suite.processing: {sorted(unknown)} cannot be chosen; choose {', '.join(CHOSEN_PROCESSING)}.")
 
 
 def parse_conversion_fields(item: Mapping[str, Any], n_snapshots: int, fail: Fail) -> dict[str, Any]:

@@ -45,13 +45,17 @@ def crosscoder_metrics(
     return out
 
 
+EVAL_TOKENS = 8192
+"""Held-out tokens the quality table reads by default."""
+
+
 @torch.no_grad()
 def evaluate_crosscoder(
     crosscoder: SAE,
     store: ActivationStore,
     hook: str | None = None,
     *,
-    n_tokens: int = 8192,
+    n_tokens: int = EVAL_TOKENS,
     batch_size: int = 2048,
 ) -> dict[str, Any]:
     """Per-snapshot explained variance and MSE, mean L0 and dead features on ``store``'s tokens.

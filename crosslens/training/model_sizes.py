@@ -16,7 +16,7 @@ from typing import Any
 from crosslens.checkpoints.shape import ModelShape, estimate_n_params
 from crosslens.core.errors import CrosslensError
 from crosslens.core.model_specs import is_models_spec, parse_models
-from crosslens.pico.config import PicoConfig, default_root, is_built
+from crosslens.pico.config import MODEL_ID, PicoConfig, default_root, is_built
 
 
 class PlanError(CrosslensError):
@@ -67,7 +67,7 @@ def model_shape_for(suite: str) -> ModelShape:
         else:
             vocab = cfg.bpe_vocab_size
             return ModelShape(
-                name="crosslens/pico",
+                name=MODEL_ID,
                 d_model=cfg.d_model,
                 n_layers=cfg.n_layers,
                 d_mlp=cfg.d_mlp,

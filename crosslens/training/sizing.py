@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crosslens.activations.budget import TokenBudget, chunk_buffer_bytes, chunk_tokens_for
-from crosslens.architectures import uses_k
+from crosslens.architectures import ARCHITECTURE_NAMES, uses_k
 from crosslens.checkpoints.shape import ModelShape
 from crosslens.core.devices import DTYPE_BYTES, GPUS, DeviceError, device_spelling
 from crosslens.core.hooks import block_index, hook_problem, hook_width
@@ -41,11 +41,8 @@ from crosslens.training.config import (
     micro_batch_error,
     resolved_autocast,
 )
-from crosslens.training.memory import checkpoint_bytes, parameter_counts, training_memory
+from crosslens.training.memory import F32, checkpoint_bytes, parameter_counts, training_memory
 from crosslens.training.model_sizes import PlanError, known_model, model_shape_for
-
-F32 = 4
-ARCHITECTURES = ("crosscoder", "jumprelu_crosscoder", "topk_crosscoder", "batchtopk_crosscoder")
 
 DEFAULT_TFLOPS = {"cpu": 0.5, "mps": 5.0, "cuda": 100.0}
 """Assumed *sustained* float32/TF32 throughput per rank, TFLOP/s, when ``--tflops`` is not
@@ -122,8 +119,8 @@ class PlanConfig:
         return resolved_autocast(self.autocast, self.device.split(":")[0]) == "bfloat16"
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise PlanError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES} (--arch)")
+        if self.architecture not in ARCHITECTURE_NAMES:
+            raise PlanError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURE_NAMES} (--arch)")
         for flag, value, least in (
             ("--n-snapshots", self.n_snapshots, 1),
             ("--n-tokens", self.n_tokens, 1),
@@ -429,7 +426,7 @@ def _communication_bytes(cfg: PlanConfig, param_bytes: int, B_r: int, n_steps: i
     return comm
 
 
-def stream_prediction(plan: dict[str, Any], gpu: str = "h100") -> dict[str, Any]:
+def stream_prediction(plan: dict[str, Any], gpu: str = PlanConfig.gpu) -> dict[str, Any]:
     """``train --stream``'s time on one ``gpu`` per rank, from the FLOPs per token at the shares of
     :data:`~crosslens.core.devices.GPUS`: provider and trainer share the GPU, so their seconds per token add.
     ``hours`` times every step at a trained crosscoder's sparsity, ``fresh_hours`` at a fresh one's,

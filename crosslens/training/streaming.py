@@ -45,11 +45,9 @@ from crosslens.core.paths import TRAINED_ROWS_NAME
 from crosslens.crosscoders.base import set_crosscoder_metadata
 from crosslens.distributed import init_mesh
 from crosslens.training.config import CrosscoderRunnerConfig
+from crosslens.training.metrics import EVAL_TOKENS
 from crosslens.training.records import read_record
 from crosslens.training.runner import CrosscoderTrainingRunner, new_training_crosscoder, resolve_precision
-
-EVAL_TOKENS = 8192
-"""Held-out tokens the quality table reads (``evaluate_crosscoder``'s default)."""
 
 
 class HeldoutActivations:
