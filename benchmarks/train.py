@@ -54,6 +54,7 @@ from torch import nn
 
 import crosslens.crosscoders as cc
 from crosslens.architectures import SPARSITY_FIELDS
+from crosslens.core.metadata import WEIGHTS_NAME
 from crosslens.core.tensors import row_norms
 from crosslens.kernels import sparse
 from crosslens.kernels.active_pairs import ActivePairs
@@ -328,12 +329,13 @@ def trained_rows(args: argparse.Namespace) -> None:
     _, _, train_cls, train_cfg_cls = cc.ARCHITECTURES["jumprelu_crosscoder"]
     S, F_, B = saved_cfg["n_snapshots"], saved_cfg["d_sae"], args.batch
     sae = train_cls(train_cfg_cls(d_in=saved_cfg["d_in"], d_sae=F_, n_snapshots=S, **details))
-    sae.load_state_dict(load_file(run / "final" / "sae_weights.safetensors"))  # folded: reads raw activations
+    # folded: reads raw activations; the lambda controller's factor is a training buffer, not saved
+    sae.load_state_dict({**load_file(run / "final" / WEIGHTS_NAME), "l0_scale": sae.l0_scale})
     D = sae.cfg.d_in
     store = ActivationStore.open(run_cfg["store_path"], verify="none")
     rows = torch.randperm(store.n_tokens, generator=torch.Generator().manual_seed(0))
     batches = [
-        store.read(run_cfg["hook"], rows[a : a + B].sort().values, normalize=False)
+        store.read(run_cfg["hook_name"], rows[a : a + B].sort().values, normalize=False)
         for a in range(0, min(store.n_tokens, 8 * B) - B + 1, B)
     ]
     with torch.no_grad():
