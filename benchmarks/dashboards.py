@@ -40,14 +40,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crosslens.core.paths import crosslens_home
+from crosslens.core.paths import (
+    EMERGENCE_NAME,
+    EMERGENCE_TENSORS_NAME,
+    FINAL_DIRNAME,
+    QUALITY_NAME,
+    RUN_CONFIG_NAME,
+    RUN_SEAL_NAME,
+    TRAINED_ROWS_NAME,
+    crosslens_home,
+)
 from crosslens.dashboards import DashboardsConfig, compute_dashboards, ge_prediction, open_database
 from crosslens.dashboards import compute as compute_module
 from crosslens.dashboards.accumulate import PassState, apply_updates, token_keys, update_reading
 from crosslens.dashboards.config import format_size, predict_database_bytes, resolve_budget
 from crosslens.dashboards.readings import Readings
 
-RUN_FILES = ("run.json", "crosslens_run.json", "quality.json", "trained_rows.safetensors", "final")
+RUN_FILES = (
+    RUN_CONFIG_NAME,
+    RUN_SEAL_NAME,
+    QUALITY_NAME,
+    TRAINED_ROWS_NAME,
+    FINAL_DIRNAME,
+    EMERGENCE_NAME,  # the emergence check, so the database gets its tables as `crosslens dashboards` does
+    EMERGENCE_TENSORS_NAME,
+)
 
 
 def scratch_run(run: Path, into: Path) -> Path:
