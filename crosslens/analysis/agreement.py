@@ -204,20 +204,23 @@ def saved_agreement(run_dir: str | os.PathLike, lineage: Any) -> tuple[LineageAg
     return saved, crosscoder_change(saved.against, saved.crosscoder_sha256, "the lineage")
 
 
-def holding_agreement(result: EmergenceResult, run_dir: str | os.PathLike, leaving_out: str) -> EmergenceResult:
+def holding_agreement(
+    result: EmergenceResult, run_dir: str | os.PathLike, leaving_out: str
+) -> tuple[EmergenceResult, str | None]:
     """``run_dir``'s emergence ``result`` without its lineage agreement where the crosscoder it was
-    measured with is gone or was trained again since, with a note saying why, what is left without
-    it (``leaving_out``: "the feature database") and the command that measures it again."""
+    measured with is gone or was trained again since, and why (None where it holds), with a note
+    saying why, what is left without it (``leaving_out``: "the feature database") and the command
+    that measures it again."""
     agreement = result.agreement
     problem = (
         None if agreement is None else crosscoder_change(agreement.against, agreement.crosscoder_sha256, "the lineage")
     )
     if problem is None:
-        return result
+        return result, None
     print(
         f"note: {leaving_out} leaves out the lineage's agreement: {problem}; {measure_again(run_dir, agreement.against)}"
     )
-    return dataclasses.replace(result, agreement=None)
+    return dataclasses.replace(result, agreement=None), problem
 
 
 def measure_again(run_dir: str | os.PathLike, against: str | os.PathLike) -> str:

@@ -109,7 +109,9 @@ def run_counts(connection: sqlite3.Connection, meta: dict[str, Any]) -> dict[str
     set_aside = connection.execute("SELECT count(*) FROM lineage_events WHERE NOT held").fetchone()[0]
     record = meta.get("emergence")
     agreement = (record or {}).get("agreement")
-    dropped = agreement and crosscoder_change(agreement["against"], agreement["crosscoder"], "the lineage")
+    dropped = (agreement and crosscoder_change(agreement["against"], agreement["crosscoder"], "the lineage")) or (
+        record or {}
+    ).get("agreement_dropped")
     return {
         "agreement": None if dropped else _agreement_counts(connection, agreement),
         "agreement_dropped": dropped or None,

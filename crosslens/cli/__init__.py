@@ -175,14 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+RESUMED_WITHOUT_REPLACING = ("harvest", "suite build")
+"""Commands that, given --overwrite (--force), clear what they replace as they start and then go on
+from what they kept when run without it: a stop tells them so."""
+
+
 def _interrupted(args: argparse.Namespace, interrupt: KeyboardInterrupt) -> str:
     """What an interrupt kept and how to go on: training says it itself when it stopped between
     steps; a train stopped anywhere else goes on from its last checkpoint with --resume, or,
-    stopped before its first one, starts again with it. A command given --overwrite or --force,
-    which would throw away what it kept, is run again without it."""
+    stopped before its first one, starts again with it. A harvest or suite build given --overwrite
+    (--force), which would throw away what it kept, is run again without it."""
     if str(interrupt):
         return str(interrupt)
-    replacing = next((f"--{flag}" for flag in ("overwrite", "force") if getattr(args, flag, False)), None)
+    given = next((f"--{flag}" for flag in ("overwrite", "force") if getattr(args, flag, False)), None)
+    replacing = given if args.command == "train" or _command_name(args) in RESUMED_WITHOUT_REPLACING else None
     if args.command == "train":
         resume = run_again(replacing=replacing, adding="--resume")
         out_dir = getattr(args, "out_dir", None)

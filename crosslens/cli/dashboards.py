@@ -6,7 +6,7 @@ The tokens come from the run's activation store (the one its run.json records, o
 with ``--stream`` from the suite's snapshot models kept resident, harvested as they are read: the
 suite, snapshot and token flags are ``train --stream``'s and mean the same (without them, the
 crosscoder's own snapshots and the pico grammar's tokens, as ``train --stream`` takes by default).
-The pass is resumable: Ctrl-C saves it, and the same command continues it.
+The pass is resumable: Ctrl-C saves it, and the same command (without --overwrite) continues it.
 """
 
 from __future__ import annotations

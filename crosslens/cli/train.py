@@ -123,7 +123,7 @@ def train(args: argparse.Namespace) -> int:
         config.store_path = _harvest_for_recipe(args, recipe, config, device, model_dtype)
     if args.eval_store is not None:
         _check_eval_store(config.store_path, args.eval_store, config.hook_name)
-    else:
+    elif not (args.resume and (Path(config.out_dir) / QUALITY_NAME).is_file()):  # a finished run keeps its table
         _check_heldout_beside(config.store_path)
     runner = CrosscoderTrainingRunner(config)
     # held across training and the quality table, so no other run writes between them

@@ -68,7 +68,11 @@ def crosscoder_change(run_dir: str | os.PathLike, sha256: str, checked: str) -> 
     None where it is the same."""
     if not final_weights(run_dir).is_file():
         return f"{run_dir}, which {checked} was checked against, holds no crosscoder now"
-    if crosscoder_sha256(run_dir) != sha256:
+    try:
+        now = crosscoder_sha256(run_dir)
+    except OSError as error:
+        return f"{run_dir}'s crosscoder, which {checked} was checked against, cannot be read ({error.strerror})"
+    if now != sha256:
         return f"{run_dir}'s crosscoder was trained again since {checked} was checked against it"
     return None
 

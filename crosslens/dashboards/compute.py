@@ -95,9 +95,10 @@ def compute_dashboards(
         model_dtype: the dtype streamed snapshot models run in.
         progress: show a progress bar.
 
-    A database of the same inputs already in place is returned as it is. Ctrl-C during the pass
-    saves it in ``RUN/dashboards.partial/`` and raises :class:`DashboardsInterrupted`; the same call
-    continues it to the same bytes. Bad input raises :class:`DashboardsError` (one line, with the fix).
+    A database of the same inputs already in place is returned as it is (computed again with
+    ``config.overwrite``). Ctrl-C during the pass saves it in ``RUN/dashboards.partial/`` and raises
+    :class:`DashboardsInterrupted`; the same call without ``overwrite`` continues it to the same
+    bytes. Bad input raises :class:`DashboardsError` (one line, with the fix).
     """
     from crosslens.core.devices import resolve_device
     from crosslens.crosscoders.saved import load_crosscoder_folder

@@ -125,7 +125,8 @@ class DashboardsConfig:
     overwrite: bool = False
     """Compute RUN's feature database again, replacing the one there (or an unfinished pass): one of
     these inputs, one of other inputs or one that fails its checks. Without it an up-to-date database
-    is kept, and any other is refused and left as it is."""
+    is kept, a stopped pass of these inputs goes on (and then replaces it), and any other is refused
+    and left as it is."""
 
     def __post_init__(self) -> None:
         if isinstance(self.attribution, str):  # what --attribution takes, from Python

@@ -30,8 +30,9 @@ T_VALUE_CAP = 1e9
 """t-values of exact fits are infinite; the database keeps them finite."""
 
 
-def run_emergence(run_dir: Path) -> tuple[EmergenceResult | None, str | None]:
-    """The run's emergence check and its record's sha256, (None, None) with a note where the run has none;
+def run_emergence(run_dir: Path) -> tuple[EmergenceResult | None, str | None, str | None]:
+    """The run's emergence check, its record's sha256 and why the check's lineage agreement is left out
+    (None where it holds, or there is none); (None, None, None) with a note where the run has no check;
     :class:`DashboardsError` where it is damaged or of another crosscoder."""
     if not (run_dir / EMERGENCE_NAME).is_file():
         print(
@@ -39,15 +40,18 @@ def run_emergence(run_dir: Path) -> tuple[EmergenceResult | None, str | None]:
             f"emergence, contested flags or lineage; run `crosslens analyze --crosscoder {run_dir}` first, then "
             f"`crosslens dashboards {run_dir} --overwrite`"
         )
-        return None, None
+        return None, None, None
     try:
         result = read_emergence(run_dir, crosscoder_sha256(run_dir))
     except EmergenceRecordError as error:
         raise DashboardsError(str(error)) from None
-    return holding_agreement(result, run_dir, "the feature database"), file_sha256(run_dir / EMERGENCE_NAME)
+    held, dropped = holding_agreement(result, run_dir, "the feature database")
+    return held, file_sha256(run_dir / EMERGENCE_NAME), dropped
 
 
-def emergence_meta(result: EmergenceResult | None, record_sha256: str | None) -> dict[str, Any] | None:
+def emergence_meta(
+    result: EmergenceResult | None, record_sha256: str | None, dropped: str | None = None
+) -> dict[str, Any] | None:
     if result is None:
         return None
     return {
@@ -62,6 +66,8 @@ def emergence_meta(result: EmergenceResult | None, record_sha256: str | None) ->
         "agreement": None
         if result.agreement is None
         else {k: v for k, v in result.agreement.to_dict().items() if k != "events"},
+        # an agreement left out as the database was built (its other crosscoder gone or trained again)
+        **({"agreement_dropped": dropped} if dropped else {}),
     }
 
 

@@ -128,7 +128,7 @@ def saved_emergence(folder: Path) -> Any:
     except EmergenceRecordError as error:
         print(f"note: the card leaves out the check `crosslens analyze` saved: {error}")
         return None
-    return holding_agreement(result, run, "the card")
+    return holding_agreement(result, run, "the card")[0]
 
 
 def run_diffing(crosscoder: Any, folder: Path, frequency: Any = None) -> Any:

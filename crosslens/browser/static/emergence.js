@@ -5,6 +5,7 @@
 
 const EmergencePanel = {
   shown: false,
+  check: null,  // the run's emergence counts, once the list's filters are built
   NO_CHECK: "This database holds no emergence check: run `crosslens analyze` on the run (with its store), then "
     + "`crosslens dashboards RUN --overwrite`.",
 
@@ -38,8 +39,14 @@ const EmergencePanel = {
           + "a feature's page lists them, the filter does not." : "");
     }
     hint.append(" ", CL.el("span", { id: "agreement-hint" }));
+    this.check = check;
     this.agreementFilter(check);
     document.getElementById("lineage").addEventListener("change", () => this.agreementFilter(check));
+  },
+
+  // The list's state was set from its URL: the agreement counts follow its lineage kind.
+  showState() {
+    if (this.check) this.agreementFilter(this.check);
   },
 
   // The agreement filter: which crosscoder the lineage was checked against, and how many events of the

@@ -97,6 +97,7 @@ function showState() {
   for (const opt of document.querySelectorAll("#sort option")) opt.disabled = opt.value.startsWith("at_") && !hasAt;
   document.getElementById("order").textContent = state.order === "desc" ? "descending" : "ascending";
   Explained.showState(state);
+  EmergencePanel.showState();  // the agreement counts of the lineage kind the URL chose
 }
 
 function change(updates, { keepOffset = false } = {}) {
