@@ -108,7 +108,7 @@ def test_the_database_holds_a_verdict_for_every_one_model_latent(run):
     assert json.loads(meta)["family"] == "models"
     # the verdicts analyze's record gives the same crosscoder (the database's classes also drop
     # latents its own pass never saw fire)
-    result, _ = run_emergence(run)
+    result = run_emergence(run)[0]
     crosscoder = load_crosscoder_folder(run / FINAL_DIRNAME, device="cpu")
     analysis = DiffingAnalysis.with_emergence(crosscoder, result)
     assert analysis.latent_scaling is not None
