@@ -259,6 +259,10 @@ def test_bad_parameters_and_unknown_features_answer_one_line(server):
         ("ids=abc", "write ids and ranges"),
         ("task=nope", "task=nope: this run has attribution for agreement, ioi"),
         ("limit=x", "limit=x: not a whole number"),
+        ("limit=0", "limit=0: use 1 to 500 features per page"),  # the pager steps by what it asked for
+        ("limit=100000", "limit=100000: use 1 to 500 features per page"),
+        ("class=nonsense", "class=nonsense: this run's classes are initialization, persistent"),
+        ("diffing=any", "diffing=any: latent scaling's verdicts are of a two-model crosscoder"),
     ]:
         status, payload = get(server, "/api/features?" + query)
         assert status == 400 and words in payload["error"] and "\n" not in payload["error"], query

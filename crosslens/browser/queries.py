@@ -157,12 +157,22 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
     if (state or sort.startswith("at_")) and at is None:
         raise QueryError(f"{'state' if state else 'sort'}={state or sort} reads one snapshot: add at=SNAPSHOT.")
     classes = tuple(c for c in get("class").split(",") if c)
+    unknown = [c for c in classes if c not in facts.classes]
+    if unknown:
+        raise QueryError(f"class={unknown[0]}: this run's classes are {', '.join(facts.classes)}.")
     task = get("task")
     if task and task not in {t["task"] for t in facts.tasks}:
         raise QueryError(
             f"task={task}: this run has attribution for {', '.join(t['task'] for t in facts.tasks) or 'no task'}."
         )
     limit = _integer(get("limit"), "limit") if get("limit") else default_limit
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise QueryError(f"limit={limit}: use 1 to {MAX_PAGE_SIZE} features per page.")
+    if get("diffing") and facts.emergence.get("diffing") is None:
+        raise QueryError(
+            f"diffing={get('diffing')}: latent scaling's verdicts are of a two-model crosscoder's one-model-only "
+            "latents, and this run's are one model's snapshots (or it holds no check)."
+        )
     for name, allowed in (("contested", CONTESTED_FILTERS), ("lineage", LINEAGE_FILTERS), ("diffing", DIFFING_FILTERS)):
         if get(name) and get(name) not in allowed:
             raise QueryError(f"{name}={get(name)}: use one of {', '.join(allowed)}.")
@@ -199,7 +209,7 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
         sort=sort,
         descending=get("order") == "desc",
         offset=max(0, _integer(get("offset") or "0", "offset")),
-        limit=min(MAX_PAGE_SIZE, max(1, limit)),
+        limit=limit,
         explained=explained,
     )
 

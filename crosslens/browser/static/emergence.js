@@ -153,11 +153,13 @@ const EmergencePanel = {
   note(run, detail, check) {
     if (!check) return ["Lineage only: analyze had no activation store to fit latent scaling on."];
     if (run.emergence.diffing) return [this.diffingWords(run, detail, check)];
-    const at = (s) => (s === null || s === undefined ? "never" : run.snapshots[s].label);
-    const out = [`Emerges at ${at(check.decoder_snapshot)} by its decoder norm, at ${at(check.scaled_snapshot)} by latent `
+    // a snapshot's label, or "never" where the check found none (a dead feature's)
+    const label = (s) => (s === null || s === undefined ? "never" : run.snapshots[s].label);
+    const at = (s) => (s === null || s === undefined ? "never" : `at ${label(s)}`);
+    const out = [`Emerges ${at(check.decoder_snapshot)} by its decoder norm, ${at(check.scaled_snapshot)} by latent `
       + `scaling (its amplitude in each snapshot's activations where a latent present there points its way, else in the `
       + `error without it, on the ${check.n_fire.toLocaleString("en-US")} sampled tokens it fires on); reported: `
-      + at(check.reported_snapshot) + "."];
+      + label(check.reported_snapshot) + "."];
     if (check.early_presence === "error") out.push(" The early presence is in the reconstruction error without it: its decoder shrank there.");
     if (check.early_presence === "reconstruction") {
       out.push(" The early presence is carried by other latents: decoupled");
