@@ -8,8 +8,8 @@ import json
 import sqlite3
 from typing import Any
 
-from crosslens.core.hashing import crosscoder_change
 from crosslens.core.model_specs import MODELS_FAMILY
+from crosslens.dashboards.schema import agreement_problem
 
 CONTESTED_FILTERS = ("any", "earlier", "later")
 """``contested=``: any contested emergence, or one way."""
@@ -108,12 +108,9 @@ def run_counts(connection: sqlite3.Connection, meta: dict[str, Any]) -> dict[str
     events = dict(connection.execute("SELECT kind, count(*) FROM lineage_events WHERE held GROUP BY kind").fetchall())
     set_aside = connection.execute("SELECT count(*) FROM lineage_events WHERE NOT held").fetchone()[0]
     record = meta.get("emergence")
-    agreement = (record or {}).get("agreement")
-    dropped = (agreement and crosscoder_change(agreement["against"], agreement["crosscoder"], "the lineage")) or (
-        record or {}
-    ).get("agreement_dropped")
+    dropped = agreement_problem(record)
     return {
-        "agreement": None if dropped else _agreement_counts(connection, agreement),
+        "agreement": None if dropped else _agreement_counts(connection, (record or {}).get("agreement")),
         "agreement_dropped": dropped or None,
         "computed": record is not None,
         "latent_scaling": bool(record and record.get("latent_scaling")),

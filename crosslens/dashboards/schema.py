@@ -26,6 +26,9 @@ column's description (``np.frombuffer(blob, dtype="<i4")``).
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
+
+from crosslens.core.hashing import crosscoder_change
 
 FORMAT = "crosslens.dashboards/6"
 """The layout's name and version, ``meta['format']``."""
@@ -244,6 +247,17 @@ def create_schema(connection: sqlite3.Connection) -> None:
     """Create every table (not the indexes: :data:`INDEXES` go in after the bulk insert)."""
     for sql in TABLES.values():
         connection.execute(sql)
+
+
+def agreement_problem(emergence_meta: dict[str, Any] | None) -> str | None:
+    """Why the lineage agreement a database's ``meta.emergence`` holds is not to be shown: the other
+    crosscoder is gone or was trained again since (checked now), or it was left out when the
+    database was built (``agreement_dropped``); None where it holds, or there is none."""
+    meta = emergence_meta or {}
+    agreement = meta.get("agreement")
+    if agreement is None:
+        return meta.get("agreement_dropped")
+    return crosscoder_change(agreement["against"], agreement["crosscoder"], "the lineage")
 
 
 def schema_problem(connection: sqlite3.Connection) -> str | None:

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from crosslens.core.hashing import crosscoder_change
+from crosslens.dashboards.schema import agreement_problem
 
 FLAGS_NAME = "emergence_flags.json"
 FLAGS_FORMAT = "crosslens.emergence_flags/1"
@@ -55,7 +55,7 @@ def emergence_flags(context: Any) -> dict[str, Any] | None:
             **({"diffing": diffing} if diffing is not None else {}),
         }
     checked = record.get("agreement")
-    dropped = checked and crosscoder_change(checked["against"], checked["crosscoder"], "the lineage")
+    dropped = checked and agreement_problem(record)
     if dropped:
         print(f"note: {FLAGS_NAME} leaves out the lineage's agreement: {dropped}")
         checked = None
