@@ -182,3 +182,21 @@ def test_a_warm_up_left_to_the_trainer_is_refused_by_another_trainer():
         assert cc.ARCHITECTURES[arch][3](**shape, k=4).l1_warm_up_steps == 0
     with pytest.raises(ValueError, match="must be >= 0"):
         cc.ARCHITECTURES["crosscoder"][3](**shape, l1_warm_up_steps=-1)
+
+
+def test_train_and_evaluate_measure_the_spliced_loss_on_one_default():
+    """The quality table ``train`` writes and ``crosslens evaluate --spliced-loss`` measure the same
+    rows against the same floor unless told otherwise, and the floors the flag offers are the
+    ones the measurement takes."""
+    import typing
+
+    from crosslens.causal.spliced_loss_eval import SplicedAblation
+    from crosslens.cli import build_parser
+    from crosslens.cli.options import SPLICED_ABLATIONS
+
+    parser = build_parser()
+    train = parser.parse_args(["train", "--store", "S", "--out", "O"])
+    evaluate = parser.parse_args(["evaluate", "RUN", "--store", "S"])
+    assert (train.spliced_seqs, train.spliced_ablation) == (evaluate.spliced_seqs, evaluate.spliced_ablation)
+    assert (train.spliced_seqs, train.spliced_ablation) == (64, "zero")
+    assert SPLICED_ABLATIONS == typing.get_args(SplicedAblation)

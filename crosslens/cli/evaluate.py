@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from crosslens.cli.common import CLIError, crosscoder_folder_arg, device_and_dtype
-from crosslens.cli.flags import Subcommand
-from crosslens.cli.options import DeviceFlags
+from crosslens.cli.flags import Subcommand, field_flags
+from crosslens.cli.options import DeviceFlags, SplicedLossFlags
 from crosslens.core.errors import CrosslensError
 from crosslens.core.paths import TRAINED_ROWS_NAME
 
@@ -27,13 +27,9 @@ class EvaluateFlags:
     """Also splice each snapshot's reconstruction into that snapshot's model and report the next-token
     cross-entropy it recovers and the KL divergence from the clean model, on the store's token rows
     (loads every snapshot model once)."""
-    spliced_ablation: str = field(default="zero", metadata={"choices": ("zero", "mean")})
-    """The floor of the recovered loss: the activation zeroed, or replaced by its mean over the tokens."""
-    spliced_seqs: int = field(default=64, metadata={"min": 1})
-    """Token rows of the store the spliced loss is measured on."""
 
 
-SPLICED_FLAGS = {"spliced_ablation": "--spliced-ablation", "spliced_seqs": "--spliced-seqs"}
+SPLICED_FLAGS = field_flags((SplicedLossFlags,))
 """The flags that only --spliced-loss reads."""
 
 
@@ -41,9 +37,11 @@ def evaluate(args: argparse.Namespace) -> int:
     from crosslens.cli.quality import print_quality
     from crosslens.training.runfolder import crosscoder_folder
 
-    stray = [flag for dest, flag in SPLICED_FLAGS.items() if dest in getattr(args, "explicit", ())]
+    stray = sorted(flag for dest, flag in SPLICED_FLAGS.items() if dest in getattr(args, "explicit", ()))
     if stray and not args.spliced_loss:
         raise CLIError(f"{', '.join(stray)} set{'s' if len(stray) == 1 else ''} the spliced loss: add --spliced-loss")
+    if args.spliced_loss and args.spliced_seqs == 0:
+        raise CLIError("--spliced-seqs 0 skips the spliced loss --spliced-loss asks for: pass 1 or more rows")
     device, _ = device_and_dtype(args)
     folder = crosscoder_folder_arg(args.crosscoder, "CROSSCODER")
     if not Path(args.store).exists():
@@ -92,6 +90,6 @@ def print_spliced_loss(crosscoder_path: Path, store_path: str, args: argparse.Na
 COMMAND = Subcommand(
     ("evaluate",),
     "explained variance per snapshot, L0 and dead features of a crosscoder on a store",
-    (EvaluateFlags, DeviceFlags),
+    (EvaluateFlags, SplicedLossFlags, DeviceFlags),
     evaluate,
 )

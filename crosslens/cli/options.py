@@ -1,5 +1,5 @@
 """Flags several subcommands share, declared once: the device and dtype, which snapshots, how many
-tokens, and the dtype a saved crosscoder loads in. Which tokens is the harvest's own
+tokens, the dtype a saved crosscoder loads in, and how the spliced-model loss is measured. Which tokens is the harvest's own
 :class:`~crosslens.activations.config.TokenSource`."""
 
 from __future__ import annotations
@@ -49,6 +49,23 @@ class TokenBudgetFlags:
     n_tokens: int | None = field(default=None, metadata={"default_from": (TokenBudget, "n_tokens")})
     seq_len: int | None = field(default=None, metadata={"default_from": (TokenBudget, "seq_len")})
     heldout_tokens: int | None = field(default=None, metadata={"default_from": (TokenBudget, "heldout_tokens")})
+
+
+SPLICED_ABLATIONS = ("zero", "mean")
+"""The floors of the spliced-model loss (``crosslens.causal.spliced_loss_eval.SplicedAblation``)."""
+
+
+@dataclass
+class SplicedLossFlags:
+    """How the spliced-model loss is measured, by ``train`` after training and by ``evaluate
+    --spliced-loss``: one default, so that both commands report the same figure for a run."""
+
+    spliced_seqs: int = field(default=64, metadata={"min": 0})
+    """Token rows of the measured store on which each snapshot's spliced-model loss is measured (CE
+    recovered against the --spliced-ablation floor, KL from the clean model); it loads every snapshot
+    model once. 0 skips it."""
+    spliced_ablation: str = field(default="zero", metadata={"choices": SPLICED_ABLATIONS})
+    """The floor of the recovered loss: the activation zeroed, or replaced by its mean over the tokens."""
 
 
 @dataclass

@@ -2,7 +2,7 @@
 ``evaluate`` on demand): held-out explained variance per snapshot, L0 and dead features, and the
 spliced-model loss, printed and saved as ``quality.json``, whose ``"spliced_loss"`` entry is::
 
-    {"ablation": "zero", "n_seqs": 16, "seq_len": 64, "measured_on": STORE, "crosscoder": [row, ...]}
+    {"ablation": "zero", "n_seqs": 64, "seq_len": 64, "measured_on": STORE, "crosscoder": [row, ...]}
 
 with one :func:`~crosslens.causal.spliced_loss_eval.spliced_loss` row per snapshot (the demo adds
 ``"baselines"``: the per-snapshot SAEs' rows, by architecture). The spliced-loss figures also go

@@ -35,7 +35,14 @@ from crosslens.cli.common import (
 )
 from crosslens.cli.flags import Subcommand, build, explicit
 from crosslens.cli.inputs import check_output_folder
-from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, data_flags_given, data_flags_refusal
+from crosslens.cli.options import (
+    DeviceFlags,
+    SplicedLossFlags,
+    SuiteFlags,
+    TokenBudgetFlags,
+    data_flags_given,
+    data_flags_refusal,
+)
 from crosslens.core.devices import DTYPE_BYTES, RESIDENT_MEMORY_FRACTION, reset_peak_memory
 from crosslens.core.errors import run_again
 from crosslens.core.launch import is_main_process, local_rank_device, local_world_size
@@ -61,12 +68,6 @@ class TrainFlags:
     """Store for the final quality table (default: STORE-heldout written by harvest, else the training store).
     The store measured on is re-hashed against its manifest (the training store: sizes only), and a
     STORE-heldout is refused unless it was split from STORE."""
-    spliced_seqs: int = field(default=16, metadata={"min": 0})
-    """Token rows of the quality table's store on which each snapshot's spliced-model loss is measured
-    (CE recovered against the --spliced-ablation floor, KL from the clean model); it loads every snapshot
-    model once. 0 skips it."""
-    spliced_ablation: str = field(default="zero", metadata={"choices": ("zero", "mean")})
-    """The floor of the recovered loss: the activation zeroed, or replaced by its mean over the tokens."""
     resume: bool = False
     """Continue from the last checkpoint in --out (a run there that finished with these settings is
     reported, not trained again)."""
@@ -509,6 +510,6 @@ def _heldout_spliced(runner, crosscoder, args: argparse.Namespace, model_dtype: 
 COMMAND = Subcommand(
     ("train",),
     "train a crosscoder on an activation store, or streamed from resident snapshot models",
-    (TrainFlags, CrosscoderRunnerConfig, SuiteFlags, TokenBudgetFlags, TokenSource, DeviceFlags),
+    (TrainFlags, CrosscoderRunnerConfig, SplicedLossFlags, SuiteFlags, TokenBudgetFlags, TokenSource, DeviceFlags),
     train,
 )
