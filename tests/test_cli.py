@@ -271,7 +271,7 @@ def test_help_imports_neither_transformer_lens_nor_sae_lens():
         "import sys\n"
         "from crosslens.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "for sub in (['harvest', '--help'], ['suite', 'build', '--help']):\n"
+        "for sub in (['harvest', '--help'], ['suite', 'build', '--help'], ['attribute', '--help']):\n"
         "    try:\n        main(sub)\n    except SystemExit:\n        pass\n"
         "print(sorted(m for m in ('transformer_lens', 'sae_lens', 'torch') if m in sys.modules))\n"
     )

@@ -7,47 +7,38 @@
 - :func:`relie`, :func:`relie_pairwise` and :func:`classify_relie` say at which
   snapshots a feature matters.
 - :func:`run_causal_stage` does all of it for one task and writes tables and a report.
+
+Each name is imported on first use, so that the command line can read the stage's defaults
+(:mod:`crosslens.causal.defaults`) without loading torch.
 """
 
-from crosslens.causal.ablation import ablate, ablation_curves, task_metric
-from crosslens.causal.attribution import AttributionConfig, attribute
-from crosslens.causal.ie_table import IETable
-from crosslens.causal.ig import integrated_gradients
-from crosslens.causal.relative_ie import (
-    RELIE_CLASSES,
-    RelIEThresholds,
-    class_counts,
-    classify_relie,
-    reldec,
-    relie,
-    relie_pairwise,
-)
-from crosslens.causal.spliced_loss_eval import format_spliced_loss, spliced_loss
-from crosslens.causal.splicing import splice
-from crosslens.causal.stage import CausalStageResult, causal_report, load_crosscoder, run_causal_stage
-from crosslens.crosscoders.per_snapshot_sae import SnapshotCodec
+from crosslens.core.lazy import lazy_attributes
 
-__all__ = [
-    "AttributionConfig",
-    "CausalStageResult",
-    "IETable",
-    "RELIE_CLASSES",
-    "RelIEThresholds",
-    "SnapshotCodec",
-    "ablate",
-    "ablation_curves",
-    "attribute",
-    "causal_report",
-    "class_counts",
-    "classify_relie",
-    "format_spliced_loss",
-    "integrated_gradients",
-    "load_crosscoder",
-    "reldec",
-    "relie",
-    "relie_pairwise",
-    "run_causal_stage",
-    "splice",
-    "spliced_loss",
-    "task_metric",
-]
+_SOURCES = {
+    "ablate": "crosslens.causal.ablation",
+    "ablation_curves": "crosslens.causal.ablation",
+    "task_metric": "crosslens.causal.ablation",
+    "AttributionConfig": "crosslens.causal.attribution",
+    "attribute": "crosslens.causal.attribution",
+    "IETable": "crosslens.causal.ie_table",
+    "integrated_gradients": "crosslens.causal.ig",
+    "RELIE_CLASSES": "crosslens.causal.relative_ie",
+    "RelIEThresholds": "crosslens.causal.relative_ie",
+    "class_counts": "crosslens.causal.relative_ie",
+    "classify_relie": "crosslens.causal.relative_ie",
+    "reldec": "crosslens.causal.relative_ie",
+    "relie": "crosslens.causal.relative_ie",
+    "relie_pairwise": "crosslens.causal.relative_ie",
+    "format_spliced_loss": "crosslens.causal.spliced_loss_eval",
+    "spliced_loss": "crosslens.causal.spliced_loss_eval",
+    "splice": "crosslens.causal.splicing",
+    "CausalStageResult": "crosslens.causal.stage",
+    "causal_report": "crosslens.causal.stage",
+    "load_crosscoder": "crosslens.causal.stage",
+    "run_causal_stage": "crosslens.causal.stage",
+    "SnapshotCodec": "crosslens.crosscoders.per_snapshot_sae",
+}
+
+__all__ = sorted(_SOURCES)
+
+__getattr__ = lazy_attributes(__name__, _SOURCES)

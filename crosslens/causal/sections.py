@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crosslens.causal import defaults
 from crosslens.causal.behaviour import SnapshotBehaviour, behaving_columns, chance_note
 from crosslens.causal.languages import language_of, run_language_tasks
 from crosslens.causal.stage import load_crosscoder, metric_formula, run_causal_stage
@@ -36,8 +37,8 @@ def attribution_sections(
     suite: CheckpointSuite,
     crosscoder: Crosscoder | str | Path,
     *,
-    task: str = "agreement_pp",
-    n_examples: int = 64,
+    task: str = defaults.TASK,
+    n_examples: int = defaults.N_EXAMPLES,
     out: str | Path | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -129,7 +130,7 @@ def language_attribution_sections(
     crosscoder: Crosscoder | str | Path,
     tasks: Sequence[Any],
     *,
-    n_examples: int = 64,
+    n_examples: int = defaults.N_EXAMPLES,
     out: str | Path | None = None,
     seed: int = 0,
     device: str = "cpu",

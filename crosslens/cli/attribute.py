@@ -10,12 +10,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crosslens.causal import defaults
 from crosslens.cli.common import CLIError, crosscoder_folder_arg, device_and_dtype, resolve_suite
 from crosslens.cli.flags import Subcommand
 from crosslens.cli.inputs import check_output_file
 from crosslens.cli.options import DeviceFlags, SuiteFlags
-
-TASK_DEFAULT = "agreement_pp"
 
 
 @dataclass
@@ -26,7 +25,7 @@ class AttributeFlags:
     """The suite to attribute on (default: the one recorded with the crosscoder). Its snapshots (--steps,
     --n-snapshots; default: the crosscoder's) must be the crosscoder's, revisions, steps and weights: they
     are checked before any model loads (a local suite's weight files are hashed for it)."""
-    task: str = TASK_DEFAULT
+    task: str = defaults.TASK
     """Task name (see crosslens.tasks) or a pairs file (BLiMP or crosslens JSONL, CLAMS text); several,
     comma-separated, run together, one per language (agreement_multilingual = its en, fr and es tasks), with
     RelIE per language side by side."""
@@ -35,7 +34,7 @@ class AttributeFlags:
     skip_invalid: bool = False
     """Drop the lines of a pairs file that do not parse, instead of refusing the file. Pairs the suite's
     tokenizer cannot score are dropped either way, with a warning naming the first."""
-    n_examples: int = field(default=64, metadata={"min": 1})
+    n_examples: int = field(default=defaults.N_EXAMPLES, metadata={"min": 1})
     """Minimal pairs to score."""
     out: str = "attribution.json"
     """The IE table (a .json file); the report is written beside it with .html, plots and tables in a

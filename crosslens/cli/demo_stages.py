@@ -24,6 +24,7 @@ from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder
 from crosslens.analysis.probes import firing_frequency
 from crosslens.analysis.stability import add_stability_section, format_stability, seed_stability, stable_features
 from crosslens.architectures import PICO_DEMO_JUMPRELU_SPARSITY
+from crosslens.causal import defaults
 from crosslens.causal.claims import format_stable_claims, stable_claim_rows, stable_claims_over_seeds
 from crosslens.causal.sections import attribution_sections, causal_out_dir
 from crosslens.causal.spliced_loss_eval import (
@@ -94,7 +95,7 @@ class DemoConfig:
     half the main run, seeds 1 and 2 match seed 0 on fewer features than with every seed at the
     main run's length (benchmarks/README.md, "The demo"). Shorter extra seeds are named in
     the printout."""
-    task: str = "agreement_pp"
+    task: str = defaults.TASK
     """The task of the causal stage and of the claims over seeds."""
     claim_min_cosine: float = 0.7
     """Decoder cosine at which a feature counts as found by another seed: causal claims over
@@ -369,8 +370,8 @@ def attribute_stage(
     suite,
     crosscoder,
     *,
-    task: str = "agreement_pp",
-    n_examples: int = 64,
+    task: str = defaults.TASK,
+    n_examples: int = defaults.N_EXAMPLES,
     out=None,
     seed: int = 0,
     device: str = "cpu",
