@@ -263,6 +263,7 @@ def test_bad_parameters_and_unknown_features_answer_one_line(server):
         ("limit=100000", "limit=100000: use 1 to 500 features per page"),
         ("class=nonsense", "class=nonsense: this run's classes are initialization, persistent"),
         ("diffing=any", "diffing=any: latent scaling's verdicts are of a two-model crosscoder"),
+        ("relie_class=specfic", "relie_class=specfic: use one of other, shared, specific, below_floor, no_behaviour"),
     ]:
         status, payload = get(server, "/api/features?" + query)
         assert status == 400 and words in payload["error"] and "\n" not in payload["error"], query
@@ -545,6 +546,13 @@ def test_the_list_page_searches_filters_sorts_and_pages(driver, server, oracle):
     list_update(driver, lambda: driver.find_element(By.ID, "ids").send_keys("3, 10-12", Keys.ENTER))
     assert shown_features(driver) == [3, 10, 11, 12]
 
+    # a page size the selector does not list (the URL's, or browse --page-size 30) is listed and shown
+    open_page(driver, server, "/?limit=30")
+    assert shown_features(driver) == list(range(30))
+    sizes = Select(driver.find_element(By.ID, "limit"))
+    assert sizes.first_selected_option.text == "30"
+    assert [o.text for o in sizes.options] == ["25", "30", "50", "100", "200"]
+
 
 def plotted(driver, plot: str) -> list[dict]:
     return driver.execute_script(
@@ -627,6 +635,11 @@ def test_the_feature_page_plots_what_the_database_holds_and_switches_snapshots(d
         what="next feature",
     )
     assert driver.current_url.endswith(f"/feature/{feature + 1}?snapshot={S - 1}")
+    # a snapshot past the last is shown at the last, without a request the server refuses (open_page
+    # fails on any error in the console)
+    open_page(driver, server, f"/feature/{feature}?snapshot=99")
+    assert driver.execute_script("return document.body.dataset.reading") == str(S - 1)
+    check_reading(driver, oracle, feature, S - 1)
 
 
 def test_the_reports_features_open_their_pages(driver, server, run_dir):

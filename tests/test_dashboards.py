@@ -355,6 +355,16 @@ def test_causal_scores_come_from_the_attribution_files(tiny, tmp_path):
     assert relevance == {f: pytest.approx(float(ie[f].abs().max())) for f in range(32)}
 
 
+def test_the_relie_labels_the_database_declares_are_the_causal_stage_s():
+    """The browser refuses a ``relie_class`` outside the column's labels, which it reads without torch
+    from the schema: they are the stage's classes and its two labels for what it does not class."""
+    from crosslens.causal.behaviour import NO_BEHAVIOUR
+    from crosslens.causal.relative_ie import BELOW_FLOOR, RELIE_CLASSES
+    from crosslens.dashboards.schema import RELIE_LABELS
+
+    assert RELIE_LABELS == (*RELIE_CLASSES, BELOW_FLOOR, NO_BEHAVIOUR)
+
+
 # ---------------------------------------------------------------- refusals
 def test_bad_runs_stores_and_attributions_are_refused_in_one_line(tiny, tmp_path):
     run = fresh_run(tiny, tmp_path)

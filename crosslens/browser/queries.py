@@ -41,6 +41,7 @@ from crosslens.browser.explained import (
     sort_column,
 )
 from crosslens.core.errors import CrosslensError
+from crosslens.dashboards.schema import RELIE_LABELS
 
 FEATURE_SORTS = (
     "feature",
@@ -165,6 +166,8 @@ def parse_query(params: Mapping[str, str], facts: RunFacts, default_limit: int =
         raise QueryError(
             f"task={task}: this run has attribution for {', '.join(t['task'] for t in facts.tasks) or 'no task'}."
         )
+    if get("relie_class") and get("relie_class") not in RELIE_LABELS:
+        raise QueryError(f"relie_class={get('relie_class')}: use one of {', '.join(RELIE_LABELS)}.")
     limit = _integer(get("limit"), "limit") if get("limit") else default_limit
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise QueryError(f"limit={limit}: use 1 to {MAX_PAGE_SIZE} features per page.")

@@ -47,6 +47,11 @@ CONTEXT_KINDS = ("top", "quantile")
 """``contexts.kind``: the top-activating tokens, or tokens sampled across the activation
 quantiles of the firing tokens (as SAEDashboard shows beside the top ones)."""
 
+RELIE_LABELS = ("other", "shared", "specific", "below_floor", "no_behaviour")
+"""``causal.relie_class``: the causal stage's RelIE classes
+(:data:`crosslens.causal.relative_ie.RELIE_CLASSES`), an effect under its noise floor
+(``BELOW_FLOOR``), or a snapshot at chance on the task (``NO_BEHAVIOUR``)."""
+
 TABLES: dict[str, str] = {
     "meta": """
 CREATE TABLE meta (

@@ -296,14 +296,19 @@ function readingOf(requested) {
 
 // A feature's facts and its contexts at one reading, asked for as early as possible (app.js asks
 // on a page load, before the run's facts arrive) and taken by the view that shows them. The
-// contexts at the other readings follow once the page is drawn.
+// contexts at a snapshot wait for the run's facts, which say whether the URL's is one (a
+// ?snapshot= past the last is shown at the last). The contexts at the other readings follow once
+// the page is drawn.
 let featureRequest = null;
 function requestFeature(feature, requested) {
   const at = readingOf(requested);
-  if (!featureRequest || featureRequest.feature !== feature || featureRequest.reading !== at) {
-    featureRequest = { feature, reading: at, detail: CL.fetchJSON(`/api/feature/${feature}`),
-      contexts: CL.fetchJSON(`/api/feature/${feature}/contexts?snapshot=${at}`) };
+  if (!featureRequest || featureRequest.feature !== feature) {
+    featureRequest = { feature, reading: null, contexts: null, detail: CL.fetchJSON(`/api/feature/${feature}`) };
     featureRequest.detail.catch(() => {});
+  }
+  if (featureRequest.reading !== at && (CL.run || at === ALL)) {
+    featureRequest.reading = at;
+    featureRequest.contexts = CL.fetchJSON(`/api/feature/${feature}/contexts?snapshot=${at}`);
     featureRequest.contexts.catch(() => {});
   }
   return featureRequest;

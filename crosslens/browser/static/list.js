@@ -84,7 +84,16 @@ function buildControls(run) {
   Explained.buildControls(run); // explained.js: the search by meaning, when the run has explanations
 }
 
+function offerPageSize(value) {
+  // --page-size or the URL's limit may be a size the selector does not list: list it, in order
+  const select = document.getElementById("limit");
+  if (!value || [...select.options].some((o) => o.value === value)) return;
+  const after = [...select.options].find((o) => Number(o.value) > Number(value));
+  select.insertBefore(option(value, value), after || null);
+}
+
 function showState() {
+  offerPageSize(state.limit);
   for (const key of ["q", "ids", "emerged_from", "emerged_to", "at", "state", "task", "relie_class", "min_relevance",
     "contested", "lineage", "agreement", "diffing", "sort", "limit", "meaning", "min_detection"]) {
     const control = document.getElementById(key);
