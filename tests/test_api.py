@@ -110,3 +110,15 @@ def test_top_level_import_stays_light() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
     assert crosslens.CrosscoderTrainingRunner.__name__ == "CrosscoderTrainingRunner"  # resolves on first use
+
+
+def test_the_causal_package_resolves_its_names_and_plots_on_first_use() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, crosslens.causal as c; light = 'torch' not in sys.modules; "
+        "print(light, c.plots.__name__, c.run_causal_stage.__module__, sorted(c.__all__) == sorted(set(c.__all__)))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.split() == ["True", "crosslens.causal.plots", "crosslens.causal.stage", "True"]

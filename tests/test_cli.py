@@ -98,6 +98,11 @@ def test_evaluate_refuses_spliced_settings_without_the_spliced_loss(tmp_path, ca
     assert (
         err == "crosslens evaluate: error: --spliced-ablation, --spliced-seqs set the spliced loss: add --spliced-loss"
     )
+    # 0 rows measure nothing, with --spliced-loss or without: the advice names both ways out
+    zero = "crosslens evaluate: error: --spliced-seqs 0 measures no spliced loss: drop it, or pass --spliced-loss with 1 or more rows"
+    for extra in ([], ["--spliced-loss"]):
+        args = ["evaluate", str(tmp_path), "--store", str(tmp_path), "--spliced-seqs", "0", *extra]
+        assert one_line_error(args, capsys) == zero
 
 
 def test_demo_and_suite_build_refuse_an_output_path_that_is_a_file_or_a_store(tmp_path, capsys):

@@ -41,4 +41,5 @@ _SOURCES = {
 
 __all__ = sorted(_SOURCES)
 
-__getattr__ = lazy_attributes(__name__, _SOURCES)
+# the plots module is public too (docs/API.md), as an attribute of the package
+__getattr__ = lazy_attributes(__name__, {**_SOURCES, "plots": "crosslens.causal.plots"})

@@ -82,8 +82,10 @@ class DemoConfig:
     """Training steps of each baseline SAE."""
     spliced_seqs: int = 16
     """Held-out rows on which the crosscoder and the baseline SAEs are spliced into each snapshot's
-    model (CE recovered against the zero-ablation floor, KL from the clean model); 0 skips it."""
-    n_task_examples: int = 64
+    model (CE recovered against the zero-ablation floor, KL from the clean model); 0 skips it. Fewer
+    than ``crosslens train``'s and ``evaluate``'s 64, for the demo's minutes: the baselines are
+    spliced too (benchmarks/README.md's table is ``evaluate``'s)."""
+    n_task_examples: int = defaults.N_EXAMPLES
     """Minimal pairs used for attribution and ablation."""
     seed: int = 0
     """Seed of every stage."""

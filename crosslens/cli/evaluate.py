@@ -37,11 +37,11 @@ def evaluate(args: argparse.Namespace) -> int:
     from crosslens.cli.quality import print_quality
     from crosslens.training.runfolder import crosscoder_folder
 
+    if args.spliced_seqs == 0:  # before the advice to add --spliced-loss, which 0 would refuse
+        raise CLIError("--spliced-seqs 0 measures no spliced loss: drop it, or pass --spliced-loss with 1 or more rows")
     stray = sorted(flag for dest, flag in SPLICED_FLAGS.items() if dest in getattr(args, "explicit", ()))
     if stray and not args.spliced_loss:
         raise CLIError(f"{', '.join(stray)} set{'s' if len(stray) == 1 else ''} the spliced loss: add --spliced-loss")
-    if args.spliced_loss and args.spliced_seqs == 0:
-        raise CLIError("--spliced-seqs 0 skips the spliced loss --spliced-loss asks for: pass 1 or more rows")
     device, _ = device_and_dtype(args)
     folder = crosscoder_folder_arg(args.crosscoder, "CROSSCODER")
     if not Path(args.store).exists():

@@ -63,7 +63,7 @@ class SplicedLossFlags:
     spliced_seqs: int = field(default=64, metadata={"min": 0})
     """Token rows of the measured store on which each snapshot's spliced-model loss is measured (CE
     recovered against the --spliced-ablation floor, KL from the clean model); it loads every snapshot
-    model once. 0 skips it."""
+    model once. train: 0 skips it."""
     spliced_ablation: str = field(default="zero", metadata={"choices": SPLICED_ABLATIONS})
     """The floor of the recovered loss: the activation zeroed, or replaced by its mean over the tokens."""
 
