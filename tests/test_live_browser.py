@@ -7,6 +7,7 @@ Screenshots of the panels go to ``$CROSSLENS_SCREENSHOTS`` (default /tmp/live_sc
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import queue
@@ -80,6 +81,17 @@ def test_the_live_api_answers_what_the_python_function_returns(server, live):
     assert status == 200, steered
     want = live.steer(feature, PROMPT, strength=6.0, mode="clamp", n_tokens=7, temperature=0.5, seed=3)
     assert [(r["plain"], r["steered"]) for r in steered["snapshots"]] == [(r.plain, r.steered) for r in want.snapshots]
+    # unasked settings are the library's defaults, which the page's form is also given
+    status, plain = get(server, f"/api/live/feature/{feature}/steer?" + query(prompt=PROMPT, strength=6))
+    want = live.steer(feature, PROMPT, strength=6.0)
+    assert [(r["plain"], r["steered"]) for r in plain["snapshots"]] == [(r.plain, r.steered) for r in want.snapshots]
+    signature = inspect.signature(live.steer).parameters
+    assert get(server, "/api/run")[1]["steer_defaults"] == {
+        "mode": signature["mode"].default,
+        "tokens": signature["n_tokens"].default,
+        "temperature": signature["temperature"].default,
+        "seed": signature["seed"].default,
+    }
     status, state = get(server, "/api/live/status")
     assert state["state"] == "ready" and state["resident"] == [0, 1, 2] and state["loads"] == [1, 1, 1]
 
@@ -338,6 +350,11 @@ def test_the_feature_page_shows_its_heatmap_and_steers_every_snapshot(driver, se
         [pytest.approx(a, abs=1e-6) for a in row] for row in acts.feature(feature)
     ]
 
+    form = {
+        k: driver.find_element(By.ID, "steer-" + k).get_attribute("value")
+        for k in ("mode", "tokens", "temperature", "seed")
+    }
+    assert form == {"mode": "add", "tokens": "20", "temperature": "0", "seed": "0"}  # the backend's defaults
     for key, value in (("prompt", PROMPT), ("strength", "6"), ("tokens", "8")):
         field = driver.find_element(By.ID, "steer-" + key)
         field.clear()

@@ -101,20 +101,21 @@ def _heatmap(backend: LiveBackend, database: Database, params: Mapping[str, str]
 
 def _steer(backend: LiveBackend, database: Database, params: Mapping[str, str], feature: str) -> dict[str, Any]:
     chosen = checked_feature(feature, database.facts)
-    limits = backend.status().get("limits", {})
+    limits = backend.status()["limits"]  # the backend's bounds and defaults (crosslens.live.config.limits)
+    given = limits["steer_defaults"]
     prompt = _text_param(backend, params, "prompt")
-    mode = params.get("mode") or "add"
-    if mode not in limits.get("modes", ("add", "clamp")):
+    mode = params.get("mode") or given["mode"]
+    if mode not in limits["modes"]:
         raise QueryError(f"mode={mode}: use add (add the feature's direction) or clamp (set its activation)")
-    strength = _number(params, "strength", None, limits.get("max_strength", 1e6))
+    strength = _number(params, "strength", None, limits["max_strength"])
     return backend.steer(
         chosen,
         prompt,
         strength=strength,
         mode=mode,
-        n_tokens=_whole(params, "tokens", 20, 1, int(limits.get("max_new_tokens", 64))),
-        temperature=_number(params, "temperature", 0.0, limits.get("max_temperature", 10.0), low=0.0),
-        seed=_whole(params, "seed", 0, 0, 2**63 - 1),
+        n_tokens=_whole(params, "tokens", given["tokens"], 1, int(limits["max_new_tokens"])),
+        temperature=_number(params, "temperature", given["temperature"], limits["max_temperature"], low=0.0),
+        seed=_whole(params, "seed", given["seed"], 0, 2**63 - 1),
     )
 
 
@@ -132,7 +133,7 @@ def _text_param(backend: LiveBackend, params: Mapping[str, str], name: str) -> s
     what = "the text" if name == "text" else "the prompt"
     if not text.strip():
         raise QueryError(f"{name}= is empty: type {what} to run through every snapshot")
-    limit = int(backend.status().get("limits", {}).get("max_text_chars", 4000))
+    limit = int(backend.status()["limits"]["max_text_chars"])
     if len(text) > limit:
         raise QueryError(f"{name}= has {len(text):,} characters: at most {limit:,} are read at once; shorten {what}")
     return text

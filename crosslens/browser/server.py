@@ -142,6 +142,8 @@ class BrowserServer(ThreadingHTTPServer):
             "report": self.report.is_file(),
             "page_size": self.config.page_size,
             "live": self.live is not None,
+            # the steering form's defaults, the backend's own (crosslens.live.config)
+            "steer_defaults": self.live.status()["limits"]["steer_defaults"] if self.live is not None else None,
             "explained": facts.explained,  # crosslens explain's explanations (None: none)
             "explained_sorts": list(EXPLAINED_SORTS),
         }

@@ -17,6 +17,14 @@ MAX_STRENGTH = 1e6
 
 MAX_TEMPERATURE = 10.0
 
+STEER_MODE = "add"
+STEER_TOKENS = 20
+STEER_TEMPERATURE = 0.0
+STEER_SEED = 0
+"""What a steering request takes where it does not say: the mode, new tokens per snapshot, sampling
+temperature (0: greedy) and seed, for :meth:`crosslens.live.LiveModels.steer`, the browser's API and
+its form (:func:`limits` hands them over)."""
+
 
 @dataclass(frozen=True)
 class LiveConfig:
@@ -55,4 +63,10 @@ def limits(config: LiveConfig) -> dict[str, object]:
         "max_strength": MAX_STRENGTH,
         "max_temperature": MAX_TEMPERATURE,
         "modes": list(MODES),
+        "steer_defaults": {
+            "mode": STEER_MODE,
+            "tokens": STEER_TOKENS,
+            "temperature": STEER_TEMPERATURE,
+            "seed": STEER_SEED,
+        },
     }

@@ -38,7 +38,17 @@ from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.dashboards.logits import vocabulary_pieces
 from crosslens.dashboards.readings import Readings
 from crosslens.dashboards.sources import recorded_suite
-from crosslens.live.config import MAX_STRENGTH, MAX_TEMPERATURE, MODES, LiveConfig, limits
+from crosslens.live.config import (
+    MAX_STRENGTH,
+    MAX_TEMPERATURE,
+    MODES,
+    STEER_MODE,
+    STEER_SEED,
+    STEER_TEMPERATURE,
+    STEER_TOKENS,
+    LiveConfig,
+    limits,
+)
 from crosslens.live.resident import ResidentModels
 from crosslens.live.steering import SteeredSnapshot, Steering, continue_twice, direction, steering_hook
 from crosslens.live.text import TextActivations, text_codes
@@ -344,10 +354,10 @@ class LiveModels:
         prompt: str,
         *,
         strength: float,
-        mode: str = "add",
-        n_tokens: int = 20,
-        temperature: float = 0.0,
-        seed: int = 0,
+        mode: str = STEER_MODE,
+        n_tokens: int = STEER_TOKENS,
+        temperature: float = STEER_TEMPERATURE,
+        seed: int = STEER_SEED,
         snapshots: list[int] | None = None,
     ) -> Steering:
         """Each snapshot's continuation of ``prompt``, without and with ``feature`` steered

@@ -292,7 +292,7 @@ Live.showFeature = async function (feature, detail) {
   const text = params.get("text") || (changed ? document.getElementById("live-feature-text").value : "");
   document.getElementById("live-feature-text").value = text;
   const strength = detail.max_activation > 0 ? Number(detail.max_activation.toPrecision(3)) : 10;
-  const defaults = { prompt: "", mode: "add", strength, tokens: 20, temperature: 0, seed: 0 };
+  const defaults = Object.assign({ prompt: "", strength }, CL.run.steer_defaults);
   for (const key of Live.STEER_FIELDS) {
     const control = document.getElementById("steer-" + key);
     control.value = params.has(key) ? params.get(key) : (key === "prompt" && !changed ? control.value : defaults[key]);
