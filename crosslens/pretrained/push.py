@@ -43,6 +43,7 @@ from crosslens.pretrained.card import (
     saved_emergence,
 )
 from crosslens.pretrained.registry import is_release_name
+from crosslens.training.metrics import EVAL_TOKENS
 
 if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder
@@ -151,7 +152,7 @@ def push_to_hub(
     release: str | None = None,
     store_path: str | Path | None = None,
     fold_normalization: bool = True,
-    n_eval_tokens: int = 8192,
+    n_eval_tokens: int = EVAL_TOKENS,
     revision: str = "main",
     api: Any = None,
 ) -> PushResult:
@@ -267,7 +268,7 @@ def default_release_name(repo_id: str) -> str:
 # --------------------------------------------------------------------------- measurements
 @torch.no_grad()
 def evaluate_per_snapshot(
-    crosscoder: Crosscoder, store: Any, hook: str | None, *, n_tokens: int = 8192, batch_size: int = 2048
+    crosscoder: Crosscoder, store: Any, hook: str | None, *, n_tokens: int = EVAL_TOKENS, batch_size: int = 2048
 ) -> dict[str, Any]:
     """Per-snapshot explained variance and L0 of the code feeding each snapshot, plus
     firing frequencies, on the first ``n_tokens`` tokens of ``store``.

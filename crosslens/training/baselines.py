@@ -52,7 +52,7 @@ from crosslens.architectures import BASELINE_OF, DEFAULT_LR, TRAINING_DEFAULTS
 from crosslens.core.seeding import seeded
 from crosslens.training.config import LR_DECAY_FRACTION, dead_feature_window
 from crosslens.training.factory import build_training_model
-from crosslens.training.metrics import crosscoder_metrics
+from crosslens.training.metrics import EVAL_TOKENS, crosscoder_metrics
 
 # architecture -> (SAELens training class, its config)
 BASELINE_ARCHITECTURES: dict[str, tuple[type[TrainingSAE[Any]], type[Any]]] = {
@@ -327,7 +327,7 @@ def evaluate_sae(
     hook: str | None,
     snapshot: int,
     *,
-    n_tokens: int = 8192,
+    n_tokens: int = EVAL_TOKENS,
     batch_size: int = 2048,
 ) -> dict[str, Any]:
     """Explained variance, MSE, mean L0 and dead features of ``sae`` on one snapshot.

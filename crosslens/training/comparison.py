@@ -28,7 +28,7 @@ from crosslens.training.baselines import (
     open_store,
     train_snapshot_sae,
 )
-from crosslens.training.metrics import evaluate_crosscoder
+from crosslens.training.metrics import EVAL_TOKENS, evaluate_crosscoder
 
 TABLE_COLUMNS = ("crosscoder", *BASELINE_ARCHITECTURES)
 
@@ -158,7 +158,7 @@ def compare_with_saes(
     lr: float | None = None,
     seed: int = 0,
     eval_store: ActivationStore | str | os.PathLike | None = None,
-    n_eval_tokens: int = 8192,
+    n_eval_tokens: int = EVAL_TOKENS,
     sparsity_coefficients: Mapping[str, float] | None = None,
     calibrate: str = "per_snapshot",
     calibration_snapshot: int | None = None,

@@ -361,11 +361,11 @@ class CrosscoderRunnerConfig:
     """Tokens per batch."""
     lr: float | None = field(default=None, metadata={"min": 0, "strictly": True})
     """Adam learning rate; None: the architecture's (crosslens.architectures)."""
-    lr_warm_up_steps: int = field(default=0, metadata={"min": 0})
+    lr_warm_up_steps: int = field(default=CrosscoderTrainerConfig.lr_warm_up_steps, metadata={"min": 0})
     """Linear learning-rate warm-up steps."""
     lr_decay_fraction: float = field(default=LR_DECAY_FRACTION, metadata={"min": 0, "max": 1, "max_strictly": True})
     """Final fraction of steps with linear decay to 0 (Bayazit et al.: 20%)."""
-    seed: int = 0
+    seed: int = CrosscoderTrainerConfig.seed
     """Seeds initialisation and the batch order."""
     checkpoint_every: int | None = field(default=None, metadata={"min": 0})
     """Steps between resumable checkpoints; 0: none; None: about 20 a run (n_steps // 20), at least
@@ -386,14 +386,14 @@ class CrosscoderRunnerConfig:
     """Dtype of Adam's moments: "float32", "bfloat16" (half the memory; one process only), or
     "auto": bfloat16 when the step would not fit the CUDA device with float32 state (the
     estimate `crosslens plan` prints). run.json records the choice made."""
-    micro_batches: int = field(default=1, metadata={"min": 1})
+    micro_batches: int = field(default=CrosscoderTrainerConfig.micro_batches, metadata={"min": 1})
     """Train each batch in this many equal micro-batches whose gradients add up to the batch's
     before the one optimizer step: the step's activations shrink N-fold (`crosslens plan
     --micro-batches N` prints the peak; it names the smallest N that fits a GPU). Same result to
     float rounding; JumpReLU (with its quadratic sparsity term) and BatchTopK first score or
     select over every micro-batch, without gradient, for their whole-batch numbers. --batch-size
     must divide by N (per data rank on a mesh)."""
-    fused_clip: bool = field(default=True, metadata={"flag": "--no-fused-clip"})
+    fused_clip: bool = field(default=CrosscoderTrainerConfig.fused_clip, metadata={"flag": "--no-fused-clip"})
     """Fold the gradient clip into Adam's pass (--no-fused-clip: torch's clip_grad_norm_, then Adam)."""
     verify_store: bool = field(default=True, metadata={"flag": "--no-verify"})
     """Re-hash every store file against its manifest before training (--no-verify checks sizes only)."""

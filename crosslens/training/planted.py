@@ -24,7 +24,7 @@ from crosslens.architectures import (
     uses_k,
 )
 from crosslens.kernels.plan import KernelPlan
-from crosslens.training.config import LR_DECAY_FRACTION, CrosscoderTrainerConfig
+from crosslens.training.config import LR_DECAY_FRACTION, CrosscoderRunnerConfig, CrosscoderTrainerConfig
 from crosslens.training.factory import build_training_crosscoder
 from crosslens.training.trainer import CrosscoderTrainer
 
@@ -37,8 +37,8 @@ def train_planted(
     architecture: str,
     *,
     seed: int = 0,
-    n_steps: int = 3000,
-    batch_size: int = 1024,
+    n_steps: int = CrosscoderRunnerConfig.n_steps,
+    batch_size: int = CrosscoderRunnerConfig.train_batch_size_tokens,
     d_sae: int = 128,
     k: int | None = None,
     lr: float | None = None,
