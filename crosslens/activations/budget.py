@@ -85,6 +85,13 @@ def _whole(value: Any, name: str) -> int:
     raise TypeError(f"{name} must be a whole number of tokens, got {value!r}")
 
 
+HARVEST_BATCH_SEQS = 32
+"""Token rows per forward pass of a snapshot model while activations are harvested, into a store or
+streamed."""
+
+SHARD_TOKENS = 1 << 16
+"""Token positions (before exclusions) one shard file of a store holds, about."""
+
 CHUNK_TOKENS = 1 << 16
 """Token positions per streamed chunk at the most: the chunk is the shuffle buffer, held on the
 training device for every snapshot (twice while the next one is harvested), so at Ge et al.'s

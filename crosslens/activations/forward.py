@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Bool, Float, Int
 
+from crosslens.activations.budget import HARVEST_BATCH_SEQS
 from crosslens.activations.sdpa import sdpa_refusal, sdpa_trunk
 from crosslens.core.compiling import compile_function
 from crosslens.core.hooks import block_index, opt_in_problem
@@ -293,7 +294,7 @@ def harvest_rows(
     keep_NL: Bool[torch.Tensor, "n_seqs seq_len"],
     hooks: Sequence[str],
     *,
-    batch_size: int = 32,
+    batch_size: int = HARVEST_BATCH_SEQS,
     device: str | torch.device | None = None,
     on_batch: Callable[[int], Any] | None = None,
     out_device: str | torch.device = "cpu",

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Int
 
+from crosslens.activations.budget import HARVEST_BATCH_SEQS, SHARD_TOKENS
 from crosslens.activations.forward import harvest_rows
 from crosslens.activations.harvest_inputs import HarvestInputs
 from crosslens.activations.manifest import HarvestManifest
@@ -64,8 +65,8 @@ def harvest_activations(
     dtype: str = "float32",
     exclude_bos: bool = True,
     exclude_token_ids: Sequence[int] | None = None,
-    batch_size: int = 32,
-    shard_tokens: int = 1 << 16,
+    batch_size: int = HARVEST_BATCH_SEQS,
+    shard_tokens: int = SHARD_TOKENS,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
     verify_hashes: bool = True,

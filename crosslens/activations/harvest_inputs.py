@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Int
 
+from crosslens.activations.budget import HARVEST_BATCH_SEQS, SHARD_TOKENS
 from crosslens.activations.forward import stop_layer_for
 from crosslens.activations.snapshots import check_suite, suite_identities
 from crosslens.activations.store import check_storage_dtype
@@ -64,8 +65,8 @@ class HarvestInputs:
         dtype: str = "float32",
         exclude_bos: bool = True,
         exclude_token_ids: Sequence[int] | None = None,
-        batch_size: int = 32,
-        shard_tokens: int = 1 << 16,
+        batch_size: int = HARVEST_BATCH_SEQS,
+        shard_tokens: int = SHARD_TOKENS,
         model_dtype: str | torch.dtype = "float32",
         identities: list[dict | None] | None = None,
     ) -> HarvestInputs:

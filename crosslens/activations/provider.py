@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
+from crosslens.activations.budget import HARVEST_BATCH_SEQS
 from crosslens.activations.forward import harvest_rows, stop_layer_for
 from crosslens.activations.snapshots import (
     check_suite,
@@ -244,7 +245,7 @@ class OnTheFlyProvider(_Batching):
         start_batch: int = 0,
         device: str | torch.device = "cpu",
         model_device: str | torch.device = "cpu",
-        harvest_batch_size: int = 32,
+        harvest_batch_size: int = HARVEST_BATCH_SEQS,
     ) -> None:
         _Batching.__init__(self, batch_size, seed, normalize, drop_last, n_epochs, start_batch, device)
         if chunk_seqs < 1:

@@ -21,7 +21,14 @@ from crosslens.analysis.emergence_report import add_emergence_section
 from crosslens.analysis.evolution import EvolutionConfig
 from crosslens.analysis.evolution_analysis import EvolutionAnalysis, metadata_dict, snapshots_from_metadata
 from crosslens.analysis.lineage_events import LineageConfig
-from crosslens.analysis.probes import ProbeValidation, firing_frequency, probe_validation
+from crosslens.analysis.probes import (
+    FREQUENCY_TOKENS,
+    PROBE_FEATURES,
+    PROBE_TOKENS,
+    ProbeValidation,
+    firing_frequency,
+    probe_validation,
+)
 from crosslens.analysis.report import REPORT_TITLE, evolution_report, representative_features
 from crosslens.analysis.scaling import LatentScalingConfig
 from crosslens.core.hooks import recorded_hook, resolve_hook
@@ -40,9 +47,9 @@ def analyze_crosscoder(
     steps: Sequence[int] | None = None,
     tokens_seen: Sequence[int | None] | None = None,
     config: EvolutionConfig | None = None,
-    n_frequency_tokens: int = 16384,
-    n_probe_features: int = 32,
-    n_probe_tokens: int = 8192,
+    n_frequency_tokens: int = FREQUENCY_TOKENS,
+    n_probe_features: int = PROBE_FEATURES,
+    n_probe_tokens: int = PROBE_TOKENS,
     n_context_features: int = 12,
     max_context_tokens: int | None = 200_000,
     title: str = REPORT_TITLE,

@@ -30,6 +30,15 @@ from crosslens.core.progress import progress_bar
 from crosslens.core.tensors import feature_index
 from crosslens.crosscoders.folding import is_folded
 
+FREQUENCY_TOKENS = 16384
+"""Tokens a feature's firing frequency is read on, where no count is given."""
+
+PROBE_TOKENS = 8192
+"""Tokens the probe validation reads, where no count is given."""
+
+PROBE_FEATURES = 32
+"""Features the probe validation checks, where none are named."""
+
 if TYPE_CHECKING:
     from crosslens.crosscoders.protocol import Crosscoder
 
@@ -93,8 +102,8 @@ def probe_validation(
     features: Sequence[int] | None = None,
     *,
     hook: str | None = None,
-    n_tokens: int = 8192,
-    n_features: int = 32,
+    n_tokens: int = PROBE_TOKENS,
+    n_features: int = PROBE_FEATURES,
     min_positives: int = 20,
     train_fraction: float = 0.7,
     ridge: float = 1e-3,
@@ -167,7 +176,7 @@ def firing_frequency(
     *,
     per_snapshot: bool = False,
     hook: str | None = None,
-    n_tokens: int = 16384,
+    n_tokens: int = FREQUENCY_TOKENS,
     batch_size: int = 2048,
     seed: int = 0,
 ) -> Float[torch.Tensor, " d_sae"] | Float[torch.Tensor, "d_sae n_snapshots"]:

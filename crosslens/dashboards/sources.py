@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Float, Int
 
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+from crosslens.activations.budget import HARVEST_BATCH_SEQS
 from crosslens.core.devices import RESIDENT_MEMORY_FRACTION, release_model
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ class StreamSource:
     """The hook to read (default: the crosscoder's)."""
     exclude_bos: bool = True
     exclude_token_ids: Sequence[int] | None = None
-    harvest_batch_size: int = 32
+    harvest_batch_size: int = HARVEST_BATCH_SEQS
     """Sequences per forward pass of a snapshot model."""
     memory_fraction: float = RESIDENT_MEMORY_FRACTION
     """Share of the device's free memory the resident models may take (they are refused beyond it)."""
