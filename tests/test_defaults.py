@@ -190,9 +190,9 @@ def test_train_and_evaluate_measure_the_spliced_loss_on_one_default():
     ones the measurement takes."""
     import typing
 
+    from crosslens.causal.defaults import SPLICED_ABLATIONS
     from crosslens.causal.spliced_loss_eval import SplicedAblation
     from crosslens.cli import build_parser
-    from crosslens.cli.options import SPLICED_ABLATIONS
 
     parser = build_parser()
     train = parser.parse_args(["train", "--store", "S", "--out", "O"])

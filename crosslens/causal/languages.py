@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 
+from crosslens.causal import defaults
 from crosslens.causal.ie_table import IETable
 from crosslens.causal.relative_ie import RelIEThresholds, classify_relie, relie, select_top_features
 from crosslens.causal.stage import CausalStageResult, metric_formula, run_causal_stage
@@ -134,7 +135,7 @@ def run_language_tasks(
     tasks: Sequence[TaskDataset],
     out_dir: str | Path,
     *,
-    top_k: int = 10,
+    top_k: int = defaults.TOP_K,
     thresholds: RelIEThresholds = RelIEThresholds(),
     **stage_kwargs: Any,
 ) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from jaxtyping import Bool, Float, Int
 
 from crosslens.activations.store import snapshot_label
 from crosslens.activations.tokens import recorded_keep_mask
+from crosslens.causal import defaults
 from crosslens.causal.snapshot_models import (
     SnapshotModels,
     activations_at,
@@ -135,7 +136,7 @@ def spliced_loss(
     tokens_NL: Int[torch.Tensor, "n seq"],
     *,
     hook: str | None = None,
-    ablation: SplicedAblation = "zero",
+    ablation: SplicedAblation = defaults.SPLICED_ABLATION,
     norm_factors: Sequence[float] | torch.Tensor | None = None,
     batch_size: int = 16,
     labels: Sequence[str] | None = None,
@@ -186,7 +187,7 @@ def spliced_loss(
 
 
 def _check_inputs(tokens_NL: torch.Tensor, ablation: str) -> None:
-    if ablation not in ("zero", "mean"):
+    if ablation not in defaults.SPLICED_ABLATIONS:
         raise ValueError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
     if tokens_NL.ndim != 2 or tokens_NL.shape[1] < 2:
         raise ValueError(
@@ -258,7 +259,7 @@ def sae_spliced_loss(
     tokens_NL: Int[torch.Tensor, "n seq"],
     *,
     hook: str,
-    ablation: SplicedAblation = "zero",
+    ablation: SplicedAblation = defaults.SPLICED_ABLATION,
     batch_size: int = 16,
     labels: Sequence[str] | None = None,
 ) -> dict[int, dict[str, Any]]:
@@ -310,7 +311,7 @@ def _sae_snapshot_label(sae: Any, s: int) -> str:
 
 def format_spliced_loss(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a plain-text table (one line per snapshot)."""
-    floor = rows[0]["ablation"] if rows else "zero"
+    floor = rows[0]["ablation"] if rows else defaults.SPLICED_ABLATION
     head = f"{'snapshot':>12s}  {'CE clean':>9s}  {'CE spliced':>10s}  {'CE ' + floor + '-abl.':>11s}  {'CE recovered':>12s}  {'KL spliced':>10s}"
     lines = [head, "-" * len(head)]
     for row in rows:
@@ -323,7 +324,11 @@ def format_spliced_loss(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def spliced_record(
-    models: SnapshotModels, crosscoder: Crosscoder, store: Any, n_seqs: int, ablation: SplicedAblation = "zero"
+    models: SnapshotModels,
+    crosscoder: Crosscoder,
+    store: Any,
+    n_seqs: int,
+    ablation: SplicedAblation = defaults.SPLICED_ABLATION,
 ) -> dict[str, Any]:
     """The record a quality table keeps of :func:`spliced_loss` on the first ``n_seqs`` token rows
     of an activation store (``store.sequences``), labelled with the store's snapshots::
@@ -343,7 +348,7 @@ def tokens_spliced_record(
     tokens_NL: Int[torch.Tensor, "n seq"],
     snapshots: Sequence[Mapping[str, Any]],
     measured_on: str,
-    ablation: SplicedAblation = "zero",
+    ablation: SplicedAblation = defaults.SPLICED_ABLATION,
 ) -> dict[str, Any]:
     """:func:`spliced_record` on token rows at hand (``snapshots``: the records a store's manifest
     keeps, ``{"revision", "step", ...}``, which label the rows; ``measured_on`` says where the

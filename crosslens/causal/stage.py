@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from crosslens.causal import defaults
 from crosslens.causal.ablation import AblationMode, snapshot_ablation_rows
 from crosslens.causal.attribution import (
     AttributionConfig,
@@ -161,8 +162,8 @@ def run_causal_stage(
     hook: str | None = None,
     snapshots: Sequence[int] | None = None,
     config: AttributionConfig = AttributionConfig(),
-    top_k: int = 10,
-    ks: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200),
+    top_k: int = defaults.TOP_K,
+    ks: Sequence[int] = defaults.ABLATION_KS,
     ablation: AblationMode = "zero",
     n_random: int = 3,
     thresholds: RelIEThresholds = RelIEThresholds(),
@@ -324,7 +325,7 @@ def _relie_of(
     norms = crosscoder.decoder_norms()[:, table.snapshots]
     reldec_sel = reldec(norms[selected]) if several else torch.ones(len(selected), 1)
     if effect_floor is None:
-        effect_floor = 0.02 * float((table.metric_clean - table.metric_patch).abs().mean())
+        effect_floor = defaults.EFFECT_FLOOR_SHARE * float((table.metric_clean - table.metric_patch).abs().mean())
     ci_low = ci_high = None
     if table.ie_per_example is not None and table.ie_per_example.shape[0] > 1 and len(selected):  # none: all IE 0
         ci_low, ci_high = bootstrap_ie_ci(table.ie_per_example[:, selected], n_boot=n_boot)
@@ -395,7 +396,7 @@ def _add_ci_section(report, table, selected, ci_low, ci_high, classed, effect_fl
     n_below = int((~classed[:, 0]).sum()) if len(selected) else 0
     report.add_text(
         f"95% bootstrap intervals over the task's examples. RelIE classes only features whose total effect "
-        f"sum_c |IE(c)| is at least {effect_floor:.3g} (2% of the mean clean-vs-patched gap unless set) and whose "
+        f"sum_c |IE(c)| is at least {effect_floor:.3g} ({defaults.EFFECT_FLOOR_SHARE:.0%} of the mean clean-vs-patched gap unless set) and whose "
         f"interval excludes 0 at some snapshot: {n_below} of {len(selected)} selected features fall below that "
         "floor and are shown as below the noise floor, not as specific, shared or other."
     )

@@ -14,7 +14,7 @@ from crosslens.causal import defaults
 from crosslens.cli.common import CLIError, crosscoder_folder_arg, device_and_dtype, resolve_suite
 from crosslens.cli.flags import Subcommand
 from crosslens.cli.inputs import check_output_file
-from crosslens.cli.options import DeviceFlags, SuiteFlags
+from crosslens.cli.options import DEFAULT_SUITE, DeviceFlags, SuiteFlags
 
 
 @dataclass
@@ -64,8 +64,8 @@ def attribute(args: argparse.Namespace) -> int:
     if steps is None and args.n_snapshots is None:  # the snapshots the crosscoder was trained on
         steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
     tasks = _tasks_from_args(args)  # before any model loads
-    suite_spec = args.suite or record.get("root") or record.get("model_id") or "pico"
-    if args.suite is None and suite_spec != "pico":
+    suite_spec = args.suite or record.get("root") or record.get("model_id") or DEFAULT_SUITE
+    if args.suite is None and suite_spec != DEFAULT_SUITE:
         print(f"suite: {suite_spec} (recorded with the crosscoder; --suite overrides)")
     try:
         processing = None if args.suite else record.get("processing")  # how its models were loaded

@@ -16,6 +16,7 @@ from typing import Any
 from crosslens.browser.config import BrowseConfig
 from crosslens.cli.flags import Subcommand, build, explicit
 from crosslens.cli.options import DeviceFlags
+from crosslens.core.paths import FINAL_DIRNAME
 from crosslens.live.config import LiveConfig, limits
 
 
@@ -96,7 +97,7 @@ def live_answers(args: argparse.Namespace, config: LiveConfig) -> Any:
     device, dtype = device_and_dtype(args, produces_activations=True)
     suite = None
     if args.suite:
-        record = crosscoder_suite_record(f"{args.run_dir}/final")
+        record = crosscoder_suite_record(f"{args.run_dir}/{FINAL_DIRNAME}")
         steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None
         try:
             suite = resolve_suite(args.suite, steps)

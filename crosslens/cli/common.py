@@ -17,7 +17,7 @@ import crosslens.core.launch as launch
 from crosslens.activations.budget import TokenBudget
 from crosslens.activations.config import TokenSource
 from crosslens.cli.flags import build, explicit
-from crosslens.cli.options import TokenBudgetFlags
+from crosslens.cli.options import DEFAULT_SUITE, TokenBudgetFlags
 from crosslens.core.devices import dtype_name, peak_memory_line, resolve_device
 from crosslens.core.errors import UnknownRevisionError
 from crosslens.core.model_specs import is_models_spec, models_spec, parse_models
@@ -40,7 +40,12 @@ def device_and_dtype(args: argparse.Namespace, produces_activations: bool = Fals
     device = str(resolve_device(args.device))
     if args.dtype:
         return device, dtype_name(args.dtype)
-    return device, "bfloat16" if produces_activations and device.startswith("cuda") else "float32"
+    return device, default_model_dtype(device, produces_activations)
+
+
+def default_model_dtype(device: str, produces_activations: bool = True) -> str:
+    """The snapshot models' dtype where ``--dtype`` is not given (see :func:`device_and_dtype`)."""
+    return "bfloat16" if produces_activations and device.startswith("cuda") else "float32"
 
 
 def print_peak_memory(device: str) -> None:
@@ -156,7 +161,7 @@ def selected_suite(args: argparse.Namespace, recipe: Recipe | None):
     """The suite of ``--suite`` (default: the recipe's, else pico), narrowed by ``--steps`` or ``--n-snapshots``."""
     if recipe is not None and args.suite is None:
         return select_snapshots(recipe_suite(recipe), args.steps, args.n_snapshots, recipe.model, recipe=recipe.name)
-    return resolve_suite(args.suite or "pico", args.steps, args.n_snapshots)
+    return resolve_suite(args.suite or DEFAULT_SUITE, args.steps, args.n_snapshots)
 
 
 def harvest_layers(recipe: Recipe | None, flags: dict) -> list[dict]:

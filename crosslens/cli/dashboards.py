@@ -18,7 +18,14 @@ from pathlib import Path
 from crosslens.activations.config import TokenSource
 from crosslens.cli.common import CLIError, device_and_dtype, resolve_suite, tokens_of
 from crosslens.cli.flags import Subcommand, build, explicit
-from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags, data_flags_given, data_flags_refusal
+from crosslens.cli.options import (
+    DEFAULT_SUITE,
+    DeviceFlags,
+    SuiteFlags,
+    TokenBudgetFlags,
+    data_flags_given,
+    data_flags_refusal,
+)
 from crosslens.dashboards.config import DashboardsConfig
 
 
@@ -63,7 +70,7 @@ def _stream_source(args: argparse.Namespace, run: Path):
     from crosslens.training.runfolder import crosscoder_folder, crosscoder_suite_record
 
     record = crosscoder_suite_record(crosscoder_folder(run))  # the run's final/ holds the crosscoder
-    spec = args.suite or record.get("root") or record.get("model_id") or "pico"
+    spec = args.suite or record.get("root") or record.get("model_id") or DEFAULT_SUITE
     steps = args.steps
     if steps is None and args.n_snapshots is None:
         steps = [int(entry["step"]) for entry in record.get("snapshots") or []] or None

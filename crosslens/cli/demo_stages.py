@@ -21,7 +21,7 @@ from crosslens.activations import (
 )
 from crosslens.activations.budget import TokenBudget
 from crosslens.analysis import EvolutionAnalysis, analyze_crosscoder
-from crosslens.analysis.probes import firing_frequency
+from crosslens.analysis.probes import FREQUENCY_TOKENS, firing_frequency
 from crosslens.analysis.stability import add_stability_section, format_stability, seed_stability, stable_features
 from crosslens.architectures import PICO_DEMO_JUMPRELU_SPARSITY
 from crosslens.causal import defaults
@@ -102,7 +102,7 @@ class DemoConfig:
     claim_min_cosine: float = 0.7
     """Decoder cosine at which a feature counts as found by another seed: causal claims over
     seeds rank only features matched at this cosine in every other seed."""
-    claim_ks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)
+    claim_ks: tuple[int, ...] = defaults.ABLATION_KS
     """Sizes of the ablated and kept feature sets of the seed-stable claims (those larger
     than the fewest stable features of any seed are dropped)."""
     lineage_referee: str | None = "crosscoder"
@@ -400,7 +400,7 @@ def attribute_stage(
     )
 
 
-def stability_analyses(crosscoders, store, n_tokens: int = 16384) -> tuple[list, list[float]]:
+def stability_analyses(crosscoders, store, n_tokens: int = FREQUENCY_TOKENS) -> tuple[list, list[float]]:
     """Each crosscoder's evolution analysis with its firing frequency on ``store`` (so latents
     that never fire count as dead and stay out of seed matching), and its mean L0 there."""
     analyses, l0 = [], []

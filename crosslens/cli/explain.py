@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from crosslens.cli.flags import Subcommand, build, explicit
 from crosslens.core.errors import run_again
+from crosslens.dashboards.explanation_schema import EXPLANATIONS_NAME
 from crosslens.explain.config import ExplainConfig
 
 
@@ -42,7 +43,7 @@ def explain(args: argparse.Namespace) -> int:
         f"{summary.traffic.retried} retries, {summary.traffic.failed} failed)"
     )
     print(
-        f"{args.run_dir}/explanations.sqlite holds {stored['explanations']} explanations of {stored['features']} features, "
+        f"{args.run_dir}/{EXPLANATIONS_NAME} holds {stored['explanations']} explanations of {stored['features']} features, "
         f"{stored['scores']} scores, {stored['flagged']} features whose meaning drifted"
     )
     if stored["failures"]:
@@ -86,7 +87,7 @@ def _import(run_dir: str, config: ExplainConfig) -> int:
     )
     stored = summary.stored
     print(
-        f"{run_dir}/explanations.sqlite holds {stored['explanations']} explanations of {stored['features']} features; "
+        f"{run_dir}/{EXPLANATIONS_NAME} holds {stored['explanations']} explanations of {stored['features']} features; "
         f"search them: crosslens browse {run_dir}"
     )
     return 0

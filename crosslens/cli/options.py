@@ -8,6 +8,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from crosslens.activations.budget import TokenBudget
+from crosslens.causal.defaults import SPLICED_ABLATION, SPLICED_ABLATIONS
 from crosslens.cli.flags import int_list
 
 
@@ -20,6 +21,11 @@ class DeviceFlags:
     dtype: str | None = None
     """dtype of the snapshot models: float32/fp32, bfloat16/bf16, float16/fp16 (default: bfloat16 on CUDA
     where their activations are harvested or streamed, else float32); crosscoder parameters stay float32."""
+
+
+DEFAULT_SUITE = "pico"
+"""The suite a command reads where neither --suite nor a crosscoder's record names one: the embedded
+pico suite."""
 
 
 @dataclass
@@ -51,10 +57,6 @@ class TokenBudgetFlags:
     heldout_tokens: int | None = field(default=None, metadata={"default_from": (TokenBudget, "heldout_tokens")})
 
 
-SPLICED_ABLATIONS = ("zero", "mean")
-"""The floors of the spliced-model loss (``crosslens.causal.spliced_loss_eval.SplicedAblation``)."""
-
-
 @dataclass
 class SplicedLossFlags:
     """How the spliced-model loss is measured, by ``train`` after training and by ``evaluate
@@ -64,7 +66,7 @@ class SplicedLossFlags:
     """Token rows of the measured store on which each snapshot's spliced-model loss is measured (CE
     recovered against the --spliced-ablation floor, KL from the clean model); it loads every snapshot
     model once. train: 0 skips it."""
-    spliced_ablation: str = field(default="zero", metadata={"choices": SPLICED_ABLATIONS})
+    spliced_ablation: str = field(default=SPLICED_ABLATION, metadata={"choices": SPLICED_ABLATIONS})
     """The floor of the recovered loss: the activation zeroed, or replaced by its mean over the tokens."""
 
 

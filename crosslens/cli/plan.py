@@ -15,9 +15,9 @@ from typing import Any
 
 from crosslens.activations.budget import chunk_tokens_for
 from crosslens.architectures import ARCHITECTURE_NAMES
-from crosslens.cli.common import CLIError, missing_path_error, pico_listing, select_snapshots
+from crosslens.cli.common import CLIError, default_model_dtype, missing_path_error, pico_listing, select_snapshots
 from crosslens.cli.flags import Subcommand
-from crosslens.cli.options import DeviceFlags, SuiteFlags, TokenBudgetFlags
+from crosslens.cli.options import DEFAULT_SUITE, DeviceFlags, SuiteFlags, TokenBudgetFlags
 from crosslens.core.devices import DTYPE_BYTES, dtype_name
 from crosslens.core.paths import looks_like_path
 from crosslens.core.units import format_bytes
@@ -102,9 +102,9 @@ def plan(args: argparse.Namespace) -> int:
     if args.list_models:
         print("\n".join(known_models()))
         return 0
-    device = args.device or "cuda"
+    device = args.device or PlanConfig.device
     # the snapshot models' dtype as harvest and train --stream would take it on this device
-    model_dtype = dtype_name(args.dtype) if args.dtype else ("bfloat16" if device.startswith("cuda") else "float32")
+    model_dtype = dtype_name(args.dtype) if args.dtype else default_model_dtype(device)
     recipe = load_recipe(args.recipe) if args.recipe else None
     n_snapshots = len(args.steps) if args.steps else args.n_snapshots
     if n_snapshots is None and recipe is not None:
@@ -114,7 +114,9 @@ def plan(args: argparse.Namespace) -> int:
         _check_recipe_choice(recipe, args.steps, args.n_snapshots)
     if listed is not None:  # the snapshots harvest and train --stream would read (all, without a choice)
         from_recipe = recipe.name if recipe is not None and args.suite is None else None
-        n_snapshots = len(select_snapshots(listed, args.steps, args.n_snapshots, args.suite or "pico", from_recipe))
+        n_snapshots = len(
+            select_snapshots(listed, args.steps, args.n_snapshots, args.suite or DEFAULT_SUITE, from_recipe)
+        )
     if n_snapshots is None:
         raise CLIError(
             f"plan cannot list the snapshots of {args.suite} here (offline); pass --n-snapshots N, --steps A,B,... "
@@ -155,7 +157,9 @@ def plan(args: argparse.Namespace) -> int:
         cfg = plan_config_from_recipe(recipe, **common, **settings)
     else:
         given = {name: value for name, value in settings.items() if value is not None}
-        cfg = PlanConfig(model=model_shape_for(args.suite or "pico"), name=args.suite or "pico", **common, **given)
+        cfg = PlanConfig(
+            model=model_shape_for(args.suite or DEFAULT_SUITE), name=args.suite or DEFAULT_SUITE, **common, **given
+        )
     plan = make_plan(cfg)
     predict = args.stream and device.startswith("cuda") and plan["inputs"]["autocast"] == "bfloat16"
     if predict:
@@ -256,7 +260,7 @@ def listed_suite(args: argparse.Namespace, recipe):
 
     if recipe is not None and args.suite is None:
         return recipe.suite() if recipe.family == "pythia" else None
-    spec = args.suite or "pico"
+    spec = args.suite or DEFAULT_SUITE
     if spec == "pico":
         return pico_listing()[0]
     folder = Path(spec).expanduser()

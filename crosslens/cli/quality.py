@@ -20,6 +20,7 @@ from typing import Any
 
 from crosslens.activations import ActivationStore
 from crosslens.activations.partners import check_crosscoder_store, open_heldout, shared_sequences, store_seal
+from crosslens.causal import defaults
 from crosslens.causal.spliced_loss_eval import format_spliced_loss, spliced_record
 from crosslens.checkpoints.on_device import on_device
 from crosslens.cli.common import CLIError, resolve_suite
@@ -57,7 +58,7 @@ def print_quality(
     save_to: Path | None = None,
     eval_flag: str = "--eval-store",
     spliced_seqs: int = 0,
-    spliced_ablation: str = "zero",
+    spliced_ablation: str = defaults.SPLICED_ABLATION,
     model_dtype: str | None = None,
     trained_on: Any = None,
 ) -> dict | None:

@@ -50,6 +50,7 @@ from typing import Any
 
 import yaml
 
+from crosslens.causal.defaults import SPLICED_ABLATIONS
 from crosslens.core.errors import CrosslensError
 from crosslens.core.model_specs import FAMILIES, MODELS_FAMILY
 from crosslens.pretrained.release_fields import (
@@ -427,7 +428,7 @@ def _parse_entries(saes: Any, S: int, where: str, fail: Any) -> dict[str, Pretra
 def _spliced_ablation(item: Mapping[str, Any], where: str) -> str | None:
     """The floor a ``ce_loss_score`` was measured against; a score without one is refused."""
     floor = item.get("spliced_ablation")
-    if floor not in (None, "zero", "mean"):
+    if floor not in (None, *SPLICED_ABLATIONS):
         raise PretrainedRegistryError(f"{where}: spliced_ablation must be zero or mean, got {floor!r}.")
     if floor is None and item.get("ce_loss_score") is not None:
         raise PretrainedRegistryError(
