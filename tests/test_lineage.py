@@ -282,6 +282,46 @@ def test_a_latent_that_drifts_off_the_shared_row_kept_it_and_one_that_turns_late
     assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 3, (0, 1)), ("merge", 5, (2, 3))]
 
 
+def test_a_latent_that_drifts_while_its_partner_turns_away_kept_its_direction():
+    """The pair lingers between the lines before it is apart: its partner turned off their row in
+    one step, while it drifts (about 0.99 from one row to the next) and is under the hold line from
+    the row they shared only by the snapshot they are apart. Drift is not leaving: no split. A
+    latent that turns in one step anywhere from the shared row to that snapshot left it."""
+    gen = torch.Generator().manual_seed(9)
+    u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
+    W = torch.zeros(3, S, D)
+    W[0, :2] = W[1, :2] = u[0]
+    W[1, 2:4], W[1, 4:] = _turned(u[0], u[1], 0.7), _turned(u[0], u[1], 0.3)  # 1 turns at 2, apart at 4
+    for s, cosine in zip(range(2, S), (0.97, 0.93, 0.86, 0.8, 0.74, 0.68)):
+        W[0, s] = _turned(u[0], u[4], cosine)
+    W[2] = u[2]
+    assert lineage_of(EvolutionAnalysis.from_decoder(W * GROWING_1S1)).events == []
+    W[0, 3:] = _turned(u[0], u[4], 0.6)  # 0 turns at 3, in one step: a split
+    events = lineage_of(EvolutionAnalysis.from_decoder(W * GROWING_1S1)).events
+    assert [(e.kind, e.latents) for e in events] == [("split", (0, 1))]
+
+
+def test_latents_present_together_whose_rows_mix_there_hand_nothing_over():
+    """Where a feature fades as a partner it fires with is born, the two latents present together at
+    that snapshot each mix the other's direction into their row there (cosine 0.81 to each other,
+    their other rows apart). Rows of one snapshot where both are present say nothing of a handover:
+    no handoff. A successor whose rows beside that snapshot are near-parallel to the predecessor's
+    is one."""
+    gen = torch.Generator().manual_seed(8)
+    u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
+    W = torch.zeros(3, S, D)
+    W[0, :5], W[1, 4:] = u[0], u[1]
+    W[0, 4], W[1, 4] = _turned(u[0], u[1], 0.89), _turned(u[1], u[0], 0.89)
+    W[2] = u[2]
+    assert float(unit_rows(W)[0, 4] @ unit_rows(W)[1, 4]) > LineageConfig().successor_cosine
+    assert lineage_of(EvolutionAnalysis.from_decoder(W * GROWING_1S1)).events == []
+    W[1, 5:] = _turned(u[0], u[1], 0.8)
+    events = lineage_of(EvolutionAnalysis.from_decoder(W * GROWING_1S1)).events
+    assert [(e.kind, e.snapshot, e.before, e.after) for e in events] == [("handoff", 4, (0,), (1,))]
+    unit = unit_rows(W)
+    assert events[0].cosine == pytest.approx(float(unit[0, 4] @ unit[1, 5]), abs=1e-4)  # not the rows of 4 alone
+
+
 def test_a_crowd_that_shares_one_direction_and_scatters_makes_no_split():
     """Latents sharing one direction with more others than a concept has duplicates (``max_shared``)
     are a crowd, not a concept (TopK's auxiliary loss gathers latents that have not fired there),

@@ -27,7 +27,8 @@ Read from the per-snapshot decoder directions of the live latents, where each is
   (:attr:`LineageConfig.birth_splits`);
 - **succession**: a latent fades as a near-parallel one emerges (the best cosine between the
   fading latent's last ``min_snapshots`` rows of a run of presence that long and the emerging
-  latent's first ones >= :attr:`LineageConfig.successor_cosine`, the emergence within
+  latent's first ones, two rows of one snapshot where both are present left out, >=
+  :attr:`LineageConfig.successor_cosine`, the emergence within
   :attr:`LineageConfig.successor_window` snapshots of the fade, the two present together at no
   more snapshots than that window): one latent to one is a **handoff**, the through-time face of
   Minder et al.'s Latent Decoupling; one to several a split; several to one a merge (counted in
@@ -120,7 +121,9 @@ class LineageConfig:
     presence this long: a latent's row where it blips on for fewer snapshots (JumpReLU latents
     cross their threshold for one snapshot before they settle) is not its direction, and of the
     ``min_snapshots`` rows at either edge the best pair decides (a JumpReLU latent's first row
-    above threshold can still carry the feature it leaves)."""
+    above threshold can still carry the feature it leaves), but for two rows of one snapshot
+    where both latents are present: latents that fire together there (a feature fading as a
+    partner it fires with is born) mix each other's direction into those rows."""
     birth_splits: bool = True
     """Also read as a split a latent born as another's copy that then leaves it (:func:`birth_splits`):
     such a pair is together at one snapshot, too few for a divergence. On the planted grid it finds
@@ -137,12 +140,14 @@ class LineageConfig:
     (benchmarks/README.md, "Is an emergence real?")."""
     turn_at_once: bool = True
     """Each latent of a split or merge leaves the row the pair shares (its row where they are
-    together) at the first snapshot the pair is apart, or, where it reaches the new state a
-    snapshot later than its partner, in one step there: a latent that drifts off the row a little
-    at a time kept the direction, and only its partner left; the same of a split by birth's parent
-    (:func:`_left`). On the planted grid every planted event found keeps being found, and false
-    events on the families without events go; False reads a turn anywhere in the ``min_snapshots``
-    after the event (benchmarks/README.md, "Is an emergence real?")."""
+    together) at the first snapshot the pair is apart, turning in one step somewhere on the way
+    there, or, where it reaches the new state a snapshot later than its partner, in one step
+    there: a latent that drifts off the row a little at a time (as the feature it carries
+    drifts, while the pair lingers between the lines) kept the direction, and only its partner
+    left; the same of a split by birth's parent (:func:`_left`). On the planted grid every
+    planted event found keeps being found, and false events on the families without events go;
+    False reads a turn anywhere in the ``min_snapshots`` after the event (benchmarks/README.md,
+    "Is an emergence real?")."""
     held_by_activations: bool = True
     """Where latent scaling has read activations (:func:`lineage_of` given its presence), keep an
     event only where the activations hold its latents on their sides of it: present by latent
@@ -352,7 +357,18 @@ def _left(
         return away_PK.any(1)
     from_before_PK = (unit_FSD[x_P1, before_PK] * rows_PKD).sum(-1)
     in_one_step_P = (away_PK & present_FS[x_P1, before_PK] & (from_before_PK < config.hold_cosine)).any(1)
-    return away_PK[:, 0] | in_one_step_P
+    # a latent that got under the hold line from the shared row only by drifting a little at every
+    # snapshot on the way (as the feature it carries drifts) kept its direction: it left that row
+    # where one step on the way turned it (under the hold line from its row a snapshot before)
+    steps_FS = torch.cat(
+        [unit_FSD.new_ones(unit_FSD.shape[0], 1), torch.linalg.vecdot(unit_FSD[:, 1:], unit_FSD[:, :-1])], 1
+    )
+    turn_FS = (steps_FS < config.hold_cosine) & present_FS
+    turn_FS[:, 1:] &= present_FS[:, :-1]
+    lo_P, hi_P = torch.minimum(from_P, to_P).clamp(0, S - 1), torch.maximum(from_P, to_P).clamp(0, S - 1)
+    idx_1S = torch.arange(S)[None, :]
+    turned_P = (turn_FS[x_P] & (idx_1S > lo_P[:, None]) & (idx_1S <= hi_P[:, None])).any(1)
+    return (away_PK[:, 0] & turned_P) | in_one_step_P
 
 
 def birth_splits(

@@ -14,6 +14,7 @@ Events come back as ``(kind, snapshot, before, after, cosine, how)`` tuples, the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -58,15 +59,18 @@ def held_presence(present_FS: torch.Tensor, k: int) -> torch.Tensor:
     return present_FS & (ahead_FS + behind_FS - 1 >= k)
 
 
-def _best_row_pair(rows_AKD: torch.Tensor, rows_BKD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _best_row_pair(
+    rows_AKD: torch.Tensor, rows_BKD: torch.Tensor, left_out: Callable[[int, int], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The largest cosine over each (a, b)'s row pairs and which pair (``k * K + l`` for a's row
     ``k`` and b's row ``l``, the first on ties): one ``[A, B]`` matmul per pair, so memory stays
-    that of one ``[A, B]`` table however many rows are compared."""
+    that of one ``[A, B]`` table however many rows are compared. ``left_out(k, l)`` is the
+    ``[A, B]`` mask of the pairs whose rows ``k`` and ``l`` are not compared (-2 where none is)."""
     K = rows_AKD.shape[1]
-    best_AB = rows_AKD[:, 0] @ rows_BKD[:, 0].T
+    best_AB = rows_AKD.new_full((rows_AKD.shape[0], rows_BKD.shape[0]), -2.0)
     which_AB = torch.zeros(best_AB.shape, dtype=torch.long, device=best_AB.device)
-    for kl in range(1, K * K):
-        C_AB = rows_AKD[:, kl // K] @ rows_BKD[:, kl % K].T
+    for kl in range(K * K):
+        C_AB = (rows_AKD[:, kl // K] @ rows_BKD[:, kl % K].T).masked_fill_(left_out(kl // K, kl % K), -2.0)
         better_AB = C_AB > best_AB
         best_AB, which_AB = torch.where(better_AB, C_AB, best_AB), torch.where(better_AB, kl, which_AB)
     return best_AB, which_AB
@@ -83,7 +87,8 @@ def succession_events(
 ) -> list[Succession]:
     """Latents that fade as near-parallel latents emerge: the faders' last held rows (the last
     ``min_snapshots`` of a run that long) against the emergers' first held rows, the best pair
-    deciding, masked to emergences near each fade. ``held_FS`` is :func:`held_presence` of
+    deciding (but for two rows of one snapshot where both latents are present), masked to
+    emergences near each fade. ``held_FS`` is :func:`held_presence` of
     ``present_FS`` at ``min_snapshots``."""
     S, k = unit_FSD.shape[1], config.min_snapshots
     idx_FS = torch.arange(S).expand(present_FS.shape)
@@ -96,7 +101,16 @@ def succession_events(
     steps_K = torch.arange(k)
     snaps_AK = (end_F[faders, None] - steps_K).clamp_min(0)  # the row nearest the fade first
     snaps_BK = (onset_F[emergers, None] + steps_K).clamp_max(S - 1)
-    C_AB, best_AB = _best_row_pair(unit_FSD[faders[:, None], snaps_AK], unit_FSD[emergers[:, None], snaps_BK])
+    # two latents present at one snapshot that fire together there (a correlated pair: one feature
+    # fading as its partner is born) mix each other's direction into their rows of that snapshot,
+    # which then say nothing of a handover: rows of one snapshot where both are present are not paired
+    on_AK, on_BK = present_FS[faders[:, None], snaps_AK], present_FS[emergers[:, None], snaps_BK]
+
+    def together(k_: int, l_: int) -> torch.Tensor:
+        same_AB = snaps_AK[:, k_, None] == snaps_BK[None, :, l_]
+        return same_AB & on_AK[:, k_, None] & on_BK[None, :, l_]
+
+    C_AB, best_AB = _best_row_pair(unit_FSD[faders[:, None], snaps_AK], unit_FSD[emergers[:, None], snaps_BK], together)
     near_AB = (onset_F[emergers][None, :] - fade_F[faders, None]).abs() <= config.successor_window
     overlap_AB = (present_FS[faders].float() @ present_FS[emergers].float().T) <= config.successor_window
     edges_AB = near_AB & overlap_AB & (C_AB >= config.successor_cosine) & (faders[:, None] != emergers[None, :])
