@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+
 CHANCE = 0.5
 Z_95 = 1.959963984540054
 """The standard normal's 97.5% quantile: a two-sided 95% interval."""

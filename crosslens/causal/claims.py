@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+
 if TYPE_CHECKING:
     from crosslens.causal.snapshot_models import SnapshotModels
 

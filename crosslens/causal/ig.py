@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
+import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
+
 # metric_fn(f_K..., e_K...) -> metric_K... : inputs carry a leading axis of K path
 # points; the output keeps that axis first (any trailing shape, e.g. one value per example).
 PathMetric = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]

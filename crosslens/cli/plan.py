@@ -102,7 +102,7 @@ def plan(args: argparse.Namespace) -> int:
     if args.list_models:
         print("\n".join(known_models()))
         return 0
-    device = args.device or PlanConfig.device
+    device, suite = args.device or PlanConfig.device, args.suite or DEFAULT_SUITE
     # the snapshot models' dtype as harvest and train --stream would take it on this device
     model_dtype = dtype_name(args.dtype) if args.dtype else default_model_dtype(device)
     recipe = load_recipe(args.recipe) if args.recipe else None
@@ -114,9 +114,7 @@ def plan(args: argparse.Namespace) -> int:
         _check_recipe_choice(recipe, args.steps, args.n_snapshots)
     if listed is not None:  # the snapshots harvest and train --stream would read (all, without a choice)
         from_recipe = recipe.name if recipe is not None and args.suite is None else None
-        n_snapshots = len(
-            select_snapshots(listed, args.steps, args.n_snapshots, args.suite or DEFAULT_SUITE, from_recipe)
-        )
+        n_snapshots = len(select_snapshots(listed, args.steps, args.n_snapshots, suite, from_recipe))
     if n_snapshots is None:
         raise CLIError(
             f"plan cannot list the snapshots of {args.suite} here (offline); pass --n-snapshots N, --steps A,B,... "
@@ -157,9 +155,7 @@ def plan(args: argparse.Namespace) -> int:
         cfg = plan_config_from_recipe(recipe, **common, **settings)
     else:
         given = {name: value for name, value in settings.items() if value is not None}
-        cfg = PlanConfig(
-            model=model_shape_for(args.suite or DEFAULT_SUITE), name=args.suite or DEFAULT_SUITE, **common, **given
-        )
+        cfg = PlanConfig(model=model_shape_for(suite), name=suite, **common, **given)
     plan = make_plan(cfg)
     predict = args.stream and device.startswith("cuda") and plan["inputs"]["autocast"] == "bfloat16"
     if predict:

@@ -53,8 +53,11 @@ def detection(labels: Sequence[bool], predictions: Sequence[bool | None]) -> Det
 
 @dataclass(frozen=True)
 class DriftRule:
-    min_score: float = 0.7
-    min_drop: float = 0.2
+    """When a feature's meaning drifted between life phases: the settings of
+    :class:`~crosslens.explain.config.ExplainConfig` (``drift_min_score``, ``drift_min_drop``)."""
+
+    min_score: float
+    min_drop: float
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,7 @@ from typing import Any
 from crosslens.core.errors import LiveInputError
 from crosslens.core.units import format_bytes
 from crosslens.live.models import LiveModels
-from crosslens.live.text import CROSSCODER
-
-TOP_FEATURES = 20
-"""Features listed per reading for a text."""
+from crosslens.live.text import CROSSCODER, TOP_FEATURES
 
 
 def _round(value: float) -> float:

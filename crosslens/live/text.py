@@ -23,6 +23,9 @@ from crosslens.live.resident import ResidentModels
 CROSSCODER = -1
 """The reading of the crosscoder's own code (the database's snapshot -1)."""
 
+TOP_FEATURES = 20
+"""Features listed per reading for a text."""
+
 
 @dataclass(frozen=True)
 class TextActivations:
@@ -60,7 +63,7 @@ class TextActivations:
             raise IndexError(f"feature {feature!r}: this crosscoder has features 0 to {d_sae - 1}")  # -1 read the last
         return np.concatenate([self.crosscoder_NF[None, :, index], self.snapshots_SNF[:, :, index]])
 
-    def top(self, reading: int = CROSSCODER, k: int = 20) -> list[tuple[int, float, int]]:
+    def top(self, reading: int = CROSSCODER, k: int = TOP_FEATURES) -> list[tuple[int, float, int]]:
         """The ``k`` features firing most on the text in ``reading`` (by their largest activation on
         a token), strongest first, as ``(feature, activation, token index)``; silent features are left out."""
         code_NF = self.reading(reading)

@@ -56,7 +56,7 @@ def word_level_tokenizer(vocabulary: Iterable[str]) -> PreTrainedTokenizerFast:
     return _wrap(tokenizer, unk=True)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer of ``vocab_size`` tokens trained on ``texts`` (user corpora).
 
     Byte-level means any text encodes without unknown tokens.

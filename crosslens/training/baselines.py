@@ -68,6 +68,10 @@ DEFAULT_SPARSITY_COEFFICIENT = {"standard": 5.0, "jumprelu": 1.0}
 # warm-up of the sparsity coefficient as a fraction of training: that of the crosscoder
 # each baseline is compared with (crosslens.architectures)
 BASELINE_SPARSITY_WARM_UP = {sae: TRAINING_DEFAULTS[cc].sparsity_warm_up for sae, cc in BASELINE_OF.items()}
+BASELINE_STEPS = 2000
+"""Training steps of a per-snapshot baseline SAE where none are given."""
+BASELINE_BATCH = 1024
+"""Tokens per batch of a per-snapshot baseline SAE where none are given."""
 JUMPRELU_THRESHOLD_START = "threshold_at_l0"
 """Where a ``jumprelu`` baseline with a target L0 starts its thresholds (:func:`threshold_at_l0`
 of its first batch); tables of baselines record it, so that one measured from another start is
@@ -232,8 +236,8 @@ def train_snapshot_sae(
     k: int | None = None,
     sparsity_coefficient: float | None = None,
     target_l0: float | None = None,
-    n_steps: int = 2000,
-    batch_size: int = 1024,
+    n_steps: int = BASELINE_STEPS,
+    batch_size: int = BASELINE_BATCH,
     lr: float | None = None,
     lr_decay_fraction: float = LR_DECAY_FRACTION,
     sparsity_warm_up_fraction: float | None = None,
@@ -387,7 +391,7 @@ def calibrate_sparsity_coefficient(
     d_sae: int,
     target_l0: float,
     *,
-    n_steps: int = 2000,
+    n_steps: int = BASELINE_STEPS,
     initial: float | None = None,
     max_runs: int = 5,
     rel_tolerance: float = 0.1,

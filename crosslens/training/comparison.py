@@ -21,6 +21,8 @@ from crosslens.activations.store import snapshot_label
 from crosslens.core.progress import progress_bar
 from crosslens.training.baselines import (
     BASELINE_ARCHITECTURES,
+    BASELINE_BATCH,
+    BASELINE_STEPS,
     calibrate_sparsity_coefficient,
     check_architecture,
     check_snapshot,
@@ -153,8 +155,8 @@ def compare_with_saes(
     architectures: Sequence[str] = ("standard", "jumprelu", "topk"),
     d_sae: int | None = None,
     target_l0: float | None = None,
-    n_steps: int = 2000,
-    batch_size: int = 1024,
+    n_steps: int = BASELINE_STEPS,
+    batch_size: int = BASELINE_BATCH,
     lr: float | None = None,
     seed: int = 0,
     eval_store: ActivationStore | str | os.PathLike | None = None,
