@@ -301,6 +301,22 @@ def test_a_latent_that_drifts_while_its_partner_turns_away_kept_its_direction():
     assert [(e.kind, e.latents) for e in events] == [("split", (0, 1))]
 
 
+def test_a_latent_absent_on_the_way_that_comes_back_turned_left_the_shared_row():
+    """A latent absent at a snapshot between the shared row and the pair's first snapshot apart, back
+    on another direction after it, made a jump, not a drift (whatever its absent row points at): a
+    split."""
+    gen = torch.Generator().manual_seed(10)
+    u = torch.linalg.qr(torch.randn(D, 16, generator=gen))[0].T
+    W = torch.zeros(3, S, D)
+    W[0, :3] = W[1, :2] = u[0]
+    W[1, 2:4], W[1, 4:] = _turned(u[0], u[1], 0.7), _turned(u[0], u[1], 0.3)
+    W[0, 3:] = _turned(u[0], u[4], 0.6)  # back turned at 4, after a row at 3 too small to be present
+    W[0, 3] *= 1e-3
+    W[2] = u[2]
+    events = lineage_of(EvolutionAnalysis.from_decoder(W * GROWING_1S1)).events
+    assert [(e.kind, e.snapshot, e.latents) for e in events] == [("split", 4, (0, 1))]
+
+
 def test_latents_present_together_whose_rows_mix_there_hand_nothing_over():
     """Where a feature fades as a partner it fires with is born, the two latents present together at
     that snapshot each mix the other's direction into their row there (cosine 0.81 to each other,

@@ -52,15 +52,22 @@ snapshots where the latent explains none of it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 
+from crosslens.analysis.divergence import birth_splits, divergence_pairs
 from crosslens.analysis.relatives import nearest_relatives, unit_rows
-from crosslens.analysis.succession import components, held_presence, succession_events, turn_successions
+from crosslens.analysis.succession import (
+    components,
+    held_presence,
+    succession_events,
+    turn_successions,
+    turned_rows,
+)
 
 EVENT_KINDS: tuple[str, ...] = ("split", "merge", "handoff")
 """What a lineage event is; see the module docstring."""
@@ -125,7 +132,7 @@ class LineageConfig:
     where both latents are present: latents that fire together there (a feature fading as a
     partner it fires with is born) mix each other's direction into those rows."""
     birth_splits: bool = True
-    """Also read as a split a latent born as another's copy that then leaves it (:func:`birth_splits`):
+    """Also read as a split a latent born as another's copy that then leaves it (:func:`~crosslens.analysis.divergence.birth_splits`):
     such a pair is together at one snapshot, too few for a divergence. On the planted grid it finds
     the splits whose second child emerges one snapshot before the split as the parent's copy, and
     adds one false event; reading a latent's rows under the presence line before its birth as well
@@ -144,7 +151,7 @@ class LineageConfig:
     there, or, where it reaches the new state a snapshot later than its partner, in one step
     there: a latent that drifts off the row a little at a time (as the feature it carries
     drifts, while the pair lingers between the lines) kept the direction, and only its partner
-    left; the same of a split by birth's parent (:func:`_left`). On the planted grid every
+    left; the same of a split by birth's parent (``crosslens.analysis.divergence._left``). On the planted grid every
     planted event found keeps being found, and false events on the families without events go;
     False reads a turn anywhere in the ``min_snapshots`` after the event (benchmarks/README.md,
     "Is an emergence real?")."""
@@ -269,183 +276,6 @@ class Lineage:
 
 
 # --------------------------------------------------------------------------- events
-def divergence_pairs(
-    unit_FSD: torch.Tensor, present_FS: torch.Tensor, relatives: torch.Tensor, cosines: torch.Tensor, config
-) -> list[tuple[str, int, int, int, float]]:
-    """Splits and merges of latents present together, as (kind, snapshot, a, b, cosine) pairs: pairs
-    that were ever relatives at or above ``same_cosine``, their cosine at every snapshot both are
-    present, and where it settles."""
-    j_P, s_P, k_P = torch.nonzero(cosines >= config.same_cosine, as_tuple=True)
-    r_P = relatives[j_P, s_P, k_P]
-    pairs = torch.unique(torch.stack([torch.minimum(j_P, r_P), torch.maximum(j_P, r_P)], dim=1), dim=0)
-    if len(pairs) == 0:
-        return []
-    a_P, b_P = pairs[:, 0], pairs[:, 1]
-    cos_PS = (unit_FSD[a_P] * unit_FSD[b_P]).sum(-1)
-    both_PS = present_FS[a_P] & present_FS[b_P]
-    same_PS, apart_PS = both_PS & (cos_PS >= config.hold_cosine), both_PS & (cos_PS <= config.apart_cosine)
-    peak_PS = both_PS & (cos_PS >= config.same_cosine)
-    S = unit_FSD.shape[1]
-    idx_1S = torch.arange(S)[None, :]
-    last_same_P = torch.where(same_PS, idx_1S, -1).amax(1)
-    last_apart_P = torch.where(apart_PS, idx_1S, -1).amax(1)
-    split_at_P = torch.where(apart_PS & (idx_1S > last_same_P[:, None]), idx_1S, S).amin(1)
-    merge_at_P = torch.where(same_PS & (idx_1S > last_apart_P[:, None]), idx_1S, S).amin(1)
-
-    def side(before: bool, at_P: torch.Tensor) -> torch.Tensor:
-        return (idx_1S < at_P[:, None]) if before else (idx_1S >= at_P[:, None])
-
-    def held(state_PS: torch.Tensor, before: bool, at_P: torch.Tensor) -> torch.Tensor:
-        """Pairs in ``state_PS`` at ``min_snapshots`` or more snapshots before (or from) ``at_P``."""
-        return (state_PS & side(before, at_P)).sum(1) >= config.min_snapshots
-
-    def together(before: bool, at_P: torch.Tensor) -> torch.Tensor:
-        """Pairs held together on that side of ``at_P``, at ``same_cosine`` at one snapshot at least."""
-        return held(same_PS, before, at_P) & (peak_PS & side(before, at_P)).any(1)
-
-    # rows that point opposite carry nothing between them: the two fire together to cancel
-    cancels_P = (both_PS & (cos_PS <= -config.hold_cosine)).any(1)
-    split_P = together(True, split_at_P) & held(apart_PS, False, split_at_P) & ~cancels_P
-    merge_P = held(apart_PS, True, merge_at_P) & together(False, merge_at_P) & ~cancels_P
-    # one concept becomes two (or two one) where both latents leave their rows; a latent that keeps
-    # its own while the other moves is the other changing what it carries
-    # (a merge is read from its together row back to its apart side, or, without turn_at_once,
-    # from the last apart row on into the together state)
-    merge_ends = (merge_at_P, last_apart_P) if config.turn_at_once else (last_apart_P, merge_at_P)
-    for x_P in (a_P, b_P):
-        split_P &= _left(unit_FSD, present_FS, x_P, last_same_P, split_at_P, config)
-        merge_P &= _left(unit_FSD, present_FS, x_P, *merge_ends, config)
-    # and where the pair is together, its direction is one concept's, not a crowd's
-    split_P &= ~_crowded(unit_FSD, present_FS, a_P, b_P, last_same_P, split_P, config)
-    merge_P &= ~_crowded(unit_FSD, present_FS, a_P, b_P, merge_at_P, merge_P, config)
-    found: list[tuple[str, int, int, int, float]] = []
-    for kind, ok_P, at_P in (
-        ("split", split_P & (last_same_P >= 0) & (last_apart_P > last_same_P), split_at_P),
-        ("merge", merge_P & (last_apart_P >= 0) & (last_same_P > last_apart_P), merge_at_P),
-    ):
-        for p in torch.nonzero(ok_P).flatten().tolist():
-            at = int(at_P[p])
-            found.append((kind, at, int(a_P[p]), int(b_P[p]), float(cos_PS[p, at])))
-    return found
-
-
-def _left(
-    unit_FSD: torch.Tensor,
-    present_FS: torch.Tensor,
-    x_P: torch.Tensor,
-    from_P: torch.Tensor,
-    to_P: torch.Tensor,
-    config: LineageConfig,
-) -> torch.Tensor:
-    """Pairs whose latent ``x_P`` left its row at ``from_P`` by ``to_P``: its row at ``to_P`` is
-    under the hold line from it, or, for a latent that gets there a snapshot after its partner, in
-    one step: a present row among the ``min_snapshots`` from ``to_P`` (read away from ``from_P``)
-    under the hold line from it and from the row beside it on the ``from_P`` side. Time runs from
-    ``from_P`` to ``to_P``: forward for a split (from the pair's together row to its first snapshot
-    apart), backward for a merge. Without ``turn_at_once``, any present row of those under the hold
-    line from the row at ``from_P`` counts, the one-step condition aside."""
-    S = unit_FSD.shape[1]
-    step_P1 = torch.where(to_P >= from_P, 1, -1)[:, None]
-    at_PK = to_P[:, None] + step_P1 * torch.arange(config.min_snapshots)
-    inside_PK = (at_PK >= 0) & (at_PK < S)
-    at_PK, before_PK = at_PK.clamp(0, S - 1), (at_PK - step_P1).clamp(0, S - 1)
-    x_P1 = x_P[:, None]
-    rows_PKD = unit_FSD[x_P1, at_PK]
-    from_start_PK = (unit_FSD[x_P, from_P.clamp(0, S - 1)][:, None] * rows_PKD).sum(-1)
-    away_PK = inside_PK & present_FS[x_P1, at_PK] & (from_start_PK < config.hold_cosine)
-    if not config.turn_at_once:
-        return away_PK.any(1)
-    from_before_PK = (unit_FSD[x_P1, before_PK] * rows_PKD).sum(-1)
-    in_one_step_P = (away_PK & present_FS[x_P1, before_PK] & (from_before_PK < config.hold_cosine)).any(1)
-    # a latent that got under the hold line from the shared row only by drifting a little at every
-    # snapshot on the way (as the feature it carries drifts) kept its direction: it left that row
-    # where one step on the way turned it (under the hold line from its row a snapshot before)
-    steps_FS = torch.cat(
-        [unit_FSD.new_ones(unit_FSD.shape[0], 1), torch.linalg.vecdot(unit_FSD[:, 1:], unit_FSD[:, :-1])], 1
-    )
-    turn_FS = (steps_FS < config.hold_cosine) & present_FS
-    turn_FS[:, 1:] &= present_FS[:, :-1]
-    lo_P, hi_P = torch.minimum(from_P, to_P).clamp(0, S - 1), torch.maximum(from_P, to_P).clamp(0, S - 1)
-    idx_1S = torch.arange(S)[None, :]
-    turned_P = (turn_FS[x_P] & (idx_1S > lo_P[:, None]) & (idx_1S <= hi_P[:, None])).any(1)
-    return (away_PK[:, 0] & turned_P) | in_one_step_P
-
-
-def birth_splits(
-    unit_FSD: torch.Tensor,
-    present_FS: torch.Tensor,
-    held_FS: torch.Tensor,
-    relatives: torch.Tensor,
-    cosines: torch.Tensor,
-    config: LineageConfig,
-    seen: Collection[tuple[int, int]] = (),
-) -> list[tuple[str, int, int, int, float]]:
-    """Splits whose second child's latent is born as the parent's copy: a latent ``b`` first present
-    at ``e`` (for ``min_snapshots`` in a row) with a relative ``a`` there at ``same_cosine`` or
-    closer that was present at ``e - 1`` too, the two then apart as after a divergence's split: at
-    ``min_snapshots`` snapshots after ``e``, never at the hold line again, never opposite, their
-    shared row at ``e`` not a crowd's, and ``a`` leaving its row at ``e`` as a divergence's latents
-    leave theirs (:func:`_left`). ``held_FS`` is where each latent is present within a run of
-    ``min_snapshots`` (:func:`~crosslens.analysis.succession.held_presence`); ``seen`` pairs
-    (``a < b``) are left out."""
-    F, S, _ = unit_FSD.shape
-    k, rows_F = config.min_snapshots, torch.arange(F)
-    first_F = torch.where(present_FS, torch.arange(S).expand(F, S), S).amin(1)
-    born_F = (first_F >= 1) & (first_F < S) & held_FS[rows_F, first_F.clamp(max=S - 1)]
-    b_B = torch.nonzero(born_F).flatten()
-    e_B = first_F[b_B]
-    near_BK, cos_BK = relatives[b_B, e_B], cosines[b_B, e_B]  # its nearest present latents where it is born
-    hit_BK = (near_BK >= 0) & (cos_BK >= config.same_cosine)
-    hit_BK &= present_FS[near_BK.clamp_min(0), (e_B - 1)[:, None]]  # that lived before it
-    b_i, k_i = torch.nonzero(hit_BK, as_tuple=True)
-    if len(b_i) == 0:
-        return []
-    a_P, b_P, e_P = near_BK[b_i, k_i], b_B[b_i], e_B[b_i]
-    idx_1S = torch.arange(S)[None, :]
-    cos_PS = (unit_FSD[a_P] * unit_FSD[b_P]).sum(-1)
-    both_PS = present_FS[a_P] & present_FS[b_P]
-    apart_PS = both_PS & (idx_1S >= e_P[:, None]) & (cos_PS <= config.apart_cosine)
-    ok_P = apart_PS.sum(1) >= k  # apart as after a split, never together again, never opposite
-    ok_P &= ~(both_PS & (idx_1S > e_P[:, None]) & (cos_PS >= config.hold_cosine)).any(1)
-    ok_P &= ~(both_PS & (cos_PS <= -config.hold_cosine)).any(1)
-    ok_P &= ~_crowded(unit_FSD, present_FS, a_P, b_P, e_P, ok_P, config)
-    split_at_P = torch.where(apart_PS, idx_1S, S).amin(1)
-    # the parent's latent turns too, as a divergence's latents both do: one that keeps its row while
-    # the newborn leaves has a newborn duplicate that went on to carry another feature
-    ok_P &= _left(unit_FSD, present_FS, a_P, e_P, split_at_P, config)
-    found = []
-    for p in torch.nonzero(ok_P).flatten().tolist():
-        a, b, at = int(a_P[p]), int(b_P[p]), int(split_at_P[p])
-        if (min(a, b), max(a, b)) not in seen:
-            found.append(("split", at, min(a, b), max(a, b), float(cos_PS[p, at])))
-    return found
-
-
-def _crowded(
-    unit_FSD: torch.Tensor,
-    present_FS: torch.Tensor,
-    a_P: torch.Tensor,
-    b_P: torch.Tensor,
-    at_P: torch.Tensor,
-    asked_P: torch.Tensor,
-    config: LineageConfig,
-) -> torch.Tensor:
-    """Of the ``asked_P`` pairs, those where more than ``max_shared`` other present latents lie at the
-    hold line or closer to the row of ``a`` or of ``b`` at snapshot ``at_P``: a matmul per snapshot
-    and chunk of rows."""
-    crowded_P = torch.zeros_like(asked_P)
-    for s in torch.unique(at_P[asked_P]).tolist():
-        pairs = torch.nonzero(asked_P & (at_P == s)).flatten()
-        latents_R = torch.cat([a_P[pairs], b_P[pairs]])
-        shared_R = torch.empty_like(latents_R)
-        for start in range(0, len(latents_R), config.chunk_size):
-            rows_CD = unit_FSD[latents_R[start : start + config.chunk_size], s]
-            near_CF = ((rows_CD @ unit_FSD[:, s].T) >= config.hold_cosine) & present_FS[None, :, s]
-            shared_R[start : start + config.chunk_size] = near_CF.sum(1) - 1  # the latent itself
-        crowded_P[pairs] = shared_R.view(2, -1).amax(0) > config.max_shared
-    return crowded_P
-
-
 def _joined(found: list[tuple[str, int, int, int, float]]) -> list[LineageEvent]:
     """Pair events of one kind at one snapshot joined into one event per connected group."""
     groups: dict[tuple[str, int], list[tuple[int, int, float]]] = {}
@@ -488,10 +318,11 @@ def lineage(
     relatives, cosines = nearest_relatives(unit_FSD, present_FS, config.n_relatives, config.chunk_size)
     unit_FSD, present_FS = unit_FSD.cpu(), present_FS.cpu()  # the pairs' work below runs on the CPU
     held_FS = held_presence(present_FS, config.min_snapshots)  # runs of presence, read by three rules
-    found = divergence_pairs(unit_FSD, present_FS, relatives, cosines, config)
+    turned_FS = turned_rows(unit_FSD, present_FS, config.hold_cosine)  # one-step turns, read by three rules
+    found = divergence_pairs(unit_FSD, present_FS, relatives, cosines, config, turned_FS)
     if config.birth_splits:
         seen = {(a, b) for _, _, a, b, _ in found}
-        found += birth_splits(unit_FSD, present_FS, held_FS, relatives, cosines, config, seen)
+        found += birth_splits(unit_FSD, present_FS, held_FS, relatives, cosines, config, turned_FS, seen)
     events = _joined(found)
     successions = succession_events(
         unit_FSD, present_FS, held_FS, emergence_F.cpu(), fade_F.cpu(), live_F.cpu().bool(), config
@@ -501,7 +332,7 @@ def lineage(
         joined |= {
             (at, min(a, b), max(a, b)) for _, at, before, after, _, _ in successions for a in before for b in after
         }
-        successions += turn_successions(unit_FSD, present_FS, held_FS, config, joined)
+        successions += turn_successions(unit_FSD, present_FS, held_FS, config, joined, turned_FS)
     events += [LineageEvent(*e) for e in successions]
     events.sort(key=lambda e: e.order)
     held = [True] * len(events)

@@ -59,6 +59,19 @@ def held_presence(present_FS: torch.Tensor, k: int) -> torch.Tensor:
     return present_FS & (ahead_FS + behind_FS - 1 >= k)
 
 
+def turned_rows(unit_FSD: torch.Tensor, present_FS: torch.Tensor, hold: float) -> torch.Tensor:
+    """Where a present latent's row is under the hold line from its row at the last snapshot before
+    it where it was present ``[F, S]`` (False at its first present snapshot and where it is absent:
+    an absent row's direction is noise), a snapshot at a time, so that no ``[F, S, D]`` product is made."""
+    turned_FS = torch.zeros(present_FS.shape, dtype=torch.bool)
+    last_FD, seen_F = unit_FSD[:, 0].clone(), present_FS[:, 0].clone()
+    for s in range(1, unit_FSD.shape[1]):
+        now_F = present_FS[:, s]
+        turned_FS[:, s] = now_F & seen_F & (torch.linalg.vecdot(unit_FSD[:, s], last_FD) < hold)
+        last_FD[now_F], seen_F = unit_FSD[now_F, s], seen_F | now_F
+    return turned_FS
+
+
 def _best_row_pair(
     rows_AKD: torch.Tensor, rows_BKD: torch.Tensor, left_out: Callable[[int, int], torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +156,7 @@ def turn_successions(
     held_FS: torch.Tensor,
     config: Any,
     joined: set[tuple[int, int, int]],
+    turned_FS: torch.Tensor,
 ) -> list[Succession]:
     """Handovers at a snapshot ``t`` where one latent's presence changes and the other turns: a
     direction ``a`` held a snapshot before that no present latent continues at ``t`` or ``t + 1``
@@ -152,11 +166,9 @@ def turn_successions(
     held one direction for ``min_snapshots`` before ``t`` and another for as many from ``t`` (a
     latent whose row drifts from snapshot to snapshot hands nothing over). Pairs that ``joined``
     holds as ``(snapshot, a, b)`` with ``a < b`` within a snapshot are another event's already;
-    ``held_FS`` is :func:`held_presence` of ``present_FS`` at ``min_snapshots``."""
+    ``held_FS`` is :func:`held_presence` of ``present_FS`` at ``min_snapshots`` and ``turned_FS``
+    :func:`turned_rows` at the hold line."""
     S, k, hold = unit_FSD.shape[1], config.min_snapshots, config.hold_cosine
-    turned_FS = torch.zeros_like(present_FS)  # each row under the hold line from the latent's row before
-    for s in range(1, S):
-        turned_FS[:, s] = torch.linalg.vecdot(unit_FSD[:, s], unit_FSD[:, s - 1]) < hold
     kept_FS = present_FS & ~turned_FS  # present at s and s - 1 with the row held between them
     kept_FS[:, 0] = False
     kept_FS[:, 1:] &= present_FS[:, :-1]
