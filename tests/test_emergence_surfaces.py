@@ -42,7 +42,7 @@ from crosslens.browser import BrowseConfig, make_server
 from crosslens.checkpoints import CheckpointSuite
 from crosslens.core.errors import PartnerMismatchError
 from crosslens.core.hashing import crosscoder_sha256, file_sha256
-from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME
+from crosslens.core.paths import EMERGENCE_NAME, EMERGENCE_TENSORS_NAME, REPORT_NAME
 from crosslens.crosscoders.saved import load_crosscoder_folder
 from crosslens.dashboards import DashboardsConfig, DashboardsError, compute_dashboards, schema
 from crosslens.exports import export_run
@@ -651,8 +651,10 @@ def test_an_agreement_whose_crosscoder_was_trained_again_or_is_gone_is_left_out(
     checked = dataclasses.replace(result, lineage=with_four_events(result, a, b, c), agreement=agreement)
     save_run_emergence(copy, checked, ActivationStore.open(run_dir.parent / "store"))
     compute_dashboards(copy, config=DashboardsConfig(**DASHBOARDS, overwrite=True), device="cpu", progress=False)
+    (copy / REPORT_NAME).write_text("<html><body><h1>run</h1><h2>Lineage checked against referee</h2></body></html>")
     with serving(copy) as server:
         assert api(server, "/api/run")["emergence"]["agreement"]["made"]["split"] == 1  # held while unchanged
+        assert b"report-notice" not in urllib.request.urlopen(server.url + "report").read()
     weights = referee / "final" / "sae_weights.safetensors"
     tensors = load_file(weights)
     save_file({**tensors, "b_dec": tensors["b_dec"] + 1}, weights)  # the referee trained again
@@ -666,11 +668,18 @@ def test_an_agreement_whose_crosscoder_was_trained_again_or_is_gone_is_left_out(
         open_page(driver, server, "/")
         wait_for(lambda: driver.execute_script("return document.getElementById('agreement').disabled"), what="off")
         hint = driver.execute_script("return document.getElementById('agreement-hint').textContent")
+        driver.get(server.url + "report")  # a report written while it held says it no longer does
+        wait_for(lambda: driver.execute_script("return document.readyState") == "complete", what="report")
+        notice = driver.execute_script("return document.getElementById('report-notice').textContent")
     assert summary["agreement"] is None and summary["agreement_dropped"] == why
     assert refused.value.code == 400 and f"lineage agreement no longer holds ({why})" in refused.value.read().decode()
     assert {(e["agreement"], e["made"]) for e in events} == {(None, None)}
     assert {kind: made for r in rows for kind, made in r["lineage_made"].items()} == {"split": None, "handoff": None}
     assert hint.startswith(f"Lineage agreement left out: {why}. Measure it again with `crosslens analyze")
+    assert notice == (
+        f"The lineage agreement no longer holds: {why}. An agreement this report shows is out of date; "
+        f"crosslens report {copy} writes the report again without it."
+    )
     capsys.readouterr()
     flags = json.loads(
         (export_run(copy, format="neuronpedia", out=tmp_path / "np") / "emergence_flags.json").read_text()

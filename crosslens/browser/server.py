@@ -7,7 +7,8 @@ library to start). The page shows two views and moves between them without reloa
 
 * ``/``: the feature list: search, filters, sort, pages (its state lives in the URL);
 * ``/feature/ID?snapshot=S``: one feature through training (S = -1: the crosscoder's own code);
-* ``/report``: the run's report.html, whose feature ids link to their pages.
+* ``/report``: the run's report.html, whose feature ids link to their pages (with a notice at the top
+  where the lineage agreement it may show no longer holds).
 
 JSON API (every error is ``{"error": "one line"}`` with status 400 or 404):
 
@@ -256,7 +257,15 @@ class BrowserHandler(BaseHTTPRequestHandler):
                 f"<p>{_escape(report)} does not exist: <code>crosslens report {_escape(report.parent)}</code> writes it.</p>",
             )
             return self._send(HTTPStatus.NOT_FOUND, page, _TYPES[".html"])
-        self._send(HTTPStatus.OK, report.read_bytes(), _TYPES[".html"], "no-cache")
+        page = report.read_bytes()
+        dropped = self.server.database.facts.emergence.get("agreement_dropped")
+        if dropped:  # a report written while the agreement held still shows it
+            page = _with_notice(
+                page,
+                f"The lineage agreement no longer holds: {_escape(dropped)}. An agreement this report shows is out "
+                f"of date; <code>crosslens report {_escape(report.parent)}</code> writes the report again without it.",
+            )
+        self._send(HTTPStatus.OK, page, _TYPES[".html"], "no-cache")
 
     def _favicon(self) -> None:
         self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon", "public, max-age=86400")
@@ -290,6 +299,13 @@ class BrowserHandler(BaseHTTPRequestHandler):
 
 def _escape(value: object) -> str:
     return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _with_notice(page: bytes, text: str) -> bytes:
+    """``page`` with a one-line notice ``text`` (HTML) at the top of its body."""
+    notice = f'<p class="notice" id="report-notice" style="border:1px solid #c60;padding:6px">{text}</p>'.encode()
+    at = page.find(b">", page.find(b"<body")) + 1 if b"<body" in page else 0
+    return page[:at] + notice + page[at:]
 
 
 def _page(title: str, body: str) -> bytes:
