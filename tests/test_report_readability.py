@@ -231,6 +231,8 @@ def test_demo_lines_say_what_no_specific_feature_means(capsys):
     assert "no feature is snapshot-specific (RelIE > 0.7, above the noise floor)" in printed
     _print_snapshots(_summary([0, 3]))
     assert "no feature is snapshot-specific" not in capsys.readouterr().out
+    _print_snapshots(_summary([0, 0]), specific_line=0.8)  # the stage's own line, where it was given another
+    assert "no feature is snapshot-specific (RelIE > 0.8, above the noise floor)" in capsys.readouterr().out
 
 
 def test_a_second_crosscoder_does_not_print_the_model_again(capsys):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from crosslens.causal import defaults
 from crosslens.causal.behaviour import SnapshotBehaviour, behaving_columns, chance_note
 from crosslens.causal.languages import language_of, run_language_tasks
+from crosslens.causal.relative_ie import RelIEThresholds
 from crosslens.causal.stage import load_crosscoder, metric_formula, run_causal_stage
 from crosslens.checkpoints.on_device import on_device
 from crosslens.core.paths import crosslens_home
@@ -81,11 +82,14 @@ def attribution_sections(
         )
     if model_lines:
         print(f"  metric = {metric_formula(summary.metric)}: negative means the model prefers the correct continuation")
-    _print_snapshots(summary, model_lines=model_lines)
+    specific = stage_kwargs.get("thresholds", RelIEThresholds()).specific
+    _print_snapshots(summary, model_lines=model_lines, specific_line=specific)
     return [result.report]
 
 
-def _print_snapshots(summary: Any, *, model_lines: bool = True) -> None:
+def _print_snapshots(
+    summary: Any, *, model_lines: bool = True, specific_line: float = RelIEThresholds.specific
+) -> None:
     """The per-snapshot lines and the final keep-only restoration; a snapshot at chance is
     printed with its accuracy instead of a feature count, and no restoration of it is shown.
     Where no snapshot has a snapshot-specific feature, a line says what that zero means."""
@@ -110,8 +114,8 @@ def _print_snapshots(summary: Any, *, model_lines: bool = True) -> None:
         print(f"  snapshot-specific features: {counts}")
     if not any_specific and behaving:
         print(
-            "  no feature is snapshot-specific (RelIE > 0.7, above the noise floor) at any snapshot with a behaviour: "
-            "each top feature's effect is spread over several snapshots"
+            f"  no feature is snapshot-specific (RelIE > {specific_line:g}, above the noise floor) at any snapshot with "
+            "a behaviour: each top feature's effect is spread over several snapshots"
         )
     where = f"keep-only restoration at {summary.snapshots[-1]} ({summary.ablation}-ablation)"
     if behaviours and behaviours[-1].at_chance:
