@@ -87,7 +87,7 @@ def _status(backend: LiveBackend, database: Database, params: Mapping[str, str])
 
 
 def _text(backend: LiveBackend, database: Database, params: Mapping[str, str]) -> dict[str, Any]:
-    answer = backend.text(_text_param(backend, params, "text"))
+    answer = backend.text(_text_param(backend.status()["limits"], params, "text"))
     features = sorted({row[0] for rows in answer["readings"].values() for row in rows})
     with database.connection() as connection:
         answer["rows"] = {str(row["feature"]): row for row in feature_rows(connection, features)}
@@ -96,14 +96,14 @@ def _text(backend: LiveBackend, database: Database, params: Mapping[str, str]) -
 
 def _heatmap(backend: LiveBackend, database: Database, params: Mapping[str, str], feature: str) -> dict[str, Any]:
     chosen = checked_feature(feature, database.facts)
-    return backend.heatmap(_text_param(backend, params, "text"), chosen)
+    return backend.heatmap(_text_param(backend.status()["limits"], params, "text"), chosen)
 
 
 def _steer(backend: LiveBackend, database: Database, params: Mapping[str, str], feature: str) -> dict[str, Any]:
     chosen = checked_feature(feature, database.facts)
     limits = backend.status()["limits"]  # the backend's bounds and defaults (crosslens.live.config.limits)
     given = limits["steer_defaults"]
-    prompt = _text_param(backend, params, "prompt")
+    prompt = _text_param(limits, params, "prompt")
     mode = params.get("mode") or given["mode"]
     if mode not in limits["modes"]:
         raise QueryError(f"mode={mode}: use add (add the feature's direction) or clamp (set its activation)")
@@ -128,12 +128,13 @@ _ROUTES: tuple[tuple[re.Pattern[str], Callable[..., dict[str, Any]]], ...] = (
 
 
 # --------------------------------------------------------------------------- parameters
-def _text_param(backend: LiveBackend, params: Mapping[str, str], name: str) -> str:
+def _text_param(limits: Mapping[str, Any], params: Mapping[str, str], name: str) -> str:
+    """The text or prompt ``name`` of a request, checked against the backend's ``limits``."""
     text = params.get(name, "")
     what = "the text" if name == "text" else "the prompt"
     if not text.strip():
         raise QueryError(f"{name}= is empty: type {what} to run through every snapshot")
-    limit = int(backend.status()["limits"]["max_text_chars"])
+    limit = int(limits["max_text_chars"])
     if len(text) > limit:
         raise QueryError(f"{name}= has {len(text):,} characters: at most {limit:,} are read at once; shorten {what}")
     return text
