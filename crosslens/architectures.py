@@ -159,6 +159,11 @@ those (benchmarks/README.md, "Seed stability")."""
 ARCHITECTURE_NAMES: tuple[str, ...] = tuple(TRAINING_DEFAULTS)
 """The crosscoder architectures, by their SAELens registry names."""
 
+SPARSITY_WARM_UPS = ", ".join(f"{name} {d.sparsity_warm_up:.0%}" for name, d in TRAINING_DEFAULTS.items())
+"""Each architecture's sparsity warm-up as a share of the steps, as ``train --help`` shows it."""
+RESAMPLES = ", ".join(f"{name} {d.resample_dead}" for name, d in TRAINING_DEFAULTS.items())
+"""Each architecture's resampling count, as ``train --help`` shows it."""
+
 # The per-snapshot SAE baselines use the warm-up of the crosscoder they are compared with.
 BASELINE_OF = {"standard": "crosscoder", "jumprelu": "jumprelu_crosscoder", "topk": "topk_crosscoder"}
 

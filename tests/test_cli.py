@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -36,6 +37,66 @@ def test_every_subcommand_has_help(words, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: crosslens " + " ".join(words))
+
+
+LIMIT = 16
+SHARE = 0.25
+
+
+@dataclasses.dataclass
+class _Documented:
+    rows: int = 1
+    """Rows read (at most {LIMIT}, {SHARE:.0%} of them held out; {causal.defaults.TOP_K} kept)."""
+
+
+@dataclasses.dataclass
+class _Misnamed:
+    rows: int = 1
+    """Rows read (at most {LIMITS})."""
+
+
+def test_a_field_docstring_shows_the_constants_it_names():
+    """A flag's help says the number the code reads: a constant named in braces in a field's
+    docstring is replaced by its value, from the field's module or a named module of crosslens."""
+    from crosslens.causal.defaults import TOP_K
+    from crosslens.cli.flags import field_docs
+
+    assert field_docs(_Documented)["rows"] == f"Rows read (at most 16, 25% of them held out; {TOP_K} kept)."
+    with pytest.raises(NameError, match="_Misnamed names LIMITS, which .*test_cli lacks"):
+        field_docs(_Misnamed)
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w))
+def test_no_help_shows_a_constant_by_name(words, capsys):
+    import re
+
+    with pytest.raises(SystemExit):
+        main([*words, "--help"])
+    assert not re.search(r"\{[a-z_.]*[A-Z][A-Z0-9_]*(:[^{}]*)?\}", capsys.readouterr().out)
+
+
+def test_help_shows_the_defaults_the_code_reads(capsys):
+    """The numbers the harvest and training flags' help spell out are the constants the code uses."""
+    from crosslens.activations.budget import DEFAULT_HELDOUT_PERCENT, MAX_DEFAULT_HELDOUT_TOKENS
+    from crosslens.architectures import defaults_for
+    from crosslens.training.config import CHECKPOINTS_PER_RUN, MIN_CHECKPOINT_STEPS
+
+    def help_of(*words: str) -> str:
+        with pytest.raises(SystemExit):
+            main([*words, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    assert f"(default: {DEFAULT_HELDOUT_PERCENT}% of --n-tokens, at most {MAX_DEFAULT_HELDOUT_TOKENS};" in help_of(
+        "harvest"
+    )
+    train = help_of("train")
+    assert (
+        f"about {CHECKPOINTS_PER_RUN} a run (n_steps // {CHECKPOINTS_PER_RUN}), at least {MIN_CHECKPOINT_STEPS}"
+        in train
+    )
+    jumprelu = defaults_for("jumprelu_crosscoder")
+    assert f"jumprelu_crosscoder {jumprelu.resample_dead}," in train
+    assert f"jumprelu_crosscoder {jumprelu.sparsity_warm_up:.0%}," in train
 
 
 def test_suite_list_prints_pythia_revisions_offline(offline_hf_home, capsys):

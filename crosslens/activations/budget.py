@@ -19,8 +19,10 @@ from crosslens.core.launch import local_world_size
 from crosslens.core.paths import folder_bytes, free_disk
 from crosslens.core.units import format_bytes
 
+DEFAULT_HELDOUT_PERCENT = 10
+"""The share of the token budget held out by default, in percent."""
 MAX_DEFAULT_HELDOUT_TOKENS = 16_384
-"""The default held-out share, a tenth of the budget, stops here: enough rows for a stable quality
+"""The default held-out share stops here: enough rows for a stable quality
 table, few enough that a large budget's held-out store stays small."""
 
 
@@ -36,7 +38,7 @@ class TokenBudget:
     heldout_tokens: int | None = field(default=None, metadata={"min": 0})
     """Tokens (a seeded random sample of rows) kept out of training for the held-out quality table:
     harvest writes them to OUT-heldout, train --stream harvests them from its resident models
-    (default: 10% of --n-tokens, at most 16384; 0: none). OUT-heldout records the seal of OUT, and
+    (default: {DEFAULT_HELDOUT_PERCENT}% of --n-tokens, at most {MAX_DEFAULT_HELDOUT_TOKENS}; 0: none). OUT-heldout records the seal of OUT, and
     readers refuse it for any other store."""
 
     def __post_init__(self) -> None:
@@ -71,7 +73,7 @@ class TokenBudget:
         """The held-out tokens this budget keeps."""
         if self.heldout_tokens is not None:
             return self.heldout_tokens
-        return min(MAX_DEFAULT_HELDOUT_TOKENS, self.n_tokens // 10)
+        return min(MAX_DEFAULT_HELDOUT_TOKENS, self.n_tokens * DEFAULT_HELDOUT_PERCENT // 100)
 
 
 def _whole(value: Any, name: str) -> int:
@@ -163,6 +165,7 @@ def check_harvest_fits(
 
 __all__ = [
     "CHUNK_TOKENS",
+    "DEFAULT_HELDOUT_PERCENT",
     "MAX_DEFAULT_HELDOUT_TOKENS",
     "TOKEN_TABLE_BYTES_PER_TOKEN",
     "TokenBudget",

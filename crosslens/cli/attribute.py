@@ -42,7 +42,7 @@ class AttributeFlags:
     ie_threshold: float | None = field(default=None, metadata={"min": 0})
     """Zero each per-token |IE| at or below this before averaging over a prompt's positions, as Bayazit et
     al. do at 0.1 (their code makes it optional); unset, every effect is kept. Either way a feature is
-    classed only where its IE clears a noise floor (2% of the mean clean-to-patched metric gap, with a
+    classed only where its IE clears a noise floor ({causal.defaults.EFFECT_FLOOR_SHARE:.0%} of the mean clean-to-patched metric gap, with a
     bootstrap interval), which the paper does not have, so the classes are not exactly the paper's."""
     allow_chance: bool = False
     """Attribute even when the model is at chance on the pairs at every snapshot (accuracy's 95% interval

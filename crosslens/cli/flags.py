@@ -4,7 +4,9 @@ subcommand is (:class:`Subcommand`): its words, its help, and the dataclasses it
 Each field of a dataclass becomes one flag, ``--field-name`` unless its metadata names
 another (``field(..., metadata={"flag": "--batch-size"})``); the docstring under the field is
 its ``--help`` and the field's default is shown beside it, so defaults are written once, in
-the dataclass. A field whose type is itself a dataclass (a nested config, as SAELens nests
+the dataclass. A docstring that names another number the code reads names its constant in
+braces, ``{NAME}`` (the field's module's) or ``{causal.defaults.NAME}`` (a module of crosslens), with
+a format spec where wanted (``{EFFECT_FLOOR_SHARE:.0%}``); the help shows its value. A field whose type is itself a dataclass (a nested config, as SAELens nests
 ``sae`` and ``logger``) contributes its own fields. Metadata keys:
 
 - ``flag``: the flag's name; a ``--no-...`` flag on a bool field that defaults to True turns it off.
@@ -32,8 +34,10 @@ import argparse
 import ast
 import dataclasses
 import functools
+import importlib
 import inspect
 import re
+import sys
 import textwrap
 import types
 import typing
@@ -121,8 +125,30 @@ def field_docs(cls: type) -> dict[str, str]:
                 and isinstance(after.value, ast.Constant)
                 and isinstance(after.value.value, str)
             ):
-                docs[node.target.id] = " ".join(after.value.value.split())
+                docs[node.target.id] = _constants_shown(" ".join(after.value.value.split()), klass)
     return docs
+
+
+_CONSTANT = re.compile(r"\{((?:[a-z_]+\.)*)([A-Z][A-Z0-9_]*)(?::([^{}]*))?\}")
+"""A constant a field docstring names: ``{NAME}``, ``{package.module.NAME}``, each with an
+optional ``:format_spec``."""
+
+
+def _constants_shown(doc: str, klass: type) -> str:
+    """``doc`` with each constant it names in braces replaced by the constant's value, so that a
+    flag's help says the number the code reads; a name no module defines is refused here, when the
+    parser is built."""
+
+    def value(match: re.Match) -> str:
+        where, name, spec = match.groups()
+        module = importlib.import_module("crosslens." + where[:-1]) if where else sys.modules[klass.__module__]
+        if not hasattr(module, name):
+            raise NameError(
+                f"the docstring of a field of {klass.__qualname__} names {name}, which {module.__name__} lacks"
+            )
+        return format(getattr(module, name), spec or "")
+
+    return _CONSTANT.sub(value, doc)
 
 
 def _value_type(hint: Any) -> tuple[Any, bool]:

@@ -55,7 +55,8 @@ class PlanFlags:
     n_steps: int | None = field(default=None, metadata={"default_from": (RUNNER, "n_steps")})
     """Optimizer steps, as train --n-steps (a --recipe's: its token budget at --batch-size)."""
     checkpoint_every: int | None = field(default=None, metadata={"min": 0})
-    """Steps between checkpoints, as train --checkpoint-every (default: about 20 a run, at least 500 steps apart)."""
+    """Steps between checkpoints, as train --checkpoint-every (default: about {training.config.CHECKPOINTS_PER_RUN} a run, at least
+    {training.config.MIN_CHECKPOINT_STEPS} steps apart)."""
     keep_checkpoints: int | None = field(
         default=None, metadata={"min": 0, "default_from": (RUNNER, "keep_checkpoints")}
     )

@@ -126,15 +126,15 @@ class ArchitectureConfig:
     default (crosslens.architectures, shape-scaled for JumpReLU)."""
     sparsity_warm_up_fraction: float | None = field(default=None, metadata={"min": 0, "max": 1})
     """Fraction of the steps over which lambda rises linearly from 0; None: the architecture's
-    (5% ReLU, 10% JumpReLU)."""
+    ({architectures.SPARSITY_WARM_UPS})."""
     decoder_init_norm: float = field(default=DEFAULT_DECODER_INIT_NORM, metadata={"min": 0, "strictly": True})
     """Norm of every decoder row W_dec[i, s] at initialisation (Bayazit et al.)."""
     resample_dead: int | None = field(default=None, metadata={"min": 0})
     """Times during training that silent latents (firing on under a tenth of the mean
     latent's rate since the last time) are pointed at the worst-reconstructed tokens, evenly
     spaced through the first two thirds of the steps (crosslens.training.resample); 0: never;
-    None: the architecture's (4 for JumpReLU, whose shut gates pass no gradient; 0 for the
-    others)."""
+    None: the architecture's ({architectures.RESAMPLES}: a JumpReLU latent's shut gate passes
+    no gradient)."""
     target_l0: float | None = field(default=None, metadata={"min": 0, "strictly": True})
     """jumprelu_crosscoder only: active features per token that lambda is steered to during
     training (lambda starts at --sparsity or its default and is multiplied each step after
@@ -368,8 +368,8 @@ class CrosscoderRunnerConfig:
     seed: int = CrosscoderTrainerConfig.seed
     """Seeds initialisation and the batch order."""
     checkpoint_every: int | None = field(default=None, metadata={"min": 0})
-    """Steps between resumable checkpoints; 0: none; None: about 20 a run (n_steps // 20), at least
-    500 steps apart."""
+    """Steps between resumable checkpoints; 0: none; None: about {CHECKPOINTS_PER_RUN} a run (n_steps //
+    {CHECKPOINTS_PER_RUN}), at least {MIN_CHECKPOINT_STEPS} steps apart."""
     keep_checkpoints: int = field(default=2, metadata={"min": 0})
     """Newest checkpoints kept: an older one is removed once a newer one is written and sealed (the
     one before the newest stays for a resume if the newest is damaged); 0: every one."""
