@@ -118,6 +118,24 @@ def test_bad_input_is_one_line_naming_the_fix_and_loses_nothing(explained, tmp_p
     assert sha(stored) == before
 
 
+def test_a_bad_selection_is_refused_before_the_explanations_file_is_touched(explained):
+    """--overwrite deleted the paid explanations, and a run without it rewrote their meta, before a
+    typo in --features or --classes was found."""
+    stored = explained / EXPLANATIONS_NAME
+    before = sha(stored)
+    with StubEndpoint(model=MODEL) as stub:
+        for flags, what, fix in (
+            (["--overwrite", "--features", "99"], "--features names feature 99", "0 to 9"),
+            (["--classes", "persistant"], "--classes persistant", "this run's classes are dead, persistent"),
+        ):
+            line = one_line_error(
+                crosslens("explain", str(explained), "--endpoint", stub.url, "--model", MODEL, *flags)
+            )
+            assert what in line and fix in line, line
+            assert sha(stored) == before, flags
+        assert stub.requests == 0
+
+
 def test_the_key_reaches_no_file_log_or_message(tmp_path):
     run = write_planted_database(tmp_path / "run").parent
     env = {"CROSSLENS_KEY": KEY}

@@ -278,12 +278,13 @@ def explain_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
     explainer = Explainer(run_dir, config)
     session = None
     try:
+        selected = explainer.selected()  # a typo in --features or --classes, before --overwrite deletes the file
         endpoint = Endpoint(config)
         path = explainer.run_dir / EXPLANATIONS_NAME
         problem = None if config.overwrite else store_problem(path, explainer.binding)
         if problem is not None:
             raise refused(path, problem)
-        session = Session(explainer, endpoint)
+        session = Session(explainer, endpoint, selected)
         try:
             summary = run_async(session.run)
         except KeyboardInterrupt:
@@ -340,8 +341,8 @@ def run_async(start: Callable[[], Awaitable[Summary]]) -> Summary:
 class Session:
     """One run's requests, sent through the endpoint from an asyncio loop."""
 
-    def __init__(self, explainer: Explainer, endpoint: Any) -> None:
-        self.explainer, self.endpoint = explainer, endpoint
+    def __init__(self, explainer: Explainer, endpoint: Any, selected: list[tuple[int, int | None, int | None]]) -> None:
+        self.explainer, self.endpoint, self.selected = explainer, endpoint, selected
         self.store: ExplanationStore | None = None
         """Opened once the endpoint has answered (a refusal leaves the explanations file as it was)."""
         self.config = explainer.config
@@ -359,10 +360,9 @@ class Session:
             self.store = self.open_store()
             with explainer.timer():
                 self.stored, self.scored = self.store.explanations(), self.store.scores()
-                selected = explainer.selected()
-            self.summary.features = len(selected)
-            self.bar = progress_bar(total=len(selected), desc="explain", unit="feature", show=self.config.progress)
-            await self.drive(selected)
+            self.summary.features = len(self.selected)
+            self.bar = progress_bar(total=len(self.selected), desc="explain", unit="feature", show=self.config.progress)
+            await self.drive(self.selected)
         finally:
             if self.bar is not None:
                 self.bar.close()
