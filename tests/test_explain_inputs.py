@@ -174,6 +174,12 @@ def test_dry_run_counts_what_a_run_sends_and_sends_nothing(tmp_path):
     assert remaining.returncode == 0
     left = int(remaining.stdout.split(" requests (")[0].rsplit(" ", 1)[1])
     assert left == 116 - sent and "already stored, not asked again" in remaining.stdout
+    afresh = crosslens("explain", str(run), "--dry-run", "--overwrite")  # a run with it asks everything
+    assert "dry run: 9 features need 116 requests" in afresh.stdout, afresh.stdout + afresh.stderr
+    assert "already stored" not in afresh.stdout
+    write_planted_database(run, seed=1)  # crosslens dashboards rebuilt it: a run refuses the file
+    line = one_line_error(crosslens("explain", str(run), "--dry-run"))
+    assert "another feature database" in line and "move it aside" in line and "--overwrite" in line
 
 
 # --------------------------------------------------------------------------- imports

@@ -219,11 +219,13 @@ class Explainer:
 def dry_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
     """What ``crosslens explain`` would send for ``config``, counted without sending anything:
     requests, and prompt tokens estimated at 4 characters a token (the endpoint's tokenizer is not
-    at hand); detection prompts of explanations not yet written are counted with a twelve-word one."""
+    at hand); detection prompts of explanations not yet written are counted with a twelve-word one.
+    With ``config.overwrite`` nothing stored counts (the run deletes it); without it, an explanations
+    file the run would refuse is refused here too."""
     explainer = Explainer(run_dir, config)
     try:
-        stored, scored = read_stored(explainer.run_dir)
         selected = explainer.selected()
+        stored, scored = ({}, set()) if config.overwrite else read_stored(explainer.run_dir, explainer.binding)
         summary = Summary(
             features=len(selected), stored=dict(explanations=sum(map(len, stored.values())), scores=len(scored))
         )
@@ -252,18 +254,21 @@ def count_dry(explainer: Explainer, work: Work, summary: Summary, scored: set) -
         summary.traffic.prompt_tokens += estimate_tokens(explainer.messages(follow))
 
 
-def read_stored(run_dir: Path) -> tuple[dict, set]:
+def read_stored(run_dir: Path, binding: Binding) -> tuple[dict, set]:
     """The explanations (grouped by feature) and scores already in RUN/explanations.sqlite, read
-    without opening it for writing."""
+    without opening it for writing; :class:`ExplainError` where a run would refuse the file."""
     path = run_dir / EXPLANATIONS_NAME
+    problem = store_problem(path, binding)
+    if problem is not None:
+        raise refused(path, problem)
     if not path.is_file():
         return {}, set()
     connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         stored = group_explanations(connection.execute("SELECT feature, snapshot, source, id, text FROM explanations"))
         return stored, set(connection.execute("SELECT explanation, scored_on FROM scores"))
-    except sqlite3.DatabaseError:
-        return {}, set()
+    except sqlite3.DatabaseError as error:
+        raise refused(path, f"not a readable SQLite file ({error})") from None
     finally:
         connection.close()
 
