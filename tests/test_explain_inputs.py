@@ -299,3 +299,41 @@ def test_neuronpedia_explanation_exports_are_imported(tmp_path):
         crosslens("explain", str(run), "--import", str(unknown))
     )
     assert len(rows(run, "SELECT 1 FROM explanations")) == 4  # the refused files added nothing, removed nothing
+
+
+def test_a_delphi_score_is_stored_only_with_the_explanation_it_judged(tmp_path):
+    """A delphi score of an explanation other than the one kept was stored as the kept one's score."""
+    from crosslens.explain import ExplainConfig, import_explanations
+
+    run = write_planted_database(tmp_path / "run").parent
+    name, settings = f"{HOOK}@step200_latent{CAT}", ExplainConfig(progress=False)
+    right = [{"activating": True, "prediction": 1}, {"activating": False, "prediction": 0}]
+    first = import_explanations(run, delphi_results(tmp_path / "first", {name: "Cats"}), settings)
+    assert (first.added, first.scores) == (1, 0)
+    other = import_explanations(run, delphi_results(tmp_path / "other", {name: "Dogs"}, {name: right}), settings)
+    assert (other.kept, other.scores) == (1, 0)  # it judged "Dogs", not the "Cats" kept
+    assert rows(run, "SELECT count(*) FROM scores") == [(0,)]
+    same = import_explanations(run, delphi_results(tmp_path / "same", {name: "Cats"}, {name: right}), settings)
+    assert (same.kept, same.scores) == (1, 1)
+    judged = "SELECT e.text, s.balanced_accuracy FROM scores s JOIN explanations e ON e.id = s.explanation"
+    assert rows(run, judged) == [("Cats", 1.0)]
+
+
+def test_a_neuronpedia_source_of_another_hook_is_refused(tmp_path):
+    """A Neuronpedia import read only the revision of a source id, so explanations of another
+    layer's or another hook's crosscoder were stored as this one's."""
+    from crosslens.explain import ExplainConfig, ExplainError, import_explanations
+
+    run = write_planted_database(tmp_path / "run").parent  # reads blocks.0.hook_resid_post
+    settings = ExplainConfig(progress=False)
+    for source in ("1-res-crosslens__step200", "0-mlp-crosslens__step200"):
+        file = tmp_path / f"{source}.jsonl"
+        file.write_text(json.dumps(neuronpedia_row(5, source, "boats")) + "\n")
+        with pytest.raises(ExplainError) as refused:
+            import_explanations(run, file, settings)
+        message = str(refused.value)
+        assert repr(source) in message and HOOK in message and "0-res-crosslens__REVISION" in message, message
+    assert not (run / EXPLANATIONS_NAME).exists()
+    named = tmp_path / "named.jsonl"  # crosslens export --set-name names the set as it likes
+    named.write_text(json.dumps(neuronpedia_row(5, "0-my-set__step200", "boats")) + "\n")
+    assert import_explanations(run, named, settings).added == 1

@@ -28,6 +28,7 @@ snapshot's per-snapshot reading, -1 the crosscoder's own code. :data:`FORMAT` na
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,30 @@ def neuronpedia_type(prompt: str, snapshot: int) -> str:
     carries): the prompt format, with what Neuronpedia's type names do not hold written as dashes."""
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in prompt)
     return name + (CODE_TYPE_SUFFIX if snapshot < 0 else "")
+
+
+NEURONPEDIA_SETS = {kind: f"{kind}-crosslens" for kind in ("res", "mlp", "att")}
+"""The source set ``crosslens export --format neuronpedia`` files a crosscoder's sources under
+unless ``--set-name`` names another, by what its hook reads (:func:`hook_kind`); each snapshot's
+source id is ``LAYER-SET__REVISION``."""
+
+
+def hook_kind(hook: str) -> str:
+    """Neuronpedia's word for what ``hook`` reads: res, mlp or att."""
+    if "mlp" in hook:
+        return "mlp"
+    if "attn" in hook or hook.endswith("hook_z"):
+        return "att"
+    return "res"
+
+
+def neuronpedia_layer(hook: str) -> int:
+    """The layer a Neuronpedia source id of a crosscoder reading ``hook`` starts with: its block's
+    number (0 where it names none)."""
+    match = re.search(r"blocks\.(\d+)\.", hook)
+    return int(match.group(1)) if match else 0
+
+
+def neuronpedia_set(hook: str) -> str:
+    """The source set of a crosscoder reading ``hook`` (:data:`NEURONPEDIA_SETS`)."""
+    return NEURONPEDIA_SETS[hook_kind(hook)]

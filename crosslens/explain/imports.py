@@ -14,10 +14,12 @@ Two layouts are read, each as its tool writes it:
   earlier ``/api/explanation/export`` answered them, a JSON list): objects with ``modelId``,
   ``layer`` (the source id), ``index`` and ``description``, with ``typeName`` and
   ``explanationModelName``. ``crosslens export --format neuronpedia`` names each snapshot's source
-  ``LAYER-SET__REVISION``, so each names a snapshot; rows of the crosscoder's own code carry a
-  type ending in ``-code``. JSON lines (``.jsonl``, ``.jsonl.gz``), a JSON list, or a folder of them.
+  ``LAYER-SET__REVISION``, so each names a snapshot (a source of another layer, or of the set of
+  another hook, is refused); rows of the crosscoder's own code carry a type ending in ``-code``.
+  JSON lines (``.jsonl``, ``.jsonl.gz``), a JSON list, or a folder of them.
 
-An imported explanation never replaces a stored one of the same feature, reading and source.
+An imported explanation never replaces a stored one of the same feature, reading and source, and
+its detection score is stored only where the explanation kept is the one it judged.
 """
 
 from __future__ import annotations
@@ -30,7 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crosslens.dashboards.explanation_schema import CODE_TYPE_SUFFIX
+from crosslens.dashboards.explanation_schema import (
+    CODE_TYPE_SUFFIX,
+    NEURONPEDIA_SETS,
+    neuronpedia_layer,
+    neuronpedia_set,
+)
 from crosslens.dashboards.schema import ALL_SNAPSHOTS
 from crosslens.explain.config import ExplainConfig, ExplainError
 from crosslens.explain.contexts import plan_feature
@@ -79,6 +86,26 @@ class Snapshots:
                 f"{where}: {revision!r} is not a snapshot of this run ({have}); import explanations of this run's export"
             )
         return self.index[revision]
+
+    def of_source(self, source: str, where: str) -> int:
+        """The snapshot of Neuronpedia source id ``source``, which must be one ``crosslens export
+        --format neuronpedia`` names for this run's crosscoder: ``LAYER-SET__REVISION`` with its
+        hook's layer, and its hook's set unless ``--set-name`` named another."""
+        source_id, at, revision = source.rpartition("__")
+        if not at:
+            raise ExplainError(
+                f"{where}: Neuronpedia source {source!r} names no snapshot; import the explanations of "
+                "sources `crosslens export RUN --format neuronpedia` made (LAYER-SET__REVISION)"
+            )
+        layer, own = neuronpedia_layer(self.hook), neuronpedia_set(self.hook)
+        given_layer, _, given_set = source_id.partition("-")
+        if given_layer != str(layer) or (given_set in NEURONPEDIA_SETS.values() and given_set != own):
+            raise ExplainError(
+                f"{where}: Neuronpedia source {source!r} is not of this run's crosscoder, which reads {self.hook} "
+                f"(its sources are {layer}-{own}__REVISION, or {layer}-SET__REVISION where export --set-name named "
+                "SET); import the explanations of this run's export"
+            )
+        return self.of_revision(revision, where)
 
     def feature(self, value: Any, where: str) -> int:
         try:
@@ -217,13 +244,7 @@ def read_neuronpedia(path: Path, names: Snapshots) -> tuple[list[Imported], int]
                 continue  # every snapshot's source carries the crosscoder's own code explanation
             code_seen.add((feature, text))
         else:
-            source_id, at, revision = str(row["layer"]).rpartition("__")
-            if not at:
-                raise ExplainError(
-                    f"{where}: Neuronpedia source {row['layer']!r} names no snapshot; import the explanations of "
-                    "sources `crosslens export RUN --format neuronpedia` made (LAYER-SET__REVISION)"
-                )
-            snapshot = names.of_revision(revision, where)
+            snapshot = names.of_source(str(row["layer"]), where)
         source = "crosslens" if type_name.startswith("crosslens-explain") else "neuronpedia"
         model = row.get("explanationModelName")
         found.append(Imported(feature, snapshot, source, text, str(model) if model else None, type_name))
@@ -277,7 +298,9 @@ def _store_all(store: Any, found: list[Imported], summary: ImportSummary) -> Non
         )
         summary.added += added
         summary.kept += not added
-        if item.detection is not None and store.add_score(
+        if item.detection is None or not (added or store.text(row_id) == item.text):
+            continue  # a score of another text than the one kept says nothing of the one kept
+        if store.add_score(
             row_id, item.feature, item.snapshot, item.detection, model=item.model, prompt="delphi-detection"
         ):
             summary.scores += 1

@@ -136,6 +136,11 @@ class ExplanationStore:
             self.connection.execute("SELECT feature, snapshot, source, id, text FROM explanations"), features
         )
 
+    def text(self, explanation: int) -> str | None:
+        """The text of stored explanation ``explanation`` (None: none is stored)."""
+        row = self.connection.execute("SELECT text FROM explanations WHERE id = ?", (explanation,)).fetchone()
+        return None if row is None else row[0]
+
     def scores(self) -> set[tuple[int, int]]:
         """(explanation id, scored_on) of every stored score."""
         return set(self.connection.execute("SELECT explanation, scored_on FROM scores"))

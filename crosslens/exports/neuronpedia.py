@@ -49,7 +49,6 @@ leaves it); no ``dfa_*`` keys. ``n_tokens_in_prompt`` is the token rows' length 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +58,7 @@ import torch
 import crosslens.core.cpu_math  # noqa: F401  (torch's CPU math started on one thread; see that module)
 from crosslens.core.metadata import metadata_value
 from crosslens.core.model_specs import snapshot_model
+from crosslens.dashboards.explanation_schema import neuronpedia_layer, neuronpedia_set
 from crosslens.exports.config import ExportError
 from crosslens.exports.emergence_flags import write_emergence_flags
 from crosslens.exports.neuronpedia_explanations import attach_run_explanations, write_explanations
@@ -161,28 +161,18 @@ def source_settings(context: ExportContext) -> dict[str, Any]:
         model_id = model_id.rstrip("/").split("/")[-1].lower()
     if "/" in model_id or "@" in model_id or not model_id:
         raise ExportError(f"model_id must be a Neuronpedia model id (no '/' or '@'), got {model_id!r}; pass --model-id")
-    match = re.search(r"blocks\.(\d+)\.", hook)
     tokens = context.meta("tokens")
     tokens = tokens if isinstance(tokens, dict) else {}
     row_length = int(tokens.get("seq_len") or metadata_value(crosscoder, "context_size") or 0)
     n_tokens = int(context.meta("n_tokens") or 0)
     return {
         "model_id": model_id,
-        "layer": int(match.group(1)) if match else 0,
-        "sae_set": config.set_name or f"{hook_kind(hook)}-crosslens",
+        "layer": neuronpedia_layer(hook),
+        "sae_set": config.set_name or neuronpedia_set(hook),
         "n_prompts_total": n_tokens // row_length if row_length else 0,
         "n_tokens_in_prompt": row_length,
         "dataset": str(tokens.get("dataset") or tokens.get("text") or ""),
     }
-
-
-def hook_kind(hook: str) -> str:
-    """Neuronpedia's word for what a hook reads: res, mlp or att."""
-    if "mlp" in hook:
-        return "mlp"
-    if "attn" in hook or hook.endswith("hook_z"):
-        return "att"
-    return "res"
 
 
 def read_vocabulary(context: ExportContext) -> dict[int, str]:
