@@ -103,13 +103,17 @@ def test_balanced_accuracy_and_drift():
     assert balanced_accuracy(3, 4, 1, 2) == pytest.approx((0.75 + 0.5) / 2)
     counts = detection([True, True, False, False, True], [True, False, False, None, None])
     assert (counts.true_positives, counts.n_activating, counts.true_negatives, counts.n_non_activating) == (1, 2, 1, 1)
-    rule = DriftRule(min_score=0.7, min_drop=0.2)
-    held = [("crosslens", 0, 0, 0.9), ("crosslens", 0, 3, 0.85), ("crosslens", 3, 3, 0.95), ("crosslens", 3, 0, 0.8)]
+    rule, judge = DriftRule(min_score=0.7, min_drop=0.2), ("m", PROMPT_FORMAT)
+    held = [("crosslens", judge, 0, 0, 0.9), ("crosslens", judge, 0, 3, 0.85)]
+    held += [("crosslens", judge, 3, 3, 0.95), ("crosslens", judge, 3, 0, 0.8)]
     assert feature_drift(held, {0, 3}, rule).flagged is False
-    moved = [("crosslens", 0, 0, 1.0), ("crosslens", 0, 3, 0.5), ("crosslens", 3, 3, 0.6), ("crosslens", 3, 0, 0.1)]
+    moved = [("crosslens", judge, 0, 0, 1.0), ("crosslens", judge, 0, 3, 0.5)]
+    moved += [("crosslens", judge, 3, 3, 0.6), ("crosslens", judge, 3, 0, 0.1)]
     found = feature_drift(moved, {0, 3}, rule)
     assert (found.drift, found.explained, found.scored_on, found.flagged) == (0.5, 0, 3, True)  # 3's own 0.6 < 0.7
     assert feature_drift(moved, {0}, rule) is None  # no other life reading
+    judged_elsewhere = [("delphi", ("m", "delphi-detection"), 0, 0, 1.0), ("delphi", judge, 0, 3, 0.5)]
+    assert feature_drift(judged_elsewhere, {0, 3}, rule) is None  # two judges' scores: no pair
 
 
 def test_a_python_config_reads_what_the_flags_take_and_refuses_a_limit_under_1():
@@ -363,3 +367,41 @@ def test_explain_runs_where_an_event_loop_already_runs(run, stub, tmp_path):
     plain = write_planted_database(tmp_path / "plain").parent
     explain_run(plain, config(stub, max_features=2))
     assert content(run) == content(plain)
+
+
+# --------------------------------------------------------------------------- drift and errors
+def drift_rule(run: Path) -> dict:
+    return json.loads(dict(rows(run, "SELECT key, value FROM meta"))["drift_rule"])
+
+
+def flagged(run: Path) -> list[int]:
+    return [f for (f,) in rows(run, "SELECT feature FROM feature_scores WHERE flagged = 1 ORDER BY feature")]
+
+
+def test_a_new_drift_rule_is_applied_to_every_stored_feature(run, stub, tmp_path):
+    """A run wrote its drift rule to meta but recomputed the flags of its own features only, and an
+    import recomputed with its rule and left meta's as it was: flags the rule in meta did not give."""
+    from crosslens.explain import import_explanations
+
+    explain_run(run, config(stub, features=f"{CAT},{DRIFTER}"))
+    assert flagged(run) == [DRIFTER]  # 0.5 lower on the last snapshot's contexts
+    explain_run(run, config(stub, features=str(CAT), drift_min_drop=0.6))
+    assert drift_rule(run) == {"min_score": 0.7, "min_drop": 0.6}
+    assert flagged(run) == []  # DRIFTER too, though this run did not select it
+    listing = tmp_path / "neuronpedia.json"
+    row = {"modelId": "pico", "layer": "0-res-crosslens__step200", "index": "5", "description": "boats"}
+    listing.write_text(json.dumps([row]))
+    import_explanations(run, listing, config(drift_min_drop=0.2))
+    assert drift_rule(run) == {"min_score": 0.7, "min_drop": 0.2}
+    assert flagged(run) == [DRIFTER]
+
+
+def test_drift_compares_the_scores_of_one_judge(run, stub):
+    """Drift set an explanation's score on its own contexts, by one model, against its scores on the
+    other phases' contexts by another."""
+    explain_run(run, config(stub, features=str(DRIFTER), drift=False))  # each scored on its own reading
+    with StubEndpoint(model="other-judge") as other:
+        explain_run(run, config(other, model="other-judge", features=str(DRIFTER)))  # and on the others
+    own = "scored_on = (SELECT snapshot FROM explanations e WHERE e.id = explanation)"
+    assert set(rows(run, f"SELECT model, {own} FROM scores")) == {(MODEL, 1), ("other-judge", 0)}
+    assert rows(run, "SELECT detection, drift, flagged FROM feature_scores") == [(1.0, None, 0)]

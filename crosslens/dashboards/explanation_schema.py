@@ -98,8 +98,8 @@ CREATE TABLE scores (
 CREATE TABLE feature_scores (
     feature   INTEGER PRIMARY KEY,
     detection REAL,              -- the detection score of its code's explanation (else its best one's; NULL: none scored)
-    drift     REAL,              -- the largest drop of a life phase's explanation from its own contexts to another phase's
-                                 -- (NULL: no such pair scored)
+    drift     REAL,              -- the largest drop of a life phase's explanation from its own contexts to another phase's,
+                                 -- both scored by one judge, scores.model and prompt (NULL: no such pair scored)
     explained INTEGER,           -- the reading of that explanation ...
     scored_on INTEGER,           -- ... and of the contexts it fell on
     flagged   INTEGER NOT NULL   -- 1: its meaning drifted (meta.drift_rule)
@@ -151,7 +151,8 @@ META_KEYS: dict[str, str] = {
     "n_snapshots": "its snapshots",
     "prompt_format": "the prompt format (and version) crosslens explain asks with, PROMPT_FORMAT",
     "drift_rule": "{min_score, min_drop}: a feature drifted where a life phase's explanation scores at least min_score "
-    "on its own contexts and at least min_drop less on another phase's",
+    "on its own contexts and at least min_drop less on another phase's, by the same judge; every flag in feature_scores "
+    "was drawn by it",
     "endpoint": "the endpoint and model of the last crosslens explain (its URL without credentials; never the key)",
 }
 """What ``meta`` holds (values are JSON)."""

@@ -269,6 +269,7 @@ def import_explanations(run_dir: str | Path, path: str | Path, config: ExplainCo
         summary = ImportSummary(fmt, read=len(found) + skipped, skipped=skipped)
         store = ExplanationStore(explainer.run_dir, explainer.binding, overwrite=config.overwrite)
         try:
+            store.set_drift_rule(explainer.rule)
             _store_all(store, found, summary)
             touched = sorted({item.feature for item in found})
             stored = store.explanations(touched)

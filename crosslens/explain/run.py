@@ -384,10 +384,11 @@ class Session:
         store.set_meta(
             {
                 "prompt_format": PROMPT_FORMAT,
-                "drift_rule": {"min_score": config.drift_min_score, "min_drop": config.drift_min_drop},
                 "endpoint": {"url": public_url(config.endpoint or ""), "model": config.model},
             }
         )
+        with self.explainer.timer():
+            store.set_drift_rule(self.explainer.rule)
         return store
 
     def finish(self, started: float) -> Summary:

@@ -9,7 +9,9 @@ Drift (after SAE-Track's reading of how a feature's meaning moves through traini
 2412.17626): each life phase's explanation is also scored on the other phases' held-out contexts.
 A feature drifted where an explanation that holds at its own phase (a score of at least
 ``min_score`` there) holds much less at another (at least ``min_drop`` lower): what it read then is
-not what it reads there.
+not what it reads there. Only scores of one judge are set against each other: the same model,
+asked with the same prompt (a score imported from delphi, on its own held-out passages, or one by
+another model, is on a scale of its own).
 """
 
 from __future__ import annotations
@@ -68,14 +70,17 @@ class Drift:
     flagged: bool
 
 
-def feature_drift(scores: Iterable[tuple[str, int, int, float]], life: set[int], rule: DriftRule) -> Drift | None:
-    """A feature's drift from its scores ``(source, explained, scored_on, balanced accuracy)``: the
-    largest drop, from its own reading to another life reading, of a life reading's explanation
-    that holds on its own (pairs compared within one source); None without such a pair."""
-    by_key = {(source, explained, scored_on): value for source, explained, scored_on, value in scores}
+def feature_drift(
+    scores: Iterable[tuple[str, tuple[str, str], int, int, float]], life: set[int], rule: DriftRule
+) -> Drift | None:
+    """A feature's drift from its scores ``(source, judge, explained, scored_on, balanced
+    accuracy)``, ``judge`` the (model, prompt) that scored: the largest drop, from its own reading
+    to another life reading, of a life reading's explanation that holds on its own, each drop
+    between two scores of one judge; None without such a pair."""
+    by_key = {(source, judge, explained, on): value for source, judge, explained, on, value in scores}
     best: Drift | None = None
-    for (source, explained, scored_on), value in sorted(by_key.items()):
-        own = by_key.get((source, explained, explained))
+    for (source, judge, explained, scored_on), value in sorted(by_key.items()):
+        own = by_key.get((source, judge, explained, explained))
         if explained == scored_on or explained not in life or scored_on not in life or own is None:
             continue
         if own < rule.min_score:

@@ -226,6 +226,18 @@ class ExplanationStore:
             (feature, snapshot, kind, scored_on, source),
         )
 
+    def set_drift_rule(self, rule: DriftRule) -> None:
+        """Make ``rule`` meta.drift_rule; where the file names another (or none), recompute every
+        stored feature's drift by it, so that no flag was drawn by a rule meta does not name."""
+        value = {"min_score": rule.min_score, "min_drop": rule.min_drop}
+        row = self.connection.execute("SELECT value FROM meta WHERE key = 'drift_rule'").fetchone()
+        if row is not None and json.loads(row[0]) == value:
+            return
+        self.set_meta({"drift_rule": value})
+        self.update_drift(
+            [f for (f,) in self.connection.execute("SELECT DISTINCT feature FROM scores").fetchall()], rule
+        )
+
     def update_drift(self, features: Iterable[int], rule: DriftRule) -> None:
         """Recompute the feature_scores rows of ``features`` (detection score, drift) from their
         stored scores and phases."""
@@ -238,11 +250,12 @@ class ExplanationStore:
                 )
             }
             scores = self.connection.execute(
-                "SELECT e.source, e.snapshot, s.scored_on, s.balanced_accuracy FROM scores s "
-                "JOIN explanations e ON e.id = s.explanation WHERE s.feature = ? ORDER BY e.id, s.scored_on",
+                "SELECT e.source, coalesce(s.model, ''), s.prompt, e.snapshot, s.scored_on, s.balanced_accuracy "
+                "FROM scores s JOIN explanations e ON e.id = s.explanation WHERE s.feature = ? ORDER BY e.id, s.scored_on",
                 (feature,),
             ).fetchall()
-            own = [(snapshot, value) for _, snapshot, scored_on, value in scores if snapshot == scored_on]
+            scores = [(source, (model, prompt), *rest) for source, model, prompt, *rest in scores]
+            own = [(snapshot, value) for _, _, snapshot, scored_on, value in scores if snapshot == scored_on]
             code = [value for snapshot, value in own if snapshot < 0]
             detection = max(code) if code else max((value for _, value in own), default=None)
             found = feature_drift(scores, life, rule)
