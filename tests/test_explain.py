@@ -405,3 +405,35 @@ def test_drift_compares_the_scores_of_one_judge(run, stub):
     own = "scored_on = (SELECT snapshot FROM explanations e WHERE e.id = explanation)"
     assert set(rows(run, f"SELECT model, {own} FROM scores")) == {(MODEL, 1), ("other-judge", 0)}
     assert rows(run, "SELECT detection, drift, flagged FROM feature_scores") == [(1.0, None, 0)]
+
+
+def test_an_error_in_a_worker_stops_the_run_in_one_line(run, stub, monkeypatch):
+    """A worker ended by anything but an EndpointError left the run waiting for it forever."""
+    import sqlite3
+    import threading
+
+    from crosslens.explain import ExplainError
+    from crosslens.explain.store import ExplanationStore
+
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ExplanationStore, "add_score", locked)
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            explain_run(run, config(stub, concurrency=2, features=f"{CAT},{DRIFTER}"))
+        except BaseException as error:  # noqa: BLE001 - looked at below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "explain_run still waits for its stopped workers"
+    error = outcome.get("error")
+    assert isinstance(error, ExplainError), error
+    message = str(error)
+    assert len(message.splitlines()) == 1 and "OperationalError: database is locked" in message, message
+    assert "run the same command again" in message and str(run / EXPLANATIONS_NAME) in message
+    assert rows(run, "SELECT count(*) FROM explanations")[0][0] > 0  # what was answered before is kept

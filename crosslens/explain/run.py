@@ -277,7 +277,8 @@ def explain_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
     """Ask for every missing explanation and score of the selected features, storing each as it
     arrives into ``RUN/explanations.sqlite``; returns what was done. Raises :class:`ExplainError`
     (or its :class:`~crosslens.explain.client.EndpointError`) naming the fix, before anything is
-    written where it can; on Ctrl-C it stores what was answered and raises KeyboardInterrupt saying so."""
+    written where it can; on Ctrl-C it stores what was answered and raises KeyboardInterrupt saying so,
+    and on any other error it stores what was answered and raises ExplainError naming the error."""
     from crosslens.explain.client import Endpoint
 
     explainer = Explainer(run_dir, config)
@@ -290,15 +291,21 @@ def explain_run(run_dir: str | Path, config: ExplainConfig) -> Summary:
         if problem is not None:
             raise refused(path, problem)
         session = Session(explainer, endpoint, selected)
+        again = run_again(replacing="--overwrite" if config.overwrite else None)
         try:
             summary = run_async(session.run)
         except KeyboardInterrupt:
-            counts = session.store.counts() if session.store is not None else {"explanations": 0, "scores": 0}
             raise KeyboardInterrupt(
-                f"interrupted: {counts['explanations']} explanations and {counts['scores']} scores are stored in "
-                f"{path}; {run_again(replacing='--overwrite' if config.overwrite else None)} to go on (nothing stored "
-                "is asked again)"
+                f"interrupted: {session.kept(path)}; {again} to go on (nothing stored is asked again)"
             ) from None
+        except ExplainError:
+            raise
+        except Exception as error:  # a run stopped by the unforeseen still says what it kept
+            what = " ".join(endpoint.redact(str(error)).split())
+            raise ExplainError(
+                f"stopped by {type(error).__name__}: {what}; {session.kept(path)}; once that is fixed, {again} "
+                "to go on (nothing stored is asked again)"
+            ) from error
         session.store.close(compact=summary.stored.get("failures") == 0)
         session.store = None
         return summary
@@ -376,6 +383,14 @@ class Session:
             await self.endpoint.close()
         return self.finish(started)
 
+    def kept(self, path: Path) -> str:
+        """What a stopped run stored, for its message."""
+        try:
+            counts = self.store.counts() if self.store is not None else {"explanations": 0, "scores": 0}
+        except sqlite3.Error:
+            return f"what was answered before is stored in {path}"
+        return f"{counts['explanations']} explanations and {counts['scores']} scores are stored in {path}"
+
     def open_store(self) -> ExplanationStore:
         from crosslens.explain.client import public_url
 
@@ -452,21 +467,22 @@ class Session:
         )
 
     async def worker(self, fatal: asyncio.Future, room: asyncio.Event) -> None:
-        from crosslens.explain.client import EndpointError
-
+        """Send the queued works one at a time; any error stops the run through ``fatal`` (a worker
+        that ended otherwise would leave the producer waiting for its works forever)."""
         while True:
             _, _, work = await self.queue.get()
             room.set()
             try:
                 await (self.explain(work) if work.kind == "explain" else self.score(work))
-            except EndpointError as error:
-                if not fatal.done():
-                    fatal.set_exception(error)
-            finally:
-                self.queue.task_done()
                 self.pending[work.plan.feature] -= 1
                 if self.pending[work.plan.feature] == 0 and not fatal.done():
                     self.feature_done(work.plan.feature)
+            except Exception as error:  # noqa: BLE001 - drive raises it, stopping the run
+                if not fatal.done():
+                    fatal.set_exception(error)
+                return
+            finally:
+                self.queue.task_done()
 
     async def ask(self, work: Work, parse: Any) -> tuple[Any, Any] | None:
         """The parsed answer to ``work`` (asked once more if it cannot be read), or None with the
